@@ -1,0 +1,42 @@
+// Three suites: unit (no Kafka, no Redis), integration and e2e (real Kafka and Redis, resolved by
+// test/infra/global-setup.ts). Files: `*.test.ts` unit, `*.int.test.ts` integration, `*.e2e.test.ts` e2e.
+const path = require('node:path');
+
+const common = {
+  rootDir: __dirname,
+  testEnvironment: 'node',
+  transform: {
+    '^.+\\.ts$': ['@swc/jest', { jsc: { parser: { syntax: 'typescript' }, target: 'es2022' } }],
+  },
+  // Tests run against the sources, so no build is needed for unit and integration suites.
+  moduleNameMapper: {
+    '^@urs/simulator$': path.join(__dirname, 'test/simulator/src'),
+    '^@urs/testkit$': path.join(__dirname, 'test/support'),
+    '^@urs/([a-z-]+)$': path.join(__dirname, 'libs/$1/src'),
+  },
+  testPathIgnorePatterns: ['/node_modules/', '/dist/', '/.stack/'],
+};
+
+module.exports = {
+  projects: [
+    {
+      ...common,
+      displayName: 'unit',
+      testRegex: '^(?!.*\\.(int|e2e)\\.test\\.ts$).*\\.test\\.ts$',
+    },
+    {
+      ...common,
+      displayName: 'integration',
+      testRegex: '\\.int\\.test\\.ts$',
+      globalSetup: '<rootDir>/test/infra/global-setup.ts',
+      testTimeout: 60_000,
+    },
+    {
+      ...common,
+      displayName: 'e2e',
+      testRegex: '\\.e2e\\.test\\.ts$',
+      globalSetup: '<rootDir>/test/infra/global-setup.ts',
+      testTimeout: 240_000,
+    },
+  ],
+};

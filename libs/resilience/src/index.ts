@@ -1,0 +1,4 @@
+export { UrsError, isUrsError, canRetry, errorCode, errorMessage } from './errors';
+export type { UrsErrorOptions } from './errors';
+export { DEFAULT_RETRY_POLICY, RetryPolicyError, retryPolicy, retryDelayMs, withRetry, sleep } from './retry';
+export type { RetryPolicy, RetryOptions } from './retry';
