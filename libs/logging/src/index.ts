@@ -1,1 +1,3 @@
-export {};
+export { createLogger, silentLogger } from './logger';
+export type { Logger, LoggerOptions, LogLevel } from './logger';
+export { redact, REDACTED } from './redact';
