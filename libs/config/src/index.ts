@@ -1,1 +1,28 @@
-export {};
+export {
+  ConfigError,
+  readString,
+  readOptionalString,
+  readInt,
+  readBool,
+  readList,
+  readEnum,
+  readUrl,
+} from './env';
+export type { Env, IntRule } from './env';
+export {
+  kafkaConfig,
+  redisConfig,
+  topicsConfig,
+  secretKeyConfig,
+  defenderOverrides,
+  serviceConfig,
+} from './infra';
+export type {
+  KafkaConfig,
+  RedisConfig,
+  Topics,
+  SecretKeyConfig,
+  DefenderOverrides,
+  ServiceConfig,
+  LogLevelName,
+} from './infra';

@@ -1,0 +1,156 @@
+import { ConfigError, type Env, readBool, readEnum, readInt, readList, readOptionalString, readString, readUrl } from './env';
+
+export interface KafkaConfig {
+  brokers: string[];
+  clientId: string;
+  /** TLS to the brokers. Env `KAFKA_SSL`, default false. */
+  ssl: boolean;
+  sasl?: { mechanism: 'plain' | 'scram-sha-256' | 'scram-sha-512'; username: string; password: string };
+}
+
+/** `KAFKA_BROKERS` (default `127.0.0.1:9092`), `KAFKA_SSL`, `KAFKA_SASL_MECHANISM|USERNAME|PASSWORD`. */
+export function kafkaConfig(env: Env, clientId: string): KafkaConfig {
+  const brokers = readList(env, 'KAFKA_BROKERS', ['127.0.0.1:9092']);
+  for (const broker of brokers) {
+    if (!/^[^\s:]+:\d+$/.test(broker)) throw new ConfigError('KAFKA_BROKERS', `must list host:port pairs (got "${broker}")`);
+  }
+  const config: KafkaConfig = { brokers, clientId, ssl: readBool(env, 'KAFKA_SSL', false) };
+  const mechanism = readOptionalString(env, 'KAFKA_SASL_MECHANISM');
+  if (mechanism !== undefined) {
+    config.sasl = {
+      mechanism: readEnum(env, 'KAFKA_SASL_MECHANISM', ['plain', 'scram-sha-256', 'scram-sha-512'] as const, 'plain'),
+      username: readString(env, 'KAFKA_SASL_USERNAME'),
+      password: readString(env, 'KAFKA_SASL_PASSWORD'),
+    };
+  }
+  return config;
+}
+
+export interface RedisConfig {
+  url: string;
+  /** Prefix of every key this deployment writes. Env `URS_REDIS_PREFIX`, default `urs:`. */
+  keyPrefix: string;
+}
+
+/** `REDIS_URL` (default `redis://127.0.0.1:6379`), `URS_REDIS_PREFIX` (default `urs:`). */
+export function redisConfig(env: Env): RedisConfig {
+  return {
+    url: readUrl(env, 'REDIS_URL', 'redis://127.0.0.1:6379'),
+    keyPrefix: readString(env, 'URS_REDIS_PREFIX', 'urs:'),
+  };
+}
+
+export interface Topics {
+  registration: string;
+  tenants: string;
+  deviceBatches: string;
+  devicesEnriched: string;
+  deviceScores: string;
+  dlq: string;
+  vmsRiskScores: string;
+  vmsRiskSummary: string;
+}
+
+const TOPIC_DEFAULTS: { [K in keyof Topics]: [variable: string, name: string] } = {
+  registration: ['URS_TOPIC_REGISTRATION', 'urs.registration'],
+  tenants: ['URS_TOPIC_TENANTS', 'urs.tenants'],
+  deviceBatches: ['URS_TOPIC_DEVICE_BATCHES', 'urs.device-batches'],
+  devicesEnriched: ['URS_TOPIC_DEVICES_ENRICHED', 'urs.devices-enriched'],
+  deviceScores: ['URS_TOPIC_DEVICE_SCORES', 'urs.device-scores'],
+  dlq: ['URS_TOPIC_DLQ', 'urs.dlq'],
+  vmsRiskScores: ['URS_TOPIC_VMS_RISK_SCORES', 'vms.risk-scores'],
+  vmsRiskSummary: ['URS_TOPIC_VMS_RISK_SUMMARY', 'vms.risk-summary'],
+};
+
+/**
+ * Topic names: each overridable by its own variable (`URS_TOPIC_TENANTS`, …); `URS_TOPIC_PREFIX`
+ * (default empty) is put before the defaults, so a test or a staging deployment gets its own set.
+ */
+export function topicsConfig(env: Env): Topics {
+  const prefix = readString(env, 'URS_TOPIC_PREFIX', '');
+  const topics = {} as Topics;
+  for (const key of Object.keys(TOPIC_DEFAULTS) as (keyof Topics)[]) {
+    const [variable, name] = TOPIC_DEFAULTS[key];
+    topics[key] = readString(env, variable, `${prefix}${name}`);
+  }
+  return topics;
+}
+
+export interface SecretKeyConfig {
+  /** Key id written next to each ciphertext, so keys can rotate. */
+  activeKeyId: string;
+  /** Every key that can decrypt: the active one and the previous ones. */
+  keys: Map<string, Buffer>;
+}
+
+function decodeKey(variable: string, text: string): Buffer {
+  const key = Buffer.from(text, 'base64');
+  if (key.length !== 32 || key.toString('base64').replace(/=+$/, '') !== text.replace(/=+$/, '')) {
+    throw new ConfigError(variable, 'must be 32 bytes in base64 (e.g. `openssl rand -base64 32`)');
+  }
+  return key;
+}
+
+/**
+ * `URS_SECRET_KEY` (32 bytes, base64; required), `URS_SECRET_KEY_ID` (default `k1`), and
+ * `URS_SECRET_KEYS_PREVIOUS` (`id:base64,id:base64`) for records still encrypted with a retired key.
+ */
+export function secretKeyConfig(env: Env): SecretKeyConfig {
+  const activeKeyId = readString(env, 'URS_SECRET_KEY_ID', 'k1');
+  if (!/^[A-Za-z0-9._-]{1,32}$/.test(activeKeyId)) {
+    throw new ConfigError('URS_SECRET_KEY_ID', 'must be 1–32 letters, digits, dots, dashes or underscores');
+  }
+  const keys = new Map<string, Buffer>([[activeKeyId, decodeKey('URS_SECRET_KEY', readString(env, 'URS_SECRET_KEY'))]]);
+  for (const entry of readList(env, 'URS_SECRET_KEYS_PREVIOUS')) {
+    const separator = entry.indexOf(':');
+    if (separator <= 0) throw new ConfigError('URS_SECRET_KEYS_PREVIOUS', 'must list id:base64key pairs');
+    keys.set(entry.slice(0, separator), decodeKey('URS_SECRET_KEYS_PREVIOUS', entry.slice(separator + 1)));
+  }
+  return { activeKeyId, keys };
+}
+
+export interface DefenderOverrides {
+  /** Replaces every tenant's Entra authority host (tests, the simulator). Env `URS_DEFENDER_AUTHORITY_HOST`. */
+  authorityHost?: string;
+  /** Replaces every tenant's MDE API base URL. Env `URS_DEFENDER_API_BASE`. */
+  apiBase?: string;
+}
+
+export function defenderOverrides(env: Env): DefenderOverrides {
+  const overrides: DefenderOverrides = {};
+  if (readOptionalString(env, 'URS_DEFENDER_AUTHORITY_HOST') !== undefined) {
+    overrides.authorityHost = readUrl(env, 'URS_DEFENDER_AUTHORITY_HOST');
+  }
+  if (readOptionalString(env, 'URS_DEFENDER_API_BASE') !== undefined) {
+    overrides.apiBase = readUrl(env, 'URS_DEFENDER_API_BASE');
+  }
+  return overrides;
+}
+
+export type LogLevelName = 'debug' | 'info' | 'warn' | 'error';
+
+/** What every service reads: identity, logging, the bus, the store, topics, the metrics port. */
+export interface ServiceConfig {
+  service: string;
+  logLevel: LogLevelName;
+  kafka: KafkaConfig;
+  redis: RedisConfig;
+  topics: Topics;
+  /** Port of /healthz, /readyz and /metrics. Env `URS_METRICS_PORT`; 0 picks a free port. */
+  metricsPort: number;
+  /** How long a graceful stop may take before the process exits anyway. Env `URS_SHUTDOWN_TIMEOUT_MS`, default 15000. */
+  shutdownTimeoutMs: number;
+}
+
+export function serviceConfig(env: Env, service: string, defaultMetricsPort: number): ServiceConfig {
+  const instance = readString(env, 'URS_INSTANCE_ID', `${service}-${process.pid}`);
+  return {
+    service,
+    logLevel: readEnum(env, 'URS_LOG_LEVEL', ['debug', 'info', 'warn', 'error'] as const, 'info'),
+    kafka: kafkaConfig(env, instance),
+    redis: redisConfig(env),
+    topics: topicsConfig(env),
+    metricsPort: readInt(env, 'URS_METRICS_PORT', { fallback: defaultMetricsPort, min: 0, max: 65535 }),
+    shutdownTimeoutMs: readInt(env, 'URS_SHUTDOWN_TIMEOUT_MS', { fallback: 15_000, min: 0 }),
+  };
+}

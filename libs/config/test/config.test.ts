@@ -1,0 +1,64 @@
+import { randomBytes } from 'node:crypto';
+import { kafkaConfig, readInt, secretKeyConfig, serviceConfig, topicsConfig } from '@urs/config';
+
+describe('readInt', () => {
+  it('should name the variable and the rule when out of range', () => {
+    expect(() => readInt({ X: '5' }, 'X', { min: 10 })).toThrow('X must be ≥ 10 (got 5)');
+  });
+
+  it('should reject non-integers naming the variable', () => {
+    expect(() => readInt({ X: '1.5' }, 'X')).toThrow(/^X must be a whole number/);
+  });
+
+  it('should use the fallback when unset or blank', () => {
+    expect(readInt({ X: ' ' }, 'X', { fallback: 7 })).toBe(7);
+  });
+});
+
+describe('kafkaConfig', () => {
+  it('should default to the local broker', () => {
+    expect(kafkaConfig({}, 'c').brokers).toEqual(['127.0.0.1:9092']);
+  });
+
+  it('should reject a broker without a port', () => {
+    expect(() => kafkaConfig({ KAFKA_BROKERS: 'kafka' }, 'c')).toThrow(/KAFKA_BROKERS/);
+  });
+
+  it('should require SASL credentials once a mechanism is set', () => {
+    expect(() => kafkaConfig({ KAFKA_SASL_MECHANISM: 'plain' }, 'c')).toThrow('KAFKA_SASL_USERNAME is required');
+  });
+});
+
+describe('topicsConfig', () => {
+  it('should use the contract names by default', () => {
+    expect(topicsConfig({})).toMatchObject({ tenants: 'urs.tenants', vmsRiskScores: 'vms.risk-scores', dlq: 'urs.dlq' });
+  });
+
+  it('should apply the prefix and let one topic be renamed on its own', () => {
+    const topics = topicsConfig({ URS_TOPIC_PREFIX: 't1.', URS_TOPIC_DLQ: 'dead' });
+    expect(topics.deviceBatches).toBe('t1.urs.device-batches');
+    expect(topics.dlq).toBe('dead');
+  });
+});
+
+describe('secretKeyConfig', () => {
+  it('should require a 32-byte base64 key', () => {
+    expect(() => secretKeyConfig({ URS_SECRET_KEY: randomBytes(16).toString('base64') })).toThrow(
+      /URS_SECRET_KEY must be 32 bytes/,
+    );
+  });
+
+  it('should keep previous keys for decryption', () => {
+    const active = randomBytes(32).toString('base64');
+    const old = randomBytes(32).toString('base64');
+    const config = secretKeyConfig({ URS_SECRET_KEY: active, URS_SECRET_KEY_ID: 'k2', URS_SECRET_KEYS_PREVIOUS: `k1:${old}` });
+    expect(config.activeKeyId).toBe('k2');
+    expect([...config.keys.keys()]).toEqual(['k2', 'k1']);
+  });
+});
+
+describe('serviceConfig', () => {
+  it('should reject an unknown log level naming the variable', () => {
+    expect(() => serviceConfig({ URS_LOG_LEVEL: 'loud' }, 'poller', 9102)).toThrow(/URS_LOG_LEVEL must be one of/);
+  });
+});
