@@ -1,1 +1,2 @@
-export {};
+export { createSecretSealer, SecretError } from './sealer';
+export type { SealedSecret, SecretSealer, SealerKeys } from './sealer';

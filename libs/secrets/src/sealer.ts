@@ -1,0 +1,78 @@
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { UrsError } from '@urs/resilience';
+
+/** A client secret at rest: AES-256-GCM, with the id of the key that sealed it (keys rotate). */
+export interface SealedSecret {
+  alg: 'A256GCM';
+  keyId: string;
+  /** 12-byte nonce, base64. */
+  iv: string;
+  /** 16-byte authentication tag, base64. */
+  tag: string;
+  ciphertext: string;
+}
+
+export class SecretError extends UrsError {
+  constructor(code: 'SECRET_KEY_UNKNOWN' | 'SECRET_UNREADABLE', message: string, cause?: unknown) {
+    super(code, message, { cause });
+  }
+}
+
+export interface SecretSealer {
+  seal(plain: string, context: string): SealedSecret;
+  open(sealed: SealedSecret, context: string): string;
+  /** Whether the secret was sealed with a key other than the active one (re-seal it on the next write). */
+  isStale(sealed: SealedSecret): boolean;
+}
+
+export interface SealerKeys {
+  activeKeyId: string;
+  keys: ReadonlyMap<string, Buffer>;
+}
+
+/**
+ * Seals secrets with the active key; opens with whichever key sealed them. `context` (the tenant id)
+ * is bound as additional authenticated data, so a sealed secret copied onto another tenant's record
+ * does not open.
+ */
+export function createSecretSealer(config: SealerKeys): SecretSealer {
+  const active = config.keys.get(config.activeKeyId);
+  if (!active) throw new SecretError('SECRET_KEY_UNKNOWN', `the active key ${config.activeKeyId} is not configured`);
+  return {
+    seal(plain, context) {
+      const iv = randomBytes(12);
+      const cipher = createCipheriv('aes-256-gcm', active, iv);
+      cipher.setAAD(Buffer.from(context, 'utf8'));
+      const ciphertext = Buffer.concat([cipher.update(plain, 'utf8'), cipher.final()]);
+      return {
+        alg: 'A256GCM',
+        keyId: config.activeKeyId,
+        iv: iv.toString('base64'),
+        tag: cipher.getAuthTag().toString('base64'),
+        ciphertext: ciphertext.toString('base64'),
+      };
+    },
+    open(sealed, context) {
+      const key = config.keys.get(sealed.keyId);
+      if (!key) {
+        throw new SecretError(
+          'SECRET_KEY_UNKNOWN',
+          `the secret was sealed with key ${sealed.keyId}, which is not configured (URS_SECRET_KEYS_PREVIOUS)`,
+        );
+      }
+      try {
+        const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(sealed.iv, 'base64'));
+        decipher.setAAD(Buffer.from(context, 'utf8'));
+        decipher.setAuthTag(Buffer.from(sealed.tag, 'base64'));
+        return Buffer.concat([decipher.update(Buffer.from(sealed.ciphertext, 'base64')), decipher.final()]).toString(
+          'utf8',
+        );
+      } catch (error) {
+        throw new SecretError('SECRET_UNREADABLE', `the secret sealed with key ${sealed.keyId} does not open`, error);
+      }
+    },
+    isStale(sealed) {
+      return sealed.keyId !== config.activeKeyId;
+    },
+  };
+}
