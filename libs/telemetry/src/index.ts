@@ -1,1 +1,3 @@
-export {};
+export { Registry, Counter, Gauge, Histogram, DEFAULT_BUCKETS } from './metrics';
+export { startHealthServer } from './health';
+export type { HealthServer, HealthServerOptions } from './health';

@@ -1,0 +1,47 @@
+import { Registry, startHealthServer } from '@urs/telemetry';
+
+describe('Registry', () => {
+  it('should expose counters with labels in Prometheus text format', () => {
+    const registry = new Registry({ processMetrics: false });
+    const counter = registry.counter('urs_messages_total', 'Messages handled.');
+    counter.inc({ topic: 'urs.tenants', outcome: 'ok' });
+    counter.inc({ topic: 'urs.tenants', outcome: 'ok' }, 2);
+    expect(registry.expose()).toContain('urs_messages_total{outcome="ok",topic="urs.tenants"} 3');
+  });
+
+  it('should count histogram observations into cumulative buckets', () => {
+    const registry = new Registry({ processMetrics: false });
+    const histogram = registry.histogram('urs_latency_seconds', 'Latency.', [0.1, 1]);
+    histogram.observe(0.05);
+    histogram.observe(0.5);
+    histogram.observe(5);
+    const text = registry.expose();
+    expect(text).toContain('urs_latency_seconds_bucket{le="0.1"} 1');
+    expect(text).toContain('urs_latency_seconds_bucket{le="1"} 2');
+    expect(text).toContain('urs_latency_seconds_bucket{le="+Inf"} 3');
+    expect(text).toContain('urs_latency_seconds_count 3');
+  });
+
+  it('should return the same metric when registered twice', () => {
+    const registry = new Registry({ processMetrics: false });
+    expect(registry.gauge('g', 'h')).toBe(registry.gauge('g', 'h'));
+  });
+});
+
+describe('startHealthServer', () => {
+  it('should answer healthz, readyz by the readiness callback, and metrics', async () => {
+    let ready = false;
+    const registry = new Registry();
+    const server = await startHealthServer({ port: 0, host: '127.0.0.1', registry, isReady: () => ready });
+    try {
+      const base = `http://127.0.0.1:${server.port}`;
+      expect((await fetch(`${base}/healthz`)).status).toBe(200);
+      expect((await fetch(`${base}/readyz`)).status).toBe(503);
+      ready = true;
+      expect((await fetch(`${base}/readyz`)).status).toBe(200);
+      expect(await (await fetch(`${base}/metrics`)).text()).toMatch(/process_resident_memory_bytes \d+/);
+    } finally {
+      await server.close();
+    }
+  });
+});
