@@ -1,0 +1,289 @@
+// @ts-check
+// The Kafka half of the local stack: one Apache Kafka broker in KRaft mode (combined broker and
+// controller, static voter), run from the jars Maven resolves from Maven Central into <stack>/kafka/lib.
+import { spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import kafkajs from 'kafkajs';
+import { ownedPid, portAnswers, readOr, sleep, startDetached, stopProcess, tail, onPath } from './proc.mjs';
+
+const { Kafka, logLevel } = kafkajs;
+
+/** Maven's dependency plugin, pinned: Maven 3.8's default dependency plugin is too old for copy-dependencies options. */
+const DEPENDENCY_PLUGIN = 'org.apache.maven.plugins:maven-dependency-plugin:3.8.1';
+
+/**
+ * @typedef {import('./stack.mjs').StackConfig} StackConfig
+ * @typedef {{ state: 'running' | 'external' | 'down', brokers: string[], pid?: number, rssMb?: number,
+ *   ready: boolean, detail?: string }} KafkaStatus
+ */
+
+/** @param {StackConfig} cfg */
+function paths(cfg) {
+  const dir = path.join(cfg.stackDir, 'kafka');
+  return {
+    dir,
+    lib: path.join(dir, 'lib'),
+    stamp: path.join(dir, 'lib', '.pom.sha256'),
+    data: path.join(dir, 'data'),
+    config: path.join(dir, 'server.properties'),
+    log4j: path.join(dir, 'log4j2.properties'),
+    clusterId: path.join(dir, 'cluster-id'),
+    pidFile: path.join(dir, 'kafka.pid'),
+    logFile: path.join(dir, 'logs', 'kafka.out'),
+    pom: path.join(cfg.root, 'deploy', 'kafka', 'pom.xml'),
+  };
+}
+
+/**
+ * The marker that identifies our broker's command line: the main class and this checkout's config
+ * file. Two checkouts therefore never claim (or stop) each other's broker.
+ * @param {StackConfig} cfg
+ */
+const marker = (cfg) => `kafka.Kafka ${paths(cfg).config}`;
+
+/** @param {StackConfig} cfg */
+export const brokersOf = (cfg) => [`127.0.0.1:${cfg.kafkaPort}`];
+
+/**
+ * Whether a KafkaJS admin client can describe the cluster and list topics at `brokers`.
+ * @param {string[]} brokers
+ * @param {number} timeoutMs per-request timeout in milliseconds
+ * @returns {Promise<boolean>}
+ */
+export async function adminAnswers(brokers, timeoutMs) {
+  const kafka = new Kafka({
+    clientId: 'urs-stack',
+    brokers,
+    logLevel: logLevel.NOTHING,
+    connectionTimeout: Math.min(timeoutMs, 3000),
+    requestTimeout: timeoutMs,
+    retry: { retries: 0 },
+  });
+  const admin = kafka.admin();
+  try {
+    await admin.connect();
+    const cluster = await admin.describeCluster();
+    await admin.listTopics();
+    return cluster.brokers.length > 0;
+  } catch {
+    return false;
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+  }
+}
+
+/** Fails with what to install when no Java 17+ is on PATH (the Kafka 4 broker needs 17). */
+function checkJava() {
+  const out = spawnSync('java', ['-version'], { encoding: 'utf8' });
+  if (out.error !== undefined) {
+    throw new Error('java not found: install a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless) or use Docker (docker compose up)');
+  }
+  const match = /version "(\d+)/.exec(`${out.stderr}${out.stdout}`);
+  const major = match?.[1] === undefined ? 0 : Number(match[1]);
+  if (major < 17) throw new Error(`java ${major} found; the Kafka 4 broker needs Java 17+`);
+  if (!onPath('mvn')) {
+    throw new Error('mvn not found: install Maven 3.8+ (e.g. apt-get install maven) to resolve the Kafka jars from Maven Central');
+  }
+}
+
+/**
+ * Copies the broker's runtime classpath from Maven (its cache, else Maven Central) into lib/,
+ * unless lib/ already holds the jars of the current pom.
+ * @param {StackConfig} cfg
+ */
+function resolveJars(cfg) {
+  const p = paths(cfg);
+  const pomHash = crypto.createHash('sha256').update(fs.readFileSync(p.pom)).digest('hex');
+  if (readOr(p.stamp, '').trim() === pomHash) return;
+  fs.rmSync(p.lib, { recursive: true, force: true });
+  log('kafka: resolving the broker jars with Maven (first run downloads ~45 MB from Maven Central)');
+  const args = ['-q', '-B', '-f', p.pom, `${DEPENDENCY_PLUGIN}:copy-dependencies`, `-DoutputDirectory=${p.lib}`, '-DincludeScope=runtime'];
+  const out = spawnSync('mvn', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  if (out.status !== 0) {
+    throw new Error(`mvn ${args.join(' ')} failed (exit ${out.status}):\n${out.stdout}${out.stderr}`);
+  }
+  fs.writeFileSync(p.stamp, `${pomHash}\n`);
+}
+
+/** @param {StackConfig} cfg */
+function writeConfig(cfg) {
+  const p = paths(cfg);
+  const server = [
+    'process.roles=broker,controller',
+    'node.id=1',
+    // Static voters: the storage tool must then run WITHOUT --standalone (KAFKA-18987).
+    `controller.quorum.voters=1@127.0.0.1:${cfg.controllerPort}`,
+    `listeners=PLAINTEXT://127.0.0.1:${cfg.kafkaPort},CONTROLLER://127.0.0.1:${cfg.controllerPort}`,
+    `advertised.listeners=PLAINTEXT://127.0.0.1:${cfg.kafkaPort}`,
+    'controller.listener.names=CONTROLLER',
+    'inter.broker.listener.name=PLAINTEXT',
+    'listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT',
+    `log.dirs=${p.data}`,
+    'num.partitions=3',
+    // Every topic is created explicitly with its partitions and config.
+    'auto.create.topics.enable=false',
+    'offsets.topic.replication.factor=1',
+    // One offsets partition: the first group join does not wait for 50 partitions to load.
+    'offsets.topic.num.partitions=1',
+    'transaction.state.log.replication.factor=1',
+    'transaction.state.log.min.isr=1',
+    'transaction.state.log.num.partitions=1',
+    'share.coordinator.state.topic.replication.factor=1',
+    'share.coordinator.state.topic.min.isr=1',
+    // No 3 s wait before the first rebalance of a new group.
+    'group.initial.rebalance.delay.ms=0',
+    '',
+  ].join('\n');
+  const log4j = [
+    'status = warn',
+    'appender.console.type = Console',
+    'appender.console.name = STDOUT',
+    'appender.console.layout.type = PatternLayout',
+    'appender.console.layout.pattern = [%d] %p %m (%c)%n',
+    'rootLogger.level = warn',
+    'rootLogger.appenderRef.stdout.ref = STDOUT',
+    // Keeps the start and shutdown lines, which say when the broker is up or gone.
+    'logger.raft.name = kafka.server.KafkaRaftServer',
+    'logger.raft.level = info',
+    '',
+  ].join('\n');
+  fs.mkdirSync(p.dir, { recursive: true });
+  fs.writeFileSync(p.config, server);
+  fs.writeFileSync(p.log4j, log4j);
+}
+
+/**
+ * Formats the data directory once (KRaft refuses to start on an unformatted one).
+ * @param {StackConfig} cfg
+ */
+function formatStorage(cfg) {
+  const p = paths(cfg);
+  if (fs.existsSync(path.join(p.data, 'meta.properties'))) return;
+  let clusterId = readOr(p.clusterId, '').trim();
+  if (clusterId === '') {
+    // Same shape as `kafka-storage random-uuid`: 16 random bytes, base64url, 22 characters.
+    clusterId = crypto.randomBytes(16).toString('base64url');
+    fs.writeFileSync(p.clusterId, `${clusterId}\n`);
+  }
+  const args = ['-cp', `${p.lib}/*`, `-Dlog4j2.configurationFile=${p.log4j}`, 'kafka.tools.StorageTool', 'format', '-t', clusterId, '-c', p.config, '-g'];
+  const out = spawnSync('java', args, { encoding: 'utf8' });
+  if (out.status !== 0) throw new Error(`kafka storage format failed:\n${out.stdout}${out.stderr}`);
+}
+
+/**
+ * Polls the admin API until the broker answers, failing early if the process dies.
+ * @param {StackConfig} cfg
+ * @param {number | undefined} pid our broker's pid, or undefined for a broker we did not start
+ */
+async function waitReady(cfg, pid) {
+  const deadline = Date.now() + cfg.readyTimeoutMs;
+  while (Date.now() < deadline) {
+    if (pid !== undefined && ownedPid(paths(cfg).pidFile, marker(cfg)) === undefined) {
+      throw new Error(`kafka broker exited during start-up; last log lines:\n${tail(paths(cfg).logFile, 30)}`);
+    }
+    if (await adminAnswers(brokersOf(cfg), 2000)) return;
+    await sleep(250);
+  }
+  throw new Error(`kafka broker at ${brokersOf(cfg).join(',')} not ready after ${cfg.readyTimeoutMs} ms; log: ${paths(cfg).logFile}`);
+}
+
+/**
+ * Starts the broker unless ours is already running or another broker already answers on the port.
+ * @param {StackConfig} cfg
+ * @returns {Promise<KafkaStatus>}
+ */
+export async function kafkaUp(cfg) {
+  const p = paths(cfg);
+  const brokers = brokersOf(cfg);
+  const running = ownedPid(p.pidFile, marker(cfg));
+  if (running !== undefined) {
+    await waitReady(cfg, running);
+    return { state: 'running', brokers, pid: running, ready: true };
+  }
+  if (await portAnswers('127.0.0.1', cfg.kafkaPort)) {
+    // Another checkout's stack (or any broker) owns the port: reuse it, never stop it.
+    await waitReady(cfg, undefined).catch(() => {
+      throw new Error(`127.0.0.1:${cfg.kafkaPort} is in use by something that is not a Kafka broker; set URS_STACK_KAFKA_PORT`);
+    });
+    return { state: 'external', brokers, ready: true, detail: 'not started by this stack; stack:down leaves it running' };
+  }
+  if (await portAnswers('127.0.0.1', cfg.controllerPort)) {
+    throw new Error(`controller port 127.0.0.1:${cfg.controllerPort} is in use; set URS_STACK_KAFKA_CONTROLLER_PORT`);
+  }
+  checkJava();
+  resolveJars(cfg);
+  writeConfig(cfg);
+  formatStorage(cfg);
+  const args = [
+    ...cfg.kafkaHeapOpts.split(/\s+/).filter((s) => s !== ''),
+    '-XX:+UseG1GC',
+    '-XX:MaxGCPauseMillis=20',
+    '-XX:+ExitOnOutOfMemoryError',
+    '-Djava.awt.headless=true',
+    `-Dlog4j2.configurationFile=${p.log4j}`,
+    '-cp',
+    `${p.lib}/*`,
+    'kafka.Kafka',
+    p.config,
+  ];
+  const pid = startDetached('java', args, { logFile: p.logFile, pidFile: p.pidFile, cwd: p.dir });
+  try {
+    await waitReady(cfg, pid);
+  } catch (err) {
+    await stopProcess(pid, 5000);
+    fs.rmSync(p.pidFile, { force: true });
+    throw err;
+  }
+  return { state: 'running', brokers, pid, ready: true, detail: 'started' };
+}
+
+/**
+ * Stops the broker this checkout's stack started; leaves any other broker alone.
+ * @param {StackConfig} cfg
+ * @returns {Promise<string>} what happened
+ */
+export async function kafkaDown(cfg) {
+  const p = paths(cfg);
+  const pid = ownedPid(p.pidFile, marker(cfg));
+  fs.rmSync(p.pidFile, { force: true });
+  if (pid === undefined) return 'not running (nothing started by stack:up)';
+  // A controlled shutdown takes a few seconds; after 30 s the broker is killed (recovery on next start).
+  await stopProcess(pid, 30_000);
+  return `stopped pid ${pid}`;
+}
+
+/**
+ * @param {StackConfig} cfg
+ * @returns {Promise<KafkaStatus>}
+ */
+export async function kafkaStatus(cfg) {
+  const brokers = brokersOf(cfg);
+  const pid = ownedPid(paths(cfg).pidFile, marker(cfg));
+  const ready = await adminAnswers(brokers, 2000);
+  if (pid !== undefined) return { state: 'running', brokers, pid, rssMb: rssMb(pid), ready };
+  return ready ? { state: 'external', brokers, ready, detail: 'not started by this stack' } : { state: 'down', brokers, ready };
+}
+
+/**
+ * Resident memory of a process in MB (Linux /proc, else ps), for the status line.
+ * @param {number} pid
+ */
+function rssMb(pid) {
+  const status = readOr(`/proc/${pid}/status`, '');
+  const kb = /VmRSS:\s+(\d+)/.exec(status)?.[1] ?? spawnSync('ps', ['-o', 'rss=', '-p', String(pid)], { encoding: 'utf8' }).stdout.trim();
+  const n = Number(kb);
+  return Number.isFinite(n) && n > 0 ? Math.round(n / 1024) : undefined;
+}
+
+/** @param {StackConfig} cfg */
+export function kafkaWipe(cfg) {
+  fs.rmSync(paths(cfg).data, { recursive: true, force: true });
+  fs.rmSync(paths(cfg).clusterId, { force: true });
+}
+
+/** @param {string} line */
+function log(line) {
+  process.stderr.write(`${line}\n`);
+}
