@@ -1,1 +1,44 @@
-export {};
+export { BANDS } from './types';
+export type {
+  Band,
+  Cloud,
+  Region,
+  DefenderRegistration,
+  RegistrationPush,
+  TenantRegistration,
+  SealedSecretRecord,
+  TenantRecord,
+  Machine,
+  CycleBatchHeader,
+  DeviceBatch,
+  VulnerabilitySummary,
+  EnrichedDevice,
+  EnrichedBatch,
+  DeviceIdentity,
+  Contribution,
+  SignalValue,
+  ScoredDevice,
+  ScoreBatch,
+  VmsRiskScore,
+  VmsRiskSummary,
+  DeadLetter,
+} from './types';
+export {
+  TENANT_ID_PATTERN,
+  GUID_PATTERN,
+  CLOUDS,
+  REGIONS,
+  ALL_SCHEMAS,
+  defenderRegistrationSchema,
+  tenantRegistrationSchema,
+  registrationPushSchema,
+  tenantRecordSchema,
+  deviceBatchSchema,
+  enrichedBatchSchema,
+  scoreBatchSchema,
+  vmsRiskScoreSchema,
+  vmsRiskSummarySchema,
+  deadLetterSchema,
+} from './schemas';
+export { ContractError, validateMessage, checkMessage } from './validate';
+export type { ContractId, ContractTypes } from './validate';

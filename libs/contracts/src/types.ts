@@ -1,0 +1,242 @@
+/**
+ * The messages on every topic. Each has a JSON Schema in ./schemas (the source of truth, validated on
+ * produce and on consume) and the TypeScript shape here. Times are ISO-8601 UTC strings.
+ */
+
+export type Cloud = 'commercial' | 'gcc' | 'gcc-high' | 'dod';
+export type Region = 'us' | 'eu' | 'uk' | 'au' | 'swa' | 'ina';
+export type Band = 'Trustworthy' | 'Low Risk' | 'Moderate Risk' | 'Suspicious' | 'High Risk';
+export const BANDS: readonly Band[] = ['Trustworthy', 'Low Risk', 'Moderate Risk', 'Suspicious', 'High Risk'];
+
+/** One tenant's Defender settings as Director or an admin gives them (secret in clear, input only). */
+export interface DefenderRegistration {
+  enabled: boolean;
+  azureTenantId: string;
+  clientId: string;
+  clientSecret: string;
+  /** Whole minutes, 10–1440. */
+  pollIntervalMinutes: number;
+  cloud?: Cloud;
+  region?: Region | null;
+  /** A partial ZTA profile; what it leaves out takes the default (validated by @urs/scoring). */
+  riskProfile?: Record<string, unknown> | null;
+}
+
+/** `urs.registration`: Director's bulk push. */
+export interface RegistrationPush {
+  schemaVersion: 1;
+  /** Director's monotonically increasing push number; an older one than the last applied is ignored. */
+  generation: number;
+  /** `full`: the complete set (tenants missing from it are disabled); `delta`: only these tenants. */
+  mode: 'full' | 'delta';
+  /** Items are validated one by one (see TenantRegistration), so one bad tenant does not reject the push. */
+  tenants: unknown[];
+}
+
+export interface TenantRegistration {
+  tenantId: string;
+  defender: DefenderRegistration;
+}
+
+/** A client secret at rest (AES-256-GCM; see @urs/secrets). */
+export interface SealedSecretRecord {
+  alg: 'A256GCM';
+  keyId: string;
+  iv: string;
+  tag: string;
+  ciphertext: string;
+}
+
+/** `urs.tenants` (compacted, key tenantId; a null value deletes): the validated tenant record. */
+export interface TenantRecord {
+  schemaVersion: 1;
+  tenantId: string;
+  /** Increases with every change of this tenant; consumers ignore a record older than the one they hold. */
+  revision: number;
+  updatedAt: string;
+  source: 'director' | 'rest';
+  /** The Director generation that last wrote this tenant, when it came from Director. */
+  generation?: number;
+  enabled: boolean;
+  /** Why the tenant is disabled, when it is (e.g. "missing from Director full push 42"). */
+  disabledReason?: string;
+  defender: {
+    azureTenantId: string;
+    clientId: string;
+    clientSecret: SealedSecretRecord;
+    pollIntervalMinutes: number;
+    cloud: Cloud;
+    region: Region | null;
+    riskProfile: Record<string, unknown> | null;
+  };
+}
+
+/**
+ * A device as read from `GET /api/machines`, normalised to the documented camelCase names. Only the
+ * fields the pipeline uses are listed; others may be present.
+ */
+export interface Machine {
+  id: string;
+  computerDnsName?: string | null;
+  aadDeviceId?: string | null;
+  lastIpAddress?: string | null;
+  lastExternalIpAddress?: string | null;
+  ipAddresses?: { ipAddress?: string | null; macAddress?: string | null; type?: string | null; operationalStatus?: string | null }[] | null;
+  machineTags?: string[] | null;
+  rbacGroupName?: string | null;
+  rbacGroupId?: number | string | null;
+  osPlatform?: string | null;
+  riskScore?: string | null;
+  exposureLevel?: string | null;
+  defenderAvStatus?: string | null;
+  onboardingStatus?: string | null;
+  healthStatus?: string | null;
+  lastSeen?: string | null;
+  deviceValue?: string | null;
+  mergedIntoMachineId?: string | null;
+  isExcluded?: boolean | null;
+  [field: string]: unknown;
+}
+
+/** Common header of the per-cycle batch messages. */
+export interface CycleBatchHeader {
+  schemaVersion: 1;
+  tenantId: string;
+  cycleId: string;
+  /** When the cycle started: the reference time for inactivity. */
+  cycleStartedAt: string;
+  /** 0-based position of this batch in the cycle. */
+  batchIndex: number;
+  /** Set on the cycle's last batch, with the totals. */
+  lastBatch: boolean;
+  totalBatches?: number;
+  totalDevices?: number;
+}
+
+/** `urs.device-batches` (key tenantId): up to 500 devices of one cycle, from the poller. */
+export interface DeviceBatch extends CycleBatchHeader {
+  vulnerabilityMode: 'per-device' | 'bulk';
+  /** The tenant's CVSS threshold when the cycle started (criticalCves counts at or above it). */
+  cvssThreshold: number;
+  devices: Machine[];
+}
+
+/** A device's vulnerabilities, summarised at the cycle's CVSS threshold. */
+export interface VulnerabilitySummary {
+  /** Distinct CVE ids with cvssV3 ≥ threshold. */
+  criticalCveCount: number;
+  /** Distinct CVE ids in all. */
+  totalCveCount: number;
+  maxCvss: number | null;
+  cvssThreshold: number;
+  /** Up to 10 CVE ids, highest CVSS first. */
+  topCveIds: string[];
+}
+
+export interface EnrichedDevice {
+  machine: Machine;
+  /** null when the vulnerabilities could not be fetched (a missing signal). */
+  vulnerabilities: VulnerabilitySummary | null;
+  /** Why `vulnerabilities` is null. */
+  fetchError?: { code: string; message: string };
+}
+
+/** `urs.devices-enriched` (key tenantId): a device batch with each device's vulnerability summary. */
+export interface EnrichedBatch extends CycleBatchHeader {
+  vulnerabilityMode: 'per-device' | 'bulk';
+  /** When the batch's last vulnerability response arrived. */
+  collectedAt: string;
+  devices: EnrichedDevice[];
+}
+
+/** What VMS needs to enforce on a device. */
+export interface DeviceIdentity {
+  computerDnsName: string | null;
+  aadDeviceId: string | null;
+  lastIpAddress: string | null;
+  lastExternalIpAddress: string | null;
+  ipAddresses: { ipAddress?: string | null; macAddress?: string | null; type?: string | null; operationalStatus?: string | null }[];
+  machineTags: string[];
+  rbacGroupName: string | null;
+}
+
+export interface Contribution {
+  group: 'critical' | 'operational';
+  signal: string;
+  value: string | number;
+  points: number;
+}
+
+export interface SignalValue {
+  value: string | number | null;
+  /** When the value was observed (e.g. lastSeen), if known. */
+  at?: string | null;
+}
+
+/** A scored device, as the scorer emits it and the publisher forwards it. */
+export interface ScoredDevice extends DeviceIdentity {
+  deviceId: string;
+  score: number;
+  band: Band;
+  criticalScore: number;
+  operationalScore: number;
+  contributions: Contribution[];
+  missing: string[];
+  signals: Record<string, SignalValue>;
+  profileHash: string;
+  vulnerabilities: VulnerabilitySummary | null;
+}
+
+/** `urs.device-scores` (key tenantId): a scored batch. */
+export interface ScoreBatch extends CycleBatchHeader {
+  collectedAt: string;
+  scoredAt: string;
+  devices: ScoredDevice[];
+}
+
+/** `vms.risk-scores` (compacted, key `{tenantId}/{deviceId}`; a null value = the device is gone). */
+export interface VmsRiskScore extends ScoredDevice {
+  schemaVersion: 1;
+  tenantId: string;
+  cycleId: string;
+  computedAt: string;
+}
+
+/** `vms.risk-summary` (key tenantId): one per completed or deadline-closed cycle. */
+export interface VmsRiskSummary {
+  schemaVersion: 1;
+  tenantId: string;
+  cycleId: string;
+  /** `partial`: closed by its deadline before every device was scored. */
+  status: 'complete' | 'partial';
+  cycleStartedAt: string;
+  /** When the cycle's last vulnerability response arrived. */
+  collectedAt: string | null;
+  publishedAt: string;
+  devices: {
+    /** Devices the poller listed. */
+    total: number;
+    scored: number;
+    /** Scored with at least one missing signal (e.g. vulnerabilities not fetched). */
+    incomplete: number;
+    /** Listed but never scored (only in a partial cycle). */
+    failed: number;
+  };
+  bands: Record<Band, number>;
+  published: { changed: number; snapshot: boolean; tombstones: number };
+  timings: { collectMs: number; scoreToPublishMs: number; cycleMs: number };
+}
+
+/** `urs.dlq`: what could not be processed, with why. Secrets in the payload are redacted. */
+export interface DeadLetter {
+  schemaVersion: 1;
+  service: string;
+  sourceTopic: string;
+  partition: number;
+  offset: string;
+  key: string | null;
+  error: { code: string; message: string };
+  /** The message value as text (UTF-8), secrets redacted, cut at 256 KiB. */
+  payload: string | null;
+  failedAt: string;
+}

@@ -1,0 +1,111 @@
+import Ajv, { type ErrorObject, type ValidateFunction } from 'ajv';
+import addFormats from 'ajv-formats';
+import { UrsError } from '@urs/resilience';
+import { ALL_SCHEMAS } from './schemas';
+import type {
+  DeadLetter,
+  DeviceBatch,
+  EnrichedBatch,
+  RegistrationPush,
+  ScoreBatch,
+  TenantRecord,
+  TenantRegistration,
+  VmsRiskScore,
+  VmsRiskSummary,
+} from './types';
+
+/** The message kinds, by schema id, with their TypeScript shapes. */
+export interface ContractTypes {
+  'urs/tenant-registration': TenantRegistration;
+  'urs/registration-push': RegistrationPush;
+  'urs/tenant-record': TenantRecord;
+  'urs/device-batch': DeviceBatch;
+  'urs/enriched-batch': EnrichedBatch;
+  'urs/score-batch': ScoreBatch;
+  'urs/vms-risk-score': VmsRiskScore;
+  'urs/vms-risk-summary': VmsRiskSummary;
+  'urs/dead-letter': DeadLetter;
+}
+export type ContractId = keyof ContractTypes;
+
+/** A message that does not match its contract. Never retryable: the same bytes fail the same way. */
+export class ContractError extends UrsError {
+  constructor(
+    readonly contract: string,
+    readonly violations: { field: string; rule: string }[],
+  ) {
+    const first = violations[0];
+    super(
+      'CONTRACT_INVALID',
+      `${contract}: ${first ? `${first.field} ${first.rule}` : 'invalid'}${violations.length > 1 ? ` (+${violations.length - 1} more)` : ''}`,
+      { details: { contract, violations } },
+    );
+  }
+}
+
+function createAjv(allErrors: boolean): Ajv {
+  const instance = new Ajv({ allErrors, strict: false });
+  addFormats(instance, ['date-time']);
+  for (const schema of ALL_SCHEMAS) instance.addSchema(schema);
+  return instance;
+}
+/** Fast path: stops at the first violation (messages on the bus). */
+const ajv = createAjv(false);
+/** Lists every violation (answers to people); compiled lazily. */
+let ajvAll: Ajv | undefined;
+
+const compiled = new Map<string, ValidateFunction>();
+function validator(id: ContractId): ValidateFunction {
+  let validate = compiled.get(id);
+  if (!validate) {
+    validate = ajv.getSchema(id);
+    if (!validate) throw new Error(`no schema ${id}`);
+    compiled.set(id, validate);
+  }
+  return validate;
+}
+
+/** `/defender/pollIntervalMinutes` → `defender.pollIntervalMinutes`; the root is named `(message)`. */
+export function fieldOf(error: ErrorObject): string {
+  const path = error.instancePath.replace(/^\//, '').replace(/\//g, '.');
+  const missing = error.keyword === 'required' ? (error.params as { missingProperty?: string }).missingProperty : undefined;
+  const extra =
+    error.keyword === 'additionalProperties' ? (error.params as { additionalProperty?: string }).additionalProperty : undefined;
+  const leaf = missing ?? extra;
+  if (leaf) return path ? `${path}.${leaf}` : leaf;
+  return path || '(message)';
+}
+
+export function ruleOf(error: ErrorObject): string {
+  switch (error.keyword) {
+    case 'required':
+      return 'is required';
+    case 'additionalProperties':
+      return 'is not a known field';
+    case 'enum':
+      return `must be one of ${((error.params as { allowedValues: unknown[] }).allowedValues ?? []).map(String).join(', ')}`;
+    default:
+      return error.message ?? 'is invalid';
+  }
+}
+
+/** Throws ContractError naming the first failing field and its rule. Value is returned typed. */
+export function validateMessage<K extends ContractId>(id: K, value: unknown): ContractTypes[K] {
+  const validate = validator(id);
+  if (!validate(value)) {
+    throw new ContractError(
+      id,
+      (validate.errors ?? []).map((error) => ({ field: fieldOf(error), rule: ruleOf(error) })),
+    );
+  }
+  return value as ContractTypes[K];
+}
+
+/** Like validateMessage, but answers every violation (for REST answers that list all problems). */
+export function checkMessage(id: ContractId, value: unknown): { field: string; rule: string }[] {
+  ajvAll ??= createAjv(true);
+  const validate = ajvAll.getSchema(id);
+  if (!validate) throw new Error(`no schema ${id}`);
+  if (validate(value)) return [];
+  return (validate.errors ?? []).map((error) => ({ field: fieldOf(error), rule: ruleOf(error) }));
+}
