@@ -1,0 +1,49 @@
+import { Partitioners, type IHeaders, type Kafka, type Producer } from 'kafkajs';
+import { validateMessage, type ContractId, type ContractTypes } from '@urs/contracts';
+import { UrsError } from '@urs/resilience';
+
+export interface OutboundMessage<T> {
+  key: string;
+  /** null produces a tombstone (compacted topics). */
+  value: T | null;
+  headers?: IHeaders;
+}
+
+export interface Publisher {
+  /** Validates every value against its contract, then produces them all, acknowledged by all in-sync replicas. */
+  send<K extends ContractId>(topic: string, contract: K, messages: OutboundMessage<ContractTypes[K]>[]): Promise<void>;
+  /** Produces already-serialised values (the dead-letter path, which must not fail validation again). */
+  sendRaw(topic: string, messages: { key: string | null; value: string | null }[]): Promise<void>;
+  close(): Promise<void>;
+}
+
+export class BusError extends UrsError {}
+
+export async function createPublisher(kafka: Kafka): Promise<Publisher> {
+  const producer: Producer = kafka.producer({
+    createPartitioner: Partitioners.DefaultPartitioner,
+    allowAutoTopicCreation: false,
+  });
+  await producer.connect();
+  let closing: Promise<void> | undefined;
+  return {
+    async send(topic, contract, messages) {
+      if (closing) throw new BusError('BUS_CLOSED', 'the publisher is closed', { canRetry: false });
+      if (messages.length === 0) return;
+      const encoded = messages.map((message) => ({
+        key: message.key,
+        value: message.value === null ? null : JSON.stringify(validateMessage(contract, message.value)),
+        ...(message.headers ? { headers: message.headers } : {}),
+      }));
+      await producer.send({ topic, acks: -1, messages: encoded });
+    },
+    async sendRaw(topic, messages) {
+      if (messages.length === 0) return;
+      await producer.send({ topic, acks: -1, messages });
+    },
+    close() {
+      closing ??= producer.disconnect();
+      return closing;
+    },
+  };
+}

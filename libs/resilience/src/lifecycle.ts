@@ -1,0 +1,32 @@
+/** Resolves with the signal's name on the first SIGTERM or SIGINT (orchestrators stop pods with SIGTERM). */
+export function untilShutdownSignal(signals: NodeJS.Signals[] = ['SIGTERM', 'SIGINT']): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const handler = (signal: NodeJS.Signals): void => {
+      for (const name of signals) process.off(name, handler);
+      resolve(signal);
+    };
+    for (const name of signals) process.on(name, handler);
+  });
+}
+
+export interface Closer {
+  name: string;
+  close: () => Promise<void> | void;
+}
+
+/**
+ * Closes every resource in order, each even if an earlier one failed, and reports the failures.
+ * Order matters: stop intake first (consumers), then what they use (producers, Redis), then endpoints.
+ */
+export async function closeAll(
+  closers: readonly Closer[],
+  onError: (name: string, error: unknown) => void,
+): Promise<void> {
+  for (const closer of closers) {
+    try {
+      await closer.close();
+    } catch (error) {
+      onError(closer.name, error);
+    }
+  }
+}
