@@ -1,6 +1,219 @@
-import type { Command } from '../command';
+import { once } from 'node:events';
+import { readFile } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
+import { parseArgs } from 'node:util';
+import { errorMessage } from '@urs/resilience';
+import { BANDS, compileProfile, parseTimestampMs, scoreDevice } from '@urs/scoring';
+import type { Band, CompiledProfile, ScoreResult } from '@urs/scoring';
+import type { Command, CommandIo } from '../command';
 
-export const scoreCommand: Command = async (_args, io) => {
-  io.stderr.write('urs score: not built yet\n');
-  return 2;
+const USAGE = `usage: urs score [--profile FILE] [--now ISO] [--summary] [--compare OTHER_PROFILE]
+
+Reads MDE machine records as NDJSON on stdin, one per line, each optionally with "vulnerabilities":
+an array of MDE vulnerability records, or null/absent when they could not be fetched. Writes one NDJSON
+result per device: deviceId, score, band, criticalScore, operationalScore, contributions, missing.
+
+  --profile FILE    the tenant's risk profile (JSON); default: the vendor's default profile
+  --now ISO         the cycle's start, against which lastSeen is aged; default: now
+  --summary         print only the band distribution: {"kind":"summary",...}
+  --compare FILE    dry-run a new profile: print a {"kind":"change",...} line per device whose band
+                    differs between --profile and FILE, then a {"kind":"summary",...} line with the
+                    number of changes and both band distributions (with --summary: only the summary)
+
+Exit status: 0 all lines scored; 1 some lines were bad (each named on stderr by its line number, the
+others still scored); 2 bad usage or an invalid profile.`;
+
+/** Output is written in chunks of about this many characters: one write per line would dominate the run time. */
+const CHUNK_CHARS = 64 * 1024;
+
+interface Options {
+  profile: CompiledProfile;
+  compare: CompiledProfile | undefined;
+  nowMs: number;
+  summary: boolean;
+}
+
+type BandCounts = Record<Band, number>;
+
+/** `urs score`: see USAGE. */
+export const scoreCommand: Command = async (args, io) => {
+  let options: Options | 'help';
+  try {
+    options = await readOptions(args);
+  } catch (error) {
+    io.stderr.write(`urs score: ${errorMessage(error)}\n`);
+    return 2;
+  }
+  if (options === 'help') {
+    io.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  return run(options, io);
 };
+
+class UsageError extends Error {}
+
+async function readOptions(args: string[]): Promise<Options | 'help'> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        profile: { type: 'string' },
+        now: { type: 'string' },
+        summary: { type: 'boolean' },
+        compare: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (error) {
+    throw new UsageError(`${errorMessage(error)}\n${USAGE}`);
+  }
+  if (values.help) return 'help';
+  let nowMs = Date.now();
+  if (values.now !== undefined) {
+    nowMs = parseTimestampMs(values.now);
+    if (Number.isNaN(nowMs)) throw new UsageError(`--now: must be an ISO 8601 time such as 2024-01-08T11:04:02Z (got '${values.now}')`);
+  }
+  return {
+    profile: await loadProfile('--profile', values.profile),
+    compare: values.compare === undefined ? undefined : await loadProfile('--compare', values.compare),
+    nowMs,
+    summary: values.summary ?? false,
+  };
+}
+
+async function loadProfile(option: string, file: string | undefined): Promise<CompiledProfile> {
+  if (file === undefined) return compileProfile(undefined);
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    throw new UsageError(`${option} ${file}: cannot read the profile (${errorMessage(error)})`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    throw new UsageError(`${option} ${file}: not valid JSON (${errorMessage(error)})`);
+  }
+  try {
+    return compileProfile(json as object);
+  } catch (error) {
+    throw new UsageError(`${option} ${file}: ${errorMessage(error)}`);
+  }
+}
+
+async function run(options: Options, io: CommandIo): Promise<number> {
+  const { profile, compare, nowMs, summary } = options;
+  const out = new ChunkedWriter(io.stdout);
+  const bands = emptyCounts();
+  const compareBands = emptyCounts();
+  let devices = 0;
+  let failed = 0;
+  let changed = 0;
+  let lineNumber = 0;
+
+  const lines = createInterface({ input: io.stdin, crlfDelay: Infinity });
+  for await (const line of lines) {
+    lineNumber += 1;
+    if (line.trim().length === 0) continue;
+    let deviceId: string;
+    let result: ScoreResult;
+    let other: ScoreResult | undefined;
+    try {
+      const record = parseRecord(line);
+      deviceId = record.deviceId;
+      result = scoreDevice(record.machine, record.vulnerabilities, profile, nowMs);
+      if (compare) other = scoreDevice(record.machine, record.vulnerabilities, compare, nowMs);
+    } catch (error) {
+      failed += 1;
+      io.stderr.write(`urs score: line ${lineNumber}: ${errorMessage(error)}\n`);
+      continue;
+    }
+    devices += 1;
+    bands[result.band] += 1;
+    if (other) {
+      compareBands[other.band] += 1;
+      if (other.band !== result.band) {
+        changed += 1;
+        if (!summary) {
+          const from = { score: result.score, band: result.band };
+          await out.write(JSON.stringify({ kind: 'change', deviceId, from, to: { score: other.score, band: other.band } }));
+        }
+      }
+    } else if (!summary) {
+      const { score, band, criticalScore, operationalScore, contributions, missing } = result;
+      await out.write(JSON.stringify({ deviceId, score, band, criticalScore, operationalScore, contributions, missing }));
+    }
+  }
+
+  if (compare) {
+    await out.write(
+      JSON.stringify({
+        kind: 'summary',
+        devices,
+        failed,
+        changed,
+        profileHash: { from: profile.hash, to: compare.hash },
+        bands: { from: bands, to: compareBands },
+      }),
+    );
+  } else if (summary) {
+    await out.write(JSON.stringify({ kind: 'summary', devices, failed, profileHash: profile.hash, bands }));
+  }
+  await out.flush();
+  return failed > 0 ? 1 : 0;
+}
+
+interface InputRecord {
+  deviceId: string;
+  machine: Record<string, unknown>;
+  vulnerabilities: Parameters<typeof scoreDevice>[1];
+}
+
+/** One input line: a machine record with an `id`, its `vulnerabilities` riding along. Throws naming the field. */
+function parseRecord(line: string): InputRecord {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch (error) {
+    throw new Error(`not valid JSON (${errorMessage(error)})`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new Error('must be a JSON object (an MDE machine record)');
+  }
+  const machine = value as Record<string, unknown>;
+  const id = machine.id !== undefined ? machine.id : machine.Id;
+  if (typeof id !== 'string' || id.length === 0) throw new Error('id: must be a non-empty string (the MDE machine id)');
+  const vulnerabilities = machine.vulnerabilities;
+  if (vulnerabilities !== undefined && vulnerabilities !== null && typeof vulnerabilities !== 'object') {
+    throw new Error('vulnerabilities: must be an array of MDE vulnerability records, or null when not fetched');
+  }
+  return { deviceId: id, machine, vulnerabilities: vulnerabilities as InputRecord['vulnerabilities'] };
+}
+
+function emptyCounts(): BandCounts {
+  return Object.fromEntries(BANDS.map((band) => [band, 0])) as BandCounts;
+}
+
+/** Joins lines into chunks and honours back-pressure, so a slow reader of stdout bounds memory. */
+class ChunkedWriter {
+  private pending = '';
+
+  constructor(private readonly stream: NodeJS.WritableStream) {}
+
+  async write(line: string): Promise<void> {
+    this.pending += `${line}\n`;
+    if (this.pending.length >= CHUNK_CHARS) await this.flush();
+  }
+
+  async flush(): Promise<void> {
+    if (this.pending.length === 0) return;
+    const chunk = this.pending;
+    this.pending = '';
+    if (!this.stream.write(chunk)) await once(this.stream, 'drain');
+  }
+}
