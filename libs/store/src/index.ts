@@ -1,1 +1,4 @@
-export {};
+export { createRedis, closeRedis, StoreError } from './client';
+export type { RedisClientOptions } from './client';
+export { createTenantStore } from './tenants';
+export type { TenantStore, TenantStatus } from './tenants';

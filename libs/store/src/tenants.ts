@@ -1,0 +1,119 @@
+import type Redis from 'ioredis';
+import type { TenantRecord } from '@urs/contracts';
+
+/** What operators and admins see of a tenant's polling (REST GET, `urs` tools). Never a secret. */
+export interface TenantStatus {
+  /** `active`, `disabled`, `error` (the last cycle failed), `registration-rejected`. */
+  state?: 'active' | 'disabled' | 'error' | 'registration-rejected';
+  lastCycleId?: string;
+  lastCycleStartedAt?: string;
+  lastCycleEndedAt?: string;
+  deviceCount?: number;
+  nextPollAt?: string;
+  vulnerabilityMode?: 'per-device' | 'bulk';
+  /** Why bulk mode was chosen, or other notes an admin should read. */
+  note?: string;
+  lastErrorCode?: string | null;
+  lastErrorMessage?: string | null;
+  lastErrorAt?: string | null;
+  updatedAt?: string;
+}
+
+export interface TenantStore {
+  /**
+   * Stores the record unless a record with the same or a higher revision is already there.
+   * Resolves true when written. A redelivered or older record never overwrites a newer one.
+   */
+  put(record: TenantRecord): Promise<boolean>;
+  get(tenantId: string): Promise<TenantRecord | null>;
+  /** Every stored tenant id. */
+  ids(): Promise<string[]>;
+  /** Removes the record (and its status) unless a newer revision than `revision` exists. */
+  remove(tenantId: string, revision?: number): Promise<boolean>;
+  /** Merges fields into the tenant's status. `null` clears a field. */
+  updateStatus(tenantId: string, status: Partial<{ [K in keyof TenantStatus]: TenantStatus[K] | null }>): Promise<void>;
+  getStatus(tenantId: string): Promise<TenantStatus>;
+  /** Whether the store holds any tenant at all (an empty store after a Redis wipe triggers a rebuild). */
+  isEmpty(): Promise<boolean>;
+}
+
+// KEYS[1] record hash, KEYS[2] index set; ARGV: tenantId, revision, json.
+const PUT_IF_NEWER = `
+local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
+if current >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'revision', ARGV[2], 'record', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1`;
+
+// KEYS[1] record hash, KEYS[2] index set, KEYS[3] status hash; ARGV: tenantId, revision (0 = any).
+const REMOVE_IF_NOT_NEWER = `
+local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
+if tonumber(ARGV[2]) > 0 and current > tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1`;
+
+/**
+ * Tenant records (as on `urs.tenants`: the secret stays sealed) and their status, under
+ * `{prefix}tenant:{id}`, `{prefix}tenant-status:{id}` and the index `{prefix}tenants`.
+ */
+export function createTenantStore(redis: Redis, prefix: string): TenantStore {
+  const recordKey = (tenantId: string): string => `${prefix}tenant:${tenantId}`;
+  const statusKey = (tenantId: string): string => `${prefix}tenant-status:${tenantId}`;
+  const indexKey = `${prefix}tenants`;
+  return {
+    async put(record) {
+      const written = await redis.eval(
+        PUT_IF_NEWER,
+        2,
+        recordKey(record.tenantId),
+        indexKey,
+        record.tenantId,
+        String(record.revision),
+        JSON.stringify(record),
+      );
+      return written === 1;
+    },
+    async get(tenantId) {
+      const json = await redis.hget(recordKey(tenantId), 'record');
+      return json === null ? null : (JSON.parse(json) as TenantRecord);
+    },
+    async ids() {
+      return (await redis.smembers(indexKey)).sort();
+    },
+    async remove(tenantId, revision = 0) {
+      const removed = await redis.eval(
+        REMOVE_IF_NOT_NEWER,
+        3,
+        recordKey(tenantId),
+        indexKey,
+        statusKey(tenantId),
+        tenantId,
+        String(revision),
+      );
+      return removed === 1;
+    },
+    async updateStatus(tenantId, status) {
+      const set: string[] = [];
+      const clear: string[] = [];
+      for (const [field, value] of Object.entries(status)) {
+        if (value === undefined) continue;
+        if (value === null) clear.push(field);
+        else set.push(field, JSON.stringify(value));
+      }
+      set.push('updatedAt', JSON.stringify(new Date().toISOString()));
+      const pipeline = redis.multi().hset(statusKey(tenantId), ...set);
+      if (clear.length > 0) pipeline.hdel(statusKey(tenantId), ...clear);
+      await pipeline.exec();
+    },
+    async getStatus(tenantId) {
+      const fields = await redis.hgetall(statusKey(tenantId));
+      const status: Record<string, unknown> = {};
+      for (const [field, json] of Object.entries(fields)) status[field] = JSON.parse(json) as unknown;
+      return status as TenantStatus;
+    },
+    async isEmpty() {
+      return (await redis.scard(indexKey)) === 0;
+    },
+  };
+}

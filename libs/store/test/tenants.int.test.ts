@@ -1,0 +1,62 @@
+import type { TenantRecord } from '@urs/contracts';
+import { createTenantStore } from '@urs/store';
+import { createTestRedis, type TestRedis } from '@urs/testkit';
+
+function record(tenantId: string, revision: number, pollIntervalMinutes = 60): TenantRecord {
+  return {
+    schemaVersion: 1,
+    tenantId,
+    revision,
+    updatedAt: new Date().toISOString(),
+    source: 'rest',
+    enabled: true,
+    defender: {
+      azureTenantId: '8f2a3c1e-4b5d-4e6f-9a7b-0c1d2e3f4a5b',
+      clientId: '1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9',
+      clientSecret: { alg: 'A256GCM', keyId: 'k1', iv: 'aXY=', tag: 'dGFn', ciphertext: 'Y2lwaGVy' },
+      pollIntervalMinutes,
+      cloud: 'commercial',
+      region: null,
+      riskProfile: null,
+    },
+  };
+}
+
+describe('createTenantStore', () => {
+  let redis: TestRedis;
+  beforeEach(() => {
+    redis = createTestRedis();
+  });
+  afterEach(async () => {
+    await redis.close();
+  });
+
+  it('put should keep the newest revision when records arrive out of order', async () => {
+    const store = createTenantStore(redis.client, redis.prefix);
+    expect(await store.put(record('acme', 2, 30))).toBe(true);
+    expect(await store.put(record('acme', 1, 90))).toBe(false);
+    expect(await store.put(record('acme', 2, 90))).toBe(false);
+    expect((await store.get('acme'))?.defender.pollIntervalMinutes).toBe(30);
+    expect(await store.ids()).toEqual(['acme']);
+  });
+
+  it('remove should not delete a record newer than the deletion', async () => {
+    const store = createTenantStore(redis.client, redis.prefix);
+    await store.put(record('acme', 5));
+    expect(await store.remove('acme', 4)).toBe(false);
+    expect(await store.get('acme')).not.toBeNull();
+    expect(await store.remove('acme', 5)).toBe(true);
+    expect(await store.get('acme')).toBeNull();
+    expect(await store.isEmpty()).toBe(true);
+  });
+
+  it('updateStatus should merge fields and clear the ones set to null', async () => {
+    const store = createTenantStore(redis.client, redis.prefix);
+    await store.updateStatus('acme', { state: 'error', lastErrorCode: 'AUTH_INVALID_SECRET', deviceCount: 3 });
+    await store.updateStatus('acme', { state: 'active', lastErrorCode: null });
+    const status = await store.getStatus('acme');
+    expect(status).toMatchObject({ state: 'active', deviceCount: 3 });
+    expect(status.lastErrorCode).toBeUndefined();
+    expect(typeof status.updatedAt).toBe('string');
+  });
+});
