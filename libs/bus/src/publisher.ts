@@ -11,7 +11,11 @@ export interface OutboundMessage<T> {
 
 export interface Publisher {
   /** Validates every value against its contract, then produces them all, acknowledged by all in-sync replicas. */
-  send<K extends ContractId>(topic: string, contract: K, messages: OutboundMessage<ContractTypes[K]>[]): Promise<void>;
+  send<K extends ContractId>(
+    topic: string,
+    contract: K,
+    messages: OutboundMessage<ContractTypes[K]>[],
+  ): Promise<void>;
   /** Produces already-serialised values (the dead-letter path, which must not fail validation again). */
   sendRaw(topic: string, messages: { key: string | null; value: string | null }[]): Promise<void>;
   close(): Promise<void>;

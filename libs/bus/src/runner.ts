@@ -91,9 +91,14 @@ export const DEFAULT_RUNNER_RETRY: RetryPolicy = { ...DEFAULT_RETRY_POLICY, maxA
 export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRunner {
   const log = options.logger.child({ component: 'consumer', groupId: options.groupId });
   const retry = options.retry ?? DEFAULT_RUNNER_RETRY;
-  const bySubscription = new Map(options.subscriptions.map((subscription) => [subscription.topic, subscription]));
+  const bySubscription = new Map(
+    options.subscriptions.map((subscription) => [subscription.topic, subscription]),
+  );
   const handled = options.metrics.counter('urs_messages_total', 'Messages consumed, by topic and outcome.');
-  const seconds = options.metrics.histogram('urs_handler_seconds', 'Time spent handling one message, in seconds.');
+  const seconds = options.metrics.histogram(
+    'urs_handler_seconds',
+    'Time spent handling one message, in seconds.',
+  );
   const abort = new AbortController();
   let state: RunnerState = 'created';
   let joined = false;
@@ -117,13 +122,18 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     if (!subscription) throw new PoisonMessageError('TOPIC_UNKNOWN', `no handler for topic ${topic}`);
     let value: unknown = null;
     if (message.value === null) {
-      if (!subscription.tombstones) throw new PoisonMessageError('TOMBSTONE_UNEXPECTED', 'a null value is not expected on this topic');
+      if (!subscription.tombstones)
+        throw new PoisonMessageError('TOMBSTONE_UNEXPECTED', 'a null value is not expected on this topic');
     } else {
       let parsed: unknown;
       try {
         parsed = JSON.parse(message.value.toString('utf8'));
       } catch (error) {
-        throw new PoisonMessageError('MESSAGE_NOT_JSON', `the value is not JSON: ${errorMessage(error)}`, error);
+        throw new PoisonMessageError(
+          'MESSAGE_NOT_JSON',
+          `the value is not JSON: ${errorMessage(error)}`,
+          error,
+        );
       }
       value = validateMessage(subscription.contract, parsed);
     }
@@ -151,7 +161,9 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
       error,
     );
     // The dead letter itself must not be lost: if Kafka refuses it, the batch fails and is redelivered.
-    await options.publisher.send(options.dlqTopic, 'urs/dead-letter', [{ key: letter.sourceTopic, value: letter }]);
+    await options.publisher.send(options.dlqTopic, 'urs/dead-letter', [
+      { key: letter.sourceTopic, value: letter },
+    ]);
     log.warn('message dead-lettered', {
       topic: letter.sourceTopic,
       partition: letter.partition,
@@ -190,7 +202,11 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
           await deadLetter(
             payload,
             message,
-            new PoisonMessageError('RETRIES_EXHAUSTED', `gave up after ${attempt} attempts: ${errorMessage(error)}`, error),
+            new PoisonMessageError(
+              'RETRIES_EXHAUSTED',
+              `gave up after ${attempt} attempts: ${errorMessage(error)}`,
+              error,
+            ),
           );
           handled.inc({ topic, outcome: 'dead-lettered' });
           return true;
@@ -234,7 +250,10 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
       state = 'starting';
       await consumer.connect();
       for (const subscription of options.subscriptions) {
-        await consumer.subscribe({ topic: subscription.topic, fromBeginning: subscription.fromBeginning ?? true });
+        await consumer.subscribe({
+          topic: subscription.topic,
+          fromBeginning: subscription.fromBeginning ?? true,
+        });
       }
       await consumer.run({
         autoCommit: true,

@@ -2,7 +2,9 @@ import { redactPayload, toDeadLetter } from '@urs/bus';
 
 describe('redactPayload', () => {
   it('should remove client secrets from a JSON payload', () => {
-    const text = JSON.stringify({ tenants: [{ tenantId: 't', defender: { clientSecret: 'Zx9~real-secret' } }] });
+    const text = JSON.stringify({
+      tenants: [{ tenantId: 't', defender: { clientSecret: 'Zx9~real-secret' } }],
+    });
     const redacted = redactPayload(text);
     expect(redacted).not.toContain('Zx9~real-secret');
     expect(JSON.parse(redacted).tenants[0].tenantId).toBe('t');

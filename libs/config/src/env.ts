@@ -39,8 +39,10 @@ export function readInt(env: Env, name: string, rule: IntRule = {}): number {
   }
   if (!/^-?\d+$/.test(text)) throw new ConfigError(name, `must be a whole number (got "${text}")`);
   const value = Number(text);
-  if (rule.min !== undefined && value < rule.min) throw new ConfigError(name, `must be ≥ ${rule.min} (got ${value})`);
-  if (rule.max !== undefined && value > rule.max) throw new ConfigError(name, `must be ≤ ${rule.max} (got ${value})`);
+  if (rule.min !== undefined && value < rule.min)
+    throw new ConfigError(name, `must be ≥ ${rule.min} (got ${value})`);
+  if (rule.max !== undefined && value > rule.max)
+    throw new ConfigError(name, `must be ≤ ${rule.max} (got ${value})`);
   return value;
 }
 

@@ -1,4 +1,14 @@
-import { ConfigError, type Env, readBool, readEnum, readInt, readList, readOptionalString, readString, readUrl } from './env';
+import {
+  ConfigError,
+  type Env,
+  readBool,
+  readEnum,
+  readInt,
+  readList,
+  readOptionalString,
+  readString,
+  readUrl,
+} from './env';
 
 export interface KafkaConfig {
   brokers: string[];
@@ -12,13 +22,19 @@ export interface KafkaConfig {
 export function kafkaConfig(env: Env, clientId: string): KafkaConfig {
   const brokers = readList(env, 'KAFKA_BROKERS', ['127.0.0.1:9092']);
   for (const broker of brokers) {
-    if (!/^[^\s:]+:\d+$/.test(broker)) throw new ConfigError('KAFKA_BROKERS', `must list host:port pairs (got "${broker}")`);
+    if (!/^[^\s:]+:\d+$/.test(broker))
+      throw new ConfigError('KAFKA_BROKERS', `must list host:port pairs (got "${broker}")`);
   }
   const config: KafkaConfig = { brokers, clientId, ssl: readBool(env, 'KAFKA_SSL', false) };
   const mechanism = readOptionalString(env, 'KAFKA_SASL_MECHANISM');
   if (mechanism !== undefined) {
     config.sasl = {
-      mechanism: readEnum(env, 'KAFKA_SASL_MECHANISM', ['plain', 'scram-sha-256', 'scram-sha-512'] as const, 'plain'),
+      mechanism: readEnum(
+        env,
+        'KAFKA_SASL_MECHANISM',
+        ['plain', 'scram-sha-256', 'scram-sha-512'] as const,
+        'plain',
+      ),
       username: readString(env, 'KAFKA_SASL_USERNAME'),
       password: readString(env, 'KAFKA_SASL_PASSWORD'),
     };
@@ -100,7 +116,9 @@ export function secretKeyConfig(env: Env): SecretKeyConfig {
   if (!/^[A-Za-z0-9._-]{1,32}$/.test(activeKeyId)) {
     throw new ConfigError('URS_SECRET_KEY_ID', 'must be 1–32 letters, digits, dots, dashes or underscores');
   }
-  const keys = new Map<string, Buffer>([[activeKeyId, decodeKey('URS_SECRET_KEY', readString(env, 'URS_SECRET_KEY'))]]);
+  const keys = new Map<string, Buffer>([
+    [activeKeyId, decodeKey('URS_SECRET_KEY', readString(env, 'URS_SECRET_KEY'))],
+  ]);
   for (const entry of readList(env, 'URS_SECRET_KEYS_PREVIOUS')) {
     const separator = entry.indexOf(':');
     if (separator <= 0) throw new ConfigError('URS_SECRET_KEYS_PREVIOUS', 'must list id:base64key pairs');

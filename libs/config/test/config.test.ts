@@ -25,13 +25,19 @@ describe('kafkaConfig', () => {
   });
 
   it('should require SASL credentials once a mechanism is set', () => {
-    expect(() => kafkaConfig({ KAFKA_SASL_MECHANISM: 'plain' }, 'c')).toThrow('KAFKA_SASL_USERNAME is required');
+    expect(() => kafkaConfig({ KAFKA_SASL_MECHANISM: 'plain' }, 'c')).toThrow(
+      'KAFKA_SASL_USERNAME is required',
+    );
   });
 });
 
 describe('topicsConfig', () => {
   it('should use the contract names by default', () => {
-    expect(topicsConfig({})).toMatchObject({ tenants: 'urs.tenants', vmsRiskScores: 'vms.risk-scores', dlq: 'urs.dlq' });
+    expect(topicsConfig({})).toMatchObject({
+      tenants: 'urs.tenants',
+      vmsRiskScores: 'vms.risk-scores',
+      dlq: 'urs.dlq',
+    });
   });
 
   it('should apply the prefix and let one topic be renamed on its own', () => {
@@ -51,7 +57,11 @@ describe('secretKeyConfig', () => {
   it('should keep previous keys for decryption', () => {
     const active = randomBytes(32).toString('base64');
     const old = randomBytes(32).toString('base64');
-    const config = secretKeyConfig({ URS_SECRET_KEY: active, URS_SECRET_KEY_ID: 'k2', URS_SECRET_KEYS_PREVIOUS: `k1:${old}` });
+    const config = secretKeyConfig({
+      URS_SECRET_KEY: active,
+      URS_SECRET_KEY_ID: 'k2',
+      URS_SECRET_KEYS_PREVIOUS: `k1:${old}`,
+    });
     expect(config.activeKeyId).toBe('k2');
     expect([...config.keys.keys()]).toEqual(['k2', 'k1']);
   });
@@ -59,6 +69,8 @@ describe('secretKeyConfig', () => {
 
 describe('serviceConfig', () => {
   it('should reject an unknown log level naming the variable', () => {
-    expect(() => serviceConfig({ URS_LOG_LEVEL: 'loud' }, 'poller', 9102)).toThrow(/URS_LOG_LEVEL must be one of/);
+    expect(() => serviceConfig({ URS_LOG_LEVEL: 'loud' }, 'poller', 9102)).toThrow(
+      /URS_LOG_LEVEL must be one of/,
+    );
   });
 });

@@ -30,7 +30,10 @@ const defenderRegistration = {
   },
 } as const;
 
-export const defenderRegistrationSchema = { $id: 'urs/defender-registration', ...defenderRegistration } as const;
+export const defenderRegistrationSchema = {
+  $id: 'urs/defender-registration',
+  ...defenderRegistration,
+} as const;
 
 export const tenantRegistrationSchema = {
   $id: 'urs/tenant-registration',
@@ -83,7 +86,15 @@ export const tenantRecordSchema = {
     defender: {
       type: 'object',
       additionalProperties: false,
-      required: ['azureTenantId', 'clientId', 'clientSecret', 'pollIntervalMinutes', 'cloud', 'region', 'riskProfile'],
+      required: [
+        'azureTenantId',
+        'clientId',
+        'clientSecret',
+        'pollIntervalMinutes',
+        'cloud',
+        'region',
+        'riskProfile',
+      ],
       properties: {
         azureTenantId: { type: 'string', pattern: GUID_PATTERN },
         clientId: { type: 'string', pattern: GUID_PATTERN },
@@ -119,7 +130,14 @@ const cycleHeader = {
   totalBatches: { type: 'integer', minimum: 1 },
   totalDevices: { type: 'integer', minimum: 0 },
 } as const;
-const cycleHeaderRequired = ['schemaVersion', 'tenantId', 'cycleId', 'cycleStartedAt', 'batchIndex', 'lastBatch'];
+const cycleHeaderRequired = [
+  'schemaVersion',
+  'tenantId',
+  'cycleId',
+  'cycleStartedAt',
+  'batchIndex',
+  'lastBatch',
+];
 /** The last batch carries the totals; an empty fleet is one empty last batch. */
 const lastBatchCarriesTotals = {
   if: { properties: { lastBatch: { const: true } } },
@@ -247,7 +265,12 @@ export const scoreBatchSchema = {
     devices: {
       type: 'array',
       maxItems: 10_000,
-      items: { type: 'object', additionalProperties: false, required: scoredDeviceRequired, properties: scoredDeviceProperties },
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: scoredDeviceRequired,
+        properties: scoredDeviceProperties,
+      },
     },
   },
   ...lastBatchCarriesTotals,
@@ -325,7 +348,17 @@ export const deadLetterSchema = {
   $id: 'urs/dead-letter',
   type: 'object',
   additionalProperties: false,
-  required: ['schemaVersion', 'service', 'sourceTopic', 'partition', 'offset', 'key', 'error', 'payload', 'failedAt'],
+  required: [
+    'schemaVersion',
+    'service',
+    'sourceTopic',
+    'partition',
+    'offset',
+    'key',
+    'error',
+    'payload',
+    'failedAt',
+  ],
   properties: {
     schemaVersion: { const: 1 },
     service: { type: 'string' },

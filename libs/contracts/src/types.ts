@@ -81,7 +81,14 @@ export interface Machine {
   aadDeviceId?: string | null;
   lastIpAddress?: string | null;
   lastExternalIpAddress?: string | null;
-  ipAddresses?: { ipAddress?: string | null; macAddress?: string | null; type?: string | null; operationalStatus?: string | null }[] | null;
+  ipAddresses?:
+    | {
+        ipAddress?: string | null;
+        macAddress?: string | null;
+        type?: string | null;
+        operationalStatus?: string | null;
+      }[]
+    | null;
   machineTags?: string[] | null;
   rbacGroupName?: string | null;
   rbacGroupId?: number | string | null;
@@ -155,7 +162,12 @@ export interface DeviceIdentity {
   aadDeviceId: string | null;
   lastIpAddress: string | null;
   lastExternalIpAddress: string | null;
-  ipAddresses: { ipAddress?: string | null; macAddress?: string | null; type?: string | null; operationalStatus?: string | null }[];
+  ipAddresses: {
+    ipAddress?: string | null;
+    macAddress?: string | null;
+    type?: string | null;
+    operationalStatus?: string | null;
+  }[];
   machineTags: string[];
   rbacGroupName: string | null;
 }

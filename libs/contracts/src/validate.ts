@@ -68,9 +68,12 @@ function validator(id: ContractId): ValidateFunction {
 /** `/defender/pollIntervalMinutes` → `defender.pollIntervalMinutes`; the root is named `(message)`. */
 export function fieldOf(error: ErrorObject): string {
   const path = error.instancePath.replace(/^\//, '').replace(/\//g, '.');
-  const missing = error.keyword === 'required' ? (error.params as { missingProperty?: string }).missingProperty : undefined;
+  const missing =
+    error.keyword === 'required' ? (error.params as { missingProperty?: string }).missingProperty : undefined;
   const extra =
-    error.keyword === 'additionalProperties' ? (error.params as { additionalProperty?: string }).additionalProperty : undefined;
+    error.keyword === 'additionalProperties'
+      ? (error.params as { additionalProperty?: string }).additionalProperty
+      : undefined;
   const leaf = missing ?? extra;
   if (leaf) return path ? `${path}.${leaf}` : leaf;
   return path || '(message)';

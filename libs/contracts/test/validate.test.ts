@@ -31,9 +31,9 @@ describe('validateMessage', () => {
   });
 
   it('should refuse unknown fields in a registration', () => {
-    expect(() => validateMessage('urs/tenant-registration', { ...registration, url: 'https://evil' })).toThrow(
-      /url is not a known field/,
-    );
+    expect(() =>
+      validateMessage('urs/tenant-registration', { ...registration, url: 'https://evil' }),
+    ).toThrow(/url is not a known field/);
   });
 
   it('should require the totals on a last batch', () => {
@@ -49,7 +49,9 @@ describe('validateMessage', () => {
       devices: [{ id: 'a'.repeat(40), someUndocumentedField: 1 }],
     };
     expect(() => validateMessage('urs/device-batch', batch)).toThrow(/totalBatches is required/);
-    expect(validateMessage('urs/device-batch', { ...batch, totalBatches: 1, totalDevices: 1 }).devices).toHaveLength(1);
+    expect(
+      validateMessage('urs/device-batch', { ...batch, totalBatches: 1, totalDevices: 1 }).devices,
+    ).toHaveLength(1);
   });
 });
 

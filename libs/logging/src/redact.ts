@@ -2,7 +2,8 @@
  * Keys whose values are never written anywhere: client secrets, API tokens, passwords, authorization
  * headers, and the encrypted secret envelope (no reason to spread ciphertext through logs either).
  */
-const SECRET_KEY = /secret|password|passwd|authorization|^token$|accesstoken|access_token|apitoken|bearer|ciphertext/i;
+const SECRET_KEY =
+  /secret|password|passwd|authorization|^token$|accesstoken|access_token|apitoken|bearer|ciphertext/i;
 
 export const REDACTED = '[redacted]';
 

@@ -26,8 +26,20 @@ export class UrsError extends Error {
     Object.setPrototypeOf(this, new.target.prototype);
   }
 
-  toJSON(): { name: string; code: string; message: string; canRetry: boolean; details: Record<string, unknown> } {
-    return { name: this.name, code: this.code, message: this.message, canRetry: this.canRetry, details: this.details };
+  toJSON(): {
+    name: string;
+    code: string;
+    message: string;
+    canRetry: boolean;
+    details: Record<string, unknown>;
+  } {
+    return {
+      name: this.name,
+      code: this.code,
+      message: this.message,
+      canRetry: this.canRetry,
+      details: this.details,
+    };
   }
 }
 

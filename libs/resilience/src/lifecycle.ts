@@ -1,5 +1,7 @@
 /** Resolves with the signal's name on the first SIGTERM or SIGINT (orchestrators stop pods with SIGTERM). */
-export function untilShutdownSignal(signals: NodeJS.Signals[] = ['SIGTERM', 'SIGINT']): Promise<NodeJS.Signals> {
+export function untilShutdownSignal(
+  signals: NodeJS.Signals[] = ['SIGTERM', 'SIGINT'],
+): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
     const handler = (signal: NodeJS.Signals): void => {
       for (const name of signals) process.off(name, handler);

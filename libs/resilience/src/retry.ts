@@ -31,7 +31,10 @@ export class RetryPolicyError extends UrsError {
 /** Builds a validated policy from defaults and overrides; throws RetryPolicyError naming the field. */
 export function retryPolicy(overrides: Partial<RetryPolicy> = {}): RetryPolicy {
   const policy = { ...DEFAULT_RETRY_POLICY, ...overrides };
-  if (!(policy.maxAttempts >= 1) || (!Number.isInteger(policy.maxAttempts) && policy.maxAttempts !== Infinity)) {
+  if (
+    !(policy.maxAttempts >= 1) ||
+    (!Number.isInteger(policy.maxAttempts) && policy.maxAttempts !== Infinity)
+  ) {
     throw new RetryPolicyError('maxAttempts', 'must be a whole number ≥ 1 or Infinity');
   }
   if (!Number.isFinite(policy.initialDelayMs) || policy.initialDelayMs < 0) {
@@ -50,7 +53,11 @@ export function retryPolicy(overrides: Partial<RetryPolicy> = {}): RetryPolicy {
  * The delay before retry number `attempt` (1 = the first retry), full jitter.
  * `random` returns a number in [0, 1); injected so tests are deterministic.
  */
-export function retryDelayMs(policy: RetryPolicy, attempt: number, random: () => number = Math.random): number {
+export function retryDelayMs(
+  policy: RetryPolicy,
+  attempt: number,
+  random: () => number = Math.random,
+): number {
   const exponent = Math.max(0, attempt - 1);
   const cap = Math.min(policy.maxDelayMs, policy.initialDelayMs * Math.pow(policy.multiplier, exponent));
   return Math.floor(random() * cap);
@@ -83,7 +90,10 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /** Runs `operation` until it succeeds, the policy gives up, or the error is not retryable. */
-export async function withRetry<T>(operation: (attempt: number) => Promise<T>, options: RetryOptions): Promise<T> {
+export async function withRetry<T>(
+  operation: (attempt: number) => Promise<T>,
+  options: RetryOptions,
+): Promise<T> {
   const shouldRetry = options.shouldRetry ?? ((error: unknown) => canRetry(error));
   const wait = options.sleep ?? sleep;
   for (let attempt = 1; ; attempt++) {

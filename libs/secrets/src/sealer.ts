@@ -37,7 +37,8 @@ export interface SealerKeys {
  */
 export function createSecretSealer(config: SealerKeys): SecretSealer {
   const active = config.keys.get(config.activeKeyId);
-  if (!active) throw new SecretError('SECRET_KEY_UNKNOWN', `the active key ${config.activeKeyId} is not configured`);
+  if (!active)
+    throw new SecretError('SECRET_KEY_UNKNOWN', `the active key ${config.activeKeyId} is not configured`);
   return {
     seal(plain, context) {
       const iv = randomBytes(12);
@@ -64,11 +65,16 @@ export function createSecretSealer(config: SealerKeys): SecretSealer {
         const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(sealed.iv, 'base64'));
         decipher.setAAD(Buffer.from(context, 'utf8'));
         decipher.setAuthTag(Buffer.from(sealed.tag, 'base64'));
-        return Buffer.concat([decipher.update(Buffer.from(sealed.ciphertext, 'base64')), decipher.final()]).toString(
-          'utf8',
-        );
+        return Buffer.concat([
+          decipher.update(Buffer.from(sealed.ciphertext, 'base64')),
+          decipher.final(),
+        ]).toString('utf8');
       } catch (error) {
-        throw new SecretError('SECRET_UNREADABLE', `the secret sealed with key ${sealed.keyId} does not open`, error);
+        throw new SecretError(
+          'SECRET_UNREADABLE',
+          `the secret sealed with key ${sealed.keyId} does not open`,
+          error,
+        );
       }
     },
     isStale(sealed) {

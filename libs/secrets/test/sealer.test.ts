@@ -22,7 +22,13 @@ describe('createSecretSealer', () => {
   it('should open secrets sealed with a previous key after rotation and mark them stale', () => {
     const before = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', k1]]) });
     const sealed = before.seal('rotating', 't');
-    const after = createSecretSealer({ activeKeyId: 'k2', keys: new Map([['k2', k2], ['k1', k1]]) });
+    const after = createSecretSealer({
+      activeKeyId: 'k2',
+      keys: new Map([
+        ['k2', k2],
+        ['k1', k1],
+      ]),
+    });
     expect(after.open(sealed, 't')).toBe('rotating');
     expect(after.isStale(sealed)).toBe(true);
     expect(after.isStale(after.seal('x', 't'))).toBe(false);

@@ -31,7 +31,10 @@ export interface TenantStore {
   /** Removes the record (and its status) unless a newer revision than `revision` exists. */
   remove(tenantId: string, revision?: number): Promise<boolean>;
   /** Merges fields into the tenant's status. `null` clears a field. */
-  updateStatus(tenantId: string, status: Partial<{ [K in keyof TenantStatus]: TenantStatus[K] | null }>): Promise<void>;
+  updateStatus(
+    tenantId: string,
+    status: Partial<{ [K in keyof TenantStatus]: TenantStatus[K] | null }>,
+  ): Promise<void>;
   getStatus(tenantId: string): Promise<TenantStatus>;
   /** Whether the store holds any tenant at all (an empty store after a Redis wipe triggers a rebuild). */
   isEmpty(): Promise<boolean>;

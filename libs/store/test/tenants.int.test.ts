@@ -52,7 +52,11 @@ describe('createTenantStore', () => {
 
   it('updateStatus should merge fields and clear the ones set to null', async () => {
     const store = createTenantStore(redis.client, redis.prefix);
-    await store.updateStatus('acme', { state: 'error', lastErrorCode: 'AUTH_INVALID_SECRET', deviceCount: 3 });
+    await store.updateStatus('acme', {
+      state: 'error',
+      lastErrorCode: 'AUTH_INVALID_SECRET',
+      deviceCount: 3,
+    });
     await store.updateStatus('acme', { state: 'active', lastErrorCode: null });
     const status = await store.getStatus('acme');
     expect(status).toMatchObject({ state: 'active', deviceCount: 3 });

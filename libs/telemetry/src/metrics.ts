@@ -6,7 +6,12 @@ type Labels = Record<string, string>;
 
 function labelKey(labels: Labels): string {
   const keys = Object.keys(labels).sort();
-  return keys.map((key) => `${key}="${String(labels[key]).replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`).join(',');
+  return keys
+    .map(
+      (key) =>
+        `${key}="${String(labels[key]).replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`,
+    )
+    .join(',');
 }
 
 function render(name: string, key: string, value: number, extra = ''): string {
@@ -93,7 +98,9 @@ export class Histogram implements Metric {
   expose(): string {
     const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} histogram`];
     for (const [key, entry] of this.series) {
-      this.buckets.forEach((bound, i) => lines.push(render(`${this.name}_bucket`, key, entry.counts[i] as number, `le="${bound}"`)));
+      this.buckets.forEach((bound, i) =>
+        lines.push(render(`${this.name}_bucket`, key, entry.counts[i] as number, `le="${bound}"`)),
+      );
       lines.push(render(`${this.name}_bucket`, key, entry.count, 'le="+Inf"'));
       lines.push(render(`${this.name}_sum`, key, entry.sum));
       lines.push(render(`${this.name}_count`, key, entry.count));
@@ -107,7 +114,9 @@ export class Registry {
 
   constructor(options: { processMetrics?: boolean } = {}) {
     if (options.processMetrics ?? true) {
-      this.gauge('process_resident_memory_bytes', 'Resident memory size in bytes.', () => process.memoryUsage.rss());
+      this.gauge('process_resident_memory_bytes', 'Resident memory size in bytes.', () =>
+        process.memoryUsage.rss(),
+      );
       this.gauge('nodejs_heap_used_bytes', 'V8 heap in use, in bytes.', () => process.memoryUsage().heapUsed);
       this.gauge('process_uptime_seconds', 'Seconds since the process started.', () => process.uptime());
     }

@@ -1,0 +1,159 @@
+import type Redis from 'ioredis';
+
+/** One polling cycle of one tenant, as the poller began it and the publisher completes it. */
+export interface CycleState {
+  tenantId: string;
+  cycleId: string;
+  startedAt: string;
+  /** Past this time the publisher closes the cycle as partial. */
+  deadlineAt: string;
+  /** Known once the poller has listed every device. */
+  totalBatches?: number;
+  totalDevices?: number;
+  listedAt?: string;
+  /** Distinct batches recorded as scored so far. */
+  scoredBatches: number;
+  /** Set once the cycle's summary was published. */
+  published?: 'complete' | 'partial';
+}
+
+export interface CycleStore {
+  /** The poller starts a cycle. Keys expire `retentionMs` after the deadline. */
+  begin(cycle: { tenantId: string; cycleId: string; startedAt: string; deadlineAt: string }): Promise<void>;
+  /** The poller has produced every batch of the cycle. */
+  listed(
+    tenantId: string,
+    cycleId: string,
+    totals: { totalBatches: number; totalDevices: number; listedAt: string },
+  ): Promise<void>;
+  /**
+   * Records a scored batch's statistics once: a redelivered batch is not counted twice.
+   * Resolves whether this call recorded it, and how many distinct batches are recorded now.
+   */
+  recordBatch(
+    tenantId: string,
+    cycleId: string,
+    batchIndex: number,
+    stats: unknown,
+  ): Promise<{ first: boolean; scoredBatches: number }>;
+  /** Every recorded batch's statistics, by batch index. */
+  batchStats<T>(tenantId: string, cycleId: string): Promise<Map<number, T>>;
+  get(tenantId: string, cycleId: string): Promise<CycleState | null>;
+  /** Claims the right to publish the cycle's summary; true for exactly one caller. */
+  claimPublication(tenantId: string, cycleId: string, status: 'complete' | 'partial'): Promise<boolean>;
+  /** Open cycles whose deadline is at or before `now`. */
+  overdue(now: Date): Promise<{ tenantId: string; cycleId: string }[]>;
+}
+
+/** Cycle keys stay this long after the deadline, for diagnosis. */
+const DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000;
+
+// KEYS[1] cycle hash, KEYS[2] open zset; ARGV: member, status.
+const CLAIM = `
+if redis.call('HSETNX', KEYS[1], 'published', ARGV[2]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1`;
+
+/**
+ * Keys: `{prefix}cycle:{tenantId}:{cycleId}` (hash), `{prefix}cycle-batches:{tenantId}:{cycleId}`
+ * (hash batchIndex → stats JSON) and `{prefix}cycles-open` (zset of `tenantId/cycleId` by deadline).
+ */
+export function createCycleStore(
+  redis: Redis,
+  prefix: string,
+  retentionMs = DEFAULT_RETENTION_MS,
+): CycleStore {
+  const cycleKey = (tenantId: string, cycleId: string): string => `${prefix}cycle:${tenantId}:${cycleId}`;
+  const batchesKey = (tenantId: string, cycleId: string): string =>
+    `${prefix}cycle-batches:${tenantId}:${cycleId}`;
+  const openKey = `${prefix}cycles-open`;
+  return {
+    async begin(cycle) {
+      const key = cycleKey(cycle.tenantId, cycle.cycleId);
+      const expireAt = Date.parse(cycle.deadlineAt) + retentionMs;
+      await redis
+        .multi()
+        .hset(
+          key,
+          'tenantId',
+          cycle.tenantId,
+          'cycleId',
+          cycle.cycleId,
+          'startedAt',
+          cycle.startedAt,
+          'deadlineAt',
+          cycle.deadlineAt,
+        )
+        .pexpireat(key, expireAt)
+        .zadd(openKey, Date.parse(cycle.deadlineAt), `${cycle.tenantId}/${cycle.cycleId}`)
+        .exec();
+    },
+    async listed(tenantId, cycleId, totals) {
+      await redis.hset(
+        cycleKey(tenantId, cycleId),
+        'totalBatches',
+        String(totals.totalBatches),
+        'totalDevices',
+        String(totals.totalDevices),
+        'listedAt',
+        totals.listedAt,
+      );
+    },
+    async recordBatch(tenantId, cycleId, batchIndex, stats) {
+      const key = batchesKey(tenantId, cycleId);
+      const results = await redis
+        .multi()
+        .hsetnx(key, String(batchIndex), JSON.stringify(stats))
+        .hlen(key)
+        .pexpire(key, retentionMs * 2)
+        .exec();
+      const first = results?.[0]?.[1] === 1;
+      const scoredBatches = Number(results?.[1]?.[1] ?? 0);
+      return { first, scoredBatches };
+    },
+    async batchStats<T>(tenantId: string, cycleId: string) {
+      const raw = await redis.hgetall(batchesKey(tenantId, cycleId));
+      const stats = new Map<number, T>();
+      for (const [index, json] of Object.entries(raw)) stats.set(Number(index), JSON.parse(json) as T);
+      return stats;
+    },
+    async get(tenantId, cycleId) {
+      const [fields, scoredBatches] = await Promise.all([
+        redis.hgetall(cycleKey(tenantId, cycleId)),
+        redis.hlen(batchesKey(tenantId, cycleId)),
+      ]);
+      if (!fields['startedAt'] || !fields['deadlineAt']) return null;
+      const state: CycleState = {
+        tenantId,
+        cycleId,
+        startedAt: fields['startedAt'],
+        deadlineAt: fields['deadlineAt'],
+        scoredBatches,
+      };
+      if (fields['totalBatches'] !== undefined) state.totalBatches = Number(fields['totalBatches']);
+      if (fields['totalDevices'] !== undefined) state.totalDevices = Number(fields['totalDevices']);
+      if (fields['listedAt'] !== undefined) state.listedAt = fields['listedAt'];
+      if (fields['published'] === 'complete' || fields['published'] === 'partial')
+        state.published = fields['published'];
+      return state;
+    },
+    async claimPublication(tenantId, cycleId, status) {
+      const claimed = await redis.eval(
+        CLAIM,
+        2,
+        cycleKey(tenantId, cycleId),
+        openKey,
+        `${tenantId}/${cycleId}`,
+        status,
+      );
+      return claimed === 1;
+    },
+    async overdue(now) {
+      const members = await redis.zrangebyscore(openKey, '-inf', now.getTime());
+      return members.map((member) => {
+        const slash = member.indexOf('/');
+        return { tenantId: member.slice(0, slash), cycleId: member.slice(slash + 1) };
+      });
+    },
+  };
+}
