@@ -29,14 +29,19 @@ module.exports = {
       displayName: 'integration',
       testRegex: '\\.int\\.test\\.ts$',
       globalSetup: '<rootDir>/test/infra/global-setup.ts',
-      testTimeout: 60_000,
+      globalTeardown: '<rootDir>/test/infra/global-teardown.ts',
+      // Jest reads `testTimeout` only from the top-level config, so each project sets its own here.
+      globals: { URS_TEST_TIMEOUT_MS: 60_000 },
+      setupFilesAfterEnv: ['<rootDir>/test/infra/test-timeout.ts'],
     },
     {
       ...common,
       displayName: 'e2e',
       testRegex: '\\.e2e\\.test\\.ts$',
       globalSetup: '<rootDir>/test/infra/global-setup.ts',
-      testTimeout: 240_000,
+      globalTeardown: '<rootDir>/test/infra/global-teardown.ts',
+      globals: { URS_TEST_TIMEOUT_MS: 240_000 },
+      setupFilesAfterEnv: ['<rootDir>/test/infra/test-timeout.ts'],
     },
   ],
 };

@@ -78,13 +78,17 @@ export async function adminAnswers(brokers, timeoutMs) {
 function checkJava() {
   const out = spawnSync('java', ['-version'], { encoding: 'utf8' });
   if (out.error !== undefined) {
-    throw new Error('java not found: install a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless) or use Docker (docker compose up)');
+    throw new Error(
+      'java not found: install a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless) or use Docker (docker compose up)',
+    );
   }
   const match = /version "(\d+)/.exec(`${out.stderr}${out.stdout}`);
   const major = match?.[1] === undefined ? 0 : Number(match[1]);
   if (major < 17) throw new Error(`java ${major} found; the Kafka 4 broker needs Java 17+`);
   if (!onPath('mvn')) {
-    throw new Error('mvn not found: install Maven 3.8+ (e.g. apt-get install maven) to resolve the Kafka jars from Maven Central');
+    throw new Error(
+      'mvn not found: install Maven 3.8+ (e.g. apt-get install maven) to resolve the Kafka jars from Maven Central',
+    );
   }
 }
 
@@ -99,7 +103,15 @@ function resolveJars(cfg) {
   if (readOr(p.stamp, '').trim() === pomHash) return;
   fs.rmSync(p.lib, { recursive: true, force: true });
   log('kafka: resolving the broker jars with Maven (first run downloads ~45 MB from Maven Central)');
-  const args = ['-q', '-B', '-f', p.pom, `${DEPENDENCY_PLUGIN}:copy-dependencies`, `-DoutputDirectory=${p.lib}`, '-DincludeScope=runtime'];
+  const args = [
+    '-q',
+    '-B',
+    '-f',
+    p.pom,
+    `${DEPENDENCY_PLUGIN}:copy-dependencies`,
+    `-DoutputDirectory=${p.lib}`,
+    '-DincludeScope=runtime',
+  ];
   const out = spawnSync('mvn', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   if (out.status !== 0) {
     throw new Error(`mvn ${args.join(' ')} failed (exit ${out.status}):\n${out.stdout}${out.stderr}`);
@@ -167,7 +179,18 @@ function formatStorage(cfg) {
     clusterId = crypto.randomBytes(16).toString('base64url');
     fs.writeFileSync(p.clusterId, `${clusterId}\n`);
   }
-  const args = ['-cp', `${p.lib}/*`, `-Dlog4j2.configurationFile=${p.log4j}`, 'kafka.tools.StorageTool', 'format', '-t', clusterId, '-c', p.config, '-g'];
+  const args = [
+    '-cp',
+    `${p.lib}/*`,
+    `-Dlog4j2.configurationFile=${p.log4j}`,
+    'kafka.tools.StorageTool',
+    'format',
+    '-t',
+    clusterId,
+    '-c',
+    p.config,
+    '-g',
+  ];
   const out = spawnSync('java', args, { encoding: 'utf8' });
   if (out.status !== 0) throw new Error(`kafka storage format failed:\n${out.stdout}${out.stderr}`);
 }
@@ -181,12 +204,16 @@ async function waitReady(cfg, pid) {
   const deadline = Date.now() + cfg.readyTimeoutMs;
   while (Date.now() < deadline) {
     if (pid !== undefined && ownedPid(paths(cfg).pidFile, marker(cfg)) === undefined) {
-      throw new Error(`kafka broker exited during start-up; last log lines:\n${tail(paths(cfg).logFile, 30)}`);
+      throw new Error(
+        `kafka broker exited during start-up; last log lines:\n${tail(paths(cfg).logFile, 30)}`,
+      );
     }
     if (await adminAnswers(brokersOf(cfg), 2000)) return;
     await sleep(250);
   }
-  throw new Error(`kafka broker at ${brokersOf(cfg).join(',')} not ready after ${cfg.readyTimeoutMs} ms; log: ${paths(cfg).logFile}`);
+  throw new Error(
+    `kafka broker at ${brokersOf(cfg).join(',')} not ready after ${cfg.readyTimeoutMs} ms; log: ${paths(cfg).logFile}`,
+  );
 }
 
 /**
@@ -205,12 +232,21 @@ export async function kafkaUp(cfg) {
   if (await portAnswers('127.0.0.1', cfg.kafkaPort)) {
     // Another checkout's stack (or any broker) owns the port: reuse it, never stop it.
     await waitReady(cfg, undefined).catch(() => {
-      throw new Error(`127.0.0.1:${cfg.kafkaPort} is in use by something that is not a Kafka broker; set URS_STACK_KAFKA_PORT`);
+      throw new Error(
+        `127.0.0.1:${cfg.kafkaPort} is in use by something that is not a Kafka broker; set URS_STACK_KAFKA_PORT`,
+      );
     });
-    return { state: 'external', brokers, ready: true, detail: 'not started by this stack; stack:down leaves it running' };
+    return {
+      state: 'external',
+      brokers,
+      ready: true,
+      detail: 'not started by this stack; stack:down leaves it running',
+    };
   }
   if (await portAnswers('127.0.0.1', cfg.controllerPort)) {
-    throw new Error(`controller port 127.0.0.1:${cfg.controllerPort} is in use; set URS_STACK_KAFKA_CONTROLLER_PORT`);
+    throw new Error(
+      `controller port 127.0.0.1:${cfg.controllerPort} is in use; set URS_STACK_KAFKA_CONTROLLER_PORT`,
+    );
   }
   checkJava();
   resolveJars(cfg);
@@ -263,7 +299,9 @@ export async function kafkaStatus(cfg) {
   const pid = ownedPid(paths(cfg).pidFile, marker(cfg));
   const ready = await adminAnswers(brokers, 2000);
   if (pid !== undefined) return { state: 'running', brokers, pid, rssMb: rssMb(pid), ready };
-  return ready ? { state: 'external', brokers, ready, detail: 'not started by this stack' } : { state: 'down', brokers, ready };
+  return ready
+    ? { state: 'external', brokers, ready, detail: 'not started by this stack' }
+    : { state: 'down', brokers, ready };
 }
 
 /**
@@ -272,7 +310,9 @@ export async function kafkaStatus(cfg) {
  */
 function rssMb(pid) {
   const status = readOr(`/proc/${pid}/status`, '');
-  const kb = /VmRSS:\s+(\d+)/.exec(status)?.[1] ?? spawnSync('ps', ['-o', 'rss=', '-p', String(pid)], { encoding: 'utf8' }).stdout.trim();
+  const kb =
+    /VmRSS:\s+(\d+)/.exec(status)?.[1] ??
+    spawnSync('ps', ['-o', 'rss=', '-p', String(pid)], { encoding: 'utf8' }).stdout.trim();
   const n = Number(kb);
   return Number.isFinite(n) && n > 0 ? Math.round(n / 1024) : undefined;
 }

@@ -63,7 +63,12 @@ export async function redisUp(cfg) {
   const ours = ownedPid(p.pidFile, marker(cfg));
   if (await redisAnswers(url, 1000)) {
     return ours === undefined
-      ? { state: 'external', url, ready: true, detail: 'not started by this stack; stack:down leaves it running' }
+      ? {
+          state: 'external',
+          url,
+          ready: true,
+          detail: 'not started by this stack; stack:down leaves it running',
+        }
       : { state: 'running', url, pid: ours, ready: true };
   }
   const parsed = new URL(url);
@@ -71,11 +76,24 @@ export async function redisUp(cfg) {
     throw new Error(`no Redis answers at ${url}, and the stack only starts one on a loopback address`);
   }
   if (!onPath('redis-server')) {
-    throw new Error(`no Redis answers at ${url} and redis-server is not installed: install Redis 7 (apt-get install redis-server, brew install redis) or set REDIS_URL`);
+    throw new Error(
+      `no Redis answers at ${url} and redis-server is not installed: install Redis 7 (apt-get install redis-server, brew install redis) or set REDIS_URL`,
+    );
   }
   fs.mkdirSync(p.dir, { recursive: true });
   const port = parsed.port === '' ? '6379' : parsed.port;
-  const args = ['--port', port, '--bind', '127.0.0.1', '--dir', p.dir, '--daemonize', 'no', '--appendonly', 'no'];
+  const args = [
+    '--port',
+    port,
+    '--bind',
+    '127.0.0.1',
+    '--dir',
+    p.dir,
+    '--daemonize',
+    'no',
+    '--appendonly',
+    'no',
+  ];
   if (parsed.password !== '') args.push('--requirepass', decodeURIComponent(parsed.password));
   const pid = startDetached('redis-server', args, { logFile: p.logFile, pidFile: p.pidFile, cwd: p.dir });
   const deadline = Date.now() + cfg.readyTimeoutMs;

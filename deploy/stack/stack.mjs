@@ -7,6 +7,7 @@
 //   down    stop only what `up` started in this checkout; --wipe also deletes the broker's data
 //   status  print what runs; exit 0 only when Kafka and Redis both answer
 //   --json  print the result as one JSON object on stdout (messages go to stderr)
+//   --only=kafka|--only=redis  `up` handles just that half (the other is provided elsewhere)
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { kafkaDown, kafkaStatus, kafkaUp, kafkaWipe } from './kafka.mjs';
@@ -80,16 +81,28 @@ async function main(command, flags) {
   const lockFile = path.join(cfg.stackDir, 'stack.lock');
   if (command === 'up') {
     const started = Date.now();
+    const only = flags.find((f) => f.startsWith('--only='))?.slice('--only='.length);
+    if (only !== undefined && only !== 'kafka' && only !== 'redis')
+      throw new Error(`--only must be kafka or redis, got "${only}"`);
     const result = await withLock(lockFile, cfg.readyTimeoutMs, async () => {
-      const kafka = await kafkaUp(cfg);
-      const redis = await redisUp(cfg);
+      const kafka = only === 'redis' ? await kafkaStatus(cfg) : await kafkaUp(cfg);
+      const redis = only === 'kafka' ? await redisStatus(cfg) : await redisUp(cfg);
       return { kafka, redis };
     });
     const seconds = ((Date.now() - started) / 1000).toFixed(1);
-    say(`kafka  ${result.kafka.state.padEnd(8)} ${result.kafka.brokers.join(',')}${result.kafka.pid ? ` pid ${result.kafka.pid}` : ''}${result.kafka.detail ? ` (${result.kafka.detail})` : ''}`);
-    say(`redis  ${result.redis.state.padEnd(8)} ${result.redis.url}${result.redis.pid ? ` pid ${result.redis.pid}` : ''}${result.redis.detail ? ` (${result.redis.detail})` : ''}`);
-    say(`ready in ${seconds}s: KAFKA_BROKERS=${result.kafka.brokers.join(',')} REDIS_URL=${result.redis.url}`);
-    if (json) process.stdout.write(`${JSON.stringify({ kafkaBrokers: result.kafka.brokers.join(','), redisUrl: result.redis.url, kafka: result.kafka, redis: result.redis })}\n`);
+    say(
+      `kafka  ${result.kafka.state.padEnd(8)} ${result.kafka.brokers.join(',')}${result.kafka.pid ? ` pid ${result.kafka.pid}` : ''}${result.kafka.detail ? ` (${result.kafka.detail})` : ''}`,
+    );
+    say(
+      `redis  ${result.redis.state.padEnd(8)} ${result.redis.url}${result.redis.pid ? ` pid ${result.redis.pid}` : ''}${result.redis.detail ? ` (${result.redis.detail})` : ''}`,
+    );
+    say(
+      `ready in ${seconds}s: KAFKA_BROKERS=${result.kafka.brokers.join(',')} REDIS_URL=${result.redis.url}`,
+    );
+    if (json)
+      process.stdout.write(
+        `${JSON.stringify({ kafkaBrokers: result.kafka.brokers.join(','), redisUrl: result.redis.url, kafka: result.kafka, redis: result.redis })}\n`,
+      );
     return 0;
   }
   if (command === 'down') {
@@ -107,8 +120,12 @@ async function main(command, flags) {
   if (command === 'status') {
     const kafka = await kafkaStatus(cfg);
     const redis = await redisStatus(cfg);
-    say(`kafka  ${kafka.state.padEnd(8)} ${kafka.brokers.join(',')} ${kafka.ready ? 'answers' : 'does not answer'}${kafka.pid ? ` pid ${kafka.pid}` : ''}${kafka.rssMb ? ` rss ${kafka.rssMb} MB` : ''}`);
-    say(`redis  ${redis.state.padEnd(8)} ${redis.url} ${redis.ready ? 'answers' : 'does not answer'}${redis.pid ? ` pid ${redis.pid}` : ''}`);
+    say(
+      `kafka  ${kafka.state.padEnd(8)} ${kafka.brokers.join(',')} ${kafka.ready ? 'answers' : 'does not answer'}${kafka.pid ? ` pid ${kafka.pid}` : ''}${kafka.rssMb ? ` rss ${kafka.rssMb} MB` : ''}`,
+    );
+    say(
+      `redis  ${redis.state.padEnd(8)} ${redis.url} ${redis.ready ? 'answers' : 'does not answer'}${redis.pid ? ` pid ${redis.pid}` : ''}`,
+    );
     if (json) process.stdout.write(`${JSON.stringify({ kafka, redis })}\n`);
     return kafka.ready && redis.ready ? 0 : 1;
   }

@@ -1,2 +1,151 @@
-// Placeholder replaced by the infrastructure resolver (KAFKA_BROKERS/REDIS_URL → containers → local stack).
-export default async function globalSetup(): Promise<void> {}
+// Resolves the Kafka broker and the Redis server for the integration and e2e suites, in this order:
+//   1. KAFKA_BROKERS / REDIS_URL already in the environment (a developer's or CI's own servers);
+//   2. testcontainers, when a Docker engine answers (Apache Kafka 4.x in KRaft mode + Redis 7);
+//   3. the local stack (`npm run stack:up`: Kafka from Maven Central jars, the local redis-server),
+//      started if it is not running and reused if it is;
+//   4. otherwise fail, saying what to install.
+// The addresses go into process.env, which the jest workers inherit.
+// URS_TEST_INFRA=containers|stack skips the choice (default: auto).
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { setInfra, type ResolvedInfra } from './infra-state';
+
+/** How long the Docker probe may take before the engine counts as absent, in milliseconds. */
+const DOCKER_PROBE_TIMEOUT_MS = 10_000;
+
+/**
+ * Confluent's image of Apache Kafka 4.x, which @testcontainers/kafka knows how to start in KRaft mode.
+ * Override with URS_TEST_KAFKA_IMAGE.
+ */
+const DEFAULT_KAFKA_IMAGE = 'confluentinc/cp-kafka:8.0.0';
+const DEFAULT_REDIS_IMAGE = 'redis:7.2-alpine';
+
+export default async function globalSetup(): Promise<void> {
+  const env = process.env;
+  const wantKafka = !env['KAFKA_BROKERS'];
+  const wantRedis = !env['REDIS_URL'];
+  if (!wantKafka && !wantRedis) {
+    report('environment', env['KAFKA_BROKERS'] ?? '', env['REDIS_URL'] ?? '');
+    return;
+  }
+  const mode = env['URS_TEST_INFRA'] ?? 'auto';
+  if (mode !== 'auto' && mode !== 'containers' && mode !== 'stack') {
+    throw new Error(`URS_TEST_INFRA must be auto, containers or stack (got "${mode}")`);
+  }
+  const failures: string[] = [];
+  if (mode !== 'stack') {
+    const docker = await dockerAnswers();
+    if (docker === true) {
+      const infra = await startContainers(wantKafka, wantRedis);
+      publish(infra);
+      report('testcontainers', env['KAFKA_BROKERS'] ?? '', env['REDIS_URL'] ?? '');
+      return;
+    }
+    failures.push(`testcontainers: ${docker}`);
+    if (mode === 'containers') throw infraError(failures);
+  }
+  try {
+    publish(await localStack(wantKafka, wantRedis));
+    report('local stack', env['KAFKA_BROKERS'] ?? '', env['REDIS_URL'] ?? '');
+  } catch (err) {
+    failures.push(`local stack: ${err instanceof Error ? err.message : String(err)}`);
+    throw infraError(failures);
+  }
+}
+
+function publish(infra: ResolvedInfra): void {
+  if (infra.kafkaBrokers !== undefined) process.env['KAFKA_BROKERS'] = infra.kafkaBrokers;
+  if (infra.redisUrl !== undefined) process.env['REDIS_URL'] = infra.redisUrl;
+  setInfra(infra);
+}
+
+function report(source: string, brokers: string, redisUrl: string): void {
+  process.stderr.write(`\ntest infrastructure (${source}): KAFKA_BROKERS=${brokers} REDIS_URL=${redisUrl}\n`);
+}
+
+function infraError(failures: string[]): Error {
+  return new Error(
+    [
+      'No Kafka/Redis for the integration and e2e tests:',
+      ...failures.map((f) => `  - ${f}`),
+      'Do one of:',
+      '  - set KAFKA_BROKERS and REDIS_URL to servers you run;',
+      '  - start a Docker engine (testcontainers then starts Kafka and Redis);',
+      '  - install Java 17+, Maven 3.8+ and redis-server, then `npm run stack:up`.',
+    ].join('\n'),
+  );
+}
+
+/** true when a container runtime answers, else the reason it does not. */
+async function dockerAnswers(): Promise<true | string> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const { getContainerRuntimeClient } = await import('testcontainers');
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error('no answer within 10 s')), DOCKER_PROBE_TIMEOUT_MS);
+    });
+    await Promise.race([getContainerRuntimeClient(), timeout]);
+    return true;
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function startContainers(wantKafka: boolean, wantRedis: boolean): Promise<ResolvedInfra> {
+  const { GenericContainer, Wait } = await import('testcontainers');
+  const { KafkaContainer } = await import('@testcontainers/kafka');
+  const infra: ResolvedInfra = { source: 'containers', containers: [] };
+  if (wantKafka) {
+    const kafka = await new KafkaContainer(process.env['URS_TEST_KAFKA_IMAGE'] ?? DEFAULT_KAFKA_IMAGE)
+      .withKraft()
+      .withEnvironment({ KAFKA_AUTO_CREATE_TOPICS_ENABLE: 'false' })
+      .start();
+    infra.containers.push(kafka);
+    infra.kafkaBrokers = `${kafka.getHost()}:${kafka.getMappedPort(9093)}`;
+  }
+  if (wantRedis) {
+    const redis = await new GenericContainer(process.env['URS_TEST_REDIS_IMAGE'] ?? DEFAULT_REDIS_IMAGE)
+      .withExposedPorts(6379)
+      .withWaitStrategy(Wait.forLogMessage('Ready to accept connections'))
+      .start();
+    infra.containers.push(redis);
+    infra.redisUrl = `redis://${redis.getHost()}:${redis.getMappedPort(6379)}`;
+  }
+  return infra;
+}
+
+/** Runs `deploy/stack/stack.mjs up --json` (it reuses a running stack) and reads the addresses it prints. */
+function localStack(wantKafka: boolean, wantRedis: boolean): Promise<ResolvedInfra> {
+  const script = path.join(__dirname, '..', '..', 'deploy', 'stack', 'stack.mjs');
+  const args = [script, 'up', '--json'];
+  if (!wantKafka) args.push('--only=redis');
+  if (!wantRedis) args.push('--only=kafka');
+  return new Promise((resolve, reject) => {
+    const child = execFile(
+      process.execPath,
+      args,
+      { env: process.env, maxBuffer: 1 << 20 },
+      (err, stdout) => {
+        if (err) {
+          reject(new Error(`${script} up failed (${err.message.split('\n')[0]}); see its output above`));
+          return;
+        }
+        const line = stdout.trim().split('\n').pop() ?? '';
+        try {
+          const parsed = JSON.parse(line) as { kafkaBrokers: string; redisUrl: string };
+          resolve({
+            source: 'stack',
+            containers: [],
+            ...(wantKafka ? { kafkaBrokers: parsed.kafkaBrokers } : {}),
+            ...(wantRedis ? { redisUrl: parsed.redisUrl } : {}),
+          });
+        } catch {
+          reject(new Error(`${script} up printed no JSON result: ${line}`));
+        }
+      },
+    );
+    child.stderr?.pipe(process.stderr);
+  });
+}

@@ -1,0 +1,7 @@
+// Shared helpers of the integration and e2e suites (`import { … } from '@urs/testkit'`).
+// Every name they hand out is unique per call, so parallel workers and parallel engineers never
+// share a topic, a consumer group or a Redis key.
+export { uniqueId, waitFor, type WaitForOptions } from './wait';
+export { testInfra, type TestInfra } from './infra';
+export { createTestKafka, createUniqueTopics, deleteTopics, type TopicSpec } from './kafka';
+export { createTestRedis, deleteKeysMatching, type TestRedis } from './redis';

@@ -1,0 +1,19 @@
+export interface TestInfra {
+  kafkaBrokers: string[];
+  redisUrl: string;
+}
+
+/**
+ * The Kafka brokers and the Redis URL the global setup resolved (test/infra/global-setup.ts).
+ * Fails when they are missing, e.g. when an integration test is run under the unit project.
+ */
+export function testInfra(env: NodeJS.ProcessEnv = process.env): TestInfra {
+  const brokers = env['KAFKA_BROKERS'];
+  const redisUrl = env['REDIS_URL'];
+  if (!brokers || !redisUrl) {
+    throw new Error(
+      'KAFKA_BROKERS and REDIS_URL are not set: run integration tests through jest --selectProjects integration (or e2e), whose global setup resolves them',
+    );
+  }
+  return { kafkaBrokers: brokers.split(',').map((b) => b.trim()), redisUrl };
+}

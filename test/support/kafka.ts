@@ -1,0 +1,61 @@
+import { Kafka, logLevel, type ITopicConfig } from 'kafkajs';
+import { testInfra } from './infra';
+import { uniqueId } from './wait';
+
+/**
+ * A KafkaJS client on the resolved test brokers. KafkaJS logs nothing by default (its retried
+ * "coordinator not available" errors are normal while a group forms); set URS_TEST_KAFKA_LOG=debug|info|warn|error to see them.
+ */
+export function createTestKafka(clientId = uniqueId('test-client')): Kafka {
+  const levels: Record<string, logLevel> = {
+    debug: logLevel.DEBUG,
+    info: logLevel.INFO,
+    warn: logLevel.WARN,
+    error: logLevel.ERROR,
+  };
+  return new Kafka({
+    clientId,
+    brokers: testInfra().kafkaBrokers,
+    logLevel: levels[process.env['URS_TEST_KAFKA_LOG'] ?? ''] ?? logLevel.NOTHING,
+  });
+}
+
+export interface TopicSpec {
+  /** Start of the unique name. Default "test". */
+  prefix?: string;
+  /** Default 1. */
+  numPartitions?: number;
+  configEntries?: ITopicConfig['configEntries'];
+}
+
+/** Creates one uniquely named topic per spec and waits until each partition has a leader. */
+export async function createUniqueTopics(kafka: Kafka, specs: TopicSpec[]): Promise<string[]> {
+  const topics = specs.map((spec) => ({
+    topic: uniqueId(spec.prefix ?? 'test'),
+    numPartitions: spec.numPartitions ?? 1,
+    replicationFactor: 1,
+    ...(spec.configEntries ? { configEntries: spec.configEntries } : {}),
+  }));
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    await admin.createTopics({ topics, waitForLeaders: true });
+  } finally {
+    await admin.disconnect();
+  }
+  return topics.map((t) => t.topic);
+}
+
+/** Deletes topics; ones already gone are fine. */
+export async function deleteTopics(kafka: Kafka, topics: string[]): Promise<void> {
+  if (topics.length === 0) return;
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    const existing = new Set(await admin.listTopics());
+    const present = topics.filter((t) => existing.has(t));
+    if (present.length > 0) await admin.deleteTopics({ topics: present });
+  } finally {
+    await admin.disconnect();
+  }
+}
