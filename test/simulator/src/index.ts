@@ -1,1 +1,10 @@
-export {};
+export { startSimulator } from './server';
+export type { LatencySpec, Simulator, SimulatorOptions } from './server';
+export type { AppSpec, FaultSpec, SimStats, TenantSpec } from './state';
+export { DEFAULT_ROLES } from './state';
+export type { FleetSpec } from './fleet';
+export type { IpAddressRecord, MachineRecord, SoftwareVulnerabilityRow, VulnerabilityRecord } from './types';
+export { MDE_QUOTAS } from './quota';
+export type { QuotaKind, QuotaLimit } from './quota';
+export { MDE_RESOURCE } from './tokens';
+export { cveCatalog } from './catalog';

@@ -1,0 +1,174 @@
+import { cveCatalog, type CatalogEntry } from './catalog';
+import { generateCveEntries, generateMachine, indexOfMachineId } from './generator';
+import { hashString } from './rng';
+import type { AffectedSoftware, MachineRecord, VulnerabilityRecord } from './types';
+
+// One tenant's device fleet. Generated devices are identified by index and re-derived on demand;
+// only changes (patches, removals, explicit records, vulnerability overrides) are stored, so a
+// 100,000-device fleet costs almost nothing until it is read.
+
+export interface FleetSpec {
+  /** Number of generated devices (0–100,000 is the tested range). Default 0. */
+  size: number;
+  /** Seed for generation; default derived from the tenant id so every tenant differs. */
+  seed?: number;
+}
+
+export interface CveEntryView {
+  vulnerability: VulnerabilityRecord;
+  software: AffectedSoftware;
+}
+
+const UNKNOWN_SOFTWARE: AffectedSoftware = {
+  vendor: 'unknown',
+  name: 'unknown',
+  version: '0.0',
+  recommendedSecurityUpdate: null,
+  recommendedSecurityUpdateId: null,
+};
+
+export class Fleet {
+  readonly seed: number;
+  /** Reference time of generated lastSeen/firstSeen values (fleet creation), so pages are stable. */
+  readonly epochMs: number;
+  private generatedCount: number;
+  private readonly removed = new Set<number>();
+  private readonly patches = new Map<number, Partial<MachineRecord>>();
+  private readonly explicit: MachineRecord[] = [];
+  private readonly vulnOverrides = new Map<string, VulnerabilityRecord[]>();
+  /** Ordinal → generated index, only materialised once something was removed. */
+  private liveIndex: Int32Array | null = null;
+
+  constructor(tenantId: string, spec: FleetSpec | undefined, records: readonly MachineRecord[] | undefined, epochMs: number) {
+    this.seed = spec?.seed ?? hashString(tenantId);
+    this.generatedCount = Math.max(0, Math.floor(spec?.size ?? 0));
+    this.epochMs = epochMs;
+    for (const record of records ?? []) this.addRecord(record);
+  }
+
+  size(): number {
+    return this.generatedCount - this.removed.size + this.explicit.length;
+  }
+
+  private liveGenerated(): number {
+    return this.generatedCount - this.removed.size;
+  }
+
+  private generatedIndexAt(ordinal: number): number {
+    if (this.removed.size === 0) return ordinal;
+    if (!this.liveIndex) {
+      const live = new Int32Array(this.liveGenerated());
+      let at = 0;
+      for (let i = 0; i < this.generatedCount; i++) if (!this.removed.has(i)) live[at++] = i;
+      this.liveIndex = live;
+    }
+    return this.liveIndex[ordinal] as number;
+  }
+
+  private generated(index: number): MachineRecord {
+    const record = generateMachine(this.seed, index, this.epochMs);
+    const patch = this.patches.get(index);
+    return patch ? { ...record, ...patch, id: record.id } : record;
+  }
+
+  /** The device at position `ordinal` of the current listing order. */
+  at(ordinal: number): MachineRecord | undefined {
+    if (ordinal < 0 || ordinal >= this.size()) return undefined;
+    const liveGenerated = this.liveGenerated();
+    if (ordinal < liveGenerated) return this.generated(this.generatedIndexAt(ordinal));
+    return this.explicit[ordinal - liveGenerated];
+  }
+
+  slice(skip: number, top: number): MachineRecord[] {
+    const end = Math.min(this.size(), skip + top);
+    const out: MachineRecord[] = [];
+    for (let ordinal = Math.max(0, skip); ordinal < end; ordinal++) out.push(this.at(ordinal) as MachineRecord);
+    return out;
+  }
+
+  all(): MachineRecord[] {
+    return this.slice(0, this.size());
+  }
+
+  private locate(id: string): { index: number } | { explicitAt: number } | undefined {
+    const index = indexOfMachineId(this.seed, id);
+    if (index >= 0 && index < this.generatedCount && !this.removed.has(index)) return { index };
+    const explicitAt = this.explicit.findIndex((r) => r.id === id);
+    return explicitAt >= 0 ? { explicitAt } : undefined;
+  }
+
+  get(id: string): MachineRecord | undefined {
+    const where = this.locate(id);
+    if (!where) return undefined;
+    return 'index' in where ? this.generated(where.index) : this.explicit[where.explicitAt];
+  }
+
+  /** Shallow-merges `patch` into a device; returns false when the id is unknown. */
+  update(id: string, patch: Partial<MachineRecord>): boolean {
+    const where = this.locate(id);
+    if (!where) return false;
+    const { id: _ignored, ...rest } = patch;
+    if ('index' in where) this.patches.set(where.index, { ...this.patches.get(where.index), ...rest });
+    else Object.assign(this.explicit[where.explicitAt] as MachineRecord, rest);
+    return true;
+  }
+
+  remove(id: string): boolean {
+    const where = this.locate(id);
+    if (!where) return false;
+    if ('index' in where) {
+      this.removed.add(where.index);
+      this.patches.delete(where.index);
+      this.liveIndex = null;
+    } else this.explicit.splice(where.explicitAt, 1);
+    this.vulnOverrides.delete(id);
+    return true;
+  }
+
+  /** Appends `count` newly generated devices; returns their ids. */
+  addGenerated(count: number): string[] {
+    const ids: string[] = [];
+    for (let i = 0; i < count; i++) {
+      const index = this.generatedCount++;
+      ids.push(generateMachine(this.seed, index, this.epochMs).id);
+    }
+    this.liveIndex = null;
+    // Explicit records keep their place after generated ones; ordinals beyond generated shift.
+    return ids;
+  }
+
+  addRecord(record: MachineRecord): void {
+    if (!/^[0-9a-f]{40}$/i.test(record.id)) throw new Error(`machine id must be 40 hex characters, got '${record.id}'`);
+    if (this.locate(record.id)) throw new Error(`machine '${record.id}' already exists`);
+    this.explicit.push({ ...record });
+  }
+
+  setVulnerabilities(id: string, vulns: readonly VulnerabilityRecord[]): boolean {
+    if (!this.locate(id)) return false;
+    this.vulnOverrides.set(id, vulns.map((v) => ({ ...v })));
+    return true;
+  }
+
+  /** CVEs with the software they affect; undefined when the device is unknown. */
+  cveEntries(id: string): CveEntryView[] | undefined {
+    const where = this.locate(id);
+    if (!where) return undefined;
+    const override = this.vulnOverrides.get(id);
+    if (override) {
+      const byId = catalogById();
+      return override.map((v) => ({ vulnerability: v, software: byId.get(v.id)?.software ?? UNKNOWN_SOFTWARE }));
+    }
+    if ('explicitAt' in where) return [];
+    return generateCveEntries(this.seed, where.index, this.generated(where.index));
+  }
+
+  vulnerabilities(id: string): VulnerabilityRecord[] | undefined {
+    return this.cveEntries(id)?.map((e) => e.vulnerability);
+  }
+}
+
+let byIdCache: Map<string, CatalogEntry> | undefined;
+function catalogById(): Map<string, CatalogEntry> {
+  byIdCache ??= new Map(cveCatalog().map((e) => [e.vulnerability.id, e]));
+  return byIdCache;
+}

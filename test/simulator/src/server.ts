@@ -1,0 +1,375 @@
+import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer, type Server } from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createTlsMaterial } from './certs';
+import { handleControl, type ControlTarget } from './control';
+import { handleJwks, handleOpenIdConfiguration, handleToken, type EntraDeps } from './entra';
+import { sendJson } from './http';
+import { bulkVulnerabilities, getMachine, listMachines, machineVulnerabilities, mdeError, send, type Reply } from './mde';
+import type { QuotaKind } from './quota';
+import { Rng } from './rng';
+import { createTenant, emptyStats, validateFaults, type FaultSpec, type SimStats, type TenantSpec, type TenantState } from './state';
+import { MDE_AUDIENCES, TokenSigner, type AccessClaims } from './tokens';
+import type { MachineRecord, VulnerabilityRecord } from './types';
+
+export interface LatencySpec {
+  /** Mean added delay per request, in milliseconds. */
+  meanMs: number;
+  /** Uniform spread around the mean (± jitterMs), in milliseconds. Default 0. */
+  jitterMs?: number;
+}
+
+export interface SimulatorOptions {
+  /** TCP port; 0 picks an ephemeral one. Default 0. */
+  port?: number;
+  /** Interface to listen on. Default 127.0.0.1. */
+  host?: string;
+  /** Directory where `ca.pem` is written. Default: a fresh temp directory. */
+  caDir?: string;
+  /** `expires_in` of issued tokens, in seconds. Default 3599 (Entra's one hour). */
+  tokenLifetimeSec?: number;
+  /** Delay added to every Entra/MDE answer. Default none. */
+  latency?: LatencySpec;
+  /** Enforce Microsoft's per-tenant quotas (429 + Retry-After). Default true. */
+  quotas?: boolean;
+  /** Seed of fault rolls and latency jitter (fleets have their own seeds). Default 1. */
+  seed?: number;
+}
+
+export interface Simulator {
+  readonly baseUrl: string;
+  readonly port: number;
+  readonly caPem: string;
+  readonly caFile: string;
+  addTenant(spec: TenantSpec): void;
+  removeTenant(azureTenantId: string): boolean;
+  setFaults(azureTenantId: string, faults: FaultSpec): void;
+  setLatency(latency: LatencySpec): void;
+  setQuotas(enabled: boolean): void;
+  setTokenLifetime(seconds: number): void;
+  updateMachine(azureTenantId: string, machineId: string, patch: Partial<MachineRecord>): void;
+  removeMachine(azureTenantId: string, machineId: string): void;
+  /** Adds `count` generated devices, or the given records; returns the new ids. */
+  addMachines(azureTenantId: string, countOrRecords: number | MachineRecord[]): string[];
+  setVulnerabilities(azureTenantId: string, machineId: string, vulns: VulnerabilityRecord[]): void;
+  machines(azureTenantId: string): MachineRecord[];
+  machineCount(azureTenantId: string): number;
+  vulnerabilities(azureTenantId: string, machineId: string): VulnerabilityRecord[];
+  stats(): SimStats;
+  resetStats(): void;
+  close(): Promise<void>;
+}
+
+const WILDCARD = '*';
+
+function validateLatency(latency: LatencySpec): LatencySpec {
+  if (typeof latency.meanMs !== 'number' || !(latency.meanMs >= 0)) throw new Error(`latency.meanMs must be a number >= 0, got ${String(latency.meanMs)}`);
+  const jitter = latency.jitterMs ?? 0;
+  if (typeof jitter !== 'number' || !(jitter >= 0)) throw new Error(`latency.jitterMs must be a number >= 0, got ${String(jitter)}`);
+  return { meanMs: latency.meanMs, jitterMs: jitter };
+}
+
+export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
+  const tls = createTlsMaterial();
+  const caDir = resolve(options.caDir ?? mkdtempSync(join(tmpdir(), 'urs-sim-')));
+  mkdirSync(caDir, { recursive: true });
+  const caFile = join(caDir, 'ca.pem');
+  writeFileSync(caFile, tls.caPem);
+
+  const signer = new TokenSigner();
+  const tenants = new Map<string, TenantState>();
+  const faults = new Map<string, FaultSpec>();
+  const rng = new Rng(options.seed ?? 1, 0xfa017);
+  let latency = validateLatency(options.latency ?? { meanMs: 0 });
+  let quotasOn = options.quotas ?? true;
+  let tokenLifetimeSec = options.tokenLifetimeSec ?? 3599;
+  let baseUrl = '';
+  let stats = emptyStats();
+  const hanging = new Set<ServerResponse>();
+
+  const tenantOrThrow = (id: string): TenantState => {
+    const tenant = tenants.get(id.toLowerCase());
+    if (!tenant) throw new Error(`unknown tenant '${id}'`);
+    return tenant;
+  };
+
+  const bump = (record: Record<string, number>, key: string, by = 1): number => (record[key] = (record[key] ?? 0) + by);
+
+  const count = (kind: string, tenantId: string | undefined): void => {
+    bump(stats.calls, kind);
+    if (tenantId) bump((stats.callsByTenant[tenantId] ??= {}), kind);
+  };
+
+  const enterTenant = (res: ServerResponse, tenantId: string): void => {
+    const now = bump(stats.inFlightByTenant, tenantId);
+    if (now > (stats.peakConcurrencyByTenant[tenantId] ?? 0)) stats.peakConcurrencyByTenant[tenantId] = now;
+    res.once('close', () => {
+      stats.inFlightByTenant[tenantId] = Math.max(0, (stats.inFlightByTenant[tenantId] ?? 1) - 1);
+    });
+  };
+
+  const delay = (): Promise<void> | undefined => {
+    const jitter = latency.jitterMs ?? 0;
+    const ms = Math.max(0, latency.meanMs + (jitter > 0 ? (rng.next() * 2 - 1) * jitter : 0));
+    return ms > 0 ? new Promise((resolve) => setTimeout(resolve, ms)) : undefined;
+  };
+
+  const entra: EntraDeps = {
+    baseUrl: () => baseUrl,
+    tenant: (id) => tenants.get(id.toLowerCase()),
+    signer,
+    tokenLifetimeSec: () => tokenLifetimeSec,
+  };
+
+  const roll = (rate: number | undefined): boolean => rate !== undefined && rate > 0 && rng.next() < rate;
+  const fault = (kind: string): void => {
+    stats.faultsInjected++;
+    bump(stats.faultsByKind, kind);
+  };
+
+  /** Validates the bearer token like MDE: 401 when missing, forged or expired. */
+  const authenticate = (req: IncomingMessage): AccessClaims | Reply => {
+    const header = req.headers.authorization;
+    if (!header || !/^Bearer /i.test(header)) return mdeError(401, 'Unauthorized', 'Unauthorized (missing authorization header).');
+    const claims = signer.verify(header.slice(7).trim());
+    if (!claims || !MDE_AUDIENCES.has(claims.aud)) return mdeError(401, 'Unauthorized', 'Unauthorized (invalid authorization header).');
+    if (claims.exp <= Math.floor(Date.now() / 1000)) return mdeError(401, 'Unauthorized', 'Unauthorized (expired authorization header).');
+    if (!tenants.has(claims.tid)) return mdeError(401, 'Unauthorized', 'Unauthorized (unknown tenant).');
+    return claims;
+  };
+
+  const REQUIRED_ROLES: Record<QuotaKind, string[]> = {
+    machines: ['Machine.Read.All', 'Machine.ReadWrite.All'],
+    vulnerabilities: ['Vulnerability.Read.All'],
+    bulk: ['Vulnerability.Read.All'],
+  };
+
+  async function handleMde(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+    const path = url.pathname;
+    const segments = path.split('/').filter((s) => s.length > 0);
+    // segments[0] === 'api'
+    let kind: string;
+    let quota: QuotaKind;
+    if (segments.length === 2 && segments[1] === 'machines') [kind, quota] = ['machines', 'machines'];
+    else if (segments.length === 3 && segments[2]?.toLowerCase() === 'softwarevulnerabilitiesbymachine') [kind, quota] = ['bulk', 'bulk'];
+    else if (segments.length === 3 && segments[1] === 'machines') [kind, quota] = ['machine', 'machines'];
+    else if (segments.length === 4 && segments[1] === 'machines' && segments[3] === 'vulnerabilities') [kind, quota] = ['vulnerabilities', 'vulnerabilities'];
+    else {
+      count('other', undefined);
+      send(res, mdeError(404, 'NotFound', `Resource ${path} was not found.`), false);
+      return;
+    }
+    if (req.method !== 'GET') {
+      count(kind, undefined);
+      send(res, mdeError(405, 'MethodNotAllowed', `The requested resource does not support http method '${req.method ?? ''}'.`), false);
+      return;
+    }
+    const auth = authenticate(req);
+    if ('status' in auth) {
+      count(kind, undefined);
+      await delay();
+      send(res, { ...auth, headers: { 'WWW-Authenticate': 'Bearer' } }, false);
+      return;
+    }
+    const tenantId = auth.tid;
+    const tenant = tenants.get(tenantId) as TenantState;
+    count(kind, tenantId);
+    enterTenant(res, tenantId);
+    await delay();
+
+    const required = REQUIRED_ROLES[quota];
+    if (!required.some((role) => auth.roles?.includes(role))) {
+      send(
+        res,
+        mdeError(403, 'Forbidden', `The application does not have any of the required application permissions (${required.join(', ')}) to access the resource.`),
+        false,
+      );
+      return;
+    }
+    if (quotasOn) {
+      const waitSec = (tenant.quotas.get(quota) as { tryAcquire(now: number): number }).tryAcquire(Date.now());
+      if (waitSec > 0) {
+        stats.throttled++;
+        bump(stats.throttledByTenant, tenantId);
+        send(res, mdeError(429, 'TooManyRequests', `API calls quota exceeded! Retry in ${waitSec} seconds.`, { 'Retry-After': waitSec }), false);
+        return;
+      }
+    }
+    const f = faults.get(tenantId) ?? faults.get(WILDCARD) ?? {};
+    if (roll(f.timeoutRate)) {
+      fault('timeout');
+      hanging.add(res);
+      res.once('close', () => hanging.delete(res));
+      return;
+    }
+    if (roll(f.resetRate)) {
+      fault('reset');
+      req.socket.destroy();
+      return;
+    }
+    if (roll(f.status5xxRate)) {
+      fault('5xx');
+      const unavailable = rng.next() < 0.5;
+      send(res, unavailable ? mdeError(503, 'ServiceUnavailable', 'Service is temporarily unavailable.') : mdeError(500, 'InternalServerError', ''), false);
+      return;
+    }
+    const shortPage = kind === 'machines' && roll(f.shortPageRate);
+    const malformed = roll(f.malformedRate);
+    let reply: Reply;
+    if (kind === 'machines') reply = listMachines(baseUrl, tenant, url.searchParams, shortPage);
+    else if (kind === 'machine') reply = getMachine(baseUrl, tenant, decodeURIComponent(segments[2] as string));
+    else if (kind === 'vulnerabilities') reply = machineVulnerabilities(baseUrl, tenant, decodeURIComponent(segments[2] as string));
+    else reply = bulkVulnerabilities(baseUrl, tenant, url.searchParams);
+    if (shortPage) fault('shortPage');
+    if (malformed && reply.status === 200) fault('malformed');
+    send(res, reply, malformed && reply.status === 200);
+  }
+
+  async function handleEntra(req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean> {
+    const segments = url.pathname.split('/').filter((s) => s.length > 0);
+    const tenantSegment = segments[0] ?? '';
+    const rest = segments.slice(1).join('/').toLowerCase();
+    let kind: string;
+    if (req.method === 'GET' && (rest === 'v2.0/.well-known/openid-configuration' || rest === '.well-known/openid-configuration')) kind = 'openid';
+    else if (req.method === 'GET' && (rest === 'discovery/v2.0/keys' || rest === 'discovery/keys')) kind = 'jwks';
+    else if (req.method === 'POST' && rest === 'oauth2/v2.0/token') kind = 'token';
+    else if (req.method === 'POST' && rest === 'oauth2/token') kind = 'tokenV1';
+    else return false;
+    const tenant = tenants.get(decodeURIComponent(tenantSegment).toLowerCase());
+    count(kind === 'tokenV1' ? 'token' : kind, tenant?.id);
+    if (tenant) enterTenant(res, tenant.id);
+    await delay();
+    if (kind === 'openid') handleOpenIdConfiguration(entra, req, res, tenantSegment);
+    else if (kind === 'jwks') handleJwks(entra, res);
+    else await handleToken(entra, req, res, tenantSegment, kind === 'token' ? 2 : 1);
+    return true;
+  }
+
+  const control: ControlTarget = {
+    addTenant: (spec) => api.addTenant(spec),
+    removeTenant: (id) => api.removeTenant(id),
+    setFaults: (id, f) => api.setFaults(id, f),
+    setLatency: (l) => api.setLatency(l),
+    setQuotas: (on) => api.setQuotas(on),
+    setTokenLifetime: (s) => api.setTokenLifetime(s),
+    updateMachine: (t, id, patch) => api.updateMachine(t, id, patch),
+    removeMachine: (t, id) => api.removeMachine(t, id),
+    addMachines: (t, what) => api.addMachines(t, what),
+    setVulnerabilities: (t, id, v) => api.setVulnerabilities(t, id, v),
+    machineCount: (t) => api.machineCount(t),
+    machinesPage: (t, skip, top) => tenantOrThrow(t).fleet.slice(skip, top),
+    vulnerabilities: (t, id) => api.vulnerabilities(t, id),
+    tenants: () => [...tenants.values()].map((t) => ({ azureTenantId: t.id, machines: t.fleet.size(), apps: [...t.apps.values()].map((a) => a.clientId) })),
+    stats: () => api.stats(),
+    resetStats: () => api.resetStats(),
+    info: () => ({ baseUrl, caFile, quotas: quotasOn, latency, tokenLifetimeSec }),
+  };
+
+  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    const url = new URL(req.url ?? '/', 'https://sim.invalid');
+    if (url.pathname.startsWith('/_sim/')) {
+      handleControl(control, req, res, url).catch((err: unknown) => sendJson(res, 500, { error: String(err) }));
+      return;
+    }
+    stats.inFlight++;
+    if (stats.inFlight > stats.peakConcurrency) stats.peakConcurrency = stats.inFlight;
+    res.once('close', () => {
+      stats.inFlight--;
+    });
+    const work = url.pathname.startsWith('/api/')
+      ? handleMde(req, res, url)
+      : handleEntra(req, res, url).then((handled) => {
+          if (!handled) {
+            count('other', undefined);
+            sendJson(res, 404, { error: { code: 'NotFound', message: `No route for ${req.method ?? ''} ${url.pathname}` } });
+          }
+        });
+    work.catch((err: unknown) => {
+      if (!res.headersSent) send(res, mdeError(500, 'InternalServerError', String(err)), false);
+    });
+  };
+
+  const server: Server = createServer({ key: tls.keyPem, cert: tls.certPem }, onRequest);
+  server.keepAliveTimeout = 30_000;
+  server.headersTimeout = 35_000;
+  const sockets = new Set<Socket>();
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  const host = options.host ?? '127.0.0.1';
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port ?? 0, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  baseUrl = `https://${host.includes(':') ? `[${host}]` : host}:${port}`;
+
+  const api: Simulator = {
+    baseUrl,
+    port,
+    caPem: tls.caPem,
+    caFile,
+    addTenant(spec) {
+      const tenant = createTenant(spec, Date.now());
+      if (tenants.has(tenant.id)) throw new Error(`tenant '${spec.azureTenantId}' already exists`);
+      tenants.set(tenant.id, tenant);
+    },
+    removeTenant: (id) => tenants.delete(id.toLowerCase()),
+    setFaults(id, spec) {
+      const valid = validateFaults(spec);
+      faults.set(id === WILDCARD ? WILDCARD : id.toLowerCase(), valid);
+    },
+    setLatency(l) {
+      latency = validateLatency(l);
+    },
+    setQuotas(on) {
+      quotasOn = on;
+    },
+    setTokenLifetime(seconds) {
+      if (!Number.isInteger(seconds) || seconds < 1) throw new Error(`tokenLifetimeSec must be a positive integer, got ${String(seconds)}`);
+      tokenLifetimeSec = seconds;
+    },
+    updateMachine(t, id, patch) {
+      if (!tenantOrThrow(t).fleet.update(id.toLowerCase(), patch)) throw new Error(`unknown machine '${id}' in tenant '${t}'`);
+    },
+    removeMachine(t, id) {
+      if (!tenantOrThrow(t).fleet.remove(id.toLowerCase())) throw new Error(`unknown machine '${id}' in tenant '${t}'`);
+    },
+    addMachines(t, what) {
+      const fleet = tenantOrThrow(t).fleet;
+      if (typeof what === 'number') return fleet.addGenerated(what);
+      for (const record of what) fleet.addRecord(record);
+      return what.map((r) => r.id);
+    },
+    setVulnerabilities(t, id, vulns) {
+      if (!tenantOrThrow(t).fleet.setVulnerabilities(id.toLowerCase(), vulns)) throw new Error(`unknown machine '${id}' in tenant '${t}'`);
+    },
+    machines: (t) => tenantOrThrow(t).fleet.all(),
+    machineCount: (t) => tenantOrThrow(t).fleet.size(),
+    vulnerabilities(t, id) {
+      const vulns = tenantOrThrow(t).fleet.vulnerabilities(id.toLowerCase());
+      if (!vulns) throw new Error(`unknown machine '${id}' in tenant '${t}'`);
+      return vulns;
+    },
+    stats: () => structuredClone(stats),
+    resetStats() {
+      stats = emptyStats(stats.inFlight, { ...stats.inFlightByTenant });
+    },
+    async close() {
+      for (const res of hanging) res.destroy();
+      hanging.clear();
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeAllConnections();
+      for (const socket of sockets) socket.destroy();
+      await closed;
+    },
+  };
+  return api;
+}

@@ -1,0 +1,112 @@
+import { Fleet, type FleetSpec } from './fleet';
+import { MDE_QUOTAS, SlidingWindow, type QuotaKind } from './quota';
+import type { MachineRecord } from './types';
+
+export const DEFAULT_ROLES = ['Machine.Read.All', 'Vulnerability.Read.All', 'Alert.Read.All'];
+
+export interface AppSpec {
+  clientId: string;
+  clientSecret: string;
+  /** Application permissions granted with admin consent; default Machine/Vulnerability/Alert.Read.All. */
+  roles?: string[];
+  /** The secret matches but has expired (AADSTS7000222). Default false. */
+  secretExpired?: boolean;
+}
+
+export interface TenantSpec {
+  azureTenantId: string;
+  apps: AppSpec[];
+  fleet?: FleetSpec;
+  machines?: MachineRecord[];
+  /** false: the WindowsDefenderATP service principal is absent (AADSTS500011). Default true. */
+  defenderProvisioned?: boolean;
+}
+
+/** Fault probabilities (0..1 each), rolled independently per MDE API call. */
+export interface FaultSpec {
+  /** Answer 500 or 503 with the MDE error body. */
+  status5xxRate?: number;
+  /** Destroy the TCP/TLS connection without answering. */
+  resetRate?: number;
+  /** Never answer; the request hangs until the client gives up (or the simulator closes). */
+  timeoutRate?: number;
+  /** Answer 200 with truncated JSON. */
+  malformedRate?: number;
+  /** /api/machines: return only part of a full page although more devices remain. */
+  shortPageRate?: number;
+}
+
+export interface TenantState {
+  id: string;
+  apps: Map<string, Required<AppSpec>>;
+  fleet: Fleet;
+  defenderProvisioned: boolean;
+  quotas: Map<QuotaKind, SlidingWindow>;
+}
+
+export function validateFaults(faults: FaultSpec): FaultSpec {
+  const out: FaultSpec = {};
+  for (const key of ['status5xxRate', 'resetRate', 'timeoutRate', 'malformedRate', 'shortPageRate'] as const) {
+    const value = faults[key];
+    if (value === undefined) continue;
+    if (typeof value !== 'number' || !(value >= 0 && value <= 1)) throw new Error(`faults.${key} must be a number between 0 and 1, got ${String(value)}`);
+    out[key] = value;
+  }
+  return out;
+}
+
+export function createTenant(spec: TenantSpec, epochMs: number): TenantState {
+  if (typeof spec.azureTenantId !== 'string' || spec.azureTenantId.length === 0) throw new Error('azureTenantId must be a non-empty string');
+  if (!Array.isArray(spec.apps)) throw new Error('apps must be an array');
+  const apps = new Map<string, Required<AppSpec>>();
+  for (const app of spec.apps) {
+    if (!app.clientId || !app.clientSecret) throw new Error('every app needs clientId and clientSecret');
+    apps.set(app.clientId.toLowerCase(), {
+      clientId: app.clientId,
+      clientSecret: app.clientSecret,
+      roles: app.roles ?? [...DEFAULT_ROLES],
+      secretExpired: app.secretExpired ?? false,
+    });
+  }
+  const size = spec.fleet?.size ?? 0;
+  if (!Number.isInteger(size) || size < 0 || size > 10_000_000) throw new Error(`fleet.size must be an integer 0..10000000, got ${String(size)}`);
+  return {
+    id: spec.azureTenantId.toLowerCase(),
+    apps,
+    fleet: new Fleet(spec.azureTenantId.toLowerCase(), spec.fleet, spec.machines, epochMs),
+    defenderProvisioned: spec.defenderProvisioned ?? true,
+    quotas: new Map(Object.entries(MDE_QUOTAS).map(([kind, limit]) => [kind as QuotaKind, new SlidingWindow(limit)])),
+  };
+}
+
+export interface SimStats {
+  /** Calls per endpoint kind: openid, token, machines, machine, vulnerabilities, bulk, jwks. */
+  calls: Record<string, number>;
+  /** Same, per Azure tenant id. */
+  callsByTenant: Record<string, Record<string, number>>;
+  /** Most requests ever in flight at once across the server (control API excluded). */
+  peakConcurrency: number;
+  peakConcurrencyByTenant: Record<string, number>;
+  inFlight: number;
+  inFlightByTenant: Record<string, number>;
+  /** 429 answers sent. */
+  throttled: number;
+  throttledByTenant: Record<string, number>;
+  faultsInjected: number;
+  faultsByKind: Record<string, number>;
+}
+
+export function emptyStats(inFlight = 0, inFlightByTenant: Record<string, number> = {}): SimStats {
+  return {
+    calls: {},
+    callsByTenant: {},
+    peakConcurrency: inFlight,
+    peakConcurrencyByTenant: { ...inFlightByTenant },
+    inFlight,
+    inFlightByTenant,
+    throttled: 0,
+    throttledByTenant: {},
+    faultsInjected: 0,
+    faultsByKind: {},
+  };
+}
