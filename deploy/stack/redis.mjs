@@ -3,7 +3,7 @@
 // loopback `redis-server` with its data under <stack>/redis, else say what to install.
 import fs from 'node:fs';
 import path from 'node:path';
-import Redis from 'ioredis';
+import { Redis } from 'ioredis';
 import { onPath, ownedPid, sleep, startDetached, stopProcess, tail } from './proc.mjs';
 
 /**
