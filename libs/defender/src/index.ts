@@ -1,1 +1,29 @@
-export {};
+export { DefenderError, DefenderErrorCode, isDefenderError, scrubSecret } from './errors';
+export type { DefenderErrorCodeValue, DefenderErrorOptions } from './errors';
+export { DEFENDER_CLOUDS, DEFENDER_REGIONS, resolveEndpoints } from './endpoints';
+export type { DefenderCloud, DefenderRegion, DefenderEndpoints, DefenderEndpointOverrides } from './endpoints';
+export { createTokenSource, decodeTokenClaims } from './token';
+export type { DefenderCredentials, TokenClaims, TokenSource, TokenSourceOptions } from './token';
+export { mapAuthError } from './auth-errors';
+export { createHttpsAgent } from './tls';
+export type { HttpsAgentOptions } from './tls';
+export { MICROSOFT_QUOTAS, createRedisQuotaGate, createLocalQuotaGate } from './quota';
+export type { DefenderEndpointClass, QuotaWindow, QuotaLimits, QuotaGate, QuotaGateOptions } from './quota';
+export { createSharedLimiter, createLocalLimiter } from './limiter';
+export type { CallLimiter, SharedLimiterOptions } from './limiter';
+export { createApiCaller, parseRetryAfterMs } from './http';
+export type { ApiCaller, ApiCallerOptions, ApiResult } from './http';
+export { parseMachine, parseVulnerability, parseSoftwareVulnerabilityRow, vulnerabilityFromRow } from './schema';
+export type { MachineRecord, Vulnerability, SoftwareVulnerabilityRow, ParseResult } from './schema';
+export { MAX_MACHINE_PAGE_SIZE, isScorable, walkMachines } from './machines';
+export type { Machine, MachineFlags, MachinePage, InvalidRecord, ListMachinesOptions } from './machines';
+export {
+  MAX_BULK_PAGE_SIZE,
+  DEFAULT_BULK_PAGE_SIZE,
+  fetchMachineVulnerabilities,
+  walkVulnerabilitiesByMachine,
+  planVulnerabilityMode,
+} from './vulnerabilities';
+export type { BulkVulnerabilityPage, BulkOptions, VulnerabilityMode, VulnerabilityPlan } from './vulnerabilities';
+export { REQUIRED_PERMISSIONS, createDefenderClient } from './client';
+export type { DefenderTenant, DefenderClientDeps, DefenderClient, AccessReport, RequiredPermission } from './client';

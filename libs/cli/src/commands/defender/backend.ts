@@ -1,0 +1,100 @@
+import type { Agent } from 'node:https';
+import { readFile } from 'node:fs/promises';
+import { Redis } from 'ioredis';
+import { defenderOverrides, redisConfig } from '@urs/config';
+import {
+  type CallLimiter,
+  type DefenderEndpointOverrides,
+  type QuotaGate,
+  createLocalLimiter,
+  createLocalQuotaGate,
+  createRedisQuotaGate,
+  createHttpsAgent,
+  createSharedLimiter,
+} from '@urs/defender';
+import { silentLogger } from '@urs/logging';
+
+/** The limiter and quota a CLI run uses, and how to release them. */
+export interface Backend {
+  limiter: CallLimiter;
+  quota: QuotaGate;
+  /** `redis` when shared with the running pipeline, `local` when only this process counts. */
+  kind: 'redis' | 'local';
+  overrides: DefenderEndpointOverrides;
+  httpsAgent: Agent;
+  close(): Promise<void>;
+}
+
+/**
+ * `URS_DEFENDER_CA_FILE`: a PEM file of an extra CA to trust besides the system ones (the simulator's).
+ * NODE_EXTRA_CA_CERTS does the same for a whole process; this variable also works when the command runs
+ * inside another process (tests).
+ */
+async function extraCa(env: NodeJS.ProcessEnv): Promise<{ extraCa?: string }> {
+  const file = env.URS_DEFENDER_CA_FILE;
+  if (!file) return {};
+  try {
+    return { extraCa: await readFile(file, 'utf8') };
+  } catch (error) {
+    throw new Error(`URS_DEFENDER_CA_FILE: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+}
+
+/** How long the CLI waits for Redis before it falls back to an in-process limiter, in milliseconds. */
+const REDIS_CONNECT_TIMEOUT_MS = 2_000;
+
+/**
+ * The CLI shares the pipeline's limiter and quota when Redis answers (REDIS_URL, URS_REDIS_PREFIX, as the
+ * services read them): a manual run then neither exceeds the 10 calls in flight nor spends quota the
+ * pipeline counts on. When Redis is not reachable (or `--no-redis`), the run uses an in-process limiter
+ * and quota with the same limits: correct for this process alone, and said so on stderr.
+ */
+export async function openBackend(env: NodeJS.ProcessEnv, useRedis: boolean, warn: (line: string) => void): Promise<Backend> {
+  const overrides: DefenderEndpointOverrides = { ...defenderOverrides(env) };
+  if (env.URS_DEFENDER_SCOPE) overrides.scope = env.URS_DEFENDER_SCOPE;
+  const httpsAgent = createHttpsAgent(await extraCa(env));
+  const local = (): Backend => {
+    const limiter = createLocalLimiter();
+    return {
+      limiter,
+      quota: createLocalQuotaGate(),
+      kind: 'local',
+      overrides,
+      httpsAgent,
+      async close() {
+        await limiter.close();
+        httpsAgent.destroy();
+      },
+    };
+  };
+  if (!useRedis) return local();
+  const config = redisConfig(env);
+  const redis = new Redis(config.url, {
+    lazyConnect: true,
+    disableClientInfo: true,
+    connectTimeout: REDIS_CONNECT_TIMEOUT_MS,
+    maxRetriesPerRequest: 1,
+    retryStrategy: () => null,
+  });
+  redis.on('error', () => undefined);
+  try {
+    await redis.connect();
+  } catch {
+    redis.disconnect();
+    warn(`Redis at ${new URL(config.url).host} is not reachable: using an in-process limiter and quota (this run alone is counted)`);
+    return local();
+  }
+  const limiter = await createSharedLimiter({ redis, keyPrefix: config.keyPrefix, logger: silentLogger });
+  return {
+    limiter,
+    quota: createRedisQuotaGate(redis, config.keyPrefix),
+    kind: 'redis',
+    overrides,
+    httpsAgent,
+    async close() {
+      await limiter.close();
+      await redis.quit().catch(() => redis.disconnect());
+      httpsAgent.destroy();
+    },
+  };
+}

@@ -1,0 +1,203 @@
+import type { Agent } from 'node:https';
+import type { Logger } from '@urs/logging';
+import { DEFAULT_RETRY_POLICY, type RetryPolicy } from '@urs/resilience';
+import { type DefenderEndpointOverrides, type DefenderEndpoints, resolveEndpoints } from './endpoints';
+import { DefenderError } from './errors';
+import { createApiCaller } from './http';
+import type { CallLimiter } from './limiter';
+import { type InvalidRecord, type ListMachinesOptions, type Machine, type MachinePage, walkMachines } from './machines';
+import type { QuotaGate } from './quota';
+import type { Vulnerability } from './schema';
+import { createHttpsAgent } from './tls';
+import { type DefenderCredentials, type TokenClaims, createTokenSource, decodeTokenClaims } from './token';
+import {
+  type BulkOptions,
+  type BulkVulnerabilityPage,
+  fetchMachineVulnerabilities,
+  mergeVulnerability,
+  walkVulnerabilitiesByMachine,
+} from './vulnerabilities';
+
+/** A tenant's Defender setup, as registered (a cloud and a region, never a URL). */
+export interface DefenderTenant extends DefenderCredentials {
+  /** `commercial` (default), `gcc`, `gcc-high` or `dod`. */
+  cloud?: string;
+  /** `us`, `eu`, `uk`, `au`, `swa`, `ina`, or none for the global host. */
+  region?: string;
+}
+
+export interface DefenderClientDeps {
+  /** The shared slots of calls in flight (createSharedLimiter; createLocalLimiter in the CLI). */
+  limiter: CallLimiter;
+  /** The tenant's quota (createRedisQuotaGate; createLocalQuotaGate in the CLI). */
+  quota: QuotaGate;
+  logger: Logger;
+  /** Operator overrides read once from the environment (URS_DEFENDER_AUTHORITY_HOST, URS_DEFENDER_API_BASE). */
+  overrides?: DefenderEndpointOverrides;
+  /**
+   * The keep-alive agent for Entra and MDE calls; share one per process. Default: a new one owned (and
+   * destroyed on close) by this client. Create it with `createHttpsAgent({ extraCa })` to trust a private CA.
+   */
+  httpsAgent?: Agent;
+  /** Retries of 5xx, resets, timeouts, malformed bodies. Default DEFAULT_RETRY_POLICY (5 attempts, 200 ms–10 s). */
+  retryPolicy?: RetryPolicy;
+  /** Timeout of one HTTP call, in milliseconds. Default 30000; keep it below the limiter's job expiration. */
+  requestTimeoutMs?: number;
+  /** How long one call may wait out 429s in total, in milliseconds. Default 600000 (10 min). */
+  maxThrottleWaitMs?: number;
+  /** Told about every record skipped as invalid (they are also logged). */
+  onInvalidRecord?: (record: InvalidRecord) => void;
+  /** Source of randomness for the backoff jitter, in [0, 1). */
+  random?: () => number;
+}
+
+/** The permissions the setup guide asks for. */
+export const REQUIRED_PERMISSIONS = ['Machine.Read.All', 'Vulnerability.Read.All', 'Alert.Read.All'] as const;
+export type RequiredPermission = (typeof REQUIRED_PERMISSIONS)[number];
+
+export interface AccessReport {
+  /** Token issued, device list readable, every required permission granted. */
+  ok: boolean;
+  tokenIssued: boolean;
+  /** One page of `/api/machines?$top=1` was read (an empty fleet counts). */
+  machinesReadable: boolean;
+  /** Roles in the token. */
+  roles: string[];
+  /** Whether each required permission is in the token (a ReadWrite role counts for its Read). */
+  permissions: Record<RequiredPermission, boolean>;
+  /** One line an administrator can act on. */
+  verdict: string;
+  /** The failure, when there was one. */
+  error?: { code: string; message: string };
+}
+
+export interface DefenderClient {
+  readonly azureTenantId: string;
+  readonly endpoints: DefenderEndpoints;
+  /** Pages of the tenant's devices, streamed (see walkMachines). */
+  listMachinePages(options?: ListMachinesOptions): AsyncGenerator<MachinePage>;
+  /** Every device of the tenant (for small fleets and the CLI; the poller streams pages instead). */
+  listMachines(options?: ListMachinesOptions): Promise<Machine[]>;
+  /** One device's vulnerabilities (per-device endpoint). */
+  getMachineVulnerabilities(machineId: string, signal?: AbortSignal): Promise<Vulnerability[]>;
+  /** Pages of the bulk export `SoftwareVulnerabilitiesByMachine`, streamed. */
+  listVulnerabilitiesByMachinePages(options?: BulkOptions): AsyncGenerator<BulkVulnerabilityPage>;
+  /** The whole bulk export merged per device (CVE-deduplicated). */
+  getVulnerabilitiesByMachine(options?: BulkOptions): Promise<Map<string, Vulnerability[]>>;
+  /** Token claims (roles) of the current token. */
+  tokenClaims(signal?: AbortSignal): Promise<TokenClaims | undefined>;
+  /** Gets a token and reads one page: what works and what an administrator must fix. Never throws a DefenderError. */
+  checkAccess(signal?: AbortSignal): Promise<AccessReport>;
+  /** Releases the client's own https agent (not a shared one). */
+  close(): void;
+}
+
+function grants(roles: string[], permission: RequiredPermission): boolean {
+  const write = permission.replace('.Read.', '.ReadWrite.');
+  return roles.includes(permission) || roles.includes(write);
+}
+
+export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClientDeps): DefenderClient {
+  const endpoints = resolveEndpoints(tenant.cloud, tenant.region, deps.overrides);
+  const ownAgent = deps.httpsAgent ? undefined : createHttpsAgent();
+  const httpsAgent = deps.httpsAgent ?? (ownAgent as Agent);
+  const credentials: DefenderCredentials = {
+    azureTenantId: tenant.azureTenantId,
+    clientId: tenant.clientId,
+    clientSecret: tenant.clientSecret,
+  };
+  const tokens = createTokenSource({ endpoints, credentials, httpsAgent });
+  const logger = deps.logger.child({ azureTenantId: tenant.azureTenantId });
+  const api = createApiCaller({
+    azureTenantId: tenant.azureTenantId,
+    apiBase: endpoints.apiBase,
+    tokens,
+    limiter: deps.limiter,
+    quota: deps.quota,
+    httpsAgent,
+    retryPolicy: deps.retryPolicy ?? DEFAULT_RETRY_POLICY,
+    requestTimeoutMs: deps.requestTimeoutMs ?? 30_000,
+    maxThrottleWaitMs: deps.maxThrottleWaitMs ?? 600_000,
+    logger,
+    ...(deps.random ? { random: deps.random } : {}),
+  });
+  const walkDeps = {
+    api,
+    logger,
+    azureTenantId: tenant.azureTenantId,
+    ...(deps.onInvalidRecord ? { onInvalidRecord: deps.onInvalidRecord } : {}),
+  };
+
+  async function checkAccess(signal?: AbortSignal): Promise<AccessReport> {
+    const report: AccessReport = {
+      ok: false,
+      tokenIssued: false,
+      machinesReadable: false,
+      roles: [],
+      permissions: { 'Machine.Read.All': false, 'Vulnerability.Read.All': false, 'Alert.Read.All': false },
+      verdict: '',
+    };
+    try {
+      const token = await tokens.getToken(signal);
+      report.tokenIssued = true;
+      report.roles = decodeTokenClaims(token.token)?.roles ?? [];
+      for (const permission of REQUIRED_PERMISSIONS) report.permissions[permission] = grants(report.roles, permission);
+      await api.get('machines', '/api/machines', { $top: 1 }, signal);
+      report.machinesReadable = true;
+    } catch (error) {
+      if (!(error instanceof DefenderError)) throw error;
+      report.error = { code: error.code, message: error.message };
+    }
+    const missing = REQUIRED_PERMISSIONS.filter((p) => !report.permissions[p]);
+    report.ok = report.tokenIssued && report.machinesReadable && missing.length === 0;
+    if (!report.tokenIssued || (!report.machinesReadable && report.error)) {
+      report.verdict = `FAIL: ${report.error?.message ?? 'unknown error'}`;
+    } else if (missing.length > 0) {
+      report.verdict =
+        `FAIL: credentials work, but the token lacks ${missing.join(', ')}: add these WindowsDefenderATP application ` +
+        `permissions and grant admin consent.`;
+    } else {
+      report.verdict = `OK: credentials and consent work; the token carries ${REQUIRED_PERMISSIONS.join(', ')}.`;
+    }
+    return report;
+  }
+
+  return {
+    azureTenantId: tenant.azureTenantId,
+    endpoints,
+    listMachinePages: (options) => walkMachines(walkDeps, options),
+    async listMachines(options) {
+      const all: Machine[] = [];
+      for await (const page of walkMachines(walkDeps, options)) all.push(...page.machines);
+      return all;
+    },
+    getMachineVulnerabilities: (machineId, signal) => fetchMachineVulnerabilities(walkDeps, machineId, signal),
+    listVulnerabilitiesByMachinePages: (options) => walkVulnerabilitiesByMachine(walkDeps, options),
+    async getVulnerabilitiesByMachine(options) {
+      const merged = new Map<string, Vulnerability[]>();
+      const indexes = new Map<string, Map<string, number>>();
+      for await (const page of walkVulnerabilitiesByMachine(walkDeps, options)) {
+        for (const [machineId, list] of page.byMachine) {
+          let target = merged.get(machineId);
+          let index = indexes.get(machineId);
+          if (!target || !index) {
+            target = [];
+            index = new Map();
+            merged.set(machineId, target);
+            indexes.set(machineId, index);
+          }
+          for (const vulnerability of list) mergeVulnerability(target, index, vulnerability);
+        }
+      }
+      return merged;
+    },
+    async tokenClaims(signal) {
+      return decodeTokenClaims((await tokens.getToken(signal)).token);
+    },
+    checkAccess,
+    close() {
+      ownAgent?.destroy();
+    },
+  };
+}
+

@@ -1,0 +1,123 @@
+import { DefenderError, DefenderErrorCode } from './errors';
+
+export const DEFENDER_CLOUDS = ['commercial', 'gcc', 'gcc-high', 'dod'] as const;
+export type DefenderCloud = (typeof DEFENDER_CLOUDS)[number];
+
+export const DEFENDER_REGIONS = ['us', 'eu', 'uk', 'au', 'swa', 'ina'] as const;
+export type DefenderRegion = (typeof DEFENDER_REGIONS)[number];
+
+/** Operator overrides applied to every tenant (read once from the environment by the caller). */
+export interface DefenderEndpointOverrides {
+  /** Replaces the Entra authority host, e.g. the simulator's `https://127.0.0.1:PORT` (`URS_DEFENDER_AUTHORITY_HOST`). */
+  authorityHost?: string;
+  /** Replaces the MDE API base URL (`URS_DEFENDER_API_BASE`). */
+  apiBase?: string;
+  /**
+   * Replaces the token scope. Only an escape hatch for the US Government clouds, whose scope Microsoft
+   * does not document (see `CLOUDS` below); tests and the simulator never need it.
+   */
+  scope?: string;
+}
+
+/** Where one tenant's tokens and API calls go. */
+export interface DefenderEndpoints {
+  /** Entra ID authority host, without a trailing slash. */
+  authorityHost: string;
+  /** MDE API base URL, without a trailing slash (paths start with `/api/...`). */
+  apiBase: string;
+  /** OAuth scope of the client-credentials request. */
+  scope: string;
+  /** True when an override is active: instance discovery and authority validation are then turned off. */
+  overridden: boolean;
+}
+
+interface CloudEndpoints {
+  authorityHost: string;
+  /** The API host with no region. */
+  apiBase: string;
+  /** Builds the regional host, or undefined when the cloud has no regional hosts. */
+  regional?: (region: DefenderRegion) => string;
+  scope: string;
+}
+
+/**
+ * Commercial: token scope and hosts as documented (defender-api.md §4): the scope keeps the
+ * `api.securitycenter.microsoft.com` resource URI, which is what Microsoft's own examples request even
+ * against the newer `api.security.microsoft.com` hosts.
+ *
+ * US Government (DD `gov.md#api`): GCC signs in at login.microsoftonline.com and calls
+ * api-gcc.securitycenter.microsoft.us; GCC High and DoD sign in at login.microsoftonline.us and call
+ * api-gov.securitycenter.microsoft.us. Microsoft does not document their token scope.
+ * [inference] The scope is the API host's resource URI, as in commercial: public GCC scripts request
+ * `https://api-gcc.securitycenter.microsoft.us/.default`; for GCC High/DoD we follow the same rule
+ * (`https://api-gov.securitycenter.microsoft.us/.default`). Operators can correct it with the scope override.
+ * The government clouds have no regional hosts; a region given for them is ignored.
+ */
+const CLOUDS: Record<DefenderCloud, CloudEndpoints> = {
+  commercial: {
+    authorityHost: 'https://login.microsoftonline.com',
+    apiBase: 'https://api.security.microsoft.com',
+    regional: (region) => `https://${region}.api.security.microsoft.com`,
+    scope: 'https://api.securitycenter.microsoft.com/.default',
+  },
+  gcc: {
+    authorityHost: 'https://login.microsoftonline.com',
+    apiBase: 'https://api-gcc.securitycenter.microsoft.us',
+    scope: 'https://api-gcc.securitycenter.microsoft.us/.default',
+  },
+  'gcc-high': {
+    authorityHost: 'https://login.microsoftonline.us',
+    apiBase: 'https://api-gov.securitycenter.microsoft.us',
+    scope: 'https://api-gov.securitycenter.microsoft.us/.default',
+  },
+  dod: {
+    authorityHost: 'https://login.microsoftonline.us',
+    apiBase: 'https://api-gov.securitycenter.microsoft.us',
+    scope: 'https://api-gov.securitycenter.microsoft.us/.default',
+  },
+};
+
+function trimSlash(url: string): string {
+  return url.replace(/\/+$/, '');
+}
+
+function httpsUrl(field: string, value: string): string {
+  let parsed: URL;
+  try {
+    parsed = new URL(value);
+  } catch {
+    throw new DefenderError(DefenderErrorCode.INVALID_CONFIG, `${field} must be an absolute https URL`);
+  }
+  if (parsed.protocol !== 'https:') {
+    throw new DefenderError(DefenderErrorCode.INVALID_CONFIG, `${field} must use https (Entra ID refuses other schemes)`);
+  }
+  return trimSlash(value);
+}
+
+/**
+ * The endpoints of a tenant from its `cloud` (default commercial) and `region` (default none: the global
+ * host). A tenant only ever names a cloud and a region, never a URL; only the operator's overrides can
+ * point elsewhere, and they apply to every tenant.
+ */
+export function resolveEndpoints(
+  cloud: string | undefined,
+  region: string | undefined,
+  overrides: DefenderEndpointOverrides = {},
+): DefenderEndpoints {
+  const cloudName = (cloud ?? 'commercial').toLowerCase();
+  if (!(DEFENDER_CLOUDS as readonly string[]).includes(cloudName)) {
+    throw new DefenderError(DefenderErrorCode.INVALID_CONFIG, `cloud must be one of ${DEFENDER_CLOUDS.join(', ')} (got "${cloud}")`);
+  }
+  const regionName = region === undefined || region === '' ? undefined : region.toLowerCase();
+  if (regionName !== undefined && !(DEFENDER_REGIONS as readonly string[]).includes(regionName)) {
+    throw new DefenderError(DefenderErrorCode.INVALID_CONFIG, `region must be one of ${DEFENDER_REGIONS.join(', ')} or none (got "${region}")`);
+  }
+  const base = CLOUDS[cloudName as DefenderCloud];
+  const apiBase = regionName && base.regional ? base.regional(regionName as DefenderRegion) : base.apiBase;
+  return {
+    authorityHost: overrides.authorityHost ? httpsUrl('authorityHost', overrides.authorityHost) : base.authorityHost,
+    apiBase: overrides.apiBase ? httpsUrl('apiBase', overrides.apiBase) : apiBase,
+    scope: overrides.scope ?? base.scope,
+    overridden: Boolean(overrides.authorityHost || overrides.apiBase),
+  };
+}

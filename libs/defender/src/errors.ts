@@ -1,0 +1,73 @@
+import { UrsError } from '@urs/resilience';
+
+/**
+ * Stable codes of the Defender client's errors. Callers (the poller, the registrar's /test, the CLI)
+ * branch on these; the messages are written for the administrator who has to fix the setup.
+ */
+export const DefenderErrorCode = {
+  /** AADSTS7000215: the secret does not match (often the secret's ID was pasted instead of its Value). */
+  INVALID_SECRET: 'DEFENDER_INVALID_SECRET',
+  /** AADSTS7000222: the client secret has expired. */
+  SECRET_EXPIRED: 'DEFENDER_SECRET_EXPIRED',
+  /** AADSTS700016: no application with this client id in the tenant. */
+  UNKNOWN_CLIENT: 'DEFENDER_UNKNOWN_CLIENT',
+  /** AADSTS90002 (or the tenant's OpenID metadata cannot be found): no such Entra tenant. */
+  UNKNOWN_TENANT: 'DEFENDER_UNKNOWN_TENANT',
+  /** AADSTS500011: the WindowsDefenderATP service principal is not in the tenant. */
+  NOT_PROVISIONED: 'DEFENDER_NOT_PROVISIONED',
+  /** 403 from the API, or a token without the needed application roles. */
+  CONSENT_MISSING: 'DEFENDER_CONSENT_MISSING',
+  /** Any other sign-in failure. */
+  AUTH_FAILED: 'DEFENDER_AUTH_FAILED',
+  /** The API rejected a freshly issued token (401 twice). */
+  UNAUTHORIZED: 'DEFENDER_UNAUTHORIZED',
+  /** 429 until the throttling budget ran out. */
+  THROTTLED: 'DEFENDER_THROTTLED',
+  /** 5xx, connection reset, timeout, TLS or DNS failure, after the retries. */
+  UNAVAILABLE: 'DEFENDER_UNAVAILABLE',
+  /** The body was not the JSON the endpoint documents. */
+  MALFORMED_RESPONSE: 'DEFENDER_MALFORMED_RESPONSE',
+  /** 404 on a single resource (a device removed since it was listed). */
+  NOT_FOUND: 'DEFENDER_NOT_FOUND',
+  /** Another 4xx: a request the API will never accept. */
+  REQUEST_REJECTED: 'DEFENDER_REQUEST_REJECTED',
+  /** A tenant's cloud/region or an option is not valid. */
+  INVALID_CONFIG: 'DEFENDER_INVALID_CONFIG',
+} as const;
+
+export type DefenderErrorCodeValue = (typeof DefenderErrorCode)[keyof typeof DefenderErrorCode];
+
+export interface DefenderErrorOptions {
+  canRetry?: boolean;
+  cause?: unknown;
+  details?: Record<string, unknown>;
+  /** For THROTTLED: what the API asked us to wait (Retry-After), in milliseconds. */
+  retryAfterMs?: number;
+}
+
+/** The one error type of @urs/defender. Never carries a client secret or an access token. */
+export class DefenderError extends UrsError {
+  override readonly code: DefenderErrorCodeValue;
+  /** For THROTTLED: the server-given wait, in milliseconds. */
+  readonly retryAfterMs: number | undefined;
+
+  constructor(code: DefenderErrorCodeValue, message: string, options: DefenderErrorOptions = {}) {
+    super(code, message, { canRetry: options.canRetry, cause: options.cause, details: options.details });
+    this.code = code;
+    this.retryAfterMs = options.retryAfterMs;
+  }
+}
+
+/** True when `error` is a DefenderError with the given code. */
+export function isDefenderError(error: unknown, code?: DefenderErrorCodeValue): error is DefenderError {
+  return error instanceof DefenderError && (code === undefined || error.code === code);
+}
+
+/**
+ * Replaces every occurrence of `secret` in a text. Used on every text that came from outside
+ * (Entra's error descriptions, library messages) before it goes into one of our errors.
+ */
+export function scrubSecret(text: string, secret: string | undefined): string {
+  if (!secret || secret.length < 4) return text;
+  return text.split(secret).join('[redacted]');
+}

@@ -1,0 +1,217 @@
+import type { Agent } from 'node:https';
+import axios, { type AxiosResponse } from 'axios';
+import type { Logger } from '@urs/logging';
+import { type RetryPolicy, retryDelayMs, sleep } from '@urs/resilience';
+import { DefenderError, DefenderErrorCode } from './errors';
+import type { CallLimiter } from './limiter';
+import type { DefenderEndpointClass, QuotaGate } from './quota';
+import { decodeTokenClaims, type TokenSource } from './token';
+
+export interface ApiCallerOptions {
+  azureTenantId: string;
+  /** MDE API base URL, no trailing slash. */
+  apiBase: string;
+  tokens: TokenSource;
+  limiter: CallLimiter;
+  quota: QuotaGate;
+  httpsAgent: Agent;
+  /** Retries of 5xx, resets, timeouts and malformed bodies (exponential backoff, full jitter). */
+  retryPolicy: RetryPolicy;
+  /** Timeout of one HTTP call, in milliseconds. */
+  requestTimeoutMs: number;
+  /** Total time one call may spend waiting out 429s before it fails THROTTLED, in milliseconds. */
+  maxThrottleWaitMs: number;
+  logger: Logger;
+  random?: () => number;
+}
+
+export type ApiResult = { status: 200; body: unknown } | { status: 404 };
+
+export interface ApiCaller {
+  /**
+   * GET `pathOrUrl` (a path under the API base, or an absolute `@odata.nextLink` on the same origin) as one
+   * call of `endpoint`'s quota. Resolves 200 with the parsed body or 404; throws DefenderError otherwise.
+   */
+  get(endpoint: DefenderEndpointClass, pathOrUrl: string, params?: Record<string, string | number>, signal?: AbortSignal): Promise<ApiResult>;
+}
+
+/** `Retry-After` in seconds or as an HTTP date, in milliseconds; undefined when absent or unreadable. */
+export function parseRetryAfterMs(value: unknown, now: number = Date.now()): number | undefined {
+  if (typeof value !== 'string' || value.trim() === '') return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, Math.ceil(seconds * 1000));
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - now);
+}
+
+const TRANSIENT_NETWORK = new Set(['ECONNRESET', 'ECONNABORTED', 'ETIMEDOUT', 'ECONNREFUSED', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'ERR_SOCKET_CONNECTION_TIMEOUT']);
+
+function mdeErrorText(body: string): string {
+  try {
+    const parsed = JSON.parse(body) as { error?: { code?: unknown; message?: unknown } };
+    const code = typeof parsed.error?.code === 'string' ? parsed.error.code : '';
+    const message = typeof parsed.error?.message === 'string' ? parsed.error.message.slice(0, 200) : '';
+    return [code, message].filter(Boolean).join(': ');
+  } catch {
+    return '';
+  }
+}
+
+export function createApiCaller(options: ApiCallerOptions): ApiCaller {
+  const { azureTenantId, apiBase, tokens, limiter, quota, logger } = options;
+  const origin = new URL(apiBase).origin;
+  const http = axios.create({
+    httpsAgent: options.httpsAgent,
+    timeout: options.requestTimeoutMs,
+    // Bodies are parsed here, so a truncated or invalid body becomes MALFORMED_RESPONSE, not a string.
+    responseType: 'text',
+    transformResponse: [(data: unknown) => data],
+    validateStatus: () => true,
+    maxRedirects: 0,
+  });
+
+  function resolveUrl(pathOrUrl: string): string {
+    if (pathOrUrl.startsWith('/')) return `${apiBase}${pathOrUrl}`;
+    // Only links on the API's own origin get our bearer token.
+    if (new URL(pathOrUrl).origin !== origin) {
+      throw new DefenderError(DefenderErrorCode.MALFORMED_RESPONSE, `The API returned a next link to another host (${new URL(pathOrUrl).host})`, {
+        details: { azureTenantId },
+      });
+    }
+    return pathOrUrl;
+  }
+
+  async function send(url: string, token: string, params: Record<string, string | number> | undefined, signal?: AbortSignal): Promise<AxiosResponse<string>> {
+    try {
+      return await http.get<string>(url, {
+        params,
+        headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' },
+        ...(signal ? { signal } : {}),
+      });
+    } catch (error) {
+      const code = (error as { code?: string }).code ?? 'ERROR';
+      const path = new URL(url).pathname;
+      // The axios error holds the request config with the bearer token: keep only its code.
+      throw new DefenderError(
+        DefenderErrorCode.UNAVAILABLE,
+        `The Defender API could not be reached (${code}) for tenant ${azureTenantId} on ${path}`,
+        { canRetry: !signal?.aborted && (TRANSIENT_NETWORK.has(code) || !/CERT|SIGNATURE|SELF_SIGNED|TLS/.test(code)), details: { azureTenantId, path, networkCode: code } },
+      );
+    }
+  }
+
+  function classify(response: AxiosResponse<string>, path: string, token: string, endpoint: DefenderEndpointClass): ApiResult {
+    const status = response.status;
+    const details = { azureTenantId, path, status };
+    if (status >= 200 && status < 300) {
+      try {
+        return { status: 200, body: JSON.parse(response.data) as unknown };
+      } catch {
+        throw new DefenderError(DefenderErrorCode.MALFORMED_RESPONSE, `The Defender API returned a body that is not JSON on ${path}`, {
+          canRetry: true,
+          details,
+        });
+      }
+    }
+    if (status === 404) return { status: 404 };
+    const apiText = mdeErrorText(response.data ?? '');
+    if (status === 429) {
+      const retryAfterMs = parseRetryAfterMs(response.headers['retry-after']);
+      return throwError(
+        new DefenderError(DefenderErrorCode.THROTTLED, `The Defender API throttled tenant ${azureTenantId} on ${path} (429)`, {
+          canRetry: true,
+          details: { ...details, endpoint, retryAfterMs },
+          ...(retryAfterMs !== undefined ? { retryAfterMs } : {}),
+        }),
+      );
+    }
+    if (status === 401) {
+      return throwError(
+        new DefenderError(
+          DefenderErrorCode.UNAUTHORIZED,
+          `The Defender API rejected a freshly issued token for tenant ${azureTenantId} (401). Check that the app belongs to this tenant and the tenant's cloud is right.`,
+          { details: { ...details, api: apiText } },
+        ),
+      );
+    }
+    if (status === 403) {
+      const roles = decodeTokenClaims(token)?.roles ?? [];
+      const needed = endpoint === 'machines' ? 'Machine.Read.All' : 'Vulnerability.Read.All';
+      return throwError(
+        new DefenderError(
+          DefenderErrorCode.CONSENT_MISSING,
+          `The Defender API refused ${path} for tenant ${azureTenantId} (403): grant the WindowsDefenderATP application permission ` +
+            `${needed} and admin consent (the token carries: ${roles.length ? roles.join(', ') : 'no roles'}).`,
+          { details: { ...details, roles, needed, api: apiText } },
+        ),
+      );
+    }
+    if (status >= 500 || status === 408) {
+      return throwError(
+        new DefenderError(DefenderErrorCode.UNAVAILABLE, `The Defender API answered ${status} for tenant ${azureTenantId} on ${path}`, {
+          canRetry: true,
+          details: { ...details, api: apiText },
+        }),
+      );
+    }
+    return throwError(
+      new DefenderError(DefenderErrorCode.REQUEST_REJECTED, `The Defender API rejected ${path} for tenant ${azureTenantId} (${status}${apiText ? `: ${apiText}` : ''})`, {
+        details: { ...details, api: apiText },
+      }),
+    );
+  }
+
+  function throwError(error: DefenderError): never {
+    throw error;
+  }
+
+  async function attempt(endpoint: DefenderEndpointClass, url: string, params: Record<string, string | number> | undefined, signal?: AbortSignal): Promise<ApiResult> {
+    const path = new URL(url).pathname;
+    let refreshed = false;
+    let token = (await tokens.getToken(signal)).token;
+    for (;;) {
+      // Quota first, then the slot: a tenant waiting for its quota must not hold one of the shared slots.
+      await quota.acquire(azureTenantId, endpoint, signal);
+      const current = token;
+      const response = await limiter.schedule(() => send(url, current, params, signal));
+      if (response.status === 401 && !refreshed) {
+        refreshed = true;
+        logger.info('defender: 401 from the API, getting a fresh token', { azureTenantId, path });
+        token = (await tokens.refreshToken(signal)).token;
+        continue;
+      }
+      return classify(response, path, token, endpoint);
+    }
+  }
+
+  return {
+    async get(endpoint, pathOrUrl, params, signal) {
+      const url = resolveUrl(pathOrUrl);
+      let failures = 0;
+      let throttles = 0;
+      let throttledMs = 0;
+      for (;;) {
+        try {
+          return await attempt(endpoint, url, params, signal);
+        } catch (error) {
+          if (!(error instanceof DefenderError) || !error.canRetry || signal?.aborted) throw error;
+          let delayMs: number;
+          if (error.code === DefenderErrorCode.THROTTLED) {
+            throttles++;
+            delayMs = error.retryAfterMs ?? retryDelayMs(options.retryPolicy, throttles, options.random);
+            if (throttledMs + delayMs > options.maxThrottleWaitMs) throw error;
+            throttledMs += delayMs;
+            // Every process holds this tenant's endpoint back, not only this call.
+            await quota.block(azureTenantId, endpoint, delayMs);
+          } else {
+            failures++;
+            if (failures >= options.retryPolicy.maxAttempts) throw error;
+            delayMs = retryDelayMs(options.retryPolicy, failures, options.random);
+          }
+          logger.warn('defender: retrying a call', { azureTenantId, endpoint, code: error.code, delayMs, failures, throttles });
+          await sleep(delayMs, signal);
+        }
+      }
+    },
+  };
+}

@@ -1,0 +1,151 @@
+import type { Logger } from '@urs/logging';
+import { DefenderError, DefenderErrorCode } from './errors';
+import type { ApiCaller } from './http';
+import { type MachineRecord, parseMachine } from './schema';
+
+/** Largest `$top` of `/api/machines`. */
+export const MAX_MACHINE_PAGE_SIZE = 10_000;
+
+export interface MachineFlags {
+  /** The record was merged into another device (`mergedIntoMachineId`): score the other one. */
+  merged: boolean;
+  /** Excluded by an administrator (`isExcluded`). */
+  excluded: boolean;
+}
+
+export interface Machine {
+  record: MachineRecord;
+  flags: MachineFlags;
+}
+
+/** Whether a device should be scored: not merged into another one and not excluded. */
+export function isScorable(machine: Machine): boolean {
+  return !machine.flags.merged && !machine.flags.excluded;
+}
+
+/** A record that was skipped because it failed validation. */
+export interface InvalidRecord {
+  kind: 'machine' | 'vulnerability' | 'bulk-row';
+  /** Why, naming the field and the rule. */
+  reason: string;
+  /** The record's id when it had a readable one. */
+  id?: string;
+  /** The device the record belongs to, for vulnerabilities. */
+  machineId?: string;
+}
+
+export interface MachinePage {
+  /** 0-based number of this request. */
+  index: number;
+  /** `$skip` of this request. */
+  skip: number;
+  /** Records that were new in this walk and valid, flagged ones included. */
+  machines: Machine[];
+  /** Records on the wire. */
+  received: number;
+  /** Records already returned by an earlier page of the same walk. */
+  duplicates: number;
+  /** Records skipped as invalid. */
+  invalid: number;
+}
+
+export interface ListMachinesOptions {
+  /** `$top` per request, 1–10,000. Default 10,000 (the API's maximum: fewest calls of a 100/min quota). */
+  pageSize?: number;
+  /**
+   * Records each full page re-reads of the previous one, default min(100, pageSize/20). `$skip` paging is
+   * positional: a device removed between two requests shifts the rest back, and without the overlap the
+   * device at the page edge would be missed for the cycle (and look deleted). Duplicates are dropped.
+   */
+  pageOverlap?: number;
+  /**
+   * Confirm a short page with one more request at its end, default true. A page shorter than `$top` means
+   * the end; confirming costs one call per walk and guards against a page that came back short for
+   * another reason, which would otherwise drop the rest of the fleet from the cycle.
+   */
+  confirmShortPage?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface MachineWalkDeps {
+  api: ApiCaller;
+  logger: Logger;
+  azureTenantId: string;
+  onInvalidRecord?: (record: InvalidRecord) => void;
+}
+
+function validatePageSize(pageSize: number): number {
+  if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > MAX_MACHINE_PAGE_SIZE) {
+    throw new DefenderError(DefenderErrorCode.INVALID_CONFIG, `pageSize must be a whole number from 1 to ${MAX_MACHINE_PAGE_SIZE} (got ${pageSize})`);
+  }
+  return pageSize;
+}
+
+function readValue(body: unknown, path: string, azureTenantId: string): unknown[] {
+  const value = (body as { value?: unknown } | null)?.value;
+  if (!Array.isArray(value)) {
+    throw new DefenderError(DefenderErrorCode.MALFORMED_RESPONSE, `The Defender API answered ${path} without a "value" array`, {
+      canRetry: true,
+      details: { azureTenantId, path },
+    });
+  }
+  return value;
+}
+
+/**
+ * Walks `/api/machines` with `$top`/`$skip` (the API gives no next link with `$top`), one page at a time,
+ * so a caller can emit batches without holding the fleet. Stops on a short page (confirmed, see
+ * `confirmShortPage`) or an empty one; a 404 is an empty fleet. Records are de-duplicated on `id` across
+ * the walk (only the ids are kept), validated one by one (an invalid record is reported and skipped,
+ * never the page) and flagged when merged or excluded.
+ */
+export async function* walkMachines(deps: MachineWalkDeps, options: ListMachinesOptions = {}): AsyncGenerator<MachinePage> {
+  const pageSize = validatePageSize(options.pageSize ?? MAX_MACHINE_PAGE_SIZE);
+  const overlap = Math.max(0, Math.min(options.pageOverlap ?? Math.min(100, Math.floor(pageSize / 20)), pageSize - 1));
+  const confirm = options.confirmShortPage ?? true;
+  const seen = new Set<string>();
+  let skip = 0;
+  let staleFullPages = 0;
+  for (let index = 0; ; index++) {
+    const result = await deps.api.get('machines', '/api/machines', { $top: pageSize, $skip: skip }, options.signal);
+    const raw = result.status === 404 ? [] : readValue(result.body, '/api/machines', deps.azureTenantId);
+    const page: MachinePage = { index, skip, machines: [], received: raw.length, duplicates: 0, invalid: 0 };
+    for (const item of raw) {
+      const parsed = parseMachine(item);
+      if (!parsed.ok) {
+        page.invalid++;
+        const id = typeof (item as { id?: unknown } | null)?.id === 'string' ? (item as { id: string }).id : undefined;
+        const invalid: InvalidRecord = { kind: 'machine', reason: parsed.reason, ...(id ? { id } : {}) };
+        deps.logger.warn('defender: skipped an invalid machine record', { azureTenantId: deps.azureTenantId, ...invalid });
+        deps.onInvalidRecord?.(invalid);
+        continue;
+      }
+      const record = parsed.value;
+      if (seen.has(record.id)) {
+        page.duplicates++;
+        continue;
+      }
+      seen.add(record.id);
+      page.machines.push({
+        record,
+        flags: { merged: Boolean(record.mergedIntoMachineId), excluded: record.isExcluded === true },
+      });
+    }
+    const fresh = page.machines.length + page.invalid;
+    if (fresh > 0) yield page;
+    if (page.received === 0) return;
+    if (page.received < pageSize) {
+      // Short page: the end, unless confirming it finds more (then it was short by accident).
+      if (!confirm || fresh === 0) return;
+      skip += page.received;
+      continue;
+    }
+    if (fresh === 0 && ++staleFullPages >= 2) {
+      // Two full pages with nothing new: the API is ignoring $skip; stop rather than loop forever.
+      deps.logger.warn('defender: /api/machines repeats itself; stopping the walk', { azureTenantId: deps.azureTenantId, skip });
+      return;
+    }
+    if (fresh > 0) staleFullPages = 0;
+    skip += pageSize - overlap;
+  }
+}

@@ -1,0 +1,168 @@
+import { randomUUID } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import { sleep } from '@urs/resilience';
+import { DefenderError, DefenderErrorCode } from './errors';
+
+/** The MDE endpoints with a quota of their own. */
+export type DefenderEndpointClass = 'machines' | 'vulnerabilities' | 'bulk';
+
+export interface QuotaWindow {
+  /** Calls allowed per window. */
+  limit: number;
+  /** Window length in milliseconds (sliding). */
+  windowMs: number;
+}
+
+export type QuotaLimits = Record<DefenderEndpointClass, readonly QuotaWindow[]>;
+
+/**
+ * Microsoft's documented per-tenant limits (defender-api.md §1–3): machines 100/min and 1,500/h,
+ * per-device vulnerabilities 50/min and 1,500/h, the bulk export 30/min and 1,000/h.
+ */
+export const MICROSOFT_QUOTAS: QuotaLimits = Object.freeze({
+  machines: [{ limit: 100, windowMs: 60_000 }, { limit: 1_500, windowMs: 3_600_000 }],
+  vulnerabilities: [{ limit: 50, windowMs: 60_000 }, { limit: 1_500, windowMs: 3_600_000 }],
+  bulk: [{ limit: 30, windowMs: 60_000 }, { limit: 1_000, windowMs: 3_600_000 }],
+});
+
+/**
+ * A tenant's API quota, shared by every process. `acquire` is called BEFORE taking one of the 10 call
+ * slots, so a tenant waiting for its quota never holds a slot another tenant could use.
+ */
+export interface QuotaGate {
+  /** Takes one call from the tenant's quota for `endpoint`, waiting until every window has room. */
+  acquire(azureTenantId: string, endpoint: DefenderEndpointClass, signal?: AbortSignal): Promise<void>;
+  /** Holds every call of the tenant's `endpoint` back for `durationMs` (a 429's Retry-After), in every process. */
+  block(azureTenantId: string, endpoint: DefenderEndpointClass, durationMs: number): Promise<void>;
+}
+
+export interface QuotaGateOptions {
+  /** Limits per endpoint. Default: MICROSOFT_QUOTAS. */
+  limits?: QuotaLimits;
+  /** Longest single sleep while waiting for room, in milliseconds (then the window is checked again). Default 5000. */
+  maxPollMs?: number;
+}
+
+/** Sliding-window log: one sorted set per window, scored by Redis server time, so process clocks don't matter. */
+const ACQUIRE_SCRIPT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local blocked = redis.call('PTTL', KEYS[1])
+if blocked > 0 then return blocked end
+local n = tonumber(ARGV[2])
+local wait = 0
+for i = 1, n do
+  local key = KEYS[i + 1]
+  local limit = tonumber(ARGV[1 + i * 2])
+  local window = tonumber(ARGV[2 + i * 2])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local count = redis.call('ZCARD', key)
+  if count >= limit then
+    local entry = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+    local w = tonumber(entry[2]) + window - now
+    if w < 1 then w = 1 end
+    if w > wait then wait = w end
+  end
+end
+if wait > 0 then return wait end
+for i = 1, n do
+  local key = KEYS[i + 1]
+  redis.call('ZADD', key, now, ARGV[1])
+  redis.call('PEXPIRE', key, tonumber(ARGV[2 + i * 2]))
+end
+return 0
+`;
+
+/** Extends a block only if the new one ends later. */
+const BLOCK_SCRIPT = `
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
+return 0
+`;
+
+async function waitForRoom(
+  tryAcquire: () => Promise<number>,
+  maxPollMs: number,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  for (;;) {
+    if (signal?.aborted) {
+      throw new DefenderError(DefenderErrorCode.THROTTLED, 'Stopped while waiting for the tenant’s API quota', { canRetry: true });
+    }
+    const waitMs = await tryAcquire();
+    if (waitMs <= 0) return;
+    // A little jitter so processes woken by the same window edge do not race in lockstep.
+    await sleep(Math.min(waitMs, maxPollMs) + Math.floor(Math.random() * 25), signal);
+  }
+}
+
+/** The quota kept in Redis (keys `<prefix>defender:quota:<tenant>:<endpoint>:<windowMs>`), shared by every process. */
+export function createRedisQuotaGate(redis: Redis, keyPrefix: string, options: QuotaGateOptions = {}): QuotaGate {
+  const limits = options.limits ?? MICROSOFT_QUOTAS;
+  const maxPollMs = options.maxPollMs ?? 5_000;
+  const owner = randomUUID();
+  let sequence = 0;
+  const key = (tenant: string, endpoint: DefenderEndpointClass, suffix: string): string =>
+    `${keyPrefix}defender:quota:${tenant}:${endpoint}:${suffix}`;
+
+  return {
+    acquire(azureTenantId, endpoint, signal) {
+      const windows = limits[endpoint];
+      const keys = [key(azureTenantId, endpoint, 'blocked'), ...windows.map((w) => key(azureTenantId, endpoint, String(w.windowMs)))];
+      const args = windows.flatMap((w) => [String(w.limit), String(w.windowMs)]);
+      return waitForRoom(
+        async () => {
+          const member = `${owner}:${++sequence}`;
+          const result = await redis.eval(ACQUIRE_SCRIPT, keys.length, ...keys, member, String(windows.length), ...args);
+          return Number(result);
+        },
+        maxPollMs,
+        signal,
+      );
+    },
+    async block(azureTenantId, endpoint, durationMs) {
+      if (durationMs <= 0) return;
+      await redis.eval(BLOCK_SCRIPT, 1, key(azureTenantId, endpoint, 'blocked'), String(Math.ceil(durationMs)));
+    },
+  };
+}
+
+/**
+ * The same quota kept in this process's memory: for the CLI when Redis is not reachable, and for unit
+ * tests. It cannot coordinate with other processes.
+ */
+export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => number } = {}): QuotaGate {
+  const limits = options.limits ?? MICROSOFT_QUOTAS;
+  const maxPollMs = options.maxPollMs ?? 5_000;
+  const now = options.now ?? Date.now;
+  const calls = new Map<string, number[]>();
+  const blockedUntil = new Map<string, number>();
+
+  function tryAcquire(id: string, windows: readonly QuotaWindow[]): number {
+    const t = now();
+    const blocked = (blockedUntil.get(id) ?? 0) - t;
+    if (blocked > 0) return blocked;
+    let wait = 0;
+    const logs = windows.map((w) => {
+      const logKey = `${id}:${w.windowMs}`;
+      const log = (calls.get(logKey) ?? []).filter((at) => at > t - w.windowMs);
+      calls.set(logKey, log);
+      if (log.length >= w.limit) wait = Math.max(wait, (log[log.length - w.limit] ?? t) + w.windowMs - t, 1);
+      return log;
+    });
+    if (wait > 0) return wait;
+    for (const log of logs) log.push(t);
+    return 0;
+  }
+
+  return {
+    acquire(azureTenantId, endpoint, signal) {
+      const id = `${azureTenantId}:${endpoint}`;
+      return waitForRoom(async () => tryAcquire(id, limits[endpoint]), maxPollMs, signal);
+    },
+    async block(azureTenantId, endpoint, durationMs) {
+      const id = `${azureTenantId}:${endpoint}`;
+      blockedUntil.set(id, Math.max(blockedUntil.get(id) ?? 0, now() + durationMs));
+    },
+  };
+}

@@ -1,0 +1,272 @@
+import Ajv, { type ValidateFunction } from 'ajv';
+
+/**
+ * Tolerant reading of Microsoft's records: keys are normalised to the documented camelCase (the API and
+ * its examples mix `onboardingstatus`, PascalCase `CveSupportability`, `EPSS`), known enum values are
+ * normalised to their documented case, and undocumented fields are kept. A record is invalid only when
+ * a field we rely on has the wrong type: then that one record is reported and skipped.
+ */
+
+const MACHINE_KEYS = [
+  'id', 'computerDnsName', 'firstSeen', 'lastSeen', 'osPlatform', 'onboardingStatus', 'osProcessor', 'version',
+  'osBuild', 'lastIpAddress', 'lastExternalIpAddress', 'healthStatus', 'rbacGroupName', 'rbacGroupId', 'riskScore',
+  'aadDeviceId', 'machineTags', 'exposureLevel', 'deviceValue', 'ipAddresses', 'osArchitecture', 'isAadJoined',
+  'agentVersion', 'osVersion', 'mergedIntoMachineId', 'isPotentialDuplication', 'isExcluded', 'exclusionReason',
+  'managedBy', 'managedByStatus', 'vmMetadata', 'defenderAvStatus',
+];
+const IP_KEYS = ['ipAddress', 'macAddress', 'type', 'operationalStatus'];
+const VULNERABILITY_KEYS = [
+  'id', 'name', 'description', 'severity', 'cvssV3', 'cvssVector', 'exposedMachines', 'publishedOn', 'updatedOn',
+  'publicExploit', 'exploitVerified', 'exploitInKit', 'exploitTypes', 'exploitUris', 'cveSupportability', 'epss',
+];
+const BULK_KEYS = [
+  'id', 'deviceId', 'deviceName', 'rbacGroupName', 'osPlatform', 'osVersion', 'osArchitecture', 'softwareVendor',
+  'softwareName', 'softwareVersion', 'cveId', 'vulnerabilitySeverityLevel', 'cvssScore', 'recommendedSecurityUpdate',
+  'recommendedSecurityUpdateId', 'recommendedSecurityUpdateUrl', 'diskPaths', 'registryPaths', 'firstSeenTimestamp',
+  'lastSeenTimestamp', 'exploitabilityLevel', 'recommendationReference', 'securityUpdateAvailable',
+];
+
+function keyMap(keys: string[]): Map<string, string> {
+  return new Map(keys.map((k) => [k.toLowerCase(), k]));
+}
+const MACHINE_KEY_MAP = keyMap(MACHINE_KEYS);
+const IP_KEY_MAP = keyMap(IP_KEYS);
+const VULNERABILITY_KEY_MAP = keyMap(VULNERABILITY_KEYS);
+const BULK_KEY_MAP = keyMap(BULK_KEYS);
+
+/** A documented key for any casing; an unknown PascalCase key gets a lower-case first letter. */
+function normaliseKey(key: string, known: Map<string, string>): string {
+  const documented = known.get(key.toLowerCase());
+  if (documented) return documented;
+  if (/^[A-Z0-9_]+$/.test(key)) return key.toLowerCase();
+  return key.charAt(0).toLowerCase() + key.slice(1);
+}
+
+function normaliseKeys(record: Record<string, unknown>, known: Map<string, string>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(record)) {
+    if (key.startsWith('@odata.')) continue;
+    out[normaliseKey(key, known)] = value;
+  }
+  return out;
+}
+
+const ENUMS: Record<string, string[]> = {
+  healthStatus: ['Active', 'Inactive', 'ImpairedCommunication', 'NoSensorData', 'NoSensorDataImpairedCommunication', 'Unknown'],
+  riskScore: ['None', 'Informational', 'Low', 'Medium', 'High'],
+  exposureLevel: ['None', 'Low', 'Medium', 'High'],
+  deviceValue: ['Normal', 'Low', 'High'],
+  onboardingStatus: ['Onboarded', 'CanBeOnboarded', 'Unsupported', 'InsufficientInfo'],
+  defenderAvStatus: ['NotReporting', 'Disabled', 'NotUpdated', 'Updated', 'Unknown', 'NotSupported'],
+  severity: ['Low', 'Medium', 'High', 'Critical'],
+  vulnerabilitySeverityLevel: ['Low', 'Medium', 'High', 'Critical'],
+  exploitabilityLevel: ['NoExploit', 'ExploitIsPublic', 'ExploitIsVerified', 'ExploitIsInKit'],
+};
+const ENUM_MAPS = new Map(Object.entries(ENUMS).map(([field, values]) => [field, keyMap(values)]));
+
+/** Documented case for known enum values (`onboarded` → `Onboarded`); unknown values are kept as sent. */
+function normaliseEnums(record: Record<string, unknown>): void {
+  for (const [field, values] of ENUM_MAPS) {
+    const value = record[field];
+    if (typeof value === 'string') record[field] = values.get(value.toLowerCase()) ?? value;
+  }
+}
+
+const nullable = (type: string | string[]): { type: string[] } => ({ type: [...(Array.isArray(type) ? type : [type]), 'null'] });
+
+const MACHINE_SCHEMA = {
+  type: 'object',
+  required: ['id'],
+  properties: {
+    id: { type: 'string', minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9._-]+$' },
+    computerDnsName: nullable('string'),
+    firstSeen: { ...nullable('string'), format: 'mde-date' },
+    lastSeen: { ...nullable('string'), format: 'mde-date' },
+    osPlatform: nullable('string'),
+    onboardingStatus: nullable('string'),
+    version: nullable('string'),
+    osBuild: nullable(['number', 'string']),
+    lastIpAddress: nullable('string'),
+    lastExternalIpAddress: nullable('string'),
+    healthStatus: nullable('string'),
+    rbacGroupName: nullable('string'),
+    rbacGroupId: nullable(['number', 'string']),
+    riskScore: nullable('string'),
+    aadDeviceId: nullable('string'),
+    machineTags: { ...nullable('array'), items: { type: 'string' } },
+    exposureLevel: nullable('string'),
+    deviceValue: nullable('string'),
+    defenderAvStatus: nullable('string'),
+    ipAddresses: {
+      ...nullable('array'),
+      items: {
+        type: 'object',
+        properties: {
+          ipAddress: nullable('string'),
+          macAddress: nullable('string'),
+          type: nullable('string'),
+          operationalStatus: nullable('string'),
+        },
+      },
+    },
+    mergedIntoMachineId: nullable('string'),
+    isExcluded: nullable('boolean'),
+    isPotentialDuplication: nullable('boolean'),
+    isAadJoined: nullable('boolean'),
+  },
+} as const;
+
+const VULNERABILITY_SCHEMA = {
+  type: 'object',
+  required: ['id'],
+  properties: {
+    id: { type: 'string', minLength: 1 },
+    name: nullable('string'),
+    severity: nullable('string'),
+    cvssV3: nullable('number'),
+    publicExploit: nullable('boolean'),
+    exploitVerified: nullable('boolean'),
+    exploitInKit: nullable('boolean'),
+    exploitTypes: { ...nullable('array'), items: { type: 'string' } },
+    epss: nullable('number'),
+  },
+} as const;
+
+const BULK_SCHEMA = {
+  type: 'object',
+  required: ['deviceId'],
+  properties: {
+    deviceId: { type: 'string', minLength: 1 },
+    cveId: nullable('string'),
+    cvssScore: nullable('number'),
+    vulnerabilitySeverityLevel: nullable('string'),
+    exploitabilityLevel: nullable('string'),
+  },
+} as const;
+
+const ajv = new Ajv({ allErrors: false, allowUnionTypes: true, strict: false });
+// Dates as Microsoft sends them: ISO 8601 with 0–7 fraction digits, with or without a zone (UTC then).
+ajv.addFormat('mde-date', { type: 'string', validate: (s: string) => !Number.isNaN(Date.parse(s)) });
+const validateMachineSchema = ajv.compile(MACHINE_SCHEMA);
+const validateVulnerabilitySchema = ajv.compile(VULNERABILITY_SCHEMA);
+const validateBulkSchema = ajv.compile(BULK_SCHEMA);
+
+/** A device as documented by `api/machine.md`, plus whatever else the API sent (normalised keys). */
+export interface MachineRecord {
+  id: string;
+  computerDnsName?: string | null;
+  firstSeen?: string | null;
+  lastSeen?: string | null;
+  osPlatform?: string | null;
+  onboardingStatus?: string | null;
+  version?: string | null;
+  osBuild?: number | string | null;
+  lastIpAddress?: string | null;
+  lastExternalIpAddress?: string | null;
+  healthStatus?: string | null;
+  rbacGroupName?: string | null;
+  rbacGroupId?: number | string | null;
+  riskScore?: string | null;
+  aadDeviceId?: string | null;
+  machineTags?: string[] | null;
+  exposureLevel?: string | null;
+  deviceValue?: string | null;
+  defenderAvStatus?: string | null;
+  ipAddresses?: { ipAddress?: string | null; macAddress?: string | null; type?: string | null; operationalStatus?: string | null }[] | null;
+  osArchitecture?: string | null;
+  mergedIntoMachineId?: string | null;
+  isExcluded?: boolean | null;
+  [field: string]: unknown;
+}
+
+/** A vulnerability of one device (`PublicVulnerabilityDto`), normalised; `id` is the CVE id. */
+export interface Vulnerability {
+  id: string;
+  name?: string | null;
+  severity?: string | null;
+  cvssV3?: number | null;
+  publicExploit?: boolean | null;
+  exploitVerified?: boolean | null;
+  exploitInKit?: boolean | null;
+  [field: string]: unknown;
+}
+
+/** One row of `SoftwareVulnerabilitiesByMachine`. */
+export interface SoftwareVulnerabilityRow {
+  deviceId: string;
+  cveId?: string | null;
+  cvssScore?: number | null;
+  vulnerabilitySeverityLevel?: string | null;
+  exploitabilityLevel?: string | null;
+  [field: string]: unknown;
+}
+
+export type ParseResult<T> = { ok: true; value: T } | { ok: false; reason: string };
+
+function describe(validate: ValidateFunction): string {
+  const error = validate.errors?.[0];
+  if (!error) return 'invalid record';
+  const field = error.instancePath ? error.instancePath.slice(1).replace(/\//g, '.') : (error.params as { missingProperty?: string }).missingProperty ?? 'record';
+  return `${field} ${error.message ?? 'is invalid'}`;
+}
+
+function asObject(raw: unknown): Record<string, unknown> | undefined {
+  return typeof raw === 'object' && raw !== null && !Array.isArray(raw) ? (raw as Record<string, unknown>) : undefined;
+}
+
+/** Normalises and validates one machine record. */
+export function parseMachine(raw: unknown): ParseResult<MachineRecord> {
+  const object = asObject(raw);
+  if (!object) return { ok: false, reason: 'record is not an object' };
+  const record = normaliseKeys(object, MACHINE_KEY_MAP);
+  normaliseEnums(record);
+  if (Array.isArray(record.ipAddresses)) {
+    record.ipAddresses = record.ipAddresses.map((item) => {
+      const ip = asObject(item);
+      return ip ? normaliseKeys(ip, IP_KEY_MAP) : item;
+    });
+  }
+  if (!validateMachineSchema(record)) return { ok: false, reason: describe(validateMachineSchema) };
+  return { ok: true, value: record as MachineRecord };
+}
+
+/** Normalises and validates one vulnerability of the per-device endpoint. */
+export function parseVulnerability(raw: unknown): ParseResult<Vulnerability> {
+  const object = asObject(raw);
+  if (!object) return { ok: false, reason: 'record is not an object' };
+  const record = normaliseKeys(object, VULNERABILITY_KEY_MAP);
+  normaliseEnums(record);
+  if (!validateVulnerabilitySchema(record)) return { ok: false, reason: describe(validateVulnerabilitySchema) };
+  return { ok: true, value: record as Vulnerability };
+}
+
+/** Normalises and validates one row of the bulk export. */
+export function parseSoftwareVulnerabilityRow(raw: unknown): ParseResult<SoftwareVulnerabilityRow> {
+  const object = asObject(raw);
+  if (!object) return { ok: false, reason: 'record is not an object' };
+  const record = normaliseKeys(object, BULK_KEY_MAP);
+  normaliseEnums(record);
+  if (!validateBulkSchema(record)) return { ok: false, reason: describe(validateBulkSchema) };
+  return { ok: true, value: record as SoftwareVulnerabilityRow };
+}
+
+/**
+ * The per-device shape of a bulk row, so the scorer sees one vulnerability type whichever endpoint
+ * produced it: `cveId` → `id`, `cvssScore` → `cvssV3`, `vulnerabilitySeverityLevel` → `severity`,
+ * `exploitabilityLevel` → the exploit flags. Rows without a CVE (software only) give undefined.
+ */
+export function vulnerabilityFromRow(row: SoftwareVulnerabilityRow): Vulnerability | undefined {
+  if (!row.cveId) return undefined;
+  const level = row.exploitabilityLevel ?? undefined;
+  const vulnerability: Vulnerability = {
+    id: row.cveId,
+    severity: row.vulnerabilitySeverityLevel ?? null,
+    cvssV3: row.cvssScore ?? null,
+  };
+  if (level) {
+    vulnerability.publicExploit = level !== 'NoExploit';
+    vulnerability.exploitVerified = level === 'ExploitIsVerified' || level === 'ExploitIsInKit';
+    vulnerability.exploitInKit = level === 'ExploitIsInKit';
+  }
+  return vulnerability;
+}

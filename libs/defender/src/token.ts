@@ -1,0 +1,129 @@
+import type { Agent } from 'node:https';
+import { ClientSecretCredential, type AccessToken } from '@azure/identity';
+import axios from 'axios';
+import type { DefenderEndpoints } from './endpoints';
+import { mapAuthError } from './auth-errors';
+
+/** The app registration of one tenant. The secret lives only in this object and in the credential. */
+export interface DefenderCredentials {
+  azureTenantId: string;
+  clientId: string;
+  clientSecret: string;
+}
+
+/** What a token grants, from its (unverified) JWT payload: enough to explain missing consent. */
+export interface TokenClaims {
+  /** Application roles (`roles` claim); empty when absent. */
+  roles: string[];
+  /** Audience, tenant and application ids, when present. */
+  aud?: string;
+  tid?: string;
+  appid?: string;
+}
+
+export interface TokenSource {
+  /** A valid token; cached and renewed by MSAL (it renews 5 min before expiry). */
+  getToken(signal?: AbortSignal): Promise<AccessToken>;
+  /** A token that did not come from any cache (after the API answered 401). */
+  refreshToken(signal?: AbortSignal): Promise<AccessToken>;
+}
+
+export interface TokenSourceOptions {
+  endpoints: DefenderEndpoints;
+  credentials: DefenderCredentials;
+  /** An https agent for the Entra calls (only needed to trust a private CA in-process; see tls.ts). */
+  httpsAgent?: Agent;
+}
+
+/**
+ * Decodes the payload of a JWT without verifying it: the API verifies tokens; we only read the `roles`
+ * claim to tell an administrator which permission lacks consent. Returns undefined for opaque tokens.
+ */
+export function decodeTokenClaims(token: string): TokenClaims | undefined {
+  const part = token.split('.')[1];
+  if (!part) return undefined;
+  try {
+    const payload = JSON.parse(Buffer.from(part, 'base64url').toString('utf8')) as Record<string, unknown>;
+    const roles = Array.isArray(payload.roles) ? payload.roles.filter((r): r is string => typeof r === 'string') : [];
+    const claims: TokenClaims = { roles };
+    if (typeof payload.aud === 'string') claims.aud = payload.aud;
+    if (typeof payload.tid === 'string') claims.tid = payload.tid;
+    if (typeof payload.appid === 'string') claims.appid = payload.appid;
+    else if (typeof payload.azp === 'string') claims.appid = payload.azp;
+    return claims;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * One `ClientSecretCredential` per tenant. MSAL caches the token in the credential's memory and renews it
+ * transparently. @azure/identity offers no way to bypass that cache for client credentials, so a forced
+ * refresh (after a 401, e.g. a token revoked before its expiry) replaces the credential with a new
+ * instance, whose cache is empty.
+ */
+export function createTokenSource(options: TokenSourceOptions): TokenSource {
+  const { endpoints, credentials } = options;
+  const makeCredential = (): ClientSecretCredential =>
+    new ClientSecretCredential(credentials.azureTenantId, credentials.clientId, credentials.clientSecret, {
+      authorityHost: endpoints.authorityHost,
+      // Off only with an operator override: MSAL would otherwise ask login.microsoftonline.com whether the
+      // host is a known authority, which fails for the simulator and offline.
+      disableInstanceDiscovery: endpoints.overridden,
+      // The Entra calls go through @azure/core-rest-pipeline, which takes a Node agent: that is how a
+      // private CA is trusted in-process (NODE_EXTRA_CA_CERTS is only read at process start).
+      ...(options.httpsAgent ? { agent: options.httpsAgent } : {}),
+      // The pipeline's own retries would hide an Entra outage behind minutes of waiting; ours decide.
+      retryOptions: { maxRetries: 1 },
+    });
+  let credential = makeCredential();
+
+  /**
+   * MSAL reports an unknown tenant and an unreachable authority alike ("endpoints_resolution_error": it
+   * swallows the answer of the tenant's OpenID metadata request). Asking for that document ourselves tells
+   * them apart: Entra answers 400 with AADSTS90002 for an unknown tenant; a network error is an outage.
+   */
+  async function diagnoseAuthority(original: unknown): Promise<unknown> {
+    const url = `${endpoints.authorityHost}/${encodeURIComponent(credentials.azureTenantId)}/v2.0/.well-known/openid-configuration`;
+    try {
+      const response = await axios.get<unknown>(url, {
+        timeout: 10_000,
+        validateStatus: () => true,
+        ...(options.httpsAgent ? { httpsAgent: options.httpsAgent } : {}),
+      });
+      const body = (typeof response.data === 'object' && response.data !== null ? response.data : {}) as Record<string, unknown>;
+      if (response.status >= 400) {
+        return {
+          name: 'AuthenticationError',
+          statusCode: response.status,
+          message: typeof body.error_description === 'string' ? body.error_description : `HTTP ${response.status}`,
+          errorResponse: { error: body.error, errorDescription: body.error_description, errorCodes: body.error_codes },
+        };
+      }
+      return original;
+    } catch (error) {
+      const code = (error as { code?: unknown }).code;
+      return { name: 'NetworkError', code: typeof code === 'string' ? code : 'ENETWORK', message: `network error (${String(code)})` };
+    }
+  }
+
+  async function fetchToken(from: ClientSecretCredential, signal?: AbortSignal): Promise<AccessToken> {
+    try {
+      return await from.getToken(endpoints.scope, signal ? { abortSignal: signal } : {});
+    } catch (error) {
+      const name = (error as { name?: unknown }).name;
+      if (name === 'CredentialUnavailableError') throw mapAuthError(await diagnoseAuthority(error), credentials);
+      throw mapAuthError(error, credentials);
+    }
+  }
+
+  return {
+    getToken: (signal) => fetchToken(credential, signal),
+    async refreshToken(signal) {
+      const fresh = makeCredential();
+      const token = await fetchToken(fresh, signal);
+      credential = fresh;
+      return token;
+    },
+  };
+}

@@ -1,0 +1,166 @@
+import type { Logger } from '@urs/logging';
+import { DefenderError, DefenderErrorCode } from './errors';
+import type { ApiCaller } from './http';
+import type { InvalidRecord } from './machines';
+import { MICROSOFT_QUOTAS, type QuotaWindow } from './quota';
+import { parseSoftwareVulnerabilityRow, parseVulnerability, type Vulnerability, vulnerabilityFromRow } from './schema';
+
+/** Largest `pageSize` of `SoftwareVulnerabilitiesByMachine`. */
+export const MAX_BULK_PAGE_SIZE = 200_000;
+/** Microsoft's default `pageSize` of the bulk export; about 1 KB per row, so ~50 MB of JSON per page. */
+export const DEFAULT_BULK_PAGE_SIZE = 50_000;
+
+export interface VulnerabilityDeps {
+  api: ApiCaller;
+  logger: Logger;
+  azureTenantId: string;
+  onInvalidRecord?: (record: InvalidRecord) => void;
+}
+
+function valueOf(body: unknown, path: string, azureTenantId: string): unknown[] {
+  const value = (body as { value?: unknown } | null)?.value;
+  if (!Array.isArray(value)) {
+    throw new DefenderError(DefenderErrorCode.MALFORMED_RESPONSE, `The Defender API answered ${path} without a "value" array`, {
+      canRetry: true,
+      details: { azureTenantId, path },
+    });
+  }
+  return value;
+}
+
+function nextLinkOf(body: unknown): string | undefined {
+  const link = (body as Record<string, unknown> | null)?.['@odata.nextLink'];
+  return typeof link === 'string' && link !== '' ? link : undefined;
+}
+
+/** Keeps one entry per CVE id (the highest CVSS when a CVE comes with several products). */
+export function mergeVulnerability(list: Vulnerability[], index: Map<string, number>, vulnerability: Vulnerability): void {
+  const at = index.get(vulnerability.id);
+  if (at === undefined) {
+    index.set(vulnerability.id, list.length);
+    list.push(vulnerability);
+    return;
+  }
+  const existing = list[at];
+  if (existing && (vulnerability.cvssV3 ?? -1) > (existing.cvssV3 ?? -1)) list[at] = vulnerability;
+}
+
+/**
+ * `GET /api/machines/{id}/vulnerabilities` (50 calls/min and 1,500/h per tenant). A device unknown to the
+ * API (removed since it was listed) throws NOT_FOUND; invalid entries are reported and skipped.
+ */
+export async function fetchMachineVulnerabilities(deps: VulnerabilityDeps, machineId: string, signal?: AbortSignal): Promise<Vulnerability[]> {
+  const path = `/api/machines/${encodeURIComponent(machineId)}/vulnerabilities`;
+  const list: Vulnerability[] = [];
+  const index = new Map<string, number>();
+  let next: string | undefined = path;
+  // The endpoint documents no paging; a next link is followed anyway, should one ever come.
+  while (next) {
+    const result = await deps.api.get('vulnerabilities', next, undefined, signal);
+    if (result.status === 404) {
+      throw new DefenderError(DefenderErrorCode.NOT_FOUND, `Device ${machineId} is not known to the Defender API of tenant ${deps.azureTenantId} (404)`, {
+        details: { azureTenantId: deps.azureTenantId, machineId },
+      });
+    }
+    for (const item of valueOf(result.body, path, deps.azureTenantId)) {
+      const parsed = parseVulnerability(item);
+      if (!parsed.ok) {
+        const invalid: InvalidRecord = { kind: 'vulnerability', reason: parsed.reason, machineId };
+        deps.logger.warn('defender: skipped an invalid vulnerability', { azureTenantId: deps.azureTenantId, ...invalid });
+        deps.onInvalidRecord?.(invalid);
+        continue;
+      }
+      mergeVulnerability(list, index, parsed.value);
+    }
+    next = nextLinkOf(result.body);
+  }
+  return list;
+}
+
+export interface BulkVulnerabilityPage {
+  /** 0-based number of this request. */
+  index: number;
+  /** Rows on the wire. */
+  rows: number;
+  /** Rows skipped as invalid. */
+  invalid: number;
+  /** CVEs per device in this page (a device's rows may continue on the next page). */
+  byMachine: Map<string, Vulnerability[]>;
+}
+
+export interface BulkOptions {
+  /** Rows per page, 1–200,000. Default 50,000. */
+  pageSize?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * `GET /api/machines/SoftwareVulnerabilitiesByMachine` (30 calls/min and 1,000/h), following
+ * `@odata.nextLink` (it carries `$skiptoken`; `$top` would suppress it, so only `pageSize` is sent).
+ * Rows without a CVE (software only) are dropped; the rest become per-device Vulnerability entries.
+ */
+export async function* walkVulnerabilitiesByMachine(deps: VulnerabilityDeps, options: BulkOptions = {}): AsyncGenerator<BulkVulnerabilityPage> {
+  const pageSize = options.pageSize ?? DEFAULT_BULK_PAGE_SIZE;
+  if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > MAX_BULK_PAGE_SIZE) {
+    throw new DefenderError(DefenderErrorCode.INVALID_CONFIG, `pageSize must be a whole number from 1 to ${MAX_BULK_PAGE_SIZE} (got ${pageSize})`);
+  }
+  const path = '/api/machines/SoftwareVulnerabilitiesByMachine';
+  let next: string | undefined = path;
+  let params: Record<string, number> | undefined = { pageSize };
+  for (let index = 0; next; index++) {
+    const result = await deps.api.get('bulk', next, params, options.signal);
+    params = undefined; // the next link carries every parameter
+    if (result.status === 404) return;
+    const rows = valueOf(result.body, path, deps.azureTenantId);
+    const page: BulkVulnerabilityPage = { index, rows: rows.length, invalid: 0, byMachine: new Map() };
+    const indexes = new Map<string, Map<string, number>>();
+    for (const item of rows) {
+      const parsed = parseSoftwareVulnerabilityRow(item);
+      if (!parsed.ok) {
+        page.invalid++;
+        const invalid: InvalidRecord = { kind: 'bulk-row', reason: parsed.reason };
+        deps.logger.warn('defender: skipped an invalid export row', { azureTenantId: deps.azureTenantId, ...invalid });
+        deps.onInvalidRecord?.(invalid);
+        continue;
+      }
+      const deviceId = parsed.value.deviceId;
+      let list = page.byMachine.get(deviceId);
+      let listIndex = indexes.get(deviceId);
+      if (!list || !listIndex) {
+        list = [];
+        listIndex = new Map();
+        page.byMachine.set(deviceId, list);
+        indexes.set(deviceId, listIndex);
+      }
+      const vulnerability = vulnerabilityFromRow(parsed.value);
+      if (vulnerability) mergeVulnerability(list, listIndex, vulnerability);
+    }
+    yield page;
+    next = nextLinkOf(result.body);
+  }
+}
+
+export type VulnerabilityMode = 'per-device' | 'bulk';
+
+export interface VulnerabilityPlan {
+  mode: VulnerabilityMode;
+  /** Per-device calls the tenant's quota allows in one poll interval, after the headroom. */
+  perDeviceCapacity: number;
+}
+
+/**
+ * Per-device calls fit when `deviceCount ≤ headroom × min(perMinute × interval, perHour × interval / 60)`;
+ * otherwise the bulk export is used. `headroom` (default 0.8) leaves room for retries and the listing.
+ */
+export function planVulnerabilityMode(
+  deviceCount: number,
+  pollIntervalMinutes: number,
+  quota: readonly QuotaWindow[] = MICROSOFT_QUOTAS.vulnerabilities,
+  headroom = 0.8,
+): VulnerabilityPlan {
+  const intervalMs = pollIntervalMinutes * 60_000;
+  let capacity = Infinity;
+  for (const window of quota) capacity = Math.min(capacity, (window.limit * intervalMs) / window.windowMs);
+  const perDeviceCapacity = Math.floor(capacity * headroom);
+  return { mode: deviceCount <= perDeviceCapacity ? 'per-device' : 'bulk', perDeviceCapacity };
+}

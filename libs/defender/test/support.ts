@@ -1,0 +1,62 @@
+import { randomUUID } from 'node:crypto';
+import type { Agent } from 'node:https';
+import { silentLogger } from '@urs/logging';
+import { retryPolicy } from '@urs/resilience';
+import type { Simulator } from '@urs/simulator';
+import {
+  type CallLimiter,
+  type DefenderClient,
+  type DefenderClientDeps,
+  type QuotaGate,
+  createDefenderClient,
+  createHttpsAgent,
+  createLocalLimiter,
+  createLocalQuotaGate,
+} from '../src';
+
+export interface TestApp {
+  azureTenantId: string;
+  clientId: string;
+  clientSecret: string;
+}
+
+/** A fresh tenant id, client id and a secret that looks like an Entra secret Value. */
+export function newApp(): TestApp {
+  return {
+    azureTenantId: randomUUID(),
+    clientId: randomUUID(),
+    clientSecret: `Zx8Q~${randomUUID().replace(/-/g, '')}Sec`,
+  };
+}
+
+/** A client of the simulator's tenant, trusting the simulator's CA through the https agent. */
+export function simClient(
+  sim: Simulator,
+  app: TestApp,
+  overrides: Partial<DefenderClientDeps> & { agent?: Agent } = {},
+): { client: DefenderClient; limiter: CallLimiter; quota: QuotaGate; agent: Agent; close: () => Promise<void> } {
+  const agent = overrides.agent ?? createHttpsAgent({ extraCa: sim.caPem });
+  const limiter = overrides.limiter ?? createLocalLimiter();
+  const quota = overrides.quota ?? createLocalQuotaGate();
+  const client = createDefenderClient(app, {
+    limiter,
+    quota,
+    logger: silentLogger,
+    overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
+    httpsAgent: agent,
+    retryPolicy: retryPolicy({ maxAttempts: 6, initialDelayMs: 10, maxDelayMs: 100 }),
+    requestTimeoutMs: 2_000,
+    ...overrides,
+  });
+  return {
+    client,
+    limiter,
+    quota,
+    agent,
+    async close() {
+      client.close();
+      await limiter.close();
+      agent.destroy();
+    },
+  };
+}
