@@ -2,13 +2,7 @@ import { parseProfile, profileHash } from './profile';
 import type { Profile, ProfileInput } from './profile';
 
 export type SignalName =
-  | 'riskScore'
-  | 'exposureLevel'
-  | 'avStatus'
-  | 'onboarding'
-  | 'healthStatus'
-  | 'inactivity'
-  | 'criticalCves';
+  'riskScore' | 'exposureLevel' | 'avStatus' | 'onboarding' | 'healthStatus' | 'inactivity' | 'criticalCves';
 export type SignalGroup = 'critical' | 'operational';
 
 /** The signals in the order they are evaluated and listed. */
@@ -82,8 +76,18 @@ export class CompiledProfile {
     const { critical, operational } = profile;
     this.riskScore = enumSignal('critical', 'riskScore', critical.riskScore, ['None', 'Informational']);
     this.exposureLevel = enumSignal('critical', 'exposureLevel', critical.exposureLevel, ['None', 'Low']);
-    this.avStatus = enumSignal('critical', 'avStatus', critical.avStatus, ['Updated', 'NotUpdated', 'NotSupported']);
-    this.onboarding = enumSignal('critical', 'onboarding', {}, ['Onboarded'], critical.onboarding.NotOnboarded);
+    this.avStatus = enumSignal('critical', 'avStatus', critical.avStatus, [
+      'Updated',
+      'NotUpdated',
+      'NotSupported',
+    ]);
+    this.onboarding = enumSignal(
+      'critical',
+      'onboarding',
+      {},
+      ['Onboarded'],
+      critical.onboarding.NotOnboarded,
+    );
     this.healthStatus = enumSignal('operational', 'healthStatus', operational.healthStatus, [
       'Active',
       'NoSensorData',
@@ -112,7 +116,9 @@ const compiled = new WeakMap<object, CompiledProfile>();
  * Validates (with `parseProfile`) and compiles a profile; cached per input object, so calling it with the
  * same profile again costs a WeakMap lookup. Throws a ProfileError for an invalid profile.
  */
-export function compileProfile(profile: Profile | ProfileInput | CompiledProfile | null | undefined): CompiledProfile {
+export function compileProfile(
+  profile: Profile | ProfileInput | CompiledProfile | null | undefined,
+): CompiledProfile {
   if (profile instanceof CompiledProfile) return profile;
   if (profile === null || profile === undefined) return compileProfile(parseProfile(undefined));
   let result = compiled.get(profile);
@@ -141,9 +147,13 @@ function enumSignal(
   add('Unknown', MISSING);
   for (const value of scoresNothing) add(value, SCORES_NOTHING);
   for (const [value, points] of Object.entries(table)) {
-    add(value, Object.freeze({ points, contribution: contribution(group, signal, value, points), missing: false }));
+    add(
+      value,
+      Object.freeze({ points, contribution: contribution(group, signal, value, points), missing: false }),
+    );
   }
-  if (otherwisePoints === undefined) return { lookup, otherwise: undefined, worst: worstOf(group, signal, table) };
+  if (otherwisePoints === undefined)
+    return { lookup, otherwise: undefined, worst: worstOf(group, signal, table) };
   const other = contribution(group, signal, 'NotOnboarded', otherwisePoints);
   return {
     lookup,
@@ -159,7 +169,11 @@ function enumSignal(
  * or operational table would charge a missing exposureLevel more than exposureLevel High ever can, which
  * no observed value of that signal could produce. On a tie the more severe (later) indicator is named.
  */
-function worstOf(group: SignalGroup, signal: SignalName, table: Readonly<Record<string, number>>): Contribution {
+function worstOf(
+  group: SignalGroup,
+  signal: SignalName,
+  table: Readonly<Record<string, number>>,
+): Contribution {
   let worstValue = '';
   let worstPoints = -1;
   for (const [value, points] of Object.entries(table)) {

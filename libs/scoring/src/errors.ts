@@ -23,9 +23,13 @@ export class ProfileError extends ScoringError {
   readonly violations: readonly ProfileViolation[];
 
   constructor(violations: readonly ProfileViolation[]) {
-    super('PROFILE_INVALID', `invalid risk profile: ${violations.map((v) => `${v.path}: ${v.rule}`).join('; ')}`, {
-      details: { violations },
-    });
+    super(
+      'PROFILE_INVALID',
+      `invalid risk profile: ${violations.map((v) => `${v.path}: ${v.rule}`).join('; ')}`,
+      {
+        details: { violations },
+      },
+    );
     this.violations = violations;
   }
 }

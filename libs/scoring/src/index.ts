@@ -9,5 +9,10 @@ export type { Band } from './band';
 export { scoreDevice } from './score';
 export type { MachineRecord, ScoreResult, Signals, SignalObservation } from './score';
 export { summariseVulnerabilities, countCriticalCves } from './vulnerabilities';
-export type { VulnerabilityRecord, VulnerabilitySummary, CriticalCveCount, VulnerabilityInput } from './vulnerabilities';
+export type {
+  VulnerabilityRecord,
+  VulnerabilitySummary,
+  CriticalCveCount,
+  VulnerabilityInput,
+} from './vulnerabilities';
 export { parseTimestampMs } from './time';

@@ -76,7 +76,8 @@ export function scoreDevice(
     throw new ScoringError('MACHINE_INVALID', 'machine: must be a JSON object (an MDE machine record)');
   }
   const nowMs = typeof now === 'number' ? now : toEpochMs(now);
-  if (!Number.isFinite(nowMs)) throw new ScoringError('NOW_INVALID', `now: must be a valid time (got ${String(now)})`);
+  if (!Number.isFinite(nowMs))
+    throw new ScoringError('NOW_INVALID', `now: must be a valid time (got ${String(now)})`);
 
   const m = machine as Record<string, unknown>;
   const contributions: Contribution[] = [];
@@ -103,7 +104,9 @@ export function scoreDevice(
   if (seenMs === seenMs) {
     const elapsedMs = nowMs - seenMs;
     days = elapsedMs > 0 ? Math.floor(elapsedMs / DAY_MS) : 0;
-    const bucket = p.inactivity[days === 0 ? 0 : days <= 3 ? 1 : days <= 7 ? 2 : days <= 14 ? 3 : 4] as Contribution;
+    const bucket = p.inactivity[
+      days === 0 ? 0 : days <= 3 ? 1 : days <= 7 ? 2 : days <= 14 ? 3 : 4
+    ] as Contribution;
     contributions.push(bucket);
     o += bucket.points;
   } else {
@@ -163,7 +166,8 @@ function scoreEnum(
   if (typeof raw === 'string' && raw.length > 0) {
     // The exact spelling first: MDE sends the canonical case, and it spares a toLowerCase per field.
     let indicator = signal.lookup.get(raw) ?? signal.lookup.get(raw.toLowerCase());
-    if (indicator === undefined && signal.otherwise !== undefined && raw.trim().length > 0) indicator = signal.otherwise;
+    if (indicator === undefined && signal.otherwise !== undefined && raw.trim().length > 0)
+      indicator = signal.otherwise;
     if (indicator !== undefined && !indicator.missing) {
       if (indicator.contribution !== null) contributions.push(indicator.contribution);
       return indicator.points;
@@ -180,7 +184,11 @@ function criticalCveCount(input: VulnerabilityInput, cvssThreshold: number): num
   if (input === null || input === undefined) return null;
   if (Array.isArray(input)) return countCriticalCves(input, cvssThreshold);
   const summary = input as { criticalCveCount?: unknown; cvssThreshold?: unknown };
-  if (typeof summary !== 'object' || !Number.isInteger(summary.criticalCveCount) || (summary.criticalCveCount as number) < 0) {
+  if (
+    typeof summary !== 'object' ||
+    !Number.isInteger(summary.criticalCveCount) ||
+    (summary.criticalCveCount as number) < 0
+  ) {
     throw new ScoringError(
       'VULNERABILITY_INVALID',
       'vulnerabilities: must be an array of MDE vulnerability records, a summary with an integer criticalCveCount ≥ 0, or null',

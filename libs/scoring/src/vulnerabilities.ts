@@ -57,7 +57,10 @@ export function cveIdOf(record: unknown, index: number): string {
   const r = record as Record<string, unknown>;
   const id = r.id !== undefined ? r.id : r.Id;
   if (typeof id !== 'string' || id.length === 0) {
-    throw new ScoringError('VULNERABILITY_INVALID', `vulnerabilities[${index}].id: must be a non-empty string (the CVE id)`);
+    throw new ScoringError(
+      'VULNERABILITY_INVALID',
+      `vulnerabilities[${index}].id: must be a non-empty string (the CVE id)`,
+    );
   }
   return id;
 }
@@ -66,7 +69,8 @@ export function cveIdOf(record: unknown, index: number): string {
 export function cvssOf(record: Record<string, unknown>, index: number): number {
   const raw = record.cvssV3 !== undefined ? record.cvssV3 : record.CvssV3;
   if (raw === null || raw === undefined) return NaN;
-  const value = typeof raw === 'number' ? raw : typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : NaN;
+  const value =
+    typeof raw === 'number' ? raw : typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : NaN;
   if (!(value >= 0 && value <= 10)) {
     throw new ScoringError(
       'VULNERABILITY_INVALID',

@@ -1,4 +1,11 @@
-import { DEFAULT_PROFILE, PROFILE_SCHEMA, ProfileError, canonicalJson, parseProfile, profileHash } from '@urs/scoring';
+import {
+  DEFAULT_PROFILE,
+  PROFILE_SCHEMA,
+  ProfileError,
+  canonicalJson,
+  parseProfile,
+  profileHash,
+} from '@urs/scoring';
 import { UrsError } from '@urs/resilience';
 
 function rejection(input: unknown): ProfileError {
@@ -46,7 +53,11 @@ describe('parseProfile', () => {
     expect(profile.weights).toEqual({ criticalRisk: 60, operational: 40 });
     expect(profile.critical.riskScore).toEqual({ Low: 20, Medium: 50, High: 90 });
     expect(profile.critical.exposureLevel).toEqual(DEFAULT_PROFILE.critical.exposureLevel);
-    expect(profile.operational.criticalCves).toEqual({ cvssThreshold: 7.5, pointsPerCve: 25, maxPoints: 100 });
+    expect(profile.operational.criticalCves).toEqual({
+      cvssThreshold: 7.5,
+      pointsPerCve: 25,
+      maxPoints: 100,
+    });
     expect(profile.operational.inactivity).toEqual(DEFAULT_PROFILE.operational.inactivity);
     expect(profile.missingSignals).toBe('assume-worst');
   });
@@ -65,23 +76,74 @@ describe('parseProfile', () => {
   });
 
   it.each([
-    [{ weights: { criticalRisk: 80, operational: 30 } }, 'profile.weights: criticalRisk + operational must total exactly 100 (got 80 + 30 = 110'],
-    [{ weights: { criticalRisk: 50 } }, 'profile.weights: criticalRisk + operational must total exactly 100 (got 50 + 30 = 80; a weight left out takes its default 70/30)'],
-    [{ weights: { criticalRisk: 70.5, operational: 29.5 } }, 'profile.weights.criticalRisk: must be an integer from 0 to 100 (got 70.5); profile.weights.operational: must be an integer from 0 to 100 (got 29.5)'],
-    [{ weights: { criticalRisk: 110, operational: -10 } }, 'profile.weights.criticalRisk: must be an integer from 0 to 100 (got 110)'],
-    [{ weights: { criticalRisk: '70', operational: 30 } }, 'profile.weights.criticalRisk: must be an integer from 0 to 100 (got "70")'],
-    [{ critical: { riskScore: { High: 101 } } }, 'profile.critical.riskScore.High: must be an integer from 0 to 100 (got 101)'],
-    [{ critical: { avStatus: { Disabled: -1 } } }, 'profile.critical.avStatus.Disabled: must be an integer from 0 to 100 (got -1)'],
-    [{ operational: { inactivity: { '1to3d': 12.5 } } }, 'profile.operational.inactivity.1to3d: must be an integer from 0 to 100 (got 12.5)'],
-    [{ critical: { riskScore: { Critical: 100 } } }, 'profile.critical.riskScore.Critical: unknown key (allowed: Low, Medium, High)'],
-    [{ critical: { riskScore: { high: 100 } } }, 'profile.critical.riskScore.high: unknown key (allowed: Low, Medium, High)'],
-    [{ weight: { criticalRisk: 70 } }, 'profile.weight: unknown key (allowed: weights, critical, operational, missingSignals)'],
-    [{ operational: { deviceValue: {} } }, 'profile.operational.deviceValue: unknown key (allowed: healthStatus, inactivity, criticalCves)'],
-    [{ operational: { criticalCves: { cvssThreshold: 10.1 } } }, 'profile.operational.criticalCves.cvssThreshold: must be a number from 0 to 10 (got 10.1)'],
-    [{ operational: { criticalCves: { cvssThreshold: -1 } } }, 'profile.operational.criticalCves.cvssThreshold: must be a number from 0 to 10 (got -1)'],
-    [{ operational: { criticalCves: { pointsPerCve: 2.5 } } }, 'profile.operational.criticalCves.pointsPerCve: must be an integer from 0 to 100 (got 2.5)'],
-    [{ operational: { criticalCves: { maxPoints: 150 } } }, 'profile.operational.criticalCves.maxPoints: must be an integer from 0 to 100 (got 150)'],
-    [{ missingSignals: 'worst' }, 'profile.missingSignals: must be one of "ignore", "assume-worst" (got "worst")'],
+    [
+      { weights: { criticalRisk: 80, operational: 30 } },
+      'profile.weights: criticalRisk + operational must total exactly 100 (got 80 + 30 = 110',
+    ],
+    [
+      { weights: { criticalRisk: 50 } },
+      'profile.weights: criticalRisk + operational must total exactly 100 (got 50 + 30 = 80; a weight left out takes its default 70/30)',
+    ],
+    [
+      { weights: { criticalRisk: 70.5, operational: 29.5 } },
+      'profile.weights.criticalRisk: must be an integer from 0 to 100 (got 70.5); profile.weights.operational: must be an integer from 0 to 100 (got 29.5)',
+    ],
+    [
+      { weights: { criticalRisk: 110, operational: -10 } },
+      'profile.weights.criticalRisk: must be an integer from 0 to 100 (got 110)',
+    ],
+    [
+      { weights: { criticalRisk: '70', operational: 30 } },
+      'profile.weights.criticalRisk: must be an integer from 0 to 100 (got "70")',
+    ],
+    [
+      { critical: { riskScore: { High: 101 } } },
+      'profile.critical.riskScore.High: must be an integer from 0 to 100 (got 101)',
+    ],
+    [
+      { critical: { avStatus: { Disabled: -1 } } },
+      'profile.critical.avStatus.Disabled: must be an integer from 0 to 100 (got -1)',
+    ],
+    [
+      { operational: { inactivity: { '1to3d': 12.5 } } },
+      'profile.operational.inactivity.1to3d: must be an integer from 0 to 100 (got 12.5)',
+    ],
+    [
+      { critical: { riskScore: { Critical: 100 } } },
+      'profile.critical.riskScore.Critical: unknown key (allowed: Low, Medium, High)',
+    ],
+    [
+      { critical: { riskScore: { high: 100 } } },
+      'profile.critical.riskScore.high: unknown key (allowed: Low, Medium, High)',
+    ],
+    [
+      { weight: { criticalRisk: 70 } },
+      'profile.weight: unknown key (allowed: weights, critical, operational, missingSignals)',
+    ],
+    [
+      { operational: { deviceValue: {} } },
+      'profile.operational.deviceValue: unknown key (allowed: healthStatus, inactivity, criticalCves)',
+    ],
+    [
+      { operational: { criticalCves: { cvssThreshold: 10.1 } } },
+      'profile.operational.criticalCves.cvssThreshold: must be a number from 0 to 10 (got 10.1)',
+    ],
+    [
+      { operational: { criticalCves: { cvssThreshold: -1 } } },
+      'profile.operational.criticalCves.cvssThreshold: must be a number from 0 to 10 (got -1)',
+    ],
+    [
+      { operational: { criticalCves: { pointsPerCve: 2.5 } } },
+      'profile.operational.criticalCves.pointsPerCve: must be an integer from 0 to 100 (got 2.5)',
+    ],
+    [
+      { operational: { criticalCves: { maxPoints: 150 } } },
+      'profile.operational.criticalCves.maxPoints: must be an integer from 0 to 100 (got 150)',
+    ],
+    [
+      { missingSignals: 'worst' },
+      'profile.missingSignals: must be one of "ignore", "assume-worst" (got "worst")',
+    ],
     [{ critical: [] }, 'profile.critical: must be an object (got an array)'],
     [[], 'profile: must be an object (got an array)'],
     ['{"weights":{}}', 'profile: must be an object (got "{\\"weights\\":{}}")'],
@@ -94,7 +156,10 @@ describe('parseProfile', () => {
   });
 
   it('should report every violation at once, with structured details', () => {
-    const error = rejection({ weights: { criticalRisk: 1.5 }, critical: { riskScore: { Low: 200, Bad: 1 } } });
+    const error = rejection({
+      weights: { criticalRisk: 1.5 },
+      critical: { riskScore: { Low: 200, Bad: 1 } },
+    });
     expect(error.violations).toEqual([
       { path: 'profile.weights.criticalRisk', rule: 'must be an integer from 0 to 100 (got 1.5)' },
       { path: 'profile.critical.riskScore.Bad', rule: 'unknown key (allowed: Low, Medium, High)' },
@@ -104,14 +169,23 @@ describe('parseProfile', () => {
   });
 
   it('should publish a draft-07 schema that forbids unknown keys', () => {
-    expect(PROFILE_SCHEMA).toMatchObject({ $schema: 'http://json-schema.org/draft-07/schema#', additionalProperties: false });
+    expect(PROFILE_SCHEMA).toMatchObject({
+      $schema: 'http://json-schema.org/draft-07/schema#',
+      additionalProperties: false,
+    });
   });
 });
 
 describe('profileHash', () => {
   it('should be the same whatever the key order or whether defaults were written out', () => {
-    const a = parseProfile({ weights: { criticalRisk: 60, operational: 40 }, missingSignals: 'assume-worst' });
-    const b = parseProfile({ missingSignals: 'assume-worst', weights: { operational: 40, criticalRisk: 60 } });
+    const a = parseProfile({
+      weights: { criticalRisk: 60, operational: 40 },
+      missingSignals: 'assume-worst',
+    });
+    const b = parseProfile({
+      missingSignals: 'assume-worst',
+      weights: { operational: 40, criticalRisk: 60 },
+    });
     const c = parseProfile(JSON.parse(canonicalJson({ ...a, critical: { ...a.critical } })));
     expect(profileHash(a)).toBe(profileHash(b));
     expect(profileHash(a)).toBe(profileHash(c));
@@ -122,7 +196,9 @@ describe('profileHash', () => {
   it('should change when any value changes', () => {
     const base = profileHash(DEFAULT_PROFILE);
     expect(profileHash(parseProfile({ critical: { riskScore: { Low: 21 } } }))).not.toBe(base);
-    expect(profileHash(parseProfile({ operational: { criticalCves: { cvssThreshold: 8.9 } } }))).not.toBe(base);
+    expect(profileHash(parseProfile({ operational: { criticalCves: { cvssThreshold: 8.9 } } }))).not.toBe(
+      base,
+    );
     expect(profileHash(parseProfile({ missingSignals: 'assume-worst' }))).not.toBe(base);
   });
 });

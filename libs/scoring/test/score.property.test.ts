@@ -31,8 +31,18 @@ const profileArb: fc.Arbitrary<Profile> = fc
       },
       operational: {
         healthStatus: { Inactive: r.health[0], ImpairedCommunication: r.health[1] },
-        inactivity: { lt1d: r.inactivity[0], '1to3d': r.inactivity[1], '4to7d': r.inactivity[2], '8to14d': r.inactivity[3], gt14d: r.inactivity[4] },
-        criticalCves: { cvssThreshold: r.cvssThreshold, pointsPerCve: r.pointsPerCve, maxPoints: r.maxPoints },
+        inactivity: {
+          lt1d: r.inactivity[0],
+          '1to3d': r.inactivity[1],
+          '4to7d': r.inactivity[2],
+          '8to14d': r.inactivity[3],
+          gt14d: r.inactivity[4],
+        },
+        criticalCves: {
+          cvssThreshold: r.cvssThreshold,
+          pointsPerCve: r.pointsPerCve,
+          maxPoints: r.maxPoints,
+        },
       },
       missingSignals: r.missingSignals,
     }),
@@ -52,7 +62,13 @@ const RISK = ['None', 'Informational', 'Low', 'Medium', 'High'];
 const EXPOSURE = ['None', 'Low', 'Medium', 'High'];
 const AV = ['Updated', 'NotUpdated', 'NotSupported', 'Disabled', 'NotReporting'];
 const ONBOARDING = ['Onboarded', 'CanBeOnboarded', 'Unsupported', 'InsufficientInfo'];
-const HEALTH = ['Active', 'Inactive', 'ImpairedCommunication', 'NoSensorData', 'NoSensorDataImpairedCommunication'];
+const HEALTH = [
+  'Active',
+  'Inactive',
+  'ImpairedCommunication',
+  'NoSensorData',
+  'NoSensorDataImpairedCommunication',
+];
 
 const machineArb: fc.Arbitrary<MachineRecord> = fc.record({
   id: fc.constant('m'),
@@ -61,22 +77,30 @@ const machineArb: fc.Arbitrary<MachineRecord> = fc.record({
   defenderAvStatus: enumValue(AV),
   onboardingStatus: enumValue(ONBOARDING),
   healthStatus: enumValue(HEALTH),
-  lastSeen: fc.oneof(fc.integer({ min: -days(2), max: days(40) }).map(seenAgo), fc.constantFrom(null, 'never')),
+  lastSeen: fc.oneof(
+    fc.integer({ min: -days(2), max: days(40) }).map(seenAgo),
+    fc.constantFrom(null, 'never'),
+  ),
   rbacGroupId: fc.oneof(fc.integer(), fc.string()),
 });
 
 const vulnsArb: fc.Arbitrary<VulnerabilityRecord[] | null> = fc.option(
   fc.array(
-    fc.record({ id: fc.constantFrom('CVE-1', 'CVE-2', 'CVE-3', 'CVE-4', 'CVE-5'), cvss: fc.option(fc.integer({ min: 0, max: 100 })) }).map(
-      ({ id, cvss }) => vulnerability(id, cvss === null ? null : cvss / 10),
-    ),
+    fc
+      .record({
+        id: fc.constantFrom('CVE-1', 'CVE-2', 'CVE-3', 'CVE-4', 'CVE-5'),
+        cvss: fc.option(fc.integer({ min: 0, max: 100 })),
+      })
+      .map(({ id, cvss }) => vulnerability(id, cvss === null ? null : cvss / 10)),
     { maxLength: 8 },
   ),
 );
 
 /** Every integer-points path of a profile, for "raising points never lowers the score". */
 const POINT_PATHS: ReadonlyArray<readonly [string, string, string]> = [
-  ...Object.entries(DEFAULT_PROFILE.critical).flatMap(([signal, table]) => Object.keys(table).map((k) => ['critical', signal, k] as const)),
+  ...Object.entries(DEFAULT_PROFILE.critical).flatMap(([signal, table]) =>
+    Object.keys(table).map((k) => ['critical', signal, k] as const),
+  ),
   ...Object.entries(DEFAULT_PROFILE.operational).flatMap(([signal, table]) =>
     Object.keys(table)
       .filter((k) => k !== 'cvssThreshold')
@@ -84,7 +108,11 @@ const POINT_PATHS: ReadonlyArray<readonly [string, string, string]> = [
   ),
 ];
 
-function withPoints(profile: Profile, [group, signal, key]: readonly [string, string, string], value: number): Profile {
+function withPoints(
+  profile: Profile,
+  [group, signal, key]: readonly [string, string, string],
+  value: number,
+): Profile {
   const input = JSON.parse(JSON.stringify(profile)) as Record<string, Record<string, Record<string, number>>>;
   (input[group] as Record<string, Record<string, number>>)[signal]![key] = value;
   return parseProfile(input as ProfileInput);
@@ -106,7 +134,10 @@ describe('scoreDevice properties', () => {
         }
         // The sub-scores are the capped sums of the contributions.
         const sum = (group: string): number =>
-          Math.min(100, result.contributions.filter((c) => c.group === group).reduce((total, c) => total + c.points, 0));
+          Math.min(
+            100,
+            result.contributions.filter((c) => c.group === group).reduce((total, c) => total + c.points, 0),
+          );
         expect(Math.round(result.criticalScore * 100)).toBe(sum('critical'));
         expect(Math.round(result.operationalScore * 100)).toBe(sum('operational'));
       }),
@@ -123,7 +154,9 @@ describe('scoreDevice properties', () => {
         fc.constantFrom(...POINT_PATHS),
         fc.integer({ min: 1, max: 100 }),
         (machine, vulns, profile, path, raise) => {
-          const current = (profile[path[0] as 'critical'] as unknown as Record<string, Record<string, number>>)[path[1]]![path[2]]!;
+          const current = (
+            profile[path[0] as 'critical'] as unknown as Record<string, Record<string, number>>
+          )[path[1]]![path[2]]!;
           const raised = withPoints(profile, path, Math.min(100, current + raise));
           const before = scoreDevice(machine, vulns, profile, NOW_MS).score;
           expect(scoreDevice(machine, vulns, raised, NOW_MS).score).toBeGreaterThanOrEqual(before);
@@ -136,27 +169,62 @@ describe('scoreDevice properties', () => {
   it('should never lower the score when another indicator matches', () => {
     // From a value that scores nothing (or, under ignore, a missing one) to a scoring value; or more critical CVEs.
     const change = fc.oneof(
-      fc.record({ field: fc.constant('riskScore'), from: fc.constantFrom('None', 'Informational'), to: fc.constantFrom('Low', 'Medium', 'High') }),
-      fc.record({ field: fc.constant('exposureLevel'), from: fc.constantFrom('None', 'Low'), to: fc.constantFrom('Medium', 'High') }),
-      fc.record({ field: fc.constant('defenderAvStatus'), from: fc.constantFrom('Updated', 'NotUpdated', 'NotSupported'), to: fc.constantFrom('Disabled', 'NotReporting') }),
-      fc.record({ field: fc.constant('onboardingStatus'), from: fc.constant('Onboarded'), to: fc.constantFrom('CanBeOnboarded', 'Unsupported') }),
-      fc.record({ field: fc.constant('healthStatus'), from: fc.constantFrom('Active', 'NoSensorData'), to: fc.constantFrom('Inactive', 'ImpairedCommunication') }),
+      fc.record({
+        field: fc.constant('riskScore'),
+        from: fc.constantFrom('None', 'Informational'),
+        to: fc.constantFrom('Low', 'Medium', 'High'),
+      }),
+      fc.record({
+        field: fc.constant('exposureLevel'),
+        from: fc.constantFrom('None', 'Low'),
+        to: fc.constantFrom('Medium', 'High'),
+      }),
+      fc.record({
+        field: fc.constant('defenderAvStatus'),
+        from: fc.constantFrom('Updated', 'NotUpdated', 'NotSupported'),
+        to: fc.constantFrom('Disabled', 'NotReporting'),
+      }),
+      fc.record({
+        field: fc.constant('onboardingStatus'),
+        from: fc.constant('Onboarded'),
+        to: fc.constantFrom('CanBeOnboarded', 'Unsupported'),
+      }),
+      fc.record({
+        field: fc.constant('healthStatus'),
+        from: fc.constantFrom('Active', 'NoSensorData'),
+        to: fc.constantFrom('Inactive', 'ImpairedCommunication'),
+      }),
     );
     fc.assert(
-      fc.property(machineArb, vulnsArb, profileArb, change, fc.boolean(), (machine, vulns, profile, { field, from, to }, fromMissing) => {
-        const start = fromMissing && profile.missingSignals === 'ignore' ? undefined : from;
-        const before = scoreDevice({ ...machine, [field]: start }, vulns, profile, NOW_MS);
-        const after = scoreDevice({ ...machine, [field]: to }, vulns, profile, NOW_MS);
-        expect(after.score).toBeGreaterThanOrEqual(before.score);
-        expect(after.contributions.length).toBeGreaterThanOrEqual(before.contributions.length);
-      }),
+      fc.property(
+        machineArb,
+        vulnsArb,
+        profileArb,
+        change,
+        fc.boolean(),
+        (machine, vulns, profile, { field, from, to }, fromMissing) => {
+          const start = fromMissing && profile.missingSignals === 'ignore' ? undefined : from;
+          const before = scoreDevice({ ...machine, [field]: start }, vulns, profile, NOW_MS);
+          const after = scoreDevice({ ...machine, [field]: to }, vulns, profile, NOW_MS);
+          expect(after.score).toBeGreaterThanOrEqual(before.score);
+          expect(after.contributions.length).toBeGreaterThanOrEqual(before.contributions.length);
+        },
+      ),
       { numRuns: 500 },
     );
     fc.assert(
-      fc.property(machineArb, profileArb, fc.integer({ min: 0, max: 6 }), fc.integer({ min: 1, max: 4 }), (machine, profile, n, more) => {
-        const before = scoreDevice(machine, criticalCves(n), profile, NOW_MS).score;
-        expect(scoreDevice(machine, criticalCves(n + more), profile, NOW_MS).score).toBeGreaterThanOrEqual(before);
-      }),
+      fc.property(
+        machineArb,
+        profileArb,
+        fc.integer({ min: 0, max: 6 }),
+        fc.integer({ min: 1, max: 4 }),
+        (machine, profile, n, more) => {
+          const before = scoreDevice(machine, criticalCves(n), profile, NOW_MS).score;
+          expect(scoreDevice(machine, criticalCves(n + more), profile, NOW_MS).score).toBeGreaterThanOrEqual(
+            before,
+          );
+        },
+      ),
     );
   });
 
@@ -164,10 +232,22 @@ describe('scoreDevice properties', () => {
     // Weights 100/0 and riskScore High = k make the score exactly k.
     fc.assert(
       fc.property(points, (k) => {
-        const profile = compileProfile({ weights: { criticalRisk: 100, operational: 0 }, critical: { riskScore: { High: k } } });
+        const profile = compileProfile({
+          weights: { criticalRisk: 100, operational: 0 },
+          critical: { riskScore: { High: k } },
+        });
         const result = scoreDevice({ riskScore: 'High' }, [], profile, NOW_MS);
         expect(result.score).toBe(k);
-        const expected = k <= 20 ? 'Trustworthy' : k <= 40 ? 'Low Risk' : k <= 60 ? 'Moderate Risk' : k <= 80 ? 'Suspicious' : 'High Risk';
+        const expected =
+          k <= 20
+            ? 'Trustworthy'
+            : k <= 40
+              ? 'Low Risk'
+              : k <= 60
+                ? 'Moderate Risk'
+                : k <= 80
+                  ? 'Suspicious'
+                  : 'High Risk';
         expect(result.band).toBe(expected);
       }),
       { examples: [[20], [21], [40], [41], [60], [61], [80], [81], [0], [100]] },
@@ -194,7 +274,9 @@ describe('scoreDevice properties', () => {
     fc.assert(
       fc.property(machineArb, vulnsArb, profileArb, (machine, vulns, profile) => {
         const copy = JSON.parse(JSON.stringify(machine)) as MachineRecord;
-        expect(scoreDevice(copy, vulns, JSON.parse(JSON.stringify(profile)), NOW_MS)).toEqual(scoreDevice(machine, vulns, profile, NOW_MS));
+        expect(scoreDevice(copy, vulns, JSON.parse(JSON.stringify(profile)), NOW_MS)).toEqual(
+          scoreDevice(machine, vulns, profile, NOW_MS),
+        );
       }),
     );
   });

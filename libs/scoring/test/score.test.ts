@@ -1,10 +1,21 @@
-import { DEFAULT_PROFILE, ScoringError, compileProfile, parseProfile, scoreDevice, summariseVulnerabilities } from '@urs/scoring';
+import {
+  DEFAULT_PROFILE,
+  ScoringError,
+  compileProfile,
+  parseProfile,
+  scoreDevice,
+  summariseVulnerabilities,
+} from '@urs/scoring';
 import type { MachineRecord, ProfileInput, ScoreResult } from '@urs/scoring';
 import { NOW, NOW_MS, criticalCves, days, hours, machine, seenAgo, vulnerability } from './fixtures';
 
 const profile = compileProfile(DEFAULT_PROFILE);
 
-function score(overrides: Partial<MachineRecord>, vulns: Parameters<typeof scoreDevice>[1] = [], p = profile): ScoreResult {
+function score(
+  overrides: Partial<MachineRecord>,
+  vulns: Parameters<typeof scoreDevice>[1] = [],
+  p = profile,
+): ScoreResult {
   return scoreDevice(machine(overrides), vulns, p, NOW_MS);
 }
 
@@ -20,7 +31,15 @@ describe('scoreDevice', () => {
       ['riskScore High', { riskScore: 'High' }, 0, 100, 0, 70, 'Suspicious'],
       ['exposure Medium, 1 critical CVE', { exposureLevel: 'Medium' }, 1, 40, 25, 36, 'Low Risk'],
       ['exposure High, 2 critical CVEs', { exposureLevel: 'High' }, 2, 80, 50, 71, 'Suspicious'],
-      ['health Inactive, last seen 20 days ago', { healthStatus: 'Inactive', lastSeen: seenAgo(days(20)) }, 0, 0, 100, 30, 'Low Risk'],
+      [
+        'health Inactive, last seen 20 days ago',
+        { healthStatus: 'Inactive', lastSeen: seenAgo(days(20)) },
+        0,
+        0,
+        100,
+        30,
+        'Low Risk',
+      ],
       ['riskScore High, 4 critical CVEs', { riskScore: 'High' }, 4, 100, 100, 100, 'High Risk'],
     ] as const)('should score "%s"', (_name, overrides, cves, c, o, expectedScore, band) => {
       const result = score(overrides, criticalCves(cves));
@@ -92,18 +111,21 @@ describe('scoreDevice', () => {
       ['healthStatus', 'healthStatus', 'Offline', 0, 'operational', true],
     ];
 
-    it.each(cases)('should score %s %s=%p as %p %s points (missing: %p)', (signal, field, value, points, group, isMissing) => {
-      const overrides: Record<string, unknown> = { [field]: value };
-      if (value === undefined) overrides[field] = undefined;
-      const result = score(overrides as Partial<MachineRecord>);
-      const [c, o] = subScores(result);
-      expect(group === 'critical' ? c : o).toBe(points);
-      expect(group === 'critical' ? o : c).toBe(0);
-      expect(result.missing).toEqual(isMissing ? [signal] : []);
-      const contribution = result.contributions.find((x) => x.signal === signal);
-      if (points > 0) expect(contribution).toMatchObject({ group, signal, points, assumed: false });
-      else expect(contribution).toBeUndefined();
-    });
+    it.each(cases)(
+      'should score %s %s=%p as %p %s points (missing: %p)',
+      (signal, field, value, points, group, isMissing) => {
+        const overrides: Record<string, unknown> = { [field]: value };
+        if (value === undefined) overrides[field] = undefined;
+        const result = score(overrides as Partial<MachineRecord>);
+        const [c, o] = subScores(result);
+        expect(group === 'critical' ? c : o).toBe(points);
+        expect(group === 'critical' ? o : c).toBe(0);
+        expect(result.missing).toEqual(isMissing ? [signal] : []);
+        const contribution = result.contributions.find((x) => x.signal === signal);
+        if (points > 0) expect(contribution).toMatchObject({ group, signal, points, assumed: false });
+        else expect(contribution).toBeUndefined();
+      },
+    );
 
     it('should name the profile indicator, not the spelling sent, and keep the raw value as the signal', () => {
       const result = score({ riskScore: 'hIgH', onboardingStatus: 'CanBeOnboarded' });
@@ -118,7 +140,9 @@ describe('scoreDevice', () => {
     it('should cap C at 100 when critical indicators add up past it', () => {
       const result = score({ riskScore: 'High', exposureLevel: 'High', defenderAvStatus: 'Disabled' });
       expect(subScores(result)).toEqual([100, 0]);
-      expect(result.contributions.filter((x) => x.group === 'critical').map((x) => x.points)).toEqual([100, 80, 100]);
+      expect(result.contributions.filter((x) => x.group === 'critical').map((x) => x.points)).toEqual([
+        100, 80, 100,
+      ]);
     });
   });
 
@@ -148,7 +172,11 @@ describe('scoreDevice', () => {
 
     it('should read OnboardingStatus in PascalCase too', () => {
       const result = scoreDevice({ OnboardingStatus: 'InsufficientInfo' }, [], profile, NOW_MS);
-      expect(result.contributions[0]).toMatchObject({ signal: 'onboarding', value: 'NotOnboarded', points: 100 });
+      expect(result.contributions[0]).toMatchObject({
+        signal: 'onboarding',
+        value: 'NotOnboarded',
+        points: 100,
+      });
     });
 
     it('should ignore undocumented fields and accept rbacGroupId as a number or a string', () => {
@@ -161,13 +189,23 @@ describe('scoreDevice', () => {
     it('should mark every signal missing for an empty record', () => {
       const result = scoreDevice({}, null, profile, NOW_MS);
       expect(result.score).toBe(0);
-      expect(result.missing).toEqual(['riskScore', 'exposureLevel', 'avStatus', 'onboarding', 'healthStatus', 'inactivity', 'criticalCves']);
+      expect(result.missing).toEqual([
+        'riskScore',
+        'exposureLevel',
+        'avStatus',
+        'onboarding',
+        'healthStatus',
+        'inactivity',
+        'criticalCves',
+      ]);
       expect(result.contributions).toEqual([]);
     });
 
     it('should reject a machine that is not an object', () => {
       expect(() => scoreDevice(null as unknown as MachineRecord, [], profile, NOW_MS)).toThrow(ScoringError);
-      expect(() => scoreDevice([] as unknown as MachineRecord, [], profile, NOW_MS)).toThrow(/machine: must be a JSON object/);
+      expect(() => scoreDevice([] as unknown as MachineRecord, [], profile, NOW_MS)).toThrow(
+        /machine: must be a JSON object/,
+      );
     });
 
     it('should reject an invalid now', () => {
@@ -198,9 +236,19 @@ describe('scoreDevice', () => {
     });
 
     it('should read 7 fractional digits exactly to the millisecond', () => {
-      const result = scoreDevice(machine({ lastSeen: '2024-01-09T12:00:00.0000001Z' }), [], profile, '2024-01-10T11:59:59.9999999Z');
+      const result = scoreDevice(
+        machine({ lastSeen: '2024-01-09T12:00:00.0000001Z' }),
+        [],
+        profile,
+        '2024-01-10T11:59:59.9999999Z',
+      );
       expect(result.signals.inactivity.value).toBe(0);
-      const oneDay = scoreDevice(machine({ lastSeen: '2024-01-09T12:00:00.0000001Z' }), [], profile, '2024-01-10T12:00:00.0009999Z');
+      const oneDay = scoreDevice(
+        machine({ lastSeen: '2024-01-09T12:00:00.0000001Z' }),
+        [],
+        profile,
+        '2024-01-10T12:00:00.0009999Z',
+      );
       expect(oneDay.signals.inactivity.value).toBe(1);
     });
 
@@ -224,11 +272,19 @@ describe('scoreDevice', () => {
       expect(score({}, [vulnerability('CVE-1', 9.0)]).signals.criticalCves.value).toBe(1);
       expect(score({}, [vulnerability('CVE-1', 8.9)]).signals.criticalCves.value).toBe(0);
       const at75 = compileProfile({ operational: { criticalCves: { cvssThreshold: 7.5 } } });
-      expect(score({}, [vulnerability('CVE-1', 7.5), vulnerability('CVE-2', 7.4)], at75).signals.criticalCves.value).toBe(1);
+      expect(
+        score({}, [vulnerability('CVE-1', 7.5), vulnerability('CVE-2', 7.4)], at75).signals.criticalCves
+          .value,
+      ).toBe(1);
     });
 
     it('should count the same CVE listed twice (two vulnerable products) once', () => {
-      const result = score({}, [vulnerability('CVE-2024-1', 9.8), vulnerability('CVE-2024-1', 9.8), vulnerability('CVE-2024-2', 9.1), vulnerability('CVE-2024-1', 9.8)]);
+      const result = score({}, [
+        vulnerability('CVE-2024-1', 9.8),
+        vulnerability('CVE-2024-1', 9.8),
+        vulnerability('CVE-2024-2', 9.1),
+        vulnerability('CVE-2024-1', 9.8),
+      ]);
       expect(result.signals.criticalCves.value).toBe(2);
       expect(subScores(result)).toEqual([0, 50]);
     });
@@ -239,7 +295,13 @@ describe('scoreDevice', () => {
 
     it('should cap the contribution at maxPoints', () => {
       const result = score({}, criticalCves(7));
-      expect(result.contributions.at(-1)).toEqual({ group: 'operational', signal: 'criticalCves', value: 7, points: 100, assumed: false });
+      expect(result.contributions.at(-1)).toEqual({
+        group: 'operational',
+        signal: 'criticalCves',
+        value: 7,
+        points: 100,
+        assumed: false,
+      });
       const capped = compileProfile({ operational: { criticalCves: { pointsPerCve: 30, maxPoints: 50 } } });
       expect(score({}, criticalCves(2), capped).contributions.at(-1)?.points).toBe(50);
     });
@@ -264,25 +326,48 @@ describe('scoreDevice', () => {
 
     it('should refuse a summary counted with another threshold', () => {
       const summary = summariseVulnerabilities(criticalCves(1), 7.0);
-      expect(() => score({}, summary)).toThrow(expect.objectContaining({ code: 'VULNERABILITY_SUMMARY_MISMATCH', canRetry: false }));
+      expect(() => score({}, summary)).toThrow(
+        expect.objectContaining({ code: 'VULNERABILITY_SUMMARY_MISMATCH', canRetry: false }),
+      );
     });
 
     it('should reject a malformed vulnerability record naming its index and field', () => {
-      expect(() => score({}, [vulnerability('CVE-1', 9), { cvssV3: 9 }])).toThrow('vulnerabilities[1].id: must be a non-empty string');
-      expect(() => score({}, [vulnerability('CVE-1', 11)])).toThrow('vulnerabilities[0].cvssV3: must be a number from 0 to 10 or null (got 11)');
+      expect(() => score({}, [vulnerability('CVE-1', 9), { cvssV3: 9 }])).toThrow(
+        'vulnerabilities[1].id: must be a non-empty string',
+      );
+      expect(() => score({}, [vulnerability('CVE-1', 11)])).toThrow(
+        'vulnerabilities[0].cvssV3: must be a number from 0 to 10 or null (got 11)',
+      );
       expect(() => score({}, [null as never])).toThrow('vulnerabilities[0]: must be an object');
-      expect(() => score({}, { criticalCveCount: -1 })).toThrow(expect.objectContaining({ code: 'VULNERABILITY_INVALID' }));
+      expect(() => score({}, { criticalCveCount: -1 })).toThrow(
+        expect.objectContaining({ code: 'VULNERABILITY_INVALID' }),
+      );
     });
   });
 
   describe('missing signals', () => {
-    const bare = { riskScore: undefined, exposureLevel: 'Unknown', defenderAvStatus: undefined, onboardingStatus: null, healthStatus: 'Unknown', lastSeen: undefined };
+    const bare = {
+      riskScore: undefined,
+      exposureLevel: 'Unknown',
+      defenderAvStatus: undefined,
+      onboardingStatus: null,
+      healthStatus: 'Unknown',
+      lastSeen: undefined,
+    };
 
     it('should score missing signals 0 under ignore and list them', () => {
       const result = score(bare, null);
       expect(result.score).toBe(0);
       expect(result.contributions).toEqual([]);
-      expect(result.missing).toEqual(['riskScore', 'exposureLevel', 'avStatus', 'onboarding', 'healthStatus', 'inactivity', 'criticalCves']);
+      expect(result.missing).toEqual([
+        'riskScore',
+        'exposureLevel',
+        'avStatus',
+        'onboarding',
+        'healthStatus',
+        'inactivity',
+        'criticalCves',
+      ]);
     });
 
     it('should charge each missing signal the largest points of its own table under assume-worst', () => {
@@ -319,15 +404,25 @@ describe('scoreDevice', () => {
     });
 
     it('should charge nothing for missing CVEs under assume-worst when a CVE is worth 0 points', () => {
-      const worst = compileProfile({ missingSignals: 'assume-worst', operational: { criticalCves: { pointsPerCve: 0 } } });
-      expect(score({}, null, worst).contributions.at(-1)).toMatchObject({ signal: 'criticalCves', points: 0, assumed: true });
+      const worst = compileProfile({
+        missingSignals: 'assume-worst',
+        operational: { criticalCves: { pointsPerCve: 0 } },
+      });
+      expect(score({}, null, worst).contributions.at(-1)).toMatchObject({
+        signal: 'criticalCves',
+        points: 0,
+        assumed: true,
+      });
     });
   });
 
   describe('result', () => {
     it('should carry every signal with its value and timestamp', () => {
       const lastSeen = '2024-01-08T11:04:02.1234567Z';
-      const result = score({ riskScore: 'Low', lastSeen, defenderAvStatus: undefined }, summariseVulnerabilities(criticalCves(1), 9, NOW));
+      const result = score(
+        { riskScore: 'Low', lastSeen, defenderAvStatus: undefined },
+        summariseVulnerabilities(criticalCves(1), 9, NOW),
+      );
       expect(result.signals).toEqual({
         riskScore: { value: 'Low', observedAt: lastSeen },
         exposureLevel: { value: 'Low', observedAt: lastSeen },
@@ -350,10 +445,15 @@ describe('scoreDevice', () => {
 
     it('should round half up', () => {
       // C = 50 (riskScore Medium), O = 25 (1 CVE) with weights 50/50: (2500 + 1250 + 50) / 100 = 38 (37.5 up).
-      const halves = compileProfile(parseProfile({ weights: { criticalRisk: 50, operational: 50 } } satisfies ProfileInput));
+      const halves = compileProfile(
+        parseProfile({ weights: { criticalRisk: 50, operational: 50 } } satisfies ProfileInput),
+      );
       expect(score({ riskScore: 'Medium' }, criticalCves(1), halves).score).toBe(38);
       // 0.49 rounds down: C = 1 (riskScore Low = 1) with weight 49 → 0.49.
-      const low = compileProfile({ weights: { criticalRisk: 49, operational: 51 }, critical: { riskScore: { Low: 1 } } });
+      const low = compileProfile({
+        weights: { criticalRisk: 49, operational: 51 },
+        critical: { riskScore: { Low: 1 } },
+      });
       expect(score({ riskScore: 'Low' }, [], low).score).toBe(0);
     });
   });

@@ -22,13 +22,23 @@ describe('summariseVulnerabilities', () => {
   });
 
   it('should summarise an empty list', () => {
-    expect(summariseVulnerabilities([], 7)).toEqual({ criticalCveIds: [], criticalCveCount: 0, cveCount: 0, maxCvss: null, cvssThreshold: 7 });
+    expect(summariseVulnerabilities([], 7)).toEqual({
+      criticalCveIds: [],
+      criticalCveCount: 0,
+      cveCount: 0,
+      maxCvss: null,
+      cvssThreshold: 7,
+    });
   });
 
   it('should reject what is not a list, naming the field', () => {
     expect(() => summariseVulnerabilities({} as never, 9)).toThrow(ScoringError);
-    expect(() => summariseVulnerabilities([{ id: '' }], 9)).toThrow('vulnerabilities[0].id: must be a non-empty string');
-    expect(() => summariseVulnerabilities([{ id: 'CVE-1', cvssV3: 'high' }], 9)).toThrow('vulnerabilities[0].cvssV3');
+    expect(() => summariseVulnerabilities([{ id: '' }], 9)).toThrow(
+      'vulnerabilities[0].id: must be a non-empty string',
+    );
+    expect(() => summariseVulnerabilities([{ id: 'CVE-1', cvssV3: 'high' }], 9)).toThrow(
+      'vulnerabilities[0].cvssV3',
+    );
   });
 });
 

@@ -75,7 +75,10 @@ async function readOptions(args: string[]): Promise<Options | 'help'> {
   let nowMs = Date.now();
   if (values.now !== undefined) {
     nowMs = parseTimestampMs(values.now);
-    if (Number.isNaN(nowMs)) throw new UsageError(`--now: must be an ISO 8601 time such as 2024-01-08T11:04:02Z (got '${values.now}')`);
+    if (Number.isNaN(nowMs))
+      throw new UsageError(
+        `--now: must be an ISO 8601 time such as 2024-01-08T11:04:02Z (got '${values.now}')`,
+      );
   }
   return {
     profile: await loadProfile('--profile', values.profile),
@@ -141,12 +144,16 @@ async function run(options: Options, io: CommandIo): Promise<number> {
         changed += 1;
         if (!summary) {
           const from = { score: result.score, band: result.band };
-          await out.write(JSON.stringify({ kind: 'change', deviceId, from, to: { score: other.score, band: other.band } }));
+          await out.write(
+            JSON.stringify({ kind: 'change', deviceId, from, to: { score: other.score, band: other.band } }),
+          );
         }
       }
     } else if (!summary) {
       const { score, band, criticalScore, operationalScore, contributions, missing } = result;
-      await out.write(JSON.stringify({ deviceId, score, band, criticalScore, operationalScore, contributions, missing }));
+      await out.write(
+        JSON.stringify({ deviceId, score, band, criticalScore, operationalScore, contributions, missing }),
+      );
     }
   }
 
@@ -187,10 +194,13 @@ function parseRecord(line: string): InputRecord {
   }
   const machine = value as Record<string, unknown>;
   const id = machine.id !== undefined ? machine.id : machine.Id;
-  if (typeof id !== 'string' || id.length === 0) throw new Error('id: must be a non-empty string (the MDE machine id)');
+  if (typeof id !== 'string' || id.length === 0)
+    throw new Error('id: must be a non-empty string (the MDE machine id)');
   const vulnerabilities = machine.vulnerabilities;
   if (vulnerabilities !== undefined && vulnerabilities !== null && typeof vulnerabilities !== 'object') {
-    throw new Error('vulnerabilities: must be an array of MDE vulnerability records, or null when not fetched');
+    throw new Error(
+      'vulnerabilities: must be an array of MDE vulnerability records, or null when not fetched',
+    );
   }
   return { deviceId: id, machine, vulnerabilities: vulnerabilities as InputRecord['vulnerabilities'] };
 }

@@ -1,0 +1,271 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import { scoreCommand } from '../src/commands/score';
+
+const NOW = '2024-01-10T12:00:00Z';
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+  lines: Array<Record<string, unknown>>;
+}
+
+async function run(args: string[], input: string): Promise<Run> {
+  const stdout = new PassThrough();
+  const stderr = new PassThrough();
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  stdout.on('data', (chunk: Buffer) => out.push(chunk));
+  stderr.on('data', (chunk: Buffer) => err.push(chunk));
+  const code = await scoreCommand(args, { stdin: Readable.from([input]), stdout, stderr, env: {} });
+  const text = Buffer.concat(out).toString('utf8');
+  const lines = text
+    .split('\n')
+    .filter((line) => line.length > 0)
+    .map((line) => (line.startsWith('{') ? (JSON.parse(line) as Record<string, unknown>) : { text: line }));
+  return { code, stdout: text, stderr: Buffer.concat(err).toString('utf8'), lines };
+}
+
+const ndjson = (...records: unknown[]): string =>
+  records.map((r) => (typeof r === 'string' ? r : JSON.stringify(r))).join('\n') + '\n';
+
+const clean = {
+  riskScore: 'None',
+  exposureLevel: 'Low',
+  defenderAvStatus: 'Updated',
+  onboardingStatus: 'Onboarded',
+  healthStatus: 'Active',
+  lastSeen: '2024-01-10T11:04:02.1234567Z',
+  rbacGroupId: 140,
+};
+const critical = (n: number): unknown[] =>
+  Array.from({ length: n }, (_, i) => ({ id: `CVE-2024-${i}`, cvssV3: 9.8, severity: 'Critical' }));
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'urs-score-'));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function profileFile(name: string, content: unknown): Promise<string> {
+  const file = join(dir, name);
+  await writeFile(file, typeof content === 'string' ? content : JSON.stringify(content));
+  return file;
+}
+
+describe('scoreCommand', () => {
+  it('should write one result per device with the model of scoring.md', async () => {
+    const input = ndjson(
+      { id: 'clean', ...clean, vulnerabilities: [] },
+      { id: 'high', ...clean, riskScore: 'high', vulnerabilities: [] },
+      { id: 'exposed', ...clean, exposureLevel: 'Medium', vulnerabilities: critical(1) },
+      {
+        id: 'stale',
+        ...clean,
+        healthStatus: 'Inactive',
+        lastSeen: '2023-12-21T12:00:00.0000000Z',
+        vulnerabilities: [],
+      },
+    );
+    const result = await run(['--now', NOW], input);
+    expect(result.code).toBe(0);
+    expect(result.stderr).toBe('');
+    expect(result.lines.map((l) => [l.deviceId, l.score, l.band])).toEqual([
+      ['clean', 0, 'Trustworthy'],
+      ['high', 70, 'Suspicious'],
+      ['exposed', 36, 'Low Risk'],
+      ['stale', 30, 'Low Risk'],
+    ]);
+    expect(result.lines[2]).toEqual({
+      deviceId: 'exposed',
+      score: 36,
+      band: 'Low Risk',
+      criticalScore: 0.4,
+      operationalScore: 0.25,
+      contributions: [
+        { group: 'critical', signal: 'exposureLevel', value: 'Medium', points: 40, assumed: false },
+        { group: 'operational', signal: 'inactivity', value: 'lt1d', points: 0, assumed: false },
+        { group: 'operational', signal: 'criticalCves', value: 1, points: 25, assumed: false },
+      ],
+      missing: [],
+    });
+  });
+
+  it('should report vulnerabilities that are null or absent as a missing signal', async () => {
+    const result = await run(
+      ['--now', NOW],
+      ndjson({ id: 'a', ...clean, vulnerabilities: null }, { id: 'b', ...clean }),
+    );
+    expect(result.code).toBe(0);
+    expect(result.lines.map((l) => l.missing)).toEqual([['criticalCves'], ['criticalCves']]);
+  });
+
+  it('should name each bad line on stderr, score the others and exit 1', async () => {
+    const input = ndjson(
+      { id: 'first', ...clean, vulnerabilities: [] },
+      '{"id": "broken"',
+      '',
+      '[1, 2]',
+      { ...clean },
+      { id: 'bad-vulns', ...clean, vulnerabilities: [{ cvssV3: 9.8 }] },
+      { id: 'bad-vulns-type', ...clean, vulnerabilities: 'none' },
+      { id: 'last', ...clean, riskScore: 'Medium', vulnerabilities: [] },
+    );
+    const result = await run(['--now', NOW], input);
+    expect(result.code).toBe(1);
+    expect(result.lines.map((l) => l.deviceId)).toEqual(['first', 'last']);
+    const errors = result.stderr.trim().split('\n');
+    expect(errors).toHaveLength(5);
+    expect(errors[0]).toMatch(/^urs score: line 2: not valid JSON/);
+    expect(errors[1]).toBe('urs score: line 4: must be a JSON object (an MDE machine record)');
+    expect(errors[2]).toBe('urs score: line 5: id: must be a non-empty string (the MDE machine id)');
+    expect(errors[3]).toBe(
+      'urs score: line 6: vulnerabilities[0].id: must be a non-empty string (the CVE id)',
+    );
+    expect(errors[4]).toMatch(/^urs score: line 7: vulnerabilities: must be an array/);
+  });
+
+  it('should score with the tenant profile given by --profile', async () => {
+    const file = await profileFile('tenant.json', {
+      weights: { criticalRisk: 100, operational: 0 },
+      critical: { riskScore: { High: 55 } },
+    });
+    const result = await run(
+      ['--profile', file, '--now', NOW],
+      ndjson({ id: 'a', ...clean, riskScore: 'High', vulnerabilities: critical(3) }),
+    );
+    expect(result.code).toBe(0);
+    expect(result.lines[0]).toMatchObject({
+      score: 55,
+      band: 'Moderate Risk',
+      criticalScore: 0.55,
+      operationalScore: 0.75,
+    });
+  });
+
+  it.each([
+    [
+      'invalid.json',
+      { weights: { criticalRisk: 80, operational: 30 } },
+      'profile.weights: criticalRisk + operational must total exactly 100',
+    ],
+    [
+      'points.json',
+      { critical: { riskScore: { High: 120 } } },
+      'profile.critical.riskScore.High: must be an integer from 0 to 100 (got 120)',
+    ],
+    ['unknown.json', { critical: { riskscore: {} } }, 'profile.critical.riskscore: unknown key'],
+    ['syntax.json', '{"weights":', 'not valid JSON'],
+  ])('should exit 2 with the reason for an invalid profile (%s)', async (name, content, reason) => {
+    const file = await profileFile(name, content);
+    const result = await run(['--profile', file], ndjson({ id: 'a', ...clean }));
+    expect(result.code).toBe(2);
+    expect(result.stdout).toBe('');
+    expect(result.stderr).toContain(`urs score: --profile ${file}: `);
+    expect(result.stderr).toContain(reason);
+  });
+
+  it('should exit 2 for a profile file that cannot be read, a bad --now or an unknown option', async () => {
+    expect((await run(['--profile', join(dir, 'absent.json')], '')).stderr).toMatch(
+      /cannot read the profile/,
+    );
+    const badNow = await run(['--now', 'yesterday'], '');
+    expect(badNow.code).toBe(2);
+    expect(badNow.stderr).toContain(
+      "--now: must be an ISO 8601 time such as 2024-01-08T11:04:02Z (got 'yesterday')",
+    );
+    expect((await run(['--verbose'], '')).code).toBe(2);
+    expect((await run(['stray'], '')).code).toBe(2);
+  });
+
+  it('should print usage for --help', async () => {
+    const result = await run(['--help'], '');
+    expect(result.code).toBe(0);
+    expect(result.stdout).toMatch(/^usage: urs score/);
+  });
+
+  it('should print the band distribution with --summary', async () => {
+    const input = ndjson(
+      { id: 'a', ...clean, vulnerabilities: [] },
+      { id: 'b', ...clean, vulnerabilities: [] },
+      { id: 'c', ...clean, riskScore: 'High', vulnerabilities: [] },
+      { id: 'd', ...clean, riskScore: 'High', vulnerabilities: critical(4) },
+      'oops',
+    );
+    const result = await run(['--summary', '--now', NOW], input);
+    expect(result.code).toBe(1);
+    expect(result.lines).toEqual([
+      {
+        kind: 'summary',
+        devices: 4,
+        failed: 1,
+        profileHash: expect.stringMatching(/^[0-9a-f]{64}$/),
+        bands: { Trustworthy: 2, 'Low Risk': 0, 'Moderate Risk': 0, Suspicious: 1, 'High Risk': 1 },
+      },
+    ]);
+  });
+
+  it('should list the devices whose band a new profile changes with --compare', async () => {
+    const proposed = await profileFile('proposed.json', {
+      critical: { riskScore: { Medium: 90 } },
+      missingSignals: 'assume-worst',
+    });
+    const input = ndjson(
+      { id: 'clean', ...clean, vulnerabilities: [] },
+      { id: 'medium', ...clean, riskScore: 'Medium', vulnerabilities: [] },
+      { id: 'unfetched', ...clean, vulnerabilities: null },
+      { id: 'high', ...clean, riskScore: 'High', vulnerabilities: [] },
+    );
+    const result = await run(['--now', NOW, '--compare', proposed], input);
+    expect(result.code).toBe(0);
+    expect(result.lines).toEqual([
+      {
+        kind: 'change',
+        deviceId: 'medium',
+        from: { score: 35, band: 'Low Risk' },
+        to: { score: 63, band: 'Suspicious' },
+      },
+      {
+        kind: 'change',
+        deviceId: 'unfetched',
+        from: { score: 0, band: 'Trustworthy' },
+        to: { score: 30, band: 'Low Risk' },
+      },
+      {
+        kind: 'summary',
+        devices: 4,
+        failed: 0,
+        changed: 2,
+        profileHash: { from: expect.any(String), to: expect.any(String) },
+        bands: {
+          from: { Trustworthy: 2, 'Low Risk': 1, 'Moderate Risk': 0, Suspicious: 1, 'High Risk': 0 },
+          to: { Trustworthy: 1, 'Low Risk': 1, 'Moderate Risk': 0, Suspicious: 2, 'High Risk': 0 },
+        },
+      },
+    ]);
+    const summaryOnly = await run(['--now', NOW, '--compare', proposed, '--summary'], input);
+    expect(summaryOnly.lines).toEqual([result.lines[2]]);
+  });
+
+  it('should exit 2 when the --compare profile is invalid', async () => {
+    const bad = await profileFile('bad-compare.json', { missingSignals: 'never' });
+    const result = await run(['--compare', bad], ndjson({ id: 'a', ...clean }));
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('profile.missingSignals: must be one of "ignore", "assume-worst"');
+  });
+
+  it('should stream many lines through and accept CRLF line ends', async () => {
+    const records = Array.from({ length: 5000 }, (_, i) =>
+      JSON.stringify({ id: `d${i}`, ...clean, riskScore: i % 2 ? 'High' : 'None', vulnerabilities: [] }),
+    );
+    const result = await run(['--now', NOW], records.join('\r\n'));
+    expect(result.code).toBe(0);
+    expect(result.lines).toHaveLength(5000);
+    expect(result.lines[4999]).toMatchObject({ deviceId: 'd4999', score: 70 });
+  });
+});
