@@ -52,13 +52,15 @@ export class TokenSigner {
   }
 
   issue(tenantId: string, clientId: string, audience: string, roles: readonly string[], lifetimeSec: number): string {
-    const now = Math.floor(Date.now() / 1000);
+    const nowMs = Date.now();
+    const now = Math.floor(nowMs / 1000);
     const claims: AccessClaims = {
       aud: audience,
       iss: `https://sts.windows.net/${tenantId}/`,
       iat: now,
       nbf: now,
-      exp: now + lifetimeSec,
+      // Rounded up so a token is valid for at least its lifetime even when issued late in a second.
+      exp: Math.ceil((nowMs + lifetimeSec * 1000) / 1000),
       appid: clientId,
       appidacr: '1',
       idp: `https://sts.windows.net/${tenantId}/`,

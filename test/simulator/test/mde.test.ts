@@ -1,0 +1,182 @@
+import { startSimulator, type Simulator } from '@urs/simulator';
+import { CLIENT_ID, getToken, request, SECRET, TENANT } from './helpers';
+
+const EMPTY_TENANT = '66666666-aaaa-4bbb-8ccc-000000000006';
+const NO_ROLES_CLIENT = '77777777-aaaa-4bbb-8ccc-000000000007';
+const MACHINES_ONLY_CLIENT = '88888888-aaaa-4bbb-8ccc-000000000008';
+
+describe('MDE API simulation', () => {
+  let sim: Simulator;
+  let token: string;
+
+  beforeAll(async () => {
+    sim = await startSimulator({ quotas: false });
+    sim.addTenant({
+      azureTenantId: TENANT,
+      apps: [
+        { clientId: CLIENT_ID, clientSecret: SECRET },
+        { clientId: NO_ROLES_CLIENT, clientSecret: SECRET, roles: [] },
+        { clientId: MACHINES_ONLY_CLIENT, clientSecret: SECRET, roles: ['Machine.Read.All'] },
+      ],
+      fleet: { size: 250, seed: 7 },
+    });
+    sim.addTenant({ azureTenantId: EMPTY_TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }] });
+    token = await getToken(sim);
+  });
+
+  afterAll(() => sim.close());
+
+  const get = (path: string, bearer = token) => request(sim, path, { token: bearer });
+
+  test('machines should answer 401 without, with a forged and with an expired token', async () => {
+    expect((await request(sim, '/api/machines')).status).toBe(401);
+    const forged = `${token.slice(0, token.lastIndexOf('.'))}.${Buffer.from('nope').toString('base64url')}`;
+    const reply = await get('/api/machines', forged);
+    expect(reply.status).toBe(401);
+    expect(reply.json.error).toMatchObject({ code: 'Unauthorized' });
+    expect(reply.json.error.target).toMatch(/^[0-9a-f-]{36}$/);
+
+    const shortLived = await startSimulator({ tokenLifetimeSec: 1 });
+    try {
+      shortLived.addTenant({ azureTenantId: TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }], fleet: { size: 5 } });
+      const brief = await getToken(shortLived);
+      expect((await request(shortLived, '/api/machines', { token: brief })).status).toBe(200);
+      await new Promise((resolve) => setTimeout(resolve, 2100));
+      expect((await request(shortLived, '/api/machines', { token: brief })).status).toBe(401);
+    } finally {
+      await shortLived.close();
+    }
+  });
+
+  test('machines should answer 403 Forbidden when the token lacks the role', async () => {
+    const noRoles = await getToken(sim, TENANT, NO_ROLES_CLIENT);
+    const reply = await get('/api/machines?$top=10', noRoles);
+    expect(reply.status).toBe(403);
+    expect(reply.json.error.code).toBe('Forbidden');
+    expect(reply.json.error.message).toContain('Machine.Read.All');
+    const machinesOnly = await getToken(sim, TENANT, MACHINES_ONLY_CLIENT);
+    expect((await get('/api/machines?$top=10', machinesOnly)).status).toBe(200);
+    const id = sim.machines(TENANT)[0]?.id as string;
+    expect((await get(`/api/machines/${id}/vulnerabilities`, machinesOnly)).status).toBe(403);
+  });
+
+  test('machines should page with $top/$skip without a next link and end on a short page', async () => {
+    const seen: string[] = [];
+    for (let skip = 0; ; skip += 100) {
+      const reply = await get(`/api/machines?$top=100&$skip=${skip}`);
+      expect(reply.status).toBe(200);
+      expect(reply.json['@odata.context']).toBe(`${sim.baseUrl}/api/$metadata#Machines`);
+      expect(reply.json['@odata.nextLink']).toBeUndefined();
+      seen.push(...reply.json.value.map((m: { id: string }) => m.id));
+      if (reply.json.value.length < 100) break;
+    }
+    expect(seen).toEqual(sim.machines(TENANT).map((m) => m.id));
+    expect(new Set(seen).size).toBe(250);
+    const beyond = await get('/api/machines?$top=100&$skip=250');
+    expect(beyond.json.value).toEqual([]);
+  });
+
+  test('machines should carry documented field names, enum casing and 7-digit timestamps', async () => {
+    const machines = sim.machines(TENANT);
+    for (const m of machines) {
+      expect(m.id).toMatch(/^[0-9a-f]{40}$/);
+      expect(m.lastSeen).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}Z$/);
+      expect(['Active', 'Inactive', 'ImpairedCommunication', 'NoSensorData', 'NoSensorDataImpairedCommunication', 'Unknown']).toContain(m.healthStatus);
+      expect(['Onboarded', 'CanBeOnboarded', 'InsufficientInfo', 'Unsupported']).toContain(m.onboardingStatus);
+      if (m.rbacGroupId !== undefined) expect(typeof m.rbacGroupId).toBe('number');
+    }
+    const active = machines.filter((m) => m.healthStatus === 'Active').length;
+    expect(active).toBeGreaterThan(machines.length / 2);
+    expect(machines.some((m) => m.riskScore === 'High')).toBe(true);
+    expect(machines.some((m) => m.defenderAvStatus === undefined)).toBe(true);
+    expect(machines.some((m) => m.osBuild === null)).toBe(true);
+  });
+
+  test('machines should reject $top above 10,000 and apply the $filter subset', async () => {
+    const tooBig = await get('/api/machines?$top=10001');
+    expect(tooBig.status).toBe(400);
+    expect(tooBig.json.error.code).toBe('ODataError');
+
+    const all = sim.machines(TENANT);
+    const filter = encodeURIComponent("healthStatus eq 'Active' and riskScore eq 'High'");
+    const filtered = await get(`/api/machines?$top=10000&$filter=${filter}`);
+    const expected = all.filter((m) => m.healthStatus === 'Active' && m.riskScore === 'High').map((m) => m.id);
+    expect(expected.length).toBeGreaterThan(0);
+    expect(filtered.json.value.map((m: { id: string }) => m.id)).toEqual(expected);
+
+    const cutoff = new Date(Date.now() - 3 * 24 * 3600 * 1000).toISOString();
+    const recent = await get(`/api/machines?$filter=${encodeURIComponent(`lastSeen gt ${cutoff}`)}`);
+    expect(recent.json.value.length).toBe(all.filter((m) => Date.parse(m.lastSeen as string) > Date.parse(cutoff)).length);
+
+    const one = await get(`/api/machines?$filter=${encodeURIComponent(`id eq '${all[3]?.id}'`)}`);
+    expect(one.json.value).toEqual([all[3]]);
+    expect((await get(`/api/machines?$filter=${encodeURIComponent("osBuild eq 5")}`)).status).toBe(400);
+  });
+
+  test('machines should answer 404 ResourceNotFound for an empty fleet', async () => {
+    const emptyToken = await getToken(sim, EMPTY_TENANT);
+    const reply = await get('/api/machines?$top=100', emptyToken);
+    expect(reply.status).toBe(404);
+    expect(reply.json.error.code).toBe('ResourceNotFound');
+  });
+
+  test('vulnerabilities should list the device CVEs and answer 404 for an unknown id', async () => {
+    const machines = sim.machines(TENANT);
+    const withVulns = machines.find((m) => sim.vulnerabilities(TENANT, m.id).length > 0);
+    expect(withVulns).toBeDefined();
+    const reply = await get(`/api/machines/${withVulns?.id}/vulnerabilities`);
+    expect(reply.status).toBe(200);
+    expect(reply.json.value).toEqual(sim.vulnerabilities(TENANT, withVulns?.id as string));
+    const v = reply.json.value[0];
+    expect(v.id).toMatch(/^CVE-\d{4}-\d+$/);
+    expect(Object.keys(v)).toEqual(
+      expect.arrayContaining(['name', 'description', 'severity', 'cvssV3', 'cvssVector', 'exposedMachines', 'publishedOn', 'updatedOn', 'publicExploit', 'exploitVerified', 'exploitInKit', 'exploitTypes', 'exploitUris', 'CveSupportability', 'epss']),
+    );
+    const counts = machines.map((m) => sim.vulnerabilities(TENANT, m.id).length);
+    expect(Math.max(...counts)).toBeLessThanOrEqual(30);
+    expect(counts.filter((c) => c === 0).length).toBeGreaterThan(machines.length / 4);
+
+    const unknown = await get(`/api/machines/${'0'.repeat(40)}/vulnerabilities`);
+    expect(unknown.status).toBe(404);
+    expect(unknown.json.error.code).toBe('ResourceNotFound');
+  });
+
+  test('SoftwareVulnerabilitiesByMachine should page through every row by nextLink', async () => {
+    const rows: Array<{ deviceId: string; cveId: string | null }> = [];
+    let url: string | undefined = '/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=97';
+    let pages = 0;
+    while (url) {
+      const reply = await get(url);
+      expect(reply.status).toBe(200);
+      rows.push(...reply.json.value);
+      const next: string | undefined = reply.json['@odata.nextLink'];
+      if (next) expect(next).toContain('$skiptoken=');
+      url = next?.slice(sim.baseUrl.length);
+      pages++;
+    }
+    const expected = sim.machines(TENANT).flatMap((m) => sim.vulnerabilities(TENANT, m.id).map((v) => `${m.id}/${v.id}`));
+    expect(rows.filter((r) => r.cveId !== null).map((r) => `${r.deviceId}/${r.cveId}`)).toEqual(expected);
+    expect(rows.some((r) => r.cveId === null)).toBe(true);
+    expect(pages).toBe(Math.ceil(rows.length / 97));
+
+    const capped = await get('/api/machines/SoftwareVulnerabilitiesByMachine?$top=5');
+    expect(capped.json.value).toHaveLength(5);
+    expect(capped.json['@odata.nextLink']).toBeUndefined();
+    expect((await get('/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=200001')).status).toBe(400);
+  });
+
+  test('fleet changes should show up in the next listing', async () => {
+    const before = sim.machines(TENANT);
+    const victim = before[10]?.id as string;
+    sim.removeMachine(TENANT, victim);
+    sim.updateMachine(TENANT, before[11]?.id as string, { healthStatus: 'Inactive', riskScore: 'High' });
+    const [added] = sim.addMachines(TENANT, 1);
+    const reply = await get('/api/machines?$top=10000');
+    const ids = reply.json.value.map((m: { id: string }) => m.id);
+    expect(ids).not.toContain(victim);
+    expect(ids).toContain(added);
+    expect(reply.json.value.find((m: { id: string }) => m.id === before[11]?.id)).toMatchObject({ healthStatus: 'Inactive', riskScore: 'High' });
+    expect((await get(`/api/machines/${victim}/vulnerabilities`)).status).toBe(404);
+    expect((await get(`/api/machines/${added}`)).json.id).toBe(added);
+  });
+});
