@@ -39,10 +39,11 @@ export function commandLine(pid) {
 }
 
 /**
- * The pid in `pidFile` when that process is alive AND its command line contains `marker`, so a
- * recycled pid that now belongs to some other program is never mistaken for (or killed as) ours.
+ * The pid in `pidFile` when that process is alive AND its command line matches `marker` (contains
+ * it, or satisfies it), so a recycled pid that now belongs to some other program is never mistaken
+ * for (or killed as) ours.
  * @param {string} pidFile
- * @param {string} marker
+ * @param {string | ((commandLine: string) => boolean)} marker
  * @returns {number | undefined}
  */
 export function ownedPid(pidFile, marker) {
@@ -54,7 +55,8 @@ export function ownedPid(pidFile, marker) {
   }
   if (!Number.isInteger(pid) || pid <= 0 || !isAlive(pid)) return undefined;
   const cmd = commandLine(pid);
-  return cmd !== undefined && cmd.includes(marker) ? pid : undefined;
+  if (cmd === undefined) return undefined;
+  return (typeof marker === 'string' ? cmd.includes(marker) : marker(cmd)) ? pid : undefined;
 }
 
 /**

@@ -20,11 +20,16 @@ function paths(cfg) {
 }
 
 /**
- * Our redis-server is recognised by its pid file plus its process title, which redis-server
- * rewrites to `redis-server 127.0.0.1:<port>`, so a recycled pid is never taken for ours.
+ * Our redis-server is recognised by its pid file plus its command line: `redis-server --port <port> …`
+ * as started, which redis-server soon rewrites to `redis-server 127.0.0.1:<port>`.
  * @param {StackConfig} cfg
+ * @returns {(commandLine: string) => boolean}
  */
-const marker = (cfg) => `redis-server 127.0.0.1:${new URL(cfg.redisUrl).port || '6379'}`;
+const marker = (cfg) => {
+  const port = new URL(cfg.redisUrl).port || '6379';
+  return (cmd) =>
+    cmd.startsWith('redis-server') && (cmd.includes(`:${port}`) || cmd.includes(`--port ${port}`));
+};
 
 /**
  * Whether the server at `url` answers PING.
