@@ -1,0 +1,157 @@
+import type Redis from 'ioredis';
+
+/** What was last published of one device, and when it was last seen in a cycle. */
+export interface PublishedDevice {
+  score: number;
+  band: string;
+  /** Start (epoch ms) of the cycle whose score was published. */
+  publishedCycleAt: number;
+  /** Start (epoch ms) of the newest cycle the device was scored in. */
+  seenCycleAt: number;
+}
+
+export interface DeviceScoreRef {
+  deviceId: string;
+  score: number;
+  band: string;
+}
+
+export interface PublishedStore {
+  /**
+   * Which of these devices (scored in the cycle that started at `cycleAt`, epoch ms) must be published:
+   * never published, or a score or band other than the last published one. A device whose last
+   * published score is of a newer cycle is never returned (a late or redelivered batch).
+   * Read-only: call `commit` once the records are on the topic.
+   */
+  changed(tenantId: string, cycleAt: number, devices: DeviceScoreRef[]): Promise<DeviceScoreRef[]>;
+  /** Records the devices as seen in the cycle and, unless a newer one is recorded, their published score. */
+  commit(tenantId: string, cycleAt: number, devices: DeviceScoreRef[]): Promise<void>;
+  /**
+   * Counts a completed cycle once (a repeated call answers the same sequence) and lists the devices
+   * not seen in any of the last `absentCycles` completed cycles: the ones to tombstone.
+   */
+  completeCycle(
+    tenantId: string,
+    cycleId: string,
+    cycleAt: number,
+    absentCycles: number,
+  ): Promise<{ sequence: number; gone: string[] }>;
+  /** Devices seen in the cycle that started at `cycleAt`. */
+  seenIn(tenantId: string, cycleAt: number): Promise<string[]>;
+  /** Forgets devices (after their tombstone was published). */
+  forget(tenantId: string, deviceIds: string[]): Promise<void>;
+  get(tenantId: string, deviceId: string): Promise<PublishedDevice | null>;
+}
+
+// KEYS[1] published hash; ARGV[1] cycle ms; then per device: id, score, band.
+// Values are "score|band|publishedCycleAt|seenCycleAt" (band labels contain no "|").
+const COMMIT = `
+local at = tonumber(ARGV[1])
+for i = 2, #ARGV, 3 do
+  local id, score, band = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local current = redis.call('HGET', KEYS[1], id)
+  if not current then
+    redis.call('HSET', KEYS[1], id, score .. '|' .. band .. '|' .. ARGV[1] .. '|' .. ARGV[1])
+  else
+    local s, b, p, seen = string.match(current, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+    p = tonumber(p)
+    seen = tonumber(seen)
+    if seen < at then seen = at end
+    if p <= at then s = score; b = band; p = at end
+    redis.call('HSET', KEYS[1], id, s .. '|' .. b .. '|' .. string.format('%d', p) .. '|' .. string.format('%d', seen))
+  end
+end
+return 1`;
+
+// KEYS[1] sequence hash (cycleId → n), KEYS[2] counter, KEYS[3] completed zset (cycleId by start ms),
+// KEYS[4] published hash. ARGV: cycleId, cycle ms, absentCycles. Returns {sequence, gone ids...}.
+const COMPLETE = `
+local sequence = redis.call('HGET', KEYS[1], ARGV[1])
+if not sequence then
+  sequence = redis.call('INCR', KEYS[2])
+  redis.call('HSET', KEYS[1], ARGV[1], sequence)
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+end
+local n = tonumber(ARGV[3])
+local result = {tonumber(sequence)}
+local oldest = redis.call('ZREVRANGE', KEYS[3], n - 1, n - 1, 'WITHSCORES')
+if #oldest == 2 then
+  local threshold = tonumber(oldest[2])
+  local all = redis.call('HGETALL', KEYS[4])
+  for i = 1, #all, 2 do
+    local seen = tonumber(string.match(all[i + 1], '|([^|]*)$'))
+    if seen < threshold then table.insert(result, all[i]) end
+  end
+end
+-- Only the last cycles matter for absence; keep a few more for diagnosis.
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(n + 11))
+return result`;
+
+function decode(value: string | null | undefined): PublishedDevice | null {
+  if (!value) return null;
+  const [score, band, publishedCycleAt, seenCycleAt] = value.split('|');
+  return {
+    score: Number(score),
+    band: band ?? '',
+    publishedCycleAt: Number(publishedCycleAt),
+    seenCycleAt: Number(seenCycleAt),
+  };
+}
+
+/**
+ * The publisher's memory of what VMS holds: `{prefix}published:{tenantId}` (deviceId → last published
+ * score, band, cycle, and the cycle it was last seen in), `{prefix}published-cycles:{tenantId}` (zset of
+ * completed cycles by start) with `{prefix}published-seq:{tenantId}` / `…-counter:{tenantId}` numbering them.
+ */
+export function createPublishedStore(redis: Redis, prefix: string): PublishedStore {
+  const publishedKey = (tenantId: string): string => `${prefix}published:${tenantId}`;
+  const cyclesKey = (tenantId: string): string => `${prefix}published-cycles:${tenantId}`;
+  const sequenceKey = (tenantId: string): string => `${prefix}published-seq:${tenantId}`;
+  const counterKey = (tenantId: string): string => `${prefix}published-counter:${tenantId}`;
+  return {
+    async changed(tenantId, cycleAt, devices) {
+      if (devices.length === 0) return [];
+      const current = await redis.hmget(publishedKey(tenantId), ...devices.map((device) => device.deviceId));
+      return devices.filter((device, index) => {
+        const last = decode(current[index]);
+        if (last === null) return true;
+        if (last.publishedCycleAt > cycleAt) return false;
+        return last.score !== device.score || last.band !== device.band;
+      });
+    },
+    async commit(tenantId, cycleAt, devices) {
+      if (devices.length === 0) return;
+      const args = devices.flatMap((device) => [device.deviceId, String(device.score), device.band]);
+      await redis.eval(COMMIT, 1, publishedKey(tenantId), String(cycleAt), ...args);
+    },
+    async completeCycle(tenantId, cycleId, cycleAt, absentCycles) {
+      const result = (await redis.eval(
+        COMPLETE,
+        4,
+        sequenceKey(tenantId),
+        counterKey(tenantId),
+        cyclesKey(tenantId),
+        publishedKey(tenantId),
+        cycleId,
+        String(cycleAt),
+        String(Math.max(1, absentCycles)),
+      )) as [number, ...string[]];
+      const [sequence, ...gone] = result;
+      return { sequence: Number(sequence), gone };
+    },
+    async seenIn(tenantId, cycleAt) {
+      const all = await redis.hgetall(publishedKey(tenantId));
+      return Object.entries(all)
+        .filter(([, value]) => decode(value)?.seenCycleAt === cycleAt)
+        .map(([id]) => id)
+        .sort();
+    },
+    async forget(tenantId, deviceIds) {
+      if (deviceIds.length === 0) return;
+      await redis.hdel(publishedKey(tenantId), ...deviceIds);
+    },
+    async get(tenantId, deviceId) {
+      return decode(await redis.hget(publishedKey(tenantId), deviceId));
+    },
+  };
+}

@@ -1,0 +1,146 @@
+import type Redis from 'ioredis';
+import type { Band, ScoredDevice } from '@urs/contracts';
+
+/** A device's score as stored: the scored device and the cycle it belongs to. */
+export interface StoredScore {
+  tenantId: string;
+  cycleId: string;
+  /** The cycle's start: what orders two scores of the same device. */
+  cycleStartedAt: string;
+  collectedAt: string;
+  scoredAt: string;
+  device: ScoredDevice;
+}
+
+export interface SaveScoresResult {
+  /** Devices whose score was written (newer than the stored one). */
+  written: number;
+  /** Devices left alone because the stored score is of the same or a newer cycle (redelivery, late message). */
+  skipped: string[];
+}
+
+export interface ListScoresOptions {
+  band?: Band;
+  /** Most results returned. Default 1000. */
+  limit?: number;
+  /** Results skipped first (device ids are sorted). Default 0. */
+  offset?: number;
+}
+
+export interface ScoreStore {
+  /**
+   * Stores each device's score unless the stored one is of the same or a newer cycle (compared by
+   * `cycleStartedAt`), and prepends it to the device's history. Idempotent: saving the same batch again
+   * changes nothing.
+   */
+  saveScores(
+    tenantId: string,
+    cycle: { cycleId: string; cycleStartedAt: string; collectedAt: string; scoredAt: string },
+    devices: ScoredDevice[],
+  ): Promise<SaveScoresResult>;
+  getDeviceScore(tenantId: string, deviceId: string): Promise<StoredScore | null>;
+  /** Latest scores of a tenant's devices, sorted by device id, optionally of one band. */
+  listDeviceScores(tenantId: string, options?: ListScoresOptions): Promise<{ total: number; items: StoredScore[] }>;
+  /** The device's last scores, newest first (at most the history length). */
+  history(tenantId: string, deviceId: string): Promise<StoredScore[]>;
+  /** Forgets devices (gone for good): their score, band and history. */
+  remove(tenantId: string, deviceIds: string[]): Promise<void>;
+}
+
+export interface ScoreStoreOptions {
+  /** Scores kept per device in its history. Default 10. */
+  historyLength?: number;
+  /** A device's history expires this long after its last score, in milliseconds. Default 30 days. */
+  historyTtlMs?: number;
+}
+
+// KEYS[1] scores hash (deviceId → json), KEYS[2] stamps hash (deviceId → cycle start ms),
+// KEYS[3] bands hash (deviceId → band), KEYS[4..] one history list per device.
+// ARGV[1] stamp, ARGV[2] history length, ARGV[3] history ttl ms, then per device: id, band, json.
+// The stamp compare and the writes happen in one script, so two writers of different cycles never
+// interleave; an equal stamp is a redelivery and is skipped (the history is not appended twice).
+const SAVE_IF_NEWER = `
+local stamp = tonumber(ARGV[1])
+local skipped = {}
+local n = (#ARGV - 3) / 3
+for i = 1, n do
+  local id = ARGV[3 + (i - 1) * 3 + 1]
+  local band = ARGV[3 + (i - 1) * 3 + 2]
+  local json = ARGV[3 + (i - 1) * 3 + 3]
+  local current = tonumber(redis.call('HGET', KEYS[2], id) or '-1')
+  if current >= stamp then
+    table.insert(skipped, id)
+  else
+    redis.call('HSET', KEYS[1], id, json)
+    redis.call('HSET', KEYS[2], id, ARGV[1])
+    redis.call('HSET', KEYS[3], id, band)
+    local history = KEYS[3 + i]
+    redis.call('LPUSH', history, json)
+    redis.call('LTRIM', history, 0, tonumber(ARGV[2]) - 1)
+    redis.call('PEXPIRE', history, ARGV[3])
+  end
+end
+return skipped`;
+
+/**
+ * Latest score per device and a short history, under `{prefix}scores:{tenantId}` (hash of JSON),
+ * `{prefix}score-stamps:{tenantId}`, `{prefix}score-bands:{tenantId}` and
+ * `{prefix}score-history:{tenantId}:{deviceId}` (list, newest first).
+ */
+export function createScoreStore(redis: Redis, prefix: string, options: ScoreStoreOptions = {}): ScoreStore {
+  const historyLength = options.historyLength ?? 10;
+  const historyTtlMs = options.historyTtlMs ?? 30 * 24 * 60 * 60 * 1000;
+  const scoresKey = (tenantId: string): string => `${prefix}scores:${tenantId}`;
+  const stampsKey = (tenantId: string): string => `${prefix}score-stamps:${tenantId}`;
+  const bandsKey = (tenantId: string): string => `${prefix}score-bands:${tenantId}`;
+  const historyKey = (tenantId: string, deviceId: string): string =>
+    `${prefix}score-history:${tenantId}:${deviceId}`;
+  const parse = (json: string | null): StoredScore | null =>
+    json === null ? null : (JSON.parse(json) as StoredScore);
+
+  return {
+    async saveScores(tenantId, cycle, devices) {
+      if (devices.length === 0) return { written: 0, skipped: [] };
+      const stamp = Date.parse(cycle.cycleStartedAt);
+      const keys = [scoresKey(tenantId), stampsKey(tenantId), bandsKey(tenantId)];
+      const args: string[] = [String(stamp), String(historyLength), String(historyTtlMs)];
+      for (const device of devices) {
+        const stored: StoredScore = { tenantId, ...cycle, device };
+        keys.push(historyKey(tenantId, device.deviceId));
+        args.push(device.deviceId, device.band, JSON.stringify(stored));
+      }
+      const skipped = (await redis.eval(SAVE_IF_NEWER, keys.length, ...keys, ...args)) as string[];
+      return { written: devices.length - skipped.length, skipped };
+    },
+    async getDeviceScore(tenantId, deviceId) {
+      return parse(await redis.hget(scoresKey(tenantId), deviceId));
+    },
+    async listDeviceScores(tenantId, listOptions = {}) {
+      const limit = listOptions.limit ?? 1000;
+      const offset = listOptions.offset ?? 0;
+      const bands = await redis.hgetall(bandsKey(tenantId));
+      const ids = Object.keys(bands)
+        .filter((id) => listOptions.band === undefined || bands[id] === listOptions.band)
+        .sort();
+      const page = ids.slice(offset, offset + limit);
+      if (page.length === 0) return { total: ids.length, items: [] };
+      const values = await redis.hmget(scoresKey(tenantId), ...page);
+      const items = values.map(parse).filter((item): item is StoredScore => item !== null);
+      return { total: ids.length, items };
+    },
+    async history(tenantId, deviceId) {
+      const values = await redis.lrange(historyKey(tenantId, deviceId), 0, historyLength - 1);
+      return values.map((json) => JSON.parse(json) as StoredScore);
+    },
+    async remove(tenantId, deviceIds) {
+      if (deviceIds.length === 0) return;
+      await redis
+        .multi()
+        .hdel(scoresKey(tenantId), ...deviceIds)
+        .hdel(stampsKey(tenantId), ...deviceIds)
+        .hdel(bandsKey(tenantId), ...deviceIds)
+        .del(...deviceIds.map((id) => historyKey(tenantId, id)))
+        .exec();
+    },
+  };
+}

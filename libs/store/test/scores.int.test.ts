@@ -1,0 +1,150 @@
+import type { ScoredDevice } from '@urs/contracts';
+import { createPublishedStore, createScoreStore, createBulkVulnerabilityCache } from '@urs/store';
+import { createTestRedis, type TestRedis } from '@urs/testkit';
+
+function device(deviceId: string, score: number, band: ScoredDevice['band']): ScoredDevice {
+  return {
+    deviceId,
+    computerDnsName: `${deviceId}.example`,
+    aadDeviceId: null,
+    lastIpAddress: null,
+    lastExternalIpAddress: null,
+    ipAddresses: [],
+    machineTags: [],
+    rbacGroupName: null,
+    score,
+    band,
+    criticalScore: 0,
+    operationalScore: 0,
+    contributions: [],
+    missing: [],
+    signals: {},
+    profileHash: 'h',
+    vulnerabilities: null,
+  };
+}
+
+const cycle = (cycleId: string, startedAt: string) => ({
+  cycleId,
+  cycleStartedAt: startedAt,
+  collectedAt: startedAt,
+  scoredAt: startedAt,
+});
+
+describe('createScoreStore', () => {
+  let redis: TestRedis;
+  beforeEach(() => {
+    redis = createTestRedis();
+  });
+  afterEach(async () => {
+    await redis.close();
+  });
+
+  it('saveScores should never let an older or redelivered cycle overwrite a newer score', async () => {
+    const scores = createScoreStore(redis.client, redis.prefix, { historyLength: 3 });
+    const newer = cycle('c2', '2026-01-01T10:10:00.000Z');
+    const older = cycle('c1', '2026-01-01T10:00:00.000Z');
+    expect(await scores.saveScores('t', newer, [device('d1', 70, 'Suspicious')])).toEqual({ written: 1, skipped: [] });
+    expect(await scores.saveScores('t', older, [device('d1', 10, 'Trustworthy'), device('d2', 30, 'Low Risk')])).toEqual({
+      written: 1,
+      skipped: ['d1'],
+    });
+    expect(await scores.saveScores('t', newer, [device('d1', 70, 'Suspicious')])).toEqual({ written: 0, skipped: ['d1'] });
+    expect((await scores.getDeviceScore('t', 'd1'))?.device.score).toBe(70);
+    expect((await scores.getDeviceScore('t', 'd1'))?.cycleId).toBe('c2');
+    expect((await scores.history('t', 'd1')).map((s) => s.cycleId)).toEqual(['c2']);
+  });
+
+  it('history should keep the newest scores first up to its length', async () => {
+    const scores = createScoreStore(redis.client, redis.prefix, { historyLength: 2 });
+    for (let minute = 0; minute < 4; minute++) {
+      await scores.saveScores('t', cycle(`c${minute}`, `2026-01-01T10:0${minute}:00.000Z`), [device('d1', minute, 'Trustworthy')]);
+    }
+    expect((await scores.history('t', 'd1')).map((s) => s.device.score)).toEqual([3, 2]);
+  });
+
+  it('listDeviceScores should filter by band and page by device id', async () => {
+    const scores = createScoreStore(redis.client, redis.prefix);
+    await scores.saveScores('t', cycle('c1', '2026-01-01T10:00:00.000Z'), [
+      device('b', 90, 'High Risk'),
+      device('a', 85, 'High Risk'),
+      device('c', 5, 'Trustworthy'),
+    ]);
+    const high = await scores.listDeviceScores('t', { band: 'High Risk' });
+    expect(high.total).toBe(2);
+    expect(high.items.map((s) => s.device.deviceId)).toEqual(['a', 'b']);
+    const page = await scores.listDeviceScores('t', { limit: 1, offset: 1 });
+    expect(page).toMatchObject({ total: 3, items: [{ device: { deviceId: 'b' } }] });
+    await scores.remove('t', ['a']);
+    expect(await scores.getDeviceScore('t', 'a')).toBeNull();
+    expect((await scores.listDeviceScores('t')).total).toBe(2);
+  });
+});
+
+describe('createPublishedStore', () => {
+  let redis: TestRedis;
+  beforeEach(() => {
+    redis = createTestRedis();
+  });
+  afterEach(async () => {
+    await redis.close();
+  });
+
+  it('changed should list only new devices and changed scores, never a stale one', async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const first = [
+      { deviceId: 'd1', score: 10, band: 'Trustworthy' },
+      { deviceId: 'd2', score: 50, band: 'Moderate Risk' },
+    ];
+    expect(await published.changed('t', 1000, first)).toEqual(first);
+    await published.commit('t', 1000, first);
+    const second = [
+      { deviceId: 'd1', score: 10, band: 'Trustworthy' },
+      { deviceId: 'd2', score: 55, band: 'Moderate Risk' },
+    ];
+    expect(await published.changed('t', 2000, second)).toEqual([second[1]]);
+    await published.commit('t', 2000, second);
+    expect(await published.changed('t', 1000, [{ deviceId: 'd2', score: 50, band: 'Moderate Risk' }])).toEqual([]);
+    await published.commit('t', 1000, [{ deviceId: 'd2', score: 50, band: 'Moderate Risk' }]);
+    expect(await published.get('t', 'd2')).toEqual({ score: 55, band: 'Moderate Risk', publishedCycleAt: 2000, seenCycleAt: 2000 });
+    expect(await published.get('t', 'd1')).toEqual({ score: 10, band: 'Trustworthy', publishedCycleAt: 2000, seenCycleAt: 2000 });
+  });
+
+  it('completeCycle should number a cycle once and name devices absent from the last N completed cycles', async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const d = (deviceId: string) => ({ deviceId, score: 1, band: 'Trustworthy' });
+    await published.commit('t', 1000, [d('stay'), d('leave')]);
+    expect(await published.completeCycle('t', 'c1', 1000, 2)).toEqual({ sequence: 1, gone: [] });
+    await published.commit('t', 2000, [d('stay')]);
+    expect(await published.completeCycle('t', 'c2', 2000, 2)).toEqual({ sequence: 2, gone: [] });
+    expect(await published.completeCycle('t', 'c2', 2000, 2)).toEqual({ sequence: 2, gone: [] });
+    await published.commit('t', 3000, [d('stay')]);
+    expect(await published.completeCycle('t', 'c3', 3000, 2)).toEqual({ sequence: 3, gone: ['leave'] });
+    await published.forget('t', ['leave']);
+    expect(await published.seenIn('t', 3000)).toEqual(['stay']);
+  });
+});
+
+describe('createBulkVulnerabilityCache', () => {
+  let redis: TestRedis;
+  beforeEach(() => {
+    redis = createTestRedis();
+  });
+  afterEach(async () => {
+    await redis.close();
+  });
+
+  it('claim should admit one fetcher and read should serve the saved summaries', async () => {
+    const cache = createBulkVulnerabilityCache(redis.client, redis.prefix);
+    expect(await cache.claim('t', 'c1', 'a', 10_000)).toBe(true);
+    expect(await cache.claim('t', 'c1', 'b', 10_000)).toBe(false);
+    expect(await cache.state('t', 'c1')).toEqual({ state: 'pending', owner: 'a' });
+    const summary = { criticalCveCount: 1, totalCveCount: 2, maxCvss: 9.8, cvssThreshold: 9, topCveIds: ['CVE-1', 'CVE-2'] };
+    await cache.save('t', 'c1', new Map([['d1', summary]]), '2026-01-01T10:00:00.000Z');
+    expect(await cache.state('t', 'c1')).toEqual({ state: 'ready', collectedAt: '2026-01-01T10:00:00.000Z' });
+    expect(await cache.claim('t', 'c1', 'b', 10_000)).toBe(false);
+    expect(await cache.read('t', 'c1', ['d1', 'd2'])).toEqual(new Map([['d1', summary], ['d2', undefined]]));
+    await cache.fail('t', 'c2', { code: 'X', message: 'no' });
+    expect(await cache.state('t', 'c2')).toEqual({ state: 'failed', code: 'X', message: 'no' });
+  });
+});
