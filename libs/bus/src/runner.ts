@@ -25,6 +25,11 @@ export interface InboundMessage<T> {
   headers: IHeaders;
   /** Broker timestamp, epoch milliseconds. */
   timestamp: number;
+  /**
+   * Keeps the consumer's group membership alive during a long handler (KafkaJS heartbeats only when
+   * asked). Cheap to call often: KafkaJS sends at most one heartbeat per heartbeat interval.
+   */
+  heartbeat?: () => Promise<void>;
 }
 
 export type MessageHandler<T> = (message: InboundMessage<T>) => Promise<void>;
@@ -179,7 +184,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     const started = process.hrtime.bigint();
     let inbound: InboundMessage<unknown>;
     try {
-      inbound = { ...decode(topic, message), partition: payload.batch.partition };
+      inbound = { ...decode(topic, message), partition: payload.batch.partition, heartbeat: () => payload.heartbeat() };
     } catch (error) {
       await deadLetter(payload, message, error);
       handled.inc({ topic, outcome: 'dead-lettered' });
