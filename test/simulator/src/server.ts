@@ -103,10 +103,34 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     if (tenantId) bump((stats.callsByTenant[tenantId] ??= {}), kind);
   };
 
+  // A request stops being in flight the moment its answer is handed over (res.end) or its socket
+  // dies, whichever comes first; 'close' alone fires a tick late, after the client may already have
+  // read the answer and asked for stats.
+  const doneHooks = new WeakMap<ServerResponse, (() => void)[]>();
+  const trackDone = (res: ServerResponse): void => {
+    const hooks: (() => void)[] = [];
+    doneHooks.set(res, hooks);
+    let done = false;
+    const finish = (): void => {
+      if (done) return;
+      done = true;
+      for (const hook of hooks) hook();
+    };
+    const end = res.end.bind(res) as (...args: unknown[]) => ServerResponse;
+    res.end = ((...args: unknown[]) => {
+      finish();
+      return end(...args);
+    }) as typeof res.end;
+    res.once('close', finish);
+  };
+  const onDone = (res: ServerResponse, hook: () => void): void => {
+    doneHooks.get(res)?.push(hook);
+  };
+
   const enterTenant = (res: ServerResponse, tenantId: string): void => {
     const now = bump(stats.inFlightByTenant, tenantId);
     if (now > (stats.peakConcurrencyByTenant[tenantId] ?? 0)) stats.peakConcurrencyByTenant[tenantId] = now;
-    res.once('close', () => {
+    onDone(res, () => {
       stats.inFlightByTenant[tenantId] = Math.max(0, (stats.inFlightByTenant[tenantId] ?? 1) - 1);
     });
   };
@@ -274,9 +298,10 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       handleControl(control, req, res, url).catch((err: unknown) => sendJson(res, 500, { error: String(err) }));
       return;
     }
+    trackDone(res);
     stats.inFlight++;
     if (stats.inFlight > stats.peakConcurrency) stats.peakConcurrency = stats.inFlight;
-    res.once('close', () => {
+    onDone(res, () => {
       stats.inFlight--;
     });
     const work = url.pathname.startsWith('/api/')

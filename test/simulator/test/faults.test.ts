@@ -1,0 +1,68 @@
+import { startSimulator, type Simulator } from '@urs/simulator';
+import { CLIENT_ID, getToken, request, SECRET, TENANT } from './helpers';
+
+const CALM_TENANT = 'aaaaaaaa-aaaa-4bbb-8ccc-00000000000a';
+
+describe('fault injection', () => {
+  let sim: Simulator;
+  let token: string;
+
+  beforeAll(async () => {
+    sim = await startSimulator({ quotas: false });
+    sim.addTenant({ azureTenantId: TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }], fleet: { size: 40 } });
+    sim.addTenant({ azureTenantId: CALM_TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }], fleet: { size: 5 } });
+    token = await getToken(sim);
+  });
+
+  afterEach(() => sim.setFaults(TENANT, {}));
+  afterAll(() => sim.close());
+
+  test('status5xxRate should answer 500 or 503 with the MDE error body, for that tenant only', async () => {
+    sim.setFaults(TENANT, { status5xxRate: 1 });
+    const reply = await request(sim, '/api/machines?$top=10', { token });
+    expect([500, 503]).toContain(reply.status);
+    expect(reply.json.error.code).toMatch(/^(InternalServerError|ServiceUnavailable)$/);
+    const calm = await getToken(sim, CALM_TENANT);
+    expect((await request(sim, '/api/machines?$top=10', { token: calm })).status).toBe(200);
+    expect(sim.stats().faultsByKind['5xx']).toBeGreaterThanOrEqual(1);
+  });
+
+  test('resetRate should destroy the connection', async () => {
+    sim.setFaults(TENANT, { resetRate: 1 });
+    await expect(request(sim, '/api/machines?$top=10', { token })).rejects.toThrow(/socket hang up|ECONNRESET/);
+  });
+
+  test('timeoutRate should never answer, and close() should still end the request', async () => {
+    sim.setFaults(TENANT, { timeoutRate: 1 });
+    await expect(request(sim, '/api/machines?$top=10', { token, timeoutMs: 300 })).rejects.toThrow('client timeout');
+
+    const other = await startSimulator();
+    other.addTenant({ azureTenantId: TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }], fleet: { size: 3 } });
+    other.setFaults('*', { timeoutRate: 1 });
+    const pending = request(other, '/api/machines', { token: await getToken(other), timeoutMs: 60_000 });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(other.stats().inFlight).toBe(1);
+    await other.close();
+    await expect(pending).rejects.toThrow(/socket hang up|ECONNRESET/);
+  });
+
+  test('malformedRate should answer 200 with JSON that does not parse', async () => {
+    sim.setFaults(TENANT, { malformedRate: 1 });
+    const reply = await request(sim, '/api/machines?$top=10', { token });
+    expect(reply.status).toBe(200);
+    expect(() => JSON.parse(reply.text)).toThrow();
+  });
+
+  test('shortPageRate should return a short page while more devices remain', async () => {
+    sim.setFaults(TENANT, { shortPageRate: 1 });
+    const first = await request(sim, '/api/machines?$top=10&$skip=0', { token });
+    expect(first.json.value).toHaveLength(5);
+    const last = await request(sim, '/api/machines?$top=10&$skip=30', { token });
+    expect(last.json.value).toHaveLength(10);
+    expect(sim.stats().faultsByKind.shortPage).toBeGreaterThanOrEqual(1);
+  });
+
+  test('setFaults should reject rates outside 0..1', () => {
+    expect(() => sim.setFaults(TENANT, { resetRate: 2 })).toThrow('faults.resetRate must be a number between 0 and 1');
+  });
+});

@@ -1,0 +1,43 @@
+import https from 'node:https';
+import { startSimulator, type Simulator } from '@urs/simulator';
+import { CLIENT_ID, getToken, request, SECRET, TENANT } from './helpers';
+
+describe('call statistics', () => {
+  let sim: Simulator;
+
+  beforeAll(async () => {
+    sim = await startSimulator({ quotas: false, latency: { meanMs: 400, jitterMs: 20 } });
+    sim.addTenant({ azureTenantId: TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }], fleet: { size: 30 } });
+  });
+
+  afterAll(() => sim.close());
+
+  test('stats should count calls per endpoint and tenant and the peak concurrency', async () => {
+    const token = await getToken(sim);
+    sim.resetStats();
+    const agent = new https.Agent({ ca: sim.caPem, keepAlive: true, maxSockets: 7 });
+    const ids = sim.machines(TENANT).map((m) => m.id).slice(0, 20);
+    const fetchOne = (id: string) =>
+      new Promise<number>((resolve, reject) =>
+        https
+          .get(`${sim.baseUrl}/api/machines/${id}/vulnerabilities`, { agent, headers: { authorization: `Bearer ${token}` } }, (res) => {
+            res.resume();
+            res.on('end', () => resolve(res.statusCode ?? 0));
+          })
+          .on('error', reject),
+      );
+    const statuses = await Promise.all(ids.map(fetchOne));
+    agent.destroy();
+    expect(statuses.every((s) => s === 200)).toBe(true);
+    await request(sim, '/api/machines?$top=5', { token });
+    const stats = sim.stats();
+    expect(stats.calls).toEqual({ vulnerabilities: 20, machines: 1 });
+    expect(stats.callsByTenant[TENANT]).toEqual({ vulnerabilities: 20, machines: 1 });
+    // Seven sockets each hold one ~400 ms request, so exactly seven overlap.
+    expect(stats.peakConcurrency).toBe(7);
+    expect(stats.peakConcurrencyByTenant[TENANT]).toBe(7);
+    expect(stats.inFlight).toBe(0);
+    sim.resetStats();
+    expect(sim.stats()).toMatchObject({ calls: {}, peakConcurrency: 0, throttled: 0, faultsInjected: 0 });
+  });
+});
