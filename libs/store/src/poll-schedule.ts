@@ -1,0 +1,123 @@
+import type Redis from 'ioredis';
+
+/**
+ * A poller's hold on one tenant while it runs a cycle. `token` is the fencing token: unique per
+ * acquisition (a per-tenant counter plus the holder's id), so a holder whose lease expired (a long GC
+ * pause, a Redis flush) can never renew, release or write the schedule of the next holder.
+ */
+export interface PollLease {
+  tenantId: string;
+  token: string;
+}
+
+/** Where a tenant's polling stands, shared by every poller replica. Times are epoch milliseconds. */
+export interface PollSchedule {
+  /** When the last cycle started (the next one is due one poll interval later). */
+  lastStartedAt?: number;
+  /** Not before this time (a backoff after an authentication failure or throttling). */
+  notBefore?: number;
+  /** Consecutive failed cycles (drives the backoff). */
+  failures: number;
+  /** Set while a cycle runs; still set when its lease expired means the holder died mid-cycle. */
+  runningCycleId?: string;
+}
+
+export interface PollScheduleStore {
+  /** Takes the tenant's lease for `leaseMs` unless someone holds it; null when taken. */
+  acquire(tenantId: string, holderId: string, leaseMs: number): Promise<PollLease | null>;
+  /** Extends the lease; false when it was lost (expired and maybe taken by another holder). */
+  renew(lease: PollLease, leaseMs: number): Promise<boolean>;
+  /** Gives the lease back (only if still held: compare-and-delete). */
+  release(lease: PollLease): Promise<boolean>;
+  get(tenantId: string): Promise<PollSchedule>;
+  /** Records a cycle's start, fenced: false (and nothing written) when the lease was lost. */
+  begin(lease: PollLease, cycleId: string, startedAt: number): Promise<boolean>;
+  /**
+   * Records a cycle's end, fenced: clears the running cycle, sets the failure count and the backoff
+   * (`notBefore` null clears it).
+   */
+  end(lease: PollLease, outcome: { failures: number; notBefore: number | null }): Promise<boolean>;
+  /** Forgets a deleted tenant's schedule (a re-registration then polls at once). */
+  clear(tenantId: string): Promise<void>;
+}
+
+// KEYS[1] lease, KEYS[2] fence counter; ARGV: holder id, lease ms.
+const ACQUIRE = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local fence = redis.call('INCR', KEYS[2])
+local token = fence .. ':' .. ARGV[1]
+redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+return token`;
+
+// KEYS[1] lease; ARGV: token, lease ms.
+const RENEW = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1`;
+
+// KEYS[1] lease; ARGV: token.
+const RELEASE = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1`;
+
+// KEYS[1] lease, KEYS[2] schedule hash; ARGV: token, then field/value pairs to set, '--', fields to delete.
+const FENCED_WRITE = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local i = 2
+while ARGV[i] ~= '--' do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+for j = i + 1, #ARGV do redis.call('HDEL', KEYS[2], ARGV[j]) end
+return 1`;
+
+/**
+ * Per-tenant poll leases and schedules: `{prefix}poll-lease:{tenantId}` (string, PX), `{prefix}poll-fence:{tenantId}`
+ * (counter) and `{prefix}poll-schedule:{tenantId}` (hash). Every write of the schedule is fenced by the lease.
+ */
+export function createPollScheduleStore(redis: Redis, prefix: string): PollScheduleStore {
+  const leaseKey = (tenantId: string): string => `${prefix}poll-lease:${tenantId}`;
+  const fenceKey = (tenantId: string): string => `${prefix}poll-fence:${tenantId}`;
+  const scheduleKey = (tenantId: string): string => `${prefix}poll-schedule:${tenantId}`;
+
+  async function fencedWrite(lease: PollLease, set: Record<string, string>, del: string[]): Promise<boolean> {
+    const args = [lease.token, ...Object.entries(set).flat(), '--', ...del];
+    const written = await redis.eval(FENCED_WRITE, 2, leaseKey(lease.tenantId), scheduleKey(lease.tenantId), ...args);
+    return written === 1;
+  }
+
+  return {
+    async acquire(tenantId, holderId, leaseMs) {
+      const token = await redis.eval(ACQUIRE, 2, leaseKey(tenantId), fenceKey(tenantId), holderId, String(leaseMs));
+      return typeof token === 'string' ? { tenantId, token } : null;
+    },
+    async renew(lease, leaseMs) {
+      return (await redis.eval(RENEW, 1, leaseKey(lease.tenantId), lease.token, String(leaseMs))) === 1;
+    },
+    async release(lease) {
+      return (await redis.eval(RELEASE, 1, leaseKey(lease.tenantId), lease.token)) === 1;
+    },
+    async get(tenantId) {
+      const fields = await redis.hgetall(scheduleKey(tenantId));
+      const schedule: PollSchedule = { failures: Number(fields['failures'] ?? 0) };
+      if (fields['lastStartedAt'] !== undefined) schedule.lastStartedAt = Number(fields['lastStartedAt']);
+      if (fields['notBefore'] !== undefined) schedule.notBefore = Number(fields['notBefore']);
+      if (fields['runningCycleId'] !== undefined) schedule.runningCycleId = fields['runningCycleId'];
+      return schedule;
+    },
+    begin(lease, cycleId, startedAt) {
+      return fencedWrite(lease, { lastStartedAt: String(startedAt), runningCycleId: cycleId }, []);
+    },
+    end(lease, outcome) {
+      const set: Record<string, string> = { failures: String(outcome.failures) };
+      const del = ['runningCycleId'];
+      if (outcome.notBefore === null) del.push('notBefore');
+      else set['notBefore'] = String(outcome.notBefore);
+      return fencedWrite(lease, set, del);
+    },
+    async clear(tenantId) {
+      await redis.del(scheduleKey(tenantId));
+    },
+  };
+}

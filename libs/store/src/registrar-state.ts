@@ -1,0 +1,65 @@
+import type Redis from 'ioredis';
+
+/** The registrar's own bookkeeping: tenant revisions, Director's last generation, the rebuild marker. */
+export interface RegistrarStateStore {
+  /**
+   * The next revision of a tenant's record: max(Redis server time in ms, last revision + 1, `floor` + 1),
+   * assigned atomically. Every registrar replica gets a distinct, increasing number (one clock: Redis's),
+   * and after a Redis wipe new revisions still exceed the old ones (they were time-based too), so a write
+   * made before the rebuild finished is not shadowed by an older record.
+   */
+  nextRevision(tenantId: string, floor?: number): Promise<number>;
+  /** Raises the tenant's revision counter to at least `revision` (rebuild from urs.tenants). */
+  observeRevision(tenantId: string, revision: number): Promise<void>;
+  /** The last Director generation applied, or -1. */
+  lastGeneration(): Promise<number>;
+  /** Records `generation` as applied unless a higher one already is. */
+  observeGeneration(generation: number): Promise<void>;
+  /** Whether Redis was filled from urs.tenants since it last came up empty. */
+  isRebuilt(): Promise<boolean>;
+  markRebuilt(at: Date): Promise<void>;
+}
+
+// KEYS[1] revision counter; ARGV: floor.
+const NEXT_REVISION = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[1])
+local nextRevision = math.max(now, current + 1, floor + 1)
+redis.call('SET', KEYS[1], string.format('%.0f', nextRevision))
+return string.format('%.0f', nextRevision)`;
+
+// KEYS[1] counter; ARGV: value. Sets the counter to max(counter, value).
+const RAISE = `
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1`;
+
+/** Keys: `{prefix}tenant-revision:{id}`, `{prefix}director-generation`, `{prefix}tenants-rebuilt`. */
+export function createRegistrarStateStore(redis: Redis, prefix: string): RegistrarStateStore {
+  const revisionKey = (tenantId: string): string => `${prefix}tenant-revision:${tenantId}`;
+  const generationKey = `${prefix}director-generation`;
+  const rebuiltKey = `${prefix}tenants-rebuilt`;
+  return {
+    async nextRevision(tenantId, floor = 0) {
+      return Number(await redis.eval(NEXT_REVISION, 1, revisionKey(tenantId), String(floor)));
+    },
+    async observeRevision(tenantId, revision) {
+      await redis.eval(RAISE, 1, revisionKey(tenantId), String(revision));
+    },
+    async lastGeneration() {
+      const value = await redis.get(generationKey);
+      return value === null ? -1 : Number(value);
+    },
+    async observeGeneration(generation) {
+      await redis.eval(RAISE, 1, generationKey, String(generation));
+    },
+    async isRebuilt() {
+      return (await redis.exists(rebuiltKey)) === 1;
+    },
+    async markRebuilt(at) {
+      await redis.set(rebuiltKey, at.toISOString());
+    },
+  };
+}

@@ -1,0 +1,57 @@
+import { createPollScheduleStore } from '@urs/store';
+import { createTestRedis, type TestRedis } from '@urs/testkit';
+
+describe('createPollScheduleStore', () => {
+  let redis: TestRedis;
+  beforeEach(() => {
+    redis = createTestRedis();
+  });
+  afterEach(async () => {
+    await redis.close();
+  });
+
+  it('acquire should give the lease to one holder at a time', async () => {
+    const store = createPollScheduleStore(redis.client, redis.prefix);
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => store.acquire('acme', `holder-${i}`, 5_000)),
+    );
+    expect(results.filter((lease) => lease !== null)).toHaveLength(1);
+  });
+
+  it('acquire should hand the lease over once it expires, with a new fencing token', async () => {
+    const store = createPollScheduleStore(redis.client, redis.prefix);
+    const first = await store.acquire('acme', 'a', 100);
+    expect(first).not.toBeNull();
+    expect(await store.acquire('acme', 'b', 100)).toBeNull();
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    const second = await store.acquire('acme', 'b', 5_000);
+    expect(second).not.toBeNull();
+    expect(second?.token).not.toEqual(first?.token);
+    // The stale holder can neither renew, release nor write the schedule.
+    expect(await store.renew(first!, 5_000)).toBe(false);
+    expect(await store.release(first!)).toBe(false);
+    expect(await store.begin(first!, 'c-stale', 1)).toBe(false);
+    expect((await store.get('acme')).runningCycleId).toBeUndefined();
+    expect(await store.renew(second!, 5_000)).toBe(true);
+  });
+
+  it('release should free the lease for the next holder', async () => {
+    const store = createPollScheduleStore(redis.client, redis.prefix);
+    const lease = await store.acquire('acme', 'a', 5_000);
+    expect(await store.release(lease!)).toBe(true);
+    expect(await store.acquire('acme', 'b', 5_000)).not.toBeNull();
+  });
+
+  it('begin and end should record the cycle and the backoff under the lease', async () => {
+    const store = createPollScheduleStore(redis.client, redis.prefix);
+    const lease = (await store.acquire('acme', 'a', 5_000))!;
+    expect(await store.begin(lease, 'acme-1', 1_000)).toBe(true);
+    expect(await store.get('acme')).toEqual({ failures: 0, lastStartedAt: 1_000, runningCycleId: 'acme-1' });
+    expect(await store.end(lease, { failures: 2, notBefore: 9_000 })).toBe(true);
+    expect(await store.get('acme')).toEqual({ failures: 2, lastStartedAt: 1_000, notBefore: 9_000 });
+    expect(await store.end(lease, { failures: 0, notBefore: null })).toBe(true);
+    expect(await store.get('acme')).toEqual({ failures: 0, lastStartedAt: 1_000 });
+    await store.clear('acme');
+    expect(await store.get('acme')).toEqual({ failures: 0 });
+  });
+});

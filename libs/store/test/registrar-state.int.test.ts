@@ -1,0 +1,55 @@
+import { createRegistrarStateStore } from '@urs/store';
+import { createTestRedis, type TestRedis } from '@urs/testkit';
+
+describe('createRegistrarStateStore', () => {
+  let redis: TestRedis;
+  beforeEach(() => {
+    redis = createTestRedis();
+  });
+  afterEach(async () => {
+    await redis.close();
+  });
+
+  it('nextRevision should hand out distinct increasing revisions to concurrent callers', async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    const revisions = await Promise.all(Array.from({ length: 50 }, () => store.nextRevision('acme')));
+    expect(new Set(revisions).size).toBe(50);
+    const next = await store.nextRevision('acme');
+    expect(next).toBeGreaterThan(Math.max(...revisions));
+    expect(Number.isSafeInteger(next)).toBe(true);
+  });
+
+  it('nextRevision should stay above a floor and an observed revision', async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    const far = Date.now() + 10 * 24 * 3_600_000;
+    expect(await store.nextRevision('acme', far)).toBe(far + 1);
+    await store.observeRevision('other', far + 100);
+    expect(await store.nextRevision('other')).toBe(far + 101);
+  });
+
+  it('nextRevision should exceed earlier revisions after the counters were wiped', async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    const before = await store.nextRevision('acme');
+    await redis.cleanup();
+    expect(await store.nextRevision('acme')).toBeGreaterThan(before);
+  });
+
+  it('observeGeneration should keep the highest generation', async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    expect(await store.lastGeneration()).toBe(-1);
+    await store.observeGeneration(0);
+    expect(await store.lastGeneration()).toBe(0);
+    await store.observeGeneration(7);
+    await store.observeGeneration(3);
+    expect(await store.lastGeneration()).toBe(7);
+  });
+
+  it('markRebuilt should be remembered until Redis is wiped', async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    expect(await store.isRebuilt()).toBe(false);
+    await store.markRebuilt(new Date());
+    expect(await store.isRebuilt()).toBe(true);
+    await redis.cleanup();
+    expect(await store.isRebuilt()).toBe(false);
+  });
+});
