@@ -112,6 +112,9 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
   const consumer: Consumer = options.kafka.consumer({
     groupId: options.groupId,
     sessionTimeout: options.sessionTimeoutMs ?? 30_000,
+    // A fetch answers as soon as a message arrives, so this only bounds how long an idle fetch blocks
+    // disconnect() on shutdown (KafkaJS default: 5 s).
+    maxWaitTimeInMs: 1_000,
     allowAutoTopicCreation: false,
   });
   consumer.on(consumer.events.GROUP_JOIN, () => {
@@ -184,7 +187,11 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     const started = process.hrtime.bigint();
     let inbound: InboundMessage<unknown>;
     try {
-      inbound = { ...decode(topic, message), partition: payload.batch.partition, heartbeat: () => payload.heartbeat() };
+      inbound = {
+        ...decode(topic, message),
+        partition: payload.batch.partition,
+        heartbeat: () => payload.heartbeat(),
+      };
     } catch (error) {
       await deadLetter(payload, message, error);
       handled.inc({ topic, outcome: 'dead-lettered' });

@@ -1,0 +1,172 @@
+import type { Kafka } from 'kafkajs';
+import {
+  createConsumerRunner,
+  createPublisher,
+  type ConsumerRunner,
+  type InboundMessage,
+  type Publisher,
+} from '@urs/bus';
+import type { DeadLetter, TenantRecord } from '@urs/contracts';
+import { silentLogger } from '@urs/logging';
+import { UrsError, retryPolicy } from '@urs/resilience';
+import { Registry } from '@urs/telemetry';
+import { createTestKafka, createUniqueTopics, deleteTopics, uniqueId, waitFor } from '@urs/testkit';
+
+function tenantRecord(tenantId: string, revision = 1): TenantRecord {
+  return {
+    schemaVersion: 1,
+    tenantId,
+    revision,
+    updatedAt: new Date().toISOString(),
+    source: 'director',
+    enabled: true,
+    defender: {
+      azureTenantId: '8f2a3c1e-4b5d-4e6f-9a7b-0c1d2e3f4a5b',
+      clientId: '1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9',
+      clientSecret: { alg: 'A256GCM', keyId: 'k1', iv: 'aXY=', tag: 'dGFn', ciphertext: 'Y2lwaGVy' },
+      pollIntervalMinutes: 60,
+      cloud: 'commercial',
+      region: null,
+      riskProfile: null,
+    },
+  };
+}
+
+/** Reads every dead letter currently on the topic. */
+async function readDeadLetters(kafka: Kafka, topic: string, expected: number): Promise<DeadLetter[]> {
+  const letters: DeadLetter[] = [];
+  const consumer = kafka.consumer({ groupId: uniqueId('dlq-reader'), maxWaitTimeInMs: 500 });
+  await consumer.connect();
+  await consumer.subscribe({ topic, fromBeginning: true });
+  await consumer.run({
+    eachMessage: async ({ message }) => {
+      letters.push(JSON.parse(message.value?.toString('utf8') ?? 'null') as DeadLetter);
+    },
+  });
+  try {
+    await waitFor(() => letters.length >= expected, { timeoutMs: 20_000 });
+  } finally {
+    await consumer.disconnect();
+  }
+  return letters;
+}
+
+describe('createConsumerRunner', () => {
+  let kafka: Kafka;
+  let topics: string[];
+  let publisher: Publisher;
+  const runners: ConsumerRunner[] = [];
+
+  beforeAll(() => {
+    kafka = createTestKafka();
+  });
+
+  // A producer keeps every topic it ever wrote to in its metadata requests, and a deleted topic makes
+  // them fail: one publisher per test, closed before its topics are deleted.
+  beforeEach(async () => {
+    topics = await createUniqueTopics(kafka, [{ prefix: 'tenants', numPartitions: 2 }, { prefix: 'dlq' }]);
+    publisher = await createPublisher(kafka);
+  });
+
+  afterEach(async () => {
+    await Promise.all(runners.splice(0).map((runner) => runner.close()));
+    await publisher.close();
+    await deleteTopics(kafka, topics);
+  });
+
+  function start(
+    groupId: string,
+    handler: (message: InboundMessage<TenantRecord>) => Promise<void>,
+  ): ConsumerRunner {
+    const runner = createConsumerRunner({
+      kafka,
+      service: 'test',
+      groupId,
+      subscriptions: [
+        { topic: topics[0] as string, contract: 'urs/tenant-record', tombstones: true, handler },
+      ],
+      publisher,
+      dlqTopic: topics[1] as string,
+      logger: silentLogger,
+      metrics: new Registry({ processMetrics: false }),
+      retry: retryPolicy({ maxAttempts: 3, initialDelayMs: 10, maxDelayMs: 20 }),
+    });
+    runners.push(runner);
+    return runner;
+  }
+
+  it('should hand valid messages and tombstones to the handler and dead-letter poison, then go on', async () => {
+    const [topic, dlq] = topics as [string, string];
+    const seen: (string | null)[] = [];
+    await start(uniqueId('group'), async (message) => {
+      seen.push(message.value === null ? `deleted:${message.key}` : message.value.tenantId);
+    }).start();
+
+    const producer = kafka.producer();
+    await producer.connect();
+    await producer.send({
+      topic,
+      messages: [
+        { key: 'a', value: JSON.stringify(tenantRecord('a')), partition: 0 },
+        { key: 'b', value: '{"not": "closed"', partition: 0 },
+        { key: 'c', value: JSON.stringify({ ...tenantRecord('c'), revision: 0 }), partition: 0 },
+        { key: 'd', value: JSON.stringify(tenantRecord('d')), partition: 0 },
+        { key: 'a', value: null, partition: 0 },
+      ],
+    });
+    await producer.disconnect();
+
+    await waitFor(() => seen.length >= 3, { timeoutMs: 30_000 });
+    expect(seen).toEqual(['a', 'd', 'deleted:a']);
+    const letters = await readDeadLetters(kafka, dlq, 2);
+    expect(letters.map((letter) => [letter.key, letter.error.code, letter.offset])).toEqual([
+      ['b', 'MESSAGE_NOT_JSON', '1'],
+      ['c', 'CONTRACT_INVALID', '2'],
+    ]);
+    expect(letters[1]?.error.message).toContain('revision must be >= 1');
+    expect(letters[0]?.sourceTopic).toBe(topic);
+  });
+
+  it('should retry a retryable failure in place and dead-letter a non-retryable one', async () => {
+    const [topic, dlq] = topics as [string, string];
+    let attempts = 0;
+    const handled: string[] = [];
+    await start(uniqueId('group'), async (message) => {
+      const id = message.value?.tenantId ?? '';
+      if (id === 'flaky' && ++attempts < 3) throw new UrsError('REDIS_DOWN', 'not yet', { canRetry: true });
+      if (id === 'poison') throw new UrsError('PROFILE_INVALID', 'weights must total 100');
+      handled.push(id);
+    }).start();
+    await publisher.send(topic, 'urs/tenant-record', [
+      { key: 'x', value: tenantRecord('flaky') },
+      { key: 'x', value: tenantRecord('poison') },
+      { key: 'x', value: tenantRecord('after') },
+    ]);
+    await waitFor(() => handled.length >= 2, { timeoutMs: 30_000 });
+    expect(handled).toEqual(['flaky', 'after']);
+    expect(attempts).toBe(3);
+    const [letter] = await readDeadLetters(kafka, dlq, 1);
+    expect(letter?.error).toEqual({ code: 'PROFILE_INVALID', message: 'weights must total 100' });
+  });
+
+  it('should resume after a restart from the last committed offset without redelivering handled messages', async () => {
+    const [topic] = topics as [string, string];
+    const groupId = uniqueId('group');
+    const first: string[] = [];
+    const runner = start(groupId, async (message) => void first.push(message.value?.tenantId ?? ''));
+    await runner.start();
+    await publisher.send(topic, 'urs/tenant-record', [
+      { key: 'k', value: tenantRecord('one') },
+      { key: 'k', value: tenantRecord('two') },
+    ]);
+    await waitFor(() => first.length === 2, { timeoutMs: 30_000 });
+    await runner.close();
+
+    await publisher.send(topic, 'urs/tenant-record', [{ key: 'k', value: tenantRecord('three') }]);
+    const second: string[] = [];
+    await start(groupId, async (message) => void second.push(message.value?.tenantId ?? '')).start();
+    await waitFor(() => second.length >= 1, { timeoutMs: 30_000 });
+    expect(first).toEqual(['one', 'two']);
+    expect(second).toEqual(['three']);
+  });
+});

@@ -1,0 +1,2 @@
+export { startService, runService } from './service';
+export type { ServiceContext, ServiceParts, ServiceOptions, RunningService } from './service';

@@ -1,0 +1,154 @@
+import type Redis from 'ioredis';
+import type { Kafka } from 'kafkajs';
+import {
+  bootstrapTopics,
+  createKafka,
+  createPublisher,
+  topicSpecs,
+  type ConsumerRunner,
+  type Publisher,
+} from '@urs/bus';
+import { readInt, serviceConfig, type Env, type ServiceConfig } from '@urs/config';
+import { createLogger, type Logger } from '@urs/logging';
+import { closeAll, untilShutdownSignal, type Closer } from '@urs/resilience';
+import { closeRedis, createRedis } from '@urs/store';
+import { Registry, startHealthServer, type HealthServer } from '@urs/telemetry';
+
+/** What every service gets before its own parts are built. */
+export interface ServiceContext {
+  env: Env;
+  config: ServiceConfig;
+  logger: Logger;
+  metrics: Registry;
+  redis: Redis;
+  kafka: Kafka;
+  publisher: Publisher;
+}
+
+/** What a service's setup built. Runners are started by the runtime, and closed first on stop. */
+export interface ServiceParts {
+  runners?: ConsumerRunner[];
+  /** Started after the runners (e.g. a scheduler or an HTTP server); called once. */
+  start?: () => Promise<void>;
+  /** Closed after the runners and before the shared clients, in this order. */
+  closers?: Closer[];
+  /** Extra readiness beyond "every runner joined its group". */
+  isReady?: () => boolean;
+}
+
+export interface ServiceOptions {
+  /** The service name, as in logs and metrics. */
+  name: string;
+  /** /healthz, /readyz and /metrics port unless URS_METRICS_PORT says otherwise. */
+  defaultMetricsPort: number;
+  env?: Env;
+  setup: (context: ServiceContext) => Promise<ServiceParts>;
+}
+
+export interface RunningService {
+  context: ServiceContext;
+  health: HealthServer;
+  /** Stops intake, drains, closes every resource even if one fails. Idempotent. */
+  close(): Promise<void>;
+}
+
+/**
+ * Builds the shared clients, makes sure every topic exists, runs the service's setup, starts its
+ * runners and the health endpoints. The order of close is the reverse of dependency: runners (stop
+ * intake, finish in-flight work, commit), the service's own closers, the publisher, Redis, health.
+ */
+export async function startService(options: ServiceOptions): Promise<RunningService> {
+  const env = options.env ?? process.env;
+  const config = serviceConfig(env, options.name, options.defaultMetricsPort);
+  const logger = createLogger({ service: options.name, level: config.logLevel });
+  const metrics = new Registry();
+  const redis = createRedis(config.redis, { connectionName: config.kafka.clientId });
+  const kafka = createKafka(config.kafka, logger);
+  const closers: Closer[] = [];
+  let parts: ServiceParts = {};
+  let health: HealthServer | undefined;
+  let stopping = false;
+  try {
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      const partitions = readInt(env, 'URS_TOPIC_PARTITIONS', { fallback: 6, min: 1, max: 1000 });
+      const created = await bootstrapTopics(admin, topicSpecs(config.topics, partitions));
+      if (created.length > 0) logger.info('topics created', { topics: created });
+    } finally {
+      await admin.disconnect();
+    }
+    const publisher = await createPublisher(kafka);
+    closers.push({ name: 'publisher', close: () => publisher.close() });
+    const context: ServiceContext = { env, config, logger, metrics, redis, kafka, publisher };
+    parts = await options.setup(context);
+    const runners = parts.runners ?? [];
+    health = await startHealthServer({
+      port: config.metricsPort,
+      registry: metrics,
+      isReady: () => !stopping && runners.every((runner) => runner.isReady()) && (parts.isReady?.() ?? true),
+    });
+    for (const runner of runners) await runner.start();
+    await parts.start?.();
+    logger.info('started', { metricsPort: health.port });
+    let closing: Promise<void> | undefined;
+    const healthServer = health;
+    return {
+      context,
+      health: healthServer,
+      close() {
+        closing ??= (async () => {
+          stopping = true;
+          await shutdown(logger, [
+            ...runners.map((runner, index) => ({ name: `runner-${index}`, close: () => runner.close() })),
+            ...(parts.closers ?? []),
+            ...closers,
+            { name: 'redis', close: () => closeRedis(redis) },
+            { name: 'health', close: () => healthServer.close() },
+          ]);
+        })();
+        return closing;
+      },
+    };
+  } catch (error) {
+    await shutdown(logger, [
+      ...(parts.closers ?? []),
+      ...closers,
+      { name: 'redis', close: () => closeRedis(redis) },
+      ...(health ? [{ name: 'health', close: () => (health as HealthServer).close() }] : []),
+    ]);
+    throw error;
+  }
+}
+
+async function shutdown(logger: Logger, closers: Closer[]): Promise<void> {
+  await closeAll(closers, (name, error) => logger.error('close failed', { resource: name, error }));
+}
+
+/**
+ * A service's whole life, for `main.ts`: start, run until SIGTERM or SIGINT, stop gracefully within
+ * the configured time, and set the exit code. Start-up failures (a bad variable, no broker) exit 1
+ * with the reason.
+ */
+export async function runService(options: ServiceOptions): Promise<void> {
+  let service: RunningService;
+  try {
+    service = await startService(options);
+  } catch (error) {
+    process.stderr.write(
+      `${JSON.stringify({ level: 'error', service: options.name, message: 'start failed', error: { name: (error as Error).name, code: (error as { code?: unknown }).code, message: (error as Error).message } })}\n`,
+    );
+    process.exitCode = 1;
+    return;
+  }
+  const { logger, config } = service.context;
+  const signal = await untilShutdownSignal();
+  logger.info('stopping', { signal });
+  const timer = setTimeout(() => {
+    logger.error('graceful stop timed out, exiting', { shutdownTimeoutMs: config.shutdownTimeoutMs });
+    process.exit(1);
+  }, config.shutdownTimeoutMs);
+  timer.unref();
+  await service.close();
+  logger.info('stopped');
+}

@@ -1,0 +1,92 @@
+import { createConsumerRunner } from '@urs/bus';
+import { startService } from '@urs/runtime';
+import { createTestKafka, deleteTopics, testInfra, uniqueId, waitFor } from '@urs/testkit';
+
+describe('startService', () => {
+  it('should create every topic, become ready once its runners joined, and stop cleanly', async () => {
+    const prefix = `${uniqueId('svc')}.`;
+    const env = {
+      KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
+      REDIS_URL: testInfra().redisUrl,
+      URS_TOPIC_PREFIX: prefix,
+      URS_REDIS_PREFIX: `${prefix}:`,
+      URS_METRICS_PORT: '0',
+      URS_TOPIC_PARTITIONS: '1',
+      URS_LOG_LEVEL: 'error',
+    };
+    const handled: string[] = [];
+    const service = await startService({
+      name: 'test-service',
+      defaultMetricsPort: 0,
+      env,
+      setup: async (context) => ({
+        runners: [
+          createConsumerRunner({
+            kafka: context.kafka,
+            service: 'test-service',
+            groupId: uniqueId('group'),
+            subscriptions: [
+              {
+                topic: context.config.topics.tenants,
+                contract: 'urs/tenant-record',
+                tombstones: true,
+                handler: async (message) => void handled.push(message.key ?? ''),
+              },
+            ],
+            publisher: context.publisher,
+            dlqTopic: context.config.topics.dlq,
+            logger: context.logger,
+            metrics: context.metrics,
+          }),
+        ],
+      }),
+    });
+    const kafka = createTestKafka();
+    try {
+      const admin = kafka.admin();
+      await admin.connect();
+      const topics = (await admin.listTopics()).filter((topic) => topic.startsWith(prefix)).sort();
+      const config = await admin.describeConfigs({
+        includeSynonyms: false,
+        resources: [{ type: 2, name: `${prefix}vms.risk-scores`, configNames: ['cleanup.policy'] }],
+      });
+      await admin.disconnect();
+      expect(topics).toEqual(
+        [
+          'urs.device-batches',
+          'urs.device-scores',
+          'urs.devices-enriched',
+          'urs.dlq',
+          'urs.registration',
+          'urs.tenants',
+          'vms.risk-scores',
+          'vms.risk-summary',
+        ].map((name) => `${prefix}${name}`),
+      );
+      expect(config.resources[0]?.configEntries[0]?.configValue).toBe('compact');
+
+      const readyz = `http://127.0.0.1:${service.health.port}/readyz`;
+      await waitFor(async () => (await fetch(readyz)).status === 200, { timeoutMs: 20_000 });
+      await service.context.publisher.send(service.context.config.topics.tenants, 'urs/tenant-record', [
+        { key: 'gone', value: null },
+      ]);
+      await waitFor(() => handled.length === 1, { timeoutMs: 20_000 });
+      expect(handled).toEqual(['gone']);
+    } finally {
+      await service.close();
+      await deleteTopics(kafka, [
+        ...[
+          'urs.registration',
+          'urs.tenants',
+          'urs.device-batches',
+          'urs.devices-enriched',
+          'urs.device-scores',
+          'urs.dlq',
+          'vms.risk-scores',
+          'vms.risk-summary',
+        ].map((name) => `${prefix}${name}`),
+      ]);
+    }
+    await expect(fetch(`http://127.0.0.1:${service.health.port}/healthz`)).rejects.toThrow();
+  });
+});
