@@ -20,12 +20,12 @@ export const SIGNALS: readonly SignalName[] = [
  * One matched indicator: the explanation an admin reads. `value` is the indicator as the profile names it
  * (`High`, `NotOnboarded`, `gt14d`) or, for criticalCves, the number of critical CVEs. `assumed` is true
  * when the signal was missing and the `assume-worst` policy charged its worst indicator (then `value` is
- * that indicator, or null for criticalCves since no count is known).
+ * that indicator; for criticalCves, whose count is unknown, `maxPoints`, the cap it was charged).
  */
 export interface Contribution {
   readonly group: SignalGroup;
   readonly signal: SignalName;
-  readonly value: string | number | null;
+  readonly value: string | number;
   readonly points: number;
   readonly assumed: boolean;
 }
@@ -103,7 +103,7 @@ export class CompiledProfile {
     this.maxCvePoints = cves.maxPoints;
     // The most the signal can add: maxPoints, reached as soon as there are enough CVEs (never if a CVE is worth 0).
     const cveWorst = cves.pointsPerCve > 0 ? cves.maxPoints : 0;
-    this.criticalCvesWorst = freezeContribution('operational', 'criticalCves', null, cveWorst, true);
+    this.criticalCvesWorst = freezeContribution('operational', 'criticalCves', 'maxPoints', cveWorst, true);
   }
 }
 
@@ -192,7 +192,7 @@ function contribution(group: SignalGroup, signal: SignalName, value: string, poi
 function freezeContribution(
   group: SignalGroup,
   signal: SignalName,
-  value: string | null,
+  value: string,
   points: number,
   assumed: boolean,
 ): Contribution {

@@ -8,7 +8,7 @@ export { BANDS, bandOf } from './band';
 export type { Band } from './band';
 export { scoreDevice } from './score';
 export type { MachineRecord, ScoreResult, Signals, SignalObservation } from './score';
-export { summariseVulnerabilities, countCriticalCves } from './vulnerabilities';
+export { summariseVulnerabilities, countCriticalCves, TOP_CVE_IDS } from './vulnerabilities';
 export type {
   VulnerabilityRecord,
   VulnerabilitySummary,

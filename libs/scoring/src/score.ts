@@ -32,8 +32,8 @@ export interface MachineRecord {
 /** A signal as observed: the raw value read (null when absent or not a string/number) and when. */
 export interface SignalObservation {
   readonly value: string | number | null;
-  /** The machine record's `lastSeen` for its fields, the list's `fetchedAt` for criticalCves; null if unknown. */
-  readonly observedAt: string | null;
+  /** When: the machine record's `lastSeen` for its fields, the input's `fetchedAt` for criticalCves; null if unknown. */
+  readonly at: string | null;
 }
 
 /** `inactivity.value` is the whole days since lastSeen; `criticalCves.value` the count of critical CVEs. */
@@ -142,13 +142,13 @@ export function scoreDevice(
     contributions,
     missing,
     signals: {
-      riskScore: { value: observed(riskScore), observedAt },
-      exposureLevel: { value: observed(exposureLevel), observedAt },
-      avStatus: { value: observed(avStatus), observedAt },
-      onboarding: { value: observed(onboarding), observedAt },
-      healthStatus: { value: observed(healthStatus), observedAt },
-      inactivity: { value: days, observedAt },
-      criticalCves: { value: cves, observedAt: fetchedAtOf(vulnerabilities) },
+      riskScore: { value: observed(riskScore), at: observedAt },
+      exposureLevel: { value: observed(exposureLevel), at: observedAt },
+      avStatus: { value: observed(avStatus), at: observedAt },
+      onboarding: { value: observed(onboarding), at: observedAt },
+      healthStatus: { value: observed(healthStatus), at: observedAt },
+      inactivity: { value: days, at: observedAt },
+      criticalCves: { value: cves, at: fetchedAtOf(vulnerabilities) },
     },
     profileHash: p.hash,
   };

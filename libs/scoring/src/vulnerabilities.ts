@@ -14,28 +14,30 @@ export interface VulnerabilityRecord {
 }
 
 /**
- * What the vuln-fetcher hands the scorer instead of the full list: the critical CVEs under one threshold.
- * A device with hundreds of CVEs thus travels in a few hundred bytes, and still names the CVEs that
- * drove its score.
+ * What the vuln-fetcher hands the scorer instead of the full list (the `VulnerabilitySummary` of
+ * `@urs/contracts`, field for field): a device with hundreds of CVEs travels in a few hundred bytes and
+ * still names the CVEs that weigh most.
  */
 export interface VulnerabilitySummary {
-  /** Distinct CVE ids with cvssV3 ≥ cvssThreshold, sorted. */
-  criticalCveIds: string[];
-  /** `criticalCveIds.length`; the only field the model itself needs. */
+  /** Distinct CVE ids with cvssV3 ≥ cvssThreshold; the only field the model itself needs. */
   criticalCveCount: number;
   /** Distinct CVE ids of any score. */
-  cveCount: number;
+  totalCveCount: number;
   /** The highest cvssV3 among them, or null when none has a score. */
   maxCvss: number | null;
-  /** The threshold the ids were selected with; scoring refuses a summary made with another one. */
+  /** The threshold criticalCveCount was counted with; scoring refuses a summary made with another one. */
   cvssThreshold: number;
-  /** When the list was fetched (ISO 8601), kept as the criticalCves signal's timestamp. */
-  fetchedAt?: string;
+  /** Up to TOP_CVE_IDS distinct CVE ids, highest cvssV3 first (ties by id, unscored last). */
+  topCveIds: string[];
 }
 
+/** How many CVE ids a summary names. */
+export const TOP_CVE_IDS = 10;
+
 /**
- * The minimal form of the criticalCves signal: just the count (and, when known, the threshold it was
- * counted with and when). A VulnerabilitySummary is one of these.
+ * The minimal form of the criticalCves signal: just the count, and when known the threshold it was
+ * counted with and when the list was fetched (ISO 8601, kept as the signal's timestamp). A
+ * VulnerabilitySummary is one of these.
  */
 export interface CriticalCveCount {
   criticalCveCount: number;
@@ -109,34 +111,38 @@ export function countCriticalCves(vulnerabilities: readonly unknown[], cvssThres
 
 /**
  * Condenses a device's MDE vulnerability list into the summary the scorer needs, for one threshold (the
- * tenant profile's `operational.criticalCves.cvssThreshold`).
+ * tenant profile's `operational.criticalCves.cvssThreshold`). Throws a ScoringError naming the record for
+ * a malformed entry.
  */
 export function summariseVulnerabilities(
   vulnerabilities: readonly unknown[],
   cvssThreshold: number,
-  fetchedAt?: string,
 ): VulnerabilitySummary {
   if (!Array.isArray(vulnerabilities)) {
     throw new ScoringError('VULNERABILITY_INVALID', 'vulnerabilities: must be an array');
   }
-  const all = new Set<string>();
-  const critical = new Set<string>();
-  let maxCvss: number | null = null;
+  // Each distinct id with its highest score (NaN when it never has one).
+  const best = new Map<string, number>();
   vulnerabilities.forEach((record, i) => {
     const id = cveIdOf(record, i);
     const cvss = cvssOf(record as Record<string, unknown>, i);
-    all.add(id);
-    if (cvss >= cvssThreshold) critical.add(id);
-    if (cvss >= 0 && (maxCvss === null || cvss > maxCvss)) maxCvss = cvss;
+    const known = best.get(id);
+    if (known === undefined || cvss > known || (Number.isNaN(known) && !Number.isNaN(cvss)))
+      best.set(id, cvss);
   });
-  const criticalCveIds = [...critical].sort();
-  const summary: VulnerabilitySummary = {
-    criticalCveIds,
-    criticalCveCount: criticalCveIds.length,
-    cveCount: all.size,
-    maxCvss,
-    cvssThreshold,
-  };
-  if (fetchedAt !== undefined) summary.fetchedAt = fetchedAt;
-  return summary;
+  let criticalCveCount = 0;
+  let maxCvss: number | null = null;
+  for (const cvss of best.values()) {
+    if (cvss >= cvssThreshold) criticalCveCount += 1;
+    if (cvss >= 0 && (maxCvss === null || cvss > maxCvss)) maxCvss = cvss;
+  }
+  const topCveIds = [...best]
+    .sort(([idA, a], [idB, b]) => {
+      const scoreA = Number.isNaN(a) ? -1 : a;
+      const scoreB = Number.isNaN(b) ? -1 : b;
+      return scoreB - scoreA || (idA < idB ? -1 : idA > idB ? 1 : 0);
+    })
+    .slice(0, TOP_CVE_IDS)
+    .map(([id]) => id);
+  return { criticalCveCount, totalCveCount: best.size, maxCvss, cvssThreshold, topCveIds };
 }

@@ -133,7 +133,7 @@ describe('scoreDevice', () => {
         { group: 'critical', signal: 'riskScore', value: 'High', points: 100, assumed: false },
         { group: 'critical', signal: 'onboarding', value: 'NotOnboarded', points: 100, assumed: false },
       ]);
-      expect(result.signals.riskScore).toEqual({ value: 'hIgH', observedAt: machine().lastSeen });
+      expect(result.signals.riskScore).toEqual({ value: 'hIgH', at: machine().lastSeen });
       expect(result.signals.onboarding.value).toBe('CanBeOnboarded');
     });
 
@@ -309,18 +309,19 @@ describe('scoreDevice', () => {
     it('should treat vulnerabilities that could not be fetched (null or undefined) as missing', () => {
       expect(score({}, null).missing).toEqual(['criticalCves']);
       expect(scoreDevice(machine(), undefined, profile, NOW_MS).missing).toEqual(['criticalCves']);
-      expect(score({}, null).signals.criticalCves).toEqual({ value: null, observedAt: null });
+      expect(score({}, null).signals.criticalCves).toEqual({ value: null, at: null });
+      expect(score({}, []).signals.criticalCves).toEqual({ value: 0, at: null });
       expect(score({}, []).missing).toEqual([]);
     });
 
     it('should score a summary like the list it was made from, with its fetchedAt as the timestamp', () => {
       const list = [...criticalCves(3), vulnerability('CVE-1', 4), vulnerability('CVE-2024-1000', 9.8)];
-      const summary = summariseVulnerabilities(list, 9.0, '2024-01-10T11:00:00Z');
+      const summary = { ...summariseVulnerabilities(list, 9.0), fetchedAt: '2024-01-10T11:00:00Z' };
       const fromSummary = score({ riskScore: 'Medium' }, summary);
       const fromList = score({ riskScore: 'Medium' }, list);
       expect(fromSummary.score).toBe(fromList.score);
       expect(fromSummary.contributions).toEqual(fromList.contributions);
-      expect(fromSummary.signals.criticalCves).toEqual({ value: 3, observedAt: '2024-01-10T11:00:00Z' });
+      expect(fromSummary.signals.criticalCves).toEqual({ value: 3, at: '2024-01-10T11:00:00Z' });
       expect(score({}, { criticalCveCount: 2 }).signals.criticalCves.value).toBe(2);
     });
 
@@ -380,7 +381,7 @@ describe('scoreDevice', () => {
         { group: 'critical', signal: 'onboarding', value: 'NotOnboarded', points: 100, assumed: true },
         { group: 'operational', signal: 'healthStatus', value: 'Inactive', points: 60, assumed: true },
         { group: 'operational', signal: 'inactivity', value: 'gt14d', points: 100, assumed: true },
-        { group: 'operational', signal: 'criticalCves', value: null, points: 100, assumed: true },
+        { group: 'operational', signal: 'criticalCves', value: 'maxPoints', points: 100, assumed: true },
       ]);
       expect(result.score).toBe(100);
       expect(result.missing).toHaveLength(7);
@@ -396,7 +397,7 @@ describe('scoreDevice', () => {
       expect(result.contributions).toEqual([
         { group: 'critical', signal: 'exposureLevel', value: 'Medium', points: 45, assumed: true },
         { group: 'operational', signal: 'inactivity', value: 'lt1d', points: 0, assumed: false },
-        { group: 'operational', signal: 'criticalCves', value: null, points: 40, assumed: true },
+        { group: 'operational', signal: 'criticalCves', value: 'maxPoints', points: 40, assumed: true },
       ]);
       // C = 45, O = 40: (45 × 70 + 40 × 30 + 50) / 100 = 44
       expect(result.score).toBe(44);
@@ -421,16 +422,16 @@ describe('scoreDevice', () => {
       const lastSeen = '2024-01-08T11:04:02.1234567Z';
       const result = score(
         { riskScore: 'Low', lastSeen, defenderAvStatus: undefined },
-        summariseVulnerabilities(criticalCves(1), 9, NOW),
+        { ...summariseVulnerabilities(criticalCves(1), 9), fetchedAt: NOW },
       );
       expect(result.signals).toEqual({
-        riskScore: { value: 'Low', observedAt: lastSeen },
-        exposureLevel: { value: 'Low', observedAt: lastSeen },
-        avStatus: { value: null, observedAt: lastSeen },
-        onboarding: { value: 'Onboarded', observedAt: lastSeen },
-        healthStatus: { value: 'Active', observedAt: lastSeen },
-        inactivity: { value: 2, observedAt: lastSeen },
-        criticalCves: { value: 1, observedAt: NOW },
+        riskScore: { value: 'Low', at: lastSeen },
+        exposureLevel: { value: 'Low', at: lastSeen },
+        avStatus: { value: null, at: lastSeen },
+        onboarding: { value: 'Onboarded', at: lastSeen },
+        healthStatus: { value: 'Active', at: lastSeen },
+        inactivity: { value: 2, at: lastSeen },
+        criticalCves: { value: 1, at: NOW },
       });
     });
 

@@ -2,32 +2,49 @@ import { ScoringError, countCriticalCves, summariseVulnerabilities } from '@urs/
 import { vulnerability } from './fixtures';
 
 describe('summariseVulnerabilities', () => {
-  it('should list the distinct critical CVE ids sorted, with counts and the highest score', () => {
+  it('should count distinct critical CVEs and name the top ones, highest CVSS first', () => {
     const list = [
       vulnerability('CVE-2024-9', 9.8),
       vulnerability('CVE-2023-1', 9.0),
       vulnerability('CVE-2024-9', 9.8),
       vulnerability('CVE-2022-5', 8.99),
       vulnerability('CVE-2021-7', null),
+      vulnerability('CVE-2019-3', 9.0),
       { Id: 'CVE-2020-1', CvssV3: '10' },
     ];
-    expect(summariseVulnerabilities(list, 9.0, '2024-01-10T11:00:00Z')).toEqual({
-      criticalCveIds: ['CVE-2020-1', 'CVE-2023-1', 'CVE-2024-9'],
-      criticalCveCount: 3,
-      cveCount: 5,
+    expect(summariseVulnerabilities(list, 9.0)).toEqual({
+      criticalCveCount: 4,
+      totalCveCount: 6,
       maxCvss: 10,
       cvssThreshold: 9.0,
-      fetchedAt: '2024-01-10T11:00:00Z',
+      topCveIds: ['CVE-2020-1', 'CVE-2024-9', 'CVE-2019-3', 'CVE-2023-1', 'CVE-2022-5', 'CVE-2021-7'],
     });
+  });
+
+  it('should take the highest score of a CVE listed with several (and with none)', () => {
+    const list = [vulnerability('CVE-1', null), vulnerability('CVE-1', 8.0), vulnerability('CVE-1', 9.1)];
+    expect(summariseVulnerabilities(list, 9.0)).toMatchObject({
+      criticalCveCount: 1,
+      totalCveCount: 1,
+      maxCvss: 9.1,
+    });
+  });
+
+  it('should name at most 10 CVEs', () => {
+    const list = Array.from({ length: 25 }, (_, i) => vulnerability(`CVE-2024-${100 + i}`, i / 10 + 7));
+    const summary = summariseVulnerabilities(list, 9.0);
+    expect(summary.topCveIds).toHaveLength(10);
+    expect(summary.topCveIds[0]).toBe('CVE-2024-124');
+    expect(summary.criticalCveCount).toBe(5);
   });
 
   it('should summarise an empty list', () => {
     expect(summariseVulnerabilities([], 7)).toEqual({
-      criticalCveIds: [],
       criticalCveCount: 0,
-      cveCount: 0,
+      totalCveCount: 0,
       maxCvss: null,
       cvssThreshold: 7,
+      topCveIds: [],
     });
   });
 
