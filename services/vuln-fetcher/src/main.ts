@@ -1,1 +1,59 @@
-export {};
+import { readFileSync } from 'node:fs';
+import { createConsumerRunner } from '@urs/bus';
+import { createHttpsAgent, createRedisQuotaGate, createSharedLimiter } from '@urs/defender';
+import { runService } from '@urs/runtime';
+import { createSecretSealer } from '@urs/secrets';
+import { createBulkVulnerabilityCache, createTenantStore } from '@urs/store';
+import { vulnFetcherConfig } from './config';
+import { createEnrichHandler } from './handler';
+import { createDefenderSources } from './sources';
+
+void runService({
+  name: 'vuln-fetcher',
+  defaultMetricsPort: 9102,
+  async setup({ env, config, logger, metrics, redis, kafka, publisher }) {
+    const own = vulnFetcherConfig(env);
+    const prefix = config.redis.keyPrefix;
+    const limiter = await createSharedLimiter({ redis, keyPrefix: prefix, maxConcurrent: own.maxInFlight, logger });
+    const httpsAgent = createHttpsAgent(own.caFile ? { extraCa: readFileSync(own.caFile, 'utf8') } : {});
+    const sources = createDefenderSources({
+      sealer: createSecretSealer(own.secretKeys),
+      limiter,
+      quota: createRedisQuotaGate(redis, prefix),
+      httpsAgent,
+      overrides: own.defender,
+      logger,
+    });
+    const handler = createEnrichHandler({
+      tenants: createTenantStore(redis, prefix),
+      sources,
+      bulkCache: createBulkVulnerabilityCache(redis, prefix, own.bulkCacheTtlMs),
+      publisher,
+      topic: config.topics.devicesEnriched,
+      logger,
+      metrics,
+      concurrency: own.concurrency,
+      bulkWaitMs: own.bulkWaitMs,
+      bulkClaimMs: own.bulkClaimMs,
+    });
+    const runner = createConsumerRunner({
+      kafka,
+      service: 'vuln-fetcher',
+      groupId: own.groupId,
+      subscriptions: [{ topic: config.topics.deviceBatches, contract: 'urs/device-batch', handler }],
+      publisher,
+      dlqTopic: config.topics.dlq,
+      logger,
+      metrics,
+      partitionsConsumedConcurrently: own.partitionsConcurrency,
+    });
+    return {
+      runners: [runner],
+      closers: [
+        { name: 'defender-clients', close: async () => sources.close() },
+        { name: 'limiter', close: () => limiter.close() },
+        { name: 'https-agent', close: async () => httpsAgent.destroy() },
+      ],
+    };
+  },
+});

@@ -1,0 +1,38 @@
+import { defenderOverrides, readInt, readOptionalString, readString, secretKeyConfig, type DefenderOverrides, type Env, type SecretKeyConfig } from '@urs/config';
+
+export interface VulnFetcherConfig {
+  /** Consumer group of `urs.device-batches`. Env `URS_CONSUMER_GROUP`, default `{URS_TOPIC_PREFIX}urs.vuln-fetcher`. */
+  groupId: string;
+  secretKeys: SecretKeyConfig;
+  defender: DefenderOverrides;
+  /** PEM file of an extra CA to trust for Entra/MDE (a private test CA). Env `URS_DEFENDER_CA_FILE`, default none. */
+  caFile: string | undefined;
+  /** MDE calls in flight across every replica (the shared limiter). Env `URS_DEFENDER_MAX_IN_FLIGHT`, default 10. */
+  maxInFlight: number;
+  /** Per-device calls of one batch started at once. Env `URS_VULN_CONCURRENCY`, default 10. */
+  concurrency: number;
+  /** Partitions (tenant groups) handled at once. Env `URS_PARTITIONS_CONCURRENCY`, default 3. */
+  partitionsConcurrency: number;
+  /** How long a batch waits for its cycle's bulk export, ms. Env `URS_BULK_WAIT_MS`, default 600000. */
+  bulkWaitMs: number;
+  /** How long a bulk export claim holds if its holder dies, ms. Env `URS_BULK_CLAIM_MS`, default 300000. */
+  bulkClaimMs: number;
+  /** How long the bulk summaries of a cycle stay in Redis, ms. Env `URS_BULK_CACHE_TTL_MS`, default 7200000. */
+  bulkCacheTtlMs: number;
+}
+
+export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
+  const topicPrefix = readString(env, 'URS_TOPIC_PREFIX', '');
+  return {
+    groupId: readString(env, 'URS_CONSUMER_GROUP', `${topicPrefix}urs.vuln-fetcher`),
+    secretKeys: secretKeyConfig(env),
+    defender: defenderOverrides(env),
+    caFile: readOptionalString(env, 'URS_DEFENDER_CA_FILE'),
+    maxInFlight: readInt(env, 'URS_DEFENDER_MAX_IN_FLIGHT', { fallback: 10, min: 1, max: 100 }),
+    concurrency: readInt(env, 'URS_VULN_CONCURRENCY', { fallback: 10, min: 1, max: 100 }),
+    partitionsConcurrency: readInt(env, 'URS_PARTITIONS_CONCURRENCY', { fallback: 3, min: 1, max: 100 }),
+    bulkWaitMs: readInt(env, 'URS_BULK_WAIT_MS', { fallback: 600_000, min: 1_000 }),
+    bulkClaimMs: readInt(env, 'URS_BULK_CLAIM_MS', { fallback: 300_000, min: 1_000 }),
+    bulkCacheTtlMs: readInt(env, 'URS_BULK_CACHE_TTL_MS', { fallback: 7_200_000, min: 60_000 }),
+  };
+}

@@ -1,0 +1,239 @@
+import { randomUUID } from 'node:crypto';
+import type { MessageHandler, Publisher } from '@urs/bus';
+import type { DeviceBatch, EnrichedBatch, EnrichedDevice, Machine, TenantRecord } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import { errorCode, errorMessage, sleep } from '@urs/resilience';
+import type { BulkVulnerabilityCache, TenantStore } from '@urs/store';
+import type { Registry } from '@urs/telemetry';
+import { isTenantWideCode, isTenantWideFailure, type SourceProvider, type VulnerabilitySource } from './sources';
+import { emptySummary, summariseVulnerabilities } from './summarise';
+
+export interface EnrichHandlerDeps {
+  tenants: Pick<TenantStore, 'get' | 'updateStatus'>;
+  sources: SourceProvider;
+  bulkCache: BulkVulnerabilityCache;
+  publisher: Publisher;
+  /** `urs.devices-enriched`. */
+  topic: string;
+  logger: Logger;
+  metrics: Registry;
+  /** Per-device calls of one batch in flight at once (the shared limiter caps all replicas at 10). */
+  concurrency: number;
+  /** How long a batch waits for another replica's bulk export of its cycle, in milliseconds. */
+  bulkWaitMs: number;
+  /** How long a bulk export claim holds before another replica may take over, in milliseconds. */
+  bulkClaimMs: number;
+  /** Pause between two looks at another replica's bulk export, in milliseconds. */
+  bulkPollMs?: number;
+  now?: () => Date;
+}
+
+type FetchError = { code: string; message: string };
+
+interface Enrichment {
+  devices: EnrichedDevice[];
+  collectedAt: Date;
+}
+
+/** Tenant-wide failures remembered per cycle, so later batches of the cycle do not call again. */
+const REMEMBERED_FAILURES = 1000;
+
+/**
+ * Enriches a device batch with each device's vulnerability summary and emits it, keeping the batch's
+ * shape and cycle header. A device whose vulnerabilities cannot be fetched goes on with
+ * `vulnerabilities: null` and the reason: a missing signal never holds the cycle back. A failure of the
+ * tenant as a whole (credentials, consent) stops its calls for the cycle and is written to its status.
+ */
+export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<DeviceBatch> {
+  const now = deps.now ?? (() => new Date());
+  const owner = randomUUID();
+  const failedCycles = new Map<string, FetchError>();
+  const fetches = deps.metrics.counter(
+    'urs_vulnerability_fetches_total',
+    'Device vulnerability lookups, by mode and outcome (ok, failed, skipped).',
+  );
+  const batches = deps.metrics.counter('urs_enriched_batches_total', 'Device batches enriched, by mode.');
+
+  function rememberFailure(key: string, error: FetchError): void {
+    failedCycles.set(key, error);
+    if (failedCycles.size > REMEMBERED_FAILURES) {
+      const oldest = failedCycles.keys().next().value;
+      if (oldest !== undefined) failedCycles.delete(oldest);
+    }
+  }
+
+  async function reportTenantFailure(tenantId: string, error: FetchError, log: Logger): Promise<void> {
+    log.warn('tenant vulnerabilities unavailable', { code: error.code, reason: error.message });
+    await deps.tenants.updateStatus(tenantId, {
+      state: 'error',
+      lastErrorCode: error.code,
+      lastErrorMessage: error.message,
+      lastErrorAt: now().toISOString(),
+    });
+  }
+
+  const missing = (machines: Machine[], error: FetchError): EnrichedDevice[] =>
+    machines.map((machine) => ({ machine, vulnerabilities: null, fetchError: error }));
+
+  async function perDevice(
+    batch: DeviceBatch,
+    source: VulnerabilitySource,
+    heartbeat: () => Promise<void>,
+    log: Logger,
+  ): Promise<Enrichment & { tenantFailure?: FetchError }> {
+    const devices: EnrichedDevice[] = new Array(batch.devices.length);
+    let collectedAt = now();
+    let tenantFailure: FetchError | undefined;
+    let next = 0;
+    async function worker(): Promise<void> {
+      for (let index = next++; index < batch.devices.length; index = next++) {
+        const machine = batch.devices[index] as Machine;
+        if (tenantFailure) {
+          devices[index] = { machine, vulnerabilities: null, fetchError: tenantFailure };
+          fetches.inc({ mode: 'per-device', outcome: 'skipped' });
+          continue;
+        }
+        try {
+          const list = await source.machineVulnerabilities(machine.id);
+          devices[index] = { machine, vulnerabilities: summariseVulnerabilities(list, batch.cvssThreshold) };
+          fetches.inc({ mode: 'per-device', outcome: 'ok' });
+        } catch (error) {
+          const fetchError = { code: errorCode(error), message: errorMessage(error) };
+          if (isTenantWideFailure(error)) tenantFailure ??= fetchError;
+          else log.warn('device vulnerabilities not fetched', { deviceId: machine.id, ...fetchError });
+          devices[index] = { machine, vulnerabilities: null, fetchError };
+          fetches.inc({ mode: 'per-device', outcome: 'failed' });
+        }
+        collectedAt = now();
+        await heartbeat();
+      }
+    }
+    const workers = Math.max(1, Math.min(deps.concurrency, batch.devices.length));
+    await Promise.all(Array.from({ length: workers }, () => worker()));
+    return { devices, collectedAt, ...(tenantFailure ? { tenantFailure } : {}) };
+  }
+
+  async function runBulkExport(batch: DeviceBatch, source: VulnerabilitySource, log: Logger): Promise<void> {
+    const started = Date.now();
+    try {
+      const byDevice = await source.bulkVulnerabilities();
+      const summaries = new Map(
+        [...byDevice].map(([deviceId, list]) => [deviceId, summariseVulnerabilities(list, batch.cvssThreshold)]),
+      );
+      const collectedAt = now().toISOString();
+      await deps.bulkCache.save(batch.tenantId, batch.cycleId, summaries, collectedAt);
+      log.info('bulk export fetched', { devicesWithVulnerabilities: summaries.size, durationMs: Date.now() - started });
+      await deps.tenants.updateStatus(batch.tenantId, {
+        vulnerabilityMode: 'bulk',
+        note:
+          'vulnerabilities come from one bulk export (SoftwareVulnerabilitiesByMachine) per cycle: the fleet is too ' +
+          "large for one call per device within the tenant's quota in one poll interval " +
+          `(last export ${collectedAt}: ${summaries.size} devices with vulnerabilities)`,
+      });
+    } catch (error) {
+      const fetchError = { code: errorCode(error), message: errorMessage(error) };
+      log.warn('bulk export failed', fetchError);
+      await deps.bulkCache.fail(batch.tenantId, batch.cycleId, fetchError);
+    }
+  }
+
+  async function bulk(
+    batch: DeviceBatch,
+    source: VulnerabilitySource,
+    heartbeat: () => Promise<void>,
+    log: Logger,
+  ): Promise<Enrichment & { tenantFailure?: FetchError }> {
+    const deadline = Date.now() + deps.bulkWaitMs;
+    for (;;) {
+      const state = await deps.bulkCache.state(batch.tenantId, batch.cycleId);
+      if (state.state === 'ready') {
+        const ids = batch.devices.map((machine) => machine.id);
+        const summaries = await deps.bulkCache.read(batch.tenantId, batch.cycleId, ids);
+        fetches.inc({ mode: 'bulk', outcome: 'ok' }, ids.length);
+        return {
+          devices: batch.devices.map((machine) => ({
+            machine,
+            vulnerabilities: summaries.get(machine.id) ?? emptySummary(batch.cvssThreshold),
+          })),
+          collectedAt: new Date(state.collectedAt),
+        };
+      }
+      if (state.state === 'failed') {
+        const fetchError = { code: state.code, message: state.message };
+        fetches.inc({ mode: 'bulk', outcome: 'failed' }, batch.devices.length);
+        return {
+          devices: missing(batch.devices, fetchError),
+          collectedAt: now(),
+          ...(isTenantWideCode(state.code) ? { tenantFailure: fetchError } : {}),
+        };
+      }
+      if (state.state === 'absent' && (await deps.bulkCache.claim(batch.tenantId, batch.cycleId, owner, deps.bulkClaimMs))) {
+        await runBulkExport(batch, source, log);
+        continue;
+      }
+      if (Date.now() >= deadline) {
+        const fetchError = {
+          code: 'BULK_EXPORT_TIMEOUT',
+          message: `the cycle's bulk export was not ready within ${deps.bulkWaitMs} ms`,
+        };
+        fetches.inc({ mode: 'bulk', outcome: 'failed' }, batch.devices.length);
+        return { devices: missing(batch.devices, fetchError), collectedAt: now() };
+      }
+      await heartbeat();
+      await sleep(deps.bulkPollMs ?? 200);
+    }
+  }
+
+  return async (message) => {
+    const batch = message.value;
+    if (batch === null) return;
+    const heartbeat = message.heartbeat ?? (async () => undefined);
+    const log = deps.logger.child({ tenantId: batch.tenantId, cycleId: batch.cycleId, batchIndex: batch.batchIndex });
+    const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
+    let enrichment: Enrichment;
+    const remembered = failedCycles.get(cycleKey);
+    const record: TenantRecord | null = remembered ? null : await deps.tenants.get(batch.tenantId);
+    if (remembered) {
+      enrichment = { devices: missing(batch.devices, remembered), collectedAt: now() };
+    } else if (record === null) {
+      const fetchError = { code: 'TENANT_UNKNOWN', message: `tenant ${batch.tenantId} is not registered (removed during the cycle?)` };
+      enrichment = { devices: missing(batch.devices, fetchError), collectedAt: now() };
+    } else {
+      let result: Enrichment & { tenantFailure?: FetchError };
+      try {
+        const source = deps.sources.forTenant(record);
+        result =
+          batch.vulnerabilityMode === 'bulk'
+            ? await bulk(batch, source, heartbeat, log)
+            : await perDevice(batch, source, heartbeat, log);
+      } catch (error) {
+        if (!isTenantWideFailure(error)) throw error;
+        const fetchError = { code: errorCode(error), message: errorMessage(error) };
+        result = { devices: missing(batch.devices, fetchError), collectedAt: now(), tenantFailure: fetchError };
+      }
+      if (result.tenantFailure) {
+        rememberFailure(cycleKey, result.tenantFailure);
+        await reportTenantFailure(batch.tenantId, result.tenantFailure, log);
+      }
+      enrichment = result;
+    }
+    const enriched: EnrichedBatch = {
+      schemaVersion: 1,
+      tenantId: batch.tenantId,
+      cycleId: batch.cycleId,
+      cycleStartedAt: batch.cycleStartedAt,
+      batchIndex: batch.batchIndex,
+      lastBatch: batch.lastBatch,
+      ...(batch.totalBatches !== undefined ? { totalBatches: batch.totalBatches } : {}),
+      ...(batch.totalDevices !== undefined ? { totalDevices: batch.totalDevices } : {}),
+      vulnerabilityMode: batch.vulnerabilityMode,
+      collectedAt: enrichment.collectedAt.toISOString(),
+      devices: enrichment.devices,
+    };
+    await deps.publisher.send(deps.topic, 'urs/enriched-batch', [{ key: batch.tenantId, value: enriched }]);
+    batches.inc({ mode: batch.vulnerabilityMode });
+    const failed = enrichment.devices.filter((device) => device.vulnerabilities === null).length;
+    log.info('batch enriched', { devices: enrichment.devices.length, failed, mode: batch.vulnerabilityMode });
+  };
+}
+

@@ -1,0 +1,121 @@
+import type { Agent } from 'node:https';
+import type { TenantRecord } from '@urs/contracts';
+import {
+  DefenderErrorCode,
+  createDefenderClient,
+  isDefenderError,
+  type CallLimiter,
+  type DefenderClient,
+  type DefenderEndpointOverrides,
+  type QuotaGate,
+} from '@urs/defender';
+import type { Logger } from '@urs/logging';
+import { UrsError, errorCode } from '@urs/resilience';
+import type { SecretSealer } from '@urs/secrets';
+import type { VulnerabilityLike } from './summarise';
+
+/** Where one tenant's vulnerabilities come from (the Defender API; a fake in unit tests). */
+export interface VulnerabilitySource {
+  /** One device's vulnerabilities (per-device endpoint, one call of the shared limit). */
+  machineVulnerabilities(machineId: string, signal?: AbortSignal): Promise<VulnerabilityLike[]>;
+  /** The tenant's whole bulk export, merged per device. */
+  bulkVulnerabilities(signal?: AbortSignal): Promise<Map<string, VulnerabilityLike[]>>;
+}
+
+/** Gives each tenant's source; throws a tenant-wide error (e.g. the secret cannot be opened). */
+export interface SourceProvider {
+  forTenant(record: TenantRecord): VulnerabilitySource;
+  close(): void;
+}
+
+/** A failure of the tenant as a whole (credentials, consent, setup): no device of it can be fetched. */
+export class TenantAccessError extends UrsError {
+  constructor(code: string, message: string, cause?: unknown) {
+    super(code, message, { canRetry: false, cause });
+  }
+}
+
+const TENANT_WIDE: ReadonlySet<string> = new Set([
+  DefenderErrorCode.INVALID_SECRET,
+  DefenderErrorCode.SECRET_EXPIRED,
+  DefenderErrorCode.UNKNOWN_CLIENT,
+  DefenderErrorCode.UNKNOWN_TENANT,
+  DefenderErrorCode.NOT_PROVISIONED,
+  DefenderErrorCode.CONSENT_MISSING,
+  DefenderErrorCode.AUTH_FAILED,
+  DefenderErrorCode.UNAUTHORIZED,
+  DefenderErrorCode.INVALID_CONFIG,
+]);
+
+/** Whether an error code means that no call of this tenant can succeed until an admin fixes something. */
+export function isTenantWideCode(code: string): boolean {
+  return TENANT_WIDE.has(code) || code === 'SECRET_UNREADABLE';
+}
+
+/** Whether an error is a tenant-wide failure (see isTenantWideCode). */
+export function isTenantWideFailure(error: unknown): boolean {
+  if (error instanceof TenantAccessError) return true;
+  return isDefenderError(error) && isTenantWideCode(errorCode(error));
+}
+
+export interface DefenderSourceDeps {
+  sealer: SecretSealer;
+  limiter: CallLimiter;
+  quota: QuotaGate;
+  httpsAgent: Agent;
+  overrides: DefenderEndpointOverrides;
+  logger: Logger;
+}
+
+/**
+ * One Defender client per tenant, kept while the tenant's record revision is the same, so its token is
+ * reused across the batches of a cycle and across cycles. The secret is opened here and lives only in
+ * the client's memory.
+ */
+export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider {
+  const clients = new Map<string, { revision: number; client: DefenderClient; source: VulnerabilitySource }>();
+  return {
+    forTenant(record) {
+      const cached = clients.get(record.tenantId);
+      if (cached && cached.revision === record.revision) return cached.source;
+      cached?.client.close();
+      let clientSecret: string;
+      try {
+        clientSecret = deps.sealer.open(record.defender.clientSecret, record.tenantId);
+      } catch (error) {
+        throw new TenantAccessError(
+          'SECRET_UNREADABLE',
+          `the stored client secret of tenant ${record.tenantId} cannot be decrypted with the configured ` +
+            `URS_SECRET_KEY (key id ${record.defender.clientSecret.keyId}); register the secret again or configure that key`,
+          error,
+        );
+      }
+      const client = createDefenderClient(
+        {
+          azureTenantId: record.defender.azureTenantId,
+          clientId: record.defender.clientId,
+          clientSecret,
+          cloud: record.defender.cloud,
+          ...(record.defender.region ? { region: record.defender.region } : {}),
+        },
+        {
+          limiter: deps.limiter,
+          quota: deps.quota,
+          httpsAgent: deps.httpsAgent,
+          overrides: deps.overrides,
+          logger: deps.logger.child({ tenantId: record.tenantId }),
+        },
+      );
+      const source: VulnerabilitySource = {
+        machineVulnerabilities: (machineId, signal) => client.getMachineVulnerabilities(machineId, signal),
+        bulkVulnerabilities: (signal) => client.getVulnerabilitiesByMachine(signal ? { signal } : {}),
+      };
+      clients.set(record.tenantId, { revision: record.revision, client, source });
+      return source;
+    },
+    close() {
+      for (const { client } of clients.values()) client.close();
+      clients.clear();
+    },
+  };
+}
