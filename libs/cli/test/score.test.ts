@@ -1,7 +1,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough, Readable } from 'node:stream';
+import { PassThrough, Readable, Writable } from 'node:stream';
 import { scoreCommand } from '../src/commands/score';
 
 const NOW = '2024-01-10T12:00:00Z';
@@ -267,5 +267,23 @@ describe('scoreCommand', () => {
     expect(result.code).toBe(0);
     expect(result.lines).toHaveLength(5000);
     expect(result.lines[4999]).toMatchObject({ deviceId: 'd4999', score: 70 });
+  });
+
+  it('should stop without throwing when the reader of stdout goes away (EPIPE)', async () => {
+    const stdout = new Writable({
+      write(_chunk, _encoding, callback) {
+        callback(Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }));
+      },
+    });
+    const record = JSON.stringify({ id: 'd', ...clean, vulnerabilities: [] });
+    const input = Array.from({ length: 2000 }, () => record).join('\n');
+    const stderr = new PassThrough();
+    const code = await scoreCommand(['--now', NOW], {
+      stdin: Readable.from([input]),
+      stdout,
+      stderr,
+      env: {},
+    });
+    expect(code).toBe(0);
   });
 });

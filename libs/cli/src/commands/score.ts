@@ -121,6 +121,7 @@ async function run(options: Options, io: CommandIo): Promise<number> {
 
   const lines = createInterface({ input: io.stdin, crlfDelay: Infinity });
   for await (const line of lines) {
+    if (out.closed) break;
     lineNumber += 1;
     if (line.trim().length === 0) continue;
     let deviceId: string;
@@ -209,11 +210,20 @@ function emptyCounts(): BandCounts {
   return Object.fromEntries(BANDS.map((band) => [band, 0])) as BandCounts;
 }
 
-/** Joins lines into chunks and honours back-pressure, so a slow reader of stdout bounds memory. */
+/**
+ * Joins lines into chunks and honours back-pressure, so a slow reader of stdout bounds memory. When the
+ * reader goes away (`urs score | head`: EPIPE) it records that instead of crashing, and the command stops
+ * reading: nobody is left to read the results.
+ */
 class ChunkedWriter {
   private pending = '';
+  closed = false;
 
-  constructor(private readonly stream: NodeJS.WritableStream) {}
+  constructor(private readonly stream: NodeJS.WritableStream) {
+    stream.on('error', () => {
+      this.closed = true;
+    });
+  }
 
   async write(line: string): Promise<void> {
     this.pending += `${line}\n`;
@@ -221,9 +231,11 @@ class ChunkedWriter {
   }
 
   async flush(): Promise<void> {
-    if (this.pending.length === 0) return;
+    if (this.pending.length === 0 || this.closed) return;
     const chunk = this.pending;
     this.pending = '';
-    if (!this.stream.write(chunk)) await once(this.stream, 'drain');
+    if (!this.stream.write(chunk)) {
+      await Promise.race([once(this.stream, 'drain'), once(this.stream, 'close')]).catch(() => undefined);
+    }
   }
 }
