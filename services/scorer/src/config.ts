@@ -1,0 +1,18 @@
+import { readString, type Env } from '@urs/config';
+
+export interface ScorerConfig {
+  /** Consumer group of `urs.devices-enriched`. Env `URS_CONSUMER_GROUP`, default `{URS_TOPIC_PREFIX}urs.scorer`. */
+  groupId: string;
+  /**
+   * Consumer group reading `urs.tenants` from the beginning: one per process, so every replica holds
+   * every profile. Env `URS_PROFILES_GROUP`, default `{groupId}.profiles.{URS_INSTANCE_ID or pid}`.
+   */
+  profilesGroupId: string;
+}
+
+export function scorerConfig(env: Env): ScorerConfig {
+  const topicPrefix = readString(env, 'URS_TOPIC_PREFIX', '');
+  const groupId = readString(env, 'URS_CONSUMER_GROUP', `${topicPrefix}urs.scorer`);
+  const instance = readString(env, 'URS_INSTANCE_ID', `${process.pid}-${Date.now().toString(36)}`);
+  return { groupId, profilesGroupId: readString(env, 'URS_PROFILES_GROUP', `${groupId}.profiles.${instance}`) };
+}

@@ -1,0 +1,70 @@
+import type { MessageHandler } from '@urs/bus';
+import type { TenantRecord } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import { UrsError, errorMessage } from '@urs/resilience';
+import { compileProfile, parseProfile, type CompiledProfile } from '@urs/scoring';
+import type { TenantStore } from '@urs/store';
+
+export class ScorerError extends UrsError {}
+
+export interface ProfileCache {
+  /** The tenant's compiled profile: from memory, else from the tenant store (a tenant not yet read). */
+  get(tenantId: string): Promise<CompiledProfile>;
+  /** Applies one `urs.tenants` record (null: the tenant was deleted). */
+  apply(tenantId: string, record: TenantRecord | null): void;
+  /** Tenants held in memory. */
+  size(): number;
+}
+
+interface Entry {
+  revision: number;
+  profile: CompiledProfile;
+}
+
+/**
+ * The tenants' risk profiles in memory, refreshed from `urs.tenants`. A disabled or deleted tenant is
+ * dropped. A batch of a tenant not (yet) in memory, e.g. right after a start while `urs.tenants` is
+ * still being read, takes the profile from the tenant store in Redis, which the registrar writes first.
+ */
+export function createProfileCache(deps: { tenants: Pick<TenantStore, 'get'>; logger: Logger }): ProfileCache {
+  const entries = new Map<string, Entry>();
+  const compile = (record: TenantRecord): CompiledProfile => compileProfile(parseProfile(record.defender.riskProfile));
+  return {
+    async get(tenantId) {
+      const entry = entries.get(tenantId);
+      if (entry) return entry.profile;
+      const record = await deps.tenants.get(tenantId);
+      if (record === null) {
+        throw new ScorerError('TENANT_UNKNOWN', `tenant ${tenantId} is not registered: no risk profile to score with`, {
+          canRetry: false,
+        });
+      }
+      // Not cached: the record may be a disabled tenant finishing its last cycle, which is still scored.
+      return compile(record);
+    },
+    apply(tenantId, record) {
+      if (record === null || !record.enabled) {
+        entries.delete(tenantId);
+        return;
+      }
+      const current = entries.get(tenantId);
+      if (current && current.revision >= record.revision) return;
+      try {
+        entries.set(tenantId, { revision: record.revision, profile: compile(record) });
+      } catch (error) {
+        // The registrar validates profiles; a record that still fails keeps the last good profile.
+        deps.logger.error('risk profile rejected', { tenantId, revision: record.revision, reason: errorMessage(error) });
+      }
+    },
+    size: () => entries.size,
+  };
+}
+
+/** The `urs.tenants` handler: keeps the profile cache current. */
+export function createTenantsHandler(profiles: ProfileCache): MessageHandler<TenantRecord> {
+  return async (message) => {
+    const tenantId = message.value?.tenantId ?? message.key;
+    if (!tenantId) return;
+    profiles.apply(tenantId, message.value);
+  };
+}
