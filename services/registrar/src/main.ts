@@ -1,1 +1,105 @@
-export {};
+import { createConsumerRunner } from '@urs/bus';
+import { createDefenderClient, createHttpsAgent, createRedisQuotaGate, createSharedLimiter } from '@urs/defender';
+import { runService } from '@urs/runtime';
+import { createSecretSealer } from '@urs/secrets';
+import { createRegistrarStateStore, createTenantStore } from '@urs/store';
+import { registrarConfig } from './config';
+import { createRegistrationHandler } from './director';
+import { startApiServer, type ApiServer } from './http/server';
+import { tenantRoutes, type AccessChecker } from './http/tenants';
+import { createTenantRebuilder, readTenantLog } from './rebuild';
+import { createTenantRegistry } from './registry';
+
+void runService({
+  name: 'registrar',
+  defaultMetricsPort: 9101,
+  async setup({ env, config, logger, metrics, redis, kafka, publisher }) {
+    const settings = registrarConfig(env);
+    const prefix = config.redis.keyPrefix;
+    const tenants = createTenantStore(redis, prefix);
+    const state = createRegistrarStateStore(redis, prefix);
+    const sealer = createSecretSealer(settings.secretKeys);
+    const registry = createTenantRegistry({ tenants, state, publisher, tenantsTopic: config.topics.tenants, sealer, logger });
+    const rebuilder = createTenantRebuilder({
+      readLog: () => readTenantLog(kafka, config.topics.tenants, logger),
+      tenants,
+      state,
+      logger,
+    });
+    const director = createRegistrationHandler({
+      registry,
+      tenants,
+      state,
+      publisher,
+      dlqTopic: config.topics.dlq,
+      ensureRebuilt: () => rebuilder.ensure(),
+      logger,
+    });
+
+    // The access check shares the pipeline's call slots and the tenant's quota with the pollers and fetchers.
+    const limiter = await createSharedLimiter({ redis, keyPrefix: prefix, logger });
+    const quota = createRedisQuotaGate(redis, prefix);
+    const httpsAgent = createHttpsAgent();
+    const checkAccess: AccessChecker = async (tenant, signal) => {
+      const { region, ...rest } = tenant;
+      const client = createDefenderClient(region === null ? rest : { ...rest, region }, { limiter, quota, logger, overrides: settings.defender, httpsAgent });
+      try {
+        return await client.checkAccess(signal);
+      } finally {
+        client.close();
+      }
+    };
+
+    const runner = createConsumerRunner({
+      kafka,
+      service: 'registrar',
+      groupId: settings.groupId,
+      subscriptions: [{ topic: config.topics.registration, contract: 'urs/registration-push', handler: director.handler }],
+      publisher,
+      dlqTopic: config.topics.dlq,
+      logger,
+      metrics,
+    });
+
+    const watch = new AbortController();
+    let watching: Promise<void> | undefined;
+    let api: ApiServer | undefined;
+    return {
+      runners: [runner],
+      async start() {
+        await rebuilder.ensure();
+        watching = rebuilder.watch(settings.rebuildCheckMs, watch.signal);
+        api = await startApiServer({
+          port: settings.httpPort,
+          routes: [
+            ...tenantRoutes({
+              registry,
+              tenants,
+              sealer,
+              checkAccess,
+              ensureRebuilt: () => rebuilder.ensure(),
+              accessTestTimeoutMs: settings.accessTestTimeoutMs,
+            }),
+          ],
+          tokens: settings.apiTokens,
+          maxBodyBytes: settings.maxBodyBytes,
+          logger,
+          metrics,
+        });
+        logger.info('REST listening', { httpPort: api.port });
+      },
+      closers: [
+        { name: 'http', close: () => api?.close() },
+        {
+          name: 'rebuild-watch',
+          close: async () => {
+            watch.abort();
+            await watching;
+          },
+        },
+        { name: 'limiter', close: () => limiter.close() },
+        { name: 'https-agent', close: () => httpsAgent.destroy() },
+      ],
+    };
+  },
+});

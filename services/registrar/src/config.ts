@@ -1,0 +1,49 @@
+import {
+  defenderOverrides,
+  readInt,
+  readList,
+  readString,
+  ConfigError,
+  secretKeyConfig,
+  type DefenderOverrides,
+  type Env,
+  type SecretKeyConfig,
+} from '@urs/config';
+
+export interface RegistrarConfig {
+  /** REST port. Env `URS_HTTP_PORT`, default 8080; 0 picks a free one. */
+  httpPort: number;
+  /** Accepted bearer tokens. Env `URS_API_TOKENS` (comma-separated, required; each at least 16 characters). */
+  apiTokens: string[];
+  /** Largest accepted request body, in bytes. Env `URS_HTTP_MAX_BODY_BYTES`, default 65536 (64 KiB). */
+  maxBodyBytes: number;
+  /**
+   * How often the registrar checks that Redis still holds the tenants (a wiped Redis is refilled from
+   * `urs.tenants`), in milliseconds. Env `URS_REBUILD_CHECK_MS`, default 5000.
+   */
+  rebuildCheckMs: number;
+  /** Longest wait of the `/defender/test` check, in milliseconds. Env `URS_ACCESS_TEST_TIMEOUT_MS`, default 30000. */
+  accessTestTimeoutMs: number;
+  /** Consumer group of the Director pushes. Env `URS_REGISTRAR_GROUP_ID`, default `registrar`. */
+  groupId: string;
+  secretKeys: SecretKeyConfig;
+  defender: DefenderOverrides;
+}
+
+export function registrarConfig(env: Env): RegistrarConfig {
+  const apiTokens = readList(env, 'URS_API_TOKENS');
+  if (apiTokens.length === 0) throw new ConfigError('URS_API_TOKENS', 'is required (comma-separated bearer tokens)');
+  if (apiTokens.some((token) => token.length < 16)) {
+    throw new ConfigError('URS_API_TOKENS', 'must list tokens of at least 16 characters each');
+  }
+  return {
+    httpPort: readInt(env, 'URS_HTTP_PORT', { fallback: 8080, min: 0, max: 65535 }),
+    apiTokens,
+    maxBodyBytes: readInt(env, 'URS_HTTP_MAX_BODY_BYTES', { fallback: 64 * 1024, min: 1024, max: 16 * 1024 * 1024 }),
+    rebuildCheckMs: readInt(env, 'URS_REBUILD_CHECK_MS', { fallback: 5_000, min: 100 }),
+    accessTestTimeoutMs: readInt(env, 'URS_ACCESS_TEST_TIMEOUT_MS', { fallback: 30_000, min: 1_000 }),
+    groupId: readString(env, 'URS_REGISTRAR_GROUP_ID', 'registrar'),
+    secretKeys: secretKeyConfig(env),
+    defender: defenderOverrides(env),
+  };
+}

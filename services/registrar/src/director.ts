@@ -1,0 +1,124 @@
+import { toDeadLetter, type InboundMessage, type Publisher } from '@urs/bus';
+import type { RegistrationPush } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import { UrsError } from '@urs/resilience';
+import type { RegistrarStateStore, TenantStore } from '@urs/store';
+import type { TenantRegistry } from './registry';
+import { describeViolations, isTenantId, validateRegistration, type Violation } from './validation';
+
+/** A refused tenant of a push (its dead letter's error). Never carries a value, only fields and rules. */
+export class RegistrationRejectedError extends UrsError {
+  constructor(violations: Violation[]) {
+    super('REGISTRATION_INVALID', `registration refused: ${describeViolations(violations)}`, {
+      details: { violations },
+    });
+  }
+}
+
+export interface RegistrationHandlerDeps {
+  registry: TenantRegistry;
+  tenants: TenantStore;
+  state: RegistrarStateStore;
+  publisher: Publisher;
+  dlqTopic: string;
+  /** Resolves once Redis holds every tenant of `urs.tenants` (the full-push diff reads Redis). */
+  ensureRebuilt: () => Promise<void>;
+  logger: Logger;
+  service?: string;
+}
+
+export interface PushOutcome {
+  applied: number;
+  unchanged: number;
+  rejected: number;
+  disabled: number;
+  ignored: boolean;
+}
+
+/**
+ * Handles Director's pushes from `urs.registration`. An older generation than the last applied is
+ * ignored (and logged); the same generation again is applied again (a redelivery after a crash must
+ * finish the work; unchanged tenants are not rewritten). Each tenant is validated on its own: a refused
+ * one goes to the dead-letter topic (secret redacted) and into its status, the others are applied. A
+ * `full` push disables the Director-registered tenants it leaves out — never deletes them. Tenants an
+ * administrator registered over REST are not Director's to disable.
+ */
+export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
+  const log = deps.logger.child({ component: 'director' });
+  const service = deps.service ?? 'registrar';
+
+  async function deadLetter(message: InboundMessage<RegistrationPush>, item: unknown, key: string | null, error: UrsError) {
+    const letter = toDeadLetter(
+      {
+        service,
+        topic: message.topic,
+        partition: message.partition,
+        offset: message.offset,
+        key: key === null ? null : Buffer.from(key, 'utf8'),
+        value: Buffer.from(JSON.stringify(item) ?? 'null', 'utf8'),
+      },
+      error,
+    );
+    await deps.publisher.send(deps.dlqTopic, 'urs/dead-letter', [{ key: letter.sourceTopic, value: letter }]);
+  }
+
+  async function handle(message: InboundMessage<RegistrationPush>): Promise<PushOutcome> {
+    const push = message.value;
+    const outcome: PushOutcome = { applied: 0, unchanged: 0, rejected: 0, disabled: 0, ignored: false };
+    if (push === null) return outcome;
+    await deps.ensureRebuilt();
+    const last = await deps.state.lastGeneration();
+    if (push.generation < last) {
+      log.warn('older Director generation ignored', { generation: push.generation, lastApplied: last, mode: push.mode });
+      return { ...outcome, ignored: true };
+    }
+    const origin = { source: 'director' as const, generation: push.generation };
+    const present = new Set<string>();
+    for (const [index, item] of push.tenants.entries()) {
+      const tenantId = (item as { tenantId?: unknown } | null)?.tenantId;
+      const validated = validateRegistration(item);
+      if (!validated.ok) {
+        outcome.rejected++;
+        const known = isTenantId(tenantId) ? tenantId : null;
+        const error = new RegistrationRejectedError(validated.violations);
+        await deadLetter(message, item, known, error);
+        if (known !== null) {
+          // Present but refused: its earlier record stays as it was (not disabled), the status says why.
+          present.add(known);
+          await deps.registry.reject(known, validated.violations);
+        }
+        log.warn('tenant registration refused', {
+          tenantId: known,
+          index,
+          generation: push.generation,
+          reason: describeViolations(validated.violations),
+        });
+        continue;
+      }
+      present.add(validated.registration.tenantId);
+      const { changed } = await deps.registry.register(validated.registration, origin, { skipIfUnchanged: true });
+      if (changed) outcome.applied++;
+      else outcome.unchanged++;
+    }
+    if (push.mode === 'full') {
+      for (const tenantId of await deps.tenants.ids()) {
+        if (present.has(tenantId)) continue;
+        const record = await deps.tenants.get(tenantId);
+        if (!record || record.source !== 'director' || !record.enabled) continue;
+        const disabled = await deps.registry.disable(tenantId, `missing from Director full push ${push.generation}`, origin);
+        if (disabled) outcome.disabled++;
+      }
+    }
+    await deps.state.observeGeneration(push.generation);
+    log.info('Director push applied', { generation: push.generation, mode: push.mode, tenants: push.tenants.length, ...outcome });
+    return outcome;
+  }
+
+  return {
+    handle,
+    /** The bus handler. */
+    handler: async (message: InboundMessage<RegistrationPush>): Promise<void> => {
+      await handle(message);
+    },
+  };
+}

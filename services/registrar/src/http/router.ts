@@ -1,0 +1,117 @@
+import type { IncomingHttpHeaders } from 'node:http';
+
+export type HttpMethod = 'GET' | 'PUT' | 'POST' | 'DELETE';
+
+/** A request as a route handler sees it: authenticated, body read and parsed (JSON), path parameters decoded. */
+export interface ApiRequest {
+  method: HttpMethod;
+  path: string;
+  params: Record<string, string>;
+  query: URLSearchParams;
+  /** The parsed JSON body; undefined when the request had none. */
+  body: unknown;
+  headers: IncomingHttpHeaders;
+}
+
+export interface ApiResponse {
+  status: number;
+  /** Serialised as JSON; omitted for 204. */
+  body?: unknown;
+  headers?: Record<string, string>;
+}
+
+export type RouteHandler = (request: ApiRequest) => Promise<ApiResponse>;
+
+/**
+ * One entry of the route table. `path` segments starting with `:` are parameters
+ * (`/v1/tenants/:tenantId/defender`). Each resource's file exports its routes; main.ts concatenates
+ * the tables, so adding a resource touches no other resource's file.
+ */
+export interface Route {
+  method: HttpMethod;
+  path: string;
+  handler: RouteHandler;
+}
+
+export interface Violation {
+  field: string;
+  rule: string;
+}
+
+/** An answer that is an error: `{error: {code, message, violations?}}` with this status. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly violations: Violation[] = [],
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+
+  toBody(): { error: { code: string; message: string; violations?: Violation[] } } {
+    return {
+      error: {
+        code: this.code,
+        message: this.message,
+        ...(this.violations.length > 0 ? { violations: this.violations } : {}),
+      },
+    };
+  }
+}
+
+export type RouteMatch =
+  | { kind: 'found'; route: Route; params: Record<string, string> }
+  | { kind: 'method-not-allowed'; allow: HttpMethod[] }
+  | { kind: 'not-found' };
+
+interface CompiledRoute {
+  route: Route;
+  segments: string[];
+}
+
+function split(path: string): string[] {
+  return path.split('/').filter((segment) => segment.length > 0);
+}
+
+/** Matches a path against the table: the route, or why not (no such path, or not with this method). */
+export function createRouter(routes: readonly Route[]): (method: string, path: string) => RouteMatch {
+  const compiled: CompiledRoute[] = routes.map((route) => ({ route, segments: split(route.path) }));
+  for (const [index, entry] of compiled.entries()) {
+    const duplicate = compiled.findIndex(
+      (other) => other.route.method === entry.route.method && other.route.path === entry.route.path,
+    );
+    if (duplicate !== index) throw new Error(`route ${entry.route.method} ${entry.route.path} is registered twice`);
+  }
+  return (method, path) => {
+    const parts = split(path);
+    const allow: HttpMethod[] = [];
+    for (const { route, segments } of compiled) {
+      if (segments.length !== parts.length) continue;
+      const params: Record<string, string> = {};
+      let matches = true;
+      for (const [index, segment] of segments.entries()) {
+        const part = parts[index] as string;
+        if (segment.startsWith(':')) {
+          let decoded: string;
+          try {
+            decoded = decodeURIComponent(part);
+          } catch {
+            matches = false;
+            break;
+          }
+          params[segment.slice(1)] = decoded;
+        } else if (segment !== part) {
+          matches = false;
+          break;
+        }
+      }
+      if (!matches) continue;
+      if (route.method === method) return { kind: 'found', route, params };
+      allow.push(route.method);
+    }
+    return allow.length > 0 ? { kind: 'method-not-allowed', allow } : { kind: 'not-found' };
+  };
+}

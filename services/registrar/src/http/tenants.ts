@@ -1,0 +1,160 @@
+import type { TenantRecord } from '@urs/contracts';
+import type { SecretSealer } from '@urs/secrets';
+import type { TenantStatus, TenantStore } from '@urs/store';
+import type { TenantRegistry } from '../registry';
+import { isTenantId, renameFields, validateRegistration } from '../validation';
+import { ApiError, type ApiRequest, type ApiResponse, type Route } from './router';
+
+/** What the `/defender/test` check needs of a tenant (the secret in clear, only in this process's memory). */
+export interface AccessCheckTenant {
+  azureTenantId: string;
+  clientId: string;
+  clientSecret: string;
+  cloud: string;
+  region: string | null;
+}
+
+/** The verdict of a check: a token, one page of devices, the roles. */
+export interface AccessCheckResult {
+  ok: boolean;
+  /** One line an administrator can act on. */
+  verdict: string;
+  tokenIssued: boolean;
+  machinesReadable: boolean;
+  roles: string[];
+  permissions: Record<string, boolean>;
+  error?: { code: string; message: string };
+}
+
+/** Runs the check against Microsoft (the Defender client's checkAccess in production). */
+export type AccessChecker = (tenant: AccessCheckTenant, signal: AbortSignal) => Promise<AccessCheckResult>;
+
+export interface TenantRoutesDeps {
+  registry: TenantRegistry;
+  tenants: TenantStore;
+  sealer: SecretSealer;
+  checkAccess: AccessChecker;
+  /** Resolves once Redis holds the tenants of `urs.tenants`. */
+  ensureRebuilt: () => Promise<void>;
+  /** Longest wait of the access check, in milliseconds. */
+  accessTestTimeoutMs: number;
+}
+
+/** Placeholder validated in place of a secret the request left out because one is already stored. */
+const STORED_SECRET = 'stored-secret';
+
+function tenantIdOf(request: ApiRequest): string {
+  const tenantId = request.params['tenantId'] ?? '';
+  if (!isTenantId(tenantId)) {
+    throw new ApiError(400, 'VALIDATION_FAILED', 'the tenant id in the path is not valid', [
+      { field: 'tenantId', rule: 'must be 1–64 letters, digits, dots, dashes or underscores, starting with a letter or digit' },
+    ]);
+  }
+  return tenantId;
+}
+
+/** The tenant's configuration as an admin may see it: everything but the secret, and the polling status. */
+export function tenantView(record: TenantRecord, status: TenantStatus): Record<string, unknown> {
+  const { clientSecret, ...defender } = record.defender;
+  return {
+    tenantId: record.tenantId,
+    revision: record.revision,
+    updatedAt: record.updatedAt,
+    source: record.source,
+    ...(record.generation === undefined ? {} : { generation: record.generation }),
+    enabled: record.enabled,
+    ...(record.disabledReason === undefined ? {} : { disabledReason: record.disabledReason }),
+    defender: { ...defender, clientSecretSet: true, clientSecretKeyId: clientSecret.keyId },
+    status,
+  };
+}
+
+/** `PUT|GET|DELETE /v1/tenants/{tenantId}/defender` and `POST /v1/tenants/{tenantId}/defender/test`. */
+export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
+  async function load(tenantId: string): Promise<TenantRecord> {
+    await deps.ensureRebuilt();
+    const record = await deps.tenants.get(tenantId);
+    if (record) return record;
+    const status = await deps.tenants.getStatus(tenantId);
+    if (status.state === 'registration-rejected' && status.lastErrorMessage) {
+      throw new ApiError(404, 'TENANT_NOT_REGISTERED', `tenant ${tenantId} has no accepted registration; the last one was refused: ${status.lastErrorMessage}`);
+    }
+    throw new ApiError(404, 'TENANT_NOT_FOUND', `tenant ${tenantId} has no Defender registration`);
+  }
+
+  async function put(request: ApiRequest): Promise<ApiResponse> {
+    const tenantId = tenantIdOf(request);
+    if (request.body === null || typeof request.body !== 'object' || Array.isArray(request.body)) {
+      throw new ApiError(400, 'VALIDATION_FAILED', 'the body must be a JSON object with the Defender settings', [
+        { field: '(body)', rule: 'must be an object' },
+      ]);
+    }
+    await deps.ensureRebuilt();
+    const current = await deps.tenants.get(tenantId);
+    const body = request.body as Record<string, unknown>;
+    const keepSecret = body['clientSecret'] === undefined && current !== null;
+    const candidate = { tenantId, defender: keepSecret ? { ...body, clientSecret: STORED_SECRET } : body };
+    const validated = validateRegistration(candidate);
+    if (!validated.ok) {
+      const violations = renameFields(validated.violations, (field) => field.replace(/^defender\./, ''));
+      throw new ApiError(400, 'VALIDATION_FAILED', `the registration is not valid: ${violations.length} problem(s)`, violations);
+    }
+    const { record, created } = await deps.registry.register(
+      validated.registration,
+      { source: 'rest' },
+      keepSecret && current ? { keepSecret: current.defender.clientSecret } : {},
+    );
+    return { status: created ? 201 : 200, body: tenantView(record, await deps.tenants.getStatus(tenantId)) };
+  }
+
+  async function get(request: ApiRequest): Promise<ApiResponse> {
+    const tenantId = tenantIdOf(request);
+    const record = await load(tenantId);
+    return { status: 200, body: tenantView(record, await deps.tenants.getStatus(tenantId)) };
+  }
+
+  async function remove(request: ApiRequest): Promise<ApiResponse> {
+    const tenantId = tenantIdOf(request);
+    await deps.ensureRebuilt();
+    if (!(await deps.registry.remove(tenantId))) {
+      throw new ApiError(404, 'TENANT_NOT_FOUND', `tenant ${tenantId} has no Defender registration`);
+    }
+    return { status: 204 };
+  }
+
+  async function test(request: ApiRequest): Promise<ApiResponse> {
+    const tenantId = tenantIdOf(request);
+    const record = await load(tenantId);
+    const signal = AbortSignal.timeout(deps.accessTestTimeoutMs);
+    const result = await deps.checkAccess(
+      {
+        azureTenantId: record.defender.azureTenantId,
+        clientId: record.defender.clientId,
+        clientSecret: deps.sealer.open(record.defender.clientSecret, tenantId),
+        cloud: record.defender.cloud,
+        region: record.defender.region,
+      },
+      signal,
+    );
+    return {
+      status: 200,
+      body: {
+        tenantId,
+        ok: result.ok,
+        verdict: result.verdict,
+        tokenIssued: result.tokenIssued,
+        machinesReadable: result.machinesReadable,
+        roles: result.roles,
+        permissions: result.permissions,
+        ...(result.error ? { error: result.error } : {}),
+      },
+    };
+  }
+
+  return [
+    { method: 'PUT', path: '/v1/tenants/:tenantId/defender', handler: put },
+    { method: 'GET', path: '/v1/tenants/:tenantId/defender', handler: get },
+    { method: 'DELETE', path: '/v1/tenants/:tenantId/defender', handler: remove },
+    { method: 'POST', path: '/v1/tenants/:tenantId/defender/test', handler: test },
+  ];
+}

@@ -1,0 +1,147 @@
+import { randomBytes } from 'node:crypto';
+import type { Kafka } from 'kafkajs';
+import { validateMessage, type TenantRecord } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import { errorMessage, sleep } from '@urs/resilience';
+import type { RegistrarStateStore, TenantStore } from '@urs/store';
+import { REVISION_HEADER } from './registry';
+
+/** The last word of `urs.tenants` on one tenant: its record, or a deletion (with its revision if known). */
+export type TenantLogEntry = { tenantId: string; record: TenantRecord } | { tenantId: string; record: null; revision?: number };
+
+/**
+ * Reads a compacted topic from the beginning up to the end it had when the read started, with a
+ * consumer group of its own (KafkaJS has no manual assignment), which is deleted afterwards. Returns
+ * the last entry per key.
+ */
+export async function readTenantLog(kafka: Kafka, topic: string, logger: Logger, timeoutMs = 120_000): Promise<TenantLogEntry[]> {
+  const admin = kafka.admin();
+  await admin.connect();
+  const groupId = `registrar-rebuild-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
+  try {
+    const offsets = await admin.fetchTopicOffsets(topic);
+    const pending = new Set(offsets.filter((o) => BigInt(o.high) > BigInt(o.low)).map((o) => o.partition));
+    const entries = new Map<string, TenantLogEntry>();
+    if (pending.size === 0) return [];
+    const targets = new Map(offsets.map((o) => [o.partition, BigInt(o.high) - 1n]));
+    const consumer = kafka.consumer({ groupId, allowAutoTopicCreation: false });
+    let done!: () => void;
+    const finished = new Promise<void>((resolve) => (done = resolve));
+    try {
+      await consumer.connect();
+      await consumer.subscribe({ topic, fromBeginning: true });
+      await consumer.run({
+        autoCommit: false,
+        eachBatch: async ({ batch }) => {
+          for (const message of batch.messages) {
+            const key = message.key?.toString('utf8');
+            if (!key) continue;
+            if (message.value === null) {
+              const header = message.headers?.[REVISION_HEADER];
+              const revision = header === undefined ? undefined : Number(header.toString());
+              entries.set(key, { tenantId: key, record: null, ...(revision !== undefined && Number.isFinite(revision) ? { revision } : {}) });
+              continue;
+            }
+            try {
+              const record = validateMessage('urs/tenant-record', JSON.parse(message.value.toString('utf8')));
+              const previous = entries.get(key);
+              if (!previous || !previous.record || previous.record.revision < record.revision) {
+                entries.set(key, { tenantId: key, record });
+              }
+            } catch (error) {
+              logger.warn('unreadable tenant record skipped in rebuild', { key, offset: message.offset, reason: errorMessage(error) });
+            }
+          }
+          const target = targets.get(batch.partition) ?? -1n;
+          if (BigInt(batch.lastOffset()) >= target) {
+            pending.delete(batch.partition);
+            if (pending.size === 0) done();
+          }
+        },
+      });
+      const timer = new AbortController();
+      const timedOut = await Promise.race([finished.then(() => false), sleep(timeoutMs, timer.signal).then(() => true)]);
+      timer.abort();
+      if (timedOut) throw new Error(`reading ${topic} did not reach its end within ${timeoutMs} ms`);
+    } finally {
+      await consumer.disconnect();
+    }
+    return [...entries.values()];
+  } finally {
+    await admin.deleteGroups([groupId]).catch(() => undefined);
+    await admin.disconnect();
+  }
+}
+
+export interface RebuilderDeps {
+  /** Reads `urs.tenants` to its end (readTenantLog in production). */
+  readLog: () => Promise<TenantLogEntry[]>;
+  tenants: TenantStore;
+  state: RegistrarStateStore;
+  logger: Logger;
+}
+
+export interface TenantRebuilder {
+  /** Rebuilds Redis from `urs.tenants` unless it was done since Redis last came up empty. Single-flight. */
+  ensure(): Promise<void>;
+  /** Checks every `intervalMs` (a Redis wiped while running is refilled); stops on `signal`. */
+  watch(intervalMs: number, signal: AbortSignal): Promise<void>;
+}
+
+/**
+ * Redis is fast state; `urs.tenants` is the record. A marker key says Redis was filled: when it is
+ * missing (a new Redis, a flush, an eviction), every tenant is written back from the topic (newest
+ * revision wins, so records written meanwhile are kept), the revision counters and Director's
+ * generation are raised to what the topic has seen, and the marker is set.
+ */
+export function createTenantRebuilder(deps: RebuilderDeps): TenantRebuilder {
+  const log = deps.logger.child({ component: 'rebuild' });
+  let running: Promise<void> | undefined;
+
+  async function rebuild(): Promise<void> {
+    if (await deps.state.isRebuilt()) return;
+    const started = Date.now();
+    const wasEmpty = await deps.tenants.isEmpty();
+    const entries = await deps.readLog();
+    let restored = 0;
+    for (const entry of entries) {
+      if (entry.record === null) {
+        if (entry.revision !== undefined) {
+          await deps.state.observeRevision(entry.tenantId, entry.revision);
+          await deps.tenants.remove(entry.tenantId, entry.revision);
+        }
+        continue;
+      }
+      const record = entry.record;
+      await deps.state.observeRevision(record.tenantId, record.revision);
+      if (record.generation !== undefined) await deps.state.observeGeneration(record.generation);
+      if (await deps.tenants.put(record)) {
+        restored++;
+        await deps.tenants.updateStatus(record.tenantId, { state: record.enabled ? 'active' : 'disabled' });
+      }
+    }
+    await deps.state.markRebuilt(new Date());
+    log.info('tenants rebuilt from urs.tenants', { restored, entries: entries.length, wasEmpty, ms: Date.now() - started });
+  }
+
+  function ensure(): Promise<void> {
+    running ??= rebuild().finally(() => {
+      running = undefined;
+    });
+    return running;
+  }
+
+  return {
+    ensure,
+    async watch(intervalMs, signal) {
+      while (!signal.aborted) {
+        try {
+          await ensure();
+        } catch (error) {
+          log.error('rebuild failed; retrying', { reason: errorMessage(error) });
+        }
+        await sleep(intervalMs, signal);
+      }
+    },
+  };
+}

@@ -1,0 +1,185 @@
+import type { Publisher } from '@urs/bus';
+import type { SealedSecretRecord, TenantRecord, TenantRegistration } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import { canonicalJson } from '@urs/scoring';
+import type { SecretSealer } from '@urs/secrets';
+import type { RegistrarStateStore, TenantStore } from '@urs/store';
+import { describeViolations, type Violation } from './validation';
+
+/** Header of a `urs.tenants` tombstone carrying the deletion's revision (a null value has no body). */
+export const REVISION_HEADER = 'urs-revision';
+
+export interface RegistrationOrigin {
+  source: 'director' | 'rest';
+  /** Director's generation, for pushes. */
+  generation?: number;
+}
+
+export interface RegisterOptions {
+  /** Keep this already-sealed secret (a REST update that left `clientSecret` out). */
+  keepSecret?: SealedSecretRecord;
+  /** Write nothing when the tenant's record already says the same (Director's repeated full pushes). */
+  skipIfUnchanged?: boolean;
+}
+
+export interface TenantRegistry {
+  /** Seals the secret, assigns a revision, writes the record to `urs.tenants`, then to Redis. */
+  register(
+    registration: TenantRegistration,
+    origin: RegistrationOrigin,
+    options?: RegisterOptions,
+  ): Promise<{ record: TenantRecord; changed: boolean; created: boolean }>;
+  /** A new revision with `enabled: false` and the reason; null when the tenant is unknown or already disabled. */
+  disable(tenantId: string, reason: string, origin: RegistrationOrigin): Promise<TenantRecord | null>;
+  /** A tombstone on `urs.tenants` and the record gone from Redis; false when the tenant is unknown. */
+  remove(tenantId: string): Promise<boolean>;
+  /** Reports a refused registration in the tenant's status. */
+  reject(tenantId: string, violations: Violation[]): Promise<void>;
+}
+
+export interface TenantRegistryDeps {
+  tenants: TenantStore;
+  state: RegistrarStateStore;
+  publisher: Publisher;
+  tenantsTopic: string;
+  sealer: SecretSealer;
+  logger: Logger;
+  now?: () => Date;
+}
+
+/** Whether two records say the same thing (ignoring revision, time, origin; the secrets compared opened). */
+function sameSettings(
+  current: TenantRecord,
+  next: Omit<TenantRecord, 'defender'> & { defender: Omit<TenantRecord['defender'], 'clientSecret'> },
+  secretMatches: boolean,
+): boolean {
+  const { clientSecret: _sealed, ...currentDefender } = current.defender;
+  return (
+    secretMatches &&
+    current.enabled === next.enabled &&
+    (current.disabledReason ?? null) === (next.disabledReason ?? null) &&
+    canonicalJson(currentDefender) === canonicalJson(next.defender)
+  );
+}
+
+/**
+ * The one way a tenant record is made, for both doors (Director and REST). Kafka first, Redis second:
+ * `urs.tenants` is the durable record; a record that reached Kafka but not Redis comes back on the
+ * next rebuild, a failed produce leaves nothing behind and the caller is told to retry.
+ */
+export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
+  const now = deps.now ?? (() => new Date());
+  const log = deps.logger.child({ component: 'registry' });
+
+  async function write(record: TenantRecord): Promise<void> {
+    await deps.publisher.send(deps.tenantsTopic, 'urs/tenant-record', [{ key: record.tenantId, value: record }]);
+    await deps.tenants.put(record);
+  }
+
+  return {
+    async register(registration, origin, options = {}) {
+      const { tenantId, defender } = registration;
+      const current = await deps.tenants.get(tenantId);
+      const settings = {
+        azureTenantId: defender.azureTenantId,
+        clientId: defender.clientId,
+        pollIntervalMinutes: defender.pollIntervalMinutes,
+        cloud: defender.cloud ?? 'commercial',
+        region: defender.region ?? null,
+        riskProfile: defender.riskProfile ?? null,
+      };
+      const disabledReason = defender.enabled
+        ? undefined
+        : origin.source === 'director'
+          ? `disabled by Director generation ${origin.generation ?? '?'}`
+          : 'disabled by an administrator';
+      if (options.skipIfUnchanged && current) {
+        let secretMatches = false;
+        try {
+          secretMatches =
+            !deps.sealer.isStale(current.defender.clientSecret) &&
+            deps.sealer.open(current.defender.clientSecret, tenantId) === defender.clientSecret;
+        } catch {
+          secretMatches = false;
+        }
+        const candidate = {
+          schemaVersion: 1 as const,
+          tenantId,
+          revision: current.revision,
+          updatedAt: current.updatedAt,
+          source: origin.source,
+          enabled: defender.enabled,
+          ...(disabledReason === undefined ? {} : { disabledReason }),
+          defender: settings,
+        };
+        if (sameSettings(current, candidate, secretMatches)) return { record: current, changed: false, created: false };
+      }
+      const sealed = options.keepSecret ?? deps.sealer.seal(defender.clientSecret, tenantId);
+      const record: TenantRecord = {
+        schemaVersion: 1,
+        tenantId,
+        revision: await deps.state.nextRevision(tenantId, current?.revision ?? 0),
+        updatedAt: now().toISOString(),
+        source: origin.source,
+        ...(origin.generation === undefined ? {} : { generation: origin.generation }),
+        enabled: defender.enabled,
+        ...(disabledReason === undefined ? {} : { disabledReason }),
+        defender: { ...settings, clientSecret: sealed },
+      };
+      await write(record);
+      await deps.tenants.updateStatus(tenantId, {
+        state: record.enabled ? 'active' : 'disabled',
+        lastErrorCode: null,
+        lastErrorMessage: null,
+        lastErrorAt: null,
+      });
+      log.info('tenant registered', {
+        tenantId,
+        revision: record.revision,
+        source: origin.source,
+        generation: origin.generation,
+        enabled: record.enabled,
+      });
+      return { record, changed: true, created: current === null };
+    },
+
+    async disable(tenantId, reason, origin) {
+      const current = await deps.tenants.get(tenantId);
+      if (!current || !current.enabled) return null;
+      const record: TenantRecord = {
+        ...current,
+        revision: await deps.state.nextRevision(tenantId, current.revision),
+        updatedAt: now().toISOString(),
+        source: origin.source,
+        ...(origin.generation === undefined ? {} : { generation: origin.generation }),
+        enabled: false,
+        disabledReason: reason,
+      };
+      await write(record);
+      await deps.tenants.updateStatus(tenantId, { state: 'disabled', nextPollAt: null });
+      log.info('tenant disabled', { tenantId, revision: record.revision, reason });
+      return record;
+    },
+
+    async remove(tenantId) {
+      const current = await deps.tenants.get(tenantId);
+      if (!current) return false;
+      const revision = await deps.state.nextRevision(tenantId, current.revision);
+      await deps.publisher.send(deps.tenantsTopic, 'urs/tenant-record', [
+        { key: tenantId, value: null, headers: { [REVISION_HEADER]: String(revision) } },
+      ]);
+      await deps.tenants.remove(tenantId, revision);
+      log.info('tenant deleted', { tenantId, revision });
+      return true;
+    },
+
+    async reject(tenantId, violations) {
+      await deps.tenants.updateStatus(tenantId, {
+        state: 'registration-rejected',
+        lastErrorCode: 'REGISTRATION_INVALID',
+        lastErrorMessage: `registration refused: ${describeViolations(violations)}`,
+        lastErrorAt: now().toISOString(),
+      });
+    },
+  };
+}
