@@ -39,6 +39,8 @@ export interface ScoreStore {
     devices: ScoredDevice[],
   ): Promise<SaveScoresResult>;
   getDeviceScore(tenantId: string, deviceId: string): Promise<StoredScore | null>;
+  /** Latest scores of these devices; devices without one are left out. */
+  getDeviceScores(tenantId: string, deviceIds: string[]): Promise<StoredScore[]>;
   /** Latest scores of a tenant's devices, sorted by device id, optionally of one band. */
   listDeviceScores(tenantId: string, options?: ListScoresOptions): Promise<{ total: number; items: StoredScore[] }>;
   /** The device's last scores, newest first (at most the history length). */
@@ -114,6 +116,18 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
     },
     async getDeviceScore(tenantId, deviceId) {
       return parse(await redis.hget(scoresKey(tenantId), deviceId));
+    },
+    async getDeviceScores(tenantId, deviceIds) {
+      const items: StoredScore[] = [];
+      // Slices keep each HMGET small for large fleets.
+      for (let start = 0; start < deviceIds.length; start += 1000) {
+        const values = await redis.hmget(scoresKey(tenantId), ...deviceIds.slice(start, start + 1000));
+        for (const value of values) {
+          const item = parse(value);
+          if (item) items.push(item);
+        }
+      }
+      return items;
     },
     async listDeviceScores(tenantId, listOptions = {}) {
       const limit = listOptions.limit ?? 1000;

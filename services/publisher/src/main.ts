@@ -1,1 +1,81 @@
-export {};
+import { createConsumerRunner } from '@urs/bus';
+import { errorMessage } from '@urs/resilience';
+import { runService } from '@urs/runtime';
+import { createCycleStore, createPublishedStore, createScoreStore } from '@urs/store';
+import { createCycleCompletion } from './completion';
+import { publisherConfig } from './config';
+import { createPublishHandler } from './handler';
+
+void runService({
+  name: 'publisher',
+  defaultMetricsPort: 9104,
+  async setup({ env, config, logger, metrics, redis, kafka, publisher }) {
+    const own = publisherConfig(env);
+    const prefix = config.redis.keyPrefix;
+    const cycles = createCycleStore(redis, prefix);
+    const published = createPublishedStore(redis, prefix);
+    const completion = createCycleCompletion({
+      cycles,
+      published,
+      scores: createScoreStore(redis, prefix),
+      publisher,
+      topics: config.topics,
+      logger,
+      metrics,
+      snapshotEveryCycles: own.snapshotEveryCycles,
+      tombstoneAfterCycles: own.tombstoneAfterCycles,
+    });
+    const runner = createConsumerRunner({
+      kafka,
+      service: 'publisher',
+      groupId: own.groupId,
+      subscriptions: [
+        {
+          topic: config.topics.deviceScores,
+          contract: 'urs/score-batch',
+          handler: createPublishHandler({
+            cycles,
+            published,
+            completion,
+            publisher,
+            topic: config.topics.vmsRiskScores,
+            logger,
+            metrics,
+          }),
+        },
+      ],
+      publisher,
+      dlqTopic: config.topics.dlq,
+      logger,
+      metrics,
+    });
+    // Cycles past their deadline are closed as partial; every replica sweeps, the claim picks one.
+    let timer: NodeJS.Timeout | undefined;
+    let sweeping: Promise<void> = Promise.resolve();
+    const sweep = (): void => {
+      sweeping = completion
+        .closeOverdue()
+        .then(() => undefined)
+        .catch((error: unknown) => logger.warn('deadline sweep failed', { reason: errorMessage(error) }))
+        .finally(() => {
+          if (timer !== undefined) timer = setTimeout(sweep, own.deadlineSweepMs);
+        });
+    };
+    return {
+      runners: [runner],
+      start: async () => {
+        timer = setTimeout(sweep, own.deadlineSweepMs);
+      },
+      closers: [
+        {
+          name: 'deadline-sweep',
+          close: async () => {
+            if (timer !== undefined) clearTimeout(timer);
+            timer = undefined;
+            await sweeping;
+          },
+        },
+      ],
+    };
+  },
+});

@@ -1,0 +1,172 @@
+import type { Publisher } from '@urs/bus';
+import type { Topics } from '@urs/config';
+import type { VmsRiskSummary } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import type { CycleState, CycleStore, PublishedStore, ScoreStore } from '@urs/store';
+import type { Registry } from '@urs/telemetry';
+import { emptyBands, vmsRecord, type BatchStats } from './records';
+
+export interface CycleCompletionDeps {
+  cycles: CycleStore;
+  published: PublishedStore;
+  scores: Pick<ScoreStore, 'getDeviceScores' | 'remove'>;
+  publisher: Publisher;
+  topics: Pick<Topics, 'vmsRiskScores' | 'vmsRiskSummary'>;
+  logger: Logger;
+  metrics: Registry;
+  /** Every Nth completed cycle publishes all its devices. */
+  snapshotEveryCycles: number;
+  /** Completed cycles a device may be absent from before its tombstone. */
+  tombstoneAfterCycles: number;
+  now?: () => Date;
+}
+
+/** What the last batch of a cycle says about the totals (the poller also writes them to the cycle store). */
+export interface CycleHint {
+  cycleStartedAt: string;
+  totalBatches?: number;
+  totalDevices?: number;
+}
+
+export interface CycleCompletion {
+  /** Publishes the cycle's summary if every batch is recorded and nobody published it yet. */
+  tryComplete(tenantId: string, cycleId: string, hint: CycleHint): Promise<boolean>;
+  /** Publishes every cycle past its deadline as partial; resolves how many. */
+  closeOverdue(): Promise<number>;
+}
+
+const ms = (later: number, earlier: number): number => Math.max(0, Math.round(later - earlier));
+
+/**
+ * Cycle completion: a cycle is complete when its totals are known and every batch was recorded; one
+ * publisher wins the claim and publishes the summary (plus the snapshot and tombstones of a complete
+ * cycle). A cycle past its deadline is closed as partial by the sweep. Device records are not held
+ * back for completion: they are published batch by batch (see the handler).
+ */
+export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletion {
+  const now = deps.now ?? (() => new Date());
+  const summaries = deps.metrics.counter('urs_cycle_summaries_total', 'Cycle summaries published, by status.');
+  const lag = deps.metrics.histogram('urs_score_to_publish_seconds', "From a cycle's last score to its summary, in seconds.");
+  const records = deps.metrics.counter('urs_vms_records_total', 'Records produced to vms.risk-scores, by kind.');
+
+  async function snapshot(tenantId: string, cycleAt: number): Promise<number> {
+    const ids = await deps.published.seenIn(tenantId, cycleAt);
+    const stored = await deps.scores.getDeviceScores(tenantId, ids);
+    const messages = stored.map((score) => vmsRecord(tenantId, score.cycleId, score.scoredAt, score.device));
+    for (let start = 0; start < messages.length; start += 500) {
+      await deps.publisher.send(deps.topics.vmsRiskScores, 'urs/vms-risk-score', messages.slice(start, start + 500));
+    }
+    records.inc({ kind: 'snapshot' }, messages.length);
+    return messages.length;
+  }
+
+  async function tombstone(tenantId: string, gone: string[]): Promise<void> {
+    if (gone.length === 0) return;
+    await deps.publisher.send(
+      deps.topics.vmsRiskScores,
+      'urs/vms-risk-score',
+      gone.map((deviceId) => ({ key: `${tenantId}/${deviceId}`, value: null })),
+    );
+    await deps.published.forget(tenantId, gone);
+    await deps.scores.remove(tenantId, gone);
+    records.inc({ kind: 'tombstone' }, gone.length);
+  }
+
+  async function publish(
+    state: CycleState | null,
+    tenantId: string,
+    cycleId: string,
+    status: 'complete' | 'partial',
+    hint: CycleHint,
+  ): Promise<void> {
+    const log = deps.logger.child({ tenantId, cycleId });
+    const stats = await deps.cycles.batchStats<BatchStats>(tenantId, cycleId);
+    const bands = emptyBands();
+    let scored = 0;
+    let incomplete = 0;
+    let changed = 0;
+    let collectedAt: string | null = null;
+    let lastScoredMs = 0;
+    for (const batch of stats.values()) {
+      scored += batch.devices;
+      incomplete += batch.incomplete;
+      changed += batch.changed;
+      for (const [band, count] of Object.entries(batch.bands)) bands[band as keyof typeof bands] += count;
+      if (collectedAt === null || batch.collectedAt > collectedAt) collectedAt = batch.collectedAt;
+      lastScoredMs = Math.max(lastScoredMs, Date.parse(batch.scoredAt));
+    }
+    const cycleStartedAt = state?.startedAt ?? hint.cycleStartedAt;
+    const cycleAt = Date.parse(cycleStartedAt);
+    const total = state?.totalDevices ?? hint.totalDevices ?? scored;
+    let snapshotted = false;
+    let tombstones = 0;
+    if (status === 'complete') {
+      const { sequence, gone } = await deps.published.completeCycle(
+        tenantId,
+        cycleId,
+        cycleAt,
+        deps.tombstoneAfterCycles,
+      );
+      await tombstone(tenantId, gone);
+      tombstones = gone.length;
+      if (sequence % deps.snapshotEveryCycles === 0) {
+        await snapshot(tenantId, cycleAt);
+        snapshotted = true;
+      }
+    }
+    const publishedAt = now();
+    const summary: VmsRiskSummary = {
+      schemaVersion: 1,
+      tenantId,
+      cycleId,
+      status,
+      cycleStartedAt,
+      collectedAt,
+      publishedAt: publishedAt.toISOString(),
+      devices: { total, scored, incomplete, failed: Math.max(0, total - scored) },
+      bands,
+      published: { changed, snapshot: snapshotted, tombstones },
+      timings: {
+        collectMs: collectedAt === null ? 0 : ms(Date.parse(collectedAt), cycleAt),
+        scoreToPublishMs: lastScoredMs === 0 ? 0 : ms(publishedAt.getTime(), lastScoredMs),
+        cycleMs: ms(publishedAt.getTime(), cycleAt),
+      },
+    };
+    await deps.publisher.send(deps.topics.vmsRiskSummary, 'urs/vms-risk-summary', [{ key: tenantId, value: summary }]);
+    summaries.inc({ status });
+    if (lastScoredMs > 0) lag.observe(summary.timings.scoreToPublishMs / 1000);
+    log.info('cycle published', {
+      status,
+      devices: summary.devices,
+      changed,
+      snapshot: snapshotted,
+      tombstones,
+      scoreToPublishMs: summary.timings.scoreToPublishMs,
+    });
+  }
+
+  return {
+    async tryComplete(tenantId, cycleId, hint) {
+      const state = await deps.cycles.get(tenantId, cycleId);
+      if (state?.published) return false;
+      const totalBatches = state?.totalBatches ?? hint.totalBatches;
+      if (totalBatches === undefined) return false;
+      const recorded = state?.scoredBatches ?? (await deps.cycles.batchStats(tenantId, cycleId)).size;
+      if (recorded < totalBatches) return false;
+      if (!(await deps.cycles.claimPublication(tenantId, cycleId, 'complete'))) return false;
+      await publish(state, tenantId, cycleId, 'complete', hint);
+      return true;
+    },
+    async closeOverdue() {
+      let closed = 0;
+      for (const { tenantId, cycleId } of await deps.cycles.overdue(now())) {
+        const state = await deps.cycles.get(tenantId, cycleId);
+        if (!(await deps.cycles.claimPublication(tenantId, cycleId, 'partial'))) continue;
+        const startedAt = state?.startedAt ?? now().toISOString();
+        await publish(state, tenantId, cycleId, 'partial', { cycleStartedAt: startedAt });
+        closed++;
+      }
+      return closed;
+    },
+  };
+}

@@ -1,0 +1,22 @@
+import { readInt, readString, type Env } from '@urs/config';
+
+export interface PublisherConfig {
+  /** Consumer group of `urs.device-scores`. Env `URS_CONSUMER_GROUP`, default `{URS_TOPIC_PREFIX}urs.publisher`. */
+  groupId: string;
+  /** Every Nth completed cycle of a tenant publishes every device, changed or not. Env `URS_SNAPSHOT_EVERY_CYCLES`, default 24. */
+  snapshotEveryCycles: number;
+  /** A device absent from this many consecutive completed cycles is tombstoned. Env `URS_TOMBSTONE_AFTER_CYCLES`, default 3. */
+  tombstoneAfterCycles: number;
+  /** How often cycles past their deadline are looked for, ms. Env `URS_DEADLINE_SWEEP_MS`, default 2000. */
+  deadlineSweepMs: number;
+}
+
+export function publisherConfig(env: Env): PublisherConfig {
+  const topicPrefix = readString(env, 'URS_TOPIC_PREFIX', '');
+  return {
+    groupId: readString(env, 'URS_CONSUMER_GROUP', `${topicPrefix}urs.publisher`),
+    snapshotEveryCycles: readInt(env, 'URS_SNAPSHOT_EVERY_CYCLES', { fallback: 24, min: 1 }),
+    tombstoneAfterCycles: readInt(env, 'URS_TOMBSTONE_AFTER_CYCLES', { fallback: 3, min: 1 }),
+    deadlineSweepMs: readInt(env, 'URS_DEADLINE_SWEEP_MS', { fallback: 2_000, min: 100 }),
+  };
+}

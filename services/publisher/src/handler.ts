@@ -1,0 +1,61 @@
+import type { MessageHandler, Publisher } from '@urs/bus';
+import type { ScoreBatch } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import type { CycleStore, PublishedStore } from '@urs/store';
+import type { Registry } from '@urs/telemetry';
+import type { CycleCompletion } from './completion';
+import { batchStats, vmsRecord } from './records';
+
+export interface PublishHandlerDeps {
+  cycles: Pick<CycleStore, 'recordBatch'>;
+  published: Pick<PublishedStore, 'changed' | 'commit'>;
+  completion: CycleCompletion;
+  publisher: Publisher;
+  /** `vms.risk-scores`. */
+  topic: string;
+  logger: Logger;
+  metrics: Registry;
+}
+
+/**
+ * Publishes a scored batch's changed devices at once, records the batch for the cycle's summary, and
+ * completes the cycle when it was the last one missing.
+ *
+ * Why device records go out per batch instead of at the cycle's end: they are the newest scores either
+ * way, and holding them back would add the rest of the cycle's collection (minutes for a large fleet) to
+ * every device's latency; completion then only has to produce the one summary record, which keeps
+ * publication within ~2 s of the cycle's last score. VMS reads `vms.risk-summary` to know a cycle is whole.
+ *
+ * Order of effects, for at-least-once delivery: produce the records, then remember them as published,
+ * then record the batch. A crash in between redelivers the batch: its records may be produced twice
+ * (same key, same value: harmless on a compacted topic) but the batch is counted once.
+ */
+export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<ScoreBatch> {
+  const records = deps.metrics.counter('urs_vms_records_total', 'Records produced to vms.risk-scores, by kind.');
+  return async (message) => {
+    const batch = message.value;
+    if (batch === null) return;
+    const log = deps.logger.child({ tenantId: batch.tenantId, cycleId: batch.cycleId, batchIndex: batch.batchIndex });
+    const cycleAt = Date.parse(batch.cycleStartedAt);
+    const refs = batch.devices.map((device) => ({ deviceId: device.deviceId, score: device.score, band: device.band }));
+    const changed = new Set((await deps.published.changed(batch.tenantId, cycleAt, refs)).map((ref) => ref.deviceId));
+    const messages = batch.devices
+      .filter((device) => changed.has(device.deviceId))
+      .map((device) => vmsRecord(batch.tenantId, batch.cycleId, batch.scoredAt, device));
+    await deps.publisher.send(deps.topic, 'urs/vms-risk-score', messages);
+    records.inc({ kind: 'changed' }, messages.length);
+    await deps.published.commit(batch.tenantId, cycleAt, refs);
+    const { first } = await deps.cycles.recordBatch(
+      batch.tenantId,
+      batch.cycleId,
+      batch.batchIndex,
+      batchStats(batch, messages.length),
+    );
+    log.info('batch published', { devices: batch.devices.length, changed: messages.length, redelivered: !first });
+    await deps.completion.tryComplete(batch.tenantId, batch.cycleId, {
+      cycleStartedAt: batch.cycleStartedAt,
+      ...(batch.totalBatches !== undefined ? { totalBatches: batch.totalBatches } : {}),
+      ...(batch.totalDevices !== undefined ? { totalDevices: batch.totalDevices } : {}),
+    });
+  };
+}

@@ -1,0 +1,43 @@
+import { BANDS, type Band, type ScoreBatch, type ScoredDevice, type VmsRiskScore } from '@urs/contracts';
+
+/** What the publisher records of each scored batch (once per batch index) to build the cycle's summary. */
+export interface BatchStats {
+  devices: number;
+  bands: Record<Band, number>;
+  /** Devices scored with at least one missing signal. */
+  incomplete: number;
+  collectedAt: string;
+  scoredAt: string;
+  /** Device records published for this batch because their score or band changed. */
+  changed: number;
+}
+
+export function emptyBands(): Record<Band, number> {
+  return Object.fromEntries(BANDS.map((band) => [band, 0])) as Record<Band, number>;
+}
+
+export function batchStats(batch: ScoreBatch, changed: number): BatchStats {
+  const bands = emptyBands();
+  let incomplete = 0;
+  for (const device of batch.devices) {
+    bands[device.band] += 1;
+    if (device.missing.length > 0) incomplete += 1;
+  }
+  return {
+    devices: batch.devices.length,
+    bands,
+    incomplete,
+    collectedAt: batch.collectedAt,
+    scoredAt: batch.scoredAt,
+    changed,
+  };
+}
+
+export function vmsRecord(
+  tenantId: string,
+  cycleId: string,
+  computedAt: string,
+  device: ScoredDevice,
+): { key: string; value: VmsRiskScore } {
+  return { key: `${tenantId}/${device.deviceId}`, value: { schemaVersion: 1, tenantId, cycleId, computedAt, ...device } };
+}
