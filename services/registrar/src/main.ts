@@ -2,9 +2,10 @@ import { createConsumerRunner } from '@urs/bus';
 import { createDefenderClient, createHttpsAgent, createRedisQuotaGate, createSharedLimiter } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { createSecretSealer } from '@urs/secrets';
-import { createRegistrarStateStore, createTenantStore } from '@urs/store';
+import { createRegistrarStateStore, createScoreStore, createTenantStore } from '@urs/store';
 import { registrarConfig } from './config';
 import { createRegistrationHandler } from './director';
+import { deviceRoutes } from './http/devices';
 import { startApiServer, type ApiServer } from './http/server';
 import { tenantRoutes, type AccessChecker } from './http/tenants';
 import { createTenantRebuilder, readTenantLog } from './rebuild';
@@ -80,6 +81,7 @@ void runService({
               ensureRebuilt: () => rebuilder.ensure(),
               accessTestTimeoutMs: settings.accessTestTimeoutMs,
             }),
+            ...deviceRoutes({ tenants, scores: createScoreStore(redis, prefix) }),
           ],
           tokens: settings.apiTokens,
           maxBodyBytes: settings.maxBodyBytes,

@@ -1,0 +1,132 @@
+import { BANDS, type Band } from '@urs/contracts';
+import type { ScoreStore, StoredScore, TenantStore } from '@urs/store';
+import { isTenantId } from '../validation';
+import { ApiError, type ApiRequest, type ApiResponse, type Route } from './router';
+
+export interface DeviceRoutesDeps {
+  tenants: Pick<TenantStore, 'get'>;
+  scores: Pick<ScoreStore, 'getDeviceScore' | 'listDeviceScores' | 'history'>;
+}
+
+/** Most devices one list answer carries. */
+const MAX_LIMIT = 5000;
+const DEFAULT_LIMIT = 1000;
+
+const normalise = (text: string): string => text.toLowerCase().replace(/[\s_-]+/g, '');
+const BAND_BY_NAME = new Map<string, Band>(BANDS.map((band) => [normalise(band), band]));
+
+function tenantIdOf(request: ApiRequest): string {
+  const tenantId = request.params['tenantId'] ?? '';
+  if (!isTenantId(tenantId)) {
+    throw new ApiError(400, 'VALIDATION_FAILED', 'the tenant id in the path is not valid', [
+      { field: 'tenantId', rule: 'must be 1–64 letters, digits, dots, dashes or underscores, starting with a letter or digit' },
+    ]);
+  }
+  return tenantId;
+}
+
+function bandOf(request: ApiRequest): Band | undefined {
+  const raw = request.query.get('band');
+  if (raw === null || raw === '') return undefined;
+  const band = BAND_BY_NAME.get(normalise(raw));
+  if (!band) {
+    throw new ApiError(400, 'VALIDATION_FAILED', `unknown band "${raw}"`, [
+      { field: 'band', rule: `must be one of ${BANDS.map((name) => `"${name}"`).join(', ')} (case and dashes ignored)` },
+    ]);
+  }
+  return band;
+}
+
+function integerOf(request: ApiRequest, name: string, fallback: number, max: number): number {
+  const raw = request.query.get(name);
+  if (raw === null || raw === '') return fallback;
+  if (!/^\d+$/.test(raw) || Number(raw) > max) {
+    throw new ApiError(400, 'VALIDATION_FAILED', `${name} is not valid`, [
+      { field: name, rule: `must be a whole number from 0 to ${max}` },
+    ]);
+  }
+  return Number(raw);
+}
+
+/** One line of the list: enough to find a device and see where it stands. */
+function listItem(stored: StoredScore): Record<string, unknown> {
+  const device = stored.device;
+  return {
+    deviceId: device.deviceId,
+    computerDnsName: device.computerDnsName,
+    score: device.score,
+    band: device.band,
+    missing: device.missing,
+    cycleId: stored.cycleId,
+    cycleStartedAt: stored.cycleStartedAt,
+    scoredAt: stored.scoredAt,
+  };
+}
+
+/**
+ * `GET /v1/tenants/{tenantId}/devices?band=&limit=&offset=`: the tenant's devices with their latest score,
+ * sorted by device id; `GET /v1/tenants/{tenantId}/devices/{deviceId}`: one device's latest score with its
+ * explanation (every matched indicator and its points, the missing signals, the signal values, the
+ * vulnerability summary, the profile hash) and its recent history.
+ */
+export function deviceRoutes(deps: DeviceRoutesDeps): Route[] {
+  async function requireTenant(tenantId: string): Promise<void> {
+    if ((await deps.tenants.get(tenantId)) === null) {
+      throw new ApiError(404, 'TENANT_NOT_FOUND', `tenant ${tenantId} has no Defender registration`);
+    }
+  }
+
+  async function list(request: ApiRequest): Promise<ApiResponse> {
+    const tenantId = tenantIdOf(request);
+    const band = bandOf(request);
+    const limit = integerOf(request, 'limit', DEFAULT_LIMIT, MAX_LIMIT);
+    const offset = integerOf(request, 'offset', 0, Number.MAX_SAFE_INTEGER);
+    await requireTenant(tenantId);
+    const page = await deps.scores.listDeviceScores(tenantId, { ...(band ? { band } : {}), limit, offset });
+    return {
+      status: 200,
+      body: {
+        tenantId,
+        ...(band ? { band } : {}),
+        total: page.total,
+        offset,
+        limit,
+        devices: page.items.map(listItem),
+      },
+    };
+  }
+
+  async function one(request: ApiRequest): Promise<ApiResponse> {
+    const tenantId = tenantIdOf(request);
+    const deviceId = request.params['deviceId'] ?? '';
+    await requireTenant(tenantId);
+    const stored = await deps.scores.getDeviceScore(tenantId, deviceId);
+    if (stored === null) {
+      throw new ApiError(404, 'DEVICE_NOT_FOUND', `device ${deviceId} of tenant ${tenantId} has no score (not listed yet, or gone)`);
+    }
+    const history = await deps.scores.history(tenantId, deviceId);
+    return {
+      status: 200,
+      body: {
+        tenantId,
+        cycleId: stored.cycleId,
+        cycleStartedAt: stored.cycleStartedAt,
+        collectedAt: stored.collectedAt,
+        scoredAt: stored.scoredAt,
+        ...stored.device,
+        history: history.map((entry) => ({
+          cycleId: entry.cycleId,
+          cycleStartedAt: entry.cycleStartedAt,
+          scoredAt: entry.scoredAt,
+          score: entry.device.score,
+          band: entry.device.band,
+        })),
+      },
+    };
+  }
+
+  return [
+    { method: 'GET', path: '/v1/tenants/:tenantId/devices', handler: list },
+    { method: 'GET', path: '/v1/tenants/:tenantId/devices/:deviceId', handler: one },
+  ];
+}
