@@ -1,0 +1,56 @@
+import { DefenderErrorCode, resolveEndpoints } from '../src';
+
+describe('resolveEndpoints', () => {
+  it('resolveEndpoints should default to the commercial cloud and the global host', () => {
+    expect(resolveEndpoints(undefined, undefined)).toEqual({
+      authorityHost: 'https://login.microsoftonline.com',
+      apiBase: 'https://api.security.microsoft.com',
+      scope: 'https://api.securitycenter.microsoft.com/.default',
+      overridden: false,
+    });
+  });
+
+  it.each(['us', 'eu', 'uk', 'au', 'swa', 'ina'])('resolveEndpoints should use the %s regional host', (region) => {
+    expect(resolveEndpoints('commercial', region).apiBase).toBe(`https://${region}.api.security.microsoft.com`);
+  });
+
+  it('resolveEndpoints should choose the US Government hosts per cloud', () => {
+    expect(resolveEndpoints('gcc', undefined)).toMatchObject({
+      authorityHost: 'https://login.microsoftonline.com',
+      apiBase: 'https://api-gcc.securitycenter.microsoft.us',
+    });
+    for (const cloud of ['gcc-high', 'dod']) {
+      expect(resolveEndpoints(cloud, 'us')).toMatchObject({
+        authorityHost: 'https://login.microsoftonline.us',
+        apiBase: 'https://api-gov.securitycenter.microsoft.us',
+        scope: 'https://api-gov.securitycenter.microsoft.us/.default',
+      });
+    }
+  });
+
+  it('resolveEndpoints should accept any case of cloud and region', () => {
+    expect(resolveEndpoints('Commercial', 'EU').apiBase).toBe('https://eu.api.security.microsoft.com');
+  });
+
+  it('resolveEndpoints should reject an unknown cloud or region naming the field', () => {
+    expect(() => resolveEndpoints('azure-china', undefined)).toThrow(/cloud must be one of commercial, gcc, gcc-high, dod/);
+    expect(() => resolveEndpoints('commercial', 'https://evil.example')).toThrow(
+      expect.objectContaining({ code: DefenderErrorCode.INVALID_CONFIG, message: expect.stringMatching(/^region must be one of/) }),
+    );
+  });
+
+  it('resolveEndpoints should let only the operator override the hosts, for every cloud, keeping the scope', () => {
+    const overrides = { authorityHost: 'https://127.0.0.1:8443/', apiBase: 'https://127.0.0.1:8443' };
+    expect(resolveEndpoints('gcc-high', 'eu', overrides)).toEqual({
+      authorityHost: 'https://127.0.0.1:8443',
+      apiBase: 'https://127.0.0.1:8443',
+      scope: 'https://api-gov.securitycenter.microsoft.us/.default',
+      overridden: true,
+    });
+  });
+
+  it('resolveEndpoints should refuse an override that is not https', () => {
+    expect(() => resolveEndpoints(undefined, undefined, { authorityHost: 'http://127.0.0.1:8080' })).toThrow(/authorityHost must use https/);
+    expect(() => resolveEndpoints(undefined, undefined, { apiBase: 'not a url' })).toThrow(/apiBase must be an absolute https URL/);
+  });
+});

@@ -1,0 +1,181 @@
+import { type Simulator, startSimulator } from '@urs/simulator';
+import { type InvalidRecord, type MachinePage, isScorable } from '../src';
+import { type TestApp, newApp, simClient } from './support';
+
+let sim: Simulator;
+
+beforeAll(async () => {
+  sim = await startSimulator({ quotas: false });
+});
+
+afterAll(async () => {
+  await sim.close();
+});
+
+function tenantWith(spec: { size?: number; seed?: number; machines?: Parameters<Simulator['addTenant']>[0]['machines'] }): TestApp {
+  const app = newApp();
+  sim.addTenant({
+    azureTenantId: app.azureTenantId,
+    apps: [app],
+    ...(spec.size !== undefined ? { fleet: { size: spec.size, seed: spec.seed ?? 7 } } : {}),
+    ...(spec.machines ? { machines: spec.machines } : {}),
+  });
+  return app;
+}
+
+/** Generated records from a throw-away tenant, to add as explicit records elsewhere. */
+function records(count: number, seed: number): NonNullable<Parameters<Simulator['addTenant']>[0]['machines']> {
+  const donor = newApp();
+  sim.addTenant({ azureTenantId: donor.azureTenantId, apps: [donor], fleet: { size: count, seed } });
+  return sim.machines(donor.azureTenantId);
+}
+
+function ids(pages: MachinePage[]): string[] {
+  return pages.flatMap((p) => p.machines.map((m) => m.record.id));
+}
+
+describe('listMachinePages', () => {
+  it('listMachinePages should read every device page by page and confirm the short last page', async () => {
+    const app = tenantWith({ size: 25 });
+    const { client, close } = simClient(sim, app);
+    try {
+      sim.resetStats();
+      const pages: MachinePage[] = [];
+      for await (const page of client.listMachinePages({ pageSize: 10 })) pages.push(page);
+      expect(pages.map((p) => [p.skip, p.machines.length])).toEqual([[0, 10], [10, 10], [20, 5]]);
+      expect(ids(pages).sort()).toEqual(sim.machines(app.azureTenantId).map((m) => m.id).sort());
+      // 3 pages and the probe behind the short one.
+      expect(sim.stats().callsByTenant[app.azureTenantId]?.machines).toBe(4);
+    } finally {
+      await close();
+    }
+  });
+
+  it('listMachinePages should stop on the empty page behind a fleet that is an exact multiple of the page size', async () => {
+    const app = tenantWith({ size: 30 });
+    const { client, close } = simClient(sim, app);
+    try {
+      sim.resetStats();
+      const machines = await client.listMachines({ pageSize: 10, pageOverlap: 0 });
+      expect(machines).toHaveLength(30);
+      expect(sim.stats().callsByTenant[app.azureTenantId]?.machines).toBe(4);
+    } finally {
+      await close();
+    }
+  });
+
+  it('listMachines should read an empty fleet (404) as no devices', async () => {
+    const app = tenantWith({});
+    const { client, close } = simClient(sim, app);
+    try {
+      sim.resetStats();
+      await expect(client.listMachines()).resolves.toEqual([]);
+      expect(sim.stats().callsByTenant[app.azureTenantId]?.machines).toBe(1);
+    } finally {
+      await close();
+    }
+  });
+
+  it('listMachinePages should not miss a device when devices are removed during the walk', async () => {
+    const app = tenantWith({ size: 100 });
+    const { client, close } = simClient(sim, app);
+    try {
+      const pages: MachinePage[] = [];
+      for await (const page of client.listMachinePages({ pageSize: 20, pageOverlap: 3 })) {
+        pages.push(page);
+        // Remove three devices already read: the rest shifts back by three positions.
+        if (page.index === 1) for (const m of page.machines.slice(0, 3)) sim.removeMachine(app.azureTenantId, m.record.id);
+      }
+      const listed = new Set(ids(pages));
+      for (const m of sim.machines(app.azureTenantId)) expect(listed.has(m.id)).toBe(true);
+      expect(listed.size).toBe(100);
+    } finally {
+      await close();
+    }
+  });
+
+  it('listMachinePages should drop the duplicates that devices added during the walk cause', async () => {
+    const app = tenantWith({ size: 30, machines: records(30, 99) });
+    const before = sim.machines(app.azureTenantId).map((m) => m.id);
+    const { client, close } = simClient(sim, app);
+    try {
+      const pages: MachinePage[] = [];
+      for await (const page of client.listMachinePages({ pageSize: 20, pageOverlap: 0 })) {
+        pages.push(page);
+        // New devices go before the explicit records: those shift forward and come again.
+        if (page.index === 1) sim.addMachines(app.azureTenantId, 5);
+      }
+      const all = ids(pages);
+      expect(new Set(all).size).toBe(all.length);
+      expect(pages.reduce((sum, p) => sum + p.duplicates, 0)).toBeGreaterThan(0);
+      // Every device that existed for the whole walk is listed; the new ones are the next cycle's.
+      expect(all).toEqual(expect.arrayContaining(before));
+    } finally {
+      await close();
+    }
+  });
+
+  it('listMachinePages should read on past a page that came back short by accident', async () => {
+    const app = tenantWith({ size: 60 });
+    const { client, close } = simClient(sim, app);
+    sim.setFaults(app.azureTenantId, { shortPageRate: 1 });
+    try {
+      const machines = await client.listMachines({ pageSize: 20 });
+      expect(machines.map((m) => m.record.id).sort()).toEqual(sim.machines(app.azureTenantId).map((m) => m.id).sort());
+    } finally {
+      sim.setFaults(app.azureTenantId, {});
+      await close();
+    }
+  });
+
+  it('listMachinePages should flag merged and excluded devices and report invalid records without losing the page', async () => {
+    const extra = records(3, 5);
+    const [valid, broken, pascal] = extra as [typeof extra[0], typeof extra[0], typeof extra[0]];
+    const app = tenantWith({
+      size: 4,
+      machines: [valid, { ...broken, machineTags: 'not-a-list' as unknown as string[] }, { ...pascal, HealthStatus: 'inactive' } as typeof pascal],
+    });
+    const generated = sim.machines(app.azureTenantId).slice(0, 4);
+    sim.updateMachine(app.azureTenantId, generated[0]!.id, { mergedIntoMachineId: generated[1]!.id });
+    sim.updateMachine(app.azureTenantId, generated[2]!.id, { isExcluded: true });
+    const invalid: InvalidRecord[] = [];
+    const { client, close } = simClient(sim, app, { onInvalidRecord: (r) => invalid.push(r) });
+    try {
+      const machines = await client.listMachines({ pageSize: 10 });
+      expect(machines).toHaveLength(6);
+      expect(invalid).toEqual([{ kind: 'machine', id: broken.id, reason: 'machineTags must be array,null' }]);
+      const byId = new Map(machines.map((m) => [m.record.id, m]));
+      expect(byId.get(generated[0]!.id)?.flags).toEqual({ merged: true, excluded: false });
+      expect(byId.get(generated[2]!.id)?.flags).toEqual({ merged: false, excluded: true });
+      expect(machines.filter(isScorable)).toHaveLength(4);
+      expect(byId.get(pascal.id)?.record.healthStatus).toBe('Inactive');
+    } finally {
+      await close();
+    }
+  });
+
+  it('listMachines should get through 5xx, resets, timeouts and truncated bodies', async () => {
+    const app = tenantWith({ size: 50 });
+    const { client, close } = simClient(sim, app, { requestTimeoutMs: 300 });
+    sim.setFaults(app.azureTenantId, { status5xxRate: 0.2, resetRate: 0.1, timeoutRate: 0.1, malformedRate: 0.1 });
+    try {
+      sim.resetStats();
+      const machines = await client.listMachines({ pageSize: 5 });
+      expect(machines).toHaveLength(50);
+      expect(sim.stats().faultsInjected).toBeGreaterThan(0);
+    } finally {
+      sim.setFaults(app.azureTenantId, {});
+      await close();
+    }
+  }, 30_000);
+
+  it('listMachines should reject a page size above 10,000', async () => {
+    const app = tenantWith({ size: 1 });
+    const { client, close } = simClient(sim, app);
+    try {
+      await expect(client.listMachines({ pageSize: 10_001 })).rejects.toThrow(/pageSize must be a whole number from 1 to 10000/);
+    } finally {
+      await close();
+    }
+  });
+});

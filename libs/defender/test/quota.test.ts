@@ -1,0 +1,58 @@
+import { MICROSOFT_QUOTAS, createLocalQuotaGate, planVulnerabilityMode } from '../src';
+
+describe('createLocalQuotaGate', () => {
+  it('acquire should wait until the window frees once the limit is reached', async () => {
+    const gate = createLocalQuotaGate({
+      limits: { ...MICROSOFT_QUOTAS, vulnerabilities: [{ limit: 3, windowMs: 300 }] },
+      maxPollMs: 50,
+    });
+    const started = Date.now();
+    for (let i = 0; i < 3; i++) await gate.acquire('t1', 'vulnerabilities');
+    expect(Date.now() - started).toBeLessThan(150);
+    await gate.acquire('t1', 'vulnerabilities');
+    expect(Date.now() - started).toBeGreaterThanOrEqual(290);
+  });
+
+  it('acquire should count each tenant and endpoint on its own', async () => {
+    const gate = createLocalQuotaGate({ limits: { machines: [{ limit: 1, windowMs: 60_000 }], vulnerabilities: [{ limit: 1, windowMs: 60_000 }], bulk: [] } });
+    const started = Date.now();
+    await gate.acquire('t1', 'machines');
+    await gate.acquire('t2', 'machines');
+    await gate.acquire('t1', 'vulnerabilities');
+    expect(Date.now() - started).toBeLessThan(100);
+  });
+
+  it('block should hold the endpoint back for the given time', async () => {
+    const gate = createLocalQuotaGate({ maxPollMs: 20 });
+    await gate.block('t1', 'machines', 200);
+    const started = Date.now();
+    await gate.acquire('t1', 'machines');
+    expect(Date.now() - started).toBeGreaterThanOrEqual(190);
+  });
+
+  it('acquire should stop waiting when the signal aborts', async () => {
+    const gate = createLocalQuotaGate({ limits: { ...MICROSOFT_QUOTAS, bulk: [{ limit: 1, windowMs: 60_000 }] } });
+    await gate.acquire('t1', 'bulk');
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), 50);
+    await expect(gate.acquire('t1', 'bulk', controller.signal)).rejects.toMatchObject({ code: 'DEFENDER_THROTTLED' });
+  });
+});
+
+describe('planVulnerabilityMode', () => {
+  it('planVulnerabilityMode should take per-device calls while they fit the quota with headroom', () => {
+    // 10 min: min(50 × 10, 1,500 × 10/60) = 250, × 0.8 = 200.
+    expect(planVulnerabilityMode(200, 10)).toEqual({ mode: 'per-device', perDeviceCapacity: 200 });
+    expect(planVulnerabilityMode(201, 10)).toEqual({ mode: 'bulk', perDeviceCapacity: 200 });
+  });
+
+  it('planVulnerabilityMode should be bound by the hourly quota for long intervals', () => {
+    // 1,440 min: min(72,000, 36,000) × 0.8.
+    expect(planVulnerabilityMode(20_000, 1_440).perDeviceCapacity).toBe(28_800);
+    expect(planVulnerabilityMode(30_000, 1_440).mode).toBe('bulk');
+  });
+
+  it('planVulnerabilityMode should accept another quota and headroom', () => {
+    expect(planVulnerabilityMode(100, 1, [{ limit: 100, windowMs: 60_000 }], 1)).toEqual({ mode: 'per-device', perDeviceCapacity: 100 });
+  });
+});

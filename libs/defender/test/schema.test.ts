@@ -1,0 +1,83 @@
+import { parseMachine, parseSoftwareVulnerabilityRow, parseVulnerability, vulnerabilityFromRow } from '../src';
+
+const ID = 'b9c2f1d0e8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3';
+
+describe('parseMachine', () => {
+  it('parseMachine should normalise PascalCase and lower-case keys to the documented camelCase', () => {
+    const result = parseMachine({ Id: ID, ComputerDnsName: 'pc1.contoso.com', onboardingstatus: 'onboarded', HealthStatus: 'active', RiskScore: 'HIGH' });
+    expect(result).toEqual({
+      ok: true,
+      value: { id: ID, computerDnsName: 'pc1.contoso.com', onboardingStatus: 'Onboarded', healthStatus: 'Active', riskScore: 'High' },
+    });
+  });
+
+  it('parseMachine should keep undocumented fields and unknown enum values as sent', () => {
+    const result = parseMachine({ id: ID, healthStatus: 'SomethingNew', vmMetadata: { vm_id: 'x' }, FutureField: 1, '@odata.etag': 'w' });
+    expect(result).toEqual({ ok: true, value: { id: ID, healthStatus: 'SomethingNew', vmMetadata: { vm_id: 'x' }, futureField: 1 } });
+  });
+
+  it('parseMachine should accept rbacGroupId as a number or a string and a null osBuild', () => {
+    expect(parseMachine({ id: ID, rbacGroupId: 140, osBuild: null }).ok).toBe(true);
+    expect(parseMachine({ id: ID, rbacGroupId: '140', osBuild: 19045 }).ok).toBe(true);
+  });
+
+  it('parseMachine should normalise the keys of ipAddresses entries', () => {
+    const result = parseMachine({ id: ID, IpAddresses: [{ IpAddress: '10.0.0.1', MacAddress: null, Type: 'Ethernet', OperationalStatus: 'Up' }] });
+    expect(result.ok && result.value.ipAddresses).toEqual([{ ipAddress: '10.0.0.1', macAddress: null, type: 'Ethernet', operationalStatus: 'Up' }]);
+  });
+
+  it.each([
+    [{ computerDnsName: 'x' }, 'id must have required property'],
+    [{ id: '' }, 'id must NOT have fewer than 1 characters'],
+    [{ id: '../../etc' }, 'id must match pattern'],
+    [{ id: ID, machineTags: 'tag' }, 'machineTags must be array,null'],
+    [{ id: ID, lastSeen: 'yesterday' }, 'lastSeen must match format'],
+    [{ id: ID, isExcluded: 'yes' }, 'isExcluded must be boolean,null'],
+  ])('parseMachine should reject %j naming the field', (record, reason) => {
+    const result = parseMachine(record);
+    expect(result.ok).toBe(false);
+    expect(!result.ok && result.reason).toContain(reason);
+  });
+
+  it('parseMachine should reject what is not an object', () => {
+    expect(parseMachine(null)).toEqual({ ok: false, reason: 'record is not an object' });
+    expect(parseMachine([ID])).toEqual({ ok: false, reason: 'record is not an object' });
+  });
+});
+
+describe('parseVulnerability', () => {
+  it('parseVulnerability should normalise CveSupportability and EPSS and the severity case', () => {
+    const result = parseVulnerability({ id: 'CVE-2024-1', severity: 'critical', cvssV3: 9.8, CveSupportability: 'supported', EPSS: 0.5 });
+    expect(result).toEqual({ ok: true, value: { id: 'CVE-2024-1', severity: 'Critical', cvssV3: 9.8, cveSupportability: 'supported', epss: 0.5 } });
+  });
+
+  it('parseVulnerability should reject a CVSS that is not a number', () => {
+    expect(parseVulnerability({ id: 'CVE-2024-1', cvssV3: '9.8' })).toEqual({ ok: false, reason: 'cvssV3 must be number,null' });
+  });
+});
+
+describe('vulnerabilityFromRow', () => {
+  it('vulnerabilityFromRow should map a bulk row to the per-device shape', () => {
+    const parsed = parseSoftwareVulnerabilityRow({
+      DeviceId: ID,
+      cveId: 'CVE-2023-2',
+      cvssScore: 7.5,
+      vulnerabilitySeverityLevel: 'high',
+      exploitabilityLevel: 'ExploitIsVerified',
+    });
+    expect(parsed.ok).toBe(true);
+    expect(parsed.ok && vulnerabilityFromRow(parsed.value)).toEqual({
+      id: 'CVE-2023-2',
+      severity: 'High',
+      cvssV3: 7.5,
+      publicExploit: true,
+      exploitVerified: true,
+      exploitInKit: false,
+    });
+  });
+
+  it('vulnerabilityFromRow should drop rows without a CVE', () => {
+    const parsed = parseSoftwareVulnerabilityRow({ deviceId: ID, cveId: null, softwareName: 'x' });
+    expect(parsed.ok && vulnerabilityFromRow(parsed.value)).toBeUndefined();
+  });
+});
