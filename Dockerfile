@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1
+# One image for the five pipeline stages and the Defender simulator; the command picks what runs:
+#   docker run defender-urs node services/poller/dist/main.js
+#   docker run defender-urs node test/simulator/dist/main.js --host 0.0.0.0
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+# Stage 1: install every dependency, compile all TypeScript project references, drop dev dependencies.
+FROM ${NODE_IMAGE} AS build
+WORKDIR /app
+COPY package.json package-lock.json tsconfig.base.json tsconfig.json ./
+COPY libs ./libs
+COPY services ./services
+COPY test/simulator ./test/simulator
+# npm ci runs the root `prepare` script, which is `tsc -b` over every package.
+RUN npm ci --no-audit --no-fund \
+ && npm prune --omit=dev --no-audit --no-fund \
+ && find libs services test -name '*.tsbuildinfo' -delete
+
+# Stage 2: the compiled packages and production dependencies only, run as the unprivileged node user.
+FROM ${NODE_IMAGE} AS runtime
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=build --chown=node:node /app /app
+# The simulator writes its CA certificate here; a named volume mounted on /sim starts with this owner.
+RUN mkdir -p /sim && chown node:node /sim
+USER node
+CMD ["node", "services/registrar/dist/main.js"]

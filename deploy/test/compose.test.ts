@@ -1,0 +1,131 @@
+// No Docker engine runs where the tests run, so docker-compose.yml and the Dockerfile are checked
+// structurally: they parse, every service is wired to services and volumes that exist, every command
+// runs a script that the image builds from this repository, and the Kafka image is the version the
+// local stack resolves from Maven.
+import fs from 'node:fs';
+import path from 'node:path';
+import { parse } from 'yaml';
+
+const root = path.resolve(__dirname, '..', '..');
+const read = (file: string): string => fs.readFileSync(path.join(root, file), 'utf8');
+
+interface ComposeService {
+  image?: string;
+  build?: { context: string; dockerfile: string };
+  command?: string[];
+  environment?: Record<string, string | number>;
+  depends_on?: Record<string, { condition: string }>;
+  network_mode?: string;
+  volumes?: string[];
+  ports?: string[];
+  healthcheck?: { test: string[] };
+}
+
+interface Compose {
+  services: Record<string, ComposeService>;
+  volumes?: Record<string, unknown>;
+}
+
+const compose = parse(read('docker-compose.yml'), { merge: true }) as Compose;
+const services = Object.entries(compose.services);
+const stages = ['registrar', 'poller', 'vuln-fetcher', 'scorer', 'publisher'];
+
+/** `X/dist/Y.js` comes from `X/src/Y.ts` when X's tsconfig compiles src into dist. */
+function sourceOf(script: string): string {
+  const match = /^(.+)\/dist\/(.+)\.js$/.exec(script);
+  if (!match) throw new Error(`${script} is not a compiled dist/*.js entry`);
+  const [, pkg, file] = match as unknown as [string, string, string];
+  const tsconfig = read(`${pkg}/tsconfig.json`);
+  expect(tsconfig).toMatch(/"rootDir":\s*"src"/);
+  expect(tsconfig).toMatch(/"outDir":\s*"dist"/);
+  return `${pkg}/src/${file}.ts`;
+}
+
+describe('docker-compose.yml', () => {
+  test('docker-compose.yml should define Kafka, Redis, the simulator and the five stages', () => {
+    expect(Object.keys(compose.services).sort()).toEqual(['kafka', 'redis', 'sim', ...stages].sort());
+  });
+
+  test.each(services.filter(([, s]) => s.command?.[0] === 'node'))(
+    'service %s should run a script the image compiles from this repository',
+    (_name, service) => {
+      const script = service.command?.[1] ?? '';
+      expect(fs.existsSync(path.join(root, sourceOf(script)))).toBe(true);
+      expect(service.image).toBe('defender-urs:local');
+      expect(service.build).toEqual({ context: '.', dockerfile: 'Dockerfile' });
+    },
+  );
+
+  test('every stage should run its own service entry with the bus, the store and the simulator', () => {
+    for (const stage of stages) {
+      const service = compose.services[stage];
+      expect(service?.command).toEqual(['node', `services/${stage}/dist/main.js`]);
+      expect(service?.environment).toMatchObject({
+        KAFKA_BROKERS: 'kafka:9092',
+        REDIS_URL: 'redis://redis:6379',
+        NODE_EXTRA_CA_CERTS: '/sim/ca.pem',
+      });
+      expect(String(service?.environment?.['URS_SECRET_KEY'])).toMatch(/^\$\{URS_SECRET_KEY:\?/);
+    }
+    const metricsPorts = stages.map((s) => compose.services[s]?.environment?.['URS_METRICS_PORT']);
+    expect(new Set(metricsPorts).size).toBe(stages.length);
+  });
+
+  test('references should name services and volumes that exist', () => {
+    const volumeNames = Object.keys(compose.volumes ?? {});
+    for (const [name, service] of services) {
+      for (const dependency of Object.keys(service.depends_on ?? {})) {
+        expect([name, dependency, Object.keys(compose.services).includes(dependency)]).toEqual([
+          name,
+          dependency,
+          true,
+        ]);
+        expect(compose.services[dependency]?.healthcheck).toBeDefined();
+      }
+      if (service.network_mode !== undefined) {
+        const target = /^service:(.+)$/.exec(service.network_mode)?.[1];
+        expect(target !== undefined && target in compose.services).toBe(true);
+        expect(service.ports).toBeUndefined();
+      }
+      for (const volume of service.volumes ?? []) {
+        expect(volumeNames).toContain(volume.split(':')[0]);
+      }
+    }
+  });
+
+  test('kafka service should run the Kafka version of deploy/kafka/pom.xml with auto-create off', () => {
+    const version = /<kafka\.version>([^<]+)<\/kafka\.version>/.exec(read('deploy/kafka/pom.xml'))?.[1];
+    const kafka = compose.services['kafka'];
+    expect(kafka?.image).toBe(`apache/kafka:${version}`);
+    expect(kafka?.environment?.['KAFKA_AUTO_CREATE_TOPICS_ENABLE']).toBe('false');
+    const advertised = String(kafka?.environment?.['KAFKA_ADVERTISED_LISTENERS']);
+    expect(advertised).toContain('PLAINTEXT://kafka:9092');
+  });
+});
+
+describe('Dockerfile', () => {
+  const dockerfile = read('Dockerfile');
+
+  test('Dockerfile should build in one stage and run from a second one on Node 20+', () => {
+    const stagesDeclared = [...dockerfile.matchAll(/^FROM\s+(\S+)\s+AS\s+(\S+)$/gm)].map((m) => m[2]);
+    expect(stagesDeclared).toEqual(['build', 'runtime']);
+    expect(dockerfile).toMatch(/^COPY --from=build /m);
+    const nodeImage = /^ARG NODE_IMAGE=node:(\d+)/m.exec(dockerfile)?.[1];
+    expect(Number(nodeImage)).toBeGreaterThanOrEqual(20);
+    expect(dockerfile).toMatch(/^USER node$/m);
+  });
+
+  test('Dockerfile should copy only paths that exist in the repository', () => {
+    const copies = [...dockerfile.matchAll(/^COPY (?!--from)(.+)$/gm)].map((m) => (m[1] ?? '').split(/\s+/));
+    expect(copies.length).toBeGreaterThan(0);
+    for (const parts of copies) {
+      for (const source of parts.slice(0, -1))
+        expect([source, fs.existsSync(path.join(root, source))]).toEqual([source, true]);
+    }
+  });
+
+  test('.dockerignore should keep local installs, builds and stack data out of the context', () => {
+    const ignored = read('.dockerignore').split('\n');
+    expect(ignored).toEqual(expect.arrayContaining(['**/node_modules', '**/dist', '.stack', '.git']));
+  });
+});
