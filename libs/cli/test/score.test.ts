@@ -286,4 +286,31 @@ describe('scoreCommand', () => {
     });
     expect(code).toBe(0);
   });
+
+  it('should wait for a slow reader of stdout and leave no listeners behind', async () => {
+    const stdout = new PassThrough({ highWaterMark: 1024 });
+    let received = '';
+    const reading = (async () => {
+      for await (const chunk of stdout) {
+        received += String(chunk);
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    })();
+    const record = JSON.stringify({ id: 'd', ...clean, vulnerabilities: [] });
+    const input = Array.from({ length: 3000 }, () => record).join('\n');
+    const listeners = (): number => stdout.listenerCount('drain') + stdout.listenerCount('close');
+    const before = listeners();
+    const code = await scoreCommand(['--now', NOW], {
+      stdin: Readable.from([input]),
+      stdout,
+      stderr: new PassThrough(),
+      env: {},
+    });
+    const after = listeners();
+    stdout.end();
+    await reading;
+    expect(code).toBe(0);
+    expect(received.trim().split('\n')).toHaveLength(3000);
+    expect(after).toBe(before);
+  });
 });

@@ -1,4 +1,3 @@
-import { once } from 'node:events';
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
@@ -234,8 +233,22 @@ class ChunkedWriter {
     if (this.pending.length === 0 || this.closed) return;
     const chunk = this.pending;
     this.pending = '';
-    if (!this.stream.write(chunk)) {
-      await Promise.race([once(this.stream, 'drain'), once(this.stream, 'close')]).catch(() => undefined);
-    }
+    if (!this.stream.write(chunk)) await this.drained();
+  }
+
+  /** Resolves on 'drain', or on 'close'/'error' (nothing more will drain), and removes its listeners. */
+  private drained(): Promise<void> {
+    const stream = this.stream;
+    return new Promise((resolve) => {
+      const done = (): void => {
+        stream.off('drain', done);
+        stream.off('close', done);
+        stream.off('error', done);
+        resolve();
+      };
+      stream.on('drain', done);
+      stream.on('close', done);
+      stream.on('error', done);
+    });
   }
 }
