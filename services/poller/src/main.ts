@@ -1,1 +1,118 @@
-export {};
+import { randomBytes } from 'node:crypto';
+import { createConsumerRunner } from '@urs/bus';
+import { createHttpsAgent, createRedisQuotaGate, createSharedLimiter } from '@urs/defender';
+import { runService } from '@urs/runtime';
+import { createSecretSealer } from '@urs/secrets';
+import { createCycleStore, createPollScheduleStore, createTenantStore } from '@urs/store';
+import { pollerConfig } from './config';
+import { runCycle } from './cycle';
+import { createDefenderGateway } from './defender';
+import { createScheduler } from './scheduler';
+import { createTenantTable } from './tenant-table';
+
+void runService({
+  name: 'poller',
+  defaultMetricsPort: 9102,
+  async setup({ env, config, logger, metrics, redis, kafka, publisher }) {
+    const settings = pollerConfig(env);
+    const prefix = config.redis.keyPrefix;
+    // Unique per process even when two replicas share a pid (containers): leases and the group depend on it.
+    const holderId = `${settings.instanceId}-${randomBytes(4).toString('hex')}`;
+    const sealer = createSecretSealer(settings.secretKeys);
+    const limiter = await createSharedLimiter({ redis, keyPrefix: prefix, logger });
+    const httpsAgent = createHttpsAgent();
+    const defender = createDefenderGateway({
+      limiter,
+      quota: createRedisQuotaGate(redis, prefix),
+      logger,
+      overrides: settings.defender,
+      httpsAgent,
+    });
+    const cycleDeps = {
+      defender,
+      sealer,
+      publisher,
+      cycles: createCycleStore(redis, prefix),
+      deviceBatchesTopic: config.topics.deviceBatches,
+      batchSize: settings.batchSize,
+      maxCycleMs: settings.maxCycleMs,
+      logger,
+    };
+
+    // Every replica reads every tenant: a consumer group of its own, from the beginning of the compacted topic.
+    const table = createTenantTable();
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      const offsets = await admin.fetchTopicOffsets(config.topics.tenants);
+      table.expectEnd(
+        new Map(offsets.filter((o) => BigInt(o.high) > BigInt(o.low)).map((o) => [o.partition, BigInt(o.high) - 1n])),
+      );
+    } finally {
+      await admin.disconnect();
+    }
+    const groupId = `poller-tenants-${holderId}`;
+    const runner = createConsumerRunner({
+      kafka,
+      service: 'poller',
+      groupId,
+      subscriptions: [
+        {
+          topic: config.topics.tenants,
+          contract: 'urs/tenant-record',
+          tombstones: true,
+          fromBeginning: true,
+          handler: (message) => table.handle(message),
+        },
+      ],
+      publisher,
+      dlqTopic: config.topics.dlq,
+      logger,
+      metrics,
+      partitionsConsumedConcurrently: 6,
+    });
+
+    const scheduler = createScheduler({
+      table,
+      schedules: createPollScheduleStore(redis, prefix),
+      tenants: createTenantStore(redis, prefix),
+      runCycle: (input) => runCycle(cycleDeps, input),
+      holderId,
+      intervalUnitMs: settings.intervalUnitMs,
+      leaseMs: settings.leaseMs,
+      maxConcurrentCycles: settings.maxConcurrentCycles,
+      tickMs: settings.tickMs,
+      recheckMs: settings.recheckMs,
+      maxBackoffMs: settings.maxBackoffMs,
+      logger,
+      metrics,
+    });
+    logger.info('poller configured', { holderId, leaseMs: settings.leaseMs, intervalUnitMs: settings.intervalUnitMs });
+
+    return {
+      runners: [runner],
+      async start() {
+        scheduler.start();
+      },
+      isReady: () => table.caughtUp(),
+      closers: [
+        { name: 'scheduler', close: () => scheduler.close(Math.floor(config.shutdownTimeoutMs / 2)) },
+        {
+          // The group is this process's alone; leaving it behind would only clutter the cluster.
+          name: 'tenants-group',
+          close: async () => {
+            const groupAdmin = kafka.admin();
+            await groupAdmin.connect();
+            try {
+              await groupAdmin.deleteGroups([groupId]);
+            } finally {
+              await groupAdmin.disconnect();
+            }
+          },
+        },
+        { name: 'limiter', close: () => limiter.close() },
+        { name: 'https-agent', close: () => httpsAgent.destroy() },
+      ],
+    };
+  },
+});

@@ -2,7 +2,7 @@ import { createConsumerRunner } from '@urs/bus';
 import { createDefenderClient, createHttpsAgent, createRedisQuotaGate, createSharedLimiter } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { createSecretSealer } from '@urs/secrets';
-import { createRegistrarStateStore, createScoreStore, createTenantStore } from '@urs/store';
+import { createPollScheduleStore, createRegistrarStateStore, createScoreStore, createTenantStore } from '@urs/store';
 import { registrarConfig } from './config';
 import { createRegistrationHandler } from './director';
 import { deviceRoutes } from './http/devices';
@@ -20,7 +20,15 @@ void runService({
     const tenants = createTenantStore(redis, prefix);
     const state = createRegistrarStateStore(redis, prefix);
     const sealer = createSecretSealer(settings.secretKeys);
-    const registry = createTenantRegistry({ tenants, state, publisher, tenantsTopic: config.topics.tenants, sealer, logger });
+    const registry = createTenantRegistry({
+      tenants,
+      state,
+      publisher,
+      tenantsTopic: config.topics.tenants,
+      sealer,
+      schedules: createPollScheduleStore(redis, prefix),
+      logger,
+    });
     const rebuilder = createTenantRebuilder({
       readLog: () => readTenantLog(kafka, config.topics.tenants, logger),
       tenants,

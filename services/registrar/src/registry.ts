@@ -3,7 +3,7 @@ import type { SealedSecretRecord, TenantRecord, TenantRegistration } from '@urs/
 import type { Logger } from '@urs/logging';
 import { canonicalJson } from '@urs/scoring';
 import type { SecretSealer } from '@urs/secrets';
-import type { RegistrarStateStore, TenantStore } from '@urs/store';
+import type { PollScheduleStore, RegistrarStateStore, TenantStore } from '@urs/store';
 import { describeViolations, type Violation } from './validation';
 
 /** Header of a `urs.tenants` tombstone carrying the deletion's revision (a null value has no body). */
@@ -43,6 +43,11 @@ export interface TenantRegistryDeps {
   publisher: Publisher;
   tenantsTopic: string;
   sealer: SecretSealer;
+  /**
+   * The pollers' schedules: forgotten when a tenant is disabled or deleted, so that enabling or
+   * registering it again polls at once instead of one interval after its last cycle.
+   */
+  schedules: Pick<PollScheduleStore, 'clear'>;
   logger: Logger;
   now?: () => Date;
 }
@@ -127,6 +132,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         defender: { ...settings, clientSecret: sealed },
       };
       await write(record);
+      if (!record.enabled) await deps.schedules.clear(tenantId);
       await deps.tenants.updateStatus(tenantId, {
         state: record.enabled ? 'active' : 'disabled',
         lastErrorCode: null,
@@ -156,6 +162,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         disabledReason: reason,
       };
       await write(record);
+      await deps.schedules.clear(tenantId);
       await deps.tenants.updateStatus(tenantId, { state: 'disabled', nextPollAt: null });
       log.info('tenant disabled', { tenantId, revision: record.revision, reason });
       return record;
@@ -169,6 +176,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         { key: tenantId, value: null, headers: { [REVISION_HEADER]: String(revision) } },
       ]);
       await deps.tenants.remove(tenantId, revision);
+      await deps.schedules.clear(tenantId);
       log.info('tenant deleted', { tenantId, revision });
       return true;
     },

@@ -1,0 +1,55 @@
+import {
+  defenderOverrides,
+  readInt,
+  readString,
+  secretKeyConfig,
+  type DefenderOverrides,
+  type Env,
+  type SecretKeyConfig,
+} from '@urs/config';
+
+export interface PollerConfig {
+  /**
+   * Milliseconds in one "minute" of `pollIntervalMinutes`. Env `URS_POLL_INTERVAL_UNIT_MS`, default 60000.
+   * An operator and test setting only: tests shorten every interval with it (10 minutes of 300 ms = 3 s)
+   * while registrations keep the 10–1440 minute rule.
+   */
+  intervalUnitMs: number;
+  /**
+   * How long a poller holds a tenant without renewing, in milliseconds. Env `URS_POLL_LEASE_MS`, default
+   * 30000. A killed poller's tenants are taken over within this time; renewed every third of it.
+   */
+  leaseMs: number;
+  /** Longest a cycle may stay open before the publisher closes it, in ms. Env `URS_CYCLE_MAX_MS`, default 3600000. */
+  maxCycleMs: number;
+  /** Cycles this process runs at once (others wait their turn). Env `URS_POLL_MAX_CONCURRENT`, default 32. */
+  maxConcurrentCycles: number;
+  /** Scheduler tick, ms: how soon a due tenant or a free lease is noticed. Env `URS_POLL_TICK_MS`, default 200. */
+  tickMs: number;
+  /** Wait before trying again a tenant whose lease another poller holds, ms. Env `URS_POLL_RECHECK_MS`, default 1000. */
+  recheckMs: number;
+  /** Cap of the backoff after authentication failures, ms. Env `URS_POLL_MAX_BACKOFF_MS`, default 86400000 (a day). */
+  maxBackoffMs: number;
+  /** Devices per `urs.device-batches` message. Env `URS_POLL_BATCH_SIZE`, default 500 (the maximum). */
+  batchSize: number;
+  /** This replica's id (lease holder, consumer group). Env `URS_INSTANCE_ID`, default `poller-<pid>`. */
+  instanceId: string;
+  secretKeys: SecretKeyConfig;
+  defender: DefenderOverrides;
+}
+
+export function pollerConfig(env: Env): PollerConfig {
+  return {
+    intervalUnitMs: readInt(env, 'URS_POLL_INTERVAL_UNIT_MS', { fallback: 60_000, min: 1 }),
+    leaseMs: readInt(env, 'URS_POLL_LEASE_MS', { fallback: 30_000, min: 300 }),
+    maxCycleMs: readInt(env, 'URS_CYCLE_MAX_MS', { fallback: 3_600_000, min: 1_000 }),
+    maxConcurrentCycles: readInt(env, 'URS_POLL_MAX_CONCURRENT', { fallback: 32, min: 1, max: 10_000 }),
+    tickMs: readInt(env, 'URS_POLL_TICK_MS', { fallback: 200, min: 10, max: 60_000 }),
+    recheckMs: readInt(env, 'URS_POLL_RECHECK_MS', { fallback: 1_000, min: 10 }),
+    maxBackoffMs: readInt(env, 'URS_POLL_MAX_BACKOFF_MS', { fallback: 86_400_000, min: 1_000 }),
+    batchSize: readInt(env, 'URS_POLL_BATCH_SIZE', { fallback: 500, min: 1, max: 500 }),
+    instanceId: readString(env, 'URS_INSTANCE_ID', `poller-${process.pid}`),
+    secretKeys: secretKeyConfig(env),
+    defender: defenderOverrides(env),
+  };
+}

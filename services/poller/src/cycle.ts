@@ -1,0 +1,157 @@
+import type { Publisher } from '@urs/bus';
+import type { DeviceBatch, Machine, TenantRecord } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import { UrsError } from '@urs/resilience';
+import { parseProfile } from '@urs/scoring';
+import type { SecretSealer } from '@urs/secrets';
+import type { CycleStore } from '@urs/store';
+import type { DefenderGateway } from './defender';
+
+export interface CycleDeps {
+  defender: DefenderGateway;
+  sealer: SecretSealer;
+  publisher: Publisher;
+  cycles: CycleStore;
+  deviceBatchesTopic: string;
+  /** Devices per batch message (≤ 500). */
+  batchSize: number;
+  /** Longest a cycle may stay open, ms: its deadline is start + min(interval, this). */
+  maxCycleMs: number;
+  logger: Logger;
+  now?: () => number;
+}
+
+export interface CycleInput {
+  record: TenantRecord;
+  cycleId: string;
+  startedAt: number;
+  intervalMs: number;
+  /** Aborted when the lease is lost or the poller stops: nothing more is emitted. */
+  signal: AbortSignal;
+}
+
+export interface CycleResult {
+  totalDevices: number;
+  totalBatches: number;
+  /** Records left out because they were merged into another device. */
+  merged: number;
+  vulnerabilityMode: 'per-device' | 'bulk';
+  /** Why bulk mode was chosen, for the tenant's status. */
+  note: string | null;
+  listedAt: number;
+}
+
+/** The cycle stopped because its lease was lost or the poller is stopping. */
+export class CycleAbortedError extends UrsError {
+  constructor() {
+    super('CYCLE_ABORTED', 'the cycle stopped before it finished (lease lost or shutting down)', { canRetry: true });
+  }
+}
+
+/** `<tenantId>-<start in ms, 13 digits>`: unique per tenant (one cycle at a time) and sortable. */
+export function cycleIdOf(tenantId: string, startedAt: number): string {
+  return `${tenantId}-${String(startedAt).padStart(13, '0')}`;
+}
+
+/**
+ * One polling cycle: the tenant's devices page by page (the Defender client gets the token), merged
+ * records dropped (their surviving device is listed too, and must not be scored twice), batches of at
+ * most `batchSize` devices to `urs.device-batches` keyed by tenant, the last one with the totals (an
+ * empty fleet is one empty last batch), then the cycle's totals for the publisher.
+ *
+ * The vulnerability mode must hold for the whole cycle, and it depends on the fleet's size: devices are
+ * held back until either the listing ends (the exact count; then per-device if it fits) or the count
+ * passes what per-device calls can serve in one interval (then bulk, and batches flow from there on).
+ * The cycle is begun in the cycle store with its first batch, so a cycle that never emitted (bad secret)
+ * leaves no open cycle for the publisher to close.
+ */
+export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<CycleResult> {
+  const now = deps.now ?? Date.now;
+  const { record, cycleId, startedAt, signal } = input;
+  const tenantId = record.tenantId;
+  const log = deps.logger.child({ tenantId, cycleId });
+  const cvssThreshold = parseProfile(record.defender.riskProfile).operational.criticalCves.cvssThreshold;
+  const { perDeviceCapacity } = deps.defender.planMode(Number.MAX_SAFE_INTEGER, record.defender.pollIntervalMinutes);
+  const cycleStartedAt = new Date(startedAt).toISOString();
+  const deadlineAt = new Date(startedAt + Math.min(input.intervalMs, deps.maxCycleMs)).toISOString();
+
+  let mode: 'per-device' | 'bulk' | undefined;
+  let begun = false;
+  let batchIndex = 0;
+  let totalDevices = 0;
+  let merged = 0;
+  let pending: Machine[] = [];
+
+  async function emit(devices: Machine[], last: boolean): Promise<void> {
+    if (signal.aborted) throw new CycleAbortedError();
+    if (!begun) {
+      await deps.cycles.begin({ tenantId, cycleId, startedAt: cycleStartedAt, deadlineAt });
+      begun = true;
+    }
+    const batch: DeviceBatch = {
+      schemaVersion: 1,
+      tenantId,
+      cycleId,
+      cycleStartedAt,
+      batchIndex,
+      lastBatch: last,
+      ...(last ? { totalBatches: batchIndex + 1, totalDevices } : {}),
+      vulnerabilityMode: mode ?? 'per-device',
+      cvssThreshold,
+      devices,
+    };
+    await deps.publisher.send(deps.deviceBatchesTopic, 'urs/device-batch', [{ key: tenantId, value: batch }]);
+    batchIndex++;
+  }
+
+  /** Emits full batches while more than one batch is pending (the last one waits for the end of the listing). */
+  async function flushFull(): Promise<void> {
+    while (pending.length > deps.batchSize) {
+      const devices = pending.slice(0, deps.batchSize);
+      pending = pending.slice(deps.batchSize);
+      await emit(devices, false);
+    }
+  }
+
+  const client = deps.defender.forTenant({
+    azureTenantId: record.defender.azureTenantId,
+    clientId: record.defender.clientId,
+    clientSecret: deps.sealer.open(record.defender.clientSecret, tenantId),
+    cloud: record.defender.cloud,
+    region: record.defender.region,
+  });
+  try {
+    for await (const page of client.listDevicePages(signal)) {
+      if (signal.aborted) throw new CycleAbortedError();
+      for (const device of page.devices) {
+        if (device.merged) {
+          merged++;
+          continue;
+        }
+        pending.push(device.machine);
+        totalDevices++;
+      }
+      if (mode === undefined && totalDevices > perDeviceCapacity) mode = 'bulk';
+      if (mode !== undefined) await flushFull();
+    }
+  } finally {
+    client.close();
+  }
+  if (signal.aborted) throw new CycleAbortedError();
+  mode ??= 'per-device';
+  await flushFull();
+  await emit(pending, true);
+  const listedAt = now();
+  await deps.cycles.listed(tenantId, cycleId, {
+    totalBatches: batchIndex,
+    totalDevices,
+    listedAt: new Date(listedAt).toISOString(),
+  });
+  const note =
+    mode === 'bulk'
+      ? `bulk vulnerability export: ${totalDevices} devices exceed the ${perDeviceCapacity} per-device calls ` +
+        `the API quota allows in a ${record.defender.pollIntervalMinutes}-minute interval`
+      : null;
+  log.info('cycle listed', { totalDevices, totalBatches: batchIndex, merged, vulnerabilityMode: mode });
+  return { totalDevices, totalBatches: batchIndex, merged, vulnerabilityMode: mode, note, listedAt };
+}

@@ -1,0 +1,77 @@
+import type { Agent } from 'node:https';
+import type { Machine } from '@urs/contracts';
+import {
+  createDefenderClient,
+  DefenderErrorCode,
+  planVulnerabilityMode,
+  type CallLimiter,
+  type DefenderEndpointOverrides,
+  type QuotaGate,
+} from '@urs/defender';
+import type { Logger } from '@urs/logging';
+
+export { DefenderErrorCode };
+
+/** A tenant's credentials, the secret in clear (only in this process's memory, only for the cycle). */
+export interface TenantCredentials {
+  azureTenantId: string;
+  clientId: string;
+  clientSecret: string;
+  cloud: string;
+  region: string | null;
+}
+
+/** One page of a tenant's device listing, as the poller needs it. */
+export interface DevicePage {
+  devices: { machine: Machine; merged: boolean }[];
+}
+
+/** What a cycle needs of Microsoft: the device pages (the client gets and caches the token). */
+export interface TenantDefender {
+  listDevicePages(signal: AbortSignal): AsyncIterable<DevicePage>;
+  close(): void;
+}
+
+export interface DefenderGateway {
+  forTenant(credentials: TenantCredentials): TenantDefender;
+  /** Per-device vulnerability calls when the fleet fits the interval within the quota, else the bulk export. */
+  planMode(deviceCount: number, pollIntervalMinutes: number): { mode: 'per-device' | 'bulk'; perDeviceCapacity: number };
+}
+
+export interface DefenderGatewayDeps {
+  limiter: CallLimiter;
+  quota: QuotaGate;
+  logger: Logger;
+  overrides: DefenderEndpointOverrides;
+  httpsAgent: Agent;
+}
+
+/** The gateway over @urs/defender: one client per tenant, sharing the call slots, the quota gate and the agent. */
+export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGateway {
+  return {
+    forTenant(credentials) {
+      const { region, ...rest } = credentials;
+      const client = createDefenderClient(region === null ? rest : { ...rest, region }, {
+        limiter: deps.limiter,
+        quota: deps.quota,
+        logger: deps.logger,
+        overrides: deps.overrides,
+        httpsAgent: deps.httpsAgent,
+      });
+      return {
+        async *listDevicePages(signal) {
+          for await (const page of client.listMachinePages({ signal })) {
+            yield {
+              devices: page.machines.map((entry) => ({
+                machine: entry.record as unknown as Machine,
+                merged: entry.flags.merged,
+              })),
+            };
+          }
+        },
+        close: () => client.close(),
+      };
+    },
+    planMode: (deviceCount, pollIntervalMinutes) => planVulnerabilityMode(deviceCount, pollIntervalMinutes),
+  };
+}

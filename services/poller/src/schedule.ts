@@ -1,0 +1,73 @@
+import type { PollSchedule } from '@urs/store';
+import { DefenderErrorCode } from './defender';
+
+/**
+ * When a tenant's next cycle is due, read under the tenant's lease: one interval after the last cycle
+ * started, with the interval in force now (a changed interval applies from the next cycle), and not
+ * before a backoff's end. A tenant never polled is due at once. A cycle still marked running (under a
+ * lease that is now ours) was abandoned by a poller that died or stopped mid-cycle: due at once, so the
+ * tenant is not skipped for a whole interval.
+ */
+export function dueAt(schedule: PollSchedule, intervalMs: number): number {
+  if (schedule.runningCycleId !== undefined) return 0;
+  const next = schedule.lastStartedAt === undefined ? 0 : schedule.lastStartedAt + intervalMs;
+  return Math.max(next, schedule.notBefore ?? 0);
+}
+
+/** Errors an administrator must fix (secret, consent, app, tenant): retrying soon only hammers Entra ID. */
+const SETUP_ERRORS = new Set<string>([
+  DefenderErrorCode.INVALID_SECRET,
+  DefenderErrorCode.SECRET_EXPIRED,
+  DefenderErrorCode.UNKNOWN_CLIENT,
+  DefenderErrorCode.UNKNOWN_TENANT,
+  DefenderErrorCode.NOT_PROVISIONED,
+  DefenderErrorCode.CONSENT_MISSING,
+  DefenderErrorCode.AUTH_FAILED,
+  DefenderErrorCode.UNAUTHORIZED,
+  DefenderErrorCode.INVALID_CONFIG,
+  'SECRET_UNREADABLE',
+  'SECRET_KEY_UNKNOWN',
+]);
+
+export type FailureKind = 'setup' | 'throttled' | 'transient';
+
+export function classifyFailure(code: string): FailureKind {
+  if (SETUP_ERRORS.has(code)) return 'setup';
+  if (code === DefenderErrorCode.THROTTLED) return 'throttled';
+  return 'transient';
+}
+
+export interface BackoffInput {
+  kind: FailureKind;
+  /** Consecutive failed cycles, this one included (≥ 1). */
+  failures: number;
+  startedAt: number;
+  now: number;
+  intervalMs: number;
+  maxBackoffMs: number;
+  /** The API's Retry-After, for throttling, in ms. */
+  retryAfterMs?: number;
+}
+
+/** Throttled tenants wait at least a minute (or what the API asked) before the next try, never past their interval. */
+const MIN_THROTTLE_WAIT_MS = 60_000;
+
+/**
+ * The earliest next try after a failed cycle, or null for the normal schedule. Setup errors back off
+ * exponentially from one interval (1, 2, 4, … intervals after the failed start), capped at
+ * `maxBackoffMs` but never below one interval. Throttling delays only this tenant, by the API's
+ * Retry-After or a minute, at most one interval. Transient failures keep the schedule (the client already
+ * retried them).
+ */
+export function backoffUntil(input: BackoffInput): number | null {
+  if (input.kind === 'setup') {
+    const factor = Math.pow(2, Math.min(Math.max(input.failures - 1, 0), 30));
+    const delay = Math.max(input.intervalMs, Math.min(input.intervalMs * factor, input.maxBackoffMs));
+    return input.startedAt + delay;
+  }
+  if (input.kind === 'throttled') {
+    const wait = Math.min(Math.max(input.retryAfterMs ?? 0, MIN_THROTTLE_WAIT_MS), input.intervalMs);
+    return input.now + wait;
+  }
+  return null;
+}

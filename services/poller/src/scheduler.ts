@@ -1,0 +1,259 @@
+import type { TenantRecord } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import { errorCode, errorMessage, sleep } from '@urs/resilience';
+import type { Registry } from '@urs/telemetry';
+import type { PollLease, PollScheduleStore, TenantStore } from '@urs/store';
+import { CycleAbortedError, cycleIdOf, type CycleInput, type CycleResult } from './cycle';
+import { backoffUntil, classifyFailure, dueAt } from './schedule';
+import type { TenantTable } from './tenant-table';
+
+export interface SchedulerDeps {
+  table: TenantTable;
+  schedules: PollScheduleStore;
+  tenants: TenantStore;
+  /** Runs one cycle (runCycle bound to its deps). */
+  runCycle: (input: CycleInput) => Promise<CycleResult>;
+  /** This replica's lease holder id (unique per process). */
+  holderId: string;
+  intervalUnitMs: number;
+  leaseMs: number;
+  maxConcurrentCycles: number;
+  tickMs: number;
+  recheckMs: number;
+  maxBackoffMs: number;
+  logger: Logger;
+  metrics: Registry;
+  now?: () => number;
+}
+
+export interface Scheduler {
+  start(): void;
+  /** Cycles running in this process now. */
+  running(): number;
+  /** Stops starting cycles, lets running ones finish for up to `drainMs`, then aborts them. Idempotent. */
+  close(drainMs?: number): Promise<void>;
+}
+
+interface Running {
+  abort: AbortController;
+  done: Promise<void>;
+}
+
+/**
+ * Polls every enabled tenant on its interval, with any number of replicas. Each replica knows every
+ * tenant (TenantTable) and, when one is due by its local view, takes the tenant's lease in Redis
+ * (SET NX PX, fenced) and reads the shared schedule under it: only if the cycle is really due does it
+ * run, after recording the start (fenced). Another replica that takes the lease later sees the start
+ * and waits for the next due time, so a tenant is polled once per interval however many replicas
+ * run, and a restarted replica resumes from Redis without polling early or skipping. The lease is
+ * renewed while the cycle runs; a lost lease aborts the cycle. A killed replica's lease expires after
+ * `leaseMs` and its abandoned cycle is redone by another replica.
+ *
+ * Cycles run concurrently (at most `maxConcurrentCycles`), each on its own: one tenant's slow or
+ * failing cycle never delays another's.
+ */
+export function createScheduler(deps: SchedulerDeps): Scheduler {
+  const now = deps.now ?? Date.now;
+  const log = deps.logger.child({ component: 'scheduler' });
+  const cyclesTotal = deps.metrics.counter('urs_poll_cycles_total', 'Polling cycles, by outcome.');
+  const cycleSeconds = deps.metrics.histogram('urs_poll_cycle_seconds', 'Duration of a polling cycle (listing and emitting), in seconds.');
+  deps.metrics.gauge('urs_poll_cycles_running', 'Polling cycles running in this process.', () => active.size);
+  deps.metrics.gauge('urs_poll_tenants', 'Tenants known to this poller.', () => deps.table.size());
+  /** Per tenant, when this replica should look again (its local view; Redis decides). */
+  const localDue = new Map<string, number>();
+  const active = new Map<string, Running>();
+  const stop = new AbortController();
+  let loop: Promise<void> | undefined;
+  let wake: (() => void) | undefined;
+
+  deps.table.onChange((tenantId, record) => {
+    // Look again at once: a new registration is polled within a tick, a changed interval is re-read.
+    localDue.set(tenantId, 0);
+    if (record === null || !record.enabled) {
+      localDue.delete(tenantId);
+      const running = active.get(tenantId);
+      if (running) {
+        log.info('tenant disabled or deleted: stopping its cycle', { tenantId });
+        running.abort.abort();
+      }
+    }
+    wake?.();
+  });
+
+  async function releaseQuietly(lease: PollLease): Promise<void> {
+    await deps.schedules.release(lease).catch((error: unknown) => {
+      log.warn('lease release failed (it expires by itself)', { tenantId: lease.tenantId, reason: errorMessage(error) });
+    });
+  }
+
+  async function attempt(tenantId: string, abort: AbortController): Promise<void> {
+    const lease = await deps.schedules.acquire(tenantId, deps.holderId, deps.leaseMs);
+    if (!lease) {
+      localDue.set(tenantId, now() + deps.recheckMs);
+      return;
+    }
+    let released = false;
+    try {
+      const record = deps.table.get(tenantId);
+      if (!record || !record.enabled || abort.signal.aborted) return;
+      const intervalMs = record.defender.pollIntervalMinutes * deps.intervalUnitMs;
+      const schedule = await deps.schedules.get(tenantId);
+      const due = dueAt(schedule, intervalMs);
+      const startedAt = now();
+      if (due > startedAt) {
+        localDue.set(tenantId, due);
+        return;
+      }
+      if (schedule.runningCycleId !== undefined) {
+        log.warn('taking over an abandoned cycle', { tenantId, abandonedCycleId: schedule.runningCycleId });
+      }
+      const cycleId = cycleIdOf(tenantId, startedAt);
+      if (!(await deps.schedules.begin(lease, cycleId, startedAt))) return;
+      localDue.set(tenantId, startedAt + intervalMs);
+      await runUnderLease(record, lease, cycleId, startedAt, intervalMs, schedule.failures, abort);
+      released = true;
+    } finally {
+      if (!released) await releaseQuietly(lease);
+    }
+  }
+
+  async function runUnderLease(
+    record: TenantRecord,
+    lease: PollLease,
+    cycleId: string,
+    startedAt: number,
+    intervalMs: number,
+    previousFailures: number,
+    abort: AbortController,
+  ): Promise<void> {
+    const tenantId = record.tenantId;
+    const nextPollAt = startedAt + intervalMs;
+    await deps.tenants.updateStatus(tenantId, {
+      lastCycleId: cycleId,
+      lastCycleStartedAt: new Date(startedAt).toISOString(),
+      nextPollAt: new Date(nextPollAt).toISOString(),
+    });
+    const renewEveryMs = Math.max(Math.floor(deps.leaseMs / 3), 10);
+    const renewer = setInterval(() => {
+      deps.schedules
+        .renew(lease, deps.leaseMs)
+        .then((held) => {
+          if (!held) {
+            log.warn('lease lost: aborting the cycle', { tenantId, cycleId });
+            abort.abort();
+          }
+        })
+        .catch((error: unknown) => log.warn('lease renewal failed', { tenantId, cycleId, reason: errorMessage(error) }));
+    }, renewEveryMs);
+    try {
+      const result = await deps.runCycle({ record, cycleId, startedAt, intervalMs, signal: abort.signal });
+      clearInterval(renewer);
+      await deps.schedules.end(lease, { failures: 0, notBefore: null });
+      await deps.tenants.updateStatus(tenantId, {
+        state: 'active',
+        lastCycleEndedAt: new Date(result.listedAt).toISOString(),
+        deviceCount: result.totalDevices,
+        vulnerabilityMode: result.vulnerabilityMode,
+        note: result.note,
+        lastErrorCode: null,
+        lastErrorMessage: null,
+        lastErrorAt: null,
+      });
+      cyclesTotal.inc({ outcome: 'listed' });
+      cycleSeconds.observe((now() - startedAt) / 1000);
+    } catch (error) {
+      clearInterval(renewer);
+      if (error instanceof CycleAbortedError || abort.signal.aborted) {
+        // Left marked running: the next holder redoes it (unless the tenant was disabled or deleted).
+        cyclesTotal.inc({ outcome: 'aborted' });
+        log.warn('cycle aborted', { tenantId, cycleId });
+        return;
+      }
+      const code = errorCode(error);
+      const message = errorMessage(error);
+      const kind = classifyFailure(code);
+      const failures = previousFailures + 1;
+      const ended = now();
+      const retryAfterMs = (error as { retryAfterMs?: number }).retryAfterMs;
+      const notBefore = backoffUntil({
+        kind,
+        failures,
+        startedAt,
+        now: ended,
+        intervalMs,
+        maxBackoffMs: deps.maxBackoffMs,
+        ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
+      });
+      await deps.schedules.end(lease, { failures, notBefore });
+      const next = Math.max(nextPollAt, notBefore ?? 0);
+      localDue.set(tenantId, next);
+      await deps.tenants.updateStatus(tenantId, {
+        state: 'error',
+        lastCycleEndedAt: new Date(ended).toISOString(),
+        nextPollAt: new Date(next).toISOString(),
+        lastErrorCode: code,
+        lastErrorMessage: message,
+        lastErrorAt: new Date(ended).toISOString(),
+      });
+      cyclesTotal.inc({ outcome: kind });
+      log.warn('cycle failed', { tenantId, cycleId, code, reason: message, failures, nextPollAt: new Date(next).toISOString() });
+    } finally {
+      clearInterval(renewer);
+      await releaseQuietly(lease);
+    }
+  }
+
+  function tick(): void {
+    if (stop.signal.aborted || !deps.table.caughtUp()) return;
+    const at = now();
+    for (const record of deps.table.enabled()) {
+      if (active.size >= deps.maxConcurrentCycles) return;
+      const tenantId = record.tenantId;
+      if (active.has(tenantId) || (localDue.get(tenantId) ?? 0) > at) continue;
+      const abort = new AbortController();
+      const done = attempt(tenantId, abort)
+        .catch((error: unknown) => {
+          localDue.set(tenantId, now() + deps.recheckMs);
+          log.error('poll attempt failed', { tenantId, code: errorCode(error), reason: errorMessage(error) });
+        })
+        .finally(() => {
+          active.delete(tenantId);
+          wake?.();
+        });
+      active.set(tenantId, { abort, done });
+    }
+  }
+
+  async function run(): Promise<void> {
+    while (!stop.signal.aborted) {
+      tick();
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        void sleep(deps.tickMs, stop.signal).then(resolve);
+      });
+      wake = undefined;
+    }
+  }
+
+  let closing: Promise<void> | undefined;
+  return {
+    start() {
+      loop ??= run();
+    },
+    running: () => active.size,
+    close(drainMs = 10_000) {
+      closing ??= (async () => {
+        stop.abort();
+        wake?.();
+        await loop;
+        const all = Promise.all([...active.values()].map((running) => running.done));
+        const timer = new AbortController();
+        await Promise.race([all, sleep(drainMs, timer.signal)]);
+        timer.abort();
+        for (const running of active.values()) running.abort.abort();
+        await all;
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,69 @@
+import type { InboundMessage } from '@urs/bus';
+import type { TenantRecord } from '@urs/contracts';
+
+export type TenantChangeListener = (tenantId: string, record: TenantRecord | null) => void;
+
+/**
+ * Every tenant record of `urs.tenants`, in this process's memory. Each poller replica reads the whole
+ * topic (a consumer group of its own), so any replica can poll any tenant; which one does is decided by
+ * the lease. A record older than the one held is ignored; a tombstone removes the tenant.
+ */
+export interface TenantTable {
+  /** The bus handler of `urs.tenants`. */
+  handle(message: InboundMessage<TenantRecord>): Promise<void>;
+  get(tenantId: string): TenantRecord | undefined;
+  enabled(): TenantRecord[];
+  size(): number;
+  onChange(listener: TenantChangeListener): void;
+  /**
+   * Sets the offsets (per partition, the last one present when the poller started) up to which the
+   * table must read before it is complete; until then nothing is scheduled, so a tenant deleted later
+   * in the log is never polled while the log replays.
+   */
+  expectEnd(lastOffsets: Map<number, bigint>): void;
+  caughtUp(): boolean;
+}
+
+export function createTenantTable(): TenantTable {
+  const records = new Map<string, TenantRecord>();
+  const listeners: TenantChangeListener[] = [];
+  let remaining: Map<number, bigint> | undefined;
+  const seen = new Map<number, bigint>();
+
+  function progress(partition: number, offset: string): void {
+    const current = seen.get(partition);
+    if (current === undefined || BigInt(offset) > current) seen.set(partition, BigInt(offset));
+    const target = remaining?.get(partition);
+    if (target !== undefined && BigInt(offset) >= target) remaining?.delete(partition);
+  }
+
+  return {
+    async handle(message) {
+      const tenantId = message.key ?? message.value?.tenantId;
+      progress(message.partition, message.offset);
+      if (!tenantId) return;
+      const current = records.get(tenantId);
+      if (message.value === null) {
+        if (!current) return;
+        records.delete(tenantId);
+        for (const listener of listeners) listener(tenantId, null);
+        return;
+      }
+      if (current && current.revision >= message.value.revision) return;
+      records.set(tenantId, message.value);
+      for (const listener of listeners) listener(tenantId, message.value);
+    },
+    get: (tenantId) => records.get(tenantId),
+    enabled: () => [...records.values()].filter((record) => record.enabled),
+    size: () => records.size,
+    onChange(listener) {
+      listeners.push(listener);
+    },
+    expectEnd(lastOffsets) {
+      remaining = new Map(
+        [...lastOffsets].filter(([partition, offset]) => offset >= 0n && (seen.get(partition) ?? -1n) < offset),
+      );
+    },
+    caughtUp: () => remaining !== undefined && remaining.size === 0,
+  };
+}
