@@ -7,6 +7,8 @@ import type { AffectedSoftware, VulnerabilityRecord } from './types';
 export interface CatalogEntry {
   vulnerability: VulnerabilityRecord;
   software: AffectedSoftware;
+  /** `vulnerability` serialised once, so per-device answers are string joins. */
+  json: string;
 }
 
 const CATALOG_SIZE = 3000;
@@ -101,8 +103,10 @@ function buildCatalog(): CatalogEntry[] {
         recommendedSecurityUpdate: kb ? `April 2024 Security Updates` : null,
         recommendedSecurityUpdateId: kb,
       },
+      json: '',
     });
   }
+  for (const entry of entries) entry.json = JSON.stringify(entry.vulnerability);
   return entries;
 }
 

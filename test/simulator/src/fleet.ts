@@ -1,5 +1,5 @@
 import { cveCatalog, type CatalogEntry } from './catalog';
-import { generateCveEntries, generateMachine, indexOfMachineId } from './generator';
+import { generateCveEntries, generatedOnboarding, generateMachine, indexOfMachineId } from './generator';
 import { hashString } from './rng';
 import type { AffectedSoftware, MachineRecord, VulnerabilityRecord } from './types';
 
@@ -17,6 +17,8 @@ export interface FleetSpec {
 export interface CveEntryView {
   vulnerability: VulnerabilityRecord;
   software: AffectedSoftware;
+  /** The vulnerability as JSON, when already serialised (catalog entries). */
+  json?: string;
 }
 
 const UNKNOWN_SOFTWARE: AffectedSoftware = {
@@ -159,11 +161,20 @@ export class Fleet {
       return override.map((v) => ({ vulnerability: v, software: byId.get(v.id)?.software ?? UNKNOWN_SOFTWARE }));
     }
     if ('explicitAt' in where) return [];
-    return generateCveEntries(this.seed, where.index, this.generated(where.index));
+    const patch = this.patches.get(where.index);
+    const onboarding = patch && 'onboardingStatus' in patch ? patch.onboardingStatus : generatedOnboarding(this.seed, where.index);
+    return generateCveEntries(this.seed, where.index, onboarding);
   }
 
   vulnerabilities(id: string): VulnerabilityRecord[] | undefined {
     return this.cveEntries(id)?.map((e) => e.vulnerability);
+  }
+
+  /** The JSON array of a device's vulnerabilities, or undefined when the device is unknown. */
+  vulnerabilitiesJson(id: string): string | undefined {
+    const entries = this.cveEntries(id);
+    if (!entries) return undefined;
+    return `[${entries.map((e) => e.json ?? JSON.stringify(e.vulnerability)).join(',')}]`;
   }
 }
 

@@ -1,5 +1,5 @@
 import { cveCatalog, type CatalogEntry } from './catalog';
-import { hash32, mdeDate, Rng } from './rng';
+import { hash32, hex32, mdeDate, Rng } from './rng';
 import type { IpAddressRecord, MachineRecord } from './types';
 
 // Machine records are pure functions of (fleet seed, index, fleet epoch): nothing is stored per
@@ -19,7 +19,7 @@ const ID_INVERSE = (() => {
 
 export function machineIdFor(seed: number, index: number): string {
   const rng = new Rng(seed, index, 1);
-  const tail = ((Math.imul(index, ID_MULTIPLIER) + hash32(seed, 7)) >>> 0).toString(16).padStart(8, '0');
+  const tail = hex32((Math.imul(index, ID_MULTIPLIER) + hash32(seed, 7)) >>> 0);
   return rng.hex(32) + tail;
 }
 
@@ -60,9 +60,76 @@ function ipFor(rng: Rng, type: string): IpAddressRecord {
 }
 
 /** Number of CVEs a generated device carries; ~40% are clean, the rest 1–30 skewed low. */
-function vulnerabilityCount(rng: Rng, onboarded: boolean): number {
+function vulnerabilityCount(seed: number, index: number, onboarded: boolean): number {
+  const rng = new Rng(seed, index, 3);
   if (!onboarded || rng.chance(0.4)) return 0;
   return 1 + Math.floor(rng.next() ** 2 * 30);
+}
+
+// Weighted tables live at module level: literal arrays inside the generator were rebuilt per device.
+const ONBOARDING = [
+  ['Onboarded', 90],
+  ['CanBeOnboarded', 5],
+  ['InsufficientInfo', 3],
+  ['Unsupported', 2],
+] as const;
+const AGE_BUCKETS = [
+  [0, 70],
+  [1, 15],
+  [2, 8],
+  [3, 7],
+] as const;
+/** [min, max] age in ms of each last-seen bucket: within a day, a week, a month, three months. */
+const AGE_RANGES: readonly (readonly [number, number])[] = [
+  [60_000, DAY_MS],
+  [DAY_MS, 7 * DAY_MS],
+  [7 * DAY_MS, 30 * DAY_MS],
+  [30 * DAY_MS, 90 * DAY_MS],
+];
+const NOT_ONBOARDED_HEALTH = ['NoSensorData', 'Inactive', 'Unknown'];
+const RECENT_HEALTH = [
+  ['Active', 92],
+  ['ImpairedCommunication', 4],
+  ['NoSensorData', 2],
+  ['NoSensorDataImpairedCommunication', 1],
+  ['Unknown', 1],
+] as const;
+const RISK = [
+  ['None', 50],
+  ['Informational', 5],
+  ['Low', 17],
+  ['Medium', 16],
+  ['High', 12],
+] as const;
+const EXPOSURE_CLEAN = ['None', 'Low', 'Low'];
+const EXPOSURE_MANY = ['Medium', 'High', 'High'];
+const EXPOSURE_SOME = ['Low', 'Medium', 'Medium'];
+const AV_STATUS = [
+  [undefined, 40],
+  ['NotSupported', 35],
+  ['Updated', 15],
+  ['NotUpdated', 3],
+  ['Disabled', 3],
+  ['NotReporting', 2],
+  ['Unknown', 2],
+] as const;
+const DEVICE_VALUE = [
+  ['Normal', 90],
+  ['High', 7],
+  ['Low', 3],
+] as const;
+const MANAGED_BY = [
+  ['Intune', 50],
+  ['MicrosoftDefenderForEndpoint', 35],
+  ['Unknown', 15],
+] as const;
+const TAGS = ['VIP', 'Prod', 'Kiosk', 'PCI'];
+const EXCLUSION_REASONS = ['Duplicate', 'InactiveDevice', 'Other'];
+const DROPPABLE = ['lastExternalIpAddress', 'osBuild', 'riskScore', 'exposureLevel', 'rbacGroupName', 'ipAddresses', 'version'];
+
+/** Onboarding status of generated device `index`: its own stream, so CVEs can be derived without the record. */
+export function generatedOnboarding(seed: number, index: number): string {
+  return new Rng(seed, index, 5).weighted(ONBOARDING);
 }
 
 export function generateMachine(seed: number, index: number, epochMs: number): MachineRecord {
@@ -70,41 +137,19 @@ export function generateMachine(seed: number, index: number, epochMs: number): M
   const id = machineIdFor(seed, index);
   const [platform, versions, build, prefix] = rng.weighted(PLATFORMS);
   const isWindows = platform.startsWith('Windows');
-  const onboardingStatus = rng.weighted([
-    ['Onboarded', 90],
-    ['CanBeOnboarded', 5],
-    ['InsufficientInfo', 3],
-    ['Unsupported', 2],
-  ] as const);
+  const onboardingStatus = generatedOnboarding(seed, index);
   const onboarded = onboardingStatus === 'Onboarded';
-  const vulnCount = vulnerabilityCount(new Rng(seed, index, 3), onboarded);
+  const vulnCount = vulnerabilityCount(seed, index, onboarded);
 
-  const ageBucket = rng.weighted([
-    [0, 70],
-    [1, 15],
-    [2, 8],
-    [3, 7],
-  ] as const);
-  const ageMs = [
-    rng.int(60_000, DAY_MS),
-    rng.int(DAY_MS, 7 * DAY_MS),
-    rng.int(7 * DAY_MS, 30 * DAY_MS),
-    rng.int(30 * DAY_MS, 90 * DAY_MS),
-  ][ageBucket] as number;
-  const lastSeenMs = epochMs - ageMs;
+  const ageBucket = rng.weighted(AGE_BUCKETS);
+  const [minAge, maxAge] = AGE_RANGES[ageBucket] as readonly [number, number];
+  const lastSeenMs = epochMs - rng.int(minAge, maxAge);
   const firstSeenMs = lastSeenMs - rng.int(DAY_MS, 700 * DAY_MS);
 
   let healthStatus: string;
-  if (!onboarded) healthStatus = rng.pick(['NoSensorData', 'Inactive', 'Unknown']);
+  if (!onboarded) healthStatus = rng.pick(NOT_ONBOARDED_HEALTH);
   else if (ageBucket >= 2) healthStatus = rng.chance(0.9) ? 'Inactive' : 'NoSensorData';
-  else
-    healthStatus = rng.weighted([
-      ['Active', 92],
-      ['ImpairedCommunication', 4],
-      ['NoSensorData', 2],
-      ['NoSensorDataImpairedCommunication', 1],
-      ['Unknown', 1],
-    ] as const);
+  else healthStatus = rng.weighted(RECENT_HEALTH);
 
   let riskScore: string;
   let exposureLevel: string;
@@ -112,19 +157,8 @@ export function generateMachine(seed: number, index: number, epochMs: number): M
     riskScore = 'None';
     exposureLevel = 'None';
   } else {
-    riskScore = rng.weighted([
-      ['None', 50],
-      ['Informational', 5],
-      ['Low', 17],
-      ['Medium', 16],
-      ['High', 12],
-    ] as const);
-    exposureLevel =
-      vulnCount === 0
-        ? rng.pick(['None', 'Low', 'Low'])
-        : vulnCount > 15
-          ? rng.pick(['Medium', 'High', 'High'])
-          : rng.pick(['Low', 'Medium', 'Medium']);
+    riskScore = rng.weighted(RISK);
+    exposureLevel = rng.pick(vulnCount === 0 ? EXPOSURE_CLEAN : vulnCount > 15 ? EXPOSURE_MANY : EXPOSURE_SOME);
   }
 
   const group = rng.pick(GROUPS);
@@ -133,17 +167,8 @@ export function generateMachine(seed: number, index: number, epochMs: number): M
   const aadDeviceId = isWindows && rng.chance(0.65) ? rng.guid() : null;
   const ips: IpAddressRecord[] = [ipFor(rng, rng.chance(0.7) ? 'Ethernet' : 'Wireless80211')];
   if (rng.chance(0.3)) ips.push(ipFor(rng, 'Other'));
-  if (rng.chance(0.4))
-    ips.push({ ipAddress: '127.0.0.1', macAddress: null, type: 'SoftwareLoopback', operationalStatus: 'Up' });
-  const av = rng.weighted([
-    [undefined, 40],
-    ['NotSupported', 35],
-    ['Updated', 15],
-    ['NotUpdated', 3],
-    ['Disabled', 3],
-    ['NotReporting', 2],
-    ['Unknown', 2],
-  ] as const);
+  if (rng.chance(0.4)) ips.push({ ipAddress: '127.0.0.1', macAddress: null, type: 'SoftwareLoopback', operationalStatus: 'Up' });
+  const av = rng.weighted(AV_STATUS);
   const isServer = platform.startsWith('WindowsServer') || prefix === 'web' || prefix === 'db';
   const merged = rng.chance(0.01) && index > 0;
   const excluded = rng.chance(0.01);
@@ -166,26 +191,18 @@ export function generateMachine(seed: number, index: number, epochMs: number): M
         : `101.${rng.int(23000, 24999)}.${String(rng.int(1, 20)).padStart(4, '0')}`,
     osBuild: build,
     healthStatus,
-    deviceValue: rng.weighted([
-      ['Normal', 90],
-      ['High', 7],
-      ['Low', 3],
-    ] as const),
+    deviceValue: rng.weighted(DEVICE_VALUE),
     rbacGroupId: group[1],
     rbacGroupName: group[0],
     riskScore,
     exposureLevel,
     isAadJoined: aadDeviceId !== null,
     aadDeviceId,
-    machineTags: rng.chance(0.15) ? [rng.pick(['VIP', 'Prod', 'Kiosk', 'PCI'])] : [],
+    machineTags: rng.chance(0.15) ? [rng.pick(TAGS)] : [],
     defenderAvStatus: av,
     onboardingStatus,
     osArchitecture: isWindows && rng.chance(0.03) ? '32-bit' : '64-bit',
-    managedBy: rng.weighted([
-      ['Intune', 50],
-      ['MicrosoftDefenderForEndpoint', 35],
-      ['Unknown', 15],
-    ] as const),
+    managedBy: rng.weighted(MANAGED_BY),
     managedByStatus: rng.chance(0.8) ? 'Success' : 'Unknown',
     ipAddresses: ips,
     vmMetadata:
@@ -198,23 +215,20 @@ export function generateMachine(seed: number, index: number, epochMs: number): M
           }
         : null,
     isExcluded: excluded,
-    exclusionReason: excluded ? rng.pick(['Duplicate', 'InactiveDevice', 'Other']) : null,
+    exclusionReason: excluded ? rng.pick(EXCLUSION_REASONS) : null,
     mergedIntoMachineId: merged ? machineIdFor(seed, rng.int(0, index - 1)) : null,
     isPotentialDuplication: merged || rng.chance(0.01),
   };
-  if (av === undefined) delete record.defenderAvStatus;
-  // A few real records lack documented fields entirely.
-  if (rng.chance(0.02)) {
-    const drop = rng.pick(['lastExternalIpAddress', 'osBuild', 'riskScore', 'exposureLevel', 'rbacGroupName', 'ipAddresses', 'version']);
-    delete record[drop];
-  }
+  // A few real records lack documented fields entirely. Absent fields are set to undefined rather
+  // than deleted (JSON omits them either way; `delete` would slow every later access and stringify).
+  if (rng.chance(0.02)) record[rng.pick(DROPPABLE)] = undefined;
   return record;
 }
 
 /** The CVEs of generated device `index`, drawn from the shared catalog without repeats. */
-export function generateCveEntries(seed: number, index: number, record: MachineRecord): CatalogEntry[] {
-  const onboarded = (record.onboardingStatus ?? '').toLowerCase() === 'onboarded';
-  const count = vulnerabilityCount(new Rng(seed, index, 3), onboarded);
+export function generateCveEntries(seed: number, index: number, onboardingStatus: string | undefined): CatalogEntry[] {
+  const onboarded = (onboardingStatus ?? '').toLowerCase() === 'onboarded';
+  const count = vulnerabilityCount(seed, index, onboarded);
   if (count === 0) return [];
   const catalog = cveCatalog();
   const rng = new Rng(seed, index, 4);

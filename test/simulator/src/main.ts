@@ -24,9 +24,11 @@ interface CliOptions {
   tenants: TenantSpec[];
 }
 
+/** Bad command line or environment; main() prints it and exits 2. */
+export class CliError extends Error {}
+
 function fail(message: string): never {
-  process.stderr.write(`urs simulator: ${message}\n`);
-  process.exit(2);
+  throw new CliError(message);
 }
 
 function integer(value: string, name: string, min: number): number {
@@ -36,7 +38,8 @@ function integer(value: string, name: string, min: number): number {
 
 function tenantSpec(text: string): TenantSpec {
   const parts = text.split(':');
-  if (parts.length !== 4) fail(`--tenant must be <azureTenantId>:<clientId>:<secret>:<size>, got '${text.replace(/:[^:]*:/, ':***:')}'`);
+  // The value holds a secret, so the message names only the shape that was wrong.
+  if (parts.length !== 4) fail(`--tenant must be <azureTenantId>:<clientId>:<secret>:<size> (4 fields separated by ':'), got ${parts.length} fields`);
   const [azureTenantId, clientId, clientSecret, size] = parts as [string, string, string, string];
   return { azureTenantId, apps: [{ clientId, clientSecret }], fleet: { size: integer(size, '--tenant size', 0) } };
 }
@@ -73,9 +76,9 @@ export function parseArgs(argv: readonly string[], env: NodeJS.ProcessEnv): CliO
 }
 
 async function main(): Promise<void> {
-  const options = parseArgs(process.argv.slice(2), process.env);
   let sim: Simulator;
   try {
+    const options = parseArgs(process.argv.slice(2), process.env);
     sim = await startSimulator({
       port: options.port,
       host: options.host,
@@ -87,7 +90,8 @@ async function main(): Promise<void> {
     });
     for (const tenant of options.tenants) sim.addTenant(tenant);
   } catch (err) {
-    fail(err instanceof Error ? err.message : String(err));
+    process.stderr.write(`urs simulator: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(2);
   }
   process.stdout.write(`${JSON.stringify({ baseUrl: sim.baseUrl, caFile: sim.caFile, controlUrl: `${sim.baseUrl}/_sim/` })}\n`);
   const stop = (): void => {

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { compileFilter, FilterError } from './filter';
-import { sendJson, sendRaw } from './http';
+import { sendRaw } from './http';
 import { hash32, hashString } from './rng';
 import type { TenantState } from './state';
 import type { MachineRecord, SoftwareVulnerabilityRow } from './types';
@@ -17,7 +17,10 @@ export const BULK_MAX_PAGE = 200_000;
 
 export interface Reply {
   status: number;
+  /** JSON body; ignored when `raw` is set. */
   body: unknown;
+  /** Already serialised body (hot paths build JSON by string joins). */
+  raw?: string;
   headers?: Record<string, string | number>;
 }
 
@@ -28,14 +31,10 @@ export function mdeError(status: number, code: string, message: string, headers?
 
 export function send(res: ServerResponse, reply: Reply, malformed: boolean): void {
   const headers: Record<string, string | number> = { 'OData-Version': '4.0', ...(reply.headers ?? {}) };
-  if (reply.status === 200 && (reply.body as { value?: unknown }).value !== undefined) headers['Content-Type'] = ODATA_JSON;
-  if (malformed) {
-    // A body cut mid-stream, as seen when a gateway truncates a large answer.
-    const full = JSON.stringify(reply.body);
-    sendRaw(res, reply.status, full.slice(0, Math.max(1, Math.floor(full.length / 2))), headers);
-    return;
-  }
-  sendJson(res, reply.status, reply.body, headers);
+  if (reply.status === 200) headers['Content-Type'] = ODATA_JSON;
+  const full = reply.raw ?? JSON.stringify(reply.body);
+  // A malformed answer is a body cut mid-stream, as when a gateway truncates a large answer.
+  sendRaw(res, reply.status, malformed ? full.slice(0, Math.max(1, Math.floor(full.length / 2))) : full, headers);
 }
 
 function intParam(query: URLSearchParams, name: string): number | undefined | Error {
@@ -110,9 +109,9 @@ export function getMachine(base: string, tenant: TenantState, id: string): Reply
 }
 
 export function machineVulnerabilities(base: string, tenant: TenantState, id: string): Reply {
-  const vulns = tenant.fleet.vulnerabilities(id.toLowerCase());
-  if (!vulns) return mdeError(404, 'ResourceNotFound', `Machine ${id} was not found.`);
-  return { status: 200, body: { '@odata.context': `${base}/api/$metadata#Vulnerabilities`, value: vulns } };
+  const json = tenant.fleet.vulnerabilitiesJson(id.toLowerCase());
+  if (json === undefined) return mdeError(404, 'ResourceNotFound', `Machine ${id} was not found.`);
+  return { status: 200, body: undefined, raw: `{"@odata.context":${JSON.stringify(`${base}/api/$metadata#Vulnerabilities`)},"value":${json}}` };
 }
 
 interface SkipToken {

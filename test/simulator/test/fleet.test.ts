@@ -1,0 +1,73 @@
+import { Fleet } from '../src/fleet';
+import { generateMachine, indexOfMachineId, machineIdFor } from '../src/generator';
+import { mdeDate } from '../src/rng';
+
+const EPOCH = Date.UTC(2026, 0, 15, 12, 0, 0);
+
+describe('generateMachine', () => {
+  test('generateMachine should be deterministic for a seed and index and differ across seeds', () => {
+    expect(generateMachine(5, 42, EPOCH)).toEqual(generateMachine(5, 42, EPOCH));
+    expect(generateMachine(5, 42, EPOCH).id).not.toBe(generateMachine(6, 42, EPOCH).id);
+  });
+
+  test('indexOfMachineId should invert machineIdFor and reject ids of other fleets', () => {
+    for (const index of [0, 1, 99_999, 123_456]) expect(indexOfMachineId(9, machineIdFor(9, index))).toBe(index);
+    expect(indexOfMachineId(10, machineIdFor(9, 5))).toBe(-1);
+    expect(indexOfMachineId(9, 'not-an-id')).toBe(-1);
+  });
+});
+
+describe('mdeDate', () => {
+  test('mdeDate should match ISO 8601 with seven fractional digits', () => {
+    for (const ms of [0, Date.UTC(2024, 1, 29, 23, 59, 59, 999), Date.UTC(1999, 11, 31), 1_732_600_000_123]) {
+      expect(mdeDate(ms, 42)).toBe(`${new Date(ms).toISOString().slice(0, 23)}0042Z`);
+    }
+  });
+});
+
+describe('Fleet', () => {
+  test('a 100,000-device fleet should serve its last page and find devices by id without materialising', () => {
+    const fleet = new Fleet('tenant-a', { size: 100_000, seed: 3 }, undefined, EPOCH);
+    expect(fleet.size()).toBe(100_000);
+    const last = fleet.slice(99_990, 10_000);
+    expect(last).toHaveLength(10);
+    expect(fleet.get(last[9]?.id as string)).toEqual(last[9]);
+  });
+
+  test('fleet mixes should be realistic: mostly onboarded and active, some High risk, CVSS spread', () => {
+    const fleet = new Fleet('tenant-b', { size: 4000, seed: 11 }, undefined, EPOCH);
+    const all = fleet.all();
+    const share = (pred: (m: (typeof all)[number]) => boolean) => all.filter(pred).length / all.length;
+    expect(share((m) => m.onboardingStatus === 'Onboarded')).toBeGreaterThan(0.8);
+    expect(share((m) => m.onboardingStatus === 'CanBeOnboarded')).toBeGreaterThan(0.01);
+    expect(share((m) => m.healthStatus === 'Active')).toBeGreaterThan(0.5);
+    expect(share((m) => m.riskScore === 'High')).toBeGreaterThan(0.05);
+    expect(share((m) => m.defenderAvStatus === undefined || m.defenderAvStatus === 'NotSupported')).toBeGreaterThan(0.5);
+    expect(share((m) => m.defenderAvStatus === 'Disabled')).toBeGreaterThan(0);
+    expect(share((m) => m.mergedIntoMachineId !== null && m.mergedIntoMachineId !== undefined)).toBeGreaterThan(0);
+    expect(share((m) => m.isExcluded === true)).toBeGreaterThan(0);
+    const ages = all.map((m) => EPOCH - Date.parse(m.lastSeen as string));
+    expect(Math.min(...ages)).toBeLessThan(3600_000);
+    expect(Math.max(...ages)).toBeGreaterThan(30 * 24 * 3600_000);
+    const cvss = all.flatMap((m) => (fleet.vulnerabilities(m.id) ?? []).map((v) => v.cvssV3 as number));
+    expect(Math.min(...cvss)).toBeLessThan(3);
+    expect(Math.max(...cvss)).toBeGreaterThan(9.5);
+  });
+
+  test('remove, add and update should change listing order, size and lookups consistently', () => {
+    const fleet = new Fleet('tenant-c', { size: 10, seed: 1 }, undefined, EPOCH);
+    const ids = fleet.all().map((m) => m.id);
+    fleet.remove(ids[2] as string);
+    expect(fleet.all().map((m) => m.id)).toEqual([...ids.slice(0, 2), ...ids.slice(3)]);
+    expect(fleet.get(ids[2] as string)).toBeUndefined();
+    const [added] = fleet.addGenerated(1);
+    expect(fleet.at(9)?.id).toBe(added);
+    fleet.update(ids[0] as string, { onboardingStatus: 'CanBeOnboarded' });
+    expect(fleet.get(ids[0] as string)?.onboardingStatus).toBe('CanBeOnboarded');
+    expect(fleet.vulnerabilities(ids[0] as string)).toEqual([]);
+    const explicit = { id: 'f'.repeat(40), computerDnsName: 'manual.contoso.com' };
+    fleet.addRecord(explicit);
+    expect(fleet.at(fleet.size() - 1)).toEqual(explicit);
+    expect(() => fleet.addRecord({ id: 'bad' })).toThrow('machine id must be 40 hex characters');
+  });
+});
