@@ -1,4 +1,5 @@
-import type { MachineRecord, VulnerabilityRecord } from '@urs/scoring';
+import { DEFAULT_PROFILE, compileProfile, scoreDevice } from '@urs/scoring';
+import type { MachineRecord, ScoreResult, VulnerabilityRecord } from '@urs/scoring';
 
 /** The cycle start every example is scored at. */
 export const NOW = '2024-01-10T12:00:00Z';
@@ -49,4 +50,21 @@ export function vulnerability(id: string, cvssV3: number | null): VulnerabilityR
     publicExploit: false,
     CveSupportability: 'Supported',
   };
+}
+
+/** The default profile, compiled. */
+export const profile = compileProfile(DEFAULT_PROFILE);
+
+/** Scores `machine(overrides)` at NOW. */
+export function score(
+  overrides: Partial<MachineRecord>,
+  vulns: Parameters<typeof scoreDevice>[1] = [],
+  p = profile,
+): ScoreResult {
+  return scoreDevice(machine(overrides), vulns, p, NOW_MS);
+}
+
+/** C and O back from the normalised sub-scores. */
+export function subScores(result: ScoreResult): [number, number] {
+  return [Math.round(result.criticalScore * 100), Math.round(result.operationalScore * 100)];
 }
