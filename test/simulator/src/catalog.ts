@@ -74,9 +74,15 @@ function buildCatalog(): CatalogEntry[] {
       vulnerability: {
         id,
         name: id,
-        description: `${severityOf(cvss)} severity vulnerability in ${product.replace(/_/g, ' ')} allows ${
-          rng.pick(['remote code execution', 'elevation of privilege', 'information disclosure', 'denial of service', 'security feature bypass'])
-        }.`,
+        description: `${severityOf(cvss)} severity vulnerability in ${product.replace(/_/g, ' ')} allows ${rng.pick(
+          [
+            'remote code execution',
+            'elevation of privilege',
+            'information disclosure',
+            'denial of service',
+            'security feature bypass',
+          ],
+        )}.`,
         severity: severityOf(cvss),
         cvssV3: cvss,
         cvssVector: vectorFor(rng, cvss),

@@ -62,7 +62,8 @@ async function jsonBody(req: IncomingMessage): Promise<unknown> {
 }
 
 function objectBody(value: unknown, what: string): Record<string, unknown> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ControlError(400, `${what} must be a JSON object`);
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    throw new ControlError(400, `${what} must be a JSON object`);
   return value as Record<string, unknown>;
 }
 
@@ -73,7 +74,11 @@ function nonNegative(raw: string | null, name: string, fallback: number): number
 }
 
 async function route(target: ControlTarget, req: IncomingMessage, url: URL): Promise<[number, unknown]> {
-  const parts = url.pathname.split('/').filter((s) => s.length > 0).slice(1).map(decodeURIComponent);
+  const parts = url.pathname
+    .split('/')
+    .filter((s) => s.length > 0)
+    .slice(1)
+    .map(decodeURIComponent);
   const method = req.method ?? 'GET';
   const [head, tenant, sub, id, leaf] = parts;
   if (head === 'info' && method === 'GET') return [200, target.info()];
@@ -108,7 +113,10 @@ async function route(target: ControlTarget, req: IncomingMessage, url: URL): Pro
       return [201, { ok: true }];
     }
   } else if (!sub) {
-    if (method === 'DELETE') return target.removeTenant(tenant) ? [200, { ok: true }] : [404, { error: `unknown tenant '${tenant}'` }];
+    if (method === 'DELETE')
+      return target.removeTenant(tenant)
+        ? [200, { ok: true }]
+        : [404, { error: `unknown tenant '${tenant}'` }];
   } else if (sub === 'machines' && !id) {
     if (method === 'GET') {
       const total = target.machineCount(tenant);
@@ -119,7 +127,8 @@ async function route(target: ControlTarget, req: IncomingMessage, url: URL): Pro
     if (method === 'POST') {
       const body = objectBody(await jsonBody(req), 'machines');
       if (typeof body.count === 'number') return [200, { ids: target.addMachines(tenant, body.count) }];
-      if (Array.isArray(body.records)) return [200, { ids: target.addMachines(tenant, body.records as MachineRecord[]) }];
+      if (Array.isArray(body.records))
+        return [200, { ids: target.addMachines(tenant, body.records as MachineRecord[]) }];
       throw new ControlError(400, 'body must be { count: number } or { records: MachineRecord[] }');
     }
   } else if (sub === 'machines' && id && !leaf) {
@@ -143,12 +152,18 @@ async function route(target: ControlTarget, req: IncomingMessage, url: URL): Pro
   throw new ControlError(404, `no control route ${method} ${url.pathname}`);
 }
 
-export async function handleControl(target: ControlTarget, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+export async function handleControl(
+  target: ControlTarget,
+  req: IncomingMessage,
+  res: ServerResponse,
+  url: URL,
+): Promise<void> {
   try {
     const [status, body] = await route(target, req, url);
     sendJson(res, status, body);
   } catch (err) {
-    const status = err instanceof ControlError ? err.status : /unknown (tenant|machine)/.test(String(err)) ? 404 : 400;
+    const status =
+      err instanceof ControlError ? err.status : /unknown (tenant|machine)/.test(String(err)) ? 404 : 400;
     sendJson(res, status, { error: err instanceof Error ? err.message : String(err) });
   }
 }

@@ -47,15 +47,33 @@ export function sendAadError(
       correlation_id: correlationId,
       error_uri: `${deps.baseUrl()}/error?code=${code}`,
     },
-    { 'Cache-Control': 'no-store, no-cache', Pragma: 'no-cache', 'x-ms-request-id': traceId, 'client-request-id': correlationId },
+    {
+      'Cache-Control': 'no-store, no-cache',
+      Pragma: 'no-cache',
+      'x-ms-request-id': traceId,
+      'client-request-id': correlationId,
+    },
   );
 }
 
 /** Resolves the `{tenant}` path segment; answers the AADSTS error itself and returns undefined when it fails. */
-function resolveTenant(deps: EntraDeps, req: IncomingMessage, res: ServerResponse, segment: string): TenantState | undefined {
+function resolveTenant(
+  deps: EntraDeps,
+  req: IncomingMessage,
+  res: ServerResponse,
+  segment: string,
+): TenantState | undefined {
   const tenantSegment = decodeURIComponent(segment);
   if (!GUID.test(tenantSegment) && !DOMAIN.test(tenantSegment)) {
-    sendAadError(deps, req, res, 400, 'invalid_request', 900023, `Specified tenant identifier '${tenantSegment}' is neither a valid DNS name, nor a valid external domain.`);
+    sendAadError(
+      deps,
+      req,
+      res,
+      400,
+      'invalid_request',
+      900023,
+      `Specified tenant identifier '${tenantSegment}' is neither a valid DNS name, nor a valid external domain.`,
+    );
     return undefined;
   }
   const tenant = deps.tenant(tenantSegment);
@@ -74,7 +92,12 @@ function resolveTenant(deps: EntraDeps, req: IncomingMessage, res: ServerRespons
   return tenant;
 }
 
-export function handleOpenIdConfiguration(deps: EntraDeps, req: IncomingMessage, res: ServerResponse, segment: string): void {
+export function handleOpenIdConfiguration(
+  deps: EntraDeps,
+  req: IncomingMessage,
+  res: ServerResponse,
+  segment: string,
+): void {
   const tenant = resolveTenant(deps, req, res, segment);
   if (!tenant) return;
   const base = deps.baseUrl();
@@ -96,7 +119,27 @@ export function handleOpenIdConfiguration(deps: EntraDeps, req: IncomingMessage,
     http_logout_supported: true,
     frontchannel_logout_supported: true,
     end_session_endpoint: `${base}/${t}/oauth2/v2.0/logout`,
-    claims_supported: ['sub', 'iss', 'cloud_instance_name', 'cloud_instance_host_name', 'cloud_graph_host_name', 'msgraph_host', 'aud', 'exp', 'iat', 'auth_time', 'acr', 'nonce', 'preferred_username', 'name', 'tid', 'ver', 'at_hash', 'c_hash', 'email'],
+    claims_supported: [
+      'sub',
+      'iss',
+      'cloud_instance_name',
+      'cloud_instance_host_name',
+      'cloud_graph_host_name',
+      'msgraph_host',
+      'aud',
+      'exp',
+      'iat',
+      'auth_time',
+      'acr',
+      'nonce',
+      'preferred_username',
+      'name',
+      'tid',
+      'ver',
+      'at_hash',
+      'c_hash',
+      'email',
+    ],
     kerberos_endpoint: `${base}/${t}/kerberos`,
     tenant_region_scope: 'NA',
     cloud_instance_name: 'microsoftonline.com',
@@ -110,12 +153,19 @@ export function handleJwks(deps: EntraDeps, res: ServerResponse): void {
   sendJson(res, 200, deps.signer.jwks());
 }
 
-function clientCredentialsFrom(req: IncomingMessage, form: URLSearchParams): { clientId: string | null; secret: string | null } {
+function clientCredentialsFrom(
+  req: IncomingMessage,
+  form: URLSearchParams,
+): { clientId: string | null; secret: string | null } {
   const auth = req.headers.authorization;
   if (auth?.startsWith('Basic ')) {
     const decoded = Buffer.from(auth.slice(6), 'base64').toString('utf8');
     const at = decoded.indexOf(':');
-    if (at > 0) return { clientId: decodeURIComponent(decoded.slice(0, at)), secret: decodeURIComponent(decoded.slice(at + 1)) };
+    if (at > 0)
+      return {
+        clientId: decodeURIComponent(decoded.slice(0, at)),
+        secret: decodeURIComponent(decoded.slice(at + 1)),
+      };
   }
   return { clientId: form.get('client_id'), secret: form.get('client_secret') };
 }
@@ -124,18 +174,42 @@ function clientCredentialsFrom(req: IncomingMessage, form: URLSearchParams): { c
  * Client-credentials token request. `version` 2 takes `scope=<resource>/.default`; version 1
  * (`/oauth2/token`) takes `resource=<resource>`.
  */
-export async function handleToken(deps: EntraDeps, req: IncomingMessage, res: ServerResponse, segment: string, version: 1 | 2): Promise<void> {
+export async function handleToken(
+  deps: EntraDeps,
+  req: IncomingMessage,
+  res: ServerResponse,
+  segment: string,
+  version: 1 | 2,
+): Promise<void> {
   const body = await readBody(req);
   const tenant = resolveTenant(deps, req, res, segment);
   if (!tenant) return;
   const form = new URLSearchParams(body);
-  const fail = (status: number, error: string, code: number, message: string): void => sendAadError(deps, req, res, status, error, code, message);
+  const fail = (status: number, error: string, code: number, message: string): void =>
+    sendAadError(deps, req, res, status, error, code, message);
   const grantType = form.get('grant_type');
-  if (!grantType) return fail(400, 'invalid_request', 900144, "The request body must contain the following parameter: 'grant_type'.");
+  if (!grantType)
+    return fail(
+      400,
+      'invalid_request',
+      900144,
+      "The request body must contain the following parameter: 'grant_type'.",
+    );
   if (grantType !== 'client_credentials')
-    return fail(400, 'unsupported_grant_type', 70003, `The app requested an unsupported grant type '${grantType}'.`);
+    return fail(
+      400,
+      'unsupported_grant_type',
+      70003,
+      `The app requested an unsupported grant type '${grantType}'.`,
+    );
   const { clientId, secret } = clientCredentialsFrom(req, form);
-  if (!clientId) return fail(400, 'invalid_request', 900144, "The request body must contain the following parameter: 'client_id'.");
+  if (!clientId)
+    return fail(
+      400,
+      'invalid_request',
+      900144,
+      "The request body must contain the following parameter: 'client_id'.",
+    );
   const app = tenant.apps.get(clientId.toLowerCase());
   if (!app) {
     return fail(
@@ -145,7 +219,13 @@ export async function handleToken(deps: EntraDeps, req: IncomingMessage, res: Se
       `Application with identifier '${clientId}' was not found in the directory '${tenant.id}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.`,
     );
   }
-  if (!secret) return fail(401, 'invalid_client', 7000218, "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.");
+  if (!secret)
+    return fail(
+      401,
+      'invalid_client',
+      7000218,
+      "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+    );
   if (secret !== app.clientSecret) {
     return fail(
       401,
@@ -166,10 +246,19 @@ export async function handleToken(deps: EntraDeps, req: IncomingMessage, res: Se
   let resource: string;
   if (version === 2) {
     const scope = form.get('scope');
-    if (!scope) return fail(400, 'invalid_scope', 70011, "The provided request must include a 'scope' input parameter.");
+    if (!scope)
+      return fail(
+        400,
+        'invalid_scope',
+        70011,
+        "The provided request must include a 'scope' input parameter.",
+      );
     const scopes = scope.split(' ').filter((s) => s.length > 0);
     const defaults = scopes.filter((s) => s.endsWith('/.default'));
-    if (defaults.length !== 1 || scopes.some((s) => !s.endsWith('/.default') && !['openid', 'profile', 'offline_access'].includes(s))) {
+    if (
+      defaults.length !== 1 ||
+      scopes.some((s) => !s.endsWith('/.default') && !['openid', 'profile', 'offline_access'].includes(s))
+    ) {
       return fail(
         400,
         'invalid_scope',
@@ -180,7 +269,13 @@ export async function handleToken(deps: EntraDeps, req: IncomingMessage, res: Se
     resource = (defaults[0] as string).slice(0, -'/.default'.length);
   } else {
     const r = form.get('resource');
-    if (!r) return fail(400, 'invalid_request', 900144, "The request body must contain the following parameter: 'resource'.");
+    if (!r)
+      return fail(
+        400,
+        'invalid_request',
+        900144,
+        "The request body must contain the following parameter: 'resource'.",
+      );
     resource = r;
   }
   const normalised = resource.replace(/\/+$/, '').toLowerCase();
@@ -195,9 +290,18 @@ export async function handleToken(deps: EntraDeps, req: IncomingMessage, res: Se
 
   const lifetime = deps.tokenLifetimeSec();
   const accessToken = deps.signer.issue(tenant.id, app.clientId, normalised, app.roles, lifetime);
-  const headers = { 'Cache-Control': 'no-store, no-cache', Pragma: 'no-cache', 'x-ms-request-id': randomUUID() };
+  const headers = {
+    'Cache-Control': 'no-store, no-cache',
+    Pragma: 'no-cache',
+    'x-ms-request-id': randomUUID(),
+  };
   if (version === 2) {
-    sendJson(res, 200, { token_type: 'Bearer', expires_in: lifetime, ext_expires_in: lifetime, access_token: accessToken }, headers);
+    sendJson(
+      res,
+      200,
+      { token_type: 'Bearer', expires_in: lifetime, ext_expires_in: lifetime, access_token: accessToken },
+      headers,
+    );
   } else {
     const now = Math.floor(Date.now() / 1000);
     sendJson(

@@ -33,19 +33,23 @@ export type Predicate = (record: MachineRecord) => boolean;
 
 export class FilterError extends Error {}
 
-const CLAUSE = /^\s*([A-Za-z]+)\s+(eq|ne|gt|ge|lt|le)\s+('(?:[^']|'')*'|null|-?\d+(?:\.\d+)?(?![\d:TZ-])|\d{4}-\d{2}-\d{2}(?:T[0-9:.]+)?Z?)\s*/i;
+const CLAUSE =
+  /^\s*([A-Za-z]+)\s+(eq|ne|gt|ge|lt|le)\s+('(?:[^']|'')*'|null|-?\d+(?:\.\d+)?(?![\d:TZ-])|\d{4}-\d{2}-\d{2}(?:T[0-9:.]+)?Z?)\s*/i;
 
 function parseClause(text: string): { clause: Clause; rest: string } {
   const match = CLAUSE.exec(text);
   if (!match) throw new FilterError(`Invalid filter clause near '${text.slice(0, 40)}'`);
   const [all, field, opRaw, literal] = match as unknown as [string, string, string, string];
-  if (!FILTERABLE_FIELDS.has(field)) throw new FilterError(`The property '${field}' cannot be used in the $filter query option.`);
+  if (!FILTERABLE_FIELDS.has(field))
+    throw new FilterError(`The property '${field}' cannot be used in the $filter query option.`);
   let value: Literal;
   let isDate = false;
   if (literal.startsWith("'")) value = literal.slice(1, -1).replace(/''/g, "'");
   else if (literal.toLowerCase() === 'null') value = null;
   else if (/^\d{4}-\d{2}-\d{2}/.test(literal)) {
-    const ms = Date.parse(literal.endsWith('Z') && literal.length === 11 ? `${literal.slice(0, 10)}T00:00:00Z` : literal);
+    const ms = Date.parse(
+      literal.endsWith('Z') && literal.length === 11 ? `${literal.slice(0, 10)}T00:00:00Z` : literal,
+    );
     if (Number.isNaN(ms)) throw new FilterError(`Invalid date literal '${literal}'`);
     value = ms;
     isDate = true;

@@ -41,7 +41,12 @@ export class Fleet {
   /** Ordinal → generated index, only materialised once something was removed. */
   private liveIndex: Int32Array | null = null;
 
-  constructor(tenantId: string, spec: FleetSpec | undefined, records: readonly MachineRecord[] | undefined, epochMs: number) {
+  constructor(
+    tenantId: string,
+    spec: FleetSpec | undefined,
+    records: readonly MachineRecord[] | undefined,
+    epochMs: number,
+  ) {
     this.seed = spec?.seed ?? hashString(tenantId);
     this.generatedCount = Math.max(0, Math.floor(spec?.size ?? 0));
     this.epochMs = epochMs;
@@ -84,7 +89,8 @@ export class Fleet {
   slice(skip: number, top: number): MachineRecord[] {
     const end = Math.min(this.size(), skip + top);
     const out: MachineRecord[] = [];
-    for (let ordinal = Math.max(0, skip); ordinal < end; ordinal++) out.push(this.at(ordinal) as MachineRecord);
+    for (let ordinal = Math.max(0, skip); ordinal < end; ordinal++)
+      out.push(this.at(ordinal) as MachineRecord);
     return out;
   }
 
@@ -140,14 +146,18 @@ export class Fleet {
   }
 
   addRecord(record: MachineRecord): void {
-    if (!/^[0-9a-f]{40}$/i.test(record.id)) throw new Error(`machine id must be 40 hex characters, got '${record.id}'`);
+    if (!/^[0-9a-f]{40}$/i.test(record.id))
+      throw new Error(`machine id must be 40 hex characters, got '${record.id}'`);
     if (this.locate(record.id)) throw new Error(`machine '${record.id}' already exists`);
     this.explicit.push({ ...record });
   }
 
   setVulnerabilities(id: string, vulns: readonly VulnerabilityRecord[]): boolean {
     if (!this.locate(id)) return false;
-    this.vulnOverrides.set(id, vulns.map((v) => ({ ...v })));
+    this.vulnOverrides.set(
+      id,
+      vulns.map((v) => ({ ...v })),
+    );
     return true;
   }
 
@@ -158,11 +168,17 @@ export class Fleet {
     const override = this.vulnOverrides.get(id);
     if (override) {
       const byId = catalogById();
-      return override.map((v) => ({ vulnerability: v, software: byId.get(v.id)?.software ?? UNKNOWN_SOFTWARE }));
+      return override.map((v) => ({
+        vulnerability: v,
+        software: byId.get(v.id)?.software ?? UNKNOWN_SOFTWARE,
+      }));
     }
     if ('explicitAt' in where) return [];
     const patch = this.patches.get(where.index);
-    const onboarding = patch && 'onboardingStatus' in patch ? patch.onboardingStatus : generatedOnboarding(this.seed, where.index);
+    const onboarding =
+      patch && 'onboardingStatus' in patch
+        ? patch.onboardingStatus
+        : generatedOnboarding(this.seed, where.index);
     return generateCveEntries(this.seed, where.index, onboarding);
   }
 

@@ -31,16 +31,17 @@ export function indexOfMachineId(seed: number, id: string): number {
   return index <= 0x7fffffff && machineIdFor(seed, index) === id ? index : -1;
 }
 
-const PLATFORMS: readonly (readonly [readonly [string, readonly string[], number | null, string], number])[] = [
-  [['Windows10', ['22H2', '21H2'], 19045, 'desktop'], 33],
-  [['Windows11', ['23H2', '22H2', '24H2'], 22631, 'laptop'], 35],
-  [['WindowsServer2019', ['1809'], 17763, 'srv'], 8],
-  [['WindowsServer2022', ['21H2'], 20348, 'srv'], 8],
-  [['WindowsServer2016', ['1607'], 14393, 'srv'], 2],
-  [['Ubuntu', ['22.4', '20.4'], null, 'web'], 6],
-  [['RedHatEnterpriseLinux', ['9.5', '8.10'], null, 'db'], 3],
-  [['macOS', ['14.5', '13.6'], null, 'mac'], 5],
-];
+const PLATFORMS: readonly (readonly [readonly [string, readonly string[], number | null, string], number])[] =
+  [
+    [['Windows10', ['22H2', '21H2'], 19045, 'desktop'], 33],
+    [['Windows11', ['23H2', '22H2', '24H2'], 22631, 'laptop'], 35],
+    [['WindowsServer2019', ['1809'], 17763, 'srv'], 8],
+    [['WindowsServer2022', ['21H2'], 20348, 'srv'], 8],
+    [['WindowsServer2016', ['1607'], 14393, 'srv'], 2],
+    [['Ubuntu', ['22.4', '20.4'], null, 'web'], 6],
+    [['RedHatEnterpriseLinux', ['9.5', '8.10'], null, 'db'], 3],
+    [['macOS', ['14.5', '13.6'], null, 'mac'], 5],
+  ];
 const GROUPS: readonly (readonly [string | null, number])[] = [
   [null, 0],
   ['Workstations', 140],
@@ -125,7 +126,15 @@ const MANAGED_BY = [
 ] as const;
 const TAGS = ['VIP', 'Prod', 'Kiosk', 'PCI'];
 const EXCLUSION_REASONS = ['Duplicate', 'InactiveDevice', 'Other'];
-const DROPPABLE = ['lastExternalIpAddress', 'osBuild', 'riskScore', 'exposureLevel', 'rbacGroupName', 'ipAddresses', 'version'];
+const DROPPABLE = [
+  'lastExternalIpAddress',
+  'osBuild',
+  'riskScore',
+  'exposureLevel',
+  'rbacGroupName',
+  'ipAddresses',
+  'version',
+];
 
 /** Onboarding status of generated device `index`: its own stream, so CVEs can be derived without the record. */
 export function generatedOnboarding(seed: number, index: number): string {
@@ -158,7 +167,9 @@ export function generateMachine(seed: number, index: number, epochMs: number): M
     exposureLevel = 'None';
   } else {
     riskScore = rng.weighted(RISK);
-    exposureLevel = rng.pick(vulnCount === 0 ? EXPOSURE_CLEAN : vulnCount > 15 ? EXPOSURE_MANY : EXPOSURE_SOME);
+    exposureLevel = rng.pick(
+      vulnCount === 0 ? EXPOSURE_CLEAN : vulnCount > 15 ? EXPOSURE_MANY : EXPOSURE_SOME,
+    );
   }
 
   const group = rng.pick(GROUPS);
@@ -167,7 +178,8 @@ export function generateMachine(seed: number, index: number, epochMs: number): M
   const aadDeviceId = isWindows && rng.chance(0.65) ? rng.guid() : null;
   const ips: IpAddressRecord[] = [ipFor(rng, rng.chance(0.7) ? 'Ethernet' : 'Wireless80211')];
   if (rng.chance(0.3)) ips.push(ipFor(rng, 'Other'));
-  if (rng.chance(0.4)) ips.push({ ipAddress: '127.0.0.1', macAddress: null, type: 'SoftwareLoopback', operationalStatus: 'Up' });
+  if (rng.chance(0.4))
+    ips.push({ ipAddress: '127.0.0.1', macAddress: null, type: 'SoftwareLoopback', operationalStatus: 'Up' });
   const av = rng.weighted(AV_STATUS);
   const isServer = platform.startsWith('WindowsServer') || prefix === 'web' || prefix === 'db';
   const merged = rng.chance(0.01) && index > 0;
@@ -226,7 +238,11 @@ export function generateMachine(seed: number, index: number, epochMs: number): M
 }
 
 /** The CVEs of generated device `index`, drawn from the shared catalog without repeats. */
-export function generateCveEntries(seed: number, index: number, onboardingStatus: string | undefined): CatalogEntry[] {
+export function generateCveEntries(
+  seed: number,
+  index: number,
+  onboardingStatus: string | undefined,
+): CatalogEntry[] {
   const onboarded = (onboardingStatus ?? '').toLowerCase() === 'onboarded';
   const count = vulnerabilityCount(seed, index, onboarded);
   if (count === 0) return [];

@@ -3,7 +3,12 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 /** Largest request body the simulator reads (control API records, token forms). */
 const MAX_BODY_BYTES = 64 * 1024 * 1024;
 
-export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string | number> = {}): void {
+export function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string | number> = {},
+): void {
   const payload = JSON.stringify(body);
   if (res.destroyed) return;
   res.writeHead(status, {
@@ -14,9 +19,18 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
   res.end(payload);
 }
 
-export function sendRaw(res: ServerResponse, status: number, payload: string, headers: Record<string, string | number> = {}): void {
+export function sendRaw(
+  res: ServerResponse,
+  status: number,
+  payload: string,
+  headers: Record<string, string | number> = {},
+): void {
   if (res.destroyed) return;
-  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(payload), ...headers });
+  res.writeHead(status, {
+    'Content-Type': 'application/json; charset=utf-8',
+    'Content-Length': Buffer.byteLength(payload),
+    ...headers,
+  });
   res.end(payload);
 }
 

@@ -32,16 +32,24 @@ function fail(message: string): never {
 }
 
 function integer(value: string, name: string, min: number): number {
-  if (!/^\d+$/.test(value) || Number(value) < min) fail(`${name} must be an integer >= ${min}, got '${value}'`);
+  if (!/^\d+$/.test(value) || Number(value) < min)
+    fail(`${name} must be an integer >= ${min}, got '${value}'`);
   return Number(value);
 }
 
 function tenantSpec(text: string): TenantSpec {
   const parts = text.split(':');
   // The value holds a secret, so the message names only the shape that was wrong.
-  if (parts.length !== 4) fail(`--tenant must be <azureTenantId>:<clientId>:<secret>:<size> (4 fields separated by ':'), got ${parts.length} fields`);
+  if (parts.length !== 4)
+    fail(
+      `--tenant must be <azureTenantId>:<clientId>:<secret>:<size> (4 fields separated by ':'), got ${parts.length} fields`,
+    );
   const [azureTenantId, clientId, clientSecret, size] = parts as [string, string, string, string];
-  return { azureTenantId, apps: [{ clientId, clientSecret }], fleet: { size: integer(size, '--tenant size', 0) } };
+  return {
+    azureTenantId,
+    apps: [{ clientId, clientSecret }],
+    fleet: { size: integer(size, '--tenant size', 0) },
+  };
 }
 
 export function parseArgs(argv: readonly string[], env: NodeJS.ProcessEnv): CliOptions {
@@ -61,14 +69,22 @@ export function parseArgs(argv: readonly string[], env: NodeJS.ProcessEnv): CliO
   const latencyText = one('latency', 'URS_SIM_LATENCY') ?? '0';
   const [mean = '0', jitter = '0'] = latencyText.split(':');
   const quotasText = (one('quotas', 'URS_SIM_QUOTAS') ?? 'on').toLowerCase();
-  if (!['on', 'off', 'true', 'false'].includes(quotasText)) fail(`--quotas must be on or off, got '${quotasText}'`);
-  const tenantTexts = [...(env.URS_SIM_TENANTS ? env.URS_SIM_TENANTS.split(',').filter((t) => t) : []), ...(flags.get('tenant') ?? [])];
+  if (!['on', 'off', 'true', 'false'].includes(quotasText))
+    fail(`--quotas must be on or off, got '${quotasText}'`);
+  const tenantTexts = [
+    ...(env.URS_SIM_TENANTS ? env.URS_SIM_TENANTS.split(',').filter((t) => t) : []),
+    ...(flags.get('tenant') ?? []),
+  ];
   return {
     port: integer(one('port', 'URS_SIM_PORT') ?? '8443', '--port', 0),
     host: one('host', 'URS_SIM_HOST') ?? '127.0.0.1',
     caDir: one('ca-dir', 'URS_SIM_CA_DIR') ?? '.sim',
     seed: integer(one('seed', 'URS_SIM_SEED') ?? '1', '--seed', 0),
-    tokenLifetimeSec: integer(one('token-lifetime', 'URS_SIM_TOKEN_LIFETIME') ?? '3599', '--token-lifetime', 1),
+    tokenLifetimeSec: integer(
+      one('token-lifetime', 'URS_SIM_TOKEN_LIFETIME') ?? '3599',
+      '--token-lifetime',
+      1,
+    ),
     latency: { meanMs: integer(mean, '--latency mean', 0), jitterMs: integer(jitter, '--latency jitter', 0) },
     quotas: quotasText === 'on' || quotasText === 'true',
     tenants: tenantTexts.map(tenantSpec),
@@ -93,7 +109,9 @@ async function main(): Promise<void> {
     process.stderr.write(`urs simulator: ${err instanceof Error ? err.message : String(err)}\n`);
     process.exit(2);
   }
-  process.stdout.write(`${JSON.stringify({ baseUrl: sim.baseUrl, caFile: sim.caFile, controlUrl: `${sim.baseUrl}/_sim/` })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ baseUrl: sim.baseUrl, caFile: sim.caFile, controlUrl: `${sim.baseUrl}/_sim/` })}\n`,
+  );
   const stop = (): void => {
     sim.close().then(
       () => process.exit(0),

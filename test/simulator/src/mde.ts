@@ -10,7 +10,8 @@ import type { MachineRecord, SoftwareVulnerabilityRow } from './types';
 // quotas and fault injection (see server.ts) and only shape the answers.
 
 /** MDE's OData list content type. */
-const ODATA_JSON = 'application/json; odata.metadata=minimal; odata.streaming=true; IEEE754Compatible=false; charset=utf-8';
+const ODATA_JSON =
+  'application/json; odata.metadata=minimal; odata.streaming=true; IEEE754Compatible=false; charset=utf-8';
 export const MAX_TOP = 10_000;
 export const BULK_DEFAULT_PAGE = 50_000;
 export const BULK_MAX_PAGE = 200_000;
@@ -25,8 +26,17 @@ export interface Reply {
 }
 
 /** The MDE error body: `{"error":{"code","message","target"}}`, target being a correlation id. */
-export function mdeError(status: number, code: string, message: string, headers?: Record<string, string | number>): Reply {
-  return { status, body: { error: { code, message, target: randomUUID() } }, ...(headers ? { headers } : {}) };
+export function mdeError(
+  status: number,
+  code: string,
+  message: string,
+  headers?: Record<string, string | number>,
+): Reply {
+  return {
+    status,
+    body: { error: { code, message, target: randomUUID() } },
+    ...(headers ? { headers } : {}),
+  };
 }
 
 export function send(res: ServerResponse, reply: Reply, malformed: boolean): void {
@@ -34,13 +44,21 @@ export function send(res: ServerResponse, reply: Reply, malformed: boolean): voi
   if (reply.status === 200) headers['Content-Type'] = ODATA_JSON;
   const full = reply.raw ?? JSON.stringify(reply.body);
   // A malformed answer is a body cut mid-stream, as when a gateway truncates a large answer.
-  sendRaw(res, reply.status, malformed ? full.slice(0, Math.max(1, Math.floor(full.length / 2))) : full, headers);
+  sendRaw(
+    res,
+    reply.status,
+    malformed ? full.slice(0, Math.max(1, Math.floor(full.length / 2))) : full,
+    headers,
+  );
 }
 
 function intParam(query: URLSearchParams, name: string): number | undefined | Error {
   const raw = query.get(name);
   if (raw === null) return undefined;
-  if (!/^\d+$/.test(raw)) return new Error(`Invalid value '${raw}' for the ${name} query option; a non-negative integer is expected.`);
+  if (!/^\d+$/.test(raw))
+    return new Error(
+      `Invalid value '${raw}' for the ${name} query option; a non-negative integer is expected.`,
+    );
   return Number(raw);
 }
 
@@ -51,7 +69,11 @@ export function pageWindow(query: URLSearchParams): { skip: number; top: number 
   if (top instanceof Error) return mdeError(400, 'ODataError', top.message);
   if (skip instanceof Error) return mdeError(400, 'ODataError', skip.message);
   if (top !== undefined && top > MAX_TOP) {
-    return mdeError(400, 'ODataError', `The limit of '${MAX_TOP}' for Top query has been exceeded. The value from the incoming request is '${top}'.`);
+    return mdeError(
+      400,
+      'ODataError',
+      `The limit of '${MAX_TOP}' for Top query has been exceeded. The value from the incoming request is '${top}'.`,
+    );
   }
   return { skip: skip ?? 0, top };
 }
@@ -61,7 +83,12 @@ export function pageWindow(query: URLSearchParams): { skip: number; top: number 
  * a page holds 10,000 devices and a `$skip` next link. An empty fleet answers 404.
  * `shortPage` drops the second half of a full page while more devices remain.
  */
-export function listMachines(base: string, tenant: TenantState, query: URLSearchParams, shortPage: boolean): Reply {
+export function listMachines(
+  base: string,
+  tenant: TenantState,
+  query: URLSearchParams,
+  shortPage: boolean,
+): Reply {
   const window = pageWindow(query);
   if ('status' in window) return window;
   const fleet = tenant.fleet;
@@ -75,7 +102,8 @@ export function listMachines(base: string, tenant: TenantState, query: URLSearch
     try {
       predicate = compileFilter(filterText);
     } catch (err) {
-      if (err instanceof FilterError) return mdeError(400, 'ODataError', `Invalid OData URI query: ${err.message}`);
+      if (err instanceof FilterError)
+        return mdeError(400, 'ODataError', `Invalid OData URI query: ${err.message}`);
       throw err;
     }
     const matches: MachineRecord[] = [];
@@ -111,7 +139,11 @@ export function getMachine(base: string, tenant: TenantState, id: string): Reply
 export function machineVulnerabilities(base: string, tenant: TenantState, id: string): Reply {
   const json = tenant.fleet.vulnerabilitiesJson(id.toLowerCase());
   if (json === undefined) return mdeError(404, 'ResourceNotFound', `Machine ${id} was not found.`);
-  return { status: 200, body: undefined, raw: `{"@odata.context":${JSON.stringify(`${base}/api/$metadata#Vulnerabilities`)},"value":${json}}` };
+  return {
+    status: 200,
+    body: undefined,
+    raw: `{"@odata.context":${JSON.stringify(`${base}/api/$metadata#Vulnerabilities`)},"value":${json}}`,
+  };
 }
 
 interface SkipToken {
@@ -126,7 +158,13 @@ function encodeSkipToken(token: SkipToken): string {
 function decodeSkipToken(raw: string): SkipToken | undefined {
   try {
     const parsed = JSON.parse(Buffer.from(raw, 'base64url').toString('utf8')) as SkipToken;
-    if (Number.isInteger(parsed.LastSeenOrdinal) && Number.isInteger(parsed.RowOffset) && parsed.LastSeenOrdinal >= 0 && parsed.RowOffset >= 0) return parsed;
+    if (
+      Number.isInteger(parsed.LastSeenOrdinal) &&
+      Number.isInteger(parsed.RowOffset) &&
+      parsed.LastSeenOrdinal >= 0 &&
+      parsed.RowOffset >= 0
+    )
+      return parsed;
   } catch {
     // fall through: invalid token
   }
@@ -161,10 +199,20 @@ export function deviceRows(tenant: TenantState, record: MachineRecord): Software
     vulnerabilitySeverityLevel: v.severity,
     recommendedSecurityUpdate: s.recommendedSecurityUpdate,
     recommendedSecurityUpdateId: s.recommendedSecurityUpdateId,
-    recommendedSecurityUpdateUrl: s.recommendedSecurityUpdateId ? `https://support.microsoft.com/help/${s.recommendedSecurityUpdateId}` : null,
-    diskPaths: isWindows ? [`C:\\Program Files\\${s.vendor}\\${s.name}\\${s.name}.exe`] : [`/usr/lib/${s.name}`],
+    recommendedSecurityUpdateUrl: s.recommendedSecurityUpdateId
+      ? `https://support.microsoft.com/help/${s.recommendedSecurityUpdateId}`
+      : null,
+    diskPaths: isWindows
+      ? [`C:\\Program Files\\${s.vendor}\\${s.name}\\${s.name}.exe`]
+      : [`/usr/lib/${s.name}`],
     registryPaths: isWindows ? [`HKEY_LOCAL_MACHINE\\SOFTWARE\\${s.vendor}\\${s.name}`] : [],
-    exploitabilityLevel: v.exploitInKit ? 'ExploitIsInKit' : v.exploitVerified ? 'ExploitIsVerified' : v.publicExploit ? 'ExploitIsPublic' : 'NoExploit',
+    exploitabilityLevel: v.exploitInKit
+      ? 'ExploitIsInKit'
+      : v.exploitVerified
+        ? 'ExploitIsVerified'
+        : v.publicExploit
+          ? 'ExploitIsPublic'
+          : 'NoExploit',
     recommendationReference: `va-_-${s.vendor}-_-${s.name}`,
     securityUpdateAvailable: s.recommendedSecurityUpdateId !== null,
     cvssScore: v.cvssV3,
@@ -194,7 +242,11 @@ export function bulkVulnerabilities(base: string, tenant: TenantState, query: UR
   if (pageSizeRaw instanceof Error) return mdeError(400, 'InvalidInput', pageSizeRaw.message);
   if (topRaw instanceof Error) return mdeError(400, 'InvalidInput', topRaw.message);
   if (pageSizeRaw !== undefined && (pageSizeRaw < 1 || pageSizeRaw > BULK_MAX_PAGE)) {
-    return mdeError(400, 'InvalidInput', `Invalid input pageSize: ${pageSizeRaw}. pageSize must be between 1 and ${BULK_MAX_PAGE}.`);
+    return mdeError(
+      400,
+      'InvalidInput',
+      `Invalid input pageSize: ${pageSizeRaw}. pageSize must be between 1 and ${BULK_MAX_PAGE}.`,
+    );
   }
   const pageSize = topRaw ?? pageSizeRaw ?? BULK_DEFAULT_PAGE;
   const rawToken = query.get('$skiptoken');
@@ -224,7 +276,8 @@ export function bulkVulnerabilities(base: string, tenant: TenantState, query: UR
     value,
   };
   if (topRaw === undefined && ordinal < total) {
-    body['@odata.nextLink'] = `${base}/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=${pageSize}&$skiptoken=${encodeSkipToken({ LastSeenOrdinal: ordinal, RowOffset: offset })}`;
+    body['@odata.nextLink'] =
+      `${base}/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=${pageSize}&$skiptoken=${encodeSkipToken({ LastSeenOrdinal: ordinal, RowOffset: offset })}`;
   }
   return { status: 200, body };
 }

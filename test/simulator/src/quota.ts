@@ -26,7 +26,8 @@ export class SlidingWindow {
 
   /** Records a call and returns 0, or returns the seconds to wait (Retry-After) without recording. */
   tryAcquire(nowMs: number): number {
-    while (this.head < this.stamps.length && (this.stamps[this.head] as number) <= nowMs - HOUR_MS) this.head++;
+    while (this.head < this.stamps.length && (this.stamps[this.head] as number) <= nowMs - HOUR_MS)
+      this.head++;
     if (this.head > 4096) {
       this.stamps.splice(0, this.head);
       this.head = 0;
@@ -37,7 +38,8 @@ export class SlidingWindow {
     }
     if (inHour >= this.limit.perMinute) {
       const oldestInMinute = this.stamps[this.stamps.length - this.limit.perMinute] as number;
-      if (oldestInMinute > nowMs - MINUTE_MS) return Math.max(1, Math.ceil((oldestInMinute + MINUTE_MS - nowMs) / 1000));
+      if (oldestInMinute > nowMs - MINUTE_MS)
+        return Math.max(1, Math.ceil((oldestInMinute + MINUTE_MS - nowMs) / 1000));
     }
     this.stamps.push(nowMs);
     return 0;

@@ -8,10 +8,26 @@ import { createTlsMaterial } from './certs';
 import { handleControl, type ControlTarget } from './control';
 import { handleJwks, handleOpenIdConfiguration, handleToken, type EntraDeps } from './entra';
 import { sendJson } from './http';
-import { bulkVulnerabilities, getMachine, listMachines, machineVulnerabilities, mdeError, send, type Reply } from './mde';
+import {
+  bulkVulnerabilities,
+  getMachine,
+  listMachines,
+  machineVulnerabilities,
+  mdeError,
+  send,
+  type Reply,
+} from './mde';
 import type { QuotaKind } from './quota';
 import { Rng } from './rng';
-import { createTenant, emptyStats, validateFaults, type FaultSpec, type SimStats, type TenantSpec, type TenantState } from './state';
+import {
+  createTenant,
+  emptyStats,
+  validateFaults,
+  type FaultSpec,
+  type SimStats,
+  type TenantSpec,
+  type TenantState,
+} from './state';
 import { MDE_AUDIENCES, TokenSigner, type AccessClaims } from './tokens';
 import type { MachineRecord, VulnerabilityRecord } from './types';
 
@@ -66,9 +82,11 @@ export interface Simulator {
 const WILDCARD = '*';
 
 function validateLatency(latency: LatencySpec): LatencySpec {
-  if (typeof latency.meanMs !== 'number' || !(latency.meanMs >= 0)) throw new Error(`latency.meanMs must be a number >= 0, got ${String(latency.meanMs)}`);
+  if (typeof latency.meanMs !== 'number' || !(latency.meanMs >= 0))
+    throw new Error(`latency.meanMs must be a number >= 0, got ${String(latency.meanMs)}`);
   const jitter = latency.jitterMs ?? 0;
-  if (typeof jitter !== 'number' || !(jitter >= 0)) throw new Error(`latency.jitterMs must be a number >= 0, got ${String(jitter)}`);
+  if (typeof jitter !== 'number' || !(jitter >= 0))
+    throw new Error(`latency.jitterMs must be a number >= 0, got ${String(jitter)}`);
   return { meanMs: latency.meanMs, jitterMs: jitter };
 }
 
@@ -96,7 +114,8 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     return tenant;
   };
 
-  const bump = (record: Record<string, number>, key: string, by = 1): number => (record[key] = (record[key] ?? 0) + by);
+  const bump = (record: Record<string, number>, key: string, by = 1): number =>
+    (record[key] = (record[key] ?? 0) + by);
 
   const count = (kind: string, tenantId: string | undefined): void => {
     bump(stats.calls, kind);
@@ -157,10 +176,13 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   /** Validates the bearer token like MDE: 401 when missing, forged or expired. */
   const authenticate = (req: IncomingMessage): AccessClaims | Reply => {
     const header = req.headers.authorization;
-    if (!header || !/^Bearer /i.test(header)) return mdeError(401, 'Unauthorized', 'Unauthorized (missing authorization header).');
+    if (!header || !/^Bearer /i.test(header))
+      return mdeError(401, 'Unauthorized', 'Unauthorized (missing authorization header).');
     const claims = signer.verify(header.slice(7).trim());
-    if (!claims || !MDE_AUDIENCES.has(claims.aud)) return mdeError(401, 'Unauthorized', 'Unauthorized (invalid authorization header).');
-    if (claims.exp <= Math.floor(Date.now() / 1000)) return mdeError(401, 'Unauthorized', 'Unauthorized (expired authorization header).');
+    if (!claims || !MDE_AUDIENCES.has(claims.aud))
+      return mdeError(401, 'Unauthorized', 'Unauthorized (invalid authorization header).');
+    if (claims.exp <= Math.floor(Date.now() / 1000))
+      return mdeError(401, 'Unauthorized', 'Unauthorized (expired authorization header).');
     if (!tenants.has(claims.tid)) return mdeError(401, 'Unauthorized', 'Unauthorized (unknown tenant).');
     return claims;
   };
@@ -178,9 +200,11 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     let kind: string;
     let quota: QuotaKind;
     if (segments.length === 2 && segments[1] === 'machines') [kind, quota] = ['machines', 'machines'];
-    else if (segments.length === 3 && segments[2]?.toLowerCase() === 'softwarevulnerabilitiesbymachine') [kind, quota] = ['bulk', 'bulk'];
+    else if (segments.length === 3 && segments[2]?.toLowerCase() === 'softwarevulnerabilitiesbymachine')
+      [kind, quota] = ['bulk', 'bulk'];
     else if (segments.length === 3 && segments[1] === 'machines') [kind, quota] = ['machine', 'machines'];
-    else if (segments.length === 4 && segments[1] === 'machines' && segments[3] === 'vulnerabilities') [kind, quota] = ['vulnerabilities', 'vulnerabilities'];
+    else if (segments.length === 4 && segments[1] === 'machines' && segments[3] === 'vulnerabilities')
+      [kind, quota] = ['vulnerabilities', 'vulnerabilities'];
     else {
       count('other', undefined);
       send(res, mdeError(404, 'NotFound', `Resource ${path} was not found.`), false);
@@ -188,7 +212,15 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     }
     if (req.method !== 'GET') {
       count(kind, undefined);
-      send(res, mdeError(405, 'MethodNotAllowed', `The requested resource does not support http method '${req.method ?? ''}'.`), false);
+      send(
+        res,
+        mdeError(
+          405,
+          'MethodNotAllowed',
+          `The requested resource does not support http method '${req.method ?? ''}'.`,
+        ),
+        false,
+      );
       return;
     }
     const auth = authenticate(req);
@@ -208,17 +240,29 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     if (!required.some((role) => auth.roles?.includes(role))) {
       send(
         res,
-        mdeError(403, 'Forbidden', `The application does not have any of the required application permissions (${required.join(', ')}) to access the resource.`),
+        mdeError(
+          403,
+          'Forbidden',
+          `The application does not have any of the required application permissions (${required.join(', ')}) to access the resource.`,
+        ),
         false,
       );
       return;
     }
     if (quotasOn) {
-      const waitSec = (tenant.quotas.get(quota) as { tryAcquire(now: number): number }).tryAcquire(Date.now());
+      const waitSec = (tenant.quotas.get(quota) as { tryAcquire(now: number): number }).tryAcquire(
+        Date.now(),
+      );
       if (waitSec > 0) {
         stats.throttled++;
         bump(stats.throttledByTenant, tenantId);
-        send(res, mdeError(429, 'TooManyRequests', `API calls quota exceeded! Retry in ${waitSec} seconds.`, { 'Retry-After': waitSec }), false);
+        send(
+          res,
+          mdeError(429, 'TooManyRequests', `API calls quota exceeded! Retry in ${waitSec} seconds.`, {
+            'Retry-After': waitSec,
+          }),
+          false,
+        );
         return;
       }
     }
@@ -237,15 +281,23 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     if (roll(f.status5xxRate)) {
       fault('5xx');
       const unavailable = rng.next() < 0.5;
-      send(res, unavailable ? mdeError(503, 'ServiceUnavailable', 'Service is temporarily unavailable.') : mdeError(500, 'InternalServerError', ''), false);
+      send(
+        res,
+        unavailable
+          ? mdeError(503, 'ServiceUnavailable', 'Service is temporarily unavailable.')
+          : mdeError(500, 'InternalServerError', ''),
+        false,
+      );
       return;
     }
     const shortPage = kind === 'machines' && roll(f.shortPageRate);
     const malformed = roll(f.malformedRate);
     let reply: Reply;
     if (kind === 'machines') reply = listMachines(baseUrl, tenant, url.searchParams, shortPage);
-    else if (kind === 'machine') reply = getMachine(baseUrl, tenant, decodeURIComponent(segments[2] as string));
-    else if (kind === 'vulnerabilities') reply = machineVulnerabilities(baseUrl, tenant, decodeURIComponent(segments[2] as string));
+    else if (kind === 'machine')
+      reply = getMachine(baseUrl, tenant, decodeURIComponent(segments[2] as string));
+    else if (kind === 'vulnerabilities')
+      reply = machineVulnerabilities(baseUrl, tenant, decodeURIComponent(segments[2] as string));
     else reply = bulkVulnerabilities(baseUrl, tenant, url.searchParams);
     if (shortPage) fault('shortPage');
     if (malformed && reply.status === 200) fault('malformed');
@@ -257,8 +309,13 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     const tenantSegment = segments[0] ?? '';
     const rest = segments.slice(1).join('/').toLowerCase();
     let kind: string;
-    if (req.method === 'GET' && (rest === 'v2.0/.well-known/openid-configuration' || rest === '.well-known/openid-configuration')) kind = 'openid';
-    else if (req.method === 'GET' && (rest === 'discovery/v2.0/keys' || rest === 'discovery/keys')) kind = 'jwks';
+    if (
+      req.method === 'GET' &&
+      (rest === 'v2.0/.well-known/openid-configuration' || rest === '.well-known/openid-configuration')
+    )
+      kind = 'openid';
+    else if (req.method === 'GET' && (rest === 'discovery/v2.0/keys' || rest === 'discovery/keys'))
+      kind = 'jwks';
     else if (req.method === 'POST' && rest === 'oauth2/v2.0/token') kind = 'token';
     else if (req.method === 'POST' && rest === 'oauth2/token') kind = 'tokenV1';
     else return false;
@@ -286,7 +343,12 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     machineCount: (t) => api.machineCount(t),
     machinesPage: (t, skip, top) => tenantOrThrow(t).fleet.slice(skip, top),
     vulnerabilities: (t, id) => api.vulnerabilities(t, id),
-    tenants: () => [...tenants.values()].map((t) => ({ azureTenantId: t.id, machines: t.fleet.size(), apps: [...t.apps.values()].map((a) => a.clientId) })),
+    tenants: () =>
+      [...tenants.values()].map((t) => ({
+        azureTenantId: t.id,
+        machines: t.fleet.size(),
+        apps: [...t.apps.values()].map((a) => a.clientId),
+      })),
     stats: () => api.stats(),
     resetStats: () => api.resetStats(),
     info: () => ({ baseUrl, caFile, quotas: quotasOn, latency, tokenLifetimeSec }),
@@ -295,7 +357,9 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const url = new URL(req.url ?? '/', 'https://sim.invalid');
     if (url.pathname.startsWith('/_sim/')) {
-      handleControl(control, req, res, url).catch((err: unknown) => sendJson(res, 500, { error: String(err) }));
+      handleControl(control, req, res, url).catch((err: unknown) =>
+        sendJson(res, 500, { error: String(err) }),
+      );
       return;
     }
     trackDone(res);
@@ -309,7 +373,9 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       : handleEntra(req, res, url).then((handled) => {
           if (!handled) {
             count('other', undefined);
-            sendJson(res, 404, { error: { code: 'NotFound', message: `No route for ${req.method ?? ''} ${url.pathname}` } });
+            sendJson(res, 404, {
+              error: { code: 'NotFound', message: `No route for ${req.method ?? ''} ${url.pathname}` },
+            });
           }
         });
     work.catch((err: unknown) => {
@@ -358,14 +424,17 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       quotasOn = on;
     },
     setTokenLifetime(seconds) {
-      if (!Number.isInteger(seconds) || seconds < 1) throw new Error(`tokenLifetimeSec must be a positive integer, got ${String(seconds)}`);
+      if (!Number.isInteger(seconds) || seconds < 1)
+        throw new Error(`tokenLifetimeSec must be a positive integer, got ${String(seconds)}`);
       tokenLifetimeSec = seconds;
     },
     updateMachine(t, id, patch) {
-      if (!tenantOrThrow(t).fleet.update(id.toLowerCase(), patch)) throw new Error(`unknown machine '${id}' in tenant '${t}'`);
+      if (!tenantOrThrow(t).fleet.update(id.toLowerCase(), patch))
+        throw new Error(`unknown machine '${id}' in tenant '${t}'`);
     },
     removeMachine(t, id) {
-      if (!tenantOrThrow(t).fleet.remove(id.toLowerCase())) throw new Error(`unknown machine '${id}' in tenant '${t}'`);
+      if (!tenantOrThrow(t).fleet.remove(id.toLowerCase()))
+        throw new Error(`unknown machine '${id}' in tenant '${t}'`);
     },
     addMachines(t, what) {
       const fleet = tenantOrThrow(t).fleet;
@@ -374,7 +443,8 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       return what.map((r) => r.id);
     },
     setVulnerabilities(t, id, vulns) {
-      if (!tenantOrThrow(t).fleet.setVulnerabilities(id.toLowerCase(), vulns)) throw new Error(`unknown machine '${id}' in tenant '${t}'`);
+      if (!tenantOrThrow(t).fleet.setVulnerabilities(id.toLowerCase(), vulns))
+        throw new Error(`unknown machine '${id}' in tenant '${t}'`);
     },
     machines: (t) => tenantOrThrow(t).fleet.all(),
     machineCount: (t) => tenantOrThrow(t).fleet.size(),

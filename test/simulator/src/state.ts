@@ -46,17 +46,25 @@ export interface TenantState {
 
 export function validateFaults(faults: FaultSpec): FaultSpec {
   const out: FaultSpec = {};
-  for (const key of ['status5xxRate', 'resetRate', 'timeoutRate', 'malformedRate', 'shortPageRate'] as const) {
+  for (const key of [
+    'status5xxRate',
+    'resetRate',
+    'timeoutRate',
+    'malformedRate',
+    'shortPageRate',
+  ] as const) {
     const value = faults[key];
     if (value === undefined) continue;
-    if (typeof value !== 'number' || !(value >= 0 && value <= 1)) throw new Error(`faults.${key} must be a number between 0 and 1, got ${String(value)}`);
+    if (typeof value !== 'number' || !(value >= 0 && value <= 1))
+      throw new Error(`faults.${key} must be a number between 0 and 1, got ${String(value)}`);
     out[key] = value;
   }
   return out;
 }
 
 export function createTenant(spec: TenantSpec, epochMs: number): TenantState {
-  if (typeof spec.azureTenantId !== 'string' || spec.azureTenantId.length === 0) throw new Error('azureTenantId must be a non-empty string');
+  if (typeof spec.azureTenantId !== 'string' || spec.azureTenantId.length === 0)
+    throw new Error('azureTenantId must be a non-empty string');
   if (!Array.isArray(spec.apps)) throw new Error('apps must be an array');
   const apps = new Map<string, Required<AppSpec>>();
   for (const app of spec.apps) {
@@ -69,13 +77,16 @@ export function createTenant(spec: TenantSpec, epochMs: number): TenantState {
     });
   }
   const size = spec.fleet?.size ?? 0;
-  if (!Number.isInteger(size) || size < 0 || size > 10_000_000) throw new Error(`fleet.size must be an integer 0..10000000, got ${String(size)}`);
+  if (!Number.isInteger(size) || size < 0 || size > 10_000_000)
+    throw new Error(`fleet.size must be an integer 0..10000000, got ${String(size)}`);
   return {
     id: spec.azureTenantId.toLowerCase(),
     apps,
     fleet: new Fleet(spec.azureTenantId.toLowerCase(), spec.fleet, spec.machines, epochMs),
     defenderProvisioned: spec.defenderProvisioned ?? true,
-    quotas: new Map(Object.entries(MDE_QUOTAS).map(([kind, limit]) => [kind as QuotaKind, new SlidingWindow(limit)])),
+    quotas: new Map(
+      Object.entries(MDE_QUOTAS).map(([kind, limit]) => [kind as QuotaKind, new SlidingWindow(limit)]),
+    ),
   };
 }
 

@@ -1,4 +1,12 @@
-import { createPublicKey, generateKeyPairSync, randomBytes, randomUUID, sign, verify, type KeyObject } from 'node:crypto';
+import {
+  createPublicKey,
+  generateKeyPairSync,
+  randomBytes,
+  randomUUID,
+  sign,
+  verify,
+  type KeyObject,
+} from 'node:crypto';
 
 // RS256 access tokens shaped like the v1 app-only tokens Entra issues for the WindowsDefenderATP
 // resource (aud = resource URI, iss = sts.windows.net/{tid}/, appid, roles, tid).
@@ -51,7 +59,13 @@ export class TokenSigner {
     return { keys: [{ kty: 'RSA', use: 'sig', kid: this.kid, x5t: this.kid, n: jwk.n, e: jwk.e }] };
   }
 
-  issue(tenantId: string, clientId: string, audience: string, roles: readonly string[], lifetimeSec: number): string {
+  issue(
+    tenantId: string,
+    clientId: string,
+    audience: string,
+    roles: readonly string[],
+    lifetimeSec: number,
+  ): string {
     const nowMs = Date.now();
     const now = Math.floor(nowMs / 1000);
     const claims: AccessClaims = {
@@ -87,7 +101,12 @@ export class TokenSigner {
     const [header, body, signature] = parts as [string, string, string];
     let ok = false;
     try {
-      ok = verify('sha256', Buffer.from(`${header}.${body}`), this.publicKey, Buffer.from(signature, 'base64url'));
+      ok = verify(
+        'sha256',
+        Buffer.from(`${header}.${body}`),
+        this.publicKey,
+        Buffer.from(signature, 'base64url'),
+      );
     } catch {
       return undefined;
     }

@@ -17,14 +17,23 @@ describe('control API', () => {
       fleet: { size: 12, seed: 3 },
     });
     expect(created.status).toBe(201);
-    expect((await control(sim, 'GET', 'tenants')).json).toEqual([{ azureTenantId: TENANT, machines: 12, apps: [CLIENT_ID] }]);
+    expect((await control(sim, 'GET', 'tenants')).json).toEqual([
+      { azureTenantId: TENANT, machines: 12, apps: [CLIENT_ID] },
+    ]);
 
     const listed = await control(sim, 'GET', `tenants/${TENANT}/machines?skip=2&top=3`);
     expect(listed.json.count).toBe(12);
-    expect(listed.json.value.map((m: { id: string }) => m.id)).toEqual(sim.machines(TENANT).slice(2, 5).map((m) => m.id));
+    expect(listed.json.value.map((m: { id: string }) => m.id)).toEqual(
+      sim
+        .machines(TENANT)
+        .slice(2, 5)
+        .map((m) => m.id),
+    );
 
     const target = sim.machines(TENANT)[0]?.id as string;
-    expect((await control(sim, 'PATCH', `tenants/${TENANT}/machines/${target}`, { riskScore: 'High' })).status).toBe(200);
+    expect(
+      (await control(sim, 'PATCH', `tenants/${TENANT}/machines/${target}`, { riskScore: 'High' })).status,
+    ).toBe(200);
     expect(sim.machines(TENANT)[0]?.riskScore).toBe('High');
     const added = await control(sim, 'POST', `tenants/${TENANT}/machines`, { count: 2 });
     expect(added.json.ids).toHaveLength(2);
@@ -33,9 +42,18 @@ describe('control API', () => {
     expect((await control(sim, 'DELETE', `tenants/${TENANT}/machines/${target}`)).status).toBe(404);
 
     const vulnTarget = sim.machines(TENANT)[0]?.id as string;
-    const cve = { ...sim.vulnerabilities(TENANT, sim.machines(TENANT)[1]?.id as string)[0], id: 'CVE-2024-0001', name: 'CVE-2024-0001', cvssV3: 9.8 };
-    expect((await control(sim, 'PUT', `tenants/${TENANT}/machines/${vulnTarget}/vulnerabilities`, [cve])).status).toBe(200);
-    expect((await control(sim, 'GET', `tenants/${TENANT}/machines/${vulnTarget}/vulnerabilities`)).json.value).toEqual([cve]);
+    const cve = {
+      ...sim.vulnerabilities(TENANT, sim.machines(TENANT)[1]?.id as string)[0],
+      id: 'CVE-2024-0001',
+      name: 'CVE-2024-0001',
+      cvssV3: 9.8,
+    };
+    expect(
+      (await control(sim, 'PUT', `tenants/${TENANT}/machines/${vulnTarget}/vulnerabilities`, [cve])).status,
+    ).toBe(200);
+    expect(
+      (await control(sim, 'GET', `tenants/${TENANT}/machines/${vulnTarget}/vulnerabilities`)).json.value,
+    ).toEqual([cve]);
 
     expect((await control(sim, 'PUT', `faults/${TENANT}`, { status5xxRate: 1 })).status).toBe(200);
     const token = await getToken(sim);
@@ -51,8 +69,15 @@ describe('control API', () => {
     expect(stats.json.faultsInjected).toBe(1);
     expect((await control(sim, 'POST', 'stats/reset')).status).toBe(200);
     expect((await control(sim, 'GET', 'stats')).json.calls).toEqual({});
-    expect((await control(sim, 'GET', 'info')).json).toMatchObject({ baseUrl: sim.baseUrl, caFile: sim.caFile, quotas: false, tokenLifetimeSec: 30 });
+    expect((await control(sim, 'GET', 'info')).json).toMatchObject({
+      baseUrl: sim.baseUrl,
+      caFile: sim.caFile,
+      quotas: false,
+      tokenLifetimeSec: 30,
+    });
     expect((await control(sim, 'GET', 'nope')).status).toBe(404);
-    expect((await control(sim, 'POST', 'tenants', { apps: [] })).json.error).toBe('azureTenantId must be a non-empty string');
+    expect((await control(sim, 'POST', 'tenants', { apps: [] })).json.error).toBe(
+      'azureTenantId must be a non-empty string',
+    );
   });
 });

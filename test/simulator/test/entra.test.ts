@@ -1,7 +1,16 @@
 import { execFile } from 'node:child_process';
 import { ClientSecretCredential } from '@azure/identity';
 import { startSimulator, type Simulator } from '@urs/simulator';
-import { CLIENT_ID, decodeJwt, MDE_SCOPE, request, SECRET, TENANT, tokenForm } from './helpers';
+import {
+  CLIENT_ID,
+  decodeJwt,
+  type HttpReply,
+  MDE_SCOPE,
+  request,
+  SECRET,
+  TENANT,
+  tokenForm,
+} from './helpers';
 
 const EXPIRED_CLIENT = '11111111-aaaa-4bbb-8ccc-000000000001';
 const NO_DEFENDER_TENANT = '22222222-aaaa-4bbb-8ccc-000000000002';
@@ -19,19 +28,33 @@ describe('Entra ID simulation', () => {
       ],
       fleet: { size: 3 },
     });
-    sim.addTenant({ azureTenantId: NO_DEFENDER_TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }], defenderProvisioned: false });
+    sim.addTenant({
+      azureTenantId: NO_DEFENDER_TENANT,
+      apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
+      defenderProvisioned: false,
+    });
   });
 
   afterAll(() => sim.close());
 
-  const token = (fields: Record<string, string>, tenant = TENANT) => request(sim, `/${tenant}/oauth2/v2.0/token`, tokenForm(fields));
-  const valid = { grant_type: 'client_credentials', client_id: CLIENT_ID, client_secret: SECRET, scope: MDE_SCOPE };
+  const token = (fields: Record<string, string>, tenant = TENANT) =>
+    request(sim, `/${tenant}/oauth2/v2.0/token`, tokenForm(fields));
+  const valid = {
+    grant_type: 'client_credentials',
+    client_id: CLIENT_ID,
+    client_secret: SECRET,
+    scope: MDE_SCOPE,
+  };
 
-  function expectAadError(reply: { status: number; json: any }, status: number, error: string, code: number): void {
+  function expectAadError(reply: HttpReply, status: number, error: string, code: number): void {
     expect(reply.status).toBe(status);
     expect(reply.json.error).toBe(error);
     expect(reply.json.error_codes).toEqual([code]);
-    expect(reply.json.error_description).toMatch(new RegExp(`^AADSTS${code}: .+\\r\\nTrace ID: [0-9a-f-]{36}\\r\\nCorrelation ID: [0-9a-f-]{36}\\r\\nTimestamp: \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ$`));
+    expect(reply.json.error_description).toMatch(
+      new RegExp(
+        `^AADSTS${code}: .+\\r\\nTrace ID: [0-9a-f-]{36}\\r\\nCorrelation ID: [0-9a-f-]{36}\\r\\nTimestamp: \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ$`,
+      ),
+    );
     expect(reply.json.trace_id).toMatch(/^[0-9a-f-]{36}$/);
     expect(reply.json.correlation_id).toMatch(/^[0-9a-f-]{36}$/);
     expect(reply.json.timestamp).toMatch(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ$/);
@@ -50,7 +73,10 @@ describe('Entra ID simulation', () => {
   });
 
   test('openid-configuration should answer AADSTS90002 for an unknown tenant', async () => {
-    const reply = await request(sim, `/33333333-aaaa-4bbb-8ccc-000000000003/v2.0/.well-known/openid-configuration`);
+    const reply = await request(
+      sim,
+      `/33333333-aaaa-4bbb-8ccc-000000000003/v2.0/.well-known/openid-configuration`,
+    );
     expectAadError(reply, 400, 'invalid_tenant', 90002);
   });
 
@@ -72,29 +98,49 @@ describe('Entra ID simulation', () => {
   });
 
   test('token should accept the windowsatpservice scope and the v1 resource form', async () => {
-    const v2 = await token({ ...valid, scope: 'https://securitycenter.onmicrosoft.com/windowsatpservice/.default' });
+    const v2 = await token({
+      ...valid,
+      scope: 'https://securitycenter.onmicrosoft.com/windowsatpservice/.default',
+    });
     expect(v2.status).toBe(200);
     const v1 = await request(
       sim,
       `/${TENANT}/oauth2/token`,
-      tokenForm({ grant_type: 'client_credentials', client_id: CLIENT_ID, client_secret: SECRET, resource: 'https://api.securitycenter.microsoft.com' }),
+      tokenForm({
+        grant_type: 'client_credentials',
+        client_id: CLIENT_ID,
+        client_secret: SECRET,
+        resource: 'https://api.securitycenter.microsoft.com',
+      }),
     );
     expect(v1.status).toBe(200);
     expect(v1.json.expires_in).toBe('120');
   });
 
   test('token should answer AADSTS7000215 for a wrong secret', async () => {
-    expectAadError(await token({ ...valid, client_secret: 'c2a1f5e0-secret-id-not-value' }), 401, 'invalid_client', 7000215);
+    expectAadError(
+      await token({ ...valid, client_secret: 'c2a1f5e0-secret-id-not-value' }),
+      401,
+      'invalid_client',
+      7000215,
+    );
   });
 
   test('token should answer AADSTS7000222 for an expired secret', async () => {
-    expectAadError(await token({ ...valid, client_id: EXPIRED_CLIENT, client_secret: 'old-secret' }), 401, 'invalid_client', 7000222);
+    expectAadError(
+      await token({ ...valid, client_id: EXPIRED_CLIENT, client_secret: 'old-secret' }),
+      401,
+      'invalid_client',
+      7000222,
+    );
   });
 
   test('token should answer AADSTS700016 for an unknown client id', async () => {
     const reply = await token({ ...valid, client_id: '44444444-aaaa-4bbb-8ccc-000000000004' });
     expectAadError(reply, 400, 'unauthorized_client', 700016);
-    expect(reply.json.error_description).toContain("'44444444-aaaa-4bbb-8ccc-000000000004' was not found in the directory");
+    expect(reply.json.error_description).toContain(
+      "'44444444-aaaa-4bbb-8ccc-000000000004' was not found in the directory",
+    );
   });
 
   test('token should answer AADSTS90002 for an unknown tenant and 900023 for a malformed one', async () => {
@@ -104,13 +150,23 @@ describe('Entra ID simulation', () => {
 
   test('token should answer AADSTS500011 when Defender is not provisioned or the resource is unknown', async () => {
     expectAadError(await token(valid, NO_DEFENDER_TENANT), 400, 'invalid_resource', 500011);
-    expectAadError(await token({ ...valid, scope: 'https://graph.example.com/.default' }), 400, 'invalid_resource', 500011);
+    expectAadError(
+      await token({ ...valid, scope: 'https://graph.example.com/.default' }),
+      400,
+      'invalid_resource',
+      500011,
+    );
   });
 
   test('token should answer invalid_scope for a missing or non-.default scope', async () => {
     const { scope: _scope, ...noScope } = valid;
     expectAadError(await token(noScope), 400, 'invalid_scope', 70011);
-    expectAadError(await token({ ...valid, scope: 'https://api.securitycenter.microsoft.com/Machine.Read.All' }), 400, 'invalid_scope', 1002012);
+    expectAadError(
+      await token({ ...valid, scope: 'https://api.securitycenter.microsoft.com/Machine.Read.All' }),
+      400,
+      'invalid_scope',
+      1002012,
+    );
   });
 
   test('token should reject other grant types and a missing secret', async () => {
@@ -149,7 +205,17 @@ describe('Entra ID simulation', () => {
       execFile(
         process.execPath,
         ['-e', script],
-        { env: { ...process.env, NODE_EXTRA_CA_CERTS: sim.caFile, T: TENANT, C: CLIENT_ID, S: SECRET, H: sim.baseUrl }, timeout: 30_000 },
+        {
+          env: {
+            ...process.env,
+            NODE_EXTRA_CA_CERTS: sim.caFile,
+            T: TENANT,
+            C: CLIENT_ID,
+            S: SECRET,
+            H: sim.baseUrl,
+          },
+          timeout: 30_000,
+        },
         (err, stdout) => (err ? reject(err) : resolve(stdout)),
       ),
     );

@@ -9,8 +9,16 @@ describe('fault injection', () => {
 
   beforeAll(async () => {
     sim = await startSimulator({ quotas: false });
-    sim.addTenant({ azureTenantId: TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }], fleet: { size: 40 } });
-    sim.addTenant({ azureTenantId: CALM_TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }], fleet: { size: 5 } });
+    sim.addTenant({
+      azureTenantId: TENANT,
+      apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
+      fleet: { size: 40 },
+    });
+    sim.addTenant({
+      azureTenantId: CALM_TENANT,
+      apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
+      fleet: { size: 5 },
+    });
     token = await getToken(sim);
   });
 
@@ -29,15 +37,23 @@ describe('fault injection', () => {
 
   test('resetRate should destroy the connection', async () => {
     sim.setFaults(TENANT, { resetRate: 1 });
-    await expect(request(sim, '/api/machines?$top=10', { token })).rejects.toThrow(/socket hang up|ECONNRESET/);
+    await expect(request(sim, '/api/machines?$top=10', { token })).rejects.toThrow(
+      /socket hang up|ECONNRESET/,
+    );
   });
 
   test('timeoutRate should never answer, and close() should still end the request', async () => {
     sim.setFaults(TENANT, { timeoutRate: 1 });
-    await expect(request(sim, '/api/machines?$top=10', { token, timeoutMs: 300 })).rejects.toThrow('client timeout');
+    await expect(request(sim, '/api/machines?$top=10', { token, timeoutMs: 300 })).rejects.toThrow(
+      'client timeout',
+    );
 
     const other = await startSimulator();
-    other.addTenant({ azureTenantId: TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }], fleet: { size: 3 } });
+    other.addTenant({
+      azureTenantId: TENANT,
+      apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
+      fleet: { size: 3 },
+    });
     other.setFaults('*', { timeoutRate: 1 });
     const pending = request(other, '/api/machines', { token: await getToken(other), timeoutMs: 60_000 });
     await new Promise((resolve) => setTimeout(resolve, 100));
@@ -63,6 +79,8 @@ describe('fault injection', () => {
   });
 
   test('setFaults should reject rates outside 0..1', () => {
-    expect(() => sim.setFaults(TENANT, { resetRate: 2 })).toThrow('faults.resetRate must be a number between 0 and 1');
+    expect(() => sim.setFaults(TENANT, { resetRate: 2 })).toThrow(
+      'faults.resetRate must be a number between 0 and 1',
+    );
   });
 });

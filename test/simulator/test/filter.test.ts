@@ -15,7 +15,9 @@ describe('compileFilter', () => {
     const p = compileFilter('lastSeen gt 2024-01-01Z');
     expect(p(m({ lastSeen: '2024-01-02T00:00:00.0000000Z' }))).toBe(true);
     expect(p(m({ lastSeen: '2023-12-31T23:59:59.9999999Z' }))).toBe(false);
-    expect(compileFilter('lastSeen le 2024-01-01T10:00:00Z')(m({ lastSeen: '2024-01-01T09:00:00.0000000Z' }))).toBe(true);
+    expect(
+      compileFilter('lastSeen le 2024-01-01T10:00:00Z')(m({ lastSeen: '2024-01-01T09:00:00.0000000Z' })),
+    ).toBe(true);
   });
 
   test('compileFilter should match numbers, null, tags and quoted quotes', () => {
@@ -26,7 +28,7 @@ describe('compileFilter', () => {
   });
 
   test('compileFilter should reject unsupported fields and syntax', () => {
-    expect(() => compileFilter("osBuild eq 5")).toThrow(FilterError);
+    expect(() => compileFilter('osBuild eq 5')).toThrow(FilterError);
     expect(() => compileFilter("healthStatus eq 'Active' xor riskScore eq 'High'")).toThrow('Syntax error');
     expect(() => compileFilter('healthStatus')).toThrow('Invalid filter clause');
   });

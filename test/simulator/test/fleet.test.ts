@@ -11,7 +11,8 @@ describe('generateMachine', () => {
   });
 
   test('indexOfMachineId should invert machineIdFor and reject ids of other fleets', () => {
-    for (const index of [0, 1, 99_999, 123_456]) expect(indexOfMachineId(9, machineIdFor(9, index))).toBe(index);
+    for (const index of [0, 1, 99_999, 123_456])
+      expect(indexOfMachineId(9, machineIdFor(9, index))).toBe(index);
     expect(indexOfMachineId(10, machineIdFor(9, 5))).toBe(-1);
     expect(indexOfMachineId(9, 'not-an-id')).toBe(-1);
   });
@@ -42,9 +43,13 @@ describe('Fleet', () => {
     expect(share((m) => m.onboardingStatus === 'CanBeOnboarded')).toBeGreaterThan(0.01);
     expect(share((m) => m.healthStatus === 'Active')).toBeGreaterThan(0.5);
     expect(share((m) => m.riskScore === 'High')).toBeGreaterThan(0.05);
-    expect(share((m) => m.defenderAvStatus === undefined || m.defenderAvStatus === 'NotSupported')).toBeGreaterThan(0.5);
+    expect(
+      share((m) => m.defenderAvStatus === undefined || m.defenderAvStatus === 'NotSupported'),
+    ).toBeGreaterThan(0.5);
     expect(share((m) => m.defenderAvStatus === 'Disabled')).toBeGreaterThan(0);
-    expect(share((m) => m.mergedIntoMachineId !== null && m.mergedIntoMachineId !== undefined)).toBeGreaterThan(0);
+    expect(
+      share((m) => m.mergedIntoMachineId !== null && m.mergedIntoMachineId !== undefined),
+    ).toBeGreaterThan(0);
     expect(share((m) => m.isExcluded === true)).toBeGreaterThan(0);
     const ages = all.map((m) => EPOCH - Date.parse(m.lastSeen as string));
     expect(Math.min(...ages)).toBeLessThan(3600_000);

@@ -16,7 +16,13 @@ export interface HttpReply {
 export function request(
   sim: Simulator,
   path: string,
-  options: { method?: string; headers?: Record<string, string>; body?: string; token?: string; timeoutMs?: number } = {},
+  options: {
+    method?: string;
+    headers?: Record<string, string>;
+    body?: string;
+    token?: string;
+    timeoutMs?: number;
+  } = {},
 ): Promise<HttpReply> {
   return new Promise((resolve, reject) => {
     const headers: Record<string, string> = { ...(options.headers ?? {}) };
@@ -24,7 +30,13 @@ export function request(
     if (options.body !== undefined) headers['content-length'] = String(Buffer.byteLength(options.body));
     const req = https.request(
       `${sim.baseUrl}${path}`,
-      { method: options.method ?? 'GET', headers, ca: sim.caPem, agent: false, timeout: options.timeoutMs ?? 10_000 },
+      {
+        method: options.method ?? 'GET',
+        headers,
+        ca: sim.caPem,
+        agent: false,
+        timeout: options.timeoutMs ?? 10_000,
+      },
       (res) => {
         let text = '';
         res.setEncoding('utf8');
@@ -48,7 +60,11 @@ export function request(
   });
 }
 
-export function tokenForm(fields: Record<string, string>): { method: string; headers: Record<string, string>; body: string } {
+export function tokenForm(fields: Record<string, string>): {
+  method: string;
+  headers: Record<string, string>;
+  body: string;
+} {
   return {
     method: 'POST',
     headers: { 'content-type': 'application/x-www-form-urlencoded' },
@@ -56,18 +72,31 @@ export function tokenForm(fields: Record<string, string>): { method: string; hea
   };
 }
 
-export async function getToken(sim: Simulator, tenant = TENANT, clientId = CLIENT_ID, secret = SECRET): Promise<string> {
+export async function getToken(
+  sim: Simulator,
+  tenant = TENANT,
+  clientId = CLIENT_ID,
+  secret = SECRET,
+): Promise<string> {
   const reply = await request(
     sim,
     `/${tenant}/oauth2/v2.0/token`,
-    tokenForm({ grant_type: 'client_credentials', client_id: clientId, client_secret: secret, scope: MDE_SCOPE }),
+    tokenForm({
+      grant_type: 'client_credentials',
+      client_id: clientId,
+      client_secret: secret,
+      scope: MDE_SCOPE,
+    }),
   );
   if (reply.status !== 200) throw new Error(`token request failed: ${reply.text}`);
   return reply.json.access_token as string;
 }
 
 export function decodeJwt(token: string): Record<string, unknown> {
-  return JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
+  return JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as Record<
+    string,
+    unknown
+  >;
 }
 
 export function control(sim: Simulator, method: string, path: string, body?: unknown): Promise<HttpReply> {

@@ -2,11 +2,22 @@ import { parseArgs } from '../src/main';
 
 describe('parseArgs', () => {
   test('parseArgs should apply defaults and read repeatable tenants from flags and env', () => {
-    const options = parseArgs(['--tenant', 't1:c1:s1:10', '--tenant=t2:c2:s2:0', '--latency', '20:5', '--quotas', 'off'], {
-      URS_SIM_TENANTS: 't0:c0:s0:3',
-      URS_SIM_PORT: '9443',
+    const options = parseArgs(
+      ['--tenant', 't1:c1:s1:10', '--tenant=t2:c2:s2:0', '--latency', '20:5', '--quotas', 'off'],
+      {
+        URS_SIM_TENANTS: 't0:c0:s0:3',
+        URS_SIM_PORT: '9443',
+      },
+    );
+    expect(options).toMatchObject({
+      port: 9443,
+      host: '127.0.0.1',
+      caDir: '.sim',
+      seed: 1,
+      tokenLifetimeSec: 3599,
+      quotas: false,
+      latency: { meanMs: 20, jitterMs: 5 },
     });
-    expect(options).toMatchObject({ port: 9443, host: '127.0.0.1', caDir: '.sim', seed: 1, tokenLifetimeSec: 3599, quotas: false, latency: { meanMs: 20, jitterMs: 5 } });
     expect(options.tenants.map((t) => [t.azureTenantId, t.apps[0]?.clientId, t.fleet?.size])).toEqual([
       ['t0', 'c0', 3],
       ['t1', 'c1', 10],

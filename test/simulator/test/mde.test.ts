@@ -38,7 +38,11 @@ describe('MDE API simulation', () => {
 
     const shortLived = await startSimulator({ tokenLifetimeSec: 1 });
     try {
-      shortLived.addTenant({ azureTenantId: TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }], fleet: { size: 5 } });
+      shortLived.addTenant({
+        azureTenantId: TENANT,
+        apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
+        fleet: { size: 5 },
+      });
       const brief = await getToken(shortLived);
       expect((await request(shortLived, '/api/machines', { token: brief })).status).toBe(200);
       await new Promise((resolve) => setTimeout(resolve, 2100));
@@ -81,8 +85,17 @@ describe('MDE API simulation', () => {
     for (const m of machines) {
       expect(m.id).toMatch(/^[0-9a-f]{40}$/);
       expect(m.lastSeen).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}Z$/);
-      expect(['Active', 'Inactive', 'ImpairedCommunication', 'NoSensorData', 'NoSensorDataImpairedCommunication', 'Unknown']).toContain(m.healthStatus);
-      expect(['Onboarded', 'CanBeOnboarded', 'InsufficientInfo', 'Unsupported']).toContain(m.onboardingStatus);
+      expect([
+        'Active',
+        'Inactive',
+        'ImpairedCommunication',
+        'NoSensorData',
+        'NoSensorDataImpairedCommunication',
+        'Unknown',
+      ]).toContain(m.healthStatus);
+      expect(['Onboarded', 'CanBeOnboarded', 'InsufficientInfo', 'Unsupported']).toContain(
+        m.onboardingStatus,
+      );
       if (m.rbacGroupId !== undefined) expect(typeof m.rbacGroupId).toBe('number');
     }
     const active = machines.filter((m) => m.healthStatus === 'Active').length;
@@ -100,17 +113,21 @@ describe('MDE API simulation', () => {
     const all = sim.machines(TENANT);
     const filter = encodeURIComponent("healthStatus eq 'Active' and riskScore eq 'High'");
     const filtered = await get(`/api/machines?$top=10000&$filter=${filter}`);
-    const expected = all.filter((m) => m.healthStatus === 'Active' && m.riskScore === 'High').map((m) => m.id);
+    const expected = all
+      .filter((m) => m.healthStatus === 'Active' && m.riskScore === 'High')
+      .map((m) => m.id);
     expect(expected.length).toBeGreaterThan(0);
     expect(filtered.json.value.map((m: { id: string }) => m.id)).toEqual(expected);
 
     const cutoff = new Date(Date.now() - 3 * 24 * 3600 * 1000).toISOString();
     const recent = await get(`/api/machines?$filter=${encodeURIComponent(`lastSeen gt ${cutoff}`)}`);
-    expect(recent.json.value.length).toBe(all.filter((m) => Date.parse(m.lastSeen as string) > Date.parse(cutoff)).length);
+    expect(recent.json.value.length).toBe(
+      all.filter((m) => Date.parse(m.lastSeen as string) > Date.parse(cutoff)).length,
+    );
 
     const one = await get(`/api/machines?$filter=${encodeURIComponent(`id eq '${all[3]?.id}'`)}`);
     expect(one.json.value).toEqual([all[3]]);
-    expect((await get(`/api/machines?$filter=${encodeURIComponent("osBuild eq 5")}`)).status).toBe(400);
+    expect((await get(`/api/machines?$filter=${encodeURIComponent('osBuild eq 5')}`)).status).toBe(400);
   });
 
   test('machines should answer 404 ResourceNotFound for an empty fleet', async () => {
@@ -130,7 +147,23 @@ describe('MDE API simulation', () => {
     const v = reply.json.value[0];
     expect(v.id).toMatch(/^CVE-\d{4}-\d+$/);
     expect(Object.keys(v)).toEqual(
-      expect.arrayContaining(['name', 'description', 'severity', 'cvssV3', 'cvssVector', 'exposedMachines', 'publishedOn', 'updatedOn', 'publicExploit', 'exploitVerified', 'exploitInKit', 'exploitTypes', 'exploitUris', 'CveSupportability', 'epss']),
+      expect.arrayContaining([
+        'name',
+        'description',
+        'severity',
+        'cvssV3',
+        'cvssVector',
+        'exposedMachines',
+        'publishedOn',
+        'updatedOn',
+        'publicExploit',
+        'exploitVerified',
+        'exploitInKit',
+        'exploitTypes',
+        'exploitUris',
+        'CveSupportability',
+        'epss',
+      ]),
     );
     const counts = machines.map((m) => sim.vulnerabilities(TENANT, m.id).length);
     expect(Math.max(...counts)).toBeLessThanOrEqual(30);
@@ -154,7 +187,9 @@ describe('MDE API simulation', () => {
       url = next?.slice(sim.baseUrl.length);
       pages++;
     }
-    const expected = sim.machines(TENANT).flatMap((m) => sim.vulnerabilities(TENANT, m.id).map((v) => `${m.id}/${v.id}`));
+    const expected = sim
+      .machines(TENANT)
+      .flatMap((m) => sim.vulnerabilities(TENANT, m.id).map((v) => `${m.id}/${v.id}`));
     expect(rows.filter((r) => r.cveId !== null).map((r) => `${r.deviceId}/${r.cveId}`)).toEqual(expected);
     expect(rows.some((r) => r.cveId === null)).toBe(true);
     expect(pages).toBe(Math.ceil(rows.length / 97));
@@ -175,7 +210,10 @@ describe('MDE API simulation', () => {
     const ids = reply.json.value.map((m: { id: string }) => m.id);
     expect(ids).not.toContain(victim);
     expect(ids).toContain(added);
-    expect(reply.json.value.find((m: { id: string }) => m.id === before[11]?.id)).toMatchObject({ healthStatus: 'Inactive', riskScore: 'High' });
+    expect(reply.json.value.find((m: { id: string }) => m.id === before[11]?.id)).toMatchObject({
+      healthStatus: 'Inactive',
+      riskScore: 'High',
+    });
     expect((await get(`/api/machines/${victim}/vulnerabilities`)).status).toBe(404);
     expect((await get(`/api/machines/${added}`)).json.id).toBe(added);
   });

@@ -22,8 +22,16 @@ describe('quota enforcement', () => {
 
   beforeAll(async () => {
     sim = await startSimulator();
-    sim.addTenant({ azureTenantId: TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }], fleet: { size: 20 } });
-    sim.addTenant({ azureTenantId: OTHER_TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }], fleet: { size: 20 } });
+    sim.addTenant({
+      azureTenantId: TENANT,
+      apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
+      fleet: { size: 20 },
+    });
+    sim.addTenant({
+      azureTenantId: OTHER_TENANT,
+      apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
+      fleet: { size: 20 },
+    });
   });
 
   afterAll(() => sim.close());
@@ -48,7 +56,13 @@ describe('quota enforcement', () => {
     // Another endpoint and another tenant have their own windows.
     expect((await request(sim, '/api/machines?$top=5', { token })).status).toBe(200);
     const other = await getToken(sim, OTHER_TENANT);
-    expect((await request(sim, `/api/machines/${sim.machines(OTHER_TENANT)[0]?.id}/vulnerabilities`, { token: other })).status).toBe(200);
+    expect(
+      (
+        await request(sim, `/api/machines/${sim.machines(OTHER_TENANT)[0]?.id}/vulnerabilities`, {
+          token: other,
+        })
+      ).status,
+    ).toBe(200);
   });
 
   test('bulk export should allow 30 calls a minute and setQuotas(false) should lift every limit', async () => {

@@ -7,7 +7,11 @@ describe('call statistics', () => {
 
   beforeAll(async () => {
     sim = await startSimulator({ quotas: false, latency: { meanMs: 400, jitterMs: 20 } });
-    sim.addTenant({ azureTenantId: TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }], fleet: { size: 30 } });
+    sim.addTenant({
+      azureTenantId: TENANT,
+      apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
+      fleet: { size: 30 },
+    });
   });
 
   afterAll(() => sim.close());
@@ -16,14 +20,21 @@ describe('call statistics', () => {
     const token = await getToken(sim);
     sim.resetStats();
     const agent = new https.Agent({ ca: sim.caPem, keepAlive: true, maxSockets: 7 });
-    const ids = sim.machines(TENANT).map((m) => m.id).slice(0, 20);
+    const ids = sim
+      .machines(TENANT)
+      .map((m) => m.id)
+      .slice(0, 20);
     const fetchOne = (id: string) =>
       new Promise<number>((resolve, reject) =>
         https
-          .get(`${sim.baseUrl}/api/machines/${id}/vulnerabilities`, { agent, headers: { authorization: `Bearer ${token}` } }, (res) => {
-            res.resume();
-            res.on('end', () => resolve(res.statusCode ?? 0));
-          })
+          .get(
+            `${sim.baseUrl}/api/machines/${id}/vulnerabilities`,
+            { agent, headers: { authorization: `Bearer ${token}` } },
+            (res) => {
+              res.resume();
+              res.on('end', () => resolve(res.statusCode ?? 0));
+            },
+          )
           .on('error', reject),
       );
     const statuses = await Promise.all(ids.map(fetchOne));
