@@ -127,9 +127,11 @@ function localStack(wantKafka: boolean, wantRedis: boolean): Promise<ResolvedInf
       process.execPath,
       args,
       { env: process.env, maxBuffer: 1 << 20 },
-      (err, stdout) => {
+      (err, stdout, stderr) => {
         if (err) {
-          reject(new Error(`${script} up failed (${err.message.split('\n')[0]}); see its output above`));
+          // The stack prints its reason as `stack: <message>` (possibly followed by log lines).
+          const reason = /^stack: [\s\S]*$/m.exec(stderr)?.[0].trim() ?? err.message;
+          reject(new Error(`\`node ${path.relative(process.cwd(), script)} up\` failed: ${reason}`));
           return;
         }
         const line = stdout.trim().split('\n').pop() ?? '';
@@ -146,6 +148,6 @@ function localStack(wantKafka: boolean, wantRedis: boolean): Promise<ResolvedInf
         }
       },
     );
-    child.stderr?.pipe(process.stderr);
+    child.stderr?.on('data', (chunk: Buffer) => process.stderr.write(chunk));
   });
 }
