@@ -1,0 +1,277 @@
+import { inspect } from 'node:util';
+import { silentLogger } from '@urs/logging';
+import { retryPolicy } from '@urs/resilience';
+import { type Simulator, startSimulator } from '@urs/simulator';
+import {
+  DefenderError,
+  DefenderErrorCode,
+  type TokenSource,
+  createApiCaller,
+  createHttpsAgent,
+  createLocalLimiter,
+  createLocalQuotaGate,
+  createTokenSource,
+  resolveEndpoints,
+} from '../src';
+import { type TestApp, newApp, simClient } from './support';
+
+let sim: Simulator;
+let app: TestApp;
+let expired: TestApp;
+let machineOnly: TestApp;
+let noRoles: TestApp;
+let unprovisioned: TestApp;
+
+beforeAll(async () => {
+  sim = await startSimulator({ quotas: false });
+  app = newApp();
+  expired = { ...newApp(), azureTenantId: app.azureTenantId };
+  machineOnly = { ...newApp(), azureTenantId: app.azureTenantId };
+  noRoles = { ...newApp(), azureTenantId: app.azureTenantId };
+  unprovisioned = newApp();
+  sim.addTenant({
+    azureTenantId: app.azureTenantId,
+    apps: [app, { ...expired, secretExpired: true }, { ...machineOnly, roles: ['Machine.Read.All'] }, { ...noRoles, roles: [] }],
+    fleet: { size: 40, seed: 11 },
+  });
+  sim.addTenant({ azureTenantId: unprovisioned.azureTenantId, apps: [unprovisioned], defenderProvisioned: false });
+});
+
+afterAll(async () => {
+  await sim.close();
+});
+
+async function failure(from: TestApp, run: (c: ReturnType<typeof simClient>['client']) => Promise<unknown>): Promise<DefenderError> {
+  const { client, close } = simClient(sim, from);
+  try {
+    await run(client);
+  } catch (error) {
+    if (error instanceof DefenderError) return error;
+    throw error;
+  } finally {
+    await close();
+  }
+  throw new Error('expected a DefenderError');
+}
+
+function expectNoSecret(error: DefenderError, secret: string): void {
+  for (const text of [error.message, error.stack ?? '', JSON.stringify(error), JSON.stringify(error.details), inspect(error, { depth: Infinity })]) {
+    expect(text).not.toContain(secret);
+  }
+}
+
+describe('createDefenderClient sign-in errors (real @azure/identity against the simulator over TLS)', () => {
+  it('listMachines should explain a wrong secret (AADSTS7000215) without the secret', async () => {
+    const wrong = { ...app, clientSecret: `${app.clientSecret}-typo` };
+    const error = await failure(wrong, (c) => c.listMachines());
+    expect(error.code).toBe(DefenderErrorCode.INVALID_SECRET);
+    expect(error.message).toContain("Paste the secret's Value, not its ID");
+    expect(error.canRetry).toBe(false);
+    expectNoSecret(error, wrong.clientSecret);
+  });
+
+  it.each([
+    ['an expired secret', () => expired, DefenderErrorCode.SECRET_EXPIRED, /AADSTS7000222/],
+    ['an unknown client id', () => ({ ...app, clientId: newApp().clientId }), DefenderErrorCode.UNKNOWN_CLIENT, /AADSTS700016/],
+    ['an unknown tenant', () => ({ ...app, azureTenantId: newApp().azureTenantId }), DefenderErrorCode.UNKNOWN_TENANT, /AADSTS90002/],
+    ['a tenant without Defender', () => unprovisioned, DefenderErrorCode.NOT_PROVISIONED, /AADSTS500011/],
+  ])('listMachines should explain %s', async (_name, who, code, message) => {
+    const from = who();
+    const error = await failure(from, (c) => c.listMachines());
+    expect(error.code).toBe(code);
+    expect(error.message).toMatch(message);
+    expectNoSecret(error, from.clientSecret);
+  });
+
+  it('getToken should call an unreachable Entra an outage, not a wrong tenant', async () => {
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const tokens = createTokenSource({
+      endpoints: resolveEndpoints(undefined, undefined, { authorityHost: 'https://127.0.0.1:1', apiBase: sim.baseUrl }),
+      credentials: app,
+      httpsAgent: agent,
+    });
+    try {
+      await expect(tokens.getToken()).rejects.toMatchObject({ code: DefenderErrorCode.UNAVAILABLE, canRetry: true });
+    } finally {
+      agent.destroy();
+    }
+  });
+});
+
+describe('createDefenderClient consent', () => {
+  it('getMachineVulnerabilities should report missing consent on 403 and never retry it', async () => {
+    const id = sim.machines(app.azureTenantId)[0]!.id;
+    sim.resetStats();
+    const error = await failure(machineOnly, (c) => c.getMachineVulnerabilities(id));
+    expect(error.code).toBe(DefenderErrorCode.CONSENT_MISSING);
+    expect(error.message).toContain('Vulnerability.Read.All');
+    expect(error.message).toContain('the token carries: Machine.Read.All');
+    expect(sim.stats().calls.vulnerabilities).toBe(1);
+  });
+
+  it('checkAccess should say OK when every permission is granted', async () => {
+    const { client, close } = simClient(sim, app);
+    try {
+      const report = await client.checkAccess();
+      expect(report).toMatchObject({ ok: true, tokenIssued: true, machinesReadable: true });
+      expect(report.permissions).toEqual({ 'Machine.Read.All': true, 'Vulnerability.Read.All': true, 'Alert.Read.All': true });
+      expect(report.verdict).toMatch(/^OK: /);
+    } finally {
+      await close();
+    }
+  });
+
+  it('checkAccess should name the permissions the token lacks', async () => {
+    const { client, close } = simClient(sim, machineOnly);
+    try {
+      const report = await client.checkAccess();
+      expect(report).toMatchObject({ ok: false, tokenIssued: true, machinesReadable: true, roles: ['Machine.Read.All'] });
+      expect(report.verdict).toBe(
+        'FAIL: credentials work, but the token lacks Vulnerability.Read.All, Alert.Read.All: add these WindowsDefenderATP application permissions and grant admin consent.',
+      );
+    } finally {
+      await close();
+    }
+  });
+
+  it('checkAccess should report a token without roles as missing consent on the device list', async () => {
+    const { client, close } = simClient(sim, noRoles);
+    try {
+      const report = await client.checkAccess();
+      expect(report).toMatchObject({ ok: false, tokenIssued: true, machinesReadable: false, error: { code: DefenderErrorCode.CONSENT_MISSING } });
+      expect(report.verdict).toMatch(/^FAIL: .*403.*Machine\.Read\.All/);
+    } finally {
+      await close();
+    }
+  });
+
+  it('checkAccess should report a sign-in failure in one line without the secret', async () => {
+    const wrong = { ...app, clientSecret: 'a-wrong-secret-value-1234' };
+    const { client, close } = simClient(sim, wrong);
+    try {
+      const report = await client.checkAccess();
+      expect(report).toMatchObject({ ok: false, tokenIssued: false, error: { code: DefenderErrorCode.INVALID_SECRET } });
+      expect(report.verdict).not.toContain('\n');
+      expect(JSON.stringify(report)).not.toContain(wrong.clientSecret);
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe('createDefenderClient tokens', () => {
+  it('getMachineVulnerabilities should get a fresh token and retry once when the API answers 401', async () => {
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const endpoints = resolveEndpoints(undefined, undefined, { authorityHost: sim.baseUrl, apiBase: sim.baseUrl });
+    const real = createTokenSource({ endpoints, credentials: app, httpsAgent: agent });
+    let refreshed = 0;
+    // A token the API no longer accepts (revoked, or from another signer) until a refresh.
+    const tokens: TokenSource = {
+      getToken: async () => (refreshed > 0 ? real.getToken() : { token: 'eyJhbGciOiJub25lIn0.eyJyb2xlcyI6W119.x', expiresOnTimestamp: Date.now() + 3_600_000 }),
+      refreshToken: async () => {
+        refreshed++;
+        return real.refreshToken();
+      },
+    };
+    const api = createApiCaller({
+      azureTenantId: app.azureTenantId,
+      apiBase: sim.baseUrl,
+      tokens,
+      limiter: createLocalLimiter(),
+      quota: createLocalQuotaGate(),
+      httpsAgent: agent,
+      retryPolicy: retryPolicy({ maxAttempts: 1 }),
+      requestTimeoutMs: 2_000,
+      maxThrottleWaitMs: 0,
+      logger: silentLogger,
+    });
+    try {
+      const id = sim.machines(app.azureTenantId)[0]!.id;
+      await expect(api.get('vulnerabilities', `/api/machines/${id}/vulnerabilities`)).resolves.toMatchObject({ status: 200 });
+      expect(refreshed).toBe(1);
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it('get should fail UNAUTHORIZED when a fresh token is refused too', async () => {
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const bad = { token: 'not-a-token', expiresOnTimestamp: Date.now() + 3_600_000 };
+    const api = createApiCaller({
+      azureTenantId: app.azureTenantId,
+      apiBase: sim.baseUrl,
+      tokens: { getToken: async () => bad, refreshToken: async () => bad },
+      limiter: createLocalLimiter(),
+      quota: createLocalQuotaGate(),
+      httpsAgent: agent,
+      retryPolicy: retryPolicy({ maxAttempts: 3, initialDelayMs: 1, maxDelayMs: 1 }),
+      requestTimeoutMs: 2_000,
+      maxThrottleWaitMs: 0,
+      logger: silentLogger,
+    });
+    try {
+      sim.resetStats();
+      await expect(api.get('machines', '/api/machines')).rejects.toMatchObject({ code: DefenderErrorCode.UNAUTHORIZED, canRetry: false });
+      expect(sim.stats().calls.machines).toBe(2);
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it('listMachines should keep working when tokens expire during the cycle', async () => {
+    sim.setTokenLifetime(1);
+    sim.setLatency({ meanMs: 150 });
+    const { client, close } = simClient(sim, app);
+    try {
+      sim.resetStats();
+      const machines = await client.listMachines({ pageSize: 4 });
+      expect(machines).toHaveLength(40);
+      // 11 pages over about 2 s with 1-second tokens: more than one token was needed.
+      expect(sim.stats().calls.token).toBeGreaterThan(1);
+    } finally {
+      sim.setTokenLifetime(3599);
+      sim.setLatency({ meanMs: 0 });
+      await close();
+    }
+  }, 20_000);
+});
+
+describe('createDefenderClient vulnerabilities', () => {
+  it('getMachineVulnerabilities should return the device’s CVEs', async () => {
+    const { client, close } = simClient(sim, app);
+    try {
+      for (const machine of sim.machines(app.azureTenantId).slice(0, 5)) {
+        const expected = [...new Set(sim.vulnerabilities(app.azureTenantId, machine.id).map((v) => v.id))].sort();
+        const got = await client.getMachineVulnerabilities(machine.id);
+        expect(got.map((v) => v.id).sort()).toEqual(expected);
+      }
+    } finally {
+      await close();
+    }
+  });
+
+  it('getMachineVulnerabilities should fail NOT_FOUND for a device that is gone', async () => {
+    const error = await failure(app, (c) => c.getMachineVulnerabilities('0'.repeat(40)));
+    expect(error).toMatchObject({ code: DefenderErrorCode.NOT_FOUND, canRetry: false });
+  });
+
+  it('getVulnerabilitiesByMachine should follow the next links and give the same CVEs per device as the per-device calls', async () => {
+    const { client, close } = simClient(sim, app);
+    try {
+      sim.resetStats();
+      const bulk = await client.getVulnerabilitiesByMachine({ pageSize: 50 });
+      expect(sim.stats().calls.bulk).toBeGreaterThan(2);
+      for (const machine of sim.machines(app.azureTenantId)) {
+        const expected = [...new Set(sim.vulnerabilities(app.azureTenantId, machine.id).map((v) => v.id))].sort();
+        expect((bulk.get(machine.id) ?? []).map((v) => v.id).sort()).toEqual(expected);
+      }
+    } finally {
+      await close();
+    }
+  });
+
+  it('listVulnerabilitiesByMachinePages should reject a page size above 200,000', async () => {
+    const error = await failure(app, (c) => c.getVulnerabilitiesByMachine({ pageSize: 200_001 }));
+    expect(error.code).toBe(DefenderErrorCode.INVALID_CONFIG);
+  });
+});

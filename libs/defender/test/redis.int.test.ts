@@ -1,0 +1,117 @@
+import { silentLogger } from '@urs/logging';
+import { type Simulator, startSimulator } from '@urs/simulator';
+import { type TestRedis, createTestRedis } from '@urs/testkit';
+import { MICROSOFT_QUOTAS, createRedisQuotaGate, createSharedLimiter } from '../src';
+import { newApp, simClient } from './support';
+
+let redis: TestRedis;
+
+beforeEach(() => {
+  redis = createTestRedis();
+});
+
+afterEach(async () => {
+  await redis.close();
+});
+
+describe('createRedisQuotaGate', () => {
+  it('acquire should share the window between gates and wait until it frees', async () => {
+    const limits = { ...MICROSOFT_QUOTAS, vulnerabilities: [{ limit: 4, windowMs: 500 }] };
+    const a = createRedisQuotaGate(redis.client, redis.prefix, { limits, maxPollMs: 50 });
+    const b = createRedisQuotaGate(redis.client, redis.prefix, { limits, maxPollMs: 50 });
+    const started = Date.now();
+    await Promise.all([a.acquire('t1', 'vulnerabilities'), a.acquire('t1', 'vulnerabilities'), b.acquire('t1', 'vulnerabilities'), b.acquire('t1', 'vulnerabilities')]);
+    expect(Date.now() - started).toBeLessThan(300);
+    await b.acquire('t1', 'vulnerabilities');
+    expect(Date.now() - started).toBeGreaterThanOrEqual(480);
+    // Another tenant has its own window.
+    const other = Date.now();
+    await a.acquire('t2', 'vulnerabilities');
+    expect(Date.now() - other).toBeLessThan(100);
+  });
+
+  it('block should hold every gate of the tenant back', async () => {
+    const a = createRedisQuotaGate(redis.client, redis.prefix, { maxPollMs: 50 });
+    const b = createRedisQuotaGate(redis.client, redis.prefix, { maxPollMs: 50 });
+    await a.block('t1', 'machines', 300);
+    const started = Date.now();
+    await b.acquire('t1', 'machines');
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+  });
+
+  it('acquire should keep its keys under the injected prefix', async () => {
+    const gate = createRedisQuotaGate(redis.client, redis.prefix);
+    await gate.acquire('t1', 'bulk');
+    const keys = await redis.client.keys(`${redis.prefix}*`);
+    expect(keys.sort()).toEqual([`${redis.prefix}defender:quota:t1:bulk:3600000`, `${redis.prefix}defender:quota:t1:bulk:60000`]);
+  });
+});
+
+describe('createSharedLimiter', () => {
+  it('schedule should keep at most maxConcurrent jobs running across limiters sharing the id', async () => {
+    const limiters = await Promise.all([1, 2, 3].map(() => createSharedLimiter({ redis: redis.client, keyPrefix: redis.prefix, maxConcurrent: 3, logger: silentLogger })));
+    let running = 0;
+    let peak = 0;
+    const job = async (): Promise<void> => {
+      running++;
+      peak = Math.max(peak, running);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      running--;
+    };
+    try {
+      await Promise.all(limiters.flatMap((l) => Array.from({ length: 8 }, () => l.schedule(job))));
+      expect(peak).toBe(3);
+    } finally {
+      await Promise.all(limiters.map((l) => l.close()));
+    }
+    // The caller's client stays usable: the limiter closed only its own connections.
+    await expect(redis.client.ping()).resolves.toBe('PONG');
+  });
+
+  it('schedule should free the slot of a job that outlives its expiration', async () => {
+    const limiter = await createSharedLimiter({ redis: redis.client, keyPrefix: redis.prefix, maxConcurrent: 1, jobExpirationMs: 200, logger: silentLogger });
+    try {
+      const stuck = limiter.schedule(() => new Promise<void>(() => undefined));
+      await expect(stuck).rejects.toThrow(/timed out/);
+      await expect(limiter.schedule(async () => 'next')).resolves.toBe('next');
+    } finally {
+      await limiter.close();
+    }
+  });
+});
+
+describe('throttling', () => {
+  let sim: Simulator;
+
+  beforeAll(async () => {
+    sim = await startSimulator({ quotas: true });
+  });
+
+  afterAll(async () => {
+    await sim.close();
+  });
+
+  it('getMachineVulnerabilities should wait out a 429 storm (Retry-After) and complete every call', async () => {
+    const app = newApp();
+    sim.addTenant({ azureTenantId: app.azureTenantId, apps: [app], fleet: { size: 60, seed: 3 } });
+    // A client that believes in a larger quota than Microsoft's: the simulator answers 429.
+    const generous = [{ limit: 1_000, windowMs: 60_000 }];
+    const quota = createRedisQuotaGate(redis.client, redis.prefix, {
+      limits: { machines: generous, vulnerabilities: generous, bulk: generous },
+      maxPollMs: 1_000,
+    });
+    const limiter = await createSharedLimiter({ redis: redis.client, keyPrefix: redis.prefix, logger: silentLogger });
+    const { client, close } = simClient(sim, app, { quota, limiter });
+    try {
+      const ids = sim.machines(app.azureTenantId).map((m) => m.id);
+      const results = await Promise.all(ids.map((id) => client.getMachineVulnerabilities(id)));
+      expect(results).toHaveLength(60);
+      const stats = sim.stats();
+      expect(stats.throttledByTenant[app.azureTenantId]).toBeGreaterThan(0);
+      // The first 429 blocked the tenant for every caller: one wave of 429s, not one per retry.
+      expect(stats.throttledByTenant[app.azureTenantId]).toBeLessThanOrEqual(10);
+    } finally {
+      await close();
+    }
+  }, 120_000);
+});
