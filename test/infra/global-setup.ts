@@ -1,23 +1,20 @@
 // Resolves the Kafka broker and the Redis server for the integration and e2e suites, in this order:
 //   1. KAFKA_BROKERS / REDIS_URL already in the environment (a developer's or CI's own servers);
-//   2. testcontainers, when a Docker engine answers (Apache Kafka 4.x in KRaft mode + Redis 7);
+//   2. testcontainers, when a Docker engine answers (apache/kafka of the pinned version, KRaft; Redis 7);
 //   3. the local stack (`npm run stack:up`: Kafka from Maven Central jars, the local redis-server),
 //      started if it is not running and reused if it is;
 //   4. otherwise fail, saying what to install.
 // The addresses go into process.env, which the jest workers inherit.
 // URS_TEST_INFRA=containers|stack skips the choice (default: auto).
 import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { setInfra, type ResolvedInfra } from './infra-state';
 
 /** How long the Docker probe may take before the engine counts as absent, in milliseconds. */
 const DOCKER_PROBE_TIMEOUT_MS = 10_000;
 
-/**
- * Confluent's image of Apache Kafka 4.x, which @testcontainers/kafka knows how to start in KRaft mode.
- * Override with URS_TEST_KAFKA_IMAGE.
- */
-const DEFAULT_KAFKA_IMAGE = 'confluentinc/cp-kafka:8.0.0';
 const DEFAULT_REDIS_IMAGE = 'redis:7.2-alpine';
 
 export default async function globalSetup(): Promise<void> {
@@ -93,17 +90,59 @@ async function dockerAnswers(): Promise<true | string> {
   }
 }
 
+/** The Kafka version the local stack runs (deploy/kafka/pom.xml), so both ways test the same broker. */
+function pinnedKafkaVersion(): string {
+  const pom = fs.readFileSync(path.join(__dirname, '..', '..', 'deploy', 'kafka', 'pom.xml'), 'utf8');
+  const version = /<kafka\.version>([^<]+)<\/kafka\.version>/.exec(pom)?.[1];
+  if (version === undefined) throw new Error('deploy/kafka/pom.xml declares no kafka.version');
+  return version;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
 async function startContainers(wantKafka: boolean, wantRedis: boolean): Promise<ResolvedInfra> {
   const { GenericContainer, Wait } = await import('testcontainers');
-  const { KafkaContainer } = await import('@testcontainers/kafka');
   const infra: ResolvedInfra = { source: 'containers', containers: [] };
   if (wantKafka) {
-    const kafka = await new KafkaContainer(process.env['URS_TEST_KAFKA_IMAGE'] ?? DEFAULT_KAFKA_IMAGE)
-      .withKraft()
-      .withEnvironment({ KAFKA_AUTO_CREATE_TOPICS_ENABLE: 'false' })
+    // Apache's own image of the pinned version, configured like the local stack. The advertised
+    // listener must name the host port before the container starts, so that port is chosen up front.
+    const port = await freePort();
+    const image = process.env['URS_TEST_KAFKA_IMAGE'] ?? `apache/kafka:${pinnedKafkaVersion()}`;
+    const kafka = await new GenericContainer(image)
+      .withEnvironment({
+        KAFKA_NODE_ID: '1',
+        KAFKA_PROCESS_ROLES: 'broker,controller',
+        KAFKA_CONTROLLER_QUORUM_VOTERS: '1@localhost:9093',
+        KAFKA_LISTENERS: 'PLAINTEXT://:9092,CONTROLLER://:9093,HOST://:9094',
+        KAFKA_ADVERTISED_LISTENERS: `PLAINTEXT://localhost:9092,HOST://127.0.0.1:${port}`,
+        KAFKA_LISTENER_SECURITY_PROTOCOL_MAP: 'PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,HOST:PLAINTEXT',
+        KAFKA_CONTROLLER_LISTENER_NAMES: 'CONTROLLER',
+        KAFKA_INTER_BROKER_LISTENER_NAME: 'PLAINTEXT',
+        KAFKA_AUTO_CREATE_TOPICS_ENABLE: 'false',
+        KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR: '1',
+        KAFKA_OFFSETS_TOPIC_NUM_PARTITIONS: '1',
+        KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR: '1',
+        KAFKA_TRANSACTION_STATE_LOG_MIN_ISR: '1',
+        KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR: '1',
+        KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR: '1',
+        KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS: '0',
+        KAFKA_HEAP_OPTS: '-Xms256m -Xmx512m',
+      })
+      .withExposedPorts({ container: 9094, host: port })
+      .withWaitStrategy(Wait.forLogMessage(/Kafka Server started/))
+      .withStartupTimeout(120_000)
       .start();
     infra.containers.push(kafka);
-    infra.kafkaBrokers = `${kafka.getHost()}:${kafka.getMappedPort(9093)}`;
+    infra.kafkaBrokers = `127.0.0.1:${port}`;
   }
   if (wantRedis) {
     const redis = await new GenericContainer(process.env['URS_TEST_REDIS_IMAGE'] ?? DEFAULT_REDIS_IMAGE)
