@@ -1,5 +1,5 @@
 export { startSimulator } from './server';
-export type { LatencySpec, Simulator, SimulatorOptions } from './server';
+export type { LatencySpec, Simulator, SimulatorOptions } from './api';
 export type { AppSpec, FaultSpec, SimStats, TenantSpec } from './state';
 export { DEFAULT_ROLES } from './state';
 export type { FleetSpec } from './fleet';

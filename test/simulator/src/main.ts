@@ -1,4 +1,5 @@
-import { startSimulator, type Simulator } from './server';
+import type { Simulator } from './api';
+import { startSimulator } from './server';
 import type { TenantSpec } from './state';
 
 // `npm run sim`: the simulator as its own process. Options come from flags, or from the matching

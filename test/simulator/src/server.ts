@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createTlsMaterial } from './certs';
 import { handleControl, type ControlTarget } from './control';
-import { handleJwks, handleOpenIdConfiguration, handleToken, type EntraDeps } from './entra';
+import { handleJwks, handleOpenIdConfiguration, handleToken, sendAadError, type EntraDeps } from './entra';
 import { sendJson } from './http';
 import {
   bulkVulnerabilities,
@@ -19,76 +19,12 @@ import {
 } from './mde';
 import type { QuotaKind } from './quota';
 import { Rng } from './rng';
-import {
-  createTenant,
-  emptyStats,
-  validateFaults,
-  type FaultSpec,
-  type SimStats,
-  type TenantSpec,
-  type TenantState,
-} from './state';
+import { validateLatency, type Simulator, type SimulatorOptions } from './api';
+import { createTenant, validateFaults, type FaultSpec, type TenantState } from './state';
+import { StatsTracker } from './tracker';
 import { MDE_AUDIENCES, TokenSigner, type AccessClaims } from './tokens';
-import type { MachineRecord, VulnerabilityRecord } from './types';
-
-export interface LatencySpec {
-  /** Mean added delay per request, in milliseconds. */
-  meanMs: number;
-  /** Uniform spread around the mean (± jitterMs), in milliseconds. Default 0. */
-  jitterMs?: number;
-}
-
-export interface SimulatorOptions {
-  /** TCP port; 0 picks an ephemeral one. Default 0. */
-  port?: number;
-  /** Interface to listen on. Default 127.0.0.1. */
-  host?: string;
-  /** Directory where `ca.pem` is written. Default: a fresh temp directory. */
-  caDir?: string;
-  /** `expires_in` of issued tokens, in seconds. Default 3599 (Entra's one hour). */
-  tokenLifetimeSec?: number;
-  /** Delay added to every Entra/MDE answer. Default none. */
-  latency?: LatencySpec;
-  /** Enforce Microsoft's per-tenant quotas (429 + Retry-After). Default true. */
-  quotas?: boolean;
-  /** Seed of fault rolls and latency jitter (fleets have their own seeds). Default 1. */
-  seed?: number;
-}
-
-export interface Simulator {
-  readonly baseUrl: string;
-  readonly port: number;
-  readonly caPem: string;
-  readonly caFile: string;
-  addTenant(spec: TenantSpec): void;
-  removeTenant(azureTenantId: string): boolean;
-  setFaults(azureTenantId: string, faults: FaultSpec): void;
-  setLatency(latency: LatencySpec): void;
-  setQuotas(enabled: boolean): void;
-  setTokenLifetime(seconds: number): void;
-  updateMachine(azureTenantId: string, machineId: string, patch: Partial<MachineRecord>): void;
-  removeMachine(azureTenantId: string, machineId: string): void;
-  /** Adds `count` generated devices, or the given records; returns the new ids. */
-  addMachines(azureTenantId: string, countOrRecords: number | MachineRecord[]): string[];
-  setVulnerabilities(azureTenantId: string, machineId: string, vulns: VulnerabilityRecord[]): void;
-  machines(azureTenantId: string): MachineRecord[];
-  machineCount(azureTenantId: string): number;
-  vulnerabilities(azureTenantId: string, machineId: string): VulnerabilityRecord[];
-  stats(): SimStats;
-  resetStats(): void;
-  close(): Promise<void>;
-}
 
 const WILDCARD = '*';
-
-function validateLatency(latency: LatencySpec): LatencySpec {
-  if (typeof latency.meanMs !== 'number' || !(latency.meanMs >= 0))
-    throw new Error(`latency.meanMs must be a number >= 0, got ${String(latency.meanMs)}`);
-  const jitter = latency.jitterMs ?? 0;
-  if (typeof jitter !== 'number' || !(jitter >= 0))
-    throw new Error(`latency.jitterMs must be a number >= 0, got ${String(jitter)}`);
-  return { meanMs: latency.meanMs, jitterMs: jitter };
-}
 
 export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
   const tls = createTlsMaterial();
@@ -105,8 +41,9 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   let quotasOn = options.quotas ?? true;
   let tokenLifetimeSec = options.tokenLifetimeSec ?? 3599;
   let baseUrl = '';
-  let stats = emptyStats();
   const hanging = new Set<ServerResponse>();
+  // eslint-disable-next-line prefer-const -- assigned once the server listens; handlers only run after that
+  let api: Simulator;
 
   const tenantOrThrow = (id: string): TenantState => {
     const tenant = tenants.get(id.toLowerCase());
@@ -114,45 +51,9 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     return tenant;
   };
 
-  const bump = (record: Record<string, number>, key: string, by = 1): number =>
-    (record[key] = (record[key] ?? 0) + by);
-
-  const count = (kind: string, tenantId: string | undefined): void => {
-    bump(stats.calls, kind);
-    if (tenantId) bump((stats.callsByTenant[tenantId] ??= {}), kind);
-  };
-
-  // A request stops being in flight the moment its answer is handed over (res.end) or its socket
-  // dies, whichever comes first; 'close' alone fires a tick late, after the client may already have
-  // read the answer and asked for stats.
-  const doneHooks = new WeakMap<ServerResponse, (() => void)[]>();
-  const trackDone = (res: ServerResponse): void => {
-    const hooks: (() => void)[] = [];
-    doneHooks.set(res, hooks);
-    let done = false;
-    const finish = (): void => {
-      if (done) return;
-      done = true;
-      for (const hook of hooks) hook();
-    };
-    const end = res.end.bind(res) as (...args: unknown[]) => ServerResponse;
-    res.end = ((...args: unknown[]) => {
-      finish();
-      return end(...args);
-    }) as typeof res.end;
-    res.once('close', finish);
-  };
-  const onDone = (res: ServerResponse, hook: () => void): void => {
-    doneHooks.get(res)?.push(hook);
-  };
-
-  const enterTenant = (res: ServerResponse, tenantId: string): void => {
-    const now = bump(stats.inFlightByTenant, tenantId);
-    if (now > (stats.peakConcurrencyByTenant[tenantId] ?? 0)) stats.peakConcurrencyByTenant[tenantId] = now;
-    onDone(res, () => {
-      stats.inFlightByTenant[tenantId] = Math.max(0, (stats.inFlightByTenant[tenantId] ?? 1) - 1);
-    });
-  };
+  const tracker = new StatsTracker();
+  const count = (kind: string, tenantId: string | undefined): void => tracker.call(kind, tenantId);
+  const enterTenant = (res: ServerResponse, tenantId: string): void => tracker.enterTenant(res, tenantId);
 
   const delay = (): Promise<void> | undefined => {
     const jitter = latency.jitterMs ?? 0;
@@ -168,9 +69,22 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   };
 
   const roll = (rate: number | undefined): boolean => rate !== undefined && rate > 0 && rng.next() < rate;
-  const fault = (kind: string): void => {
-    stats.faultsInjected++;
-    bump(stats.faultsByKind, kind);
+  const fault = (kind: string): void => tracker.fault(kind);
+
+  /** Timeout (never answer) or connection reset; true when one was injected and the request is handled. */
+  const injectTransportFault = (req: IncomingMessage, res: ServerResponse, f: FaultSpec): boolean => {
+    if (roll(f.timeoutRate)) {
+      fault('timeout');
+      hanging.add(res);
+      res.once('close', () => hanging.delete(res));
+      return true;
+    }
+    if (roll(f.resetRate)) {
+      fault('reset');
+      req.socket.destroy();
+      return true;
+    }
+    return false;
   };
 
   /** Validates the bearer token like MDE: 401 when missing, forged or expired. */
@@ -254,8 +168,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
         Date.now(),
       );
       if (waitSec > 0) {
-        stats.throttled++;
-        bump(stats.throttledByTenant, tenantId);
+        tracker.throttled(tenantId);
         send(
           res,
           mdeError(429, 'TooManyRequests', `API calls quota exceeded! Retry in ${waitSec} seconds.`, {
@@ -267,17 +180,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       }
     }
     const f = faults.get(tenantId) ?? faults.get(WILDCARD) ?? {};
-    if (roll(f.timeoutRate)) {
-      fault('timeout');
-      hanging.add(res);
-      res.once('close', () => hanging.delete(res));
-      return;
-    }
-    if (roll(f.resetRate)) {
-      fault('reset');
-      req.socket.destroy();
-      return;
-    }
+    if (injectTransportFault(req, res, f)) return;
     if (roll(f.status5xxRate)) {
       fault('5xx');
       const unavailable = rng.next() < 0.5;
@@ -323,51 +226,51 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     count(kind === 'tokenV1' ? 'token' : kind, tenant?.id);
     if (tenant) enterTenant(res, tenant.id);
     await delay();
+    if (kind === 'token' || kind === 'tokenV1') {
+      const f = (tenant && faults.get(tenant.id)) ?? faults.get(WILDCARD);
+      if (f?.tokenEndpoint && injectTransportFault(req, res, f)) return true;
+      if (f?.tokenEndpoint && roll(f.status5xxRate)) {
+        fault('5xx');
+        sendAadError(
+          entra,
+          req,
+          res,
+          503,
+          'temporarily_unavailable',
+          50000,
+          'There was an error issuing a token or an issue with our sign-in service.',
+        );
+        return true;
+      }
+    }
     if (kind === 'openid') handleOpenIdConfiguration(entra, req, res, tenantSegment);
     else if (kind === 'jwks') handleJwks(entra, res);
     else await handleToken(entra, req, res, tenantSegment, kind === 'token' ? 2 : 1);
     return true;
   }
 
-  const control: ControlTarget = {
-    addTenant: (spec) => api.addTenant(spec),
-    removeTenant: (id) => api.removeTenant(id),
-    setFaults: (id, f) => api.setFaults(id, f),
-    setLatency: (l) => api.setLatency(l),
-    setQuotas: (on) => api.setQuotas(on),
-    setTokenLifetime: (s) => api.setTokenLifetime(s),
-    updateMachine: (t, id, patch) => api.updateMachine(t, id, patch),
-    removeMachine: (t, id) => api.removeMachine(t, id),
-    addMachines: (t, what) => api.addMachines(t, what),
-    setVulnerabilities: (t, id, v) => api.setVulnerabilities(t, id, v),
-    machineCount: (t) => api.machineCount(t),
+  // The control API drives the same methods as the library API (api is assigned before listening).
+  const control = (): ControlTarget => ({
+    ...api,
     machinesPage: (t, skip, top) => tenantOrThrow(t).fleet.slice(skip, top),
-    vulnerabilities: (t, id) => api.vulnerabilities(t, id),
     tenants: () =>
       [...tenants.values()].map((t) => ({
         azureTenantId: t.id,
         machines: t.fleet.size(),
         apps: [...t.apps.values()].map((a) => a.clientId),
       })),
-    stats: () => api.stats(),
-    resetStats: () => api.resetStats(),
     info: () => ({ baseUrl, caFile, quotas: quotasOn, latency, tokenLifetimeSec }),
-  };
+  });
 
   const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const url = new URL(req.url ?? '/', 'https://sim.invalid');
     if (url.pathname.startsWith('/_sim/')) {
-      handleControl(control, req, res, url).catch((err: unknown) =>
+      handleControl(control(), req, res, url).catch((err: unknown) =>
         sendJson(res, 500, { error: String(err) }),
       );
       return;
     }
-    trackDone(res);
-    stats.inFlight++;
-    if (stats.inFlight > stats.peakConcurrency) stats.peakConcurrency = stats.inFlight;
-    onDone(res, () => {
-      stats.inFlight--;
-    });
+    tracker.enter(res);
     const work = url.pathname.startsWith('/api/')
       ? handleMde(req, res, url)
       : handleEntra(req, res, url).then((handled) => {
@@ -402,7 +305,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   const port = (server.address() as AddressInfo).port;
   baseUrl = `https://${host.includes(':') ? `[${host}]` : host}:${port}`;
 
-  const api: Simulator = {
+  api = {
     baseUrl,
     port,
     caPem: tls.caPem,
@@ -453,10 +356,8 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       if (!vulns) throw new Error(`unknown machine '${id}' in tenant '${t}'`);
       return vulns;
     },
-    stats: () => structuredClone(stats),
-    resetStats() {
-      stats = emptyStats(stats.inFlight, { ...stats.inFlightByTenant });
-    },
+    stats: () => tracker.snapshot(),
+    resetStats: () => tracker.reset(),
     async close() {
       for (const res of hanging) res.destroy();
       hanging.clear();

@@ -34,6 +34,11 @@ export interface FaultSpec {
   malformedRate?: number;
   /** /api/machines: return only part of a full page although more devices remain. */
   shortPageRate?: number;
+  /**
+   * Also apply status5xxRate, resetRate and timeoutRate to the token endpoint (Entra answers 503
+   * `temporarily_unavailable`). Default false: only MDE API calls see faults.
+   */
+  tokenEndpoint?: boolean;
 }
 
 export interface TenantState {
@@ -58,6 +63,11 @@ export function validateFaults(faults: FaultSpec): FaultSpec {
     if (typeof value !== 'number' || !(value >= 0 && value <= 1))
       throw new Error(`faults.${key} must be a number between 0 and 1, got ${String(value)}`);
     out[key] = value;
+  }
+  if (faults.tokenEndpoint !== undefined) {
+    if (typeof faults.tokenEndpoint !== 'boolean')
+      throw new Error(`faults.tokenEndpoint must be a boolean, got ${String(faults.tokenEndpoint)}`);
+    out.tokenEndpoint = faults.tokenEndpoint;
   }
   return out;
 }

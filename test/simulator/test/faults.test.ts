@@ -78,6 +78,19 @@ describe('fault injection', () => {
     expect(sim.stats().faultsByKind.shortPage).toBeGreaterThanOrEqual(1);
   });
 
+  test('tokenEndpoint should extend 5xx faults to the token endpoint with an Entra error body', async () => {
+    sim.setFaults(TENANT, { status5xxRate: 1 });
+    expect(await getToken(sim)).toMatch(/^ey/);
+    sim.setFaults(TENANT, { status5xxRate: 1, tokenEndpoint: true });
+    const reply = await request(sim, `/${TENANT}/oauth2/v2.0/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: 'grant_type=client_credentials',
+    });
+    expect(reply.status).toBe(503);
+    expect(reply.json).toMatchObject({ error: 'temporarily_unavailable', error_codes: [50000] });
+  });
+
   test('setFaults should reject rates outside 0..1', () => {
     expect(() => sim.setFaults(TENANT, { resetRate: 2 })).toThrow(
       'faults.resetRate must be a number between 0 and 1',

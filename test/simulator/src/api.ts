@@ -1,0 +1,59 @@
+import type { FaultSpec, SimStats, TenantSpec } from './state';
+import type { MachineRecord, VulnerabilityRecord } from './types';
+
+export interface LatencySpec {
+  /** Mean added delay per request, in milliseconds. */
+  meanMs: number;
+  /** Uniform spread around the mean (± jitterMs), in milliseconds. Default 0. */
+  jitterMs?: number;
+}
+
+export interface SimulatorOptions {
+  /** TCP port; 0 picks an ephemeral one. Default 0. */
+  port?: number;
+  /** Interface to listen on. Default 127.0.0.1. */
+  host?: string;
+  /** Directory where `ca.pem` is written. Default: a fresh temp directory. */
+  caDir?: string;
+  /** `expires_in` of issued tokens, in seconds. Default 3599 (Entra's one hour). */
+  tokenLifetimeSec?: number;
+  /** Delay added to every Entra/MDE answer. Default none. */
+  latency?: LatencySpec;
+  /** Enforce Microsoft's per-tenant quotas (429 + Retry-After). Default true. */
+  quotas?: boolean;
+  /** Seed of fault rolls and latency jitter (fleets have their own seeds). Default 1. */
+  seed?: number;
+}
+
+export interface Simulator {
+  readonly baseUrl: string;
+  readonly port: number;
+  readonly caPem: string;
+  readonly caFile: string;
+  addTenant(spec: TenantSpec): void;
+  removeTenant(azureTenantId: string): boolean;
+  setFaults(azureTenantId: string, faults: FaultSpec): void;
+  setLatency(latency: LatencySpec): void;
+  setQuotas(enabled: boolean): void;
+  setTokenLifetime(seconds: number): void;
+  updateMachine(azureTenantId: string, machineId: string, patch: Partial<MachineRecord>): void;
+  removeMachine(azureTenantId: string, machineId: string): void;
+  /** Adds `count` generated devices, or the given records; returns the new ids. */
+  addMachines(azureTenantId: string, countOrRecords: number | MachineRecord[]): string[];
+  setVulnerabilities(azureTenantId: string, machineId: string, vulns: VulnerabilityRecord[]): void;
+  machines(azureTenantId: string): MachineRecord[];
+  machineCount(azureTenantId: string): number;
+  vulnerabilities(azureTenantId: string, machineId: string): VulnerabilityRecord[];
+  stats(): SimStats;
+  resetStats(): void;
+  close(): Promise<void>;
+}
+
+export function validateLatency(latency: LatencySpec): LatencySpec {
+  if (typeof latency.meanMs !== 'number' || !(latency.meanMs >= 0))
+    throw new Error(`latency.meanMs must be a number >= 0, got ${String(latency.meanMs)}`);
+  const jitter = latency.jitterMs ?? 0;
+  if (typeof jitter !== 'number' || !(jitter >= 0))
+    throw new Error(`latency.jitterMs must be a number >= 0, got ${String(jitter)}`);
+  return { meanMs: latency.meanMs, jitterMs: jitter };
+}
