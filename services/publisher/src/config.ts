@@ -3,6 +3,11 @@ import { readInt, readString, type Env } from '@urs/config';
 export interface PublisherConfig {
   /** Consumer group of `urs.device-scores`. Env `URS_CONSUMER_GROUP`, default `{URS_TOPIC_PREFIX}urs.publisher`. */
   groupId: string;
+  /**
+   * How long the group waits for a silent member before its partitions move, ms. Env
+   * `URS_CONSUMER_SESSION_TIMEOUT_MS`, default 30000 (the broker's minimum is usually 6000).
+   */
+  sessionTimeoutMs: number;
   /** Every Nth completed cycle of a tenant publishes every device, changed or not. Env `URS_SNAPSHOT_EVERY_CYCLES`, default 24. */
   snapshotEveryCycles: number;
   /** A device absent from this many consecutive completed cycles is tombstoned. Env `URS_TOMBSTONE_AFTER_CYCLES`, default 3. */
@@ -15,6 +20,7 @@ export function publisherConfig(env: Env): PublisherConfig {
   const topicPrefix = readString(env, 'URS_TOPIC_PREFIX', '');
   return {
     groupId: readString(env, 'URS_CONSUMER_GROUP', `${topicPrefix}urs.publisher`),
+    sessionTimeoutMs: readInt(env, 'URS_CONSUMER_SESSION_TIMEOUT_MS', { fallback: 30_000, min: 1_000 }),
     snapshotEveryCycles: readInt(env, 'URS_SNAPSHOT_EVERY_CYCLES', { fallback: 24, min: 1 }),
     tombstoneAfterCycles: readInt(env, 'URS_TOMBSTONE_AFTER_CYCLES', { fallback: 3, min: 1 }),
     deadlineSweepMs: readInt(env, 'URS_DEADLINE_SWEEP_MS', { fallback: 2_000, min: 100 }),

@@ -29,6 +29,7 @@ void runService({
       kafka,
       service: 'publisher',
       groupId: own.groupId,
+      sessionTimeoutMs: own.sessionTimeoutMs,
       subscriptions: [
         {
           topic: config.topics.deviceScores,

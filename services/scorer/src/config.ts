@@ -1,8 +1,13 @@
-import { readString, type Env } from '@urs/config';
+import { readInt, readString, type Env } from '@urs/config';
 
 export interface ScorerConfig {
   /** Consumer group of `urs.devices-enriched`. Env `URS_CONSUMER_GROUP`, default `{URS_TOPIC_PREFIX}urs.scorer`. */
   groupId: string;
+  /**
+   * How long the group waits for a silent member before its partitions move, ms. Env
+   * `URS_CONSUMER_SESSION_TIMEOUT_MS`, default 30000 (the broker's minimum is usually 6000).
+   */
+  sessionTimeoutMs: number;
   /**
    * Consumer group reading `urs.tenants` from the beginning: one per process, so every replica holds
    * every profile. Env `URS_PROFILES_GROUP`, default `{groupId}.profiles.{URS_INSTANCE_ID or pid}`.
@@ -14,5 +19,9 @@ export function scorerConfig(env: Env): ScorerConfig {
   const topicPrefix = readString(env, 'URS_TOPIC_PREFIX', '');
   const groupId = readString(env, 'URS_CONSUMER_GROUP', `${topicPrefix}urs.scorer`);
   const instance = readString(env, 'URS_INSTANCE_ID', `${process.pid}-${Date.now().toString(36)}`);
-  return { groupId, profilesGroupId: readString(env, 'URS_PROFILES_GROUP', `${groupId}.profiles.${instance}`) };
+  return {
+    groupId,
+    sessionTimeoutMs: readInt(env, 'URS_CONSUMER_SESSION_TIMEOUT_MS', { fallback: 30_000, min: 1_000 }),
+    profilesGroupId: readString(env, 'URS_PROFILES_GROUP', `${groupId}.profiles.${instance}`),
+  };
 }

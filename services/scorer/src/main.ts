@@ -13,7 +13,15 @@ void runService({
     const prefix = config.redis.keyPrefix;
     const profiles = createProfileCache({ tenants: createTenantStore(redis, prefix), logger });
     metrics.gauge('urs_scorer_profiles', 'Tenant profiles held in memory.', () => profiles.size());
-    const common = { kafka, service: 'scorer', publisher, dlqTopic: config.topics.dlq, logger, metrics };
+    const common = {
+      kafka,
+      service: 'scorer',
+      publisher,
+      dlqTopic: config.topics.dlq,
+      logger,
+      metrics,
+      sessionTimeoutMs: own.sessionTimeoutMs,
+    };
     const profileRunner = createConsumerRunner({
       ...common,
       groupId: own.profilesGroupId,
@@ -45,6 +53,23 @@ void runService({
         },
       ],
     });
-    return { runners: [profileRunner, scoreRunner] };
+    return {
+      runners: [profileRunner, scoreRunner],
+      closers: [
+        {
+          // The profiles group is this process's alone (it reads urs.tenants whole); leaving it would clutter the cluster.
+          name: 'profiles-group',
+          close: async () => {
+            const admin = kafka.admin();
+            await admin.connect();
+            try {
+              await admin.deleteGroups([own.profilesGroupId]);
+            } finally {
+              await admin.disconnect();
+            }
+          },
+        },
+      ],
+    };
   },
 });

@@ -3,6 +3,11 @@ import { defenderOverrides, readInt, readOptionalString, readString, secretKeyCo
 export interface VulnFetcherConfig {
   /** Consumer group of `urs.device-batches`. Env `URS_CONSUMER_GROUP`, default `{URS_TOPIC_PREFIX}urs.vuln-fetcher`. */
   groupId: string;
+  /**
+   * How long the group waits for a silent member before its partitions move, ms. Env
+   * `URS_CONSUMER_SESSION_TIMEOUT_MS`, default 30000 (the broker's minimum is usually 6000).
+   */
+  sessionTimeoutMs: number;
   secretKeys: SecretKeyConfig;
   defender: DefenderOverrides;
   /** PEM file of an extra CA to trust for Entra/MDE (a private test CA). Env `URS_DEFENDER_CA_FILE`, default none. */
@@ -25,6 +30,7 @@ export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
   const topicPrefix = readString(env, 'URS_TOPIC_PREFIX', '');
   return {
     groupId: readString(env, 'URS_CONSUMER_GROUP', `${topicPrefix}urs.vuln-fetcher`),
+    sessionTimeoutMs: readInt(env, 'URS_CONSUMER_SESSION_TIMEOUT_MS', { fallback: 30_000, min: 1_000 }),
     secretKeys: secretKeyConfig(env),
     defender: defenderOverrides(env),
     caFile: readOptionalString(env, 'URS_DEFENDER_CA_FILE'),

@@ -40,6 +40,7 @@ void runService({
       kafka,
       service: 'vuln-fetcher',
       groupId: own.groupId,
+      sessionTimeoutMs: own.sessionTimeoutMs,
       subscriptions: [{ topic: config.topics.deviceBatches, contract: 'urs/device-batch', handler }],
       publisher,
       dlqTopic: config.topics.dlq,

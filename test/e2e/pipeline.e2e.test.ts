@@ -1,0 +1,256 @@
+import { randomUUID } from 'node:crypto';
+import type { VmsRiskScore, VmsRiskSummary } from '@urs/contracts';
+import { startSimulator, type Simulator } from '@urs/simulator';
+import { waitFor } from '@urs/testkit';
+import { criticalCves, expectedScore, isScored, type Expected } from './support/expected';
+import { Pipeline } from './support/pipeline';
+
+// One pipeline for the whole file (starting five processes is the expensive part): the tests run in
+// order and each waits for the next cycle it needs. One "minute" of pollIntervalMinutes is 2 s here, so
+// the 10-minute interval of the registrations is a 20 s cycle.
+const INTERVAL_UNIT_MS = 2_000;
+const INTERVAL_MS = 10 * INTERVAL_UNIT_MS;
+const CYCLE_WAIT_MS = 4 * INTERVAL_MS;
+
+interface TenantFixture {
+  tenantId: string;
+  azureTenantId: string;
+  clientId: string;
+  secret: string;
+  size: number;
+}
+
+const fixture = (tenantId: string, size: number): TenantFixture => ({
+  tenantId,
+  azureTenantId: randomUUID(),
+  clientId: randomUUID(),
+  secret: `${tenantId}-${randomUUID()}`,
+  size,
+});
+
+const big = fixture('fleet-2000', 2000);
+const empty = fixture('fleet-empty', 0);
+const wrong = fixture('wrong-secret', 5);
+
+describe('the pipeline end to end', () => {
+  let sim: Simulator;
+  let pipeline: Pipeline;
+  const registeredAt = new Map<string, number>();
+
+  const summaries = (tenantId: string): VmsRiskSummary[] =>
+    pipeline.watch
+      .of<VmsRiskSummary>(pipeline.topics.vmsRiskSummary)
+      .map((record) => record.value)
+      .filter((summary) => summary.tenantId === tenantId);
+
+  /** The first complete summary of a cycle that started after `afterMs`. */
+  const nextComplete = (tenantId: string, afterMs: number): Promise<VmsRiskSummary> =>
+    waitFor(
+      () =>
+        summaries(tenantId).find(
+          (summary) => summary.status === 'complete' && Date.parse(summary.cycleStartedAt) > afterMs,
+        ),
+      { timeoutMs: CYCLE_WAIT_MS, intervalMs: 200, description: `a complete cycle of ${tenantId}` },
+    );
+
+  /** What the test expects of every scored device of the big tenant for a cycle started at `cycleStartMs`. */
+  const expectedFleet = (cycleStartMs: number): Map<string, Expected> => {
+    const expected = new Map<string, Expected>();
+    for (const machine of sim.machines(big.azureTenantId)) {
+      if (!isScored(machine as Record<string, unknown>)) continue;
+      const cves = criticalCves(sim.vulnerabilities(big.azureTenantId, machine.id));
+      expected.set(machine.id, expectedScore(machine as Record<string, unknown>, cves, cycleStartMs));
+    }
+    return expected;
+  };
+
+  const scoresOf = (tenantId: string, cycleId?: string): (VmsRiskScore | null)[] =>
+    pipeline.watch
+      .of<VmsRiskScore | null>(pipeline.topics.vmsRiskScores)
+      .filter((record) => record.key?.startsWith(`${tenantId}/`))
+      .map((record) => record.value)
+      .filter((value) => cycleId === undefined || value?.cycleId === cycleId);
+
+  beforeAll(async () => {
+    sim = await startSimulator({});
+    for (const tenant of [big, empty, wrong]) {
+      sim.addTenant({
+        azureTenantId: tenant.azureTenantId,
+        apps: [{ clientId: tenant.clientId, clientSecret: tenant.secret }],
+        fleet: { size: tenant.size },
+      });
+    }
+    pipeline = new Pipeline({
+      sim,
+      env: { URS_POLL_INTERVAL_UNIT_MS: String(INTERVAL_UNIT_MS), URS_POLL_BATCH_SIZE: '200', URS_LOG_LEVEL: 'info' },
+      serviceEnv: {
+        publisher: { URS_TOMBSTONE_AFTER_CYCLES: '1', URS_DEADLINE_SWEEP_MS: '500' },
+        scorer: { URS_CONSUMER_SESSION_TIMEOUT_MS: '6000' },
+      },
+    });
+    await pipeline.start();
+    for (const tenant of [big, empty, wrong]) {
+      const answer = await pipeline.api('PUT', `/v1/tenants/${tenant.tenantId}/defender`, {
+        enabled: true,
+        azureTenantId: tenant.azureTenantId,
+        clientId: tenant.clientId,
+        clientSecret: tenant === wrong ? 'not-the-secret' : tenant.secret,
+        pollIntervalMinutes: 10,
+      });
+      expect(answer.status).toBe(201);
+      registeredAt.set(tenant.tenantId, Date.now());
+    }
+  });
+
+  afterAll(async () => {
+    await pipeline?.stop();
+    await sim?.close();
+  });
+
+  it('vms.risk-scores should hold exactly the independently computed scores and vms.risk-summary the right counts', async () => {
+    const summary = await nextComplete(big.tenantId, 0);
+    const expected = expectedFleet(Date.parse(summary.cycleStartedAt));
+
+    const latest = pipeline.watch.latest<VmsRiskScore>(pipeline.topics.vmsRiskScores);
+    const published = new Map(
+      [...latest].filter(([key]) => key.startsWith(`${big.tenantId}/`)).map(([key, value]) => [key.slice(big.tenantId.length + 1), value]),
+    );
+    expect([...published.keys()].sort()).toEqual([...expected.keys()].sort());
+    const mismatches = [...expected].filter(([id, want]) => {
+      const got = published.get(id);
+      return got?.score !== want.score || got.band !== want.band;
+    });
+    expect(mismatches).toEqual([]);
+    for (const record of published.values()) {
+      expect(record).toMatchObject({ tenantId: big.tenantId, cycleId: summary.cycleId });
+    }
+
+    const bands: Record<string, number> = { Trustworthy: 0, 'Low Risk': 0, 'Moderate Risk': 0, Suspicious: 0, 'High Risk': 0 };
+    for (const want of expected.values()) bands[want.band] = (bands[want.band] ?? 0) + 1;
+    const incomplete = [...expected.values()].filter((want) => want.incomplete).length;
+    expect(summary).toMatchObject({
+      status: 'complete',
+      devices: { total: expected.size, scored: expected.size, incomplete, failed: 0 },
+      bands,
+      published: { changed: expected.size, tombstones: 0 },
+    });
+
+    const emptySummary = await nextComplete(empty.tenantId, 0);
+    expect(emptySummary.devices).toEqual({ total: 0, scored: 0, incomplete: 0, failed: 0 });
+    expect(scoresOf(empty.tenantId)).toEqual([]);
+
+    // The REST view of one device: its score with the explanation.
+    const [deviceId, want] = [...expected][0] as [string, Expected];
+    const device = await pipeline.api('GET', `/v1/tenants/${big.tenantId}/devices/${deviceId}`);
+    expect(device.status).toBe(200);
+    expect(device.body).toMatchObject({ deviceId, score: want.score, band: want.band, cycleId: summary.cycleId });
+    expect(Array.isArray(device.body.contributions)).toBe(true);
+    const high = await pipeline.api('GET', `/v1/tenants/${big.tenantId}/devices?band=High%20Risk`);
+    expect(high.body.total).toBe(bands['High Risk']);
+  });
+
+  it("the wrong-secret tenant's status should name the problem, and the other tenants should not wait for it", async () => {
+    const status = await waitFor(
+      async () => {
+        const answer = await pipeline.api('GET', `/v1/tenants/${wrong.tenantId}/defender`);
+        return answer.body?.status?.state === 'error' ? answer.body.status : undefined;
+      },
+      { timeoutMs: CYCLE_WAIT_MS, intervalMs: 250, description: 'an error status of the wrong-secret tenant' },
+    );
+    expect(status.lastErrorCode).toBe('DEFENDER_INVALID_SECRET');
+    expect(status.lastErrorMessage).toMatch(/secret/i);
+    expect(JSON.stringify(status)).not.toContain('not-the-secret');
+    expect(summaries(wrong.tenantId).filter((summary) => summary.status === 'complete')).toEqual([]);
+    // Each healthy tenant's first cycle started within its first interval of its registration.
+    for (const tenant of [big, empty]) {
+      const first = summaries(tenant.tenantId)[0] as VmsRiskSummary;
+      expect(Date.parse(first.cycleStartedAt) - (registeredAt.get(tenant.tenantId) as number)).toBeLessThan(INTERVAL_MS);
+    }
+  });
+
+  it('a device changed in the simulator should show its new score after the next cycle, and unchanged devices should not be republished', async () => {
+    const before = pipeline.watch.latest<VmsRiskScore>(pipeline.topics.vmsRiskScores);
+    const current = (id: string): VmsRiskScore | null | undefined => before.get(`${big.tenantId}/${id}`);
+    const candidates = sim.machines(big.azureTenantId).filter((machine) => isScored(machine as Record<string, unknown>));
+    const changed = candidates.find((machine) => (current(machine.id)?.score ?? 100) < 50) as { id: string };
+    const removed = candidates.find((machine) => machine.id !== changed.id) as { id: string };
+    const changedAt = Date.now();
+    sim.updateMachine(big.azureTenantId, changed.id, { riskScore: 'High', exposureLevel: 'High', healthStatus: 'Inactive' });
+    sim.removeMachine(big.azureTenantId, removed.id);
+
+    const summary = await nextComplete(big.tenantId, changedAt);
+    const expected = expectedFleet(Date.parse(summary.cycleStartedAt));
+    const republished = new Map(
+      scoresOf(big.tenantId, summary.cycleId).map((record) => [(record as VmsRiskScore).deviceId, record as VmsRiskScore]),
+    );
+    // Exactly the devices whose score or band differs from what VMS held (the changed one, and any
+    // device whose inactivity crossed a day boundary since the last cycle).
+    const shouldChange = [...expected]
+      .filter(([id, want]) => current(id)?.score !== want.score || current(id)?.band !== want.band)
+      .map(([id]) => id)
+      .sort();
+    expect(shouldChange).toContain(changed.id);
+    expect([...republished.keys()].sort()).toEqual(shouldChange);
+    const want = expected.get(changed.id) as Expected;
+    expect(republished.get(changed.id)).toMatchObject({ score: want.score, band: want.band });
+    const unchanged = [...expected.keys()].find((id) => !shouldChange.includes(id)) as string;
+    expect(republished.has(unchanged)).toBe(false);
+
+    // The removed device was absent from one completed cycle (URS_TOMBSTONE_AFTER_CYCLES=1): tombstoned.
+    await waitFor(() => pipeline.watch.latest(pipeline.topics.vmsRiskScores).get(`${big.tenantId}/${removed.id}`) === null, {
+      timeoutMs: 10_000,
+      description: 'a tombstone of the removed device',
+    });
+    expect(summary.published.tombstones).toBe(1);
+    expect(summary.devices.total).toBe(expected.size);
+  });
+
+  it('the scorer killed and restarted mid-cycle should leave the cycle complete with every device counted once', async () => {
+    const killAfter = Date.now();
+    // Mid-cycle: the first scored batch of a new cycle is out, the others are not yet all scored.
+    const first = await waitFor(
+      () =>
+        pipeline.watch
+          .of<{ tenantId: string; cycleId: string; cycleStartedAt: string }>(pipeline.topics.deviceScores)
+          .find((record) => record.value?.tenantId === big.tenantId && Date.parse(record.value.cycleStartedAt) > killAfter),
+      { timeoutMs: CYCLE_WAIT_MS, intervalMs: 20, description: 'the first scored batch of the next cycle' },
+    );
+    await pipeline.services.kill('scorer', 'SIGKILL');
+    await pipeline.services.start('scorer');
+
+    const cycleId = first.value.cycleId;
+    const summary = await waitFor(() => summaries(big.tenantId).find((s) => s.cycleId === cycleId), {
+      timeoutMs: CYCLE_WAIT_MS,
+      intervalMs: 200,
+      description: `the summary of cycle ${cycleId}`,
+    });
+    const expected = expectedFleet(Date.parse(summary.cycleStartedAt));
+    expect(summary.status).toBe('complete');
+    expect(summary.devices).toMatchObject({ total: expected.size, scored: expected.size, failed: 0 });
+    expect(Object.values(summary.bands).reduce((sum, count) => sum + count, 0)).toBe(expected.size);
+    expect(summaries(big.tenantId).filter((s) => s.cycleId === cycleId)).toHaveLength(1);
+  });
+
+  it('a malformed message on each internal topic should land in urs.dlq and the pipeline should go on', async () => {
+    const { topics } = pipeline;
+    const internal = [topics.registration, topics.tenants, topics.deviceBatches, topics.devicesEnriched, topics.deviceScores];
+    const sentAt = Date.now();
+    for (const topic of internal) await pipeline.produceRaw(topic, [{ key: 'malformed', value: '{"not": json' }]);
+    await pipeline.produceRaw(topics.deviceBatches, [{ key: big.tenantId, value: JSON.stringify({ schemaVersion: 1, tenantId: big.tenantId }) }]);
+
+    const letters = await waitFor(
+      () => {
+        const seen = pipeline.watch.of<{ sourceTopic: string; error: { code: string; message: string } }>(topics.dlq);
+        const sources = new Set(seen.map((letter) => letter.value.sourceTopic));
+        return internal.every((topic) => sources.has(topic)) && seen.some((l) => l.value.error.code !== 'MESSAGE_NOT_JSON') ? seen : undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 200, description: 'a dead letter from every internal topic' },
+    );
+    expect(letters.filter((letter) => letter.value.error.code === 'MESSAGE_NOT_JSON').length).toBeGreaterThanOrEqual(internal.length);
+    const invalid = letters.find((letter) => letter.value.sourceTopic === topics.deviceBatches && letter.value.error.code !== 'MESSAGE_NOT_JSON');
+    expect(invalid?.value.error.message).toMatch(/cycleId|required/);
+
+    const summary = await nextComplete(big.tenantId, sentAt);
+    expect(summary.devices.failed).toBe(0);
+  });
+});

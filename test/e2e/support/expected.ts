@@ -1,0 +1,89 @@
+// The scoring model of shared/docs/scoring.md for the default profile, written again from the document
+// and independent of libs/scoring, so the end-to-end tests check the pipeline against the specification.
+
+type Table = Record<string, number>;
+
+const RISK: Table = { low: 20, medium: 50, high: 100 };
+const RISK_KNOWN = ['none', 'informational'];
+const EXPOSURE: Table = { medium: 40, high: 80 };
+const EXPOSURE_KNOWN = ['none', 'low'];
+const AV: Table = { disabled: 100, notreporting: 60 };
+const AV_KNOWN = ['updated', 'notupdated', 'notsupported'];
+const HEALTH: Table = { inactive: 60, impairedcommunication: 50 };
+const HEALTH_KNOWN = ['active', 'nosensordata', 'nosensordataimpairedcommunication'];
+const CVSS_THRESHOLD = 9.0;
+const BANDS: [number, string][] = [
+  [20, 'Trustworthy'],
+  [40, 'Low Risk'],
+  [60, 'Moderate Risk'],
+  [80, 'Suspicious'],
+  [100, 'High Risk'],
+];
+
+export interface Expected {
+  score: number;
+  band: string;
+  /** At least one signal was missing. */
+  incomplete: boolean;
+}
+
+interface Lookup {
+  points: number;
+  missing: boolean;
+}
+
+function lookup(value: unknown, table: Table, known: string[]): Lookup {
+  if (typeof value !== 'string' || value.trim() === '') return { points: 0, missing: true };
+  const key = value.toLowerCase();
+  if (key in table) return { points: table[key] as number, missing: false };
+  return { points: 0, missing: !known.includes(key) };
+}
+
+function onboarding(value: unknown): Lookup {
+  if (typeof value !== 'string' || value.trim() === '' || value.toLowerCase() === 'unknown') return { points: 0, missing: true };
+  return { points: value.toLowerCase() === 'onboarded' ? 0 : 100, missing: false };
+}
+
+function inactivityPoints(lastSeen: unknown, cycleStartMs: number): Lookup {
+  if (typeof lastSeen !== 'string') return { points: 0, missing: true };
+  // Up to 7 fraction digits: keep the milliseconds only, as the model ages by whole days.
+  const seen = Date.parse(lastSeen.replace(/(\.\d{3})\d+/, '$1'));
+  if (Number.isNaN(seen)) return { points: 0, missing: true };
+  const days = Math.max(0, Math.floor((cycleStartMs - seen) / 3_600_000 / 24));
+  const points = days === 0 ? 0 : days <= 3 ? 20 : days <= 7 ? 40 : days <= 14 ? 70 : 100;
+  return { points, missing: false };
+}
+
+/** Distinct CVE ids with cvssV3 ≥ 9.0. */
+export function criticalCves(vulnerabilities: readonly { id?: unknown; cvssV3?: unknown }[]): number {
+  const ids = new Set<string>();
+  for (const v of vulnerabilities) if (typeof v.cvssV3 === 'number' && v.cvssV3 >= CVSS_THRESHOLD) ids.add(String(v.id));
+  return ids.size;
+}
+
+/** The expected score of one device under the default profile (missing signals: ignore). */
+export function expectedScore(
+  machine: Record<string, unknown>,
+  cves: number | null,
+  cycleStartMs: number,
+): Expected {
+  const critical = [
+    lookup(machine['riskScore'], RISK, RISK_KNOWN),
+    lookup(machine['exposureLevel'], EXPOSURE, EXPOSURE_KNOWN),
+    lookup(machine['defenderAvStatus'], AV, AV_KNOWN),
+    onboarding(machine['onboardingStatus']),
+  ];
+  const operational = [lookup(machine['healthStatus'], HEALTH, HEALTH_KNOWN), inactivityPoints(machine['lastSeen'], cycleStartMs)];
+  const c = Math.min(100, critical.reduce((sum, l) => sum + l.points, 0));
+  const o = Math.min(100, operational.reduce((sum, l) => sum + l.points, 0) + (cves === null ? 0 : Math.min(100, cves * 25)));
+  // round half up of (70c + 30o) / 100 on integers
+  const score = Math.floor((70 * c + 30 * o + 50) / 100);
+  const band = (BANDS.find(([max]) => score <= max) as [number, string])[1];
+  const incomplete = cves === null || [...critical, ...operational].some((l) => l.missing);
+  return { score, band, incomplete };
+}
+
+/** Whether the pipeline scores the device (merged devices are not: their surviving record is). */
+export function isScored(machine: Record<string, unknown>): boolean {
+  return !machine['mergedIntoMachineId'];
+}
