@@ -57,7 +57,7 @@ function call(agent, base, pathname, headers, body) {
   });
 }
 
-async function run(name, agent, base, nextPath, headers) {
+async function run(name, agent, base, nextPath, headers, body) {
   const deadline = Date.now() + seconds * 1000;
   let done = 0;
   let failed = 0;
@@ -65,7 +65,7 @@ async function run(name, agent, base, nextPath, headers) {
   let i = 0;
   const worker = async () => {
     while (Date.now() < deadline) {
-      const r = await call(agent, base, nextPath(i++), headers);
+      const r = await call(agent, base, nextPath(i++), headers, body);
       if (r.status === 200) done++;
       else failed++;
       bytes += r.text.length;
@@ -113,6 +113,14 @@ async function run(name, agent, base, nextPath, headers) {
       (await call(agent, sim.baseUrl, `/_sim/tenants/${TENANT}/machines?top=${Math.min(devices, 20000)}`, {}))
         .text,
     ).value.map((m) => m.id);
+    await run(
+      'token',
+      agent,
+      sim.baseUrl,
+      () => `/${TENANT}/oauth2/v2.0/token`,
+      { 'content-type': 'application/x-www-form-urlencoded' },
+      form,
+    );
     await run(
       'vulnerabilities',
       agent,
