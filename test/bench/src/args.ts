@@ -1,0 +1,102 @@
+import { parseArgs } from 'node:util';
+
+/** What a bench run measures, from `npm run bench -- <flags>`. */
+export interface BenchOptions {
+  /** Fleet sizes of the slot-utilisation runs (one tenant each). `--sizes`, default 1000,10000,100000. */
+  sizes: number[];
+  /** Mean simulator latency of every Entra/MDE call, in ms. `--latency`, default 50. */
+  latencyMs: number;
+  /** Uniform ± jitter around the mean, in ms. `--jitter`, default 0. */
+  jitterMs: number;
+  /** Tenants whose cycles run at once in the latency scenario (0 skips it). `--cycle-tenants`, default 6. */
+  cycleTenants: number;
+  /** Devices of each of those tenants. `--cycle-devices`, default 1000. */
+  cycleDevices: number;
+  /** Devices of the internal-ceiling run at latency 0 (0 skips it). `--internal-devices`, default 50000. */
+  internalDevices: number;
+  /** Devices of the bulk export run under Microsoft's quotas (0 skips it). `--bulk-devices`, default 100000. */
+  bulkDevices: number;
+  /**
+   * Who starts cycles: `poller` (the real poller lists the devices), `inject` (the bench lists the
+   * simulator's fleet and produces the device batches itself, the poller is not started), `auto`
+   * (poller when it can be told to use per-device calls, else inject). `--driver`, default auto.
+   */
+  driver: 'auto' | 'poller' | 'inject';
+  /** `private`: a redis-server of the bench's own (exact command statistics); `shared`: REDIS_URL. `--redis`, default private. */
+  redis: 'private' | 'shared';
+  /** Period of the simulator statistics sampler, in ms. `--sample-ms`, default 50. */
+  sampleMs: number;
+  /** Where results go. `--out`, default bench/results. */
+  outDir: string;
+  /** Leave a Kafka broker the bench had to start running at the end. `--keep-stack`, default false. */
+  keepStack: boolean;
+  /** Longest wait for one cycle, in ms, on top of the expected duration. `--slack-ms`, default 120000. */
+  slackMs: number;
+}
+
+export class UsageError extends Error {}
+
+function positiveList(text: string, flag: string): number[] {
+  const items = text.split(',').map((item) => item.trim()).filter(Boolean);
+  if (items.length === 0) throw new UsageError(`${flag} needs at least one number`);
+  return items.map((item) => wholeNumber(item, flag, 1));
+}
+
+function wholeNumber(text: string, flag: string, min: number): number {
+  const clean = text.replace(/_/g, '');
+  if (!/^\d+$/.test(clean) || Number(clean) < min) throw new UsageError(`${flag} must be a whole number ≥ ${min} (got "${text}")`);
+  return Number(clean);
+}
+
+function oneOf<T extends string>(text: string, flag: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(text)) throw new UsageError(`${flag} must be one of ${allowed.join(', ')} (got "${text}")`);
+  return text as T;
+}
+
+export function parseBenchArgs(argv: readonly string[]): BenchOptions {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: [...argv],
+      strict: true,
+      options: {
+        sizes: { type: 'string' },
+        latency: { type: 'string' },
+        jitter: { type: 'string' },
+        'cycle-tenants': { type: 'string' },
+        'cycle-devices': { type: 'string' },
+        'internal-devices': { type: 'string' },
+        'bulk-devices': { type: 'string' },
+        driver: { type: 'string' },
+        redis: { type: 'string' },
+        'sample-ms': { type: 'string' },
+        out: { type: 'string' },
+        'keep-stack': { type: 'boolean' },
+        'slack-ms': { type: 'string' },
+      },
+    }));
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  return {
+    sizes: values.sizes === undefined ? [1_000, 10_000, 100_000] : positiveList(values.sizes, '--sizes'),
+    latencyMs: wholeNumber(values.latency ?? '50', '--latency', 0),
+    jitterMs: wholeNumber(values.jitter ?? '0', '--jitter', 0),
+    cycleTenants: wholeNumber(values['cycle-tenants'] ?? '6', '--cycle-tenants', 0),
+    cycleDevices: wholeNumber(values['cycle-devices'] ?? '1000', '--cycle-devices', 1),
+    internalDevices: wholeNumber(values['internal-devices'] ?? '50000', '--internal-devices', 0),
+    bulkDevices: wholeNumber(values['bulk-devices'] ?? '100000', '--bulk-devices', 0),
+    driver: oneOf(values.driver ?? 'auto', '--driver', ['auto', 'poller', 'inject'] as const),
+    redis: oneOf(values.redis ?? 'private', '--redis', ['private', 'shared'] as const),
+    sampleMs: wholeNumber(values['sample-ms'] ?? '50', '--sample-ms', 10),
+    outDir: values.out ?? 'bench/results',
+    keepStack: values['keep-stack'] ?? false,
+    slackMs: wholeNumber(values['slack-ms'] ?? '120000', '--slack-ms', 1_000),
+  };
+}
+
+export const USAGE = `npm run bench -- [--sizes 1000,10000,100000] [--latency 50] [--jitter 0]
+  [--cycle-tenants 6] [--cycle-devices 1000] [--internal-devices 50000] [--bulk-devices 100000]
+  [--driver auto|poller|inject] [--redis private|shared] [--sample-ms 50] [--out bench/results]
+  [--keep-stack] [--slack-ms 120000]
+A size or device count of 0 skips that scenario.`;

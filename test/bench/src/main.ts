@@ -1,0 +1,256 @@
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseBenchArgs, USAGE, UsageError, type BenchOptions } from './args';
+import { perDeviceRefreshHours, round } from './analysis';
+import { ensureStack, startPrivateRedis, stopStack } from './infra';
+import { createBenchKafka } from './kafka';
+import { ProcessGroup } from './procs';
+import {
+  PER_DEVICE_QUOTA,
+  bulkResult,
+  costPerDevice,
+  cycleLatencies,
+  fleetResult,
+  internalThroughput,
+  latencyPercentiles,
+  renderMarkdown,
+  timelineOf,
+  type BenchResults,
+} from './report';
+import { runScenario, type RunContext, type ScenarioResult, type ScenarioSpec } from './scenario';
+import { startSimulatorProcess } from './simulator';
+import { renderTimeline } from './timeline';
+
+/**
+ * Variables that take Microsoft's quotas out of the services' own client-side quota gate, for the
+ * scenarios that measure the call slots with the simulator's quotas off (per-device calls at 50/min
+ * would otherwise make the slots idle by design).
+ */
+const QUOTAS_OFF_ENV: Record<string, string> = { URS_DEFENDER_QUOTAS: 'off' };
+
+/** Per-device calls for a fleet are planned by the poller against the poll interval; a day lets 28,800 devices fit. */
+const LONG_INTERVAL_MINUTES = 1440;
+
+const ROOT = resolve(__dirname, '../../..');
+
+function log(line: string): void {
+  process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`);
+}
+
+function pollerAvailable(): boolean {
+  const main = join(ROOT, 'services/poller/dist/main.js');
+  return existsSync(main) && readFileSync(main, 'utf8').includes('runService');
+}
+
+function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
+  const realPoller = options.driver === 'poller' || (options.driver === 'auto' && pollerAvailable());
+  const specs: ScenarioSpec[] = [];
+  const base = { jitterMs: options.jitterMs, sampleMs: options.sampleMs, staggerMs: 0 };
+  for (const size of options.sizes) {
+    // Per-device calls at any fleet size: injected batches say `per-device` whatever the quota plan says.
+    const expectedMs = options.latencyMs > 0 ? (size * options.latencyMs) / 10 : size;
+    specs.push({
+      ...base,
+      name: `fleet-${size}`,
+      tenants: [size],
+      driver: options.driver === 'poller' ? 'poller' : 'inject',
+      mode: 'per-device',
+      latencyMs: options.latencyMs,
+      simQuotas: false,
+      pollIntervalMinutes: LONG_INTERVAL_MINUTES,
+      extraEnv: QUOTAS_OFF_ENV,
+      timeoutMs: expectedMs * 2 + options.slackMs,
+    });
+  }
+  if (options.cycleTenants > 0) {
+    const devices = options.cycleTenants * options.cycleDevices;
+    specs.push({
+      ...base,
+      name: 'cycles',
+      tenants: Array.from({ length: options.cycleTenants }, () => options.cycleDevices),
+      driver: realPoller ? 'poller' : 'inject',
+      mode: 'per-device',
+      latencyMs: options.latencyMs,
+      simQuotas: false,
+      pollIntervalMinutes: LONG_INTERVAL_MINUTES,
+      extraEnv: QUOTAS_OFF_ENV,
+      timeoutMs: ((devices * Math.max(1, options.latencyMs)) / 10) * 2 + options.slackMs,
+      staggerMs: 1_000,
+    });
+  }
+  if (options.internalDevices > 0) {
+    specs.push({
+      ...base,
+      name: 'internal',
+      tenants: [options.internalDevices],
+      driver: realPoller ? 'poller' : 'inject',
+      mode: 'bulk',
+      latencyMs: 0,
+      jitterMs: 0,
+      simQuotas: false,
+      pollIntervalMinutes: 10,
+      extraEnv: QUOTAS_OFF_ENV,
+      timeoutMs: options.internalDevices + options.slackMs,
+    });
+  }
+  if (options.bulkDevices > 0) {
+    specs.push({
+      ...base,
+      name: 'bulk-quotas',
+      tenants: [options.bulkDevices],
+      driver: realPoller ? 'poller' : 'inject',
+      mode: 'bulk',
+      latencyMs: options.latencyMs,
+      simQuotas: true,
+      pollIntervalMinutes: 10,
+      extraEnv: { URS_BULK_PAGE_SIZE: '200000' },
+      timeoutMs: options.bulkDevices * 2 + options.slackMs,
+    });
+  }
+  return specs;
+}
+
+function buildResults(options: BenchOptions, ctx: RunContext, startedAt: string, results: ScenarioResult[], errors: string[]): BenchResults {
+  const fleets = results.filter((result) => result.spec.name.startsWith('fleet-'));
+  const fleetEntries = fleets.flatMap((result) => {
+    try {
+      return [[String(result.spec.tenants[0]), fleetResult(result, ctx.privateRedis)] as const];
+    } catch (error) {
+      errors.push(`${result.spec.name}: ${(error as Error).message}`);
+      return [];
+    }
+  });
+  const fleetMap = Object.fromEntries(fleetEntries);
+  const latencies = cycleLatencies(results);
+  const { p50, p99 } = latencyPercentiles(latencies);
+  const internal = results.find((result) => result.spec.name === 'internal');
+  const bulk = results.find((result) => result.spec.name === 'bulk-quotas');
+  const internalSummary = internal ? internalThroughput(internal) : null;
+  const refresh = perDeviceRefreshHours(100_000, PER_DEVICE_QUOTA);
+  return {
+    startedAt,
+    finishedAt: new Date().toISOString(),
+    machine: { cpus: cpus().length, node: process.version, kafkaBrokers: ctx.kafkaBrokers, redis: ctx.privateRedis ? 'private' : 'shared' },
+    options: { ...options },
+    slotUtilisation: Object.fromEntries(fleetEntries.map(([size, fleet]) => [size, fleet.slotUtilisation])),
+    publishLatencyP50Ms: p50,
+    publishLatencyP99Ms: p99,
+    publishLatencyCycles: latencies,
+    internalDevicesPerSec: internalSummary ? (internalSummary['devicesPerSec'] as number) : null,
+    internal: internalSummary,
+    peakRssMbByService: Object.fromEntries(fleetEntries.map(([size, fleet]) => [size, fleet.peakRssMb])),
+    fleets: fleetMap,
+    costPerDevice: Object.fromEntries(results.map((result) => [result.spec.name, costPerDevice(result, ctx.privateRedis)])),
+    quotas: {
+      perDeviceCallsPerHour: refresh.callsPerHour,
+      perDeviceRefreshHours100k: round(refresh.hours, 2),
+      bulk: bulk ? bulkResult(bulk) : null,
+    },
+    scenarios: Object.fromEntries(
+      results.map((result) => [result.spec.name, { durationMs: result.durationMs, deadLetters: result.deadLetters, devices: result.devices, sim: result.sim }]),
+    ),
+    errors,
+  };
+}
+
+function writeResults(outDir: string, results: BenchResults, pictures: Map<string, string>): void {
+  mkdirSync(outDir, { recursive: true });
+  const json = `${JSON.stringify(results, null, 2)}\n`;
+  writeFileSync(join(outDir, 'latest.json'), json);
+  writeFileSync(join(outDir, `${results.startedAt.replace(/:/g, '-')}.json`), json);
+  writeFileSync(join(outDir, 'latest.md'), renderMarkdown(results));
+  for (const [name, svg] of pictures) writeFileSync(join(outDir, name), svg);
+}
+
+async function main(): Promise<number> {
+  let options: BenchOptions;
+  try {
+    options = parseBenchArgs(process.argv.slice(2));
+  } catch (error) {
+    if (error instanceof UsageError) {
+      process.stderr.write(`bench: ${error.message}\n${USAGE}\n`);
+      return 2;
+    }
+    throw error;
+  }
+  const startedAt = new Date().toISOString();
+  const runId = Date.now().toString(36);
+  const outDir = resolve(ROOT, options.outDir);
+  const runDir = join(outDir, 'logs', startedAt.replace(/:/g, '-'));
+  mkdirSync(runDir, { recursive: true });
+  const group = new ProcessGroup();
+  let stackStarted = false;
+  let interrupted = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (interrupted) return;
+    interrupted = true;
+    log(`${signal}: stopping everything the bench started`);
+    void (async () => {
+      await group.stopAll(10_000);
+      if (stackStarted && !options.keepStack) await stopStack(ROOT).catch(() => undefined);
+      process.exit(130);
+    })();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const errors: string[] = [];
+  const results: ScenarioResult[] = [];
+  try {
+    log(`logs in ${runDir}`);
+    const stack = await ensureStack(ROOT, options.redis === 'private');
+    stackStarted = stack.startedKafka;
+    const redisUrl = options.redis === 'private' ? (await startPrivateRedis(group, ROOT, runDir)).url : (process.env['REDIS_URL'] ?? 'redis://127.0.0.1:6379');
+    if (!/^redis:\/\/(127\.0\.0\.1|localhost)(:\d+)?\/?/.test(redisUrl)) throw new Error(`the bench only talks to a loopback Redis, not ${redisUrl}`);
+    const sim = await startSimulatorProcess(group, ROOT, runDir, { latencyMs: options.latencyMs, jitterMs: options.jitterMs, quotas: false });
+    log(`simulator at ${sim.baseUrl}, Redis ${redisUrl}, Kafka ${stack.kafkaBrokers.join(',')}`);
+    const ctx: RunContext = {
+      root: ROOT,
+      runDir,
+      runId,
+      group,
+      kafka: createBenchKafka(stack.kafkaBrokers, `bench-${runId}`),
+      kafkaBrokers: stack.kafkaBrokers,
+      redisUrl,
+      privateRedis: options.redis === 'private',
+      sim,
+      log,
+    };
+    const pictures = new Map<string, string>();
+    for (const spec of scenarioSpecs(options)) {
+      if (interrupted) break;
+      try {
+        const result = await runScenario(ctx, spec);
+        results.push(result);
+        const cycle = [...result.cycles].sort((a, b) => b.summary.devices.total - a.summary.devices.total)[0];
+        if (cycle) pictures.set(`timeline-${spec.name}.svg`, renderTimeline(timelineOf(result, cycle)));
+        log(`  ${spec.name}: ${result.devices} devices in ${(result.durationMs / 1000).toFixed(1)} s`);
+      } catch (error) {
+        const message = `${spec.name}: ${(error as Error).message}`;
+        errors.push(message);
+        log(`  FAILED ${message}`);
+      }
+      // Partial results after each scenario, so an interrupted run still leaves numbers.
+      const partial = buildResults(options, ctx, startedAt, results, [...errors]);
+      const largestFleet = results.filter((result) => result.spec.name.startsWith('fleet-')).at(-1);
+      if (largestFleet) pictures.set('latest.svg', pictures.get(`timeline-${largestFleet.spec.name}.svg`) ?? '');
+      writeResults(outDir, partial, pictures);
+    }
+    const final = buildResults(options, ctx, startedAt, results, errors);
+    writeResults(outDir, final, pictures);
+    process.stdout.write(renderMarkdown(final));
+    log(`results in ${join(outDir, 'latest.json')} and latest.md`);
+    return errors.length > 0 ? 1 : 0;
+  } finally {
+    await group.stopAll();
+    if (stackStarted && !options.keepStack) await stopStack(ROOT).catch((error: Error) => log(`stack down failed: ${error.message}`));
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (error: Error) => {
+    log(`bench failed: ${error.stack ?? error.message}`);
+    process.exit(1);
+  },
+);

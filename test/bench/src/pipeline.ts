@@ -1,0 +1,143 @@
+import { randomBytes } from 'node:crypto';
+import { request } from 'node:http';
+import { join } from 'node:path';
+import { freePort } from './infra';
+import type { Child, ProcessGroup } from './procs';
+import { tail } from './procs';
+
+export const SERVICES = ['registrar', 'poller', 'vuln-fetcher', 'scorer', 'publisher'] as const;
+export type ServiceName = (typeof SERVICES)[number];
+
+export interface PipelineOptions {
+  root: string;
+  runDir: string;
+  /** Scenario name: part of the log file names. */
+  scenario: string;
+  kafkaBrokers: string[];
+  redisUrl: string;
+  /** Unique per scenario: every topic and key of the run starts with it. */
+  topicPrefix: string;
+  redisPrefix: string;
+  simBaseUrl: string;
+  simCaFile: string;
+  services: readonly ServiceName[];
+  /** Extra variables for every service (e.g. quota or mode settings of a scenario). */
+  extraEnv?: Record<string, string>;
+}
+
+export interface Pipeline {
+  children: Map<ServiceName, Child>;
+  apiToken: string;
+  httpPort: number;
+  /** PUT /v1/tenants/{id}/defender on the registrar. */
+  register(tenantId: string, defender: Record<string, unknown>): Promise<void>;
+  /** The name of a service that died, if one did (scenarios stop waiting then). */
+  crashed(): string | undefined;
+}
+
+function getStatus(port: number, path: string): Promise<number> {
+  return new Promise((resolve) => {
+    const req = request({ host: '127.0.0.1', port, path, method: 'GET', timeout: 2_000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(0));
+    req.end();
+  });
+}
+
+function sendJson(port: number, method: string, path: string, token: string, body: unknown): Promise<{ status: number; text: string }> {
+  const payload = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port,
+        path,
+        method,
+        timeout: 30_000,
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`${method} ${path} timed out`)));
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+/**
+ * Starts the services as separate processes (`node services/<name>/dist/main.js`) with a scenario's
+ * own topics and keys, and waits until each answers /readyz (its consumers joined their groups).
+ */
+export async function startPipeline(group: ProcessGroup, options: PipelineOptions): Promise<Pipeline> {
+  const apiToken = randomBytes(24).toString('base64url');
+  const httpPort = await freePort();
+  const common: NodeJS.ProcessEnv = {
+    PATH: process.env['PATH'],
+    HOME: process.env['HOME'],
+    NODE_EXTRA_CA_CERTS: options.simCaFile,
+    KAFKA_BROKERS: options.kafkaBrokers.join(','),
+    REDIS_URL: options.redisUrl,
+    URS_TOPIC_PREFIX: options.topicPrefix,
+    URS_REDIS_PREFIX: options.redisPrefix,
+    URS_SECRET_KEY: randomBytes(32).toString('base64'),
+    URS_DEFENDER_AUTHORITY_HOST: options.simBaseUrl,
+    URS_DEFENDER_API_BASE: options.simBaseUrl,
+    URS_DEFENDER_CA_FILE: options.simCaFile,
+    URS_LOG_LEVEL: 'info',
+    ...options.extraEnv,
+  };
+  const children = new Map<ServiceName, Child>();
+  const ports = new Map<ServiceName, number>();
+  for (const name of options.services) {
+    const metricsPort = await freePort();
+    ports.set(name, metricsPort);
+    const env: NodeJS.ProcessEnv = {
+      ...common,
+      URS_METRICS_PORT: String(metricsPort),
+      URS_INSTANCE_ID: `${options.topicPrefix}${name}`,
+      ...(name === 'registrar' ? { URS_HTTP_PORT: String(httpPort), URS_API_TOKENS: apiToken } : {}),
+    };
+    children.set(
+      name,
+      group.spawn({
+        name,
+        command: process.execPath,
+        args: [join(options.root, 'services', name, 'dist/main.js')],
+        env,
+        cwd: options.root,
+        logFile: join(options.runDir, `${options.scenario}.${name}.log`),
+      }),
+    );
+  }
+  const crashed = (): string | undefined => {
+    for (const [name, child] of children) if (child.done()) return `${name} exited; last lines of ${child.logFile}:\n${tail(child.logFile)}`;
+    return undefined;
+  };
+  const deadline = Date.now() + 90_000;
+  for (const [name, port] of ports) {
+    for (;;) {
+      const reason = crashed();
+      if (reason) throw new Error(reason);
+      if ((await getStatus(port, '/readyz')) === 200) break;
+      if (Date.now() > deadline) throw new Error(`${name} was not ready within 90 s:\n${tail(children.get(name)?.logFile ?? '')}`);
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+  return {
+    children,
+    apiToken,
+    httpPort,
+    async register(tenantId, defender) {
+      const answer = await sendJson(httpPort, 'PUT', `/v1/tenants/${encodeURIComponent(tenantId)}/defender`, apiToken, defender);
+      if (answer.status !== 200 && answer.status !== 201) throw new Error(`registering ${tenantId}: ${answer.status} ${answer.text.slice(0, 500)}`);
+    },
+    crashed,
+  };
+}

@@ -1,0 +1,294 @@
+import { percentile, perDeviceRefreshHours, round, slotUtilisation, span } from './analysis';
+import type { CycleRecord, ScenarioResult } from './scenario';
+import { curves } from './scenario';
+import type { TimelineInput } from './timeline';
+
+/** Microsoft's per-tenant quota of the per-device vulnerability endpoint (defender-api.md). */
+export const PER_DEVICE_QUOTA = [
+  { limit: 50, windowMs: 60_000 },
+  { limit: 1_500, windowMs: 3_600_000 },
+];
+
+export interface CostPerDevice {
+  kafkaMessages: number;
+  kafkaBytes: number;
+  byTopic: Record<string, { messages: number; bytes: number }>;
+  /** Redis commands per device (null with a shared Redis: other users' commands would be counted). */
+  redisCommands: number | null;
+  redisTopCommands: Record<string, number>;
+}
+
+export interface FleetResult {
+  devices: number;
+  vulnerabilityCalls: number;
+  slotUtilisation: number;
+  callsPerSec: number;
+  ceilingPerSec: number;
+  vulnWindowMs: number;
+  meanInFlight: number;
+  peakConcurrency: number;
+  cycleMs: number;
+  listMs: number | null;
+  collectToVmsMs: number;
+  peakRssMb: Record<string, number>;
+  cpuSec: Record<string, number>;
+  cost: CostPerDevice;
+  deadLetters: number;
+  throttled: number;
+}
+
+export interface CycleLatency {
+  scenario: string;
+  tenantId: string;
+  devices: number;
+  collectToVmsMs: number;
+  cycleMs: number;
+}
+
+export interface BenchResults {
+  startedAt: string;
+  finishedAt: string;
+  machine: { cpus: number; node: string; kafkaBrokers: string[]; redis: 'private' | 'shared' };
+  options: Record<string, unknown>;
+  /** Per fleet size. */
+  slotUtilisation: Record<string, number>;
+  publishLatencyP50Ms: number | null;
+  publishLatencyP99Ms: number | null;
+  publishLatencyCycles: CycleLatency[];
+  internalDevicesPerSec: number | null;
+  internal: Record<string, unknown> | null;
+  /** Per fleet size, per service. */
+  peakRssMbByService: Record<string, Record<string, number>>;
+  fleets: Record<string, FleetResult>;
+  costPerDevice: Record<string, CostPerDevice>;
+  quotas: {
+    perDeviceCallsPerHour: number;
+    perDeviceRefreshHours100k: number;
+    bulk: Record<string, unknown> | null;
+  };
+  scenarios: Record<string, { durationMs: number; deadLetters: number; devices: number; sim: unknown }>;
+  errors: string[];
+}
+
+/** `bench-<run>-<scenario>-urs.device-batches` → `urs.device-batches`. */
+export function shortTopic(topic: string): string {
+  return /(urs|vms)\.[a-z-]+$/.exec(topic)?.[0] ?? topic;
+}
+
+export function costPerDevice(result: ScenarioResult, privateRedis: boolean): CostPerDevice {
+  const devices = Math.max(1, result.devices);
+  const byTopic: CostPerDevice['byTopic'] = {};
+  let messages = 0;
+  let bytes = 0;
+  for (const [topic, totals] of Object.entries(result.kafka)) {
+    messages += totals.messages;
+    bytes += totals.bytes;
+    byTopic[shortTopic(topic)] = { messages: round(totals.messages / devices, 4), bytes: round(totals.bytes / devices, 1) };
+  }
+  const redisTotal = Object.values(result.redisCalls).reduce((sum, calls) => sum + calls, 0);
+  const top = Object.entries(result.redisCalls)
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 10);
+  return {
+    kafkaMessages: round(messages / devices, 3),
+    kafkaBytes: round(bytes / devices, 0),
+    byTopic,
+    redisCommands: privateRedis ? round(redisTotal / devices, 2) : null,
+    redisTopCommands: Object.fromEntries(top.map(([command, calls]) => [command, round(calls / devices, 3)])),
+  };
+}
+
+export function fleetResult(result: ScenarioResult, privateRedis: boolean): FleetResult {
+  const cycle = result.cycles[0] as CycleRecord;
+  const calls = result.sim.calls['vulnerabilities'] ?? 0;
+  const util = slotUtilisation(result.samples, calls, cycle.lastCollectedAtMs, result.spec.latencyMs);
+  const listed = span(cycle.listed);
+  return {
+    devices: result.devices,
+    vulnerabilityCalls: calls,
+    slotUtilisation: round(util.utilisation, 3),
+    callsPerSec: round(util.callsPerSec, 1),
+    ceilingPerSec: round(util.ceilingPerSec, 1),
+    vulnWindowMs: round(util.windowMs),
+    meanInFlight: round(util.meanInFlight, 2),
+    peakConcurrency: result.sim.peakConcurrency,
+    cycleMs: cycle.summaryAtMs - cycle.cycleStartedAtMs,
+    listMs: listed ? listed.lastMs - cycle.cycleStartedAtMs : null,
+    collectToVmsMs: cycle.collectToVmsMs,
+    peakRssMb: Object.fromEntries(Object.entries(result.usage).map(([name, usage]) => [name, round(usage.peakRssMb, 1)])),
+    cpuSec: Object.fromEntries(Object.entries(result.usage).map(([name, usage]) => [name, round(usage.cpuSec, 2)])),
+    cost: costPerDevice(result, privateRedis),
+    deadLetters: result.deadLetters,
+    throttled: result.sim.throttled,
+  };
+}
+
+export function cycleLatencies(results: ScenarioResult[]): CycleLatency[] {
+  return results.flatMap((result) =>
+    result.cycles.map((cycle) => ({
+      scenario: result.spec.name,
+      tenantId: cycle.tenantId,
+      devices: cycle.summary.devices.total,
+      collectToVmsMs: cycle.collectToVmsMs,
+      cycleMs: cycle.summaryAtMs - cycle.cycleStartedAtMs,
+    })),
+  );
+}
+
+export function latencyPercentiles(cycles: CycleLatency[]): { p50: number | null; p99: number | null } {
+  const values = cycles.map((cycle) => cycle.collectToVmsMs).filter((value) => Number.isFinite(value));
+  if (values.length === 0) return { p50: null, p99: null };
+  return { p50: percentile(values, 50), p99: percentile(values, 99) };
+}
+
+/** Devices per second from the first device batch to the summary record (the whole pipeline behind the listing). */
+export function internalThroughput(result: ScenarioResult): Record<string, unknown> {
+  const cycle = result.cycles[0] as CycleRecord;
+  const firstBatch = Math.min(...cycle.listed.map((event) => event.t));
+  const devicesPerSec = (cycle.summary.devices.total * 1000) / Math.max(1, cycle.summaryAtMs - firstBatch);
+  const stage = (events: { t: number; n: number }[]): number | null => {
+    const s = span(events);
+    return s ? round(s.perSec) : null;
+  };
+  return {
+    devices: cycle.summary.devices.total,
+    mode: result.spec.mode,
+    firstBatchToSummaryMs: cycle.summaryAtMs - firstBatch,
+    devicesPerSec: round(devicesPerSec),
+    stageDevicesPerSec: { list: stage(cycle.listed), enrich: stage(cycle.enriched), score: stage(cycle.scored), publish: stage(cycle.published) },
+    cpuSec: Object.fromEntries(Object.entries(result.usage).map(([name, usage]) => [name, round(usage.cpuSec, 2)])),
+    peakRssMb: Object.fromEntries(Object.entries(result.usage).map(([name, usage]) => [name, round(usage.peakRssMb, 1)])),
+    cost: costPerDevice(result, true),
+  };
+}
+
+export function bulkResult(result: ScenarioResult): Record<string, unknown> {
+  const cycle = result.cycles[0] as CycleRecord;
+  return {
+    devices: cycle.summary.devices.total,
+    cycleMs: cycle.summaryAtMs - cycle.cycleStartedAtMs,
+    cycleMinutes: round((cycle.summaryAtMs - cycle.cycleStartedAtMs) / 60_000, 2),
+    bulkCalls: result.sim.calls['bulk'] ?? 0,
+    perDeviceCalls: result.sim.calls['vulnerabilities'] ?? 0,
+    machinesCalls: result.sim.calls['machines'] ?? 0,
+    throttled: result.sim.throttled,
+    status: cycle.summary.status,
+    incomplete: cycle.summary.devices.incomplete,
+    latencyMs: result.spec.latencyMs,
+  };
+}
+
+/** The picture input of one cycle. */
+export function timelineOf(result: ScenarioResult, cycle: CycleRecord): TimelineInput {
+  const { enriched, scored, published } = curves(cycle);
+  const end = Math.max(cycle.summaryAtMs, ...published.map((point) => point.t)) + 50;
+  const seconds = (ms: number): string => (ms / 1000).toFixed(2);
+  return {
+    title: `${result.spec.name}: one cycle of ${cycle.summary.devices.total} devices (${result.spec.mode}, simulator latency ${result.spec.latencyMs} ms)`,
+    subtitle:
+      `cycle ${seconds(cycle.summaryAtMs - cycle.cycleStartedAtMs)} s; last vulnerability response → vms.risk-summary ${seconds(cycle.collectToVmsMs)} s; ` +
+      `peak concurrency ${result.sim.peakConcurrency}; ${result.spec.driver === 'inject' ? 'device batches injected by the bench' : 'devices listed by the poller'}`,
+    startMs: cycle.cycleStartedAtMs,
+    endMs: end,
+    devices: cycle.summary.devices.total,
+    listed: cycle.listed,
+    inFlight: result.samples.map((sample) => ({ t: sample.t, value: sample.inFlight })),
+    slots: 10,
+    enriched,
+    scored,
+    published,
+    markers: [
+      { t: cycle.lastCollectedAtMs, label: 'last vulnerability response', colour: '#c77800' },
+      { t: cycle.summaryAtMs, label: 'vms.risk-summary', colour: '#b03b6f' },
+    ],
+  };
+}
+
+function ms(value: number | null | undefined): string {
+  if (value === null || value === undefined || !Number.isFinite(value)) return '–';
+  return value >= 10_000 ? `${(value / 1000).toFixed(1)} s` : `${Math.round(value)} ms`;
+}
+
+function verdict(ok: boolean | null): string {
+  return ok === null ? '–' : ok ? 'met' : '**missed**';
+}
+
+/** The markdown summary next to latest.json. */
+export function renderMarkdown(results: BenchResults): string {
+  const lines: string[] = [];
+  const sizes = Object.keys(results.fleets);
+  lines.push(`# Pipeline benchmark — ${results.startedAt}`, '');
+  lines.push(
+    `${results.machine.cpus} CPUs, Node ${results.machine.node}, Kafka ${results.machine.kafkaBrokers.join(',')}, ${results.machine.redis} Redis; ` +
+      `five services as separate processes; the simulator as its own process.`,
+    '',
+  );
+  lines.push('| measure | value | target | |', '|---|---|---|---|');
+  for (const size of sizes) {
+    const value = results.slotUtilisation[size] as number;
+    lines.push(`| slot utilisation, ${Number(size).toLocaleString('en-US')} devices | ${value.toFixed(3)} | ≥ 0.95 | ${verdict(value >= 0.95)} |`);
+  }
+  const p99 = results.publishLatencyP99Ms;
+  lines.push(`| last vuln response → vms.risk-summary p50 | ${ms(results.publishLatencyP50Ms)} | | |`);
+  lines.push(`| last vuln response → vms.risk-summary p99 (${results.publishLatencyCycles.length} cycles) | ${ms(p99)} | ≤ 2 s | ${verdict(p99 === null ? null : p99 <= 2000)} |`);
+  const internal = results.internalDevicesPerSec;
+  lines.push(`| internal ceiling (devices/s, latency 0) | ${internal ?? '–'} | ≥ 10,000 | ${verdict(internal === null ? null : internal >= 10_000)} |`);
+  for (const size of sizes) {
+    const rss = results.peakRssMbByService[size] ?? {};
+    const max = Math.max(...Object.values(rss));
+    lines.push(`| largest peak RSS, ${Number(size).toLocaleString('en-US')} devices | ${round(max)} MB | ≤ 300 MB at 100k, flat | ${Number(size) >= 100_000 ? verdict(max <= 300) : ''} |`);
+  }
+  lines.push(
+    `| per-device refresh of 100,000 devices under Microsoft's quotas | ${round(results.quotas.perDeviceRefreshHours100k, 1)} h | computed (${results.quotas.perDeviceCallsPerHour} calls/h binding) | |`,
+  );
+  if (results.quotas.bulk) {
+    const bulk = results.quotas.bulk as { cycleMs: number; devices: number; bulkCalls: number; throttled: number };
+    lines.push(`| bulk export refresh of ${bulk.devices.toLocaleString('en-US')} devices, quotas on | ${ms(bulk.cycleMs)} | measured (${bulk.bulkCalls} bulk calls, ${bulk.throttled} throttled) | |`);
+  }
+  lines.push('');
+  if (sizes.length > 0) {
+    lines.push('## Fleets (one tenant, per-device calls, simulator quotas off)', '');
+    lines.push('| devices | vuln calls | calls/s | ceiling/s | utilisation | mean in flight | peak concurrency | cycle | listing | collect → VMS | dead letters |');
+    lines.push('|---|---|---|---|---|---|---|---|---|---|---|');
+    for (const size of sizes) {
+      const fleet = results.fleets[size] as FleetResult;
+      lines.push(
+        `| ${fleet.devices} | ${fleet.vulnerabilityCalls} | ${fleet.callsPerSec} | ${fleet.ceilingPerSec} | ${fleet.slotUtilisation} | ${fleet.meanInFlight} | ${fleet.peakConcurrency} | ${ms(fleet.cycleMs)} | ${ms(fleet.listMs)} | ${ms(fleet.collectToVmsMs)} | ${fleet.deadLetters} |`,
+      );
+    }
+    lines.push('', '### Peak RSS (MB) and CPU (s) per service', '');
+    const services = [...new Set(sizes.flatMap((size) => Object.keys((results.fleets[size] as FleetResult).peakRssMb)))];
+    lines.push(`| devices | ${services.join(' | ')} |`, `|---|${services.map(() => '---').join('|')}|`);
+    for (const size of sizes) {
+      const fleet = results.fleets[size] as FleetResult;
+      lines.push(`| ${size} | ${services.map((name) => `${fleet.peakRssMb[name] ?? '–'} MB / ${fleet.cpuSec[name] ?? '–'} s`).join(' | ')} |`);
+    }
+  }
+  const costs = Object.entries(results.costPerDevice);
+  if (costs.length > 0) {
+    lines.push('', '## Cost per device', '');
+    lines.push('| scenario | Kafka messages | Kafka bytes (key+value) | Redis commands | top Redis commands per device |', '|---|---|---|---|---|');
+    for (const [name, cost] of costs) {
+      const top = Object.entries(cost.redisTopCommands)
+        .slice(0, 6)
+        .map(([command, calls]) => `${command} ${calls}`)
+        .join(', ');
+      lines.push(`| ${name} | ${cost.kafkaMessages} | ${cost.kafkaBytes} | ${cost.redisCommands ?? 'n/a (shared Redis)'} | ${top} |`);
+    }
+    const [firstName, first] = costs[0] as [string, CostPerDevice];
+    lines.push('', `Bytes per device by topic (${firstName}):`, '');
+    lines.push('| topic | messages/device | bytes/device |', '|---|---|---|');
+    for (const [topic, cost] of Object.entries(first.byTopic)) lines.push(`| ${topic} | ${cost.messages} | ${cost.bytes} |`);
+  }
+  if (results.publishLatencyCycles.length > 0) {
+    lines.push('', '## Cycles (collect → VMS)', '', '| scenario | tenant | devices | cycle | last vuln response → summary |', '|---|---|---|---|---|');
+    for (const cycle of results.publishLatencyCycles) lines.push(`| ${cycle.scenario} | ${cycle.tenantId} | ${cycle.devices} | ${ms(cycle.cycleMs)} | ${ms(cycle.collectToVmsMs)} |`);
+  }
+  if (results.internal) lines.push('', '## Internal ceiling', '', '```json', JSON.stringify(results.internal, null, 2), '```');
+  if (results.quotas.bulk) lines.push('', '## Bulk export under quotas', '', '```json', JSON.stringify(results.quotas.bulk, null, 2), '```');
+  if (results.errors.length > 0) lines.push('', '## Errors', '', ...results.errors.map((error) => `- ${error.replace(/\n/g, ' ').slice(0, 600)}`));
+  lines.push('');
+  return lines.join('\n');
+}
+
+export { perDeviceRefreshHours };

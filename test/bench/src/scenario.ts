@@ -1,0 +1,294 @@
+import { randomUUID } from 'node:crypto';
+import type { Kafka } from 'kafkajs';
+import { Partitioners } from 'kafkajs';
+import { topicsConfig, type Topics } from '@urs/config';
+import type { DeviceBatch, EnrichedBatch, ScoreBatch, VmsRiskSummary } from '@urs/contracts';
+import { DEFAULT_PROFILE } from '@urs/scoring';
+import { closeRedis, createCycleStore, createRedis } from '@urs/store';
+import { progress, span, type Progress } from './analysis';
+import { commandStats, deleteKeys, redisCommand } from './infra';
+import { injectCycle } from './inject';
+import { deleteTopics, readTopics, watchSummaries, type SummaryRecord, type TopicTotals } from './kafka';
+import { startPipeline, SERVICES, type Pipeline, type ServiceName } from './pipeline';
+import type { ProcessGroup } from './procs';
+import { processUsage, type ProcessUsage } from './procstat';
+import type { SimStats, SimulatorProcess, StatsSample } from './simulator';
+
+export interface ScenarioSpec {
+  name: string;
+  /** Fleet size of each tenant; their cycles run at once. */
+  tenants: number[];
+  driver: 'poller' | 'inject';
+  /** Vulnerability mode of injected batches (the poller decides on its own). */
+  mode: 'per-device' | 'bulk';
+  latencyMs: number;
+  jitterMs: number;
+  simQuotas: boolean;
+  pollIntervalMinutes: number;
+  /** Extra variables of every service. */
+  extraEnv: Record<string, string>;
+  /** Longest wait for every summary, ms. */
+  timeoutMs: number;
+  /** Pause between two tenants' registrations (or injections), ms. */
+  staggerMs: number;
+  sampleMs: number;
+}
+
+export interface RunContext {
+  root: string;
+  runDir: string;
+  runId: string;
+  group: ProcessGroup;
+  kafka: Kafka;
+  kafkaBrokers: string[];
+  redisUrl: string;
+  privateRedis: boolean;
+  sim: SimulatorProcess;
+  log: (line: string) => void;
+}
+
+/** One tenant's cycle as the topics recorded it. */
+export interface CycleRecord {
+  tenantId: string;
+  azureTenantId: string;
+  fleet: number;
+  summary: VmsRiskSummary;
+  summaryAtMs: number;
+  cycleStartedAtMs: number;
+  /** The largest collectedAt of the cycle's enriched batches: its last vulnerability response. */
+  lastCollectedAtMs: number;
+  /** summary record time − last vulnerability response. */
+  collectToVmsMs: number;
+  listed: { t: number; n: number }[];
+  enriched: { t: number; n: number }[];
+  scored: { t: number; n: number }[];
+  published: { t: number; n: number }[];
+}
+
+export interface ScenarioResult {
+  spec: ScenarioSpec;
+  topics: Topics;
+  cycles: CycleRecord[];
+  devices: number;
+  sim: SimStats;
+  samples: StatsSample[];
+  usage: Partial<Record<ServiceName, ProcessUsage>>;
+  kafka: Record<string, TopicTotals>;
+  redisCalls: Record<string, number>;
+  /** Dead letters written during the scenario (should be 0). */
+  deadLetters: number;
+  durationMs: number;
+}
+
+function diff(after: Record<string, number>, before: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [command, calls] of Object.entries(after)) {
+    const delta = calls - (before[command] ?? 0);
+    if (delta > 0) out[command] = delta;
+  }
+  return out;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Runs one scenario end to end with services of its own (fresh processes, so peak RSS belongs to this
+ * scenario), its own topics and keys, then reads what the topics recorded and removes them.
+ */
+export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<ScenarioResult> {
+  const started = Date.now();
+  const topicPrefix = `bench-${ctx.runId}-${spec.name}-`;
+  const redisPrefix = `bench:${ctx.runId}:${spec.name}:`;
+  const topics = topicsConfig({ URS_TOPIC_PREFIX: topicPrefix });
+  const services: ServiceName[] = SERVICES.filter((name) => spec.driver === 'poller' || name !== 'poller');
+  ctx.log(`scenario ${spec.name}: ${spec.tenants.length} tenant(s) of ${spec.tenants.join('/')} devices, ${spec.driver}, ${spec.mode}, latency ${spec.latencyMs} ms, quotas ${spec.simQuotas ? 'on' : 'off'}`);
+  await ctx.sim.setLatency(spec.latencyMs, spec.jitterMs);
+  await ctx.sim.setQuotas(spec.simQuotas);
+  let pipeline: Pipeline | undefined;
+  let watcher: Awaited<ReturnType<typeof watchSummaries>> | undefined;
+  let sampler: ReturnType<SimulatorProcess['sample']> | undefined;
+  const redis = createRedis({ url: ctx.redisUrl, keyPrefix: redisPrefix }, { connectionName: 'bench' });
+  const producer = ctx.kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner, allowAutoTopicCreation: false });
+  const tenants = spec.tenants.map((size, index) => ({
+    tenantId: `bench-${ctx.runId}-${spec.name}-${index}`,
+    azureTenantId: randomUUID(),
+    clientId: randomUUID(),
+    clientSecret: `bench-secret-${randomUUID()}`,
+    size,
+  }));
+  try {
+    pipeline = await startPipeline(ctx.group, {
+      root: ctx.root,
+      runDir: ctx.runDir,
+      scenario: spec.name,
+      kafkaBrokers: ctx.kafkaBrokers,
+      redisUrl: ctx.redisUrl,
+      topicPrefix,
+      redisPrefix,
+      simBaseUrl: ctx.sim.baseUrl,
+      simCaFile: ctx.sim.caFile,
+      services,
+      extraEnv: spec.extraEnv,
+    });
+    ctx.log(`  services ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    watcher = await watchSummaries(ctx.kafka, topics.vmsRiskSummary, `${topicPrefix}bench-watch`);
+    await producer.connect();
+    for (const [index, tenant] of tenants.entries()) {
+      await ctx.sim.addTenant({ ...tenant, seed: 1_000 + index });
+    }
+    const redisBefore = ctx.privateRedis ? await commandStats(ctx.redisUrl) : {};
+    await ctx.sim.resetStats();
+    sampler = ctx.sim.sample(spec.sampleMs);
+    const cycles = createCycleStore(redis, redisPrefix);
+    const injections: Promise<unknown>[] = [];
+    for (const tenant of tenants) {
+      await pipeline.register(tenant.tenantId, {
+        enabled: true,
+        azureTenantId: tenant.azureTenantId,
+        clientId: tenant.clientId,
+        clientSecret: tenant.clientSecret,
+        pollIntervalMinutes: spec.pollIntervalMinutes,
+      });
+      if (spec.driver === 'inject') {
+        // The vuln-fetcher reads the tenant from Redis and the scorer its profile from urs.tenants: let both land.
+        await sleep(1_500);
+        injections.push(
+          injectCycle({
+            sim: ctx.sim,
+            producer,
+            cycles,
+            topic: topics.deviceBatches,
+            tenantId: tenant.tenantId,
+            azureTenantId: tenant.azureTenantId,
+            devices: tenant.size,
+            mode: spec.mode,
+            cvssThreshold: DEFAULT_PROFILE.operational.criticalCves.cvssThreshold,
+          }),
+        );
+      }
+      if (spec.staggerMs > 0) await sleep(spec.staggerMs);
+    }
+    await Promise.all(injections);
+    const live = pipeline;
+    const summaries = await watcher.waitFor(
+      tenants.map((tenant) => tenant.tenantId),
+      spec.timeoutMs,
+      () => live.crashed(),
+    );
+    await sleep(500);
+    const samples = await sampler.stop();
+    sampler = undefined;
+    const sim = await ctx.sim.stats();
+    const usage: Partial<Record<ServiceName, ProcessUsage>> = {};
+    for (const [name, child] of pipeline.children) {
+      const measured = processUsage(child.pid);
+      if (measured) usage[name] = measured;
+    }
+    const redisCalls = ctx.privateRedis ? diff(await commandStats(ctx.redisUrl), redisBefore) : {};
+    await watcher.close();
+    watcher = undefined;
+    await ctx.group.stop([...pipeline.children.values()]);
+    ctx.log(`  cycles complete after ${((Date.now() - started) / 1000).toFixed(1)} s; reading the topics`);
+    const events = await collect(ctx.kafka, topics, `${topicPrefix}bench-read`);
+    const cycleRecords = tenants.map((tenant) => {
+      const summary = summaries.get(tenant.tenantId) as SummaryRecord;
+      return cycleRecord(tenant, summary, events);
+    });
+    return {
+      spec,
+      topics,
+      cycles: cycleRecords,
+      devices: cycleRecords.reduce((sum, cycle) => sum + cycle.summary.devices.total, 0),
+      sim,
+      samples,
+      usage,
+      kafka: events.totals,
+      redisCalls,
+      deadLetters: events.totals[topics.dlq]?.messages ?? 0,
+      durationMs: Date.now() - started,
+    };
+  } finally {
+    if (sampler) await sampler.stop().catch(() => undefined);
+    await watcher?.close().catch(() => undefined);
+    await producer.disconnect().catch(() => undefined);
+    if (pipeline) await ctx.group.stop([...pipeline.children.values()]);
+    await closeRedis(redis);
+    for (const tenant of tenants) await ctx.sim.call('DELETE', `/_sim/tenants/${tenant.azureTenantId}`).catch(() => undefined);
+    await deleteTopics(ctx.kafka, Object.values(topics)).catch((error: Error) => ctx.log(`  could not delete topics: ${error.message}`));
+    if (ctx.privateRedis) await redisCommand(ctx.redisUrl, 'FLUSHALL').catch(() => undefined);
+    else await deleteKeys(ctx.redisUrl, redisPrefix).catch(() => undefined);
+  }
+}
+
+interface CollectedEvents {
+  totals: Record<string, TopicTotals>;
+  /** Per cycle id: the batch-level events of each topic. */
+  listed: Map<string, { t: number; n: number }[]>;
+  enriched: Map<string, { t: number; n: number; collectedAtMs: number }[]>;
+  scored: Map<string, { t: number; n: number }[]>;
+  /** Per tenant id (the VMS key is `{tenantId}/{deviceId}`): one event per record. */
+  published: Map<string, { t: number; n: number }[]>;
+}
+
+function push<T>(map: Map<string, T[]>, key: string, value: T): void {
+  const list = map.get(key);
+  if (list) list.push(value);
+  else map.set(key, [value]);
+}
+
+async function collect(kafka: Kafka, topics: Topics, groupId: string): Promise<CollectedEvents> {
+  const events: CollectedEvents = { totals: {}, listed: new Map(), enriched: new Map(), scored: new Map(), published: new Map() };
+  events.totals = await readTopics(kafka, Object.values(topics), groupId, (message) => {
+    if (!message.value) return;
+    if (message.topic === topics.vmsRiskScores) {
+      const key = message.key?.toString('utf8') ?? '';
+      push(events.published, key.slice(0, key.indexOf('/')), { t: message.timestampMs, n: 1 });
+      return;
+    }
+    if (message.topic !== topics.deviceBatches && message.topic !== topics.devicesEnriched && message.topic !== topics.deviceScores) return;
+    const value = JSON.parse(message.value.toString('utf8')) as DeviceBatch | EnrichedBatch | ScoreBatch;
+    const event = { t: message.timestampMs, n: value.devices.length };
+    if (message.topic === topics.deviceBatches) push(events.listed, value.cycleId, event);
+    else if (message.topic === topics.deviceScores) push(events.scored, value.cycleId, event);
+    else push(events.enriched, value.cycleId, { ...event, collectedAtMs: Date.parse((value as EnrichedBatch).collectedAt) });
+  });
+  return events;
+}
+
+function cycleRecord(
+  tenant: { tenantId: string; azureTenantId: string; size: number },
+  summary: SummaryRecord,
+  events: CollectedEvents,
+): CycleRecord {
+  const cycleId = summary.value.cycleId;
+  const enriched = events.enriched.get(cycleId) ?? [];
+  const lastCollectedAtMs = enriched.length > 0 ? Math.max(...enriched.map((event) => event.collectedAtMs)) : Date.parse(summary.value.collectedAt ?? '');
+  return {
+    tenantId: tenant.tenantId,
+    azureTenantId: tenant.azureTenantId,
+    fleet: tenant.size,
+    summary: summary.value,
+    summaryAtMs: summary.timestampMs,
+    cycleStartedAtMs: Date.parse(summary.value.cycleStartedAt),
+    lastCollectedAtMs,
+    collectToVmsMs: summary.timestampMs - lastCollectedAtMs,
+    listed: events.listed.get(cycleId) ?? [],
+    enriched: enriched.map(({ t, n }) => ({ t, n })),
+    scored: events.scored.get(cycleId) ?? [],
+    published: events.published.get(tenant.tenantId) ?? [],
+  };
+}
+
+/** The stage spans of a cycle, for the report. */
+export function stageSpans(cycle: CycleRecord): Record<string, ReturnType<typeof span>> {
+  return {
+    list: span(cycle.listed),
+    enrich: span(cycle.enriched),
+    score: span(cycle.scored),
+    publish: span(cycle.published),
+  };
+}
+
+export function curves(cycle: CycleRecord): { enriched: Progress; scored: Progress; published: Progress } {
+  return { enriched: progress(cycle.enriched), scored: progress(cycle.scored), published: progress(cycle.published) };
+}

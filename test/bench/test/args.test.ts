@@ -1,0 +1,27 @@
+import { parseBenchArgs, UsageError } from '../src/args';
+
+describe('parseBenchArgs', () => {
+  it('parseBenchArgs should give the defaults without flags', () => {
+    const options = parseBenchArgs([]);
+    expect(options.sizes).toEqual([1_000, 10_000, 100_000]);
+    expect(options.latencyMs).toBe(50);
+    expect(options.driver).toBe('auto');
+    expect(options.redis).toBe('private');
+  });
+
+  it('parseBenchArgs should read a subset of sizes', () => {
+    expect(parseBenchArgs(['--sizes', '1000,10_000']).sizes).toEqual([1_000, 10_000]);
+  });
+
+  it('parseBenchArgs should refuse bad values naming the flag', () => {
+    expect(() => parseBenchArgs(['--sizes', '1000,abc'])).toThrow(UsageError);
+    expect(() => parseBenchArgs(['--sizes', '1000,abc'])).toThrow(/--sizes/);
+    expect(() => parseBenchArgs(['--driver', 'magic'])).toThrow(/--driver must be one of/);
+    expect(() => parseBenchArgs(['--nope'])).toThrow(UsageError);
+  });
+
+  it('parseBenchArgs should allow 0 to skip a scenario', () => {
+    const options = parseBenchArgs(['--bulk-devices', '0', '--internal-devices', '0', '--cycle-tenants', '0']);
+    expect([options.bulkDevices, options.internalDevices, options.cycleTenants]).toEqual([0, 0, 0]);
+  });
+});

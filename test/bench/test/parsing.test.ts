@@ -1,0 +1,30 @@
+import { parseCommandStats } from '../src/infra';
+import { parseCpuSec, parseStatus } from '../src/procstat';
+import { shortTopic } from '../src/report';
+
+describe('parseCommandStats', () => {
+  it('parseCommandStats should read calls per command', () => {
+    const info = '# Commandstats\r\ncmdstat_get:calls=12,usec=30,usec_per_call=2.50\r\ncmdstat_evalsha:calls=3,usec=9\r\n';
+    expect(parseCommandStats(info)).toEqual({ get: 12, evalsha: 3 });
+  });
+});
+
+describe('parseStatus', () => {
+  it('parseStatus should read peak and current RSS in MB', () => {
+    expect(parseStatus('Name:\tnode\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n')).toEqual({ peakRssMb: 200, rssMb: 100 });
+  });
+});
+
+describe('parseCpuSec', () => {
+  it('parseCpuSec should add user and system ticks after a command name with spaces', () => {
+    const stat = '1234 (node main) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 11 0 100 0 0';
+    expect(parseCpuSec(stat)).toBe(3);
+  });
+});
+
+describe('shortTopic', () => {
+  it('shortTopic should drop the run prefix', () => {
+    expect(shortTopic('bench-abc-fleet-1000-urs.device-batches')).toBe('urs.device-batches');
+    expect(shortTopic('bench-abc-cycles-vms.risk-summary')).toBe('vms.risk-summary');
+  });
+});
