@@ -1,4 +1,4 @@
-import { defenderOverrides, readInt, readOptionalString, readString, secretKeyConfig, type DefenderOverrides, type Env, type SecretKeyConfig } from '@urs/config';
+import { defenderOverrides, readEnum, readInt, readOptionalString, readString, secretKeyConfig, type DefenderOverrides, type Env, type SecretKeyConfig } from '@urs/config';
 
 export interface VulnFetcherConfig {
   /** Consumer group of `urs.device-batches`. Env `URS_CONSUMER_GROUP`, default `{URS_TOPIC_PREFIX}urs.vuln-fetcher`. */
@@ -24,6 +24,17 @@ export interface VulnFetcherConfig {
   bulkClaimMs: number;
   /** How long the bulk summaries of a cycle stay in Redis, ms. Env `URS_BULK_CACHE_TTL_MS`, default 7200000. */
   bulkCacheTtlMs: number;
+  /**
+   * Rows per page of the bulk export, 1–200,000. Env `URS_BULK_PAGE_SIZE`, default 50000 (Microsoft's
+   * default): a bigger page spends fewer calls of the 30/min quota but holds more JSON in memory at once.
+   */
+  bulkPageSize: number;
+  /**
+   * `microsoft`: calls wait for the tenant's API quota, kept in Redis (the default and the only setting for
+   * real tenants). `off`: no quota wait, for a simulator whose quotas are off (benchmarks of the call slots).
+   * Env `URS_DEFENDER_QUOTAS`.
+   */
+  quotas: 'microsoft' | 'off';
 }
 
 export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
@@ -40,5 +51,7 @@ export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
     bulkWaitMs: readInt(env, 'URS_BULK_WAIT_MS', { fallback: 600_000, min: 1_000 }),
     bulkClaimMs: readInt(env, 'URS_BULK_CLAIM_MS', { fallback: 300_000, min: 1_000 }),
     bulkCacheTtlMs: readInt(env, 'URS_BULK_CACHE_TTL_MS', { fallback: 7_200_000, min: 60_000 }),
+    bulkPageSize: readInt(env, 'URS_BULK_PAGE_SIZE', { fallback: 50_000, min: 1, max: 200_000 }),
+    quotas: readEnum(env, 'URS_DEFENDER_QUOTAS', ['microsoft', 'off'] as const, 'microsoft'),
   };
 }

@@ -1,11 +1,12 @@
 import { readFileSync } from 'node:fs';
 import { createConsumerRunner } from '@urs/bus';
-import { createHttpsAgent, createRedisQuotaGate, createSharedLimiter } from '@urs/defender';
+import { createHttpsAgent, createSharedLimiter } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { createSecretSealer } from '@urs/secrets';
 import { createBulkVulnerabilityCache, createTenantStore } from '@urs/store';
 import { vulnFetcherConfig } from './config';
 import { createEnrichHandler } from './handler';
+import { quotaGateFor } from './quota';
 import { createDefenderSources } from './sources';
 
 void runService({
@@ -19,7 +20,8 @@ void runService({
     const sources = createDefenderSources({
       sealer: createSecretSealer(own.secretKeys),
       limiter,
-      quota: createRedisQuotaGate(redis, prefix),
+      quota: quotaGateFor(own.quotas, redis, prefix),
+      bulkPageSize: own.bulkPageSize,
       httpsAgent,
       overrides: own.defender,
       logger,

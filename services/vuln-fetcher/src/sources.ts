@@ -65,6 +65,8 @@ export interface DefenderSourceDeps {
   httpsAgent: Agent;
   overrides: DefenderEndpointOverrides;
   logger: Logger;
+  /** Rows per page of the bulk export; default the client's (50,000). */
+  bulkPageSize?: number;
 }
 
 /**
@@ -108,7 +110,11 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
       );
       const source: VulnerabilitySource = {
         machineVulnerabilities: (machineId, signal) => client.getMachineVulnerabilities(machineId, signal),
-        bulkVulnerabilities: (signal) => client.getVulnerabilitiesByMachine(signal ? { signal } : {}),
+        bulkVulnerabilities: (signal) =>
+          client.getVulnerabilitiesByMachine({
+            ...(signal ? { signal } : {}),
+            ...(deps.bulkPageSize === undefined ? {} : { pageSize: deps.bulkPageSize }),
+          }),
       };
       clients.set(record.tenantId, { revision: record.revision, client, source });
       return source;

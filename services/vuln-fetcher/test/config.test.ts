@@ -1,0 +1,27 @@
+import { ConfigError } from '@urs/config';
+import { vulnFetcherConfig } from '../src/config';
+
+const KEY = Buffer.alloc(32, 7).toString('base64');
+
+describe('vulnFetcherConfig', () => {
+  it('vulnFetcherConfig should keep Microsoft quotas and 50,000-row bulk pages by default', () => {
+    const config = vulnFetcherConfig({ URS_SECRET_KEY: KEY });
+    expect(config.quotas).toBe('microsoft');
+    expect(config.bulkPageSize).toBe(50_000);
+  });
+
+  it('vulnFetcherConfig should read the quota switch and the bulk page size', () => {
+    const config = vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_DEFENDER_QUOTAS: 'off', URS_BULK_PAGE_SIZE: '200000' });
+    expect(config.quotas).toBe('off');
+    expect(config.bulkPageSize).toBe(200_000);
+  });
+
+  it('vulnFetcherConfig should refuse an unknown quota setting naming the variable', () => {
+    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_DEFENDER_QUOTAS: 'none' })).toThrow(ConfigError);
+    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_DEFENDER_QUOTAS: 'none' })).toThrow(/URS_DEFENDER_QUOTAS must be one of microsoft, off/);
+  });
+
+  it('vulnFetcherConfig should refuse a bulk page larger than the API allows', () => {
+    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_BULK_PAGE_SIZE: '200001' })).toThrow(/URS_BULK_PAGE_SIZE must be ≤ 200000/);
+  });
+});
