@@ -18,6 +18,8 @@ export interface PollSchedule {
   notBefore?: number;
   /** Consecutive failed cycles (drives the backoff). */
   failures: number;
+  /** The tenant record's revision the last failed cycle ran with (new settings are tried at once). */
+  failedRevision?: number;
   /** Set while a cycle runs; still set when its lease expired means the holder died mid-cycle. */
   runningCycleId?: string;
 }
@@ -36,7 +38,10 @@ export interface PollScheduleStore {
    * Records a cycle's end, fenced: clears the running cycle, sets the failure count and the backoff
    * (`notBefore` null clears it).
    */
-  end(lease: PollLease, outcome: { failures: number; notBefore: number | null }): Promise<boolean>;
+  end(
+    lease: PollLease,
+    outcome: { failures: number; notBefore: number | null; failedRevision?: number },
+  ): Promise<boolean>;
   /** Forgets a deleted tenant's schedule (a re-registration then polls at once). */
   clear(tenantId: string): Promise<void>;
 }
@@ -104,6 +109,7 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
       if (fields['lastStartedAt'] !== undefined) schedule.lastStartedAt = Number(fields['lastStartedAt']);
       if (fields['notBefore'] !== undefined) schedule.notBefore = Number(fields['notBefore']);
       if (fields['runningCycleId'] !== undefined) schedule.runningCycleId = fields['runningCycleId'];
+      if (fields['failedRevision'] !== undefined) schedule.failedRevision = Number(fields['failedRevision']);
       return schedule;
     },
     begin(lease, cycleId, startedAt) {
@@ -114,6 +120,8 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
       const del = ['runningCycleId'];
       if (outcome.notBefore === null) del.push('notBefore');
       else set['notBefore'] = String(outcome.notBefore);
+      if (outcome.failedRevision === undefined) del.push('failedRevision');
+      else set['failedRevision'] = String(outcome.failedRevision);
       return fencedWrite(lease, set, del);
     },
     async clear(tenantId) {

@@ -6,10 +6,12 @@ import { DefenderErrorCode } from './defender';
  * started, with the interval in force now (a changed interval applies from the next cycle), and not
  * before a backoff's end. A tenant never polled is due at once. A cycle still marked running (under a
  * lease that is now ours) was abandoned by a poller that died or stopped mid-cycle: due at once, so the
- * tenant is not skipped for a whole interval.
+ * tenant is not skipped for a whole interval. After a failure, a record with new settings is due at once.
  */
-export function dueAt(schedule: PollSchedule, intervalMs: number): number {
+export function dueAt(schedule: PollSchedule, intervalMs: number, revision: number): number {
   if (schedule.runningCycleId !== undefined) return 0;
+  // The last cycle failed with other settings (an admin just fixed the secret): try the new ones at once.
+  if (schedule.failures > 0 && schedule.failedRevision !== undefined && schedule.failedRevision !== revision) return 0;
   const next = schedule.lastStartedAt === undefined ? 0 : schedule.lastStartedAt + intervalMs;
   return Math.max(next, schedule.notBefore ?? 0);
 }

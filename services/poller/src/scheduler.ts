@@ -98,7 +98,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       if (!record || !record.enabled || abort.signal.aborted) return;
       const intervalMs = record.defender.pollIntervalMinutes * deps.intervalUnitMs;
       const schedule = await deps.schedules.get(tenantId);
-      const due = dueAt(schedule, intervalMs);
+      const due = dueAt(schedule, intervalMs, record.revision);
       const startedAt = now();
       if (due > startedAt) {
         localDue.set(tenantId, due);
@@ -110,7 +110,9 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       const cycleId = cycleIdOf(tenantId, startedAt);
       if (!(await deps.schedules.begin(lease, cycleId, startedAt))) return;
       localDue.set(tenantId, startedAt + intervalMs);
-      await runUnderLease(record, lease, cycleId, startedAt, intervalMs, schedule.failures, abort);
+      // A failure streak counts only while the settings stay the same.
+      const previousFailures = schedule.failedRevision === record.revision ? schedule.failures : 0;
+      await runUnderLease(record, lease, cycleId, startedAt, intervalMs, previousFailures, abort);
       released = true;
     } finally {
       if (!released) await releaseQuietly(lease);
@@ -184,7 +186,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         maxBackoffMs: deps.maxBackoffMs,
         ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
       });
-      await deps.schedules.end(lease, { failures, notBefore });
+      await deps.schedules.end(lease, { failures, notBefore, failedRevision: record.revision });
       const next = Math.max(nextPollAt, notBefore ?? 0);
       localDue.set(tenantId, next);
       await deps.tenants.updateStatus(tenantId, {

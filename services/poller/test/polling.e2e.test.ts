@@ -1,0 +1,252 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { deleteKeysMatching, waitFor } from '@urs/testkit';
+import { api as call, type ServiceProcess } from './support/services';
+import { buildServices, collectTopics, createTestStack, portFrom, type ReceivedMessage, type TestStack } from './support/stack';
+
+// Registrar and two pollers as separate processes, real Kafka and Redis, Microsoft simulated.
+// One "minute" of pollIntervalMinutes lasts 300 ms here (URS_POLL_INTERVAL_UNIT_MS), so the smallest
+// valid interval, 10 minutes, is 3 s; the lease is 1.5 s.
+const UNIT_MS = 300;
+const INTERVAL_MS = 10 * UNIT_MS;
+const LEASE_MS = 1_500;
+/** Scheduler tick (50 ms), Kafka delivery and process scheduling on a shared 2-core machine. */
+const SLACK_MS = 700;
+
+interface Batch {
+  tenantId: string;
+  cycleId: string;
+  cycleStartedAt: string;
+  batchIndex: number;
+  lastBatch: boolean;
+  totalBatches?: number;
+  totalDevices?: number;
+  vulnerabilityMode: string;
+  cvssThreshold: number;
+  devices: { id: string; mergedIntoMachineId?: string | null }[];
+}
+
+describe('registrar and pollers as processes', () => {
+  let stack: TestStack;
+  let registrar: ServiceProcess;
+  let pollers: ServiceProcess[];
+  let baseUrl: string;
+  let topics: { messages: ReceivedMessage[]; close(): Promise<void> };
+  const answers: string[] = [];
+  const secrets: string[] = [];
+  const measured: Record<string, number[]> = { registrationToFirstBatchMs: [], registrationToCycleStartMs: [] };
+
+  const api = async (method: string, path: string, body?: unknown) => {
+    const answer = await call(baseUrl, stack.apiToken, method, path, body);
+    answers.push(answer.text);
+    return answer;
+  };
+  const batches = (tenantId?: string): (Batch & { receivedAt: number })[] =>
+    topics.messages
+      .filter((m) => m.topic === stack.topic('urs.device-batches') && m.text !== null)
+      .map((m) => ({ ...(JSON.parse(m.text as string) as Batch), receivedAt: m.receivedAt }))
+      .filter((b) => tenantId === undefined || b.tenantId === tenantId);
+  const cycleStarts = (tenantId: string): number[] =>
+    [...new Set(batches(tenantId).map((b) => Date.parse(b.cycleStartedAt)))].sort((a, b) => a - b);
+
+  function microsoftTenant(devices: number): { azureTenantId: string; clientId: string; clientSecret: string } {
+    const tenant = { azureTenantId: randomUUID(), clientId: randomUUID(), clientSecret: `S3cr3t~${randomBytes(12).toString('hex')}` };
+    secrets.push(tenant.clientSecret);
+    stack.sim.addTenant({
+      azureTenantId: tenant.azureTenantId,
+      apps: [{ clientId: tenant.clientId, clientSecret: tenant.clientSecret }],
+      fleet: { size: devices },
+    });
+    return tenant;
+  }
+
+  beforeAll(async () => {
+    buildServices();
+    stack = await createTestStack({ intervalUnitMs: UNIT_MS, leaseMs: LEASE_MS });
+    registrar = await stack.start('registrar');
+    baseUrl = `http://127.0.0.1:${portFrom(registrar.lines, 'REST listening', 'httpPort')}`;
+    pollers = [await stack.start('poller'), await stack.start('poller')];
+    topics = await collectTopics(stack.kafka, [
+      stack.topic('urs.tenants'),
+      stack.topic('urs.device-batches'),
+      stack.topic('urs.dlq'),
+      stack.topic('urs.registration'),
+    ]);
+  });
+
+  afterAll(async () => {
+    process.stdout.write(`registrar/poller measurements: ${JSON.stringify(measured)}\n`);
+    await topics?.close();
+    await stack?.close();
+  });
+
+  it('PUT should register a tenant that is polled within 1 s, its devices in batches of at most 500', async () => {
+    const ms = microsoftTenant(1_203);
+    const put = await api('PUT', '/v1/tenants/acme-a/defender', { enabled: true, ...ms, pollIntervalMinutes: 10 });
+    const answeredAt = Date.now();
+    expect(put.status).toBe(201);
+    expect(put.body.defender).toMatchObject({ clientSecretSet: true, clientSecretKeyId: 'k1', azureTenantId: ms.azureTenantId });
+    expect(put.body.defender.clientSecret).toBeUndefined();
+
+    const last = await waitFor(() => batches('acme-a').find((b) => b.lastBatch), { timeoutMs: 15_000 });
+    const cycle = batches('acme-a').filter((b) => b.cycleId === last.cycleId);
+    const expected = stack.sim.machines(ms.azureTenantId).filter((m) => !m.mergedIntoMachineId).length;
+    expect(last.totalDevices).toBe(expected);
+    expect(last.totalBatches).toBe(Math.ceil(expected / 500));
+    expect(cycle.map((b) => b.batchIndex).sort((a, b) => a - b)).toEqual([...Array(last.totalBatches).keys()]);
+    expect(cycle.every((b) => b.devices.length <= 500 && b.devices.every((d) => !d.mergedIntoMachineId))).toBe(true);
+    expect(cycle.reduce((sum, b) => sum + b.devices.length, 0)).toBe(expected);
+    expect(new Set(cycle.flatMap((b) => b.devices.map((d) => d.id))).size).toBe(expected);
+    expect(cycle.every((b) => b.vulnerabilityMode === 'bulk' && b.cvssThreshold === 9)).toBe(true);
+
+    const first = cycle.reduce((a, b) => (a.receivedAt < b.receivedAt ? a : b));
+    const cycleStartMs = Date.parse(first.cycleStartedAt) - Date.parse(put.body.updatedAt);
+    measured['registrationToCycleStartMs']?.push(cycleStartMs);
+    measured['registrationToFirstBatchMs']?.push(first.receivedAt - answeredAt);
+    expect(cycleStartMs).toBeLessThanOrEqual(1_000);
+
+    const status = await waitFor(async () => {
+      const got = await api('GET', '/v1/tenants/acme-a/defender');
+      return got.body.status?.deviceCount === expected ? got.body.status : undefined;
+    });
+    expect(status).toMatchObject({ state: 'active', vulnerabilityMode: 'bulk', lastCycleId: expect.any(String) });
+    expect(status.note).toMatch(/bulk vulnerability export/);
+    expect(Date.parse(status.nextPollAt)).toBeGreaterThan(Date.parse(status.lastCycleStartedAt));
+  });
+
+  it('a wrong secret should show in the status in actionable words, and a corrected one without re-pasting the rest', async () => {
+    const ms = microsoftTenant(20);
+    const wrong = `Wr0ng~${randomBytes(12).toString('hex')}`;
+    secrets.push(wrong);
+    const put = await api('PUT', '/v1/tenants/acme-b/defender', { enabled: true, ...ms, clientSecret: wrong, pollIntervalMinutes: 10 });
+    expect(put.status).toBe(201);
+    const status = await waitFor(async () => {
+      const got = await api('GET', '/v1/tenants/acme-b/defender');
+      return got.body.status?.lastErrorCode ? got.body.status : undefined;
+    });
+    expect(status.state).toBe('error');
+    expect(status.lastErrorCode).toBe('DEFENDER_INVALID_SECRET');
+    expect(status.lastErrorMessage).toMatch(/secret/i);
+    const test = await api('POST', '/v1/tenants/acme-b/defender/test');
+    expect(test.status).toBe(200);
+    expect(test.body.ok).toBe(false);
+    expect(test.body.verdict).toMatch(/^FAIL: .*secret/i);
+    expect(batches('acme-b')).toHaveLength(0);
+
+    // An update that leaves the secret out keeps the stored one.
+    const interval = await api('PUT', '/v1/tenants/acme-b/defender', {
+      enabled: true,
+      azureTenantId: ms.azureTenantId,
+      clientId: ms.clientId,
+      pollIntervalMinutes: 11,
+    });
+    expect(interval.status).toBe(200);
+    expect(interval.body.defender.pollIntervalMinutes).toBe(11);
+    expect((await api('POST', '/v1/tenants/acme-b/defender/test')).body.ok).toBe(false);
+
+    const fixed = await api('PUT', '/v1/tenants/acme-b/defender', { enabled: true, ...ms, pollIntervalMinutes: 10 });
+    expect(fixed.status).toBe(200);
+    const good = await api('POST', '/v1/tenants/acme-b/defender/test');
+    expect(good.body).toMatchObject({ ok: true, tokenIssued: true, machinesReadable: true });
+    expect(good.body.verdict).toMatch(/^OK/);
+    expect(good.body.roles).toEqual(expect.arrayContaining(['Machine.Read.All']));
+    // The backoff after the failures holds until its end; then the tenant is polled and its error cleared.
+    await waitFor(() => batches('acme-b').find((b) => b.lastBatch), { timeoutMs: 4 * INTERVAL_MS + 5_000 });
+    await waitFor(async () => (await api('GET', '/v1/tenants/acme-b/defender')).body.status?.state === 'active');
+  });
+
+  it('two pollers should never poll the same tenant in the same interval', async () => {
+    for (let i = 0; i < 6; i++) {
+      const ms = microsoftTenant(40);
+      expect((await api('PUT', `/v1/tenants/fleet-${i}/defender`, { enabled: true, ...ms, pollIntervalMinutes: 10 })).status).toBe(201);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 3.5 * INTERVAL_MS));
+    for (let i = 0; i < 6; i++) {
+      const starts = cycleStarts(`fleet-${i}`);
+      expect(starts.length).toBeGreaterThanOrEqual(3);
+      for (let j = 1; j < starts.length; j++) {
+        expect((starts[j] as number) - (starts[j - 1] as number)).toBeGreaterThanOrEqual(INTERVAL_MS);
+      }
+      // Each batch of each cycle exactly once.
+      const keys = batches(`fleet-${i}`).map((b) => `${b.cycleId}/${b.batchIndex}`);
+      expect(new Set(keys).size).toBe(keys.length);
+    }
+    const byPoller = pollers.map((p) => p.lines.filter((line) => line.includes('"message":"cycle listed"')).length);
+    measured['cyclesPerPoller'] = byPoller;
+  });
+
+  it('killing a poller should hand its tenants over within one lease period', async () => {
+    // Slow Microsoft down so that cycles are in flight when the poller dies.
+    stack.sim.setLatency({ meanMs: 250 });
+    await new Promise((resolve) => setTimeout(resolve, INTERVAL_MS));
+    const victim = pollers[0] as ServiceProcess;
+    const killedAt = Date.now();
+    await victim.kill();
+    const tenantIds = [...Array(6).keys()].map((i) => `fleet-${i}`).concat('acme-a');
+    const lastBefore = new Map(tenantIds.map((id) => [id, Math.max(...cycleStarts(id).filter((s) => s < killedAt))]));
+    await new Promise((resolve) => setTimeout(resolve, INTERVAL_MS + LEASE_MS + 2_000));
+    const handover: number[] = [];
+    for (const tenantId of tenantIds) {
+      const next = cycleStarts(tenantId).find((s) => s > killedAt);
+      expect(next).toBeDefined();
+      const due = Math.max((lastBefore.get(tenantId) as number) + INTERVAL_MS, killedAt);
+      handover.push((next as number) - due);
+      expect(next as number).toBeLessThanOrEqual(Math.max(due, killedAt + LEASE_MS) + SLACK_MS);
+    }
+    measured['lateAfterKillMs'] = handover;
+    stack.sim.setLatency({ meanMs: 0 });
+  });
+
+  it('DELETE and disabling should stop polling', async () => {
+    expect((await api('DELETE', '/v1/tenants/fleet-0/defender')).status).toBe(204);
+    const deletedAt = Date.now();
+    const current = await api('GET', '/v1/tenants/fleet-1/defender');
+    const { clientSecretSet: _set, clientSecretKeyId: _key, ...settings } = current.body.defender;
+    const disable = await api('PUT', '/v1/tenants/fleet-1/defender', { ...settings, enabled: false });
+    expect(disable.status).toBe(200);
+    expect(disable.body).toMatchObject({ enabled: false, disabledReason: 'disabled by an administrator' });
+    const disabledAt = Date.now();
+    expect((await api('GET', '/v1/tenants/fleet-0/defender')).status).toBe(404);
+    await new Promise((resolve) => setTimeout(resolve, 2 * INTERVAL_MS));
+    expect(cycleStarts('fleet-0').filter((s) => s > deletedAt + SLACK_MS)).toEqual([]);
+    expect(cycleStarts('fleet-1').filter((s) => s > disabledAt + SLACK_MS)).toEqual([]);
+    expect(cycleStarts('fleet-2').filter((s) => s > disabledAt).length).toBeGreaterThanOrEqual(1);
+  });
+
+  it('a Redis wiped while running should get its tenants back from urs.tenants and polling should resume', async () => {
+    const before = (await api('GET', '/v1/tenants/acme-a/defender')).body;
+    const wipedAt = Date.now();
+    // Every key under URS_REDIS_PREFIX. (Bottleneck's own keys, `b_<prefix>…`, are left: its recovery from a
+    // wiped settings key does not recognise Redis 7's "ERR "-prefixed script errors; see the limiter.)
+    const deleted = await deleteKeysMatching(stack.redis.client, `${stack.redis.prefix}*`);
+    expect(deleted).toBeGreaterThan(0);
+    await registrar.waitForLine((line) => line.includes('tenants rebuilt from urs.tenants') && Date.parse(JSON.parse(line).time) > wipedAt, 15_000);
+    const after = await api('GET', '/v1/tenants/acme-a/defender');
+    expect(after.status).toBe(200);
+    expect(after.body.revision).toBe(before.revision);
+    expect(after.body.defender).toEqual(before.defender);
+    expect((await api('GET', '/v1/tenants/fleet-0/defender')).status).toBe(404);
+    expect((await api('GET', '/v1/tenants/fleet-1/defender')).body.enabled).toBe(false);
+    await waitFor(() => batches('acme-a').find((b) => b.lastBatch && Date.parse(b.cycleStartedAt) > wipedAt), {
+      timeoutMs: 2 * INTERVAL_MS + 5_000,
+    });
+    await waitFor(async () => (await api('GET', '/v1/tenants/acme-a/defender')).body.status?.deviceCount > 0);
+  });
+
+  it('the client secret should appear in no log line, no topic but urs.tenants (sealed), no REST answer, no metric', async () => {
+    const metrics: string[] = [];
+    for (const service of [registrar, pollers[1] as ServiceProcess]) {
+      const port = portFrom(service.lines, 'started', 'metricsPort');
+      metrics.push(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text());
+    }
+    expect(metrics.join('\n')).toMatch(/urs_poll_cycles_total/);
+    const logs = stack.processes.flatMap((p) => p.lines);
+    expect(logs.length).toBeGreaterThan(50);
+    const sealed = topics.messages.filter((m) => m.topic === stack.topic('urs.tenants') && m.text !== null);
+    expect(sealed.length).toBeGreaterThan(0);
+    expect(sealed.every((m) => (m.text as string).includes('"ciphertext"'))).toBe(true);
+    const everything = [...logs, ...answers, ...metrics, ...topics.messages.map((m) => m.text ?? '')];
+    for (const secret of secrets) {
+      expect(everything.filter((text) => text.includes(secret))).toEqual([]);
+    }
+  });
+});
