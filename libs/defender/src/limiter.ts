@@ -51,8 +51,8 @@ function wrap(limiter: Bottleneck, jobExpirationMs: number, release: () => Promi
 export async function createSharedLimiter(options: SharedLimiterOptions): Promise<CallLimiter> {
   const maxConcurrent = options.maxConcurrent ?? 10;
   const jobExpirationMs = options.jobExpirationMs ?? 60_000;
-  const client = options.redis.duplicate();
-  if (client.status === 'wait') await client.connect();
+  // Not lazy: Bottleneck duplicates this client again for pub/sub and waits for both to be ready.
+  const client = options.redis.duplicate({ lazyConnect: false });
   const connection = new Bottleneck.IORedisConnection({ client });
   connection.on('error', (error: Error) => options.logger.error('defender limiter: Redis connection error', { error: error.message }));
   const limiter = new Bottleneck({

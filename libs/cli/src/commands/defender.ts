@@ -166,8 +166,8 @@ async function devices(client: DefenderClient, options: Options, io: CommandIo, 
       if (!(error instanceof DefenderError)) throw error;
       if (error.code === DefenderErrorCode.CONSENT_MISSING || error.code === DefenderErrorCode.UNAUTHORIZED) {
         // The same answer would come for every device: say it once and stop asking.
+        if (!perDeviceStopped) note(`vulnerabilities unavailable for every device: ${error.message}`);
         perDeviceStopped = error;
-        note(`vulnerabilities unavailable for every device: ${error.message}`);
       } else {
         note(`vulnerabilities of ${machine.record.id} unavailable: ${error.message}`);
       }

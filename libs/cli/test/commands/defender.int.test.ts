@@ -1,0 +1,67 @@
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import { type Simulator, startSimulator } from '@urs/simulator';
+import { type TestRedis, createTestRedis, testInfra } from '@urs/testkit';
+import { defenderCommand } from '../../src/commands/defender';
+
+describe('urs defender with Redis', () => {
+  let sim: Simulator;
+  let redis: TestRedis;
+  let dir: string;
+
+  beforeAll(async () => {
+    sim = await startSimulator({ quotas: false });
+    redis = createTestRedis();
+    dir = mkdtempSync(join(tmpdir(), 'urs-cli-defender-'));
+  });
+
+  afterAll(async () => {
+    await sim.close();
+    await redis.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('defenderCommand should share the pipeline’s limiter and quota through Redis under its prefix', async () => {
+    const app = { azureTenantId: randomUUID(), clientId: randomUUID(), clientSecret: `Qx9~${randomUUID()}` };
+    sim.addTenant({ azureTenantId: app.azureTenantId, apps: [app], fleet: { size: 12, seed: 4 } });
+    const secretFile = join(dir, 'secret');
+    writeFileSync(secretFile, app.clientSecret);
+    const stdout = new PassThrough();
+    const stderr = new PassThrough();
+    const out: string[] = [];
+    const err: string[] = [];
+    stdout.on('data', (c: Buffer) => out.push(c.toString()));
+    stderr.on('data', (c: Buffer) => err.push(c.toString()));
+    const code = await defenderCommand(
+      ['devices', '--azure-tenant-id', app.azureTenantId, '--client-id', app.clientId, '--client-secret-file', secretFile, '--with-vulnerabilities', '--vulnerabilities-mode', 'per-device'],
+      {
+        stdin: Readable.from([]),
+        stdout,
+        stderr,
+        env: {
+          URS_DEFENDER_AUTHORITY_HOST: sim.baseUrl,
+          URS_DEFENDER_API_BASE: sim.baseUrl,
+          URS_DEFENDER_CA_FILE: sim.caFile,
+          REDIS_URL: testInfra().redisUrl,
+          URS_REDIS_PREFIX: redis.prefix,
+        },
+      },
+    );
+    expect(code).toBe(0);
+    expect(err.join('')).not.toContain('not reachable');
+    const records = out.join('').trim().split('\n').map((l) => JSON.parse(l) as { vulnerabilities: unknown });
+    expect(records.length).toBeGreaterThan(0);
+    expect(records.every((r) => Array.isArray(r.vulnerabilities))).toBe(true);
+    const keys = await redis.client.keys(`*${redis.prefix}*`);
+    expect(keys).toEqual(
+      expect.arrayContaining([
+        `${redis.prefix}defender:quota:${app.azureTenantId}:machines:60000`,
+        `${redis.prefix}defender:quota:${app.azureTenantId}:vulnerabilities:60000`,
+        `b_${redis.prefix}defender-api_settings`,
+      ]),
+    );
+  });
+});

@@ -1,0 +1,187 @@
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import { type Simulator, startSimulator } from '@urs/simulator';
+import type { CommandIo } from '../../src/command';
+import { defenderCommand } from '../../src/commands/defender';
+import { scoreCommand } from '../../src/commands/score';
+
+interface App {
+  azureTenantId: string;
+  clientId: string;
+  clientSecret: string;
+}
+
+let sim: Simulator;
+let dir: string;
+let app: App;
+let machineOnly: App;
+/** Devices neither merged nor excluded: what `devices` writes by default. */
+let scorable: number;
+
+function newApp(azureTenantId: string = randomUUID()): App {
+  return { azureTenantId, clientId: randomUUID(), clientSecret: `Qx9~${randomUUID().replace(/-/g, '')}` };
+}
+
+function secretFile(secret: string): string {
+  const file = join(dir, `${randomUUID()}.secret`);
+  writeFileSync(file, `${secret}\n`);
+  return file;
+}
+
+function args(action: string, from: App, ...more: string[]): string[] {
+  return [action, '--azure-tenant-id', from.azureTenantId, '--client-id', from.clientId, '--client-secret-file', secretFile(from.clientSecret), ...more];
+}
+
+async function run(
+  argv: string[],
+  env: NodeJS.ProcessEnv = {},
+  command = defenderCommand,
+  stdin: NodeJS.ReadableStream = Readable.from([]),
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const stdout = new PassThrough();
+  const stderr = new PassThrough();
+  const out: string[] = [];
+  const err: string[] = [];
+  stdout.on('data', (c: Buffer) => out.push(c.toString()));
+  stderr.on('data', (c: Buffer) => err.push(c.toString()));
+  const io: CommandIo = {
+    stdin,
+    stdout,
+    stderr,
+    env: {
+      URS_DEFENDER_AUTHORITY_HOST: sim.baseUrl,
+      URS_DEFENDER_API_BASE: sim.baseUrl,
+      URS_DEFENDER_CA_FILE: sim.caFile,
+      ...env,
+    },
+  };
+  const code = await command(argv, io);
+  return { code, stdout: out.join(''), stderr: err.join('') };
+}
+
+function lines(text: string): Record<string, unknown>[] {
+  return text
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+beforeAll(async () => {
+  sim = await startSimulator({ quotas: false });
+  dir = mkdtempSync(join(tmpdir(), 'urs-cli-defender-'));
+  app = newApp();
+  machineOnly = newApp(app.azureTenantId);
+  sim.addTenant({
+    azureTenantId: app.azureTenantId,
+    apps: [app, { ...machineOnly, roles: ['Machine.Read.All'] }],
+    fleet: { size: 30, seed: 21 },
+  });
+  const ids = sim.machines(app.azureTenantId).map((m) => m.id);
+  sim.updateMachine(app.azureTenantId, ids[0] as string, { isExcluded: true });
+  scorable = sim.machines(app.azureTenantId).filter((m) => !m.isExcluded && !m.mergedIntoMachineId).length;
+  expect(scorable).toBeLessThan(30);
+});
+
+afterAll(async () => {
+  await sim.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('urs defender devices', () => {
+  it('defenderCommand should write every scorable device as an NDJSON machine record', async () => {
+    const result = await run(args('devices', app, '--page-size', '7', '--no-redis'));
+    expect(result.code).toBe(0);
+    const records = lines(result.stdout);
+    const expected = sim.machines(app.azureTenantId).filter((m) => !m.isExcluded && !m.mergedIntoMachineId);
+    expect(records.map((r) => r.id).sort()).toEqual(expected.map((m) => m.id).sort());
+    expect(records.every((r) => !('vulnerabilities' in r))).toBe(true);
+    expect(result.stderr).toContain(`done: ${scorable} devices written, ${30 - scorable} merged/excluded skipped, 0 invalid records skipped`);
+  });
+
+  it('defenderCommand should include merged and excluded devices with --include-flagged', async () => {
+    const result = await run(args('devices', app, '--include-flagged', '--no-redis'));
+    expect(lines(result.stdout).length).toBe(30);
+  });
+
+  it.each(['per-device', 'bulk'])('defenderCommand should add each device’s vulnerabilities (%s)', async (mode) => {
+    const result = await run(args('devices', app, '--with-vulnerabilities', '--vulnerabilities-mode', mode, '--no-redis'));
+    expect(result.code).toBe(0);
+    for (const record of lines(result.stdout)) {
+      const expected = [...new Set(sim.vulnerabilities(app.azureTenantId, record.id as string).map((v) => v.id))].sort();
+      expect((record.vulnerabilities as { id: string }[]).map((v) => v.id).sort()).toEqual(expected);
+    }
+  });
+
+  it('defenderCommand should write null vulnerabilities, once explained, when consent for them is missing', async () => {
+    const result = await run(args('devices', machineOnly, '--with-vulnerabilities', '--vulnerabilities-mode', 'per-device', '--no-redis'));
+    expect(result.code).toBe(0);
+    const records = lines(result.stdout);
+    expect(records.length).toBe(scorable);
+    expect(records.every((r) => r.vulnerabilities === null)).toBe(true);
+    expect(result.stderr.match(/vulnerabilities unavailable for every device: .*Vulnerability\.Read\.All/g)).toHaveLength(1);
+  });
+
+  it('defenderCommand should exit 1 with the typed error’s message, and never the secret, when sign-in fails', async () => {
+    const wrong = { ...app, clientSecret: 'totally-wrong-secret-value-42' };
+    const result = await run(args('devices', wrong, '--no-redis'));
+    expect(result.code).toBe(1);
+    expect(result.stdout).toBe('');
+    expect(result.stderr).toContain("Paste the secret's Value, not its ID");
+    expect(result.stderr).toContain('[DEFENDER_INVALID_SECRET]');
+    expect(result.stderr).not.toContain(wrong.clientSecret);
+  });
+
+  it('defenderCommand output should pipe straight into urs score', async () => {
+    const devices = await run(args('devices', app, '--with-vulnerabilities', '--no-redis'));
+    const scored = await run([], {}, scoreCommand, Readable.from([devices.stdout]));
+    expect(scored.code).toBe(0);
+    const results = lines(scored.stdout);
+    expect(results.length).toBe(scorable);
+    expect(results.every((r) => typeof r.score === 'number' && typeof r.band === 'string')).toBe(true);
+  });
+
+  it('defenderCommand should fall back to an in-process limiter when Redis is not reachable', async () => {
+    const result = await run(args('devices', app), { REDIS_URL: 'redis://127.0.0.1:1' });
+    expect(result.code).toBe(0);
+    expect(result.stderr).toContain('is not reachable: using an in-process limiter and quota');
+    expect(lines(result.stdout).length).toBe(scorable);
+  });
+});
+
+describe('urs defender check', () => {
+  it('defenderCommand check should print one OK line when credentials and consent work', async () => {
+    const result = await run(args('check', app, '--no-redis'));
+    expect(result.code).toBe(0);
+    expect(result.stdout).toBe('OK: credentials and consent work; the token carries Machine.Read.All, Vulnerability.Read.All, Alert.Read.All.\n');
+  });
+
+  it('defenderCommand check should print one FAIL line naming the missing permissions', async () => {
+    const result = await run(args('check', machineOnly, '--no-redis'));
+    expect(result.code).toBe(1);
+    expect(result.stdout.trim().split('\n')).toHaveLength(1);
+    expect(result.stdout).toMatch(/^FAIL: credentials work, but the token lacks Vulnerability\.Read\.All, Alert\.Read\.All/);
+  });
+});
+
+describe('urs defender usage', () => {
+  it('defenderCommand should exit 2 naming a missing option', async () => {
+    const result = await run(['devices', '--azure-tenant-id', 'x', '--client-secret-file', secretFile('s')]);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('--client-id is required');
+  });
+
+  it('defenderCommand should exit 1 naming the field for an unknown cloud', async () => {
+    const result = await run(args('devices', app, '--cloud', 'mars', '--no-redis'));
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain('cloud must be one of commercial, gcc, gcc-high, dod');
+  });
+
+  it('defenderCommand should exit 2 for a page size above 10,000', async () => {
+    const result = await run(args('devices', app, '--page-size', '20000'));
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('--page-size must be a whole number from 1 to 10000');
+  });
+});
