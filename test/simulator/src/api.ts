@@ -23,6 +23,11 @@ export interface SimulatorOptions {
   quotas?: boolean;
   /** Seed of fault rolls and latency jitter (fleets have their own seeds). Default 1. */
   seed?: number;
+  /**
+   * Generated device records kept serialised across all tenants, to make repeated listings cheap
+   * (~1.3 KB of memory each). Default 250,000; 0 disables the cache.
+   */
+  recordCacheSize?: number;
 }
 
 export interface Simulator {

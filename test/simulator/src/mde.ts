@@ -95,7 +95,7 @@ export function listMachines(
   if (fleet.size() === 0) return mdeError(404, 'ResourceNotFound', 'No machines were found for the tenant.');
   const pageSize = window.top ?? MAX_TOP;
   const filterText = query.get('$filter');
-  let page: MachineRecord[];
+  let page: string[];
   let more: boolean;
   if (filterText) {
     let predicate;
@@ -115,19 +115,21 @@ export function listMachines(
       if (matched++ >= window.skip) matches.push(record);
     }
     more = matches.length > pageSize;
-    page = matches.slice(0, pageSize);
+    page = matches.slice(0, pageSize).map((record) => JSON.stringify(record));
   } else {
-    page = fleet.slice(window.skip, pageSize);
+    page = fleet.sliceJson(window.skip, pageSize);
     more = window.skip + pageSize < fleet.size();
   }
   if (shortPage && more && page.length > 1) page = page.slice(0, Math.ceil(page.length / 2));
-  const body: Record<string, unknown> = { '@odata.context': `${base}/api/$metadata#Machines`, value: page };
+  let nextLink = '';
   if (window.top === undefined && more) {
     const next = new URLSearchParams(query);
     next.set('$skip', String(window.skip + pageSize));
-    body['@odata.nextLink'] = `${base}/api/machines?${next.toString()}`;
+    nextLink = `,"@odata.nextLink":${JSON.stringify(`${base}/api/machines?${next.toString()}`)}`;
   }
-  return { status: 200, body };
+  // Built by string joins: records are serialised (and cached) one by one, never as a whole page.
+  const raw = `{"@odata.context":${JSON.stringify(`${base}/api/$metadata#Machines`)},"value":[${page.join(',')}]${nextLink}}`;
+  return { status: 200, body: undefined, raw };
 }
 
 export function getMachine(base: string, tenant: TenantState, id: string): Reply {

@@ -35,6 +35,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
 
   const signer = new TokenSigner();
   const tenants = new Map<string, TenantState>();
+  const cacheBudget = { remaining: options.recordCacheSize ?? 250_000 };
   const faults = new Map<string, FaultSpec>();
   const rng = new Rng(options.seed ?? 1, 0xfa017);
   let latency = validateLatency(options.latency ?? { meanMs: 0 });
@@ -311,11 +312,15 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     caPem: tls.caPem,
     caFile,
     addTenant(spec) {
-      const tenant = createTenant(spec, Date.now());
+      const tenant = createTenant(spec, Date.now(), cacheBudget);
       if (tenants.has(tenant.id)) throw new Error(`tenant '${spec.azureTenantId}' already exists`);
       tenants.set(tenant.id, tenant);
     },
-    removeTenant: (id) => tenants.delete(id.toLowerCase()),
+    removeTenant(id) {
+      const tenant = tenants.get(id.toLowerCase());
+      tenant?.fleet.dispose();
+      return tenants.delete(id.toLowerCase());
+    },
     setFaults(id, spec) {
       const valid = validateFaults(spec);
       faults.set(id === WILDCARD ? WILDCARD : id.toLowerCase(), valid);

@@ -1,4 +1,4 @@
-import { Fleet, type FleetSpec } from './fleet';
+import { Fleet, type FleetSpec, type JsonCacheBudget } from './fleet';
 import { MDE_QUOTAS, SlidingWindow, type QuotaKind } from './quota';
 import type { MachineRecord } from './types';
 
@@ -72,7 +72,7 @@ export function validateFaults(faults: FaultSpec): FaultSpec {
   return out;
 }
 
-export function createTenant(spec: TenantSpec, epochMs: number): TenantState {
+export function createTenant(spec: TenantSpec, epochMs: number, budget?: JsonCacheBudget): TenantState {
   if (typeof spec.azureTenantId !== 'string' || spec.azureTenantId.length === 0)
     throw new Error('azureTenantId must be a non-empty string');
   if (!Array.isArray(spec.apps)) throw new Error('apps must be an array');
@@ -92,7 +92,7 @@ export function createTenant(spec: TenantSpec, epochMs: number): TenantState {
   return {
     id: spec.azureTenantId.toLowerCase(),
     apps,
-    fleet: new Fleet(spec.azureTenantId.toLowerCase(), spec.fleet, spec.machines, epochMs),
+    fleet: new Fleet(spec.azureTenantId.toLowerCase(), spec.fleet, spec.machines, epochMs, budget),
     defenderProvisioned: spec.defenderProvisioned ?? true,
     quotas: new Map(
       Object.entries(MDE_QUOTAS).map(([kind, limit]) => [kind as QuotaKind, new SlidingWindow(limit)]),

@@ -75,4 +75,25 @@ describe('Fleet', () => {
     expect(fleet.at(fleet.size() - 1)).toEqual(explicit);
     expect(() => fleet.addRecord({ id: 'bad' })).toThrow('machine id must be 40 hex characters');
   });
+
+  test('jsonAt should serve cached JSON within the budget and never a stale record after a change', () => {
+    const budget = { remaining: 5 };
+    const fleet = new Fleet('tenant-d', { size: 8, seed: 2 }, undefined, EPOCH, budget);
+    const pages = fleet.sliceJson(0, 8);
+    expect(pages.map((j) => JSON.parse(j) as unknown)).toEqual(JSON.parse(JSON.stringify(fleet.all())));
+    expect(budget.remaining).toBe(0);
+    const id = fleet.at(1)?.id as string;
+    fleet.update(id, { riskScore: 'High', healthStatus: 'Inactive' });
+    expect(budget.remaining).toBe(1);
+    expect(JSON.parse(fleet.jsonAt(1) as string)).toMatchObject({
+      id,
+      riskScore: 'High',
+      healthStatus: 'Inactive',
+    });
+    fleet.remove(fleet.at(0)?.id as string);
+    expect(budget.remaining).toBe(2);
+    expect(JSON.parse(fleet.jsonAt(0) as string)).toMatchObject({ id, riskScore: 'High' });
+    fleet.dispose();
+    expect(budget.remaining).toBe(5);
+  });
 });
