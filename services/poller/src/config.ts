@@ -34,6 +34,11 @@ export interface PollerConfig {
   batchSize: number;
   /** This replica's id (lease holder, consumer group). Env `URS_INSTANCE_ID`, default `poller-<pid>`. */
   instanceId: string;
+  /**
+   * Start of this replica's own consumer group of `urs.tenants` (the replica's id is appended). Env
+   * `URS_CONSUMER_GROUP`, default `{URS_TOPIC_PREFIX}urs.poller.tenants`.
+   */
+  groupPrefix: string;
   secretKeys: SecretKeyConfig;
   defender: DefenderOverrides;
 }
@@ -49,6 +54,7 @@ export function pollerConfig(env: Env): PollerConfig {
     maxBackoffMs: readInt(env, 'URS_POLL_MAX_BACKOFF_MS', { fallback: 86_400_000, min: 1_000 }),
     batchSize: readInt(env, 'URS_POLL_BATCH_SIZE', { fallback: 500, min: 1, max: 500 }),
     instanceId: readString(env, 'URS_INSTANCE_ID', `poller-${process.pid}`),
+    groupPrefix: readString(env, 'URS_CONSUMER_GROUP', `${readString(env, 'URS_TOPIC_PREFIX', '')}urs.poller.tenants`),
     secretKeys: secretKeyConfig(env),
     defender: defenderOverrides(env),
   };

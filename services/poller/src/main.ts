@@ -51,7 +51,7 @@ void runService({
     } finally {
       await admin.disconnect();
     }
-    const groupId = `poller-tenants-${holderId}`;
+    const groupId = `${settings.groupPrefix}.${holderId}`;
     const runner = createConsumerRunner({
       kafka,
       service: 'poller',

@@ -24,7 +24,7 @@ export interface RegistrarConfig {
   rebuildCheckMs: number;
   /** Longest wait of the `/defender/test` check, in milliseconds. Env `URS_ACCESS_TEST_TIMEOUT_MS`, default 30000. */
   accessTestTimeoutMs: number;
-  /** Consumer group of the Director pushes. Env `URS_REGISTRAR_GROUP_ID`, default `registrar`. */
+  /** Consumer group of the Director pushes. Env `URS_CONSUMER_GROUP`, default `{URS_TOPIC_PREFIX}urs.registrar`. */
   groupId: string;
   secretKeys: SecretKeyConfig;
   defender: DefenderOverrides;
@@ -42,7 +42,7 @@ export function registrarConfig(env: Env): RegistrarConfig {
     maxBodyBytes: readInt(env, 'URS_HTTP_MAX_BODY_BYTES', { fallback: 64 * 1024, min: 1024, max: 16 * 1024 * 1024 }),
     rebuildCheckMs: readInt(env, 'URS_REBUILD_CHECK_MS', { fallback: 5_000, min: 100 }),
     accessTestTimeoutMs: readInt(env, 'URS_ACCESS_TEST_TIMEOUT_MS', { fallback: 30_000, min: 1_000 }),
-    groupId: readString(env, 'URS_REGISTRAR_GROUP_ID', 'registrar'),
+    groupId: readString(env, 'URS_CONSUMER_GROUP', `${readString(env, 'URS_TOPIC_PREFIX', '')}urs.registrar`),
     secretKeys: secretKeyConfig(env),
     defender: defenderOverrides(env),
   };

@@ -30,7 +30,7 @@ void runService({
       logger,
     });
     const rebuilder = createTenantRebuilder({
-      readLog: () => readTenantLog(kafka, config.topics.tenants, logger),
+      readLog: () => readTenantLog(kafka, config.topics.tenants, settings.groupId, logger),
       tenants,
       state,
       logger,

@@ -14,10 +14,16 @@ export type TenantLogEntry = { tenantId: string; record: TenantRecord } | { tena
  * consumer group of its own (KafkaJS has no manual assignment), which is deleted afterwards. Returns
  * the last entry per key.
  */
-export async function readTenantLog(kafka: Kafka, topic: string, logger: Logger, timeoutMs = 120_000): Promise<TenantLogEntry[]> {
+export async function readTenantLog(
+  kafka: Kafka,
+  topic: string,
+  groupPrefix: string,
+  logger: Logger,
+  timeoutMs = 120_000,
+): Promise<TenantLogEntry[]> {
   const admin = kafka.admin();
   await admin.connect();
-  const groupId = `registrar-rebuild-${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
+  const groupId = `${groupPrefix}.rebuild.${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
   try {
     const offsets = await admin.fetchTopicOffsets(topic);
     const pending = new Set(offsets.filter((o) => BigInt(o.high) > BigInt(o.low)).map((o) => o.partition));
