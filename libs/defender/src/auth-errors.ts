@@ -20,7 +20,9 @@ interface AuthFailure {
 
 function readFailure(error: unknown): AuthFailure {
   const e = (typeof error === 'object' && error !== null ? error : {}) as Record<string, unknown>;
-  const response = (typeof e.errorResponse === 'object' && e.errorResponse !== null ? e.errorResponse : {}) as Record<string, unknown>;
+  const response = (
+    typeof e.errorResponse === 'object' && e.errorResponse !== null ? e.errorResponse : {}
+  ) as Record<string, unknown>;
   const message = typeof e.message === 'string' ? e.message : String(error);
   const description = typeof response.errorDescription === 'string' ? response.errorDescription : message;
   const codes = new Set<number>();
@@ -31,7 +33,11 @@ function readFailure(error: unknown): AuthFailure {
   for (const text of [description, message]) {
     for (const match of text.matchAll(/AADSTS(\d{4,7})/g)) codes.add(Number(match[1]));
   }
-  const failure: AuthFailure = { aadsts: [...codes], description, name: typeof e.name === 'string' ? e.name : 'Error' };
+  const failure: AuthFailure = {
+    aadsts: [...codes],
+    description,
+    name: typeof e.name === 'string' ? e.name : 'Error',
+  };
   if (typeof response.error === 'string') failure.error = response.error;
   if (typeof e.statusCode === 'number') failure.status = e.statusCode;
   if (typeof response.correlationId === 'string') failure.correlationId = response.correlationId;
@@ -41,7 +47,8 @@ function readFailure(error: unknown): AuthFailure {
   return failure;
 }
 
-const NETWORK_HINT = /ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|EAI_AGAIN|socket hang up|network|certificate|self[- ]signed|UNABLE_TO_VERIFY/i;
+const NETWORK_HINT =
+  /ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|EAI_AGAIN|socket hang up|network|certificate|self[- ]signed|UNABLE_TO_VERIFY/i;
 
 /**
  * Turns whatever @azure/identity threw into a DefenderError an administrator can act on. Entra's AADSTS
@@ -52,7 +59,9 @@ const NETWORK_HINT = /ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|EAI_AGAIN|sock
 export function mapAuthError(error: unknown, app: AppIdentity): DefenderError {
   if (error instanceof DefenderError) return error;
   const failure = readFailure(error);
-  const scrubbed = (scrubSecret(failure.description, app.clientSecret).split(/\r?\n/)[0] ?? '').trim().slice(0, 300);
+  const scrubbed = (scrubSecret(failure.description, app.clientSecret).split(/\r?\n/)[0] ?? '')
+    .trim()
+    .slice(0, 300);
   const details: Record<string, unknown> = {
     azureTenantId: app.azureTenantId,
     clientId: app.clientId,
@@ -88,7 +97,12 @@ export function mapAuthError(error: unknown, app: AppIdentity): DefenderError {
       { details },
     );
   }
-  if (has(90002) || has(900023) || failure.error === 'invalid_tenant' || failure.name === 'CredentialUnavailableError') {
+  if (
+    has(90002) ||
+    has(900023) ||
+    failure.error === 'invalid_tenant' ||
+    failure.name === 'CredentialUnavailableError'
+  ) {
     return new DefenderError(
       DefenderErrorCode.UNKNOWN_TENANT,
       `Entra ID does not know tenant ${app.azureTenantId} (AADSTS90002). Check the Directory (tenant) ID and the tenant's cloud.`,

@@ -5,7 +5,13 @@ import { type DefenderEndpointOverrides, type DefenderEndpoints, resolveEndpoint
 import { DefenderError } from './errors';
 import { createApiCaller } from './http';
 import type { CallLimiter } from './limiter';
-import { type InvalidRecord, type ListMachinesOptions, type Machine, type MachinePage, walkMachines } from './machines';
+import {
+  type InvalidRecord,
+  type ListMachinesOptions,
+  type Machine,
+  type MachinePage,
+  walkMachines,
+} from './machines';
 import type { QuotaGate } from './quota';
 import type { Vulnerability } from './schema';
 import { createHttpsAgent } from './tls';
@@ -141,7 +147,8 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
       const token = await tokens.getToken(signal);
       report.tokenIssued = true;
       report.roles = decodeTokenClaims(token.token)?.roles ?? [];
-      for (const permission of REQUIRED_PERMISSIONS) report.permissions[permission] = grants(report.roles, permission);
+      for (const permission of REQUIRED_PERMISSIONS)
+        report.permissions[permission] = grants(report.roles, permission);
       await api.get('machines', '/api/machines', { $top: 1 }, signal);
       report.machinesReadable = true;
     } catch (error) {
@@ -171,7 +178,8 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
       for await (const page of walkMachines(walkDeps, options)) all.push(...page.machines);
       return all;
     },
-    getMachineVulnerabilities: (machineId, signal) => fetchMachineVulnerabilities(walkDeps, machineId, signal),
+    getMachineVulnerabilities: (machineId, signal) =>
+      fetchMachineVulnerabilities(walkDeps, machineId, signal),
     listVulnerabilitiesByMachinePages: (options) => walkVulnerabilitiesByMachine(walkDeps, options),
     async getVulnerabilitiesByMachine(options) {
       const merged = new Map<string, Vulnerability[]>();
@@ -200,4 +208,3 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
     },
   };
 }
-

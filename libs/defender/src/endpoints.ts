@@ -89,7 +89,10 @@ function httpsUrl(field: string, value: string): string {
     throw new DefenderError(DefenderErrorCode.INVALID_CONFIG, `${field} must be an absolute https URL`);
   }
   if (parsed.protocol !== 'https:') {
-    throw new DefenderError(DefenderErrorCode.INVALID_CONFIG, `${field} must use https (Entra ID refuses other schemes)`);
+    throw new DefenderError(
+      DefenderErrorCode.INVALID_CONFIG,
+      `${field} must use https (Entra ID refuses other schemes)`,
+    );
   }
   return trimSlash(value);
 }
@@ -106,16 +109,24 @@ export function resolveEndpoints(
 ): DefenderEndpoints {
   const cloudName = (cloud ?? 'commercial').toLowerCase();
   if (!(DEFENDER_CLOUDS as readonly string[]).includes(cloudName)) {
-    throw new DefenderError(DefenderErrorCode.INVALID_CONFIG, `cloud must be one of ${DEFENDER_CLOUDS.join(', ')} (got "${cloud}")`);
+    throw new DefenderError(
+      DefenderErrorCode.INVALID_CONFIG,
+      `cloud must be one of ${DEFENDER_CLOUDS.join(', ')} (got "${cloud}")`,
+    );
   }
   const regionName = region === undefined || region === '' ? undefined : region.toLowerCase();
   if (regionName !== undefined && !(DEFENDER_REGIONS as readonly string[]).includes(regionName)) {
-    throw new DefenderError(DefenderErrorCode.INVALID_CONFIG, `region must be one of ${DEFENDER_REGIONS.join(', ')} or none (got "${region}")`);
+    throw new DefenderError(
+      DefenderErrorCode.INVALID_CONFIG,
+      `region must be one of ${DEFENDER_REGIONS.join(', ')} or none (got "${region}")`,
+    );
   }
   const base = CLOUDS[cloudName as DefenderCloud];
   const apiBase = regionName && base.regional ? base.regional(regionName as DefenderRegion) : base.apiBase;
   return {
-    authorityHost: overrides.authorityHost ? httpsUrl('authorityHost', overrides.authorityHost) : base.authorityHost,
+    authorityHost: overrides.authorityHost
+      ? httpsUrl('authorityHost', overrides.authorityHost)
+      : base.authorityHost,
     apiBase: overrides.apiBase ? httpsUrl('apiBase', overrides.apiBase) : apiBase,
     scope: overrides.scope ?? base.scope,
     overridden: Boolean(overrides.authorityHost || overrides.apiBase),

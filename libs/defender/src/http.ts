@@ -32,7 +32,12 @@ export interface ApiCaller {
    * GET `pathOrUrl` (a path under the API base, or an absolute `@odata.nextLink` on the same origin) as one
    * call of `endpoint`'s quota. Resolves 200 with the parsed body or 404; throws DefenderError otherwise.
    */
-  get(endpoint: DefenderEndpointClass, pathOrUrl: string, params?: Record<string, string | number>, signal?: AbortSignal): Promise<ApiResult>;
+  get(
+    endpoint: DefenderEndpointClass,
+    pathOrUrl: string,
+    params?: Record<string, string | number>,
+    signal?: AbortSignal,
+  ): Promise<ApiResult>;
 }
 
 /** `Retry-After` in seconds or as an HTTP date, in milliseconds; undefined when absent or unreadable. */
@@ -44,7 +49,16 @@ export function parseRetryAfterMs(value: unknown, now: number = Date.now()): num
   return Number.isNaN(at) ? undefined : Math.max(0, at - now);
 }
 
-const TRANSIENT_NETWORK = new Set(['ECONNRESET', 'ECONNABORTED', 'ETIMEDOUT', 'ECONNREFUSED', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'ERR_SOCKET_CONNECTION_TIMEOUT']);
+const TRANSIENT_NETWORK = new Set([
+  'ECONNRESET',
+  'ECONNABORTED',
+  'ETIMEDOUT',
+  'ECONNREFUSED',
+  'EPIPE',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ERR_SOCKET_CONNECTION_TIMEOUT',
+]);
 
 function mdeErrorText(body: string): string {
   try {
@@ -74,14 +88,23 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     if (pathOrUrl.startsWith('/')) return `${apiBase}${pathOrUrl}`;
     // Only links on the API's own origin get our bearer token.
     if (new URL(pathOrUrl).origin !== origin) {
-      throw new DefenderError(DefenderErrorCode.MALFORMED_RESPONSE, `The API returned a next link to another host (${new URL(pathOrUrl).host})`, {
-        details: { azureTenantId },
-      });
+      throw new DefenderError(
+        DefenderErrorCode.MALFORMED_RESPONSE,
+        `The API returned a next link to another host (${new URL(pathOrUrl).host})`,
+        {
+          details: { azureTenantId },
+        },
+      );
     }
     return pathOrUrl;
   }
 
-  async function send(url: string, token: string, params: Record<string, string | number> | undefined, signal?: AbortSignal): Promise<AxiosResponse<string>> {
+  async function send(
+    url: string,
+    token: string,
+    params: Record<string, string | number> | undefined,
+    signal?: AbortSignal,
+  ): Promise<AxiosResponse<string>> {
     try {
       return await http.get<string>(url, {
         params,
@@ -95,22 +118,35 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       throw new DefenderError(
         DefenderErrorCode.UNAVAILABLE,
         `The Defender API could not be reached (${code}) for tenant ${azureTenantId} on ${path}`,
-        { canRetry: !signal?.aborted && (TRANSIENT_NETWORK.has(code) || !/CERT|SIGNATURE|SELF_SIGNED|TLS/.test(code)), details: { azureTenantId, path, networkCode: code } },
+        {
+          canRetry:
+            !signal?.aborted && (TRANSIENT_NETWORK.has(code) || !/CERT|SIGNATURE|SELF_SIGNED|TLS/.test(code)),
+          details: { azureTenantId, path, networkCode: code },
+        },
       );
     }
   }
 
-  function classify(response: AxiosResponse<string>, path: string, token: string, endpoint: DefenderEndpointClass): ApiResult {
+  function classify(
+    response: AxiosResponse<string>,
+    path: string,
+    token: string,
+    endpoint: DefenderEndpointClass,
+  ): ApiResult {
     const status = response.status;
     const details = { azureTenantId, path, status };
     if (status >= 200 && status < 300) {
       try {
         return { status: 200, body: JSON.parse(response.data) as unknown };
       } catch {
-        throw new DefenderError(DefenderErrorCode.MALFORMED_RESPONSE, `The Defender API returned a body that is not JSON on ${path}`, {
-          canRetry: true,
-          details,
-        });
+        throw new DefenderError(
+          DefenderErrorCode.MALFORMED_RESPONSE,
+          `The Defender API returned a body that is not JSON on ${path}`,
+          {
+            canRetry: true,
+            details,
+          },
+        );
       }
     }
     if (status === 404) return { status: 404 };
@@ -118,11 +154,15 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     if (status === 429) {
       const retryAfterMs = parseRetryAfterMs(response.headers['retry-after']);
       return throwError(
-        new DefenderError(DefenderErrorCode.THROTTLED, `The Defender API throttled tenant ${azureTenantId} on ${path} (429)`, {
-          canRetry: true,
-          details: { ...details, endpoint, retryAfterMs },
-          ...(retryAfterMs !== undefined ? { retryAfterMs } : {}),
-        }),
+        new DefenderError(
+          DefenderErrorCode.THROTTLED,
+          `The Defender API throttled tenant ${azureTenantId} on ${path} (429)`,
+          {
+            canRetry: true,
+            details: { ...details, endpoint, retryAfterMs },
+            ...(retryAfterMs !== undefined ? { retryAfterMs } : {}),
+          },
+        ),
       );
     }
     if (status === 401) {
@@ -148,16 +188,24 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     }
     if (status >= 500 || status === 408) {
       return throwError(
-        new DefenderError(DefenderErrorCode.UNAVAILABLE, `The Defender API answered ${status} for tenant ${azureTenantId} on ${path}`, {
-          canRetry: true,
-          details: { ...details, api: apiText },
-        }),
+        new DefenderError(
+          DefenderErrorCode.UNAVAILABLE,
+          `The Defender API answered ${status} for tenant ${azureTenantId} on ${path}`,
+          {
+            canRetry: true,
+            details: { ...details, api: apiText },
+          },
+        ),
       );
     }
     return throwError(
-      new DefenderError(DefenderErrorCode.REQUEST_REJECTED, `The Defender API rejected ${path} for tenant ${azureTenantId} (${status}${apiText ? `: ${apiText}` : ''})`, {
-        details: { ...details, api: apiText },
-      }),
+      new DefenderError(
+        DefenderErrorCode.REQUEST_REJECTED,
+        `The Defender API rejected ${path} for tenant ${azureTenantId} (${status}${apiText ? `: ${apiText}` : ''})`,
+        {
+          details: { ...details, api: apiText },
+        },
+      ),
     );
   }
 
@@ -165,7 +213,12 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     throw error;
   }
 
-  async function attempt(endpoint: DefenderEndpointClass, url: string, params: Record<string, string | number> | undefined, signal?: AbortSignal): Promise<ApiResult> {
+  async function attempt(
+    endpoint: DefenderEndpointClass,
+    url: string,
+    params: Record<string, string | number> | undefined,
+    signal?: AbortSignal,
+  ): Promise<ApiResult> {
     const path = new URL(url).pathname;
     let refreshed = false;
     let token = (await tokens.getToken(signal)).token;
@@ -208,7 +261,14 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
             if (failures >= options.retryPolicy.maxAttempts) throw error;
             delayMs = retryDelayMs(options.retryPolicy, failures, options.random);
           }
-          logger.warn('defender: retrying a call', { azureTenantId, endpoint, code: error.code, delayMs, failures, throttles });
+          logger.warn('defender: retrying a call', {
+            azureTenantId,
+            endpoint,
+            code: error.code,
+            delayMs,
+            failures,
+            throttles,
+          });
           await sleep(delayMs, signal);
         }
       }

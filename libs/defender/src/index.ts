@@ -1,7 +1,12 @@
 export { DefenderError, DefenderErrorCode, isDefenderError, scrubSecret } from './errors';
 export type { DefenderErrorCodeValue, DefenderErrorOptions } from './errors';
 export { DEFENDER_CLOUDS, DEFENDER_REGIONS, resolveEndpoints } from './endpoints';
-export type { DefenderCloud, DefenderRegion, DefenderEndpoints, DefenderEndpointOverrides } from './endpoints';
+export type {
+  DefenderCloud,
+  DefenderRegion,
+  DefenderEndpoints,
+  DefenderEndpointOverrides,
+} from './endpoints';
 export { createTokenSource, decodeTokenClaims } from './token';
 export type { DefenderCredentials, TokenClaims, TokenSource, TokenSourceOptions } from './token';
 export { mapAuthError } from './auth-errors';
@@ -13,7 +18,12 @@ export { createSharedLimiter, createLocalLimiter } from './limiter';
 export type { CallLimiter, SharedLimiterOptions } from './limiter';
 export { createApiCaller, parseRetryAfterMs } from './http';
 export type { ApiCaller, ApiCallerOptions, ApiResult } from './http';
-export { parseMachine, parseVulnerability, parseSoftwareVulnerabilityRow, vulnerabilityFromRow } from './schema';
+export {
+  parseMachine,
+  parseVulnerability,
+  parseSoftwareVulnerabilityRow,
+  vulnerabilityFromRow,
+} from './schema';
 export type { MachineRecord, Vulnerability, SoftwareVulnerabilityRow, ParseResult } from './schema';
 export { MAX_MACHINE_PAGE_SIZE, isScorable, walkMachines } from './machines';
 export type { Machine, MachineFlags, MachinePage, InvalidRecord, ListMachinesOptions } from './machines';
@@ -24,6 +34,17 @@ export {
   walkVulnerabilitiesByMachine,
   planVulnerabilityMode,
 } from './vulnerabilities';
-export type { BulkVulnerabilityPage, BulkOptions, VulnerabilityMode, VulnerabilityPlan } from './vulnerabilities';
+export type {
+  BulkVulnerabilityPage,
+  BulkOptions,
+  VulnerabilityMode,
+  VulnerabilityPlan,
+} from './vulnerabilities';
 export { REQUIRED_PERMISSIONS, createDefenderClient } from './client';
-export type { DefenderTenant, DefenderClientDeps, DefenderClient, AccessReport, RequiredPermission } from './client';
+export type {
+  DefenderTenant,
+  DefenderClientDeps,
+  DefenderClient,
+  AccessReport,
+  RequiredPermission,
+} from './client';

@@ -54,7 +54,9 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
   // Not lazy: Bottleneck duplicates this client again for pub/sub and waits for both to be ready.
   const client = options.redis.duplicate({ lazyConnect: false });
   const connection = new Bottleneck.IORedisConnection({ client });
-  connection.on('error', (error: Error) => options.logger.error('defender limiter: Redis connection error', { error: error.message }));
+  connection.on('error', (error: Error) =>
+    options.logger.error('defender limiter: Redis connection error', { error: error.message }),
+  );
   const limiter = new Bottleneck({
     id: `${options.keyPrefix}defender-api`,
     connection,
@@ -62,7 +64,9 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
     timeout: options.keyTtlMs ?? 3_600_000,
     clearDatastore: false,
   });
-  limiter.on('error', (error: Error) => options.logger.error('defender limiter error', { error: error.message }));
+  limiter.on('error', (error: Error) =>
+    options.logger.error('defender limiter error', { error: error.message }),
+  );
   await limiter.ready();
   await limiter.updateSettings({ maxConcurrent });
   return wrap(limiter, jobExpirationMs, async () => {
@@ -72,7 +76,9 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
 }
 
 /** A limiter of this process only (the CLI without Redis, unit tests). */
-export function createLocalLimiter(options: { maxConcurrent?: number; jobExpirationMs?: number } = {}): CallLimiter {
+export function createLocalLimiter(
+  options: { maxConcurrent?: number; jobExpirationMs?: number } = {},
+): CallLimiter {
   const limiter = new Bottleneck({ maxConcurrent: options.maxConcurrent ?? 10 });
   return wrap(limiter, options.jobExpirationMs ?? 60_000, async () => {
     await limiter.stop({ dropWaitingJobs: false });

@@ -76,7 +76,10 @@ export interface MachineWalkDeps {
 
 function validatePageSize(pageSize: number): number {
   if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > MAX_MACHINE_PAGE_SIZE) {
-    throw new DefenderError(DefenderErrorCode.INVALID_CONFIG, `pageSize must be a whole number from 1 to ${MAX_MACHINE_PAGE_SIZE} (got ${pageSize})`);
+    throw new DefenderError(
+      DefenderErrorCode.INVALID_CONFIG,
+      `pageSize must be a whole number from 1 to ${MAX_MACHINE_PAGE_SIZE} (got ${pageSize})`,
+    );
   }
   return pageSize;
 }
@@ -84,10 +87,14 @@ function validatePageSize(pageSize: number): number {
 function readValue(body: unknown, path: string, azureTenantId: string): unknown[] {
   const value = (body as { value?: unknown } | null)?.value;
   if (!Array.isArray(value)) {
-    throw new DefenderError(DefenderErrorCode.MALFORMED_RESPONSE, `The Defender API answered ${path} without a "value" array`, {
-      canRetry: true,
-      details: { azureTenantId, path },
-    });
+    throw new DefenderError(
+      DefenderErrorCode.MALFORMED_RESPONSE,
+      `The Defender API answered ${path} without a "value" array`,
+      {
+        canRetry: true,
+        details: { azureTenantId, path },
+      },
+    );
   }
   return value;
 }
@@ -99,24 +106,39 @@ function readValue(body: unknown, path: string, azureTenantId: string): unknown[
  * the walk (only the ids are kept), validated one by one (an invalid record is reported and skipped,
  * never the page) and flagged when merged or excluded.
  */
-export async function* walkMachines(deps: MachineWalkDeps, options: ListMachinesOptions = {}): AsyncGenerator<MachinePage> {
+export async function* walkMachines(
+  deps: MachineWalkDeps,
+  options: ListMachinesOptions = {},
+): AsyncGenerator<MachinePage> {
   const pageSize = validatePageSize(options.pageSize ?? MAX_MACHINE_PAGE_SIZE);
-  const overlap = Math.max(0, Math.min(options.pageOverlap ?? Math.min(100, Math.floor(pageSize / 20)), pageSize - 1));
+  const overlap = Math.max(
+    0,
+    Math.min(options.pageOverlap ?? Math.min(100, Math.floor(pageSize / 20)), pageSize - 1),
+  );
   const confirm = options.confirmShortPage ?? true;
   const seen = new Set<string>();
   let skip = 0;
   let staleFullPages = 0;
   for (let index = 0; ; index++) {
-    const result = await deps.api.get('machines', '/api/machines', { $top: pageSize, $skip: skip }, options.signal);
+    const result = await deps.api.get(
+      'machines',
+      '/api/machines',
+      { $top: pageSize, $skip: skip },
+      options.signal,
+    );
     const raw = result.status === 404 ? [] : readValue(result.body, '/api/machines', deps.azureTenantId);
     const page: MachinePage = { index, skip, machines: [], received: raw.length, duplicates: 0, invalid: 0 };
     for (const item of raw) {
       const parsed = parseMachine(item);
       if (!parsed.ok) {
         page.invalid++;
-        const id = typeof (item as { id?: unknown } | null)?.id === 'string' ? (item as { id: string }).id : undefined;
+        const id =
+          typeof (item as { id?: unknown } | null)?.id === 'string' ? (item as { id: string }).id : undefined;
         const invalid: InvalidRecord = { kind: 'machine', reason: parsed.reason, ...(id ? { id } : {}) };
-        deps.logger.warn('defender: skipped an invalid machine record', { azureTenantId: deps.azureTenantId, ...invalid });
+        deps.logger.warn('defender: skipped an invalid machine record', {
+          azureTenantId: deps.azureTenantId,
+          ...invalid,
+        });
         deps.onInvalidRecord?.(invalid);
         continue;
       }
@@ -142,7 +164,10 @@ export async function* walkMachines(deps: MachineWalkDeps, options: ListMachines
     }
     if (fresh === 0 && ++staleFullPages >= 2) {
       // Two full pages with nothing new: the API is ignoring $skip; stop rather than loop forever.
-      deps.logger.warn('defender: /api/machines repeats itself; stopping the walk', { azureTenantId: deps.azureTenantId, skip });
+      deps.logger.warn('defender: /api/machines repeats itself; stopping the walk', {
+        azureTenantId: deps.azureTenantId,
+        skip,
+      });
       return;
     }
     if (fresh > 0) staleFullPages = 0;

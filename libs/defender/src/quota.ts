@@ -20,9 +20,18 @@ export type QuotaLimits = Record<DefenderEndpointClass, readonly QuotaWindow[]>;
  * per-device vulnerabilities 50/min and 1,500/h, the bulk export 30/min and 1,000/h.
  */
 export const MICROSOFT_QUOTAS: QuotaLimits = Object.freeze({
-  machines: [{ limit: 100, windowMs: 60_000 }, { limit: 1_500, windowMs: 3_600_000 }],
-  vulnerabilities: [{ limit: 50, windowMs: 60_000 }, { limit: 1_500, windowMs: 3_600_000 }],
-  bulk: [{ limit: 30, windowMs: 60_000 }, { limit: 1_000, windowMs: 3_600_000 }],
+  machines: [
+    { limit: 100, windowMs: 60_000 },
+    { limit: 1_500, windowMs: 3_600_000 },
+  ],
+  vulnerabilities: [
+    { limit: 50, windowMs: 60_000 },
+    { limit: 1_500, windowMs: 3_600_000 },
+  ],
+  bulk: [
+    { limit: 30, windowMs: 60_000 },
+    { limit: 1_000, windowMs: 3_600_000 },
+  ],
 });
 
 /**
@@ -87,7 +96,11 @@ async function waitForRoom(
 ): Promise<void> {
   for (;;) {
     if (signal?.aborted) {
-      throw new DefenderError(DefenderErrorCode.THROTTLED, 'Stopped while waiting for the tenant’s API quota', { canRetry: true });
+      throw new DefenderError(
+        DefenderErrorCode.THROTTLED,
+        'Stopped while waiting for the tenant’s API quota',
+        { canRetry: true },
+      );
     }
     const waitMs = await tryAcquire();
     if (waitMs <= 0) return;
@@ -97,7 +110,11 @@ async function waitForRoom(
 }
 
 /** The quota kept in Redis (keys `<prefix>defender:quota:<tenant>:<endpoint>:<windowMs>`), shared by every process. */
-export function createRedisQuotaGate(redis: Redis, keyPrefix: string, options: QuotaGateOptions = {}): QuotaGate {
+export function createRedisQuotaGate(
+  redis: Redis,
+  keyPrefix: string,
+  options: QuotaGateOptions = {},
+): QuotaGate {
   const limits = options.limits ?? MICROSOFT_QUOTAS;
   const maxPollMs = options.maxPollMs ?? 5_000;
   const owner = randomUUID();
@@ -108,12 +125,22 @@ export function createRedisQuotaGate(redis: Redis, keyPrefix: string, options: Q
   return {
     acquire(azureTenantId, endpoint, signal) {
       const windows = limits[endpoint];
-      const keys = [key(azureTenantId, endpoint, 'blocked'), ...windows.map((w) => key(azureTenantId, endpoint, String(w.windowMs)))];
+      const keys = [
+        key(azureTenantId, endpoint, 'blocked'),
+        ...windows.map((w) => key(azureTenantId, endpoint, String(w.windowMs))),
+      ];
       const args = windows.flatMap((w) => [String(w.limit), String(w.windowMs)]);
       return waitForRoom(
         async () => {
           const member = `${owner}:${++sequence}`;
-          const result = await redis.eval(ACQUIRE_SCRIPT, keys.length, ...keys, member, String(windows.length), ...args);
+          const result = await redis.eval(
+            ACQUIRE_SCRIPT,
+            keys.length,
+            ...keys,
+            member,
+            String(windows.length),
+            ...args,
+          );
           return Number(result);
         },
         maxPollMs,
@@ -122,7 +149,12 @@ export function createRedisQuotaGate(redis: Redis, keyPrefix: string, options: Q
     },
     async block(azureTenantId, endpoint, durationMs) {
       if (durationMs <= 0) return;
-      await redis.eval(BLOCK_SCRIPT, 1, key(azureTenantId, endpoint, 'blocked'), String(Math.ceil(durationMs)));
+      await redis.eval(
+        BLOCK_SCRIPT,
+        1,
+        key(azureTenantId, endpoint, 'blocked'),
+        String(Math.ceil(durationMs)),
+      );
     },
   };
 }

@@ -8,22 +8,82 @@ import Ajv, { type ValidateFunction } from 'ajv';
  */
 
 const MACHINE_KEYS = [
-  'id', 'computerDnsName', 'firstSeen', 'lastSeen', 'osPlatform', 'onboardingStatus', 'osProcessor', 'version',
-  'osBuild', 'lastIpAddress', 'lastExternalIpAddress', 'healthStatus', 'rbacGroupName', 'rbacGroupId', 'riskScore',
-  'aadDeviceId', 'machineTags', 'exposureLevel', 'deviceValue', 'ipAddresses', 'osArchitecture', 'isAadJoined',
-  'agentVersion', 'osVersion', 'mergedIntoMachineId', 'isPotentialDuplication', 'isExcluded', 'exclusionReason',
-  'managedBy', 'managedByStatus', 'vmMetadata', 'defenderAvStatus',
+  'id',
+  'computerDnsName',
+  'firstSeen',
+  'lastSeen',
+  'osPlatform',
+  'onboardingStatus',
+  'osProcessor',
+  'version',
+  'osBuild',
+  'lastIpAddress',
+  'lastExternalIpAddress',
+  'healthStatus',
+  'rbacGroupName',
+  'rbacGroupId',
+  'riskScore',
+  'aadDeviceId',
+  'machineTags',
+  'exposureLevel',
+  'deviceValue',
+  'ipAddresses',
+  'osArchitecture',
+  'isAadJoined',
+  'agentVersion',
+  'osVersion',
+  'mergedIntoMachineId',
+  'isPotentialDuplication',
+  'isExcluded',
+  'exclusionReason',
+  'managedBy',
+  'managedByStatus',
+  'vmMetadata',
+  'defenderAvStatus',
 ];
 const IP_KEYS = ['ipAddress', 'macAddress', 'type', 'operationalStatus'];
 const VULNERABILITY_KEYS = [
-  'id', 'name', 'description', 'severity', 'cvssV3', 'cvssVector', 'exposedMachines', 'publishedOn', 'updatedOn',
-  'publicExploit', 'exploitVerified', 'exploitInKit', 'exploitTypes', 'exploitUris', 'cveSupportability', 'epss',
+  'id',
+  'name',
+  'description',
+  'severity',
+  'cvssV3',
+  'cvssVector',
+  'exposedMachines',
+  'publishedOn',
+  'updatedOn',
+  'publicExploit',
+  'exploitVerified',
+  'exploitInKit',
+  'exploitTypes',
+  'exploitUris',
+  'cveSupportability',
+  'epss',
 ];
 const BULK_KEYS = [
-  'id', 'deviceId', 'deviceName', 'rbacGroupName', 'osPlatform', 'osVersion', 'osArchitecture', 'softwareVendor',
-  'softwareName', 'softwareVersion', 'cveId', 'vulnerabilitySeverityLevel', 'cvssScore', 'recommendedSecurityUpdate',
-  'recommendedSecurityUpdateId', 'recommendedSecurityUpdateUrl', 'diskPaths', 'registryPaths', 'firstSeenTimestamp',
-  'lastSeenTimestamp', 'exploitabilityLevel', 'recommendationReference', 'securityUpdateAvailable',
+  'id',
+  'deviceId',
+  'deviceName',
+  'rbacGroupName',
+  'osPlatform',
+  'osVersion',
+  'osArchitecture',
+  'softwareVendor',
+  'softwareName',
+  'softwareVersion',
+  'cveId',
+  'vulnerabilitySeverityLevel',
+  'cvssScore',
+  'recommendedSecurityUpdate',
+  'recommendedSecurityUpdateId',
+  'recommendedSecurityUpdateUrl',
+  'diskPaths',
+  'registryPaths',
+  'firstSeenTimestamp',
+  'lastSeenTimestamp',
+  'exploitabilityLevel',
+  'recommendationReference',
+  'securityUpdateAvailable',
 ];
 
 function keyMap(keys: string[]): Map<string, string> {
@@ -52,7 +112,14 @@ function normaliseKeys(record: Record<string, unknown>, known: Map<string, strin
 }
 
 const ENUMS: Record<string, string[]> = {
-  healthStatus: ['Active', 'Inactive', 'ImpairedCommunication', 'NoSensorData', 'NoSensorDataImpairedCommunication', 'Unknown'],
+  healthStatus: [
+    'Active',
+    'Inactive',
+    'ImpairedCommunication',
+    'NoSensorData',
+    'NoSensorDataImpairedCommunication',
+    'Unknown',
+  ],
   riskScore: ['None', 'Informational', 'Low', 'Medium', 'High'],
   exposureLevel: ['None', 'Low', 'Medium', 'High'],
   deviceValue: ['Normal', 'Low', 'High'],
@@ -72,7 +139,9 @@ function normaliseEnums(record: Record<string, unknown>): void {
   }
 }
 
-const nullable = (type: string | string[]): { type: string[] } => ({ type: [...(Array.isArray(type) ? type : [type]), 'null'] });
+const nullable = (type: string | string[]): { type: string[] } => ({
+  type: [...(Array.isArray(type) ? type : [type]), 'null'],
+});
 
 const MACHINE_SCHEMA = {
   type: 'object',
@@ -172,7 +241,14 @@ export interface MachineRecord {
   exposureLevel?: string | null;
   deviceValue?: string | null;
   defenderAvStatus?: string | null;
-  ipAddresses?: { ipAddress?: string | null; macAddress?: string | null; type?: string | null; operationalStatus?: string | null }[] | null;
+  ipAddresses?:
+    | {
+        ipAddress?: string | null;
+        macAddress?: string | null;
+        type?: string | null;
+        operationalStatus?: string | null;
+      }[]
+    | null;
   osArchitecture?: string | null;
   mergedIntoMachineId?: string | null;
   isExcluded?: boolean | null;
@@ -206,12 +282,16 @@ export type ParseResult<T> = { ok: true; value: T } | { ok: false; reason: strin
 function describe(validate: ValidateFunction): string {
   const error = validate.errors?.[0];
   if (!error) return 'invalid record';
-  const field = error.instancePath ? error.instancePath.slice(1).replace(/\//g, '.') : (error.params as { missingProperty?: string }).missingProperty ?? 'record';
+  const field = error.instancePath
+    ? error.instancePath.slice(1).replace(/\//g, '.')
+    : ((error.params as { missingProperty?: string }).missingProperty ?? 'record');
   return `${field} ${error.message ?? 'is invalid'}`;
 }
 
 function asObject(raw: unknown): Record<string, unknown> | undefined {
-  return typeof raw === 'object' && raw !== null && !Array.isArray(raw) ? (raw as Record<string, unknown>) : undefined;
+  return typeof raw === 'object' && raw !== null && !Array.isArray(raw)
+    ? (raw as Record<string, unknown>)
+    : undefined;
 }
 
 /** Normalises and validates one machine record. */
@@ -236,7 +316,8 @@ export function parseVulnerability(raw: unknown): ParseResult<Vulnerability> {
   if (!object) return { ok: false, reason: 'record is not an object' };
   const record = normaliseKeys(object, VULNERABILITY_KEY_MAP);
   normaliseEnums(record);
-  if (!validateVulnerabilitySchema(record)) return { ok: false, reason: describe(validateVulnerabilitySchema) };
+  if (!validateVulnerabilitySchema(record))
+    return { ok: false, reason: describe(validateVulnerabilitySchema) };
   return { ok: true, value: record as Vulnerability };
 }
 

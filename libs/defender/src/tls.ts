@@ -17,7 +17,8 @@ export interface HttpsAgentOptions {
  * every tenant's client so connections are reused across tenants of the same host.
  */
 export function createHttpsAgent(options: HttpsAgentOptions = {}): Agent {
-  const extra = options.extraCa === undefined ? [] : Array.isArray(options.extraCa) ? options.extraCa : [options.extraCa];
+  const extra =
+    options.extraCa === undefined ? [] : Array.isArray(options.extraCa) ? options.extraCa : [options.extraCa];
   return new Agent({
     keepAlive: true,
     maxSockets: options.maxSockets ?? 16,

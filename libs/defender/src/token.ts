@@ -44,7 +44,9 @@ export function decodeTokenClaims(token: string): TokenClaims | undefined {
   if (!part) return undefined;
   try {
     const payload = JSON.parse(Buffer.from(part, 'base64url').toString('utf8')) as Record<string, unknown>;
-    const roles = Array.isArray(payload.roles) ? payload.roles.filter((r): r is string => typeof r === 'string') : [];
+    const roles = Array.isArray(payload.roles)
+      ? payload.roles.filter((r): r is string => typeof r === 'string')
+      : [];
     const claims: TokenClaims = { roles };
     if (typeof payload.aud === 'string') claims.aud = payload.aud;
     if (typeof payload.tid === 'string') claims.tid = payload.tid;
@@ -91,19 +93,30 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
         validateStatus: () => true,
         ...(options.httpsAgent ? { httpsAgent: options.httpsAgent } : {}),
       });
-      const body = (typeof response.data === 'object' && response.data !== null ? response.data : {}) as Record<string, unknown>;
+      const body = (
+        typeof response.data === 'object' && response.data !== null ? response.data : {}
+      ) as Record<string, unknown>;
       if (response.status >= 400) {
         return {
           name: 'AuthenticationError',
           statusCode: response.status,
-          message: typeof body.error_description === 'string' ? body.error_description : `HTTP ${response.status}`,
-          errorResponse: { error: body.error, errorDescription: body.error_description, errorCodes: body.error_codes },
+          message:
+            typeof body.error_description === 'string' ? body.error_description : `HTTP ${response.status}`,
+          errorResponse: {
+            error: body.error,
+            errorDescription: body.error_description,
+            errorCodes: body.error_codes,
+          },
         };
       }
       return original;
     } catch (error) {
       const code = (error as { code?: unknown }).code;
-      return { name: 'NetworkError', code: typeof code === 'string' ? code : 'ENETWORK', message: `network error (${String(code)})` };
+      return {
+        name: 'NetworkError',
+        code: typeof code === 'string' ? code : 'ENETWORK',
+        message: `network error (${String(code)})`,
+      };
     }
   }
 
@@ -112,7 +125,8 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
       return await from.getToken(endpoints.scope, signal ? { abortSignal: signal } : {});
     } catch (error) {
       const name = (error as { name?: unknown }).name;
-      if (name === 'CredentialUnavailableError') throw mapAuthError(await diagnoseAuthority(error), credentials);
+      if (name === 'CredentialUnavailableError')
+        throw mapAuthError(await diagnoseAuthority(error), credentials);
       throw mapAuthError(error, credentials);
     }
   }

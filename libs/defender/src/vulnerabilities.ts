@@ -3,7 +3,12 @@ import { DefenderError, DefenderErrorCode } from './errors';
 import type { ApiCaller } from './http';
 import type { InvalidRecord } from './machines';
 import { MICROSOFT_QUOTAS, type QuotaWindow } from './quota';
-import { parseSoftwareVulnerabilityRow, parseVulnerability, type Vulnerability, vulnerabilityFromRow } from './schema';
+import {
+  parseSoftwareVulnerabilityRow,
+  parseVulnerability,
+  type Vulnerability,
+  vulnerabilityFromRow,
+} from './schema';
 
 /** Largest `pageSize` of `SoftwareVulnerabilitiesByMachine`. */
 export const MAX_BULK_PAGE_SIZE = 200_000;
@@ -20,10 +25,14 @@ export interface VulnerabilityDeps {
 function valueOf(body: unknown, path: string, azureTenantId: string): unknown[] {
   const value = (body as { value?: unknown } | null)?.value;
   if (!Array.isArray(value)) {
-    throw new DefenderError(DefenderErrorCode.MALFORMED_RESPONSE, `The Defender API answered ${path} without a "value" array`, {
-      canRetry: true,
-      details: { azureTenantId, path },
-    });
+    throw new DefenderError(
+      DefenderErrorCode.MALFORMED_RESPONSE,
+      `The Defender API answered ${path} without a "value" array`,
+      {
+        canRetry: true,
+        details: { azureTenantId, path },
+      },
+    );
   }
   return value;
 }
@@ -34,7 +43,11 @@ function nextLinkOf(body: unknown): string | undefined {
 }
 
 /** Keeps one entry per CVE id (the highest CVSS when a CVE comes with several products). */
-export function mergeVulnerability(list: Vulnerability[], index: Map<string, number>, vulnerability: Vulnerability): void {
+export function mergeVulnerability(
+  list: Vulnerability[],
+  index: Map<string, number>,
+  vulnerability: Vulnerability,
+): void {
   const at = index.get(vulnerability.id);
   if (at === undefined) {
     index.set(vulnerability.id, list.length);
@@ -49,7 +62,11 @@ export function mergeVulnerability(list: Vulnerability[], index: Map<string, num
  * `GET /api/machines/{id}/vulnerabilities` (50 calls/min and 1,500/h per tenant). A device unknown to the
  * API (removed since it was listed) throws NOT_FOUND; invalid entries are reported and skipped.
  */
-export async function fetchMachineVulnerabilities(deps: VulnerabilityDeps, machineId: string, signal?: AbortSignal): Promise<Vulnerability[]> {
+export async function fetchMachineVulnerabilities(
+  deps: VulnerabilityDeps,
+  machineId: string,
+  signal?: AbortSignal,
+): Promise<Vulnerability[]> {
   const path = `/api/machines/${encodeURIComponent(machineId)}/vulnerabilities`;
   const list: Vulnerability[] = [];
   const index = new Map<string, number>();
@@ -58,15 +75,22 @@ export async function fetchMachineVulnerabilities(deps: VulnerabilityDeps, machi
   while (next) {
     const result = await deps.api.get('vulnerabilities', next, undefined, signal);
     if (result.status === 404) {
-      throw new DefenderError(DefenderErrorCode.NOT_FOUND, `Device ${machineId} is not known to the Defender API of tenant ${deps.azureTenantId} (404)`, {
-        details: { azureTenantId: deps.azureTenantId, machineId },
-      });
+      throw new DefenderError(
+        DefenderErrorCode.NOT_FOUND,
+        `Device ${machineId} is not known to the Defender API of tenant ${deps.azureTenantId} (404)`,
+        {
+          details: { azureTenantId: deps.azureTenantId, machineId },
+        },
+      );
     }
     for (const item of valueOf(result.body, path, deps.azureTenantId)) {
       const parsed = parseVulnerability(item);
       if (!parsed.ok) {
         const invalid: InvalidRecord = { kind: 'vulnerability', reason: parsed.reason, machineId };
-        deps.logger.warn('defender: skipped an invalid vulnerability', { azureTenantId: deps.azureTenantId, ...invalid });
+        deps.logger.warn('defender: skipped an invalid vulnerability', {
+          azureTenantId: deps.azureTenantId,
+          ...invalid,
+        });
         deps.onInvalidRecord?.(invalid);
         continue;
       }
@@ -99,10 +123,16 @@ export interface BulkOptions {
  * `@odata.nextLink` (it carries `$skiptoken`; `$top` would suppress it, so only `pageSize` is sent).
  * Rows without a CVE (software only) are dropped; the rest become per-device Vulnerability entries.
  */
-export async function* walkVulnerabilitiesByMachine(deps: VulnerabilityDeps, options: BulkOptions = {}): AsyncGenerator<BulkVulnerabilityPage> {
+export async function* walkVulnerabilitiesByMachine(
+  deps: VulnerabilityDeps,
+  options: BulkOptions = {},
+): AsyncGenerator<BulkVulnerabilityPage> {
   const pageSize = options.pageSize ?? DEFAULT_BULK_PAGE_SIZE;
   if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > MAX_BULK_PAGE_SIZE) {
-    throw new DefenderError(DefenderErrorCode.INVALID_CONFIG, `pageSize must be a whole number from 1 to ${MAX_BULK_PAGE_SIZE} (got ${pageSize})`);
+    throw new DefenderError(
+      DefenderErrorCode.INVALID_CONFIG,
+      `pageSize must be a whole number from 1 to ${MAX_BULK_PAGE_SIZE} (got ${pageSize})`,
+    );
   }
   const path = '/api/machines/SoftwareVulnerabilitiesByMachine';
   let next: string | undefined = path;
@@ -119,7 +149,10 @@ export async function* walkVulnerabilitiesByMachine(deps: VulnerabilityDeps, opt
       if (!parsed.ok) {
         page.invalid++;
         const invalid: InvalidRecord = { kind: 'bulk-row', reason: parsed.reason };
-        deps.logger.warn('defender: skipped an invalid export row', { azureTenantId: deps.azureTenantId, ...invalid });
+        deps.logger.warn('defender: skipped an invalid export row', {
+          azureTenantId: deps.azureTenantId,
+          ...invalid,
+        });
         deps.onInvalidRecord?.(invalid);
         continue;
       }

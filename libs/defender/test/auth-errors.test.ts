@@ -1,14 +1,24 @@
 import { inspect } from 'node:util';
 import { DefenderErrorCode, mapAuthError } from '../src';
 
-const app = { azureTenantId: 'tenant-1', clientId: 'client-1', clientSecret: 'Sup3r~S3cret.Value_0123456789' };
+const app = {
+  azureTenantId: 'tenant-1',
+  clientId: 'client-1',
+  clientSecret: 'Sup3r~S3cret.Value_0123456789',
+};
 
 /** The shape @azure/identity's AuthenticationError has (errorResponse with the token endpoint's fields). */
 function authenticationError(status: number, error: string, codes: number[], description: string): Error {
   return Object.assign(new Error(`${error} Status code: ${status}\nMore details:\n${description}`), {
     name: 'AuthenticationError',
     statusCode: status,
-    errorResponse: { error, errorDescription: description, errorCodes: codes, correlationId: 'corr-1', traceId: 'trace-1' },
+    errorResponse: {
+      error,
+      errorDescription: description,
+      errorCodes: codes,
+      correlationId: 'corr-1',
+      traceId: 'trace-1',
+    },
   });
 }
 
@@ -20,7 +30,10 @@ describe('mapAuthError', () => {
     [90002, DefenderErrorCode.UNKNOWN_TENANT, /does not know tenant tenant-1/],
     [500011, DefenderErrorCode.NOT_PROVISIONED, /Defender for Endpoint is not present/],
   ])('mapAuthError should map AADSTS%s from errorCodes to %s', (code, expected, message) => {
-    const error = mapAuthError(authenticationError(400, 'invalid_client', [code], `AADSTS${code}: something.`), app);
+    const error = mapAuthError(
+      authenticationError(400, 'invalid_client', [code], `AADSTS${code}: something.`),
+      app,
+    );
     expect(error.code).toBe(expected);
     expect(error.message).toMatch(message);
     expect(error.canRetry).toBe(false);
@@ -29,40 +42,62 @@ describe('mapAuthError', () => {
 
   it('mapAuthError should read AADSTS codes from the message of MSAL errors rewrapped by @azure/identity', () => {
     const error = mapAuthError(
-      Object.assign(new Error('invalid_client: Error(s): 7000215 - Description: AADSTS7000215: Invalid client secret provided.'), {
-        name: 'AuthenticationRequiredError',
-      }),
+      Object.assign(
+        new Error(
+          'invalid_client: Error(s): 7000215 - Description: AADSTS7000215: Invalid client secret provided.',
+        ),
+        {
+          name: 'AuthenticationRequiredError',
+        },
+      ),
       app,
     );
     expect(error.code).toBe(DefenderErrorCode.INVALID_SECRET);
   });
 
   it('mapAuthError should treat 5xx and network errors from Entra as retryable outages', () => {
-    expect(mapAuthError(authenticationError(503, 'temporarily_unavailable', [], 'try later'), app)).toMatchObject({
+    expect(
+      mapAuthError(authenticationError(503, 'temporarily_unavailable', [], 'try later'), app),
+    ).toMatchObject({
       code: DefenderErrorCode.UNAVAILABLE,
       canRetry: true,
     });
-    expect(mapAuthError(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }), app)).toMatchObject({
+    expect(
+      mapAuthError(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }), app),
+    ).toMatchObject({
       code: DefenderErrorCode.UNAVAILABLE,
       canRetry: true,
     });
   });
 
   it('mapAuthError should keep other sign-in failures as AUTH_FAILED with the codes', () => {
-    const error = mapAuthError(authenticationError(400, 'invalid_scope', [70011], 'AADSTS70011: The provided scope is invalid.'), app);
+    const error = mapAuthError(
+      authenticationError(400, 'invalid_scope', [70011], 'AADSTS70011: The provided scope is invalid.'),
+      app,
+    );
     expect(error.code).toBe(DefenderErrorCode.AUTH_FAILED);
     expect(error.message).toContain('AADSTS70011');
   });
 
   it('mapAuthError should never carry the client secret, even when the upstream text contains it', () => {
-    const upstream = authenticationError(401, 'invalid_client', [7000215], `AADSTS7000215: bad secret ${app.clientSecret} given`);
+    const upstream = authenticationError(
+      401,
+      'invalid_client',
+      [7000215],
+      `AADSTS7000215: bad secret ${app.clientSecret} given`,
+    );
     const errors = [
       mapAuthError(upstream, app),
       mapAuthError(authenticationError(400, 'weird', [], `echo: client_secret=${app.clientSecret}`), app),
       mapAuthError(new Error(`socket hang up ${app.clientSecret}`), app),
     ];
     for (const error of errors) {
-      for (const text of [error.message, error.stack ?? '', JSON.stringify(error), inspect(error, { depth: Infinity })]) {
+      for (const text of [
+        error.message,
+        error.stack ?? '',
+        JSON.stringify(error),
+        inspect(error, { depth: Infinity }),
+      ]) {
         expect(text).not.toContain(app.clientSecret);
       }
     }

@@ -31,17 +31,29 @@ beforeAll(async () => {
   unprovisioned = newApp();
   sim.addTenant({
     azureTenantId: app.azureTenantId,
-    apps: [app, { ...expired, secretExpired: true }, { ...machineOnly, roles: ['Machine.Read.All'] }, { ...noRoles, roles: [] }],
+    apps: [
+      app,
+      { ...expired, secretExpired: true },
+      { ...machineOnly, roles: ['Machine.Read.All'] },
+      { ...noRoles, roles: [] },
+    ],
     fleet: { size: 40, seed: 11 },
   });
-  sim.addTenant({ azureTenantId: unprovisioned.azureTenantId, apps: [unprovisioned], defenderProvisioned: false });
+  sim.addTenant({
+    azureTenantId: unprovisioned.azureTenantId,
+    apps: [unprovisioned],
+    defenderProvisioned: false,
+  });
 });
 
 afterAll(async () => {
   await sim.close();
 });
 
-async function failure(from: TestApp, run: (c: ReturnType<typeof simClient>['client']) => Promise<unknown>): Promise<DefenderError> {
+async function failure(
+  from: TestApp,
+  run: (c: ReturnType<typeof simClient>['client']) => Promise<unknown>,
+): Promise<DefenderError> {
   const { client, close } = simClient(sim, from);
   try {
     await run(client);
@@ -55,7 +67,13 @@ async function failure(from: TestApp, run: (c: ReturnType<typeof simClient>['cli
 }
 
 function expectNoSecret(error: DefenderError, secret: string): void {
-  for (const text of [error.message, error.stack ?? '', JSON.stringify(error), JSON.stringify(error.details), inspect(error, { depth: Infinity })]) {
+  for (const text of [
+    error.message,
+    error.stack ?? '',
+    JSON.stringify(error),
+    JSON.stringify(error.details),
+    inspect(error, { depth: Infinity }),
+  ]) {
     expect(text).not.toContain(secret);
   }
 }
@@ -72,8 +90,18 @@ describe('createDefenderClient sign-in errors (real @azure/identity against the 
 
   it.each([
     ['an expired secret', () => expired, DefenderErrorCode.SECRET_EXPIRED, /AADSTS7000222/],
-    ['an unknown client id', () => ({ ...app, clientId: newApp().clientId }), DefenderErrorCode.UNKNOWN_CLIENT, /AADSTS700016/],
-    ['an unknown tenant', () => ({ ...app, azureTenantId: newApp().azureTenantId }), DefenderErrorCode.UNKNOWN_TENANT, /AADSTS90002/],
+    [
+      'an unknown client id',
+      () => ({ ...app, clientId: newApp().clientId }),
+      DefenderErrorCode.UNKNOWN_CLIENT,
+      /AADSTS700016/,
+    ],
+    [
+      'an unknown tenant',
+      () => ({ ...app, azureTenantId: newApp().azureTenantId }),
+      DefenderErrorCode.UNKNOWN_TENANT,
+      /AADSTS90002/,
+    ],
     ['a tenant without Defender', () => unprovisioned, DefenderErrorCode.NOT_PROVISIONED, /AADSTS500011/],
   ])('listMachines should explain %s', async (_name, who, code, message) => {
     const from = who();
@@ -86,12 +114,18 @@ describe('createDefenderClient sign-in errors (real @azure/identity against the 
   it('getToken should call an unreachable Entra an outage, not a wrong tenant', async () => {
     const agent = createHttpsAgent({ extraCa: sim.caPem });
     const tokens = createTokenSource({
-      endpoints: resolveEndpoints(undefined, undefined, { authorityHost: 'https://127.0.0.1:1', apiBase: sim.baseUrl }),
+      endpoints: resolveEndpoints(undefined, undefined, {
+        authorityHost: 'https://127.0.0.1:1',
+        apiBase: sim.baseUrl,
+      }),
       credentials: app,
       httpsAgent: agent,
     });
     try {
-      await expect(tokens.getToken()).rejects.toMatchObject({ code: DefenderErrorCode.UNAVAILABLE, canRetry: true });
+      await expect(tokens.getToken()).rejects.toMatchObject({
+        code: DefenderErrorCode.UNAVAILABLE,
+        canRetry: true,
+      });
     } finally {
       agent.destroy();
     }
@@ -114,7 +148,11 @@ describe('createDefenderClient consent', () => {
     try {
       const report = await client.checkAccess();
       expect(report).toMatchObject({ ok: true, tokenIssued: true, machinesReadable: true });
-      expect(report.permissions).toEqual({ 'Machine.Read.All': true, 'Vulnerability.Read.All': true, 'Alert.Read.All': true });
+      expect(report.permissions).toEqual({
+        'Machine.Read.All': true,
+        'Vulnerability.Read.All': true,
+        'Alert.Read.All': true,
+      });
       expect(report.verdict).toMatch(/^OK: /);
     } finally {
       await close();
@@ -125,7 +163,12 @@ describe('createDefenderClient consent', () => {
     const { client, close } = simClient(sim, machineOnly);
     try {
       const report = await client.checkAccess();
-      expect(report).toMatchObject({ ok: false, tokenIssued: true, machinesReadable: true, roles: ['Machine.Read.All'] });
+      expect(report).toMatchObject({
+        ok: false,
+        tokenIssued: true,
+        machinesReadable: true,
+        roles: ['Machine.Read.All'],
+      });
       expect(report.verdict).toBe(
         'FAIL: credentials work, but the token lacks Vulnerability.Read.All, Alert.Read.All: add these WindowsDefenderATP application permissions and grant admin consent.',
       );
@@ -138,7 +181,12 @@ describe('createDefenderClient consent', () => {
     const { client, close } = simClient(sim, noRoles);
     try {
       const report = await client.checkAccess();
-      expect(report).toMatchObject({ ok: false, tokenIssued: true, machinesReadable: false, error: { code: DefenderErrorCode.CONSENT_MISSING } });
+      expect(report).toMatchObject({
+        ok: false,
+        tokenIssued: true,
+        machinesReadable: false,
+        error: { code: DefenderErrorCode.CONSENT_MISSING },
+      });
       expect(report.verdict).toMatch(/^FAIL: .*403.*Machine\.Read\.All/);
     } finally {
       await close();
@@ -150,7 +198,11 @@ describe('createDefenderClient consent', () => {
     const { client, close } = simClient(sim, wrong);
     try {
       const report = await client.checkAccess();
-      expect(report).toMatchObject({ ok: false, tokenIssued: false, error: { code: DefenderErrorCode.INVALID_SECRET } });
+      expect(report).toMatchObject({
+        ok: false,
+        tokenIssued: false,
+        error: { code: DefenderErrorCode.INVALID_SECRET },
+      });
       expect(report.verdict).not.toContain('\n');
       expect(JSON.stringify(report)).not.toContain(wrong.clientSecret);
     } finally {
@@ -162,12 +214,18 @@ describe('createDefenderClient consent', () => {
 describe('createDefenderClient tokens', () => {
   it('getMachineVulnerabilities should get a fresh token and retry once when the API answers 401', async () => {
     const agent = createHttpsAgent({ extraCa: sim.caPem });
-    const endpoints = resolveEndpoints(undefined, undefined, { authorityHost: sim.baseUrl, apiBase: sim.baseUrl });
+    const endpoints = resolveEndpoints(undefined, undefined, {
+      authorityHost: sim.baseUrl,
+      apiBase: sim.baseUrl,
+    });
     const real = createTokenSource({ endpoints, credentials: app, httpsAgent: agent });
     let refreshed = 0;
     // A token the API no longer accepts (revoked, or from another signer) until a refresh.
     const tokens: TokenSource = {
-      getToken: async () => (refreshed > 0 ? real.getToken() : { token: 'eyJhbGciOiJub25lIn0.eyJyb2xlcyI6W119.x', expiresOnTimestamp: Date.now() + 3_600_000 }),
+      getToken: async () =>
+        refreshed > 0
+          ? real.getToken()
+          : { token: 'eyJhbGciOiJub25lIn0.eyJyb2xlcyI6W119.x', expiresOnTimestamp: Date.now() + 3_600_000 },
       refreshToken: async () => {
         refreshed++;
         return real.refreshToken();
@@ -187,7 +245,9 @@ describe('createDefenderClient tokens', () => {
     });
     try {
       const id = sim.machines(app.azureTenantId)[0]!.id;
-      await expect(api.get('vulnerabilities', `/api/machines/${id}/vulnerabilities`)).resolves.toMatchObject({ status: 200 });
+      await expect(api.get('vulnerabilities', `/api/machines/${id}/vulnerabilities`)).resolves.toMatchObject({
+        status: 200,
+      });
       expect(refreshed).toBe(1);
     } finally {
       agent.destroy();
@@ -211,7 +271,10 @@ describe('createDefenderClient tokens', () => {
     });
     try {
       sim.resetStats();
-      await expect(api.get('machines', '/api/machines')).rejects.toMatchObject({ code: DefenderErrorCode.UNAUTHORIZED, canRetry: false });
+      await expect(api.get('machines', '/api/machines')).rejects.toMatchObject({
+        code: DefenderErrorCode.UNAUTHORIZED,
+        canRetry: false,
+      });
       expect(sim.stats().calls.machines).toBe(2);
     } finally {
       agent.destroy();
@@ -241,7 +304,9 @@ describe('createDefenderClient vulnerabilities', () => {
     const { client, close } = simClient(sim, app);
     try {
       for (const machine of sim.machines(app.azureTenantId).slice(0, 5)) {
-        const expected = [...new Set(sim.vulnerabilities(app.azureTenantId, machine.id).map((v) => v.id))].sort();
+        const expected = [
+          ...new Set(sim.vulnerabilities(app.azureTenantId, machine.id).map((v) => v.id)),
+        ].sort();
         const got = await client.getMachineVulnerabilities(machine.id);
         expect(got.map((v) => v.id).sort()).toEqual(expected);
       }
@@ -262,7 +327,9 @@ describe('createDefenderClient vulnerabilities', () => {
       const bulk = await client.getVulnerabilitiesByMachine({ pageSize: 50 });
       expect(sim.stats().calls.bulk).toBeGreaterThan(2);
       for (const machine of sim.machines(app.azureTenantId)) {
-        const expected = [...new Set(sim.vulnerabilities(app.azureTenantId, machine.id).map((v) => v.id))].sort();
+        const expected = [
+          ...new Set(sim.vulnerabilities(app.azureTenantId, machine.id).map((v) => v.id)),
+        ].sort();
         expect((bulk.get(machine.id) ?? []).map((v) => v.id).sort()).toEqual(expected);
       }
     } finally {

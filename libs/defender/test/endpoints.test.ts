@@ -10,9 +10,14 @@ describe('resolveEndpoints', () => {
     });
   });
 
-  it.each(['us', 'eu', 'uk', 'au', 'swa', 'ina'])('resolveEndpoints should use the %s regional host', (region) => {
-    expect(resolveEndpoints('commercial', region).apiBase).toBe(`https://${region}.api.security.microsoft.com`);
-  });
+  it.each(['us', 'eu', 'uk', 'au', 'swa', 'ina'])(
+    'resolveEndpoints should use the %s regional host',
+    (region) => {
+      expect(resolveEndpoints('commercial', region).apiBase).toBe(
+        `https://${region}.api.security.microsoft.com`,
+      );
+    },
+  );
 
   it('resolveEndpoints should choose the US Government hosts per cloud', () => {
     expect(resolveEndpoints('gcc', undefined)).toMatchObject({
@@ -33,9 +38,14 @@ describe('resolveEndpoints', () => {
   });
 
   it('resolveEndpoints should reject an unknown cloud or region naming the field', () => {
-    expect(() => resolveEndpoints('azure-china', undefined)).toThrow(/cloud must be one of commercial, gcc, gcc-high, dod/);
+    expect(() => resolveEndpoints('azure-china', undefined)).toThrow(
+      /cloud must be one of commercial, gcc, gcc-high, dod/,
+    );
     expect(() => resolveEndpoints('commercial', 'https://evil.example')).toThrow(
-      expect.objectContaining({ code: DefenderErrorCode.INVALID_CONFIG, message: expect.stringMatching(/^region must be one of/) }),
+      expect.objectContaining({
+        code: DefenderErrorCode.INVALID_CONFIG,
+        message: expect.stringMatching(/^region must be one of/),
+      }),
     );
   });
 
@@ -50,7 +60,11 @@ describe('resolveEndpoints', () => {
   });
 
   it('resolveEndpoints should refuse an override that is not https', () => {
-    expect(() => resolveEndpoints(undefined, undefined, { authorityHost: 'http://127.0.0.1:8080' })).toThrow(/authorityHost must use https/);
-    expect(() => resolveEndpoints(undefined, undefined, { apiBase: 'not a url' })).toThrow(/apiBase must be an absolute https URL/);
+    expect(() => resolveEndpoints(undefined, undefined, { authorityHost: 'http://127.0.0.1:8080' })).toThrow(
+      /authorityHost must use https/,
+    );
+    expect(() => resolveEndpoints(undefined, undefined, { apiBase: 'not a url' })).toThrow(
+      /apiBase must be an absolute https URL/,
+    );
   });
 });

@@ -12,7 +12,11 @@ afterAll(async () => {
   await sim.close();
 });
 
-function tenantWith(spec: { size?: number; seed?: number; machines?: Parameters<Simulator['addTenant']>[0]['machines'] }): TestApp {
+function tenantWith(spec: {
+  size?: number;
+  seed?: number;
+  machines?: Parameters<Simulator['addTenant']>[0]['machines'];
+}): TestApp {
   const app = newApp();
   sim.addTenant({
     azureTenantId: app.azureTenantId,
@@ -24,7 +28,10 @@ function tenantWith(spec: { size?: number; seed?: number; machines?: Parameters<
 }
 
 /** Generated records from a throw-away tenant, to add as explicit records elsewhere. */
-function records(count: number, seed: number): NonNullable<Parameters<Simulator['addTenant']>[0]['machines']> {
+function records(
+  count: number,
+  seed: number,
+): NonNullable<Parameters<Simulator['addTenant']>[0]['machines']> {
   const donor = newApp();
   sim.addTenant({ azureTenantId: donor.azureTenantId, apps: [donor], fleet: { size: count, seed } });
   return sim.machines(donor.azureTenantId);
@@ -42,8 +49,17 @@ describe('listMachinePages', () => {
       sim.resetStats();
       const pages: MachinePage[] = [];
       for await (const page of client.listMachinePages({ pageSize: 10 })) pages.push(page);
-      expect(pages.map((p) => [p.skip, p.machines.length])).toEqual([[0, 10], [10, 10], [20, 5]]);
-      expect(ids(pages).sort()).toEqual(sim.machines(app.azureTenantId).map((m) => m.id).sort());
+      expect(pages.map((p) => [p.skip, p.machines.length])).toEqual([
+        [0, 10],
+        [10, 10],
+        [20, 5],
+      ]);
+      expect(ids(pages).sort()).toEqual(
+        sim
+          .machines(app.azureTenantId)
+          .map((m) => m.id)
+          .sort(),
+      );
       // 3 pages and the probe behind the short one.
       expect(sim.stats().callsByTenant[app.azureTenantId]?.machines).toBe(4);
     } finally {
@@ -84,7 +100,8 @@ describe('listMachinePages', () => {
       for await (const page of client.listMachinePages({ pageSize: 20, pageOverlap: 3 })) {
         pages.push(page);
         // Remove three devices already read: the rest shifts back by three positions.
-        if (page.index === 1) for (const m of page.machines.slice(0, 3)) sim.removeMachine(app.azureTenantId, m.record.id);
+        if (page.index === 1)
+          for (const m of page.machines.slice(0, 3)) sim.removeMachine(app.azureTenantId, m.record.id);
       }
       const listed = new Set(ids(pages));
       for (const m of sim.machines(app.azureTenantId)) expect(listed.has(m.id)).toBe(true);
@@ -121,7 +138,12 @@ describe('listMachinePages', () => {
     sim.setFaults(app.azureTenantId, { shortPageRate: 1 });
     try {
       const machines = await client.listMachines({ pageSize: 20 });
-      expect(machines.map((m) => m.record.id).sort()).toEqual(sim.machines(app.azureTenantId).map((m) => m.id).sort());
+      expect(machines.map((m) => m.record.id).sort()).toEqual(
+        sim
+          .machines(app.azureTenantId)
+          .map((m) => m.id)
+          .sort(),
+      );
     } finally {
       sim.setFaults(app.azureTenantId, {});
       await close();
@@ -130,10 +152,14 @@ describe('listMachinePages', () => {
 
   it('listMachinePages should flag merged and excluded devices and report invalid records without losing the page', async () => {
     const extra = records(3, 5);
-    const [valid, broken, pascal] = extra as [typeof extra[0], typeof extra[0], typeof extra[0]];
+    const [valid, broken, pascal] = extra as [(typeof extra)[0], (typeof extra)[0], (typeof extra)[0]];
     const app = tenantWith({
       size: 4,
-      machines: [valid, { ...broken, machineTags: 'not-a-list' as unknown as string[] }, { ...pascal, HealthStatus: 'inactive' } as typeof pascal],
+      machines: [
+        valid,
+        { ...broken, machineTags: 'not-a-list' as unknown as string[] },
+        { ...pascal, HealthStatus: 'inactive' } as typeof pascal,
+      ],
     });
     const generated = sim.machines(app.azureTenantId).slice(0, 4);
     sim.updateMachine(app.azureTenantId, generated[0]!.id, { mergedIntoMachineId: generated[1]!.id });
@@ -157,7 +183,12 @@ describe('listMachinePages', () => {
   it('listMachines should get through 5xx, resets, timeouts and truncated bodies', async () => {
     const app = tenantWith({ size: 50 });
     const { client, close } = simClient(sim, app, { requestTimeoutMs: 300 });
-    sim.setFaults(app.azureTenantId, { status5xxRate: 0.2, resetRate: 0.1, timeoutRate: 0.1, malformedRate: 0.1 });
+    sim.setFaults(app.azureTenantId, {
+      status5xxRate: 0.2,
+      resetRate: 0.1,
+      timeoutRate: 0.1,
+      malformedRate: 0.1,
+    });
     try {
       sim.resetStats();
       const machines = await client.listMachines({ pageSize: 5 });
@@ -173,7 +204,9 @@ describe('listMachinePages', () => {
     const app = tenantWith({ size: 1 });
     const { client, close } = simClient(sim, app);
     try {
-      await expect(client.listMachines({ pageSize: 10_001 })).rejects.toThrow(/pageSize must be a whole number from 1 to 10000/);
+      await expect(client.listMachines({ pageSize: 10_001 })).rejects.toThrow(
+        /pageSize must be a whole number from 1 to 10000/,
+      );
     } finally {
       await close();
     }

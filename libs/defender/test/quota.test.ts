@@ -14,7 +14,13 @@ describe('createLocalQuotaGate', () => {
   });
 
   it('acquire should count each tenant and endpoint on its own', async () => {
-    const gate = createLocalQuotaGate({ limits: { machines: [{ limit: 1, windowMs: 60_000 }], vulnerabilities: [{ limit: 1, windowMs: 60_000 }], bulk: [] } });
+    const gate = createLocalQuotaGate({
+      limits: {
+        machines: [{ limit: 1, windowMs: 60_000 }],
+        vulnerabilities: [{ limit: 1, windowMs: 60_000 }],
+        bulk: [],
+      },
+    });
     const started = Date.now();
     await gate.acquire('t1', 'machines');
     await gate.acquire('t2', 'machines');
@@ -31,11 +37,15 @@ describe('createLocalQuotaGate', () => {
   });
 
   it('acquire should stop waiting when the signal aborts', async () => {
-    const gate = createLocalQuotaGate({ limits: { ...MICROSOFT_QUOTAS, bulk: [{ limit: 1, windowMs: 60_000 }] } });
+    const gate = createLocalQuotaGate({
+      limits: { ...MICROSOFT_QUOTAS, bulk: [{ limit: 1, windowMs: 60_000 }] },
+    });
     await gate.acquire('t1', 'bulk');
     const controller = new AbortController();
     setTimeout(() => controller.abort(), 50);
-    await expect(gate.acquire('t1', 'bulk', controller.signal)).rejects.toMatchObject({ code: 'DEFENDER_THROTTLED' });
+    await expect(gate.acquire('t1', 'bulk', controller.signal)).rejects.toMatchObject({
+      code: 'DEFENDER_THROTTLED',
+    });
   });
 });
 
@@ -53,6 +63,9 @@ describe('planVulnerabilityMode', () => {
   });
 
   it('planVulnerabilityMode should accept another quota and headroom', () => {
-    expect(planVulnerabilityMode(100, 1, [{ limit: 100, windowMs: 60_000 }], 1)).toEqual({ mode: 'per-device', perDeviceCapacity: 100 });
+    expect(planVulnerabilityMode(100, 1, [{ limit: 100, windowMs: 60_000 }], 1)).toEqual({
+      mode: 'per-device',
+      perDeviceCapacity: 100,
+    });
   });
 });

@@ -1,19 +1,45 @@
-import { parseMachine, parseSoftwareVulnerabilityRow, parseVulnerability, vulnerabilityFromRow } from '../src';
+import {
+  parseMachine,
+  parseSoftwareVulnerabilityRow,
+  parseVulnerability,
+  vulnerabilityFromRow,
+} from '../src';
 
 const ID = 'b9c2f1d0e8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3';
 
 describe('parseMachine', () => {
   it('parseMachine should normalise PascalCase and lower-case keys to the documented camelCase', () => {
-    const result = parseMachine({ Id: ID, ComputerDnsName: 'pc1.contoso.com', onboardingstatus: 'onboarded', HealthStatus: 'active', RiskScore: 'HIGH' });
+    const result = parseMachine({
+      Id: ID,
+      ComputerDnsName: 'pc1.contoso.com',
+      onboardingstatus: 'onboarded',
+      HealthStatus: 'active',
+      RiskScore: 'HIGH',
+    });
     expect(result).toEqual({
       ok: true,
-      value: { id: ID, computerDnsName: 'pc1.contoso.com', onboardingStatus: 'Onboarded', healthStatus: 'Active', riskScore: 'High' },
+      value: {
+        id: ID,
+        computerDnsName: 'pc1.contoso.com',
+        onboardingStatus: 'Onboarded',
+        healthStatus: 'Active',
+        riskScore: 'High',
+      },
     });
   });
 
   it('parseMachine should keep undocumented fields and unknown enum values as sent', () => {
-    const result = parseMachine({ id: ID, healthStatus: 'SomethingNew', vmMetadata: { vm_id: 'x' }, FutureField: 1, '@odata.etag': 'w' });
-    expect(result).toEqual({ ok: true, value: { id: ID, healthStatus: 'SomethingNew', vmMetadata: { vm_id: 'x' }, futureField: 1 } });
+    const result = parseMachine({
+      id: ID,
+      healthStatus: 'SomethingNew',
+      vmMetadata: { vm_id: 'x' },
+      FutureField: 1,
+      '@odata.etag': 'w',
+    });
+    expect(result).toEqual({
+      ok: true,
+      value: { id: ID, healthStatus: 'SomethingNew', vmMetadata: { vm_id: 'x' }, futureField: 1 },
+    });
   });
 
   it('parseMachine should accept rbacGroupId as a number or a string and a null osBuild', () => {
@@ -22,8 +48,13 @@ describe('parseMachine', () => {
   });
 
   it('parseMachine should normalise the keys of ipAddresses entries', () => {
-    const result = parseMachine({ id: ID, IpAddresses: [{ IpAddress: '10.0.0.1', MacAddress: null, Type: 'Ethernet', OperationalStatus: 'Up' }] });
-    expect(result.ok && result.value.ipAddresses).toEqual([{ ipAddress: '10.0.0.1', macAddress: null, type: 'Ethernet', operationalStatus: 'Up' }]);
+    const result = parseMachine({
+      id: ID,
+      IpAddresses: [{ IpAddress: '10.0.0.1', MacAddress: null, Type: 'Ethernet', OperationalStatus: 'Up' }],
+    });
+    expect(result.ok && result.value.ipAddresses).toEqual([
+      { ipAddress: '10.0.0.1', macAddress: null, type: 'Ethernet', operationalStatus: 'Up' },
+    ]);
   });
 
   it.each([
@@ -47,12 +78,30 @@ describe('parseMachine', () => {
 
 describe('parseVulnerability', () => {
   it('parseVulnerability should normalise CveSupportability and EPSS and the severity case', () => {
-    const result = parseVulnerability({ id: 'CVE-2024-1', severity: 'critical', cvssV3: 9.8, CveSupportability: 'supported', EPSS: 0.5 });
-    expect(result).toEqual({ ok: true, value: { id: 'CVE-2024-1', severity: 'Critical', cvssV3: 9.8, cveSupportability: 'supported', epss: 0.5 } });
+    const result = parseVulnerability({
+      id: 'CVE-2024-1',
+      severity: 'critical',
+      cvssV3: 9.8,
+      CveSupportability: 'supported',
+      EPSS: 0.5,
+    });
+    expect(result).toEqual({
+      ok: true,
+      value: {
+        id: 'CVE-2024-1',
+        severity: 'Critical',
+        cvssV3: 9.8,
+        cveSupportability: 'supported',
+        epss: 0.5,
+      },
+    });
   });
 
   it('parseVulnerability should reject a CVSS that is not a number', () => {
-    expect(parseVulnerability({ id: 'CVE-2024-1', cvssV3: '9.8' })).toEqual({ ok: false, reason: 'cvssV3 must be number,null' });
+    expect(parseVulnerability({ id: 'CVE-2024-1', cvssV3: '9.8' })).toEqual({
+      ok: false,
+      reason: 'cvssV3 must be number,null',
+    });
   });
 });
 

@@ -34,7 +34,13 @@ export function simClient(
   sim: Simulator,
   app: TestApp,
   overrides: Partial<DefenderClientDeps> & { agent?: Agent } = {},
-): { client: DefenderClient; limiter: CallLimiter; quota: QuotaGate; agent: Agent; close: () => Promise<void> } {
+): {
+  client: DefenderClient;
+  limiter: CallLimiter;
+  quota: QuotaGate;
+  agent: Agent;
+  close: () => Promise<void>;
+} {
   const agent = overrides.agent ?? createHttpsAgent({ extraCa: sim.caPem });
   const limiter = overrides.limiter ?? createLocalLimiter();
   const quota = overrides.quota ?? createLocalQuotaGate();

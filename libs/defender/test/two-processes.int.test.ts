@@ -18,11 +18,19 @@ interface WorkerReport {
 const DEVICES = 10_000;
 const LATENCY_MS = 20;
 
-function startWorker(env: NodeJS.ProcessEnv): { child: ChildProcessWithoutNullStreams; lines: AsyncIterator<string>; stderr: string[] } {
-  const child = spawn(process.execPath, [join(__dirname, 'fixtures/run-ts.js'), join(__dirname, 'fixtures/vuln-worker.ts')], {
-    env: { ...process.env, ...env },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+function startWorker(env: NodeJS.ProcessEnv): {
+  child: ChildProcessWithoutNullStreams;
+  lines: AsyncIterator<string>;
+  stderr: string[];
+} {
+  const child = spawn(
+    process.execPath,
+    [join(__dirname, 'fixtures/run-ts.js'), join(__dirname, 'fixtures/vuln-worker.ts')],
+    {
+      env: { ...process.env, ...env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    },
+  );
   const stderr: string[] = [];
   child.stderr.on('data', (chunk: Buffer) => stderr.push(chunk.toString()));
   return { child, lines: createInterface({ input: child.stdout })[Symbol.asyncIterator](), stderr };
@@ -73,7 +81,8 @@ describe('getMachineVulnerabilities across processes', () => {
       });
     });
     try {
-      for (const w of workers) expect(await nextJson<{ ready: boolean }>(w.lines, w.stderr)).toEqual({ ready: true });
+      for (const w of workers)
+        expect(await nextJson<{ ready: boolean }>(w.lines, w.stderr)).toEqual({ ready: true });
       sim.resetStats();
       for (const w of workers) w.child.stdin.write('go\n');
       const reports = await Promise.all(workers.map((w) => nextJson<WorkerReport>(w.lines, w.stderr)));

@@ -93,16 +93,20 @@ async function readOptions(args: string[]): Promise<Options | 'help'> {
   try {
     clientSecret = (await readFile(values['client-secret-file'] as string, 'utf8')).trim();
   } catch (error) {
-    throw new UsageError(`--client-secret-file: cannot read ${values['client-secret-file']}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+    throw new UsageError(
+      `--client-secret-file: cannot read ${values['client-secret-file']}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`,
+    );
   }
   if (!clientSecret) throw new UsageError('--client-secret-file: the file is empty');
   let pageSize: number | undefined;
   if (values['page-size'] !== undefined) {
     pageSize = Number(values['page-size']);
-    if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > 10_000) throw new UsageError('--page-size must be a whole number from 1 to 10000');
+    if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > 10_000)
+      throw new UsageError('--page-size must be a whole number from 1 to 10000');
   }
   const mode = (values['vulnerabilities-mode'] ?? 'auto') as Mode;
-  if (!['per-device', 'bulk', 'auto'].includes(mode)) throw new UsageError('--vulnerabilities-mode must be per-device, bulk or auto');
+  if (!['per-device', 'bulk', 'auto'].includes(mode))
+    throw new UsageError('--vulnerabilities-mode must be per-device, bulk or auto');
   return {
     action,
     tenant: {
@@ -150,7 +154,12 @@ interface Counts {
   vulnerabilitiesMissing: number;
 }
 
-async function devices(client: DefenderClient, options: Options, io: CommandIo, note: (line: string) => void): Promise<Counts> {
+async function devices(
+  client: DefenderClient,
+  options: Options,
+  io: CommandIo,
+  note: (line: string) => void,
+): Promise<Counts> {
   const write = writer(io.stdout);
   const counts: Counts = { written: 0, flagged: 0, invalid: 0, vulnerabilitiesMissing: 0 };
   const pages = client.listMachinePages(options.pageSize ? { pageSize: options.pageSize } : {});
@@ -179,7 +188,8 @@ async function devices(client: DefenderClient, options: Options, io: CommandIo, 
   for await (const page of pages) {
     if (first && options.withVulnerabilities) {
       first = false;
-      const large = page.received >= (options.pageSize ?? 10_000) || page.machines.length > AUTO_BULK_THRESHOLD;
+      const large =
+        page.received >= (options.pageSize ?? 10_000) || page.machines.length > AUTO_BULK_THRESHOLD;
       if (options.mode === 'bulk' || (options.mode === 'auto' && large)) {
         note('reading vulnerabilities from the bulk export (SoftwareVulnerabilitiesByMachine)');
         try {
@@ -194,7 +204,9 @@ async function devices(client: DefenderClient, options: Options, io: CommandIo, 
     counts.invalid += page.invalid;
     const selected = page.machines.filter((m) => options.includeFlagged || isScorable(m));
     counts.flagged += page.machines.length - selected.length;
-    const vulnerabilities = options.withVulnerabilities ? await mapLimited(selected, VULNERABILITY_WORKERS, vulnerabilitiesOf) : [];
+    const vulnerabilities = options.withVulnerabilities
+      ? await mapLimited(selected, VULNERABILITY_WORKERS, vulnerabilitiesOf)
+      : [];
     for (let i = 0; i < selected.length; i++) {
       const record = (selected[i] as Machine).record;
       if (options.withVulnerabilities) {
@@ -217,7 +229,9 @@ export const defenderCommand: Command = async (args, io) => {
   try {
     options = await readOptions(args);
   } catch (error) {
-    io.stderr.write(`urs defender: ${errorMessage(error)}\n${error instanceof UsageError ? `${USAGE}\n` : ''}`);
+    io.stderr.write(
+      `urs defender: ${errorMessage(error)}\n${error instanceof UsageError ? `${USAGE}\n` : ''}`,
+    );
     return 2;
   }
   if (options === 'help') {

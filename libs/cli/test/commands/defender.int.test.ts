@@ -36,7 +36,18 @@ describe('urs defender with Redis', () => {
     stdout.on('data', (c: Buffer) => out.push(c.toString()));
     stderr.on('data', (c: Buffer) => err.push(c.toString()));
     const code = await defenderCommand(
-      ['devices', '--azure-tenant-id', app.azureTenantId, '--client-id', app.clientId, '--client-secret-file', secretFile, '--with-vulnerabilities', '--vulnerabilities-mode', 'per-device'],
+      [
+        'devices',
+        '--azure-tenant-id',
+        app.azureTenantId,
+        '--client-id',
+        app.clientId,
+        '--client-secret-file',
+        secretFile,
+        '--with-vulnerabilities',
+        '--vulnerabilities-mode',
+        'per-device',
+      ],
       {
         stdin: Readable.from([]),
         stdout,
@@ -52,7 +63,11 @@ describe('urs defender with Redis', () => {
     );
     expect(code).toBe(0);
     expect(err.join('')).not.toContain('not reachable');
-    const records = out.join('').trim().split('\n').map((l) => JSON.parse(l) as { vulnerabilities: unknown });
+    const records = out
+      .join('')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { vulnerabilities: unknown });
     expect(records.length).toBeGreaterThan(0);
     expect(records.every((r) => Array.isArray(r.vulnerabilities))).toBe(true);
     const keys = await redis.client.keys(`*${redis.prefix}*`);

@@ -32,7 +32,16 @@ function secretFile(secret: string): string {
 }
 
 function args(action: string, from: App, ...more: string[]): string[] {
-  return [action, '--azure-tenant-id', from.azureTenantId, '--client-id', from.clientId, '--client-secret-file', secretFile(from.clientSecret), ...more];
+  return [
+    action,
+    '--azure-tenant-id',
+    from.azureTenantId,
+    '--client-id',
+    from.clientId,
+    '--client-secret-file',
+    secretFile(from.clientSecret),
+    ...more,
+  ];
 }
 
 async function run(
@@ -98,7 +107,9 @@ describe('urs defender devices', () => {
     const expected = sim.machines(app.azureTenantId).filter((m) => !m.isExcluded && !m.mergedIntoMachineId);
     expect(records.map((r) => r.id).sort()).toEqual(expected.map((m) => m.id).sort());
     expect(records.every((r) => !('vulnerabilities' in r))).toBe(true);
-    expect(result.stderr).toContain(`done: ${scorable} devices written, ${30 - scorable} merged/excluded skipped, 0 invalid records skipped`);
+    expect(result.stderr).toContain(
+      `done: ${scorable} devices written, ${30 - scorable} merged/excluded skipped, 0 invalid records skipped`,
+    );
   });
 
   it('defenderCommand should include merged and excluded devices with --include-flagged', async () => {
@@ -106,22 +117,40 @@ describe('urs defender devices', () => {
     expect(lines(result.stdout).length).toBe(30);
   });
 
-  it.each(['per-device', 'bulk'])('defenderCommand should add each device’s vulnerabilities (%s)', async (mode) => {
-    const result = await run(args('devices', app, '--with-vulnerabilities', '--vulnerabilities-mode', mode, '--no-redis'));
-    expect(result.code).toBe(0);
-    for (const record of lines(result.stdout)) {
-      const expected = [...new Set(sim.vulnerabilities(app.azureTenantId, record.id as string).map((v) => v.id))].sort();
-      expect((record.vulnerabilities as { id: string }[]).map((v) => v.id).sort()).toEqual(expected);
-    }
-  });
+  it.each(['per-device', 'bulk'])(
+    'defenderCommand should add each device’s vulnerabilities (%s)',
+    async (mode) => {
+      const result = await run(
+        args('devices', app, '--with-vulnerabilities', '--vulnerabilities-mode', mode, '--no-redis'),
+      );
+      expect(result.code).toBe(0);
+      for (const record of lines(result.stdout)) {
+        const expected = [
+          ...new Set(sim.vulnerabilities(app.azureTenantId, record.id as string).map((v) => v.id)),
+        ].sort();
+        expect((record.vulnerabilities as { id: string }[]).map((v) => v.id).sort()).toEqual(expected);
+      }
+    },
+  );
 
   it('defenderCommand should write null vulnerabilities, once explained, when consent for them is missing', async () => {
-    const result = await run(args('devices', machineOnly, '--with-vulnerabilities', '--vulnerabilities-mode', 'per-device', '--no-redis'));
+    const result = await run(
+      args(
+        'devices',
+        machineOnly,
+        '--with-vulnerabilities',
+        '--vulnerabilities-mode',
+        'per-device',
+        '--no-redis',
+      ),
+    );
     expect(result.code).toBe(0);
     const records = lines(result.stdout);
     expect(records.length).toBe(scorable);
     expect(records.every((r) => r.vulnerabilities === null)).toBe(true);
-    expect(result.stderr.match(/vulnerabilities unavailable for every device: .*Vulnerability\.Read\.All/g)).toHaveLength(1);
+    expect(
+      result.stderr.match(/vulnerabilities unavailable for every device: .*Vulnerability\.Read\.All/g),
+    ).toHaveLength(1);
   });
 
   it('defenderCommand should exit 1 with the typed error’s message, and never the secret, when sign-in fails', async () => {
@@ -155,14 +184,18 @@ describe('urs defender check', () => {
   it('defenderCommand check should print one OK line when credentials and consent work', async () => {
     const result = await run(args('check', app, '--no-redis'));
     expect(result.code).toBe(0);
-    expect(result.stdout).toBe('OK: credentials and consent work; the token carries Machine.Read.All, Vulnerability.Read.All, Alert.Read.All.\n');
+    expect(result.stdout).toBe(
+      'OK: credentials and consent work; the token carries Machine.Read.All, Vulnerability.Read.All, Alert.Read.All.\n',
+    );
   });
 
   it('defenderCommand check should print one FAIL line naming the missing permissions', async () => {
     const result = await run(args('check', machineOnly, '--no-redis'));
     expect(result.code).toBe(1);
     expect(result.stdout.trim().split('\n')).toHaveLength(1);
-    expect(result.stdout).toMatch(/^FAIL: credentials work, but the token lacks Vulnerability\.Read\.All, Alert\.Read\.All/);
+    expect(result.stdout).toMatch(
+      /^FAIL: credentials work, but the token lacks Vulnerability\.Read\.All, Alert\.Read\.All/,
+    );
   });
 });
 

@@ -36,7 +36,9 @@ async function extraCa(env: NodeJS.ProcessEnv): Promise<{ extraCa?: string }> {
   try {
     return { extraCa: await readFile(file, 'utf8') };
   } catch (error) {
-    throw new Error(`URS_DEFENDER_CA_FILE: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+    throw new Error(
+      `URS_DEFENDER_CA_FILE: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`,
+    );
   }
 }
 
@@ -49,7 +51,11 @@ const REDIS_CONNECT_TIMEOUT_MS = 2_000;
  * pipeline counts on. When Redis is not reachable (or `--no-redis`), the run uses an in-process limiter
  * and quota with the same limits: correct for this process alone, and said so on stderr.
  */
-export async function openBackend(env: NodeJS.ProcessEnv, useRedis: boolean, warn: (line: string) => void): Promise<Backend> {
+export async function openBackend(
+  env: NodeJS.ProcessEnv,
+  useRedis: boolean,
+  warn: (line: string) => void,
+): Promise<Backend> {
   const overrides: DefenderEndpointOverrides = { ...defenderOverrides(env) };
   if (env.URS_DEFENDER_SCOPE) overrides.scope = env.URS_DEFENDER_SCOPE;
   const httpsAgent = createHttpsAgent(await extraCa(env));
@@ -81,7 +87,9 @@ export async function openBackend(env: NodeJS.ProcessEnv, useRedis: boolean, war
     await redis.connect();
   } catch {
     redis.disconnect();
-    warn(`Redis at ${new URL(config.url).host} is not reachable: using an in-process limiter and quota (this run alone is counted)`);
+    warn(
+      `Redis at ${new URL(config.url).host} is not reachable: using an in-process limiter and quota (this run alone is counted)`,
+    );
     return local();
   }
   const limiter = await createSharedLimiter({ redis, keyPrefix: config.keyPrefix, logger: silentLogger });
