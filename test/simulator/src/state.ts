@@ -72,9 +72,15 @@ export function validateFaults(faults: FaultSpec): FaultSpec {
   return out;
 }
 
+const TENANT_ID =
+  /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|(?=.{1,253}$)([a-z0-9-]{1,63}\.)+[a-z]{2,63})$/i;
+
 export function createTenant(spec: TenantSpec, epochMs: number, budget?: JsonCacheBudget): TenantState {
   if (typeof spec.azureTenantId !== 'string' || spec.azureTenantId.length === 0)
     throw new Error('azureTenantId must be a non-empty string');
+  // Entra answers AADSTS900023 for anything else, so such a tenant could never get a token.
+  if (!TENANT_ID.test(spec.azureTenantId))
+    throw new Error(`azureTenantId must be a GUID or a domain name, got '${spec.azureTenantId}'`);
   if (!Array.isArray(spec.apps)) throw new Error('apps must be an array');
   const apps = new Map<string, Required<AppSpec>>();
   for (const app of spec.apps) {
