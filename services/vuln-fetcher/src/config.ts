@@ -16,7 +16,11 @@ export interface VulnFetcherConfig {
   maxInFlight: number;
   /** Per-device calls of one batch started at once. Env `URS_VULN_CONCURRENCY`, default 10. */
   concurrency: number;
-  /** Partitions (tenant groups) handled at once. Env `URS_PARTITIONS_CONCURRENCY`, default 3. */
+  /**
+   * Partitions handled at once. Env `URS_PARTITIONS_CONCURRENCY`, default 16. Batches of one partition
+   * are handled in order, and a per-device batch paces itself on its tenant's quota, so tenants sharing
+   * a partition wait for each other: handle every partition at once (batches mostly wait on the network).
+   */
   partitionsConcurrency: number;
   /** How long a batch waits for its cycle's bulk export, ms. Env `URS_BULK_WAIT_MS`, default 600000. */
   bulkWaitMs: number;
@@ -47,7 +51,7 @@ export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
     caFile: readOptionalString(env, 'URS_DEFENDER_CA_FILE'),
     maxInFlight: readInt(env, 'URS_DEFENDER_MAX_IN_FLIGHT', { fallback: 10, min: 1, max: 100 }),
     concurrency: readInt(env, 'URS_VULN_CONCURRENCY', { fallback: 10, min: 1, max: 100 }),
-    partitionsConcurrency: readInt(env, 'URS_PARTITIONS_CONCURRENCY', { fallback: 3, min: 1, max: 100 }),
+    partitionsConcurrency: readInt(env, 'URS_PARTITIONS_CONCURRENCY', { fallback: 16, min: 1, max: 100 }),
     bulkWaitMs: readInt(env, 'URS_BULK_WAIT_MS', { fallback: 600_000, min: 1_000 }),
     bulkClaimMs: readInt(env, 'URS_BULK_CLAIM_MS', { fallback: 300_000, min: 1_000 }),
     bulkCacheTtlMs: readInt(env, 'URS_BULK_CACHE_TTL_MS', { fallback: 7_200_000, min: 60_000 }),

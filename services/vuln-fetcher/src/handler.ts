@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { MessageHandler, Publisher } from '@urs/bus';
 import type { DeviceBatch, EnrichedBatch, EnrichedDevice, Machine, TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { errorCode, errorMessage, sleep } from '@urs/resilience';
+import { UrsError, errorCode, errorMessage, sleep } from '@urs/resilience';
 import type { BulkVulnerabilityCache, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import { isTenantWideCode, isTenantWideFailure, type SourceProvider, type VulnerabilitySource } from './sources';
@@ -26,6 +26,11 @@ export interface EnrichHandlerDeps {
   /** Pause between two looks at another replica's bulk export, in milliseconds. */
   bulkPollMs?: number;
   now?: () => Date;
+  /**
+   * Aborted when the process stops: calls in flight give up and the batch fails retryably, so it is not
+   * committed and another replica (or this one, restarted) handles it whole. Default: never aborted.
+   */
+  signal?: AbortSignal;
 }
 
 type FetchError = { code: string; message: string };
@@ -34,6 +39,9 @@ interface Enrichment {
   devices: EnrichedDevice[];
   collectedAt: Date;
 }
+
+/** How often a running batch heartbeats, in milliseconds (KafkaJS's default heartbeat interval). */
+const HEARTBEAT_EVERY_MS = 3_000;
 
 /** Tenant-wide failures remembered per cycle, so later batches of the cycle do not call again. */
 const REMEMBERED_FAILURES = 1000;
@@ -72,6 +80,13 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     });
   }
 
+  /** A stop interrupted the batch: fail it retryably, so its offset is not committed and it is handled again. */
+  function throwIfStopping(): void {
+    if (deps.signal?.aborted) {
+      throw new UrsError('STOPPING', 'the service is stopping; the batch will be handled again', { canRetry: true });
+    }
+  }
+
   const missing = (machines: Machine[], error: FetchError): EnrichedDevice[] =>
     machines.map((machine) => ({ machine, vulnerabilities: null, fetchError: error }));
 
@@ -87,6 +102,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     let next = 0;
     async function worker(): Promise<void> {
       for (let index = next++; index < batch.devices.length; index = next++) {
+        if (deps.signal?.aborted) return;
         const machine = batch.devices[index] as Machine;
         if (tenantFailure) {
           devices[index] = { machine, vulnerabilities: null, fetchError: tenantFailure };
@@ -94,7 +110,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
           continue;
         }
         try {
-          const list = await source.machineVulnerabilities(machine.id);
+          const list = await source.machineVulnerabilities(machine.id, deps.signal);
           devices[index] = { machine, vulnerabilities: summariseVulnerabilities(list, batch.cvssThreshold) };
           fetches.inc({ mode: 'per-device', outcome: 'ok' });
         } catch (error) {
@@ -110,13 +126,14 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     }
     const workers = Math.max(1, Math.min(deps.concurrency, batch.devices.length));
     await Promise.all(Array.from({ length: workers }, () => worker()));
+    throwIfStopping();
     return { devices, collectedAt, ...(tenantFailure ? { tenantFailure } : {}) };
   }
 
   async function runBulkExport(batch: DeviceBatch, source: VulnerabilitySource, log: Logger): Promise<void> {
     const started = Date.now();
     try {
-      const byDevice = await source.bulkVulnerabilities();
+      const byDevice = await source.bulkVulnerabilities(deps.signal);
       const summaries = new Map(
         [...byDevice].map(([deviceId, list]) => [deviceId, summariseVulnerabilities(list, batch.cvssThreshold)]),
       );
@@ -131,6 +148,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
           `(last export ${collectedAt}: ${summaries.size} devices with vulnerabilities)`,
       });
     } catch (error) {
+      throwIfStopping();
       const fetchError = { code: errorCode(error), message: errorMessage(error) };
       log.warn('bulk export failed', fetchError);
       await deps.bulkCache.fail(batch.tenantId, batch.cycleId, fetchError);
@@ -180,14 +198,29 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         return { devices: missing(batch.devices, fetchError), collectedAt: now() };
       }
       await heartbeat();
-      await sleep(deps.bulkPollMs ?? 200);
+      await sleep(deps.bulkPollMs ?? 200, deps.signal);
+      throwIfStopping();
     }
   }
 
   return async (message) => {
     const batch = message.value;
     if (batch === null) return;
-    const heartbeat = message.heartbeat ?? (async () => undefined);
+    // KafkaJS heartbeats only when asked: a batch waiting on its tenant's quota or on another replica's
+    // bulk export must keep asking, or the group drops this member and the batch is handled twice.
+    // A failed heartbeat (a rebalance under way) must not fail the batch: its effects are idempotent.
+    const heartbeat = async (): Promise<void> => {
+      await message.heartbeat?.().catch(() => undefined);
+    };
+    const beating = setInterval(() => void heartbeat(), HEARTBEAT_EVERY_MS);
+    try {
+      await handle(batch, heartbeat);
+    } finally {
+      clearInterval(beating);
+    }
+  };
+
+  async function handle(batch: DeviceBatch, heartbeat: () => Promise<void>): Promise<void> {
     const log = deps.logger.child({ tenantId: batch.tenantId, cycleId: batch.cycleId, batchIndex: batch.batchIndex });
     const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
     let enrichment: Enrichment;
@@ -234,6 +267,6 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     batches.inc({ mode: batch.vulnerabilityMode });
     const failed = enrichment.devices.filter((device) => device.vulnerabilities === null).length;
     log.info('batch enriched', { devices: enrichment.devices.length, failed, mode: batch.vulnerabilityMode });
-  };
+  }
 }
 

@@ -26,7 +26,14 @@ void runService({
       overrides: own.defender,
       logger,
     });
+    // Stopping aborts the calls in flight (the runner then leaves their batch uncommitted); without it a
+    // batch pacing itself on its tenant's quota would hold the graceful stop for minutes.
+    const stopping = new AbortController();
+    const stop = (): void => stopping.abort();
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
     const handler = createEnrichHandler({
+      signal: stopping.signal,
       tenants: createTenantStore(redis, prefix),
       sources,
       bulkCache: createBulkVulnerabilityCache(redis, prefix, own.bulkCacheTtlMs),

@@ -1,0 +1,208 @@
+import type { InboundMessage, Publisher } from '@urs/bus';
+import type { DeviceBatch, EnrichedBatch, TenantRecord, VulnerabilitySummary } from '@urs/contracts';
+import { DefenderError, DefenderErrorCode } from '@urs/defender';
+import { silentLogger } from '@urs/logging';
+import type { BulkExportState, BulkVulnerabilityCache, TenantStatus } from '@urs/store';
+import { Registry } from '@urs/telemetry';
+import { createEnrichHandler, type EnrichHandlerDeps } from '../src/handler';
+import type { SourceProvider, VulnerabilitySource } from '../src/sources';
+import type { VulnerabilityLike } from '../src/summarise';
+
+const record = { tenantId: 't1', revision: 1 } as unknown as TenantRecord;
+
+function batch(overrides: Partial<DeviceBatch> = {}): DeviceBatch {
+  return {
+    schemaVersion: 1,
+    tenantId: 't1',
+    cycleId: 'c1',
+    cycleStartedAt: '2026-01-01T10:00:00.000Z',
+    batchIndex: 0,
+    lastBatch: true,
+    totalBatches: 1,
+    totalDevices: 3,
+    vulnerabilityMode: 'per-device',
+    cvssThreshold: 9,
+    devices: [{ id: 'd1' }, { id: 'd2' }, { id: 'd3' }],
+    ...overrides,
+  };
+}
+
+const message = (value: DeviceBatch): InboundMessage<DeviceBatch> => ({
+  topic: 'urs.device-batches',
+  partition: 0,
+  offset: '0',
+  key: value.tenantId,
+  value,
+  headers: {},
+  timestamp: 0,
+});
+
+function memoryBulkCache(): BulkVulnerabilityCache {
+  const data = new Map<string, Map<string, VulnerabilitySummary>>();
+  const states = new Map<string, BulkExportState>();
+  return {
+    async claim(tenantId, cycleId, owner) {
+      const key = `${tenantId}/${cycleId}`;
+      if (states.has(key)) return false;
+      states.set(key, { state: 'pending', owner });
+      return true;
+    },
+    async save(tenantId, cycleId, summaries, collectedAt) {
+      data.set(`${tenantId}/${cycleId}`, summaries);
+      states.set(`${tenantId}/${cycleId}`, { state: 'ready', collectedAt });
+    },
+    async fail(tenantId, cycleId, error) {
+      states.set(`${tenantId}/${cycleId}`, { state: 'failed', ...error });
+    },
+    async state(tenantId, cycleId) {
+      return states.get(`${tenantId}/${cycleId}`) ?? { state: 'absent' };
+    },
+    async read(tenantId, cycleId, ids) {
+      const summaries = data.get(`${tenantId}/${cycleId}`);
+      return new Map(ids.map((id) => [id, summaries?.get(id)]));
+    },
+  };
+}
+
+function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHandlerDeps> = {}) {
+  const sent: EnrichedBatch[] = [];
+  const statuses: Partial<TenantStatus>[] = [];
+  const publisher: Publisher = {
+    send: async (_topic, _contract, messages) => {
+      for (const m of messages) sent.push(m.value as EnrichedBatch);
+    },
+    sendRaw: async () => undefined,
+    close: async () => undefined,
+  };
+  const sources: SourceProvider = {
+    forTenant: () => ({
+      machineVulnerabilities: source.machineVulnerabilities ?? (async () => []),
+      bulkVulnerabilities: source.bulkVulnerabilities ?? (async () => new Map()),
+    }),
+    close: () => undefined,
+  };
+  let clock = Date.parse('2026-01-01T10:00:05.000Z');
+  const handler = createEnrichHandler({
+    tenants: {
+      get: async (tenantId) => (tenantId === 't1' ? record : null),
+      updateStatus: async (_tenantId, status) => {
+        statuses.push(status as Partial<TenantStatus>);
+      },
+    },
+    sources,
+    bulkCache: memoryBulkCache(),
+    publisher,
+    topic: 'urs.devices-enriched',
+    logger: silentLogger,
+    metrics: new Registry({ processMetrics: false }),
+    concurrency: 2,
+    bulkWaitMs: 1_000,
+    bulkClaimMs: 1_000,
+    bulkPollMs: 5,
+    now: () => new Date((clock += 1000)),
+    ...overrides,
+  });
+  return { handler, sent, statuses };
+}
+
+const cve = (id: string, cvssV3: number | null): VulnerabilityLike => ({ id, cvssV3 });
+
+describe('createEnrichHandler', () => {
+  it('should summarise each device at the batch threshold and keep the cycle header', async () => {
+    let inFlight = 0;
+    let peak = 0;
+    const { handler, sent } = setup({
+      machineVulnerabilities: async (id) => {
+        inFlight++;
+        peak = Math.max(peak, inFlight);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        inFlight--;
+        return id === 'd1' ? [cve('CVE-1', 9.8), cve('CVE-1', 7), cve('CVE-2', 9.0), cve('CVE-3', 5)] : [];
+      },
+    });
+    await handler(message(batch()));
+    expect(peak).toBe(2);
+    expect(sent).toHaveLength(1);
+    const out = sent[0] as EnrichedBatch;
+    expect(out).toMatchObject({ tenantId: 't1', cycleId: 'c1', batchIndex: 0, lastBatch: true, totalBatches: 1, totalDevices: 3 });
+    expect(out.devices[0]).toEqual({
+      machine: { id: 'd1' },
+      vulnerabilities: { criticalCveCount: 2, totalCveCount: 3, maxCvss: 9.8, cvssThreshold: 9, topCveIds: ['CVE-1', 'CVE-2', 'CVE-3'] },
+    });
+    expect(out.devices[2]?.vulnerabilities?.criticalCveCount).toBe(0);
+    // The clock ticks a second per reading: the batch start, then one per response; the last response is at :09.
+    expect(Date.parse(out.collectedAt)).toBe(Date.parse('2026-01-01T10:00:09.000Z'));
+  });
+
+  it('should pass a device whose vulnerabilities fail on with a null summary and the reason', async () => {
+    const { handler, sent } = setup({
+      machineVulnerabilities: async (id) => {
+        if (id === 'd2') throw new DefenderError(DefenderErrorCode.UNAVAILABLE, 'the API answered 503 five times');
+        return [];
+      },
+    });
+    await handler(message(batch()));
+    const devices = (sent[0] as EnrichedBatch).devices;
+    expect(devices.map((d) => d.vulnerabilities === null)).toEqual([false, true, false]);
+    expect(devices[1]?.fetchError).toEqual({ code: 'DEFENDER_UNAVAILABLE', message: 'the API answered 503 five times' });
+  });
+
+  it('should stop calling for a tenant whose credentials fail, and say so in its status', async () => {
+    let calls = 0;
+    const { handler, sent, statuses } = setup(
+      {
+        machineVulnerabilities: async () => {
+          calls++;
+          throw new DefenderError(DefenderErrorCode.INVALID_SECRET, 'The client secret is not valid (AADSTS7000215)');
+        },
+      },
+      { concurrency: 1 },
+    );
+    await handler(message(batch({ lastBatch: false, totalBatches: undefined, totalDevices: undefined })));
+    await handler(message(batch({ batchIndex: 1 })));
+    expect(calls).toBe(1);
+    expect(sent).toHaveLength(2);
+    for (const out of sent) {
+      for (const device of out.devices) expect(device).toMatchObject({ vulnerabilities: null, fetchError: { code: 'DEFENDER_INVALID_SECRET' } });
+    }
+    expect(statuses[0]).toMatchObject({ state: 'error', lastErrorCode: 'DEFENDER_INVALID_SECRET' });
+  });
+
+  it('should fetch the bulk export once per cycle for every batch, and note it in the status', async () => {
+    let exports = 0;
+    const { handler, sent, statuses } = setup({
+      bulkVulnerabilities: async () => {
+        exports++;
+        return new Map([['d1', [cve('CVE-9', 9.9)]]]);
+      },
+    });
+    await handler(message(batch({ vulnerabilityMode: 'bulk', lastBatch: false, totalBatches: undefined, totalDevices: undefined })));
+    await handler(message(batch({ vulnerabilityMode: 'bulk', batchIndex: 1, devices: [{ id: 'd4' }] })));
+    expect(exports).toBe(1);
+    expect(sent[0]?.devices[0]?.vulnerabilities?.criticalCveCount).toBe(1);
+    expect(sent[0]?.devices[1]?.vulnerabilities).toEqual({ criticalCveCount: 0, totalCveCount: 0, maxCvss: null, cvssThreshold: 9, topCveIds: [] });
+    expect(sent[1]?.vulnerabilityMode).toBe('bulk');
+    expect(statuses.some((status) => status.vulnerabilityMode === 'bulk' && /bulk export/.test(status.note ?? ''))).toBe(true);
+  });
+
+  it('should pass the devices of an unknown tenant on without vulnerabilities', async () => {
+    const { handler, sent } = setup({});
+    await handler(message(batch({ tenantId: 'gone' })));
+    expect(sent[0]?.devices.every((d) => d.fetchError?.code === 'TENANT_UNKNOWN')).toBe(true);
+  });
+
+  it('should fail a batch retryably when the service stops mid-batch', async () => {
+    const stop = new AbortController();
+    const { handler, sent } = setup(
+      {
+        machineVulnerabilities: async () => {
+          stop.abort();
+          throw new Error('aborted');
+        },
+      },
+      { signal: stop.signal },
+    );
+    await expect(handler(message(batch()))).rejects.toMatchObject({ code: 'STOPPING', canRetry: true });
+    expect(sent).toEqual([]);
+  });
+});
