@@ -25,7 +25,7 @@ export function isTenantId(value: unknown): value is string {
  * the door, where someone can still fix it). Every violation is listed.
  */
 export function validateRegistration(input: unknown): ValidationResult {
-  const violations = checkMessage('urs/tenant-registration', input);
+  const violations = mergeAlternatives(checkMessage('urs/tenant-registration', input));
   const riskProfile = (input as { defender?: { riskProfile?: unknown } } | null)?.defender?.riskProfile;
   const profileShapeOk = !violations.some((violation) => violation.field.startsWith('defender.riskProfile'));
   if (profileShapeOk && riskProfile !== undefined && riskProfile !== null) {
@@ -40,6 +40,21 @@ export function validateRegistration(input: unknown): ValidationResult {
   }
   if (violations.length > 0) return { ok: false, violations };
   return { ok: true, registration: input as TenantRegistration };
+}
+
+/**
+ * One violation per field: a field that may take one of several shapes (`region`: a region or null)
+ * fails each alternative; their rules are joined with "or", the schema's summary line dropped.
+ */
+function mergeAlternatives(violations: Violation[]): Violation[] {
+  const byField = new Map<string, string[]>();
+  for (const { field, rule } of violations) {
+    if (rule === 'must match a schema in anyOf') continue;
+    const rules = byField.get(field) ?? [];
+    if (!rules.includes(rule)) rules.push(rule);
+    byField.set(field, rules);
+  }
+  return [...byField].map(([field, rules]) => ({ field, rule: rules.join(' or ') }));
 }
 
 /** Renames fields for an answer whose input had another shape (`defender.clientId` → `clientId` in REST). */

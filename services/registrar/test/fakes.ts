@@ -1,0 +1,118 @@
+import type { OutboundMessage, Publisher } from '@urs/bus';
+import type { TenantRecord } from '@urs/contracts';
+import { createSecretSealer } from '@urs/secrets';
+import type { RegistrarStateStore, TenantStatus, TenantStore } from '@urs/store';
+
+/** A TenantStore in memory, with the same newest-revision-wins rule as the Redis one. */
+export function memoryTenantStore(): TenantStore & { records: Map<string, TenantRecord>; statuses: Map<string, TenantStatus> } {
+  const records = new Map<string, TenantRecord>();
+  const statuses = new Map<string, TenantStatus>();
+  return {
+    records,
+    statuses,
+    async put(record) {
+      const current = records.get(record.tenantId);
+      if (current && current.revision >= record.revision) return false;
+      records.set(record.tenantId, structuredClone(record));
+      return true;
+    },
+    async get(tenantId) {
+      const record = records.get(tenantId);
+      return record ? structuredClone(record) : null;
+    },
+    async ids() {
+      return [...records.keys()].sort();
+    },
+    async remove(tenantId, revision = 0) {
+      const current = records.get(tenantId);
+      if (revision > 0 && current && current.revision > revision) return false;
+      records.delete(tenantId);
+      statuses.delete(tenantId);
+      return true;
+    },
+    async updateStatus(tenantId, status) {
+      const next: Record<string, unknown> = { ...statuses.get(tenantId) };
+      for (const [field, value] of Object.entries(status)) {
+        if (value === null) delete next[field];
+        else if (value !== undefined) next[field] = value;
+      }
+      statuses.set(tenantId, next as TenantStatus);
+    },
+    async getStatus(tenantId) {
+      return { ...statuses.get(tenantId) };
+    },
+    async isEmpty() {
+      return records.size === 0;
+    },
+  };
+}
+
+export function memoryStateStore(): RegistrarStateStore & { generation: number } {
+  const revisions = new Map<string, number>();
+  let clock = 1_000;
+  const state = {
+    generation: -1,
+    async nextRevision(tenantId: string, floor = 0) {
+      clock++;
+      const next = Math.max(clock, (revisions.get(tenantId) ?? 0) + 1, floor + 1);
+      revisions.set(tenantId, next);
+      return next;
+    },
+    async observeRevision(tenantId: string, revision: number) {
+      revisions.set(tenantId, Math.max(revisions.get(tenantId) ?? 0, revision));
+    },
+    async lastGeneration() {
+      return state.generation;
+    },
+    async observeGeneration(generation: number) {
+      state.generation = Math.max(state.generation, generation);
+    },
+    async isRebuilt() {
+      return true;
+    },
+    async markRebuilt() {
+      return undefined;
+    },
+  };
+  return state;
+}
+
+export interface SentMessage {
+  topic: string;
+  contract: string;
+  message: OutboundMessage<unknown>;
+}
+
+/** A publisher that keeps what it was given. */
+export function memoryPublisher(): Publisher & { sent: SentMessage[] } {
+  const sent: SentMessage[] = [];
+  return {
+    sent,
+    async send(topic, contract, messages) {
+      for (const message of messages) sent.push({ topic, contract, message: structuredClone(message) as OutboundMessage<unknown> });
+    },
+    async sendRaw() {
+      return undefined;
+    },
+    async close() {
+      return undefined;
+    },
+  };
+}
+
+export const testSealer = () =>
+  createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 7)]]) });
+
+export const GUID_A = '11111111-2222-3333-4444-555555555555';
+export const GUID_B = '66666666-7777-8888-9999-000000000000';
+
+export function registrationBody(overrides: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    enabled: true,
+    azureTenantId: GUID_A,
+    clientId: GUID_B,
+    clientSecret: 'Sup3r~secret-value',
+    pollIntervalMinutes: 15,
+    ...overrides,
+  };
+}

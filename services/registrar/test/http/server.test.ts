@@ -1,0 +1,111 @@
+import { silentLogger } from '@urs/logging';
+import { UrsError } from '@urs/resilience';
+import { ApiError, type Route } from '../../src/http/router';
+import { startApiServer, type ApiServer } from '../../src/http/server';
+
+const TOKEN = 'test-token-0123456789abcdef';
+
+describe('startApiServer', () => {
+  let server: ApiServer;
+  let base: string;
+  const seen: unknown[] = [];
+  const routes: Route[] = [
+    {
+      method: 'PUT',
+      path: '/v1/things/:id',
+      handler: async (request) => {
+        seen.push(request.body);
+        return { status: 200, body: { id: request.params['id'], body: request.body } };
+      },
+    },
+    {
+      method: 'GET',
+      path: '/v1/things/:id',
+      handler: async (request) => {
+        if (request.params['id'] === 'missing') throw new ApiError(404, 'THING_NOT_FOUND', 'no such thing');
+        if (request.params['id'] === 'flaky') throw new UrsError('REDIS_DOWN', 'connect ECONNREFUSED', { canRetry: true });
+        if (request.params['id'] === 'broken') throw new UrsError('BUG', 'internal detail with a value');
+        return { status: 200, body: { id: request.params['id'] } };
+      },
+    },
+    { method: 'DELETE', path: '/v1/things/:id', handler: async () => ({ status: 204 }) },
+  ];
+
+  beforeAll(async () => {
+    server = await startApiServer({ port: 0, host: '127.0.0.1', routes, tokens: [TOKEN], maxBodyBytes: 1024, logger: silentLogger });
+    base = `http://127.0.0.1:${server.port}`;
+  });
+  afterAll(async () => {
+    await server.close();
+  });
+
+  const request = async (method: string, path: string, init: { body?: string; headers?: Record<string, string>; token?: string | null } = {}) => {
+    const response = await fetch(`${base}${path}`, {
+      method,
+      headers: {
+        ...(init.token === null ? {} : { authorization: `Bearer ${init.token ?? TOKEN}` }),
+        ...init.headers,
+      },
+      ...(init.body === undefined ? {} : { body: init.body }),
+    });
+    const text = await response.text();
+    return { status: response.status, headers: response.headers, text, body: text ? JSON.parse(text) : undefined };
+  };
+
+  it('startApiServer should answer 401 without a valid bearer token, before routing', async () => {
+    const missing = await request('GET', '/v1/things/a', { token: null });
+    expect(missing.status).toBe(401);
+    expect(missing.headers.get('www-authenticate')).toBe('Bearer');
+    expect(missing.body.error.code).toBe('UNAUTHORIZED');
+    expect((await request('GET', '/nowhere', { token: 'wrong-token-0123456789' })).status).toBe(401);
+  });
+
+  it('startApiServer should route, parse JSON bodies and answer JSON', async () => {
+    const put = await request('PUT', '/v1/things/a', { body: '{"x":1}', headers: { 'content-type': 'application/json; charset=utf-8' } });
+    expect(put.status).toBe(200);
+    expect(put.headers.get('content-type')).toMatch(/^application\/json/);
+    expect(put.body).toEqual({ id: 'a', body: { x: 1 } });
+    const del = await request('DELETE', '/v1/things/a');
+    expect(del.status).toBe(204);
+    expect(del.text).toBe('');
+  });
+
+  it('startApiServer should answer 404 and 405 as JSON errors', async () => {
+    expect((await request('GET', '/v1/nothing')).body.error.code).toBe('NOT_FOUND');
+    const post = await request('POST', '/v1/things/a');
+    expect(post.status).toBe(405);
+    expect(post.headers.get('allow')).toBe('PUT, GET, DELETE');
+    expect(post.body.error.code).toBe('METHOD_NOT_ALLOWED');
+    expect(await request('GET', '/v1/things/missing')).toMatchObject({ status: 404, body: { error: { code: 'THING_NOT_FOUND' } } });
+  });
+
+  it('startApiServer should refuse a body over the limit with 413', async () => {
+    const big = JSON.stringify({ pad: 'x'.repeat(2_000) });
+    const answer = await request('PUT', '/v1/things/a', { body: big, headers: { 'content-type': 'application/json' } });
+    expect(answer.status).toBe(413);
+    expect(answer.body.error.code).toBe('PAYLOAD_TOO_LARGE');
+  });
+
+  it('startApiServer should refuse a body that is not JSON by media type (415) or by content (400), without echoing it', async () => {
+    const text = await request('PUT', '/v1/things/a', { body: 'clientSecret=abc', headers: { 'content-type': 'text/plain' } });
+    expect(text.status).toBe(415);
+    expect(text.body.error.code).toBe('UNSUPPORTED_MEDIA_TYPE');
+    const broken = await request('PUT', '/v1/things/a', {
+      body: '{"clientSecret": "Sup3r~secret-value", oops}',
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(broken.status).toBe(400);
+    expect(broken.body.error.code).toBe('INVALID_JSON');
+    expect(broken.text).not.toContain('Sup3r');
+  });
+
+  it('startApiServer should hide unexpected failures behind 503 (retryable) or 500', async () => {
+    const flaky = await request('GET', '/v1/things/flaky');
+    expect(flaky.status).toBe(503);
+    expect(flaky.headers.get('retry-after')).toBe('5');
+    expect(flaky.body.error.code).toBe('UNAVAILABLE');
+    const broken = await request('GET', '/v1/things/broken');
+    expect(broken.status).toBe(500);
+    expect(broken.text).not.toContain('internal detail');
+  });
+});

@@ -1,0 +1,146 @@
+import type { TenantRecord } from '@urs/contracts';
+import { silentLogger } from '@urs/logging';
+import { ApiError, createRouter, type ApiRequest, type ApiResponse, type HttpMethod } from '../../src/http/router';
+import { tenantRoutes, type AccessCheckTenant } from '../../src/http/tenants';
+import { createTenantRegistry, REVISION_HEADER } from '../../src/registry';
+import { GUID_A, memoryPublisher, memoryStateStore, memoryTenantStore, registrationBody, testSealer } from '../fakes';
+
+function setup() {
+  const tenants = memoryTenantStore();
+  const publisher = memoryPublisher();
+  const sealer = testSealer();
+  const cleared: string[] = [];
+  const registry = createTenantRegistry({
+    tenants,
+    state: memoryStateStore(),
+    publisher,
+    tenantsTopic: 'urs.tenants',
+    sealer,
+    schedules: { clear: async (tenantId) => void cleared.push(tenantId) },
+    logger: silentLogger,
+  });
+  const checked: AccessCheckTenant[] = [];
+  const routes = tenantRoutes({
+    registry,
+    tenants,
+    sealer,
+    ensureRebuilt: async () => undefined,
+    accessTestTimeoutMs: 5_000,
+    checkAccess: async (tenant) => {
+      checked.push(tenant);
+      return {
+        ok: false,
+        verdict: 'FAIL: the client secret is wrong: paste the secret Value, not its ID',
+        tokenIssued: false,
+        machinesReadable: false,
+        roles: [],
+        permissions: { 'Machine.Read.All': false },
+        error: { code: 'DEFENDER_INVALID_SECRET', message: 'the client secret is wrong' },
+      };
+    },
+  });
+  const route = createRouter(routes);
+  const call = async (method: HttpMethod, path: string, body?: unknown): Promise<ApiResponse> => {
+    const match = route(method, path);
+    if (match.kind !== 'found') throw new Error(`no route ${method} ${path}`);
+    const request: ApiRequest = { method, path, params: match.params, query: new URLSearchParams(), body, headers: {} };
+    try {
+      return await match.route.handler(request);
+    } catch (error) {
+      if (error instanceof ApiError) return { status: error.status, body: error.toBody() };
+      throw error;
+    }
+  };
+  return { tenants, publisher, sealer, call, checked, cleared };
+}
+
+describe('tenantRoutes', () => {
+  it('PUT should register a tenant: sealed on urs.tenants and in the store, answered without the secret', async () => {
+    const { tenants, publisher, sealer, call } = setup();
+    const answer = await call('PUT', '/v1/tenants/acme/defender', registrationBody({ region: 'eu' }));
+    expect(answer.status).toBe(201);
+    expect(JSON.stringify(answer.body)).not.toContain('Sup3r');
+    expect(answer.body).toMatchObject({
+      tenantId: 'acme',
+      source: 'rest',
+      enabled: true,
+      defender: { azureTenantId: GUID_A, clientSecretSet: true, clientSecretKeyId: 'k1', cloud: 'commercial', region: 'eu', riskProfile: null },
+      status: { state: 'active' },
+    });
+    const record = publisher.sent[0]?.message.value as TenantRecord;
+    expect(publisher.sent[0]).toMatchObject({ topic: 'urs.tenants', contract: 'urs/tenant-record', message: { key: 'acme' } });
+    expect(JSON.stringify(record)).not.toContain('Sup3r');
+    expect(sealer.open(record.defender.clientSecret, 'acme')).toBe('Sup3r~secret-value');
+    expect((await tenants.get('acme'))?.revision).toBe(record.revision);
+  });
+
+  it('PUT should keep the stored secret when the update leaves it out, and require it for a new tenant', async () => {
+    const { tenants, call } = setup();
+    const { clientSecret: _secret, ...withoutSecret } = registrationBody();
+    const refused = await call('PUT', '/v1/tenants/acme/defender', withoutSecret);
+    expect(refused).toMatchObject({ status: 400, body: { error: { code: 'VALIDATION_FAILED', violations: [{ field: 'clientSecret', rule: 'is required' }] } } });
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    const first = await tenants.get('acme');
+    const update = await call('PUT', '/v1/tenants/acme/defender', { ...withoutSecret, pollIntervalMinutes: 60 });
+    expect(update.status).toBe(200);
+    const second = await tenants.get('acme');
+    expect(second?.defender.pollIntervalMinutes).toBe(60);
+    expect(second?.defender.clientSecret).toEqual(first?.defender.clientSecret);
+    expect(second?.revision).toBeGreaterThan(first?.revision ?? 0);
+  });
+
+  it('PUT should answer every violation naming the body field and the rule', async () => {
+    const { call, publisher } = setup();
+    const answer = await call('PUT', '/v1/tenants/acme/defender', registrationBody({ pollIntervalMinutes: 5, region: 'mars', clientId: 'x' }));
+    expect(answer.status).toBe(400);
+    const fields = (answer.body as { error: { violations: { field: string }[] } }).error.violations.map((v) => v.field).sort();
+    expect(fields).toEqual(['clientId', 'pollIntervalMinutes', 'region']);
+    const region = (answer.body as { error: { violations: { field: string; rule: string }[] } }).error.violations.find((v) => v.field === 'region');
+    expect(region?.rule).toBe('must be one of us, eu, uk, au, swa, ina or must be null');
+    expect(publisher.sent).toHaveLength(0);
+    expect((await call('PUT', '/v1/tenants/acme/defender', [1, 2])).status).toBe(400);
+    const badId = await call('PUT', '/v1/tenants/-bad/defender', registrationBody());
+    expect(badId).toMatchObject({ status: 400, body: { error: { violations: [{ field: 'tenantId' }] } } });
+  });
+
+  it('GET should answer the configuration without the secret, with the polling status', async () => {
+    const { call, tenants } = setup();
+    expect(await call('GET', '/v1/tenants/acme/defender')).toMatchObject({ status: 404, body: { error: { code: 'TENANT_NOT_FOUND' } } });
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    await tenants.updateStatus('acme', { deviceCount: 12, lastErrorCode: 'DEFENDER_THROTTLED', nextPollAt: '2026-01-01T00:00:00.000Z' });
+    const answer = await call('GET', '/v1/tenants/acme/defender');
+    expect(answer.status).toBe(200);
+    expect(answer.body).toMatchObject({ status: { deviceCount: 12, lastErrorCode: 'DEFENDER_THROTTLED', nextPollAt: '2026-01-01T00:00:00.000Z' } });
+    expect(JSON.stringify(answer.body)).not.toMatch(/Sup3r|ciphertext/);
+  });
+
+  it('DELETE should write a tombstone with its revision, remove the tenant and forget its schedule', async () => {
+    const { call, publisher, tenants, cleared } = setup();
+    expect((await call('DELETE', '/v1/tenants/acme/defender')).status).toBe(404);
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    expect((await call('DELETE', '/v1/tenants/acme/defender')).status).toBe(204);
+    const tombstone = publisher.sent.at(-1)?.message;
+    expect(tombstone?.value).toBeNull();
+    expect(Number(tombstone?.headers?.[REVISION_HEADER])).toBeGreaterThan((publisher.sent[0]?.message.value as TenantRecord).revision);
+    expect(await tenants.get('acme')).toBeNull();
+    expect(cleared).toEqual(['acme']);
+  });
+
+  it('PUT with enabled false should disable the tenant and forget its schedule', async () => {
+    const { call, cleared } = setup();
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    const answer = await call('PUT', '/v1/tenants/acme/defender', registrationBody({ enabled: false }));
+    expect(answer.body).toMatchObject({ enabled: false, disabledReason: 'disabled by an administrator', status: { state: 'disabled' } });
+    expect(cleared).toEqual(['acme']);
+  });
+
+  it('POST test should check access with the stored credentials and answer the verdict', async () => {
+    const { call, checked } = setup();
+    expect((await call('POST', '/v1/tenants/acme/defender/test')).status).toBe(404);
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody({ cloud: 'gcc', region: 'us' }));
+    const answer = await call('POST', '/v1/tenants/acme/defender/test');
+    expect(checked).toEqual([{ azureTenantId: GUID_A, clientId: expect.any(String), clientSecret: 'Sup3r~secret-value', cloud: 'gcc', region: 'us' }]);
+    expect(answer).toMatchObject({ status: 200, body: { tenantId: 'acme', ok: false, verdict: expect.stringMatching(/^FAIL/), error: { code: 'DEFENDER_INVALID_SECRET' } } });
+    expect(JSON.stringify(answer.body)).not.toContain('Sup3r');
+  });
+});
