@@ -141,7 +141,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       changed,
       snapshot: snapshotted,
       tombstones,
-      scoreToPublishMs: summary.timings.scoreToPublishMs,
+      ...summary.timings,
     });
   }
 
