@@ -1,0 +1,146 @@
+import type { InboundMessage, Publisher } from '@urs/bus';
+import type { EnrichedBatch, ScoreBatch, ScoredDevice, TenantRecord } from '@urs/contracts';
+import { silentLogger } from '@urs/logging';
+import { Registry } from '@urs/telemetry';
+import { createScoreHandler } from '../src/handler';
+import { createProfileCache, createTenantsHandler } from '../src/profiles';
+
+function tenantRecord(tenantId: string, revision: number, riskProfile: Record<string, unknown> | null, enabled = true): TenantRecord {
+  return {
+    schemaVersion: 1,
+    tenantId,
+    revision,
+    updatedAt: '2026-01-01T00:00:00.000Z',
+    source: 'rest',
+    enabled,
+    defender: {
+      azureTenantId: '00000000-0000-0000-0000-000000000001',
+      clientId: '00000000-0000-0000-0000-000000000002',
+      clientSecret: { alg: 'A256GCM', keyId: 'k1', iv: 'x', tag: 'x', ciphertext: 'x' },
+      pollIntervalMinutes: 10,
+      cloud: 'commercial',
+      region: null,
+      riskProfile,
+    },
+  };
+}
+
+const inbound = <T>(value: T | null, key: string | null = null): InboundMessage<T> => ({
+  topic: 't',
+  partition: 0,
+  offset: '0',
+  key,
+  value,
+  headers: {},
+  timestamp: 0,
+});
+
+function enriched(overrides: Partial<EnrichedBatch> = {}): EnrichedBatch {
+  return {
+    schemaVersion: 1,
+    tenantId: 't1',
+    cycleId: 'c1',
+    cycleStartedAt: '2026-01-21T10:00:00.000Z',
+    batchIndex: 3,
+    lastBatch: true,
+    totalBatches: 4,
+    totalDevices: 1502,
+    vulnerabilityMode: 'per-device',
+    collectedAt: '2026-01-21T10:00:30.000Z',
+    devices: [
+      {
+        machine: {
+          id: 'd1',
+          computerDnsName: 'pc1.contoso.com',
+          lastIpAddress: '10.0.0.1',
+          machineTags: ['vip'],
+          riskScore: 'High',
+          exposureLevel: 'None',
+          defenderAvStatus: 'Updated',
+          onboardingStatus: 'Onboarded',
+          healthStatus: 'Active',
+          // 20 days before the cycle start: gt14d (100 operational points).
+          lastSeen: '2026-01-01T09:00:00.1234567Z',
+        },
+        vulnerabilities: { criticalCveCount: 2, totalCveCount: 5, maxCvss: 9.8, cvssThreshold: 9, topCveIds: ['CVE-1', 'CVE-2'] },
+      },
+      { machine: { id: 'd2', lastSeen: '2026-01-21T09:00:00Z' }, vulnerabilities: null, fetchError: { code: 'X', message: 'y' } },
+    ],
+    ...overrides,
+  };
+}
+
+function setup(records: TenantRecord[] = []) {
+  const sent: ScoreBatch[] = [];
+  const saved: { tenantId: string; devices: ScoredDevice[] }[] = [];
+  const publisher: Publisher = {
+    send: async (_topic, _contract, messages) => {
+      for (const m of messages) sent.push(m.value as ScoreBatch);
+    },
+    sendRaw: async () => undefined,
+    close: async () => undefined,
+  };
+  const stored = new Map(records.map((record) => [record.tenantId, record]));
+  const profiles = createProfileCache({ tenants: { get: async (id) => stored.get(id) ?? null }, logger: silentLogger });
+  const handler = createScoreHandler({
+    profiles,
+    scores: {
+      saveScores: async (tenantId, _cycle, devices) => {
+        saved.push({ tenantId, devices });
+        return { written: devices.length, skipped: [] };
+      },
+    },
+    publisher,
+    topic: 'urs.device-scores',
+    logger: silentLogger,
+    metrics: new Registry({ processMetrics: false }),
+    now: () => new Date('2026-01-21T10:00:31.000Z'),
+  });
+  return { handler, profiles, sent, saved, tenantsHandler: createTenantsHandler(profiles) };
+}
+
+describe('createScoreHandler', () => {
+  it('should score with the tenant profile, age lastSeen against the cycle start, and keep the header', async () => {
+    const { handler, sent, saved } = setup([tenantRecord('t1', 1, null)]);
+    await handler(inbound(enriched()));
+    const out = sent[0] as ScoreBatch;
+    expect(out).toMatchObject({ tenantId: 't1', cycleId: 'c1', batchIndex: 3, lastBatch: true, totalBatches: 4, totalDevices: 1502 });
+    expect(out.scoredAt).toBe('2026-01-21T10:00:31.000Z');
+    const [d1, d2] = out.devices as [ScoredDevice, ScoredDevice];
+    // C = 100 (riskScore High); O = min(100, 100 gt14d + 50 for 2 CVEs) = 100: score 100.
+    expect(d1).toMatchObject({ deviceId: 'd1', score: 100, band: 'High Risk', criticalScore: 1, operationalScore: 1, missing: [] });
+    expect(d1).toMatchObject({ computerDnsName: 'pc1.contoso.com', lastIpAddress: '10.0.0.1', machineTags: ['vip'], aadDeviceId: null, ipAddresses: [] });
+    expect(d1.contributions).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ signal: 'riskScore', value: 'High', points: 100 }),
+        expect.objectContaining({ signal: 'inactivity', value: 'gt14d', points: 100 }),
+        expect.objectContaining({ signal: 'criticalCves', value: 2, points: 50 }),
+      ]),
+    );
+    expect(d1.signals['inactivity']).toEqual({ value: 20, at: '2026-01-01T09:00:00.1234567Z' });
+    expect(d2.missing).toEqual(expect.arrayContaining(['riskScore', 'criticalCves']));
+    expect(d2.vulnerabilities).toBeNull();
+    expect(saved[0]?.devices).toEqual(out.devices);
+  });
+
+  it('should use a profile from urs.tenants and follow its changes', async () => {
+    const { handler, sent, tenantsHandler } = setup();
+    const heavy = { weights: { criticalRisk: 100, operational: 0 } };
+    await tenantsHandler(inbound(tenantRecord('t1', 2, heavy)));
+    await tenantsHandler(inbound(tenantRecord('t1', 1, null)));
+    await handler(inbound(enriched()));
+    expect(sent[0]?.devices[0]?.score).toBe(100);
+    expect(sent[0]?.devices[1]?.score).toBe(0);
+    await tenantsHandler(inbound<TenantRecord>(null, 't1'));
+    await expect(handler(inbound(enriched()))).rejects.toMatchObject({ code: 'TENANT_UNKNOWN', canRetry: false });
+  });
+
+  it('createProfileCache should drop a disabled tenant and read an unknown one from the tenant store', async () => {
+    const { profiles, tenantsHandler } = setup([tenantRecord('t2', 1, { missingSignals: 'assume-worst' })]);
+    await tenantsHandler(inbound(tenantRecord('t1', 1, null)));
+    expect(profiles.size()).toBe(1);
+    await tenantsHandler(inbound(tenantRecord('t1', 2, null, false)));
+    expect(profiles.size()).toBe(0);
+    expect((await profiles.get('t2')).assumeWorst).toBe(true);
+  });
+});
