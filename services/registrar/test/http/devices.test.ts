@@ -1,0 +1,97 @@
+import type { ScoredDevice, TenantRecord } from '@urs/contracts';
+import type { StoredScore } from '@urs/store';
+import { deviceRoutes } from '../../src/http/devices';
+import { ApiError, createRouter, type ApiRequest, type ApiResponse } from '../../src/http/router';
+
+function stored(deviceId: string, score: number, band: ScoredDevice['band'], cycleId = 'c2'): StoredScore {
+  return {
+    tenantId: 't1',
+    cycleId,
+    cycleStartedAt: '2026-01-01T10:00:00.000Z',
+    collectedAt: '2026-01-01T10:00:05.000Z',
+    scoredAt: '2026-01-01T10:00:06.000Z',
+    device: {
+      deviceId,
+      computerDnsName: `${deviceId}.contoso.com`,
+      aadDeviceId: null,
+      lastIpAddress: null,
+      lastExternalIpAddress: null,
+      ipAddresses: [],
+      machineTags: [],
+      rbacGroupName: null,
+      score,
+      band,
+      criticalScore: 1,
+      operationalScore: 0,
+      contributions: [{ group: 'critical', signal: 'riskScore', value: 'High', points: 100 }],
+      missing: ['criticalCves'],
+      signals: { riskScore: { value: 'High', at: null } },
+      profileHash: 'h',
+      vulnerabilities: null,
+    },
+  };
+}
+
+const scores = [stored('a', 85, 'High Risk'), stored('b', 10, 'Trustworthy')];
+const routes = deviceRoutes({
+  tenants: { get: async (tenantId) => (tenantId === 't1' ? ({ tenantId } as TenantRecord) : null) },
+  scores: {
+    getDeviceScore: async (_tenantId, deviceId) => scores.find((s) => s.device.deviceId === deviceId) ?? null,
+    listDeviceScores: async (_tenantId, options = {}) => {
+      const items = scores.filter((s) => options.band === undefined || s.device.band === options.band);
+      return { total: items.length, items: items.slice(options.offset ?? 0, (options.offset ?? 0) + (options.limit ?? 1000)) };
+    },
+    history: async (_tenantId, deviceId) => [stored(deviceId, 85, 'High Risk'), stored(deviceId, 40, 'Low Risk', 'c1')],
+  },
+});
+const match = createRouter(routes);
+
+async function call(path: string): Promise<ApiResponse> {
+  const url = new URL(path, 'http://localhost');
+  const found = match('GET', url.pathname);
+  if (found.kind !== 'found') throw new Error(`no route for ${path}`);
+  const request: ApiRequest = { method: 'GET', path: url.pathname, params: found.params, query: url.searchParams, body: undefined, headers: {} };
+  try {
+    return await found.route.handler(request);
+  } catch (error) {
+    if (error instanceof ApiError) return { status: error.status, body: error.toBody() };
+    throw error;
+  }
+}
+
+describe('deviceRoutes', () => {
+  it('GET devices should list the latest scores, filtered by band in any spelling', async () => {
+    const all = await call('/v1/tenants/t1/devices');
+    expect(all.status).toBe(200);
+    expect(all.body).toMatchObject({ tenantId: 't1', total: 2, devices: [{ deviceId: 'a', score: 85, band: 'High Risk' }, { deviceId: 'b' }] });
+    const high = await call('/v1/tenants/t1/devices?band=high-risk');
+    expect(high.body).toMatchObject({ band: 'High Risk', total: 1, devices: [{ deviceId: 'a' }] });
+  });
+
+  it('GET devices should refuse an unknown band or limit naming the field and the rule', async () => {
+    const answer = await call('/v1/tenants/t1/devices?band=Dangerous');
+    expect(answer.status).toBe(400);
+    expect(answer.body).toMatchObject({ error: { code: 'VALIDATION_FAILED', violations: [{ field: 'band' }] } });
+    expect((await call('/v1/tenants/t1/devices?limit=-1')).status).toBe(400);
+  });
+
+  it('GET one device should answer its score with the explanation and history', async () => {
+    const answer = await call('/v1/tenants/t1/devices/a');
+    expect(answer.status).toBe(200);
+    expect(answer.body).toMatchObject({
+      tenantId: 't1',
+      deviceId: 'a',
+      score: 85,
+      band: 'High Risk',
+      cycleId: 'c2',
+      contributions: [{ signal: 'riskScore', points: 100 }],
+      missing: ['criticalCves'],
+      history: [{ cycleId: 'c2', score: 85 }, { cycleId: 'c1', score: 40, band: 'Low Risk' }],
+    });
+  });
+
+  it('GET should answer 404 for an unknown tenant or device', async () => {
+    expect((await call('/v1/tenants/nobody/devices')).body).toMatchObject({ error: { code: 'TENANT_NOT_FOUND' } });
+    expect((await call('/v1/tenants/t1/devices/zzz')).status).toBe(404);
+  });
+});
