@@ -1,0 +1,159 @@
+import type { OutboundMessage, Publisher } from '@urs/bus';
+import type { DeviceBatch, Machine, TenantRecord } from '@urs/contracts';
+import { silentLogger } from '@urs/logging';
+import { createSecretSealer } from '@urs/secrets';
+import type { CycleStore } from '@urs/store';
+import { CycleAbortedError, cycleIdOf, runCycle, type CycleDeps } from '../src/cycle';
+import type { DefenderGateway, DevicePage, TenantCredentials } from '../src/defender';
+
+const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 3)]]) });
+
+const record = (riskProfile: Record<string, unknown> | null = null): TenantRecord => ({
+  schemaVersion: 1,
+  tenantId: 'acme',
+  revision: 1,
+  updatedAt: '2026-01-01T00:00:00.000Z',
+  source: 'rest',
+  enabled: true,
+  defender: {
+    azureTenantId: '11111111-2222-3333-4444-555555555555',
+    clientId: '66666666-7777-8888-9999-000000000000',
+    clientSecret: sealer.seal('Sup3r~secret', 'acme'),
+    pollIntervalMinutes: 10,
+    cloud: 'commercial',
+    region: 'eu',
+    riskProfile,
+  },
+});
+
+function pages(...sizes: number[]): DevicePage[] {
+  let n = 0;
+  return sizes.map((size) => ({
+    devices: Array.from({ length: size }, () => {
+      const id = `m${n++}`;
+      return { machine: { id } as Machine, merged: false };
+    }),
+  }));
+}
+
+function setup(listing: DevicePage[] | Error, capacity = 1_000) {
+  const sent: DeviceBatch[] = [];
+  const events: string[] = [];
+  const credentials: TenantCredentials[] = [];
+  let closed = 0;
+  const publisher = {
+    async send(_topic: string, _contract: string, messages: OutboundMessage<DeviceBatch>[]) {
+      for (const m of messages) {
+        expect(m.key).toBe('acme');
+        sent.push(m.value as DeviceBatch);
+        events.push(`batch ${(m.value as DeviceBatch).batchIndex}`);
+      }
+    },
+  } as unknown as Publisher;
+  const cycles = {
+    async begin(cycle: { deadlineAt: string }) {
+      events.push(`begin ${cycle.deadlineAt}`);
+    },
+    async listed(_t: string, _c: string, totals: { totalBatches: number; totalDevices: number }) {
+      events.push(`listed ${totals.totalBatches}/${totals.totalDevices}`);
+    },
+  } as unknown as CycleStore;
+  const defender: DefenderGateway = {
+    forTenant(tenant) {
+      credentials.push(tenant);
+      return {
+        async *listDevicePages() {
+          if (listing instanceof Error) throw listing;
+          for (const page of listing) yield page;
+        },
+        close: () => void closed++,
+      };
+    },
+    planMode: (count) => ({ mode: count <= capacity ? 'per-device' : 'bulk', perDeviceCapacity: capacity }),
+  };
+  const deps: CycleDeps = {
+    defender,
+    sealer,
+    publisher,
+    cycles,
+    deviceBatchesTopic: 'urs.device-batches',
+    batchSize: 500,
+    maxCycleMs: 300_000,
+    logger: silentLogger,
+    now: () => 1_000,
+  };
+  return { deps, sent, events, credentials, closed: () => closed };
+}
+
+const input = (signal = new AbortController().signal, profile: Record<string, unknown> | null = null) => ({
+  record: record(profile),
+  cycleId: cycleIdOf('acme', 0),
+  startedAt: 0,
+  intervalMs: 600_000,
+  signal,
+});
+
+describe('runCycle', () => {
+  it('runCycle should split the fleet into batches of at most 500, the last with the totals', async () => {
+    const { deps, sent, events, credentials, closed } = setup(pages(300, 300, 403));
+    const result = await runCycle(deps, input());
+    expect(sent.map((b) => b.devices.length)).toEqual([500, 500, 3]);
+    expect(sent.map((b) => [b.batchIndex, b.lastBatch])).toEqual([
+      [0, false],
+      [1, false],
+      [2, true],
+    ]);
+    expect(sent[2]).toMatchObject({ totalBatches: 3, totalDevices: 1_003, cycleStartedAt: '1970-01-01T00:00:00.000Z', cycleId: 'acme-0000000000000' });
+    expect(sent[0]?.totalBatches).toBeUndefined();
+    expect(new Set(sent.flatMap((b) => b.devices.map((d) => d.id))).size).toBe(1_003);
+    expect(events[0]).toBe('begin 1970-01-01T00:05:00.000Z');
+    expect(events.at(-1)).toBe('listed 3/1003');
+    expect(result).toMatchObject({ totalDevices: 1_003, totalBatches: 3, vulnerabilityMode: 'bulk', merged: 0 });
+    expect(result.note).toMatch(/1003 devices exceed the 1000 per-device calls/);
+    expect(credentials[0]).toMatchObject({ clientSecret: 'Sup3r~secret', region: 'eu', cloud: 'commercial' });
+    expect(closed()).toBe(1);
+  });
+
+  it('runCycle should use per-device mode when the whole fleet fits the quota', async () => {
+    const { deps, sent } = setup(pages(500, 500), 1_000);
+    const result = await runCycle(deps, input());
+    expect(sent.map((b) => [b.devices.length, b.vulnerabilityMode, b.lastBatch])).toEqual([
+      [500, 'per-device', false],
+      [500, 'per-device', true],
+    ]);
+    expect(result.note).toBeNull();
+  });
+
+  it('runCycle should emit one empty last batch for an empty fleet', async () => {
+    const { deps, sent, events } = setup([]);
+    await runCycle(deps, input());
+    expect(sent).toEqual([expect.objectContaining({ batchIndex: 0, lastBatch: true, totalBatches: 1, totalDevices: 0, devices: [] })]);
+    expect(events.at(-1)).toBe('listed 1/0');
+  });
+
+  it('runCycle should leave out merged records and take the CVSS threshold from the profile', async () => {
+    const listing = pages(4);
+    (listing[0]?.devices[1] as { merged: boolean }).merged = true;
+    const { deps, sent } = setup(listing);
+    const result = await runCycle(deps, input(undefined, { operational: { criticalCves: { cvssThreshold: 7.5 } } }));
+    expect(sent[0]?.devices.map((d) => d.id)).toEqual(['m0', 'm2', 'm3']);
+    expect(sent[0]?.cvssThreshold).toBe(7.5);
+    expect(result).toMatchObject({ totalDevices: 3, merged: 1 });
+  });
+
+  it('runCycle should begin no cycle when the listing fails before any batch', async () => {
+    const failure = new Error('token refused');
+    const { deps, events, closed } = setup(failure);
+    await expect(runCycle(deps, input())).rejects.toBe(failure);
+    expect(events).toEqual([]);
+    expect(closed()).toBe(1);
+  });
+
+  it('runCycle should stop emitting once aborted', async () => {
+    const abort = new AbortController();
+    abort.abort();
+    const { deps, sent } = setup(pages(600));
+    await expect(runCycle(deps, input(abort.signal))).rejects.toBeInstanceOf(CycleAbortedError);
+    expect(sent).toEqual([]);
+  });
+});

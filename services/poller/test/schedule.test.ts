@@ -1,0 +1,56 @@
+import { backoffUntil, classifyFailure, dueAt } from '../src/schedule';
+
+describe('dueAt', () => {
+  it('dueAt should make a never-polled tenant due at once', () => {
+    expect(dueAt({ failures: 0 }, 600_000, 1)).toBe(0);
+  });
+
+  it('dueAt should be one interval (the current one) after the last start', () => {
+    expect(dueAt({ failures: 0, lastStartedAt: 1_000 }, 600_000, 1)).toBe(601_000);
+    expect(dueAt({ failures: 0, lastStartedAt: 1_000 }, 1_200_000, 2)).toBe(1_201_000);
+  });
+
+  it('dueAt should hold a backoff, unless the settings changed since the failure', () => {
+    const schedule = { failures: 2, lastStartedAt: 1_000, notBefore: 5_000_000, failedRevision: 3 };
+    expect(dueAt(schedule, 600_000, 3)).toBe(5_000_000);
+    expect(dueAt(schedule, 600_000, 4)).toBe(0);
+  });
+
+  it('dueAt should make an abandoned cycle due at once', () => {
+    expect(dueAt({ failures: 0, lastStartedAt: 1_000, runningCycleId: 'acme-1' }, 600_000, 1)).toBe(0);
+  });
+});
+
+describe('classifyFailure', () => {
+  it('classifyFailure should tell setup errors, throttling and transient failures apart', () => {
+    expect(classifyFailure('DEFENDER_INVALID_SECRET')).toBe('setup');
+    expect(classifyFailure('DEFENDER_CONSENT_MISSING')).toBe('setup');
+    expect(classifyFailure('SECRET_UNREADABLE')).toBe('setup');
+    expect(classifyFailure('DEFENDER_THROTTLED')).toBe('throttled');
+    expect(classifyFailure('DEFENDER_UNAVAILABLE')).toBe('transient');
+    expect(classifyFailure('UNEXPECTED')).toBe('transient');
+  });
+});
+
+describe('backoffUntil', () => {
+  const base = { startedAt: 0, now: 1_000, intervalMs: 600_000, maxBackoffMs: 3_600_000 };
+
+  it('backoffUntil should double the wait after each setup failure, from one interval to the cap', () => {
+    const waits = [1, 2, 3, 4, 5, 40].map((failures) => backoffUntil({ ...base, kind: 'setup', failures }));
+    expect(waits).toEqual([600_000, 1_200_000, 2_400_000, 3_600_000, 3_600_000, 3_600_000]);
+  });
+
+  it('backoffUntil should never wait less than one interval, even under a smaller cap', () => {
+    expect(backoffUntil({ ...base, maxBackoffMs: 1_000, kind: 'setup', failures: 3 })).toBe(600_000);
+  });
+
+  it('backoffUntil should delay a throttled tenant by Retry-After or a minute, at most an interval', () => {
+    expect(backoffUntil({ ...base, kind: 'throttled', failures: 1 })).toBe(61_000);
+    expect(backoffUntil({ ...base, kind: 'throttled', failures: 1, retryAfterMs: 120_000 })).toBe(121_000);
+    expect(backoffUntil({ ...base, kind: 'throttled', failures: 1, retryAfterMs: 9_000_000 })).toBe(601_000);
+  });
+
+  it('backoffUntil should keep the normal schedule after a transient failure', () => {
+    expect(backoffUntil({ ...base, kind: 'transient', failures: 3 })).toBeNull();
+  });
+});

@@ -1,0 +1,207 @@
+import type { TenantRecord } from '@urs/contracts';
+import { silentLogger } from '@urs/logging';
+import { UrsError } from '@urs/resilience';
+import type { PollLease, PollSchedule, PollScheduleStore, TenantStatus, TenantStore } from '@urs/store';
+import { Registry } from '@urs/telemetry';
+import type { CycleInput, CycleResult } from '../src/cycle';
+import { createScheduler, type Scheduler } from '../src/scheduler';
+import { createTenantTable, type TenantTable } from '../src/tenant-table';
+
+/** The lease and schedule semantics of the Redis store, in memory (shared by the "replicas" of a test). */
+function memorySchedules(): PollScheduleStore {
+  const leases = new Map<string, { token: string; until: number }>();
+  const schedules = new Map<string, PollSchedule>();
+  let fence = 0;
+  const holds = (lease: PollLease) => {
+    const held = leases.get(lease.tenantId);
+    return held !== undefined && held.token === lease.token && held.until > Date.now();
+  };
+  return {
+    async acquire(tenantId, holderId, leaseMs) {
+      const held = leases.get(tenantId);
+      if (held && held.until > Date.now()) return null;
+      const token = `${++fence}:${holderId}`;
+      leases.set(tenantId, { token, until: Date.now() + leaseMs });
+      return { tenantId, token };
+    },
+    async renew(lease, leaseMs) {
+      if (!holds(lease)) return false;
+      leases.set(lease.tenantId, { token: lease.token, until: Date.now() + leaseMs });
+      return true;
+    },
+    async release(lease) {
+      if (!holds(lease)) return false;
+      leases.delete(lease.tenantId);
+      return true;
+    },
+    async get(tenantId) {
+      return { ...(schedules.get(tenantId) ?? { failures: 0 }) };
+    },
+    async begin(lease, cycleId, startedAt) {
+      if (!holds(lease)) return false;
+      schedules.set(lease.tenantId, { ...(schedules.get(lease.tenantId) ?? { failures: 0 }), lastStartedAt: startedAt, runningCycleId: cycleId });
+      return true;
+    },
+    async end(lease, outcome) {
+      if (!holds(lease)) return false;
+      const { runningCycleId: _done, notBefore: _nb, failedRevision: _fr, ...rest } = schedules.get(lease.tenantId) ?? { failures: 0 };
+      schedules.set(lease.tenantId, {
+        ...rest,
+        failures: outcome.failures,
+        ...(outcome.notBefore === null ? {} : { notBefore: outcome.notBefore }),
+        ...(outcome.failedRevision === undefined ? {} : { failedRevision: outcome.failedRevision }),
+      });
+      return true;
+    },
+    async clear(tenantId) {
+      schedules.delete(tenantId);
+    },
+  };
+}
+
+function memoryStatus(): TenantStore & { statuses: Map<string, TenantStatus> } {
+  const statuses = new Map<string, TenantStatus>();
+  return {
+    statuses,
+    async updateStatus(tenantId: string, status: Record<string, unknown>) {
+      const next: Record<string, unknown> = { ...statuses.get(tenantId) };
+      for (const [k, v] of Object.entries(status)) if (v === null) delete next[k];
+      else if (v !== undefined) next[k] = v;
+      statuses.set(tenantId, next as TenantStatus);
+    },
+  } as unknown as TenantStore & { statuses: Map<string, TenantStatus> };
+}
+
+const UNIT_MS = 10; // 10 "minutes" = 100 ms
+const INTERVAL_MS = 10 * UNIT_MS;
+
+const record = (tenantId: string, revision = 1, enabled = true): TenantRecord =>
+  ({ tenantId, revision, enabled, defender: { pollIntervalMinutes: 10 } }) as unknown as TenantRecord;
+
+interface Run {
+  tenantId: string;
+  replica: number;
+  start: number;
+  end: number;
+}
+
+async function feed(table: TenantTable, records: TenantRecord[], offset = { n: 0 }): Promise<void> {
+  for (const r of records) {
+    await table.handle({ topic: 't', partition: 0, offset: String(offset.n++), key: r.tenantId, value: r, headers: {}, timestamp: 0 });
+  }
+}
+
+function replica(index: number, schedules: PollScheduleStore, status: TenantStore, runs: Run[], behaviour: (input: CycleInput) => Promise<void>) {
+  const table = createTenantTable();
+  table.expectEnd(new Map());
+  const scheduler = createScheduler({
+    table,
+    schedules,
+    tenants: status,
+    runCycle: async (input): Promise<CycleResult> => {
+      const start = input.startedAt;
+      await behaviour(input);
+      runs.push({ tenantId: input.record.tenantId, replica: index, start, end: Date.now() });
+      return { totalDevices: 1, totalBatches: 1, merged: 0, vulnerabilityMode: 'per-device', note: null, listedAt: Date.now() };
+    },
+    holderId: `replica-${index}`,
+    intervalUnitMs: UNIT_MS,
+    leaseMs: 200,
+    maxConcurrentCycles: 8,
+    tickMs: 5,
+    recheckMs: 20,
+    maxBackoffMs: 10_000,
+    logger: silentLogger,
+    metrics: new Registry(),
+  });
+  return { table, scheduler };
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('createScheduler', () => {
+  const started: Scheduler[] = [];
+  afterEach(async () => {
+    await Promise.all(started.splice(0).map((s) => s.close(100)));
+  });
+
+  it('createScheduler should poll each tenant once per interval across replicas, never twice at once', async () => {
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const runs: Run[] = [];
+    const slow = async () => sleep(5 + Math.random() * 30);
+    const replicas = [0, 1, 2].map((i) => replica(i, schedules, status, runs, slow));
+    for (const r of replicas) {
+      await feed(r.table, ['a', 'b', 'c', 'd'].map((id) => record(id)));
+      r.scheduler.start();
+      started.push(r.scheduler);
+    }
+    await sleep(6 * INTERVAL_MS + 50);
+    for (const tenantId of ['a', 'b', 'c', 'd']) {
+      const mine = runs.filter((r) => r.tenantId === tenantId).sort((x, y) => x.start - y.start);
+      expect(mine.length).toBeGreaterThanOrEqual(4);
+      for (let i = 1; i < mine.length; i++) {
+        expect((mine[i] as Run).start - (mine[i - 1] as Run).start).toBeGreaterThanOrEqual(INTERVAL_MS);
+        expect((mine[i] as Run).start).toBeGreaterThanOrEqual((mine[i - 1] as Run).end);
+      }
+    }
+    expect((await status.statuses.get('a'))?.state).toBe('active');
+  });
+
+  it('createScheduler should back off a tenant with a setup error without delaying the others', async () => {
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const runs: Run[] = [];
+    let badTries = 0;
+    const { table, scheduler } = replica(0, schedules, status, runs, async (input) => {
+      if (input.record.tenantId === 'bad') {
+        badTries++;
+        throw new UrsError('DEFENDER_INVALID_SECRET', 'the client secret is wrong: paste its Value');
+      }
+      if (input.record.tenantId === 'slow') await sleep(3 * INTERVAL_MS);
+    });
+    await feed(table, [record('bad'), record('slow'), record('good')]);
+    scheduler.start();
+    started.push(scheduler);
+    await sleep(7 * INTERVAL_MS + 50);
+    // Backoff 1, 2, 4 intervals after the failed starts: tries at about 0, 1, 3, 7 intervals.
+    expect(badTries).toBeGreaterThanOrEqual(3);
+    expect(badTries).toBeLessThanOrEqual(4);
+    expect(runs.filter((r) => r.tenantId === 'good').length).toBeGreaterThanOrEqual(5);
+    expect(status.statuses.get('bad')).toMatchObject({
+      state: 'error',
+      lastErrorCode: 'DEFENDER_INVALID_SECRET',
+      lastErrorMessage: 'the client secret is wrong: paste its Value',
+    });
+    // New settings are tried at once.
+    const before = badTries;
+    await feed(table, [record('bad', 2)], { n: 100 });
+    await sleep(30);
+    expect(badTries).toBe(before + 1);
+  });
+
+  it('createScheduler should stop polling a disabled or deleted tenant and abort its running cycle', async () => {
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const runs: Run[] = [];
+    const aborted: string[] = [];
+    const { table, scheduler } = replica(0, schedules, status, runs, async (input) => {
+      await sleep(input.record.tenantId === 'long' ? 60 : 1);
+      if (input.signal.aborted) {
+        aborted.push(input.record.tenantId);
+        throw new UrsError('CYCLE_ABORTED', 'stopped', { canRetry: true });
+      }
+    });
+    const offset = { n: 0 };
+    await feed(table, [record('long'), record('off'), record('gone')], offset);
+    scheduler.start();
+    started.push(scheduler);
+    await sleep(20);
+    await feed(table, [record('long', 2, false), record('off', 2, false)], offset);
+    await table.handle({ topic: 't', partition: 0, offset: String(offset.n++), key: 'gone', value: null, headers: {}, timestamp: 0 });
+    const stoppedAt = Date.now();
+    await sleep(3 * INTERVAL_MS);
+    expect(aborted).toEqual(['long']);
+    expect(runs.filter((r) => r.start > stoppedAt)).toEqual([]);
+  });
+});

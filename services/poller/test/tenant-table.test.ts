@@ -1,0 +1,48 @@
+import type { InboundMessage } from '@urs/bus';
+import type { TenantRecord } from '@urs/contracts';
+import { createTenantTable } from '../src/tenant-table';
+
+const record = (tenantId: string, revision: number, enabled = true) =>
+  ({ tenantId, revision, enabled }) as unknown as TenantRecord;
+const message = (key: string, value: TenantRecord | null, offset: number, partition = 0): InboundMessage<TenantRecord> => ({
+  topic: 'urs.tenants',
+  partition,
+  offset: String(offset),
+  key,
+  value,
+  headers: {},
+  timestamp: 0,
+});
+
+describe('createTenantTable', () => {
+  it('handle should keep the newest revision and drop a tenant on a tombstone', async () => {
+    const table = createTenantTable();
+    const changes: [string, number | null][] = [];
+    table.onChange((id, r) => changes.push([id, r?.revision ?? null]));
+    await table.handle(message('a', record('a', 2), 0));
+    await table.handle(message('a', record('a', 1), 1));
+    await table.handle(message('b', record('b', 1, false), 2));
+    expect(table.get('a')?.revision).toBe(2);
+    expect(table.enabled().map((r) => r.tenantId)).toEqual(['a']);
+    await table.handle(message('a', null, 3));
+    expect(table.get('a')).toBeUndefined();
+    expect(changes).toEqual([
+      ['a', 2],
+      ['b', 1],
+      ['a', null],
+    ]);
+  });
+
+  it('caughtUp should wait for every partition to reach the offsets present at start', async () => {
+    const table = createTenantTable();
+    expect(table.caughtUp()).toBe(false);
+    await table.handle(message('a', record('a', 1), 4, 1));
+    table.expectEnd(new Map([[0, 2n], [1, 4n]]));
+    expect(table.caughtUp()).toBe(false);
+    await table.handle(message('b', record('b', 1), 2, 0));
+    expect(table.caughtUp()).toBe(true);
+    const empty = createTenantTable();
+    empty.expectEnd(new Map());
+    expect(empty.caughtUp()).toBe(true);
+  });
+});
