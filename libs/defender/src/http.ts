@@ -86,17 +86,22 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
 
   function resolveUrl(pathOrUrl: string): string {
     if (pathOrUrl.startsWith('/')) return `${apiBase}${pathOrUrl}`;
-    // Only links on the API's own origin get our bearer token.
-    if (new URL(pathOrUrl).origin !== origin) {
+    let link: URL;
+    try {
+      link = new URL(pathOrUrl);
+    } catch {
       throw new DefenderError(
         DefenderErrorCode.MALFORMED_RESPONSE,
-        `The API returned a next link to another host (${new URL(pathOrUrl).host})`,
+        'The API returned a next link that is not a URL',
         {
+          canRetry: true,
           details: { azureTenantId },
         },
       );
     }
-    return pathOrUrl;
+    // A next link may name another host of the same service (the legacy or the global one); only its path
+    // and query are followed, on the tenant's own API host, so the bearer token never goes anywhere else.
+    return new URL(`${link.pathname}${link.search}`, origin).toString();
   }
 
   async function send(

@@ -95,18 +95,42 @@ async function waitForRoom(
   signal: AbortSignal | undefined,
 ): Promise<void> {
   for (;;) {
-    if (signal?.aborted) {
-      throw new DefenderError(
-        DefenderErrorCode.THROTTLED,
-        'Stopped while waiting for the tenant’s API quota',
-        { canRetry: true },
-      );
-    }
+    if (signal?.aborted) throw stopped();
     const waitMs = await tryAcquire();
     if (waitMs <= 0) return;
     // A little jitter so processes woken by the same window edge do not race in lockstep.
     await sleep(Math.min(waitMs, maxPollMs) + Math.floor(Math.random() * 25), signal);
   }
+}
+
+function stopped(): DefenderError {
+  return new DefenderError(DefenderErrorCode.THROTTLED, 'Stopped while waiting for the tenant’s API quota', {
+    canRetry: true,
+  });
+}
+
+/**
+ * Runs the waits of one tenant's endpoint one after another in this process: only the oldest waiter
+ * polls the window, so thousands of queued calls do not each poll Redis while a quota is exhausted, and
+ * they are served in order. A waiter whose signal aborts leaves at once.
+ */
+function createWaitQueue(): (key: string, wait: () => Promise<void>, signal?: AbortSignal) => Promise<void> {
+  const tails = new Map<string, Promise<void>>();
+  return (key, wait, signal) => {
+    const turn = (tails.get(key) ?? Promise.resolve()).then(wait);
+    const tail = turn.catch(() => undefined);
+    tails.set(key, tail);
+    void tail.then(() => {
+      if (tails.get(key) === tail) tails.delete(key);
+    });
+    if (!signal) return turn;
+    if (signal.aborted) return Promise.reject(stopped());
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => reject(stopped());
+      signal.addEventListener('abort', onAbort, { once: true });
+      turn.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    });
+  };
 }
 
 /** The quota kept in Redis (keys `<prefix>defender:quota:<tenant>:<endpoint>:<windowMs>`), shared by every process. */
@@ -118,6 +142,7 @@ export function createRedisQuotaGate(
   const limits = options.limits ?? MICROSOFT_QUOTAS;
   const maxPollMs = options.maxPollMs ?? 5_000;
   const owner = randomUUID();
+  const queue = createWaitQueue();
   let sequence = 0;
   const key = (tenant: string, endpoint: DefenderEndpointClass, suffix: string): string =>
     `${keyPrefix}defender:quota:${tenant}:${endpoint}:${suffix}`;
@@ -130,22 +155,24 @@ export function createRedisQuotaGate(
         ...windows.map((w) => key(azureTenantId, endpoint, String(w.windowMs))),
       ];
       const args = windows.flatMap((w) => [String(w.limit), String(w.windowMs)]);
-      return waitForRoom(
-        async () => {
-          const member = `${owner}:${++sequence}`;
-          const result = await redis.eval(
-            ACQUIRE_SCRIPT,
-            keys.length,
-            ...keys,
-            member,
-            String(windows.length),
-            ...args,
-          );
-          return Number(result);
-        },
-        maxPollMs,
-        signal,
-      );
+      const wait = (): Promise<void> =>
+        waitForRoom(
+          async () => {
+            const member = `${owner}:${++sequence}`;
+            const result = await redis.eval(
+              ACQUIRE_SCRIPT,
+              keys.length,
+              ...keys,
+              member,
+              String(windows.length),
+              ...args,
+            );
+            return Number(result);
+          },
+          maxPollMs,
+          signal,
+        );
+      return queue(`${azureTenantId}:${endpoint}`, wait, signal);
     },
     async block(azureTenantId, endpoint, durationMs) {
       if (durationMs <= 0) return;
@@ -169,6 +196,7 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
   const now = options.now ?? Date.now;
   const calls = new Map<string, number[]>();
   const blockedUntil = new Map<string, number>();
+  const queue = createWaitQueue();
 
   function tryAcquire(id: string, windows: readonly QuotaWindow[]): number {
     const t = now();
@@ -190,7 +218,11 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
   return {
     acquire(azureTenantId, endpoint, signal) {
       const id = `${azureTenantId}:${endpoint}`;
-      return waitForRoom(async () => tryAcquire(id, limits[endpoint]), maxPollMs, signal);
+      return queue(
+        id,
+        () => waitForRoom(async () => tryAcquire(id, limits[endpoint]), maxPollMs, signal),
+        signal,
+      );
     },
     async block(azureTenantId, endpoint, durationMs) {
       const id = `${azureTenantId}:${endpoint}`;

@@ -4,6 +4,9 @@ import axios from 'axios';
 import type { DefenderEndpoints } from './endpoints';
 import { mapAuthError } from './auth-errors';
 
+/** How long before expiry a token stops being reused, in milliseconds (MSAL renews 5 minutes before). */
+const TOKEN_RENEWAL_MARGIN_MS = 300_000;
+
 /** The app registration of one tenant. The secret lives only in this object and in the credential. */
 export interface DefenderCredentials {
   azureTenantId: string;
@@ -131,12 +134,23 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
     }
   }
 
+  // MSAL's cache lookup costs CPU on every call; the token is reused here on MSAL's own terms (until its
+  // refresh time, or 5 minutes before expiry), and MSAL is asked again after that.
+  let current: AccessToken | undefined;
+  const fresh = (token: AccessToken): boolean =>
+    Date.now() < (token.refreshAfterTimestamp ?? token.expiresOnTimestamp - TOKEN_RENEWAL_MARGIN_MS);
+
   return {
-    getToken: (signal) => fetchToken(credential, signal),
+    async getToken(signal) {
+      if (current && fresh(current)) return current;
+      current = await fetchToken(credential, signal);
+      return current;
+    },
     async refreshToken(signal) {
-      const fresh = makeCredential();
-      const token = await fetchToken(fresh, signal);
-      credential = fresh;
+      const replacement = makeCredential();
+      const token = await fetchToken(replacement, signal);
+      credential = replacement;
+      current = token;
       return token;
     },
   };

@@ -299,6 +299,40 @@ describe('createDefenderClient tokens', () => {
   }, 20_000);
 });
 
+describe('createApiCaller next links', () => {
+  it('get should follow a next link on the tenant’s own API host only', async () => {
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const endpoints = resolveEndpoints(undefined, undefined, {
+      authorityHost: sim.baseUrl,
+      apiBase: sim.baseUrl,
+    });
+    const api = createApiCaller({
+      azureTenantId: app.azureTenantId,
+      apiBase: sim.baseUrl,
+      tokens: createTokenSource({ endpoints, credentials: app, httpsAgent: agent }),
+      limiter: createLocalLimiter(),
+      quota: createLocalQuotaGate(),
+      httpsAgent: agent,
+      retryPolicy: retryPolicy({ maxAttempts: 1 }),
+      requestTimeoutMs: 2_000,
+      maxThrottleWaitMs: 0,
+      logger: silentLogger,
+    });
+    try {
+      sim.resetStats();
+      const result = await api.get(
+        'bulk',
+        'https://elsewhere.example.com/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=3',
+      );
+      expect(result.status).toBe(200);
+      expect((result as { body: { value: unknown[] } }).body.value).toHaveLength(3);
+      expect(sim.stats().calls.bulk).toBe(1);
+    } finally {
+      agent.destroy();
+    }
+  });
+});
+
 describe('createDefenderClient vulnerabilities', () => {
   it('getMachineVulnerabilities should return the device’s CVEs', async () => {
     const { client, close } = simClient(sim, app);

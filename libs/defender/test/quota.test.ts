@@ -49,6 +49,27 @@ describe('createLocalQuotaGate', () => {
   });
 });
 
+describe('createLocalQuotaGate waiters', () => {
+  it('acquire should serve waiters in order and let an aborted waiter leave at once', async () => {
+    const gate = createLocalQuotaGate({
+      limits: { ...MICROSOFT_QUOTAS, machines: [{ limit: 1, windowMs: 150 }] },
+      maxPollMs: 20,
+    });
+    await gate.acquire('t1', 'machines');
+    const order: number[] = [];
+    const controller = new AbortController();
+    const first = gate.acquire('t1', 'machines').then(() => order.push(1));
+    const aborted = gate.acquire('t1', 'machines', controller.signal);
+    const second = gate.acquire('t1', 'machines').then(() => order.push(2));
+    const started = Date.now();
+    controller.abort();
+    await expect(aborted).rejects.toMatchObject({ code: 'DEFENDER_THROTTLED' });
+    expect(Date.now() - started).toBeLessThan(100);
+    await Promise.all([first, second]);
+    expect(order).toEqual([1, 2]);
+  });
+});
+
 describe('planVulnerabilityMode', () => {
   it('planVulnerabilityMode should take per-device calls while they fit the quota with headroom', () => {
     // 10 min: min(50 × 10, 1,500 × 10/60) = 250, × 0.8 = 200.
