@@ -88,13 +88,26 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
 
   async function fencedWrite(lease: PollLease, set: Record<string, string>, del: string[]): Promise<boolean> {
     const args = [lease.token, ...Object.entries(set).flat(), '--', ...del];
-    const written = await redis.eval(FENCED_WRITE, 2, leaseKey(lease.tenantId), scheduleKey(lease.tenantId), ...args);
+    const written = await redis.eval(
+      FENCED_WRITE,
+      2,
+      leaseKey(lease.tenantId),
+      scheduleKey(lease.tenantId),
+      ...args,
+    );
     return written === 1;
   }
 
   return {
     async acquire(tenantId, holderId, leaseMs) {
-      const token = await redis.eval(ACQUIRE, 2, leaseKey(tenantId), fenceKey(tenantId), holderId, String(leaseMs));
+      const token = await redis.eval(
+        ACQUIRE,
+        2,
+        leaseKey(tenantId),
+        fenceKey(tenantId),
+        holderId,
+        String(leaseMs),
+      );
       return typeof token === 'string' ? { tenantId, token } : null;
     },
     async renew(lease, leaseMs) {

@@ -48,7 +48,12 @@ describe('createPollScheduleStore', () => {
     expect(await store.begin(lease, 'acme-1', 1_000)).toBe(true);
     expect(await store.get('acme')).toEqual({ failures: 0, lastStartedAt: 1_000, runningCycleId: 'acme-1' });
     expect(await store.end(lease, { failures: 2, notBefore: 9_000, failedRevision: 7 })).toBe(true);
-    expect(await store.get('acme')).toEqual({ failures: 2, lastStartedAt: 1_000, notBefore: 9_000, failedRevision: 7 });
+    expect(await store.get('acme')).toEqual({
+      failures: 2,
+      lastStartedAt: 1_000,
+      notBefore: 9_000,
+      failedRevision: 7,
+    });
     expect(await store.end(lease, { failures: 0, notBefore: null })).toBe(true);
     expect(await store.get('acme')).toEqual({ failures: 0, lastStartedAt: 1_000 });
     await store.clear('acme');

@@ -54,7 +54,11 @@ export function pollerConfig(env: Env): PollerConfig {
     maxBackoffMs: readInt(env, 'URS_POLL_MAX_BACKOFF_MS', { fallback: 86_400_000, min: 1_000 }),
     batchSize: readInt(env, 'URS_POLL_BATCH_SIZE', { fallback: 500, min: 1, max: 500 }),
     instanceId: readString(env, 'URS_INSTANCE_ID', `poller-${process.pid}`),
-    groupPrefix: readString(env, 'URS_CONSUMER_GROUP', `${readString(env, 'URS_TOPIC_PREFIX', '')}urs.poller.tenants`),
+    groupPrefix: readString(
+      env,
+      'URS_CONSUMER_GROUP',
+      `${readString(env, 'URS_TOPIC_PREFIX', '')}urs.poller.tenants`,
+    ),
     secretKeys: secretKeyConfig(env),
     defender: defenderOverrides(env),
   };

@@ -44,7 +44,9 @@ export interface CycleResult {
 /** The cycle stopped because its lease was lost or the poller is stopping. */
 export class CycleAbortedError extends UrsError {
   constructor() {
-    super('CYCLE_ABORTED', 'the cycle stopped before it finished (lease lost or shutting down)', { canRetry: true });
+    super('CYCLE_ABORTED', 'the cycle stopped before it finished (lease lost or shutting down)', {
+      canRetry: true,
+    });
   }
 }
 
@@ -71,7 +73,10 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   const tenantId = record.tenantId;
   const log = deps.logger.child({ tenantId, cycleId });
   const cvssThreshold = parseProfile(record.defender.riskProfile).operational.criticalCves.cvssThreshold;
-  const { perDeviceCapacity } = deps.defender.planMode(Number.MAX_SAFE_INTEGER, record.defender.pollIntervalMinutes);
+  const { perDeviceCapacity } = deps.defender.planMode(
+    Number.MAX_SAFE_INTEGER,
+    record.defender.pollIntervalMinutes,
+  );
   const cycleStartedAt = new Date(startedAt).toISOString();
   const deadlineAt = new Date(startedAt + Math.min(input.intervalMs, deps.maxCycleMs)).toISOString();
 

@@ -35,7 +35,10 @@ export interface TenantDefender {
 export interface DefenderGateway {
   forTenant(credentials: TenantCredentials): TenantDefender;
   /** Per-device vulnerability calls when the fleet fits the interval within the quota, else the bulk export. */
-  planMode(deviceCount: number, pollIntervalMinutes: number): { mode: 'per-device' | 'bulk'; perDeviceCapacity: number };
+  planMode(
+    deviceCount: number,
+    pollIntervalMinutes: number,
+  ): { mode: 'per-device' | 'bulk'; perDeviceCapacity: number };
 }
 
 export interface DefenderGatewayDeps {

@@ -46,7 +46,11 @@ void runService({
     try {
       const offsets = await admin.fetchTopicOffsets(config.topics.tenants);
       table.expectEnd(
-        new Map(offsets.filter((o) => BigInt(o.high) > BigInt(o.low)).map((o) => [o.partition, BigInt(o.high) - 1n])),
+        new Map(
+          offsets
+            .filter((o) => BigInt(o.high) > BigInt(o.low))
+            .map((o) => [o.partition, BigInt(o.high) - 1n]),
+        ),
       );
     } finally {
       await admin.disconnect();
@@ -87,7 +91,11 @@ void runService({
       logger,
       metrics,
     });
-    logger.info('poller configured', { holderId, leaseMs: settings.leaseMs, intervalUnitMs: settings.intervalUnitMs });
+    logger.info('poller configured', {
+      holderId,
+      leaseMs: settings.leaseMs,
+      intervalUnitMs: settings.intervalUnitMs,
+    });
 
     return {
       runners: [runner],

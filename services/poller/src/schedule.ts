@@ -11,7 +11,8 @@ import { DefenderErrorCode } from './defender';
 export function dueAt(schedule: PollSchedule, intervalMs: number, revision: number): number {
   if (schedule.runningCycleId !== undefined) return 0;
   // The last cycle failed with other settings (an admin just fixed the secret): try the new ones at once.
-  if (schedule.failures > 0 && schedule.failedRevision !== undefined && schedule.failedRevision !== revision) return 0;
+  if (schedule.failures > 0 && schedule.failedRevision !== undefined && schedule.failedRevision !== revision)
+    return 0;
   const next = schedule.lastStartedAt === undefined ? 0 : schedule.lastStartedAt + intervalMs;
   return Math.max(next, schedule.notBefore ?? 0);
 }

@@ -56,7 +56,10 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   const now = deps.now ?? Date.now;
   const log = deps.logger.child({ component: 'scheduler' });
   const cyclesTotal = deps.metrics.counter('urs_poll_cycles_total', 'Polling cycles, by outcome.');
-  const cycleSeconds = deps.metrics.histogram('urs_poll_cycle_seconds', 'Duration of a polling cycle (listing and emitting), in seconds.');
+  const cycleSeconds = deps.metrics.histogram(
+    'urs_poll_cycle_seconds',
+    'Duration of a polling cycle (listing and emitting), in seconds.',
+  );
   deps.metrics.gauge('urs_poll_cycles_running', 'Polling cycles running in this process.', () => active.size);
   deps.metrics.gauge('urs_poll_tenants', 'Tenants known to this poller.', () => deps.table.size());
   /** Per tenant, when this replica should look again (its local view; Redis decides). */
@@ -82,7 +85,10 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
 
   async function releaseQuietly(lease: PollLease): Promise<void> {
     await deps.schedules.release(lease).catch((error: unknown) => {
-      log.warn('lease release failed (it expires by itself)', { tenantId: lease.tenantId, reason: errorMessage(error) });
+      log.warn('lease release failed (it expires by itself)', {
+        tenantId: lease.tenantId,
+        reason: errorMessage(error),
+      });
     });
   }
 
@@ -145,7 +151,9 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
             abort.abort();
           }
         })
-        .catch((error: unknown) => log.warn('lease renewal failed', { tenantId, cycleId, reason: errorMessage(error) }));
+        .catch((error: unknown) =>
+          log.warn('lease renewal failed', { tenantId, cycleId, reason: errorMessage(error) }),
+        );
     }, renewEveryMs);
     try {
       const result = await deps.runCycle({ record, cycleId, startedAt, intervalMs, signal: abort.signal });
@@ -198,7 +206,14 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         lastErrorAt: new Date(ended).toISOString(),
       });
       cyclesTotal.inc({ outcome: kind });
-      log.warn('cycle failed', { tenantId, cycleId, code, reason: message, failures, nextPollAt: new Date(next).toISOString() });
+      log.warn('cycle failed', {
+        tenantId,
+        cycleId,
+        code,
+        reason: message,
+        failures,
+        nextPollAt: new Date(next).toISOString(),
+      });
     } finally {
       clearInterval(renewer);
       await releaseQuietly(lease);

@@ -61,7 +61,9 @@ export function createTenantTable(): TenantTable {
     },
     expectEnd(lastOffsets) {
       remaining = new Map(
-        [...lastOffsets].filter(([partition, offset]) => offset >= 0n && (seen.get(partition) ?? -1n) < offset),
+        [...lastOffsets].filter(
+          ([partition, offset]) => offset >= 0n && (seen.get(partition) ?? -1n) < offset,
+        ),
       );
     },
     caughtUp: () => remaining !== undefined && remaining.size === 0,

@@ -103,12 +103,22 @@ describe('runCycle', () => {
       [1, false],
       [2, true],
     ]);
-    expect(sent[2]).toMatchObject({ totalBatches: 3, totalDevices: 1_003, cycleStartedAt: '1970-01-01T00:00:00.000Z', cycleId: 'acme-0000000000000' });
+    expect(sent[2]).toMatchObject({
+      totalBatches: 3,
+      totalDevices: 1_003,
+      cycleStartedAt: '1970-01-01T00:00:00.000Z',
+      cycleId: 'acme-0000000000000',
+    });
     expect(sent[0]?.totalBatches).toBeUndefined();
     expect(new Set(sent.flatMap((b) => b.devices.map((d) => d.id))).size).toBe(1_003);
     expect(events[0]).toBe('begin 1970-01-01T00:05:00.000Z');
     expect(events.at(-1)).toBe('listed 3/1003');
-    expect(result).toMatchObject({ totalDevices: 1_003, totalBatches: 3, vulnerabilityMode: 'bulk', merged: 0 });
+    expect(result).toMatchObject({
+      totalDevices: 1_003,
+      totalBatches: 3,
+      vulnerabilityMode: 'bulk',
+      merged: 0,
+    });
     expect(result.note).toMatch(/1003 devices exceed the 1000 per-device calls/);
     expect(credentials[0]).toMatchObject({ clientSecret: 'Sup3r~secret', region: 'eu', cloud: 'commercial' });
     expect(closed()).toBe(1);
@@ -127,7 +137,15 @@ describe('runCycle', () => {
   it('runCycle should emit one empty last batch for an empty fleet', async () => {
     const { deps, sent, events } = setup([]);
     await runCycle(deps, input());
-    expect(sent).toEqual([expect.objectContaining({ batchIndex: 0, lastBatch: true, totalBatches: 1, totalDevices: 0, devices: [] })]);
+    expect(sent).toEqual([
+      expect.objectContaining({
+        batchIndex: 0,
+        lastBatch: true,
+        totalBatches: 1,
+        totalDevices: 0,
+        devices: [],
+      }),
+    ]);
     expect(events.at(-1)).toBe('listed 1/0');
   });
 
@@ -135,7 +153,10 @@ describe('runCycle', () => {
     const listing = pages(4);
     (listing[0]?.devices[1] as { merged: boolean }).merged = true;
     const { deps, sent } = setup(listing);
-    const result = await runCycle(deps, input(undefined, { operational: { criticalCves: { cvssThreshold: 7.5 } } }));
+    const result = await runCycle(
+      deps,
+      input(undefined, { operational: { criticalCves: { cvssThreshold: 7.5 } } }),
+    );
     expect(sent[0]?.devices.map((d) => d.id)).toEqual(['m0', 'm2', 'm3']);
     expect(sent[0]?.cvssThreshold).toBe(7.5);
     expect(result).toMatchObject({ totalDevices: 3, merged: 1 });

@@ -1,7 +1,14 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { deleteKeysMatching, waitFor } from '@urs/testkit';
 import { api as call, type ServiceProcess } from './support/services';
-import { buildServices, collectTopics, createTestStack, portFrom, type ReceivedMessage, type TestStack } from './support/stack';
+import {
+  buildServices,
+  collectTopics,
+  createTestStack,
+  portFrom,
+  type ReceivedMessage,
+  type TestStack,
+} from './support/stack';
 
 // Registrar and two pollers as separate processes, real Kafka and Redis, Microsoft simulated.
 // One "minute" of pollIntervalMinutes lasts 300 ms here (URS_POLL_INTERVAL_UNIT_MS), so the smallest
@@ -33,7 +40,10 @@ describe('registrar and pollers as processes', () => {
   let topics: { messages: ReceivedMessage[]; close(): Promise<void> };
   const answers: string[] = [];
   const secrets: string[] = [];
-  const measured: Record<string, number[]> = { registrationToFirstBatchMs: [], registrationToCycleStartMs: [] };
+  const measured: Record<string, number[]> = {
+    registrationToFirstBatchMs: [],
+    registrationToCycleStartMs: [],
+  };
 
   const api = async (method: string, path: string, body?: unknown) => {
     const answer = await call(baseUrl, stack.apiToken, method, path, body);
@@ -48,8 +58,16 @@ describe('registrar and pollers as processes', () => {
   const cycleStarts = (tenantId: string): number[] =>
     [...new Set(batches(tenantId).map((b) => Date.parse(b.cycleStartedAt)))].sort((a, b) => a - b);
 
-  function microsoftTenant(devices: number): { azureTenantId: string; clientId: string; clientSecret: string } {
-    const tenant = { azureTenantId: randomUUID(), clientId: randomUUID(), clientSecret: `S3cr3t~${randomBytes(12).toString('hex')}` };
+  function microsoftTenant(devices: number): {
+    azureTenantId: string;
+    clientId: string;
+    clientSecret: string;
+  } {
+    const tenant = {
+      azureTenantId: randomUUID(),
+      clientId: randomUUID(),
+      clientSecret: `S3cr3t~${randomBytes(12).toString('hex')}`,
+    };
     secrets.push(tenant.clientSecret);
     stack.sim.addTenant({
       azureTenantId: tenant.azureTenantId,
@@ -81,10 +99,18 @@ describe('registrar and pollers as processes', () => {
 
   it('PUT should register a tenant that is polled within 1 s, its devices in batches of at most 500', async () => {
     const ms = microsoftTenant(1_203);
-    const put = await api('PUT', '/v1/tenants/acme-a/defender', { enabled: true, ...ms, pollIntervalMinutes: 10 });
+    const put = await api('PUT', '/v1/tenants/acme-a/defender', {
+      enabled: true,
+      ...ms,
+      pollIntervalMinutes: 10,
+    });
     const answeredAt = Date.now();
     expect(put.status).toBe(201);
-    expect(put.body.defender).toMatchObject({ clientSecretSet: true, clientSecretKeyId: 'k1', azureTenantId: ms.azureTenantId });
+    expect(put.body.defender).toMatchObject({
+      clientSecretSet: true,
+      clientSecretKeyId: 'k1',
+      azureTenantId: ms.azureTenantId,
+    });
     expect(put.body.defender.clientSecret).toBeUndefined();
 
     const last = await waitFor(() => batches('acme-a').find((b) => b.lastBatch), { timeoutMs: 15_000 });
@@ -92,8 +118,12 @@ describe('registrar and pollers as processes', () => {
     const expected = stack.sim.machines(ms.azureTenantId).filter((m) => !m.mergedIntoMachineId).length;
     expect(last.totalDevices).toBe(expected);
     expect(last.totalBatches).toBe(Math.ceil(expected / 500));
-    expect(cycle.map((b) => b.batchIndex).sort((a, b) => a - b)).toEqual([...Array(last.totalBatches).keys()]);
-    expect(cycle.every((b) => b.devices.length <= 500 && b.devices.every((d) => !d.mergedIntoMachineId))).toBe(true);
+    expect(cycle.map((b) => b.batchIndex).sort((a, b) => a - b)).toEqual([
+      ...Array(last.totalBatches).keys(),
+    ]);
+    expect(
+      cycle.every((b) => b.devices.length <= 500 && b.devices.every((d) => !d.mergedIntoMachineId)),
+    ).toBe(true);
     expect(cycle.reduce((sum, b) => sum + b.devices.length, 0)).toBe(expected);
     expect(new Set(cycle.flatMap((b) => b.devices.map((d) => d.id))).size).toBe(expected);
     expect(cycle.every((b) => b.vulnerabilityMode === 'bulk' && b.cvssThreshold === 9)).toBe(true);
@@ -108,7 +138,11 @@ describe('registrar and pollers as processes', () => {
       const got = await api('GET', '/v1/tenants/acme-a/defender');
       return got.body.status?.deviceCount === expected ? got.body.status : undefined;
     });
-    expect(status).toMatchObject({ state: 'active', vulnerabilityMode: 'bulk', lastCycleId: expect.any(String) });
+    expect(status).toMatchObject({
+      state: 'active',
+      vulnerabilityMode: 'bulk',
+      lastCycleId: expect.any(String),
+    });
     expect(status.note).toMatch(/bulk vulnerability export/);
     expect(Date.parse(status.nextPollAt)).toBeGreaterThan(Date.parse(status.lastCycleStartedAt));
   });
@@ -117,7 +151,12 @@ describe('registrar and pollers as processes', () => {
     const ms = microsoftTenant(20);
     const wrong = `Wr0ng~${randomBytes(12).toString('hex')}`;
     secrets.push(wrong);
-    const put = await api('PUT', '/v1/tenants/acme-b/defender', { enabled: true, ...ms, clientSecret: wrong, pollIntervalMinutes: 10 });
+    const put = await api('PUT', '/v1/tenants/acme-b/defender', {
+      enabled: true,
+      ...ms,
+      clientSecret: wrong,
+      pollIntervalMinutes: 10,
+    });
     expect(put.status).toBe(201);
     const status = await waitFor(async () => {
       const got = await api('GET', '/v1/tenants/acme-b/defender');
@@ -143,7 +182,11 @@ describe('registrar and pollers as processes', () => {
     expect(interval.body.defender.pollIntervalMinutes).toBe(11);
     expect((await api('POST', '/v1/tenants/acme-b/defender/test')).body.ok).toBe(false);
 
-    const fixed = await api('PUT', '/v1/tenants/acme-b/defender', { enabled: true, ...ms, pollIntervalMinutes: 10 });
+    const fixed = await api('PUT', '/v1/tenants/acme-b/defender', {
+      enabled: true,
+      ...ms,
+      pollIntervalMinutes: 10,
+    });
     expect(fixed.status).toBe(200);
     const good = await api('POST', '/v1/tenants/acme-b/defender/test');
     expect(good.body).toMatchObject({ ok: true, tokenIssued: true, machinesReadable: true });
@@ -151,13 +194,23 @@ describe('registrar and pollers as processes', () => {
     expect(good.body.roles).toEqual(expect.arrayContaining(['Machine.Read.All']));
     // The backoff after the failures holds until its end; then the tenant is polled and its error cleared.
     await waitFor(() => batches('acme-b').find((b) => b.lastBatch), { timeoutMs: 4 * INTERVAL_MS + 5_000 });
-    await waitFor(async () => (await api('GET', '/v1/tenants/acme-b/defender')).body.status?.state === 'active');
+    await waitFor(
+      async () => (await api('GET', '/v1/tenants/acme-b/defender')).body.status?.state === 'active',
+    );
   });
 
   it('two pollers should never poll the same tenant in the same interval', async () => {
     for (let i = 0; i < 6; i++) {
       const ms = microsoftTenant(40);
-      expect((await api('PUT', `/v1/tenants/fleet-${i}/defender`, { enabled: true, ...ms, pollIntervalMinutes: 10 })).status).toBe(201);
+      expect(
+        (
+          await api('PUT', `/v1/tenants/fleet-${i}/defender`, {
+            enabled: true,
+            ...ms,
+            pollIntervalMinutes: 10,
+          })
+        ).status,
+      ).toBe(201);
     }
     await new Promise((resolve) => setTimeout(resolve, 3.5 * INTERVAL_MS));
     for (let i = 0; i < 6; i++) {
@@ -170,7 +223,9 @@ describe('registrar and pollers as processes', () => {
       const keys = batches(`fleet-${i}`).map((b) => `${b.cycleId}/${b.batchIndex}`);
       expect(new Set(keys).size).toBe(keys.length);
     }
-    const byPoller = pollers.map((p) => p.lines.filter((line) => line.includes('"message":"cycle listed"')).length);
+    const byPoller = pollers.map(
+      (p) => p.lines.filter((line) => line.includes('"message":"cycle listed"')).length,
+    );
     measured['cyclesPerPoller'] = byPoller;
   });
 
@@ -182,7 +237,9 @@ describe('registrar and pollers as processes', () => {
     const killedAt = Date.now();
     await victim.kill();
     const tenantIds = [...Array(6).keys()].map((i) => `fleet-${i}`).concat('acme-a');
-    const lastBefore = new Map(tenantIds.map((id) => [id, Math.max(...cycleStarts(id).filter((s) => s < killedAt))]));
+    const lastBefore = new Map(
+      tenantIds.map((id) => [id, Math.max(...cycleStarts(id).filter((s) => s < killedAt))]),
+    );
     await new Promise((resolve) => setTimeout(resolve, INTERVAL_MS + LEASE_MS + 2_000));
     const handover: number[] = [];
     for (const tenantId of tenantIds) {
@@ -219,16 +276,23 @@ describe('registrar and pollers as processes', () => {
     // wiped settings key does not recognise Redis 7's "ERR "-prefixed script errors; see the limiter.)
     const deleted = await deleteKeysMatching(stack.redis.client, `${stack.redis.prefix}*`);
     expect(deleted).toBeGreaterThan(0);
-    await registrar.waitForLine((line) => line.includes('tenants rebuilt from urs.tenants') && Date.parse(JSON.parse(line).time) > wipedAt, 15_000);
+    await registrar.waitForLine(
+      (line) =>
+        line.includes('tenants rebuilt from urs.tenants') && Date.parse(JSON.parse(line).time) > wipedAt,
+      15_000,
+    );
     const after = await api('GET', '/v1/tenants/acme-a/defender');
     expect(after.status).toBe(200);
     expect(after.body.revision).toBe(before.revision);
     expect(after.body.defender).toEqual(before.defender);
     expect((await api('GET', '/v1/tenants/fleet-0/defender')).status).toBe(404);
     expect((await api('GET', '/v1/tenants/fleet-1/defender')).body.enabled).toBe(false);
-    await waitFor(() => batches('acme-a').find((b) => b.lastBatch && Date.parse(b.cycleStartedAt) > wipedAt), {
-      timeoutMs: 2 * INTERVAL_MS + 5_000,
-    });
+    await waitFor(
+      () => batches('acme-a').find((b) => b.lastBatch && Date.parse(b.cycleStartedAt) > wipedAt),
+      {
+        timeoutMs: 2 * INTERVAL_MS + 5_000,
+      },
+    );
     await waitFor(async () => (await api('GET', '/v1/tenants/acme-a/defender')).body.status?.deviceCount > 0);
   });
 

@@ -39,12 +39,21 @@ function memorySchedules(): PollScheduleStore {
     },
     async begin(lease, cycleId, startedAt) {
       if (!holds(lease)) return false;
-      schedules.set(lease.tenantId, { ...(schedules.get(lease.tenantId) ?? { failures: 0 }), lastStartedAt: startedAt, runningCycleId: cycleId });
+      schedules.set(lease.tenantId, {
+        ...(schedules.get(lease.tenantId) ?? { failures: 0 }),
+        lastStartedAt: startedAt,
+        runningCycleId: cycleId,
+      });
       return true;
     },
     async end(lease, outcome) {
       if (!holds(lease)) return false;
-      const { runningCycleId: _done, notBefore: _nb, failedRevision: _fr, ...rest } = schedules.get(lease.tenantId) ?? { failures: 0 };
+      const {
+        runningCycleId: _done,
+        notBefore: _nb,
+        failedRevision: _fr,
+        ...rest
+      } = schedules.get(lease.tenantId) ?? { failures: 0 };
       schedules.set(lease.tenantId, {
         ...rest,
         failures: outcome.failures,
@@ -65,8 +74,9 @@ function memoryStatus(): TenantStore & { statuses: Map<string, TenantStatus> } {
     statuses,
     async updateStatus(tenantId: string, status: Record<string, unknown>) {
       const next: Record<string, unknown> = { ...statuses.get(tenantId) };
-      for (const [k, v] of Object.entries(status)) if (v === null) delete next[k];
-      else if (v !== undefined) next[k] = v;
+      for (const [k, v] of Object.entries(status))
+        if (v === null) delete next[k];
+        else if (v !== undefined) next[k] = v;
       statuses.set(tenantId, next as TenantStatus);
     },
   } as unknown as TenantStore & { statuses: Map<string, TenantStatus> };
@@ -87,11 +97,25 @@ interface Run {
 
 async function feed(table: TenantTable, records: TenantRecord[], offset = { n: 0 }): Promise<void> {
   for (const r of records) {
-    await table.handle({ topic: 't', partition: 0, offset: String(offset.n++), key: r.tenantId, value: r, headers: {}, timestamp: 0 });
+    await table.handle({
+      topic: 't',
+      partition: 0,
+      offset: String(offset.n++),
+      key: r.tenantId,
+      value: r,
+      headers: {},
+      timestamp: 0,
+    });
   }
 }
 
-function replica(index: number, schedules: PollScheduleStore, status: TenantStore, runs: Run[], behaviour: (input: CycleInput) => Promise<void>) {
+function replica(
+  index: number,
+  schedules: PollScheduleStore,
+  status: TenantStore,
+  runs: Run[],
+  behaviour: (input: CycleInput) => Promise<void>,
+) {
   const table = createTenantTable();
   table.expectEnd(new Map());
   const scheduler = createScheduler({
@@ -102,7 +126,14 @@ function replica(index: number, schedules: PollScheduleStore, status: TenantStor
       const start = input.startedAt;
       await behaviour(input);
       runs.push({ tenantId: input.record.tenantId, replica: index, start, end: Date.now() });
-      return { totalDevices: 1, totalBatches: 1, merged: 0, vulnerabilityMode: 'per-device', note: null, listedAt: Date.now() };
+      return {
+        totalDevices: 1,
+        totalBatches: 1,
+        merged: 0,
+        vulnerabilityMode: 'per-device',
+        note: null,
+        listedAt: Date.now(),
+      };
     },
     holderId: `replica-${index}`,
     intervalUnitMs: UNIT_MS,
@@ -132,7 +163,10 @@ describe('createScheduler', () => {
     const slow = async () => sleep(5 + Math.random() * 30);
     const replicas = [0, 1, 2].map((i) => replica(i, schedules, status, runs, slow));
     for (const r of replicas) {
-      await feed(r.table, ['a', 'b', 'c', 'd'].map((id) => record(id)));
+      await feed(
+        r.table,
+        ['a', 'b', 'c', 'd'].map((id) => record(id)),
+      );
       r.scheduler.start();
       started.push(r.scheduler);
     }
@@ -198,7 +232,15 @@ describe('createScheduler', () => {
     started.push(scheduler);
     await sleep(20);
     await feed(table, [record('long', 2, false), record('off', 2, false)], offset);
-    await table.handle({ topic: 't', partition: 0, offset: String(offset.n++), key: 'gone', value: null, headers: {}, timestamp: 0 });
+    await table.handle({
+      topic: 't',
+      partition: 0,
+      offset: String(offset.n++),
+      key: 'gone',
+      value: null,
+      headers: {},
+      timestamp: 0,
+    });
     const stoppedAt = Date.now();
     await sleep(3 * INTERVAL_MS);
     expect(aborted).toEqual(['long']);

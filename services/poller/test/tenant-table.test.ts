@@ -4,7 +4,12 @@ import { createTenantTable } from '../src/tenant-table';
 
 const record = (tenantId: string, revision: number, enabled = true) =>
   ({ tenantId, revision, enabled }) as unknown as TenantRecord;
-const message = (key: string, value: TenantRecord | null, offset: number, partition = 0): InboundMessage<TenantRecord> => ({
+const message = (
+  key: string,
+  value: TenantRecord | null,
+  offset: number,
+  partition = 0,
+): InboundMessage<TenantRecord> => ({
   topic: 'urs.tenants',
   partition,
   offset: String(offset),
@@ -37,7 +42,12 @@ describe('createTenantTable', () => {
     const table = createTenantTable();
     expect(table.caughtUp()).toBe(false);
     await table.handle(message('a', record('a', 1), 4, 1));
-    table.expectEnd(new Map([[0, 2n], [1, 4n]]));
+    table.expectEnd(
+      new Map([
+        [0, 2n],
+        [1, 4n],
+      ]),
+    );
     expect(table.caughtUp()).toBe(false);
     await table.handle(message('b', record('b', 1), 2, 0));
     expect(table.caughtUp()).toBe(true);

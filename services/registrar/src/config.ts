@@ -32,14 +32,19 @@ export interface RegistrarConfig {
 
 export function registrarConfig(env: Env): RegistrarConfig {
   const apiTokens = readList(env, 'URS_API_TOKENS');
-  if (apiTokens.length === 0) throw new ConfigError('URS_API_TOKENS', 'is required (comma-separated bearer tokens)');
+  if (apiTokens.length === 0)
+    throw new ConfigError('URS_API_TOKENS', 'is required (comma-separated bearer tokens)');
   if (apiTokens.some((token) => token.length < 16)) {
     throw new ConfigError('URS_API_TOKENS', 'must list tokens of at least 16 characters each');
   }
   return {
     httpPort: readInt(env, 'URS_HTTP_PORT', { fallback: 8080, min: 0, max: 65535 }),
     apiTokens,
-    maxBodyBytes: readInt(env, 'URS_HTTP_MAX_BODY_BYTES', { fallback: 64 * 1024, min: 1024, max: 16 * 1024 * 1024 }),
+    maxBodyBytes: readInt(env, 'URS_HTTP_MAX_BODY_BYTES', {
+      fallback: 64 * 1024,
+      min: 1024,
+      max: 16 * 1024 * 1024,
+    }),
     rebuildCheckMs: readInt(env, 'URS_REBUILD_CHECK_MS', { fallback: 5_000, min: 100 }),
     accessTestTimeoutMs: readInt(env, 'URS_ACCESS_TEST_TIMEOUT_MS', { fallback: 30_000, min: 1_000 }),
     groupId: readString(env, 'URS_CONSUMER_GROUP', `${readString(env, 'URS_TOPIC_PREFIX', '')}urs.registrar`),

@@ -47,7 +47,12 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
   const log = deps.logger.child({ component: 'director' });
   const service = deps.service ?? 'registrar';
 
-  async function deadLetter(message: InboundMessage<RegistrationPush>, item: unknown, key: string | null, error: UrsError) {
+  async function deadLetter(
+    message: InboundMessage<RegistrationPush>,
+    item: unknown,
+    key: string | null,
+    error: UrsError,
+  ) {
     const letter = toDeadLetter(
       {
         service,
@@ -69,7 +74,11 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     await deps.ensureRebuilt();
     const last = await deps.state.lastGeneration();
     if (push.generation < last) {
-      log.warn('older Director generation ignored', { generation: push.generation, lastApplied: last, mode: push.mode });
+      log.warn('older Director generation ignored', {
+        generation: push.generation,
+        lastApplied: last,
+        mode: push.mode,
+      });
       return { ...outcome, ignored: true };
     }
     const origin = { source: 'director' as const, generation: push.generation };
@@ -96,7 +105,9 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
         continue;
       }
       present.add(validated.registration.tenantId);
-      const { changed } = await deps.registry.register(validated.registration, origin, { skipIfUnchanged: true });
+      const { changed } = await deps.registry.register(validated.registration, origin, {
+        skipIfUnchanged: true,
+      });
       if (changed) outcome.applied++;
       else outcome.unchanged++;
     }
@@ -105,12 +116,21 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
         if (present.has(tenantId)) continue;
         const record = await deps.tenants.get(tenantId);
         if (!record || record.source !== 'director' || !record.enabled) continue;
-        const disabled = await deps.registry.disable(tenantId, `missing from Director full push ${push.generation}`, origin);
+        const disabled = await deps.registry.disable(
+          tenantId,
+          `missing from Director full push ${push.generation}`,
+          origin,
+        );
         if (disabled) outcome.disabled++;
       }
     }
     await deps.state.observeGeneration(push.generation);
-    log.info('Director push applied', { generation: push.generation, mode: push.mode, tenants: push.tenants.length, ...outcome });
+    log.info('Director push applied', {
+      generation: push.generation,
+      mode: push.mode,
+      tenants: push.tenants.length,
+      ...outcome,
+    });
     return outcome;
   }
 

@@ -1,8 +1,18 @@
 import { createConsumerRunner } from '@urs/bus';
-import { createDefenderClient, createHttpsAgent, createRedisQuotaGate, createSharedLimiter } from '@urs/defender';
+import {
+  createDefenderClient,
+  createHttpsAgent,
+  createRedisQuotaGate,
+  createSharedLimiter,
+} from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { createSecretSealer } from '@urs/secrets';
-import { createPollScheduleStore, createRegistrarStateStore, createScoreStore, createTenantStore } from '@urs/store';
+import {
+  createPollScheduleStore,
+  createRegistrarStateStore,
+  createScoreStore,
+  createTenantStore,
+} from '@urs/store';
 import { registrarConfig } from './config';
 import { createRegistrationHandler } from './director';
 import { deviceRoutes } from './http/devices';
@@ -51,7 +61,13 @@ void runService({
     const httpsAgent = createHttpsAgent();
     const checkAccess: AccessChecker = async (tenant, signal) => {
       const { region, ...rest } = tenant;
-      const client = createDefenderClient(region === null ? rest : { ...rest, region }, { limiter, quota, logger, overrides: settings.defender, httpsAgent });
+      const client = createDefenderClient(region === null ? rest : { ...rest, region }, {
+        limiter,
+        quota,
+        logger,
+        overrides: settings.defender,
+        httpsAgent,
+      });
       try {
         return await client.checkAccess(signal);
       } finally {
@@ -63,7 +79,9 @@ void runService({
       kafka,
       service: 'registrar',
       groupId: settings.groupId,
-      subscriptions: [{ topic: config.topics.registration, contract: 'urs/registration-push', handler: director.handler }],
+      subscriptions: [
+        { topic: config.topics.registration, contract: 'urs/registration-push', handler: director.handler },
+      ],
       publisher,
       dlqTopic: config.topics.dlq,
       logger,

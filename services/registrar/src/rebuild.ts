@@ -7,7 +7,8 @@ import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import { REVISION_HEADER } from './registry';
 
 /** The last word of `urs.tenants` on one tenant: its record, or a deletion (with its revision if known). */
-export type TenantLogEntry = { tenantId: string; record: TenantRecord } | { tenantId: string; record: null; revision?: number };
+export type TenantLogEntry =
+  { tenantId: string; record: TenantRecord } | { tenantId: string; record: null; revision?: number };
 
 /**
  * Reads a compacted topic from the beginning up to the end it had when the read started, with a
@@ -45,7 +46,11 @@ export async function readTenantLog(
             if (message.value === null) {
               const header = message.headers?.[REVISION_HEADER];
               const revision = header === undefined ? undefined : Number(header.toString());
-              entries.set(key, { tenantId: key, record: null, ...(revision !== undefined && Number.isFinite(revision) ? { revision } : {}) });
+              entries.set(key, {
+                tenantId: key,
+                record: null,
+                ...(revision !== undefined && Number.isFinite(revision) ? { revision } : {}),
+              });
               continue;
             }
             try {
@@ -55,7 +60,11 @@ export async function readTenantLog(
                 entries.set(key, { tenantId: key, record });
               }
             } catch (error) {
-              logger.warn('unreadable tenant record skipped in rebuild', { key, offset: message.offset, reason: errorMessage(error) });
+              logger.warn('unreadable tenant record skipped in rebuild', {
+                key,
+                offset: message.offset,
+                reason: errorMessage(error),
+              });
             }
           }
           const target = targets.get(batch.partition) ?? -1n;
@@ -66,7 +75,10 @@ export async function readTenantLog(
         },
       });
       const timer = new AbortController();
-      const timedOut = await Promise.race([finished.then(() => false), sleep(timeoutMs, timer.signal).then(() => true)]);
+      const timedOut = await Promise.race([
+        finished.then(() => false),
+        sleep(timeoutMs, timer.signal).then(() => true),
+      ]);
       timer.abort();
       if (timedOut) throw new Error(`reading ${topic} did not reach its end within ${timeoutMs} ms`);
     } finally {
@@ -127,7 +139,12 @@ export function createTenantRebuilder(deps: RebuilderDeps): TenantRebuilder {
       }
     }
     await deps.state.markRebuilt(new Date());
-    log.info('tenants rebuilt from urs.tenants', { restored, entries: entries.length, wasEmpty, ms: Date.now() - started });
+    log.info('tenants rebuilt from urs.tenants', {
+      restored,
+      entries: entries.length,
+      wasEmpty,
+      ms: Date.now() - started,
+    });
   }
 
   function ensure(): Promise<void> {

@@ -77,7 +77,9 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
   const log = deps.logger.child({ component: 'registry' });
 
   async function write(record: TenantRecord): Promise<void> {
-    await deps.publisher.send(deps.tenantsTopic, 'urs/tenant-record', [{ key: record.tenantId, value: record }]);
+    await deps.publisher.send(deps.tenantsTopic, 'urs/tenant-record', [
+      { key: record.tenantId, value: record },
+    ]);
     await deps.tenants.put(record);
   }
 
@@ -117,7 +119,8 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
           ...(disabledReason === undefined ? {} : { disabledReason }),
           defender: settings,
         };
-        if (sameSettings(current, candidate, secretMatches)) return { record: current, changed: false, created: false };
+        if (sameSettings(current, candidate, secretMatches))
+          return { record: current, changed: false, created: false };
       }
       const sealed = options.keepSecret ?? deps.sealer.seal(defender.clientSecret, tenantId);
       const record: TenantRecord = {

@@ -8,8 +8,7 @@ export interface Violation {
 }
 
 export type ValidationResult =
-  | { ok: true; registration: TenantRegistration }
-  | { ok: false; violations: Violation[] };
+  { ok: true; registration: TenantRegistration } | { ok: false; violations: Violation[] };
 
 const tenantIdPattern = new RegExp(TENANT_ID_PATTERN);
 
@@ -34,7 +33,10 @@ export function validateRegistration(input: unknown): ValidationResult {
     } catch (error) {
       if (!(error instanceof ProfileError)) throw error;
       for (const violation of error.violations) {
-        violations.push({ field: violation.path.replace(/^profile/, 'defender.riskProfile'), rule: violation.rule });
+        violations.push({
+          field: violation.path.replace(/^profile/, 'defender.riskProfile'),
+          rule: violation.rule,
+        });
       }
     }
   }

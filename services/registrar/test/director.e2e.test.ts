@@ -5,7 +5,14 @@ import { createRegistrarStateStore, createTenantStore } from '@urs/store';
 import { deleteKeysMatching, waitFor } from '@urs/testkit';
 // The process harness is shared with the poller's end-to-end suite.
 import { api, type ServiceProcess } from '../../poller/test/support/services';
-import { buildServices, collectTopics, createTestStack, portFrom, type ReceivedMessage, type TestStack } from '../../poller/test/support/stack';
+import {
+  buildServices,
+  collectTopics,
+  createTestStack,
+  portFrom,
+  type ReceivedMessage,
+  type TestStack,
+} from '../../poller/test/support/stack';
 
 // The registrar as its own process, Director's pushes produced onto its registration topic.
 describe('registrar: Director pushes', () => {
@@ -46,7 +53,9 @@ describe('registrar: Director pushes', () => {
       .filter((m) => m.topic === stack.topic('urs.tenants') && m.text !== null)
       .map((m) => JSON.parse(m.text as string) as TenantRecord);
   const deadLetters = (): DeadLetter[] =>
-    topics.messages.filter((m) => m.topic === stack.topic('urs.dlq')).map((m) => JSON.parse(m.text as string) as DeadLetter);
+    topics.messages
+      .filter((m) => m.topic === stack.topic('urs.dlq'))
+      .map((m) => JSON.parse(m.text as string) as DeadLetter);
 
   // Generation 5: 50 tenants, one of them invalid in two ways.
   const first = Array.from({ length: 50 }, (_, i) =>
@@ -78,7 +87,11 @@ describe('registrar: Director pushes', () => {
     expect(sealed.defender.clientSecret).toMatchObject({ alg: 'A256GCM', keyId: 'k1' });
 
     const letter = deadLetters()[0] as DeadLetter;
-    expect(letter).toMatchObject({ service: 'registrar', key: 'bulk-17', sourceTopic: stack.topic('urs.registration') });
+    expect(letter).toMatchObject({
+      service: 'registrar',
+      key: 'bulk-17',
+      sourceTopic: stack.topic('urs.registration'),
+    });
     expect(letter.error.code).toBe('REGISTRATION_INVALID');
     expect(letter.error.message).toMatch(/defender\.azureTenantId must match pattern/);
     expect(letter.error.message).toMatch(/defender\.pollIntervalMinutes must be >= 10/);
@@ -104,7 +117,11 @@ describe('registrar: Director pushes', () => {
     await waitFor(async () => (await store().get('bulk-17')) !== null);
     for (let i = 0; i < 5; i++) {
       const record = (await store().get(`bulk-${i}`)) as TenantRecord;
-      expect(record).toMatchObject({ enabled: false, disabledReason: 'missing from Director full push 6', generation: 6 });
+      expect(record).toMatchObject({
+        enabled: false,
+        disabledReason: 'missing from Director full push 6',
+        generation: 6,
+      });
       expect((await store().getStatus(`bulk-${i}`)).state).toBe('disabled');
     }
     expect(await store().ids()).toHaveLength(50);
@@ -117,7 +134,9 @@ describe('registrar: Director pushes', () => {
   it('an older generation should be ignored and logged', async () => {
     const revision = (await store().get('bulk-10'))?.revision;
     await push(4, 'delta', [tenant(10, { pollIntervalMinutes: 30 })]);
-    await registrar.waitForLine((line) => line.includes('older Director generation ignored') && line.includes('"generation":4'));
+    await registrar.waitForLine(
+      (line) => line.includes('older Director generation ignored') && line.includes('"generation":4'),
+    );
     expect((await store().get('bulk-10'))?.revision).toBe(revision);
     expect((await store().get('bulk-10'))?.defender.pollIntervalMinutes).toBe(60);
   });
@@ -136,12 +155,18 @@ describe('registrar: Director pushes', () => {
     expect(await store().ids()).toHaveLength(50);
     expect(await createRegistrarStateStore(stack.redis.client, stack.redis.prefix).lastGeneration()).toBe(7);
     await push(6, 'full', first.slice(10));
-    await registrar.waitForLine((line) => line.includes('older Director generation ignored') && line.includes('"generation":6'));
+    await registrar.waitForLine(
+      (line) => line.includes('older Director generation ignored') && line.includes('"generation":6'),
+    );
     expect((await store().get('bulk-5'))?.enabled).toBe(true);
   });
 
   it('no secret of a push should appear in a log line, a dead letter or a REST answer', () => {
-    const texts = [...stack.processes.flatMap((p) => p.lines), ...deadLetters().map((d) => JSON.stringify(d)), ...answers];
+    const texts = [
+      ...stack.processes.flatMap((p) => p.lines),
+      ...deadLetters().map((d) => JSON.stringify(d)),
+      ...answers,
+    ];
     for (const secret of secrets.values()) expect(texts.filter((text) => text.includes(secret))).toEqual([]);
   });
 });

@@ -42,26 +42,45 @@ function setup() {
     };
     return director.handle(message);
   };
-  const records = () => publisher.sent.filter((s) => s.topic === 'urs.tenants').map((s) => s.message.value as TenantRecord);
-  const letters = () => publisher.sent.filter((s) => s.topic === 'urs.dlq').map((s) => s.message.value as DeadLetter);
+  const records = () =>
+    publisher.sent.filter((s) => s.topic === 'urs.tenants').map((s) => s.message.value as TenantRecord);
+  const letters = () =>
+    publisher.sent.filter((s) => s.topic === 'urs.dlq').map((s) => s.message.value as DeadLetter);
   return { tenants, state, publisher, registry, push, records, letters, rebuilt: () => rebuilt };
 }
 
-const item = (tenantId: string, overrides: Record<string, unknown> = {}) => ({ tenantId, defender: registrationBody(overrides) });
+const item = (tenantId: string, overrides: Record<string, unknown> = {}) => ({
+  tenantId,
+  defender: registrationBody(overrides),
+});
 
 describe('createRegistrationHandler', () => {
   it('handle should apply valid tenants and dead-letter an invalid one, secret redacted, with its status', async () => {
     const { push, tenants, letters, rebuilt } = setup();
-    const outcome = await push(1, 'full', [item('a'), item('b', { pollIntervalMinutes: 2 }), item('c'), { nonsense: true }]);
+    const outcome = await push(1, 'full', [
+      item('a'),
+      item('b', { pollIntervalMinutes: 2 }),
+      item('c'),
+      { nonsense: true },
+    ]);
     expect(outcome).toEqual({ applied: 2, unchanged: 0, rejected: 2, disabled: 0, ignored: false });
     expect(rebuilt()).toBe(1);
     expect(await tenants.ids()).toEqual(['a', 'c']);
     const [bad, nameless] = letters();
-    expect(bad).toMatchObject({ key: 'b', sourceTopic: 'urs.registration', partition: 0, offset: '0', error: { code: 'REGISTRATION_INVALID' } });
+    expect(bad).toMatchObject({
+      key: 'b',
+      sourceTopic: 'urs.registration',
+      partition: 0,
+      offset: '0',
+      error: { code: 'REGISTRATION_INVALID' },
+    });
     expect(bad?.error.message).toMatch(/defender\.pollIntervalMinutes must be >= 10/);
     expect(bad?.payload).not.toContain('Sup3r');
     expect(nameless?.key).toBeNull();
-    expect(await tenants.getStatus('b')).toMatchObject({ state: 'registration-rejected', lastErrorCode: 'REGISTRATION_INVALID' });
+    expect(await tenants.getStatus('b')).toMatchObject({
+      state: 'registration-rejected',
+      lastErrorCode: 'REGISTRATION_INVALID',
+    });
   });
 
   it('handle should ignore an older generation and apply the same one again', async () => {
@@ -70,22 +89,38 @@ describe('createRegistrationHandler', () => {
     expect(state.generation).toBe(5);
     expect((await push(4, 'delta', [item('a', { pollIntervalMinutes: 99 })])).ignored).toBe(true);
     expect((await tenants.get('a'))?.defender.pollIntervalMinutes).toBe(15);
-    expect(await push(5, 'delta', [item('a', { pollIntervalMinutes: 99 })])).toMatchObject({ applied: 1, ignored: false });
+    expect(await push(5, 'delta', [item('a', { pollIntervalMinutes: 99 })])).toMatchObject({
+      applied: 1,
+      ignored: false,
+    });
   });
 
   it('handle should not write a new revision for an unchanged tenant', async () => {
     const { push, records } = setup();
     await push(1, 'full', [item('a'), item('b')]);
-    expect(await push(2, 'full', [item('a'), item('b', { clientSecret: 'another~secret' })])).toMatchObject({ applied: 1, unchanged: 1 });
+    expect(await push(2, 'full', [item('a'), item('b', { clientSecret: 'another~secret' })])).toMatchObject({
+      applied: 1,
+      unchanged: 1,
+    });
     expect(records().map((r) => r.tenantId)).toEqual(['a', 'b', 'b']);
   });
 
   it('handle should disable the Director tenants a full push leaves out, never delete them, and leave REST ones', async () => {
     const { push, tenants, registry } = setup();
     await push(1, 'full', [item('a'), item('b'), item('c')]);
-    await registry.register({ tenantId: 'admin-made', defender: registrationBody() as never }, { source: 'rest' });
-    expect(await push(2, 'full', [item('a'), item('c', { azureTenantId: 'broken' })])).toMatchObject({ disabled: 1, rejected: 1 });
-    expect(await tenants.get('b')).toMatchObject({ enabled: false, disabledReason: 'missing from Director full push 2', generation: 2 });
+    await registry.register(
+      { tenantId: 'admin-made', defender: registrationBody() as never },
+      { source: 'rest' },
+    );
+    expect(await push(2, 'full', [item('a'), item('c', { azureTenantId: 'broken' })])).toMatchObject({
+      disabled: 1,
+      rejected: 1,
+    });
+    expect(await tenants.get('b')).toMatchObject({
+      enabled: false,
+      disabledReason: 'missing from Director full push 2',
+      generation: 2,
+    });
     // Present but refused: kept as it was.
     expect((await tenants.get('c'))?.enabled).toBe(true);
     expect((await tenants.get('admin-made'))?.enabled).toBe(true);

@@ -4,7 +4,10 @@ import { createSecretSealer } from '@urs/secrets';
 import type { RegistrarStateStore, TenantStatus, TenantStore } from '@urs/store';
 
 /** A TenantStore in memory, with the same newest-revision-wins rule as the Redis one. */
-export function memoryTenantStore(): TenantStore & { records: Map<string, TenantRecord>; statuses: Map<string, TenantStatus> } {
+export function memoryTenantStore(): TenantStore & {
+  records: Map<string, TenantRecord>;
+  statuses: Map<string, TenantStatus>;
+} {
   const records = new Map<string, TenantRecord>();
   const statuses = new Map<string, TenantStatus>();
   return {
@@ -89,7 +92,8 @@ export function memoryPublisher(): Publisher & { sent: SentMessage[] } {
   return {
     sent,
     async send(topic, contract, messages) {
-      for (const message of messages) sent.push({ topic, contract, message: structuredClone(message) as OutboundMessage<unknown> });
+      for (const message of messages)
+        sent.push({ topic, contract, message: structuredClone(message) as OutboundMessage<unknown> });
     },
     async sendRaw() {
       return undefined;

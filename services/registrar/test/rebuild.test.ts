@@ -44,7 +44,10 @@ describe('createTenantRebuilder', () => {
   it('ensure should restore records, statuses and the last generation from the log, once', async () => {
     const { tenants, state, rebuilder, reads } = setup([
       { tenantId: 'a', record: record('a', 7) },
-      { tenantId: 'b', record: record('b', 9, { enabled: false, disabledReason: 'missing from Director full push 9' }) },
+      {
+        tenantId: 'b',
+        record: record('b', 9, { enabled: false, disabledReason: 'missing from Director full push 9' }),
+      },
       { tenantId: 'gone', record: null, revision: 12 },
     ]);
     await Promise.all([rebuilder.ensure(), rebuilder.ensure()]);

@@ -1,24 +1,59 @@
 import { validateRegistration, describeViolations } from '../src/validation';
 import { registrationBody } from './fakes';
 
-const registration = (defender: Record<string, unknown>, tenantId: unknown = 'acme') => ({ tenantId, defender });
+const registration = (defender: Record<string, unknown>, tenantId: unknown = 'acme') => ({
+  tenantId,
+  defender,
+});
 
 describe('validateRegistration', () => {
   it('validateRegistration should accept a complete registration', () => {
-    const result = validateRegistration(registration(registrationBody({ cloud: 'gcc', region: 'eu', riskProfile: null })));
+    const result = validateRegistration(
+      registration(registrationBody({ cloud: 'gcc', region: 'eu', riskProfile: null })),
+    );
     expect(result.ok).toBe(true);
   });
 
   it.each([
     ['tenantId', registration(registrationBody(), 'has space'), 'tenantId', /pattern/],
-    ['azureTenantId', registration(registrationBody({ azureTenantId: 'abc' })), 'defender.azureTenantId', /pattern/],
+    [
+      'azureTenantId',
+      registration(registrationBody({ azureTenantId: 'abc' })),
+      'defender.azureTenantId',
+      /pattern/,
+    ],
     ['clientId', registration(registrationBody({ clientId: 42 })), 'defender.clientId', /string/],
-    ['empty secret', registration(registrationBody({ clientSecret: '' })), 'defender.clientSecret', /fewer than 1/],
-    ['interval below', registration(registrationBody({ pollIntervalMinutes: 9 })), 'defender.pollIntervalMinutes', />= 10/],
-    ['interval above', registration(registrationBody({ pollIntervalMinutes: 1441 })), 'defender.pollIntervalMinutes', /<= 1440/],
-    ['interval fraction', registration(registrationBody({ pollIntervalMinutes: 10.5 })), 'defender.pollIntervalMinutes', /integer/],
+    [
+      'empty secret',
+      registration(registrationBody({ clientSecret: '' })),
+      'defender.clientSecret',
+      /fewer than 1/,
+    ],
+    [
+      'interval below',
+      registration(registrationBody({ pollIntervalMinutes: 9 })),
+      'defender.pollIntervalMinutes',
+      />= 10/,
+    ],
+    [
+      'interval above',
+      registration(registrationBody({ pollIntervalMinutes: 1441 })),
+      'defender.pollIntervalMinutes',
+      /<= 1440/,
+    ],
+    [
+      'interval fraction',
+      registration(registrationBody({ pollIntervalMinutes: 10.5 })),
+      'defender.pollIntervalMinutes',
+      /integer/,
+    ],
     ['cloud', registration(registrationBody({ cloud: 'mars' })), 'defender.cloud', /one of commercial/],
-    ['unknown field', registration(registrationBody({ url: 'https://x' })), 'defender.url', /not a known field/],
+    [
+      'unknown field',
+      registration(registrationBody({ url: 'https://x' })),
+      'defender.url',
+      /not a known field/,
+    ],
   ])('validateRegistration should name the field and the rule (%s)', (_case, input, field, rule) => {
     const result = validateRegistration(input);
     expect(result.ok).toBe(false);
@@ -30,7 +65,10 @@ describe('validateRegistration', () => {
   it('validateRegistration should name a missing secret', () => {
     const { clientSecret: _omit, ...rest } = registrationBody();
     const result = validateRegistration(registration(rest));
-    expect(result).toEqual({ ok: false, violations: [{ field: 'defender.clientSecret', rule: 'is required' }] });
+    expect(result).toEqual({
+      ok: false,
+      violations: [{ field: 'defender.clientSecret', rule: 'is required' }],
+    });
   });
 
   it('validateRegistration should check the risk profile with the scoring rules', () => {
@@ -40,10 +78,14 @@ describe('validateRegistration', () => {
     expect(result.ok).toBe(false);
     if (result.ok) return;
     expect(result.violations.map((v) => v.field)).toContain('defender.riskProfile.colour');
-    const weights = validateRegistration(registration(registrationBody({ riskProfile: { weights: { criticalRisk: 80 } } })));
+    const weights = validateRegistration(
+      registration(registrationBody({ riskProfile: { weights: { criticalRisk: 80 } } })),
+    );
     expect(weights.ok).toBe(false);
     if (weights.ok) return;
-    expect(weights.violations).toEqual([{ field: 'defender.riskProfile.weights', rule: expect.stringMatching(/total exactly 100/) }]);
+    expect(weights.violations).toEqual([
+      { field: 'defender.riskProfile.weights', rule: expect.stringMatching(/total exactly 100/) },
+    ]);
   });
 
   it('validateRegistration should list every violation and never the secret value', () => {

@@ -4,17 +4,28 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Consumer, Kafka } from 'kafkajs';
 import { startSimulator, type Simulator } from '@urs/simulator';
-import { createTestKafka, createTestRedis, deleteTopics, testInfra, uniqueId, type TestRedis } from '@urs/testkit';
+import {
+  createTestKafka,
+  createTestRedis,
+  deleteTopics,
+  testInfra,
+  uniqueId,
+  type TestRedis,
+} from '@urs/testkit';
 import { freePort, secretKey, spawnService, type ServiceProcess } from './services';
 
 const ROOT = join(__dirname, '..', '..', '..', '..');
 
 /** Builds the two services (incremental: quick when nothing changed), so the processes run the current code. */
 export function buildServices(): void {
-  execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-b', 'services/registrar', 'services/poller'], {
-    cwd: ROOT,
-    stdio: 'pipe',
-  });
+  execFileSync(
+    process.execPath,
+    [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-b', 'services/registrar', 'services/poller'],
+    {
+      cwd: ROOT,
+      stdio: 'pipe',
+    },
+  );
 }
 
 export interface ReceivedMessage {
@@ -28,7 +39,10 @@ export interface ReceivedMessage {
 }
 
 /** A consumer of every topic of the test's prefix, from the beginning, keeping each message's raw text. */
-export async function collectTopics(kafka: Kafka, topics: string[]): Promise<{ messages: ReceivedMessage[]; close(): Promise<void> }> {
+export async function collectTopics(
+  kafka: Kafka,
+  topics: string[],
+): Promise<{ messages: ReceivedMessage[]; close(): Promise<void> }> {
   const messages: ReceivedMessage[] = [];
   const consumer: Consumer = kafka.consumer({ groupId: uniqueId('collect'), maxWaitTimeInMs: 100 });
   await consumer.connect();
@@ -67,7 +81,10 @@ export interface TestStack {
   close(): Promise<void>;
 }
 
-export async function createTestStack(options: { intervalUnitMs: number; leaseMs: number }): Promise<TestStack> {
+export async function createTestStack(options: {
+  intervalUnitMs: number;
+  leaseMs: number;
+}): Promise<TestStack> {
   const sim = await startSimulator({ quotas: true });
   const redis = createTestRedis(uniqueId('poll'));
   const kafka = createTestKafka();
@@ -118,7 +135,9 @@ export async function createTestStack(options: { intervalUnitMs: number; leaseMs
       // Kept for diagnosis of a failed run.
       const dir = join(tmpdir(), 'urs-e2e-logs', topicPrefix.replace(/\.$/, ''));
       mkdirSync(dir, { recursive: true });
-      processes.forEach((child, index) => writeFileSync(join(dir, `${index}-${child.name}.log`), child.lines.join('\n')));
+      processes.forEach((child, index) =>
+        writeFileSync(join(dir, `${index}-${child.name}.log`), child.lines.join('\n')),
+      );
       const admin = kafka.admin();
       await admin.connect();
       const topics = (await admin.listTopics()).filter((topic) => topic.startsWith(topicPrefix));

@@ -83,7 +83,8 @@ export function createRouter(routes: readonly Route[]): (method: string, path: s
     const duplicate = compiled.findIndex(
       (other) => other.route.method === entry.route.method && other.route.path === entry.route.path,
     );
-    if (duplicate !== index) throw new Error(`route ${entry.route.method} ${entry.route.path} is registered twice`);
+    if (duplicate !== index)
+      throw new Error(`route ${entry.route.method} ${entry.route.path} is registered twice`);
   }
   return (method, path) => {
     const parts = split(path);

@@ -71,7 +71,11 @@ function parseJson(raw: Buffer, contentType: string | undefined): unknown {
   if (raw.length === 0) return undefined;
   const mediaType = (contentType ?? '').split(';')[0]?.trim().toLowerCase();
   if (mediaType !== 'application/json') {
-    throw new ApiError(415, 'UNSUPPORTED_MEDIA_TYPE', 'the body must be JSON, sent with Content-Type: application/json');
+    throw new ApiError(
+      415,
+      'UNSUPPORTED_MEDIA_TYPE',
+      'the body must be JSON, sent with Content-Type: application/json',
+    );
   }
   try {
     return JSON.parse(raw.toString('utf8')) as unknown;
@@ -90,21 +94,32 @@ export async function startApiServer(options: ApiServerOptions): Promise<ApiServ
   const route = createRouter(options.routes);
   const authorized = createBearerCheck(options.tokens);
   const log = options.logger.child({ component: 'http' });
-  const requests = options.metrics?.counter('urs_http_requests_total', 'REST requests, by method and status.');
+  const requests = options.metrics?.counter(
+    'urs_http_requests_total',
+    'REST requests, by method and status.',
+  );
 
   async function answer(request: IncomingMessage): Promise<ApiResponse> {
     const url = new URL(request.url ?? '/', 'http://localhost');
     if (!authorized(request.headers.authorization)) {
-      throw new ApiError(401, 'UNAUTHORIZED', 'a valid bearer token is required (Authorization: Bearer <token>)', [], {
-        'www-authenticate': 'Bearer',
-      });
+      throw new ApiError(
+        401,
+        'UNAUTHORIZED',
+        'a valid bearer token is required (Authorization: Bearer <token>)',
+        [],
+        {
+          'www-authenticate': 'Bearer',
+        },
+      );
     }
     const method = (request.method ?? 'GET').toUpperCase();
     const match = route(method, url.pathname);
     if (match.kind === 'not-found') throw new ApiError(404, 'NOT_FOUND', `no resource at ${url.pathname}`);
     if (match.kind === 'method-not-allowed' || !METHODS.has(method)) {
       const allow = match.kind === 'method-not-allowed' ? match.allow.join(', ') : '';
-      throw new ApiError(405, 'METHOD_NOT_ALLOWED', `${method} is not allowed here (allowed: ${allow})`, [], { allow });
+      throw new ApiError(405, 'METHOD_NOT_ALLOWED', `${method} is not allowed here (allowed: ${allow})`, [], {
+        allow,
+      });
     }
     const body = parseJson(await readBody(request, options.maxBodyBytes), request.headers['content-type']);
     return match.route.handler({
@@ -121,23 +136,41 @@ export async function startApiServer(options: ApiServerOptions): Promise<ApiServ
     const started = Date.now();
     answer(request)
       .catch((error: unknown): ApiResponse => {
-        if (error instanceof ApiError) return { status: error.status, body: error.toBody(), headers: error.headers };
+        if (error instanceof ApiError)
+          return { status: error.status, body: error.toBody(), headers: error.headers };
         const retryable = canRetry(error);
-        log.error('request failed', { method: request.method, code: errorCode(error), reason: errorMessage(error) });
+        log.error('request failed', {
+          method: request.method,
+          code: errorCode(error),
+          reason: errorMessage(error),
+        });
         return retryable
           ? {
               status: 503,
-              body: { error: { code: 'UNAVAILABLE', message: 'the service could not reach its bus or store; retry shortly' } },
+              body: {
+                error: {
+                  code: 'UNAVAILABLE',
+                  message: 'the service could not reach its bus or store; retry shortly',
+                },
+              },
               headers: { 'retry-after': '5' },
             }
-          : { status: 500, body: { error: { code: 'INTERNAL', message: 'the request failed unexpectedly' } } };
+          : {
+              status: 500,
+              body: { error: { code: 'INTERNAL', message: 'the request failed unexpectedly' } },
+            };
       })
       .then((result) => {
         if (result.status === 413) result.headers = { ...result.headers, connection: 'close' };
         send(response, result);
         const path = (request.url ?? '/').split('?')[0];
         requests?.inc({ method: request.method ?? '?', status: String(result.status) });
-        log.info('request', { method: request.method, path, status: result.status, ms: Date.now() - started });
+        log.info('request', {
+          method: request.method,
+          path,
+          status: result.status,
+          ms: Date.now() - started,
+        });
       })
       .catch((error: unknown) => {
         log.error('answer failed', { reason: errorMessage(error) });

@@ -47,7 +47,10 @@ function tenantIdOf(request: ApiRequest): string {
   const tenantId = request.params['tenantId'] ?? '';
   if (!isTenantId(tenantId)) {
     throw new ApiError(400, 'VALIDATION_FAILED', 'the tenant id in the path is not valid', [
-      { field: 'tenantId', rule: 'must be 1–64 letters, digits, dots, dashes or underscores, starting with a letter or digit' },
+      {
+        field: 'tenantId',
+        rule: 'must be 1–64 letters, digits, dots, dashes or underscores, starting with a letter or digit',
+      },
     ]);
   }
   return tenantId;
@@ -77,7 +80,11 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
     if (record) return record;
     const status = await deps.tenants.getStatus(tenantId);
     if (status.state === 'registration-rejected' && status.lastErrorMessage) {
-      throw new ApiError(404, 'TENANT_NOT_REGISTERED', `tenant ${tenantId} has no accepted registration; the last one was refused: ${status.lastErrorMessage}`);
+      throw new ApiError(
+        404,
+        'TENANT_NOT_REGISTERED',
+        `tenant ${tenantId} has no accepted registration; the last one was refused: ${status.lastErrorMessage}`,
+      );
     }
     throw new ApiError(404, 'TENANT_NOT_FOUND', `tenant ${tenantId} has no Defender registration`);
   }
@@ -85,9 +92,12 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
   async function put(request: ApiRequest): Promise<ApiResponse> {
     const tenantId = tenantIdOf(request);
     if (request.body === null || typeof request.body !== 'object' || Array.isArray(request.body)) {
-      throw new ApiError(400, 'VALIDATION_FAILED', 'the body must be a JSON object with the Defender settings', [
-        { field: '(body)', rule: 'must be an object' },
-      ]);
+      throw new ApiError(
+        400,
+        'VALIDATION_FAILED',
+        'the body must be a JSON object with the Defender settings',
+        [{ field: '(body)', rule: 'must be an object' }],
+      );
     }
     await deps.ensureRebuilt();
     const current = await deps.tenants.get(tenantId);
@@ -97,7 +107,12 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
     const validated = validateRegistration(candidate);
     if (!validated.ok) {
       const violations = renameFields(validated.violations, (field) => field.replace(/^defender\./, ''));
-      throw new ApiError(400, 'VALIDATION_FAILED', `the registration is not valid: ${violations.length} problem(s)`, violations);
+      throw new ApiError(
+        400,
+        'VALIDATION_FAILED',
+        `the registration is not valid: ${violations.length} problem(s)`,
+        violations,
+      );
     }
     const { record, created } = await deps.registry.register(
       validated.registration,

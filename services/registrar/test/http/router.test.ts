@@ -20,7 +20,10 @@ describe('createRouter', () => {
   });
 
   it('createRouter should tell a known path with another method from an unknown path', () => {
-    expect(route('DELETE', '/v1/tenants/acme/defender')).toEqual({ kind: 'method-not-allowed', allow: ['GET', 'PUT'] });
+    expect(route('DELETE', '/v1/tenants/acme/defender')).toEqual({
+      kind: 'method-not-allowed',
+      allow: ['GET', 'PUT'],
+    });
     expect(route('GET', '/v1/tenants/acme/defender/extra')).toEqual({ kind: 'not-found' });
     expect(route('GET', '/v1/tenants/acme')).toEqual({ kind: 'not-found' });
   });
@@ -30,8 +33,8 @@ describe('createRouter', () => {
   });
 
   it('createRouter should refuse a route registered twice', () => {
-    expect(() => createRouter([...routes, { method: 'GET', path: '/v1/tenants/:tenantId/defender', handler }])).toThrow(
-      /registered twice/,
-    );
+    expect(() =>
+      createRouter([...routes, { method: 'GET', path: '/v1/tenants/:tenantId/defender', handler }]),
+    ).toThrow(/registered twice/);
   });
 });

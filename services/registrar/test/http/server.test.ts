@@ -23,7 +23,8 @@ describe('startApiServer', () => {
       path: '/v1/things/:id',
       handler: async (request) => {
         if (request.params['id'] === 'missing') throw new ApiError(404, 'THING_NOT_FOUND', 'no such thing');
-        if (request.params['id'] === 'flaky') throw new UrsError('REDIS_DOWN', 'connect ECONNREFUSED', { canRetry: true });
+        if (request.params['id'] === 'flaky')
+          throw new UrsError('REDIS_DOWN', 'connect ECONNREFUSED', { canRetry: true });
         if (request.params['id'] === 'broken') throw new UrsError('BUG', 'internal detail with a value');
         return { status: 200, body: { id: request.params['id'] } };
       },
@@ -32,14 +33,25 @@ describe('startApiServer', () => {
   ];
 
   beforeAll(async () => {
-    server = await startApiServer({ port: 0, host: '127.0.0.1', routes, tokens: [TOKEN], maxBodyBytes: 1024, logger: silentLogger });
+    server = await startApiServer({
+      port: 0,
+      host: '127.0.0.1',
+      routes,
+      tokens: [TOKEN],
+      maxBodyBytes: 1024,
+      logger: silentLogger,
+    });
     base = `http://127.0.0.1:${server.port}`;
   });
   afterAll(async () => {
     await server.close();
   });
 
-  const request = async (method: string, path: string, init: { body?: string; headers?: Record<string, string>; token?: string | null } = {}) => {
+  const request = async (
+    method: string,
+    path: string,
+    init: { body?: string; headers?: Record<string, string>; token?: string | null } = {},
+  ) => {
     const response = await fetch(`${base}${path}`, {
       method,
       headers: {
@@ -49,7 +61,12 @@ describe('startApiServer', () => {
       ...(init.body === undefined ? {} : { body: init.body }),
     });
     const text = await response.text();
-    return { status: response.status, headers: response.headers, text, body: text ? JSON.parse(text) : undefined };
+    return {
+      status: response.status,
+      headers: response.headers,
+      text,
+      body: text ? JSON.parse(text) : undefined,
+    };
   };
 
   it('startApiServer should answer 401 without a valid bearer token, before routing', async () => {
@@ -61,7 +78,10 @@ describe('startApiServer', () => {
   });
 
   it('startApiServer should route, parse JSON bodies and answer JSON', async () => {
-    const put = await request('PUT', '/v1/things/a', { body: '{"x":1}', headers: { 'content-type': 'application/json; charset=utf-8' } });
+    const put = await request('PUT', '/v1/things/a', {
+      body: '{"x":1}',
+      headers: { 'content-type': 'application/json; charset=utf-8' },
+    });
     expect(put.status).toBe(200);
     expect(put.headers.get('content-type')).toMatch(/^application\/json/);
     expect(put.body).toEqual({ id: 'a', body: { x: 1 } });
@@ -76,18 +96,27 @@ describe('startApiServer', () => {
     expect(post.status).toBe(405);
     expect(post.headers.get('allow')).toBe('PUT, GET, DELETE');
     expect(post.body.error.code).toBe('METHOD_NOT_ALLOWED');
-    expect(await request('GET', '/v1/things/missing')).toMatchObject({ status: 404, body: { error: { code: 'THING_NOT_FOUND' } } });
+    expect(await request('GET', '/v1/things/missing')).toMatchObject({
+      status: 404,
+      body: { error: { code: 'THING_NOT_FOUND' } },
+    });
   });
 
   it('startApiServer should refuse a body over the limit with 413', async () => {
     const big = JSON.stringify({ pad: 'x'.repeat(2_000) });
-    const answer = await request('PUT', '/v1/things/a', { body: big, headers: { 'content-type': 'application/json' } });
+    const answer = await request('PUT', '/v1/things/a', {
+      body: big,
+      headers: { 'content-type': 'application/json' },
+    });
     expect(answer.status).toBe(413);
     expect(answer.body.error.code).toBe('PAYLOAD_TOO_LARGE');
   });
 
   it('startApiServer should refuse a body that is not JSON by media type (415) or by content (400), without echoing it', async () => {
-    const text = await request('PUT', '/v1/things/a', { body: 'clientSecret=abc', headers: { 'content-type': 'text/plain' } });
+    const text = await request('PUT', '/v1/things/a', {
+      body: 'clientSecret=abc',
+      headers: { 'content-type': 'text/plain' },
+    });
     expect(text.status).toBe(415);
     expect(text.body.error.code).toBe('UNSUPPORTED_MEDIA_TYPE');
     const broken = await request('PUT', '/v1/things/a', {

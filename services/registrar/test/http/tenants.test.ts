@@ -1,9 +1,22 @@
 import type { TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
-import { ApiError, createRouter, type ApiRequest, type ApiResponse, type HttpMethod } from '../../src/http/router';
+import {
+  ApiError,
+  createRouter,
+  type ApiRequest,
+  type ApiResponse,
+  type HttpMethod,
+} from '../../src/http/router';
 import { tenantRoutes, type AccessCheckTenant } from '../../src/http/tenants';
 import { createTenantRegistry, REVISION_HEADER } from '../../src/registry';
-import { GUID_A, memoryPublisher, memoryStateStore, memoryTenantStore, registrationBody, testSealer } from '../fakes';
+import {
+  GUID_A,
+  memoryPublisher,
+  memoryStateStore,
+  memoryTenantStore,
+  registrationBody,
+  testSealer,
+} from '../fakes';
 
 function setup() {
   const tenants = memoryTenantStore();
@@ -43,7 +56,14 @@ function setup() {
   const call = async (method: HttpMethod, path: string, body?: unknown): Promise<ApiResponse> => {
     const match = route(method, path);
     if (match.kind !== 'found') throw new Error(`no route ${method} ${path}`);
-    const request: ApiRequest = { method, path, params: match.params, query: new URLSearchParams(), body, headers: {} };
+    const request: ApiRequest = {
+      method,
+      path,
+      params: match.params,
+      query: new URLSearchParams(),
+      body,
+      headers: {},
+    };
     try {
       return await match.route.handler(request);
     } catch (error) {
@@ -64,11 +84,22 @@ describe('tenantRoutes', () => {
       tenantId: 'acme',
       source: 'rest',
       enabled: true,
-      defender: { azureTenantId: GUID_A, clientSecretSet: true, clientSecretKeyId: 'k1', cloud: 'commercial', region: 'eu', riskProfile: null },
+      defender: {
+        azureTenantId: GUID_A,
+        clientSecretSet: true,
+        clientSecretKeyId: 'k1',
+        cloud: 'commercial',
+        region: 'eu',
+        riskProfile: null,
+      },
       status: { state: 'active' },
     });
     const record = publisher.sent[0]?.message.value as TenantRecord;
-    expect(publisher.sent[0]).toMatchObject({ topic: 'urs.tenants', contract: 'urs/tenant-record', message: { key: 'acme' } });
+    expect(publisher.sent[0]).toMatchObject({
+      topic: 'urs.tenants',
+      contract: 'urs/tenant-record',
+      message: { key: 'acme' },
+    });
     expect(JSON.stringify(record)).not.toContain('Sup3r');
     expect(sealer.open(record.defender.clientSecret, 'acme')).toBe('Sup3r~secret-value');
     expect((await tenants.get('acme'))?.revision).toBe(record.revision);
@@ -78,10 +109,18 @@ describe('tenantRoutes', () => {
     const { tenants, call } = setup();
     const { clientSecret: _secret, ...withoutSecret } = registrationBody();
     const refused = await call('PUT', '/v1/tenants/acme/defender', withoutSecret);
-    expect(refused).toMatchObject({ status: 400, body: { error: { code: 'VALIDATION_FAILED', violations: [{ field: 'clientSecret', rule: 'is required' }] } } });
+    expect(refused).toMatchObject({
+      status: 400,
+      body: {
+        error: { code: 'VALIDATION_FAILED', violations: [{ field: 'clientSecret', rule: 'is required' }] },
+      },
+    });
     await call('PUT', '/v1/tenants/acme/defender', registrationBody());
     const first = await tenants.get('acme');
-    const update = await call('PUT', '/v1/tenants/acme/defender', { ...withoutSecret, pollIntervalMinutes: 60 });
+    const update = await call('PUT', '/v1/tenants/acme/defender', {
+      ...withoutSecret,
+      pollIntervalMinutes: 60,
+    });
     expect(update.status).toBe(200);
     const second = await tenants.get('acme');
     expect(second?.defender.pollIntervalMinutes).toBe(60);
@@ -91,11 +130,19 @@ describe('tenantRoutes', () => {
 
   it('PUT should answer every violation naming the body field and the rule', async () => {
     const { call, publisher } = setup();
-    const answer = await call('PUT', '/v1/tenants/acme/defender', registrationBody({ pollIntervalMinutes: 5, region: 'mars', clientId: 'x' }));
+    const answer = await call(
+      'PUT',
+      '/v1/tenants/acme/defender',
+      registrationBody({ pollIntervalMinutes: 5, region: 'mars', clientId: 'x' }),
+    );
     expect(answer.status).toBe(400);
-    const fields = (answer.body as { error: { violations: { field: string }[] } }).error.violations.map((v) => v.field).sort();
+    const fields = (answer.body as { error: { violations: { field: string }[] } }).error.violations
+      .map((v) => v.field)
+      .sort();
     expect(fields).toEqual(['clientId', 'pollIntervalMinutes', 'region']);
-    const region = (answer.body as { error: { violations: { field: string; rule: string }[] } }).error.violations.find((v) => v.field === 'region');
+    const region = (
+      answer.body as { error: { violations: { field: string; rule: string }[] } }
+    ).error.violations.find((v) => v.field === 'region');
     expect(region?.rule).toBe('must be one of us, eu, uk, au, swa, ina or must be null');
     expect(publisher.sent).toHaveLength(0);
     expect((await call('PUT', '/v1/tenants/acme/defender', [1, 2])).status).toBe(400);
@@ -105,12 +152,25 @@ describe('tenantRoutes', () => {
 
   it('GET should answer the configuration without the secret, with the polling status', async () => {
     const { call, tenants } = setup();
-    expect(await call('GET', '/v1/tenants/acme/defender')).toMatchObject({ status: 404, body: { error: { code: 'TENANT_NOT_FOUND' } } });
+    expect(await call('GET', '/v1/tenants/acme/defender')).toMatchObject({
+      status: 404,
+      body: { error: { code: 'TENANT_NOT_FOUND' } },
+    });
     await call('PUT', '/v1/tenants/acme/defender', registrationBody());
-    await tenants.updateStatus('acme', { deviceCount: 12, lastErrorCode: 'DEFENDER_THROTTLED', nextPollAt: '2026-01-01T00:00:00.000Z' });
+    await tenants.updateStatus('acme', {
+      deviceCount: 12,
+      lastErrorCode: 'DEFENDER_THROTTLED',
+      nextPollAt: '2026-01-01T00:00:00.000Z',
+    });
     const answer = await call('GET', '/v1/tenants/acme/defender');
     expect(answer.status).toBe(200);
-    expect(answer.body).toMatchObject({ status: { deviceCount: 12, lastErrorCode: 'DEFENDER_THROTTLED', nextPollAt: '2026-01-01T00:00:00.000Z' } });
+    expect(answer.body).toMatchObject({
+      status: {
+        deviceCount: 12,
+        lastErrorCode: 'DEFENDER_THROTTLED',
+        nextPollAt: '2026-01-01T00:00:00.000Z',
+      },
+    });
     expect(JSON.stringify(answer.body)).not.toMatch(/Sup3r|ciphertext/);
   });
 
@@ -121,7 +181,9 @@ describe('tenantRoutes', () => {
     expect((await call('DELETE', '/v1/tenants/acme/defender')).status).toBe(204);
     const tombstone = publisher.sent.at(-1)?.message;
     expect(tombstone?.value).toBeNull();
-    expect(Number(tombstone?.headers?.[REVISION_HEADER])).toBeGreaterThan((publisher.sent[0]?.message.value as TenantRecord).revision);
+    expect(Number(tombstone?.headers?.[REVISION_HEADER])).toBeGreaterThan(
+      (publisher.sent[0]?.message.value as TenantRecord).revision,
+    );
     expect(await tenants.get('acme')).toBeNull();
     expect(cleared).toEqual(['acme']);
   });
@@ -130,7 +192,11 @@ describe('tenantRoutes', () => {
     const { call, cleared } = setup();
     await call('PUT', '/v1/tenants/acme/defender', registrationBody());
     const answer = await call('PUT', '/v1/tenants/acme/defender', registrationBody({ enabled: false }));
-    expect(answer.body).toMatchObject({ enabled: false, disabledReason: 'disabled by an administrator', status: { state: 'disabled' } });
+    expect(answer.body).toMatchObject({
+      enabled: false,
+      disabledReason: 'disabled by an administrator',
+      status: { state: 'disabled' },
+    });
     expect(cleared).toEqual(['acme']);
   });
 
@@ -139,8 +205,24 @@ describe('tenantRoutes', () => {
     expect((await call('POST', '/v1/tenants/acme/defender/test')).status).toBe(404);
     await call('PUT', '/v1/tenants/acme/defender', registrationBody({ cloud: 'gcc', region: 'us' }));
     const answer = await call('POST', '/v1/tenants/acme/defender/test');
-    expect(checked).toEqual([{ azureTenantId: GUID_A, clientId: expect.any(String), clientSecret: 'Sup3r~secret-value', cloud: 'gcc', region: 'us' }]);
-    expect(answer).toMatchObject({ status: 200, body: { tenantId: 'acme', ok: false, verdict: expect.stringMatching(/^FAIL/), error: { code: 'DEFENDER_INVALID_SECRET' } } });
+    expect(checked).toEqual([
+      {
+        azureTenantId: GUID_A,
+        clientId: expect.any(String),
+        clientSecret: 'Sup3r~secret-value',
+        cloud: 'gcc',
+        region: 'us',
+      },
+    ]);
+    expect(answer).toMatchObject({
+      status: 200,
+      body: {
+        tenantId: 'acme',
+        ok: false,
+        verdict: expect.stringMatching(/^FAIL/),
+        error: { code: 'DEFENDER_INVALID_SECRET' },
+      },
+    });
     expect(JSON.stringify(answer.body)).not.toContain('Sup3r');
   });
 });
