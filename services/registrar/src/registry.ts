@@ -122,7 +122,12 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         if (sameSettings(current, candidate, secretMatches))
           return { record: current, changed: false, created: false };
       }
-      const sealed = options.keepSecret ?? deps.sealer.seal(defender.clientSecret, tenantId);
+      const sealed = options.keepSecret
+        ? deps.sealer.isStale(options.keepSecret)
+          ? // A kept secret sealed with a retired key is re-sealed with the active one (key rotation).
+            deps.sealer.seal(deps.sealer.open(options.keepSecret, tenantId), tenantId)
+          : options.keepSecret
+        : deps.sealer.seal(defender.clientSecret, tenantId);
       const record: TenantRecord = {
         schemaVersion: 1,
         tenantId,

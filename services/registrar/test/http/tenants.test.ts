@@ -1,5 +1,6 @@
 import type { TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
+import { createSecretSealer, type SecretSealer } from '@urs/secrets';
 import {
   ApiError,
   createRouter,
@@ -18,10 +19,9 @@ import {
   testSealer,
 } from '../fakes';
 
-function setup() {
+function setup(sealer: SecretSealer = testSealer()) {
   const tenants = memoryTenantStore();
   const publisher = memoryPublisher();
-  const sealer = testSealer();
   const cleared: string[] = [];
   const registry = createTenantRegistry({
     tenants,
@@ -126,6 +126,26 @@ describe('tenantRoutes', () => {
     expect(second?.defender.pollIntervalMinutes).toBe(60);
     expect(second?.defender.clientSecret).toEqual(first?.defender.clientSecret);
     expect(second?.revision).toBeGreaterThan(first?.revision ?? 0);
+  });
+
+  it('PUT should re-seal a kept secret that a retired key sealed', async () => {
+    const keys = new Map([
+      ['k1', Buffer.alloc(32, 7)],
+      ['k0', Buffer.alloc(32, 1)],
+    ]);
+    const { tenants, call, sealer } = setup(createSecretSealer({ activeKeyId: 'k1', keys }));
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    const retired = createSecretSealer({ activeKeyId: 'k0', keys });
+    const current = (await tenants.get('acme')) as TenantRecord;
+    tenants.records.set('acme', {
+      ...current,
+      defender: { ...current.defender, clientSecret: retired.seal('Sup3r~secret-value', 'acme') },
+    });
+    const { clientSecret: _secret, ...withoutSecret } = registrationBody();
+    expect((await call('PUT', '/v1/tenants/acme/defender', withoutSecret)).status).toBe(200);
+    const resealed = (await tenants.get('acme'))?.defender.clientSecret;
+    expect(resealed?.keyId).toBe('k1');
+    expect(sealer.open(resealed!, 'acme')).toBe('Sup3r~secret-value');
   });
 
   it('PUT should answer every violation naming the body field and the rule', async () => {
