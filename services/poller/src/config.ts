@@ -30,6 +30,11 @@ export interface PollerConfig {
   recheckMs: number;
   /** Cap of the backoff after authentication failures, ms. Env `URS_POLL_MAX_BACKOFF_MS`, default 86400000 (a day). */
   maxBackoffMs: number;
+  /**
+   * Longest wait at start for the tenant table to read `urs.tenants` to its end before polling anyway, in ms
+   * (a dead-lettered last record never arrives). Env `URS_POLL_CATCHUP_TIMEOUT_MS`, default 30000.
+   */
+  catchUpTimeoutMs: number;
   /** Devices per `urs.device-batches` message. Env `URS_POLL_BATCH_SIZE`, default 500 (the maximum). */
   batchSize: number;
   /** This replica's id (lease holder, consumer group). Env `URS_INSTANCE_ID`, default `poller-<pid>`. */
@@ -52,6 +57,7 @@ export function pollerConfig(env: Env): PollerConfig {
     tickMs: readInt(env, 'URS_POLL_TICK_MS', { fallback: 200, min: 10, max: 60_000 }),
     recheckMs: readInt(env, 'URS_POLL_RECHECK_MS', { fallback: 1_000, min: 10 }),
     maxBackoffMs: readInt(env, 'URS_POLL_MAX_BACKOFF_MS', { fallback: 86_400_000, min: 1_000 }),
+    catchUpTimeoutMs: readInt(env, 'URS_POLL_CATCHUP_TIMEOUT_MS', { fallback: 30_000, min: 0 }),
     batchSize: readInt(env, 'URS_POLL_BATCH_SIZE', { fallback: 500, min: 1, max: 500 }),
     instanceId: readString(env, 'URS_INSTANCE_ID', `poller-${process.pid}`),
     groupPrefix: readString(

@@ -97,14 +97,29 @@ void runService({
       intervalUnitMs: settings.intervalUnitMs,
     });
 
+    let catchUpTimer: NodeJS.Timeout | undefined;
     return {
       runners: [runner],
       async start() {
         scheduler.start();
+        catchUpTimer = setTimeout(() => {
+          const behind = table.stopWaiting();
+          if (behind > 0)
+            logger.warn('urs.tenants not read to its end in time; polling anyway', {
+              partitionsBehind: behind,
+            });
+        }, settings.catchUpTimeoutMs);
+        catchUpTimer.unref();
       },
       isReady: () => table.caughtUp(),
       closers: [
-        { name: 'scheduler', close: () => scheduler.close(Math.floor(config.shutdownTimeoutMs / 2)) },
+        {
+          name: 'scheduler',
+          close: () => {
+            clearTimeout(catchUpTimer);
+            return scheduler.close(Math.floor(config.shutdownTimeoutMs / 2));
+          },
+        },
         {
           // The group is this process's alone; leaving it behind would only clutter the cluster.
           name: 'tenants-group',

@@ -22,6 +22,11 @@ export interface TenantTable {
    */
   expectEnd(lastOffsets: Map<number, bigint>): void;
   caughtUp(): boolean;
+  /**
+   * Stops waiting for the offsets still missing (a last message that was dead-lettered never reaches
+   * the handler); returns how many partitions were still behind.
+   */
+  stopWaiting(): number;
 }
 
 export function createTenantTable(): TenantTable {
@@ -67,5 +72,10 @@ export function createTenantTable(): TenantTable {
       );
     },
     caughtUp: () => remaining !== undefined && remaining.size === 0,
+    stopWaiting() {
+      const behind = remaining?.size ?? 0;
+      remaining = new Map();
+      return behind;
+    },
   };
 }

@@ -51,6 +51,11 @@ describe('createTenantTable', () => {
     expect(table.caughtUp()).toBe(false);
     await table.handle(message('b', record('b', 1), 2, 0));
     expect(table.caughtUp()).toBe(true);
+    const stuck = createTenantTable();
+    stuck.expectEnd(new Map([[0, 9n]]));
+    expect(stuck.caughtUp()).toBe(false);
+    expect(stuck.stopWaiting()).toBe(1);
+    expect(stuck.caughtUp()).toBe(true);
     const empty = createTenantTable();
     empty.expectEnd(new Map());
     expect(empty.caughtUp()).toBe(true);
