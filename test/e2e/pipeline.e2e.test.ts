@@ -82,7 +82,11 @@ describe('the pipeline end to end', () => {
     }
     pipeline = new Pipeline({
       sim,
-      env: { URS_POLL_INTERVAL_UNIT_MS: String(INTERVAL_UNIT_MS), URS_POLL_BATCH_SIZE: '200', URS_LOG_LEVEL: 'info' },
+      env: {
+        URS_POLL_INTERVAL_UNIT_MS: String(INTERVAL_UNIT_MS),
+        URS_POLL_BATCH_SIZE: '200',
+        URS_LOG_LEVEL: 'info',
+      },
       serviceEnv: {
         publisher: { URS_TOMBSTONE_AFTER_CYCLES: '1', URS_DEADLINE_SWEEP_MS: '500' },
         scorer: { URS_CONSUMER_SESSION_TIMEOUT_MS: '6000' },
@@ -113,7 +117,9 @@ describe('the pipeline end to end', () => {
 
     const latest = pipeline.watch.latest<VmsRiskScore>(pipeline.topics.vmsRiskScores);
     const published = new Map(
-      [...latest].filter(([key]) => key.startsWith(`${big.tenantId}/`)).map(([key, value]) => [key.slice(big.tenantId.length + 1), value]),
+      [...latest]
+        .filter(([key]) => key.startsWith(`${big.tenantId}/`))
+        .map(([key, value]) => [key.slice(big.tenantId.length + 1), value]),
     );
     expect([...published.keys()].sort()).toEqual([...expected.keys()].sort());
     const mismatches = [...expected].filter(([id, want]) => {
@@ -125,7 +131,13 @@ describe('the pipeline end to end', () => {
       expect(record).toMatchObject({ tenantId: big.tenantId, cycleId: summary.cycleId });
     }
 
-    const bands: Record<string, number> = { Trustworthy: 0, 'Low Risk': 0, 'Moderate Risk': 0, Suspicious: 0, 'High Risk': 0 };
+    const bands: Record<string, number> = {
+      Trustworthy: 0,
+      'Low Risk': 0,
+      'Moderate Risk': 0,
+      Suspicious: 0,
+      'High Risk': 0,
+    };
     for (const want of expected.values()) bands[want.band] = (bands[want.band] ?? 0) + 1;
     const incomplete = [...expected.values()].filter((want) => want.incomplete).length;
     expect(summary).toMatchObject({
@@ -143,7 +155,12 @@ describe('the pipeline end to end', () => {
     const [deviceId, want] = [...expected][0] as [string, Expected];
     const device = await pipeline.api('GET', `/v1/tenants/${big.tenantId}/devices/${deviceId}`);
     expect(device.status).toBe(200);
-    expect(device.body).toMatchObject({ deviceId, score: want.score, band: want.band, cycleId: summary.cycleId });
+    expect(device.body).toMatchObject({
+      deviceId,
+      score: want.score,
+      band: want.band,
+      cycleId: summary.cycleId,
+    });
     expect(Array.isArray(device.body.contributions)).toBe(true);
     const high = await pipeline.api('GET', `/v1/tenants/${big.tenantId}/devices?band=High%20Risk`);
     expect(high.body.total).toBe(bands['High Risk']);
@@ -155,7 +172,11 @@ describe('the pipeline end to end', () => {
         const answer = await pipeline.api('GET', `/v1/tenants/${wrong.tenantId}/defender`);
         return answer.body?.status?.state === 'error' ? answer.body.status : undefined;
       },
-      { timeoutMs: CYCLE_WAIT_MS, intervalMs: 250, description: 'an error status of the wrong-secret tenant' },
+      {
+        timeoutMs: CYCLE_WAIT_MS,
+        intervalMs: 250,
+        description: 'an error status of the wrong-secret tenant',
+      },
     );
     expect(status.lastErrorCode).toBe('DEFENDER_INVALID_SECRET');
     expect(status.lastErrorMessage).toMatch(/secret/i);
@@ -164,24 +185,35 @@ describe('the pipeline end to end', () => {
     // Each healthy tenant's first cycle started within its first interval of its registration.
     for (const tenant of [big, empty]) {
       const first = summaries(tenant.tenantId)[0] as VmsRiskSummary;
-      expect(Date.parse(first.cycleStartedAt) - (registeredAt.get(tenant.tenantId) as number)).toBeLessThan(INTERVAL_MS);
+      expect(Date.parse(first.cycleStartedAt) - (registeredAt.get(tenant.tenantId) as number)).toBeLessThan(
+        INTERVAL_MS,
+      );
     }
   });
 
   it('a device changed in the simulator should show its new score after the next cycle, and unchanged devices should not be republished', async () => {
     const before = pipeline.watch.latest<VmsRiskScore>(pipeline.topics.vmsRiskScores);
     const current = (id: string): VmsRiskScore | null | undefined => before.get(`${big.tenantId}/${id}`);
-    const candidates = sim.machines(big.azureTenantId).filter((machine) => isScored(machine as Record<string, unknown>));
+    const candidates = sim
+      .machines(big.azureTenantId)
+      .filter((machine) => isScored(machine as Record<string, unknown>));
     const changed = candidates.find((machine) => (current(machine.id)?.score ?? 100) < 50) as { id: string };
     const removed = candidates.find((machine) => machine.id !== changed.id) as { id: string };
     const changedAt = Date.now();
-    sim.updateMachine(big.azureTenantId, changed.id, { riskScore: 'High', exposureLevel: 'High', healthStatus: 'Inactive' });
+    sim.updateMachine(big.azureTenantId, changed.id, {
+      riskScore: 'High',
+      exposureLevel: 'High',
+      healthStatus: 'Inactive',
+    });
     sim.removeMachine(big.azureTenantId, removed.id);
 
     const summary = await nextComplete(big.tenantId, changedAt);
     const expected = expectedFleet(Date.parse(summary.cycleStartedAt));
     const republished = new Map(
-      scoresOf(big.tenantId, summary.cycleId).map((record) => [(record as VmsRiskScore).deviceId, record as VmsRiskScore]),
+      scoresOf(big.tenantId, summary.cycleId).map((record) => [
+        (record as VmsRiskScore).deviceId,
+        record as VmsRiskScore,
+      ]),
     );
     // Exactly the devices whose score or band differs from what VMS held (the changed one, and any
     // device whose inactivity crossed a day boundary since the last cycle).
@@ -197,10 +229,14 @@ describe('the pipeline end to end', () => {
     expect(republished.has(unchanged)).toBe(false);
 
     // The removed device was absent from one completed cycle (URS_TOMBSTONE_AFTER_CYCLES=1): tombstoned.
-    await waitFor(() => pipeline.watch.latest(pipeline.topics.vmsRiskScores).get(`${big.tenantId}/${removed.id}`) === null, {
-      timeoutMs: 10_000,
-      description: 'a tombstone of the removed device',
-    });
+    await waitFor(
+      () =>
+        pipeline.watch.latest(pipeline.topics.vmsRiskScores).get(`${big.tenantId}/${removed.id}`) === null,
+      {
+        timeoutMs: 10_000,
+        description: 'a tombstone of the removed device',
+      },
+    );
     expect(summary.published.tombstones).toBe(1);
     expect(summary.devices.total).toBe(expected.size);
   });
@@ -212,13 +248,25 @@ describe('the pipeline end to end', () => {
       () =>
         pipeline.watch
           .of<{ tenantId: string; cycleId: string; cycleStartedAt: string }>(pipeline.topics.deviceScores)
-          .find((record) => record.value?.tenantId === big.tenantId && Date.parse(record.value.cycleStartedAt) > killAfter),
+          .find(
+            (record) =>
+              record.value?.tenantId === big.tenantId && Date.parse(record.value.cycleStartedAt) > killAfter,
+          ),
       { timeoutMs: CYCLE_WAIT_MS, intervalMs: 20, description: 'the first scored batch of the next cycle' },
     );
     await pipeline.services.kill('scorer', 'SIGKILL');
+    const cycleId = first.value.cycleId;
+    // The kill may land after the scorer committed what it had done; a batch handled but not committed
+    // is redelivered on restart. Replaying the cycle's first enriched batch makes that case certain.
+    const enriched = pipeline.watch
+      .of<{ tenantId: string; cycleId: string; batchIndex: number }>(pipeline.topics.devicesEnriched)
+      .find((record) => record.value?.cycleId === cycleId && record.value.batchIndex === 0);
+    expect(enriched).toBeDefined();
+    await pipeline.produceRaw(pipeline.topics.devicesEnriched, [
+      { key: big.tenantId, value: JSON.stringify(enriched?.value) },
+    ]);
     await pipeline.services.start('scorer');
 
-    const cycleId = first.value.cycleId;
     const summary = await waitFor(() => summaries(big.tenantId).find((s) => s.cycleId === cycleId), {
       timeoutMs: CYCLE_WAIT_MS,
       intervalMs: 200,
@@ -229,25 +277,53 @@ describe('the pipeline end to end', () => {
     expect(summary.devices).toMatchObject({ total: expected.size, scored: expected.size, failed: 0 });
     expect(Object.values(summary.bands).reduce((sum, count) => sum + count, 0)).toBe(expected.size);
     expect(summaries(big.tenantId).filter((s) => s.cycleId === cycleId)).toHaveLength(1);
+    // The first batch reached the publisher twice and was counted once.
+    await waitFor(
+      () =>
+        pipeline.watch
+          .of<{ cycleId: string; batchIndex: number }>(pipeline.topics.deviceScores)
+          .filter((record) => record.value?.cycleId === cycleId && record.value.batchIndex === 0).length ===
+        2,
+      { timeoutMs: 10_000, description: 'the replayed batch scored again' },
+    );
   });
 
   it('a malformed message on each internal topic should land in urs.dlq and the pipeline should go on', async () => {
     const { topics } = pipeline;
-    const internal = [topics.registration, topics.tenants, topics.deviceBatches, topics.devicesEnriched, topics.deviceScores];
+    const internal = [
+      topics.registration,
+      topics.tenants,
+      topics.deviceBatches,
+      topics.devicesEnriched,
+      topics.deviceScores,
+    ];
     const sentAt = Date.now();
-    for (const topic of internal) await pipeline.produceRaw(topic, [{ key: 'malformed', value: '{"not": json' }]);
-    await pipeline.produceRaw(topics.deviceBatches, [{ key: big.tenantId, value: JSON.stringify({ schemaVersion: 1, tenantId: big.tenantId }) }]);
+    for (const topic of internal)
+      await pipeline.produceRaw(topic, [{ key: 'malformed', value: '{"not": json' }]);
+    await pipeline.produceRaw(topics.deviceBatches, [
+      { key: big.tenantId, value: JSON.stringify({ schemaVersion: 1, tenantId: big.tenantId }) },
+    ]);
 
     const letters = await waitFor(
       () => {
-        const seen = pipeline.watch.of<{ sourceTopic: string; error: { code: string; message: string } }>(topics.dlq);
+        const seen = pipeline.watch.of<{ sourceTopic: string; error: { code: string; message: string } }>(
+          topics.dlq,
+        );
         const sources = new Set(seen.map((letter) => letter.value.sourceTopic));
-        return internal.every((topic) => sources.has(topic)) && seen.some((l) => l.value.error.code !== 'MESSAGE_NOT_JSON') ? seen : undefined;
+        return internal.every((topic) => sources.has(topic)) &&
+          seen.some((l) => l.value.error.code !== 'MESSAGE_NOT_JSON')
+          ? seen
+          : undefined;
       },
       { timeoutMs: 30_000, intervalMs: 200, description: 'a dead letter from every internal topic' },
     );
-    expect(letters.filter((letter) => letter.value.error.code === 'MESSAGE_NOT_JSON').length).toBeGreaterThanOrEqual(internal.length);
-    const invalid = letters.find((letter) => letter.value.sourceTopic === topics.deviceBatches && letter.value.error.code !== 'MESSAGE_NOT_JSON');
+    expect(
+      letters.filter((letter) => letter.value.error.code === 'MESSAGE_NOT_JSON').length,
+    ).toBeGreaterThanOrEqual(internal.length);
+    const invalid = letters.find(
+      (letter) =>
+        letter.value.sourceTopic === topics.deviceBatches && letter.value.error.code !== 'MESSAGE_NOT_JSON',
+    );
     expect(invalid?.value.error.message).toMatch(/cycleId|required/);
 
     const summary = await nextComplete(big.tenantId, sentAt);

@@ -42,7 +42,10 @@ export interface ScoreStore {
   /** Latest scores of these devices; devices without one are left out. */
   getDeviceScores(tenantId: string, deviceIds: string[]): Promise<StoredScore[]>;
   /** Latest scores of a tenant's devices, sorted by device id, optionally of one band. */
-  listDeviceScores(tenantId: string, options?: ListScoresOptions): Promise<{ total: number; items: StoredScore[] }>;
+  listDeviceScores(
+    tenantId: string,
+    options?: ListScoresOptions,
+  ): Promise<{ total: number; items: StoredScore[] }>;
   /** The device's last scores, newest first (at most the history length). */
   history(tenantId: string, deviceId: string): Promise<StoredScore[]>;
   /** Forgets devices (gone for good): their score, band and history. */

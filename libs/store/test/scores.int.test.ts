@@ -44,12 +44,20 @@ describe('createScoreStore', () => {
     const scores = createScoreStore(redis.client, redis.prefix, { historyLength: 3 });
     const newer = cycle('c2', '2026-01-01T10:10:00.000Z');
     const older = cycle('c1', '2026-01-01T10:00:00.000Z');
-    expect(await scores.saveScores('t', newer, [device('d1', 70, 'Suspicious')])).toEqual({ written: 1, skipped: [] });
-    expect(await scores.saveScores('t', older, [device('d1', 10, 'Trustworthy'), device('d2', 30, 'Low Risk')])).toEqual({
+    expect(await scores.saveScores('t', newer, [device('d1', 70, 'Suspicious')])).toEqual({
+      written: 1,
+      skipped: [],
+    });
+    expect(
+      await scores.saveScores('t', older, [device('d1', 10, 'Trustworthy'), device('d2', 30, 'Low Risk')]),
+    ).toEqual({
       written: 1,
       skipped: ['d1'],
     });
-    expect(await scores.saveScores('t', newer, [device('d1', 70, 'Suspicious')])).toEqual({ written: 0, skipped: ['d1'] });
+    expect(await scores.saveScores('t', newer, [device('d1', 70, 'Suspicious')])).toEqual({
+      written: 0,
+      skipped: ['d1'],
+    });
     expect((await scores.getDeviceScore('t', 'd1'))?.device.score).toBe(70);
     expect((await scores.getDeviceScore('t', 'd1'))?.cycleId).toBe('c2');
     expect((await scores.history('t', 'd1')).map((s) => s.cycleId)).toEqual(['c2']);
@@ -58,7 +66,9 @@ describe('createScoreStore', () => {
   it('history should keep the newest scores first up to its length', async () => {
     const scores = createScoreStore(redis.client, redis.prefix, { historyLength: 2 });
     for (let minute = 0; minute < 4; minute++) {
-      await scores.saveScores('t', cycle(`c${minute}`, `2026-01-01T10:0${minute}:00.000Z`), [device('d1', minute, 'Trustworthy')]);
+      await scores.saveScores('t', cycle(`c${minute}`, `2026-01-01T10:0${minute}:00.000Z`), [
+        device('d1', minute, 'Trustworthy'),
+      ]);
     }
     expect((await scores.history('t', 'd1')).map((s) => s.device.score)).toEqual([3, 2]);
   });
@@ -104,10 +114,22 @@ describe('createPublishedStore', () => {
     ];
     expect(await published.changed('t', 2000, second)).toEqual([second[1]]);
     await published.commit('t', 2000, second);
-    expect(await published.changed('t', 1000, [{ deviceId: 'd2', score: 50, band: 'Moderate Risk' }])).toEqual([]);
+    expect(
+      await published.changed('t', 1000, [{ deviceId: 'd2', score: 50, band: 'Moderate Risk' }]),
+    ).toEqual([]);
     await published.commit('t', 1000, [{ deviceId: 'd2', score: 50, band: 'Moderate Risk' }]);
-    expect(await published.get('t', 'd2')).toEqual({ score: 55, band: 'Moderate Risk', publishedCycleAt: 2000, seenCycleAt: 2000 });
-    expect(await published.get('t', 'd1')).toEqual({ score: 10, band: 'Trustworthy', publishedCycleAt: 2000, seenCycleAt: 2000 });
+    expect(await published.get('t', 'd2')).toEqual({
+      score: 55,
+      band: 'Moderate Risk',
+      publishedCycleAt: 2000,
+      seenCycleAt: 2000,
+    });
+    expect(await published.get('t', 'd1')).toEqual({
+      score: 10,
+      band: 'Trustworthy',
+      publishedCycleAt: 2000,
+      seenCycleAt: 2000,
+    });
   });
 
   it('completeCycle should number a cycle once and name devices absent from the last N completed cycles', async () => {
@@ -139,11 +161,22 @@ describe('createBulkVulnerabilityCache', () => {
     expect(await cache.claim('t', 'c1', 'a', 10_000)).toBe(true);
     expect(await cache.claim('t', 'c1', 'b', 10_000)).toBe(false);
     expect(await cache.state('t', 'c1')).toEqual({ state: 'pending', owner: 'a' });
-    const summary = { criticalCveCount: 1, totalCveCount: 2, maxCvss: 9.8, cvssThreshold: 9, topCveIds: ['CVE-1', 'CVE-2'] };
+    const summary = {
+      criticalCveCount: 1,
+      totalCveCount: 2,
+      maxCvss: 9.8,
+      cvssThreshold: 9,
+      topCveIds: ['CVE-1', 'CVE-2'],
+    };
     await cache.save('t', 'c1', new Map([['d1', summary]]), '2026-01-01T10:00:00.000Z');
     expect(await cache.state('t', 'c1')).toEqual({ state: 'ready', collectedAt: '2026-01-01T10:00:00.000Z' });
     expect(await cache.claim('t', 'c1', 'b', 10_000)).toBe(false);
-    expect(await cache.read('t', 'c1', ['d1', 'd2'])).toEqual(new Map([['d1', summary], ['d2', undefined]]));
+    expect(await cache.read('t', 'c1', ['d1', 'd2'])).toEqual(
+      new Map([
+        ['d1', summary],
+        ['d2', undefined],
+      ]),
+    );
     await cache.fail('t', 'c2', { code: 'X', message: 'no' });
     expect(await cache.state('t', 'c2')).toEqual({ state: 'failed', code: 'X', message: 'no' });
   });

@@ -45,16 +45,29 @@ const ms = (later: number, earlier: number): number => Math.max(0, Math.round(la
  */
 export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletion {
   const now = deps.now ?? (() => new Date());
-  const summaries = deps.metrics.counter('urs_cycle_summaries_total', 'Cycle summaries published, by status.');
-  const lag = deps.metrics.histogram('urs_score_to_publish_seconds', "From a cycle's last score to its summary, in seconds.");
-  const records = deps.metrics.counter('urs_vms_records_total', 'Records produced to vms.risk-scores, by kind.');
+  const summaries = deps.metrics.counter(
+    'urs_cycle_summaries_total',
+    'Cycle summaries published, by status.',
+  );
+  const lag = deps.metrics.histogram(
+    'urs_score_to_publish_seconds',
+    "From a cycle's last score to its summary, in seconds.",
+  );
+  const records = deps.metrics.counter(
+    'urs_vms_records_total',
+    'Records produced to vms.risk-scores, by kind.',
+  );
 
   async function snapshot(tenantId: string, cycleAt: number): Promise<number> {
     const ids = await deps.published.seenIn(tenantId, cycleAt);
     const stored = await deps.scores.getDeviceScores(tenantId, ids);
     const messages = stored.map((score) => vmsRecord(tenantId, score.cycleId, score.scoredAt, score.device));
     for (let start = 0; start < messages.length; start += 500) {
-      await deps.publisher.send(deps.topics.vmsRiskScores, 'urs/vms-risk-score', messages.slice(start, start + 500));
+      await deps.publisher.send(
+        deps.topics.vmsRiskScores,
+        'urs/vms-risk-score',
+        messages.slice(start, start + 500),
+      );
     }
     records.inc({ kind: 'snapshot' }, messages.length);
     return messages.length;
@@ -132,7 +145,9 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         cycleMs: ms(publishedAt.getTime(), cycleAt),
       },
     };
-    await deps.publisher.send(deps.topics.vmsRiskSummary, 'urs/vms-risk-summary', [{ key: tenantId, value: summary }]);
+    await deps.publisher.send(deps.topics.vmsRiskSummary, 'urs/vms-risk-summary', [
+      { key: tenantId, value: summary },
+    ]);
     summaries.inc({ status });
     if (lastScoredMs > 0) lag.observe(summary.timings.scoreToPublishMs / 1000);
     log.info('cycle published', {

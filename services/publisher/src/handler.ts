@@ -31,14 +31,27 @@ export interface PublishHandlerDeps {
  * (same key, same value: harmless on a compacted topic) but the batch is counted once.
  */
 export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<ScoreBatch> {
-  const records = deps.metrics.counter('urs_vms_records_total', 'Records produced to vms.risk-scores, by kind.');
+  const records = deps.metrics.counter(
+    'urs_vms_records_total',
+    'Records produced to vms.risk-scores, by kind.',
+  );
   return async (message) => {
     const batch = message.value;
     if (batch === null) return;
-    const log = deps.logger.child({ tenantId: batch.tenantId, cycleId: batch.cycleId, batchIndex: batch.batchIndex });
+    const log = deps.logger.child({
+      tenantId: batch.tenantId,
+      cycleId: batch.cycleId,
+      batchIndex: batch.batchIndex,
+    });
     const cycleAt = Date.parse(batch.cycleStartedAt);
-    const refs = batch.devices.map((device) => ({ deviceId: device.deviceId, score: device.score, band: device.band }));
-    const changed = new Set((await deps.published.changed(batch.tenantId, cycleAt, refs)).map((ref) => ref.deviceId));
+    const refs = batch.devices.map((device) => ({
+      deviceId: device.deviceId,
+      score: device.score,
+      band: device.band,
+    }));
+    const changed = new Set(
+      (await deps.published.changed(batch.tenantId, cycleAt, refs)).map((ref) => ref.deviceId),
+    );
     const messages = batch.devices
       .filter((device) => changed.has(device.deviceId))
       .map((device) => vmsRecord(batch.tenantId, batch.cycleId, batch.scoredAt, device));
@@ -51,7 +64,11 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
       batch.batchIndex,
       batchStats(batch, messages.length),
     );
-    log.info('batch published', { devices: batch.devices.length, changed: messages.length, redelivered: !first });
+    log.info('batch published', {
+      devices: batch.devices.length,
+      changed: messages.length,
+      redelivered: !first,
+    });
     await deps.completion.tryComplete(batch.tenantId, batch.cycleId, {
       cycleStartedAt: batch.cycleStartedAt,
       ...(batch.totalBatches !== undefined ? { totalBatches: batch.totalBatches } : {}),

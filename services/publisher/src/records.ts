@@ -39,5 +39,8 @@ export function vmsRecord(
   computedAt: string,
   device: ScoredDevice,
 ): { key: string; value: VmsRiskScore } {
-  return { key: `${tenantId}/${device.deviceId}`, value: { schemaVersion: 1, tenantId, cycleId, computedAt, ...device } };
+  return {
+    key: `${tenantId}/${device.deviceId}`,
+    value: { schemaVersion: 1, tenantId, cycleId, computedAt, ...device },
+  };
 }

@@ -9,7 +9,12 @@ import { createPublishHandler } from '../src/handler';
 
 const topics = { vmsRiskScores: 'vms.risk-scores', vmsRiskSummary: 'vms.risk-summary' };
 
-function device(deviceId: string, score: number, band: ScoredDevice['band'], missing: string[] = []): ScoredDevice {
+function device(
+  deviceId: string,
+  score: number,
+  band: ScoredDevice['band'],
+  missing: string[] = [],
+): ScoredDevice {
   return {
     deviceId,
     computerDnsName: null,
@@ -35,7 +40,12 @@ function device(deviceId: string, score: number, band: ScoredDevice['band'], mis
 const base = Math.floor(Date.now() / 3_600_000) * 3_600_000 - 3_600_000;
 const minute = (n: number): string => new Date(base + n * 60_000).toISOString();
 
-function scoreBatch(cycle: number, batchIndex: number, devices: ScoredDevice[], totalBatches?: number): ScoreBatch {
+function scoreBatch(
+  cycle: number,
+  batchIndex: number,
+  devices: ScoredDevice[],
+  totalBatches?: number,
+): ScoreBatch {
   return {
     schemaVersion: 1,
     tenantId: 't1',
@@ -97,36 +107,65 @@ describe('the publisher', () => {
       tombstoneAfterCycles: options.tombstoneAfterCycles ?? 3,
       now: () => now,
     });
-    const handler = createPublishHandler({ cycles, published, completion, publisher, topic: topics.vmsRiskScores, logger: silentLogger, metrics });
+    const handler = createPublishHandler({
+      cycles,
+      published,
+      completion,
+      publisher,
+      topic: topics.vmsRiskScores,
+      logger: silentLogger,
+      metrics,
+    });
     const begin = async (cycle: number) => {
-      await cycles.begin({ tenantId: 't1', cycleId: `c${cycle}`, startedAt: minute(cycle * 10), deadlineAt: minute(cycle * 10 + 5) });
+      await cycles.begin({
+        tenantId: 't1',
+        cycleId: `c${cycle}`,
+        startedAt: minute(cycle * 10),
+        deadlineAt: minute(cycle * 10 + 5),
+      });
     };
     const scores = createScoreStore(redis.client, redis.prefix);
     // As the scorer does before it emits a batch: the snapshot reads the stored scores.
     const handle = async (batch: ScoreBatch) => {
       const { cycleId, cycleStartedAt, collectedAt, scoredAt } = batch;
-      await scores.saveScores(batch.tenantId, { cycleId, cycleStartedAt, collectedAt, scoredAt }, batch.devices);
+      await scores.saveScores(
+        batch.tenantId,
+        { cycleId, cycleStartedAt, collectedAt, scoredAt },
+        batch.devices,
+      );
       await handler(message(batch));
     };
     return { handler: handle, completion, cycles, begin };
   }
 
-  const summaries = (): VmsRiskSummary[] => sent.filter((m) => m.topic === topics.vmsRiskSummary).map((m) => m.value as VmsRiskSummary);
+  const summaries = (): VmsRiskSummary[] =>
+    sent.filter((m) => m.topic === topics.vmsRiskSummary).map((m) => m.value as VmsRiskSummary);
   const records = (cycleId?: string) =>
-    sent.filter((m) => m.topic === topics.vmsRiskScores && (cycleId === undefined || (m.value as VmsRiskScore | null)?.cycleId === cycleId));
+    sent.filter(
+      (m) =>
+        m.topic === topics.vmsRiskScores &&
+        (cycleId === undefined || (m.value as VmsRiskScore | null)?.cycleId === cycleId),
+    );
 
   it('createPublishHandler should publish every device once and one summary when the last batch is in, even when batches come twice', async () => {
     const { handler, begin } = build();
     now = new Date(minute(13));
     await begin(1);
-    const first = scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 90, 'High Risk', ['criticalCves'])]);
+    const first = scoreBatch(1, 0, [
+      device('a', 10, 'Trustworthy'),
+      device('b', 90, 'High Risk', ['criticalCves']),
+    ]);
     const last = scoreBatch(1, 1, [device('c', 50, 'Moderate Risk')], 2);
-    await handler((first));
+    await handler(first);
     expect(summaries()).toEqual([]);
-    await handler((first));
-    await handler((last));
-    await handler((last));
-    expect(records().map((m) => m.key).sort()).toEqual(['t1/a', 't1/b', 't1/c']);
+    await handler(first);
+    await handler(last);
+    await handler(last);
+    expect(
+      records()
+        .map((m) => m.key)
+        .sort(),
+    ).toEqual(['t1/a', 't1/b', 't1/c']);
     expect(summaries()).toHaveLength(1);
     expect(summaries()[0]).toMatchObject({
       tenantId: 't1',
@@ -138,20 +177,46 @@ describe('the publisher', () => {
       collectedAt: minute(11),
       timings: { collectMs: 60_000, scoreToPublishMs: 60_000, cycleMs: 180_000 },
     });
-    expect(records()[0]?.value).toMatchObject({ schemaVersion: 1, tenantId: 't1', cycleId: 'c1', computedAt: minute(12) });
+    expect(records()[0]?.value).toMatchObject({
+      schemaVersion: 1,
+      tenantId: 't1',
+      cycleId: 'c1',
+      computedAt: minute(12),
+    });
   });
 
   it('createPublishHandler should republish only changed devices, and never a stale score over a newer one', async () => {
     const { handler, begin } = build();
     await begin(1);
-    await handler((scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk'), device('c', 50, 'Moderate Risk')], 1)));
+    await handler(
+      scoreBatch(
+        1,
+        0,
+        [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk'), device('c', 50, 'Moderate Risk')],
+        1,
+      ),
+    );
     await begin(2);
-    await handler((scoreBatch(2, 0, [device('a', 10, 'Trustworthy'), device('b', 70, 'Suspicious'), device('c', 50, 'Moderate Risk')], 1)));
+    await handler(
+      scoreBatch(
+        2,
+        0,
+        [device('a', 10, 'Trustworthy'), device('b', 70, 'Suspicious'), device('c', 50, 'Moderate Risk')],
+        1,
+      ),
+    );
     expect(records('c2').map((m) => m.key)).toEqual(['t1/b']);
     expect(summaries()[1]?.published.changed).toBe(1);
     // A late redelivery of cycle 1 does not put b's old score back.
     const before = records().length;
-    await handler((scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk'), device('c', 50, 'Moderate Risk')], 1)));
+    await handler(
+      scoreBatch(
+        1,
+        0,
+        [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk'), device('c', 50, 'Moderate Risk')],
+        1,
+      ),
+    );
     expect(records().length).toBe(before);
     expect(summaries()).toHaveLength(2);
   });
@@ -159,13 +224,17 @@ describe('the publisher', () => {
   it('createCycleCompletion should tombstone a device absent from N completed cycles and snapshot every Nth cycle', async () => {
     const { handler, begin } = build({ tombstoneAfterCycles: 2, snapshotEveryCycles: 3 });
     await begin(1);
-    await handler((scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('gone', 30, 'Low Risk')], 1)));
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('gone', 30, 'Low Risk')], 1));
     await begin(2);
-    await handler((scoreBatch(2, 0, [device('a', 10, 'Trustworthy')], 1)));
+    await handler(scoreBatch(2, 0, [device('a', 10, 'Trustworthy')], 1));
     expect(records().filter((m) => m.value === null)).toEqual([]);
     await begin(3);
-    await handler((scoreBatch(3, 0, [device('a', 10, 'Trustworthy')], 1)));
-    expect(records().filter((m) => m.value === null).map((m) => m.key)).toEqual(['t1/gone']);
+    await handler(scoreBatch(3, 0, [device('a', 10, 'Trustworthy')], 1));
+    expect(
+      records()
+        .filter((m) => m.value === null)
+        .map((m) => m.key),
+    ).toEqual(['t1/gone']);
     expect(summaries()[2]?.published).toEqual({ changed: 0, snapshot: true, tombstones: 1 });
     // The snapshot of cycle 3 carries the unchanged device a again.
     expect(records().filter((m) => m.key === 't1/a')).toHaveLength(2);
@@ -175,14 +244,14 @@ describe('the publisher', () => {
     const { handler, begin, completion, cycles } = build();
     await begin(1);
     await cycles.listed('t1', 'c1', { totalBatches: 2, totalDevices: 3, listedAt: minute(11) });
-    await handler((scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')])));
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')]));
     now = new Date(minute(16));
     expect(await completion.closeOverdue()).toBe(1);
     expect(await completion.closeOverdue()).toBe(0);
     expect(summaries()).toHaveLength(1);
     expect(summaries()[0]).toMatchObject({ status: 'partial', devices: { total: 3, scored: 2, failed: 1 } });
     // The late batch still publishes its device record, but no second summary.
-    await handler((scoreBatch(1, 1, [device('c', 50, 'Moderate Risk')], 2)));
+    await handler(scoreBatch(1, 1, [device('c', 50, 'Moderate Risk')], 2));
     expect(records().map((m) => m.key)).toContain('t1/c');
     expect(summaries()).toHaveLength(1);
   });

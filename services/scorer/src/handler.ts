@@ -27,11 +27,18 @@ export interface ScoreHandlerDeps {
 export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<EnrichedBatch> {
   const now = deps.now ?? (() => new Date());
   const scored = deps.metrics.counter('urs_devices_scored_total', 'Devices scored, by band.');
-  const stale = deps.metrics.counter('urs_scores_not_stored_total', 'Scores not stored because a newer one was there.');
+  const stale = deps.metrics.counter(
+    'urs_scores_not_stored_total',
+    'Scores not stored because a newer one was there.',
+  );
   return async (message) => {
     const batch = message.value;
     if (batch === null) return;
-    const log = deps.logger.child({ tenantId: batch.tenantId, cycleId: batch.cycleId, batchIndex: batch.batchIndex });
+    const log = deps.logger.child({
+      tenantId: batch.tenantId,
+      cycleId: batch.cycleId,
+      batchIndex: batch.batchIndex,
+    });
     const profile = await deps.profiles.get(batch.tenantId);
     const cycleStartMs = Date.parse(batch.cycleStartedAt);
     const devices = batch.devices.map((device) => {
@@ -46,7 +53,12 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
     const scoredAt = now().toISOString();
     const saved = await deps.scores.saveScores(
       batch.tenantId,
-      { cycleId: batch.cycleId, cycleStartedAt: batch.cycleStartedAt, collectedAt: batch.collectedAt, scoredAt },
+      {
+        cycleId: batch.cycleId,
+        cycleStartedAt: batch.cycleStartedAt,
+        collectedAt: batch.collectedAt,
+        scoredAt,
+      },
       devices,
     );
     const out: ScoreBatch = {
@@ -65,6 +77,10 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
     await deps.publisher.send(deps.topic, 'urs/score-batch', [{ key: batch.tenantId, value: out }]);
     for (const device of devices) scored.inc({ band: device.band });
     if (saved.skipped.length > 0) stale.inc({}, saved.skipped.length);
-    log.info('batch scored', { devices: devices.length, stored: saved.written, notStored: saved.skipped.length });
+    log.info('batch scored', {
+      devices: devices.length,
+      stored: saved.written,
+      notStored: saved.skipped.length,
+    });
   };
 }

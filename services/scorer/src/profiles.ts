@@ -26,18 +26,26 @@ interface Entry {
  * dropped. A batch of a tenant not (yet) in memory, e.g. right after a start while `urs.tenants` is
  * still being read, takes the profile from the tenant store in Redis, which the registrar writes first.
  */
-export function createProfileCache(deps: { tenants: Pick<TenantStore, 'get'>; logger: Logger }): ProfileCache {
+export function createProfileCache(deps: {
+  tenants: Pick<TenantStore, 'get'>;
+  logger: Logger;
+}): ProfileCache {
   const entries = new Map<string, Entry>();
-  const compile = (record: TenantRecord): CompiledProfile => compileProfile(parseProfile(record.defender.riskProfile));
+  const compile = (record: TenantRecord): CompiledProfile =>
+    compileProfile(parseProfile(record.defender.riskProfile));
   return {
     async get(tenantId) {
       const entry = entries.get(tenantId);
       if (entry) return entry.profile;
       const record = await deps.tenants.get(tenantId);
       if (record === null) {
-        throw new ScorerError('TENANT_UNKNOWN', `tenant ${tenantId} is not registered: no risk profile to score with`, {
-          canRetry: false,
-        });
+        throw new ScorerError(
+          'TENANT_UNKNOWN',
+          `tenant ${tenantId} is not registered: no risk profile to score with`,
+          {
+            canRetry: false,
+          },
+        );
       }
       // Not cached: the record may be a disabled tenant finishing its last cycle, which is still scored.
       return compile(record);
@@ -53,7 +61,11 @@ export function createProfileCache(deps: { tenants: Pick<TenantStore, 'get'>; lo
         entries.set(tenantId, { revision: record.revision, profile: compile(record) });
       } catch (error) {
         // The registrar validates profiles; a record that still fails keeps the last good profile.
-        deps.logger.error('risk profile rejected', { tenantId, revision: record.revision, reason: errorMessage(error) });
+        deps.logger.error('risk profile rejected', {
+          tenantId,
+          revision: record.revision,
+          reason: errorMessage(error),
+        });
       }
     },
     size: () => entries.size,

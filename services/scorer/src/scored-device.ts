@@ -1,20 +1,19 @@
 import type { Contribution, EnrichedDevice, ScoredDevice, SignalValue } from '@urs/contracts';
 import type { ScoreResult } from '@urs/scoring';
 
-const text = (value: unknown): string | null => (typeof value === 'string' && value.length > 0 ? value : null);
+const text = (value: unknown): string | null =>
+  typeof value === 'string' && value.length > 0 ? value : null;
 
 /** A scoring result as the pipeline carries it: the device identity VMS enforces on, and the explanation. */
 export function toScoredDevice(enriched: EnrichedDevice, result: ScoreResult): ScoredDevice {
   const machine = enriched.machine;
-  const contributions = result.contributions.map(
-    (contribution): Contribution & { assumed: boolean } => ({
-      group: contribution.group,
-      signal: contribution.signal,
-      value: contribution.value,
-      points: contribution.points,
-      assumed: contribution.assumed,
-    }),
-  );
+  const contributions = result.contributions.map((contribution): Contribution & { assumed: boolean } => ({
+    group: contribution.group,
+    signal: contribution.signal,
+    value: contribution.value,
+    points: contribution.points,
+    assumed: contribution.assumed,
+  }));
   const signals: Record<string, SignalValue> = {};
   for (const [name, observation] of Object.entries(result.signals)) {
     signals[name] = { value: observation.value, at: observation.at };

@@ -5,7 +5,12 @@ import { Registry } from '@urs/telemetry';
 import { createScoreHandler } from '../src/handler';
 import { createProfileCache, createTenantsHandler } from '../src/profiles';
 
-function tenantRecord(tenantId: string, revision: number, riskProfile: Record<string, unknown> | null, enabled = true): TenantRecord {
+function tenantRecord(
+  tenantId: string,
+  revision: number,
+  riskProfile: Record<string, unknown> | null,
+  enabled = true,
+): TenantRecord {
   return {
     schemaVersion: 1,
     tenantId,
@@ -62,9 +67,19 @@ function enriched(overrides: Partial<EnrichedBatch> = {}): EnrichedBatch {
           // 20 days before the cycle start: gt14d (100 operational points).
           lastSeen: '2026-01-01T09:00:00.1234567Z',
         },
-        vulnerabilities: { criticalCveCount: 2, totalCveCount: 5, maxCvss: 9.8, cvssThreshold: 9, topCveIds: ['CVE-1', 'CVE-2'] },
+        vulnerabilities: {
+          criticalCveCount: 2,
+          totalCveCount: 5,
+          maxCvss: 9.8,
+          cvssThreshold: 9,
+          topCveIds: ['CVE-1', 'CVE-2'],
+        },
       },
-      { machine: { id: 'd2', lastSeen: '2026-01-21T09:00:00Z' }, vulnerabilities: null, fetchError: { code: 'X', message: 'y' } },
+      {
+        machine: { id: 'd2', lastSeen: '2026-01-21T09:00:00Z' },
+        vulnerabilities: null,
+        fetchError: { code: 'X', message: 'y' },
+      },
     ],
     ...overrides,
   };
@@ -81,7 +96,10 @@ function setup(records: TenantRecord[] = []) {
     close: async () => undefined,
   };
   const stored = new Map(records.map((record) => [record.tenantId, record]));
-  const profiles = createProfileCache({ tenants: { get: async (id) => stored.get(id) ?? null }, logger: silentLogger });
+  const profiles = createProfileCache({
+    tenants: { get: async (id) => stored.get(id) ?? null },
+    logger: silentLogger,
+  });
   const handler = createScoreHandler({
     profiles,
     scores: {
@@ -104,12 +122,32 @@ describe('createScoreHandler', () => {
     const { handler, sent, saved } = setup([tenantRecord('t1', 1, null)]);
     await handler(inbound(enriched()));
     const out = sent[0] as ScoreBatch;
-    expect(out).toMatchObject({ tenantId: 't1', cycleId: 'c1', batchIndex: 3, lastBatch: true, totalBatches: 4, totalDevices: 1502 });
+    expect(out).toMatchObject({
+      tenantId: 't1',
+      cycleId: 'c1',
+      batchIndex: 3,
+      lastBatch: true,
+      totalBatches: 4,
+      totalDevices: 1502,
+    });
     expect(out.scoredAt).toBe('2026-01-21T10:00:31.000Z');
     const [d1, d2] = out.devices as [ScoredDevice, ScoredDevice];
     // C = 100 (riskScore High); O = min(100, 100 gt14d + 50 for 2 CVEs) = 100: score 100.
-    expect(d1).toMatchObject({ deviceId: 'd1', score: 100, band: 'High Risk', criticalScore: 1, operationalScore: 1, missing: [] });
-    expect(d1).toMatchObject({ computerDnsName: 'pc1.contoso.com', lastIpAddress: '10.0.0.1', machineTags: ['vip'], aadDeviceId: null, ipAddresses: [] });
+    expect(d1).toMatchObject({
+      deviceId: 'd1',
+      score: 100,
+      band: 'High Risk',
+      criticalScore: 1,
+      operationalScore: 1,
+      missing: [],
+    });
+    expect(d1).toMatchObject({
+      computerDnsName: 'pc1.contoso.com',
+      lastIpAddress: '10.0.0.1',
+      machineTags: ['vip'],
+      aadDeviceId: null,
+      ipAddresses: [],
+    });
     expect(d1.contributions).toEqual(
       expect.arrayContaining([
         expect.objectContaining({ signal: 'riskScore', value: 'High', points: 100 }),
@@ -132,7 +170,10 @@ describe('createScoreHandler', () => {
     expect(sent[0]?.devices[0]?.score).toBe(100);
     expect(sent[0]?.devices[1]?.score).toBe(0);
     await tenantsHandler(inbound<TenantRecord>(null, 't1'));
-    await expect(handler(inbound(enriched()))).rejects.toMatchObject({ code: 'TENANT_UNKNOWN', canRetry: false });
+    await expect(handler(inbound(enriched()))).rejects.toMatchObject({
+      code: 'TENANT_UNKNOWN',
+      canRetry: false,
+    });
   });
 
   it('createProfileCache should drop a disabled tenant and read an unknown one from the tenant store', async () => {

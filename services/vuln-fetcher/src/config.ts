@@ -1,4 +1,14 @@
-import { defenderOverrides, readEnum, readInt, readOptionalString, readString, secretKeyConfig, type DefenderOverrides, type Env, type SecretKeyConfig } from '@urs/config';
+import {
+  defenderOverrides,
+  readEnum,
+  readInt,
+  readOptionalString,
+  readString,
+  secretKeyConfig,
+  type DefenderOverrides,
+  type Env,
+  type SecretKeyConfig,
+} from '@urs/config';
 
 export interface VulnFetcherConfig {
   /** Consumer group of `urs.device-batches`. Env `URS_CONSUMER_GROUP`, default `{URS_TOPIC_PREFIX}urs.vuln-fetcher`. */

@@ -5,7 +5,12 @@ import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage, sleep } from '@urs/resilience';
 import type { BulkVulnerabilityCache, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
-import { isTenantWideCode, isTenantWideFailure, type SourceProvider, type VulnerabilitySource } from './sources';
+import {
+  isTenantWideCode,
+  isTenantWideFailure,
+  type SourceProvider,
+  type VulnerabilitySource,
+} from './sources';
 import { emptySummary, summariseVulnerabilities } from './summarise';
 
 export interface EnrichHandlerDeps {
@@ -83,7 +88,9 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   /** A stop interrupted the batch: fail it retryably, so its offset is not committed and it is handled again. */
   function throwIfStopping(): void {
     if (deps.signal?.aborted) {
-      throw new UrsError('STOPPING', 'the service is stopping; the batch will be handled again', { canRetry: true });
+      throw new UrsError('STOPPING', 'the service is stopping; the batch will be handled again', {
+        canRetry: true,
+      });
     }
   }
 
@@ -135,11 +142,17 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     try {
       const byDevice = await source.bulkVulnerabilities(deps.signal);
       const summaries = new Map(
-        [...byDevice].map(([deviceId, list]) => [deviceId, summariseVulnerabilities(list, batch.cvssThreshold)]),
+        [...byDevice].map(([deviceId, list]) => [
+          deviceId,
+          summariseVulnerabilities(list, batch.cvssThreshold),
+        ]),
       );
       const collectedAt = now().toISOString();
       await deps.bulkCache.save(batch.tenantId, batch.cycleId, summaries, collectedAt);
-      log.info('bulk export fetched', { devicesWithVulnerabilities: summaries.size, durationMs: Date.now() - started });
+      log.info('bulk export fetched', {
+        devicesWithVulnerabilities: summaries.size,
+        durationMs: Date.now() - started,
+      });
       await deps.tenants.updateStatus(batch.tenantId, {
         vulnerabilityMode: 'bulk',
         note:
@@ -185,7 +198,10 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
           ...(isTenantWideCode(state.code) ? { tenantFailure: fetchError } : {}),
         };
       }
-      if (state.state === 'absent' && (await deps.bulkCache.claim(batch.tenantId, batch.cycleId, owner, deps.bulkClaimMs))) {
+      if (
+        state.state === 'absent' &&
+        (await deps.bulkCache.claim(batch.tenantId, batch.cycleId, owner, deps.bulkClaimMs))
+      ) {
         await runBulkExport(batch, source, log);
         continue;
       }
@@ -221,7 +237,11 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   };
 
   async function handle(batch: DeviceBatch, heartbeat: () => Promise<void>): Promise<void> {
-    const log = deps.logger.child({ tenantId: batch.tenantId, cycleId: batch.cycleId, batchIndex: batch.batchIndex });
+    const log = deps.logger.child({
+      tenantId: batch.tenantId,
+      cycleId: batch.cycleId,
+      batchIndex: batch.batchIndex,
+    });
     const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
     let enrichment: Enrichment;
     const remembered = failedCycles.get(cycleKey);
@@ -229,7 +249,10 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     if (remembered) {
       enrichment = { devices: missing(batch.devices, remembered), collectedAt: now() };
     } else if (record === null) {
-      const fetchError = { code: 'TENANT_UNKNOWN', message: `tenant ${batch.tenantId} is not registered (removed during the cycle?)` };
+      const fetchError = {
+        code: 'TENANT_UNKNOWN',
+        message: `tenant ${batch.tenantId} is not registered (removed during the cycle?)`,
+      };
       enrichment = { devices: missing(batch.devices, fetchError), collectedAt: now() };
     } else {
       let result: Enrichment & { tenantFailure?: FetchError };
@@ -242,7 +265,11 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       } catch (error) {
         if (!isTenantWideFailure(error)) throw error;
         const fetchError = { code: errorCode(error), message: errorMessage(error) };
-        result = { devices: missing(batch.devices, fetchError), collectedAt: now(), tenantFailure: fetchError };
+        result = {
+          devices: missing(batch.devices, fetchError),
+          collectedAt: now(),
+          tenantFailure: fetchError,
+        };
       }
       if (result.tenantFailure) {
         rememberFailure(cycleKey, result.tenantFailure);
@@ -269,4 +296,3 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     log.info('batch enriched', { devices: enrichment.devices.length, failed, mode: batch.vulnerabilityMode });
   }
 }
-

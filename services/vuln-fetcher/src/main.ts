@@ -15,7 +15,12 @@ void runService({
   async setup({ env, config, logger, metrics, redis, kafka, publisher }) {
     const own = vulnFetcherConfig(env);
     const prefix = config.redis.keyPrefix;
-    const limiter = await createSharedLimiter({ redis, keyPrefix: prefix, maxConcurrent: own.maxInFlight, logger });
+    const limiter = await createSharedLimiter({
+      redis,
+      keyPrefix: prefix,
+      maxConcurrent: own.maxInFlight,
+      logger,
+    });
     const httpsAgent = createHttpsAgent(own.caFile ? { extraCa: readFileSync(own.caFile, 'utf8') } : {});
     const sources = createDefenderSources({
       sealer: createSecretSealer(own.secretKeys),

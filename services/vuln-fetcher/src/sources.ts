@@ -75,7 +75,10 @@ export interface DefenderSourceDeps {
  * the client's memory.
  */
 export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider {
-  const clients = new Map<string, { revision: number; client: DefenderClient; source: VulnerabilitySource }>();
+  const clients = new Map<
+    string,
+    { revision: number; client: DefenderClient; source: VulnerabilitySource }
+  >();
   return {
     forTenant(record) {
       const cached = clients.get(record.tenantId);

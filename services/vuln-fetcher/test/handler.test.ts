@@ -124,10 +124,23 @@ describe('createEnrichHandler', () => {
     expect(peak).toBe(2);
     expect(sent).toHaveLength(1);
     const out = sent[0] as EnrichedBatch;
-    expect(out).toMatchObject({ tenantId: 't1', cycleId: 'c1', batchIndex: 0, lastBatch: true, totalBatches: 1, totalDevices: 3 });
+    expect(out).toMatchObject({
+      tenantId: 't1',
+      cycleId: 'c1',
+      batchIndex: 0,
+      lastBatch: true,
+      totalBatches: 1,
+      totalDevices: 3,
+    });
     expect(out.devices[0]).toEqual({
       machine: { id: 'd1' },
-      vulnerabilities: { criticalCveCount: 2, totalCveCount: 3, maxCvss: 9.8, cvssThreshold: 9, topCveIds: ['CVE-1', 'CVE-2', 'CVE-3'] },
+      vulnerabilities: {
+        criticalCveCount: 2,
+        totalCveCount: 3,
+        maxCvss: 9.8,
+        cvssThreshold: 9,
+        topCveIds: ['CVE-1', 'CVE-2', 'CVE-3'],
+      },
     });
     expect(out.devices[2]?.vulnerabilities?.criticalCveCount).toBe(0);
     // The clock ticks a second per reading: the batch start, then one per response; the last response is at :09.
@@ -137,14 +150,18 @@ describe('createEnrichHandler', () => {
   it('should pass a device whose vulnerabilities fail on with a null summary and the reason', async () => {
     const { handler, sent } = setup({
       machineVulnerabilities: async (id) => {
-        if (id === 'd2') throw new DefenderError(DefenderErrorCode.UNAVAILABLE, 'the API answered 503 five times');
+        if (id === 'd2')
+          throw new DefenderError(DefenderErrorCode.UNAVAILABLE, 'the API answered 503 five times');
         return [];
       },
     });
     await handler(message(batch()));
     const devices = (sent[0] as EnrichedBatch).devices;
     expect(devices.map((d) => d.vulnerabilities === null)).toEqual([false, true, false]);
-    expect(devices[1]?.fetchError).toEqual({ code: 'DEFENDER_UNAVAILABLE', message: 'the API answered 503 five times' });
+    expect(devices[1]?.fetchError).toEqual({
+      code: 'DEFENDER_UNAVAILABLE',
+      message: 'the API answered 503 five times',
+    });
   });
 
   it('should stop calling for a tenant whose credentials fail, and say so in its status', async () => {
@@ -153,7 +170,10 @@ describe('createEnrichHandler', () => {
       {
         machineVulnerabilities: async () => {
           calls++;
-          throw new DefenderError(DefenderErrorCode.INVALID_SECRET, 'The client secret is not valid (AADSTS7000215)');
+          throw new DefenderError(
+            DefenderErrorCode.INVALID_SECRET,
+            'The client secret is not valid (AADSTS7000215)',
+          );
         },
       },
       { concurrency: 1 },
@@ -163,7 +183,11 @@ describe('createEnrichHandler', () => {
     expect(calls).toBe(1);
     expect(sent).toHaveLength(2);
     for (const out of sent) {
-      for (const device of out.devices) expect(device).toMatchObject({ vulnerabilities: null, fetchError: { code: 'DEFENDER_INVALID_SECRET' } });
+      for (const device of out.devices)
+        expect(device).toMatchObject({
+          vulnerabilities: null,
+          fetchError: { code: 'DEFENDER_INVALID_SECRET' },
+        });
     }
     expect(statuses[0]).toMatchObject({ state: 'error', lastErrorCode: 'DEFENDER_INVALID_SECRET' });
   });
@@ -176,13 +200,30 @@ describe('createEnrichHandler', () => {
         return new Map([['d1', [cve('CVE-9', 9.9)]]]);
       },
     });
-    await handler(message(batch({ vulnerabilityMode: 'bulk', lastBatch: false, totalBatches: undefined, totalDevices: undefined })));
+    await handler(
+      message(
+        batch({
+          vulnerabilityMode: 'bulk',
+          lastBatch: false,
+          totalBatches: undefined,
+          totalDevices: undefined,
+        }),
+      ),
+    );
     await handler(message(batch({ vulnerabilityMode: 'bulk', batchIndex: 1, devices: [{ id: 'd4' }] })));
     expect(exports).toBe(1);
     expect(sent[0]?.devices[0]?.vulnerabilities?.criticalCveCount).toBe(1);
-    expect(sent[0]?.devices[1]?.vulnerabilities).toEqual({ criticalCveCount: 0, totalCveCount: 0, maxCvss: null, cvssThreshold: 9, topCveIds: [] });
+    expect(sent[0]?.devices[1]?.vulnerabilities).toEqual({
+      criticalCveCount: 0,
+      totalCveCount: 0,
+      maxCvss: null,
+      cvssThreshold: 9,
+      topCveIds: [],
+    });
     expect(sent[1]?.vulnerabilityMode).toBe('bulk');
-    expect(statuses.some((status) => status.vulnerabilityMode === 'bulk' && /bulk export/.test(status.note ?? ''))).toBe(true);
+    expect(
+      statuses.some((status) => status.vulnerabilityMode === 'bulk' && /bulk export/.test(status.note ?? '')),
+    ).toBe(true);
   });
 
   it('should pass the devices of an unknown tenant on without vulnerabilities', async () => {

@@ -40,7 +40,8 @@ function lookup(value: unknown, table: Table, known: string[]): Lookup {
 }
 
 function onboarding(value: unknown): Lookup {
-  if (typeof value !== 'string' || value.trim() === '' || value.toLowerCase() === 'unknown') return { points: 0, missing: true };
+  if (typeof value !== 'string' || value.trim() === '' || value.toLowerCase() === 'unknown')
+    return { points: 0, missing: true };
   return { points: value.toLowerCase() === 'onboarded' ? 0 : 100, missing: false };
 }
 
@@ -57,7 +58,8 @@ function inactivityPoints(lastSeen: unknown, cycleStartMs: number): Lookup {
 /** Distinct CVE ids with cvssV3 ≥ 9.0. */
 export function criticalCves(vulnerabilities: readonly { id?: unknown; cvssV3?: unknown }[]): number {
   const ids = new Set<string>();
-  for (const v of vulnerabilities) if (typeof v.cvssV3 === 'number' && v.cvssV3 >= CVSS_THRESHOLD) ids.add(String(v.id));
+  for (const v of vulnerabilities)
+    if (typeof v.cvssV3 === 'number' && v.cvssV3 >= CVSS_THRESHOLD) ids.add(String(v.id));
   return ids.size;
 }
 
@@ -73,9 +75,18 @@ export function expectedScore(
     lookup(machine['defenderAvStatus'], AV, AV_KNOWN),
     onboarding(machine['onboardingStatus']),
   ];
-  const operational = [lookup(machine['healthStatus'], HEALTH, HEALTH_KNOWN), inactivityPoints(machine['lastSeen'], cycleStartMs)];
-  const c = Math.min(100, critical.reduce((sum, l) => sum + l.points, 0));
-  const o = Math.min(100, operational.reduce((sum, l) => sum + l.points, 0) + (cves === null ? 0 : Math.min(100, cves * 25)));
+  const operational = [
+    lookup(machine['healthStatus'], HEALTH, HEALTH_KNOWN),
+    inactivityPoints(machine['lastSeen'], cycleStartMs),
+  ];
+  const c = Math.min(
+    100,
+    critical.reduce((sum, l) => sum + l.points, 0),
+  );
+  const o = Math.min(
+    100,
+    operational.reduce((sum, l) => sum + l.points, 0) + (cves === null ? 0 : Math.min(100, cves * 25)),
+  );
   // round half up of (70c + 30o) / 100 on integers
   const score = Math.floor((70 * c + 30 * o + 50) / 100);
   const band = (BANDS.find(([max]) => score <= max) as [number, string])[1];

@@ -49,7 +49,9 @@ export class ServiceGroup {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const lines: Record<string, unknown>[] = [];
-    const exited = new Promise<number | string>((done) => child.once('exit', (code, signal) => done(code ?? signal ?? -1)));
+    const exited = new Promise<number | string>((done) =>
+      child.once('exit', (code, signal) => done(code ?? signal ?? -1)),
+    );
     const service: ServiceProcess = { name, child, lines, exited };
     this.running.set(name, service);
     let started: (() => void) | undefined;
@@ -68,7 +70,10 @@ export class ServiceGroup {
       });
     }
     const timeout = new Promise<never>((_, fail) =>
-      setTimeout(() => fail(new Error(`${name} did not start within ${timeoutMs} ms; see ${this.logDir}/${name}.log`)), timeoutMs).unref(),
+      setTimeout(
+        () => fail(new Error(`${name} did not start within ${timeoutMs} ms; see ${this.logDir}/${name}.log`)),
+        timeoutMs,
+      ).unref(),
     );
     const died = exited.then((code) => {
       throw new Error(`${name} exited (${code}) while starting; see ${this.logDir}/${name}.log`);

@@ -19,7 +19,10 @@ function tenantIdOf(request: ApiRequest): string {
   const tenantId = request.params['tenantId'] ?? '';
   if (!isTenantId(tenantId)) {
     throw new ApiError(400, 'VALIDATION_FAILED', 'the tenant id in the path is not valid', [
-      { field: 'tenantId', rule: 'must be 1–64 letters, digits, dots, dashes or underscores, starting with a letter or digit' },
+      {
+        field: 'tenantId',
+        rule: 'must be 1–64 letters, digits, dots, dashes or underscores, starting with a letter or digit',
+      },
     ]);
   }
   return tenantId;
@@ -31,7 +34,10 @@ function bandOf(request: ApiRequest): Band | undefined {
   const band = BAND_BY_NAME.get(normalise(raw));
   if (!band) {
     throw new ApiError(400, 'VALIDATION_FAILED', `unknown band "${raw}"`, [
-      { field: 'band', rule: `must be one of ${BANDS.map((name) => `"${name}"`).join(', ')} (case and dashes ignored)` },
+      {
+        field: 'band',
+        rule: `must be one of ${BANDS.map((name) => `"${name}"`).join(', ')} (case and dashes ignored)`,
+      },
     ]);
   }
   return band;
@@ -102,7 +108,11 @@ export function deviceRoutes(deps: DeviceRoutesDeps): Route[] {
     await requireTenant(tenantId);
     const stored = await deps.scores.getDeviceScore(tenantId, deviceId);
     if (stored === null) {
-      throw new ApiError(404, 'DEVICE_NOT_FOUND', `device ${deviceId} of tenant ${tenantId} has no score (not listed yet, or gone)`);
+      throw new ApiError(
+        404,
+        'DEVICE_NOT_FOUND',
+        `device ${deviceId} of tenant ${tenantId} has no score (not listed yet, or gone)`,
+      );
     }
     const history = await deps.scores.history(tenantId, deviceId);
     return {

@@ -39,9 +39,15 @@ const routes = deviceRoutes({
     getDeviceScore: async (_tenantId, deviceId) => scores.find((s) => s.device.deviceId === deviceId) ?? null,
     listDeviceScores: async (_tenantId, options = {}) => {
       const items = scores.filter((s) => options.band === undefined || s.device.band === options.band);
-      return { total: items.length, items: items.slice(options.offset ?? 0, (options.offset ?? 0) + (options.limit ?? 1000)) };
+      return {
+        total: items.length,
+        items: items.slice(options.offset ?? 0, (options.offset ?? 0) + (options.limit ?? 1000)),
+      };
     },
-    history: async (_tenantId, deviceId) => [stored(deviceId, 85, 'High Risk'), stored(deviceId, 40, 'Low Risk', 'c1')],
+    history: async (_tenantId, deviceId) => [
+      stored(deviceId, 85, 'High Risk'),
+      stored(deviceId, 40, 'Low Risk', 'c1'),
+    ],
   },
 });
 const match = createRouter(routes);
@@ -50,7 +56,14 @@ async function call(path: string): Promise<ApiResponse> {
   const url = new URL(path, 'http://localhost');
   const found = match('GET', url.pathname);
   if (found.kind !== 'found') throw new Error(`no route for ${path}`);
-  const request: ApiRequest = { method: 'GET', path: url.pathname, params: found.params, query: url.searchParams, body: undefined, headers: {} };
+  const request: ApiRequest = {
+    method: 'GET',
+    path: url.pathname,
+    params: found.params,
+    query: url.searchParams,
+    body: undefined,
+    headers: {},
+  };
   try {
     return await found.route.handler(request);
   } catch (error) {
@@ -63,7 +76,11 @@ describe('deviceRoutes', () => {
   it('GET devices should list the latest scores, filtered by band in any spelling', async () => {
     const all = await call('/v1/tenants/t1/devices');
     expect(all.status).toBe(200);
-    expect(all.body).toMatchObject({ tenantId: 't1', total: 2, devices: [{ deviceId: 'a', score: 85, band: 'High Risk' }, { deviceId: 'b' }] });
+    expect(all.body).toMatchObject({
+      tenantId: 't1',
+      total: 2,
+      devices: [{ deviceId: 'a', score: 85, band: 'High Risk' }, { deviceId: 'b' }],
+    });
     const high = await call('/v1/tenants/t1/devices?band=high-risk');
     expect(high.body).toMatchObject({ band: 'High Risk', total: 1, devices: [{ deviceId: 'a' }] });
   });
@@ -71,7 +88,9 @@ describe('deviceRoutes', () => {
   it('GET devices should refuse an unknown band or limit naming the field and the rule', async () => {
     const answer = await call('/v1/tenants/t1/devices?band=Dangerous');
     expect(answer.status).toBe(400);
-    expect(answer.body).toMatchObject({ error: { code: 'VALIDATION_FAILED', violations: [{ field: 'band' }] } });
+    expect(answer.body).toMatchObject({
+      error: { code: 'VALIDATION_FAILED', violations: [{ field: 'band' }] },
+    });
     expect((await call('/v1/tenants/t1/devices?limit=-1')).status).toBe(400);
   });
 
@@ -86,12 +105,17 @@ describe('deviceRoutes', () => {
       cycleId: 'c2',
       contributions: [{ signal: 'riskScore', points: 100 }],
       missing: ['criticalCves'],
-      history: [{ cycleId: 'c2', score: 85 }, { cycleId: 'c1', score: 40, band: 'Low Risk' }],
+      history: [
+        { cycleId: 'c2', score: 85 },
+        { cycleId: 'c1', score: 40, band: 'Low Risk' },
+      ],
     });
   });
 
   it('GET should answer 404 for an unknown tenant or device', async () => {
-    expect((await call('/v1/tenants/nobody/devices')).body).toMatchObject({ error: { code: 'TENANT_NOT_FOUND' } });
+    expect((await call('/v1/tenants/nobody/devices')).body).toMatchObject({
+      error: { code: 'TENANT_NOT_FOUND' },
+    });
     expect((await call('/v1/tenants/t1/devices/zzz')).status).toBe(404);
   });
 });
