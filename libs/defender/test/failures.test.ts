@@ -1,0 +1,115 @@
+import type { Logger } from '@urs/logging';
+import { type Simulator, startSimulator } from '@urs/simulator';
+import { DefenderErrorCode, createLocalQuotaGate } from '../src';
+import { type TestApp, newApp, simClient } from './support';
+
+/** Keeps every line a library logs, exactly as it was handed over (before any redaction). */
+function capturingLogger(lines: string[], bound: Record<string, unknown> = {}): Logger {
+  const log =
+    (level: string) =>
+    (message: string, fields?: Record<string, unknown>): void => {
+      lines.push(JSON.stringify({ level, message, ...bound, ...fields }));
+    };
+  return {
+    debug: log('debug'),
+    info: log('info'),
+    warn: log('warn'),
+    error: log('error'),
+    child: (fields) => capturingLogger(lines, { ...bound, ...fields }),
+  };
+}
+
+let sim: Simulator;
+let app: TestApp;
+
+beforeAll(async () => {
+  sim = await startSimulator({ quotas: true });
+  app = newApp();
+  sim.addTenant({ azureTenantId: app.azureTenantId, apps: [app], fleet: { size: 60, seed: 13 } });
+});
+
+afterAll(async () => {
+  await sim.close();
+});
+
+afterEach(() => {
+  sim.setFaults(app.azureTenantId, {});
+});
+
+describe('createDefenderClient when retries run out', () => {
+  it('listMachines should fail MALFORMED_RESPONSE, retryable, when every body is truncated', async () => {
+    sim.setFaults(app.azureTenantId, { malformedRate: 1 });
+    const { client, close } = simClient(sim, app);
+    try {
+      await expect(client.listMachines()).rejects.toMatchObject({
+        code: DefenderErrorCode.MALFORMED_RESPONSE,
+        canRetry: true,
+      });
+    } finally {
+      await close();
+    }
+  });
+
+  it('listMachines should fail UNAVAILABLE, retryable, when every answer is a 5xx', async () => {
+    sim.setFaults(app.azureTenantId, { status5xxRate: 1 });
+    const { client, close } = simClient(sim, app);
+    try {
+      sim.resetStats();
+      await expect(client.listMachines()).rejects.toMatchObject({
+        code: DefenderErrorCode.UNAVAILABLE,
+        canRetry: true,
+      });
+      // The support helper's policy: 6 attempts.
+      expect(sim.stats().calls.machines).toBe(6);
+    } finally {
+      await close();
+    }
+  });
+
+  it('getMachineVulnerabilities should fail THROTTLED with the Retry-After once the wait budget is spent', async () => {
+    // A client that believes in a larger quota than Microsoft's 50/min, and may not wait at all.
+    const generous = [{ limit: 1_000, windowMs: 60_000 }];
+    const quota = createLocalQuotaGate({
+      limits: { machines: generous, vulnerabilities: generous, bulk: generous },
+    });
+    const { client, close } = simClient(sim, app, { quota, maxThrottleWaitMs: 0 });
+    try {
+      const ids = sim.machines(app.azureTenantId).map((m) => m.id);
+      const results = await Promise.allSettled(ids.map((id) => client.getMachineVulnerabilities(id)));
+      const rejected = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+      expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(50);
+      expect(rejected).toHaveLength(10);
+      for (const r of rejected) {
+        expect(r.reason).toMatchObject({ code: DefenderErrorCode.THROTTLED, canRetry: true });
+        expect(r.reason.retryAfterMs).toBeGreaterThan(0);
+      }
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe('createDefenderClient logging', () => {
+  it('the client should never hand the client secret to its logger', async () => {
+    const lines: string[] = [];
+    const logger = capturingLogger(lines);
+    sim.setFaults(app.azureTenantId, { status5xxRate: 0.3, malformedRate: 0.2 });
+    const good = simClient(sim, app, { logger });
+    const wrong = { ...app, clientSecret: `${app.clientSecret}X` };
+    const bad = simClient(sim, wrong, { logger });
+    try {
+      await good.client.listMachines({ pageSize: 7 });
+      await expect(bad.client.listMachines()).rejects.toMatchObject({
+        code: DefenderErrorCode.INVALID_SECRET,
+      });
+      await bad.client.checkAccess();
+      expect(lines.length).toBeGreaterThan(0);
+      for (const line of lines) {
+        expect(line).not.toContain(app.clientSecret);
+      }
+    } finally {
+      await good.close();
+      await bad.close();
+    }
+  });
+});
