@@ -41,6 +41,25 @@ export interface PublishedStore {
   /** Forgets devices (after their tombstone was published). */
   forget(tenantId: string, deviceIds: string[]): Promise<void>;
   get(tenantId: string, deviceId: string): Promise<PublishedDevice | null>;
+  /**
+   * Takes the right to send a cycle's summary for `ttlMs`, and lists the cycle as owing its summary
+   * until `summarySent`. True for one caller at a time; false once the summary was sent.
+   */
+  lockSummary(
+    tenantId: string,
+    cycleId: string,
+    status: 'complete' | 'partial',
+    ttlMs: number,
+    nowMs: number,
+  ): Promise<boolean>;
+  /** Gives the summary lock back after a failed send, so a retry need not wait for it to lapse. */
+  unlockSummary(tenantId: string, cycleId: string): Promise<void>;
+  /** The summary is on the topic: the cycle owes nothing any more. */
+  summarySent(tenantId: string, cycleId: string): Promise<void>;
+  /** Cycles whose summary was claimed at or before `before` (epoch ms) but never sent (a crash, a failed send). */
+  summariesOwed(
+    before: number,
+  ): Promise<{ tenantId: string; cycleId: string; status: 'complete' | 'partial' }[]>;
 }
 
 // KEYS[1] published hash; ARGV[1] cycle ms; then per device: id, score, band.
@@ -87,6 +106,16 @@ end
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(n + 11))
 return result`;
 
+// KEYS[1] sent marker, KEYS[2] lock, KEYS[3] owed zset; ARGV member, ttl ms, now ms.
+const LOCK_SUMMARY = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[1])
+return 1`;
+
+/** Markers of sent summaries outlive any redelivery of their cycle's batches. */
+const SUMMARY_MARKER_TTL_MS = 2 * 24 * 60 * 60 * 1000;
+
 function decode(value: string | null | undefined): PublishedDevice | null {
   if (!value) return null;
   const [score, band, publishedCycleAt, seenCycleAt] = value.split('|');
@@ -108,6 +137,11 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
   const cyclesKey = (tenantId: string): string => `${prefix}published-cycles:${tenantId}`;
   const sequenceKey = (tenantId: string): string => `${prefix}published-seq:${tenantId}`;
   const counterKey = (tenantId: string): string => `${prefix}published-counter:${tenantId}`;
+  const sentKey = (tenantId: string, cycleId: string): string =>
+    `${prefix}summary-sent:${tenantId}:${cycleId}`;
+  const summaryLockKey = (tenantId: string, cycleId: string): string =>
+    `${prefix}summary-lock:${tenantId}:${cycleId}`;
+  const owedKey = `${prefix}summaries-owed`;
   return {
     async changed(tenantId, cycleAt, devices) {
       if (devices.length === 0) return [];
@@ -152,6 +186,43 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     },
     async get(tenantId, deviceId) {
       return decode(await redis.hget(publishedKey(tenantId), deviceId));
+    },
+    async lockSummary(tenantId, cycleId, status, ttlMs, nowMs) {
+      const locked = await redis.eval(
+        LOCK_SUMMARY,
+        3,
+        sentKey(tenantId, cycleId),
+        summaryLockKey(tenantId, cycleId),
+        owedKey,
+        JSON.stringify([tenantId, cycleId, status]),
+        String(ttlMs),
+        String(nowMs),
+      );
+      return locked === 1;
+    },
+    async unlockSummary(tenantId, cycleId) {
+      await redis.del(summaryLockKey(tenantId, cycleId));
+    },
+    async summarySent(tenantId, cycleId) {
+      const results = await redis
+        .multi()
+        .set(sentKey(tenantId, cycleId), '1', 'PX', SUMMARY_MARKER_TTL_MS)
+        .del(summaryLockKey(tenantId, cycleId))
+        .zrange(owedKey, 0, -1)
+        .exec();
+      const members = (results?.[2]?.[1] as string[] | undefined) ?? [];
+      const mine = members.filter((member) => {
+        const [t, c] = JSON.parse(member) as [string, string];
+        return t === tenantId && c === cycleId;
+      });
+      if (mine.length > 0) await redis.zrem(owedKey, ...mine);
+    },
+    async summariesOwed(before) {
+      const members = await redis.zrangebyscore(owedKey, '-inf', before);
+      return members.map((member) => {
+        const [tenantId, cycleId, status] = JSON.parse(member) as [string, string, 'complete' | 'partial'];
+        return { tenantId, cycleId, status };
+      });
     },
   };
 }

@@ -35,6 +35,9 @@ export interface CycleCompletion {
   closeOverdue(): Promise<number>;
 }
 
+/** How long one sender holds a cycle's summary; a summary owed longer than this is sent again. */
+const SUMMARY_LOCK_MS = 30_000;
+
 const ms = (later: number, earlier: number): number => Math.max(0, Math.round(later - earlier));
 
 /**
@@ -160,17 +163,39 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     });
   }
 
+  /** Sends a claimed cycle's summary under the summary lock, so one sender at a time and once in all. */
+  async function sendOwed(
+    state: CycleState | null,
+    tenantId: string,
+    cycleId: string,
+    status: 'complete' | 'partial',
+    hint: CycleHint,
+  ): Promise<boolean> {
+    if (!(await deps.published.lockSummary(tenantId, cycleId, status, SUMMARY_LOCK_MS, now().getTime())))
+      return false;
+    try {
+      await publish(state, tenantId, cycleId, status, hint);
+    } catch (error) {
+      await deps.published.unlockSummary(tenantId, cycleId);
+      throw error;
+    }
+    await deps.published.summarySent(tenantId, cycleId);
+    return true;
+  }
+
   return {
     async tryComplete(tenantId, cycleId, hint) {
       const state = await deps.cycles.get(tenantId, cycleId);
-      if (state?.published) return false;
+      if (state?.published) {
+        // Claimed before: normally sent, unless the send failed (then this redelivery sends it).
+        return sendOwed(state, tenantId, cycleId, state.published, hint);
+      }
       const totalBatches = state?.totalBatches ?? hint.totalBatches;
       if (totalBatches === undefined) return false;
       const recorded = state?.scoredBatches ?? (await deps.cycles.batchStats(tenantId, cycleId)).size;
       if (recorded < totalBatches) return false;
       if (!(await deps.cycles.claimPublication(tenantId, cycleId, 'complete'))) return false;
-      await publish(state, tenantId, cycleId, 'complete', hint);
-      return true;
+      return sendOwed(state, tenantId, cycleId, 'complete', hint);
     },
     async closeOverdue() {
       let closed = 0;
@@ -178,8 +203,13 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         const state = await deps.cycles.get(tenantId, cycleId);
         if (!(await deps.cycles.claimPublication(tenantId, cycleId, 'partial'))) continue;
         const startedAt = state?.startedAt ?? now().toISOString();
-        await publish(state, tenantId, cycleId, 'partial', { cycleStartedAt: startedAt });
-        closed++;
+        if (await sendOwed(state, tenantId, cycleId, 'partial', { cycleStartedAt: startedAt })) closed++;
+      }
+      // Summaries claimed but never sent (a crash or a failed send after the claim): sent late, not lost.
+      for (const owed of await deps.published.summariesOwed(now().getTime() - SUMMARY_LOCK_MS)) {
+        const state = await deps.cycles.get(owed.tenantId, owed.cycleId);
+        const hint = { cycleStartedAt: state?.startedAt ?? now().toISOString() };
+        if (await sendOwed(state, owed.tenantId, owed.cycleId, owed.status, hint)) closed++;
       }
       return closed;
     },

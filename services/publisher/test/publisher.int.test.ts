@@ -84,9 +84,16 @@ describe('the publisher', () => {
     await redis.close();
   });
 
-  function build(options: { snapshotEveryCycles?: number; tombstoneAfterCycles?: number } = {}) {
+  function build(
+    options: { snapshotEveryCycles?: number; tombstoneAfterCycles?: number; failSummaries?: number } = {},
+  ) {
+    let failures = options.failSummaries ?? 0;
     const publisher: Publisher = {
       send: async (topic, _contract, messages) => {
+        if (topic === topics.vmsRiskSummary && failures > 0) {
+          failures--;
+          throw new Error('the broker is unavailable');
+        }
         for (const m of messages) sent.push({ topic, key: m.key, value: m.value });
       },
       sendRaw: async () => undefined,
@@ -254,5 +261,32 @@ describe('the publisher', () => {
     await handler(scoreBatch(1, 1, [device('c', 50, 'Moderate Risk')], 2));
     expect(records().map((m) => m.key)).toContain('t1/c');
     expect(summaries()).toHaveLength(1);
+  });
+
+  it('createCycleCompletion should send a summary whose first send failed on the redelivery, once', async () => {
+    const { handler, begin } = build({ failSummaries: 1 });
+    now = new Date(minute(13));
+    await begin(1);
+    const last = scoreBatch(1, 0, [device('a', 10, 'Trustworthy')], 1);
+    await expect(handler(last)).rejects.toThrow('the broker is unavailable');
+    expect(summaries()).toEqual([]);
+    await handler(last);
+    await handler(last);
+    expect(summaries()).toHaveLength(1);
+    expect(summaries()[0]).toMatchObject({ status: 'complete', devices: { scored: 1 } });
+  });
+
+  it('closeOverdue should send a partial summary whose first send failed, on a later sweep', async () => {
+    const { handler, begin, completion } = build({ failSummaries: 1 });
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    now = new Date(minute(16));
+    await expect(completion.closeOverdue()).rejects.toThrow('the broker is unavailable');
+    expect(await completion.closeOverdue()).toBe(0);
+    now = new Date(minute(17));
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(summaries()).toHaveLength(1);
+    expect(summaries()[0]?.status).toBe('partial');
   });
 });
