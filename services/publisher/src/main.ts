@@ -30,6 +30,7 @@ void runService({
       service: 'publisher',
       groupId: own.groupId,
       sessionTimeoutMs: own.sessionTimeoutMs,
+      partitionsConsumedConcurrently: own.partitionsConcurrency,
       subscriptions: [
         {
           topic: config.topics.deviceScores,

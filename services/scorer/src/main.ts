@@ -38,6 +38,7 @@ void runService({
     const scoreRunner = createConsumerRunner({
       ...common,
       groupId: own.groupId,
+      partitionsConsumedConcurrently: own.partitionsConcurrency,
       subscriptions: [
         {
           topic: config.topics.devicesEnriched,
