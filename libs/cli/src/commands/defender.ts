@@ -29,8 +29,8 @@ check     says in one line whether the credentials and the consent work, and whi
   --region R                 us, eu, uk, au, swa, ina; default the global host
   --page-size N              devices per request, 1–10000 (default 10000)
   --with-vulnerabilities     add "vulnerabilities" to each record: an array, or null where they could not be fetched
-  --vulnerabilities-mode M   per-device, bulk or auto (default): auto takes the bulk export for more than
-                             250 devices, which per-device calls (50/min) would take over 5 minutes to read
+  --vulnerabilities-mode M   per-device, bulk or auto (default): auto takes the bulk export when the tenant
+                             has more than 250 devices (per-device calls, 50/min, would take over 5 minutes)
   --include-flagged          also write devices merged into another one or excluded (skipped by default)
   --no-redis                 do not share the pipeline's limiter and quota through Redis
 
@@ -147,6 +147,18 @@ async function mapLimited<T, R>(items: T[], workers: number, task: (item: T) => 
   return results;
 }
 
+/**
+ * auto: one request of AUTO_BULK_THRESHOLD + 1 devices tells whether the fleet is larger than the
+ * threshold, before any per-device call is spent.
+ */
+async function useBulk(client: DefenderClient, mode: Mode): Promise<boolean> {
+  if (mode !== 'auto') return mode === 'bulk';
+  const probe = client.listMachinePages({ pageSize: AUTO_BULK_THRESHOLD + 1, confirmShortPage: false });
+  const first = await probe.next();
+  await probe.return(undefined);
+  return !first.done && first.value.received > AUTO_BULK_THRESHOLD;
+}
+
 interface Counts {
   written: number;
   flagged: number;
@@ -184,23 +196,17 @@ async function devices(
     }
   };
 
-  let first = true;
-  for await (const page of pages) {
-    if (first && options.withVulnerabilities) {
-      first = false;
-      const large =
-        page.received >= (options.pageSize ?? 10_000) || page.machines.length > AUTO_BULK_THRESHOLD;
-      if (options.mode === 'bulk' || (options.mode === 'auto' && large)) {
-        note('reading vulnerabilities from the bulk export (SoftwareVulnerabilitiesByMachine)');
-        try {
-          bulk = await client.getVulnerabilitiesByMachine();
-        } catch (error) {
-          if (!(error instanceof DefenderError)) throw error;
-          note(`bulk export unavailable, vulnerabilities will be null: ${error.message}`);
-          perDeviceStopped = error;
-        }
-      }
+  if (options.withVulnerabilities && (await useBulk(client, options.mode))) {
+    note('reading vulnerabilities from the bulk export (SoftwareVulnerabilitiesByMachine)');
+    try {
+      bulk = await client.getVulnerabilitiesByMachine();
+    } catch (error) {
+      if (!(error instanceof DefenderError)) throw error;
+      note(`bulk export unavailable, vulnerabilities will be null: ${error.message}`);
+      perDeviceStopped = error;
     }
+  }
+  for await (const page of pages) {
     counts.invalid += page.invalid;
     const selected = page.machines.filter((m) => options.includeFlagged || isScorable(m));
     counts.flagged += page.machines.length - selected.length;

@@ -133,6 +133,22 @@ describe('urs defender devices', () => {
     },
   );
 
+  it('defenderCommand should choose per-device calls for a small fleet and the bulk export for a large one', async () => {
+    const large = newApp();
+    sim.addTenant({ azureTenantId: large.azureTenantId, apps: [large], fleet: { size: 300, seed: 5 } });
+    sim.resetStats();
+    const small = await run(args('devices', app, '--with-vulnerabilities', '--no-redis'));
+    expect(small.code).toBe(0);
+    expect(small.stderr).not.toContain('bulk export');
+    expect(sim.stats().callsByTenant[app.azureTenantId]?.vulnerabilities).toBe(scorable);
+    const big = await run(args('devices', large, '--with-vulnerabilities', '--no-redis'));
+    expect(big.code).toBe(0);
+    expect(big.stderr).toContain('reading vulnerabilities from the bulk export');
+    expect(sim.stats().callsByTenant[large.azureTenantId]?.vulnerabilities).toBeUndefined();
+    const records = lines(big.stdout);
+    expect(records.every((r) => Array.isArray(r.vulnerabilities))).toBe(true);
+  });
+
   it('defenderCommand should write null vulnerabilities, once explained, when consent for them is missing', async () => {
     const result = await run(
       args(
