@@ -115,6 +115,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       }
       const cycleId = cycleIdOf(tenantId, startedAt);
       if (!(await deps.schedules.begin(lease, cycleId, startedAt))) return;
+      log.debug('cycle started', { tenantId, cycleId, holderId: deps.holderId });
       localDue.set(tenantId, startedAt + intervalMs);
       // A failure streak counts only while the settings stay the same.
       const previousFailures = schedule.failedRevision === record.revision ? schedule.failures : 0;
