@@ -40,8 +40,8 @@ const apiToken = randomBytes(16).toString('hex');
 // Small fleets answer within seconds one device at a time (the per-device quota is 50 calls a minute);
 // the large one is past what per-device calls serve in a 10-minute interval, so it uses the bulk export.
 const TENANTS = [
-  { tenantId: 'contoso', size: 30 },
-  { tenantId: 'fabrikam', size: 45 },
+  { tenantId: 'contoso', size: 20 },
+  { tenantId: 'fabrikam', size: 30 },
   { tenantId: 'northwind', size: 1500 },
 ].map((tenant) => ({
   ...tenant,
