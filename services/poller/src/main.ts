@@ -1,12 +1,13 @@
+import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { createConsumerRunner } from '@urs/bus';
-import { createHttpsAgent, createRedisQuotaGate, createSharedLimiter } from '@urs/defender';
+import { createHttpsAgent, createSharedLimiter } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { createSecretSealer } from '@urs/secrets';
 import { createCycleStore, createPollScheduleStore, createTenantStore } from '@urs/store';
 import { pollerConfig } from './config';
 import { runCycle } from './cycle';
-import { createDefenderGateway } from './defender';
+import { createDefenderGateway, quotaGate } from './defender';
 import { createScheduler } from './scheduler';
 import { createTenantTable } from './tenant-table';
 
@@ -19,11 +20,18 @@ void runService({
     // Unique per process even when two replicas share a pid (containers): leases and the group depend on it.
     const holderId = `${settings.instanceId}-${randomBytes(4).toString('hex')}`;
     const sealer = createSecretSealer(settings.secretKeys);
-    const limiter = await createSharedLimiter({ redis, keyPrefix: prefix, logger });
-    const httpsAgent = createHttpsAgent();
+    const limiter = await createSharedLimiter({
+      redis,
+      keyPrefix: prefix,
+      maxConcurrent: settings.maxInFlight,
+      logger,
+    });
+    const httpsAgent = createHttpsAgent(
+      settings.caFile ? { extraCa: readFileSync(settings.caFile, 'utf8') } : {},
+    );
     const defender = createDefenderGateway({
       limiter,
-      quota: createRedisQuotaGate(redis, prefix),
+      quota: quotaGate(settings.quotas, redis, prefix),
       logger,
       overrides: settings.defender,
       httpsAgent,

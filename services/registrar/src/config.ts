@@ -1,6 +1,8 @@
 import {
   defenderOverrides,
+  readEnum,
   readInt,
+  readOptionalString,
   readList,
   readString,
   ConfigError,
@@ -28,6 +30,18 @@ export interface RegistrarConfig {
   groupId: string;
   secretKeys: SecretKeyConfig;
   defender: DefenderOverrides;
+  /** PEM file of an extra CA to trust for Entra/MDE (a private test CA). Env `URS_DEFENDER_CA_FILE`, default none. */
+  caFile: string | undefined;
+  /**
+   * MDE calls in flight across every process sharing the limiter. Env `URS_DEFENDER_MAX_IN_FLIGHT`, default 10;
+   * every service must be given the same value (the last one to start writes it to the shared limiter).
+   */
+  maxInFlight: number;
+  /**
+   * `microsoft`: calls wait for the tenant's API quota kept in Redis (the default, the only setting for real
+   * tenants); `off`: no quota wait, for a simulator whose quotas are off (benchmarks). Env `URS_DEFENDER_QUOTAS`.
+   */
+  quotas: 'microsoft' | 'off';
 }
 
 export function registrarConfig(env: Env): RegistrarConfig {
@@ -50,5 +64,8 @@ export function registrarConfig(env: Env): RegistrarConfig {
     groupId: readString(env, 'URS_CONSUMER_GROUP', `${readString(env, 'URS_TOPIC_PREFIX', '')}urs.registrar`),
     secretKeys: secretKeyConfig(env),
     defender: defenderOverrides(env),
+    caFile: readOptionalString(env, 'URS_DEFENDER_CA_FILE'),
+    maxInFlight: readInt(env, 'URS_DEFENDER_MAX_IN_FLIGHT', { fallback: 10, min: 1, max: 100 }),
+    quotas: readEnum(env, 'URS_DEFENDER_QUOTAS', ['microsoft', 'off'] as const, 'microsoft'),
   };
 }

@@ -1,9 +1,12 @@
+import { readFileSync } from 'node:fs';
+import type Redis from 'ioredis';
 import { createConsumerRunner } from '@urs/bus';
 import {
   createDefenderClient,
   createHttpsAgent,
   createRedisQuotaGate,
   createSharedLimiter,
+  type QuotaGate,
 } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { createSecretSealer } from '@urs/secrets';
@@ -20,6 +23,13 @@ import { startApiServer, type ApiServer } from './http/server';
 import { tenantRoutes, type AccessChecker } from './http/tenants';
 import { createTenantRebuilder, readTenantLog } from './rebuild';
 import { createTenantRegistry } from './registry';
+
+/** The tenants' API quotas kept in Redis, or none with `URS_DEFENDER_QUOTAS=off` (a simulator without quotas). */
+function quotaGate(mode: 'microsoft' | 'off', redis: Redis, keyPrefix: string): QuotaGate {
+  return mode === 'off'
+    ? { acquire: async () => undefined, block: async () => undefined }
+    : createRedisQuotaGate(redis, keyPrefix);
+}
 
 void runService({
   name: 'registrar',
@@ -56,9 +66,16 @@ void runService({
     });
 
     // The access check shares the pipeline's call slots and the tenant's quota with the pollers and fetchers.
-    const limiter = await createSharedLimiter({ redis, keyPrefix: prefix, logger });
-    const quota = createRedisQuotaGate(redis, prefix);
-    const httpsAgent = createHttpsAgent();
+    const limiter = await createSharedLimiter({
+      redis,
+      keyPrefix: prefix,
+      maxConcurrent: settings.maxInFlight,
+      logger,
+    });
+    const quota = quotaGate(settings.quotas, redis, prefix);
+    const httpsAgent = createHttpsAgent(
+      settings.caFile ? { extraCa: readFileSync(settings.caFile, 'utf8') } : {},
+    );
     const checkAccess: AccessChecker = async (tenant, signal) => {
       const { region, ...rest } = tenant;
       const client = createDefenderClient(region === null ? rest : { ...rest, region }, {
