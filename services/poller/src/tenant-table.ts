@@ -1,6 +1,9 @@
 import type { InboundMessage } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 
+/** Header of a `urs.tenants` tombstone with the deletion's revision (written by the registrar). */
+export const REVISION_HEADER = 'urs-revision';
+
 export type TenantChangeListener = (tenantId: string, record: TenantRecord | null) => void;
 
 /**
@@ -34,6 +37,8 @@ export function createTenantTable(): TenantTable {
   const listeners: TenantChangeListener[] = [];
   let remaining: Map<number, bigint> | undefined;
   const seen = new Map<number, bigint>();
+  /** The revision of each deletion seen (tombstone header), so a late older record does not bring a tenant back. */
+  const deletedAt = new Map<string, number>();
 
   function progress(partition: number, offset: string): void {
     const current = seen.get(partition);
@@ -49,12 +54,15 @@ export function createTenantTable(): TenantTable {
       if (!tenantId) return;
       const current = records.get(tenantId);
       if (message.value === null) {
-        if (!current) return;
+        const revision = Number(message.headers[REVISION_HEADER]?.toString() ?? NaN);
+        if (Number.isFinite(revision)) deletedAt.set(tenantId, revision);
+        if (!current || (Number.isFinite(revision) && current.revision > revision)) return;
         records.delete(tenantId);
         for (const listener of listeners) listener(tenantId, null);
         return;
       }
       if (current && current.revision >= message.value.revision) return;
+      if ((deletedAt.get(tenantId) ?? 0) >= message.value.revision) return;
       records.set(tenantId, message.value);
       for (const listener of listeners) listener(tenantId, message.value);
     },

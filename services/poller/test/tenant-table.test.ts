@@ -38,6 +38,19 @@ describe('createTenantTable', () => {
     ]);
   });
 
+  it('handle should not let a record older than a deletion bring the tenant back', async () => {
+    const table = createTenantTable();
+    await table.handle(message('a', record('a', 2), 0));
+    await table.handle({ ...message('a', null, 1), headers: { 'urs-revision': Buffer.from('5') } });
+    await table.handle(message('a', record('a', 4), 2));
+    expect(table.get('a')).toBeUndefined();
+    await table.handle(message('a', record('a', 6), 3));
+    expect(table.get('a')?.revision).toBe(6);
+    // A deletion older than the record held is ignored.
+    await table.handle({ ...message('a', null, 4), headers: { 'urs-revision': Buffer.from('3') } });
+    expect(table.get('a')?.revision).toBe(6);
+  });
+
   it('caughtUp should wait for every partition to reach the offsets present at start', async () => {
     const table = createTenantTable();
     expect(table.caughtUp()).toBe(false);
