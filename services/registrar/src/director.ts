@@ -1,5 +1,5 @@
 import { toDeadLetter, type InboundMessage, type Publisher } from '@urs/bus';
-import type { RegistrationPush } from '@urs/contracts';
+import type { RegistrationPush, TenantRegistration } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
@@ -25,6 +25,30 @@ export interface RegistrationHandlerDeps {
   ensureRebuilt: () => Promise<void>;
   logger: Logger;
   service?: string;
+  /** Tenants written at once. Default 32. */
+  concurrency?: number;
+}
+
+/** Runs `task` over `items`, at most `limit` at a time; rejects with the first failure after the others settle. */
+async function forEachLimit<T>(
+  items: readonly T[],
+  limit: number,
+  task: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  let failure: { error: unknown } | undefined;
+  const worker = async (): Promise<void> => {
+    while (next < items.length && failure === undefined) {
+      const item = items[next++] as T;
+      try {
+        await task(item);
+      } catch (error) {
+        failure ??= { error };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failure) throw failure.error;
 }
 
 export interface PushOutcome {
@@ -46,6 +70,7 @@ export interface PushOutcome {
 export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
   const log = deps.logger.child({ component: 'director' });
   const service = deps.service ?? 'registrar';
+  const concurrency = deps.concurrency ?? 32;
 
   async function deadLetter(
     message: InboundMessage<RegistrationPush>,
@@ -83,46 +108,51 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     }
     const origin = { source: 'director' as const, generation: push.generation };
     const present = new Set<string>();
+    // Validate everything first; of a tenant listed twice, the last entry counts.
+    const accepted = new Map<string, TenantRegistration>();
     for (const [index, item] of push.tenants.entries()) {
       const tenantId = (item as { tenantId?: unknown } | null)?.tenantId;
       const validated = validateRegistration(item);
-      if (!validated.ok) {
-        outcome.rejected++;
-        const known = isTenantId(tenantId) ? tenantId : null;
-        const error = new RegistrationRejectedError(validated.violations);
-        await deadLetter(message, item, known, error);
-        if (known !== null) {
-          // Present but refused: its earlier record stays as it was (not disabled), the status says why.
-          present.add(known);
-          await deps.registry.reject(known, validated.violations);
-        }
-        log.warn('tenant registration refused', {
-          tenantId: known,
-          index,
-          generation: push.generation,
-          reason: describeViolations(validated.violations),
-        });
+      if (validated.ok) {
+        present.add(validated.registration.tenantId);
+        accepted.set(validated.registration.tenantId, validated.registration);
         continue;
       }
-      present.add(validated.registration.tenantId);
-      const { changed } = await deps.registry.register(validated.registration, origin, {
-        skipIfUnchanged: true,
+      outcome.rejected++;
+      const known = isTenantId(tenantId) ? tenantId : null;
+      await deadLetter(message, item, known, new RegistrationRejectedError(validated.violations));
+      if (known !== null) {
+        // Present but refused: its earlier record stays as it was (not disabled), the status says why.
+        present.add(known);
+        accepted.delete(known);
+        await deps.registry.reject(known, validated.violations);
+      }
+      log.warn('tenant registration refused', {
+        tenantId: known,
+        index,
+        generation: push.generation,
+        reason: describeViolations(validated.violations),
       });
+    }
+    // Tenants are independent: written concurrently, so a push of thousands stays well inside the
+    // consumer's session (KafkaJS heartbeats only between messages).
+    await forEachLimit([...accepted.values()], concurrency, async (registration) => {
+      const { changed } = await deps.registry.register(registration, origin, { skipIfUnchanged: true });
       if (changed) outcome.applied++;
       else outcome.unchanged++;
-    }
+    });
     if (push.mode === 'full') {
-      for (const tenantId of await deps.tenants.ids()) {
-        if (present.has(tenantId)) continue;
+      const missing = (await deps.tenants.ids()).filter((tenantId) => !present.has(tenantId));
+      await forEachLimit(missing, concurrency, async (tenantId) => {
         const record = await deps.tenants.get(tenantId);
-        if (!record || record.source !== 'director' || !record.enabled) continue;
+        if (!record || record.source !== 'director' || !record.enabled) return;
         const disabled = await deps.registry.disable(
           tenantId,
           `missing from Director full push ${push.generation}`,
           origin,
         );
         if (disabled) outcome.disabled++;
-      }
+      });
     }
     await deps.state.observeGeneration(push.generation);
     log.info('Director push applied', {

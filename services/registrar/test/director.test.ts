@@ -83,6 +83,15 @@ describe('createRegistrationHandler', () => {
     });
   });
 
+  it('handle should apply the last entry of a tenant listed twice', async () => {
+    const { push, tenants } = setup();
+    await push(1, 'full', [item('a', { pollIntervalMinutes: 20 }), item('a', { pollIntervalMinutes: 30 })]);
+    expect((await tenants.get('a'))?.defender.pollIntervalMinutes).toBe(30);
+    // A refused last entry keeps the earlier record untouched.
+    await push(2, 'full', [item('a', { pollIntervalMinutes: 40 }), item('a', { pollIntervalMinutes: 1 })]);
+    expect((await tenants.get('a'))?.defender.pollIntervalMinutes).toBe(30);
+  });
+
   it('handle should ignore an older generation and apply the same one again', async () => {
     const { push, state, tenants } = setup();
     await push(5, 'delta', [item('a')]);
