@@ -4,6 +4,7 @@ import type { Logger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import type { TenantRegistry } from './registry';
+import { forEachLimit } from './concurrency';
 import { describeViolations, isTenantId, validateRegistration, type Violation } from './validation';
 
 /** A refused tenant of a push (its dead letter's error). Never carries a value, only fields and rules. */
@@ -27,28 +28,6 @@ export interface RegistrationHandlerDeps {
   service?: string;
   /** Tenants written at once. Default 32. */
   concurrency?: number;
-}
-
-/** Runs `task` over `items`, at most `limit` at a time; rejects with the first failure after the others settle. */
-async function forEachLimit<T>(
-  items: readonly T[],
-  limit: number,
-  task: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  let failure: { error: unknown } | undefined;
-  const worker = async (): Promise<void> => {
-    while (next < items.length && failure === undefined) {
-      const item = items[next++] as T;
-      try {
-        await task(item);
-      } catch (error) {
-        failure ??= { error };
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  if (failure) throw failure.error;
 }
 
 export interface PushOutcome {
