@@ -1,9 +1,12 @@
 import { randomUUID } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { VmsRiskScore, VmsRiskSummary } from '@urs/contracts';
 import { startSimulator, type Simulator } from '@urs/simulator';
 import { waitFor } from '@urs/testkit';
 import { criticalCves, expectedScore, isScored, type Expected } from './support/expected';
 import { Pipeline } from './support/pipeline';
+import { SERVICES } from './support/services';
 
 // One pipeline for the whole file (starting five processes is the expensive part): the tests run in
 // order and each waits for the next cycle it needs. One "minute" of pollIntervalMinutes is 2 s here, so
@@ -328,5 +331,17 @@ describe('the pipeline end to end', () => {
 
     const summary = await nextComplete(big.tenantId, sentAt);
     expect(summary.devices.failed).toBe(0);
+  });
+
+  it('no client secret should appear in any log line or any record the test saw', async () => {
+    const texts = [
+      ...(await Promise.all(
+        SERVICES.map((name) => readFile(join(pipeline.services.logDir, `${name}.log`), 'utf8')),
+      )),
+      ...pipeline.watch.records.map((record) => JSON.stringify(record.value) + (record.raw ?? '')),
+    ];
+    for (const secret of [big.secret, empty.secret, wrong.secret, 'not-the-secret']) {
+      expect(texts.filter((text) => text.includes(secret))).toEqual([]);
+    }
   });
 });
