@@ -218,10 +218,17 @@ describe('the pipeline end to end', () => {
         record as VmsRiskScore,
       ]),
     );
+    // What VMS held when this cycle began publishing: every record that came before the cycle's first.
+    const all = pipeline.watch.of<VmsRiskScore | null>(pipeline.topics.vmsRiskScores);
+    const firstOfCycle = all.findIndex((record) => record.value?.cycleId === summary.cycleId);
+    const held = new Map(
+      all.slice(0, firstOfCycle < 0 ? all.length : firstOfCycle).map((r) => [r.key, r.value]),
+    );
+    const heldOf = (id: string): VmsRiskScore | null | undefined => held.get(`${big.tenantId}/${id}`);
     // Exactly the devices whose score or band differs from what VMS held (the changed one, and any
     // device whose inactivity crossed a day boundary since the last cycle).
     const shouldChange = [...expected]
-      .filter(([id, want]) => current(id)?.score !== want.score || current(id)?.band !== want.band)
+      .filter(([id, want]) => heldOf(id)?.score !== want.score || heldOf(id)?.band !== want.band)
       .map(([id]) => id)
       .sort();
     expect(shouldChange).toContain(changed.id);
