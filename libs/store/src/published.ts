@@ -62,12 +62,14 @@ export interface PublishedStore {
   ): Promise<{ tenantId: string; cycleId: string; status: 'complete' | 'partial' }[]>;
 }
 
-// KEYS[1] published hash; ARGV[1] cycle ms; then per device: id, score, band.
+// KEYS[1] published hash, KEYS[2] seen zset (deviceId by the start of the newest cycle it was in);
+// ARGV[1] cycle ms; then per device: id, score, band.
 // Values are "score|band|publishedCycleAt|seenCycleAt" (band labels contain no "|").
 const COMMIT = `
 local at = tonumber(ARGV[1])
 for i = 2, #ARGV, 3 do
   local id, score, band = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  redis.call('ZADD', KEYS[2], 'GT', ARGV[1], id)
   local current = redis.call('HGET', KEYS[1], id)
   if not current then
     redis.call('HSET', KEYS[1], id, score .. '|' .. band .. '|' .. ARGV[1] .. '|' .. ARGV[1])
@@ -83,7 +85,8 @@ end
 return 1`;
 
 // KEYS[1] sequence hash (cycleId → n), KEYS[2] counter, KEYS[3] completed zset (cycleId by start ms),
-// KEYS[4] published hash. ARGV: cycleId, cycle ms, absentCycles. Returns {sequence, gone ids...}.
+// KEYS[4] seen zset. ARGV: cycleId, cycle ms, absentCycles. Returns {sequence, gone ids...}: a range of
+// the seen zset, so a large fleet costs only its absent devices.
 const COMPLETE = `
 local sequence = redis.call('HGET', KEYS[1], ARGV[1])
 if not sequence then
@@ -95,12 +98,8 @@ local n = tonumber(ARGV[3])
 local result = {tonumber(sequence)}
 local oldest = redis.call('ZREVRANGE', KEYS[3], n - 1, n - 1, 'WITHSCORES')
 if #oldest == 2 then
-  local threshold = tonumber(oldest[2])
-  local all = redis.call('HGETALL', KEYS[4])
-  for i = 1, #all, 2 do
-    local seen = tonumber(string.match(all[i + 1], '|([^|]*)$'))
-    if seen < threshold then table.insert(result, all[i]) end
-  end
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. oldest[2])
+  for i = 1, #gone do table.insert(result, gone[i]) end
 end
 -- Only the last cycles matter for absence; keep a few more for diagnosis.
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(n + 11))
@@ -129,11 +128,13 @@ function decode(value: string | null | undefined): PublishedDevice | null {
 
 /**
  * The publisher's memory of what VMS holds: `{prefix}published:{tenantId}` (deviceId → last published
- * score, band, cycle, and the cycle it was last seen in), `{prefix}published-cycles:{tenantId}` (zset of
+ * score, band, cycle, and the cycle it was last seen in), `{prefix}published-seen:{tenantId}` (zset of
+ * devices by the start of the newest cycle they were in), `{prefix}published-cycles:{tenantId}` (zset of
  * completed cycles by start) with `{prefix}published-seq:{tenantId}` / `…-counter:{tenantId}` numbering them.
  */
 export function createPublishedStore(redis: Redis, prefix: string): PublishedStore {
   const publishedKey = (tenantId: string): string => `${prefix}published:${tenantId}`;
+  const seenKey = (tenantId: string): string => `${prefix}published-seen:${tenantId}`;
   const cyclesKey = (tenantId: string): string => `${prefix}published-cycles:${tenantId}`;
   const sequenceKey = (tenantId: string): string => `${prefix}published-seq:${tenantId}`;
   const counterKey = (tenantId: string): string => `${prefix}published-counter:${tenantId}`;
@@ -156,7 +157,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     async commit(tenantId, cycleAt, devices) {
       if (devices.length === 0) return;
       const args = devices.flatMap((device) => [device.deviceId, String(device.score), device.band]);
-      await redis.eval(COMMIT, 1, publishedKey(tenantId), String(cycleAt), ...args);
+      await redis.eval(COMMIT, 2, publishedKey(tenantId), seenKey(tenantId), String(cycleAt), ...args);
     },
     async completeCycle(tenantId, cycleId, cycleAt, absentCycles) {
       const result = (await redis.eval(
@@ -165,7 +166,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
         sequenceKey(tenantId),
         counterKey(tenantId),
         cyclesKey(tenantId),
-        publishedKey(tenantId),
+        seenKey(tenantId),
         cycleId,
         String(cycleAt),
         String(Math.max(1, absentCycles)),
@@ -174,15 +175,15 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
       return { sequence: Number(sequence), gone };
     },
     async seenIn(tenantId, cycleAt) {
-      const all = await redis.hgetall(publishedKey(tenantId));
-      return Object.entries(all)
-        .filter(([, value]) => decode(value)?.seenCycleAt === cycleAt)
-        .map(([id]) => id)
-        .sort();
+      return (await redis.zrangebyscore(seenKey(tenantId), cycleAt, cycleAt)).sort();
     },
     async forget(tenantId, deviceIds) {
       if (deviceIds.length === 0) return;
-      await redis.hdel(publishedKey(tenantId), ...deviceIds);
+      await redis
+        .multi()
+        .hdel(publishedKey(tenantId), ...deviceIds)
+        .zrem(seenKey(tenantId), ...deviceIds)
+        .exec();
     },
     async get(tenantId, deviceId) {
       return decode(await redis.hget(publishedKey(tenantId), deviceId));
