@@ -5,7 +5,14 @@ export type { TenantStore, TenantStatus } from './tenants';
 export { createCycleStore } from './cycles';
 export type { CycleStore, CycleState } from './cycles';
 export { createScoreStore } from './scores';
-export type { ScoreStore, StoredScore, SaveScoresResult, ListScoresOptions, ScoreStoreOptions } from './scores';
+export type {
+  ScoreStore,
+  StoredScore,
+  ScoreHistoryEntry,
+  SaveScoresResult,
+  ListScoresOptions,
+  ScoreStoreOptions,
+} from './scores';
 export { createPublishedStore } from './published';
 export type { PublishedStore, PublishedDevice, DeviceScoreRef } from './published';
 export { createBulkVulnerabilityCache } from './vulnerability-cache';

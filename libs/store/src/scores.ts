@@ -12,6 +12,18 @@ export interface StoredScore {
   device: ScoredDevice;
 }
 
+/** One past score of a device: small, as every device keeps several. */
+export interface ScoreHistoryEntry {
+  cycleId: string;
+  cycleStartedAt: string;
+  scoredAt: string;
+  score: number;
+  band: Band;
+  criticalScore: number;
+  operationalScore: number;
+  missing: string[];
+}
+
 export interface SaveScoresResult {
   /** Devices whose score was written (newer than the stored one). */
   written: number;
@@ -47,7 +59,7 @@ export interface ScoreStore {
     options?: ListScoresOptions,
   ): Promise<{ total: number; items: StoredScore[] }>;
   /** The device's last scores, newest first (at most the history length). */
-  history(tenantId: string, deviceId: string): Promise<StoredScore[]>;
+  history(tenantId: string, deviceId: string): Promise<ScoreHistoryEntry[]>;
   /** Forgets devices (gone for good): their score, band and history. */
   remove(tenantId: string, deviceIds: string[]): Promise<void>;
 }
@@ -61,17 +73,18 @@ export interface ScoreStoreOptions {
 
 // KEYS[1] scores hash (deviceId → json), KEYS[2] stamps hash (deviceId → cycle start ms),
 // KEYS[3] bands hash (deviceId → band), KEYS[4..] one history list per device.
-// ARGV[1] stamp, ARGV[2] history length, ARGV[3] history ttl ms, then per device: id, band, json.
-// The stamp compare and the writes happen in one script, so two writers of different cycles never
-// interleave; an equal stamp is a redelivery and is skipped (the history is not appended twice).
+// ARGV[1] stamp, ARGV[2] history length, ARGV[3] history ttl ms, then per device: id, band, json,
+// history entry json. The stamp compare and the writes happen in one script, so two writers of different
+// cycles never interleave; an equal stamp is a redelivery and is skipped (the history is not appended twice).
 const SAVE_IF_NEWER = `
 local stamp = tonumber(ARGV[1])
 local skipped = {}
-local n = (#ARGV - 3) / 3
+local n = (#ARGV - 3) / 4
 for i = 1, n do
-  local id = ARGV[3 + (i - 1) * 3 + 1]
-  local band = ARGV[3 + (i - 1) * 3 + 2]
-  local json = ARGV[3 + (i - 1) * 3 + 3]
+  local id = ARGV[3 + (i - 1) * 4 + 1]
+  local band = ARGV[3 + (i - 1) * 4 + 2]
+  local json = ARGV[3 + (i - 1) * 4 + 3]
+  local entry = ARGV[3 + (i - 1) * 4 + 4]
   local current = tonumber(redis.call('HGET', KEYS[2], id) or '-1')
   if current >= stamp then
     table.insert(skipped, id)
@@ -80,7 +93,7 @@ for i = 1, n do
     redis.call('HSET', KEYS[2], id, ARGV[1])
     redis.call('HSET', KEYS[3], id, band)
     local history = KEYS[3 + i]
-    redis.call('LPUSH', history, json)
+    redis.call('LPUSH', history, entry)
     redis.call('LTRIM', history, 0, tonumber(ARGV[2]) - 1)
     redis.call('PEXPIRE', history, ARGV[3])
   end
@@ -90,7 +103,8 @@ return skipped`;
 /**
  * Latest score per device and a short history, under `{prefix}scores:{tenantId}` (hash of JSON),
  * `{prefix}score-stamps:{tenantId}`, `{prefix}score-bands:{tenantId}` and
- * `{prefix}score-history:{tenantId}:{deviceId}` (list, newest first).
+ * `{prefix}score-history:{tenantId}:{deviceId}` (list of compact entries, newest first: a full explanation
+ * per past cycle would cost ~1.5 KB × history length per device).
  */
 export function createScoreStore(redis: Redis, prefix: string, options: ScoreStoreOptions = {}): ScoreStore {
   const historyLength = options.historyLength ?? 10;
@@ -112,7 +126,17 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
       for (const device of devices) {
         const stored: StoredScore = { tenantId, ...cycle, device };
         keys.push(historyKey(tenantId, device.deviceId));
-        args.push(device.deviceId, device.band, JSON.stringify(stored));
+        const entry: ScoreHistoryEntry = {
+          cycleId: cycle.cycleId,
+          cycleStartedAt: cycle.cycleStartedAt,
+          scoredAt: cycle.scoredAt,
+          score: device.score,
+          band: device.band,
+          criticalScore: device.criticalScore,
+          operationalScore: device.operationalScore,
+          missing: device.missing,
+        };
+        args.push(device.deviceId, device.band, JSON.stringify(stored), JSON.stringify(entry));
       }
       const skipped = (await redis.eval(SAVE_IF_NEWER, keys.length, ...keys, ...args)) as string[];
       return { written: devices.length - skipped.length, skipped };
@@ -147,7 +171,7 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
     },
     async history(tenantId, deviceId) {
       const values = await redis.lrange(historyKey(tenantId, deviceId), 0, historyLength - 1);
-      return values.map((json) => JSON.parse(json) as StoredScore);
+      return values.map((json) => JSON.parse(json) as ScoreHistoryEntry);
     },
     async remove(tenantId, deviceIds) {
       if (deviceIds.length === 0) return;

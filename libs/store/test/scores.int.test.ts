@@ -70,7 +70,7 @@ describe('createScoreStore', () => {
         device('d1', minute, 'Trustworthy'),
       ]);
     }
-    expect((await scores.history('t', 'd1')).map((s) => s.device.score)).toEqual([3, 2]);
+    expect((await scores.history('t', 'd1')).map((s) => s.score)).toEqual([3, 2]);
   });
 
   it('listDeviceScores should filter by band and page by device id', async () => {

@@ -124,13 +124,7 @@ export function deviceRoutes(deps: DeviceRoutesDeps): Route[] {
         collectedAt: stored.collectedAt,
         scoredAt: stored.scoredAt,
         ...stored.device,
-        history: history.map((entry) => ({
-          cycleId: entry.cycleId,
-          cycleStartedAt: entry.cycleStartedAt,
-          scoredAt: entry.scoredAt,
-          score: entry.device.score,
-          band: entry.device.band,
-        })),
+        history,
       },
     };
   }

@@ -44,9 +44,27 @@ const routes = deviceRoutes({
         items: items.slice(options.offset ?? 0, (options.offset ?? 0) + (options.limit ?? 1000)),
       };
     },
-    history: async (_tenantId, deviceId) => [
-      stored(deviceId, 85, 'High Risk'),
-      stored(deviceId, 40, 'Low Risk', 'c1'),
+    history: async () => [
+      {
+        cycleId: 'c2',
+        cycleStartedAt: 't2',
+        scoredAt: 't2',
+        score: 85,
+        band: 'High Risk',
+        criticalScore: 1,
+        operationalScore: 0,
+        missing: [],
+      },
+      {
+        cycleId: 'c1',
+        cycleStartedAt: 't1',
+        scoredAt: 't1',
+        score: 40,
+        band: 'Low Risk',
+        criticalScore: 0.4,
+        operationalScore: 0.2,
+        missing: [],
+      },
     ],
   },
 });
