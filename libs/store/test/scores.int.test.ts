@@ -156,11 +156,15 @@ describe('createBulkVulnerabilityCache', () => {
     await redis.close();
   });
 
-  it('claim should admit one fetcher and read should serve the saved summaries', async () => {
+  it('claim should admit one fetcher at a time, release should hand it over, and read should serve the saved summaries', async () => {
     const cache = createBulkVulnerabilityCache(redis.client, redis.prefix);
     expect(await cache.claim('t', 'c1', 'a', 10_000)).toBe(true);
     expect(await cache.claim('t', 'c1', 'b', 10_000)).toBe(false);
     expect(await cache.state('t', 'c1')).toEqual({ state: 'pending', owner: 'a' });
+    await cache.release('t', 'c1', 'b');
+    expect(await cache.state('t', 'c1')).toEqual({ state: 'pending', owner: 'a' });
+    await cache.release('t', 'c1', 'a');
+    expect(await cache.claim('t', 'c1', 'b', 10_000)).toBe(true);
     const summary = {
       criticalCveCount: 1,
       totalCveCount: 2,

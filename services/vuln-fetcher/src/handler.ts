@@ -161,7 +161,11 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
           `(last export ${collectedAt}: ${summaries.size} devices with vulnerabilities)`,
       });
     } catch (error) {
-      throwIfStopping();
+      if (deps.signal?.aborted) {
+        // Stopping: another replica (or this one, restarted) takes the export over at once.
+        await deps.bulkCache.release(batch.tenantId, batch.cycleId, owner);
+        throwIfStopping();
+      }
       const fetchError = { code: errorCode(error), message: errorMessage(error) };
       log.warn('bulk export failed', fetchError);
       await deps.bulkCache.fail(batch.tenantId, batch.cycleId, fetchError);

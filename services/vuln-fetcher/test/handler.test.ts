@@ -54,6 +54,10 @@ function memoryBulkCache(): BulkVulnerabilityCache {
     async fail(tenantId, cycleId, error) {
       states.set(`${tenantId}/${cycleId}`, { state: 'failed', ...error });
     },
+    async release(tenantId, cycleId, owner) {
+      const state = states.get(`${tenantId}/${cycleId}`);
+      if (state?.state === 'pending' && state.owner === owner) states.delete(`${tenantId}/${cycleId}`);
+    },
     async state(tenantId, cycleId) {
       return states.get(`${tenantId}/${cycleId}`) ?? { state: 'absent' };
     },
@@ -82,6 +86,7 @@ function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHa
     close: () => undefined,
   };
   let clock = Date.parse('2026-01-01T10:00:05.000Z');
+  const bulkCache = memoryBulkCache();
   const handler = createEnrichHandler({
     tenants: {
       get: async (tenantId) => (tenantId === 't1' ? record : null),
@@ -90,7 +95,7 @@ function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHa
       },
     },
     sources,
-    bulkCache: memoryBulkCache(),
+    bulkCache,
     publisher,
     topic: 'urs.devices-enriched',
     logger: silentLogger,
@@ -102,7 +107,7 @@ function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHa
     now: () => new Date((clock += 1000)),
     ...overrides,
   });
-  return { handler, sent, statuses };
+  return { handler, sent, statuses, bulkCache };
 }
 
 const cve = (id: string, cvssV3: number | null): VulnerabilityLike => ({ id, cvssV3 });
@@ -245,5 +250,22 @@ describe('createEnrichHandler', () => {
     );
     await expect(handler(message(batch()))).rejects.toMatchObject({ code: 'STOPPING', canRetry: true });
     expect(sent).toEqual([]);
+  });
+
+  it('should give the bulk export claim back when the service stops during the export', async () => {
+    const stop = new AbortController();
+    const { handler, bulkCache } = setup(
+      {
+        bulkVulnerabilities: async () => {
+          stop.abort();
+          throw new Error('aborted');
+        },
+      },
+      { signal: stop.signal },
+    );
+    await expect(handler(message(batch({ vulnerabilityMode: 'bulk' })))).rejects.toMatchObject({
+      code: 'STOPPING',
+    });
+    expect(await bulkCache.state('t1', 'c1')).toEqual({ state: 'absent' });
   });
 });
