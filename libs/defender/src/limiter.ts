@@ -31,6 +31,47 @@ export interface SharedLimiterOptions {
   logger: Logger;
 }
 
+/**
+ * What Redis 7 puts before the error replies of Bottleneck's Lua scripts that Bottleneck compares exactly:
+ * `SETTINGS_KEY_NOT_FOUND` and `UNKNOWN_CLIENT` (RedisDatastore.runScript, `e.message === ...`) and
+ * `OVERWEIGHT:<weight>:<maxConcurrent>` (RedisDatastore.__submit__, `indexOf(...) === 0`).
+ */
+const REDIS7_PREFIX_OF_BOTTLENECK_ERRORS = /^ERR (?=(?:SETTINGS_KEY_NOT_FOUND|UNKNOWN_CLIENT)$|OVERWEIGHT:)/;
+
+type ScriptCallback = (error: Error | null, replies?: unknown) => void;
+type ScriptArgs = (name: string, id: string, args: unknown[], callback: ScriptCallback) => unknown[];
+
+/**
+ * Makes Bottleneck 2.19.5 recover from the loss of its Redis keys again (FLUSHALL, a Redis restart without
+ * persistence, key expiry). Its Lua scripts answer `redis.error_reply('SETTINGS_KEY_NOT_FOUND')` /
+ * `('UNKNOWN_CLIENT')`, and RedisDatastore.runScript recovers by re-running `init` / `register_client`, then the
+ * script, but only when `e.message` equals the bare word. Since Redis 7, an error reply with no error code of its
+ * own (no space) comes back as `ERR SETTINGS_KEY_NOT_FOUND`, so the recovery never runs and every job fails until
+ * the process restarts (SGrondin/bottleneck#205, #219; Bottleneck is unmaintained). runScript gets the callback of
+ * each script call from the connection's `__scriptArgs__`; this wraps it so the callback sees the message without
+ * the `ERR `. The error object itself is kept (its class and stack). Returns false, after a warning, when this
+ * Bottleneck has no such hook: the limiter still works, it just does not survive lost keys.
+ */
+export function recogniseBottleneckErrorsOnRedis7(connection: object, logger: Logger): boolean {
+  const hook = connection as { __scriptArgs__?: unknown };
+  const original = hook.__scriptArgs__;
+  if (typeof original !== 'function') {
+    logger.warn(
+      'defender limiter: Bottleneck has no __scriptArgs__ hook; if its Redis keys are lost, calls fail until restart',
+    );
+    return false;
+  }
+  const scriptArgs = original as ScriptArgs;
+  hook.__scriptArgs__ = ((name, id, args, callback) =>
+    scriptArgs.call(connection, name, id, args, (error, replies) => {
+      if (error != null && typeof error.message === 'string') {
+        error.message = error.message.replace(REDIS7_PREFIX_OF_BOTTLENECK_ERRORS, '');
+      }
+      callback(error, replies);
+    })) satisfies ScriptArgs;
+  return true;
+}
+
 function wrap(limiter: Bottleneck, jobExpirationMs: number, release: () => Promise<void>): CallLimiter {
   let closing: Promise<void> | undefined;
   return {
@@ -57,6 +98,7 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
   connection.on('error', (error: Error) =>
     options.logger.error('defender limiter: Redis connection error', { error: error.message }),
   );
+  recogniseBottleneckErrorsOnRedis7(connection, options.logger);
   const limiter = new Bottleneck({
     id: `${options.keyPrefix}defender-api`,
     connection,
