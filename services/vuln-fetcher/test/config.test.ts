@@ -11,17 +11,27 @@ describe('vulnFetcherConfig', () => {
   });
 
   it('vulnFetcherConfig should read the quota switch and the bulk page size', () => {
-    const config = vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_DEFENDER_QUOTAS: 'off', URS_BULK_PAGE_SIZE: '200000' });
+    const config = vulnFetcherConfig({
+      URS_SECRET_KEY: KEY,
+      URS_DEFENDER_QUOTAS: 'off',
+      URS_BULK_PAGE_SIZE: '200000',
+    });
     expect(config.quotas).toBe('off');
     expect(config.bulkPageSize).toBe(200_000);
   });
 
   it('vulnFetcherConfig should refuse an unknown quota setting naming the variable', () => {
-    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_DEFENDER_QUOTAS: 'none' })).toThrow(ConfigError);
-    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_DEFENDER_QUOTAS: 'none' })).toThrow(/URS_DEFENDER_QUOTAS must be one of microsoft, off/);
+    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_DEFENDER_QUOTAS: 'none' })).toThrow(
+      ConfigError,
+    );
+    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_DEFENDER_QUOTAS: 'none' })).toThrow(
+      /URS_DEFENDER_QUOTAS must be one of microsoft, off/,
+    );
   });
 
   it('vulnFetcherConfig should refuse a bulk page larger than the API allows', () => {
-    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_BULK_PAGE_SIZE: '200001' })).toThrow(/URS_BULK_PAGE_SIZE must be ≤ 200000/);
+    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_BULK_PAGE_SIZE: '200001' })).toThrow(
+      /URS_BULK_PAGE_SIZE must be ≤ 200000/,
+    );
   });
 });

@@ -31,7 +31,13 @@ export interface SlotUtilisation {
  * `endMs` is the last vulnerability response (the cycle's largest `collectedAt`), which the fetcher
  * records exactly; the start comes from the simulator's counters, sampled.
  */
-export function slotUtilisation(samples: readonly StatsSample[], calls: number, endMs: number, latencyMs: number, slots = 10): SlotUtilisation {
+export function slotUtilisation(
+  samples: readonly StatsSample[],
+  calls: number,
+  endMs: number,
+  latencyMs: number,
+  slots = 10,
+): SlotUtilisation {
   const firstWith = samples.findIndex((sample) => sample.vulnerabilities > 0);
   if (firstWith < 0 || calls === 0) throw new Error('no per-device vulnerability call was sampled');
   const first = samples[firstWith] as StatsSample;
@@ -41,15 +47,28 @@ export function slotUtilisation(samples: readonly StatsSample[], calls: number, 
   const callsPerSec = (calls * 1000) / windowMs;
   const ceilingPerSec = latencyMs > 0 ? (slots * 1000) / latencyMs : Infinity;
   const inWindow = samples.filter((sample) => sample.t >= startMs && sample.t <= endMs);
-  const meanInFlight = inWindow.length > 0 ? inWindow.reduce((sum, sample) => sum + sample.inFlight, 0) / inWindow.length : NaN;
-  return { calls, startMs, endMs, windowMs, callsPerSec, ceilingPerSec, utilisation: callsPerSec / ceilingPerSec, meanInFlight };
+  const meanInFlight =
+    inWindow.length > 0 ? inWindow.reduce((sum, sample) => sum + sample.inFlight, 0) / inWindow.length : NaN;
+  return {
+    calls,
+    startMs,
+    endMs,
+    windowMs,
+    callsPerSec,
+    ceilingPerSec,
+    utilisation: callsPerSec / ceilingPerSec,
+    meanInFlight,
+  };
 }
 
 /**
  * Refresh time of a fleet with one call per device under sliding-window quotas: the binding window is
  * the one that allows the fewest calls per hour.
  */
-export function perDeviceRefreshHours(devices: number, quota: readonly { limit: number; windowMs: number }[]): { hours: number; callsPerHour: number } {
+export function perDeviceRefreshHours(
+  devices: number,
+  quota: readonly { limit: number; windowMs: number }[],
+): { hours: number; callsPerHour: number } {
   const callsPerHour = Math.min(...quota.map((window) => (window.limit * 3_600_000) / window.windowMs));
   return { hours: devices / callsPerHour, callsPerHour };
 }
@@ -71,13 +90,16 @@ export function progress(events: readonly { t: number; n: number }[], maxPoints 
   if (curve.length <= maxPoints) return curve;
   const step = curve.length / maxPoints;
   const thinned: Progress = [];
-  for (let i = 0; i < maxPoints; i++) thinned.push(curve[Math.floor(i * step)] as { t: number; count: number });
+  for (let i = 0; i < maxPoints; i++)
+    thinned.push(curve[Math.floor(i * step)] as { t: number; count: number });
   thinned.push(curve.at(-1) as { t: number; count: number });
   return thinned;
 }
 
 /** First and last time of a set of events, and the rate of items between them. */
-export function span(events: readonly { t: number; n: number }[]): { firstMs: number; lastMs: number; items: number; perSec: number } | null {
+export function span(
+  events: readonly { t: number; n: number }[],
+): { firstMs: number; lastMs: number; items: number; perSec: number } | null {
   if (events.length === 0) return null;
   let firstMs = Infinity;
   let lastMs = -Infinity;

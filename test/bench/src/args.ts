@@ -32,24 +32,36 @@ export interface BenchOptions {
   keepStack: boolean;
   /** Longest wait for one cycle, in ms, on top of the expected duration. `--slack-ms`, default 120000. */
   slackMs: number;
+  /** Services to run with `--cpu-prof` (profiles land in the run's log directory). `--profile`, default none. */
+  profile: string[];
+  /** Extra variables for every service, e.g. `--env URS_VULN_CONCURRENCY=20` (repeatable). */
+  env: Record<string, string>;
 }
 
 export class UsageError extends Error {}
 
+const SERVICE_NAMES = ['registrar', 'poller', 'vuln-fetcher', 'scorer', 'publisher'] as const;
+
 function positiveList(text: string, flag: string): number[] {
-  const items = text.split(',').map((item) => item.trim()).filter(Boolean);
+  const items = text
+    .split(',')
+    .map((item) => item.trim())
+    .filter(Boolean);
   if (items.length === 0) throw new UsageError(`${flag} needs at least one number`);
-  return items.map((item) => wholeNumber(item, flag, 1));
+  // 0 skips the fleet runs (`--sizes 0`), so other scenarios can run alone.
+  return items.map((item) => wholeNumber(item, flag, 0)).filter((size) => size > 0);
 }
 
 function wholeNumber(text: string, flag: string, min: number): number {
   const clean = text.replace(/_/g, '');
-  if (!/^\d+$/.test(clean) || Number(clean) < min) throw new UsageError(`${flag} must be a whole number ≥ ${min} (got "${text}")`);
+  if (!/^\d+$/.test(clean) || Number(clean) < min)
+    throw new UsageError(`${flag} must be a whole number ≥ ${min} (got "${text}")`);
   return Number(clean);
 }
 
 function oneOf<T extends string>(text: string, flag: string, allowed: readonly T[]): T {
-  if (!(allowed as readonly string[]).includes(text)) throw new UsageError(`${flag} must be one of ${allowed.join(', ')} (got "${text}")`);
+  if (!(allowed as readonly string[]).includes(text))
+    throw new UsageError(`${flag} must be one of ${allowed.join(', ')} (got "${text}")`);
   return text as T;
 }
 
@@ -73,6 +85,8 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
         out: { type: 'string' },
         'keep-stack': { type: 'boolean' },
         'slack-ms': { type: 'string' },
+        profile: { type: 'string' },
+        env: { type: 'string', multiple: true },
       },
     }));
   } catch (error) {
@@ -92,11 +106,23 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
     outDir: values.out ?? 'bench/results',
     keepStack: values['keep-stack'] ?? false,
     slackMs: wholeNumber(values['slack-ms'] ?? '120000', '--slack-ms', 1_000),
+    env: Object.fromEntries(
+      (values.env ?? []).map((pair) => {
+        const match = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(pair);
+        if (!match) throw new UsageError(`--env must be NAME=value with an upper-case name (got "${pair}")`);
+        return [match[1] as string, match[2] as string];
+      }),
+    ),
+    profile:
+      values.profile === undefined
+        ? []
+        : values.profile.split(',').map((name) => oneOf(name.trim(), '--profile', SERVICE_NAMES)),
   };
 }
 
 export const USAGE = `npm run bench -- [--sizes 1000,10000,100000] [--latency 50] [--jitter 0]
   [--cycle-tenants 6] [--cycle-devices 1000] [--internal-devices 50000] [--bulk-devices 100000]
   [--driver auto|poller|inject] [--redis private|shared] [--sample-ms 50] [--out bench/results]
-  [--keep-stack] [--slack-ms 120000]
+  [--keep-stack] [--slack-ms 120000] [--profile vuln-fetcher,scorer]
+  [--env NAME=value]...
 A size or device count of 0 skips that scenario.`;

@@ -36,7 +36,9 @@ async function stackCommand(root: string, args: string[]): Promise<string> {
 /** `npm run stack:up` (reusing a running broker); only the Kafka half when the bench brings its own Redis. */
 export async function ensureStack(root: string, kafkaOnly: boolean): Promise<StackInfo> {
   const before = JSON.parse(await stackCommand(root, ['status', '--json'])) as StackStatus;
-  const up = JSON.parse(await stackCommand(root, ['up', '--json', ...(kafkaOnly ? ['--only=kafka'] : [])])) as {
+  const up = JSON.parse(
+    await stackCommand(root, ['up', '--json', ...(kafkaOnly ? ['--only=kafka'] : [])]),
+  ) as {
     kafkaBrokers: string;
   };
   return { kafkaBrokers: up.kafkaBrokers.split(','), startedKafka: !before.kafka.ready };
@@ -89,7 +91,11 @@ export async function redisCommand(url: string, ...args: string[]): Promise<stri
 }
 
 /** A redis-server of the bench's own on a free loopback port: no persistence, nobody else's commands. */
-export async function startPrivateRedis(group: ProcessGroup, root: string, runDir: string): Promise<{ url: string; child: Child }> {
+export async function startPrivateRedis(
+  group: ProcessGroup,
+  root: string,
+  runDir: string,
+): Promise<{ url: string; child: Child }> {
   const port = await freePort();
   const dir = join(runDir, 'redis');
   mkdirSync(dir, { recursive: true });
@@ -109,7 +115,8 @@ export async function startPrivateRedis(group: ProcessGroup, root: string, runDi
     } catch {
       // not listening yet
     }
-    if (child.done() || Date.now() > deadline) throw new Error('the private redis-server did not start (is redis-server installed?)');
+    if (child.done() || Date.now() > deadline)
+      throw new Error('the private redis-server did not start (is redis-server installed?)');
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
@@ -117,7 +124,8 @@ export async function startPrivateRedis(group: ProcessGroup, root: string, runDi
 /** Calls per command from `INFO commandstats` (commands run inside Lua scripts count too). */
 export function parseCommandStats(info: string): Record<string, number> {
   const calls: Record<string, number> = {};
-  for (const match of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) calls[match[1] as string] = Number(match[2]);
+  for (const match of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm))
+    calls[match[1] as string] = Number(match[2]);
   return calls;
 }
 

@@ -25,7 +25,9 @@ export interface InjectOptions {
  * MDE call: no quota, not counted), drops merged records as the poller does, and produces the device
  * batches with the cycle bookkeeping the publisher completes against. Batches stream as pages are read.
  */
-export async function injectCycle(options: InjectOptions): Promise<{ cycleId: string; startedAt: number; batches: number; devices: number }> {
+export async function injectCycle(
+  options: InjectOptions,
+): Promise<{ cycleId: string; startedAt: number; batches: number; devices: number }> {
   const batchSize = options.batchSize ?? 500;
   const pageSize = options.pageSize ?? 10_000;
   const startedAt = Date.now();
@@ -54,11 +56,18 @@ export async function injectCycle(options: InjectOptions): Promise<{ cycleId: st
       devices,
     };
     validateMessage('urs/device-batch', batch);
-    await options.producer.send({ topic: options.topic, messages: [{ key: options.tenantId, value: JSON.stringify(batch) }] });
+    await options.producer.send({
+      topic: options.topic,
+      messages: [{ key: options.tenantId, value: JSON.stringify(batch) }],
+    });
     batchIndex++;
   };
   for (let skip = 0; skip < options.devices; skip += pageSize) {
-    const page = await options.sim.machines(options.azureTenantId, skip, Math.min(pageSize, options.devices - skip));
+    const page = await options.sim.machines(
+      options.azureTenantId,
+      skip,
+      Math.min(pageSize, options.devices - skip),
+    );
     for (const record of page) {
       if (record['mergedIntoMachineId']) continue;
       pending.push(record as unknown as Machine);

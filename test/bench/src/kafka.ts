@@ -3,7 +3,8 @@ import type { VmsRiskSummary } from '@urs/contracts';
 
 export function createBenchKafka(brokers: string[], clientId: string): Kafka {
   for (const broker of brokers) {
-    if (!/^(127\.0\.0\.1|localhost|\[::1\]):\d+$/.test(broker)) throw new Error(`the bench only talks to loopback brokers, not ${broker}`);
+    if (!/^(127\.0\.0\.1|localhost|\[::1\]):\d+$/.test(broker))
+      throw new Error(`the bench only talks to loopback brokers, not ${broker}`);
   }
   return new Kafka({ clientId, brokers, logLevel: logLevel.NOTHING });
 }
@@ -17,7 +18,11 @@ export interface SummaryRecord {
 /** Watches `vms.risk-summary` while scenarios run, so the bench knows when a cycle completed. */
 export interface SummaryWatcher {
   /** Resolves when every tenant has a summary (the first one of each), or rejects after `timeoutMs`. */
-  waitFor(tenantIds: string[], timeoutMs: number, abort?: () => string | undefined): Promise<Map<string, SummaryRecord>>;
+  waitFor(
+    tenantIds: string[],
+    timeoutMs: number,
+    abort?: () => string | undefined,
+  ): Promise<Map<string, SummaryRecord>>;
   all(): SummaryRecord[];
   close(): Promise<void>;
 }
@@ -33,7 +38,10 @@ export async function watchSummaries(kafka: Kafka, topic: string, groupId: strin
   await consumer.run({
     eachMessage: async ({ message }) => {
       if (!message.value) return;
-      records.push({ value: JSON.parse(message.value.toString('utf8')) as VmsRiskSummary, timestampMs: Number(message.timestamp) });
+      records.push({
+        value: JSON.parse(message.value.toString('utf8')) as VmsRiskSummary,
+        timestampMs: Number(message.timestamp),
+      });
     },
   });
   await Promise.race([isJoined, new Promise((resolve) => setTimeout(resolve, 30_000))]);
@@ -42,13 +50,17 @@ export async function watchSummaries(kafka: Kafka, topic: string, groupId: strin
       const deadline = Date.now() + timeoutMs;
       for (;;) {
         const found = new Map<string, SummaryRecord>();
-        for (const record of records) if (tenantIds.includes(record.value.tenantId) && !found.has(record.value.tenantId)) found.set(record.value.tenantId, record);
+        for (const record of records)
+          if (tenantIds.includes(record.value.tenantId) && !found.has(record.value.tenantId))
+            found.set(record.value.tenantId, record);
         if (found.size === tenantIds.length) return found;
         const reason = abort?.();
         if (reason) throw new Error(reason);
         if (Date.now() > deadline) {
           const missing = tenantIds.filter((id) => !found.has(id));
-          throw new Error(`no vms.risk-summary within ${Math.round(timeoutMs / 1000)} s for ${missing.length} tenant(s): ${missing.slice(0, 3).join(', ')}`);
+          throw new Error(
+            `no vms.risk-summary within ${Math.round(timeoutMs / 1000)} s for ${missing.length} tenant(s): ${missing.slice(0, 3).join(', ')}`,
+          );
         }
         await new Promise((resolve) => setTimeout(resolve, 100));
       }
@@ -101,7 +113,12 @@ export async function readTopics(
     await admin.disconnect();
   }
   if (remaining.size === 0) return totals;
-  const consumer: Consumer = kafka.consumer({ groupId, maxWaitTimeInMs: 200, maxBytes: 64 << 20, maxBytesPerPartition: 16 << 20 });
+  const consumer: Consumer = kafka.consumer({
+    groupId,
+    maxWaitTimeInMs: 200,
+    maxBytes: 64 << 20,
+    maxBytesPerPartition: 16 << 20,
+  });
   await consumer.connect();
   try {
     for (const topic of topics) await consumer.subscribe({ topic, fromBeginning: true });
@@ -118,7 +135,13 @@ export async function readTopics(
           if (BigInt(message.offset) >= end) break;
           total.messages++;
           total.bytes += (message.key?.length ?? 0) + (message.value?.length ?? 0);
-          onMessage({ topic: batch.topic, partition: batch.partition, timestampMs: Number(message.timestamp), key: message.key, value: message.value });
+          onMessage({
+            topic: batch.topic,
+            partition: batch.partition,
+            timestampMs: Number(message.timestamp),
+            key: message.key,
+            value: message.value,
+          });
         }
         const last = batch.messages.at(-1);
         if (last && BigInt(last.offset) + 1n >= end) {
@@ -129,7 +152,12 @@ export async function readTopics(
     });
     await Promise.race([
       finished,
-      new Promise((_, reject) => setTimeout(() => reject(new Error(`reading ${topics.length} topics took over ${timeoutMs / 1000} s`)), timeoutMs).unref()),
+      new Promise((_, reject) =>
+        setTimeout(
+          () => reject(new Error(`reading ${topics.length} topics took over ${timeoutMs / 1000} s`)),
+          timeoutMs,
+        ).unref(),
+      ),
     ]);
   } finally {
     await consumer.disconnect();

@@ -46,7 +46,12 @@ function pollerAvailable(): boolean {
 function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
   const realPoller = options.driver === 'poller' || (options.driver === 'auto' && pollerAvailable());
   const specs: ScenarioSpec[] = [];
-  const base = { jitterMs: options.jitterMs, sampleMs: options.sampleMs, staggerMs: 0 };
+  const base = {
+    jitterMs: options.jitterMs,
+    sampleMs: options.sampleMs,
+    staggerMs: 0,
+    profile: options.profile,
+  };
   for (const size of options.sizes) {
     // Per-device calls at any fleet size: injected batches say `per-device` whatever the quota plan says.
     const expectedMs = options.latencyMs > 0 ? (size * options.latencyMs) / 10 : size;
@@ -59,7 +64,7 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
       latencyMs: options.latencyMs,
       simQuotas: false,
       pollIntervalMinutes: LONG_INTERVAL_MINUTES,
-      extraEnv: QUOTAS_OFF_ENV,
+      extraEnv: { ...QUOTAS_OFF_ENV, ...options.env },
       timeoutMs: expectedMs * 2 + options.slackMs,
     });
   }
@@ -74,7 +79,7 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
       latencyMs: options.latencyMs,
       simQuotas: false,
       pollIntervalMinutes: LONG_INTERVAL_MINUTES,
-      extraEnv: QUOTAS_OFF_ENV,
+      extraEnv: { ...QUOTAS_OFF_ENV, ...options.env },
       timeoutMs: ((devices * Math.max(1, options.latencyMs)) / 10) * 2 + options.slackMs,
       staggerMs: 1_000,
     });
@@ -90,7 +95,7 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
       jitterMs: 0,
       simQuotas: false,
       pollIntervalMinutes: 10,
-      extraEnv: QUOTAS_OFF_ENV,
+      extraEnv: { ...QUOTAS_OFF_ENV, ...options.env },
       timeoutMs: options.internalDevices + options.slackMs,
     });
   }
@@ -104,14 +109,20 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
       latencyMs: options.latencyMs,
       simQuotas: true,
       pollIntervalMinutes: 10,
-      extraEnv: { URS_BULK_PAGE_SIZE: '200000' },
+      extraEnv: { URS_BULK_PAGE_SIZE: '200000', ...options.env },
       timeoutMs: options.bulkDevices * 2 + options.slackMs,
     });
   }
   return specs;
 }
 
-function buildResults(options: BenchOptions, ctx: RunContext, startedAt: string, results: ScenarioResult[], errors: string[]): BenchResults {
+function buildResults(
+  options: BenchOptions,
+  ctx: RunContext,
+  startedAt: string,
+  results: ScenarioResult[],
+  errors: string[],
+): BenchResults {
   const fleets = results.filter((result) => result.spec.name.startsWith('fleet-'));
   const fleetEntries = fleets.flatMap((result) => {
     try {
@@ -131,7 +142,12 @@ function buildResults(options: BenchOptions, ctx: RunContext, startedAt: string,
   return {
     startedAt,
     finishedAt: new Date().toISOString(),
-    machine: { cpus: cpus().length, node: process.version, kafkaBrokers: ctx.kafkaBrokers, redis: ctx.privateRedis ? 'private' : 'shared' },
+    machine: {
+      cpus: cpus().length,
+      node: process.version,
+      kafkaBrokers: ctx.kafkaBrokers,
+      redis: ctx.privateRedis ? 'private' : 'shared',
+    },
     options: { ...options },
     slotUtilisation: Object.fromEntries(fleetEntries.map(([size, fleet]) => [size, fleet.slotUtilisation])),
     publishLatencyP50Ms: p50,
@@ -141,14 +157,34 @@ function buildResults(options: BenchOptions, ctx: RunContext, startedAt: string,
     internal: internalSummary,
     peakRssMbByService: Object.fromEntries(fleetEntries.map(([size, fleet]) => [size, fleet.peakRssMb])),
     fleets: fleetMap,
-    costPerDevice: Object.fromEntries(results.map((result) => [result.spec.name, costPerDevice(result, ctx.privateRedis)])),
+    costPerDevice: Object.fromEntries(
+      results.map((result) => [result.spec.name, costPerDevice(result, ctx.privateRedis)]),
+    ),
     quotas: {
       perDeviceCallsPerHour: refresh.callsPerHour,
       perDeviceRefreshHours100k: round(refresh.hours, 2),
       bulk: bulk ? bulkResult(bulk) : null,
     },
     scenarios: Object.fromEntries(
-      results.map((result) => [result.spec.name, { durationMs: result.durationMs, deadLetters: result.deadLetters, devices: result.devices, sim: result.sim }]),
+      results.map((result) => [
+        result.spec.name,
+        {
+          durationMs: result.durationMs,
+          deadLetters: result.deadLetters,
+          devices: result.devices,
+          peakRssMb: Object.fromEntries(
+            Object.entries(result.usage).map(([name, usage]) => [name, round(usage.peakRssMb, 1)]),
+          ),
+          cpuSec: Object.fromEntries(
+            Object.entries(result.usage).map(([name, usage]) => [name, round(usage.cpuSec, 2)]),
+          ),
+          sim: {
+            calls: result.sim.calls,
+            peakConcurrency: result.sim.peakConcurrency,
+            throttled: result.sim.throttled,
+          },
+        },
+      ]),
     ),
     errors,
   };
@@ -200,9 +236,17 @@ async function main(): Promise<number> {
     log(`logs in ${runDir}`);
     const stack = await ensureStack(ROOT, options.redis === 'private');
     stackStarted = stack.startedKafka;
-    const redisUrl = options.redis === 'private' ? (await startPrivateRedis(group, ROOT, runDir)).url : (process.env['REDIS_URL'] ?? 'redis://127.0.0.1:6379');
-    if (!/^redis:\/\/(127\.0\.0\.1|localhost)(:\d+)?\/?/.test(redisUrl)) throw new Error(`the bench only talks to a loopback Redis, not ${redisUrl}`);
-    const sim = await startSimulatorProcess(group, ROOT, runDir, { latencyMs: options.latencyMs, jitterMs: options.jitterMs, quotas: false });
+    const redisUrl =
+      options.redis === 'private'
+        ? (await startPrivateRedis(group, ROOT, runDir)).url
+        : (process.env['REDIS_URL'] ?? 'redis://127.0.0.1:6379');
+    if (!/^redis:\/\/(127\.0\.0\.1|localhost)(:\d+)?\/?/.test(redisUrl))
+      throw new Error(`the bench only talks to a loopback Redis, not ${redisUrl}`);
+    const sim = await startSimulatorProcess(group, ROOT, runDir, {
+      latencyMs: options.latencyMs,
+      jitterMs: options.jitterMs,
+      quotas: false,
+    });
     log(`simulator at ${sim.baseUrl}, Redis ${redisUrl}, Kafka ${stack.kafkaBrokers.join(',')}`);
     const ctx: RunContext = {
       root: ROOT,
@@ -222,18 +266,25 @@ async function main(): Promise<number> {
       try {
         const result = await runScenario(ctx, spec);
         results.push(result);
+        // The raw material of the numbers, for a closer look: samples and per-batch events of every cycle.
+        writeFileSync(
+          join(runDir, `${spec.name}.raw.json`),
+          JSON.stringify({ spec, sim: result.sim, samples: result.samples, cycles: result.cycles }),
+        );
         const cycle = [...result.cycles].sort((a, b) => b.summary.devices.total - a.summary.devices.total)[0];
         if (cycle) pictures.set(`timeline-${spec.name}.svg`, renderTimeline(timelineOf(result, cycle)));
         log(`  ${spec.name}: ${result.devices} devices in ${(result.durationMs / 1000).toFixed(1)} s`);
       } catch (error) {
         const message = `${spec.name}: ${(error as Error).message}`;
+        if (process.env['URS_BENCH_DEBUG']) log((error as Error).stack ?? '');
         errors.push(message);
         log(`  FAILED ${message}`);
       }
       // Partial results after each scenario, so an interrupted run still leaves numbers.
       const partial = buildResults(options, ctx, startedAt, results, [...errors]);
       const largestFleet = results.filter((result) => result.spec.name.startsWith('fleet-')).at(-1);
-      if (largestFleet) pictures.set('latest.svg', pictures.get(`timeline-${largestFleet.spec.name}.svg`) ?? '');
+      if (largestFleet)
+        pictures.set('latest.svg', pictures.get(`timeline-${largestFleet.spec.name}.svg`) ?? '');
       writeResults(outDir, partial, pictures);
     }
     const final = buildResults(options, ctx, startedAt, results, errors);
@@ -243,7 +294,8 @@ async function main(): Promise<number> {
     return errors.length > 0 ? 1 : 0;
   } finally {
     await group.stopAll();
-    if (stackStarted && !options.keepStack) await stopStack(ROOT).catch((error: Error) => log(`stack down failed: ${error.message}`));
+    if (stackStarted && !options.keepStack)
+      await stopStack(ROOT).catch((error: Error) => log(`stack down failed: ${error.message}`));
   }
 }
 

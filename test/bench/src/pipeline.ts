@@ -23,6 +23,8 @@ export interface PipelineOptions {
   services: readonly ServiceName[];
   /** Extra variables for every service (e.g. quota or mode settings of a scenario). */
   extraEnv?: Record<string, string>;
+  /** Services started with `--cpu-prof`, profiles written to the run directory when they stop. */
+  profile?: readonly string[];
 }
 
 export interface Pipeline {
@@ -47,7 +49,13 @@ function getStatus(port: number, path: string): Promise<number> {
   });
 }
 
-function sendJson(port: number, method: string, path: string, token: string, body: unknown): Promise<{ status: number; text: string }> {
+function sendJson(
+  port: number,
+  method: string,
+  path: string,
+  token: string,
+  body: unknown,
+): Promise<{ status: number; text: string }> {
   const payload = JSON.stringify(body);
   return new Promise((resolve, reject) => {
     const req = request(
@@ -57,12 +65,18 @@ function sendJson(port: number, method: string, path: string, token: string, bod
         path,
         method,
         timeout: 30_000,
-        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
+        headers: {
+          authorization: `Bearer ${token}`,
+          'content-type': 'application/json',
+          'content-length': Buffer.byteLength(payload),
+        },
       },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }),
+        );
       },
     );
     req.on('timeout', () => req.destroy(new Error(`${method} ${path} timed out`)));
@@ -89,54 +103,106 @@ export async function startPipeline(group: ProcessGroup, options: PipelineOption
     URS_SECRET_KEY: randomBytes(32).toString('base64'),
     URS_DEFENDER_AUTHORITY_HOST: options.simBaseUrl,
     URS_DEFENDER_API_BASE: options.simBaseUrl,
-    URS_DEFENDER_CA_FILE: options.simCaFile,
     URS_LOG_LEVEL: 'info',
     ...options.extraEnv,
   };
   const children = new Map<ServiceName, Child>();
-  const ports = new Map<ServiceName, number>();
-  for (const name of options.services) {
+  const crashed = (): string | undefined => {
+    for (const [name, child] of children)
+      if (child.done()) return `${name} exited; last lines of ${child.logFile}:\n${tail(child.logFile)}`;
+    return undefined;
+  };
+  async function spawn(name: ServiceName, attempt: number): Promise<{ child: Child; metricsPort: number }> {
     const metricsPort = await freePort();
-    ports.set(name, metricsPort);
     const env: NodeJS.ProcessEnv = {
       ...common,
       URS_METRICS_PORT: String(metricsPort),
       URS_INSTANCE_ID: `${options.topicPrefix}${name}`,
       ...(name === 'registrar' ? { URS_HTTP_PORT: String(httpPort), URS_API_TOKENS: apiToken } : {}),
     };
-    children.set(
+    const profile = options.profile?.includes(name)
+      ? [
+          '--cpu-prof',
+          `--cpu-prof-dir=${join(options.runDir, 'profiles')}`,
+          `--cpu-prof-name=${options.scenario}.${name}.cpuprofile`,
+        ]
+      : [];
+    const child = group.spawn({
       name,
-      group.spawn({
-        name,
-        command: process.execPath,
-        args: [join(options.root, 'services', name, 'dist/main.js')],
-        env,
-        cwd: options.root,
-        logFile: join(options.runDir, `${options.scenario}.${name}.log`),
-      }),
-    );
+      command: process.execPath,
+      args: [...profile, join(options.root, 'services', name, 'dist/main.js')],
+      env,
+      cwd: options.root,
+      logFile: join(options.runDir, `${options.scenario}.${name}${attempt > 1 ? `.${attempt}` : ''}.log`),
+    });
+    children.set(name, child);
+    return { child, metricsPort };
   }
-  const crashed = (): string | undefined => {
-    for (const [name, child] of children) if (child.done()) return `${name} exited; last lines of ${child.logFile}:\n${tail(child.logFile)}`;
-    return undefined;
-  };
-  const deadline = Date.now() + 90_000;
-  for (const [name, port] of ports) {
-    for (;;) {
-      const reason = crashed();
-      if (reason) throw new Error(reason);
-      if ((await getStatus(port, '/readyz')) === 200) break;
-      if (Date.now() > deadline) throw new Error(`${name} was not ready within 90 s:\n${tail(children.get(name)?.logFile ?? '')}`);
-      await new Promise((resolve) => setTimeout(resolve, 250));
+
+  /**
+   * Starts a service and waits for /readyz. A start that fails on a retryable Kafka error (a partition
+   * leader not yet known right after the topics were created) is tried again, up to three times.
+   */
+  async function start(name: ServiceName): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      const { child, metricsPort } = await spawn(name, attempt);
+      const deadline = Date.now() + 90_000;
+      for (;;) {
+        if ((await getStatus(metricsPort, '/readyz')) === 200) return;
+        const failed = /"message":"start failed"/.test(tail(child.logFile, 50));
+        if (failed || child.done()) {
+          await group.stop([child], 2_000);
+          children.delete(name);
+          if (
+            attempt < 3 &&
+            /not the leader|does not host this topic-partition|LEADER_NOT_AVAILABLE/i.test(
+              tail(child.logFile, 50),
+            )
+          )
+            break;
+          throw new Error(`${name} failed to start:\n${tail(child.logFile)}`);
+        }
+        if (Date.now() > deadline)
+          throw new Error(`${name} was not ready within 90 s:\n${tail(child.logFile)}`);
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
     }
+  }
+
+  // Every service creates the topics it is missing at start; the first one creates them all, so the
+  // others never race the broker's leader election of freshly created partitions.
+  const [first, ...rest] = options.services;
+  try {
+    if (first) await start(first);
+    await Promise.all(rest.map((name) => start(name)));
+  } catch (error) {
+    await group.stop([...children.values()]);
+    throw error;
   }
   return {
     children,
     apiToken,
     httpPort,
     async register(tenantId, defender) {
-      const answer = await sendJson(httpPort, 'PUT', `/v1/tenants/${encodeURIComponent(tenantId)}/defender`, apiToken, defender);
-      if (answer.status !== 200 && answer.status !== 201) throw new Error(`registering ${tenantId}: ${answer.status} ${answer.text.slice(0, 500)}`);
+      // /readyz can answer before the REST listener is up (the runtime starts it after the consumers).
+      let answer: { status: number; text: string } | undefined;
+      for (let attempt = 0; answer === undefined; attempt++) {
+        try {
+          answer = await sendJson(
+            httpPort,
+            'PUT',
+            `/v1/tenants/${encodeURIComponent(tenantId)}/defender`,
+            apiToken,
+            defender,
+          );
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== 'ECONNREFUSED' || attempt >= 50) throw error;
+          await new Promise((resolve) => setTimeout(resolve, 200));
+        }
+      }
+      if (answer.status !== 200 && answer.status !== 201)
+        throw new Error(`registering ${tenantId}: ${answer.status} ${answer.text.slice(0, 500)}`);
     },
     crashed,
   };

@@ -73,7 +73,14 @@ export class ProcessGroup {
       proc.stdout.pipe(createWriteStream(options.logFile, { flags: 'a' }));
     }
     if (proc.pid === undefined) throw new Error(`could not start ${options.name} (${options.command})`);
-    const child: Child = { name: options.name, pid: proc.pid, process: proc, logFile: options.logFile, exited, done: () => ended };
+    const child: Child = {
+      name: options.name,
+      pid: proc.pid,
+      process: proc,
+      logFile: options.logFile,
+      exited,
+      done: () => ended,
+    };
     this.children.push(child);
     return child;
   }
@@ -99,7 +106,10 @@ export class ProcessGroup {
 /** The last `lines` lines of a log file, for an error message. */
 export function tail(file: string, lines = 20): string {
   try {
-    return readFileSync(file, 'utf8').split('\n').slice(-lines - 1).join('\n');
+    return readFileSync(file, 'utf8')
+      .split('\n')
+      .slice(-lines - 1)
+      .join('\n');
   } catch {
     return '(no log)';
   }

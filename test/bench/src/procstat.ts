@@ -14,7 +14,8 @@ export interface ProcessUsage {
 const CLOCK_TICKS = 100;
 
 export function parseStatus(text: string): { peakRssMb: number; rssMb: number } {
-  const kb = (field: string): number => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
+  const kb = (field: string): number =>
+    Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
   return { peakRssMb: kb('VmHWM') / 1024, rssMb: kb('VmRSS') / 1024 };
 }
 

@@ -66,7 +66,17 @@ export interface BenchResults {
     perDeviceRefreshHours100k: number;
     bulk: Record<string, unknown> | null;
   };
-  scenarios: Record<string, { durationMs: number; deadLetters: number; devices: number; sim: unknown }>;
+  scenarios: Record<
+    string,
+    {
+      durationMs: number;
+      deadLetters: number;
+      devices: number;
+      peakRssMb: Record<string, number>;
+      cpuSec: Record<string, number>;
+      sim: unknown;
+    }
+  >;
   errors: string[];
 }
 
@@ -83,7 +93,10 @@ export function costPerDevice(result: ScenarioResult, privateRedis: boolean): Co
   for (const [topic, totals] of Object.entries(result.kafka)) {
     messages += totals.messages;
     bytes += totals.bytes;
-    byTopic[shortTopic(topic)] = { messages: round(totals.messages / devices, 4), bytes: round(totals.bytes / devices, 1) };
+    byTopic[shortTopic(topic)] = {
+      messages: round(totals.messages / devices, 4),
+      bytes: round(totals.bytes / devices, 1),
+    };
   }
   const redisTotal = Object.values(result.redisCalls).reduce((sum, calls) => sum + calls, 0);
   const top = Object.entries(result.redisCalls)
@@ -115,8 +128,12 @@ export function fleetResult(result: ScenarioResult, privateRedis: boolean): Flee
     cycleMs: cycle.summaryAtMs - cycle.cycleStartedAtMs,
     listMs: listed ? listed.lastMs - cycle.cycleStartedAtMs : null,
     collectToVmsMs: cycle.collectToVmsMs,
-    peakRssMb: Object.fromEntries(Object.entries(result.usage).map(([name, usage]) => [name, round(usage.peakRssMb, 1)])),
-    cpuSec: Object.fromEntries(Object.entries(result.usage).map(([name, usage]) => [name, round(usage.cpuSec, 2)])),
+    peakRssMb: Object.fromEntries(
+      Object.entries(result.usage).map(([name, usage]) => [name, round(usage.peakRssMb, 1)]),
+    ),
+    cpuSec: Object.fromEntries(
+      Object.entries(result.usage).map(([name, usage]) => [name, round(usage.cpuSec, 2)]),
+    ),
     cost: costPerDevice(result, privateRedis),
     deadLetters: result.deadLetters,
     throttled: result.sim.throttled,
@@ -155,9 +172,18 @@ export function internalThroughput(result: ScenarioResult): Record<string, unkno
     mode: result.spec.mode,
     firstBatchToSummaryMs: cycle.summaryAtMs - firstBatch,
     devicesPerSec: round(devicesPerSec),
-    stageDevicesPerSec: { list: stage(cycle.listed), enrich: stage(cycle.enriched), score: stage(cycle.scored), publish: stage(cycle.published) },
-    cpuSec: Object.fromEntries(Object.entries(result.usage).map(([name, usage]) => [name, round(usage.cpuSec, 2)])),
-    peakRssMb: Object.fromEntries(Object.entries(result.usage).map(([name, usage]) => [name, round(usage.peakRssMb, 1)])),
+    stageDevicesPerSec: {
+      list: stage(cycle.listed),
+      enrich: stage(cycle.enriched),
+      score: stage(cycle.scored),
+      publish: stage(cycle.published),
+    },
+    cpuSec: Object.fromEntries(
+      Object.entries(result.usage).map(([name, usage]) => [name, round(usage.cpuSec, 2)]),
+    ),
+    peakRssMb: Object.fromEntries(
+      Object.entries(result.usage).map(([name, usage]) => [name, round(usage.peakRssMb, 1)]),
+    ),
     cost: costPerDevice(result, true),
   };
 }
@@ -226,29 +252,46 @@ export function renderMarkdown(results: BenchResults): string {
   lines.push('| measure | value | target | |', '|---|---|---|---|');
   for (const size of sizes) {
     const value = results.slotUtilisation[size] as number;
-    lines.push(`| slot utilisation, ${Number(size).toLocaleString('en-US')} devices | ${value.toFixed(3)} | ≥ 0.95 | ${verdict(value >= 0.95)} |`);
+    lines.push(
+      `| slot utilisation, ${Number(size).toLocaleString('en-US')} devices | ${value.toFixed(3)} | ≥ 0.95 | ${verdict(value >= 0.95)} |`,
+    );
   }
   const p99 = results.publishLatencyP99Ms;
   lines.push(`| last vuln response → vms.risk-summary p50 | ${ms(results.publishLatencyP50Ms)} | | |`);
-  lines.push(`| last vuln response → vms.risk-summary p99 (${results.publishLatencyCycles.length} cycles) | ${ms(p99)} | ≤ 2 s | ${verdict(p99 === null ? null : p99 <= 2000)} |`);
+  lines.push(
+    `| last vuln response → vms.risk-summary p99 (${results.publishLatencyCycles.length} cycles) | ${ms(p99)} | ≤ 2 s | ${verdict(p99 === null ? null : p99 <= 2000)} |`,
+  );
   const internal = results.internalDevicesPerSec;
-  lines.push(`| internal ceiling (devices/s, latency 0) | ${internal ?? '–'} | ≥ 10,000 | ${verdict(internal === null ? null : internal >= 10_000)} |`);
+  lines.push(
+    `| internal ceiling (devices/s, latency 0) | ${internal ?? '–'} | ≥ 10,000 | ${verdict(internal === null ? null : internal >= 10_000)} |`,
+  );
   for (const size of sizes) {
     const rss = results.peakRssMbByService[size] ?? {};
     const max = Math.max(...Object.values(rss));
-    lines.push(`| largest peak RSS, ${Number(size).toLocaleString('en-US')} devices | ${round(max)} MB | ≤ 300 MB at 100k, flat | ${Number(size) >= 100_000 ? verdict(max <= 300) : ''} |`);
+    lines.push(
+      `| largest peak RSS, ${Number(size).toLocaleString('en-US')} devices | ${round(max)} MB | ≤ 300 MB at 100k, flat | ${Number(size) >= 100_000 ? verdict(max <= 300) : ''} |`,
+    );
   }
   lines.push(
     `| per-device refresh of 100,000 devices under Microsoft's quotas | ${round(results.quotas.perDeviceRefreshHours100k, 1)} h | computed (${results.quotas.perDeviceCallsPerHour} calls/h binding) | |`,
   );
   if (results.quotas.bulk) {
-    const bulk = results.quotas.bulk as { cycleMs: number; devices: number; bulkCalls: number; throttled: number };
-    lines.push(`| bulk export refresh of ${bulk.devices.toLocaleString('en-US')} devices, quotas on | ${ms(bulk.cycleMs)} | measured (${bulk.bulkCalls} bulk calls, ${bulk.throttled} throttled) | |`);
+    const bulk = results.quotas.bulk as {
+      cycleMs: number;
+      devices: number;
+      bulkCalls: number;
+      throttled: number;
+    };
+    lines.push(
+      `| bulk export refresh of ${bulk.devices.toLocaleString('en-US')} devices, quotas on | ${ms(bulk.cycleMs)} | measured (${bulk.bulkCalls} bulk calls, ${bulk.throttled} throttled) | |`,
+    );
   }
   lines.push('');
   if (sizes.length > 0) {
     lines.push('## Fleets (one tenant, per-device calls, simulator quotas off)', '');
-    lines.push('| devices | vuln calls | calls/s | ceiling/s | utilisation | mean in flight | peak concurrency | cycle | listing | collect → VMS | dead letters |');
+    lines.push(
+      '| devices | vuln calls | calls/s | ceiling/s | utilisation | mean in flight | peak concurrency | cycle | listing | collect → VMS | dead letters |',
+    );
     lines.push('|---|---|---|---|---|---|---|---|---|---|---|');
     for (const size of sizes) {
       const fleet = results.fleets[size] as FleetResult;
@@ -257,36 +300,86 @@ export function renderMarkdown(results: BenchResults): string {
       );
     }
     lines.push('', '### Peak RSS (MB) and CPU (s) per service', '');
-    const services = [...new Set(sizes.flatMap((size) => Object.keys((results.fleets[size] as FleetResult).peakRssMb)))];
+    const services = [
+      ...new Set(sizes.flatMap((size) => Object.keys((results.fleets[size] as FleetResult).peakRssMb))),
+    ];
     lines.push(`| devices | ${services.join(' | ')} |`, `|---|${services.map(() => '---').join('|')}|`);
     for (const size of sizes) {
       const fleet = results.fleets[size] as FleetResult;
-      lines.push(`| ${size} | ${services.map((name) => `${fleet.peakRssMb[name] ?? '–'} MB / ${fleet.cpuSec[name] ?? '–'} s`).join(' | ')} |`);
+      lines.push(
+        `| ${size} | ${services.map((name) => `${fleet.peakRssMb[name] ?? '–'} MB / ${fleet.cpuSec[name] ?? '–'} s`).join(' | ')} |`,
+      );
     }
   }
   const costs = Object.entries(results.costPerDevice);
   if (costs.length > 0) {
     lines.push('', '## Cost per device', '');
-    lines.push('| scenario | Kafka messages | Kafka bytes (key+value) | Redis commands | top Redis commands per device |', '|---|---|---|---|---|');
+    lines.push(
+      '| scenario | Kafka messages | Kafka bytes (key+value) | Redis commands | top Redis commands per device |',
+      '|---|---|---|---|---|',
+    );
     for (const [name, cost] of costs) {
       const top = Object.entries(cost.redisTopCommands)
         .slice(0, 6)
         .map(([command, calls]) => `${command} ${calls}`)
         .join(', ');
-      lines.push(`| ${name} | ${cost.kafkaMessages} | ${cost.kafkaBytes} | ${cost.redisCommands ?? 'n/a (shared Redis)'} | ${top} |`);
+      lines.push(
+        `| ${name} | ${cost.kafkaMessages} | ${cost.kafkaBytes} | ${cost.redisCommands ?? 'n/a (shared Redis)'} | ${top} |`,
+      );
     }
     const [firstName, first] = costs[0] as [string, CostPerDevice];
     lines.push('', `Bytes per device by topic (${firstName}):`, '');
     lines.push('| topic | messages/device | bytes/device |', '|---|---|---|');
-    for (const [topic, cost] of Object.entries(first.byTopic)) lines.push(`| ${topic} | ${cost.messages} | ${cost.bytes} |`);
+    for (const [topic, cost] of Object.entries(first.byTopic))
+      lines.push(`| ${topic} | ${cost.messages} | ${cost.bytes} |`);
+  }
+  const scenarios = Object.entries(results.scenarios);
+  if (scenarios.length > 0) {
+    const services = ['registrar', 'poller', 'vuln-fetcher', 'scorer', 'publisher'];
+    lines.push(
+      '',
+      '## Peak RSS (MB) / CPU (s) per scenario',
+      '',
+      `| scenario | devices | ${services.join(' | ')} |`,
+      `|---|---|${services.map(() => '---').join('|')}|`,
+    );
+    for (const [name, scenario] of scenarios) {
+      lines.push(
+        `| ${name} | ${scenario.devices} | ${services.map((service) => (scenario.peakRssMb[service] === undefined ? '–' : `${scenario.peakRssMb[service]} / ${scenario.cpuSec[service]}`)).join(' | ')} |`,
+      );
+    }
   }
   if (results.publishLatencyCycles.length > 0) {
-    lines.push('', '## Cycles (collect → VMS)', '', '| scenario | tenant | devices | cycle | last vuln response → summary |', '|---|---|---|---|---|');
-    for (const cycle of results.publishLatencyCycles) lines.push(`| ${cycle.scenario} | ${cycle.tenantId} | ${cycle.devices} | ${ms(cycle.cycleMs)} | ${ms(cycle.collectToVmsMs)} |`);
+    lines.push(
+      '',
+      '## Cycles (collect → VMS)',
+      '',
+      '| scenario | tenant | devices | cycle | last vuln response → summary |',
+      '|---|---|---|---|---|',
+    );
+    for (const cycle of results.publishLatencyCycles)
+      lines.push(
+        `| ${cycle.scenario} | ${cycle.tenantId} | ${cycle.devices} | ${ms(cycle.cycleMs)} | ${ms(cycle.collectToVmsMs)} |`,
+      );
   }
-  if (results.internal) lines.push('', '## Internal ceiling', '', '```json', JSON.stringify(results.internal, null, 2), '```');
-  if (results.quotas.bulk) lines.push('', '## Bulk export under quotas', '', '```json', JSON.stringify(results.quotas.bulk, null, 2), '```');
-  if (results.errors.length > 0) lines.push('', '## Errors', '', ...results.errors.map((error) => `- ${error.replace(/\n/g, ' ').slice(0, 600)}`));
+  if (results.internal)
+    lines.push('', '## Internal ceiling', '', '```json', JSON.stringify(results.internal, null, 2), '```');
+  if (results.quotas.bulk)
+    lines.push(
+      '',
+      '## Bulk export under quotas',
+      '',
+      '```json',
+      JSON.stringify(results.quotas.bulk, null, 2),
+      '```',
+    );
+  if (results.errors.length > 0)
+    lines.push(
+      '',
+      '## Errors',
+      '',
+      ...results.errors.map((error) => `- ${error.replace(/\n/g, ' ').slice(0, 600)}`),
+    );
   lines.push('');
   return lines.join('\n');
 }

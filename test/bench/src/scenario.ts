@@ -32,6 +32,8 @@ export interface ScenarioSpec {
   /** Pause between two tenants' registrations (or injections), ms. */
   staggerMs: number;
   sampleMs: number;
+  /** Services run with `--cpu-prof`. */
+  profile: readonly string[];
 }
 
 export interface RunContext {
@@ -101,14 +103,19 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
   const redisPrefix = `bench:${ctx.runId}:${spec.name}:`;
   const topics = topicsConfig({ URS_TOPIC_PREFIX: topicPrefix });
   const services: ServiceName[] = SERVICES.filter((name) => spec.driver === 'poller' || name !== 'poller');
-  ctx.log(`scenario ${spec.name}: ${spec.tenants.length} tenant(s) of ${spec.tenants.join('/')} devices, ${spec.driver}, ${spec.mode}, latency ${spec.latencyMs} ms, quotas ${spec.simQuotas ? 'on' : 'off'}`);
+  ctx.log(
+    `scenario ${spec.name}: ${spec.tenants.length} tenant(s) of ${spec.tenants.join('/')} devices, ${spec.driver}, ${spec.mode}, latency ${spec.latencyMs} ms, quotas ${spec.simQuotas ? 'on' : 'off'}`,
+  );
   await ctx.sim.setLatency(spec.latencyMs, spec.jitterMs);
   await ctx.sim.setQuotas(spec.simQuotas);
   let pipeline: Pipeline | undefined;
   let watcher: Awaited<ReturnType<typeof watchSummaries>> | undefined;
   let sampler: ReturnType<SimulatorProcess['sample']> | undefined;
   const redis = createRedis({ url: ctx.redisUrl, keyPrefix: redisPrefix }, { connectionName: 'bench' });
-  const producer = ctx.kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner, allowAutoTopicCreation: false });
+  const producer = ctx.kafka.producer({
+    createPartitioner: Partitioners.DefaultPartitioner,
+    allowAutoTopicCreation: false,
+  });
   const tenants = spec.tenants.map((size, index) => ({
     tenantId: `bench-${ctx.runId}-${spec.name}-${index}`,
     azureTenantId: randomUUID(),
@@ -129,6 +136,7 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
       simCaFile: ctx.sim.caFile,
       services,
       extraEnv: spec.extraEnv,
+      profile: spec.profile,
     });
     ctx.log(`  services ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
     watcher = await watchSummaries(ctx.kafka, topics.vmsRiskSummary, `${topicPrefix}bench-watch`);
@@ -213,8 +221,11 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     await producer.disconnect().catch(() => undefined);
     if (pipeline) await ctx.group.stop([...pipeline.children.values()]);
     await closeRedis(redis);
-    for (const tenant of tenants) await ctx.sim.call('DELETE', `/_sim/tenants/${tenant.azureTenantId}`).catch(() => undefined);
-    await deleteTopics(ctx.kafka, Object.values(topics)).catch((error: Error) => ctx.log(`  could not delete topics: ${error.message}`));
+    for (const tenant of tenants)
+      await ctx.sim.call('DELETE', `/_sim/tenants/${tenant.azureTenantId}`).catch(() => undefined);
+    await deleteTopics(ctx.kafka, Object.values(topics)).catch((error: Error) =>
+      ctx.log(`  could not delete topics: ${error.message}`),
+    );
     if (ctx.privateRedis) await redisCommand(ctx.redisUrl, 'FLUSHALL').catch(() => undefined);
     else await deleteKeys(ctx.redisUrl, redisPrefix).catch(() => undefined);
   }
@@ -237,7 +248,13 @@ function push<T>(map: Map<string, T[]>, key: string, value: T): void {
 }
 
 async function collect(kafka: Kafka, topics: Topics, groupId: string): Promise<CollectedEvents> {
-  const events: CollectedEvents = { totals: {}, listed: new Map(), enriched: new Map(), scored: new Map(), published: new Map() };
+  const events: CollectedEvents = {
+    totals: {},
+    listed: new Map(),
+    enriched: new Map(),
+    scored: new Map(),
+    published: new Map(),
+  };
   events.totals = await readTopics(kafka, Object.values(topics), groupId, (message) => {
     if (!message.value) return;
     if (message.topic === topics.vmsRiskScores) {
@@ -245,12 +262,21 @@ async function collect(kafka: Kafka, topics: Topics, groupId: string): Promise<C
       push(events.published, key.slice(0, key.indexOf('/')), { t: message.timestampMs, n: 1 });
       return;
     }
-    if (message.topic !== topics.deviceBatches && message.topic !== topics.devicesEnriched && message.topic !== topics.deviceScores) return;
+    if (
+      message.topic !== topics.deviceBatches &&
+      message.topic !== topics.devicesEnriched &&
+      message.topic !== topics.deviceScores
+    )
+      return;
     const value = JSON.parse(message.value.toString('utf8')) as DeviceBatch | EnrichedBatch | ScoreBatch;
     const event = { t: message.timestampMs, n: value.devices.length };
     if (message.topic === topics.deviceBatches) push(events.listed, value.cycleId, event);
     else if (message.topic === topics.deviceScores) push(events.scored, value.cycleId, event);
-    else push(events.enriched, value.cycleId, { ...event, collectedAtMs: Date.parse((value as EnrichedBatch).collectedAt) });
+    else
+      push(events.enriched, value.cycleId, {
+        ...event,
+        collectedAtMs: Date.parse((value as EnrichedBatch).collectedAt),
+      });
   });
   return events;
 }
@@ -262,7 +288,10 @@ function cycleRecord(
 ): CycleRecord {
   const cycleId = summary.value.cycleId;
   const enriched = events.enriched.get(cycleId) ?? [];
-  const lastCollectedAtMs = enriched.length > 0 ? Math.max(...enriched.map((event) => event.collectedAtMs)) : Date.parse(summary.value.collectedAt ?? '');
+  const lastCollectedAtMs =
+    enriched.length > 0
+      ? Math.max(...enriched.map((event) => event.collectedAtMs))
+      : Date.parse(summary.value.collectedAt ?? '');
   return {
     tenantId: tenant.tenantId,
     azureTenantId: tenant.azureTenantId,
@@ -290,5 +319,9 @@ export function stageSpans(cycle: CycleRecord): Record<string, ReturnType<typeof
 }
 
 export function curves(cycle: CycleRecord): { enriched: Progress; scored: Progress; published: Progress } {
-  return { enriched: progress(cycle.enriched), scored: progress(cycle.scored), published: progress(cycle.published) };
+  return {
+    enriched: progress(cycle.enriched),
+    scored: progress(cycle.scored),
+    published: progress(cycle.published),
+  };
 }

@@ -33,7 +33,13 @@ export interface SimulatorProcess {
   caFile: string;
   child: Child;
   call<T>(method: string, path: string, body?: unknown): Promise<T>;
-  addTenant(spec: { azureTenantId: string; clientId: string; clientSecret: string; size: number; seed: number }): Promise<void>;
+  addTenant(spec: {
+    azureTenantId: string;
+    clientId: string;
+    clientSecret: string;
+    size: number;
+    seed: number;
+  }): Promise<void>;
   setLatency(meanMs: number, jitterMs: number): Promise<void>;
   setQuotas(enabled: boolean): Promise<void>;
   stats(): Promise<SimStats>;
@@ -89,9 +95,12 @@ export async function startSimulatorProcess(
     child.exited.then((code) => {
       throw new Error(`the simulator exited (${code}) before it was ready:\n${tail(logFile)}`);
     }),
-    new Promise<never>((_, reject) => setTimeout(() => reject(new Error('the simulator did not start within 30 s')), 30_000).unref()),
+    new Promise<never>((_, reject) =>
+      setTimeout(() => reject(new Error('the simulator did not start within 30 s')), 30_000).unref(),
+    ),
   ]);
-  if (!/^https:\/\/127\.0\.0\.1:\d+$/.test(started.baseUrl)) throw new Error(`the simulator is not on loopback: ${started.baseUrl}`);
+  if (!/^https:\/\/127\.0\.0\.1:\d+$/.test(started.baseUrl))
+    throw new Error(`the simulator is not on loopback: ${started.baseUrl}`);
   const agent = new Agent({ ca: readFileSync(started.caFile, 'utf8'), keepAlive: true, maxSockets: 4 });
 
   function call<T>(method: string, path: string, body?: unknown): Promise<T> {
@@ -103,14 +112,18 @@ export async function startSimulatorProcess(
           method,
           agent,
           timeout: 30_000,
-          headers: payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
+          headers:
+            payload === undefined
+              ? {}
+              : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
         },
         (res) => {
           const chunks: Buffer[] = [];
           res.on('data', (chunk: Buffer) => chunks.push(chunk));
           res.on('end', () => {
             const text = Buffer.concat(chunks).toString('utf8');
-            if ((res.statusCode ?? 500) >= 300) reject(new Error(`simulator ${method} ${path}: ${res.statusCode} ${text.slice(0, 300)}`));
+            if ((res.statusCode ?? 500) >= 300)
+              reject(new Error(`simulator ${method} ${path}: ${res.statusCode} ${text.slice(0, 300)}`));
             else resolve((text ? JSON.parse(text) : {}) as T);
           });
         },

@@ -25,7 +25,13 @@ const RIGHT = 30;
 const TOP = 96;
 const LANE = 78;
 const GAP = 12;
-const LANES = ['list devices', 'vuln fetches (in flight)', 'enrich (devices)', 'score (devices)', 'publish (VMS records)'];
+const LANES = [
+  'list devices',
+  'vuln fetches (in flight)',
+  'enrich (devices)',
+  'score (devices)',
+  'publish (VMS records)',
+];
 
 export function escapeXml(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
@@ -47,17 +53,22 @@ function fmt(n: number): string {
 export function renderTimeline(input: TimelineInput): string {
   const range = Math.max(1, input.endMs - input.startMs);
   const plotWidth = WIDTH - LEFT - RIGHT;
-  const x = (t: number): number => LEFT + (Math.min(Math.max(t, input.startMs), input.endMs) - input.startMs) * (plotWidth / range);
+  const x = (t: number): number =>
+    LEFT + (Math.min(Math.max(t, input.startMs), input.endMs) - input.startMs) * (plotWidth / range);
   const laneTop = (i: number): number => TOP + i * (LANE + GAP);
   const height = laneTop(LANES.length) + 40;
   const out: string[] = [];
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${height}" viewBox="0 0 ${WIDTH} ${height}" font-family="sans-serif" font-size="12">`);
+  out.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${height}" viewBox="0 0 ${WIDTH} ${height}" font-family="sans-serif" font-size="12">`,
+  );
   out.push(`<rect width="${WIDTH}" height="${height}" fill="#ffffff"/>`);
   out.push(`<text x="${LEFT}" y="22" font-size="16" font-weight="bold">${escapeXml(input.title)}</text>`);
   out.push(`<text x="${LEFT}" y="42" fill="#444">${escapeXml(input.subtitle)}</text>`);
   LANES.forEach((name, i) => {
     const top = laneTop(i);
-    out.push(`<rect x="${LEFT}" y="${top}" width="${plotWidth}" height="${LANE}" fill="#f5f6f8" stroke="#d0d4da"/>`);
+    out.push(
+      `<rect x="${LEFT}" y="${top}" width="${plotWidth}" height="${LANE}" fill="#f5f6f8" stroke="#d0d4da"/>`,
+    );
     out.push(`<text x="${LEFT - 8}" y="${top + LANE / 2 + 4}" text-anchor="end">${escapeXml(name)}</text>`);
   });
   // Lane 0: one tick per device batch, the listing's span shaded.
@@ -65,9 +76,16 @@ export function renderTimeline(input: TimelineInput): string {
     const top = laneTop(0);
     if (input.listed.length > 0) {
       const last = Math.max(...input.listed.map((event) => event.t));
-      out.push(`<rect x="${x(input.startMs).toFixed(1)}" y="${top + 8}" width="${Math.max(1, x(last) - x(input.startMs)).toFixed(1)}" height="${LANE - 16}" fill="#cfe3f7"/>`);
-      for (const event of input.listed) out.push(`<line x1="${x(event.t).toFixed(1)}" x2="${x(event.t).toFixed(1)}" y1="${top + 8}" y2="${top + LANE - 8}" stroke="#2a6fb0" stroke-width="1"/>`);
-      out.push(`<text x="${(x(last) + 4).toFixed(1)}" y="${top + 16}" fill="#2a6fb0">${input.listed.length} batches, last at +${fmt((last - input.startMs) / 1000)} s</text>`);
+      out.push(
+        `<rect x="${x(input.startMs).toFixed(1)}" y="${top + 8}" width="${Math.max(1, x(last) - x(input.startMs)).toFixed(1)}" height="${LANE - 16}" fill="#cfe3f7"/>`,
+      );
+      for (const event of input.listed)
+        out.push(
+          `<line x1="${x(event.t).toFixed(1)}" x2="${x(event.t).toFixed(1)}" y1="${top + 8}" y2="${top + LANE - 8}" stroke="#2a6fb0" stroke-width="1"/>`,
+        );
+      out.push(
+        `<text x="${(x(last) + 4).toFixed(1)}" y="${top + 16}" fill="#2a6fb0">${input.listed.length} batches, last at +${fmt((last - input.startMs) / 1000)} s</text>`,
+      );
     }
   }
   // Lane 1: calls in flight, with the slot limit.
@@ -77,15 +95,23 @@ export function renderTimeline(input: TimelineInput): string {
     const y = (value: number): number => top + LANE - 4 - (value / max) * (LANE - 12);
     if (input.inFlight.length > 0) {
       const points = input.inFlight.filter((point) => point.t >= input.startMs && point.t <= input.endMs);
-      const path = points.map((point, i) => `${i === 0 ? 'M' : 'L'}${x(point.t).toFixed(1)},${y(point.value).toFixed(1)}`).join(' ');
+      const path = points
+        .map((point, i) => `${i === 0 ? 'M' : 'L'}${x(point.t).toFixed(1)},${y(point.value).toFixed(1)}`)
+        .join(' ');
       if (points.length > 0) {
         const first = points[0] as { t: number };
         const last = points.at(-1) as { t: number };
-        out.push(`<path d="${path} L${x(last.t).toFixed(1)},${y(0).toFixed(1)} L${x(first.t).toFixed(1)},${y(0).toFixed(1)} Z" fill="#f3c58b" stroke="#c77800" stroke-width="1"/>`);
+        out.push(
+          `<path d="${path} L${x(last.t).toFixed(1)},${y(0).toFixed(1)} L${x(first.t).toFixed(1)},${y(0).toFixed(1)} Z" fill="#f3c58b" stroke="#c77800" stroke-width="1"/>`,
+        );
       }
     }
-    out.push(`<line x1="${LEFT}" x2="${LEFT + plotWidth}" y1="${y(input.slots).toFixed(1)}" y2="${y(input.slots).toFixed(1)}" stroke="#c00" stroke-dasharray="4 3"/>`);
-    out.push(`<text x="${LEFT + plotWidth - 4}" y="${(y(input.slots) - 3).toFixed(1)}" text-anchor="end" fill="#c00">${input.slots} slots</text>`);
+    out.push(
+      `<line x1="${LEFT}" x2="${LEFT + plotWidth}" y1="${y(input.slots).toFixed(1)}" y2="${y(input.slots).toFixed(1)}" stroke="#c00" stroke-dasharray="4 3"/>`,
+    );
+    out.push(
+      `<text x="${LEFT + plotWidth - 4}" y="${(y(input.slots) - 3).toFixed(1)}" text-anchor="end" fill="#c00">${input.slots} slots</text>`,
+    );
   }
   // Lanes 2–4: cumulative devices through each stage.
   const curves: [Progress, string][] = [
@@ -115,10 +141,14 @@ export function renderTimeline(input: TimelineInput): string {
   // Markers across lanes.
   for (const marker of input.markers) {
     const mx = x(marker.t).toFixed(1);
-    out.push(`<line x1="${mx}" x2="${mx}" y1="${TOP - 6}" y2="${laneTop(LANES.length) - GAP}" stroke="${marker.colour}" stroke-width="1.5" stroke-dasharray="6 3"/>`);
+    out.push(
+      `<line x1="${mx}" x2="${mx}" y1="${TOP - 6}" y2="${laneTop(LANES.length) - GAP}" stroke="${marker.colour}" stroke-width="1.5" stroke-dasharray="6 3"/>`,
+    );
   }
   input.markers.forEach((marker, i) => {
-    out.push(`<text x="${(x(marker.t) - 4).toFixed(1)}" y="${TOP - 10 - i * 14}" text-anchor="end" fill="${marker.colour}">${escapeXml(marker.label)}</text>`);
+    out.push(
+      `<text x="${(x(marker.t) - 4).toFixed(1)}" y="${TOP - 10 - i * 14}" text-anchor="end" fill="${marker.colour}">${escapeXml(marker.label)}</text>`,
+    );
   });
   // Time axis.
   const axisY = laneTop(LANES.length) - GAP + 4;

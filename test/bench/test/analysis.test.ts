@@ -62,7 +62,13 @@ describe('perDeviceRefreshHours', () => {
 
 describe('progress', () => {
   it('progress should accumulate items in time order and merge equal times', () => {
-    expect(progress([{ t: 30, n: 1 }, { t: 10, n: 5 }, { t: 10, n: 2 }])).toEqual([
+    expect(
+      progress([
+        { t: 30, n: 1 },
+        { t: 10, n: 5 },
+        { t: 10, n: 2 },
+      ]),
+    ).toEqual([
       { t: 10, count: 7 },
       { t: 30, count: 8 },
     ]);
@@ -78,7 +84,12 @@ describe('progress', () => {
 
 describe('span', () => {
   it('span should give first, last and the rate between them', () => {
-    expect(span([{ t: 1000, n: 500 }, { t: 2000, n: 500 }])).toEqual({ firstMs: 1000, lastMs: 2000, items: 1000, perSec: 1000 });
+    expect(
+      span([
+        { t: 1000, n: 500 },
+        { t: 2000, n: 500 },
+      ]),
+    ).toEqual({ firstMs: 1000, lastMs: 2000, items: 1000, perSec: 1000 });
     expect(span([])).toBeNull();
   });
 });

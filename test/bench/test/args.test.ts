@@ -15,13 +15,34 @@ describe('parseBenchArgs', () => {
 
   it('parseBenchArgs should refuse bad values naming the flag', () => {
     expect(() => parseBenchArgs(['--sizes', '1000,abc'])).toThrow(UsageError);
+    expect(parseBenchArgs(['--sizes', '0']).sizes).toEqual([]);
     expect(() => parseBenchArgs(['--sizes', '1000,abc'])).toThrow(/--sizes/);
     expect(() => parseBenchArgs(['--driver', 'magic'])).toThrow(/--driver must be one of/);
     expect(() => parseBenchArgs(['--nope'])).toThrow(UsageError);
   });
 
   it('parseBenchArgs should allow 0 to skip a scenario', () => {
-    const options = parseBenchArgs(['--bulk-devices', '0', '--internal-devices', '0', '--cycle-tenants', '0']);
+    const options = parseBenchArgs([
+      '--bulk-devices',
+      '0',
+      '--internal-devices',
+      '0',
+      '--cycle-tenants',
+      '0',
+    ]);
     expect([options.bulkDevices, options.internalDevices, options.cycleTenants]).toEqual([0, 0, 0]);
+  });
+});
+
+describe('parseBenchArgs --env', () => {
+  it('parseBenchArgs should collect service variables', () => {
+    expect(parseBenchArgs(['--env', 'URS_VULN_CONCURRENCY=20', '--env', 'URS_LOG_LEVEL=warn']).env).toEqual({
+      URS_VULN_CONCURRENCY: '20',
+      URS_LOG_LEVEL: 'warn',
+    });
+  });
+
+  it('parseBenchArgs should refuse a variable without a value', () => {
+    expect(() => parseBenchArgs(['--env', 'URS_VULN_CONCURRENCY'])).toThrow(/--env must be NAME=value/);
   });
 });

@@ -4,14 +4,18 @@ import { shortTopic } from '../src/report';
 
 describe('parseCommandStats', () => {
   it('parseCommandStats should read calls per command', () => {
-    const info = '# Commandstats\r\ncmdstat_get:calls=12,usec=30,usec_per_call=2.50\r\ncmdstat_evalsha:calls=3,usec=9\r\n';
+    const info =
+      '# Commandstats\r\ncmdstat_get:calls=12,usec=30,usec_per_call=2.50\r\ncmdstat_evalsha:calls=3,usec=9\r\n';
     expect(parseCommandStats(info)).toEqual({ get: 12, evalsha: 3 });
   });
 });
 
 describe('parseStatus', () => {
   it('parseStatus should read peak and current RSS in MB', () => {
-    expect(parseStatus('Name:\tnode\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n')).toEqual({ peakRssMb: 200, rssMb: 100 });
+    expect(parseStatus('Name:\tnode\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n')).toEqual({
+      peakRssMb: 200,
+      rssMb: 100,
+    });
   });
 });
 

@@ -16,12 +16,28 @@ describe('renderTimeline', () => {
       startMs: 0,
       endMs: 10_000,
       devices: 1000,
-      listed: [{ t: 100, n: 500 }, { t: 200, n: 500 }],
-      inFlight: [{ t: 300, value: 10 }, { t: 5_000, value: 10 }, { t: 9_000, value: 0 }],
+      listed: [
+        { t: 100, n: 500 },
+        { t: 200, n: 500 },
+      ],
+      inFlight: [
+        { t: 300, value: 10 },
+        { t: 5_000, value: 10 },
+        { t: 9_000, value: 0 },
+      ],
       slots: 10,
-      enriched: [{ t: 3_000, count: 500 }, { t: 8_000, count: 1000 }],
-      scored: [{ t: 3_100, count: 500 }, { t: 8_100, count: 1000 }],
-      published: [{ t: 3_200, count: 500 }, { t: 8_200, count: 1000 }],
+      enriched: [
+        { t: 3_000, count: 500 },
+        { t: 8_000, count: 1000 },
+      ],
+      scored: [
+        { t: 3_100, count: 500 },
+        { t: 8_100, count: 1000 },
+      ],
+      published: [
+        { t: 3_200, count: 500 },
+        { t: 8_200, count: 1000 },
+      ],
       markers: [
         { t: 8_000, label: 'last vulnerability response', colour: '#c77800' },
         { t: 8_300, label: 'vms.risk-summary', colour: '#b03b6f' },
@@ -29,7 +45,13 @@ describe('renderTimeline', () => {
     });
     expect(svg.startsWith('<svg')).toBe(true);
     expect(svg.trim().endsWith('</svg>')).toBe(true);
-    for (const lane of ['list devices', 'vuln fetches (in flight)', 'enrich (devices)', 'score (devices)', 'publish (VMS records)']) {
+    for (const lane of [
+      'list devices',
+      'vuln fetches (in flight)',
+      'enrich (devices)',
+      'score (devices)',
+      'publish (VMS records)',
+    ]) {
       expect(svg).toContain(lane);
     }
     expect(svg).toContain('cycle &lt;1&gt;');
