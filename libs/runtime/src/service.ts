@@ -138,8 +138,9 @@ export async function runService(options: ServiceOptions): Promise<void> {
     process.stderr.write(
       `${JSON.stringify({ level: 'error', service: options.name, message: 'start failed', error: { name: (error as Error).name, code: (error as { code?: unknown }).code, message: (error as Error).message } })}\n`,
     );
-    process.exitCode = 1;
-    return;
+    // Exit now: a half-built service may hold sockets or timers (a Kafka client mid-reconnect) that would
+    // keep the process alive, and an orchestrator must see the failure to restart it.
+    process.exit(1);
   }
   const { logger, config } = service.context;
   const signal = await untilShutdownSignal();
