@@ -160,7 +160,9 @@ describe('createScheduler', () => {
     const schedules = memorySchedules();
     const status = memoryStatus();
     const runs: Run[] = [];
-    const slow = async () => sleep(5 + Math.random() * 30);
+    const slow = async (): Promise<void> => {
+      await sleep(5 + Math.random() * 30);
+    };
     const replicas = [0, 1, 2].map((i) => replica(i, schedules, status, runs, slow));
     for (const r of replicas) {
       await feed(
