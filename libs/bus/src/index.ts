@@ -1,6 +1,14 @@
 export { createKafka } from './kafka';
 export { topicSpecs, bootstrapTopics } from './topics';
-export type { TopicSpec } from './topics';
+export type { TopicSpec, BootstrapOptions } from './topics';
+export {
+  isTransientKafkaError,
+  retryWhileSettling,
+  topicOffsets,
+  SETTLE_RETRY,
+  DEFAULT_SETTLE_TIMEOUT_MS,
+} from './settle';
+export type { SettleOptions, TopicOffsetsOptions, PartitionOffsetRange } from './settle';
 export { createPublisher, BusError } from './publisher';
 export type { Publisher, OutboundMessage } from './publisher';
 export { createConsumerRunner, PoisonMessageError, DEFAULT_RUNNER_RETRY } from './runner';

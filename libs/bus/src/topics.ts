@@ -1,5 +1,7 @@
 import type { Admin, ITopicConfig } from 'kafkajs';
 import type { Topics } from '@urs/config';
+import type { Logger } from '@urs/logging';
+import { isTransientKafkaError, retryWhileSettling } from './settle';
 
 export interface TopicSpec {
   topic: string;
@@ -39,27 +41,82 @@ function toTopicConfig(spec: TopicSpec, replicationFactor: number): ITopicConfig
   };
 }
 
+export interface BootstrapOptions {
+  /** Replicas of each created topic. Default 1 (a single broker). */
+  replicationFactor?: number;
+  /** Warns while the new topics settle. Default: silent. */
+  logger?: Logger;
+  /** Deadline of the creation and of each topic's settling, in milliseconds. Default 30 000. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** A topic someone else created between our listing and our request (alone, or among several). */
+function isAlreadyExists(error: unknown): boolean {
+  const e = error as { type?: unknown; name?: unknown; errors?: unknown } | null;
+  if (e?.type === 'TOPIC_ALREADY_EXISTS') return true;
+  return (
+    e?.name === 'KafkaJSAggregateError' &&
+    Array.isArray(e.errors) &&
+    e.errors.length > 0 &&
+    e.errors.every(
+      (inner) =>
+        (inner as { type?: unknown }).type === 'TOPIC_ALREADY_EXISTS' || isTransientKafkaError(inner),
+    )
+  );
+}
+
 /**
- * Creates the topics that do not exist yet, with their partitions and config, waiting for leaders
- * (on KRaft a fresh topic's metadata arrives late; producing before leaders exist fails).
- * Idempotent: existing topics are left as they are. Returns the names it created.
+ * Creates the topics that do not exist yet, with their partitions and config, and returns once every
+ * partition of each is served by its leader. Idempotent: existing topics are left as they are. Returns
+ * the names it set out to create.
+ *
+ * On KRaft a fresh topic settles late: KafkaJS's wait for leaders can fail with
+ * UNKNOWN_TOPIC_OR_PARTITION (the broker's metadata cache lags the controller), and once leaders are
+ * named a first ListOffsets can still answer NOT_LEADER (the broker has not taken the leadership up).
+ * So the creation is retried while it fails that way (listing again: a retry only creates what is still
+ * missing, also when another replica created some meanwhile), and each new topic's offsets are read
+ * until they answer, so that consumers, producers and offset reads that follow do not meet the race.
  */
 export async function bootstrapTopics(
   admin: Admin,
   specs: readonly TopicSpec[],
-  replicationFactor = 1,
+  options: BootstrapOptions = {},
 ): Promise<string[]> {
-  const existing = new Set(await admin.listTopics());
-  const missing = specs.filter((spec) => !existing.has(spec.topic));
-  if (missing.length === 0) return [];
-  try {
-    await admin.createTopics({
-      topics: missing.map((spec) => toTopicConfig(spec, replicationFactor)),
-      waitForLeaders: true,
-    });
-  } catch (error) {
-    // Another replica may have created them between listTopics and createTopics.
-    if ((error as { type?: string }).type !== 'TOPIC_ALREADY_EXISTS') throw error;
-  }
-  return missing.map((spec) => spec.topic);
+  const replicationFactor = options.replicationFactor ?? 1;
+  const settle = {
+    ...(options.logger ? { logger: options.logger } : {}),
+    ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+    ...(options.signal ? { signal: options.signal } : {}),
+  };
+  let wanted: string[] | undefined;
+  await retryWhileSettling(
+    async () => {
+      const existing = new Set(await admin.listTopics());
+      const missing = specs.filter((spec) => !existing.has(spec.topic));
+      // The first listing says what this call creates; a retry after a half-done attempt sees fewer.
+      wanted ??= missing.map((spec) => spec.topic);
+      if (missing.length === 0) return;
+      try {
+        await admin.createTopics({
+          topics: missing.map((spec) => toTopicConfig(spec, replicationFactor)),
+          waitForLeaders: true,
+        });
+      } catch (error) {
+        // Another replica may have created them between listTopics and createTopics.
+        if ((error as { type?: string }).type !== 'TOPIC_ALREADY_EXISTS') throw error;
+      }
+    },
+    { ...settle, operation: 'creating topics', alsoRetry: isAlreadyExists },
+  );
+  const created = wanted ?? [];
+  await Promise.all(
+    created.map((topic) =>
+      retryWhileSettling(() => admin.fetchTopicOffsets(topic), {
+        ...settle,
+        operation: `leaders of new topic ${topic}`,
+      }),
+    ),
+  );
+  return created;
 }

@@ -73,7 +73,7 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
     await admin.connect();
     try {
       const partitions = readInt(env, 'URS_TOPIC_PARTITIONS', { fallback: 6, min: 1, max: 1000 });
-      const created = await bootstrapTopics(admin, topicSpecs(config.topics, partitions));
+      const created = await bootstrapTopics(admin, topicSpecs(config.topics, partitions), { logger });
       if (created.length > 0) logger.info('topics created', { topics: created });
     } finally {
       await admin.disconnect();

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { createConsumerRunner } from '@urs/bus';
+import { createConsumerRunner, topicOffsets } from '@urs/bus';
 import { createHttpsAgent, createSharedLimiter } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { createSecretSealer } from '@urs/secrets';
@@ -49,20 +49,13 @@ void runService({
 
     // Every replica reads every tenant: a consumer group of its own, from the beginning of the compacted topic.
     const table = createTenantTable();
-    const admin = kafka.admin();
-    await admin.connect();
-    try {
-      const offsets = await admin.fetchTopicOffsets(config.topics.tenants);
-      table.expectEnd(
-        new Map(
-          offsets
-            .filter((o) => BigInt(o.high) > BigInt(o.low))
-            .map((o) => [o.partition, BigInt(o.high) - 1n]),
-        ),
-      );
-    } finally {
-      await admin.disconnect();
-    }
+    // Right after the topic was created its leaders may not answer yet (KRaft): retried while it settles.
+    const offsets = await topicOffsets(kafka, config.topics.tenants, { logger });
+    table.expectEnd(
+      new Map(
+        offsets.filter((o) => BigInt(o.high) > BigInt(o.low)).map((o) => [o.partition, BigInt(o.high) - 1n]),
+      ),
+    );
     const groupId = `${settings.groupPrefix}.${holderId}`;
     const runner = createConsumerRunner({
       kafka,

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { Kafka } from 'kafkajs';
+import { topicOffsets } from '@urs/bus';
 import { validateMessage, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorMessage, sleep } from '@urs/resilience';
@@ -27,7 +28,8 @@ export async function readTenantLog(
   await admin.connect();
   const groupId = `${groupPrefix}.rebuild.${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
   try {
-    const offsets = await admin.fetchTopicOffsets(topic);
+    // Right after the topic was created its leaders may not answer yet (KRaft): retried while it settles.
+    const offsets = await topicOffsets(kafka, topic, { logger });
     const pending = new Set(offsets.filter((o) => BigInt(o.high) > BigInt(o.low)).map((o) => o.partition));
     const entries = new Map<string, TenantLogEntry>();
     if (pending.size === 0) return [];
