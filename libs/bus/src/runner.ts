@@ -1,48 +1,16 @@
-import type { Consumer, EachBatchPayload, IHeaders, Kafka, KafkaMessage } from 'kafkajs';
-import { validateMessage, type ContractId, type ContractTypes } from '@urs/contracts';
+import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
 import type { Logger } from '@urs/logging';
-import {
-  DEFAULT_RETRY_POLICY,
-  UrsError,
-  canRetry,
-  errorCode,
-  errorMessage,
-  retryDelayMs,
-  sleep,
-  type RetryPolicy,
-} from '@urs/resilience';
+import { DEFAULT_RETRY_POLICY, UrsError, type RetryPolicy } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
-import { toDeadLetter } from './dead-letter';
+import { createMessageProcessor, type TopicSubscription } from './handle';
+import { createKeyOrderedConsumption, type KeyOrderedConsumption } from './key-ordered';
 import type { Publisher } from './publisher';
 
-/** A consumed message, decoded and validated. `value` is null for a tombstone. */
-export interface InboundMessage<T> {
-  topic: string;
-  partition: number;
-  offset: string;
-  key: string | null;
-  value: T | null;
-  headers: IHeaders;
-  /** Broker timestamp, epoch milliseconds. */
-  timestamp: number;
-  /**
-   * Keeps the consumer's group membership alive during a long handler (KafkaJS heartbeats only when
-   * asked). Cheap to call often: KafkaJS sends at most one heartbeat per heartbeat interval.
-   */
-  heartbeat?: () => Promise<void>;
-}
+export { PoisonMessageError } from './handle';
+export type { InboundMessage, MessageHandler, TopicSubscription } from './handle';
 
-export type MessageHandler<T> = (message: InboundMessage<T>) => Promise<void>;
-
-export interface TopicSubscription<K extends ContractId> {
-  topic: string;
-  contract: K;
-  /** Whether null values (compaction tombstones) are handed to the handler. Default false: dead-lettered. */
-  tombstones?: boolean;
-  /** Read the topic from the beginning when the group has no committed offset. Default true. */
-  fromBeginning?: boolean;
-  handler: MessageHandler<ContractTypes[K]>;
-}
+/** What the runner keeps in order; see ConsumerRunnerOptions.ordering. */
+export type Ordering = 'partition' | 'key';
 
 export interface ConsumerRunnerOptions {
   kafka: Kafka;
@@ -57,15 +25,39 @@ export interface ConsumerRunnerOptions {
   logger: Logger;
   metrics: Registry;
   /**
-   * Retries of a handler's retryable failure, in place (the partition waits, so order holds).
-   * Past maxAttempts the message is dead-lettered with code RETRIES_EXHAUSTED. Default: 20 attempts,
-   * 200 ms to 10 s apart.
+   * Retries of a handler's retryable failure, in place (the partition, or with ordering 'key' the
+   * key, waits, so order holds). Past maxAttempts the message is dead-lettered with code
+   * RETRIES_EXHAUSTED. Default: 20 attempts, 200 ms to 10 s apart.
    */
   retry?: RetryPolicy;
   /** Partitions handled at once. Default 1. Order within a partition is always kept. */
   partitionsConsumedConcurrently?: number;
   /** KafkaJS session timeout, ms. Default 30000. */
   sessionTimeoutMs?: number;
+  /**
+   * What is kept in order. Default 'partition': one message of a partition at a time, in offset
+   * order; a slow message holds up its whole partition. 'key': messages with the same key in offset
+   * order, messages with different keys of one partition at once, so a slow key (a tenant waiting on
+   * its quota) does not hold up the other keys of its partition. The committed offset of a partition
+   * never passes a message that is not finished: a crash redelivers it and whatever came after it,
+   * so handlers must be idempotent (they must be anyway: delivery is at least once).
+   */
+  ordering?: Ordering;
+  /**
+   * Ordering 'key': messages of a partition accepted and not finished (queued behind their key or
+   * in flight). When reached, the partition's fetching pauses until half of them finished; other
+   * partitions go on. Bounds the memory and the handlers running at once: this many per partition
+   * held. Default 100.
+   */
+  maxBufferedPerPartition?: number;
+  /** Ordering 'key': how soon a finished message's offset is committed, ms. Default 1000. */
+  commitIntervalMs?: number;
+  /**
+   * Ordering 'key': on close, how long messages in flight may take to finish, ms; then their
+   * handler's `signal` is aborted and close waits as long again for them to return. Queued messages
+   * not started are left to the next owner. Default 5000.
+   */
+  drainTimeoutMs?: number;
 }
 
 export type RunnerState = 'created' | 'starting' | 'running' | 'closing' | 'closed';
@@ -75,17 +67,24 @@ export interface ConsumerRunner {
   start(): Promise<void>;
   /** Joined the group and consuming. */
   isReady(): boolean;
-  /** Stops intake, lets the in-flight message finish, commits what was handled, disconnects. Idempotent. */
+  /**
+   * Stops intake, lets the in-flight message finish (ordering 'key': finish or abort, see
+   * drainTimeoutMs), commits what was handled, disconnects. Idempotent.
+   */
   close(): Promise<void>;
 }
 
-export class PoisonMessageError extends UrsError {
-  constructor(code: string, message: string, cause?: unknown) {
-    super(code, message, { canRetry: false, cause });
-  }
-}
-
 export const DEFAULT_RUNNER_RETRY: RetryPolicy = { ...DEFAULT_RETRY_POLICY, maxAttempts: 20 };
+
+function positiveInt(name: string, value: number | undefined, fallback: number): number {
+  const chosen = value ?? fallback;
+  if (!Number.isInteger(chosen) || chosen < 1) {
+    throw new UrsError('RUNNER_OPTION_INVALID', `${name} must be an integer >= 1, got ${String(value)}`, {
+      canRetry: false,
+    });
+  }
+  return chosen;
+}
 
 /**
  * Runs handlers over Kafka at least once: a message's offset is committed only after its handler's
@@ -96,14 +95,26 @@ export const DEFAULT_RUNNER_RETRY: RetryPolicy = { ...DEFAULT_RETRY_POLICY, maxA
 export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRunner {
   const log = options.logger.child({ component: 'consumer', groupId: options.groupId });
   const retry = options.retry ?? DEFAULT_RUNNER_RETRY;
-  const bySubscription = new Map(
-    options.subscriptions.map((subscription) => [subscription.topic, subscription]),
-  );
-  const handled = options.metrics.counter('urs_messages_total', 'Messages consumed, by topic and outcome.');
-  const seconds = options.metrics.histogram(
-    'urs_handler_seconds',
-    'Time spent handling one message, in seconds.',
-  );
+  const ordering = options.ordering ?? 'partition';
+  if (ordering !== 'partition' && ordering !== 'key') {
+    throw new UrsError(
+      'RUNNER_OPTION_INVALID',
+      `ordering must be 'partition' or 'key', got ${String(ordering)}`,
+      {
+        canRetry: false,
+      },
+    );
+  }
+  const settle = createMessageProcessor({
+    service: options.service,
+    subscriptions: new Map(options.subscriptions.map((subscription) => [subscription.topic, subscription])),
+    publisher: options.publisher,
+    dlqTopic: options.dlqTopic,
+    log,
+    retry,
+    handled: options.metrics.counter('urs_messages_total', 'Messages consumed, by topic and outcome.'),
+    seconds: options.metrics.histogram('urs_handler_seconds', 'Time spent handling one message, in seconds.'),
+  });
   const abort = new AbortController();
   let state: RunnerState = 'created';
   let joined = false;
@@ -117,128 +128,48 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     maxWaitTimeInMs: 1_000,
     allowAutoTopicCreation: false,
   });
-  consumer.on(consumer.events.GROUP_JOIN, () => {
+  const keyed: KeyOrderedConsumption | undefined =
+    ordering === 'key'
+      ? createKeyOrderedConsumption({
+          consumer,
+          topics: options.subscriptions.map((subscription) => subscription.topic),
+          settle,
+          log,
+          retry,
+          maxBufferedPerPartition: positiveInt(
+            'maxBufferedPerPartition',
+            options.maxBufferedPerPartition,
+            100,
+          ),
+          commitIntervalMs: positiveInt('commitIntervalMs', options.commitIntervalMs, 1_000),
+          drainTimeoutMs: positiveInt('drainTimeoutMs', options.drainTimeoutMs, 5_000),
+          buffered: options.metrics.gauge(
+            'urs_consumer_buffered_messages',
+            "Messages accepted and not yet finished, by consumer group (ordering 'key').",
+          ),
+          labels: { group: options.groupId },
+        })
+      : undefined;
+  consumer.on(consumer.events.GROUP_JOIN, (event) => {
     joined = true;
+    keyed?.onGroupJoin(event.payload);
   });
   consumer.on(consumer.events.CRASH, (event) => {
     joined = false;
     log.error('consumer crashed', { error: event.payload.error, restart: event.payload.restart });
   });
 
-  function decode(topic: string, message: KafkaMessage): InboundMessage<unknown> {
-    const subscription = bySubscription.get(topic);
-    if (!subscription) throw new PoisonMessageError('TOPIC_UNKNOWN', `no handler for topic ${topic}`);
-    let value: unknown = null;
-    if (message.value === null) {
-      if (!subscription.tombstones)
-        throw new PoisonMessageError('TOMBSTONE_UNEXPECTED', 'a null value is not expected on this topic');
-    } else {
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(message.value.toString('utf8'));
-      } catch (error) {
-        throw new PoisonMessageError(
-          'MESSAGE_NOT_JSON',
-          `the value is not JSON: ${errorMessage(error)}`,
-          error,
-        );
-      }
-      value = validateMessage(subscription.contract, parsed);
-    }
-    return {
-      topic,
-      partition: 0,
-      offset: message.offset,
-      key: message.key === null ? null : message.key.toString('utf8'),
-      value,
-      headers: message.headers ?? {},
-      timestamp: Number(message.timestamp),
-    };
-  }
-
-  async function deadLetter(payload: EachBatchPayload, message: KafkaMessage, error: unknown): Promise<void> {
-    const letter = toDeadLetter(
-      {
-        service: options.service,
-        topic: payload.batch.topic,
-        partition: payload.batch.partition,
-        offset: message.offset,
-        key: message.key,
-        value: message.value,
-      },
-      error,
-    );
-    // The dead letter itself must not be lost: if Kafka refuses it, the batch fails and is redelivered.
-    await options.publisher.send(options.dlqTopic, 'urs/dead-letter', [
-      { key: letter.sourceTopic, value: letter },
-    ]);
-    log.warn('message dead-lettered', {
-      topic: letter.sourceTopic,
-      partition: letter.partition,
-      offset: letter.offset,
-      code: letter.error.code,
-      reason: letter.error.message,
-    });
-  }
-
   /** Handles one message; resolves true when done (handled or dead-lettered), false when stopped first. */
-  async function handleOne(payload: EachBatchPayload, message: KafkaMessage): Promise<boolean> {
-    const topic = payload.batch.topic;
-    const started = process.hrtime.bigint();
-    let inbound: InboundMessage<unknown>;
-    try {
-      inbound = {
-        ...decode(topic, message),
-        partition: payload.batch.partition,
-        heartbeat: () => payload.heartbeat(),
-      };
-    } catch (error) {
-      await deadLetter(payload, message, error);
-      handled.inc({ topic, outcome: 'dead-lettered' });
-      return true;
-    }
-    const subscription = bySubscription.get(topic) as TopicSubscription<ContractId>;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await subscription.handler(inbound as InboundMessage<never>);
-        handled.inc({ topic, outcome: 'handled' });
-        seconds.observe(Number(process.hrtime.bigint() - started) / 1e9, { topic });
-        return true;
-      } catch (error) {
-        if (!canRetry(error)) {
-          await deadLetter(payload, message, error);
-          handled.inc({ topic, outcome: 'dead-lettered' });
-          return true;
-        }
-        if (attempt >= retry.maxAttempts) {
-          await deadLetter(
-            payload,
-            message,
-            new PoisonMessageError(
-              'RETRIES_EXHAUSTED',
-              `gave up after ${attempt} attempts: ${errorMessage(error)}`,
-              error,
-            ),
-          );
-          handled.inc({ topic, outcome: 'dead-lettered' });
-          return true;
-        }
-        const delayMs = retryDelayMs(retry, attempt);
-        log.warn('handler failed, retrying', {
-          topic,
-          partition: payload.batch.partition,
-          offset: message.offset,
-          attempt,
-          delayMs,
-          code: errorCode(error),
-          reason: errorMessage(error),
-        });
-        handled.inc({ topic, outcome: 'retried' });
-        await sleep(delayMs, abort.signal);
-        if (abort.signal.aborted || !payload.isRunning() || payload.isStale()) return false;
-        await payload.heartbeat();
-      }
-    }
+  function handleOne(payload: EachBatchPayload, message: KafkaMessage): Promise<boolean> {
+    return settle({
+      topic: payload.batch.topic,
+      partition: payload.batch.partition,
+      message,
+      heartbeat: () => payload.heartbeat(),
+      stopSignal: abort.signal,
+      shouldStop: () => abort.signal.aborted || !payload.isRunning() || payload.isStale(),
+      beforeRetry: () => payload.heartbeat(),
+    });
   }
 
   async function eachBatch(payload: EachBatchPayload): Promise<void> {
@@ -268,23 +199,32 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
         });
       }
       await consumer.run({
-        autoCommit: true,
+        // Ordering 'key' resolves offsets on accepting a message, ahead of its handling, and commits
+        // the finished watermark itself: KafkaJS must not commit resolved offsets.
+        autoCommit: keyed === undefined,
         autoCommitInterval: 1_000,
         eachBatchAutoResolve: false,
         partitionsConsumedConcurrently: options.partitionsConsumedConcurrently ?? 1,
-        eachBatch,
+        eachBatch: keyed ? (payload) => keyed.eachBatch(payload) : eachBatch,
       });
       state = 'running';
-      log.info('consuming', { topics: options.subscriptions.map((subscription) => subscription.topic) });
+      log.info('consuming', {
+        topics: options.subscriptions.map((subscription) => subscription.topic),
+        ordering,
+      });
     },
     isReady() {
       return state === 'running' && joined;
     },
     close() {
       closing ??= (async () => {
+        const wasStarted = state !== 'created';
         state = 'closing';
         abort.abort();
-        // disconnect() stops fetching, waits for the running eachBatch, commits resolved offsets, leaves the group.
+        // Ordering 'key' commits before disconnecting: KafkaJS ignores commits once it is stopping.
+        if (keyed && wasStarted) await keyed.drain();
+        // disconnect() stops fetching, waits for the running eachBatch, commits resolved offsets
+        // (ordering 'partition'), leaves the group.
         await consumer.disconnect();
         state = 'closed';
       })();

@@ -1,0 +1,214 @@
+import type { IHeaders, KafkaMessage } from 'kafkajs';
+import { validateMessage, type ContractId, type ContractTypes } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import {
+  UrsError,
+  canRetry,
+  errorCode,
+  errorMessage,
+  retryDelayMs,
+  sleep,
+  type RetryPolicy,
+} from '@urs/resilience';
+import type { Counter, Histogram } from '@urs/telemetry';
+import { toDeadLetter } from './dead-letter';
+import type { Publisher } from './publisher';
+
+/** A consumed message, decoded and validated. `value` is null for a tombstone. */
+export interface InboundMessage<T> {
+  topic: string;
+  partition: number;
+  offset: string;
+  key: string | null;
+  value: T | null;
+  headers: IHeaders;
+  /** Broker timestamp, epoch milliseconds. */
+  timestamp: number;
+  /**
+   * Keeps the consumer's group membership alive during a long handler (KafkaJS heartbeats only when
+   * asked). Cheap to call often: KafkaJS sends at most one heartbeat per heartbeat interval. With
+   * ordering 'key' the runner keeps heartbeating on its own; calling it is harmless.
+   */
+  heartbeat?: () => Promise<void>;
+  /**
+   * Ordering 'key' only: aborted when the runner gives the message up, because its partition went to
+   * another consumer in a rebalance, or because the runner is closing and the drain time passed. A
+   * handler that stops early should throw: the message is then neither retried nor dead-lettered, and
+   * its offset is not committed (it is handled again by whoever owns the partition next).
+   */
+  signal?: AbortSignal;
+}
+
+export type MessageHandler<T> = (message: InboundMessage<T>) => Promise<void>;
+
+export interface TopicSubscription<K extends ContractId> {
+  topic: string;
+  contract: K;
+  /** Whether null values (compaction tombstones) are handed to the handler. Default false: dead-lettered. */
+  tombstones?: boolean;
+  /** Read the topic from the beginning when the group has no committed offset. Default true. */
+  fromBeginning?: boolean;
+  handler: MessageHandler<ContractTypes[K]>;
+}
+
+export class PoisonMessageError extends UrsError {
+  constructor(code: string, message: string, cause?: unknown) {
+    super(code, message, { canRetry: false, cause });
+  }
+}
+
+/** One message to settle, and how the consumer around it is told to keep going or to stop. */
+export interface MessageWork {
+  topic: string;
+  partition: number;
+  message: KafkaMessage;
+  heartbeat: () => Promise<void>;
+  /** Handed to the handler (see InboundMessage.signal). */
+  signal?: AbortSignal;
+  /** Cuts the pause between two attempts short. */
+  stopSignal: AbortSignal;
+  /** Asked after the pause between two attempts: true gives the message up, unfinished. */
+  shouldStop: () => boolean;
+  /** Runs after the pause, before the next attempt. */
+  beforeRetry: () => Promise<void>;
+}
+
+export interface MessageProcessorOptions {
+  service: string;
+  // Each subscription is typed by its own contract; the union is erased here.
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  subscriptions: Map<string, TopicSubscription<any>>;
+  publisher: Publisher;
+  dlqTopic: string;
+  log: Logger;
+  retry: RetryPolicy;
+  handled: Counter;
+  seconds: Histogram;
+}
+
+/**
+ * Settles one message: decode, validate, hand to its handler with retries in place; poison and
+ * exhausted retries go to the dead-letter topic. Resolves true when settled (handled or
+ * dead-lettered), false when the work was given up first (stop, revocation). Rejects only when the
+ * dead letter itself cannot be written: then the message is not settled and must be tried again.
+ */
+export function createMessageProcessor(
+  options: MessageProcessorOptions,
+): (work: MessageWork) => Promise<boolean> {
+  const { log, retry, handled, seconds } = options;
+
+  function decode(topic: string, message: KafkaMessage): InboundMessage<unknown> {
+    const subscription = options.subscriptions.get(topic);
+    if (!subscription) throw new PoisonMessageError('TOPIC_UNKNOWN', `no handler for topic ${topic}`);
+    let value: unknown = null;
+    if (message.value === null) {
+      if (!subscription.tombstones)
+        throw new PoisonMessageError('TOMBSTONE_UNEXPECTED', 'a null value is not expected on this topic');
+    } else {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(message.value.toString('utf8'));
+      } catch (error) {
+        throw new PoisonMessageError(
+          'MESSAGE_NOT_JSON',
+          `the value is not JSON: ${errorMessage(error)}`,
+          error,
+        );
+      }
+      value = validateMessage(subscription.contract, parsed);
+    }
+    return {
+      topic,
+      partition: 0,
+      offset: message.offset,
+      key: message.key === null ? null : message.key.toString('utf8'),
+      value,
+      headers: message.headers ?? {},
+      timestamp: Number(message.timestamp),
+    };
+  }
+
+  async function deadLetter(work: MessageWork, error: unknown): Promise<void> {
+    const letter = toDeadLetter(
+      {
+        service: options.service,
+        topic: work.topic,
+        partition: work.partition,
+        offset: work.message.offset,
+        key: work.message.key,
+        value: work.message.value,
+      },
+      error,
+    );
+    // The dead letter itself must not be lost: if Kafka refuses it, the message is not settled.
+    await options.publisher.send(options.dlqTopic, 'urs/dead-letter', [
+      { key: letter.sourceTopic, value: letter },
+    ]);
+    handled.inc({ topic: work.topic, outcome: 'dead-lettered' });
+    log.warn('message dead-lettered', {
+      topic: letter.sourceTopic,
+      partition: letter.partition,
+      offset: letter.offset,
+      code: letter.error.code,
+      reason: letter.error.message,
+    });
+  }
+
+  return async function settle(work: MessageWork): Promise<boolean> {
+    const { topic, message } = work;
+    const started = process.hrtime.bigint();
+    let inbound: InboundMessage<unknown>;
+    try {
+      inbound = {
+        ...decode(topic, message),
+        partition: work.partition,
+        heartbeat: work.heartbeat,
+        ...(work.signal ? { signal: work.signal } : {}),
+      };
+    } catch (error) {
+      await deadLetter(work, error);
+      return true;
+    }
+    const subscription = options.subscriptions.get(topic) as TopicSubscription<ContractId>;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await subscription.handler(inbound as InboundMessage<never>);
+        handled.inc({ topic, outcome: 'handled' });
+        seconds.observe(Number(process.hrtime.bigint() - started) / 1e9, { topic });
+        return true;
+      } catch (error) {
+        // The handler stopped because it was asked to: the message is unfinished, not failed.
+        if (work.signal?.aborted) return false;
+        if (!canRetry(error)) {
+          await deadLetter(work, error);
+          return true;
+        }
+        if (attempt >= retry.maxAttempts) {
+          await deadLetter(
+            work,
+            new PoisonMessageError(
+              'RETRIES_EXHAUSTED',
+              `gave up after ${attempt} attempts: ${errorMessage(error)}`,
+              error,
+            ),
+          );
+          return true;
+        }
+        const delayMs = retryDelayMs(retry, attempt);
+        log.warn('handler failed, retrying', {
+          topic,
+          partition: work.partition,
+          offset: message.offset,
+          attempt,
+          delayMs,
+          code: errorCode(error),
+          reason: errorMessage(error),
+        });
+        handled.inc({ topic, outcome: 'retried' });
+        await sleep(delayMs, work.stopSignal);
+        if (work.stopSignal.aborted || work.shouldStop()) return false;
+        await work.beforeRetry();
+      }
+    }
+  };
+}

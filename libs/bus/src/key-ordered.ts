@@ -1,0 +1,338 @@
+import type { Consumer, ConsumerGroupJoinEvent, EachBatchPayload, KafkaMessage } from 'kafkajs';
+import type { Logger } from '@urs/logging';
+import { errorCode, errorMessage, retryDelayMs, sleep, type RetryPolicy } from '@urs/resilience';
+import type { Gauge } from '@urs/telemetry';
+import type { MessageWork } from './handle';
+import { PartitionOffsets } from './watermark';
+
+/*
+ * Ordering per key within a partition, on KafkaJS 2.2.4 (its consumer/runner.js, consumerGroup.js and
+ * offsetManager were read for this):
+ * - The next fetch of a partition starts at its resolved offset (offsetManager.nextOffset), so a
+ *   message must be resolved when it is accepted into a key's queue, not when it is finished, or it
+ *   is fetched again. Resolved offsets therefore run ahead of finished work, and KafkaJS's autoCommit
+ *   (which commits resolved offsets, also on errors and on a rebalance) must be off: the runner
+ *   commits the contiguous finished watermark itself with consumer.commitOffsets.
+ * - With autoCommit off, KafkaJS commits nothing by itself: not on stop, not on a rebalance. A
+ *   rebalance builds a new offset manager, so the resolved offsets are dropped and a partition kept
+ *   through the rebalance is fetched again from its committed offset; messages already accepted are
+ *   recognised by offset and skipped.
+ * - consumer.commitOffsets is a no-op once KafkaJS's runner stops (disconnect stops it first), so
+ *   close drains and commits before it disconnects.
+ * - GROUP_JOIN carries this member's new assignment: work of a partition no longer assigned is
+ *   aborted (its handlers' signal) and never committed, so it cannot overwrite the new owner's offset.
+ *   A new member id means the group forgot this member (session expired): nothing of before is kept.
+ * - eachBatch only accepts and returns, so KafkaJS's fetch loop keeps heartbeating; a full buffer
+ *   pauses the partition's fetching instead of blocking eachBatch (which would block the fetches of
+ *   every partition of the broker).
+ */
+
+export interface KeyOrderedOptions {
+  consumer: Consumer;
+  /** Topics subscribed, paused all at once on close. */
+  topics: string[];
+  settle: (work: MessageWork) => Promise<boolean>;
+  log: Logger;
+  /** Paces retries of a message whose dead letter could not be written. */
+  retry: RetryPolicy;
+  maxBufferedPerPartition: number;
+  commitIntervalMs: number;
+  drainTimeoutMs: number;
+  /** Set to the messages accepted and not finished, over every partition, with `labels`. */
+  buffered: Gauge;
+  labels: Record<string, string>;
+}
+
+export interface KeyOrderedConsumption {
+  eachBatch(payload: EachBatchPayload): Promise<void>;
+  onGroupJoin(payload: ConsumerGroupJoinEvent['payload']): void;
+  /** Accepts nothing more, lets in-flight work finish (or aborts it), commits the watermark. */
+  drain(): Promise<void>;
+}
+
+interface Entry {
+  message: KafkaMessage;
+  offset: bigint;
+}
+
+interface PartitionWork {
+  readonly topic: string;
+  readonly partition: number;
+  readonly offsets: PartitionOffsets;
+  /** One queue per key (null: messages without a key); present while its lane runs. */
+  readonly lanes: Map<string | null, Entry[]>;
+  /** Aborted when the partition is revoked, or when close's drain time has passed. */
+  readonly controller: AbortController;
+  revoked: boolean;
+  paused: boolean;
+  committed: bigint | undefined;
+}
+
+const partitionId = (topic: string, partition: number): string => `${topic}|${partition}`;
+
+export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrderedConsumption {
+  const { consumer, log, maxBufferedPerPartition } = options;
+  /** Fetching of a paused partition resumes once its unfinished messages are down to this. */
+  const resumeAt = Math.floor(maxBufferedPerPartition / 2);
+  const partitions = new Map<string, PartitionWork>();
+  const lanes = new Set<Promise<void>>();
+  const closing = new AbortController();
+  let heartbeat: () => Promise<void> = async () => undefined;
+  let memberId: string | undefined;
+  let commitTimer: NodeJS.Timeout | undefined;
+  let committing: Promise<void> | undefined;
+  let bufferedTotal = 0;
+
+  function countBuffered(change: number): void {
+    bufferedTotal += change;
+    options.buffered.set(bufferedTotal, options.labels);
+  }
+
+  function workFor(topic: string, partition: number): PartitionWork {
+    const id = partitionId(topic, partition);
+    let work = partitions.get(id);
+    if (!work) {
+      work = {
+        topic,
+        partition,
+        offsets: new PartitionOffsets(),
+        lanes: new Map(),
+        controller: new AbortController(),
+        revoked: false,
+        paused: false,
+        committed: undefined,
+      };
+      partitions.set(id, work);
+    }
+    return work;
+  }
+
+  function pause(work: PartitionWork): void {
+    if (work.paused) return;
+    consumer.pause([{ topic: work.topic, partitions: [work.partition] }]);
+    work.paused = true;
+  }
+
+  function resume(work: PartitionWork): void {
+    if (!work.paused) return;
+    try {
+      consumer.resume([{ topic: work.topic, partitions: [work.partition] }]);
+      work.paused = false;
+    } catch (error) {
+      log.warn('partition not resumed', {
+        topic: work.topic,
+        partition: work.partition,
+        reason: errorMessage(error),
+      });
+    }
+  }
+
+  function revoke(work: PartitionWork, reason: string): void {
+    work.revoked = true;
+    work.controller.abort();
+    partitions.delete(partitionId(work.topic, work.partition));
+    countBuffered(-work.offsets.unfinishedCount);
+    // Paused state outlives the assignment in KafkaJS: were the partition assigned here again, it
+    // would never be fetched.
+    resume(work);
+    log.info('partition given up; its unfinished messages go to its next owner', {
+      topic: work.topic,
+      partition: work.partition,
+      reason,
+      unfinished: work.offsets.unfinishedCount,
+      committed: work.committed?.toString(),
+    });
+  }
+
+  async function settleUntilDone(work: PartitionWork, entry: Entry): Promise<boolean> {
+    const stopSignal = AbortSignal.any([closing.signal, work.controller.signal]);
+    const shouldStop = (): boolean => closing.signal.aborted || work.revoked;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await options.settle({
+          topic: work.topic,
+          partition: work.partition,
+          message: entry.message,
+          heartbeat: () => heartbeat(),
+          signal: work.controller.signal,
+          stopSignal,
+          shouldStop,
+          beforeRetry: async () => undefined,
+        });
+      } catch (error) {
+        // Only a dead letter that could not be written gets here; the message stays unfinished and its
+        // key waits, as its partition would in partition ordering.
+        if (shouldStop()) return false;
+        const delayMs = retryDelayMs(options.retry, attempt);
+        log.error('message not settled, trying again', {
+          topic: work.topic,
+          partition: work.partition,
+          offset: entry.message.offset,
+          attempt,
+          delayMs,
+          code: errorCode(error),
+          reason: errorMessage(error),
+        });
+        await sleep(delayMs, stopSignal);
+        if (shouldStop()) return false;
+      }
+    }
+  }
+
+  async function runLane(work: PartitionWork, key: string | null, queue: Entry[]): Promise<void> {
+    try {
+      while (queue.length > 0 && !closing.signal.aborted && !work.revoked) {
+        const entry = queue[0] as Entry;
+        if (!(await settleUntilDone(work, entry))) break;
+        queue.shift();
+        if (work.revoked) break;
+        work.offsets.finish(entry.offset);
+        countBuffered(-1);
+        if (work.offsets.unfinishedCount <= resumeAt && !closing.signal.aborted) resume(work);
+        scheduleCommit();
+      }
+    } finally {
+      if (work.lanes.get(key) === queue) work.lanes.delete(key);
+    }
+  }
+
+  function enqueue(work: PartitionWork, entry: Entry): void {
+    const key = entry.message.key === null ? null : entry.message.key.toString('utf8');
+    const queue = work.lanes.get(key);
+    if (queue) {
+      queue.push(entry);
+      return;
+    }
+    const lane = [entry];
+    work.lanes.set(key, lane);
+    const running = runLane(work, key, lane).catch((error: unknown) =>
+      log.error('key lane failed', {
+        topic: work.topic,
+        partition: work.partition,
+        reason: errorMessage(error),
+      }),
+    );
+    lanes.add(running);
+    void running.finally(() => lanes.delete(running));
+  }
+
+  function scheduleCommit(): void {
+    if (commitTimer || closing.signal.aborted) return;
+    commitTimer = setTimeout(() => {
+      commitTimer = undefined;
+      void flush();
+    }, options.commitIntervalMs);
+    commitTimer.unref();
+  }
+
+  async function commitDue(): Promise<void> {
+    const due = [...partitions.values()].flatMap((work) => {
+      const offset = work.offsets.watermark();
+      return offset !== undefined && offset !== work.committed ? [{ work, offset }] : [];
+    });
+    if (due.length === 0) return;
+    try {
+      await consumer.commitOffsets(
+        due.map(({ work, offset }) => ({
+          topic: work.topic,
+          partition: work.partition,
+          offset: offset.toString(),
+        })),
+      );
+      for (const { work, offset } of due) work.committed = offset;
+    } catch (error) {
+      // A rebalance under way refuses commits of the old generation; the next commit carries them.
+      log.warn('offsets not committed, trying again', {
+        code: errorCode(error),
+        reason: errorMessage(error),
+      });
+      scheduleCommit();
+    }
+  }
+
+  /** One commit at a time, of every partition whose watermark moved. */
+  async function flush(): Promise<void> {
+    while (committing) await committing;
+    committing = commitDue().finally(() => {
+      committing = undefined;
+    });
+    return committing;
+  }
+
+  async function settledWithin(timeoutMs: number): Promise<boolean> {
+    const timeout = new AbortController();
+    const all = Promise.allSettled([...lanes]).then(() => true);
+    const timer = sleep(timeoutMs, timeout.signal).then(() => false);
+    const done = await Promise.race([all, timer]);
+    timeout.abort();
+    return done;
+  }
+
+  return {
+    async eachBatch(payload) {
+      heartbeat = payload.heartbeat;
+      if (closing.signal.aborted) return;
+      const { batch } = payload;
+      const work = workFor(batch.topic, batch.partition);
+      let took = false;
+      for (const message of batch.messages) {
+        if (!payload.isRunning() || payload.isStale()) break;
+        const offset = BigInt(message.offset);
+        if (work.offsets.isAccepted(offset)) {
+          took = true;
+          continue;
+        }
+        if (work.offsets.unfinishedCount >= maxBufferedPerPartition) break;
+        work.offsets.accept(offset);
+        countBuffered(1);
+        enqueue(work, { message, offset });
+        took = true;
+      }
+      const end = work.offsets.end;
+      if (took && end !== undefined) {
+        // The next fetch starts after what was taken; resolving the batch's last message lets KafkaJS
+        // step over a control record behind it.
+        const through = (end - 1n).toString();
+        payload.resolveOffset(through);
+        if (through === batch.messages[batch.messages.length - 1]?.offset) {
+          work.offsets.advance(BigInt(batch.lastOffset()) + 1n);
+        }
+      }
+      if (work.offsets.unfinishedCount >= maxBufferedPerPartition) pause(work);
+    },
+
+    onGroupJoin(payload) {
+      const forgotten = memberId !== undefined && memberId !== payload.memberId;
+      memberId = payload.memberId;
+      for (const work of [...partitions.values()]) {
+        const assigned = payload.memberAssignment[work.topic]?.includes(work.partition) ?? false;
+        if (forgotten) revoke(work, 'the group forgot this member');
+        else if (!assigned) revoke(work, 'assigned to another consumer');
+      }
+    },
+
+    async drain() {
+      closing.abort();
+      if (commitTimer) clearTimeout(commitTimer);
+      commitTimer = undefined;
+      try {
+        consumer.pause(options.topics.map((topic) => ({ topic })));
+      } catch {
+        // Not running (never started, or crashed): nothing is being fetched.
+      }
+      if (!(await settledWithin(options.drainTimeoutMs))) {
+        log.warn('messages in flight did not finish in time; aborting them', {
+          drainTimeoutMs: options.drainTimeoutMs,
+          inFlight: lanes.size,
+        });
+        for (const work of partitions.values()) work.controller.abort();
+        if (!(await settledWithin(options.drainTimeoutMs))) {
+          log.warn('handlers did not stop when aborted; their messages stay uncommitted', {
+            inFlight: lanes.size,
+          });
+        }
+      }
+      await flush();
+    },
+  };
+}

@@ -1,0 +1,329 @@
+import type { Admin, Kafka } from 'kafkajs';
+import {
+  createConsumerRunner,
+  createPublisher,
+  type ConsumerRunner,
+  type ConsumerRunnerOptions,
+  type InboundMessage,
+  type Publisher,
+} from '@urs/bus';
+import type { DeadLetter, TenantRecord } from '@urs/contracts';
+import { silentLogger } from '@urs/logging';
+import { UrsError, retryPolicy } from '@urs/resilience';
+import { Registry } from '@urs/telemetry';
+import { createTestKafka, createUniqueTopics, deleteTopics, uniqueId, waitFor } from '@urs/testkit';
+
+function tenantRecord(tenantId: string): TenantRecord {
+  return {
+    schemaVersion: 1,
+    tenantId,
+    revision: 1,
+    updatedAt: new Date().toISOString(),
+    source: 'director',
+    enabled: true,
+    defender: {
+      azureTenantId: '8f2a3c1e-4b5d-4e6f-9a7b-0c1d2e3f4a5b',
+      clientId: '1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9',
+      clientSecret: { alg: 'A256GCM', keyId: 'k1', iv: 'aXY=', tag: 'dGFn', ciphertext: 'Y2lwaGVy' },
+      pollIntervalMinutes: 60,
+      cloud: 'commercial',
+      region: null,
+      riskProfile: null,
+    },
+  };
+}
+
+/** A gate a handler waits on until the test opens it, or until the handler's signal aborts. */
+function gate(): { wait: (signal?: AbortSignal) => Promise<void>; open: () => void } {
+  let open!: () => void;
+  const opened = new Promise<void>((resolve) => (open = resolve));
+  return {
+    open,
+    wait: (signal) =>
+      new Promise<void>((resolve, reject) => {
+        void opened.then(resolve);
+        signal?.addEventListener('abort', () => reject(new Error('aborted')), { once: true });
+      }),
+  };
+}
+
+/** Handler calls seen, as "tenantId@offset". */
+type Seen = string[];
+const seenAs = (message: InboundMessage<TenantRecord>): string =>
+  `${message.value?.tenantId ?? 'null'}@${message.offset}`;
+
+describe('createConsumerRunner with ordering by key', () => {
+  let kafka: Kafka;
+  let admin: Admin;
+  let topics: string[];
+  let publisher: Publisher;
+  const runners: ConsumerRunner[] = [];
+
+  beforeAll(() => {
+    kafka = createTestKafka();
+  });
+
+  // Clients keep every topic they ever saw in their metadata requests, and a deleted topic makes them
+  // fail: one publisher and one admin per test, closed before its topics are deleted.
+  beforeEach(async () => {
+    topics = await createUniqueTopics(kafka, [
+      { prefix: 'keyed', numPartitions: 2 },
+      { prefix: 'keyed-dlq' },
+    ]);
+    publisher = await createPublisher(kafka);
+    admin = kafka.admin();
+    await admin.connect();
+  });
+
+  afterEach(async () => {
+    await Promise.all(runners.splice(0).map((runner) => runner.close()));
+    await publisher.close();
+    await admin.disconnect();
+    await deleteTopics(kafka, topics);
+  });
+
+  function start(
+    groupId: string,
+    handler: (message: InboundMessage<TenantRecord>) => Promise<void>,
+    extra: Partial<ConsumerRunnerOptions> = {},
+  ): ConsumerRunner {
+    const runner = createConsumerRunner({
+      kafka,
+      service: 'test',
+      groupId,
+      subscriptions: [{ topic: topics[0] as string, contract: 'urs/tenant-record', handler }],
+      publisher,
+      dlqTopic: topics[1] as string,
+      logger: silentLogger,
+      metrics: new Registry({ processMetrics: false }),
+      retry: retryPolicy({ maxAttempts: 3, initialDelayMs: 10, maxDelayMs: 20 }),
+      ordering: 'key',
+      commitIntervalMs: 100,
+      sessionTimeoutMs: 10_000,
+      ...extra,
+    });
+    runners.push(runner);
+    return runner;
+  }
+
+  /** Writes [key, tenantId] pairs to one partition, in this order (offsets 0, 1, ...). */
+  async function produce(partition: number, messages: [string, string][]): Promise<void> {
+    const producer = kafka.producer();
+    await producer.connect();
+    try {
+      await producer.send({
+        topic: topics[0] as string,
+        messages: messages.map(([key, tenantId]) => ({
+          key,
+          value: JSON.stringify(tenantRecord(tenantId)),
+          partition,
+        })),
+      });
+    } finally {
+      await producer.disconnect();
+    }
+  }
+
+  async function committed(groupId: string, partition = 0): Promise<string | undefined> {
+    const [offsets] = await admin.fetchOffsets({ groupId, topics: [topics[0] as string] });
+    return offsets?.partitions.find((p) => p.partition === partition)?.offset;
+  }
+
+  const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+  // Offsets: b0@0, a1@1, b1@2, a2@3, b2@4, b3@5.
+  const MIXED: [string, string][] = [
+    ['B', 'b0'],
+    ['A', 'a1'],
+    ['B', 'b1'],
+    ['A', 'a2'],
+    ['B', 'b2'],
+    ['B', 'b3'],
+  ];
+
+  it('should handle other keys of the partition while one key waits, and commit only up to the waiting message', async () => {
+    const groupId = uniqueId('group');
+    const blockA = gate();
+    const seen: Seen = [];
+    const metrics = new Registry({ processMetrics: false });
+    await start(
+      groupId,
+      async (message) => {
+        if (message.value?.tenantId === 'a1') await blockA.wait();
+        seen.push(seenAs(message));
+      },
+      { metrics },
+    ).start();
+    await produce(0, MIXED);
+
+    await waitFor(() => seen.length >= 4, { timeoutMs: 30_000, description: "B's messages handled" });
+    expect(seen).toEqual(['b0@0', 'b1@2', 'b2@4', 'b3@5']);
+    await waitFor(async () => (await committed(groupId)) === '1', { timeoutMs: 10_000 });
+    // Several commit intervals later the committed offset has not passed the waiting message, and a2
+    // still waits behind a1.
+    await sleep(600);
+    expect(await committed(groupId)).toBe('1');
+    expect(seen).not.toContain('a2@3');
+    expect(metrics.expose()).toContain(`urs_consumer_buffered_messages{group="${groupId}"} 2`);
+
+    blockA.open();
+    await waitFor(() => seen.length >= 6, { timeoutMs: 10_000 });
+    expect(seen.slice(4)).toEqual(['a1@1', 'a2@3']);
+    await waitFor(async () => (await committed(groupId)) === '6', { timeoutMs: 10_000 });
+    expect(metrics.expose()).toContain(`urs_consumer_buffered_messages{group="${groupId}"} 0`);
+  });
+
+  it('should redeliver the waiting message and everything after it once the runner is closed before it finished', async () => {
+    const groupId = uniqueId('group');
+    const blockA = gate();
+    const first: Seen = [];
+    let aborted = false;
+    const runner = start(
+      groupId,
+      async (message) => {
+        if (message.value?.tenantId === 'a1') {
+          try {
+            await blockA.wait(message.signal);
+          } catch (error) {
+            aborted = message.signal?.aborted ?? false;
+            throw error;
+          }
+        }
+        first.push(seenAs(message));
+      },
+      { drainTimeoutMs: 300 },
+    );
+    await runner.start();
+    await produce(0, MIXED);
+    await waitFor(() => first.length >= 4, { timeoutMs: 30_000 });
+    await waitFor(async () => (await committed(groupId)) === '1', { timeoutMs: 10_000 });
+
+    await runner.close();
+    expect(aborted).toBe(true);
+    expect(first).toEqual(['b0@0', 'b1@2', 'b2@4', 'b3@5']);
+    expect(await committed(groupId)).toBe('1');
+
+    const second: Seen = [];
+    await start(groupId, async (message) => void second.push(seenAs(message))).start();
+    await waitFor(() => second.length >= 5, { timeoutMs: 30_000 });
+    expect(second.filter((s) => s.startsWith('a'))).toEqual(['a1@1', 'a2@3']);
+    expect(second.filter((s) => s.startsWith('b'))).toEqual(['b1@2', 'b2@4', 'b3@5']);
+    await waitFor(async () => (await committed(groupId)) === '6', { timeoutMs: 10_000 });
+  });
+
+  it('should retry and dead-letter per message without holding up the other keys', async () => {
+    const [topic, dlq] = topics as [string, string];
+    const groupId = uniqueId('group');
+    let attempts = 0;
+    const handled: string[] = [];
+    await start(groupId, async (message) => {
+      const id = message.value?.tenantId ?? '';
+      if (id === 'flaky' && ++attempts < 3) throw new UrsError('REDIS_DOWN', 'not yet', { canRetry: true });
+      if (id === 'poison') throw new UrsError('PROFILE_INVALID', 'weights must total 100');
+      handled.push(id);
+    }).start();
+    await produce(0, [
+      ['x', 'flaky'],
+      ['y', 'other'],
+      ['x', 'poison'],
+      ['x', 'after'],
+    ]);
+    const producer = kafka.producer();
+    await producer.connect();
+    await producer.send({ topic, messages: [{ key: 'y', value: '{"not": "closed"', partition: 0 }] });
+    await producer.disconnect();
+
+    await waitFor(() => handled.length >= 3, { timeoutMs: 30_000 });
+    expect(handled.filter((id) => id !== 'other')).toEqual(['flaky', 'after']);
+    expect(handled).toContain('other');
+    expect(attempts).toBe(3);
+    const letters = await readDeadLetters(kafka, dlq, 2);
+    expect(letters.map((letter) => [letter.key, letter.error.code, letter.offset]).sort()).toEqual([
+      ['x', 'PROFILE_INVALID', '2'],
+      ['y', 'MESSAGE_NOT_JSON', '4'],
+    ]);
+    await waitFor(async () => (await committed(groupId)) === '5', { timeoutMs: 10_000 });
+  });
+
+  it('should pause a partition whose buffer is full and take the rest once the waiting key finishes', async () => {
+    const groupId = uniqueId('group');
+    const blockA = gate();
+    const seen: Seen = [];
+    await start(
+      groupId,
+      async (message) => {
+        if (message.key === 'A') await blockA.wait();
+        seen.push(seenAs(message));
+      },
+      { maxBufferedPerPartition: 2 },
+    ).start();
+    // Two messages of A fill the buffer; B's behind them are not accepted until A's finish.
+    await produce(0, [
+      ['A', 'a1'],
+      ['A', 'a2'],
+      ['B', 'b1'],
+      ['B', 'b2'],
+    ]);
+    await sleep(1_500);
+    expect(seen).toEqual([]);
+    expect(await committed(groupId)).not.toBe('1');
+    blockA.open();
+    await waitFor(() => seen.length >= 4, { timeoutMs: 15_000 });
+    expect(seen[0]).toBe('a1@0');
+    expect(seen.filter((s) => s.startsWith('a'))).toEqual(['a1@0', 'a2@1']);
+    expect(seen.filter((s) => s.startsWith('b'))).toEqual(['b1@2', 'b2@3']);
+    await waitFor(async () => (await committed(groupId)) === '4', { timeoutMs: 10_000 });
+  });
+
+  it('should abort the work of a partition that moves to another member and leave its commit to the new owner', async () => {
+    const groupId = uniqueId('group');
+    const blocks = [gate(), gate()];
+    const abortedPartitions: number[] = [];
+    await start(groupId, async (message) => {
+      try {
+        await blocks[message.partition]?.wait(message.signal);
+      } catch (error) {
+        if (message.signal?.aborted) abortedPartitions.push(message.partition);
+        throw error;
+      }
+    }).start();
+    await produce(0, [['A', 'a1']]);
+    await produce(1, [['C', 'c1']]);
+    await sleep(1_000);
+
+    const second: InboundMessage<TenantRecord>[] = [];
+    await start(groupId, async (message) => void second.push(message)).start();
+    // Two members, two partitions: the second member takes one of them over.
+    await waitFor(() => abortedPartitions.length === 1 && second.length === 1, {
+      timeoutMs: 40_000,
+      description: 'one partition moved',
+    });
+    const moved = abortedPartitions[0] as number;
+    expect(second[0]?.partition).toBe(moved);
+    await waitFor(async () => (await committed(groupId, moved)) === '1', { timeoutMs: 10_000 });
+    // The partition that stayed is still waiting in the first member, uncommitted.
+    const stayed = 1 - moved;
+    expect(await committed(groupId, stayed)).not.toBe('1');
+    blocks[stayed]?.open();
+    await waitFor(async () => (await committed(groupId, stayed)) === '1', { timeoutMs: 10_000 });
+  });
+});
+
+/** Reads every dead letter currently on the topic. */
+async function readDeadLetters(kafka: Kafka, topic: string, expected: number): Promise<DeadLetter[]> {
+  const letters: DeadLetter[] = [];
+  const consumer = kafka.consumer({ groupId: uniqueId('dlq-reader'), maxWaitTimeInMs: 500 });
+  await consumer.connect();
+  await consumer.subscribe({ topic, fromBeginning: true });
+  await consumer.run({
+    eachMessage: async ({ message }) => {
+      letters.push(JSON.parse(message.value?.toString('utf8') ?? 'null') as DeadLetter);
+    },
+  });
+  try {
+    await waitFor(() => letters.length >= expected, { timeoutMs: 20_000 });
+  } finally {
+    await consumer.disconnect();
+  }
+  return letters;
+}
