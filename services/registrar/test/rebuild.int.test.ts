@@ -1,0 +1,96 @@
+import type { Kafka } from 'kafkajs';
+import type { TenantRecord } from '@urs/contracts';
+import { silentLogger } from '@urs/logging';
+import { createTestKafka, deleteTopics, uniqueId } from '@urs/testkit';
+import { readTenantLog } from '../src/rebuild';
+import { REVISION_HEADER } from '../src/registry';
+import { GUID_A, GUID_B } from './fakes';
+
+const record = (tenantId: string, revision: number): TenantRecord => ({
+  schemaVersion: 1,
+  tenantId,
+  revision,
+  updatedAt: '2026-01-01T00:00:00.000Z',
+  source: 'director',
+  generation: revision,
+  enabled: true,
+  defender: {
+    azureTenantId: GUID_A,
+    clientId: GUID_B,
+    clientSecret: { alg: 'A256GCM', keyId: 'k1', iv: 'aXY=', tag: 'dGFn', ciphertext: 'Y3Q=' },
+    pollIntervalMinutes: 10,
+    cloud: 'commercial',
+    region: null,
+    riskProfile: null,
+  },
+});
+
+/** Creates a compacted 6-partition topic like `urs.tenants`, without waiting for its leaders. */
+async function createFreshTopic(kafka: Kafka, prefix: string): Promise<string> {
+  const topic = uniqueId(prefix);
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    await admin.createTopics({
+      topics: [
+        {
+          topic,
+          numPartitions: 6,
+          replicationFactor: 1,
+          configEntries: [{ name: 'cleanup.policy', value: 'compact' }],
+        },
+      ],
+      waitForLeaders: false,
+    });
+  } finally {
+    await admin.disconnect();
+  }
+  return topic;
+}
+
+describe('readTenantLog', () => {
+  const kafka = createTestKafka();
+  const created: string[] = [];
+  afterAll(async () => {
+    await deleteTopics(kafka, created);
+  });
+
+  // The registrar's first start on a new cluster: the topic was created a moment before and its leaders
+  // do not answer offset requests yet (NOT_LEADER on KRaft). The read must wait for them, not fail.
+  it('should read a tenants topic created a moment before as empty', async () => {
+    for (let round = 0; round < 3; round++) {
+      const topic = await createFreshTopic(kafka, 'rebuild-fresh');
+      created.push(topic);
+      expect(await readTenantLog(createTestKafka(), topic, uniqueId('registrar'), silentLogger)).toEqual([]);
+    }
+  });
+
+  it('should return the last word on each tenant: the newest record, or a deletion with its revision', async () => {
+    const topic = await createFreshTopic(kafka, 'rebuild-log');
+    created.push(topic);
+    const producer = kafka.producer();
+    await producer.connect();
+    try {
+      await producer.send({
+        topic,
+        messages: [
+          { key: 'a', value: JSON.stringify(record('a', 1)) },
+          { key: 'b', value: JSON.stringify(record('b', 1)) },
+          { key: 'a', value: JSON.stringify(record('a', 3)) },
+          { key: 'b', value: null, headers: { [REVISION_HEADER]: '4' } },
+          { key: 'c', value: 'not json' },
+        ],
+      });
+    } finally {
+      await producer.disconnect();
+    }
+    const entries = await readTenantLog(createTestKafka(), topic, uniqueId('registrar'), silentLogger);
+    expect(entries).toHaveLength(2);
+    expect(entries.find((entry) => entry.tenantId === 'a')?.record?.revision).toBe(3);
+    expect(entries.find((entry) => entry.tenantId === 'b')).toEqual({
+      tenantId: 'b',
+      record: null,
+      revision: 4,
+    });
+  });
+});
