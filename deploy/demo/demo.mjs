@@ -118,8 +118,7 @@ function startProcess(name, args, processEnv, ready) {
           return;
         }
         if (parsed.message === 'start failed') {
-          // The process may linger after a failed start; it is of no use any more.
-          child.kill('SIGKILL');
+          // The service exits with status 1 right after this line; the line carries the reason.
           clearTimeout(timer);
           reject(new Error(`${name} failed to start: ${parsed.error?.message ?? 'see its log'}`));
           return;
@@ -164,20 +163,10 @@ async function startServices(sim) {
   const isStarted = (line) => (line.message === 'started' ? line : undefined);
   // The registrar first: it creates the topics, and its REST port is needed to register the tenants.
   let httpPort;
-  // A start can fail on a freshly created topic whose partition leaders are not known to every client
-  // yet (NOT_LEADER on the first offsets request); a second start finds them.
-  for (let attempt = 1; ; attempt++) {
-    try {
-      await startProcess('registrar', ['services/registrar/dist/main.js'], common, (line) => {
-        if (line.message === 'REST listening') httpPort = line.httpPort;
-        return isStarted(line);
-      });
-      break;
-    } catch (error) {
-      if (attempt >= 3) throw error;
-      say(`registrar start failed (${error.message}); starting it again`);
-    }
-  }
+  await startProcess('registrar', ['services/registrar/dist/main.js'], common, (line) => {
+    if (line.message === 'REST listening') httpPort = line.httpPort;
+    return isStarted(line);
+  });
   await Promise.all(
     SERVICES.slice(1).map((name) => startProcess(name, [`services/${name}/dist/main.js`], common, isStarted)),
   );

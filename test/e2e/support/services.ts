@@ -39,22 +39,8 @@ export class ServiceGroup {
     return service;
   }
 
-  /**
-   * Starts a service and resolves once it logged "started" (it joined Kafka and Redis). A start that fails
-   * is tried again (up to `attempts` times): on topics created a moment before, a first offsets request can
-   * meet a partition whose leader the client does not know yet (NOT_LEADER), which a second start gets past.
-   */
-  async start(name: ServiceName, timeoutMs = 60_000, attempts = 3): Promise<ServiceProcess> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await this.startOnce(name, timeoutMs);
-      } catch (error) {
-        if (attempt >= attempts) throw error;
-      }
-    }
-  }
-
-  private async startOnce(name: ServiceName, timeoutMs: number): Promise<ServiceProcess> {
+  /** Starts a service and resolves once it logged "started" (it joined Kafka and Redis). */
+  async start(name: ServiceName, timeoutMs = 60_000): Promise<ServiceProcess> {
     const log = this.logs.get(name) ?? createWriteStream(join(this.logDir, `${name}.log`), { flags: 'a' });
     this.logs.set(name, log);
     const child = spawn(process.execPath, [join(ROOT, 'services', name, 'dist', 'main.js')], {
@@ -78,7 +64,6 @@ export class ServiceGroup {
           const parsed = JSON.parse(line) as Record<string, unknown>;
           lines.push(parsed);
           if (parsed['message'] === 'started') started?.();
-          if (parsed['message'] === 'start failed') child.kill('SIGKILL');
         } catch {
           // Not a JSON line (a crash trace): kept in the log file only.
         }
