@@ -65,6 +65,9 @@ export const SETTLE_RETRY: RetryPolicy = retryPolicy({
   multiplier: 2,
 });
 
+/** Retries logged at debug before they are logged as warnings. */
+const QUIET_RETRIES = 2;
+
 /** Give up on a Kafka call that keeps failing transiently after this long, in milliseconds. */
 export const DEFAULT_SETTLE_TIMEOUT_MS = 30_000;
 
@@ -117,14 +120,19 @@ export async function retryWhileSettling<T>(
         shouldRetry: (error) => retryable(error) && now() < deadline,
         // The last wait ends at the deadline, so one more attempt is made right at it.
         sleep: (ms, signal) => wait(Math.max(0, Math.min(ms, deadline - now())), signal),
-        onRetry: (error, attempt, delayMs) =>
-          options.logger?.warn('kafka not settled yet; retrying', {
+        onRetry: (error, attempt, delayMs) => {
+          const fields = {
             operation: options.operation,
             attempt,
             delayMs,
             type: (error as KafkaLikeError | null)?.type,
             reason: errorMessage(error),
-          }),
+          };
+          // A fresh topic takes a retry or two on nearly every first start: expected, so debug. Beyond
+          // that the cluster is slow or unwell, which an operator should see.
+          if (attempt <= QUIET_RETRIES) options.logger?.debug('kafka not settled yet; retrying', fields);
+          else options.logger?.warn('kafka not settled yet; retrying', fields);
+        },
       },
     );
   } catch (error) {

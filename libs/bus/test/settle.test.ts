@@ -192,25 +192,30 @@ describe('retryWhileSettling', () => {
     expect(calls).toBe(2);
   });
 
-  it('should warn on each retry with the reason', async () => {
+  it('should log each retry with the reason, as a warning from the third on', async () => {
     const time = fakeTime();
-    const warnings: Array<Record<string, unknown> | undefined> = [];
+    const lines: Array<{ level: string; fields: Record<string, unknown> | undefined }> = [];
+    const record =
+      (level: string) =>
+      (_message: string, fields?: Record<string, unknown>): void =>
+        void lines.push({ level, fields });
     const logger = {
-      debug: () => undefined,
-      info: () => undefined,
-      warn: (_message: string, fields?: Record<string, unknown>) => void warnings.push(fields),
-      error: () => undefined,
+      debug: record('debug'),
+      info: record('info'),
+      warn: record('warn'),
+      error: record('error'),
       child: () => logger,
     };
     let calls = 0;
     await retryWhileSettling(
       async () => {
-        if (++calls === 1) throw createErrorFromCode(LEADER_NOT_AVAILABLE);
+        if (++calls <= 3) throw createErrorFromCode(LEADER_NOT_AVAILABLE);
       },
       { operation: 'offsets of t', logger, now: time.now, sleep: time.sleep },
     );
-    expect(warnings).toEqual([
-      expect.objectContaining({ operation: 'offsets of t', attempt: 1, type: 'LEADER_NOT_AVAILABLE' }),
-    ]);
+    expect(lines.map((line) => line.level)).toEqual(['debug', 'debug', 'warn']);
+    expect(lines[2]?.fields).toEqual(
+      expect.objectContaining({ operation: 'offsets of t', attempt: 3, type: 'LEADER_NOT_AVAILABLE' }),
+    );
   });
 });
