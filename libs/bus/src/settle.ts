@@ -159,8 +159,9 @@ export interface TopicOffsetsOptions {
  * The low and high offsets of every partition of `topic`, retried while the topic settles (see
  * `retryWhileSettling`). Each attempt uses an admin client of its own, so it starts from fresh
  * metadata: a leader that moved is found again (KafkaJS would otherwise keep its cached metadata for
- * up to `metadataMaxAge`, 5 minutes). That client does not retry by itself, so the deadline holds
- * (KafkaJS's own backoff on an unknown topic alone can outlast it).
+ * up to `metadataMaxAge`, 5 minutes). That client does not retry its requests by itself, so the
+ * deadline holds (KafkaJS's own backoff on an unknown topic alone can outlast it); only its connect
+ * follows the Kafka client's `retry`, so with the broker unreachable the last attempt can end later.
  */
 export async function topicOffsets(
   kafka: Kafka,
@@ -170,11 +171,13 @@ export async function topicOffsets(
   return retryWhileSettling(
     async () => {
       const admin = kafka.admin({ retry: { retries: 0 } });
-      await admin.connect();
       try {
+        await admin.connect();
         return await admin.fetchTopicOffsets(topic);
       } finally {
-        await admin.disconnect();
+        // Also after a failed connect (its sockets are closed either way); a failed disconnect must not
+        // turn offsets already read into a failure.
+        await admin.disconnect().catch(() => undefined);
       }
     },
     { ...options, operation: `offsets of ${topic}` },
