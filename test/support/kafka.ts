@@ -1,4 +1,5 @@
 import { Kafka, logLevel, type ITopicConfig } from 'kafkajs';
+import { retryWhileSettling, topicOffsets } from '@urs/bus';
 import { testInfra } from './infra';
 import { uniqueId } from './wait';
 
@@ -39,7 +40,18 @@ export async function createUniqueTopics(kafka: Kafka, specs: TopicSpec[]): Prom
   const admin = kafka.admin();
   await admin.connect();
   try {
-    await admin.createTopics({ topics, waitForLeaders: true });
+    // On KRaft a fresh topic's metadata arrives late: creation (and its wait for leaders) can fail
+    // transiently, and a first offset read can answer NOT_LEADER. Retry what is still missing, then wait
+    // until every topic answers offset reads, as the services do.
+    await retryWhileSettling(
+      async () => {
+        const existing = new Set(await admin.listTopics());
+        const missing = topics.filter((t) => !existing.has(t.topic));
+        if (missing.length > 0) await admin.createTopics({ topics: missing, waitForLeaders: true });
+      },
+      { operation: 'create test topics' },
+    );
+    for (const t of topics) await topicOffsets(kafka, t.topic);
   } finally {
     await admin.disconnect();
   }
