@@ -27,11 +27,18 @@ export interface VulnFetcherConfig {
   /** Per-device calls of one batch started at once. Env `URS_VULN_CONCURRENCY`, default 10. */
   concurrency: number;
   /**
-   * Partitions handled at once. Env `URS_PARTITIONS_CONCURRENCY`, default 16. Batches of one partition
-   * are handled in order, and a per-device batch paces itself on its tenant's quota, so tenants sharing
-   * a partition wait for each other: handle every partition at once (batches mostly wait on the network).
+   * Partitions whose fetched batches are taken in at once. Env `URS_PARTITIONS_CONCURRENCY`, default 16.
+   * Batches are ordered per tenant (the message key), not per partition, so this no longer decides
+   * whether tenants sharing a partition wait for each other; taking a batch in is quick.
    */
   partitionsConcurrency: number;
+  /**
+   * Batches of one partition taken in and not yet enriched (queued behind their tenant's earlier
+   * batches, or in flight). When reached, the partition's fetching pauses until half are done, so
+   * memory stays bounded (this many batches of up to 500 devices per partition). Env
+   * `URS_MAX_BUFFERED_PER_PARTITION`, default 50.
+   */
+  maxBufferedPerPartition: number;
   /** How long a batch waits for its cycle's bulk export, ms. Env `URS_BULK_WAIT_MS`, default 600000. */
   bulkWaitMs: number;
   /** How long a bulk export claim holds if its holder dies, ms. Env `URS_BULK_CLAIM_MS`, default 300000. */
@@ -62,6 +69,11 @@ export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
     maxInFlight: readInt(env, 'URS_DEFENDER_MAX_IN_FLIGHT', { fallback: 10, min: 1, max: 100 }),
     concurrency: readInt(env, 'URS_VULN_CONCURRENCY', { fallback: 10, min: 1, max: 100 }),
     partitionsConcurrency: readInt(env, 'URS_PARTITIONS_CONCURRENCY', { fallback: 16, min: 1, max: 100 }),
+    maxBufferedPerPartition: readInt(env, 'URS_MAX_BUFFERED_PER_PARTITION', {
+      fallback: 50,
+      min: 1,
+      max: 10_000,
+    }),
     bulkWaitMs: readInt(env, 'URS_BULK_WAIT_MS', { fallback: 600_000, min: 1_000 }),
     bulkClaimMs: readInt(env, 'URS_BULK_CLAIM_MS', { fallback: 300_000, min: 1_000 }),
     bulkCacheTtlMs: readInt(env, 'URS_BULK_CACHE_TTL_MS', { fallback: 7_200_000, min: 60_000 }),

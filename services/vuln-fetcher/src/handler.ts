@@ -33,7 +33,8 @@ export interface EnrichHandlerDeps {
   now?: () => Date;
   /**
    * Aborted when the process stops: calls in flight give up and the batch fails retryably, so it is not
-   * committed and another replica (or this one, restarted) handles it whole. Default: never aborted.
+   * committed and another replica (or this one, restarted) handles it whole. Default: never aborted. A
+   * message's own `signal` (the runner gave it up) does the same for that batch.
    */
   signal?: AbortSignal;
 }
@@ -85,12 +86,19 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     });
   }
 
-  /** A stop interrupted the batch: fail it retryably, so its offset is not committed and it is handled again. */
-  function throwIfStopping(): void {
-    if (deps.signal?.aborted) {
-      throw new UrsError('STOPPING', 'the service is stopping; the batch will be handled again', {
-        canRetry: true,
-      });
+  /**
+   * A stop, or the runner giving the batch up (its partition moved to another replica), interrupted
+   * the batch: fail it retryably, so its offset is not committed and it is handled again.
+   */
+  function throwIfStopping(signal: AbortSignal | undefined): void {
+    if (signal?.aborted) {
+      throw new UrsError(
+        'STOPPING',
+        'the batch was interrupted (stop or rebalance); it will be handled again',
+        {
+          canRetry: true,
+        },
+      );
     }
   }
 
@@ -102,6 +110,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     source: VulnerabilitySource,
     heartbeat: () => Promise<void>,
     log: Logger,
+    signal: AbortSignal | undefined,
   ): Promise<Enrichment & { tenantFailure?: FetchError }> {
     const devices: EnrichedDevice[] = new Array(batch.devices.length);
     let collectedAt = now();
@@ -109,7 +118,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     let next = 0;
     async function worker(): Promise<void> {
       for (let index = next++; index < batch.devices.length; index = next++) {
-        if (deps.signal?.aborted) return;
+        if (signal?.aborted) return;
         const machine = batch.devices[index] as Machine;
         if (tenantFailure) {
           devices[index] = { machine, vulnerabilities: null, fetchError: tenantFailure };
@@ -117,7 +126,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
           continue;
         }
         try {
-          const list = await source.machineVulnerabilities(machine.id, deps.signal);
+          const list = await source.machineVulnerabilities(machine.id, signal);
           devices[index] = { machine, vulnerabilities: summariseVulnerabilities(list, batch.cvssThreshold) };
           fetches.inc({ mode: 'per-device', outcome: 'ok' });
         } catch (error) {
@@ -133,14 +142,19 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     }
     const workers = Math.max(1, Math.min(deps.concurrency, batch.devices.length));
     await Promise.all(Array.from({ length: workers }, () => worker()));
-    throwIfStopping();
+    throwIfStopping(signal);
     return { devices, collectedAt, ...(tenantFailure ? { tenantFailure } : {}) };
   }
 
-  async function runBulkExport(batch: DeviceBatch, source: VulnerabilitySource, log: Logger): Promise<void> {
+  async function runBulkExport(
+    batch: DeviceBatch,
+    source: VulnerabilitySource,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
     const started = Date.now();
     try {
-      const byDevice = await source.bulkVulnerabilities(deps.signal);
+      const byDevice = await source.bulkVulnerabilities(signal);
       const summaries = new Map(
         [...byDevice].map(([deviceId, list]) => [
           deviceId,
@@ -161,10 +175,10 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
           `(last export ${collectedAt}: ${summaries.size} devices with vulnerabilities)`,
       });
     } catch (error) {
-      if (deps.signal?.aborted) {
+      if (signal?.aborted) {
         // Stopping: another replica (or this one, restarted) takes the export over at once.
         await deps.bulkCache.release(batch.tenantId, batch.cycleId, owner);
-        throwIfStopping();
+        throwIfStopping(signal);
       }
       const fetchError = { code: errorCode(error), message: errorMessage(error) };
       log.warn('bulk export failed', fetchError);
@@ -177,6 +191,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     source: VulnerabilitySource,
     heartbeat: () => Promise<void>,
     log: Logger,
+    signal: AbortSignal | undefined,
   ): Promise<Enrichment & { tenantFailure?: FetchError }> {
     const deadline = Date.now() + deps.bulkWaitMs;
     for (;;) {
@@ -206,7 +221,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         state.state === 'absent' &&
         (await deps.bulkCache.claim(batch.tenantId, batch.cycleId, owner, deps.bulkClaimMs))
       ) {
-        await runBulkExport(batch, source, log);
+        await runBulkExport(batch, source, log, signal);
         continue;
       }
       if (Date.now() >= deadline) {
@@ -218,8 +233,8 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         return { devices: missing(batch.devices, fetchError), collectedAt: now() };
       }
       await heartbeat();
-      await sleep(deps.bulkPollMs ?? 200, deps.signal);
-      throwIfStopping();
+      await sleep(deps.bulkPollMs ?? 200, signal);
+      throwIfStopping(signal);
     }
   }
 
@@ -232,15 +247,22 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const heartbeat = async (): Promise<void> => {
       await message.heartbeat?.().catch(() => undefined);
     };
+    // The process stopping, or the runner giving this batch up (its partition moved to another replica).
+    const signals = [deps.signal, message.signal].filter((s): s is AbortSignal => s !== undefined);
+    const signal = signals.length > 1 ? AbortSignal.any(signals) : signals[0];
     const beating = setInterval(() => void heartbeat(), HEARTBEAT_EVERY_MS);
     try {
-      await handle(batch, heartbeat);
+      await handle(batch, heartbeat, signal);
     } finally {
       clearInterval(beating);
     }
   };
 
-  async function handle(batch: DeviceBatch, heartbeat: () => Promise<void>): Promise<void> {
+  async function handle(
+    batch: DeviceBatch,
+    heartbeat: () => Promise<void>,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
     const log = deps.logger.child({
       tenantId: batch.tenantId,
       cycleId: batch.cycleId,
@@ -264,8 +286,8 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         const source = deps.sources.forTenant(record);
         result =
           batch.vulnerabilityMode === 'bulk'
-            ? await bulk(batch, source, heartbeat, log)
-            : await perDevice(batch, source, heartbeat, log);
+            ? await bulk(batch, source, heartbeat, log, signal)
+            : await perDevice(batch, source, heartbeat, log, signal);
       } catch (error) {
         if (!isTenantWideFailure(error)) throw error;
         const fetchError = { code: errorCode(error), message: errorMessage(error) };

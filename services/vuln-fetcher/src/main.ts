@@ -32,7 +32,8 @@ void runService({
       logger,
     });
     // Stopping aborts the calls in flight (the runner then leaves their batch uncommitted); without it a
-    // batch pacing itself on its tenant's quota would hold the graceful stop for minutes.
+    // batch pacing itself on its tenant's quota would hold the graceful stop for minutes (the runner
+    // would abort it only after its drain time).
     const stopping = new AbortController();
     const stop = (): void => stopping.abort();
     process.once('SIGTERM', stop);
@@ -61,6 +62,10 @@ void runService({
       logger,
       metrics,
       partitionsConsumedConcurrently: own.partitionsConcurrency,
+      // One tenant's batch waiting minutes on its quota must not hold up another tenant's batch that
+      // shares its partition: batches are ordered per tenant (the key), different tenants run at once.
+      ordering: 'key',
+      maxBufferedPerPartition: own.maxBufferedPerPartition,
     });
     return {
       runners: [runner],

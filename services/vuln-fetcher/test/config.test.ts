@@ -29,6 +29,16 @@ describe('vulnFetcherConfig', () => {
     );
   });
 
+  it('vulnFetcherConfig should buffer 50 batches per partition unless told otherwise, and refuse none', () => {
+    expect(vulnFetcherConfig({ URS_SECRET_KEY: KEY }).maxBufferedPerPartition).toBe(50);
+    expect(
+      vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_MAX_BUFFERED_PER_PARTITION: '7' }).maxBufferedPerPartition,
+    ).toBe(7);
+    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_MAX_BUFFERED_PER_PARTITION: '0' })).toThrow(
+      /URS_MAX_BUFFERED_PER_PARTITION/,
+    );
+  });
+
   it('vulnFetcherConfig should refuse a bulk page larger than the API allows', () => {
     expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_BULK_PAGE_SIZE: '200001' })).toThrow(
       /URS_BULK_PAGE_SIZE must be ≤ 200000/,

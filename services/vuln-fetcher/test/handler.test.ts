@@ -252,6 +252,29 @@ describe('createEnrichHandler', () => {
     expect(sent).toEqual([]);
   });
 
+  it('should fail a batch retryably and stop calling when the runner gives the message up', async () => {
+    const givenUp = new AbortController();
+    const seenSignals: (AbortSignal | undefined)[] = [];
+    const { handler, sent } = setup(
+      {
+        machineVulnerabilities: async (_id, signal) => {
+          seenSignals.push(signal);
+          givenUp.abort();
+          throw new Error('aborted');
+        },
+      },
+      { signal: new AbortController().signal },
+    );
+    await expect(handler({ ...message(batch()), signal: givenUp.signal })).rejects.toMatchObject({
+      code: 'STOPPING',
+      canRetry: true,
+    });
+    expect(sent).toEqual([]);
+    // Two workers each took one device before the abort; none took the third.
+    expect(seenSignals.length).toBeLessThanOrEqual(2);
+    expect(seenSignals.every((signal) => signal?.aborted)).toBe(true);
+  });
+
   it('should give the bulk export claim back when the service stops during the export', async () => {
     const stop = new AbortController();
     const { handler, bulkCache } = setup(
