@@ -63,6 +63,11 @@ interface PartitionWork {
   readonly lanes: Map<string | null, Entry[]>;
   /** Aborted when the partition is revoked, or when close's drain time has passed. */
   readonly controller: AbortController;
+  /**
+   * The controller's signal or close: cuts a retry's pause short. Made once per partition, not per
+   * message: Node keeps every AbortSignal.any made from a long-lived signal (nodejs/node#55351).
+   */
+  readonly stopSignal: AbortSignal;
   revoked: boolean;
   paused: boolean;
   committed: bigint | undefined;
@@ -92,12 +97,14 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
     const id = partitionId(topic, partition);
     let work = partitions.get(id);
     if (!work) {
+      const controller = new AbortController();
       work = {
         topic,
         partition,
         offsets: new PartitionOffsets(),
         lanes: new Map(),
-        controller: new AbortController(),
+        controller,
+        stopSignal: AbortSignal.any([closing.signal, controller.signal]),
         revoked: false,
         paused: false,
         committed: undefined,
@@ -145,7 +152,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
   }
 
   async function settleUntilDone(work: PartitionWork, entry: Entry): Promise<boolean> {
-    const stopSignal = AbortSignal.any([closing.signal, work.controller.signal]);
+    const { stopSignal } = work;
     const shouldStop = (): boolean => closing.signal.aborted || work.revoked;
     for (let attempt = 1; ; attempt++) {
       try {

@@ -248,13 +248,20 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       await message.heartbeat?.().catch(() => undefined);
     };
     // The process stopping, or the runner giving this batch up (its partition moved to another replica).
-    const signals = [deps.signal, message.signal].filter((s): s is AbortSignal => s !== undefined);
-    const signal = signals.length > 1 ? AbortSignal.any(signals) : signals[0];
+    // Not AbortSignal.any: Node keeps every signal made from the long-lived stop signal (nodejs/node#55351).
+    const interrupted = new AbortController();
+    const interrupt = (): void => interrupted.abort();
+    for (const source of [deps.signal, message.signal]) {
+      if (source?.aborted) interrupt();
+      source?.addEventListener('abort', interrupt, { once: true });
+    }
     const beating = setInterval(() => void heartbeat(), HEARTBEAT_EVERY_MS);
     try {
-      await handle(batch, heartbeat, signal);
+      await handle(batch, heartbeat, interrupted.signal);
     } finally {
       clearInterval(beating);
+      deps.signal?.removeEventListener('abort', interrupt);
+      message.signal?.removeEventListener('abort', interrupt);
     }
   };
 
