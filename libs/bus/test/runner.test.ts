@@ -1,0 +1,50 @@
+import type { Kafka } from 'kafkajs';
+import { createConsumerRunner, type ConsumerRunnerOptions, type Publisher } from '@urs/bus';
+import { silentLogger } from '@urs/logging';
+import { Registry } from '@urs/telemetry';
+
+// Enough of KafkaJS for building a runner (nothing connects).
+const kafka = {
+  consumer: () => ({ events: { GROUP_JOIN: 'join', CRASH: 'crash' }, on: () => undefined }),
+} as unknown as Kafka;
+
+const options = (extra: Partial<ConsumerRunnerOptions>): ConsumerRunnerOptions => ({
+  kafka,
+  service: 'test',
+  groupId: 'group',
+  subscriptions: [],
+  publisher: {} as Publisher,
+  dlqTopic: 'dlq',
+  logger: silentLogger,
+  metrics: new Registry({ processMetrics: false }),
+  ...extra,
+});
+
+describe('createConsumerRunner', () => {
+  it('should refuse an unknown ordering, naming the option', () => {
+    expect(() => createConsumerRunner(options({ ordering: 'tenant' as 'key' }))).toThrow(
+      expect.objectContaining({
+        code: 'RUNNER_OPTION_INVALID',
+        message: expect.stringMatching(/^ordering must be/),
+      }),
+    );
+  });
+
+  it.each(['maxBufferedPerPartition', 'commitIntervalMs', 'drainTimeoutMs'] as const)(
+    'should refuse %s below 1 with ordering by key, naming the option',
+    (name) => {
+      expect(() => createConsumerRunner(options({ ordering: 'key', [name]: 0 }))).toThrow(
+        expect.objectContaining({
+          code: 'RUNNER_OPTION_INVALID',
+          message: `${name} must be an integer >= 1, got 0`,
+        }),
+      );
+    },
+  );
+
+  it('should build a key-ordered runner with the defaults', () => {
+    const runner = createConsumerRunner(options({ ordering: 'key' }));
+    expect(runner.state).toBe('created');
+    expect(runner.isReady()).toBe(false);
+  });
+});
