@@ -27,5 +27,10 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const command = await load();
-  return command(rest, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env });
+  return command(rest, {
+    stdin: process.stdin,
+    stdout: process.stdout,
+    stderr: process.stderr,
+    env: process.env,
+  });
 }

@@ -124,7 +124,8 @@ export async function createTestStack(options: {
     env,
     processes,
     async start(name, extra = {}) {
-      const port: Record<string, string> = name === 'registrar' ? { URS_HTTP_PORT: String(await freePort()) } : {};
+      const port: Record<string, string> =
+        name === 'registrar' ? { URS_HTTP_PORT: String(await freePort()) } : {};
       const child = spawnService(name, env({ ...port, ...extra }));
       processes.push(child);
       await child.waitForLine((line) => line.includes('"message":"started"'), 60_000);
