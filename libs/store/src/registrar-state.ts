@@ -3,10 +3,12 @@ import type Redis from 'ioredis';
 /** The registrar's own bookkeeping: tenant revisions, Director's last generation, the rebuild marker. */
 export interface RegistrarStateStore {
   /**
-   * The next revision of a tenant's record: max(Redis server time in ms, last revision + 1, `floor` + 1),
+   * The next revision of a tenant's record: max(Redis server time in µs, last revision + 1, `floor` + 1),
    * assigned atomically. Every registrar replica gets a distinct, increasing number (one clock: Redis's),
    * and after a Redis wipe new revisions still exceed the old ones (they were time-based too), so a write
-   * made before the rebuild finished is not shadowed by an older record.
+   * made before the rebuild finished is not shadowed by an older record. Microseconds, not milliseconds:
+   * a revision handed out just before a wipe and one just after can fall in the same millisecond. (µs since
+   * 1970 stay below 2^53, so the numbers are exact in JSON and in Lua.)
    */
   nextRevision(tenantId: string, floor?: number): Promise<number>;
   /** Raises the tenant's revision counter to at least `revision` (rebuild from urs.tenants). */
@@ -23,7 +25,7 @@ export interface RegistrarStateStore {
 // KEYS[1] revision counter; ARGV: floor.
 const NEXT_REVISION = `
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 local floor = tonumber(ARGV[1])
 local nextRevision = math.max(now, current + 1, floor + 1)

@@ -21,7 +21,7 @@ describe('createRegistrarStateStore', () => {
 
   it('nextRevision should stay above a floor and an observed revision', async () => {
     const store = createRegistrarStateStore(redis.client, redis.prefix);
-    const far = Date.now() + 10 * 24 * 3_600_000;
+    const far = (Date.now() + 10 * 24 * 3_600_000) * 1000; // revisions are in microseconds
     expect(await store.nextRevision('acme', far)).toBe(far + 1);
     await store.observeRevision('other', far + 100);
     expect(await store.nextRevision('other')).toBe(far + 101);
