@@ -3,5 +3,6 @@
 // share a topic, a consumer group or a Redis key.
 export { uniqueId, waitFor, type WaitForOptions } from './wait';
 export { testInfra, type TestInfra } from './infra';
-export { createTestKafka, createUniqueTopics, deleteTopics, type TopicSpec } from './kafka';
+export { createTestKafka, createUniqueTopics, deleteTopics, readDeadLetters, type TopicSpec } from './kafka';
 export { createTestRedis, deleteKeysMatching, type TestRedis } from './redis';
+export { tenantRecord, type TenantRecordOptions } from './records';

@@ -1,7 +1,8 @@
 import { Kafka, logLevel, type ITopicConfig } from 'kafkajs';
 import { retryWhileSettling, topicOffsets } from '@urs/bus';
+import type { DeadLetter } from '@urs/contracts';
 import { testInfra } from './infra';
-import { uniqueId } from './wait';
+import { uniqueId, waitFor } from './wait';
 
 /**
  * A KafkaJS client on the resolved test brokers. KafkaJS logs nothing by default (its retried
@@ -70,4 +71,23 @@ export async function deleteTopics(kafka: Kafka, topics: string[]): Promise<void
   } finally {
     await admin.disconnect();
   }
+}
+
+/** Reads the dead letters on `topic` from its beginning until at least `expected` arrived (20 s at most). */
+export async function readDeadLetters(kafka: Kafka, topic: string, expected: number): Promise<DeadLetter[]> {
+  const letters: DeadLetter[] = [];
+  const consumer = kafka.consumer({ groupId: uniqueId('dlq-reader'), maxWaitTimeInMs: 500 });
+  await consumer.connect();
+  await consumer.subscribe({ topic, fromBeginning: true });
+  await consumer.run({
+    eachMessage: async ({ message }) => {
+      letters.push(JSON.parse(message.value?.toString('utf8') ?? 'null') as DeadLetter);
+    },
+  });
+  try {
+    await waitFor(() => letters.length >= expected, { timeoutMs: 20_000 });
+  } finally {
+    await consumer.disconnect();
+  }
+  return letters;
 }

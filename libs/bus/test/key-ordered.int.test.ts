@@ -7,31 +7,19 @@ import {
   type InboundMessage,
   type Publisher,
 } from '@urs/bus';
-import type { DeadLetter, TenantRecord } from '@urs/contracts';
+import type { TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { UrsError, retryPolicy } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
-import { createTestKafka, createUniqueTopics, deleteTopics, uniqueId, waitFor } from '@urs/testkit';
-
-function tenantRecord(tenantId: string): TenantRecord {
-  return {
-    schemaVersion: 1,
-    tenantId,
-    revision: 1,
-    updatedAt: new Date().toISOString(),
-    source: 'director',
-    enabled: true,
-    defender: {
-      azureTenantId: '8f2a3c1e-4b5d-4e6f-9a7b-0c1d2e3f4a5b',
-      clientId: '1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9',
-      clientSecret: { alg: 'A256GCM', keyId: 'k1', iv: 'aXY=', tag: 'dGFn', ciphertext: 'Y2lwaGVy' },
-      pollIntervalMinutes: 60,
-      cloud: 'commercial',
-      region: null,
-      riskProfile: null,
-    },
-  };
-}
+import {
+  createTestKafka,
+  createUniqueTopics,
+  deleteTopics,
+  readDeadLetters,
+  tenantRecord,
+  uniqueId,
+  waitFor,
+} from '@urs/testkit';
 
 /** A gate a handler waits on until the test opens it, or until the handler's signal aborts. */
 function gate(): { wait: (signal?: AbortSignal) => Promise<void>; open: () => void } {
@@ -313,22 +301,3 @@ describe('createConsumerRunner with ordering by key', () => {
     expect(firstCalls.sort()).toEqual(['a1@0', 'c1@0']);
   });
 });
-
-/** Reads every dead letter currently on the topic. */
-async function readDeadLetters(kafka: Kafka, topic: string, expected: number): Promise<DeadLetter[]> {
-  const letters: DeadLetter[] = [];
-  const consumer = kafka.consumer({ groupId: uniqueId('dlq-reader'), maxWaitTimeInMs: 500 });
-  await consumer.connect();
-  await consumer.subscribe({ topic, fromBeginning: true });
-  await consumer.run({
-    eachMessage: async ({ message }) => {
-      letters.push(JSON.parse(message.value?.toString('utf8') ?? 'null') as DeadLetter);
-    },
-  });
-  try {
-    await waitFor(() => letters.length >= expected, { timeoutMs: 20_000 });
-  } finally {
-    await consumer.disconnect();
-  }
-  return letters;
-}

@@ -6,50 +6,19 @@ import {
   type InboundMessage,
   type Publisher,
 } from '@urs/bus';
-import type { DeadLetter, TenantRecord } from '@urs/contracts';
+import type { TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { UrsError, retryPolicy } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
-import { createTestKafka, createUniqueTopics, deleteTopics, uniqueId, waitFor } from '@urs/testkit';
-
-function tenantRecord(tenantId: string, revision = 1): TenantRecord {
-  return {
-    schemaVersion: 1,
-    tenantId,
-    revision,
-    updatedAt: new Date().toISOString(),
-    source: 'director',
-    enabled: true,
-    defender: {
-      azureTenantId: '8f2a3c1e-4b5d-4e6f-9a7b-0c1d2e3f4a5b',
-      clientId: '1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9',
-      clientSecret: { alg: 'A256GCM', keyId: 'k1', iv: 'aXY=', tag: 'dGFn', ciphertext: 'Y2lwaGVy' },
-      pollIntervalMinutes: 60,
-      cloud: 'commercial',
-      region: null,
-      riskProfile: null,
-    },
-  };
-}
-
-/** Reads every dead letter currently on the topic. */
-async function readDeadLetters(kafka: Kafka, topic: string, expected: number): Promise<DeadLetter[]> {
-  const letters: DeadLetter[] = [];
-  const consumer = kafka.consumer({ groupId: uniqueId('dlq-reader'), maxWaitTimeInMs: 500 });
-  await consumer.connect();
-  await consumer.subscribe({ topic, fromBeginning: true });
-  await consumer.run({
-    eachMessage: async ({ message }) => {
-      letters.push(JSON.parse(message.value?.toString('utf8') ?? 'null') as DeadLetter);
-    },
-  });
-  try {
-    await waitFor(() => letters.length >= expected, { timeoutMs: 20_000 });
-  } finally {
-    await consumer.disconnect();
-  }
-  return letters;
-}
+import {
+  createTestKafka,
+  createUniqueTopics,
+  deleteTopics,
+  readDeadLetters,
+  tenantRecord,
+  uniqueId,
+  waitFor,
+} from '@urs/testkit';
 
 describe('createConsumerRunner', () => {
   let kafka: Kafka;

@@ -1,26 +1,9 @@
 import type { TenantRecord } from '@urs/contracts';
 import { createTenantStore } from '@urs/store';
-import { createTestRedis, type TestRedis } from '@urs/testkit';
+import { createTestRedis, tenantRecord, type TestRedis } from '@urs/testkit';
 
-function record(tenantId: string, revision: number, pollIntervalMinutes = 60): TenantRecord {
-  return {
-    schemaVersion: 1,
-    tenantId,
-    revision,
-    updatedAt: new Date().toISOString(),
-    source: 'rest',
-    enabled: true,
-    defender: {
-      azureTenantId: '8f2a3c1e-4b5d-4e6f-9a7b-0c1d2e3f4a5b',
-      clientId: '1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9',
-      clientSecret: { alg: 'A256GCM', keyId: 'k1', iv: 'aXY=', tag: 'dGFn', ciphertext: 'Y2lwaGVy' },
-      pollIntervalMinutes,
-      cloud: 'commercial',
-      region: null,
-      riskProfile: null,
-    },
-  };
-}
+const record = (tenantId: string, revision: number, pollIntervalMinutes = 60): TenantRecord =>
+  tenantRecord(tenantId, { revision, source: 'rest', pollIntervalMinutes });
 
 describe('createTenantStore', () => {
   let redis: TestRedis;

@@ -1,6 +1,6 @@
 import type { Kafka } from 'kafkajs';
 import { createConsumerRunner, createPublisher, type ConsumerRunner, type Publisher } from '@urs/bus';
-import type { DeviceBatch, EnrichedBatch, TenantRecord } from '@urs/contracts';
+import type { DeviceBatch, EnrichedBatch } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createBulkVulnerabilityCache, createTenantStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
@@ -9,32 +9,13 @@ import {
   createTestRedis,
   createUniqueTopics,
   deleteTopics,
+  tenantRecord,
   uniqueId,
   waitFor,
   type TestRedis,
 } from '@urs/testkit';
 import { createEnrichHandler } from '../src/handler';
 import type { SourceProvider } from '../src/sources';
-
-function tenantRecord(tenantId: string): TenantRecord {
-  return {
-    schemaVersion: 1,
-    tenantId,
-    revision: 1,
-    updatedAt: new Date().toISOString(),
-    source: 'director',
-    enabled: true,
-    defender: {
-      azureTenantId: '8f2a3c1e-4b5d-4e6f-9a7b-0c1d2e3f4a5b',
-      clientId: '1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9',
-      clientSecret: { alg: 'A256GCM', keyId: 'k1', iv: 'aXY=', tag: 'dGFn', ciphertext: 'Y2lwaGVy' },
-      pollIntervalMinutes: 60,
-      cloud: 'commercial',
-      region: null,
-      riskProfile: null,
-    },
-  };
-}
 
 function deviceBatch(tenantId: string, devices: number): DeviceBatch {
   return {

@@ -1,0 +1,34 @@
+import type { TenantRecord } from '@urs/contracts';
+
+export interface TenantRecordOptions {
+  /** Default 1. */
+  revision?: number;
+  /** Default `director`. */
+  source?: TenantRecord['source'];
+  /** Default 60. */
+  pollIntervalMinutes?: number;
+}
+
+/**
+ * A valid, enabled tenant record of the commercial cloud, updated now. Its sealed secret is a
+ * placeholder no key opens: tests of transport and storage never open it.
+ */
+export function tenantRecord(tenantId: string, options: TenantRecordOptions = {}): TenantRecord {
+  return {
+    schemaVersion: 1,
+    tenantId,
+    revision: options.revision ?? 1,
+    updatedAt: new Date().toISOString(),
+    source: options.source ?? 'director',
+    enabled: true,
+    defender: {
+      azureTenantId: '8f2a3c1e-4b5d-4e6f-9a7b-0c1d2e3f4a5b',
+      clientId: '1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9',
+      clientSecret: { alg: 'A256GCM', keyId: 'k1', iv: 'aXY=', tag: 'dGFn', ciphertext: 'Y2lwaGVy' },
+      pollIntervalMinutes: options.pollIntervalMinutes ?? 60,
+      cloud: 'commercial',
+      region: null,
+      riskProfile: null,
+    },
+  };
+}
