@@ -120,3 +120,28 @@ export function registrationBody(overrides: Record<string, unknown> = {}): Recor
     ...overrides,
   };
 }
+
+/** A Director tenant record at `revision` (its generation too); `extra` replaces top-level fields. */
+export const tenantRecord = (
+  tenantId: string,
+  revision: number,
+  extra: Partial<TenantRecord> = {},
+): TenantRecord => ({
+  schemaVersion: 1,
+  tenantId,
+  revision,
+  updatedAt: '2026-01-01T00:00:00.000Z',
+  source: 'director',
+  generation: revision,
+  enabled: true,
+  defender: {
+    azureTenantId: GUID_A,
+    clientId: GUID_B,
+    clientSecret: { alg: 'A256GCM', keyId: 'k1', iv: 'aXY=', tag: 'dGFn', ciphertext: 'Y3Q=' },
+    pollIntervalMinutes: 10,
+    cloud: 'commercial',
+    region: null,
+    riskProfile: null,
+  },
+  ...extra,
+});

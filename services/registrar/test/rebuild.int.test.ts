@@ -1,29 +1,9 @@
 import type { Kafka } from 'kafkajs';
-import type { TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createTestKafka, deleteTopics, uniqueId } from '@urs/testkit';
 import { readTenantLog } from '../src/rebuild';
 import { REVISION_HEADER } from '../src/registry';
-import { GUID_A, GUID_B } from './fakes';
-
-const record = (tenantId: string, revision: number): TenantRecord => ({
-  schemaVersion: 1,
-  tenantId,
-  revision,
-  updatedAt: '2026-01-01T00:00:00.000Z',
-  source: 'director',
-  generation: revision,
-  enabled: true,
-  defender: {
-    azureTenantId: GUID_A,
-    clientId: GUID_B,
-    clientSecret: { alg: 'A256GCM', keyId: 'k1', iv: 'aXY=', tag: 'dGFn', ciphertext: 'Y3Q=' },
-    pollIntervalMinutes: 10,
-    cloud: 'commercial',
-    region: null,
-    riskProfile: null,
-  },
-});
+import { tenantRecord as record } from './fakes';
 
 /** Creates a compacted 6-partition topic like `urs.tenants`, without waiting for its leaders. */
 async function createFreshTopic(kafka: Kafka, prefix: string): Promise<string> {

@@ -1,27 +1,6 @@
-import type { TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createTenantRebuilder, type TenantLogEntry } from '../src/rebuild';
-import { GUID_A, GUID_B, memoryStateStore, memoryTenantStore } from './fakes';
-
-const record = (tenantId: string, revision: number, extra: Partial<TenantRecord> = {}): TenantRecord => ({
-  schemaVersion: 1,
-  tenantId,
-  revision,
-  updatedAt: '2026-01-01T00:00:00.000Z',
-  source: 'director',
-  generation: revision,
-  enabled: true,
-  defender: {
-    azureTenantId: GUID_A,
-    clientId: GUID_B,
-    clientSecret: { alg: 'A256GCM', keyId: 'k1', iv: 'aXY=', tag: 'dGFn', ciphertext: 'Y3Q=' },
-    pollIntervalMinutes: 10,
-    cloud: 'commercial',
-    region: null,
-    riskProfile: null,
-  },
-  ...extra,
-});
+import { memoryStateStore, memoryTenantStore, tenantRecord as record } from './fakes';
 
 function setup(entries: TenantLogEntry[]) {
   const tenants = memoryTenantStore();
