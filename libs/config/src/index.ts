@@ -15,6 +15,7 @@ export {
   topicsConfig,
   secretKeyConfig,
   defenderOverrides,
+  defenderSettings,
   serviceConfig,
 } from './infra';
 export type {
@@ -23,6 +24,7 @@ export type {
   Topics,
   SecretKeyConfig,
   DefenderOverrides,
+  DefenderSettings,
   ServiceConfig,
   LogLevelName,
 } from './infra';

@@ -145,6 +145,32 @@ export function defenderOverrides(env: Env): DefenderOverrides {
   return overrides;
 }
 
+/** How a service reaches Microsoft Defender: what the poller, the vuln-fetcher and the registrar all read. */
+export interface DefenderSettings {
+  defender: DefenderOverrides;
+  /** PEM file of an extra CA to trust for Entra/MDE (a private test CA). Env `URS_DEFENDER_CA_FILE`, default none. */
+  caFile: string | undefined;
+  /**
+   * MDE calls in flight across every process sharing the limiter, 1–100. Env `URS_DEFENDER_MAX_IN_FLIGHT`,
+   * default 10; every service must be given the same value (the last one to start writes it to the shared limiter).
+   */
+  maxInFlight: number;
+  /**
+   * `microsoft`: calls wait for the tenant's API quota kept in Redis (the default, the only setting for real
+   * tenants); `off`: no quota wait, for a simulator whose quotas are off (benchmarks). Env `URS_DEFENDER_QUOTAS`.
+   */
+  quotas: 'microsoft' | 'off';
+}
+
+export function defenderSettings(env: Env): DefenderSettings {
+  return {
+    defender: defenderOverrides(env),
+    caFile: readOptionalString(env, 'URS_DEFENDER_CA_FILE'),
+    maxInFlight: readInt(env, 'URS_DEFENDER_MAX_IN_FLIGHT', { fallback: 10, min: 1, max: 100 }),
+    quotas: readEnum(env, 'URS_DEFENDER_QUOTAS', ['microsoft', 'off'] as const, 'microsoft'),
+  };
+}
+
 export type LogLevelName = 'debug' | 'info' | 'warn' | 'error';
 
 /** What every service reads: identity, logging, the bus, the store, topics, the metrics port. */

@@ -1,5 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { kafkaConfig, readInt, secretKeyConfig, serviceConfig, topicsConfig } from '@urs/config';
+import {
+  defenderSettings,
+  kafkaConfig,
+  readInt,
+  secretKeyConfig,
+  serviceConfig,
+  topicsConfig,
+} from '@urs/config';
 
 describe('readInt', () => {
   it('should name the variable and the rule when out of range', () => {
@@ -64,6 +71,42 @@ describe('secretKeyConfig', () => {
     });
     expect(config.activeKeyId).toBe('k2');
     expect([...config.keys.keys()]).toEqual(['k2', 'k1']);
+  });
+});
+
+describe('defenderSettings', () => {
+  it('defenderSettings should default to Microsoft quotas, 10 calls in flight, no extra CA and no overrides', () => {
+    expect(defenderSettings({})).toEqual({
+      defender: {},
+      caFile: undefined,
+      maxInFlight: 10,
+      quotas: 'microsoft',
+    });
+  });
+
+  it('defenderSettings should read the overrides, the CA file, the call slots and the quota switch', () => {
+    expect(
+      defenderSettings({
+        URS_DEFENDER_AUTHORITY_HOST: 'https://127.0.0.1:8443',
+        URS_DEFENDER_API_BASE: 'https://127.0.0.1:8443',
+        URS_DEFENDER_CA_FILE: '/tmp/ca.pem',
+        URS_DEFENDER_MAX_IN_FLIGHT: '4',
+        URS_DEFENDER_QUOTAS: 'off',
+      }),
+    ).toEqual({
+      defender: { authorityHost: 'https://127.0.0.1:8443', apiBase: 'https://127.0.0.1:8443' },
+      caFile: '/tmp/ca.pem',
+      maxInFlight: 4,
+      quotas: 'off',
+    });
+  });
+
+  it('defenderSettings should refuse call slots outside 1–100 and an unknown quota switch, naming the variable', () => {
+    expect(() => defenderSettings({ URS_DEFENDER_MAX_IN_FLIGHT: '101' })).toThrow(
+      /URS_DEFENDER_MAX_IN_FLIGHT/,
+    );
+    expect(() => defenderSettings({ URS_DEFENDER_MAX_IN_FLIGHT: '0' })).toThrow(/URS_DEFENDER_MAX_IN_FLIGHT/);
+    expect(() => defenderSettings({ URS_DEFENDER_QUOTAS: 'none' })).toThrow(/URS_DEFENDER_QUOTAS/);
   });
 });
 

@@ -1,16 +1,15 @@
 import {
-  defenderOverrides,
-  readEnum,
+  defenderSettings,
   readInt,
-  readOptionalString,
   readString,
   secretKeyConfig,
-  type DefenderOverrides,
+  type DefenderSettings,
   type Env,
   type SecretKeyConfig,
 } from '@urs/config';
 
-export interface PollerConfig {
+/** The poller's own settings, and how it reaches Defender (`defenderSettings`). */
+export interface PollerConfig extends DefenderSettings {
   /**
    * Milliseconds in one "minute" of `pollIntervalMinutes`. Env `URS_POLL_INTERVAL_UNIT_MS`, default 60000.
    * An operator and test setting only: tests shorten every interval with it (10 minutes of 300 ms = 3 s)
@@ -47,19 +46,6 @@ export interface PollerConfig {
    */
   groupPrefix: string;
   secretKeys: SecretKeyConfig;
-  defender: DefenderOverrides;
-  /** PEM file of an extra CA to trust for Entra/MDE (a private test CA). Env `URS_DEFENDER_CA_FILE`, default none. */
-  caFile: string | undefined;
-  /**
-   * MDE calls in flight across every process sharing the limiter. Env `URS_DEFENDER_MAX_IN_FLIGHT`, default 10;
-   * every service must be given the same value (the last one to start writes it to the shared limiter).
-   */
-  maxInFlight: number;
-  /**
-   * `microsoft`: calls wait for the tenant's API quota kept in Redis (the default, the only setting for real
-   * tenants); `off`: no quota wait, for a simulator whose quotas are off (benchmarks). Env `URS_DEFENDER_QUOTAS`.
-   */
-  quotas: 'microsoft' | 'off';
 }
 
 export function pollerConfig(env: Env): PollerConfig {
@@ -80,9 +66,6 @@ export function pollerConfig(env: Env): PollerConfig {
       `${readString(env, 'URS_TOPIC_PREFIX', '')}urs.poller.tenants`,
     ),
     secretKeys: secretKeyConfig(env),
-    defender: defenderOverrides(env),
-    caFile: readOptionalString(env, 'URS_DEFENDER_CA_FILE'),
-    maxInFlight: readInt(env, 'URS_DEFENDER_MAX_IN_FLIGHT', { fallback: 10, min: 1, max: 100 }),
-    quotas: readEnum(env, 'URS_DEFENDER_QUOTAS', ['microsoft', 'off'] as const, 'microsoft'),
+    ...defenderSettings(env),
   };
 }

@@ -1,18 +1,17 @@
 import {
-  defenderOverrides,
-  readEnum,
+  defenderSettings,
   readInt,
-  readOptionalString,
   readList,
   readString,
   ConfigError,
   secretKeyConfig,
-  type DefenderOverrides,
+  type DefenderSettings,
   type Env,
   type SecretKeyConfig,
 } from '@urs/config';
 
-export interface RegistrarConfig {
+/** The registrar's own settings, and how its access check reaches Defender (`defenderSettings`). */
+export interface RegistrarConfig extends DefenderSettings {
   /** REST port. Env `URS_HTTP_PORT`, default 8080; 0 picks a free one. */
   httpPort: number;
   /** Accepted bearer tokens. Env `URS_API_TOKENS` (comma-separated, required; each at least 16 characters). */
@@ -29,19 +28,6 @@ export interface RegistrarConfig {
   /** Consumer group of the Director pushes. Env `URS_CONSUMER_GROUP`, default `{URS_TOPIC_PREFIX}urs.registrar`. */
   groupId: string;
   secretKeys: SecretKeyConfig;
-  defender: DefenderOverrides;
-  /** PEM file of an extra CA to trust for Entra/MDE (a private test CA). Env `URS_DEFENDER_CA_FILE`, default none. */
-  caFile: string | undefined;
-  /**
-   * MDE calls in flight across every process sharing the limiter. Env `URS_DEFENDER_MAX_IN_FLIGHT`, default 10;
-   * every service must be given the same value (the last one to start writes it to the shared limiter).
-   */
-  maxInFlight: number;
-  /**
-   * `microsoft`: calls wait for the tenant's API quota kept in Redis (the default, the only setting for real
-   * tenants); `off`: no quota wait, for a simulator whose quotas are off (benchmarks). Env `URS_DEFENDER_QUOTAS`.
-   */
-  quotas: 'microsoft' | 'off';
 }
 
 export function registrarConfig(env: Env): RegistrarConfig {
@@ -63,9 +49,6 @@ export function registrarConfig(env: Env): RegistrarConfig {
     accessTestTimeoutMs: readInt(env, 'URS_ACCESS_TEST_TIMEOUT_MS', { fallback: 30_000, min: 1_000 }),
     groupId: readString(env, 'URS_CONSUMER_GROUP', `${readString(env, 'URS_TOPIC_PREFIX', '')}urs.registrar`),
     secretKeys: secretKeyConfig(env),
-    defender: defenderOverrides(env),
-    caFile: readOptionalString(env, 'URS_DEFENDER_CA_FILE'),
-    maxInFlight: readInt(env, 'URS_DEFENDER_MAX_IN_FLIGHT', { fallback: 10, min: 1, max: 100 }),
-    quotas: readEnum(env, 'URS_DEFENDER_QUOTAS', ['microsoft', 'off'] as const, 'microsoft'),
+    ...defenderSettings(env),
   };
 }

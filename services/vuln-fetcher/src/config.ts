@@ -1,16 +1,15 @@
 import {
-  defenderOverrides,
-  readEnum,
+  defenderSettings,
   readInt,
-  readOptionalString,
   readString,
   secretKeyConfig,
-  type DefenderOverrides,
+  type DefenderSettings,
   type Env,
   type SecretKeyConfig,
 } from '@urs/config';
 
-export interface VulnFetcherConfig {
+/** The vuln-fetcher's own settings, and how it reaches Defender (`defenderSettings`). */
+export interface VulnFetcherConfig extends DefenderSettings {
   /** Consumer group of `urs.device-batches`. Env `URS_CONSUMER_GROUP`, default `{URS_TOPIC_PREFIX}urs.vuln-fetcher`. */
   groupId: string;
   /**
@@ -19,11 +18,6 @@ export interface VulnFetcherConfig {
    */
   sessionTimeoutMs: number;
   secretKeys: SecretKeyConfig;
-  defender: DefenderOverrides;
-  /** PEM file of an extra CA to trust for Entra/MDE (a private test CA). Env `URS_DEFENDER_CA_FILE`, default none. */
-  caFile: string | undefined;
-  /** MDE calls in flight across every replica (the shared limiter). Env `URS_DEFENDER_MAX_IN_FLIGHT`, default 10. */
-  maxInFlight: number;
   /** Per-device calls of one batch started at once. Env `URS_VULN_CONCURRENCY`, default 10. */
   concurrency: number;
   /**
@@ -50,12 +44,6 @@ export interface VulnFetcherConfig {
    * default): a bigger page spends fewer calls of the 30/min quota but holds more JSON in memory at once.
    */
   bulkPageSize: number;
-  /**
-   * `microsoft`: calls wait for the tenant's API quota, kept in Redis (the default and the only setting for
-   * real tenants). `off`: no quota wait, for a simulator whose quotas are off (benchmarks of the call slots).
-   * Env `URS_DEFENDER_QUOTAS`.
-   */
-  quotas: 'microsoft' | 'off';
 }
 
 export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
@@ -64,9 +52,7 @@ export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
     groupId: readString(env, 'URS_CONSUMER_GROUP', `${topicPrefix}urs.vuln-fetcher`),
     sessionTimeoutMs: readInt(env, 'URS_CONSUMER_SESSION_TIMEOUT_MS', { fallback: 30_000, min: 1_000 }),
     secretKeys: secretKeyConfig(env),
-    defender: defenderOverrides(env),
-    caFile: readOptionalString(env, 'URS_DEFENDER_CA_FILE'),
-    maxInFlight: readInt(env, 'URS_DEFENDER_MAX_IN_FLIGHT', { fallback: 10, min: 1, max: 100 }),
+    ...defenderSettings(env),
     concurrency: readInt(env, 'URS_VULN_CONCURRENCY', { fallback: 10, min: 1, max: 100 }),
     partitionsConcurrency: readInt(env, 'URS_PARTITIONS_CONCURRENCY', { fallback: 16, min: 1, max: 100 }),
     maxBufferedPerPartition: readInt(env, 'URS_MAX_BUFFERED_PER_PARTITION', {
@@ -78,6 +64,5 @@ export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
     bulkClaimMs: readInt(env, 'URS_BULK_CLAIM_MS', { fallback: 300_000, min: 1_000 }),
     bulkCacheTtlMs: readInt(env, 'URS_BULK_CACHE_TTL_MS', { fallback: 7_200_000, min: 60_000 }),
     bulkPageSize: readInt(env, 'URS_BULK_PAGE_SIZE', { fallback: 50_000, min: 1, max: 200_000 }),
-    quotas: readEnum(env, 'URS_DEFENDER_QUOTAS', ['microsoft', 'off'] as const, 'microsoft'),
   };
 }
