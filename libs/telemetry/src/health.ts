@@ -1,5 +1,5 @@
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { listenHttp } from './listen';
 import type { Registry } from './metrics';
 
 export interface HealthServerOptions {
@@ -37,19 +37,6 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
     }
   });
   server.keepAliveTimeout = 5_000;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, options.host ?? '0.0.0.0', () => resolve());
-  });
-  let closing: Promise<void> | undefined;
-  return {
-    port: (server.address() as AddressInfo).port,
-    close() {
-      closing ??= new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      });
-      return closing;
-    },
-  };
+  // A probe or a scrape cut short by a stop does no harm: every connection ends at once.
+  return listenHttp(server, { port: options.port, host: options.host, closeConnections: 'all' });
 }

@@ -1,8 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import type { Logger } from '@urs/logging';
 import { canRetry, errorCode, errorMessage } from '@urs/resilience';
-import type { Registry } from '@urs/telemetry';
+import { listenHttp, type Registry } from '@urs/telemetry';
 import { createBearerCheck } from './auth';
 import { ApiError, createRouter, type ApiResponse, type HttpMethod, type Route } from './router';
 
@@ -180,19 +179,6 @@ export async function startApiServer(options: ApiServerOptions): Promise<ApiServ
   server.requestTimeout = 30_000;
   server.headersTimeout = 10_000;
   server.keepAliveTimeout = 5_000;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, options.host ?? '0.0.0.0', () => resolve());
-  });
-  let closing: Promise<void> | undefined;
-  return {
-    port: (server.address() as AddressInfo).port,
-    close() {
-      closing ??= new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeIdleConnections();
-      });
-      return closing;
-    },
-  };
+  // Requests in flight at a stop still get their answer; only idle keep-alive connections end at once.
+  return listenHttp(server, { port: options.port, host: options.host, closeConnections: 'idle' });
 }
