@@ -42,3 +42,4 @@ export {
 } from './schemas';
 export { ContractError, validateMessage, checkMessage } from './validate';
 export type { ContractId, ContractTypes } from './validate';
+export { cycleBatchHeader } from './header';

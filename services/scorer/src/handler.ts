@@ -1,5 +1,5 @@
 import type { MessageHandler, Publisher } from '@urs/bus';
-import type { EnrichedBatch, ScoreBatch } from '@urs/contracts';
+import { cycleBatchHeader, type EnrichedBatch, type ScoreBatch } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { scoreDevice } from '@urs/scoring';
 import type { ScoreStore } from '@urs/store';
@@ -62,14 +62,7 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
       devices,
     );
     const out: ScoreBatch = {
-      schemaVersion: 1,
-      tenantId: batch.tenantId,
-      cycleId: batch.cycleId,
-      cycleStartedAt: batch.cycleStartedAt,
-      batchIndex: batch.batchIndex,
-      lastBatch: batch.lastBatch,
-      ...(batch.totalBatches !== undefined ? { totalBatches: batch.totalBatches } : {}),
-      ...(batch.totalDevices !== undefined ? { totalDevices: batch.totalDevices } : {}),
+      ...cycleBatchHeader(batch),
       collectedAt: batch.collectedAt,
       scoredAt,
       devices,

@@ -1,6 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import type { MessageHandler, Publisher } from '@urs/bus';
-import type { DeviceBatch, EnrichedBatch, EnrichedDevice, Machine, TenantRecord } from '@urs/contracts';
+import {
+  cycleBatchHeader,
+  type DeviceBatch,
+  type EnrichedBatch,
+  type EnrichedDevice,
+  type Machine,
+  type TenantRecord,
+} from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage, sleep } from '@urs/resilience';
 import type { BulkVulnerabilityCache, TenantStore } from '@urs/store';
@@ -311,14 +318,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       enrichment = result;
     }
     const enriched: EnrichedBatch = {
-      schemaVersion: 1,
-      tenantId: batch.tenantId,
-      cycleId: batch.cycleId,
-      cycleStartedAt: batch.cycleStartedAt,
-      batchIndex: batch.batchIndex,
-      lastBatch: batch.lastBatch,
-      ...(batch.totalBatches !== undefined ? { totalBatches: batch.totalBatches } : {}),
-      ...(batch.totalDevices !== undefined ? { totalDevices: batch.totalDevices } : {}),
+      ...cycleBatchHeader(batch),
       vulnerabilityMode: batch.vulnerabilityMode,
       collectedAt: enrichment.collectedAt.toISOString(),
       devices: enrichment.devices,
