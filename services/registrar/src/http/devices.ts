@@ -1,6 +1,6 @@
 import { BANDS, type Band } from '@urs/contracts';
 import type { ScoreStore, StoredScore, TenantStore } from '@urs/store';
-import { isTenantId } from '../validation';
+import { tenantIdOf } from './params';
 import { ApiError, type ApiRequest, type ApiResponse, type Route } from './router';
 
 export interface DeviceRoutesDeps {
@@ -14,19 +14,6 @@ const DEFAULT_LIMIT = 1000;
 
 const normalise = (text: string): string => text.toLowerCase().replace(/[\s_-]+/g, '');
 const BAND_BY_NAME = new Map<string, Band>(BANDS.map((band) => [normalise(band), band]));
-
-function tenantIdOf(request: ApiRequest): string {
-  const tenantId = request.params['tenantId'] ?? '';
-  if (!isTenantId(tenantId)) {
-    throw new ApiError(400, 'VALIDATION_FAILED', 'the tenant id in the path is not valid', [
-      {
-        field: 'tenantId',
-        rule: 'must be 1–64 letters, digits, dots, dashes or underscores, starting with a letter or digit',
-      },
-    ]);
-  }
-  return tenantId;
-}
 
 function bandOf(request: ApiRequest): Band | undefined {
   const raw = request.query.get('band');

@@ -2,7 +2,8 @@ import type { TenantRecord } from '@urs/contracts';
 import type { SecretSealer } from '@urs/secrets';
 import type { TenantStatus, TenantStore } from '@urs/store';
 import type { TenantRegistry } from '../registry';
-import { isTenantId, renameFields, validateRegistration } from '../validation';
+import { renameFields, validateRegistration } from '../validation';
+import { tenantIdOf } from './params';
 import { ApiError, type ApiRequest, type ApiResponse, type Route } from './router';
 
 /** What the `/defender/test` check needs of a tenant (the secret in clear, only in this process's memory). */
@@ -42,19 +43,6 @@ export interface TenantRoutesDeps {
 
 /** Placeholder validated in place of a secret the request left out because one is already stored. */
 const STORED_SECRET = 'stored-secret';
-
-function tenantIdOf(request: ApiRequest): string {
-  const tenantId = request.params['tenantId'] ?? '';
-  if (!isTenantId(tenantId)) {
-    throw new ApiError(400, 'VALIDATION_FAILED', 'the tenant id in the path is not valid', [
-      {
-        field: 'tenantId',
-        rule: 'must be 1–64 letters, digits, dots, dashes or underscores, starting with a letter or digit',
-      },
-    ]);
-  }
-  return tenantId;
-}
 
 /** The tenant's configuration as an admin may see it: everything but the secret, and the polling status. */
 export function tenantView(record: TenantRecord, status: TenantStatus): Record<string, unknown> {
