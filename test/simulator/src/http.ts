@@ -9,14 +9,7 @@ export function sendJson(
   body: unknown,
   headers: Record<string, string | number> = {},
 ): void {
-  const payload = JSON.stringify(body);
-  if (res.destroyed) return;
-  res.writeHead(status, {
-    'Content-Type': 'application/json; charset=utf-8',
-    'Content-Length': Buffer.byteLength(payload),
-    ...headers,
-  });
-  res.end(payload);
+  sendRaw(res, status, JSON.stringify(body), headers);
 }
 
 export function sendRaw(
