@@ -6,3 +6,4 @@ export { testInfra, type TestInfra } from './infra';
 export { createTestKafka, createUniqueTopics, deleteTopics, readDeadLetters, type TopicSpec } from './kafka';
 export { createTestRedis, deleteKeysMatching, type TestRedis } from './redis';
 export { tenantRecord, type TenantRecordOptions } from './records';
+export { inboundMessage } from './messages';

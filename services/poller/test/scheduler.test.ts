@@ -3,6 +3,7 @@ import { silentLogger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
 import type { PollLease, PollSchedule, PollScheduleStore, TenantStatus, TenantStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
+import { inboundMessage } from '@urs/testkit';
 import type { CycleInput, CycleResult } from '../src/cycle';
 import { createScheduler, type Scheduler } from '../src/scheduler';
 import { createTenantTable, type TenantTable } from '../src/tenant-table';
@@ -97,15 +98,7 @@ interface Run {
 
 async function feed(table: TenantTable, records: TenantRecord[], offset = { n: 0 }): Promise<void> {
   for (const r of records) {
-    await table.handle({
-      topic: 't',
-      partition: 0,
-      offset: String(offset.n++),
-      key: r.tenantId,
-      value: r,
-      headers: {},
-      timestamp: 0,
-    });
+    await table.handle(inboundMessage(r, { offset: String(offset.n++), key: r.tenantId }));
   }
 }
 
@@ -234,15 +227,7 @@ describe('createScheduler', () => {
     started.push(scheduler);
     await sleep(20);
     await feed(table, [record('long', 2, false), record('off', 2, false)], offset);
-    await table.handle({
-      topic: 't',
-      partition: 0,
-      offset: String(offset.n++),
-      key: 'gone',
-      value: null,
-      headers: {},
-      timestamp: 0,
-    });
+    await table.handle(inboundMessage<TenantRecord>(null, { offset: String(offset.n++), key: 'gone' }));
     const stoppedAt = Date.now();
     await sleep(3 * INTERVAL_MS);
     expect(aborted).toEqual(['long']);

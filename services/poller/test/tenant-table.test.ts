@@ -1,5 +1,6 @@
 import type { InboundMessage } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
+import { inboundMessage } from '@urs/testkit';
 import { createTenantTable } from '../src/tenant-table';
 
 const record = (tenantId: string, revision: number, enabled = true) =>
@@ -9,15 +10,8 @@ const message = (
   value: TenantRecord | null,
   offset: number,
   partition = 0,
-): InboundMessage<TenantRecord> => ({
-  topic: 'urs.tenants',
-  partition,
-  offset: String(offset),
-  key,
-  value,
-  headers: {},
-  timestamp: 0,
-});
+): InboundMessage<TenantRecord> =>
+  inboundMessage(value, { topic: 'urs.tenants', partition, offset: String(offset), key });
 
 describe('createTenantTable', () => {
   it('handle should keep the newest revision and drop a tenant on a tombstone', async () => {

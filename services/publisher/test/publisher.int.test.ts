@@ -3,7 +3,7 @@ import type { ScoreBatch, ScoredDevice, VmsRiskScore, VmsRiskSummary } from '@ur
 import { silentLogger } from '@urs/logging';
 import { createCycleStore, createPublishedStore, createScoreStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { createTestRedis, type TestRedis } from '@urs/testkit';
+import { createTestRedis, inboundMessage, type TestRedis } from '@urs/testkit';
 import { createCycleCompletion } from '../src/completion';
 import { createPublishHandler } from '../src/handler';
 
@@ -60,15 +60,8 @@ function scoreBatch(
   };
 }
 
-const message = (value: ScoreBatch): InboundMessage<ScoreBatch> => ({
-  topic: 'urs.device-scores',
-  partition: 0,
-  offset: '0',
-  key: value.tenantId,
-  value,
-  headers: {},
-  timestamp: 0,
-});
+const message = (value: ScoreBatch): InboundMessage<ScoreBatch> =>
+  inboundMessage(value, { topic: 'urs.device-scores', key: value.tenantId });
 
 describe('the publisher', () => {
   let redis: TestRedis;

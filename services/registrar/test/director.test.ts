@@ -1,6 +1,6 @@
-import type { InboundMessage } from '@urs/bus';
 import type { DeadLetter, RegistrationPush, TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
+import { inboundMessage } from '@urs/testkit';
 import { createRegistrationHandler } from '../src/director';
 import { createTenantRegistry } from '../src/registry';
 import { memoryPublisher, memoryStateStore, memoryTenantStore, registrationBody } from './fakes';
@@ -31,15 +31,10 @@ function setup() {
   });
   let offset = 0;
   const push = (generation: number, mode: 'full' | 'delta', items: unknown[]) => {
-    const message: InboundMessage<RegistrationPush> = {
-      topic: 'urs.registration',
-      partition: 0,
-      offset: String(offset++),
-      key: null,
-      value: { schemaVersion: 1, generation, mode, tenants: items },
-      headers: {},
-      timestamp: Date.now(),
-    };
+    const message = inboundMessage<RegistrationPush>(
+      { schemaVersion: 1, generation, mode, tenants: items },
+      { topic: 'urs.registration', offset: String(offset++), timestamp: Date.now() },
+    );
     return director.handle(message);
   };
   const records = () =>

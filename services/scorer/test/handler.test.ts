@@ -2,6 +2,7 @@ import type { InboundMessage, Publisher } from '@urs/bus';
 import type { EnrichedBatch, ScoreBatch, ScoredDevice, TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { Registry } from '@urs/telemetry';
+import { inboundMessage } from '@urs/testkit';
 import { createScoreHandler } from '../src/handler';
 import { createProfileCache, createTenantsHandler } from '../src/profiles';
 
@@ -30,15 +31,8 @@ function tenantRecord(
   };
 }
 
-const inbound = <T>(value: T | null, key: string | null = null): InboundMessage<T> => ({
-  topic: 't',
-  partition: 0,
-  offset: '0',
-  key,
-  value,
-  headers: {},
-  timestamp: 0,
-});
+const inbound = <T>(value: T | null, key: string | null = null): InboundMessage<T> =>
+  inboundMessage(value, { key });
 
 function enriched(overrides: Partial<EnrichedBatch> = {}): EnrichedBatch {
   return {

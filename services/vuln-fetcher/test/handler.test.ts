@@ -4,6 +4,7 @@ import { DefenderError, DefenderErrorCode } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
 import type { BulkExportState, BulkVulnerabilityCache, TenantStatus } from '@urs/store';
 import { Registry } from '@urs/telemetry';
+import { inboundMessage } from '@urs/testkit';
 import { createEnrichHandler, type EnrichHandlerDeps } from '../src/handler';
 import type { SourceProvider, VulnerabilitySource } from '../src/sources';
 import type { VulnerabilityLike } from '../src/summarise';
@@ -27,15 +28,8 @@ function batch(overrides: Partial<DeviceBatch> = {}): DeviceBatch {
   };
 }
 
-const message = (value: DeviceBatch): InboundMessage<DeviceBatch> => ({
-  topic: 'urs.device-batches',
-  partition: 0,
-  offset: '0',
-  key: value.tenantId,
-  value,
-  headers: {},
-  timestamp: 0,
-});
+const message = (value: DeviceBatch): InboundMessage<DeviceBatch> =>
+  inboundMessage(value, { topic: 'urs.device-batches', key: value.tenantId });
 
 function memoryBulkCache(): BulkVulnerabilityCache {
   const data = new Map<string, Map<string, VulnerabilitySummary>>();
