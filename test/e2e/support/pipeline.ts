@@ -3,6 +3,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Kafka } from 'kafkajs';
+import { topicsConfig, type Topics } from '@urs/config';
 import type { Simulator } from '@urs/simulator';
 import {
   createTestKafka,
@@ -23,17 +24,6 @@ export interface PipelineOptions {
   serviceEnv?: Partial<Record<ServiceName, Record<string, string>>>;
 }
 
-export interface Topics {
-  registration: string;
-  tenants: string;
-  deviceBatches: string;
-  devicesEnriched: string;
-  deviceScores: string;
-  dlq: string;
-  vmsRiskScores: string;
-  vmsRiskSummary: string;
-}
-
 /** The five services over real Kafka and Redis, on topics and keys of their own, with a watch on the topics. */
 export class Pipeline {
   readonly topicPrefix = `${uniqueId('e2e')}.`;
@@ -47,16 +37,8 @@ export class Pipeline {
 
   constructor(private readonly options: PipelineOptions) {
     const p = this.topicPrefix;
-    this.topics = {
-      registration: `${p}urs.registration`,
-      tenants: `${p}urs.tenants`,
-      deviceBatches: `${p}urs.device-batches`,
-      devicesEnriched: `${p}urs.devices-enriched`,
-      deviceScores: `${p}urs.device-scores`,
-      dlq: `${p}urs.dlq`,
-      vmsRiskScores: `${p}vms.risk-scores`,
-      vmsRiskSummary: `${p}vms.risk-summary`,
-    };
+    // The names the services derive from the same URS_TOPIC_PREFIX.
+    this.topics = topicsConfig({ URS_TOPIC_PREFIX: p });
     const infra = testInfra();
     const secretKey = randomBytes(32).toString('base64');
     const common: NodeJS.ProcessEnv = {
