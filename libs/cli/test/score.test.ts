@@ -3,30 +3,21 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Readable, Writable } from 'node:stream';
 import { scoreCommand } from '../src/commands/score';
+import { runCommand, type CommandRun } from './support/run';
 
 const NOW = '2024-01-10T12:00:00Z';
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
+interface Run extends CommandRun {
   lines: Array<Record<string, unknown>>;
 }
 
 async function run(args: string[], input: string): Promise<Run> {
-  const stdout = new PassThrough();
-  const stderr = new PassThrough();
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  stdout.on('data', (chunk: Buffer) => out.push(chunk));
-  stderr.on('data', (chunk: Buffer) => err.push(chunk));
-  const code = await scoreCommand(args, { stdin: Readable.from([input]), stdout, stderr, env: {} });
-  const text = Buffer.concat(out).toString('utf8');
-  const lines = text
+  const result = await runCommand(scoreCommand, args, { stdin: Readable.from([input]) });
+  const lines = result.stdout
     .split('\n')
     .filter((line) => line.length > 0)
     .map((line) => (line.startsWith('{') ? (JSON.parse(line) as Record<string, unknown>) : { text: line }));
-  return { code, stdout: text, stderr: Buffer.concat(err).toString('utf8'), lines };
+  return { ...result, lines };
 }
 
 const ndjson = (...records: unknown[]): string =>

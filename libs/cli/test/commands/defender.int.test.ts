@@ -2,10 +2,10 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough, Readable } from 'node:stream';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { type TestRedis, createTestRedis, testInfra } from '@urs/testkit';
 import { defenderCommand } from '../../src/commands/defender';
+import { runCommand } from '../support/run';
 
 describe('urs defender with Redis', () => {
   let sim: Simulator;
@@ -29,13 +29,8 @@ describe('urs defender with Redis', () => {
     sim.addTenant({ azureTenantId: app.azureTenantId, apps: [app], fleet: { size: 12, seed: 4 } });
     const secretFile = join(dir, 'secret');
     writeFileSync(secretFile, app.clientSecret);
-    const stdout = new PassThrough();
-    const stderr = new PassThrough();
-    const out: string[] = [];
-    const err: string[] = [];
-    stdout.on('data', (c: Buffer) => out.push(c.toString()));
-    stderr.on('data', (c: Buffer) => err.push(c.toString()));
-    const code = await defenderCommand(
+    const { code, stdout, stderr } = await runCommand(
+      defenderCommand,
       [
         'devices',
         '--azure-tenant-id',
@@ -49,9 +44,6 @@ describe('urs defender with Redis', () => {
         'per-device',
       ],
       {
-        stdin: Readable.from([]),
-        stdout,
-        stderr,
         env: {
           URS_DEFENDER_AUTHORITY_HOST: sim.baseUrl,
           URS_DEFENDER_API_BASE: sim.baseUrl,
@@ -62,9 +54,8 @@ describe('urs defender with Redis', () => {
       },
     );
     expect(code).toBe(0);
-    expect(err.join('')).not.toContain('not reachable');
-    const records = out
-      .join('')
+    expect(stderr).not.toContain('not reachable');
+    const records = stdout
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l) as { vulnerabilities: unknown });

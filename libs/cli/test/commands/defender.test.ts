@@ -2,11 +2,11 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough, Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { type Simulator, startSimulator } from '@urs/simulator';
-import type { CommandIo } from '../../src/command';
 import { defenderCommand } from '../../src/commands/defender';
 import { scoreCommand } from '../../src/commands/score';
+import { runCommand, type CommandRun } from '../support/run';
 
 interface App {
   azureTenantId: string;
@@ -49,26 +49,16 @@ async function run(
   env: NodeJS.ProcessEnv = {},
   command = defenderCommand,
   stdin: NodeJS.ReadableStream = Readable.from([]),
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const stdout = new PassThrough();
-  const stderr = new PassThrough();
-  const out: string[] = [];
-  const err: string[] = [];
-  stdout.on('data', (c: Buffer) => out.push(c.toString()));
-  stderr.on('data', (c: Buffer) => err.push(c.toString()));
-  const io: CommandIo = {
+): Promise<CommandRun> {
+  return runCommand(command, argv, {
     stdin,
-    stdout,
-    stderr,
     env: {
       URS_DEFENDER_AUTHORITY_HOST: sim.baseUrl,
       URS_DEFENDER_API_BASE: sim.baseUrl,
       URS_DEFENDER_CA_FILE: sim.caFile,
       ...env,
     },
-  };
-  const code = await command(argv, io);
-  return { code, stdout: out.join(''), stderr: err.join('') };
+  });
 }
 
 function lines(text: string): Record<string, unknown>[] {
