@@ -15,6 +15,8 @@ export type { HttpsAgentOptions } from './tls';
 export { MICROSOFT_QUOTAS, createRedisQuotaGate, createLocalQuotaGate } from './quota';
 export type { DefenderEndpointClass, QuotaWindow, QuotaLimits, QuotaGate, QuotaGateOptions } from './quota';
 export { createSharedLimiter, createLocalLimiter } from './limiter';
+export { withSlotHandOff } from './handoff';
+export type { SlotHandOffOptions } from './handoff';
 export type { CallLimiter, SharedLimiterOptions } from './limiter';
 export { createApiCaller, parseRetryAfterMs } from './http';
 export type { ApiCaller, ApiCallerOptions, ApiResult } from './http';

@@ -1,6 +1,7 @@
 import Bottleneck from 'bottleneck';
 import type { Redis } from 'ioredis';
 import type { Logger } from '@urs/logging';
+import { withSlotHandOff, type SlotHandOffOptions } from './handoff';
 
 /** The slots of MDE calls in flight. */
 export interface CallLimiter {
@@ -28,6 +29,14 @@ export interface SharedLimiterOptions {
   jobExpirationMs?: number;
   /** TTL of the limiter's Redis keys after the last use, in milliseconds. Default 3600000. */
   keyTtlMs?: number;
+  /**
+   * When set, a slot whose call ended goes straight to the next call waiting in this process (withSlotHandOff)
+   * for at most `maxLeaseMs` (default 1000) before it goes back to the shared limiter; keep that plus the
+   * request timeout below `jobExpirationMs`. Without it (the default) every call asks Redis for a slot, and the
+   * round trips between calls leave slots idle. The price: if the limiter's Redis keys are lost, a slot taken
+   * before the loss keeps serving calls for up to `maxLeaseMs` beside the slots handed out afresh.
+   */
+  handOff?: SlotHandOffOptions;
   logger: Logger;
 }
 
@@ -111,10 +120,11 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
   );
   await limiter.ready();
   await limiter.updateSettings({ maxConcurrent });
-  return wrap(limiter, jobExpirationMs, async () => {
+  const shared = wrap(limiter, jobExpirationMs, async () => {
     await limiter.disconnect(false);
     await connection.disconnect(true);
   });
+  return options.handOff ? withSlotHandOff(shared, options.handOff) : shared;
 }
 
 /** A limiter of this process only (the CLI without Redis, unit tests). */
