@@ -44,6 +44,14 @@ export interface VulnFetcherConfig extends DefenderSettings {
    * default): a bigger page spends fewer calls of the 30/min quota but holds more JSON in memory at once.
    */
   bulkPageSize: number;
+  /**
+   * How long a call slot passes straight from one per-device call of this process to the next before it goes
+   * back to the shared limiter, in ms; 0 asks Redis for a slot for every call. Env
+   * `URS_DEFENDER_SLOT_HANDOFF_MS`, default 1000, at most 20000 (plus the 30 s request timeout it stays below the
+   * limiter's 60 s job expiration). The Redis round trips between calls otherwise leave slots idle; the price is
+   * that after a loss of the limiter's keys, a slot taken before it serves calls this long beside the new ones.
+   */
+  slotHandOffMs: number;
 }
 
 export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
@@ -64,5 +72,6 @@ export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
     bulkClaimMs: readInt(env, 'URS_BULK_CLAIM_MS', { fallback: 300_000, min: 1_000 }),
     bulkCacheTtlMs: readInt(env, 'URS_BULK_CACHE_TTL_MS', { fallback: 7_200_000, min: 60_000 }),
     bulkPageSize: readInt(env, 'URS_BULK_PAGE_SIZE', { fallback: 50_000, min: 1, max: 200_000 }),
+    slotHandOffMs: readInt(env, 'URS_DEFENDER_SLOT_HANDOFF_MS', { fallback: 1_000, min: 0, max: 20_000 }),
   };
 }

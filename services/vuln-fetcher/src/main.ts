@@ -19,6 +19,7 @@ void runService({
       redis,
       keyPrefix: prefix,
       maxConcurrent: own.maxInFlight,
+      ...(own.slotHandOffMs > 0 ? { handOff: { maxLeaseMs: own.slotHandOffMs } } : {}),
       logger,
     });
     const httpsAgent = createHttpsAgent(own.caFile ? { extraCa: readFileSync(own.caFile, 'utf8') } : {});

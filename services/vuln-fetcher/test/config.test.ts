@@ -8,6 +8,19 @@ describe('vulnFetcherConfig', () => {
     const config = vulnFetcherConfig({ URS_SECRET_KEY: KEY });
     expect(config.quotas).toBe('microsoft');
     expect(config.bulkPageSize).toBe(50_000);
+    expect(config.slotHandOffMs).toBe(1_000);
+  });
+
+  it('vulnFetcherConfig should read the slot hand-off time, 0 turning it off', () => {
+    expect(vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_DEFENDER_SLOT_HANDOFF_MS: '0' }).slotHandOffMs).toBe(
+      0,
+    );
+    expect(
+      vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_DEFENDER_SLOT_HANDOFF_MS: '250' }).slotHandOffMs,
+    ).toBe(250);
+    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_DEFENDER_SLOT_HANDOFF_MS: '60000' })).toThrow(
+      /URS_DEFENDER_SLOT_HANDOFF_MS must be ≤ 20000/,
+    );
   });
 
   it('vulnFetcherConfig should read the quota switch and the bulk page size', () => {
