@@ -1,4 +1,4 @@
-import type { TenantRecord } from '@urs/contracts';
+import type { ScoredDevice, TenantRecord } from '@urs/contracts';
 
 export interface TenantRecordOptions {
   /** Default 1. */
@@ -30,5 +30,37 @@ export function tenantRecord(tenantId: string, options: TenantRecordOptions = {}
       region: null,
       riskProfile: null,
     },
+  };
+}
+
+/**
+ * A scored device with no identity beyond its id, no contributions, signals or vulnerabilities, and
+ * profile hash `h`; `overrides` replaces any field.
+ */
+export function scoredDevice(
+  deviceId: string,
+  score: number,
+  band: ScoredDevice['band'],
+  overrides: Partial<ScoredDevice> = {},
+): ScoredDevice {
+  return {
+    deviceId,
+    computerDnsName: null,
+    aadDeviceId: null,
+    lastIpAddress: null,
+    lastExternalIpAddress: null,
+    ipAddresses: [],
+    machineTags: [],
+    rbacGroupName: null,
+    score,
+    band,
+    criticalScore: 0,
+    operationalScore: 0,
+    contributions: [],
+    missing: [],
+    signals: {},
+    profileHash: 'h',
+    vulnerabilities: null,
+    ...overrides,
   };
 }

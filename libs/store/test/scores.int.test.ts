@@ -1,28 +1,9 @@
 import type { ScoredDevice } from '@urs/contracts';
 import { createPublishedStore, createScoreStore, createBulkVulnerabilityCache } from '@urs/store';
-import { createTestRedis, type TestRedis } from '@urs/testkit';
+import { createTestRedis, scoredDevice, type TestRedis } from '@urs/testkit';
 
-function device(deviceId: string, score: number, band: ScoredDevice['band']): ScoredDevice {
-  return {
-    deviceId,
-    computerDnsName: `${deviceId}.example`,
-    aadDeviceId: null,
-    lastIpAddress: null,
-    lastExternalIpAddress: null,
-    ipAddresses: [],
-    machineTags: [],
-    rbacGroupName: null,
-    score,
-    band,
-    criticalScore: 0,
-    operationalScore: 0,
-    contributions: [],
-    missing: [],
-    signals: {},
-    profileHash: 'h',
-    vulnerabilities: null,
-  };
-}
+const device = (deviceId: string, score: number, band: ScoredDevice['band']): ScoredDevice =>
+  scoredDevice(deviceId, score, band, { computerDnsName: `${deviceId}.example` });
 
 const cycle = (cycleId: string, startedAt: string) => ({
   cycleId,

@@ -3,38 +3,18 @@ import type { ScoreBatch, ScoredDevice, VmsRiskScore, VmsRiskSummary } from '@ur
 import { silentLogger } from '@urs/logging';
 import { createCycleStore, createPublishedStore, createScoreStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { createTestRedis, inboundMessage, type TestRedis } from '@urs/testkit';
+import { createTestRedis, inboundMessage, scoredDevice, type TestRedis } from '@urs/testkit';
 import { createCycleCompletion } from '../src/completion';
 import { createPublishHandler } from '../src/handler';
 
 const topics = { vmsRiskScores: 'vms.risk-scores', vmsRiskSummary: 'vms.risk-summary' };
 
-function device(
+const device = (
   deviceId: string,
   score: number,
   band: ScoredDevice['band'],
   missing: string[] = [],
-): ScoredDevice {
-  return {
-    deviceId,
-    computerDnsName: null,
-    aadDeviceId: null,
-    lastIpAddress: null,
-    lastExternalIpAddress: null,
-    ipAddresses: [],
-    machineTags: [],
-    rbacGroupName: null,
-    score,
-    band,
-    criticalScore: 0,
-    operationalScore: 0,
-    contributions: [],
-    missing,
-    signals: {},
-    profileHash: 'h',
-    vulnerabilities: null,
-  };
-}
+): ScoredDevice => scoredDevice(deviceId, score, band, { missing });
 
 // Recent times: the cycle store expires a cycle a day after its deadline.
 const base = Math.floor(Date.now() / 3_600_000) * 3_600_000 - 3_600_000;
