@@ -1,5 +1,6 @@
 import type { ScoredDevice, TenantRecord } from '@urs/contracts';
 import type { StoredScore } from '@urs/store';
+import { scoredDevice } from '@urs/testkit';
 import { deviceRoutes } from '../../src/http/devices';
 import { ApiError, createRouter, type ApiRequest, type ApiResponse } from '../../src/http/router';
 
@@ -10,25 +11,13 @@ function stored(deviceId: string, score: number, band: ScoredDevice['band'], cyc
     cycleStartedAt: '2026-01-01T10:00:00.000Z',
     collectedAt: '2026-01-01T10:00:05.000Z',
     scoredAt: '2026-01-01T10:00:06.000Z',
-    device: {
-      deviceId,
+    device: scoredDevice(deviceId, score, band, {
       computerDnsName: `${deviceId}.contoso.com`,
-      aadDeviceId: null,
-      lastIpAddress: null,
-      lastExternalIpAddress: null,
-      ipAddresses: [],
-      machineTags: [],
-      rbacGroupName: null,
-      score,
-      band,
       criticalScore: 1,
-      operationalScore: 0,
       contributions: [{ group: 'critical', signal: 'riskScore', value: 'High', points: 100 }],
       missing: ['criticalCves'],
       signals: { riskScore: { value: 'High', at: null } },
-      profileHash: 'h',
-      vulnerabilities: null,
-    },
+    }),
   };
 }
 
