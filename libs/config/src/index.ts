@@ -16,6 +16,7 @@ export {
   secretKeyConfig,
   defenderOverrides,
   defenderSettings,
+  consumerSettings,
   serviceConfig,
 } from './infra';
 export type {
@@ -25,6 +26,7 @@ export type {
   SecretKeyConfig,
   DefenderOverrides,
   DefenderSettings,
+  ConsumerSettings,
   ServiceConfig,
   LogLevelName,
 } from './infra';

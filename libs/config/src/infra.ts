@@ -145,6 +145,36 @@ export function defenderOverrides(env: Env): DefenderOverrides {
   return overrides;
 }
 
+/** How a stage's consumer group takes in its input topic (group, session timeout, partitions at once). */
+export interface ConsumerSettings {
+  /** Consumer group of the input topic. Env `URS_CONSUMER_GROUP`, default `{URS_TOPIC_PREFIX}urs.{service}`. */
+  groupId: string;
+  /**
+   * How long the group waits for a silent member before its partitions move, ms. Env
+   * `URS_CONSUMER_SESSION_TIMEOUT_MS`, default 30000 (the broker's minimum is usually 6000).
+   */
+  sessionTimeoutMs: number;
+  /** Partitions handled at once, 1–100. Env `URS_PARTITIONS_CONCURRENCY`, default given by the service. */
+  partitionsConcurrency: number;
+}
+
+export function consumerSettings(
+  env: Env,
+  service: string,
+  defaultPartitionsConcurrency: number,
+): ConsumerSettings {
+  const topicPrefix = readString(env, 'URS_TOPIC_PREFIX', '');
+  return {
+    groupId: readString(env, 'URS_CONSUMER_GROUP', `${topicPrefix}urs.${service}`),
+    sessionTimeoutMs: readInt(env, 'URS_CONSUMER_SESSION_TIMEOUT_MS', { fallback: 30_000, min: 1_000 }),
+    partitionsConcurrency: readInt(env, 'URS_PARTITIONS_CONCURRENCY', {
+      fallback: defaultPartitionsConcurrency,
+      min: 1,
+      max: 100,
+    }),
+  };
+}
+
 /** How a service reaches Microsoft Defender: what the poller, the vuln-fetcher and the registrar all read. */
 export interface DefenderSettings {
   defender: DefenderOverrides;

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import {
+  consumerSettings,
   defenderSettings,
   kafkaConfig,
   readInt,
@@ -71,6 +72,43 @@ describe('secretKeyConfig', () => {
     });
     expect(config.activeKeyId).toBe('k2');
     expect([...config.keys.keys()]).toEqual(['k2', 'k1']);
+  });
+});
+
+describe('consumerSettings', () => {
+  it("consumerSettings should default to the service's group under the topic prefix, a 30 s session and the service's concurrency", () => {
+    expect(consumerSettings({ URS_TOPIC_PREFIX: 't1.' }, 'scorer', 6)).toEqual({
+      groupId: 't1.urs.scorer',
+      sessionTimeoutMs: 30_000,
+      partitionsConcurrency: 6,
+    });
+    expect(consumerSettings({}, 'vuln-fetcher', 16).partitionsConcurrency).toBe(16);
+  });
+
+  it('consumerSettings should read the group, the session timeout and the concurrency', () => {
+    expect(
+      consumerSettings(
+        {
+          URS_CONSUMER_GROUP: 'g',
+          URS_CONSUMER_SESSION_TIMEOUT_MS: '6000',
+          URS_PARTITIONS_CONCURRENCY: '3',
+        },
+        'publisher',
+        6,
+      ),
+    ).toEqual({ groupId: 'g', sessionTimeoutMs: 6_000, partitionsConcurrency: 3 });
+  });
+
+  it('consumerSettings should refuse a session under 1 s and a concurrency outside 1–100, naming the variable', () => {
+    expect(() => consumerSettings({ URS_CONSUMER_SESSION_TIMEOUT_MS: '999' }, 'scorer', 6)).toThrow(
+      /URS_CONSUMER_SESSION_TIMEOUT_MS/,
+    );
+    expect(() => consumerSettings({ URS_PARTITIONS_CONCURRENCY: '101' }, 'scorer', 6)).toThrow(
+      /URS_PARTITIONS_CONCURRENCY/,
+    );
+    expect(() => consumerSettings({ URS_PARTITIONS_CONCURRENCY: '0' }, 'scorer', 6)).toThrow(
+      /URS_PARTITIONS_CONCURRENCY/,
+    );
   });
 });
 
