@@ -1,31 +1,25 @@
 import {
+  consumerSettings,
   defenderSettings,
   readInt,
-  readString,
   secretKeyConfig,
+  type ConsumerSettings,
   type DefenderSettings,
   type Env,
   type SecretKeyConfig,
 } from '@urs/config';
 
-/** The vuln-fetcher's own settings, and how it reaches Defender (`defenderSettings`). */
-export interface VulnFetcherConfig extends DefenderSettings {
-  /** Consumer group of `urs.device-batches`. Env `URS_CONSUMER_GROUP`, default `{URS_TOPIC_PREFIX}urs.vuln-fetcher`. */
-  groupId: string;
-  /**
-   * How long the group waits for a silent member before its partitions move, ms. Env
-   * `URS_CONSUMER_SESSION_TIMEOUT_MS`, default 30000 (the broker's minimum is usually 6000).
-   */
-  sessionTimeoutMs: number;
+/**
+ * The vuln-fetcher's own settings, how it reaches Defender (`defenderSettings`) and how its group takes
+ * in `urs.device-batches` (`consumerSettings`: group `{URS_TOPIC_PREFIX}urs.vuln-fetcher`, 16 partitions
+ * at once by default). Batches are ordered per tenant (the message key), not per partition, so the
+ * partitions taken in at once no longer decide whether tenants sharing a partition wait for each other;
+ * taking a batch in is quick.
+ */
+export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
   secretKeys: SecretKeyConfig;
   /** Per-device calls of one batch started at once. Env `URS_VULN_CONCURRENCY`, default 10. */
   concurrency: number;
-  /**
-   * Partitions whose fetched batches are taken in at once. Env `URS_PARTITIONS_CONCURRENCY`, default 16.
-   * Batches are ordered per tenant (the message key), not per partition, so this no longer decides
-   * whether tenants sharing a partition wait for each other; taking a batch in is quick.
-   */
-  partitionsConcurrency: number;
   /**
    * Batches of one partition taken in and not yet enriched (queued behind their tenant's earlier
    * batches, or in flight). When reached, the partition's fetching pauses until half are done, so
@@ -55,14 +49,11 @@ export interface VulnFetcherConfig extends DefenderSettings {
 }
 
 export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
-  const topicPrefix = readString(env, 'URS_TOPIC_PREFIX', '');
   return {
-    groupId: readString(env, 'URS_CONSUMER_GROUP', `${topicPrefix}urs.vuln-fetcher`),
-    sessionTimeoutMs: readInt(env, 'URS_CONSUMER_SESSION_TIMEOUT_MS', { fallback: 30_000, min: 1_000 }),
+    ...consumerSettings(env, 'vuln-fetcher', 16),
     secretKeys: secretKeyConfig(env),
     ...defenderSettings(env),
     concurrency: readInt(env, 'URS_VULN_CONCURRENCY', { fallback: 10, min: 1, max: 100 }),
-    partitionsConcurrency: readInt(env, 'URS_PARTITIONS_CONCURRENCY', { fallback: 16, min: 1, max: 100 }),
     maxBufferedPerPartition: readInt(env, 'URS_MAX_BUFFERED_PER_PARTITION', {
       fallback: 50,
       min: 1,
