@@ -2,7 +2,8 @@ import type { ScoredDevice, TenantRecord } from '@urs/contracts';
 import type { StoredScore } from '@urs/store';
 import { scoredDevice } from '@urs/testkit';
 import { deviceRoutes } from '../../src/http/devices';
-import { ApiError, createRouter, type ApiRequest, type ApiResponse } from '../../src/http/router';
+import type { ApiResponse } from '../../src/http/router';
+import { routeCaller } from './call';
 
 function stored(deviceId: string, score: number, band: ScoredDevice['band'], cycleId = 'c2'): StoredScore {
   return {
@@ -57,27 +58,8 @@ const routes = deviceRoutes({
     ],
   },
 });
-const match = createRouter(routes);
-
-async function call(path: string): Promise<ApiResponse> {
-  const url = new URL(path, 'http://localhost');
-  const found = match('GET', url.pathname);
-  if (found.kind !== 'found') throw new Error(`no route for ${path}`);
-  const request: ApiRequest = {
-    method: 'GET',
-    path: url.pathname,
-    params: found.params,
-    query: url.searchParams,
-    body: undefined,
-    headers: {},
-  };
-  try {
-    return await found.route.handler(request);
-  } catch (error) {
-    if (error instanceof ApiError) return { status: error.status, body: error.toBody() };
-    throw error;
-  }
-}
+const callRoute = routeCaller(routes);
+const call = (path: string): Promise<ApiResponse> => callRoute('GET', path);
 
 describe('deviceRoutes', () => {
   it('GET devices should list the latest scores, filtered by band in any spelling', async () => {

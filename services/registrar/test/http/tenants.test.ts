@@ -1,13 +1,6 @@
 import type { TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createSecretSealer, type SecretSealer } from '@urs/secrets';
-import {
-  ApiError,
-  createRouter,
-  type ApiRequest,
-  type ApiResponse,
-  type HttpMethod,
-} from '../../src/http/router';
 import { tenantRoutes, type AccessCheckTenant } from '../../src/http/tenants';
 import { createTenantRegistry, REVISION_HEADER } from '../../src/registry';
 import {
@@ -18,6 +11,7 @@ import {
   registrationBody,
   testSealer,
 } from '../fakes';
+import { routeCaller } from './call';
 
 function setup(sealer: SecretSealer = testSealer()) {
   const tenants = memoryTenantStore();
@@ -52,25 +46,7 @@ function setup(sealer: SecretSealer = testSealer()) {
       };
     },
   });
-  const route = createRouter(routes);
-  const call = async (method: HttpMethod, path: string, body?: unknown): Promise<ApiResponse> => {
-    const match = route(method, path);
-    if (match.kind !== 'found') throw new Error(`no route ${method} ${path}`);
-    const request: ApiRequest = {
-      method,
-      path,
-      params: match.params,
-      query: new URLSearchParams(),
-      body,
-      headers: {},
-    };
-    try {
-      return await match.route.handler(request);
-    } catch (error) {
-      if (error instanceof ApiError) return { status: error.status, body: error.toBody() };
-      throw error;
-    }
-  };
+  const call = routeCaller(routes);
   return { tenants, publisher, sealer, call, checked, cleared };
 }
 
