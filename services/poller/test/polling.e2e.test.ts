@@ -1,4 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import type { DeviceBatch } from '@urs/contracts';
 import { deleteKeysMatching, waitFor } from '@urs/testkit';
 import { api as call, type ServiceProcess } from './support/services';
 import {
@@ -19,19 +20,6 @@ const LEASE_MS = 1_500;
 /** Scheduler tick (50 ms), Kafka delivery and process scheduling on a shared 2-core machine. */
 const SLACK_MS = 700;
 
-interface Batch {
-  tenantId: string;
-  cycleId: string;
-  cycleStartedAt: string;
-  batchIndex: number;
-  lastBatch: boolean;
-  totalBatches?: number;
-  totalDevices?: number;
-  vulnerabilityMode: string;
-  cvssThreshold: number;
-  devices: { id: string; mergedIntoMachineId?: string | null }[];
-}
-
 describe('registrar and pollers as processes', () => {
   let stack: TestStack;
   let registrar: ServiceProcess;
@@ -50,10 +38,10 @@ describe('registrar and pollers as processes', () => {
     answers.push(answer.text);
     return answer;
   };
-  const batches = (tenantId?: string): (Batch & { receivedAt: number })[] =>
+  const batches = (tenantId?: string): (DeviceBatch & { receivedAt: number })[] =>
     topics.messages
       .filter((m) => m.topic === stack.topic('urs.device-batches') && m.text !== null)
-      .map((m) => ({ ...(JSON.parse(m.text as string) as Batch), receivedAt: m.receivedAt }))
+      .map((m) => ({ ...(JSON.parse(m.text as string) as DeviceBatch), receivedAt: m.receivedAt }))
       .filter((b) => tenantId === undefined || b.tenantId === tenantId);
   const cycleStarts = (tenantId: string): number[] =>
     [...new Set(batches(tenantId).map((b) => Date.parse(b.cycleStartedAt)))].sort((a, b) => a - b);
