@@ -4,6 +4,6 @@
 export { uniqueId, waitFor, type WaitForOptions } from './wait';
 export { testInfra, type TestInfra } from './infra';
 export { createTestKafka, createUniqueTopics, deleteTopics, readDeadLetters, type TopicSpec } from './kafka';
-export { createTestRedis, deleteKeysMatching, type TestRedis } from './redis';
+export { createTestRedis, deleteKeysMatching, testRedisPerTest, type TestRedis } from './redis';
 export { scoredDevice, tenantRecord, type TenantRecordOptions } from './records';
 export { inboundMessage } from './messages';

@@ -53,3 +53,36 @@ export async function deleteKeysMatching(client: Redis, pattern: string): Promis
   } while (cursor !== '0');
   return deleted;
 }
+
+/**
+ * For the calling `describe` block: a fresh `createTestRedis()` before each test, closed (its keys
+ * deleted) after it. The returned object always stands for the current test's one; using it outside a
+ * test throws.
+ */
+export function testRedisPerTest(): TestRedis {
+  let current: TestRedis | undefined;
+  beforeEach(() => {
+    current = createTestRedis();
+  });
+  afterEach(async () => {
+    const closing = current;
+    current = undefined;
+    await closing?.close();
+  });
+  const now = (): TestRedis => {
+    if (current === undefined)
+      throw new Error('testRedisPerTest: the test Redis exists only while a test runs');
+    return current;
+  };
+  return {
+    get client() {
+      return now().client;
+    },
+    get prefix() {
+      return now().prefix;
+    },
+    key: (name) => now().key(name),
+    cleanup: () => now().cleanup(),
+    close: () => now().close(),
+  };
+}

@@ -1,14 +1,8 @@
 import { createCycleStore } from '@urs/store';
-import { createTestRedis, type TestRedis } from '@urs/testkit';
+import { testRedisPerTest } from '@urs/testkit';
 
 describe('createCycleStore', () => {
-  let redis: TestRedis;
-  beforeEach(() => {
-    redis = createTestRedis();
-  });
-  afterEach(async () => {
-    await redis.close();
-  });
+  const redis = testRedisPerTest();
 
   const startedMs = Date.now();
   const begin = {

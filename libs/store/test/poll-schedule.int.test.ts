@@ -1,14 +1,8 @@
 import { createPollScheduleStore } from '@urs/store';
-import { createTestRedis, type TestRedis } from '@urs/testkit';
+import { testRedisPerTest } from '@urs/testkit';
 
 describe('createPollScheduleStore', () => {
-  let redis: TestRedis;
-  beforeEach(() => {
-    redis = createTestRedis();
-  });
-  afterEach(async () => {
-    await redis.close();
-  });
+  const redis = testRedisPerTest();
 
   it('acquire should give the lease to one holder at a time', async () => {
     const store = createPollScheduleStore(redis.client, redis.prefix);

@@ -1,14 +1,8 @@
 import { createRegistrarStateStore } from '@urs/store';
-import { createTestRedis, type TestRedis } from '@urs/testkit';
+import { testRedisPerTest } from '@urs/testkit';
 
 describe('createRegistrarStateStore', () => {
-  let redis: TestRedis;
-  beforeEach(() => {
-    redis = createTestRedis();
-  });
-  afterEach(async () => {
-    await redis.close();
-  });
+  const redis = testRedisPerTest();
 
   it('nextRevision should hand out distinct increasing revisions to concurrent callers', async () => {
     const store = createRegistrarStateStore(redis.client, redis.prefix);

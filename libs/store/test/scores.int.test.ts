@@ -1,6 +1,6 @@
 import type { ScoredDevice } from '@urs/contracts';
 import { createPublishedStore, createScoreStore, createBulkVulnerabilityCache } from '@urs/store';
-import { createTestRedis, scoredDevice, type TestRedis } from '@urs/testkit';
+import { scoredDevice, testRedisPerTest } from '@urs/testkit';
 
 const device = (deviceId: string, score: number, band: ScoredDevice['band']): ScoredDevice =>
   scoredDevice(deviceId, score, band, { computerDnsName: `${deviceId}.example` });
@@ -13,13 +13,7 @@ const cycle = (cycleId: string, startedAt: string) => ({
 });
 
 describe('createScoreStore', () => {
-  let redis: TestRedis;
-  beforeEach(() => {
-    redis = createTestRedis();
-  });
-  afterEach(async () => {
-    await redis.close();
-  });
+  const redis = testRedisPerTest();
 
   it('saveScores should never let an older or redelivered cycle overwrite a newer score', async () => {
     const scores = createScoreStore(redis.client, redis.prefix, { historyLength: 3 });
@@ -73,13 +67,7 @@ describe('createScoreStore', () => {
 });
 
 describe('createPublishedStore', () => {
-  let redis: TestRedis;
-  beforeEach(() => {
-    redis = createTestRedis();
-  });
-  afterEach(async () => {
-    await redis.close();
-  });
+  const redis = testRedisPerTest();
 
   it('changed should list only new devices and changed scores, never a stale one', async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
@@ -129,13 +117,7 @@ describe('createPublishedStore', () => {
 });
 
 describe('createBulkVulnerabilityCache', () => {
-  let redis: TestRedis;
-  beforeEach(() => {
-    redis = createTestRedis();
-  });
-  afterEach(async () => {
-    await redis.close();
-  });
+  const redis = testRedisPerTest();
 
   it('claim should admit one fetcher at a time, release should hand it over, and read should serve the saved summaries', async () => {
     const cache = createBulkVulnerabilityCache(redis.client, redis.prefix);

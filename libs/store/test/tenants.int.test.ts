@@ -1,18 +1,12 @@
 import type { TenantRecord } from '@urs/contracts';
 import { createTenantStore } from '@urs/store';
-import { createTestRedis, tenantRecord, type TestRedis } from '@urs/testkit';
+import { tenantRecord, testRedisPerTest } from '@urs/testkit';
 
 const record = (tenantId: string, revision: number, pollIntervalMinutes = 60): TenantRecord =>
   tenantRecord(tenantId, { revision, source: 'rest', pollIntervalMinutes });
 
 describe('createTenantStore', () => {
-  let redis: TestRedis;
-  beforeEach(() => {
-    redis = createTestRedis();
-  });
-  afterEach(async () => {
-    await redis.close();
-  });
+  const redis = testRedisPerTest();
 
   it('put should keep the newest revision when records arrive out of order', async () => {
     const store = createTenantStore(redis.client, redis.prefix);
