@@ -4,7 +4,7 @@ import { join, resolve } from 'node:path';
 import { parseBenchArgs, USAGE, UsageError, type BenchOptions } from './args';
 import { perDeviceRefreshHours, round } from './analysis';
 import { ensureStack, startPrivateRedis, stopStack } from './infra';
-import { createBenchKafka } from './kafka';
+import { createBenchKafka, deleteTopics } from './kafka';
 import { ProcessGroup } from './procs';
 import {
   PER_DEVICE_QUOTA,
@@ -218,12 +218,24 @@ async function main(): Promise<number> {
   const group = new ProcessGroup();
   let stackStarted = false;
   let interrupted = false;
+  let kafkaForCleanup: ReturnType<typeof createBenchKafka> | undefined;
   const onSignal = (signal: NodeJS.Signals): void => {
     if (interrupted) return;
     interrupted = true;
     log(`${signal}: stopping everything the bench started`);
     void (async () => {
       await group.stopAll(10_000);
+      // The interrupted scenario's topics (every topic of this run starts with its id).
+      if (kafkaForCleanup) {
+        const kafka = kafkaForCleanup;
+        await (async () => {
+          const admin = kafka.admin();
+          await admin.connect();
+          const mine = (await admin.listTopics()).filter((topic) => topic.startsWith(`bench-${runId}-`));
+          await admin.disconnect();
+          await deleteTopics(kafka, mine);
+        })().catch(() => undefined);
+      }
       if (stackStarted && !options.keepStack) await stopStack(ROOT).catch(() => undefined);
       process.exit(130);
     })();
@@ -248,6 +260,7 @@ async function main(): Promise<number> {
       quotas: false,
     });
     log(`simulator at ${sim.baseUrl}, Redis ${redisUrl}, Kafka ${stack.kafkaBrokers.join(',')}`);
+    kafkaForCleanup = createBenchKafka(stack.kafkaBrokers, `bench-${runId}-cleanup`);
     const ctx: RunContext = {
       root: ROOT,
       runDir,
