@@ -110,6 +110,10 @@ void runService({
     let api: ApiServer | undefined;
     return {
       runners: [runner],
+      // Ready only once the REST port listens: start() rebuilds Redis from urs.tenants first (when Redis came
+      // up empty) and opens the port last, while the runtime answers /readyz as soon as the Director
+      // consumer joined. Without this, a client waiting on /readyz could call the API and be refused.
+      isReady: () => api !== undefined,
       async start() {
         await rebuilder.ensure();
         watching = rebuilder.watch(settings.rebuildCheckMs, watch.signal);
