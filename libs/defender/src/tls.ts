@@ -1,5 +1,5 @@
 import { Agent } from 'node:https';
-import { rootCertificates } from 'node:tls';
+import { createSecureContext, rootCertificates } from 'node:tls';
 
 export interface HttpsAgentOptions {
   /**
@@ -23,7 +23,11 @@ export function createHttpsAgent(options: HttpsAgentOptions = {}): Agent {
     keepAlive: true,
     maxSockets: options.maxSockets ?? 16,
     maxFreeSockets: options.maxSockets ?? 16,
-    // Node's `ca` replaces the default trust store, so the system roots are passed along with the extras.
-    ...(extra.length > 0 ? { ca: [...rootCertificates, ...extra] } : {}),
+    // A `ca` option replaces the default trust store, so the system roots go along with the extras. They
+    // are parsed into one secure context here, once per agent: given as `ca`, the ~150 roots would be
+    // joined into the agent's connection-pool key on every request and parsed again on every connection.
+    ...(extra.length > 0
+      ? { secureContext: createSecureContext({ ca: [...rootCertificates, ...extra] }) }
+      : {}),
   });
 }
