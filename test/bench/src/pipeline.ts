@@ -112,7 +112,7 @@ export async function startPipeline(group: ProcessGroup, options: PipelineOption
       if (child.done()) return `${name} exited; last lines of ${child.logFile}:\n${tail(child.logFile)}`;
     return undefined;
   };
-  async function spawn(name: ServiceName, attempt: number): Promise<{ child: Child; metricsPort: number }> {
+  async function spawn(name: ServiceName): Promise<{ child: Child; metricsPort: number }> {
     const metricsPort = await freePort();
     const env: NodeJS.ProcessEnv = {
       ...common,
@@ -133,45 +133,28 @@ export async function startPipeline(group: ProcessGroup, options: PipelineOption
       args: [...profile, join(options.root, 'services', name, 'dist/main.js')],
       env,
       cwd: options.root,
-      logFile: join(options.runDir, `${options.scenario}.${name}${attempt > 1 ? `.${attempt}` : ''}.log`),
+      logFile: join(options.runDir, `${options.scenario}.${name}.log`),
     });
     children.set(name, child);
     return { child, metricsPort };
   }
 
-  /**
-   * Starts a service and waits for /readyz. A start that fails on a retryable Kafka error (a partition
-   * leader not yet known right after the topics were created) is tried again, up to three times.
-   */
+  /** Starts a service and waits for /readyz; a start that fails or exits is reported with its log. */
   async function start(name: ServiceName): Promise<void> {
-    for (let attempt = 1; ; attempt++) {
-      const { child, metricsPort } = await spawn(name, attempt);
-      const deadline = Date.now() + 90_000;
-      for (;;) {
-        if ((await getStatus(metricsPort, '/readyz')) === 200) return;
-        const failed = /"message":"start failed"/.test(tail(child.logFile, 50));
-        if (failed || child.done()) {
-          await group.stop([child], 2_000);
-          children.delete(name);
-          if (
-            attempt < 3 &&
-            /not the leader|does not host this topic-partition|LEADER_NOT_AVAILABLE/i.test(
-              tail(child.logFile, 50),
-            )
-          )
-            break;
-          throw new Error(`${name} failed to start:\n${tail(child.logFile)}`);
-        }
-        if (Date.now() > deadline)
-          throw new Error(`${name} was not ready within 90 s:\n${tail(child.logFile)}`);
-        await new Promise((resolve) => setTimeout(resolve, 250));
-      }
-      await new Promise((resolve) => setTimeout(resolve, 1_000));
+    const { child, metricsPort } = await spawn(name);
+    const deadline = Date.now() + 90_000;
+    for (;;) {
+      if ((await getStatus(metricsPort, '/readyz')) === 200) return;
+      if (/"message":"start failed"/.test(tail(child.logFile, 50)) || child.done())
+        throw new Error(`${name} failed to start:\n${tail(child.logFile)}`);
+      if (Date.now() > deadline)
+        throw new Error(`${name} was not ready within 90 s:\n${tail(child.logFile)}`);
+      await new Promise((resolve) => setTimeout(resolve, 250));
     }
   }
 
-  // Every service creates the topics it is missing at start; the first one creates them all, so the
-  // others never race the broker's leader election of freshly created partitions.
+  // Every service creates the topics it is missing at start and waits until the ones it created have
+  // leaders; the first one creates them all, so the others never see a topic another is still settling.
   const [first, ...rest] = options.services;
   try {
     if (first) await start(first);
@@ -185,22 +168,14 @@ export async function startPipeline(group: ProcessGroup, options: PipelineOption
     apiToken,
     httpPort,
     async register(tenantId, defender) {
-      // /readyz can answer before the REST listener is up (the runtime starts it after the consumers).
-      let answer: { status: number; text: string } | undefined;
-      for (let attempt = 0; answer === undefined; attempt++) {
-        try {
-          answer = await sendJson(
-            httpPort,
-            'PUT',
-            `/v1/tenants/${encodeURIComponent(tenantId)}/defender`,
-            apiToken,
-            defender,
-          );
-        } catch (error) {
-          if ((error as NodeJS.ErrnoException).code !== 'ECONNREFUSED' || attempt >= 50) throw error;
-          await new Promise((resolve) => setTimeout(resolve, 200));
-        }
-      }
+      // The registrar's /readyz says its REST port listens, so the first call is answered.
+      const answer = await sendJson(
+        httpPort,
+        'PUT',
+        `/v1/tenants/${encodeURIComponent(tenantId)}/defender`,
+        apiToken,
+        defender,
+      );
       if (answer.status !== 200 && answer.status !== 201)
         throw new Error(`registering ${tenantId}: ${answer.status} ${answer.text.slice(0, 500)}`);
     },
