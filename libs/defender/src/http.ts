@@ -235,7 +235,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       if (response.status === 401 && !refreshed) {
         refreshed = true;
         logger.info('defender: 401 from the API, getting a fresh token', { azureTenantId, path });
-        token = (await tokens.refreshToken(signal)).token;
+        // Names the refused token, so the calls that saw the same 401 share one refresh.
+        token = (await tokens.refreshToken(signal, current)).token;
         continue;
       }
       return classify(response, path, token, endpoint);

@@ -3,9 +3,16 @@ import { ClientSecretCredential, type AccessToken } from '@azure/identity';
 import axios from 'axios';
 import type { DefenderEndpoints } from './endpoints';
 import { mapAuthError } from './auth-errors';
+import { DefenderError, DefenderErrorCode } from './errors';
 
 /** How long before expiry a token stops being reused, in milliseconds (MSAL renews 5 minutes before). */
 const TOKEN_RENEWAL_MARGIN_MS = 300_000;
+
+/**
+ * How long one shared token request may take, in milliseconds, before the calls waiting for it fail
+ * UNAVAILABLE (retryable); it follows no single caller's signal, so it needs a bound of its own.
+ */
+const TOKEN_REQUEST_TIMEOUT_MS = 60_000;
 
 /** The app registration of one tenant. The secret lives only in this object and in the credential. */
 export interface DefenderCredentials {
@@ -25,10 +32,17 @@ export interface TokenClaims {
 }
 
 export interface TokenSource {
-  /** A valid token; cached and renewed by MSAL (it renews 5 min before expiry). */
+  /**
+   * A valid token; cached and renewed by MSAL (it renews 5 min before expiry). Concurrent calls share one
+   * request to Entra.
+   */
   getToken(signal?: AbortSignal): Promise<AccessToken>;
-  /** A token that did not come from any cache (after the API answered 401). */
-  refreshToken(signal?: AbortSignal): Promise<AccessToken>;
+  /**
+   * A token that did not come from any cache (after the API answered 401). `rejected` is the token the API
+   * refused: when it has already been replaced (another call saw the same 401 first), the replacement is
+   * returned without asking Entra again. Concurrent refreshes share one request to Entra.
+   */
+  refreshToken(signal?: AbortSignal, rejected?: string): Promise<AccessToken>;
 }
 
 export interface TokenSourceOptions {
@@ -140,18 +154,89 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
   const fresh = (token: AccessToken): boolean =>
     Date.now() < (token.refreshAfterTimestamp ?? token.expiresOnTimestamp - TOKEN_RENEWAL_MARGIN_MS);
 
+  // The one request to Entra in flight, shared by every call that needs a token meanwhile: MSAL does not
+  // merge concurrent requests, so the first calls of a cycle would otherwise each fetch a token.
+  let flight: { promise: Promise<AccessToken>; refresh: boolean } | undefined;
+  // Bumped by every request started: an older request that ends late must not replace a newer token.
+  let generation = 0;
+
+  function start(refresh: boolean): Promise<AccessToken> {
+    const mine = ++generation;
+    const promise = (async () => {
+      // A refresh asks a new credential, whose cache is empty; the shared request follows no single
+      // caller's signal (the others still wait for it), but it cannot hang them forever.
+      const from = refresh ? makeCredential() : credential;
+      const timeout = AbortSignal.timeout(TOKEN_REQUEST_TIMEOUT_MS);
+      let token: AccessToken;
+      try {
+        token = await fetchToken(from, timeout);
+      } catch (error) {
+        if (!timeout.aborted) throw error;
+        throw new DefenderError(
+          DefenderErrorCode.UNAVAILABLE,
+          `Entra ID did not issue a token for tenant ${credentials.azureTenantId} within ${TOKEN_REQUEST_TIMEOUT_MS} ms`,
+          { canRetry: true, details: { azureTenantId: credentials.azureTenantId } },
+        );
+      }
+      if (mine === generation) {
+        if (refresh) credential = from;
+        current = token;
+      }
+      return token;
+    })();
+    const entry = { promise, refresh };
+    flight = entry;
+    const settle = (): void => {
+      if (flight === entry) flight = undefined;
+    };
+    promise.then(settle, settle);
+    return promise;
+  }
+
+  const stopped = (): DefenderError =>
+    new DefenderError(DefenderErrorCode.UNAVAILABLE, 'Stopped while waiting for a token', {
+      canRetry: true,
+      details: { azureTenantId: credentials.azureTenantId },
+    });
+
+  /** Waits for the shared request, or until this caller's signal aborts (the request goes on for the others). */
+  function join(promise: Promise<AccessToken>, signal?: AbortSignal): Promise<AccessToken> {
+    if (!signal) return promise;
+    if (signal.aborted) return Promise.reject(stopped());
+    return new Promise<AccessToken>((resolve, reject) => {
+      const onAbort = (): void => reject(stopped());
+      signal.addEventListener('abort', onAbort, { once: true });
+      promise.then(
+        (token) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(token);
+        },
+        (error: unknown) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(error);
+        },
+      );
+    });
+  }
+
   return {
     async getToken(signal) {
       if (current && fresh(current)) return current;
-      current = await fetchToken(credential, signal);
-      return current;
+      return join(flight?.promise ?? start(false), signal);
     },
-    async refreshToken(signal) {
-      const replacement = makeCredential();
-      const token = await fetchToken(replacement, signal);
-      credential = replacement;
-      current = token;
-      return token;
+    async refreshToken(signal, rejected) {
+      for (;;) {
+        // Another call saw the same 401 and its refresh already replaced the refused token.
+        if (rejected !== undefined && current && current.token !== rejected && fresh(current)) return current;
+        if (flight?.refresh) return join(flight.promise, signal);
+        if (!flight) return join(start(true), signal);
+        // A plain request started before the 401 may still hand back the refused token from MSAL's cache:
+        // wait for it, then decide again.
+        await join(flight.promise, signal).catch((error: unknown) => {
+          if (signal?.aborted) throw error;
+        });
+        if (rejected === undefined) return join(flight?.refresh ? flight.promise : start(true), signal);
+      }
     },
   };
 }

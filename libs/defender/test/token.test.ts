@@ -1,0 +1,156 @@
+import { type Simulator, startSimulator } from '@urs/simulator';
+import {
+  type CallLimiter,
+  createHttpsAgent,
+  createLocalLimiter,
+  createTokenSource,
+  resolveEndpoints,
+} from '../src';
+import { type TestApp, newApp, simClient } from './support';
+
+let sim: Simulator;
+let app: TestApp;
+
+beforeAll(async () => {
+  sim = await startSimulator({ quotas: false });
+  app = newApp();
+  sim.addTenant({ azureTenantId: app.azureTenantId, apps: [app], fleet: { size: 10, seed: 5 } });
+});
+
+afterAll(async () => {
+  await sim.close();
+});
+
+const sleepMs = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function until(condition: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleepMs(5);
+  }
+}
+
+/**
+ * A limiter whose first `held` calls wait until the test lets them through (`release(n)`), so the test
+ * decides when the requests reach the API; later calls go straight through.
+ */
+function gatedLimiter(held: number): CallLimiter & { waiting: () => number; release: (n: number) => void } {
+  const inner = createLocalLimiter();
+  const gates: Array<() => void> = [];
+  let seen = 0;
+  return {
+    waiting: () => gates.length,
+    release(n) {
+      for (const open of gates.splice(0, n)) open();
+    },
+    async schedule(task) {
+      if (seen++ < held) await new Promise<void>((resolve) => gates.push(resolve));
+      return inner.schedule(task);
+    },
+    close: () => inner.close(),
+  };
+}
+
+describe('createTokenSource single flight', () => {
+  it('getMachineVulnerabilities should share one token request among 10 calls that start together', async () => {
+    const { client, close } = simClient(sim, app);
+    try {
+      sim.resetStats();
+      const ids = sim.machines(app.azureTenantId).map((m) => m.id);
+      expect(ids).toHaveLength(10);
+      const results = await Promise.all(ids.map((id) => client.getMachineVulnerabilities(id)));
+      expect(results).toHaveLength(10);
+      expect(sim.stats().calls.token).toBe(1);
+      expect(sim.stats().calls.vulnerabilities).toBe(10);
+    } finally {
+      await close();
+    }
+  });
+
+  it('getMachineVulnerabilities should refresh once for all the calls refused with the same expired token', async () => {
+    const limiter = gatedLimiter(10);
+    const { client, close } = simClient(sim, app, { limiter });
+    sim.setTokenLifetime(1);
+    try {
+      sim.resetStats();
+      const ids = sim.machines(app.azureTenantId).map((m) => m.id);
+      let settled = 0;
+      const calls = ids.map((id) =>
+        client.getMachineVulnerabilities(id).finally(() => {
+          settled++;
+        }),
+      );
+      // All 10 calls hold the same 1-second token; they reach the API only after it has expired.
+      await until(() => limiter.waiting() === 10, '10 calls at the gate');
+      expect(sim.stats().calls.token).toBe(1);
+      await sleepMs(2_100);
+      sim.setTokenLifetime(3599);
+      // Half of them see the 401 together; the rest see it after the refresh is done, with the old token.
+      limiter.release(5);
+      await until(() => settled === 5, 'the first 5 calls');
+      limiter.release(5);
+      const results = await Promise.all(calls);
+      expect(results).toHaveLength(10);
+      // One token at the start and one refresh: not one per refused call.
+      expect(sim.stats().calls.token).toBe(2);
+      // Every call was refused once (10) and then answered (10).
+      expect(sim.stats().calls.vulnerabilities).toBe(20);
+    } finally {
+      sim.setTokenLifetime(3599);
+      await close();
+    }
+  }, 20_000);
+});
+
+describe('createTokenSource refreshToken', () => {
+  const endpoints = () =>
+    resolveEndpoints(undefined, undefined, { authorityHost: sim.baseUrl, apiBase: sim.baseUrl });
+
+  it('refreshToken should ask Entra only for a token that has not been replaced yet', async () => {
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const tokens = createTokenSource({ endpoints: endpoints(), credentials: app, httpsAgent: agent });
+    try {
+      sim.resetStats();
+      const first = await tokens.getToken();
+      const second = await tokens.refreshToken(undefined, first.token);
+      expect(second.token).not.toBe(first.token);
+      expect(sim.stats().calls.token).toBe(2);
+      // A call that was refused with the first token gets the replacement, without a new request.
+      await expect(tokens.refreshToken(undefined, first.token)).resolves.toMatchObject({
+        token: second.token,
+      });
+      expect(sim.stats().calls.token).toBe(2);
+      // The replacement refused too: one more request, shared by every call that saw it refused.
+      const thirds = await Promise.all(
+        [1, 2, 3, 4, 5].map(() => tokens.refreshToken(undefined, second.token)),
+      );
+      expect(new Set(thirds.map((t) => t.token)).size).toBe(1);
+      expect(thirds[0]?.token).not.toBe(second.token);
+      expect(sim.stats().calls.token).toBe(3);
+      await expect(tokens.getToken()).resolves.toMatchObject({ token: thirds[0]?.token });
+      expect(sim.stats().calls.token).toBe(3);
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it('getToken should let a waiter whose signal aborts leave while the others get the shared token', async () => {
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const tokens = createTokenSource({ endpoints: endpoints(), credentials: app, httpsAgent: agent });
+    sim.setLatency({ meanMs: 300 });
+    try {
+      sim.resetStats();
+      const controller = new AbortController();
+      const leaving = tokens.getToken(controller.signal);
+      const staying = tokens.getToken();
+      controller.abort();
+      await expect(leaving).rejects.toMatchObject({ canRetry: true });
+      await expect(staying).resolves.toMatchObject({ token: expect.any(String) });
+      expect(sim.stats().calls.token).toBe(1);
+    } finally {
+      sim.setLatency({ meanMs: 0 });
+      agent.destroy();
+    }
+  });
+});
