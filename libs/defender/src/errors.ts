@@ -64,6 +64,27 @@ export function isDefenderError(error: unknown, code?: DefenderErrorCodeValue): 
 }
 
 /**
+ * Codes that mean no call of the tenant can succeed until an administrator fixes its setup (secret,
+ * consent, app registration, tenant): retrying soon only hammers Entra ID.
+ */
+const SETUP_ERROR_CODES: ReadonlySet<string> = new Set<string>([
+  DefenderErrorCode.INVALID_SECRET,
+  DefenderErrorCode.SECRET_EXPIRED,
+  DefenderErrorCode.UNKNOWN_CLIENT,
+  DefenderErrorCode.UNKNOWN_TENANT,
+  DefenderErrorCode.NOT_PROVISIONED,
+  DefenderErrorCode.CONSENT_MISSING,
+  DefenderErrorCode.AUTH_FAILED,
+  DefenderErrorCode.UNAUTHORIZED,
+  DefenderErrorCode.INVALID_CONFIG,
+]);
+
+/** Whether `code` is one of the setup errors an administrator must fix (see SETUP_ERROR_CODES). */
+export function isSetupErrorCode(code: string): boolean {
+  return SETUP_ERROR_CODES.has(code);
+}
+
+/**
  * Replaces every occurrence of `secret` in a text. Used on every text that came from outside
  * (Entra's error descriptions, library messages) before it goes into one of our errors.
  */

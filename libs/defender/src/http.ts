@@ -281,3 +281,19 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     },
   };
 }
+
+/** The `value` array of an OData answer; a body without one is a malformed (retryable) answer. */
+export function odataValue(body: unknown, path: string, azureTenantId: string): unknown[] {
+  const value = (body as { value?: unknown } | null)?.value;
+  if (!Array.isArray(value)) {
+    throw new DefenderError(
+      DefenderErrorCode.MALFORMED_RESPONSE,
+      `The Defender API answered ${path} without a "value" array`,
+      {
+        canRetry: true,
+        details: { azureTenantId, path },
+      },
+    );
+  }
+  return value;
+}

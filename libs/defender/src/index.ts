@@ -1,4 +1,4 @@
-export { DefenderError, DefenderErrorCode, isDefenderError, scrubSecret } from './errors';
+export { DefenderError, DefenderErrorCode, isDefenderError, isSetupErrorCode, scrubSecret } from './errors';
 export type { DefenderErrorCodeValue, DefenderErrorOptions } from './errors';
 export { DEFENDER_CLOUDS, DEFENDER_REGIONS, resolveEndpoints } from './endpoints';
 export type {

@@ -1,6 +1,6 @@
 import type { Logger } from '@urs/logging';
 import { DefenderError, DefenderErrorCode } from './errors';
-import type { ApiCaller } from './http';
+import { odataValue, type ApiCaller } from './http';
 import { type MachineRecord, parseMachine } from './schema';
 
 /** Largest `$top` of `/api/machines`. */
@@ -84,21 +84,6 @@ function validatePageSize(pageSize: number): number {
   return pageSize;
 }
 
-function readValue(body: unknown, path: string, azureTenantId: string): unknown[] {
-  const value = (body as { value?: unknown } | null)?.value;
-  if (!Array.isArray(value)) {
-    throw new DefenderError(
-      DefenderErrorCode.MALFORMED_RESPONSE,
-      `The Defender API answered ${path} without a "value" array`,
-      {
-        canRetry: true,
-        details: { azureTenantId, path },
-      },
-    );
-  }
-  return value;
-}
-
 /**
  * Walks `/api/machines` with `$top`/`$skip` (the API gives no next link with `$top`), one page at a time,
  * so a caller can emit batches without holding the fleet. Stops on a short page (confirmed, see
@@ -126,7 +111,7 @@ export async function* walkMachines(
       { $top: pageSize, $skip: skip },
       options.signal,
     );
-    const raw = result.status === 404 ? [] : readValue(result.body, '/api/machines', deps.azureTenantId);
+    const raw = result.status === 404 ? [] : odataValue(result.body, '/api/machines', deps.azureTenantId);
     const page: MachinePage = { index, skip, machines: [], received: raw.length, duplicates: 0, invalid: 0 };
     for (const item of raw) {
       const parsed = parseMachine(item);

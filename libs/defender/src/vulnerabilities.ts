@@ -1,6 +1,6 @@
 import type { Logger } from '@urs/logging';
 import { DefenderError, DefenderErrorCode } from './errors';
-import type { ApiCaller } from './http';
+import { odataValue, type ApiCaller } from './http';
 import type { InvalidRecord } from './machines';
 import { MICROSOFT_QUOTAS, type QuotaWindow } from './quota';
 import {
@@ -20,21 +20,6 @@ export interface VulnerabilityDeps {
   logger: Logger;
   azureTenantId: string;
   onInvalidRecord?: (record: InvalidRecord) => void;
-}
-
-function valueOf(body: unknown, path: string, azureTenantId: string): unknown[] {
-  const value = (body as { value?: unknown } | null)?.value;
-  if (!Array.isArray(value)) {
-    throw new DefenderError(
-      DefenderErrorCode.MALFORMED_RESPONSE,
-      `The Defender API answered ${path} without a "value" array`,
-      {
-        canRetry: true,
-        details: { azureTenantId, path },
-      },
-    );
-  }
-  return value;
 }
 
 function nextLinkOf(body: unknown): string | undefined {
@@ -83,7 +68,7 @@ export async function fetchMachineVulnerabilities(
         },
       );
     }
-    for (const item of valueOf(result.body, path, deps.azureTenantId)) {
+    for (const item of odataValue(result.body, path, deps.azureTenantId)) {
       const parsed = parseVulnerability(item);
       if (!parsed.ok) {
         const invalid: InvalidRecord = { kind: 'vulnerability', reason: parsed.reason, machineId };
@@ -141,7 +126,7 @@ export async function* walkVulnerabilitiesByMachine(
     const result = await deps.api.get('bulk', next, params, options.signal);
     params = undefined; // the next link carries every parameter
     if (result.status === 404) return;
-    const rows = valueOf(result.body, path, deps.azureTenantId);
+    const rows = odataValue(result.body, path, deps.azureTenantId);
     const page: BulkVulnerabilityPage = { index, rows: rows.length, invalid: 0, byMachine: new Map() };
     const indexes = new Map<string, Map<string, number>>();
     for (const item of rows) {

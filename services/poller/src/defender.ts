@@ -5,6 +5,7 @@ import {
   createDefenderClient,
   createRedisQuotaGate,
   DefenderErrorCode,
+  isSetupErrorCode,
   planVulnerabilityMode,
   type CallLimiter,
   type DefenderEndpointOverrides,
@@ -12,7 +13,7 @@ import {
 } from '@urs/defender';
 import type { Logger } from '@urs/logging';
 
-export { DefenderErrorCode };
+export { DefenderErrorCode, isSetupErrorCode };
 
 /** A tenant's credentials, the secret in clear (only in this process's memory, only for the cycle). */
 export interface TenantCredentials {

@@ -1,5 +1,5 @@
 import type { PollSchedule } from '@urs/store';
-import { DefenderErrorCode } from './defender';
+import { DefenderErrorCode, isSetupErrorCode } from './defender';
 
 /**
  * When a tenant's next cycle is due, read under the tenant's lease: one interval after the last cycle
@@ -17,25 +17,16 @@ export function dueAt(schedule: PollSchedule, intervalMs: number, revision: numb
   return Math.max(next, schedule.notBefore ?? 0);
 }
 
-/** Errors an administrator must fix (secret, consent, app, tenant): retrying soon only hammers Entra ID. */
-const SETUP_ERRORS = new Set<string>([
-  DefenderErrorCode.INVALID_SECRET,
-  DefenderErrorCode.SECRET_EXPIRED,
-  DefenderErrorCode.UNKNOWN_CLIENT,
-  DefenderErrorCode.UNKNOWN_TENANT,
-  DefenderErrorCode.NOT_PROVISIONED,
-  DefenderErrorCode.CONSENT_MISSING,
-  DefenderErrorCode.AUTH_FAILED,
-  DefenderErrorCode.UNAUTHORIZED,
-  DefenderErrorCode.INVALID_CONFIG,
-  'SECRET_UNREADABLE',
-  'SECRET_KEY_UNKNOWN',
-]);
+/**
+ * Errors an administrator must fix: Defender's setup errors, and a sealed secret that does not open here
+ * (a retired key, a tampered record). Retrying soon only hammers Entra ID.
+ */
+const SECRET_ERRORS = new Set<string>(['SECRET_UNREADABLE', 'SECRET_KEY_UNKNOWN']);
 
 export type FailureKind = 'setup' | 'throttled' | 'transient';
 
 export function classifyFailure(code: string): FailureKind {
-  if (SETUP_ERRORS.has(code)) return 'setup';
+  if (isSetupErrorCode(code) || SECRET_ERRORS.has(code)) return 'setup';
   if (code === DefenderErrorCode.THROTTLED) return 'throttled';
   return 'transient';
 }

@@ -1,9 +1,9 @@
 import type { Agent } from 'node:https';
 import type { TenantRecord } from '@urs/contracts';
 import {
-  DefenderErrorCode,
   createDefenderClient,
   isDefenderError,
+  isSetupErrorCode,
   type CallLimiter,
   type DefenderClient,
   type DefenderEndpointOverrides,
@@ -35,21 +35,9 @@ export class TenantAccessError extends UrsError {
   }
 }
 
-const TENANT_WIDE: ReadonlySet<string> = new Set([
-  DefenderErrorCode.INVALID_SECRET,
-  DefenderErrorCode.SECRET_EXPIRED,
-  DefenderErrorCode.UNKNOWN_CLIENT,
-  DefenderErrorCode.UNKNOWN_TENANT,
-  DefenderErrorCode.NOT_PROVISIONED,
-  DefenderErrorCode.CONSENT_MISSING,
-  DefenderErrorCode.AUTH_FAILED,
-  DefenderErrorCode.UNAUTHORIZED,
-  DefenderErrorCode.INVALID_CONFIG,
-]);
-
 /** Whether an error code means that no call of this tenant can succeed until an admin fixes something. */
 export function isTenantWideCode(code: string): boolean {
-  return TENANT_WIDE.has(code) || code === 'SECRET_UNREADABLE';
+  return isSetupErrorCode(code) || code === 'SECRET_UNREADABLE';
 }
 
 /** Whether an error is a tenant-wide failure (see isTenantWideCode). */
