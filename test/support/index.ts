@@ -1,5 +1,5 @@
 // Shared helpers of the integration and e2e suites (`import { … } from '@urs/testkit'`).
-// Every name they hand out is unique per call, so parallel workers and parallel engineers never
+// Every name they hand out is unique per call, so parallel jest workers and parallel test runs never
 // share a topic, a consumer group or a Redis key.
 export { uniqueId, waitFor, type WaitForOptions } from './wait';
 export { testInfra, type TestInfra } from './infra';
