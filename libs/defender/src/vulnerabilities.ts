@@ -123,39 +123,54 @@ export async function* walkVulnerabilitiesByMachine(
   let next: string | undefined = path;
   let params: Record<string, number> | undefined = { pageSize };
   for (let index = 0; next; index++) {
-    const result = await deps.api.get('bulk', next, params, options.signal);
+    // Fetched and parsed in a separate frame so the page's raw JSON is unreachable while the caller
+    // holds the yielded page (only the parsed per-device entries are kept).
+    const fetched = await fetchBulkPage(deps, path, next, params, index, options.signal);
     params = undefined; // the next link carries every parameter
-    if (result.status === 404) return;
-    const rows = odataValue(result.body, path, deps.azureTenantId);
-    const page: BulkVulnerabilityPage = { index, rows: rows.length, invalid: 0, byMachine: new Map() };
-    const indexes = new Map<string, Map<string, number>>();
-    for (const item of rows) {
-      const parsed = parseSoftwareVulnerabilityRow(item);
-      if (!parsed.ok) {
-        page.invalid++;
-        const invalid: InvalidRecord = { kind: 'bulk-row', reason: parsed.reason };
-        deps.logger.warn('defender: skipped an invalid export row', {
-          azureTenantId: deps.azureTenantId,
-          ...invalid,
-        });
-        deps.onInvalidRecord?.(invalid);
-        continue;
-      }
-      const deviceId = parsed.value.deviceId;
-      let list = page.byMachine.get(deviceId);
-      let listIndex = indexes.get(deviceId);
-      if (!list || !listIndex) {
-        list = [];
-        listIndex = new Map();
-        page.byMachine.set(deviceId, list);
-        indexes.set(deviceId, listIndex);
-      }
-      const vulnerability = vulnerabilityFromRow(parsed.value);
-      if (vulnerability) mergeVulnerability(list, listIndex, vulnerability);
-    }
-    yield page;
-    next = nextLinkOf(result.body);
+    if (!fetched) return;
+    yield fetched.page;
+    next = fetched.next;
   }
+}
+
+async function fetchBulkPage(
+  deps: VulnerabilityDeps,
+  path: string,
+  url: string,
+  params: Record<string, number> | undefined,
+  index: number,
+  signal: AbortSignal | undefined,
+): Promise<{ page: BulkVulnerabilityPage; next: string | undefined } | undefined> {
+  const result = await deps.api.get('bulk', url, params, signal);
+  if (result.status === 404) return undefined;
+  const rows = odataValue(result.body, path, deps.azureTenantId);
+  const page: BulkVulnerabilityPage = { index, rows: rows.length, invalid: 0, byMachine: new Map() };
+  const indexes = new Map<string, Map<string, number>>();
+  for (const item of rows) {
+    const parsed = parseSoftwareVulnerabilityRow(item);
+    if (!parsed.ok) {
+      page.invalid++;
+      const invalid: InvalidRecord = { kind: 'bulk-row', reason: parsed.reason };
+      deps.logger.warn('defender: skipped an invalid export row', {
+        azureTenantId: deps.azureTenantId,
+        ...invalid,
+      });
+      deps.onInvalidRecord?.(invalid);
+      continue;
+    }
+    const deviceId = parsed.value.deviceId;
+    let list = page.byMachine.get(deviceId);
+    let listIndex = indexes.get(deviceId);
+    if (!list || !listIndex) {
+      list = [];
+      listIndex = new Map();
+      page.byMachine.set(deviceId, list);
+      indexes.set(deviceId, listIndex);
+    }
+    const vulnerability = vulnerabilityFromRow(parsed.value);
+    if (vulnerability) mergeVulnerability(list, listIndex, vulnerability);
+  }
+  return { page, next: nextLinkOf(result.body) };
 }
 
 export type VulnerabilityMode = 'per-device' | 'bulk';

@@ -18,7 +18,7 @@ import {
   type SourceProvider,
   type VulnerabilitySource,
 } from './sources';
-import { emptySummary, summariseVulnerabilities } from './summarise';
+import { VulnerabilityFolder, emptySummary, summariseVulnerabilities } from './summarise';
 
 export interface EnrichHandlerDeps {
   tenants: Pick<TenantStore, 'get' | 'updateStatus'>;
@@ -161,13 +161,10 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   ): Promise<void> {
     const started = Date.now();
     try {
-      const byDevice = await source.bulkVulnerabilities(signal);
-      const summaries = new Map(
-        [...byDevice].map(([deviceId, list]) => [
-          deviceId,
-          summariseVulnerabilities(list, batch.cvssThreshold),
-        ]),
-      );
+      // Folded page by page: only each device's distinct CVE ids and their best CVSS stay in memory.
+      const folder = new VulnerabilityFolder();
+      for await (const page of source.bulkVulnerabilityPages(signal)) folder.addPage(page);
+      const summaries = folder.summaries(batch.cvssThreshold);
       const collectedAt = now().toISOString();
       await deps.bulkCache.save(batch.tenantId, batch.cycleId, summaries, collectedAt);
       log.info('bulk export fetched', {

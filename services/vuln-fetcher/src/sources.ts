@@ -18,8 +18,13 @@ import type { VulnerabilityLike } from './summarise';
 export interface VulnerabilitySource {
   /** One device's vulnerabilities (per-device endpoint, one call of the shared limit). */
   machineVulnerabilities(machineId: string, signal?: AbortSignal): Promise<VulnerabilityLike[]>;
-  /** The tenant's whole bulk export, merged per device. */
-  bulkVulnerabilities(signal?: AbortSignal): Promise<Map<string, VulnerabilityLike[]>>;
+  /**
+   * The tenant's bulk export, one page at a time (device id → its CVEs on that page; a device may
+   * continue on the next page), so the caller folds each page in and drops it.
+   */
+  bulkVulnerabilityPages(
+    signal?: AbortSignal,
+  ): AsyncIterable<ReadonlyMap<string, readonly VulnerabilityLike[]>>;
 }
 
 /** Gives each tenant's source; throws a tenant-wide error (e.g. the secret cannot be opened). */
@@ -101,11 +106,13 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
       );
       const source: VulnerabilitySource = {
         machineVulnerabilities: (machineId, signal) => client.getMachineVulnerabilities(machineId, signal),
-        bulkVulnerabilities: (signal) =>
-          client.getVulnerabilitiesByMachine({
+        bulkVulnerabilityPages: async function* (signal) {
+          const pages = client.listVulnerabilitiesByMachinePages({
             ...(signal ? { signal } : {}),
             ...(deps.bulkPageSize === undefined ? {} : { pageSize: deps.bulkPageSize }),
-          }),
+          });
+          for await (const page of pages) yield page.byMachine;
+        },
       };
       clients.set(record.tenantId, { revision: record.revision, client, source });
       return source;

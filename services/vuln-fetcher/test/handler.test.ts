@@ -75,7 +75,7 @@ function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHa
   const sources: SourceProvider = {
     forTenant: () => ({
       machineVulnerabilities: source.machineVulnerabilities ?? (async () => []),
-      bulkVulnerabilities: source.bulkVulnerabilities ?? (async () => new Map()),
+      bulkVulnerabilityPages: source.bulkVulnerabilityPages ?? async function* () {},
     }),
     close: () => undefined,
   };
@@ -194,9 +194,9 @@ describe('createEnrichHandler', () => {
   it('should fetch the bulk export once per cycle for every batch, and note it in the status', async () => {
     let exports = 0;
     const { handler, sent, statuses } = setup({
-      bulkVulnerabilities: async () => {
+      bulkVulnerabilityPages: async function* () {
         exports++;
-        return new Map([['d1', [cve('CVE-9', 9.9)]]]);
+        yield new Map([['d1', [cve('CVE-9', 9.9)]]]);
       },
     });
     await handler(
@@ -273,7 +273,8 @@ describe('createEnrichHandler', () => {
     const stop = new AbortController();
     const { handler, bulkCache } = setup(
       {
-        bulkVulnerabilities: async () => {
+        // eslint-disable-next-line require-yield -- the export fails before its first page
+        bulkVulnerabilityPages: async function* () {
           stop.abort();
           throw new Error('aborted');
         },
