@@ -1,21 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
 import { join } from 'node:path';
+import type { SimStats } from '@urs/simulator';
 import type { Child, ProcessGroup } from './procs';
 import { tail } from './procs';
 
-/** The part of the simulator's `/_sim/stats` answer the bench reads. */
-export interface SimStats {
-  calls: Record<string, number>;
-  callsByTenant: Record<string, Record<string, number>>;
-  peakConcurrency: number;
-  peakConcurrencyByTenant: Record<string, number>;
-  inFlight: number;
-  inFlightByTenant: Record<string, number>;
-  throttled: number;
-  throttledByTenant: Record<string, number>;
-  faultsInjected: number;
-}
+export type { SimStats };
 
 /** One look at the simulator's counters. `t` is the local clock (ms) when the answer arrived. */
 export interface StatsSample {
