@@ -1,9 +1,11 @@
 import type { Agent } from 'node:https';
+import type { Readable } from 'node:stream';
 import axios, { type AxiosResponse } from 'axios';
 import type { Logger } from '@urs/logging';
 import { type RetryPolicy, retryDelayMs, sleep } from '@urs/resilience';
 import { DefenderError, DefenderErrorCode } from './errors';
 import type { CallLimiter } from './limiter';
+import { MalformedODataError, ODataRowScanner } from './odata-rows';
 import type { DefenderEndpointClass, QuotaGate } from './quota';
 import { decodeTokenClaims, type TokenSource } from './token';
 
@@ -27,6 +29,9 @@ export interface ApiCallerOptions {
 
 export type ApiResult = { status: 200; body: unknown } | { status: 404 };
 
+/** An OData answer read row by row: what `toRow` made of each `value` row, and the other top-level members. */
+export type RowsResult<T> = { status: 200; rows: T[]; members: Record<string, unknown> } | { status: 404 };
+
 export interface ApiCaller {
   /**
    * GET `pathOrUrl` (a path under the API base, or an absolute `@odata.nextLink` on the same origin) as one
@@ -38,6 +43,19 @@ export interface ApiCaller {
     params?: Record<string, string | number>,
     signal?: AbortSignal,
   ): Promise<ApiResult>;
+  /**
+   * Like `get` for an OData answer (`{"value": [...], ...}`), read as it arrives: each row of `value` is
+   * parsed alone and passed to `toRow`, and only what `toRow` returns is kept, so a large page is never
+   * held as one body. A retried call starts its rows afresh. An answer without a `value` array is
+   * MALFORMED_RESPONSE, as with `odataValue`.
+   */
+  getRows<T>(
+    endpoint: DefenderEndpointClass,
+    pathOrUrl: string,
+    params: Record<string, string | number> | undefined,
+    toRow: (row: unknown) => T,
+    signal?: AbortSignal,
+  ): Promise<RowsResult<T>>;
 }
 
 /** `Retry-After` in seconds or as an HTTP date, in milliseconds; undefined when absent or unreadable. */
@@ -104,6 +122,32 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     return new URL(`${link.pathname}${link.search}`, origin).toString();
   }
 
+  function unreachable(error: unknown, url: string, signal: AbortSignal | undefined): DefenderError {
+    const code = (error as { code?: string }).code ?? 'ERROR';
+    const path = new URL(url).pathname;
+    // The axios error holds the request config with the bearer token: keep only its code.
+    return new DefenderError(
+      DefenderErrorCode.UNAVAILABLE,
+      `The Defender API could not be reached (${code}) for tenant ${azureTenantId} on ${path}`,
+      {
+        canRetry:
+          !signal?.aborted && (TRANSIENT_NETWORK.has(code) || !/CERT|SIGNATURE|SELF_SIGNED|TLS/.test(code)),
+        details: { azureTenantId, path, networkCode: code },
+      },
+    );
+  }
+
+  function malformed(path: string, message: string): DefenderError {
+    return new DefenderError(DefenderErrorCode.MALFORMED_RESPONSE, message, {
+      canRetry: true,
+      details: { azureTenantId, path },
+    });
+  }
+
+  function notJson(path: string, error: Error): DefenderError {
+    return malformed(path, `The Defender API returned a body that is not JSON on ${path} (${error.message})`);
+  }
+
   async function send(
     url: string,
     token: string,
@@ -117,19 +161,57 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
         ...(signal ? { signal } : {}),
       });
     } catch (error) {
-      const code = (error as { code?: string }).code ?? 'ERROR';
-      const path = new URL(url).pathname;
-      // The axios error holds the request config with the bearer token: keep only its code.
-      throw new DefenderError(
-        DefenderErrorCode.UNAVAILABLE,
-        `The Defender API could not be reached (${code}) for tenant ${azureTenantId} on ${path}`,
-        {
-          canRetry:
-            !signal?.aborted && (TRANSIENT_NETWORK.has(code) || !/CERT|SIGNATURE|SELF_SIGNED|TLS/.test(code)),
-          details: { azureTenantId, path, networkCode: code },
-        },
-      );
+      throw unreachable(error, url, signal);
     }
+  }
+
+  /**
+   * One call whose 2xx body is scanned row by row while it arrives (inside the call's slot, like a body
+   * read whole); any other answer is read as text and classified as `send`'s are.
+   */
+  async function sendRows<T>(
+    url: string,
+    token: string,
+    params: Record<string, string | number> | undefined,
+    toRow: (row: unknown) => T,
+    signal?: AbortSignal,
+  ): Promise<AxiosResponse<string> | RowsResult<T>> {
+    let response: AxiosResponse<Readable>;
+    try {
+      response = await http.get<Readable>(url, {
+        params,
+        responseType: 'stream',
+        headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' },
+        ...(signal ? { signal } : {}),
+      });
+    } catch (error) {
+      throw unreachable(error, url, signal);
+    }
+    const path = new URL(url).pathname;
+    const rows: T[] = [];
+    const scanner = new ODataRowScanner((row) => rows.push(toRow(row)));
+    const ok = response.status >= 200 && response.status < 300;
+    const chunks: Buffer[] = [];
+    try {
+      for await (const chunk of response.data) {
+        if (ok) scanner.push(chunk as Buffer);
+        else chunks.push(chunk as Buffer);
+      }
+    } catch (error) {
+      if (error instanceof MalformedODataError) throw notJson(path, error);
+      throw unreachable(error, url, signal);
+    } finally {
+      response.data.destroy();
+    }
+    if (!ok) return { ...response, data: Buffer.concat(chunks).toString('utf8') };
+    let rest;
+    try {
+      rest = scanner.end();
+    } catch (error) {
+      throw notJson(path, error as Error);
+    }
+    if (!rest.hasValue) throw malformed(path, `The Defender API answered ${path} without a "value" array`);
+    return { status: 200, rows, members: rest.members };
   }
 
   function classify(
@@ -218,12 +300,13 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     throw error;
   }
 
-  async function attempt(
+  /** One call (a fresh token once after a 401): `call` answers either its result or a response to classify. */
+  async function attempt<R extends ApiResult | RowsResult<unknown>>(
     endpoint: DefenderEndpointClass,
     url: string,
-    params: Record<string, string | number> | undefined,
-    signal?: AbortSignal,
-  ): Promise<ApiResult> {
+    signal: AbortSignal | undefined,
+    call: (token: string) => Promise<AxiosResponse<string> | R>,
+  ): Promise<ApiResult | R> {
     const path = new URL(url).pathname;
     let refreshed = false;
     let token = (await tokens.getToken(signal)).token;
@@ -231,7 +314,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       // Quota first, then the slot: a tenant waiting for its quota must not hold one of the shared slots.
       await quota.acquire(azureTenantId, endpoint, signal);
       const current = token;
-      const response = await limiter.schedule(() => send(url, current, params, signal));
+      const response = await limiter.schedule(() => call(current));
+      if (!('headers' in response)) return response;
       if (response.status === 401 && !refreshed) {
         refreshed = true;
         logger.info('defender: 401 from the API, getting a fresh token', { azureTenantId, path });
@@ -243,41 +327,67 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     }
   }
 
-  return {
-    async get(endpoint, pathOrUrl, params, signal) {
-      const url = resolveUrl(pathOrUrl);
-      let failures = 0;
-      let throttles = 0;
-      let throttledMs = 0;
-      for (;;) {
-        try {
-          return await attempt(endpoint, url, params, signal);
-        } catch (error) {
-          if (!(error instanceof DefenderError) || !error.canRetry || signal?.aborted) throw error;
-          let delayMs: number;
-          if (error.code === DefenderErrorCode.THROTTLED) {
-            throttles++;
-            delayMs = error.retryAfterMs ?? retryDelayMs(options.retryPolicy, throttles, options.random);
-            if (throttledMs + delayMs > options.maxThrottleWaitMs) throw error;
-            throttledMs += delayMs;
-            // Every process holds this tenant's endpoint back, not only this call.
-            await quota.block(azureTenantId, endpoint, delayMs);
-          } else {
-            failures++;
-            if (failures >= options.retryPolicy.maxAttempts) throw error;
-            delayMs = retryDelayMs(options.retryPolicy, failures, options.random);
-          }
-          logger.warn('defender: retrying a call', {
-            azureTenantId,
-            endpoint,
-            code: error.code,
-            delayMs,
-            failures,
-            throttles,
-          });
-          await sleep(delayMs, signal);
+  /** Retries a call on transient failures and waits out 429s (shared with every process via the quota). */
+  async function withRetries<R>(
+    endpoint: DefenderEndpointClass,
+    signal: AbortSignal | undefined,
+    once: () => Promise<R>,
+  ): Promise<R> {
+    let failures = 0;
+    let throttles = 0;
+    let throttledMs = 0;
+    for (;;) {
+      try {
+        return await once();
+      } catch (error) {
+        if (!(error instanceof DefenderError) || !error.canRetry || signal?.aborted) throw error;
+        let delayMs: number;
+        if (error.code === DefenderErrorCode.THROTTLED) {
+          throttles++;
+          delayMs = error.retryAfterMs ?? retryDelayMs(options.retryPolicy, throttles, options.random);
+          if (throttledMs + delayMs > options.maxThrottleWaitMs) throw error;
+          throttledMs += delayMs;
+          // Every process holds this tenant's endpoint back, not only this call.
+          await quota.block(azureTenantId, endpoint, delayMs);
+        } else {
+          failures++;
+          if (failures >= options.retryPolicy.maxAttempts) throw error;
+          delayMs = retryDelayMs(options.retryPolicy, failures, options.random);
         }
+        logger.warn('defender: retrying a call', {
+          azureTenantId,
+          endpoint,
+          code: error.code,
+          delayMs,
+          failures,
+          throttles,
+        });
+        await sleep(delayMs, signal);
       }
+    }
+  }
+
+  return {
+    get(endpoint, pathOrUrl, params, signal) {
+      const url = resolveUrl(pathOrUrl);
+      return withRetries(endpoint, signal, () =>
+        attempt<ApiResult>(endpoint, url, signal, (token) => send(url, token, params, signal)),
+      );
+    },
+    async getRows<T>(
+      endpoint: DefenderEndpointClass,
+      pathOrUrl: string,
+      params: Record<string, string | number> | undefined,
+      toRow: (row: unknown) => T,
+      signal?: AbortSignal,
+    ): Promise<RowsResult<T>> {
+      const url = resolveUrl(pathOrUrl);
+      const result = await withRetries(endpoint, signal, () =>
+        attempt<RowsResult<T>>(endpoint, url, signal, (token) => sendRows(url, token, params, toRow, signal)),
+      );
+      if (result.status === 404 || 'rows' in result) return result;
+      // Only `send`'s whole-text bodies are classified as 200; a scanned answer never is.
+      throw malformed(new URL(url).pathname, 'The Defender API answer was read whole instead of by rows');
     },
   };
 }

@@ -1,7 +1,7 @@
 import type { Logger } from '@urs/logging';
 import { DefenderError, DefenderErrorCode } from './errors';
-import { odataValue, type ApiCaller } from './http';
-import { type MachineRecord, parseMachine } from './schema';
+import type { ApiCaller } from './http';
+import { type MachineRecord, type ParseResult, parseMachine } from './schema';
 
 /** Largest `$top` of `/api/machines`. */
 export const MAX_MACHINE_PAGE_SIZE = 10_000;
@@ -84,6 +84,12 @@ function validatePageSize(pageSize: number): number {
   return pageSize;
 }
 
+/** A machine record as read, with its id when it had a readable one (to name an invalid record). */
+function machineEntry(raw: unknown): { parsed: ParseResult<MachineRecord>; id: string | undefined } {
+  const id = (raw as { id?: unknown } | null)?.id;
+  return { parsed: parseMachine(raw), id: typeof id === 'string' ? id : undefined };
+}
+
 /**
  * Walks `/api/machines` with `$top`/`$skip` (the API gives no next link with `$top`), one page at a time,
  * so a caller can emit batches without holding the fleet. Stops on a short page (confirmed, see
@@ -105,20 +111,26 @@ export async function* walkMachines(
   let skip = 0;
   let staleFullPages = 0;
   for (let index = 0; ; index++) {
-    const result = await deps.api.get(
+    // Read row by row: only the normalised records stay, not the page's body and raw objects too.
+    const result = await deps.api.getRows(
       'machines',
       '/api/machines',
       { $top: pageSize, $skip: skip },
+      machineEntry,
       options.signal,
     );
-    const raw = result.status === 404 ? [] : odataValue(result.body, '/api/machines', deps.azureTenantId);
-    const page: MachinePage = { index, skip, machines: [], received: raw.length, duplicates: 0, invalid: 0 };
-    for (const item of raw) {
-      const parsed = parseMachine(item);
+    const entries = result.status === 404 ? [] : result.rows;
+    const page: MachinePage = {
+      index,
+      skip,
+      machines: [],
+      received: entries.length,
+      duplicates: 0,
+      invalid: 0,
+    };
+    for (const { parsed, id } of entries) {
       if (!parsed.ok) {
         page.invalid++;
-        const id =
-          typeof (item as { id?: unknown } | null)?.id === 'string' ? (item as { id: string }).id : undefined;
         const invalid: InvalidRecord = { kind: 'machine', reason: parsed.reason, ...(id ? { id } : {}) };
         deps.logger.warn('defender: skipped an invalid machine record', {
           azureTenantId: deps.azureTenantId,

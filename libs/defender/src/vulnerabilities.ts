@@ -119,13 +119,10 @@ export async function* walkVulnerabilitiesByMachine(
       `pageSize must be a whole number from 1 to ${MAX_BULK_PAGE_SIZE} (got ${pageSize})`,
     );
   }
-  const path = '/api/machines/SoftwareVulnerabilitiesByMachine';
-  let next: string | undefined = path;
+  let next: string | undefined = '/api/machines/SoftwareVulnerabilitiesByMachine';
   let params: Record<string, number> | undefined = { pageSize };
   for (let index = 0; next; index++) {
-    // Fetched and parsed in a separate frame so the page's raw JSON is unreachable while the caller
-    // holds the yielded page (only the parsed per-device entries are kept).
-    const fetched = await fetchBulkPage(deps, path, next, params, index, options.signal);
+    const fetched = await fetchBulkPage(deps, next, params, index, options.signal);
     params = undefined; // the next link carries every parameter
     if (!fetched) return;
     yield fetched.page;
@@ -133,24 +130,32 @@ export async function* walkVulnerabilitiesByMachine(
   }
 }
 
+/** What a bulk row leaves once read: its device and CVE (none for a software-only row), or why it was skipped. */
+type BulkRowEntry = { deviceId: string; vulnerability: Vulnerability | undefined } | { invalid: string };
+
+/** Reduces one raw export row (~1 KB of JSON) to the few fields the device summaries need. */
+function bulkRowEntry(raw: unknown): BulkRowEntry {
+  const parsed = parseSoftwareVulnerabilityRow(raw);
+  if (!parsed.ok) return { invalid: parsed.reason };
+  return { deviceId: parsed.value.deviceId, vulnerability: vulnerabilityFromRow(parsed.value) };
+}
+
 async function fetchBulkPage(
   deps: VulnerabilityDeps,
-  path: string,
   url: string,
   params: Record<string, number> | undefined,
   index: number,
   signal: AbortSignal | undefined,
 ): Promise<{ page: BulkVulnerabilityPage; next: string | undefined } | undefined> {
-  const result = await deps.api.get('bulk', url, params, signal);
+  // Read row by row: a page is ~50 MB of JSON, and only each row's device, CVE and score are kept.
+  const result = await deps.api.getRows('bulk', url, params, bulkRowEntry, signal);
   if (result.status === 404) return undefined;
-  const rows = odataValue(result.body, path, deps.azureTenantId);
-  const page: BulkVulnerabilityPage = { index, rows: rows.length, invalid: 0, byMachine: new Map() };
+  const page: BulkVulnerabilityPage = { index, rows: result.rows.length, invalid: 0, byMachine: new Map() };
   const indexes = new Map<string, Map<string, number>>();
-  for (const item of rows) {
-    const parsed = parseSoftwareVulnerabilityRow(item);
-    if (!parsed.ok) {
+  for (const entry of result.rows) {
+    if ('invalid' in entry) {
       page.invalid++;
-      const invalid: InvalidRecord = { kind: 'bulk-row', reason: parsed.reason };
+      const invalid: InvalidRecord = { kind: 'bulk-row', reason: entry.invalid };
       deps.logger.warn('defender: skipped an invalid export row', {
         azureTenantId: deps.azureTenantId,
         ...invalid,
@@ -158,7 +163,7 @@ async function fetchBulkPage(
       deps.onInvalidRecord?.(invalid);
       continue;
     }
-    const deviceId = parsed.value.deviceId;
+    const deviceId = entry.deviceId;
     let list = page.byMachine.get(deviceId);
     let listIndex = indexes.get(deviceId);
     if (!list || !listIndex) {
@@ -167,10 +172,9 @@ async function fetchBulkPage(
       page.byMachine.set(deviceId, list);
       indexes.set(deviceId, listIndex);
     }
-    const vulnerability = vulnerabilityFromRow(parsed.value);
-    if (vulnerability) mergeVulnerability(list, listIndex, vulnerability);
+    if (entry.vulnerability) mergeVulnerability(list, listIndex, entry.vulnerability);
   }
-  return { page, next: nextLinkOf(result.body) };
+  return { page, next: nextLinkOf(result.members) };
 }
 
 export type VulnerabilityMode = 'per-device' | 'bulk';

@@ -1,0 +1,192 @@
+/** The body is not the JSON object an OData answer must be. */
+export class MalformedODataError extends Error {}
+
+const OPEN_OBJECT = 0x7b; // {
+const CLOSE_OBJECT = 0x7d; // }
+const OPEN_ARRAY = 0x5b; // [
+const CLOSE_ARRAY = 0x5d; // ]
+const QUOTE = 0x22; // "
+const BACKSLASH = 0x5c;
+const COMMA = 0x2c;
+
+function isWhitespace(byte: number): boolean {
+  return byte === 0x20 || byte === 0x0a || byte === 0x0d || byte === 0x09;
+}
+
+function parse(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (error) {
+    throw new MalformedODataError(`invalid JSON in the answer: ${(error as Error).message}`);
+  }
+}
+
+/** What is left of an OData answer once its rows were handed out: the other top-level members. */
+export interface ODataRest {
+  /** Every top-level member but `value` (e.g. `@odata.nextLink`). */
+  members: Record<string, unknown>;
+  /** Whether the answer had a top-level `value` array. */
+  hasValue: boolean;
+}
+
+/**
+ * Reads an OData answer `{…, "value": [row, row, …], …}` as its bytes arrive and hands each row of the
+ * top-level `value` array to `onRow` as soon as it is complete, parsed on its own. A page (a bulk export
+ * page is ~50 MB of JSON) thus never exists as one buffer, one string and one object tree at once: only
+ * the row being read and what `onRow` keeps of the rows. Works on bytes: every structural character is
+ * ASCII, and no byte of a multi-byte UTF-8 character is, so a character split over two chunks is safe.
+ */
+export class ODataRowScanner {
+  /** Nesting depth outside strings: 1 inside the answer object, 2 inside its `value` array. */
+  private depth = 0;
+  private inString = false;
+  private escaped = false;
+  /** Inside the `value` array (depth ≥ 2 belongs to it). */
+  private inValue = false;
+  private hasValue = false;
+  /** A row of the `value` array was read (so an empty entry before `]` is an error). */
+  private rowsSeen = false;
+  /** The answer's closing brace was read. */
+  private closed = false;
+  /** Bytes of the member (depth 1) or row (depth 2) being read; `start` is its offset in the current chunk. */
+  private parts: Buffer[] = [];
+  private start = -1;
+  private readonly members: Record<string, unknown> = {};
+  /** The chunk whose next backslash (from the last look on) is `nextBackslash` (-1: none left). */
+  private backslashChunk: Buffer | undefined;
+  private nextBackslash = -1;
+
+  constructor(private readonly onRow: (row: unknown) => void) {}
+
+  push(chunk: Buffer): void {
+    for (let at = 0; at < chunk.length; at++) {
+      const byte = chunk[at] as number;
+      if (this.inString) {
+        if (this.escaped) this.escaped = false;
+        else if (byte === BACKSLASH) this.escaped = true;
+        else if (byte === QUOTE) this.inString = false;
+        else at = this.skipPlainText(chunk, at);
+        continue;
+      }
+      if (this.closed) {
+        if (!isWhitespace(byte)) throw new MalformedODataError('text after the end of the answer object');
+        continue;
+      }
+      if (this.depth === 0) {
+        if (byte === OPEN_OBJECT) {
+          this.depth = 1;
+          this.start = at + 1;
+        } else if (!isWhitespace(byte)) throw new MalformedODataError('the answer is not a JSON object');
+        continue;
+      }
+      this.structural(chunk, at, byte);
+    }
+    if (this.start >= 0) {
+      this.parts.push(chunk.subarray(this.start));
+      this.start = 0;
+    }
+  }
+
+  /**
+   * Inside a string, jumps to just before its next quote or backslash, or to the chunk's end when it
+   * has neither: most of a page is string text, which indexOf scans far faster than a byte loop. The
+   * next backslash is remembered per chunk, as most chunks have few or none.
+   */
+  private skipPlainText(chunk: Buffer, at: number): number {
+    if (chunk !== this.backslashChunk || (this.nextBackslash >= 0 && this.nextBackslash < at)) {
+      this.backslashChunk = chunk;
+      this.nextBackslash = chunk.indexOf(BACKSLASH, at);
+    }
+    const quote = chunk.indexOf(QUOTE, at);
+    const backslash = this.nextBackslash;
+    const next = quote < 0 ? backslash : backslash < 0 ? quote : Math.min(quote, backslash);
+    return next < 0 ? chunk.length - 1 : next - 1;
+  }
+
+  /** Every top-level member but the rows; throws when the answer ended early. */
+  end(): ODataRest {
+    if (!this.closed || this.inString)
+      throw new MalformedODataError('the answer ended before its last brace');
+    return { members: this.members, hasValue: this.hasValue };
+  }
+
+  private structural(chunk: Buffer, at: number, byte: number): void {
+    if (this.inValue && this.depth === 2) {
+      if (byte === COMMA || byte === CLOSE_ARRAY) {
+        const text = this.take(chunk, at);
+        if (text.trim() !== '') this.onRow(parse(text));
+        else if (byte === COMMA || this.rowsSeen) throw new MalformedODataError('an empty entry in "value"');
+        if (byte === CLOSE_ARRAY) {
+          this.depth = 1;
+          this.inValue = false;
+          this.start = -1;
+          return;
+        }
+        this.rowsSeen = true;
+        this.start = at + 1;
+        return;
+      }
+    }
+    if (byte === QUOTE) {
+      this.inString = true;
+    } else if (byte === OPEN_OBJECT || byte === OPEN_ARRAY) {
+      if (this.depth === 1 && byte === OPEN_ARRAY && this.start >= 0 && this.isValueKey(chunk, at)) {
+        this.inValue = true;
+        this.hasValue = true;
+        this.rowsSeen = false;
+        this.parts = [];
+        this.start = at + 1;
+      }
+      this.depth++;
+    } else if (byte === CLOSE_OBJECT || byte === CLOSE_ARRAY) {
+      this.depth--;
+      if (this.depth === 0) {
+        if (byte !== CLOSE_OBJECT) throw new MalformedODataError('unbalanced brackets in the answer');
+        this.member(this.take(chunk, at), true);
+        this.closed = true;
+        this.start = -1;
+      }
+    } else if (byte === COMMA && this.depth === 1) {
+      this.member(this.take(chunk, at), false);
+      this.start = at + 1;
+    } else if (this.depth === 1 && this.start < 0 && !isWhitespace(byte)) {
+      throw new MalformedODataError('text after the "value" array where a comma or a brace belongs');
+    }
+  }
+
+  /** Whether the member read so far is `"value":` (the `[` at `at` opens its array). */
+  private isValueKey(chunk: Buffer, at: number): boolean {
+    const text = this.peek(chunk, at);
+    return /^\s*"value"\s*:\s*$/.test(text);
+  }
+
+  /** A complete member at depth 1 (`"key": value`), or nothing (the rest after the `value` array). */
+  private member(text: string, last: boolean): void {
+    if (text.trim() === '') {
+      if (!last && !this.afterValue()) throw new MalformedODataError('an empty member in the answer');
+      return;
+    }
+    Object.assign(this.members, parse(`{${text}}`));
+  }
+
+  /** The `value` array just ended, so the text up to this separator is whitespace, not a member. */
+  private afterValue(): boolean {
+    return this.hasValue && this.start === -1;
+  }
+
+  private peek(chunk: Buffer, at: number): string {
+    const tail = chunk.subarray(Math.max(this.start, 0), at);
+    return (this.parts.length === 0 ? tail : Buffer.concat([...this.parts, tail])).toString('utf8');
+  }
+
+  /** The text from the current start to `at` (exclusive), and forgets it. */
+  private take(chunk: Buffer, at: number): string {
+    if (this.start < 0) {
+      this.parts = [];
+      return '';
+    }
+    const text = this.peek(chunk, at);
+    this.parts = [];
+    return text;
+  }
+}
