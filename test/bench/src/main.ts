@@ -109,7 +109,7 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
       latencyMs: options.latencyMs,
       simQuotas: true,
       pollIntervalMinutes: 10,
-      extraEnv: { URS_BULK_PAGE_SIZE: '200000', ...options.env },
+      extraEnv: { ...options.env },
       timeoutMs: options.bulkDevices * 2 + options.slackMs,
     });
   }
