@@ -147,4 +147,34 @@ describe('createBulkVulnerabilityCache', () => {
     await cache.fail('t', 'c2', { code: 'X', message: 'no' });
     expect(await cache.state('t', 'c2')).toEqual({ state: 'failed', code: 'X', message: 'no' });
   });
+
+  it('save should write a large export in slices, each as it is produced, and mark it ready only at the end', async () => {
+    const cache = createBulkVulnerabilityCache(redis.client, redis.prefix);
+    const key = `${redis.prefix}vuln-bulk:t:c1`;
+    const summaryOf = (index: number) => ({
+      criticalCveCount: index % 3,
+      totalCveCount: index % 5,
+      maxCvss: index % 2 ? 9.1 : null,
+      cvssThreshold: 7,
+      topCveIds: [`CVE-2026-${index}`],
+    });
+    function* summaries(count: number, failAt?: number): Generator<[string, ReturnType<typeof summaryOf>]> {
+      for (let index = 0; index < count; index++) {
+        if (index === failAt) throw new Error('stopped');
+        yield [`d${index}`, summaryOf(index)];
+      }
+    }
+    // Cut short after 1,500 devices: the first slice of 1,000 is written, with an expiry, but not ready.
+    await expect(cache.save('t', 'c1', summaries(2_500, 1_500), 'never')).rejects.toThrow('stopped');
+    expect(await redis.client.hlen(key)).toBe(1_000);
+    expect(await redis.client.pttl(key)).toBeGreaterThan(0);
+    expect(await cache.state('t', 'c1')).toEqual({ state: 'absent' });
+
+    await cache.save('t', 'c1', summaries(2_500), '2026-01-01T10:00:00.000Z');
+    expect(await cache.state('t', 'c1')).toEqual({ state: 'ready', collectedAt: '2026-01-01T10:00:00.000Z' });
+    const ids = Array.from({ length: 2_500 }, (_, index) => `d${index}`);
+    const read = await cache.read('t', 'c1', [...ids, 'absent']);
+    ids.forEach((id, index) => expect(read.get(id)).toEqual(summaryOf(index)));
+    expect(read.get('absent')).toBeUndefined();
+  });
 });

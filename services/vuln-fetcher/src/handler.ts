@@ -164,11 +164,16 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       // Folded page by page: only each device's distinct CVE ids and their best CVSS stay in memory.
       const folder = new VulnerabilityFolder();
       for await (const page of source.bulkVulnerabilityPages(signal)) folder.addPage(page);
-      const summaries = folder.summaries(batch.cvssThreshold);
       const collectedAt = now().toISOString();
-      await deps.bulkCache.save(batch.tenantId, batch.cycleId, summaries, collectedAt);
+      // Summaries are made one device at a time while the cache writes them in slices.
+      await deps.bulkCache.save(
+        batch.tenantId,
+        batch.cycleId,
+        folder.summaries(batch.cvssThreshold),
+        collectedAt,
+      );
       log.info('bulk export fetched', {
-        devicesWithVulnerabilities: summaries.size,
+        devicesWithVulnerabilities: folder.size,
         durationMs: Date.now() - started,
       });
       await deps.tenants.updateStatus(batch.tenantId, {
@@ -176,7 +181,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         note:
           'vulnerabilities come from one bulk export (SoftwareVulnerabilitiesByMachine) per cycle: the fleet is too ' +
           "large for one call per device within the tenant's quota in one poll interval " +
-          `(last export ${collectedAt}: ${summaries.size} devices with vulnerabilities)`,
+          `(last export ${collectedAt}: ${folder.size} devices with vulnerabilities)`,
       });
     } catch (error) {
       if (signal?.aborted) {

@@ -47,14 +47,19 @@ function summariseBest(best: ReadonlyMap<string, number>, cvssThreshold: number)
 }
 
 /**
- * Folds a bulk export page by page into what the summaries need: per device only its distinct CVE
- * ids with their highest CVSS (a number per id, not the row or vulnerability objects), so a page's
- * rows can be dropped as soon as they are folded in. A device's rows may span several pages and the
- * same CVE may come on several rows; `summaries` gives exactly what `summariseVulnerabilities` gives
- * for each device's whole list.
+ * Folds a bulk export page by page into what the summaries need, so a page's rows can be dropped as soon
+ * as they are folded in. Per device only its distinct CVEs with their highest CVSS are kept, compactly:
+ * each CVE id is stored once for the whole export and named by a small number, and a device holds one
+ * flat array of (CVE number, best CVSS) pairs, not a Map of strings (a 100,000-device tenant has about
+ * half a million such pairs). A device's rows may span several pages and the same CVE may come on
+ * several rows; `summaries` gives exactly what `summariseVulnerabilities` gives for each device's whole list.
  */
 export class VulnerabilityFolder {
-  private readonly byDevice = new Map<string, Map<string, number>>();
+  /** CVE id → its number; `cveIds[number]` is the id. */
+  private readonly cveNumbers = new Map<string, number>();
+  private readonly cveIds: string[] = [];
+  /** Device id → [cve, cvss, cve, cvss, …] (cvss -1 when it has none), each CVE once. */
+  private readonly byDevice = new Map<string, number[]>();
 
   /** Folds one page: device id → its vulnerabilities on that page (possibly none). */
   addPage(page: ReadonlyMap<string, readonly VulnerabilityLike[]>): void {
@@ -63,12 +68,24 @@ export class VulnerabilityFolder {
 
   /** Folds some of a device's vulnerabilities; a device with none is still listed (as all clear). */
   add(deviceId: string, vulnerabilities: readonly VulnerabilityLike[]): void {
-    let best = this.byDevice.get(deviceId);
-    if (!best) {
-      best = new Map();
-      this.byDevice.set(deviceId, best);
+    let pairs = this.byDevice.get(deviceId);
+    if (!pairs) {
+      pairs = [];
+      this.byDevice.set(deviceId, pairs);
     }
-    for (const vulnerability of vulnerabilities) foldVulnerability(best, vulnerability);
+    // Where each of the device's CVEs sits in `pairs`, built per call: a device's rows come together,
+    // so this costs one pass over what the device already has only when its rows span two pages.
+    const at = new Map<number, number>();
+    for (let index = 0; index < pairs.length; index += 2) at.set(pairs[index] as number, index);
+    for (const vulnerability of vulnerabilities) {
+      const cve = this.cveNumber(vulnerability.id);
+      const cvss = typeof vulnerability.cvssV3 === 'number' ? vulnerability.cvssV3 : -1;
+      const seen = at.get(cve);
+      if (seen === undefined) {
+        at.set(cve, pairs.length);
+        pairs.push(cve, cvss);
+      } else if (cvss > (pairs[seen + 1] as number)) pairs[seen + 1] = cvss;
+    }
   }
 
   /** Devices folded in so far. */
@@ -76,11 +93,27 @@ export class VulnerabilityFolder {
     return this.byDevice.size;
   }
 
-  /** Each folded device's summary at the cycle's threshold. */
-  summaries(cvssThreshold: number): Map<string, VulnerabilitySummary> {
-    const summaries = new Map<string, VulnerabilitySummary>();
-    for (const [deviceId, best] of this.byDevice) summaries.set(deviceId, summariseBest(best, cvssThreshold));
-    return summaries;
+  /**
+   * Each folded device's summary at the cycle's threshold, one at a time, so the caller can write them
+   * out in bounded slices instead of holding a summary per device at once.
+   */
+  *summaries(cvssThreshold: number): IterableIterator<[string, VulnerabilitySummary]> {
+    for (const [deviceId, pairs] of this.byDevice) {
+      const best = new Map<string, number>();
+      for (let index = 0; index < pairs.length; index += 2)
+        best.set(this.cveIds[pairs[index] as number] as string, pairs[index + 1] as number);
+      yield [deviceId, summariseBest(best, cvssThreshold)];
+    }
+  }
+
+  private cveNumber(id: string): number {
+    let number = this.cveNumbers.get(id);
+    if (number === undefined) {
+      number = this.cveIds.length;
+      this.cveNumbers.set(id, number);
+      this.cveIds.push(id);
+    }
+    return number;
   }
 }
 

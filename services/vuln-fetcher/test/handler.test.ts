@@ -42,7 +42,7 @@ function memoryBulkCache(): BulkVulnerabilityCache {
       return true;
     },
     async save(tenantId, cycleId, summaries, collectedAt) {
-      data.set(`${tenantId}/${cycleId}`, summaries);
+      data.set(`${tenantId}/${cycleId}`, new Map(summaries));
       states.set(`${tenantId}/${cycleId}`, { state: 'ready', collectedAt });
     },
     async fail(tenantId, cycleId, error) {

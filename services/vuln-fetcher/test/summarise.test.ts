@@ -30,7 +30,7 @@ function summariseWhole(rows: readonly Row[], threshold: number) {
 function folded(rows: readonly Row[], pageSize: number, threshold: number) {
   const folder = new VulnerabilityFolder();
   for (let at = 0; at < rows.length; at += pageSize) folder.addPage(pageOf(rows.slice(at, at + pageSize)));
-  return folder.summaries(threshold);
+  return new Map(folder.summaries(threshold));
 }
 
 /** Deterministic pseudo-random rows: a few devices, repeated CVEs, null CVEs and null scores. */
@@ -119,5 +119,26 @@ describe('VulnerabilityFolder', () => {
       'CVE-07',
     ]);
     expect(summary).toMatchObject({ criticalCveCount: 5, totalCveCount: 15, maxCvss: 9 });
+  });
+
+  it("should keep each device's own best score for a CVE that several devices share", () => {
+    const rows: Row[] = [
+      { deviceId: 'a', cveId: 'CVE-9', cvss: 9.9 },
+      { deviceId: 'b', cveId: 'CVE-9', cvss: 3 },
+      { deviceId: 'b', cveId: 'CVE-8', cvss: null },
+      { deviceId: 'a', cveId: 'CVE-9', cvss: 1 },
+      { deviceId: 'b', cveId: 'CVE-9', cvss: 4.2 },
+    ];
+    for (const pageSize of [1, 2, 5]) {
+      const summaries = folded(rows, pageSize, 4);
+      expect(summaries.get('a')).toMatchObject({ criticalCveCount: 1, totalCveCount: 1, maxCvss: 9.9 });
+      expect(summaries.get('b')).toEqual({
+        criticalCveCount: 1,
+        totalCveCount: 2,
+        maxCvss: 4.2,
+        cvssThreshold: 4,
+        topCveIds: ['CVE-9', 'CVE-8'],
+      });
+    }
   });
 });
