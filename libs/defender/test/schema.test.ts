@@ -28,6 +28,15 @@ describe('parseMachine', () => {
     });
   });
 
+  it('parseMachine should give a record already in documented form the same value as its PascalCase form', () => {
+    const documented = { id: ID, computerDnsName: 'pc1', healthStatus: 'active', machineTags: ['a'] };
+    const pascal = { Id: ID, ComputerDnsName: 'pc1', HealthStatus: 'active', MachineTags: ['a'] };
+    const expected = { id: ID, computerDnsName: 'pc1', healthStatus: 'Active', machineTags: ['a'] };
+    expect(parseMachine(documented)).toEqual({ ok: true, value: expected });
+    expect(parseMachine(pascal)).toEqual({ ok: true, value: expected });
+    expect(parseMachine({ ...documented, '@odata.etag': 'x' })).toEqual({ ok: true, value: expected });
+  });
+
   it('parseMachine should keep undocumented fields and unknown enum values as sent', () => {
     const result = parseMachine({
       id: ID,
