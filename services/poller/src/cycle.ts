@@ -111,11 +111,13 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
 
   /** Emits full batches while more than one batch is pending (the last one waits for the end of the listing). */
   async function flushFull(): Promise<void> {
-    while (pending.length > deps.batchSize) {
-      const devices = pending.slice(0, deps.batchSize);
-      pending = pending.slice(deps.batchSize);
-      await emit(devices, false);
+    // One copy of the remainder at the end, not one of everything still pending after each batch.
+    let from = 0;
+    while (pending.length - from > deps.batchSize) {
+      await emit(pending.slice(from, from + deps.batchSize), false);
+      from += deps.batchSize;
     }
+    if (from > 0) pending = pending.slice(from);
   }
 
   const client = deps.defender.forTenant({

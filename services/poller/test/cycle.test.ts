@@ -94,6 +94,16 @@ const input = (signal = new AbortController().signal, profile: Record<string, un
 });
 
 describe('runCycle', () => {
+  it('runCycle should emit pages larger than a batch as full batches in listing order, holding back only the rest', async () => {
+    const { deps, sent } = setup(pages(2_600, 1_250, 10), 10);
+    await runCycle(deps, input());
+    expect(sent.map((b) => b.devices.length)).toEqual([500, 500, 500, 500, 500, 500, 500, 360]);
+    expect(sent.flatMap((b) => b.devices.map((d) => d.id))).toEqual(
+      Array.from({ length: 3_860 }, (_, n) => `m${n}`),
+    );
+    expect(sent.map((b) => b.vulnerabilityMode)).toEqual(Array(8).fill('bulk'));
+  });
+
   it('runCycle should split the fleet into batches of at most 500, the last with the totals', async () => {
     const { deps, sent, events, credentials, closed } = setup(pages(300, 300, 403));
     const result = await runCycle(deps, input());
