@@ -200,6 +200,85 @@ describe('MDE API simulation', () => {
     expect((await get('/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=200001')).status).toBe(400);
   });
 
+  test('SoftwareVulnerabilitiesByMachine rows should carry their device, software and CVE fields', async () => {
+    const machine = sim.machines(TENANT).find((m) => sim.vulnerabilities(TENANT, m.id).length > 1);
+    if (!machine) throw new Error('the fleet has no device with two CVEs');
+    const [first, second] = sim.vulnerabilities(TENANT, machine.id);
+    // An override with text that JSON must escape, next to a catalog CVE whose row text is shared.
+    sim.setVulnerabilities(TENANT, machine.id, [
+      { ...first!, id: 'CVE-2099-"1\\', cvssV3: 9.1, exploitInKit: false, exploitVerified: true },
+      second!,
+    ]);
+    sim.updateMachine(TENANT, machine.id, {
+      osPlatform: 'Windows11',
+      computerDnsName: 'pc"7',
+      version: '23H2',
+    });
+    const rows: Record<string, unknown>[] = [];
+    let url: string | undefined = '/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=5000';
+    while (url) {
+      const reply = await get(url);
+      rows.push(...reply.json.value);
+      url = reply.json['@odata.nextLink']?.slice(sim.baseUrl.length);
+    }
+    const mine = rows.filter((row) => row.deviceId === machine.id);
+    expect(mine.slice(0, 2).map((row) => row.cveId)).toEqual(['CVE-2099-"1\\', second!.id]);
+    const row = mine[0]!;
+    expect(Object.keys(row)).toEqual([
+      'id',
+      'deviceId',
+      'rbacGroupName',
+      'deviceName',
+      'osPlatform',
+      'osVersion',
+      'osArchitecture',
+      'lastSeenTimestamp',
+      'firstSeenTimestamp',
+      'softwareVendor',
+      'softwareName',
+      'softwareVersion',
+      'cveId',
+      'vulnerabilitySeverityLevel',
+      'recommendedSecurityUpdate',
+      'recommendedSecurityUpdateId',
+      'recommendedSecurityUpdateUrl',
+      'diskPaths',
+      'registryPaths',
+      'exploitabilityLevel',
+      'recommendationReference',
+      'securityUpdateAvailable',
+      'cvssScore',
+    ]);
+    expect(row).toMatchObject({
+      deviceName: 'pc"7',
+      osPlatform: 'Windows11',
+      osVersion: '23H2',
+      rbacGroupName: machine.rbacGroupName ?? null,
+      vulnerabilitySeverityLevel: first!.severity,
+      exploitabilityLevel: 'ExploitIsVerified',
+      cvssScore: 9.1,
+      lastSeenTimestamp: (machine.lastSeen as string).slice(0, 19).replace('T', ' '),
+    });
+    expect(row.id).toBe(
+      `${machine.id}_${String(row.softwareVendor)}_${String(row.softwareName)}_${String(row.softwareVersion)}_CVE-2099-"1\\`,
+    );
+    expect((row.diskPaths as string[])[0]).toMatch(/^C:\\Program Files\\.+\.exe$/);
+    expect(row.registryPaths).toEqual([
+      `HKEY_LOCAL_MACHINE\\SOFTWARE\\${String(row.softwareVendor)}\\${String(row.softwareName)}`,
+    ]);
+    // Every inventory row (no CVE) repeats its device's first software with the CVE fields null.
+    const inventory = rows.filter((r) => r.cveId === null);
+    expect(inventory.length).toBeGreaterThan(0);
+    for (const r of inventory) {
+      expect(r).toMatchObject({
+        vulnerabilitySeverityLevel: null,
+        cvssScore: null,
+        exploitabilityLevel: 'NoExploit',
+      });
+      expect(String(r.id).endsWith('_')).toBe(true);
+    }
+  });
+
   test('fleet changes should show up in the next listing', async () => {
     const before = sim.machines(TENANT);
     const victim = before[10]?.id as string;
