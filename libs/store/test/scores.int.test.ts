@@ -38,6 +38,34 @@ describe('createScoreStore', () => {
     expect((await scores.history('t', 'd1')).map((s) => s.cycleId)).toEqual(['c2']);
   });
 
+  it('saveScores should keep newest-wins per device across a batch of several hundred', async () => {
+    const scores = createScoreStore(redis.client, redis.prefix);
+    const newer = cycle('c2', '2026-01-01T10:10:00.000Z');
+    const older = cycle('c1', '2026-01-01T10:00:00.000Z');
+    const ids = Array.from({ length: 450 }, (_, i) => `d${String(i).padStart(3, '0')}`);
+    // Every third device already has a newer score: they are skipped wherever they fall in the batch.
+    const ahead = ids.filter((_, i) => i % 3 === 0);
+    await scores.saveScores(
+      't',
+      newer,
+      ahead.map((id) => device(id, 90, 'High Risk')),
+    );
+    const result = await scores.saveScores(
+      't',
+      older,
+      ids.map((id) => device(id, 20, 'Low Risk')),
+    );
+    expect(result).toEqual({ written: 300, skipped: ahead });
+    const stored = await scores.getDeviceScores('t', ids);
+    expect(stored.map((s) => [s.device.deviceId, s.device.score, s.cycleId])).toEqual(
+      ids.map((id, i) => (i % 3 === 0 ? [id, 90, 'c2'] : [id, 20, 'c1'])),
+    );
+    const page = await scores.listDeviceScores('t', { band: 'Low Risk', limit: 1000 });
+    expect(page.total).toBe(300);
+    expect((await scores.history('t', 'd449')).map((s) => s.cycleId)).toEqual(['c1']);
+    expect((await scores.history('t', 'd447')).map((s) => s.cycleId)).toEqual(['c2']);
+  });
+
   it('history should keep the newest scores first up to its length', async () => {
     const scores = createScoreStore(redis.client, redis.prefix, { historyLength: 2 });
     for (let minute = 0; minute < 4; minute++) {
