@@ -28,14 +28,16 @@ export interface CycleStore {
   ): Promise<void>;
   /**
    * Records a scored batch's statistics once: a redelivered batch is not counted twice.
-   * Resolves whether this call recorded it, and how many distinct batches are recorded now.
+   * Resolves whether this call recorded it, how many distinct batches are recorded now, and the
+   * cycle as `get` would answer right after (read in the same round trip, so the caller deciding
+   * whether the cycle is complete need not ask again).
    */
   recordBatch(
     tenantId: string,
     cycleId: string,
     batchIndex: number,
     stats: unknown,
-  ): Promise<{ first: boolean; scoredBatches: number }>;
+  ): Promise<{ first: boolean; scoredBatches: number; state: CycleState | null }>;
   /** Every recorded batch's statistics, by batch index. */
   batchStats<T>(tenantId: string, cycleId: string): Promise<Map<number, T>>;
   get(tenantId: string, cycleId: string): Promise<CycleState | null>;
@@ -53,6 +55,29 @@ const CLAIM = `
 if redis.call('HSETNX', KEYS[1], 'published', ARGV[2]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1`;
+
+/** A cycle hash's fields as a CycleState; null when the poller never began the cycle (or it expired). */
+function toState(
+  tenantId: string,
+  cycleId: string,
+  fields: Record<string, string>,
+  scoredBatches: number,
+): CycleState | null {
+  if (!fields['startedAt'] || !fields['deadlineAt']) return null;
+  const state: CycleState = {
+    tenantId,
+    cycleId,
+    startedAt: fields['startedAt'],
+    deadlineAt: fields['deadlineAt'],
+    scoredBatches,
+  };
+  if (fields['totalBatches'] !== undefined) state.totalBatches = Number(fields['totalBatches']);
+  if (fields['totalDevices'] !== undefined) state.totalDevices = Number(fields['totalDevices']);
+  if (fields['listedAt'] !== undefined) state.listedAt = fields['listedAt'];
+  if (fields['published'] === 'complete' || fields['published'] === 'partial')
+    state.published = fields['published'];
+  return state;
+}
 
 /**
  * Keys: `{prefix}cycle:{tenantId}:{cycleId}` (hash), `{prefix}cycle-batches:{tenantId}:{cycleId}`
@@ -106,10 +131,12 @@ export function createCycleStore(
         .hsetnx(key, String(batchIndex), JSON.stringify(stats))
         .hlen(key)
         .pexpire(key, retentionMs * 2)
+        .hgetall(cycleKey(tenantId, cycleId))
         .exec();
       const first = results?.[0]?.[1] === 1;
       const scoredBatches = Number(results?.[1]?.[1] ?? 0);
-      return { first, scoredBatches };
+      const fields = (results?.[3]?.[1] ?? {}) as Record<string, string>;
+      return { first, scoredBatches, state: toState(tenantId, cycleId, fields, scoredBatches) };
     },
     async batchStats<T>(tenantId: string, cycleId: string) {
       const raw = await redis.hgetall(batchesKey(tenantId, cycleId));
@@ -122,20 +149,7 @@ export function createCycleStore(
         redis.hgetall(cycleKey(tenantId, cycleId)),
         redis.hlen(batchesKey(tenantId, cycleId)),
       ]);
-      if (!fields['startedAt'] || !fields['deadlineAt']) return null;
-      const state: CycleState = {
-        tenantId,
-        cycleId,
-        startedAt: fields['startedAt'],
-        deadlineAt: fields['deadlineAt'],
-        scoredBatches,
-      };
-      if (fields['totalBatches'] !== undefined) state.totalBatches = Number(fields['totalBatches']);
-      if (fields['totalDevices'] !== undefined) state.totalDevices = Number(fields['totalDevices']);
-      if (fields['listedAt'] !== undefined) state.listedAt = fields['listedAt'];
-      if (fields['published'] === 'complete' || fields['published'] === 'partial')
-        state.published = fields['published'];
-      return state;
+      return toState(tenantId, cycleId, fields, scoredBatches);
     },
     async claimPublication(tenantId, cycleId, status) {
       const claimed = await redis.eval(

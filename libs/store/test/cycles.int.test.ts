@@ -16,15 +16,15 @@ describe('createCycleStore', () => {
   it('recordBatch should count a redelivered batch once', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     await cycles.begin(begin);
-    expect(await cycles.recordBatch('acme', 'c1', 0, { devices: 500 })).toEqual({
+    expect(await cycles.recordBatch('acme', 'c1', 0, { devices: 500 })).toMatchObject({
       first: true,
       scoredBatches: 1,
     });
-    expect(await cycles.recordBatch('acme', 'c1', 0, { devices: 500 })).toEqual({
+    expect(await cycles.recordBatch('acme', 'c1', 0, { devices: 500 })).toMatchObject({
       first: false,
       scoredBatches: 1,
     });
-    expect(await cycles.recordBatch('acme', 'c1', 1, { devices: 12 })).toEqual({
+    expect(await cycles.recordBatch('acme', 'c1', 1, { devices: 12 })).toMatchObject({
       first: true,
       scoredBatches: 2,
     });
@@ -33,6 +33,31 @@ describe('createCycleStore', () => {
       [0, { devices: 500 }],
       [1, { devices: 12 }],
     ]);
+  });
+
+  it('recordBatch should answer the cycle as get does after it, totals and claim included', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await cycles.begin(begin);
+    const early = await cycles.recordBatch('acme', 'c1', 0, { devices: 500 });
+    expect(early.state).toEqual(await cycles.get('acme', 'c1'));
+    expect(early.state).toMatchObject({ startedAt: begin.startedAt, scoredBatches: 1 });
+    expect(early.state?.totalBatches).toBeUndefined();
+    await cycles.listed('acme', 'c1', { totalBatches: 2, totalDevices: 512, listedAt: begin.startedAt });
+    await cycles.claimPublication('acme', 'c1', 'partial');
+    const late = await cycles.recordBatch('acme', 'c1', 1, { devices: 12 });
+    expect(late.state).toEqual(await cycles.get('acme', 'c1'));
+    expect(late.state).toMatchObject({
+      totalBatches: 2,
+      totalDevices: 512,
+      scoredBatches: 2,
+      published: 'partial',
+    });
+    // A batch of a cycle the poller never began (or that expired) records, with no cycle to answer.
+    expect(await cycles.recordBatch('acme', 'gone', 0, { devices: 1 })).toEqual({
+      first: true,
+      scoredBatches: 1,
+      state: null,
+    });
   });
 
   it('get should show the totals once the poller has listed every device', async () => {

@@ -29,8 +29,16 @@ export interface CycleHint {
 }
 
 export interface CycleCompletion {
-  /** Publishes the cycle's summary if every batch is recorded and nobody published it yet. */
-  tryComplete(tenantId: string, cycleId: string, hint: CycleHint): Promise<boolean>;
+  /**
+   * Publishes the cycle's summary if every batch is recorded and nobody published it yet. `known` is
+   * the cycle as just read (e.g. by `recordBatch`); without it the cycle is read from the store.
+   */
+  tryComplete(
+    tenantId: string,
+    cycleId: string,
+    hint: CycleHint,
+    known?: CycleState | null,
+  ): Promise<boolean>;
   /** Publishes every cycle past its deadline as partial; resolves how many. */
   closeOverdue(): Promise<number>;
 }
@@ -184,8 +192,8 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
   }
 
   return {
-    async tryComplete(tenantId, cycleId, hint) {
-      const state = await deps.cycles.get(tenantId, cycleId);
+    async tryComplete(tenantId, cycleId, hint, known) {
+      const state = known === undefined ? await deps.cycles.get(tenantId, cycleId) : known;
       if (state?.published) {
         // Claimed before: normally sent, unless the send failed (then this redelivery sends it).
         return sendOwed(state, tenantId, cycleId, state.published, hint);

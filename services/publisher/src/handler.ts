@@ -58,7 +58,7 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     await deps.publisher.send(deps.topic, 'urs/vms-risk-score', messages);
     records.inc({ kind: 'changed' }, messages.length);
     await deps.published.commit(batch.tenantId, cycleAt, refs);
-    const { first } = await deps.cycles.recordBatch(
+    const { first, state } = await deps.cycles.recordBatch(
       batch.tenantId,
       batch.cycleId,
       batch.batchIndex,
@@ -69,10 +69,15 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
       changed: messages.length,
       redelivered: !first,
     });
-    await deps.completion.tryComplete(batch.tenantId, batch.cycleId, {
-      cycleStartedAt: batch.cycleStartedAt,
-      ...(batch.totalBatches !== undefined ? { totalBatches: batch.totalBatches } : {}),
-      ...(batch.totalDevices !== undefined ? { totalDevices: batch.totalDevices } : {}),
-    });
+    await deps.completion.tryComplete(
+      batch.tenantId,
+      batch.cycleId,
+      {
+        cycleStartedAt: batch.cycleStartedAt,
+        ...(batch.totalBatches !== undefined ? { totalBatches: batch.totalBatches } : {}),
+        ...(batch.totalDevices !== undefined ? { totalDevices: batch.totalDevices } : {}),
+      },
+      state,
+    );
   };
 }
