@@ -25,6 +25,9 @@ import { PartitionOffsets } from './watermark';
  * - eachBatch only accepts and returns, so KafkaJS's fetch loop keeps heartbeating; a full buffer
  *   pauses the partition's fetching instead of blocking eachBatch (which would block the fetches of
  *   every partition of the broker).
+ * - A key's messages start in offset order, at most `inFlightPerKey` of them at once (a sliding window
+ *   over its unfinished messages), so they may finish out of order; the committed watermark still never
+ *   passes an unfinished one.
  */
 
 export interface KeyOrderedOptions {
@@ -36,6 +39,15 @@ export interface KeyOrderedOptions {
   /** Paces retries of a message whose dead letter could not be written. */
   retry: RetryPolicy;
   maxBufferedPerPartition: number;
+  /**
+   * Messages of one key handled at once, default 2: a key's next message starts while the one before it
+   * finishes, so a handler that ends by waiting on a few slow calls (a batch draining its last Defender
+   * calls) leaves the shared call slots to the key's next message instead of idle. Messages start in offset
+   * order, and one starts only once every message of its key this many places before it or more has
+   * finished: a message that waits (a retry) holds its key back after at most this many. 1 keeps each key
+   * strictly one message at a time.
+   */
+  inFlightPerKey?: number;
   commitIntervalMs: number;
   drainTimeoutMs: number;
   /** Set to the messages accepted and not finished, over every partition, with `labels`. */
@@ -53,14 +65,27 @@ export interface KeyOrderedConsumption {
 interface Entry {
   message: KafkaMessage;
   offset: bigint;
+  /** Handed to the handler (it runs, or ran and stopped). */
+  started?: boolean;
+  finished?: boolean;
+}
+
+/**
+ * One key's messages in offset order from its oldest unfinished one on (finished ones after it are kept,
+ * so they count in the window): the first `inFlightPerKey` of them may run.
+ */
+interface Lane {
+  readonly entries: Entry[];
+  /** Messages of the lane running now. */
+  running: number;
 }
 
 interface PartitionWork {
   readonly topic: string;
   readonly partition: number;
   readonly offsets: PartitionOffsets;
-  /** One queue per key (null: messages without a key); present while its lane runs. */
-  readonly lanes: Map<string | null, Entry[]>;
+  /** One lane per key (null: messages without a key); present while it has unfinished messages. */
+  readonly lanes: Map<string | null, Lane>;
   /** Aborted when the partition is revoked, or when close's drain time has passed. */
   readonly controller: AbortController;
   /**
@@ -77,10 +102,12 @@ const partitionId = (topic: string, partition: number): string => `${topic}|${pa
 
 export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrderedConsumption {
   const { consumer, log, maxBufferedPerPartition } = options;
+  const inFlightPerKey = options.inFlightPerKey ?? 2;
   /** Fetching of a paused partition resumes once its unfinished messages are down to this. */
   const resumeAt = Math.floor(maxBufferedPerPartition / 2);
   const partitions = new Map<string, PartitionWork>();
-  const lanes = new Set<Promise<void>>();
+  /** Every message being handled, so drain can wait for them. */
+  const running = new Set<Promise<void>>();
   const closing = new AbortController();
   let heartbeat: () => Promise<void> = async () => undefined;
   let memberId: string | undefined;
@@ -186,41 +213,55 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
     }
   }
 
-  async function runLane(work: PartitionWork, key: string | null, queue: Entry[]): Promise<void> {
+  /** Handles one message of a lane; once it is finished, the lane's next message may start. */
+  async function runEntry(work: PartitionWork, key: string | null, lane: Lane, entry: Entry): Promise<void> {
     try {
-      while (queue.length > 0 && !closing.signal.aborted && !work.revoked) {
-        const entry = queue[0] as Entry;
-        if (!(await settleUntilDone(work, entry))) break;
-        queue.shift();
-        if (work.revoked) break;
-        work.offsets.finish(entry.offset);
-        countBuffered(-1);
-        if (work.offsets.unfinishedCount <= resumeAt && !closing.signal.aborted) resume(work);
-        scheduleCommit();
-      }
+      if (!(await settleUntilDone(work, entry)) || work.revoked) return;
+      entry.finished = true;
+      while (lane.entries[0]?.finished) lane.entries.shift();
+      work.offsets.finish(entry.offset);
+      countBuffered(-1);
+      if (work.offsets.unfinishedCount <= resumeAt && !closing.signal.aborted) resume(work);
+      scheduleCommit();
     } finally {
-      if (work.lanes.get(key) === queue) work.lanes.delete(key);
+      lane.running--;
+      startDue(work, key, lane);
+      // Nothing runs after startDue only when the lane is empty or stopping (close or revoke); what a stopped
+      // lane leaves goes to the next owner, uncommitted.
+      if (lane.running === 0 && work.lanes.get(key) === lane) work.lanes.delete(key);
+    }
+  }
+
+  /** Starts the messages of the lane's window (its first `inFlightPerKey` entries) not started yet. */
+  function startDue(work: PartitionWork, key: string | null, lane: Lane): void {
+    if (closing.signal.aborted || work.revoked) return;
+    const window = Math.min(inFlightPerKey, lane.entries.length);
+    for (let index = 0; index < window; index++) {
+      const entry = lane.entries[index] as Entry;
+      if (entry.started) continue;
+      entry.started = true;
+      lane.running++;
+      const handling = runEntry(work, key, lane, entry).catch((error: unknown) =>
+        log.error('key lane failed', {
+          topic: work.topic,
+          partition: work.partition,
+          reason: errorMessage(error),
+        }),
+      );
+      running.add(handling);
+      void handling.finally(() => running.delete(handling));
     }
   }
 
   function enqueue(work: PartitionWork, entry: Entry): void {
     const key = entry.message.key === null ? null : entry.message.key.toString('utf8');
-    const queue = work.lanes.get(key);
-    if (queue) {
-      queue.push(entry);
-      return;
+    let lane = work.lanes.get(key);
+    if (!lane) {
+      lane = { entries: [], running: 0 };
+      work.lanes.set(key, lane);
     }
-    const lane = [entry];
-    work.lanes.set(key, lane);
-    const running = runLane(work, key, lane).catch((error: unknown) =>
-      log.error('key lane failed', {
-        topic: work.topic,
-        partition: work.partition,
-        reason: errorMessage(error),
-      }),
-    );
-    lanes.add(running);
-    void running.finally(() => lanes.delete(running));
+    lane.entries.push(entry);
+    startDue(work, key, lane);
   }
 
   function scheduleCommit(): void {
@@ -268,7 +309,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
 
   async function settledWithin(timeoutMs: number): Promise<boolean> {
     const timeout = new AbortController();
-    const all = Promise.allSettled([...lanes]).then(() => true);
+    const all = Promise.allSettled([...running]).then(() => true);
     const timer = sleep(timeoutMs, timeout.signal).then(() => false);
     const done = await Promise.race([all, timer]);
     timeout.abort();
@@ -330,12 +371,12 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
       if (!(await settledWithin(options.drainTimeoutMs))) {
         log.warn('messages in flight did not finish in time; aborting them', {
           drainTimeoutMs: options.drainTimeoutMs,
-          inFlight: lanes.size,
+          inFlight: running.size,
         });
         for (const work of partitions.values()) work.controller.abort();
         if (!(await settledWithin(options.drainTimeoutMs))) {
           log.warn('handlers did not stop when aborted; their messages stay uncommitted', {
-            inFlight: lanes.size,
+            inFlight: running.size,
           });
         }
       }

@@ -119,7 +119,7 @@ describe('createConsumerRunner with ordering by key', () => {
 
   const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-  // Offsets: b0@0, a1@1, b1@2, a2@3, b2@4, b3@5.
+  // Offsets: b0@0, a1@1, b1@2, a2@3, b2@4, b3@5, a3@6.
   const MIXED: [string, string][] = [
     ['B', 'b0'],
     ['A', 'a1'],
@@ -127,6 +127,7 @@ describe('createConsumerRunner with ordering by key', () => {
     ['A', 'a2'],
     ['B', 'b2'],
     ['B', 'b3'],
+    ['A', 'a3'],
   ];
 
   it('should handle other keys of the partition while one key waits, and commit only up to the waiting message', async () => {
@@ -144,20 +145,22 @@ describe('createConsumerRunner with ordering by key', () => {
     ).start();
     await produce(0, MIXED);
 
-    await waitFor(() => seen.length >= 4, { timeoutMs: 30_000, description: "B's messages handled" });
-    expect(seen).toEqual(['b0@0', 'b1@2', 'b2@4', 'b3@5']);
+    // B's messages, and a2 beside the waiting a1 (two messages of a key at once); a3 waits behind a1.
+    await waitFor(() => seen.length >= 5, { timeoutMs: 30_000, description: "B's messages and a2 handled" });
+    expect(seen.filter((s) => s.startsWith('b'))).toEqual(['b0@0', 'b1@2', 'b2@4', 'b3@5']);
+    expect(seen).toContain('a2@3');
     await waitFor(async () => (await committed(groupId)) === '1', { timeoutMs: 10_000 });
-    // Several commit intervals later the committed offset has not passed the waiting message, and a2
-    // still waits behind a1.
+    // Several commit intervals later the committed offset has not passed the waiting message, although
+    // a2 behind it finished, and a3 still waits behind a1.
     await sleep(600);
     expect(await committed(groupId)).toBe('1');
-    expect(seen).not.toContain('a2@3');
+    expect(seen).not.toContain('a3@6');
     expect(metrics.expose()).toContain(`urs_consumer_buffered_messages{group="${groupId}"} 2`);
 
     blockA.open();
-    await waitFor(() => seen.length >= 6, { timeoutMs: 10_000 });
-    expect(seen.slice(4)).toEqual(['a1@1', 'a2@3']);
-    await waitFor(async () => (await committed(groupId)) === '6', { timeoutMs: 10_000 });
+    await waitFor(() => seen.length >= 7, { timeoutMs: 10_000 });
+    expect(seen.slice(5)).toEqual(['a1@1', 'a3@6']);
+    await waitFor(async () => (await committed(groupId)) === '7', { timeoutMs: 10_000 });
     expect(metrics.expose()).toContain(`urs_consumer_buffered_messages{group="${groupId}"} 0`);
   });
 
@@ -183,20 +186,21 @@ describe('createConsumerRunner with ordering by key', () => {
     );
     await runner.start();
     await produce(0, MIXED);
-    await waitFor(() => first.length >= 4, { timeoutMs: 30_000 });
+    await waitFor(() => first.length >= 5, { timeoutMs: 30_000 });
     await waitFor(async () => (await committed(groupId)) === '1', { timeoutMs: 10_000 });
 
     await runner.close();
     expect(aborted).toBe(true);
-    expect(first).toEqual(['b0@0', 'b1@2', 'b2@4', 'b3@5']);
+    expect(first.sort()).toEqual(['a2@3', 'b0@0', 'b1@2', 'b2@4', 'b3@5']);
     expect(await committed(groupId)).toBe('1');
 
+    // a2 finished, but after the unfinished a1: it comes again with everything after a1.
     const second: Seen = [];
     await start(groupId, async (message) => void second.push(seenAs(message))).start();
-    await waitFor(() => second.length >= 5, { timeoutMs: 30_000 });
-    expect(second.filter((s) => s.startsWith('a'))).toEqual(['a1@1', 'a2@3']);
+    await waitFor(() => second.length >= 6, { timeoutMs: 30_000 });
+    expect(second.filter((s) => s.startsWith('a'))).toEqual(['a1@1', 'a2@3', 'a3@6']);
     expect(second.filter((s) => s.startsWith('b'))).toEqual(['b1@2', 'b2@4', 'b3@5']);
-    await waitFor(async () => (await committed(groupId)) === '6', { timeoutMs: 10_000 });
+    await waitFor(async () => (await committed(groupId)) === '7', { timeoutMs: 10_000 });
   });
 
   it('should retry and dead-letter per message without holding up the other keys', async () => {
