@@ -22,6 +22,16 @@ interface Waiter {
 }
 
 /**
+ * Settles a caller after the current turn of the event loop. Its continuation (parsing and summarising the
+ * answer) would otherwise run before the next call this slot just started is written to its socket (Node
+ * writes a request on a tick that waits for every pending promise continuation), leaving the slot idle
+ * for that long; deferred, it runs once the request is on its way.
+ */
+function answerLater(settle: (outcome: unknown) => void, outcome: unknown): void {
+  setImmediate(settle, outcome);
+}
+
+/**
  * Hands a slot whose call just ended straight to the next call waiting in this process, instead of giving
  * it back to the shared limiter and asking for it again. With the Redis limiter, every slot taken and given
  * back costs Redis round trips (Bottleneck's submit, register and free scripts and a pub/sub message); between
@@ -54,9 +64,9 @@ export function withSlotHandOff(inner: Slots, options: SlotHandOffOptions = {}):
           const next = waiting.shift();
           if (!next) return;
           try {
-            next.resolve(await next.task());
+            answerLater(next.resolve, await next.task());
           } catch (error) {
-            next.reject(error);
+            answerLater(next.reject, error);
           }
         }
       })

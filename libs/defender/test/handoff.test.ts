@@ -89,6 +89,22 @@ describe('withSlotHandOff', () => {
     await limiter.close();
   });
 
+  it("withSlotHandOff should start the next waiting call's request before the finished call's caller goes on", async () => {
+    const limiter = withSlotHandOff(createLocalLimiter({ maxConcurrent: 1 }));
+    const events: string[] = [];
+    // Node writes a request to its socket on a later tick, which waits for every pending promise continuation.
+    const request = (name: string) => async () => {
+      process.nextTick(() => events.push(`${name} written`));
+      await sleep(5);
+      return name;
+    };
+    const first = limiter.schedule(request('first')).then(() => events.push('first caller went on'));
+    const second = limiter.schedule(request('second'));
+    await Promise.all([first, second]);
+    expect(events).toEqual(['first written', 'second written', 'first caller went on']);
+    await limiter.close();
+  });
+
   it('withSlotHandOff should fail only the call whose task failed', async () => {
     const limiter = withSlotHandOff(createLocalLimiter({ maxConcurrent: 2 }));
     const outcomes = await Promise.allSettled(
