@@ -115,7 +115,6 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   async function perDevice(
     batch: DeviceBatch,
     source: VulnerabilitySource,
-    heartbeat: () => Promise<void>,
     log: Logger,
     signal: AbortSignal | undefined,
   ): Promise<Enrichment & { tenantFailure?: FetchError }> {
@@ -143,8 +142,9 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
           devices[index] = { machine, vulnerabilities: null, fetchError };
           fetches.inc({ mode: 'per-device', outcome: 'failed' });
         }
+        // No heartbeat here: the batch's own interval heartbeats, and waiting on the broker's answer between
+        // two calls would keep this worker's next call from its slot.
         collectedAt = now();
-        await heartbeat();
       }
     }
     const workers = Math.max(1, Math.min(deps.concurrency, batch.devices.length));
@@ -303,7 +303,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         result =
           batch.vulnerabilityMode === 'bulk'
             ? await bulk(batch, source, heartbeat, log, signal)
-            : await perDevice(batch, source, heartbeat, log, signal);
+            : await perDevice(batch, source, log, signal);
       } catch (error) {
         if (!isTenantWideFailure(error)) throw error;
         const fetchError = { code: errorCode(error), message: errorMessage(error) };

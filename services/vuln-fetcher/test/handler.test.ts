@@ -146,6 +146,14 @@ describe('createEnrichHandler', () => {
     expect(Date.parse(out.collectedAt)).toBe(Date.parse('2026-01-01T10:00:09.000Z'));
   });
 
+  it("should not hold a device's call back on the consumer's heartbeat", async () => {
+    const { handler, sent } = setup({ machineVulnerabilities: async () => [cve('CVE-1', 9.8)] });
+    // A heartbeat the broker never answers: the calls go on all the same.
+    const heartbeat = (): Promise<void> => new Promise(() => undefined);
+    await handler({ ...message(batch()), heartbeat });
+    expect(sent[0]?.devices.map((device) => device.vulnerabilities?.totalCveCount)).toEqual([1, 1, 1]);
+  });
+
   it('should pass a device whose vulnerabilities fail on with a null summary and the reason', async () => {
     const { handler, sent } = setup({
       machineVulnerabilities: async (id) => {
