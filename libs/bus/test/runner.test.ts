@@ -42,6 +42,23 @@ describe('createConsumerRunner', () => {
     },
   );
 
+  it('should fetch up to 4 MiB of a partition at once unless told otherwise', () => {
+    const configs: Array<Record<string, unknown>> = [];
+    const recording = {
+      consumer: (config: Record<string, unknown>) => {
+        configs.push(config);
+        return { events: { GROUP_JOIN: 'join', CRASH: 'crash' }, on: () => undefined };
+      },
+    } as unknown as Kafka;
+    createConsumerRunner(options({ kafka: recording }));
+    createConsumerRunner(options({ kafka: recording, maxBytesPerPartition: 65_536 }));
+    expect(configs.map((config) => config.maxBytesPerPartition)).toEqual([4 * 1024 * 1024, 65_536]);
+    expect(configs[0]?.maxBytes).toBe(16 * 1024 * 1024);
+    expect(() => createConsumerRunner(options({ maxBytesPerPartition: 0 }))).toThrow(
+      'maxBytesPerPartition must be an integer >= 1, got 0',
+    );
+  });
+
   it('should build a key-ordered runner with the defaults', () => {
     const runner = createConsumerRunner(options({ ordering: 'key' }));
     expect(runner.state).toBe('created');
