@@ -65,6 +65,7 @@ void runService({
       partitionsConsumedConcurrently: own.partitionsConcurrency,
       // One tenant's batch waiting minutes on its quota must not hold up another tenant's batch that
       // shares its partition: batches are ordered per tenant (the key), different tenants run at once.
+      // Two batches of a tenant overlap, so the call slots its draining batch leaves free serve the next.
       ordering: 'key',
       maxBufferedPerPartition: own.maxBufferedPerPartition,
     });
