@@ -27,6 +27,44 @@ export function sendRaw(
   res.end(payload);
 }
 
+/** How much written and not yet taken by the client a streamed answer may hold before it waits. */
+const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Writes an answer part by part as the parts are rendered (chunked, no Content-Length), yielding to the
+ * event loop between parts so the bytes leave while the next part is built; waits while the client is
+ * more than MAX_BUFFERED_BYTES behind. Stops when the client goes away.
+ */
+export async function sendParts(
+  res: ServerResponse,
+  status: number,
+  parts: Iterable<string>,
+  headers: Record<string, string | number> = {},
+): Promise<void> {
+  if (res.destroyed) return;
+  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', ...headers });
+  for (const part of parts) {
+    if (res.destroyed) return;
+    res.write(part);
+    if (res.writableLength > MAX_BUFFERED_BYTES) await drained(res);
+    else await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+  if (!res.destroyed) res.end();
+}
+
+/** Resolves once the response's buffer drained, or the response closed. */
+function drained(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
+}
+
 export function readBody(req: IncomingMessage): Promise<string> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { compileFilter, FilterError } from './filter';
-import { sendRaw } from './http';
+import { sendParts, sendRaw } from './http';
 import { hash32, hashString } from './rng';
 import type { TenantState } from './state';
 import type { CveEntryView } from './fleet';
@@ -23,6 +23,12 @@ export interface Reply {
   body: unknown;
   /** Already serialised body (hot paths build JSON by string joins). */
   raw?: string;
+  /**
+   * The body in parts, rendered as they are written (the bulk export: a page is ~40 MB, so the client
+   * reads the first rows while the last are still being rendered, as from the real streaming service).
+   * Takes precedence over `raw` and `body`.
+   */
+  parts?: () => Iterable<string>;
   headers?: Record<string, string | number>;
 }
 
@@ -40,10 +46,11 @@ export function mdeError(
   };
 }
 
-export function send(res: ServerResponse, reply: Reply, malformed: boolean): void {
+export function send(res: ServerResponse, reply: Reply, malformed: boolean): Promise<void> | void {
   const headers: Record<string, string | number> = { 'OData-Version': '4.0', ...(reply.headers ?? {}) };
   if (reply.status === 200) headers['Content-Type'] = ODATA_JSON;
-  const full = reply.raw ?? JSON.stringify(reply.body);
+  if (reply.parts && !malformed) return sendParts(res, reply.status, reply.parts(), headers);
+  const full = reply.parts ? [...reply.parts()].join('') : (reply.raw ?? JSON.stringify(reply.body));
   // A malformed answer is a body cut mid-stream, as when a gateway truncates a large answer.
   sendRaw(
     res,
@@ -255,6 +262,56 @@ export function deviceRowsJson(tenant: TenantState, record: MachineRecord): stri
   return rows;
 }
 
+/** Rows rendered before they are handed on as one part of the answer. */
+const ROWS_PER_PART = 2_000;
+
+/**
+ * One export page as JSON text in parts: the rows from `cursor` on, `pageSize` at most, then the next
+ * link when more rows remain (and the page was not asked with `$top`).
+ */
+function* bulkPageParts(
+  base: string,
+  tenant: TenantState,
+  pageSize: number,
+  cursor: SkipToken,
+  withNextLink: boolean,
+): Generator<string> {
+  const context = `${base}/api/$metadata#Collection(microsoft.windowsDefenderATP.api.AssetVulnerability)`;
+  yield `{"@odata.context":${JSON.stringify(context)},"value":[`;
+  const fleet = tenant.fleet;
+  const total = fleet.size();
+  let ordinal = cursor.LastSeenOrdinal;
+  let offset = cursor.RowOffset;
+  let taken = 0;
+  let flushed = false;
+  let part: string[] = [];
+  const flush = (): string => {
+    const text = (flushed ? ',' : '') + part.join(',');
+    flushed = true;
+    part = [];
+    return text;
+  };
+  while (ordinal < total && taken < pageSize) {
+    const rows = deviceRowsJson(tenant, fleet.at(ordinal) as MachineRecord);
+    const take = rows.slice(offset, offset + (pageSize - taken));
+    for (const row of take) part.push(row);
+    taken += take.length;
+    offset += take.length;
+    if (offset >= rows.length) {
+      ordinal++;
+      offset = 0;
+    }
+    if (part.length >= ROWS_PER_PART) yield flush();
+  }
+  let tail = part.length > 0 ? flush() : '';
+  tail += ']';
+  if (withNextLink && ordinal < total) {
+    const next = `${base}/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=${pageSize}&$skiptoken=${encodeSkipToken({ LastSeenOrdinal: ordinal, RowOffset: offset })}`;
+    tail += `,"@odata.nextLink":${JSON.stringify(next)}`;
+  }
+  yield `${tail}}`;
+}
+
 /**
  * `GET /api/machines/SoftwareVulnerabilitiesByMachine`: `pageSize` (default 50,000, max 200,000)
  * with an `@odata.nextLink` carrying `$skiptoken`; `$top` returns one page and no next link.
@@ -279,28 +336,9 @@ export function bulkVulnerabilities(base: string, tenant: TenantState, query: UR
     if (!decoded) return mdeError(400, 'InvalidInput', `Invalid input $skiptoken.`);
     cursor = decoded;
   }
-  const fleet = tenant.fleet;
-  const total = fleet.size();
-  const value: string[] = [];
-  let ordinal = cursor.LastSeenOrdinal;
-  let offset = cursor.RowOffset;
-  while (ordinal < total && value.length < pageSize) {
-    const rows = deviceRowsJson(tenant, fleet.at(ordinal) as MachineRecord);
-    const take = rows.slice(offset, offset + (pageSize - value.length));
-    for (const row of take) value.push(row);
-    offset += take.length;
-    if (offset >= rows.length) {
-      ordinal++;
-      offset = 0;
-    }
-  }
-  const context = `${base}/api/$metadata#Collection(microsoft.windowsDefenderATP.api.AssetVulnerability)`;
-  let nextLink = '';
-  if (topRaw === undefined && ordinal < total) {
-    const next = `${base}/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=${pageSize}&$skiptoken=${encodeSkipToken({ LastSeenOrdinal: ordinal, RowOffset: offset })}`;
-    nextLink = `,"@odata.nextLink":${JSON.stringify(next)}`;
-  }
-  // Built by string joins, as the machine listing: rows are never objects.
-  const raw = `{"@odata.context":${JSON.stringify(context)},"value":[${value.join(',')}]${nextLink}}`;
-  return { status: 200, body: undefined, raw };
+  return {
+    status: 200,
+    body: undefined,
+    parts: () => bulkPageParts(base, tenant, pageSize, cursor, topRaw === undefined),
+  };
 }

@@ -205,7 +205,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     else reply = bulkVulnerabilities(baseUrl, tenant, url.searchParams);
     if (shortPage) fault('shortPage');
     if (malformed && reply.status === 200) fault('malformed');
-    send(res, reply, malformed && reply.status === 200);
+    await send(res, reply, malformed && reply.status === 200);
   }
 
   async function handleEntra(req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean> {

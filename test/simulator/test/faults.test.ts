@@ -69,6 +69,14 @@ describe('fault injection', () => {
     expect(() => JSON.parse(reply.text)).toThrow();
   });
 
+  test('malformedRate should also cut a streamed bulk export page', async () => {
+    sim.setFaults(TENANT, { malformedRate: 1 });
+    const reply = await request(sim, '/api/machines/SoftwareVulnerabilitiesByMachine', { token });
+    expect(reply.status).toBe(200);
+    expect(reply.text.startsWith('{"@odata.context":')).toBe(true);
+    expect(() => JSON.parse(reply.text)).toThrow();
+  });
+
   test('shortPageRate should return a short page while more devices remain', async () => {
     sim.setFaults(TENANT, { shortPageRate: 1 });
     const first = await request(sim, '/api/machines?$top=10&$skip=0', { token });

@@ -194,6 +194,12 @@ describe('MDE API simulation', () => {
     expect(rows.some((r) => r.cveId === null)).toBe(true);
     expect(pages).toBe(Math.ceil(rows.length / 97));
 
+    // Pages are streamed as they are rendered: chunked, with no length announced up front.
+    const whole = await get('/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=5000');
+    expect(whole.headers['transfer-encoding']).toBe('chunked');
+    expect(whole.headers['content-length']).toBeUndefined();
+    expect(whole.json.value.length).toBe(rows.length);
+
     const capped = await get('/api/machines/SoftwareVulnerabilitiesByMachine?$top=5');
     expect(capped.json.value).toHaveLength(5);
     expect(capped.json['@odata.nextLink']).toBeUndefined();
