@@ -25,6 +25,23 @@ export interface CveEntryView {
  * How many serialised generated records may be cached, shared by all fleets of one simulator. A
  * record is ~1.1 KB of JSON, so 100,000 cost ~130 MB; caching makes repeated walks ~10x cheaper.
  */
+/** A device's export rows as UTF-8 JSON joined by commas, and the byte offset where each row starts. */
+export interface RenderedRows {
+  bytes: Buffer;
+  starts: number[];
+}
+
+/** Rows rendered as text, kept as bytes: a cached export is written without encoding it again. */
+export function toRenderedRows(rows: readonly string[]): RenderedRows {
+  const starts: number[] = [];
+  let at = 0;
+  for (const row of rows) {
+    starts.push(at);
+    at += Buffer.byteLength(row) + 1;
+  }
+  return { bytes: Buffer.from(rows.join(',')), starts };
+}
+
 export interface JsonCacheBudget {
   remaining: number;
 }
@@ -51,6 +68,9 @@ export class Fleet {
   /** Generated index → its JSON, for unpatched devices while the budget lasts. */
   private readonly jsonCache = new Map<number, string>();
   private readonly budget: JsonCacheBudget;
+  /** Generated index → its export rows, for unpatched devices while `rowsBudget` lasts. */
+  private readonly rowsCache = new Map<number, RenderedRows>();
+  private readonly rowsBudget: JsonCacheBudget;
 
   constructor(
     tenantId: string,
@@ -58,8 +78,10 @@ export class Fleet {
     records: readonly MachineRecord[] | undefined,
     epochMs: number,
     budget: JsonCacheBudget = { remaining: 0 },
+    rowsBudget: JsonCacheBudget = { remaining: 0 },
   ) {
     this.budget = budget;
+    this.rowsBudget = rowsBudget;
     this.seed = spec?.seed ?? hashString(tenantId);
     this.generatedCount = Math.max(0, Math.floor(spec?.size ?? 0));
     this.epochMs = epochMs;
@@ -131,14 +153,47 @@ export class Fleet {
     return out;
   }
 
-  private uncache(index: number): void {
-    if (this.jsonCache.delete(index)) this.budget.remaining++;
+  /**
+   * The export rows of the device at `ordinal`, rendered by `render`; kept for unpatched generated
+   * devices without a vulnerability override while the budget lasts.
+   */
+  rowsAt(ordinal: number, render: (record: MachineRecord) => string[]): RenderedRows {
+    const record = this.at(ordinal);
+    if (!record) return toRenderedRows([]);
+    const index = ordinal < this.liveGenerated() ? this.generatedIndexAt(ordinal) : -1;
+    if (index < 0 || this.patches.has(index) || this.vulnOverrides.has(record.id))
+      return toRenderedRows(render(record));
+    const cached = this.rowsCache.get(index);
+    if (cached !== undefined) return cached;
+    const rows = toRenderedRows(render(record));
+    if (this.rowsBudget.remaining > 0) {
+      this.rowsBudget.remaining--;
+      this.rowsCache.set(index, rows);
+    }
+    return rows;
   }
 
-  /** Returns the cache budget this fleet holds (the tenant is being removed). */
+  /** Serialises every device and renders its export rows now, while the budgets last. */
+  warm(render: (record: MachineRecord) => string[]): void {
+    const size = this.size();
+    for (let ordinal = 0; ordinal < size; ordinal++) {
+      if (this.budget.remaining <= 0 && this.rowsBudget.remaining <= 0) return;
+      this.jsonAt(ordinal);
+      this.rowsAt(ordinal, render);
+    }
+  }
+
+  private uncache(index: number): void {
+    if (this.jsonCache.delete(index)) this.budget.remaining++;
+    if (this.rowsCache.delete(index)) this.rowsBudget.remaining++;
+  }
+
+  /** Returns the cache budgets this fleet holds (the tenant is being removed). */
   dispose(): void {
     this.budget.remaining += this.jsonCache.size;
     this.jsonCache.clear();
+    this.rowsBudget.remaining += this.rowsCache.size;
+    this.rowsCache.clear();
   }
 
   all(): MachineRecord[] {
@@ -203,7 +258,9 @@ export class Fleet {
   }
 
   setVulnerabilities(id: string, vulns: readonly VulnerabilityRecord[]): boolean {
-    if (!this.locate(id)) return false;
+    const where = this.locate(id);
+    if (!where) return false;
+    if ('index' in where) this.uncache(where.index);
     this.vulnOverrides.set(
       id,
       vulns.map((v) => ({ ...v })),

@@ -38,7 +38,7 @@ const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 export async function sendParts(
   res: ServerResponse,
   status: number,
-  parts: Iterable<string>,
+  parts: Iterable<Buffer>,
   headers: Record<string, string | number> = {},
 ): Promise<void> {
   if (res.destroyed) return;

@@ -28,7 +28,7 @@ export interface Reply {
    * reads the first rows while the last are still being rendered, as from the real streaming service).
    * Takes precedence over `raw` and `body`.
    */
-  parts?: () => Iterable<string>;
+  parts?: () => Iterable<Buffer>;
   headers?: Record<string, string | number>;
 }
 
@@ -50,7 +50,9 @@ export function send(res: ServerResponse, reply: Reply, malformed: boolean): Pro
   const headers: Record<string, string | number> = { 'OData-Version': '4.0', ...(reply.headers ?? {}) };
   if (reply.status === 200) headers['Content-Type'] = ODATA_JSON;
   if (reply.parts && !malformed) return sendParts(res, reply.status, reply.parts(), headers);
-  const full = reply.parts ? [...reply.parts()].join('') : (reply.raw ?? JSON.stringify(reply.body));
+  const full = reply.parts
+    ? Buffer.concat([...reply.parts()]).toString('utf8')
+    : (reply.raw ?? JSON.stringify(reply.body));
   // A malformed answer is a body cut mid-stream, as when a gateway truncates a large answer.
   sendRaw(
     res,
@@ -264,6 +266,7 @@ export function deviceRowsJson(tenant: TenantState, record: MachineRecord): stri
 
 /** Rows rendered before they are handed on as one part of the answer. */
 const ROWS_PER_PART = 2_000;
+const COMMA = Buffer.from(',');
 
 /**
  * One export page as JSON text in parts: the rows from `cursor` on, `pageSize` at most, then the next
@@ -275,41 +278,48 @@ function* bulkPageParts(
   pageSize: number,
   cursor: SkipToken,
   withNextLink: boolean,
-): Generator<string> {
+): Generator<Buffer> {
   const context = `${base}/api/$metadata#Collection(microsoft.windowsDefenderATP.api.AssetVulnerability)`;
-  yield `{"@odata.context":${JSON.stringify(context)},"value":[`;
+  yield Buffer.from(`{"@odata.context":${JSON.stringify(context)},"value":[`);
   const fleet = tenant.fleet;
   const total = fleet.size();
   let ordinal = cursor.LastSeenOrdinal;
   let offset = cursor.RowOffset;
   let taken = 0;
-  let flushed = false;
-  let part: string[] = [];
-  const flush = (): string => {
-    const text = (flushed ? ',' : '') + part.join(',');
-    flushed = true;
-    part = [];
-    return text;
+  let inPart = 0;
+  const part: Buffer[] = [];
+  const flush = (): Buffer => {
+    const bytes = Buffer.concat(part);
+    part.length = 0;
+    inPart = 0;
+    return bytes;
   };
   while (ordinal < total && taken < pageSize) {
-    const rows = deviceRowsJson(tenant, fleet.at(ordinal) as MachineRecord);
-    const take = rows.slice(offset, offset + (pageSize - taken));
-    for (const row of take) part.push(row);
-    taken += take.length;
-    offset += take.length;
-    if (offset >= rows.length) {
+    const rows = fleet.rowsAt(ordinal, (record) => deviceRowsJson(tenant, record));
+    const count = Math.min(rows.starts.length - offset, pageSize - taken);
+    if (count > 0) {
+      const from = rows.starts[offset] as number;
+      const to =
+        offset + count < rows.starts.length ? (rows.starts[offset + count] as number) - 1 : rows.bytes.length;
+      if (taken > 0) part.push(COMMA);
+      part.push(rows.bytes.subarray(from, to));
+      inPart += count;
+      taken += count;
+      offset += count;
+    }
+    if (offset >= rows.starts.length) {
       ordinal++;
       offset = 0;
     }
-    if (part.length >= ROWS_PER_PART) yield flush();
+    if (inPart >= ROWS_PER_PART) yield flush();
   }
-  let tail = part.length > 0 ? flush() : '';
-  tail += ']';
+  let tail = ']';
   if (withNextLink && ordinal < total) {
     const next = `${base}/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=${pageSize}&$skiptoken=${encodeSkipToken({ LastSeenOrdinal: ordinal, RowOffset: offset })}`;
     tail += `,"@odata.nextLink":${JSON.stringify(next)}`;
   }
-  yield `${tail}}`;
+  part.push(Buffer.from(`${tail}}`));
+  yield flush();
 }
 
 /**

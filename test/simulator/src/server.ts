@@ -10,6 +10,7 @@ import { handleJwks, handleOpenIdConfiguration, handleToken, sendAadError, type 
 import { sendJson } from './http';
 import {
   bulkVulnerabilities,
+  deviceRowsJson,
   getMachine,
   listMachines,
   machineVulnerabilities,
@@ -36,6 +37,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   const signer = new TokenSigner();
   const tenants = new Map<string, TenantState>();
   const cacheBudget = { remaining: options.recordCacheSize ?? 250_000 };
+  const exportBudget = { remaining: options.exportCacheSize ?? 100_000 };
   const faults = new Map<string, FaultSpec>();
   const rng = new Rng(options.seed ?? 1, 0xfa017);
   let latency = validateLatency(options.latency ?? { meanMs: 0 });
@@ -312,8 +314,9 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     caPem: tls.caPem,
     caFile,
     addTenant(spec) {
-      const tenant = createTenant(spec, Date.now(), cacheBudget);
+      const tenant = createTenant(spec, Date.now(), cacheBudget, exportBudget);
       if (tenants.has(tenant.id)) throw new Error(`tenant '${spec.azureTenantId}' already exists`);
+      tenant.fleet.warm((record) => deviceRowsJson(tenant, record));
       tenants.set(tenant.id, tenant);
     },
     removeTenant(id) {

@@ -75,7 +75,12 @@ export function validateFaults(faults: FaultSpec): FaultSpec {
 const TENANT_ID =
   /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|(?=.{1,253}$)([a-z0-9-]{1,63}\.)+[a-z]{2,63})$/i;
 
-export function createTenant(spec: TenantSpec, epochMs: number, budget?: JsonCacheBudget): TenantState {
+export function createTenant(
+  spec: TenantSpec,
+  epochMs: number,
+  budget?: JsonCacheBudget,
+  exportBudget?: JsonCacheBudget,
+): TenantState {
   if (typeof spec.azureTenantId !== 'string' || spec.azureTenantId.length === 0)
     throw new Error('azureTenantId must be a non-empty string');
   // Entra answers AADSTS900023 for anything else, so such a tenant could never get a token.
@@ -98,7 +103,14 @@ export function createTenant(spec: TenantSpec, epochMs: number, budget?: JsonCac
   return {
     id: spec.azureTenantId.toLowerCase(),
     apps,
-    fleet: new Fleet(spec.azureTenantId.toLowerCase(), spec.fleet, spec.machines, epochMs, budget),
+    fleet: new Fleet(
+      spec.azureTenantId.toLowerCase(),
+      spec.fleet,
+      spec.machines,
+      epochMs,
+      budget,
+      exportBudget,
+    ),
     defenderProvisioned: spec.defenderProvisioned ?? true,
     quotas: new Map(
       Object.entries(MDE_QUOTAS).map(([kind, limit]) => [kind as QuotaKind, new SlidingWindow(limit)]),

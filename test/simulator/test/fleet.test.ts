@@ -1,6 +1,7 @@
-import { Fleet } from '../src/fleet';
+import { Fleet, toRenderedRows } from '../src/fleet';
 import { generateMachine, indexOfMachineId, machineIdFor } from '../src/generator';
 import { mdeDate } from '../src/rng';
+import type { MachineRecord } from '../src/types';
 
 const EPOCH = Date.UTC(2026, 0, 15, 12, 0, 0);
 
@@ -95,5 +96,40 @@ describe('Fleet', () => {
     expect(JSON.parse(fleet.jsonAt(0) as string)).toMatchObject({ id, riskScore: 'High' });
     fleet.dispose();
     expect(budget.remaining).toBe(5);
+  });
+
+  test('warm should render every device within the budgets, and a change should never serve stale rows', () => {
+    const records = { remaining: 100 };
+    const exports = { remaining: 6 };
+    const fleet = new Fleet('tenant-e', { size: 8, seed: 3 }, undefined, EPOCH, records, exports);
+    let rendered = 0;
+    // Rows name the device's health and its CVE ids, so a stale cache entry would show.
+    const render = (record: MachineRecord): string[] => {
+      rendered++;
+      const cves = fleet.vulnerabilities(record.id) ?? [];
+      return [JSON.stringify({ id: record.id, health: record.healthStatus, cves: cves.map((c) => c.id) })];
+    };
+    const rowOf = (ordinal: number) => JSON.parse(fleet.rowsAt(ordinal, render).bytes.toString('utf8'));
+    fleet.warm(render);
+    expect([rendered, records.remaining, exports.remaining]).toEqual([8, 92, 0]);
+    expect(rowOf(5).id).toBe(fleet.at(5)?.id);
+    expect(rendered).toBe(8);
+
+    const id = fleet.at(1)?.id as string;
+    fleet.update(id, { healthStatus: 'Inactive' });
+    expect(rowOf(1)).toMatchObject({ id, health: 'Inactive' });
+    const other = fleet.at(2)?.id as string;
+    const [cve] = fleet.vulnerabilities(fleet.at(3)?.id as string) ?? [];
+    fleet.setVulnerabilities(other, cve ? [cve] : []);
+    expect(rowOf(2).cves).toEqual(cve ? [cve.id] : []);
+    fleet.remove(fleet.at(0)?.id as string);
+    expect(rowOf(0).id).toBe(id);
+    // Rows span devices by their starts: a device of two rows is cut between them.
+    expect(toRenderedRows(['{"a":1}', '{"b":"é"}'])).toEqual({
+      bytes: Buffer.from('{"a":1},{"b":"é"}'),
+      starts: [0, 8],
+    });
+    fleet.dispose();
+    expect([records.remaining, exports.remaining]).toEqual([100, 6]);
   });
 });
