@@ -65,22 +65,43 @@ export interface PublishedStore {
 // KEYS[1] published hash, KEYS[2] seen zset (deviceId by the start of the newest cycle it was in);
 // ARGV[1] cycle ms; then per device: id, score, band.
 // Values are "score|band|publishedCycleAt|seenCycleAt" (band labels contain no "|").
+// Devices are read and written with one call per kind per slice of 200 (not one per device): the calls,
+// not the bytes, are what a batch of 500 costs Redis.
 const COMMIT = `
 local at = tonumber(ARGV[1])
-for i = 2, #ARGV, 3 do
-  local id, score, band = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  redis.call('ZADD', KEYS[2], 'GT', ARGV[1], id)
-  local current = redis.call('HGET', KEYS[1], id)
-  if not current then
-    redis.call('HSET', KEYS[1], id, score .. '|' .. band .. '|' .. ARGV[1] .. '|' .. ARGV[1])
-  else
-    local s, b, p, seen = string.match(current, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
-    p = tonumber(p)
-    seen = tonumber(seen)
-    if seen < at then seen = at end
-    if p <= at then s = score; b = band; p = at end
-    redis.call('HSET', KEYS[1], id, s .. '|' .. b .. '|' .. string.format('%d', p) .. '|' .. string.format('%d', seen))
+local n = (#ARGV - 1) / 3
+local slice = 200
+for first = 1, n, slice do
+  local last = math.min(n, first + slice - 1)
+  local ids, seen = {}, {}
+  for i = first, last do
+    local id = ARGV[2 + (i - 1) * 3]
+    ids[#ids + 1] = id
+    seen[#seen + 1] = ARGV[1]
+    seen[#seen + 1] = id
   end
+  redis.call('ZADD', KEYS[2], 'GT', unpack(seen))
+  local current = redis.call('HMGET', KEYS[1], unpack(ids))
+  local values = {}
+  for i = first, last do
+    local base = 2 + (i - 1) * 3
+    local id, score, band = ARGV[base], ARGV[base + 1], ARGV[base + 2]
+    local value
+    local stored = current[i - first + 1]
+    if not stored then
+      value = score .. '|' .. band .. '|' .. ARGV[1] .. '|' .. ARGV[1]
+    else
+      local s, b, p, was = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+      p = tonumber(p)
+      was = tonumber(was)
+      if was < at then was = at end
+      if p <= at then s = score; b = band; p = at end
+      value = s .. '|' .. b .. '|' .. string.format('%d', p) .. '|' .. string.format('%d', was)
+    end
+    values[#values + 1] = id
+    values[#values + 1] = value
+  end
+  redis.call('HSET', KEYS[1], unpack(values))
 end
 return 1`;
 

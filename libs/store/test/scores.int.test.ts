@@ -129,6 +129,30 @@ describe('createPublishedStore', () => {
     });
   });
 
+  it('commit should keep newest-wins and the seen cycle per device across a batch of several hundred', async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const refs = (score: number) =>
+      Array.from({ length: 450 }, (_, i) => ({ deviceId: `d${i}`, score, band: 'Low Risk' }));
+    // Every seventh device was published from a newer cycle already: its score stays, its seen cycle too.
+    await published.commit(
+      't',
+      3000,
+      refs(80).filter((_, i) => i % 7 === 0),
+    );
+    await published.commit('t', 2000, refs(20));
+    for (const i of [0, 7, 203, 448, 449]) {
+      const newer = i % 7 === 0;
+      expect(await published.get('t', `d${i}`)).toEqual({
+        score: newer ? 80 : 20,
+        band: 'Low Risk',
+        publishedCycleAt: newer ? 3000 : 2000,
+        seenCycleAt: newer ? 3000 : 2000,
+      });
+    }
+    expect((await published.seenIn('t', 2000)).length).toBe(450 - 65);
+    expect(await published.changed('t', 2000, refs(20))).toEqual([]);
+  });
+
   it('completeCycle should number a cycle once and name devices absent from the last N completed cycles', async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
     const d = (deviceId: string) => ({ deviceId, score: 1, band: 'Trustworthy' });
