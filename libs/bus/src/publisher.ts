@@ -6,6 +6,12 @@ export interface OutboundMessage<T> {
   key: string;
   /** null produces a tombstone (compacted topics). */
   value: T | null;
+  /**
+   * `value` already serialised, when the producer built that text anyway (e.g. from parts it also
+   * stores elsewhere): it must be `JSON.stringify(value)`. The value is still validated; the text is
+   * sent as it is instead of serialising the value again.
+   */
+  json?: string;
   headers?: IHeaders;
 }
 
@@ -23,6 +29,12 @@ export interface Publisher {
 
 export class BusError extends UrsError {}
 
+/** Validates a value against its contract and answers its JSON (the given text when there is one). */
+function encode(contract: ContractId, value: unknown, json: string | undefined): string {
+  const valid = validateMessage(contract, value);
+  return json ?? JSON.stringify(valid);
+}
+
 export async function createPublisher(kafka: Kafka): Promise<Publisher> {
   const producer: Producer = kafka.producer({
     createPartitioner: Partitioners.DefaultPartitioner,
@@ -36,7 +48,7 @@ export async function createPublisher(kafka: Kafka): Promise<Publisher> {
       if (messages.length === 0) return;
       const encoded = messages.map((message) => ({
         key: message.key,
-        value: message.value === null ? null : JSON.stringify(validateMessage(contract, message.value)),
+        value: message.value === null ? null : encode(contract, message.value, message.json),
         ...(message.headers ? { headers: message.headers } : {}),
       }));
       await producer.send({ topic, acks: -1, messages: encoded });

@@ -43,12 +43,14 @@ export interface ScoreStore {
   /**
    * Stores each device's score unless the stored one is of the same or a newer cycle (compared by
    * `cycleStartedAt`), and prepends it to the device's history. Idempotent: saving the same batch again
-   * changes nothing.
+   * changes nothing. `deviceJson`, when the caller has it, is each device's `JSON.stringify` (in the
+   * order of `devices`): the stored record is built around it instead of serialising the device again.
    */
   saveScores(
     tenantId: string,
     cycle: { cycleId: string; cycleStartedAt: string; collectedAt: string; scoredAt: string },
     devices: ScoredDevice[],
+    deviceJson?: readonly string[],
   ): Promise<SaveScoresResult>;
   getDeviceScore(tenantId: string, deviceId: string): Promise<StoredScore | null>;
   /** Latest scores of these devices; devices without one are left out. */
@@ -133,13 +135,14 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
     json === null ? null : (JSON.parse(json) as StoredScore);
 
   return {
-    async saveScores(tenantId, cycle, devices) {
+    async saveScores(tenantId, cycle, devices, deviceJson) {
       if (devices.length === 0) return { written: 0, skipped: [] };
       const stamp = Date.parse(cycle.cycleStartedAt);
       const keys = [scoresKey(tenantId), stampsKey(tenantId), bandsKey(tenantId)];
       const args: string[] = [String(stamp), String(historyLength), String(historyTtlMs)];
-      for (const device of devices) {
-        const stored: StoredScore = { tenantId, ...cycle, device };
+      // A StoredScore's JSON is the same for every device up to its device: `{"tenantId":…,"device":`.
+      const head = `${JSON.stringify({ tenantId, ...cycle }).slice(0, -1)},"device":`;
+      for (const [index, device] of devices.entries()) {
         keys.push(historyKey(tenantId, device.deviceId));
         const entry: ScoreHistoryEntry = {
           cycleId: cycle.cycleId,
@@ -151,7 +154,8 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
           operationalScore: device.operationalScore,
           missing: device.missing,
         };
-        args.push(device.deviceId, device.band, JSON.stringify(stored), JSON.stringify(entry));
+        const stored = `${head}${deviceJson?.[index] ?? JSON.stringify(device)}}`;
+        args.push(device.deviceId, device.band, stored, JSON.stringify(entry));
       }
       const skipped = (await redis.eval(SAVE_IF_NEWER, keys.length, ...keys, ...args)) as string[];
       return { written: devices.length - skipped.length, skipped };

@@ -66,6 +66,22 @@ describe('createScoreStore', () => {
     expect((await scores.history('t', 'd447')).map((s) => s.cycleId)).toEqual(['c2']);
   });
 
+  it("saveScores should store the same record from the devices' JSON as from the devices", async () => {
+    const scores = createScoreStore(redis.client, redis.prefix);
+    const devices = [device('d1', 70, 'Suspicious'), device('d2', 5, 'Trustworthy')];
+    await scores.saveScores('t', cycle('c1', '2026-01-01T10:00:00.000Z'), devices);
+    const plain = await redis.client.hgetall(`${redis.prefix}scores:t`);
+    await redis.client.del(`${redis.prefix}scores:t`, `${redis.prefix}score-stamps:t`);
+    const json = devices.map((d) => JSON.stringify(d));
+    await scores.saveScores('t', cycle('c1', '2026-01-01T10:00:00.000Z'), devices, json);
+    expect(await redis.client.hgetall(`${redis.prefix}scores:t`)).toEqual(plain);
+    expect(JSON.parse(plain['d1'] as string)).toEqual({
+      tenantId: 't',
+      ...cycle('c1', '2026-01-01T10:00:00.000Z'),
+      device: devices[0],
+    });
+  });
+
   it('history should keep the newest scores first up to its length', async () => {
     const scores = createScoreStore(redis.client, redis.prefix, { historyLength: 2 });
     for (let minute = 0; minute < 4; minute++) {

@@ -18,6 +18,12 @@ export interface ScoreHandlerDeps {
   now?: () => Date;
 }
 
+/** `JSON.stringify(batch)` from its devices' JSON (`devices` is the batch's last field). */
+function batchJson(batch: ScoreBatch, deviceJson: readonly string[]): string {
+  const { devices: _devices, ...rest } = batch;
+  return `${JSON.stringify(rest).slice(0, -1)},"devices":[${deviceJson.join(',')}]}`;
+}
+
 /**
  * Scores an enriched batch with the tenant's profile (inactivity aged against the cycle's start),
  * stores each device's score (a redelivered or older batch never overwrites a newer score) and emits
@@ -51,6 +57,8 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
       return toScoredDevice(device, scoreDevice(device.machine, vulnerabilities, profile, cycleStartMs));
     });
     const scoredAt = now().toISOString();
+    // Each device is serialised once, for the stored score and for the emitted batch alike.
+    const deviceJson = devices.map((device) => JSON.stringify(device));
     const saved = await deps.scores.saveScores(
       batch.tenantId,
       {
@@ -60,6 +68,7 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
         scoredAt,
       },
       devices,
+      deviceJson,
     );
     const out: ScoreBatch = {
       ...cycleBatchHeader(batch),
@@ -67,7 +76,9 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
       scoredAt,
       devices,
     };
-    await deps.publisher.send(deps.topic, 'urs/score-batch', [{ key: batch.tenantId, value: out }]);
+    await deps.publisher.send(deps.topic, 'urs/score-batch', [
+      { key: batch.tenantId, value: out, json: batchJson(out, deviceJson) },
+    ]);
     for (const device of devices) scored.inc({ band: device.band });
     if (saved.skipped.length > 0) stale.inc({}, saved.skipped.length);
     log.info('batch scored', {

@@ -81,10 +81,14 @@ function enriched(overrides: Partial<EnrichedBatch> = {}): EnrichedBatch {
 
 function setup(records: TenantRecord[] = []) {
   const sent: ScoreBatch[] = [];
-  const saved: { tenantId: string; devices: ScoredDevice[] }[] = [];
+  const sentJson: (string | undefined)[] = [];
+  const saved: { tenantId: string; devices: ScoredDevice[]; deviceJson?: readonly string[] }[] = [];
   const publisher: Publisher = {
     send: async (_topic, _contract, messages) => {
-      for (const m of messages) sent.push(m.value as ScoreBatch);
+      for (const m of messages) {
+        sent.push(m.value as ScoreBatch);
+        sentJson.push(m.json);
+      }
     },
     sendRaw: async () => undefined,
     close: async () => undefined,
@@ -97,8 +101,8 @@ function setup(records: TenantRecord[] = []) {
   const handler = createScoreHandler({
     profiles,
     scores: {
-      saveScores: async (tenantId, _cycle, devices) => {
-        saved.push({ tenantId, devices });
+      saveScores: async (tenantId, _cycle, devices, deviceJson) => {
+        saved.push({ tenantId, devices, ...(deviceJson ? { deviceJson } : {}) });
         return { written: devices.length, skipped: [] };
       },
     },
@@ -108,10 +112,17 @@ function setup(records: TenantRecord[] = []) {
     metrics: new Registry({ processMetrics: false }),
     now: () => new Date('2026-01-21T10:00:31.000Z'),
   });
-  return { handler, profiles, sent, saved, tenantsHandler: createTenantsHandler(profiles) };
+  return { handler, profiles, sent, sentJson, saved, tenantsHandler: createTenantsHandler(profiles) };
 }
 
 describe('createScoreHandler', () => {
+  it('should serialise each device once: the stored and the emitted JSON are exactly the values', async () => {
+    const { handler, sent, sentJson, saved } = setup([tenantRecord('t1', 1, null)]);
+    await handler(inbound(enriched()));
+    expect(sentJson[0]).toBe(JSON.stringify(sent[0]));
+    expect(saved[0]?.deviceJson).toEqual(saved[0]?.devices.map((device) => JSON.stringify(device)));
+  });
+
   it('should score with the tenant profile, age lastSeen against the cycle start, and keep the header', async () => {
     const { handler, sent, saved } = setup([tenantRecord('t1', 1, null)]);
     await handler(inbound(enriched()));
