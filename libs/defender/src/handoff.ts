@@ -13,13 +13,6 @@ export interface SlotHandOffOptions {
   maxLeaseMs?: number;
   /** Calls one slot serves in a row before it goes back to the shared limiter. Default 100. */
   maxCallsPerLease?: number;
-  /**
-   * Slots this process asks of the inner limiter at once (asked for or serving), at most; the inner limit is
-   * the most it could ever hold. Default: no bound. With the Redis limiter every slot asked for costs Bottleneck
-   * round trips that it runs one after the other, so slots asked for beyond the limit only delay the ones
-   * that can be had.
-   */
-  maxSlots?: number;
 }
 
 interface Waiter {
@@ -51,23 +44,14 @@ function answerLater(settle: (outcome: unknown) => void, outcome: unknown): void
 export function withSlotHandOff(inner: Slots, options: SlotHandOffOptions = {}): Slots {
   const maxLeaseMs = options.maxLeaseMs ?? 1_000;
   const maxCallsPerLease = options.maxCallsPerLease ?? 100;
-  const maxSlots = options.maxSlots ?? Infinity;
   const waiting: Waiter[] = [];
   /** Slots asked of the inner limiter and not started yet: each will serve a waiting call when it starts. */
   let requested = 0;
-  /** Slots asked for or serving. */
-  let open = 0;
-
-  /** Asks for another slot when calls wait that no slot asked for will serve, within maxSlots. */
-  function requestSlotIfNeeded(): void {
-    if (waiting.length > requested && open < maxSlots) requestSlot();
-  }
   /** Every slot asked for and not settled, so close() lets them end before the inner limiter goes. */
   const leases = new Set<Promise<void>>();
 
   function requestSlot(): void {
     requested++;
-    open++;
     let began = false;
     const lease: Promise<void> = inner
       .schedule(async () => {
@@ -88,18 +72,16 @@ export function withSlotHandOff(inner: Slots, options: SlotHandOffOptions = {}):
       })
       .then(
         () => {
-          open--;
-          requestSlotIfNeeded();
+          if (waiting.length > requested) requestSlot();
         },
         (error: unknown) => {
-          open--;
           // The slot itself could not be had (e.g. the limiter's Redis failed): the call it was asked for fails.
           // (A slot that began and then expired has served its calls; those settle on their own.)
           if (!began) {
             requested--;
             waiting.shift()?.reject(error);
           }
-          requestSlotIfNeeded();
+          if (waiting.length > requested) requestSlot();
         },
       )
       .finally(() => leases.delete(lease));
@@ -110,7 +92,7 @@ export function withSlotHandOff(inner: Slots, options: SlotHandOffOptions = {}):
     schedule<T>(task: () => Promise<T>): Promise<T> {
       return new Promise<T>((resolve, reject) => {
         waiting.push({ task, resolve: resolve as (value: unknown) => void, reject });
-        requestSlotIfNeeded();
+        if (waiting.length > requested) requestSlot();
       });
     },
     async close() {

@@ -124,7 +124,7 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
     await limiter.disconnect(false);
     await connection.disconnect(true);
   });
-  return options.handOff ? withSlotHandOff(shared, { maxSlots: maxConcurrent, ...options.handOff }) : shared;
+  return options.handOff ? withSlotHandOff(shared, options.handOff) : shared;
 }
 
 /** A limiter of this process only (the CLI without Redis, unit tests). */

@@ -105,30 +105,6 @@ describe('withSlotHandOff', () => {
     await limiter.close();
   });
 
-  it('withSlotHandOff should ask the inner limiter for at most maxSlots slots at once', async () => {
-    const inner = createLocalLimiter({ maxConcurrent: 3 });
-    let asked = 0;
-    let peakAsked = 0;
-    const counted: CallLimiter = {
-      async schedule(task) {
-        asked++;
-        peakAsked = Math.max(peakAsked, asked);
-        try {
-          return await inner.schedule(task);
-        } finally {
-          asked--;
-        }
-      },
-      close: () => inner.close(),
-    };
-    const limiter = withSlotHandOff(counted, { maxSlots: 3 });
-    const results = await drive(limiter, 8, 40, 1, { now: 0, peak: 0 });
-    expect(results).toEqual(Array.from({ length: 40 }, (_, i) => i));
-    // Without the bound, each of the 8 callers waiting at the start asks for a slot of its own.
-    expect(peakAsked).toBe(3);
-    await limiter.close();
-  });
-
   it('withSlotHandOff should fail only the call whose task failed', async () => {
     const limiter = withSlotHandOff(createLocalLimiter({ maxConcurrent: 2 }));
     const outcomes = await Promise.allSettled(
