@@ -9,6 +9,7 @@ export type {
   SealedSecretRecord,
   TenantRecord,
   Machine,
+  DeviceRecord,
   CycleBatchHeader,
   DeviceBatch,
   VulnerabilitySummary,
@@ -43,3 +44,4 @@ export {
 export { ContractError, validateMessage, checkMessage } from './validate';
 export type { ContractId, ContractTypes } from './validate';
 export { cycleBatchHeader } from './header';
+export { DEVICE_RECORD_FIELDS, toDeviceRecord } from './device-record';

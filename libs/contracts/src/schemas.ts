@@ -108,15 +108,28 @@ export const tenantRecordSchema = {
   },
 } as const;
 
-const machine = {
+/**
+ * A device record (`toDeviceRecord`): the id, the scoring inputs and the identity VMS needs. Open to
+ * further fields: during a rolling deploy an older poller still sends whole machines, which must pass.
+ */
+const deviceRecord = {
   type: 'object',
   required: ['id'],
   properties: {
     id: { type: 'string', minLength: 1 },
-    computerDnsName: nullableString,
+    riskScore: nullableString,
+    exposureLevel: nullableString,
+    defenderAvStatus: nullableString,
+    onboardingStatus: nullableString,
+    healthStatus: nullableString,
     lastSeen: nullableString,
-    machineTags: { type: ['array', 'null'], items: { type: 'string' } },
+    computerDnsName: nullableString,
+    aadDeviceId: nullableString,
+    lastIpAddress: nullableString,
+    lastExternalIpAddress: nullableString,
     ipAddresses: { type: ['array', 'null'], items: { type: 'object' } },
+    machineTags: { type: ['array', 'null'], items: { type: 'string' } },
+    rbacGroupName: nullableString,
   },
 } as const;
 
@@ -153,7 +166,7 @@ export const deviceBatchSchema = {
     ...cycleHeader,
     vulnerabilityMode: { enum: ['per-device', 'bulk'] },
     cvssThreshold: { type: 'number', minimum: 0, maximum: 10 },
-    devices: { type: 'array', maxItems: 10_000, items: machine },
+    devices: { type: 'array', maxItems: 10_000, items: deviceRecord },
   },
   ...lastBatchCarriesTotals,
 } as const;
@@ -188,7 +201,7 @@ export const enrichedBatchSchema = {
         additionalProperties: false,
         required: ['machine', 'vulnerabilities'],
         properties: {
-          machine,
+          machine: deviceRecord,
           vulnerabilities: { anyOf: [vulnerabilitySummary, { type: 'null' }] },
           fetchError: {
             type: 'object',

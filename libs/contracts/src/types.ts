@@ -105,6 +105,29 @@ export interface Machine {
   [field: string]: unknown;
 }
 
+/**
+ * A device as it travels on `urs.device-batches` and `urs.devices-enriched`: a Machine cut down by
+ * `toDeviceRecord` to its id, the scoring inputs and the identity VMS needs. A consumer still accepts
+ * (and ignores) further machine fields, which a full Machine from an older poller carries.
+ */
+export type DeviceRecord = Pick<
+  Machine,
+  | 'id'
+  | 'riskScore'
+  | 'exposureLevel'
+  | 'defenderAvStatus'
+  | 'onboardingStatus'
+  | 'healthStatus'
+  | 'lastSeen'
+  | 'computerDnsName'
+  | 'aadDeviceId'
+  | 'lastIpAddress'
+  | 'lastExternalIpAddress'
+  | 'ipAddresses'
+  | 'machineTags'
+  | 'rbacGroupName'
+>;
+
 /** Common header of the per-cycle batch messages. */
 export interface CycleBatchHeader {
   schemaVersion: 1;
@@ -125,7 +148,7 @@ export interface DeviceBatch extends CycleBatchHeader {
   vulnerabilityMode: 'per-device' | 'bulk';
   /** The tenant's CVSS threshold when the cycle started (criticalCves counts at or above it). */
   cvssThreshold: number;
-  devices: Machine[];
+  devices: DeviceRecord[];
 }
 
 /** A device's vulnerabilities, summarised at the cycle's CVSS threshold. */
@@ -141,7 +164,7 @@ export interface VulnerabilitySummary {
 }
 
 export interface EnrichedDevice {
-  machine: Machine;
+  machine: DeviceRecord;
   /** null when the vulnerabilities could not be fetched (a missing signal). */
   vulnerabilities: VulnerabilitySummary | null;
   /** Why `vulnerabilities` is null. */

@@ -1,4 +1,10 @@
-import { checkMessage, validateMessage, type DeviceBatch, type TenantRegistration } from '@urs/contracts';
+import {
+  checkMessage,
+  validateMessage,
+  type DeviceBatch,
+  type DeviceRecord,
+  type TenantRegistration,
+} from '@urs/contracts';
 
 const registration: TenantRegistration = {
   tenantId: 'acme',
@@ -46,7 +52,8 @@ describe('validateMessage', () => {
       lastBatch: true,
       vulnerabilityMode: 'per-device',
       cvssThreshold: 9,
-      devices: [{ id: 'a'.repeat(40), someUndocumentedField: 1 }],
+      // A field beyond the device record, as a whole machine from an older poller carries.
+      devices: [{ id: 'a'.repeat(40), someUndocumentedField: 1 } as DeviceRecord],
     };
     expect(() => validateMessage('urs/device-batch', batch)).toThrow(/totalBatches is required/);
     expect(

@@ -1,0 +1,40 @@
+import type { DeviceRecord, Machine } from './types';
+
+/**
+ * The fields of a machine that travel on `urs.device-batches` and `urs.devices-enriched`: its id (the
+ * vulnerability calls and the device's key), what the scoring model reads (@urs/scoring scoreDevice) and
+ * the identity VMS enforces on (`vms.risk-scores`). A listed machine carries some thirty fields, ~1.1 KB of
+ * JSON; every stage parses, validates and re-serialises what travels, so the rest stays with the poller.
+ */
+export const DEVICE_RECORD_FIELDS = [
+  'id',
+  // Scoring inputs.
+  'riskScore',
+  'exposureLevel',
+  'defenderAvStatus',
+  'onboardingStatus',
+  'healthStatus',
+  'lastSeen',
+  // The identity VMS enforces on.
+  'computerDnsName',
+  'aadDeviceId',
+  'lastIpAddress',
+  'lastExternalIpAddress',
+  'ipAddresses',
+  'machineTags',
+  'rbacGroupName',
+] as const satisfies readonly (keyof DeviceRecord)[];
+
+/**
+ * A listed machine (keys normalised to the documented camelCase, as @urs/defender returns it) cut down to
+ * its DEVICE_RECORD_FIELDS. A field the machine lacks stays absent, so the projection of a projection is
+ * the same record. Values are shared, not copied.
+ */
+export function toDeviceRecord(machine: Machine): DeviceRecord {
+  const record: Record<string, unknown> = {};
+  for (const field of DEVICE_RECORD_FIELDS) {
+    const value = machine[field];
+    if (value !== undefined) record[field] = value;
+  }
+  return record as DeviceRecord;
+}
