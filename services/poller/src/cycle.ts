@@ -1,5 +1,5 @@
 import type { Publisher } from '@urs/bus';
-import type { DeviceBatch, Machine, TenantRecord } from '@urs/contracts';
+import { toDeviceRecord, type DeviceBatch, type DeviceRecord, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
 import { parseProfile } from '@urs/scoring';
@@ -57,9 +57,10 @@ export function cycleIdOf(tenantId: string, startedAt: number): string {
 
 /**
  * One polling cycle: the tenant's devices page by page (the Defender client gets the token), merged
- * records dropped (their surviving device is listed too, and must not be scored twice), batches of at
- * most `batchSize` devices to `urs.device-batches` keyed by tenant, the last one with the totals (an
- * empty fleet is one empty last batch), then the cycle's totals for the publisher.
+ * records dropped (their surviving device is listed too, and must not be scored twice), each device cut
+ * down to its DeviceRecord (`toDeviceRecord`), batches of at most `batchSize` devices to
+ * `urs.device-batches` keyed by tenant, the last one with the totals (an empty fleet is one empty last
+ * batch), then the cycle's totals for the publisher.
  *
  * The vulnerability mode must hold for the whole cycle, and it depends on the fleet's size: devices are
  * held back until either the listing ends (the exact count; then per-device if it fits) or the count
@@ -85,9 +86,9 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   let batchIndex = 0;
   let totalDevices = 0;
   let merged = 0;
-  let pending: Machine[] = [];
+  let pending: DeviceRecord[] = [];
 
-  async function emit(devices: Machine[], last: boolean): Promise<void> {
+  async function emit(devices: DeviceRecord[], last: boolean): Promise<void> {
     if (signal.aborted) throw new CycleAbortedError();
     if (!begun) {
       await deps.cycles.begin({ tenantId, cycleId, startedAt: cycleStartedAt, deadlineAt });
@@ -135,7 +136,8 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
           merged++;
           continue;
         }
-        pending.push(device.machine);
+        // Only what the scorer and VMS read travels on: the rest of the record stays here.
+        pending.push(toDeviceRecord(device.machine));
         totalDevices++;
       }
       if (mode === undefined && totalDevices > perDeviceCapacity) mode = 'bulk';

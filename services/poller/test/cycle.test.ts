@@ -1,5 +1,5 @@
 import type { OutboundMessage, Publisher } from '@urs/bus';
-import type { DeviceBatch, Machine, TenantRecord } from '@urs/contracts';
+import { toDeviceRecord, type DeviceBatch, type Machine, type TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createSecretSealer } from '@urs/secrets';
 import type { CycleStore } from '@urs/store';
@@ -170,6 +170,34 @@ describe('runCycle', () => {
     expect(sent[0]?.devices.map((d) => d.id)).toEqual(['m0', 'm2', 'm3']);
     expect(sent[0]?.cvssThreshold).toBe(7.5);
     expect(result).toMatchObject({ totalDevices: 3, merged: 1 });
+  });
+
+  it('runCycle should send each device as its device record, not the whole listed machine', async () => {
+    const machine: Machine = {
+      id: 'm0',
+      computerDnsName: 'pc0.contoso.com',
+      lastSeen: '2026-01-21T09:00:00.1234567Z',
+      riskScore: 'High',
+      onboardingStatus: 'Onboarded',
+      machineTags: ['vip'],
+      rbacGroupName: 'servers',
+      osPlatform: 'Windows11',
+      firstSeen: '2024-01-01T00:00:00Z',
+      vmMetadata: { vmId: 'v1' },
+      isExcluded: false,
+    };
+    const { deps, sent } = setup([{ devices: [{ machine, merged: false }] }]);
+    await runCycle(deps, input());
+    expect(sent[0]?.devices).toEqual([toDeviceRecord(machine)]);
+    expect(sent[0]?.devices[0]).toEqual({
+      id: 'm0',
+      computerDnsName: 'pc0.contoso.com',
+      lastSeen: '2026-01-21T09:00:00.1234567Z',
+      riskScore: 'High',
+      onboardingStatus: 'Onboarded',
+      machineTags: ['vip'],
+      rbacGroupName: 'servers',
+    });
   });
 
   it('runCycle should begin no cycle when the listing fails before any batch', async () => {

@@ -1,6 +1,6 @@
 import type { Producer } from 'kafkajs';
-import type { DeviceBatch, Machine } from '@urs/contracts';
-import { validateMessage } from '@urs/contracts';
+import type { DeviceBatch, DeviceRecord, Machine } from '@urs/contracts';
+import { toDeviceRecord, validateMessage } from '@urs/contracts';
 import type { CycleStore } from '@urs/store';
 import type { SimulatorProcess } from './simulator';
 
@@ -22,8 +22,9 @@ export interface InjectOptions {
 
 /**
  * Plays the poller for one cycle: reads the tenant's fleet from the simulator's control API (not an
- * MDE call: no quota, not counted), drops merged records as the poller does, and produces the device
- * batches with the cycle bookkeeping the publisher completes against. Batches stream as pages are read.
+ * MDE call: no quota, not counted), drops merged records and cuts each device to its DeviceRecord as the
+ * poller does, and produces the device batches with the cycle bookkeeping the publisher completes
+ * against. Batches stream as pages are read.
  */
 export async function injectCycle(
   options: InjectOptions,
@@ -41,8 +42,8 @@ export async function injectCycle(
   });
   let batchIndex = 0;
   let total = 0;
-  let pending: Machine[] = [];
-  const send = async (devices: Machine[], last: boolean): Promise<void> => {
+  let pending: DeviceRecord[] = [];
+  const send = async (devices: DeviceRecord[], last: boolean): Promise<void> => {
     const batch: DeviceBatch = {
       schemaVersion: 1,
       tenantId: options.tenantId,
@@ -70,7 +71,7 @@ export async function injectCycle(
     );
     for (const record of page) {
       if (record['mergedIntoMachineId']) continue;
-      pending.push(record as unknown as Machine);
+      pending.push(toDeviceRecord(record as unknown as Machine));
       total++;
     }
     while (pending.length > batchSize) {
