@@ -42,9 +42,10 @@ export interface ConsumerRunnerOptions {
   maxBytesPerPartition?: number;
   /**
    * What is kept in order. Default 'partition': one message of a partition at a time, in offset
-   * order; a slow message holds up its whole partition. 'key': messages with the same key in offset
-   * order, messages with different keys of one partition at once, so a slow key (a tenant waiting on
-   * its quota) does not hold up the other keys of its partition. The committed offset of a partition
+   * order; a slow message holds up its whole partition. 'key': messages with the same key start in
+   * offset order, two at a time (the next starts while the one before drains), messages with different
+   * keys of one partition at once, so a slow key (a tenant waiting on its quota) does not hold up the
+   * other keys of its partition. The committed offset of a partition
    * never passes a message that is not finished: a crash redelivers it and whatever came after it,
    * so handlers must be idempotent (they must be anyway: delivery is at least once).
    */
