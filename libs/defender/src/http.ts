@@ -5,7 +5,7 @@ import type { Logger } from '@urs/logging';
 import { type RetryPolicy, retryDelayMs, sleep } from '@urs/resilience';
 import { DefenderError, DefenderErrorCode } from './errors';
 import type { CallLimiter } from './limiter';
-import { MalformedODataError, ODataRowScanner } from './odata-rows';
+import { MalformedODataError, ODataRowScanner, type RowReader } from './odata-rows';
 import type { DefenderEndpointClass, QuotaGate } from './quota';
 import { decodeTokenClaims, type TokenSource } from './token';
 
@@ -47,7 +47,8 @@ export interface ApiCaller {
    * Like `get` for an OData answer (`{"value": [...], ...}`), read as it arrives: each row of `value` is
    * parsed alone and passed to `toRow`, and only what `toRow` returns is kept, so a large page is never
    * held as one body. A retried call starts its rows afresh. An answer without a `value` array is
-   * MALFORMED_RESPONSE, as with `odataValue`.
+   * MALFORMED_RESPONSE, as with `odataValue`. A `reader` reads the rows it can straight from their bytes
+   * (each as `toRow` would have made it), sparing their parse; the others are parsed and given to `toRow`.
    */
   getRows<T>(
     endpoint: DefenderEndpointClass,
@@ -55,6 +56,7 @@ export interface ApiCaller {
     params: Record<string, string | number> | undefined,
     toRow: (row: unknown) => T,
     signal?: AbortSignal,
+    reader?: RowReader<T>,
   ): Promise<RowsResult<T>>;
 }
 
@@ -174,7 +176,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     token: string,
     params: Record<string, string | number> | undefined,
     toRow: (row: unknown) => T,
-    signal?: AbortSignal,
+    signal: AbortSignal | undefined,
+    reader: RowReader<T> | undefined,
   ): Promise<AxiosResponse<string> | RowsResult<T>> {
     let response: AxiosResponse<Readable>;
     try {
@@ -189,7 +192,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     }
     const path = new URL(url).pathname;
     const rows: T[] = [];
-    const scanner = new ODataRowScanner((row) => rows.push(toRow(row)));
+    const scanner = new ODataRowScanner<T>((row) => rows.push(row), toRow, reader);
     const ok = response.status >= 200 && response.status < 300;
     const chunks: Buffer[] = [];
     try {
@@ -380,10 +383,13 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       params: Record<string, string | number> | undefined,
       toRow: (row: unknown) => T,
       signal?: AbortSignal,
+      reader?: RowReader<T>,
     ): Promise<RowsResult<T>> {
       const url = resolveUrl(pathOrUrl);
       const result = await withRetries(endpoint, signal, () =>
-        attempt<RowsResult<T>>(endpoint, url, signal, (token) => sendRows(url, token, params, toRow, signal)),
+        attempt<RowsResult<T>>(endpoint, url, signal, (token) =>
+          sendRows(url, token, params, toRow, signal, reader),
+        ),
       );
       if (result.status === 404 || 'rows' in result) return result;
       // Only `send`'s whole-text bodies are classified as 200; a scanned answer never is.

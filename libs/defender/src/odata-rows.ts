@@ -21,6 +21,18 @@ function parse(text: string): unknown {
   }
 }
 
+/**
+ * Reads rows of a known shape straight from their bytes, without making text or a parsed tree of them.
+ * `read` must decline (-1) every row it cannot read exactly as `toRow(JSON.parse(row))` would, invalid
+ * JSON included: the scanner then parses that row whole.
+ */
+export interface RowReader<T> {
+  /** Reads the row whose `{` is at `from`; the offset just past its `}`, or -1 when it declines. */
+  read(bytes: Buffer, from: number): number;
+  /** What the row last read became. */
+  readonly value: T;
+}
+
 /** What is left of an OData answer once its rows were handed out: the other top-level members. */
 export interface ODataRest {
   /** Every top-level member but `value` (e.g. `@odata.nextLink`). */
@@ -35,8 +47,10 @@ export interface ODataRest {
  * page is ~50 MB of JSON) thus never exists as one buffer, one string and one object tree at once: only
  * the row being read and what `onRow` keeps of the rows. Works on bytes: every structural character is
  * ASCII, and no byte of a multi-byte UTF-8 character is, so a character split over two chunks is safe.
+ * With a `reader`, a row that lies whole in one chunk is first offered to it, and parsed whole only when
+ * the reader declines it: the reader reads it in the same pass as the scan, with no text made of it.
  */
-export class ODataRowScanner {
+export class ODataRowScanner<T = unknown> {
   /** Nesting depth outside strings: 1 inside the answer object, 2 inside its `value` array. */
   private depth = 0;
   private inString = false;
@@ -56,7 +70,15 @@ export class ODataRowScanner {
   private backslashChunk: Buffer | undefined;
   private nextBackslash = -1;
 
-  constructor(private readonly onRow: (row: unknown) => void) {}
+  /**
+   * @param onRow receives each row, as `toRow` made it of the parsed row or as `reader` read it
+   * @param toRow what a row parsed whole becomes (the parsed value itself by default)
+   */
+  constructor(
+    private readonly onRow: (row: T) => void,
+    private readonly toRow: (parsed: unknown) => T = (parsed) => parsed as T,
+    private readonly reader?: RowReader<T>,
+  ) {}
 
   push(chunk: Buffer): void {
     for (let at = 0; at < chunk.length; at++) {
@@ -79,7 +101,7 @@ export class ODataRowScanner {
         } else if (!isWhitespace(byte)) throw new MalformedODataError('the answer is not a JSON object');
         continue;
       }
-      this.structural(chunk, at, byte);
+      at = this.structural(chunk, at, byte);
     }
     if (this.start >= 0) {
       this.parts.push(chunk.subarray(this.start));
@@ -110,21 +132,19 @@ export class ODataRowScanner {
     return { members: this.members, hasValue: this.hasValue };
   }
 
-  private structural(chunk: Buffer, at: number, byte: number): void {
+  /** Handles a byte outside strings; returns the offset of the last byte handled (past a row a reader read). */
+  private structural(chunk: Buffer, at: number, byte: number): number {
     if (this.inValue && this.depth === 2) {
       if (byte === COMMA || byte === CLOSE_ARRAY) {
         const text = this.take(chunk, at);
-        if (text.trim() !== '') this.onRow(parse(text));
+        if (text.trim() !== '') this.onRow(this.toRow(parse(text)));
         else if (byte === COMMA || this.rowsSeen) throw new MalformedODataError('an empty entry in "value"');
-        if (byte === CLOSE_ARRAY) {
-          this.depth = 1;
-          this.inValue = false;
-          this.start = -1;
-          return;
-        }
-        this.rowsSeen = true;
-        this.start = at + 1;
-        return;
+        this.endEntry(at, byte);
+        return at;
+      }
+      if (byte === OPEN_OBJECT && this.reader && this.entryIsBlank(chunk, at)) {
+        const separator = this.readRow(this.reader, chunk, at);
+        if (separator >= 0) return separator;
       }
     }
     if (byte === QUOTE) {
@@ -152,6 +172,42 @@ export class ODataRowScanner {
     } else if (this.depth === 1 && this.start < 0 && !isWhitespace(byte)) {
       throw new MalformedODataError('text after the "value" array where a comma or a brace belongs');
     }
+    return at;
+  }
+
+  /** After the `,` or `]` at `at` that ends an entry of `value`. */
+  private endEntry(at: number, byte: number): void {
+    if (byte === CLOSE_ARRAY) {
+      this.depth = 1;
+      this.inValue = false;
+      this.start = -1;
+      return;
+    }
+    this.rowsSeen = true;
+    this.start = at + 1;
+  }
+
+  /** Whether nothing but whitespace precedes `at` in the current entry of `value`, all of it in `chunk`. */
+  private entryIsBlank(chunk: Buffer, at: number): boolean {
+    if (this.parts.length > 0 || this.start < 0) return false;
+    for (let index = this.start; index < at; index++) if (!isWhitespace(chunk[index] as number)) return false;
+    return true;
+  }
+
+  /**
+   * Offers the row whose `{` is at `at` to the reader. The row is taken only when the reader read it and
+   * a `,` or `]` follows it in this chunk (anything else is left to the whole parse and its error); the
+   * offset of that separator, or -1.
+   */
+  private readRow(reader: RowReader<T>, chunk: Buffer, at: number): number {
+    let next = reader.read(chunk, at);
+    if (next < 0) return -1;
+    while (next < chunk.length && isWhitespace(chunk[next] as number)) next++;
+    const byte = chunk[next];
+    if (byte !== COMMA && byte !== CLOSE_ARRAY) return -1;
+    this.onRow(reader.value);
+    this.endEntry(next, byte);
+    return next;
   }
 
   /** Whether the member read so far is `"value":` (the `[` at `at` opens its array). */

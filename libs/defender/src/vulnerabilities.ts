@@ -3,12 +3,8 @@ import { DefenderError, DefenderErrorCode } from './errors';
 import { odataValue, type ApiCaller } from './http';
 import type { InvalidRecord } from './machines';
 import { MICROSOFT_QUOTAS, type QuotaWindow } from './quota';
-import {
-  parseSoftwareVulnerabilityRow,
-  parseVulnerability,
-  type Vulnerability,
-  vulnerabilityFromRow,
-} from './schema';
+import { BulkRowReader, bulkRowEntry } from './bulk-rows';
+import { parseVulnerability, type Vulnerability } from './schema';
 
 /** Largest `pageSize` of `SoftwareVulnerabilitiesByMachine`. */
 export const MAX_BULK_PAGE_SIZE = 200_000;
@@ -130,16 +126,6 @@ export async function* walkVulnerabilitiesByMachine(
   }
 }
 
-/** What a bulk row leaves once read: its device and CVE (none for a software-only row), or why it was skipped. */
-type BulkRowEntry = { deviceId: string; vulnerability: Vulnerability | undefined } | { invalid: string };
-
-/** Reduces one raw export row (~1 KB of JSON) to the few fields the device summaries need. */
-function bulkRowEntry(raw: unknown): BulkRowEntry {
-  const parsed = parseSoftwareVulnerabilityRow(raw);
-  if (!parsed.ok) return { invalid: parsed.reason };
-  return { deviceId: parsed.value.deviceId, vulnerability: vulnerabilityFromRow(parsed.value) };
-}
-
 async function fetchBulkPage(
   deps: VulnerabilityDeps,
   url: string,
@@ -147,8 +133,9 @@ async function fetchBulkPage(
   index: number,
   signal: AbortSignal | undefined,
 ): Promise<{ page: BulkVulnerabilityPage; next: string | undefined } | undefined> {
-  // Read row by row: a page is ~50 MB of JSON, and only each row's device, CVE and score are kept.
-  const result = await deps.api.getRows('bulk', url, params, bulkRowEntry, signal);
+  // Read row by row: a page is ~50 MB of JSON, and only each row's device, CVE and score are kept. Rows
+  // of the usual shape are read straight from their bytes; the others are parsed and checked whole.
+  const result = await deps.api.getRows('bulk', url, params, bulkRowEntry, signal, new BulkRowReader());
   if (result.status === 404) return undefined;
   const page: BulkVulnerabilityPage = { index, rows: result.rows.length, invalid: 0, byMachine: new Map() };
   const indexes = new Map<string, Map<string, number>>();
