@@ -30,16 +30,6 @@ const DOT = 0x2e;
 const ZERO = 0x30;
 const NINE = 0x39;
 
-/** Byte classes inside a JSON string: 0 plain, 1 the closing quote, 2 an escape, 3 not allowed (control). */
-const PLAIN = 0;
-const END = 1;
-const ESCAPE = 2;
-const CONTROL = 3;
-const STRING_CLASS = new Uint8Array(256);
-STRING_CLASS.fill(CONTROL, 0, 0x20);
-STRING_CLASS[QUOTE] = END;
-STRING_CLASS[BACKSLASH] = ESCAPE;
-
 /** Bytes that may follow a backslash (besides `u` and its four hex digits). */
 const SIMPLE_ESCAPES = new Set([...'"\\/bfnrt'].map((c) => c.charCodeAt(0)));
 /** Arrays nested deeper than this are left to the whole parse (a row has flat arrays of paths). */
@@ -47,22 +37,34 @@ const MAX_ARRAY_DEPTH = 8;
 /** 10^k for the fraction digits of a score read as integer / 10^k. */
 const POWERS_OF_TEN = [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
 
-function isWhitespace(byte: number | undefined): boolean {
+/**
+ * The byte at `at`, or -1 past the end. Reads past the end of a typed array give undefined, and code
+ * that meets them runs about twice as slow, so every read that may run over goes through here.
+ */
+function byteAt(bytes: Buffer, at: number): number {
+  return at < bytes.length ? (bytes[at] as number) : -1;
+}
+
+function isWhitespace(byte: number): boolean {
   return byte === 0x20 || byte === 0x0a || byte === 0x0d || byte === 0x09;
 }
 
-function isDigit(byte: number | undefined): boolean {
-  return byte !== undefined && byte >= ZERO && byte <= NINE;
+function isDigit(byte: number): boolean {
+  return byte >= ZERO && byte <= NINE;
 }
 
-function isHex(byte: number | undefined): boolean {
-  return (
-    byte !== undefined && ((byte >= ZERO && byte <= NINE) || ((byte | 0x20) >= 0x61 && (byte | 0x20) <= 0x66))
-  );
+function isHex(byte: number): boolean {
+  const lower = byte | 0x20;
+  return isDigit(byte) || (lower >= 0x61 && lower <= 0x66);
 }
 
 function skipWhitespace(bytes: Buffer, at: number): number {
-  while (isWhitespace(bytes[at])) at++;
+  while (isWhitespace(byteAt(bytes, at))) at++;
+  return at;
+}
+
+function skipDigits(bytes: Buffer, at: number): number {
+  while (isDigit(byteAt(bytes, at))) at++;
   return at;
 }
 
@@ -73,20 +75,23 @@ function skipWhitespace(bytes: Buffer, at: number): number {
 function stringEnd(bytes: Buffer, at: number, escapes: boolean): number {
   const end = bytes.length;
   while (at < end) {
-    const kind = STRING_CLASS[bytes[at] as number];
-    if (kind === PLAIN) at++;
-    else if (kind === END) return at;
-    else if (kind === CONTROL || !escapes) return -1;
-    else {
-      const escaped = bytes[at + 1];
-      if (escaped === 0x75) {
-        for (let digit = at + 2; digit < at + 6; digit++) if (!isHex(bytes[digit])) return -1;
-        at += 6;
-      } else if (escaped !== undefined && SIMPLE_ESCAPES.has(escaped)) at += 2;
-      else return -1;
-    }
+    const byte = bytes[at] as number;
+    if (byte >= 0x20 && byte !== QUOTE && byte !== BACKSLASH) at++;
+    else if (byte === QUOTE) return at;
+    else if (byte !== BACKSLASH || !escapes) return -1;
+    else at = escapeEnd(bytes, at);
+    if (at < 0) return -1;
   }
   return -1;
+}
+
+/** The offset just past the escape whose backslash is at `at`, or -1 when it is not a JSON escape. */
+function escapeEnd(bytes: Buffer, at: number): number {
+  const escaped = byteAt(bytes, at + 1);
+  if (SIMPLE_ESCAPES.has(escaped)) return at + 2;
+  if (escaped !== 0x75) return -1;
+  for (let digit = at + 2; digit < at + 6; digit++) if (!isHex(byteAt(bytes, digit))) return -1;
+  return at + 6;
 }
 
 /** Like `stringEnd` for text kept as is: printable ASCII without escapes, else -1. */
@@ -101,25 +106,27 @@ function asciiStringEnd(bytes: Buffer, at: number): number {
 
 /** The offset just past the JSON number at `at`, or -1 when there is none or it runs to the end. */
 function numberEnd(bytes: Buffer, at: number): number {
-  if (bytes[at] === MINUS) at++;
-  if (bytes[at] === ZERO) at++;
-  else if (isDigit(bytes[at])) while (isDigit(bytes[at])) at++;
+  if (byteAt(bytes, at) === MINUS) at++;
+  const first = byteAt(bytes, at);
+  if (first === ZERO) at++;
+  else if (isDigit(first)) at = skipDigits(bytes, at + 1);
   else return -1;
-  if (bytes[at] === DOT) {
-    if (!isDigit(bytes[++at])) return -1;
-    while (isDigit(bytes[at])) at++;
+  if (byteAt(bytes, at) === DOT) {
+    if (!isDigit(byteAt(bytes, ++at))) return -1;
+    at = skipDigits(bytes, at);
   }
-  if (bytes[at] === 0x65 || bytes[at] === 0x45) {
-    at++;
-    if (bytes[at] === PLUS || bytes[at] === MINUS) at++;
-    if (!isDigit(bytes[at])) return -1;
-    while (isDigit(bytes[at])) at++;
+  if ((byteAt(bytes, at) | 0x20) === 0x65) {
+    const sign = byteAt(bytes, ++at);
+    if (sign === PLUS || sign === MINUS) at++;
+    if (!isDigit(byteAt(bytes, at))) return -1;
+    at = skipDigits(bytes, at);
   }
   return at < bytes.length ? at : -1;
 }
 
 /** The offset just past `literal` when it is at `at`, else -1. */
 function literalEnd(bytes: Buffer, at: number, literal: Buffer): number {
+  if (at + literal.length > bytes.length) return -1;
   for (let index = 0; index < literal.length; index++) if (bytes[at + index] !== literal[index]) return -1;
   return at + literal.length;
 }
@@ -130,7 +137,7 @@ const NULL = Buffer.from('null');
 
 /** The offset just past the JSON value at `at` (objects excepted), or -1 when it is not one. */
 function valueEnd(bytes: Buffer, at: number, depth: number): number {
-  switch (bytes[at]) {
+  switch (byteAt(bytes, at)) {
     case QUOTE: {
       const end = stringEnd(bytes, at + 1, true);
       return end < 0 ? -1 : end + 1;
@@ -150,13 +157,14 @@ function valueEnd(bytes: Buffer, at: number, depth: number): number {
 
 function arrayEnd(bytes: Buffer, at: number, depth: number): number {
   at = skipWhitespace(bytes, at + 1);
-  if (bytes[at] === CLOSE_ARRAY) return at + 1;
+  if (byteAt(bytes, at) === CLOSE_ARRAY) return at + 1;
   for (;;) {
     at = valueEnd(bytes, at, depth);
     if (at < 0) return -1;
     at = skipWhitespace(bytes, at);
-    if (bytes[at] === CLOSE_ARRAY) return at + 1;
-    if (bytes[at] !== COMMA) return -1;
+    const next = byteAt(bytes, at);
+    if (next === CLOSE_ARRAY) return at + 1;
+    if (next !== COMMA) return -1;
     at = skipWhitespace(bytes, at + 1);
   }
 }
@@ -179,27 +187,28 @@ const FIELD_KEYS = [
   'exploitabilityLevel',
 ].map((key) => Buffer.from(key));
 
+/** The read member whose key has a given length (the lengths differ), or OTHER. */
+const FIELD_BY_LENGTH = new Int8Array(32).fill(OTHER);
+FIELD_KEYS.forEach((key, field) => (FIELD_BY_LENGTH[key.length] = field));
+
 /**
  * Which read member the key between `from` and `to` names. Keys are matched ignoring ASCII case only: no
  * other character lower-cases to an ASCII letter of these keys (the Kelvin sign, the one non-ASCII
  * character that lower-cases to ASCII, becomes `k`).
  */
 function fieldOf(bytes: Buffer, from: number, to: number): number {
-  for (let field = 0; field < FIELD_KEYS.length; field++) {
-    const key = FIELD_KEYS[field] as Buffer;
-    if (key.length !== to - from) continue;
-    let exact = true;
-    let index = 0;
-    for (; index < key.length; index++) {
-      const byte = bytes[from + index] as number;
-      const expected = key[index] as number;
-      if (byte === expected) continue;
-      if ((byte | 0x20) !== (expected | 0x20)) break;
-      exact = false;
-    }
-    if (index === key.length) return exact ? field : CASE_VARIANT;
+  const field = to - from < FIELD_BY_LENGTH.length ? (FIELD_BY_LENGTH[to - from] as number) : OTHER;
+  if (field === OTHER) return OTHER;
+  const key = FIELD_KEYS[field] as Buffer;
+  let exact = true;
+  for (let index = 0; index < key.length; index++) {
+    const byte = bytes[from + index] as number;
+    const expected = key[index] as number;
+    if (byte === expected) continue;
+    if ((byte | 0x20) !== (expected | 0x20)) return OTHER;
+    exact = false;
   }
-  return OTHER;
+  return exact ? field : CASE_VARIANT;
 }
 
 const SEVERITIES = ['Low', 'Medium', 'High', 'Critical'];
@@ -232,19 +241,20 @@ export class BulkRowReader implements RowReader<BulkRowEntry> {
     row.exploitabilityLevel = null;
     let at = skipWhitespace(bytes, from + 1);
     for (;;) {
-      if (bytes[at] !== QUOTE) return -1;
+      if (byteAt(bytes, at) !== QUOTE) return -1;
       const keyEnd = stringEnd(bytes, at + 1, false);
       if (keyEnd < 0) return -1;
       const field = fieldOf(bytes, at + 1, keyEnd);
       if (field === CASE_VARIANT) return -1;
       at = skipWhitespace(bytes, keyEnd + 1);
-      if (bytes[at] !== COLON) return -1;
+      if (byteAt(bytes, at) !== COLON) return -1;
       at = skipWhitespace(bytes, at + 1);
       at = field === OTHER ? valueEnd(bytes, at, 0) : this.member(field, bytes, at);
       if (at < 0) return -1;
       at = skipWhitespace(bytes, at);
-      if (bytes[at] === CLOSE_OBJECT) break;
-      if (bytes[at] !== COMMA) return -1;
+      const next = byteAt(bytes, at);
+      if (next === CLOSE_OBJECT) break;
+      if (next !== COMMA) return -1;
       at = skipWhitespace(bytes, at + 1);
     }
     if ((this.seen & (1 << DEVICE_ID)) === 0) return -1;
@@ -257,7 +267,7 @@ export class BulkRowReader implements RowReader<BulkRowEntry> {
     if ((this.seen & (1 << field)) !== 0) return -1;
     this.seen |= 1 << field;
     const row = this.row;
-    const first = bytes[at];
+    const first = byteAt(bytes, at);
     if (first === NULL[0]) return field === DEVICE_ID ? -1 : literalEnd(bytes, at, NULL);
     if (field === CVSS_SCORE) {
       const end = numberEnd(bytes, at);

@@ -136,9 +136,8 @@ export class ODataRowScanner<T = unknown> {
   private structural(chunk: Buffer, at: number, byte: number): number {
     if (this.inValue && this.depth === 2) {
       if (byte === COMMA || byte === CLOSE_ARRAY) {
-        const text = this.take(chunk, at);
-        if (text.trim() !== '') this.onRow(this.toRow(parse(text)));
-        else if (byte === COMMA || this.rowsSeen) throw new MalformedODataError('an empty entry in "value"');
+        const text = this.entryText(chunk, at);
+        if (text !== undefined) this.parseEntry(text, byte);
         this.endEntry(at, byte);
         return at;
       }
@@ -173,6 +172,37 @@ export class ODataRowScanner<T = unknown> {
       throw new MalformedODataError('text after the "value" array where a comma or a brace belongs');
     }
     return at;
+  }
+
+  /**
+   * The text of the entry of `value` that ends at `at`, and forgets it; undefined when the reader took it
+   * instead. A row over several chunks is offered to the reader once joined (the reader reads a row in
+   * one buffer): with chunks of a few kilobytes, that is one row in ten of an export.
+   */
+  private entryText(chunk: Buffer, at: number): string | undefined {
+    if (!this.reader || this.parts.length === 0) return this.take(chunk, at);
+    const bytes = Buffer.concat([...this.parts, chunk.subarray(this.start, at)]);
+    this.parts = [];
+    return this.readJoined(this.reader, bytes) ? undefined : bytes.toString('utf8');
+  }
+
+  /** Whether the reader took the row that is all of `bytes` (but whitespace around it). */
+  private readJoined(reader: RowReader<T>, bytes: Buffer): boolean {
+    let from = 0;
+    while (from < bytes.length && isWhitespace(bytes[from] as number)) from++;
+    if (bytes[from] !== OPEN_OBJECT) return false;
+    let end = reader.read(bytes, from);
+    if (end < 0) return false;
+    while (end < bytes.length && isWhitespace(bytes[end] as number)) end++;
+    if (end !== bytes.length) return false;
+    this.onRow(reader.value);
+    return true;
+  }
+
+  /** Parses an entry of `value` that ends with `separator`; only the last may be empty (`[]`). */
+  private parseEntry(text: string, separator: number): void {
+    if (text.trim() !== '') this.onRow(this.toRow(parse(text)));
+    else if (separator === COMMA || this.rowsSeen) throw new MalformedODataError('an empty entry in "value"');
   }
 
   /** After the `,` or `]` at `at` that ends an entry of `value`. */

@@ -106,10 +106,17 @@ function page(rows: readonly string[]): string {
   return `{"@odata.context":"https://api.example/$metadata","value":[${rows.join(',')}],"@odata.nextLink":"https://api.example/next"}`;
 }
 
-/** The entries of `text` cut into chunks of `size` bytes, read with or without the byte reader. */
-function scan(text: string, size: number, reader?: BulkRowReader): BulkRowEntry[] {
+/**
+ * The entries of `text` cut into chunks of `size` bytes, read with or without the byte reader; `parsed`
+ * counts the rows parsed whole.
+ */
+function scan(text: string, size: number, reader?: BulkRowReader, parsed = { rows: 0 }): BulkRowEntry[] {
   const rows: BulkRowEntry[] = [];
-  const scanner = new ODataRowScanner<BulkRowEntry>((row) => rows.push(row), bulkRowEntry, reader);
+  const toRow = (raw: unknown): BulkRowEntry => {
+    parsed.rows++;
+    return bulkRowEntry(raw);
+  };
+  const scanner = new ODataRowScanner<BulkRowEntry>((row) => rows.push(row), toRow, reader);
   const bytes = Buffer.from(text, 'utf8');
   for (let at = 0; at < bytes.length; at += size) scanner.push(bytes.subarray(at, at + size));
   expect(scanner.end().members['@odata.nextLink']).toBe('https://api.example/next');
@@ -125,16 +132,6 @@ function thrown(action: () => unknown): string {
   return 'nothing thrown';
 }
 
-/** Counts the rows the reader took. */
-class CountingReader extends BulkRowReader {
-  taken = 0;
-  override read(bytes: Buffer, from: number): number {
-    const end = super.read(bytes, from);
-    if (end >= 0) this.taken++;
-    return end;
-  }
-}
-
 describe('BulkRowReader', () => {
   const usual: string[] = [];
   for (let device = 0; device < 30; device++) {
@@ -146,16 +143,16 @@ describe('BulkRowReader', () => {
   }
 
   it('should give the entries of the whole parse for export rows, and read them from their bytes', () => {
-    const reader = new CountingReader();
-    const expected = scan(page(usual), 1 << 20);
+    const whole = { rows: 0 };
+    const expected = scan(page(usual), 1 << 20, undefined, whole);
+    expect(whole.rows).toBe(usual.length);
     expect(expected.every((entry) => 'deviceId' in entry)).toBe(true);
-    expect(scan(page(usual), 1 << 20, reader)).toEqual(expected);
-    expect(reader.taken).toBe(usual.length);
-  });
-
-  it('should give the same entries for every chunking', () => {
-    const expected = scan(page(usual), 1 << 20);
-    for (const size of CHUNK_SIZES) expect(scan(page(usual), size, new BulkRowReader())).toEqual(expected);
+    for (const size of CHUNK_SIZES) {
+      const parsed = { rows: 0 };
+      expect(scan(page(usual), size, new BulkRowReader(), parsed)).toEqual(expected);
+      // Rows split over chunks are read too, once joined.
+      expect(parsed.rows).toBe(0);
+    }
   });
 
   it('should give the same entries and the same reasons for invalid rows as the whole parse for unusual rows', () => {
