@@ -6,6 +6,17 @@ import type { DeviceRecord, Machine } from './types';
  * the identity VMS enforces on (`vms.risk-scores`). A listed machine carries some thirty fields, ~1.1 KB of
  * JSON; every stage parses, validates and re-serialises what travels, so the rest stays with the poller.
  */
+/** The device identity VMS enforces on: required in every `vms.risk-scores` record. */
+export const VMS_IDENTITY_FIELDS = [
+  'computerDnsName',
+  'aadDeviceId',
+  'lastIpAddress',
+  'lastExternalIpAddress',
+  'ipAddresses',
+  'machineTags',
+  'rbacGroupName',
+] as const satisfies readonly (keyof DeviceRecord)[];
+
 export const DEVICE_RECORD_FIELDS = [
   'id',
   // Scoring inputs.
@@ -15,14 +26,7 @@ export const DEVICE_RECORD_FIELDS = [
   'onboardingStatus',
   'healthStatus',
   'lastSeen',
-  // The identity VMS enforces on.
-  'computerDnsName',
-  'aadDeviceId',
-  'lastIpAddress',
-  'lastExternalIpAddress',
-  'ipAddresses',
-  'machineTags',
-  'rbacGroupName',
+  ...VMS_IDENTITY_FIELDS,
 ] as const satisfies readonly (keyof DeviceRecord)[];
 
 /**

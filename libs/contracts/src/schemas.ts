@@ -1,3 +1,5 @@
+import { VMS_IDENTITY_FIELDS } from './device-record';
+
 /**
  * JSON Schemas (draft 2020-12 subset understood by ajv) of every message. Internal messages are
  * strict where the pipeline depends on a field and open (`additionalProperties: true`) where they carry
@@ -248,13 +250,7 @@ const scoredDeviceProperties = {
 } as const;
 const scoredDeviceRequired = [
   'deviceId',
-  'computerDnsName',
-  'aadDeviceId',
-  'lastIpAddress',
-  'lastExternalIpAddress',
-  'ipAddresses',
-  'machineTags',
-  'rbacGroupName',
+  ...VMS_IDENTITY_FIELDS,
   'score',
   'band',
   'criticalScore',
