@@ -5,7 +5,7 @@ import {
   type DeviceBatch,
   type EnrichedBatch,
   type EnrichedDevice,
-  type Machine,
+  type DeviceRecord,
   type TenantRecord,
 } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
@@ -109,7 +109,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     }
   }
 
-  const missing = (machines: Machine[], error: FetchError): EnrichedDevice[] =>
+  const missing = (machines: DeviceRecord[], error: FetchError): EnrichedDevice[] =>
     machines.map((machine) => ({ machine, vulnerabilities: null, fetchError: error }));
 
   async function perDevice(
@@ -125,7 +125,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     async function worker(): Promise<void> {
       for (let index = next++; index < batch.devices.length; index = next++) {
         if (signal?.aborted) return;
-        const machine = batch.devices[index] as Machine;
+        const machine = batch.devices[index] as DeviceRecord;
         if (tenantFailure) {
           devices[index] = { machine, vulnerabilities: null, fetchError: tenantFailure };
           fetches.inc({ mode: 'per-device', outcome: 'skipped' });
