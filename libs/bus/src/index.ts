@@ -21,3 +21,5 @@ export type {
   RunnerState,
 } from './runner';
 export { redactPayload, toDeadLetter } from './dead-letter';
+export { JavaCompatiblePartitioner, murmur2 } from './partitioner';
+export { crc32c, useFastCrc32c } from './crc32c';

@@ -1,6 +1,7 @@
-import { Partitioners, type IHeaders, type Kafka, type Producer } from 'kafkajs';
+import type { IHeaders, Kafka, Producer } from 'kafkajs';
 import { validateMessage, type ContractId, type ContractTypes } from '@urs/contracts';
 import { UrsError } from '@urs/resilience';
+import { JavaCompatiblePartitioner } from './partitioner';
 
 export interface OutboundMessage<T> {
   key: string;
@@ -37,7 +38,7 @@ function encode(contract: ContractId, value: unknown, json: string | undefined):
 
 export async function createPublisher(kafka: Kafka): Promise<Publisher> {
   const producer: Producer = kafka.producer({
-    createPartitioner: Partitioners.DefaultPartitioner,
+    createPartitioner: JavaCompatiblePartitioner,
     allowAutoTopicCreation: false,
   });
   await producer.connect();

@@ -11,10 +11,12 @@ export interface StackInfo {
   kafkaBrokers: string[];
   /** Whether the bench started the broker (and so stops it at the end). */
   startedKafka: boolean;
+  /** The broker's process when the local stack runs it (for its CPU time); undefined for an external broker. */
+  kafkaPid: number | undefined;
 }
 
 interface StackStatus {
-  kafka: { ready: boolean; brokers: string[] };
+  kafka: { ready: boolean; brokers: string[]; pid?: number };
   redis: { ready: boolean; url: string };
 }
 
@@ -41,7 +43,12 @@ export async function ensureStack(root: string, kafkaOnly: boolean): Promise<Sta
   ) as {
     kafkaBrokers: string;
   };
-  return { kafkaBrokers: up.kafkaBrokers.split(','), startedKafka: !before.kafka.ready };
+  const after = JSON.parse(await stackCommand(root, ['status', '--json'])) as StackStatus;
+  return {
+    kafkaBrokers: up.kafkaBrokers.split(','),
+    startedKafka: !before.kafka.ready,
+    kafkaPid: after.kafka.pid,
+  };
 }
 
 export async function stopStack(root: string): Promise<void> {

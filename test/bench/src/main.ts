@@ -180,6 +180,10 @@ function buildResults(
           cpuSec: Object.fromEntries(
             Object.entries(result.usage).map(([name, usage]) => [name, round(usage.cpuSec, 2)]),
           ),
+          windowMs: result.windowMs,
+          windowCpuSec: Object.fromEntries(
+            Object.entries(result.windowCpuSec).map(([name, cpu]) => [name, round(cpu, 2)]),
+          ),
           sim: {
             calls: result.sim.calls,
             peakConcurrency: result.sim.peakConcurrency,
@@ -250,10 +254,14 @@ async function main(): Promise<number> {
     log(`logs in ${runDir}`);
     const stack = await ensureStack(ROOT, options.redis === 'private');
     stackStarted = stack.startedKafka;
-    const redisUrl =
-      options.redis === 'private'
-        ? (await startPrivateRedis(group, ROOT, runDir)).url
-        : (process.env['REDIS_URL'] ?? 'redis://127.0.0.1:6379');
+    const infraPids: Record<string, number> = {};
+    if (stack.kafkaPid !== undefined) infraPids['kafka'] = stack.kafkaPid;
+    let redisUrl = process.env['REDIS_URL'] ?? 'redis://127.0.0.1:6379';
+    if (options.redis === 'private') {
+      const privateRedis = await startPrivateRedis(group, ROOT, runDir);
+      redisUrl = privateRedis.url;
+      infraPids['redis'] = privateRedis.child.pid;
+    }
     if (!/^redis:\/\/(127\.0\.0\.1|localhost)(:\d+)?\/?/.test(redisUrl))
       throw new Error(`the bench only talks to a loopback Redis, not ${redisUrl}`);
     const sim = await startSimulatorProcess(group, ROOT, runDir, {
@@ -261,6 +269,7 @@ async function main(): Promise<number> {
       jitterMs: options.jitterMs,
       quotas: false,
     });
+    infraPids['simulator'] = sim.child.pid;
     log(`simulator at ${sim.baseUrl}, Redis ${redisUrl}, Kafka ${stack.kafkaBrokers.join(',')}`);
     kafkaForCleanup = createBenchKafka(stack.kafkaBrokers, `bench-${runId}-cleanup`);
     const ctx: RunContext = {
@@ -273,6 +282,7 @@ async function main(): Promise<number> {
       redisUrl,
       privateRedis: options.redis === 'private',
       sim,
+      infraPids,
       log,
     };
     const pictures = new Map<string, string>();

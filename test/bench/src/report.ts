@@ -81,6 +81,10 @@ export interface BenchResults {
       devices: number;
       peakRssMb: Record<string, number>;
       cpuSec: Record<string, number>;
+      /** From the first registration to the last summary. */
+      windowMs: number;
+      /** CPU seconds of the services, the broker, Redis and the simulator within windowMs. */
+      windowCpuSec: Record<string, number>;
       sim: unknown;
     }
   >;
@@ -370,6 +374,21 @@ export function renderMarkdown(results: BenchResults): string {
     for (const [name, scenario] of scenarios) {
       lines.push(
         `| ${name} | ${scenario.devices} | ${services.map((service) => (scenario.peakRssMb[service] === undefined ? '–' : `${scenario.peakRssMb[service]} / ${scenario.cpuSec[service]}`)).join(' | ')} |`,
+      );
+    }    const processes = [...services, 'kafka', 'redis', 'simulator'];
+    lines.push(
+      '',
+      '## Where the two cores went: CPU (s) from the first registration to the last summary',
+      '',
+      `| scenario | window | ${processes.join(' | ')} | all | of 2 cores |`,
+      `|---|---|${processes.map(() => '---').join('|')}|---|---|`,
+    );
+    for (const [name, scenario] of scenarios) {
+      const cpu = scenario.windowCpuSec;
+      const all = Object.values(cpu).reduce((sum, value) => sum + (Number.isFinite(value) ? value : 0), 0);
+      const share = scenario.windowMs > 0 ? all / ((scenario.windowMs / 1000) * 2) : NaN;
+      lines.push(
+        `| ${name} | ${ms(scenario.windowMs)} | ${processes.map((process) => cpu[process] ?? '–').join(' | ')} | ${round(all, 1)} | ${round(share * 100, 0)} % |`,
       );
     }
   }

@@ -46,6 +46,8 @@ export interface RunContext {
   redisUrl: string;
   privateRedis: boolean;
   sim: SimulatorProcess;
+  /** Processes beside the services whose CPU the scenario reports (the broker, the private Redis, the simulator). */
+  infraPids: Record<string, number>;
   log: (line: string) => void;
 }
 
@@ -75,6 +77,12 @@ export interface ScenarioResult {
   sim: SimStats;
   samples: StatsSample[];
   usage: Partial<Record<ServiceName, ProcessUsage>>;
+  /**
+   * CPU seconds of each service and of the broker, Redis and the simulator from the first registration
+   * to the last summary: where the two cores went while the cycles ran (start-up not included).
+   */
+  windowCpuSec: Record<string, number>;
+  windowMs: number;
   kafka: Record<string, TopicTotals>;
   redisCalls: Record<string, number>;
   /** Dead letters written during the scenario (should be 0). */
@@ -147,6 +155,16 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
       await ctx.sim.addTenant({ ...tenant, seed: 1_000 + index });
     }
     const redisBefore = ctx.privateRedis ? await commandStats(ctx.redisUrl) : {};
+    const live = pipeline;
+    const cpuNow = (): Record<string, number> => {
+      const pids: [string, number][] = [
+        ...[...live.children].map(([name, child]): [string, number] => [name, child.pid]),
+        ...Object.entries(ctx.infraPids),
+      ];
+      return Object.fromEntries(pids.map(([name, pid]) => [name, processUsage(pid)?.cpuSec ?? NaN]));
+    };
+    const cpuBefore = cpuNow();
+    const windowStart = Date.now();
     await ctx.sim.resetStats();
     sampler = ctx.sim.sample(spec.sampleMs);
     const cycles = createCycleStore(redis, redisPrefix);
@@ -179,11 +197,15 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
       if (spec.staggerMs > 0) await sleep(spec.staggerMs);
     }
     await Promise.all(injections);
-    const live = pipeline;
     const summaries = await watcher.waitFor(
       tenants.map((tenant) => tenant.tenantId),
       spec.timeoutMs,
       () => live.crashed(),
+    );
+    const windowMs = Date.now() - windowStart;
+    const cpuAfter = cpuNow();
+    const windowCpuSec = Object.fromEntries(
+      Object.entries(cpuAfter).map(([name, cpu]) => [name, cpu - (cpuBefore[name] ?? NaN)]),
     );
     await sleep(500);
     const samples = await sampler.stop();
@@ -212,6 +234,8 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
       sim,
       samples,
       usage,
+      windowCpuSec,
+      windowMs,
       kafka: events.totals,
       redisCalls,
       deadLetters: events.totals[topics.dlq]?.messages ?? 0,
