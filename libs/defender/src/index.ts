@@ -18,7 +18,7 @@ export { createSharedLimiter, createLocalLimiter } from './limiter';
 export { withSlotHandOff } from './handoff';
 export type { SlotHandOffOptions } from './handoff';
 export type { CallLimiter, SharedLimiterOptions } from './limiter';
-export { createApiCaller, parseRetryAfterMs } from './http';
+export { createApiCaller, environmentHasProxy, parseRetryAfterMs } from './http';
 export type { ApiCaller, ApiCallerOptions, ApiResult } from './http';
 export {
   parseMachine,

@@ -1,5 +1,37 @@
-import { Agent } from 'node:https';
+import { Agent, type AgentOptions } from 'node:https';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { createSecureContext, rootCertificates } from 'node:tls';
+
+/**
+ * TCP keep-alive probe delay of the agent's connections, ms: the value axios also sets on every request's
+ * socket, so the two agree (see KeepAliveOnceAgent).
+ */
+export const TCP_KEEPALIVE_DELAY_MS = 60_000;
+
+/**
+ * An https agent whose sockets change their TCP keep-alive setting only when it really changes. Node's agent
+ * sets it each time it takes a socket back, axios each time it hands one a request: two `setsockopt`
+ * system calls per call, ~3.5 % of the vuln-fetcher's CPU at 200 calls/s. Same setting, one call per
+ * connection.
+ */
+class KeepAliveOnceAgent extends Agent {
+  override createConnection(
+    options: Parameters<Agent['createConnection']>[0],
+    callback?: Parameters<Agent['createConnection']>[1],
+  ): Duplex {
+    const socket = super.createConnection(options, callback) as Socket;
+    const setKeepAlive = socket.setKeepAlive;
+    let current: string | undefined;
+    socket.setKeepAlive = function setKeepAliveOnce(enable?: boolean, initialDelay?: number) {
+      const wanted = `${String(enable ?? false)}/${initialDelay ?? 0}`;
+      if (wanted === current) return this;
+      current = wanted;
+      return setKeepAlive.call(this, enable, initialDelay);
+    };
+    return socket;
+  }
+}
 
 export interface HttpsAgentOptions {
   /**
@@ -19,8 +51,9 @@ export interface HttpsAgentOptions {
 export function createHttpsAgent(options: HttpsAgentOptions = {}): Agent {
   const extra =
     options.extraCa === undefined ? [] : Array.isArray(options.extraCa) ? options.extraCa : [options.extraCa];
-  return new Agent({
+  const agentOptions: AgentOptions = {
     keepAlive: true,
+    keepAliveMsecs: TCP_KEEPALIVE_DELAY_MS,
     maxSockets: options.maxSockets ?? 16,
     maxFreeSockets: options.maxSockets ?? 16,
     // A `ca` option replaces the default trust store, so the system roots go along with the extras. They
@@ -29,5 +62,6 @@ export function createHttpsAgent(options: HttpsAgentOptions = {}): Agent {
     ...(extra.length > 0
       ? { secureContext: createSecureContext({ ca: [...rootCertificates, ...extra] }) }
       : {}),
-  });
+  };
+  return new KeepAliveOnceAgent(agentOptions);
 }

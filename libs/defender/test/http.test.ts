@@ -1,4 +1,4 @@
-import { parseRetryAfterMs } from '../src';
+import { environmentHasProxy, parseRetryAfterMs } from '../src';
 
 describe('parseRetryAfterMs', () => {
   it('parseRetryAfterMs should read seconds', () => {
@@ -16,5 +16,16 @@ describe('parseRetryAfterMs', () => {
     expect(parseRetryAfterMs(undefined)).toBeUndefined();
     expect(parseRetryAfterMs('')).toBeUndefined();
     expect(parseRetryAfterMs('soon')).toBeUndefined();
+  });
+});
+
+describe('environmentHasProxy', () => {
+  it('environmentHasProxy should see a proxy axios would use, in either case, and nothing else', () => {
+    expect(environmentHasProxy({})).toBe(false);
+    expect(environmentHasProxy({ NO_PROXY: '*', HTTPS_PROXY: '' })).toBe(false);
+    expect(environmentHasProxy({ HTTPS_PROXY: 'http://proxy:3128' })).toBe(true);
+    expect(environmentHasProxy({ https_proxy: 'http://proxy:3128' })).toBe(true);
+    expect(environmentHasProxy({ http_proxy: 'proxy:3128' })).toBe(true);
+    expect(environmentHasProxy({ ALL_PROXY: 'socks5://proxy:1080' })).toBe(true);
   });
 });

@@ -1,6 +1,8 @@
 import { get } from 'node:https';
 import type { Agent } from 'node:https';
+import net from 'node:net';
 import tls from 'node:tls';
+import axios from 'axios';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { createHttpsAgent } from '../src';
 
@@ -63,6 +65,30 @@ describe('createHttpsAgent', () => {
         code: expect.stringMatching(/CERT|SIGNATURE|SELF_SIGNED|ISSUER/),
       });
     } finally {
+      agent.destroy();
+    }
+  });
+
+  it('createHttpsAgent should set TCP keep-alive once per connection, not on every request', async () => {
+    const setKeepAlive = jest.spyOn(net.Socket.prototype, 'setKeepAlive');
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const sockets = new Set<unknown>();
+    try {
+      // axios sets keep-alive on each request's socket and the agent on each socket it takes back.
+      const http = axios.create({ httpsAgent: agent, proxy: false });
+      for (let i = 0; i < 5; i++) {
+        const response = await http.get(`${sim.baseUrl}/_sim/info`);
+        sockets.add(response.request.socket);
+        expect(response.status).toBe(200);
+      }
+      expect(sockets.size).toBe(1);
+      expect(setKeepAlive.mock.calls).toEqual([[true, 60_000]]);
+      // A real change still goes through.
+      const [socket] = [...sockets] as net.Socket[];
+      socket?.setKeepAlive(false);
+      expect(setKeepAlive.mock.calls).toEqual([[true, 60_000], [false, undefined]]);
+    } finally {
+      setKeepAlive.mockRestore();
       agent.destroy();
     }
   });
