@@ -9,10 +9,10 @@ export interface OutboundMessage<T> {
   value: T | null;
   /**
    * `value` already serialised, when the producer built that text anyway (e.g. from parts it also
-   * stores elsewhere): it must be `JSON.stringify(value)`. The value is still validated; the text is
-   * sent as it is instead of serialising the value again.
+   * stores elsewhere): `JSON.stringify(value)`, or JSON bytes of the same value (`jsonBatchBytes`). The
+   * value is still validated; the text is sent as it is instead of serialising the value again.
    */
-  json?: string;
+  json?: string | Buffer;
   headers?: IHeaders;
 }
 
@@ -31,7 +31,7 @@ export interface Publisher {
 export class BusError extends UrsError {}
 
 /** Validates a value against its contract and answers its JSON (the given text when there is one). */
-function encode(contract: ContractId, value: unknown, json: string | undefined): string {
+function encode(contract: ContractId, value: unknown, json: string | Buffer | undefined): string | Buffer {
   const valid = validateMessage(contract, value);
   return json ?? JSON.stringify(valid);
 }

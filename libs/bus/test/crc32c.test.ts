@@ -1,9 +1,11 @@
 import { spawnSync } from 'node:child_process';
-import { crc32c, useFastCrc32c } from '@urs/bus';
+import { crc32c } from '@urs/bus';
 
 // KafkaJS's own byte-at-a-time CRC-32C: the reference.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-const kafkajsCrc32c = require('kafkajs/src/protocol/recordBatch/crc32C/crc32C.js') as (bytes: Buffer) => number;
+const kafkajsCrc32c = require('kafkajs/src/protocol/recordBatch/crc32C/crc32C.js') as (
+  bytes: Buffer,
+) => number;
 
 function bytes(length: number, seed: number): Buffer {
   const out = Buffer.alloc(length);
@@ -54,7 +56,12 @@ describe('useFastCrc32c', () => {
       });`;
     const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
     expect(run.stderr).toBe('');
-    expect(JSON.parse(run.stdout)).toEqual({ installed: true, encoderUsed: true, again: true, matches: true });
+    expect(JSON.parse(run.stdout)).toEqual({
+      installed: true,
+      encoderUsed: true,
+      again: true,
+      matches: true,
+    });
 
     const late = `
       require('kafkajs/src/protocol/recordBatch/v0');

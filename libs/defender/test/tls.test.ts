@@ -86,7 +86,10 @@ describe('createHttpsAgent', () => {
       // A real change still goes through.
       const [socket] = [...sockets] as net.Socket[];
       socket?.setKeepAlive(false);
-      expect(setKeepAlive.mock.calls).toEqual([[true, 60_000], [false, undefined]]);
+      expect(setKeepAlive.mock.calls).toEqual([
+        [true, 60_000],
+        [false, undefined],
+      ]);
     } finally {
       setKeepAlive.mockRestore();
       agent.destroy();

@@ -1,4 +1,4 @@
-import type { Publisher } from '@urs/bus';
+import { jsonBatchBytes, type Publisher } from '@urs/bus';
 import { toDeviceRecord, type DeviceBatch, type DeviceRecord, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
@@ -94,8 +94,8 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       await deps.cycles.begin({ tenantId, cycleId, startedAt: cycleStartedAt, deadlineAt });
       begun = true;
     }
-    const batch: DeviceBatch = {
-      schemaVersion: 1,
+    const header = {
+      schemaVersion: 1 as const,
       tenantId,
       cycleId,
       cycleStartedAt,
@@ -104,9 +104,16 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       ...(last ? { totalBatches: batchIndex + 1, totalDevices } : {}),
       vulnerabilityMode: mode ?? 'per-device',
       cvssThreshold,
-      devices,
     };
-    await deps.publisher.send(deps.deviceBatchesTopic, 'urs/device-batch', [{ key: tenantId, value: batch }]);
+    const batch: DeviceBatch = { ...header, devices };
+    const json = jsonBatchBytes(
+      header,
+      'devices',
+      devices.map((device) => JSON.stringify(device)),
+    );
+    await deps.publisher.send(deps.deviceBatchesTopic, 'urs/device-batch', [
+      { key: tenantId, value: batch, json },
+    ]);
     batchIndex++;
   }
 

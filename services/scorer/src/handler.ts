@@ -1,4 +1,4 @@
-import type { MessageHandler, Publisher } from '@urs/bus';
+import { jsonBatchBytes, type MessageHandler, type Publisher } from '@urs/bus';
 import { cycleBatchHeader, type EnrichedBatch, type ScoreBatch } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { scoreDevice } from '@urs/scoring';
@@ -16,12 +16,6 @@ export interface ScoreHandlerDeps {
   logger: Logger;
   metrics: Registry;
   now?: () => Date;
-}
-
-/** `JSON.stringify(batch)` from its devices' JSON (`devices` is the batch's last field). */
-function batchJson(batch: ScoreBatch, deviceJson: readonly string[]): string {
-  const { devices: _devices, ...rest } = batch;
-  return `${JSON.stringify(rest).slice(0, -1)},"devices":[${deviceJson.join(',')}]}`;
 }
 
 /**
@@ -57,8 +51,9 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
       return toScoredDevice(device, scoreDevice(device.machine, vulnerabilities, profile, cycleStartMs));
     });
     const scoredAt = now().toISOString();
-    // Each device is serialised once, for the stored score and for the emitted batch alike.
-    const deviceJson = devices.map((device) => JSON.stringify(device));
+    // Each device is serialised once, for the stored score and for the emitted batch alike, as bytes
+    // (see jsonBatchBytes).
+    const deviceJson = devices.map((device) => Buffer.from(JSON.stringify(device)));
     const saved = await deps.scores.saveScores(
       batch.tenantId,
       {
@@ -70,14 +65,10 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
       devices,
       deviceJson,
     );
-    const out: ScoreBatch = {
-      ...cycleBatchHeader(batch),
-      collectedAt: batch.collectedAt,
-      scoredAt,
-      devices,
-    };
+    const header = { ...cycleBatchHeader(batch), collectedAt: batch.collectedAt, scoredAt };
+    const out: ScoreBatch = { ...header, devices };
     await deps.publisher.send(deps.topic, 'urs/score-batch', [
-      { key: batch.tenantId, value: out, json: batchJson(out, deviceJson) },
+      { key: batch.tenantId, value: out, json: jsonBatchBytes(header, 'devices', deviceJson) },
     ]);
     for (const device of devices) scored.inc({ band: device.band });
     if (saved.skipped.length > 0) stale.inc({}, saved.skipped.length);

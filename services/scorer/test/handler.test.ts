@@ -81,8 +81,9 @@ function enriched(overrides: Partial<EnrichedBatch> = {}): EnrichedBatch {
 
 function setup(records: TenantRecord[] = []) {
   const sent: ScoreBatch[] = [];
-  const sentJson: (string | undefined)[] = [];
-  const saved: { tenantId: string; devices: ScoredDevice[]; deviceJson?: readonly string[] }[] = [];
+  const sentJson: (string | Buffer | undefined)[] = [];
+  const saved: { tenantId: string; devices: ScoredDevice[]; deviceJson?: readonly (string | Buffer)[] }[] =
+    [];
   const publisher: Publisher = {
     send: async (_topic, _contract, messages) => {
       for (const m of messages) {
@@ -119,8 +120,10 @@ describe('createScoreHandler', () => {
   it('should serialise each device once: the stored and the emitted JSON are exactly the values', async () => {
     const { handler, sent, sentJson, saved } = setup([tenantRecord('t1', 1, null)]);
     await handler(inbound(enriched()));
-    expect(sentJson[0]).toBe(JSON.stringify(sent[0]));
-    expect(saved[0]?.deviceJson).toEqual(saved[0]?.devices.map((device) => JSON.stringify(device)));
+    expect(sentJson[0]?.toString()).toBe(JSON.stringify(sent[0]));
+    expect(saved[0]?.deviceJson?.map(String)).toEqual(
+      saved[0]?.devices.map((device) => JSON.stringify(device)),
+    );
   });
 
   it('should score with the tenant profile, age lastSeen against the cycle start, and keep the header', async () => {

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { MessageHandler, Publisher } from '@urs/bus';
+import { jsonBatchBytes, type MessageHandler, type Publisher } from '@urs/bus';
 import {
   cycleBatchHeader,
   type DeviceBatch,
@@ -319,13 +319,20 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       }
       enrichment = result;
     }
-    const enriched: EnrichedBatch = {
+    const header = {
       ...cycleBatchHeader(batch),
       vulnerabilityMode: batch.vulnerabilityMode,
       collectedAt: enrichment.collectedAt.toISOString(),
-      devices: enrichment.devices,
     };
-    await deps.publisher.send(deps.topic, 'urs/enriched-batch', [{ key: batch.tenantId, value: enriched }]);
+    const enriched: EnrichedBatch = { ...header, devices: enrichment.devices };
+    const json = jsonBatchBytes(
+      header,
+      'devices',
+      enrichment.devices.map((device) => JSON.stringify(device)),
+    );
+    await deps.publisher.send(deps.topic, 'urs/enriched-batch', [
+      { key: batch.tenantId, value: enriched, json },
+    ]);
     batches.inc({ mode: batch.vulnerabilityMode });
     const failed = enrichment.devices.filter((device) => device.vulnerabilities === null).length;
     log.info('batch enriched', { devices: enrichment.devices.length, failed, mode: batch.vulnerabilityMode });

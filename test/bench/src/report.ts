@@ -375,7 +375,8 @@ export function renderMarkdown(results: BenchResults): string {
       lines.push(
         `| ${name} | ${scenario.devices} | ${services.map((service) => (scenario.peakRssMb[service] === undefined ? '–' : `${scenario.peakRssMb[service]} / ${scenario.cpuSec[service]}`)).join(' | ')} |`,
       );
-    }    const processes = [...services, 'kafka', 'redis', 'simulator'];
+    }
+    const processes = [...services, 'kafka', 'redis', 'simulator'];
     lines.push(
       '',
       '## Where the two cores went: CPU (s) from the first registration to the last summary',
