@@ -4,6 +4,7 @@ import type { Logger } from '@urs/logging';
 import type { CycleStore, PublishedStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { CycleCompletion } from './completion';
+import { createInOrder } from './in-order';
 import { batchStats, vmsRecord } from './records';
 
 export interface PublishHandlerDeps {
@@ -35,9 +36,18 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     'urs_vms_records_total',
     'Records produced to vms.risk-scores, by kind.',
   );
-  return async (message) => {
+  // Two batches of a tenant may be handed over at once (the runner orders by key, two at a time, so the
+  // next batch is decoded and validated while this one waits on Redis and Kafka); their effects still
+  // run one batch at a time, in offset order, so a device's record is never produced by two batches at
+  // once and what `changed` reads is what the batch before committed.
+  const inOrder = createInOrder();
+  return (message) => {
     const batch = message.value;
-    if (batch === null) return;
+    if (batch === null) return Promise.resolve();
+    return inOrder(batch.tenantId, () => publishBatch(batch));
+  };
+
+  async function publishBatch(batch: ScoreBatch): Promise<void> {
     const log = deps.logger.child({
       tenantId: batch.tenantId,
       cycleId: batch.cycleId,
@@ -79,5 +89,5 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
       },
       state,
     );
-  };
+  }
 }

@@ -6,6 +6,9 @@ import { createCycleCompletion } from './completion';
 import { publisherConfig } from './config';
 import { createPublishHandler } from './handler';
 
+/** Scored batches of a partition accepted and not yet published (ordering 'key'); one is ~0.9 MB. */
+const SCORE_BATCHES_BUFFERED = 20;
+
 void runService({
   name: 'publisher',
   defaultMetricsPort: 9104,
@@ -31,6 +34,11 @@ void runService({
       groupId: own.groupId,
       sessionTimeoutMs: own.sessionTimeoutMs,
       partitionsConsumedConcurrently: own.partitionsConcurrency,
+      // Batches ordered per tenant (the key), two at a time: the next one is decoded and validated while
+      // the one before waits on Redis and Kafka (the handler still runs their effects one after the other),
+      // and a tenant whose batch waits on retries does not hold up the tenants sharing its partition.
+      ordering: 'key',
+      maxBufferedPerPartition: SCORE_BATCHES_BUFFERED,
       subscriptions: [
         {
           topic: config.topics.deviceScores,
