@@ -13,7 +13,7 @@
 //   URS_DEMO_LOG_DIR           where each process's log goes, default .demo/logs
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -160,6 +160,8 @@ async function startServices(sim) {
     URS_POLL_INTERVAL_UNIT_MS: String(intervalUnitMs),
     URS_POLL_BATCH_SIZE: '250',
   };
+  // The Node flags each stage is deployed with (the same as its docker-compose command).
+  const NODE_FLAGS = JSON.parse(readFileSync(path.join(ROOT, 'deploy/node-flags.json'), 'utf8'));
   const isStarted = (line) => (line.message === 'started' ? line : undefined);
   // The registrar first: it creates the topics, and its REST port is needed to register the tenants.
   let httpPort;
@@ -168,7 +170,9 @@ async function startServices(sim) {
     return isStarted(line);
   });
   await Promise.all(
-    SERVICES.slice(1).map((name) => startProcess(name, [`services/${name}/dist/main.js`], common, isStarted)),
+    SERVICES.slice(1).map((name) =>
+      startProcess(name, [...(NODE_FLAGS[name] ?? []), `services/${name}/dist/main.js`], common, isStarted),
+    ),
   );
   return `http://127.0.0.1:${httpPort}`;
 }

@@ -49,17 +49,24 @@ describe('docker-compose.yml', () => {
   test.each(services.filter(([, s]) => s.command?.[0] === 'node'))(
     'service %s should run a script the image compiles from this repository',
     (_name, service) => {
-      const script = service.command?.[1] ?? '';
+      // The script is the first argument that is not a Node flag.
+      const script = service.command?.slice(1).find((arg) => !arg.startsWith('--')) ?? '';
       expect(fs.existsSync(path.join(root, sourceOf(script)))).toBe(true);
       expect(service.image).toBe('defender-urs:local');
       expect(service.build).toEqual({ context: '.', dockerfile: 'Dockerfile' });
     },
   );
 
-  test('every stage should run its own service entry with the bus, the store and the simulator', () => {
+  test('every stage should run its own service entry, with its Node flags, the bus, the store and the simulator', () => {
+    const nodeFlags = JSON.parse(read('deploy/node-flags.json')) as Record<string, string[]>;
+    expect(Object.keys(nodeFlags).every((stage) => stages.includes(stage))).toBe(true);
     for (const stage of stages) {
       const service = compose.services[stage];
-      expect(service?.command).toEqual(['node', `services/${stage}/dist/main.js`]);
+      expect(service?.command).toEqual([
+        'node',
+        ...(nodeFlags[stage] ?? []),
+        `services/${stage}/dist/main.js`,
+      ]);
       expect(service?.environment).toMatchObject({
         KAFKA_BROKERS: 'kafka:9092',
         REDIS_URL: 'redis://redis:6379',

@@ -1,9 +1,22 @@
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { freePort } from './infra';
 import type { Child, ProcessGroup } from './procs';
 import { tail } from './procs';
+
+/**
+ * The Node flags a stage is deployed with (`deploy/node-flags.json`, the same as its docker-compose
+ * command), so the bench measures the services as they run.
+ */
+function nodeFlags(root: string, name: ServiceName): string[] {
+  const flags = JSON.parse(readFileSync(join(root, 'deploy/node-flags.json'), 'utf8')) as Record<
+    string,
+    string[]
+  >;
+  return flags[name] ?? [];
+}
 
 export const SERVICES = ['registrar', 'poller', 'vuln-fetcher', 'scorer', 'publisher'] as const;
 export type ServiceName = (typeof SERVICES)[number];
@@ -130,7 +143,11 @@ export async function startPipeline(group: ProcessGroup, options: PipelineOption
     const child = group.spawn({
       name,
       command: process.execPath,
-      args: [...profile, join(options.root, 'services', name, 'dist/main.js')],
+      args: [
+        ...nodeFlags(options.root, name),
+        ...profile,
+        join(options.root, 'services', name, 'dist/main.js'),
+      ],
       env,
       cwd: options.root,
       logFile: join(options.runDir, `${options.scenario}.${name}.log`),
