@@ -1,15 +1,15 @@
 import { Kafka, logLevel as KafkaLogLevel, type LogEntry, type SASLOptions } from 'kafkajs';
 import type { KafkaConfig } from '@urs/config';
 import type { Logger } from '@urs/logging';
-import { useFastCrc32c } from './crc32c';
+import { applyKafkaJsFixes } from './kafkajs-fixes';
 
 /**
  * A KafkaJS client whose own log lines go through our logger. KafkaJS logs routine rebalances at
- * ERROR, so only WARN and above are forwarded, as warnings. Its record batches are checksummed with
- * our `crc32c` (see useFastCrc32c).
+ * ERROR, so only WARN and above are forwarded, as warnings. KafkaJS 2.2.4's idle timer loop and slow
+ * checksum are fixed first (applyKafkaJsFixes).
  */
 export function createKafka(config: KafkaConfig, logger: Logger): Kafka {
-  useFastCrc32c();
+  applyKafkaJsFixes();
   const log = logger.child({ component: 'kafkajs' });
   return new Kafka({
     clientId: config.clientId,

@@ -1,0 +1,91 @@
+import { applyKafkaJsFixes } from '@urs/bus';
+
+// KafkaJS's per-connection request queue, as its connections use it.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const RequestQueue = require('kafkajs/src/network/requestQueue/index.js') as new (options: object) => {
+  pending: unknown[];
+  inflight: Map<number, unknown>;
+  throttledUntil: number;
+  throttleCheckTimeoutId: NodeJS.Timeout | null;
+  push(request: object): void;
+  maybeThrottle(ms: number): void;
+  checkPendingRequests(): void;
+  scheduleCheckPendingRequests(): void;
+  destroy(): void;
+};
+
+const logger = {
+  debug: () => undefined,
+  info: () => undefined,
+  warn: () => undefined,
+  error: () => undefined,
+};
+
+function queue() {
+  return new RequestQueue({
+    maxInFlightRequests: 1,
+    requestTimeout: 30_000,
+    enforceRequestTimeout: false,
+    clientId: 'test',
+    broker: 'broker:9092',
+    logger,
+  });
+}
+
+function request(correlationId: number, sendRequest: () => void) {
+  return {
+    entry: { correlationId, apiKey: 1, apiName: 'Fetch', apiVersion: 11 },
+    expectResponse: true,
+    sendRequest,
+  };
+}
+
+beforeAll(() => {
+  expect(applyKafkaJsFixes()).toEqual({ requestQueue: true, crc32c: expect.any(Boolean) });
+});
+
+afterEach(() => jest.useRealTimers());
+
+describe('applyKafkaJsFixes', () => {
+  it('should leave an idle connection without a timer (KafkaJS 2.2.4 looped every millisecond)', () => {
+    const idle = queue();
+    idle.scheduleCheckPendingRequests();
+    expect(idle.throttleCheckTimeoutId).toBeNull();
+    idle.checkPendingRequests();
+    expect(idle.throttleCheckTimeoutId).toBeNull();
+    idle.destroy();
+  });
+
+  it('should still send a request that waited for the broker throttle once the throttle ends', () => {
+    jest.useFakeTimers({ now: 1_000_000 });
+    const throttled = queue();
+    throttled.maybeThrottle(50);
+    const sent = jest.fn();
+    throttled.push(request(1, sent));
+    expect(sent).not.toHaveBeenCalled();
+    expect(throttled.pending).toHaveLength(1);
+    jest.advanceTimersByTime(49);
+    expect(sent).not.toHaveBeenCalled();
+    jest.advanceTimersByTime(1);
+    expect(sent).toHaveBeenCalledTimes(1);
+    expect(throttled.pending).toHaveLength(0);
+    expect(throttled.throttleCheckTimeoutId).toBeNull();
+    throttled.destroy();
+  });
+
+  it('should look again after 10 ms at a request waiting behind the in-flight limit', () => {
+    jest.useFakeTimers({ now: 1_000_000 });
+    const busy = queue();
+    const first = jest.fn();
+    const second = jest.fn();
+    busy.push(request(1, first));
+    busy.push(request(2, second));
+    expect(first).toHaveBeenCalledTimes(1);
+    expect(second).not.toHaveBeenCalled();
+    // The first answer arrives (as fulfillRequest would record it): the next look sends the second.
+    busy.inflight.delete(1);
+    jest.advanceTimersByTime(10);
+    expect(second).toHaveBeenCalledTimes(1);
+    busy.destroy();
+  });
+});
