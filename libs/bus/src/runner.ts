@@ -1,4 +1,5 @@
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
+import { compileContracts } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { DEFAULT_RETRY_POLICY, UrsError, type RetryPolicy } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
@@ -115,6 +116,11 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
       },
     );
   }
+  // Validators compiled before the first message, not by it (and with it, the dead-letter contract).
+  compileContracts([
+    ...options.subscriptions.map((subscription) => subscription.contract),
+    'urs/dead-letter',
+  ]);
   const settle = createMessageProcessor({
     service: options.service,
     subscriptions: new Map(options.subscriptions.map((subscription) => [subscription.topic, subscription])),

@@ -41,7 +41,7 @@ export {
   vmsRiskSummarySchema,
   deadLetterSchema,
 } from './schemas';
-export { ContractError, validateMessage, checkMessage } from './validate';
+export { ContractError, compileContracts, validateMessage, checkMessage } from './validate';
 export type { ContractId, ContractTypes } from './validate';
 export { cycleBatchHeader } from './header';
 export { DEVICE_RECORD_FIELDS, toDeviceRecord } from './device-record';

@@ -1,5 +1,7 @@
 import {
   checkMessage,
+  compileContracts,
+  type ContractId,
   validateMessage,
   type DeviceBatch,
   type DeviceRecord,
@@ -70,5 +72,25 @@ describe('checkMessage', () => {
     };
     const fields = checkMessage('urs/tenant-registration', bad).map((violation) => violation.field);
     expect(fields).toEqual(expect.arrayContaining(['tenantId', 'defender.clientId', 'defender.cloud']));
+  });
+});
+
+describe('compileContracts', () => {
+  it('should compile the validators of every contract up front, and refuse a contract it does not know', () => {
+    const all: ContractId[] = [
+      'urs/tenant-registration',
+      'urs/registration-push',
+      'urs/tenant-record',
+      'urs/device-batch',
+      'urs/enriched-batch',
+      'urs/score-batch',
+      'urs/vms-risk-score',
+      'urs/vms-risk-summary',
+      'urs/dead-letter',
+    ];
+    expect(() => compileContracts(all)).not.toThrow();
+    expect(() => compileContracts(['urs/no-such-contract' as ContractId])).toThrow(
+      'no schema urs/no-such-contract',
+    );
   });
 });
