@@ -3,8 +3,8 @@ import { Module } from 'node:module';
 /**
  * CRC-32C (Castagnoli), the checksum of every Kafka record batch, computed eight bytes at a time
  * ("slicing-by-8") instead of KafkaJS's one byte at a time. KafkaJS checksums each batch it produces
- * in JavaScript; at one record per device that was ~4 % of a producing service's CPU, and this is
- * ~4× cheaper per byte.
+ * in JavaScript; at one record per device that was ~3–5 % of a producing service's CPU, and this is
+ * ~2.4× cheaper per byte (1 MB: 2.6 → 1.1 ms).
  */
 const POLYNOMIAL = 0x82f63b78;
 
@@ -64,7 +64,7 @@ const KAFKAJS_CRC32C = 'kafkajs/src/protocol/recordBatch/crc32C/index.js';
  * Makes KafkaJS's record batch encoder use `crc32c` above: its checksum module is entered in Node's
  * module cache with this function as its export (the same contract: bytes in, unsigned CRC-32C out).
  * KafkaJS loads that module lazily, when a producer first sends, so this must run before any producer
- * sends; `createKafka` runs it. Answers whether KafkaJS will use it (false if its
+ * sends; `applyKafkaJsFixes` (run by `createKafka`) runs it. Answers whether KafkaJS will use it (false if its
  * encoder was loaded before, or if the installed KafkaJS has no such module).
  */
 export function useFastCrc32c(): boolean {

@@ -24,3 +24,16 @@ export function jsonBatchBytes(
   parts.push(CLOSE);
   return Buffer.concat(parts);
 }
+
+/**
+ * A batch message (`{...header, devices}`) with its JSON built by `jsonBatchBytes` from each device's
+ * JSON: `deviceJson` when the caller serialised the devices already (in their order), else made here.
+ */
+export function deviceBatchMessage<H extends Record<string, unknown>, D>(
+  key: string,
+  header: H,
+  devices: D[],
+  deviceJson: readonly (string | Buffer)[] = devices.map((device) => JSON.stringify(device)),
+): { key: string; value: H & { devices: D[] }; json: Buffer } {
+  return { key, value: { ...header, devices }, json: jsonBatchBytes(header, 'devices', deviceJson) };
+}

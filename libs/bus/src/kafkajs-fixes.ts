@@ -18,7 +18,7 @@ interface RequestQueueLike {
  * later look at the queue only when requests wait in it, when the broker's throttle ends or after 10 ms.
  * KafkaJS 2.2.4 also schedules one when nothing waits, with a negative delay, so every connection runs a
  * 1 ms timer loop for as long as it is open: ~1,500 event-loop wake-ups a second in an idle service and
- * ~40 ms of CPU a second per process. A request pushed later schedules its own look, and a finished
+ * ~20 ms of CPU a second per process. A request pushed later schedules its own look, and a finished
  * request looks at the queue anyway, so nothing waits longer than before.
  */
 function scheduleCheckPendingRequests(this: RequestQueueLike): void {

@@ -1,4 +1,4 @@
-import { jsonBatchBytes } from '@urs/bus';
+import { deviceBatchMessage, jsonBatchBytes } from '@urs/bus';
 
 describe('jsonBatchBytes', () => {
   it('should give the JSON of the header with the items as its last member, from text or bytes', () => {
@@ -19,5 +19,18 @@ describe('jsonBatchBytes', () => {
   it('should handle an empty header and no items', () => {
     expect(JSON.parse(jsonBatchBytes({}, 'devices', []).toString('utf8'))).toEqual({ devices: [] });
     expect(jsonBatchBytes({ a: 1 }, 'items', ['2']).toString('utf8')).toBe('{"a":1,"items":[2]}');
+  });
+});
+
+describe('deviceBatchMessage', () => {
+  it('should give the batch as value and its JSON as bytes, serialising the devices unless given', () => {
+    const header = { tenantId: 't-1', batchIndex: 2 };
+    const devices = [{ id: 'a' }, { id: 'b', n: 2 }];
+    const made = deviceBatchMessage('t-1', header, devices);
+    expect(made.key).toBe('t-1');
+    expect(made.value).toEqual({ ...header, devices });
+    expect(made.json.toString('utf8')).toBe(JSON.stringify(made.value));
+    const given = devices.map((device) => Buffer.from(JSON.stringify(device)));
+    expect(deviceBatchMessage('t-1', header, devices, given).json).toEqual(made.json);
   });
 });

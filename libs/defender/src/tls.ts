@@ -7,7 +7,7 @@ import { createSecureContext, rootCertificates } from 'node:tls';
  * TCP keep-alive probe delay of the agent's connections, ms: the value axios also sets on every request's
  * socket, so the two agree (see KeepAliveOnceAgent).
  */
-export const TCP_KEEPALIVE_DELAY_MS = 60_000;
+const TCP_KEEPALIVE_DELAY_MS = 60_000;
 
 /**
  * An https agent whose sockets change their TCP keep-alive setting only when it really changes. Node's agent

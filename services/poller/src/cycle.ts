@@ -1,5 +1,5 @@
-import { jsonBatchBytes, type Publisher } from '@urs/bus';
-import { toDeviceRecord, type DeviceBatch, type DeviceRecord, type TenantRecord } from '@urs/contracts';
+import { deviceBatchMessage, type Publisher } from '@urs/bus';
+import { toDeviceRecord, type DeviceRecord, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
 import { parseProfile } from '@urs/scoring';
@@ -105,14 +105,8 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       vulnerabilityMode: mode ?? 'per-device',
       cvssThreshold,
     };
-    const batch: DeviceBatch = { ...header, devices };
-    const json = jsonBatchBytes(
-      header,
-      'devices',
-      devices.map((device) => JSON.stringify(device)),
-    );
     await deps.publisher.send(deps.deviceBatchesTopic, 'urs/device-batch', [
-      { key: tenantId, value: batch, json },
+      deviceBatchMessage(tenantId, header, devices),
     ]);
     batchIndex++;
   }

@@ -1,5 +1,5 @@
-import { jsonBatchBytes, type MessageHandler, type Publisher } from '@urs/bus';
-import { cycleBatchHeader, type EnrichedBatch, type ScoreBatch } from '@urs/contracts';
+import { deviceBatchMessage, type MessageHandler, type Publisher } from '@urs/bus';
+import { cycleBatchHeader, type EnrichedBatch } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { scoreDevice } from '@urs/scoring';
 import type { ScoreStore } from '@urs/store';
@@ -52,7 +52,7 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
     });
     const scoredAt = now().toISOString();
     // Each device is serialised once, for the stored score and for the emitted batch alike, as bytes
-    // (see jsonBatchBytes).
+    // (see jsonBatchBytes in @urs/bus).
     const deviceJson = devices.map((device) => Buffer.from(JSON.stringify(device)));
     const saved = await deps.scores.saveScores(
       batch.tenantId,
@@ -66,9 +66,8 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
       deviceJson,
     );
     const header = { ...cycleBatchHeader(batch), collectedAt: batch.collectedAt, scoredAt };
-    const out: ScoreBatch = { ...header, devices };
     await deps.publisher.send(deps.topic, 'urs/score-batch', [
-      { key: batch.tenantId, value: out, json: jsonBatchBytes(header, 'devices', deviceJson) },
+      deviceBatchMessage(batch.tenantId, header, devices, deviceJson),
     ]);
     for (const device of devices) scored.inc({ band: device.band });
     if (saved.skipped.length > 0) stale.inc({}, saved.skipped.length);

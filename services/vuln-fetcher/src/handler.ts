@@ -1,9 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { jsonBatchBytes, type MessageHandler, type Publisher } from '@urs/bus';
+import { deviceBatchMessage, type MessageHandler, type Publisher } from '@urs/bus';
 import {
   cycleBatchHeader,
   type DeviceBatch,
-  type EnrichedBatch,
   type EnrichedDevice,
   type DeviceRecord,
   type TenantRecord,
@@ -324,14 +323,8 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       vulnerabilityMode: batch.vulnerabilityMode,
       collectedAt: enrichment.collectedAt.toISOString(),
     };
-    const enriched: EnrichedBatch = { ...header, devices: enrichment.devices };
-    const json = jsonBatchBytes(
-      header,
-      'devices',
-      enrichment.devices.map((device) => JSON.stringify(device)),
-    );
     await deps.publisher.send(deps.topic, 'urs/enriched-batch', [
-      { key: batch.tenantId, value: enriched, json },
+      deviceBatchMessage(batch.tenantId, header, enrichment.devices),
     ]);
     batches.inc({ mode: batch.vulnerabilityMode });
     const failed = enrichment.devices.filter((device) => device.vulnerabilities === null).length;
