@@ -55,7 +55,8 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   };
 
   const tracker = new StatsTracker();
-  const count = (kind: string, tenantId: string | undefined): void => tracker.call(kind, tenantId);
+  const count = (kind: string, tenantId: string | undefined, res: ServerResponse): void =>
+    tracker.call(kind, tenantId, res);
   const enterTenant = (res: ServerResponse, tenantId: string): void => tracker.enterTenant(res, tenantId);
 
   const delay = (): Promise<void> | undefined => {
@@ -123,12 +124,12 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     else if (segments.length === 4 && segments[1] === 'machines' && segments[3] === 'vulnerabilities')
       [kind, quota] = ['vulnerabilities', 'vulnerabilities'];
     else {
-      count('other', undefined);
+      count('other', undefined, res);
       send(res, mdeError(404, 'NotFound', `Resource ${path} was not found.`), false);
       return;
     }
     if (req.method !== 'GET') {
-      count(kind, undefined);
+      count(kind, undefined, res);
       send(
         res,
         mdeError(
@@ -142,14 +143,14 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     }
     const auth = authenticate(req);
     if ('status' in auth) {
-      count(kind, undefined);
+      count(kind, undefined, res);
       await delay();
       send(res, { ...auth, headers: { 'WWW-Authenticate': 'Bearer' } }, false);
       return;
     }
     const tenantId = auth.tid;
     const tenant = tenants.get(tenantId) as TenantState;
-    count(kind, tenantId);
+    count(kind, tenantId, res);
     enterTenant(res, tenantId);
     await delay();
 
@@ -226,7 +227,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     else if (req.method === 'POST' && rest === 'oauth2/token') kind = 'tokenV1';
     else return false;
     const tenant = tenants.get(decodeURIComponent(tenantSegment).toLowerCase());
-    count(kind === 'tokenV1' ? 'token' : kind, tenant?.id);
+    count(kind === 'tokenV1' ? 'token' : kind, tenant?.id, res);
     if (tenant) enterTenant(res, tenant.id);
     await delay();
     if (kind === 'token' || kind === 'tokenV1') {
@@ -278,7 +279,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       ? handleMde(req, res, url)
       : handleEntra(req, res, url).then((handled) => {
           if (!handled) {
-            count('other', undefined);
+            count('other', undefined, res);
             sendJson(res, 404, {
               error: { code: 'NotFound', message: `No route for ${req.method ?? ''} ${url.pathname}` },
             });

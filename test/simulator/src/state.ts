@@ -133,6 +133,12 @@ export interface SimStats {
   throttledByTenant: Record<string, number>;
   faultsInjected: number;
   faultsByKind: Record<string, number>;
+  /**
+   * Per endpoint kind, the calls answered and their total time from the request's arrival to the answer
+   * handed over (the configured latency plus the simulator's own work and its timer's lateness):
+   * `totalMs / answered` is the mean latency clients actually saw from the server.
+   */
+  serviceTimeByKind: Record<string, { answered: number; totalMs: number }>;
 }
 
 export function emptyStats(inFlight = 0, inFlightByTenant: Record<string, number> = {}): SimStats {
@@ -147,5 +153,6 @@ export function emptyStats(inFlight = 0, inFlightByTenant: Record<string, number
     throttledByTenant: {},
     faultsInjected: 0,
     faultsByKind: {},
+    serviceTimeByKind: {},
   };
 }

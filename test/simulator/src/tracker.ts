@@ -1,4 +1,5 @@
 import type { ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
 import { emptyStats, type SimStats } from './state';
 
 // Call statistics and in-flight accounting. A request stops being in flight the moment its answer is
@@ -12,11 +13,13 @@ function bump(record: Record<string, number>, key: string): number {
 export class StatsTracker {
   private stats: SimStats = emptyStats();
   private readonly doneHooks = new WeakMap<ServerResponse, (() => void)[]>();
+  private readonly arrivedAt = new WeakMap<ServerResponse, number>();
 
   /** Marks a request in flight until it is answered or dropped. */
   enter(res: ServerResponse): void {
     const hooks: (() => void)[] = [];
     this.doneHooks.set(res, hooks);
+    this.arrivedAt.set(res, performance.now());
     let done = false;
     const finish = (): void => {
       if (done) return;
@@ -44,9 +47,20 @@ export class StatsTracker {
     });
   }
 
-  call(kind: string, tenantId: string | undefined): void {
+  /**
+   * Counts a call of `kind`; with its response, also the time from the request's arrival to its answer
+   * (or its socket's end) as that kind's service time.
+   */
+  call(kind: string, tenantId: string | undefined, res?: ServerResponse): void {
     bump(this.stats.calls, kind);
     if (tenantId) bump((this.stats.callsByTenant[tenantId] ??= {}), kind);
+    const arrived = res && this.arrivedAt.get(res);
+    if (arrived === undefined) return;
+    this.doneHooks.get(res as ServerResponse)?.push(() => {
+      const served = (this.stats.serviceTimeByKind[kind] ??= { answered: 0, totalMs: 0 });
+      served.answered++;
+      served.totalMs += performance.now() - arrived;
+    });
   }
 
   throttled(tenantId: string): void {

@@ -48,7 +48,20 @@ describe('call statistics', () => {
     expect(stats.peakConcurrency).toBe(7);
     expect(stats.peakConcurrencyByTenant[TENANT]).toBe(7);
     expect(stats.inFlight).toBe(0);
+    // Each answer took the configured 400 ± 20 ms plus the simulator's own (small) work.
+    const served = stats.serviceTimeByKind['vulnerabilities'];
+    expect(served?.answered).toBe(20);
+    const meanMs = (served?.totalMs ?? 0) / 20;
+    expect(meanMs).toBeGreaterThanOrEqual(379);
+    expect(meanMs).toBeLessThan(520);
+    expect(stats.serviceTimeByKind['machines']?.answered).toBe(1);
     sim.resetStats();
-    expect(sim.stats()).toMatchObject({ calls: {}, peakConcurrency: 0, throttled: 0, faultsInjected: 0 });
+    expect(sim.stats()).toMatchObject({
+      calls: {},
+      peakConcurrency: 0,
+      throttled: 0,
+      faultsInjected: 0,
+      serviceTimeByKind: {},
+    });
   });
 });
