@@ -2,6 +2,12 @@
 interface Slots {
   schedule<T>(task: () => Promise<T>): Promise<T>;
   close(): Promise<void>;
+  /**
+   * Whether this process may keep a slot whose lease ended: no other process waits for one, and the shared
+   * count still holds the `held` slots this process has (after a loss of the limiter's keys it does not).
+   * Without it, a lease always goes back when it ends.
+   */
+  mayKeep?(held: number): Promise<boolean>;
 }
 
 export interface SlotHandOffOptions {
@@ -13,7 +19,16 @@ export interface SlotHandOffOptions {
   maxLeaseMs?: number;
   /** Calls one slot serves in a row before it goes back to the shared limiter. Default 100. */
   maxCallsPerLease?: number;
+  /**
+   * When a lease ends and the inner limiter says the slot may stay (`mayKeep`), the lease is renewed in place
+   * instead of going back and being asked for again, up to this long in all, in milliseconds. Default 20000,
+   * never less than `maxLeaseMs`. Like `maxLeaseMs`, keep it plus one call below the job expiration.
+   */
+  maxHoldMs?: number;
 }
+
+/** How long one answer of `mayKeep` serves every slot whose lease ends, in milliseconds. */
+const MAY_KEEP_FRESH_MS = 100;
 
 interface Waiter {
   task: () => Promise<unknown>;
@@ -39,16 +54,60 @@ function answerLater(settle: (outcome: unknown) => void, outcome: unknown): void
  *
  * Each slot of the inner limiter runs one call at a time, so calls in flight never exceed the inner limit.
  * A slot serves calls in a row for at most `maxLeaseMs` / `maxCallsPerLease`, then goes back to the inner
- * limiter, which shares slots out between processes again. Calls wait in this process in arrival order.
+ * limiter, which shares slots out between processes again, unless the inner limiter says nobody else
+ * waits: then the lease goes on (up to `maxHoldMs` in all), sparing the round trips of giving the slot back
+ * and asking for it again. Calls wait in this process in arrival order.
  */
 export function withSlotHandOff(inner: Slots, options: SlotHandOffOptions = {}): Slots {
   const maxLeaseMs = options.maxLeaseMs ?? 1_000;
   const maxCallsPerLease = options.maxCallsPerLease ?? 100;
+  const maxHoldMs = Math.max(maxLeaseMs, options.maxHoldMs ?? 20_000);
   const waiting: Waiter[] = [];
+  /** Leases begun and not ended. */
+  let held = 0;
+  let keepAnswer: { at: number; answer: Promise<boolean> } | undefined;
+
+  /** Whether a lease that ended may go on (one look at the inner limiter, shared by the slots). */
+  async function mayRenew(heldForMs: number): Promise<boolean> {
+    if (!inner.mayKeep || heldForMs + maxLeaseMs > maxHoldMs) return false;
+    const now = Date.now();
+    if (!keepAnswer || now - keepAnswer.at > MAY_KEEP_FRESH_MS)
+      keepAnswer = { at: now, answer: inner.mayKeep(held) };
+    try {
+      return await keepAnswer.answer;
+    } catch {
+      return false; // cannot tell: give the slot back, as without renewal
+    }
+  }
+
   /** Slots asked of the inner limiter and not started yet: each will serve a waiting call when it starts. */
   let requested = 0;
   /** Every slot asked for and not settled, so close() lets them end before the inner limiter goes. */
   const leases = new Set<Promise<void>>();
+
+  /** Runs waiting calls one after another in a slot, until its lease ends or nothing waits. */
+  async function serve(): Promise<void> {
+    const heldSince = Date.now();
+    let leaseStarted = heldSince;
+    let calls = 0;
+    for (;;) {
+      if (calls >= maxCallsPerLease || Date.now() - leaseStarted >= maxLeaseMs) {
+        if (!(await mayRenew(Date.now() - heldSince))) return;
+        leaseStarted = Date.now();
+        calls = 0;
+      }
+      // The callers whose call just ended queue their next one in their continuations: let them run first.
+      if (waiting.length === 0) await new Promise((resolve) => setImmediate(resolve));
+      const next = waiting.shift();
+      if (!next) return;
+      calls++;
+      try {
+        answerLater(next.resolve, await next.task());
+      } catch (error) {
+        answerLater(next.reject, error);
+      }
+    }
+  }
 
   function requestSlot(): void {
     requested++;
@@ -57,17 +116,11 @@ export function withSlotHandOff(inner: Slots, options: SlotHandOffOptions = {}):
       .schedule(async () => {
         began = true;
         requested--;
-        const started = Date.now();
-        for (let calls = 0; calls < maxCallsPerLease && Date.now() - started < maxLeaseMs; calls++) {
-          // The callers whose call just ended queue their next one in their continuations: let them run first.
-          if (waiting.length === 0) await new Promise((resolve) => setImmediate(resolve));
-          const next = waiting.shift();
-          if (!next) return;
-          try {
-            answerLater(next.resolve, await next.task());
-          } catch (error) {
-            answerLater(next.reject, error);
-          }
+        held++;
+        try {
+          await serve();
+        } finally {
+          held--;
         }
       })
       .then(

@@ -9,6 +9,11 @@ export interface CallLimiter {
   schedule<T>(task: () => Promise<T>): Promise<T>;
   /** Stops the limiter and releases its connections. Idempotent. */
   close(): Promise<void>;
+  /**
+   * Shared limiters: whether this process may keep `held` slots past their lease (withSlotHandOff): no other
+   * process has calls waiting for a slot, and the shared count still holds this process's slots.
+   */
+  mayKeep?(held: number): Promise<boolean>;
 }
 
 export interface SharedLimiterOptions {
@@ -31,7 +36,8 @@ export interface SharedLimiterOptions {
   keyTtlMs?: number;
   /**
    * When set, a slot whose call ended goes straight to the next call waiting in this process (withSlotHandOff)
-   * for at most `maxLeaseMs` (default 1000) before it goes back to the shared limiter; keep that plus the
+   * for at most `maxLeaseMs` (default 1000) before it goes back to the shared limiter, unless no other process
+   * waits for a slot: then the lease goes on, up to `maxHoldMs` (default 20000) in all. Keep that plus the
    * request timeout below `jobExpirationMs`. Without it (the default) every call asks Redis for a slot, and the
    * round trips between calls leave slots idle. The price: if the limiter's Redis keys are lost, a slot taken
    * before the loss keeps serving calls for up to `maxLeaseMs` beside the slots handed out afresh.
@@ -81,6 +87,12 @@ export function recogniseBottleneckErrorsOnRedis7(connection: object, logger: Lo
   return true;
 }
 
+/** The id under which Bottleneck 2.19.5's Redis datastore counts this limiter's jobs (`_store.clientId`). */
+function bottleneckClientId(limiter: Bottleneck): string | undefined {
+  const store = (limiter as unknown as { _store?: { clientId?: unknown } })._store;
+  return typeof store?.clientId === 'string' ? store.clientId : undefined;
+}
+
 function wrap(limiter: Bottleneck, jobExpirationMs: number, release: () => Promise<void>): CallLimiter {
   let closing: Promise<void> | undefined;
   return {
@@ -120,10 +132,31 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
   );
   await limiter.ready();
   await limiter.updateSettings({ maxConcurrent });
-  const shared = wrap(limiter, jobExpirationMs, async () => {
+  const shared: CallLimiter = wrap(limiter, jobExpirationMs, async () => {
     await limiter.disconnect(false);
     await connection.disconnect(true);
   });
+  const clientId = bottleneckClientId(limiter);
+  if (clientId !== undefined) {
+    // Bottleneck keeps, per client, the jobs submitted and not yet running (hash) and the jobs running (zset).
+    const queuedKey = `b_${options.keyPrefix}defender-api_client_num_queued`;
+    const runningKey = `b_${options.keyPrefix}defender-api_client_running`;
+    shared.mayKeep = async (held) => {
+      const [[queuedError, queued], [runningError, running]] = (await client
+        .pipeline()
+        .hgetall(queuedKey)
+        .zscore(runningKey, clientId)
+        .exec()) as [[Error | null, Record<string, string>], [Error | null, string | null]];
+      if (queuedError || runningError) return false;
+      const othersWait = Object.entries(queued).some(
+        ([other, count]) => other !== clientId && Number(count) > 0,
+      );
+      // Fewer running than held: the keys were lost and the count started afresh without these slots.
+      return !othersWait && Number(running ?? 0) >= held;
+    };
+  } else if (options.handOff) {
+    options.logger.warn('defender limiter: Bottleneck has no client id; hand-off leases are never renewed');
+  }
   return options.handOff ? withSlotHandOff(shared, options.handOff) : shared;
 }
 

@@ -55,4 +55,61 @@ describe('createSharedLimiter with slot hand-off', () => {
     expect(done).toBeGreaterThan(0);
     expect(done).toBeLessThan(100);
   });
+
+  it('schedule should keep its slots past their lease while no other process waits, and give them back when one does', async () => {
+    const [first, second] = limiters as [CallLimiter, CallLimiter];
+    let stop = false;
+    const call = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 5));
+    // The first process alone, busy for ~1 s with leases of 200 ms: its slots are kept, not asked for again.
+    const busy = Promise.all(
+      Array.from({ length: 6 }, async () => {
+        while (!stop) await first.schedule(call);
+      }),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    const settings = `b_${redis.prefix}defender-api_settings`;
+    expect(Number((await redis.client.hget(settings, 'done')) ?? 0)).toBeLessThanOrEqual(2);
+    // The second process asks for a slot: it gets one once a lease of the first ends (~200 ms).
+    const asked = Date.now();
+    await second.schedule(call);
+    expect(Date.now() - asked).toBeLessThan(1_500);
+    stop = true;
+    await busy;
+  });
+
+  it('mayKeep should say no while another process waits for a slot, or once the shared count lost these slots', async () => {
+    // Without hand-off (mayKeep is what the hand-off asks the shared limiter): every call holds its own slot.
+    const [first, second] = (await Promise.all(
+      [1, 2].map(() =>
+        createSharedLimiter({
+          redis: redis.client,
+          keyPrefix: redis.prefix,
+          maxConcurrent: MAX_CONCURRENT,
+          logger: silentLogger,
+        }),
+      ),
+    )) as [CallLimiter, CallLimiter];
+    limiters.push(first, second);
+    expect(first.mayKeep).toBeDefined();
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let started = 0;
+    // The first process holds every slot until released.
+    const holding = Array.from({ length: MAX_CONCURRENT }, () =>
+      first.schedule(async () => {
+        started++;
+        await gate;
+      }),
+    );
+    while (started < MAX_CONCURRENT) await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(await first.mayKeep?.(MAX_CONCURRENT)).toBe(true);
+    // More held here than the shared count holds for this process: its keys were lost.
+    expect(await first.mayKeep?.(MAX_CONCURRENT + 1)).toBe(false);
+    const waiting = second.schedule(async () => 'second ran');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(await first.mayKeep?.(MAX_CONCURRENT)).toBe(false);
+    release();
+    await Promise.all(holding);
+    await expect(waiting).resolves.toBe('second ran');
+  });
 });

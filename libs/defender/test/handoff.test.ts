@@ -89,6 +89,58 @@ describe('withSlotHandOff', () => {
     await limiter.close();
   });
 
+  it('withSlotHandOff should keep a slot past its lease while the inner limiter says it may', async () => {
+    const inner = countingLimiter(1);
+    const asked: number[] = [];
+    const limiter = withSlotHandOff(
+      {
+        ...inner,
+        mayKeep: async (held) => {
+          asked.push(held);
+          return true;
+        },
+      },
+      { maxLeaseMs: 5 },
+    );
+    await drive(limiter, 2, 40, 2, { now: 0, peak: 0 });
+    expect(inner.slots()).toBe(1);
+    expect(asked.length).toBeGreaterThan(0);
+    expect(new Set(asked)).toEqual(new Set([1]));
+    await limiter.close();
+  });
+
+  it('withSlotHandOff should give a slot back at the end of its lease when the inner limiter says no', async () => {
+    const inner = countingLimiter(1);
+    const limiter = withSlotHandOff({ ...inner, mayKeep: async () => false }, { maxLeaseMs: 5 });
+    await drive(limiter, 2, 40, 2, { now: 0, peak: 0 });
+    expect(inner.slots()).toBeGreaterThanOrEqual(8);
+    await limiter.close();
+  });
+
+  it('withSlotHandOff should give a slot back when the inner limiter cannot tell', async () => {
+    const inner = countingLimiter(1);
+    const limiter = withSlotHandOff(
+      { ...inner, mayKeep: () => Promise.reject(new Error('Redis unavailable')) },
+      { maxLeaseMs: 5 },
+    );
+    const results = await drive(limiter, 2, 40, 2, { now: 0, peak: 0 });
+    expect(results).toHaveLength(40);
+    expect(inner.slots()).toBeGreaterThanOrEqual(8);
+    await limiter.close();
+  });
+
+  it('withSlotHandOff should give a kept slot back after maxHoldMs in all', async () => {
+    const inner = countingLimiter(1);
+    const limiter = withSlotHandOff(
+      { ...inner, mayKeep: async () => true },
+      { maxLeaseMs: 5, maxHoldMs: 20 },
+    );
+    // 40 calls of ≥ 2 ms one after another: ≥ 80 ms, so a slot held at most 20 ms is asked for ≥ 4 times.
+    await drive(limiter, 2, 40, 2, { now: 0, peak: 0 });
+    expect(inner.slots()).toBeGreaterThanOrEqual(4);
+    await limiter.close();
+  });
+
   it("withSlotHandOff should start the next waiting call's request before the finished call's caller goes on", async () => {
     const limiter = withSlotHandOff(createLocalLimiter({ maxConcurrent: 1 }));
     const events: string[] = [];

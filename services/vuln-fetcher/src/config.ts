@@ -42,8 +42,10 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
    * How long a call slot passes straight from one per-device call of this process to the next before it goes
    * back to the shared limiter, in ms; 0 asks Redis for a slot for every call. Env
    * `URS_DEFENDER_SLOT_HANDOFF_MS`, default 1000, at most 20000 (plus the 30 s request timeout it stays below the
-   * limiter's 60 s job expiration). The Redis round trips between calls otherwise leave slots idle; the price is
-   * that after a loss of the limiter's keys, a slot taken before it serves calls this long beside the new ones.
+   * limiter's 60 s job expiration). While no other process waits for a slot, a lease goes on, up to 20 s in all.
+   * The Redis round trips between calls otherwise leave slots idle; the price is that after a loss of the
+   * limiter's keys, a slot taken before it serves calls up to this long beside the new ones (a lease is not kept
+   * once the shared count no longer holds this process's slots).
    */
   slotHandOffMs: number;
 }

@@ -26,8 +26,21 @@ export interface SlotUtilisation {
 }
 
 /**
+ * The mean latency the simulator gave a kind of call (arrival to answer, from its service-time counters),
+ * or `configuredMs` when it answered none.
+ */
+export function meanServiceMs(
+  served: { answered: number; totalMs: number } | undefined,
+  configuredMs: number,
+): number {
+  return served && served.answered > 0 ? served.totalMs / served.answered : configuredMs;
+}
+
+/**
  * Slot utilisation of one cycle: per-device vulnerability calls per second between the first call and
- * the last response, divided by what `slots` calls in flight at `latencyMs` each can do.
+ * the last response, divided by what `slots` calls in flight at `latencyMs` each can do. With the
+ * simulator's measured mean latency this is the share of the window in which each slot had a call at the
+ * server (Little's law); with the configured latency, timer lateness at the server counts against it too.
  * `endMs` is the last vulnerability response (the cycle's largest `collectedAt`), which the fetcher
  * records exactly; the start comes from the simulator's counters, sampled.
  */

@@ -151,6 +151,9 @@ function buildResults(
     },
     options: { ...options },
     slotUtilisation: Object.fromEntries(fleetEntries.map(([size, fleet]) => [size, fleet.slotUtilisation])),
+    slotUtilisationAtConfiguredLatency: Object.fromEntries(
+      fleetEntries.map(([size, fleet]) => [size, fleet.slotUtilisationAtConfiguredLatency]),
+    ),
     publishLatencyP50Ms: p50,
     publishLatencyP99Ms: p99,
     publishLatencyByMode: latencyByMode(latencies),

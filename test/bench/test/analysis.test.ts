@@ -1,4 +1,11 @@
-import { percentile, perDeviceRefreshHours, progress, slotUtilisation, span } from '../src/analysis';
+import {
+  meanServiceMs,
+  percentile,
+  perDeviceRefreshHours,
+  progress,
+  slotUtilisation,
+  span,
+} from '../src/analysis';
 import type { StatsSample } from '../src/simulator';
 
 const sample = (t: number, vulnerabilities: number, inFlight: number): StatsSample => ({
@@ -42,6 +49,20 @@ describe('slotUtilisation', () => {
   it('slotUtilisation should report half use when calls take twice the time', () => {
     const samples = [sample(0, 0, 0), sample(100, 5, 5), sample(2100, 200, 0)];
     expect(slotUtilisation(samples, 200, 2050, 50).utilisation).toBeCloseTo(0.5);
+  });
+
+  it('slotUtilisation should count a server slower than configured against the ceiling, not the client', () => {
+    // 190 calls/s against 50 ms is 0.95; the server took 52.5 ms per call, so 10 slots could do ~190.5/s.
+    const samples = [sample(0, 0, 0), sample(100, 10, 10), sample(2100, 380, 0)];
+    const served = { answered: 380, totalMs: 380 * 52.5 };
+    expect(slotUtilisation(samples, 380, 2050, 50).utilisation).toBeCloseTo(0.95, 3);
+    expect(slotUtilisation(samples, 380, 2050, meanServiceMs(served, 50)).utilisation).toBeCloseTo(0.9975, 3);
+  });
+
+  it('meanServiceMs should fall back to the configured latency when nothing was answered', () => {
+    expect(meanServiceMs({ answered: 4, totalMs: 202 }, 50)).toBeCloseTo(50.5);
+    expect(meanServiceMs({ answered: 0, totalMs: 0 }, 50)).toBe(50);
+    expect(meanServiceMs(undefined, 50)).toBe(50);
   });
 
   it('slotUtilisation should fail when no call was sampled', () => {
