@@ -12,6 +12,7 @@ import {
 } from '@urs/resilience';
 import type { Counter, Histogram } from '@urs/telemetry';
 import { toDeadLetter } from './dead-letter';
+import { parseJsonBytes } from './json-bytes';
 import type { Publisher } from './publisher';
 
 /** A consumed message, decoded and validated. `value` is null for a tombstone. */
@@ -107,7 +108,7 @@ export function createMessageProcessor(
     } else {
       let parsed: unknown;
       try {
-        parsed = JSON.parse(message.value.toString('utf8'));
+        parsed = parseJsonBytes(message.value);
       } catch (error) {
         throw new PoisonMessageError(
           'MESSAGE_NOT_JSON',

@@ -23,5 +23,5 @@ export type {
 export { redactPayload, toDeadLetter } from './dead-letter';
 export { JavaCompatiblePartitioner, murmur2 } from './partitioner';
 export { crc32c, useFastCrc32c } from './crc32c';
-export { deviceBatchMessage, jsonBatchBytes } from './json-bytes';
+export { deviceBatchMessage, jsonBatchBytes, parseJsonBytes } from './json-bytes';
 export { applyKafkaJsFixes } from './kafkajs-fixes';

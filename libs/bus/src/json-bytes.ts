@@ -1,4 +1,7 @@
-const COMMA = Buffer.from(',');
+const NEWLINE = 0x0a;
+const COMMA_BYTE = 0x2c;
+const ITEM_START = Buffer.from('\n');
+const ITEM_END = Buffer.from(',\n');
 const CLOSE = Buffer.from(']}');
 
 /**
@@ -7,6 +10,9 @@ const CLOSE = Buffer.from(']}');
  * (`JSON.stringify`, or a join of the items' JSON) it is a large V8 object, allocated on fresh pages
  * each time and encoded to bytes again by the producer, which cost twice the time of serialising its
  * items. Small strings turned into bytes and copied into one buffer are not.
+ *
+ * Each item starts on a line of its own (a newline is whitespace to JSON, and never occurs inside
+ * `JSON.stringify`'s output), so `parseJsonBytes` can read the items one by one.
  */
 export function jsonBatchBytes(
   header: Record<string, unknown>,
@@ -15,14 +21,66 @@ export function jsonBatchBytes(
 ): Buffer {
   const head = JSON.stringify(header);
   const open = Buffer.from(`${head.length > 2 ? `${head.slice(0, -1)},` : '{'}${JSON.stringify(member)}:[`);
-  const parts: Buffer[] = [open];
+  const parts: Buffer[] = [open, ITEM_START];
   for (let index = 0; index < itemJson.length; index++) {
-    if (index > 0) parts.push(COMMA);
+    if (index > 0) parts.push(ITEM_END);
     const item = itemJson[index] as string | Buffer;
     parts.push(typeof item === 'string' ? Buffer.from(item) : item);
   }
+  if (itemJson.length > 0) parts.push(ITEM_START);
   parts.push(CLOSE);
   return Buffer.concat(parts);
+}
+
+/** Below this size a JSON value is parsed whole: its text is not a large V8 object. */
+const PARSE_BY_LINES_FROM_BYTES = 64 * 1024;
+
+/**
+ * `JSON.parse` of UTF-8 JSON bytes, with the same result and the same errors. A batch laid out as
+ * `jsonBatchBytes` lays it out (`{...header,"devices":[` then one item per line, then `]}`) is parsed
+ * item by item: the text of a ~1 MB batch as one string is a large V8 object on fresh pages, which
+ * costs ~25 times as much as the same text in small strings on this kind of machine (3 ms against
+ * 0.12 ms for 900 KB), more than parsing it. Anything else, or anything that does not parse that way,
+ * is parsed whole.
+ */
+export function parseJsonBytes(bytes: Buffer): unknown {
+  if (bytes.length >= PARSE_BY_LINES_FROM_BYTES) {
+    const batch = parseBatchByLines(bytes);
+    if (batch !== undefined) return batch;
+  }
+  return JSON.parse(bytes.toString('utf8'));
+}
+
+/** The batch read item by item, or undefined when the bytes are not laid out that way or not JSON. */
+function parseBatchByLines(bytes: Buffer): Record<string, unknown> | undefined {
+  const headEnd = bytes.indexOf(NEWLINE);
+  if (headEnd < 0) return undefined;
+  const head = bytes.toString('utf8', 0, headEnd);
+  if (!head.endsWith('"devices":[')) return undefined;
+  const last = bytes.length - CLOSE.length;
+  if (bytes.indexOf(CLOSE, last) !== last) return undefined;
+  try {
+    // The header's members with `devices` as the empty array it starts: JSON.parse keeps the last of
+    // repeated names, as it would for the whole text.
+    const batch = JSON.parse(`${head}]}`) as unknown;
+    if (typeof batch !== 'object' || batch === null || Array.isArray(batch)) return undefined;
+    const devices = (batch as { devices?: unknown }).devices;
+    if (!Array.isArray(devices) || devices.length > 0) return undefined;
+    let start = headEnd + 1;
+    while (start < last) {
+      const end = bytes.indexOf(NEWLINE, start);
+      if (end < 0 || end > last - 1) return undefined;
+      // Every item but the last is followed by a comma; the last by the newline before `]}`.
+      const isLast = end === last - 1;
+      const stop = isLast ? end : end - 1;
+      if (!isLast && bytes[stop] !== COMMA_BYTE) return undefined;
+      devices.push(JSON.parse(bytes.toString('utf8', start, stop)));
+      start = end + 1;
+    }
+    return batch as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
 }
 
 /**

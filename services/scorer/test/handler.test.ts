@@ -120,7 +120,13 @@ describe('createScoreHandler', () => {
   it('should serialise each device once: the stored and the emitted JSON are exactly the values', async () => {
     const { handler, sent, sentJson, saved } = setup([tenantRecord('t1', 1, null)]);
     await handler(inbound(enriched()));
-    expect(sentJson[0]?.toString()).toBe(JSON.stringify(sent[0]));
+    expect(JSON.parse(sentJson[0]?.toString() ?? '')).toEqual(sent[0]);
+    // Each device's JSON as JSON.stringify makes it, one per line.
+    expect(sentJson[0]?.toString().split('\n').slice(1, -1)).toEqual(
+      sent[0]?.devices.map(
+        (device, index, all) => JSON.stringify(device) + (index < all.length - 1 ? ',' : ''),
+      ),
+    );
     expect(saved[0]?.deviceJson?.map(String)).toEqual(
       saved[0]?.devices.map((device) => JSON.stringify(device)),
     );
