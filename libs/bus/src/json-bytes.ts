@@ -3,6 +3,9 @@ const COMMA_BYTE = 0x2c;
 const ITEM_START = Buffer.from('\n');
 const ITEM_END = Buffer.from(',\n');
 const CLOSE = Buffer.from(']}');
+/** The member holding a batch message's devices: what deviceBatchMessage writes and parseJsonBytes reads by line. */
+const DEVICES = 'devices';
+const DEVICES_OPEN = `${JSON.stringify(DEVICES)}:[`;
 
 /**
  * The UTF-8 JSON of `{...header, [member]: [items…]}` (`member` last), built from each item's own JSON
@@ -12,7 +15,7 @@ const CLOSE = Buffer.from(']}');
  * items. Small strings turned into bytes and copied into one buffer are not.
  *
  * Each item starts on a line of its own (a newline is whitespace to JSON, and never occurs inside
- * `JSON.stringify`'s output), so `parseJsonBytes` can read the items one by one.
+ * `JSON.stringify`'s output), so `parseJsonBytes` can read the items of a `devices` batch one by one.
  */
 export function jsonBatchBytes(
   header: Record<string, unknown>,
@@ -56,7 +59,7 @@ function parseBatchByLines(bytes: Buffer): Record<string, unknown> | undefined {
   const headEnd = bytes.indexOf(NEWLINE);
   if (headEnd < 0) return undefined;
   const head = bytes.toString('utf8', 0, headEnd);
-  if (!head.endsWith('"devices":[')) return undefined;
+  if (!head.endsWith(DEVICES_OPEN)) return undefined;
   const last = bytes.length - CLOSE.length;
   if (bytes.indexOf(CLOSE, last) !== last) return undefined;
   try {
@@ -64,7 +67,7 @@ function parseBatchByLines(bytes: Buffer): Record<string, unknown> | undefined {
     // repeated names, as it would for the whole text.
     const batch = JSON.parse(`${head}]}`) as unknown;
     if (typeof batch !== 'object' || batch === null || Array.isArray(batch)) return undefined;
-    const devices = (batch as { devices?: unknown }).devices;
+    const devices = (batch as Record<string, unknown>)[DEVICES];
     if (!Array.isArray(devices) || devices.length > 0) return undefined;
     let start = headEnd + 1;
     while (start < last) {
@@ -93,5 +96,5 @@ export function deviceBatchMessage<H extends Record<string, unknown>, D>(
   devices: D[],
   deviceJson: readonly (string | Buffer)[] = devices.map((device) => JSON.stringify(device)),
 ): { key: string; value: H & { devices: D[] }; json: Buffer } {
-  return { key, value: { ...header, devices }, json: jsonBatchBytes(header, 'devices', deviceJson) };
+  return { key, value: { ...header, devices }, json: jsonBatchBytes(header, DEVICES, deviceJson) };
 }

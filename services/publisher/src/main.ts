@@ -6,7 +6,7 @@ import { createCycleCompletion } from './completion';
 import { publisherConfig } from './config';
 import { createPublishHandler } from './handler';
 
-/** Scored batches of a partition accepted and not yet published (ordering 'key'); one is ~0.9 MB. */
+/** Scored batches of a partition accepted and not yet published (ordering 'key'); one is ~0.7 MB. */
 const SCORE_BATCHES_BUFFERED = 20;
 
 void runService({

@@ -9,7 +9,7 @@ import { createProfileCache, createTenantsHandler } from './profiles';
  * Enriched batches of a partition accepted and not yet scored (ordering 'key'): enough to keep every
  * tenant's two-batch window fed, few enough to bound memory (a 500-device batch is ~0.4 MB).
  */
-const SCORE_BATCHES_BUFFERED = 20;
+const ENRICHED_BATCHES_BUFFERED = 20;
 
 void runService({
   name: 'scorer',
@@ -52,7 +52,7 @@ void runService({
       // time. Safe because scores are stored newest-cycle-wins and the publisher never republishes an older
       // cycle's score over a newer one, whatever order the scored batches arrive in.
       ordering: 'key',
-      maxBufferedPerPartition: SCORE_BATCHES_BUFFERED,
+      maxBufferedPerPartition: ENRICHED_BATCHES_BUFFERED,
       subscriptions: [
         {
           topic: config.topics.devicesEnriched,
