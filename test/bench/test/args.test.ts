@@ -7,6 +7,14 @@ describe('parseBenchArgs', () => {
     expect(options.latencyMs).toBe(50);
     expect(options.driver).toBe('auto');
     expect(options.redis).toBe('private');
+    expect(options.internalRuns).toBe(3);
+  });
+
+  it('parseBenchArgs should read the internal-ceiling runs, at least one', () => {
+    expect(parseBenchArgs(['--internal-runs', '5']).internalRuns).toBe(5);
+    expect(() => parseBenchArgs(['--internal-runs', '0'])).toThrow(
+      /--internal-runs must be a whole number ≥ 1/,
+    );
   });
 
   it('parseBenchArgs should read a subset of sizes', () => {

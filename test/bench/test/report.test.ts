@@ -1,4 +1,5 @@
-import { latencyByMode, type CycleLatency } from '../src/report';
+import { internalCeiling, latencyByMode, type CycleLatency } from '../src/report';
+import type { ScenarioResult } from '../src/scenario';
 
 const cycle = (mode: CycleLatency['mode'], collectToVmsMs: number): CycleLatency => ({
   scenario: 'any',
@@ -26,5 +27,60 @@ describe('latencyByMode', () => {
     expect(latencyByMode([cycle('per-device', 150)])).toEqual({
       'per-device': { cycles: 1, p50Ms: 150, p99Ms: 150 },
     });
+  });
+});
+
+/** An internal-ceiling run of `devices` devices whose summary came `ms` after its first device batch. */
+function internalRun(name: string, devices: number, ms: number, cpuSec: number): ScenarioResult {
+  const at = (t: number, n: number): { t: number; n: number } => ({ t, n });
+  return {
+    spec: { name, mode: 'bulk' },
+    cycles: [
+      {
+        listed: [at(1_000, devices / 2), at(1_500, devices / 2)],
+        enriched: [at(2_000, devices)],
+        scored: [at(2_500, devices)],
+        published: [at(1_000 + ms, devices)],
+        summary: { devices: { total: devices } },
+        summaryAtMs: 1_000 + ms,
+      },
+    ],
+    devices,
+    usage: { scorer: { cpuSec, peakRssMb: 100 } },
+    kafka: { 'urs.device-scores': { messages: devices / 500, bytes: devices * 1_500 } },
+    redisCalls: { eval: devices / 500 },
+  } as unknown as ScenarioResult;
+}
+
+describe('internalCeiling', () => {
+  it('internalCeiling should report the run at the median with the spread of all runs', () => {
+    const ceiling = internalCeiling([
+      internalRun('internal-1', 10_000, 4_000, 3),
+      internalRun('internal-2', 10_000, 2_000, 1),
+      internalRun('internal-3', 10_000, 2_500, 2),
+    ]);
+    expect(ceiling).toMatchObject({
+      scenario: 'internal-3',
+      devicesPerSec: 4_000,
+      firstBatchToSummaryMs: 2_500,
+      cpuSec: { scorer: 2 },
+      devicesPerSecMin: 2_500,
+      devicesPerSecMax: 5_000,
+      runs: [
+        { scenario: 'internal-1', devicesPerSec: 2_500 },
+        { scenario: 'internal-2', devicesPerSec: 5_000 },
+        { scenario: 'internal-3', devicesPerSec: 4_000 },
+      ],
+    });
+  });
+
+  it('internalCeiling should take the lower middle run of an even number and be null without runs', () => {
+    const ceiling = internalCeiling([
+      internalRun('internal-1', 10_000, 2_000, 1),
+      internalRun('internal-2', 10_000, 4_000, 2),
+    ]);
+    expect(ceiling?.scenario).toBe('internal-2');
+    expect(ceiling?.devicesPerSec).toBe(2_500);
+    expect(internalCeiling([])).toBeNull();
   });
 });
