@@ -1,10 +1,10 @@
 import type { Publisher } from '@urs/bus';
 import type { Topics } from '@urs/config';
-import type { VmsRiskSummary } from '@urs/contracts';
+import { vmsRecord, type VmsRiskSummary } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import type { CycleState, CycleStore, PublishedStore, ScoreStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
-import { emptyBands, vmsRecord, type BatchStats } from './records';
+import { emptyBands, type BatchStats } from './records';
 
 export interface CycleCompletionDeps {
   cycles: CycleStore;

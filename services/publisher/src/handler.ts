@@ -1,11 +1,11 @@
 import type { MessageHandler, Publisher } from '@urs/bus';
-import type { ScoreBatch } from '@urs/contracts';
+import { vmsRecord, type ScoreBatch } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import type { CycleStore, PublishedStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { CycleCompletion } from './completion';
 import { createInOrder } from './in-order';
-import { batchStats, vmsRecord } from './records';
+import { batchStats } from './records';
 
 export interface PublishHandlerDeps {
   cycles: Pick<CycleStore, 'recordBatch'>;

@@ -1,4 +1,4 @@
-import { BANDS, type Band, type ScoreBatch, type ScoredDevice, type VmsRiskScore } from '@urs/contracts';
+import { BANDS, type Band, type ScoreBatch } from '@urs/contracts';
 
 /** What the publisher records of each scored batch (once per batch index) to build the cycle's summary. */
 export interface BatchStats {
@@ -30,17 +30,5 @@ export function batchStats(batch: ScoreBatch, changed: number): BatchStats {
     collectedAt: batch.collectedAt,
     scoredAt: batch.scoredAt,
     changed,
-  };
-}
-
-export function vmsRecord(
-  tenantId: string,
-  cycleId: string,
-  computedAt: string,
-  device: ScoredDevice,
-): { key: string; value: VmsRiskScore } {
-  return {
-    key: `${tenantId}/${device.deviceId}`,
-    value: { schemaVersion: 1, tenantId, cycleId, computedAt, ...device },
   };
 }

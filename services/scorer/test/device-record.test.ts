@@ -1,7 +1,12 @@
-import { toDeviceRecord, type EnrichedDevice, type Machine, type VulnerabilitySummary } from '@urs/contracts';
+import {
+  toDeviceRecord,
+  vmsRecord,
+  type EnrichedDevice,
+  type Machine,
+  type VulnerabilitySummary,
+} from '@urs/contracts';
 import { parseMachine } from '@urs/defender';
 import { compileProfile, scoreDevice } from '@urs/scoring';
-import { vmsRecord } from '../../publisher/src/records';
 import { toScoredDevice } from '../src/scored-device';
 
 // The poller sends each device as its DeviceRecord, not the whole listed machine: these tests check that
