@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { readBody, sendJson } from './http';
+import { jsonArrayParts, readBody, sendJson, sendParts } from './http';
+import { MACHINES_PER_PART } from './mde';
 import type { FaultSpec, SimStats, TenantSpec } from './state';
 import type { MachineRecord, VulnerabilityRecord } from './types';
 
@@ -34,7 +35,8 @@ export interface ControlTarget {
   addMachines(tenant: string, what: number | MachineRecord[]): string[];
   setVulnerabilities(tenant: string, id: string, vulns: VulnerabilityRecord[]): void;
   machineCount(tenant: string): number;
-  machinesPage(tenant: string, skip: number, top: number): MachineRecord[];
+  /** Each machine of the page as its JSON. */
+  machinesPageJson(tenant: string, skip: number, top: number): string[];
   vulnerabilities(tenant: string, id: string): VulnerabilityRecord[];
   tenants(): unknown[];
   stats(): SimStats;
@@ -71,6 +73,11 @@ function nonNegative(raw: string | null, name: string, fallback: number): number
   if (raw === null) return fallback;
   if (!/^\d+$/.test(raw)) throw new ControlError(400, `${name} must be a non-negative integer`);
   return Number(raw);
+}
+
+/** An answer written in parts as they are rendered (large pages), instead of one JSON.stringify. */
+class JsonParts {
+  constructor(readonly parts: () => Iterable<Buffer>) {}
 }
 
 async function route(target: ControlTarget, req: IncomingMessage, url: URL): Promise<[number, unknown]> {
@@ -122,7 +129,15 @@ async function route(target: ControlTarget, req: IncomingMessage, url: URL): Pro
       const total = target.machineCount(tenant);
       const skip = nonNegative(url.searchParams.get('skip'), 'skip', 0);
       const top = nonNegative(url.searchParams.get('top'), 'top', total);
-      return [200, { count: total, value: target.machinesPage(tenant, skip, top) }];
+      const count = Math.max(0, Math.min(top, total - skip));
+      const slice = (start: number, end: number): string[] =>
+        target.machinesPageJson(tenant, skip + start, end - start);
+      return [
+        200,
+        new JsonParts(() =>
+          jsonArrayParts(`{"count":${total},"value":[`, count, slice, ']}', MACHINES_PER_PART),
+        ),
+      ];
     }
     if (method === 'POST') {
       const body = objectBody(await jsonBody(req), 'machines');
@@ -160,7 +175,8 @@ export async function handleControl(
 ): Promise<void> {
   try {
     const [status, body] = await route(target, req, url);
-    sendJson(res, status, body);
+    if (body instanceof JsonParts) await sendParts(res, status, body.parts());
+    else sendJson(res, status, body);
   } catch (err) {
     const status =
       err instanceof ControlError ? err.status : /unknown (tenant|machine)/.test(String(err)) ? 404 : 400;

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { compileFilter, FilterError } from './filter';
-import { sendParts, sendRaw } from './http';
+import { jsonArrayParts, sendParts, sendRaw } from './http';
 import { hash32, hashString } from './rng';
 import type { TenantState } from './state';
 import type { CveEntryView } from './fleet';
@@ -88,6 +88,9 @@ export function pageWindow(query: URLSearchParams): { skip: number; top: number 
   return { skip: skip ?? 0, top };
 }
 
+/** Machines per part of a listing page (~1.5 KB each). */
+export const MACHINES_PER_PART = 200;
+
 /**
  * `GET /api/machines`. With `$top` there is never an `@odata.nextLink` (real behaviour); without it
  * a page holds 10,000 devices and a `$skip` next link. An empty fleet answers 404.
@@ -105,7 +108,9 @@ export function listMachines(
   if (fleet.size() === 0) return mdeError(404, 'ResourceNotFound', 'No machines were found for the tenant.');
   const pageSize = window.top ?? MAX_TOP;
   const filterText = query.get('$filter');
-  let page: string[];
+  // The page's records as JSON, items start..end-1 (rendered part by part as the page is written).
+  let slice: (start: number, end: number) => readonly string[];
+  let count: number;
   let more: boolean;
   if (filterText) {
     let predicate;
@@ -125,21 +130,27 @@ export function listMachines(
       if (matched++ >= window.skip) matches.push(record);
     }
     more = matches.length > pageSize;
-    page = matches.slice(0, pageSize).map((record) => JSON.stringify(record));
+    count = Math.min(pageSize, matches.length);
+    slice = (start, end) => matches.slice(start, end).map((record) => JSON.stringify(record));
   } else {
-    page = fleet.sliceJson(window.skip, pageSize);
+    count = Math.max(0, Math.min(pageSize, fleet.size() - window.skip));
     more = window.skip + pageSize < fleet.size();
+    slice = (start, end) => fleet.sliceJson(window.skip + start, end - start);
   }
-  if (shortPage && more && page.length > 1) page = page.slice(0, Math.ceil(page.length / 2));
+  if (shortPage && more && count > 1) count = Math.ceil(count / 2);
   let nextLink = '';
   if (window.top === undefined && more) {
     const next = new URLSearchParams(query);
     next.set('$skip', String(window.skip + pageSize));
     nextLink = `,"@odata.nextLink":${JSON.stringify(`${base}/api/machines?${next.toString()}`)}`;
   }
-  // Built by string joins: records are serialised (and cached) one by one, never as a whole page.
-  const raw = `{"@odata.context":${JSON.stringify(`${base}/api/$metadata#Machines`)},"value":[${page.join(',')}]${nextLink}}`;
-  return { status: 200, body: undefined, raw };
+  // Records are serialised (and cached) one by one, and the page goes out in parts, never as one string.
+  const head = `{"@odata.context":${JSON.stringify(`${base}/api/$metadata#Machines`)},"value":[`;
+  return {
+    status: 200,
+    body: undefined,
+    parts: () => jsonArrayParts(head, count, slice, `]${nextLink}}`, MACHINES_PER_PART),
+  };
 }
 
 export function getMachine(base: string, tenant: TenantState, id: string): Reply {

@@ -256,7 +256,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   // The control API drives the same methods as the library API (api is assigned before listening).
   const control = (): ControlTarget => ({
     ...api,
-    machinesPage: (t, skip, top) => tenantOrThrow(t).fleet.slice(skip, top),
+    machinesPageJson: (t, skip, top) => tenantOrThrow(t).fleet.sliceJson(skip, top),
     tenants: () =>
       [...tenants.values()].map((t) => ({
         azureTenantId: t.id,
