@@ -11,7 +11,10 @@ export function percentile(values: readonly number[], p: number): number {
 export interface SlotUtilisation {
   /** Per-device vulnerability calls the simulator answered in the window. */
   calls: number;
-  /** First call seen (midpoint between the last sample without and the first with a call), ms epoch. */
+  /**
+   * The first call's arrival at the simulator (its own record), ms epoch; without one, the midpoint between
+   * the last sample without and the first with a call.
+   */
   startMs: number;
   /** Last response, ms epoch. */
   endMs: number;
@@ -42,20 +45,23 @@ export function meanServiceMs(
  * simulator's measured mean latency this is the share of the window in which each slot had a call at the
  * server (Little's law); with the configured latency, timer lateness at the server counts against it too.
  * `endMs` is the last vulnerability response (the cycle's largest `collectedAt`), which the fetcher
- * records exactly; the start comes from the simulator's counters, sampled.
+ * records exactly; the start is `firstCallAtMs`, the first call's arrival as the simulator recorded it
+ * (`firstCallAtByKind`), or else estimated from its counters, sampled (±half a sampling period: ±0.5 %
+ * of a 5 s window at 50 ms).
  */
 export function slotUtilisation(
   samples: readonly StatsSample[],
   calls: number,
   endMs: number,
   latencyMs: number,
+  firstCallAtMs?: number,
   slots = 10,
 ): SlotUtilisation {
   const firstWith = samples.findIndex((sample) => sample.vulnerabilities > 0);
   if (firstWith < 0 || calls === 0) throw new Error('no per-device vulnerability call was sampled');
   const first = samples[firstWith] as StatsSample;
   const before = firstWith > 0 ? (samples[firstWith - 1] as StatsSample) : first;
-  const startMs = (before.t + first.t) / 2;
+  const startMs = firstCallAtMs ?? (before.t + first.t) / 2;
   const windowMs = Math.max(1, endMs - startMs);
   const callsPerSec = (calls * 1000) / windowMs;
   const ceilingPerSec = latencyMs > 0 ? (slots * 1000) / latencyMs : Infinity;

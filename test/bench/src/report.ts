@@ -134,8 +134,15 @@ export function fleetResult(result: ScenarioResult, privateRedis: boolean): Flee
   const cycle = result.cycles[0] as CycleRecord;
   const calls = result.sim.calls['vulnerabilities'] ?? 0;
   const latencyMs = meanServiceMs(result.sim.serviceTimeByKind['vulnerabilities'], result.spec.latencyMs);
-  const util = slotUtilisation(result.samples, calls, cycle.lastCollectedAtMs, latencyMs);
-  const atConfigured = slotUtilisation(result.samples, calls, cycle.lastCollectedAtMs, result.spec.latencyMs);
+  const firstCallAt = result.sim.firstCallAtByKind['vulnerabilities'];
+  const util = slotUtilisation(result.samples, calls, cycle.lastCollectedAtMs, latencyMs, firstCallAt);
+  const atConfigured = slotUtilisation(
+    result.samples,
+    calls,
+    cycle.lastCollectedAtMs,
+    result.spec.latencyMs,
+    firstCallAt,
+  );
   const listed = span(cycle.listed);
   return {
     devices: result.devices,

@@ -46,6 +46,14 @@ describe('slotUtilisation', () => {
     expect(result.meanInFlight).toBeCloseTo(10);
   });
 
+  it("slotUtilisation should start at the simulator's record of the first call when it has one", () => {
+    const samples = [sample(1000, 0, 0), sample(1100, 20, 10), sample(1600, 110, 10), sample(2100, 200, 0)];
+    const result = slotUtilisation(samples, 200, 2050, 50, 1012.5);
+    expect(result.startMs).toBe(1012.5);
+    expect(result.windowMs).toBe(1037.5);
+    expect(result.utilisation).toBeCloseTo(1000 / 1037.5);
+  });
+
   it('slotUtilisation should report half use when calls take twice the time', () => {
     const samples = [sample(0, 0, 0), sample(100, 5, 5), sample(2100, 200, 0)];
     expect(slotUtilisation(samples, 200, 2050, 50).utilisation).toBeCloseTo(0.5);

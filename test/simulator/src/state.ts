@@ -139,6 +139,8 @@ export interface SimStats {
    * `totalMs / answered` is the mean latency clients actually saw from the server.
    */
   serviceTimeByKind: Record<string, { answered: number; totalMs: number }>;
+  /** Per endpoint kind, when its first call (since the statistics were last reset) arrived: epoch ms, fractional. */
+  firstCallAtByKind: Record<string, number>;
 }
 
 export function emptyStats(inFlight = 0, inFlightByTenant: Record<string, number> = {}): SimStats {
@@ -154,5 +156,6 @@ export function emptyStats(inFlight = 0, inFlightByTenant: Record<string, number
     faultsInjected: 0,
     faultsByKind: {},
     serviceTimeByKind: {},
+    firstCallAtByKind: {},
   };
 }

@@ -55,6 +55,8 @@ export class StatsTracker {
     bump(this.stats.calls, kind);
     if (tenantId) bump((this.stats.callsByTenant[tenantId] ??= {}), kind);
     const arrived = res && this.arrivedAt.get(res);
+    this.stats.firstCallAtByKind[kind] ??=
+      arrived === undefined ? Date.now() : performance.timeOrigin + arrived;
     if (arrived === undefined) return;
     this.doneHooks.get(res as ServerResponse)?.push(() => {
       const served = (this.stats.serviceTimeByKind[kind] ??= { answered: 0, totalMs: 0 });

@@ -19,6 +19,7 @@ describe('call statistics', () => {
   test('stats should count calls per endpoint and tenant and the peak concurrency', async () => {
     const token = await getToken(sim);
     sim.resetStats();
+    const began = Date.now();
     const agent = new https.Agent({ ca: sim.caPem, keepAlive: true, maxSockets: 7 });
     const ids = sim
       .machines(TENANT)
@@ -55,6 +56,10 @@ describe('call statistics', () => {
     expect(meanMs).toBeGreaterThanOrEqual(379);
     expect(meanMs).toBeLessThan(520);
     expect(stats.serviceTimeByKind['machines']?.answered).toBe(1);
+    // The first vulnerability call arrived after the test began and before the machines call.
+    const firstVuln = stats.firstCallAtByKind['vulnerabilities'] as number;
+    expect(firstVuln).toBeGreaterThanOrEqual(began);
+    expect(firstVuln).toBeLessThan(stats.firstCallAtByKind['machines'] as number);
     sim.resetStats();
     expect(sim.stats()).toMatchObject({
       calls: {},
@@ -62,6 +67,7 @@ describe('call statistics', () => {
       throttled: 0,
       faultsInjected: 0,
       serviceTimeByKind: {},
+      firstCallAtByKind: {},
     });
   });
 });
