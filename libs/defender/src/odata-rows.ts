@@ -1,6 +1,7 @@
 /** The body is not the JSON object an OData answer must be. */
 export class MalformedODataError extends Error {}
 
+// Local on purpose, as in bulk-rows (shared imports are property loads in the scanning loops).
 const OPEN_OBJECT = 0x7b; // {
 const CLOSE_OBJECT = 0x7d; // }
 const OPEN_ARRAY = 0x5b; // [
