@@ -25,3 +25,12 @@ export { JavaCompatiblePartitioner, murmur2 } from './partitioner';
 export { crc32c, useFastCrc32c } from './crc32c';
 export { deviceBatchMessage, jsonBatchBytes, parseJsonBytes } from './json-bytes';
 export { applyKafkaJsFixes } from './kafkajs-fixes';
+export {
+  createRecordBatchEncoder,
+  describeRecord,
+  referenceLargeParts,
+  useFastRecordBatches,
+  type KafkaJsEncoder,
+  type KafkaJsEncoderClass,
+  type KafkaJsLongClass,
+} from './kafkajs-records';

@@ -1,4 +1,5 @@
 import { useFastCrc32c } from './crc32c';
+import { useFastRecordBatches } from './kafkajs-records';
 
 /** KafkaJS's per-connection request queue (the class its connections create one of). */
 const KAFKAJS_REQUEST_QUEUE = 'kafkajs/src/network/requestQueue/index.js';
@@ -35,10 +36,11 @@ function scheduleCheckPendingRequests(this: RequestQueueLike): void {
 
 /**
  * Fixes for KafkaJS 2.2.4 (its last release), applied to the KafkaJS this package loads: the idle timer
- * loop of every connection (above) and a faster record batch checksum (`useFastCrc32c`, which must
- * run before a producer first sends). Idempotent. Answers what was applied.
+ * loop of every connection (above), a faster record batch checksum (`useFastCrc32c`) and record batches
+ * encoded in one pass, with large parts of a request referenced instead of copied (`useFastRecordBatches`);
+ * both must run before a producer first sends, the checksum first. Idempotent. Answers what was applied.
  */
-export function applyKafkaJsFixes(): { requestQueue: boolean; crc32c: boolean } {
+export function applyKafkaJsFixes(): { requestQueue: boolean; crc32c: boolean; recordBatches: boolean } {
   let requestQueue = false;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -52,5 +54,6 @@ export function applyKafkaJsFixes(): { requestQueue: boolean; crc32c: boolean } 
   } catch {
     // Another KafkaJS layout: leave it as it is.
   }
-  return { requestQueue, crc32c: useFastCrc32c() };
+  const crc32c = useFastCrc32c();
+  return { requestQueue, crc32c, recordBatches: useFastRecordBatches() };
 }

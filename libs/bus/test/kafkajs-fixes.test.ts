@@ -41,7 +41,11 @@ function request(correlationId: number, sendRequest: () => void) {
 }
 
 beforeAll(() => {
-  expect(applyKafkaJsFixes()).toEqual({ requestQueue: true, crc32c: expect.any(Boolean) });
+  expect(applyKafkaJsFixes()).toEqual({
+    requestQueue: true,
+    crc32c: expect.any(Boolean),
+    recordBatches: expect.any(Boolean),
+  });
 });
 
 afterEach(() => jest.useRealTimers());
