@@ -136,3 +136,37 @@ export function round(value: number, digits = 0): number {
   const factor = 10 ** digits;
   return Math.round(value * factor) / factor;
 }
+
+/** CPU time of each process so far (seconds), read at `t` (ms epoch); NaN where a process could not be read. */
+export interface CpuSample {
+  t: number;
+  cpuSec: Record<string, number>;
+}
+
+/** The cores each process used from `t` to `until` (ms epoch): its CPU seconds over the interval's seconds. */
+export interface CoresInterval {
+  t: number;
+  until: number;
+  cores: Record<string, number>;
+}
+
+/**
+ * The cores each process used between consecutive samples. A process missing from either sample of an
+ * interval (not started yet, or gone) counts 0 there; so does a counter that went backwards.
+ */
+export function coresOverTime(samples: readonly CpuSample[]): CoresInterval[] {
+  const intervals: CoresInterval[] = [];
+  for (let i = 1; i < samples.length; i++) {
+    const before = samples[i - 1] as CpuSample;
+    const after = samples[i] as CpuSample;
+    const seconds = (after.t - before.t) / 1000;
+    if (seconds <= 0) continue;
+    const cores: Record<string, number> = {};
+    for (const [name, cpuSec] of Object.entries(after.cpuSec)) {
+      const used = (cpuSec - (before.cpuSec[name] ?? NaN)) / seconds;
+      cores[name] = Number.isFinite(used) && used > 0 ? used : 0;
+    }
+    intervals.push({ t: before.t, until: after.t, cores });
+  }
+  return intervals;
+}

@@ -298,7 +298,13 @@ async function main(): Promise<number> {
         // The raw material of the numbers, for a closer look: samples and per-batch events of every cycle.
         writeFileSync(
           join(runDir, `${spec.name}.raw.json`),
-          JSON.stringify({ spec, sim: result.sim, samples: result.samples, cycles: result.cycles }),
+          JSON.stringify({
+            spec,
+            sim: result.sim,
+            samples: result.samples,
+            cpuSamples: result.cpuSamples,
+            cycles: result.cycles,
+          }),
         );
         const cycle = [...result.cycles].sort((a, b) => b.summary.devices.total - a.summary.devices.total)[0];
         if (cycle) pictures.set(`timeline-${spec.name}.svg`, renderTimeline(timelineOf(result, cycle)));

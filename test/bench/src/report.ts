@@ -1,4 +1,13 @@
-import { meanServiceMs, percentile, perDeviceRefreshHours, round, slotUtilisation, span } from './analysis';
+import { cpus } from 'node:os';
+import {
+  coresOverTime,
+  meanServiceMs,
+  percentile,
+  perDeviceRefreshHours,
+  round,
+  slotUtilisation,
+  span,
+} from './analysis';
 import type { CycleRecord, ScenarioResult } from './scenario';
 import { curves } from './scenario';
 import type { TimelineInput } from './timeline';
@@ -305,6 +314,8 @@ export function timelineOf(result: ScenarioResult, cycle: CycleRecord): Timeline
     devices: cycle.summary.devices.total,
     listed: cycle.listed,
     inFlight: result.samples.map((sample) => ({ t: sample.t, value: sample.inFlight })),
+    cpu: coresOverTime(result.cpuSamples),
+    cpus: cpus().length,
     slots: 10,
     enriched,
     scored,

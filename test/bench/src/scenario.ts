@@ -5,7 +5,7 @@ import { topicsConfig, type Topics } from '@urs/config';
 import type { DeviceBatch, EnrichedBatch, ScoreBatch, VmsRiskSummary } from '@urs/contracts';
 import { DEFAULT_PROFILE } from '@urs/scoring';
 import { closeRedis, createCycleStore, createRedis } from '@urs/store';
-import { progress, span, type Progress } from './analysis';
+import { progress, span, type CpuSample, type Progress } from './analysis';
 import { commandStats, deleteKeys, redisCommand } from './infra';
 import { injectCycle } from './inject';
 import { deleteTopics, readTopics, watchSummaries, type SummaryRecord, type TopicTotals } from './kafka';
@@ -83,6 +83,8 @@ export interface ScenarioResult {
    */
   windowCpuSec: Record<string, number>;
   windowMs: number;
+  /** CPU seconds of the same processes read every `CPU_SAMPLE_MS` over the window (the timeline's CPU lane). */
+  cpuSamples: CpuSample[];
   kafka: Record<string, TopicTotals>;
   redisCalls: Record<string, number>;
   /** Dead letters written during the scenario (should be 0). */
@@ -100,6 +102,9 @@ function diff(after: Record<string, number>, before: Record<string, number>): Re
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** How often the CPU time of every process is read during a scenario (the kernel counts in 10 ms ticks). */
+const CPU_SAMPLE_MS = 250;
 
 /**
  * Runs one scenario end to end with services of its own (fresh processes, so peak RSS belongs to this
@@ -119,6 +124,7 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
   let pipeline: Pipeline | undefined;
   let watcher: Awaited<ReturnType<typeof watchSummaries>> | undefined;
   let sampler: ReturnType<SimulatorProcess['sample']> | undefined;
+  let cpuSampler: NodeJS.Timeout | undefined;
   const redis = createRedis({ url: ctx.redisUrl, keyPrefix: redisPrefix }, { connectionName: 'bench' });
   // Reconnect attempts after an interrupted run stopped the private Redis are expected, not worth a stack trace.
   redis.on('error', () => undefined);
@@ -165,6 +171,8 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     };
     const cpuBefore = cpuNow();
     const windowStart = Date.now();
+    const cpuSamples: CpuSample[] = [{ t: windowStart, cpuSec: cpuBefore }];
+    cpuSampler = setInterval(() => cpuSamples.push({ t: Date.now(), cpuSec: cpuNow() }), CPU_SAMPLE_MS);
     await ctx.sim.resetStats();
     sampler = ctx.sim.sample(spec.sampleMs);
     const cycles = createCycleStore(redis, redisPrefix);
@@ -204,6 +212,8 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     );
     const windowMs = Date.now() - windowStart;
     const cpuAfter = cpuNow();
+    clearInterval(cpuSampler);
+    cpuSamples.push({ t: windowStart + windowMs, cpuSec: cpuAfter });
     const windowCpuSec = Object.fromEntries(
       Object.entries(cpuAfter).map(([name, cpu]) => [name, cpu - (cpuBefore[name] ?? NaN)]),
     );
@@ -236,12 +246,14 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
       usage,
       windowCpuSec,
       windowMs,
+      cpuSamples,
       kafka: events.totals,
       redisCalls,
       deadLetters: events.totals[topics.dlq]?.messages ?? 0,
       durationMs: Date.now() - started,
     };
   } finally {
+    clearInterval(cpuSampler);
     if (sampler) await sampler.stop().catch(() => undefined);
     await watcher?.close().catch(() => undefined);
     await producer.disconnect().catch(() => undefined);

@@ -1,4 +1,4 @@
-import type { Progress } from './analysis';
+import type { CoresInterval, Progress } from './analysis';
 
 /** What one cycle's picture shows; times are ms epoch. */
 export interface TimelineInput {
@@ -17,6 +17,10 @@ export interface TimelineInput {
   published: Progress;
   /** Vertical lines across every lane (last vulnerability response, summary record). */
   markers: { t: number; label: string; colour: string }[];
+  /** Cores each process used over time (services, broker, Redis, simulator). */
+  cpu: CoresInterval[];
+  /** Cores of the machine: the CPU lane's reference line. */
+  cpus: number;
 }
 
 const WIDTH = 1100;
@@ -31,7 +35,52 @@ const LANES = [
   'enrich (devices)',
   'score (devices)',
   'publish (VMS records)',
+  'CPU by process (cores)',
 ];
+
+/** The CPU lane's processes, bottom to top, and their colours; others follow in grey. */
+const PROCESS_COLOURS: [string, string][] = [
+  ['poller', '#2a6fb0'],
+  ['vuln-fetcher', '#c77800'],
+  ['scorer', '#7a4fb0'],
+  ['publisher', '#b03b6f'],
+  ['registrar', '#6b8e23'],
+  ['kafka', '#3b8f3b'],
+  ['redis', '#d04a3a'],
+  ['simulator', '#8a8f98'],
+];
+
+/** At most this many columns in the CPU lane: longer runs are merged into columns of equal time. */
+const CPU_COLUMNS = 300;
+
+/**
+ * The intervals merged into at most `columns` columns of equal duration, each process's cores averaged over
+ * the time its column covers.
+ */
+export function mergeCpuColumns(intervals: readonly CoresInterval[], columns = CPU_COLUMNS): CoresInterval[] {
+  if (intervals.length <= columns) return [...intervals];
+  const start = (intervals[0] as CoresInterval).t;
+  const end = (intervals.at(-1) as CoresInterval).until;
+  const width = (end - start) / columns;
+  const merged: CoresInterval[] = Array.from({ length: columns }, (_, i) => ({
+    t: start + i * width,
+    until: start + (i + 1) * width,
+    cores: {},
+  }));
+  for (const interval of intervals) {
+    const first = Math.max(0, Math.floor((interval.t - start) / width));
+    const last = Math.min(columns - 1, Math.floor((interval.until - start - 1e-9) / width));
+    for (let i = first; i <= last; i++) {
+      const column = merged[i] as CoresInterval;
+      const overlap = Math.min(interval.until, column.until) - Math.max(interval.t, column.t);
+      if (overlap <= 0) continue;
+      for (const [name, cores] of Object.entries(interval.cores)) {
+        column.cores[name] = (column.cores[name] ?? 0) + (cores * overlap) / width;
+      }
+    }
+  }
+  return merged;
+}
 
 export function escapeXml(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
@@ -138,6 +187,49 @@ export function renderTimeline(input: TimelineInput): string {
       );
     }
   });
+  // Lane 5: cores used by each process, stacked, against the machine's cores.
+  {
+    const top = laneTop(5);
+    const columns = mergeCpuColumns(
+      input.cpu.filter((interval) => interval.until > input.startMs && interval.t < input.endMs),
+    );
+    const names = [...new Set(columns.flatMap((column) => Object.keys(column.cores)))];
+    const order = [
+      ...PROCESS_COLOURS.map(([name]) => name).filter((name) => names.includes(name)),
+      ...names.filter((name) => !PROCESS_COLOURS.some(([known]) => known === name)).sort(),
+    ];
+    const colour = (name: string): string =>
+      PROCESS_COLOURS.find(([known]) => known === name)?.[1] ?? '#b8bcc4';
+    const stacked = (column: CoresInterval): number =>
+      Object.values(column.cores).reduce((sum, cores) => sum + cores, 0);
+    const max = Math.max(input.cpus, ...columns.map(stacked));
+    const y = (cores: number): number => top + LANE - 4 - (cores / max) * (LANE - 24);
+    for (const column of columns) {
+      const left = x(column.t);
+      const width = Math.max(0.5, x(column.until) - left);
+      let below = 0;
+      for (const name of order) {
+        const cores = column.cores[name] ?? 0;
+        if (cores <= 0) continue;
+        out.push(
+          `<rect x="${left.toFixed(1)}" y="${y(below + cores).toFixed(1)}" width="${width.toFixed(1)}" height="${(y(below) - y(below + cores)).toFixed(1)}" fill="${colour(name)}"/>`,
+        );
+        below += cores;
+      }
+    }
+    out.push(
+      `<line x1="${LEFT}" x2="${LEFT + plotWidth}" y1="${y(input.cpus).toFixed(1)}" y2="${y(input.cpus).toFixed(1)}" stroke="#c00" stroke-dasharray="4 3"/>`,
+    );
+    out.push(
+      `<text x="${LEFT + plotWidth - 4}" y="${(y(input.cpus) - 3).toFixed(1)}" text-anchor="end" fill="#c00">${input.cpus} cores</text>`,
+    );
+    let legendX = LEFT + 4;
+    for (const name of order.filter((name) => columns.some((column) => (column.cores[name] ?? 0) > 0))) {
+      out.push(`<rect x="${legendX}" y="${top + 5}" width="9" height="9" fill="${colour(name)}"/>`);
+      out.push(`<text x="${legendX + 12}" y="${top + 13}" font-size="10">${escapeXml(name)}</text>`);
+      legendX += 18 + name.length * 6;
+    }
+  }
   // Markers across lanes.
   for (const marker of input.markers) {
     const mx = x(marker.t).toFixed(1);

@@ -2,6 +2,7 @@ import {
   meanServiceMs,
   percentile,
   perDeviceRefreshHours,
+  coresOverTime,
   progress,
   slotUtilisation,
   span,
@@ -120,5 +121,26 @@ describe('span', () => {
       ]),
     ).toEqual({ firstMs: 1000, lastMs: 2000, items: 1000, perSec: 1000 });
     expect(span([])).toBeNull();
+  });
+});
+
+describe('coresOverTime', () => {
+  it('coresOverTime should give each process its CPU seconds per second of each interval', () => {
+    const intervals = coresOverTime([
+      { t: 1_000, cpuSec: { scorer: 1, kafka: 10 } },
+      { t: 1_500, cpuSec: { scorer: 1.5, kafka: 10.1 } },
+      { t: 2_500, cpuSec: { scorer: 1.6, kafka: 10.1, publisher: 0.3 } },
+      { t: 2_500, cpuSec: { scorer: 1.7, kafka: 10.2 } },
+      { t: 3_500, cpuSec: { scorer: 1.2, kafka: NaN } },
+    ]);
+    expect(intervals).toHaveLength(3);
+    expect(intervals[0]?.t).toBe(1_000);
+    expect(intervals[0]?.until).toBe(1_500);
+    expect(intervals[0]?.cores['scorer']).toBeCloseTo(1, 6);
+    expect(intervals[0]?.cores['kafka']).toBeCloseTo(0.2, 6);
+    expect(intervals[1]?.cores['scorer']).toBeCloseTo(0.1, 6);
+    // A process seen for the first time (no earlier reading) and a counter that went back or could not be read count 0.
+    expect(intervals[1]?.cores['publisher']).toBe(0);
+    expect(intervals[2]?.cores).toEqual({ scorer: 0, kafka: 0 });
   });
 });
