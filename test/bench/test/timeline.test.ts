@@ -1,3 +1,4 @@
+import type { CoresInterval } from '../src/analysis';
 import { escapeXml, mergeCpuColumns, renderTimeline, tickStepMs } from '../src/timeline';
 
 describe('tickStepMs', () => {
@@ -74,7 +75,7 @@ describe('renderTimeline', () => {
   });
 
   it('mergeCpuColumns should average each process over columns of equal time, keeping its CPU seconds', () => {
-    const intervals = Array.from({ length: 10 }, (_, i) => ({
+    const intervals: CoresInterval[] = Array.from({ length: 10 }, (_, i) => ({
       t: i * 100,
       until: (i + 1) * 100,
       cores: { scorer: i < 5 ? 1 : 0, kafka: 0.5 },
@@ -89,7 +90,7 @@ describe('renderTimeline', () => {
     ]);
     expect(merged.map((column) => column.cores['scorer'])).toEqual([1, 1, 0, 0]);
     for (const column of merged) expect(column.cores['kafka']).toBeCloseTo(0.5, 9);
-    const seconds = (columns: typeof intervals): number =>
+    const seconds = (columns: CoresInterval[]): number =>
       columns.reduce(
         (sum, column) => sum + ((column.cores['scorer'] ?? 0) * (column.until - column.t)) / 1000,
         0,
