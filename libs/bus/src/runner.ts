@@ -58,6 +58,14 @@ export interface ConsumerRunnerOptions {
    * held. Default 100.
    */
   maxBufferedPerPartition?: number;
+  /**
+   * Whether handled offsets are committed. Default true. False suits a consumer that reads its topics from
+   * the beginning every time it starts, in a group of its own (every replica reading every tenant): the group
+   * then holds no offsets, so once its member is gone (closed, or killed and past its session) the broker's
+   * periodic cleanup drops it, instead of keeping an orphan group for the offsets' retention (7 days by
+   * default) after every restart. Ordering 'partition' only.
+   */
+  commitOffsets?: boolean;
   /** Ordering 'key': how soon a finished message's offset is committed, ms. Default 1000. */
   commitIntervalMs?: number;
   /**
@@ -115,6 +123,12 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
         canRetry: false,
       },
     );
+  }
+  const commit = options.commitOffsets ?? true;
+  if (!commit && ordering === 'key') {
+    throw new UrsError('RUNNER_OPTION_INVALID', "commitOffsets false needs ordering 'partition'", {
+      canRetry: false,
+    });
   }
   // Validators compiled before the first message, not by it (and with it, the dead-letter contract).
   compileContracts([
@@ -202,10 +216,10 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
       const done = await handleOne(payload, message);
       if (!done) break;
       payload.resolveOffset(message.offset);
-      await payload.commitOffsetsIfNecessary();
+      if (commit) await payload.commitOffsetsIfNecessary();
       await payload.heartbeat();
     }
-    await payload.commitOffsetsIfNecessary();
+    if (commit) await payload.commitOffsetsIfNecessary();
   }
 
   return {
@@ -225,7 +239,8 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
       await consumer.run({
         // Ordering 'key' resolves offsets on accepting a message, ahead of its handling, and commits
         // the finished watermark itself: KafkaJS must not commit resolved offsets.
-        autoCommit: keyed === undefined,
+        // Without commits (commitOffsets false), none: not even the resolved offsets on disconnect.
+        autoCommit: keyed === undefined && commit,
         autoCommitInterval: 1_000,
         eachBatchAutoResolve: false,
         partitionsConsumedConcurrently: options.partitionsConsumedConcurrently ?? 1,

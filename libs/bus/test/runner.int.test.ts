@@ -3,6 +3,7 @@ import {
   createConsumerRunner,
   createPublisher,
   type ConsumerRunner,
+  type ConsumerRunnerOptions,
   type InboundMessage,
   type Publisher,
 } from '@urs/bus';
@@ -46,6 +47,7 @@ describe('createConsumerRunner', () => {
   function start(
     groupId: string,
     handler: (message: InboundMessage<TenantRecord>) => Promise<void>,
+    extra: Partial<ConsumerRunnerOptions> = {},
   ): ConsumerRunner {
     const runner = createConsumerRunner({
       kafka,
@@ -59,6 +61,7 @@ describe('createConsumerRunner', () => {
       logger: silentLogger,
       metrics: new Registry({ processMetrics: false }),
       retry: retryPolicy({ maxAttempts: 3, initialDelayMs: 10, maxDelayMs: 20 }),
+      ...extra,
     });
     runners.push(runner);
     return runner;
@@ -116,6 +119,51 @@ describe('createConsumerRunner', () => {
     expect(attempts).toBe(3);
     const [letter] = await readDeadLetters(kafka, dlq, 1);
     expect(letter?.error).toEqual({ code: 'PROFILE_INVALID', message: 'weights must total 100' });
+  });
+
+  it('should commit nothing when told so: the group holds no offsets and a restart reads from the beginning', async () => {
+    const [topic] = topics as [string, string];
+    const groupId = uniqueId('group');
+    const first: string[] = [];
+    const runner = start(groupId, async (message) => void first.push(message.value?.tenantId ?? ''), {
+      commitOffsets: false,
+    });
+    await runner.start();
+    await publisher.send(topic, 'urs/tenant-record', [
+      { key: 'k', value: tenantRecord('one') },
+      { key: 'k', value: tenantRecord('two') },
+    ]);
+    await waitFor(() => first.length === 2, { timeoutMs: 30_000 });
+    await runner.close();
+
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      const [offsets] = await admin.fetchOffsets({ groupId, topics: [topic] });
+      expect(offsets?.partitions.map((partition) => partition.offset)).toEqual(['-1', '-1']);
+    } finally {
+      await admin.disconnect();
+    }
+    const second: string[] = [];
+    await start(groupId, async (message) => void second.push(message.value?.tenantId ?? ''), {
+      commitOffsets: false,
+    }).start();
+    await waitFor(() => second.length >= 2, { timeoutMs: 30_000 });
+    expect(second).toEqual(['one', 'two']);
+    expect(() =>
+      createConsumerRunner({
+        kafka,
+        service: 'test',
+        groupId,
+        subscriptions: [],
+        publisher,
+        dlqTopic: topic,
+        logger: silentLogger,
+        metrics: new Registry({ processMetrics: false }),
+        ordering: 'key',
+        commitOffsets: false,
+      }),
+    ).toThrow("commitOffsets false needs ordering 'partition'");
   });
 
   it('should resume after a restart from the last committed offset without redelivering handled messages', async () => {

@@ -61,6 +61,9 @@ void runService({
       kafka,
       service: 'poller',
       groupId,
+      // Read from the beginning at every start: nothing to commit, and a killed poller's group (which its
+      // close would have deleted) then leaves no offsets behind to keep it for the offsets' retention.
+      commitOffsets: false,
       subscriptions: [
         {
           topic: config.topics.tenants,

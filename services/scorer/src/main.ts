@@ -31,6 +31,9 @@ void runService({
     const profileRunner = createConsumerRunner({
       ...common,
       groupId: own.profilesGroupId,
+      // Read from the beginning at every start, in a group of this process's own: nothing to commit, and
+      // without offsets the group does not outlive the process by the offsets' retention.
+      commitOffsets: false,
       subscriptions: [
         {
           topic: config.topics.tenants,
