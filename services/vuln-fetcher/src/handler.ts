@@ -68,6 +68,11 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   const now = deps.now ?? (() => new Date());
   const owner = randomUUID();
   const failedCycles = new Map<string, FetchError>();
+  /**
+   * The bulk exports this process is running, by `tenantId/cycleId`, aborted when one ends: a batch of the
+   * same cycle waiting here wakes at once instead of at its next look at the cache.
+   */
+  const runningExports = new Map<string, AbortController>();
   const fetches = deps.metrics.counter(
     'urs_vulnerability_fetches_total',
     'Device vulnerability lookups, by mode and outcome (ok, failed, skipped).',
@@ -96,6 +101,21 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
    * A stop, or the runner giving the batch up (its partition moved to another replica), interrupted
    * the batch: fail it retryably, so its offset is not committed and it is handled again.
    */
+  /** Sleeps `ms`, or less when either signal is aborted (not AbortSignal.any: see the handler below). */
+  async function sleepUntil(ms: number, ...signals: (AbortSignal | undefined)[]): Promise<void> {
+    const wake = new AbortController();
+    const relay = (): void => wake.abort();
+    for (const one of signals) {
+      if (one?.aborted) return;
+      one?.addEventListener('abort', relay, { once: true });
+    }
+    try {
+      await sleep(ms, wake.signal);
+    } finally {
+      for (const one of signals) one?.removeEventListener('abort', relay);
+    }
+  }
+
   function throwIfStopping(signal: AbortSignal | undefined): void {
     if (signal?.aborted) {
       throw new UrsError(
@@ -225,11 +245,19 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
           ...(isTenantWideCode(state.code) ? { tenantFailure: fetchError } : {}),
         };
       }
+      const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
       if (
         state.state === 'absent' &&
         (await deps.bulkCache.claim(batch.tenantId, batch.cycleId, owner, deps.bulkClaimMs))
       ) {
-        await runBulkExport(batch, source, log, signal);
+        const ended = new AbortController();
+        runningExports.set(cycleKey, ended);
+        try {
+          await runBulkExport(batch, source, log, signal);
+        } finally {
+          runningExports.delete(cycleKey);
+          ended.abort();
+        }
         continue;
       }
       if (Date.now() >= deadline) {
@@ -241,7 +269,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         return { devices: missing(batch.devices, fetchError), collectedAt: now() };
       }
       await heartbeat();
-      await sleep(deps.bulkPollMs ?? 200, signal);
+      await sleepUntil(deps.bulkPollMs ?? 200, signal, runningExports.get(cycleKey)?.signal);
       throwIfStopping(signal);
     }
   }

@@ -233,6 +233,38 @@ describe('createEnrichHandler', () => {
     ).toBe(true);
   });
 
+  it('should wake a batch waiting for the export this process runs as soon as it ends, not at its next look', async () => {
+    let finish: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (finish = resolve));
+    const { handler, sent } = setup(
+      {
+        bulkVulnerabilityPages: async function* () {
+          await gate;
+          yield new Map([['d4', [cve('CVE-9', 9.9)]]]);
+        },
+      },
+      // Without the wake-up the second batch would look at the cache again only after a minute.
+      { bulkPollMs: 60_000, bulkWaitMs: 120_000 },
+    );
+    const first = handler(message(batch({ vulnerabilityMode: 'bulk', lastBatch: false })));
+    const second = handler(
+      message(batch({ vulnerabilityMode: 'bulk', batchIndex: 1, devices: [{ id: 'd4' }] })),
+    );
+    // Both are in: the first runs the export, the second waits for it.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(sent).toHaveLength(0);
+    finish();
+    const outcome = await Promise.race([
+      Promise.all([first, second]).then(() => 'both enriched'),
+      new Promise((resolve) => setTimeout(() => resolve('second still waiting'), 5_000)),
+    ]);
+    expect(outcome).toBe('both enriched');
+    expect(sent.map((enriched) => enriched.batchIndex).sort()).toEqual([0, 1]);
+    expect(
+      sent.find((enriched) => enriched.batchIndex === 1)?.devices[0]?.vulnerabilities?.criticalCveCount,
+    ).toBe(1);
+  });
+
   it('should pass the devices of an unknown tenant on without vulnerabilities', async () => {
     const { handler, sent } = setup({});
     await handler(message(batch({ tenantId: 'gone' })));
