@@ -67,6 +67,23 @@ describe('createConsumerRunner', () => {
     return runner;
   }
 
+  /** A runner of `groupId` handles two records of one key, then closes; answers the tenants it saw. */
+  async function handleTwoAndClose(
+    groupId: string,
+    extra: Partial<ConsumerRunnerOptions> = {},
+  ): Promise<string[]> {
+    const seen: string[] = [];
+    const runner = start(groupId, async (message) => void seen.push(message.value?.tenantId ?? ''), extra);
+    await runner.start();
+    await publisher.send(topics[0] as string, 'urs/tenant-record', [
+      { key: 'k', value: tenantRecord('one') },
+      { key: 'k', value: tenantRecord('two') },
+    ]);
+    await waitFor(() => seen.length === 2, { timeoutMs: 30_000 });
+    await runner.close();
+    return seen;
+  }
+
   it('should hand valid messages and tombstones to the handler and dead-letter poison, then go on', async () => {
     const [topic, dlq] = topics as [string, string];
     const seen: (string | null)[] = [];
@@ -124,17 +141,7 @@ describe('createConsumerRunner', () => {
   it('should commit nothing when told so: the group holds no offsets and a restart reads from the beginning', async () => {
     const [topic] = topics as [string, string];
     const groupId = uniqueId('group');
-    const first: string[] = [];
-    const runner = start(groupId, async (message) => void first.push(message.value?.tenantId ?? ''), {
-      commitOffsets: false,
-    });
-    await runner.start();
-    await publisher.send(topic, 'urs/tenant-record', [
-      { key: 'k', value: tenantRecord('one') },
-      { key: 'k', value: tenantRecord('two') },
-    ]);
-    await waitFor(() => first.length === 2, { timeoutMs: 30_000 });
-    await runner.close();
+    await handleTwoAndClose(groupId, { commitOffsets: false });
 
     const admin = kafka.admin();
     await admin.connect();
@@ -169,15 +176,7 @@ describe('createConsumerRunner', () => {
   it('should resume after a restart from the last committed offset without redelivering handled messages', async () => {
     const [topic] = topics as [string, string];
     const groupId = uniqueId('group');
-    const first: string[] = [];
-    const runner = start(groupId, async (message) => void first.push(message.value?.tenantId ?? ''));
-    await runner.start();
-    await publisher.send(topic, 'urs/tenant-record', [
-      { key: 'k', value: tenantRecord('one') },
-      { key: 'k', value: tenantRecord('two') },
-    ]);
-    await waitFor(() => first.length === 2, { timeoutMs: 30_000 });
-    await runner.close();
+    const first = await handleTwoAndClose(groupId);
 
     await publisher.send(topic, 'urs/tenant-record', [{ key: 'k', value: tenantRecord('three') }]);
     const second: string[] = [];
