@@ -97,18 +97,12 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     });
   }
 
-  /**
-   * A stop, or the runner giving the batch up (its partition moved to another replica), interrupted
-   * the batch: fail it retryably, so its offset is not committed and it is handled again.
-   */
   /** Sleeps `ms`, or less when either signal is aborted (not AbortSignal.any: see the handler below). */
   async function sleepUntil(ms: number, ...signals: (AbortSignal | undefined)[]): Promise<void> {
+    if (signals.some((one) => one?.aborted)) return;
     const wake = new AbortController();
     const relay = (): void => wake.abort();
-    for (const one of signals) {
-      if (one?.aborted) return;
-      one?.addEventListener('abort', relay, { once: true });
-    }
+    for (const one of signals) one?.addEventListener('abort', relay, { once: true });
     try {
       await sleep(ms, wake.signal);
     } finally {
@@ -116,6 +110,10 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     }
   }
 
+  /**
+   * A stop, or the runner giving the batch up (its partition moved to another replica), interrupted
+   * the batch: fail it retryably, so its offset is not committed and it is handled again.
+   */
   function throwIfStopping(signal: AbortSignal | undefined): void {
     if (signal?.aborted) {
       throw new UrsError(
