@@ -59,6 +59,26 @@ const HEARTBEAT_EVERY_MS = 3_000;
 const REMEMBERED_FAILURES = 1000;
 
 /**
+ * A signal aborted once any of `signals` is (at once when one already is), and `release` to stop following
+ * them. Not AbortSignal.any: Node keeps every signal made from a long-lived one, such as the process's stop
+ * signal (nodejs/node#55351).
+ */
+function anyAborted(signals: (AbortSignal | undefined)[]): { signal: AbortSignal; release: () => void } {
+  const any = new AbortController();
+  const abort = (): void => any.abort();
+  for (const one of signals) {
+    if (one?.aborted) abort();
+    one?.addEventListener('abort', abort, { once: true });
+  }
+  return {
+    signal: any.signal,
+    release: () => {
+      for (const one of signals) one?.removeEventListener('abort', abort);
+    },
+  };
+}
+
+/**
  * Enriches a device batch with each device's vulnerability summary and emits it, keeping the batch's
  * shape and cycle header. A device whose vulnerabilities cannot be fetched goes on with
  * `vulnerabilities: null` and the reason: a missing signal never holds the cycle back. A failure of the
@@ -97,16 +117,13 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     });
   }
 
-  /** Sleeps `ms`, or less when either signal is aborted (not AbortSignal.any: see the handler below). */
+  /** Sleeps `ms`, or less when any of the signals is aborted. */
   async function sleepUntil(ms: number, ...signals: (AbortSignal | undefined)[]): Promise<void> {
-    if (signals.some((one) => one?.aborted)) return;
-    const wake = new AbortController();
-    const relay = (): void => wake.abort();
-    for (const one of signals) one?.addEventListener('abort', relay, { once: true });
+    const wake = anyAborted(signals);
     try {
       await sleep(ms, wake.signal);
     } finally {
-      for (const one of signals) one?.removeEventListener('abort', relay);
+      wake.release();
     }
   }
 
@@ -282,20 +299,13 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       await message.heartbeat?.().catch(() => undefined);
     };
     // The process stopping, or the runner giving this batch up (its partition moved to another replica).
-    // Not AbortSignal.any: Node keeps every signal made from the long-lived stop signal (nodejs/node#55351).
-    const interrupted = new AbortController();
-    const interrupt = (): void => interrupted.abort();
-    for (const source of [deps.signal, message.signal]) {
-      if (source?.aborted) interrupt();
-      source?.addEventListener('abort', interrupt, { once: true });
-    }
+    const interrupted = anyAborted([deps.signal, message.signal]);
     const beating = setInterval(() => void heartbeat(), HEARTBEAT_EVERY_MS);
     try {
       await handle(batch, heartbeat, interrupted.signal);
     } finally {
       clearInterval(beating);
-      deps.signal?.removeEventListener('abort', interrupt);
-      message.signal?.removeEventListener('abort', interrupt);
+      interrupted.release();
     }
   };
 
