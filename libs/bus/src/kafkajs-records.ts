@@ -196,7 +196,6 @@ type RecordFn = (fields: RecordFields) => KafkaJsEncoder;
 const MAGIC_BYTE = 2;
 const TRANSACTIONAL_MASK = 16;
 const NO_COMPRESSION = 0;
-const COMPRESSION_CODEC_MASK = 0x07;
 /** Every byte of the batch header: first offset, length, leader epoch, magic, CRC, then the body's fixed part. */
 const BATCH_HEAD = 8 + 4 + 4 + 1 + 4;
 const BODY_HEAD = 2 + 4 + 8 + 8 + 8 + 2 + 4 + 4;
@@ -382,8 +381,8 @@ export function createRecordBatchEncoder(parts: RecordBatchEncoderParts): Record
     at = out.writeInt32BE(args.partitionLeaderEpoch ?? 0, at);
     at = out.writeInt8(MAGIC_BYTE, at);
     at += 4; // the CRC, once the body is written
-    const compression = (args.compression ?? NO_COMPRESSION) & COMPRESSION_CODEC_MASK;
-    at = out.writeInt16BE(compression | (args.transactional ? TRANSACTIONAL_MASK : 0), at);
+    // Attributes: no compression (anything compressed went to KafkaJS above), transactional or not.
+    at = out.writeInt16BE(args.transactional ? TRANSACTIONAL_MASK : 0, at);
     at = out.writeInt32BE(args.lastOffsetDelta ?? 0, at);
     at = writeInt64(out, at, args.firstTimestamp ?? Date.now(), Long);
     at = writeInt64(out, at, args.maxTimestamp ?? Date.now(), Long);
