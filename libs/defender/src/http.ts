@@ -327,9 +327,13 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     let token = (await tokens.getToken(signal)).token;
     for (;;) {
       // Quota first, then the slot: a tenant waiting for its quota must not hold one of the shared slots.
-      await quota.acquire(azureTenantId, endpoint, signal);
+      // The call counts from when it is sent, once it holds a slot, as Microsoft counts it.
+      const claim = await quota.acquire(azureTenantId, endpoint, signal);
       const current = token;
-      const response = await limiter.schedule(() => call(current));
+      const response = await limiter.schedule(() => {
+        claim.sent();
+        return call(current);
+      });
       if (!('headers' in response)) return response;
       if (response.status === 401 && !refreshed) {
         refreshed = true;

@@ -12,8 +12,21 @@ export type { DefenderCredentials, TokenClaims, TokenSource, TokenSourceOptions 
 export { mapAuthError } from './auth-errors';
 export { createHttpsAgent } from './tls';
 export type { HttpsAgentOptions } from './tls';
-export { MICROSOFT_QUOTAS, createRedisQuotaGate, createLocalQuotaGate } from './quota';
-export type { DefenderEndpointClass, QuotaWindow, QuotaLimits, QuotaGate, QuotaGateOptions } from './quota';
+export {
+  MICROSOFT_QUOTAS,
+  UNLIMITED_QUOTA_GATE,
+  createRedisQuotaGate,
+  createLocalQuotaGate,
+  quotaGateFor,
+} from './quota';
+export type {
+  DefenderEndpointClass,
+  QuotaWindow,
+  QuotaLimits,
+  QuotaClaim,
+  QuotaGate,
+  QuotaGateOptions,
+} from './quota';
 export { createSharedLimiter, createLocalLimiter } from './limiter';
 export { withSlotHandOff } from './handoff';
 export type { SlotHandOffOptions } from './handoff';

@@ -35,12 +35,27 @@ export const MICROSOFT_QUOTAS: QuotaLimits = Object.freeze({
 });
 
 /**
+ * One call taken from a tenant's quota. Microsoft counts a call when it arrives, and the call may wait for
+ * one of the shared slots between `acquire` and its sending (seconds, when other tenants keep the slots
+ * busy): counted from `acquire`, the window would free that much early and the tenant's next call would
+ * draw a 429. So the caller says when the call goes out.
+ */
+export interface QuotaClaim {
+  /**
+   * The call is being sent now: its entry in every window moves to this moment. Never throws and is not
+   * awaited; if the move fails, the entry keeps the time of `acquire`.
+   */
+  sent(): void;
+}
+
+/**
  * A tenant's API quota, shared by every process. `acquire` is called BEFORE taking one of the 10 call
- * slots, so a tenant waiting for its quota never holds a slot another tenant could use.
+ * slots, so a tenant waiting for its quota never holds a slot another tenant could use; the claim's `sent`
+ * is called once the slot is held, right before the request.
  */
 export interface QuotaGate {
   /** Takes one call from the tenant's quota for `endpoint`, waiting until every window has room. */
-  acquire(azureTenantId: string, endpoint: DefenderEndpointClass, signal?: AbortSignal): Promise<void>;
+  acquire(azureTenantId: string, endpoint: DefenderEndpointClass, signal?: AbortSignal): Promise<QuotaClaim>;
   /** Holds every call of the tenant's `endpoint` back for `durationMs` (a 429's Retry-After), in every process. */
   block(azureTenantId: string, endpoint: DefenderEndpointClass, durationMs: number): Promise<void>;
 }
@@ -78,6 +93,18 @@ for i = 1, n do
   local key = KEYS[i + 1]
   redis.call('ZADD', key, now, ARGV[1])
   redis.call('PEXPIRE', key, tonumber(ARGV[2 + i * 2]))
+end
+return 0
+`;
+
+/** Moves a call's entry in every window (KEYS) to Redis's time now; a window that lost it is left alone. */
+const SENT_SCRIPT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS do
+  if redis.call('ZADD', KEYS[i], 'XX', 'CH', now, ARGV[1]) == 1 then
+    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[1 + i]))
+  end
 end
 return 0
 `;
@@ -148,17 +175,16 @@ export function createRedisQuotaGate(
     `${keyPrefix}defender:quota:${tenant}:${endpoint}:${suffix}`;
 
   return {
-    acquire(azureTenantId, endpoint, signal) {
+    async acquire(azureTenantId, endpoint, signal) {
       const windows = limits[endpoint];
-      const keys = [
-        key(azureTenantId, endpoint, 'blocked'),
-        ...windows.map((w) => key(azureTenantId, endpoint, String(w.windowMs))),
-      ];
+      const windowKeys = windows.map((w) => key(azureTenantId, endpoint, String(w.windowMs)));
+      const keys = [key(azureTenantId, endpoint, 'blocked'), ...windowKeys];
       const args = windows.flatMap((w) => [String(w.limit), String(w.windowMs)]);
+      let member = '';
       const wait = (): Promise<void> =>
         waitForRoom(
           async () => {
-            const member = `${owner}:${++sequence}`;
+            member = `${owner}:${++sequence}`;
             const result = await redis.eval(
               ACQUIRE_SCRIPT,
               keys.length,
@@ -172,7 +198,22 @@ export function createRedisQuotaGate(
           maxPollMs,
           signal,
         );
-      return queue(`${azureTenantId}:${endpoint}`, wait, signal);
+      await queue(`${azureTenantId}:${endpoint}`, wait, signal);
+      const taken = member;
+      return {
+        sent() {
+          if (windowKeys.length === 0) return;
+          redis
+            .eval(
+              SENT_SCRIPT,
+              windowKeys.length,
+              ...windowKeys,
+              taken,
+              ...windows.map((w) => String(w.windowMs)),
+            )
+            .catch(() => undefined);
+        },
+      };
     },
     async block(azureTenantId, endpoint, durationMs) {
       if (durationMs <= 0) return;
@@ -194,39 +235,69 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
   const limits = options.limits ?? MICROSOFT_QUOTAS;
   const maxPollMs = options.maxPollMs ?? 5_000;
   const now = options.now ?? Date.now;
-  const calls = new Map<string, number[]>();
+  /** Per tenant, endpoint and window: when each call in it was taken, then sent (unordered once moved). */
+  const calls = new Map<string, { at: number }[]>();
   const blockedUntil = new Map<string, number>();
   const queue = createWaitQueue();
 
-  function tryAcquire(id: string, windows: readonly QuotaWindow[]): number {
+  /** 0 with the call taken into every window, or the milliseconds to wait. */
+  function tryAcquire(id: string, windows: readonly QuotaWindow[], taken: { at: number }): number {
     const t = now();
     const blocked = (blockedUntil.get(id) ?? 0) - t;
     if (blocked > 0) return blocked;
     let wait = 0;
     const logs = windows.map((w) => {
       const logKey = `${id}:${w.windowMs}`;
-      const log = (calls.get(logKey) ?? []).filter((at) => at > t - w.windowMs);
+      const log = (calls.get(logKey) ?? []).filter((call) => call.at > t - w.windowMs);
       calls.set(logKey, log);
-      if (log.length >= w.limit) wait = Math.max(wait, (log[log.length - w.limit] ?? t) + w.windowMs - t, 1);
+      if (log.length >= w.limit) {
+        // The window frees when the oldest of its newest `limit` calls leaves it.
+        const times = log.map((call) => call.at).sort((a, b) => a - b);
+        wait = Math.max(wait, (times[times.length - w.limit] ?? t) + w.windowMs - t, 1);
+      }
       return log;
     });
     if (wait > 0) return wait;
-    for (const log of logs) log.push(t);
+    taken.at = t;
+    for (const log of logs) log.push(taken);
     return 0;
   }
 
   return {
-    acquire(azureTenantId, endpoint, signal) {
+    async acquire(azureTenantId, endpoint, signal) {
       const id = `${azureTenantId}:${endpoint}`;
-      return queue(
+      const taken = { at: 0 };
+      await queue(
         id,
-        () => waitForRoom(async () => tryAcquire(id, limits[endpoint]), maxPollMs, signal),
+        () => waitForRoom(async () => tryAcquire(id, limits[endpoint], taken), maxPollMs, signal),
         signal,
       );
+      return {
+        sent() {
+          taken.at = Math.max(taken.at, now());
+        },
+      };
     },
     async block(azureTenantId, endpoint, durationMs) {
       const id = `${azureTenantId}:${endpoint}`;
       blockedUntil.set(id, Math.max(blockedUntil.get(id) ?? 0, now() + durationMs));
     },
   };
+}
+
+/** The claim of a gate that counts nothing. */
+const NOTHING_TO_MOVE: QuotaClaim = Object.freeze({ sent: () => undefined });
+
+/** A gate that never waits: for an API without quotas (the simulator with its quotas off). */
+export const UNLIMITED_QUOTA_GATE: QuotaGate = Object.freeze({
+  acquire: async () => NOTHING_TO_MOVE,
+  block: async () => undefined,
+});
+
+/**
+ * The gate of a service's Defender calls: Microsoft's per-tenant quotas kept in Redis (shared by every
+ * replica), or none when the API answering is a simulator with its quotas off (`URS_DEFENDER_QUOTAS=off`).
+ */
+export function quotaGateFor(mode: 'microsoft' | 'off', redis: Redis, keyPrefix: string): QuotaGate {
+  return mode === 'off' ? UNLIMITED_QUOTA_GATE : createRedisQuotaGate(redis, keyPrefix);
 }

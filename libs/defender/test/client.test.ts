@@ -12,6 +12,7 @@ import {
   createLocalQuotaGate,
   createTokenSource,
   resolveEndpoints,
+  type QuotaGate,
 } from '../src';
 import { type TestApp, newApp, simClient } from './support';
 
@@ -344,6 +345,42 @@ describe('createDefenderClient vulnerabilities', () => {
         const got = await client.getMachineVulnerabilities(machine.id);
         expect(got.map((v) => v.id).sort()).toEqual(expected);
       }
+    } finally {
+      await close();
+    }
+  });
+
+  it('a call should count against the quota from when it holds a slot, not from when it waited for one', async () => {
+    const events: string[] = [];
+    const local = createLocalQuotaGate();
+    const quota: QuotaGate = {
+      async acquire(...args) {
+        events.push('quota taken');
+        const claim = await local.acquire(...args);
+        return {
+          sent() {
+            events.push('sent');
+            claim.sent();
+          },
+        };
+      },
+      block: (...args) => local.block(...args),
+    };
+    const limiter = createLocalLimiter({ maxConcurrent: 1 });
+    let freeSlot = (): void => undefined;
+    const holder = limiter.schedule(() => new Promise<void>((resolve) => (freeSlot = resolve)));
+    const { client, close } = simClient(sim, app, { limiter, quota });
+    try {
+      const machine = sim.machines(app.azureTenantId)[0] as { id: string };
+      const call = client.getMachineVulnerabilities(machine.id);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      // Its quota taken, the call waits for the only slot (another tenant's call holds it).
+      expect(events).toEqual(['quota taken']);
+      events.push('slot free');
+      freeSlot();
+      await holder;
+      await call;
+      expect(events).toEqual(['quota taken', 'slot free', 'sent']);
     } finally {
       await close();
     }

@@ -1,4 +1,10 @@
-import { MICROSOFT_QUOTAS, createLocalQuotaGate, planVulnerabilityMode } from '../src';
+import {
+  MICROSOFT_QUOTAS,
+  UNLIMITED_QUOTA_GATE,
+  createLocalQuotaGate,
+  planVulnerabilityMode,
+  quotaGateFor,
+} from '../src';
 
 describe('createLocalQuotaGate', () => {
   it('acquire should wait until the window frees once the limit is reached', async () => {
@@ -46,6 +52,51 @@ describe('createLocalQuotaGate', () => {
     await expect(gate.acquire('t1', 'bulk', controller.signal)).rejects.toMatchObject({
       code: 'DEFENDER_THROTTLED',
     });
+  });
+});
+
+describe('createLocalQuotaGate claims', () => {
+  const oneAMinute = { ...MICROSOFT_QUOTAS, vulnerabilities: [{ limit: 1, windowMs: 60_000 }] };
+
+  it('sent should count the call from when it went out, not from when it was taken', async () => {
+    let clock = 0;
+    const gate = createLocalQuotaGate({ limits: oneAMinute, now: () => clock, maxPollMs: 5 });
+    const claim = await gate.acquire('t1', 'vulnerabilities');
+    // The call waited 20 s for a slot: Microsoft counts it from its arrival, and so does the gate.
+    clock = 20_000;
+    claim.sent();
+    clock = 60_001;
+    const next = gate.acquire('t1', 'vulnerabilities');
+    let done = false;
+    void next.then(() => (done = true));
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    expect(done).toBe(false);
+    clock = 80_001;
+    await next;
+  });
+});
+
+describe('quotaGateFor', () => {
+  it('quotaGateFor should never wait when quotas are off', async () => {
+    const gate = quotaGateFor('off', {} as never, 'p:');
+    expect(gate).toBe(UNLIMITED_QUOTA_GATE);
+    const started = Date.now();
+    // Far more than Microsoft's 50 per-device calls a minute: none of them waits.
+    for (let i = 0; i < 1_000; i++) (await gate.acquire('tenant', 'vulnerabilities')).sent();
+    await gate.block('tenant', 'vulnerabilities', 60_000);
+    await gate.acquire('tenant', 'vulnerabilities');
+    expect(Date.now() - started).toBeLessThan(1_000);
+  });
+
+  it('quotaGateFor should keep the Redis quota gate for Microsoft quotas', async () => {
+    const calls: unknown[][] = [];
+    // The Redis gate runs its sliding-window script; a fake client answering "0 ms to wait" shows it is used.
+    const redis = { eval: async (...args: unknown[]) => (calls.push(args), 0) };
+    const gate = quotaGateFor('microsoft', redis as never, 'p:');
+    expect(gate).not.toBe(UNLIMITED_QUOTA_GATE);
+    await gate.acquire('tenant', 'vulnerabilities');
+    expect(calls).toHaveLength(1);
+    expect(calls[0]).toContain('p:defender:quota:tenant:vulnerabilities:60000');
   });
 });
 

@@ -35,6 +35,33 @@ describe('createRedisQuotaGate', () => {
     expect(Date.now() - other).toBeLessThan(100);
   });
 
+  it('sent should move the call to when it went out, for every gate', async () => {
+    const limits = {
+      ...MICROSOFT_QUOTAS,
+      vulnerabilities: [
+        { limit: 1, windowMs: 1_000 },
+        { limit: 5, windowMs: 60_000 },
+      ],
+    };
+    const a = createRedisQuotaGate(redis.client, redis.prefix, { limits, maxPollMs: 20 });
+    const b = createRedisQuotaGate(redis.client, redis.prefix, { limits, maxPollMs: 20 });
+    const claim = await a.acquire('t1', 'vulnerabilities');
+    const taken = Date.now();
+    // The call waits 500 ms for a slot before it goes out.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    claim.sent();
+    const sent = Date.now();
+    await b.acquire('t1', 'vulnerabilities');
+    expect(Date.now() - sent).toBeGreaterThanOrEqual(950);
+    expect(Date.now() - taken).toBeGreaterThanOrEqual(1_400);
+    // The minute window holds the moved entry and the second call, and its key outlives the newest one.
+    const minute = `${redis.prefix}defender:quota:t1:vulnerabilities:60000`;
+    const entries = await redis.client.zrange(minute, 0, -1, 'WITHSCORES');
+    expect(entries).toHaveLength(4);
+    expect(Number(entries[3]) - Number(entries[1])).toBeGreaterThanOrEqual(950);
+    expect(await redis.client.pttl(minute)).toBeGreaterThan(59_000);
+  });
+
   it('block should hold every gate of the tenant back', async () => {
     const a = createRedisQuotaGate(redis.client, redis.prefix, { maxPollMs: 50 });
     const b = createRedisQuotaGate(redis.client, redis.prefix, { maxPollMs: 50 });

@@ -1,9 +1,7 @@
 import type { Agent } from 'node:https';
 import type { Machine } from '@urs/contracts';
-import type Redis from 'ioredis';
 import {
   createDefenderClient,
-  createRedisQuotaGate,
   DefenderErrorCode,
   isSetupErrorCode,
   planVulnerabilityMode,
@@ -80,12 +78,4 @@ export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGatewa
     },
     planMode: (deviceCount, pollIntervalMinutes) => planVulnerabilityMode(deviceCount, pollIntervalMinutes),
   };
-}
-
-/** A gate that never waits (a simulator with its quotas off). */
-const UNLIMITED: QuotaGate = Object.freeze({ acquire: async () => undefined, block: async () => undefined });
-
-/** The tenants' API quotas kept in Redis (shared by every replica), or none with `URS_DEFENDER_QUOTAS=off`. */
-export function quotaGate(mode: 'microsoft' | 'off', redis: Redis, keyPrefix: string): QuotaGate {
-  return mode === 'off' ? UNLIMITED : createRedisQuotaGate(redis, keyPrefix);
 }

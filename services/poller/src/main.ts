@@ -1,13 +1,13 @@
 import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { createConsumerRunner, topicOffsets } from '@urs/bus';
-import { createHttpsAgent, createSharedLimiter } from '@urs/defender';
+import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { createSecretSealer } from '@urs/secrets';
 import { createCycleStore, createPollScheduleStore, createTenantStore } from '@urs/store';
 import { pollerConfig } from './config';
 import { runCycle } from './cycle';
-import { createDefenderGateway, quotaGate } from './defender';
+import { createDefenderGateway } from './defender';
 import { createScheduler } from './scheduler';
 import { createTenantTable } from './tenant-table';
 
@@ -31,7 +31,7 @@ void runService({
     );
     const defender = createDefenderGateway({
       limiter,
-      quota: quotaGate(settings.quotas, redis, prefix),
+      quota: quotaGateFor(settings.quotas, redis, prefix),
       logger,
       overrides: settings.defender,
       httpsAgent,

@@ -1,13 +1,6 @@
 import { readFileSync } from 'node:fs';
-import type Redis from 'ioredis';
 import { createConsumerRunner } from '@urs/bus';
-import {
-  createDefenderClient,
-  createHttpsAgent,
-  createRedisQuotaGate,
-  createSharedLimiter,
-  type QuotaGate,
-} from '@urs/defender';
+import { createDefenderClient, createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { createSecretSealer } from '@urs/secrets';
 import {
@@ -23,13 +16,6 @@ import { startApiServer, type ApiServer } from './http/server';
 import { tenantRoutes, type AccessChecker } from './http/tenants';
 import { createTenantRebuilder, readTenantLog } from './rebuild';
 import { createTenantRegistry } from './registry';
-
-/** The tenants' API quotas kept in Redis, or none with `URS_DEFENDER_QUOTAS=off` (a simulator without quotas). */
-function quotaGate(mode: 'microsoft' | 'off', redis: Redis, keyPrefix: string): QuotaGate {
-  return mode === 'off'
-    ? { acquire: async () => undefined, block: async () => undefined }
-    : createRedisQuotaGate(redis, keyPrefix);
-}
 
 void runService({
   name: 'registrar',
@@ -72,7 +58,7 @@ void runService({
       maxConcurrent: settings.maxInFlight,
       logger,
     });
-    const quota = quotaGate(settings.quotas, redis, prefix);
+    const quota = quotaGateFor(settings.quotas, redis, prefix);
     const httpsAgent = createHttpsAgent(
       settings.caFile ? { extraCa: readFileSync(settings.caFile, 'utf8') } : {},
     );

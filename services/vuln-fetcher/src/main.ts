@@ -1,12 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { createConsumerRunner } from '@urs/bus';
-import { createHttpsAgent, createSharedLimiter } from '@urs/defender';
+import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { createSecretSealer } from '@urs/secrets';
 import { createBulkVulnerabilityCache, createTenantStore } from '@urs/store';
 import { vulnFetcherConfig } from './config';
 import { createEnrichHandler } from './handler';
-import { quotaGateFor } from './quota';
 import { createDefenderSources } from './sources';
 
 void runService({
