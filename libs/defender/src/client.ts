@@ -1,6 +1,7 @@
 import type { Agent } from 'node:https';
 import type { Logger } from '@urs/logging';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from '@urs/resilience';
+import type { Registry } from '@urs/telemetry';
 import { type DefenderEndpointOverrides, type DefenderEndpoints, resolveEndpoints } from './endpoints';
 import { DefenderError } from './errors';
 import { createApiCaller } from './http';
@@ -53,6 +54,8 @@ export interface DefenderClientDeps {
   maxThrottleWaitMs?: number;
   /** Told about every record skipped as invalid (they are also logged). */
   onInvalidRecord?: (record: InvalidRecord) => void;
+  /** Where the calls are counted and timed (`urs_defender_*`); share the process's registry. None by default. */
+  metrics?: Registry;
   /** Source of randomness for the backoff jitter, in [0, 1). */
   random?: () => number;
 }
@@ -125,6 +128,7 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
     requestTimeoutMs: deps.requestTimeoutMs ?? 30_000,
     maxThrottleWaitMs: deps.maxThrottleWaitMs ?? 600_000,
     logger,
+    ...(deps.metrics ? { metrics: deps.metrics } : {}),
     ...(deps.random ? { random: deps.random } : {}),
   });
   const walkDeps = {

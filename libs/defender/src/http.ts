@@ -3,6 +3,8 @@ import type { Readable } from 'node:stream';
 import axios, { type AxiosResponse } from 'axios';
 import type { Logger } from '@urs/logging';
 import { type RetryPolicy, retryDelayMs, sleep } from '@urs/resilience';
+import type { Registry } from '@urs/telemetry';
+import { createCallMetrics } from './call-metrics';
 import { DefenderError, DefenderErrorCode } from './errors';
 import type { CallLimiter } from './limiter';
 import { MalformedODataError, ODataRowScanner, type RowReader } from './odata-rows';
@@ -24,6 +26,8 @@ export interface ApiCallerOptions {
   /** Total time one call may spend waiting out 429s before it fails THROTTLED, in milliseconds. */
   maxThrottleWaitMs: number;
   logger: Logger;
+  /** Where the calls are counted and timed (see createCallMetrics); none by default. */
+  metrics?: Registry;
   random?: () => number;
 }
 
@@ -101,6 +105,7 @@ export function environmentHasProxy(env: NodeJS.ProcessEnv = process.env): boole
 
 export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   const { azureTenantId, apiBase, tokens, limiter, quota, logger } = options;
+  const metrics = options.metrics ? createCallMetrics(options.metrics) : undefined;
   const origin = new URL(apiBase).origin;
   const http = axios.create({
     httpsAgent: options.httpsAgent,
@@ -328,12 +333,24 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     for (;;) {
       // Quota first, then the slot: a tenant waiting for its quota must not hold one of the shared slots.
       // The call counts from when it is sent, once it holds a slot, as Microsoft counts it.
+      const asked = performance.now();
       const claim = await quota.acquire(azureTenantId, endpoint, signal);
+      const allowed = performance.now();
       const current = token;
-      const response = await limiter.schedule(() => {
-        claim.sent();
-        return call(current);
-      });
+      let sentAt = 0;
+      let response: AxiosResponse<string> | R;
+      try {
+        response = await limiter.schedule(() => {
+          sentAt = performance.now();
+          claim.sent();
+          metrics?.waited(endpoint, (allowed - asked) / 1000, (sentAt - allowed) / 1000);
+          return call(current);
+        });
+      } catch (error) {
+        if (sentAt > 0) metrics?.called(endpoint, 'error', (performance.now() - sentAt) / 1000);
+        throw error;
+      }
+      metrics?.called(endpoint, response.status, (performance.now() - sentAt) / 1000);
       if (!('headers' in response)) return response;
       if (response.status === 401 && !refreshed) {
         refreshed = true;

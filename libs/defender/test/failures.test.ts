@@ -1,5 +1,6 @@
 import type { Logger } from '@urs/logging';
 import { type Simulator, startSimulator } from '@urs/simulator';
+import { Registry } from '@urs/telemetry';
 import { DefenderErrorCode, createLocalQuotaGate } from '../src';
 import { type TestApp, newApp, simClient } from './support';
 
@@ -72,7 +73,8 @@ describe('createDefenderClient when retries run out', () => {
     const quota = createLocalQuotaGate({
       limits: { machines: generous, vulnerabilities: generous, bulk: generous },
     });
-    const { client, close } = simClient(sim, app, { quota, maxThrottleWaitMs: 0 });
+    const metrics = new Registry({ processMetrics: false });
+    const { client, close } = simClient(sim, app, { quota, maxThrottleWaitMs: 0, metrics });
     try {
       const ids = sim.machines(app.azureTenantId).map((m) => m.id);
       const results = await Promise.allSettled(ids.map((id) => client.getMachineVulnerabilities(id)));
@@ -83,6 +85,15 @@ describe('createDefenderClient when retries run out', () => {
         expect(r.reason).toMatchObject({ code: DefenderErrorCode.THROTTLED, canRetry: true });
         expect(r.reason.retryAfterMs).toBeGreaterThan(0);
       }
+      // What an operator sees: Microsoft's 429s by endpoint, every call timed, every wait before a call.
+      const exposed = metrics.expose();
+      expect(exposed).toContain('urs_defender_calls_total{endpoint="vulnerabilities",status="200"} 50');
+      expect(exposed).toContain('urs_defender_calls_total{endpoint="vulnerabilities",status="429"} 10');
+      expect(exposed).toContain('urs_defender_call_seconds_count{endpoint="vulnerabilities"} 60');
+      expect(exposed).toContain('urs_defender_wait_seconds_count{endpoint="vulnerabilities",for="quota"} 60');
+      expect(exposed).toContain('urs_defender_wait_seconds_count{endpoint="vulnerabilities",for="slot"} 60');
+      expect(exposed).not.toContain(app.clientSecret);
+      expect(exposed).not.toContain(app.azureTenantId);
     } finally {
       await close();
     }

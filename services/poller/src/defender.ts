@@ -10,6 +10,7 @@ import {
   type QuotaGate,
 } from '@urs/defender';
 import type { Logger } from '@urs/logging';
+import type { Registry } from '@urs/telemetry';
 
 export { DefenderErrorCode, isSetupErrorCode };
 
@@ -48,6 +49,8 @@ export interface DefenderGatewayDeps {
   logger: Logger;
   overrides: DefenderEndpointOverrides;
   httpsAgent: Agent;
+  /** The process's registry: the calls are counted there (`urs_defender_*`). */
+  metrics: Registry;
 }
 
 /** The gateway over @urs/defender: one client per tenant, sharing the call slots, the quota gate and the agent. */
@@ -61,6 +64,7 @@ export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGatewa
         logger: deps.logger,
         overrides: deps.overrides,
         httpsAgent: deps.httpsAgent,
+        metrics: deps.metrics,
       });
       return {
         async *listDevicePages(signal) {

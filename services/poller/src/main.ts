@@ -35,6 +35,7 @@ void runService({
       logger,
       overrides: settings.defender,
       httpsAgent,
+      metrics,
     });
     const cycleDeps = {
       defender,

@@ -70,6 +70,7 @@ void runService({
         logger,
         overrides: settings.defender,
         httpsAgent,
+        metrics,
       });
       try {
         return await client.checkAccess(signal);

@@ -30,6 +30,7 @@ void runService({
       httpsAgent,
       overrides: own.defender,
       logger,
+      metrics,
     });
     // Stopping aborts the calls in flight (the runner then leaves their batch uncommitted); without it a
     // batch pacing itself on its tenant's quota would hold the graceful stop for minutes (the runner

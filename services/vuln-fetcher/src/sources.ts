@@ -10,6 +10,7 @@ import {
   type QuotaGate,
 } from '@urs/defender';
 import type { Logger } from '@urs/logging';
+import type { Registry } from '@urs/telemetry';
 import { UrsError, errorCode } from '@urs/resilience';
 import type { SecretSealer } from '@urs/secrets';
 import type { VulnerabilityLike } from './summarise';
@@ -58,6 +59,8 @@ export interface DefenderSourceDeps {
   httpsAgent: Agent;
   overrides: DefenderEndpointOverrides;
   logger: Logger;
+  /** The process's registry: the calls are counted there (`urs_defender_*`). */
+  metrics: Registry;
   /** Rows per page of the bulk export; default the client's (50,000). */
   bulkPageSize?: number;
 }
@@ -102,6 +105,7 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
           httpsAgent: deps.httpsAgent,
           overrides: deps.overrides,
           logger: deps.logger.child({ tenantId: record.tenantId }),
+          metrics: deps.metrics,
         },
       );
       const source: VulnerabilitySource = {

@@ -1,0 +1,45 @@
+import type { Registry } from '@urs/telemetry';
+import type { DefenderEndpointClass } from './quota';
+
+/** Buckets of the waits before a call, in seconds: a tenant out of its hourly quota may wait most of an hour. */
+const WAIT_BUCKETS = [0.001, 0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600];
+
+/** What the API caller tells about its calls: labels are the endpoint and the status, never a tenant or a token. */
+export interface CallMetrics {
+  /** A call ended: its HTTP status, or `error` when no answer could be read (network, timeout, bad body). */
+  called(endpoint: DefenderEndpointClass, status: number | 'error', seconds: number): void;
+  /** A call is sent after waiting `quotaSeconds` for its tenant's quota, then `slotSeconds` for a slot. */
+  waited(endpoint: DefenderEndpointClass, quotaSeconds: number, slotSeconds: number): void;
+}
+
+/**
+ * `urs_defender_calls_total{endpoint,status}`, `urs_defender_call_seconds{endpoint}` and
+ * `urs_defender_wait_seconds{endpoint,for}` in `registry` (shared by every client of the process): whether
+ * Microsoft throttles (status 429), how fast it answers, and whether calls queue for the tenants' quotas
+ * (`for="quota"`, which includes a 429's Retry-After) or for the 10 shared slots (`for="slot"`).
+ */
+export function createCallMetrics(registry: Registry): CallMetrics {
+  const calls = registry.counter(
+    'urs_defender_calls_total',
+    'Defender API calls, by endpoint (machines, vulnerabilities, bulk) and HTTP status (error: no answer read).',
+  );
+  const seconds = registry.histogram(
+    'urs_defender_call_seconds',
+    'Defender API calls from sending to the whole answer, in seconds, by endpoint.',
+  );
+  const waits = registry.histogram(
+    'urs_defender_wait_seconds',
+    "Time a Defender API call waited before it was sent, in seconds, by endpoint and for what (quota: the tenant's quota or a 429's Retry-After; slot: one of the shared calls in flight).",
+    WAIT_BUCKETS,
+  );
+  return {
+    called(endpoint, status, took) {
+      calls.inc({ endpoint, status: String(status) });
+      seconds.observe(took, { endpoint });
+    },
+    waited(endpoint, quotaSeconds, slotSeconds) {
+      waits.observe(quotaSeconds, { endpoint, for: 'quota' });
+      waits.observe(slotSeconds, { endpoint, for: 'slot' });
+    },
+  };
+}
