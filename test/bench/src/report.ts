@@ -223,15 +223,26 @@ export interface InternalRun {
   devicesPerSec: number;
   stageDevicesPerSec: Record<'list' | 'enrich' | 'score' | 'publish', number | null>;
   cpuSec: Record<string, number>;
+  /**
+   * CPU of every process (services, broker, Redis, simulator) from the first registration to the summary, in
+   * µs per device: what the pipeline costs, which moves far less with the machine's load than the rate does.
+   */
+  cpuMicrosPerDevice: number;
   peakRssMb: Record<string, number>;
   cost: CostPerDevice;
 }
 
 /** The internal ceiling over its runs: the run at the (nearest-rank) median, with every run's result beside it. */
 export interface InternalCeiling extends InternalRun {
-  runs: { scenario: string; devicesPerSec: number }[];
+  runs: { scenario: string; devicesPerSec: number; cpuMicrosPerDevice: number }[];
   devicesPerSecMin: number;
   devicesPerSecMax: number;
+}
+
+/** CPU seconds of all processes (those measured; NaN readings left out) per device, in µs. */
+export function cpuMicrosPerDevice(cpuSec: Record<string, number>, devices: number): number {
+  const all = Object.values(cpuSec).reduce((sum, value) => sum + (Number.isFinite(value) ? value : 0), 0);
+  return devices > 0 ? (all * 1e6) / devices : NaN;
 }
 
 export function internalThroughput(result: ScenarioResult): InternalRun {
@@ -257,6 +268,7 @@ export function internalThroughput(result: ScenarioResult): InternalRun {
     cpuSec: Object.fromEntries(
       Object.entries(result.usage).map(([name, usage]) => [name, round(usage.cpuSec, 2)]),
     ),
+    cpuMicrosPerDevice: round(cpuMicrosPerDevice(result.windowCpuSec, cycle.summary.devices.total)),
     peakRssMb: Object.fromEntries(
       Object.entries(result.usage).map(([name, usage]) => [name, round(usage.peakRssMb, 1)]),
     ),
@@ -277,7 +289,11 @@ export function internalCeiling(results: readonly ScenarioResult[]): InternalCei
   const atMedian = runs.find((run) => run.devicesPerSec === median) as InternalRun;
   return {
     ...atMedian,
-    runs: runs.map((run) => ({ scenario: run.scenario, devicesPerSec: run.devicesPerSec })),
+    runs: runs.map((run) => ({
+      scenario: run.scenario,
+      devicesPerSec: run.devicesPerSec,
+      cpuMicrosPerDevice: run.cpuMicrosPerDevice,
+    })),
     devicesPerSecMin: Math.min(...rates),
     devicesPerSecMax: Math.max(...rates),
   };
@@ -459,15 +475,15 @@ export function renderMarkdown(results: BenchResults): string {
       '',
       '## Where the two cores went: CPU (s) from the first registration to the last summary',
       '',
-      `| scenario | window | ${processes.join(' | ')} | all | of 2 cores |`,
-      `|---|---|${processes.map(() => '---').join('|')}|---|---|`,
+      `| scenario | window | ${processes.join(' | ')} | all | of 2 cores | µs per device |`,
+      `|---|---|${processes.map(() => '---').join('|')}|---|---|---|`,
     );
     for (const [name, scenario] of scenarios) {
       const cpu = scenario.windowCpuSec;
       const all = Object.values(cpu).reduce((sum, value) => sum + (Number.isFinite(value) ? value : 0), 0);
       const share = scenario.windowMs > 0 ? all / ((scenario.windowMs / 1000) * 2) : NaN;
       lines.push(
-        `| ${name} | ${ms(scenario.windowMs)} | ${processes.map((process) => cpu[process] ?? '–').join(' | ')} | ${round(all, 1)} | ${round(share * 100, 0)} % |`,
+        `| ${name} | ${ms(scenario.windowMs)} | ${processes.map((process) => cpu[process] ?? '–').join(' | ')} | ${round(all, 1)} | ${round(share * 100, 0)} % | ${round(cpuMicrosPerDevice(cpu, scenario.devices))} |`,
       );
     }
   }

@@ -47,6 +47,8 @@ function internalRun(name: string, devices: number, ms: number, cpuSec: number):
     ],
     devices,
     usage: { scorer: { cpuSec, peakRssMb: 100 } },
+    // The scorer and the broker in the window: (cpuSec + 1) s over `devices`.
+    windowCpuSec: { scorer: cpuSec, kafka: 1, redis: Number.NaN },
     kafka: { 'urs.device-scores': { messages: devices / 500, bytes: devices * 1_500 } },
     redisCalls: { eval: devices / 500 },
   } as unknown as ScenarioResult;
@@ -64,12 +66,13 @@ describe('internalCeiling', () => {
       devicesPerSec: 4_000,
       firstBatchToSummaryMs: 2_500,
       cpuSec: { scorer: 2 },
+      cpuMicrosPerDevice: 300,
       devicesPerSecMin: 2_500,
       devicesPerSecMax: 5_000,
       runs: [
-        { scenario: 'internal-1', devicesPerSec: 2_500 },
-        { scenario: 'internal-2', devicesPerSec: 5_000 },
-        { scenario: 'internal-3', devicesPerSec: 4_000 },
+        { scenario: 'internal-1', devicesPerSec: 2_500, cpuMicrosPerDevice: 400 },
+        { scenario: 'internal-2', devicesPerSec: 5_000, cpuMicrosPerDevice: 200 },
+        { scenario: 'internal-3', devicesPerSec: 4_000, cpuMicrosPerDevice: 300 },
       ],
     });
   });
