@@ -8,7 +8,7 @@ import { createCallMetrics } from './call-metrics';
 import { DefenderError, DefenderErrorCode } from './errors';
 import type { CallLimiter } from './limiter';
 import { MalformedODataError, ODataRowScanner, type RowReader } from './odata-rows';
-import type { DefenderEndpointClass, QuotaGate } from './quota';
+import type { DefenderEndpointClass, QuotaClaim, QuotaGate } from './quota';
 import { decodeTokenClaims, type TokenSource } from './token';
 
 export interface ApiCallerOptions {
@@ -320,6 +320,33 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     throw error;
   }
 
+  /**
+   * Runs `call` in one of the shared slots. The call counts against the tenant's quota from when it is sent,
+   * as Microsoft counts it, and its waits (`quotaSeconds` before, the slot's here) and outcome go to the metrics.
+   */
+  async function inSlot<T extends { status: number }>(
+    endpoint: DefenderEndpointClass,
+    claim: QuotaClaim,
+    quotaSeconds: number,
+    call: () => Promise<T>,
+  ): Promise<T> {
+    const queued = performance.now();
+    let sentAt = 0;
+    try {
+      const response = await limiter.schedule(() => {
+        sentAt = performance.now();
+        claim.sent();
+        metrics?.waited(endpoint, quotaSeconds, (sentAt - queued) / 1000);
+        return call();
+      });
+      metrics?.called(endpoint, response.status, (performance.now() - sentAt) / 1000);
+      return response;
+    } catch (error) {
+      if (sentAt > 0) metrics?.called(endpoint, 'error', (performance.now() - sentAt) / 1000);
+      throw error;
+    }
+  }
+
   /** One call (a fresh token once after a 401): `call` answers either its result or a response to classify. */
   async function attempt<R extends ApiResult | RowsResult<unknown>>(
     endpoint: DefenderEndpointClass,
@@ -332,25 +359,10 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     let token = (await tokens.getToken(signal)).token;
     for (;;) {
       // Quota first, then the slot: a tenant waiting for its quota must not hold one of the shared slots.
-      // The call counts from when it is sent, once it holds a slot, as Microsoft counts it.
       const asked = performance.now();
       const claim = await quota.acquire(azureTenantId, endpoint, signal);
-      const allowed = performance.now();
       const current = token;
-      let sentAt = 0;
-      let response: AxiosResponse<string> | R;
-      try {
-        response = await limiter.schedule(() => {
-          sentAt = performance.now();
-          claim.sent();
-          metrics?.waited(endpoint, (allowed - asked) / 1000, (sentAt - allowed) / 1000);
-          return call(current);
-        });
-      } catch (error) {
-        if (sentAt > 0) metrics?.called(endpoint, 'error', (performance.now() - sentAt) / 1000);
-        throw error;
-      }
-      metrics?.called(endpoint, response.status, (performance.now() - sentAt) / 1000);
+      const response = await inSlot(endpoint, claim, (performance.now() - asked) / 1000, () => call(current));
       if (!('headers' in response)) return response;
       if (response.status === 401 && !refreshed) {
         refreshed = true;
