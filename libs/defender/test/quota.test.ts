@@ -2,6 +2,7 @@ import {
   MICROSOFT_QUOTAS,
   UNLIMITED_QUOTA_GATE,
   createLocalQuotaGate,
+  createRedisQuotaGate,
   planVulnerabilityMode,
   quotaGateFor,
 } from '../src';
@@ -97,6 +98,41 @@ describe('quotaGateFor', () => {
     await gate.acquire('tenant', 'vulnerabilities');
     expect(calls).toHaveLength(1);
     expect(calls[0]).toContain('p:defender:quota:tenant:vulnerabilities:60000');
+  });
+});
+
+describe('createRedisQuotaGate claims', () => {
+  it('sent should move the member acquire took in both windows, and shrug off a failing Redis', async () => {
+    const calls: unknown[][] = [];
+    const redis = {
+      eval: async (...args: unknown[]) => {
+        calls.push(args);
+        if (calls.length > 1) throw new Error('connection lost');
+        return 0;
+      },
+    };
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const gate = createRedisQuotaGate(redis as never, 'p:');
+      const claim = await gate.acquire('tenant', 'bulk');
+      const member = (calls[0] as unknown[])[5];
+      expect(() => claim.sent()).not.toThrow();
+      await new Promise((resolve) => setImmediate(resolve));
+      // KEYS: both windows of the endpoint; ARGV: the member acquire added, then each window's length.
+      expect(calls[1]?.slice(1)).toEqual([
+        2,
+        'p:defender:quota:tenant:bulk:60000',
+        'p:defender:quota:tenant:bulk:3600000',
+        member,
+        '60000',
+        '3600000',
+      ]);
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
   });
 });
 
