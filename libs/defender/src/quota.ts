@@ -42,8 +42,9 @@ export const MICROSOFT_QUOTAS: QuotaLimits = Object.freeze({
  */
 export interface QuotaClaim {
   /**
-   * The call is being sent now: its entry in every window moves to this moment. Never throws and is not
-   * awaited; if the move fails, the entry keeps the time of `acquire`.
+   * The call is being sent now: its entry in every window moves to this moment (and comes back to a window
+   * that dropped it while the call waited for a slot). Never throws and is not awaited; if the move fails,
+   * the entry keeps the time of `acquire`.
    */
   sent(): void;
 }
@@ -97,14 +98,16 @@ end
 return 0
 `;
 
-/** Moves a call's entry in every window (KEYS) to Redis's time now; a window that lost it is left alone. */
+/**
+ * Puts a call's entry in every window (KEYS) at Redis's time now. A call that waited for its slot longer than
+ * a window has already been dropped from it (as if it had left), so it is added again: it counts from now.
+ */
 const SENT_SCRIPT = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 1, #KEYS do
-  if redis.call('ZADD', KEYS[i], 'XX', 'CH', now, ARGV[1]) == 1 then
-    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[1 + i]))
-  end
+  redis.call('ZADD', KEYS[i], now, ARGV[1])
+  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[1 + i]))
 end
 return 0
 `;
@@ -275,6 +278,12 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
       return {
         sent() {
           taken.at = Math.max(taken.at, now());
+          for (const w of limits[endpoint]) {
+            const logKey = `${id}:${w.windowMs}`;
+            const log = calls.get(logKey) ?? [];
+            if (!log.includes(taken)) log.push(taken);
+            calls.set(logKey, log);
+          }
         },
       };
     },

@@ -75,6 +75,26 @@ describe('createLocalQuotaGate claims', () => {
     clock = 80_001;
     await next;
   });
+
+  it('sent should count a call again that waited for its slot longer than the window', async () => {
+    let clock = 0;
+    const gate = createLocalQuotaGate({ limits: oneAMinute, now: () => clock, maxPollMs: 5 });
+    const late = await gate.acquire('t1', 'vulnerabilities');
+    // A minute on, the window has let the waiting call go; another one is taken.
+    clock = 61_000;
+    (await gate.acquire('t1', 'vulnerabilities')).sent();
+    clock = 62_000;
+    late.sent();
+    // Both went out in the same minute: the next call waits for the later one, sent at 62 s, to leave.
+    clock = 121_500;
+    const next = gate.acquire('t1', 'vulnerabilities');
+    let done = false;
+    void next.then(() => (done = true));
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    expect(done).toBe(false);
+    clock = 122_001;
+    await next;
+  });
 });
 
 describe('quotaGateFor', () => {

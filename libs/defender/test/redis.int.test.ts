@@ -62,6 +62,20 @@ describe('createRedisQuotaGate', () => {
     expect(await redis.client.pttl(minute)).toBeGreaterThan(59_000);
   });
 
+  it('sent should count a call again that waited for its slot longer than the window', async () => {
+    const limits = { ...MICROSOFT_QUOTAS, machines: [{ limit: 1, windowMs: 300 }] };
+    const gate = createRedisQuotaGate(redis.client, redis.prefix, { limits, maxPollMs: 20 });
+    const window = `${redis.prefix}defender:quota:t1:machines:300`;
+    const late = await gate.acquire('t1', 'machines');
+    await new Promise((resolve) => setTimeout(resolve, 350));
+    // The window let the waiting call go (its entry is dropped) and takes another one.
+    await gate.acquire('t1', 'machines');
+    expect(await redis.client.zcard(window)).toBe(1);
+    late.sent();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(await redis.client.zcard(window)).toBe(2);
+  });
+
   it('block should hold every gate of the tenant back', async () => {
     const a = createRedisQuotaGate(redis.client, redis.prefix, { maxPollMs: 50 });
     const b = createRedisQuotaGate(redis.client, redis.prefix, { maxPollMs: 50 });
