@@ -42,9 +42,9 @@ export const MICROSOFT_QUOTAS: QuotaLimits = Object.freeze({
  */
 export interface QuotaClaim {
   /**
-   * The call is being sent now: its entry in every window moves to this moment (and comes back to a window
-   * that dropped it while the call waited for a slot). Never throws and is not awaited; if the move fails,
-   * the entry keeps the time of `acquire`.
+   * The call is being sent now: from this moment it counts in every window. Until then it counts as a call
+   * still to come (for up to two windows after `acquire`). Never throws and is not awaited; if Redis cannot
+   * be told, the call counts as sent one window after `acquire`.
    */
   sent(): void;
 }
@@ -68,7 +68,12 @@ export interface QuotaGateOptions {
   maxPollMs?: number;
 }
 
-/** Sliding-window log: one sorted set per window, scored by Redis server time, so process clocks don't matter. */
+/**
+ * Sliding-window log: one sorted set per window, scored by Redis server time, so process clocks don't matter.
+ * A call taken and not sent yet is scored one window ahead: it stays counted however long it waits for a
+ * slot (until `sent` scores it at its sending), and a call that never goes out (its process stopped) frees
+ * its place two windows after it was taken.
+ */
 const ACQUIRE_SCRIPT = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -92,22 +97,24 @@ end
 if wait > 0 then return wait end
 for i = 1, n do
   local key = KEYS[i + 1]
-  redis.call('ZADD', key, now, ARGV[1])
-  redis.call('PEXPIRE', key, tonumber(ARGV[2 + i * 2]))
+  local window = tonumber(ARGV[2 + i * 2])
+  redis.call('ZADD', key, now + window, ARGV[1])
+  redis.call('PEXPIRE', key, 2 * window)
 end
 return 0
 `;
 
 /**
- * Puts a call's entry in every window (KEYS) at Redis's time now. A call that waited for its slot longer than
- * a window has already been dropped from it (as if it had left), so it is added again: it counts from now.
+ * Puts a call's entry in every window (KEYS) at Redis's time now, its sending. One that waited for its slot
+ * longer than two windows has been dropped as never sent, and comes back. Keys live two windows past their
+ * last change, as long as a call still to come may count in them.
  */
 const SENT_SCRIPT = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 1, #KEYS do
   redis.call('ZADD', KEYS[i], now, ARGV[1])
-  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[1 + i]))
+  redis.call('PEXPIRE', KEYS[i], 2 * tonumber(ARGV[1 + i]))
 end
 return 0
 `;
@@ -230,6 +237,12 @@ export function createRedisQuotaGate(
   };
 }
 
+/** One call of the local gate: when it was taken and, once it went out, when it was sent. */
+interface Call {
+  takenAt: number;
+  sentAt?: number;
+}
+
 /**
  * The same quota kept in this process's memory: for the CLI when Redis is not reachable, and for unit
  * tests. It cannot coordinate with other processes.
@@ -238,38 +251,48 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
   const limits = options.limits ?? MICROSOFT_QUOTAS;
   const maxPollMs = options.maxPollMs ?? 5_000;
   const now = options.now ?? Date.now;
-  /** Per tenant, endpoint and window: when each call in it was taken, then sent (unordered once moved). */
-  const calls = new Map<string, { at: number }[]>();
+  /** Per tenant and endpoint: its calls, when each was taken and, once it went out, sent. */
+  const calls = new Map<string, Call[]>();
   const blockedUntil = new Map<string, number>();
   const queue = createWaitQueue();
 
-  /** 0 with the call taken into every window, or the milliseconds to wait. */
-  function tryAcquire(id: string, windows: readonly QuotaWindow[], taken: { at: number }): number {
+  /**
+   * Where a call stands in a window of `windowMs`: at its sending, or one window ahead while it waits for
+   * its slot (as in the Redis gate); undefined once it left the window, or was never sent two windows on.
+   */
+  function stamp(call: Call, windowMs: number, t: number): number | undefined {
+    const at = call.sentAt ?? call.takenAt + windowMs;
+    return at > t - windowMs ? at : undefined;
+  }
+
+  /** 0 with the call taken, or the milliseconds to wait. */
+  function tryAcquire(id: string, windows: readonly QuotaWindow[], taken: Call): number {
     const t = now();
     const blocked = (blockedUntil.get(id) ?? 0) - t;
     if (blocked > 0) return blocked;
+    const longest = Math.max(0, ...windows.map((w) => w.windowMs));
+    const log = (calls.get(id) ?? []).filter((call) => stamp(call, longest, t) !== undefined);
+    calls.set(id, log);
     let wait = 0;
-    const logs = windows.map((w) => {
-      const logKey = `${id}:${w.windowMs}`;
-      const log = (calls.get(logKey) ?? []).filter((call) => call.at > t - w.windowMs);
-      calls.set(logKey, log);
-      if (log.length >= w.limit) {
-        // The window frees when the oldest of its newest `limit` calls leaves it.
-        const times = log.map((call) => call.at).sort((a, b) => a - b);
-        wait = Math.max(wait, (times[times.length - w.limit] ?? t) + w.windowMs - t, 1);
-      }
-      return log;
-    });
+    for (const w of windows) {
+      const times = log
+        .map((call) => stamp(call, w.windowMs, t))
+        .filter((at): at is number => at !== undefined)
+        .sort((a, b) => a - b);
+      // The window frees when the oldest of its newest `limit` calls leaves it.
+      if (times.length >= w.limit)
+        wait = Math.max(wait, (times[times.length - w.limit] as number) + w.windowMs - t, 1);
+    }
     if (wait > 0) return wait;
-    taken.at = t;
-    for (const log of logs) log.push(taken);
+    taken.takenAt = t;
+    log.push(taken);
     return 0;
   }
 
   return {
     async acquire(azureTenantId, endpoint, signal) {
       const id = `${azureTenantId}:${endpoint}`;
-      const taken = { at: 0 };
+      const taken: Call = { takenAt: 0 };
       await queue(
         id,
         () => waitForRoom(async () => tryAcquire(id, limits[endpoint], taken), maxPollMs, signal),
@@ -277,13 +300,10 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
       );
       return {
         sent() {
-          taken.at = Math.max(taken.at, now());
-          for (const w of limits[endpoint]) {
-            const logKey = `${id}:${w.windowMs}`;
-            const log = calls.get(logKey) ?? [];
-            if (!log.includes(taken)) log.push(taken);
-            calls.set(logKey, log);
-          }
+          taken.sentAt = now();
+          const log = calls.get(id) ?? [];
+          if (!log.includes(taken)) log.push(taken);
+          calls.set(id, log);
         },
       };
     },

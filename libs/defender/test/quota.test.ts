@@ -5,6 +5,7 @@ import {
   createRedisQuotaGate,
   planVulnerabilityMode,
   quotaGateFor,
+  type QuotaClaim,
 } from '../src';
 
 describe('createLocalQuotaGate', () => {
@@ -14,7 +15,7 @@ describe('createLocalQuotaGate', () => {
       maxPollMs: 50,
     });
     const started = Date.now();
-    for (let i = 0; i < 3; i++) await gate.acquire('t1', 'vulnerabilities');
+    for (let i = 0; i < 3; i++) (await gate.acquire('t1', 'vulnerabilities')).sent();
     expect(Date.now() - started).toBeLessThan(150);
     await gate.acquire('t1', 'vulnerabilities');
     expect(Date.now() - started).toBeGreaterThanOrEqual(290);
@@ -76,23 +77,38 @@ describe('createLocalQuotaGate claims', () => {
     await next;
   });
 
-  it('sent should count a call again that waited for its slot longer than the window', async () => {
+  /** Whether `acquire` is still waiting after a few polls. */
+  async function stillWaiting(acquire: Promise<unknown>): Promise<boolean> {
+    let done = false;
+    void acquire.then(() => (done = true));
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    return !done;
+  }
+
+  it('a call waiting for its slot should keep its place in the window until it is sent', async () => {
     let clock = 0;
     const gate = createLocalQuotaGate({ limits: oneAMinute, now: () => clock, maxPollMs: 5 });
-    const late = await gate.acquire('t1', 'vulnerabilities');
-    // A minute on, the window has let the waiting call go; another one is taken.
+    const waiting = await gate.acquire('t1', 'vulnerabilities');
+    // A minute on, the first call still waits for a slot: it will count when it goes out.
     clock = 61_000;
-    (await gate.acquire('t1', 'vulnerabilities')).sent();
-    clock = 62_000;
-    late.sent();
-    // Both went out in the same minute: the next call waits for the later one, sent at 62 s, to leave.
-    clock = 121_500;
     const next = gate.acquire('t1', 'vulnerabilities');
-    let done = false;
-    void next.then(() => (done = true));
-    await new Promise((resolve) => setTimeout(resolve, 30));
-    expect(done).toBe(false);
-    clock = 122_001;
+    expect(await stillWaiting(next)).toBe(true);
+    clock = 61_500;
+    waiting.sent();
+    clock = 121_000;
+    expect(await stillWaiting(next)).toBe(true);
+    clock = 121_501;
+    await next;
+  });
+
+  it('a call never sent should free its place two windows after it was taken', async () => {
+    let clock = 0;
+    const gate = createLocalQuotaGate({ limits: oneAMinute, now: () => clock, maxPollMs: 5 });
+    await gate.acquire('t1', 'vulnerabilities'); // its process stops before the call goes out
+    clock = 119_000;
+    const next = gate.acquire('t1', 'vulnerabilities');
+    expect(await stillWaiting(next)).toBe(true);
+    clock = 120_001;
     await next;
   });
 });
@@ -162,12 +178,16 @@ describe('createLocalQuotaGate waiters', () => {
       limits: { ...MICROSOFT_QUOTAS, machines: [{ limit: 1, windowMs: 150 }] },
       maxPollMs: 20,
     });
-    await gate.acquire('t1', 'machines');
+    (await gate.acquire('t1', 'machines')).sent();
     const order: number[] = [];
     const controller = new AbortController();
-    const first = gate.acquire('t1', 'machines').then(() => order.push(1));
+    const sent = (turn: number) => (claim: QuotaClaim) => {
+      claim.sent();
+      order.push(turn);
+    };
+    const first = gate.acquire('t1', 'machines').then(sent(1));
     const aborted = gate.acquire('t1', 'machines', controller.signal);
-    const second = gate.acquire('t1', 'machines').then(() => order.push(2));
+    const second = gate.acquire('t1', 'machines').then(sent(2));
     const started = Date.now();
     controller.abort();
     await expect(aborted).rejects.toMatchObject({ code: 'DEFENDER_THROTTLED' });
