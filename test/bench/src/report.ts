@@ -239,10 +239,14 @@ export interface InternalCeiling extends InternalRun {
   devicesPerSecMax: number;
 }
 
+/** CPU seconds of all processes, those measured (NaN readings left out). */
+function totalCpuSec(cpuSec: Record<string, number>): number {
+  return Object.values(cpuSec).reduce((sum, value) => sum + (Number.isFinite(value) ? value : 0), 0);
+}
+
 /** CPU seconds of all processes (those measured; NaN readings left out) per device, in µs. */
 export function cpuMicrosPerDevice(cpuSec: Record<string, number>, devices: number): number {
-  const all = Object.values(cpuSec).reduce((sum, value) => sum + (Number.isFinite(value) ? value : 0), 0);
-  return devices > 0 ? (all * 1e6) / devices : NaN;
+  return devices > 0 ? (totalCpuSec(cpuSec) * 1e6) / devices : NaN;
 }
 
 export function internalThroughput(result: ScenarioResult): InternalRun {
@@ -480,7 +484,7 @@ export function renderMarkdown(results: BenchResults): string {
     );
     for (const [name, scenario] of scenarios) {
       const cpu = scenario.windowCpuSec;
-      const all = Object.values(cpu).reduce((sum, value) => sum + (Number.isFinite(value) ? value : 0), 0);
+      const all = totalCpuSec(cpu);
       const share = scenario.windowMs > 0 ? all / ((scenario.windowMs / 1000) * 2) : NaN;
       lines.push(
         `| ${name} | ${ms(scenario.windowMs)} | ${processes.map((process) => cpu[process] ?? '–').join(' | ')} | ${round(all, 1)} | ${round(share * 100, 0)} % | ${round(cpuMicrosPerDevice(cpu, scenario.devices))} |`,
