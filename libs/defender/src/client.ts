@@ -18,11 +18,12 @@ import type { Vulnerability } from './schema';
 import { createHttpsAgent } from './tls';
 import { type DefenderCredentials, type TokenClaims, createTokenSource, decodeTokenClaims } from './token';
 import {
+  type BulkExportRead,
   type BulkOptions,
-  type BulkVulnerabilityPage,
+  type BulkRowHandler,
   fetchMachineVulnerabilities,
   mergeVulnerability,
-  walkVulnerabilitiesByMachine,
+  readVulnerabilitiesByMachine,
 } from './vulnerabilities';
 
 /** A tenant's Defender setup, as registered (a cloud and a region, never a URL). */
@@ -89,8 +90,8 @@ export interface DefenderClient {
   listMachines(options?: ListMachinesOptions): Promise<Machine[]>;
   /** One device's vulnerabilities (per-device endpoint). */
   getMachineVulnerabilities(machineId: string, signal?: AbortSignal): Promise<Vulnerability[]>;
-  /** Pages of the bulk export `SoftwareVulnerabilitiesByMachine`, streamed. */
-  listVulnerabilitiesByMachinePages(options?: BulkOptions): AsyncGenerator<BulkVulnerabilityPage>;
+  /** The bulk export `SoftwareVulnerabilitiesByMachine`, each row handed to `onRow` as it is read. */
+  readVulnerabilitiesByMachine(onRow: BulkRowHandler, options?: BulkOptions): Promise<BulkExportRead>;
   /** The whole bulk export merged per device (CVE-deduplicated). */
   getVulnerabilitiesByMachine(options?: BulkOptions): Promise<Map<string, Vulnerability[]>>;
   /** Token claims (roles) of the current token. */
@@ -184,23 +185,22 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
     },
     getMachineVulnerabilities: (machineId, signal) =>
       fetchMachineVulnerabilities(walkDeps, machineId, signal),
-    listVulnerabilitiesByMachinePages: (options) => walkVulnerabilitiesByMachine(walkDeps, options),
+    readVulnerabilitiesByMachine: (onRow, options) => readVulnerabilitiesByMachine(walkDeps, onRow, options),
     async getVulnerabilitiesByMachine(options) {
       const merged = new Map<string, Vulnerability[]>();
       const indexes = new Map<string, Map<string, number>>();
-      for await (const page of walkVulnerabilitiesByMachine(walkDeps, options)) {
-        for (const [machineId, list] of page.byMachine) {
-          let target = merged.get(machineId);
-          let index = indexes.get(machineId);
-          if (!target || !index) {
-            target = [];
-            index = new Map();
-            merged.set(machineId, target);
-            indexes.set(machineId, index);
-          }
-          for (const vulnerability of list) mergeVulnerability(target, index, vulnerability);
+      const merge: BulkRowHandler = (machineId, vulnerability) => {
+        let target = merged.get(machineId);
+        let index = indexes.get(machineId);
+        if (!target || !index) {
+          target = [];
+          index = new Map();
+          merged.set(machineId, target);
+          indexes.set(machineId, index);
         }
-      }
+        if (vulnerability) mergeVulnerability(target, index, vulnerability);
+      };
+      await readVulnerabilitiesByMachine(walkDeps, merge, options);
       return merged;
     },
     async tokenClaims(signal) {

@@ -36,6 +36,9 @@ export type ApiResult = { status: 200; body: unknown } | { status: 404 };
 /** An OData answer read row by row: what `toRow` made of each `value` row, and the other top-level members. */
 export type RowsResult<T> = { status: 200; rows: T[]; members: Record<string, unknown> } | { status: 404 };
 
+/** An OData answer whose rows were handed out one by one: how many, and the other top-level members. */
+export type RowsScan = { status: 200; rows: number; members: Record<string, unknown> } | { status: 404 };
+
 export interface ApiCaller {
   /**
    * GET `pathOrUrl` (a path under the API base, or an absolute `@odata.nextLink` on the same origin) as one
@@ -62,6 +65,21 @@ export interface ApiCaller {
     signal?: AbortSignal,
     reader?: RowReader<T>,
   ): Promise<RowsResult<T>>;
+  /**
+   * Like `getRows`, but each row goes to `onRow` as soon as it is read and none is kept here, so what a
+   * large page leaves behind is only what `onRow` keeps. A retried call hands out its rows again, and the
+   * rows an attempt gave before it failed are not taken back: `onRow` must be idempotent (a row given
+   * twice changes nothing), as folding distinct CVEs and their highest score is.
+   */
+  scanRows<T>(
+    endpoint: DefenderEndpointClass,
+    pathOrUrl: string,
+    params: Record<string, string | number> | undefined,
+    onRow: (row: T) => void,
+    toRow: (row: unknown) => T,
+    signal?: AbortSignal,
+    reader?: RowReader<T>,
+  ): Promise<RowsScan>;
 }
 
 /** `Retry-After` in seconds or as an HTTP date, in milliseconds; undefined when absent or unreadable. */
@@ -186,16 +204,17 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
 
   /**
    * One call whose 2xx body is scanned row by row while it arrives (inside the call's slot, like a body
-   * read whole); any other answer is read as text and classified as `send`'s are.
+   * read whole), each row handed to `onRow`; any other answer is read as text and classified as `send`'s are.
    */
   async function sendRows<T>(
     url: string,
     token: string,
     params: Record<string, string | number> | undefined,
+    onRow: (row: T) => void,
     toRow: (row: unknown) => T,
     signal: AbortSignal | undefined,
     reader: RowReader<T> | undefined,
-  ): Promise<AxiosResponse<string> | RowsResult<T>> {
+  ): Promise<AxiosResponse<string> | RowsScan> {
     let response: AxiosResponse<Readable>;
     try {
       response = await http.get<Readable>(url, {
@@ -208,8 +227,15 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       throw unreachable(error, url, signal);
     }
     const path = new URL(url).pathname;
-    const rows: T[] = [];
-    const scanner = new ODataRowScanner<T>((row) => rows.push(row), toRow, reader);
+    let rows = 0;
+    const scanner = new ODataRowScanner<T>(
+      (row) => {
+        rows++;
+        onRow(row);
+      },
+      toRow,
+      reader,
+    );
     const ok = response.status >= 200 && response.status < 300;
     const chunks: Buffer[] = [];
     try {
@@ -348,7 +374,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   }
 
   /** One call (a fresh token once after a 401): `call` answers either its result or a response to classify. */
-  async function attempt<R extends ApiResult | RowsResult<unknown>>(
+  async function attempt<R extends ApiResult | RowsScan>(
     endpoint: DefenderEndpointClass,
     url: string,
     signal: AbortSignal | undefined,
@@ -415,6 +441,22 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     }
   }
 
+  /** One OData call read row by row by `send`, with its retries. */
+  async function scan(
+    endpoint: DefenderEndpointClass,
+    pathOrUrl: string,
+    signal: AbortSignal | undefined,
+    send: (url: string, token: string) => Promise<AxiosResponse<string> | RowsScan>,
+  ): Promise<RowsScan> {
+    const url = resolveUrl(pathOrUrl);
+    const result = await withRetries(endpoint, signal, () =>
+      attempt<RowsScan>(endpoint, url, signal, (token) => send(url, token)),
+    );
+    if (result.status === 404 || 'members' in result) return result;
+    // Only `send`'s whole-text bodies are classified as 200; a scanned answer never is.
+    throw malformed(new URL(url).pathname, 'The Defender API answer was read whole instead of by rows');
+  }
+
   return {
     get(endpoint, pathOrUrl, params, signal) {
       const url = resolveUrl(pathOrUrl);
@@ -430,15 +472,18 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       signal?: AbortSignal,
       reader?: RowReader<T>,
     ): Promise<RowsResult<T>> {
-      const url = resolveUrl(pathOrUrl);
-      const result = await withRetries(endpoint, signal, () =>
-        attempt<RowsResult<T>>(endpoint, url, signal, (token) =>
-          sendRows(url, token, params, toRow, signal, reader),
-        ),
+      let rows: T[] = [];
+      const result = await scan(endpoint, pathOrUrl, signal, (url, token) => {
+        // A retried call starts its rows afresh.
+        rows = [];
+        return sendRows(url, token, params, (row: T) => rows.push(row), toRow, signal, reader);
+      });
+      return result.status === 404 ? result : { status: 200, rows, members: result.members };
+    },
+    scanRows(endpoint, pathOrUrl, params, onRow, toRow, signal, reader) {
+      return scan(endpoint, pathOrUrl, signal, (url, token) =>
+        sendRows(url, token, params, onRow, toRow, signal, reader),
       );
-      if (result.status === 404 || 'rows' in result) return result;
-      // Only `send`'s whole-text bodies are classified as 200; a scanned answer never is.
-      throw malformed(new URL(url).pathname, 'The Defender API answer was read whole instead of by rows');
     },
   };
 }

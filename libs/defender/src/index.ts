@@ -46,12 +46,13 @@ export {
   MAX_BULK_PAGE_SIZE,
   DEFAULT_BULK_PAGE_SIZE,
   fetchMachineVulnerabilities,
-  walkVulnerabilitiesByMachine,
+  readVulnerabilitiesByMachine,
   planVulnerabilityMode,
 } from './vulnerabilities';
 export type {
-  BulkVulnerabilityPage,
+  BulkExportRead,
   BulkOptions,
+  BulkRowHandler,
   VulnerabilityMode,
   VulnerabilityPlan,
 } from './vulnerabilities';

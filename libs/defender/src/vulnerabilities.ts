@@ -3,7 +3,7 @@ import { DefenderError, DefenderErrorCode } from './errors';
 import { odataValue, type ApiCaller } from './http';
 import type { InvalidRecord } from './machines';
 import { MICROSOFT_QUOTAS, type QuotaWindow } from './quota';
-import { BulkRowReader, bulkRowEntry } from './bulk-rows';
+import { BulkRowReader, type BulkRowEntry, bulkRowEntry } from './bulk-rows';
 import { parseVulnerability, type Vulnerability } from './schema';
 
 /** Largest `pageSize` of `SoftwareVulnerabilitiesByMachine`. */
@@ -82,15 +82,17 @@ export async function fetchMachineVulnerabilities(
   return list;
 }
 
-export interface BulkVulnerabilityPage {
-  /** 0-based number of this request. */
-  index: number;
-  /** Rows on the wire. */
+/** One device's row of the bulk export: its CVE, or undefined for a row of software without one. */
+export type BulkRowHandler = (deviceId: string, vulnerability: Vulnerability | undefined) => void;
+
+/** What one read of the bulk export went through. */
+export interface BulkExportRead {
+  /** Pages read (one call each, retries not counted). */
+  pages: number;
+  /** Rows handed out (a retried page's rows again). */
   rows: number;
-  /** Rows skipped as invalid. */
+  /** Rows skipped as invalid (reported through `onInvalidRecord` and the log). */
   invalid: number;
-  /** CVEs per device in this page (a device's rows may continue on the next page). */
-  byMachine: Map<string, Vulnerability[]>;
 }
 
 export interface BulkOptions {
@@ -102,12 +104,17 @@ export interface BulkOptions {
 /**
  * `GET /api/machines/SoftwareVulnerabilitiesByMachine` (30 calls/min and 1,000/h), following
  * `@odata.nextLink` (it carries `$skiptoken`; `$top` would suppress it, so only `pageSize` is sent).
- * Rows without a CVE (software only) are dropped; the rest become per-device Vulnerability entries.
+ * Each valid row goes to `onRow` as soon as it is read, and nothing of a page is kept here: a page is
+ * ~50,000 rows, and rows held until their page ends outlive the young generation, so the collector
+ * would have to mark the whole heap again and again to free them. The export gives no order, so a
+ * device's rows may come on several pages and the same CVE on several rows (one per product). A page
+ * that fails midway and is retried gives its rows again: `onRow` must be idempotent.
  */
-export async function* walkVulnerabilitiesByMachine(
+export async function readVulnerabilitiesByMachine(
   deps: VulnerabilityDeps,
+  onRow: BulkRowHandler,
   options: BulkOptions = {},
-): AsyncGenerator<BulkVulnerabilityPage> {
+): Promise<BulkExportRead> {
   const pageSize = options.pageSize ?? DEFAULT_BULK_PAGE_SIZE;
   if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > MAX_BULK_PAGE_SIZE) {
     throw new DefenderError(
@@ -115,53 +122,33 @@ export async function* walkVulnerabilitiesByMachine(
       `pageSize must be a whole number from 1 to ${MAX_BULK_PAGE_SIZE} (got ${pageSize})`,
     );
   }
-  let next: string | undefined = '/api/machines/SoftwareVulnerabilitiesByMachine';
-  let params: Record<string, number> | undefined = { pageSize };
-  for (let index = 0; next; index++) {
-    const fetched = await fetchBulkPage(deps, next, params, index, options.signal);
-    params = undefined; // the next link carries every parameter
-    if (!fetched) return;
-    yield fetched.page;
-    next = fetched.next;
-  }
-}
-
-async function fetchBulkPage(
-  deps: VulnerabilityDeps,
-  url: string,
-  params: Record<string, number> | undefined,
-  index: number,
-  signal: AbortSignal | undefined,
-): Promise<{ page: BulkVulnerabilityPage; next: string | undefined } | undefined> {
-  // Read row by row: a page is ~50 MB of JSON, and only each row's device, CVE and score are kept. Rows
-  // of the usual shape are read straight from their bytes; the others are parsed and checked whole.
-  const result = await deps.api.getRows('bulk', url, params, bulkRowEntry, signal, new BulkRowReader());
-  if (result.status === 404) return undefined;
-  const page: BulkVulnerabilityPage = { index, rows: result.rows.length, invalid: 0, byMachine: new Map() };
-  const indexes = new Map<string, Map<string, number>>();
-  for (const entry of result.rows) {
-    if ('invalid' in entry) {
-      page.invalid++;
-      const invalid: InvalidRecord = { kind: 'bulk-row', reason: entry.invalid };
+  const read: BulkExportRead = { pages: 0, rows: 0, invalid: 0 };
+  const entry = (row: BulkRowEntry): void => {
+    if ('invalid' in row) {
+      read.invalid++;
+      const invalid: InvalidRecord = { kind: 'bulk-row', reason: row.invalid };
       deps.logger.warn('defender: skipped an invalid export row', {
         azureTenantId: deps.azureTenantId,
         ...invalid,
       });
       deps.onInvalidRecord?.(invalid);
-      continue;
+      return;
     }
-    const deviceId = entry.deviceId;
-    let list = page.byMachine.get(deviceId);
-    let listIndex = indexes.get(deviceId);
-    if (!list || !listIndex) {
-      list = [];
-      listIndex = new Map();
-      page.byMachine.set(deviceId, list);
-      indexes.set(deviceId, listIndex);
-    }
-    if (entry.vulnerability) mergeVulnerability(list, listIndex, entry.vulnerability);
+    read.rows++;
+    onRow(row.deviceId, row.vulnerability);
+  };
+  const reader = new BulkRowReader();
+  let next: string | undefined = '/api/machines/SoftwareVulnerabilitiesByMachine';
+  let params: Record<string, number> | undefined = { pageSize };
+  while (next) {
+    // Rows of the usual shape are read straight from their bytes; the others are parsed and checked whole.
+    const result = await deps.api.scanRows('bulk', next, params, entry, bulkRowEntry, options.signal, reader);
+    params = undefined; // the next link carries every parameter
+    if (result.status === 404) break;
+    read.pages++;
+    next = nextLinkOf(result.members);
   }
-  return { page, next: nextLinkOf(result.members) };
+  return read;
 }
 
 export type VulnerabilityMode = 'per-device' | 'bulk';

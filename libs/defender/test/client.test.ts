@@ -408,7 +408,45 @@ describe('createDefenderClient vulnerabilities', () => {
     }
   });
 
-  it('listVulnerabilitiesByMachinePages should reject a page size above 200,000', async () => {
+  it('readVulnerabilitiesByMachine should hand out the rows of a page cut midway again when it is retried', async () => {
+    const { client, close } = simClient(sim, app);
+    try {
+      const clean: string[] = [];
+      const read = await client.readVulnerabilitiesByMachine(
+        (deviceId, vulnerability) => clean.push(`${deviceId} ${vulnerability?.id ?? '-'}`),
+        { pageSize: 50 },
+      );
+      expect(read).toEqual({ pages: Math.ceil(clean.length / 50), rows: clean.length, invalid: 0 });
+
+      // A third of the answers end halfway through: their first rows come once per attempt.
+      sim.setFaults(app.azureTenantId, { malformedRate: 0.3 });
+      sim.resetStats();
+      const cut: string[] = [];
+      const retried = await client.readVulnerabilitiesByMachine(
+        (deviceId, vulnerability) => cut.push(`${deviceId} ${vulnerability?.id ?? '-'}`),
+        { pageSize: 50 },
+      );
+      expect(retried.pages).toBe(read.pages);
+      expect(sim.stats().calls.bulk).toBeGreaterThan(read.pages);
+      expect(retried.rows).toBe(cut.length);
+      expect(cut.length).toBeGreaterThan(clean.length);
+      expect(new Set(cut)).toEqual(new Set(clean));
+
+      // Merged per device, the rows given twice change nothing.
+      const bulk = await client.getVulnerabilitiesByMachine({ pageSize: 50 });
+      for (const machine of sim.machines(app.azureTenantId)) {
+        const expected = [
+          ...new Set(sim.vulnerabilities(app.azureTenantId, machine.id).map((v) => v.id)),
+        ].sort();
+        expect((bulk.get(machine.id) ?? []).map((v) => v.id).sort()).toEqual(expected);
+      }
+    } finally {
+      sim.setFaults(app.azureTenantId, {});
+      await close();
+    }
+  });
+
+  it('getVulnerabilitiesByMachine should reject a page size above 200,000', async () => {
     const error = await failure(app, (c) => c.getVulnerabilitiesByMachine({ pageSize: 200_001 }));
     expect(error.code).toBe(DefenderErrorCode.INVALID_CONFIG);
   });

@@ -195,9 +195,12 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   ): Promise<void> {
     const started = Date.now();
     try {
-      // Folded page by page: only each device's distinct CVE ids and their best CVSS stay in memory.
+      // Folded row by row: only each device's CVEs and their best CVSS stay in memory.
       const folder = new VulnerabilityFolder();
-      for await (const page of source.bulkVulnerabilityPages(signal)) folder.addPage(page);
+      await source.bulkVulnerabilities(
+        (deviceId, vulnerability) => folder.add(deviceId, vulnerability),
+        signal,
+      );
       const collectedAt = now().toISOString();
       // Summaries are made one device at a time while the cache writes them in slices.
       await deps.bulkCache.save(

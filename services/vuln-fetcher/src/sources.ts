@@ -20,12 +20,14 @@ export interface VulnerabilitySource {
   /** One device's vulnerabilities (per-device endpoint, one call of the shared limit). */
   machineVulnerabilities(machineId: string, signal?: AbortSignal): Promise<VulnerabilityLike[]>;
   /**
-   * The tenant's bulk export, one page at a time (device id → its CVEs on that page; a device may
-   * continue on the next page), so the caller folds each page in and drops it.
+   * The tenant's bulk export, each row handed to `onRow` as it is read (a device and one of its CVEs,
+   * or none for a row of software without one), so the caller folds it in and keeps no row. A page
+   * retried midway gives its rows again: `onRow` must be idempotent.
    */
-  bulkVulnerabilityPages(
+  bulkVulnerabilities(
+    onRow: (deviceId: string, vulnerability: VulnerabilityLike | undefined) => void,
     signal?: AbortSignal,
-  ): AsyncIterable<ReadonlyMap<string, readonly VulnerabilityLike[]>>;
+  ): Promise<void>;
 }
 
 /** Gives each tenant's source; throws a tenant-wide error (e.g. the secret cannot be opened). */
@@ -110,12 +112,11 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
       );
       const source: VulnerabilitySource = {
         machineVulnerabilities: (machineId, signal) => client.getMachineVulnerabilities(machineId, signal),
-        bulkVulnerabilityPages: async function* (signal) {
-          const pages = client.listVulnerabilitiesByMachinePages({
+        bulkVulnerabilities: async (onRow, signal) => {
+          await client.readVulnerabilitiesByMachine(onRow, {
             ...(signal ? { signal } : {}),
             ...(deps.bulkPageSize === undefined ? {} : { pageSize: deps.bulkPageSize }),
           });
-          for await (const page of pages) yield page.byMachine;
         },
       };
       clients.set(record.tenantId, { revision: record.revision, client, source });

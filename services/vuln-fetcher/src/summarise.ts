@@ -21,15 +21,19 @@ export function summariseVulnerabilities(
   cvssThreshold: number,
 ): VulnerabilitySummary {
   const best = new Map<string, number>();
-  for (const vulnerability of vulnerabilities) foldVulnerability(best, vulnerability);
+  for (const vulnerability of vulnerabilities) keepBest(best, vulnerability.id, cvssOf(vulnerability));
   return summariseBest(best, cvssThreshold);
 }
 
+/** A vulnerability's CVSS, -1 when it has none. */
+function cvssOf(vulnerability: VulnerabilityLike): number {
+  return typeof vulnerability.cvssV3 === 'number' ? vulnerability.cvssV3 : -1;
+}
+
 /** Keeps a CVE's highest CVSS (-1 when it has none) in `best`, keyed by CVE id. */
-function foldVulnerability(best: Map<string, number>, vulnerability: VulnerabilityLike): void {
-  const cvss = typeof vulnerability.cvssV3 === 'number' ? vulnerability.cvssV3 : -1;
-  const seen = best.get(vulnerability.id);
-  if (seen === undefined || cvss > seen) best.set(vulnerability.id, cvss);
+function keepBest(best: Map<string, number>, id: string, cvss: number): void {
+  const seen = best.get(id);
+  if (seen === undefined || cvss > seen) best.set(id, cvss);
 }
 
 function summariseBest(best: ReadonlyMap<string, number>, cvssThreshold: number): VulnerabilitySummary {
@@ -47,45 +51,47 @@ function summariseBest(best: ReadonlyMap<string, number>, cvssThreshold: number)
 }
 
 /**
- * Folds a bulk export page by page into what the summaries need, so a page's rows can be dropped as soon
- * as they are folded in. Per device only its distinct CVEs with their highest CVSS are kept, compactly:
- * each CVE id is stored once for the whole export and named by a small number, and a device holds one
- * flat array of (CVE number, best CVSS) pairs, not a Map of strings (a 100,000-device tenant has about
- * half a million such pairs). A device's rows may span several pages and the same CVE may come on
- * several rows; `summaries` gives exactly what `summariseVulnerabilities` gives for each device's whole list.
+ * Folds a bulk export row by row into what the summaries need, so no row is kept once folded in. Per
+ * device only its CVEs with their highest CVSS are kept, compactly: each CVE id is stored once for the
+ * whole export and named by a small number, and a device holds one flat array of (CVE number, CVSS)
+ * pairs, not a Map of strings (a 100,000-device tenant has about half a million such pairs). The export
+ * gives no order: a device's rows usually come together, and the CVEs of such a run are kept once
+ * each; a device whose rows come in several runs (across pages, say) may hold a CVE once per run until
+ * `summaries`, which keeps its highest score. A row folded twice (a retried page) changes nothing.
+ * `summaries` gives exactly what `summariseVulnerabilities` gives for each device's whole list.
  */
 export class VulnerabilityFolder {
   /** CVE id → its number; `cveIds[number]` is the id. */
   private readonly cveNumbers = new Map<string, number>();
   private readonly cveIds: string[] = [];
-  /** Device id → [cve, cvss, cve, cvss, …] (cvss -1 when it has none), each CVE once. */
+  /** Device id → [cve, cvss, cve, cvss, …] (cvss -1 when it has none). */
   private readonly byDevice = new Map<string, number[]>();
+  /** The device of the current run of rows, its pairs, and where each CVE of the run sits in them. */
+  private runDevice: string | undefined;
+  private runPairs: number[] = [];
+  private readonly runCves = new Map<number, number>();
 
-  /** Folds one page: device id → its vulnerabilities on that page (possibly none). */
-  addPage(page: ReadonlyMap<string, readonly VulnerabilityLike[]>): void {
-    for (const [deviceId, list] of page) this.add(deviceId, list);
-  }
-
-  /** Folds some of a device's vulnerabilities; a device with none is still listed (as all clear). */
-  add(deviceId: string, vulnerabilities: readonly VulnerabilityLike[]): void {
-    let pairs = this.byDevice.get(deviceId);
-    if (!pairs) {
-      pairs = [];
-      this.byDevice.set(deviceId, pairs);
+  /** Folds one row of a device: one of its CVEs, or none (the device is still listed, as all clear). */
+  add(deviceId: string, vulnerability: VulnerabilityLike | undefined): void {
+    if (deviceId !== this.runDevice) {
+      this.runDevice = deviceId;
+      this.runCves.clear();
+      let pairs = this.byDevice.get(deviceId);
+      if (!pairs) {
+        pairs = [];
+        this.byDevice.set(deviceId, pairs);
+      }
+      this.runPairs = pairs;
     }
-    // Where each of the device's CVEs sits in `pairs`, built per call: a device's rows come together,
-    // so this costs one pass over what the device already has only when its rows span two pages.
-    const at = new Map<number, number>();
-    for (let index = 0; index < pairs.length; index += 2) at.set(pairs[index] as number, index);
-    for (const vulnerability of vulnerabilities) {
-      const cve = this.cveNumber(vulnerability.id);
-      const cvss = typeof vulnerability.cvssV3 === 'number' ? vulnerability.cvssV3 : -1;
-      const seen = at.get(cve);
-      if (seen === undefined) {
-        at.set(cve, pairs.length);
-        pairs.push(cve, cvss);
-      } else if (cvss > (pairs[seen + 1] as number)) pairs[seen + 1] = cvss;
-    }
+    if (!vulnerability) return;
+    const pairs = this.runPairs;
+    const cve = this.cveNumber(vulnerability.id);
+    const cvss = cvssOf(vulnerability);
+    const seen = this.runCves.get(cve);
+    if (seen === undefined) {
+      this.runCves.set(cve, pairs.length);
+      pairs.push(cve, cvss);
+    } else if (cvss > (pairs[seen + 1] as number)) pairs[seen + 1] = cvss;
   }
 
   /** Devices folded in so far. */
@@ -101,7 +107,7 @@ export class VulnerabilityFolder {
     for (const [deviceId, pairs] of this.byDevice) {
       const best = new Map<string, number>();
       for (let index = 0; index < pairs.length; index += 2)
-        best.set(this.cveIds[pairs[index] as number] as string, pairs[index + 1] as number);
+        keepBest(best, this.cveIds[pairs[index] as number] as string, pairs[index + 1] as number);
       yield [deviceId, summariseBest(best, cvssThreshold)];
     }
   }

@@ -78,7 +78,7 @@ describe('createEnrichHandler under the consumer runner', () => {
           if (record.tenantId === 'tenant-a') await quotaOfA;
           return [{ id: `CVE-2026-${machineId.length}`, cvssV3: 9.8 }];
         },
-        bulkVulnerabilityPages: async function* () {},
+        bulkVulnerabilities: async () => undefined,
       }),
       close: () => undefined,
     };

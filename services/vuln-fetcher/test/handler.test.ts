@@ -75,7 +75,7 @@ function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHa
   const sources: SourceProvider = {
     forTenant: () => ({
       machineVulnerabilities: source.machineVulnerabilities ?? (async () => []),
-      bulkVulnerabilityPages: source.bulkVulnerabilityPages ?? async function* () {},
+      bulkVulnerabilities: source.bulkVulnerabilities ?? (async () => undefined),
     }),
     close: () => undefined,
   };
@@ -202,9 +202,9 @@ describe('createEnrichHandler', () => {
   it('should fetch the bulk export once per cycle for every batch, and note it in the status', async () => {
     let exports = 0;
     const { handler, sent, statuses } = setup({
-      bulkVulnerabilityPages: async function* () {
+      bulkVulnerabilities: async (onRow) => {
         exports++;
-        yield new Map([['d1', [cve('CVE-9', 9.9)]]]);
+        onRow('d1', cve('CVE-9', 9.9));
       },
     });
     await handler(
@@ -238,9 +238,9 @@ describe('createEnrichHandler', () => {
     const gate = new Promise<void>((resolve) => (finish = resolve));
     const { handler, sent } = setup(
       {
-        bulkVulnerabilityPages: async function* () {
+        bulkVulnerabilities: async (onRow) => {
           await gate;
-          yield new Map([['d4', [cve('CVE-9', 9.9)]]]);
+          onRow('d4', cve('CVE-9', 9.9));
         },
       },
       // Without the wake-up the second batch would look at the cache again only after a minute.
@@ -313,8 +313,7 @@ describe('createEnrichHandler', () => {
     const stop = new AbortController();
     const { handler, bulkCache } = setup(
       {
-        // eslint-disable-next-line require-yield -- the export fails before its first page
-        bulkVulnerabilityPages: async function* () {
+        bulkVulnerabilities: async () => {
           stop.abort();
           throw new Error('aborted');
         },

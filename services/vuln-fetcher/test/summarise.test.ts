@@ -7,30 +7,46 @@ interface Row {
   cvss: number | null;
 }
 
-/** Groups rows into one page the way the Defender client does (rows without a CVE list the device only). */
-function pageOf(rows: readonly Row[]): Map<string, VulnerabilityLike[]> {
-  const page = new Map<string, VulnerabilityLike[]>();
+/** Each device's whole list (rows without a CVE list the device only). */
+function byDevice(rows: readonly Row[]): Map<string, VulnerabilityLike[]> {
+  const lists = new Map<string, VulnerabilityLike[]>();
   for (const row of rows) {
-    let list = page.get(row.deviceId);
+    let list = lists.get(row.deviceId);
     if (!list) {
       list = [];
-      page.set(row.deviceId, list);
+      lists.set(row.deviceId, list);
     }
     if (row.cveId !== null) list.push({ id: row.cveId, cvssV3: row.cvss });
   }
-  return page;
+  return lists;
 }
 
 /** The pre-folding result: every device's whole list summarised at once. */
 function summariseWhole(rows: readonly Row[], threshold: number) {
-  const whole = pageOf(rows);
+  const whole = byDevice(rows);
   return new Map([...whole].map(([id, list]) => [id, summariseVulnerabilities(list, threshold)]));
 }
 
-function folded(rows: readonly Row[], pageSize: number, threshold: number) {
+/** The rows folded one by one, as the export hands them out. */
+function folded(rows: readonly Row[], threshold: number) {
   const folder = new VulnerabilityFolder();
-  for (let at = 0; at < rows.length; at += pageSize) folder.addPage(pageOf(rows.slice(at, at + pageSize)));
+  for (const row of rows)
+    folder.add(row.deviceId, row.cveId === null ? undefined : { id: row.cveId, cvssV3: row.cvss });
   return new Map(folder.summaries(threshold));
+}
+
+/**
+ * The same rows in the orders an export may give them: as they are, each device's rows together,
+ * reversed, and with the first `retried` rows given twice (a page that failed midway and was read again).
+ */
+function orders(rows: readonly Row[], retried: number[] = [1, Math.ceil(rows.length / 2)]): Row[][] {
+  const grouped = [...rows].sort((a, b) => (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0));
+  return [
+    [...rows],
+    grouped,
+    [...rows].reverse(),
+    ...retried.map((count) => [...rows.slice(0, count), ...rows]),
+  ];
 }
 
 /** Deterministic pseudo-random rows: a few devices, repeated CVEs, null CVEs and null scores. */
@@ -53,7 +69,7 @@ function rowsFor(seed: number, count: number): Row[] {
 }
 
 describe('VulnerabilityFolder', () => {
-  it('should give the same summaries as summarising each device whole when rows span pages', () => {
+  it('should give the same summaries as summarising each device whole, whatever the order of the rows', () => {
     const rows: Row[] = [
       { deviceId: 'a', cveId: 'CVE-1', cvss: 5 },
       { deviceId: 'a', cveId: null, cvss: null },
@@ -66,9 +82,7 @@ describe('VulnerabilityFolder', () => {
       { deviceId: 'c', cveId: 'CVE-4', cvss: 7 },
     ];
     const expected = summariseWhole(rows, 7);
-    for (const pageSize of [1, 2, 3, 4, rows.length]) {
-      expect(folded(rows, pageSize, 7)).toEqual(expected);
-    }
+    for (const order of orders(rows)) expect(folded(order, 7)).toEqual(expected);
     expect(expected.get('a')).toEqual({
       criticalCveCount: 1,
       totalCveCount: 2,
@@ -86,26 +100,30 @@ describe('VulnerabilityFolder', () => {
     expect(expected.get('c')).toMatchObject({ criticalCveCount: 2, totalCveCount: 2, maxCvss: 7.5 });
   });
 
-  it('should give the same summaries as the whole list for many page splits and thresholds', () => {
+  it('should give the same summaries as the whole list for many orders, retried prefixes and thresholds', () => {
     for (const seed of [1, 2, 3, 42]) {
       const rows = rowsFor(seed, 600);
       for (const threshold of [0, 7, 9]) {
         const expected = summariseWhole(rows, threshold);
         expect(expected.size).toBeGreaterThan(0);
-        for (const pageSize of [1, 7, 50, 599, 600]) {
-          expect(folded(rows, pageSize, threshold)).toEqual(expected);
+        for (const order of orders(rows, [1, 7, 50, 599, 600])) {
+          expect(folded(order, threshold)).toEqual(expected);
         }
       }
     }
   });
 
-  it('should keep at most ten top ids, highest first and ties by id, across pages', () => {
+  it('should keep at most ten top ids, highest first and ties by id, across runs of rows', () => {
     const rows: Row[] = Array.from({ length: 15 }, (_, i) => ({
       deviceId: 'a',
       cveId: `CVE-${String(i).padStart(2, '0')}`,
       cvss: i % 3 === 0 ? 9 : 5,
     }));
-    const summary = folded(rows, 4, 9).get('a');
+    // Another device's row in between: the device's CVEs come in two runs.
+    const summary = folded(
+      [...rows.slice(0, 4), { deviceId: 'b', cveId: 'CVE-00', cvss: 1 }, ...rows.slice(2)],
+      9,
+    ).get('a');
     expect(summary?.topCveIds).toEqual([
       'CVE-00',
       'CVE-03',
@@ -129,8 +147,8 @@ describe('VulnerabilityFolder', () => {
       { deviceId: 'a', cveId: 'CVE-9', cvss: 1 },
       { deviceId: 'b', cveId: 'CVE-9', cvss: 4.2 },
     ];
-    for (const pageSize of [1, 2, 5]) {
-      const summaries = folded(rows, pageSize, 4);
+    for (const order of orders(rows)) {
+      const summaries = folded(order, 4);
       expect(summaries.get('a')).toMatchObject({ criticalCveCount: 1, totalCveCount: 1, maxCvss: 9.9 });
       expect(summaries.get('b')).toEqual({
         criticalCveCount: 1,
