@@ -23,7 +23,13 @@ export type {
 export { redactPayload, toDeadLetter } from './dead-letter';
 export { JavaCompatiblePartitioner, murmur2 } from './partitioner';
 export { crc32c, useFastCrc32c } from './crc32c';
-export { deviceBatchMessage, jsonBatchBytes, parseJsonBytes } from './json-bytes';
+export {
+  batchItemJson,
+  deviceBatchMessage,
+  jsonBatchBytes,
+  jsonWithHead,
+  parseJsonBytes,
+} from './json-bytes';
 export { applyKafkaJsFixes } from './kafkajs-fixes';
 export {
   createRecordBatchEncoder,

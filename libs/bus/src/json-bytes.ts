@@ -1,5 +1,7 @@
 const NEWLINE = 0x0a;
 const COMMA_BYTE = 0x2c;
+const OPEN_BRACE_BYTE = 0x7b;
+const CLOSE_BRACE_BYTE = 0x7d;
 const ITEM_START = Buffer.from('\n');
 const ITEM_END = Buffer.from(',\n');
 const CLOSE = Buffer.from(']}');
@@ -35,6 +37,45 @@ export function jsonBatchBytes(
   return Buffer.concat(parts);
 }
 
+/** Where a batch read by lines keeps the bytes of its items (see batchItemJson). */
+const ITEM_LINES = Symbol('itemLines');
+
+interface ItemLines {
+  /** The array the items were parsed into: the lines belong to it, not to a copy or a reordering. */
+  items: readonly unknown[];
+  lines: readonly Buffer[];
+}
+
+/**
+ * The JSON bytes each of `items` was parsed from, in their order, when `batch` was read by lines by
+ * `parseJsonBytes` and `items` is still the array it made (undefined otherwise). A consumer that sends
+ * an item on unchanged, or with members put in front of it, can reuse these bytes instead of serialising
+ * the item again. The bytes are views of the consumed message, kept as long as the batch is.
+ */
+export function batchItemJson(batch: object, items: readonly unknown[]): readonly Buffer[] | undefined {
+  const kept = (batch as { [ITEM_LINES]?: ItemLines })[ITEM_LINES];
+  return kept && kept.items === items && kept.lines.length === items.length ? kept.lines : undefined;
+}
+
+/**
+ * The JSON bytes of `{...head, ...object}` made from `objectJson`, the JSON of an object with none of
+ * `head`'s members: `head`'s members, then the object's. `headJson` is `JSON.stringify(head)`; with
+ * `objectJson` written by `JSON.stringify`, the bytes are exactly those of `JSON.stringify` of the merge.
+ * Undefined when `objectJson` is not laid out as `JSON.stringify` lays out an object (`{` to `}`).
+ */
+export function jsonWithHead(headJson: string, objectJson: Buffer): Buffer | undefined {
+  if (objectJson[0] !== OPEN_BRACE_BYTE || objectJson[objectJson.length - 1] !== CLOSE_BRACE_BYTE)
+    return undefined;
+  if (headJson === '{}') return objectJson;
+  if (objectJson.length === 2) return Buffer.from(headJson);
+  // The same head comes for every item of a batch: its bytes are made once.
+  if (lastHead.json !== headJson)
+    lastHead = { json: headJson, open: Buffer.from(`${headJson.slice(0, -1)},`) };
+  return Buffer.concat([lastHead.open, objectJson.subarray(1)]);
+}
+
+let lastHead: { json: string; open: Buffer } = { json: '', open: Buffer.alloc(0) };
+
 /** Below this size a JSON value is parsed whole: its text is not a large V8 object. */
 const PARSE_BY_LINES_FROM_BYTES = 64 * 1024;
 
@@ -69,6 +110,7 @@ function parseBatchByLines(bytes: Buffer): Record<string, unknown> | undefined {
     if (typeof batch !== 'object' || batch === null || Array.isArray(batch)) return undefined;
     const devices = (batch as Record<string, unknown>)[DEVICES];
     if (!Array.isArray(devices) || devices.length > 0) return undefined;
+    const lines: Buffer[] = [];
     let start = headEnd + 1;
     while (start < last) {
       const end = bytes.indexOf(NEWLINE, start);
@@ -77,9 +119,13 @@ function parseBatchByLines(bytes: Buffer): Record<string, unknown> | undefined {
       const isLast = end === last - 1;
       const stop = isLast ? end : end - 1;
       if (!isLast && bytes[stop] !== COMMA_BYTE) return undefined;
-      devices.push(JSON.parse(bytes.toString('utf8', start, stop)));
+      const line = bytes.subarray(start, stop);
+      devices.push(JSON.parse(line.toString('utf8')));
+      lines.push(line);
       start = end + 1;
     }
+    const kept: ItemLines = { items: devices, lines };
+    Object.defineProperty(batch, ITEM_LINES, { value: kept });
     return batch as Record<string, unknown>;
   } catch {
     return undefined;

@@ -1,4 +1,4 @@
-import { deviceBatchMessage, jsonBatchBytes, parseJsonBytes } from '@urs/bus';
+import { batchItemJson, deviceBatchMessage, jsonBatchBytes, jsonWithHead, parseJsonBytes } from '@urs/bus';
 
 describe('jsonBatchBytes', () => {
   it('should give the JSON of the header with the items as its last member, from text or bytes', () => {
@@ -130,5 +130,66 @@ describe('parseJsonBytes', () => {
       expect(parsed(bytes)).toEqual(whole(bytes));
       expect(whole(bytes)).not.toHaveProperty('threw');
     }
+  });
+});
+
+describe('batchItemJson and jsonWithHead', () => {
+  const device = (n: number) => ({
+    deviceId: `device-${n}`,
+    name: `Zürich 💻 "${n}"\\`,
+    tags: ['a\nb', 'c,d', ']}'],
+    nested: { list: [n, n + 1], empty: {} },
+  });
+  const devices = Array.from({ length: 800 }, (_, n) => device(n));
+  const large = () =>
+    parseJsonBytes(
+      jsonBatchBytes(
+        { tenantId: 't-1' },
+        'devices',
+        devices.map((item) => JSON.stringify(item)),
+      ),
+    ) as { devices: unknown[] };
+
+  it("should give the bytes of each item of a batch read by lines, and a record's JSON made of them exactly as JSON.stringify makes it", () => {
+    const batch = large();
+    const lines = batchItemJson(batch, batch.devices);
+    expect(lines).toHaveLength(devices.length);
+    const head = {
+      schemaVersion: 1,
+      tenantId: 't-1',
+      cycleId: 'c-1',
+      computedAt: '2026-12-04T10:00:00.000Z',
+    };
+    batch.devices.forEach((item, index) => {
+      const line = lines?.[index] as Buffer;
+      expect(JSON.parse(line.toString('utf8'))).toEqual(item);
+      expect(jsonWithHead(JSON.stringify(head), line)?.toString('utf8')).toBe(
+        JSON.stringify({ ...head, ...(item as object) }),
+      );
+    });
+  });
+
+  it('should give no bytes for a batch parsed whole, or for items that are not the array it was read into', () => {
+    const small = parseJsonBytes(
+      jsonBatchBytes({ tenantId: 't-1' }, 'devices', [JSON.stringify(device(1))]),
+    ) as { devices: unknown[] };
+    expect(batchItemJson(small, small.devices)).toBeUndefined();
+    const batch = large();
+    expect(batchItemJson(batch, batch.devices.slice())).toBeUndefined();
+    expect(
+      batchItemJson(
+        batch,
+        batch.devices.filter((_, index) => index % 2 === 0),
+      ),
+    ).toBeUndefined();
+  });
+
+  it('should merge an empty head or an empty object, and refuse bytes that are not an object', () => {
+    const object = Buffer.from('{"a":1}');
+    expect(jsonWithHead('{}', object)?.toString('utf8')).toBe('{"a":1}');
+    expect(jsonWithHead('{"h":2}', Buffer.from('{}'))?.toString('utf8')).toBe('{"h":2}');
+    expect(jsonWithHead('{"h":2}', object)?.toString('utf8')).toBe('{"h":2,"a":1}');
+    expect(jsonWithHead('{"h":2}', Buffer.from(' {"a":1}'))).toBeUndefined();
+    expect(jsonWithHead('{"h":2}', Buffer.from('[1]'))).toBeUndefined();
   });
 });

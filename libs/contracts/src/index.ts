@@ -45,4 +45,4 @@ export { ContractError, compileContracts, validateMessage, checkMessage } from '
 export type { ContractId, ContractTypes } from './validate';
 export { cycleBatchHeader } from './header';
 export { DEVICE_RECORD_FIELDS, toDeviceRecord } from './device-record';
-export { vmsRecord } from './vms-record';
+export { vmsRecord, vmsRecordHead } from './vms-record';

@@ -1,5 +1,14 @@
 import type { ScoredDevice, VmsRiskScore } from './types';
 
+/** The members a `vms.risk-scores` record puts in front of the scored device, in their order. */
+export function vmsRecordHead(
+  tenantId: string,
+  cycleId: string,
+  computedAt: string,
+): { schemaVersion: 1; tenantId: string; cycleId: string; computedAt: string } {
+  return { schemaVersion: 1, tenantId, cycleId, computedAt };
+}
+
 /**
  * A scored device as its `vms.risk-scores` record: key `{tenantId}/{deviceId}`, value the device with the
  * record's header in front (`computedAt` is when the device was scored).
@@ -12,6 +21,10 @@ export function vmsRecord(
 ): { key: string; value: VmsRiskScore } {
   return {
     key: `${tenantId}/${device.deviceId}`,
+    // Written out rather than spread from vmsRecordHead: members then one spread make a fast object; two
+    // spreads made a slow (dictionary) one, which more than doubled the publisher's CPU (building,
+    // validating and collecting it). The same members in the same order: the publisher's tests compare
+    // its bytes with the head's.
     value: { schemaVersion: 1, tenantId, cycleId, computedAt, ...device },
   };
 }

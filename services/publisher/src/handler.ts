@@ -1,5 +1,5 @@
-import type { MessageHandler, Publisher } from '@urs/bus';
-import { vmsRecord, type ScoreBatch } from '@urs/contracts';
+import { batchItemJson, jsonWithHead, type MessageHandler, type Publisher } from '@urs/bus';
+import { vmsRecord, vmsRecordHead, type ScoreBatch } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import type { CycleStore, PublishedStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
@@ -47,6 +47,25 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     return inOrder(batch.tenantId, () => publishBatch(batch));
   };
 
+  /**
+   * The records of the batch's changed devices. Each is the device with the record's head in front, so
+   * its JSON is made of the head's and the device's bytes as the batch brought them, when it brought
+   * them: serialising ~1.7 KB per device again was the publisher's largest single cost.
+   */
+  function vmsRecords(batch: ScoreBatch, changed: ReadonlySet<string>) {
+    const lines = batchItemJson(batch, batch.devices);
+    const headJson = JSON.stringify(vmsRecordHead(batch.tenantId, batch.cycleId, batch.scoredAt));
+    const messages: (ReturnType<typeof vmsRecord> & { json?: Buffer })[] = [];
+    batch.devices.forEach((device, index) => {
+      if (!changed.has(device.deviceId)) return;
+      const record = vmsRecord(batch.tenantId, batch.cycleId, batch.scoredAt, device);
+      const line = lines?.[index];
+      const json = line && jsonWithHead(headJson, line);
+      messages.push(json ? { ...record, json } : record);
+    });
+    return messages;
+  }
+
   async function publishBatch(batch: ScoreBatch): Promise<void> {
     const log = deps.logger.child({
       tenantId: batch.tenantId,
@@ -62,9 +81,7 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     const changed = new Set(
       (await deps.published.changed(batch.tenantId, cycleAt, refs)).map((ref) => ref.deviceId),
     );
-    const messages = batch.devices
-      .filter((device) => changed.has(device.deviceId))
-      .map((device) => vmsRecord(batch.tenantId, batch.cycleId, batch.scoredAt, device));
+    const messages = vmsRecords(batch, changed);
     await deps.publisher.send(deps.topic, 'urs/vms-risk-score', messages);
     records.inc({ kind: 'changed' }, messages.length);
     await deps.published.commit(batch.tenantId, cycleAt, refs);

@@ -1,4 +1,4 @@
-import type { InboundMessage, Publisher } from '@urs/bus';
+import { deviceBatchMessage, parseJsonBytes, type InboundMessage, type Publisher } from '@urs/bus';
 import type { ScoreBatch, ScoredDevice, VmsRiskScore, VmsRiskSummary } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createCycleStore, createPublishedStore, createScoreStore } from '@urs/store';
@@ -45,7 +45,7 @@ const message = (value: ScoreBatch): InboundMessage<ScoreBatch> =>
 
 describe('the publisher', () => {
   let redis: TestRedis;
-  let sent: { topic: string; key: string; value: unknown }[];
+  let sent: { topic: string; key: string; value: unknown; json?: string | Buffer }[];
   let now: Date;
 
   beforeEach(() => {
@@ -67,7 +67,8 @@ describe('the publisher', () => {
           failures--;
           throw new Error('the broker is unavailable');
         }
-        for (const m of messages) sent.push({ topic, key: m.key, value: m.value });
+        for (const m of messages)
+          sent.push({ topic, key: m.key, value: m.value, ...(m.json ? { json: m.json } : {}) });
       },
       sendRaw: async () => undefined,
       close: async () => undefined,
@@ -163,6 +164,27 @@ describe('the publisher', () => {
       cycleId: 'c1',
       computedAt: minute(12),
     });
+  });
+
+  it("createPublishHandler should send a record's JSON made of the device's bytes in the consumed batch, exactly as serialising the record makes it", async () => {
+    const { handler, begin } = build();
+    await begin(1);
+    const devices = Array.from({ length: 300 }, (_, n) =>
+      device(`d${n}`, n % 100, 'Low Risk', n % 3 === 0 ? ['criticalCves'] : []),
+    );
+    const { devices: _devices, ...header } = scoreBatch(1, 0, devices);
+    // As the runner hands it over: a large batch read from the bytes the scorer produced.
+    const consumed = parseJsonBytes(deviceBatchMessage('t1', header, devices).json) as ScoreBatch;
+    await handler(consumed);
+    const made = records('c1');
+    expect(made).toHaveLength(300);
+    for (const record of made) {
+      expect(Buffer.isBuffer(record.json)).toBe(true);
+      expect(record.json?.toString()).toBe(JSON.stringify(record.value));
+    }
+    // A batch parsed whole (a small one) is serialised as before.
+    await handler(scoreBatch(1, 1, [device('small', 5, 'Trustworthy')]));
+    expect(records('c1').find((record) => record.key === 't1/small')?.json).toBeUndefined();
   });
 
   it('createPublishHandler should republish only changed devices, and never a stale score over a newer one', async () => {
