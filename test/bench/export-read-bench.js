@@ -1,0 +1,177 @@
+#!/usr/bin/env node
+'use strict';
+// CPU cost of reading one tenant's bulk export (SoftwareVulnerabilitiesByMachine) the way the vuln-fetcher
+// reads it, not a test: the Defender client over TLS against the simulator (a process of its own, latency
+// 0, no quotas), every row folded into the vuln-fetcher's VulnerabilityFolder. Each read runs in a fresh
+// process, so Node flags can be compared; variants run in rotating order, medians reported.
+// Runs against the compiled packages (`npx tsc -b` first).
+//
+//   node test/bench/export-read-bench.js [--devices N] [--rounds R] [--variant 'name=--node-flag …' …]
+//     --devices  fleet size (default 50000; about half the devices have vulnerabilities)
+//     --rounds   reads per variant (default 3)
+//     --variant  a name and the Node flags of its processes (default: base=--single-threaded-gc, the
+//                vuln-fetcher's deployed collector setting); repeat to compare
+//
+// Reported per read: process CPU and wall time of the read, the garbage collector's pauses (perf_hooks
+// 'gc' entries: pauses only, not the incremental marking between them), rows, devices, RSS afterwards.
+
+const { spawn, spawnSync } = require('node:child_process');
+const { readFileSync } = require('node:fs');
+const { request } = require('node:https');
+const { tmpdir } = require('node:os');
+const { join } = require('node:path');
+const { parseArgs } = require('node:util');
+
+const root = join(__dirname, '../..');
+const TENANT = '8f6d2c1e-3b4a-4c5d-9e8f-0a1b2c3d4e5f';
+const APP = { clientId: '1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d', clientSecret: 'Zx8Q~export-read-bench' };
+
+const { values } = parseArgs({
+  options: {
+    devices: { type: 'string' },
+    rounds: { type: 'string' },
+    variant: { type: 'string', multiple: true },
+    child: { type: 'boolean' },
+  },
+});
+
+if (values.child) {
+  read().catch((error) => {
+    console.error(error);
+    process.exit(1);
+  });
+} else {
+  main().catch((error) => {
+    console.error(error);
+    process.exit(1);
+  });
+}
+
+/** One read of the export, in this process; prints its numbers as one JSON line. */
+async function read() {
+  const { PerformanceObserver, performance } = require('node:perf_hooks');
+  const { createDefenderClient, createLocalLimiter, UNLIMITED_QUOTA_GATE } = require(
+    join(root, 'libs/defender/dist'),
+  );
+  const { silentLogger } = require(join(root, 'libs/logging/dist'));
+  const { VulnerabilityFolder } = require(join(root, 'services/vuln-fetcher/dist/summarise'));
+  let gcMs = 0;
+  new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) gcMs += entry.duration;
+  }).observe({ entryTypes: ['gc'] });
+  const base = process.env.SIM_BASE;
+  const client = createDefenderClient(
+    { azureTenantId: TENANT, ...APP },
+    {
+      limiter: createLocalLimiter(),
+      quota: UNLIMITED_QUOTA_GATE,
+      logger: silentLogger,
+      overrides: { authorityHost: base, apiBase: base },
+    },
+  );
+  await client.tokenClaims(); // the token, outside the measured read
+  const folder = new VulnerabilityFolder();
+  const cpu = process.cpuUsage();
+  const started = performance.now();
+  const result = await client.readVulnerabilitiesByMachine((deviceId, vulnerability) =>
+    folder.add(deviceId, vulnerability),
+  );
+  const used = process.cpuUsage(cpu);
+  const wallMs = performance.now() - started;
+  client.close();
+  console.log(
+    JSON.stringify({
+      cpuMs: Math.round((used.user + used.system) / 1000),
+      wallMs: Math.round(wallMs),
+      gcPauseMs: Math.round(gcMs),
+      rows: result.rows,
+      devices: folder.size,
+      rssMb: Math.round(process.memoryUsage().rss / 1048576),
+    }),
+  );
+}
+
+/** Starts the simulator, adds the tenant, runs the reads in rotating order and prints the medians. */
+async function main() {
+  const devices = Number(values.devices ?? 50_000);
+  const rounds = Number(values.rounds ?? 3);
+  const variants = (values.variant ?? ['base=--single-threaded-gc']).map((spec) => {
+    const at = spec.indexOf('=');
+    const flags = at < 0 ? '' : spec.slice(at + 1);
+    return { name: at < 0 ? spec : spec.slice(0, at), flags: flags.split(' ').filter(Boolean) };
+  });
+  const sim = spawn(
+    process.execPath,
+    [
+      join(root, 'test/simulator/dist/main.js'),
+      ...['--port', '0', '--host', '127.0.0.1', '--latency', '0:0', '--quotas', 'off'],
+      ...['--ca-dir', join(tmpdir(), `export-read-bench-${process.pid}`)],
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  try {
+    const { baseUrl, caFile } = await announced(sim);
+    const ca = readFileSync(caFile);
+    await control(baseUrl, ca, '/_sim/tenants', {
+      azureTenantId: TENANT,
+      apps: [APP],
+      fleet: { size: devices, seed: 7 },
+    });
+    const results = new Map(variants.map((variant) => [variant.name, []]));
+    for (let round = 0; round < rounds; round++) {
+      for (const variant of variants) {
+        const child = spawnSync(process.execPath, [...variant.flags, __filename, '--child'], {
+          env: { ...process.env, SIM_BASE: baseUrl, NODE_EXTRA_CA_CERTS: caFile },
+          encoding: 'utf8',
+        });
+        if (child.status !== 0) throw new Error(`the read failed:\n${child.stderr}`);
+        const numbers = JSON.parse(child.stdout.trim().split('\n').pop());
+        results.get(variant.name).push(numbers);
+        console.log(variant.name, JSON.stringify(numbers));
+      }
+    }
+    const median = (list) => [...list].sort((a, b) => a - b)[Math.floor(list.length / 2)];
+    for (const [name, list] of results) {
+      const of = (key) => median(list.map((numbers) => numbers[key]));
+      const rows = list[0].rows;
+      console.log(
+        `${name}: median CPU ${of('cpuMs')} ms (${((of('cpuMs') * 1000) / rows).toFixed(2)} µs per row), ` +
+          `wall ${of('wallMs')} ms, GC pauses ${of('gcPauseMs')} ms, RSS ${of('rssMb')} MB; ` +
+          `${rows} rows, ${list[0].devices} devices with vulnerabilities`,
+      );
+    }
+  } finally {
+    sim.kill();
+  }
+}
+
+/** The simulator's first stdout line: `{"baseUrl":…,"caFile":…}`. */
+function announced(sim) {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    sim.stdout.on('data', (chunk) => {
+      text += chunk;
+      const line = text.split('\n').find((candidate) => candidate.includes('"baseUrl"'));
+      if (line) resolve(JSON.parse(line));
+    });
+    sim.on('exit', (code) => reject(new Error(`the simulator exited (${code})`)));
+  });
+}
+
+/** A POST to the simulator's control API. */
+function control(baseUrl, ca, path, body) {
+  return new Promise((resolve, reject) => {
+    const call = request(
+      `${baseUrl}${path}`,
+      { method: 'POST', ca, headers: { 'content-type': 'application/json' } },
+      (res) => {
+        res.resume();
+        res.on('end', () =>
+          res.statusCode < 300 ? resolve() : reject(new Error(`${path}: ${res.statusCode}`)),
+        );
+      },
+    );
+    call.on('error', reject);
+    call.end(JSON.stringify(body));
+  });
+}
