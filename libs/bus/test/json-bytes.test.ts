@@ -38,13 +38,15 @@ describe('deviceBatchMessage', () => {
   });
 });
 
+/** An item with text that needs escaping, commas, newlines and brackets in its strings, and nesting. */
+const device = (n: number) => ({
+  id: `device-${n}`,
+  name: `Zürich 💻 "${n}"\\`,
+  tags: ['a\nb', 'c,d', ']}'],
+  nested: { list: [n, n + 1], empty: {} },
+});
+
 describe('parseJsonBytes', () => {
-  const device = (n: number) => ({
-    id: `device-${n}`,
-    name: `Zürich 💻 "${n}"\\`,
-    tags: ['a\nb', 'c,d', ']}'],
-    nested: { list: [n, n + 1], empty: {} },
-  });
   const header = { schemaVersion: 1, tenantId: 't-1', batchIndex: 3 };
   // Past the size from which a batch is read item by item.
   const devices = Array.from({ length: 800 }, (_, n) => device(n));
@@ -134,12 +136,6 @@ describe('parseJsonBytes', () => {
 });
 
 describe('batchItemJson and jsonWithHead', () => {
-  const device = (n: number) => ({
-    deviceId: `device-${n}`,
-    name: `Zürich 💻 "${n}"\\`,
-    tags: ['a\nb', 'c,d', ']}'],
-    nested: { list: [n, n + 1], empty: {} },
-  });
   const devices = Array.from({ length: 800 }, (_, n) => device(n));
   const large = () =>
     parseJsonBytes(

@@ -391,18 +391,23 @@ describe('createDefenderClient vulnerabilities', () => {
     expect(error).toMatchObject({ code: DefenderErrorCode.NOT_FOUND, canRetry: false });
   });
 
+  /** Every device of the tenant has, in `bulk`, the distinct CVEs the per-device endpoint lists for it. */
+  function expectSameCvesAsPerDevice(bulk: Map<string, { id: string }[]>): void {
+    for (const machine of sim.machines(app.azureTenantId)) {
+      const expected = [
+        ...new Set(sim.vulnerabilities(app.azureTenantId, machine.id).map((v) => v.id)),
+      ].sort();
+      expect((bulk.get(machine.id) ?? []).map((v) => v.id).sort()).toEqual(expected);
+    }
+  }
+
   it('getVulnerabilitiesByMachine should follow the next links and give the same CVEs per device as the per-device calls', async () => {
     const { client, close } = simClient(sim, app);
     try {
       sim.resetStats();
       const bulk = await client.getVulnerabilitiesByMachine({ pageSize: 50 });
       expect(sim.stats().calls.bulk).toBeGreaterThan(2);
-      for (const machine of sim.machines(app.azureTenantId)) {
-        const expected = [
-          ...new Set(sim.vulnerabilities(app.azureTenantId, machine.id).map((v) => v.id)),
-        ].sort();
-        expect((bulk.get(machine.id) ?? []).map((v) => v.id).sort()).toEqual(expected);
-      }
+      expectSameCvesAsPerDevice(bulk);
     } finally {
       await close();
     }
@@ -434,12 +439,7 @@ describe('createDefenderClient vulnerabilities', () => {
 
       // Merged per device, the rows given twice change nothing.
       const bulk = await client.getVulnerabilitiesByMachine({ pageSize: 50 });
-      for (const machine of sim.machines(app.azureTenantId)) {
-        const expected = [
-          ...new Set(sim.vulnerabilities(app.azureTenantId, machine.id).map((v) => v.id)),
-        ].sort();
-        expect((bulk.get(machine.id) ?? []).map((v) => v.id).sort()).toEqual(expected);
-      }
+      expectSameCvesAsPerDevice(bulk);
     } finally {
       sim.setFaults(app.azureTenantId, {});
       await close();
