@@ -42,7 +42,7 @@ export interface ListScoresOptions {
 export interface ScoreStore {
   /**
    * Stores each device's score unless the stored one is of the same or a newer cycle (compared by
-   * `cycleStartedAt`), and prepends it to the device's history. Idempotent: saving the same batch again
+   * `cycleStartedAt`), and adds it to its cycle's history. Idempotent: saving the same batch again
    * changes nothing. `deviceJson`, when the caller has it, is each device's `JSON.stringify` (in the
    * order of `devices`), as text or UTF-8 bytes: the stored record is built around it instead of
    * serialising the device again.
@@ -61,7 +61,7 @@ export interface ScoreStore {
     tenantId: string,
     options?: ListScoresOptions,
   ): Promise<{ total: number; items: StoredScore[] }>;
-  /** The device's last scores, newest first (at most the history length). */
+  /** The device's scores in the tenant's last cycles (at most the history length), newest first. */
   history(tenantId: string, deviceId: string): Promise<ScoreHistoryEntry[]>;
   /** Forgets devices (gone for good): their score, band and history. */
   remove(tenantId: string, deviceIds: string[]): Promise<void>;
@@ -70,30 +70,43 @@ export interface ScoreStore {
 export interface ScoreStoreOptions {
   /** Scores kept per device in its history. Default 10. */
   historyLength?: number;
-  /** A device's history expires this long after its last score, in milliseconds. Default 30 days. */
+  /** A cycle's history (and the list of cycles) expires this long after its last write, in milliseconds. Default 30 days. */
   historyTtlMs?: number;
 }
 
 // KEYS[1] scores hash (deviceId → json), KEYS[2] stamps hash (deviceId → cycle start ms),
-// KEYS[3] bands hash (deviceId → band), KEYS[4..] one history list per device.
-// ARGV[1] stamp, ARGV[2] history length, ARGV[3] history ttl ms, then per device: id, band, json,
-// history entry json. The stamp compare and the writes happen in one script, so two writers of different
-// cycles never interleave; an equal stamp is a redelivery and is skipped (the history is not appended twice).
-// The three hashes are read and written with one call each per slice of devices (not one per device):
-// the calls, not the bytes, are what a batch of 500 costs Redis.
+// KEYS[3] bands hash (deviceId → band), KEYS[4] the tenant's history cycles (sorted set: cycle id by start
+// ms), KEYS[5] this cycle's history hash (deviceId → entry json).
+// ARGV[1] stamp, ARGV[2] history length, ARGV[3] history ttl ms, ARGV[4] cycle id, then per device: id,
+// band, json, history entry json. The stamp compare and the writes happen in one script, so two writers of
+// different cycles never interleave; an equal stamp is a redelivery and is skipped. The hashes are read and
+// written with one call each per slice of devices (not one per device): the calls, not the bytes, are what
+// a batch of 500 costs Redis (a history list per device took three calls per device, half the script's
+// time). Only the last `history length` cycles keep a history hash: the script answers the skipped devices
+// and the cycles it dropped from the set, whose hashes the caller deletes. A late batch of a cycle older
+// than those writes no history.
 const SAVE_IF_NEWER = `
 local stamp = tonumber(ARGV[1])
-local n = (#ARGV - 3) / 4
+local keep = tonumber(ARGV[2])
+local n = (#ARGV - 4) / 4
+redis.call('ZADD', KEYS[4], stamp, ARGV[4])
+local recent = redis.call('ZREVRANK', KEYS[4], ARGV[4]) < keep
+local dropped = {}
+if redis.call('ZCARD', KEYS[4]) > keep then
+  dropped = redis.call('ZRANGE', KEYS[4], 0, -(keep + 1))
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(keep + 1))
+end
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
 local skipped = {}
 local slice = 200
 for first = 1, n, slice do
   local last = math.min(n, first + slice - 1)
   local ids = {}
-  for i = first, last do ids[#ids + 1] = ARGV[3 + (i - 1) * 4 + 1] end
+  for i = first, last do ids[#ids + 1] = ARGV[4 + (i - 1) * 4 + 1] end
   local current = redis.call('HMGET', KEYS[2], unpack(ids))
-  local scores, stamps, bands = {}, {}, {}
+  local scores, stamps, bands, history = {}, {}, {}, {}
   for i = first, last do
-    local at = 3 + (i - 1) * 4
+    local at = 4 + (i - 1) * 4
     local id = ARGV[at + 1]
     if tonumber(current[i - first + 1] or '-1') >= stamp then
       table.insert(skipped, id)
@@ -104,27 +117,31 @@ for first = 1, n, slice do
       stamps[#stamps + 1] = ARGV[1]
       bands[#bands + 1] = id
       bands[#bands + 1] = ARGV[at + 2]
-      local history = KEYS[3 + i]
-      redis.call('LPUSH', history, ARGV[at + 4])
-      redis.call('LTRIM', history, 0, tonumber(ARGV[2]) - 1)
-      redis.call('PEXPIRE', history, ARGV[3])
+      history[#history + 1] = id
+      history[#history + 1] = ARGV[at + 4]
     end
   end
   if #scores > 0 then
     redis.call('HSET', KEYS[1], unpack(scores))
     redis.call('HSET', KEYS[2], unpack(stamps))
     redis.call('HSET', KEYS[3], unpack(bands))
+    if recent then
+      redis.call('HSET', KEYS[5], unpack(history))
+      redis.call('PEXPIRE', KEYS[5], ARGV[3])
+    end
   end
 end
-return skipped`;
+return {skipped, dropped}`;
 
 const CLOSE_BRACE = Buffer.from('}');
 
 /**
  * Latest score per device and a short history, under `{prefix}scores:{tenantId}` (hash of JSON),
- * `{prefix}score-stamps:{tenantId}`, `{prefix}score-bands:{tenantId}` and
- * `{prefix}score-history:{tenantId}:{deviceId}` (list of compact entries, newest first: a full explanation
- * per past cycle would cost ~1.5 KB × history length per device).
+ * `{prefix}score-stamps:{tenantId}`, `{prefix}score-bands:{tenantId}`, and for the history the tenant's
+ * last cycles `{prefix}score-cycles:{tenantId}` (sorted set by start) with one hash per cycle
+ * `{prefix}score-cycle-history:{tenantId}:{cycleId}` (deviceId → compact entry: a full explanation per
+ * past cycle would cost ~1.5 KB × history length per device). A device's history is its entries in the
+ * tenant's last `historyLength` cycles, newest first.
  */
 export function createScoreStore(redis: Redis, prefix: string, options: ScoreStoreOptions = {}): ScoreStore {
   const historyLength = options.historyLength ?? 10;
@@ -132,8 +149,9 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
   const scoresKey = (tenantId: string): string => `${prefix}scores:${tenantId}`;
   const stampsKey = (tenantId: string): string => `${prefix}score-stamps:${tenantId}`;
   const bandsKey = (tenantId: string): string => `${prefix}score-bands:${tenantId}`;
-  const historyKey = (tenantId: string, deviceId: string): string =>
-    `${prefix}score-history:${tenantId}:${deviceId}`;
+  const cyclesKey = (tenantId: string): string => `${prefix}score-cycles:${tenantId}`;
+  const cycleHistoryKey = (tenantId: string, cycleId: string): string =>
+    `${prefix}score-cycle-history:${tenantId}:${cycleId}`;
   const parse = (json: string | null): StoredScore | null =>
     json === null ? null : (JSON.parse(json) as StoredScore);
 
@@ -141,15 +159,25 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
     async saveScores(tenantId, cycle, devices, deviceJson) {
       if (devices.length === 0) return { written: 0, skipped: [] };
       const stamp = Date.parse(cycle.cycleStartedAt);
-      const keys = [scoresKey(tenantId), stampsKey(tenantId), bandsKey(tenantId)];
-      const args: (string | Buffer)[] = [String(stamp), String(historyLength), String(historyTtlMs)];
+      const keys = [
+        scoresKey(tenantId),
+        stampsKey(tenantId),
+        bandsKey(tenantId),
+        cyclesKey(tenantId),
+        cycleHistoryKey(tenantId, cycle.cycleId),
+      ];
+      const args: (string | Buffer)[] = [
+        String(stamp),
+        String(historyLength),
+        String(historyTtlMs),
+        cycle.cycleId,
+      ];
       // A StoredScore's JSON is the same for every device up to its device: `{"tenantId":…,"device":`.
       // The stored records go as bytes: with a Buffer argument ioredis writes the command into one buffer
       // sized for it, instead of joining ~1 MB of text into one string (a large V8 object on fresh pages,
       // then encoded again), which took most of the scorer's time in this call.
       const head = Buffer.from(`${JSON.stringify({ tenantId, ...cycle }).slice(0, -1)},"device":`);
       for (const [index, device] of devices.entries()) {
-        keys.push(historyKey(tenantId, device.deviceId));
         const entry: ScoreHistoryEntry = {
           cycleId: cycle.cycleId,
           cycleStartedAt: cycle.cycleStartedAt,
@@ -168,7 +196,11 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
         ]);
         args.push(device.deviceId, device.band, stored, JSON.stringify(entry));
       }
-      const skipped = (await redis.eval(SAVE_IF_NEWER, keys.length, ...keys, ...args)) as string[];
+      const [skipped, dropped] = (await redis.eval(SAVE_IF_NEWER, keys.length, ...keys, ...args)) as [
+        string[],
+        string[],
+      ];
+      if (dropped.length > 0) await redis.unlink(...dropped.map((id) => cycleHistoryKey(tenantId, id)));
       return { written: devices.length - skipped.length, skipped };
     },
     async getDeviceScore(tenantId, deviceId) {
@@ -200,18 +232,27 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
       return { total: ids.length, items };
     },
     async history(tenantId, deviceId) {
-      const values = await redis.lrange(historyKey(tenantId, deviceId), 0, historyLength - 1);
-      return values.map((json) => JSON.parse(json) as ScoreHistoryEntry);
+      const cycles = await redis.zrevrange(cyclesKey(tenantId), 0, historyLength - 1);
+      if (cycles.length === 0) return [];
+      const reads = redis.pipeline();
+      for (const cycleId of cycles) reads.hget(cycleHistoryKey(tenantId, cycleId), deviceId);
+      const entries: ScoreHistoryEntry[] = [];
+      for (const [error, json] of (await reads.exec()) ?? []) {
+        if (error) throw error;
+        if (typeof json === 'string') entries.push(JSON.parse(json) as ScoreHistoryEntry);
+      }
+      return entries;
     },
     async remove(tenantId, deviceIds) {
       if (deviceIds.length === 0) return;
-      await redis
+      const cycles = await redis.zrange(cyclesKey(tenantId), 0, -1);
+      const removal = redis
         .multi()
         .hdel(scoresKey(tenantId), ...deviceIds)
         .hdel(stampsKey(tenantId), ...deviceIds)
-        .hdel(bandsKey(tenantId), ...deviceIds)
-        .del(...deviceIds.map((id) => historyKey(tenantId, id)))
-        .exec();
+        .hdel(bandsKey(tenantId), ...deviceIds);
+      for (const cycleId of cycles) removal.hdel(cycleHistoryKey(tenantId, cycleId), ...deviceIds);
+      await removal.exec();
     },
   };
 }

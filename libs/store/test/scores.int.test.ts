@@ -92,6 +92,26 @@ describe('createScoreStore', () => {
     expect((await scores.history('t', 'd1')).map((s) => s.score)).toEqual([3, 2]);
   });
 
+  it("history should be the device's entries in the tenant's last cycles, and keep no hash of a dropped cycle", async () => {
+    const scores = createScoreStore(redis.client, redis.prefix, { historyLength: 2 });
+    const at = (minute: number) => cycle(`c${minute}`, `2026-01-01T10:0${minute}:00.000Z`);
+    await scores.saveScores('t', at(1), [device('d1', 1, 'Trustworthy'), device('d2', 1, 'Trustworthy')]);
+    // d2 is not listed in the second cycle: its history has a gap there.
+    await scores.saveScores('t', at(2), [device('d1', 2, 'Trustworthy')]);
+    await scores.saveScores('t', at(3), [device('d1', 3, 'Trustworthy'), device('d2', 3, 'Trustworthy')]);
+    expect((await scores.history('t', 'd1')).map((s) => s.cycleId)).toEqual(['c3', 'c2']);
+    expect((await scores.history('t', 'd2')).map((s) => s.cycleId)).toEqual(['c3']);
+    // A late batch of a cycle older than the kept ones: d3 gets its score, but no history of that cycle.
+    expect(await scores.saveScores('t', at(0), [device('d3', 9, 'Trustworthy')])).toEqual({
+      written: 1,
+      skipped: [],
+    });
+    expect(await scores.history('t', 'd3')).toEqual([]);
+    const historyKeys = await redis.client.keys(`${redis.prefix}score-cycle-history:t:*`);
+    expect(historyKeys.map((key) => key.slice(key.lastIndexOf(':') + 1)).sort()).toEqual(['c2', 'c3']);
+    for (const key of historyKeys) expect(await redis.client.pttl(key)).toBeGreaterThan(0);
+  });
+
   it('listDeviceScores should filter by band and page by device id', async () => {
     const scores = createScoreStore(redis.client, redis.prefix);
     await scores.saveScores('t', cycle('c1', '2026-01-01T10:00:00.000Z'), [
@@ -104,8 +124,11 @@ describe('createScoreStore', () => {
     expect(high.items.map((s) => s.device.deviceId)).toEqual(['a', 'b']);
     const page = await scores.listDeviceScores('t', { limit: 1, offset: 1 });
     expect(page).toMatchObject({ total: 3, items: [{ device: { deviceId: 'b' } }] });
+    expect(await scores.history('t', 'a')).toHaveLength(1);
     await scores.remove('t', ['a']);
     expect(await scores.getDeviceScore('t', 'a')).toBeNull();
+    expect(await scores.history('t', 'a')).toEqual([]);
+    expect((await scores.history('t', 'b')).map((s) => s.score)).toEqual([90]);
     expect((await scores.listDeviceScores('t')).total).toBe(2);
   });
 });
