@@ -36,8 +36,8 @@ export type ApiResult = { status: 200; body: unknown } | { status: 404 };
 /** An OData answer read row by row: what `toRow` made of each `value` row, and the other top-level members. */
 export type RowsResult<T> = { status: 200; rows: T[]; members: Record<string, unknown> } | { status: 404 };
 
-/** An OData answer whose rows were handed out one by one: how many, and the other top-level members. */
-export type RowsScan = { status: 200; rows: number; members: Record<string, unknown> } | { status: 404 };
+/** An OData answer whose rows were handed out one by one: the other top-level members. */
+export type RowsScan = { status: 200; members: Record<string, unknown> } | { status: 404 };
 
 export interface ApiCaller {
   /**
@@ -227,15 +227,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       throw unreachable(error, url, signal);
     }
     const path = new URL(url).pathname;
-    let rows = 0;
-    const scanner = new ODataRowScanner<T>(
-      (row) => {
-        rows++;
-        onRow(row);
-      },
-      toRow,
-      reader,
-    );
+    const scanner = new ODataRowScanner<T>(onRow, toRow, reader);
     const ok = response.status >= 200 && response.status < 300;
     const chunks: Buffer[] = [];
     try {
@@ -257,7 +249,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       throw notJson(path, error as Error);
     }
     if (!rest.hasValue) throw malformed(path, `The Defender API answered ${path} without a "value" array`);
-    return { status: 200, rows, members: rest.members };
+    return { status: 200, members: rest.members };
   }
 
   function classify(

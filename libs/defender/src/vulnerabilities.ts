@@ -106,9 +106,9 @@ export interface BulkOptions {
  * `@odata.nextLink` (it carries `$skiptoken`; `$top` would suppress it, so only `pageSize` is sent).
  * Each valid row goes to `onRow` as soon as it is read, and nothing of a page is kept here: a page is
  * ~50,000 rows, and rows held until their page ends outlive the young generation, so only full marks
- * of the heap could free them. The export gives no order, so a
- * device's rows may come on several pages and the same CVE on several rows (one per product). A page
- * that fails midway and is retried gives its rows again: `onRow` must be idempotent.
+ * of the heap could free them. The export gives no order, so a device's rows may come on several pages
+ * and the same CVE on several rows (one per product). A page that fails midway and is retried gives its
+ * rows again: `onRow` must be idempotent.
  */
 export async function readVulnerabilitiesByMachine(
   deps: VulnerabilityDeps,
