@@ -2,11 +2,16 @@
 'use strict';
 // CPU cost of reading one tenant's bulk export (SoftwareVulnerabilitiesByMachine) the way the vuln-fetcher
 // reads it, not a test: the Defender client over TLS against the simulator (a process of its own, latency
-// 0, no quotas), every row folded into the vuln-fetcher's VulnerabilityFolder. Each read runs in a fresh
-// process, so Node flags can be compared; variants run in rotating order, medians reported.
+// 0, no quotas), every row folded into the vuln-fetcher's VulnerabilityFolder. With `--read machines`, the
+// tenant's device listing (/api/machines) the way the poller reads it instead: every listed machine cut
+// down to the DeviceRecord a batch carries. Each read runs in a fresh process, so Node flags can be
+// compared; variants run in rotating order, medians reported.
 // Runs against the compiled packages (`npx tsc -b` first).
 //
-//   node test/bench/export-read-bench.js [--devices N] [--rounds R] [--variant 'name=--node-flag …' …]
+//   node test/bench/export-read-bench.js [--read export|machines] [--page-size N] [--devices N]
+//                                        [--rounds R] [--variant 'name=--node-flag …' …]
+//     --read     what is read (default export)
+//     --page-size  machines per listing request (default the poller's, 10000; --read machines only)
 //     --devices  fleet size (default 50000; about half the devices have vulnerabilities)
 //     --rounds   reads per variant (default 3)
 //     --variant  a name and the Node flags of its processes (default: base=--single-threaded-gc, the
@@ -28,6 +33,8 @@ const APP = { clientId: '1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d', clientSecret: 'Z
 
 const { values } = parseArgs({
   options: {
+    read: { type: 'string' },
+    'page-size': { type: 'string' },
     devices: { type: 'string' },
     rounds: { type: 'string' },
     variant: { type: 'string', multiple: true },
@@ -54,7 +61,6 @@ async function read() {
     join(root, 'libs/defender/dist'),
   );
   const { silentLogger } = require(join(root, 'libs/logging/dist'));
-  const { VulnerabilityFolder } = require(join(root, 'services/vuln-fetcher/dist/summarise'));
   let gcMs = 0;
   new PerformanceObserver((list) => {
     for (const entry of list.getEntries()) gcMs += entry.duration;
@@ -70,12 +76,10 @@ async function read() {
     },
   );
   await client.tokenClaims(); // the token, outside the measured read
-  const folder = new VulnerabilityFolder();
   const cpu = process.cpuUsage();
   const started = performance.now();
-  const result = await client.readVulnerabilitiesByMachine((deviceId, vulnerability) =>
-    folder.add(deviceId, vulnerability),
-  );
+  const { rows, devices } =
+    process.env.READ === 'machines' ? await listMachines(client) : await readExport(client);
   const used = process.cpuUsage(cpu);
   const wallMs = performance.now() - started;
   client.close();
@@ -84,11 +88,34 @@ async function read() {
       cpuMs: Math.round((used.user + used.system) / 1000),
       wallMs: Math.round(wallMs),
       gcPauseMs: Math.round(gcMs),
-      rows: result.rows,
-      devices: folder.size,
+      rows,
+      devices,
       rssMb: Math.round(process.memoryUsage().rss / 1048576),
     }),
   );
+}
+
+/** The export folded as the vuln-fetcher folds it: its rows, and the devices with vulnerabilities. */
+async function readExport(client) {
+  const { VulnerabilityFolder } = require(join(root, 'services/vuln-fetcher/dist/summarise'));
+  const folder = new VulnerabilityFolder();
+  const result = await client.readVulnerabilitiesByMachine((deviceId, vulnerability) =>
+    folder.add(deviceId, vulnerability),
+  );
+  return { rows: result.rows, devices: folder.size };
+}
+
+/** The device listing as the poller takes it: machines read, and the device records made of them. */
+async function listMachines(client) {
+  const { toDeviceRecord } = require(join(root, 'libs/contracts/dist'));
+  let rows = 0;
+  let devices = 0;
+  const pageSize = Number(process.env.PAGE_SIZE);
+  for await (const page of client.listMachinePages(pageSize > 0 ? { pageSize } : {})) {
+    rows += page.received;
+    for (const entry of page.machines) if (toDeviceRecord(entry.record).id) devices++;
+  }
+  return { rows, devices };
 }
 
 /** Starts the simulator, adds the tenant, runs the reads in rotating order and prints the medians. */
@@ -121,7 +148,13 @@ async function main() {
     for (let round = 0; round < rounds; round++) {
       for (const variant of variants) {
         const child = spawnSync(process.execPath, [...variant.flags, __filename, '--child'], {
-          env: { ...process.env, SIM_BASE: baseUrl, NODE_EXTRA_CA_CERTS: caFile },
+          env: {
+            ...process.env,
+            SIM_BASE: baseUrl,
+            NODE_EXTRA_CA_CERTS: caFile,
+            READ: values.read ?? 'export',
+            PAGE_SIZE: values['page-size'] ?? '',
+          },
           encoding: 'utf8',
         });
         if (child.status !== 0) throw new Error(`the read failed:\n${child.stderr}`);
@@ -137,7 +170,9 @@ async function main() {
       console.log(
         `${name}: median CPU ${of('cpuMs')} ms (${((of('cpuMs') * 1000) / rows).toFixed(2)} µs per row), ` +
           `wall ${of('wallMs')} ms, GC pauses ${of('gcPauseMs')} ms, RSS ${of('rssMb')} MB; ` +
-          `${rows} rows, ${list[0].devices} devices with vulnerabilities`,
+          (values.read === 'machines'
+            ? `${rows} machines read, ${list[0].devices} device records`
+            : `${rows} rows, ${list[0].devices} devices with vulnerabilities`),
       );
     }
   } finally {
