@@ -187,21 +187,15 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
       fetchMachineVulnerabilities(walkDeps, machineId, signal),
     readVulnerabilitiesByMachine: (onRow, options) => readVulnerabilitiesByMachine(walkDeps, onRow, options),
     async getVulnerabilitiesByMachine(options) {
-      const merged = new Map<string, Vulnerability[]>();
-      const indexes = new Map<string, Map<string, number>>();
+      // Per device, its CVEs in first-seen order and where each one is in that list.
+      const merged = new Map<string, { list: Vulnerability[]; index: Map<string, number> }>();
       const merge: BulkRowHandler = (machineId, vulnerability) => {
-        let target = merged.get(machineId);
-        let index = indexes.get(machineId);
-        if (!target || !index) {
-          target = [];
-          index = new Map();
-          merged.set(machineId, target);
-          indexes.set(machineId, index);
-        }
-        if (vulnerability) mergeVulnerability(target, index, vulnerability);
+        let device = merged.get(machineId);
+        if (!device) merged.set(machineId, (device = { list: [], index: new Map() }));
+        if (vulnerability) mergeVulnerability(device.list, device.index, vulnerability);
       };
       await readVulnerabilitiesByMachine(walkDeps, merge, options);
-      return merged;
+      return new Map([...merged].map(([machineId, device]) => [machineId, device.list]));
     },
     async tokenClaims(signal) {
       return decodeTokenClaims((await tokens.getToken(signal)).token);
