@@ -8,10 +8,11 @@
 // compared; variants run in rotating order, medians reported.
 // Runs against the compiled packages (`npx tsc -b` first).
 //
-//   node test/bench/export-read-bench.js [--read export|machines] [--page-size N] [--devices N]
-//                                        [--rounds R] [--variant 'name=--node-flag …' …]
+//   node test/bench/export-read-bench.js [--read export|machines] [--page-size N] [--limiter local|none]
+//                                        [--devices N] [--rounds R] [--variant 'name=--node-flag …' …]
 //     --read     what is read (default export)
 //     --page-size  machines per listing request (default the poller's, 10000; --read machines only)
+//     --limiter  local (default: a Bottleneck limiter of 10 calls, as the services have) or none
 //     --devices  fleet size (default 50000; about half the devices have vulnerabilities)
 //     --rounds   reads per variant (default 3)
 //     --variant  a name and the Node flags of its processes (default: base=--single-threaded-gc, the
@@ -35,6 +36,7 @@ const { values } = parseArgs({
   options: {
     read: { type: 'string' },
     'page-size': { type: 'string' },
+    limiter: { type: 'string' },
     devices: { type: 'string' },
     rounds: { type: 'string' },
     variant: { type: 'string', multiple: true },
@@ -69,7 +71,11 @@ async function read() {
   const client = createDefenderClient(
     { azureTenantId: TENANT, ...APP },
     {
-      limiter: createLocalLimiter(),
+      // `none`: each call runs at once, outside any limiter, to compare with the Bottleneck limiter.
+      limiter:
+        process.env.LIMITER === 'none'
+          ? { schedule: (task) => task(), close: async () => undefined }
+          : createLocalLimiter(),
       quota: UNLIMITED_QUOTA_GATE,
       logger: silentLogger,
       overrides: { authorityHost: base, apiBase: base },
@@ -154,6 +160,7 @@ async function main() {
             NODE_EXTRA_CA_CERTS: caFile,
             READ: values.read ?? 'export',
             PAGE_SIZE: values['page-size'] ?? '',
+            LIMITER: values.limiter ?? 'local',
           },
           encoding: 'utf8',
         });
