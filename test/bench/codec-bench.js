@@ -25,7 +25,12 @@ const { toScoredDevice } = require(join(root, 'services/scorer/dist/scored-devic
 
 const { values } = parseArgs({ options: { devices: { type: 'string' } } });
 const BATCH = 250;
-const batches = Math.max(1, Math.round(Number(values.devices ?? 20_000) / BATCH));
+const wanted = Number(values.devices ?? 20_000);
+if (!Number.isInteger(wanted) || wanted < 1) {
+  console.error(`--devices must be a whole number of at least 1 (got ${values.devices})`);
+  process.exit(2);
+}
+const batches = Math.max(1, Math.round(wanted / BATCH));
 const devices = batches * BATCH;
 const now = Date.parse('2026-12-04T12:00:00.000Z');
 const at = (ms) => new Date(ms).toISOString();

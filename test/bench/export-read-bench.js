@@ -44,6 +44,16 @@ const { values } = parseArgs({
   },
 });
 
+for (const [option, allowed] of [
+  ['read', ['export', 'machines']],
+  ['limiter', ['local', 'none']],
+]) {
+  if (values[option] !== undefined && !allowed.includes(values[option])) {
+    console.error(`--${option} must be one of ${allowed.join(', ')} (got ${values[option]})`);
+    process.exit(2);
+  }
+}
+
 if (values.child) {
   read().catch((error) => {
     console.error(error);
