@@ -1,4 +1,10 @@
-import { internalCeiling, latencyByMode, type CycleLatency } from '../src/report';
+import {
+  cpuMicrosPerDevice,
+  internalCeiling,
+  latencyByMode,
+  pipelineCpuMicrosPerDevice,
+  type CycleLatency,
+} from '../src/report';
 import type { ScenarioResult } from '../src/scenario';
 
 const cycle = (mode: CycleLatency['mode'], collectToVmsMs: number): CycleLatency => ({
@@ -47,8 +53,9 @@ function internalRun(name: string, devices: number, ms: number, cpuSec: number):
     ],
     devices,
     usage: { scorer: { cpuSec, peakRssMb: 100 } },
-    // The scorer and the broker in the window: (cpuSec + 1) s over `devices`.
-    windowCpuSec: { scorer: cpuSec, kafka: 1, redis: Number.NaN },
+    // The scorer, the broker and the simulator in the window: (cpuSec + 2) s over `devices`, the
+    // pipeline alone (cpuSec + 1) s.
+    windowCpuSec: { scorer: cpuSec, kafka: 1, redis: Number.NaN, simulator: 1 },
     kafka: { 'urs.device-scores': { messages: devices / 500, bytes: devices * 1_500 } },
     redisCalls: { eval: devices / 500 },
   } as unknown as ScenarioResult;
@@ -66,13 +73,29 @@ describe('internalCeiling', () => {
       devicesPerSec: 4_000,
       firstBatchToSummaryMs: 2_500,
       cpuSec: { scorer: 2 },
-      cpuMicrosPerDevice: 300,
+      cpuMicrosPerDevice: 400,
+      pipelineCpuMicrosPerDevice: 300,
       devicesPerSecMin: 2_500,
       devicesPerSecMax: 5_000,
       runs: [
-        { scenario: 'internal-1', devicesPerSec: 2_500, cpuMicrosPerDevice: 400 },
-        { scenario: 'internal-2', devicesPerSec: 5_000, cpuMicrosPerDevice: 200 },
-        { scenario: 'internal-3', devicesPerSec: 4_000, cpuMicrosPerDevice: 300 },
+        {
+          scenario: 'internal-1',
+          devicesPerSec: 2_500,
+          cpuMicrosPerDevice: 500,
+          pipelineCpuMicrosPerDevice: 400,
+        },
+        {
+          scenario: 'internal-2',
+          devicesPerSec: 5_000,
+          cpuMicrosPerDevice: 300,
+          pipelineCpuMicrosPerDevice: 200,
+        },
+        {
+          scenario: 'internal-3',
+          devicesPerSec: 4_000,
+          cpuMicrosPerDevice: 400,
+          pipelineCpuMicrosPerDevice: 300,
+        },
       ],
     });
   });
@@ -85,5 +108,15 @@ describe('internalCeiling', () => {
     expect(ceiling?.scenario).toBe('internal-2');
     expect(ceiling?.devicesPerSec).toBe(2_500);
     expect(internalCeiling([])).toBeNull();
+  });
+});
+
+describe('pipelineCpuMicrosPerDevice', () => {
+  it('pipelineCpuMicrosPerDevice should leave the simulator out, and only the simulator', () => {
+    const cpuSec = { scorer: 1.5, kafka: 0.5, redis: Number.NaN, simulator: 1 };
+    expect(cpuMicrosPerDevice(cpuSec, 10_000)).toBe(300);
+    expect(pipelineCpuMicrosPerDevice(cpuSec, 10_000)).toBe(200);
+    expect(pipelineCpuMicrosPerDevice({ scorer: 1.5, kafka: 0.5 }, 10_000)).toBe(200);
+    expect(pipelineCpuMicrosPerDevice(cpuSec, 0)).toBeNaN();
   });
 });
