@@ -3,7 +3,7 @@
 // CPU a device costs in each stage's own JavaScript work on a message, not a test: reading a batch by
 // lines (`parseJsonBytes`), checking it against its contract (`validateMessage`), serialising the device,
 // and scoring it. Devices are the simulator's machines (seed 7) as the pipeline carries them: the
-// poller's DeviceRecord, the vuln-fetcher's enriched device, the scorer's scored device. Batches of 250
+// poller's DeviceRecord, the vuln-fetcher's enriched device, the scorer's scored device. Batches of 500
 // devices, one process, medians of 7 passes over the fleet. What is left of the pipeline's CPU per device
 // beyond these (see `npm run bench`) is the Kafka and Redis clients and servers, the HTTP reads, the
 // collector, and the simulator.
@@ -24,7 +24,7 @@ const { generateMachine } = require(join(root, 'test/simulator/dist/generator'))
 const { toScoredDevice } = require(join(root, 'services/scorer/dist/scored-device'));
 
 const { values } = parseArgs({ options: { devices: { type: 'string' } } });
-const BATCH = 250;
+const BATCH = 500;
 const wanted = Number(values.devices ?? 20_000);
 if (!Number.isInteger(wanted) || wanted < 1) {
   console.error(`--devices must be a whole number of at least 1 (got ${values.devices})`);
