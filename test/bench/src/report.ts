@@ -502,7 +502,7 @@ export function renderMarkdown(results: BenchResults): string {
         `| ${name} | ${scenario.devices} | ${services.map((service) => (scenario.peakRssMb[service] === undefined ? '–' : `${scenario.peakRssMb[service]} / ${scenario.cpuSec[service]}`)).join(' | ')} |`,
       );
     }
-    const processes = [...services, 'kafka', 'redis', 'simulator'];
+    const processes = [...services, 'kafka', 'redis', SIMULATOR];
     lines.push(
       '',
       '## Where the two cores went: CPU (s) from the first registration to the last summary',
