@@ -188,6 +188,10 @@ function buildResults(
           windowCpuSec: Object.fromEntries(
             Object.entries(result.windowCpuSec).map(([name, cpu]) => [name, round(cpu, 2)]),
           ),
+          windowSystemCpuSec: Object.fromEntries(
+            Object.entries(result.windowSystemCpuSec).map(([name, cpu]) => [name, round(cpu, 2)]),
+          ),
+          windowMinorFaults: result.windowMinorFaults,
           sim: {
             calls: result.sim.calls,
             peakConcurrency: result.sim.peakConcurrency,

@@ -102,6 +102,10 @@ export interface BenchResults {
       windowMs: number;
       /** CPU seconds of the services, the broker, Redis and the simulator within windowMs. */
       windowCpuSec: Record<string, number>;
+      /** Of windowCpuSec, the system (kernel) seconds. */
+      windowSystemCpuSec: Record<string, number>;
+      /** Minor page faults of the same processes within windowMs. */
+      windowMinorFaults: Record<string, number>;
       sim: unknown;
     }
   >;
@@ -370,6 +374,25 @@ export function timelineOf(result: ScenarioResult, cycle: CycleRecord): Timeline
   };
 }
 
+/**
+ * A process's kernel share of one scenario: its system CPU seconds, their share of its CPU, and its minor
+ * page faults per device (each costs ~14 µs of kernel time on the build VM); "–" when it was not read.
+ */
+export function kernelCell(
+  cpuSec: number | undefined,
+  systemCpuSec: number | undefined,
+  minorFaults: number | undefined,
+  devices: number,
+): string {
+  if (cpuSec === undefined || systemCpuSec === undefined || !Number.isFinite(systemCpuSec)) return '–';
+  const share = cpuSec > 0 ? ` (${round((systemCpuSec / cpuSec) * 100, 0)} %)` : '';
+  const faults =
+    minorFaults !== undefined && Number.isFinite(minorFaults) && devices > 0
+      ? ` · ${round(minorFaults / devices, 2)}`
+      : '';
+  return `${round(systemCpuSec, 2)}${share}${faults}`;
+}
+
 function ms(value: number | null | undefined): string {
   if (value === null || value === undefined || !Number.isFinite(value)) return '–';
   return value >= 10_000 ? `${(value / 1000).toFixed(1)} s` : `${Math.round(value)} ms`;
@@ -517,6 +540,24 @@ export function renderMarkdown(results: BenchResults): string {
       lines.push(
         `| ${name} | ${ms(scenario.windowMs)} | ${processes.map((process) => cpu[process] ?? '–').join(' | ')} | ${round(all, 1)} | ${round(share * 100, 0)} % | ${round(cpuMicrosPerDevice(cpu, scenario.devices))} | ${round(pipelineCpuMicrosPerDevice(cpu, scenario.devices))} |`,
       );
+    }
+    lines.push(
+      '',
+      '## … of it in the kernel: system CPU (s, share of the process) · minor page faults per device',
+      '',
+      `| scenario | ${processes.join(' | ')} |`,
+      `|---|${processes.map(() => '---').join('|')}|`,
+    );
+    for (const [name, scenario] of scenarios) {
+      const cells = processes.map((process) =>
+        kernelCell(
+          scenario.windowCpuSec[process],
+          scenario.windowSystemCpuSec?.[process],
+          scenario.windowMinorFaults?.[process],
+          scenario.devices,
+        ),
+      );
+      lines.push(`| ${name} | ${cells.join(' | ')} |`);
     }
   }
   if (results.publishLatencyCycles.length > 0) {

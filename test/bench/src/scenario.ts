@@ -82,6 +82,10 @@ export interface ScenarioResult {
    * to the last summary: where the two cores went while the cycles ran (start-up not included).
    */
   windowCpuSec: Record<string, number>;
+  /** Of `windowCpuSec`, the system (kernel) seconds of each process. */
+  windowSystemCpuSec: Record<string, number>;
+  /** Minor page faults of each process within the window. */
+  windowMinorFaults: Record<string, number>;
   windowMs: number;
   /** CPU seconds of the same processes read every `CPU_SAMPLE_MS` over the window (the timeline's CPU lane). */
   cpuSamples: CpuSample[];
@@ -99,6 +103,21 @@ function diff(after: Record<string, number>, before: Record<string, number>): Re
     if (delta > 0) out[command] = delta;
   }
   return out;
+}
+
+/** One counter of every process (NaN for a process that could not be read). */
+function pick(
+  usage: Record<string, ProcessUsage | null>,
+  counter: 'cpuSec' | 'systemCpuSec' | 'minorFaults',
+): Record<string, number> {
+  return Object.fromEntries(Object.entries(usage).map(([name, one]) => [name, one?.[counter] ?? NaN]));
+}
+
+/** How much each process's counter grew (NaN when it was not read at both ends). */
+function growth(after: Record<string, number>, before: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(
+    Object.entries(after).map(([name, value]) => [name, value - (before[name] ?? NaN)]),
+  );
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -162,14 +181,16 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     }
     const redisBefore = ctx.privateRedis ? await commandStats(ctx.redisUrl) : {};
     const live = pipeline;
-    const cpuNow = (): Record<string, number> => {
+    const usageNow = (): Record<string, ProcessUsage | null> => {
       const pids: [string, number][] = [
         ...[...live.children].map(([name, child]): [string, number] => [name, child.pid]),
         ...Object.entries(ctx.infraPids),
       ];
-      return Object.fromEntries(pids.map(([name, pid]) => [name, processUsage(pid)?.cpuSec ?? NaN]));
+      return Object.fromEntries(pids.map(([name, pid]) => [name, processUsage(pid)]));
     };
-    const cpuBefore = cpuNow();
+    const cpuNow = (): Record<string, number> => pick(usageNow(), 'cpuSec');
+    const usageBefore = usageNow();
+    const cpuBefore = pick(usageBefore, 'cpuSec');
     const windowStart = Date.now();
     const cpuSamples: CpuSample[] = [{ t: windowStart, cpuSec: cpuBefore }];
     cpuSampler = setInterval(() => cpuSamples.push({ t: Date.now(), cpuSec: cpuNow() }), CPU_SAMPLE_MS);
@@ -211,12 +232,13 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
       () => live.crashed(),
     );
     const windowMs = Date.now() - windowStart;
-    const cpuAfter = cpuNow();
+    const usageAfter = usageNow();
+    const cpuAfter = pick(usageAfter, 'cpuSec');
     clearInterval(cpuSampler);
     cpuSamples.push({ t: windowStart + windowMs, cpuSec: cpuAfter });
-    const windowCpuSec = Object.fromEntries(
-      Object.entries(cpuAfter).map(([name, cpu]) => [name, cpu - (cpuBefore[name] ?? NaN)]),
-    );
+    const windowCpuSec = growth(cpuAfter, cpuBefore);
+    const windowSystemCpuSec = growth(pick(usageAfter, 'systemCpuSec'), pick(usageBefore, 'systemCpuSec'));
+    const windowMinorFaults = growth(pick(usageAfter, 'minorFaults'), pick(usageBefore, 'minorFaults'));
     await sleep(500);
     const samples = await sampler.stop();
     sampler = undefined;
@@ -245,6 +267,8 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
       samples,
       usage,
       windowCpuSec,
+      windowSystemCpuSec,
+      windowMinorFaults,
       windowMs,
       cpuSamples,
       kafka: events.totals,

@@ -1,5 +1,5 @@
 import { parseCommandStats } from '../src/infra';
-import { parseCpuSec, parseStatus } from '../src/procstat';
+import { parseStat, parseStatus } from '../src/procstat';
 import { shortTopic } from '../src/report';
 
 describe('parseCommandStats', () => {
@@ -19,10 +19,10 @@ describe('parseStatus', () => {
   });
 });
 
-describe('parseCpuSec', () => {
-  it('parseCpuSec should add user and system ticks after a command name with spaces', () => {
-    const stat = '1234 (node main) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 11 0 100 0 0';
-    expect(parseCpuSec(stat)).toBe(3);
+describe('parseStat', () => {
+  it('parseStat should read user and system ticks and minor faults after a command name with spaces', () => {
+    const stat = '1234 (node main) S 1 1234 1234 0 -1 4194560 1700 0 3 0 250 50 0 0 20 0 11 0 100 0 0';
+    expect(parseStat(stat)).toEqual({ cpuSec: 3, systemCpuSec: 0.5, minorFaults: 1700 });
   });
 });
 

@@ -1,6 +1,7 @@
 import {
   cpuMicrosPerDevice,
   internalCeiling,
+  kernelCell,
   latencyByMode,
   pipelineCpuMicrosPerDevice,
   type CycleLatency,
@@ -118,5 +119,19 @@ describe('pipelineCpuMicrosPerDevice', () => {
     expect(pipelineCpuMicrosPerDevice(cpuSec, 10_000)).toBe(200);
     expect(pipelineCpuMicrosPerDevice({ scorer: 1.5, kafka: 0.5 }, 10_000)).toBe(200);
     expect(pipelineCpuMicrosPerDevice(cpuSec, 0)).toBeNaN();
+  });
+});
+
+describe('kernelCell', () => {
+  it('kernelCell should give system seconds, their share of the process and faults per device', () => {
+    expect(kernelCell(2, 0.5, 25_000, 50_000)).toBe('0.5 (25 %) · 0.5');
+    expect(kernelCell(0, 0, 0, 50_000)).toBe('0 · 0');
+    expect(kernelCell(2, 0.5, Number.NaN, 50_000)).toBe('0.5 (25 %)');
+    expect(kernelCell(2, 0.5, 100, 0)).toBe('0.5 (25 %)');
+  });
+
+  it('kernelCell should give "–" for a process that was not read', () => {
+    expect(kernelCell(undefined, undefined, undefined, 1_000)).toBe('–');
+    expect(kernelCell(Number.NaN, Number.NaN, Number.NaN, 1_000)).toBe('–');
   });
 });
