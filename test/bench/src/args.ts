@@ -19,6 +19,11 @@ export interface BenchOptions {
    * (run-to-run spread on a shared 2-core machine is ±10–25 %). `--internal-runs`, default 3.
    */
   internalRuns: number;
+  /**
+   * Devices of a cycle each internal run sends through its fresh services before its measured window
+   * (0: none, the window then includes their warm-up). `--internal-warmup`, default 20000.
+   */
+  internalWarmup: number;
   /** Devices of the bulk export run under Microsoft's quotas (0 skips it). `--bulk-devices`, default 100000. */
   bulkDevices: number;
   /**
@@ -84,6 +89,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
         'cycle-devices': { type: 'string' },
         'internal-devices': { type: 'string' },
         'internal-runs': { type: 'string' },
+        'internal-warmup': { type: 'string' },
         'bulk-devices': { type: 'string' },
         driver: { type: 'string' },
         redis: { type: 'string' },
@@ -106,6 +112,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
     cycleDevices: wholeNumber(values['cycle-devices'] ?? '1000', '--cycle-devices', 1),
     internalDevices: wholeNumber(values['internal-devices'] ?? '50000', '--internal-devices', 0),
     internalRuns: wholeNumber(values['internal-runs'] ?? '3', '--internal-runs', 1),
+    internalWarmup: wholeNumber(values['internal-warmup'] ?? '20000', '--internal-warmup', 0),
     bulkDevices: wholeNumber(values['bulk-devices'] ?? '100000', '--bulk-devices', 0),
     driver: oneOf(values.driver ?? 'auto', '--driver', ['auto', 'poller', 'inject'] as const),
     redis: oneOf(values.redis ?? 'private', '--redis', ['private', 'shared'] as const),
@@ -129,6 +136,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
 
 export const USAGE = `npm run bench -- [--sizes 1000,10000,100000] [--latency 50] [--jitter 0]
   [--cycle-tenants 6] [--cycle-devices 1000] [--internal-devices 50000] [--internal-runs 3]
+  [--internal-warmup 20000]
   [--bulk-devices 100000]
   [--driver auto|poller|inject] [--redis private|shared] [--sample-ms 50] [--out bench/results]
   [--keep-stack] [--slack-ms 120000] [--profile vuln-fetcher,scorer]

@@ -88,12 +88,14 @@ export interface TopicTotals {
 /**
  * Reads every message of the topics once, from the beginning to the end offsets as they are now, and
  * returns the totals per topic. Used after a scenario, so reading does not compete with the pipeline.
+ * Only the messages `counted` accepts (all by default) are counted and handed to `onMessage`.
  */
 export async function readTopics(
   kafka: Kafka,
   topics: string[],
   groupId: string,
   onMessage: (message: TopicMessage) => void,
+  counted: (message: TopicMessage) => boolean = () => true,
   timeoutMs = 600_000,
 ): Promise<Record<string, TopicTotals>> {
   const admin = kafka.admin();
@@ -133,15 +135,17 @@ export async function readTopics(
         const total = totals[batch.topic] as TopicTotals;
         for (const message of batch.messages) {
           if (BigInt(message.offset) >= end) break;
-          total.messages++;
-          total.bytes += (message.key?.length ?? 0) + (message.value?.length ?? 0);
-          onMessage({
+          const read = {
             topic: batch.topic,
             partition: batch.partition,
             timestampMs: Number(message.timestamp),
             key: message.key,
             value: message.value,
-          });
+          };
+          if (!counted(read)) continue;
+          total.messages++;
+          total.bytes += (message.key?.length ?? 0) + (message.value?.length ?? 0);
+          onMessage(read);
         }
         const last = batch.messages.at(-1);
         if (last && BigInt(last.offset) + 1n >= end) {

@@ -53,6 +53,7 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
     sampleMs: options.sampleMs,
     staggerMs: 0,
     profile: options.profile,
+    warmupDevices: 0,
   };
   for (const size of options.sizes) {
     // Per-device calls at any fleet size: injected batches say `per-device` whatever the quota plan says.
@@ -100,6 +101,7 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
         pollIntervalMinutes: 10,
         extraEnv: { ...QUOTAS_OFF_ENV, ...options.env },
         timeoutMs: options.internalDevices + options.slackMs,
+        warmupDevices: options.internalWarmup,
       });
   }
   if (options.bulkDevices > 0) {

@@ -34,6 +34,12 @@ export interface ScenarioSpec {
   sampleMs: number;
   /** Services run with `--cpu-prof`. */
   profile: readonly string[];
+  /**
+   * Devices of a tenant whose cycle runs through the same processes before the measured window (0: none),
+   * so the window measures services in their steady state: code compiled, heaps and buffers grown (a page
+   * touched for the first time costs ~16 µs on the build VM). Its records are left out of every count.
+   */
+  warmupDevices: number;
 }
 
 export interface RunContext {
@@ -151,13 +157,15 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     createPartitioner: Partitioners.DefaultPartitioner,
     allowAutoTopicCreation: false,
   });
-  const tenants = spec.tenants.map((size, index) => ({
-    tenantId: `bench-${ctx.runId}-${spec.name}-${index}`,
+  const tenant = (name: string, size: number) => ({
+    tenantId: `bench-${ctx.runId}-${spec.name}-${name}`,
     azureTenantId: randomUUID(),
     clientId: randomUUID(),
     clientSecret: `bench-secret-${randomUUID()}`,
     size,
-  }));
+  });
+  const tenants = spec.tenants.map((size, index) => tenant(String(index), size));
+  const warmup = spec.warmupDevices > 0 ? tenant('warmup', spec.warmupDevices) : undefined;
   try {
     pipeline = await startPipeline(ctx.group, {
       root: ctx.root,
@@ -179,8 +187,48 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     for (const [index, tenant] of tenants.entries()) {
       await ctx.sim.addTenant({ ...tenant, seed: 1_000 + index });
     }
-    const redisBefore = ctx.privateRedis ? await commandStats(ctx.redisUrl) : {};
     const live = pipeline;
+    const cycles = createCycleStore(redis, redisPrefix);
+    /**
+     * Registers a tenant and, when the bench drives the cycles, starts injecting its cycle: `injected`
+     * settles once its batches are produced (wrapped, so awaiting this does not wait for them).
+     */
+    const startCycle = async (tenant: (typeof tenants)[number]): Promise<{ injected?: Promise<unknown> }> => {
+      await live.register(tenant.tenantId, {
+        enabled: true,
+        azureTenantId: tenant.azureTenantId,
+        clientId: tenant.clientId,
+        clientSecret: tenant.clientSecret,
+        pollIntervalMinutes: spec.pollIntervalMinutes,
+      });
+      if (spec.driver !== 'inject') return {};
+      // The vuln-fetcher reads the tenant from Redis and the scorer its profile from urs.tenants: let both land.
+      await sleep(1_500);
+      const injected = injectCycle({
+        sim: ctx.sim,
+        producer,
+        cycles,
+        topic: topics.deviceBatches,
+        tenantId: tenant.tenantId,
+        azureTenantId: tenant.azureTenantId,
+        devices: tenant.size,
+        mode: spec.mode,
+        cvssThreshold: DEFAULT_PROFILE.operational.criticalCves.cvssThreshold,
+      });
+      return { injected };
+    };
+    if (warmup) {
+      const warmed = Date.now();
+      await ctx.sim.addTenant({ ...warmup, seed: 999 });
+      await (
+        await startCycle(warmup)
+      ).injected;
+      await watcher.waitFor([warmup.tenantId], spec.timeoutMs, () => live.crashed());
+      ctx.log(
+        `  warm-up cycle of ${warmup.size} devices done in ${((Date.now() - warmed) / 1000).toFixed(1)} s`,
+      );
+    }
+    const redisBefore = ctx.privateRedis ? await commandStats(ctx.redisUrl) : {};
     const usageNow = (): Record<string, ProcessUsage | null> => {
       const pids: [string, number][] = [
         ...[...live.children].map(([name, child]): [string, number] => [name, child.pid]),
@@ -196,33 +244,10 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     cpuSampler = setInterval(() => cpuSamples.push({ t: Date.now(), cpuSec: cpuNow() }), CPU_SAMPLE_MS);
     await ctx.sim.resetStats();
     sampler = ctx.sim.sample(spec.sampleMs);
-    const cycles = createCycleStore(redis, redisPrefix);
     const injections: Promise<unknown>[] = [];
     for (const tenant of tenants) {
-      await pipeline.register(tenant.tenantId, {
-        enabled: true,
-        azureTenantId: tenant.azureTenantId,
-        clientId: tenant.clientId,
-        clientSecret: tenant.clientSecret,
-        pollIntervalMinutes: spec.pollIntervalMinutes,
-      });
-      if (spec.driver === 'inject') {
-        // The vuln-fetcher reads the tenant from Redis and the scorer its profile from urs.tenants: let both land.
-        await sleep(1_500);
-        injections.push(
-          injectCycle({
-            sim: ctx.sim,
-            producer,
-            cycles,
-            topic: topics.deviceBatches,
-            tenantId: tenant.tenantId,
-            azureTenantId: tenant.azureTenantId,
-            devices: tenant.size,
-            mode: spec.mode,
-            cvssThreshold: DEFAULT_PROFILE.operational.criticalCves.cvssThreshold,
-          }),
-        );
-      }
+      const { injected } = await startCycle(tenant);
+      if (injected) injections.push(injected);
       if (spec.staggerMs > 0) await sleep(spec.staggerMs);
     }
     await Promise.all(injections);
@@ -253,7 +278,7 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     watcher = undefined;
     await ctx.group.stop([...pipeline.children.values()]);
     ctx.log(`  cycles complete after ${((Date.now() - started) / 1000).toFixed(1)} s; reading the topics`);
-    const events = await collect(ctx.kafka, topics, `${topicPrefix}bench-read`);
+    const events = await collect(ctx.kafka, topics, `${topicPrefix}bench-read`, warmup?.tenantId);
     const cycleRecords = tenants.map((tenant) => {
       const summary = summaries.get(tenant.tenantId) as SummaryRecord;
       return cycleRecord(tenant, summary, events);
@@ -309,7 +334,20 @@ function push<T>(map: Map<string, T[]>, key: string, value: T): void {
   else map.set(key, [value]);
 }
 
-async function collect(kafka: Kafka, topics: Topics, groupId: string): Promise<CollectedEvents> {
+/** The messages a tenant's key names: its own (`tenantId`) and its devices' (`tenantId/deviceId`). */
+export function keyedBy(tenantId: string, key: Buffer | null): boolean {
+  if (key === null || key.length < tenantId.length) return false;
+  const text = key.toString('utf8');
+  return text === tenantId || text.startsWith(`${tenantId}/`);
+}
+
+/** What the scenario's topics recorded, leaving out the warm-up tenant's messages. */
+async function collect(
+  kafka: Kafka,
+  topics: Topics,
+  groupId: string,
+  warmupTenantId: string | undefined,
+): Promise<CollectedEvents> {
   const events: CollectedEvents = {
     totals: {},
     listed: new Map(),
@@ -317,29 +355,35 @@ async function collect(kafka: Kafka, topics: Topics, groupId: string): Promise<C
     scored: new Map(),
     published: new Map(),
   };
-  events.totals = await readTopics(kafka, Object.values(topics), groupId, (message) => {
-    if (!message.value) return;
-    if (message.topic === topics.vmsRiskScores) {
-      const key = message.key?.toString('utf8') ?? '';
-      push(events.published, key.slice(0, key.indexOf('/')), { t: message.timestampMs, n: 1 });
-      return;
-    }
-    if (
-      message.topic !== topics.deviceBatches &&
-      message.topic !== topics.devicesEnriched &&
-      message.topic !== topics.deviceScores
-    )
-      return;
-    const value = JSON.parse(message.value.toString('utf8')) as DeviceBatch | EnrichedBatch | ScoreBatch;
-    const event = { t: message.timestampMs, n: value.devices.length };
-    if (message.topic === topics.deviceBatches) push(events.listed, value.cycleId, event);
-    else if (message.topic === topics.deviceScores) push(events.scored, value.cycleId, event);
-    else
-      push(events.enriched, value.cycleId, {
-        ...event,
-        collectedAtMs: Date.parse((value as EnrichedBatch).collectedAt),
-      });
-  });
+  events.totals = await readTopics(
+    kafka,
+    Object.values(topics),
+    groupId,
+    (message) => {
+      if (!message.value) return;
+      if (message.topic === topics.vmsRiskScores) {
+        const key = message.key?.toString('utf8') ?? '';
+        push(events.published, key.slice(0, key.indexOf('/')), { t: message.timestampMs, n: 1 });
+        return;
+      }
+      if (
+        message.topic !== topics.deviceBatches &&
+        message.topic !== topics.devicesEnriched &&
+        message.topic !== topics.deviceScores
+      )
+        return;
+      const value = JSON.parse(message.value.toString('utf8')) as DeviceBatch | EnrichedBatch | ScoreBatch;
+      const event = { t: message.timestampMs, n: value.devices.length };
+      if (message.topic === topics.deviceBatches) push(events.listed, value.cycleId, event);
+      else if (message.topic === topics.deviceScores) push(events.scored, value.cycleId, event);
+      else
+        push(events.enriched, value.cycleId, {
+          ...event,
+          collectedAtMs: Date.parse((value as EnrichedBatch).collectedAt),
+        });
+    },
+    (message) => warmupTenantId === undefined || !keyedBy(warmupTenantId, message.key),
+  );
   return events;
 }
 

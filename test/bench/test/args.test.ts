@@ -8,6 +8,13 @@ describe('parseBenchArgs', () => {
     expect(options.driver).toBe('auto');
     expect(options.redis).toBe('private');
     expect(options.internalRuns).toBe(3);
+    expect(options.internalWarmup).toBe(20_000);
+  });
+
+  it('parseBenchArgs should read the warm-up cycle of the internal runs, 0 for none', () => {
+    expect(parseBenchArgs(['--internal-warmup', '0']).internalWarmup).toBe(0);
+    expect(parseBenchArgs(['--internal-warmup', '5000']).internalWarmup).toBe(5_000);
+    expect(() => parseBenchArgs(['--internal-warmup', '-1'])).toThrow(/--internal-warmup/);
   });
 
   it('parseBenchArgs should read the internal-ceiling runs, at least one', () => {

@@ -1,6 +1,7 @@
 import { parseCommandStats } from '../src/infra';
 import { parseStat, parseStatus } from '../src/procstat';
 import { shortTopic } from '../src/report';
+import { keyedBy } from '../src/scenario';
 
 describe('parseCommandStats', () => {
   it('parseCommandStats should read calls per command', () => {
@@ -30,5 +31,16 @@ describe('shortTopic', () => {
   it('shortTopic should drop the run prefix', () => {
     expect(shortTopic('bench-abc-fleet-1000-urs.device-batches')).toBe('urs.device-batches');
     expect(shortTopic('bench-abc-cycles-vms.risk-summary')).toBe('vms.risk-summary');
+  });
+});
+
+describe('keyedBy', () => {
+  it("keyedBy should take a tenant's own key and its devices' keys, and no other tenant's", () => {
+    const key = (text: string): Buffer => Buffer.from(text);
+    expect(keyedBy('t-warmup', key('t-warmup'))).toBe(true);
+    expect(keyedBy('t-warmup', key('t-warmup/device-1'))).toBe(true);
+    expect(keyedBy('t-warmup', key('t-warmup2'))).toBe(false);
+    expect(keyedBy('t-warmup', key('t-0/device-1'))).toBe(false);
+    expect(keyedBy('t-warmup', null)).toBe(false);
   });
 });
