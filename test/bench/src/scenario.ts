@@ -341,7 +341,7 @@ export function keyedBy(tenantId: string, key: Buffer | null): boolean {
   return text === tenantId || text.startsWith(`${tenantId}/`);
 }
 
-/** What the scenario's topics recorded, leaving out the warm-up tenant's messages. */
+/** What the scenario's topics recorded, leaving out the warm-up tenant's messages (not its dead letters). */
 async function collect(
   kafka: Kafka,
   topics: Topics,
@@ -382,7 +382,9 @@ async function collect(
           collectedAtMs: Date.parse((value as EnrichedBatch).collectedAt),
         });
     },
-    (message) => warmupTenantId === undefined || !keyedBy(warmupTenantId, message.key),
+    // Dead letters count whoever's they are: one in the warm-up is a failure all the same.
+    (message) =>
+      warmupTenantId === undefined || message.topic === topics.dlq || !keyedBy(warmupTenantId, message.key),
   );
   return events;
 }
