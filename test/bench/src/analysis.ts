@@ -137,6 +137,11 @@ export function round(value: number, digits = 0): number {
   return Math.round(value * factor) / factor;
 }
 
+/** Every value of a record rounded to `digits` decimals. */
+export function roundEach(values: Record<string, number>, digits: number): Record<string, number> {
+  return Object.fromEntries(Object.entries(values).map(([name, value]) => [name, round(value, digits)]));
+}
+
 /** CPU time of each process so far (seconds), read at `t` (ms epoch); NaN where a process could not be read. */
 export interface CpuSample {
   t: number;

@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseBenchArgs, USAGE, UsageError, type BenchOptions } from './args';
-import { perDeviceRefreshHours, round } from './analysis';
+import { perDeviceRefreshHours, round, roundEach } from './analysis';
 import { ensureStack, startPrivateRedis, stopStack } from './infra';
 import { createBenchKafka, deleteTopics } from './kafka';
 import { ProcessGroup } from './procs';
@@ -187,12 +187,8 @@ function buildResults(
             Object.entries(result.usage).map(([name, usage]) => [name, round(usage.cpuSec, 2)]),
           ),
           windowMs: result.windowMs,
-          windowCpuSec: Object.fromEntries(
-            Object.entries(result.windowCpuSec).map(([name, cpu]) => [name, round(cpu, 2)]),
-          ),
-          windowSystemCpuSec: Object.fromEntries(
-            Object.entries(result.windowSystemCpuSec).map(([name, cpu]) => [name, round(cpu, 2)]),
-          ),
+          windowCpuSec: roundEach(result.windowCpuSec, 2),
+          windowSystemCpuSec: roundEach(result.windowSystemCpuSec, 2),
           windowMinorFaults: result.windowMinorFaults,
           sim: {
             calls: result.sim.calls,

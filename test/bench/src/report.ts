@@ -379,7 +379,7 @@ export function timelineOf(result: ScenarioResult, cycle: CycleRecord): Timeline
 
 /**
  * A process's kernel share of one scenario: its system CPU seconds, their share of its CPU, and its minor
- * page faults per device (each costs ~14 µs of kernel time on the build VM); "–" when it was not read.
+ * page faults per device (each costs ~16 µs of CPU on the build VM); "–" when it was not read.
  */
 export function kernelCell(
   cpuSec: number | undefined,
@@ -556,8 +556,8 @@ export function renderMarkdown(results: BenchResults): string {
       const cells = processes.map((process) =>
         kernelCell(
           scenario.windowCpuSec[process],
-          scenario.windowSystemCpuSec?.[process],
-          scenario.windowMinorFaults?.[process],
+          scenario.windowSystemCpuSec[process],
+          scenario.windowMinorFaults[process],
           scenario.devices,
         ),
       );

@@ -111,11 +111,11 @@ function diff(after: Record<string, number>, before: Record<string, number>): Re
   return out;
 }
 
+/** The counters of a process that grow over a window. */
+type Counter = 'cpuSec' | 'systemCpuSec' | 'minorFaults';
+
 /** One counter of every process (NaN for a process that could not be read). */
-function pick(
-  usage: Record<string, ProcessUsage | null>,
-  counter: 'cpuSec' | 'systemCpuSec' | 'minorFaults',
-): Record<string, number> {
+function pick(usage: Record<string, ProcessUsage | null>, counter: Counter): Record<string, number> {
   return Object.fromEntries(Object.entries(usage).map(([name, one]) => [name, one?.[counter] ?? NaN]));
 }
 
@@ -261,9 +261,11 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     const cpuAfter = pick(usageAfter, 'cpuSec');
     clearInterval(cpuSampler);
     cpuSamples.push({ t: windowStart + windowMs, cpuSec: cpuAfter });
-    const windowCpuSec = growth(cpuAfter, cpuBefore);
-    const windowSystemCpuSec = growth(pick(usageAfter, 'systemCpuSec'), pick(usageBefore, 'systemCpuSec'));
-    const windowMinorFaults = growth(pick(usageAfter, 'minorFaults'), pick(usageBefore, 'minorFaults'));
+    const windowOf = (counter: Counter): Record<string, number> =>
+      growth(pick(usageAfter, counter), pick(usageBefore, counter));
+    const windowCpuSec = windowOf('cpuSec');
+    const windowSystemCpuSec = windowOf('systemCpuSec');
+    const windowMinorFaults = windowOf('minorFaults');
     await sleep(500);
     const samples = await sampler.stop();
     sampler = undefined;
