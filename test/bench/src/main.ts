@@ -18,6 +18,7 @@ import {
   latencyPercentiles,
   renderMarkdown,
   timelineOf,
+  usageEach,
   type BenchResults,
 } from './report';
 import { runScenario, type RunContext, type ScenarioResult, type ScenarioSpec } from './scenario';
@@ -180,12 +181,8 @@ function buildResults(
           durationMs: result.durationMs,
           deadLetters: result.deadLetters,
           devices: result.devices,
-          peakRssMb: Object.fromEntries(
-            Object.entries(result.usage).map(([name, usage]) => [name, round(usage.peakRssMb, 1)]),
-          ),
-          cpuSec: Object.fromEntries(
-            Object.entries(result.usage).map(([name, usage]) => [name, round(usage.cpuSec, 2)]),
-          ),
+          peakRssMb: usageEach(result, 'peakRssMb'),
+          cpuSec: usageEach(result, 'cpuSec'),
           windowMs: result.windowMs,
           windowCpuSec: roundEach(result.windowCpuSec, 2),
           windowSystemCpuSec: roundEach(result.windowSystemCpuSec, 2),

@@ -27,6 +27,19 @@ export interface CostPerDevice {
   redisTopCommands: Record<string, number>;
 }
 
+/** How each whole-run counter is rounded in the results: peak RSS to 0.1 MB, CPU to 10 ms. */
+const USAGE_DIGITS = { peakRssMb: 1, cpuSec: 2 } as const;
+
+/** Each process's `counter` over the whole scenario (peak RSS in MB, or CPU in seconds), rounded. */
+export function usageEach(
+  result: Pick<ScenarioResult, 'usage'>,
+  counter: keyof typeof USAGE_DIGITS,
+): Record<string, number> {
+  return Object.fromEntries(
+    Object.entries(result.usage).map(([name, usage]) => [name, round(usage[counter], USAGE_DIGITS[counter])]),
+  );
+}
+
 export interface FleetResult {
   devices: number;
   vulnerabilityCalls: number;
@@ -171,12 +184,8 @@ export function fleetResult(result: ScenarioResult, privateRedis: boolean): Flee
     cycleMs: cycle.summaryAtMs - cycle.cycleStartedAtMs,
     listMs: listed ? listed.lastMs - cycle.cycleStartedAtMs : null,
     collectToVmsMs: cycle.collectToVmsMs,
-    peakRssMb: Object.fromEntries(
-      Object.entries(result.usage).map(([name, usage]) => [name, round(usage.peakRssMb, 1)]),
-    ),
-    cpuSec: Object.fromEntries(
-      Object.entries(result.usage).map(([name, usage]) => [name, round(usage.cpuSec, 2)]),
-    ),
+    peakRssMb: usageEach(result, 'peakRssMb'),
+    cpuSec: usageEach(result, 'cpuSec'),
     cost: costPerDevice(result, privateRedis),
     deadLetters: result.deadLetters,
     throttled: result.sim.throttled,
@@ -295,16 +304,12 @@ export function internalThroughput(result: ScenarioResult): InternalRun {
       score: stage(cycle.scored),
       publish: stage(cycle.published),
     },
-    cpuSec: Object.fromEntries(
-      Object.entries(result.usage).map(([name, usage]) => [name, round(usage.cpuSec, 2)]),
-    ),
+    cpuSec: usageEach(result, 'cpuSec'),
     cpuMicrosPerDevice: round(cpuMicrosPerDevice(result.windowCpuSec, cycle.summary.devices.total)),
     pipelineCpuMicrosPerDevice: round(
       pipelineCpuMicrosPerDevice(result.windowCpuSec, cycle.summary.devices.total),
     ),
-    peakRssMb: Object.fromEntries(
-      Object.entries(result.usage).map(([name, usage]) => [name, round(usage.peakRssMb, 1)]),
-    ),
+    peakRssMb: usageEach(result, 'peakRssMb'),
     cost: costPerDevice(result, true),
   };
 }

@@ -4,6 +4,7 @@ import {
   kernelCell,
   latencyByMode,
   pipelineCpuMicrosPerDevice,
+  usageEach,
   type CycleLatency,
 } from '../src/report';
 import type { ScenarioResult } from '../src/scenario';
@@ -133,5 +134,20 @@ describe('kernelCell', () => {
   it('kernelCell should give "–" for a process that was not read', () => {
     expect(kernelCell(undefined, undefined, undefined, 1_000)).toBe('–');
     expect(kernelCell(Number.NaN, Number.NaN, Number.NaN, 1_000)).toBe('–');
+  });
+});
+
+describe('usageEach', () => {
+  it('usageEach should round peak RSS to 0.1 MB and CPU to 10 ms, per process', () => {
+    const one = (peakRssMb: number, cpuSec: number) => ({
+      peakRssMb,
+      rssMb: peakRssMb,
+      cpuSec,
+      systemCpuSec: 0,
+      minorFaults: 0,
+    });
+    const result = { usage: { scorer: one(201.27, 1.456), kafka: one(512.04, 0.004) } };
+    expect(usageEach(result, 'peakRssMb')).toEqual({ scorer: 201.3, kafka: 512 });
+    expect(usageEach(result, 'cpuSec')).toEqual({ scorer: 1.46, kafka: 0 });
   });
 });
