@@ -12,8 +12,9 @@ export interface ProcessUsage {
   systemCpuSec: number;
   /**
    * Minor page faults so far: memory the process touched for the first time since the kernel gave it.
-   * Each costs ~16 µs of CPU on the 2-core build VM (zeroing included, counted half as system and half as
-   * user time), so they show what fresh allocations cost a process.
+   * Each costs 1.3–16 µs of CPU on the 2-core build VM, depending on the day's host and on whether the guest
+   * used that memory before (counted half as system and half as user time), so they show what fresh
+   * allocations cost a process.
    */
   minorFaults: number;
 }

@@ -37,7 +37,7 @@ export interface ScenarioSpec {
   /**
    * Devices of a tenant whose cycle runs through the same processes before the measured window (0: none),
    * so the window measures services in their steady state: code compiled, heaps and buffers grown (a page
-   * touched for the first time costs ~16 µs on the build VM). Its records are left out of every count.
+   * touched for the first time costs 1.3–16 µs on the build VM, depending on the day). Its records are left out of every count.
    */
   warmupDevices: number;
 }
