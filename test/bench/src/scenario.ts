@@ -102,7 +102,14 @@ export interface ScenarioResult {
   durationMs: number;
 }
 
-function diff(after: Record<string, number>, before: Record<string, number>): Record<string, number> {
+/**
+ * The Redis commands called since `before` (INFO commandstats): a command not called before counts from 0, and
+ * one whose count fell (its stats were reset) is left out rather than counted negative.
+ */
+function commandsCalledSince(
+  after: Record<string, number>,
+  before: Record<string, number>,
+): Record<string, number> {
   const out: Record<string, number> = {};
   for (const [command, calls] of Object.entries(after)) {
     const delta = calls - (before[command] ?? 0);
@@ -119,8 +126,14 @@ function pick(usage: Record<string, ProcessUsage | null>, counter: Counter): Rec
   return Object.fromEntries(Object.entries(usage).map(([name, one]) => [name, one?.[counter] ?? NaN]));
 }
 
-/** How much each process's counter grew (NaN when it was not read at both ends). */
-function growth(after: Record<string, number>, before: Record<string, number>): Record<string, number> {
+/**
+ * How much each process's counter grew (NaN when it was not read at both ends: unlike Redis commands, a
+ * process that could not be read is unknown, not idle).
+ */
+function processCounterGrowth(
+  after: Record<string, number>,
+  before: Record<string, number>,
+): Record<string, number> {
   return Object.fromEntries(
     Object.entries(after).map(([name, value]) => [name, value - (before[name] ?? NaN)]),
   );
@@ -262,7 +275,7 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     clearInterval(cpuSampler);
     cpuSamples.push({ t: windowStart + windowMs, cpuSec: cpuAfter });
     const windowOf = (counter: Counter): Record<string, number> =>
-      growth(pick(usageAfter, counter), pick(usageBefore, counter));
+      processCounterGrowth(pick(usageAfter, counter), pick(usageBefore, counter));
     const windowCpuSec = windowOf('cpuSec');
     const windowSystemCpuSec = windowOf('systemCpuSec');
     const windowMinorFaults = windowOf('minorFaults');
@@ -275,7 +288,9 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
       const measured = processUsage(child.pid);
       if (measured) usage[name] = measured;
     }
-    const redisCalls = ctx.privateRedis ? diff(await commandStats(ctx.redisUrl), redisBefore) : {};
+    const redisCalls = ctx.privateRedis
+      ? commandsCalledSince(await commandStats(ctx.redisUrl), redisBefore)
+      : {};
     await watcher.close();
     watcher = undefined;
     await ctx.group.stop([...pipeline.children.values()]);
