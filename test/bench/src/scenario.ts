@@ -325,7 +325,9 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     await producer.disconnect().catch(() => undefined);
     if (pipeline) await ctx.group.stop([...pipeline.children.values()]);
     await closeRedis(redis);
-    for (const tenant of tenants)
+    // The warm-up tenant too: a tenant left in the simulator keeps its share of the simulator's caches of
+    // rendered devices, and a later scenario's export is then rendered while it is read.
+    for (const tenant of warmup ? [...tenants, warmup] : tenants)
       await ctx.sim.call('DELETE', `/_sim/tenants/${tenant.azureTenantId}`).catch(() => undefined);
     await deleteTopics(ctx.kafka, Object.values(topics)).catch((error: Error) =>
       ctx.log(`  could not delete topics: ${error.message}`),
