@@ -295,7 +295,7 @@ export function internalThroughput(result: ScenarioResult): InternalRun {
     scenario: result.spec.name,
     devices: cycle.summary.devices.total,
     mode: result.spec.mode,
-    warmupDevices: result.spec.warmupDevices ?? 0,
+    warmupDevices: result.spec.warmupDevices,
     firstBatchToSummaryMs: cycle.summaryAtMs - firstBatch,
     devicesPerSec: round(devicesPerSec),
     stageDevicesPerSec: {
@@ -384,7 +384,7 @@ export function timelineOf(result: ScenarioResult, cycle: CycleRecord): Timeline
 
 /**
  * A process's kernel share of one scenario: its system CPU seconds, their share of its CPU, and its minor
- * page faults per device (each costs ~16 µs of CPU on the build VM); "–" when it was not read.
+ * page faults per device (each costs 1.3–16 µs of CPU on the build VM, by day); "–" when it was not read.
  */
 export function kernelCell(
   cpuSec: number | undefined,
