@@ -104,12 +104,21 @@ export class VulnerabilityFolder {
    * out in bounded slices instead of holding a summary per device at once.
    */
   *summaries(cvssThreshold: number): IterableIterator<[string, VulnerabilitySummary]> {
-    for (const [deviceId, pairs] of this.byDevice) {
-      const best = new Map<string, number>();
-      for (let index = 0; index < pairs.length; index += 2)
-        keepBest(best, this.cveIds[pairs[index] as number] as string, pairs[index + 1] as number);
-      yield [deviceId, summariseBest(best, cvssThreshold)];
-    }
+    for (const [deviceId, pairs] of this.byDevice)
+      yield [deviceId, this.summaryOfPairs(pairs, cvssThreshold)];
+  }
+
+  /** One device's summary at the cycle's threshold; undefined when the export does not list the device. */
+  summaryOf(deviceId: string, cvssThreshold: number): VulnerabilitySummary | undefined {
+    const pairs = this.byDevice.get(deviceId);
+    return pairs && this.summaryOfPairs(pairs, cvssThreshold);
+  }
+
+  private summaryOfPairs(pairs: readonly number[], cvssThreshold: number): VulnerabilitySummary {
+    const best = new Map<string, number>();
+    for (let index = 0; index < pairs.length; index += 2)
+      keepBest(best, this.cveIds[pairs[index] as number] as string, pairs[index + 1] as number);
+    return summariseBest(best, cvssThreshold);
   }
 
   private cveNumber(id: string): number {
