@@ -113,6 +113,15 @@ describe('VulnerabilityFolder', () => {
     }
   });
 
+  it('should give the same summaries past the first room for pairs and runs (thousands of each)', () => {
+    // 7 devices in random order: nearly every row starts a run, and holds a pair of its own.
+    const rows = rowsFor(5, 4000);
+    for (const threshold of [0, 9]) {
+      const expected = summariseWhole(rows, threshold);
+      for (const order of orders(rows, [3999])) expect(folded(order, threshold)).toEqual(expected);
+    }
+  });
+
   it('should keep at most ten top ids, highest first and ties by id, across runs of rows', () => {
     const rows: Row[] = Array.from({ length: 15 }, (_, i) => ({
       deviceId: 'a',
