@@ -47,21 +47,6 @@ export interface EnrichHandlerDeps {
 
 type FetchError = { code: string; message: string };
 
-/** A bulk export this process read, kept for the batches of its cycle here. */
-interface LocalExport {
-  folder: VulnerabilityFolder;
-  collectedAt: Date;
-}
-
-/**
- * Bulk exports kept in memory at once (~10–20 MB each at 100,000 devices). More tenants' cycles than this
- * at once on one replica cost their batches a wait for the cache and a read of it, not their data.
- */
-const MAX_LOCAL_EXPORTS = 2;
-
-/** The enrich handler, and `drain` to wait for the bulk exports still being written to the cache (at stop). */
-export type EnrichHandler = MessageHandler<DeviceBatch> & { drain(): Promise<void> };
-
 interface Enrichment {
   devices: EnrichedDevice[];
   collectedAt: Date;
@@ -99,7 +84,7 @@ function anyAborted(signals: (AbortSignal | undefined)[]): { signal: AbortSignal
  * `vulnerabilities: null` and the reason: a missing signal never holds the cycle back. A failure of the
  * tenant as a whole (credentials, consent) stops its calls for the cycle and is written to its status.
  */
-export function createEnrichHandler(deps: EnrichHandlerDeps): EnrichHandler {
+export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<DeviceBatch> {
   const now = deps.now ?? (() => new Date());
   const owner = randomUUID();
   const failedCycles = new Map<string, FetchError>();
@@ -108,10 +93,6 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): EnrichHandler {
    * same cycle waiting here wakes at once instead of at its next look at the cache.
    */
   const runningExports = new Map<string, AbortController>();
-  /** Exports read here, by `tenantId/cycleId` (see runBulkExport). */
-  const localExports = new Map<string, LocalExport>();
-  /** Writes of exports read here to the bulk cache, still under way. */
-  const pendingSaves = new Set<Promise<void>>();
   const fetches = deps.metrics.counter(
     'urs_vulnerability_fetches_total',
     'Device vulnerability lookups, by mode and outcome (ok, failed, skipped).',
@@ -206,12 +187,6 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): EnrichHandler {
     return { devices, collectedAt, ...(tenantFailure ? { tenantFailure } : {}) };
   }
 
-  /**
-   * Reads the cycle's export and keeps it in this process for the cycle's batches here (`localExports`),
-   * then writes it to the bulk cache for the other replicas in the background (`pendingSaves`): a batch
-   * waiting here goes on as soon as the last page is folded, not after ~50,000 summaries went to Redis
-   * and came back. A read that fails marks the cycle's export failed for every replica.
-   */
   async function runBulkExport(
     batch: DeviceBatch,
     source: VulnerabilitySource,
@@ -219,13 +194,32 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): EnrichHandler {
     signal: AbortSignal | undefined,
   ): Promise<void> {
     const started = Date.now();
-    // Folded row by row: only each device's CVEs and their best CVSS stay in memory.
-    const folder = new VulnerabilityFolder();
     try {
+      // Folded row by row: only each device's CVEs and their best CVSS stay in memory.
+      const folder = new VulnerabilityFolder();
       await source.bulkVulnerabilities(
         (deviceId, vulnerability) => folder.add(deviceId, vulnerability),
         signal,
       );
+      const collectedAt = now().toISOString();
+      // Summaries are made one device at a time while the cache writes them in slices.
+      await deps.bulkCache.save(
+        batch.tenantId,
+        batch.cycleId,
+        folder.summaries(batch.cvssThreshold),
+        collectedAt,
+      );
+      log.info('bulk export fetched', {
+        devicesWithVulnerabilities: folder.size,
+        durationMs: Date.now() - started,
+      });
+      await deps.tenants.updateStatus(batch.tenantId, {
+        vulnerabilityMode: 'bulk',
+        note:
+          'vulnerabilities come from one bulk export (SoftwareVulnerabilitiesByMachine) per cycle: the fleet is too ' +
+          "large for one call per device within the tenant's quota in one poll interval " +
+          `(last export ${collectedAt}: ${folder.size} devices with vulnerabilities)`,
+      });
     } catch (error) {
       if (signal?.aborted) {
         // Stopping: another replica (or this one, restarted) takes the export over at once.
@@ -235,66 +229,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): EnrichHandler {
       const fetchError = { code: errorCode(error), message: errorMessage(error) };
       log.warn('bulk export failed', fetchError);
       await deps.bulkCache.fail(batch.tenantId, batch.cycleId, fetchError);
-      return;
     }
-    const collectedAt = now();
-    keepLocalExport(`${batch.tenantId}/${batch.cycleId}`, { folder, collectedAt });
-    log.info('bulk export fetched', {
-      devicesWithVulnerabilities: folder.size,
-      durationMs: Date.now() - started,
-    });
-    const saving = saveBulkExport(batch, folder, collectedAt.toISOString(), log);
-    pendingSaves.add(saving);
-    void saving.finally(() => pendingSaves.delete(saving));
-  }
-
-  /** Keeps an export read here, the oldest dropped past MAX_LOCAL_EXPORTS (its batches then read Redis). */
-  function keepLocalExport(cycleKey: string, local: LocalExport): void {
-    localExports.set(cycleKey, local);
-    for (const oldest of localExports.keys()) {
-      if (localExports.size <= MAX_LOCAL_EXPORTS) break;
-      localExports.delete(oldest);
-    }
-  }
-
-  /**
-   * Writes an export read here to the bulk cache, for batches of the cycle on other replicas, and notes
-   * bulk mode in the tenant's status. Never throws: when the write fails, the claim is given back, so a
-   * replica that waits for the cache reads the export itself.
-   */
-  async function saveBulkExport(
-    batch: DeviceBatch,
-    folder: VulnerabilityFolder,
-    collectedAt: string,
-    log: Logger,
-  ): Promise<void> {
-    try {
-      // Summaries are made one device at a time while the cache writes them in slices.
-      await deps.bulkCache.save(
-        batch.tenantId,
-        batch.cycleId,
-        folder.summaries(batch.cvssThreshold),
-        collectedAt,
-      );
-    } catch (error) {
-      log.warn('bulk export not written to the cache', {
-        code: errorCode(error),
-        message: errorMessage(error),
-      });
-      await deps.bulkCache.release(batch.tenantId, batch.cycleId, owner).catch(() => undefined);
-      return;
-    }
-    await deps.tenants
-      .updateStatus(batch.tenantId, {
-        vulnerabilityMode: 'bulk',
-        note:
-          'vulnerabilities come from one bulk export (SoftwareVulnerabilitiesByMachine) per cycle: the fleet is too ' +
-          "large for one call per device within the tenant's quota in one poll interval " +
-          `(last export ${collectedAt}: ${folder.size} devices with vulnerabilities)`,
-      })
-      .catch((error: unknown) =>
-        log.warn('tenant status not updated', { code: errorCode(error), message: errorMessage(error) }),
-      );
   }
 
   async function bulk(
@@ -305,23 +240,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): EnrichHandler {
     signal: AbortSignal | undefined,
   ): Promise<Enrichment & { tenantFailure?: FetchError }> {
     const deadline = Date.now() + deps.bulkWaitMs;
-    const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
     for (;;) {
-      const local = localExports.get(cycleKey);
-      if (local) {
-        // The cycle's last batch comes after its others (batches are ordered per tenant): the export is
-        // not needed here any more. A batch of it handled again later reads the bulk cache.
-        if (batch.lastBatch) localExports.delete(cycleKey);
-        fetches.inc({ mode: 'bulk', outcome: 'ok' }, batch.devices.length);
-        return {
-          devices: batch.devices.map((machine) => ({
-            machine,
-            vulnerabilities:
-              local.folder.summaryOf(machine.id, batch.cvssThreshold) ?? emptySummary(batch.cvssThreshold),
-          })),
-          collectedAt: local.collectedAt,
-        };
-      }
       const state = await deps.bulkCache.state(batch.tenantId, batch.cycleId);
       if (state.state === 'ready') {
         const ids = batch.devices.map((machine) => machine.id);
@@ -344,6 +263,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): EnrichHandler {
           ...(isTenantWideCode(state.code) ? { tenantFailure: fetchError } : {}),
         };
       }
+      const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
       if (
         state.state === 'absent' &&
         (await deps.bulkCache.claim(batch.tenantId, batch.cycleId, owner, deps.bulkClaimMs))
@@ -372,7 +292,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): EnrichHandler {
     }
   }
 
-  const enrich: MessageHandler<DeviceBatch> = async (message) => {
+  return async (message) => {
     const batch = message.value;
     if (batch === null) return;
     // KafkaJS heartbeats only when asked: a batch waiting on its tenant's quota or on another replica's
@@ -391,11 +311,6 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): EnrichHandler {
       interrupted.release();
     }
   };
-  return Object.assign(enrich, {
-    async drain(): Promise<void> {
-      while (pendingSaves.size > 0) await Promise.all(pendingSaves);
-    },
-  });
 
   async function handle(
     batch: DeviceBatch,

@@ -72,8 +72,6 @@ void runService({
     return {
       runners: [runner],
       closers: [
-        // After the runner: an export read for the last batches is still being written for other replicas.
-        { name: 'bulk-cache-writes', close: () => handler.drain() },
         { name: 'defender-clients', close: async () => sources.close() },
         { name: 'limiter', close: () => limiter.close() },
         { name: 'https-agent', close: async () => httpsAgent.destroy() },

@@ -66,13 +66,12 @@ function grown<T extends Int32Array | Float64Array>(
  * Folds a bulk export row by row into what the summaries need, so no row is kept once folded in. Only
  * each device's CVEs with their highest CVSS are kept, compactly: each CVE id is stored once for the
  * whole export and named by a small number, and the (CVE number, CVSS) pairs of every device sit one
- * after the other in two typed arrays, 12 bytes a pair (a 100,000-device tenant has about half a
- * million pairs: ~10 MB this way, where an array of numbers per device took ~24 MB, and the vuln-fetcher
- * keeps the fold while the cycle's batches are enriched). The export gives no order: a device's rows
- * usually come together, as one run of pairs, and the CVEs of a run are kept once each; a device whose
- * rows come in several runs (across pages, say) has one run of pairs per stretch, linked to its
- * previous one, and may hold a CVE once per run until its summary, which keeps the highest score. A row
- * folded twice (a retried page) changes nothing. `summaries` gives exactly what
+ * after the other in two typed arrays, 12 bytes a pair. A 100,000-device tenant has about half a million
+ * pairs: ~7 MB of fold this way, where an array of numbers per device took ~24 MB. The export gives no
+ * order: a device's rows usually come together, as one run of pairs, and the CVEs of a run are kept once
+ * each; a device whose rows come in several runs (across pages, say) has one run of pairs per stretch,
+ * each linked to the one before, and may hold a CVE once per run until its summary, which keeps the
+ * highest score. A row folded twice (a retried page) changes nothing. `summaries` gives exactly what
  * `summariseVulnerabilities` gives for each device's whole list.
  */
 export class VulnerabilityFolder {
@@ -129,12 +128,6 @@ export class VulnerabilityFolder {
    */
   *summaries(cvssThreshold: number): IterableIterator<[string, VulnerabilitySummary]> {
     for (const [deviceId, run] of this.lastRun) yield [deviceId, this.summaryFrom(run, cvssThreshold)];
-  }
-
-  /** One device's summary at the cycle's threshold; undefined when the export does not list the device. */
-  summaryOf(deviceId: string, cvssThreshold: number): VulnerabilitySummary | undefined {
-    const run = this.lastRun.get(deviceId);
-    return run === undefined ? undefined : this.summaryFrom(run, cvssThreshold);
   }
 
   /** The summary of the device whose latest run is `run`, over all its runs. */

@@ -31,16 +31,10 @@ function batch(overrides: Partial<DeviceBatch> = {}): DeviceBatch {
 const message = (value: DeviceBatch): InboundMessage<DeviceBatch> =>
   inboundMessage(value, { topic: 'urs.device-batches', key: value.tenantId });
 
-/** Redis's bulk cache in memory; `reads` counts read calls, `beforeSave` runs (and may throw) before a save. */
-function memoryBulkCache(): BulkVulnerabilityCache & {
-  reads: number;
-  beforeSave: () => Promise<void>;
-} {
+function memoryBulkCache(): BulkVulnerabilityCache {
   const data = new Map<string, Map<string, VulnerabilitySummary>>();
   const states = new Map<string, BulkExportState>();
   return {
-    reads: 0,
-    beforeSave: async () => undefined,
     async claim(tenantId, cycleId, owner) {
       const key = `${tenantId}/${cycleId}`;
       if (states.has(key)) return false;
@@ -48,7 +42,6 @@ function memoryBulkCache(): BulkVulnerabilityCache & {
       return true;
     },
     async save(tenantId, cycleId, summaries, collectedAt) {
-      await this.beforeSave();
       data.set(`${tenantId}/${cycleId}`, new Map(summaries));
       states.set(`${tenantId}/${cycleId}`, { state: 'ready', collectedAt });
     },
@@ -63,7 +56,6 @@ function memoryBulkCache(): BulkVulnerabilityCache & {
       return states.get(`${tenantId}/${cycleId}`) ?? { state: 'absent' };
     },
     async read(tenantId, cycleId, ids) {
-      this.reads++;
       const summaries = data.get(`${tenantId}/${cycleId}`);
       return new Map(ids.map((id) => [id, summaries?.get(id)]));
     },
@@ -236,7 +228,6 @@ describe('createEnrichHandler', () => {
       topCveIds: [],
     });
     expect(sent[1]?.vulnerabilityMode).toBe('bulk');
-    await handler.drain();
     expect(
       statuses.some((status) => status.vulnerabilityMode === 'bulk' && /bulk export/.test(status.note ?? '')),
     ).toBe(true);
@@ -272,64 +263,6 @@ describe('createEnrichHandler', () => {
     expect(
       sent.find((enriched) => enriched.batchIndex === 1)?.devices[0]?.vulnerabilities?.criticalCveCount,
     ).toBe(1);
-  });
-
-  it('should enrich the batches of an export read here while the export is still being written to the cache', async () => {
-    const { handler, sent, statuses, bulkCache } = setup({
-      bulkVulnerabilities: async (onRow) => {
-        onRow('d1', cve('CVE-9', 9.9));
-        onRow('d4', cve('CVE-7', 7.5));
-      },
-    });
-    let write: () => void = () => undefined;
-    bulkCache.beforeSave = () => new Promise<void>((resolve) => (write = resolve));
-    await handler(message(batch({ vulnerabilityMode: 'bulk', lastBatch: false })));
-    await handler(message(batch({ vulnerabilityMode: 'bulk', batchIndex: 1, devices: [{ id: 'd4' }] })));
-    expect(sent.map((enriched) => enriched.devices[0]?.vulnerabilities?.maxCvss)).toEqual([9.9, 7.5]);
-    // Both came from this process's memory: the cache is still being written, and was never read.
-    expect(await bulkCache.state('t1', 'c1')).toMatchObject({ state: 'pending' });
-    expect(bulkCache.reads).toBe(0);
-    expect(statuses).toEqual([]);
-    write();
-    await handler.drain();
-    expect(await bulkCache.state('t1', 'c1')).toMatchObject({ state: 'ready' });
-    expect(statuses.some((status) => status.vulnerabilityMode === 'bulk')).toBe(true);
-  });
-
-  it('should read the cache for a batch handled again after the last batch of its cycle', async () => {
-    let exports = 0;
-    const { handler, sent, bulkCache } = setup({
-      bulkVulnerabilities: async (onRow) => {
-        exports++;
-        onRow('d1', cve('CVE-9', 9.9));
-      },
-    });
-    const first = batch({ vulnerabilityMode: 'bulk', lastBatch: false });
-    await handler(message(first));
-    await handler(message(batch({ vulnerabilityMode: 'bulk', batchIndex: 1, devices: [{ id: 'd4' }] })));
-    await handler.drain();
-    expect(bulkCache.reads).toBe(0);
-    await handler(message(first));
-    expect(bulkCache.reads).toBe(1);
-    expect(exports).toBe(1);
-    expect(sent[2]?.devices).toEqual(sent[0]?.devices);
-    expect(sent[2]?.collectedAt).toBe(sent[0]?.collectedAt);
-  });
-
-  it('should give the claim back when the export cannot be written, so another replica reads it', async () => {
-    const { handler, sent, statuses, bulkCache } = setup({
-      bulkVulnerabilities: async (onRow) => onRow('d1', cve('CVE-9', 9.9)),
-    });
-    bulkCache.beforeSave = async () => {
-      throw new Error('connection lost');
-    };
-    await handler(message(batch({ vulnerabilityMode: 'bulk' })));
-    await handler.drain();
-    // What was read still enriched this batch; the cache is free for the next replica that claims it.
-    expect(sent[0]?.devices[0]?.vulnerabilities?.maxCvss).toBe(9.9);
-    expect(await bulkCache.state('t1', 'c1')).toEqual({ state: 'absent' });
-    expect(await bulkCache.claim('t1', 'c1', 'another replica', 1_000)).toBe(true);
-    expect(statuses).toEqual([]);
   });
 
   it('should pass the devices of an unknown tenant on without vulnerabilities', async () => {

@@ -168,15 +168,4 @@ describe('VulnerabilityFolder', () => {
       });
     }
   });
-
-  it("should give one device's summary as the summaries give it, and none for a device the export lacks", () => {
-    const rows = rowsFor(7, 300);
-    const folder = new VulnerabilityFolder();
-    for (const row of rows)
-      folder.add(row.deviceId, row.cveId === null ? undefined : { id: row.cveId, cvssV3: row.cvss });
-    const all = new Map(folder.summaries(7));
-    expect(all.size).toBeGreaterThan(1);
-    for (const [deviceId, summary] of all) expect(folder.summaryOf(deviceId, 7)).toEqual(summary);
-    expect(folder.summaryOf('not-in-the-export', 7)).toBeUndefined();
-  });
 });
