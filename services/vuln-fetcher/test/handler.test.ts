@@ -254,10 +254,12 @@ describe('createEnrichHandler', () => {
     await new Promise((resolve) => setTimeout(resolve, 50));
     expect(sent).toHaveLength(0);
     finish();
+    let timer: NodeJS.Timeout | undefined;
     const outcome = await Promise.race([
       Promise.all([first, second]).then(() => 'both enriched'),
-      new Promise((resolve) => setTimeout(() => resolve('second still waiting'), 5_000)),
+      new Promise((resolve) => (timer = setTimeout(() => resolve('second still waiting'), 5_000))),
     ]);
+    clearTimeout(timer);
     expect(outcome).toBe('both enriched');
     expect(sent.map((enriched) => enriched.batchIndex).sort()).toEqual([0, 1]);
     expect(
