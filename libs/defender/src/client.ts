@@ -13,6 +13,7 @@ import {
   type MachinePage,
   walkMachines,
 } from './machines';
+import type { ODataSink } from './odata-rows';
 import type { QuotaGate } from './quota';
 import type { Vulnerability } from './schema';
 import { createHttpsAgent } from './tls';
@@ -24,6 +25,7 @@ import {
   fetchMachineVulnerabilities,
   mergeVulnerability,
   readVulnerabilitiesByMachine,
+  scanVulnerabilitiesByMachine,
 } from './vulnerabilities';
 
 /** A tenant's Defender setup, as registered (a cloud and a region, never a URL). */
@@ -92,6 +94,8 @@ export interface DefenderClient {
   getMachineVulnerabilities(machineId: string, signal?: AbortSignal): Promise<Vulnerability[]>;
   /** The bulk export `SoftwareVulnerabilitiesByMachine`, each row handed to `onRow` as it is read. */
   readVulnerabilitiesByMachine(onRow: BulkRowHandler, options?: BulkOptions): Promise<BulkExportRead>;
+  /** The bulk export's pages into a sink of the caller's, which reads their rows (see scanVulnerabilitiesByMachine). */
+  scanVulnerabilitiesByMachine(sink: () => ODataSink, options?: BulkOptions): Promise<{ pages: number }>;
   /** The whole bulk export merged per device (CVE-deduplicated). */
   getVulnerabilitiesByMachine(options?: BulkOptions): Promise<Map<string, Vulnerability[]>>;
   /** Token claims (roles) of the current token. */
@@ -186,6 +190,7 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
     getMachineVulnerabilities: (machineId, signal) =>
       fetchMachineVulnerabilities(walkDeps, machineId, signal),
     readVulnerabilitiesByMachine: (onRow, options) => readVulnerabilitiesByMachine(walkDeps, onRow, options),
+    scanVulnerabilitiesByMachine: (sink, options) => scanVulnerabilitiesByMachine(walkDeps, sink, options),
     async getVulnerabilitiesByMachine(options) {
       // Per device, its CVEs in first-seen order and where each one is in that list.
       const merged = new Map<string, { list: Vulnerability[]; index: Map<string, number> }>();

@@ -7,7 +7,7 @@ import type { Registry } from '@urs/telemetry';
 import { createCallMetrics } from './call-metrics';
 import { DefenderError, DefenderErrorCode } from './errors';
 import type { CallLimiter } from './limiter';
-import { MalformedODataError, ODataRowScanner, type RowReader } from './odata-rows';
+import { MalformedODataError, ODataRowScanner, type ODataSink, type RowReader } from './odata-rows';
 import type { DefenderEndpointClass, QuotaClaim, QuotaGate } from './quota';
 import { decodeTokenClaims, type TokenSource } from './token';
 
@@ -79,6 +79,17 @@ export interface ApiCaller {
     toRow: (row: unknown) => T,
     signal?: AbortSignal,
     reader?: RowReader<T>,
+  ): Promise<RowsScan>;
+  /**
+   * Like `scanRows`, but the answer's bytes go to a sink of the caller's as they arrive (a new one per
+   * attempt, from `sink`): the rows are the sink's to read, on another thread if it likes.
+   */
+  scanInto(
+    endpoint: DefenderEndpointClass,
+    pathOrUrl: string,
+    params: Record<string, string | number> | undefined,
+    sink: () => ODataSink,
+    signal?: AbortSignal,
   ): Promise<RowsScan>;
 }
 
@@ -206,14 +217,12 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
    * One call whose 2xx body is scanned row by row while it arrives (inside the call's slot, like a body
    * read whole), each row handed to `onRow`; any other answer is read as text and classified as `send`'s are.
    */
-  async function sendRows<T>(
+  async function sendRows(
     url: string,
     token: string,
     params: Record<string, string | number> | undefined,
-    onRow: (row: T) => void,
-    toRow: (row: unknown) => T,
+    makeSink: () => ODataSink,
     signal: AbortSignal | undefined,
-    reader: RowReader<T> | undefined,
   ): Promise<AxiosResponse<string> | RowsScan> {
     let response: AxiosResponse<Readable>;
     try {
@@ -227,7 +236,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       throw unreachable(error, url, signal);
     }
     const path = new URL(url).pathname;
-    const scanner = new ODataRowScanner<T>(onRow, toRow, reader);
+    const scanner = makeSink();
     const ok = response.status >= 200 && response.status < 300;
     const chunks: Buffer[] = [];
     try {
@@ -244,7 +253,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     if (!ok) return { ...response, data: Buffer.concat(chunks).toString('utf8') };
     let rest;
     try {
-      rest = scanner.end();
+      rest = await scanner.end();
     } catch (error) {
       throw notJson(path, error as Error);
     }
@@ -468,14 +477,17 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       const result = await scan(endpoint, pathOrUrl, signal, (url, token) => {
         // A retried call starts its rows afresh.
         rows = [];
-        return sendRows(url, token, params, (row: T) => rows.push(row), toRow, signal, reader);
+        const sink = (): ODataSink => new ODataRowScanner<T>((row) => rows.push(row), toRow, reader);
+        return sendRows(url, token, params, sink, signal);
       });
       return result.status === 404 ? result : { status: 200, rows, members: result.members };
     },
     scanRows(endpoint, pathOrUrl, params, onRow, toRow, signal, reader) {
-      return scan(endpoint, pathOrUrl, signal, (url, token) =>
-        sendRows(url, token, params, onRow, toRow, signal, reader),
-      );
+      const sink = (): ODataSink => new ODataRowScanner(onRow, toRow, reader);
+      return scan(endpoint, pathOrUrl, signal, (url, token) => sendRows(url, token, params, sink, signal));
+    },
+    scanInto(endpoint, pathOrUrl, params, sink, signal) {
+      return scan(endpoint, pathOrUrl, signal, (url, token) => sendRows(url, token, params, sink, signal));
     },
   };
 }

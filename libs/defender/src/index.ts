@@ -47,8 +47,11 @@ export {
   DEFAULT_BULK_PAGE_SIZE,
   fetchMachineVulnerabilities,
   readVulnerabilitiesByMachine,
+  scanVulnerabilitiesByMachine,
   planVulnerabilityMode,
 } from './vulnerabilities';
+export { MalformedODataError } from './odata-rows';
+export type { ODataRest, ODataSink } from './odata-rows';
 export type {
   BulkExportRead,
   BulkOptions,

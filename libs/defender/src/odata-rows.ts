@@ -34,6 +34,15 @@ export interface RowReader<T> {
   readonly value: T;
 }
 
+/**
+ * Takes an OData answer's bytes as they arrive (`ODataRowScanner` is one); `end` says what the answer held
+ * besides its rows, or throws MalformedODataError when it was not a whole OData object.
+ */
+export interface ODataSink {
+  push(chunk: Buffer): void;
+  end(): ODataRest | Promise<ODataRest>;
+}
+
 /** What is left of an OData answer once its rows were handed out: the other top-level members. */
 export interface ODataRest {
   /** Every top-level member but `value` (e.g. `@odata.nextLink`). */
@@ -51,7 +60,7 @@ export interface ODataRest {
  * With a `reader`, a row that lies whole in one chunk is first offered to it, and parsed whole only when
  * the reader declines it: the reader reads it in the same pass as the scan, with no text made of it.
  */
-export class ODataRowScanner<T = unknown> {
+export class ODataRowScanner<T = unknown> implements ODataSink {
   /** Nesting depth outside strings: 1 inside the answer object, 2 inside its `value` array. */
   private depth = 0;
   private inString = false;

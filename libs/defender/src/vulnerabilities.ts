@@ -1,6 +1,7 @@
 import type { Logger } from '@urs/logging';
 import { DefenderError, DefenderErrorCode } from './errors';
-import { odataValue, type ApiCaller } from './http';
+import { odataValue, type ApiCaller, type RowsScan } from './http';
+import type { ODataSink } from './odata-rows';
 import type { InvalidRecord } from './machines';
 import { MICROSOFT_QUOTAS, type QuotaWindow } from './quota';
 import { BulkRowReader, type BulkRowEntry, bulkRowEntry } from './bulk-rows';
@@ -95,6 +96,16 @@ export interface BulkExportRead {
   invalid: number;
 }
 
+function validBulkPageSize(pageSize = DEFAULT_BULK_PAGE_SIZE): number {
+  if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > MAX_BULK_PAGE_SIZE) {
+    throw new DefenderError(
+      DefenderErrorCode.INVALID_CONFIG,
+      `pageSize must be a whole number from 1 to ${MAX_BULK_PAGE_SIZE} (got ${pageSize})`,
+    );
+  }
+  return pageSize;
+}
+
 export interface BulkOptions {
   /** Rows per page, 1–200,000. Default 50,000. */
   pageSize?: number;
@@ -115,13 +126,7 @@ export async function readVulnerabilitiesByMachine(
   onRow: BulkRowHandler,
   options: BulkOptions = {},
 ): Promise<BulkExportRead> {
-  const pageSize = options.pageSize ?? DEFAULT_BULK_PAGE_SIZE;
-  if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > MAX_BULK_PAGE_SIZE) {
-    throw new DefenderError(
-      DefenderErrorCode.INVALID_CONFIG,
-      `pageSize must be a whole number from 1 to ${MAX_BULK_PAGE_SIZE} (got ${pageSize})`,
-    );
-  }
+  const pageSize = validBulkPageSize(options.pageSize);
   const read: BulkExportRead = { pages: 0, rows: 0, invalid: 0 };
   const entry = (row: BulkRowEntry): void => {
     if ('invalid' in row) {
@@ -138,17 +143,45 @@ export async function readVulnerabilitiesByMachine(
     onRow(row.deviceId, row.vulnerability);
   };
   const reader = new BulkRowReader();
+  // Rows of the usual shape are read straight from their bytes; the others are parsed and checked whole.
+  read.pages = await walkExportPages(pageSize, (next, params) =>
+    deps.api.scanRows('bulk', next, params, entry, bulkRowEntry, options.signal, reader),
+  );
+  return read;
+}
+
+/**
+ * `readVulnerabilitiesByMachine` with the rows left to a sink of the caller's (a new one per call and
+ * retry, from `sink`): it reads each page's bytes as they arrive, on another thread if it likes, and
+ * must report invalid rows itself. Resolves with the pages read.
+ */
+export async function scanVulnerabilitiesByMachine(
+  deps: VulnerabilityDeps,
+  sink: () => ODataSink,
+  options: BulkOptions = {},
+): Promise<{ pages: number }> {
+  const pages = await walkExportPages(validBulkPageSize(options.pageSize), (next, params) =>
+    deps.api.scanInto('bulk', next, params, sink, options.signal),
+  );
+  return { pages };
+}
+
+/** Follows the export's next links from its first page; the pages read. */
+async function walkExportPages(
+  pageSize: number,
+  scanPage: (next: string, params: Record<string, number> | undefined) => Promise<RowsScan>,
+): Promise<number> {
+  let pages = 0;
   let next: string | undefined = '/api/machines/SoftwareVulnerabilitiesByMachine';
   let params: Record<string, number> | undefined = { pageSize };
   while (next) {
-    // Rows of the usual shape are read straight from their bytes; the others are parsed and checked whole.
-    const result = await deps.api.scanRows('bulk', next, params, entry, bulkRowEntry, options.signal, reader);
+    const result = await scanPage(next, params);
     params = undefined; // the next link carries every parameter
     if (result.status === 404) break;
-    read.pages++;
+    pages++;
     next = nextLinkOf(result.members);
   }
-  return read;
+  return pages;
 }
 
 export type VulnerabilityMode = 'per-device' | 'bulk';

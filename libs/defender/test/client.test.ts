@@ -14,6 +14,8 @@ import {
   resolveEndpoints,
   type QuotaGate,
 } from '../src';
+import { type BulkRowEntry, bulkRowEntry } from '../src/bulk-rows';
+import { ODataRowScanner } from '../src/odata-rows';
 import { type TestApp, newApp, simClient } from './support';
 
 let sim: Simulator;
@@ -440,6 +442,38 @@ describe('createDefenderClient vulnerabilities', () => {
       // Merged per device, the rows given twice change nothing.
       const bulk = await client.getVulnerabilitiesByMachine({ pageSize: 50 });
       expectSameCvesAsPerDevice(bulk);
+    } finally {
+      sim.setFaults(app.azureTenantId, {});
+      await close();
+    }
+  });
+
+  it('scanVulnerabilitiesByMachine should give each answer, retried ones again, to a sink of its own', async () => {
+    const { client, close } = simClient(sim, app);
+    try {
+      const expected: string[] = [];
+      const read = await client.readVulnerabilitiesByMachine(
+        (deviceId, vulnerability) => expected.push(`${deviceId} ${vulnerability?.id ?? '-'}`),
+        { pageSize: 50 },
+      );
+      sim.setFaults(app.azureTenantId, { malformedRate: 0.3 });
+      sim.resetStats();
+      const rows: string[] = [];
+      let sinks = 0;
+      const scanned = await client.scanVulnerabilitiesByMachine(
+        () => {
+          sinks++;
+          return new ODataRowScanner((row: BulkRowEntry) => {
+            if (!('invalid' in row)) rows.push(`${row.deviceId} ${row.vulnerability?.id ?? '-'}`);
+          }, bulkRowEntry);
+        },
+        { pageSize: 50 },
+      );
+      expect(scanned.pages).toBe(read.pages);
+      // One sink per call, the retried ones included; the rows are the same set.
+      expect(sinks).toBe(sim.stats().calls.bulk);
+      expect(sinks).toBeGreaterThan(read.pages);
+      expect(new Set(rows)).toEqual(new Set(expected));
     } finally {
       sim.setFaults(app.azureTenantId, {});
       await close();

@@ -1,6 +1,7 @@
 import {
   consumerSettings,
   defenderSettings,
+  readBool,
   readInt,
   secretKeyConfig,
   type ConsumerSettings,
@@ -39,6 +40,12 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
    */
   bulkPageSize: number;
   /**
+   * Scan and fold a bulk export on a thread of its own while the main thread reads it off the socket (two
+   * cores for the cycle's longest step instead of one; ~10 MB more at 100,000 devices). Env
+   * `URS_BULK_FOLD_THREAD`, default true.
+   */
+  bulkFoldThread: boolean;
+  /**
    * How long a call slot passes straight from one per-device call of this process to the next before it goes
    * back to the shared limiter, in ms; 0 asks Redis for a slot for every call. Env
    * `URS_DEFENDER_SLOT_HANDOFF_MS`, default 1000, at most 20000 (plus the 30 s request timeout it stays below the
@@ -65,6 +72,7 @@ export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
     bulkClaimMs: readInt(env, 'URS_BULK_CLAIM_MS', { fallback: 300_000, min: 1_000 }),
     bulkCacheTtlMs: readInt(env, 'URS_BULK_CACHE_TTL_MS', { fallback: 7_200_000, min: 60_000 }),
     bulkPageSize: readInt(env, 'URS_BULK_PAGE_SIZE', { fallback: 50_000, min: 1, max: 200_000 }),
+    bulkFoldThread: readBool(env, 'URS_BULK_FOLD_THREAD', true),
     slotHandOffMs: readInt(env, 'URS_DEFENDER_SLOT_HANDOFF_MS', { fallback: 1_000, min: 0, max: 20_000 }),
   };
 }

@@ -195,22 +195,24 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   ): Promise<void> {
     const started = Date.now();
     try {
-      // Folded row by row: only each device's CVEs and their best CVSS stay in memory.
-      const folder = new VulnerabilityFolder();
-      await source.bulkVulnerabilities(
-        (deviceId, vulnerability) => folder.add(deviceId, vulnerability),
-        signal,
-      );
-      const collectedAt = now().toISOString();
+      let folder: VulnerabilityFolder;
+      if (source.bulkFold) folder = await source.bulkFold(signal);
+      else {
+        // Folded row by row: only each device's CVEs and their best CVSS stay in memory.
+        folder = new VulnerabilityFolder();
+        const into = folder;
+        await source.bulkVulnerabilities(
+          (deviceId, vulnerability) => into.add(deviceId, vulnerability),
+          signal,
+        );
+      }
       // Summaries are made one device at a time while the cache writes them in slices.
-      await deps.bulkCache.save(
-        batch.tenantId,
-        batch.cycleId,
-        folder.summaries(batch.cvssThreshold),
-        collectedAt,
-      );
+      const summaries = folder.summaries(batch.cvssThreshold);
+      const devices = folder.size;
+      const collectedAt = now().toISOString();
+      await deps.bulkCache.save(batch.tenantId, batch.cycleId, summaries, collectedAt);
       log.info('bulk export fetched', {
-        devicesWithVulnerabilities: folder.size,
+        devicesWithVulnerabilities: devices,
         durationMs: Date.now() - started,
       });
       await deps.tenants.updateStatus(batch.tenantId, {
@@ -218,7 +220,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         note:
           'vulnerabilities come from one bulk export (SoftwareVulnerabilitiesByMachine) per cycle: the fleet is too ' +
           "large for one call per device within the tenant's quota in one poll interval " +
-          `(last export ${collectedAt}: ${folder.size} devices with vulnerabilities)`,
+          `(last export ${collectedAt}: ${devices} devices with vulnerabilities)`,
       });
     } catch (error) {
       if (signal?.aborted) {

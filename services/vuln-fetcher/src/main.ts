@@ -27,6 +27,7 @@ void runService({
       limiter,
       quota: quotaGateFor(own.quotas, redis, prefix),
       bulkPageSize: own.bulkPageSize,
+      foldThread: own.bulkFoldThread,
       httpsAgent,
       overrides: own.defender,
       logger,

@@ -13,7 +13,8 @@ import type { Logger } from '@urs/logging';
 import type { Registry } from '@urs/telemetry';
 import { UrsError, errorCode } from '@urs/resilience';
 import type { SecretSealer } from '@urs/secrets';
-import type { VulnerabilityLike } from './summarise';
+import { WorkerExportFold } from './export-fold';
+import type { VulnerabilityFolder, VulnerabilityLike } from './summarise';
 
 /** Where one tenant's vulnerabilities come from (the Defender API; a fake in unit tests). */
 export interface VulnerabilitySource {
@@ -28,6 +29,8 @@ export interface VulnerabilitySource {
     onRow: (deviceId: string, vulnerability: VulnerabilityLike | undefined) => void,
     signal?: AbortSignal,
   ): Promise<void>;
+  /** The bulk export read and folded on a thread of its own: every listed device's summary. */
+  bulkFold?(signal?: AbortSignal): Promise<VulnerabilityFolder>;
 }
 
 /** Gives each tenant's source; throws a tenant-wide error (e.g. the secret cannot be opened). */
@@ -65,6 +68,8 @@ export interface DefenderSourceDeps {
   metrics: Registry;
   /** Rows per page of the bulk export; default the client's (50,000). */
   bulkPageSize?: number;
+  /** Scan and fold the bulk export on a thread of its own. */
+  foldThread?: boolean;
 }
 
 /**
@@ -118,6 +123,25 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
             ...(deps.bulkPageSize === undefined ? {} : { pageSize: deps.bulkPageSize }),
           });
         },
+        ...(deps.foldThread
+          ? {
+              bulkFold: async (signal?: AbortSignal) => {
+                const log = deps.logger.child({ tenantId: record.tenantId });
+                const fold = new WorkerExportFold((reason) =>
+                  log.warn('defender: skipped an invalid export row', { kind: 'bulk-row', reason }),
+                );
+                try {
+                  await client.scanVulnerabilitiesByMachine(fold.sink, {
+                    ...(signal ? { signal } : {}),
+                    ...(deps.bulkPageSize === undefined ? {} : { pageSize: deps.bulkPageSize }),
+                  });
+                  return await fold.fold();
+                } finally {
+                  await fold.close();
+                }
+              },
+            }
+          : {}),
       };
       clients.set(record.tenantId, { revision: record.revision, client, source });
       return source;

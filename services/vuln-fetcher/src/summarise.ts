@@ -50,6 +50,17 @@ function summariseBest(best: ReadonlyMap<string, number>, cvssThreshold: number)
   return { criticalCveCount, totalCveCount: best.size, maxCvss, cvssThreshold, topCveIds };
 }
 
+/** A fold's state as one thread hands it to another. */
+export interface FoldState {
+  cveIds: string[];
+  cves: Int32Array<ArrayBuffer>;
+  scores: Float64Array<ArrayBuffer>;
+  runStarts: Int32Array<ArrayBuffer>;
+  runEnds: Int32Array<ArrayBuffer>;
+  runBefore: Int32Array<ArrayBuffer>;
+  lastRun: Map<string, number>;
+}
+
 /** Grows a typed array to hold at least `needed` items, by half again: less slack than doubling. */
 function grown<T extends Int32Array | Float64Array>(
   array: T,
@@ -153,6 +164,35 @@ export class VulnerabilityFolder {
     this.runEnds[run] = this.pairs;
     this.runBefore[run] = this.lastRun.get(deviceId) ?? -1;
     this.lastRun.set(deviceId, run);
+  }
+
+  /** The fold's state, for another thread to take over (`VulnerabilityFolder.from`); its buffers may be transferred. */
+  state(): FoldState {
+    return {
+      cveIds: this.cveIds,
+      cves: this.cves.subarray(0, this.pairs),
+      scores: this.scores.subarray(0, this.pairs),
+      runStarts: this.runStarts.subarray(0, this.runs),
+      runEnds: this.runEnds.subarray(0, this.runs),
+      runBefore: this.runBefore.subarray(0, this.runs),
+      lastRun: this.lastRun,
+    };
+  }
+
+  /** A fold made of another's state: it gives the same summaries (more rows may not be added). */
+  static from(state: FoldState): VulnerabilityFolder {
+    const folder = new VulnerabilityFolder();
+    state.cveIds.forEach((id, number) => folder.cveNumbers.set(id, number));
+    folder.cveIds.push(...state.cveIds);
+    folder.cves = state.cves;
+    folder.scores = state.scores;
+    folder.pairs = state.cves.length;
+    folder.runStarts = state.runStarts;
+    folder.runEnds = state.runEnds;
+    folder.runBefore = state.runBefore;
+    folder.runs = state.runStarts.length;
+    for (const [deviceId, run] of state.lastRun) folder.lastRun.set(deviceId, run);
+    return folder;
   }
 
   private cveNumber(id: string): number {

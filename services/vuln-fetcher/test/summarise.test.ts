@@ -168,4 +168,14 @@ describe('VulnerabilityFolder', () => {
       });
     }
   });
+
+  it('should give the same summaries from its state taken over by another fold', () => {
+    const rows = rowsFor(9, 3000);
+    const folder = new VulnerabilityFolder();
+    for (const row of rows)
+      folder.add(row.deviceId, row.cveId === null ? undefined : { id: row.cveId, cvssV3: row.cvss });
+    const taken = VulnerabilityFolder.from(structuredClone(folder.state()));
+    expect(taken.size).toBe(folder.size);
+    expect(new Map(taken.summaries(7))).toEqual(summariseWhole(rows, 7));
+  });
 });

@@ -1,0 +1,70 @@
+import { parentPort } from 'node:worker_threads';
+// The row readers alone, not the client's index (its token source and HTTP client take ~0.4 s to load).
+import { BulkRowReader, bulkRowEntry, type BulkRowEntry } from '@urs/defender/dist/bulk-rows';
+import { MalformedODataError, ODataRowScanner } from '@urs/defender/dist/odata-rows';
+import { VulnerabilityFolder } from './summarise';
+import type { FoldReply, FoldRequest } from './export-fold';
+
+/**
+ * The thread that reads a bulk export's rows and folds them (see WorkerExportFold): it is given each page's
+ * bytes as they arrive, scans them as the Defender client would (a retried page begins again: the fold
+ * takes its rows twice and changes nothing), and hands the fold over when asked.
+ */
+const port = parentPort;
+if (!port) throw new Error('export-fold-worker runs as a worker thread');
+
+const folder = new VulnerabilityFolder();
+const reader = new BulkRowReader();
+let scanner: ODataRowScanner<BulkRowEntry> | undefined;
+let failure: string | undefined;
+let invalid: string[] = [];
+
+function onRow(row: BulkRowEntry): void {
+  if ('invalid' in row) {
+    invalid.push(row.invalid);
+    return;
+  }
+  folder.add(row.deviceId, row.vulnerability);
+}
+
+port.on('message', (request: FoldRequest) => {
+  switch (request.type) {
+    case 'begin':
+      scanner = new ODataRowScanner(onRow, bulkRowEntry, reader);
+      failure = undefined;
+      invalid = [];
+      return;
+    case 'chunk':
+      if (failure !== undefined || !scanner) return;
+      try {
+        scanner.push(Buffer.from(request.bytes.buffer, request.bytes.byteOffset, request.bytes.byteLength));
+      } catch (error) {
+        failure = (error as Error).message;
+      }
+      return;
+    case 'end': {
+      let reply: FoldReply;
+      try {
+        if (failure !== undefined) throw new MalformedODataError(failure);
+        if (!scanner) throw new MalformedODataError('no answer was begun');
+        reply = { id: request.id, type: 'end', rest: scanner.end(), invalid };
+      } catch (error) {
+        reply = { id: request.id, type: 'end', malformed: (error as Error).message, invalid };
+      }
+      scanner = undefined;
+      port.postMessage(reply);
+      return;
+    }
+    case 'fold': {
+      const state = folder.state();
+      port.postMessage({ id: request.id, type: 'fold', state } satisfies FoldReply, [
+        state.cves.buffer,
+        state.scores.buffer,
+        state.runStarts.buffer,
+        state.runEnds.buffer,
+        state.runBefore.buffer,
+      ]);
+      return;
+    }
+  }
+});

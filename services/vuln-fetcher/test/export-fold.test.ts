@@ -1,0 +1,126 @@
+import { writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { MalformedODataError } from '@urs/defender';
+import { WorkerExportFold } from '../src/export-fold';
+import { VulnerabilityFolder } from '../src/summarise';
+
+// The thread runs compiled code: the package is built before its tests (`npm run build`, as CI does).
+const WORKER = join(__dirname, '../dist/export-fold-worker.js');
+
+interface Row {
+  deviceId: string;
+  cveId: string | null;
+  cvssScore: number | null;
+}
+
+/** Export rows as SoftwareVulnerabilitiesByMachine gives them, with the members a row has besides. */
+function exportRows(count: number): Row[] {
+  return Array.from({ length: count }, (_, i) => ({
+    deviceId: `${(i % 37).toString(16).padStart(40, 'a')}`,
+    cveId: i % 11 === 0 ? null : `CVE-2026-${i % 23}`,
+    cvssScore: i % 7 === 0 ? null : (i % 100) / 10,
+  }));
+}
+
+function body(rows: readonly unknown[], nextLink?: string): Buffer {
+  const value = rows.map((row) =>
+    JSON.stringify({
+      id: 'x',
+      ...(row as object),
+      deviceName: 'host',
+      softwareName: 'app',
+      vulnerabilitySeverityLevel: 'High',
+      exploitabilityLevel: 'NoExploit',
+      diskPaths: ['C:\\\\app'],
+    }),
+  );
+  const link = nextLink ? `,"@odata.nextLink":${JSON.stringify(nextLink)}` : '';
+  return Buffer.from(`{"@odata.context":"ctx","value":[${value.join(',')}]${link}}`);
+}
+
+/** The bytes in chunks of uneven sizes, as a socket gives them. */
+function chunks(bytes: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  for (let at = 0, size = 7; at < bytes.length; at += size, size = (size * 5) % 70_001) {
+    out.push(bytes.subarray(at, at + size));
+  }
+  return out;
+}
+
+function foldedHere(rows: readonly Row[]): VulnerabilityFolder {
+  const folder = new VulnerabilityFolder();
+  for (const row of rows)
+    folder.add(row.deviceId, row.cveId === null ? undefined : { id: row.cveId, cvssV3: row.cvssScore });
+  return folder;
+}
+
+describe('WorkerExportFold', () => {
+  it('should fold the pages handed to it as the fold of this thread does, retried pages included', async () => {
+    const invalid: string[] = [];
+    const fold = new WorkerExportFold((reason) => invalid.push(reason), WORKER);
+    try {
+      const first = exportRows(3000);
+      const second = exportRows(5000).slice(3000);
+      const page1 = body(first, 'https://api/next');
+      // The first attempt at page 1 is cut halfway; its retry gives the page again, whole.
+      const cut = fold.sink();
+      for (const chunk of chunks(page1.subarray(0, page1.length / 2))) cut.push(chunk);
+      const retry = fold.sink();
+      for (const chunk of chunks(page1)) retry.push(chunk);
+      expect(await retry.end()).toEqual({
+        members: { '@odata.context': 'ctx', '@odata.nextLink': 'https://api/next' },
+        hasValue: true,
+      });
+      const last = fold.sink();
+      for (const chunk of chunks(body(second))) last.push(chunk);
+      await last.end();
+      const folded = await fold.fold();
+      const expected = foldedHere([...first, ...second]);
+      expect(folded.size).toBe(expected.size);
+      expect(new Map(folded.summaries(7))).toEqual(new Map(expected.summaries(7)));
+      expect(invalid).toEqual([]);
+    } finally {
+      await fold.close();
+    }
+  });
+
+  it('should report an invalid row and fold the others', async () => {
+    const invalid: string[] = [];
+    const fold = new WorkerExportFold((reason) => invalid.push(reason), WORKER);
+    try {
+      const rows = exportRows(10);
+      const sink = fold.sink();
+      sink.push(body([...rows, { cveId: 'CVE-1', cvssScore: 5 }]));
+      await sink.end();
+      expect(invalid).toHaveLength(1);
+      expect(invalid[0]).toMatch(/deviceId/);
+      expect((await fold.fold()).size).toBe(foldedHere(rows).size);
+    } finally {
+      await fold.close();
+    }
+  });
+
+  it('should reject an answer that is not a whole OData object', async () => {
+    const fold = new WorkerExportFold(() => undefined, WORKER);
+    try {
+      const sink = fold.sink();
+      const page = body(exportRows(20));
+      sink.push(page.subarray(0, page.length - 10));
+      await expect(sink.end()).rejects.toBeInstanceOf(MalformedODataError);
+    } finally {
+      await fold.close();
+    }
+  });
+
+  it('should fail what is asked of a thread that died, and of one closed', async () => {
+    const broken = join(tmpdir(), `export-fold-broken-${process.pid}.js`);
+    writeFileSync(broken, "throw new Error('the thread could not start');\n");
+    const dead = new WorkerExportFold(() => undefined, broken);
+    await expect(dead.fold()).rejects.toThrow('the thread could not start');
+    await dead.close();
+    const closed = new WorkerExportFold(() => undefined, WORKER);
+    await closed.close();
+    await expect(closed.fold()).rejects.toThrow(/closed/);
+  });
+});
