@@ -41,7 +41,7 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
   bulkPageSize: number;
   /**
    * Scan and fold a bulk export on a thread of its own while the main thread reads it off the socket (two
-   * cores for the cycle's longest step instead of one; ~10 MB more at 100,000 devices). Env
+   * cores for the cycle's longest step instead of one; ~20 MB more at 100,000 devices). Env
    * `URS_BULK_FOLD_THREAD`, default true.
    */
   bulkFoldThread: boolean;
