@@ -89,7 +89,7 @@ export class WorkerExportFold {
     };
   };
 
-  /** The fold, handed over from the fold thread (which keeps nothing of it). */
+  /** The fold, handed over from the fold thread (its typed arrays are moved, not copied). */
   async fold(): Promise<VulnerabilityFolder> {
     const reply = await this.request({ type: 'fold', id: this.next++ });
     if (reply.type !== 'fold') throw new Error('the fold thread answered out of turn');

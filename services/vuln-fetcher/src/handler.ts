@@ -187,6 +187,19 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     return { devices, collectedAt, ...(tenantFailure ? { tenantFailure } : {}) };
   }
 
+  /** The export folded row by row on this thread: only each device's CVEs and their best CVSS stay in memory. */
+  async function foldHere(
+    source: VulnerabilitySource,
+    signal: AbortSignal | undefined,
+  ): Promise<VulnerabilityFolder> {
+    const folder = new VulnerabilityFolder();
+    await source.bulkVulnerabilities(
+      (deviceId, vulnerability) => folder.add(deviceId, vulnerability),
+      signal,
+    );
+    return folder;
+  }
+
   async function runBulkExport(
     batch: DeviceBatch,
     source: VulnerabilitySource,
@@ -195,17 +208,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   ): Promise<void> {
     const started = Date.now();
     try {
-      let folder: VulnerabilityFolder;
-      if (source.bulkFold) folder = await source.bulkFold(signal);
-      else {
-        // Folded row by row: only each device's CVEs and their best CVSS stay in memory.
-        folder = new VulnerabilityFolder();
-        const into = folder;
-        await source.bulkVulnerabilities(
-          (deviceId, vulnerability) => into.add(deviceId, vulnerability),
-          signal,
-        );
-      }
+      const folder = source.bulkFold ? await source.bulkFold(signal) : await foldHere(source, signal);
       // Summaries are made one device at a time while the cache writes them in slices.
       const summaries = folder.summaries(batch.cvssThreshold);
       const devices = folder.size;

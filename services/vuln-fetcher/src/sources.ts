@@ -29,7 +29,10 @@ export interface VulnerabilitySource {
     onRow: (deviceId: string, vulnerability: VulnerabilityLike | undefined) => void,
     signal?: AbortSignal,
   ): Promise<void>;
-  /** The bulk export read and folded on a thread of its own: every listed device's summary. */
+  /**
+   * The bulk export read and its rows folded on a thread of their own (when so configured): the same fold
+   * as `bulkVulnerabilities`' rows would make.
+   */
   bulkFold?(signal?: AbortSignal): Promise<VulnerabilityFolder>;
 }
 

@@ -7,7 +7,7 @@ import { Registry } from '@urs/telemetry';
 import { inboundMessage } from '@urs/testkit';
 import { createEnrichHandler, type EnrichHandlerDeps } from '../src/handler';
 import type { SourceProvider, VulnerabilitySource } from '../src/sources';
-import type { VulnerabilityLike } from '../src/summarise';
+import { VulnerabilityFolder, type VulnerabilityLike } from '../src/summarise';
 
 const record = { tenantId: 't1', revision: 1 } as unknown as TenantRecord;
 
@@ -76,6 +76,7 @@ function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHa
     forTenant: () => ({
       machineVulnerabilities: source.machineVulnerabilities ?? (async () => []),
       bulkVulnerabilities: source.bulkVulnerabilities ?? (async () => undefined),
+      ...(source.bulkFold ? { bulkFold: source.bulkFold } : {}),
     }),
     close: () => undefined,
   };
@@ -231,6 +232,23 @@ describe('createEnrichHandler', () => {
     expect(
       statuses.some((status) => status.vulnerabilityMode === 'bulk' && /bulk export/.test(status.note ?? '')),
     ).toBe(true);
+  });
+
+  it('should take the fold a source made on its own thread when it has one, and not read rows here', async () => {
+    const { handler, sent } = setup({
+      bulkVulnerabilities: async () => {
+        throw new Error('the rows are read on the fold thread');
+      },
+      bulkFold: async () => {
+        const folder = new VulnerabilityFolder();
+        folder.add('d2', cve('CVE-9', 9.9));
+        folder.add('d2', cve('CVE-4', 4));
+        return folder;
+      },
+    });
+    await handler(message(batch({ vulnerabilityMode: 'bulk' })));
+    expect(sent[0]?.devices.map((device) => device.vulnerabilities?.totalCveCount)).toEqual([0, 2, 0]);
+    expect(sent[0]?.devices[1]?.vulnerabilities).toMatchObject({ criticalCveCount: 1, maxCvss: 9.9 });
   });
 
   it('should wake a batch waiting for the export this process runs as soon as it ends, not at its next look', async () => {
