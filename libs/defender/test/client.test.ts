@@ -12,6 +12,8 @@ import {
   createLocalQuotaGate,
   createTokenSource,
   resolveEndpoints,
+  type BulkExportRead,
+  type DefenderClient,
   type QuotaGate,
 } from '../src';
 import { type BulkRowEntry, bulkRowEntry } from '../src/bulk-rows';
@@ -52,6 +54,16 @@ beforeAll(async () => {
 afterAll(async () => {
   await sim.close();
 });
+
+/** The tenant's export read in pages of 50 rows, each row as "device CVE" ("-" for none), and what the read counted. */
+async function exportRows(client: DefenderClient): Promise<{ rows: string[]; read: BulkExportRead }> {
+  const rows: string[] = [];
+  const read = await client.readVulnerabilitiesByMachine(
+    (deviceId, vulnerability) => rows.push(`${deviceId} ${vulnerability?.id ?? '-'}`),
+    { pageSize: 50 },
+  );
+  return { rows, read };
+}
 
 async function failure(
   from: TestApp,
@@ -418,21 +430,13 @@ describe('createDefenderClient vulnerabilities', () => {
   it('readVulnerabilitiesByMachine should hand out the rows of a page cut midway again when it is retried', async () => {
     const { client, close } = simClient(sim, app);
     try {
-      const clean: string[] = [];
-      const read = await client.readVulnerabilitiesByMachine(
-        (deviceId, vulnerability) => clean.push(`${deviceId} ${vulnerability?.id ?? '-'}`),
-        { pageSize: 50 },
-      );
+      const { rows: clean, read } = await exportRows(client);
       expect(read).toEqual({ pages: Math.ceil(clean.length / 50), rows: clean.length, invalid: 0 });
 
       // A third of the answers end halfway through: their first rows come once per attempt.
       sim.setFaults(app.azureTenantId, { malformedRate: 0.3 });
       sim.resetStats();
-      const cut: string[] = [];
-      const retried = await client.readVulnerabilitiesByMachine(
-        (deviceId, vulnerability) => cut.push(`${deviceId} ${vulnerability?.id ?? '-'}`),
-        { pageSize: 50 },
-      );
+      const { rows: cut, read: retried } = await exportRows(client);
       expect(retried.pages).toBe(read.pages);
       expect(sim.stats().calls.bulk).toBeGreaterThan(read.pages);
       expect(retried.rows).toBe(cut.length);
@@ -451,11 +455,7 @@ describe('createDefenderClient vulnerabilities', () => {
   it('scanVulnerabilitiesByMachine should give each answer, retried ones again, to a sink of its own', async () => {
     const { client, close } = simClient(sim, app);
     try {
-      const expected: string[] = [];
-      const read = await client.readVulnerabilitiesByMachine(
-        (deviceId, vulnerability) => expected.push(`${deviceId} ${vulnerability?.id ?? '-'}`),
-        { pageSize: 50 },
-      );
+      const { rows: expected, read } = await exportRows(client);
       sim.setFaults(app.azureTenantId, { malformedRate: 0.3 });
       sim.resetStats();
       const rows: string[] = [];
