@@ -166,7 +166,7 @@ export class VulnerabilityFolder {
     this.lastRun.set(deviceId, run);
   }
 
-  /** The fold's state, for another thread to take over (`VulnerabilityFolder.from`); its buffers may be transferred. */
+  /** The fold's state, for another thread to take over (`VulnerabilityFolder.from`); its buffers may be moved. */
   state(): FoldState {
     return {
       cveIds: this.cveIds,
@@ -179,11 +179,14 @@ export class VulnerabilityFolder {
     };
   }
 
-  /** A fold made of another's state: it gives the same summaries (more rows may not be added). */
+  /** A fold made of another's state: it gives the same summaries, and folds more rows as the other would. */
   static from(state: FoldState): VulnerabilityFolder {
     const folder = new VulnerabilityFolder();
-    state.cveIds.forEach((id, number) => folder.cveNumbers.set(id, number));
-    folder.cveIds.push(...state.cveIds);
+    // One by one, not pushed as arguments: a large tenant knows tens of thousands of CVEs.
+    state.cveIds.forEach((id, number) => {
+      folder.cveNumbers.set(id, number);
+      folder.cveIds.push(id);
+    });
     folder.cves = state.cves;
     folder.scores = state.scores;
     folder.pairs = state.cves.length;

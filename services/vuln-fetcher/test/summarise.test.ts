@@ -177,5 +177,10 @@ describe('VulnerabilityFolder', () => {
     const taken = VulnerabilityFolder.from(structuredClone(folder.state()));
     expect(taken.size).toBe(folder.size);
     expect(new Map(taken.summaries(7))).toEqual(summariseWhole(rows, 7));
+    // Rows folded after the take-over count as they would have in the first fold.
+    const more = rowsFor(10, 2000);
+    for (const row of more)
+      taken.add(row.deviceId, row.cveId === null ? undefined : { id: row.cveId, cvssV3: row.cvss });
+    expect(new Map(taken.summaries(7))).toEqual(summariseWhole([...rows, ...more], 7));
   });
 });
