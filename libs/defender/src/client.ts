@@ -95,7 +95,10 @@ export interface DefenderClient {
   /** The bulk export `SoftwareVulnerabilitiesByMachine`, each row handed to `onRow` as it is read. */
   readVulnerabilitiesByMachine(onRow: BulkRowHandler, options?: BulkOptions): Promise<BulkExportRead>;
   /** The bulk export's pages into a sink of the caller's, which reads their rows (see scanVulnerabilitiesByMachine). */
-  scanVulnerabilitiesByMachine(sink: () => ODataSink, options?: BulkOptions): Promise<{ pages: number }>;
+  scanVulnerabilitiesByMachine(
+    sink: (reportInvalid: (reason: string) => void) => ODataSink,
+    options?: BulkOptions,
+  ): Promise<{ pages: number }>;
   /** The whole bulk export merged per device (CVE-deduplicated). */
   getVulnerabilitiesByMachine(options?: BulkOptions): Promise<Map<string, Vulnerability[]>>;
   /** Token claims (roles) of the current token. */

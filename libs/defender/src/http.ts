@@ -214,8 +214,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   }
 
   /**
-   * One call whose 2xx body is scanned row by row while it arrives (inside the call's slot, like a body
-   * read whole), each row handed to `onRow`; any other answer is read as text and classified as `send`'s are.
+   * One call whose 2xx body goes to a new sink from `makeSink` while it arrives (inside the call's slot, like
+   * a body read whole); any other answer is read as text and classified as `send`'s are.
    */
   async function sendRows(
     url: string,
@@ -458,6 +458,16 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     throw malformed(new URL(url).pathname, 'The Defender API answer was read whole instead of by rows');
   }
 
+  function scanInto(
+    endpoint: DefenderEndpointClass,
+    pathOrUrl: string,
+    params: Record<string, string | number> | undefined,
+    sink: () => ODataSink,
+    signal?: AbortSignal,
+  ): Promise<RowsScan> {
+    return scan(endpoint, pathOrUrl, signal, (url, token) => sendRows(url, token, params, sink, signal));
+  }
+
   return {
     get(endpoint, pathOrUrl, params, signal) {
       const url = resolveUrl(pathOrUrl);
@@ -484,11 +494,9 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     },
     scanRows(endpoint, pathOrUrl, params, onRow, toRow, signal, reader) {
       const sink = (): ODataSink => new ODataRowScanner(onRow, toRow, reader);
-      return scan(endpoint, pathOrUrl, signal, (url, token) => sendRows(url, token, params, sink, signal));
+      return scanInto(endpoint, pathOrUrl, params, sink, signal);
     },
-    scanInto(endpoint, pathOrUrl, params, sink, signal) {
-      return scan(endpoint, pathOrUrl, signal, (url, token) => sendRows(url, token, params, sink, signal));
-    },
+    scanInto,
   };
 }
 

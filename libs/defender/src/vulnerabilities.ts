@@ -131,12 +131,7 @@ export async function readVulnerabilitiesByMachine(
   const entry = (row: BulkRowEntry): void => {
     if ('invalid' in row) {
       read.invalid++;
-      const invalid: InvalidRecord = { kind: 'bulk-row', reason: row.invalid };
-      deps.logger.warn('defender: skipped an invalid export row', {
-        azureTenantId: deps.azureTenantId,
-        ...invalid,
-      });
-      deps.onInvalidRecord?.(invalid);
+      reportInvalidRow(deps, row.invalid);
       return;
     }
     read.rows++;
@@ -150,18 +145,30 @@ export async function readVulnerabilitiesByMachine(
   return read;
 }
 
+/** An export row skipped as invalid: logged, and handed to `onInvalidRecord`. */
+function reportInvalidRow(deps: VulnerabilityDeps, reason: string): void {
+  const invalid: InvalidRecord = { kind: 'bulk-row', reason };
+  deps.logger.warn('defender: skipped an invalid export row', {
+    azureTenantId: deps.azureTenantId,
+    ...invalid,
+  });
+  deps.onInvalidRecord?.(invalid);
+}
+
 /**
  * `readVulnerabilitiesByMachine` with the rows left to a sink of the caller's (a new one per call and
  * retry, from `sink`): it reads each page's bytes as they arrive, on another thread if it likes, and
- * must report invalid rows itself. Resolves with the pages read.
+ * gives each row it skips as invalid to `reportInvalid` (logged and reported as here). Resolves with the
+ * pages read.
  */
 export async function scanVulnerabilitiesByMachine(
   deps: VulnerabilityDeps,
-  sink: () => ODataSink,
+  sink: (reportInvalid: (reason: string) => void) => ODataSink,
   options: BulkOptions = {},
 ): Promise<{ pages: number }> {
+  const reportInvalid = (reason: string): void => reportInvalidRow(deps, reason);
   const pages = await walkExportPages(validBulkPageSize(options.pageSize), (next, params) =>
-    deps.api.scanInto('bulk', next, params, sink, options.signal),
+    deps.api.scanInto('bulk', next, params, () => sink(reportInvalid), options.signal),
   );
   return { pages };
 }

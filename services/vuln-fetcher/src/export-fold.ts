@@ -33,10 +33,7 @@ export class WorkerExportFold {
   >();
   private failed: Error | undefined;
 
-  constructor(
-    private readonly onInvalid: (reason: string) => void,
-    workerPath = join(__dirname, 'export-fold-worker.js'),
-  ) {
+  constructor(workerPath = join(__dirname, 'export-fold-worker.js')) {
     // A small young generation: the thread's garbage is the rows it scans, each dead once folded in.
     this.worker = new Worker(workerPath, { resourceLimits: { maxYoungGenerationSizeMb: 12 } });
     const fail = (error: Error): void => {
@@ -53,8 +50,11 @@ export class WorkerExportFold {
     this.worker.on('exit', (code) => fail(new Error(`the export's fold thread ended (exit code ${code})`)));
   }
 
-  /** A sink for one answer (a page, or a retry of one): its bytes go to the fold thread. */
-  readonly sink = (): ODataSink => {
+  /**
+   * A sink for one answer (a page, or a retry of one): its bytes go to the fold thread, and the rows it
+   * skipped as invalid to `reportInvalid` when the answer ends.
+   */
+  readonly sink = (reportInvalid: (reason: string) => void): ODataSink => {
     this.worker.postMessage({ type: 'begin' } satisfies FoldRequest);
     // The socket's chunks (16–64 KB) are gathered into parts of ~1 MB, each handed over (transferred) whole:
     // a message per chunk cost more than the scan it moved.
@@ -82,7 +82,7 @@ export class WorkerExportFold {
         handOver();
         const reply = await this.request({ type: 'end', id: this.next++ });
         if (reply.type !== 'end') throw new Error('the fold thread answered out of turn');
-        for (const reason of reply.invalid) this.onInvalid(reason);
+        for (const reason of reply.invalid) reportInvalid(reason);
         if ('malformed' in reply) throw new MalformedODataError(reply.malformed);
         return reply.rest;
       },

@@ -4,6 +4,7 @@ import {
   createDefenderClient,
   isDefenderError,
   isSetupErrorCode,
+  type BulkOptions,
   type CallLimiter,
   type DefenderClient,
   type DefenderEndpointOverrides,
@@ -81,6 +82,10 @@ export interface DefenderSourceDeps {
  * the client's memory.
  */
 export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider {
+  const exportOptions = (signal: AbortSignal | undefined): BulkOptions => ({
+    ...(signal ? { signal } : {}),
+    ...(deps.bulkPageSize === undefined ? {} : { pageSize: deps.bulkPageSize }),
+  });
   const clients = new Map<
     string,
     { revision: number; client: DefenderClient; source: VulnerabilitySource }
@@ -121,23 +126,14 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
       const source: VulnerabilitySource = {
         machineVulnerabilities: (machineId, signal) => client.getMachineVulnerabilities(machineId, signal),
         bulkVulnerabilities: async (onRow, signal) => {
-          await client.readVulnerabilitiesByMachine(onRow, {
-            ...(signal ? { signal } : {}),
-            ...(deps.bulkPageSize === undefined ? {} : { pageSize: deps.bulkPageSize }),
-          });
+          await client.readVulnerabilitiesByMachine(onRow, exportOptions(signal));
         },
         ...(deps.foldThread
           ? {
               bulkFold: async (signal?: AbortSignal) => {
-                const log = deps.logger.child({ tenantId: record.tenantId });
-                const fold = new WorkerExportFold((reason) =>
-                  log.warn('defender: skipped an invalid export row', { kind: 'bulk-row', reason }),
-                );
+                const fold = new WorkerExportFold();
                 try {
-                  await client.scanVulnerabilitiesByMachine(fold.sink, {
-                    ...(signal ? { signal } : {}),
-                    ...(deps.bulkPageSize === undefined ? {} : { pageSize: deps.bulkPageSize }),
-                  });
+                  await client.scanVulnerabilitiesByMachine(fold.sink, exportOptions(signal));
                   return await fold.fold();
                 } finally {
                   await fold.close();

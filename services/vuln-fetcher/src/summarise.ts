@@ -88,7 +88,7 @@ function grown<T extends Int32Array | Float64Array>(
 export class VulnerabilityFolder {
   /** CVE id → its number; `cveIds[number]` is the id. */
   private readonly cveNumbers = new Map<string, number>();
-  private readonly cveIds: string[] = [];
+  private cveIds: string[] = [];
   /** The pairs: a CVE's number and its CVSS (-1 when it has none); `pairs` of them are in use. */
   private cves = new Int32Array(1024);
   private scores = new Float64Array(1024);
@@ -99,7 +99,7 @@ export class VulnerabilityFolder {
   private runBefore = new Int32Array(256);
   private runs = 0;
   /** Device id → its latest run. */
-  private readonly lastRun = new Map<string, number>();
+  private lastRun = new Map<string, number>();
   /** The device of the current run, and where each CVE of the run sits among the pairs. */
   private runDevice: string | undefined;
   private readonly runCves = new Map<number, number>();
@@ -179,14 +179,14 @@ export class VulnerabilityFolder {
     };
   }
 
-  /** A fold made of another's state: it gives the same summaries, and folds more rows as the other would. */
+  /**
+   * A fold made of another's state, which it takes over (the state is this fold's from then on): it gives
+   * the same summaries, and folds more rows as the other would.
+   */
   static from(state: FoldState): VulnerabilityFolder {
     const folder = new VulnerabilityFolder();
-    // One by one, not pushed as arguments: a large tenant knows tens of thousands of CVEs.
-    state.cveIds.forEach((id, number) => {
-      folder.cveNumbers.set(id, number);
-      folder.cveIds.push(id);
-    });
+    folder.cveIds = state.cveIds;
+    state.cveIds.forEach((id, number) => folder.cveNumbers.set(id, number));
     folder.cves = state.cves;
     folder.scores = state.scores;
     folder.pairs = state.cves.length;
@@ -194,7 +194,7 @@ export class VulnerabilityFolder {
     folder.runEnds = state.runEnds;
     folder.runBefore = state.runBefore;
     folder.runs = state.runStarts.length;
-    for (const [deviceId, run] of state.lastRun) folder.lastRun.set(deviceId, run);
+    folder.lastRun = state.lastRun;
     return folder;
   }
 

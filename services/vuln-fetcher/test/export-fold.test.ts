@@ -58,21 +58,22 @@ function foldedHere(rows: readonly Row[]): VulnerabilityFolder {
 describe('WorkerExportFold', () => {
   it('should fold the pages handed to it as the fold of this thread does, retried pages included', async () => {
     const invalid: string[] = [];
-    const fold = new WorkerExportFold((reason) => invalid.push(reason), WORKER);
+    const fold = new WorkerExportFold(WORKER);
+    const report = (reason: string): number => invalid.push(reason);
     try {
       const first = exportRows(3000);
       const second = exportRows(5000).slice(3000);
       const page1 = body(first, 'https://api/next');
       // The first attempt at page 1 is cut halfway; its retry gives the page again, whole.
-      const cut = fold.sink();
+      const cut = fold.sink(report);
       for (const chunk of chunks(page1.subarray(0, page1.length / 2))) cut.push(chunk);
-      const retry = fold.sink();
+      const retry = fold.sink(report);
       for (const chunk of chunks(page1)) retry.push(chunk);
       expect(await retry.end()).toEqual({
         members: { '@odata.context': 'ctx', '@odata.nextLink': 'https://api/next' },
         hasValue: true,
       });
-      const last = fold.sink();
+      const last = fold.sink(report);
       for (const chunk of chunks(body(second))) last.push(chunk);
       await last.end();
       const folded = await fold.fold();
@@ -87,10 +88,11 @@ describe('WorkerExportFold', () => {
 
   it('should report an invalid row and fold the others', async () => {
     const invalid: string[] = [];
-    const fold = new WorkerExportFold((reason) => invalid.push(reason), WORKER);
+    const fold = new WorkerExportFold(WORKER);
+    const report = (reason: string): number => invalid.push(reason);
     try {
       const rows = exportRows(10);
-      const sink = fold.sink();
+      const sink = fold.sink(report);
       sink.push(body([...rows, { cveId: 'CVE-1', cvssScore: 5 }]));
       await sink.end();
       expect(invalid).toHaveLength(1);
@@ -102,9 +104,10 @@ describe('WorkerExportFold', () => {
   });
 
   it('should reject an answer that is not a whole OData object', async () => {
-    const fold = new WorkerExportFold(() => undefined, WORKER);
+    const fold = new WorkerExportFold(WORKER);
+    const report = (): void => undefined;
     try {
-      const sink = fold.sink();
+      const sink = fold.sink(report);
       const page = body(exportRows(20));
       sink.push(page.subarray(0, page.length - 10));
       await expect(sink.end()).rejects.toBeInstanceOf(MalformedODataError);
@@ -116,10 +119,10 @@ describe('WorkerExportFold', () => {
   it('should fail what is asked of a thread that died, and of one closed', async () => {
     const broken = join(tmpdir(), `export-fold-broken-${process.pid}.js`);
     writeFileSync(broken, "throw new Error('the thread could not start');\n");
-    const dead = new WorkerExportFold(() => undefined, broken);
+    const dead = new WorkerExportFold(broken);
     await expect(dead.fold()).rejects.toThrow('the thread could not start');
     await dead.close();
-    const closed = new WorkerExportFold(() => undefined, WORKER);
+    const closed = new WorkerExportFold(WORKER);
     await closed.close();
     await expect(closed.fold()).rejects.toThrow(/closed/);
   });
