@@ -13,6 +13,8 @@ const common = {
     '^@urs/simulator$': path.join(__dirname, 'test/simulator/src'),
     '^@urs/testkit$': path.join(__dirname, 'test/support'),
     '^@urs/([a-z-]+)$': path.join(__dirname, 'libs/$1/src'),
+    // A package's entry points besides its index (e.g. `@urs/defender/rows`).
+    '^@urs/([a-z-]+)/([a-z-]+)$': path.join(__dirname, 'libs/$1/src/$2'),
   },
   testPathIgnorePatterns: ['/node_modules/', '/dist/', '/.stack/'],
 };

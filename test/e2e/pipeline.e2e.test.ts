@@ -46,15 +46,21 @@ describe('the pipeline end to end', () => {
       .map((record) => record.value)
       .filter((summary) => summary.tenantId === tenantId);
 
-  /** The first complete summary of a cycle that started after `afterMs`. */
-  const nextComplete = (tenantId: string, afterMs: number): Promise<VmsRiskSummary> =>
-    waitFor(
+  /**
+   * The first complete summary of a cycle that started after `afterMs`, once the watch has also read every
+   * device record produced before it (VMS reads the two topics with no order between them).
+   */
+  const nextComplete = async (tenantId: string, afterMs: number): Promise<VmsRiskSummary> => {
+    const summary = await waitFor(
       () =>
         summaries(tenantId).find(
           (summary) => summary.status === 'complete' && Date.parse(summary.cycleStartedAt) > afterMs,
         ),
       { timeoutMs: CYCLE_WAIT_MS, intervalMs: 200, description: `a complete cycle of ${tenantId}` },
     );
+    await pipeline.watch.caughtUp(pipeline.topics.vmsRiskScores);
+    return summary;
+  };
 
   /** What the test expects of every scored device of the big tenant for a cycle started at `cycleStartMs`. */
   const expectedFleet = (cycleStartMs: number): Map<string, Expected> => {

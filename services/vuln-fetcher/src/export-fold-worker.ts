@@ -1,7 +1,12 @@
 import { parentPort } from 'node:worker_threads';
-// The row readers alone, not the client's index (its token source and HTTP client take ~0.4 s to load).
-import { BulkRowReader, bulkRowEntry, type BulkRowEntry } from '@urs/defender/dist/bulk-rows';
-import { MalformedODataError, ODataRowScanner } from '@urs/defender/dist/odata-rows';
+// The row readers alone, not the package's index, which loads the client too.
+import {
+  BulkRowReader,
+  MalformedODataError,
+  ODataRowScanner,
+  bulkRowEntry,
+  type BulkRowEntry,
+} from '@urs/defender/rows';
 import { VulnerabilityFolder } from './summarise';
 import type { FoldReply, FoldRequest } from './export-fold';
 

@@ -1,5 +1,5 @@
 import type { Consumer, Kafka } from 'kafkajs';
-import { uniqueId } from '@urs/testkit';
+import { uniqueId, waitFor } from '@urs/testkit';
 
 export interface Seen {
   topic: string;
@@ -16,6 +16,8 @@ export interface Seen {
 /** Reads topics from their beginning in the background and keeps every record, in arrival order. */
 export class TopicWatch {
   readonly records: Seen[] = [];
+  /** The offset after the last record read, by `topic/partition`. */
+  private readonly nextOffset = new Map<string, bigint>();
   private consumer: Consumer | undefined;
 
   constructor(
@@ -43,6 +45,7 @@ export class TopicWatch {
             raw = text;
           }
         }
+        this.nextOffset.set(`${topic}/${partition}`, BigInt(message.offset) + 1n);
         this.records.push({
           topic,
           partition,
@@ -55,6 +58,33 @@ export class TopicWatch {
       },
     });
     await ready;
+  }
+
+  /**
+   * Resolves once the watch has read everything on `topic` up to its end as it is now. A record seen on one
+   * topic says nothing of what has been read of another: the watch fetches each partition on its own (a
+   * fetch gives at most 1 MB of a partition), so a cycle's summary can arrive before the last of its
+   * device records, although they were produced first.
+   */
+  async caughtUp(topic: string, timeoutMs = 30_000): Promise<void> {
+    const admin = this.kafka.admin();
+    await admin.connect();
+    let ends: { partition: number; high: string }[];
+    try {
+      ends = await admin.fetchTopicOffsets(topic);
+    } finally {
+      await admin.disconnect();
+    }
+    const behind = (): { partition: number; high: string }[] =>
+      ends.filter(({ partition, high }) => {
+        const next = this.nextOffset.get(`${topic}/${partition}`) ?? 0n;
+        return next < BigInt(high);
+      });
+    await waitFor(() => behind().length === 0 || undefined, {
+      timeoutMs,
+      intervalMs: 50,
+      description: `the watch of ${topic} read to its end`,
+    });
   }
 
   of<T = unknown>(topic: string): (Seen & { value: T })[] {
