@@ -24,6 +24,8 @@ describe('registrar and pollers as processes', () => {
   let stack: TestStack;
   let registrar: ServiceProcess;
   let pollers: ServiceProcess[];
+  /** The poller left running once the hand-over test has killed the other. */
+  let survivor: ServiceProcess;
   let baseUrl: string;
   let topics: { messages: ReceivedMessage[]; close(): Promise<void> };
   const answers: string[] = [];
@@ -223,12 +225,22 @@ describe('registrar and pollers as processes', () => {
   it('killing a poller should hand its tenants over within one lease period', async () => {
     // Slow Microsoft down so that cycles are in flight when the poller dies, and kill it mid-cycle.
     stack.sim.setLatency({ meanMs: 250 });
-    const victim = pollers[0] as ServiceProcess;
     const slowFrom = Date.now() + 300;
-    const started = await victim.waitForLine(
-      (line) => line.includes('"message":"cycle started"') && Date.parse(JSON.parse(line).time) > slowFrom,
-      3 * INTERVAL_MS,
+    const startedLate = (line: string): boolean =>
+      line.includes('"message":"cycle started"') && Date.parse(JSON.parse(line).time) > slowFrom;
+    // The victim is whichever poller starts a cycle first: each interval, a tenant goes to the poller that
+    // takes its lease first, so on a busy machine one of the two may win every tenant for a while.
+    const { victim, started } = await waitFor(
+      () => {
+        for (const poller of pollers) {
+          const line = poller.lines.find(startedLate);
+          if (line) return { victim: poller, started: line };
+        }
+        return undefined;
+      },
+      { timeoutMs: 3 * INTERVAL_MS, intervalMs: 25, description: 'a cycle started by either poller' },
     );
+    survivor = pollers.find((poller) => poller !== victim) as ServiceProcess;
     await victim.kill();
     const killedAt = Date.now();
     const abandoned = JSON.parse(started) as { tenantId: string; cycleId: string };
@@ -247,7 +259,7 @@ describe('registrar and pollers as processes', () => {
       expect(next as number).toBeLessThanOrEqual(Math.max(due, killedAt + LEASE_MS) + SLACK_MS);
     }
     // The cycle the victim died in is redone by the survivor once the lease ran out, not an interval later.
-    const takeover = await (pollers[1] as ServiceProcess).waitForLine(
+    const takeover = await survivor.waitForLine(
       (line) =>
         line.includes('taking over an abandoned cycle') &&
         line.includes(`"abandonedCycleId":"${abandoned.cycleId}"`),
@@ -304,7 +316,7 @@ describe('registrar and pollers as processes', () => {
 
   it('the client secret should appear in no log line, no topic but urs.tenants (sealed), no REST answer, no metric', async () => {
     const metrics: string[] = [];
-    for (const service of [registrar, pollers[1] as ServiceProcess]) {
+    for (const service of [registrar, survivor]) {
       const port = portFrom(service.lines, 'started', 'metricsPort');
       metrics.push(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text());
     }
