@@ -127,15 +127,9 @@ async function readExport(client) {
  * pauses are this thread's.
  */
 async function readExportOnThread(client) {
-  const { WorkerExportFold } = require(join(root, 'services/vuln-fetcher/dist/export-fold'));
-  const fold = new WorkerExportFold();
-  try {
-    // The rows are counted on the fold thread, which does not report them.
-    await client.scanVulnerabilitiesByMachine(fold.sink);
-    return { devices: (await fold.fold()).size };
-  } finally {
-    await fold.close();
-  }
+  const { foldExportOnThread } = require(join(root, 'services/vuln-fetcher/dist/export-fold'));
+  // The rows are counted on the fold thread, which does not report them.
+  return { devices: (await foldExportOnThread(client)).size };
 }
 
 /** The device listing as the poller takes it: machines read, and the device records made of them. */

@@ -1,6 +1,12 @@
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { MalformedODataError, type ODataRest, type ODataSink } from '@urs/defender';
+import {
+  MalformedODataError,
+  type BulkOptions,
+  type DefenderClient,
+  type ODataRest,
+  type ODataSink,
+} from '@urs/defender';
 import { VulnerabilityFolder, type FoldState } from './summarise';
 
 /** Bytes handed to the fold thread at once. */
@@ -109,5 +115,19 @@ export class WorkerExportFold {
       this.waiting.set(request.id, { resolve, reject });
       this.worker.postMessage(request);
     });
+  }
+}
+
+/** A tenant's bulk export read by `client` and folded on a thread of its own (see WorkerExportFold). */
+export async function foldExportOnThread(
+  client: Pick<DefenderClient, 'scanVulnerabilitiesByMachine'>,
+  options?: BulkOptions,
+): Promise<VulnerabilityFolder> {
+  const fold = new WorkerExportFold();
+  try {
+    await client.scanVulnerabilitiesByMachine(fold.sink, options);
+    return await fold.fold();
+  } finally {
+    await fold.close();
   }
 }

@@ -210,12 +210,15 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     try {
       const folder = source.bulkFold ? await source.bulkFold(signal) : await foldHere(source, signal);
       // Summaries are made one device at a time while the cache writes them in slices.
-      const summaries = folder.summaries(batch.cvssThreshold);
-      const devices = folder.size;
       const collectedAt = now().toISOString();
-      await deps.bulkCache.save(batch.tenantId, batch.cycleId, summaries, collectedAt);
+      await deps.bulkCache.save(
+        batch.tenantId,
+        batch.cycleId,
+        folder.summaries(batch.cvssThreshold),
+        collectedAt,
+      );
       log.info('bulk export fetched', {
-        devicesWithVulnerabilities: devices,
+        devicesWithVulnerabilities: folder.size,
         durationMs: Date.now() - started,
       });
       await deps.tenants.updateStatus(batch.tenantId, {
@@ -223,7 +226,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         note:
           'vulnerabilities come from one bulk export (SoftwareVulnerabilitiesByMachine) per cycle: the fleet is too ' +
           "large for one call per device within the tenant's quota in one poll interval " +
-          `(last export ${collectedAt}: ${devices} devices with vulnerabilities)`,
+          `(last export ${collectedAt}: ${folder.size} devices with vulnerabilities)`,
       });
     } catch (error) {
       if (signal?.aborted) {

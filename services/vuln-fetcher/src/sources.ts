@@ -14,7 +14,7 @@ import type { Logger } from '@urs/logging';
 import type { Registry } from '@urs/telemetry';
 import { UrsError, errorCode } from '@urs/resilience';
 import type { SecretSealer } from '@urs/secrets';
-import { WorkerExportFold } from './export-fold';
+import { foldExportOnThread } from './export-fold';
 import type { VulnerabilityFolder, VulnerabilityLike } from './summarise';
 
 /** Where one tenant's vulnerabilities come from (the Defender API; a fake in unit tests). */
@@ -130,15 +130,7 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
         },
         ...(deps.foldThread
           ? {
-              bulkFold: async (signal?: AbortSignal) => {
-                const fold = new WorkerExportFold();
-                try {
-                  await client.scanVulnerabilitiesByMachine(fold.sink, exportOptions(signal));
-                  return await fold.fold();
-                } finally {
-                  await fold.close();
-                }
-              },
+              bulkFold: (signal?: AbortSignal) => foldExportOnThread(client, exportOptions(signal)),
             }
           : {}),
       };

@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MalformedODataError } from '@urs/defender';
+import { MalformedODataError, type ODataSink } from '@urs/defender';
 import { WorkerExportFold } from '../src/export-fold';
 import { VulnerabilityFolder } from '../src/summarise';
 
@@ -125,5 +125,30 @@ describe('WorkerExportFold', () => {
     const closed = new WorkerExportFold(WORKER);
     await closed.close();
     await expect(closed.fold()).rejects.toThrow(/closed/);
+  });
+
+  it('foldExportOnThread should fold what the client scans, and fail as its scan does', async () => {
+    // Compiled, as the thread it starts: the worker next to the module is its `.js` file in `dist`.
+    const { foldExportOnThread } = (await import(
+      join(__dirname, '../dist/export-fold.js')
+    )) as typeof import('../src/export-fold');
+    const rows = exportRows(400);
+    const invalid: string[] = [];
+    const client = {
+      async scanVulnerabilitiesByMachine(sink: (report: (reason: string) => void) => ODataSink) {
+        const page = sink((reason) => invalid.push(reason));
+        page.push(body([...rows, { cveId: 'CVE-1', cvssScore: 5 }]));
+        await page.end();
+        return { pages: 1 };
+      },
+    };
+    const folded = await foldExportOnThread(client);
+    const expected = foldedHere(rows);
+    expect(new Map(folded.summaries(7))).toEqual(new Map(expected.summaries(7)));
+    expect(invalid).toHaveLength(1);
+    const failing = {
+      scanVulnerabilitiesByMachine: () => Promise.reject(new Error('the export failed')),
+    };
+    await expect(foldExportOnThread(failing)).rejects.toThrow('the export failed');
   });
 });
