@@ -15,6 +15,7 @@ export type {
   VulnerabilitySummary,
   EnrichedDevice,
   EnrichedBatch,
+  VulnerabilityCorrection,
   DeviceIdentity,
   Contribution,
   SignalValue,

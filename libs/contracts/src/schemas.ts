@@ -213,6 +213,19 @@ export const enrichedBatchSchema = {
         },
       },
     },
+    corrections: {
+      type: 'array',
+      maxItems: 10_000,
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['deviceId', 'vulnerabilities'],
+        properties: {
+          deviceId: { type: 'string', minLength: 1 },
+          vulnerabilities: vulnerabilitySummary,
+        },
+      },
+    },
   },
   ...lastBatchCarriesTotals,
 } as const;
@@ -271,6 +284,19 @@ export const scoreBatchSchema = {
     ...cycleHeader,
     collectedAt: isoTime,
     scoredAt: isoTime,
+    replaces: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['bands', 'incomplete'],
+      properties: {
+        bands: {
+          type: 'object',
+          additionalProperties: false,
+          properties: Object.fromEntries(BAND_NAMES.map((band) => [band, { type: 'integer', minimum: 0 }])),
+        },
+        incomplete: { type: 'integer', minimum: 0 },
+      },
+    },
     devices: {
       type: 'array',
       maxItems: 10_000,

@@ -177,6 +177,18 @@ export interface EnrichedBatch extends CycleBatchHeader {
   /** When the batch's last vulnerability response arrived. */
   collectedAt: string;
   devices: EnrichedDevice[];
+  /**
+   * Devices of earlier batches of the cycle with their vulnerabilities as the cycle's own bulk export
+   * gives them: those batches were enriched from the tenant's previous export, and these summaries differ
+   * from it. Only on the correction batches a bulk cycle adds after its last batch (`devices` empty).
+   */
+  corrections?: VulnerabilityCorrection[];
+}
+
+/** A device's vulnerabilities as its cycle's bulk export gives them, in place of the ones it was scored with. */
+export interface VulnerabilityCorrection {
+  deviceId: string;
+  vulnerabilities: VulnerabilitySummary;
 }
 
 /** What VMS needs to enforce on a device. */
@@ -227,6 +239,11 @@ export interface ScoreBatch extends CycleBatchHeader {
   collectedAt: string;
   scoredAt: string;
   devices: ScoredDevice[];
+  /**
+   * On a correction batch: what its devices counted in the cycle before they were scored again (their
+   * bands, and how many were incomplete), so the cycle's summary moves them instead of counting them twice.
+   */
+  replaces?: { bands: Partial<Record<Band, number>>; incomplete: number };
 }
 
 /** `vms.risk-scores` (compacted, key `{tenantId}/{deviceId}`; a null value = the device is gone). */

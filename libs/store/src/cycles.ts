@@ -7,7 +7,10 @@ export interface CycleState {
   startedAt: string;
   /** Past this time the publisher closes the cycle as partial. */
   deadlineAt: string;
-  /** Known once the poller has listed every device. */
+  /**
+   * Known once the poller has listed every device: its batches, plus the correction batches the
+   * vuln-fetcher adds to a bulk cycle enriched from the tenant's previous export (`addCorrections`).
+   */
   totalBatches?: number;
   totalDevices?: number;
   listedAt?: string;
@@ -26,6 +29,12 @@ export interface CycleStore {
     cycleId: string,
     totals: { totalBatches: number; totalDevices: number; listedAt: string },
   ): Promise<void>;
+  /**
+   * The vuln-fetcher adds `batches` correction batches after the poller's last one (idempotent: the
+   * same call again changes nothing). Called before the last batch goes on, so the publisher never
+   * sees the poller's batches complete without them.
+   */
+  addCorrections(tenantId: string, cycleId: string, batches: number): Promise<void>;
   /**
    * Records a scored batch's statistics once: a redelivered batch is not counted twice.
    * Resolves whether this call recorded it, how many distinct batches are recorded now, and the
@@ -56,6 +65,11 @@ if redis.call('HSETNX', KEYS[1], 'published', ARGV[2]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1`;
 
+// KEYS[1] cycle hash; ARGV batches. Only on a cycle the poller began: never a hash without its expiry.
+const ADD_CORRECTIONS = `
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'correctionBatches', ARGV[1]) end
+return 0`;
+
 /** A cycle hash's fields as a CycleState; null when the poller never began the cycle (or it expired). */
 function toState(
   tenantId: string,
@@ -71,7 +85,8 @@ function toState(
     deadlineAt: fields['deadlineAt'],
     scoredBatches,
   };
-  if (fields['totalBatches'] !== undefined) state.totalBatches = Number(fields['totalBatches']);
+  if (fields['totalBatches'] !== undefined)
+    state.totalBatches = Number(fields['totalBatches']) + Number(fields['correctionBatches'] ?? 0);
   if (fields['totalDevices'] !== undefined) state.totalDevices = Number(fields['totalDevices']);
   if (fields['listedAt'] !== undefined) state.listedAt = fields['listedAt'];
   if (fields['published'] === 'complete' || fields['published'] === 'partial')
@@ -123,6 +138,9 @@ export function createCycleStore(
         'listedAt',
         totals.listedAt,
       );
+    },
+    async addCorrections(tenantId, cycleId, batches) {
+      await redis.eval(ADD_CORRECTIONS, 1, cycleKey(tenantId, cycleId), String(batches));
     },
     async recordBatch(tenantId, cycleId, batchIndex, stats) {
       const key = batchesKey(tenantId, cycleId);

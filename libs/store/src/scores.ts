@@ -45,11 +45,18 @@ export interface ScoreStore {
    * `cycleStartedAt`), and adds it to its cycle's history. Idempotent: saving the same batch again
    * changes nothing. `deviceJson`, when the caller has it, is each device's `JSON.stringify` (in the
    * order of `devices`), as text or UTF-8 bytes: the stored record is built around it instead of
-   * serialising the device again.
+   * serialising the device again. A `correction` (devices of the cycle scored again with its own bulk
+   * export, see the scorer) is newer than the cycle's first scores and older than the next cycle's.
    */
   saveScores(
     tenantId: string,
-    cycle: { cycleId: string; cycleStartedAt: string; collectedAt: string; scoredAt: string },
+    cycle: {
+      cycleId: string;
+      cycleStartedAt: string;
+      collectedAt: string;
+      scoredAt: string;
+      correction?: boolean;
+    },
     devices: ScoredDevice[],
     deviceJson?: readonly (string | Buffer)[],
   ): Promise<SaveScoresResult>;
@@ -158,7 +165,9 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
   return {
     async saveScores(tenantId, cycle, devices, deviceJson) {
       if (devices.length === 0) return { written: 0, skipped: [] };
-      const stamp = Date.parse(cycle.cycleStartedAt);
+      const { correction, ...storedCycle } = cycle;
+      // Cycles start whole milliseconds apart, so half a millisecond orders a correction between them.
+      const stamp = Date.parse(cycle.cycleStartedAt) + (correction ? 0.5 : 0);
       const keys = [
         scoresKey(tenantId),
         stampsKey(tenantId),
@@ -176,7 +185,7 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
       // The stored records go as bytes: with a Buffer argument ioredis writes the command into one buffer
       // sized for it, instead of joining ~1 MB of text into one string (a large V8 object on fresh pages,
       // then encoded again), which took most of the scorer's time in this call.
-      const head = Buffer.from(`${JSON.stringify({ tenantId, ...cycle }).slice(0, -1)},"device":`);
+      const head = Buffer.from(`${JSON.stringify({ tenantId, ...storedCycle }).slice(0, -1)},"device":`);
       for (const [index, device] of devices.entries()) {
         const entry: ScoreHistoryEntry = {
           cycleId: cycle.cycleId,

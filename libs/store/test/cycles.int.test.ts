@@ -35,6 +35,18 @@ describe('createCycleStore', () => {
     ]);
   });
 
+  it("addCorrections should add a bulk cycle's correction batches to its total, once, and only on a begun cycle", async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await cycles.addCorrections('acme', 'never-begun', 2);
+    expect(await redis.client.exists(`${redis.prefix}cycle:acme:never-begun`)).toBe(0);
+    await cycles.begin(begin);
+    await cycles.addCorrections('acme', 'c1', 2);
+    expect((await cycles.get('acme', 'c1'))?.totalBatches).toBeUndefined();
+    await cycles.listed('acme', 'c1', { totalBatches: 3, totalDevices: 1200, listedAt: begin.startedAt });
+    await cycles.addCorrections('acme', 'c1', 2);
+    expect(await cycles.get('acme', 'c1')).toMatchObject({ totalBatches: 5, totalDevices: 1200 });
+  });
+
   it('recordBatch should answer the cycle as get does after it, totals and claim included', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     await cycles.begin(begin);

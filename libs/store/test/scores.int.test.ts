@@ -38,6 +38,39 @@ describe('createScoreStore', () => {
     expect((await scores.history('t', 'd1')).map((s) => s.cycleId)).toEqual(['c2']);
   });
 
+  it("saveScores should store a cycle's correction over its scores, and never over the next cycle's", async () => {
+    const scores = createScoreStore(redis.client, redis.prefix);
+    const first = cycle('c1', '2026-01-01T10:00:00.000Z');
+    const correction = { ...cycle('c1', '2026-01-01T10:00:00.000Z'), correction: true };
+    await scores.saveScores('t', first, [device('d1', 10, 'Trustworthy'), device('d2', 20, 'Trustworthy')]);
+    expect(await scores.saveScores('t', correction, [device('d1', 55, 'Moderate Risk')])).toEqual({
+      written: 1,
+      skipped: [],
+    });
+    // Redelivered: the cycle's first score and the correction again both leave the correction stored.
+    expect(await scores.saveScores('t', first, [device('d1', 10, 'Trustworthy')])).toEqual({
+      written: 0,
+      skipped: ['d1'],
+    });
+    expect(await scores.saveScores('t', correction, [device('d1', 55, 'Moderate Risk')])).toEqual({
+      written: 0,
+      skipped: ['d1'],
+    });
+    const stored = await scores.getDeviceScore('t', 'd1');
+    expect(stored).toMatchObject({ cycleId: 'c1', device: { score: 55 } });
+    expect(stored).not.toHaveProperty('correction');
+    expect((await scores.history('t', 'd1')).map((entry) => [entry.cycleId, entry.score])).toEqual([
+      ['c1', 55],
+    ]);
+    const next = cycle('c2', '2026-01-01T10:10:00.000Z');
+    await scores.saveScores('t', next, [device('d2', 90, 'High Risk')]);
+    expect(await scores.saveScores('t', correction, [device('d2', 30, 'Low Risk')])).toEqual({
+      written: 0,
+      skipped: ['d2'],
+    });
+    expect((await scores.getDeviceScore('t', 'd2'))?.cycleId).toBe('c2');
+  });
+
   it('saveScores should keep newest-wins per device across a batch of several hundred', async () => {
     const scores = createScoreStore(redis.client, redis.prefix);
     const newer = cycle('c2', '2026-01-01T10:10:00.000Z');
@@ -237,6 +270,33 @@ describe('createBulkVulnerabilityCache', () => {
     );
     await cache.fail('t', 'c2', { code: 'X', message: 'no' });
     expect(await cache.state('t', 'c2')).toEqual({ state: 'failed', code: 'X', message: 'no' });
+  });
+
+  it("keepLatest should keep a done export as the tenant's latest past the cache's expiry, and let the one it replaces expire", async () => {
+    const cache = createBulkVulnerabilityCache(redis.client, redis.prefix, 60_000);
+    const summary = {
+      criticalCveCount: 0,
+      totalCveCount: 1,
+      maxCvss: 5,
+      cvssThreshold: 9,
+      topCveIds: ['CVE-1'],
+    };
+    const day = 24 * 60 * 60 * 1000;
+    expect(await cache.latest('t')).toBeNull();
+    await cache.keepLatest('t', 'c0', day);
+    expect(await cache.latest('t')).toBeNull();
+    await cache.save('t', 'c1', new Map([['d1', summary]]), '2026-01-01T10:00:00.000Z');
+    await cache.keepLatest('t', 'c1', day);
+    expect(await cache.latest('t')).toEqual({ cycleId: 'c1', collectedAt: '2026-01-01T10:00:00.000Z' });
+    expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c1`)).toBeGreaterThan(60_000);
+    await cache.save('t', 'c2', new Map([['d2', summary]]), '2026-01-01T10:10:00.000Z');
+    await cache.keepLatest('t', 'c2', day);
+    expect(await cache.latest('t')).toEqual({ cycleId: 'c2', collectedAt: '2026-01-01T10:10:00.000Z' });
+    expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c1`)).toBeLessThanOrEqual(60_000);
+    expect(await cache.readAll('t', 'c2')).toEqual(new Map([['d2', JSON.stringify(summary)]]));
+    // An export that is gone (flushed, evicted) is no latest, even if its pointer is still there.
+    await redis.client.del(`${redis.prefix}vuln-bulk:t:c2`);
+    expect(await cache.latest('t')).toBeNull();
   });
 
   it('save should write a large export in slices, each as it is produced, and mark it ready only at the end', async () => {

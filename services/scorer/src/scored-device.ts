@@ -1,4 +1,4 @@
-import type { Contribution, EnrichedDevice, ScoredDevice, SignalValue } from '@urs/contracts';
+import type { Contribution, DeviceRecord, EnrichedDevice, ScoredDevice, SignalValue } from '@urs/contracts';
 import type { ScoreResult } from '@urs/scoring';
 
 const text = (value: unknown): string | null =>
@@ -37,4 +37,40 @@ export function toScoredDevice(enriched: EnrichedDevice, result: ScoreResult): S
     profileHash: result.profileHash,
     vulnerabilities: enriched.vulnerabilities,
   };
+}
+
+/** The scored signals that are the machine record's own fields, by the record's field name. */
+const MACHINE_SIGNALS = [
+  ['riskScore', 'riskScore'],
+  ['exposureLevel', 'exposureLevel'],
+  ['defenderAvStatus', 'avStatus'],
+  ['onboardingStatus', 'onboarding'],
+  ['healthStatus', 'healthStatus'],
+] as const;
+
+/**
+ * The device record a scored device was scored from, as far as the model and VMS read it: its identity,
+ * and each machine signal's observed value (`lastSeen` is the signals' `at`). Scoring it again with the
+ * same vulnerabilities gives the same scored device, so a device can be scored again with other
+ * vulnerabilities without its machine record (a bulk cycle's correction, see the handler).
+ */
+export function deviceRecordOf(scored: ScoredDevice): DeviceRecord {
+  const record: DeviceRecord = {
+    id: scored.deviceId,
+    computerDnsName: scored.computerDnsName,
+    aadDeviceId: scored.aadDeviceId,
+    lastIpAddress: scored.lastIpAddress,
+    lastExternalIpAddress: scored.lastExternalIpAddress,
+    ipAddresses: scored.ipAddresses,
+    machineTags: scored.machineTags,
+    rbacGroupName: scored.rbacGroupName,
+  };
+  const fields = record as Record<string, unknown>;
+  for (const [field, signal] of MACHINE_SIGNALS) {
+    const observed = scored.signals[signal];
+    if (observed !== undefined && observed.value !== null) fields[field] = observed.value;
+  }
+  const seen = scored.signals['inactivity']?.at;
+  if (typeof seen === 'string') record.lastSeen = seen;
+  return record;
 }

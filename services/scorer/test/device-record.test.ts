@@ -7,7 +7,7 @@ import {
 } from '@urs/contracts';
 import { parseMachine } from '@urs/defender';
 import { compileProfile, scoreDevice } from '@urs/scoring';
-import { toScoredDevice } from '../src/scored-device';
+import { deviceRecordOf, toScoredDevice } from '../src/scored-device';
 
 // The poller sends each device as its DeviceRecord, not the whole listed machine: these tests check that
 // nothing downstream of it (the score, its explanation, the record VMS enforces on) can tell the two apart.
@@ -139,5 +139,19 @@ describe.each([
     expect(new Set(results.map((r) => r.score)).size).toBeGreaterThan(20);
     expect(results.some((r) => r.missing.length > 0)).toBe(true);
     expect(results.some((r) => r.missing.length === 0)).toBe(true);
+  });
+
+  it('should score again from its scored device alone, with the same or other vulnerabilities', () => {
+    machines.forEach((machine, i) => {
+      const first = downstream({ machine, vulnerabilities: summary(i) }, profile);
+      const stored = toScoredDevice({ machine, vulnerabilities: summary(i) }, first.result);
+      const record = deviceRecordOf(stored);
+      for (const vulnerabilities of [summary(i), summary(i + 1), summary(i + 3)]) {
+        const again = downstream({ machine: record, vulnerabilities }, profile);
+        const fresh = downstream({ machine, vulnerabilities }, profile);
+        expect({ id: machine.id, ...again.result }).toEqual({ id: machine.id, ...fresh.result });
+        expect(again.vms).toBe(fresh.vms);
+      }
+    });
   });
 });
