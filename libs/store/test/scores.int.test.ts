@@ -293,10 +293,47 @@ describe('createBulkVulnerabilityCache', () => {
     await cache.keepLatest('t', 'c2', day);
     expect(await cache.latest('t')).toEqual({ cycleId: 'c2', collectedAt: '2026-01-01T10:10:00.000Z' });
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c1`)).toBeLessThanOrEqual(60_000);
-    expect(await cache.readAll('t', 'c2')).toEqual(new Map([['d2', JSON.stringify(summary)]]));
     // An export that is gone (flushed, evicted) is no latest, even if its pointer is still there.
     await redis.client.del(`${redis.prefix}vuln-bulk:t:c2`);
     expect(await cache.latest('t')).toBeNull();
+  });
+
+  it('differences should name the new, changed and gone summaries between two exports, in slices', async () => {
+    const cache = createBulkVulnerabilityCache(redis.client, redis.prefix);
+    const summaryOf = (critical: number) => ({
+      criticalCveCount: critical,
+      totalCveCount: critical + 1,
+      maxCvss: 9.8,
+      cvssThreshold: 9,
+      topCveIds: ['CVE-1'],
+    });
+    const before = new Map<string, ReturnType<typeof summaryOf>>();
+    const after = new Map<string, ReturnType<typeof summaryOf>>();
+    for (let i = 0; i < 3_000; i++) {
+      if (i % 10 !== 0) before.set(`d${i}`, summaryOf(i % 4));
+      // Every 10th device is new, every 7th changed, every 13th gone; the rest as before.
+      if (i % 13 !== 0) after.set(`d${i}`, summaryOf(i % 7 === 0 ? 9 : i % 4));
+    }
+    await cache.save('t', 'c1', before, '2026-01-01T10:00:00.000Z');
+    await cache.save('t', 'c2', after, '2026-01-01T10:10:00.000Z');
+    const expected = new Map<string, string | null>();
+    for (const [id, summary] of after)
+      if (JSON.stringify(before.get(id)) !== JSON.stringify(summary))
+        expected.set(id, JSON.stringify(summary));
+    for (const id of before.keys()) if (!after.has(id)) expected.set(id, null);
+    const found = new Map<string, string | null>();
+    let slices = 0;
+    for await (const slice of cache.differences('t', 'c1', 'c2', 200)) {
+      slices++;
+      for (const [id, json] of slice) {
+        expect(found.has(id)).toBe(false);
+        found.set(id, json);
+      }
+    }
+    expect(found).toEqual(expected);
+    expect(expected.size).toBeGreaterThan(500);
+    expect(slices).toBeGreaterThan(2);
+    for await (const slice of cache.differences('t', 'c2', 'c2')) expect(slice).toEqual([]);
   });
 
   it('save should write a large export in slices, each as it is produced, and mark it ready only at the end', async () => {

@@ -46,6 +46,11 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
    */
   bulkFoldThread: boolean;
   /**
+   * Enrich a bulk cycle's batches from the tenant's latest export at once and read the cycle's own export
+   * last, then correct the devices it changed. Env `URS_BULK_EXPORT_LAST`, default true.
+   */
+  bulkExportLast: boolean;
+  /**
    * How long a call slot passes straight from one per-device call of this process to the next before it goes
    * back to the shared limiter, in ms; 0 asks Redis for a slot for every call. Env
    * `URS_DEFENDER_SLOT_HANDOFF_MS`, default 1000, at most 20000 (plus the 30 s request timeout it stays below the
@@ -73,6 +78,7 @@ export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
     bulkCacheTtlMs: readInt(env, 'URS_BULK_CACHE_TTL_MS', { fallback: 7_200_000, min: 60_000 }),
     bulkPageSize: readInt(env, 'URS_BULK_PAGE_SIZE', { fallback: 50_000, min: 1, max: 200_000 }),
     bulkFoldThread: readBool(env, 'URS_BULK_FOLD_THREAD', true),
+    bulkExportLast: readBool(env, 'URS_BULK_EXPORT_LAST', true),
     slotHandOffMs: readInt(env, 'URS_DEFENDER_SLOT_HANDOFF_MS', { fallback: 1_000, min: 0, max: 20_000 }),
   };
 }

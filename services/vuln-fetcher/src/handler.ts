@@ -6,10 +6,11 @@ import {
   type EnrichedDevice,
   type DeviceRecord,
   type TenantRecord,
+  type VulnerabilityCorrection,
 } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage, sleep } from '@urs/resilience';
-import type { BulkVulnerabilityCache, TenantStore } from '@urs/store';
+import type { BulkVulnerabilityCache, CycleStore, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import {
   isTenantWideCode,
@@ -23,6 +24,15 @@ export interface EnrichHandlerDeps {
   tenants: Pick<TenantStore, 'get' | 'updateStatus'>;
   sources: SourceProvider;
   bulkCache: BulkVulnerabilityCache;
+  /** Where a bulk cycle's correction batches are added to its total. */
+  cycles: Pick<CycleStore, 'addCorrections'>;
+  /**
+   * Bulk cycles read their export last: a batch is enriched at once from the tenant's latest export, and
+   * the cycle's own export is read with its last batch, which is followed by correction batches for the
+   * devices whose summary the new export changed. A tenant's first bulk cycle (no latest export) reads
+   * its export first, as without this. Default false.
+   */
+  exportLast?: boolean;
   publisher: Publisher;
   /** `urs.devices-enriched`. */
   topic: string;
@@ -57,6 +67,16 @@ const HEARTBEAT_EVERY_MS = 3_000;
 
 /** Tenant-wide failures remembered per cycle, so later batches of the cycle do not call again. */
 const REMEMBERED_FAILURES = 1000;
+
+/** Devices per correction batch: a summary is ~150 bytes, so ~150 KB a message. */
+const CORRECTIONS_PER_BATCH = 1000;
+
+/**
+ * How long a tenant's latest export is kept for its next cycle: two poll intervals (the next cycle may
+ * start late and take long) plus the two hours a cycle's own export is kept.
+ */
+const latestKeepMs = (record: TenantRecord): number =>
+  2 * record.defender.pollIntervalMinutes * 60_000 + 2 * 60 * 60_000;
 
 /**
  * A signal aborted once any of `signals` is (at once when one already is), and `release` to stop following
@@ -98,6 +118,12 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     'Device vulnerability lookups, by mode and outcome (ok, failed, skipped).',
   );
   const batches = deps.metrics.counter('urs_enriched_batches_total', 'Device batches enriched, by mode.');
+  const corrected = deps.metrics.counter(
+    'urs_bulk_corrections_total',
+    "Devices of bulk cycles corrected after the cycle's own export, having been enriched from the latest one.",
+  );
+  /** Batches being handled by this process, by `tenantId/cycleId`, then batch index. */
+  const handling = new Map<string, Map<number, Promise<void>>>();
 
   function rememberFailure(key: string, error: FetchError): void {
     failedCycles.set(key, error);
@@ -240,6 +266,57 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     }
   }
 
+  /** The batch enriched from a done export: the cycle's own, or the tenant's latest. */
+  async function fromExport(batch: DeviceBatch, cycleId: string, collectedAt: string): Promise<Enrichment> {
+    const ids = batch.devices.map((machine) => machine.id);
+    const summaries = await deps.bulkCache.read(batch.tenantId, cycleId, ids);
+    fetches.inc({ mode: 'bulk', outcome: 'ok' }, ids.length);
+    return {
+      devices: batch.devices.map((machine) => ({
+        machine,
+        vulnerabilities: summaries.get(machine.id) ?? emptySummary(batch.cvssThreshold),
+      })),
+      collectedAt: new Date(collectedAt),
+    };
+  }
+
+  /**
+   * The corrections a bulk cycle's last batch brings when its earlier batches were enriched from the
+   * tenant's latest export: every device whose summary the cycle's own export changed, in batches. None
+   * when the cycle's export is not done (it failed: those devices keep the latest export's
+   * vulnerabilities) or there was no latest export (the batches waited for the cycle's own).
+   */
+  async function corrections(batch: DeviceBatch): Promise<VulnerabilityCorrection[][]> {
+    if (batch.batchIndex === 0) return [];
+    const [own, latest] = await Promise.all([
+      deps.bulkCache.state(batch.tenantId, batch.cycleId),
+      deps.bulkCache.latest(batch.tenantId),
+    ]);
+    if (own.state !== 'ready' || latest === null || latest.cycleId === batch.cycleId) return [];
+    const empty = emptySummary(batch.cvssThreshold);
+    const parts: VulnerabilityCorrection[][] = [];
+    let part: VulnerabilityCorrection[] = [];
+    for await (const slice of deps.bulkCache.differences(batch.tenantId, latest.cycleId, batch.cycleId)) {
+      for (const [deviceId, json] of slice) {
+        part.push({ deviceId, vulnerabilities: json === null ? empty : (JSON.parse(json) as typeof empty) });
+        if (part.length === CORRECTIONS_PER_BATCH) {
+          parts.push(part);
+          part = [];
+        }
+      }
+    }
+    if (part.length > 0) parts.push(part);
+    return parts;
+  }
+
+  /** Waits until this process has handled every batch of the cycle before `batchIndex`. */
+  async function earlierHandled(cycleKey: string, batchIndex: number): Promise<void> {
+    const earlier = [...(handling.get(cycleKey) ?? new Map<number, Promise<void>>())]
+      .filter(([index]) => index < batchIndex)
+      .map(([, done]) => done.catch(() => undefined));
+    await Promise.all(earlier);
+  }
+
   async function bulk(
     batch: DeviceBatch,
     source: VulnerabilitySource,
@@ -250,17 +327,11 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const deadline = Date.now() + deps.bulkWaitMs;
     for (;;) {
       const state = await deps.bulkCache.state(batch.tenantId, batch.cycleId);
-      if (state.state === 'ready') {
-        const ids = batch.devices.map((machine) => machine.id);
-        const summaries = await deps.bulkCache.read(batch.tenantId, batch.cycleId, ids);
-        fetches.inc({ mode: 'bulk', outcome: 'ok' }, ids.length);
-        return {
-          devices: batch.devices.map((machine) => ({
-            machine,
-            vulnerabilities: summaries.get(machine.id) ?? emptySummary(batch.cvssThreshold),
-          })),
-          collectedAt: new Date(state.collectedAt),
-        };
+      if (state.state === 'ready') return fromExport(batch, batch.cycleId, state.collectedAt);
+      if (state.state === 'absent' && deps.exportLast && !batch.lastBatch) {
+        const latest = await deps.bulkCache.latest(batch.tenantId);
+        if (latest !== null && latest.cycleId !== batch.cycleId)
+          return fromExport(batch, latest.cycleId, latest.collectedAt);
       }
       if (state.state === 'failed') {
         const fetchError = { code: state.code, message: state.message };
@@ -312,11 +383,18 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     // The process stopping, or the runner giving this batch up (its partition moved to another replica).
     const interrupted = anyAborted([deps.signal, message.signal]);
     const beating = setInterval(() => void heartbeat(), HEARTBEAT_EVERY_MS);
+    const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
+    const ofCycle = handling.get(cycleKey) ?? new Map<number, Promise<void>>();
+    handling.set(cycleKey, ofCycle);
+    const done = handle(batch, heartbeat, interrupted.signal);
+    ofCycle.set(batch.batchIndex, done);
     try {
-      await handle(batch, heartbeat, interrupted.signal);
+      await done;
     } finally {
       clearInterval(beating);
       interrupted.release();
+      if (ofCycle.get(batch.batchIndex) === done) ofCycle.delete(batch.batchIndex);
+      if (ofCycle.size === 0 && handling.get(cycleKey) === ofCycle) handling.delete(cycleKey);
     }
   };
 
@@ -370,10 +448,42 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       vulnerabilityMode: batch.vulnerabilityMode,
       collectedAt: enrichment.collectedAt.toISOString(),
     };
-    await deps.publisher.send(deps.topic, 'urs/enriched-batch', [
-      deviceBatchMessage(batch.tenantId, header, enrichment.devices),
-    ]);
+    const exportLast =
+      deps.exportLast === true && record !== null && batch.vulnerabilityMode === 'bulk' && batch.lastBatch;
+    const parts = exportLast ? await corrections(batch) : [];
+    const messages = [deviceBatchMessage(batch.tenantId, header, enrichment.devices)];
+    if (parts.length > 0 && header.totalBatches !== undefined) {
+      // The publisher must count the corrections before the last batch can complete the cycle, and each
+      // correction must reach the scorer after the device's own batch: the earlier batches still handled
+      // here go first (the ones handled elsewhere were produced before their offsets were committed).
+      const poller = header.totalBatches;
+      await deps.cycles.addCorrections(batch.tenantId, batch.cycleId, parts.length);
+      await earlierHandled(cycleKey, batch.batchIndex);
+      header.totalBatches = poller + parts.length;
+      messages[0] = deviceBatchMessage(batch.tenantId, header, enrichment.devices);
+      parts.forEach((part, index) => {
+        const correction = {
+          ...cycleBatchHeader({ ...batch, lastBatch: false, batchIndex: poller + index }),
+          vulnerabilityMode: batch.vulnerabilityMode,
+          collectedAt: header.collectedAt,
+          corrections: part,
+        };
+        delete correction.totalBatches;
+        delete correction.totalDevices;
+        messages.push(deviceBatchMessage(batch.tenantId, correction, []));
+      });
+    }
+    await deps.publisher.send(deps.topic, 'urs/enriched-batch', messages);
     batches.inc({ mode: batch.vulnerabilityMode });
+    if (exportLast && record !== null) {
+      const devices = parts.reduce((sum, part) => sum + part.length, 0);
+      if (devices > 0) {
+        corrected.inc({}, devices);
+        log.info('bulk cycle corrected', { devices, batches: parts.length });
+      }
+      // Only now the next cycle reads from this export: a crash before it redoes the corrections.
+      await deps.bulkCache.keepLatest(batch.tenantId, batch.cycleId, latestKeepMs(record));
+    }
     const failed = enrichment.devices.filter((device) => device.vulnerabilities === null).length;
     log.info('batch enriched', { devices: enrichment.devices.length, failed, mode: batch.vulnerabilityMode });
   }

@@ -3,7 +3,7 @@ import { createConsumerRunner } from '@urs/bus';
 import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { createSecretSealer } from '@urs/secrets';
-import { createBulkVulnerabilityCache, createTenantStore } from '@urs/store';
+import { createBulkVulnerabilityCache, createCycleStore, createTenantStore } from '@urs/store';
 import { vulnFetcherConfig } from './config';
 import { createEnrichHandler } from './handler';
 import { createDefenderSources } from './sources';
@@ -45,6 +45,8 @@ void runService({
       tenants: createTenantStore(redis, prefix),
       sources,
       bulkCache: createBulkVulnerabilityCache(redis, prefix, own.bulkCacheTtlMs),
+      cycles: createCycleStore(redis, prefix),
+      exportLast: own.bulkExportLast,
       publisher,
       topic: config.topics.devicesEnriched,
       logger,
