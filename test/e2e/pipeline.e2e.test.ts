@@ -257,6 +257,54 @@ describe('the pipeline end to end', () => {
     expect(summary.devices.total).toBe(expected.size);
   });
 
+  it('a bulk cycle should correct the devices whose vulnerabilities its own export changed, and count each device in its final band', async () => {
+    const cvesOf = (id: string): number => criticalCves(sim.vulnerabilities(big.azureTenantId, id));
+    const donorId = sim.machines(big.azureTenantId).find((machine) => cvesOf(machine.id) >= 3)?.id as string;
+    const donor = sim.vulnerabilities(big.azureTenantId, donorId);
+    /** Scored devices whose score moves when their critical CVEs go from what they have to `cves`. */
+    const movedBy = (cves: number, count: number, besides: string[] = []): string[] =>
+      sim
+        .machines(big.azureTenantId)
+        .filter((machine) => machine.id !== donorId && !besides.includes(machine.id))
+        .filter((machine) => isScored(machine as Record<string, unknown>))
+        .filter((machine) => {
+          const record = machine as Record<string, unknown>;
+          const now = expectedScore(record, cvesOf(machine.id), Date.now());
+          return expectedScore(record, cves, Date.now()).score !== now.score;
+        })
+        .slice(0, count)
+        .map((machine) => machine.id);
+    // Fixed: every CVE of three devices gone. Exposed: three devices take the donor's critical CVEs.
+    const fixed = movedBy(0, 3);
+    const exposed = movedBy(criticalCves(donor), 3, fixed);
+    expect([fixed.length, exposed.length]).toEqual([3, 3]);
+    const changedAt = Date.now();
+    for (const id of fixed) sim.setVulnerabilities(big.azureTenantId, id, []);
+    for (const id of exposed) sim.setVulnerabilities(big.azureTenantId, id, donor);
+
+    const summary = await nextComplete(big.tenantId, changedAt);
+    const expected = expectedFleet(Date.parse(summary.cycleStartedAt));
+    const latest = pipeline.watch.latest<VmsRiskScore>(pipeline.topics.vmsRiskScores);
+    for (const id of [...fixed, ...exposed]) {
+      const want = expected.get(id) as Expected;
+      const record = latest.get(`${big.tenantId}/${id}`);
+      const got = {
+        id,
+        score: record?.score,
+        band: record?.band,
+        cves: record?.vulnerabilities?.criticalCveCount,
+      };
+      expect(got).toEqual({ id, score: want.score, band: want.band, cves: cvesOf(id) });
+      expect(record?.cycleId).toBe(summary.cycleId);
+    }
+    // The summary counts each device once, in the band of its corrected score.
+    const bands: Record<string, number> = {};
+    for (const want of expected.values()) bands[want.band] = (bands[want.band] ?? 0) + 1;
+    expect(Object.fromEntries(Object.entries(summary.bands).filter(([, count]) => count > 0))).toEqual(bands);
+    expect(summary.devices).toMatchObject({ total: expected.size, scored: expected.size, failed: 0 });
+    expect(summary.devices.incomplete).toBe([...expected.values()].filter((want) => want.incomplete).length);
+  });
+
   it('the scorer killed and restarted mid-cycle should leave the cycle complete with every device counted once', async () => {
     const killAfter = Date.now();
     // Mid-cycle: the first scored batch of a new cycle is out, the others are not yet all scored.

@@ -1,5 +1,6 @@
 import type { InboundMessage, Publisher } from '@urs/bus';
 import type { EnrichedBatch, ScoreBatch, ScoredDevice, TenantRecord } from '@urs/contracts';
+import type { StoredScore } from '@urs/store';
 import { silentLogger } from '@urs/logging';
 import { Registry } from '@urs/telemetry';
 import { inboundMessage } from '@urs/testkit';
@@ -82,8 +83,14 @@ function enriched(overrides: Partial<EnrichedBatch> = {}): EnrichedBatch {
 function setup(records: TenantRecord[] = []) {
   const sent: ScoreBatch[] = [];
   const sentJson: (string | Buffer | undefined)[] = [];
-  const saved: { tenantId: string; devices: ScoredDevice[]; deviceJson?: readonly (string | Buffer)[] }[] =
-    [];
+  const saved: {
+    tenantId: string;
+    cycle: { cycleId: string; correction?: boolean };
+    devices: ScoredDevice[];
+    deviceJson?: readonly (string | Buffer)[];
+  }[] = [];
+  /** The last score saved of each device, as the store would answer it. */
+  const latest = new Map<string, StoredScore>();
   const publisher: Publisher = {
     send: async (_topic, _contract, messages) => {
       for (const m of messages) {
@@ -102,10 +109,14 @@ function setup(records: TenantRecord[] = []) {
   const handler = createScoreHandler({
     profiles,
     scores: {
-      saveScores: async (tenantId, _cycle, devices, deviceJson) => {
-        saved.push({ tenantId, devices, ...(deviceJson ? { deviceJson } : {}) });
+      saveScores: async (tenantId, cycle, devices, deviceJson) => {
+        saved.push({ tenantId, cycle, devices, ...(deviceJson ? { deviceJson } : {}) });
+        for (const device of devices)
+          latest.set(device.deviceId, { tenantId, ...cycle, device } as unknown as StoredScore);
         return { written: devices.length, skipped: [] };
       },
+      getDeviceScores: async (_tenantId, deviceIds) =>
+        deviceIds.flatMap((id) => (latest.has(id) ? [latest.get(id) as StoredScore] : [])),
     },
     publisher,
     topic: 'urs.device-scores',
@@ -117,6 +128,49 @@ function setup(records: TenantRecord[] = []) {
 }
 
 describe('createScoreHandler', () => {
+  it("should score a correction's devices again from their scores of the cycle, and say what they counted before", async () => {
+    const { handler, sent, saved } = setup([tenantRecord('t1', 1, null)]);
+    await handler(inbound(enriched()));
+    const before = sent[0]?.devices[1] as ScoredDevice;
+    const vulnerabilities = {
+      criticalCveCount: 3,
+      totalCveCount: 4,
+      maxCvss: 9.6,
+      cvssThreshold: 9,
+      topCveIds: ['CVE-7', 'CVE-8', 'CVE-9'],
+    };
+    const correction = enriched({
+      batchIndex: 4,
+      lastBatch: false,
+      totalBatches: undefined,
+      totalDevices: undefined,
+      collectedAt: '2026-01-21T10:00:50.000Z',
+      devices: [],
+      // d9 was not scored in the cycle: left out.
+      corrections: [
+        { deviceId: 'd2', vulnerabilities },
+        { deviceId: 'd9', vulnerabilities },
+      ],
+    });
+    await handler(inbound(correction));
+    const out = sent[1] as ScoreBatch;
+    expect(out.devices.map((device) => device.deviceId)).toEqual(['d2']);
+    expect(out.replaces).toEqual({ bands: { [before.band]: 1 }, incomplete: 1 });
+    expect(saved[1]?.cycle.correction).toBe(true);
+    // The same as scoring d2's machine record with the corrected vulnerabilities in a batch of its own.
+    const d2 = enriched().devices[1] as EnrichedBatch['devices'][number];
+    await handler(
+      inbound(
+        enriched({
+          collectedAt: correction.collectedAt,
+          devices: [{ machine: d2.machine, vulnerabilities }],
+        }),
+      ),
+    );
+    expect(out.devices[0]).toEqual(sent[2]?.devices[0]);
+    expect(out.devices[0]?.score).not.toBe(before.score);
+  });
+
   it('should serialise each device once: the stored and the emitted JSON are exactly the values', async () => {
     const { handler, sent, sentJson, saved } = setup([tenantRecord('t1', 1, null)]);
     await handler(inbound(enriched()));
