@@ -17,11 +17,15 @@ export interface SummaryRecord {
 
 /** Watches `vms.risk-summary` while scenarios run, so the bench knows when a cycle completed. */
 export interface SummaryWatcher {
-  /** Resolves when every tenant has a summary (the first one of each), or rejects after `timeoutMs`. */
+  /**
+   * Resolves when every tenant has a summary (the first one of each, of a cycle not in `besides`), or
+   * rejects after `timeoutMs`.
+   */
   waitFor(
     tenantIds: string[],
     timeoutMs: number,
     abort?: () => string | undefined,
+    besides?: ReadonlySet<string>,
   ): Promise<Map<string, SummaryRecord>>;
   all(): SummaryRecord[];
   close(): Promise<void>;
@@ -46,12 +50,16 @@ export async function watchSummaries(kafka: Kafka, topic: string, groupId: strin
   });
   await Promise.race([isJoined, new Promise((resolve) => setTimeout(resolve, 30_000))]);
   return {
-    async waitFor(tenantIds, timeoutMs, abort) {
+    async waitFor(tenantIds, timeoutMs, abort, besides) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
         const found = new Map<string, SummaryRecord>();
         for (const record of records)
-          if (tenantIds.includes(record.value.tenantId) && !found.has(record.value.tenantId))
+          if (
+            tenantIds.includes(record.value.tenantId) &&
+            !found.has(record.value.tenantId) &&
+            !besides?.has(record.value.cycleId)
+          )
             found.set(record.value.tenantId, record);
         if (found.size === tenantIds.length) return found;
         const reason = abort?.();

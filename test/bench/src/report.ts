@@ -67,8 +67,11 @@ export interface FleetResult {
 export interface CycleLatency {
   scenario: string;
   tenantId: string;
-  /** How the cycle's vulnerabilities were collected: per-device calls or one bulk export. */
-  mode: 'per-device' | 'bulk';
+  /**
+   * How the cycle's vulnerabilities were collected: per-device calls, or one bulk export; `bulk-next` is a
+   * tenant's bulk cycle after its first (enriched from the latest export, its own read last).
+   */
+  mode: 'per-device' | 'bulk' | 'bulk-next';
   devices: number;
   collectToVmsMs: number;
   cycleMs: number;
@@ -197,7 +200,7 @@ export function cycleLatencies(results: ScenarioResult[]): CycleLatency[] {
     result.cycles.map((cycle) => ({
       scenario: result.spec.name,
       tenantId: cycle.tenantId,
-      mode: result.spec.mode,
+      mode: result.spec.nextCycle && result.spec.mode === 'bulk' ? ('bulk-next' as const) : result.spec.mode,
       devices: cycle.summary.devices.total,
       collectToVmsMs: cycle.collectToVmsMs,
       cycleMs: cycle.summaryAtMs - cycle.cycleStartedAtMs,

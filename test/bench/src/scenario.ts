@@ -40,6 +40,31 @@ export interface ScenarioSpec {
    * touched for the first time costs 1.3–16 µs on the build VM, depending on the day). Its records are left out of every count.
    */
   warmupDevices: number;
+  /**
+   * Measure each tenant's next cycle instead of its first: after the first summary, the vulnerabilities of
+   * `changedDevices` devices per tenant change in the simulator, and the scenario waits for the tenant's
+   * next summary (the poller's interval is `pollIntervalMinutes` of `URS_POLL_INTERVAL_UNIT_MS`, which the
+   * spec's `extraEnv` sets). Only the next cycle's records are counted; the usage window spans both.
+   */
+  nextCycle?: { changedDevices: number };
+}
+
+/**
+ * Changes the vulnerabilities of `count` devices of a tenant in the simulator: device i takes those of
+ * device i + count, so most of them change (a device may keep its critical count).
+ */
+async function changeVulnerabilities(
+  sim: SimulatorProcess,
+  azureTenantId: string,
+  count: number,
+): Promise<void> {
+  const machines = await sim.machines(azureTenantId, 0, count * 2);
+  const path = (id: unknown): string =>
+    `/_sim/tenants/${encodeURIComponent(azureTenantId)}/machines/${encodeURIComponent(String(id))}/vulnerabilities`;
+  for (let i = 0; i + count < machines.length; i++) {
+    const donor = await sim.call<{ value: unknown[] }>('GET', path(machines[i + count]?.['id']));
+    await sim.call('PUT', path(machines[i]?.['id']), donor.value);
+  }
 }
 
 export interface RunContext {
@@ -264,11 +289,24 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
       if (spec.staggerMs > 0) await sleep(spec.staggerMs);
     }
     await Promise.all(injections);
-    const summaries = await watcher.waitFor(
+    let summaries = await watcher.waitFor(
       tenants.map((tenant) => tenant.tenantId),
       spec.timeoutMs,
       () => live.crashed(),
     );
+    if (spec.nextCycle) {
+      for (const tenant of tenants)
+        await changeVulnerabilities(ctx.sim, tenant.azureTenantId, spec.nextCycle.changedDevices);
+      ctx.log(
+        `  first cycles done; ${spec.nextCycle.changedDevices} devices per tenant changed, waiting for the next`,
+      );
+      summaries = await watcher.waitFor(
+        tenants.map((tenant) => tenant.tenantId),
+        spec.timeoutMs,
+        () => live.crashed(),
+        new Set([...summaries.values()].map((summary) => summary.value.cycleId)),
+      );
+    }
     const windowMs = Date.now() - windowStart;
     const usageAfter = usageNow();
     const cpuAfter = pick(usageAfter, 'cpuSec');
