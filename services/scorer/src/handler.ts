@@ -105,7 +105,8 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
       corrections.map((correction) => correction.deviceId),
     );
     const before = new Map<string, ScoredDevice>();
-    for (const item of stored) if (item.cycleId === batch.cycleId) before.set(item.device.deviceId, item.device);
+    for (const item of stored)
+      if (item.cycleId === batch.cycleId) before.set(item.device.deviceId, item.device);
     const replaces: NonNullable<ScoreBatch['replaces']> = { bands: {}, incomplete: 0 };
     const devices: ScoredDevice[] = [];
     for (const { deviceId, vulnerabilities } of corrections) {

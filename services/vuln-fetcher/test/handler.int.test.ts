@@ -2,7 +2,7 @@ import type { Kafka } from 'kafkajs';
 import { createConsumerRunner, createPublisher, type ConsumerRunner, type Publisher } from '@urs/bus';
 import type { DeviceBatch, EnrichedBatch } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
-import { createBulkVulnerabilityCache, createTenantStore } from '@urs/store';
+import { createBulkVulnerabilityCache, createCycleStore, createTenantStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import {
   createTestKafka,
@@ -87,6 +87,7 @@ describe('createEnrichHandler under the consumer runner', () => {
       tenants,
       sources,
       bulkCache: createBulkVulnerabilityCache(redis.client, redis.prefix, 60_000),
+      cycles: createCycleStore(redis.client, redis.prefix),
       publisher,
       topic: enrichedTopic,
       logger: silentLogger,

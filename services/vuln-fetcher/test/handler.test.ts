@@ -59,6 +59,10 @@ function memoryBulkCache(): BulkVulnerabilityCache {
       const summaries = data.get(`${tenantId}/${cycleId}`);
       return new Map(ids.map((id) => [id, summaries?.get(id)]));
     },
+    // Reading the export last is tested against Redis (export-last.int.test.ts): here no export is kept.
+    latest: async () => null,
+    keepLatest: async () => undefined,
+    async *differences() {},
   };
 }
 
@@ -91,6 +95,7 @@ function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHa
     },
     sources,
     bulkCache,
+    cycles: { addCorrections: async () => undefined },
     publisher,
     topic: 'urs.devices-enriched',
     logger: silentLogger,
