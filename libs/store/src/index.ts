@@ -16,7 +16,7 @@ export type {
 export { createPublishedStore } from './published';
 export type { PublishedStore, PublishedDevice, DeviceScoreRef } from './published';
 export { createBulkVulnerabilityCache } from './vulnerability-cache';
-export type { BulkVulnerabilityCache, BulkExportState } from './vulnerability-cache';
+export type { BulkVulnerabilityCache, BulkExportState, LatestExport } from './vulnerability-cache';
 export { createPollScheduleStore } from './poll-schedule';
 export type { PollScheduleStore, PollLease, PollSchedule } from './poll-schedule';
 export { createRegistrarStateStore } from './registrar-state';

@@ -283,22 +283,30 @@ describe('createBulkVulnerabilityCache', () => {
     };
     const day = 24 * 60 * 60 * 1000;
     expect(await cache.latest('t')).toBeNull();
-    await cache.keepLatest('t', 'c0', day);
+    await cache.keepLatest('t', 'c0', 9, day);
     expect(await cache.latest('t')).toBeNull();
     await cache.save('t', 'c1', new Map([['d1', summary]]), '2026-01-01T10:00:00.000Z');
-    await cache.keepLatest('t', 'c1', day);
-    expect(await cache.latest('t')).toEqual({ cycleId: 'c1', collectedAt: '2026-01-01T10:00:00.000Z' });
+    await cache.keepLatest('t', 'c1', 9, day);
+    expect(await cache.latest('t')).toEqual({
+      cycleId: 'c1',
+      collectedAt: '2026-01-01T10:00:00.000Z',
+      cvssThreshold: 9,
+    });
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c1`)).toBeGreaterThan(60_000);
     await cache.save('t', 'c2', new Map([['d2', summary]]), '2026-01-01T10:10:00.000Z');
-    await cache.keepLatest('t', 'c2', day);
-    expect(await cache.latest('t')).toEqual({ cycleId: 'c2', collectedAt: '2026-01-01T10:10:00.000Z' });
+    await cache.keepLatest('t', 'c2', 7.5, day);
+    expect(await cache.latest('t')).toEqual({
+      cycleId: 'c2',
+      collectedAt: '2026-01-01T10:10:00.000Z',
+      cvssThreshold: 7.5,
+    });
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c1`)).toBeLessThanOrEqual(60_000);
     // An export that is gone (flushed, evicted) is no latest, even if its pointer is still there.
     await redis.client.del(`${redis.prefix}vuln-bulk:t:c2`);
     expect(await cache.latest('t')).toBeNull();
   });
 
-  it('differences should name the new, changed and gone summaries between two exports, in slices', async () => {
+  it('compare should name the new, changed and gone summaries of an export against the stored one, in slices', async () => {
     const cache = createBulkVulnerabilityCache(redis.client, redis.prefix);
     const summaryOf = (critical: number) => ({
       criticalCveCount: critical,
@@ -323,7 +331,7 @@ describe('createBulkVulnerabilityCache', () => {
     for (const id of before.keys()) if (!after.has(id)) expected.set(id, null);
     const found = new Map<string, string | null>();
     let slices = 0;
-    for await (const slice of cache.differences('t', 'c1', 'c2', 200)) {
+    for await (const slice of cache.compare('t', 'c1', cache.scan('t', 'c2', 200))) {
       slices++;
       for (const [id, json] of slice) {
         expect(found.has(id)).toBe(false);
@@ -333,7 +341,13 @@ describe('createBulkVulnerabilityCache', () => {
     expect(found).toEqual(expected);
     expect(expected.size).toBeGreaterThan(500);
     expect(slices).toBeGreaterThan(2);
-    for await (const slice of cache.differences('t', 'c2', 'c2')) expect(slice).toEqual([]);
+    for await (const slice of cache.compare('t', 'c2', cache.scan('t', 'c2'))) expect(slice).toEqual([]);
+    // Slices made in memory compare the same way: the JSON as `save` stores it.
+    const inMemory = [...after].map(([id, summary]): [string, string] => [id, JSON.stringify(summary)]);
+    const fromMemory = new Map<string, string | null>();
+    for await (const slice of cache.compare('t', 'c1', [inMemory.slice(0, 1000), inMemory.slice(1000)]))
+      for (const [id, json] of slice) fromMemory.set(id, json);
+    expect(fromMemory).toEqual(expected);
   });
 
   it('save should write a large export in slices, each as it is produced, and mark it ready only at the end', async () => {

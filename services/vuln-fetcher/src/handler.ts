@@ -10,7 +10,7 @@ import {
 } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage, sleep } from '@urs/resilience';
-import type { BulkVulnerabilityCache, CycleStore, TenantStore } from '@urs/store';
+import type { BulkVulnerabilityCache, CycleStore, LatestExport, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import {
   isTenantWideCode,
@@ -18,7 +18,7 @@ import {
   type SourceProvider,
   type VulnerabilitySource,
 } from './sources';
-import { VulnerabilityFolder, emptySummary, summariseVulnerabilities } from './summarise';
+import { VulnerabilityFolder, emptySummary, summariseVulnerabilities, summaryJsonSlices } from './summarise';
 
 export interface EnrichHandlerDeps {
   tenants: Pick<TenantStore, 'get' | 'updateStatus'>;
@@ -60,6 +60,10 @@ type FetchError = { code: string; message: string };
 interface Enrichment {
   devices: EnrichedDevice[];
   collectedAt: Date;
+  /** A bulk cycle's last batch that read the export itself: the corrections that follow it. */
+  corrections?: VulnerabilityCorrection[][];
+  /** What is left to do once the batch and its corrections are produced (store the export). */
+  afterSend?: () => Promise<void>;
 }
 
 /** How often a running batch heartbeats, in milliseconds (KafkaJS's default heartbeat interval). */
@@ -122,6 +126,11 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     'urs_bulk_corrections_total',
     "Devices of bulk cycles corrected after the cycle's own export, having been enriched from the latest one.",
   );
+  /**
+   * The cycles whose export claim a batch handled here holds, with that batch's index: the claim is held
+   * until the batch ends (a last batch that reads the export last stores it only after producing).
+   */
+  const claims = new Map<string, number>();
   /** Batches being handled by this process, by `tenantId/cycleId`, then batch index. */
   const handling = new Map<string, Map<number, Promise<void>>>();
 
@@ -226,6 +235,68 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     return folder;
   }
 
+  /**
+   * Reads the cycle's export under this process's claim. Null when it failed: then the cycle's batches
+   * find it failed in the cache, and go on without vulnerabilities.
+   */
+  async function readExport(
+    batch: DeviceBatch,
+    source: VulnerabilitySource,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<VulnerabilityFolder | null> {
+    try {
+      return source.bulkFold ? await source.bulkFold(signal) : await foldHere(source, signal);
+    } catch (error) {
+      await exportFailed(batch, error, log, signal);
+      return null;
+    }
+  }
+
+  async function exportFailed(
+    batch: DeviceBatch,
+    error: unknown,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    if (signal?.aborted) {
+      // Stopping: another replica (or this one, restarted) takes the export over at once.
+      await deps.bulkCache.release(batch.tenantId, batch.cycleId, owner);
+      throwIfStopping(signal);
+    }
+    const fetchError = { code: errorCode(error), message: errorMessage(error) };
+    log.warn('bulk export failed', fetchError);
+    await deps.bulkCache.fail(batch.tenantId, batch.cycleId, fetchError);
+  }
+
+  /** Stores a read export for the cycle's batches (marking it done), and notes it in the tenant's status. */
+  async function storeExport(
+    batch: DeviceBatch,
+    folder: VulnerabilityFolder,
+    collectedAt: string,
+    log: Logger,
+    started: number,
+  ): Promise<void> {
+    // Summaries are made one device at a time while the cache writes them in slices.
+    await deps.bulkCache.save(
+      batch.tenantId,
+      batch.cycleId,
+      folder.summaries(batch.cvssThreshold),
+      collectedAt,
+    );
+    log.info('bulk export fetched', {
+      devicesWithVulnerabilities: folder.size,
+      durationMs: Date.now() - started,
+    });
+    await deps.tenants.updateStatus(batch.tenantId, {
+      vulnerabilityMode: 'bulk',
+      note:
+        'vulnerabilities come from one bulk export (SoftwareVulnerabilitiesByMachine) per cycle: the fleet is too ' +
+        "large for one call per device within the tenant's quota in one poll interval " +
+        `(last export ${collectedAt}: ${folder.size} devices with vulnerabilities)`,
+    });
+  }
+
   async function runBulkExport(
     batch: DeviceBatch,
     source: VulnerabilitySource,
@@ -233,37 +304,61 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     signal: AbortSignal | undefined,
   ): Promise<void> {
     const started = Date.now();
+    const folder = await readExport(batch, source, log, signal);
+    if (folder === null) return;
     try {
-      const folder = source.bulkFold ? await source.bulkFold(signal) : await foldHere(source, signal);
-      // Summaries are made one device at a time while the cache writes them in slices.
-      const collectedAt = now().toISOString();
-      await deps.bulkCache.save(
-        batch.tenantId,
-        batch.cycleId,
-        folder.summaries(batch.cvssThreshold),
-        collectedAt,
-      );
-      log.info('bulk export fetched', {
-        devicesWithVulnerabilities: folder.size,
-        durationMs: Date.now() - started,
-      });
-      await deps.tenants.updateStatus(batch.tenantId, {
-        vulnerabilityMode: 'bulk',
-        note:
-          'vulnerabilities come from one bulk export (SoftwareVulnerabilitiesByMachine) per cycle: the fleet is too ' +
-          "large for one call per device within the tenant's quota in one poll interval " +
-          `(last export ${collectedAt}: ${folder.size} devices with vulnerabilities)`,
-      });
+      await storeExport(batch, folder, now().toISOString(), log, started);
     } catch (error) {
-      if (signal?.aborted) {
-        // Stopping: another replica (or this one, restarted) takes the export over at once.
-        await deps.bulkCache.release(batch.tenantId, batch.cycleId, owner);
-        throwIfStopping(signal);
-      }
-      const fetchError = { code: errorCode(error), message: errorMessage(error) };
-      log.warn('bulk export failed', fetchError);
-      await deps.bulkCache.fail(batch.tenantId, batch.cycleId, fetchError);
+      await exportFailed(batch, error, log, signal);
     }
+  }
+
+  /**
+   * A bulk cycle's last batch that reads the cycle's export itself, its earlier batches having been
+   * enriched from the tenant's latest export: the batch from the export in memory, and the corrections of
+   * every device the export changed, compared with the latest one in Redis. The export is stored only
+   * after they are produced (`afterSend`): the cycle's summary does not wait for ~100,000 summaries to be
+   * written. Until then the claim stays this process's: if anything fails on the way, the batch fails and,
+   * handled again here, takes its own claim back (see `bulk`); elsewhere, the claim lapses.
+   */
+  async function lastFromExport(
+    batch: DeviceBatch,
+    source: VulnerabilitySource,
+    latest: LatestExport,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<Enrichment | null> {
+    const started = Date.now();
+    const folder = await readExport(batch, source, log, signal);
+    if (folder === null) return null;
+    const collectedAt = now();
+    const threshold = batch.cvssThreshold;
+    const devices = batch.devices.map((machine) => ({
+      machine,
+      vulnerabilities: folder.summaryOf(machine.id, threshold) ?? emptySummary(threshold),
+    }));
+    fetches.inc({ mode: 'bulk', outcome: 'ok' }, devices.length);
+    const changed = deps.bulkCache.compare(
+      batch.tenantId,
+      latest.cycleId,
+      summaryJsonSlices(folder, threshold),
+    );
+    return {
+      devices,
+      collectedAt,
+      corrections: await correctionParts(changed, threshold),
+      afterSend: () => storeExport(batch, folder, collectedAt.toISOString(), log, started),
+    };
+  }
+
+  /**
+   * The tenant's latest export if the batch may be enriched from it: another cycle's, counted at the
+   * batch's CVSS threshold (after a change of threshold the cycle reads its own export first, instead of
+   * correcting every device with a CVE).
+   */
+  function usable(batch: DeviceBatch, latest: LatestExport | null): LatestExport | null {
+    if (latest === null || latest.cycleId === batch.cycleId) return null;
+    return latest.cvssThreshold === batch.cvssThreshold ? latest : null;
   }
 
   /** The batch enriched from a done export: the cycle's own, or the tenant's latest. */
@@ -282,21 +377,35 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
 
   /**
    * The corrections a bulk cycle's last batch brings when its earlier batches were enriched from the
-   * tenant's latest export: every device whose summary the cycle's own export changed, in batches. None
-   * when the cycle's export is not done (it failed: those devices keep the latest export's
-   * vulnerabilities) or there was no latest export (the batches waited for the cycle's own).
+   * tenant's latest export and the cycle's own export is already stored (another replica read it, or this
+   * batch comes again): every device whose summary the export changed. None when the cycle's export is not
+   * done (it failed: those devices keep the latest export's vulnerabilities) or there was no usable latest
+   * export (the batches waited for the cycle's own).
    */
-  async function corrections(batch: DeviceBatch): Promise<VulnerabilityCorrection[][]> {
+  async function storedCorrections(batch: DeviceBatch): Promise<VulnerabilityCorrection[][]> {
     if (batch.batchIndex === 0) return [];
-    const [own, latest] = await Promise.all([
+    const [own, kept] = await Promise.all([
       deps.bulkCache.state(batch.tenantId, batch.cycleId),
       deps.bulkCache.latest(batch.tenantId),
     ]);
-    if (own.state !== 'ready' || latest === null || latest.cycleId === batch.cycleId) return [];
-    const empty = emptySummary(batch.cvssThreshold);
+    const latest = usable(batch, kept);
+    if (own.state !== 'ready' || latest === null) return [];
+    const stored = deps.bulkCache.scan(batch.tenantId, batch.cycleId);
+    return correctionParts(
+      deps.bulkCache.compare(batch.tenantId, latest.cycleId, stored),
+      batch.cvssThreshold,
+    );
+  }
+
+  /** Changed summaries as correction batches of CORRECTIONS_PER_BATCH devices. */
+  async function correctionParts(
+    changed: AsyncIterable<[string, string | null][]>,
+    cvssThreshold: number,
+  ): Promise<VulnerabilityCorrection[][]> {
+    const empty = emptySummary(cvssThreshold);
     const parts: VulnerabilityCorrection[][] = [];
     let part: VulnerabilityCorrection[] = [];
-    for await (const slice of deps.bulkCache.differences(batch.tenantId, latest.cycleId, batch.cycleId)) {
+    for await (const slice of changed) {
       for (const [deviceId, json] of slice) {
         part.push({ deviceId, vulnerabilities: json === null ? empty : (JSON.parse(json) as typeof empty) });
         if (part.length === CORRECTIONS_PER_BATCH) {
@@ -307,6 +416,26 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     }
     if (part.length > 0) parts.push(part);
     return parts;
+  }
+
+  /** A correction batch's header: after the poller's batches, without totals (the last batch has them). */
+  function correctionHeader(
+    batch: DeviceBatch,
+    batchIndex: number,
+    collectedAt: string,
+    corrections: VulnerabilityCorrection[],
+  ) {
+    return {
+      schemaVersion: 1 as const,
+      tenantId: batch.tenantId,
+      cycleId: batch.cycleId,
+      cycleStartedAt: batch.cycleStartedAt,
+      batchIndex,
+      lastBatch: false,
+      vulnerabilityMode: batch.vulnerabilityMode,
+      collectedAt,
+      corrections,
+    };
   }
 
   /** Waits until this process has handled every batch of the cycle before `batchIndex`. */
@@ -325,13 +454,17 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     signal: AbortSignal | undefined,
   ): Promise<Enrichment & { tenantFailure?: FetchError }> {
     const deadline = Date.now() + deps.bulkWaitMs;
+    // The cycle's last batch reads the export itself when the earlier ones were enriched from the latest.
+    const readLast =
+      deps.exportLast && batch.lastBatch && batch.batchIndex > 0
+        ? usable(batch, await deps.bulkCache.latest(batch.tenantId))
+        : null;
     for (;;) {
       const state = await deps.bulkCache.state(batch.tenantId, batch.cycleId);
       if (state.state === 'ready') return fromExport(batch, batch.cycleId, state.collectedAt);
       if (state.state === 'absent' && deps.exportLast && !batch.lastBatch) {
-        const latest = await deps.bulkCache.latest(batch.tenantId);
-        if (latest !== null && latest.cycleId !== batch.cycleId)
-          return fromExport(batch, latest.cycleId, latest.collectedAt);
+        const latest = usable(batch, await deps.bulkCache.latest(batch.tenantId));
+        if (latest !== null) return fromExport(batch, latest.cycleId, latest.collectedAt);
       }
       if (state.state === 'failed') {
         const fetchError = { code: state.code, message: state.message };
@@ -343,14 +476,21 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         };
       }
       const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
+      // A claim of this process that no batch handled here holds was left by a failed try of a batch.
+      const leftHere = state.state === 'pending' && state.owner === owner && !claims.has(cycleKey);
       if (
-        state.state === 'absent' &&
-        (await deps.bulkCache.claim(batch.tenantId, batch.cycleId, owner, deps.bulkClaimMs))
+        leftHere ||
+        (state.state === 'absent' &&
+          (await deps.bulkCache.claim(batch.tenantId, batch.cycleId, owner, deps.bulkClaimMs)))
       ) {
+        claims.set(cycleKey, batch.batchIndex);
         const ended = new AbortController();
         runningExports.set(cycleKey, ended);
         try {
-          await runBulkExport(batch, source, log, signal);
+          if (readLast) {
+            const last = await lastFromExport(batch, source, readLast, log, signal);
+            if (last !== null) return last;
+          } else await runBulkExport(batch, source, log, signal);
         } finally {
           runningExports.delete(cycleKey);
           ended.abort();
@@ -394,6 +534,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       clearInterval(beating);
       interrupted.release();
       if (ofCycle.get(batch.batchIndex) === done) ofCycle.delete(batch.batchIndex);
+      if (claims.get(cycleKey) === batch.batchIndex) claims.delete(cycleKey);
       if (ofCycle.size === 0 && handling.get(cycleKey) === ofCycle) handling.delete(cycleKey);
     }
   };
@@ -450,30 +591,28 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     };
     const exportLast =
       deps.exportLast === true && record !== null && batch.vulnerabilityMode === 'bulk' && batch.lastBatch;
-    const parts = exportLast ? await corrections(batch) : [];
-    const messages = [deviceBatchMessage(batch.tenantId, header, enrichment.devices)];
-    if (parts.length > 0 && header.totalBatches !== undefined) {
+    const parts = enrichment.corrections ?? (exportLast ? await storedCorrections(batch) : []);
+    const poller = header.totalBatches ?? batch.batchIndex + 1;
+    if (parts.length > 0) {
       // The publisher must count the corrections before the last batch can complete the cycle, and each
       // correction must reach the scorer after the device's own batch: the earlier batches still handled
       // here go first (the ones handled elsewhere were produced before their offsets were committed).
-      const poller = header.totalBatches;
       await deps.cycles.addCorrections(batch.tenantId, batch.cycleId, parts.length);
       await earlierHandled(cycleKey, batch.batchIndex);
       header.totalBatches = poller + parts.length;
-      messages[0] = deviceBatchMessage(batch.tenantId, header, enrichment.devices);
-      parts.forEach((part, index) => {
-        const correction = {
-          ...cycleBatchHeader({ ...batch, lastBatch: false, batchIndex: poller + index }),
-          vulnerabilityMode: batch.vulnerabilityMode,
-          collectedAt: header.collectedAt,
-          corrections: part,
-        };
-        delete correction.totalBatches;
-        delete correction.totalDevices;
-        messages.push(deviceBatchMessage(batch.tenantId, correction, []));
-      });
     }
+    const messages = [
+      deviceBatchMessage(batch.tenantId, header, enrichment.devices),
+      ...parts.map((part, index) =>
+        deviceBatchMessage(
+          batch.tenantId,
+          correctionHeader(batch, poller + index, header.collectedAt, part),
+          [],
+        ),
+      ),
+    ];
     await deps.publisher.send(deps.topic, 'urs/enriched-batch', messages);
+    await enrichment.afterSend?.();
     batches.inc({ mode: batch.vulnerabilityMode });
     if (exportLast && record !== null) {
       const devices = parts.reduce((sum, part) => sum + part.length, 0);
@@ -482,7 +621,12 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         log.info('bulk cycle corrected', { devices, batches: parts.length });
       }
       // Only now the next cycle reads from this export: a crash before it redoes the corrections.
-      await deps.bulkCache.keepLatest(batch.tenantId, batch.cycleId, latestKeepMs(record));
+      await deps.bulkCache.keepLatest(
+        batch.tenantId,
+        batch.cycleId,
+        batch.cvssThreshold,
+        latestKeepMs(record),
+      );
     }
     const failed = enrichment.devices.filter((device) => device.vulnerabilities === null).length;
     log.info('batch enriched', { devices: enrichment.devices.length, failed, mode: batch.vulnerabilityMode });

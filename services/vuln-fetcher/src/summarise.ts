@@ -141,6 +141,12 @@ export class VulnerabilityFolder {
     for (const [deviceId, run] of this.lastRun) yield [deviceId, this.summaryFrom(run, cvssThreshold)];
   }
 
+  /** One device's summary at the cycle's threshold; undefined when the export did not list it. */
+  summaryOf(deviceId: string, cvssThreshold: number): VulnerabilitySummary | undefined {
+    const run = this.lastRun.get(deviceId);
+    return run === undefined ? undefined : this.summaryFrom(run, cvssThreshold);
+  }
+
   /** The summary of the device whose latest run is `run`, over all its runs. */
   private summaryFrom(run: number, cvssThreshold: number): VulnerabilitySummary {
     const best = new Map<string, number>();
@@ -210,6 +216,26 @@ export class VulnerabilityFolder {
 }
 
 /** The summary of a device the bulk export does not list: it has no known vulnerability. */
+/**
+ * The fold's summaries as JSON (as the bulk cache stores them), in slices of `size` devices: what the
+ * cache compares with a stored export without the fold's summaries all existing at once.
+ */
+export function* summaryJsonSlices(
+  folder: VulnerabilityFolder,
+  cvssThreshold: number,
+  size = 1000,
+): Generator<[string, string][]> {
+  let slice: [string, string][] = [];
+  for (const [deviceId, summary] of folder.summaries(cvssThreshold)) {
+    slice.push([deviceId, JSON.stringify(summary)]);
+    if (slice.length === size) {
+      yield slice;
+      slice = [];
+    }
+  }
+  if (slice.length > 0) yield slice;
+}
+
 export function emptySummary(cvssThreshold: number): VulnerabilitySummary {
   return { criticalCveCount: 0, totalCveCount: 0, maxCvss: null, cvssThreshold, topCveIds: [] };
 }

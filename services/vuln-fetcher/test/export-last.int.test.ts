@@ -20,14 +20,14 @@ const record = {
 const cve = (id: string, cvssV3: number): VulnerabilityLike => ({ id, cvssV3 });
 
 /** A cycle of two batches: d1–d3, then d4–d5 with the totals. */
-function cycleBatches(cycleId: string, startedAt: string): [DeviceBatch, DeviceBatch] {
+function cycleBatches(cycleId: string, startedAt: string, cvssThreshold = 9): [DeviceBatch, DeviceBatch] {
   const header = {
     schemaVersion: 1 as const,
     tenantId: 't1',
     cycleId,
     cycleStartedAt: startedAt,
     vulnerabilityMode: 'bulk' as const,
-    cvssThreshold: 9,
+    cvssThreshold,
   };
   return [
     { ...header, batchIndex: 0, lastBatch: false, devices: [{ id: 'd1' }, { id: 'd2' }, { id: 'd3' }] },
@@ -47,8 +47,14 @@ describe('a bulk cycle that reads its export last', () => {
 
   function setup() {
     const sent: EnrichedBatch[] = [];
+    /** Sends that fail before they reach the topic, from the next one on. */
+    const failing = { sends: 0 };
     const publisher: Publisher = {
       send: async (_topic, _contract, messages) => {
+        if (failing.sends > 0) {
+          failing.sends--;
+          throw new Error('the broker is unreachable');
+        }
         for (const m of messages) sent.push(m.value as EnrichedBatch);
       },
       sendRaw: async () => undefined,
@@ -88,7 +94,7 @@ describe('a bulk cycle that reads its export last', () => {
     });
     const handle = (batch: DeviceBatch) =>
       handler(inboundMessage(batch, { topic: 'urs.device-batches', key: batch.tenantId }));
-    return { handle, sent, exported, bulkCache, cycles };
+    return { handle, sent, exported, bulkCache, cycles, failing };
   }
 
   const critical = (batch: EnrichedBatch | undefined) =>
@@ -185,5 +191,88 @@ describe('a bulk cycle that reads its export last', () => {
     ]);
     expect(sent).toHaveLength(2);
     expect((await bulkCache.latest('t1'))?.cycleId).toBe('c1');
+  });
+
+  it('should read the export first again when the CVSS threshold changed since the latest export', async () => {
+    const { handle, sent, exported, bulkCache } = setup();
+    exported.rows = new Map([['d1', [cve('CVE-1', 8.1)]]]);
+    const [first0, first1] = cycleBatches('c1', '2026-01-01T10:00:00.000Z');
+    await handle(first0);
+    await handle(first1);
+    sent.length = 0;
+    const [next0, next1] = cycleBatches('c2', '2026-01-01T10:10:00.000Z', 8);
+    await handle(next0);
+    expect(exported.calls).toBe(2);
+    expect(critical(sent[0])).toEqual({ d1: 1, d2: 0, d3: 0 });
+    await handle(next1);
+    expect(sent.map((batch) => [batch.batchIndex, batch.corrections?.length])).toEqual([
+      [0, undefined],
+      [1, undefined],
+    ]);
+    expect(await bulkCache.latest('t1')).toMatchObject({ cycleId: 'c2', cvssThreshold: 8 });
+  });
+
+  /** Runs a first cycle (c1) and the next one's first batch; resolves the next one's last batch. */
+  async function twoCycles(setupDone: ReturnType<typeof setup>): Promise<DeviceBatch> {
+    const { handle, exported, cycles } = setupDone;
+    exported.rows = new Map([
+      ['d1', [cve('CVE-1', 9.8)]],
+      ['d4', [cve('CVE-4', 9.1)]],
+    ]);
+    const [first0, first1] = cycleBatches('c1', '2026-01-01T10:00:00.000Z');
+    await handle(first0);
+    await handle(first1);
+    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
+    const [next0, next1] = cycleBatches('c2', '2026-01-01T10:10:00.000Z');
+    await cycles.begin({
+      tenantId: 't1',
+      cycleId: 'c2',
+      startedAt: next0.cycleStartedAt,
+      deadlineAt: new Date(Date.now() + 600_000).toISOString(),
+    });
+    await handle(next0);
+    return next1;
+  }
+
+  const correctedIds = (sent: EnrichedBatch[]): string[] =>
+    sent.flatMap((batch) => (batch.corrections ?? []).map((item) => item.deviceId)).sort();
+
+  it('should store the export only once the batch and its corrections are produced, and try again whole when they are not', async () => {
+    const context = setup();
+    const { handle, sent, exported, bulkCache, failing } = context;
+    const last = await twoCycles(context);
+    sent.length = 0;
+    failing.sends = 1;
+    await expect(handle(last)).rejects.toThrow('the broker is unreachable');
+    expect(exported.calls).toBe(2);
+    // Nothing was stored: the next cycle would still read the latest export, and this batch's claim is
+    // still held, by this process.
+    expect(await bulkCache.state('t1', 'c2')).toMatchObject({ state: 'pending' });
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c1');
+    await handle(last);
+    expect(exported.calls).toBe(3);
+    expect(sent.map((batch) => batch.batchIndex)).toEqual([1, 2]);
+    expect(correctedIds(sent)).toEqual(['d1', 'd2', 'd4']);
+    expect(await bulkCache.state('t1', 'c2')).toMatchObject({ state: 'ready' });
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
+  });
+
+  it('should correct from the stored export when the last batch comes again after the export was stored', async () => {
+    const context = setup();
+    const { handle, sent, exported, bulkCache } = context;
+    const last = await twoCycles(context);
+    await handle(last);
+    const first = correctedIds(sent);
+    expect(first).toEqual(['d1', 'd2', 'd4']);
+    // Handled again as if the process stopped before c2 became the latest: same corrections, no new read.
+    await bulkCache.keepLatest('t1', 'c1', 9, 60_000);
+    sent.length = 0;
+    await handle(last);
+    expect(exported.calls).toBe(2);
+    expect(sent.map((batch) => [batch.batchIndex, batch.totalBatches])).toEqual([
+      [1, 3],
+      [2, undefined],
+    ]);
+    expect(correctedIds(sent)).toEqual(first);
   });
 });
