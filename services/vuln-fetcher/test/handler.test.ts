@@ -62,7 +62,8 @@ function memoryBulkCache(): BulkVulnerabilityCache {
     // Reading the export last is tested against Redis (export-last.int.test.ts): here no export is kept.
     latest: async () => null,
     keepLatest: async () => undefined,
-    async *differences() {},
+    async *scan() {},
+    async *compare() {},
   };
 }
 
