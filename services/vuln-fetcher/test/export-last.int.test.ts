@@ -97,13 +97,34 @@ describe('a bulk cycle that reads its export last', () => {
     return { handle, sent, exported, bulkCache, cycles, failing };
   }
 
+  /** Runs the tenant's first bulk cycle (c1) with these export rows, and forgets what it sent. */
+  async function firstCycle(context: ReturnType<typeof setup>, rows: [string, VulnerabilityLike[]][]) {
+    context.exported.rows = new Map(rows);
+    for (const batch of cycleBatches('c1', '2026-01-01T10:00:00.000Z')) await context.handle(batch);
+    context.sent.length = 0;
+  }
+
+  /** The next cycle's (c2) batches, the cycle begun in the cycle store as the poller begins it. */
+  async function nextCycle(context: ReturnType<typeof setup>, cvssThreshold = 9) {
+    const batches = cycleBatches('c2', '2026-01-01T10:10:00.000Z', cvssThreshold);
+    await context.cycles.begin({
+      tenantId: 't1',
+      cycleId: 'c2',
+      startedAt: batches[0].cycleStartedAt,
+      // The cycle's keys expire a day after its deadline: a deadline from now keeps them for the test.
+      deadlineAt: new Date(Date.now() + 600_000).toISOString(),
+    });
+    return batches;
+  }
+
   const critical = (batch: EnrichedBatch | undefined) =>
     Object.fromEntries(
       (batch?.devices ?? []).map((device) => [device.machine.id, device.vulnerabilities?.criticalCveCount]),
     );
 
   it("should enrich at once from the latest export, then correct the devices the cycle's own export changed", async () => {
-    const { handle, sent, exported, bulkCache, cycles } = setup();
+    const context = setup();
+    const { handle, sent, exported, bulkCache, cycles } = context;
     exported.rows = new Map([
       ['d1', [cve('CVE-1', 9.8)]],
       ['d4', [cve('CVE-4', 9.1)]],
@@ -127,14 +148,7 @@ describe('a bulk cycle that reads its export last', () => {
       ['d5', [cve('CVE-5', 9.5)]],
     ]);
     sent.length = 0;
-    const [next0, next1] = cycleBatches('c2', '2026-01-01T10:10:00.000Z');
-    await cycles.begin({
-      tenantId: 't1',
-      cycleId: 'c2',
-      startedAt: next0.cycleStartedAt,
-      // The cycle's keys expire a day after its deadline: a deadline from now keeps them for the test.
-      deadlineAt: new Date(Date.now() + 600_000).toISOString(),
-    });
+    const [next0, next1] = await nextCycle(context);
     await handle(next0);
     expect(exported.calls).toBe(1);
     expect(sent[0]).toMatchObject({ batchIndex: 0, collectedAt: latest?.collectedAt });
@@ -173,14 +187,11 @@ describe('a bulk cycle that reads its export last', () => {
   });
 
   it("should leave the devices with the latest export's vulnerabilities when the cycle's own export fails", async () => {
-    const { handle, sent, exported, bulkCache } = setup();
-    exported.rows = new Map([['d1', [cve('CVE-1', 9.8)]]]);
-    const [first0, first1] = cycleBatches('c1', '2026-01-01T10:00:00.000Z');
-    await handle(first0);
-    await handle(first1);
-    sent.length = 0;
+    const context = setup();
+    const { handle, sent, exported, bulkCache } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
     exported.fails = true;
-    const [next0, next1] = cycleBatches('c2', '2026-01-01T10:10:00.000Z');
+    const [next0, next1] = await nextCycle(context);
     await handle(next0);
     await handle(next1);
     expect(exported.calls).toBe(2);
@@ -194,13 +205,10 @@ describe('a bulk cycle that reads its export last', () => {
   });
 
   it('should read the export first again when the CVSS threshold changed since the latest export', async () => {
-    const { handle, sent, exported, bulkCache } = setup();
-    exported.rows = new Map([['d1', [cve('CVE-1', 8.1)]]]);
-    const [first0, first1] = cycleBatches('c1', '2026-01-01T10:00:00.000Z');
-    await handle(first0);
-    await handle(first1);
-    sent.length = 0;
-    const [next0, next1] = cycleBatches('c2', '2026-01-01T10:10:00.000Z', 8);
+    const context = setup();
+    const { handle, sent, exported, bulkCache } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 8.1)]]]);
+    const [next0, next1] = await nextCycle(context, 8);
     await handle(next0);
     expect(exported.calls).toBe(2);
     expect(critical(sent[0])).toEqual({ d1: 1, d2: 0, d3: 0 });
@@ -214,22 +222,13 @@ describe('a bulk cycle that reads its export last', () => {
 
   /** Runs a first cycle (c1) and the next one's first batch; resolves the next one's last batch. */
   async function twoCycles(setupDone: ReturnType<typeof setup>): Promise<DeviceBatch> {
-    const { handle, exported, cycles } = setupDone;
-    exported.rows = new Map([
+    const { handle, exported } = setupDone;
+    await firstCycle(setupDone, [
       ['d1', [cve('CVE-1', 9.8)]],
       ['d4', [cve('CVE-4', 9.1)]],
     ]);
-    const [first0, first1] = cycleBatches('c1', '2026-01-01T10:00:00.000Z');
-    await handle(first0);
-    await handle(first1);
     exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
-    const [next0, next1] = cycleBatches('c2', '2026-01-01T10:10:00.000Z');
-    await cycles.begin({
-      tenantId: 't1',
-      cycleId: 'c2',
-      startedAt: next0.cycleStartedAt,
-      deadlineAt: new Date(Date.now() + 600_000).toISOString(),
-    });
+    const [next0, next1] = await nextCycle(setupDone);
     await handle(next0);
     return next1;
   }
