@@ -8,6 +8,7 @@ export { createScoreStore } from './scores';
 export type {
   ScoreStore,
   StoredScore,
+  ReplacedScore,
   ScoreHistoryEntry,
   SaveScoresResult,
   ListScoresOptions,

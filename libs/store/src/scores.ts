@@ -10,6 +10,17 @@ export interface StoredScore {
   collectedAt: string;
   scoredAt: string;
   device: ScoredDevice;
+  /**
+   * On a score stored by a correction (see `saveScores`): how the score it replaced counted in the cycle,
+   * so that the same correction handled again can still say so.
+   */
+  replaced?: ReplacedScore;
+}
+
+/** How a device counted in its cycle's summary before a correction scored it again. */
+export interface ReplacedScore {
+  band: Band;
+  incomplete: boolean;
 }
 
 /** One past score of a device: small, as every device keeps several. */
@@ -46,7 +57,8 @@ export interface ScoreStore {
    * changes nothing. `deviceJson`, when the caller has it, is each device's `JSON.stringify` (in the
    * order of `devices`), as text or UTF-8 bytes: the stored record is built around it instead of
    * serialising the device again. A `correction` (devices of the cycle scored again with its own bulk
-   * export, see the scorer) is newer than the cycle's first scores and older than the next cycle's.
+   * export, see the scorer) is newer than the cycle's first scores and older than the next cycle's, and
+   * keeps with each score what it replaced (`replaced`, in the order of `devices`).
    */
   saveScores(
     tenantId: string,
@@ -59,6 +71,7 @@ export interface ScoreStore {
     },
     devices: ScoredDevice[],
     deviceJson?: readonly (string | Buffer)[],
+    replaced?: readonly (ReplacedScore | undefined)[],
   ): Promise<SaveScoresResult>;
   getDeviceScore(tenantId: string, deviceId: string): Promise<StoredScore | null>;
   /** Latest scores of these devices; devices without one are left out. */
@@ -163,7 +176,7 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
     json === null ? null : (JSON.parse(json) as StoredScore);
 
   return {
-    async saveScores(tenantId, cycle, devices, deviceJson) {
+    async saveScores(tenantId, cycle, devices, deviceJson, replaced) {
       if (devices.length === 0) return { written: 0, skipped: [] };
       const { correction, ...storedCycle } = cycle;
       // Cycles start whole milliseconds apart, so half a millisecond orders a correction between them.
@@ -198,10 +211,11 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
           missing: device.missing,
         };
         const json = deviceJson?.[index] ?? JSON.stringify(device);
+        const before = replaced?.[index];
         const stored = Buffer.concat([
           head,
           typeof json === 'string' ? Buffer.from(json) : json,
-          CLOSE_BRACE,
+          before ? Buffer.from(`,"replaced":${JSON.stringify(before)}}`) : CLOSE_BRACE,
         ]);
         args.push(device.deviceId, device.band, stored, JSON.stringify(entry));
       }

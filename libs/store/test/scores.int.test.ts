@@ -43,10 +43,14 @@ describe('createScoreStore', () => {
     const first = cycle('c1', '2026-01-01T10:00:00.000Z');
     const correction = { ...cycle('c1', '2026-01-01T10:00:00.000Z'), correction: true };
     await scores.saveScores('t', first, [device('d1', 10, 'Trustworthy'), device('d2', 20, 'Trustworthy')]);
-    expect(await scores.saveScores('t', correction, [device('d1', 55, 'Moderate Risk')])).toEqual({
+    const replaced = [{ band: 'Trustworthy' as const, incomplete: false }];
+    expect(
+      await scores.saveScores('t', correction, [device('d1', 55, 'Moderate Risk')], undefined, replaced),
+    ).toEqual({
       written: 1,
       skipped: [],
     });
+    expect((await scores.getDeviceScore('t', 'd1'))?.replaced).toEqual(replaced[0]);
     // Redelivered: the cycle's first score and the correction again both leave the correction stored.
     expect(await scores.saveScores('t', first, [device('d1', 10, 'Trustworthy')])).toEqual({
       written: 0,
@@ -63,7 +67,8 @@ describe('createScoreStore', () => {
       ['c1', 55],
     ]);
     const next = cycle('c2', '2026-01-01T10:10:00.000Z');
-    await scores.saveScores('t', next, [device('d2', 90, 'High Risk')]);
+    await scores.saveScores('t', next, [device('d1', 60, 'Moderate Risk'), device('d2', 90, 'High Risk')]);
+    expect(await scores.getDeviceScore('t', 'd1')).not.toHaveProperty('replaced');
     expect(await scores.saveScores('t', correction, [device('d2', 30, 'Low Risk')])).toEqual({
       written: 0,
       skipped: ['d2'],

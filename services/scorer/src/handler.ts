@@ -2,7 +2,7 @@ import { deviceBatchMessage, type MessageHandler, type Publisher } from '@urs/bu
 import { cycleBatchHeader, type EnrichedBatch, type ScoreBatch, type ScoredDevice } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { scoreDevice } from '@urs/scoring';
-import type { ScoreStore } from '@urs/store';
+import type { ReplacedScore, ScoreStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { ProfileCache } from './profiles';
 import { deviceRecordOf, toScoredDevice } from './scored-device';
@@ -27,9 +27,9 @@ export interface ScoreHandlerDeps {
  * A correction batch (a bulk cycle's devices whose vulnerabilities its own export changed) scores each
  * device again from the score it has in the cycle (`deviceRecordOf`), stores it over that one, and says
  * what the devices counted before (`replaces`), so the cycle's summary moves them between bands. A
- * device without a score of the cycle (not listed in it, or already in a newer one) is left out. If the
- * scorer stops between storing and emitting a correction, the redelivery finds the corrected scores and
- * the summary keeps those devices in their earlier bands; their records are still published.
+ * device without a score of the cycle (not listed in it, or already in a newer one) is left out. Each
+ * corrected score is stored with what it replaced, so the same correction handled again (the scorer
+ * stopped before emitting it) says the same.
  */
 export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<EnrichedBatch> {
   const now = deps.now ?? (() => new Date());
@@ -60,6 +60,8 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
     const devices = batch.devices.map(score);
     const correction = batch.corrections ? await corrected(batch, score) : undefined;
     if (correction) devices.push(...correction.devices);
+    // What each corrected score replaced, in the order of `devices` (the batch's own devices first).
+    const replaced = correction && [...batch.devices.map(() => undefined), ...correction.replaced];
     const scoredAt = now().toISOString();
     // Each device is serialised once, for the stored score and for the emitted batch alike, as bytes
     // (see jsonBatchBytes in @urs/bus).
@@ -75,6 +77,7 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
       },
       devices,
       deviceJson,
+      replaced,
     );
     const header = {
       ...cycleBatchHeader(batch),
@@ -98,24 +101,37 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
   async function corrected(
     batch: EnrichedBatch,
     score: (device: EnrichedBatch['devices'][number]) => ScoredDevice,
-  ): Promise<{ devices: ScoredDevice[]; replaces: NonNullable<ScoreBatch['replaces']> }> {
+  ): Promise<{
+    devices: ScoredDevice[];
+    replaced: ReplacedScore[];
+    replaces: NonNullable<ScoreBatch['replaces']>;
+  }> {
     const corrections = batch.corrections ?? [];
     const stored = await deps.scores.getDeviceScores(
       batch.tenantId,
       corrections.map((correction) => correction.deviceId),
     );
-    const before = new Map<string, ScoredDevice>();
-    for (const item of stored)
-      if (item.cycleId === batch.cycleId) before.set(item.device.deviceId, item.device);
+    const ofCycle = new Map(
+      stored.filter((item) => item.cycleId === batch.cycleId).map((item) => [item.device.deviceId, item]),
+    );
     const replaces: NonNullable<ScoreBatch['replaces']> = { bands: {}, incomplete: 0 };
     const devices: ScoredDevice[] = [];
+    const replaced: ReplacedScore[] = [];
+    const seen = new Set<string>();
     for (const { deviceId, vulnerabilities } of corrections) {
-      const earlier = before.get(deviceId);
-      if (earlier === undefined) continue;
-      devices.push(score({ machine: deviceRecordOf(earlier), vulnerabilities }));
-      replaces.bands[earlier.band] = (replaces.bands[earlier.band] ?? 0) + 1;
-      if (earlier.missing.length > 0) replaces.incomplete += 1;
+      const earlier = ofCycle.get(deviceId);
+      if (earlier === undefined || seen.has(deviceId)) continue;
+      seen.add(deviceId);
+      // Stored by this same correction before (it comes again): what that score replaced.
+      const was =
+        earlier.replaced !== undefined && earlier.collectedAt === batch.collectedAt
+          ? earlier.replaced
+          : { band: earlier.device.band, incomplete: earlier.device.missing.length > 0 };
+      devices.push(score({ machine: deviceRecordOf(earlier.device), vulnerabilities }));
+      replaced.push(was);
+      replaces.bands[was.band] = (replaces.bands[was.band] ?? 0) + 1;
+      if (was.incomplete) replaces.incomplete += 1;
     }
-    return { devices, replaces };
+    return { devices, replaced, replaces };
   }
 }

@@ -109,10 +109,13 @@ function setup(records: TenantRecord[] = []) {
   const handler = createScoreHandler({
     profiles,
     scores: {
-      saveScores: async (tenantId, cycle, devices, deviceJson) => {
+      saveScores: async (tenantId, cycle, devices, deviceJson, replaced) => {
         saved.push({ tenantId, cycle, devices, ...(deviceJson ? { deviceJson } : {}) });
-        for (const device of devices)
-          latest.set(device.deviceId, { tenantId, ...cycle, device } as unknown as StoredScore);
+        devices.forEach((device, index) => {
+          const before = replaced?.[index];
+          const stored = { tenantId, ...cycle, device, ...(before ? { replaced: before } : {}) };
+          latest.set(device.deviceId, stored as unknown as StoredScore);
+        });
         return { written: devices.length, skipped: [] };
       },
       getDeviceScores: async (_tenantId, deviceIds) =>
@@ -169,6 +172,42 @@ describe('createScoreHandler', () => {
     );
     expect(out.devices[0]).toEqual(sent[2]?.devices[0]);
     expect(out.devices[0]?.score).not.toBe(before.score);
+  });
+
+  it('should say the same of a correction handled again after its scores were stored', async () => {
+    const { handler, sent } = setup([tenantRecord('t1', 1, null)]);
+    await handler(inbound(enriched()));
+    const before = sent[0]?.devices.map((device) => device.band) as string[];
+    // Three critical CVEs move d2 from Trustworthy to Low Risk: the stored score's band is no longer the
+    // band it counted in.
+    const vulnerabilities = {
+      criticalCveCount: 3,
+      totalCveCount: 3,
+      maxCvss: 9.8,
+      cvssThreshold: 9,
+      topCveIds: ['CVE-7', 'CVE-8', 'CVE-9'],
+    };
+    const correction = enriched({
+      batchIndex: 4,
+      lastBatch: false,
+      totalBatches: undefined,
+      totalDevices: undefined,
+      collectedAt: '2026-01-21T10:00:50.000Z',
+      devices: [],
+      corrections: [
+        { deviceId: 'd1', vulnerabilities },
+        { deviceId: 'd2', vulnerabilities },
+      ],
+    });
+    await handler(inbound(correction));
+    await handler(inbound(correction));
+    const [first, again] = [sent[1], sent[2]] as [ScoreBatch, ScoreBatch];
+    const counted: Record<string, number> = {};
+    for (const band of before) counted[band] = (counted[band] ?? 0) + 1;
+    expect(first.devices.map((device) => device.band)).not.toEqual(before);
+    expect(first.replaces).toEqual({ bands: counted, incomplete: 1 });
+    expect(again.replaces).toEqual(first.replaces);
+    expect(again.devices).toEqual(first.devices);
   });
 
   it('should serialise each device once: the stored and the emitted JSON are exactly the values', async () => {
