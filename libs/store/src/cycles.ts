@@ -35,6 +35,10 @@ export interface CycleStore {
    * sees the poller's batches complete without them.
    */
   addCorrections(tenantId: string, cycleId: string, batches: number): Promise<void>;
+  /** The vuln-fetcher has produced this enriched batch of the cycle (idempotent). */
+  enriched(tenantId: string, cycleId: string, batchIndex: number): Promise<void>;
+  /** How many distinct batches of the cycle the vuln-fetcher has produced. */
+  enrichedBatches(tenantId: string, cycleId: string): Promise<number>;
   /**
    * Records a scored batch's statistics once: a redelivered batch is not counted twice.
    * Resolves whether this call recorded it, how many distinct batches are recorded now, and the
@@ -96,7 +100,8 @@ function toState(
 
 /**
  * Keys: `{prefix}cycle:{tenantId}:{cycleId}` (hash), `{prefix}cycle-batches:{tenantId}:{cycleId}`
- * (hash batchIndex → stats JSON) and `{prefix}cycles-open` (zset of `tenantId/cycleId` by deadline).
+ * (hash batchIndex → stats JSON), `{prefix}cycle-enriched:{tenantId}:{cycleId}` (set of batch indexes)
+ * and `{prefix}cycles-open` (zset of `tenantId/cycleId` by deadline).
  */
 export function createCycleStore(
   redis: Redis,
@@ -106,6 +111,8 @@ export function createCycleStore(
   const cycleKey = (tenantId: string, cycleId: string): string => `${prefix}cycle:${tenantId}:${cycleId}`;
   const batchesKey = (tenantId: string, cycleId: string): string =>
     `${prefix}cycle-batches:${tenantId}:${cycleId}`;
+  const enrichedKey = (tenantId: string, cycleId: string): string =>
+    `${prefix}cycle-enriched:${tenantId}:${cycleId}`;
   const openKey = `${prefix}cycles-open`;
   return {
     async begin(cycle) {
@@ -141,6 +148,13 @@ export function createCycleStore(
     },
     async addCorrections(tenantId, cycleId, batches) {
       await redis.eval(ADD_CORRECTIONS, 1, cycleKey(tenantId, cycleId), String(batches));
+    },
+    async enriched(tenantId, cycleId, batchIndex) {
+      const key = enrichedKey(tenantId, cycleId);
+      await redis.multi().sadd(key, String(batchIndex)).pexpire(key, retentionMs).exec();
+    },
+    async enrichedBatches(tenantId, cycleId) {
+      return redis.scard(enrichedKey(tenantId, cycleId));
     },
     async recordBatch(tenantId, cycleId, batchIndex, stats) {
       const key = batchesKey(tenantId, cycleId);

@@ -47,6 +47,17 @@ describe('createCycleStore', () => {
     expect(await cycles.get('acme', 'c1')).toMatchObject({ totalBatches: 5, totalDevices: 1200 });
   });
 
+  it('enriched should count each enriched batch of a cycle once', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    expect(await cycles.enrichedBatches('acme', 'c1')).toBe(0);
+    await cycles.enriched('acme', 'c1', 0);
+    await cycles.enriched('acme', 'c1', 2);
+    await cycles.enriched('acme', 'c1', 0);
+    await cycles.enriched('acme', 'c2', 1);
+    expect(await cycles.enrichedBatches('acme', 'c1')).toBe(2);
+    expect(await redis.client.pttl(`${redis.prefix}cycle-enriched:acme:c1`)).toBeGreaterThan(0);
+  });
+
   it('recordBatch should answer the cycle as get does after it, totals and claim included', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     await cycles.begin(begin);

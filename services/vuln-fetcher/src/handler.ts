@@ -24,8 +24,11 @@ export interface EnrichHandlerDeps {
   tenants: Pick<TenantStore, 'get' | 'updateStatus'>;
   sources: SourceProvider;
   bulkCache: BulkVulnerabilityCache;
-  /** Where a bulk cycle's correction batches are added to its total. */
-  cycles: Pick<CycleStore, 'addCorrections'>;
+  /**
+   * Where a bulk cycle's correction batches are added to its total, and its enriched batches counted (the
+   * corrections wait for the earlier batches).
+   */
+  cycles: Pick<CycleStore, 'addCorrections' | 'enriched' | 'enrichedBatches'>;
   /**
    * Bulk cycles read their export last: a batch is enriched at once from the tenant's latest export, and
    * the cycle's own export is read with its last batch, which is followed by correction batches for the
@@ -33,6 +36,11 @@ export interface EnrichHandlerDeps {
    * its export first, as without this. Default false.
    */
   exportLast?: boolean;
+  /**
+   * How long a bulk cycle's corrections wait for the cycle's earlier batches to be enriched (on any
+   * replica) before they go anyway, in milliseconds. Default 30000.
+   */
+  correctionWaitMs?: number;
   publisher: Publisher;
   /** `urs.devices-enriched`. */
   topic: string;
@@ -131,8 +139,6 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
    * until the batch ends (a last batch that reads the export last stores it only after producing).
    */
   const claims = new Map<string, number>();
-  /** Batches being handled by this process, by `tenantId/cycleId`, then batch index. */
-  const handling = new Map<string, Map<number, Promise<void>>>();
 
   function rememberFailure(key: string, error: FetchError): void {
     failedCycles.set(key, error);
@@ -438,12 +444,32 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     };
   }
 
-  /** Waits until this process has handled every batch of the cycle before `batchIndex`. */
-  async function earlierHandled(cycleKey: string, batchIndex: number): Promise<void> {
-    const earlier = [...(handling.get(cycleKey) ?? new Map<number, Promise<void>>())]
-      .filter(([index]) => index < batchIndex)
-      .map(([, done]) => done.catch(() => undefined));
-    await Promise.all(earlier);
+  /**
+   * Waits until every batch of the cycle before `batch` was enriched and produced, on any replica, so each
+   * correction follows its device's batch on the tenant's partition; after `correctionWaitMs` the
+   * corrections go anyway (an earlier batch dead-lettered, say), and the log says so.
+   */
+  async function earlierEnriched(
+    batch: DeviceBatch,
+    heartbeat: () => Promise<void>,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    const deadline = Date.now() + (deps.correctionWaitMs ?? 30_000);
+    for (;;) {
+      const enriched = await deps.cycles.enrichedBatches(batch.tenantId, batch.cycleId);
+      if (enriched >= batch.batchIndex) return;
+      if (Date.now() >= deadline) {
+        log.warn('corrections sent before every earlier batch was enriched', {
+          enriched,
+          earlierBatches: batch.batchIndex,
+        });
+        return;
+      }
+      await heartbeat();
+      await sleepUntil(Math.min(deps.bulkPollMs ?? 200, 50), signal);
+      throwIfStopping(signal);
+    }
   }
 
   async function bulk(
@@ -462,7 +488,8 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     for (;;) {
       const state = await deps.bulkCache.state(batch.tenantId, batch.cycleId);
       if (state.state === 'ready') return fromExport(batch, batch.cycleId, state.collectedAt);
-      if (state.state === 'absent' && deps.exportLast && !batch.lastBatch) {
+      // Pending, the export is read by the cycle's last batch (or by a first cycle's batch: then no latest).
+      if ((state.state === 'absent' || state.state === 'pending') && deps.exportLast && !batch.lastBatch) {
         const latest = usable(batch, await deps.bulkCache.latest(batch.tenantId));
         if (latest !== null) return fromExport(batch, latest.cycleId, latest.collectedAt);
       }
@@ -524,18 +551,12 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const interrupted = anyAborted([deps.signal, message.signal]);
     const beating = setInterval(() => void heartbeat(), HEARTBEAT_EVERY_MS);
     const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
-    const ofCycle = handling.get(cycleKey) ?? new Map<number, Promise<void>>();
-    handling.set(cycleKey, ofCycle);
-    const done = handle(batch, heartbeat, interrupted.signal);
-    ofCycle.set(batch.batchIndex, done);
     try {
-      await done;
+      await handle(batch, heartbeat, interrupted.signal);
     } finally {
       clearInterval(beating);
       interrupted.release();
-      if (ofCycle.get(batch.batchIndex) === done) ofCycle.delete(batch.batchIndex);
       if (claims.get(cycleKey) === batch.batchIndex) claims.delete(cycleKey);
-      if (ofCycle.size === 0 && handling.get(cycleKey) === ofCycle) handling.delete(cycleKey);
     }
   };
 
@@ -595,10 +616,9 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const poller = header.totalBatches ?? batch.batchIndex + 1;
     if (parts.length > 0) {
       // The publisher must count the corrections before the last batch can complete the cycle, and each
-      // correction must reach the scorer after the device's own batch: the earlier batches still handled
-      // here go first (the ones handled elsewhere were produced before their offsets were committed).
+      // correction must reach the scorer after the device's own batch.
       await deps.cycles.addCorrections(batch.tenantId, batch.cycleId, parts.length);
-      await earlierHandled(cycleKey, batch.batchIndex);
+      await earlierEnriched(batch, heartbeat, log, signal);
       header.totalBatches = poller + parts.length;
     }
     const messages = [
@@ -613,6 +633,8 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     ];
     await deps.publisher.send(deps.topic, 'urs/enriched-batch', messages);
     await enrichment.afterSend?.();
+    if (deps.exportLast && batch.vulnerabilityMode === 'bulk' && !batch.lastBatch)
+      await deps.cycles.enriched(batch.tenantId, batch.cycleId, batch.batchIndex);
     batches.inc({ mode: batch.vulnerabilityMode });
     if (exportLast && record !== null) {
       const devices = parts.reduce((sum, part) => sum + part.length, 0);

@@ -3,7 +3,7 @@ import type { DeviceBatch, EnrichedBatch, TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createBulkVulnerabilityCache, createCycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { inboundMessage, testRedisPerTest } from '@urs/testkit';
+import { inboundMessage, testRedisPerTest, waitFor } from '@urs/testkit';
 import { createEnrichHandler } from '../src/handler';
 import type { SourceProvider } from '../src/sources';
 import type { VulnerabilityLike } from '../src/summarise';
@@ -273,5 +273,22 @@ describe('a bulk cycle that reads its export last', () => {
       [2, undefined],
     ]);
     expect(correctedIds(sent)).toEqual(first);
+  });
+
+  it("should send the corrections after the cycle's earlier batches, also one that starts after the last", async () => {
+    const context = setup();
+    const { handle, sent, exported } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    exported.rows = new Map([['d4', [cve('CVE-4', 9.1)]]]);
+    const [next0, next1] = await nextCycle(context);
+    // Two batches of a tenant run at once: the last one claims and reads the export before batch 0 looks.
+    const last = handle(next1);
+    await waitFor(() => exported.calls === 2, { timeoutMs: 5_000, description: 'the export read' });
+    await handle(next0);
+    await last;
+    expect(sent.map((batch) => batch.batchIndex)).toEqual([0, 1, 2]);
+    // Batch 0 was enriched from the latest export, not held back by the export being read.
+    expect(critical(sent[0])).toEqual({ d1: 1, d2: 0, d3: 0 });
+    expect(correctedIds(sent)).toEqual(['d1', 'd4']);
   });
 });

@@ -96,7 +96,11 @@ function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHa
     },
     sources,
     bulkCache,
-    cycles: { addCorrections: async () => undefined },
+    cycles: {
+      addCorrections: async () => undefined,
+      enriched: async () => undefined,
+      enrichedBatches: async () => 0,
+    },
     publisher,
     topic: 'urs.devices-enriched',
     logger: silentLogger,
