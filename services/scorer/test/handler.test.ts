@@ -130,31 +130,34 @@ function setup(records: TenantRecord[] = []) {
   return { handler, profiles, sent, sentJson, saved, tenantsHandler: createTenantsHandler(profiles) };
 }
 
+/** Three critical CVEs: they move d2 from Trustworthy to Low Risk. */
+const threeCves = {
+  criticalCveCount: 3,
+  totalCveCount: 3,
+  maxCvss: 9.8,
+  cvssThreshold: 9,
+  topCveIds: ['CVE-7', 'CVE-8', 'CVE-9'],
+};
+
+/** A correction batch of cycle c1 (after the poller's four batches) giving these devices `threeCves`. */
+const correctionOf = (...deviceIds: string[]): EnrichedBatch =>
+  enriched({
+    batchIndex: 4,
+    lastBatch: false,
+    totalBatches: undefined,
+    totalDevices: undefined,
+    collectedAt: '2026-01-21T10:00:50.000Z',
+    devices: [],
+    corrections: deviceIds.map((deviceId) => ({ deviceId, vulnerabilities: threeCves })),
+  });
+
 describe('createScoreHandler', () => {
   it("should score a correction's devices again from their scores of the cycle, and say what they counted before", async () => {
     const { handler, sent, saved } = setup([tenantRecord('t1', 1, null)]);
     await handler(inbound(enriched()));
     const before = sent[0]?.devices[1] as ScoredDevice;
-    const vulnerabilities = {
-      criticalCveCount: 3,
-      totalCveCount: 4,
-      maxCvss: 9.6,
-      cvssThreshold: 9,
-      topCveIds: ['CVE-7', 'CVE-8', 'CVE-9'],
-    };
-    const correction = enriched({
-      batchIndex: 4,
-      lastBatch: false,
-      totalBatches: undefined,
-      totalDevices: undefined,
-      collectedAt: '2026-01-21T10:00:50.000Z',
-      devices: [],
-      // d9 was not scored in the cycle: left out.
-      corrections: [
-        { deviceId: 'd2', vulnerabilities },
-        { deviceId: 'd9', vulnerabilities },
-      ],
-    });
+    // d9 was not scored in the cycle: left out.
+    const correction = correctionOf('d2', 'd9');
     await handler(inbound(correction));
     const out = sent[1] as ScoreBatch;
     expect(out.devices.map((device) => device.deviceId)).toEqual(['d2']);
@@ -166,7 +169,7 @@ describe('createScoreHandler', () => {
       inbound(
         enriched({
           collectedAt: correction.collectedAt,
-          devices: [{ machine: d2.machine, vulnerabilities }],
+          devices: [{ machine: d2.machine, vulnerabilities: threeCves }],
         }),
       ),
     );
@@ -178,27 +181,8 @@ describe('createScoreHandler', () => {
     const { handler, sent } = setup([tenantRecord('t1', 1, null)]);
     await handler(inbound(enriched()));
     const before = sent[0]?.devices.map((device) => device.band) as string[];
-    // Three critical CVEs move d2 from Trustworthy to Low Risk: the stored score's band is no longer the
-    // band it counted in.
-    const vulnerabilities = {
-      criticalCveCount: 3,
-      totalCveCount: 3,
-      maxCvss: 9.8,
-      cvssThreshold: 9,
-      topCveIds: ['CVE-7', 'CVE-8', 'CVE-9'],
-    };
-    const correction = enriched({
-      batchIndex: 4,
-      lastBatch: false,
-      totalBatches: undefined,
-      totalDevices: undefined,
-      collectedAt: '2026-01-21T10:00:50.000Z',
-      devices: [],
-      corrections: [
-        { deviceId: 'd1', vulnerabilities },
-        { deviceId: 'd2', vulnerabilities },
-      ],
-    });
+    // d2 moves to another band: its stored score's band is no longer the band it counted in.
+    const correction = correctionOf('d1', 'd2');
     await handler(inbound(correction));
     await handler(inbound(correction));
     const [first, again] = [sent[1], sent[2]] as [ScoreBatch, ScoreBatch];
