@@ -9,7 +9,7 @@ export interface CycleState {
   deadlineAt: string;
   /**
    * Known once the poller has listed every device: its batches, plus the correction batches the
-   * vuln-fetcher adds to a bulk cycle enriched from the tenant's previous export (`addCorrections`).
+   * vuln-fetcher adds to a bulk cycle enriched from the tenant's latest export (`addCorrections`).
    */
   totalBatches?: number;
   totalDevices?: number;
