@@ -139,6 +139,16 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
    * until the batch ends (a last batch that reads the export last stores it only after producing).
    */
   const claims = new Map<string, number>();
+  /**
+   * Per tenant, the bulk cycle whose batches this process handles now, with those in flight (waiting
+   * included) and when they may start. The batches of the next cycle start once the previous cycle's are
+   * done: its last batch moves the latest export they are enriched from, and two batches of a tenant run
+   * at once, so the two cycles could overlap. One entry per bulk tenant, replaced by its next cycle.
+   */
+  const bulkCycles = new Map<
+    string,
+    { cycleId: string; ready: Promise<unknown>; running: Set<Promise<void>> }
+  >();
 
   function rememberFailure(key: string, error: FetchError): void {
     failedCycles.set(key, error);
@@ -538,6 +548,18 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     }
   }
 
+  /** The batch's entry in `bulkCycles`, a new one for a new cycle; none outside bulk cycles read last. */
+  function bulkCycleOf(batch: DeviceBatch) {
+    if (!deps.exportLast || batch.vulnerabilityMode !== 'bulk') return undefined;
+    let cycle = bulkCycles.get(batch.tenantId);
+    if (cycle?.cycleId !== batch.cycleId) {
+      const previous = [...(cycle?.running ?? [])].map((work) => work.catch(() => undefined));
+      cycle = { cycleId: batch.cycleId, ready: Promise.all(previous), running: new Set<Promise<void>>() };
+      bulkCycles.set(batch.tenantId, cycle);
+    }
+    return cycle;
+  }
+
   return async (message) => {
     const batch = message.value;
     if (batch === null) return;
@@ -551,12 +573,19 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const interrupted = anyAborted([deps.signal, message.signal]);
     const beating = setInterval(() => void heartbeat(), HEARTBEAT_EVERY_MS);
     const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
-    try {
+    const cycle = bulkCycleOf(batch);
+    const done = (async () => {
+      await cycle?.ready;
       await handle(batch, heartbeat, interrupted.signal);
+    })();
+    cycle?.running.add(done);
+    try {
+      await done;
     } finally {
       clearInterval(beating);
       interrupted.release();
       if (claims.get(cycleKey) === batch.batchIndex) claims.delete(cycleKey);
+      cycle?.running.delete(done);
     }
   };
 

@@ -61,14 +61,22 @@ describe('a bulk cycle that reads its export last', () => {
       close: async () => undefined,
     };
     /** The rows the next export answers, by device. */
-    const exported = { rows: new Map<string, VulnerabilityLike[]>(), calls: 0, fails: false };
+    const exported = {
+      rows: new Map<string, VulnerabilityLike[]>(),
+      calls: 0,
+      fails: false,
+      /** When set, the next export waits for it before it answers. */
+      held: undefined as Promise<void> | undefined,
+    };
     const sources: SourceProvider = {
       forTenant: () => ({
         machineVulnerabilities: async () => [],
         bulkVulnerabilities: async (onRow) => {
           exported.calls++;
+          const rows = exported.rows;
+          await exported.held;
           if (exported.fails) throw new Error('the export failed');
-          for (const [deviceId, rows] of exported.rows) for (const row of rows) onRow(deviceId, row);
+          for (const [deviceId, list] of rows) for (const row of list) onRow(deviceId, row);
         },
       }),
       close: () => undefined,
@@ -290,5 +298,32 @@ describe('a bulk cycle that reads its export last', () => {
     // Batch 0 was enriched from the latest export, not held back by the export being read.
     expect(critical(sent[0])).toEqual({ d1: 1, d2: 0, d3: 0 });
     expect(correctedIds(sent)).toEqual(['d1', 'd4']);
+  });
+
+  it("should enrich the next cycle's batches only once the cycle before has made its export the latest", async () => {
+    const context = setup();
+    const { handle, sent, exported, bulkCache } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    const [next0, next1] = await nextCycle(context);
+    await handle(next0);
+    // c2's export (d2 now has the CVE) takes a while; c3's first batch comes meanwhile.
+    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
+    let answer: () => void = () => undefined;
+    exported.held = new Promise((resolve) => (answer = resolve));
+    const c2Last = handle(next1);
+    await waitFor(() => exported.calls === 2, { timeoutMs: 5_000, description: "c2's export" });
+    exported.held = undefined;
+    const [third0] = cycleBatches('c3', '2026-01-01T10:20:00.000Z');
+    const c3First = handle(third0);
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(sent.filter((batch) => batch.cycleId === 'c3')).toEqual([]);
+    } finally {
+      answer();
+      await Promise.all([c2Last, c3First]);
+    }
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
+    const c3 = sent.find((batch) => batch.cycleId === 'c3');
+    expect(critical(c3)).toEqual({ d1: 0, d2: 1, d3: 0 });
   });
 });
