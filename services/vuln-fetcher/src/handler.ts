@@ -367,6 +367,10 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     };
   }
 
+  /** A batch of a bulk cycle that reads its export last (the tenant's first such cycle reads it first). */
+  const readsExportLast = (batch: DeviceBatch): boolean =>
+    deps.exportLast === true && batch.vulnerabilityMode === 'bulk';
+
   /**
    * The tenant's latest export if the batch may be enriched from it: another cycle's, counted at the
    * batch's CVSS threshold (after a change of threshold the cycle reads its own export first, instead of
@@ -392,20 +396,14 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   }
 
   /**
-   * The corrections a bulk cycle's last batch brings when its earlier batches were enriched from the
-   * tenant's latest export and the cycle's own export is already stored (another replica read it, or this
-   * batch comes again): every device whose summary the export changed. None when the cycle's export is not
-   * done (it failed: those devices keep the latest export's vulnerabilities) or there was no usable latest
-   * export (the batches waited for the cycle's own).
+   * The corrections a bulk cycle's last batch brings when the cycle's own export is already stored
+   * (another replica read it, or this batch comes again) and its earlier batches were enriched from
+   * `latest`: every device whose summary the export changed.
    */
-  async function storedCorrections(batch: DeviceBatch): Promise<VulnerabilityCorrection[][]> {
-    if (batch.batchIndex === 0) return [];
-    const [own, kept] = await Promise.all([
-      deps.bulkCache.state(batch.tenantId, batch.cycleId),
-      deps.bulkCache.latest(batch.tenantId),
-    ]);
-    const latest = usable(batch, kept);
-    if (own.state !== 'ready' || latest === null) return [];
+  async function storedCorrections(
+    batch: DeviceBatch,
+    latest: LatestExport,
+  ): Promise<VulnerabilityCorrection[][]> {
     const stored = deps.bulkCache.scan(batch.tenantId, batch.cycleId);
     return correctionParts(
       deps.bulkCache.compare(batch.tenantId, latest.cycleId, stored),
@@ -492,14 +490,23 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const deadline = Date.now() + deps.bulkWaitMs;
     // The cycle's last batch reads the export itself when the earlier ones were enriched from the latest.
     const readLast =
-      deps.exportLast && batch.lastBatch && batch.batchIndex > 0
+      readsExportLast(batch) && batch.lastBatch && batch.batchIndex > 0
         ? usable(batch, await deps.bulkCache.latest(batch.tenantId))
         : null;
     for (;;) {
       const state = await deps.bulkCache.state(batch.tenantId, batch.cycleId);
-      if (state.state === 'ready') return fromExport(batch, batch.cycleId, state.collectedAt);
+      if (state.state === 'ready') {
+        const enrichment = await fromExport(batch, batch.cycleId, state.collectedAt);
+        return readLast
+          ? { ...enrichment, corrections: await storedCorrections(batch, readLast) }
+          : enrichment;
+      }
       // Pending, the export is read by the cycle's last batch (or by a first cycle's batch: then no latest).
-      if ((state.state === 'absent' || state.state === 'pending') && deps.exportLast && !batch.lastBatch) {
+      if (
+        (state.state === 'absent' || state.state === 'pending') &&
+        readsExportLast(batch) &&
+        !batch.lastBatch
+      ) {
         const latest = usable(batch, await deps.bulkCache.latest(batch.tenantId));
         if (latest !== null) return fromExport(batch, latest.cycleId, latest.collectedAt);
       }
@@ -550,7 +557,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
 
   /** The batch's entry in `bulkCycles`, a new one for a new cycle; none outside bulk cycles read last. */
   function bulkCycleOf(batch: DeviceBatch) {
-    if (!deps.exportLast || batch.vulnerabilityMode !== 'bulk') return undefined;
+    if (!readsExportLast(batch)) return undefined;
     let cycle = bulkCycles.get(batch.tenantId);
     if (cycle?.cycleId !== batch.cycleId) {
       const previous = [...(cycle?.running ?? [])].map((work) => work.catch(() => undefined));
@@ -639,9 +646,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       vulnerabilityMode: batch.vulnerabilityMode,
       collectedAt: enrichment.collectedAt.toISOString(),
     };
-    const exportLast =
-      deps.exportLast === true && record !== null && batch.vulnerabilityMode === 'bulk' && batch.lastBatch;
-    const parts = enrichment.corrections ?? (exportLast ? await storedCorrections(batch) : []);
+    const parts = enrichment.corrections ?? [];
     const poller = header.totalBatches ?? batch.batchIndex + 1;
     if (parts.length > 0) {
       // The publisher must count the corrections before the last batch can complete the cycle, and each
@@ -662,10 +667,10 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     ];
     await deps.publisher.send(deps.topic, 'urs/enriched-batch', messages);
     await enrichment.afterSend?.();
-    if (deps.exportLast && batch.vulnerabilityMode === 'bulk' && !batch.lastBatch)
+    if (readsExportLast(batch) && !batch.lastBatch)
       await deps.cycles.enriched(batch.tenantId, batch.cycleId, batch.batchIndex);
     batches.inc({ mode: batch.vulnerabilityMode });
-    if (exportLast && record !== null) {
+    if (readsExportLast(batch) && batch.lastBatch && record !== null) {
       const devices = parts.reduce((sum, part) => sum + part.length, 0);
       if (devices > 0) {
         corrected.inc({}, devices);
