@@ -51,6 +51,13 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
    */
   bulkExportLast: boolean;
   /**
+   * How long a bulk cycle's corrections wait for the cycle's earlier batches to be enriched (on any replica)
+   * before they go anyway, in ms. A correction that overtakes its device's batch finds no score of the cycle to
+   * correct, so that device keeps the older export's vulnerabilities until the next cycle. Env
+   * `URS_BULK_CORRECTION_WAIT_MS`, default 30000, at most 600000; 0 does not wait.
+   */
+  bulkCorrectionWaitMs: number;
+  /**
    * How long a call slot passes straight from one per-device call of this process to the next before it goes
    * back to the shared limiter, in ms; 0 asks Redis for a slot for every call. Env
    * `URS_DEFENDER_SLOT_HANDOFF_MS`, default 1000, at most 20000 (plus the 30 s request timeout it stays below the
@@ -79,6 +86,11 @@ export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
     bulkPageSize: readInt(env, 'URS_BULK_PAGE_SIZE', { fallback: 50_000, min: 1, max: 200_000 }),
     bulkFoldThread: readBool(env, 'URS_BULK_FOLD_THREAD', true),
     bulkExportLast: readBool(env, 'URS_BULK_EXPORT_LAST', true),
+    bulkCorrectionWaitMs: readInt(env, 'URS_BULK_CORRECTION_WAIT_MS', {
+      fallback: 30_000,
+      min: 0,
+      max: 600_000,
+    }),
     slotHandOffMs: readInt(env, 'URS_DEFENDER_SLOT_HANDOFF_MS', { fallback: 1_000, min: 0, max: 20_000 }),
   };
 }

@@ -52,6 +52,19 @@ describe('vulnFetcherConfig', () => {
     );
   });
 
+  it('vulnFetcherConfig should read how long corrections wait for the earlier batches, 0 not waiting', () => {
+    expect(vulnFetcherConfig({ URS_SECRET_KEY: KEY }).bulkCorrectionWaitMs).toBe(30_000);
+    expect(
+      vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_BULK_CORRECTION_WAIT_MS: '0' }).bulkCorrectionWaitMs,
+    ).toBe(0);
+    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_BULK_CORRECTION_WAIT_MS: '-1' })).toThrow(
+      /URS_BULK_CORRECTION_WAIT_MS must be ≥ 0/,
+    );
+    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_BULK_CORRECTION_WAIT_MS: '600001' })).toThrow(
+      /URS_BULK_CORRECTION_WAIT_MS must be ≤ 600000/,
+    );
+  });
+
   it('vulnFetcherConfig should refuse a bulk page larger than the API allows', () => {
     expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_BULK_PAGE_SIZE: '200001' })).toThrow(
       /URS_BULK_PAGE_SIZE must be ≤ 200000/,

@@ -45,7 +45,7 @@ function cycleBatches(cycleId: string, startedAt: string, cvssThreshold = 9): [D
 describe('a bulk cycle that reads its export last', () => {
   const redis = testRedisPerTest();
 
-  function setup() {
+  function setup(options: { correctionWaitMs?: number } = {}) {
     const sent: EnrichedBatch[] = [];
     /** Sends that fail before they reach the topic, from the next one on. */
     const failing = { sends: 0 };
@@ -90,6 +90,7 @@ describe('a bulk cycle that reads its export last', () => {
       bulkCache,
       cycles,
       exportLast: true,
+      correctionWaitMs: options.correctionWaitMs,
       publisher,
       topic: 'urs.devices-enriched',
       logger: silentLogger,
@@ -325,5 +326,21 @@ describe('a bulk cycle that reads its export last', () => {
     expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
     const c3 = sent.find((batch) => batch.cycleId === 'c3');
     expect(critical(c3)).toEqual({ d1: 0, d2: 1, d3: 0 });
+  });
+
+  it('should send the corrections after the wait for the earlier batches ends, when one of them never comes', async () => {
+    // An earlier batch dead-lettered, say. The handler's default wait (30 s) would outlast the test.
+    const context = setup({ correctionWaitMs: 100 });
+    const { handle, sent, exported } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    exported.rows = new Map([['d4', [cve('CVE-4', 9.1)]]]);
+    const [, next1] = await nextCycle(context);
+    const waited = await Promise.race([
+      handle(next1).then(() => 'sent'),
+      new Promise((resolve) => setTimeout(() => resolve('still waiting after 10 s'), 10_000).unref()),
+    ]);
+    expect(waited).toBe('sent');
+    expect(sent.map((batch) => batch.batchIndex)).toEqual([1, 2]);
+    expect(correctedIds(sent)).toEqual(['d1', 'd4']);
   });
 });
