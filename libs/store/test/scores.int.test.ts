@@ -355,6 +355,57 @@ describe('createBulkVulnerabilityCache', () => {
     expect(fromMemory).toEqual(expected);
   });
 
+  it('compare should not scan the stored export for gone devices when every one of them was named', async () => {
+    const cache = createBulkVulnerabilityCache(redis.client, redis.prefix);
+    const summaryOf = (critical: number) => ({
+      criticalCveCount: critical,
+      totalCveCount: critical,
+      maxCvss: null,
+      cvssThreshold: 9,
+      topCveIds: [],
+    });
+    const before = new Map([
+      ['d1', summaryOf(1)],
+      ['d2', summaryOf(2)],
+    ]);
+    await cache.save('t', 'c1', before, '2026-01-01T10:00:00.000Z');
+    const scans = jest.spyOn(redis.client, 'hscanStream');
+    const compared = async (after: [string, ReturnType<typeof summaryOf>][]) => {
+      const found: [string, string | null][] = [];
+      const slices = [after.map(([id, summary]): [string, string] => [id, JSON.stringify(summary)])];
+      for await (const slice of cache.compare('t', 'c1', slices)) found.push(...slice);
+      return found;
+    };
+    try {
+      // The same export, and one with a device changed and one new: nothing gone, no scan.
+      expect(await compared([...before])).toEqual([]);
+      expect(
+        await compared([
+          ['d1', summaryOf(1)],
+          ['d2', summaryOf(5)],
+          ['d3', summaryOf(3)],
+        ]),
+      ).toEqual([
+        ['d2', JSON.stringify(summaryOf(5))],
+        ['d3', JSON.stringify(summaryOf(3))],
+      ]);
+      expect(scans).not.toHaveBeenCalled();
+      // A device gone (d1), with as many named as stored: the scan finds it.
+      expect(
+        await compared([
+          ['d2', summaryOf(2)],
+          ['d3', summaryOf(3)],
+        ]),
+      ).toEqual([
+        ['d3', JSON.stringify(summaryOf(3))],
+        ['d1', null],
+      ]);
+      expect(scans).toHaveBeenCalledTimes(1);
+    } finally {
+      scans.mockRestore();
+    }
+  });
+
   it('save should write a large export in slices, each as it is produced, and mark it ready only at the end', async () => {
     const cache = createBulkVulnerabilityCache(redis.client, redis.prefix);
     const key = `${redis.prefix}vuln-bulk:t:c1`;
