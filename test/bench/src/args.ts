@@ -27,6 +27,12 @@ export interface BenchOptions {
   /** Devices of the bulk export run under Microsoft's quotas (0 skips it). `--bulk-devices`, default 100000. */
   bulkDevices: number;
   /**
+   * Devices given another device's vulnerabilities in the simulator between the `bulk-next` scenario's two
+   * cycles; 0 measures a next cycle that reads the same export again (Microsoft regenerates it every 6 hours,
+   * so most cycles do). `--bulk-next-changed`, default 1 % of `--bulk-devices`.
+   */
+  bulkNextChanged: number;
+  /**
    * Who starts cycles: `poller` (the real poller lists the devices), `inject` (the bench lists the
    * simulator's fleet and produces the device batches itself, the poller is not started), `auto`
    * (poller when it can be told to use per-device calls, else inject). `--driver`, default auto.
@@ -91,6 +97,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
         'internal-runs': { type: 'string' },
         'internal-warmup': { type: 'string' },
         'bulk-devices': { type: 'string' },
+        'bulk-next-changed': { type: 'string' },
         driver: { type: 'string' },
         redis: { type: 'string' },
         'sample-ms': { type: 'string' },
@@ -104,6 +111,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
+  const bulkDevices = wholeNumber(values['bulk-devices'] ?? '100000', '--bulk-devices', 0);
   return {
     sizes: values.sizes === undefined ? [1_000, 10_000, 100_000] : positiveList(values.sizes, '--sizes'),
     latencyMs: wholeNumber(values.latency ?? '50', '--latency', 0),
@@ -113,7 +121,11 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
     internalDevices: wholeNumber(values['internal-devices'] ?? '50000', '--internal-devices', 0),
     internalRuns: wholeNumber(values['internal-runs'] ?? '3', '--internal-runs', 1),
     internalWarmup: wholeNumber(values['internal-warmup'] ?? '20000', '--internal-warmup', 0),
-    bulkDevices: wholeNumber(values['bulk-devices'] ?? '100000', '--bulk-devices', 0),
+    bulkDevices,
+    bulkNextChanged:
+      values['bulk-next-changed'] === undefined
+        ? Math.max(1, Math.round(bulkDevices / 100))
+        : wholeNumber(values['bulk-next-changed'], '--bulk-next-changed', 0),
     driver: oneOf(values.driver ?? 'auto', '--driver', ['auto', 'poller', 'inject'] as const),
     redis: oneOf(values.redis ?? 'private', '--redis', ['private', 'shared'] as const),
     sampleMs: wholeNumber(values['sample-ms'] ?? '50', '--sample-ms', 10),
@@ -137,7 +149,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
 export const USAGE = `npm run bench -- [--sizes 1000,10000,100000] [--latency 50] [--jitter 0]
   [--cycle-tenants 6] [--cycle-devices 1000] [--internal-devices 50000] [--internal-runs 3]
   [--internal-warmup 20000]
-  [--bulk-devices 100000]
+  [--bulk-devices 100000] [--bulk-next-changed 1000]
   [--driver auto|poller|inject] [--redis private|shared] [--sample-ms 50] [--out bench/results]
   [--keep-stack] [--slack-ms 120000] [--profile vuln-fetcher,scorer]
   [--env NAME=value]...

@@ -107,7 +107,7 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
   }
   if (options.bulkDevices > 0) {
     // The same fleet's next cycle: a 10-"minute" interval of 6 s units (60 s) leaves the first cycle time
-    // to end under the quotas; 1 % of the devices change their vulnerabilities in between.
+    // to end under the quotas; 1 % of the devices change their vulnerabilities in between (by default).
     specs.push({
       ...base,
       name: 'bulk-next',
@@ -119,7 +119,7 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
       pollIntervalMinutes: 10,
       extraEnv: { ...options.env, URS_POLL_INTERVAL_UNIT_MS: '6000' },
       timeoutMs: options.bulkDevices * 2 + options.slackMs,
-      nextCycle: { changedDevices: Math.max(1, Math.round(options.bulkDevices / 100)) },
+      nextCycle: { changedDevices: options.bulkNextChanged },
     });
   }
   if (options.bulkDevices > 0) {

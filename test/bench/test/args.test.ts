@@ -49,6 +49,15 @@ describe('parseBenchArgs', () => {
   });
 });
 
+describe('parseBenchArgs --bulk-next-changed', () => {
+  it('parseBenchArgs should change 1 % of the bulk fleet by default, and take 0 for the same export again', () => {
+    expect(parseBenchArgs([]).bulkNextChanged).toBe(1_000);
+    expect(parseBenchArgs(['--bulk-devices', '20000']).bulkNextChanged).toBe(200);
+    expect(parseBenchArgs(['--bulk-next-changed', '0']).bulkNextChanged).toBe(0);
+    expect(() => parseBenchArgs(['--bulk-next-changed', '-5'])).toThrow(/--bulk-next-changed/);
+  });
+});
+
 describe('parseBenchArgs --env', () => {
   it('parseBenchArgs should collect service variables', () => {
     expect(parseBenchArgs(['--env', 'URS_VULN_CONCURRENCY=20', '--env', 'URS_LOG_LEVEL=warn']).env).toEqual({
