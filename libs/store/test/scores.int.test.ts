@@ -306,8 +306,17 @@ describe('createBulkVulnerabilityCache', () => {
       cvssThreshold: 7.5,
     });
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c1`)).toBeLessThanOrEqual(60_000);
+    // The one replaced may go sooner than the cache's expiry (the vuln-fetcher: after a poll interval).
+    await cache.save('t', 'c3', new Map([['d3', summary]]), '2026-01-01T10:20:00.000Z');
+    await cache.keepLatest('t', 'c3', 7.5, day, 5_000);
+    expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c2`)).toBeLessThanOrEqual(5_000);
+    expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c3`)).toBeGreaterThan(60_000);
+    // An older cycle's export (its last batch handled again) does not replace one read after it.
+    await cache.keepLatest('t', 'c1', 9, day, 5_000);
+    expect(await cache.latest('t')).toMatchObject({ cycleId: 'c3', collectedAt: '2026-01-01T10:20:00.000Z' });
+    expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c3`)).toBeGreaterThan(60_000);
     // An export that is gone (flushed, evicted) is no latest, even if its pointer is still there.
-    await redis.client.del(`${redis.prefix}vuln-bulk:t:c2`);
+    await redis.client.del(`${redis.prefix}vuln-bulk:t:c3`);
     expect(await cache.latest('t')).toBeNull();
   });
 

@@ -193,6 +193,10 @@ describe('a bulk cycle that reads its export last', () => {
     await cycles.listed('t1', 'c2', { totalBatches: 2, totalDevices: 5, listedAt: last?.collectedAt ?? '' });
     expect((await cycles.get('t1', 'c2'))?.totalBatches).toBe(3);
     expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
+    // The export it replaced stays one poll interval (10 minutes), not the cache's two hours.
+    const replacedTtl = await redis.client.pttl(`${redis.prefix}vuln-bulk:t1:c1`);
+    expect(replacedTtl).toBeGreaterThan(0);
+    expect(replacedTtl).toBeLessThanOrEqual(10 * 60_000);
   });
 
   it("should leave the devices with the latest export's vulnerabilities when the cycle's own export fails", async () => {
@@ -273,7 +277,17 @@ describe('a bulk cycle that reads its export last', () => {
     const first = correctedIds(sent);
     expect(first).toEqual(['d1', 'd2', 'd4']);
     // Handled again as if the process stopped before c2 became the latest: same corrections, no new read.
-    await bulkCache.keepLatest('t1', 'c1', 9, 60_000);
+    // (keepLatest would not move the latest back to the older export, so the pointer is written as it was.)
+    const c1 = await bulkCache.state('t1', 'c1');
+    await redis.client.set(
+      `${redis.prefix}vuln-bulk-latest:t1`,
+      JSON.stringify({
+        cycleId: 'c1',
+        collectedAt: c1.state === 'ready' ? c1.collectedAt : '',
+        cvssThreshold: 9,
+      }),
+    );
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c1');
     sent.length = 0;
     await handle(last);
     expect(exported.calls).toBe(2);
