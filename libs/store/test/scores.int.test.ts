@@ -130,6 +130,48 @@ describe('createScoreStore', () => {
     expect((await scores.history('t', 'd1')).map((s) => s.score)).toEqual([3, 2]);
   });
 
+  it("history entries should name their cycle and its start, which the cycle's hash stores once for all", async () => {
+    const scores = createScoreStore(redis.client, redis.prefix);
+    const scored = device('d1', 55, 'Moderate Risk');
+    await scores.saveScores(
+      't',
+      { ...cycle('c1', '2026-01-01T10:00:00.000Z'), scoredAt: '2026-01-01T10:00:07.000Z' },
+      [scored],
+    );
+    // A correction of the cycle stores its entry at a stamp half a millisecond later; the start stays.
+    const correction = { ...cycle('c1', '2026-01-01T10:00:00.000Z'), scoredAt: '2026-01-01T10:00:09.000Z' };
+    await scores.saveScores('t', { ...correction, correction: true }, [device('d1', 60, 'Moderate Risk')]);
+    // An entry stored before entries were made compact, with the cycle's id and start in it.
+    const old = {
+      cycleId: 'c0',
+      cycleStartedAt: '2026-01-01T09:50:00.000Z',
+      scoredAt: '2026-01-01T09:50:05.000Z',
+      score: 40,
+      band: 'Low Risk',
+      criticalScore: 20,
+      operationalScore: 20,
+      missing: ['vulnerabilities'],
+    };
+    await redis.client.zadd(`${redis.prefix}score-cycles:t`, Date.parse(old.cycleStartedAt), 'c0');
+    await redis.client.hset(`${redis.prefix}score-cycle-history:t:c0`, 'd1', JSON.stringify(old));
+    expect(await scores.history('t', 'd1')).toEqual([
+      {
+        cycleId: 'c1',
+        cycleStartedAt: '2026-01-01T10:00:00.000Z',
+        scoredAt: '2026-01-01T10:00:09.000Z',
+        score: 60,
+        band: 'Moderate Risk',
+        criticalScore: scored.criticalScore,
+        operationalScore: scored.operationalScore,
+        missing: scored.missing,
+      },
+      old,
+    ]);
+    const stored = await redis.client.hget(`${redis.prefix}score-cycle-history:t:c1`, 'd1');
+    expect(JSON.parse(stored ?? '{}')).not.toHaveProperty('cycleId');
+    expect(JSON.parse(stored ?? '{}')).not.toHaveProperty('cycleStartedAt');
+  });
+
   it("history should be the device's entries in the tenant's last cycles, and keep no hash of a dropped cycle", async () => {
     const scores = createScoreStore(redis.client, redis.prefix, { historyLength: 2 });
     const at = (minute: number) => cycle(`c${minute}`, `2026-01-01T10:0${minute}:00.000Z`);
