@@ -98,7 +98,7 @@ describe('the pipeline end to end', () => {
       },
       serviceEnv: {
         publisher: { URS_TOMBSTONE_AFTER_CYCLES: '1', URS_DEADLINE_SWEEP_MS: '500' },
-        scorer: { URS_CONSUMER_SESSION_TIMEOUT_MS: '6000' },
+        scorer: { URS_CONSUMER_SESSION_TIMEOUT_MS: '6000', URS_SCORE_HISTORY_CYCLES: '1' },
       },
     });
     await pipeline.start();
@@ -243,6 +243,16 @@ describe('the pipeline end to end', () => {
     expect(republished.get(changed.id)).toMatchObject({ score: want.score, band: want.band });
     const unchanged = [...expected.keys()].find((id) => !shouldChange.includes(id)) as string;
     expect(republished.has(unchanged)).toBe(false);
+    // Its history through the API: the scorer keeps one cycle (URS_SCORE_HISTORY_CYCLES=1), this one.
+    const device = await pipeline.api('GET', `/v1/tenants/${big.tenantId}/devices/${changed.id}`);
+    expect(device.body.history).toEqual([
+      expect.objectContaining({
+        cycleId: summary.cycleId,
+        cycleStartedAt: summary.cycleStartedAt,
+        score: want.score,
+        band: want.band,
+      }),
+    ]);
 
     // The removed device was absent from one completed cycle (URS_TOMBSTONE_AFTER_CYCLES=1): tombstoned.
     await waitFor(

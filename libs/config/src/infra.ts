@@ -46,13 +46,20 @@ export interface RedisConfig {
   url: string;
   /** Prefix of every key this deployment writes. Env `URS_REDIS_PREFIX`, default `urs:`. */
   keyPrefix: string;
+  /**
+   * Cycles of score history kept per tenant: the scorer keeps that many, the registrar's API answers up to that
+   * many. Each is a hash of one entry per device (~230 bytes of Redis a device). Env
+   * `URS_SCORE_HISTORY_CYCLES`, default 10, 1–100.
+   */
+  scoreHistoryCycles: number;
 }
 
-/** `REDIS_URL` (default `redis://127.0.0.1:6379`), `URS_REDIS_PREFIX` (default `urs:`). */
+/** `REDIS_URL` (default `redis://127.0.0.1:6379`), `URS_REDIS_PREFIX` (default `urs:`), `URS_SCORE_HISTORY_CYCLES`. */
 export function redisConfig(env: Env): RedisConfig {
   return {
     url: readUrl(env, 'REDIS_URL', 'redis://127.0.0.1:6379'),
     keyPrefix: readString(env, 'URS_REDIS_PREFIX', 'urs:'),
+    scoreHistoryCycles: readInt(env, 'URS_SCORE_HISTORY_CYCLES', { fallback: 10, min: 1, max: 100 }),
   };
 }
 

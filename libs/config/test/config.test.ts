@@ -4,6 +4,7 @@ import {
   defenderSettings,
   kafkaConfig,
   readInt,
+  redisConfig,
   secretKeyConfig,
   serviceConfig,
   topicsConfig,
@@ -35,6 +36,23 @@ describe('kafkaConfig', () => {
   it('should require SASL credentials once a mechanism is set', () => {
     expect(() => kafkaConfig({ KAFKA_SASL_MECHANISM: 'plain' }, 'c')).toThrow(
       'KAFKA_SASL_USERNAME is required',
+    );
+  });
+});
+
+describe('redisConfig', () => {
+  it('redisConfig should keep 10 cycles of score history unless told otherwise, and refuse 0 naming the variable', () => {
+    expect(redisConfig({})).toEqual({
+      url: 'redis://127.0.0.1:6379',
+      keyPrefix: 'urs:',
+      scoreHistoryCycles: 10,
+    });
+    expect(redisConfig({ URS_SCORE_HISTORY_CYCLES: '3' }).scoreHistoryCycles).toBe(3);
+    expect(() => redisConfig({ URS_SCORE_HISTORY_CYCLES: '0' })).toThrow(
+      /URS_SCORE_HISTORY_CYCLES must be ≥ 1/,
+    );
+    expect(() => redisConfig({ URS_SCORE_HISTORY_CYCLES: '101' })).toThrow(
+      /URS_SCORE_HISTORY_CYCLES must be ≤ 100/,
     );
   });
 });

@@ -19,7 +19,7 @@ export interface RedisClientOptions {
  * rejects. Commands queue while reconnecting (maxRetriesPerRequest null), so a Redis restart delays
  * work instead of failing it.
  */
-export function createRedis(config: RedisConfig, options: RedisClientOptions = {}): Redis {
+export function createRedis(config: Pick<RedisConfig, 'url'>, options: RedisClientOptions = {}): Redis {
   return new Redis(config.url, {
     connectionName: options.connectionName,
     disableClientInfo: true,

@@ -20,7 +20,7 @@ void runService({
     const completion = createCycleCompletion({
       cycles,
       published,
-      scores: createScoreStore(redis, prefix),
+      scores: createScoreStore(redis, prefix, { historyLength: config.redis.scoreHistoryCycles }),
       publisher,
       topics: config.topics,
       logger,

@@ -115,7 +115,10 @@ void runService({
               ensureRebuilt: () => rebuilder.ensure(),
               accessTestTimeoutMs: settings.accessTestTimeoutMs,
             }),
-            ...deviceRoutes({ tenants, scores: createScoreStore(redis, prefix) }),
+            ...deviceRoutes({
+              tenants,
+              scores: createScoreStore(redis, prefix, { historyLength: config.redis.scoreHistoryCycles }),
+            }),
           ],
           tokens: settings.apiTokens,
           maxBodyBytes: settings.maxBodyBytes,

@@ -62,7 +62,7 @@ void runService({
           contract: 'urs/enriched-batch',
           handler: createScoreHandler({
             profiles,
-            scores: createScoreStore(redis, prefix),
+            scores: createScoreStore(redis, prefix, { historyLength: config.redis.scoreHistoryCycles }),
             publisher,
             topic: config.topics.deviceScores,
             logger,

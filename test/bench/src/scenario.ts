@@ -188,7 +188,7 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
   let watcher: Awaited<ReturnType<typeof watchSummaries>> | undefined;
   let sampler: ReturnType<SimulatorProcess['sample']> | undefined;
   let cpuSampler: NodeJS.Timeout | undefined;
-  const redis = createRedis({ url: ctx.redisUrl, keyPrefix: redisPrefix }, { connectionName: 'bench' });
+  const redis = createRedis({ url: ctx.redisUrl }, { connectionName: 'bench' });
   // Reconnect attempts after an interrupted run stopped the private Redis are expected, not worth a stack trace.
   redis.on('error', () => undefined);
   const producer = ctx.kafka.producer({
