@@ -165,8 +165,8 @@ const CLOSE_BRACE = Buffer.from('}');
  * `{prefix}score-cycle-history:{tenantId}:{cycleId}` (deviceId → compact entry: a full explanation per
  * past cycle would cost ~1.5 KB × history length per device). A device's history is its entries in the
  * tenant's last `historyLength` cycles, newest first. An entry leaves out what its cycle's hash and the
- * sorted set already say (the cycle's id and start), which made up half of it: a 100,000-device cycle's
- * hash took ~32 MB of Redis with them.
+ * sorted set already say (the cycle's id and start), about half of each entry: a 100,000-device cycle's
+ * hash took 32.4 MB of Redis with them, 22.7 MB without.
  */
 export function createScoreStore(redis: Redis, prefix: string, options: ScoreStoreOptions = {}): ScoreStore {
   const historyLength = options.historyLength ?? 10;

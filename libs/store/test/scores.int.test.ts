@@ -130,7 +130,7 @@ describe('createScoreStore', () => {
     expect((await scores.history('t', 'd1')).map((s) => s.score)).toEqual([3, 2]);
   });
 
-  it("history entries should name their cycle and its start, which the cycle's hash stores once for all", async () => {
+  it("history entries should name their cycle and its start, which the cycle's hash and the sorted set of cycles hold", async () => {
     const scores = createScoreStore(redis.client, redis.prefix);
     const scored = device('d1', 55, 'Moderate Risk');
     await scores.saveScores(
