@@ -439,13 +439,9 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     collectedAt: string,
     corrections: VulnerabilityCorrection[],
   ) {
+    const position = { batchIndex, lastBatch: false, totalBatches: undefined, totalDevices: undefined };
     return {
-      schemaVersion: 1 as const,
-      tenantId: batch.tenantId,
-      cycleId: batch.cycleId,
-      cycleStartedAt: batch.cycleStartedAt,
-      batchIndex,
-      lastBatch: false,
+      ...cycleBatchHeader({ ...batch, ...position }),
       vulnerabilityMode: batch.vulnerabilityMode,
       collectedAt,
       corrections,

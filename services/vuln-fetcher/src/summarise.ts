@@ -215,7 +215,6 @@ export class VulnerabilityFolder {
   }
 }
 
-/** The summary of a device the bulk export does not list: it has no known vulnerability. */
 /**
  * The fold's summaries as JSON (as the bulk cache stores them), in slices of `size` devices: what the
  * cache compares with a stored export without the fold's summaries all existing at once.
@@ -236,6 +235,7 @@ export function* summaryJsonSlices(
   if (slice.length > 0) yield slice;
 }
 
+/** The summary of a device the bulk export does not list: it has no known vulnerability. */
 export function emptySummary(cvssThreshold: number): VulnerabilitySummary {
   return { criticalCveCount: 0, totalCveCount: 0, maxCvss: null, cvssThreshold, topCveIds: [] };
 }
