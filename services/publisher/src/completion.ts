@@ -48,6 +48,9 @@ const SUMMARY_LOCK_MS = 30_000;
 
 const ms = (later: number, earlier: number): number => Math.max(0, Math.round(later - earlier));
 
+/** Buckets of collect → summary, in seconds: per-device cycles take well under a second, a large first bulk cycle ~10 s. */
+const COLLECT_TO_SUMMARY_BUCKETS = [0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800];
+
 /**
  * Cycle completion: a cycle is complete when its totals are known and every batch was recorded; one
  * publisher wins the claim and publishes the summary (plus the snapshot and tombstones of a complete
@@ -63,6 +66,11 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
   const lag = deps.metrics.histogram(
     'urs_score_to_publish_seconds',
     "From a cycle's last score to its summary, in seconds.",
+  );
+  const collectToSummary = deps.metrics.histogram(
+    'urs_collect_to_summary_seconds',
+    "From a cycle's last vulnerability response to its summary, in seconds, by status: the benchmark's collect → VMS.",
+    COLLECT_TO_SUMMARY_BUCKETS,
   );
   const records = deps.metrics.counter(
     'urs_vms_records_total',
@@ -161,6 +169,8 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     ]);
     summaries.inc({ status });
     if (lastScoredMs > 0) lag.observe(summary.timings.scoreToPublishMs / 1000);
+    if (collectedAt !== null)
+      collectToSummary.observe(ms(publishedAt.getTime(), Date.parse(collectedAt)) / 1000, { status });
     log.info('cycle published', {
       status,
       devices: summary.devices,

@@ -116,7 +116,7 @@ describe('the publisher', () => {
       );
       await handler(message(batch));
     };
-    return { handler: handle, completion, cycles, begin };
+    return { handler: handle, completion, cycles, begin, metrics };
   }
 
   const summaries = (): VmsRiskSummary[] =>
@@ -269,6 +269,28 @@ describe('the publisher', () => {
     await handler(last);
     expect(summaries()).toHaveLength(1);
     expect(summaries()[0]).toMatchObject({ status: 'complete', devices: { scored: 1 } });
+  });
+
+  it("createCycleCompletion should time each summary from its cycle's last vulnerability response in urs_collect_to_summary_seconds, by status", async () => {
+    const { handler, begin, completion, cycles, metrics } = build();
+    await begin(1);
+    now = new Date(Date.parse(minute(11)) + 1_500);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')], 1));
+    await begin(2);
+    await cycles.listed('t1', 'c2', { totalBatches: 2, totalDevices: 2, listedAt: minute(21) });
+    await handler(scoreBatch(2, 0, [device('a', 10, 'Trustworthy')]));
+    // Past c2's deadline (minute 25), 4.5 minutes after its collectedAt (minute 21): closed as partial.
+    now = new Date(Date.parse(minute(25)) + 30_000);
+    expect(await completion.closeOverdue()).toBe(1);
+    const exposed = metrics.expose();
+    const line = (labels: string): string | undefined =>
+      exposed.split('\n').find((text) => text.startsWith(`urs_collect_to_summary_seconds${labels}`));
+    expect(line('_bucket{status="complete",le="1"}')).toMatch(/ 0$/);
+    expect(line('_bucket{status="complete",le="2"}')).toMatch(/ 1$/);
+    expect(line('_sum{status="complete"}')).toMatch(/ 1\.5$/);
+    expect(line('_bucket{status="partial",le="120"}')).toMatch(/ 0$/);
+    expect(line('_bucket{status="partial",le="300"}')).toMatch(/ 1$/);
+    expect(line('_sum{status="partial"}')).toMatch(/ 270$/);
   });
 
   it('closeOverdue should send a partial summary whose first send failed, on a later sweep', async () => {
