@@ -52,11 +52,21 @@ export interface BenchOptions {
   profile: string[];
   /** Extra variables for every service, e.g. `--env URS_VULN_CONCURRENCY=20` (repeatable). */
   env: Record<string, string>;
+  /**
+   * Processes of a stage in every scenario, as SREs scale a pool (`--replicas vuln-fetcher=2,scorer=2`),
+   * default 1 each. Replicas share their stage's consumer group and, for the vuln-fetcher, the 10 call slots;
+   * each reports its own RSS and CPU as `<stage>#<n>`. The registrar stays one (it owns the REST port).
+   */
+  replicas: Partial<Record<ScalableService, number>>;
 }
 
 export class UsageError extends Error {}
 
 const SERVICE_NAMES = ['registrar', 'poller', 'vuln-fetcher', 'scorer', 'publisher'] as const;
+const SCALABLE_SERVICES = ['poller', 'vuln-fetcher', 'scorer', 'publisher'] as const;
+export type ScalableService = (typeof SCALABLE_SERVICES)[number];
+/** Most processes of one stage: the bench machine has 2 cores. */
+const MAX_REPLICAS = 4;
 
 function positiveList(text: string, flag: string): number[] {
   const items = text
@@ -79,6 +89,21 @@ function oneOf<T extends string>(text: string, flag: string, allowed: readonly T
   if (!(allowed as readonly string[]).includes(text))
     throw new UsageError(`${flag} must be one of ${allowed.join(', ')} (got "${text}")`);
   return text as T;
+}
+
+function replicasOf(text: string): Partial<Record<ScalableService, number>> {
+  const replicas: Partial<Record<ScalableService, number>> = {};
+  for (const item of text.split(',').map((part) => part.trim())) {
+    const match = /^([a-z-]+)=(\d+)$/.exec(item);
+    if (!match)
+      throw new UsageError(`--replicas takes stage=count pairs, e.g. vuln-fetcher=2 (got "${item}")`);
+    const name = oneOf(match[1] as string, '--replicas', SCALABLE_SERVICES);
+    const count = Number(match[2]);
+    if (count < 1 || count > MAX_REPLICAS)
+      throw new UsageError(`--replicas ${name} must be 1 to ${MAX_REPLICAS} (got ${count})`);
+    replicas[name] = count;
+  }
+  return replicas;
 }
 
 export function parseBenchArgs(argv: readonly string[]): BenchOptions {
@@ -106,6 +131,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
         'slack-ms': { type: 'string' },
         profile: { type: 'string' },
         env: { type: 'string', multiple: true },
+        replicas: { type: 'string' },
       },
     }));
   } catch (error) {
@@ -139,6 +165,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
         return [match[1] as string, match[2] as string];
       }),
     ),
+    replicas: values.replicas === undefined ? {} : replicasOf(values.replicas),
     profile:
       values.profile === undefined
         ? []
@@ -152,5 +179,5 @@ export const USAGE = `npm run bench -- [--sizes 1000,10000,100000] [--latency 50
   [--bulk-devices 100000] [--bulk-next-changed 1000]
   [--driver auto|poller|inject] [--redis private|shared] [--sample-ms 50] [--out bench/results]
   [--keep-stack] [--slack-ms 120000] [--profile vuln-fetcher,scorer]
-  [--env NAME=value]...
+  [--env NAME=value]... [--replicas vuln-fetcher=2,scorer=2]
 A size or device count of 0 skips that scenario.`;

@@ -54,6 +54,7 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
     sampleMs: options.sampleMs,
     staggerMs: 0,
     profile: options.profile,
+    replicas: options.replicas,
     warmupDevices: 0,
   };
   for (const size of options.sizes) {

@@ -38,10 +38,13 @@ export interface PipelineOptions {
   extraEnv?: Record<string, string>;
   /** Services started with `--cpu-prof`, profiles written to the run directory when they stop. */
   profile?: readonly string[];
+  /** Processes per service (default 1): the second and later are named `<service>#<n>`. */
+  replicas?: Partial<Record<ServiceName, number>>;
 }
 
 export interface Pipeline {
-  children: Map<ServiceName, Child>;
+  /** Every process, by service name (`<service>#<n>` for the second and later replica of one). */
+  children: Map<string, Child>;
   apiToken: string;
   httpPort: number;
   /** PUT /v1/tenants/{id}/defender on the registrar. */
@@ -119,21 +122,21 @@ export async function startPipeline(group: ProcessGroup, options: PipelineOption
     URS_LOG_LEVEL: 'info',
     ...options.extraEnv,
   };
-  const children = new Map<ServiceName, Child>();
+  const children = new Map<string, Child>();
   const crashed = (): string | undefined => {
     for (const [name, child] of children)
       if (child.done()) return `${name} exited; last lines of ${child.logFile}:\n${tail(child.logFile)}`;
     return undefined;
   };
-  async function spawn(name: ServiceName): Promise<{ child: Child; metricsPort: number }> {
+  async function spawn(service: ServiceName, name: string): Promise<{ child: Child; metricsPort: number }> {
     const metricsPort = await freePort();
     const env: NodeJS.ProcessEnv = {
       ...common,
       URS_METRICS_PORT: String(metricsPort),
       URS_INSTANCE_ID: `${options.topicPrefix}${name}`,
-      ...(name === 'registrar' ? { URS_HTTP_PORT: String(httpPort), URS_API_TOKENS: apiToken } : {}),
+      ...(service === 'registrar' ? { URS_HTTP_PORT: String(httpPort), URS_API_TOKENS: apiToken } : {}),
     };
-    const profile = options.profile?.includes(name)
+    const profile = options.profile?.includes(service)
       ? [
           '--cpu-prof',
           `--cpu-prof-dir=${join(options.runDir, 'profiles')}`,
@@ -144,9 +147,9 @@ export async function startPipeline(group: ProcessGroup, options: PipelineOption
       name,
       command: process.execPath,
       args: [
-        ...nodeFlags(options.root, name),
+        ...nodeFlags(options.root, service),
         ...profile,
-        join(options.root, 'services', name, 'dist/main.js'),
+        join(options.root, 'services', service, 'dist/main.js'),
       ],
       env,
       cwd: options.root,
@@ -156,9 +159,9 @@ export async function startPipeline(group: ProcessGroup, options: PipelineOption
     return { child, metricsPort };
   }
 
-  /** Starts a service and waits for /readyz; a start that fails or exits is reported with its log. */
-  async function start(name: ServiceName): Promise<void> {
-    const { child, metricsPort } = await spawn(name);
+  /** Starts one process of a service and waits for /readyz; a start that fails or exits is reported with its log. */
+  async function startOne(service: ServiceName, name: string): Promise<void> {
+    const { child, metricsPort } = await spawn(service, name);
     const deadline = Date.now() + 90_000;
     for (;;) {
       if ((await getStatus(metricsPort, '/readyz')) === 200) return;
@@ -168,6 +171,16 @@ export async function startPipeline(group: ProcessGroup, options: PipelineOption
         throw new Error(`${name} was not ready within 90 s:\n${tail(child.logFile)}`);
       await new Promise((resolve) => setTimeout(resolve, 250));
     }
+  }
+
+  /** Starts every replica of a service. */
+  async function start(service: ServiceName): Promise<void> {
+    const count = options.replicas?.[service] ?? 1;
+    await Promise.all(
+      Array.from({ length: count }, (_, index) =>
+        startOne(service, index === 0 ? service : `${service}#${index + 1}`),
+      ),
+    );
   }
 
   // Every service creates the topics it is missing at start and waits until the ones it created have

@@ -280,6 +280,20 @@ export function cpuMicrosPerDevice(cpuSec: Record<string, number>, devices: numb
 /** The simulator's process in the CPU readings: Microsoft's stand-in, not part of the pipeline. */
 const SIMULATOR = 'simulator';
 
+/**
+ * Table columns: each of `services`, followed by the later replicas of it among `present`
+ * (`vuln-fetcher#2`, `vuln-fetcher#3`, …, in order).
+ */
+export function withReplicas(services: readonly string[], present: Iterable<string>): string[] {
+  const names = new Set(present);
+  return services.flatMap((service) => [
+    service,
+    ...[...names]
+      .filter((name) => name.startsWith(`${service}#`))
+      .sort((a, b) => Number(a.split('#')[1]) - Number(b.split('#')[1])),
+  ]);
+}
+
 /** cpuMicrosPerDevice of every process but the simulator. */
 export function pipelineCpuMicrosPerDevice(cpuSec: Record<string, number>, devices: number): number {
   const { [SIMULATOR]: _simulator, ...pipeline } = cpuSec;
@@ -524,7 +538,10 @@ export function renderMarkdown(results: BenchResults): string {
   }
   const scenarios = Object.entries(results.scenarios);
   if (scenarios.length > 0) {
-    const services = ['registrar', 'poller', 'vuln-fetcher', 'scorer', 'publisher'];
+    const services = withReplicas(
+      ['registrar', 'poller', 'vuln-fetcher', 'scorer', 'publisher'],
+      scenarios.flatMap(([, scenario]) => Object.keys(scenario.peakRssMb)),
+    );
     lines.push(
       '',
       '## Peak RSS (MB) / CPU (s) per scenario',

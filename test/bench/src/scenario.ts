@@ -34,6 +34,8 @@ export interface ScenarioSpec {
   sampleMs: number;
   /** Services run with `--cpu-prof`. */
   profile: readonly string[];
+  /** Processes per service (default 1 each). */
+  replicas: Partial<Record<ServiceName, number>>;
   /**
    * Devices of a tenant whose cycle runs through the same processes before the measured window (0: none),
    * so the window measures services in their steady state: code compiled, heaps and buffers grown (a page
@@ -107,7 +109,8 @@ export interface ScenarioResult {
   devices: number;
   sim: SimStats;
   samples: StatsSample[];
-  usage: Partial<Record<ServiceName, ProcessUsage>>;
+  /** Per process: `<service>`, and `<service>#<n>` for its later replicas. */
+  usage: Record<string, ProcessUsage>;
   /**
    * CPU seconds of each service and of the broker, Redis and the simulator from the first registration
    * to the last summary: where the two cores went while the cycles ran (start-up not included).
@@ -218,6 +221,7 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
       services,
       extraEnv: spec.extraEnv,
       profile: spec.profile,
+      replicas: spec.replicas,
     });
     ctx.log(`  services ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
     watcher = await watchSummaries(ctx.kafka, topics.vmsRiskSummary, `${topicPrefix}bench-watch`);
@@ -321,7 +325,7 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     const samples = await sampler.stop();
     sampler = undefined;
     const sim = await ctx.sim.stats();
-    const usage: Partial<Record<ServiceName, ProcessUsage>> = {};
+    const usage: Record<string, ProcessUsage> = {};
     for (const [name, child] of pipeline.children) {
       const measured = processUsage(child.pid);
       if (measured) usage[name] = measured;

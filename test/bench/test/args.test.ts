@@ -70,3 +70,21 @@ describe('parseBenchArgs --env', () => {
     expect(() => parseBenchArgs(['--env', 'URS_VULN_CONCURRENCY'])).toThrow(/--env must be NAME=value/);
   });
 });
+
+describe('parseBenchArgs --replicas', () => {
+  it('parseBenchArgs should read processes per stage, one each by default', () => {
+    expect(parseBenchArgs([]).replicas).toEqual({});
+    expect(parseBenchArgs(['--replicas', 'vuln-fetcher=2, scorer=3']).replicas).toEqual({
+      'vuln-fetcher': 2,
+      scorer: 3,
+    });
+  });
+
+  it('parseBenchArgs should refuse the registrar, an unknown stage, a count out of 1–4 or a malformed pair', () => {
+    expect(() => parseBenchArgs(['--replicas', 'registrar=2'])).toThrow(/--replicas must be one of/);
+    expect(() => parseBenchArgs(['--replicas', 'fetcher=2'])).toThrow(/--replicas must be one of/);
+    expect(() => parseBenchArgs(['--replicas', 'scorer=0'])).toThrow(/--replicas scorer must be 1 to 4/);
+    expect(() => parseBenchArgs(['--replicas', 'scorer=5'])).toThrow(/--replicas scorer must be 1 to 4/);
+    expect(() => parseBenchArgs(['--replicas', 'scorer'])).toThrow(/stage=count pairs/);
+  });
+});

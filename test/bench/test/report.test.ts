@@ -5,6 +5,7 @@ import {
   latencyByMode,
   pipelineCpuMicrosPerDevice,
   usageEach,
+  withReplicas,
   type CycleLatency,
 } from '../src/report';
 import type { ScenarioResult } from '../src/scenario';
@@ -120,6 +121,17 @@ describe('pipelineCpuMicrosPerDevice', () => {
     expect(pipelineCpuMicrosPerDevice(cpuSec, 10_000)).toBe(200);
     expect(pipelineCpuMicrosPerDevice({ scorer: 1.5, kafka: 0.5 }, 10_000)).toBe(200);
     expect(pipelineCpuMicrosPerDevice(cpuSec, 0)).toBeNaN();
+  });
+});
+
+describe('withReplicas', () => {
+  it('withReplicas should put the later replicas of a stage right after it, in number order', () => {
+    expect(
+      withReplicas(
+        ['poller', 'vuln-fetcher', 'scorer'],
+        ['scorer', 'vuln-fetcher#10', 'vuln-fetcher', 'vuln-fetcher#2', 'kafka'],
+      ),
+    ).toEqual(['poller', 'vuln-fetcher', 'vuln-fetcher#2', 'vuln-fetcher#10', 'scorer']);
   });
 });
 
