@@ -400,6 +400,43 @@ describe('createDefenderClient vulnerabilities', () => {
     }
   });
 
+  it("a call's request should be made as soon as its slot is given, with nothing asynchronous before it in the slot", async () => {
+    // The requests the https agent was given (a ClientRequest hands itself to its agent as it is made; the
+    // token's requests go through it too).
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const requested: string[] = [];
+    const addRequest = agent.addRequest.bind(agent) as (request: { path: string }, options: unknown) => void;
+    (agent as unknown as { addRequest: typeof addRequest }).addRequest = (request, options) => {
+      requested.push(request.path);
+      addRequest(request, options);
+    };
+    const local = createLocalLimiter({ maxConcurrent: 10 });
+    const inSlot: string[][] = [];
+    // A limiter that looks, as soon as each task it runs has started, at the requests made so far.
+    const limiter = {
+      schedule<T>(task: () => Promise<T>): Promise<T> {
+        return local.schedule(() => {
+          const running = task();
+          inSlot.push([...requested]);
+          return running;
+        });
+      },
+      close: () => local.close(),
+    };
+    const { client, close } = simClient(sim, app, { limiter, agent });
+    try {
+      const machine = sim.machines(app.azureTenantId)[0] as { id: string };
+      await client.getMachineVulnerabilities(machine.id);
+      // The task's own synchronous run made the request: a slot never waits idle for the request it was given to.
+      expect(inSlot).toHaveLength(1);
+      expect(inSlot[0]?.filter((path) => path.startsWith('/api/'))).toEqual([
+        `/api/machines/${machine.id}/vulnerabilities`,
+      ]);
+    } finally {
+      await close();
+    }
+  });
+
   it('getMachineVulnerabilities should fail NOT_FOUND for a device that is gone', async () => {
     const error = await failure(app, (c) => c.getMachineVulnerabilities('0'.repeat(40)));
     expect(error).toMatchObject({ code: DefenderErrorCode.NOT_FOUND, canRetry: false });
