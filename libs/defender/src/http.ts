@@ -223,6 +223,9 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
         ...(signal ? { signal } : {}),
       });
     } catch (error) {
+      // A slot that could not be had (the limiter's Redis failed) fails the call with the limiter's own
+      // error, as before the slot moved into the adapter: the API was never asked.
+      if (!axios.isAxiosError(error)) throw error;
       throw unreachable(error, url, signal);
     }
   }

@@ -437,6 +437,28 @@ describe('createDefenderClient vulnerabilities', () => {
     }
   });
 
+  it("a call whose slot cannot be had should fail with the limiter's error, once, without being called an API failure", async () => {
+    let asked = 0;
+    const limiter = {
+      schedule<T>(): Promise<T> {
+        asked++;
+        return Promise.reject(new Error('the limiter lost its Redis'));
+      },
+      close: async () => undefined,
+    };
+    const { client, close } = simClient(sim, app, { limiter });
+    try {
+      const machine = sim.machines(app.azureTenantId)[0] as { id: string };
+      const error = await client.getMachineVulnerabilities(machine.id).catch((caught: unknown) => caught);
+      expect(error).toBeInstanceOf(Error);
+      expect(error).not.toBeInstanceOf(DefenderError);
+      expect((error as Error).message).toBe('the limiter lost its Redis');
+      expect(asked).toBe(1);
+    } finally {
+      await close();
+    }
+  });
+
   it('getMachineVulnerabilities should fail NOT_FOUND for a device that is gone', async () => {
     const error = await failure(app, (c) => c.getMachineVulnerabilities('0'.repeat(40)));
     expect(error).toMatchObject({ code: DefenderErrorCode.NOT_FOUND, canRetry: false });
