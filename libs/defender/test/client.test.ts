@@ -405,8 +405,10 @@ describe('createDefenderClient vulnerabilities', () => {
     // token's requests go through it too).
     const agent = createHttpsAgent({ extraCa: sim.caPem });
     const requested: string[] = [];
-    const addRequest = agent.addRequest.bind(agent) as (request: { path: string }, options: unknown) => void;
-    (agent as unknown as { addRequest: typeof addRequest }).addRequest = (request, options) => {
+    // `addRequest` is Node's own, not in its types.
+    const taking = agent as unknown as { addRequest: (request: { path: string }, options: unknown) => void };
+    const addRequest = taking.addRequest.bind(agent);
+    taking.addRequest = (request, options) => {
       requested.push(request.path);
       addRequest(request, options);
     };
