@@ -4,7 +4,7 @@ export { createTenantStore } from './tenants';
 export type { TenantStore, TenantStatus } from './tenants';
 export { createCycleStore } from './cycles';
 export type { CycleStore, CycleState } from './cycles';
-export { createScoreStore } from './scores';
+export { createScoreStore, scoreStoreFor } from './scores';
 export type {
   ScoreStore,
   StoredScore,

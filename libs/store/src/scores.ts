@@ -1,4 +1,5 @@
 import type Redis from 'ioredis';
+import type { RedisConfig } from '@urs/config';
 import type { Band, ScoredDevice } from '@urs/contracts';
 
 /** A device's score as stored: the scored device and the cycle it belongs to. */
@@ -287,4 +288,16 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
       await removal.exec();
     },
   };
+}
+
+/**
+ * The deployment's score store, as every service that keeps or reads scores opens it: under the key prefix,
+ * with `URS_SCORE_HISTORY_CYCLES` cycles of history, so what the scorer keeps and what the registrar's API
+ * answers agree.
+ */
+export function scoreStoreFor(
+  redis: Redis,
+  config: Pick<RedisConfig, 'keyPrefix' | 'scoreHistoryCycles'>,
+): ScoreStore {
+  return createScoreStore(redis, config.keyPrefix, { historyLength: config.scoreHistoryCycles });
 }

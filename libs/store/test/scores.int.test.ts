@@ -1,5 +1,10 @@
 import type { ScoredDevice } from '@urs/contracts';
-import { createPublishedStore, createScoreStore, createBulkVulnerabilityCache } from '@urs/store';
+import {
+  createPublishedStore,
+  createScoreStore,
+  createBulkVulnerabilityCache,
+  scoreStoreFor,
+} from '@urs/store';
 import { scoredDevice, testRedisPerTest } from '@urs/testkit';
 
 const device = (deviceId: string, score: number, band: ScoredDevice['band']): ScoredDevice =>
@@ -128,6 +133,20 @@ describe('createScoreStore', () => {
       ]);
     }
     expect((await scores.history('t', 'd1')).map((s) => s.score)).toEqual([3, 2]);
+  });
+
+  it("scoreStoreFor should keep and answer the deployment's URS_SCORE_HISTORY_CYCLES cycles under its key prefix", async () => {
+    const config = { keyPrefix: redis.prefix, scoreHistoryCycles: 3 };
+    const kept = scoreStoreFor(redis.client, config);
+    for (let minute = 0; minute < 5; minute++) {
+      await kept.saveScores('t', cycle(`c${minute}`, `2026-01-01T10:0${minute}:00.000Z`), [
+        device('d1', minute, 'Trustworthy'),
+      ]);
+    }
+    // What the scorer keeps, the registrar's store reads: three cycles, under the same keys.
+    const read = scoreStoreFor(redis.client, config);
+    expect((await read.history('t', 'd1')).map((s) => s.score)).toEqual([4, 3, 2]);
+    expect((await read.getDeviceScore('t', 'd1'))?.cycleId).toBe('c4');
   });
 
   it("history entries should name their cycle and its start, which the cycle's hash and the sorted set of cycles hold", async () => {

@@ -1,7 +1,7 @@
 import { createConsumerRunner } from '@urs/bus';
 import { errorMessage } from '@urs/resilience';
 import { runService } from '@urs/runtime';
-import { createCycleStore, createPublishedStore, createScoreStore } from '@urs/store';
+import { createCycleStore, createPublishedStore, scoreStoreFor } from '@urs/store';
 import { createCycleCompletion } from './completion';
 import { publisherConfig } from './config';
 import { createPublishHandler } from './handler';
@@ -20,7 +20,7 @@ void runService({
     const completion = createCycleCompletion({
       cycles,
       published,
-      scores: createScoreStore(redis, prefix, { historyLength: config.redis.scoreHistoryCycles }),
+      scores: scoreStoreFor(redis, config.redis),
       publisher,
       topics: config.topics,
       logger,

@@ -6,7 +6,7 @@ import { createSecretSealer } from '@urs/secrets';
 import {
   createPollScheduleStore,
   createRegistrarStateStore,
-  createScoreStore,
+  scoreStoreFor,
   createTenantStore,
 } from '@urs/store';
 import { registrarConfig } from './config';
@@ -117,7 +117,7 @@ void runService({
             }),
             ...deviceRoutes({
               tenants,
-              scores: createScoreStore(redis, prefix, { historyLength: config.redis.scoreHistoryCycles }),
+              scores: scoreStoreFor(redis, config.redis),
             }),
           ],
           tokens: settings.apiTokens,

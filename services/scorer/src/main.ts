@@ -1,6 +1,6 @@
 import { createConsumerRunner } from '@urs/bus';
 import { runService } from '@urs/runtime';
-import { createScoreStore, createTenantStore } from '@urs/store';
+import { scoreStoreFor, createTenantStore } from '@urs/store';
 import { scorerConfig } from './config';
 import { createScoreHandler } from './handler';
 import { createProfileCache, createTenantsHandler } from './profiles';
@@ -62,7 +62,7 @@ void runService({
           contract: 'urs/enriched-batch',
           handler: createScoreHandler({
             profiles,
-            scores: createScoreStore(redis, prefix, { historyLength: config.redis.scoreHistoryCycles }),
+            scores: scoreStoreFor(redis, config.redis),
             publisher,
             topic: config.topics.deviceScores,
             logger,
