@@ -21,7 +21,7 @@ export interface CallMetrics {
 export function createCallMetrics(registry: Registry): CallMetrics {
   const calls = registry.counter(
     'urs_defender_calls_total',
-    'Defender API calls, by endpoint (machines, vulnerabilities, bulk) and HTTP status (error: no answer read).',
+    'Defender API calls, by endpoint (machines, vulnerabilities, bulk, exportFiles) and HTTP status (error: no answer read).',
   );
   const seconds = registry.histogram(
     'urs_defender_call_seconds',

@@ -22,6 +22,8 @@ import {
   type BulkExportRead,
   type BulkOptions,
   type BulkRowHandler,
+  type ExportGeneration,
+  fetchExportGeneration,
   fetchMachineVulnerabilities,
   mergeVulnerability,
   readVulnerabilitiesByMachine,
@@ -99,6 +101,8 @@ export interface DefenderClient {
     sink: (reportInvalid: (reason: string) => void) => ODataSink,
     options?: BulkOptions,
   ): Promise<{ pages: number }>;
+  /** Which snapshot the bulk export serves now (`SoftwareVulnerabilitiesExport`'s `generatedTime`). */
+  getExportGeneration(signal?: AbortSignal): Promise<ExportGeneration>;
   /** The whole bulk export merged per device (CVE-deduplicated). */
   getVulnerabilitiesByMachine(options?: BulkOptions): Promise<Map<string, Vulnerability[]>>;
   /** Token claims (roles) of the current token. */
@@ -194,6 +198,7 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
       fetchMachineVulnerabilities(walkDeps, machineId, signal),
     readVulnerabilitiesByMachine: (onRow, options) => readVulnerabilitiesByMachine(walkDeps, onRow, options),
     scanVulnerabilitiesByMachine: (sink, options) => scanVulnerabilitiesByMachine(walkDeps, sink, options),
+    getExportGeneration: (signal) => fetchExportGeneration(walkDeps, signal),
     async getVulnerabilitiesByMachine(options) {
       // Per device, its CVEs in first-seen order and where each one is in that list.
       const merged = new Map<string, { list: Vulnerability[]; index: Map<string, number> }>();

@@ -45,6 +45,7 @@ export type { Machine, MachineFlags, MachinePage, InvalidRecord, ListMachinesOpt
 export {
   MAX_BULK_PAGE_SIZE,
   DEFAULT_BULK_PAGE_SIZE,
+  fetchExportGeneration,
   fetchMachineVulnerabilities,
   readVulnerabilitiesByMachine,
   scanVulnerabilitiesByMachine,
@@ -56,6 +57,7 @@ export type {
   BulkExportRead,
   BulkOptions,
   BulkRowHandler,
+  ExportGeneration,
   VulnerabilityMode,
   VulnerabilityPlan,
 } from './vulnerabilities';

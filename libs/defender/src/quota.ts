@@ -4,7 +4,7 @@ import { sleep } from '@urs/resilience';
 import { DefenderError, DefenderErrorCode } from './errors';
 
 /** The MDE endpoints with a quota of their own. */
-export type DefenderEndpointClass = 'machines' | 'vulnerabilities' | 'bulk';
+export type DefenderEndpointClass = 'machines' | 'vulnerabilities' | 'bulk' | 'exportFiles';
 
 export interface QuotaWindow {
   /** Calls allowed per window. */
@@ -17,7 +17,8 @@ export type QuotaLimits = Record<DefenderEndpointClass, readonly QuotaWindow[]>;
 
 /**
  * Microsoft's documented per-tenant limits (defender-api.md §1–3): machines 100/min and 1,500/h,
- * per-device vulnerabilities 50/min and 1,500/h, the bulk export 30/min and 1,000/h.
+ * per-device vulnerabilities 50/min and 1,500/h, the bulk export 30/min and 1,000/h, the export's files
+ * (`SoftwareVulnerabilitiesExport`, asked only for the snapshot's `generatedTime`) 5/min and 20/h.
  */
 export const MICROSOFT_QUOTAS: QuotaLimits = Object.freeze({
   machines: [
@@ -31,6 +32,10 @@ export const MICROSOFT_QUOTAS: QuotaLimits = Object.freeze({
   bulk: [
     { limit: 30, windowMs: 60_000 },
     { limit: 1_000, windowMs: 3_600_000 },
+  ],
+  exportFiles: [
+    { limit: 5, windowMs: 60_000 },
+    { limit: 20, windowMs: 3_600_000 },
   ],
 });
 

@@ -191,6 +191,50 @@ async function walkExportPages(
   return pages;
 }
 
+/** The export snapshot Microsoft serves now: when it was generated, and how many files hold it. */
+export interface ExportGeneration {
+  /** `generatedTime` as Microsoft gave it (ISO 8601). Two answers name the same snapshot when they are equal. */
+  generatedTime: string;
+  /** Files the snapshot is split into (their SAS URLs are not kept: they grant read access to the data). */
+  files: number;
+}
+
+/**
+ * `GET /api/machines/SoftwareVulnerabilitiesExport` (5 calls/min and 20/h), the export "via files", asked
+ * only for its `generatedTime`. Microsoft regenerates the full export every 6 hours and both ways of
+ * reading it (JSON pages and files) serve the latest snapshot, so an unchanged `generatedTime` means the
+ * JSON export holds what it held when it was last read. An answer without a readable `generatedTime` is
+ * MALFORMED_RESPONSE.
+ */
+export async function fetchExportGeneration(
+  deps: VulnerabilityDeps,
+  signal?: AbortSignal,
+): Promise<ExportGeneration> {
+  const path = '/api/machines/SoftwareVulnerabilitiesExport';
+  const result = await deps.api.get('exportFiles', path, undefined, signal);
+  if (result.status === 404) {
+    throw new DefenderError(
+      DefenderErrorCode.NOT_FOUND,
+      `The Defender API of tenant ${deps.azureTenantId} has no vulnerability export files (404)`,
+      { details: { azureTenantId: deps.azureTenantId, path } },
+    );
+  }
+  const body = result.body as { generatedTime?: unknown; exportFiles?: unknown } | null;
+  const generatedTime = body?.generatedTime;
+  if (
+    typeof generatedTime !== 'string' ||
+    Number.isNaN(Date.parse(generatedTime)) ||
+    !Array.isArray(body?.exportFiles)
+  ) {
+    throw new DefenderError(
+      DefenderErrorCode.MALFORMED_RESPONSE,
+      `The Defender API answered ${path} without a "generatedTime" date and an "exportFiles" array`,
+      { canRetry: true, details: { azureTenantId: deps.azureTenantId, path } },
+    );
+  }
+  return { generatedTime, files: body.exportFiles.length };
+}
+
 export type VulnerabilityMode = 'per-device' | 'bulk';
 
 export interface VulnerabilityPlan {

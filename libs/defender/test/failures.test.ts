@@ -71,7 +71,7 @@ describe('createDefenderClient when retries run out', () => {
     // A client that believes in a larger quota than Microsoft's 50/min, and may not wait at all.
     const generous = [{ limit: 1_000, windowMs: 60_000 }];
     const quota = createLocalQuotaGate({
-      limits: { machines: generous, vulnerabilities: generous, bulk: generous },
+      limits: { machines: generous, vulnerabilities: generous, bulk: generous, exportFiles: generous },
     });
     const metrics = new Registry({ processMetrics: false });
     const { client, close } = simClient(sim, app, { quota, maxThrottleWaitMs: 0, metrics });

@@ -27,6 +27,7 @@ describe('createLocalQuotaGate', () => {
         machines: [{ limit: 1, windowMs: 60_000 }],
         vulnerabilities: [{ limit: 1, windowMs: 60_000 }],
         bulk: [],
+        exportFiles: [],
       },
     });
     const started = Date.now();

@@ -167,7 +167,7 @@ describe('throttling', () => {
     // A client that believes in a larger quota than Microsoft's: the simulator answers 429.
     const generous = [{ limit: 1_000, windowMs: 60_000 }];
     const quota = createRedisQuotaGate(redis.client, redis.prefix, {
-      limits: { machines: generous, vulnerabilities: generous, bulk: generous },
+      limits: { machines: generous, vulnerabilities: generous, bulk: generous, exportFiles: generous },
       maxPollMs: 1_000,
     });
     const limiter = await createSharedLimiter({

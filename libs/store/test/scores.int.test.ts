@@ -381,6 +381,61 @@ describe('createBulkVulnerabilityCache', () => {
     expect(await cache.latest('t')).toBeNull();
   });
 
+  it("save should keep the snapshot's generatedTime with the export, keepLatest carry it to the latest, and renew the latest it names", async () => {
+    const cache = createBulkVulnerabilityCache(redis.client, redis.prefix, 60_000);
+    const summary = {
+      criticalCveCount: 1,
+      totalCveCount: 1,
+      maxCvss: 9.8,
+      cvssThreshold: 9,
+      topCveIds: ['CVE-1'],
+    };
+    const day = 24 * 60 * 60 * 1000;
+    await cache.save(
+      't',
+      'c1',
+      new Map([['d1', summary]]),
+      '2026-01-01T10:00:00.000Z',
+      '2026-01-01T06:00:00Z',
+    );
+    await cache.keepLatest('t', 'c1', 9, day);
+    expect(await cache.latest('t')).toEqual({
+      cycleId: 'c1',
+      collectedAt: '2026-01-01T10:00:00.000Z',
+      cvssThreshold: 9,
+      generatedTime: '2026-01-01T06:00:00Z',
+    });
+    // The marker is no device: a scan leaves it out, and a compare naming every device scans for none gone.
+    const scanned: [string, string][] = [];
+    for await (const part of cache.scan('t', 'c1')) scanned.push(...part);
+    expect(scanned).toEqual([['d1', JSON.stringify(summary)]]);
+    const scans = jest.spyOn(redis.client, 'hscanStream');
+    try {
+      const changed: [string, string | null][] = [];
+      for await (const part of cache.compare('t', 'c1', [[['d1', JSON.stringify(summary)]]]))
+        changed.push(...part);
+      expect(changed).toEqual([]);
+      expect(scans).not.toHaveBeenCalled();
+    } finally {
+      scans.mockRestore();
+    }
+    // The latest kept again under its own cycle (a cycle that found the snapshot unchanged) lives on.
+    await redis.client.pexpire(`${redis.prefix}vuln-bulk-latest:t`, 1_000);
+    await redis.client.pexpire(`${redis.prefix}vuln-bulk:t:c1`, 1_000);
+    await cache.keepLatest('t', 'c1', 9, day, 5_000);
+    expect(await redis.client.pttl(`${redis.prefix}vuln-bulk-latest:t`)).toBeGreaterThan(60_000);
+    expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c1`)).toBeGreaterThan(60_000);
+    expect((await cache.latest('t'))?.generatedTime).toBe('2026-01-01T06:00:00Z');
+    // An export saved without one (its snapshot was not known) has none.
+    await cache.save('t', 'c2', new Map([['d1', summary]]), '2026-01-01T10:10:00.000Z');
+    await cache.keepLatest('t', 'c2', 9, day);
+    expect(await cache.latest('t')).toEqual({
+      cycleId: 'c2',
+      collectedAt: '2026-01-01T10:10:00.000Z',
+      cvssThreshold: 9,
+    });
+  });
+
   it('compare should name the new, changed and gone summaries of an export against the stored one, in slices', async () => {
     const cache = createBulkVulnerabilityCache(redis.client, redis.prefix);
     const summaryOf = (critical: number) => ({

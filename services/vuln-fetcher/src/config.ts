@@ -51,6 +51,13 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
    */
   bulkExportLast: boolean;
   /**
+   * A bulk cycle that reads its export last first asks which snapshot Microsoft serves
+   * (`SoftwareVulnerabilitiesExport`'s `generatedTime`, 5 calls/min and 20/h), and reads nothing when it is
+   * the snapshot of the tenant's latest export: Microsoft regenerates it every 6 hours, so most cycles would
+   * read the same ~250 MB (100,000 devices) again. Env `URS_BULK_SKIP_UNCHANGED`, default true.
+   */
+  bulkSkipUnchanged: boolean;
+  /**
    * How long a bulk cycle's corrections wait for the cycle's earlier batches to be enriched (on any replica)
    * before they go anyway, in ms. A correction that overtakes its device's batch finds no score of the cycle to
    * correct, so that device keeps the older export's vulnerabilities until the next cycle. Env
@@ -86,6 +93,7 @@ export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
     bulkPageSize: readInt(env, 'URS_BULK_PAGE_SIZE', { fallback: 50_000, min: 1, max: 200_000 }),
     bulkFoldThread: readBool(env, 'URS_BULK_FOLD_THREAD', true),
     bulkExportLast: readBool(env, 'URS_BULK_EXPORT_LAST', true),
+    bulkSkipUnchanged: readBool(env, 'URS_BULK_SKIP_UNCHANGED', true),
     bulkCorrectionWaitMs: readInt(env, 'URS_BULK_CORRECTION_WAIT_MS', {
       fallback: 30_000,
       min: 0,

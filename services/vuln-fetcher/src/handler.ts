@@ -37,6 +37,18 @@ export interface EnrichHandlerDeps {
    */
   exportLast?: boolean;
   /**
+   * With `exportLast`, a bulk cycle asks which export snapshot Microsoft serves before it reads its export
+   * (the source's `exportGeneratedTime`) and stores the answer with the export; a later cycle that gets the
+   * same answer as the tenant's latest export was read from reads nothing: its last batch is enriched from
+   * that export too, which stays the latest. Default false.
+   */
+  skipUnchangedExport?: boolean;
+  /**
+   * How long that question may take (the tenant's quota for it included) before the export is read
+   * anyway, in milliseconds. Default 5000.
+   */
+  snapshotProbeMs?: number;
+  /**
    * How long a bulk cycle's corrections wait for the cycle's earlier batches to be enriched (on any
    * replica) before they go anyway, in milliseconds. Default 30000.
    */
@@ -72,6 +84,11 @@ interface Enrichment {
   corrections?: VulnerabilityCorrection[][];
   /** What is left to do once the batch and its corrections are produced (store the export). */
   afterSend?: () => Promise<void>;
+  /**
+   * A bulk cycle's last batch that found the tenant's latest export's snapshot unchanged: that export's
+   * cycle, kept as the latest instead of the cycle's own (which was not read).
+   */
+  unchangedFrom?: string;
 }
 
 /** How often a running batch heartbeats, in milliseconds (KafkaJS's default heartbeat interval). */
@@ -130,6 +147,10 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     'Device vulnerability lookups, by mode and outcome (ok, failed, skipped).',
   );
   const batches = deps.metrics.counter('urs_enriched_batches_total', 'Device batches enriched, by mode.');
+  const snapshots = deps.metrics.counter(
+    'urs_bulk_export_snapshots_total',
+    "Bulk cycles that asked which export snapshot Microsoft serves before reading it, by outcome (unchanged: the latest export's, not read again; changed; unknown: no answer in time, read anyway).",
+  );
   const corrected = deps.metrics.counter(
     'urs_bulk_corrections_total',
     "Devices of bulk cycles corrected after the cycle's own export, having been enriched from the latest one.",
@@ -285,11 +306,42 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     await deps.bulkCache.fail(batch.tenantId, batch.cycleId, fetchError);
   }
 
+  /**
+   * The `generatedTime` of the snapshot the cycle's export will be read from, asked before it is read (a
+   * snapshot regenerated during the read is then taken for a newer one, never the other way round).
+   * Undefined when the cycle does not ask, or no answer came within `snapshotProbeMs`: the export is then
+   * read and stored without one.
+   */
+  async function snapshotOf(
+    batch: DeviceBatch,
+    source: VulnerabilitySource,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<string | undefined> {
+    if (deps.skipUnchangedExport !== true || !readsExportLast(batch) || !source.exportGeneratedTime)
+      return undefined;
+    const probe = anyAborted([signal, AbortSignal.timeout(deps.snapshotProbeMs ?? 5_000)]);
+    try {
+      return await source.exportGeneratedTime(probe.signal);
+    } catch (error) {
+      throwIfStopping(signal);
+      snapshots.inc({ outcome: 'unknown' });
+      log.warn('export snapshot unknown, reading the export', {
+        code: errorCode(error),
+        reason: errorMessage(error),
+      });
+      return undefined;
+    } finally {
+      probe.release();
+    }
+  }
+
   /** Stores a read export for the cycle's batches (marking it done), and notes it in the tenant's status. */
   async function storeExport(
     batch: DeviceBatch,
     folder: VulnerabilityFolder,
     collectedAt: string,
+    generatedTime: string | undefined,
     log: Logger,
     started: number,
   ): Promise<void> {
@@ -299,6 +351,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       batch.cycleId,
       folder.summaries(batch.cvssThreshold),
       collectedAt,
+      generatedTime,
     );
     log.info('bulk export fetched', {
       devicesWithVulnerabilities: folder.size,
@@ -320,10 +373,11 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     signal: AbortSignal | undefined,
   ): Promise<void> {
     const started = Date.now();
+    const generatedTime = await snapshotOf(batch, source, log, signal);
     const folder = await readExport(batch, source, log, signal);
     if (folder === null) return;
     try {
-      await storeExport(batch, folder, now().toISOString(), log, started);
+      await storeExport(batch, folder, now().toISOString(), generatedTime, log, started);
     } catch (error) {
       await exportFailed(batch, error, log, signal);
     }
@@ -345,6 +399,16 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     signal: AbortSignal | undefined,
   ): Promise<Enrichment | null> {
     const started = Date.now();
+    const generatedTime = await snapshotOf(batch, source, log, signal);
+    if (generatedTime !== undefined && generatedTime === latest.generatedTime) {
+      // The snapshot the latest export was read from: the cycle's export would be the same, read again.
+      snapshots.inc({ outcome: 'unchanged' });
+      log.info('bulk export unchanged, not read', { generatedTime, latestCycleId: latest.cycleId });
+      await deps.bulkCache.release(batch.tenantId, batch.cycleId, owner);
+      const enrichment = await fromExport(batch, latest.cycleId, now().toISOString());
+      return { ...enrichment, unchangedFrom: latest.cycleId };
+    }
+    if (generatedTime !== undefined) snapshots.inc({ outcome: 'changed' });
     const folder = await readExport(batch, source, log, signal);
     if (folder === null) return null;
     const collectedAt = now();
@@ -363,7 +427,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       devices,
       collectedAt,
       corrections: await correctionParts(changed, threshold),
-      afterSend: () => storeExport(batch, folder, collectedAt.toISOString(), log, started),
+      afterSend: () => storeExport(batch, folder, collectedAt.toISOString(), generatedTime, log, started),
     };
   }
 
@@ -675,10 +739,10 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       // Only now the next cycle reads from this export: a crash before it redoes the corrections. The
       // export it replaces goes after one poll interval, not after the cache's expiry (an export of a
       // 100,000-device fleet holds ~16 MB of Redis); a batch of the cycle before that comes again after
-      // that is enriched from this one.
+      // that is enriched from this one. A cycle that read nothing keeps the latest one longer.
       await deps.bulkCache.keepLatest(
         batch.tenantId,
-        batch.cycleId,
+        enrichment.unchangedFrom ?? batch.cycleId,
         batch.cvssThreshold,
         latestKeepMs(record),
         record.defender.pollIntervalMinutes * 60_000,

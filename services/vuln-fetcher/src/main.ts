@@ -47,6 +47,7 @@ void runService({
       bulkCache: createBulkVulnerabilityCache(redis, prefix, own.bulkCacheTtlMs),
       cycles: createCycleStore(redis, prefix),
       exportLast: own.bulkExportLast,
+      skipUnchangedExport: own.bulkSkipUnchanged,
       correctionWaitMs: own.bulkCorrectionWaitMs,
       publisher,
       topic: config.topics.devicesEnriched,

@@ -35,6 +35,8 @@ export interface VulnerabilitySource {
    * as `bulkVulnerabilities`' rows would make.
    */
   bulkFold?(signal?: AbortSignal): Promise<VulnerabilityFolder>;
+  /** The `generatedTime` of the export snapshot Microsoft serves now (one call of its own 5/min, 20/h quota). */
+  exportGeneratedTime?(signal?: AbortSignal): Promise<string>;
 }
 
 /** Gives each tenant's source; throws a tenant-wide error (e.g. the secret cannot be opened). */
@@ -128,6 +130,7 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
         bulkVulnerabilities: async (onRow, signal) => {
           await client.readVulnerabilitiesByMachine(onRow, exportOptions(signal));
         },
+        exportGeneratedTime: async (signal) => (await client.getExportGeneration(signal)).generatedTime,
         ...(deps.foldThread
           ? {
               bulkFold: (signal?: AbortSignal) => foldExportOnThread(client, exportOptions(signal)),

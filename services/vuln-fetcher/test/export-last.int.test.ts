@@ -45,7 +45,7 @@ function cycleBatches(cycleId: string, startedAt: string, cvssThreshold = 9): [D
 describe('a bulk cycle that reads its export last', () => {
   const redis = testRedisPerTest();
 
-  function setup(options: { correctionWaitMs?: number } = {}) {
+  function setup(options: { correctionWaitMs?: number; skipUnchanged?: boolean } = {}) {
     const sent: EnrichedBatch[] = [];
     /** Sends that fail before they reach the topic, from the next one on. */
     const failing = { sends: 0 };
@@ -67,6 +67,9 @@ describe('a bulk cycle that reads its export last', () => {
       fails: false,
       /** When set, the next export waits for it before it answers. */
       held: undefined as Promise<void> | undefined,
+      /** The `generatedTime` the snapshot question answers (it fails when undefined), and how often it was asked. */
+      generatedTime: undefined as string | undefined,
+      probes: 0,
     };
     const sources: SourceProvider = {
       forTenant: () => ({
@@ -77,6 +80,11 @@ describe('a bulk cycle that reads its export last', () => {
           await exported.held;
           if (exported.fails) throw new Error('the export failed');
           for (const [deviceId, list] of rows) for (const row of list) onRow(deviceId, row);
+        },
+        exportGeneratedTime: async () => {
+          exported.probes++;
+          if (exported.generatedTime === undefined) throw new Error('the Defender API could not be reached');
+          return exported.generatedTime;
         },
       }),
       close: () => undefined,
@@ -90,6 +98,7 @@ describe('a bulk cycle that reads its export last', () => {
       bulkCache,
       cycles,
       exportLast: true,
+      skipUnchangedExport: options.skipUnchanged ?? false,
       correctionWaitMs: options.correctionWaitMs,
       publisher,
       topic: 'urs.devices-enriched',
@@ -114,11 +123,16 @@ describe('a bulk cycle that reads its export last', () => {
   }
 
   /** The next cycle's (c2) batches, the cycle begun in the cycle store as the poller begins it. */
-  async function nextCycle(context: ReturnType<typeof setup>, cvssThreshold = 9) {
-    const batches = cycleBatches('c2', '2026-01-01T10:10:00.000Z', cvssThreshold);
+  async function nextCycle(
+    context: ReturnType<typeof setup>,
+    cvssThreshold = 9,
+    cycleId = 'c2',
+    startedAt = '2026-01-01T10:10:00.000Z',
+  ) {
+    const batches = cycleBatches(cycleId, startedAt, cvssThreshold);
     await context.cycles.begin({
       tenantId: 't1',
-      cycleId: 'c2',
+      cycleId,
       startedAt: batches[0].cycleStartedAt,
       // The cycle's keys expire a day after its deadline: a deadline from now keeps them for the test.
       deadlineAt: new Date(Date.now() + 600_000).toISOString(),
@@ -356,5 +370,70 @@ describe('a bulk cycle that reads its export last', () => {
     expect(waited).toBe('sent');
     expect(sent.map((batch) => batch.batchIndex)).toEqual([1, 2]);
     expect(correctedIds(sent)).toEqual(['d1', 'd4']);
+  });
+
+  it('should read nothing when Microsoft serves the snapshot the latest export was read from, and read again once it changed', async () => {
+    const context = setup({ skipUnchanged: true });
+    const { handle, sent, exported, bulkCache } = context;
+    exported.generatedTime = '2026-01-01T06:00:00Z';
+    await firstCycle(context, [
+      ['d1', [cve('CVE-1', 9.8)]],
+      ['d4', [cve('CVE-4', 9.1)]],
+    ]);
+    expect(exported).toMatchObject({ calls: 1, probes: 1 });
+    const c1 = await bulkCache.latest('t1');
+    expect(c1).toMatchObject({ cycleId: 'c1', generatedTime: '2026-01-01T06:00:00Z' });
+
+    // The same snapshot: rows that would change d2 and d4 are not read, and nothing is corrected.
+    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
+    const [next0, next1] = await nextCycle(context);
+    await redis.client.pexpire(`${redis.prefix}vuln-bulk-latest:t1`, 60_000);
+    await handle(next0);
+    await handle(next1);
+    expect(exported).toMatchObject({ calls: 1, probes: 2 });
+    expect(sent.map((batch) => [batch.batchIndex, batch.totalBatches, batch.corrections])).toEqual([
+      [0, undefined, undefined],
+      [1, 2, undefined],
+    ]);
+    expect(critical(sent[1])).toEqual({ d4: 1, d5: 0 });
+    // Collected when Microsoft answered the question, after the latest export was read.
+    expect(Date.parse(sent[1]?.collectedAt ?? '')).toBeGreaterThan(Date.parse(c1?.collectedAt ?? ''));
+    // c1 stays the latest, kept for the next cycles again; c2 stored nothing and holds no claim.
+    expect(await bulkCache.latest('t1')).toEqual(c1);
+    expect(await redis.client.pttl(`${redis.prefix}vuln-bulk-latest:t1`)).toBeGreaterThan(60_000);
+    expect(await bulkCache.state('t1', 'c2')).toEqual({ state: 'absent' });
+
+    // A new snapshot: the export is read and its changes corrected, and it becomes the latest with its time.
+    exported.generatedTime = '2026-01-01T12:00:00Z';
+    sent.length = 0;
+    const [third0, third1] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
+    await handle(third0);
+    await handle(third1);
+    expect(exported).toMatchObject({ calls: 2, probes: 3 });
+    expect(correctedIds(sent)).toEqual(['d1', 'd2', 'd4']);
+    expect(await bulkCache.latest('t1')).toMatchObject({
+      cycleId: 'c3',
+      generatedTime: '2026-01-01T12:00:00Z',
+    });
+  });
+
+  it('should read the export, and store it without a snapshot time, when the question gets no answer', async () => {
+    const context = setup({ skipUnchanged: true });
+    const { handle, sent, exported, bulkCache } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    expect(exported).toMatchObject({ calls: 1, probes: 1 });
+    expect(await bulkCache.latest('t1')).not.toHaveProperty('generatedTime');
+    // Answered now, but the latest export has no time to compare with: read, and corrected.
+    exported.generatedTime = '2026-01-01T06:00:00Z';
+    exported.rows = new Map([['d4', [cve('CVE-4', 9.1)]]]);
+    const [next0, next1] = await nextCycle(context);
+    await handle(next0);
+    await handle(next1);
+    expect(exported).toMatchObject({ calls: 2, probes: 2 });
+    expect(correctedIds(sent)).toEqual(['d1', 'd4']);
+    expect(await bulkCache.latest('t1')).toMatchObject({
+      cycleId: 'c2',
+      generatedTime: '2026-01-01T06:00:00Z',
+    });
   });
 });
