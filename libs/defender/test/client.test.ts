@@ -541,6 +541,22 @@ describe('createDefenderClient vulnerabilities', () => {
     }
   });
 
+  it("getExportGeneration should name the export's snapshot, the same until the tenant's data changes", async () => {
+    const { client, close } = simClient(sim, app);
+    try {
+      const first = await client.getExportGeneration();
+      expect(first.files).toBe(1);
+      expect(new Date(first.generatedTime).toISOString()).toBe(first.generatedTime);
+      expect(await client.getExportGeneration()).toEqual(first);
+      const [device] = sim.machines(app.azureTenantId);
+      sim.setVulnerabilities(app.azureTenantId, device?.id ?? '', []);
+      const after = await client.getExportGeneration();
+      expect(Date.parse(after.generatedTime)).toBeGreaterThan(Date.parse(first.generatedTime));
+    } finally {
+      await close();
+    }
+  });
+
   it('getVulnerabilitiesByMachine should reject a page size above 200,000', async () => {
     const error = await failure(app, (c) => c.getVulnerabilitiesByMachine({ pageSize: 200_001 }));
     expect(error.code).toBe(DefenderErrorCode.INVALID_CONFIG);

@@ -58,6 +58,13 @@ export class Fleet {
   readonly seed: number;
   /** Reference time of generated lastSeen/firstSeen values (fleet creation), so pages are stable. */
   readonly epochMs: number;
+  /**
+   * When the export snapshot of this fleet was last generated (epoch ms): Microsoft regenerates the
+   * vulnerability export every 6 hours, here it is regenerated whenever a change can alter its rows.
+   * Starts at `epochMs`; each change moves it to `Math.max(Date.now(), previous + 1)`, so two changes
+   * within one millisecond still give two generations. Reading never moves it.
+   */
+  private generatedAt: number;
   private generatedCount: number;
   private readonly removed = new Set<number>();
   private readonly patches = new Map<number, Partial<MachineRecord>>();
@@ -85,7 +92,20 @@ export class Fleet {
     this.seed = spec?.seed ?? hashString(tenantId);
     this.generatedCount = Math.max(0, Math.floor(spec?.size ?? 0));
     this.epochMs = epochMs;
+    this.generatedAt = epochMs;
     for (const record of records ?? []) this.addRecord(record);
+    // The records the fleet starts with are part of its first generation.
+    this.generatedAt = epochMs;
+  }
+
+  /** The generation time of the export snapshot (see `generatedAt`). */
+  get generatedAtMs(): number {
+    return this.generatedAt;
+  }
+
+  /** A change that can alter the export's rows: the snapshot is regenerated. */
+  private regenerate(): void {
+    this.generatedAt = Math.max(Date.now(), this.generatedAt + 1);
   }
 
   size(): number {
@@ -222,6 +242,7 @@ export class Fleet {
       this.patches.set(where.index, { ...this.patches.get(where.index), ...rest });
       this.uncache(where.index);
     } else Object.assign(this.explicit[where.explicitAt] as MachineRecord, rest);
+    this.regenerate();
     return true;
   }
 
@@ -235,6 +256,7 @@ export class Fleet {
       this.liveIndex = null;
     } else this.explicit.splice(where.explicitAt, 1);
     this.vulnOverrides.delete(id);
+    this.regenerate();
     return true;
   }
 
@@ -246,6 +268,7 @@ export class Fleet {
       ids.push(generateMachine(this.seed, index, this.epochMs).id);
     }
     this.liveIndex = null;
+    if (ids.length > 0) this.regenerate();
     // Explicit records keep their place after generated ones; ordinals beyond generated shift.
     return ids;
   }
@@ -255,6 +278,7 @@ export class Fleet {
       throw new Error(`machine id must be 40 hex characters, got '${record.id}'`);
     if (this.locate(record.id)) throw new Error(`machine '${record.id}' already exists`);
     this.explicit.push({ ...record });
+    this.regenerate();
   }
 
   setVulnerabilities(id: string, vulns: readonly VulnerabilityRecord[]): boolean {
@@ -265,6 +289,7 @@ export class Fleet {
       id,
       vulns.map((v) => ({ ...v })),
     );
+    this.regenerate();
     return true;
   }
 

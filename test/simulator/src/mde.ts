@@ -62,7 +62,8 @@ export function send(res: ServerResponse, reply: Reply, malformed: boolean): Pro
   );
 }
 
-function intParam(query: URLSearchParams, name: string): number | undefined | Error {
+/** A non-negative integer query option; undefined when absent, an Error naming it when not an integer. */
+export function intParam(query: URLSearchParams, name: string): number | undefined | Error {
   const raw = query.get(name);
   if (raw === null) return undefined;
   if (!/^\d+$/.test(raw))

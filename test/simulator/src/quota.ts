@@ -1,17 +1,21 @@
 // Microsoft's documented per-tenant, per-API quotas, enforced as sliding windows.
 
-export type QuotaKind = 'machines' | 'vulnerabilities' | 'bulk';
+export type QuotaKind = 'machines' | 'vulnerabilities' | 'bulk' | 'exportFiles';
 
 export interface QuotaLimit {
   perMinute: number;
   perHour: number;
 }
 
-/** machines (list and by id) 100/min & 1,500/h; per-device vulnerabilities 50/min & 1,500/h; bulk export 30/min & 1,000/h. */
+/**
+ * machines (list and by id) 100/min & 1,500/h; per-device vulnerabilities 50/min & 1,500/h; bulk export
+ * 30/min & 1,000/h; the export via files (SoftwareVulnerabilitiesExport) 5/min & 20/h.
+ */
 export const MDE_QUOTAS: Readonly<Record<QuotaKind, QuotaLimit>> = {
   machines: { perMinute: 100, perHour: 1500 },
   vulnerabilities: { perMinute: 50, perHour: 1500 },
   bulk: { perMinute: 30, perHour: 1000 },
+  exportFiles: { perMinute: 5, perHour: 20 },
 };
 
 const MINUTE_MS = 60_000;

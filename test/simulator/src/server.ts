@@ -24,6 +24,13 @@ import { validateLatency, type Simulator, type SimulatorOptions } from './api';
 import { createTenant, validateFaults, type FaultSpec, type TenantState } from './state';
 import { StatsTracker } from './tracker';
 import { MDE_AUDIENCES, TokenSigner, type AccessClaims } from './tokens';
+import {
+  EXPORT_PATH_PREFIX,
+  exportFilesList,
+  handleExportDownload,
+  SasSigner,
+  type DownloadDeps,
+} from './tvmexport';
 
 const WILDCARD = '*';
 
@@ -35,6 +42,8 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   writeFileSync(caFile, tls.caPem);
 
   const signer = new TokenSigner();
+  // Signs the export files' SAS URLs; a new key per server, so URLs of another run never validate.
+  const sas = new SasSigner();
   const tenants = new Map<string, TenantState>();
   const cacheBudget = { remaining: options.recordCacheSize ?? 250_000 };
   const exportBudget = { remaining: options.exportCacheSize ?? 100_000 };
@@ -70,6 +79,13 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     tenant: (id) => tenants.get(id.toLowerCase()),
     signer,
     tokenLifetimeSec: () => tokenLifetimeSec,
+  };
+
+  const downloads: DownloadDeps = {
+    tenant: (id) => tenants.get(id.toLowerCase()),
+    signer: sas,
+    count,
+    enterTenant,
   };
 
   const roll = (rate: number | undefined): boolean => rate !== undefined && rate > 0 && rng.next() < rate;
@@ -109,6 +125,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     machines: ['Machine.Read.All', 'Machine.ReadWrite.All'],
     vulnerabilities: ['Vulnerability.Read.All'],
     bulk: ['Vulnerability.Read.All'],
+    exportFiles: ['Vulnerability.Read.All'],
   };
 
   async function handleMde(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
@@ -120,6 +137,8 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     if (segments.length === 2 && segments[1] === 'machines') [kind, quota] = ['machines', 'machines'];
     else if (segments.length === 3 && segments[2]?.toLowerCase() === 'softwarevulnerabilitiesbymachine')
       [kind, quota] = ['bulk', 'bulk'];
+    else if (segments.length === 3 && segments[2]?.toLowerCase() === 'softwarevulnerabilitiesexport')
+      [kind, quota] = ['exportFiles', 'exportFiles'];
     else if (segments.length === 3 && segments[1] === 'machines') [kind, quota] = ['machine', 'machines'];
     else if (segments.length === 4 && segments[1] === 'machines' && segments[3] === 'vulnerabilities')
       [kind, quota] = ['vulnerabilities', 'vulnerabilities'];
@@ -205,6 +224,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       reply = getMachine(baseUrl, tenant, decodeURIComponent(segments[2] as string));
     else if (kind === 'vulnerabilities')
       reply = machineVulnerabilities(baseUrl, tenant, decodeURIComponent(segments[2] as string));
+    else if (kind === 'exportFiles') reply = exportFilesList(baseUrl, tenant, url.searchParams, sas);
     else reply = bulkVulnerabilities(baseUrl, tenant, url.searchParams);
     if (shortPage) fault('shortPage');
     if (malformed && reply.status === 200) fault('malformed');
@@ -275,16 +295,20 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       return;
     }
     tracker.enter(res);
-    const work = url.pathname.startsWith('/api/')
-      ? handleMde(req, res, url)
-      : handleEntra(req, res, url).then((handled) => {
-          if (!handled) {
-            count('other', undefined, res);
-            sendJson(res, 404, {
-              error: { code: 'NotFound', message: `No route for ${req.method ?? ''} ${url.pathname}` },
-            });
-          }
-        });
+    let work: Promise<void>;
+    if (url.pathname.startsWith('/api/')) work = handleMde(req, res, url);
+    // An export file's SAS URL: no bearer token, no MDE quota.
+    else if (url.pathname.startsWith(EXPORT_PATH_PREFIX))
+      work = handleExportDownload(downloads, req, res, url);
+    else
+      work = handleEntra(req, res, url).then((handled) => {
+        if (!handled) {
+          count('other', undefined, res);
+          sendJson(res, 404, {
+            error: { code: 'NotFound', message: `No route for ${req.method ?? ''} ${url.pathname}` },
+          });
+        }
+      });
     work.catch((err: unknown) => {
       if (!res.headersSent) send(res, mdeError(500, 'InternalServerError', String(err)), false);
     });

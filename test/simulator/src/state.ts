@@ -119,7 +119,10 @@ export function createTenant(
 }
 
 export interface SimStats {
-  /** Calls per endpoint kind: openid, token, machines, machine, vulnerabilities, bulk, jwks. */
+  /**
+   * Calls per endpoint kind: openid, token, machines, machine, vulnerabilities, bulk, exportFiles
+   * (SoftwareVulnerabilitiesExport), exportFile (a download of one of its files), jwks, other.
+   */
   calls: Record<string, number>;
   /** Same, per Azure tenant id. */
   callsByTenant: Record<string, Record<string, number>>;

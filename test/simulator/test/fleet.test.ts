@@ -132,4 +132,58 @@ describe('Fleet', () => {
     fleet.dispose();
     expect([records.remaining, exports.remaining]).toEqual([100, 6]);
   });
+
+  test('generatedAtMs should start at epochMs and move strictly on every change of the exported data, never on a read', () => {
+    const explicit = { id: 'e'.repeat(40), computerDnsName: 'manual.contoso.com' };
+    const fleet = new Fleet('tenant-f', { size: 6, seed: 4 }, [explicit], EPOCH);
+    // The records a fleet starts with belong to its first snapshot.
+    expect(fleet.generatedAtMs).toBe(EPOCH);
+    const render = (record: MachineRecord): string[] => [JSON.stringify(record)];
+    fleet.warm(render);
+    fleet.all();
+    fleet.sliceJson(0, 6);
+    fleet.rowsAt(2, render);
+    fleet.vulnerabilitiesJson(fleet.at(0)?.id as string);
+    expect(fleet.generatedAtMs).toBe(EPOCH);
+
+    const ids = fleet.all().map((m) => m.id);
+    const [cve] = fleet.vulnerabilities(ids[1] as string) ?? [];
+    const changes: Array<[string, () => unknown]> = [
+      ['update', () => fleet.update(ids[0] as string, { osPlatform: 'Linux' })],
+      ['update of an explicit record', () => fleet.update(explicit.id, { computerDnsName: 'x' })],
+      ['setVulnerabilities', () => fleet.setVulnerabilities(ids[2] as string, cve ? [cve] : [])],
+      ['remove', () => fleet.remove(ids[3] as string)],
+      ['addGenerated', () => fleet.addGenerated(2)],
+      ['addRecord', () => fleet.addRecord({ id: 'd'.repeat(40) })],
+    ];
+    // Frozen clock: changes within one millisecond still make distinct snapshots.
+    const now = jest.spyOn(Date, 'now').mockReturnValue(EPOCH + 5_000);
+    try {
+      let previous = fleet.generatedAtMs;
+      for (const [name, change] of changes) {
+        change();
+        const moved = fleet.generatedAtMs;
+        expect({ name, moved: moved > previous, atLeastNow: moved >= EPOCH + 5_000 }).toEqual({
+          name,
+          moved: true,
+          atLeastNow: true,
+        });
+        previous = moved;
+      }
+      expect(previous).toBe(EPOCH + 5_000 + changes.length - 1);
+      // Changes that change nothing leave the snapshot as it is.
+      expect(fleet.update('0'.repeat(40), { osPlatform: 'Linux' })).toBe(false);
+      expect(fleet.remove('0'.repeat(40))).toBe(false);
+      expect(fleet.setVulnerabilities('0'.repeat(40), [])).toBe(false);
+      expect(fleet.addGenerated(0)).toEqual([]);
+      expect(() => fleet.addRecord({ id: 'd'.repeat(40) })).toThrow('already exists');
+      expect(fleet.generatedAtMs).toBe(previous);
+    } finally {
+      now.mockRestore();
+    }
+    // With the clock running, a change takes the current time.
+    const before = Date.now();
+    fleet.update(ids[0] as string, { osPlatform: 'Windows11' });
+    expect(fleet.generatedAtMs).toBeGreaterThanOrEqual(before);
+  });
 });
