@@ -320,6 +320,23 @@ describe('the pipeline end to end', () => {
     expect(summary.devices.incomplete).toBe([...expected.values()].filter((want) => want.incomplete).length);
   });
 
+  it("a bulk cycle whose export snapshot is the latest export's should read no export, and count each device in its band", async () => {
+    const calls = (): Record<string, number> =>
+      sim.stats().callsByTenant[big.azureTenantId.toLowerCase()] ?? {};
+    const before = calls();
+    const after = Date.now();
+    // Nothing of the tenant changes from here: Microsoft's snapshot stays the one the latest export was read from.
+    const summary = await nextComplete(big.tenantId, after);
+    const now = calls();
+    expect((now['bulk'] ?? 0) - (before['bulk'] ?? 0)).toBe(0);
+    expect((now['exportFiles'] ?? 0) - (before['exportFiles'] ?? 0)).toBeGreaterThanOrEqual(1);
+    const expected = expectedFleet(Date.parse(summary.cycleStartedAt));
+    const bands: Record<string, number> = {};
+    for (const want of expected.values()) bands[want.band] = (bands[want.band] ?? 0) + 1;
+    expect(Object.fromEntries(Object.entries(summary.bands).filter(([, count]) => count > 0))).toEqual(bands);
+    expect(summary.devices).toMatchObject({ total: expected.size, scored: expected.size, failed: 0 });
+  });
+
   it('the scorer killed and restarted mid-cycle should leave the cycle complete with every device counted once', async () => {
     const killAfter = Date.now();
     // Mid-cycle: the first scored batch of a new cycle is out, the others are not yet all scored.
