@@ -3,9 +3,17 @@ import { gunzipSync } from 'node:zlib';
 import { cveCatalog, MDE_QUOTAS, startSimulator, type Simulator } from '@urs/simulator';
 import { createTenant } from '../src/state';
 import { exportFilesList, SasSigner, sasFailure } from '../src/tvmexport';
-import { CLIENT_ID, control, getToken, request, SECRET, TENANT } from './helpers';
+import {
+  CLIENT_ID,
+  control,
+  EMPTY_TENANT,
+  getToken,
+  request,
+  SECRET,
+  simWithTenant,
+  TENANT,
+} from './helpers';
 
-const EMPTY_TENANT = '66666666-aaaa-4bbb-8ccc-000000000006';
 const LARGE_TENANT = '55555555-aaaa-4bbb-8ccc-000000000005';
 const MACHINES_ONLY_CLIENT = '88888888-aaaa-4bbb-8ccc-000000000008';
 const EXPORT_PATH = '/api/machines/SoftwareVulnerabilitiesExport';
@@ -49,16 +57,7 @@ describe('SoftwareVulnerabilitiesExport (export via files)', () => {
   let token: string;
 
   beforeAll(async () => {
-    sim = await startSimulator({ quotas: false });
-    sim.addTenant({
-      azureTenantId: TENANT,
-      apps: [
-        { clientId: CLIENT_ID, clientSecret: SECRET },
-        { clientId: MACHINES_ONLY_CLIENT, clientSecret: SECRET, roles: ['Machine.Read.All'] },
-      ],
-      fleet: { size: 120, seed: 5 },
-    });
-    sim.addTenant({ azureTenantId: EMPTY_TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }] });
+    sim = await simWithTenant(120, 5, [{ clientId: MACHINES_ONLY_CLIENT, roles: ['Machine.Read.All'] }]);
     token = await getToken(sim);
   });
 

@@ -1,10 +1,34 @@
 import https from 'node:https';
-import type { Simulator } from '@urs/simulator';
+import { startSimulator, type AppSpec, type Simulator } from '@urs/simulator';
 
 export const TENANT = '7f3c2a10-5b1e-4c6d-9e8f-0a1b2c3d4e5f';
 export const CLIENT_ID = '0d8f6b4e-1c2a-4e3b-8d7f-9a6b5c4d3e2f';
 export const SECRET = 'Xq8~simulated.secret-value_123';
 export const MDE_SCOPE = 'https://api.securitycenter.microsoft.com/.default';
+/** A tenant with no devices, beside TENANT in `simWithTenant`'s simulator. */
+export const EMPTY_TENANT = '66666666-aaaa-4bbb-8ccc-000000000006';
+
+/**
+ * A simulator with its quotas off, TENANT's fleet of `size` devices (`seed`) reachable by CLIENT_ID and by
+ * `apps` (same secret, their own roles), and EMPTY_TENANT with CLIENT_ID only.
+ */
+export async function simWithTenant(
+  size: number,
+  seed: number,
+  apps: Pick<AppSpec, 'clientId' | 'roles'>[] = [],
+): Promise<Simulator> {
+  const sim = await startSimulator({ quotas: false });
+  sim.addTenant({
+    azureTenantId: TENANT,
+    apps: [
+      { clientId: CLIENT_ID, clientSecret: SECRET },
+      ...apps.map((app) => ({ ...app, clientSecret: SECRET })),
+    ],
+    fleet: { size, seed },
+  });
+  sim.addTenant({ azureTenantId: EMPTY_TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }] });
+  return sim;
+}
 
 export interface HttpReply {
   status: number;

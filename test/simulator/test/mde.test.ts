@@ -1,7 +1,6 @@
 import { startSimulator, type Simulator } from '@urs/simulator';
-import { CLIENT_ID, getToken, request, SECRET, TENANT } from './helpers';
+import { CLIENT_ID, EMPTY_TENANT, getToken, request, SECRET, simWithTenant, TENANT } from './helpers';
 
-const EMPTY_TENANT = '66666666-aaaa-4bbb-8ccc-000000000006';
 const NO_ROLES_CLIENT = '77777777-aaaa-4bbb-8ccc-000000000007';
 const MACHINES_ONLY_CLIENT = '88888888-aaaa-4bbb-8ccc-000000000008';
 
@@ -10,17 +9,10 @@ describe('MDE API simulation', () => {
   let token: string;
 
   beforeAll(async () => {
-    sim = await startSimulator({ quotas: false });
-    sim.addTenant({
-      azureTenantId: TENANT,
-      apps: [
-        { clientId: CLIENT_ID, clientSecret: SECRET },
-        { clientId: NO_ROLES_CLIENT, clientSecret: SECRET, roles: [] },
-        { clientId: MACHINES_ONLY_CLIENT, clientSecret: SECRET, roles: ['Machine.Read.All'] },
-      ],
-      fleet: { size: 250, seed: 7 },
-    });
-    sim.addTenant({ azureTenantId: EMPTY_TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }] });
+    sim = await simWithTenant(250, 7, [
+      { clientId: NO_ROLES_CLIENT, roles: [] },
+      { clientId: MACHINES_ONLY_CLIENT, roles: ['Machine.Read.All'] },
+    ]);
     token = await getToken(sim);
   });
 
