@@ -362,7 +362,10 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       note:
         'vulnerabilities come from one bulk export (SoftwareVulnerabilitiesByMachine) per cycle: the fleet is too ' +
         "large for one call per device within the tenant's quota in one poll interval " +
-        `(last export ${collectedAt}: ${folder.size} devices with vulnerabilities)`,
+        `(last export ${collectedAt}: ${folder.size} devices with vulnerabilities` +
+        (generatedTime === undefined
+          ? ')'
+          : `; Microsoft's snapshot of ${generatedTime}, regenerated every 6 hours, not read again until then)`),
     });
   }
 

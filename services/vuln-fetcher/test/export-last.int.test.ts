@@ -91,9 +91,16 @@ describe('a bulk cycle that reads its export last', () => {
     };
     const bulkCache = createBulkVulnerabilityCache(redis.client, redis.prefix);
     const cycles = createCycleStore(redis.client, redis.prefix);
+    /** The notes the tenant's status was given. */
+    const notes: string[] = [];
     let clock = Date.parse('2026-01-01T10:00:05.000Z');
     const handler = createEnrichHandler({
-      tenants: { get: async () => record, updateStatus: async () => undefined },
+      tenants: {
+        get: async () => record,
+        updateStatus: async (_tenantId, status) => {
+          notes.push(status.note ?? '');
+        },
+      },
       sources,
       bulkCache,
       cycles,
@@ -112,7 +119,7 @@ describe('a bulk cycle that reads its export last', () => {
     });
     const handle = (batch: DeviceBatch) =>
       handler(inboundMessage(batch, { topic: 'urs.device-batches', key: batch.tenantId }));
-    return { handle, sent, exported, bulkCache, cycles, failing };
+    return { handle, sent, exported, bulkCache, cycles, failing, notes };
   }
 
   /** Runs the tenant's first bulk cycle (c1) with these export rows, and forgets what it sent. */
@@ -383,6 +390,8 @@ describe('a bulk cycle that reads its export last', () => {
     expect(exported).toMatchObject({ calls: 1, probes: 1 });
     const c1 = await bulkCache.latest('t1');
     expect(c1).toMatchObject({ cycleId: 'c1', generatedTime: '2026-01-01T06:00:00Z' });
+    // The tenant's admin sees how old Microsoft's data is.
+    expect(context.notes.at(-1)).toContain("Microsoft's snapshot of 2026-01-01T06:00:00Z");
 
     // The same snapshot: rows that would change d2 and d4 are not read, and nothing is corrected.
     exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
