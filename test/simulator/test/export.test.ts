@@ -325,12 +325,7 @@ describe('SoftwareVulnerabilitiesExport quota', () => {
   let sim: Simulator;
 
   beforeAll(async () => {
-    sim = await startSimulator();
-    sim.addTenant({
-      azureTenantId: TENANT,
-      apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
-      fleet: { size: 10 },
-    });
+    sim = await simWithTenant(10, 1, [], { quotas: true });
   });
 
   afterAll(() => sim.close());

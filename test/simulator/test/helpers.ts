@@ -9,15 +9,16 @@ export const MDE_SCOPE = 'https://api.securitycenter.microsoft.com/.default';
 export const EMPTY_TENANT = '66666666-aaaa-4bbb-8ccc-000000000006';
 
 /**
- * A simulator with its quotas off, TENANT's fleet of `size` devices (`seed`) reachable by CLIENT_ID and by
- * `apps` (same secret, their own roles), and EMPTY_TENANT with CLIENT_ID only.
+ * A simulator (quotas off unless asked for), TENANT's fleet of `size` devices (`seed`) reachable by CLIENT_ID
+ * and by `apps` (same secret, their own roles), and EMPTY_TENANT with CLIENT_ID only.
  */
 export async function simWithTenant(
   size: number,
   seed: number,
   apps: Pick<AppSpec, 'clientId' | 'roles'>[] = [],
+  options: { quotas?: boolean } = {},
 ): Promise<Simulator> {
-  const sim = await startSimulator({ quotas: false });
+  const sim = await startSimulator({ quotas: options.quotas ?? false });
   sim.addTenant({
     azureTenantId: TENANT,
     apps: [
