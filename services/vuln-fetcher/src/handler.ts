@@ -44,8 +44,9 @@ export interface EnrichHandlerDeps {
    */
   skipUnchangedExport?: boolean;
   /**
-   * How long that question may take (the tenant's quota for it included) before the export is read
-   * anyway, in milliseconds. Default 5000.
+   * How long that question may take (a token, the tenant's quota for it and one of the shared call slots
+   * included) before the export is read anyway, in milliseconds. Default 30000: under load the slots alone
+   * may keep a call waiting for seconds, and the export's pages would wait for them too.
    */
   snapshotProbeMs?: number;
   /**
@@ -320,7 +321,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   ): Promise<string | undefined> {
     if (deps.skipUnchangedExport !== true || !readsExportLast(batch) || !source.exportGeneratedTime)
       return undefined;
-    const probe = anyAborted([signal, AbortSignal.timeout(deps.snapshotProbeMs ?? 5_000)]);
+    const probe = anyAborted([signal, AbortSignal.timeout(deps.snapshotProbeMs ?? 30_000)]);
     try {
       return await source.exportGeneratedTime(probe.signal);
     } catch (error) {
