@@ -28,8 +28,9 @@ export interface BenchOptions {
   bulkDevices: number;
   /**
    * Devices given another device's vulnerabilities in the simulator between the `bulk-next` scenario's two
-   * cycles; 0 measures a next cycle that reads the same export again (Microsoft regenerates it every 6 hours,
-   * so most cycles do). `--bulk-next-changed`, default 1 % of `--bulk-devices`.
+   * cycles; 0 leaves Microsoft's snapshot as it was, as for most cycles (it is regenerated every 6 hours):
+   * the next cycle then reads no export (with `--env URS_BULK_SKIP_UNCHANGED=false`, the same export again).
+   * `--bulk-next-changed`, default 1 % of `--bulk-devices`.
    */
   bulkNextChanged: number;
   /**
