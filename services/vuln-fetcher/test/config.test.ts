@@ -11,6 +11,16 @@ describe('vulnFetcherConfig', () => {
     expect(config.slotHandOffMs).toBe(1_000);
   });
 
+  it('vulnFetcherConfig should skip an unchanged export snapshot unless told not to, naming the variable of a bad value', () => {
+    expect(vulnFetcherConfig({ URS_SECRET_KEY: KEY }).bulkSkipUnchanged).toBe(true);
+    expect(
+      vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_BULK_SKIP_UNCHANGED: 'false' }).bulkSkipUnchanged,
+    ).toBe(false);
+    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_BULK_SKIP_UNCHANGED: 'sometimes' })).toThrow(
+      /URS_BULK_SKIP_UNCHANGED/,
+    );
+  });
+
   it('vulnFetcherConfig should read the slot hand-off time, 0 turning it off', () => {
     expect(vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_DEFENDER_SLOT_HANDOFF_MS: '0' }).slotHandOffMs).toBe(
       0,
