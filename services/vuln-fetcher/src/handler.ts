@@ -309,21 +309,25 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
 
   /**
    * The `generatedTime` of the snapshot the cycle's export will be read from, asked before it is read (a
-   * snapshot regenerated during the read is then taken for a newer one, never the other way round).
-   * Undefined when the cycle does not ask, or no answer came within `snapshotProbeMs`: the export is then
-   * read and stored without one.
+   * snapshot regenerated during the read is then taken for a newer one, never the other way round), and
+   * whether it is the snapshot `latest` was read from; counted by outcome. No time when the cycle does not
+   * ask, or no answer came within `snapshotProbeMs`: the export is then read and stored without one.
    */
   async function snapshotOf(
     batch: DeviceBatch,
     source: VulnerabilitySource,
+    latest: LatestExport | undefined,
     log: Logger,
     signal: AbortSignal | undefined,
-  ): Promise<string | undefined> {
+  ): Promise<{ generatedTime?: string; unchanged: boolean }> {
     if (deps.skipUnchangedExport !== true || !readsExportLast(batch) || !source.exportGeneratedTime)
-      return undefined;
+      return { unchanged: false };
     const probe = anyAborted([signal, AbortSignal.timeout(deps.snapshotProbeMs ?? 30_000)]);
     try {
-      return await source.exportGeneratedTime(probe.signal);
+      const generatedTime = await source.exportGeneratedTime(probe.signal);
+      const unchanged = generatedTime === latest?.generatedTime;
+      snapshots.inc({ outcome: unchanged ? 'unchanged' : 'changed' });
+      return { generatedTime, unchanged };
     } catch (error) {
       throwIfStopping(signal);
       snapshots.inc({ outcome: 'unknown' });
@@ -331,7 +335,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         code: errorCode(error),
         reason: errorMessage(error),
       });
-      return undefined;
+      return { unchanged: false };
     } finally {
       probe.release();
     }
@@ -377,7 +381,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     signal: AbortSignal | undefined,
   ): Promise<void> {
     const started = Date.now();
-    const generatedTime = await snapshotOf(batch, source, log, signal);
+    const { generatedTime } = await snapshotOf(batch, source, undefined, log, signal);
     const folder = await readExport(batch, source, log, signal);
     if (folder === null) return;
     try {
@@ -403,16 +407,14 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     signal: AbortSignal | undefined,
   ): Promise<Enrichment | null> {
     const started = Date.now();
-    const generatedTime = await snapshotOf(batch, source, log, signal);
-    if (generatedTime !== undefined && generatedTime === latest.generatedTime) {
+    const { generatedTime, unchanged } = await snapshotOf(batch, source, latest, log, signal);
+    if (unchanged) {
       // The snapshot the latest export was read from: the cycle's export would be the same, read again.
-      snapshots.inc({ outcome: 'unchanged' });
       log.info('bulk export unchanged, not read', { generatedTime, latestCycleId: latest.cycleId });
       await deps.bulkCache.release(batch.tenantId, batch.cycleId, owner);
       const enrichment = await fromExport(batch, latest.cycleId, now().toISOString());
       return { ...enrichment, unchangedFrom: latest.cycleId };
     }
-    if (generatedTime !== undefined) snapshots.inc({ outcome: 'changed' });
     const folder = await readExport(batch, source, log, signal);
     if (folder === null) return null;
     const collectedAt = now();

@@ -93,6 +93,10 @@ describe('a bulk cycle that reads its export last', () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     /** The notes the tenant's status was given. */
     const notes: string[] = [];
+    const metrics = new Registry({ processMetrics: false });
+    /** Cycles that asked for the export's snapshot, by outcome. */
+    const snapshots = (outcome: string): number =>
+      metrics.counter('urs_bulk_export_snapshots_total', '').get({ outcome });
     let clock = Date.parse('2026-01-01T10:00:05.000Z');
     const handler = createEnrichHandler({
       tenants: {
@@ -110,7 +114,7 @@ describe('a bulk cycle that reads its export last', () => {
       publisher,
       topic: 'urs.devices-enriched',
       logger: silentLogger,
-      metrics: new Registry({ processMetrics: false }),
+      metrics,
       concurrency: 2,
       bulkWaitMs: 1_000,
       bulkClaimMs: 1_000,
@@ -119,7 +123,7 @@ describe('a bulk cycle that reads its export last', () => {
     });
     const handle = (batch: DeviceBatch) =>
       handler(inboundMessage(batch, { topic: 'urs.device-batches', key: batch.tenantId }));
-    return { handle, sent, exported, bulkCache, cycles, failing, notes };
+    return { handle, sent, exported, bulkCache, cycles, failing, notes, snapshots };
   }
 
   /** Runs the tenant's first bulk cycle (c1) with these export rows, and forgets what it sent. */
@@ -392,6 +396,8 @@ describe('a bulk cycle that reads its export last', () => {
     expect(c1).toMatchObject({ cycleId: 'c1', generatedTime: '2026-01-01T06:00:00Z' });
     // The tenant's admin sees how old Microsoft's data is.
     expect(context.notes.at(-1)).toContain("Microsoft's snapshot of 2026-01-01T06:00:00Z");
+    // A first cycle's answer is a snapshot not read before.
+    expect([context.snapshots('changed'), context.snapshots('unchanged')]).toEqual([1, 0]);
 
     // The same snapshot: rows that would change d2 and d4 are not read, and nothing is corrected.
     exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
@@ -400,6 +406,7 @@ describe('a bulk cycle that reads its export last', () => {
     await handle(next0);
     await handle(next1);
     expect(exported).toMatchObject({ calls: 1, probes: 2 });
+    expect([context.snapshots('changed'), context.snapshots('unchanged')]).toEqual([1, 1]);
     expect(sent.map((batch) => [batch.batchIndex, batch.totalBatches, batch.corrections])).toEqual([
       [0, undefined, undefined],
       [1, 2, undefined],
@@ -419,6 +426,7 @@ describe('a bulk cycle that reads its export last', () => {
     await handle(third0);
     await handle(third1);
     expect(exported).toMatchObject({ calls: 2, probes: 3 });
+    expect([context.snapshots('changed'), context.snapshots('unchanged')]).toEqual([2, 1]);
     expect(correctedIds(sent)).toEqual(['d1', 'd2', 'd4']);
     expect(await bulkCache.latest('t1')).toMatchObject({
       cycleId: 'c3',
@@ -431,6 +439,7 @@ describe('a bulk cycle that reads its export last', () => {
     const { handle, sent, exported, bulkCache } = context;
     await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
     expect(exported).toMatchObject({ calls: 1, probes: 1 });
+    expect(context.snapshots('unknown')).toBe(1);
     expect(await bulkCache.latest('t1')).not.toHaveProperty('generatedTime');
     // Answered now, but the latest export has no time to compare with: read, and corrected.
     exported.generatedTime = '2026-01-01T06:00:00Z';
@@ -439,6 +448,8 @@ describe('a bulk cycle that reads its export last', () => {
     await handle(next0);
     await handle(next1);
     expect(exported).toMatchObject({ calls: 2, probes: 2 });
+    // Answered, but not the snapshot of a latest export that has none.
+    expect([context.snapshots('unknown'), context.snapshots('changed')]).toEqual([1, 1]);
     expect(correctedIds(sent)).toEqual(['d1', 'd4']);
     expect(await bulkCache.latest('t1')).toMatchObject({
       cycleId: 'c2',
