@@ -34,6 +34,13 @@ export interface BenchOptions {
    */
   bulkNextChanged: number;
   /**
+   * Cycles of the `bulk-next` scenario measured after its next cycle with nothing changed in between (mode
+   * `bulk-same`): Microsoft's snapshot is the one the latest export was read from, as it is for 35 of a
+   * 10-minute tenant's 36 cycles, so the cycle reads no export. Each adds one poll interval (60 s) to the run.
+   * `--bulk-same-cycles`, default 1 (0 leaves them out).
+   */
+  bulkSameCycles: number;
+  /**
    * Who starts cycles: `poller` (the real poller lists the devices), `inject` (the bench lists the
    * simulator's fleet and produces the device batches itself, the poller is not started), `auto`
    * (poller when it can be told to use per-device calls, else inject). `--driver`, default auto.
@@ -124,6 +131,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
         'internal-warmup': { type: 'string' },
         'bulk-devices': { type: 'string' },
         'bulk-next-changed': { type: 'string' },
+        'bulk-same-cycles': { type: 'string' },
         driver: { type: 'string' },
         redis: { type: 'string' },
         'sample-ms': { type: 'string' },
@@ -153,6 +161,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
       values['bulk-next-changed'] === undefined
         ? Math.max(1, Math.round(bulkDevices / 100))
         : wholeNumber(values['bulk-next-changed'], '--bulk-next-changed', 0),
+    bulkSameCycles: wholeNumber(values['bulk-same-cycles'] ?? '1', '--bulk-same-cycles', 0),
     driver: oneOf(values.driver ?? 'auto', '--driver', ['auto', 'poller', 'inject'] as const),
     redis: oneOf(values.redis ?? 'private', '--redis', ['private', 'shared'] as const),
     sampleMs: wholeNumber(values['sample-ms'] ?? '50', '--sample-ms', 10),
@@ -177,7 +186,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
 export const USAGE = `npm run bench -- [--sizes 1000,10000,100000] [--latency 50] [--jitter 0]
   [--cycle-tenants 6] [--cycle-devices 1000] [--internal-devices 50000] [--internal-runs 3]
   [--internal-warmup 20000]
-  [--bulk-devices 100000] [--bulk-next-changed 1000]
+  [--bulk-devices 100000] [--bulk-next-changed 1000] [--bulk-same-cycles 1]
   [--driver auto|poller|inject] [--redis private|shared] [--sample-ms 50] [--out bench/results]
   [--keep-stack] [--slack-ms 120000] [--profile vuln-fetcher,scorer]
   [--env NAME=value]... [--replicas vuln-fetcher=2,scorer=2]

@@ -107,8 +107,9 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
       });
   }
   if (options.bulkDevices > 0) {
-    // The same fleet's next cycle: a 10-"minute" interval of 6 s units (60 s) leaves the first cycle time
-    // to end under the quotas; 1 % of the devices change their vulnerabilities in between (by default).
+    // The same fleet's next cycles: a 10-"minute" interval of 6 s units (60 s) leaves each cycle time to
+    // end under the quotas; 1 % of the devices change their vulnerabilities before the second (by default),
+    // none before the ones after it (`bulk-same`: Microsoft's snapshot as it was).
     specs.push({
       ...base,
       name: 'bulk-next',
@@ -120,7 +121,10 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
       pollIntervalMinutes: 10,
       extraEnv: { ...options.env, URS_POLL_INTERVAL_UNIT_MS: '6000' },
       timeoutMs: options.bulkDevices * 2 + options.slackMs,
-      nextCycle: { changedDevices: options.bulkNextChanged },
+      nextCycles: [
+        { changedDevices: options.bulkNextChanged },
+        ...Array.from({ length: options.bulkSameCycles }, () => ({ changedDevices: 0 })),
+      ],
     });
   }
   if (options.bulkDevices > 0) {

@@ -69,9 +69,10 @@ export interface CycleLatency {
   tenantId: string;
   /**
    * How the cycle's vulnerabilities were collected: per-device calls, or one bulk export; `bulk-next` is a
-   * tenant's bulk cycle after its first (enriched from the latest export, its own read last).
+   * tenant's bulk cycle after its first (enriched from the latest export, its own read last), `bulk-same`
+   * such a cycle with Microsoft's snapshot unchanged since the cycle before (no export read).
    */
-  mode: 'per-device' | 'bulk' | 'bulk-next';
+  mode: 'per-device' | 'bulk' | 'bulk-next' | 'bulk-same';
   devices: number;
   collectToVmsMs: number;
   cycleMs: number;
@@ -195,12 +196,21 @@ export function fleetResult(result: ScenarioResult, privateRedis: boolean): Flee
   };
 }
 
+/** A cycle's mode in the report: a bulk tenant's next cycle is `bulk-next`, or `bulk-same` when nothing changed. */
+export function cycleMode(
+  mode: 'per-device' | 'bulk',
+  changedDevices: number | undefined,
+): CycleLatency['mode'] {
+  if (mode !== 'bulk' || changedDevices === undefined) return mode;
+  return changedDevices > 0 ? 'bulk-next' : 'bulk-same';
+}
+
 export function cycleLatencies(results: ScenarioResult[]): CycleLatency[] {
   return results.flatMap((result) =>
     result.cycles.map((cycle) => ({
       scenario: result.spec.name,
       tenantId: cycle.tenantId,
-      mode: result.spec.nextCycle && result.spec.mode === 'bulk' ? ('bulk-next' as const) : result.spec.mode,
+      mode: cycleMode(result.spec.mode, cycle.changedDevices),
       devices: cycle.summary.devices.total,
       collectToVmsMs: cycle.collectToVmsMs,
       cycleMs: cycle.summaryAtMs - cycle.cycleStartedAtMs,

@@ -43,12 +43,13 @@ export interface ScenarioSpec {
    */
   warmupDevices: number;
   /**
-   * Measure each tenant's next cycle instead of its first: after the first summary, the vulnerabilities of
-   * `changedDevices` devices per tenant change in the simulator, and the scenario waits for the tenant's
-   * next summary (the poller's interval is `pollIntervalMinutes` of `URS_POLL_INTERVAL_UNIT_MS`, which the
-   * spec's `extraEnv` sets). Only the next cycle's records are counted; the usage window spans both.
+   * Measure each tenant's next cycles instead of its first: after the first summary, and again after each
+   * next one, the vulnerabilities of `changedDevices` devices per tenant change in the simulator (0: none,
+   * Microsoft's snapshot stays as it was), and the scenario waits for the tenant's next summary (the
+   * poller's interval is `pollIntervalMinutes` of `URS_POLL_INTERVAL_UNIT_MS`, which the spec's `extraEnv`
+   * sets). Only the next cycles' records are counted, in order; the usage window spans every cycle.
    */
-  nextCycle?: { changedDevices: number };
+  nextCycles?: { changedDevices: number }[];
 }
 
 /**
@@ -96,6 +97,8 @@ export interface CycleRecord {
   lastCollectedAtMs: number;
   /** summary record time − last vulnerability response. */
   collectToVmsMs: number;
+  /** Devices whose vulnerabilities changed in the simulator since the tenant's cycle before (a next cycle only). */
+  changedDevices?: number;
   listed: { t: number; n: number }[];
   enriched: { t: number; n: number }[];
   scored: { t: number; n: number }[];
@@ -293,23 +296,29 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
       if (spec.staggerMs > 0) await sleep(spec.staggerMs);
     }
     await Promise.all(injections);
-    let summaries = await watcher.waitFor(
+    const first = await watcher.waitFor(
       tenants.map((tenant) => tenant.tenantId),
       spec.timeoutMs,
       () => live.crashed(),
     );
-    if (spec.nextCycle) {
+    // Each measured cycle's summaries, with the devices changed before it (none for a first cycle).
+    const measured: { summaries: typeof first; changedDevices?: number }[] = [];
+    if (spec.nextCycles === undefined) measured.push({ summaries: first });
+    const seen = new Set([...first.values()].map((summary) => summary.value.cycleId));
+    for (const [index, { changedDevices }] of (spec.nextCycles ?? []).entries()) {
       for (const tenant of tenants)
-        await changeVulnerabilities(ctx.sim, tenant.azureTenantId, spec.nextCycle.changedDevices);
+        await changeVulnerabilities(ctx.sim, tenant.azureTenantId, changedDevices);
       ctx.log(
-        `  first cycles done; ${spec.nextCycle.changedDevices} devices per tenant changed, waiting for the next`,
+        `  cycle ${index + 1} done; ${changedDevices} devices per tenant changed, waiting for the next`,
       );
-      summaries = await watcher.waitFor(
+      const next = await watcher.waitFor(
         tenants.map((tenant) => tenant.tenantId),
         spec.timeoutMs,
         () => live.crashed(),
-        new Set([...summaries.values()].map((summary) => summary.value.cycleId)),
+        seen,
       );
+      for (const summary of next.values()) seen.add(summary.value.cycleId);
+      measured.push({ summaries: next, changedDevices });
     }
     const windowMs = Date.now() - windowStart;
     const usageAfter = usageNow();
@@ -338,15 +347,20 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     await ctx.group.stop([...pipeline.children.values()]);
     ctx.log(`  cycles complete after ${((Date.now() - started) / 1000).toFixed(1)} s; reading the topics`);
     const events = await collect(ctx.kafka, topics, `${topicPrefix}bench-read`, warmup?.tenantId);
-    const cycleRecords = tenants.map((tenant) => {
-      const summary = summaries.get(tenant.tenantId) as SummaryRecord;
-      return cycleRecord(tenant, summary, events);
-    });
+    const cycleRecords = measured.flatMap(({ summaries, changedDevices }) =>
+      tenants.map((tenant) => {
+        const record = cycleRecord(tenant, summaries.get(tenant.tenantId) as SummaryRecord, events);
+        return changedDevices === undefined ? record : { ...record, changedDevices };
+      }),
+    );
     return {
       spec,
       topics,
       cycles: cycleRecords,
-      devices: cycleRecords.reduce((sum, cycle) => sum + cycle.summary.devices.total, 0),
+      // The fleet once, however many of its cycles were measured (costs are per device of the fleet).
+      devices: cycleRecords
+        .slice(0, tenants.length)
+        .reduce((sum, cycle) => sum + cycle.summary.devices.total, 0),
       sim,
       samples,
       usage,

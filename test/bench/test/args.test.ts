@@ -88,3 +88,12 @@ describe('parseBenchArgs --replicas', () => {
     expect(() => parseBenchArgs(['--replicas', 'scorer'])).toThrow(/stage=count pairs/);
   });
 });
+
+describe('parseBenchArgs --bulk-same-cycles', () => {
+  it('parseBenchArgs should measure one unchanged bulk cycle by default, none with 0', () => {
+    expect(parseBenchArgs([]).bulkSameCycles).toBe(1);
+    expect(parseBenchArgs(['--bulk-same-cycles', '0']).bulkSameCycles).toBe(0);
+    expect(parseBenchArgs(['--bulk-same-cycles', '2']).bulkSameCycles).toBe(2);
+    expect(() => parseBenchArgs(['--bulk-same-cycles', 'one'])).toThrow(/--bulk-same-cycles/);
+  });
+});

@@ -1,5 +1,6 @@
 import {
   cpuMicrosPerDevice,
+  cycleLatencies,
   internalCeiling,
   kernelCell,
   latencyByMode,
@@ -36,6 +37,34 @@ describe('latencyByMode', () => {
     expect(latencyByMode([cycle('per-device', 150)])).toEqual({
       'per-device': { cycles: 1, p50Ms: 150, p99Ms: 150 },
     });
+  });
+});
+
+describe('cycleLatencies', () => {
+  const measured = (changedDevices: number | undefined, collectToVmsMs: number) => ({
+    tenantId: 't',
+    summary: { devices: { total: 100 } },
+    summaryAtMs: 10_000,
+    cycleStartedAtMs: 1_000,
+    collectToVmsMs,
+    ...(changedDevices === undefined ? {} : { changedDevices }),
+  });
+  const scenario = (mode: 'bulk' | 'per-device', cycles: unknown[]): ScenarioResult =>
+    ({ spec: { name: 'any', mode }, cycles }) as unknown as ScenarioResult;
+
+  it("cycleLatencies should tell a bulk tenant's next cycles with and without changes from its first", () => {
+    const cycles = cycleLatencies([
+      scenario('bulk', [measured(undefined, 9_000)]),
+      scenario('bulk', [measured(1_000, 700), measured(0, 400)]),
+      scenario('per-device', [measured(undefined, 150)]),
+    ]);
+    expect(cycles.map(({ mode, collectToVmsMs }) => [mode, collectToVmsMs])).toEqual([
+      ['bulk', 9_000],
+      ['bulk-next', 700],
+      ['bulk-same', 400],
+      ['per-device', 150],
+    ]);
+    expect(cycles[1]).toMatchObject({ devices: 100, cycleMs: 9_000 });
   });
 });
 
