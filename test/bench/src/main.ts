@@ -3,6 +3,7 @@ import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseBenchArgs, USAGE, UsageError, type BenchOptions } from './args';
 import { perDeviceRefreshHours, round, roundEach } from './analysis';
+import { CALIBRATION_WORKLOAD, calibrate } from './calibrate';
 import { ensureStack, startPrivateRedis, stopStack } from './infra';
 import { createBenchKafka, deleteTopics } from './kafka';
 import { ProcessGroup } from './procs';
@@ -144,12 +145,19 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
   return specs;
 }
 
+/** The machine's speed before each scenario and at the end of the run (see `calibrate`). */
+interface Speed {
+  beforeScenarioMs: Record<string, number>;
+  endMs: number | null;
+}
+
 function buildResults(
   options: BenchOptions,
   ctx: RunContext,
   startedAt: string,
   results: ScenarioResult[],
   errors: string[],
+  speed: Speed,
 ): BenchResults {
   const fleets = results.filter((result) => result.spec.name.startsWith('fleet-'));
   const fleetEntries = fleets.flatMap((result) => {
@@ -174,6 +182,7 @@ function buildResults(
       node: process.version,
       kafkaBrokers: ctx.kafkaBrokers,
       redis: ctx.privateRedis ? 'private' : 'shared',
+      calibration: { workload: CALIBRATION_WORKLOAD, ...speed },
     },
     options: { ...options },
     slotUtilisation: Object.fromEntries(fleetEntries.map(([size, fleet]) => [size, fleet.slotUtilisation])),
@@ -275,6 +284,7 @@ async function main(): Promise<number> {
   process.on('SIGTERM', onSignal);
   const errors: string[] = [];
   const results: ScenarioResult[] = [];
+  const speed: Speed = { beforeScenarioMs: {}, endMs: null };
   try {
     log(`logs in ${runDir}`);
     const stack = await ensureStack(ROOT, options.redis === 'private');
@@ -314,6 +324,11 @@ async function main(): Promise<number> {
     for (const spec of scenarioSpecs(options)) {
       if (interrupted) break;
       try {
+        // The machine's speed moves from minute to minute: each scenario's own, before its services start.
+        speed.beforeScenarioMs[spec.name] = calibrate().medianMs;
+        log(
+          `  machine speed: ${speed.beforeScenarioMs[spec.name]} ms for the fixed workload (lower is faster)`,
+        );
         const result = await runScenario(ctx, spec);
         results.push(result);
         // The raw material of the numbers, for a closer look: samples and per-batch events of every cycle.
@@ -337,13 +352,16 @@ async function main(): Promise<number> {
         log(`  FAILED ${message}`);
       }
       // Partial results after each scenario, so an interrupted run still leaves numbers.
-      const partial = buildResults(options, ctx, startedAt, results, [...errors]);
+      const partial = buildResults(options, ctx, startedAt, results, [...errors], speed);
       const largestFleet = results.filter((result) => result.spec.name.startsWith('fleet-')).at(-1);
       if (largestFleet)
         pictures.set('latest.svg', pictures.get(`timeline-${largestFleet.spec.name}.svg`) ?? '');
       writeResults(outDir, partial, pictures);
     }
-    const final = buildResults(options, ctx, startedAt, results, errors);
+    // Every service has stopped: the machine runs only the broker, Redis and the simulator, idle.
+    speed.endMs = calibrate().medianMs;
+    log(`machine speed at the end: ${speed.endMs} ms for the fixed workload`);
+    const final = buildResults(options, ctx, startedAt, results, errors, speed);
     writeResults(outDir, final, pictures);
     process.stdout.write(renderMarkdown(final));
     log(`results in ${join(outDir, 'latest.json')} and latest.md`);

@@ -81,7 +81,18 @@ export interface CycleLatency {
 export interface BenchResults {
   startedAt: string;
   finishedAt: string;
-  machine: { cpus: number; node: string; kafkaBrokers: string[]; redis: 'private' | 'shared' };
+  machine: {
+    cpus: number;
+    node: string;
+    kafkaBrokers: string[];
+    redis: 'private' | 'shared';
+    /**
+     * The machine's speed before each scenario and at the end of the run, by a fixed workload
+     * (`calibrate`, ms, lower is faster): compare runs by it before comparing their numbers. `endMs` is
+     * null where the run did not get that far.
+     */
+    calibration: { workload: string; beforeScenarioMs: Record<string, number>; endMs: number | null };
+  };
   options: Record<string, unknown>;
   /** Per fleet size, against the simulator's measured mean latency. */
   slotUtilisation: Record<string, number>;
@@ -437,6 +448,28 @@ function verdict(ok: boolean | null): string {
   return ok === null ? '–' : ok ? 'met' : '**missed**';
 }
 
+/** The machine's speed as the report states it: its range over the run, and before each scenario. */
+export function calibrationLine(calibration: BenchResults['machine']['calibration']): string {
+  const timings = [
+    ...Object.entries(calibration.beforeScenarioMs).map(([scenario, ms]) => `${ms} ms before ${scenario}`),
+    ...(calibration.endMs === null ? [] : [`${calibration.endMs} ms at the end`]),
+  ];
+  const all = [
+    ...Object.values(calibration.beforeScenarioMs),
+    ...(calibration.endMs === null ? [] : [calibration.endMs]),
+  ];
+  const range =
+    all.length === 0
+      ? 'not measured'
+      : `${Math.min(...all)}–${Math.max(...all)} ms (slowest ÷ fastest ${round(Math.max(...all) / Math.min(...all), 2)})`;
+  return (
+    `Machine speed, by a fixed workload in the bench's own process (${calibration.workload}; median of 5 ` +
+    `rounds, lower is faster): ${range}` +
+    (timings.length === 0 ? '.' : `; ${timings.join(', ')}.`) +
+    ` Compare runs by it before comparing their numbers.`
+  );
+}
+
 /** The markdown summary next to latest.json. */
 export function renderMarkdown(results: BenchResults): string {
   const lines: string[] = [];
@@ -445,6 +478,8 @@ export function renderMarkdown(results: BenchResults): string {
   lines.push(
     `${results.machine.cpus} CPUs, Node ${results.machine.node}, Kafka ${results.machine.kafkaBrokers.join(',')}, ${results.machine.redis} Redis; ` +
       `five services as separate processes; the simulator as its own process.`,
+    '',
+    calibrationLine(results.machine.calibration),
     '',
   );
   lines.push('| measure | value | target | |', '|---|---|---|---|');
