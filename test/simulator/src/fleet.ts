@@ -92,10 +92,9 @@ export class Fleet {
     this.seed = spec?.seed ?? hashString(tenantId);
     this.generatedCount = Math.max(0, Math.floor(spec?.size ?? 0));
     this.epochMs = epochMs;
-    this.generatedAt = epochMs;
-    for (const record of records ?? []) this.addRecord(record);
     // The records the fleet starts with are part of its first generation.
     this.generatedAt = epochMs;
+    for (const record of records ?? []) this.insertRecord(record);
   }
 
   /** The generation time of the export snapshot (see `generatedAt`). */
@@ -274,11 +273,16 @@ export class Fleet {
   }
 
   addRecord(record: MachineRecord): void {
+    this.insertRecord(record);
+    this.regenerate();
+  }
+
+  /** Adds an explicit record, leaving the export's generation to the caller. */
+  private insertRecord(record: MachineRecord): void {
     if (!/^[0-9a-f]{40}$/i.test(record.id))
       throw new Error(`machine id must be 40 hex characters, got '${record.id}'`);
     if (this.locate(record.id)) throw new Error(`machine '${record.id}' already exists`);
     this.explicit.push({ ...record });
-    this.regenerate();
   }
 
   setVulnerabilities(id: string, vulns: readonly VulnerabilityRecord[]): boolean {
