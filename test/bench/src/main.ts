@@ -3,7 +3,7 @@ import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseBenchArgs, USAGE, UsageError, type BenchOptions } from './args';
 import { perDeviceRefreshHours, round, roundEach } from './analysis';
-import { CALIBRATION_WORKLOAD, calibrate } from './calibrate';
+import { CALIBRATION_WORKLOAD, calibrate, MEMORY_WORKLOAD, type MemorySpeed, probeMemory } from './calibrate';
 import { ensureStack, startPrivateRedis, stopStack } from './infra';
 import { createBenchKafka, deleteTopics } from './kafka';
 import { ProcessGroup } from './procs';
@@ -145,10 +145,19 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
   return specs;
 }
 
-/** The machine's speed before each scenario and at the end of the run (see `calibrate`). */
+/** The machine's speed before each scenario and at the end of the run (see `calibrate` and `probeMemory`). */
 interface Speed {
   beforeScenarioMs: Record<string, number>;
   endMs: number | null;
+  memoryBeforeScenario: Record<string, MemorySpeed>;
+  memoryEnd: MemorySpeed | null;
+}
+
+function machineSpeedText(workloadMs: number, memory: MemorySpeed): string {
+  return (
+    `${workloadMs} ms for the fixed workload, ${memory.readNs} ns a dependent read, ` +
+    `${memory.freshPageUs} µs a fresh page (lower is faster)`
+  );
 }
 
 function buildResults(
@@ -182,7 +191,16 @@ function buildResults(
       node: process.version,
       kafkaBrokers: ctx.kafkaBrokers,
       redis: ctx.privateRedis ? 'private' : 'shared',
-      calibration: { workload: CALIBRATION_WORKLOAD, ...speed },
+      calibration: {
+        workload: CALIBRATION_WORKLOAD,
+        beforeScenarioMs: speed.beforeScenarioMs,
+        endMs: speed.endMs,
+        memory: {
+          workload: MEMORY_WORKLOAD,
+          beforeScenario: speed.memoryBeforeScenario,
+          end: speed.memoryEnd,
+        },
+      },
     },
     options: { ...options },
     slotUtilisation: Object.fromEntries(fleetEntries.map(([size, fleet]) => [size, fleet.slotUtilisation])),
@@ -284,7 +302,7 @@ async function main(): Promise<number> {
   process.on('SIGTERM', onSignal);
   const errors: string[] = [];
   const results: ScenarioResult[] = [];
-  const speed: Speed = { beforeScenarioMs: {}, endMs: null };
+  const speed: Speed = { beforeScenarioMs: {}, endMs: null, memoryBeforeScenario: {}, memoryEnd: null };
   try {
     log(`logs in ${runDir}`);
     const stack = await ensureStack(ROOT, options.redis === 'private');
@@ -325,10 +343,11 @@ async function main(): Promise<number> {
       if (interrupted) break;
       try {
         // The machine's speed moves from minute to minute: each scenario's own, before its services start.
-        speed.beforeScenarioMs[spec.name] = calibrate().medianMs;
-        log(
-          `  machine speed: ${speed.beforeScenarioMs[spec.name]} ms for the fixed workload (lower is faster)`,
-        );
+        const workloadMs = calibrate().medianMs;
+        const memory = probeMemory();
+        speed.beforeScenarioMs[spec.name] = workloadMs;
+        speed.memoryBeforeScenario[spec.name] = memory;
+        log(`  machine speed: ${machineSpeedText(workloadMs, memory)}`);
         const result = await runScenario(ctx, spec);
         results.push(result);
         // The raw material of the numbers, for a closer look: samples and per-batch events of every cycle.
@@ -359,8 +378,11 @@ async function main(): Promise<number> {
       writeResults(outDir, partial, pictures);
     }
     // Every service has stopped: the machine runs only the broker, Redis and the simulator, idle.
-    speed.endMs = calibrate().medianMs;
-    log(`machine speed at the end: ${speed.endMs} ms for the fixed workload`);
+    const workloadMs = calibrate().medianMs;
+    const memory = probeMemory();
+    speed.endMs = workloadMs;
+    speed.memoryEnd = memory;
+    log(`machine speed at the end: ${machineSpeedText(workloadMs, memory)}`);
     const final = buildResults(options, ctx, startedAt, results, errors, speed);
     writeResults(outDir, final, pictures);
     process.stdout.write(renderMarkdown(final));

@@ -8,6 +8,7 @@ import {
   slotUtilisation,
   span,
 } from './analysis';
+import type { MemorySpeed } from './calibrate';
 import type { CycleRecord, ScenarioResult } from './scenario';
 import { curves } from './scenario';
 import type { TimelineInput } from './timeline';
@@ -91,7 +92,16 @@ export interface BenchResults {
      * (`calibrate`, ms, lower is faster): compare runs by it before comparing their numbers. `endMs` is
      * null where the run did not get that far.
      */
-    calibration: { workload: string; beforeScenarioMs: Record<string, number>; endMs: number | null };
+    calibration: {
+      workload: string;
+      beforeScenarioMs: Record<string, number>;
+      endMs: number | null;
+      /**
+       * The memory's speed at the same moments (`probeMemory`): the workload stays within the caches, and
+       * the pipeline has run at half its best rate on a day the workload was at its fastest.
+       */
+      memory: { workload: string; beforeScenario: Record<string, MemorySpeed>; end: MemorySpeed | null };
+    };
   };
   options: Record<string, unknown>;
   /** Per fleet size, against the simulator's measured mean latency. */
@@ -449,7 +459,7 @@ function verdict(ok: boolean | null): string {
 }
 
 /** The machine's speed as the report states it: its range over the run, and before each scenario. */
-export function calibrationLine(calibration: BenchResults['machine']['calibration']): string {
+export function calibrationLine(calibration: Omit<BenchResults['machine']['calibration'], 'memory'>): string {
   const timings = [
     ...Object.entries(calibration.beforeScenarioMs).map(([scenario, ms]) => `${ms} ms before ${scenario}`),
     ...(calibration.endMs === null ? [] : [`${calibration.endMs} ms at the end`]),
@@ -470,6 +480,30 @@ export function calibrationLine(calibration: BenchResults['machine']['calibratio
   );
 }
 
+/** The memory's speed as the report states it: each probe's range over the run, and before each scenario. */
+export function memoryLine(memory: BenchResults['machine']['calibration']['memory']): string {
+  const moments: [string, MemorySpeed][] = [
+    ...Object.entries(memory.beforeScenario).map(([scenario, speed]): [string, MemorySpeed] => [
+      `before ${scenario}`,
+      speed,
+    ]),
+    ...(memory.end === null ? [] : [['at the end', memory.end] as [string, MemorySpeed]]),
+  ];
+  const range = (values: number[], unit: string): string =>
+    `${Math.min(...values)}–${Math.max(...values)} ${unit}`;
+  const measured =
+    moments.length === 0
+      ? 'not measured.'
+      : `a dependent read ${range(
+          moments.map(([, speed]) => speed.readNs),
+          'ns',
+        )}, a fresh page ${range(
+          moments.map(([, speed]) => speed.freshPageUs),
+          'µs',
+        )}; ${moments.map(([when, speed]) => `${speed.readNs} ns · ${speed.freshPageUs} µs ${when}`).join(', ')}.`;
+  return `Memory speed, in the same process (${memory.workload}; medians of 3 rounds, lower is faster): ${measured}`;
+}
+
 /** The markdown summary next to latest.json. */
 export function renderMarkdown(results: BenchResults): string {
   const lines: string[] = [];
@@ -480,6 +514,8 @@ export function renderMarkdown(results: BenchResults): string {
       `five services as separate processes; the simulator as its own process.`,
     '',
     calibrationLine(results.machine.calibration),
+    '',
+    memoryLine(results.machine.calibration.memory),
     '',
   );
   lines.push('| measure | value | target | |', '|---|---|---|---|');
