@@ -1,22 +1,59 @@
 import type { DeadLetter } from '@urs/contracts';
-import { redact } from '@urs/logging';
+import { REDACTED, redact } from '@urs/logging';
 import { errorCode, errorMessage } from '@urs/resilience';
 
 /** A dead letter keeps at most this much of the original payload. */
 const MAX_PAYLOAD_CHARS = 256 * 1024;
-/** Catches `"clientSecret": "…"` (and any key naming a secret or password) in text that is not valid JSON. */
+/** Catches `"clientSecret": "…"` (and any key naming a secret or password) in an error's text. */
 const SECRET_IN_TEXT = /("[^"]*(?:secret|password)[^"]*"\s*:\s*)"(?:[^"\\]|\\.)*"/gi;
+/**
+ * Words that may name a secret, in text that cannot be read field by field. A `\u` escape may spell
+ * any key (`"client\u0053ecret"`), so it counts as one.
+ */
+const SECRET_WORD = /secret|password|passwd|authorization|bearer|token|ciphertext|\\u/i;
 
 /**
  * The payload as text with every secret removed. Director's pushes carry client secrets in clear, and
  * a dead letter must not become a second place where they live.
+ * - A JSON object or array: every secret-looking key's value is replaced (`redact`), and so is every
+ *   string value that itself names a secret (a push sent as a JSON string inside a field).
+ * - Anything else (not JSON, cut short, a JSON string holding a push): no field can be told from
+ *   another, so text that names a secret is withheld whole; the dead letter's source position still
+ *   finds it on its topic.
  */
 export function redactPayload(text: string): string {
+  let parsed: unknown;
   try {
-    return JSON.stringify(redact(JSON.parse(text)));
+    parsed = JSON.parse(text);
   } catch {
-    return text.replace(SECRET_IN_TEXT, '$1"[redacted]"');
+    return withheldIfSecret(text);
   }
+  if (parsed === null || typeof parsed !== 'object') return withheldIfSecret(text);
+  return JSON.stringify(redactStrings(redact(parsed)));
+}
+
+function withheldIfSecret(text: string): string {
+  if (!SECRET_WORD.test(text)) return text;
+  return `[withheld: ${Buffer.byteLength(text)} bytes that are not a JSON object and may hold a secret]`;
+}
+
+function redactStrings(value: unknown): unknown {
+  if (typeof value === 'string') return SECRET_WORD.test(value) ? REDACTED : value;
+  if (Array.isArray(value)) return value.map(redactStrings);
+  if (value === null || typeof value !== 'object') return value;
+  return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, redactStrings(item)]));
+}
+
+/**
+ * Why a value is not JSON, without the value: V8's message quotes the text around an unexpected token,
+ * which on `urs.registration` may be a client secret, so only the position it gives is kept. (The
+ * parser's error is not kept as the cause either: the dead letter's and the log's text come from it.)
+ */
+export function notJsonReason(error: unknown): string {
+  const message = errorMessage(error);
+  const position = /at position (\d+)/.exec(message)?.[1];
+  if (position !== undefined) return `the value is not JSON (at position ${position})`;
+  return /["'`]/.test(message) ? 'the value is not JSON' : `the value is not JSON: ${message}`;
 }
 
 export interface FailedMessage {
@@ -37,7 +74,10 @@ export function toDeadLetter(message: FailedMessage, error: unknown, now: Date =
     partition: message.partition,
     offset: message.offset,
     key: message.key === null ? null : message.key.toString('utf8'),
-    error: { code: errorCode(error), message: redactPayload(errorMessage(error)) },
+    error: {
+      code: errorCode(error),
+      message: errorMessage(error).replace(SECRET_IN_TEXT, `$1"${REDACTED}"`),
+    },
     payload: payload === null ? null : payload.slice(0, MAX_PAYLOAD_CHARS),
     failedAt: now.toISOString(),
   };

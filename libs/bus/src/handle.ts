@@ -11,7 +11,7 @@ import {
   type RetryPolicy,
 } from '@urs/resilience';
 import type { Counter, Histogram } from '@urs/telemetry';
-import { toDeadLetter } from './dead-letter';
+import { notJsonReason, toDeadLetter } from './dead-letter';
 import { parseJsonBytes } from './json-bytes';
 import type { Publisher } from './publisher';
 
@@ -110,11 +110,7 @@ export function createMessageProcessor(
       try {
         parsed = parseJsonBytes(message.value);
       } catch (error) {
-        throw new PoisonMessageError(
-          'MESSAGE_NOT_JSON',
-          `the value is not JSON: ${errorMessage(error)}`,
-          error,
-        );
+        throw new PoisonMessageError('MESSAGE_NOT_JSON', notJsonReason(error));
       }
       value = validateMessage(subscription.contract, parsed);
     }

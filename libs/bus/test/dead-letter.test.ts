@@ -1,4 +1,4 @@
-import { redactPayload, toDeadLetter } from '@urs/bus';
+import { notJsonReason, redactPayload, toDeadLetter } from '@urs/bus';
 
 describe('redactPayload', () => {
   it('should remove client secrets from a JSON payload', () => {
@@ -10,11 +10,53 @@ describe('redactPayload', () => {
     expect(JSON.parse(redacted).tenants[0].tenantId).toBe('t');
   });
 
-  it('should remove client secrets from text that is not valid JSON', () => {
-    const text = '{"tenants":[{"defender":{"clientSecret": "Zx9~real\\"secret", "clientId": "c"}';
-    const redacted = redactPayload(text);
-    expect(redacted).not.toContain('Zx9~real');
-    expect(redacted).toContain('"clientId": "c"');
+  it('should withhold text that is not JSON when it names a secret, and keep text that does not', () => {
+    const cases = [
+      '{"tenants":[{"defender":{"clientSecret": "Zx9~real\\"secret", "clientId": "c"}',
+      '{"tenants":[{"defender":{"clientSecret":"Zx9~real-secret',
+      "{'tenants':[{'defender':{'clientSecret':'Zx9~real-secret'}}]}",
+      '{"tenants":[{"defender":{"clientSecret":Zx9~real-secret}}]}',
+      '{"tenants":[{"defender":{"client\\u0053ecret":"Zx9~real-secret"}}],}',
+    ];
+    for (const text of cases) {
+      const redacted = redactPayload(text);
+      expect(redacted).not.toContain('Zx9~real');
+      expect(redacted).toBe(
+        `[withheld: ${Buffer.byteLength(text)} bytes that are not a JSON object and may hold a secret]`,
+      );
+    }
+    expect(redactPayload('not json')).toBe('not json');
+    expect(redactPayload('{"devices":[1,2')).toBe('{"devices":[1,2');
+  });
+
+  it('should withhold a JSON string holding a push, and redact a string value that names a secret', () => {
+    const push = JSON.stringify({
+      tenants: [{ tenantId: 't', defender: { clientSecret: 'Zx9~real-secret' } }],
+    });
+    expect(redactPayload(JSON.stringify(push))).toMatch(/^\[withheld: \d+ bytes/);
+    const nested = redactPayload(JSON.stringify({ note: 'kept', tenants: push }));
+    expect(nested).not.toContain('Zx9~real');
+    expect(JSON.parse(nested)).toEqual({ note: 'kept', tenants: '[redacted]' });
+  });
+});
+
+describe('notJsonReason', () => {
+  it('should keep the position V8 gives, and never the text it quotes', () => {
+    const reasonOf = (text: string): string => {
+      try {
+        JSON.parse(text);
+      } catch (error) {
+        return notJsonReason(error);
+      }
+      throw new Error('parsed');
+    };
+    expect(reasonOf('{"clientSecret":"Zx9~real-secret')).toMatch(
+      /^the value is not JSON \(at position \d+\)$/,
+    );
+    const unexpected = reasonOf('{"clientSecret":Zx9~real-secret}');
+    expect(unexpected).not.toContain('Zx9');
+    expect(unexpected).toMatch(/^the value is not JSON/);
+    expect(reasonOf('')).toBe('the value is not JSON: Unexpected end of JSON input');
   });
 });
 

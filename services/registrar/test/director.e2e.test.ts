@@ -161,6 +161,21 @@ describe('registrar: Director pushes', () => {
     expect((await store().get('bulk-5'))?.enabled).toBe(true);
   });
 
+  it('a push that is not JSON, or is a JSON string holding a push, should be dead-lettered without its secret', async () => {
+    const before = deadLetters().length;
+    const whole = JSON.stringify({ schemaVersion: 1, generation: 8, mode: 'delta', tenants: [tenant(60)] });
+    const raw = [whole.slice(0, whole.indexOf(secrets.get('bulk-60') as string) + 12), JSON.stringify(whole)];
+    await producer.send({
+      topic: stack.topic('urs.registration'),
+      messages: raw.map((value) => ({ key: 'director', value })),
+    });
+    await waitFor(() => deadLetters().length === before + 2);
+    const letters = deadLetters().slice(before);
+    expect(letters.map((letter) => letter.error.code)).toEqual(['MESSAGE_NOT_JSON', 'CONTRACT_INVALID']);
+    for (const letter of letters) expect(letter.payload).toMatch(/^\[withheld: \d+ bytes/);
+    expect(await store().get('bulk-60')).toBeNull();
+  });
+
   it('no secret of a push should appear in a log line, a dead letter or a REST answer', () => {
     const texts = [
       ...stack.processes.flatMap((p) => p.lines),
