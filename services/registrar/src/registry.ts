@@ -20,6 +20,11 @@ export interface RegisterOptions {
   keepSecret?: SealedSecretRecord;
   /** Write nothing when the tenant's record already says the same (Director's repeated full pushes). */
   skipIfUnchanged?: boolean;
+  /**
+   * Write nothing over a record an administrator wrote over REST: Director's last generation delivered
+   * again (its offset not committed before a restart) must not undo what was changed since.
+   */
+  keepRestRecord?: boolean;
 }
 
 export interface TenantRegistry {
@@ -83,6 +88,21 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     await deps.tenants.put(record);
   }
 
+  /**
+   * A registration refused before, now sent again as the record already has it: the status no longer
+   * says it was refused (it would until the tenant's next cycle otherwise, up to a day away).
+   */
+  async function clearRefusal(current: TenantRecord): Promise<void> {
+    const status = await deps.tenants.getStatus(current.tenantId);
+    if (status.state !== 'registration-rejected') return;
+    await deps.tenants.updateStatus(current.tenantId, {
+      state: current.enabled ? 'active' : 'disabled',
+      lastErrorCode: null,
+      lastErrorMessage: null,
+      lastErrorAt: null,
+    });
+  }
+
   return {
     async register(registration, origin, options = {}) {
       const { tenantId, defender } = registration;
@@ -95,11 +115,15 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         region: defender.region ?? null,
         riskProfile: defender.riskProfile ?? null,
       };
+      // The same words for every push that disables it (the record's `generation` says which one last
+      // wrote it): a generation number here made every push a change, and a new revision on urs.tenants.
       const disabledReason = defender.enabled
         ? undefined
         : origin.source === 'director'
-          ? `disabled by Director generation ${origin.generation ?? '?'}`
+          ? 'disabled by Director'
           : 'disabled by an administrator';
+      if (options.keepRestRecord && current?.source === 'rest')
+        return { record: current, changed: false, created: false };
       if (options.skipIfUnchanged && current) {
         let secretMatches = false;
         try {
@@ -119,8 +143,10 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
           ...(disabledReason === undefined ? {} : { disabledReason }),
           defender: settings,
         };
-        if (sameSettings(current, candidate, secretMatches))
+        if (sameSettings(current, candidate, secretMatches)) {
+          await clearRefusal(current);
           return { record: current, changed: false, created: false };
+        }
       }
       const sealed = options.keepSecret
         ? deps.sealer.isStale(options.keepSecret)

@@ -99,6 +99,59 @@ describe('createRegistrationHandler', () => {
     });
   });
 
+  it('handle should keep what an administrator changed over REST when the last generation comes again', async () => {
+    const { push, tenants, registry } = setup();
+    await push(5, 'full', [item('a'), item('b')]);
+    // Generation 5 was applied; an administrator changes a, then generation 5 is delivered again.
+    await registry.register(
+      {
+        tenantId: 'a',
+        defender: registrationBody({ pollIntervalMinutes: 60, clientSecret: 'rotated~secret' }) as never,
+      },
+      { source: 'rest' },
+    );
+    await registry.disable('b', 'by hand', { source: 'director', generation: 5 });
+    expect(await push(5, 'full', [item('a'), item('b')])).toMatchObject({ applied: 1, unchanged: 1 });
+    expect(await tenants.get('a')).toMatchObject({ source: 'rest', defender: { pollIntervalMinutes: 60 } });
+    expect((await tenants.get('b'))?.enabled).toBe(true);
+    // A newer generation is Director's again.
+    expect(await push(6, 'full', [item('a'), item('b')])).toMatchObject({ applied: 1, unchanged: 1 });
+    expect(await tenants.get('a')).toMatchObject({
+      source: 'director',
+      defender: { pollIntervalMinutes: 15 },
+    });
+  });
+
+  it('handle should not write a new revision for a tenant it keeps disabling', async () => {
+    const { push, records } = setup();
+    await push(1, 'full', [item('a', { enabled: false })]);
+    expect(await push(2, 'full', [item('a', { enabled: false })])).toMatchObject({
+      applied: 0,
+      unchanged: 1,
+    });
+    expect(await push(3, 'full', [item('a', { enabled: false })])).toMatchObject({
+      applied: 0,
+      unchanged: 1,
+    });
+    expect(records()).toHaveLength(1);
+    expect(records()[0]).toMatchObject({
+      enabled: false,
+      disabledReason: 'disabled by Director',
+      generation: 1,
+    });
+  });
+
+  it('handle should clear a refusal from the status when the tenant comes again as it is registered', async () => {
+    const { push, tenants } = setup();
+    await push(1, 'full', [item('a')]);
+    await push(2, 'full', [item('a', { pollIntervalMinutes: 5 })]);
+    expect(await tenants.getStatus('a')).toMatchObject({ state: 'registration-rejected' });
+    expect(await push(3, 'full', [item('a')])).toMatchObject({ applied: 0, unchanged: 1 });
+    const status = await tenants.getStatus('a');
+    expect(status.state).toBe('active');
+    expect(status.lastErrorMessage ?? null).toBeNull();
+  });
+
   it('handle should not write a new revision for an unchanged tenant', async () => {
     const { push, records } = setup();
     await push(1, 'full', [item('a'), item('b')]);
