@@ -129,6 +129,12 @@ export function secretKeyConfig(env: Env): SecretKeyConfig {
   for (const entry of readList(env, 'URS_SECRET_KEYS_PREVIOUS')) {
     const separator = entry.indexOf(':');
     if (separator <= 0) throw new ConfigError('URS_SECRET_KEYS_PREVIOUS', 'must list id:base64key pairs');
+    // A repeated id would replace a key, the active one included: new secrets sealed with a retired key.
+    if (keys.has(entry.slice(0, separator)))
+      throw new ConfigError(
+        'URS_SECRET_KEYS_PREVIOUS',
+        `repeats key id ${entry.slice(0, separator)} (each id once, the active URS_SECRET_KEY_ID included)`,
+      );
     keys.set(entry.slice(0, separator), decodeKey('URS_SECRET_KEYS_PREVIOUS', entry.slice(separator + 1)));
   }
   return { activeKeyId, keys };

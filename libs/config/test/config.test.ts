@@ -91,6 +91,21 @@ describe('secretKeyConfig', () => {
     expect(config.activeKeyId).toBe('k2');
     expect([...config.keys.keys()]).toEqual(['k2', 'k1']);
   });
+
+  it('should refuse a previous key under an id already given, the active one included', () => {
+    const key = () => randomBytes(32).toString('base64');
+    // A rotation that forgot URS_SECRET_KEY_ID: the old key listed under the active id k1.
+    expect(() => secretKeyConfig({ URS_SECRET_KEY: key(), URS_SECRET_KEYS_PREVIOUS: `k1:${key()}` })).toThrow(
+      'URS_SECRET_KEYS_PREVIOUS repeats key id k1',
+    );
+    expect(() =>
+      secretKeyConfig({
+        URS_SECRET_KEY: key(),
+        URS_SECRET_KEY_ID: 'k3',
+        URS_SECRET_KEYS_PREVIOUS: `k1:${key()},k1:${key()}`,
+      }),
+    ).toThrow('repeats key id k1');
+  });
 });
 
 describe('consumerSettings', () => {

@@ -62,7 +62,10 @@ export function createSecretSealer(config: SealerKeys): SecretSealer {
         );
       }
       try {
-        const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(sealed.iv, 'base64'));
+        // A tag cut short would still open by default (Node accepts 4–16 bytes): only the full 16 do.
+        const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(sealed.iv, 'base64'), {
+          authTagLength: 16,
+        });
         decipher.setAAD(Buffer.from(context, 'utf8'));
         decipher.setAuthTag(Buffer.from(sealed.tag, 'base64'));
         return Buffer.concat([

@@ -46,4 +46,11 @@ describe('createSecretSealer', () => {
     const tampered = { ...sealed, ciphertext: Buffer.from('other').toString('base64') };
     expect(() => sealer.open(tampered, 't')).toThrow(/does not open/);
   });
+
+  it('should not open a secret whose tag was cut short', () => {
+    const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', k1]]) });
+    const sealed = sealer.seal('value', 't');
+    const short = { ...sealed, tag: Buffer.from(sealed.tag, 'base64').subarray(0, 4).toString('base64') };
+    expect(() => sealer.open(short, 't')).toThrow(/does not open/);
+  });
 });
