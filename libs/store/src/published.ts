@@ -122,8 +122,13 @@ if #oldest == 2 then
   local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. oldest[2])
   for i = 1, #gone do table.insert(result, gone[i]) end
 end
--- Only the last cycles matter for absence; keep a few more for diagnosis.
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(n + 11))
+-- Only the last cycles matter for absence; keep a few more for diagnosis. A cycle let go of takes its
+-- sequence number with it (the hash would grow by one field per cycle, for ever).
+local old = redis.call('ZRANGE', KEYS[3], 0, -(n + 11))
+if #old > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(n + 11))
+  redis.call('HDEL', KEYS[1], unpack(old))
+end
 return result`;
 
 // KEYS[1] sent marker, KEYS[2] lock, KEYS[3] owed zset; ARGV member, ttl ms, now ms.

@@ -304,6 +304,16 @@ describe('createPublishedStore', () => {
     await published.forget('t', ['leave']);
     expect(await published.seenIn('t', 3000)).toEqual(['stay']);
   });
+
+  it('completeCycle should keep the sequence numbers of the cycles it keeps only', async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    // Absence over 2 cycles: 2 + 10 completed cycles are kept, with their numbers.
+    for (let cycle = 1; cycle <= 30; cycle++)
+      expect((await published.completeCycle('t', `c${cycle}`, cycle * 1000, 2)).sequence).toBe(cycle);
+    const numbered = await redis.client.hgetall(`${redis.prefix}published-seq:t`);
+    expect(Object.keys(numbered).sort()).toEqual(Array.from({ length: 12 }, (_, i) => `c${19 + i}`).sort());
+    expect(await published.completeCycle('t', 'c30', 30_000, 2)).toEqual({ sequence: 30, gone: [] });
+  });
 });
 
 describe('createBulkVulnerabilityCache', () => {

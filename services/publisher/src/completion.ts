@@ -2,6 +2,7 @@ import type { Publisher } from '@urs/bus';
 import type { Topics } from '@urs/config';
 import { vmsRecord, type VmsRiskSummary } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
+import { errorCode, errorMessage } from '@urs/resilience';
 import type { CycleState, CycleStore, PublishedStore, ScoreStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import { emptyBands, type BatchStats } from './records';
@@ -76,6 +77,10 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     'urs_vms_records_total',
     'Records produced to vms.risk-scores, by kind.',
   );
+  const sweepFailures = deps.metrics.counter(
+    'urs_summary_sweep_failures_total',
+    'Overdue or owed cycle summaries the deadline sweep could not send (tried again at the next sweep).',
+  );
 
   async function snapshot(tenantId: string, cycleAt: number): Promise<number> {
     const ids = await deps.published.seenIn(tenantId, cycleAt);
@@ -126,6 +131,18 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       for (const [band, count] of Object.entries(batch.bands)) bands[band as keyof typeof bands] += count;
       if (collectedAt === null || batch.collectedAt > collectedAt) collectedAt = batch.collectedAt;
       lastScoredMs = Math.max(lastScoredMs, Date.parse(batch.scoredAt));
+    }
+    // A correction moves devices out of the bands their first batch counted them in. If that batch was
+    // never counted (dead-lettered, or its score stored but never emitted), the move would leave a band
+    // short or below zero; a partial cycle's counts stay at zero or above.
+    const short = Object.entries(bands).filter(([, count]) => count < 0);
+    if (short.length > 0 || incomplete < 0) {
+      log.warn('corrections moved devices whose first batch was not counted', {
+        bands: Object.fromEntries(short),
+        incomplete,
+      });
+      for (const [band] of short) bands[band as keyof typeof bands] = 0;
+      incomplete = Math.max(0, incomplete);
     }
     const cycleStartedAt = state?.startedAt ?? hint.cycleStartedAt;
     const cycleAt = Date.parse(cycleStartedAt);
@@ -217,17 +234,41 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     },
     async closeOverdue() {
       let closed = 0;
+      // Each cycle on its own: one that cannot be sent is logged and tried again at the next sweep,
+      // and never holds back another tenant's summary behind it.
+      const each = async (tenantId: string, cycleId: string, send: () => Promise<boolean>) => {
+        try {
+          if (await send()) closed++;
+        } catch (error) {
+          sweepFailures.inc();
+          deps.logger.warn('cycle summary not sent, tried again at the next sweep', {
+            tenantId,
+            cycleId,
+            code: errorCode(error),
+            reason: errorMessage(error),
+          });
+        }
+      };
       for (const { tenantId, cycleId } of await deps.cycles.overdue(now())) {
-        const state = await deps.cycles.get(tenantId, cycleId);
-        if (!(await deps.cycles.claimPublication(tenantId, cycleId, 'partial'))) continue;
-        const startedAt = state?.startedAt ?? now().toISOString();
-        if (await sendOwed(state, tenantId, cycleId, 'partial', { cycleStartedAt: startedAt })) closed++;
+        await each(tenantId, cycleId, async () => {
+          const state = await deps.cycles.get(tenantId, cycleId);
+          // Every batch recorded (the publisher stopped before claiming it): complete, not partial.
+          const status =
+            state?.totalBatches !== undefined && state.scoredBatches >= state.totalBatches
+              ? 'complete'
+              : 'partial';
+          if (!(await deps.cycles.claimPublication(tenantId, cycleId, status))) return false;
+          const startedAt = state?.startedAt ?? now().toISOString();
+          return sendOwed(state, tenantId, cycleId, status, { cycleStartedAt: startedAt });
+        });
       }
       // Summaries claimed but never sent (a crash or a failed send after the claim): sent late, not lost.
       for (const owed of await deps.published.summariesOwed(now().getTime() - SUMMARY_LOCK_MS)) {
-        const state = await deps.cycles.get(owed.tenantId, owed.cycleId);
-        const hint = { cycleStartedAt: state?.startedAt ?? now().toISOString() };
-        if (await sendOwed(state, owed.tenantId, owed.cycleId, owed.status, hint)) closed++;
+        await each(owed.tenantId, owed.cycleId, async () => {
+          const state = await deps.cycles.get(owed.tenantId, owed.cycleId);
+          const hint = { cycleStartedAt: state?.startedAt ?? now().toISOString() };
+          return sendOwed(state, owed.tenantId, owed.cycleId, owed.status, hint);
+        });
       }
       return closed;
     },

@@ -6,6 +6,7 @@ import { Registry } from '@urs/telemetry';
 import { createTestRedis, inboundMessage, scoredDevice, type TestRedis } from '@urs/testkit';
 import { createCycleCompletion } from '../src/completion';
 import { createPublishHandler } from '../src/handler';
+import { batchStats } from '../src/records';
 
 const topics = { vmsRiskScores: 'vms.risk-scores', vmsRiskSummary: 'vms.risk-summary' };
 
@@ -294,16 +295,65 @@ describe('the publisher', () => {
   });
 
   it('closeOverdue should send a partial summary whose first send failed, on a later sweep', async () => {
-    const { handler, begin, completion } = build({ failSummaries: 1 });
+    const { handler, begin, completion, metrics } = build({ failSummaries: 1 });
     await begin(1);
     await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
     now = new Date(minute(16));
-    await expect(completion.closeOverdue()).rejects.toThrow('the broker is unavailable');
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(metrics.expose()).toContain('urs_summary_sweep_failures_total 1');
     expect(await completion.closeOverdue()).toBe(0);
     now = new Date(minute(17));
     expect(await completion.closeOverdue()).toBe(1);
     expect(await completion.closeOverdue()).toBe(0);
     expect(summaries()).toHaveLength(1);
     expect(summaries()[0]?.status).toBe('partial');
+  });
+
+  it("closeOverdue should send every other tenant's summary when one cannot be sent", async () => {
+    const { handler, completion, cycles } = build({ failSummaries: 1 });
+    for (const tenantId of ['t1', 't2']) {
+      await cycles.begin({ tenantId, cycleId: 'c1', startedAt: minute(10), deadlineAt: minute(15) });
+      await handler({ ...scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]), tenantId });
+    }
+    now = new Date(minute(16));
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(summaries()).toHaveLength(1);
+    now = new Date(minute(17));
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(
+      summaries()
+        .map((summary) => summary.tenantId)
+        .sort(),
+    ).toEqual(['t1', 't2']);
+  });
+
+  it('closeOverdue should close a cycle whose every batch was recorded as complete', async () => {
+    const { begin, completion, cycles } = build();
+    await begin(1);
+    // The publisher stopped after recording the last batch, before claiming the summary.
+    const last = scoreBatch(1, 0, [device('a', 10, 'Trustworthy')], 1);
+    await cycles.listed('t1', 'c1', { totalBatches: 1, totalDevices: 1, listedAt: minute(11) });
+    await cycles.recordBatch('t1', 'c1', 0, batchStats(last, 1));
+    now = new Date(minute(16));
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(summaries()[0]).toMatchObject({ status: 'complete', devices: { total: 1, scored: 1 } });
+  });
+
+  it('closeOverdue should not count a band below zero when a correction moves a device never counted', async () => {
+    const { handler, begin, completion } = build();
+    await begin(1);
+    await handler(scoreBatch(1, 1, [device('b', 10, 'Trustworthy')]));
+    // Batch 0 (device y, Suspicious) was dead-lettered; its correction moves y to High Risk.
+    await handler({
+      ...scoreBatch(1, 2, [device('y', 90, 'High Risk')]),
+      replaces: { bands: { Suspicious: 1 }, incomplete: 1 },
+    });
+    now = new Date(minute(16));
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(summaries()[0]).toMatchObject({
+      status: 'partial',
+      devices: { scored: 1, incomplete: 0 },
+      bands: { Trustworthy: 1, Suspicious: 0, 'High Risk': 1 },
+    });
   });
 });
