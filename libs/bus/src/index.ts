@@ -9,7 +9,7 @@ export {
   DEFAULT_SETTLE_TIMEOUT_MS,
 } from './settle';
 export type { SettleOptions, TopicOffsetsOptions, PartitionOffsetRange } from './settle';
-export { createPublisher, BusError } from './publisher';
+export { createPublisher, BusError, MAX_SEND_BYTES, sizedGroups } from './publisher';
 export type { Publisher, OutboundMessage } from './publisher';
 export { createConsumerRunner, PoisonMessageError, DEFAULT_RUNNER_RETRY } from './runner';
 export type {

@@ -17,7 +17,10 @@ export interface OutboundMessage<T> {
 }
 
 export interface Publisher {
-  /** Validates every value against its contract, then produces them all, acknowledged by all in-sync replicas. */
+  /**
+   * Validates every value against its contract, then produces them all, acknowledged by all in-sync
+   * replicas: in one request, or in consecutive ones of at most `MAX_SEND_BYTES` each, in order.
+   */
   send<K extends ContractId>(
     topic: string,
     contract: K,
@@ -36,6 +39,41 @@ function encode(contract: ContractId, value: unknown, json: string | Buffer | un
   return json ?? JSON.stringify(valid);
 }
 
+/**
+ * Bytes of keys and values produced in one request at most. The messages of one key go to one partition
+ * in one record batch, which the broker refuses above the topic's `max.message.bytes` (8 MiB here, see
+ * topics.ts) with a non-retriable MESSAGE_TOO_LARGE: a bulk cycle's last batch with ~26,000 devices'
+ * corrections was one such send, refused at every attempt. Half of it leaves room for Kafka's own framing.
+ */
+export const MAX_SEND_BYTES = 4 * 1024 * 1024;
+
+/**
+ * The messages in consecutive groups of at most `maxBytes` of keys and values (a message larger than that
+ * alone), in their order: sent one group after the other, a key's messages keep their order.
+ */
+export function sizedGroups<M extends { key: string | null; value: string | Buffer | null }>(
+  messages: M[],
+  maxBytes: number = MAX_SEND_BYTES,
+): M[][] {
+  const groups: M[][] = [];
+  let group: M[] = [];
+  let bytes = 0;
+  for (const message of messages) {
+    const size =
+      (message.key === null ? 0 : Buffer.byteLength(message.key)) +
+      (message.value === null ? 0 : Buffer.byteLength(message.value));
+    if (group.length > 0 && bytes + size > maxBytes) {
+      groups.push(group);
+      group = [];
+      bytes = 0;
+    }
+    group.push(message);
+    bytes += size;
+  }
+  if (group.length > 0) groups.push(group);
+  return groups;
+}
+
 export async function createPublisher(kafka: Kafka): Promise<Publisher> {
   const producer: Producer = kafka.producer({
     createPartitioner: JavaCompatiblePartitioner,
@@ -52,11 +90,11 @@ export async function createPublisher(kafka: Kafka): Promise<Publisher> {
         value: message.value === null ? null : encode(contract, message.value, message.json),
         ...(message.headers ? { headers: message.headers } : {}),
       }));
-      await producer.send({ topic, acks: -1, messages: encoded });
+      for (const group of sizedGroups(encoded)) await producer.send({ topic, acks: -1, messages: group });
     },
     async sendRaw(topic, messages) {
       if (messages.length === 0) return;
-      await producer.send({ topic, acks: -1, messages });
+      for (const group of sizedGroups(messages)) await producer.send({ topic, acks: -1, messages: group });
     },
     close() {
       closing ??= producer.disconnect();

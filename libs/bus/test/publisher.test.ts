@@ -1,5 +1,5 @@
 import type { Kafka } from 'kafkajs';
-import { createPublisher } from '@urs/bus';
+import { createPublisher, sizedGroups } from '@urs/bus';
 import type { VmsRiskSummary } from '@urs/contracts';
 
 /** Enough of KafkaJS for a publisher: records what would be produced. */
@@ -53,5 +53,35 @@ describe('createPublisher', () => {
       ]),
     ).rejects.toMatchObject({ code: 'CONTRACT_INVALID', message: expect.stringContaining('status') });
     expect(produced).toEqual([]);
+  });
+
+  it('should send messages beyond MAX_SEND_BYTES in consecutive requests, in their order', async () => {
+    const { kafka, produced } = recordingKafka();
+    const publisher = await createPublisher(kafka);
+    const value = summary();
+    const big = JSON.stringify({ ...value, cycleId: 'x'.repeat(1024 * 1024) });
+    // 10 messages of ~1 MiB: 3 in a request (4 MiB at most), then 3, 3 and the last one.
+    const messages = Array.from({ length: 10 }, (_, index) => ({ key: `k${index}`, value, json: big }));
+    await publisher.send('vms.risk-summary', 'urs/vms-risk-summary', messages);
+    expect(produced.map((request) => request.messages.map((m) => m.key))).toEqual([
+      ['k0', 'k1', 'k2'],
+      ['k3', 'k4', 'k5'],
+      ['k6', 'k7', 'k8'],
+      ['k9'],
+    ]);
+  });
+});
+
+describe('sizedGroups', () => {
+  const message = (key: string, bytes: number) => ({ key, value: Buffer.alloc(bytes - key.length) });
+
+  it('should keep groups within the bytes given, a larger message alone, and the order', () => {
+    const groups = sizedGroups(
+      [message('a', 40), message('b', 60), message('c', 150), message('d', 10)],
+      100,
+    );
+    expect(groups.map((group) => group.map((m) => m.key))).toEqual([['a', 'b'], ['c'], ['d']]);
+    expect(sizedGroups([], 100)).toEqual([]);
+    expect(sizedGroups([{ key: null, value: null }], 0)).toEqual([[{ key: null, value: null }]]);
   });
 });
