@@ -441,10 +441,12 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
         if (error.code === DefenderErrorCode.THROTTLED) {
           throttles++;
           delayMs = error.retryAfterMs ?? retryDelayMs(options.retryPolicy, throttles, options.random);
+          // Every process holds this tenant's endpoint back, not only this call; also when this call gives
+          // up on a wait longer than it may take (an hourly quota's 429 asks for up to an hour): otherwise
+          // each of the tenant's other calls would go out and draw a 429 of its own.
+          await quota.block(azureTenantId, endpoint, delayMs);
           if (throttledMs + delayMs > options.maxThrottleWaitMs) throw error;
           throttledMs += delayMs;
-          // Every process holds this tenant's endpoint back, not only this call.
-          await quota.block(azureTenantId, endpoint, delayMs);
         } else {
           failures++;
           if (failures >= options.retryPolicy.maxAttempts) throw error;

@@ -1,7 +1,7 @@
 import type { Logger } from '@urs/logging';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { Registry } from '@urs/telemetry';
-import { DefenderErrorCode, createLocalQuotaGate } from '../src';
+import { DefenderErrorCode, type QuotaGate, createLocalQuotaGate } from '../src';
 import { type TestApp, newApp, simClient } from './support';
 
 /** Keeps every line a library logs, exactly as it was handed over (before any redaction). */
@@ -94,6 +94,39 @@ describe('createDefenderClient when retries run out', () => {
       expect(exposed).toContain('urs_defender_wait_seconds_count{endpoint="vulnerabilities",for="slot"} 60');
       expect(exposed).not.toContain(app.clientSecret);
       expect(exposed).not.toContain(app.azureTenantId);
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe('createDefenderClient when a 429 asks for more than a call may wait', () => {
+  it("getMachineVulnerabilities should hold the tenant's other calls back for the Retry-After it gives up on", async () => {
+    const own = newApp();
+    sim.addTenant({ azureTenantId: own.azureTenantId, apps: [own], fleet: { size: 51, seed: 17 } });
+    const generous = [{ limit: 1_000, windowMs: 60_000 }];
+    const local = createLocalQuotaGate({
+      limits: { machines: generous, vulnerabilities: generous, bulk: generous, exportFiles: generous },
+    });
+    const blocks: { endpoint: string; ms: number }[] = [];
+    const quota: QuotaGate = {
+      acquire: (...args) => local.acquire(...args),
+      block: async (tenant, endpoint, ms) => {
+        blocks.push({ endpoint, ms });
+        await local.block(tenant, endpoint, ms);
+      },
+    };
+    const { client, close } = simClient(sim, own, { quota, maxThrottleWaitMs: 0 });
+    try {
+      const ids = sim.machines(own.azureTenantId).map((m) => m.id);
+      await Promise.all(ids.slice(0, 50).map((id) => client.getMachineVulnerabilities(id)));
+      // Microsoft's 50 a minute spent: the 51st is answered 429, more than this call may wait.
+      const error = await client.getMachineVulnerabilities(ids[50] as string).catch((e: unknown) => e);
+      expect(error).toMatchObject({ code: DefenderErrorCode.THROTTLED });
+      expect(blocks).toEqual([
+        { endpoint: 'vulnerabilities', ms: (error as { retryAfterMs: number }).retryAfterMs },
+      ]);
+      expect(blocks[0]?.ms).toBeGreaterThan(0);
     } finally {
       await close();
     }
