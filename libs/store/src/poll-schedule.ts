@@ -22,6 +22,8 @@ export interface PollSchedule {
   failedRevision?: number;
   /** Set while a cycle runs; still set when its lease expired means the holder died mid-cycle. */
   runningCycleId?: string;
+  /** After a transient failure: tried again at this time, when that comes before the next interval. */
+  retryAt?: number;
 }
 
 export interface PollScheduleStore {
@@ -35,12 +37,12 @@ export interface PollScheduleStore {
   /** Records a cycle's start, fenced: false (and nothing written) when the lease was lost. */
   begin(lease: PollLease, cycleId: string, startedAt: number): Promise<boolean>;
   /**
-   * Records a cycle's end, fenced: clears the running cycle, sets the failure count and the backoff
-   * (`notBefore` null clears it).
+   * Records a cycle's end, fenced: clears the running cycle, sets the failure count, the backoff
+   * (`notBefore` null clears it) and the early retry (`retryAt`, cleared when left out or null).
    */
   end(
     lease: PollLease,
-    outcome: { failures: number; notBefore: number | null; failedRevision?: number },
+    outcome: { failures: number; notBefore: number | null; retryAt?: number | null; failedRevision?: number },
   ): Promise<boolean>;
   /** Forgets a deleted tenant's schedule (a re-registration then polls at once). */
   clear(tenantId: string): Promise<void>;
@@ -123,6 +125,7 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
       if (fields['notBefore'] !== undefined) schedule.notBefore = Number(fields['notBefore']);
       if (fields['runningCycleId'] !== undefined) schedule.runningCycleId = fields['runningCycleId'];
       if (fields['failedRevision'] !== undefined) schedule.failedRevision = Number(fields['failedRevision']);
+      if (fields['retryAt'] !== undefined) schedule.retryAt = Number(fields['retryAt']);
       return schedule;
     },
     begin(lease, cycleId, startedAt) {
@@ -135,6 +138,8 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
       else set['notBefore'] = String(outcome.notBefore);
       if (outcome.failedRevision === undefined) del.push('failedRevision');
       else set['failedRevision'] = String(outcome.failedRevision);
+      if (outcome.retryAt === undefined || outcome.retryAt === null) del.push('retryAt');
+      else set['retryAt'] = String(outcome.retryAt);
       return fencedWrite(lease, set, del);
     },
     async clear(tenantId) {

@@ -48,6 +48,8 @@ describe('createPollScheduleStore', () => {
       notBefore: 9_000,
       failedRevision: 7,
     });
+    expect(await store.end(lease, { failures: 3, notBefore: null, retryAt: 121_000 })).toBe(true);
+    expect(await store.get('acme')).toEqual({ failures: 3, lastStartedAt: 1_000, retryAt: 121_000 });
     expect(await store.end(lease, { failures: 0, notBefore: null })).toBe(true);
     expect(await store.get('acme')).toEqual({ failures: 0, lastStartedAt: 1_000 });
     await store.clear('acme');

@@ -14,7 +14,9 @@ export function dueAt(schedule: PollSchedule, intervalMs: number, revision: numb
   if (schedule.failures > 0 && schedule.failedRevision !== undefined && schedule.failedRevision !== revision)
     return 0;
   const next = schedule.lastStartedAt === undefined ? 0 : schedule.lastStartedAt + intervalMs;
-  return Math.max(next, schedule.notBefore ?? 0);
+  // A transient failure is tried again before the next interval (see `transientRetryAt`).
+  const due = schedule.retryAt === undefined ? next : Math.min(next, schedule.retryAt);
+  return Math.max(due, schedule.notBefore ?? 0);
 }
 
 /**
@@ -50,8 +52,8 @@ const MIN_THROTTLE_WAIT_MS = 60_000;
  * The earliest next try after a failed cycle, or null for the normal schedule. Setup errors back off
  * exponentially from one interval (1, 2, 4, … intervals after the failed start), capped at
  * `maxBackoffMs` but never below one interval. Throttling delays only this tenant, by the API's
- * Retry-After or a minute, at most one interval. Transient failures keep the schedule (the client already
- * retried them).
+ * Retry-After or a minute, at most one interval. Transient failures set no backoff: they are tried
+ * again sooner than the schedule (`transientRetryAt`).
  */
 export function backoffUntil(input: BackoffInput): number | null {
   if (input.kind === 'setup') {
@@ -64,4 +66,25 @@ export function backoffUntil(input: BackoffInput): number | null {
     return input.now + wait;
   }
   return null;
+}
+
+/** The first wait after a transient failure, in minutes; it doubles with each one after it. */
+const TRANSIENT_RETRY_MINUTES = 2;
+
+/**
+ * The next try after a transient failure (a Defender outage the client's retries did not outlast, a
+ * malformed answer, Kafka or Redis unavailable): 2, 4, 8, … minutes after it ended, ±20 % so that the
+ * tenants of one outage do not come back at once, and never later than one interval. A tenant polled once
+ * a day would otherwise lose the day's scores to a minute's outage. `minuteMs` is the poll interval's unit
+ * (a minute, shorter in tests).
+ */
+export function transientRetryAt(
+  failures: number,
+  now: number,
+  intervalMs: number,
+  minuteMs: number,
+  random: () => number = Math.random,
+): number {
+  const wait = TRANSIENT_RETRY_MINUTES * minuteMs * Math.pow(2, Math.min(Math.max(failures - 1, 0), 20));
+  return now + Math.min(Math.round(wait * (0.8 + 0.4 * random())), intervalMs);
 }

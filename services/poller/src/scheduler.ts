@@ -4,7 +4,7 @@ import { errorCode, errorMessage, sleep } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
 import type { PollLease, PollScheduleStore, TenantStore } from '@urs/store';
 import { CycleAbortedError, cycleIdOf, type CycleInput, type CycleResult } from './cycle';
-import { backoffUntil, classifyFailure, dueAt } from './schedule';
+import { backoffUntil, classifyFailure, dueAt, transientRetryAt } from './schedule';
 import type { TenantTable } from './tenant-table';
 
 export interface SchedulerDeps {
@@ -159,7 +159,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     try {
       const result = await deps.runCycle({ record, cycleId, startedAt, intervalMs, signal: abort.signal });
       clearInterval(renewer);
-      await deps.schedules.end(lease, { failures: 0, notBefore: null });
+      await deps.schedules.end(lease, { failures: 0, notBefore: null, retryAt: null });
       await deps.tenants.updateStatus(tenantId, {
         state: 'active',
         lastCycleEndedAt: new Date(result.listedAt).toISOString(),
@@ -195,8 +195,10 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         maxBackoffMs: deps.maxBackoffMs,
         ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
       });
-      await deps.schedules.end(lease, { failures, notBefore, failedRevision: record.revision });
-      const next = Math.max(nextPollAt, notBefore ?? 0);
+      const retryAt =
+        kind === 'transient' ? transientRetryAt(failures, ended, intervalMs, deps.intervalUnitMs) : null;
+      await deps.schedules.end(lease, { failures, notBefore, retryAt, failedRevision: record.revision });
+      const next = retryAt === null ? Math.max(nextPollAt, notBefore ?? 0) : Math.min(nextPollAt, retryAt);
       localDue.set(tenantId, next);
       await deps.tenants.updateStatus(tenantId, {
         state: 'error',

@@ -1,4 +1,4 @@
-import { backoffUntil, classifyFailure, dueAt } from '../src/schedule';
+import { backoffUntil, classifyFailure, dueAt, transientRetryAt } from '../src/schedule';
 
 describe('dueAt', () => {
   it('dueAt should make a never-polled tenant due at once', () => {
@@ -14,6 +14,11 @@ describe('dueAt', () => {
     const schedule = { failures: 2, lastStartedAt: 1_000, notBefore: 5_000_000, failedRevision: 3 };
     expect(dueAt(schedule, 600_000, 3)).toBe(5_000_000);
     expect(dueAt(schedule, 600_000, 4)).toBe(0);
+  });
+
+  it('dueAt should try a transient failure again at its retry time, when that comes before the interval', () => {
+    expect(dueAt({ failures: 1, lastStartedAt: 1_000, retryAt: 121_000 }, 86_400_000, 1)).toBe(121_000);
+    expect(dueAt({ failures: 1, lastStartedAt: 1_000, retryAt: 900_000 }, 600_000, 1)).toBe(601_000);
   });
 
   it('dueAt should make an abandoned cycle due at once', () => {
@@ -52,5 +57,23 @@ describe('backoffUntil', () => {
 
   it('backoffUntil should keep the normal schedule after a transient failure', () => {
     expect(backoffUntil({ ...base, kind: 'transient', failures: 3 })).toBeNull();
+  });
+});
+
+describe('transientRetryAt', () => {
+  it('transientRetryAt should wait 2, 4, 8 … minutes after the failure, never more than an interval', () => {
+    const day = 86_400_000;
+    const waits = [1, 2, 3, 4].map(
+      (failures) => transientRetryAt(failures, 1_000, day, 60_000, () => 0.5) - 1_000,
+    );
+    expect(waits).toEqual([120_000, 240_000, 480_000, 960_000]);
+    expect(transientRetryAt(40, 1_000, day, 60_000, () => 0.5)).toBe(1_000 + day);
+    expect(transientRetryAt(1, 1_000, 600_000, 60_000, () => 0.5)).toBe(121_000);
+    expect(transientRetryAt(5, 1_000, 600_000, 60_000, () => 0.5)).toBe(601_000);
+  });
+
+  it('transientRetryAt should spread the tenants of one outage by ±20 %', () => {
+    expect(transientRetryAt(1, 0, 86_400_000, 60_000, () => 0)).toBe(96_000);
+    expect(transientRetryAt(1, 0, 86_400_000, 60_000, () => 1)).toBe(144_000);
   });
 });

@@ -53,12 +53,14 @@ function memorySchedules(): PollScheduleStore {
         runningCycleId: _done,
         notBefore: _nb,
         failedRevision: _fr,
+        retryAt: _ra,
         ...rest
       } = schedules.get(lease.tenantId) ?? { failures: 0 };
       schedules.set(lease.tenantId, {
         ...rest,
         failures: outcome.failures,
         ...(outcome.notBefore === null ? {} : { notBefore: outcome.notBefore }),
+        ...(outcome.retryAt === undefined || outcome.retryAt === null ? {} : { retryAt: outcome.retryAt }),
         ...(outcome.failedRevision === undefined ? {} : { failedRevision: outcome.failedRevision }),
       });
       return true;
@@ -207,6 +209,30 @@ describe('createScheduler', () => {
     await feed(table, [record('bad', 2)], { n: 100 });
     await sleep(30);
     expect(badTries).toBe(before + 1);
+  });
+
+  it('createScheduler should try a transient failure again after minutes, not after a whole interval', async () => {
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const runs: Run[] = [];
+    let failed = 0;
+    const { table, scheduler } = replica(0, schedules, status, runs, async () => {
+      if (failed++ === 0) throw new UrsError('DEFENDER_UNAVAILABLE', 'Microsoft Defender answered 503');
+    });
+    // Polled once a "day" (1440 "minutes" of 10 ms: 14.4 s).
+    await feed(table, [{ ...record('daily'), defender: { pollIntervalMinutes: 1440 } } as TenantRecord]);
+    scheduler.start();
+    started.push(scheduler);
+    await sleep(20);
+    expect(status.statuses.get('daily')).toMatchObject({
+      state: 'error',
+      lastErrorCode: 'DEFENDER_UNAVAILABLE',
+    });
+    // Tried again 2 "minutes" (±20 %) after the failure: within 20–30 ms.
+    await sleep(60);
+    expect(runs.filter((r) => r.tenantId === 'daily')).toHaveLength(1);
+    expect(status.statuses.get('daily')?.state).toBe('active');
+    expect((await schedules.get('daily')).retryAt).toBeUndefined();
   });
 
   it('createScheduler should stop polling a disabled or deleted tenant and abort its running cycle', async () => {
