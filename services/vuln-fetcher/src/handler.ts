@@ -8,6 +8,7 @@ import {
   type TenantRecord,
   type VulnerabilityCorrection,
 } from '@urs/contracts';
+import { DefenderErrorCode } from '@urs/defender';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage, sleep } from '@urs/resilience';
 import type { BulkVulnerabilityCache, CycleStore, LatestExport, TenantStore } from '@urs/store';
@@ -134,6 +135,18 @@ function anyAborted(signals: (AbortSignal | undefined)[]): { signal: AbortSignal
  * `vulnerabilities: null` and the reason: a missing signal never holds the cycle back. A failure of the
  * tenant as a whole (credentials, consent) stops its calls for the cycle and is written to its status.
  */
+/**
+ * Device calls of a batch failing in a row because Defender is down or throttles for longer than a call
+ * waits: the tenant's outage, not the devices'. After this many the cycle's other devices are not asked
+ * for (the rest of the batch, and the cycle's later batches, as after a credentials failure), so one
+ * tenant's outage does not hold the 10 shared slots for each of its devices' retries and timeouts.
+ */
+const OUTAGE_AFTER_FAILURES = 10;
+const OUTAGE_CODES: ReadonlySet<string> = new Set([
+  DefenderErrorCode.UNAVAILABLE,
+  DefenderErrorCode.THROTTLED,
+]);
+
 export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<DeviceBatch> {
   const now = deps.now ?? (() => new Date());
   const owner = randomUUID();
@@ -229,6 +242,8 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     let collectedAt = now();
     let tenantFailure: FetchError | undefined;
     let next = 0;
+    // Calls failing one after the other for Defender's own reasons, not the device's.
+    let outageRun = 0;
     async function worker(): Promise<void> {
       for (let index = next++; index < batch.devices.length; index = next++) {
         if (signal?.aborted) return;
@@ -242,10 +257,19 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
           const list = await source.machineVulnerabilities(machine.id, signal);
           devices[index] = { machine, vulnerabilities: summariseVulnerabilities(list, batch.cvssThreshold) };
           fetches.inc({ mode: 'per-device', outcome: 'ok' });
+          outageRun = 0;
         } catch (error) {
           const fetchError = { code: errorCode(error), message: errorMessage(error) };
           if (isTenantWideFailure(error)) tenantFailure ??= fetchError;
           else log.warn('device vulnerabilities not fetched', { deviceId: machine.id, ...fetchError });
+          outageRun = OUTAGE_CODES.has(fetchError.code) ? outageRun + 1 : 0;
+          if (outageRun >= OUTAGE_AFTER_FAILURES)
+            tenantFailure ??= {
+              code: fetchError.code,
+              message:
+                `Microsoft Defender failed ${outageRun} device calls in a row (${fetchError.message}); ` +
+                `the tenant's other devices of this cycle are not asked for, the next cycle tries again`,
+            };
           devices[index] = { machine, vulnerabilities: null, fetchError };
           fetches.inc({ mode: 'per-device', outcome: 'failed' });
         }
