@@ -74,12 +74,16 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   const tenantId = record.tenantId;
   const log = deps.logger.child({ tenantId, cycleId });
   const cvssThreshold = parseProfile(record.defender.riskProfile).operational.criticalCves.cvssThreshold;
+  // Per-device calls must end within the cycle's deadline (its interval, at most URS_CYCLE_MAX_MS), not
+  // within the interval: a daily tenant of 28,800 devices fitted a day's quota, took ~10 hours of calls,
+  // and every one of its cycles was closed partial after an hour. Minutes of the interval's own unit.
+  const cycleMs = Math.min(input.intervalMs, deps.maxCycleMs);
   const { perDeviceCapacity } = deps.defender.planMode(
     Number.MAX_SAFE_INTEGER,
-    record.defender.pollIntervalMinutes,
+    record.defender.pollIntervalMinutes * (cycleMs / input.intervalMs),
   );
   const cycleStartedAt = new Date(startedAt).toISOString();
-  const deadlineAt = new Date(startedAt + Math.min(input.intervalMs, deps.maxCycleMs)).toISOString();
+  const deadlineAt = new Date(startedAt + cycleMs).toISOString();
 
   let mode: 'per-device' | 'bulk' | undefined;
   let begun = false;

@@ -40,6 +40,7 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000) {
   const sent: DeviceBatch[] = [];
   const events: string[] = [];
   const credentials: TenantCredentials[] = [];
+  const plannedMinutes: number[] = [];
   let closed = 0;
   const publisher = {
     async send(_topic: string, _contract: string, messages: OutboundMessage<DeviceBatch>[]) {
@@ -69,7 +70,10 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000) {
         close: () => void closed++,
       };
     },
-    planMode: (count) => ({ mode: count <= capacity ? 'per-device' : 'bulk', perDeviceCapacity: capacity }),
+    planMode: (count, minutes) => {
+      plannedMinutes.push(minutes);
+      return { mode: count <= capacity ? 'per-device' : 'bulk', perDeviceCapacity: capacity };
+    },
   };
   const deps: CycleDeps = {
     defender,
@@ -82,7 +86,7 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000) {
     logger: silentLogger,
     now: () => 1_000,
   };
-  return { deps, sent, events, credentials, closed: () => closed };
+  return { deps, sent, events, credentials, plannedMinutes, closed: () => closed };
 }
 
 const input = (signal = new AbortController().signal, profile: Record<string, unknown> | null = null) => ({
@@ -94,6 +98,17 @@ const input = (signal = new AbortController().signal, profile: Record<string, un
 });
 
 describe('runCycle', () => {
+  it('runCycle should plan per-device calls for the time to its deadline, not for its whole interval', async () => {
+    // A 10-minute interval, a cycle of at most 5 (maxCycleMs 300,000): calls planned for 5 minutes.
+    const { deps, plannedMinutes, events } = setup(pages(10));
+    await runCycle(deps, input());
+    expect(plannedMinutes).toEqual([5]);
+    expect(events[0]).toBe(`begin ${new Date(300_000).toISOString()}`);
+    const within = setup(pages(10));
+    await runCycle({ ...within.deps, maxCycleMs: 3_600_000 }, input());
+    expect(within.plannedMinutes).toEqual([10]);
+  });
+
   it('runCycle should emit pages larger than a batch as full batches in listing order, holding back only the rest', async () => {
     const { deps, sent } = setup(pages(2_600, 1_250, 10), 10);
     await runCycle(deps, input());
