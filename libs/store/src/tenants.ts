@@ -16,6 +16,8 @@ export interface TenantStatus {
   lastErrorCode?: string | null;
   lastErrorMessage?: string | null;
   lastErrorAt?: string | null;
+  /** The cycle the last error is of, when a cycle's work raised it (the poller's or the vuln-fetcher's). */
+  lastErrorCycleId?: string | null;
   updatedAt?: string;
 }
 
@@ -36,6 +38,18 @@ export interface TenantStore {
     status: Partial<{ [K in keyof TenantStatus]: TenantStatus[K] | null }>,
   ): Promise<void>;
   getStatus(tenantId: string): Promise<TenantStatus>;
+  /**
+   * A cycle listed in full: merges `status` (`null` clears a field), and the tenant is `active` with its last error cleared,
+   * unless that error is of this same cycle (the vuln-fetcher's calls failed while the listing went on:
+   * a bulk export refused for missing consent). Read and written at once, whichever comes first.
+   */
+  cycleListed(
+    tenantId: string,
+    cycleId: string,
+    status: Partial<{
+      [K in Exclude<keyof TenantStatus, 'state' | `lastError${string}`>]: TenantStatus[K] | null;
+    }>,
+  ): Promise<void>;
   /** Whether the store holds any tenant at all (an empty store after a Redis wipe triggers a rebuild). */
   isEmpty(): Promise<boolean>;
 }
@@ -46,6 +60,21 @@ local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
 if current >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'revision', ARGV[2], 'record', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
+return 1`;
+
+// KEYS[1] status hash; ARGV: the cycle id (as JSON, as every status field is stored), then field/value
+// pairs (a JSON null clears the field).
+const CYCLE_LISTED = `
+for i = 2, #ARGV, 2 do
+  if ARGV[i + 1] == 'null' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+if redis.call('HGET', KEYS[1], 'lastErrorCycleId') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'state', '"error"')
+else
+  redis.call('HSET', KEYS[1], 'state', '"active"')
+  redis.call('HDEL', KEYS[1], 'lastErrorCode', 'lastErrorMessage', 'lastErrorAt', 'lastErrorCycleId')
+end
 return 1`;
 
 // KEYS[1] record hash, KEYS[2] index set, KEYS[3] status hash; ARGV: tenantId, revision (0 = any).
@@ -114,6 +143,12 @@ export function createTenantStore(redis: Redis, prefix: string): TenantStore {
       const status: Record<string, unknown> = {};
       for (const [field, json] of Object.entries(fields)) status[field] = JSON.parse(json) as unknown;
       return status as TenantStatus;
+    },
+    async cycleListed(tenantId, cycleId, status) {
+      const fields = Object.entries({ ...status, updatedAt: new Date().toISOString() })
+        .filter(([, value]) => value !== undefined)
+        .flatMap(([field, value]) => [field, JSON.stringify(value)]);
+      await redis.eval(CYCLE_LISTED, 1, statusKey(tenantId), JSON.stringify(cycleId), ...fields);
     },
     async isEmpty() {
       return (await redis.scard(indexKey)) === 0;

@@ -40,4 +40,25 @@ describe('createTenantStore', () => {
     expect(status.lastErrorCode).toBeUndefined();
     expect(typeof status.updatedAt).toBe('string');
   });
+
+  it("cycleListed should keep an error of the same cycle and clear another cycle's", async () => {
+    const store = createTenantStore(redis.client, redis.prefix);
+    const error = {
+      state: 'error' as const,
+      lastErrorCode: 'DEFENDER_CONSENT_MISSING',
+      lastErrorMessage: 'grant Vulnerability.Read.All',
+      lastErrorAt: '2026-12-05T10:00:00.000Z',
+      lastErrorCycleId: 'acme-2',
+    };
+    await store.updateStatus('acme', { ...error, note: 'bulk: 30,000 devices' });
+    // The vuln-fetcher reported cycle 2's error before the poller ended that cycle's listing.
+    await store.cycleListed('acme', 'acme-2', { deviceCount: 30_000, note: null });
+    expect(await store.getStatus('acme')).toMatchObject({ ...error, deviceCount: 30_000 });
+    expect((await store.getStatus('acme')).note).toBeUndefined();
+    await store.cycleListed('acme', 'acme-3', { deviceCount: 30_001 });
+    const next = await store.getStatus('acme');
+    expect(next).toMatchObject({ state: 'active', deviceCount: 30_001 });
+    for (const field of ['lastErrorCode', 'lastErrorMessage', 'lastErrorAt', 'lastErrorCycleId'] as const)
+      expect(next[field]).toBeUndefined();
+  });
 });

@@ -160,15 +160,11 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       const result = await deps.runCycle({ record, cycleId, startedAt, intervalMs, signal: abort.signal });
       clearInterval(renewer);
       await deps.schedules.end(lease, { failures: 0, notBefore: null, retryAt: null });
-      await deps.tenants.updateStatus(tenantId, {
-        state: 'active',
+      await deps.tenants.cycleListed(tenantId, cycleId, {
         lastCycleEndedAt: new Date(result.listedAt).toISOString(),
         deviceCount: result.totalDevices,
         vulnerabilityMode: result.vulnerabilityMode,
         note: result.note,
-        lastErrorCode: null,
-        lastErrorMessage: null,
-        lastErrorAt: null,
       });
       cyclesTotal.inc({ outcome: 'listed' });
       cycleSeconds.observe((now() - startedAt) / 1000);
@@ -207,6 +203,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         lastErrorCode: code,
         lastErrorMessage: message,
         lastErrorAt: new Date(ended).toISOString(),
+        lastErrorCycleId: cycleId,
       });
       cyclesTotal.inc({ outcome: kind });
       log.warn('cycle failed', {

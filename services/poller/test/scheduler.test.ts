@@ -82,6 +82,16 @@ function memoryStatus(): TenantStore & { statuses: Map<string, TenantStatus> } {
         else if (v !== undefined) next[k] = v;
       statuses.set(tenantId, next as TenantStatus);
     },
+    async cycleListed(tenantId: string, cycleId: string, status: Record<string, unknown>) {
+      const next: Record<string, unknown> = { ...statuses.get(tenantId), ...status };
+      if (next['lastErrorCycleId'] === cycleId) next['state'] = 'error';
+      else {
+        next['state'] = 'active';
+        for (const field of ['lastErrorCode', 'lastErrorMessage', 'lastErrorAt', 'lastErrorCycleId'])
+          delete next[field];
+      }
+      statuses.set(tenantId, next as TenantStatus);
+    },
   } as unknown as TenantStore & { statuses: Map<string, TenantStatus> };
 }
 
@@ -232,6 +242,29 @@ describe('createScheduler', () => {
     expect(runs.filter((r) => r.tenantId === 'daily')).toHaveLength(1);
     expect(status.statuses.get('daily')?.state).toBe('active');
     expect((await schedules.get('daily')).retryAt).toBeUndefined();
+  });
+
+  it('createScheduler should leave an error the vuln-fetcher reported for the cycle it just listed', async () => {
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const runs: Run[] = [];
+    const { table, scheduler } = replica(0, schedules, status, runs, async (input) => {
+      // The export of a bulk cycle refused while the poller was still listing.
+      await status.updateStatus('bulky', {
+        state: 'error',
+        lastErrorCode: 'DEFENDER_CONSENT_MISSING',
+        lastErrorCycleId: input.cycleId,
+      });
+    });
+    await feed(table, [record('bulky')]);
+    scheduler.start();
+    started.push(scheduler);
+    await sleep(50);
+    expect(runs).toHaveLength(1);
+    expect(status.statuses.get('bulky')).toMatchObject({
+      state: 'error',
+      lastErrorCode: 'DEFENDER_CONSENT_MISSING',
+    });
   });
 
   it('createScheduler should stop polling a disabled or deleted tenant and abort its running cycle', async () => {

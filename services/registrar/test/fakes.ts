@@ -44,6 +44,22 @@ export function memoryTenantStore(): TenantStore & {
     async getStatus(tenantId) {
       return { ...statuses.get(tenantId) };
     },
+    async cycleListed(tenantId, cycleId, status) {
+      await this.updateStatus(tenantId, status);
+      const ofThisCycle = statuses.get(tenantId)?.lastErrorCycleId === cycleId;
+      await this.updateStatus(
+        tenantId,
+        ofThisCycle
+          ? { state: 'error' }
+          : {
+              state: 'active',
+              lastErrorCode: null,
+              lastErrorMessage: null,
+              lastErrorAt: null,
+              lastErrorCycleId: null,
+            },
+      );
+    },
     async isEmpty() {
       return records.size === 0;
     },

@@ -193,13 +193,15 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     }
   }
 
-  async function reportTenantFailure(tenantId: string, error: FetchError, log: Logger): Promise<void> {
+  async function reportTenantFailure(batch: DeviceBatch, error: FetchError, log: Logger): Promise<void> {
     log.warn('tenant vulnerabilities unavailable', { code: error.code, reason: error.message });
-    await deps.tenants.updateStatus(tenantId, {
+    // Of this cycle: the poller, ending the cycle's listing after it, leaves it (`cycleListed`).
+    await deps.tenants.updateStatus(batch.tenantId, {
       state: 'error',
       lastErrorCode: error.code,
       lastErrorMessage: error.message,
       lastErrorAt: now().toISOString(),
+      lastErrorCycleId: batch.cycleId,
     });
   }
 
@@ -727,7 +729,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       }
       if (result.tenantFailure) {
         rememberFailure(cycleKey, result.tenantFailure);
-        await reportTenantFailure(batch.tenantId, result.tenantFailure, log);
+        await reportTenantFailure(batch, result.tenantFailure, log);
       }
       enrichment = result;
     }
