@@ -76,26 +76,48 @@ export interface DefenderSourceDeps {
   bulkPageSize?: number;
   /** Scan and fold the bulk export on a thread of its own. */
   foldThread?: boolean;
+  /** A tenant's client is let go of after this long without a batch. Default an hour. */
+  idleMs?: number;
+  now?: () => number;
 }
 
 /**
  * One Defender client per tenant, kept while the tenant's record revision is the same, so its token is
  * reused across the batches of a cycle and across cycles. The secret is opened here and lives only in
- * the client's memory.
+ * the client's memory. A client no batch asked for within `idleMs` (an hour, about a token's life) is let
+ * go of, with its secret: a deleted or disabled tenant's secret does not stay in memory until a restart.
  */
 export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider {
   const exportOptions = (signal: AbortSignal | undefined): BulkOptions => ({
     ...(signal ? { signal } : {}),
     ...(deps.bulkPageSize === undefined ? {} : { pageSize: deps.bulkPageSize }),
   });
+  const idleMs = deps.idleMs ?? 60 * 60_000;
+  const now = deps.now ?? Date.now;
   const clients = new Map<
     string,
-    { revision: number; client: DefenderClient; source: VulnerabilitySource }
+    { revision: number; client: DefenderClient; source: VulnerabilitySource; usedAt: number }
   >();
+  let sweptAt = now();
+  /** Lets idle clients go, at most once per tenth of `idleMs` (a walk over every tenant's client). */
+  function sweep(at: number): void {
+    if (at - sweptAt < idleMs / 10) return;
+    sweptAt = at;
+    for (const [tenantId, entry] of clients) {
+      if (at - entry.usedAt <= idleMs) continue;
+      entry.client.close();
+      clients.delete(tenantId);
+    }
+  }
   return {
     forTenant(record) {
+      const at = now();
+      sweep(at);
       const cached = clients.get(record.tenantId);
-      if (cached && cached.revision === record.revision) return cached.source;
+      if (cached && cached.revision === record.revision) {
+        cached.usedAt = at;
+        return cached.source;
+      }
       cached?.client.close();
       let clientSecret: string;
       try {
@@ -137,7 +159,7 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
             }
           : {}),
       };
-      clients.set(record.tenantId, { revision: record.revision, client, source });
+      clients.set(record.tenantId, { revision: record.revision, client, source, usedAt: at });
       return source;
     },
     close() {

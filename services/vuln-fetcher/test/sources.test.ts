@@ -1,0 +1,54 @@
+import { randomBytes } from 'node:crypto';
+import type { TenantRecord } from '@urs/contracts';
+import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
+import { silentLogger } from '@urs/logging';
+import { createSecretSealer } from '@urs/secrets';
+import { Registry } from '@urs/telemetry';
+import { createDefenderSources } from '../src/sources';
+
+describe('createDefenderSources', () => {
+  const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+  const record = (tenantId: string, revision: number): TenantRecord =>
+    ({
+      tenantId,
+      revision,
+      defender: {
+        azureTenantId: '00000000-0000-0000-0000-000000000001',
+        clientId: '00000000-0000-0000-0000-000000000002',
+        clientSecret: sealer.seal('Zx9~secret', tenantId),
+        cloud: 'commercial',
+        region: null,
+      },
+    }) as unknown as TenantRecord;
+
+  it("should keep a tenant's source while its revision holds and it is asked for, and let it go after an idle hour", () => {
+    let clock = 0;
+    const agent = createHttpsAgent();
+    const sources = createDefenderSources({
+      sealer,
+      limiter: createLocalLimiter(),
+      quota: createLocalQuotaGate(),
+      httpsAgent: agent,
+      overrides: {},
+      logger: silentLogger,
+      metrics: new Registry({ processMetrics: false }),
+      now: () => clock,
+    });
+    try {
+      const first = sources.forTenant(record('a', 1));
+      const other = sources.forTenant(record('b', 1));
+      clock = 50 * 60_000;
+      expect(sources.forTenant(record('a', 1))).toBe(first);
+      // A new revision (a new secret): a new client.
+      expect(sources.forTenant(record('a', 2))).not.toBe(first);
+      // b was not asked for in more than an hour (a deleted tenant): let go of, with its secret.
+      clock = 70 * 60_000;
+      const again = sources.forTenant(record('a', 2));
+      expect(sources.forTenant(record('b', 1))).not.toBe(other);
+      expect(sources.forTenant(record('a', 2))).toBe(again);
+    } finally {
+      sources.close();
+      agent.destroy();
+    }
+  });
+});
