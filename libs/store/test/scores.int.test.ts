@@ -319,6 +319,19 @@ describe('createPublishedStore', () => {
 describe('createBulkVulnerabilityCache', () => {
   const redis = testRedisPerTest();
 
+  it('renew should extend a claim its owner still holds, and only that', async () => {
+    const cache = createBulkVulnerabilityCache(redis.client, redis.prefix);
+    expect(await cache.claim('t', 'c1', 'a', 200)).toBe(true);
+    expect(await cache.renew('t', 'c1', 'b', 10_000)).toBe(false);
+    expect(await cache.renew('t', 'c1', 'a', 10_000)).toBe(true);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    // Past the first 200 ms, still held: no second reader.
+    expect(await cache.claim('t', 'c1', 'b', 10_000)).toBe(false);
+    expect(await cache.state('t', 'c1')).toEqual({ state: 'pending', owner: 'a' });
+    await cache.release('t', 'c1', 'a');
+    expect(await cache.renew('t', 'c1', 'a', 10_000)).toBe(false);
+  });
+
   it('claim should admit one fetcher at a time, release should hand it over, and read should serve the saved summaries', async () => {
     const cache = createBulkVulnerabilityCache(redis.client, redis.prefix);
     expect(await cache.claim('t', 'c1', 'a', 10_000)).toBe(true);

@@ -622,12 +622,29 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         claims.set(cycleKey, batch.batchIndex);
         const ended = new AbortController();
         runningExports.set(cycleKey, ended);
+        // The claim lasts URS_BULK_CLAIM_MS (so a crashed reader's lapses); a read that takes longer keeps
+        // it, or the cycle's other batches would start a second read beside this one.
+        const renewer = setInterval(
+          () => {
+            deps.bulkCache
+              .renew(batch.tenantId, batch.cycleId, owner, deps.bulkClaimMs)
+              .then((held) => {
+                if (!held)
+                  log.warn('bulk export claim lapsed while it was read', { claimMs: deps.bulkClaimMs });
+              })
+              .catch((error: unknown) =>
+                log.warn('bulk export claim not renewed', { reason: errorMessage(error) }),
+              );
+          },
+          Math.max(10, Math.floor(deps.bulkClaimMs / 3)),
+        );
         try {
           if (readLast) {
             const last = await lastFromExport(batch, source, readLast, log, signal);
             if (last !== null) return last;
           } else await runBulkExport(batch, source, log, signal);
         } finally {
+          clearInterval(renewer);
           runningExports.delete(cycleKey);
           ended.abort();
         }

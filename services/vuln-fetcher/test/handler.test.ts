@@ -31,7 +31,7 @@ function batch(overrides: Partial<DeviceBatch> = {}): DeviceBatch {
 const message = (value: DeviceBatch): InboundMessage<DeviceBatch> =>
   inboundMessage(value, { topic: 'urs.device-batches', key: value.tenantId });
 
-function memoryBulkCache(): BulkVulnerabilityCache {
+function memoryBulkCache(renewals: string[] = []): BulkVulnerabilityCache {
   const data = new Map<string, Map<string, VulnerabilitySummary>>();
   const states = new Map<string, BulkExportState>();
   return {
@@ -51,6 +51,11 @@ function memoryBulkCache(): BulkVulnerabilityCache {
     async release(tenantId, cycleId, owner) {
       const state = states.get(`${tenantId}/${cycleId}`);
       if (state?.state === 'pending' && state.owner === owner) states.delete(`${tenantId}/${cycleId}`);
+    },
+    async renew(tenantId, cycleId, owner) {
+      renewals.push(`${tenantId}/${cycleId}`);
+      const state = states.get(`${tenantId}/${cycleId}`);
+      return state?.state === 'pending' && state.owner === owner;
     },
     async state(tenantId, cycleId) {
       return states.get(`${tenantId}/${cycleId}`) ?? { state: 'absent' };
@@ -86,7 +91,8 @@ function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHa
     close: () => undefined,
   };
   let clock = Date.parse('2026-01-01T10:00:05.000Z');
-  const bulkCache = memoryBulkCache();
+  const renewals: string[] = [];
+  const bulkCache = memoryBulkCache(renewals);
   const handler = createEnrichHandler({
     tenants: {
       get: async (tenantId) => (tenantId === 't1' ? record : null),
@@ -112,7 +118,7 @@ function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHa
     now: () => new Date((clock += 1000)),
     ...overrides,
   });
-  return { handler, sent, statuses, bulkCache };
+  return { handler, sent, statuses, bulkCache, renewals };
 }
 
 const cve = (id: string, cvssV3: number | null): VulnerabilityLike => ({ id, cvssV3 });
@@ -271,6 +277,21 @@ describe('createEnrichHandler', () => {
     expect(
       statuses.some((status) => status.vulnerabilityMode === 'bulk' && /bulk export/.test(status.note ?? '')),
     ).toBe(true);
+  });
+
+  it('should keep its claim on the export while a read takes longer than the claim lasts', async () => {
+    const { handler, renewals } = setup({
+      bulkVulnerabilities: async () => {
+        // 1 s claims (the setup's), a 0.9 s read: renewed every third of a second.
+        await new Promise((resolve) => setTimeout(resolve, 900));
+      },
+    });
+    await handler(message(batch({ vulnerabilityMode: 'bulk' })));
+    expect(renewals.length).toBeGreaterThanOrEqual(2);
+    expect(new Set(renewals)).toEqual(new Set(['t1/c1']));
+    const after = renewals.length;
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    expect(renewals).toHaveLength(after);
   });
 
   it('should take the fold a source made on its own thread when it has one, and not read rows here', async () => {
