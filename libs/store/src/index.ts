@@ -15,7 +15,7 @@ export type {
   ScoreStoreOptions,
 } from './scores';
 export { createPublishedStore } from './published';
-export type { PublishedStore, PublishedDevice, DeviceScoreRef } from './published';
+export type { PublishedStore, PublishedDevice, DeviceScoreRef, PublishOptions } from './published';
 export { createBulkVulnerabilityCache } from './vulnerability-cache';
 export type { BulkVulnerabilityCache, BulkExportState, LatestExport } from './vulnerability-cache';
 export { createPollScheduleStore } from './poll-schedule';

@@ -4,7 +4,7 @@ import type Redis from 'ioredis';
 export interface PublishedDevice {
   score: number;
   band: string;
-  /** Start (epoch ms) of the cycle whose score was published. */
+  /** Start (epoch ms) of the cycle whose score was published; half a millisecond later for a correction. */
   publishedCycleAt: number;
   /** Start (epoch ms) of the newest cycle the device was scored in. */
   seenCycleAt: number;
@@ -16,6 +16,15 @@ export interface DeviceScoreRef {
   band: string;
 }
 
+export interface PublishOptions {
+  /**
+   * The scores are a correction of their cycle (a bulk cycle's devices scored again with its own export):
+   * newer than the cycle's first scores, older than the next cycle's. A first batch of the cycle
+   * delivered again after its correction then never publishes the score the correction replaced.
+   */
+  correction?: boolean;
+}
+
 export interface PublishedStore {
   /**
    * Which of these devices (scored in the cycle that started at `cycleAt`, epoch ms) must be published:
@@ -23,9 +32,19 @@ export interface PublishedStore {
    * published score is of a newer cycle is never returned (a late or redelivered batch).
    * Read-only: call `commit` once the records are on the topic.
    */
-  changed(tenantId: string, cycleAt: number, devices: DeviceScoreRef[]): Promise<DeviceScoreRef[]>;
+  changed(
+    tenantId: string,
+    cycleAt: number,
+    devices: DeviceScoreRef[],
+    options?: PublishOptions,
+  ): Promise<DeviceScoreRef[]>;
   /** Records the devices as seen in the cycle and, unless a newer one is recorded, their published score. */
-  commit(tenantId: string, cycleAt: number, devices: DeviceScoreRef[]): Promise<void>;
+  commit(
+    tenantId: string,
+    cycleAt: number,
+    devices: DeviceScoreRef[],
+    options?: PublishOptions,
+  ): Promise<void>;
   /**
    * Counts a completed cycle once (a repeated call answers the same sequence) and lists the devices
    * not seen in any of the last `absentCycles` completed cycles: the ones to tombstone.
@@ -63,19 +82,26 @@ export interface PublishedStore {
 }
 
 // KEYS[1] published hash, KEYS[2] seen zset (deviceId by the start of the newest cycle it was in);
-// ARGV[1] cycle ms; then per device: id, score, band.
-// Values are "score|band|publishedCycleAt|seenCycleAt" (band labels contain no "|").
+// ARGV[1] cycle ms, ARGV[2] the scores' stamp (the cycle ms, half a millisecond later for a correction);
+// then per device: id, score, band.
+// Values are "score|band|publishedCycleAt|seenCycleAt" (band labels contain no "|"); publishedCycleAt is the
+// stamp, so it may end in ".5".
 // Devices are read and written with one call per kind per slice of 200 (not one per device): the calls,
 // not the bytes, are what a batch of 500 costs Redis.
 const COMMIT = `
 local at = tonumber(ARGV[1])
-local n = (#ARGV - 1) / 3
+local stamp = tonumber(ARGV[2])
+local n = (#ARGV - 2) / 3
 local slice = 200
+local function ms(value)
+  if value == math.floor(value) then return string.format('%d', value) end
+  return string.format('%.1f', value)
+end
 for first = 1, n, slice do
   local last = math.min(n, first + slice - 1)
   local ids, seen = {}, {}
   for i = first, last do
-    local id = ARGV[2 + (i - 1) * 3]
+    local id = ARGV[3 + (i - 1) * 3]
     ids[#ids + 1] = id
     seen[#seen + 1] = ARGV[1]
     seen[#seen + 1] = id
@@ -84,19 +110,19 @@ for first = 1, n, slice do
   local current = redis.call('HMGET', KEYS[1], unpack(ids))
   local values = {}
   for i = first, last do
-    local base = 2 + (i - 1) * 3
+    local base = 3 + (i - 1) * 3
     local id, score, band = ARGV[base], ARGV[base + 1], ARGV[base + 2]
     local value
     local stored = current[i - first + 1]
     if not stored then
-      value = score .. '|' .. band .. '|' .. ARGV[1] .. '|' .. ARGV[1]
+      value = score .. '|' .. band .. '|' .. ms(stamp) .. '|' .. ARGV[1]
     else
       local s, b, p, was = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
       p = tonumber(p)
       was = tonumber(was)
       if was < at then was = at end
-      if p <= at then s = score; b = band; p = at end
-      value = s .. '|' .. b .. '|' .. string.format('%d', p) .. '|' .. string.format('%d', was)
+      if p <= stamp then s = score; b = band; p = stamp end
+      value = s .. '|' .. b .. '|' .. ms(p) .. '|' .. ms(was)
     end
     values[#values + 1] = id
     values[#values + 1] = value
@@ -141,6 +167,10 @@ return 1`;
 /** Markers of sent summaries outlive any redelivery of their cycle's batches. */
 const SUMMARY_MARKER_TTL_MS = 2 * 24 * 60 * 60 * 1000;
 
+/** Cycles start whole milliseconds apart, so half a millisecond orders a correction between them. */
+const stampOf = (cycleAt: number, options: PublishOptions): number =>
+  cycleAt + (options.correction ? 0.5 : 0);
+
 function decode(value: string | null | undefined): PublishedDevice | null {
   if (!value) return null;
   const [score, band, publishedCycleAt, seenCycleAt] = value.split('|');
@@ -170,20 +200,29 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     `${prefix}summary-lock:${tenantId}:${cycleId}`;
   const owedKey = `${prefix}summaries-owed`;
   return {
-    async changed(tenantId, cycleAt, devices) {
+    async changed(tenantId, cycleAt, devices, options = {}) {
       if (devices.length === 0) return [];
+      const stamp = stampOf(cycleAt, options);
       const current = await redis.hmget(publishedKey(tenantId), ...devices.map((device) => device.deviceId));
       return devices.filter((device, index) => {
         const last = decode(current[index]);
         if (last === null) return true;
-        if (last.publishedCycleAt > cycleAt) return false;
+        if (last.publishedCycleAt > stamp) return false;
         return last.score !== device.score || last.band !== device.band;
       });
     },
-    async commit(tenantId, cycleAt, devices) {
+    async commit(tenantId, cycleAt, devices, options = {}) {
       if (devices.length === 0) return;
       const args = devices.flatMap((device) => [device.deviceId, String(device.score), device.band]);
-      await redis.eval(COMMIT, 2, publishedKey(tenantId), seenKey(tenantId), String(cycleAt), ...args);
+      await redis.eval(
+        COMMIT,
+        2,
+        publishedKey(tenantId),
+        seenKey(tenantId),
+        String(cycleAt),
+        String(stampOf(cycleAt, options)),
+        ...args,
+      );
     },
     async completeCycle(tenantId, cycleId, cycleAt, absentCycles) {
       const result = (await redis.eval(

@@ -78,13 +78,15 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
       score: device.score,
       band: device.band,
     }));
+    // A correction's scores are newer than its cycle's first ones (see PublishOptions).
+    const options = { correction: batch.replaces !== undefined };
     const changed = new Set(
-      (await deps.published.changed(batch.tenantId, cycleAt, refs)).map((ref) => ref.deviceId),
+      (await deps.published.changed(batch.tenantId, cycleAt, refs, options)).map((ref) => ref.deviceId),
     );
     const messages = vmsRecords(batch, changed);
     await deps.publisher.send(deps.topic, 'urs/vms-risk-score', messages);
     records.inc({ kind: 'changed' }, messages.length);
-    await deps.published.commit(batch.tenantId, cycleAt, refs);
+    await deps.published.commit(batch.tenantId, cycleAt, refs, options);
     const { first, state } = await deps.cycles.recordBatch(
       batch.tenantId,
       batch.cycleId,

@@ -309,6 +309,34 @@ describe('the publisher', () => {
     expect(summaries()[0]?.status).toBe('partial');
   });
 
+  it('createPublishHandler should not publish the score a correction replaced when its first batch comes again', async () => {
+    const { handler, begin } = build();
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('x', 0, 'Trustworthy'), device('w', 0, 'Trustworthy')]));
+    await handler({
+      ...scoreBatch(1, 1, [device('x', 30, 'Low Risk')], 2),
+      replaces: { bands: { Trustworthy: 1 }, incomplete: 0 },
+    });
+    // The publisher stopped before committing: both come again, the first batch first.
+    await handler(scoreBatch(1, 0, [device('x', 0, 'Trustworthy'), device('w', 0, 'Trustworthy')]));
+    const scoresOfX = () =>
+      records('c1')
+        .filter((m) => m.key === 't1/x')
+        .map((m) => (m.value as VmsRiskScore).score);
+    expect(scoresOfX()).toEqual([0, 30]);
+    await handler({
+      ...scoreBatch(1, 1, [device('x', 30, 'Low Risk')], 2),
+      replaces: { bands: { Trustworthy: 1 }, incomplete: 0 },
+    });
+    expect(scoresOfX()).toEqual([0, 30]);
+    expect(summaries()).toHaveLength(1);
+    expect(summaries()[0]?.bands).toMatchObject({ Trustworthy: 1, 'Low Risk': 1 });
+    // The next cycle's scores are newer than the correction.
+    await begin(2);
+    await handler(scoreBatch(2, 0, [device('x', 0, 'Trustworthy'), device('w', 0, 'Trustworthy')], 1));
+    expect(records('c2').map((m) => m.key)).toEqual(['t1/x']);
+  });
+
   it("closeOverdue should send every other tenant's summary when one cannot be sent", async () => {
     const { handler, completion, cycles } = build({ failSummaries: 1 });
     for (const tenantId of ['t1', 't2']) {
