@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import type Redis from 'ioredis';
 
 /** The registrar's own bookkeeping: tenant revisions, Director's last generation, the rebuild marker. */
@@ -17,6 +18,14 @@ export interface RegistrarStateStore {
   lastGeneration(): Promise<number>;
   /** Records `generation` as applied unless a higher one already is. */
   observeGeneration(generation: number): Promise<void>;
+  /**
+   * Takes the tenant's write lock for `ttlMs` unless another writer holds it: a token to give it back
+   * with, or null. Every registrar replica writes a tenant's record under it (a Director push and a REST
+   * call of the same tenant read, compare and write one after the other).
+   */
+  lockTenant(tenantId: string, ttlMs: number): Promise<string | null>;
+  /** Gives the lock back, if `token` still holds it. */
+  unlockTenant(tenantId: string, token: string): Promise<void>;
   /** Whether Redis was filled from urs.tenants since it last came up empty. */
   isRebuilt(): Promise<boolean>;
   markRebuilt(at: Date): Promise<void>;
@@ -38,9 +47,18 @@ local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1`;
 
-/** Keys: `{prefix}tenant-revision:{id}`, `{prefix}director-generation`, `{prefix}tenants-rebuilt`. */
+// KEYS[1] lock; ARGV: token.
+const UNLOCK = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1`;
+
+/**
+ * Keys: `{prefix}tenant-revision:{id}`, `{prefix}tenant-write-lock:{id}`, `{prefix}director-generation`,
+ * `{prefix}tenants-rebuilt`.
+ */
 export function createRegistrarStateStore(redis: Redis, prefix: string): RegistrarStateStore {
   const revisionKey = (tenantId: string): string => `${prefix}tenant-revision:${tenantId}`;
+  const lockKey = (tenantId: string): string => `${prefix}tenant-write-lock:${tenantId}`;
   const generationKey = `${prefix}director-generation`;
   const rebuiltKey = `${prefix}tenants-rebuilt`;
   return {
@@ -56,6 +74,13 @@ export function createRegistrarStateStore(redis: Redis, prefix: string): Registr
     },
     async observeGeneration(generation) {
       await redis.eval(RAISE, 1, generationKey, String(generation));
+    },
+    async lockTenant(tenantId, ttlMs) {
+      const token = randomUUID();
+      return (await redis.set(lockKey(tenantId), token, 'PX', ttlMs, 'NX')) === 'OK' ? token : null;
+    },
+    async unlockTenant(tenantId, token) {
+      await redis.eval(UNLOCK, 1, lockKey(tenantId), token);
     },
     async isRebuilt() {
       return (await redis.exists(rebuiltKey)) === 1;

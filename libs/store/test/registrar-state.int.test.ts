@@ -13,6 +13,20 @@ describe('createRegistrarStateStore', () => {
     expect(Number.isSafeInteger(next)).toBe(true);
   });
 
+  it('lockTenant should admit one writer of a tenant at a time, until it unlocks or the lock lapses', async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    const token = await store.lockTenant('acme', 10_000);
+    expect(token).not.toBeNull();
+    expect(await store.lockTenant('acme', 10_000)).toBeNull();
+    expect(await store.lockTenant('other', 10_000)).not.toBeNull();
+    await store.unlockTenant('acme', 'not-the-token');
+    expect(await store.lockTenant('acme', 10_000)).toBeNull();
+    await store.unlockTenant('acme', token as string);
+    expect(await store.lockTenant('acme', 100)).not.toBeNull();
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    expect(await store.lockTenant('acme', 100)).not.toBeNull();
+  });
+
   it('nextRevision should stay above a floor and an observed revision', async () => {
     const store = createRegistrarStateStore(redis.client, redis.prefix);
     const far = (Date.now() + 10 * 24 * 3_600_000) * 1000; // revisions are in microseconds

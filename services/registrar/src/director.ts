@@ -130,12 +130,12 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     if (push.mode === 'full') {
       const missing = (await deps.tenants.ids()).filter((tenantId) => !present.has(tenantId));
       await forEachLimit(missing, concurrency, async (tenantId) => {
-        const record = await deps.tenants.get(tenantId);
-        if (!record || record.source !== 'director' || !record.enabled) return;
+        // Checked under the tenant's write lock: an administrator's PUT meanwhile makes it theirs.
         const disabled = await deps.registry.disable(
           tenantId,
           `missing from Director full push ${push.generation}`,
           origin,
+          (record) => record.source === 'director',
         );
         if (disabled) outcome.disabled++;
       });

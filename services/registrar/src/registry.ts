@@ -1,6 +1,7 @@
 import type { Publisher } from '@urs/bus';
 import type { SealedSecretRecord, TenantRecord, TenantRegistration } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
+import { UrsError, sleep } from '@urs/resilience';
 import { canonicalJson } from '@urs/scoring';
 import type { SecretSealer } from '@urs/secrets';
 import type { PollScheduleStore, RegistrarStateStore, TenantStore } from '@urs/store';
@@ -16,8 +17,12 @@ export interface RegistrationOrigin {
 }
 
 export interface RegisterOptions {
-  /** Keep this already-sealed secret (a REST update that left `clientSecret` out). */
-  keepSecret?: SealedSecretRecord;
+  /**
+   * Keep the secret of the tenant's record as it is when written (a REST update that left `clientSecret`
+   * out): read under the tenant's write lock, so a secret rotated meanwhile is the one kept. A tenant
+   * deleted meanwhile has none to keep: `TenantGoneError`.
+   */
+  keepSecret?: boolean;
   /** Write nothing when the tenant's record already says the same (Director's repeated full pushes). */
   skipIfUnchanged?: boolean;
   /**
@@ -34,8 +39,16 @@ export interface TenantRegistry {
     origin: RegistrationOrigin,
     options?: RegisterOptions,
   ): Promise<{ record: TenantRecord; changed: boolean; created: boolean }>;
-  /** A new revision with `enabled: false` and the reason; null when the tenant is unknown or already disabled. */
-  disable(tenantId: string, reason: string, origin: RegistrationOrigin): Promise<TenantRecord | null>;
+  /**
+   * A new revision with `enabled: false` and the reason; null when the tenant is unknown, already
+   * disabled, or its record (read under the tenant's write lock) does not pass `onlyIf`.
+   */
+  disable(
+    tenantId: string,
+    reason: string,
+    origin: RegistrationOrigin,
+    onlyIf?: (current: TenantRecord) => boolean,
+  ): Promise<TenantRecord | null>;
   /** A tombstone on `urs.tenants` and the record gone from Redis; false when the tenant is unknown. */
   remove(tenantId: string): Promise<boolean>;
   /** Reports a refused registration in the tenant's status. */
@@ -56,6 +69,22 @@ export interface TenantRegistryDeps {
   logger: Logger;
   now?: () => Date;
 }
+
+/** A REST update kept the stored secret of a tenant that was deleted before it could be written. */
+export class TenantGoneError extends UrsError {
+  constructor(tenantId: string) {
+    super(
+      'TENANT_NOT_FOUND',
+      `tenant ${tenantId} was deleted while this update was made: register it again with its clientSecret`,
+      { canRetry: false },
+    );
+  }
+}
+
+/** How long one write of a tenant holds its lock at most (a record to Kafka, then to Redis). */
+const WRITE_LOCK_MS = 15_000;
+/** How long a write waits for another writer of the same tenant before it fails (retryably). */
+const WRITE_LOCK_WAIT_MS = 20_000;
 
 /** Whether two records say the same thing (ignoring revision, time, origin; the secrets compared opened). */
 function sameSettings(
@@ -103,125 +132,174 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     });
   }
 
+  /**
+   * Runs `write` under the tenant's write lock: what it reads of the record is still the record when it
+   * writes (a Director push and a REST call of one tenant, on one replica or two, one after the other).
+   */
+  async function locked<T>(tenantId: string, write: () => Promise<T>): Promise<T> {
+    const deadline = Date.now() + WRITE_LOCK_WAIT_MS;
+    let token = await deps.state.lockTenant(tenantId, WRITE_LOCK_MS);
+    while (token === null) {
+      if (Date.now() >= deadline)
+        throw new UrsError(
+          'TENANT_BUSY',
+          `tenant ${tenantId} is being written by another request; try again`,
+          {
+            canRetry: true,
+          },
+        );
+      await sleep(5 + Math.floor(Math.random() * 20));
+      token = await deps.state.lockTenant(tenantId, WRITE_LOCK_MS);
+    }
+    try {
+      return await write();
+    } finally {
+      await deps.state.unlockTenant(tenantId, token);
+    }
+  }
+
   return {
-    async register(registration, origin, options = {}) {
-      const { tenantId, defender } = registration;
-      const current = await deps.tenants.get(tenantId);
-      const settings = {
-        azureTenantId: defender.azureTenantId,
-        clientId: defender.clientId,
-        pollIntervalMinutes: defender.pollIntervalMinutes,
-        cloud: defender.cloud ?? 'commercial',
-        region: defender.region ?? null,
-        riskProfile: defender.riskProfile ?? null,
-      };
-      // The same words for every push that disables it (the record's `generation` says which one last
-      // wrote it): a generation number here made every push a change, and a new revision on urs.tenants.
-      const disabledReason = defender.enabled
-        ? undefined
-        : origin.source === 'director'
-          ? 'disabled by Director'
-          : 'disabled by an administrator';
-      if (options.keepRestRecord && current?.source === 'rest')
-        return { record: current, changed: false, created: false };
-      if (options.skipIfUnchanged && current) {
-        let secretMatches = false;
-        try {
-          secretMatches =
-            !deps.sealer.isStale(current.defender.clientSecret) &&
-            deps.sealer.open(current.defender.clientSecret, tenantId) === defender.clientSecret;
-        } catch {
-          secretMatches = false;
-        }
-        const candidate = {
-          schemaVersion: 1 as const,
-          tenantId,
-          revision: current.revision,
-          updatedAt: current.updatedAt,
-          source: origin.source,
-          enabled: defender.enabled,
-          ...(disabledReason === undefined ? {} : { disabledReason }),
-          defender: settings,
-        };
-        if (sameSettings(current, candidate, secretMatches)) {
-          await clearRefusal(current);
-          return { record: current, changed: false, created: false };
-        }
+    register(registration, origin, options = {}) {
+      return locked(registration.tenantId, () => register(registration, origin, options));
+    },
+    disable(tenantId, reason, origin, onlyIf) {
+      return locked(tenantId, () => disable(tenantId, reason, origin, onlyIf));
+    },
+    remove(tenantId) {
+      return locked(tenantId, () => remove(tenantId));
+    },
+    reject,
+  };
+
+  async function register(
+    registration: TenantRegistration,
+    origin: RegistrationOrigin,
+    options: RegisterOptions,
+  ): Promise<{ record: TenantRecord; changed: boolean; created: boolean }> {
+    const { tenantId, defender } = registration;
+    const current = await deps.tenants.get(tenantId);
+    const settings = {
+      azureTenantId: defender.azureTenantId,
+      clientId: defender.clientId,
+      pollIntervalMinutes: defender.pollIntervalMinutes,
+      cloud: defender.cloud ?? 'commercial',
+      region: defender.region ?? null,
+      riskProfile: defender.riskProfile ?? null,
+    };
+    // The same words for every push that disables it (the record's `generation` says which one last
+    // wrote it): a generation number here made every push a change, and a new revision on urs.tenants.
+    const disabledReason = defender.enabled
+      ? undefined
+      : origin.source === 'director'
+        ? 'disabled by Director'
+        : 'disabled by an administrator';
+    if (options.keepRestRecord && current?.source === 'rest')
+      return { record: current, changed: false, created: false };
+    if (options.skipIfUnchanged && current) {
+      let secretMatches = false;
+      try {
+        secretMatches =
+          !deps.sealer.isStale(current.defender.clientSecret) &&
+          deps.sealer.open(current.defender.clientSecret, tenantId) === defender.clientSecret;
+      } catch {
+        secretMatches = false;
       }
-      const sealed = options.keepSecret
-        ? deps.sealer.isStale(options.keepSecret)
-          ? // A kept secret sealed with a retired key is re-sealed with the active one (key rotation).
-            deps.sealer.seal(deps.sealer.open(options.keepSecret, tenantId), tenantId)
-          : options.keepSecret
-        : deps.sealer.seal(defender.clientSecret, tenantId);
-      const record: TenantRecord = {
-        schemaVersion: 1,
+      const candidate = {
+        schemaVersion: 1 as const,
         tenantId,
-        revision: await deps.state.nextRevision(tenantId, current?.revision ?? 0),
-        updatedAt: now().toISOString(),
+        revision: current.revision,
+        updatedAt: current.updatedAt,
         source: origin.source,
-        ...(origin.generation === undefined ? {} : { generation: origin.generation }),
         enabled: defender.enabled,
         ...(disabledReason === undefined ? {} : { disabledReason }),
-        defender: { ...settings, clientSecret: sealed },
+        defender: settings,
       };
-      await write(record);
-      if (!record.enabled) await deps.schedules.clear(tenantId);
-      await deps.tenants.updateStatus(tenantId, {
-        state: record.enabled ? 'active' : 'disabled',
-        lastErrorCode: null,
-        lastErrorMessage: null,
-        lastErrorAt: null,
-      });
-      log.info('tenant registered', {
-        tenantId,
-        revision: record.revision,
-        source: origin.source,
-        generation: origin.generation,
-        enabled: record.enabled,
-      });
-      return { record, changed: true, created: current === null };
-    },
+      if (sameSettings(current, candidate, secretMatches)) {
+        await clearRefusal(current);
+        return { record: current, changed: false, created: false };
+      }
+    }
+    let sealed: SealedSecretRecord;
+    if (options.keepSecret) {
+      if (!current) throw new TenantGoneError(tenantId);
+      const kept = current.defender.clientSecret;
+      // A kept secret sealed with a retired key is re-sealed with the active one (key rotation).
+      sealed = deps.sealer.isStale(kept)
+        ? deps.sealer.seal(deps.sealer.open(kept, tenantId), tenantId)
+        : kept;
+    } else sealed = deps.sealer.seal(defender.clientSecret, tenantId);
+    const record: TenantRecord = {
+      schemaVersion: 1,
+      tenantId,
+      revision: await deps.state.nextRevision(tenantId, current?.revision ?? 0),
+      updatedAt: now().toISOString(),
+      source: origin.source,
+      ...(origin.generation === undefined ? {} : { generation: origin.generation }),
+      enabled: defender.enabled,
+      ...(disabledReason === undefined ? {} : { disabledReason }),
+      defender: { ...settings, clientSecret: sealed },
+    };
+    await write(record);
+    if (!record.enabled) await deps.schedules.clear(tenantId);
+    await deps.tenants.updateStatus(tenantId, {
+      state: record.enabled ? 'active' : 'disabled',
+      lastErrorCode: null,
+      lastErrorMessage: null,
+      lastErrorAt: null,
+    });
+    log.info('tenant registered', {
+      tenantId,
+      revision: record.revision,
+      source: origin.source,
+      generation: origin.generation,
+      enabled: record.enabled,
+    });
+    return { record, changed: true, created: current === null };
+  }
 
-    async disable(tenantId, reason, origin) {
-      const current = await deps.tenants.get(tenantId);
-      if (!current || !current.enabled) return null;
-      const record: TenantRecord = {
-        ...current,
-        revision: await deps.state.nextRevision(tenantId, current.revision),
-        updatedAt: now().toISOString(),
-        source: origin.source,
-        ...(origin.generation === undefined ? {} : { generation: origin.generation }),
-        enabled: false,
-        disabledReason: reason,
-      };
-      await write(record);
-      await deps.schedules.clear(tenantId);
-      await deps.tenants.updateStatus(tenantId, { state: 'disabled', nextPollAt: null });
-      log.info('tenant disabled', { tenantId, revision: record.revision, reason });
-      return record;
-    },
+  async function disable(
+    tenantId: string,
+    reason: string,
+    origin: RegistrationOrigin,
+    onlyIf?: (current: TenantRecord) => boolean,
+  ): Promise<TenantRecord | null> {
+    const current = await deps.tenants.get(tenantId);
+    if (!current || !current.enabled || (onlyIf && !onlyIf(current))) return null;
+    const record: TenantRecord = {
+      ...current,
+      revision: await deps.state.nextRevision(tenantId, current.revision),
+      updatedAt: now().toISOString(),
+      source: origin.source,
+      ...(origin.generation === undefined ? {} : { generation: origin.generation }),
+      enabled: false,
+      disabledReason: reason,
+    };
+    await write(record);
+    await deps.schedules.clear(tenantId);
+    await deps.tenants.updateStatus(tenantId, { state: 'disabled', nextPollAt: null });
+    log.info('tenant disabled', { tenantId, revision: record.revision, reason });
+    return record;
+  }
 
-    async remove(tenantId) {
-      const current = await deps.tenants.get(tenantId);
-      if (!current) return false;
-      const revision = await deps.state.nextRevision(tenantId, current.revision);
-      await deps.publisher.send(deps.tenantsTopic, 'urs/tenant-record', [
-        { key: tenantId, value: null, headers: { [REVISION_HEADER]: String(revision) } },
-      ]);
-      await deps.tenants.remove(tenantId, revision);
-      await deps.schedules.clear(tenantId);
-      log.info('tenant deleted', { tenantId, revision });
-      return true;
-    },
+  async function remove(tenantId: string): Promise<boolean> {
+    const current = await deps.tenants.get(tenantId);
+    if (!current) return false;
+    const revision = await deps.state.nextRevision(tenantId, current.revision);
+    await deps.publisher.send(deps.tenantsTopic, 'urs/tenant-record', [
+      { key: tenantId, value: null, headers: { [REVISION_HEADER]: String(revision) } },
+    ]);
+    await deps.tenants.remove(tenantId, revision);
+    await deps.schedules.clear(tenantId);
+    log.info('tenant deleted', { tenantId, revision });
+    return true;
+  }
 
-    async reject(tenantId, violations) {
-      await deps.tenants.updateStatus(tenantId, {
-        state: 'registration-rejected',
-        lastErrorCode: 'REGISTRATION_INVALID',
-        lastErrorMessage: `registration refused: ${describeViolations(violations)}`,
-        lastErrorAt: now().toISOString(),
-      });
-    },
-  };
+  async function reject(tenantId: string, violations: Violation[]): Promise<void> {
+    await deps.tenants.updateStatus(tenantId, {
+      state: 'registration-rejected',
+      lastErrorCode: 'REGISTRATION_INVALID',
+      lastErrorMessage: `registration refused: ${describeViolations(violations)}`,
+      lastErrorAt: now().toISOString(),
+    });
+  }
 }

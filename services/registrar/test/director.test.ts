@@ -122,6 +122,36 @@ describe('createRegistrationHandler', () => {
     });
   });
 
+  it('handle should not disable, nor write over, a tenant an administrator changes while a full push leaves it out', async () => {
+    const { push, tenants, registry } = setup();
+    await push(1, 'full', [item('a'), item('b')]);
+    // The push reads a to disable it; an administrator's PUT of a comes right then (here or on another
+    // replica), and the push's read returns once the PUT is done or after 100 ms.
+    let put: Promise<unknown> | undefined;
+    const get = tenants.get.bind(tenants);
+    tenants.get = async (tenantId) => {
+      const record = await get(tenantId);
+      if (tenantId !== 'a' || put) return record;
+      put = registry.register(
+        {
+          tenantId: 'a',
+          defender: registrationBody({ pollIntervalMinutes: 60, clientSecret: 'rotated~secret' }) as never,
+        },
+        { source: 'rest' },
+      );
+      await Promise.race([put, new Promise((resolve) => setTimeout(resolve, 100))]);
+      return record;
+    };
+    await push(2, 'full', [item('b')]);
+    await put;
+    // Either order gives the same: the administrator's settings, enabled.
+    expect(await get('a')).toMatchObject({
+      source: 'rest',
+      enabled: true,
+      defender: { pollIntervalMinutes: 60 },
+    });
+  });
+
   it('handle should not write a new revision for a tenant it keeps disabling', async () => {
     const { push, records } = setup();
     await push(1, 'full', [item('a', { enabled: false })]);

@@ -68,6 +68,7 @@ export function memoryTenantStore(): TenantStore & {
 
 export function memoryStateStore(): RegistrarStateStore & { generation: number } {
   const revisions = new Map<string, number>();
+  const locks = new Map<string, string>();
   let clock = 1_000;
   const state = {
     generation: -1,
@@ -85,6 +86,15 @@ export function memoryStateStore(): RegistrarStateStore & { generation: number }
     },
     async observeGeneration(generation: number) {
       state.generation = Math.max(state.generation, generation);
+    },
+    async lockTenant(tenantId: string) {
+      if (locks.has(tenantId)) return null;
+      const token = `lock-${++clock}`;
+      locks.set(tenantId, token);
+      return token;
+    },
+    async unlockTenant(tenantId: string, token: string) {
+      if (locks.get(tenantId) === token) locks.delete(tenantId);
     },
     async isRebuilt() {
       return true;

@@ -1,7 +1,7 @@
 import type { TenantRecord } from '@urs/contracts';
 import type { SecretSealer } from '@urs/secrets';
 import type { TenantStatus, TenantStore } from '@urs/store';
-import type { TenantRegistry } from '../registry';
+import { TenantGoneError, type TenantRegistry } from '../registry';
 import { renameFields, validateRegistration } from '../validation';
 import { tenantIdOf } from './params';
 import { ApiError, type ApiRequest, type ApiResponse, type Route } from './router';
@@ -102,11 +102,14 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
         violations,
       );
     }
-    const { record, created } = await deps.registry.register(
-      validated.registration,
-      { source: 'rest' },
-      keepSecret && current ? { keepSecret: current.defender.clientSecret } : {},
-    );
+    let registered;
+    try {
+      registered = await deps.registry.register(validated.registration, { source: 'rest' }, { keepSecret });
+    } catch (error) {
+      if (error instanceof TenantGoneError) throw new ApiError(409, 'TENANT_NOT_FOUND', error.message);
+      throw error;
+    }
+    const { record, created } = registered;
     return { status: created ? 201 : 200, body: tenantView(record, await deps.tenants.getStatus(tenantId)) };
   }
 

@@ -104,6 +104,29 @@ describe('tenantRoutes', () => {
     expect(second?.revision).toBeGreaterThan(first?.revision ?? 0);
   });
 
+  it('PUT without a secret should answer 409 when the tenant is deleted before the update is written', async () => {
+    const { tenants, call } = setup();
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    const { clientSecret: _secret, ...withoutSecret } = registrationBody();
+    // The PUT reads the tenant (it has a secret to keep); a DELETE lands before the PUT writes.
+    const get = tenants.get.bind(tenants);
+    let reads = 0;
+    tenants.get = async (tenantId) => {
+      const record = await get(tenantId);
+      if (reads++ === 0) await call('DELETE', '/v1/tenants/acme/defender');
+      return record;
+    };
+    const update = await call('PUT', '/v1/tenants/acme/defender', {
+      ...withoutSecret,
+      pollIntervalMinutes: 60,
+    });
+    expect(update).toMatchObject({ status: 409, body: { error: { code: 'TENANT_NOT_FOUND' } } });
+    expect(update.body.error.message).toMatch(
+      /deleted while this update was made: register it again with its clientSecret/,
+    );
+    expect(await get('acme')).toBeNull();
+  });
+
   it('PUT should re-seal a kept secret that a retired key sealed', async () => {
     const keys = new Map([
       ['k1', Buffer.alloc(32, 7)],
