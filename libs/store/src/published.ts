@@ -4,6 +4,8 @@ import type Redis from 'ioredis';
 export interface PublishedDevice {
   score: number;
   band: string;
+  /** A digest of the published identity VMS enforces on (see `DeviceScoreRef.identity`); '' when not kept. */
+  identity: string;
   /** Start (epoch ms) of the cycle whose score was published; half a millisecond later for a correction. */
   publishedCycleAt: number;
   /** Start (epoch ms) of the newest cycle the device was scored in. */
@@ -14,6 +16,11 @@ export interface DeviceScoreRef {
   deviceId: string;
   score: number;
   band: string;
+  /**
+   * A digest of the device's identity as VMS enforces on it (names, addresses, tags, group): a device
+   * whose addresses changed is published again with the same score. Without `|`.
+   */
+  identity?: string;
 }
 
 export interface PublishOptions {
@@ -28,7 +35,7 @@ export interface PublishOptions {
 export interface PublishedStore {
   /**
    * Which of these devices (scored in the cycle that started at `cycleAt`, epoch ms) must be published:
-   * never published, or a score or band other than the last published one. A device whose last
+   * never published, or a score, band or identity other than the last published one. A device whose last
    * published score is of a newer cycle is never returned (a late or redelivered batch).
    * Read-only: call `commit` once the records are on the topic.
    */
@@ -83,15 +90,16 @@ export interface PublishedStore {
 
 // KEYS[1] published hash, KEYS[2] seen zset (deviceId by the start of the newest cycle it was in);
 // ARGV[1] cycle ms, ARGV[2] the scores' stamp (the cycle ms, half a millisecond later for a correction);
-// then per device: id, score, band.
-// Values are "score|band|publishedCycleAt|seenCycleAt" (band labels contain no "|"); publishedCycleAt is the
-// stamp, so it may end in ".5".
+// then per device: id, score, band, identity digest.
+// Values are "score|band|publishedCycleAt|seenCycleAt|identity" (band labels and digests contain no "|");
+// publishedCycleAt is the stamp, so it may end in ".5". Values written before the identity was kept have
+// four fields.
 // Devices are read and written with one call per kind per slice of 200 (not one per device): the calls,
 // not the bytes, are what a batch of 500 costs Redis.
 const COMMIT = `
 local at = tonumber(ARGV[1])
 local stamp = tonumber(ARGV[2])
-local n = (#ARGV - 2) / 3
+local n = (#ARGV - 2) / 4
 local slice = 200
 local function ms(value)
   if value == math.floor(value) then return string.format('%d', value) end
@@ -101,7 +109,7 @@ for first = 1, n, slice do
   local last = math.min(n, first + slice - 1)
   local ids, seen = {}, {}
   for i = first, last do
-    local id = ARGV[3 + (i - 1) * 3]
+    local id = ARGV[3 + (i - 1) * 4]
     ids[#ids + 1] = id
     seen[#seen + 1] = ARGV[1]
     seen[#seen + 1] = id
@@ -110,19 +118,19 @@ for first = 1, n, slice do
   local current = redis.call('HMGET', KEYS[1], unpack(ids))
   local values = {}
   for i = first, last do
-    local base = 3 + (i - 1) * 3
-    local id, score, band = ARGV[base], ARGV[base + 1], ARGV[base + 2]
+    local base = 3 + (i - 1) * 4
+    local id, score, band, identity = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
     local value
     local stored = current[i - first + 1]
     if not stored then
-      value = score .. '|' .. band .. '|' .. ms(stamp) .. '|' .. ARGV[1]
+      value = score .. '|' .. band .. '|' .. ms(stamp) .. '|' .. ARGV[1] .. '|' .. identity
     else
-      local s, b, p, was = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+      local s, b, p, was, d = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|?([^|]*)$')
       p = tonumber(p)
       was = tonumber(was)
       if was < at then was = at end
-      if p <= stamp then s = score; b = band; p = stamp end
-      value = s .. '|' .. b .. '|' .. ms(p) .. '|' .. ms(was)
+      if p <= stamp then s = score; b = band; p = stamp; d = identity end
+      value = s .. '|' .. b .. '|' .. ms(p) .. '|' .. ms(was) .. '|' .. d
     end
     values[#values + 1] = id
     values[#values + 1] = value
@@ -173,10 +181,11 @@ const stampOf = (cycleAt: number, options: PublishOptions): number =>
 
 function decode(value: string | null | undefined): PublishedDevice | null {
   if (!value) return null;
-  const [score, band, publishedCycleAt, seenCycleAt] = value.split('|');
+  const [score, band, publishedCycleAt, seenCycleAt, identity] = value.split('|');
   return {
     score: Number(score),
     band: band ?? '',
+    identity: identity ?? '',
     publishedCycleAt: Number(publishedCycleAt),
     seenCycleAt: Number(seenCycleAt),
   };
@@ -208,12 +217,21 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
         const last = decode(current[index]);
         if (last === null) return true;
         if (last.publishedCycleAt > stamp) return false;
-        return last.score !== device.score || last.band !== device.band;
+        return (
+          last.score !== device.score ||
+          last.band !== device.band ||
+          last.identity !== (device.identity ?? '')
+        );
       });
     },
     async commit(tenantId, cycleAt, devices, options = {}) {
       if (devices.length === 0) return;
-      const args = devices.flatMap((device) => [device.deviceId, String(device.score), device.band]);
+      const args = devices.flatMap((device) => [
+        device.deviceId,
+        String(device.score),
+        device.band,
+        device.identity ?? '',
+      ]);
       await redis.eval(
         COMMIT,
         2,

@@ -256,15 +256,39 @@ describe('createPublishedStore', () => {
     expect(await published.get('t', 'd2')).toEqual({
       score: 55,
       band: 'Moderate Risk',
+      identity: '',
       publishedCycleAt: 2000,
       seenCycleAt: 2000,
     });
     expect(await published.get('t', 'd1')).toEqual({
       score: 10,
       band: 'Trustworthy',
+      identity: '',
       publishedCycleAt: 2000,
       seenCycleAt: 2000,
     });
+  });
+
+  it('changed should list a device whose identity changed with the same score, and read values kept before identities', async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const ref = (identity: string) => ({ deviceId: 'd1', score: 10, band: 'Trustworthy', identity });
+    await published.commit('t', 1000, [ref('a1')]);
+    expect(await published.changed('t', 2000, [ref('a1')])).toEqual([]);
+    expect(await published.changed('t', 2000, [ref('b2')])).toEqual([ref('b2')]);
+    await published.commit('t', 2000, [ref('b2')]);
+    expect(await published.get('t', 'd1')).toMatchObject({ identity: 'b2', publishedCycleAt: 2000 });
+    // An older batch leaves the newer identity.
+    await published.commit('t', 1000, [ref('a1')]);
+    expect(await published.get('t', 'd1')).toMatchObject({ identity: 'b2', publishedCycleAt: 2000 });
+    // A value written before identities were kept: four fields, published again once.
+    await redis.client.hset(`${redis.prefix}published:t`, 'd0', '10|Trustworthy|1000|1000');
+    const old = { deviceId: 'd0', score: 10, band: 'Trustworthy', identity: 'c3' };
+    expect(await published.get('t', 'd0')).toMatchObject({ score: 10, identity: '', seenCycleAt: 1000 });
+    expect(await published.changed('t', 2000, [old])).toEqual([old]);
+    await published.commit('t', 2000, [old]);
+    expect(await redis.client.hget(`${redis.prefix}published:t`, 'd0')).toBe('10|Trustworthy|2000|2000|c3');
+    await published.commit('t', 1000, [{ ...old, identity: 'x' }]);
+    expect(await redis.client.hget(`${redis.prefix}published:t`, 'd0')).toBe('10|Trustworthy|2000|2000|c3');
   });
 
   it('commit should keep newest-wins and the seen cycle per device across a batch of several hundred', async () => {
@@ -283,6 +307,7 @@ describe('createPublishedStore', () => {
       expect(await published.get('t', `d${i}`)).toEqual({
         score: newer ? 80 : 20,
         band: 'Low Risk',
+        identity: '',
         publishedCycleAt: newer ? 3000 : 2000,
         seenCycleAt: newer ? 3000 : 2000,
       });

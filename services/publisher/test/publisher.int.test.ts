@@ -337,6 +337,25 @@ describe('the publisher', () => {
     expect(records('c2').map((m) => m.key)).toEqual(['t1/x']);
   });
 
+  it('createPublishHandler should publish a device again when its addresses change with its score', async () => {
+    const { handler, begin } = build();
+    const at = (ip: string) => scoredDevice('m', 10, 'Trustworthy', { lastIpAddress: ip });
+    await begin(1);
+    await handler(scoreBatch(1, 0, [at('10.0.0.1')], 1));
+    await begin(2);
+    await handler(scoreBatch(2, 0, [at('10.0.0.1')], 1));
+    await begin(3);
+    await handler(scoreBatch(3, 0, [at('10.9.9.9')], 1));
+    const published = records()
+      .filter((m) => m.key === 't1/m')
+      .map((m) => m.value as VmsRiskScore);
+    expect(published.map((record) => [record.cycleId, record.lastIpAddress])).toEqual([
+      ['c1', '10.0.0.1'],
+      ['c3', '10.9.9.9'],
+    ]);
+    expect(summaries().map((summary) => summary.published.changed)).toEqual([1, 0, 1]);
+  });
+
   it("closeOverdue should send every other tenant's summary when one cannot be sent", async () => {
     const { handler, completion, cycles } = build({ failSummaries: 1 });
     for (const tenantId of ['t1', 't2']) {

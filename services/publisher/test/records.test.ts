@@ -1,6 +1,6 @@
 import type { ScoreBatch, ScoredDevice } from '@urs/contracts';
 import { scoredDevice } from '@urs/testkit';
-import { batchStats } from '../src/records';
+import { batchStats, identityDigest } from '../src/records';
 
 const batch = (devices: ScoredDevice[], replaces?: ScoreBatch['replaces']): ScoreBatch => ({
   schemaVersion: 1,
@@ -39,5 +39,36 @@ describe('batchStats', () => {
       incomplete: -1,
       changed: 3,
     });
+  });
+});
+
+describe('identityDigest', () => {
+  const device = scoredDevice('d1', 10, 'Trustworthy', {
+    computerDnsName: 'host-1.corp',
+    lastIpAddress: '10.0.0.1',
+    ipAddresses: [{ ipAddress: '10.0.0.1', macAddress: 'AA' }],
+    machineTags: ['tier-1'],
+  });
+
+  it('should be the same for the same identity, whatever the score or signals', () => {
+    expect(identityDigest(device)).toBe(identityDigest({ ...device, score: 90, band: 'High Risk' }));
+    expect(identityDigest(device)).toMatch(/^[0-9a-z]+$/);
+  });
+
+  it('should change with any field VMS enforces on', () => {
+    const digests = [
+      device,
+      { ...device, lastIpAddress: '10.0.0.2' },
+      { ...device, lastExternalIpAddress: '203.0.113.9' },
+      { ...device, computerDnsName: 'host-2.corp' },
+      { ...device, aadDeviceId: '00000000-0000-0000-0000-000000000009' },
+      { ...device, ipAddresses: [{ ipAddress: '10.0.0.1', macAddress: 'AB' }] },
+      { ...device, machineTags: ['tier-2'] },
+      { ...device, machineTags: ['tier-1', 'x'] },
+      { ...device, rbacGroupName: 'Servers' },
+      // A value moved from one field to the next is another identity.
+      { ...device, computerDnsName: null, aadDeviceId: 'host-1.corp' },
+    ].map(identityDigest);
+    expect(new Set(digests).size).toBe(digests.length);
   });
 });
