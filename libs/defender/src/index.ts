@@ -32,7 +32,7 @@ export { withSlotHandOff } from './handoff';
 export type { SlotHandOffOptions } from './handoff';
 export type { CallLimiter, SharedLimiterOptions } from './limiter';
 export { createApiCaller, environmentHasProxy, parseRetryAfterMs } from './http';
-export type { ApiCaller, ApiCallerOptions, ApiResult } from './http';
+export type { ApiCaller, ApiCallerOptions, ApiResult, RowsScan } from './http';
 export {
   parseMachine,
   parseVulnerability,

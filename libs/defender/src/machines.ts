@@ -90,10 +90,19 @@ function machineEntry(raw: unknown): { parsed: ParseResult<MachineRecord>; id: s
   return { parsed: parseMachine(raw), id: typeof id === 'string' ? id : undefined };
 }
 
+/** A 404 for a page after the first of a paged read: the read failed, retryably (it did not end). */
+export function lostPage(path: string, index: number, azureTenantId: string): DefenderError {
+  return new DefenderError(
+    DefenderErrorCode.UNAVAILABLE,
+    `The Defender API answered 404 for page ${index + 1} of ${path} after answering the first: the read is tried again rather than cut short`,
+    { canRetry: true, details: { azureTenantId, path, status: 404, page: index + 1 } },
+  );
+}
+
 /**
  * Walks `/api/machines` with `$top`/`$skip` (the API gives no next link with `$top`), one page at a time,
  * so a caller can emit batches without holding the fleet. Stops on a short page (confirmed, see
- * `confirmShortPage`) or an empty one; a 404 is an empty fleet. Records are de-duplicated on `id` across
+ * `confirmShortPage`) or an empty one; a 404 for the first page is an empty fleet, for a later one a failure. Records are de-duplicated on `id` across
  * the walk (only the ids are kept), validated one by one (an invalid record is reported and skipped,
  * never the page) and flagged when merged or excluded.
  */
@@ -119,6 +128,9 @@ export async function* walkMachines(
       machineEntry,
       options.signal,
     );
+    // A 404 is an empty fleet only on the first page: after it, the walk would end early and the devices
+    // not listed would be tombstoned after a few cycles. The listing fails instead and is tried again.
+    if (result.status === 404 && index > 0) throw lostPage('/api/machines', index, deps.azureTenantId);
     const entries = result.status === 404 ? [] : result.rows;
     const page: MachinePage = {
       index,

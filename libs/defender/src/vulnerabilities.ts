@@ -2,7 +2,7 @@ import type { Logger } from '@urs/logging';
 import { DefenderError, DefenderErrorCode } from './errors';
 import { odataValue, type ApiCaller, type RowsScan } from './http';
 import type { ODataSink } from './odata-rows';
-import type { InvalidRecord } from './machines';
+import { type InvalidRecord, lostPage } from './machines';
 import { MICROSOFT_QUOTAS, type QuotaWindow } from './quota';
 import { BulkRowReader, type BulkRowEntry, bulkRowEntry } from './bulk-rows';
 import { parseVulnerability, type Vulnerability } from './schema';
@@ -139,8 +139,10 @@ export async function readVulnerabilitiesByMachine(
   };
   const reader = new BulkRowReader();
   // Rows of the usual shape are read straight from their bytes; the others are parsed and checked whole.
-  read.pages = await walkExportPages(pageSize, (next, params) =>
-    deps.api.scanRows('bulk', next, params, entry, bulkRowEntry, options.signal, reader),
+  read.pages = await walkExportPages(
+    pageSize,
+    (next, params) => deps.api.scanRows('bulk', next, params, entry, bulkRowEntry, options.signal, reader),
+    deps.azureTenantId,
   );
   return read;
 }
@@ -167,8 +169,10 @@ export async function scanVulnerabilitiesByMachine(
   options: BulkOptions = {},
 ): Promise<{ pages: number }> {
   const reportInvalid = (reason: string): void => reportInvalidRow(deps, reason);
-  const pages = await walkExportPages(validBulkPageSize(options.pageSize), (next, params) =>
-    deps.api.scanInto('bulk', next, params, () => sink(reportInvalid), options.signal),
+  const pages = await walkExportPages(
+    validBulkPageSize(options.pageSize),
+    (next, params) => deps.api.scanInto('bulk', next, params, () => sink(reportInvalid), options.signal),
+    deps.azureTenantId,
   );
   return { pages };
 }
@@ -177,13 +181,18 @@ export async function scanVulnerabilitiesByMachine(
 async function walkExportPages(
   pageSize: number,
   scanPage: (next: string, params: Record<string, number> | undefined) => Promise<RowsScan>,
+  azureTenantId: string,
 ): Promise<number> {
+  const path = '/api/machines/SoftwareVulnerabilitiesByMachine';
   let pages = 0;
-  let next: string | undefined = '/api/machines/SoftwareVulnerabilitiesByMachine';
+  let next: string | undefined = path;
   let params: Record<string, number> | undefined = { pageSize };
   while (next) {
     const result = await scanPage(next, params);
     params = undefined; // the next link carries every parameter
+    // No export at all on the first page. On a later one (its next link lapsed) the export is not whole:
+    // the devices of the pages not read would be taken for devices without CVEs.
+    if (result.status === 404 && pages > 0) throw lostPage(path, pages, azureTenantId);
     if (result.status === 404) break;
     pages++;
     next = nextLinkOf(result.members);

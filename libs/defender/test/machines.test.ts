@@ -92,6 +92,30 @@ describe('listMachinePages', () => {
     }
   });
 
+  it('listMachinePages should fail retryably, not end, when a page after the first answers 404', async () => {
+    const app = tenantWith({ size: 25 });
+    const { client, close } = simClient(sim, app);
+    try {
+      const pages: MachinePage[] = [];
+      const walk = (async () => {
+        for await (const page of client.listMachinePages({ pageSize: 10, pageOverlap: 0 })) {
+          pages.push(page);
+          // Every device gone after the first page: the simulator answers the next one 404.
+          if (page.index === 0)
+            for (const m of sim.machines(app.azureTenantId)) sim.removeMachine(app.azureTenantId, m.id);
+        }
+      })();
+      await expect(walk).rejects.toMatchObject({
+        code: 'DEFENDER_UNAVAILABLE',
+        canRetry: true,
+        message: expect.stringContaining('404 for page 2 of /api/machines'),
+      });
+      expect(pages).toHaveLength(1);
+    } finally {
+      await close();
+    }
+  });
+
   it('listMachinePages should not miss a device when devices are removed during the walk', async () => {
     const app = tenantWith({ size: 100 });
     const { client, close } = simClient(sim, app);

@@ -1,0 +1,42 @@
+import { silentLogger } from '@urs/logging';
+import { type ApiCaller, readVulnerabilitiesByMachine, type RowsScan } from '../src';
+
+/** An ApiCaller whose export answers the given pages in turn (each a next link, or a 404). */
+function exportApi(answers: ('next' | 'last' | 404)[]): { api: ApiCaller; asked: string[] } {
+  const asked: string[] = [];
+  const scanRows = async (_endpoint: string, path: string): Promise<RowsScan> => {
+    const answer = answers[asked.length];
+    asked.push(path);
+    if (answer === 404) return { status: 404 };
+    return {
+      status: 200,
+      members: answer === 'next' ? { '@odata.nextLink': `/next/${asked.length}` } : {},
+    };
+  };
+  return { api: { scanRows } as unknown as ApiCaller, asked };
+}
+
+describe('readVulnerabilitiesByMachine', () => {
+  const deps = (api: ApiCaller) => ({ api, logger: silentLogger, azureTenantId: 't1' });
+
+  it('should read no export when its first page answers 404', async () => {
+    const { api, asked } = exportApi([404]);
+    expect(await readVulnerabilitiesByMachine(deps(api), () => undefined)).toMatchObject({ pages: 0 });
+    expect(asked).toHaveLength(1);
+  });
+
+  it('should fail retryably, not end, when a page after the first answers 404', async () => {
+    const { api, asked } = exportApi(['next', 'next', 404]);
+    await expect(readVulnerabilitiesByMachine(deps(api), () => undefined)).rejects.toMatchObject({
+      code: 'DEFENDER_UNAVAILABLE',
+      canRetry: true,
+      message: expect.stringContaining('404 for page 3 of /api/machines/SoftwareVulnerabilitiesByMachine'),
+    });
+    expect(asked).toEqual(['/api/machines/SoftwareVulnerabilitiesByMachine', '/next/1', '/next/2']);
+  });
+
+  it('should read every page to the one without a next link', async () => {
+    const { api } = exportApi(['next', 'last']);
+    expect(await readVulnerabilitiesByMachine(deps(api), () => undefined)).toMatchObject({ pages: 2 });
+  });
+});
