@@ -63,9 +63,12 @@ export interface CycleStore {
 /** Cycle keys stay this long after the deadline, for diagnosis. */
 const DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000;
 
-// KEYS[1] cycle hash, KEYS[2] open zset; ARGV: member, status.
+// KEYS[1] cycle hash, KEYS[2] open zset; ARGV: member, status, retention ms (for a hash the claim creates).
 const CLAIM = `
 if redis.call('HSETNX', KEYS[1], 'published', ARGV[2]) == 0 then return 0 end
+-- A cycle whose hash had expired (a very late batch, a sweep long after): the claim made a new one, which
+-- expires as the cycle's keys do, not never.
+if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1`;
 
@@ -191,6 +194,7 @@ export function createCycleStore(
         openKey,
         `${tenantId}/${cycleId}`,
         status,
+        String(retentionMs),
       );
       return claimed === 1;
     },

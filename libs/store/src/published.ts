@@ -78,6 +78,8 @@ export interface PublishedStore {
     ttlMs: number,
     nowMs: number,
   ): Promise<boolean>;
+  /** Holds the summary lock `ttlMs` longer (a snapshot of a large fleet outlasts it); false when it lapsed. */
+  renewSummaryLock(tenantId: string, cycleId: string, ttlMs: number): Promise<boolean>;
   /** Gives the summary lock back after a failed send, so a retry need not wait for it to lapse. */
   unlockSummary(tenantId: string, cycleId: string): Promise<void>;
   /** The summary is on the topic: the cycle owes nothing any more. */
@@ -283,6 +285,9 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
         String(nowMs),
       );
       return locked === 1;
+    },
+    async renewSummaryLock(tenantId, cycleId, ttlMs) {
+      return (await redis.pexpire(summaryLockKey(tenantId, cycleId), ttlMs)) === 1;
     },
     async unlockSummary(tenantId, cycleId) {
       await redis.del(summaryLockKey(tenantId, cycleId));

@@ -108,4 +108,17 @@ describe('createCycleStore', () => {
     expect((await cycles.get('acme', 'c1'))?.published).toBe('complete');
     expect(await cycles.overdue(afterDeadline)).toEqual([]);
   });
+
+  it('claimPublication should give a cycle hash it makes anew (the first one expired) an expiry', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix, 60_000);
+    expect(await cycles.claimPublication('acme', 'gone', 'partial')).toBe(true);
+    const ttl = await redis.client.pttl(`${redis.prefix}cycle:acme:gone`);
+    expect(ttl).toBeGreaterThan(50_000);
+    expect(ttl).toBeLessThanOrEqual(60_000);
+    // A cycle the poller began keeps the expiry it has.
+    await cycles.begin(begin);
+    const before = await redis.client.pttl(`${redis.prefix}cycle:acme:c1`);
+    await cycles.claimPublication('acme', 'c1', 'complete');
+    expect(await redis.client.pttl(`${redis.prefix}cycle:acme:c1`)).toBeLessThanOrEqual(before);
+  });
 });

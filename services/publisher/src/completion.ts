@@ -19,6 +19,8 @@ export interface CycleCompletionDeps {
   snapshotEveryCycles: number;
   /** Completed cycles a device may be absent from before its tombstone. */
   tombstoneAfterCycles: number;
+  /** How long one sender holds a cycle's summary, renewed while it sends (default 30 s). */
+  summaryLockMs?: number;
   now?: () => Date;
 }
 
@@ -45,7 +47,7 @@ export interface CycleCompletion {
 }
 
 /** How long one sender holds a cycle's summary; a summary owed longer than this is sent again. */
-const SUMMARY_LOCK_MS = 30_000;
+const DEFAULT_SUMMARY_LOCK_MS = 30_000;
 
 const ms = (later: number, earlier: number): number => Math.max(0, Math.round(later - earlier));
 
@@ -60,6 +62,7 @@ const COLLECT_TO_SUMMARY_BUCKETS = [0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 60
  */
 export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletion {
   const now = deps.now ?? (() => new Date());
+  const summaryLockMs = deps.summaryLockMs ?? DEFAULT_SUMMARY_LOCK_MS;
   const summaries = deps.metrics.counter(
     'urs_cycle_summaries_total',
     'Cycle summaries published, by status.',
@@ -206,13 +209,24 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     status: 'complete' | 'partial',
     hint: CycleHint,
   ): Promise<boolean> {
-    if (!(await deps.published.lockSummary(tenantId, cycleId, status, SUMMARY_LOCK_MS, now().getTime())))
+    if (!(await deps.published.lockSummary(tenantId, cycleId, status, summaryLockMs, now().getTime())))
       return false;
+    // A complete cycle's snapshot of a large fleet may outlast the lock: held while it goes on, or another
+    // publisher's sweep would send the snapshot and the summary a second time.
+    const renewer = setInterval(() => {
+      deps.published
+        .renewSummaryLock(tenantId, cycleId, summaryLockMs)
+        .catch((error: unknown) =>
+          deps.logger.warn('summary lock not renewed', { tenantId, cycleId, reason: errorMessage(error) }),
+        );
+    }, summaryLockMs / 3);
     try {
       await publish(state, tenantId, cycleId, status, hint);
     } catch (error) {
       await deps.published.unlockSummary(tenantId, cycleId);
       throw error;
+    } finally {
+      clearInterval(renewer);
     }
     await deps.published.summarySent(tenantId, cycleId);
     return true;
@@ -263,7 +277,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         });
       }
       // Summaries claimed but never sent (a crash or a failed send after the claim): sent late, not lost.
-      for (const owed of await deps.published.summariesOwed(now().getTime() - SUMMARY_LOCK_MS)) {
+      for (const owed of await deps.published.summariesOwed(now().getTime() - summaryLockMs)) {
         await each(owed.tenantId, owed.cycleId, async () => {
           const state = await deps.cycles.get(owed.tenantId, owed.cycleId);
           const hint = { cycleStartedAt: state?.startedAt ?? now().toISOString() };

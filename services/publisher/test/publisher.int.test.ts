@@ -59,7 +59,13 @@ describe('the publisher', () => {
   });
 
   function build(
-    options: { snapshotEveryCycles?: number; tombstoneAfterCycles?: number; failSummaries?: number } = {},
+    options: {
+      snapshotEveryCycles?: number;
+      tombstoneAfterCycles?: number;
+      failSummaries?: number;
+      summaryLockMs?: number;
+      summaryDelayMs?: number;
+    } = {},
   ) {
     let failures = options.failSummaries ?? 0;
     const publisher: Publisher = {
@@ -68,6 +74,8 @@ describe('the publisher', () => {
           failures--;
           throw new Error('the broker is unavailable');
         }
+        if (topic === topics.vmsRiskSummary && options.summaryDelayMs)
+          await new Promise((resolve) => setTimeout(resolve, options.summaryDelayMs));
         for (const m of messages)
           sent.push({ topic, key: m.key, value: m.value, ...(m.json ? { json: m.json } : {}) });
       },
@@ -87,6 +95,7 @@ describe('the publisher', () => {
       metrics,
       snapshotEveryCycles: options.snapshotEveryCycles ?? 24,
       tombstoneAfterCycles: options.tombstoneAfterCycles ?? 3,
+      ...(options.summaryLockMs === undefined ? {} : { summaryLockMs: options.summaryLockMs }),
       now: () => now,
     });
     const handler = createPublishHandler({
@@ -354,6 +363,19 @@ describe('the publisher', () => {
       ['c3', '10.9.9.9'],
     ]);
     expect(summaries().map((summary) => summary.published.changed)).toEqual([1, 0, 1]);
+  });
+
+  it("createCycleCompletion should hold a summary's lock while it is sent, so another replica's sweep sends it once", async () => {
+    const slow = build({ summaryLockMs: 90, summaryDelayMs: 400 });
+    const other = build({ summaryLockMs: 90 });
+    await slow.begin(1);
+    const sending = slow.handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')], 1));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    // Long after the claim by the other replica's clock: the summary counts as owed, but its lock holds.
+    now = new Date(minute(20));
+    expect(await other.completion.closeOverdue()).toBe(0);
+    await sending;
+    expect(summaries()).toHaveLength(1);
   });
 
   it("closeOverdue should send every other tenant's summary when one cannot be sent", async () => {
