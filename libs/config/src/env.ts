@@ -78,7 +78,11 @@ export function readUrl(env: Env, name: string, fallback?: string): string {
   try {
     new URL(value);
   } catch {
-    throw new ConfigError(name, `must be a URL (got "${value}")`);
+    // Not quoted: a URL may carry a password (`redis://:secret@host`), and this text goes to the log.
+    throw new ConfigError(
+      name,
+      `must be a URL such as scheme://host:port (got ${value.length} characters that are not one)`,
+    );
   }
   return value;
 }

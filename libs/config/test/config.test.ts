@@ -24,6 +24,20 @@ describe('readInt', () => {
   });
 });
 
+describe('redisConfig', () => {
+  it('should refuse a REDIS_URL that is not a URL without quoting it (it may carry a password)', () => {
+    const url = 'redis//:S3cret~pass@redis.internal:6379';
+    expect(() => redisConfig({ REDIS_URL: url })).toThrow(
+      /^REDIS_URL must be a URL such as scheme:\/\/host:port/,
+    );
+    try {
+      redisConfig({ REDIS_URL: url });
+    } catch (error) {
+      expect((error as Error).message).not.toContain('S3cret');
+    }
+  });
+});
+
 describe('kafkaConfig', () => {
   it('should default to the local broker', () => {
     expect(kafkaConfig({}, 'c').brokers).toEqual(['127.0.0.1:9092']);

@@ -1,6 +1,6 @@
 import { toDeadLetter, type InboundMessage, type Publisher } from '@urs/bus';
-import type { RegistrationPush, TenantRegistration } from '@urs/contracts';
-import type { Logger } from '@urs/logging';
+import { tenantRegistrationSchema, type RegistrationPush, type TenantRegistration } from '@urs/contracts';
+import { REDACTED, type Logger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import type { TenantRegistry } from './registry';
@@ -14,6 +14,28 @@ export class RegistrationRejectedError extends UrsError {
       details: { violations },
     });
   }
+}
+
+/**
+ * A refused tenant as its dead letter keeps it: the value of a field the contract does not know is left
+ * out, as it may be a secret under a mistyped name (`clientSecert`) that no redaction would recognise.
+ */
+export function knownFieldsOnly(item: unknown): unknown {
+  const isObject = (value: unknown): value is Record<string, unknown> =>
+    value !== null && typeof value === 'object' && !Array.isArray(value);
+  if (!isObject(item)) return item;
+  const top = tenantRegistrationSchema.properties;
+  const defender = top.defender.properties;
+  return Object.fromEntries(
+    Object.entries(item).map(([key, value]) => {
+      if (!(key in top)) return [key, REDACTED];
+      if (key !== 'defender' || !isObject(value)) return [key, value];
+      return [
+        key,
+        Object.fromEntries(Object.entries(value).map(([k, v]) => [k, k in defender ? v : REDACTED])),
+      ];
+    }),
+  );
 }
 
 export interface RegistrationHandlerDeps {
@@ -65,7 +87,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
         partition: message.partition,
         offset: message.offset,
         key: key === null ? null : Buffer.from(key, 'utf8'),
-        value: Buffer.from(JSON.stringify(item) ?? 'null', 'utf8'),
+        value: Buffer.from(JSON.stringify(knownFieldsOnly(item)) ?? 'null', 'utf8'),
       },
       error,
     );

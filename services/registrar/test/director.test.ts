@@ -78,6 +78,27 @@ describe('createRegistrationHandler', () => {
     });
   });
 
+  it('handle should keep a refused tenant in its dead letter without the values of fields it does not know', async () => {
+    const { push, letters } = setup();
+    // A mistyped key name no redaction recognises, holding the secret.
+    const typo = {
+      tenantId: 'd',
+      defender: { ...registrationBody(), clientSecert: 'Zx9~typo-secret' },
+      extra: 'x',
+    };
+    expect(await push(1, 'full', [typo])).toMatchObject({ rejected: 1 });
+    const letter = letters()[0];
+    expect(letter?.error.message).toMatch(
+      /defender: must NOT have additional properties \(clientSecert\)|clientSecert/,
+    );
+    expect(letter?.payload).not.toContain('Zx9~typo-secret');
+    expect(JSON.parse(letter?.payload as string)).toMatchObject({
+      tenantId: 'd',
+      extra: '[redacted]',
+      defender: { clientSecert: '[redacted]', pollIntervalMinutes: 15, clientSecret: '[redacted]' },
+    });
+  });
+
   it('handle should apply the last entry of a tenant listed twice', async () => {
     const { push, tenants } = setup();
     await push(1, 'full', [item('a', { pollIntervalMinutes: 20 }), item('a', { pollIntervalMinutes: 30 })]);
