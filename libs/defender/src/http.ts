@@ -1,5 +1,6 @@
 import type { Agent } from 'node:https';
 import type { Readable } from 'node:stream';
+import Bottleneck from 'bottleneck';
 import axios, { type AxiosAdapter, type AxiosResponse, type InternalAxiosRequestConfig } from 'axios';
 import type { Logger } from '@urs/logging';
 import { type RetryPolicy, retryDelayMs, sleep } from '@urs/resilience';
@@ -387,8 +388,24 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       return response;
     } catch (error) {
       if (sentAt > 0) metrics?.called(endpoint, 'error', (performance.now() - sentAt) / 1000);
-      throw error;
+      throw slotExpired(error, endpoint) ?? error;
     }
+  }
+
+  /**
+   * The limiter gave the call's slot up because the call held it longer than a job may (its body kept
+   * arriving, slowly, for a minute): a failure of this read, tried again like an outage, in words an
+   * operator can act on, not the limiter's own "This job timed out".
+   */
+  function slotExpired(error: unknown, endpoint: DefenderEndpointClass): DefenderError | undefined {
+    if (!(error instanceof Bottleneck.BottleneckError) || !/timed out/.test(error.message)) return undefined;
+    return new DefenderError(
+      DefenderErrorCode.UNAVAILABLE,
+      `A ${endpoint} call to the Defender API of tenant ${azureTenantId} held its call slot longer than the ` +
+        `limiter allows (${error.message.replace(/^This job /, '').replace(/\.$/, '')}): its answer came too slowly` +
+        (endpoint === 'bulk' ? '; a smaller URS_BULK_PAGE_SIZE makes each page shorter' : ''),
+      { canRetry: true, cause: error, details: { azureTenantId, endpoint } },
+    );
   }
 
   /**

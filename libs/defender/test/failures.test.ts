@@ -1,7 +1,7 @@
 import type { Logger } from '@urs/logging';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { Registry } from '@urs/telemetry';
-import { DefenderErrorCode, type QuotaGate, createLocalQuotaGate } from '../src';
+import { DefenderErrorCode, type QuotaGate, createLocalLimiter, createLocalQuotaGate } from '../src';
 import { type TestApp, newApp, simClient } from './support';
 
 /** Keeps every line a library logs, exactly as it was handed over (before any redaction). */
@@ -95,6 +95,27 @@ describe('createDefenderClient when retries run out', () => {
       expect(exposed).not.toContain(app.clientSecret);
       expect(exposed).not.toContain(app.azureTenantId);
     } finally {
+      await close();
+    }
+  });
+});
+
+describe('createDefenderClient when an answer outlasts its call slot', () => {
+  it('listMachines should fail UNAVAILABLE, retryable, naming the slot, when every answer is slower than a slot lasts', async () => {
+    sim.setFaults(app.azureTenantId, { timeoutRate: 1 });
+    // Slots given up after 100 ms; the requests themselves would wait a second.
+    const limiter = createLocalLimiter({ jobExpirationMs: 100 });
+    const { client, close } = simClient(sim, app, { limiter, requestTimeoutMs: 1_000 });
+    try {
+      await expect(client.listMachines()).rejects.toMatchObject({
+        code: DefenderErrorCode.UNAVAILABLE,
+        canRetry: true,
+        message: expect.stringContaining(
+          'held its call slot longer than the limiter allows (timed out after 100 ms)',
+        ),
+      });
+    } finally {
+      sim.setFaults(app.azureTenantId, {});
       await close();
     }
   });
