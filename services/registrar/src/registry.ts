@@ -129,30 +129,27 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       lastErrorCode: null,
       lastErrorMessage: null,
       lastErrorAt: null,
+      lastErrorCycleId: null,
     });
   }
 
   /**
-   * Runs `write` under the tenant's write lock: what it reads of the record is still the record when it
+   * Runs `work` under the tenant's write lock: what it reads of the record is still the record when it
    * writes (a Director push and a REST call of one tenant, on one replica or two, one after the other).
    */
-  async function locked<T>(tenantId: string, write: () => Promise<T>): Promise<T> {
+  async function locked<T>(tenantId: string, work: () => Promise<T>): Promise<T> {
     const deadline = Date.now() + WRITE_LOCK_WAIT_MS;
     let token = await deps.state.lockTenant(tenantId, WRITE_LOCK_MS);
     while (token === null) {
-      if (Date.now() >= deadline)
-        throw new UrsError(
-          'TENANT_BUSY',
-          `tenant ${tenantId} is being written by another request; try again`,
-          {
-            canRetry: true,
-          },
-        );
+      if (Date.now() >= deadline) {
+        const message = `tenant ${tenantId} is being written by another request; try again`;
+        throw new UrsError('TENANT_BUSY', message, { canRetry: true });
+      }
       await sleep(5 + Math.floor(Math.random() * 20));
       token = await deps.state.lockTenant(tenantId, WRITE_LOCK_MS);
     }
     try {
-      return await write();
+      return await work();
     } finally {
       await deps.state.unlockTenant(tenantId, token);
     }
@@ -246,6 +243,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       lastErrorCode: null,
       lastErrorMessage: null,
       lastErrorAt: null,
+      lastErrorCycleId: null,
     });
     log.info('tenant registered', {
       tenantId,
