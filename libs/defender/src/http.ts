@@ -457,7 +457,12 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
         let delayMs: number;
         if (error.code === DefenderErrorCode.THROTTLED) {
           throttles++;
-          delayMs = error.retryAfterMs ?? retryDelayMs(options.retryPolicy, throttles, options.random);
+          // At least the backoff: a Retry-After of 0 (or a date already past) would otherwise retry at
+          // once, for ever, as the wait never grows.
+          delayMs = Math.max(
+            error.retryAfterMs ?? 0,
+            retryDelayMs(options.retryPolicy, throttles, options.random),
+          );
           // Every process holds this tenant's endpoint back, not only this call; also when this call gives
           // up on a wait longer than it may take (an hourly quota's 429 asks for up to an hour): otherwise
           // each of the tenant's other calls would go out and draw a 429 of its own.

@@ -1,4 +1,16 @@
-import { environmentHasProxy, parseRetryAfterMs } from '../src';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { silentLogger } from '@urs/logging';
+import { retryPolicy } from '@urs/resilience';
+import {
+  createApiCaller,
+  createHttpsAgent,
+  createLocalLimiter,
+  createLocalQuotaGate,
+  DefenderErrorCode,
+  environmentHasProxy,
+  parseRetryAfterMs,
+} from '../src';
 
 describe('parseRetryAfterMs', () => {
   it('parseRetryAfterMs should read seconds', () => {
@@ -27,5 +39,46 @@ describe('environmentHasProxy', () => {
     expect(environmentHasProxy({ https_proxy: 'http://proxy:3128' })).toBe(true);
     expect(environmentHasProxy({ http_proxy: 'proxy:3128' })).toBe(true);
     expect(environmentHasProxy({ ALL_PROXY: 'socks5://proxy:1080' })).toBe(true);
+  });
+});
+
+describe('createApiCaller', () => {
+  it('should give up a call answered 429 with Retry-After 0 every time, its waits growing with the backoff', async () => {
+    let calls = 0;
+    const server = createServer((_req, res) => {
+      calls++;
+      res.writeHead(429, { 'Retry-After': '0', 'Content-Type': 'application/json' });
+      res.end(JSON.stringify({ error: { code: 'TooManyRequests', message: 'Rate limit is exceeded' } }));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    const generous = [{ limit: 10_000, windowMs: 60_000 }];
+    const api = createApiCaller({
+      azureTenantId: 't1',
+      apiBase: `http://127.0.0.1:${port}`,
+      tokens: {
+        getToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
+        refreshToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
+      },
+      limiter: createLocalLimiter(),
+      quota: createLocalQuotaGate({
+        limits: { machines: generous, vulnerabilities: generous, bulk: generous, exportFiles: generous },
+      }),
+      httpsAgent: createHttpsAgent(),
+      retryPolicy: retryPolicy({ maxAttempts: 3, initialDelayMs: 10, maxDelayMs: 100 }),
+      requestTimeoutMs: 2_000,
+      maxThrottleWaitMs: 500,
+      logger: silentLogger,
+    });
+    try {
+      await expect(api.get('machines', '/api/machines')).rejects.toMatchObject({
+        code: DefenderErrorCode.THROTTLED,
+      });
+      // Waits of 10, 20, 40, 80, 100, 100, … ms until the 500 ms budget is spent.
+      expect(calls).toBeGreaterThan(3);
+      expect(calls).toBeLessThan(15);
+    } finally {
+      server.close();
+    }
   });
 });
