@@ -19,6 +19,29 @@ export interface VulnerabilityDeps {
   onInvalidRecord?: (record: InvalidRecord) => void;
 }
 
+/**
+ * The next link of a page, unless it is one the read has followed already: an API answering a page with
+ * its own link (or a cycle of them) would keep the read going for ever. `followed` holds the links so far.
+ */
+function freshNextLink(
+  body: unknown,
+  followed: Set<string>,
+  path: string,
+  azureTenantId: string,
+): string | undefined {
+  const next = nextLinkOf(body);
+  if (next === undefined) return undefined;
+  if (followed.has(next)) {
+    throw new DefenderError(
+      DefenderErrorCode.MALFORMED_RESPONSE,
+      `The Defender API answered ${path} with a next link it had given before (page ${followed.size + 1}): the read is tried again rather than run in a circle`,
+      { canRetry: true, details: { azureTenantId, path } },
+    );
+  }
+  followed.add(next);
+  return next;
+}
+
 function nextLinkOf(body: unknown): string | undefined {
   const link = (body as Record<string, unknown> | null)?.['@odata.nextLink'];
   return typeof link === 'string' && link !== '' ? link : undefined;
@@ -53,6 +76,7 @@ export async function fetchMachineVulnerabilities(
   const list: Vulnerability[] = [];
   const index = new Map<string, number>();
   let next: string | undefined = path;
+  const followed = new Set<string>([path]);
   // The endpoint documents no paging; a next link is followed anyway, should one ever come.
   while (next) {
     const result = await deps.api.get('vulnerabilities', next, undefined, signal);
@@ -78,7 +102,7 @@ export async function fetchMachineVulnerabilities(
       }
       mergeVulnerability(list, index, parsed.value);
     }
-    next = nextLinkOf(result.body);
+    next = freshNextLink(result.body, followed, path, deps.azureTenantId);
   }
   return list;
 }
@@ -186,6 +210,7 @@ async function walkExportPages(
   const path = '/api/machines/SoftwareVulnerabilitiesByMachine';
   let pages = 0;
   let next: string | undefined = path;
+  const followed = new Set<string>([path]);
   let params: Record<string, number> | undefined = { pageSize };
   while (next) {
     const result = await scanPage(next, params);
@@ -195,7 +220,7 @@ async function walkExportPages(
     if (result.status === 404 && pages > 0) throw lostPage(path, pages, azureTenantId);
     if (result.status === 404) break;
     pages++;
-    next = nextLinkOf(result.members);
+    next = freshNextLink(result.members, followed, path, azureTenantId);
   }
   return pages;
 }
