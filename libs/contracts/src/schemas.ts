@@ -26,7 +26,8 @@ const defenderRegistration = {
     clientId: { type: 'string', pattern: GUID_PATTERN },
     clientSecret: { type: 'string', minLength: 1, maxLength: 1024 },
     pollIntervalMinutes: { type: 'integer', minimum: 10, maximum: 1440 },
-    cloud: { enum: CLOUDS },
+    // null as for region: Director may send every optional field, unset ones as null (commercial).
+    cloud: { anyOf: [{ enum: CLOUDS }, { type: 'null' }] },
     region: { anyOf: [{ enum: REGIONS }, { type: 'null' }] },
     riskProfile: { type: ['object', 'null'] },
   },

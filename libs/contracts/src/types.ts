@@ -16,7 +16,8 @@ export interface DefenderRegistration {
   clientSecret: string;
   /** Whole minutes, 10–1440. */
   pollIntervalMinutes: number;
-  cloud?: Cloud;
+  /** null or absent: `commercial`. */
+  cloud?: Cloud | null;
   region?: Region | null;
   /** A partial ZTA profile; what it leaves out takes the default (validated by @urs/scoring). */
   riskProfile?: Record<string, unknown> | null;

@@ -14,6 +14,10 @@ describe('validateRegistration', () => {
     expect(result.ok).toBe(true);
   });
 
+  it('validateRegistration should take a null cloud, as a null region, for the default', () => {
+    expect(validateRegistration(registration(registrationBody({ cloud: null, region: null }))).ok).toBe(true);
+  });
+
   it.each([
     ['tenantId', registration(registrationBody(), 'has space'), 'tenantId', /pattern/],
     [

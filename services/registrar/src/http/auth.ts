@@ -9,7 +9,8 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 export function createBearerCheck(tokens: readonly string[]): (authorization: string | undefined) => boolean {
   const digests = tokens.map((token) => createHash('sha256').update(token, 'utf8').digest());
   return (authorization) => {
-    const match = /^Bearer ([^\s]+)\s*$/i.exec(authorization ?? '');
+    // One or more spaces after the scheme (RFC 9110's `1*SP`), and none inside the token.
+    const match = /^Bearer +([^\s]+)\s*$/i.exec(authorization ?? '');
     const presented = createHash('sha256')
       .update(match?.[1] ?? '', 'utf8')
       .digest();

@@ -6,6 +6,7 @@ describe('createBearerCheck', () => {
   it('createBearerCheck should accept each configured token', () => {
     expect(check('Bearer first-token-0123456789')).toBe(true);
     expect(check('bearer second-token-0123456789')).toBe(true);
+    expect(check('Bearer  first-token-0123456789')).toBe(true);
   });
 
   it('createBearerCheck should refuse a missing, malformed, partial or unknown token', () => {
@@ -16,5 +17,7 @@ describe('createBearerCheck', () => {
     expect(check('Bearer first-token-012345678')).toBe(false);
     expect(check('Bearer first-token-01234567890')).toBe(false);
     expect(check('first-token-0123456789')).toBe(false);
+    expect(check('Bearer first-token 0123456789')).toBe(false);
+    expect(check('Bearerfirst-token-0123456789')).toBe(false);
   });
 });
