@@ -129,13 +129,14 @@ export function secretKeyConfig(env: Env): SecretKeyConfig {
   for (const entry of readList(env, 'URS_SECRET_KEYS_PREVIOUS')) {
     const separator = entry.indexOf(':');
     if (separator <= 0) throw new ConfigError('URS_SECRET_KEYS_PREVIOUS', 'must list id:base64key pairs');
+    const id = entry.slice(0, separator);
     // A repeated id would replace a key, the active one included: new secrets sealed with a retired key.
-    if (keys.has(entry.slice(0, separator)))
+    if (keys.has(id))
       throw new ConfigError(
         'URS_SECRET_KEYS_PREVIOUS',
-        `repeats key id ${entry.slice(0, separator)} (each id once, the active URS_SECRET_KEY_ID included)`,
+        `repeats key id ${id} (each id once, the active URS_SECRET_KEY_ID included)`,
       );
-    keys.set(entry.slice(0, separator), decodeKey('URS_SECRET_KEYS_PREVIOUS', entry.slice(separator + 1)));
+    keys.set(id, decodeKey('URS_SECRET_KEYS_PREVIOUS', entry.slice(separator + 1)));
   }
   return { activeKeyId, keys };
 }

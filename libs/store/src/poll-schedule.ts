@@ -1,4 +1,5 @@
 import type Redis from 'ioredis';
+import { releaseOwnedKey, renewOwnedKey } from './owned-key';
 
 /**
  * A poller's hold on one tenant while it runs a cycle. `token` is the fencing token: unique per
@@ -56,18 +57,6 @@ local token = fence .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
 return token`;
 
-// KEYS[1] lease; ARGV: token, lease ms.
-const RENEW = `
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1`;
-
-// KEYS[1] lease; ARGV: token.
-const RELEASE = `
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1`;
-
 // KEYS[1] lease, KEYS[2] schedule hash; ARGV: token, then field/value pairs to set, '--', fields to delete.
 const FENCED_WRITE = `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -112,11 +101,11 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
       );
       return typeof token === 'string' ? { tenantId, token } : null;
     },
-    async renew(lease, leaseMs) {
-      return (await redis.eval(RENEW, 1, leaseKey(lease.tenantId), lease.token, String(leaseMs))) === 1;
+    renew(lease, leaseMs) {
+      return renewOwnedKey(redis, leaseKey(lease.tenantId), lease.token, leaseMs);
     },
-    async release(lease) {
-      return (await redis.eval(RELEASE, 1, leaseKey(lease.tenantId), lease.token)) === 1;
+    release(lease) {
+      return releaseOwnedKey(redis, leaseKey(lease.tenantId), lease.token);
     },
     async get(tenantId) {
       const fields = await redis.hgetall(scheduleKey(tenantId));

@@ -1,4 +1,5 @@
 import type Redis from 'ioredis';
+import { scoreStamp } from './scores';
 
 /** What was last published of one device, and when it was last seen in a cycle. */
 export interface PublishedDevice {
@@ -177,10 +178,6 @@ return 1`;
 /** Markers of sent summaries outlive any redelivery of their cycle's batches. */
 const SUMMARY_MARKER_TTL_MS = 2 * 24 * 60 * 60 * 1000;
 
-/** Cycles start whole milliseconds apart, so half a millisecond orders a correction between them. */
-const stampOf = (cycleAt: number, options: PublishOptions): number =>
-  cycleAt + (options.correction ? 0.5 : 0);
-
 function decode(value: string | null | undefined): PublishedDevice | null {
   if (!value) return null;
   const [score, band, publishedCycleAt, seenCycleAt, identity] = value.split('|');
@@ -213,7 +210,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
   return {
     async changed(tenantId, cycleAt, devices, options = {}) {
       if (devices.length === 0) return [];
-      const stamp = stampOf(cycleAt, options);
+      const stamp = scoreStamp(cycleAt, options.correction);
       const current = await redis.hmget(publishedKey(tenantId), ...devices.map((device) => device.deviceId));
       return devices.filter((device, index) => {
         const last = decode(current[index]);
@@ -240,7 +237,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
         publishedKey(tenantId),
         seenKey(tenantId),
         String(cycleAt),
-        String(stampOf(cycleAt, options)),
+        String(scoreStamp(cycleAt, options.correction)),
         ...args,
       );
     },

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type Redis from 'ioredis';
+import { releaseOwnedKey } from './owned-key';
 
 /** The registrar's own bookkeeping: tenant revisions, Director's last generation, the rebuild marker. */
 export interface RegistrarStateStore {
@@ -47,11 +48,6 @@ local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1`;
 
-// KEYS[1] lock; ARGV: token.
-const UNLOCK = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1`;
-
 /**
  * Keys: `{prefix}tenant-revision:{id}`, `{prefix}tenant-write-lock:{id}`, `{prefix}director-generation`,
  * `{prefix}tenants-rebuilt`.
@@ -80,7 +76,7 @@ export function createRegistrarStateStore(redis: Redis, prefix: string): Registr
       return (await redis.set(lockKey(tenantId), token, 'PX', ttlMs, 'NX')) === 'OK' ? token : null;
     },
     async unlockTenant(tenantId, token) {
-      await redis.eval(UNLOCK, 1, lockKey(tenantId), token);
+      await releaseOwnedKey(redis, lockKey(tenantId), token);
     },
     async isRebuilt() {
       return (await redis.exists(rebuiltKey)) === 1;

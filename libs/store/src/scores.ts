@@ -160,6 +160,15 @@ return {skipped, dropped}`;
 const CLOSE_BRACE = Buffer.from('}');
 
 /**
+ * What orders two scores of a device: their cycle's start (epoch ms), half a millisecond later for a
+ * correction of that cycle (cycles start whole milliseconds apart, so it falls between them). The score
+ * store and the published store order by it alike.
+ */
+export function scoreStamp(cycleAt: number, correction: boolean | undefined): number {
+  return cycleAt + (correction ? 0.5 : 0);
+}
+
+/**
  * Latest score per device and a short history, under `{prefix}scores:{tenantId}` (hash of JSON),
  * `{prefix}score-stamps:{tenantId}`, `{prefix}score-bands:{tenantId}`, and for the history the tenant's
  * last cycles `{prefix}score-cycles:{tenantId}` (sorted set by start) with one hash per cycle
@@ -185,8 +194,7 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
     async saveScores(tenantId, cycle, devices, deviceJson, replaced) {
       if (devices.length === 0) return { written: 0, skipped: [] };
       const { correction, ...storedCycle } = cycle;
-      // Cycles start whole milliseconds apart, so half a millisecond orders a correction between them.
-      const stamp = Date.parse(cycle.cycleStartedAt) + (correction ? 0.5 : 0);
+      const stamp = scoreStamp(Date.parse(cycle.cycleStartedAt), correction);
       const keys = [
         scoresKey(tenantId),
         stampsKey(tenantId),
