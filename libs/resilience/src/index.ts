@@ -2,5 +2,5 @@ export { UrsError, isUrsError, canRetry, errorCode, errorMessage } from './error
 export type { UrsErrorOptions } from './errors';
 export { DEFAULT_RETRY_POLICY, RetryPolicyError, retryPolicy, retryDelayMs, withRetry, sleep } from './retry';
 export type { RetryPolicy, RetryOptions } from './retry';
-export { untilShutdownSignal, closeAll } from './lifecycle';
+export { untilShutdownSignal, closeAll, keepRenewing } from './lifecycle';
 export type { Closer } from './lifecycle';

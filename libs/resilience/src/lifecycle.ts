@@ -32,3 +32,23 @@ export async function closeAll(
     }
   }
 }
+
+/**
+ * Keeps a held key (a lease, a claim, a lock) alive while its work runs: calls `renew` every `everyMs`
+ * until the returned function is called. `renew` answering false means the key lapsed (`onLost`); a
+ * failed call is passed to `onError`, and the next tick tries again.
+ */
+export function keepRenewing(
+  renew: () => Promise<boolean>,
+  everyMs: number,
+  handlers: { onLost?: () => void; onError: (error: unknown) => void },
+): () => void {
+  const timer = setInterval(() => {
+    renew()
+      .then((held) => {
+        if (!held) handlers.onLost?.();
+      })
+      .catch(handlers.onError);
+  }, everyMs);
+  return () => clearInterval(timer);
+}

@@ -1,4 +1,4 @@
-import { closeAll } from '@urs/resilience';
+import { closeAll, keepRenewing } from '@urs/resilience';
 
 describe('closeAll', () => {
   it('should close every resource in order even when one fails', async () => {
@@ -19,5 +19,29 @@ describe('closeAll', () => {
     );
     expect(closed).toEqual(['consumer', 'redis']);
     expect(failures).toEqual(['producer: broker gone']);
+  });
+});
+
+describe('keepRenewing', () => {
+  it('should renew every interval until stopped, and say when the key was lost or a renewal failed', async () => {
+    const answers: (boolean | Error)[] = [true, false, new Error('redis down'), true];
+    let calls = 0;
+    const events: string[] = [];
+    const stop = keepRenewing(
+      async () => {
+        const answer = answers[calls++] ?? true;
+        if (answer instanceof Error) throw answer;
+        return answer;
+      },
+      10,
+      { onLost: () => events.push('lost'), onError: (error) => events.push((error as Error).message) },
+    );
+    await new Promise((resolve) => setTimeout(resolve, 55));
+    stop();
+    const stoppedAt = calls;
+    await new Promise((resolve) => setTimeout(resolve, 40));
+    expect(calls).toBe(stoppedAt);
+    expect(calls).toBeGreaterThanOrEqual(4);
+    expect(events).toEqual(['lost', 'redis down']);
   });
 });

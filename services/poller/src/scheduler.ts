@@ -1,6 +1,6 @@
 import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { errorCode, errorMessage, sleep } from '@urs/resilience';
+import { errorCode, errorMessage, keepRenewing, sleep } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
 import type { PollLease, PollScheduleStore, TenantStore } from '@urs/store';
 import { CycleAbortedError, cycleIdOf, type CycleInput, type CycleResult } from './cycle';
@@ -143,22 +143,17 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       nextPollAt: new Date(nextPollAt).toISOString(),
     });
     const renewEveryMs = Math.max(Math.floor(deps.leaseMs / 3), 10);
-    const renewer = setInterval(() => {
-      deps.schedules
-        .renew(lease, deps.leaseMs)
-        .then((held) => {
-          if (!held) {
-            log.warn('lease lost: aborting the cycle', { tenantId, cycleId });
-            abort.abort();
-          }
-        })
-        .catch((error: unknown) =>
-          log.warn('lease renewal failed', { tenantId, cycleId, reason: errorMessage(error) }),
-        );
-    }, renewEveryMs);
+    const stopRenewing = keepRenewing(() => deps.schedules.renew(lease, deps.leaseMs), renewEveryMs, {
+      onLost: () => {
+        log.warn('lease lost: aborting the cycle', { tenantId, cycleId });
+        abort.abort();
+      },
+      onError: (error) =>
+        log.warn('lease renewal failed', { tenantId, cycleId, reason: errorMessage(error) }),
+    });
     try {
       const result = await deps.runCycle({ record, cycleId, startedAt, intervalMs, signal: abort.signal });
-      clearInterval(renewer);
+      stopRenewing();
       await deps.schedules.end(lease, { failures: 0, notBefore: null, retryAt: null });
       await deps.tenants.cycleListed(tenantId, cycleId, {
         lastCycleEndedAt: new Date(result.listedAt).toISOString(),
@@ -169,7 +164,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       cyclesTotal.inc({ outcome: 'listed' });
       cycleSeconds.observe((now() - startedAt) / 1000);
     } catch (error) {
-      clearInterval(renewer);
+      stopRenewing();
       if (error instanceof CycleAbortedError || abort.signal.aborted) {
         // Left marked running: the next holder redoes it (unless the tenant was disabled or deleted).
         cyclesTotal.inc({ outcome: 'aborted' });
@@ -215,7 +210,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         nextPollAt: new Date(next).toISOString(),
       });
     } finally {
-      clearInterval(renewer);
+      stopRenewing();
       await releaseQuietly(lease);
     }
   }

@@ -2,7 +2,7 @@ import type { Publisher } from '@urs/bus';
 import type { Topics } from '@urs/config';
 import { vmsRecord, type VmsRiskSummary } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { errorCode, errorMessage } from '@urs/resilience';
+import { errorCode, errorMessage, keepRenewing } from '@urs/resilience';
 import type { CycleState, CycleStore, PublishedStore, ScoreStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import { emptyBands, type BatchStats } from './records';
@@ -213,20 +213,21 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       return false;
     // A complete cycle's snapshot of a large fleet may outlast the lock: held while it goes on, or another
     // publisher's sweep would send the snapshot and the summary a second time.
-    const renewer = setInterval(() => {
-      deps.published
-        .renewSummaryLock(tenantId, cycleId, summaryLockMs)
-        .catch((error: unknown) =>
+    const stopRenewing = keepRenewing(
+      () => deps.published.renewSummaryLock(tenantId, cycleId, summaryLockMs),
+      summaryLockMs / 3,
+      {
+        onError: (error) =>
           deps.logger.warn('summary lock not renewed', { tenantId, cycleId, reason: errorMessage(error) }),
-        );
-    }, summaryLockMs / 3);
+      },
+    );
     try {
       await publish(state, tenantId, cycleId, status, hint);
     } catch (error) {
       await deps.published.unlockSummary(tenantId, cycleId);
       throw error;
     } finally {
-      clearInterval(renewer);
+      stopRenewing();
     }
     await deps.published.summarySent(tenantId, cycleId);
     return true;

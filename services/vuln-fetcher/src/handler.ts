@@ -10,7 +10,7 @@ import {
 } from '@urs/contracts';
 import { DefenderErrorCode } from '@urs/defender';
 import type { Logger } from '@urs/logging';
-import { UrsError, errorCode, errorMessage, sleep } from '@urs/resilience';
+import { UrsError, errorCode, errorMessage, keepRenewing, sleep } from '@urs/resilience';
 import type { BulkVulnerabilityCache, CycleStore, LatestExport, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import {
@@ -130,12 +130,6 @@ function anyAborted(signals: (AbortSignal | undefined)[]): { signal: AbortSignal
 }
 
 /**
- * Enriches a device batch with each device's vulnerability summary and emits it, keeping the batch's
- * shape and cycle header. A device whose vulnerabilities cannot be fetched goes on with
- * `vulnerabilities: null` and the reason: a missing signal never holds the cycle back. A failure of the
- * tenant as a whole (credentials, consent) stops its calls for the cycle and is written to its status.
- */
-/**
  * Device calls of a batch failing in a row because Defender is down or throttles for longer than a call
  * waits: the tenant's outage, not the devices'. After this many the cycle's other devices are not asked
  * for (the rest of the batch, and the cycle's later batches, as after a credentials failure), so one
@@ -147,6 +141,12 @@ const OUTAGE_CODES: ReadonlySet<string> = new Set([
   DefenderErrorCode.THROTTLED,
 ]);
 
+/**
+ * Enriches a device batch with each device's vulnerability summary and emits it, keeping the batch's
+ * shape and cycle header. A device whose vulnerabilities cannot be fetched goes on with
+ * `vulnerabilities: null` and the reason: a missing signal never holds the cycle back. A failure of the
+ * tenant as a whole (credentials, consent) stops its calls for the cycle and is written to its status.
+ */
 export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<DeviceBatch> {
   const now = deps.now ?? (() => new Date());
   const owner = randomUUID();
@@ -624,19 +624,14 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         runningExports.set(cycleKey, ended);
         // The claim lasts URS_BULK_CLAIM_MS (so a crashed reader's lapses); a read that takes longer keeps
         // it, or the cycle's other batches would start a second read beside this one.
-        const renewer = setInterval(
-          () => {
-            deps.bulkCache
-              .renew(batch.tenantId, batch.cycleId, owner, deps.bulkClaimMs)
-              .then((held) => {
-                if (!held)
-                  log.warn('bulk export claim lapsed while it was read', { claimMs: deps.bulkClaimMs });
-              })
-              .catch((error: unknown) =>
-                log.warn('bulk export claim not renewed', { reason: errorMessage(error) }),
-              );
-          },
+        const stopRenewing = keepRenewing(
+          () => deps.bulkCache.renew(batch.tenantId, batch.cycleId, owner, deps.bulkClaimMs),
           Math.max(10, Math.floor(deps.bulkClaimMs / 3)),
+          {
+            onLost: () =>
+              log.warn('bulk export claim lapsed while it was read', { claimMs: deps.bulkClaimMs }),
+            onError: (error) => log.warn('bulk export claim not renewed', { reason: errorMessage(error) }),
+          },
         );
         try {
           if (readLast) {
@@ -644,7 +639,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
             if (last !== null) return last;
           } else await runBulkExport(batch, source, log, signal);
         } finally {
-          clearInterval(renewer);
+          stopRenewing();
           runningExports.delete(cycleKey);
           ended.abort();
         }
