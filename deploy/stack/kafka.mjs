@@ -167,6 +167,18 @@ function writeConfig(cfg) {
 }
 
 /**
+ * Same shape as `kafka-storage random-uuid`: 16 random bytes, base64url, 22 characters. Like Kafka's own
+ * `Uuid.randomUuid`, it never starts with '-', which the storage tool's argument parser would read as an option.
+ * @returns {string}
+ */
+export function randomClusterId() {
+  for (;;) {
+    const id = crypto.randomBytes(16).toString('base64url');
+    if (!id.startsWith('-')) return id;
+  }
+}
+
+/**
  * Formats the data directory once (KRaft refuses to start on an unformatted one).
  * @param {StackConfig} cfg
  */
@@ -174,9 +186,8 @@ function formatStorage(cfg) {
   const p = paths(cfg);
   if (fs.existsSync(path.join(p.data, 'meta.properties'))) return;
   let clusterId = readOr(p.clusterId, '').trim();
-  if (clusterId === '') {
-    // Same shape as `kafka-storage random-uuid`: 16 random bytes, base64url, 22 characters.
-    clusterId = crypto.randomBytes(16).toString('base64url');
+  if (clusterId === '' || clusterId.startsWith('-')) {
+    clusterId = randomClusterId();
     fs.writeFileSync(p.clusterId, `${clusterId}\n`);
   }
   const args = [
