@@ -1,6 +1,7 @@
 /** The slots of calls in flight (the shape of limiter.ts's CallLimiter, restated so the two files do not import each other). */
 interface Slots {
-  schedule<T>(task: () => Promise<T>): Promise<T>;
+  /** `slotEnds` aborts when the slot must go back: the task's call must stop then. */
+  schedule<T>(task: (slotEnds: AbortSignal) => Promise<T>): Promise<T>;
   close(): Promise<void>;
   /**
    * Whether this process may keep a slot whose lease ended: no other process waits for one, and the shared
@@ -14,7 +15,8 @@ export interface SlotHandOffOptions {
   /**
    * How long one slot may pass from call to call in this process before it goes back to the shared limiter
    * (so other processes and tenants get their turn), in milliseconds. Default 1000. A slot's Bottleneck job
-   * then lasts at most this plus one call, which must stay below the limiter's job expiration.
+   * then lasts at most this plus one call, which should stay below the limiter's job expiration: a call still
+   * running when the job ends is stopped, and the slot takes no more calls.
    */
   maxLeaseMs?: number;
   /** Calls one slot serves in a row before it goes back to the shared limiter. Default 100. */
@@ -31,7 +33,7 @@ export interface SlotHandOffOptions {
 const MAY_KEEP_FRESH_MS = 100;
 
 interface Waiter {
-  task: () => Promise<unknown>;
+  task: (slotEnds: AbortSignal) => Promise<unknown>;
   resolve: (value: unknown) => void;
   reject: (error: unknown) => void;
 }
@@ -85,8 +87,11 @@ export function withSlotHandOff(inner: Slots, options: SlotHandOffOptions = {}):
   /** Every slot asked for and not settled, so close() lets them end before the inner limiter goes. */
   const leases = new Set<Promise<void>>();
 
-  /** Runs waiting calls one after another in a slot, until its lease ends or nothing waits. */
-  async function serve(): Promise<void> {
+  /**
+   * Runs waiting calls one after another in a slot, until its lease ends or nothing waits. Each call is told
+   * when the slot ends (`slotEnds`); an ended slot takes no more calls.
+   */
+  async function serve(slotEnds: AbortSignal): Promise<void> {
     const heldSince = Date.now();
     let leaseStarted = heldSince;
     let calls = 0;
@@ -98,11 +103,12 @@ export function withSlotHandOff(inner: Slots, options: SlotHandOffOptions = {}):
       }
       // The callers whose call just ended queue their next one in their continuations: let them run first.
       if (waiting.length === 0) await new Promise((resolve) => setImmediate(resolve));
+      if (slotEnds.aborted) return;
       const next = waiting.shift();
       if (!next) return;
       calls++;
       try {
-        answerLater(next.resolve, await next.task());
+        answerLater(next.resolve, await next.task(slotEnds));
       } catch (error) {
         answerLater(next.reject, error);
       }
@@ -113,12 +119,12 @@ export function withSlotHandOff(inner: Slots, options: SlotHandOffOptions = {}):
     requested++;
     let began = false;
     const lease: Promise<void> = inner
-      .schedule(async () => {
+      .schedule(async (slotEnds) => {
         began = true;
         requested--;
         held++;
         try {
-          await serve();
+          await serve(slotEnds);
         } finally {
           held--;
         }
@@ -142,7 +148,7 @@ export function withSlotHandOff(inner: Slots, options: SlotHandOffOptions = {}):
   }
 
   return {
-    schedule<T>(task: () => Promise<T>): Promise<T> {
+    schedule<T>(task: (slotEnds: AbortSignal) => Promise<T>): Promise<T> {
       return new Promise<T>((resolve, reject) => {
         waiting.push({ task, resolve: resolve as (value: unknown) => void, reject });
         if (waiting.length > requested) requestSlot();

@@ -7,7 +7,7 @@ import { type RetryPolicy, retryDelayMs, sleep } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
 import { createCallMetrics } from './call-metrics';
 import { DefenderError, DefenderErrorCode } from './errors';
-import type { CallLimiter } from './limiter';
+import { type CallLimiter, SlotEndedError } from './limiter';
 import { MalformedODataError, ODataRowScanner, type ODataSink, type RowReader } from './odata-rows';
 import type { DefenderEndpointClass, QuotaClaim, QuotaGate } from './quota';
 import { decodeTokenClaims, type TokenSource } from './token';
@@ -133,8 +133,36 @@ export function environmentHasProxy(env: NodeJS.ProcessEnv = process.env): boole
   return PROXY_VARIABLES.some((name) => Boolean(env[name] || env[name.toUpperCase()]));
 }
 
-/** Runs one call in one of the shared slots (the caller's `inSlot`, bound to its endpoint and quota claim). */
-type Slot = <T extends { status: number }>(call: () => Promise<T>) => Promise<T>;
+/**
+ * Runs one call in one of the shared slots (the caller's `inSlot`, bound to its endpoint and quota claim).
+ * The call must stop when `slotEnds` aborts.
+ */
+type Slot = <T extends { status: number }>(call: (slotEnds: AbortSignal) => Promise<T>) => Promise<T>;
+
+/**
+ * A request's signal: aborted by the caller's, if any, or by the end of its slot. `done` takes its listeners
+ * off both, which outlive the request (the caller's signal is often the service's own, for weeks). Not
+ * `AbortSignal.any`: on Node 20 every signal it makes stays in the long-lived one's set of dependants
+ * (nodejs/node#55351), one per call.
+ */
+function requestSignal(
+  signal: AbortSignal | undefined,
+  slotEnds: AbortSignal,
+): { signal: AbortSignal; done: () => void } {
+  if (!signal) return { signal: slotEnds, done: () => undefined };
+  const request = new AbortController();
+  const sources = [signal, slotEnds];
+  const abort = (): void => {
+    done();
+    request.abort((signal.aborted ? signal : slotEnds).reason);
+  };
+  const done = (): void => {
+    for (const source of sources) source.removeEventListener('abort', abort);
+  };
+  if (signal.aborted || slotEnds.aborted) abort();
+  else for (const source of sources) source.addEventListener('abort', abort);
+  return { signal: request.signal, done };
+}
 
 export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   const { azureTenantId, apiBase, tokens, limiter, quota, logger } = options;
@@ -220,7 +248,11 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       return await http.get<string>(url, {
         params,
         headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' },
-        adapter: (config: InternalAxiosRequestConfig) => slot(() => httpAdapter(config)),
+        adapter: (config: InternalAxiosRequestConfig) =>
+          slot((slotEnds) => {
+            const request = requestSignal(signal, slotEnds);
+            return httpAdapter({ ...config, signal: request.signal }).finally(request.done);
+          }),
         ...(signal ? { signal } : {}),
       });
     } catch (error) {
@@ -233,7 +265,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
 
   /**
    * One call whose 2xx body goes to a new sink from `makeSink` while it arrives (inside the call's slot, like
-   * a body read whole); any other answer is read as text and classified as `send`'s are.
+   * a body read whole, and stopped when the slot ends); any other answer is read as text and classified as
+   * `send`'s are.
    */
   async function sendRows(
     url: string,
@@ -241,6 +274,24 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     params: Record<string, string | number> | undefined,
     makeSink: () => ODataSink,
     signal: AbortSignal | undefined,
+    slotEnds: AbortSignal,
+  ): Promise<AxiosResponse<string> | RowsScan> {
+    const request = requestSignal(signal, slotEnds);
+    try {
+      return await readRows(url, token, params, makeSink, signal, request.signal);
+    } finally {
+      request.done();
+    }
+  }
+
+  /** `sendRows`'s request, aborted by `abortOn`; `signal` is the caller's alone. */
+  async function readRows(
+    url: string,
+    token: string,
+    params: Record<string, string | number> | undefined,
+    makeSink: () => ODataSink,
+    signal: AbortSignal | undefined,
+    abortOn: AbortSignal,
   ): Promise<AxiosResponse<string> | RowsScan> {
     let response: AxiosResponse<Readable>;
     try {
@@ -248,7 +299,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
         params,
         responseType: 'stream',
         headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' },
-        ...(signal ? { signal } : {}),
+        signal: abortOn,
       });
     } catch (error) {
       throw unreachable(error, url, signal);
@@ -373,36 +424,46 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     endpoint: DefenderEndpointClass,
     claim: QuotaClaim,
     quotaSeconds: number,
-    call: () => Promise<T>,
+    call: (slotEnds: AbortSignal) => Promise<T>,
   ): Promise<T> {
     const queued = performance.now();
     let sentAt = 0;
+    let slotEnded: AbortSignal | undefined;
     try {
-      const response = await limiter.schedule(() => {
+      const response = await limiter.schedule((slotEnds) => {
+        slotEnded = slotEnds;
         sentAt = performance.now();
         claim.sent();
         metrics?.waited(endpoint, quotaSeconds, (sentAt - queued) / 1000);
-        return call();
+        return call(slotEnds);
       });
       metrics?.called(endpoint, response.status, (performance.now() - sentAt) / 1000);
       return response;
     } catch (error) {
       if (sentAt > 0) metrics?.called(endpoint, 'error', (performance.now() - sentAt) / 1000);
-      throw slotExpired(error, endpoint) ?? error;
+      throw slotExpired(error, endpoint, slotEnded) ?? error;
     }
   }
 
   /**
-   * The limiter gave the call's slot up because the call held it longer than a job may (its body kept
-   * arriving, slowly, for a minute): a failure of this read, tried again like an outage, in words an
+   * The call held its slot as long as a job may (its body kept arriving, slowly, for a minute), so it was
+   * stopped, or the limiter gave the slot up: a failure of this read, tried again like an outage, in words an
    * operator can act on, not the limiter's own "This job timed out".
    */
-  function slotExpired(error: unknown, endpoint: DefenderEndpointClass): DefenderError | undefined {
-    if (!(error instanceof Bottleneck.BottleneckError) || !/timed out/.test(error.message)) return undefined;
+  function slotExpired(
+    error: unknown,
+    endpoint: DefenderEndpointClass,
+    slotEnds: AbortSignal | undefined,
+  ): DefenderError | undefined {
+    let held: string;
+    if (slotEnds?.reason instanceof SlotEndedError) held = `${slotEnds.reason.heldMs} ms`;
+    else if (error instanceof Bottleneck.BottleneckError && /timed out/.test(error.message))
+      held = error.message.replace(/^This job timed out after /, '').replace(/\.$/, '');
+    else return undefined;
     return new DefenderError(
       DefenderErrorCode.UNAVAILABLE,
-      `A ${endpoint} call to the Defender API of tenant ${azureTenantId} held its call slot longer than the ` +
-        `limiter allows (${error.message.replace(/^This job /, '').replace(/\.$/, '')}): its answer came too slowly` +
+      `A ${endpoint} call to the Defender API of tenant ${azureTenantId} held its call slot as long as the ` +
+        `limiter allows (${held}) and was stopped: its answer came too slowly` +
         (endpoint === 'bulk' ? '; a smaller URS_BULK_PAGE_SIZE makes each page shorter' : ''),
       { canRetry: true, cause: error, details: { azureTenantId, endpoint } },
     );
@@ -492,12 +553,14 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     endpoint: DefenderEndpointClass,
     pathOrUrl: string,
     signal: AbortSignal | undefined,
-    send: (url: string, token: string) => Promise<AxiosResponse<string> | RowsScan>,
+    send: (url: string, token: string, slotEnds: AbortSignal) => Promise<AxiosResponse<string> | RowsScan>,
   ): Promise<RowsScan> {
     const url = resolveUrl(pathOrUrl);
     const result = await withRetries(endpoint, signal, () =>
       // The answer is read in the slot as it arrives, so the whole call runs in it.
-      attempt<RowsScan>(endpoint, url, signal, (token, slot) => slot(() => send(url, token))),
+      attempt<RowsScan>(endpoint, url, signal, (token, slot) =>
+        slot((slotEnds) => send(url, token, slotEnds)),
+      ),
     );
     if (result.status === 404 || 'members' in result) return result;
     // Only `send`'s whole-text bodies are classified as 200; a scanned answer never is.
@@ -511,7 +574,9 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     sink: () => ODataSink,
     signal?: AbortSignal,
   ): Promise<RowsScan> {
-    return scan(endpoint, pathOrUrl, signal, (url, token) => sendRows(url, token, params, sink, signal));
+    return scan(endpoint, pathOrUrl, signal, (url, token, slotEnds) =>
+      sendRows(url, token, params, sink, signal, slotEnds),
+    );
   }
 
   return {
@@ -530,11 +595,11 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       reader?: RowReader<T>,
     ): Promise<RowsResult<T>> {
       let rows: T[] = [];
-      const result = await scan(endpoint, pathOrUrl, signal, (url, token) => {
+      const result = await scan(endpoint, pathOrUrl, signal, (url, token, slotEnds) => {
         // A retried call starts its rows afresh.
         rows = [];
         const sink = (): ODataSink => new ODataRowScanner<T>((row) => rows.push(row), toRow, reader);
-        return sendRows(url, token, params, sink, signal);
+        return sendRows(url, token, params, sink, signal, slotEnds);
       });
       return result.status === 404 ? result : { status: 200, rows, members: result.members };
     },

@@ -5,8 +5,12 @@ import { withSlotHandOff, type SlotHandOffOptions } from './handoff';
 
 /** The slots of MDE calls in flight. */
 export interface CallLimiter {
-  /** Runs `task` in a slot; the slot is released when it settles, or after the job expiration at the latest. */
-  schedule<T>(task: () => Promise<T>): Promise<T>;
+  /**
+   * Runs `task` in a slot; the slot is released when it settles, or after the job expiration at the latest.
+   * `slotEnds` aborts shortly before that expiration: the task must stop its call then, or the call would go
+   * on beside a slot the limiter already counts as free, one call more in flight than the limit.
+   */
+  schedule<T>(task: (slotEnds: AbortSignal) => Promise<T>): Promise<T>;
   /** Stops the limiter and releases its connections. Idempotent. */
   close(): Promise<void>;
   /**
@@ -28,8 +32,9 @@ export interface SharedLimiterOptions {
   maxConcurrent?: number;
   /**
    * How long a job may hold a slot, in milliseconds, default 60000. A crashed process's slots come back only
-   * through this expiration, so it is always set; keep it above the request timeout, so a slot is never
-   * released while its call may still be in flight.
+   * through this expiration, so it is always set. A call still running when its slot ends (an answer that
+   * keeps arriving, too slowly for the request's idle timeout to fire) is stopped just before, so a slot is
+   * never released while its call is in flight; keep it well above the request timeout, so only such calls are.
    */
   jobExpirationMs?: number;
   /** TTL of the limiter's Redis keys after the last use, in milliseconds. Default 3600000. */
@@ -93,10 +98,38 @@ function bottleneckClientId(limiter: Bottleneck): string | undefined {
   return typeof store?.clientId === 'string' ? store.clientId : undefined;
 }
 
+/** The reason of a `slotEnds` abort: the task held its slot for as long as the limiter lets a job hold one. */
+export class SlotEndedError extends Error {
+  constructor(readonly heldMs: number) {
+    super(`the call slot ended after ${heldMs} ms`);
+    this.name = 'SlotEndedError';
+  }
+}
+
+/**
+ * Runs `task` with a `slotEnds` signal that aborts `endsAfterMs` after it starts. Bottleneck only stops counting
+ * an expired job; the task's HTTP call would go on.
+ */
+function untilSlotEnds<T>(task: (slotEnds: AbortSignal) => Promise<T>, endsAfterMs: number): Promise<T> {
+  const ends = new AbortController();
+  const timer = setTimeout(() => ends.abort(new SlotEndedError(endsAfterMs)), endsAfterMs);
+  return task(ends.signal).finally(() => clearTimeout(timer));
+}
+
+/**
+ * How long before the job expiration a task is told to stop: Redis counts the expiration from the job's
+ * registration, a little before the job starts here, and the call needs a moment to be torn down.
+ */
+function slotEndMarginMs(jobExpirationMs: number): number {
+  return Math.min(1_000, Math.floor(jobExpirationMs / 10));
+}
+
 function wrap(limiter: Bottleneck, jobExpirationMs: number, release: () => Promise<void>): CallLimiter {
   let closing: Promise<void> | undefined;
+  const endsAfterMs = jobExpirationMs - slotEndMarginMs(jobExpirationMs);
   return {
-    schedule: (task) => limiter.schedule({ expiration: jobExpirationMs }, task),
+    schedule: (task) =>
+      limiter.schedule({ expiration: jobExpirationMs }, () => untilSlotEnds(task, endsAfterMs)),
     close() {
       closing ??= release();
       return closing;

@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { inspect } from 'node:util';
 import { silentLogger } from '@urs/logging';
 import { retryPolicy } from '@urs/resilience';
@@ -364,6 +365,25 @@ describe('createDefenderClient vulnerabilities', () => {
     }
   });
 
+  it("a caller's long-lived signal should keep no listener of the calls that ended, and still stop a call", async () => {
+    const { client, close } = simClient(sim, app);
+    const service = new AbortController();
+    try {
+      const machines = sim.machines(app.azureTenantId).slice(0, 5);
+      await client.listMachines({ signal: service.signal });
+      for (const machine of machines) await client.getMachineVulnerabilities(machine.id, service.signal);
+      // Each call listened to the signal while it ran (to stop with the service) and let go of it when it ended.
+      expect(getEventListeners(service.signal, 'abort')).toHaveLength(0);
+      sim.setLatency({ meanMs: 2_000 });
+      const call = client.getMachineVulnerabilities(machines[0]!.id, service.signal);
+      setTimeout(() => service.abort(new Error('the service stops')), 100);
+      await expect(call).rejects.toMatchObject({ canRetry: false });
+    } finally {
+      sim.setLatency({ meanMs: 0 });
+      await close();
+    }
+  });
+
   it('a call should count against the quota from when it holds a slot, not from when it waited for one', async () => {
     const events: string[] = [];
     const local = createLocalQuotaGate();
@@ -416,9 +436,9 @@ describe('createDefenderClient vulnerabilities', () => {
     const inSlot: string[][] = [];
     // A limiter that looks, as soon as each task it runs has started, at the requests made so far.
     const limiter = {
-      schedule<T>(task: () => Promise<T>): Promise<T> {
-        return local.schedule(() => {
-          const running = task();
+      schedule<T>(task: (slotEnds: AbortSignal) => Promise<T>): Promise<T> {
+        return local.schedule((slotEnds) => {
+          const running = task(slotEnds);
           inSlot.push([...requested]);
           return running;
         });

@@ -1,7 +1,14 @@
 import type { Logger } from '@urs/logging';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { Registry } from '@urs/telemetry';
-import { DefenderErrorCode, type QuotaGate, createLocalLimiter, createLocalQuotaGate } from '../src';
+import { retryPolicy } from '@urs/resilience';
+import {
+  DefenderErrorCode,
+  type QuotaGate,
+  createLocalLimiter,
+  createLocalQuotaGate,
+  withSlotHandOff,
+} from '../src';
 import { type TestApp, newApp, simClient } from './support';
 
 /** Keeps every line a library logs, exactly as it was handed over (before any redaction). */
@@ -101,21 +108,71 @@ describe('createDefenderClient when retries run out', () => {
 });
 
 describe('createDefenderClient when an answer outlasts its call slot', () => {
-  it('listMachines should fail UNAVAILABLE, retryable, naming the slot, when every answer is slower than a slot lasts', async () => {
-    sim.setFaults(app.azureTenantId, { timeoutRate: 1 });
-    // Slots given up after 100 ms; the requests themselves would wait a second.
-    const limiter = createLocalLimiter({ jobExpirationMs: 100 });
-    const { client, close } = simClient(sim, app, { limiter, requestTimeoutMs: 1_000 });
+  // A tenant of its own, so the calls of the other tests leave its quotas whole.
+  const slow = newApp();
+  beforeAll(() => {
+    sim.addTenant({ azureTenantId: slow.azureTenantId, apps: [slow], fleet: { size: 6, seed: 19 } });
+    sim.setFaults(slow.azureTenantId, { slowBodyRate: 1 });
+  });
+  /** Waits until the simulator holds no call open any more (its client closed every connection). */
+  async function noCallOpen(): Promise<number> {
+    const until = Date.now() + 2_000;
+    while (sim.stats().inFlight > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    return sim.stats().inFlight;
+  }
+
+  it('listMachines should stop each call as its slot ends and fail UNAVAILABLE, retryable, naming the slot, when every answer is slower than a slot lasts', async () => {
+    // Every answer trickles a byte each 100 ms, so the request's idle timeout (5 s) never fires; slots end
+    // 30 ms before their 300 ms job expiration.
+    const limiter = createLocalLimiter({ jobExpirationMs: 300 });
+    const { client, close } = simClient(sim, slow, {
+      limiter,
+      requestTimeoutMs: 5_000,
+      retryPolicy: retryPolicy({ maxAttempts: 2, initialDelayMs: 10, maxDelayMs: 10 }),
+    });
     try {
+      sim.resetStats();
       await expect(client.listMachines()).rejects.toMatchObject({
         code: DefenderErrorCode.UNAVAILABLE,
         canRetry: true,
         message: expect.stringContaining(
-          'held its call slot longer than the limiter allows (timed out after 100 ms)',
+          'held its call slot as long as the limiter allows (270 ms) and was stopped',
         ),
       });
+      expect(sim.stats().faultsByKind).toMatchObject({ slowBody: 2 });
+      // The calls themselves ended, not only their slots: none is left beside the slots handed out again.
+      expect(await noCallOpen()).toBe(0);
     } finally {
-      sim.setFaults(app.azureTenantId, {});
+      await close();
+    }
+  });
+
+  it('getMachineVulnerabilities should never have more calls in flight than slots when answers outlast the slots handed from call to call', async () => {
+    const limiter = withSlotHandOff(createLocalLimiter({ maxConcurrent: 2, jobExpirationMs: 300 }), {
+      maxLeaseMs: 1_000,
+    });
+    const { client, close } = simClient(sim, slow, {
+      limiter,
+      requestTimeoutMs: 5_000,
+      retryPolicy: retryPolicy({ maxAttempts: 1, initialDelayMs: 10, maxDelayMs: 10 }),
+    });
+    try {
+      sim.resetStats();
+      const ids = sim
+        .machines(slow.azureTenantId)
+        .slice(0, 6)
+        .map((m) => m.id);
+      const results = await Promise.allSettled(ids.map((id) => client.getMachineVulnerabilities(id)));
+      for (const result of results) {
+        expect(result).toMatchObject({
+          status: 'rejected',
+          reason: { code: DefenderErrorCode.UNAVAILABLE, canRetry: true },
+        });
+      }
+      expect(sim.stats().calls.vulnerabilities).toBe(6);
+      expect(sim.stats().peakConcurrency).toBeLessThanOrEqual(2);
+      expect(await noCallOpen()).toBe(0);
+    } finally {
       await close();
     }
   });

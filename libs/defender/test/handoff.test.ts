@@ -9,9 +9,9 @@ function countingLimiter(maxConcurrent: number): CallLimiter & { slots: () => nu
   let slots = 0;
   return {
     schedule(task) {
-      return inner.schedule(() => {
+      return inner.schedule((slotEnds) => {
         slots++;
-        return task();
+        return task(slotEnds);
       });
     },
     close: () => inner.close(),

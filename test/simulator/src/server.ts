@@ -91,7 +91,10 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   const roll = (rate: number | undefined): boolean => rate !== undefined && rate > 0 && rng.next() < rate;
   const fault = (kind: string): void => tracker.fault(kind);
 
-  /** Timeout (never answer) or connection reset; true when one was injected and the request is handled. */
+  /**
+   * Timeout (never answer), connection reset or a body that never ends; true when one was injected and the
+   * request is handled.
+   */
   const injectTransportFault = (req: IncomingMessage, res: ServerResponse, f: FaultSpec): boolean => {
     if (roll(f.timeoutRate)) {
       fault('timeout');
@@ -102,6 +105,23 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     if (roll(f.resetRate)) {
       fault('reset');
       req.socket.destroy();
+      return true;
+    }
+    if (roll(f.slowBodyRate)) {
+      fault('slowBody');
+      hanging.add(res);
+      res.writeHead(200, { 'Content-Type': 'application/json; odata.metadata=minimal' });
+      const body = Buffer.from('{"value":[');
+      let sent = 0;
+      // Spaces once the opening is out: still valid JSON so far, and never the end of it.
+      const trickle = setInterval(
+        () => res.write(sent < body.length ? body.subarray(sent, ++sent) : ' '),
+        100,
+      );
+      res.once('close', () => {
+        clearInterval(trickle);
+        hanging.delete(res);
+      });
       return true;
     }
     return false;
@@ -252,7 +272,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     await delay();
     if (kind === 'token' || kind === 'tokenV1') {
       const f = (tenant && faults.get(tenant.id)) ?? faults.get(WILDCARD);
-      if (f?.tokenEndpoint && injectTransportFault(req, res, f)) return true;
+      if (f?.tokenEndpoint && injectTransportFault(req, res, { ...f, slowBodyRate: 0 })) return true;
       if (f?.tokenEndpoint && roll(f.status5xxRate)) {
         fault('5xx');
         sendAadError(

@@ -30,6 +30,11 @@ export interface FaultSpec {
   resetRate?: number;
   /** Never answer; the request hangs until the client gives up (or the simulator closes). */
   timeoutRate?: number;
+  /**
+   * Answer 200 and then send the body a byte every 100 ms, never ending it: a connection that is never idle
+   * long enough for an idle timeout, so only a deadline on the whole answer stops the call.
+   */
+  slowBodyRate?: number;
   /** Answer 200 with truncated JSON. */
   malformedRate?: number;
   /** /api/machines: return only part of a full page although more devices remain. */
@@ -55,6 +60,7 @@ export function validateFaults(faults: FaultSpec): FaultSpec {
     'status5xxRate',
     'resetRate',
     'timeoutRate',
+    'slowBodyRate',
     'malformedRate',
     'shortPageRate',
   ] as const) {
