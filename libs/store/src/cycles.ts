@@ -1,4 +1,5 @@
 import type Redis from 'ioredis';
+import { owedSummary, summariesOwedKey } from './published';
 
 /** One polling cycle of one tenant, as the poller began it and the publisher completes it. */
 export interface CycleState {
@@ -54,8 +55,18 @@ export interface CycleStore {
   /** Every recorded batch's statistics, by batch index. */
   batchStats<T>(tenantId: string, cycleId: string): Promise<Map<number, T>>;
   get(tenantId: string, cycleId: string): Promise<CycleState | null>;
-  /** Claims the right to publish the cycle's summary; true for exactly one caller. */
-  claimPublication(tenantId: string, cycleId: string, status: 'complete' | 'partial'): Promise<boolean>;
+  /**
+   * Claims the right to publish the cycle's summary; true for exactly one caller. The same step lists the
+   * summary as owed (`PublishedStore.summariesOwed`, claimed at `nowMs`, epoch ms) until it is sent: a
+   * claimant that fails or dies before it sends the summary leaves it to a redelivery or to the sweep,
+   * never to nobody.
+   */
+  claimPublication(
+    tenantId: string,
+    cycleId: string,
+    status: 'complete' | 'partial',
+    nowMs: number,
+  ): Promise<boolean>;
   /** Open cycles whose deadline is at or before `now`. */
   overdue(now: Date): Promise<{ tenantId: string; cycleId: string }[]>;
 }
@@ -63,13 +74,16 @@ export interface CycleStore {
 /** Cycle keys stay this long after the deadline, for diagnosis. */
 const DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000;
 
-// KEYS[1] cycle hash, KEYS[2] open zset; ARGV: member, status, retention ms (for a hash the claim creates).
+// KEYS[1] cycle hash, KEYS[2] open zset, KEYS[3] owed zset; ARGV: member, status, retention ms (for a
+// hash the claim creates), owed member, now ms.
 const CLAIM = `
 if redis.call('HSETNX', KEYS[1], 'published', ARGV[2]) == 0 then return 0 end
 -- A cycle whose hash had expired (a very late batch, a sweep long after): the claim made a new one, which
 -- expires as the cycle's keys do, not never.
 if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
+-- Out of the open cycles and into the owed summaries at once: nothing else would send it.
+redis.call('ZADD', KEYS[3], 'NX', ARGV[5], ARGV[4])
 return 1`;
 
 // KEYS[1] cycle hash; ARGV batches. Only on a cycle the poller began: never a hash without its expiry.
@@ -104,7 +118,8 @@ function toState(
 /**
  * Keys: `{prefix}cycle:{tenantId}:{cycleId}` (hash), `{prefix}cycle-batches:{tenantId}:{cycleId}`
  * (hash batchIndex → stats JSON), `{prefix}cycle-enriched:{tenantId}:{cycleId}` (set of batch indexes)
- * and `{prefix}cycles-open` (zset of `tenantId/cycleId` by deadline).
+ * and `{prefix}cycles-open` (zset of `tenantId/cycleId` by deadline). A claim also writes the published
+ * store's owed summaries (`summariesOwedKey`).
  */
 export function createCycleStore(
   redis: Redis,
@@ -186,15 +201,18 @@ export function createCycleStore(
       ]);
       return toState(tenantId, cycleId, fields, scoredBatches);
     },
-    async claimPublication(tenantId, cycleId, status) {
+    async claimPublication(tenantId, cycleId, status, nowMs) {
       const claimed = await redis.eval(
         CLAIM,
-        2,
+        3,
         cycleKey(tenantId, cycleId),
         openKey,
+        summariesOwedKey(prefix),
         `${tenantId}/${cycleId}`,
         status,
         String(retentionMs),
+        owedSummary(tenantId, cycleId, status),
+        String(nowMs),
       );
       return claimed === 1;
     },

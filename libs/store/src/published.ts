@@ -69,16 +69,10 @@ export interface PublishedStore {
   forget(tenantId: string, deviceIds: string[]): Promise<void>;
   get(tenantId: string, deviceId: string): Promise<PublishedDevice | null>;
   /**
-   * Takes the right to send a cycle's summary for `ttlMs`, and lists the cycle as owing its summary
-   * until `summarySent`. True for one caller at a time; false once the summary was sent.
+   * Takes the right to send a cycle's summary for `ttlMs`. True for one caller at a time; false once the
+   * summary was sent. The cycle owes its summary from its claim (`CycleStore.claimPublication`) on.
    */
-  lockSummary(
-    tenantId: string,
-    cycleId: string,
-    status: 'complete' | 'partial',
-    ttlMs: number,
-    nowMs: number,
-  ): Promise<boolean>;
+  lockSummary(tenantId: string, cycleId: string, ttlMs: number): Promise<boolean>;
   /** Holds the summary lock `ttlMs` longer (a snapshot of a large fleet outlasts it); false when it lapsed. */
   renewSummaryLock(tenantId: string, cycleId: string, ttlMs: number): Promise<boolean>;
   /** Gives the summary lock back after a failed send, so a retry need not wait for it to lapse. */
@@ -168,12 +162,21 @@ if #old > 0 then
 end
 return result`;
 
-// KEYS[1] sent marker, KEYS[2] lock, KEYS[3] owed zset; ARGV member, ttl ms, now ms.
+// KEYS[1] sent marker, KEYS[2] lock; ARGV ttl ms.
 const LOCK_SUMMARY = `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[1])
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 0 end
 return 1`;
+
+/**
+ * The zset of cycles whose summary was claimed and not yet sent, by the time of the claim. The cycle
+ * store's claim lists a cycle in it (see `owedSummary`), `summarySent` takes it out.
+ */
+export const summariesOwedKey = (prefix: string): string => `${prefix}summaries-owed`;
+
+/** A cycle's member in the owed zset: what the sweep needs to send its summary. */
+export const owedSummary = (tenantId: string, cycleId: string, status: 'complete' | 'partial'): string =>
+  JSON.stringify([tenantId, cycleId, status]);
 
 /** Markers of sent summaries outlive any redelivery of their cycle's batches. */
 const SUMMARY_MARKER_TTL_MS = 2 * 24 * 60 * 60 * 1000;
@@ -206,7 +209,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     `${prefix}summary-sent:${tenantId}:${cycleId}`;
   const summaryLockKey = (tenantId: string, cycleId: string): string =>
     `${prefix}summary-lock:${tenantId}:${cycleId}`;
-  const owedKey = `${prefix}summaries-owed`;
+  const owedKey = summariesOwedKey(prefix);
   return {
     async changed(tenantId, cycleAt, devices, options = {}) {
       if (devices.length === 0) return [];
@@ -270,16 +273,13 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     async get(tenantId, deviceId) {
       return decode(await redis.hget(publishedKey(tenantId), deviceId));
     },
-    async lockSummary(tenantId, cycleId, status, ttlMs, nowMs) {
+    async lockSummary(tenantId, cycleId, ttlMs) {
       const locked = await redis.eval(
         LOCK_SUMMARY,
-        3,
+        2,
         sentKey(tenantId, cycleId),
         summaryLockKey(tenantId, cycleId),
-        owedKey,
-        JSON.stringify([tenantId, cycleId, status]),
         String(ttlMs),
-        String(nowMs),
       );
       return locked === 1;
     },

@@ -1,4 +1,4 @@
-import { createCycleStore } from '@urs/store';
+import { createCycleStore, createPublishedStore } from '@urs/store';
 import { testRedisPerTest } from '@urs/testkit';
 
 describe('createCycleStore', () => {
@@ -66,7 +66,7 @@ describe('createCycleStore', () => {
     expect(early.state).toMatchObject({ startedAt: begin.startedAt, scoredBatches: 1 });
     expect(early.state?.totalBatches).toBeUndefined();
     await cycles.listed('acme', 'c1', { totalBatches: 2, totalDevices: 512, listedAt: begin.startedAt });
-    await cycles.claimPublication('acme', 'c1', 'partial');
+    await cycles.claimPublication('acme', 'c1', 'partial', startedMs);
     const late = await cycles.recordBatch('acme', 'c1', 1, { devices: 12 });
     expect(late.state).toEqual(await cycles.get('acme', 'c1'));
     expect(late.state).toMatchObject({
@@ -101,24 +101,41 @@ describe('createCycleStore', () => {
     await cycles.begin(begin);
     expect(await cycles.overdue(afterDeadline)).toEqual([{ tenantId: 'acme', cycleId: 'c1' }]);
     const claims = await Promise.all([
-      cycles.claimPublication('acme', 'c1', 'complete'),
-      cycles.claimPublication('acme', 'c1', 'partial'),
+      cycles.claimPublication('acme', 'c1', 'complete', startedMs),
+      cycles.claimPublication('acme', 'c1', 'partial', startedMs),
     ]);
     expect(claims.filter(Boolean)).toHaveLength(1);
     expect((await cycles.get('acme', 'c1'))?.published).toBe('complete');
     expect(await cycles.overdue(afterDeadline)).toEqual([]);
   });
 
+  it('claimPublication should list the summary as owed in the same step, with the status it claimed', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const published = createPublishedStore(redis.client, redis.prefix);
+    await cycles.begin(begin);
+    expect(await cycles.claimPublication('acme', 'c1', 'partial', startedMs)).toBe(true);
+    // The claimant stops here (a crash, a Redis error before its lock): the summary is still owed.
+    expect(await published.summariesOwed(startedMs - 1)).toEqual([]);
+    expect(await published.summariesOwed(startedMs)).toEqual([
+      { tenantId: 'acme', cycleId: 'c1', status: 'partial' },
+    ]);
+    // A second claim changes nothing; the summary sent owes nothing any more.
+    expect(await cycles.claimPublication('acme', 'c1', 'complete', startedMs + 1)).toBe(false);
+    expect(await published.lockSummary('acme', 'c1', 30_000)).toBe(true);
+    await published.summarySent('acme', 'c1');
+    expect(await published.summariesOwed(startedMs + 1)).toEqual([]);
+  });
+
   it('claimPublication should give a cycle hash it makes anew (the first one expired) an expiry', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix, 60_000);
-    expect(await cycles.claimPublication('acme', 'gone', 'partial')).toBe(true);
+    expect(await cycles.claimPublication('acme', 'gone', 'partial', startedMs)).toBe(true);
     const ttl = await redis.client.pttl(`${redis.prefix}cycle:acme:gone`);
     expect(ttl).toBeGreaterThan(50_000);
     expect(ttl).toBeLessThanOrEqual(60_000);
     // A cycle the poller began keeps the expiry it has.
     await cycles.begin(begin);
     const before = await redis.client.pttl(`${redis.prefix}cycle:acme:c1`);
-    await cycles.claimPublication('acme', 'c1', 'complete');
+    await cycles.claimPublication('acme', 'c1', 'complete', startedMs);
     expect(await redis.client.pttl(`${redis.prefix}cycle:acme:c1`)).toBeLessThanOrEqual(before);
   });
 });

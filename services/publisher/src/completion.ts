@@ -201,7 +201,10 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     });
   }
 
-  /** Sends a claimed cycle's summary under the summary lock, so one sender at a time and once in all. */
+  /**
+   * Sends a claimed cycle's summary under the summary lock, so one sender at a time and once in all. The
+   * claim listed it as owed: a sender that fails or dies before this leaves it to a redelivery or the sweep.
+   */
   async function sendOwed(
     state: CycleState | null,
     tenantId: string,
@@ -209,8 +212,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     status: 'complete' | 'partial',
     hint: CycleHint,
   ): Promise<boolean> {
-    if (!(await deps.published.lockSummary(tenantId, cycleId, status, summaryLockMs, now().getTime())))
-      return false;
+    if (!(await deps.published.lockSummary(tenantId, cycleId, summaryLockMs))) return false;
     // A complete cycle's snapshot of a large fleet may outlast the lock: held while it goes on, or another
     // publisher's sweep would send the snapshot and the summary a second time.
     const stopRenewing = keepRenewing(
@@ -244,7 +246,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       if (totalBatches === undefined) return false;
       const recorded = state?.scoredBatches ?? (await deps.cycles.batchStats(tenantId, cycleId)).size;
       if (recorded < totalBatches) return false;
-      if (!(await deps.cycles.claimPublication(tenantId, cycleId, 'complete'))) return false;
+      if (!(await deps.cycles.claimPublication(tenantId, cycleId, 'complete', now().getTime()))) return false;
       return sendOwed(state, tenantId, cycleId, 'complete', hint);
     },
     async closeOverdue() {
@@ -272,7 +274,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
             state?.totalBatches !== undefined && state.scoredBatches >= state.totalBatches
               ? 'complete'
               : 'partial';
-          if (!(await deps.cycles.claimPublication(tenantId, cycleId, status))) return false;
+          if (!(await deps.cycles.claimPublication(tenantId, cycleId, status, now().getTime()))) return false;
           const startedAt = state?.startedAt ?? now().toISOString();
           return sendOwed(state, tenantId, cycleId, status, { cycleStartedAt: startedAt });
         });

@@ -65,9 +65,12 @@ describe('the publisher', () => {
       failSummaries?: number;
       summaryLockMs?: number;
       summaryDelayMs?: number;
+      /** Summary locks that fail as a Redis error would, after the claim. */
+      failLocks?: number;
     } = {},
   ) {
     let failures = options.failSummaries ?? 0;
+    let lockFailures = options.failLocks ?? 0;
     const publisher: Publisher = {
       send: async (topic, _contract, messages) => {
         if (topic === topics.vmsRiskSummary && failures > 0) {
@@ -83,7 +86,17 @@ describe('the publisher', () => {
       close: async () => undefined,
     };
     const cycles = createCycleStore(redis.client, redis.prefix);
-    const published = createPublishedStore(redis.client, redis.prefix);
+    const store = createPublishedStore(redis.client, redis.prefix);
+    const published: typeof store = {
+      ...store,
+      lockSummary: async (...args) => {
+        if (lockFailures > 0) {
+          lockFailures--;
+          throw new Error('Connection is closed.');
+        }
+        return store.lockSummary(...args);
+      },
+    };
     const metrics = new Registry({ processMetrics: false });
     const completion = createCycleCompletion({
       cycles,
@@ -376,6 +389,36 @@ describe('the publisher', () => {
     expect(await other.completion.closeOverdue()).toBe(0);
     await sending;
     expect(summaries()).toHaveLength(1);
+  });
+
+  it('createCycleCompletion should send a summary claimed by a batch whose lock then failed, at a sweep, once', async () => {
+    const { handler, begin, completion } = build({ failLocks: 1 });
+    now = new Date(minute(13));
+    await begin(1);
+    // Claimed, then Redis failed: the batch is not handled again (dead-lettered, or its publisher died).
+    await expect(handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')], 1))).rejects.toThrow(
+      'Connection is closed.',
+    );
+    expect(await completion.closeOverdue()).toBe(0);
+    now = new Date(minute(14));
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(summaries()).toHaveLength(1);
+    expect(summaries()[0]).toMatchObject({ status: 'complete', devices: { scored: 1 } });
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(summaries()).toHaveLength(1);
+  });
+
+  it('closeOverdue should send a partial summary it claimed and could not lock, at a later sweep', async () => {
+    const { handler, begin, completion, metrics } = build({ failLocks: 1 });
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    now = new Date(minute(16));
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(metrics.expose()).toContain('urs_summary_sweep_failures_total 1');
+    now = new Date(minute(17));
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(summaries()).toHaveLength(1);
+    expect(summaries()[0]).toMatchObject({ status: 'partial', devices: { scored: 1 } });
   });
 
   it("closeOverdue should send every other tenant's summary when one cannot be sent", async () => {
