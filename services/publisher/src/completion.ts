@@ -5,6 +5,7 @@ import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage, keepRenewing } from '@urs/resilience';
 import type { CycleState, CycleStore, PublishedStore, ScoreStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
+import type { InOrder } from './in-order';
 import { emptyBands, type BatchStats } from './records';
 
 export interface CycleCompletionDeps {
@@ -19,6 +20,12 @@ export interface CycleCompletionDeps {
   snapshotEveryCycles: number;
   /** Completed cycles a device may be absent from before its tombstone. */
   tombstoneAfterCycles: number;
+  /**
+   * The queue the handler runs each tenant's batches in. The sweep sends a tenant's summaries (their
+   * tombstones and snapshot too) in it, never beside one of the tenant's batches: a tombstone computed
+   * before a batch of the next cycle records a device as seen would take that device from VMS.
+   */
+  inOrder: InOrder;
   /** How long one sender holds a cycle's summary, renewed while it sends (default 30 s). */
   summaryLockMs?: number;
   now?: () => Date;
@@ -34,7 +41,8 @@ export interface CycleHint {
 export interface CycleCompletion {
   /**
    * Publishes the cycle's summary if every batch is recorded and nobody published it yet. `known` is
-   * the cycle as just read (e.g. by `recordBatch`); without it the cycle is read from the store.
+   * the cycle as just read (e.g. by `recordBatch`); without it the cycle is read from the store. Called
+   * by the handler, already in the tenant's queue (`inOrder`).
    */
   tryComplete(
     tenantId: string,
@@ -42,7 +50,10 @@ export interface CycleCompletion {
     hint: CycleHint,
     known?: CycleState | null,
   ): Promise<boolean>;
-  /** Publishes every cycle past its deadline as partial; resolves how many. */
+  /**
+   * Publishes every cycle past its deadline as partial, and every summary owed longer than the summary
+   * lock, each in its tenant's queue; resolves how many.
+   */
   closeOverdue(): Promise<number>;
 }
 
@@ -255,7 +266,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       // and never holds back another tenant's summary behind it.
       const each = async (tenantId: string, cycleId: string, send: () => Promise<boolean>) => {
         try {
-          if (await send()) closed++;
+          if (await deps.inOrder(tenantId, send)) closed++;
         } catch (error) {
           sweepFailures.inc();
           deps.logger.warn('cycle summary not sent, tried again at the next sweep', {

@@ -4,13 +4,15 @@ import type { Logger } from '@urs/logging';
 import type { CycleStore, PublishedStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { CycleCompletion } from './completion';
-import { createInOrder } from './in-order';
+import type { InOrder } from './in-order';
 import { batchStats, identityDigest } from './records';
 
 export interface PublishHandlerDeps {
   cycles: Pick<CycleStore, 'recordBatch'>;
   published: Pick<PublishedStore, 'changed' | 'commit'>;
   completion: CycleCompletion;
+  /** The tenants' queue, shared with the completion's sweep (see `CycleCompletionDeps.inOrder`). */
+  inOrder: InOrder;
   publisher: Publisher;
   /** `vms.risk-scores`. */
   topic: string;
@@ -40,11 +42,10 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
   // next batch is decoded and validated while this one waits on Redis and Kafka); their effects still
   // run one batch at a time, in offset order, so a device's record is never produced by two batches at
   // once and what `changed` reads is what the batch before committed.
-  const inOrder = createInOrder();
   return (message) => {
     const batch = message.value;
     if (batch === null) return Promise.resolve();
-    return inOrder(batch.tenantId, () => publishBatch(batch));
+    return deps.inOrder(batch.tenantId, () => publishBatch(batch));
   };
 
   /**

@@ -5,6 +5,7 @@ import { createCycleStore, createPublishedStore, scoreStoreFor } from '@urs/stor
 import { createCycleCompletion } from './completion';
 import { publisherConfig } from './config';
 import { createPublishHandler } from './handler';
+import { createInOrder } from './in-order';
 
 /** Scored batches of a partition accepted and not yet published (ordering 'key'); one is ~0.7 MB. */
 const SCORE_BATCHES_BUFFERED = 20;
@@ -17,6 +18,7 @@ void runService({
     const prefix = config.redis.keyPrefix;
     const cycles = createCycleStore(redis, prefix);
     const published = createPublishedStore(redis, prefix);
+    const inOrder = createInOrder();
     const completion = createCycleCompletion({
       cycles,
       published,
@@ -27,6 +29,7 @@ void runService({
       metrics,
       snapshotEveryCycles: own.snapshotEveryCycles,
       tombstoneAfterCycles: own.tombstoneAfterCycles,
+      inOrder,
     });
     const runner = createConsumerRunner({
       kafka,
@@ -47,6 +50,7 @@ void runService({
             cycles,
             published,
             completion,
+            inOrder,
             publisher,
             topic: config.topics.vmsRiskScores,
             logger,

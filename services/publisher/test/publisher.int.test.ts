@@ -6,6 +6,7 @@ import { Registry } from '@urs/telemetry';
 import { createTestRedis, inboundMessage, scoredDevice, type TestRedis } from '@urs/testkit';
 import { createCycleCompletion } from '../src/completion';
 import { createPublishHandler } from '../src/handler';
+import { createInOrder } from '../src/in-order';
 import { batchStats } from '../src/records';
 
 const topics = { vmsRiskScores: 'vms.risk-scores', vmsRiskSummary: 'vms.risk-summary' };
@@ -67,6 +68,8 @@ describe('the publisher', () => {
       summaryDelayMs?: number;
       /** Summary locks that fail as a Redis error would, after the claim. */
       failLocks?: number;
+      /** Called once each send to vms.risk-scores is done, before the caller goes on. */
+      afterScoresSent?: () => Promise<void>;
     } = {},
   ) {
     let failures = options.failSummaries ?? 0;
@@ -81,6 +84,7 @@ describe('the publisher', () => {
           await new Promise((resolve) => setTimeout(resolve, options.summaryDelayMs));
         for (const m of messages)
           sent.push({ topic, key: m.key, value: m.value, ...(m.json ? { json: m.json } : {}) });
+        if (topic === topics.vmsRiskScores) await options.afterScoresSent?.();
       },
       sendRaw: async () => undefined,
       close: async () => undefined,
@@ -98,6 +102,7 @@ describe('the publisher', () => {
       },
     };
     const metrics = new Registry({ processMetrics: false });
+    const inOrder = createInOrder();
     const completion = createCycleCompletion({
       cycles,
       published,
@@ -109,12 +114,14 @@ describe('the publisher', () => {
       snapshotEveryCycles: options.snapshotEveryCycles ?? 24,
       tombstoneAfterCycles: options.tombstoneAfterCycles ?? 3,
       ...(options.summaryLockMs === undefined ? {} : { summaryLockMs: options.summaryLockMs }),
+      inOrder,
       now: () => now,
     });
     const handler = createPublishHandler({
       cycles,
       published,
       completion,
+      inOrder,
       publisher,
       topic: topics.vmsRiskScores,
       logger: silentLogger,
@@ -420,6 +427,54 @@ describe('the publisher', () => {
     expect(summaries()).toHaveLength(1);
     expect(summaries()[0]).toMatchObject({ status: 'partial', devices: { scored: 1 } });
   });
+
+  it.each(['owed', 'overdue'] as const)(
+    "closeOverdue should send an %s summary after the tenant's batch in progress, so its tombstones never take a device the batch publishes",
+    async (left) => {
+      let holding = false;
+      let reached!: () => void;
+      const atHold = new Promise<void>((resolve) => (reached = resolve));
+      let release!: () => void;
+      const held = new Promise<void>((resolve) => (release = resolve));
+      const { handler, begin, completion, cycles } = build({
+        tombstoneAfterCycles: 1,
+        afterScoresSent: async () => {
+          if (!holding) return;
+          holding = false;
+          reached();
+          await held;
+        },
+      });
+      await begin(1);
+      await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('x', 30, 'Low Risk')], 1));
+      // Cycle 2, without x, is recorded whole; its summary is left to the sweep: claimed by a publisher
+      // that died (owed), or never claimed (overdue).
+      await begin(2);
+      await handler(scoreBatch(2, 0, [device('a', 10, 'Trustworthy')]));
+      await cycles.listed('t1', 'c2', { totalBatches: 1, totalDevices: 1, listedAt: minute(21) });
+      if (left === 'owed') await cycles.claimPublication('t1', 'c2', 'complete', Date.parse(minute(21)));
+      // Cycle 3's batch has published x's record and not yet recorded x as seen when the sweep comes.
+      await begin(3);
+      holding = true;
+      const batch = handler(scoreBatch(3, 0, [device('x', 40, 'Low Risk')]));
+      await atHold;
+      now = new Date(minute(31));
+      const sweep = completion.closeOverdue();
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      release();
+      await batch;
+      expect(await sweep).toBe(1);
+      expect(summaries().map((summary) => [summary.cycleId, summary.published.tombstones])).toEqual([
+        ['c1', 0],
+        ['c2', 0],
+      ]);
+      expect(
+        records()
+          .filter((m) => m.key === 't1/x')
+          .map((m) => (m.value as VmsRiskScore | null)?.cycleId ?? null),
+      ).toEqual(['c1', 'c3']);
+    },
+  );
 
   it("closeOverdue should send every other tenant's summary when one cannot be sent", async () => {
     const { handler, completion, cycles } = build({ failSummaries: 1 });
