@@ -50,7 +50,7 @@ interface Running {
  * `leaseMs` and its abandoned cycle is redone by another replica.
  *
  * Cycles run concurrently (at most `maxConcurrentCycles`), each on its own: one tenant's slow or
- * failing cycle never delays another's.
+ * failing cycle never delays another's. When more are due than may start, the most overdue go first.
  */
 export function createScheduler(deps: SchedulerDeps): Scheduler {
   const now = deps.now ?? Date.now;
@@ -215,13 +215,26 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     }
   }
 
+  /**
+   * The tenants due by this replica's view and not running here, the most overdue first. When more are
+   * due than cycles may start, the table's order would let the tenants near its start take every free
+   * slot each time they come due again, and those near its end would wait for ever; the longest waiting
+   * go first instead. Ties (tenants never looked at, all due at 0) keep the table's order.
+   */
+  function dueTenants(at: number): string[] {
+    const due: { tenantId: string; dueAt: number }[] = [];
+    for (const record of deps.table.enabled()) {
+      const dueAt = localDue.get(record.tenantId) ?? 0;
+      if (dueAt <= at && !active.has(record.tenantId)) due.push({ tenantId: record.tenantId, dueAt });
+    }
+    return due.sort((a, b) => a.dueAt - b.dueAt).map(({ tenantId }) => tenantId);
+  }
+
   function tick(): void {
     if (stop.signal.aborted || !deps.table.caughtUp()) return;
-    const at = now();
-    for (const record of deps.table.enabled()) {
-      if (active.size >= deps.maxConcurrentCycles) return;
-      const tenantId = record.tenantId;
-      if (active.has(tenantId) || (localDue.get(tenantId) ?? 0) > at) continue;
+    const free = deps.maxConcurrentCycles - active.size;
+    if (free <= 0) return;
+    for (const tenantId of dueTenants(now()).slice(0, free)) {
       const abort = new AbortController();
       const done = attempt(tenantId, abort)
         .catch((error: unknown) => {

@@ -120,6 +120,7 @@ function replica(
   status: TenantStore,
   runs: Run[],
   behaviour: (input: CycleInput) => Promise<void>,
+  maxConcurrentCycles = 8,
 ) {
   const table = createTenantTable();
   table.expectEnd(new Map());
@@ -143,7 +144,7 @@ function replica(
     holderId: `replica-${index}`,
     intervalUnitMs: UNIT_MS,
     leaseMs: 200,
-    maxConcurrentCycles: 8,
+    maxConcurrentCycles,
     tickMs: 5,
     recheckMs: 20,
     maxBackoffMs: 10_000,
@@ -187,6 +188,25 @@ describe('createScheduler', () => {
       }
     }
     expect((await status.statuses.get('a'))?.state).toBe('active');
+  });
+
+  it('createScheduler should start the most overdue tenants first when more are due than it may run', async () => {
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const runs: Run[] = [];
+    // One cycle at a time, each 60 % of the interval: three tenants need more than the replica can give,
+    // and whenever a cycle ends another tenant is due.
+    const cycle = async (): Promise<void> => {
+      await sleep(0.6 * INTERVAL_MS);
+    };
+    const { table, scheduler } = replica(0, schedules, status, runs, cycle, 1);
+    await feed(table, [record('a'), record('b'), record('c')]);
+    scheduler.start();
+    started.push(scheduler);
+    await sleep(7 * INTERVAL_MS);
+    // In the table's order, a and b would take turns for ever and c would never be polled.
+    for (const tenantId of ['a', 'b', 'c'])
+      expect(runs.filter((r) => r.tenantId === tenantId).length).toBeGreaterThanOrEqual(2);
   });
 
   it('createScheduler should back off a tenant with a setup error without delaying the others', async () => {
