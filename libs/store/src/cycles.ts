@@ -15,6 +15,12 @@ export interface CycleState {
   totalBatches?: number;
   totalDevices?: number;
   listedAt?: string;
+  /**
+   * Known once listed too: the vulnerability mode the cycle ran in, and why bulk (for the tenant's
+   * status), so a poller that ends a cycle another one listed shows what that one would have.
+   */
+  vulnerabilityMode?: 'per-device' | 'bulk';
+  note?: string;
   /** Distinct batches recorded as scored so far. */
   scoredBatches: number;
   /** Set once the cycle's summary was published. */
@@ -24,11 +30,17 @@ export interface CycleState {
 export interface CycleStore {
   /** The poller starts a cycle. Keys expire `retentionMs` after the deadline. */
   begin(cycle: { tenantId: string; cycleId: string; startedAt: string; deadlineAt: string }): Promise<void>;
-  /** The poller has produced every batch of the cycle. */
+  /** The poller has produced every batch of the cycle (a null or absent `note` stores none). */
   listed(
     tenantId: string,
     cycleId: string,
-    totals: { totalBatches: number; totalDevices: number; listedAt: string },
+    totals: {
+      totalBatches: number;
+      totalDevices: number;
+      listedAt: string;
+      vulnerabilityMode?: 'per-device' | 'bulk';
+      note?: string | null;
+    },
   ): Promise<void>;
   /**
    * The vuln-fetcher adds `batches` correction batches after the poller's last one (idempotent: the
@@ -110,6 +122,9 @@ function toState(
     state.totalBatches = Number(fields['totalBatches']) + Number(fields['correctionBatches'] ?? 0);
   if (fields['totalDevices'] !== undefined) state.totalDevices = Number(fields['totalDevices']);
   if (fields['listedAt'] !== undefined) state.listedAt = fields['listedAt'];
+  const mode = fields['vulnerabilityMode'];
+  if (mode === 'per-device' || mode === 'bulk') state.vulnerabilityMode = mode;
+  if (fields['note'] !== undefined) state.note = fields['note'];
   if (fields['published'] === 'complete' || fields['published'] === 'partial')
     state.published = fields['published'];
   return state;
@@ -154,15 +169,17 @@ export function createCycleStore(
         .exec();
     },
     async listed(tenantId, cycleId, totals) {
-      await redis.hset(
-        cycleKey(tenantId, cycleId),
+      const fields = [
         'totalBatches',
         String(totals.totalBatches),
         'totalDevices',
         String(totals.totalDevices),
         'listedAt',
         totals.listedAt,
-      );
+      ];
+      if (totals.vulnerabilityMode !== undefined) fields.push('vulnerabilityMode', totals.vulnerabilityMode);
+      if (totals.note !== undefined && totals.note !== null) fields.push('note', totals.note);
+      await redis.hset(cycleKey(tenantId, cycleId), ...fields);
     },
     async addCorrections(tenantId, cycleId, batches) {
       await redis.eval(ADD_CORRECTIONS, 1, cycleKey(tenantId, cycleId), String(batches));

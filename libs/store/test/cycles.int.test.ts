@@ -96,6 +96,32 @@ describe('createCycleStore', () => {
     expect(await cycles.get('acme', 'unknown')).toBeNull();
   });
 
+  it('get should show the vulnerability mode and note the poller listed the cycle with', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await cycles.begin(begin);
+    await cycles.begin({ ...begin, cycleId: 'c2' });
+    const listedAt = new Date().toISOString();
+    const note = 'bulk vulnerability export: 30000 devices exceed the 400 per-device calls';
+    await cycles.listed('acme', 'c1', {
+      totalBatches: 60,
+      totalDevices: 30_000,
+      listedAt,
+      vulnerabilityMode: 'bulk',
+      note,
+    });
+    await cycles.listed('acme', 'c2', {
+      totalBatches: 1,
+      totalDevices: 12,
+      listedAt,
+      vulnerabilityMode: 'per-device',
+      note: null,
+    });
+    expect(await cycles.get('acme', 'c1')).toMatchObject({ listedAt, vulnerabilityMode: 'bulk', note });
+    const perDevice = await cycles.get('acme', 'c2');
+    expect(perDevice).toMatchObject({ totalDevices: 12, vulnerabilityMode: 'per-device' });
+    expect(perDevice?.note).toBeUndefined();
+  });
+
   it('claimPublication should let exactly one caller publish and close the cycle', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     await cycles.begin(begin);

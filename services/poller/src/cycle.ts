@@ -155,17 +155,20 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   mode ??= 'per-device';
   await flushFull();
   await emit(pending, true);
-  const listedAt = now();
-  await deps.cycles.listed(tenantId, cycleId, {
-    totalBatches: batchIndex,
-    totalDevices,
-    listedAt: new Date(listedAt).toISOString(),
-  });
   const note =
     mode === 'bulk'
       ? `bulk vulnerability export: ${totalDevices} devices exceed the ${perDeviceCapacity} per-device calls ` +
         `the API quota allows in a ${record.defender.pollIntervalMinutes}-minute interval`
       : null;
+  const listedAt = now();
+  // The mode and note too: a poller that stops before recording the cycle's end leaves them to the next.
+  await deps.cycles.listed(tenantId, cycleId, {
+    totalBatches: batchIndex,
+    totalDevices,
+    listedAt: new Date(listedAt).toISOString(),
+    vulnerabilityMode: mode,
+    note,
+  });
   log.info('cycle listed', { totalDevices, totalBatches: batchIndex, merged, vulnerabilityMode: mode });
   return { totalDevices, totalBatches: batchIndex, merged, vulnerabilityMode: mode, note, listedAt };
 }

@@ -37,11 +37,12 @@ void runService({
       httpsAgent,
       metrics,
     });
+    const cycles = createCycleStore(redis, prefix);
     const cycleDeps = {
       defender,
       sealer,
       publisher,
-      cycles: createCycleStore(redis, prefix),
+      cycles,
       deviceBatchesTopic: config.topics.deviceBatches,
       batchSize: settings.batchSize,
       maxCycleMs: settings.maxCycleMs,
@@ -85,6 +86,7 @@ void runService({
       table,
       schedules: createPollScheduleStore(redis, prefix),
       tenants: createTenantStore(redis, prefix),
+      cycles,
       runCycle: (input) => runCycle(cycleDeps, input),
       holderId,
       intervalUnitMs: settings.intervalUnitMs,

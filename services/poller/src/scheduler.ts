@@ -2,7 +2,7 @@ import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage, keepRenewing, sleep } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
-import type { PollLease, PollScheduleStore, TenantStore } from '@urs/store';
+import type { CycleStore, PollLease, PollScheduleStore, TenantStore } from '@urs/store';
 import { CycleAbortedError, cycleIdOf, type CycleInput, type CycleResult } from './cycle';
 import { backoffUntil, classifyFailure, dueAt, transientRetryAt } from './schedule';
 import type { TenantTable } from './tenant-table';
@@ -11,6 +11,8 @@ export interface SchedulerDeps {
   table: TenantTable;
   schedules: PollScheduleStore;
   tenants: TenantStore;
+  /** The cycles' totals, read to tell whether a cycle left running had been listed in full. */
+  cycles: Pick<CycleStore, 'get'>;
   /** Runs one cycle (runCycle bound to its deps). */
   runCycle: (input: CycleInput) => Promise<CycleResult>;
   /** This replica's lease holder id (unique per process). */
@@ -47,7 +49,8 @@ interface Running {
  * and waits for the next due time, so a tenant is polled once per interval however many replicas
  * run, and a restarted replica resumes from Redis without polling early or skipping. The lease is
  * renewed while the cycle runs; a lost lease aborts the cycle. A killed replica's lease expires after
- * `leaseMs` and its abandoned cycle is redone by another replica.
+ * `leaseMs` and its abandoned cycle is redone by another replica, unless it had been listed in full:
+ * then it is only ended (see `endListedCycle`).
  *
  * Cycles run concurrently (at most `maxConcurrentCycles`), each on its own: one tenant's slow or
  * failing cycle never delays another's. When more are due than may start, the most overdue go first.
@@ -103,7 +106,9 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       const record = deps.table.get(tenantId);
       if (!record || !record.enabled || abort.signal.aborted) return;
       const intervalMs = record.defender.pollIntervalMinutes * deps.intervalUnitMs;
-      const schedule = await deps.schedules.get(tenantId);
+      let schedule = await deps.schedules.get(tenantId);
+      if (schedule.runningCycleId !== undefined && (await endListedCycle(lease, schedule.runningCycleId)))
+        schedule = await deps.schedules.get(tenantId);
       const due = dueAt(schedule, intervalMs, record.revision);
       const startedAt = now();
       if (due > startedAt) {
@@ -124,6 +129,44 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     } finally {
       if (!released) await releaseQuietly(lease);
     }
+  }
+
+  /**
+   * Records a listed cycle's end: the schedule's (fenced: false, and nothing written, when the lease was
+   * lost) and the tenant's status (its error kept when the vuln-fetcher reported it for this cycle).
+   */
+  async function endListed(
+    lease: PollLease,
+    cycleId: string,
+    status: Parameters<TenantStore['cycleListed']>[2],
+  ): Promise<boolean> {
+    const ended = await deps.schedules.end(lease, { failures: 0, notBefore: null, retryAt: null });
+    await deps.tenants.cycleListed(lease.tenantId, cycleId, status);
+    return ended;
+  }
+
+  /**
+   * Ends a cycle left marked running whose listing had ended: its poller died (or lost its lease) after
+   * the cycle store recorded the totals and before the schedule recorded the end. Every batch of it is on
+   * `urs.device-batches` and the publisher completes it, so redoing it would only list the whole tenant
+   * and fetch its vulnerabilities again within the same interval. It is ended as its poller would have
+   * ended it, and the next cycle is due one interval after its start. False when its listing had not
+   * ended (it is redone) or the lease was lost.
+   */
+  async function endListedCycle(lease: PollLease, cycleId: string): Promise<boolean> {
+    const cycle = await deps.cycles.get(lease.tenantId, cycleId);
+    if (cycle?.listedAt === undefined) return false;
+    log.warn('ending a cycle listed in full before its poller stopped', {
+      tenantId: lease.tenantId,
+      cycleId,
+    });
+    return endListed(lease, cycleId, {
+      lastCycleEndedAt: cycle.listedAt,
+      deviceCount: cycle.totalDevices,
+      vulnerabilityMode: cycle.vulnerabilityMode,
+      // A bulk cycle's note, else none (a cycle listed by an older poller, which kept no mode, leaves both).
+      note: cycle.vulnerabilityMode === undefined ? undefined : (cycle.note ?? null),
+    });
   }
 
   async function runUnderLease(
@@ -154,8 +197,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     try {
       const result = await deps.runCycle({ record, cycleId, startedAt, intervalMs, signal: abort.signal });
       stopRenewing();
-      await deps.schedules.end(lease, { failures: 0, notBefore: null, retryAt: null });
-      await deps.tenants.cycleListed(tenantId, cycleId, {
+      await endListed(lease, cycleId, {
         lastCycleEndedAt: new Date(result.listedAt).toISOString(),
         deviceCount: result.totalDevices,
         vulnerabilityMode: result.vulnerabilityMode,

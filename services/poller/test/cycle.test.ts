@@ -41,6 +41,7 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000) {
   const events: string[] = [];
   const credentials: TenantCredentials[] = [];
   const plannedMinutes: number[] = [];
+  const listedNotes: (string | null | undefined)[] = [];
   let closed = 0;
   const publisher = {
     async send(_topic: string, _contract: string, messages: OutboundMessage<DeviceBatch>[]) {
@@ -55,8 +56,9 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000) {
     async begin(cycle: { deadlineAt: string }) {
       events.push(`begin ${cycle.deadlineAt}`);
     },
-    async listed(_t: string, _c: string, totals: { totalBatches: number; totalDevices: number }) {
-      events.push(`listed ${totals.totalBatches}/${totals.totalDevices}`);
+    async listed(_t: string, _c: string, totals: Parameters<CycleStore['listed']>[2]) {
+      events.push(`listed ${totals.totalBatches}/${totals.totalDevices} ${totals.vulnerabilityMode}`);
+      listedNotes.push(totals.note);
     },
   } as unknown as CycleStore;
   const defender: DefenderGateway = {
@@ -86,7 +88,7 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000) {
     logger: silentLogger,
     now: () => 1_000,
   };
-  return { deps, sent, events, credentials, plannedMinutes, closed: () => closed };
+  return { deps, sent, events, credentials, plannedMinutes, listedNotes, closed: () => closed };
 }
 
 const input = (signal = new AbortController().signal, profile: Record<string, unknown> | null = null) => ({
@@ -120,7 +122,7 @@ describe('runCycle', () => {
   });
 
   it('runCycle should split the fleet into batches of at most 500, the last with the totals', async () => {
-    const { deps, sent, events, credentials, closed } = setup(pages(300, 300, 403));
+    const { deps, sent, events, credentials, listedNotes, closed } = setup(pages(300, 300, 403));
     const result = await runCycle(deps, input());
     expect(sent.map((b) => b.devices.length)).toEqual([500, 500, 3]);
     expect(sent.map((b) => [b.batchIndex, b.lastBatch])).toEqual([
@@ -137,7 +139,7 @@ describe('runCycle', () => {
     expect(sent[0]?.totalBatches).toBeUndefined();
     expect(new Set(sent.flatMap((b) => b.devices.map((d) => d.id))).size).toBe(1_003);
     expect(events[0]).toBe('begin 1970-01-01T00:05:00.000Z');
-    expect(events.at(-1)).toBe('listed 3/1003');
+    expect(events.at(-1)).toBe('listed 3/1003 bulk');
     expect(result).toMatchObject({
       totalDevices: 1_003,
       totalBatches: 3,
@@ -145,6 +147,7 @@ describe('runCycle', () => {
       merged: 0,
     });
     expect(result.note).toMatch(/1003 devices exceed the 1000 per-device calls/);
+    expect(listedNotes).toEqual([result.note]);
     expect(credentials[0]).toMatchObject({ clientSecret: 'Sup3r~secret', region: 'eu', cloud: 'commercial' });
     expect(closed()).toBe(1);
   });
@@ -171,7 +174,7 @@ describe('runCycle', () => {
         devices: [],
       }),
     ]);
-    expect(events.at(-1)).toBe('listed 1/0');
+    expect(events.at(-1)).toBe('listed 1/0 per-device');
   });
 
   it('runCycle should leave out merged records and take the CVSS threshold from the profile', async () => {

@@ -1,10 +1,18 @@
 import type { TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
-import type { PollLease, PollSchedule, PollScheduleStore, TenantStatus, TenantStore } from '@urs/store';
+import type {
+  CycleState,
+  CycleStore,
+  PollLease,
+  PollSchedule,
+  PollScheduleStore,
+  TenantStatus,
+  TenantStore,
+} from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { inboundMessage } from '@urs/testkit';
-import type { CycleInput, CycleResult } from '../src/cycle';
+import { cycleIdOf, type CycleInput, type CycleResult } from '../src/cycle';
 import { createScheduler, type Scheduler } from '../src/scheduler';
 import { createTenantTable, type TenantTable } from '../src/tenant-table';
 
@@ -120,7 +128,7 @@ function replica(
   status: TenantStore,
   runs: Run[],
   behaviour: (input: CycleInput) => Promise<void>,
-  maxConcurrentCycles = 8,
+  options: { maxConcurrentCycles?: number; cycles?: Pick<CycleStore, 'get'> } = {},
 ) {
   const table = createTenantTable();
   table.expectEnd(new Map());
@@ -128,6 +136,7 @@ function replica(
     table,
     schedules,
     tenants: status,
+    cycles: options.cycles ?? { get: async () => null },
     runCycle: async (input): Promise<CycleResult> => {
       const start = input.startedAt;
       await behaviour(input);
@@ -144,7 +153,7 @@ function replica(
     holderId: `replica-${index}`,
     intervalUnitMs: UNIT_MS,
     leaseMs: 200,
-    maxConcurrentCycles,
+    maxConcurrentCycles: options.maxConcurrentCycles ?? 8,
     tickMs: 5,
     recheckMs: 20,
     maxBackoffMs: 10_000,
@@ -199,7 +208,7 @@ describe('createScheduler', () => {
     const cycle = async (): Promise<void> => {
       await sleep(0.6 * INTERVAL_MS);
     };
-    const { table, scheduler } = replica(0, schedules, status, runs, cycle, 1);
+    const { table, scheduler } = replica(0, schedules, status, runs, cycle, { maxConcurrentCycles: 1 });
     await feed(table, [record('a'), record('b'), record('c')]);
     scheduler.start();
     started.push(scheduler);
@@ -285,6 +294,64 @@ describe('createScheduler', () => {
       state: 'error',
       lastErrorCode: 'DEFENDER_CONSENT_MISSING',
     });
+  });
+
+  it('createScheduler should end a cycle its killed poller had listed in full, and redo one it had not', async () => {
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const runs: Run[] = [];
+    // What a poller killed after the cycle store's `listed` and before the schedule's `end` leaves, for a
+    // tenant it had listed in full, and for one it was still listing.
+    const startedAt = Date.now();
+    for (const tenantId of ['listed', 'listing']) {
+      const lease = (await schedules.acquire(tenantId, 'killed', 1_000)) as PollLease;
+      await schedules.begin(lease, cycleIdOf(tenantId, startedAt), startedAt);
+      await schedules.release(lease); // as if it had expired
+    }
+    const listedCycleId = cycleIdOf('listed', startedAt);
+    // The vuln-fetcher's export was refused while the listing went on.
+    await status.updateStatus('listed', {
+      lastCycleId: listedCycleId,
+      state: 'error',
+      lastErrorCode: 'DEFENDER_CONSENT_MISSING',
+      lastErrorCycleId: listedCycleId,
+    });
+    const begun = { startedAt: new Date(startedAt).toISOString(), deadlineAt: '', scoredBatches: 0 };
+    const listedAt = new Date(startedAt + 20).toISOString();
+    const note = 'bulk vulnerability export: 30000 devices exceed the 400 per-device calls';
+    const cycles = {
+      async get(tenantId: string, cycleId: string): Promise<CycleState> {
+        if (cycleId !== listedCycleId) return { tenantId, cycleId, ...begun };
+        const totals = {
+          totalBatches: 60,
+          totalDevices: 30_000,
+          listedAt,
+          vulnerabilityMode: 'bulk' as const,
+        };
+        return { tenantId, cycleId, ...begun, ...totals, note };
+      },
+    };
+    const { table, scheduler } = replica(0, schedules, status, runs, async () => {}, { cycles });
+    await feed(table, [record('listed'), record('listing')]);
+    scheduler.start();
+    started.push(scheduler);
+    await sleep(INTERVAL_MS / 2);
+    expect(runs.map((r) => r.tenantId)).toEqual(['listing']);
+    expect(await schedules.get('listed')).toEqual({ failures: 0, lastStartedAt: startedAt });
+    expect(status.statuses.get('listed')).toMatchObject({
+      lastCycleId: listedCycleId,
+      lastCycleEndedAt: listedAt,
+      deviceCount: 30_000,
+      vulnerabilityMode: 'bulk',
+      note,
+      state: 'error',
+      lastErrorCode: 'DEFENDER_CONSENT_MISSING',
+    });
+    // Its next cycle comes one interval after the start of the one ended for it.
+    await sleep(INTERVAL_MS);
+    const next = runs.filter((r) => r.tenantId === 'listed');
+    expect(next).toHaveLength(1);
+    expect(next[0]?.start).toBeGreaterThanOrEqual(startedAt + INTERVAL_MS);
   });
 
   it('createScheduler should stop polling a disabled or deleted tenant and abort its running cycle', async () => {
