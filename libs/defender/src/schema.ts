@@ -3,7 +3,7 @@ import Ajv, { type ValidateFunction } from 'ajv';
 /**
  * Tolerant reading of Microsoft's records: keys are normalised to the documented camelCase (the API and
  * its examples mix `onboardingstatus`, PascalCase `CveSupportability`, `EPSS`), known enum values are
- * normalised to their documented case, and undocumented fields are kept. A record is invalid only when
+ * normalised to their documented case, CVE ids to upper case, and undocumented fields are kept. A record is invalid only when
  * a field we rely on has the wrong type: then that one record is reported and skipped.
  */
 
@@ -329,6 +329,15 @@ export function parseMachine(raw: unknown): ParseResult<MachineRecord> {
   return { ok: true, value: record as MachineRecord };
 }
 
+/**
+ * A CVE id in upper case, as CVE ids are written (`cve-2024-1234` → `CVE-2024-1234`). Both vulnerability
+ * endpoints go through here, so every CVE id in the system has one spelling: the same CVE sent in another
+ * case (on another product's row, say) is merged and counted once, and names the same CVE in a summary.
+ */
+function normaliseCveId(id: string): string {
+  return id.toUpperCase();
+}
+
 /** Normalises and validates one vulnerability of the per-device endpoint; `raw` (freshly parsed) may be normalised in place and returned. */
 export function parseVulnerability(raw: unknown): ParseResult<Vulnerability> {
   const object = asObject(raw);
@@ -337,7 +346,9 @@ export function parseVulnerability(raw: unknown): ParseResult<Vulnerability> {
   normaliseEnums(record);
   if (!validateVulnerabilitySchema(record))
     return { ok: false, reason: describe(validateVulnerabilitySchema) };
-  return { ok: true, value: record as Vulnerability };
+  const vulnerability = record as Vulnerability;
+  vulnerability.id = normaliseCveId(vulnerability.id);
+  return { ok: true, value: vulnerability };
 }
 
 /** Normalises and validates one row of the bulk export; `raw` (freshly parsed) may be normalised in place and returned. */
@@ -352,14 +363,14 @@ export function parseSoftwareVulnerabilityRow(raw: unknown): ParseResult<Softwar
 
 /**
  * The per-device shape of a bulk row, so the scorer sees one vulnerability type whichever endpoint
- * produced it: `cveId` → `id`, `cvssScore` → `cvssV3`, `vulnerabilitySeverityLevel` → `severity`,
+ * produced it: `cveId` → `id` (upper case), `cvssScore` → `cvssV3`, `vulnerabilitySeverityLevel` → `severity`,
  * `exploitabilityLevel` → the exploit flags. Rows without a CVE (software only) give undefined.
  */
 export function vulnerabilityFromRow(row: SoftwareVulnerabilityRow): Vulnerability | undefined {
   if (!row.cveId) return undefined;
   const level = row.exploitabilityLevel ?? undefined;
   const vulnerability: Vulnerability = {
-    id: row.cveId,
+    id: normaliseCveId(row.cveId),
     severity: row.vulnerabilitySeverityLevel ?? null,
     cvssV3: row.cvssScore ?? null,
   };

@@ -40,6 +40,7 @@ function exportRow(
 /** Rows that are valid JSON but unusual in a way the byte reader must read, or decline to the whole parse. */
 const UNUSUAL_ROWS = [
   '{"deviceId":"d1","cveId":"","cvssScore":5}',
+  '{"deviceId":"d1","cveId":"cve-2024-1234","cvssScore":9.8}',
   '{"deviceId":"d1","cveId":"CVE-1","cvssScore":-0}',
   '{"deviceId":"d1","cveId":"CVE-1","cvssScore":1e1}',
   '{"deviceId":"d1","cveId":"CVE-1","cvssScore":7.50}',
@@ -173,6 +174,14 @@ describe('BulkRowReader', () => {
     expect(expected).toMatch(/^MalformedODataError: /);
     for (const size of CHUNK_SIZES)
       expect(thrown(() => scan(page(rows), size, new BulkRowReader()))).toBe(expected);
+  });
+
+  it('should give CVE ids in upper case, whatever case the export wrote them in', () => {
+    const rows = [exportRow('d1', 'cve-2024-1234', 9.8), exportRow('d1', 'Cve-2024-1234', 7.5)];
+    for (const reader of [undefined, new BulkRowReader()])
+      expect(
+        scan(page(rows), 1 << 20, reader).map((entry) => 'deviceId' in entry && entry.vulnerability?.id),
+      ).toEqual(['CVE-2024-1234', 'CVE-2024-1234']);
   });
 
   it('should decline the rows it cannot read exactly', () => {

@@ -61,6 +61,20 @@ describe('readVulnerabilitiesByMachine', () => {
 });
 
 describe('fetchMachineVulnerabilities', () => {
+  it('should merge a CVE sent in another case into one entry, its id in upper case', async () => {
+    const value = [
+      { id: 'CVE-2024-1234', cvssV3: 7.5 },
+      { id: 'cve-2024-1234', cvssV3: 9.8 },
+      { id: 'Cve-2023-0001', cvssV3: null },
+    ];
+    const api = { get: async () => ({ status: 200, body: { value } }) } as unknown as ApiCaller;
+    const list = await fetchMachineVulnerabilities({ api, logger: silentLogger, azureTenantId: 't1' }, 'm1');
+    expect(list).toEqual([
+      { id: 'CVE-2024-1234', cvssV3: 9.8 },
+      { id: 'CVE-2023-0001', cvssV3: null },
+    ]);
+  });
+
   it('should fail retryably, not read for ever, when the answer links to itself', async () => {
     let calls = 0;
     const get = async (_endpoint: string, path: string) => {

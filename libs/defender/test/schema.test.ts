@@ -106,6 +106,13 @@ describe('parseVulnerability', () => {
     });
   });
 
+  it('parseVulnerability should write the CVE id in upper case', () => {
+    expect(parseVulnerability({ id: 'cve-2024-1234', cvssV3: 9.8 })).toEqual({
+      ok: true,
+      value: { id: 'CVE-2024-1234', cvssV3: 9.8 },
+    });
+  });
+
   it('parseVulnerability should reject a CVSS that is not a number', () => {
     expect(parseVulnerability({ id: 'CVE-2024-1', cvssV3: '9.8' })).toEqual({
       ok: false,
@@ -132,6 +139,11 @@ describe('vulnerabilityFromRow', () => {
       exploitVerified: true,
       exploitInKit: false,
     });
+  });
+
+  it('vulnerabilityFromRow should write the CVE id in upper case', () => {
+    const parsed = parseSoftwareVulnerabilityRow({ deviceId: ID, cveId: 'cve-2024-1234', cvssScore: 9.8 });
+    expect(parsed.ok && vulnerabilityFromRow(parsed.value)).toMatchObject({ id: 'CVE-2024-1234' });
   });
 
   it('vulnerabilityFromRow should drop rows without a CVE', () => {
