@@ -4,7 +4,7 @@ import { CompiledProfile, compileProfile } from './compile';
 import type { Contribution, EnumSignal, SignalName } from './compile';
 import { ScoringError } from './errors';
 import type { Profile, ProfileInput } from './profile';
-import { parseTimestampMs } from './time';
+import { parseTimestampMs, subMillisecondOf } from './time';
 import { countCriticalCves } from './vulnerabilities';
 import type { VulnerabilityInput } from './vulnerabilities';
 
@@ -101,9 +101,8 @@ export function scoreDevice(
   // Inactivity: whole days d = floor(hours / 24) since lastSeen, a lastSeen in the future counting as 0.
   const seenMs = observedAt === null ? NaN : parseTimestampMs(observedAt);
   let days: number | null = null;
-  if (seenMs === seenMs) {
-    const elapsedMs = nowMs - seenMs;
-    days = elapsedMs > 0 ? Math.floor(elapsedMs / DAY_MS) : 0;
+  if (observedAt !== null && seenMs === seenMs) {
+    days = wholeDaysSince(seenMs, observedAt, nowMs, now);
     const bucket = p.inactivity[
       days === 0 ? 0 : days <= 3 ? 1 : days <= 7 ? 2 : days <= 14 ? 3 : 4
     ] as Contribution;
@@ -208,6 +207,26 @@ function fetchedAtOf(input: VulnerabilityInput): string | null {
   if (input === null || input === undefined || Array.isArray(input)) return null;
   const fetchedAt = (input as { fetchedAt?: unknown }).fetchedAt;
   return typeof fetchedAt === 'string' ? fetchedAt : null;
+}
+
+/**
+ * Whole days from lastSeen to now, 0 when lastSeen is later, both read to the millisecond. At an exact
+ * number of days in milliseconds the digits past the millisecond decide: MDE writes lastSeen to 100 ns
+ * (`…:00.1234567Z`), and a device seen 100 ns after now's millisecond a day before has not been away a
+ * whole day.
+ */
+function wholeDaysSince(
+  seenMs: number,
+  seenText: string,
+  nowMs: number,
+  now: number | Date | string,
+): number {
+  const elapsedMs = nowMs - seenMs;
+  if (elapsedMs <= 0) return 0;
+  const days = Math.floor(elapsedMs / DAY_MS);
+  if (elapsedMs % DAY_MS !== 0) return days;
+  const nowSubMs = typeof now === 'string' ? subMillisecondOf(now) : 0;
+  return subMillisecondOf(seenText) > nowSubMs ? days - 1 : days;
 }
 
 function read(m: Record<string, unknown>, key: string, alternative: string): unknown {

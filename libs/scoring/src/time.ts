@@ -2,7 +2,7 @@
  * ISO 8601 timestamps to epoch milliseconds, without Date.parse. MDE writes `lastSeen` with 7 fractional
  * digits (`2024-01-08T11:04:02.1234567Z`, .NET ticks); ECMAScript only defines Date.parse for exactly 3,
  * so engines differ on more. This parser takes any number of fraction digits (truncated to the
- * millisecond), `T`, `t` or a space between date and time, `Z`, `±HH:MM`, `±HHMM` or `±HH` (no zone
+ * millisecond; `subMillisecondOf` reads the rest), `T`, `t` or a space between date and time, `Z`, `±HH:MM`, `±HHMM` or `±HH` (no zone
  * means UTC, as MDE's are always UTC), and any year from 0000 (.NET's `DateTime.MinValue` is
  * `0001-01-01T00:00:00Z`, which Date.UTC would read as 1901). Returns NaN for anything else, including
  * impossible dates such as February 30th. Pure integer arithmetic, no allocation.
@@ -57,6 +57,28 @@ export function parseTimestampMs(text: string): number {
   if (offsetHours < 0 || offsetHours > 23 || offsetMinutes < 0 || offsetMinutes > 59) return NaN;
   const offsetMs = (offsetHours * 60 + offsetMinutes) * 60_000;
   return zone === 43 ? ms - offsetMs : ms + offsetMs;
+}
+
+/** Fraction digits past the millisecond that `subMillisecondOf` reads: to the picosecond, MDE's 100 ns and below. */
+const SUB_MS_DIGITS = 9;
+
+/**
+ * The part of a timestamp `parseTimestampMs` cut off: the fraction's digits past the millisecond, as an
+ * integer of SUB_MS_DIGITS digits (`…:02.1234567Z` → 456_700_000), 0 when there are none. Two of these
+ * order the instants of one millisecond. Only for a text parseTimestampMs reads (not NaN).
+ */
+export function subMillisecondOf(text: string): number {
+  // A fraction follows the seconds (`YYYY-MM-DDTHH:MM:SS.`); the digits of the millisecond come first.
+  const mark = text.charCodeAt(19);
+  if (mark !== 46 && mark !== 44) return 0;
+  let value = 0;
+  let ended = false;
+  for (let i = 20; i < 23 + SUB_MS_DIGITS; i += 1) {
+    const d = text.charCodeAt(i) - 48;
+    if (!(d >= 0 && d <= 9)) ended = true;
+    if (i >= 23) value = value * 10 + (ended ? 0 : d);
+  }
+  return value;
 }
 
 /** The non-negative integer in `count` decimal digits at `start`, or -1. */

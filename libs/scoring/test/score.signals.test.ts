@@ -199,6 +199,23 @@ describe('scoreDevice signals', () => {
       expect(oneDay.signals.inactivity.value).toBe(1);
     });
 
+    it('should not count a whole day a lastSeen cut to the millisecond would have reached', () => {
+      const daysSince = (lastSeen: string, now: number | string) =>
+        scoreDevice(machine({ lastSeen }), [], profile, now).signals.inactivity.value;
+      // Half a microsecond short of a day, now in epoch ms as the scorer gives it.
+      expect(daysSince('2026-12-03T23:59:59.9995Z', Date.UTC(2026, 11, 4, 23, 59, 59, 999))).toBe(0);
+      expect(daysSince('2026-12-03T23:59:59.9995Z', Date.UTC(2026, 11, 5, 0, 0, 0, 0))).toBe(1);
+      // 100 ns short of 8 days (MDE's seventh digit), and exactly 8 days.
+      expect(daysSince('2026-11-26T10:00:00.1234567Z', '2026-12-04T10:00:00.123Z')).toBe(7);
+      expect(daysSince('2026-11-26T10:00:00.1234567Z', '2026-12-04T10:00:00.1234567Z')).toBe(8);
+      expect(daysSince('2026-11-26T10:00:00.1234567Z', '2026-12-04T10:00:00.12345671Z')).toBe(8);
+      // A fraction shorter than a millisecond's digits, then a zone: nothing past the millisecond.
+      expect(daysSince('2026-12-03T11:00:00.1+01:00', Date.UTC(2026, 11, 4, 10, 0, 0, 100))).toBe(1);
+      // Seen within the same millisecond as now, before or after it.
+      expect(daysSince('2026-12-04T10:00:00.1235Z', '2026-12-04T10:00:00.123Z')).toBe(0);
+      expect(daysSince('2026-12-04T10:00:00.123Z', '2026-12-04T10:00:00.1235Z')).toBe(0);
+    });
+
     it('should score .NET DateTime.MinValue (0001-01-01) as gt14d', () => {
       expect(score({ lastSeen: '0001-01-01T00:00:00Z' }).contributions[0]).toMatchObject({ value: 'gt14d' });
     });
