@@ -38,7 +38,10 @@ function readFailure(error: unknown): AuthFailure {
     description,
     name: typeof e.name === 'string' ? e.name : 'Error',
   };
-  if (typeof response.error === 'string') failure.error = response.error;
+  // MSAL's ServerError, rewrapped, keeps Entra's OAuth error only as the message's first word.
+  const oauthError =
+    typeof response.error === 'string' ? response.error : OAUTH_ERROR_PREFIX.exec(message)?.[1];
+  if (oauthError !== undefined) failure.error = oauthError;
   if (typeof e.statusCode === 'number') failure.status = e.statusCode;
   if (typeof response.correlationId === 'string') failure.correlationId = response.correlationId;
   if (typeof response.traceId === 'string') failure.traceId = response.traceId;
@@ -46,6 +49,17 @@ function readFailure(error: unknown): AuthFailure {
   if (networkCode && /^E[A-Z_]+$/.test(networkCode)) failure.networkCode = networkCode;
   return failure;
 }
+
+/** `temporarily_unavailable: Error(s): 50000 - …`: the OAuth error MSAL puts first in a server error's message. */
+const OAUTH_ERROR_PREFIX = /^([a-z_]+): Error\(s\):/;
+
+/**
+ * Entra's own word that a token request failed on its side and may work when tried again: the OAuth errors
+ * `temporarily_unavailable` and `server_error`, AADSTS50000 (an error issuing the token) and AADSTS90033
+ * (a transient error).
+ */
+const TRANSIENT_OAUTH_ERRORS = new Set(['temporarily_unavailable', 'server_error']);
+const TRANSIENT_AADSTS = [50000, 90033];
 
 const NETWORK_HINT =
   /ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|EAI_AGAIN|socket hang up|network|certificate|self[- ]signed|UNABLE_TO_VERIFY/i;
@@ -97,12 +111,7 @@ export function mapAuthError(error: unknown, app: AppIdentity): DefenderError {
       { details },
     );
   }
-  if (
-    has(90002) ||
-    has(900023) ||
-    failure.error === 'invalid_tenant' ||
-    failure.name === 'CredentialUnavailableError'
-  ) {
+  if (has(90002) || has(900023) || failure.error === 'invalid_tenant') {
     return new DefenderError(
       DefenderErrorCode.UNKNOWN_TENANT,
       `Entra ID does not know tenant ${app.azureTenantId} (AADSTS90002). Check the Directory (tenant) ID and the tenant's cloud.`,
@@ -126,6 +135,8 @@ export function mapAuthError(error: unknown, app: AppIdentity): DefenderError {
   }
   const transient =
     (failure.status !== undefined && (failure.status >= 500 || failure.status === 429)) ||
+    (failure.error !== undefined && TRANSIENT_OAUTH_ERRORS.has(failure.error)) ||
+    TRANSIENT_AADSTS.some(has) ||
     failure.networkCode !== undefined ||
     (failure.aadsts.length === 0 && NETWORK_HINT.test(failure.description));
   if (transient) {

@@ -100,9 +100,10 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
   /**
    * MSAL reports an unknown tenant and an unreachable authority alike ("endpoints_resolution_error": it
    * swallows the answer of the tenant's OpenID metadata request). Asking for that document ourselves tells
-   * them apart: Entra answers 400 with AADSTS90002 for an unknown tenant; a network error is an outage.
+   * them apart: Entra answers 400 with AADSTS90002 for an unknown tenant; a network error is an outage; and
+   * a document served now means MSAL's two tries met a passing failure, an outage too.
    */
-  async function diagnoseAuthority(original: unknown): Promise<unknown> {
+  async function diagnoseAuthority(): Promise<unknown> {
     const url = `${endpoints.authorityHost}/${encodeURIComponent(credentials.azureTenantId)}/v2.0/.well-known/openid-configuration`;
     try {
       const response = await axios.get<unknown>(url, {
@@ -126,7 +127,11 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
           },
         };
       }
-      return original;
+      return {
+        name: 'AuthorityUnavailable',
+        statusCode: 503,
+        message: `the tenant's OpenID metadata could not be read, and is served again (HTTP ${response.status})`,
+      };
     } catch (error) {
       const code = (error as { code?: unknown }).code;
       return {
@@ -142,8 +147,7 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
       return await from.getToken(endpoints.scope, signal ? { abortSignal: signal } : {});
     } catch (error) {
       const name = (error as { name?: unknown }).name;
-      if (name === 'CredentialUnavailableError')
-        throw mapAuthError(await diagnoseAuthority(error), credentials);
+      if (name === 'CredentialUnavailableError') throw mapAuthError(await diagnoseAuthority(), credentials);
       throw mapAuthError(error, credentials);
     }
   }

@@ -12,6 +12,7 @@ import {
   createLocalLimiter,
   createLocalQuotaGate,
   createTokenSource,
+  isSetupErrorCode,
   resolveEndpoints,
   type BulkExportRead,
   type DefenderClient,
@@ -125,6 +126,45 @@ describe('createDefenderClient sign-in errors (real @azure/identity against the 
     expect(error.code).toBe(code);
     expect(error.message).toMatch(message);
     expectNoSecret(error, from.clientSecret);
+  });
+
+  it("listMachines should call Entra's temporarily_unavailable (AADSTS50000) an outage to try again, not a sign-in failure", async () => {
+    const own = newApp();
+    sim.addTenant({ azureTenantId: own.azureTenantId, apps: [own], fleet: { size: 1, seed: 3 } });
+    sim.setFaults(own.azureTenantId, { status5xxRate: 1, tokenEndpoint: true });
+    try {
+      const error = await failure(own, (c) => c.listMachines());
+      expect(error).toMatchObject({ code: DefenderErrorCode.UNAVAILABLE, canRetry: true });
+      expect(isSetupErrorCode(error.code)).toBe(false);
+      expect(error.message).toContain('AADSTS50000');
+      expectNoSecret(error, own.clientSecret);
+    } finally {
+      sim.removeTenant(own.azureTenantId);
+    }
+  });
+
+  it("getToken should call a passing failure of the tenant's OpenID metadata an outage, not an unknown tenant", async () => {
+    const own = newApp();
+    sim.addTenant({ azureTenantId: own.azureTenantId, apps: [own], fleet: { size: 1, seed: 4 } });
+    // MSAL's two tries fail; the document is served again when the failure is looked into.
+    sim.setFaults(own.azureTenantId, { openIdFailures: 2 });
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const tokens = createTokenSource({
+      endpoints: resolveEndpoints(undefined, undefined, { authorityHost: sim.baseUrl, apiBase: sim.baseUrl }),
+      credentials: own,
+      httpsAgent: agent,
+    });
+    try {
+      await expect(tokens.getToken()).rejects.toMatchObject({
+        code: DefenderErrorCode.UNAVAILABLE,
+        canRetry: true,
+      });
+      expect(sim.stats().faultsByKind).toMatchObject({ openIdReset: 2 });
+      await expect(tokens.getToken()).resolves.toMatchObject({ token: expect.any(String) });
+    } finally {
+      agent.destroy();
+      sim.removeTenant(own.azureTenantId);
+    }
   });
 
   it('getToken should call an unreachable Entra an outage, not a wrong tenant', async () => {

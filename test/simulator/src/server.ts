@@ -287,8 +287,16 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
         return true;
       }
     }
-    if (kind === 'openid') handleOpenIdConfiguration(entra, req, res, tenantSegment);
-    else if (kind === 'jwks') handleJwks(entra, res);
+    if (kind === 'openid') {
+      const f = tenant && faults.get(tenant.id);
+      if (f?.openIdFailures) {
+        f.openIdFailures--;
+        fault('openIdReset');
+        req.socket.destroy();
+        return true;
+      }
+      handleOpenIdConfiguration(entra, req, res, tenantSegment);
+    } else if (kind === 'jwks') handleJwks(entra, res);
     else await handleToken(entra, req, res, tenantSegment, kind === 'token' ? 2 : 1);
     return true;
   }

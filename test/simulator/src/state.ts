@@ -40,6 +40,12 @@ export interface FaultSpec {
   /** /api/machines: return only part of a full page although more devices remain. */
   shortPageRate?: number;
   /**
+   * The tenant's next this many requests for its OpenID metadata document (what a client reads before its
+   * first token) have their connection reset, then it is served again: a passing failure, on demand.
+   * Counted down as they happen.
+   */
+  openIdFailures?: number;
+  /**
    * Also apply status5xxRate, resetRate and timeoutRate to the token endpoint (Entra answers 503
    * `temporarily_unavailable`). Default false: only MDE API calls see faults.
    */
@@ -69,6 +75,12 @@ export function validateFaults(faults: FaultSpec): FaultSpec {
     if (typeof value !== 'number' || !(value >= 0 && value <= 1))
       throw new Error(`faults.${key} must be a number between 0 and 1, got ${String(value)}`);
     out[key] = value;
+  }
+  if (faults.openIdFailures !== undefined) {
+    const n = faults.openIdFailures;
+    if (!Number.isInteger(n) || n < 0)
+      throw new Error(`faults.openIdFailures must be a non-negative integer, got ${String(n)}`);
+    out.openIdFailures = n;
   }
   if (faults.tokenEndpoint !== undefined) {
     if (typeof faults.tokenEndpoint !== 'boolean')
