@@ -139,6 +139,9 @@ export function environmentHasProxy(env: NodeJS.ProcessEnv = process.env): boole
  */
 type Slot = <T extends { status: number }>(call: (slotEnds: AbortSignal) => Promise<T>) => Promise<T>;
 
+/** A quota wait this long (seconds) has the call ask for its token again before it is sent. */
+const TOKEN_RECHECK_AFTER_QUOTA_WAIT_S = 1;
+
 /**
  * A request's signal: aborted by the caller's, if any, or by the end of its slot. `done` takes its listeners
  * off both, which outlive the request (the caller's signal is often the service's own, for weeks). Not
@@ -168,6 +171,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   const { azureTenantId, apiBase, tokens, limiter, quota, logger } = options;
   const metrics = options.metrics ? createCallMetrics(options.metrics) : undefined;
   const origin = new URL(apiBase).origin;
+  /** The API base's own path (a gateway's `/mde`), without its last slash; '' for a host's root. */
+  const basePath = new URL(apiBase).pathname.replace(/\/+$/, '');
   const http = axios.create({
     httpsAgent: options.httpsAgent,
     timeout: options.requestTimeoutMs,
@@ -200,8 +205,13 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       );
     }
     // A next link may name another host of the same service (the legacy or the global one); only its path
-    // and query are followed, on the tenant's own API host, so the bearer token never goes anywhere else.
-    return new URL(`${link.pathname}${link.search}`, origin).toString();
+    // and query are followed, on the tenant's own API host, so the bearer token never goes anywhere else;
+    // under the API base's own path, when it has one and the link does not carry it already.
+    const path =
+      basePath === '' || link.pathname.startsWith(`${basePath}/`)
+        ? link.pathname
+        : `${basePath}${link.pathname}`;
+    return new URL(`${path}${link.search}`, origin).toString();
   }
 
   function unreachable(error: unknown, url: string, signal: AbortSignal | undefined): DefenderError {
@@ -481,12 +491,17 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   ): Promise<ApiResult | R> {
     const path = new URL(url).pathname;
     let refreshed = false;
+    // A token before the quota, so that while Entra is down a call fails without spending the tenant's quota.
     let token = (await tokens.getToken(signal)).token;
     for (;;) {
       // Quota first, then the slot: a tenant waiting for its quota must not hold one of the shared slots.
       const asked = performance.now();
       const claim = await quota.acquire(azureTenantId, endpoint, signal);
       const quotaSeconds = (performance.now() - asked) / 1000;
+      // The quota's wait can outlast the token (a tenant that spent its hourly quota waits up to an hour):
+      // sent expired, it would spend a call of the quota on a 401, and a second expiry would fail the call.
+      // So after a wait the token is asked for again (the same one unless it is due for renewal).
+      if (quotaSeconds >= TOKEN_RECHECK_AFTER_QUOTA_WAIT_S) token = (await tokens.getToken(signal)).token;
       const current = token;
       const response = await call(current, (run) => inSlot(endpoint, claim, quotaSeconds, run));
       if (!('headers' in response)) return response;

@@ -175,6 +175,14 @@ function createWaitQueue(): (key: string, wait: () => Promise<void>, signal?: Ab
   };
 }
 
+/**
+ * Microsoft counts a tenant's calls by its directory, whatever case its id is written in: two registrations
+ * of one directory, one in upper case, share one quota.
+ */
+function quotaId(azureTenantId: string, endpoint: DefenderEndpointClass): string {
+  return `${azureTenantId.toLowerCase()}:${endpoint}`;
+}
+
 /** The quota kept in Redis (keys `<prefix>defender:quota:<tenant>:<endpoint>:<windowMs>`), shared by every process. */
 export function createRedisQuotaGate(
   redis: Redis,
@@ -187,7 +195,7 @@ export function createRedisQuotaGate(
   const queue = createWaitQueue();
   let sequence = 0;
   const key = (tenant: string, endpoint: DefenderEndpointClass, suffix: string): string =>
-    `${keyPrefix}defender:quota:${tenant}:${endpoint}:${suffix}`;
+    `${keyPrefix}defender:quota:${quotaId(tenant, endpoint)}:${suffix}`;
 
   return {
     async acquire(azureTenantId, endpoint, signal) {
@@ -213,7 +221,7 @@ export function createRedisQuotaGate(
           maxPollMs,
           signal,
         );
-      await queue(`${azureTenantId}:${endpoint}`, wait, signal);
+      await queue(quotaId(azureTenantId, endpoint), wait, signal);
       const taken = member;
       return {
         sent() {
@@ -296,7 +304,7 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
 
   return {
     async acquire(azureTenantId, endpoint, signal) {
-      const id = `${azureTenantId}:${endpoint}`;
+      const id = quotaId(azureTenantId, endpoint);
       const taken: Call = { takenAt: 0 };
       await queue(
         id,
@@ -313,7 +321,7 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
       };
     },
     async block(azureTenantId, endpoint, durationMs) {
-      const id = `${azureTenantId}:${endpoint}`;
+      const id = quotaId(azureTenantId, endpoint);
       blockedUntil.set(id, Math.max(blockedUntil.get(id) ?? 0, now() + durationMs));
     },
   };

@@ -201,6 +201,15 @@ export async function scanVulnerabilitiesByMachine(
   return { pages };
 }
 
+/** The export's first page answered 404: nothing to read, which is not the same as no CVEs. */
+function noExport(path: string, azureTenantId: string): DefenderError {
+  return new DefenderError(
+    DefenderErrorCode.UNAVAILABLE,
+    `The Defender API answered 404 for ${path} of tenant ${azureTenantId}: the vulnerability export could not be read, and is tried again rather than taken for a fleet without CVEs`,
+    { canRetry: true, details: { azureTenantId, path, status: 404, page: 1 } },
+  );
+}
+
 /** Follows the export's next links from its first page; the pages read. */
 async function walkExportPages(
   pageSize: number,
@@ -215,10 +224,11 @@ async function walkExportPages(
   while (next) {
     const result = await scanPage(next, params);
     params = undefined; // the next link carries every parameter
-    // No export at all on the first page. On a later one (its next link lapsed) the export is not whole:
-    // the devices of the pages not read would be taken for devices without CVEs.
-    if (result.status === 404 && pages > 0) throw lostPage(path, pages, azureTenantId);
-    if (result.status === 404) break;
+    // A 404 leaves the export unread, on the first page as on a later one (its next link lapsed): the
+    // devices of the pages not read would be taken for devices without CVEs. (An export with no rows
+    // answers 200 and an empty page.)
+    if (result.status === 404)
+      throw pages > 0 ? lostPage(path, pages, azureTenantId) : noExport(path, azureTenantId);
     pages++;
     next = freshNextLink(result.members, followed, path, azureTenantId);
   }

@@ -14,6 +14,7 @@ import {
   createTokenSource,
   isSetupErrorCode,
   resolveEndpoints,
+  MICROSOFT_QUOTAS,
   type BulkExportRead,
   type DefenderClient,
   type QuotaGate,
@@ -268,6 +269,29 @@ describe('createDefenderClient consent', () => {
 });
 
 describe('createDefenderClient tokens', () => {
+  it('getMachineVulnerabilities should send a token taken after its quota wait, which outlasts a token', async () => {
+    const own = newApp();
+    sim.addTenant({ azureTenantId: own.azureTenantId, apps: [own], fleet: { size: 6, seed: 5 } });
+    // Tokens of 2 s, and a quota of 2 calls per 1.5 s: the last calls wait longer than a token lives.
+    sim.setTokenLifetime(2);
+    const quota = createLocalQuotaGate({
+      limits: { ...MICROSOFT_QUOTAS, vulnerabilities: [{ limit: 2, windowMs: 1_500 }] },
+    });
+    const { client, close } = simClient(sim, own, { quota });
+    try {
+      sim.resetStats();
+      const ids = sim.machines(own.azureTenantId).map((m) => m.id);
+      const results = await Promise.allSettled(ids.map((id) => client.getMachineVulnerabilities(id)));
+      expect(results.filter((r) => r.status === 'rejected')).toEqual([]);
+      // Not one call spent on a token that expired while it waited.
+      expect(sim.stats().calls.vulnerabilities).toBe(6);
+    } finally {
+      sim.setTokenLifetime(3599);
+      sim.removeTenant(own.azureTenantId);
+      await close();
+    }
+  }, 20_000);
+
   it('getMachineVulnerabilities should get a fresh token and retry once when the API answers 401', async () => {
     const agent = createHttpsAgent({ extraCa: sim.caPem });
     const endpoints = resolveEndpoints(undefined, undefined, {

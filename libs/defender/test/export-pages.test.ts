@@ -28,9 +28,13 @@ function exportApi(answers: ('next' | 'again' | 'last' | 404)[]): { api: ApiCall
 describe('readVulnerabilitiesByMachine', () => {
   const deps = (api: ApiCaller) => ({ api, logger: silentLogger, azureTenantId: 't1' });
 
-  it('should read no export when its first page answers 404', async () => {
+  it('should fail retryably, not read a fleet without CVEs, when its first page answers 404', async () => {
     const { api, asked } = exportApi([404]);
-    expect(await readVulnerabilitiesByMachine(deps(api), () => undefined)).toMatchObject({ pages: 0 });
+    await expect(readVulnerabilitiesByMachine(deps(api), () => undefined)).rejects.toMatchObject({
+      code: 'DEFENDER_UNAVAILABLE',
+      canRetry: true,
+      message: expect.stringContaining('404 for /api/machines/SoftwareVulnerabilitiesByMachine of tenant t1'),
+    });
     expect(asked).toHaveLength(1);
   });
 

@@ -43,6 +43,48 @@ describe('environmentHasProxy', () => {
 });
 
 describe('createApiCaller', () => {
+  it('should follow next links under the path of an API base that has one', async () => {
+    const asked: string[] = [];
+    const server = createServer((req, res) => {
+      asked.push(req.url ?? '');
+      const next =
+        asked.length === 1 ? 'https://api.securitycenter.microsoft.com/api/machines/x?page=2' : undefined;
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify({ value: [{ n: asked.length }], ...(next ? { '@odata.nextLink': next } : {}) }));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    const api = createApiCaller({
+      azureTenantId: 't1',
+      apiBase: `http://127.0.0.1:${port}/mde`,
+      tokens: {
+        getToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
+        refreshToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
+      },
+      limiter: createLocalLimiter(),
+      quota: createLocalQuotaGate(),
+      httpsAgent: createHttpsAgent(),
+      retryPolicy: retryPolicy({ maxAttempts: 1 }),
+      requestTimeoutMs: 2_000,
+      maxThrottleWaitMs: 0,
+      logger: silentLogger,
+    });
+    try {
+      const first = await api.get('machines', '/api/machines/x');
+      const next = (first as { body: Record<string, string> }).body['@odata.nextLink'] as string;
+      await api.get('machines', next);
+      // A link that already carries the base's path is followed as it is.
+      await api.get('machines', 'https://api.securitycenter.microsoft.com/mde/api/machines/x?page=3');
+      expect(asked).toEqual([
+        '/mde/api/machines/x',
+        '/mde/api/machines/x?page=2',
+        '/mde/api/machines/x?page=3',
+      ]);
+    } finally {
+      server.close();
+    }
+  });
+
   it('should give up a call answered 429 with Retry-After 0 every time, its waits growing with the backoff', async () => {
     let calls = 0;
     const server = createServer((_req, res) => {
@@ -68,15 +110,17 @@ describe('createApiCaller', () => {
       retryPolicy: retryPolicy({ maxAttempts: 3, initialDelayMs: 10, maxDelayMs: 100 }),
       requestTimeoutMs: 2_000,
       maxThrottleWaitMs: 500,
+      // The top of each backoff's full jitter, so the count below does not depend on the draw.
+      random: () => 0.99,
       logger: silentLogger,
     });
     try {
       await expect(api.get('machines', '/api/machines')).rejects.toMatchObject({
         code: DefenderErrorCode.THROTTLED,
       });
-      // Waits of 10, 20, 40, 80, 100, 100, … ms until the 500 ms budget is spent.
-      expect(calls).toBeGreaterThan(3);
-      expect(calls).toBeLessThan(15);
+      // Waits of 9, 19, 39, 79, 99, 99, … ms until the 500 ms budget is spent.
+      // The 8th wait would pass the budget: 8 calls in all.
+      expect(calls).toBe(8);
     } finally {
       server.close();
     }

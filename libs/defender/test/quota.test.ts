@@ -37,6 +37,17 @@ describe('createLocalQuotaGate', () => {
     expect(Date.now() - started).toBeLessThan(100);
   });
 
+  it('acquire should count a tenant written in two cases as one tenant, as Microsoft does', async () => {
+    const gate = createLocalQuotaGate({
+      limits: { ...MICROSOFT_QUOTAS, vulnerabilities: [{ limit: 1, windowMs: 300 }] },
+      maxPollMs: 50,
+    });
+    const started = Date.now();
+    (await gate.acquire('5f2d6a9e-aaaa-bbbb-cccc-0123456789ab', 'vulnerabilities')).sent();
+    (await gate.acquire('5F2D6A9E-AAAA-BBBB-CCCC-0123456789AB', 'vulnerabilities')).sent();
+    expect(Date.now() - started).toBeGreaterThanOrEqual(290);
+  });
+
   it('block should hold the endpoint back for the given time', async () => {
     const gate = createLocalQuotaGate({ maxPollMs: 20 });
     await gate.block('t1', 'machines', 200);
@@ -153,7 +164,8 @@ describe('createRedisQuotaGate claims', () => {
     process.on('unhandledRejection', onUnhandled);
     try {
       const gate = createRedisQuotaGate(redis as never, 'p:');
-      const claim = await gate.acquire('tenant', 'bulk');
+      // Keyed by the tenant's id in lower case, however it was registered.
+      const claim = await gate.acquire('Tenant', 'bulk');
       const member = (calls[0] as unknown[])[5];
       expect(() => claim.sent()).not.toThrow();
       await new Promise((resolve) => setImmediate(resolve));
