@@ -1,11 +1,9 @@
 import type { DeadLetter } from '@urs/contracts';
-import { REDACTED, redact } from '@urs/logging';
+import { REDACTED, redact, redactText } from '@urs/logging';
 import { errorCode, errorMessage } from '@urs/resilience';
 
 /** A dead letter keeps at most this much of the original payload. */
 const MAX_PAYLOAD_CHARS = 256 * 1024;
-/** Catches `"clientSecret": "…"` (and any key naming a secret or password) in an error's text. */
-const SECRET_IN_TEXT = /("[^"]*(?:secret|password)[^"]*"\s*:\s*)"(?:[^"\\]|\\.)*"/gi;
 /**
  * Words that may name a secret, in text that cannot be read field by field. A `\u` escape may spell
  * any key (`"client\u0053ecret"`), so it counts as one.
@@ -76,7 +74,7 @@ export function toDeadLetter(message: FailedMessage, error: unknown, now: Date =
     key: message.key === null ? null : message.key.toString('utf8'),
     error: {
       code: errorCode(error),
-      message: errorMessage(error).replace(SECRET_IN_TEXT, `$1"${REDACTED}"`),
+      message: redactText(errorMessage(error)),
     },
     payload: payload === null ? null : payload.slice(0, MAX_PAYLOAD_CHARS),
     failedAt: now.toISOString(),

@@ -84,6 +84,12 @@ export interface ConsumerRunner {
   /** Joined the group and consuming. */
   isReady(): boolean;
   /**
+   * Resolves with the error when the consumer crashed and KafkaJS will not restart it (an error it does not
+   * retry, e.g. a session timeout the broker refuses, or an authorisation error): the runner then consumes
+   * nothing, for good. Never resolves otherwise.
+   */
+  failed(): Promise<Error>;
+  /**
    * Stops intake, lets the in-flight message finish (ordering 'key': finish or abort, see
    * drainTimeoutMs), commits what was handled, disconnects. Idempotent.
    */
@@ -194,9 +200,12 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     joined = true;
     keyed?.onGroupJoin(event.payload);
   });
+  let fail: (error: Error) => void = () => undefined;
+  const failure = new Promise<Error>((resolve) => (fail = resolve));
   consumer.on(consumer.events.CRASH, (event) => {
     joined = false;
     log.error('consumer crashed', { error: event.payload.error, restart: event.payload.restart });
+    if (!event.payload.restart) fail(event.payload.error);
   });
 
   /** Handles one message; resolves true when done (handled or dead-lettered), false when stopped first. */
@@ -256,6 +265,9 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     },
     isReady() {
       return state === 'running' && joined;
+    },
+    failed() {
+      return failure;
     },
     close() {
       closing ??= (async () => {

@@ -165,7 +165,8 @@ export interface ConsumerSettings {
   groupId: string;
   /**
    * How long the group waits for a silent member before its partitions move, ms. Env
-   * `URS_CONSUMER_SESSION_TIMEOUT_MS`, default 30000 (the broker's minimum is usually 6000).
+   * `URS_CONSUMER_SESSION_TIMEOUT_MS`, default 30000, at least 6000 (the broker's default minimum: below it the
+   * broker refuses the consumer, which then stops for good).
    */
   sessionTimeoutMs: number;
   /** Partitions handled at once, 1–100. Env `URS_PARTITIONS_CONCURRENCY`, default given by the service. */
@@ -180,7 +181,7 @@ export function consumerSettings(
   const topicPrefix = readString(env, 'URS_TOPIC_PREFIX', '');
   return {
     groupId: readString(env, 'URS_CONSUMER_GROUP', `${topicPrefix}urs.${service}`),
-    sessionTimeoutMs: readInt(env, 'URS_CONSUMER_SESSION_TIMEOUT_MS', { fallback: 30_000, min: 1_000 }),
+    sessionTimeoutMs: readInt(env, 'URS_CONSUMER_SESSION_TIMEOUT_MS', { fallback: 30_000, min: 6_000 }),
     partitionsConcurrency: readInt(env, 'URS_PARTITIONS_CONCURRENCY', {
       fallback: defaultPartitionsConcurrency,
       min: 1,

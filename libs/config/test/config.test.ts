@@ -146,8 +146,8 @@ describe('consumerSettings', () => {
     ).toEqual({ groupId: 'g', sessionTimeoutMs: 6_000, partitionsConcurrency: 3 });
   });
 
-  it('consumerSettings should refuse a session under 1 s and a concurrency outside 1–100, naming the variable', () => {
-    expect(() => consumerSettings({ URS_CONSUMER_SESSION_TIMEOUT_MS: '999' }, 'scorer', 6)).toThrow(
+  it('consumerSettings should refuse a session under 6 s (the broker’s default minimum) and a concurrency outside 1–100, naming the variable', () => {
+    expect(() => consumerSettings({ URS_CONSUMER_SESSION_TIMEOUT_MS: '5999' }, 'scorer', 6)).toThrow(
       /URS_CONSUMER_SESSION_TIMEOUT_MS/,
     );
     expect(() => consumerSettings({ URS_PARTITIONS_CONCURRENCY: '101' }, 'scorer', 6)).toThrow(

@@ -7,15 +7,28 @@ const SECRET_KEY =
 
 export const REDACTED = '[redacted]';
 
+/** `"clientSecret": "…"` (any quoted key naming a secret or a password, and its quoted value) inside text. */
+const SECRET_IN_TEXT = /("[^"]*(?:secret|password)[^"]*"\s*:\s*)"(?:[^"\\]|\\.)*"/gi;
+
 /**
- * A copy of `value` with every secret-looking key's value replaced, errors flattened to
- * `{ name, code, message }` (stack traces and causes can carry request bodies), cycles cut.
+ * `text` with the value of every quoted secret field in it replaced: an error's message may quote the JSON it
+ * failed on (a parse error, a handler's own message), and a log line or a dead letter must not carry it on.
+ */
+export function redactText(text: string): string {
+  return text.replace(SECRET_IN_TEXT, `$1"${REDACTED}"`);
+}
+
+/**
+ * A copy of `value` with every secret-looking key's value replaced, and every quoted secret field inside a
+ * string (`redactText`), errors flattened to `{ name, code, message }` (stack traces and causes can carry
+ * request bodies), cycles cut.
  */
 export function redact(value: unknown, seen: WeakSet<object> = new WeakSet()): unknown {
+  if (typeof value === 'string') return redactText(value);
   if (value === null || typeof value !== 'object') return value;
   if (value instanceof Error) {
     const code = (value as { code?: unknown }).code;
-    return { name: value.name, ...(code === undefined ? {} : { code }), message: value.message };
+    return { name: value.name, ...(code === undefined ? {} : { code }), message: redactText(value.message) };
   }
   if (value instanceof Date) return value.toISOString();
   if (seen.has(value)) return '[circular]';

@@ -42,6 +42,18 @@ describe('createLogger', () => {
     expect(text).toContain('"clientId":"abc"');
   });
 
+  it('should never write a client secret quoted inside a text field or an error, as a handler retried says why', async () => {
+    const out = capture();
+    const logger = createLogger({ service: 'registrar', stream: out.stream });
+    const quoted = 'cannot register {"azureTenantId": "t1", "clientSecret": "sup3r-s3cret-\\"value"}';
+    logger.warn('handler failed, retrying', { reason: quoted, error: new Error(quoted) });
+    await new Promise((resolve) => setImmediate(resolve));
+    const [line] = out.lines();
+    expect(JSON.stringify(line)).not.toContain('sup3r');
+    expect(line?.reason).toBe('cannot register {"azureTenantId": "t1", "clientSecret": "[redacted]"}');
+    expect(line?.error).toMatchObject({ message: line?.reason });
+  });
+
   it('should drop lines below the configured level', async () => {
     const out = capture();
     const logger = createLogger({ service: 's', level: 'warn', stream: out.stream });

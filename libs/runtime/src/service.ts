@@ -48,8 +48,16 @@ export interface ServiceOptions {
 export interface RunningService {
   context: ServiceContext;
   health: HealthServer;
-  /** Stops intake, drains, closes every resource even if one fails. Idempotent. */
-  close(): Promise<void>;
+  /**
+   * Resolves when one of the runners stopped consuming for good (see `ConsumerRunner.failed`): the service
+   * looks alive and does nothing, so it should stop and be started again.
+   */
+  failed: Promise<Error>;
+  /**
+   * Stops intake, drains, closes every resource even if one fails. Resolves false when something failed to
+   * close (each failure is logged). Idempotent.
+   */
+  close(): Promise<boolean>;
 }
 
 /**
@@ -91,15 +99,16 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
     for (const runner of runners) await runner.start();
     await parts.start?.();
     logger.info('started', { metricsPort: health.port });
-    let closing: Promise<void> | undefined;
+    let closing: Promise<boolean> | undefined;
     const healthServer = health;
     return {
       context,
       health: healthServer,
+      failed: Promise.race(runners.map((runner) => runner.failed())),
       close() {
         closing ??= (async () => {
           stopping = true;
-          await shutdown(logger, [
+          return shutdown(logger, [
             ...runners.map((runner, index) => ({ name: `runner-${index}`, close: () => runner.close() })),
             ...(parts.closers ?? []),
             ...closers,
@@ -112,6 +121,11 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
     };
   } catch (error) {
     await shutdown(logger, [
+      // Runners started before the failure (a later one's start, or `parts.start`) stop first, as on close.
+      ...(parts.runners ?? []).map((runner, index) => ({
+        name: `runner-${index}`,
+        close: () => runner.close(),
+      })),
       ...(parts.closers ?? []),
       ...closers,
       { name: 'redis', close: () => closeRedis(redis) },
@@ -121,14 +135,21 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
   }
 }
 
-async function shutdown(logger: Logger, closers: Closer[]): Promise<void> {
-  await closeAll(closers, (name, error) => logger.error('close failed', { resource: name, error }));
+/** Closes `closers` in order, each even if one before it failed; false when any failed. */
+async function shutdown(logger: Logger, closers: Closer[]): Promise<boolean> {
+  let clean = true;
+  await closeAll(closers, (name, error) => {
+    clean = false;
+    logger.error('close failed', { resource: name, error });
+  });
+  return clean;
 }
 
 /**
  * A service's whole life, for `main.ts`: start, run until SIGTERM or SIGINT, stop gracefully within
  * the configured time, and set the exit code. Start-up failures (a bad variable, no broker) exit 1
- * with the reason.
+ * with the reason; so do a runner that stopped consuming for good (after a graceful stop, so an
+ * orchestrator starts the service again) and a stop that could not close everything.
  */
 export async function runService(options: ServiceOptions): Promise<void> {
   let service: RunningService;
@@ -143,13 +164,19 @@ export async function runService(options: ServiceOptions): Promise<void> {
     process.exit(1);
   }
   const { logger, config } = service.context;
-  const signal = await untilShutdownSignal();
-  logger.info('stopping', { signal });
+  const stop = await Promise.race([
+    untilShutdownSignal().then((signal) => ({ signal })),
+    service.failed.then((error) => ({ error })),
+  ]);
+  if ('error' in stop) {
+    logger.error('a consumer stopped for good, stopping to be started again', { error: stop.error });
+    process.exitCode = 1;
+  } else logger.info('stopping', { signal: stop.signal });
   const timer = setTimeout(() => {
     logger.error('graceful stop timed out, exiting', { shutdownTimeoutMs: config.shutdownTimeoutMs });
     process.exit(1);
   }, config.shutdownTimeoutMs);
   timer.unref();
-  await service.close();
+  if (!(await service.close())) process.exitCode = 1;
   logger.info('stopped');
 }

@@ -73,7 +73,7 @@ describe('startService', () => {
       await waitFor(() => handled.length === 1, { timeoutMs: 20_000 });
       expect(handled).toEqual(['gone']);
     } finally {
-      await service.close();
+      expect(await service.close()).toBe(true);
       await deleteTopics(kafka, [
         ...[
           'urs.registration',
@@ -88,5 +88,61 @@ describe('startService', () => {
       ]);
     }
     await expect(fetch(`http://127.0.0.1:${service.health.port}/healthz`)).rejects.toThrow();
+  });
+
+  it('should say it failed when a runner stops consuming for good, and still stop cleanly', async () => {
+    const prefix = `${uniqueId('svc')}.`;
+    const env = {
+      KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
+      REDIS_URL: testInfra().redisUrl,
+      URS_TOPIC_PREFIX: prefix,
+      URS_REDIS_PREFIX: `${prefix}:`,
+      URS_METRICS_PORT: '0',
+      URS_TOPIC_PARTITIONS: '1',
+      URS_LOG_LEVEL: 'error',
+    };
+    const service = await startService({
+      name: 'test-service',
+      defaultMetricsPort: 0,
+      env,
+      setup: async (context) => ({
+        runners: [
+          createConsumerRunner({
+            kafka: context.kafka,
+            service: 'test-service',
+            groupId: uniqueId('group'),
+            // Below the broker's minimum (6000): it refuses the member, an error KafkaJS does not retry.
+            sessionTimeoutMs: 4_000,
+            subscriptions: [
+              {
+                topic: context.config.topics.tenants,
+                contract: 'urs/tenant-record',
+                tombstones: true,
+                handler: async () => undefined,
+              },
+            ],
+            publisher: context.publisher,
+            dlqTopic: context.config.topics.dlq,
+            logger: context.logger,
+            metrics: context.metrics,
+          }),
+        ],
+      }),
+    });
+    const kafka = createTestKafka();
+    try {
+      const error = await Promise.race([
+        service.failed,
+        new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 30_000).unref()),
+      ]);
+      expect(error?.message).toMatch(/session timeout/i);
+    } finally {
+      expect(await service.close()).toBe(true);
+      const admin = kafka.admin();
+      await admin.connect();
+      const topics = (await admin.listTopics()).filter((topic) => topic.startsWith(prefix));
+      await admin.disconnect();
+      await deleteTopics(kafka, topics);
+    }
   });
 });
