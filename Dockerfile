@@ -11,6 +11,8 @@ COPY package.json package-lock.json tsconfig.base.json tsconfig.json ./
 COPY libs ./libs
 COPY services ./services
 COPY test/simulator ./test/simulator
+# A workspace and a project reference of the root build: without it npm ci's `tsc -b` stops (TS5083).
+COPY test/bench ./test/bench
 # npm ci runs the root `prepare` script, which is `tsc -b` over every package.
 RUN npm ci --no-audit --no-fund \
  && npm prune --omit=dev --no-audit --no-fund \

@@ -156,7 +156,6 @@ async function startServices(sim) {
     URS_METRICS_PORT: '0',
     URS_HTTP_PORT: '0',
     URS_API_TOKENS: apiToken,
-    URS_REGISTRAR_GROUP_ID: `${topicPrefix}registrar`,
     URS_POLL_INTERVAL_UNIT_MS: String(intervalUnitMs),
     URS_POLL_BATCH_SIZE: '250',
   };

@@ -19,6 +19,7 @@ interface ComposeService {
   volumes?: string[];
   ports?: string[];
   healthcheck?: { test: string[] };
+  stop_grace_period?: string;
 }
 
 interface Compose {
@@ -72,7 +73,10 @@ describe('docker-compose.yml', () => {
         REDIS_URL: 'redis://redis:6379',
         NODE_EXTRA_CA_CERTS: '/sim/ca.pem',
       });
-      expect(String(service?.environment?.['URS_SECRET_KEY'])).toMatch(/^\$\{URS_SECRET_KEY:\?/);
+      // The key that opens tenant secrets only where they are sealed or opened.
+      if (['registrar', 'poller', 'vuln-fetcher'].includes(stage))
+        expect(String(service?.environment?.['URS_SECRET_KEY'])).toMatch(/^\$\{URS_SECRET_KEY:\?/);
+      else expect(service?.environment?.['URS_SECRET_KEY']).toBeUndefined();
     }
     const metricsPorts = stages.map((s) => compose.services[s]?.environment?.['URS_METRICS_PORT']);
     expect(new Set(metricsPorts).size).toBe(stages.length);
@@ -108,6 +112,20 @@ describe('docker-compose.yml', () => {
     const advertised = String(kafka?.environment?.['KAFKA_ADVERTISED_LISTENERS']);
     expect(advertised).toContain('PLAINTEXT://kafka:9092');
   });
+
+  test('kafka and redis should keep their data on volumes, so urs.tenants outlives its container as Redis does', () => {
+    const kafka = compose.services['kafka'];
+    const logDirs = String(kafka?.environment?.['KAFKA_LOG_DIRS']);
+    expect(kafka?.volumes).toContain(`kafka-data:${logDirs}`);
+    expect(compose.services['redis']?.volumes).toContain('redis-data:/data');
+  });
+
+  test('every stage should be given longer to stop than its own graceful stop takes', () => {
+    for (const stage of stages) {
+      const grace = /^(\d+)s$/.exec(String(compose.services[stage]?.stop_grace_period))?.[1];
+      expect([stage, Number(grace) * 1000 > 15_000]).toEqual([stage, true]);
+    }
+  });
 });
 
 describe('Dockerfile', () => {
@@ -129,6 +147,20 @@ describe('Dockerfile', () => {
       for (const source of parts.slice(0, -1))
         expect([source, fs.existsSync(path.join(root, source))]).toEqual([source, true]);
     }
+  });
+
+  test('Dockerfile should copy every workspace and every project the root build compiles', () => {
+    const copied = [...dockerfile.matchAll(/^COPY (?!--from)(.+)$/gm)].flatMap((m) =>
+      (m[1] ?? '').split(/\s+/).slice(0, -1),
+    );
+    const isCopied = (dir: string): boolean =>
+      copied.some((source) => dir === source || dir.startsWith(`${source}/`));
+    const pkg = JSON.parse(read('package.json')) as { workspaces: string[] };
+    const workspaces = pkg.workspaces.map((pattern) => pattern.replace(/\/\*$/, ''));
+    // tsconfig.json may carry comments: its references are read as plain paths.
+    const references = [...read('tsconfig.json').matchAll(/"path":\s*"([^"]+)"/g)].map((m) => m[1] ?? '');
+    expect(references.length).toBeGreaterThan(0);
+    for (const dir of [...workspaces, ...references]) expect([dir, isCopied(dir)]).toEqual([dir, true]);
   });
 
   test('.dockerignore should keep local installs, builds and stack data out of the context', () => {

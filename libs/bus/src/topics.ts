@@ -42,7 +42,7 @@ function toTopicConfig(spec: TopicSpec, replicationFactor: number): ITopicConfig
 }
 
 export interface BootstrapOptions {
-  /** Replicas of each created topic. Default 1 (a single broker). */
+  /** Replicas of each created topic; -1 for the broker's `default.replication.factor`. Default 1. */
   replicationFactor?: number;
   /** Warns while the new topics settle. Default: silent. */
   logger?: Logger;

@@ -99,6 +99,30 @@ export function topicsConfig(env: Env): Topics {
   return topics;
 }
 
+/** How the topics a service creates are laid out (topics that exist are left as they are). */
+export interface TopicLayout {
+  /** Partitions of the pipeline topics. Env `URS_TOPIC_PARTITIONS`, default 6. */
+  partitions: number;
+  /**
+   * Replicas of each. Env `URS_TOPIC_REPLICATION_FACTOR`, default -1: the broker's own
+   * `default.replication.factor`, so a production cluster's rule applies and a single local broker still works.
+   */
+  replicationFactor: number;
+}
+
+export function topicLayout(env: Env): TopicLayout {
+  const replicationFactor = readInt(env, 'URS_TOPIC_REPLICATION_FACTOR', { fallback: -1, min: -1, max: 32 });
+  if (replicationFactor === 0)
+    throw new ConfigError(
+      'URS_TOPIC_REPLICATION_FACTOR',
+      "must be -1 (the broker's default) or 1–32 (got 0)",
+    );
+  return {
+    partitions: readInt(env, 'URS_TOPIC_PARTITIONS', { fallback: 6, min: 1, max: 1000 }),
+    replicationFactor,
+  };
+}
+
 export interface SecretKeyConfig {
   /** Key id written next to each ciphertext, so keys can rotate. */
   activeKeyId: string;

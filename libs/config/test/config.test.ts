@@ -7,6 +7,7 @@ import {
   redisConfig,
   secretKeyConfig,
   serviceConfig,
+  topicLayout,
   topicsConfig,
 } from '@urs/config';
 
@@ -68,6 +69,18 @@ describe('redisConfig', () => {
     expect(() => redisConfig({ URS_SCORE_HISTORY_CYCLES: '101' })).toThrow(
       /URS_SCORE_HISTORY_CYCLES must be ≤ 100/,
     );
+  });
+});
+
+describe('topicLayout', () => {
+  it("should leave replicas to the broker's default unless told, and refuse 0 naming the variable", () => {
+    expect(topicLayout({})).toEqual({ partitions: 6, replicationFactor: -1 });
+    expect(topicLayout({ URS_TOPIC_PARTITIONS: '12', URS_TOPIC_REPLICATION_FACTOR: '3' })).toEqual({
+      partitions: 12,
+      replicationFactor: 3,
+    });
+    expect(() => topicLayout({ URS_TOPIC_REPLICATION_FACTOR: '0' })).toThrow(/URS_TOPIC_REPLICATION_FACTOR/);
+    expect(() => topicLayout({ URS_TOPIC_REPLICATION_FACTOR: '-2' })).toThrow(/URS_TOPIC_REPLICATION_FACTOR/);
   });
 });
 

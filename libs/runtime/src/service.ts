@@ -8,7 +8,7 @@ import {
   type ConsumerRunner,
   type Publisher,
 } from '@urs/bus';
-import { readInt, serviceConfig, type Env, type ServiceConfig } from '@urs/config';
+import { serviceConfig, topicLayout, type Env, type ServiceConfig } from '@urs/config';
 import { createLogger, type Logger } from '@urs/logging';
 import { closeAll, untilShutdownSignal, type Closer } from '@urs/resilience';
 import { closeRedis, createRedis } from '@urs/store';
@@ -80,8 +80,11 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
     const admin = kafka.admin();
     await admin.connect();
     try {
-      const partitions = readInt(env, 'URS_TOPIC_PARTITIONS', { fallback: 6, min: 1, max: 1000 });
-      const created = await bootstrapTopics(admin, topicSpecs(config.topics, partitions), { logger });
+      const layout = topicLayout(env);
+      const created = await bootstrapTopics(admin, topicSpecs(config.topics, layout.partitions), {
+        logger,
+        replicationFactor: layout.replicationFactor,
+      });
       if (created.length > 0) logger.info('topics created', { topics: created });
     } finally {
       await admin.disconnect();

@@ -55,7 +55,6 @@ export class Pipeline {
       URS_METRICS_PORT: '0',
       URS_HTTP_PORT: '0',
       URS_API_TOKENS: this.apiToken,
-      URS_REGISTRAR_GROUP_ID: `${p}registrar`,
       URS_SHUTDOWN_TIMEOUT_MS: '15000',
       ...options.env,
     };

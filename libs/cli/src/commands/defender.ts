@@ -36,7 +36,8 @@ check     says in one line whether the credentials and the consent work, and whi
 
 Environment: URS_DEFENDER_AUTHORITY_HOST, URS_DEFENDER_API_BASE (e.g. the simulator; trust its CA with
 NODE_EXTRA_CA_CERTS or URS_DEFENDER_CA_FILE), URS_DEFENDER_SCOPE (government clouds only),
-REDIS_URL, URS_REDIS_PREFIX.
+REDIS_URL, URS_REDIS_PREFIX, URS_DEFENDER_MAX_IN_FLIGHT (set it as the services have it: a run sharing
+their limiter writes it there, default 10).
 Exit status: 0 done; 1 the tenant could not be read (the error says what to fix); 2 bad usage.`;
 
 /** Above this many devices `auto` uses the bulk export (per-device calls: 50/min per tenant). */

@@ -50,6 +50,7 @@ describe('urs defender with Redis', () => {
           URS_DEFENDER_CA_FILE: sim.caFile,
           REDIS_URL: testInfra().redisUrl,
           URS_REDIS_PREFIX: redis.prefix,
+          URS_DEFENDER_MAX_IN_FLIGHT: '7',
         },
       },
     );
@@ -69,5 +70,7 @@ describe('urs defender with Redis', () => {
         `b_${redis.prefix}defender-api_settings`,
       ]),
     );
+    // The run keeps the pipeline's limit as the services set it, not the limiter's default of 10.
+    expect(await redis.client.hget(`b_${redis.prefix}defender-api_settings`, 'maxConcurrent')).toBe('7');
   });
 });

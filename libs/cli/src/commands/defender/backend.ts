@@ -1,7 +1,7 @@
 import type { Agent } from 'node:https';
 import { readFile } from 'node:fs/promises';
 import { Redis } from 'ioredis';
-import { defenderOverrides, redisConfig } from '@urs/config';
+import { defenderOverrides, defenderSettings, redisConfig } from '@urs/config';
 import {
   type CallLimiter,
   type DefenderEndpointOverrides,
@@ -92,7 +92,14 @@ export async function openBackend(
     );
     return local();
   }
-  const limiter = await createSharedLimiter({ redis, keyPrefix: config.keyPrefix, logger: silentLogger });
+  // The pipeline's own limit (each process writes it into the shared limiter when it starts): a run with
+  // the default would set every running service's limit to 10.
+  const limiter = await createSharedLimiter({
+    redis,
+    keyPrefix: config.keyPrefix,
+    maxConcurrent: defenderSettings(env).maxInFlight,
+    logger: silentLogger,
+  });
   return {
     limiter,
     quota: createRedisQuotaGate(redis, config.keyPrefix),
