@@ -20,6 +20,23 @@ function paths(cfg) {
 }
 
 /**
+ * Writes `requirepass` into a config file only this user can read, for redis-server to take as its first
+ * argument: on the command line (`--requirepass`) the password would show in `ps` to every user for as long
+ * as the server runs. Returns the file's path.
+ * @param {string} dir
+ * @param {string} password
+ * @returns {string}
+ */
+export function writePasswordConfig(dir, password) {
+  const file = path.join(dir, 'auth.conf');
+  // A double-quoted config argument: backslashes and quotes escaped, as redis-server reads them.
+  const quoted = `"${password.replace(/[\\"]/g, '\\$&')}"`;
+  fs.rmSync(file, { force: true });
+  fs.writeFileSync(file, `requirepass ${quoted}\n`, { mode: 0o600 });
+  return file;
+}
+
+/**
  * Our redis-server is recognised by its pid file plus its command line: `redis-server --port <port> …`
  * as started, which redis-server soon rewrites to `redis-server 127.0.0.1:<port>`.
  * @param {StackConfig} cfg
@@ -99,7 +116,7 @@ export async function redisUp(cfg) {
     '--appendonly',
     'no',
   ];
-  if (parsed.password !== '') args.push('--requirepass', decodeURIComponent(parsed.password));
+  if (parsed.password !== '') args.unshift(writePasswordConfig(p.dir, decodeURIComponent(parsed.password)));
   const pid = startDetached('redis-server', args, { logFile: p.logFile, pidFile: p.pidFile, cwd: p.dir });
   const deadline = Date.now() + cfg.readyTimeoutMs;
   while (Date.now() < deadline) {

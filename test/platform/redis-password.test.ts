@@ -1,0 +1,60 @@
+import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+/** Asks the server `command` (inline form) and answers its first reply line. */
+function ask(port: number, command: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1', () => socket.write(`${command}\r\n`));
+    socket.once('data', (data) => {
+      resolve(data.toString('utf8').split('\r\n')[0] ?? '');
+      socket.end();
+    });
+    socket.once('error', reject);
+  });
+}
+
+// The local stack starts redis-server with REDIS_URL's password: in a config file only its user reads, never
+// on the command line, where `ps` shows it to every user.
+describe('the local stack’s Redis password', () => {
+  it('should reach redis-server through a file of mode 0600, quotes and backslashes intact', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'urs-redis-pw-'));
+    const password = 'p"a\\ss w0rd';
+    const script = path.join(__dirname, '..', '..', 'deploy', 'stack', 'redis.mjs');
+    const file = execFileSync(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `const { writePasswordConfig } = await import(${JSON.stringify(script)});
+         process.stdout.write(writePasswordConfig(${JSON.stringify(dir)}, ${JSON.stringify(password)}));`,
+      ],
+      { encoding: 'utf8' },
+    );
+    expect(fs.statSync(file).mode & 0o777).toBe(0o600);
+    const port = 20_000 + Math.floor(Math.random() * 20_000);
+    const server = spawn(
+      'redis-server',
+      [file, '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', ''],
+      {
+        stdio: 'ignore',
+      },
+    );
+    try {
+      let answer = '';
+      for (let i = 0; i < 50 && answer === ''; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        answer = await ask(port, 'PING').catch(() => '');
+      }
+      expect(answer).toMatch(/NOAUTH/);
+      expect(await ask(port, `AUTH "${password.replace(/[\\"]/g, '\\$&')}"`)).toBe('+OK');
+      const cmdline = fs.readFileSync(`/proc/${server.pid}/cmdline`, 'utf8');
+      expect(cmdline).not.toContain('w0rd');
+    } finally {
+      server.kill();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
