@@ -17,9 +17,14 @@ const commands: Record<string, () => Promise<Command>> = {
 /** Runs the CLI and resolves to the process exit code. */
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
-  if (!name || name === '--help' || name === '-h') {
+  if (name === '--help' || name === '-h') {
     process.stdout.write(`${USAGE}\n`);
-    return name ? 0 : 2;
+    return 0;
+  }
+  if (!name) {
+    // No command is bad usage: its usage goes where errors go.
+    process.stderr.write(`${USAGE}\n`);
+    return 2;
   }
   const load = commands[name];
   if (!load) {

@@ -1,6 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import {
+  DEFENDER_CLOUDS,
+  DEFENDER_REGIONS,
   DefenderError,
   DefenderErrorCode,
   type DefenderClient,
@@ -105,6 +107,10 @@ async function readOptions(args: string[]): Promise<Options | 'help'> {
     if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > 10_000)
       throw new UsageError('--page-size must be a whole number from 1 to 10000');
   }
+  if (values.cloud !== undefined && !(DEFENDER_CLOUDS as readonly string[]).includes(values.cloud))
+    throw new UsageError(`--cloud must be one of ${DEFENDER_CLOUDS.join(', ')}`);
+  if (values.region !== undefined && !(DEFENDER_REGIONS as readonly string[]).includes(values.region))
+    throw new UsageError(`--region must be one of ${DEFENDER_REGIONS.join(', ')}`);
   const mode = (values['vulnerabilities-mode'] ?? 'auto') as Mode;
   if (!['per-device', 'bulk', 'auto'].includes(mode))
     throw new UsageError('--vulnerabilities-mode must be per-device, bulk or auto');

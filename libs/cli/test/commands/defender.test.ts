@@ -212,10 +212,13 @@ describe('urs defender usage', () => {
     expect(result.stderr).toContain('--client-id is required');
   });
 
-  it('defenderCommand should exit 1 naming the field for an unknown cloud', async () => {
-    const result = await run(args('devices', app, '--cloud', 'mars', '--no-redis'));
-    expect(result.code).toBe(1);
-    expect(result.stderr).toContain('cloud must be one of commercial, gcc, gcc-high, dod');
+  it('defenderCommand should exit 2, bad usage, naming the option for an unknown cloud or region', async () => {
+    const cloud = await run(args('devices', app, '--cloud', 'mars', '--no-redis'));
+    expect(cloud.code).toBe(2);
+    expect(cloud.stderr).toContain('--cloud must be one of commercial, gcc, gcc-high, dod');
+    const region = await run(args('devices', app, '--region', 'moon', '--no-redis'));
+    expect(region.code).toBe(2);
+    expect(region.stderr).toContain('--region must be one of us, eu, uk, au, swa, ina');
   });
 
   it('defenderCommand should exit 2 for a page size above 10,000', async () => {
