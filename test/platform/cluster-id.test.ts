@@ -1,22 +1,13 @@
-import { execFileSync } from 'node:child_process';
-import path from 'node:path';
+import { fromStackModule } from './stack-module';
 
 // The local stack formats Kafka's storage with a random cluster id passed as `-t <id>`. About one id in 64 would
 // start with '-' and be read by the storage tool as an option, so `stack:up` failed now and then on a fresh
 // machine.
 describe('the local stack’s Kafka cluster id', () => {
   it('has the shape of `kafka-storage random-uuid` and never starts with a dash', () => {
-    const script = path.join(__dirname, '..', '..', 'deploy', 'stack', 'kafka.mjs');
-    const out = execFileSync(
-      process.execPath,
-      [
-        '--input-type=module',
-        '-e',
-        `const { randomClusterId } = await import(${JSON.stringify(script)});
-         const ids = Array.from({ length: 5000 }, () => randomClusterId());
-         console.log(JSON.stringify(ids));`,
-      ],
-      { encoding: 'utf8' },
+    const out = fromStackModule(
+      'kafka.mjs',
+      'JSON.stringify(Array.from({ length: 5000 }, () => m.randomClusterId()))',
     );
     const ids = JSON.parse(out) as string[];
     expect(ids).toHaveLength(5000);

@@ -1,8 +1,9 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { fromStackModule } from './stack-module';
 
 /** Asks the server `command` (inline form) and answers its first reply line. */
 function ask(port: number, command: string): Promise<string> {
@@ -22,16 +23,9 @@ describe('the local stack’s Redis password', () => {
   it('should reach redis-server through a file of mode 0600, quotes and backslashes intact', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'urs-redis-pw-'));
     const password = 'p"a\\ss w0rd';
-    const script = path.join(__dirname, '..', '..', 'deploy', 'stack', 'redis.mjs');
-    const file = execFileSync(
-      process.execPath,
-      [
-        '--input-type=module',
-        '-e',
-        `const { writePasswordConfig } = await import(${JSON.stringify(script)});
-         process.stdout.write(writePasswordConfig(${JSON.stringify(dir)}, ${JSON.stringify(password)}));`,
-      ],
-      { encoding: 'utf8' },
+    const file = fromStackModule(
+      'redis.mjs',
+      `m.writePasswordConfig(${JSON.stringify(dir)}, ${JSON.stringify(password)})`,
     );
     expect(fs.statSync(file).mode & 0o777).toBe(0o600);
     const port = 20_000 + Math.floor(Math.random() * 20_000);

@@ -1,44 +1,58 @@
-import { createConsumerRunner } from '@urs/bus';
-import { startService } from '@urs/runtime';
+import {
+  type ConsumerRunner,
+  type ConsumerRunnerOptions,
+  type InboundMessage,
+  createConsumerRunner,
+} from '@urs/bus';
+import type { TenantRecord } from '@urs/contracts';
+import { type ServiceContext, startService } from '@urs/runtime';
 import { createTestKafka, deleteTopics, testInfra, uniqueId, waitFor } from '@urs/testkit';
+
+/** What a service of its own reads: the test's Kafka and Redis, its own topics and keys. */
+function serviceEnv(prefix: string): Record<string, string> {
+  return {
+    KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
+    REDIS_URL: testInfra().redisUrl,
+    URS_TOPIC_PREFIX: prefix,
+    URS_REDIS_PREFIX: `${prefix}:`,
+    URS_METRICS_PORT: '0',
+    URS_TOPIC_PARTITIONS: '1',
+    URS_LOG_LEVEL: 'error',
+  };
+}
+
+/** A runner of the service's tenant records, handled by `handler`. */
+function tenantsRunner(
+  context: ServiceContext,
+  handler: (message: InboundMessage<TenantRecord>) => Promise<void>,
+  extra: Partial<ConsumerRunnerOptions> = {},
+): ConsumerRunner {
+  return createConsumerRunner({
+    kafka: context.kafka,
+    service: 'test-service',
+    groupId: uniqueId('group'),
+    subscriptions: [
+      { topic: context.config.topics.tenants, contract: 'urs/tenant-record', tombstones: true, handler },
+    ],
+    publisher: context.publisher,
+    dlqTopic: context.config.topics.dlq,
+    logger: context.logger,
+    metrics: context.metrics,
+    ...extra,
+  });
+}
 
 describe('startService', () => {
   it('should create every topic, become ready once its runners joined, and stop cleanly', async () => {
     const prefix = `${uniqueId('svc')}.`;
-    const env = {
-      KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
-      REDIS_URL: testInfra().redisUrl,
-      URS_TOPIC_PREFIX: prefix,
-      URS_REDIS_PREFIX: `${prefix}:`,
-      URS_METRICS_PORT: '0',
-      URS_TOPIC_PARTITIONS: '1',
-      URS_LOG_LEVEL: 'error',
-    };
+    const env = serviceEnv(prefix);
     const handled: string[] = [];
     const service = await startService({
       name: 'test-service',
       defaultMetricsPort: 0,
       env,
       setup: async (context) => ({
-        runners: [
-          createConsumerRunner({
-            kafka: context.kafka,
-            service: 'test-service',
-            groupId: uniqueId('group'),
-            subscriptions: [
-              {
-                topic: context.config.topics.tenants,
-                contract: 'urs/tenant-record',
-                tombstones: true,
-                handler: async (message) => void handled.push(message.key ?? ''),
-              },
-            ],
-            publisher: context.publisher,
-            dlqTopic: context.config.topics.dlq,
-            logger: context.logger,
-            metrics: context.metrics,
-          }),
-        ],
+        runners: [tenantsRunner(context, async (message) => void handled.push(message.key ?? ''))],
       }),
     });
     const kafka = createTestKafka();
@@ -92,41 +106,14 @@ describe('startService', () => {
 
   it('should say it failed when a runner stops consuming for good, and still stop cleanly', async () => {
     const prefix = `${uniqueId('svc')}.`;
-    const env = {
-      KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
-      REDIS_URL: testInfra().redisUrl,
-      URS_TOPIC_PREFIX: prefix,
-      URS_REDIS_PREFIX: `${prefix}:`,
-      URS_METRICS_PORT: '0',
-      URS_TOPIC_PARTITIONS: '1',
-      URS_LOG_LEVEL: 'error',
-    };
+    const env = serviceEnv(prefix);
     const service = await startService({
       name: 'test-service',
       defaultMetricsPort: 0,
       env,
       setup: async (context) => ({
-        runners: [
-          createConsumerRunner({
-            kafka: context.kafka,
-            service: 'test-service',
-            groupId: uniqueId('group'),
-            // Below the broker's minimum (6000): it refuses the member, an error KafkaJS does not retry.
-            sessionTimeoutMs: 4_000,
-            subscriptions: [
-              {
-                topic: context.config.topics.tenants,
-                contract: 'urs/tenant-record',
-                tombstones: true,
-                handler: async () => undefined,
-              },
-            ],
-            publisher: context.publisher,
-            dlqTopic: context.config.topics.dlq,
-            logger: context.logger,
-            metrics: context.metrics,
-          }),
-        ],
+        // Below the broker's minimum (6000): it refuses the member, an error KafkaJS does not retry.
+        runners: [tenantsRunner(context, async () => undefined, { sessionTimeoutMs: 4_000 })],
       }),
     });
     const kafka = createTestKafka();
