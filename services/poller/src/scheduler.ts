@@ -132,17 +132,18 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   }
 
   /**
-   * Records a listed cycle's end: the schedule's (fenced: false, and nothing written, when the lease was
-   * lost) and the tenant's status (its error kept when the vuln-fetcher reported it for this cycle).
+   * Records a listed cycle's end: the tenant's status (its error kept when the vuln-fetcher reported it for
+   * this cycle), then the schedule's (fenced: false, and nothing written, when the lease was lost). In this
+   * order, a poller that stops between the two leaves a true status and a cycle still marked running, which
+   * the next holder ends (`endListedCycle`); the other way round the status stayed stale for an interval.
    */
   async function endListed(
     lease: PollLease,
     cycleId: string,
     status: Parameters<TenantStore['cycleListed']>[2],
   ): Promise<boolean> {
-    const ended = await deps.schedules.end(lease, { failures: 0, notBefore: null, retryAt: null });
     await deps.tenants.cycleListed(lease.tenantId, cycleId, status);
-    return ended;
+    return deps.schedules.end(lease, { failures: 0, notBefore: null, retryAt: null });
   }
 
   /**

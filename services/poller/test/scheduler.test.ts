@@ -296,6 +296,28 @@ describe('createScheduler', () => {
     });
   });
 
+  it("createScheduler should record a listed cycle in the tenant's status before its schedule's end, which may fail", async () => {
+    let ends = 0;
+    // Redis fails (or the poller dies) each time the schedule's end is written: the status already says the
+    // cycle was listed, and the next holder ends the schedule (see the test below).
+    const schedules: PollScheduleStore = {
+      ...memorySchedules(),
+      end: async () => {
+        ends++;
+        throw new Error('connection lost');
+      },
+    };
+    const status = memoryStatus();
+    const runs: Run[] = [];
+    const { table, scheduler } = replica(0, schedules, status, runs, async () => undefined);
+    await feed(table, [record('listed')]);
+    scheduler.start();
+    started.push(scheduler);
+    await sleep(50);
+    expect(ends).toBeGreaterThanOrEqual(1);
+    expect(status.statuses.get('listed')).toMatchObject({ deviceCount: 1, vulnerabilityMode: 'per-device' });
+  });
+
   it('createScheduler should end a cycle its killed poller had listed in full, and redo one it had not', async () => {
     const schedules = memorySchedules();
     const status = memoryStatus();
