@@ -65,6 +65,31 @@ const ms = (later: number, earlier: number): number => Math.max(0, Math.round(la
 /** Buckets of collect → summary, in seconds: per-device cycles take well under a second, a large first bulk cycle ~10 s. */
 const COLLECT_TO_SUMMARY_BUCKETS = [0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800];
 
+/** Tenants a sweep serves at once: each summary may snapshot a large fleet, so not every overdue tenant. */
+const SWEEP_CONCURRENCY = 8;
+
+/**
+ * Runs `send` for every item, the items of one tenant one after another in the list's order, SWEEP_CONCURRENCY
+ * tenants at a time: a tenant whose queue is busy (a backlog of batches) holds back only its own summaries.
+ */
+async function sideBySide<T extends { tenantId: string }>(
+  items: readonly T[],
+  send: (item: T) => Promise<void>,
+): Promise<void> {
+  const byTenant = new Map<string, T[]>();
+  for (const item of items) {
+    const own = byTenant.get(item.tenantId);
+    if (own) own.push(item);
+    else byTenant.set(item.tenantId, [item]);
+  }
+  const tenants = [...byTenant.values()];
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < tenants.length) for (const item of tenants[next++] as T[]) await send(item);
+  };
+  await Promise.all(Array.from({ length: Math.min(SWEEP_CONCURRENCY, tenants.length) }, worker));
+}
+
 /**
  * Cycle completion: a cycle is complete when its totals are known and every batch was recorded; one
  * publisher wins the claim and publishes the summary (plus the snapshot and tombstones of a complete
@@ -263,7 +288,8 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     async closeOverdue() {
       let closed = 0;
       // Each cycle on its own: one that cannot be sent is logged and tried again at the next sweep,
-      // and never holds back another tenant's summary behind it.
+      // and never holds back another tenant's summary behind it (nor does a tenant whose queue is busy:
+      // tenants are swept side by side, a few at a time).
       const each = async (tenantId: string, cycleId: string, send: () => Promise<boolean>) => {
         try {
           if (await deps.inOrder(tenantId, send)) closed++;
@@ -277,8 +303,9 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
           });
         }
       };
-      for (const { tenantId, cycleId } of await deps.cycles.overdue(now())) {
-        await each(tenantId, cycleId, async () => {
+      const overdue = await deps.cycles.overdue(now());
+      await sideBySide(overdue, ({ tenantId, cycleId }) =>
+        each(tenantId, cycleId, async () => {
           const state = await deps.cycles.get(tenantId, cycleId);
           // Every batch recorded (the publisher stopped before claiming it): complete, not partial.
           const status =
@@ -288,16 +315,17 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
           if (!(await deps.cycles.claimPublication(tenantId, cycleId, status, now().getTime()))) return false;
           const startedAt = state?.startedAt ?? now().toISOString();
           return sendOwed(state, tenantId, cycleId, status, { cycleStartedAt: startedAt });
-        });
-      }
+        }),
+      );
       // Summaries claimed but never sent (a crash or a failed send after the claim): sent late, not lost.
-      for (const owed of await deps.published.summariesOwed(now().getTime() - summaryLockMs)) {
-        await each(owed.tenantId, owed.cycleId, async () => {
-          const state = await deps.cycles.get(owed.tenantId, owed.cycleId);
+      const owed = await deps.published.summariesOwed(now().getTime() - summaryLockMs);
+      await sideBySide(owed, (summary) =>
+        each(summary.tenantId, summary.cycleId, async () => {
+          const state = await deps.cycles.get(summary.tenantId, summary.cycleId);
           const hint = { cycleStartedAt: state?.startedAt ?? now().toISOString() };
-          return sendOwed(state, owed.tenantId, owed.cycleId, owed.status, hint);
-        });
-      }
+          return sendOwed(state, summary.tenantId, summary.cycleId, summary.status, hint);
+        }),
+      );
       return closed;
     },
   };

@@ -3,7 +3,7 @@ import type { ScoreBatch, ScoredDevice, VmsRiskScore, VmsRiskSummary } from '@ur
 import { silentLogger } from '@urs/logging';
 import { createCycleStore, createPublishedStore, createScoreStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { createTestRedis, inboundMessage, scoredDevice, type TestRedis } from '@urs/testkit';
+import { createTestRedis, inboundMessage, scoredDevice, type TestRedis, waitFor } from '@urs/testkit';
 import { createCycleCompletion } from '../src/completion';
 import { createPublishHandler } from '../src/handler';
 import { createInOrder } from '../src/in-order';
@@ -475,6 +475,47 @@ describe('the publisher', () => {
       ).toEqual(['c1', 'c3']);
     },
   );
+
+  it("closeOverdue should send another tenant's summary while a tenant's batch holds its queue", async () => {
+    let holding = false;
+    let reached!: () => void;
+    const atHold = new Promise<void>((resolve) => (reached = resolve));
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const { handler, begin, completion, cycles } = build({
+      afterScoresSent: async () => {
+        if (!holding) return;
+        holding = false;
+        reached();
+        await held;
+      },
+    });
+    // t1's cycle 2 is overdue first (deadline minute 25); t2's cycle, overdue after it (minute 26).
+    await begin(2);
+    await handler(scoreBatch(2, 0, [device('a', 10, 'Trustworthy')]));
+    await cycles.begin({ tenantId: 't2', cycleId: 'c1', startedAt: minute(20), deadlineAt: minute(26) });
+    await handler({ ...scoreBatch(1, 0, [device('b', 10, 'Trustworthy')]), tenantId: 't2' });
+    // A batch of t1's next cycle holds t1's queue while the sweep runs.
+    await begin(3);
+    holding = true;
+    const batch = handler(scoreBatch(3, 0, [device('a', 10, 'Trustworthy')]));
+    await atHold;
+    now = new Date(minute(31));
+    const sweep = completion.closeOverdue();
+    try {
+      await waitFor(() => summaries().some((summary) => summary.tenantId === 't2'), { timeoutMs: 5_000 });
+      expect(summaries().map((summary) => summary.tenantId)).toEqual(['t2']);
+    } finally {
+      release();
+      await batch;
+    }
+    expect(await sweep).toBe(2);
+    expect(
+      summaries()
+        .map((summary) => `${summary.tenantId}/${summary.cycleId}`)
+        .sort(),
+    ).toEqual(['t1/c2', 't2/c1']);
+  });
 
   it("closeOverdue should send every other tenant's summary when one cannot be sent", async () => {
     const { handler, completion, cycles } = build({ failSummaries: 1 });
