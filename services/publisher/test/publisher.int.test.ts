@@ -45,6 +45,34 @@ function scoreBatch(
 const message = (value: ScoreBatch): InboundMessage<ScoreBatch> =>
   inboundMessage(value, { topic: 'urs.device-scores', key: value.tenantId });
 
+/**
+ * A point a batch stops at once, when armed: `reached` resolves when it gets there, `release` lets it go on.
+ * Holds a tenant's batch (and its queue) at a chosen moment.
+ */
+function holdOnce(): {
+  point: () => Promise<void>;
+  arm: () => void;
+  reached: Promise<void>;
+  release: () => void;
+} {
+  let armed = false;
+  let reach!: () => void;
+  const reached = new Promise<void>((resolve) => (reach = resolve));
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => (release = resolve));
+  return {
+    point: async () => {
+      if (!armed) return;
+      armed = false;
+      reach();
+      await held;
+    },
+    arm: () => (armed = true),
+    reached,
+    release,
+  };
+}
+
 describe('the publisher', () => {
   let redis: TestRedis;
   let sent: { topic: string; key: string; value: unknown; json?: string | Buffer }[];
@@ -431,19 +459,10 @@ describe('the publisher', () => {
   it.each(['owed', 'overdue'] as const)(
     "closeOverdue should send an %s summary after the tenant's batch in progress, so its tombstones never take a device the batch publishes",
     async (left) => {
-      let holding = false;
-      let reached!: () => void;
-      const atHold = new Promise<void>((resolve) => (reached = resolve));
-      let release!: () => void;
-      const held = new Promise<void>((resolve) => (release = resolve));
+      const hold = holdOnce();
       const { handler, begin, completion, cycles } = build({
         tombstoneAfterCycles: 1,
-        afterScoresSent: async () => {
-          if (!holding) return;
-          holding = false;
-          reached();
-          await held;
-        },
+        afterScoresSent: hold.point,
       });
       await begin(1);
       await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('x', 30, 'Low Risk')], 1));
@@ -455,13 +474,13 @@ describe('the publisher', () => {
       if (left === 'owed') await cycles.claimPublication('t1', 'c2', 'complete', Date.parse(minute(21)));
       // Cycle 3's batch has published x's record and not yet recorded x as seen when the sweep comes.
       await begin(3);
-      holding = true;
+      hold.arm();
       const batch = handler(scoreBatch(3, 0, [device('x', 40, 'Low Risk')]));
-      await atHold;
+      await hold.reached;
       now = new Date(minute(31));
       const sweep = completion.closeOverdue();
       await new Promise((resolve) => setTimeout(resolve, 100));
-      release();
+      hold.release();
       await batch;
       expect(await sweep).toBe(1);
       expect(summaries().map((summary) => [summary.cycleId, summary.published.tombstones])).toEqual([
@@ -477,19 +496,8 @@ describe('the publisher', () => {
   );
 
   it("closeOverdue should send another tenant's summary while a tenant's batch holds its queue", async () => {
-    let holding = false;
-    let reached!: () => void;
-    const atHold = new Promise<void>((resolve) => (reached = resolve));
-    let release!: () => void;
-    const held = new Promise<void>((resolve) => (release = resolve));
-    const { handler, begin, completion, cycles } = build({
-      afterScoresSent: async () => {
-        if (!holding) return;
-        holding = false;
-        reached();
-        await held;
-      },
-    });
+    const hold = holdOnce();
+    const { handler, begin, completion, cycles } = build({ afterScoresSent: hold.point });
     // t1's cycle 2 is overdue first (deadline minute 25); t2's cycle, overdue after it (minute 26).
     await begin(2);
     await handler(scoreBatch(2, 0, [device('a', 10, 'Trustworthy')]));
@@ -497,16 +505,16 @@ describe('the publisher', () => {
     await handler({ ...scoreBatch(1, 0, [device('b', 10, 'Trustworthy')]), tenantId: 't2' });
     // A batch of t1's next cycle holds t1's queue while the sweep runs.
     await begin(3);
-    holding = true;
+    hold.arm();
     const batch = handler(scoreBatch(3, 0, [device('a', 10, 'Trustworthy')]));
-    await atHold;
+    await hold.reached;
     now = new Date(minute(31));
     const sweep = completion.closeOverdue();
     try {
       await waitFor(() => summaries().some((summary) => summary.tenantId === 't2'), { timeoutMs: 5_000 });
       expect(summaries().map((summary) => summary.tenantId)).toEqual(['t2']);
     } finally {
-      release();
+      hold.release();
       await batch;
     }
     expect(await sweep).toBe(2);
