@@ -87,6 +87,13 @@ function ensureStack() {
 }
 
 /** Starts a process, writes its output to a log file, and resolves on the first line `ready(line)` accepts. */
+/** Rejects when a process exits while the demo runs (not while it stops): the demo then fails, not hangs. */
+let died = () => undefined;
+const death = new Promise((_resolve, reject) => {
+  died = reject;
+});
+death.catch(() => undefined);
+
 function startProcess(name, args, processEnv, ready) {
   const log = createWriteStream(path.join(logDir, `${name}.log`), { flags: 'a' });
   const child = spawn(process.execPath, args, {
@@ -105,7 +112,9 @@ function startProcess(name, args, processEnv, ready) {
       if (at >= 0) children.splice(at, 1);
       if (!stopping) {
         clearTimeout(timer);
-        reject(new Error(`${name} exited (${code ?? signal}); see ${log.path}`));
+        const error = new Error(`${name} exited (${code ?? signal}); see ${log.path}`);
+        reject(error);
+        died(error);
       }
     });
     for (const stream of [child.stdout, child.stderr]) {
@@ -164,7 +173,8 @@ async function startServices(sim) {
   const isStarted = (line) => (line.message === 'started' ? line : undefined);
   // The registrar first: it creates the topics, and its REST port is needed to register the tenants.
   let httpPort;
-  await startProcess('registrar', ['services/registrar/dist/main.js'], common, (line) => {
+  const registrarArgs = [...(NODE_FLAGS.registrar ?? []), 'services/registrar/dist/main.js'];
+  await startProcess('registrar', registrarArgs, common, (line) => {
     if (line.message === 'REST listening') httpPort = line.httpPort;
     return isStarted(line);
   });
@@ -339,7 +349,7 @@ async function main() {
     consumer = watching.consumer;
     await register(apiUrl);
     say('polling… (Ctrl-C stops everything)');
-    await watching.finished;
+    await Promise.race([watching.finished, death]);
     await stopAll(kafka, consumer);
   } catch (error) {
     say(`demo failed: ${error.message}`);
