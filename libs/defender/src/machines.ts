@@ -102,7 +102,8 @@ export function lostPage(path: string, index: number, azureTenantId: string): De
 /**
  * Walks `/api/machines` with `$top`/`$skip` (the API gives no next link with `$top`), one page at a time,
  * so a caller can emit batches without holding the fleet. Stops on a short page (confirmed, see
- * `confirmShortPage`) or an empty one; a 404 for the first page is an empty fleet, for a later one a failure. Records are de-duplicated on `id` across
+ * `confirmShortPage`) or an empty one (404, Microsoft's answer when no machine is found, where a page may be
+ * empty; a failure behind a full page it overlaps). Records are de-duplicated on `id` across
  * the walk (only the ids are kept), validated one by one (an invalid record is reported and skipped,
  * never the page) and flagged when merged or excluded.
  */
@@ -119,6 +120,9 @@ export async function* walkMachines(
   const seen = new Set<string>();
   let skip = 0;
   let staleFullPages = 0;
+  // Whether this page may be empty: it confirms a short page, or, pages not overlapping, it follows a full
+  // one (a fleet an exact multiple of the page size). Microsoft answers a page with no machine in it 404.
+  let mayBeEmpty = false;
   for (let index = 0; ; index++) {
     // Read row by row: only the normalised records stay, not the page's body and raw objects too.
     const result = await deps.api.getRows(
@@ -128,9 +132,12 @@ export async function* walkMachines(
       machineEntry,
       options.signal,
     );
-    // A 404 is an empty fleet only on the first page: after it, the walk would end early and the devices
-    // not listed would be tombstoned after a few cycles. The listing fails instead and is tried again.
-    if (result.status === 404 && index > 0) throw lostPage('/api/machines', index, deps.azureTenantId);
+    // A 404 is an empty page (Microsoft's answer when no machine is found): the end of the fleet on the
+    // first page, or where the page was expected to be empty. Elsewhere (behind a full page whose last
+    // devices this page overlaps) the walk would end early and the devices not listed would be tombstoned
+    // after a few cycles: the listing fails instead and is tried again.
+    if (result.status === 404 && index > 0 && !mayBeEmpty)
+      throw lostPage('/api/machines', index, deps.azureTenantId);
     const entries = result.status === 404 ? [] : result.rows;
     const page: MachinePage = {
       index,
@@ -169,8 +176,10 @@ export async function* walkMachines(
       // Short page: the end, unless confirming it finds more (then it was short by accident).
       if (!confirm || fresh === 0) return;
       skip += page.received;
+      mayBeEmpty = true;
       continue;
     }
+    mayBeEmpty = overlap === 0;
     if (fresh === 0 && ++staleFullPages >= 2) {
       // Two full pages with nothing new: the API is ignoring $skip; stop rather than loop forever.
       deps.logger.warn('defender: /api/machines repeats itself; stopping the walk', {

@@ -92,13 +92,13 @@ describe('listMachinePages', () => {
     }
   });
 
-  it('listMachinePages should fail retryably, not end, when a page after the first answers 404', async () => {
+  it('listMachinePages should fail retryably, not end, when a page overlapping a full one answers 404', async () => {
     const app = tenantWith({ size: 25 });
     const { client, close } = simClient(sim, app);
     try {
       const pages: MachinePage[] = [];
       const walk = (async () => {
-        for await (const page of client.listMachinePages({ pageSize: 10, pageOverlap: 0 })) {
+        for await (const page of client.listMachinePages({ pageSize: 10, pageOverlap: 2 })) {
           pages.push(page);
           // Every device gone after the first page: the simulator answers the next one 404.
           if (page.index === 0)

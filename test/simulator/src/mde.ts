@@ -94,7 +94,8 @@ export const MACHINES_PER_PART = 200;
 
 /**
  * `GET /api/machines`. With `$top` there is never an `@odata.nextLink` (real behaviour); without it
- * a page holds 10,000 devices and a `$skip` next link. An empty fleet answers 404.
+ * a page holds 10,000 devices and a `$skip` next link. A page with no device in it answers 404 (an empty
+ * fleet, no match, or a `$skip` past the end).
  * `shortPage` drops the second half of a full page while more devices remain.
  */
 export function listMachines(
@@ -106,7 +107,6 @@ export function listMachines(
   const window = pageWindow(query);
   if ('status' in window) return window;
   const fleet = tenant.fleet;
-  if (fleet.size() === 0) return mdeError(404, 'ResourceNotFound', 'No machines were found for the tenant.');
   const pageSize = window.top ?? MAX_TOP;
   const filterText = query.get('$filter');
   // The page's records as JSON, items start..end-1 (rendered part by part as the page is written).
@@ -138,6 +138,9 @@ export function listMachines(
     more = window.skip + pageSize < fleet.size();
     slice = (start, end) => fleet.sliceJson(window.skip + start, end - start);
   }
+  // Microsoft answers a listing with no machine in it 404 (get-machines: "404 Not Found when there are no
+  // recent machines"): an empty fleet, a filter nothing matches, and a `$skip` past the last device alike.
+  if (count === 0) return mdeError(404, 'ResourceNotFound', 'No machines were found for the tenant.');
   if (shortPage && more && count > 1) count = Math.ceil(count / 2);
   let nextLink = '';
   if (window.top === undefined && more) {

@@ -68,8 +68,10 @@ describe('MDE API simulation', () => {
     }
     expect(seen).toEqual(sim.machines(TENANT).map((m) => m.id));
     expect(new Set(seen).size).toBe(250);
+    // No machine in the page: 404, as Microsoft answers a listing that finds none.
     const beyond = await get('/api/machines?$top=100&$skip=250');
-    expect(beyond.json.value).toEqual([]);
+    expect(beyond.status).toBe(404);
+    expect(beyond.json.error).toMatchObject({ code: 'ResourceNotFound' });
   });
 
   test('machines should carry documented field names, enum casing and 7-digit timestamps', async () => {
