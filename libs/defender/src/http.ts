@@ -134,10 +134,10 @@ export function environmentHasProxy(env: NodeJS.ProcessEnv = process.env): boole
 }
 
 /**
- * Runs one call in one of the shared slots (the caller's `inSlot`, bound to its endpoint and quota claim).
- * The call must stop when `slotEnds` aborts.
+ * Runs one call in one of the shared slots (the caller's `inSlot`, bound to its endpoint, quota claim and
+ * signal). The call sends its request with `abortOn`: aborted by the caller's signal or by the slot's end.
  */
-type Slot = <T extends { status: number }>(call: (slotEnds: AbortSignal) => Promise<T>) => Promise<T>;
+type Slot = <T extends { status: number }>(call: (abortOn: AbortSignal) => Promise<T>) => Promise<T>;
 
 /** A quota wait this long (seconds) has the call ask for its token again before it is sent. */
 const TOKEN_RECHECK_AFTER_QUOTA_WAIT_S = 1;
@@ -259,10 +259,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
         params,
         headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' },
         adapter: (config: InternalAxiosRequestConfig) =>
-          slot((slotEnds) => {
-            const request = requestSignal(signal, slotEnds);
-            return httpAdapter({ ...config, signal: request.signal }).finally(request.done);
-          }),
+          slot((abortOn) => httpAdapter({ ...config, signal: abortOn })),
         ...(signal ? { signal } : {}),
       });
     } catch (error) {
@@ -279,23 +276,6 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
    * `send`'s are.
    */
   async function sendRows(
-    url: string,
-    token: string,
-    params: Record<string, string | number> | undefined,
-    makeSink: () => ODataSink,
-    signal: AbortSignal | undefined,
-    slotEnds: AbortSignal,
-  ): Promise<AxiosResponse<string> | RowsScan> {
-    const request = requestSignal(signal, slotEnds);
-    try {
-      return await readRows(url, token, params, makeSink, signal, request.signal);
-    } finally {
-      request.done();
-    }
-  }
-
-  /** `sendRows`'s request, aborted by `abortOn`; `signal` is the caller's alone. */
-  async function readRows(
     url: string,
     token: string,
     params: Record<string, string | number> | undefined,
@@ -434,7 +414,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     endpoint: DefenderEndpointClass,
     claim: QuotaClaim,
     quotaSeconds: number,
-    call: (slotEnds: AbortSignal) => Promise<T>,
+    signal: AbortSignal | undefined,
+    call: (abortOn: AbortSignal) => Promise<T>,
   ): Promise<T> {
     const queued = performance.now();
     let sentAt = 0;
@@ -445,7 +426,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
         sentAt = performance.now();
         claim.sent();
         metrics?.waited(endpoint, quotaSeconds, (sentAt - queued) / 1000);
-        return call(slotEnds);
+        const request = requestSignal(signal, slotEnds);
+        return call(request.signal).finally(request.done);
       });
       metrics?.called(endpoint, response.status, (performance.now() - sentAt) / 1000);
       return response;
@@ -503,7 +485,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       // So after a wait the token is asked for again (the same one unless it is due for renewal).
       if (quotaSeconds >= TOKEN_RECHECK_AFTER_QUOTA_WAIT_S) token = (await tokens.getToken(signal)).token;
       const current = token;
-      const response = await call(current, (run) => inSlot(endpoint, claim, quotaSeconds, run));
+      const response = await call(current, (run) => inSlot(endpoint, claim, quotaSeconds, signal, run));
       if (!('headers' in response)) return response;
       if (response.status === 401 && !refreshed) {
         refreshed = true;
@@ -568,14 +550,12 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     endpoint: DefenderEndpointClass,
     pathOrUrl: string,
     signal: AbortSignal | undefined,
-    send: (url: string, token: string, slotEnds: AbortSignal) => Promise<AxiosResponse<string> | RowsScan>,
+    send: (url: string, token: string, abortOn: AbortSignal) => Promise<AxiosResponse<string> | RowsScan>,
   ): Promise<RowsScan> {
     const url = resolveUrl(pathOrUrl);
     const result = await withRetries(endpoint, signal, () =>
       // The answer is read in the slot as it arrives, so the whole call runs in it.
-      attempt<RowsScan>(endpoint, url, signal, (token, slot) =>
-        slot((slotEnds) => send(url, token, slotEnds)),
-      ),
+      attempt<RowsScan>(endpoint, url, signal, (token, slot) => slot((abortOn) => send(url, token, abortOn))),
     );
     if (result.status === 404 || 'members' in result) return result;
     // Only `send`'s whole-text bodies are classified as 200; a scanned answer never is.
@@ -589,8 +569,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     sink: () => ODataSink,
     signal?: AbortSignal,
   ): Promise<RowsScan> {
-    return scan(endpoint, pathOrUrl, signal, (url, token, slotEnds) =>
-      sendRows(url, token, params, sink, signal, slotEnds),
+    return scan(endpoint, pathOrUrl, signal, (url, token, abortOn) =>
+      sendRows(url, token, params, sink, signal, abortOn),
     );
   }
 
@@ -610,11 +590,11 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       reader?: RowReader<T>,
     ): Promise<RowsResult<T>> {
       let rows: T[] = [];
-      const result = await scan(endpoint, pathOrUrl, signal, (url, token, slotEnds) => {
+      const result = await scan(endpoint, pathOrUrl, signal, (url, token, abortOn) => {
         // A retried call starts its rows afresh.
         rows = [];
         const sink = (): ODataSink => new ODataRowScanner<T>((row) => rows.push(row), toRow, reader);
-        return sendRows(url, token, params, sink, signal, slotEnds);
+        return sendRows(url, token, params, sink, signal, abortOn);
       });
       return result.status === 404 ? result : { status: 200, rows, members: result.members };
     },
