@@ -112,7 +112,7 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
         closing ??= (async () => {
           stopping = true;
           return shutdown(logger, [
-            ...runners.map((runner, index) => ({ name: `runner-${index}`, close: () => runner.close() })),
+            ...runnerClosers(runners),
             ...(parts.closers ?? []),
             ...closers,
             { name: 'redis', close: () => closeRedis(redis) },
@@ -125,10 +125,7 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
   } catch (error) {
     await shutdown(logger, [
       // Runners started before the failure (a later one's start, or `parts.start`) stop first, as on close.
-      ...(parts.runners ?? []).map((runner, index) => ({
-        name: `runner-${index}`,
-        close: () => runner.close(),
-      })),
+      ...runnerClosers(parts.runners ?? []),
       ...(parts.closers ?? []),
       ...closers,
       { name: 'redis', close: () => closeRedis(redis) },
@@ -136,6 +133,11 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
     ]);
     throw error;
   }
+}
+
+/** The runners as closers: stopped first, each on its own. */
+function runnerClosers(runners: readonly ConsumerRunner[]): Closer[] {
+  return runners.map((runner, index) => ({ name: `runner-${index}`, close: () => runner.close() }));
 }
 
 /** Closes `closers` in order, each even if one before it failed; false when any failed. */
