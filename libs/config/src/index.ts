@@ -19,6 +19,7 @@ export {
   defenderSettings,
   consumerSettings,
   serviceConfig,
+  DEFAULT_METRICS_PORTS,
 } from './infra';
 export type {
   KafkaConfig,

@@ -255,7 +255,24 @@ export interface ServiceConfig {
   shutdownTimeoutMs: number;
 }
 
-export function serviceConfig(env: Env, service: string, defaultMetricsPort: number): ServiceConfig {
+/**
+ * Each stage's own default port of /healthz, /readyz and /metrics: no two alike, so the five can share a host
+ * or a network namespace (compose runs the poller and the vuln-fetcher beside the simulator).
+ */
+export const DEFAULT_METRICS_PORTS: Readonly<Record<string, number>> = {
+  registrar: 9101,
+  'vuln-fetcher': 9102,
+  scorer: 9103,
+  publisher: 9104,
+  poller: 9105,
+};
+
+/** `defaultMetricsPort`: the stage's own (DEFAULT_METRICS_PORTS) unless given; 0 (a free port) for other names. */
+export function serviceConfig(
+  env: Env,
+  service: string,
+  defaultMetricsPort = DEFAULT_METRICS_PORTS[service] ?? 0,
+): ServiceConfig {
   const instance = readString(env, 'URS_INSTANCE_ID', `${service}-${process.pid}`);
   return {
     service,

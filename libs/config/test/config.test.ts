@@ -210,8 +210,15 @@ describe('defenderSettings', () => {
 
 describe('serviceConfig', () => {
   it('should reject an unknown log level naming the variable', () => {
-    expect(() => serviceConfig({ URS_LOG_LEVEL: 'loud' }, 'poller', 9102)).toThrow(
-      /URS_LOG_LEVEL must be one of/,
-    );
+    expect(() => serviceConfig({ URS_LOG_LEVEL: 'loud' }, 'poller')).toThrow(/URS_LOG_LEVEL must be one of/);
+  });
+
+  it('should give each of the five stages a metrics port of its own, and other names a free port', () => {
+    const stages = ['registrar', 'poller', 'vuln-fetcher', 'scorer', 'publisher'];
+    const ports = stages.map((stage) => serviceConfig({}, stage).metricsPort);
+    expect(new Set(ports).size).toBe(stages.length);
+    expect(ports.every((port) => port > 1024)).toBe(true);
+    expect(serviceConfig({}, 'urs-cli').metricsPort).toBe(0);
+    expect(serviceConfig({ URS_METRICS_PORT: '9200' }, 'poller').metricsPort).toBe(9200);
   });
 });

@@ -39,8 +39,11 @@ export interface ServiceParts {
 export interface ServiceOptions {
   /** The service name, as in logs and metrics. */
   name: string;
-  /** /healthz, /readyz and /metrics port unless URS_METRICS_PORT says otherwise. */
-  defaultMetricsPort: number;
+  /**
+   * /healthz, /readyz and /metrics port unless URS_METRICS_PORT says otherwise. Default: the stage's own
+   * (`DEFAULT_METRICS_PORTS` in @urs/config), 0 (a free port) for other names.
+   */
+  defaultMetricsPort?: number;
   env?: Env;
   setup: (context: ServiceContext) => Promise<ServiceParts>;
 }

@@ -13,7 +13,6 @@ import { createTenantTable } from './tenant-table';
 
 void runService({
   name: 'poller',
-  defaultMetricsPort: 9102,
   async setup({ env, config, logger, metrics, redis, kafka, publisher }) {
     const settings = pollerConfig(env);
     const prefix = config.redis.keyPrefix;

@@ -12,7 +12,6 @@ const SCORE_BATCHES_BUFFERED = 20;
 
 void runService({
   name: 'publisher',
-  defaultMetricsPort: 9104,
   async setup({ env, config, logger, metrics, redis, kafka, publisher }) {
     const own = publisherConfig(env);
     const prefix = config.redis.keyPrefix;

@@ -19,7 +19,6 @@ import { createTenantRegistry } from './registry';
 
 void runService({
   name: 'registrar',
-  defaultMetricsPort: 9101,
   async setup({ env, config, logger, metrics, redis, kafka, publisher }) {
     const settings = registrarConfig(env);
     const prefix = config.redis.keyPrefix;

@@ -13,7 +13,6 @@ const ENRICHED_BATCHES_BUFFERED = 20;
 
 void runService({
   name: 'scorer',
-  defaultMetricsPort: 9103,
   async setup({ env, config, logger, metrics, redis, kafka, publisher }) {
     const own = scorerConfig(env);
     const prefix = config.redis.keyPrefix;

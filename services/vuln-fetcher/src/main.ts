@@ -10,7 +10,6 @@ import { createDefenderSources } from './sources';
 
 void runService({
   name: 'vuln-fetcher',
-  defaultMetricsPort: 9102,
   async setup({ env, config, logger, metrics, redis, kafka, publisher }) {
     const own = vulnFetcherConfig(env);
     const prefix = config.redis.keyPrefix;
