@@ -3,8 +3,9 @@ import Ajv, { type ValidateFunction } from 'ajv';
 /**
  * Tolerant reading of Microsoft's records: keys are normalised to the documented camelCase (the API and
  * its examples mix `onboardingstatus`, PascalCase `CveSupportability`, `EPSS`), known enum values are
- * normalised to their documented case, CVE ids to upper case, and undocumented fields are kept. A record is invalid only when
- * a field we rely on has the wrong type: then that one record is reported and skipped.
+ * normalised to their documented case, CVE ids to upper case, and undocumented fields are kept. A scored signal of
+ * another shape is missing, not an error (`softenSignals`). A record is invalid only when another field we rely on
+ * has the wrong type: then that one record is reported and skipped.
  */
 
 const MACHINE_KEYS = [
@@ -158,6 +159,39 @@ function normaliseEnums(record: Record<string, unknown>): void {
   }
 }
 
+/** The machine's text fields the score reads (see `scoreDevice` in @urs/scoring). */
+const SIGNAL_TEXT_FIELDS = [
+  'riskScore',
+  'exposureLevel',
+  'defenderAvStatus',
+  'onboardingStatus',
+  'healthStatus',
+] as const;
+const DATE_FIELDS = ['firstSeen', 'lastSeen'] as const;
+
+/**
+ * A scored signal sent in a shape Microsoft does not document costs its signal, not the device: the model
+ * scores a value in neither column, or none, as missing. So a number or boolean becomes its text, any other
+ * non-text value null, and a date that does not parse null (inactivity missing); the device is listed and
+ * scored, where failing the record would leave it out of the fleet (and tombstone it after a few cycles).
+ */
+function softenSignals(record: Record<string, unknown>): void {
+  for (const field of SIGNAL_TEXT_FIELDS) {
+    const value = record[field];
+    if (value === undefined || value === null || typeof value === 'string') continue;
+    record[field] = typeof value === 'number' || typeof value === 'boolean' ? String(value) : null;
+  }
+  for (const field of DATE_FIELDS) {
+    const value = record[field];
+    if (
+      value !== undefined &&
+      value !== null &&
+      (typeof value !== 'string' || Number.isNaN(Date.parse(value)))
+    )
+      record[field] = null;
+  }
+}
+
 const nullable = (type: string | string[]): { type: string[] } => ({
   type: [...(Array.isArray(type) ? type : [type]), 'null'],
 });
@@ -168,8 +202,8 @@ const MACHINE_SCHEMA = {
   properties: {
     id: { type: 'string', minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9._-]+$' },
     computerDnsName: nullable('string'),
-    firstSeen: { ...nullable('string'), format: 'mde-date' },
-    lastSeen: { ...nullable('string'), format: 'mde-date' },
+    firstSeen: nullable('string'),
+    lastSeen: nullable('string'),
     osPlatform: nullable('string'),
     onboardingStatus: nullable('string'),
     version: nullable('string'),
@@ -233,8 +267,6 @@ const BULK_SCHEMA = {
 } as const;
 
 const ajv = new Ajv({ allErrors: false, allowUnionTypes: true, strict: false });
-// Dates as Microsoft sends them: ISO 8601 with 0–7 fraction digits, with or without a zone (UTC then).
-ajv.addFormat('mde-date', { type: 'string', validate: (s: string) => !Number.isNaN(Date.parse(s)) });
 const validateMachineSchema = ajv.compile(MACHINE_SCHEMA);
 const validateVulnerabilitySchema = ajv.compile(VULNERABILITY_SCHEMA);
 const validateBulkSchema = ajv.compile(BULK_SCHEMA);
@@ -318,6 +350,7 @@ export function parseMachine(raw: unknown): ParseResult<MachineRecord> {
   const object = asObject(raw);
   if (!object) return { ok: false, reason: 'record is not an object' };
   const record = normaliseKeys(object, MACHINE_KEY_MAP);
+  softenSignals(record);
   normaliseEnums(record);
   if (Array.isArray(record.ipAddresses)) {
     record.ipAddresses = record.ipAddresses.map((item) => {

@@ -71,12 +71,44 @@ describe('parseMachine', () => {
     [{ id: '' }, 'id must NOT have fewer than 1 characters'],
     [{ id: '../../etc' }, 'id must match pattern'],
     [{ id: ID, machineTags: 'tag' }, 'machineTags must be array,null'],
-    [{ id: ID, lastSeen: 'yesterday' }, 'lastSeen must match format'],
     [{ id: ID, isExcluded: 'yes' }, 'isExcluded must be boolean,null'],
   ])('parseMachine should reject %j naming the field', (record, reason) => {
     const result = parseMachine(record);
     expect(result.ok).toBe(false);
     expect(!result.ok && result.reason).toContain(reason);
+  });
+
+  it('parseMachine should keep a device whose scored signals come in an undocumented shape, the signal emptied or as text', () => {
+    const result = parseMachine({
+      id: ID,
+      lastSeen: 'Unknown',
+      firstSeen: 42,
+      riskScore: 3,
+      exposureLevel: true,
+      healthStatus: { state: 'Active' },
+      onboardingStatus: ['Onboarded'],
+      defenderAvStatus: 'updated',
+    });
+    expect(result).toEqual({
+      ok: true,
+      value: {
+        id: ID,
+        lastSeen: null,
+        firstSeen: null,
+        riskScore: '3',
+        exposureLevel: 'true',
+        healthStatus: null,
+        onboardingStatus: null,
+        defenderAvStatus: 'Updated',
+      },
+    });
+    for (const lastSeen of ['', 'yesterday', '2024-13-45T00:00:00Z'])
+      expect(parseMachine({ id: ID, lastSeen })).toEqual({ ok: true, value: { id: ID, lastSeen: null } });
+    const dated = '2024-05-01T10:20:30.1234567Z';
+    expect(parseMachine({ id: ID, lastSeen: dated })).toEqual({
+      ok: true,
+      value: { id: ID, lastSeen: dated },
+    });
   });
 
   it('parseMachine should reject what is not an object', () => {
