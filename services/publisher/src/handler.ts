@@ -5,7 +5,7 @@ import type { CycleStore, PublishedStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { CycleCompletion } from './completion';
 import type { InOrder } from './in-order';
-import { batchStats, identityDigest } from './records';
+import { batchStats, recordDigest } from './records';
 
 export interface PublishHandlerDeps {
   cycles: Pick<CycleStore, 'recordBatch'>;
@@ -78,7 +78,7 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
       deviceId: device.deviceId,
       score: device.score,
       band: device.band,
-      identity: identityDigest(device),
+      identity: recordDigest(device),
     }));
     // A correction's scores are newer than its cycle's first ones (see PublishOptions).
     const options = { correction: batch.replaces !== undefined };

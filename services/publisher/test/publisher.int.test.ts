@@ -413,6 +413,25 @@ describe('the publisher', () => {
     expect(summaries().map((summary) => summary.published.changed)).toEqual([1, 0, 1]);
   });
 
+  it('createPublishHandler should publish a device again when its score stays and a signal goes missing', async () => {
+    const { handler, begin } = build();
+    const device = (missing: string[]) => scoredDevice('m', 10, 'Trustworthy', { missing });
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device([])], 1));
+    await begin(2);
+    await handler(scoreBatch(2, 0, [device(['inactivity', 'criticalCves'])], 1));
+    await begin(3);
+    await handler(scoreBatch(3, 0, [device(['inactivity', 'criticalCves'])], 1));
+    const published = records()
+      .filter((m) => m.key === 't1/m')
+      .map((m) => m.value as VmsRiskScore);
+    expect(published.map((record) => [record.cycleId, record.missing])).toEqual([
+      ['c1', []],
+      ['c2', ['inactivity', 'criticalCves']],
+    ]);
+    expect(summaries().map((summary) => summary.published.changed)).toEqual([1, 1, 0]);
+  });
+
   it("createCycleCompletion should hold a summary's lock while it is sent, so another replica's sweep sends it once", async () => {
     const slow = build({ summaryLockMs: 90, summaryDelayMs: 400 });
     const other = build({ summaryLockMs: 90 });

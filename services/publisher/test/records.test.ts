@@ -1,6 +1,6 @@
-import type { ScoreBatch, ScoredDevice } from '@urs/contracts';
+import type { Contribution, ScoreBatch, ScoredDevice } from '@urs/contracts';
 import { scoredDevice } from '@urs/testkit';
-import { batchStats, identityDigest } from '../src/records';
+import { batchStats, recordDigest } from '../src/records';
 
 const batch = (devices: ScoredDevice[], replaces?: ScoreBatch['replaces']): ScoreBatch => ({
   schemaVersion: 1,
@@ -42,17 +42,27 @@ describe('batchStats', () => {
   });
 });
 
-describe('identityDigest', () => {
+describe('recordDigest', () => {
   const device = scoredDevice('d1', 10, 'Trustworthy', {
     computerDnsName: 'host-1.corp',
     lastIpAddress: '10.0.0.1',
     ipAddresses: [{ ipAddress: '10.0.0.1', macAddress: 'AA' }],
     machineTags: ['tier-1'],
+    contributions: [
+      { group: 'critical', signal: 'riskScore', value: 'Medium', points: 50 },
+      { group: 'operational', signal: 'inactivity', value: 2, points: 10 },
+    ],
   });
 
-  it('should be the same for the same identity, whatever the score or signals', () => {
-    expect(identityDigest(device)).toBe(identityDigest({ ...device, score: 90, band: 'High Risk' }));
-    expect(identityDigest(device)).toMatch(/^[0-9a-z]+$/);
+  it('should be the same for the same identity and explanation, whatever the score or the signal values', () => {
+    expect(recordDigest(device)).toBe(recordDigest({ ...device, score: 90, band: 'High Risk' }));
+    const laterSeen = {
+      ...device,
+      contributions: device.contributions.map((c) => (c.signal === 'inactivity' ? { ...c, value: 3 } : c)),
+      signals: { inactivity: { value: 3, at: '2026-01-01T00:00:00Z' } },
+    };
+    expect(recordDigest(laterSeen)).toBe(recordDigest(device));
+    expect(recordDigest(device)).toMatch(/^[0-9a-z]+$/);
   });
 
   it('should change with any field VMS enforces on', () => {
@@ -68,7 +78,28 @@ describe('identityDigest', () => {
       { ...device, rbacGroupName: 'Servers' },
       // A value moved from one field to the next is another identity.
       { ...device, computerDnsName: null, aadDeviceId: 'host-1.corp' },
-    ].map(identityDigest);
+    ].map(recordDigest);
+    expect(new Set(digests).size).toBe(digests.length);
+  });
+
+  it('should change with the explanation of the same score: the profile, the points of an indicator, a missing signal', () => {
+    const [first, second] = device.contributions as [Contribution, Contribution];
+    const digests = [
+      device,
+      { ...device, profileHash: 'h2' },
+      { ...device, contributions: [first, { ...second, points: 20 }] },
+      {
+        ...device,
+        contributions: [
+          { ...first, points: 60 },
+          { ...second, points: 0 },
+        ],
+      },
+      { ...device, contributions: [first] },
+      { ...device, missing: ['inactivity'] },
+      { ...device, missing: ['inactivity', 'criticalCves'] },
+      { ...device, missing: ['criticalCves'] },
+    ].map(recordDigest);
     expect(new Set(digests).size).toBe(digests.length);
   });
 });
