@@ -1,4 +1,11 @@
-import type { Consumer, ConsumerGroupJoinEvent, EachBatchPayload, KafkaMessage } from 'kafkajs';
+import type {
+  Consumer,
+  ConsumerGroupJoinEvent,
+  EachBatchPayload,
+  KafkaMessage,
+  Offsets,
+  PartitionOffset,
+} from 'kafkajs';
 import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage, retryDelayMs, sleep, type RetryPolicy } from '@urs/resilience';
 import type { Gauge } from '@urs/telemetry';
@@ -12,13 +19,18 @@ import { PartitionOffsets } from './watermark';
  *   message must be resolved when it is accepted into a key's queue, not when it is finished, or it
  *   is fetched again. Resolved offsets therefore run ahead of finished work, and KafkaJS's autoCommit
  *   (which commits resolved offsets, also on errors and on a rebalance) must be off: the runner
- *   commits the contiguous finished watermark itself with consumer.commitOffsets.
+ *   commits the contiguous finished watermark itself.
+ * - consumer.commitOffsets tries a failed commit again (a timeout, a lost connection; not a refusal
+ *   by generation) under the member's generation of the moment: sent before a rebalance and tried
+ *   again after it, it gives a partition that went to another member an older offset over its new
+ *   owner's. The runner commits through a batch's commitOffsetsIfNecessary instead (the same commit,
+ *   tried once); a failed commit is made again at the next interval, of the partitions assigned then.
  * - With autoCommit off, KafkaJS commits nothing by itself: not on stop, not on a rebalance. A
  *   rebalance builds a new offset manager, so the resolved offsets are dropped and a partition kept
  *   through the rebalance is fetched again from its committed offset; messages already accepted are
  *   recognised by offset and skipped.
- * - consumer.commitOffsets is a no-op once KafkaJS's runner stops (disconnect stops it first), so
- *   close drains and commits before it disconnects.
+ * - A commit needs the member in its group, which disconnect leaves, so close drains and commits
+ *   before it disconnects.
  * - GROUP_JOIN carries this member's new assignment: work of a partition no longer assigned is
  *   aborted (its handlers' signal) and never committed, so it cannot overwrite the new owner's offset.
  *   A new member id means the group forgot this member (session expired): nothing of before is kept.
@@ -100,6 +112,17 @@ interface PartitionWork {
 
 const partitionId = (topic: string, partition: number): string => `${topic}|${partition}`;
 
+/** Partitions' offsets to commit, by topic, as KafkaJS takes them. */
+function byTopic(due: readonly { work: PartitionWork; offset: bigint }[]): Offsets {
+  const topics = new Map<string, PartitionOffset[]>();
+  for (const { work, offset } of due) {
+    const offsets = topics.get(work.topic) ?? [];
+    offsets.push({ partition: work.partition, offset: offset.toString() });
+    topics.set(work.topic, offsets);
+  }
+  return { topics: [...topics].map(([topic, partitions]) => ({ topic, partitions })) };
+}
+
 export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrderedConsumption {
   const { consumer, log, maxBufferedPerPartition } = options;
   const inFlightPerKey = options.inFlightPerKey ?? 2;
@@ -110,6 +133,10 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
   const running = new Set<Promise<void>>();
   const closing = new AbortController();
   let heartbeat: () => Promise<void> = async () => undefined;
+  /** Commits the offsets once, under the member's generation of the moment; taken from the last batch. */
+  let commit: (offsets: Offsets) => Promise<void> = async () => undefined;
+  /** Partitions assigned to this member by the last rebalance (partitionId). */
+  let assigned = new Set<string>();
   let memberId: string | undefined;
   let commitTimer: NodeJS.Timeout | undefined;
   let committing: Promise<void> | undefined;
@@ -273,23 +300,28 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
     commitTimer.unref();
   }
 
-  async function commitDue(): Promise<void> {
-    const due = [...partitions.values()].flatMap((work) => {
+  /**
+   * Partitions whose watermark moved since their last commit, of those assigned here now: a batch
+   * fetched before a rebalance may still be handed over after it, and an offset committed for a
+   * partition that moved would be taken over its new owner's.
+   */
+  function dueForCommit(): { work: PartitionWork; offset: bigint }[] {
+    return [...partitions.values()].flatMap((work) => {
       const offset = work.offsets.watermark();
-      return offset !== undefined && offset !== work.committed ? [{ work, offset }] : [];
+      const mine = assigned.has(partitionId(work.topic, work.partition));
+      return mine && offset !== undefined && offset !== work.committed ? [{ work, offset }] : [];
     });
+  }
+
+  async function commitDue(): Promise<void> {
+    const due = dueForCommit();
     if (due.length === 0) return;
     try {
-      await consumer.commitOffsets(
-        due.map(({ work, offset }) => ({
-          topic: work.topic,
-          partition: work.partition,
-          offset: offset.toString(),
-        })),
-      );
+      await commit(byTopic(due));
       for (const { work, offset } of due) work.committed = offset;
     } catch (error) {
-      // A rebalance under way refuses commits of the old generation; the next commit carries them.
+      // A rebalance under way refuses commits of the old generation; the next commit carries those of
+      // the partitions still assigned then.
       log.warn('offsets not committed, trying again', {
         code: errorCode(error),
         reason: errorMessage(error),
@@ -319,6 +351,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
   return {
     async eachBatch(payload) {
       heartbeat = payload.heartbeat;
+      commit = (offsets) => payload.commitOffsetsIfNecessary(offsets);
       if (closing.signal.aborted) return;
       const { batch } = payload;
       const work = workFor(batch.topic, batch.partition);
@@ -352,10 +385,16 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
     onGroupJoin(payload) {
       const forgotten = memberId !== undefined && memberId !== payload.memberId;
       memberId = payload.memberId;
+      assigned = new Set(
+        Object.entries(payload.memberAssignment).flatMap(([topic, numbers]) =>
+          numbers.map((partition) => partitionId(topic, partition)),
+        ),
+      );
       for (const work of [...partitions.values()]) {
-        const assigned = payload.memberAssignment[work.topic]?.includes(work.partition) ?? false;
         if (forgotten) revoke(work, 'the group forgot this member');
-        else if (!assigned) revoke(work, 'assigned to another consumer');
+        else if (!assigned.has(partitionId(work.topic, work.partition))) {
+          revoke(work, 'assigned to another consumer');
+        }
       }
     },
 

@@ -274,7 +274,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
         const wasStarted = state !== 'created';
         state = 'closing';
         abort.abort();
-        // Ordering 'key' commits before disconnecting: KafkaJS ignores commits once it is stopping.
+        // Ordering 'key' commits before disconnecting: a commit needs the member in its group.
         if (keyed && wasStarted) await keyed.drain();
         // disconnect() stops fetching, waits for the running eachBatch, commits resolved offsets
         // (ordering 'partition'), leaves the group.

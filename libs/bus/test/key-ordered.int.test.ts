@@ -1,4 +1,4 @@
-import type { Admin, Kafka } from 'kafkajs';
+import { KafkaJSRequestTimeoutError, type Admin, type Kafka } from 'kafkajs';
 import {
   createConsumerRunner,
   createPublisher,
@@ -32,6 +32,50 @@ function gate(): { wait: (signal?: AbortSignal) => Promise<void>; open: () => vo
         void opened.then(resolve);
         signal?.addEventListener('abort', () => reject(new Error('aborted')), { once: true });
       }),
+  };
+}
+
+/** An offset commit request as KafkaJS hands it to its broker connection. */
+interface CommitRequest {
+  groupId: string;
+  topics: { topic: string; partitions: { partition: number; offset: unknown }[] }[];
+}
+
+// KafkaJS's broker connection, whose offsetCommit sends a commit request.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const Broker = require('kafkajs/src/broker') as {
+  prototype: { offsetCommit(request: CommitRequest): Promise<unknown> };
+};
+
+/**
+ * Holds the first offset commit of `groupId` as if its request were lost on the way: `sent` resolves with
+ * its offsets ("partition@offset"), and once `timeOut` is called its sender sees the request time out.
+ * Later commits go to the broker. `restore` puts the broker connection back as it was.
+ */
+function loseFirstCommit(groupId: string): {
+  sent: Promise<string[]>;
+  timeOut: () => void;
+  restore: () => void;
+} {
+  const original = Broker.prototype.offsetCommit;
+  const timedOut = gate();
+  let sent!: (offsets: string[]) => void;
+  let lost = false;
+  Broker.prototype.offsetCommit = async function (this: unknown, request) {
+    if (request.groupId !== groupId || lost) return original.call(this, request);
+    lost = true;
+    sent(
+      request.topics.flatMap(({ partitions }) =>
+        partitions.map(({ partition, offset }) => `${partition}@${String(offset)}`),
+      ),
+    );
+    await timedOut.wait();
+    throw new KafkaJSRequestTimeoutError('Request OffsetCommit timed out');
+  };
+  return {
+    sent: new Promise((resolve) => (sent = resolve)),
+    timeOut: timedOut.open,
+    restore: () => (Broker.prototype.offsetCommit = original),
   };
 }
 
@@ -303,5 +347,55 @@ describe('createConsumerRunner with ordering by key', () => {
     // The rebalance made KafkaJS fetch the kept partition again from its committed offset; the message
     // already taken in was recognised, not handled a second time.
     expect(firstCalls.sort()).toEqual(['a1@0', 'c1@0']);
+  });
+
+  it("should not commit a partition that moved to another member over its new owner's offset when a commit in flight across the rebalance is tried again", async () => {
+    const groupId = uniqueId('group');
+    const lost = loseFirstCommit(groupId);
+    try {
+      const hold = gate();
+      const first: Seen = [];
+      await start(groupId, async (message) => {
+        first.push(seenAs(message));
+        await hold.wait();
+      }).start();
+      // Three messages of different keys on each partition, finished at once: one commit of both at 3.
+      for (const partition of [0, 1]) {
+        await produce(partition, [
+          ['A', 'a1'],
+          ['B', 'b1'],
+          ['C', 'c1'],
+        ]);
+      }
+      await waitFor(() => first.length === 6, { timeoutMs: 30_000, description: 'six messages started' });
+      hold.open();
+      expect((await lost.sent).sort()).toEqual(['0@3', '1@3']);
+
+      // While that commit is on its way, three more messages per partition, and a second member.
+      for (const partition of [0, 1]) {
+        await produce(partition, [
+          ['A', 'a2'],
+          ['B', 'b2'],
+          ['C', 'c2'],
+        ]);
+      }
+      await waitFor(() => first.length === 12, { timeoutMs: 30_000, description: 'twelve messages handled' });
+      const second: InboundMessage<TenantRecord>[] = [];
+      await start(groupId, async (message) => void second.push(message)).start();
+      await waitFor(() => second.length === 6, { timeoutMs: 40_000, description: 'one partition moved' });
+      const moved = second[0]?.partition as number;
+      expect(second.every((message) => message.partition === moved)).toBe(true);
+      await waitFor(async () => (await committed(groupId, moved)) === '6', { timeoutMs: 10_000 });
+
+      // The first member's commit times out after the rebalance; the first member goes on committing the
+      // partition it kept, and the moved one keeps the offset its new owner committed.
+      lost.timeOut();
+      const stayed = 1 - moved;
+      await waitFor(async () => (await committed(groupId, stayed)) === '6', { timeoutMs: 10_000 });
+      await sleep(500);
+      expect(await committed(groupId, moved)).toBe('6');
+    } finally {
+      lost.restore();
+    }
   });
 });

@@ -1,4 +1,4 @@
-import type { Consumer, EachBatchPayload, KafkaMessage } from 'kafkajs';
+import type { Consumer, ConsumerGroupJoinEvent, EachBatchPayload, KafkaMessage, Offsets } from 'kafkajs';
 import { silentLogger } from '@urs/logging';
 import { retryPolicy } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
@@ -7,28 +7,32 @@ import { createKeyOrderedConsumption, type KeyOrderedOptions } from '../src/key-
 
 const TOPIC = 'batches';
 
-/** The consumer calls the key-ordered runner makes, with the offsets it committed. */
-function fakeConsumer(): { consumer: Consumer; commits: string[] } {
-  const commits: string[] = [];
-  const consumer = {
-    pause: () => undefined,
-    resume: () => undefined,
-    commitOffsets: async (offsets: { offset: string }[]) => {
-      for (const { offset } of offsets) commits.push(offset);
-    },
-  } as unknown as Consumer;
-  return { consumer, commits };
-}
+/** The consumer calls the key-ordered runner makes. */
+const fakeConsumer = { pause: () => undefined, resume: () => undefined } as unknown as Consumer;
 
-/** One fetched batch of partition 0 holding messages with these keys, at offsets 0, 1, ... */
-function fetched(keys: string[]): EachBatchPayload {
+/** This member's assignment after a rebalance, as KafkaJS's GROUP_JOIN carries it. */
+const joined = (partitions: number[]): ConsumerGroupJoinEvent['payload'] => ({
+  duration: 0,
+  groupId: 'group',
+  isLeader: true,
+  leaderId: 'member-1',
+  groupProtocol: 'RoundRobinAssigner',
+  memberId: 'member-1',
+  memberAssignment: { [TOPIC]: partitions },
+});
+
+/**
+ * One fetched batch holding messages with these keys, at offsets 0, 1, ...; what is committed through
+ * it goes to `commits` as "partition@offset".
+ */
+function fetchedBatch(keys: string[], commits: string[], partition = 0): EachBatchPayload {
   const messages = keys.map(
     (key, offset) => ({ key: Buffer.from(key), offset: String(offset) }) as KafkaMessage,
   );
   return {
     batch: {
       topic: TOPIC,
-      partition: 0,
+      partition,
       messages,
       lastOffset: () => String(keys.length - 1),
     },
@@ -36,6 +40,11 @@ function fetched(keys: string[]): EachBatchPayload {
     isRunning: () => true,
     isStale: () => false,
     heartbeat: async () => undefined,
+    commitOffsetsIfNecessary: async (offsets: Offsets) => {
+      for (const topic of offsets.topics) {
+        for (const { partition, offset } of topic.partitions) commits.push(`${partition}@${offset}`);
+      }
+    },
   } as unknown as EachBatchPayload;
 }
 
@@ -62,10 +71,11 @@ function heldHandler(): {
   };
 }
 
+/** A key-ordered consumption of a member assigned partition 0; `fetched` hands it a batch of `partition`. */
 function consumption(settle: KeyOrderedOptions['settle'], extra: Partial<KeyOrderedOptions> = {}) {
-  const { consumer, commits } = fakeConsumer();
+  const commits: string[] = [];
   const keyed = createKeyOrderedConsumption({
-    consumer,
+    consumer: fakeConsumer,
     topics: [TOPIC],
     settle,
     log: silentLogger,
@@ -77,13 +87,18 @@ function consumption(settle: KeyOrderedOptions['settle'], extra: Partial<KeyOrde
     labels: {},
     ...extra,
   });
-  return { keyed, commits };
+  keyed.onGroupJoin(joined([0]));
+  return {
+    keyed,
+    commits,
+    fetched: (keys: string[], partition = 0) => fetchedBatch(keys, commits, partition),
+  };
 }
 
 describe('createKeyOrderedConsumption', () => {
   it("should run a key's next message while the one before it is still handled, two at a time by default", async () => {
     const handler = heldHandler();
-    const { keyed } = consumption(handler.settle);
+    const { keyed, fetched } = consumption(handler.settle);
     await keyed.eachBatch(fetched(['t', 't', 't', 'u']));
     expect(handler.started()).toEqual(['0', '1', '3']);
 
@@ -95,7 +110,7 @@ describe('createKeyOrderedConsumption', () => {
 
   it('should start a message only once the message of its key two places before it finished', async () => {
     const handler = heldHandler();
-    const { keyed } = consumption(handler.settle);
+    const { keyed, fetched } = consumption(handler.settle);
     await keyed.eachBatch(fetched(['t', 't', 't', 't']));
     // The second finishing first does not let the third start: the first still holds the window.
     await handler.finish('1');
@@ -108,32 +123,42 @@ describe('createKeyOrderedConsumption', () => {
 
   it('should commit only below the oldest unfinished message while later ones of its key finished', async () => {
     const handler = heldHandler();
-    const { keyed, commits } = consumption(handler.settle, { drainTimeoutMs: 50 });
+    const { keyed, commits, fetched } = consumption(handler.settle, { drainTimeoutMs: 50 });
     await keyed.eachBatch(fetched(['t', 't']));
     await handler.finish('1');
     // Closing commits the watermark: offset 0 is unfinished, so nothing past it is committed.
     await keyed.drain();
-    expect(commits).toEqual(['0']);
+    expect(commits).toEqual(['0@0']);
   });
 
   it('should commit past both once the older message finishes too', async () => {
     const handler = heldHandler();
-    const { keyed, commits } = consumption(handler.settle);
+    const { keyed, commits, fetched } = consumption(handler.settle);
     await keyed.eachBatch(fetched(['t', 't']));
     await handler.finish('1');
     await handler.finish('0');
     await keyed.drain();
-    expect(commits).toEqual(['2']);
+    expect(commits).toEqual(['0@2']);
   });
 
   it('should keep a key to one message at a time when told inFlightPerKey 1', async () => {
     const handler = heldHandler();
-    const { keyed } = consumption(handler.settle, { inFlightPerKey: 1 });
+    const { keyed, fetched } = consumption(handler.settle, { inFlightPerKey: 1 });
     await keyed.eachBatch(fetched(['t', 't']));
     expect(handler.started()).toEqual(['0']);
     await handler.finish('0');
     expect(handler.started()).toEqual(['0', '1']);
     await handler.finish('1');
     await keyed.drain();
+  });
+
+  it('should not commit a partition no longer assigned to this member, though a batch of it fetched before the rebalance was handled after it', async () => {
+    const { keyed, commits, fetched } = consumption(async () => true);
+    keyed.onGroupJoin(joined([0, 1]));
+    await keyed.eachBatch(fetched(['t'], 0));
+    keyed.onGroupJoin(joined([0]));
+    await keyed.eachBatch(fetched(['u'], 1));
+    await keyed.drain();
+    expect(commits).toEqual(['0@1']);
   });
 });
