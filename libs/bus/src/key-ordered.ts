@@ -354,6 +354,9 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
       commit = (offsets) => payload.commitOffsetsIfNecessary(offsets);
       if (closing.signal.aborted) return;
       const { batch } = payload;
+      // Fetched before a rebalance and handed over after it, of a partition that moved: its new owner
+      // reads it. Taken in here, it would leave offsets behind that skip messages were it assigned back.
+      if (memberId !== undefined && !assigned.has(partitionId(batch.topic, batch.partition))) return;
       const work = workFor(batch.topic, batch.partition);
       let took = false;
       for (const message of batch.messages) {

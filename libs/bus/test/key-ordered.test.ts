@@ -152,13 +152,23 @@ describe('createKeyOrderedConsumption', () => {
     await keyed.drain();
   });
 
-  it('should not commit a partition no longer assigned to this member, though a batch of it fetched before the rebalance was handled after it', async () => {
-    const { keyed, commits, fetched } = consumption(async () => true);
+  it('should leave a batch fetched before a rebalance, of a partition that moved, to its new owner, and take the partition afresh when it comes back', async () => {
+    const handled: string[] = [];
+    const { keyed, commits, fetched } = consumption(async (work) => {
+      handled.push(`${work.partition}@${work.message.offset}`);
+      return true;
+    });
     keyed.onGroupJoin(joined([0, 1]));
     await keyed.eachBatch(fetched(['t'], 0));
     keyed.onGroupJoin(joined([0]));
-    await keyed.eachBatch(fetched(['u'], 1));
+    await keyed.eachBatch(fetched(['u', 'u'], 1));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(handled).toEqual(['0@0']);
+    // Back here, the partition is read from its committed offset with nothing of before.
+    keyed.onGroupJoin(joined([0, 1]));
+    await keyed.eachBatch(fetched(['u', 'u'], 1));
     await keyed.drain();
-    expect(commits).toEqual(['0@1']);
+    expect(handled).toEqual(['0@0', '1@0', '1@1']);
+    expect(commits.sort()).toEqual(['0@1', '1@2']);
   });
 });
