@@ -1,5 +1,6 @@
 import type Redis from 'ioredis';
-import { owedSummary, summariesOwedKey } from './published';
+import { releaseOwnedKeyIn } from './owned-key';
+import { owedSummary, summariesOwedKey, tenantLeaseKey, type TenantLease } from './published';
 
 /** One polling cycle of one tenant, as the poller began it and the publisher completes it. */
 export interface CycleState {
@@ -56,13 +57,15 @@ export interface CycleStore {
    * Records a scored batch's statistics once: a redelivered batch is not counted twice.
    * Resolves whether this call recorded it, how many distinct batches are recorded now, and the
    * cycle as `get` would answer right after (read in the same round trip, so the caller deciding
-   * whether the cycle is complete need not ask again).
+   * whether the cycle is complete need not ask again). With `lease`, gives the tenant's lease the batch
+   * took (`PublishedStore.changedUnderLease`) back in the same round trip.
    */
   recordBatch(
     tenantId: string,
     cycleId: string,
     batchIndex: number,
     stats: unknown,
+    lease?: TenantLease,
   ): Promise<{ first: boolean; scoredBatches: number; state: CycleState | null }>;
   /** Every recorded batch's statistics, by batch index. */
   batchStats<T>(tenantId: string, cycleId: string): Promise<Map<number, T>>;
@@ -191,15 +194,16 @@ export function createCycleStore(
     async enrichedBatches(tenantId, cycleId) {
       return redis.scard(enrichedKey(tenantId, cycleId));
     },
-    async recordBatch(tenantId, cycleId, batchIndex, stats) {
+    async recordBatch(tenantId, cycleId, batchIndex, stats, lease) {
       const key = batchesKey(tenantId, cycleId);
-      const results = await redis
+      const transaction = redis
         .multi()
         .hsetnx(key, String(batchIndex), JSON.stringify(stats))
         .hlen(key)
         .pexpire(key, retentionMs * 2)
-        .hgetall(cycleKey(tenantId, cycleId))
-        .exec();
+        .hgetall(cycleKey(tenantId, cycleId));
+      if (lease) releaseOwnedKeyIn(transaction, tenantLeaseKey(prefix, lease.tenantId), lease.holder);
+      const results = await transaction.exec();
       const first = results?.[0]?.[1] === 1;
       const scoredBatches = Number(results?.[1]?.[1] ?? 0);
       const fields = (results?.[3]?.[1] ?? {}) as Record<string, string>;

@@ -15,7 +15,13 @@ export type {
   ScoreStoreOptions,
 } from './scores';
 export { createPublishedStore } from './published';
-export type { PublishedStore, PublishedDevice, DeviceScoreRef, PublishOptions } from './published';
+export type {
+  PublishedStore,
+  PublishedDevice,
+  DeviceScoreRef,
+  PublishOptions,
+  TenantLease,
+} from './published';
 export { createBulkVulnerabilityCache } from './vulnerability-cache';
 export type { BulkVulnerabilityCache, BulkExportState, LatestExport } from './vulnerability-cache';
 export { createPollScheduleStore } from './poll-schedule';

@@ -1,4 +1,5 @@
 import type Redis from 'ioredis';
+import { releaseOwnedKey, renewOwnedKey, takeOwnedKey, takeOwnedKeyIn } from './owned-key';
 import { scoreStamp } from './scores';
 
 /** What was last published of one device, and when it was last seen in a cycle. */
@@ -33,6 +34,20 @@ export interface PublishOptions {
   correction?: boolean;
 }
 
+/**
+ * One publisher replica's hold on a tenant: while it lasts, no other replica records a batch of the tenant
+ * or sends one of its sweep's summaries. A replica's own work on the tenant is ordered by its queue; the
+ * lease orders it against the other replicas' (their deadline sweeps, a batch handled twice across a
+ * rebalance).
+ */
+export interface TenantLease {
+  tenantId: string;
+  /** The replica's id: a replica that holds the lease already takes it again. */
+  holder: string;
+  /** How long the lease lasts unless renewed or given back, in milliseconds. */
+  ttlMs: number;
+}
+
 export interface PublishedStore {
   /**
    * Which of these devices (scored in the cycle that started at `cycleAt`, epoch ms) must be published:
@@ -46,6 +61,17 @@ export interface PublishedStore {
     devices: DeviceScoreRef[],
     options?: PublishOptions,
   ): Promise<DeviceScoreRef[]>;
+  /**
+   * `changed`, read once the tenant's lease is taken (`takeTenantLease`), in the same round trip: the batch
+   * holds it until `CycleStore.recordBatch` gives it back. Null, nothing read or taken, while another
+   * replica holds it.
+   */
+  changedUnderLease(
+    lease: TenantLease,
+    cycleAt: number,
+    devices: DeviceScoreRef[],
+    options?: PublishOptions,
+  ): Promise<DeviceScoreRef[] | null>;
   /** Records the devices as seen in the cycle and, unless a newer one is recorded, their published score. */
   commit(
     tenantId: string,
@@ -79,6 +105,12 @@ export interface PublishedStore {
   unlockSummary(tenantId: string, cycleId: string): Promise<void>;
   /** The summary is on the topic: the cycle owes nothing any more. */
   summarySent(tenantId: string, cycleId: string): Promise<void>;
+  /** Takes the tenant's lease for `lease.ttlMs`; false while another replica holds it. */
+  takeTenantLease(lease: TenantLease): Promise<boolean>;
+  /** Holds the tenant's lease `lease.ttlMs` longer; false when it lapsed. */
+  renewTenantLease(lease: TenantLease): Promise<boolean>;
+  /** Gives the tenant's lease back, if this holder still has it. */
+  releaseTenantLease(lease: TenantLease): Promise<void>;
   /** Cycles whose summary was claimed at or before `before` (epoch ms) but never sent (a crash, a failed send). */
   summariesOwed(
     before: number,
@@ -178,6 +210,10 @@ export const summariesOwedKey = (prefix: string): string => `${prefix}summaries-
 export const owedSummary = (tenantId: string, cycleId: string, status: 'complete' | 'partial'): string =>
   JSON.stringify([tenantId, cycleId, status]);
 
+/** A tenant's lease (`TenantLease`); the cycle store's `recordBatch` gives it back. */
+export const tenantLeaseKey = (prefix: string, tenantId: string): string =>
+  `${prefix}publish-lease:${tenantId}`;
+
 /** Markers of sent summaries outlive any redelivery of their cycle's batches. */
 const SUMMARY_MARKER_TTL_MS = 2 * 24 * 60 * 60 * 1000;
 
@@ -193,11 +229,28 @@ function decode(value: string | null | undefined): PublishedDevice | null {
   };
 }
 
+/** The devices to publish (see `PublishedStore.changed`), given what was last published of each. */
+function stillToPublish(
+  devices: DeviceScoreRef[],
+  current: (string | null)[],
+  stamp: number,
+): DeviceScoreRef[] {
+  return devices.filter((device, index) => {
+    const last = decode(current[index]);
+    if (last === null) return true;
+    if (last.publishedCycleAt > stamp) return false;
+    return (
+      last.score !== device.score || last.band !== device.band || last.identity !== (device.identity ?? '')
+    );
+  });
+}
+
 /**
  * The publisher's memory of what VMS holds: `{prefix}published:{tenantId}` (deviceId → last published
  * score, band, cycle, and the cycle it was last seen in), `{prefix}published-seen:{tenantId}` (zset of
  * devices by the start of the newest cycle they were in), `{prefix}published-cycles:{tenantId}` (zset of
- * completed cycles by start) with `{prefix}published-seq:{tenantId}` / `…-counter:{tenantId}` numbering them.
+ * completed cycles by start) with `{prefix}published-seq:{tenantId}` / `…-counter:{tenantId}` numbering them,
+ * and the tenant's lease `{prefix}publish-lease:{tenantId}` (string, PX).
  */
 export function createPublishedStore(redis: Redis, prefix: string): PublishedStore {
   const publishedKey = (tenantId: string): string => `${prefix}published:${tenantId}`;
@@ -213,18 +266,24 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
   return {
     async changed(tenantId, cycleAt, devices, options = {}) {
       if (devices.length === 0) return [];
-      const stamp = scoreStamp(cycleAt, options.correction);
       const current = await redis.hmget(publishedKey(tenantId), ...devices.map((device) => device.deviceId));
-      return devices.filter((device, index) => {
-        const last = decode(current[index]);
-        if (last === null) return true;
-        if (last.publishedCycleAt > stamp) return false;
-        return (
-          last.score !== device.score ||
-          last.band !== device.band ||
-          last.identity !== (device.identity ?? '')
-        );
-      });
+      return stillToPublish(devices, current, scoreStamp(cycleAt, options.correction));
+    },
+    async changedUnderLease(lease, cycleAt, devices, options = {}) {
+      // One transaction: the read comes after the take, never before a sweep that held the lease is done.
+      const transaction = takeOwnedKeyIn(
+        redis.multi(),
+        tenantLeaseKey(prefix, lease.tenantId),
+        lease.holder,
+        lease.ttlMs,
+      );
+      if (devices.length > 0)
+        transaction.hmget(publishedKey(lease.tenantId), ...devices.map((device) => device.deviceId));
+      const results = (await transaction.exec()) ?? [];
+      for (const [error] of results) if (error) throw error;
+      if (results[0]?.[1] !== 1) return null;
+      const current = (results[1]?.[1] ?? []) as (string | null)[];
+      return stillToPublish(devices, current, scoreStamp(cycleAt, options.correction));
     },
     async commit(tenantId, cycleAt, devices, options = {}) {
       if (devices.length === 0) return;
@@ -288,6 +347,15 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     },
     async unlockSummary(tenantId, cycleId) {
       await redis.del(summaryLockKey(tenantId, cycleId));
+    },
+    takeTenantLease(lease) {
+      return takeOwnedKey(redis, tenantLeaseKey(prefix, lease.tenantId), lease.holder, lease.ttlMs);
+    },
+    renewTenantLease(lease) {
+      return renewOwnedKey(redis, tenantLeaseKey(prefix, lease.tenantId), lease.holder, lease.ttlMs);
+    },
+    async releaseTenantLease(lease) {
+      await releaseOwnedKey(redis, tenantLeaseKey(prefix, lease.tenantId), lease.holder);
     },
     async summarySent(tenantId, cycleId) {
       const results = await redis

@@ -1,5 +1,6 @@
 import type { ScoredDevice } from '@urs/contracts';
 import {
+  createCycleStore,
   createPublishedStore,
   createScoreStore,
   createBulkVulnerabilityCache,
@@ -328,6 +329,34 @@ describe('createPublishedStore', () => {
     expect(await published.completeCycle('t', 'c3', 3000, 2)).toEqual({ sequence: 3, gone: ['leave'] });
     await published.forget('t', ['leave']);
     expect(await published.seenIn('t', 3000)).toEqual(['stay']);
+  });
+
+  it("takeTenantLease should admit one replica per tenant, which a batch's changedUnderLease takes and its recordBatch gives back", async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const a = { tenantId: 't', holder: 'a', ttlMs: 30_000 };
+    const b = { ...a, holder: 'b' };
+    const ref = { deviceId: 'd1', score: 10, band: 'Trustworthy' };
+    expect(await published.changedUnderLease(a, 1000, [ref])).toEqual([ref]);
+    // Another replica waits (nothing read); the holder takes it again; another tenant's lease is free.
+    expect(await published.takeTenantLease(b)).toBe(false);
+    expect(await published.changedUnderLease(b, 1000, [ref])).toBeNull();
+    expect(await published.takeTenantLease(a)).toBe(true);
+    expect(await published.takeTenantLease({ ...b, tenantId: 'u' })).toBe(true);
+    // Only its holder gives it back, as it records the batch.
+    await cycles.recordBatch('t', 'c1', 0, {}, b);
+    expect(await published.takeTenantLease(b)).toBe(false);
+    await cycles.recordBatch('t', 'c1', 0, {}, a);
+    expect(await published.renewTenantLease(a)).toBe(false);
+    expect(await published.takeTenantLease(b)).toBe(true);
+    await published.releaseTenantLease(a);
+    expect(await published.changedUnderLease(a, 1000, [])).toBeNull();
+    await published.releaseTenantLease(b);
+    // A holder that died (a batch of no device, too) keeps it no longer than its lease.
+    expect(await published.changedUnderLease({ ...a, ttlMs: 50 }, 1000, [])).toEqual([]);
+    expect(await published.takeTenantLease(b)).toBe(false);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(await published.takeTenantLease(b)).toBe(true);
   });
 
   it('completeCycle should keep the sequence numbers of the cycles it keeps only', async () => {

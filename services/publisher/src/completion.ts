@@ -6,6 +6,7 @@ import { errorCode, errorMessage, keepRenewing } from '@urs/resilience';
 import type { CycleState, CycleStore, PublishedStore, ScoreStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { InOrder } from './in-order';
+import { whileHeld, type TenantLeasing } from './lease';
 import { emptyBands, type BatchStats } from './records';
 
 export interface CycleCompletionDeps {
@@ -26,6 +27,14 @@ export interface CycleCompletionDeps {
    * before a batch of the next cycle records a device as seen would take that device from VMS.
    */
   inOrder: InOrder;
+  /**
+   * This replica's tenant leases, shared with the handler. The queue orders only this replica's batches;
+   * another replica's batch of the tenant (the one that consumes its partition) holds the tenant's lease
+   * from reading what changed to recording the batch, and the sweep sends a tenant's summaries holding it
+   * too, or skips the tenant until the next sweep. Without it, another replica's sweep would tombstone a
+   * device that batch has just published, or close as partial a cycle whose last batch it is recording.
+   */
+  leasing: TenantLeasing;
   /** How long one sender holds a cycle's summary, renewed while it sends (default 30 s). */
   summaryLockMs?: number;
   now?: () => Date;
@@ -271,6 +280,25 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     return true;
   }
 
+  /**
+   * Runs one of the sweep's sends holding the tenant's lease (see `CycleCompletionDeps.leasing`); false,
+   * nothing sent, while another replica holds it: the next sweep tries again.
+   */
+  async function underLease(tenantId: string, send: () => Promise<boolean>): Promise<boolean> {
+    const lease = { tenantId, ...deps.leasing };
+    if (!(await deps.published.takeTenantLease(lease))) {
+      deps.logger.debug('tenant leased by another replica, its summaries left to the next sweep', {
+        tenantId,
+      });
+      return false;
+    }
+    try {
+      return await whileHeld(deps.published, lease, deps.logger, send);
+    } finally {
+      await deps.published.releaseTenantLease(lease);
+    }
+  }
+
   return {
     async tryComplete(tenantId, cycleId, hint, known) {
       const state = known === undefined ? await deps.cycles.get(tenantId, cycleId) : known;
@@ -289,10 +317,10 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       let closed = 0;
       // Each cycle on its own: one that cannot be sent is logged and tried again at the next sweep,
       // and never holds back another tenant's summary behind it (nor does a tenant whose queue is busy:
-      // tenants are swept side by side, a few at a time).
+      // tenants are swept side by side, a few at a time; nor one another replica holds: it is skipped).
       const each = async (tenantId: string, cycleId: string, send: () => Promise<boolean>) => {
         try {
-          if (await deps.inOrder(tenantId, send)) closed++;
+          if (await deps.inOrder(tenantId, () => underLease(tenantId, send))) closed++;
         } catch (error) {
           sweepFailures.inc();
           deps.logger.warn('cycle summary not sent, tried again at the next sweep', {

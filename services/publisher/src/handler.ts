@@ -1,24 +1,31 @@
 import { batchItemJson, jsonWithHead, type MessageHandler, type Publisher } from '@urs/bus';
 import { vmsRecord, vmsRecordHead, type ScoreBatch } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import type { CycleStore, PublishedStore } from '@urs/store';
+import { UrsError, sleep } from '@urs/resilience';
+import type { CycleStore, DeviceScoreRef, PublishedStore, PublishOptions, TenantLease } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { CycleCompletion } from './completion';
 import type { InOrder } from './in-order';
+import { whileHeld, type TenantLeasing } from './lease';
 import { batchStats, recordDigest } from './records';
 
 export interface PublishHandlerDeps {
   cycles: Pick<CycleStore, 'recordBatch'>;
-  published: Pick<PublishedStore, 'changed' | 'commit'>;
+  published: Pick<PublishedStore, 'changedUnderLease' | 'commit' | 'renewTenantLease'>;
   completion: CycleCompletion;
   /** The tenants' queue, shared with the completion's sweep (see `CycleCompletionDeps.inOrder`). */
   inOrder: InOrder;
+  /** This replica's tenant leases, shared with the completion's sweep (see `CycleCompletionDeps.leasing`). */
+  leasing: TenantLeasing;
   publisher: Publisher;
   /** `vms.risk-scores`. */
   topic: string;
   logger: Logger;
   metrics: Registry;
 }
+
+/** How often a batch asks again for its tenant's lease while another replica's sweep holds it. */
+const LEASE_WAIT_MS = 50;
 
 /**
  * Publishes a scored batch's changed devices at once, records the batch for the cycle's summary, and
@@ -32,6 +39,11 @@ export interface PublishHandlerDeps {
  * Order of effects, for at-least-once delivery: produce the records, then remember them as published,
  * then record the batch. A crash in between redelivers the batch: its records may be produced twice
  * (same key, same value: harmless on a compacted topic) but the batch is counted once.
+ *
+ * From reading what changed to recording the batch, the replica holds the tenant's lease, taken and given
+ * back by those two calls (no round trip of its own): another replica's sweep never sends a summary of the
+ * tenant in between (see `CycleCompletionDeps.leasing`). A batch that fails leaves the lease to its retry,
+ * which takes it again, or to lapse.
  */
 export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<ScoreBatch> {
   const records = deps.metrics.counter(
@@ -45,8 +57,31 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
   return (message) => {
     const batch = message.value;
     if (batch === null) return Promise.resolve();
-    return deps.inOrder(batch.tenantId, () => publishBatch(batch));
+    return deps.inOrder(batch.tenantId, () => publishBatch(batch, message.signal));
   };
+
+  /**
+   * Which devices changed, read once the tenant's lease is this replica's: another replica's sweep holds
+   * it while it sends one of the tenant's summaries, for a summary's length (a snapshot's at most).
+   */
+  async function changedUnderLease(
+    lease: TenantLease,
+    cycleAt: number,
+    refs: DeviceScoreRef[],
+    options: PublishOptions,
+    signal: AbortSignal | undefined,
+  ): Promise<DeviceScoreRef[]> {
+    for (;;) {
+      const changed = await deps.published.changedUnderLease(lease, cycleAt, refs, options);
+      if (changed !== null) return changed;
+      // The runner gave the batch up (a rebalance, a stop): handled again by whoever owns it next.
+      if (signal?.aborted)
+        throw new UrsError('STOPPING', "the batch was given up waiting for its tenant's lease", {
+          canRetry: true,
+        });
+      await sleep(LEASE_WAIT_MS, signal);
+    }
+  }
 
   /**
    * The records of the batch's changed devices. Each is the device with the record's head in front, so
@@ -67,7 +102,7 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     return messages;
   }
 
-  async function publishBatch(batch: ScoreBatch): Promise<void> {
+  async function publishBatch(batch: ScoreBatch, signal: AbortSignal | undefined): Promise<void> {
     const log = deps.logger.child({
       tenantId: batch.tenantId,
       cycleId: batch.cycleId,
@@ -82,19 +117,23 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     }));
     // A correction's scores are newer than its cycle's first ones (see PublishOptions).
     const options = { correction: batch.replaces !== undefined };
+    const lease = { tenantId: batch.tenantId, ...deps.leasing };
     const changed = new Set(
-      (await deps.published.changed(batch.tenantId, cycleAt, refs, options)).map((ref) => ref.deviceId),
+      (await changedUnderLease(lease, cycleAt, refs, options, signal)).map((ref) => ref.deviceId),
     );
     const messages = vmsRecords(batch, changed);
-    await deps.publisher.send(deps.topic, 'urs/vms-risk-score', messages);
-    records.inc({ kind: 'changed' }, messages.length);
-    await deps.published.commit(batch.tenantId, cycleAt, refs, options);
-    const { first, state } = await deps.cycles.recordBatch(
-      batch.tenantId,
-      batch.cycleId,
-      batch.batchIndex,
-      batchStats(batch, messages.length),
-    );
+    const { first, state } = await whileHeld(deps.published, lease, log, async () => {
+      await deps.publisher.send(deps.topic, 'urs/vms-risk-score', messages);
+      records.inc({ kind: 'changed' }, messages.length);
+      await deps.published.commit(batch.tenantId, cycleAt, refs, options);
+      return deps.cycles.recordBatch(
+        batch.tenantId,
+        batch.cycleId,
+        batch.batchIndex,
+        batchStats(batch, messages.length),
+        lease,
+      );
+    });
     log.info('batch published', {
       devices: batch.devices.length,
       changed: messages.length,

@@ -6,6 +6,7 @@ import { createCycleCompletion } from './completion';
 import { publisherConfig } from './config';
 import { createPublishHandler } from './handler';
 import { createInOrder } from './in-order';
+import { tenantLeasing } from './lease';
 
 /** Scored batches of a partition accepted and not yet published (ordering 'key'); one is ~0.7 MB. */
 const SCORE_BATCHES_BUFFERED = 20;
@@ -18,6 +19,7 @@ void runService({
     const cycles = createCycleStore(redis, prefix);
     const published = createPublishedStore(redis, prefix);
     const inOrder = createInOrder();
+    const leasing = tenantLeasing();
     const completion = createCycleCompletion({
       cycles,
       published,
@@ -29,6 +31,7 @@ void runService({
       snapshotEveryCycles: own.snapshotEveryCycles,
       tombstoneAfterCycles: own.tombstoneAfterCycles,
       inOrder,
+      leasing,
     });
     const runner = createConsumerRunner({
       kafka,
@@ -50,6 +53,7 @@ void runService({
             published,
             completion,
             inOrder,
+            leasing,
             publisher,
             topic: config.topics.vmsRiskScores,
             logger,

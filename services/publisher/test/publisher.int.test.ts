@@ -7,6 +7,7 @@ import { createTestRedis, inboundMessage, scoredDevice, type TestRedis, waitFor 
 import { createCycleCompletion } from '../src/completion';
 import { createPublishHandler } from '../src/handler';
 import { createInOrder } from '../src/in-order';
+import { tenantLeasing } from '../src/lease';
 import { batchStats } from '../src/records';
 
 const topics = { vmsRiskScores: 'vms.risk-scores', vmsRiskSummary: 'vms.risk-summary' };
@@ -131,6 +132,8 @@ describe('the publisher', () => {
     };
     const metrics = new Registry({ processMetrics: false });
     const inOrder = createInOrder();
+    // One replica: its own queue and its own id as the holder of tenant leases.
+    const leasing = tenantLeasing();
     const completion = createCycleCompletion({
       cycles,
       published,
@@ -143,6 +146,7 @@ describe('the publisher', () => {
       tombstoneAfterCycles: options.tombstoneAfterCycles ?? 3,
       ...(options.summaryLockMs === undefined ? {} : { summaryLockMs: options.summaryLockMs }),
       inOrder,
+      leasing,
       now: () => now,
     });
     const handler = createPublishHandler({
@@ -150,6 +154,7 @@ describe('the publisher', () => {
       published,
       completion,
       inOrder,
+      leasing,
       publisher,
       topic: topics.vmsRiskScores,
       logger: silentLogger,
@@ -513,6 +518,85 @@ describe('the publisher', () => {
       ).toEqual(['c1', 'c3']);
     },
   );
+
+  it.each(['owed', 'overdue'] as const)(
+    "closeOverdue on another replica should leave an %s summary to a later sweep while the tenant's batch is in progress, so its tombstones never take a device the batch publishes",
+    async (left) => {
+      const hold = holdOnce();
+      // The replica that consumes t1's partition, and another one whose sweep runs at the same time.
+      const consumer = build({ tombstoneAfterCycles: 1, afterScoresSent: hold.point });
+      const other = build({ tombstoneAfterCycles: 1 });
+      await consumer.begin(1);
+      await consumer.handler(
+        scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('x', 30, 'Low Risk')], 1),
+      );
+      await consumer.begin(2);
+      await consumer.handler(scoreBatch(2, 0, [device('a', 10, 'Trustworthy')]));
+      await consumer.cycles.listed('t1', 'c2', { totalBatches: 1, totalDevices: 1, listedAt: minute(21) });
+      if (left === 'owed')
+        await consumer.cycles.claimPublication('t1', 'c2', 'complete', Date.parse(minute(21)));
+      await consumer.begin(3);
+      hold.arm();
+      const batch = consumer.handler(scoreBatch(3, 0, [device('x', 40, 'Low Risk')]));
+      await hold.reached;
+      now = new Date(minute(31));
+      const during = await other.completion.closeOverdue();
+      hold.release();
+      await batch;
+      const after = await other.completion.closeOverdue();
+      expect(
+        records()
+          .filter((m) => m.key === 't1/x')
+          .map((m) => (m.value as VmsRiskScore | null)?.cycleId ?? null),
+      ).toEqual(['c1', 'c3']);
+      expect(summaries().map((summary) => [summary.cycleId, summary.published.tombstones])).toEqual([
+        ['c1', 0],
+        ['c2', 0],
+      ]);
+      expect([during, after]).toEqual([0, 1]);
+    },
+  );
+
+  it("createPublishHandler should wait for another replica's sweep sending the tenant's summary, and publish after it", async () => {
+    const consumer = build();
+    const other = build({ summaryDelayMs: 500 });
+    await consumer.begin(1);
+    await consumer.handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    now = new Date(minute(16));
+    const sweep = other.completion.closeOverdue();
+    await waitFor(async () => (await redis.client.exists(`${redis.prefix}publish-lease:t1`)) === 1, {
+      timeoutMs: 5_000,
+    });
+    await consumer.begin(2);
+    await consumer.handler(scoreBatch(2, 0, [device('a', 40, 'Low Risk')]));
+    expect(await sweep).toBe(1);
+    expect(sent.map((m) => (m.topic === topics.vmsRiskSummary ? 'summary' : m.key))).toEqual([
+      't1/a',
+      'summary',
+      't1/a',
+    ]);
+  });
+
+  it('closeOverdue on another replica should not close as partial an overdue cycle whose last batch is in progress', async () => {
+    const hold = holdOnce();
+    const consumer = build({ afterScoresSent: hold.point });
+    const other = build();
+    await consumer.begin(1);
+    await consumer.cycles.listed('t1', 'c1', { totalBatches: 2, totalDevices: 3, listedAt: minute(11) });
+    await consumer.handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')]));
+    // Past the deadline (minute 15), the last batch has published its device and not yet recorded it.
+    now = new Date(minute(16));
+    hold.arm();
+    const batch = consumer.handler(scoreBatch(1, 1, [device('c', 50, 'Moderate Risk')], 2));
+    await hold.reached;
+    const during = await other.completion.closeOverdue();
+    hold.release();
+    await batch;
+    expect(await other.completion.closeOverdue()).toBe(0);
+    expect(summaries()).toHaveLength(1);
+    expect(summaries()[0]).toMatchObject({ status: 'complete', devices: { total: 3, scored: 3, failed: 0 } });
+    expect(during).toBe(0);
+  });
 
   it("closeOverdue should send another tenant's summary while a tenant's batch holds its queue", async () => {
     const hold = holdOnce();

@@ -1,0 +1,43 @@
+import { randomUUID } from 'node:crypto';
+import type { Logger } from '@urs/logging';
+import { errorMessage, keepRenewing } from '@urs/resilience';
+import type { PublishedStore, TenantLease } from '@urs/store';
+
+/**
+ * How long a tenant's lease lasts unless renewed: a replica that dies holding it holds back the tenant's
+ * summaries on the other replicas' sweeps (and, after a rebalance, the tenant's batches) at most this long.
+ */
+const DEFAULT_TENANT_LEASE_MS = 10_000;
+
+/** This replica's leases on tenants (see `TenantLease`): its id as their holder, and their length. */
+export type TenantLeasing = Omit<TenantLease, 'tenantId'>;
+
+export function tenantLeasing(ttlMs = DEFAULT_TENANT_LEASE_MS): TenantLeasing {
+  return { holder: randomUUID(), ttlMs };
+}
+
+/**
+ * Runs `work` on a lease already taken, renewing it every third of its length, so work that outlasts it
+ * (a broker failing over, a snapshot of a large fleet) keeps it. Gives nothing back: the caller does.
+ */
+export async function whileHeld<T>(
+  published: Pick<PublishedStore, 'renewTenantLease'>,
+  lease: TenantLease,
+  logger: Logger,
+  work: () => Promise<T>,
+): Promise<T> {
+  const stopRenewing = keepRenewing(
+    () => published.renewTenantLease(lease),
+    Math.max(10, Math.floor(lease.ttlMs / 3)),
+    {
+      onLost: () => logger.warn('tenant lease lapsed while held', { tenantId: lease.tenantId }),
+      onError: (error) =>
+        logger.warn('tenant lease not renewed', { tenantId: lease.tenantId, reason: errorMessage(error) }),
+    },
+  );
+  try {
+    return await work();
+  } finally {
+    stopRenewing();
+  }
+}
