@@ -34,6 +34,11 @@ export interface ServiceParts {
   closers?: Closer[];
   /** Extra readiness beyond "every runner joined its group". */
   isReady?: () => boolean;
+  /**
+   * Resolves when a part of the service other than its runners stopped working for good (e.g. a consumer
+   * of its own that Kafka stopped): the service then stops to be started again, as for a runner.
+   */
+  failed?: () => Promise<Error>;
 }
 
 export interface ServiceOptions {
@@ -52,8 +57,9 @@ export interface RunningService {
   context: ServiceContext;
   health: HealthServer;
   /**
-   * Resolves when one of the runners stopped consuming for good (see `ConsumerRunner.failed`): the service
-   * looks alive and does nothing, so it should stop and be started again.
+   * Resolves when one of the runners stopped consuming for good (see `ConsumerRunner.failed`), or the
+   * service's own parts did (`ServiceParts.failed`): the service looks alive and does nothing, so it should
+   * stop and be started again.
    */
   failed: Promise<Error>;
   /**
@@ -110,7 +116,10 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
     return {
       context,
       health: healthServer,
-      failed: Promise.race(runners.map((runner) => runner.failed())),
+      failed: Promise.race([
+        ...runners.map((runner) => runner.failed()),
+        ...(parts.failed ? [parts.failed()] : []),
+      ]),
       close() {
         closing ??= (async () => {
           stopping = true;
@@ -156,8 +165,8 @@ async function shutdown(logger: Logger, closers: Closer[]): Promise<boolean> {
 /**
  * A service's whole life, for `main.ts`: start, run until SIGTERM or SIGINT, stop gracefully within
  * the configured time, and set the exit code. Start-up failures (a bad variable, no broker) exit 1
- * with the reason; so do a runner that stopped consuming for good (after a graceful stop, so an
- * orchestrator starts the service again) and a stop that could not close everything.
+ * with the reason; so do a runner or another part that stopped for good (`failed`, after a graceful
+ * stop, so an orchestrator starts the service again) and a stop that could not close everything.
  */
 export async function runService(options: ServiceOptions): Promise<void> {
   let service: RunningService;

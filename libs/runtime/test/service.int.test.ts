@@ -132,4 +132,34 @@ describe('startService', () => {
       await deleteTopics(kafka, topics);
     }
   });
+
+  it('should say it failed when a part of its own stops for good, and still stop cleanly', async () => {
+    const prefix = `${uniqueId('svc')}.`;
+    const env = serviceEnv(prefix);
+    const stopped = new Error('reading urs.tenants: Kafka stopped its consumer');
+    let stop: (error: Error) => void = () => undefined;
+    const service = await startService({
+      name: 'test-service',
+      defaultMetricsPort: 0,
+      env,
+      // E.g. the registrar's rebuild of Redis, which reads urs.tenants with a consumer of its own.
+      setup: async () => ({ failed: () => new Promise<Error>((resolve) => (stop = resolve)) }),
+    });
+    const kafka = createTestKafka();
+    try {
+      stop(stopped);
+      const error = await Promise.race([
+        service.failed,
+        new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 5_000).unref()),
+      ]);
+      expect(error).toBe(stopped);
+    } finally {
+      expect(await service.close()).toBe(true);
+      const admin = kafka.admin();
+      await admin.connect();
+      const topics = (await admin.listTopics()).filter((topic) => topic.startsWith(prefix));
+      await admin.disconnect();
+      await deleteTopics(kafka, topics);
+    }
+  });
 });

@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import type { Kafka } from 'kafkajs';
-import { topicOffsets } from '@urs/bus';
+import { BusError, topicOffsets } from '@urs/bus';
 import { validateMessage, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { errorMessage, sleep } from '@urs/resilience';
+import { canRetry, errorMessage, sleep, UrsError } from '@urs/resilience';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import { forEachLimit } from './concurrency';
 import { REVISION_HEADER } from './registry';
@@ -15,7 +15,9 @@ export type TenantLogEntry =
 /**
  * Reads a compacted topic from the beginning up to the end it had when the read started, with a
  * consumer group of its own (KafkaJS has no manual assignment), which is deleted afterwards. Returns
- * the last entry per key.
+ * the last entry per key. A consumer that Kafka stopped for good (a crash KafkaJS does not restart, e.g.
+ * an authorisation error) fails the read at once with a non-retryable `BusError` `CONSUMER_STOPPED`
+ * saying why: it would read nothing more, and waiting out `timeoutMs` would only hide the reason.
  */
 export async function readTenantLog(
   kafka: Kafka,
@@ -37,6 +39,21 @@ export async function readTenantLog(
     const consumer = kafka.consumer({ groupId, allowAutoTopicCreation: false });
     let done!: () => void;
     const finished = new Promise<void>((resolve) => (done = resolve));
+    let stop!: (error: Error) => void;
+    const stopped = new Promise<Error>((resolve) => (stop = resolve));
+    consumer.on(consumer.events.CRASH, (event) => {
+      if (event.payload.restart) return;
+      stop(
+        new BusError(
+          'CONSUMER_STOPPED',
+          `reading ${topic}: Kafka stopped its consumer: ${errorMessage(event.payload.error)}`,
+          {
+            cause: event.payload.error,
+            details: { topic },
+          },
+        ),
+      );
+    });
     try {
       await consumer.connect();
       await consumer.subscribe({ topic, fromBeginning: true });
@@ -78,12 +95,15 @@ export async function readTenantLog(
         },
       });
       const timer = new AbortController();
-      const timedOut = await Promise.race([
-        finished.then(() => false),
-        sleep(timeoutMs, timer.signal).then(() => true),
+      const failure = await Promise.race([
+        finished.then(() => undefined),
+        stopped,
+        sleep(timeoutMs, timer.signal).then(
+          () => new Error(`reading ${topic} did not reach its end within ${timeoutMs} ms`),
+        ),
       ]);
       timer.abort();
-      if (timedOut) throw new Error(`reading ${topic} did not reach its end within ${timeoutMs} ms`);
+      if (failure) throw failure;
     } finally {
       await consumer.disconnect();
     }
@@ -103,10 +123,22 @@ export interface RebuilderDeps {
 }
 
 export interface TenantRebuilder {
-  /** Rebuilds Redis from `urs.tenants` unless it was done since Redis last came up empty. Single-flight. */
+  /**
+   * Rebuilds Redis from `urs.tenants` unless it was done since Redis last came up empty. Single-flight.
+   * A failure rejects with a retryable error: the push or request waiting on it is not at fault.
+   */
   ensure(): Promise<void>;
-  /** Checks every `intervalMs` (a Redis wiped while running is refilled); stops on `signal`. */
+  /**
+   * Checks every `intervalMs` (a Redis wiped while running is refilled); stops on `signal`, or once a
+   * rebuild failed for good (see `failed`).
+   */
   watch(intervalMs: number, signal: AbortSignal): Promise<void>;
+  /**
+   * Resolves with the error of a rebuild that failed for good (a non-retryable error, e.g. its consumer
+   * stopped by Kafka): this registrar can no longer refill a wiped Redis, so it should stop and be started
+   * again. Never resolves otherwise.
+   */
+  failed(): Promise<Error>;
 }
 
 /**
@@ -118,6 +150,9 @@ export interface TenantRebuilder {
 export function createTenantRebuilder(deps: RebuilderDeps): TenantRebuilder {
   const log = deps.logger.child({ component: 'rebuild' });
   let running: Promise<void> | undefined;
+  let failedForGood: Error | undefined;
+  let fail: (error: Error) => void = () => undefined;
+  const failure = new Promise<Error>((resolve) => (fail = resolve));
 
   async function rebuild(): Promise<void> {
     if (await deps.state.isRebuilt()) return;
@@ -151,24 +186,48 @@ export function createTenantRebuilder(deps: RebuilderDeps): TenantRebuilder {
     });
   }
 
-  function ensure(): Promise<void> {
-    running ??= rebuild().finally(() => {
-      running = undefined;
+  /**
+   * What the callers of `ensure` get from a failed rebuild. One that failed for good is reported through
+   * `failed` and handed on as retryable: a Director push must wait for the next registrar, not be
+   * dead-lettered, and a REST call gets a 503.
+   */
+  function reported(error: unknown): unknown {
+    if (canRetry(error)) return error;
+    const reason = errorMessage(error);
+    if (!failedForGood) {
+      failedForGood = error instanceof Error ? error : new Error(reason);
+      fail(failedForGood);
+    }
+    return new UrsError('REBUILD_FAILED', `Redis could not be rebuilt from urs.tenants: ${reason}`, {
+      canRetry: true,
+      cause: error,
     });
+  }
+
+  function ensure(): Promise<void> {
+    running ??= rebuild()
+      .catch((error: unknown) => {
+        throw reported(error);
+      })
+      .finally(() => {
+        running = undefined;
+      });
     return running;
   }
 
   return {
     ensure,
     async watch(intervalMs, signal) {
-      while (!signal.aborted) {
+      while (!signal.aborted && !failedForGood) {
         try {
           await ensure();
         } catch (error) {
+          if (failedForGood) break;
           log.error('rebuild failed; retrying', { reason: errorMessage(error) });
         }
         await sleep(intervalMs, signal);
       }
     },
+    failed: () => failure,
   };
 }

@@ -1,4 +1,4 @@
-import type { Kafka } from 'kafkajs';
+import type { ConsumerConfig, Kafka } from 'kafkajs';
 import { silentLogger } from '@urs/logging';
 import { createTestKafka, deleteTopics, uniqueId } from '@urs/testkit';
 import { readTenantLog } from '../src/rebuild';
@@ -26,6 +26,26 @@ async function createFreshTopic(kafka: Kafka, prefix: string): Promise<string> {
     await admin.disconnect();
   }
   return topic;
+}
+
+/**
+ * `kafka` with consumers that ask a session timeout below the broker's minimum (6000 ms): the broker refuses
+ * them when they join, an error KafkaJS does not restart the consumer after.
+ */
+function refusingConsumers(kafka: Kafka): Kafka {
+  return Object.assign(Object.create(kafka) as Kafka, {
+    consumer: (config: ConsumerConfig) => kafka.consumer({ ...config, sessionTimeout: 4_000 }),
+  });
+}
+
+async function send(kafka: Kafka, topic: string, messages: { key: string; value: string | null }[]) {
+  const producer = kafka.producer();
+  await producer.connect();
+  try {
+    await producer.send({ topic, messages });
+  } finally {
+    await producer.disconnect();
+  }
 }
 
 describe('readTenantLog', () => {
@@ -72,5 +92,26 @@ describe('readTenantLog', () => {
       record: null,
       revision: 4,
     });
+  });
+
+  it('should fail at once, saying why, when Kafka stops its consumer for good', async () => {
+    const topic = await createFreshTopic(kafka, 'rebuild-refused');
+    created.push(topic);
+    await send(kafka, topic, [{ key: 'a', value: JSON.stringify(record('a', 1)) }]);
+    const started = Date.now();
+    const read = readTenantLog(
+      refusingConsumers(createTestKafka()),
+      topic,
+      uniqueId('registrar'),
+      silentLogger,
+      30_000,
+    );
+    // Not after the read's whole timeout with "did not reach its end", which hides the reason.
+    await expect(read).rejects.toMatchObject({
+      code: 'CONSUMER_STOPPED',
+      canRetry: false,
+      message: expect.stringMatching(/session timeout/i),
+    });
+    expect(Date.now() - started).toBeLessThan(20_000);
   });
 });

@@ -1,6 +1,28 @@
+import { BusError } from '@urs/bus';
 import { silentLogger } from '@urs/logging';
 import { createTenantRebuilder, type TenantLogEntry } from '../src/rebuild';
 import { memoryStateStore, memoryTenantStore, tenantRecord as record } from './fakes';
+
+/** What readTenantLog throws when Kafka stopped its consumer for good. */
+const consumerStopped = (): BusError =>
+  new BusError(
+    'CONSUMER_STOPPED',
+    'reading urs.tenants: Kafka stopped its consumer: Not authorized to access group',
+  );
+
+/** A rebuilder whose Redis is always empty and whose every read of the log fails with the next of `failures`. */
+function failing(failures: Error[]) {
+  let reads = 0;
+  const rebuilder = createTenantRebuilder({
+    readLog: async () => {
+      throw failures[Math.min(reads++, failures.length - 1)] as Error;
+    },
+    tenants: memoryTenantStore(),
+    state: { ...memoryStateStore(), isRebuilt: async () => false },
+    logger: silentLogger,
+  });
+  return { rebuilder, reads: () => reads };
+}
 
 function setup(entries: TenantLogEntry[]) {
   const tenants = memoryTenantStore();
@@ -45,5 +67,33 @@ describe('createTenantRebuilder', () => {
     await tenants.put(record('a', 20, { enabled: false }));
     await rebuilder.ensure();
     expect((await tenants.get('a'))?.revision).toBe(20);
+  });
+
+  it('ensure should report a rebuild that failed for good through failed, and reject its callers retryably', async () => {
+    const stopped = consumerStopped();
+    const { rebuilder } = failing([stopped]);
+    // A Director push waiting on it is retried (not dead-lettered) until the registrar is started again.
+    await expect(rebuilder.ensure()).rejects.toMatchObject({
+      code: 'REBUILD_FAILED',
+      canRetry: true,
+      message: expect.stringContaining('Not authorized to access group'),
+    });
+    await expect(rebuilder.failed()).resolves.toBe(stopped);
+  });
+
+  it('watch should retry a rebuild that may succeed again, and stop once one failed for good', async () => {
+    const stopped = consumerStopped();
+    const { rebuilder, reads } = failing([
+      new Error('Connection timeout'),
+      new Error('Connection timeout'),
+      stopped,
+    ]);
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), 1_000);
+    await rebuilder.watch(1, abort.signal);
+    clearTimeout(timer);
+    expect(abort.signal.aborted).toBe(false);
+    expect(reads()).toBe(3);
+    await expect(rebuilder.failed()).resolves.toBe(stopped);
   });
 });
