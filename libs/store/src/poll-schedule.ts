@@ -35,6 +35,8 @@ export interface PollScheduleStore {
   /** Gives the lease back (only if still held: compare-and-delete). */
   release(lease: PollLease): Promise<boolean>;
   get(tenantId: string): Promise<PollSchedule>;
+  /** The schedules of many tenants at once (pipelined, 1000 to a round trip), by tenant id. */
+  getMany(tenantIds: readonly string[]): Promise<Map<string, PollSchedule>>;
   /** Records a cycle's start, fenced: false (and nothing written) when the lease was lost. */
   begin(lease: PollLease, cycleId: string, startedAt: number): Promise<boolean>;
   /**
@@ -67,6 +69,17 @@ while ARGV[i] ~= '--' do
 end
 for j = i + 1, #ARGV do redis.call('HDEL', KEYS[2], ARGV[j]) end
 return 1`;
+
+/** A schedule from its hash's fields (none: a tenant never polled). */
+function parseSchedule(fields: Record<string, string>): PollSchedule {
+  const schedule: PollSchedule = { failures: Number(fields['failures'] ?? 0) };
+  if (fields['lastStartedAt'] !== undefined) schedule.lastStartedAt = Number(fields['lastStartedAt']);
+  if (fields['notBefore'] !== undefined) schedule.notBefore = Number(fields['notBefore']);
+  if (fields['runningCycleId'] !== undefined) schedule.runningCycleId = fields['runningCycleId'];
+  if (fields['failedRevision'] !== undefined) schedule.failedRevision = Number(fields['failedRevision']);
+  if (fields['retryAt'] !== undefined) schedule.retryAt = Number(fields['retryAt']);
+  return schedule;
+}
 
 /**
  * Per-tenant poll leases and schedules: `{prefix}poll-lease:{tenantId}` (string, PX), `{prefix}poll-fence:{tenantId}`
@@ -108,14 +121,20 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
       return releaseOwnedKey(redis, leaseKey(lease.tenantId), lease.token);
     },
     async get(tenantId) {
-      const fields = await redis.hgetall(scheduleKey(tenantId));
-      const schedule: PollSchedule = { failures: Number(fields['failures'] ?? 0) };
-      if (fields['lastStartedAt'] !== undefined) schedule.lastStartedAt = Number(fields['lastStartedAt']);
-      if (fields['notBefore'] !== undefined) schedule.notBefore = Number(fields['notBefore']);
-      if (fields['runningCycleId'] !== undefined) schedule.runningCycleId = fields['runningCycleId'];
-      if (fields['failedRevision'] !== undefined) schedule.failedRevision = Number(fields['failedRevision']);
-      if (fields['retryAt'] !== undefined) schedule.retryAt = Number(fields['retryAt']);
-      return schedule;
+      return parseSchedule(await redis.hgetall(scheduleKey(tenantId)));
+    },
+    async getMany(tenantIds) {
+      const schedules = new Map<string, PollSchedule>();
+      for (let start = 0; start < tenantIds.length; start += 1000) {
+        const slice = tenantIds.slice(start, start + 1000);
+        const reads = redis.pipeline();
+        for (const tenantId of slice) reads.hgetall(scheduleKey(tenantId));
+        for (const [index, [error, fields]] of ((await reads.exec()) ?? []).entries()) {
+          if (error) throw error;
+          schedules.set(slice[index] as string, parseSchedule(fields as Record<string, string>));
+        }
+      }
+      return schedules;
     },
     begin(lease, cycleId, startedAt) {
       return fencedWrite(lease, { lastStartedAt: String(startedAt), runningCycleId: cycleId }, []);

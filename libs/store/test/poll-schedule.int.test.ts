@@ -55,4 +55,19 @@ describe('createPollScheduleStore', () => {
     await store.clear('acme');
     expect(await store.get('acme')).toEqual({ failures: 0 });
   });
+
+  it('getMany should read the schedules of many tenants, a tenant never polled with none', async () => {
+    const store = createPollScheduleStore(redis.client, redis.prefix);
+    const tenantIds = Array.from({ length: 1500 }, (_, i) => `tenant-${i}`);
+    for (const [index, tenantId] of [tenantIds[3], tenantIds[1200]].entries()) {
+      const lease = (await store.acquire(tenantId as string, 'a', 5_000))!;
+      await store.begin(lease, `${tenantId}-1`, 1_000 + index);
+      await store.end(lease, { failures: 1, notBefore: null, retryAt: 9_000 });
+    }
+    const schedules = await store.getMany(tenantIds);
+    expect(schedules.size).toBe(1500);
+    expect(schedules.get('tenant-3')).toEqual({ failures: 1, lastStartedAt: 1_000, retryAt: 9_000 });
+    expect(schedules.get('tenant-1200')).toEqual({ failures: 1, lastStartedAt: 1_001, retryAt: 9_000 });
+    expect(schedules.get('tenant-0')).toEqual({ failures: 0 });
+  });
 });

@@ -67,16 +67,23 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   deps.metrics.gauge('urs_poll_tenants', 'Tenants known to this poller.', () => deps.table.size());
   /** Per tenant, when this replica should look again (its local view; Redis decides). */
   const localDue = new Map<string, number>();
+  /** Tenants new to this replica (or enabled again) whose stored schedule it has not read yet. */
+  const unread = new Set<string>();
+  let reading: Promise<void> | undefined;
   const active = new Map<string, Running>();
   const stop = new AbortController();
   let loop: Promise<void> | undefined;
   let wake: (() => void) | undefined;
 
   deps.table.onChange((tenantId, record) => {
-    // Look again at once: a new registration is polled within a tick, a changed interval is re-read.
-    localDue.set(tenantId, 0);
-    if (record === null || !record.enabled) {
+    if (record !== null && record.enabled) {
+      // Placed by its stored schedule before it is scheduled (see `readSchedules`).
+      if (!localDue.has(tenantId)) unread.add(tenantId);
+      // Look again at once: a new registration is polled within a tick, a changed interval is re-read.
+      localDue.set(tenantId, 0);
+    } else {
       localDue.delete(tenantId);
+      unread.delete(tenantId);
       const running = active.get(tenantId);
       if (running) {
         log.info('tenant disabled or deleted: stopping its cycle', { tenantId });
@@ -85,6 +92,10 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     }
     wake?.();
   });
+
+  function intervalOf(record: TenantRecord): number {
+    return record.defender.pollIntervalMinutes * deps.intervalUnitMs;
+  }
 
   async function releaseQuietly(lease: PollLease): Promise<void> {
     await deps.schedules.release(lease).catch((error: unknown) => {
@@ -105,7 +116,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     try {
       const record = deps.table.get(tenantId);
       if (!record || !record.enabled || abort.signal.aborted) return;
-      const intervalMs = record.defender.pollIntervalMinutes * deps.intervalUnitMs;
+      const intervalMs = intervalOf(record);
       let schedule = await deps.schedules.get(tenantId);
       if (schedule.runningCycleId !== undefined && (await endListedCycle(lease, schedule.runningCycleId)))
         schedule = await deps.schedules.get(tenantId);
@@ -259,22 +270,61 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   }
 
   /**
+   * Places the tenants new to this replica by the due times stored in Redis, read in one batch when the
+   * table first fills and then for the tenants that appear. Right after a start every tenant is new:
+   * counted as due at 0 until this replica had looked at each once, they would start in the table's order
+   * rather than the most overdue first. A failed read leaves them due at 0 (each attempt reads its
+   * schedule under the lease anyway): the order is a preference, not worth holding polling back for.
+   */
+  async function readSchedules(): Promise<void> {
+    const tenantIds = [...unread];
+    try {
+      const schedules = await deps.schedules.getMany(tenantIds);
+      for (const tenantId of tenantIds) {
+        // The record now, not when the read began: it may have changed or been disabled meanwhile.
+        const record = deps.table.get(tenantId);
+        const schedule = schedules.get(tenantId);
+        if (!record?.enabled || !schedule || !localDue.has(tenantId)) continue;
+        localDue.set(tenantId, dueAt(schedule, intervalOf(record), record.revision));
+      }
+    } catch (error) {
+      if (!stop.signal.aborted) {
+        log.warn('stored schedules not read: these tenants start in the table order', {
+          tenants: tenantIds.length,
+          reason: errorMessage(error),
+        });
+      }
+    } finally {
+      for (const tenantId of tenantIds) unread.delete(tenantId);
+    }
+  }
+
+  /**
    * The tenants due by this replica's view and not running here, the most overdue first. When more are
    * due than cycles may start, the table's order would let the tenants near its start take every free
    * slot each time they come due again, and those near its end would wait for ever; the longest waiting
-   * go first instead. Ties (tenants never looked at, all due at 0) keep the table's order.
+   * go first instead. Ties (e.g. tenants never polled, due at 0) keep the table's order. Tenants whose
+   * stored schedule is not read yet wait for it.
    */
   function dueTenants(at: number): string[] {
     const due: { tenantId: string; dueAt: number }[] = [];
     for (const record of deps.table.enabled()) {
       const dueAt = localDue.get(record.tenantId) ?? 0;
-      if (dueAt <= at && !active.has(record.tenantId)) due.push({ tenantId: record.tenantId, dueAt });
+      if (dueAt <= at && !active.has(record.tenantId) && !unread.has(record.tenantId))
+        due.push({ tenantId: record.tenantId, dueAt });
     }
     return due.sort((a, b) => a.dueAt - b.dueAt).map(({ tenantId }) => tenantId);
   }
 
   function tick(): void {
     if (stop.signal.aborted || !deps.table.caughtUp()) return;
+    // In the background: the tenants already placed keep starting, and a stop does not wait for Redis.
+    if (unread.size > 0) {
+      reading ??= readSchedules().finally(() => {
+        reading = undefined;
+        wake?.();
+      });
+    }
     const free = deps.maxConcurrentCycles - active.size;
     if (free <= 0) return;
     for (const tenantId of dueTenants(now()).slice(0, free)) {

@@ -11,7 +11,7 @@ import type {
   TenantStore,
 } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { inboundMessage } from '@urs/testkit';
+import { inboundMessage, waitFor } from '@urs/testkit';
 import { cycleIdOf, type CycleInput, type CycleResult } from '../src/cycle';
 import { createScheduler, type Scheduler } from '../src/scheduler';
 import { createTenantTable, type TenantTable } from '../src/tenant-table';
@@ -45,6 +45,9 @@ function memorySchedules(): PollScheduleStore {
     },
     async get(tenantId) {
       return { ...(schedules.get(tenantId) ?? { failures: 0 }) };
+    },
+    async getMany(tenantIds) {
+      return new Map(tenantIds.map((id) => [id, { ...(schedules.get(id) ?? { failures: 0 }) }]));
     },
     async begin(lease, cycleId, startedAt) {
       if (!holds(lease)) return false;
@@ -216,6 +219,35 @@ describe('createScheduler', () => {
     // In the table's order, a and b would take turns for ever and c would never be polled.
     for (const tenantId of ['a', 'b', 'c'])
       expect(runs.filter((r) => r.tenantId === tenantId).length).toBeGreaterThanOrEqual(2);
+  });
+
+  it('createScheduler should start the most overdue tenants first right after it starts, by their stored schedules', async () => {
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const runs: Run[] = [];
+    // What earlier pollers left: the last cycles' starts, overdue by 0.2, 2 and 1 intervals, one not due yet.
+    const now = Date.now();
+    const lastStarts: [string, number][] = [
+      ['a', now - 1.2 * INTERVAL_MS],
+      ['b', now - 3 * INTERVAL_MS],
+      ['c', now - 2 * INTERVAL_MS],
+      ['d', now - 0.5 * INTERVAL_MS],
+    ];
+    for (const [tenantId, startedAt] of lastStarts) {
+      const lease = (await schedules.acquire(tenantId, 'earlier', 1_000)) as PollLease;
+      await schedules.begin(lease, cycleIdOf(tenantId, startedAt), startedAt);
+      await schedules.end(lease, { failures: 0, notBefore: null });
+      await schedules.release(lease);
+    }
+    const { table, scheduler } = replica(0, schedules, status, runs, async () => undefined, {
+      maxConcurrentCycles: 1,
+    });
+    await feed(table, [record('a'), record('b'), record('c'), record('d')]);
+    scheduler.start();
+    started.push(scheduler);
+    await waitFor(() => runs.length >= 3, { timeoutMs: 2_000, intervalMs: 1 });
+    // In the table's order (every tenant due at 0 until this replica had looked at it) a would go first.
+    expect(runs.slice(0, 3).map((r) => r.tenantId)).toEqual(['b', 'c', 'a']);
   });
 
   it('createScheduler should back off a tenant with a setup error without delaying the others', async () => {
