@@ -46,11 +46,14 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
       cycleId: batch.cycleId,
       batchIndex: batch.batchIndex,
     });
-    const profile = await deps.profiles.get(batch.tenantId);
+    // The summaries were counted at the threshold of the cycle's start: the profile they were counted
+    // for scores them (the one before the latest, when the tenant changed its threshold since).
+    const countedAt = batch.devices.find((device) => device.vulnerabilities)?.vulnerabilities?.cvssThreshold;
+    const profile = await deps.profiles.get(batch.tenantId, countedAt);
     const cycleStartMs = Date.parse(batch.cycleStartedAt);
     const score = (device: EnrichedBatch['devices'][number]): ScoredDevice => {
-      // The summary was counted at the threshold of the cycle's start; a profile changed since then
-      // applies from the next cycle, so only the count is handed over (not the threshold to check).
+      // Only the count is handed over, not the threshold to check: a profile this scorer has not seen the
+      // cycle start with (it started since) scores the count as it is, not as an error.
       const vulnerabilities =
         device.vulnerabilities === null
           ? null

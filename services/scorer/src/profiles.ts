@@ -8,8 +8,13 @@ import type { TenantStore } from '@urs/store';
 export class ScorerError extends UrsError {}
 
 export interface ProfileCache {
-  /** The tenant's compiled profile: from memory, else from the tenant store (a tenant not yet read). */
-  get(tenantId: string): Promise<CompiledProfile>;
+  /**
+   * The tenant's compiled profile: from memory, else from the tenant store (a tenant not yet read). With
+   * `cvssThreshold` (the one the cycle's CVEs were counted at, when it started), the profile before the
+   * latest when only that one counts CVEs so: the tenant changed its threshold during the cycle, and the
+   * cycle is scored with the profile it started with, as its counts were made for it.
+   */
+  get(tenantId: string, cvssThreshold?: number): Promise<CompiledProfile>;
   /** Applies one `urs.tenants` record (null: the tenant was deleted). */
   apply(tenantId: string, record: TenantRecord | null): void;
   /** Tenants held in memory. */
@@ -19,6 +24,8 @@ export interface ProfileCache {
 interface Entry {
   revision: number;
   profile: CompiledProfile;
+  /** The profile this one replaced, for the cycles that started before it came. */
+  previous?: CompiledProfile;
 }
 
 /**
@@ -34,9 +41,16 @@ export function createProfileCache(deps: {
   const compile = (record: TenantRecord): CompiledProfile =>
     compileProfile(parseProfile(record.defender.riskProfile));
   return {
-    async get(tenantId) {
+    async get(tenantId, cvssThreshold) {
       const entry = entries.get(tenantId);
-      if (entry) return entry.profile;
+      if (entry) {
+        const { profile, previous } = entry;
+        const startedWithPrevious =
+          cvssThreshold !== undefined &&
+          profile.cvssThreshold !== cvssThreshold &&
+          previous?.cvssThreshold === cvssThreshold;
+        return startedWithPrevious ? previous : profile;
+      }
       const record = await deps.tenants.get(tenantId);
       if (record === null) {
         throw new ScorerError(
@@ -58,7 +72,10 @@ export function createProfileCache(deps: {
       const current = entries.get(tenantId);
       if (current && current.revision >= record.revision) return;
       try {
-        entries.set(tenantId, { revision: record.revision, profile: compile(record) });
+        const profile = compile(record);
+        // A record that leaves the profile as it was (a new secret, say) keeps the one before it.
+        const previous = current?.profile.hash === profile.hash ? current.previous : current?.profile;
+        entries.set(tenantId, { revision: record.revision, profile, ...(previous ? { previous } : {}) });
       } catch (error) {
         // The registrar validates profiles; a record that still fails keeps the last good profile.
         deps.logger.error('risk profile rejected', {

@@ -267,6 +267,35 @@ describe('createScoreHandler', () => {
     });
   });
 
+  it("should score a cycle whose tenant changed its CVSS threshold since the cycle's start with the profile its CVEs were counted for", async () => {
+    const { handler, sent, tenantsHandler } = setup();
+    const at = (cvssThreshold: number) => ({
+      weights: { criticalRisk: 0, operational: 100 },
+      operational: { criticalCves: { cvssThreshold, pointsPerCve: 10, maxPoints: 100 } },
+    });
+    const hashOf = (index: number) => sent[index]?.devices[0]?.profileHash;
+    await tenantsHandler(inbound(tenantRecord('t1', 1, at(9))));
+    await handler(inbound(enriched()));
+    // The tenant moves to 7 during a cycle counted at 9: its batches keep the profile of 9.
+    await tenantsHandler(inbound(tenantRecord('t1', 2, at(7))));
+    await handler(inbound(enriched()));
+    expect(hashOf(1)).toBe(hashOf(0));
+    expect(sent[1]?.devices[0]?.contributions).toContainEqual(
+      expect.objectContaining({ signal: 'criticalCves', value: 2, points: 20 }),
+    );
+    // A record that leaves the profile as it was does not forget the one before it.
+    await tenantsHandler(inbound(tenantRecord('t1', 3, at(7))));
+    await handler(inbound(enriched()));
+    expect(hashOf(2)).toBe(hashOf(0));
+    // The next cycle, counted at 7, is scored with the profile of 7.
+    const countedAtSeven = enriched();
+    for (const device of countedAtSeven.devices) {
+      if (device.vulnerabilities) device.vulnerabilities.cvssThreshold = 7;
+    }
+    await handler(inbound(countedAtSeven));
+    expect(hashOf(3)).not.toBe(hashOf(0));
+  });
+
   it('createProfileCache should drop a disabled tenant and read an unknown one from the tenant store', async () => {
     const { profiles, tenantsHandler } = setup([tenantRecord('t2', 1, { missingSignals: 'assume-worst' })]);
     await tenantsHandler(inbound(tenantRecord('t1', 1, null)));
