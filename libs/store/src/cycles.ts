@@ -58,7 +58,7 @@ export interface CycleStore {
    * Resolves whether this call recorded it, how many distinct batches are recorded now, and the
    * cycle as `get` would answer right after (read in the same round trip, so the caller deciding
    * whether the cycle is complete need not ask again). With `lease`, gives the tenant's lease the batch
-   * took (`PublishedStore.changedUnderLease`) back in the same round trip.
+   * took (`PublishedStore.changed`) back in the same round trip.
    */
   recordBatch(
     tenantId: string,

@@ -6,8 +6,8 @@ import { scoreStamp } from './scores';
 export interface PublishedDevice {
   score: number;
   band: string;
-  /** A digest of the published identity VMS enforces on (see `DeviceScoreRef.identity`); '' when not kept. */
-  identity: string;
+  /** The digest of the published record (see `DeviceScoreRef.digest`); '' when not kept. */
+  digest: string;
   /** Start (epoch ms) of the cycle whose score was published; half a millisecond later for a correction. */
   publishedCycleAt: number;
   /** Start (epoch ms) of the newest cycle the device was scored in. */
@@ -19,10 +19,10 @@ export interface DeviceScoreRef {
   score: number;
   band: string;
   /**
-   * A digest of the device's identity as VMS enforces on it (names, addresses, tags, group): a device
-   * whose addresses changed is published again with the same score. Without `|`.
+   * A digest of what the device's record says besides its score and band (the identity VMS enforces on,
+   * the explanation): a device whose digest changed is published again with the same score. Without `|`.
    */
-  identity?: string;
+  digest?: string;
 }
 
 export interface PublishOptions {
@@ -51,22 +51,13 @@ export interface TenantLease {
 export interface PublishedStore {
   /**
    * Which of these devices (scored in the cycle that started at `cycleAt`, epoch ms) must be published:
-   * never published, or a score, band or identity other than the last published one. A device whose last
-   * published score is of a newer cycle is never returned (a late or redelivered batch).
-   * Read-only: call `commit` once the records are on the topic.
+   * never published, or a score, band or digest other than the last published one. A device whose last
+   * published score is of a newer cycle is never returned (a late or redelivered batch). Read once the
+   * tenant's lease is taken (`takeTenantLease`), in the same round trip: the batch holds it until
+   * `CycleStore.recordBatch` gives it back. Null, nothing read or taken, while another replica holds it.
+   * Call `commit` once the records are on the topic.
    */
   changed(
-    tenantId: string,
-    cycleAt: number,
-    devices: DeviceScoreRef[],
-    options?: PublishOptions,
-  ): Promise<DeviceScoreRef[]>;
-  /**
-   * `changed`, read once the tenant's lease is taken (`takeTenantLease`), in the same round trip: the batch
-   * holds it until `CycleStore.recordBatch` gives it back. Null, nothing read or taken, while another
-   * replica holds it.
-   */
-  changedUnderLease(
     lease: TenantLease,
     cycleAt: number,
     devices: DeviceScoreRef[],
@@ -119,9 +110,9 @@ export interface PublishedStore {
 
 // KEYS[1] published hash, KEYS[2] seen zset (deviceId by the start of the newest cycle it was in);
 // ARGV[1] cycle ms, ARGV[2] the scores' stamp (the cycle ms, half a millisecond later for a correction);
-// then per device: id, score, band, identity digest.
-// Values are "score|band|publishedCycleAt|seenCycleAt|identity" (band labels and digests contain no "|");
-// publishedCycleAt is the stamp, so it may end in ".5". Values written before the identity was kept have
+// then per device: id, score, band, digest.
+// Values are "score|band|publishedCycleAt|seenCycleAt|digest" (band labels and digests contain no "|");
+// publishedCycleAt is the stamp, so it may end in ".5". Values written before the digest was kept have
 // four fields.
 // Devices are read and written with one call per kind per slice of 200 (not one per device): the calls,
 // not the bytes, are what a batch of 500 costs Redis.
@@ -148,17 +139,17 @@ for first = 1, n, slice do
   local values = {}
   for i = first, last do
     local base = 3 + (i - 1) * 4
-    local id, score, band, identity = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
+    local id, score, band, digest = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
     local value
     local stored = current[i - first + 1]
     if not stored then
-      value = score .. '|' .. band .. '|' .. ms(stamp) .. '|' .. ARGV[1] .. '|' .. identity
+      value = score .. '|' .. band .. '|' .. ms(stamp) .. '|' .. ARGV[1] .. '|' .. digest
     else
       local s, b, p, was, d = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|?([^|]*)$')
       p = tonumber(p)
       was = tonumber(was)
       if was < at then was = at end
-      if p <= stamp then s = score; b = band; p = stamp; d = identity end
+      if p <= stamp then s = score; b = band; p = stamp; d = digest end
       value = s .. '|' .. b .. '|' .. ms(p) .. '|' .. ms(was) .. '|' .. d
     end
     values[#values + 1] = id
@@ -219,11 +210,11 @@ const SUMMARY_MARKER_TTL_MS = 2 * 24 * 60 * 60 * 1000;
 
 function decode(value: string | null | undefined): PublishedDevice | null {
   if (!value) return null;
-  const [score, band, publishedCycleAt, seenCycleAt, identity] = value.split('|');
+  const [score, band, publishedCycleAt, seenCycleAt, digest] = value.split('|');
   return {
     score: Number(score),
     band: band ?? '',
-    identity: identity ?? '',
+    digest: digest ?? '',
     publishedCycleAt: Number(publishedCycleAt),
     seenCycleAt: Number(seenCycleAt),
   };
@@ -239,9 +230,7 @@ function stillToPublish(
     const last = decode(current[index]);
     if (last === null) return true;
     if (last.publishedCycleAt > stamp) return false;
-    return (
-      last.score !== device.score || last.band !== device.band || last.identity !== (device.identity ?? '')
-    );
+    return last.score !== device.score || last.band !== device.band || last.digest !== (device.digest ?? '');
   });
 }
 
@@ -264,12 +253,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     `${prefix}summary-lock:${tenantId}:${cycleId}`;
   const owedKey = summariesOwedKey(prefix);
   return {
-    async changed(tenantId, cycleAt, devices, options = {}) {
-      if (devices.length === 0) return [];
-      const current = await redis.hmget(publishedKey(tenantId), ...devices.map((device) => device.deviceId));
-      return stillToPublish(devices, current, scoreStamp(cycleAt, options.correction));
-    },
-    async changedUnderLease(lease, cycleAt, devices, options = {}) {
+    async changed(lease, cycleAt, devices, options = {}) {
       // One transaction: the read comes after the take, never before a sweep that held the lease is done.
       const transaction = takeOwnedKeyIn(
         redis.multi(),
@@ -291,7 +275,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
         device.deviceId,
         String(device.score),
         device.band,
-        device.identity ?? '',
+        device.digest ?? '',
       ]);
       await redis.eval(
         COMMIT,

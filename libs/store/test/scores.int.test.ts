@@ -235,6 +235,7 @@ describe('createScoreStore', () => {
 
 describe('createPublishedStore', () => {
   const redis = testRedisPerTest();
+  const lease = (tenantId: string) => ({ tenantId, holder: 'replica-1', ttlMs: 10_000 });
 
   it('changed should list only new devices and changed scores, never a stale one', async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
@@ -242,53 +243,53 @@ describe('createPublishedStore', () => {
       { deviceId: 'd1', score: 10, band: 'Trustworthy' },
       { deviceId: 'd2', score: 50, band: 'Moderate Risk' },
     ];
-    expect(await published.changed('t', 1000, first)).toEqual(first);
+    expect(await published.changed(lease('t'), 1000, first)).toEqual(first);
     await published.commit('t', 1000, first);
     const second = [
       { deviceId: 'd1', score: 10, band: 'Trustworthy' },
       { deviceId: 'd2', score: 55, band: 'Moderate Risk' },
     ];
-    expect(await published.changed('t', 2000, second)).toEqual([second[1]]);
+    expect(await published.changed(lease('t'), 2000, second)).toEqual([second[1]]);
     await published.commit('t', 2000, second);
     expect(
-      await published.changed('t', 1000, [{ deviceId: 'd2', score: 50, band: 'Moderate Risk' }]),
+      await published.changed(lease('t'), 1000, [{ deviceId: 'd2', score: 50, band: 'Moderate Risk' }]),
     ).toEqual([]);
     await published.commit('t', 1000, [{ deviceId: 'd2', score: 50, band: 'Moderate Risk' }]);
     expect(await published.get('t', 'd2')).toEqual({
       score: 55,
       band: 'Moderate Risk',
-      identity: '',
+      digest: '',
       publishedCycleAt: 2000,
       seenCycleAt: 2000,
     });
     expect(await published.get('t', 'd1')).toEqual({
       score: 10,
       band: 'Trustworthy',
-      identity: '',
+      digest: '',
       publishedCycleAt: 2000,
       seenCycleAt: 2000,
     });
   });
 
-  it('changed should list a device whose identity changed with the same score, and read values kept before identities', async () => {
+  it('changed should list a device whose digest changed with the same score, and read values kept before digests', async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
-    const ref = (identity: string) => ({ deviceId: 'd1', score: 10, band: 'Trustworthy', identity });
+    const ref = (digest: string) => ({ deviceId: 'd1', score: 10, band: 'Trustworthy', digest });
     await published.commit('t', 1000, [ref('a1')]);
-    expect(await published.changed('t', 2000, [ref('a1')])).toEqual([]);
-    expect(await published.changed('t', 2000, [ref('b2')])).toEqual([ref('b2')]);
+    expect(await published.changed(lease('t'), 2000, [ref('a1')])).toEqual([]);
+    expect(await published.changed(lease('t'), 2000, [ref('b2')])).toEqual([ref('b2')]);
     await published.commit('t', 2000, [ref('b2')]);
-    expect(await published.get('t', 'd1')).toMatchObject({ identity: 'b2', publishedCycleAt: 2000 });
-    // An older batch leaves the newer identity.
+    expect(await published.get('t', 'd1')).toMatchObject({ digest: 'b2', publishedCycleAt: 2000 });
+    // An older batch leaves the newer digest.
     await published.commit('t', 1000, [ref('a1')]);
-    expect(await published.get('t', 'd1')).toMatchObject({ identity: 'b2', publishedCycleAt: 2000 });
+    expect(await published.get('t', 'd1')).toMatchObject({ digest: 'b2', publishedCycleAt: 2000 });
     // A value written before identities were kept: four fields, published again once.
     await redis.client.hset(`${redis.prefix}published:t`, 'd0', '10|Trustworthy|1000|1000');
-    const old = { deviceId: 'd0', score: 10, band: 'Trustworthy', identity: 'c3' };
-    expect(await published.get('t', 'd0')).toMatchObject({ score: 10, identity: '', seenCycleAt: 1000 });
-    expect(await published.changed('t', 2000, [old])).toEqual([old]);
+    const old = { deviceId: 'd0', score: 10, band: 'Trustworthy', digest: 'c3' };
+    expect(await published.get('t', 'd0')).toMatchObject({ score: 10, digest: '', seenCycleAt: 1000 });
+    expect(await published.changed(lease('t'), 2000, [old])).toEqual([old]);
     await published.commit('t', 2000, [old]);
     expect(await redis.client.hget(`${redis.prefix}published:t`, 'd0')).toBe('10|Trustworthy|2000|2000|c3');
-    await published.commit('t', 1000, [{ ...old, identity: 'x' }]);
+    await published.commit('t', 1000, [{ ...old, digest: 'x' }]);
     expect(await redis.client.hget(`${redis.prefix}published:t`, 'd0')).toBe('10|Trustworthy|2000|2000|c3');
   });
 
@@ -308,13 +309,13 @@ describe('createPublishedStore', () => {
       expect(await published.get('t', `d${i}`)).toEqual({
         score: newer ? 80 : 20,
         band: 'Low Risk',
-        identity: '',
+        digest: '',
         publishedCycleAt: newer ? 3000 : 2000,
         seenCycleAt: newer ? 3000 : 2000,
       });
     }
     expect((await published.seenIn('t', 2000)).length).toBe(450 - 65);
-    expect(await published.changed('t', 2000, refs(20))).toEqual([]);
+    expect(await published.changed(lease('t'), 2000, refs(20))).toEqual([]);
   });
 
   it('completeCycle should number a cycle once and name devices absent from the last N completed cycles', async () => {
@@ -331,16 +332,16 @@ describe('createPublishedStore', () => {
     expect(await published.seenIn('t', 3000)).toEqual(['stay']);
   });
 
-  it("takeTenantLease should admit one replica per tenant, which a batch's changedUnderLease takes and its recordBatch gives back", async () => {
+  it("takeTenantLease should admit one replica per tenant, which a batch's changed takes and its recordBatch gives back", async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
     const cycles = createCycleStore(redis.client, redis.prefix);
     const a = { tenantId: 't', holder: 'a', ttlMs: 30_000 };
     const b = { ...a, holder: 'b' };
     const ref = { deviceId: 'd1', score: 10, band: 'Trustworthy' };
-    expect(await published.changedUnderLease(a, 1000, [ref])).toEqual([ref]);
+    expect(await published.changed(a, 1000, [ref])).toEqual([ref]);
     // Another replica waits (nothing read); the holder takes it again; another tenant's lease is free.
     expect(await published.takeTenantLease(b)).toBe(false);
-    expect(await published.changedUnderLease(b, 1000, [ref])).toBeNull();
+    expect(await published.changed(b, 1000, [ref])).toBeNull();
     expect(await published.takeTenantLease(a)).toBe(true);
     expect(await published.takeTenantLease({ ...b, tenantId: 'u' })).toBe(true);
     // Only its holder gives it back, as it records the batch.
@@ -350,10 +351,10 @@ describe('createPublishedStore', () => {
     expect(await published.renewTenantLease(a)).toBe(false);
     expect(await published.takeTenantLease(b)).toBe(true);
     await published.releaseTenantLease(a);
-    expect(await published.changedUnderLease(a, 1000, [])).toBeNull();
+    expect(await published.changed(a, 1000, [])).toBeNull();
     await published.releaseTenantLease(b);
     // A holder that died (a batch of no device, too) keeps it no longer than its lease.
-    expect(await published.changedUnderLease({ ...a, ttlMs: 50 }, 1000, [])).toEqual([]);
+    expect(await published.changed({ ...a, ttlMs: 50 }, 1000, [])).toEqual([]);
     expect(await published.takeTenantLease(b)).toBe(false);
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect(await published.takeTenantLease(b)).toBe(true);

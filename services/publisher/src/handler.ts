@@ -11,7 +11,7 @@ import { batchStats, recordDigest } from './records';
 
 export interface PublishHandlerDeps {
   cycles: Pick<CycleStore, 'recordBatch'>;
-  published: Pick<PublishedStore, 'changedUnderLease' | 'commit' | 'renewTenantLease'>;
+  published: Pick<PublishedStore, 'changed' | 'commit' | 'renewTenantLease'>;
   completion: CycleCompletion;
   /** The tenants' queue, shared with the completion's sweep (see `CycleCompletionDeps.inOrder`). */
   inOrder: InOrder;
@@ -72,7 +72,7 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     signal: AbortSignal | undefined,
   ): Promise<DeviceScoreRef[]> {
     for (;;) {
-      const changed = await deps.published.changedUnderLease(lease, cycleAt, refs, options);
+      const changed = await deps.published.changed(lease, cycleAt, refs, options);
       if (changed !== null) return changed;
       // The runner gave the batch up (a rebalance, a stop): handled again by whoever owns it next.
       if (signal?.aborted)
@@ -113,7 +113,7 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
       deviceId: device.deviceId,
       score: device.score,
       band: device.band,
-      identity: recordDigest(device),
+      digest: recordDigest(device),
     }));
     // A correction's scores are newer than its cycle's first ones (see PublishOptions).
     const options = { correction: batch.replaces !== undefined };
