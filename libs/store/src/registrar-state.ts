@@ -2,7 +2,10 @@ import { randomUUID } from 'node:crypto';
 import type Redis from 'ioredis';
 import { releaseOwnedKey } from './owned-key';
 
-/** The registrar's own bookkeeping: tenant revisions, Director's last generation, the rebuild marker. */
+/**
+ * The registrar's own bookkeeping: tenant revisions, Director's last generation, the generation in force
+ * when a tenant was deleted, the rebuild marker.
+ */
 export interface RegistrarStateStore {
   /**
    * The next revision of a tenant's record: max(Redis server time in µs, last revision + 1, `floor` + 1),
@@ -19,6 +22,13 @@ export interface RegistrarStateStore {
   lastGeneration(): Promise<number>;
   /** Records `generation` as applied unless a higher one already is. */
   observeGeneration(generation: number): Promise<void>;
+  /**
+   * Records that an administrator deleted the tenant while Director's `generation` was in force (raised,
+   * never lowered): that generation delivered again must not register it again.
+   */
+  observeDeletion(tenantId: string, generation: number): Promise<void>;
+  /** The Director generation in force when the tenant was last deleted, or -1. */
+  deletionGeneration(tenantId: string): Promise<number>;
   /**
    * Takes the tenant's write lock for `ttlMs` unless another writer holds it: a token to give it back
    * with, or null. Every registrar replica writes a tenant's record under it (a Director push and a REST
@@ -49,12 +59,13 @@ if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1`;
 
 /**
- * Keys: `{prefix}tenant-revision:{id}`, `{prefix}tenant-write-lock:{id}`, `{prefix}director-generation`,
- * `{prefix}tenants-rebuilt`.
+ * Keys: `{prefix}tenant-revision:{id}`, `{prefix}tenant-write-lock:{id}`, `{prefix}tenant-deleted:{id}`,
+ * `{prefix}director-generation`, `{prefix}tenants-rebuilt`.
  */
 export function createRegistrarStateStore(redis: Redis, prefix: string): RegistrarStateStore {
   const revisionKey = (tenantId: string): string => `${prefix}tenant-revision:${tenantId}`;
   const lockKey = (tenantId: string): string => `${prefix}tenant-write-lock:${tenantId}`;
+  const deletedKey = (tenantId: string): string => `${prefix}tenant-deleted:${tenantId}`;
   const generationKey = `${prefix}director-generation`;
   const rebuiltKey = `${prefix}tenants-rebuilt`;
   return {
@@ -70,6 +81,13 @@ export function createRegistrarStateStore(redis: Redis, prefix: string): Registr
     },
     async observeGeneration(generation) {
       await redis.eval(RAISE, 1, generationKey, String(generation));
+    },
+    async observeDeletion(tenantId, generation) {
+      await redis.eval(RAISE, 1, deletedKey(tenantId), String(generation));
+    },
+    async deletionGeneration(tenantId) {
+      const value = await redis.get(deletedKey(tenantId));
+      return value === null ? -1 : Number(value);
     },
     async lockTenant(tenantId, ttlMs) {
       const token = randomUUID();

@@ -52,6 +52,16 @@ describe('createRegistrarStateStore', () => {
     expect(await store.lastGeneration()).toBe(7);
   });
 
+  it('observeDeletion should keep the highest generation of each tenant', async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    expect(await store.deletionGeneration('acme')).toBe(-1);
+    await store.observeDeletion('acme', 5);
+    await store.observeDeletion('acme', 4);
+    await store.observeDeletion('other', 9);
+    expect(await store.deletionGeneration('acme')).toBe(5);
+    expect(await store.deletionGeneration('other')).toBe(9);
+  });
+
   it('markRebuilt should be remembered until Redis is wiped', async () => {
     const store = createRegistrarStateStore(redis.client, redis.prefix);
     expect(await store.isRebuilt()).toBe(false);

@@ -64,10 +64,10 @@ export interface PushOutcome {
  * Handles Director's pushes from `urs.registration`. An older generation than the last applied is
  * ignored (and logged); the same generation again is applied again (a redelivery after a crash must
  * finish the work; unchanged tenants are not rewritten), except over tenants an administrator wrote
- * over REST since. Each tenant is validated on its own: a refused
- * one goes to the dead-letter topic (secret redacted) and into its status, the others are applied. A
- * `full` push disables the Director-registered tenants it leaves out — never deletes them. Tenants an
- * administrator registered over REST are not Director's to disable.
+ * or deleted over REST since. Each tenant is validated on its own: a refused one goes to the
+ * dead-letter topic (secret redacted) and into its status, the others are applied. A `full` push
+ * disables the Director-registered tenants it leaves out — never deletes them. Tenants an administrator
+ * registered over REST are not Director's to disable.
  */
 export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
   const log = deps.logger.child({ component: 'director' });
@@ -110,7 +110,8 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     }
     const origin = { source: 'director' as const, generation: push.generation };
     // The last applied generation again: a redelivery (the registrar stopped before committing it). What
-    // an administrator changed over REST since it was applied stays; the rest is applied again.
+    // an administrator changed over REST since it was applied stays, a tenant deleted stays deleted
+    // (registerUnlessDeleted); the rest is applied again.
     const repeated = push.generation === last;
     const present = new Set<string>();
     // Validate everything first; of a tenant listed twice, the last entry counts.
@@ -142,7 +143,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     // Tenants are independent: written concurrently, so a push of thousands stays well inside the
     // consumer's session (KafkaJS heartbeats only between messages).
     await forEachLimit([...accepted.values()], concurrency, async (registration) => {
-      const { changed } = await deps.registry.register(registration, origin, {
+      const { changed } = await deps.registry.registerUnlessDeleted(registration, origin, {
         skipIfUnchanged: true,
         keepRestRecord: repeated,
       });

@@ -1,16 +1,28 @@
 import { randomBytes } from 'node:crypto';
-import type { Kafka } from 'kafkajs';
+import type { Kafka, KafkaMessage } from 'kafkajs';
 import { BusError, topicOffsets } from '@urs/bus';
 import { validateMessage, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { canRetry, errorMessage, sleep, UrsError } from '@urs/resilience';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import { forEachLimit } from './concurrency';
-import { REVISION_HEADER } from './registry';
+import { GENERATION_HEADER, REVISION_HEADER } from './registry';
 
-/** The last word of `urs.tenants` on one tenant: its record, or a deletion (with its revision if known). */
+/**
+ * The last word of `urs.tenants` on one tenant: its record, or a deletion (with its revision, and the
+ * Director generation in force when it was made, if known).
+ */
 export type TenantLogEntry =
-  { tenantId: string; record: TenantRecord } | { tenantId: string; record: null; revision?: number };
+  | { tenantId: string; record: TenantRecord }
+  | { tenantId: string; record: null; revision?: number; generation?: number };
+
+/** A header's number, if it has one. */
+function headerNumber(message: KafkaMessage, name: string): number | undefined {
+  const header = message.headers?.[name];
+  if (header === undefined) return undefined;
+  const value = Number(header.toString());
+  return Number.isFinite(value) ? value : undefined;
+}
 
 /**
  * Reads a compacted topic from the beginning up to the end it had when the read started, with a
@@ -64,12 +76,13 @@ export async function readTenantLog(
             const key = message.key?.toString('utf8');
             if (!key) continue;
             if (message.value === null) {
-              const header = message.headers?.[REVISION_HEADER];
-              const revision = header === undefined ? undefined : Number(header.toString());
+              const revision = headerNumber(message, REVISION_HEADER);
+              const generation = headerNumber(message, GENERATION_HEADER);
               entries.set(key, {
                 tenantId: key,
                 record: null,
-                ...(revision !== undefined && Number.isFinite(revision) ? { revision } : {}),
+                ...(revision === undefined ? {} : { revision }),
+                ...(generation === undefined ? {} : { generation }),
               });
               continue;
             }
@@ -144,8 +157,8 @@ export interface TenantRebuilder {
 /**
  * Redis is fast state; `urs.tenants` is the record. A marker key says Redis was filled: when it is
  * missing (a new Redis, a flush, an eviction), every tenant is written back from the topic (newest
- * revision wins, so records written meanwhile are kept), the revision counters and Director's
- * generation are raised to what the topic has seen, and the marker is set.
+ * revision wins, so records written meanwhile are kept), the revision counters, the deletions'
+ * generations and Director's generation are raised to what the topic has seen, and the marker is set.
  */
 export function createTenantRebuilder(deps: RebuilderDeps): TenantRebuilder {
   const log = deps.logger.child({ component: 'rebuild' });
@@ -163,6 +176,8 @@ export function createTenantRebuilder(deps: RebuilderDeps): TenantRebuilder {
     // Tenants are independent: restored 32 at a time (a rebuild of tens of thousands takes seconds).
     await forEachLimit(entries, 32, async (entry) => {
       if (entry.record === null) {
+        if (entry.generation !== undefined)
+          await deps.state.observeDeletion(entry.tenantId, entry.generation);
         if (entry.revision !== undefined) {
           await deps.state.observeRevision(entry.tenantId, entry.revision);
           await deps.tenants.remove(entry.tenantId, entry.revision);

@@ -9,6 +9,11 @@ import { describeViolations, type Violation } from './validation';
 
 /** Header of a `urs.tenants` tombstone carrying the deletion's revision (a null value has no body). */
 export const REVISION_HEADER = 'urs-revision';
+/**
+ * Header of a `urs.tenants` tombstone carrying the Director generation in force when an administrator
+ * deleted the tenant (absent when none was ever applied), so that a rebuilt Redis remembers the deletion.
+ */
+export const GENERATION_HEADER = 'urs-generation';
 
 export interface RegistrationOrigin {
   source: 'director' | 'rest';
@@ -40,6 +45,17 @@ export interface TenantRegistry {
     options?: RegisterOptions,
   ): Promise<{ record: TenantRecord; changed: boolean; created: boolean }>;
   /**
+   * Director's registration of a tenant of the push of `origin.generation`: `register`, unless an
+   * administrator deleted the tenant over REST while that generation or a newer one was in force. Then
+   * nothing is written (`record` null): the generation delivered again must not undo the deletion, as
+   * it does not undo a REST update (`keepRestRecord`). A newer generation listing it registers it again.
+   */
+  registerUnlessDeleted(
+    registration: TenantRegistration,
+    origin: RegistrationOrigin & { generation: number },
+    options?: RegisterOptions,
+  ): Promise<{ record: TenantRecord | null; changed: boolean }>;
+  /**
    * A new revision with `enabled: false` and the reason; null when the tenant is unknown, already
    * disabled, or its record (read under the tenant's write lock) does not pass `onlyIf`.
    */
@@ -49,7 +65,10 @@ export interface TenantRegistry {
     origin: RegistrationOrigin,
     onlyIf?: (current: TenantRecord) => boolean,
   ): Promise<TenantRecord | null>;
-  /** A tombstone on `urs.tenants` and the record gone from Redis; false when the tenant is unknown. */
+  /**
+   * A tombstone on `urs.tenants` (with the deletion's revision and the Director generation in force) and
+   * the record gone from Redis; false when the tenant is unknown.
+   */
   remove(tenantId: string): Promise<boolean>;
   /** Reports a refused registration in the tenant's status. */
   reject(tenantId: string, violations: Violation[]): Promise<void>;
@@ -158,6 +177,23 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
   return {
     register(registration, origin, options = {}) {
       return locked(registration.tenantId, () => register(registration, origin, options));
+    },
+    registerUnlessDeleted(registration, origin, options = {}) {
+      const { tenantId } = registration;
+      return locked(tenantId, async () => {
+        // Read under the lock: no DELETE can come between this check and the write.
+        if (
+          (await deps.state.deletionGeneration(tenantId)) >= origin.generation &&
+          (await deps.tenants.get(tenantId)) === null
+        ) {
+          log.info('tenant an administrator deleted left deleted', {
+            tenantId,
+            generation: origin.generation,
+          });
+          return { record: null, changed: false };
+        }
+        return register(registration, origin, options);
+      });
     },
     disable(tenantId, reason, origin, onlyIf) {
       return locked(tenantId, () => disable(tenantId, reason, origin, onlyIf));
@@ -283,12 +319,22 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     const current = await deps.tenants.get(tenantId);
     if (!current) return false;
     const revision = await deps.state.nextRevision(tenantId, current.revision);
+    // The generation in force: the last applied, or the one of a push under way that wrote this record.
+    const generation = Math.max(await deps.state.lastGeneration(), current.generation ?? -1);
     await deps.publisher.send(deps.tenantsTopic, 'urs/tenant-record', [
-      { key: tenantId, value: null, headers: { [REVISION_HEADER]: String(revision) } },
+      {
+        key: tenantId,
+        value: null,
+        headers: {
+          [REVISION_HEADER]: String(revision),
+          ...(generation < 0 ? {} : { [GENERATION_HEADER]: String(generation) }),
+        },
+      },
     ]);
+    if (generation >= 0) await deps.state.observeDeletion(tenantId, generation);
     await deps.tenants.remove(tenantId, revision);
     await deps.schedules.clear(tenantId);
-    log.info('tenant deleted', { tenantId, revision });
+    log.info('tenant deleted', { tenantId, revision, ...(generation < 0 ? {} : { generation }) });
     return true;
   }
 

@@ -2,7 +2,7 @@ import type { DeadLetter, RegistrationPush, TenantRecord } from '@urs/contracts'
 import { silentLogger } from '@urs/logging';
 import { inboundMessage } from '@urs/testkit';
 import { createRegistrationHandler } from '../src/director';
-import { createTenantRegistry } from '../src/registry';
+import { createTenantRegistry, GENERATION_HEADER } from '../src/registry';
 import { memoryPublisher, memoryStateStore, memoryTenantStore, registrationBody } from './fakes';
 import { testSealer } from './fakes';
 
@@ -141,6 +141,19 @@ describe('createRegistrationHandler', () => {
       source: 'director',
       defender: { pollIntervalMinutes: 15 },
     });
+  });
+
+  it('handle should leave a tenant an administrator deleted deleted when the last generation comes again', async () => {
+    const { push, tenants, registry, publisher } = setup();
+    await push(5, 'full', [item('a'), item('b')]);
+    expect(await registry.remove('b')).toBe(true);
+    const tombstone = publisher.sent.at(-1)?.message;
+    expect(tombstone).toMatchObject({ key: 'b', value: null, headers: { [GENERATION_HEADER]: '5' } });
+    expect(await push(5, 'full', [item('a'), item('b')])).toMatchObject({ applied: 0, unchanged: 2 });
+    expect(await tenants.get('b')).toBeNull();
+    // A newer generation listing it is Director's newer intent.
+    expect(await push(6, 'full', [item('a'), item('b')])).toMatchObject({ applied: 1, unchanged: 1 });
+    expect(await tenants.get('b')).toMatchObject({ source: 'director', generation: 6 });
   });
 
   it('handle should not disable, nor write over, a tenant an administrator changes while a full push leaves it out', async () => {

@@ -69,6 +69,7 @@ export function memoryTenantStore(): TenantStore & {
 export function memoryStateStore(): RegistrarStateStore & { generation: number } {
   const revisions = new Map<string, number>();
   const locks = new Map<string, string>();
+  const deletions = new Map<string, number>();
   let clock = 1_000;
   const state = {
     generation: -1,
@@ -86,6 +87,12 @@ export function memoryStateStore(): RegistrarStateStore & { generation: number }
     },
     async observeGeneration(generation: number) {
       state.generation = Math.max(state.generation, generation);
+    },
+    async observeDeletion(tenantId: string, generation: number) {
+      deletions.set(tenantId, Math.max(deletions.get(tenantId) ?? -1, generation));
+    },
+    async deletionGeneration(tenantId: string) {
+      return deletions.get(tenantId) ?? -1;
     },
     async lockTenant(tenantId: string) {
       if (locks.has(tenantId)) return null;

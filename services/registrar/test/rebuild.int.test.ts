@@ -2,7 +2,7 @@ import type { ConsumerConfig, Kafka } from 'kafkajs';
 import { silentLogger } from '@urs/logging';
 import { createTestKafka, deleteTopics, uniqueId } from '@urs/testkit';
 import { readTenantLog } from '../src/rebuild';
-import { REVISION_HEADER } from '../src/registry';
+import { GENERATION_HEADER, REVISION_HEADER } from '../src/registry';
 import { tenantRecord as record } from './fakes';
 
 /** Creates a compacted 6-partition topic like `urs.tenants`, without waiting for its leaders. */
@@ -77,7 +77,7 @@ describe('readTenantLog', () => {
           { key: 'a', value: JSON.stringify(record('a', 1)) },
           { key: 'b', value: JSON.stringify(record('b', 1)) },
           { key: 'a', value: JSON.stringify(record('a', 3)) },
-          { key: 'b', value: null, headers: { [REVISION_HEADER]: '4' } },
+          { key: 'b', value: null, headers: { [REVISION_HEADER]: '4', [GENERATION_HEADER]: '2' } },
           { key: 'c', value: 'not json' },
         ],
       });
@@ -91,6 +91,7 @@ describe('readTenantLog', () => {
       tenantId: 'b',
       record: null,
       revision: 4,
+      generation: 2,
     });
   });
 

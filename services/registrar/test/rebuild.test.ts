@@ -60,6 +60,16 @@ describe('createTenantRebuilder', () => {
     expect(await state.nextRevision('gone')).toBeGreaterThan(12);
   });
 
+  it('ensure should restore the generation in force at each deletion', async () => {
+    const { state, rebuilder } = setup([
+      { tenantId: 'a', record: record('a', 7) },
+      { tenantId: 'gone', record: null, revision: 12, generation: 5 },
+    ]);
+    await rebuilder.ensure();
+    expect(await state.deletionGeneration('gone')).toBe(5);
+    expect(await state.deletionGeneration('a')).toBe(-1);
+  });
+
   it('ensure should keep a newer record written while Redis was empty', async () => {
     const { tenants, rebuilder, wipe } = setup([{ tenantId: 'a', record: record('a', 7) }]);
     await rebuilder.ensure();

@@ -1,0 +1,177 @@
+import type { Kafka, Producer } from 'kafkajs';
+import { createConsumerRunner, createPublisher, type ConsumerRunner, type Publisher } from '@urs/bus';
+import type { Logger } from '@urs/logging';
+import { createRegistrarStateStore, createTenantStore } from '@urs/store';
+import { Registry } from '@urs/telemetry';
+import {
+  createTestKafka,
+  createTestRedis,
+  createUniqueTopics,
+  deleteKeysMatching,
+  deleteTopics,
+  uniqueId,
+  waitFor,
+  type TestRedis,
+} from '@urs/testkit';
+import { createRegistrationHandler } from '../src/director';
+import { createTenantRebuilder, readTenantLog } from '../src/rebuild';
+import { createTenantRegistry } from '../src/registry';
+import { registrationBody, testSealer } from './fakes';
+
+type LogLine = { level: string; message: string } & Record<string, unknown>;
+
+function capturingLogger(lines: LogLine[]): Logger {
+  const log =
+    (level: string) =>
+    (message: string, fields?: Record<string, unknown>): void => {
+      lines.push({ level, message, ...fields });
+    };
+  const logger: Logger = {
+    debug: log('debug'),
+    info: log('info'),
+    warn: log('warn'),
+    error: log('error'),
+    child: () => logger,
+  };
+  return logger;
+}
+
+const item = (tenantId: string, overrides: Record<string, unknown> = {}) => ({
+  tenantId,
+  defender: registrationBody(overrides),
+});
+
+// The registrar's Director side as main.ts wires it, over real Kafka and Redis: each `start` is a
+// registrar (re)started with the same consumer group, its Redis possibly wiped in between.
+describe('createRegistrationHandler over Kafka and Redis', () => {
+  let kafka: Kafka;
+  let topics: [string, string, string];
+  let redis: TestRedis;
+  let publisher: Publisher;
+  let producer: Producer;
+  let runner: ConsumerRunner | undefined;
+  let groupId: string;
+  let lines: LogLine[];
+
+  beforeAll(() => {
+    kafka = createTestKafka();
+  });
+
+  beforeEach(async () => {
+    topics = (await createUniqueTopics(kafka, [
+      { prefix: 'registration', numPartitions: 1 },
+      { prefix: 'tenants', numPartitions: 3, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] },
+      { prefix: 'dlq' },
+    ])) as [string, string, string];
+    redis = createTestRedis();
+    publisher = await createPublisher(kafka);
+    producer = kafka.producer();
+    await producer.connect();
+    groupId = uniqueId('registrar');
+    lines = [];
+  });
+
+  afterEach(async () => {
+    await runner?.close();
+    runner = undefined;
+    await producer.disconnect();
+    await publisher.close();
+    await redis.close();
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      await admin.deleteGroups([groupId]);
+    } finally {
+      await admin.disconnect();
+    }
+    await deleteTopics(kafka, topics);
+  });
+
+  /** A registrar: registry, rebuilder and Director handler, consuming the registration topic. */
+  async function start() {
+    const [registration, tenantsTopic, dlq] = topics;
+    const logger = capturingLogger(lines);
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    const state = createRegistrarStateStore(redis.client, redis.prefix);
+    const registry = createTenantRegistry({
+      tenants,
+      state,
+      publisher,
+      tenantsTopic,
+      sealer: testSealer(),
+      schedules: { clear: async () => undefined },
+      logger,
+    });
+    const rebuilder = createTenantRebuilder({
+      readLog: () => readTenantLog(kafka, tenantsTopic, groupId, logger, 30_000),
+      tenants,
+      state,
+      logger,
+    });
+    const director = createRegistrationHandler({
+      registry,
+      tenants,
+      state,
+      publisher,
+      dlqTopic: dlq,
+      ensureRebuilt: () => rebuilder.ensure(),
+      logger,
+    });
+    runner = createConsumerRunner({
+      kafka,
+      service: 'registrar',
+      groupId,
+      subscriptions: [{ topic: registration, contract: 'urs/registration-push', handler: director.handler }],
+      publisher,
+      dlqTopic: dlq,
+      logger,
+      metrics: new Registry({ processMetrics: false }),
+    });
+    await runner.start();
+    await rebuilder.ensure();
+    return { registry, tenants, state };
+  }
+
+  /** Stops the registrar (committing what it handled) and wipes its Redis. */
+  async function restartOnWipedRedis() {
+    await runner?.close();
+    runner = undefined;
+    await deleteKeysMatching(redis.client, `${redis.prefix}*`);
+    return start();
+  }
+
+  /** Pushes a generation and waits until the registrar handled it (applied or ignored). */
+  async function push(generation: number, mode: 'full' | 'delta', tenants: unknown[]): Promise<LogLine> {
+    const handled = () =>
+      lines.filter(
+        (line) =>
+          line.message === 'Director push applied' || line.message === 'older Director generation ignored',
+      );
+    const before = handled().length;
+    await producer.send({
+      topic: topics[0],
+      messages: [{ key: 'director', value: JSON.stringify({ schemaVersion: 1, generation, mode, tenants }) }],
+    });
+    await waitFor(() => handled().length > before, { timeoutMs: 30_000, description: `push ${generation}` });
+    return handled()[before] as LogLine;
+  }
+
+  it('handle should leave a tenant an administrator deleted deleted when its generation comes again', async () => {
+    const { registry, tenants } = await start();
+    await push(5, 'full', [item('d1'), item('d2')]);
+    expect(await registry.remove('d2')).toBe(true);
+    // Generation 5 delivered again (Kafka delivers at least once): d2 stays deleted.
+    expect(await push(5, 'full', [item('d1'), item('d2')])).toMatchObject({ applied: 0, unchanged: 2 });
+    expect(await tenants.get('d2')).toBeNull();
+    expect(await tenants.ids()).toEqual(['d1']);
+
+    // Redis wiped: the deletion is remembered from its tombstone on urs.tenants.
+    const again = await restartOnWipedRedis();
+    await push(5, 'full', [item('d1'), item('d2')]);
+    expect(await again.tenants.get('d2')).toBeNull();
+
+    // A newer generation that lists d2 is Director's newer intent: it registers it again.
+    expect(await push(6, 'full', [item('d1'), item('d2')])).toMatchObject({ applied: 1 });
+    expect(await again.tenants.get('d2')).toMatchObject({ source: 'director', generation: 6, enabled: true });
+  });
+});
