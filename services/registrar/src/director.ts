@@ -73,6 +73,12 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
   const log = deps.logger.child({ component: 'director' });
   const service = deps.service ?? 'registrar';
   const concurrency = deps.concurrency ?? 32;
+  /**
+   * The highest generation this process applied. A rebuilt Redis learns the last applied generation from
+   * the pushes before the group's committed offset; one applied here and not yet committed (offsets are
+   * committed every second) is only known here until then.
+   */
+  let appliedHere = -1;
 
   async function deadLetter(
     message: InboundMessage<RegistrationPush>,
@@ -99,7 +105,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     const outcome: PushOutcome = { applied: 0, unchanged: 0, rejected: 0, disabled: 0, ignored: false };
     if (push === null) return outcome;
     await deps.ensureRebuilt();
-    const last = await deps.state.lastGeneration();
+    const last = Math.max(await deps.state.lastGeneration(), appliedHere);
     if (push.generation < last) {
       log.warn('older Director generation ignored', {
         generation: push.generation,
@@ -164,6 +170,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
       });
     }
     await deps.state.observeGeneration(push.generation);
+    appliedHere = Math.max(appliedHere, push.generation);
     log.info('Director push applied', {
       generation: push.generation,
       mode: push.mode,

@@ -14,7 +14,7 @@ import { createRegistrationHandler } from './director';
 import { deviceRoutes } from './http/devices';
 import { startApiServer, type ApiServer } from './http/server';
 import { tenantRoutes, type AccessChecker } from './http/tenants';
-import { createTenantRebuilder, readTenantLog } from './rebuild';
+import { createTenantRebuilder, readHandledGeneration, readTenantLog } from './rebuild';
 import { createTenantRegistry } from './registry';
 
 void runService({
@@ -36,6 +36,8 @@ void runService({
     });
     const rebuilder = createTenantRebuilder({
       readLog: () => readTenantLog(kafka, config.topics.tenants, settings.groupId, logger),
+      readGeneration: () =>
+        readHandledGeneration(kafka, config.topics.registration, settings.groupId, logger),
       tenants,
       state,
       logger,

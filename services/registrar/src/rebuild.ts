@@ -25,29 +25,27 @@ function headerNumber(message: KafkaMessage, name: string): number | undefined {
 }
 
 /**
- * Reads a compacted topic from the beginning up to the end it had when the read started, with a
- * consumer group of its own (KafkaJS has no manual assignment), which is deleted afterwards. Returns
- * the last entry per key. A consumer that Kafka stopped for good (a crash KafkaJS does not restart, e.g.
- * an authorisation error) fails the read at once with a non-retryable `BusError` `CONSUMER_STOPPED`
- * saying why: it would read nothing more, and waiting out `timeoutMs` would only hide the reason.
+ * Reads `topic` from its beginning up to `targets` (per partition, the last offset to read; a partition
+ * without one is not read) with a consumer group of its own (KafkaJS has no manual assignment), which is
+ * deleted afterwards, and hands each message to `onMessage`, in order within its partition. A consumer
+ * that Kafka stopped for good (a crash KafkaJS does not restart, e.g. an authorisation error) fails the
+ * read at once with a non-retryable `BusError` `CONSUMER_STOPPED` saying why: it would read nothing
+ * more, and waiting out `timeoutMs` would only hide the reason.
  */
-export async function readTenantLog(
+async function readUpTo(
   kafka: Kafka,
   topic: string,
+  targets: Map<number, bigint>,
   groupPrefix: string,
-  logger: Logger,
-  timeoutMs = 120_000,
-): Promise<TenantLogEntry[]> {
+  timeoutMs: number,
+  onMessage: (message: KafkaMessage) => void,
+): Promise<void> {
+  if (targets.size === 0) return;
+  const pending = new Set(targets.keys());
   const admin = kafka.admin();
   await admin.connect();
   const groupId = `${groupPrefix}.rebuild.${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
   try {
-    // Right after the topic was created its leaders may not answer yet (KRaft): retried while it settles.
-    const offsets = await topicOffsets(kafka, topic, { logger });
-    const pending = new Set(offsets.filter((o) => BigInt(o.high) > BigInt(o.low)).map((o) => o.partition));
-    const entries = new Map<string, TenantLogEntry>();
-    if (pending.size === 0) return [];
-    const targets = new Map(offsets.map((o) => [o.partition, BigInt(o.high) - 1n]));
     const consumer = kafka.consumer({ groupId, allowAutoTopicCreation: false });
     let done!: () => void;
     const finished = new Promise<void>((resolve) => (done = resolve));
@@ -72,35 +70,11 @@ export async function readTenantLog(
       await consumer.run({
         autoCommit: false,
         eachBatch: async ({ batch }) => {
+          const target = targets.get(batch.partition);
+          if (target === undefined) return;
           for (const message of batch.messages) {
-            const key = message.key?.toString('utf8');
-            if (!key) continue;
-            if (message.value === null) {
-              const revision = headerNumber(message, REVISION_HEADER);
-              const generation = headerNumber(message, GENERATION_HEADER);
-              entries.set(key, {
-                tenantId: key,
-                record: null,
-                ...(revision === undefined ? {} : { revision }),
-                ...(generation === undefined ? {} : { generation }),
-              });
-              continue;
-            }
-            try {
-              const record = validateMessage('urs/tenant-record', JSON.parse(message.value.toString('utf8')));
-              const previous = entries.get(key);
-              if (!previous || !previous.record || previous.record.revision < record.revision) {
-                entries.set(key, { tenantId: key, record });
-              }
-            } catch (error) {
-              logger.warn('unreadable tenant record skipped in rebuild', {
-                key,
-                offset: message.offset,
-                reason: errorMessage(error),
-              });
-            }
+            if (BigInt(message.offset) <= target) onMessage(message);
           }
-          const target = targets.get(batch.partition) ?? -1n;
           if (BigInt(batch.lastOffset()) >= target) {
             pending.delete(batch.partition);
             if (pending.size === 0) done();
@@ -120,16 +94,115 @@ export async function readTenantLog(
     } finally {
       await consumer.disconnect();
     }
-    return [...entries.values()];
   } finally {
     await admin.deleteGroups([groupId]).catch(() => undefined);
     await admin.disconnect();
   }
 }
 
+/**
+ * Reads a compacted topic from the beginning up to the end it had when the read started (see
+ * `readUpTo`). Returns the last entry per key.
+ */
+export async function readTenantLog(
+  kafka: Kafka,
+  topic: string,
+  groupPrefix: string,
+  logger: Logger,
+  timeoutMs = 120_000,
+): Promise<TenantLogEntry[]> {
+  // Right after the topic was created its leaders may not answer yet (KRaft): retried while it settles.
+  const offsets = await topicOffsets(kafka, topic, { logger });
+  const targets = new Map(
+    offsets
+      .filter((o) => BigInt(o.high) > BigInt(o.low))
+      .map((o) => [o.partition, BigInt(o.high) - 1n] as const),
+  );
+  const entries = new Map<string, TenantLogEntry>();
+  await readUpTo(kafka, topic, targets, groupPrefix, timeoutMs, (message) => {
+    const key = message.key?.toString('utf8');
+    if (!key) return;
+    if (message.value === null) {
+      const revision = headerNumber(message, REVISION_HEADER);
+      const generation = headerNumber(message, GENERATION_HEADER);
+      entries.set(key, {
+        tenantId: key,
+        record: null,
+        ...(revision === undefined ? {} : { revision }),
+        ...(generation === undefined ? {} : { generation }),
+      });
+      return;
+    }
+    try {
+      const record = validateMessage('urs/tenant-record', JSON.parse(message.value.toString('utf8')));
+      const previous = entries.get(key);
+      if (!previous || !previous.record || previous.record.revision < record.revision) {
+        entries.set(key, { tenantId: key, record });
+      }
+    } catch (error) {
+      logger.warn('unreadable tenant record skipped in rebuild', {
+        key,
+        offset: message.offset,
+        reason: errorMessage(error),
+      });
+    }
+  });
+  return [...entries.values()];
+}
+
+/**
+ * The highest Director generation among the pushes on `urs.registration` before the registrar group's
+ * committed offset (`groupId`), or -1. Every push before it was handled: applied, ignored as older than
+ * one applied before it, or dead-lettered as unreadable (skipped here). So it is the last generation
+ * applied, which Redis alone would lose when wiped: a push that changed nothing writes no tenant record
+ * to carry its generation. Pushes past the committed offset are left out: they come again, and each is
+ * compared with what was applied before it. Pushes the topic's retention already removed are not seen.
+ */
+export async function readHandledGeneration(
+  kafka: Kafka,
+  topic: string,
+  groupId: string,
+  logger: Logger,
+  timeoutMs = 120_000,
+): Promise<number> {
+  const offsets = await topicOffsets(kafka, topic, { logger });
+  const admin = kafka.admin();
+  await admin.connect();
+  let committed: Map<number, bigint>;
+  try {
+    const [fetched] = await admin.fetchOffsets({ groupId, topics: [topic] });
+    committed = new Map((fetched?.partitions ?? []).map((p) => [p.partition, BigInt(p.offset)]));
+  } finally {
+    await admin.disconnect();
+  }
+  // The last handled offset of each partition whose handled pushes the topic still holds (-1: none committed).
+  const targets = new Map(
+    offsets
+      .map((o) => ({ partition: o.partition, low: BigInt(o.low), next: committed.get(o.partition) ?? -1n }))
+      .filter(({ low, next }) => next > low)
+      .map(({ partition, next }) => [partition, next - 1n] as const),
+  );
+  let generation = -1;
+  await readUpTo(kafka, topic, targets, groupId, timeoutMs, (message) => {
+    if (message.value === null) return;
+    try {
+      const push = validateMessage('urs/registration-push', JSON.parse(message.value.toString('utf8')));
+      generation = Math.max(generation, push.generation);
+    } catch {
+      // Dead-lettered when it was handled: it applied nothing.
+    }
+  });
+  return generation;
+}
+
 export interface RebuilderDeps {
   /** Reads `urs.tenants` to its end (readTenantLog in production). */
   readLog: () => Promise<TenantLogEntry[]>;
+  /**
+   * The last Director generation applied as Kafka has it, or -1 (readHandledGeneration in production):
+   * the records of `urs.tenants` carry only the generations that changed a tenant.
+   */
+  readGeneration: () => Promise<number>;
   tenants: TenantStore;
   state: RegistrarStateStore;
   logger: Logger;
@@ -158,7 +231,8 @@ export interface TenantRebuilder {
  * Redis is fast state; `urs.tenants` is the record. A marker key says Redis was filled: when it is
  * missing (a new Redis, a flush, an eviction), every tenant is written back from the topic (newest
  * revision wins, so records written meanwhile are kept), the revision counters, the deletions'
- * generations and Director's generation are raised to what the topic has seen, and the marker is set.
+ * generations and Director's generation are raised to what Kafka has seen (`urs.tenants` and the
+ * handled pushes of `urs.registration`), and the marker is set.
  */
 export function createTenantRebuilder(deps: RebuilderDeps): TenantRebuilder {
   const log = deps.logger.child({ component: 'rebuild' });
@@ -171,7 +245,8 @@ export function createTenantRebuilder(deps: RebuilderDeps): TenantRebuilder {
     if (await deps.state.isRebuilt()) return;
     const started = Date.now();
     const wasEmpty = await deps.tenants.isEmpty();
-    const entries = await deps.readLog();
+    const [entries, generation] = await Promise.all([deps.readLog(), deps.readGeneration()]);
+    if (generation >= 0) await deps.state.observeGeneration(generation);
     let restored = 0;
     // Tenants are independent: restored 32 at a time (a rebuild of tens of thousands takes seconds).
     await forEachLimit(entries, 32, async (entry) => {
@@ -196,6 +271,7 @@ export function createTenantRebuilder(deps: RebuilderDeps): TenantRebuilder {
     log.info('tenants rebuilt from urs.tenants', {
       restored,
       entries: entries.length,
+      generation: await deps.state.lastGeneration(),
       wasEmpty,
       ms: Date.now() - started,
     });

@@ -14,7 +14,7 @@ import {
   type TestRedis,
 } from '@urs/testkit';
 import { createRegistrationHandler } from '../src/director';
-import { createTenantRebuilder, readTenantLog } from '../src/rebuild';
+import { createTenantRebuilder, readHandledGeneration, readTenantLog } from '../src/rebuild';
 import { createTenantRegistry } from '../src/registry';
 import { registrationBody, testSealer } from './fakes';
 
@@ -104,6 +104,7 @@ describe('createRegistrationHandler over Kafka and Redis', () => {
     });
     const rebuilder = createTenantRebuilder({
       readLog: () => readTenantLog(kafka, tenantsTopic, groupId, logger, 30_000),
+      readGeneration: () => readHandledGeneration(kafka, registration, groupId, logger, 30_000),
       tenants,
       state,
       logger,
@@ -173,5 +174,24 @@ describe('createRegistrationHandler over Kafka and Redis', () => {
     // A newer generation that lists d2 is Director's newer intent: it registers it again.
     expect(await push(6, 'full', [item('d1'), item('d2')])).toMatchObject({ applied: 1 });
     expect(await again.tenants.get('d2')).toMatchObject({ source: 'director', generation: 6, enabled: true });
+  });
+
+  it('handle should ignore an older generation after Redis was wiped, though the newer ones changed nothing', async () => {
+    const { tenants } = await start();
+    await push(7, 'full', [item('d1')]);
+    // Generation 8 changes nothing: it writes no tenant record that could carry its number.
+    expect(await push(8, 'full', [item('d1')])).toMatchObject({ applied: 0, unchanged: 1 });
+    expect((await tenants.get('d1'))?.generation).toBe(7);
+
+    const again = await restartOnWipedRedis();
+    expect(await again.state.lastGeneration()).toBe(8);
+    // A late generation 7 that would change d1.
+    expect(await push(7, 'full', [item('d1', { pollIntervalMinutes: 30 })])).toMatchObject({
+      level: 'warn',
+      message: 'older Director generation ignored',
+      generation: 7,
+      lastApplied: 8,
+    });
+    expect((await again.tenants.get('d1'))?.defender.pollIntervalMinutes).toBe(15);
   });
 });

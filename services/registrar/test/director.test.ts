@@ -156,6 +156,16 @@ describe('createRegistrationHandler', () => {
     expect(await tenants.get('b')).toMatchObject({ source: 'director', generation: 6 });
   });
 
+  it('handle should ignore an older generation after Redis lost the last one this process applied', async () => {
+    const { push, state, tenants } = setup();
+    await push(7, 'full', [item('a')]);
+    await push(8, 'full', [item('a')]);
+    // Redis wiped before the registration offsets were committed: the rebuild could not see 8.
+    state.generation = 7;
+    expect(await push(7, 'full', [item('a', { pollIntervalMinutes: 30 })])).toMatchObject({ ignored: true });
+    expect((await tenants.get('a'))?.defender.pollIntervalMinutes).toBe(15);
+  });
+
   it('handle should not disable, nor write over, a tenant an administrator changes while a full push leaves it out', async () => {
     const { push, tenants, registry } = setup();
     await push(1, 'full', [item('a'), item('b')]);

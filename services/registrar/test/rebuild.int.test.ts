@@ -1,7 +1,7 @@
 import type { ConsumerConfig, Kafka } from 'kafkajs';
 import { silentLogger } from '@urs/logging';
-import { createTestKafka, deleteTopics, uniqueId } from '@urs/testkit';
-import { readTenantLog } from '../src/rebuild';
+import { createTestKafka, createUniqueTopics, deleteTopics, uniqueId } from '@urs/testkit';
+import { readHandledGeneration, readTenantLog } from '../src/rebuild';
 import { GENERATION_HEADER, REVISION_HEADER } from '../src/registry';
 import { tenantRecord as record } from './fakes';
 
@@ -114,5 +114,44 @@ describe('readTenantLog', () => {
       message: expect.stringMatching(/session timeout/i),
     });
     expect(Date.now() - started).toBeLessThan(20_000);
+  });
+});
+
+describe('readHandledGeneration', () => {
+  const kafka = createTestKafka();
+  const created: string[] = [];
+  afterAll(async () => {
+    await deleteTopics(kafka, created);
+  });
+
+  const pushOf = (generation: number) =>
+    JSON.stringify({ schemaVersion: 1, generation, mode: 'full', tenants: [] });
+
+  it('should return the highest generation before the group committed offset, skipping unreadable pushes', async () => {
+    const [topic] = await createUniqueTopics(kafka, [{ prefix: 'registration', numPartitions: 1 }]);
+    created.push(topic as string);
+    await send(kafka, topic as string, [
+      { key: 'director', value: pushOf(3) },
+      { key: 'director', value: pushOf(9) },
+      { key: 'director', value: '{"generation": 40' },
+      { key: 'director', value: pushOf(4) },
+      // Not handled yet: it comes again to the registrar, compared with 9.
+      { key: 'director', value: pushOf(12) },
+    ]);
+    const groupId = uniqueId('registrar');
+    expect(await readHandledGeneration(createTestKafka(), topic as string, groupId, silentLogger)).toBe(-1);
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      await admin.setOffsets({
+        groupId,
+        topic: topic as string,
+        partitions: [{ partition: 0, offset: '4' }],
+      });
+      expect(await readHandledGeneration(createTestKafka(), topic as string, groupId, silentLogger)).toBe(9);
+    } finally {
+      await admin.deleteGroups([groupId]);
+      await admin.disconnect();
+    }
   });
 });

@@ -17,6 +17,7 @@ function failing(failures: Error[]) {
     readLog: async () => {
       throw failures[Math.min(reads++, failures.length - 1)] as Error;
     },
+    readGeneration: async () => -1,
     tenants: memoryTenantStore(),
     state: { ...memoryStateStore(), isRebuilt: async () => false },
     logger: silentLogger,
@@ -24,7 +25,7 @@ function failing(failures: Error[]) {
   return { rebuilder, reads: () => reads };
 }
 
-function setup(entries: TenantLogEntry[]) {
+function setup(entries: TenantLogEntry[], generation = -1) {
   const tenants = memoryTenantStore();
   const state = memoryStateStore();
   let rebuilt = false;
@@ -34,6 +35,7 @@ function setup(entries: TenantLogEntry[]) {
       reads++;
       return entries;
     },
+    readGeneration: async () => generation,
     tenants,
     state: { ...state, isRebuilt: async () => rebuilt, markRebuilt: async () => void (rebuilt = true) },
     logger: silentLogger,
@@ -68,6 +70,13 @@ describe('createTenantRebuilder', () => {
     await rebuilder.ensure();
     expect(await state.deletionGeneration('gone')).toBe(5);
     expect(await state.deletionGeneration('a')).toBe(-1);
+  });
+
+  it('ensure should restore the last generation applied from the registration topic when no record carries it', async () => {
+    // Generation 8 changed no tenant: only the pushes on urs.registration say it was applied.
+    const { state, rebuilder } = setup([{ tenantId: 'a', record: record('a', 7) }], 8);
+    await rebuilder.ensure();
+    expect(state.generation).toBe(8);
   });
 
   it('ensure should keep a newer record written while Redis was empty', async () => {
