@@ -11,6 +11,12 @@ const MAX_PAYLOAD_CHARS = 256 * 1024;
 const SECRET_WORD = /secret|password|passwd|authorization|bearer|token|ciphertext|\\u/i;
 
 /**
+ * A dead letter's payload from the failed message's text: the text without anything that may be a secret.
+ * `redactPayload` by default; a topic can give its own (see TopicSubscription.redactPayload).
+ */
+export type PayloadRedactor = (text: string) => string;
+
+/**
  * The payload as text with every secret removed. Director's pushes carry client secrets in clear, and
  * a dead letter must not become a second place where they live.
  * - A JSON object or array: every secret-looking key's value is replaced (`redact`), and so is every
@@ -31,7 +37,11 @@ export function redactPayload(text: string): string {
 }
 
 function withheldIfSecret(text: string): string {
-  if (!SECRET_WORD.test(text)) return text;
+  return SECRET_WORD.test(text) ? withheldPayload(text) : text;
+}
+
+/** What a dead letter keeps of a payload that cannot be read field by field and may hold a secret: its length. */
+export function withheldPayload(text: string): string {
   return `[withheld: ${Buffer.byteLength(text)} bytes that are not a JSON object and may hold a secret]`;
 }
 
@@ -63,8 +73,17 @@ export interface FailedMessage {
   value: Buffer | null;
 }
 
-export function toDeadLetter(message: FailedMessage, error: unknown, now: Date = new Date()): DeadLetter {
-  const payload = message.value === null ? null : redactPayload(message.value.toString('utf8'));
+/**
+ * The dead letter of a message that could not be processed: where it was, why, and its payload through
+ * `redactor` (by default `redactPayload`), cut after 256 Ki characters.
+ */
+export function toDeadLetter(
+  message: FailedMessage,
+  error: unknown,
+  now: Date = new Date(),
+  redactor: PayloadRedactor = redactPayload,
+): DeadLetter {
+  const payload = message.value === null ? null : redactor(message.value.toString('utf8'));
   return {
     schemaVersion: 1,
     service: message.service,

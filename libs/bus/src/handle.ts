@@ -11,7 +11,7 @@ import {
   type RetryPolicy,
 } from '@urs/resilience';
 import type { Counter, Histogram } from '@urs/telemetry';
-import { notJsonReason, toDeadLetter } from './dead-letter';
+import { notJsonReason, toDeadLetter, type PayloadRedactor } from './dead-letter';
 import { parseJsonBytes } from './json-bytes';
 import type { Publisher } from './publisher';
 
@@ -49,6 +49,12 @@ export interface TopicSubscription<K extends ContractId> {
   tombstones?: boolean;
   /** Read the topic from the beginning when the group has no committed offset. Default true. */
   fromBeginning?: boolean;
+  /**
+   * The payload of this topic's dead letters. Default `redactPayload`, which knows a secret by its key's
+   * name: a topic whose messages may carry a secret under any name (Director's pushes: `clientSecert`,
+   * `pwd`) gives its own, keeping only what it knows cannot be one.
+   */
+  redactPayload?: PayloadRedactor;
   handler: MessageHandler<ContractTypes[K]>;
 }
 
@@ -136,6 +142,8 @@ export function createMessageProcessor(
         value: work.message.value,
       },
       error,
+      new Date(),
+      options.subscriptions.get(work.topic)?.redactPayload,
     );
     // The dead letter itself must not be lost: if Kafka refuses it, the message is not settled.
     await options.publisher.send(options.dlqTopic, 'urs/dead-letter', [

@@ -20,7 +20,8 @@ export type {
   TopicSubscription,
   RunnerState,
 } from './runner';
-export { notJsonReason, redactPayload, toDeadLetter } from './dead-letter';
+export { notJsonReason, redactPayload, toDeadLetter, withheldPayload } from './dead-letter';
+export type { PayloadRedactor } from './dead-letter';
 export { JavaCompatiblePartitioner, murmur2 } from './partitioner';
 export { crc32c, useFastCrc32c } from './crc32c';
 export {

@@ -1,4 +1,8 @@
-import { notJsonReason, redactPayload, toDeadLetter } from '@urs/bus';
+import { DEFAULT_RUNNER_RETRY, notJsonReason, redactPayload, toDeadLetter, type Publisher } from '@urs/bus';
+import type { DeadLetter } from '@urs/contracts';
+import { silentLogger } from '@urs/logging';
+import { Registry } from '@urs/telemetry';
+import { createMessageProcessor } from '../src/handle';
 
 describe('redactPayload', () => {
   it('should remove client secrets from a JSON payload', () => {
@@ -85,5 +89,59 @@ describe('toDeadLetter', () => {
       payload: 'not json',
       failedAt: '2026-01-01T00:00:00.000Z',
     });
+  });
+});
+
+describe('createMessageProcessor', () => {
+  it("should dead-letter a message through its subscription's own payload redaction", async () => {
+    const sent: DeadLetter[] = [];
+    const publisher = {
+      send: async (_topic: string, _contract: string, messages: { value: unknown }[]) => {
+        sent.push(...messages.map((message) => message.value as DeadLetter));
+      },
+    } as unknown as Publisher;
+    const metrics = new Registry({ processMetrics: false });
+    const subscription = (topic: string, extra: object = {}) => ({
+      topic,
+      contract: 'urs/registration-push' as const,
+      handler: async () => undefined,
+      ...extra,
+    });
+    const settle = createMessageProcessor({
+      service: 'test',
+      subscriptions: new Map([
+        ['own', subscription('own', { redactPayload: () => '{"kept":"only this"}' })],
+        ['default', subscription('default')],
+      ]),
+      publisher,
+      dlqTopic: 'dlq',
+      log: silentLogger,
+      retry: DEFAULT_RUNNER_RETRY,
+      handled: metrics.counter('handled', 'handled'),
+      seconds: metrics.histogram('seconds', 'seconds'),
+    });
+    const value = JSON.stringify({ mode: 'FULL', pwd: 'Zz77Q~abc' });
+    const work = (topic: string) => ({
+      topic,
+      partition: 0,
+      message: {
+        key: null,
+        value: Buffer.from(value),
+        offset: '3',
+        timestamp: '0',
+        attributes: 0,
+        headers: {},
+      },
+      heartbeat: async () => undefined,
+      stopSignal: new AbortController().signal,
+      shouldStop: () => false,
+      beforeRetry: async () => undefined,
+    });
+    expect(await settle(work('own'))).toBe(true);
+    expect(await settle(work('default'))).toBe(true);
+    expect(sent.map((letter) => [letter.error.code, letter.payload])).toEqual([
+      ['CONTRACT_INVALID', '{"kept":"only this"}'],
+      ['CONTRACT_INVALID', redactPayload(value)],
+    ]);
   });
 });

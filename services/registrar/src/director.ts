@@ -1,10 +1,11 @@
 import { toDeadLetter, type InboundMessage, type Publisher } from '@urs/bus';
-import { tenantRegistrationSchema, type RegistrationPush, type TenantRegistration } from '@urs/contracts';
-import { REDACTED, type Logger } from '@urs/logging';
+import type { RegistrationPush, TenantRegistration } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import type { TenantRegistry } from './registry';
 import { forEachLimit } from './concurrency';
+import { redactTenantPayload } from './dead-letter';
 import { describeViolations, isTenantId, validateRegistration, type Violation } from './validation';
 
 /** A refused tenant of a push (its dead letter's error). Never carries a value, only fields and rules. */
@@ -14,28 +15,6 @@ export class RegistrationRejectedError extends UrsError {
       details: { violations },
     });
   }
-}
-
-/**
- * A refused tenant as its dead letter keeps it: the value of a field the contract does not know is left
- * out, as it may be a secret under a mistyped name (`clientSecert`) that no redaction would recognise.
- */
-export function knownFieldsOnly(item: unknown): unknown {
-  const isObject = (value: unknown): value is Record<string, unknown> =>
-    value !== null && typeof value === 'object' && !Array.isArray(value);
-  if (!isObject(item)) return item;
-  const top = tenantRegistrationSchema.properties;
-  const defender = top.defender.properties;
-  return Object.fromEntries(
-    Object.entries(item).map(([key, value]) => {
-      if (!(key in top)) return [key, REDACTED];
-      if (key !== 'defender' || !isObject(value)) return [key, value];
-      return [
-        key,
-        Object.fromEntries(Object.entries(value).map(([k, v]) => [k, k in defender ? v : REDACTED])),
-      ];
-    }),
-  );
 }
 
 export interface RegistrationHandlerDeps {
@@ -93,9 +72,12 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
         partition: message.partition,
         offset: message.offset,
         key: key === null ? null : Buffer.from(key, 'utf8'),
-        value: Buffer.from(JSON.stringify(knownFieldsOnly(item)) ?? 'null', 'utf8'),
+        value: Buffer.from(JSON.stringify(item) ?? 'null', 'utf8'),
       },
       error,
+      new Date(),
+      // Only what the contract pins down: a secret may sit under a mistyped name (`clientSecert`).
+      redactTenantPayload,
     );
     await deps.publisher.send(deps.dlqTopic, 'urs/dead-letter', [{ key: letter.sourceTopic, value: letter }]);
   }

@@ -10,6 +10,7 @@ import {
   createTenantStore,
 } from '@urs/store';
 import { registrarConfig } from './config';
+import { redactPushPayload } from './dead-letter';
 import { createRegistrationHandler } from './director';
 import { deviceRoutes } from './http/devices';
 import { startApiServer, type ApiServer } from './http/server';
@@ -85,7 +86,13 @@ void runService({
       service: 'registrar',
       groupId: settings.groupId,
       subscriptions: [
-        { topic: config.topics.registration, contract: 'urs/registration-push', handler: director.handler },
+        {
+          topic: config.topics.registration,
+          contract: 'urs/registration-push',
+          // A push that fails as a whole is dead-lettered from its bytes, which carry secrets in clear.
+          redactPayload: redactPushPayload,
+          handler: director.handler,
+        },
       ],
       publisher,
       dlqTopic: config.topics.dlq,

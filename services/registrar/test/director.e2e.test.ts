@@ -176,6 +176,81 @@ describe('registrar: Director pushes', () => {
     expect(await store().get('bulk-60')).toBeNull();
   });
 
+  it('a push refused as a whole should be dead-lettered without a secret under any name, with its reason', async () => {
+    const secret = (name: string) => {
+      const value = `Zz77Q~${randomBytes(12).toString('hex')}`;
+      secrets.set(name, value);
+      return value;
+    };
+    const misspelt = secret('misspelt');
+    const credential = secret('credential');
+    const pwd = secret('pwd');
+    const nested = secret('credentials.value');
+    const entry = tenant(70);
+    const variants: Array<{ push: Record<string, unknown>; reason: RegExp }> = [
+      {
+        push: {
+          schemaVersion: 1,
+          generation: 9,
+          mode: 'FULL',
+          tenants: [{ ...entry, defender: { ...entry.defender, clientSecert: misspelt } }],
+        },
+        reason: /mode must be one of full, delta/,
+      },
+      {
+        push: { schemaVersion: 1, generation: 9, mode: 'delta', tenants: [entry], credential },
+        reason: /credential is not a known field/,
+      },
+      {
+        push: {
+          schemaVersion: 1,
+          generation: 9,
+          mode: 'delta',
+          tenants: { 'bulk-71': { defender: { pwd } } },
+        },
+        reason: /tenants must be/,
+      },
+      {
+        push: { schemaVersion: 1, generation: 9, mode: 'delta', tenants: [], credentials: { value: nested } },
+        reason: /credentials is not a known field/,
+      },
+    ];
+    const before = topics.messages.filter((m) => m.topic === stack.topic('urs.dlq')).length;
+    await producer.send({
+      topic: stack.topic('urs.registration'),
+      messages: variants.map(({ push: value }) => ({ key: 'director', value: JSON.stringify(value) })),
+    });
+    await waitFor(() => deadLetters().length === before + variants.length);
+    const received = topics.messages.filter((m) => m.topic === stack.topic('urs.dlq')).slice(before);
+    for (const [index, message] of received.entries()) {
+      const bytes = [message.key, message.text, ...Object.entries(message.headers).flat()].join('\n');
+      for (const value of [misspelt, credential, pwd, nested]) expect(bytes).not.toContain(value);
+      const letter = JSON.parse(message.text as string) as DeadLetter;
+      expect(letter.error.code).toBe('CONTRACT_INVALID');
+      expect(letter.error.message).toMatch((variants[index] as { reason: RegExp }).reason);
+    }
+    // What an operator needs stays: the structure, the tenant ids, the values the contract pins down.
+    const first = JSON.parse(JSON.parse(received[0]?.text as string).payload as string);
+    expect(first).toMatchObject({
+      mode: 'FULL',
+      generation: 9,
+      tenants: [
+        {
+          tenantId: 'bulk-70',
+          defender: { clientSecert: '[redacted]', clientSecret: '[redacted]', pollIntervalMinutes: 60 },
+        },
+      ],
+    });
+    const third = JSON.parse(JSON.parse(received[2]?.text as string).payload as string);
+    expect(third).toEqual({
+      schemaVersion: 1,
+      generation: 9,
+      mode: 'delta',
+      tenants: { 'bulk-71': { defender: { pwd: '[redacted]' } } },
+    });
+    expect(await store().get('bulk-70')).toBeNull();
+  });
+
   it('no secret of a push should appear in a log line, a dead letter or a REST answer', () => {
     const texts = [
       ...stack.processes.flatMap((p) => p.lines),

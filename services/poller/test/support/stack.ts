@@ -33,6 +33,8 @@ export interface ReceivedMessage {
   key: string | null;
   /** Raw value text (null for a tombstone). */
   text: string | null;
+  /** Each header's value as text (several values of one name joined by newlines). */
+  headers: Record<string, string>;
   /** Broker timestamp, ms. */
   timestamp: number;
   receivedAt: number;
@@ -57,6 +59,15 @@ export async function collectTopics(
         topic,
         key: message.key?.toString('utf8') ?? null,
         text: message.value === null ? null : message.value.toString('utf8'),
+        headers: Object.fromEntries(
+          Object.entries(message.headers ?? {}).map(([name, value]) => [
+            name,
+            [value ?? []]
+              .flat()
+              .map((part) => part.toString())
+              .join('\n'),
+          ]),
+        ),
         timestamp: Number(message.timestamp),
         receivedAt: Date.now(),
       });
