@@ -27,7 +27,9 @@ export type {
 } from './types';
 export {
   TENANT_ID_PATTERN,
+  TENANT_ID_RULE,
   GUID_PATTERN,
+  PATTERN_RULES,
   CLOUDS,
   REGIONS,
   ALL_SCHEMAS,

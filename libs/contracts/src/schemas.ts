@@ -8,6 +8,19 @@ import { VMS_IDENTITY_FIELDS } from './device-record';
 
 export const TENANT_ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$';
 export const GUID_PATTERN = '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$';
+const DIGITS_PATTERN = '^\\d+$';
+/** The rule of a tenant id in words, wherever one is refused (a push, a REST body or path). */
+export const TENANT_ID_RULE =
+  'must be 1–64 letters, digits, dots, dashes or underscores, starting with a letter or digit';
+/**
+ * Each pattern of these schemas in words: a rejection names the rule an administrator can follow, never the
+ * regular expression. A new pattern gets its words here (a test checks that every pattern has them).
+ */
+export const PATTERN_RULES: ReadonlyMap<string, string> = new Map([
+  [TENANT_ID_PATTERN, TENANT_ID_RULE],
+  [GUID_PATTERN, 'must be a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)'],
+  [DIGITS_PATTERN, 'must be digits only'],
+]);
 export const CLOUDS = ['commercial', 'gcc', 'gcc-high', 'dod'] as const;
 export const REGIONS = ['us', 'eu', 'uk', 'au', 'swa', 'ina'] as const;
 const BAND_NAMES = ['Trustworthy', 'Low Risk', 'Moderate Risk', 'Suspicious', 'High Risk'];
@@ -400,7 +413,7 @@ export const deadLetterSchema = {
     service: { type: 'string' },
     sourceTopic: { type: 'string' },
     partition: { type: 'integer', minimum: 0 },
-    offset: { type: 'string', pattern: '^\\d+$' },
+    offset: { type: 'string', pattern: DIGITS_PATTERN },
     key: nullableString,
     error: {
       type: 'object',

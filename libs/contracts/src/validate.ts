@@ -1,7 +1,7 @@
 import Ajv, { type ErrorObject, type ValidateFunction } from 'ajv';
 import addFormats from 'ajv-formats';
 import { UrsError } from '@urs/resilience';
-import { ALL_SCHEMAS } from './schemas';
+import { ALL_SCHEMAS, PATTERN_RULES } from './schemas';
 import type {
   DeadLetter,
   DeviceBatch,
@@ -87,27 +87,73 @@ export function fieldOf(error: ErrorObject): string {
   return path || '(message)';
 }
 
+/** JSON types in words, for a field of the wrong kind. */
+const TYPE_WORDS: Readonly<Record<string, string>> = {
+  string: 'a string',
+  integer: 'an integer',
+  number: 'a number',
+  boolean: 'true or false',
+  object: 'an object',
+  array: 'an array',
+  null: 'null',
+};
+
+/**
+ * The rule a value broke, in words an administrator can act on: never a regular expression (`PATTERN_RULES`)
+ * or a schema term ("must be equal to constant", "must be object,null"), and never the value itself (it may
+ * be a secret).
+ */
 export function ruleOf(error: ErrorObject): string {
+  const params = error.params as Record<string, unknown>;
   switch (error.keyword) {
     case 'required':
       return 'is required';
     case 'additionalProperties':
       return 'is not a known field';
     case 'enum':
-      return `must be one of ${((error.params as { allowedValues: unknown[] }).allowedValues ?? []).map(String).join(', ')}`;
+      return `must be one of ${((params.allowedValues as unknown[] | undefined) ?? []).map(String).join(', ')}`;
+    case 'const':
+      return `must be ${JSON.stringify(params.allowedValue)}`;
+    case 'type': {
+      const types = [params.type].flat().join(',').split(',');
+      return `must be ${types.map((type) => TYPE_WORDS[type] ?? type).join(' or ')}`;
+    }
+    case 'pattern':
+      return PATTERN_RULES.get(String(params.pattern)) ?? 'is not in the expected form';
+    case 'minLength':
+      return params.limit === 1
+        ? 'must not be empty'
+        : `must be at least ${String(params.limit)} characters long`;
+    case 'maxLength':
+      return `must be at most ${String(params.limit)} characters long`;
+    case 'minItems':
+      return `must have at least ${String(params.limit)} entries`;
+    case 'maxItems':
+      return `must have at most ${String(params.limit)} entries`;
+    case 'format':
+      return params.format === 'date-time'
+        ? 'must be a date and time (RFC 3339, e.g. 2026-01-31T12:00:00Z)'
+        : `must be a ${String(params.format)}`;
     default:
       return error.message ?? 'is invalid';
   }
+}
+
+/**
+ * One violation per failed rule. An `if`/`then` failure is left out: it only says that the `then` part failed,
+ * whose own violations (a required field) are listed.
+ */
+function violationsOf(errors: readonly ErrorObject[]): { field: string; rule: string }[] {
+  return errors
+    .filter((error) => error.keyword !== 'if')
+    .map((error) => ({ field: fieldOf(error), rule: ruleOf(error) }));
 }
 
 /** Throws ContractError naming the first failing field and its rule. Value is returned typed. */
 export function validateMessage<K extends ContractId>(id: K, value: unknown): ContractTypes[K] {
   const validate = validator(id);
   if (!validate(value)) {
-    throw new ContractError(
-      id,
-      (validate.errors ?? []).map((error) => ({ field: fieldOf(error), rule: ruleOf(error) })),
-    );
+    throw new ContractError(id, violationsOf(validate.errors ?? []));
   }
   return value as ContractTypes[K];
 }
@@ -118,5 +164,5 @@ export function checkMessage(id: ContractId, value: unknown): { field: string; r
   const validate = ajvAll.getSchema(id);
   if (!validate) throw new Error(`no schema ${id}`);
   if (validate(value)) return [];
-  return (validate.errors ?? []).map((error) => ({ field: fieldOf(error), rule: ruleOf(error) }));
+  return violationsOf(validate.errors ?? []);
 }

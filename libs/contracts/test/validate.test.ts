@@ -1,4 +1,7 @@
 import {
+  ALL_SCHEMAS,
+  PATTERN_RULES,
+  TENANT_ID_RULE,
   checkMessage,
   compileContracts,
   type ContractId,
@@ -72,6 +75,91 @@ describe('checkMessage', () => {
     };
     const fields = checkMessage('urs/tenant-registration', bad).map((violation) => violation.field);
     expect(fields).toEqual(expect.arrayContaining(['tenantId', 'defender.clientId', 'defender.cloud']));
+  });
+});
+
+describe('checkMessage rules', () => {
+  const defender = (overrides: Record<string, unknown>) => ({
+    ...registration,
+    defender: { ...registration.defender, ...overrides },
+  });
+  const push = { schemaVersion: 1, generation: 1, mode: 'full', tenants: [] };
+
+  it.each([
+    [
+      'a GUID',
+      defender({ azureTenantId: 'abc', clientId: 'not-a-guid' }),
+      [
+        { field: 'defender.azureTenantId', rule: 'must be a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)' },
+        { field: 'defender.clientId', rule: 'must be a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)' },
+      ],
+    ],
+    [
+      'a tenant id',
+      { ...registration, tenantId: 'has space' },
+      [{ field: 'tenantId', rule: TENANT_ID_RULE }],
+    ],
+    [
+      'a risk profile of the wrong kind',
+      defender({ riskProfile: 'default' }),
+      [{ field: 'defender.riskProfile', rule: 'must be an object or null' }],
+    ],
+    [
+      'an empty secret',
+      defender({ clientSecret: '' }),
+      [{ field: 'defender.clientSecret', rule: 'must not be empty' }],
+    ],
+    [
+      'a secret too long',
+      defender({ clientSecret: 'x'.repeat(1025) }),
+      [{ field: 'defender.clientSecret', rule: 'must be at most 1024 characters long' }],
+    ],
+    ['an entry that is no object', 'acme', [{ field: '(message)', rule: 'must be an object' }]],
+    ['a flag', defender({ enabled: 'yes' }), [{ field: 'defender.enabled', rule: 'must be true or false' }]],
+  ])('should word the rule of %s, not the schema', (_case, value, violations) => {
+    expect(checkMessage('urs/tenant-registration', value)).toEqual(violations);
+  });
+
+  it('should word a push of another schema version and a tenant list of the wrong kind', () => {
+    expect(checkMessage('urs/registration-push', { ...push, schemaVersion: 2, tenants: {} })).toEqual([
+      { field: 'schemaVersion', rule: 'must be 1' },
+      { field: 'tenants', rule: 'must be an array' },
+    ]);
+    expect(() => validateMessage('urs/registration-push', { ...push, schemaVersion: 2 })).toThrow(
+      'urs/registration-push: schemaVersion must be 1',
+    );
+  });
+
+  it("should name the missing total of a last batch once, without the schema's if/then", () => {
+    const batch = {
+      schemaVersion: 1,
+      tenantId: 'acme',
+      cycleId: 'c1',
+      cycleStartedAt: 'yesterday',
+      batchIndex: 0,
+      lastBatch: true,
+      vulnerabilityMode: 'per-device',
+      cvssThreshold: 9,
+      devices: [],
+      totalDevices: 0,
+    };
+    expect(checkMessage('urs/device-batch', batch)).toEqual([
+      { field: 'totalBatches', rule: 'is required' },
+      { field: 'cycleStartedAt', rule: 'must be a date and time (RFC 3339, e.g. 2026-01-31T12:00:00Z)' },
+    ]);
+  });
+
+  it('should have words for every pattern of every contract', () => {
+    const patterns: string[] = [];
+    const walk = (node: unknown): void => {
+      if (node === null || typeof node !== 'object') return;
+      const pattern = (node as { pattern?: unknown }).pattern;
+      if (typeof pattern === 'string') patterns.push(pattern);
+      Object.values(node).forEach(walk);
+    };
+    ALL_SCHEMAS.forEach(walk);
+    expect(patterns.length).toBeGreaterThan(0);
+    expect(patterns.filter((pattern) => !PATTERN_RULES.has(pattern))).toEqual([]);
   });
 });
 

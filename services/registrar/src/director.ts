@@ -6,7 +6,13 @@ import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import type { TenantRegistry } from './registry';
 import { forEachLimit } from './concurrency';
 import { redactTenantPayload } from './dead-letter';
-import { describeViolations, isTenantId, validateRegistration, type Violation } from './validation';
+import {
+  describeViolations,
+  isTenantId,
+  renameFields,
+  validateRegistration,
+  type Violation,
+} from './validation';
 
 /** A refused tenant of a push (its dead letter's error). Never carries a value, only fields and rules. */
 export class RegistrationRejectedError extends UrsError {
@@ -15,6 +21,15 @@ export class RegistrationRejectedError extends UrsError {
       details: { violations },
     });
   }
+}
+
+/**
+ * A refused entry's violations named from the push (`tenants[3].defender.clientId`, `tenants[3]` for an entry
+ * that is no object): its dead letter and log line then say which entry, also when it has no tenant id.
+ */
+export function entryViolations(index: number, violations: Violation[]): Violation[] {
+  const entry = `tenants[${index}]`;
+  return renameFields(violations, (field) => (field === '(message)' ? entry : `${entry}.${field}`));
 }
 
 export interface RegistrationHandlerDeps {
@@ -114,7 +129,8 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
       }
       outcome.rejected++;
       const known = isTenantId(tenantId) ? tenantId : null;
-      await deadLetter(message, item, known, new RegistrationRejectedError(validated.violations));
+      const inPush = entryViolations(index, validated.violations);
+      await deadLetter(message, item, known, new RegistrationRejectedError(inPush));
       if (known !== null) {
         // Present but refused: its earlier record stays as it was (not disabled), the status says why.
         present.add(known);
@@ -125,7 +141,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
         tenantId: known,
         index,
         generation: push.generation,
-        reason: describeViolations(validated.violations),
+        reason: describeViolations(inPush),
       });
     }
     // Tenants are independent: written concurrently, so a push of thousands stays well inside the

@@ -93,8 +93,10 @@ describe('registrar: Director pushes', () => {
       sourceTopic: stack.topic('urs.registration'),
     });
     expect(letter.error.code).toBe('REGISTRATION_INVALID');
-    expect(letter.error.message).toMatch(/defender\.azureTenantId must match pattern/);
-    expect(letter.error.message).toMatch(/defender\.pollIntervalMinutes must be >= 10/);
+    expect(letter.error.message).toBe(
+      'registration refused: tenants[17].defender.azureTenantId must be a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx); ' +
+        'tenants[17].defender.pollIntervalMinutes must be >= 10',
+    );
     expect(letter.payload).toContain('[redacted]');
     expect(JSON.parse(letter.payload as string).tenantId).toBe('bulk-17');
 

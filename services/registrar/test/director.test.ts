@@ -99,6 +99,20 @@ describe('createRegistrationHandler', () => {
     });
   });
 
+  it('handle should name a refused entry by its place in the push, in its dead letter', async () => {
+    const { push, letters } = setup();
+    await push(1, 'delta', [item('a'), item('b', { clientId: 'nope' }), null, 'acme', 42]);
+    expect(letters().map((letter) => [letter.key, letter.error.message])).toEqual([
+      [
+        'b',
+        'registration refused: tenants[1].defender.clientId must be a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)',
+      ],
+      [null, 'registration refused: tenants[2] must be an object'],
+      [null, 'registration refused: tenants[3] must be an object'],
+      [null, 'registration refused: tenants[4] must be an object'],
+    ]);
+  });
+
   it('handle should apply the last entry of a tenant listed twice', async () => {
     const { push, tenants } = setup();
     await push(1, 'full', [item('a', { pollIntervalMinutes: 20 }), item('a', { pollIntervalMinutes: 30 })]);

@@ -19,20 +19,32 @@ describe('validateRegistration', () => {
   });
 
   it.each([
-    ['tenantId', registration(registrationBody(), 'has space'), 'tenantId', /pattern/],
+    [
+      'tenantId',
+      registration(registrationBody(), 'has space'),
+      'tenantId',
+      /^must be 1–64 letters, digits, dots, dashes or underscores, starting with a letter or digit$/,
+    ],
     [
       'azureTenantId',
       registration(registrationBody({ azureTenantId: 'abc' })),
       'defender.azureTenantId',
-      /pattern/,
+      /^must be a GUID \(xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx\)$/,
     ],
-    ['clientId', registration(registrationBody({ clientId: 42 })), 'defender.clientId', /string/],
+    ['clientId', registration(registrationBody({ clientId: 42 })), 'defender.clientId', /^must be a string$/],
     [
       'empty secret',
       registration(registrationBody({ clientSecret: '' })),
       'defender.clientSecret',
-      /fewer than 1/,
+      /^must not be empty$/,
     ],
+    [
+      'riskProfile',
+      registration(registrationBody({ riskProfile: 'default' })),
+      'defender.riskProfile',
+      /^must be an object or null$/,
+    ],
+    ['not an object', 'acme', '(message)', /^must be an object$/],
     [
       'interval below',
       registration(registrationBody({ pollIntervalMinutes: 9 })),

@@ -1,3 +1,4 @@
+import { TENANT_ID_RULE } from '@urs/contracts';
 import { isTenantId } from '../validation';
 import { ApiError, type ApiRequest } from './router';
 
@@ -6,10 +7,7 @@ export function tenantIdOf(request: ApiRequest): string {
   const tenantId = request.params['tenantId'] ?? '';
   if (!isTenantId(tenantId)) {
     throw new ApiError(400, 'VALIDATION_FAILED', 'the tenant id in the path is not valid', [
-      {
-        field: 'tenantId',
-        rule: 'must be 1–64 letters, digits, dots, dashes or underscores, starting with a letter or digit',
-      },
+      { field: 'tenantId', rule: TENANT_ID_RULE },
     ]);
   }
   return tenantId;
