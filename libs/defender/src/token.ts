@@ -176,11 +176,7 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
         token = await fetchToken(from, timeout);
       } catch (error) {
         if (!timeout.aborted) throw error;
-        throw new DefenderError(
-          DefenderErrorCode.UNAVAILABLE,
-          `Entra ID did not issue a token for tenant ${credentials.azureTenantId} within ${TOKEN_REQUEST_TIMEOUT_MS} ms`,
-          { canRetry: true, details: { azureTenantId: credentials.azureTenantId } },
-        );
+        throw noAnswer(TOKEN_REQUEST_TIMEOUT_MS);
       }
       if (mine === generation) {
         if (refresh) credential = from;
@@ -197,18 +193,45 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
     return promise;
   }
 
-  const stopped = (): DefenderError =>
-    new DefenderError(DefenderErrorCode.UNAVAILABLE, 'Stopped while waiting for a token', {
-      canRetry: true,
-      details: { azureTenantId: credentials.azureTenantId },
-    });
+  /**
+   * Entra ID did not answer within `waitedMs`, in words an administrator can act on (`/defender/test`'s
+   * verdict): who did not answer, where, for which tenant, how long it was waited for. Never the secret.
+   */
+  function noAnswer(waitedMs: number): DefenderError {
+    return new DefenderError(
+      DefenderErrorCode.UNAVAILABLE,
+      `Entra ID (${hostOf(endpoints.authorityHost)}) did not answer the token request for tenant ` +
+        `${credentials.azureTenantId} within ${duration(waitedMs)}: it may be down, or not reachable from here`,
+      { canRetry: true, details: { azureTenantId: credentials.azureTenantId } },
+    );
+  }
+
+  /**
+   * Why this caller stopped waiting for its token: at a deadline (a signal of `AbortSignal.timeout`, alone or
+   * in `AbortSignal.any`: the access test's time limit) Entra did not answer within the wait; otherwise the
+   * caller was stopped (a shutdown, a cycle given up).
+   */
+  function stopped(signal: AbortSignal, waitedMs: number): DefenderError {
+    // By name: the reason is a DOMException, of another realm than this code's Error in a VM context.
+    const timedOut = (signal.reason as { name?: unknown } | undefined)?.name === 'TimeoutError';
+    if (timedOut && waitedMs > 0) return noAnswer(waitedMs);
+    return new DefenderError(
+      DefenderErrorCode.UNAVAILABLE,
+      'Stopped while waiting for a token from Entra ID',
+      {
+        canRetry: true,
+        details: { azureTenantId: credentials.azureTenantId },
+      },
+    );
+  }
 
   /** Waits for the shared request, or until this caller's signal aborts (the request goes on for the others). */
   function join(promise: Promise<AccessToken>, signal?: AbortSignal): Promise<AccessToken> {
     if (!signal) return promise;
-    if (signal.aborted) return Promise.reject(stopped());
+    if (signal.aborted) return Promise.reject(stopped(signal, 0));
+    const since = Date.now();
     return new Promise<AccessToken>((resolve, reject) => {
-      const onAbort = (): void => reject(stopped());
+      const onAbort = (): void => reject(stopped(signal, Date.now() - since));
       signal.addEventListener('abort', onAbort, { once: true });
       promise.then(
         (token) => {
@@ -243,4 +266,20 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
       }
     },
   };
+}
+
+/** The host of an authority URL (`login.microsoftonline.com`), or the text as given when it is no URL. */
+function hostOf(url: string): string {
+  try {
+    return new URL(url).host;
+  } catch {
+    return url;
+  }
+}
+
+/** A wait in words: whole seconds from one second on (`30 seconds`), milliseconds below. */
+function duration(ms: number): string {
+  if (ms < 1_000) return `${Math.round(ms)} ms`;
+  const seconds = Math.round(ms / 1_000);
+  return `${seconds} second${seconds === 1 ? '' : 's'}`;
 }

@@ -268,6 +268,37 @@ describe('createDefenderClient consent', () => {
   });
 });
 
+describe('createDefenderClient token endpoint that hangs', () => {
+  it('checkAccess should say that Entra ID did not answer within the wait, naming it, without the secret', async () => {
+    const own = newApp();
+    sim.addTenant({ azureTenantId: own.azureTenantId, apps: [own] });
+    sim.setFaults(own.azureTenantId, { timeoutRate: 1, tokenEndpoint: true });
+    const { client, close } = simClient(sim, own);
+    try {
+      const report = await client.checkAccess(AbortSignal.timeout(2_000));
+      expect(report).toMatchObject({
+        ok: false,
+        tokenIssued: false,
+        error: { code: DefenderErrorCode.UNAVAILABLE },
+      });
+      expect(report.verdict).toBe(
+        `FAIL: Entra ID (${new URL(sim.baseUrl).host}) did not answer the token request for tenant ` +
+          `${own.azureTenantId} within 2 seconds: it may be down, or not reachable from here`,
+      );
+      expect(JSON.stringify(report)).not.toContain(own.clientSecret);
+      // Stopped otherwise than at a deadline (a shutdown): no time limit to speak of.
+      const stop = new AbortController();
+      setTimeout(() => stop.abort(), 100);
+      expect((await client.checkAccess(stop.signal)).verdict).toBe(
+        'FAIL: Stopped while waiting for a token from Entra ID',
+      );
+    } finally {
+      sim.removeTenant(own.azureTenantId);
+      await close();
+    }
+  });
+});
+
 describe('createDefenderClient tokens', () => {
   it('getMachineVulnerabilities should send a token taken after its quota wait, which outlasts a token', async () => {
     const own = newApp();
