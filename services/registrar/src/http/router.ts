@@ -64,7 +64,10 @@ export class ApiError extends Error {
 
 export type RouteMatch =
   | { kind: 'found'; route: Route; params: Record<string, string> }
-  | { kind: 'method-not-allowed'; allow: HttpMethod[] }
+  /** The route's path, with a parameter that is not valid percent-encoded UTF-8 (`%E0%A4%A`): a bad request. */
+  | { kind: 'undecodable'; parameter: string }
+  /** `allow` lists HEAD wherever GET is (RFC 9110: HEAD is GET without the body). */
+  | { kind: 'method-not-allowed'; allow: string[] }
   | { kind: 'not-found' };
 
 interface CompiledRoute {
@@ -76,7 +79,10 @@ function split(path: string): string[] {
   return path.split('/').filter((segment) => segment.length > 0);
 }
 
-/** Matches a path against the table: the route, or why not (no such path, or not with this method). */
+/**
+ * Matches a path against the table: the route, or why not (no such path, not with this method, or a parameter
+ * that does not decode). HEAD matches the GET route of its path.
+ */
 export function createRouter(routes: readonly Route[]): (method: string, path: string) => RouteMatch {
   const compiled: CompiledRoute[] = routes.map((route) => ({ route, segments: split(route.path) }));
   for (const [index, entry] of compiled.entries()) {
@@ -88,31 +94,44 @@ export function createRouter(routes: readonly Route[]): (method: string, path: s
   }
   return (method, path) => {
     const parts = split(path);
-    const allow: HttpMethod[] = [];
+    const allow: string[] = [];
     for (const { route, segments } of compiled) {
-      if (segments.length !== parts.length) continue;
-      const params: Record<string, string> = {};
-      let matches = true;
-      for (const [index, segment] of segments.entries()) {
-        const part = parts[index] as string;
-        if (segment.startsWith(':')) {
-          let decoded: string;
-          try {
-            decoded = decodeURIComponent(part);
-          } catch {
-            matches = false;
-            break;
-          }
-          params[segment.slice(1)] = decoded;
-        } else if (segment !== part) {
-          matches = false;
-          break;
-        }
+      const matched = matchSegments(segments, parts);
+      if (!matched) continue;
+      if (route.method === method || (method === 'HEAD' && route.method === 'GET')) {
+        if (matched.undecodable !== undefined) return { kind: 'undecodable', parameter: matched.undecodable };
+        return { kind: 'found', route, params: matched.params };
       }
-      if (!matches) continue;
-      if (route.method === method) return { kind: 'found', route, params };
       allow.push(route.method);
+      if (route.method === 'GET') allow.push('HEAD');
     }
     return allow.length > 0 ? { kind: 'method-not-allowed', allow } : { kind: 'not-found' };
   };
+}
+
+/**
+ * A path's parts against a route's segments: undefined when a literal differs or the count does; else the
+ * decoded parameters, and the first parameter that is not valid percent-encoding (the path is the route's,
+ * the request bad).
+ */
+function matchSegments(
+  segments: string[],
+  parts: string[],
+): { params: Record<string, string>; undecodable?: string } | undefined {
+  if (segments.length !== parts.length) return undefined;
+  const params: Record<string, string> = {};
+  let undecodable: string | undefined;
+  for (const [index, segment] of segments.entries()) {
+    const part = parts[index] as string;
+    if (!segment.startsWith(':')) {
+      if (segment !== part) return undefined;
+      continue;
+    }
+    try {
+      params[segment.slice(1)] = decodeURIComponent(part);
+    } catch {
+      undecodable ??= segment.slice(1);
+    }
+  }
+  return undecodable === undefined ? { params } : { params, undecodable };
 }

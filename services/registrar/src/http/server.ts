@@ -24,22 +24,23 @@ export interface ApiServer {
   close(): Promise<void>;
 }
 
-const METHODS = new Set<string>(['GET', 'PUT', 'POST', 'DELETE']);
+const METHODS = new Set<string>(['GET', 'HEAD', 'PUT', 'POST', 'DELETE']);
 
-function send(response: ServerResponse, answer: ApiResponse): void {
+/** Writes the answer; to a HEAD request, the headers a GET would get, without the body (RFC 9110 9.3.2). */
+function send(response: ServerResponse, answer: ApiResponse, head: boolean): void {
   const headers: Record<string, string> = { 'cache-control': 'no-store', ...answer.headers };
   if (answer.status === 204 || answer.body === undefined) {
     response.writeHead(answer.status, headers).end();
     return;
   }
   const text = JSON.stringify(answer.body);
-  response
-    .writeHead(answer.status, {
-      ...headers,
-      'content-type': 'application/json; charset=utf-8',
-      'content-length': String(Buffer.byteLength(text)),
-    })
-    .end(text);
+  response.writeHead(answer.status, {
+    ...headers,
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': String(Buffer.byteLength(text)),
+  });
+  if (head) response.end();
+  else response.end(text);
 }
 
 /** Reads the body up to `limit` bytes; a larger one is refused with 413 before it is all received. */
@@ -114,6 +115,11 @@ export async function startApiServer(options: ApiServerOptions): Promise<ApiServ
     const method = (request.method ?? 'GET').toUpperCase();
     const match = route(method, url.pathname);
     if (match.kind === 'not-found') throw new ApiError(404, 'NOT_FOUND', `no resource at ${url.pathname}`);
+    if (match.kind === 'undecodable') {
+      throw new ApiError(400, 'VALIDATION_FAILED', `the ${match.parameter} in the path is not valid`, [
+        { field: match.parameter, rule: 'must be percent-encoded UTF-8 (%C3%A9 for é)' },
+      ]);
+    }
     if (match.kind === 'method-not-allowed' || !METHODS.has(method)) {
       const allow = match.kind === 'method-not-allowed' ? match.allow.join(', ') : '';
       throw new ApiError(405, 'METHOD_NOT_ALLOWED', `${method} is not allowed here (allowed: ${allow})`, [], {
@@ -122,7 +128,8 @@ export async function startApiServer(options: ApiServerOptions): Promise<ApiServ
     }
     const body = parseJson(await readBody(request, options.maxBodyBytes), request.headers['content-type']);
     return match.route.handler({
-      method: method as HttpMethod,
+      // HEAD is answered as GET; `send` leaves the body out.
+      method: method === 'HEAD' ? 'GET' : (method as HttpMethod),
       path: url.pathname,
       params: match.params,
       query: url.searchParams,
@@ -161,7 +168,7 @@ export async function startApiServer(options: ApiServerOptions): Promise<ApiServ
       })
       .then((result) => {
         if (result.status === 413) result.headers = { ...result.headers, connection: 'close' };
-        send(response, result);
+        send(response, result, request.method === 'HEAD');
         const path = (request.url ?? '/').split('?')[0];
         requests?.inc({ method: request.method ?? '?', status: String(result.status) });
         log.info('request', {

@@ -22,14 +22,34 @@ describe('createRouter', () => {
   it('createRouter should tell a known path with another method from an unknown path', () => {
     expect(route('DELETE', '/v1/tenants/acme/defender')).toEqual({
       kind: 'method-not-allowed',
-      allow: ['GET', 'PUT'],
+      allow: ['GET', 'HEAD', 'PUT'],
+    });
+    expect(route('HEAD', '/v1/tenants/acme/defender/test')).toEqual({
+      kind: 'method-not-allowed',
+      allow: ['POST'],
     });
     expect(route('GET', '/v1/tenants/acme/defender/extra')).toEqual({ kind: 'not-found' });
     expect(route('GET', '/v1/tenants/acme')).toEqual({ kind: 'not-found' });
   });
 
-  it('createRouter should not match a parameter that is not valid percent-encoding', () => {
-    expect(route('GET', '/v1/tenants/%E0%A4%A/defender')).toEqual({ kind: 'not-found' });
+  it('createRouter should match HEAD to the GET route of its path', () => {
+    expect(route('HEAD', '/v1/tenants/acme/devices/d1')).toEqual({
+      kind: 'found',
+      route: routes[3],
+      params: { tenantId: 'acme', deviceId: 'd1' },
+    });
+  });
+
+  it('createRouter should name a parameter that is not valid percent-encoding on a known path', () => {
+    expect(route('GET', '/v1/tenants/%E0%A4%A/defender')).toEqual({
+      kind: 'undecodable',
+      parameter: 'tenantId',
+    });
+    expect(route('GET', '/v1/tenants/acme/devices/%ZZ')).toEqual({
+      kind: 'undecodable',
+      parameter: 'deviceId',
+    });
+    expect(route('GET', '/v1/tenants/%E0%A4%A/nowhere')).toEqual({ kind: 'not-found' });
   });
 
   it('createRouter should refuse a route registered twice', () => {

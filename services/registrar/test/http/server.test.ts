@@ -94,11 +94,35 @@ describe('startApiServer', () => {
     expect((await request('GET', '/v1/nothing')).body.error.code).toBe('NOT_FOUND');
     const post = await request('POST', '/v1/things/a');
     expect(post.status).toBe(405);
-    expect(post.headers.get('allow')).toBe('PUT, GET, DELETE');
+    expect(post.headers.get('allow')).toBe('PUT, GET, HEAD, DELETE');
     expect(post.body.error.code).toBe('METHOD_NOT_ALLOWED');
     expect(await request('GET', '/v1/things/missing')).toMatchObject({
       status: 404,
       body: { error: { code: 'THING_NOT_FOUND' } },
+    });
+  });
+
+  it('startApiServer should answer HEAD wherever GET is, with its status and headers and no body', async () => {
+    const get = await request('GET', '/v1/things/a');
+    const head = await request('HEAD', '/v1/things/a');
+    expect(head).toMatchObject({ status: 200, text: '' });
+    for (const name of ['content-type', 'content-length', 'cache-control'])
+      expect(head.headers.get(name)).toBe(get.headers.get(name));
+    expect(await request('HEAD', '/v1/things/missing')).toMatchObject({ status: 404, text: '' });
+    expect((await request('HEAD', '/v1/nothing')).status).toBe(404);
+  });
+
+  it('startApiServer should answer 400 naming a path parameter that is not valid percent-encoding', async () => {
+    const answer = await request('GET', '/v1/things/%E0%A4%A');
+    expect(answer).toMatchObject({
+      status: 400,
+      body: {
+        error: {
+          code: 'VALIDATION_FAILED',
+          message: 'the id in the path is not valid',
+          violations: [{ field: 'id', rule: 'must be percent-encoded UTF-8 (%C3%A9 for é)' }],
+        },
+      },
     });
   });
 
