@@ -7,3 +7,4 @@ export { createTestKafka, createUniqueTopics, deleteTopics, readDeadLetters, typ
 export { createTestRedis, deleteKeysMatching, testRedisPerTest, type TestRedis } from './redis';
 export { scoredDevice, tenantRecord, type TenantRecordOptions } from './records';
 export { inboundMessage } from './messages';
+export { capturingLogger, type LogLine } from './logs';

@@ -1,5 +1,6 @@
 import { KafkaJSConnectionError, KafkaJSNonRetriableError, KafkaJSNumberOfRetriesExceeded } from 'kafkajs';
 import { UrsError } from '@urs/resilience';
+import { capturingLogger, type LogLine } from '@urs/testkit';
 import { BusError } from '../src/publisher';
 import { isTransientKafkaError, retryWhileSettling } from '../src/settle';
 
@@ -194,18 +195,8 @@ describe('retryWhileSettling', () => {
 
   it('should log each retry with the reason, as a warning from the third on', async () => {
     const time = fakeTime();
-    const lines: Array<{ level: string; fields: Record<string, unknown> | undefined }> = [];
-    const record =
-      (level: string) =>
-      (_message: string, fields?: Record<string, unknown>): void =>
-        void lines.push({ level, fields });
-    const logger = {
-      debug: record('debug'),
-      info: record('info'),
-      warn: record('warn'),
-      error: record('error'),
-      child: () => logger,
-    };
+    const lines: LogLine[] = [];
+    const logger = capturingLogger(lines);
     let calls = 0;
     await retryWhileSettling(
       async () => {
@@ -214,7 +205,7 @@ describe('retryWhileSettling', () => {
       { operation: 'offsets of t', logger, now: time.now, sleep: time.sleep },
     );
     expect(lines.map((line) => line.level)).toEqual(['debug', 'debug', 'warn']);
-    expect(lines[2]?.fields).toEqual(
+    expect(lines[2]).toEqual(
       expect.objectContaining({ operation: 'offsets of t', attempt: 3, type: 'LEADER_NOT_AVAILABLE' }),
     );
   });

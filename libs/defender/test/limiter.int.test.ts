@@ -1,25 +1,13 @@
-import type { Logger } from '@urs/logging';
-import { type TestRedis, createTestRedis, deleteKeysMatching } from '@urs/testkit';
+import {
+  type LogLine,
+  type TestRedis,
+  capturingLogger,
+  createTestRedis,
+  deleteKeysMatching,
+} from '@urs/testkit';
 import { type CallLimiter, createSharedLimiter } from '../src';
 
 const MAX_CONCURRENT = 3;
-
-/** Keeps every line the limiter logs. */
-function capturingLogger(lines: string[]): Logger {
-  const log =
-    (level: string) =>
-    (message: string, fields?: Record<string, unknown>): void => {
-      lines.push(JSON.stringify({ level, message, ...fields }));
-    };
-  const logger: Logger = {
-    debug: log('debug'),
-    info: log('info'),
-    warn: log('warn'),
-    error: log('error'),
-    child: () => logger,
-  };
-  return logger;
-}
 
 /** Counts the jobs in flight in this process and remembers the highest count. */
 function concurrencyProbe(jobMs: number): {
@@ -45,7 +33,7 @@ function concurrencyProbe(jobMs: number): {
 
 let redis: TestRedis;
 let limiters: CallLimiter[];
-let lines: string[];
+let lines: LogLine[];
 /** Bottleneck keeps a limiter's state in `b_<id>_*`; the id is `<keyPrefix>defender-api`. */
 let bottleneckKeys: string;
 
@@ -95,7 +83,7 @@ describe('createSharedLimiter after its Redis keys are lost', () => {
     expect(await redis.client.hget(`b_${redis.prefix}defender-api_settings`, 'maxConcurrent')).toBe(
       String(MAX_CONCURRENT),
     );
-    expect(lines.filter((line) => line.includes('"level":"error"'))).toEqual([]);
+    expect(lines.filter((line) => line.level === 'error')).toEqual([]);
   });
 
   it('schedule should settle the jobs in flight when the keys are deleted, and run the next ones', async () => {

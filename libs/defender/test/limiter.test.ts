@@ -1,21 +1,5 @@
-import type { Logger } from '@urs/logging';
+import { capturingLogger, type LogLine } from '@urs/testkit';
 import { recogniseBottleneckErrorsOnRedis7 } from '../src/limiter';
-
-function capturingLogger(lines: string[]): Logger {
-  const log =
-    (level: string) =>
-    (message: string): void => {
-      lines.push(`${level} ${message}`);
-    };
-  const logger: Logger = {
-    debug: log('debug'),
-    info: log('info'),
-    warn: log('warn'),
-    error: log('error'),
-    child: () => logger,
-  };
-  return logger;
-}
 
 type Callback = (error: Error | null, replies?: unknown) => void;
 
@@ -76,10 +60,15 @@ describe('recogniseBottleneckErrorsOnRedis7', () => {
   });
 
   it('should warn and leave the connection alone when it has no __scriptArgs__ hook', () => {
-    const lines: string[] = [];
+    const lines: LogLine[] = [];
     const connection = {};
     expect(recogniseBottleneckErrorsOnRedis7(connection, capturingLogger(lines))).toBe(false);
     expect(connection).toEqual({});
-    expect(lines).toEqual([expect.stringMatching(/^warn defender limiter: .*__scriptArgs__/)]);
+    expect(lines).toEqual([
+      expect.objectContaining({
+        level: 'warn',
+        message: expect.stringMatching(/^defender limiter: .*__scriptArgs__/),
+      }),
+    ]);
   });
 });

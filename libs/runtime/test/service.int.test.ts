@@ -1,3 +1,4 @@
+import type { Kafka } from 'kafkajs';
 import {
   type ConsumerRunner,
   type ConsumerRunnerOptions,
@@ -19,6 +20,15 @@ function serviceEnv(prefix: string): Record<string, string> {
     URS_TOPIC_PARTITIONS: '1',
     URS_LOG_LEVEL: 'error',
   };
+}
+
+/** Deletes the topics a service of its own created (their names start with its prefix). */
+async function deleteTopicsOf(kafka: Kafka, prefix: string): Promise<void> {
+  const admin = kafka.admin();
+  await admin.connect();
+  const topics = (await admin.listTopics()).filter((topic) => topic.startsWith(prefix));
+  await admin.disconnect();
+  await deleteTopics(kafka, topics);
 }
 
 /** A runner of the service's tenant records, handled by `handler`. */
@@ -125,11 +135,7 @@ describe('startService', () => {
       expect(error?.message).toMatch(/session timeout/i);
     } finally {
       expect(await service.close()).toBe(true);
-      const admin = kafka.admin();
-      await admin.connect();
-      const topics = (await admin.listTopics()).filter((topic) => topic.startsWith(prefix));
-      await admin.disconnect();
-      await deleteTopics(kafka, topics);
+      await deleteTopicsOf(kafka, prefix);
     }
   });
 
@@ -155,11 +161,7 @@ describe('startService', () => {
       expect(error).toBe(stopped);
     } finally {
       expect(await service.close()).toBe(true);
-      const admin = kafka.admin();
-      await admin.connect();
-      const topics = (await admin.listTopics()).filter((topic) => topic.startsWith(prefix));
-      await admin.disconnect();
-      await deleteTopics(kafka, topics);
+      await deleteTopicsOf(kafka, prefix);
     }
   });
 });

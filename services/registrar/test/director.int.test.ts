@@ -1,9 +1,9 @@
 import type { Kafka, Producer } from 'kafkajs';
 import { createConsumerRunner, createPublisher, type ConsumerRunner, type Publisher } from '@urs/bus';
-import type { Logger } from '@urs/logging';
 import { createRegistrarStateStore, createTenantStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import {
+  capturingLogger,
   createTestKafka,
   createTestRedis,
   createUniqueTopics,
@@ -11,30 +11,13 @@ import {
   deleteTopics,
   uniqueId,
   waitFor,
+  type LogLine,
   type TestRedis,
 } from '@urs/testkit';
 import { createRegistrationHandler } from '../src/director';
 import { createTenantRebuilder, readHandledGeneration, readTenantLog } from '../src/rebuild';
 import { createTenantRegistry } from '../src/registry';
 import { registrationBody, testSealer } from './fakes';
-
-type LogLine = { level: string; message: string } & Record<string, unknown>;
-
-function capturingLogger(lines: LogLine[]): Logger {
-  const log =
-    (level: string) =>
-    (message: string, fields?: Record<string, unknown>): void => {
-      lines.push({ level, message, ...fields });
-    };
-  const logger: Logger = {
-    debug: log('debug'),
-    info: log('info'),
-    warn: log('warn'),
-    error: log('error'),
-    child: () => logger,
-  };
-  return logger;
-}
 
 const item = (tenantId: string, overrides: Record<string, unknown> = {}) => ({
   tenantId,
