@@ -74,15 +74,16 @@ export interface FailedMessage {
 }
 
 /**
- * The dead letter of a message that could not be processed: where it was, why, and its payload through
- * `redactor` (by default `redactPayload`), cut after 256 Ki characters.
+ * The dead letter of a message that could not be processed: where it was, why (at `options.now`, default
+ * now), and its payload through `options.redactPayload` (default `redactPayload`), cut after 256 Ki characters.
  */
 export function toDeadLetter(
   message: FailedMessage,
   error: unknown,
-  now: Date = new Date(),
-  redactor: PayloadRedactor = redactPayload,
+  options: { now?: Date; redactPayload?: PayloadRedactor } = {},
 ): DeadLetter {
+  const now = options.now ?? new Date();
+  const redactor = options.redactPayload ?? redactPayload;
   const payload = message.value === null ? null : redactor(message.value.toString('utf8'));
   return {
     schemaVersion: 1,

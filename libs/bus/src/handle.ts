@@ -142,8 +142,7 @@ export function createMessageProcessor(
         value: work.message.value,
       },
       error,
-      new Date(),
-      options.subscriptions.get(work.topic)?.redactPayload,
+      { redactPayload: options.subscriptions.get(work.topic)?.redactPayload },
     );
     // The dead letter itself must not be lost: if Kafka refuses it, the message is not settled.
     await options.publisher.send(options.dlqTopic, 'urs/dead-letter', [

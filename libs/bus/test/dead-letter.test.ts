@@ -76,7 +76,7 @@ describe('toDeadLetter', () => {
         value: Buffer.from('not json'),
       },
       Object.assign(new Error('the value is not JSON'), { code: 'MESSAGE_NOT_JSON', canRetry: false }),
-      new Date('2026-01-01T00:00:00Z'),
+      { now: new Date('2026-01-01T00:00:00Z') },
     );
     expect(letter).toEqual({
       schemaVersion: 1,

@@ -90,9 +90,8 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
         value: Buffer.from(JSON.stringify(item) ?? 'null', 'utf8'),
       },
       error,
-      new Date(),
       // Only what the contract pins down: a secret may sit under a mistyped name (`clientSecert`).
-      redactTenantPayload,
+      { redactPayload: redactTenantPayload },
     );
     await deps.publisher.send(deps.dlqTopic, 'urs/dead-letter', [{ key: letter.sourceTopic, value: letter }]);
   }
