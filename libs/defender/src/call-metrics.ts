@@ -8,6 +8,8 @@ const WAIT_BUCKETS = [0.001, 0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600];
 export interface CallMetrics {
   /** A call ended: its HTTP status, or `error` when no answer could be read (network, timeout, bad body). */
   called(endpoint: DefenderEndpointClass, status: number | 'error', seconds: number): void;
+  /** A call was not sent: its tenant's calls are held back after failing in a row (CallHealth). */
+  heldBack(endpoint: DefenderEndpointClass): void;
   /** A call is sent after waiting `quotaSeconds` for its tenant's quota, then `slotSeconds` for a slot. */
   waited(endpoint: DefenderEndpointClass, quotaSeconds: number, slotSeconds: number): void;
 }
@@ -21,7 +23,7 @@ export interface CallMetrics {
 export function createCallMetrics(registry: Registry): CallMetrics {
   const calls = registry.counter(
     'urs_defender_calls_total',
-    'Defender API calls, by endpoint (machines, vulnerabilities, bulk, exportFiles) and HTTP status (error: no answer read).',
+    "Defender API calls, by endpoint (machines, vulnerabilities, bulk, exportFiles) and HTTP status (error: no answer read; held-back: not sent, the tenant's calls failed too often in a row).",
   );
   const seconds = registry.histogram(
     'urs_defender_call_seconds',
@@ -36,6 +38,9 @@ export function createCallMetrics(registry: Registry): CallMetrics {
     called(endpoint, status, took) {
       calls.inc({ endpoint, status: String(status) });
       seconds.observe(took, { endpoint });
+    },
+    heldBack(endpoint) {
+      calls.inc({ endpoint, status: 'held-back' });
     },
     waited(endpoint, quotaSeconds, slotSeconds) {
       waits.observe(quotaSeconds, { endpoint, for: 'quota' });

@@ -2,6 +2,7 @@ import type { Agent } from 'node:https';
 import type { Logger } from '@urs/logging';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
+import type { CallHealthOptions } from './call-health';
 import { type DefenderEndpointOverrides, type DefenderEndpoints, resolveEndpoints } from './endpoints';
 import { DefenderError } from './errors';
 import { createApiCaller } from './http';
@@ -53,8 +54,13 @@ export interface DefenderClientDeps {
   httpsAgent?: Agent;
   /** Retries of 5xx, resets, timeouts, malformed bodies. Default DEFAULT_RETRY_POLICY (5 attempts, 200 ms–10 s). */
   retryPolicy?: RetryPolicy;
-  /** Timeout of one HTTP call, in milliseconds. Default 30000; keep it below the limiter's job expiration. */
+  /**
+   * Timeout of one HTTP call, in milliseconds (silence; for an answer read whole, the whole answer). Default
+   * 30000; keep it below the limiter's job expiration.
+   */
   requestTimeoutMs?: number;
+  /** When the tenant's calls go one at a time, or are held back, after failures in a row. Default CallHealth's. */
+  health?: CallHealthOptions;
   /** How long one call may wait out 429s in total, in milliseconds. Default 600000 (10 min). */
   maxThrottleWaitMs?: number;
   /** Told about every record skipped as invalid (they are also logged). */
@@ -139,6 +145,7 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
     retryPolicy: deps.retryPolicy ?? DEFAULT_RETRY_POLICY,
     requestTimeoutMs: deps.requestTimeoutMs ?? 30_000,
     maxThrottleWaitMs: deps.maxThrottleWaitMs ?? 600_000,
+    ...(deps.health ? { health: deps.health } : {}),
     logger,
     ...(deps.metrics ? { metrics: deps.metrics } : {}),
     ...(deps.random ? { random: deps.random } : {}),

@@ -1,12 +1,18 @@
 import type { Agent } from 'node:https';
 import type { Readable } from 'node:stream';
 import Bottleneck from 'bottleneck';
-import axios, { type AxiosAdapter, type AxiosResponse, type InternalAxiosRequestConfig } from 'axios';
+import axios, {
+  AxiosError,
+  type AxiosAdapter,
+  type AxiosResponse,
+  type InternalAxiosRequestConfig,
+} from 'axios';
 import type { Logger } from '@urs/logging';
 import { type RetryPolicy, retryDelayMs, sleep } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
+import { CallHealth, type CallHealthOptions, type CallOutcome } from './call-health';
 import { createCallMetrics } from './call-metrics';
-import { DefenderError, DefenderErrorCode } from './errors';
+import { DefenderError, DefenderErrorCode, isDefenderError } from './errors';
 import { type CallLimiter, SlotEndedError } from './limiter';
 import { MalformedODataError, ODataRowScanner, type ODataSink, type RowReader } from './odata-rows';
 import type { DefenderEndpointClass, QuotaClaim, QuotaGate } from './quota';
@@ -22,8 +28,14 @@ export interface ApiCallerOptions {
   httpsAgent: Agent;
   /** Retries of 5xx, resets, timeouts and malformed bodies (exponential backoff, full jitter). */
   retryPolicy: RetryPolicy;
-  /** Timeout of one HTTP call, in milliseconds. */
+  /**
+   * Timeout of one HTTP call, in milliseconds: how long its connection may stay silent, and for a call
+   * whose answer is read whole (a device's vulnerabilities, not a page read row by row) how long the whole
+   * answer may take, so a body that trickles in does not hold its slot until the slot ends.
+   */
   requestTimeoutMs: number;
+  /** When the tenant's calls go one at a time, or are held back, after failures in a row (see CallHealth). */
+  health?: CallHealthOptions;
   /** Total time one call may spend waiting out 429s before it fails THROTTLED, in milliseconds. */
   maxThrottleWaitMs: number;
   logger: Logger;
@@ -114,6 +126,36 @@ const TRANSIENT_NETWORK = new Set([
   'ERR_SOCKET_CONNECTION_TIMEOUT',
 ]);
 
+/** Network codes of a call that ran out of time (axios's own timeout, or the deadline of `withinDeadline`). */
+const TIMED_OUT = new Set(['ECONNABORTED', 'ETIMEDOUT']);
+
+/**
+ * Runs a request with `abortOn`, for at most `ms`: one that runs out of time fails as axios's own timeout
+ * does (ECONNABORTED), whether its answer never began or keeps trickling in. axios's `timeout` alone is a
+ * silence timeout: a body that sends a byte now and then is never stopped by it.
+ */
+async function withinDeadline<T>(
+  abortOn: AbortSignal,
+  ms: number,
+  run: (signal: AbortSignal) => Promise<T>,
+): Promise<T> {
+  const deadline = new AbortController();
+  const stop = (): void => deadline.abort();
+  const timer = setTimeout(stop, ms);
+  if (abortOn.aborted) stop();
+  else abortOn.addEventListener('abort', stop, { once: true });
+  try {
+    return await run(deadline.signal);
+  } catch (error) {
+    if (deadline.signal.aborted && !abortOn.aborted)
+      throw new AxiosError(`timeout of ${ms}ms exceeded`, AxiosError.ECONNABORTED);
+    throw error;
+  } finally {
+    clearTimeout(timer);
+    abortOn.removeEventListener('abort', stop);
+  }
+}
+
 function mdeErrorText(body: string): string {
   try {
     const parsed = JSON.parse(body) as { error?: { code?: unknown; message?: unknown } };
@@ -138,6 +180,15 @@ export function environmentHasProxy(env: NodeJS.ProcessEnv = process.env): boole
  * signal). The call sends its request with `abortOn`: aborted by the caller's signal or by the slot's end.
  */
 type Slot = <T extends { status: number }>(call: (abortOn: AbortSignal) => Promise<T>) => Promise<T>;
+
+/** What a call's slot answers when the tenant's health does not let the call go now (CallHealth.start). */
+const NOT_NOW = Symbol('not now');
+
+/** An answer, for the tenant's health: 5xx and 408 are the API failing, a 429 is its quota, not its health. */
+function outcomeOf(status: number): CallOutcome {
+  if (status === 429) return 'neither';
+  return status >= 500 || status === 408 ? 'failed' : 'answered';
+}
 
 /** A quota wait this long (seconds) has the call ask for its token again before it is sent. */
 const TOKEN_RECHECK_AFTER_QUOTA_WAIT_S = 1;
@@ -170,6 +221,7 @@ function requestSignal(
 export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   const { azureTenantId, apiBase, tokens, limiter, quota, logger } = options;
   const metrics = options.metrics ? createCallMetrics(options.metrics) : undefined;
+  const health = new CallHealth(azureTenantId, options.health);
   const origin = new URL(apiBase).origin;
   /** The API base's own path (a gateway's `/mde`), without its last slash; '' for a host's root. */
   const basePath = new URL(apiBase).pathname.replace(/\/+$/, '');
@@ -220,7 +272,10 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     // The axios error holds the request config with the bearer token: keep only its code.
     return new DefenderError(
       DefenderErrorCode.UNAVAILABLE,
-      `The Defender API could not be reached (${code}) for tenant ${azureTenantId} on ${path}`,
+      TIMED_OUT.has(code) && !signal?.aborted
+        ? `The Defender API did not answer tenant ${azureTenantId} on ${path} within ` +
+            `${options.requestTimeoutMs / 1000} s (${code})`
+        : `The Defender API could not be reached (${code}) for tenant ${azureTenantId} on ${path}`,
       {
         canRetry:
           !signal?.aborted && (TRANSIENT_NETWORK.has(code) || !/CERT|SIGNATURE|SELF_SIGNED|TLS/.test(code)),
@@ -259,7 +314,11 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
         params,
         headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' },
         adapter: (config: InternalAxiosRequestConfig) =>
-          slot((abortOn) => httpAdapter({ ...config, signal: abortOn })),
+          slot((abortOn) =>
+            withinDeadline(abortOn, options.requestTimeoutMs, (request) =>
+              httpAdapter({ ...config, signal: request }),
+            ),
+          ),
         ...(signal ? { signal } : {}),
       });
     } catch (error) {
@@ -409,6 +468,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   /**
    * Runs `call` in one of the shared slots. The call counts against the tenant's quota from when it is sent,
    * as Microsoft counts it, and its waits (`quotaSeconds` before, the slot's here) and outcome go to the metrics.
+   * The tenant's health decides, once the slot is held, whether the call may go now; one that may not gives
+   * the slot back at once and asks for one again at its turn.
    */
   async function inSlot<T extends { status: number }>(
     endpoint: DefenderEndpointClass,
@@ -418,23 +479,55 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     call: (abortOn: AbortSignal) => Promise<T>,
   ): Promise<T> {
     const queued = performance.now();
-    let sentAt = 0;
-    let slotEnded: AbortSignal | undefined;
-    try {
-      const response = await limiter.schedule((slotEnds) => {
-        slotEnded = slotEnds;
-        sentAt = performance.now();
-        claim.sent();
-        metrics?.waited(endpoint, quotaSeconds, (sentAt - queued) / 1000);
-        const request = requestSignal(signal, slotEnds);
-        return call(request.signal).finally(request.done);
-      });
-      metrics?.called(endpoint, response.status, (performance.now() - sentAt) / 1000);
-      return response;
-    } catch (error) {
-      if (sentAt > 0) metrics?.called(endpoint, 'error', (performance.now() - sentAt) / 1000);
-      throw slotExpired(error, endpoint, slotEnded) ?? error;
+    for (;;) {
+      let sentAt = 0;
+      let slotEnded: AbortSignal | undefined;
+      try {
+        const response = await limiter.schedule(async (slotEnds) => {
+          if (!health.start()) return NOT_NOW;
+          slotEnded = slotEnds;
+          sentAt = performance.now();
+          claim.sent();
+          metrics?.waited(endpoint, quotaSeconds, (sentAt - queued) / 1000);
+          const request = requestSignal(signal, slotEnds);
+          return call(request.signal).finally(request.done);
+        });
+        if (response === NOT_NOW) {
+          await health.turn(signal);
+          continue;
+        }
+        health.leave(outcomeOf(response.status), `answered ${response.status}`);
+        metrics?.called(endpoint, response.status, (performance.now() - sentAt) / 1000);
+        return response;
+      } catch (error) {
+        if (sentAt > 0) {
+          const failure = failureOf(error, signal, slotEnded);
+          health.leave(failure === undefined ? 'neither' : 'failed', failure);
+          metrics?.called(endpoint, 'error', (performance.now() - sentAt) / 1000);
+        } else if (CallHealth.isHeldBack(error)) metrics?.heldBack(endpoint);
+        throw slotExpired(error, endpoint, slotEnded) ?? error;
+      }
     }
+  }
+
+  /**
+   * Why a call that was sent failed for the API's own reasons (no answer in time, a connection lost, the
+   * slot's end), in a few words; undefined when it did not: its caller stopped it, or the answer was not JSON.
+   */
+  function failureOf(
+    error: unknown,
+    signal: AbortSignal | undefined,
+    slotEnded: AbortSignal | undefined,
+  ): string | undefined {
+    if (signal?.aborted) return undefined;
+    if (slotEnded?.reason instanceof SlotEndedError)
+      return `held its call slot ${slotEnded.reason.heldMs} ms`;
+    let code: string | undefined;
+    if (axios.isAxiosError(error)) code = error.code ?? 'ERROR';
+    else if (isDefenderError(error, DefenderErrorCode.UNAVAILABLE))
+      code = String(error.details['networkCode'] ?? 'ERROR');
+    if (code === undefined) return undefined;
+    return TIMED_OUT.has(code) ? `no answer within ${options.requestTimeoutMs / 1000} s` : code;
   }
 
   /**
@@ -512,6 +605,10 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
         return await once();
       } catch (error) {
         if (!(error instanceof DefenderError) || !error.canRetry || signal?.aborted) throw error;
+        if (CallHealth.isHeldBack(error)) throw error;
+        // The tenant's calls failed too often in a row: this one ends too, without waiting to be retried.
+        const heldBack = health.heldBack(error);
+        if (heldBack) throw heldBack;
         let delayMs: number;
         if (error.code === DefenderErrorCode.THROTTLED) {
           throttles++;

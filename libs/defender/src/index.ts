@@ -31,6 +31,8 @@ export { createSharedLimiter, createLocalLimiter } from './limiter';
 export { withSlotHandOff } from './handoff';
 export type { SlotHandOffOptions } from './handoff';
 export type { CallLimiter, SharedLimiterOptions } from './limiter';
+export { CallHealth } from './call-health';
+export type { CallHealthOptions, CallOutcome } from './call-health';
 export { createApiCaller, environmentHasProxy, parseRetryAfterMs } from './http';
 export type { ApiCaller, ApiCallerOptions, ApiResult, RowsScan } from './http';
 export {

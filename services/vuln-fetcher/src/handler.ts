@@ -8,7 +8,7 @@ import {
   type TenantRecord,
   type VulnerabilityCorrection,
 } from '@urs/contracts';
-import { DefenderErrorCode } from '@urs/defender';
+import { CallHealth, DefenderErrorCode } from '@urs/defender';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage, keepRenewing, sleep } from '@urs/resilience';
 import type { BulkVulnerabilityCache, CycleStore, LatestExport, TenantStore } from '@urs/store';
@@ -133,7 +133,8 @@ function anyAborted(signals: (AbortSignal | undefined)[]): { signal: AbortSignal
  * Device calls of a batch failing in a row because Defender is down or throttles for longer than a call
  * waits: the tenant's outage, not the devices'. After this many the cycle's other devices are not asked
  * for (the rest of the batch, and the cycle's later batches, as after a credentials failure), so one
- * tenant's outage does not hold the 10 shared slots for each of its devices' retries and timeouts.
+ * tenant's outage does not hold the 10 shared slots for each of its devices' retries and timeouts. The
+ * Defender client counts its attempts too (CallHealth): a call it holds back stops the cycle's calls at once.
  */
 const OUTAGE_AFTER_FAILURES = 10;
 const OUTAGE_CODES: ReadonlySet<string> = new Set([
@@ -262,7 +263,8 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
           outageRun = 0;
         } catch (error) {
           const fetchError = { code: errorCode(error), message: errorMessage(error) };
-          if (isTenantWideFailure(error)) tenantFailure ??= fetchError;
+          // A hold-back speaks for the tenant's calls, not this device's: the cycle asks for no more of them.
+          if (isTenantWideFailure(error) || CallHealth.isHeldBack(error)) tenantFailure ??= fetchError;
           else log.warn('device vulnerabilities not fetched', { deviceId: machine.id, ...fetchError });
           outageRun = OUTAGE_CODES.has(fetchError.code) ? outageRun + 1 : 0;
           if (outageRun >= OUTAGE_AFTER_FAILURES)

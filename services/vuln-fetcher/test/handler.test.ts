@@ -1,6 +1,6 @@
 import type { InboundMessage, Publisher } from '@urs/bus';
 import type { DeviceBatch, EnrichedBatch, TenantRecord, VulnerabilitySummary } from '@urs/contracts';
-import { DefenderError, DefenderErrorCode } from '@urs/defender';
+import { CallHealth, DefenderError, DefenderErrorCode } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
 import type { BulkExportState, BulkVulnerabilityCache, TenantStatus } from '@urs/store';
 import { Registry } from '@urs/telemetry';
@@ -215,6 +215,42 @@ describe('createEnrichHandler', () => {
       (sent[1] as EnrichedBatch).devices.every((d) => d.fetchError?.code === 'DEFENDER_UNAVAILABLE'),
     ).toBe(true);
     expect(statuses[0]).toMatchObject({ state: 'error', lastErrorCode: 'DEFENDER_UNAVAILABLE' });
+  });
+
+  it('should stop calling for a tenant at the first call the Defender client holds back, and say why in its status', async () => {
+    let calls = 0;
+    const health = new CallHealth('azure-t1', { holdBackAfter: 1 });
+    health.start();
+    health.leave('failed', 'no answer within 30 s');
+    const devices = Array.from({ length: 20 }, (_, i) => ({ id: `d${i}` }));
+    const { handler, sent, statuses } = setup(
+      {
+        machineVulnerabilities: async (id) => {
+          calls++;
+          if (id === 'd0') return [];
+          throw health.heldBack();
+        },
+      },
+      { concurrency: 1 },
+    );
+    await handler(
+      message(batch({ devices, lastBatch: false, totalBatches: undefined, totalDevices: undefined })),
+    );
+    await handler(message(batch({ batchIndex: 1, devices: devices.slice(0, 5) })));
+    expect(calls).toBe(2);
+    const first = (sent[0] as EnrichedBatch).devices;
+    expect(first[0]?.vulnerabilities).not.toBeNull();
+    expect(first.slice(1).every((d) => d.fetchError?.message.includes('its calls are held back until'))).toBe(
+      true,
+    );
+    expect((sent[1] as EnrichedBatch).devices.every((d) => d.vulnerabilities === null)).toBe(true);
+    expect(statuses[0]).toMatchObject({
+      state: 'error',
+      lastErrorCode: 'DEFENDER_UNAVAILABLE',
+      lastErrorMessage: expect.stringMatching(
+        /^The Defender API of tenant azure-t1 failed 1 calls in a row \(last: no answer within 30 s\)/,
+      ),
+    });
   });
 
   it('should stop calling for a tenant whose credentials fail, and say so in its status', async () => {

@@ -1,0 +1,147 @@
+import { DefenderError, DefenderErrorCode } from './errors';
+
+export interface CallHealthOptions {
+  /**
+   * Failed calls in a row (no answer in time, a connection lost, a 5xx) after which the tenant's calls go
+   * one at a time: a tenant whose API hangs then holds one of the shared slots, not all of them. Default 3.
+   * Each call that succeeds doubles what may be in flight again, until the tenant's calls are free once more.
+   */
+  oneAtATimeAfter?: number;
+  /**
+   * Failed calls in a row after which the tenant's calls are held back (they fail at once, their retries are
+   * not made) for `holdBackMs`; then one call is tried again. Default 10.
+   */
+  holdBackAfter?: number;
+  /** How long calls are held back, in milliseconds. Default 30000. */
+  holdBackMs?: number;
+  /**
+   * In flight above which a recovering tenant's calls are free again (no gate at all). Default 10, the shared
+   * limit of calls in flight.
+   */
+  freeAbove?: number;
+  now?: () => number;
+}
+
+/** How an attempt ended, for the tenant's health: answered, failed for the API's own reasons, or neither. */
+export type CallOutcome = 'answered' | 'failed' | 'neither';
+
+interface Waiter {
+  wake: () => void;
+}
+
+/**
+ * One tenant's Defender calls: how many may be in flight, from what the last ones showed. While its calls
+ * are answered the tenant is not held back at all (the shared slots and its quota are its only limits). A
+ * tenant whose API stops answering (hangs, trickles a body, answers 5xx) would otherwise keep all 10 shared
+ * slots busy with its calls, their timeouts and their retries, while every other tenant waits: after
+ * `oneAtATimeAfter` failures in a row its calls go one at a time, after `holdBackAfter` they fail at once
+ * for `holdBackMs`, and the first call answered lets the tenant's calls out again, doubling at each answer.
+ * Of this process only: a tenant's batches go to one vuln-fetcher (they are keyed by tenant).
+ */
+export class CallHealth {
+  private readonly oneAtATimeAfter: number;
+  private readonly holdBackAfter: number;
+  private readonly holdBackMs: number;
+  private readonly freeAbove: number;
+  private readonly now: () => number;
+  private failuresInARow = 0;
+  /** Calls that may be in flight; Infinity while the tenant's calls are free. */
+  private limit = Infinity;
+  private inFlight = 0;
+  private heldBackUntil = 0;
+  private lastFailure = '';
+  private readonly waiting: Waiter[] = [];
+
+  constructor(
+    private readonly azureTenantId: string,
+    options: CallHealthOptions = {},
+  ) {
+    this.oneAtATimeAfter = options.oneAtATimeAfter ?? 3;
+    this.holdBackAfter = options.holdBackAfter ?? 10;
+    this.holdBackMs = options.holdBackMs ?? 30_000;
+    this.freeAbove = options.freeAbove ?? 10;
+    this.now = options.now ?? Date.now;
+  }
+
+  /**
+   * Whether one more of the tenant's calls may be sent now (always, while its calls are free); if so it
+   * counts in flight until `leave`. Called once the call holds its shared slot, so a call that may not go
+   * gives the slot straight back and waits for its `turn`: calls queued for a slot before the tenant's
+   * trouble showed do not keep the slots from other tenants. Throws UNAVAILABLE while the tenant's calls
+   * are held back (see `heldBack`).
+   */
+  start(): boolean {
+    const heldBack = this.heldBack();
+    if (heldBack) throw heldBack;
+    if (this.inFlight >= this.limit) return false;
+    this.inFlight++;
+    return true;
+  }
+
+  /**
+   * Resolves when `start` may say otherwise than it did: at once if a call ended since (the answer of
+   * `start` took a turn of the event loop to reach its caller), else when one of the tenant's calls in
+   * flight ends or `signal` aborts.
+   */
+  turn(signal?: AbortSignal): Promise<void> {
+    if (this.inFlight < this.limit || this.now() < this.heldBackUntil) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const waiter: Waiter = {
+        wake: () => {
+          signal?.removeEventListener('abort', waiter.wake);
+          resolve();
+        },
+      };
+      if (signal?.aborted) return resolve();
+      signal?.addEventListener('abort', waiter.wake, { once: true });
+      this.waiting.push(waiter);
+    });
+  }
+
+  /**
+   * The call that `start` let go ended: answered, failed for the API's own reasons (`failure` says how, for
+   * the message of a hold-back), or neither (throttled, stopped by its caller, refused for the setup).
+   */
+  leave(outcome: CallOutcome, failure = ''): void {
+    this.inFlight--;
+    if (outcome === 'answered') {
+      this.failuresInARow = 0;
+      this.limit = this.limit * 2 > this.freeAbove ? Infinity : this.limit * 2;
+    } else if (outcome === 'failed') {
+      this.lastFailure = failure;
+      this.failuresInARow++;
+      if (this.failuresInARow >= this.oneAtATimeAfter) this.limit = 1;
+      if (this.failuresInARow >= this.holdBackAfter) {
+        this.heldBackUntil = this.now() + this.holdBackMs;
+        this.limit = 1; // once the hold-back ends, one call tries the API again
+      }
+    }
+    // Waiting calls look again: one may go, or all end with the hold-back.
+    this.wakeAll();
+  }
+
+  /**
+   * The error that ends a call while the tenant's calls are held back (with `cause`, the call's own last
+   * failure, if any); none when they are not.
+   */
+  heldBack(cause?: unknown): DefenderError | undefined {
+    const until = this.heldBackUntil;
+    if (this.now() >= until) return undefined;
+    return new DefenderError(
+      DefenderErrorCode.UNAVAILABLE,
+      `The Defender API of tenant ${this.azureTenantId} failed ${this.failuresInARow} calls in a row ` +
+        `(last: ${this.lastFailure}); its calls are held back until ${new Date(until).toISOString()}, ` +
+        'then one is tried again',
+      { canRetry: true, cause, details: { azureTenantId: this.azureTenantId, heldBackUntil: until } },
+    );
+  }
+
+  /** Whether `error` is one `heldBack` gave: the call is over, retrying it now cannot help. */
+  static isHeldBack(error: unknown): boolean {
+    return error instanceof DefenderError && error.details['heldBackUntil'] !== undefined;
+  }
+
+  private wakeAll(): void {
+    for (const waiter of this.waiting.splice(0)) waiter.wake();
+  }
+}

@@ -1,0 +1,143 @@
+import { CallHealth, DefenderErrorCode } from '../src';
+
+/** A tenant's health on a clock the test moves. */
+function healthAt(options: ConstructorParameters<typeof CallHealth>[1] = {}) {
+  const clock = { now: 1_000_000 };
+  const health = new CallHealth('tenant-a', { now: () => clock.now, ...options });
+  return { health, clock };
+}
+
+/** Starts as many calls as the health lets go at once. */
+function startAll(health: CallHealth, tries: number): number {
+  let started = 0;
+  for (let i = 0; i < tries; i++) if (health.start()) started++;
+  return started;
+}
+
+/** `n` calls started one after the other, each failing with `failure`. */
+function failCalls(health: CallHealth, n: number, failure = 'no answer within 30 s'): void {
+  for (let i = 0; i < n; i++) {
+    expect(health.start()).toBe(true);
+    health.leave('failed', failure);
+  }
+}
+
+describe('CallHealth', () => {
+  it('start should let every call go while the tenant’s calls are answered', () => {
+    const { health } = healthAt();
+    expect(startAll(health, 50)).toBe(50);
+    for (let i = 0; i < 50; i++) health.leave('answered');
+    expect(startAll(health, 50)).toBe(50);
+  });
+
+  it('start should let one call go at a time after oneAtATimeAfter failures in a row, not before', () => {
+    const { health } = healthAt({ oneAtATimeAfter: 3 });
+    failCalls(health, 2);
+    expect(startAll(health, 5)).toBe(5);
+    for (let i = 0; i < 5; i++) health.leave('neither');
+    failCalls(health, 1);
+    expect(health.start()).toBe(true);
+    expect(health.start()).toBe(false);
+  });
+
+  it('an answered call should clear the failures in a row, so scattered failures never slow the tenant', () => {
+    const { health } = healthAt({ oneAtATimeAfter: 3 });
+    for (let round = 0; round < 10; round++) {
+      failCalls(health, 2);
+      expect(health.start()).toBe(true);
+      health.leave('answered');
+    }
+    expect(startAll(health, 20)).toBe(20);
+  });
+
+  it('each answered call should double what may be in flight, until the calls are free again', () => {
+    const { health } = healthAt({ oneAtATimeAfter: 1, freeAbove: 10 });
+    failCalls(health, 1);
+    const allowed: number[] = [];
+    for (let round = 0; round < 5; round++) {
+      const started = startAll(health, 30);
+      allowed.push(started);
+      health.leave('answered');
+      for (let i = 1; i < started; i++) health.leave('neither');
+    }
+    expect(allowed).toEqual([1, 2, 4, 8, 30]);
+  });
+
+  it('throttled, stopped or unreadable answers (neither) should not count as failures', () => {
+    const { health } = healthAt({ oneAtATimeAfter: 2, holdBackAfter: 2 });
+    for (let i = 0; i < 20; i++) {
+      expect(health.start()).toBe(true);
+      health.leave('neither');
+    }
+    expect(health.heldBack()).toBeUndefined();
+    expect(startAll(health, 5)).toBe(5);
+  });
+
+  it('start should throw UNAVAILABLE naming the tenant, the failures and the time after holdBackAfter failures in a row', () => {
+    const { health, clock } = healthAt({ holdBackAfter: 10, holdBackMs: 30_000 });
+    failCalls(health, 9);
+    expect(health.heldBack()).toBeUndefined();
+    failCalls(health, 1, 'answered 503');
+    const until = new Date(clock.now + 30_000).toISOString();
+    let thrown: unknown;
+    try {
+      health.start();
+    } catch (error) {
+      thrown = error;
+    }
+    expect(thrown).toMatchObject({
+      code: DefenderErrorCode.UNAVAILABLE,
+      canRetry: true,
+      message:
+        `The Defender API of tenant tenant-a failed 10 calls in a row (last: answered 503); ` +
+        `its calls are held back until ${until}, then one is tried again`,
+    });
+    expect(CallHealth.isHeldBack(thrown)).toBe(true);
+  });
+
+  it('after holdBackMs one call should be tried; its failure should hold the calls back again, its answer free them', () => {
+    const { health, clock } = healthAt({ holdBackAfter: 4, holdBackMs: 1_000 });
+    failCalls(health, 4);
+    clock.now += 999;
+    expect(() => health.start()).toThrow(/held back/);
+    clock.now += 1;
+    expect(health.start()).toBe(true);
+    expect(health.start()).toBe(false);
+    health.leave('failed', 'ECONNRESET');
+    expect(health.heldBack()?.message).toContain('failed 5 calls in a row (last: ECONNRESET)');
+    clock.now += 1_000;
+    expect(health.start()).toBe(true);
+    health.leave('answered');
+    expect(health.heldBack()).toBeUndefined();
+    expect(startAll(health, 2)).toBe(2);
+  });
+
+  it('heldBack should keep the call’s own failure as its cause', () => {
+    const { health } = healthAt({ holdBackAfter: 1 });
+    failCalls(health, 1);
+    const own = new Error('the call’s own failure');
+    expect(health.heldBack(own)?.cause).toBe(own);
+    expect(CallHealth.isHeldBack(own)).toBe(false);
+  });
+
+  it('turn should wake a waiting call when one of the tenant’s calls ends, or when its signal aborts', async () => {
+    const { health } = healthAt({ oneAtATimeAfter: 1, holdBackAfter: 5 });
+    failCalls(health, 1);
+    expect(health.start()).toBe(true);
+    expect(health.start()).toBe(false);
+    let woke = false;
+    const waiting = health.turn().then(() => (woke = true));
+    await Promise.resolve();
+    expect(woke).toBe(false);
+    health.leave('answered');
+    await waiting;
+    expect(health.start()).toBe(true);
+
+    const stop = new AbortController();
+    const stopped = health.turn(stop.signal);
+    stop.abort();
+    await expect(stopped).resolves.toBeUndefined();
+    const already = health.turn(stop.signal);
+    await expect(already).resolves.toBeUndefined();
+  });
+});
