@@ -16,7 +16,7 @@ import { DefenderError, DefenderErrorCode, isDefenderError } from './errors';
 import { type CallLimiter, SlotEndedError } from './limiter';
 import { MalformedODataError, ODataRowScanner, type ODataSink, type RowReader } from './odata-rows';
 import type { DefenderEndpointClass, QuotaClaim, QuotaGate } from './quota';
-import { decodeTokenClaims, type TokenSource } from './token';
+import { decodeTokenClaims, duration, hostOf, type TokenSource } from './token';
 
 export interface ApiCallerOptions {
   azureTenantId: string;
@@ -591,12 +591,33 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     }
   }
 
+  /**
+   * Why a call whose caller stopped waiting (`signal`) ended: at a deadline (a signal of
+   * `AbortSignal.timeout`: the access test's time limit), with the API not answering, that it did not answer
+   * within that time, in words an administrator can act on; otherwise the call's last error.
+   */
+  function stoppedWith(error: unknown, signal: AbortSignal, url: string, since: number): unknown {
+    // By name: the reason is a DOMException, of another realm than this code's Error in a VM context.
+    const timedOut = (signal.reason as { name?: unknown } | undefined)?.name === 'TimeoutError';
+    if (!timedOut || !isDefenderError(error, DefenderErrorCode.UNAVAILABLE)) return error;
+    if (error.details['networkCode'] === undefined) return error;
+    const path = new URL(url).pathname;
+    return new DefenderError(
+      DefenderErrorCode.UNAVAILABLE,
+      `The Defender API (${hostOf(apiBase)}) did not answer tenant ${azureTenantId} on ${path} within ` +
+        `${duration(Date.now() - since)}: it may be down, or not reachable from here`,
+      { canRetry: true, cause: error, details: { azureTenantId, path } },
+    );
+  }
+
   /** Retries a call on transient failures and waits out 429s (shared with every process via the quota). */
   async function withRetries<R>(
     endpoint: DefenderEndpointClass,
+    url: string,
     signal: AbortSignal | undefined,
     once: () => Promise<R>,
   ): Promise<R> {
+    const since = Date.now();
     let failures = 0;
     let throttles = 0;
     let throttledMs = 0;
@@ -604,7 +625,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       try {
         return await once();
       } catch (error) {
-        if (!(error instanceof DefenderError) || !error.canRetry || signal?.aborted) throw error;
+        if (signal?.aborted) throw stoppedWith(error, signal, url, since);
+        if (!(error instanceof DefenderError) || !error.canRetry) throw error;
         if (CallHealth.isHeldBack(error)) throw error;
         // The tenant's calls failed too often in a row: this one ends too, without waiting to be retried.
         const heldBack = health.heldBack(error);
@@ -638,6 +660,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
           throttles,
         });
         await sleep(delayMs, signal);
+        // Stopped while waiting to retry: the call ends with why it was being retried.
+        if (signal?.aborted) throw stoppedWith(error, signal, url, since);
       }
     }
   }
@@ -650,7 +674,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     send: (url: string, token: string, abortOn: AbortSignal) => Promise<AxiosResponse<string> | RowsScan>,
   ): Promise<RowsScan> {
     const url = resolveUrl(pathOrUrl);
-    const result = await withRetries(endpoint, signal, () =>
+    const result = await withRetries(endpoint, url, signal, () =>
       // The answer is read in the slot as it arrives, so the whole call runs in it.
       attempt<RowsScan>(endpoint, url, signal, (token, slot) => slot((abortOn) => send(url, token, abortOn))),
     );
@@ -674,7 +698,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   return {
     get(endpoint, pathOrUrl, params, signal) {
       const url = resolveUrl(pathOrUrl);
-      return withRetries(endpoint, signal, () =>
+      return withRetries(endpoint, url, signal, () =>
         attempt<ApiResult>(endpoint, url, signal, (token, slot) => send(url, token, params, slot, signal)),
       );
     },

@@ -269,7 +269,7 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
 }
 
 /** The host of an authority URL (`login.microsoftonline.com`), or the text as given when it is no URL. */
-function hostOf(url: string): string {
+export function hostOf(url: string): string {
   try {
     return new URL(url).host;
   } catch {
@@ -278,7 +278,7 @@ function hostOf(url: string): string {
 }
 
 /** A wait in words: whole seconds from one second on (`30 seconds`), milliseconds below. */
-function duration(ms: number): string {
+export function duration(ms: number): string {
   if (ms < 1_000) return `${Math.round(ms)} ms`;
   const seconds = Math.round(ms / 1_000);
   return `${seconds} second${seconds === 1 ? '' : 's'}`;

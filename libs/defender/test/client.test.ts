@@ -677,3 +677,57 @@ describe('createDefenderClient vulnerabilities', () => {
     expect(error.code).toBe(DefenderErrorCode.INVALID_CONFIG);
   });
 });
+
+describe('createDefenderClient API that hangs or fails past the caller’s time limit', () => {
+  it('checkAccess should say that the Defender API did not answer within the wait, naming it, without the secret', async () => {
+    const own = newApp();
+    sim.addTenant({ azureTenantId: own.azureTenantId, apps: [own] });
+    // The API, not Entra: the token is issued, the device list never answers.
+    sim.setFaults(own.azureTenantId, { timeoutRate: 1 });
+    const { client, close } = simClient(sim, own, { requestTimeoutMs: 30_000 });
+    try {
+      const report = await client.checkAccess(AbortSignal.timeout(2_000));
+      expect(report).toMatchObject({
+        ok: false,
+        tokenIssued: true,
+        machinesReadable: false,
+        error: { code: DefenderErrorCode.UNAVAILABLE },
+      });
+      expect(report.verdict).toBe(
+        `FAIL: The Defender API (${new URL(sim.baseUrl).host}) did not answer tenant ${own.azureTenantId} ` +
+          'on /api/machines within 2 seconds: it may be down, or not reachable from here',
+      );
+      expect(JSON.stringify(report)).not.toContain(own.clientSecret);
+    } finally {
+      sim.removeTenant(own.azureTenantId);
+      await close();
+    }
+  });
+
+  it('checkAccess stopped at its time limit while it waits to retry should keep why it was retrying', async () => {
+    const own = newApp();
+    sim.addTenant({ azureTenantId: own.azureTenantId, apps: [own] });
+    sim.setFaults(own.azureTenantId, { status5xxRate: 1 });
+    const { client, close } = simClient(sim, own, {
+      retryPolicy: retryPolicy({ maxAttempts: 5, initialDelayMs: 5_000, maxDelayMs: 5_000 }),
+      // Full jitter at its top: each retry waits the whole 5 s, far past the 1 s limit.
+      random: () => 0.999,
+    });
+    try {
+      const report = await client.checkAccess(AbortSignal.timeout(1_000));
+      expect(report).toMatchObject({
+        ok: false,
+        tokenIssued: true,
+        error: { code: DefenderErrorCode.UNAVAILABLE },
+      });
+      expect(report.verdict).toMatch(
+        new RegExp(
+          `^FAIL: The Defender API answered 50[03] for tenant ${own.azureTenantId} on /api/machines$`,
+        ),
+      );
+    } finally {
+      sim.removeTenant(own.azureTenantId);
+      await close();
+    }
+  });
+});
