@@ -10,13 +10,23 @@ import axios, {
 import type { Logger } from '@urs/logging';
 import { type RetryPolicy, retryDelayMs, sleep } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
-import { CallHealth, type CallHealthOptions, type CallOutcome } from './call-health';
+import { CallHealth, type CallHealthOptions } from './call-health';
 import { createCallMetrics } from './call-metrics';
+import {
+  type ApiResult,
+  type CallOf,
+  TIMED_OUT,
+  classify as classifyAnswer,
+  malformed as malformedAnswer,
+  notJson as notJsonAnswer,
+  outcomeOf,
+  unreachable as unreachableCall,
+} from './answers';
 import { DefenderError, DefenderErrorCode, isDefenderError } from './errors';
 import { type CallLimiter, SlotEndedError } from './limiter';
 import { MalformedODataError, ODataRowScanner, type ODataSink, type RowReader } from './odata-rows';
 import type { DefenderEndpointClass, QuotaClaim, QuotaGate } from './quota';
-import { decodeTokenClaims, duration, hostOf, type TokenSource } from './token';
+import { duration, hostOf, type TokenSource } from './token';
 
 export interface ApiCallerOptions {
   azureTenantId: string;
@@ -44,7 +54,7 @@ export interface ApiCallerOptions {
   random?: () => number;
 }
 
-export type ApiResult = { status: 200; body: unknown } | { status: 404 };
+export type { ApiResult } from './answers';
 
 /** An OData answer read row by row: what `toRow` made of each `value` row, and the other top-level members. */
 export type RowsResult<T> = { status: 200; rows: T[]; members: Record<string, unknown> } | { status: 404 };
@@ -106,29 +116,6 @@ export interface ApiCaller {
   ): Promise<RowsScan>;
 }
 
-/** `Retry-After` in seconds or as an HTTP date, in milliseconds; undefined when absent or unreadable. */
-export function parseRetryAfterMs(value: unknown, now: number = Date.now()): number | undefined {
-  if (typeof value !== 'string' || value.trim() === '') return undefined;
-  const seconds = Number(value);
-  if (Number.isFinite(seconds)) return Math.max(0, Math.ceil(seconds * 1000));
-  const at = Date.parse(value);
-  return Number.isNaN(at) ? undefined : Math.max(0, at - now);
-}
-
-const TRANSIENT_NETWORK = new Set([
-  'ECONNRESET',
-  'ECONNABORTED',
-  'ETIMEDOUT',
-  'ECONNREFUSED',
-  'EPIPE',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'ERR_SOCKET_CONNECTION_TIMEOUT',
-]);
-
-/** Network codes of a call that ran out of time (axios's own timeout, or the deadline of `withinDeadline`). */
-const TIMED_OUT = new Set(['ECONNABORTED', 'ETIMEDOUT']);
-
 /**
  * Runs a request with `abortOn`, for at most `ms`: one that runs out of time fails as axios's own timeout
  * does (ECONNABORTED), whether its answer never began or keeps trickling in. axios's `timeout` alone is a
@@ -156,17 +143,6 @@ async function withinDeadline<T>(
   }
 }
 
-function mdeErrorText(body: string): string {
-  try {
-    const parsed = JSON.parse(body) as { error?: { code?: unknown; message?: unknown } };
-    const code = typeof parsed.error?.code === 'string' ? parsed.error.code : '';
-    const message = typeof parsed.error?.message === 'string' ? parsed.error.message.slice(0, 200) : '';
-    return [code, message].filter(Boolean).join(': ');
-  } catch {
-    return '';
-  }
-}
-
 /** The variables axios takes a proxy from (either case), as it reads them on every request. */
 const PROXY_VARIABLES = ['https_proxy', 'http_proxy', 'all_proxy'];
 
@@ -183,12 +159,6 @@ type Slot = <T extends { status: number }>(call: (abortOn: AbortSignal) => Promi
 
 /** What a call's slot answers when the tenant's health does not let the call go now (CallHealth.start). */
 const NOT_NOW = Symbol('not now');
-
-/** An answer, for the tenant's health: 5xx and 408 are the API failing, a 429 is its quota, not its health. */
-function outcomeOf(status: number): CallOutcome {
-  if (status === 429) return 'neither';
-  return status >= 500 || status === 408 ? 'failed' : 'answered';
-}
 
 /** A quota wait this long (seconds) has the call ask for its token again before it is sent. */
 const TOKEN_RECHECK_AFTER_QUOTA_WAIT_S = 1;
@@ -240,6 +210,13 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   });
   /** What `http` sends a request with: the slot of a whole-text call covers this adapter only (see `send`). */
   const httpAdapter: AxiosAdapter = axios.getAdapter('http');
+  const callOf = (url: string): CallOf => ({ azureTenantId, path: new URL(url).pathname });
+  const unreachable = (error: unknown, url: string, signal: AbortSignal | undefined): DefenderError =>
+    unreachableCall(error, callOf(url), signal?.aborted === true, options.requestTimeoutMs);
+  const malformed = (path: string, message: string): DefenderError =>
+    malformedAnswer({ azureTenantId, path }, message);
+  const notJson = (path: string, error: Error): DefenderError =>
+    notJsonAnswer({ azureTenantId, path }, error);
 
   function resolveUrl(pathOrUrl: string): string {
     if (pathOrUrl.startsWith('/')) return `${apiBase}${pathOrUrl}`;
@@ -264,35 +241,6 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
         ? link.pathname
         : `${basePath}${link.pathname}`;
     return new URL(`${path}${link.search}`, origin).toString();
-  }
-
-  function unreachable(error: unknown, url: string, signal: AbortSignal | undefined): DefenderError {
-    const code = (error as { code?: string }).code ?? 'ERROR';
-    const path = new URL(url).pathname;
-    // The axios error holds the request config with the bearer token: keep only its code.
-    return new DefenderError(
-      DefenderErrorCode.UNAVAILABLE,
-      TIMED_OUT.has(code) && !signal?.aborted
-        ? `The Defender API did not answer tenant ${azureTenantId} on ${path} within ` +
-            `${options.requestTimeoutMs / 1000} s (${code})`
-        : `The Defender API could not be reached (${code}) for tenant ${azureTenantId} on ${path}`,
-      {
-        canRetry:
-          !signal?.aborted && (TRANSIENT_NETWORK.has(code) || !/CERT|SIGNATURE|SELF_SIGNED|TLS/.test(code)),
-        details: { azureTenantId, path, networkCode: code },
-      },
-    );
-  }
-
-  function malformed(path: string, message: string): DefenderError {
-    return new DefenderError(DefenderErrorCode.MALFORMED_RESPONSE, message, {
-      canRetry: true,
-      details: { azureTenantId, path },
-    });
-  }
-
-  function notJson(path: string, error: Error): DefenderError {
-    return malformed(path, `The Defender API returned a body that is not JSON on ${path} (${error.message})`);
   }
 
   /**
@@ -377,92 +325,6 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     }
     if (!rest.hasValue) throw malformed(path, `The Defender API answered ${path} without a "value" array`);
     return { status: 200, members: rest.members };
-  }
-
-  function classify(
-    response: AxiosResponse<string>,
-    path: string,
-    token: string,
-    endpoint: DefenderEndpointClass,
-  ): ApiResult {
-    const status = response.status;
-    const details = { azureTenantId, path, status };
-    if (status >= 200 && status < 300) {
-      try {
-        return { status: 200, body: JSON.parse(response.data) as unknown };
-      } catch {
-        throw new DefenderError(
-          DefenderErrorCode.MALFORMED_RESPONSE,
-          `The Defender API returned a body that is not JSON on ${path}`,
-          {
-            canRetry: true,
-            details,
-          },
-        );
-      }
-    }
-    if (status === 404) return { status: 404 };
-    const apiText = mdeErrorText(response.data ?? '');
-    if (status === 429) {
-      const retryAfterMs = parseRetryAfterMs(response.headers['retry-after']);
-      return throwError(
-        new DefenderError(
-          DefenderErrorCode.THROTTLED,
-          `The Defender API throttled tenant ${azureTenantId} on ${path} (429)`,
-          {
-            canRetry: true,
-            details: { ...details, endpoint, retryAfterMs },
-            ...(retryAfterMs !== undefined ? { retryAfterMs } : {}),
-          },
-        ),
-      );
-    }
-    if (status === 401) {
-      return throwError(
-        new DefenderError(
-          DefenderErrorCode.UNAUTHORIZED,
-          `The Defender API rejected a freshly issued token for tenant ${azureTenantId} (401). Check that the app belongs to this tenant and the tenant's cloud is right.`,
-          { details: { ...details, api: apiText } },
-        ),
-      );
-    }
-    if (status === 403) {
-      const roles = decodeTokenClaims(token)?.roles ?? [];
-      const needed = endpoint === 'machines' ? 'Machine.Read.All' : 'Vulnerability.Read.All';
-      return throwError(
-        new DefenderError(
-          DefenderErrorCode.CONSENT_MISSING,
-          `The Defender API refused ${path} for tenant ${azureTenantId} (403): grant the WindowsDefenderATP application permission ` +
-            `${needed} and admin consent (the token carries: ${roles.length ? roles.join(', ') : 'no roles'}).`,
-          { details: { ...details, roles, needed, api: apiText } },
-        ),
-      );
-    }
-    if (status >= 500 || status === 408) {
-      return throwError(
-        new DefenderError(
-          DefenderErrorCode.UNAVAILABLE,
-          `The Defender API answered ${status} for tenant ${azureTenantId} on ${path}`,
-          {
-            canRetry: true,
-            details: { ...details, api: apiText },
-          },
-        ),
-      );
-    }
-    return throwError(
-      new DefenderError(
-        DefenderErrorCode.REQUEST_REJECTED,
-        `The Defender API rejected ${path} for tenant ${azureTenantId} (${status}${apiText ? `: ${apiText}` : ''})`,
-        {
-          details: { ...details, api: apiText },
-        },
-      ),
-    );
-  }
-
-  function throwError(error: DefenderError): never {
-    throw error;
   }
 
   /**
@@ -587,7 +449,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
         token = (await tokens.refreshToken(signal, current)).token;
         continue;
       }
-      return classify(response, path, token, endpoint);
+      return classifyAnswer(response, { azureTenantId, path }, token, endpoint);
     }
   }
 
@@ -725,20 +587,4 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     },
     scanInto,
   };
-}
-
-/** The `value` array of an OData answer; a body without one is a malformed (retryable) answer. */
-export function odataValue(body: unknown, path: string, azureTenantId: string): unknown[] {
-  const value = (body as { value?: unknown } | null)?.value;
-  if (!Array.isArray(value)) {
-    throw new DefenderError(
-      DefenderErrorCode.MALFORMED_RESPONSE,
-      `The Defender API answered ${path} without a "value" array`,
-      {
-        canRetry: true,
-        details: { azureTenantId, path },
-      },
-    );
-  }
-  return value;
 }

@@ -33,7 +33,8 @@ export type { SlotHandOffOptions } from './handoff';
 export type { CallLimiter, SharedLimiterOptions } from './limiter';
 export { CallHealth } from './call-health';
 export type { CallHealthOptions, CallOutcome } from './call-health';
-export { createApiCaller, environmentHasProxy, parseRetryAfterMs } from './http';
+export { parseRetryAfterMs } from './answers';
+export { createApiCaller, environmentHasProxy } from './http';
 export type { ApiCaller, ApiCallerOptions, ApiResult, RowsScan } from './http';
 export {
   parseMachine,

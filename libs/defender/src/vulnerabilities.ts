@@ -1,6 +1,7 @@
 import type { Logger } from '@urs/logging';
 import { DefenderError, DefenderErrorCode } from './errors';
-import { odataValue, type ApiCaller, type RowsScan } from './http';
+import { odataValue } from './answers';
+import type { ApiCaller, RowsScan } from './http';
 import type { ODataSink } from './odata-rows';
 import { type InvalidRecord, lostPage } from './machines';
 import { MICROSOFT_QUOTAS, type QuotaWindow } from './quota';

@@ -1,0 +1,205 @@
+import type { AxiosResponse } from 'axios';
+import { DefenderError, DefenderErrorCode } from './errors';
+import type { CallOutcome } from './call-health';
+import type { DefenderEndpointClass } from './quota';
+import { decodeTokenClaims } from './token';
+
+/*
+ * What the Defender API's answers and failures mean: each becomes a result or a DefenderError in words an
+ * administrator can act on, naming the tenant and the path, never the token.
+ */
+
+export type ApiResult = { status: 200; body: unknown } | { status: 404 };
+
+/** Which call an answer or a failure belongs to. */
+export interface CallOf {
+  azureTenantId: string;
+  /** The path called (no query: it may carry nothing secret, but it is not needed). */
+  path: string;
+}
+
+/** `Retry-After` in seconds or as an HTTP date, in milliseconds; undefined when absent or unreadable. */
+export function parseRetryAfterMs(value: unknown, now: number = Date.now()): number | undefined {
+  if (typeof value !== 'string' || value.trim() === '') return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, Math.ceil(seconds * 1000));
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - now);
+}
+
+const TRANSIENT_NETWORK = new Set([
+  'ECONNRESET',
+  'ECONNABORTED',
+  'ETIMEDOUT',
+  'ECONNREFUSED',
+  'EPIPE',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ERR_SOCKET_CONNECTION_TIMEOUT',
+]);
+
+/** Network codes of a call that ran out of time (axios's own timeout, or the deadline of `withinDeadline`). */
+export const TIMED_OUT = new Set(['ECONNABORTED', 'ETIMEDOUT']);
+
+function mdeErrorText(body: string): string {
+  try {
+    const parsed = JSON.parse(body) as { error?: { code?: unknown; message?: unknown } };
+    const code = typeof parsed.error?.code === 'string' ? parsed.error.code : '';
+    const message = typeof parsed.error?.message === 'string' ? parsed.error.message.slice(0, 200) : '';
+    return [code, message].filter(Boolean).join(': ');
+  } catch {
+    return '';
+  }
+}
+
+/** An answer, for the tenant's health: 5xx and 408 are the API failing, a 429 is its quota, not its health. */
+export function outcomeOf(status: number): CallOutcome {
+  if (status === 429) return 'neither';
+  return status >= 500 || status === 408 ? 'failed' : 'answered';
+}
+
+/**
+ * A call that got no answer (a network code such as ECONNRESET; ECONNABORTED when it ran out of time):
+ * `stopped` when its caller stopped it, which is never retried.
+ */
+export function unreachable(
+  error: unknown,
+  { azureTenantId, path }: CallOf,
+  stopped: boolean,
+  requestTimeoutMs: number,
+): DefenderError {
+  const code = (error as { code?: string }).code ?? 'ERROR';
+  // The axios error holds the request config with the bearer token: keep only its code.
+  return new DefenderError(
+    DefenderErrorCode.UNAVAILABLE,
+    TIMED_OUT.has(code) && !stopped
+      ? `The Defender API did not answer tenant ${azureTenantId} on ${path} within ` +
+          `${requestTimeoutMs / 1000} s (${code})`
+      : `The Defender API could not be reached (${code}) for tenant ${azureTenantId} on ${path}`,
+    {
+      canRetry: !stopped && (TRANSIENT_NETWORK.has(code) || !/CERT|SIGNATURE|SELF_SIGNED|TLS/.test(code)),
+      details: { azureTenantId, path, networkCode: code },
+    },
+  );
+}
+
+/** An answer that is not what the endpoint documents: retried, as a truncated body usually is passing. */
+export function malformed({ azureTenantId, path }: CallOf, message: string): DefenderError {
+  return new DefenderError(DefenderErrorCode.MALFORMED_RESPONSE, message, {
+    canRetry: true,
+    details: { azureTenantId, path },
+  });
+}
+
+export function notJson(call: CallOf, error: Error): DefenderError {
+  return malformed(
+    call,
+    `The Defender API returned a body that is not JSON on ${call.path} (${error.message})`,
+  );
+}
+
+/**
+ * An answer read whole: 200 with its parsed body, or 404; any other status throws the DefenderError it means
+ * (`token`, the one sent, names the roles a 403 lacked).
+ */
+export function classify(
+  response: AxiosResponse<string>,
+  { azureTenantId, path }: CallOf,
+  token: string,
+  endpoint: DefenderEndpointClass,
+): ApiResult {
+  const status = response.status;
+  const details = { azureTenantId, path, status };
+  if (status >= 200 && status < 300) {
+    try {
+      return { status: 200, body: JSON.parse(response.data) as unknown };
+    } catch {
+      throw new DefenderError(
+        DefenderErrorCode.MALFORMED_RESPONSE,
+        `The Defender API returned a body that is not JSON on ${path}`,
+        {
+          canRetry: true,
+          details,
+        },
+      );
+    }
+  }
+  if (status === 404) return { status: 404 };
+  const apiText = mdeErrorText(response.data ?? '');
+  if (status === 429) {
+    const retryAfterMs = parseRetryAfterMs(response.headers['retry-after']);
+    return throwError(
+      new DefenderError(
+        DefenderErrorCode.THROTTLED,
+        `The Defender API throttled tenant ${azureTenantId} on ${path} (429)`,
+        {
+          canRetry: true,
+          details: { ...details, endpoint, retryAfterMs },
+          ...(retryAfterMs !== undefined ? { retryAfterMs } : {}),
+        },
+      ),
+    );
+  }
+  if (status === 401) {
+    return throwError(
+      new DefenderError(
+        DefenderErrorCode.UNAUTHORIZED,
+        `The Defender API rejected a freshly issued token for tenant ${azureTenantId} (401). Check that the app belongs to this tenant and the tenant's cloud is right.`,
+        { details: { ...details, api: apiText } },
+      ),
+    );
+  }
+  if (status === 403) {
+    const roles = decodeTokenClaims(token)?.roles ?? [];
+    const needed = endpoint === 'machines' ? 'Machine.Read.All' : 'Vulnerability.Read.All';
+    return throwError(
+      new DefenderError(
+        DefenderErrorCode.CONSENT_MISSING,
+        `The Defender API refused ${path} for tenant ${azureTenantId} (403): grant the WindowsDefenderATP application permission ` +
+          `${needed} and admin consent (the token carries: ${roles.length ? roles.join(', ') : 'no roles'}).`,
+        { details: { ...details, roles, needed, api: apiText } },
+      ),
+    );
+  }
+  if (status >= 500 || status === 408) {
+    return throwError(
+      new DefenderError(
+        DefenderErrorCode.UNAVAILABLE,
+        `The Defender API answered ${status} for tenant ${azureTenantId} on ${path}`,
+        {
+          canRetry: true,
+          details: { ...details, api: apiText },
+        },
+      ),
+    );
+  }
+  return throwError(
+    new DefenderError(
+      DefenderErrorCode.REQUEST_REJECTED,
+      `The Defender API rejected ${path} for tenant ${azureTenantId} (${status}${apiText ? `: ${apiText}` : ''})`,
+      {
+        details: { ...details, api: apiText },
+      },
+    ),
+  );
+}
+
+function throwError(error: DefenderError): never {
+  throw error;
+}
+
+/** The `value` array of an OData answer; a body without one is a malformed (retryable) answer. */
+export function odataValue(body: unknown, path: string, azureTenantId: string): unknown[] {
+  const value = (body as { value?: unknown } | null)?.value;
+  if (!Array.isArray(value)) {
+    throw new DefenderError(
+      DefenderErrorCode.MALFORMED_RESPONSE,
+      `The Defender API answered ${path} without a "value" array`,
+      {
+        canRetry: true,
+        details: { azureTenantId, path },
+      },
+    );
+  }
+  return value;
+}
