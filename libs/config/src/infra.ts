@@ -229,6 +229,13 @@ export interface DefenderSettings {
    * tenants); `off`: no quota wait, for a simulator whose quotas are off (benchmarks). Env `URS_DEFENDER_QUOTAS`.
    */
   quotas: 'microsoft' | 'off';
+  /**
+   * How long one MDE call may go without an answer, and a device's vulnerabilities may take in all, in ms,
+   * 1000–30000. Env `URS_DEFENDER_REQUEST_TIMEOUT_MS`, default 30000. A tenant whose API stops answering
+   * holds the shared slots this long once before its calls go one at a time; at most 30 s, so a call plus a
+   * slot's hand-off lease stays below the limiter's 60 s job expiration.
+   */
+  requestTimeoutMs: number;
 }
 
 export function defenderSettings(env: Env): DefenderSettings {
@@ -237,6 +244,11 @@ export function defenderSettings(env: Env): DefenderSettings {
     caFile: readOptionalString(env, 'URS_DEFENDER_CA_FILE'),
     maxInFlight: readInt(env, 'URS_DEFENDER_MAX_IN_FLIGHT', { fallback: 10, min: 1, max: 100 }),
     quotas: readEnum(env, 'URS_DEFENDER_QUOTAS', ['microsoft', 'off'] as const, 'microsoft'),
+    requestTimeoutMs: readInt(env, 'URS_DEFENDER_REQUEST_TIMEOUT_MS', {
+      fallback: 30_000,
+      min: 1_000,
+      max: 30_000,
+    }),
   };
 }
 

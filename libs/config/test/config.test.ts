@@ -179,6 +179,7 @@ describe('defenderSettings', () => {
       caFile: undefined,
       maxInFlight: 10,
       quotas: 'microsoft',
+      requestTimeoutMs: 30_000,
     });
   });
 
@@ -190,12 +191,14 @@ describe('defenderSettings', () => {
         URS_DEFENDER_CA_FILE: '/tmp/ca.pem',
         URS_DEFENDER_MAX_IN_FLIGHT: '4',
         URS_DEFENDER_QUOTAS: 'off',
+        URS_DEFENDER_REQUEST_TIMEOUT_MS: '10000',
       }),
     ).toEqual({
       defender: { authorityHost: 'https://127.0.0.1:8443', apiBase: 'https://127.0.0.1:8443' },
       caFile: '/tmp/ca.pem',
       maxInFlight: 4,
       quotas: 'off',
+      requestTimeoutMs: 10_000,
     });
   });
 
@@ -205,6 +208,15 @@ describe('defenderSettings', () => {
     );
     expect(() => defenderSettings({ URS_DEFENDER_MAX_IN_FLIGHT: '0' })).toThrow(/URS_DEFENDER_MAX_IN_FLIGHT/);
     expect(() => defenderSettings({ URS_DEFENDER_QUOTAS: 'none' })).toThrow(/URS_DEFENDER_QUOTAS/);
+  });
+
+  it('defenderSettings should refuse a request timeout outside 1000–30000 ms, naming the variable', () => {
+    expect(() => defenderSettings({ URS_DEFENDER_REQUEST_TIMEOUT_MS: '60000' })).toThrow(
+      /URS_DEFENDER_REQUEST_TIMEOUT_MS/,
+    );
+    expect(() => defenderSettings({ URS_DEFENDER_REQUEST_TIMEOUT_MS: '500' })).toThrow(
+      /URS_DEFENDER_REQUEST_TIMEOUT_MS/,
+    );
   });
 });
 

@@ -51,6 +51,8 @@ export interface DefenderGatewayDeps {
   httpsAgent: Agent;
   /** The process's registry: the calls are counted there (`urs_defender_*`). */
   metrics: Registry;
+  /** How long a call may go without an answer, in milliseconds (`URS_DEFENDER_REQUEST_TIMEOUT_MS`). */
+  requestTimeoutMs?: number;
 }
 
 /** The gateway over @urs/defender: one client per tenant, sharing the call slots, the quota gate and the agent. */
@@ -65,6 +67,7 @@ export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGatewa
         overrides: deps.overrides,
         httpsAgent: deps.httpsAgent,
         metrics: deps.metrics,
+        ...(deps.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: deps.requestTimeoutMs }),
       });
       return {
         async *listDevicePages(signal) {

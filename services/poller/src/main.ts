@@ -35,6 +35,7 @@ void runService({
       overrides: settings.defender,
       httpsAgent,
       metrics,
+      requestTimeoutMs: settings.requestTimeoutMs,
     });
     const cycles = createCycleStore(redis, prefix);
     const cycleDeps = {

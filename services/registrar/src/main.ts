@@ -73,6 +73,7 @@ void runService({
         overrides: settings.defender,
         httpsAgent,
         metrics,
+        requestTimeoutMs: settings.requestTimeoutMs,
       });
       try {
         return await client.checkAccess(signal);

@@ -25,6 +25,7 @@ void runService({
       sealer: createSecretSealer(own.secretKeys),
       limiter,
       quota: quotaGateFor(own.quotas, redis, prefix),
+      requestTimeoutMs: own.requestTimeoutMs,
       bulkPageSize: own.bulkPageSize,
       foldThread: own.bulkFoldThread,
       httpsAgent,

@@ -72,6 +72,8 @@ export interface DefenderSourceDeps {
   logger: Logger;
   /** The process's registry: the calls are counted there (`urs_defender_*`). */
   metrics: Registry;
+  /** How long a call may go without an answer, in milliseconds; default the client's (30,000). */
+  requestTimeoutMs?: number;
   /** Rows per page of the bulk export; default the client's (50,000). */
   bulkPageSize?: number;
   /** Scan and fold the bulk export on a thread of its own. */
@@ -145,6 +147,7 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
           overrides: deps.overrides,
           logger: deps.logger.child({ tenantId: record.tenantId }),
           metrics: deps.metrics,
+          ...(deps.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: deps.requestTimeoutMs }),
         },
       );
       const source: VulnerabilitySource = {
