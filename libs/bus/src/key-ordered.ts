@@ -1,16 +1,9 @@
-import type {
-  Consumer,
-  ConsumerGroupJoinEvent,
-  EachBatchPayload,
-  KafkaMessage,
-  Offsets,
-  PartitionOffset,
-} from 'kafkajs';
+import type { Consumer, ConsumerGroupJoinEvent, EachBatchPayload, Offsets, PartitionOffset } from 'kafkajs';
 import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage, retryDelayMs, sleep, type RetryPolicy } from '@urs/resilience';
 import type { Gauge } from '@urs/telemetry';
 import type { MessageWork } from './handle';
-import { PartitionOffsets } from './watermark';
+import { KeyLanes, type Entry, type Lane } from './key-lanes';
 
 /*
  * Ordering per key within a partition, on KafkaJS 2.2.4 (its consumer/runner.js, consumerGroup.js and
@@ -35,8 +28,19 @@ import { PartitionOffsets } from './watermark';
  *   aborted (its handlers' signal) and never committed, so it cannot overwrite the new owner's offset.
  *   A new member id means the group forgot this member (session expired): nothing of before is kept.
  * - eachBatch only accepts and returns, so KafkaJS's fetch loop keeps heartbeating; a full buffer
- *   pauses the partition's fetching instead of blocking eachBatch (which would block the fetches of
- *   every partition of the broker).
+ *   never blocks eachBatch (which would block the fetches of every partition of the broker).
+ * - A partition's fetching goes on past a full buffer (KeyLanes): a message that finds no room is
+ *   deferred, its offset kept and the message let go of, so one key's waiting messages cannot keep the
+ *   keys behind them from being read. A deferred message is read again by moving the partition's next
+ *   fetch back to it: the offset resolved after a batch, or consumer.seek between batches (with autoCommit
+ *   off, KafkaJS's seek only sets the next fetch's offset, and drops a batch fetched before it). Offsets
+ *   already accepted and read again are skipped, as after a rebalance. Only when the deferred offsets
+ *   reach their bound does the partition's fetching pause, until the buffer is half empty.
+ * - KafkaJS keeps a seek it has not applied yet through a rebalance (consumerGroup.seekOffset) and applies
+ *   it whenever the partition is assigned here again, maybe much later: a seek past the offset committed
+ *   then would skip what the partition's other owner left. So the runner seeks only to the partition's
+ *   last committed offset (or where its reading started), and the offset it resolves after the batch read
+ *   from there moves on to the deferred message (resolved offsets do not outlive a rebalance).
  * - A key's messages start in offset order, at most `inFlightPerKey` of them at once (a sliding window
  *   over its unfinished messages), so they may finish out of order; the committed watermark still never
  *   passes an unfinished one.
@@ -50,7 +54,10 @@ export interface KeyOrderedOptions {
   log: Logger;
   /** Paces retries of a message whose dead letter could not be written. */
   retry: RetryPolicy;
+  /** Messages of a partition held in memory and not finished; see KeyLanes for what happens at the bound. */
   maxBufferedPerPartition: number;
+  /** Offsets of a partition's deferred messages kept, see KeyLanes. */
+  maxDeferredPerPartition: number;
   /**
    * Messages of one key handled at once, default 2: a key's next message starts while the one before it
    * finishes, so a handler that ends by waiting on a few slow calls (a batch draining its last Defender
@@ -62,8 +69,10 @@ export interface KeyOrderedOptions {
   inFlightPerKey?: number;
   commitIntervalMs: number;
   drainTimeoutMs: number;
-  /** Set to the messages accepted and not finished, over every partition, with `labels`. */
+  /** Set to the messages held in memory and not finished, over every partition, with `labels`. */
   buffered: Gauge;
+  /** Set to the messages deferred (read, let go of, to be read again), over every partition. */
+  deferred: Gauge;
   labels: Record<string, string>;
 }
 
@@ -74,30 +83,11 @@ export interface KeyOrderedConsumption {
   drain(): Promise<void>;
 }
 
-interface Entry {
-  message: KafkaMessage;
-  offset: bigint;
-  /** Handed to the handler (it runs, or ran and stopped). */
-  started?: boolean;
-  finished?: boolean;
-}
-
-/**
- * One key's messages in offset order from its oldest unfinished one on (finished ones after it are kept,
- * so they count in the window): the first `inFlightPerKey` of them may run.
- */
-interface Lane {
-  readonly entries: Entry[];
-  /** Messages of the lane running now. */
-  running: number;
-}
-
 interface PartitionWork {
   readonly topic: string;
   readonly partition: number;
-  readonly offsets: PartitionOffsets;
-  /** One lane per key (null: messages without a key); present while it has unfinished messages. */
-  readonly lanes: Map<string | null, Lane>;
+  /** One lane per key (null: messages without a key), and the partition's unfinished offsets. */
+  readonly lanes: KeyLanes;
   /** Aborted when the partition is revoked, or when close's drain time has passed. */
   readonly controller: AbortController;
   /**
@@ -107,6 +97,13 @@ interface PartitionWork {
   readonly stopSignal: AbortSignal;
   revoked: boolean;
   paused: boolean;
+  /** Where the partition's next fetch starts, as last resolved or sought here; undefined before. */
+  position: bigint | undefined;
+  /**
+   * The first message read since the partition was assigned here: nothing of the partition is between
+   * the offset the group had committed and it.
+   */
+  readSince: bigint | undefined;
   committed: bigint | undefined;
 }
 
@@ -124,10 +121,8 @@ function byTopic(due: readonly { work: PartitionWork; offset: bigint }[]): Offse
 }
 
 export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrderedConsumption {
-  const { consumer, log, maxBufferedPerPartition } = options;
+  const { consumer, log } = options;
   const inFlightPerKey = options.inFlightPerKey ?? 2;
-  /** Fetching of a paused partition resumes once its unfinished messages are down to this. */
-  const resumeAt = Math.floor(maxBufferedPerPartition / 2);
   const partitions = new Map<string, PartitionWork>();
   /** Every message being handled, so drain can wait for them. */
   const running = new Set<Promise<void>>();
@@ -141,10 +136,16 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
   let commitTimer: NodeJS.Timeout | undefined;
   let committing: Promise<void> | undefined;
   let bufferedTotal = 0;
+  let deferredTotal = 0;
 
   function countBuffered(change: number): void {
     bufferedTotal += change;
     options.buffered.set(bufferedTotal, options.labels);
+  }
+
+  function countDeferred(change: number): void {
+    deferredTotal += change;
+    options.deferred.set(deferredTotal, options.labels);
   }
 
   function workFor(topic: string, partition: number): PartitionWork {
@@ -155,12 +156,17 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
       work = {
         topic,
         partition,
-        offsets: new PartitionOffsets(),
-        lanes: new Map(),
+        lanes: new KeyLanes({
+          maxHeld: options.maxBufferedPerPartition,
+          maxDeferred: options.maxDeferredPerPartition,
+          window: inFlightPerKey,
+        }),
         controller,
         stopSignal: AbortSignal.any([closing.signal, controller.signal]),
         revoked: false,
         paused: false,
+        position: undefined,
+        readSince: undefined,
         committed: undefined,
       };
       partitions.set(id, work);
@@ -188,11 +194,39 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
     }
   }
 
+  /**
+   * Reads the partition again towards the oldest deferred message whose key wants it back now, when the
+   * fetch is past it (a message finished, making room): from the last committed offset, which is never
+   * past it (see the top of this file).
+   */
+  function readAgainIfDue(work: PartitionWork): void {
+    if (closing.signal.aborted || work.revoked) return;
+    const from = work.lanes.readAgainFrom();
+    const safe = work.committed ?? work.readSince;
+    if (from === undefined || safe === undefined) return;
+    if (work.position === undefined || from < work.position) {
+      try {
+        consumer.seek({ topic: work.topic, partition: work.partition, offset: safe.toString() });
+        work.position = safe;
+      } catch (error) {
+        log.warn('partition not read again from a deferred message', {
+          topic: work.topic,
+          partition: work.partition,
+          offset: safe.toString(),
+          reason: errorMessage(error),
+        });
+        return;
+      }
+    }
+    resume(work);
+  }
+
   function revoke(work: PartitionWork, reason: string): void {
     work.revoked = true;
     work.controller.abort();
     partitions.delete(partitionId(work.topic, work.partition));
-    countBuffered(-work.offsets.unfinishedCount);
+    countBuffered(-work.lanes.held);
+    countDeferred(-work.lanes.deferred);
     // Paused state outlives the assignment in KafkaJS: were the partition assigned here again, it
     // would never be fetched.
     resume(work);
@@ -200,7 +234,8 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
       topic: work.topic,
       partition: work.partition,
       reason,
-      unfinished: work.offsets.unfinishedCount,
+      unfinished: work.lanes.offsets.unfinishedCount,
+      deferred: work.lanes.deferred,
       committed: work.committed?.toString(),
     });
   }
@@ -244,18 +279,17 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
   async function runEntry(work: PartitionWork, key: string | null, lane: Lane, entry: Entry): Promise<void> {
     try {
       if (!(await settleUntilDone(work, entry)) || work.revoked) return;
-      entry.finished = true;
-      while (lane.entries[0]?.finished) lane.entries.shift();
-      work.offsets.finish(entry.offset);
+      work.lanes.finished(lane, entry);
       countBuffered(-1);
-      if (work.offsets.unfinishedCount <= resumeAt && !closing.signal.aborted) resume(work);
+      if (work.lanes.isHalfEmpty && !closing.signal.aborted) resume(work);
+      readAgainIfDue(work);
       scheduleCommit();
     } finally {
       lane.running--;
       startDue(work, key, lane);
-      // Nothing runs after startDue only when the lane is empty or stopping (close or revoke); what a stopped
-      // lane leaves goes to the next owner, uncommitted.
-      if (lane.running === 0 && work.lanes.get(key) === lane) work.lanes.delete(key);
+      // Nothing runs after startDue only when the lane holds nothing more or is stopping (close or revoke);
+      // what a stopped lane leaves goes to the next owner, uncommitted.
+      work.lanes.dropIfEmpty(key, lane);
     }
   }
 
@@ -280,17 +314,6 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
     }
   }
 
-  function enqueue(work: PartitionWork, entry: Entry): void {
-    const key = entry.message.key === null ? null : entry.message.key.toString('utf8');
-    let lane = work.lanes.get(key);
-    if (!lane) {
-      lane = { entries: [], running: 0 };
-      work.lanes.set(key, lane);
-    }
-    lane.entries.push(entry);
-    startDue(work, key, lane);
-  }
-
   function scheduleCommit(): void {
     if (commitTimer || closing.signal.aborted) return;
     commitTimer = setTimeout(() => {
@@ -307,7 +330,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
    */
   function dueForCommit(): { work: PartitionWork; offset: bigint }[] {
     return [...partitions.values()].flatMap((work) => {
-      const offset = work.offsets.watermark();
+      const offset = work.lanes.offsets.watermark();
       const mine = assigned.has(partitionId(work.topic, work.partition));
       return mine && offset !== undefined && offset !== work.committed ? [{ work, offset }] : [];
     });
@@ -358,31 +381,34 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
       // reads it. Taken in here, it would leave offsets behind that skip messages were it assigned back.
       if (memberId !== undefined && !assigned.has(partitionId(batch.topic, batch.partition))) return;
       const work = workFor(batch.topic, batch.partition);
-      let took = false;
-      for (const message of batch.messages) {
-        if (!payload.isRunning() || payload.isStale()) break;
-        const offset = BigInt(message.offset);
-        if (work.offsets.isAccepted(offset)) {
-          took = true;
-          continue;
-        }
-        if (work.offsets.unfinishedCount >= maxBufferedPerPartition) break;
-        work.offsets.accept(offset);
-        countBuffered(1);
-        enqueue(work, { message, offset });
-        took = true;
+      const { lanes } = work;
+      const [heldBefore, deferredBefore] = [lanes.held, lanes.deferred];
+      const read = lanes.read(batch.messages, {
+        position: work.position,
+        lastOffset: BigInt(batch.lastOffset()),
+        shouldStop: () => !payload.isRunning() || payload.isStale(),
+        took: (key) => {
+          const lane = lanes.lane(key);
+          if (lane) startDue(work, key, lane);
+        },
+      });
+      countBuffered(lanes.held - heldBefore);
+      countDeferred(lanes.deferred - deferredBefore);
+      if (read.missing.length > 0) {
+        log.warn('deferred messages no longer in the partition; left unhandled', {
+          topic: work.topic,
+          partition: work.partition,
+          count: read.missing.length,
+          first: read.missing[0]?.toString(),
+        });
+        scheduleCommit();
       }
-      const end = work.offsets.end;
-      if (took && end !== undefined) {
-        // The next fetch starts after what was taken; resolving the batch's last message lets KafkaJS
-        // step over a control record behind it.
-        const through = (end - 1n).toString();
-        payload.resolveOffset(through);
-        if (through === batch.messages[batch.messages.length - 1]?.offset) {
-          work.offsets.advance(BigInt(batch.lastOffset()) + 1n);
-        }
+      if (read.next !== undefined) {
+        payload.resolveOffset((read.next - 1n).toString());
+        work.position = read.next;
+        work.readSince ??= BigInt(batch.messages[0]?.offset ?? read.next);
       }
-      if (work.offsets.unfinishedCount >= maxBufferedPerPartition) pause(work);
+      if (read.stopped) pause(work);
     },
 
     onGroupJoin(payload) {

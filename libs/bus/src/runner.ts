@@ -52,12 +52,21 @@ export interface ConsumerRunnerOptions {
    */
   ordering?: Ordering;
   /**
-   * Ordering 'key': messages of a partition accepted and not finished (queued behind their key or
-   * in flight). When reached, the partition's fetching pauses until half of them finished; other
-   * partitions go on. Bounds the memory and the handlers running at once: this many per partition
-   * held. Default 100.
+   * Ordering 'key': messages of a partition held in memory and not finished (queued behind their key or
+   * in flight). Bounds the memory and the handlers running at once: this many per partition. When
+   * reached, the partition's fetching goes on, so one key's waiting messages do not hold up the keys
+   * behind them: a message that finds no room is deferred (its offset kept, the message let go of, and
+   * read again once there is room), and a key holding at least two fewer than the key holding the most
+   * takes the place of that key's newest waiting message, which is deferred instead. Default 100.
    */
   maxBufferedPerPartition?: number;
+  /**
+   * Ordering 'key': offsets of a partition's deferred messages kept (~45 bytes each). When reached,
+   * the partition's fetching pauses until half of maxBufferedPerPartition is left; a key with more
+   * messages waiting in one partition than this (and the buffer) then holds up the keys behind them.
+   * Default 10000.
+   */
+  maxDeferredPerPartition?: number;
   /**
    * Whether handled offsets are committed. Default true. False suits a consumer that reads its topics from
    * the beginning every time it starts, in a group of its own (every replica reading every tenant): the group
@@ -187,11 +196,20 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
             options.maxBufferedPerPartition,
             100,
           ),
+          maxDeferredPerPartition: positiveInt(
+            'maxDeferredPerPartition',
+            options.maxDeferredPerPartition,
+            10_000,
+          ),
           commitIntervalMs: positiveInt('commitIntervalMs', options.commitIntervalMs, 1_000),
           drainTimeoutMs: positiveInt('drainTimeoutMs', options.drainTimeoutMs, 5_000),
           buffered: options.metrics.gauge(
             'urs_consumer_buffered_messages',
-            "Messages accepted and not yet finished, by consumer group (ordering 'key').",
+            "Messages held in memory and not yet finished, by consumer group (ordering 'key').",
+          ),
+          deferred: options.metrics.gauge(
+            'urs_consumer_deferred_messages',
+            "Messages read past a full buffer, to be read again, by consumer group (ordering 'key').",
           ),
           labels: { group: options.groupId },
         })

@@ -8,7 +8,22 @@ import { createKeyOrderedConsumption, type KeyOrderedOptions } from '../src/key-
 const TOPIC = 'batches';
 
 /** The consumer calls the key-ordered runner makes. */
-const fakeConsumer = { pause: () => undefined, resume: () => undefined } as unknown as Consumer;
+const fakeConsumer = {
+  pause: () => undefined,
+  resume: () => undefined,
+  seek: () => undefined,
+} as unknown as Consumer;
+
+/** A consumer that notes the runner's calls: "pause", "resume", "seek@offset". */
+function notingConsumer(): { consumer: Consumer; calls: string[] } {
+  const calls: string[] = [];
+  const consumer = {
+    pause: () => void calls.push('pause'),
+    resume: () => void calls.push('resume'),
+    seek: ({ offset }: { offset: string }) => void calls.push(`seek@${offset}`),
+  } as unknown as Consumer;
+  return { consumer, calls };
+}
 
 /** This member's assignment after a rebalance, as KafkaJS's GROUP_JOIN carries it. */
 const joined = (partitions: number[]): ConsumerGroupJoinEvent['payload'] => ({
@@ -22,21 +37,28 @@ const joined = (partitions: number[]): ConsumerGroupJoinEvent['payload'] => ({
 });
 
 /**
- * One fetched batch holding messages with these keys, at offsets 0, 1, ...; what is committed through
- * it goes to `commits` as "partition@offset".
+ * One fetched batch holding messages with these keys, at offsets `from`, `from + 1`, ... (a key of null
+ * leaves its offset out, as a message no longer in the partition); what is committed through it goes to
+ * `commits` as "partition@offset", and what is resolved to `resolved`.
  */
-function fetchedBatch(keys: string[], commits: string[], partition = 0): EachBatchPayload {
-  const messages = keys.map(
-    (key, offset) => ({ key: Buffer.from(key), offset: String(offset) }) as KafkaMessage,
+function fetchedBatch(
+  keys: (string | null)[],
+  commits: string[],
+  partition = 0,
+  from = 0,
+  resolved: string[] = [],
+): EachBatchPayload {
+  const messages = keys.flatMap((key, i) =>
+    key === null ? [] : [{ key: Buffer.from(key), offset: String(from + i) } as KafkaMessage],
   );
   return {
     batch: {
       topic: TOPIC,
       partition,
       messages,
-      lastOffset: () => String(keys.length - 1),
+      lastOffset: () => String(from + keys.length - 1),
     },
-    resolveOffset: () => undefined,
+    resolveOffset: (offset: string) => void resolved.push(offset),
     isRunning: () => true,
     isStale: () => false,
     heartbeat: async () => undefined,
@@ -71,6 +93,8 @@ function heldHandler(): {
   };
 }
 
+const tick = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 20));
+
 /** A key-ordered consumption of a member assigned partition 0; `fetched` hands it a batch of `partition`. */
 function consumption(settle: KeyOrderedOptions['settle'], extra: Partial<KeyOrderedOptions> = {}) {
   const commits: string[] = [];
@@ -81,17 +105,23 @@ function consumption(settle: KeyOrderedOptions['settle'], extra: Partial<KeyOrde
     log: silentLogger,
     retry: retryPolicy({ maxAttempts: 3, initialDelayMs: 1, maxDelayMs: 2 }),
     maxBufferedPerPartition: 100,
+    maxDeferredPerPartition: 1_000,
     commitIntervalMs: 60_000,
     drainTimeoutMs: 1_000,
     buffered: new Registry({ processMetrics: false }).gauge('buffered', 'test'),
+    deferred: new Registry({ processMetrics: false }).gauge('deferred', 'test'),
     labels: {},
     ...extra,
   });
   keyed.onGroupJoin(joined([0]));
+  const resolved: string[] = [];
   return {
     keyed,
     commits,
+    resolved,
     fetched: (keys: string[], partition = 0) => fetchedBatch(keys, commits, partition),
+    /** A batch read from `from` on. */
+    readFrom: (from: number, keys: (string | null)[]) => fetchedBatch(keys, commits, 0, from, resolved),
   };
 }
 
@@ -170,5 +200,81 @@ describe('createKeyOrderedConsumption', () => {
     await keyed.drain();
     expect(handled).toEqual(['0@0', '1@0', '1@1']);
     expect(commits.sort()).toEqual(['0@1', '1@2']);
+  });
+
+  it("should read past a full buffer to another key's message, and read its own deferred messages again once there is room, from the last committed offset", async () => {
+    const handler = heldHandler();
+    const { consumer, calls } = notingConsumer();
+    const { keyed, commits, resolved, readFrom } = consumption(handler.settle, {
+      consumer,
+      maxBufferedPerPartition: 3,
+      commitIntervalMs: 1,
+    });
+    // t0 and t1 run, t2 waits, t3 finds the buffer full: deferred. u4 takes t2's place (t2 deferred).
+    await keyed.eachBatch(readFrom(0, ['t', 't', 't', 't', 'u']));
+    expect(handler.started()).toEqual(['0', '1', '4']);
+    expect(resolved).toEqual(['4']);
+    expect(calls).toEqual([]);
+
+    // t runs below its window and there is room: the partition is read again from where its reading
+    // started (nothing committed yet), and goes on from t2.
+    await handler.finish('0');
+    expect(calls).toEqual(['seek@0']);
+    await keyed.eachBatch(readFrom(0, ['t', 't', 't', 't', 'u']));
+    expect(handler.started()).toEqual(['0', '1', '4', '2']);
+    // Full again: t3 stays deferred, and the read goes on at the end.
+    expect(resolved).toEqual(['4', '4']);
+    await tick();
+    expect(commits).toEqual(['0@1']);
+
+    await handler.finish('1');
+    expect(calls).toEqual(['seek@0', 'seek@1']);
+    await keyed.eachBatch(readFrom(1, ['t', 't', 't', 'u']));
+    expect(handler.started()).toEqual(['0', '1', '4', '2', '3']);
+    for (const offset of ['2', '3', '4']) await handler.finish(offset);
+    await keyed.drain();
+    expect(commits.at(-1)).toBe('0@5');
+  });
+
+  it('should pause a partition once as many offsets are deferred as it keeps, and read it again once half of its buffer is left', async () => {
+    const handler = heldHandler();
+    const { consumer, calls } = notingConsumer();
+    const { keyed, resolved, readFrom } = consumption(handler.settle, {
+      consumer,
+      maxBufferedPerPartition: 2,
+      maxDeferredPerPartition: 1,
+    });
+    // t2 is deferred, u3 finds no room and no deferred place left: the reading stops before it.
+    await keyed.eachBatch(readFrom(0, ['t', 't', 't', 'u']));
+    expect(handler.started()).toEqual(['0', '1']);
+    expect(resolved).toEqual(['2']);
+    expect(calls).toEqual(['pause']);
+
+    await handler.finish('0');
+    expect(calls).toEqual(['pause', 'resume', 'seek@0']);
+    await keyed.eachBatch(readFrom(0, ['t', 't', 't', 'u']));
+    expect(handler.started()).toEqual(['0', '1', '2']);
+    for (const offset of ['1', '2']) await handler.finish(offset);
+    await keyed.eachBatch(readFrom(0, ['t', 't', 't', 'u']));
+    expect(handler.started()).toEqual(['0', '1', '2', '3']);
+    await handler.finish('3');
+    await keyed.drain();
+  });
+
+  it('should finish a deferred message that a read back finds no longer in the partition, so the watermark passes it', async () => {
+    const handler = heldHandler();
+    const { keyed, commits, resolved, readFrom } = consumption(handler.settle, {
+      maxBufferedPerPartition: 2,
+    });
+    // t2 finds the buffer full: read past, deferred.
+    await keyed.eachBatch(readFrom(0, ['t', 't', 't']));
+    expect(resolved).toEqual(['2']);
+    for (const offset of ['0', '1']) await handler.finish(offset);
+    // Read again from the start, t2 deleted by retention meanwhile.
+    await keyed.eachBatch(readFrom(0, ['t', 't', null, 'u']));
+    await handler.finish('3');
+    await keyed.drain();
+    expect(handler.started()).toEqual(['0', '1', '3']);
+    expect(commits).toEqual(['0@4']);
   });
 });

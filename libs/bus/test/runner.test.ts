@@ -30,17 +30,19 @@ describe('createConsumerRunner', () => {
     );
   });
 
-  it.each(['maxBufferedPerPartition', 'commitIntervalMs', 'drainTimeoutMs'] as const)(
-    'should refuse %s below 1 with ordering by key, naming the option',
-    (name) => {
-      expect(() => createConsumerRunner(options({ ordering: 'key', [name]: 0 }))).toThrow(
-        expect.objectContaining({
-          code: 'RUNNER_OPTION_INVALID',
-          message: `${name} must be an integer >= 1, got 0`,
-        }),
-      );
-    },
-  );
+  it.each([
+    'maxBufferedPerPartition',
+    'maxDeferredPerPartition',
+    'commitIntervalMs',
+    'drainTimeoutMs',
+  ] as const)('should refuse %s below 1 with ordering by key, naming the option', (name) => {
+    expect(() => createConsumerRunner(options({ ordering: 'key', [name]: 0 }))).toThrow(
+      expect.objectContaining({
+        code: 'RUNNER_OPTION_INVALID',
+        message: `${name} must be an integer >= 1, got 0`,
+      }),
+    );
+  });
 
   it('should fetch up to 4 MiB of a partition at once unless told otherwise', () => {
     const configs: Array<Record<string, unknown>> = [];

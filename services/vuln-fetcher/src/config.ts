@@ -22,9 +22,12 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
   /** Per-device calls of one batch started at once. Env `URS_VULN_CONCURRENCY`, default 10. */
   concurrency: number;
   /**
-   * Batches of one partition taken in and not yet enriched (queued behind their tenant's earlier
-   * batches, or in flight). When reached, the partition's fetching pauses until half are done, so
-   * memory stays bounded (this many batches of up to 500 devices per partition). Env
+   * Batches of one partition held in memory and not yet enriched (queued behind their tenant's earlier
+   * batches, or in flight), so memory stays bounded: this many batches of up to 500 devices per partition.
+   * When reached, the partition is still read, so a tenant whose batches all wait (its export, its quota)
+   * does not hold up the tenants behind it: a batch that finds no room is let go of (its offset kept, up to
+   * 10,000 a partition) and read again once there is room, and a tenant holding at least two batches fewer
+   * than the tenant holding the most takes the place of that tenant's newest batch not started. Env
    * `URS_MAX_BUFFERED_PER_PARTITION`, default 50.
    */
   maxBufferedPerPartition: number;

@@ -1,4 +1,4 @@
-import type { Kafka } from 'kafkajs';
+import type { Consumer, Kafka } from 'kafkajs';
 import { createConsumerRunner, createPublisher, type ConsumerRunner, type Publisher } from '@urs/bus';
 import type { DeviceBatch, EnrichedBatch } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
@@ -33,12 +33,29 @@ function deviceBatch(tenantId: string, devices: number): DeviceBatch {
   };
 }
 
+/** The batches of a tenant's bulk cycle, `batches` of two devices each. */
+function bulkCycle(tenantId: string, batches: number, cycleStartedAt: string): DeviceBatch[] {
+  return Array.from({ length: batches }, (_, index) => ({
+    schemaVersion: 1 as const,
+    tenantId,
+    cycleId: `${tenantId}-cycle-1`,
+    cycleStartedAt,
+    batchIndex: index,
+    lastBatch: index === batches - 1,
+    ...(index === batches - 1 ? { totalBatches: batches, totalDevices: 2 * batches } : {}),
+    vulnerabilityMode: 'bulk' as const,
+    cvssThreshold: 9,
+    devices: [{ id: `${tenantId}-d${2 * index}` }, { id: `${tenantId}-d${2 * index + 1}` }],
+  }));
+}
+
 describe('createEnrichHandler under the consumer runner', () => {
   let kafka: Kafka;
   let topics: [string, string, string];
   let redis: TestRedis;
   let publisher: Publisher;
   let runner: ConsumerRunner | undefined;
+  let reader: Consumer | undefined;
 
   beforeAll(() => {
     kafka = createTestKafka();
@@ -56,17 +73,69 @@ describe('createEnrichHandler under the consumer runner', () => {
 
   afterEach(async () => {
     await runner?.close();
+    await reader?.disconnect();
+    reader = undefined;
     await publisher.close();
     await redis.close();
     await deleteTopics(kafka, topics);
   });
 
-  it("should enrich tenant B's batch while tenant A's batch in the same partition waits on its quota", async () => {
+  /**
+   * Registers the tenants, runs the enrich handler over `sources` under the consumer runner (ordering by
+   * tenant, as the vuln-fetcher does) and reads what it produces into `enriched`.
+   */
+  async function enrichWith(
+    tenantIds: string[],
+    sources: SourceProvider,
+    options: { bulkWaitMs?: number; maxBufferedPerPartition?: number } = {},
+  ): Promise<EnrichedBatch[]> {
     const [batches, enrichedTopic, dlq] = topics;
     const tenants = createTenantStore(redis.client, redis.prefix);
-    await tenants.put(tenantRecord('tenant-a'));
-    await tenants.put(tenantRecord('tenant-b'));
+    for (const tenantId of tenantIds) await tenants.put(tenantRecord(tenantId));
+    const metrics = new Registry({ processMetrics: false });
+    const handler = createEnrichHandler({
+      tenants,
+      sources,
+      bulkCache: createBulkVulnerabilityCache(redis.client, redis.prefix, 60_000),
+      cycles: createCycleStore(redis.client, redis.prefix),
+      publisher,
+      topic: enrichedTopic,
+      logger: silentLogger,
+      metrics,
+      concurrency: 2,
+      bulkWaitMs: options.bulkWaitMs ?? 1_000,
+      bulkClaimMs: 1_000,
+      bulkPollMs: 20,
+    });
+    runner = createConsumerRunner({
+      kafka,
+      service: 'vuln-fetcher',
+      groupId: uniqueId('vuln-fetcher'),
+      subscriptions: [{ topic: batches, contract: 'urs/device-batch', handler }],
+      publisher,
+      dlqTopic: dlq,
+      logger: silentLogger,
+      metrics,
+      ordering: 'key',
+      ...(options.maxBufferedPerPartition
+        ? { maxBufferedPerPartition: options.maxBufferedPerPartition }
+        : {}),
+    });
+    await runner.start();
 
+    const enriched: EnrichedBatch[] = [];
+    reader = kafka.consumer({ groupId: uniqueId('enriched-reader'), maxWaitTimeInMs: 500 });
+    await reader.connect();
+    await reader.subscribe({ topic: enrichedTopic, fromBeginning: true });
+    await reader.run({
+      eachMessage: async ({ message }) => {
+        enriched.push(JSON.parse(message.value?.toString('utf8') ?? 'null') as EnrichedBatch);
+      },
+    });
+    return enriched;
+  }
+
+  it("should enrich tenant B's batch while tenant A's batch in the same partition waits on its quota", async () => {
     // Microsoft stand-in: every call of tenant A waits (as on an exhausted quota) until released.
     let releaseA!: () => void;
     const quotaOfA = new Promise<void>((resolve) => (releaseA = resolve));
@@ -82,45 +151,10 @@ describe('createEnrichHandler under the consumer runner', () => {
       }),
       close: () => undefined,
     };
-    const metrics = new Registry({ processMetrics: false });
-    const handler = createEnrichHandler({
-      tenants,
-      sources,
-      bulkCache: createBulkVulnerabilityCache(redis.client, redis.prefix, 60_000),
-      cycles: createCycleStore(redis.client, redis.prefix),
-      publisher,
-      topic: enrichedTopic,
-      logger: silentLogger,
-      metrics,
-      concurrency: 2,
-      bulkWaitMs: 1_000,
-      bulkClaimMs: 1_000,
-    });
-    runner = createConsumerRunner({
-      kafka,
-      service: 'vuln-fetcher',
-      groupId: uniqueId('vuln-fetcher'),
-      subscriptions: [{ topic: batches, contract: 'urs/device-batch', handler }],
-      publisher,
-      dlqTopic: dlq,
-      logger: silentLogger,
-      metrics,
-      ordering: 'key',
-    });
-    await runner.start();
-
-    const enriched: EnrichedBatch[] = [];
-    const reader = kafka.consumer({ groupId: uniqueId('enriched-reader'), maxWaitTimeInMs: 500 });
-    await reader.connect();
-    await reader.subscribe({ topic: enrichedTopic, fromBeginning: true });
-    await reader.run({
-      eachMessage: async ({ message }) => {
-        enriched.push(JSON.parse(message.value?.toString('utf8') ?? 'null') as EnrichedBatch);
-      },
-    });
+    const enriched = await enrichWith(['tenant-a', 'tenant-b'], sources);
     try {
       // One partition: A's batch first, B's behind it.
-      await publisher.send(batches, 'urs/device-batch', [
+      await publisher.send(topics[0], 'urs/device-batch', [
         { key: 'tenant-a', value: deviceBatch('tenant-a', 4) },
         { key: 'tenant-b', value: deviceBatch('tenant-b', 3) },
       ]);
@@ -147,7 +181,51 @@ describe('createEnrichHandler under the consumer runner', () => {
     } finally {
       // A failed expectation must not leave A's batch holding the runner's close.
       releaseA();
-      await reader.disconnect();
     }
+  });
+
+  it("should enrich tenant B's batch while more of bulk tenant A's batches than a partition buffers wait for A's export", async () => {
+    // Microsoft stand-in: A's bulk export answers only once released (a first bulk cycle reads it first, so
+    // every batch of the cycle waits for it); B's per-device calls answer at once.
+    let releaseA!: () => void;
+    const exportOfA = new Promise<void>((resolve) => (releaseA = resolve));
+    const sources: SourceProvider = {
+      forTenant: () => ({
+        machineVulnerabilities: async () => [{ id: 'CVE-2026-0001', cvssV3: 9.8 }],
+        bulkVulnerabilities: async (onRow) => {
+          await exportOfA;
+          onRow('tenant-a-d0', { id: 'CVE-2026-0002', cvssV3: 9.9 });
+        },
+      }),
+      close: () => undefined,
+    };
+    // Buffers of 4 batches a partition, and A's cycle of 6 batches ahead of B's in the one partition.
+    const enriched = await enrichWith(['tenant-a', 'tenant-b'], sources, {
+      bulkWaitMs: 60_000,
+      maxBufferedPerPartition: 4,
+    });
+    const cycleOfA = bulkCycle('tenant-a', 6, new Date().toISOString());
+    try {
+      await publisher.send(topics[0], 'urs/device-batch', [
+        ...cycleOfA.map((batch) => ({ key: 'tenant-a', value: batch })),
+        { key: 'tenant-b', value: deviceBatch('tenant-b', 3) },
+      ]);
+      await waitFor(() => enriched.some((batch) => batch.tenantId === 'tenant-b'), {
+        timeoutMs: 10_000,
+        description: "tenant B's enriched batch while A's export waits",
+      });
+      expect(enriched.map((batch) => batch.tenantId)).toEqual(['tenant-b']);
+    } finally {
+      releaseA();
+    }
+    await waitFor(() => enriched.filter((batch) => batch.tenantId === 'tenant-a').length === 6, {
+      timeoutMs: 15_000,
+      description: "A's six enriched batches",
+    });
+    // Each of A's batches once (two of a tenant run at once, so they may finish out of order), from the export.
+    const ofA = enriched.filter((batch) => batch.tenantId === 'tenant-a');
+    expect(ofA.map((batch) => batch.batchIndex).sort()).toEqual([0, 1, 2, 3, 4, 5]);
+    const d0 = ofA.find((batch) => batch.batchIndex === 0)?.devices[0];
+    expect(d0?.vulnerabilities?.criticalCveCount).toBe(1);
   });
 });
