@@ -2,13 +2,13 @@ import { DefenderError, DefenderErrorCode } from './errors';
 
 export interface CallHealthOptions {
   /**
-   * Failed calls in a row (no answer in time, a connection lost, a 5xx) after which the tenant's calls go
-   * one at a time: a tenant whose API hangs then holds one of the shared slots, not all of them. Default 3.
-   * Each call that succeeds doubles what may be in flight again, until the tenant's calls are free once more.
+   * Slow failures in a row (see CallHealth) after which the tenant's calls go one at a time: a tenant whose
+   * API hangs then holds one of the shared slots, not all of them. Default 3. Each call answered doubles what
+   * may be in flight again, until the tenant's calls are free once more.
    */
   oneAtATimeAfter?: number;
   /**
-   * Failed calls in a row after which the tenant's calls are held back (they fail at once, their retries are
+   * Slow failures in a row after which the tenant's calls are held back (they fail at once, their retries are
    * not made) for `holdBackMs`; then one call is tried again. Default 10.
    */
   holdBackAfter?: number;
@@ -22,7 +22,10 @@ export interface CallHealthOptions {
   now?: () => number;
 }
 
-/** How an attempt ended, for the tenant's health: answered, failed for the API's own reasons, or neither. */
+/**
+ * How an attempt ended, for the tenant's health: answered; failed slowly, having held its slot long (no
+ * answer in time, a body that kept trickling); or neither (a fast failure, a 429, a call its caller stopped).
+ */
 export type CallOutcome = 'answered' | 'failed' | 'neither';
 
 interface Waiter {
@@ -32,11 +35,14 @@ interface Waiter {
 /**
  * One tenant's Defender calls: how many may be in flight, from what the last ones showed. While its calls
  * are answered the tenant is not held back at all (the shared slots and its quota are its only limits). A
- * tenant whose API stops answering (hangs, trickles a body, answers 5xx) would otherwise keep all 10 shared
- * slots busy with its calls, their timeouts and their retries, while every other tenant waits: after
- * `oneAtATimeAfter` failures in a row its calls go one at a time, after `holdBackAfter` they fail at once
- * for `holdBackMs`, and the first call answered lets the tenant's calls out again, doubling at each answer.
- * Of this process only: a tenant's batches go to one vuln-fetcher (they are keyed by tenant).
+ * tenant whose API stops answering (hangs, trickles a body) would otherwise keep all 10 shared slots busy
+ * with its calls, their timeouts and their retries, while every other tenant waits: after `oneAtATimeAfter`
+ * slow failures in a row its calls go one at a time, after `holdBackAfter` they fail at once for
+ * `holdBackMs`, and the first call answered lets the tenant's calls out again, doubling at each answer.
+ * Only slow failures count: a connection reset or a 503 that comes at once holds a slot for a moment, and a
+ * passing blip of them must not cost a healthy tenant its cycle (the vuln-fetcher's own cut-off stops a
+ * tenant whose calls keep failing that way). Of this process only: a tenant's batches go to one vuln-fetcher
+ * (they are keyed by tenant).
  */
 export class CallHealth {
   private readonly oneAtATimeAfter: number;
@@ -50,6 +56,8 @@ export class CallHealth {
   private inFlight = 0;
   private heldBackUntil = 0;
   private lastFailure = '';
+  /** The failures in a row that began the hold-back, for its message. */
+  private heldBackAfterFailures = 0;
   private readonly waiting: Waiter[] = [];
 
   constructor(
@@ -79,33 +87,45 @@ export class CallHealth {
   }
 
   /**
-   * Resolves when `start` may say otherwise than it did: at once if a call ended since (the answer of
-   * `start` took a turn of the event loop to reach its caller), else when one of the tenant's calls in
-   * flight ends or `signal` aborts.
+   * Resolves when one more of the tenant's calls may go, or must end held back: at once while its calls are
+   * free or a place is free, else when a call in flight ends and leaves its place to this one (the calls that
+   * waited longest first), or `signal` aborts. `start` decides, once the call holds its slot: another call
+   * may have taken the place meanwhile, and this one then waits again.
    */
   turn(signal?: AbortSignal): Promise<void> {
     if (this.inFlight < this.limit || this.now() < this.heldBackUntil) return Promise.resolve();
     return new Promise<void>((resolve) => {
+      if (signal?.aborted) return resolve();
+      const stopped = (): void => {
+        const index = this.waiting.indexOf(waiter);
+        if (index >= 0) this.waiting.splice(index, 1);
+        resolve();
+      };
       const waiter: Waiter = {
         wake: () => {
-          signal?.removeEventListener('abort', waiter.wake);
+          signal?.removeEventListener('abort', stopped);
           resolve();
         },
       };
-      if (signal?.aborted) return resolve();
-      signal?.addEventListener('abort', waiter.wake, { once: true });
+      signal?.addEventListener('abort', stopped, { once: true });
       this.waiting.push(waiter);
     });
   }
 
+  /** A call given a turn did not take it (its caller stopped it): the place goes to the next waiting call. */
+  passTurn(): void {
+    this.wake(Math.max(0, this.limit - this.inFlight));
+  }
+
   /**
-   * The call that `start` let go ended: answered, failed for the API's own reasons (`failure` says how, for
-   * the message of a hold-back), or neither (throttled, stopped by its caller, refused for the setup).
+   * The call that `start` let go ended: answered, failed slowly for the API's own reasons (`failure` says
+   * how, for the message of a hold-back), or neither.
    */
   leave(outcome: CallOutcome, failure = ''): void {
     this.inFlight--;
     if (outcome === 'answered') {
       this.failuresInARow = 0;
+      this.heldBackUntil = 0;
       this.limit = this.limit * 2 > this.freeAbove ? Infinity : this.limit * 2;
     } else if (outcome === 'failed') {
       this.lastFailure = failure;
@@ -113,11 +133,13 @@ export class CallHealth {
       if (this.failuresInARow >= this.oneAtATimeAfter) this.limit = 1;
       if (this.failuresInARow >= this.holdBackAfter) {
         this.heldBackUntil = this.now() + this.holdBackMs;
+        this.heldBackAfterFailures = this.failuresInARow;
         this.limit = 1; // once the hold-back ends, one call tries the API again
       }
     }
-    // Waiting calls look again: one may go, or all end with the hold-back.
-    this.wakeAll();
+    // As many waiting calls look again as may go now; all of them when they are held back (each then ends).
+    const held = this.now() < this.heldBackUntil;
+    this.wake(held ? this.waiting.length : Math.max(0, this.limit - this.inFlight));
   }
 
   /**
@@ -129,7 +151,7 @@ export class CallHealth {
     if (this.now() >= until) return undefined;
     return new DefenderError(
       DefenderErrorCode.UNAVAILABLE,
-      `The Defender API of tenant ${this.azureTenantId} failed ${this.failuresInARow} calls in a row ` +
+      `The Defender API of tenant ${this.azureTenantId} failed ${this.heldBackAfterFailures} calls in a row ` +
         `(last: ${this.lastFailure}); its calls are held back until ${new Date(until).toISOString()}, ` +
         'then one is tried again',
       { canRetry: true, cause, details: { azureTenantId: this.azureTenantId, heldBackUntil: until } },
@@ -141,7 +163,8 @@ export class CallHealth {
     return error instanceof DefenderError && error.details['heldBackUntil'] !== undefined;
   }
 
-  private wakeAll(): void {
-    for (const waiter of this.waiting.splice(0)) waiter.wake();
+  /** Wakes the `count` calls that waited longest. */
+  private wake(count: number): void {
+    for (const waiter of this.waiting.splice(0, count)) waiter.wake();
   }
 }

@@ -192,6 +192,11 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   const { azureTenantId, apiBase, tokens, limiter, quota, logger } = options;
   const metrics = options.metrics ? createCallMetrics(options.metrics) : undefined;
   const health = new CallHealth(azureTenantId, options.health);
+  /**
+   * A failed attempt counts for the tenant's health only when it held its slot this long: half the request
+   * timeout, so a call that ran out of time always does, a reset or a 503 that came at once never.
+   */
+  const slowFailureMs = options.requestTimeoutMs / 2;
   const origin = new URL(apiBase).origin;
   /** The API base's own path (a gateway's `/mde`), without its last slash; '' for a host's root. */
   const basePath = new URL(apiBase).pathname.replace(/\/+$/, '');
@@ -257,6 +262,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     slot: Slot,
     signal?: AbortSignal,
   ): Promise<AxiosResponse<string>> {
+    /** What the slot itself failed with (the limiter's Redis, a call stopped before it was sent). */
+    let slotFailure: unknown;
     try {
       return await http.get<string>(url, {
         params,
@@ -266,12 +273,17 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
             withinDeadline(abortOn, options.requestTimeoutMs, (request) =>
               httpAdapter({ ...config, signal: request }),
             ),
-          ),
+          ).catch((error: unknown) => {
+            if (!axios.isAxiosError(error)) slotFailure = error;
+            throw error;
+          }),
         ...(signal ? { signal } : {}),
       });
     } catch (error) {
-      // A slot that could not be had (the limiter's Redis failed) fails the call with the limiter's own
-      // error, as before the slot moved into the adapter: the API was never asked.
+      // A slot that could not be had fails the call with that reason, as before the slot moved into the
+      // adapter: the API was never asked. (With its signal aborted, axios puts its own cancellation in place
+      // of an adapter's error.)
+      if (slotFailure !== undefined) throw slotFailure;
       if (!axios.isAxiosError(error)) throw error;
       throw unreachable(error, url, signal);
     }
@@ -342,10 +354,18 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   ): Promise<T> {
     const queued = performance.now();
     for (;;) {
+      await health.turn(signal);
+      if (signal?.aborted) {
+        health.passTurn();
+        throw notSent(endpoint, queued, signal);
+      }
       let sentAt = 0;
       let slotEnded: AbortSignal | undefined;
       try {
         const response = await limiter.schedule(async (slotEnds) => {
+          // Stopped while it waited: not sent (axios would still write a request whose signal already
+          // aborted, one call more in flight than the slots).
+          if (signal?.aborted) throw notSent(endpoint, queued, signal);
           if (!health.start()) return NOT_NOW;
           slotEnded = slotEnds;
           sentAt = performance.now();
@@ -354,22 +374,42 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
           const request = requestSignal(signal, slotEnds);
           return call(request.signal).finally(request.done);
         });
-        if (response === NOT_NOW) {
-          await health.turn(signal);
-          continue;
-        }
-        health.leave(outcomeOf(response.status), `answered ${response.status}`);
+        if (response === NOT_NOW) continue;
+        const slow = performance.now() - sentAt >= slowFailureMs;
+        const outcome = outcomeOf(response.status);
+        health.leave(outcome === 'failed' && !slow ? 'neither' : outcome, `answered ${response.status}`);
         metrics?.called(endpoint, response.status, (performance.now() - sentAt) / 1000);
         return response;
       } catch (error) {
         if (sentAt > 0) {
           const failure = failureOf(error, signal, slotEnded);
-          health.leave(failure === undefined ? 'neither' : 'failed', failure);
+          const slow = performance.now() - sentAt >= slowFailureMs;
+          health.leave(failure !== undefined && slow ? 'failed' : 'neither', failure);
           metrics?.called(endpoint, 'error', (performance.now() - sentAt) / 1000);
-        } else if (CallHealth.isHeldBack(error)) metrics?.heldBack(endpoint);
+        } else {
+          if (CallHealth.isHeldBack(error)) metrics?.heldBack(endpoint);
+          health.passTurn();
+        }
         throw slotExpired(error, endpoint, slotEnded) ?? error;
       }
     }
+  }
+
+  /**
+   * A call its caller stopped before it was sent: it waited for one of the shared slots (or its tenant's
+   * turn) all that time, so at a deadline (the access test's time limit) the API is not to blame.
+   */
+  function notSent(endpoint: DefenderEndpointClass, queued: number, signal: AbortSignal): DefenderError {
+    const timedOut = (signal.reason as { name?: unknown } | undefined)?.name === 'TimeoutError';
+    return new DefenderError(
+      DefenderErrorCode.UNAVAILABLE,
+      timedOut
+        ? `A ${endpoint} call to the Defender API of tenant ${azureTenantId} was not sent within the time ` +
+            `allowed: it waited ${duration(performance.now() - queued)} for one of the shared call slots, ` +
+            'all busy with other calls'
+        : `A ${endpoint} call to the Defender API of tenant ${azureTenantId} was stopped before it was sent`,
+      { canRetry: false, details: { azureTenantId, endpoint } },
+    );
   }
 
   /**
@@ -485,6 +525,12 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     let throttledMs = 0;
     for (;;) {
       try {
+        // Held back: the call ends before it takes a token, a quota claim or a slot.
+        const heldBack = health.heldBack();
+        if (heldBack) {
+          metrics?.heldBack(endpoint);
+          throw heldBack;
+        }
         return await once();
       } catch (error) {
         if (signal?.aborted) throw stoppedWith(error, signal, url, since);

@@ -140,4 +140,44 @@ describe('CallHealth', () => {
     const already = health.turn(stop.signal);
     await expect(already).resolves.toBeUndefined();
   });
+
+  it('an answered call should lift a hold-back at once, also one that began while it was in flight', () => {
+    const { health } = healthAt({ holdBackAfter: 10 });
+    for (let i = 0; i < 11; i++) expect(health.start()).toBe(true);
+    for (let i = 0; i < 10; i++) health.leave('failed', 'no answer within 30 s');
+    expect(health.heldBack()?.message).toContain('failed 10 calls in a row');
+    health.leave('answered');
+    expect(health.heldBack()).toBeUndefined();
+    expect(health.start()).toBe(true);
+  });
+
+  it('a call ending should wake as many waiting calls as may go, the longest waiting first', async () => {
+    const { health } = healthAt({ oneAtATimeAfter: 1 });
+    failCalls(health, 1);
+    expect(health.start()).toBe(true);
+    const woken: number[] = [];
+    const waits = [0, 1, 2].map((i) => health.turn().then(() => woken.push(i)));
+    health.leave('neither');
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(woken).toEqual([0]);
+    expect(health.start()).toBe(true);
+    health.leave('answered');
+    await Promise.all(waits);
+    expect(woken).toEqual([0, 1, 2]);
+  });
+
+  it('a waiting call whose signal aborts should leave the queue, so the next call still gets the place', async () => {
+    const { health } = healthAt({ oneAtATimeAfter: 1 });
+    failCalls(health, 1);
+    expect(health.start()).toBe(true);
+    const stop = new AbortController();
+    let secondWoke = false;
+    const first = health.turn(stop.signal);
+    const second = health.turn().then(() => (secondWoke = true));
+    stop.abort();
+    await first;
+    health.leave('neither');
+    await second;
+    expect(secondWoke).toBe(true);
+  });
 });

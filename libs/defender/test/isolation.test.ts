@@ -5,6 +5,7 @@ import {
   DefenderErrorCode,
   createHttpsAgent,
   createLocalLimiter,
+  UNLIMITED_QUOTA_GATE,
   withSlotHandOff,
   type CallLimiter,
   type DefenderClient,
@@ -66,13 +67,30 @@ async function until(check: () => boolean, what: string): Promise<void> {
   }
 }
 
-/** Clients of both tenants over one limiter of 10 slots with the vuln-fetcher's slot hand-off. */
+/**
+ * Clients of both tenants over one limiter of 10 slots with the vuln-fetcher's slot hand-off (quotas off:
+ * the simulator's are off too); `slots` counts the slots the calls were given.
+ */
 function clientsSharingSlots(holdBackMs = 30_000) {
   const agent = createHttpsAgent({ extraCa: sim.caPem });
-  const limiter: CallLimiter = withSlotHandOff(createLocalLimiter({ maxConcurrent: 10 }));
+  const inner = createLocalLimiter({ maxConcurrent: 10 });
+  const slots = { given: 0 };
+  const limiter: CallLimiter = withSlotHandOff({
+    schedule: (task) => inner.schedule((slotEnds) => task(slotEnds)),
+    close: () => inner.close(),
+  });
+  const counted: CallLimiter = {
+    schedule: (task) =>
+      limiter.schedule((slotEnds) => {
+        slots.given++;
+        return task(slotEnds);
+      }),
+    close: () => limiter.close(),
+  };
   const options = {
     agent,
-    limiter,
+    limiter: counted,
+    quota: UNLIMITED_QUOTA_GATE,
     requestTimeoutMs: 1_000,
     retryPolicy: retryPolicy({ maxAttempts: 5, initialDelayMs: 10, maxDelayMs: 50 }),
     health: { holdBackMs },
@@ -82,6 +100,7 @@ function clientsSharingSlots(holdBackMs = 30_000) {
   return {
     a: a.client,
     b: b.client,
+    slots,
     async close() {
       a.client.close();
       b.client.close();
@@ -154,7 +173,7 @@ describe('per-device calls of two tenants sharing the call slots', () => {
     const { a, close } = clientsSharingSlots(300);
     try {
       const ids = (await a.listMachines()).map((machine) => machine.record.id);
-      sim.setFaults(failing.azureTenantId, { status5xxRate: 1 });
+      sim.setFaults(failing.azureTenantId, { timeoutRate: 1 });
       const failed = await perDevice(a, ids.slice(0, 10), 10);
       expect(failed.every((result) => result.status === 'rejected')).toBe(true);
       await expect(a.getMachineVulnerabilities(ids[0] as string)).rejects.toThrow(/held back until/);
@@ -166,7 +185,63 @@ describe('per-device calls of two tenants sharing the call slots', () => {
       sim.resetStats();
       const answered = await perDevice(a, ids, 15);
       expect(answered.every((result) => result.status === 'fulfilled')).toBe(true);
-      expect(sim.stats().peakConcurrencyByTenant[failing.azureTenantId]).toBe(10);
+      expect(sim.stats().peakConcurrencyByTenant[failing.azureTenantId]).toBeGreaterThanOrEqual(8);
+    } finally {
+      await close();
+    }
+  });
+
+  it('a passing blip of failures that come at once (503s) should neither slow nor hold back a tenant', async () => {
+    const { a, close } = clientsSharingSlots();
+    try {
+      const ids = (await a.listMachines()).map((machine) => machine.record.id);
+      sim.setFaults(failing.azureTenantId, { status5xxRate: 1 });
+      // 10 calls of 5 attempts each: 50 failures in a row, each in a moment.
+      const failed = await perDevice(a, ids.slice(0, 10), 10);
+      const errors = failed.map((result) => (result as PromiseRejectedResult).reason as Error);
+      for (const error of errors)
+        expect(error.message).toMatch(
+          new RegExp(
+            `^The Defender API answered 50[03] for tenant ${failing.azureTenantId} on /api/machines/`,
+          ),
+        );
+      expect(errors.some((error) => CallHealth.isHeldBack(error))).toBe(false);
+
+      sim.setFaults(failing.azureTenantId, {});
+      sim.setLatency({ meanMs: 20 });
+      sim.resetStats();
+      const answered = await perDevice(a, ids, 15);
+      expect(answered.every((result) => result.status === 'fulfilled')).toBe(true);
+      expect(sim.stats().peakConcurrencyByTenant[failing.azureTenantId]).toBeGreaterThanOrEqual(8);
+    } finally {
+      await close();
+    }
+  });
+
+  it('a call stopped while it waits for its turn should end at once, unsent, without asking for slots over and over', async () => {
+    const { a, slots, close } = clientsSharingSlots();
+    try {
+      sim.setFaults(failing.azureTenantId, { timeoutRate: 1 });
+      // A call whose 5 attempts run out of time: the tenant's calls now go one at a time (not held back yet).
+      await expect(a.getMachineVulnerabilities('device-0')).rejects.toThrow(/within 1 s \(ECONNABORTED\)$/);
+      sim.resetStats();
+      const inFlight = a.getMachineVulnerabilities('device-3').catch((error: Error) => error);
+      await until(() => sim.stats().inFlightByTenant[failing.azureTenantId] === 1, 'the call in flight');
+      const stop = new AbortController();
+      const waiting = a.getMachineVulnerabilities('device-4', stop.signal).catch((error: Error) => error);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const slotsBefore = slots.given;
+      stop.abort();
+      const stopped = await waiting;
+      expect(stopped).toMatchObject({
+        code: DefenderErrorCode.UNAVAILABLE,
+        message: `A vulnerabilities call to the Defender API of tenant ${failing.azureTenantId} was stopped before it was sent`,
+      });
+      // Ended while the call ahead of it still hangs, having asked for no slot in a loop.
+      expect(sim.stats().inFlightByTenant[failing.azureTenantId]).toBe(1);
+      expect(slots.given - slotsBefore).toBeLessThanOrEqual(1);
+      expect(sim.stats().callsByTenant[failing.azureTenantId]?.vulnerabilities).toBe(1);
+      await inFlight;
     } finally {
       await close();
     }
