@@ -46,7 +46,10 @@ export interface BatchRead {
   readonly missing: bigint[];
   /** Where the partition's next fetch starts; undefined when no message was looked at. */
   readonly next: bigint | undefined;
-  /** Reading stopped, as many offsets deferred as are kept: the partition's fetching pauses. */
+  /**
+   * Reading stopped at a message that found no room (not reading past), or with as many offsets deferred as
+   * are kept: the partition's fetching pauses.
+   */
   readonly stopped: boolean;
 }
 
@@ -67,14 +70,19 @@ const keyOf = (message: KafkaMessage): string | null =>
 /**
  * The messages of one partition by key, and what a full buffer does: a key's waiting messages must not keep
  * other keys' messages from being taken, while memory stays bounded.
- * - Up to `maxHeld` messages are held in memory. Once that many are, a message of a key holding at least two
- *   fewer than the key holding the most takes the place of that key's newest message not started, which is
- *   deferred: only its offset is kept, and the partition is read again from it later. So a key whose
- *   messages all wait (a tenant's batches waiting for its export or its quota) keeps its window running and
- *   gives the rest of the buffer up to the keys behind it, and the keys of a full partition end up sharing it.
- * - Otherwise a message that finds no room is deferred, and the reading goes on past it to the keys behind:
- *   up to `maxDeferred` offsets a partition, ~45 bytes each where a held message costs its size. A key with
- *   deferred messages defers its new ones too, so its messages still start in offset order.
+ * - Up to `maxHeld` messages are held in memory. Until the partition reads past a full buffer (`readPast`, set
+ *   by the runner once the partition has stayed full a while), a message that finds no room stops the read
+ *   there, as a paused partition's fetching did, and nothing is deferred: a key streaming through a busy
+ *   partition is read once, where deferring would read most of its messages twice with nothing behind them.
+ * - Reading past a full buffer, a message of a key holding at least two fewer than the key holding the most
+ *   takes the place of that key's newest message not started, which is deferred: only its offset is kept, and
+ *   the partition is read again from it later. So a key whose messages all wait (a tenant's batches waiting for
+ *   its export or its quota) keeps its window running and gives the rest of the buffer up to the keys behind
+ *   it, and the keys of a full partition end up sharing it.
+ * - Otherwise, reading past, a message that finds no room is deferred, and the reading goes on past it to the
+ *   keys behind: up to `maxDeferred` offsets a partition, ~45 bytes each where a held message costs its size.
+ *   A key with deferred messages defers its new ones too (not reading past, the read stops at them), so its
+ *   messages still start in offset order.
  * - Deferred messages are read again once the partition holds half of `maxHeld` or fewer (a pass over the
  *   partition then takes them while there is room, as a paused partition's fetching took the messages after
  *   it), or once their key holds fewer than its window and a place can be made for it.
@@ -85,6 +93,11 @@ export class KeyLanes {
   /** Offsets read and not finished, held or deferred: the committed watermark. */
   readonly offsets = new PartitionOffsets();
   private readonly byKey = new Map<string | null, Lane>();
+  /**
+   * Whether a message that finds no room is deferred and the reading goes on past it (see the class); false,
+   * the reading stops at it and nothing is deferred.
+   */
+  readPast = false;
   private heldCount = 0;
   private deferredCount = 0;
   private readonly readAgainAt: number;
@@ -113,6 +126,11 @@ export class KeyLanes {
     return this.heldCount <= this.readAgainAt;
   }
 
+  /** Whether the partition holds `maxHeld` messages: not reading past, nothing more can be taken. */
+  get isFull(): boolean {
+    return this.heldCount >= this.limits.maxHeld;
+  }
+
   /**
    * Reads a batch of the partition's messages, in offset order: a message read past everything read before
    * is placed (`placeNew`), one read again is taken when it is its key's next deferred one (`takeAgain`).
@@ -135,6 +153,12 @@ export class KeyLanes {
       const entry = { message, offset };
       if (this.offsets.isAccepted(offset)) {
         if (this.takeAgain(key, entry)) options.took(key);
+        else if (!this.readPast && this.byKey.get(key)?.deferred[0] === offset) {
+          // The key's next deferred message finds no room: not reading past, the read stops at it.
+          full = true;
+          readTo = offset;
+          break;
+        }
       } else {
         const placed = this.placeNew(key, entry);
         if (placed === 'full') {
@@ -149,7 +173,10 @@ export class KeyLanes {
     }
     const end = this.offsets.end;
     if (readTo === undefined || end === undefined) return { missing, next: undefined, stopped: full };
-    let next = this.readFrom(readTo, end);
+    // A read that stopped goes on from the message it stopped at, or from `end` when that is before it (offsets
+    // without a message for the handlers, a transaction's control record, lie between).
+    const stop = full && readTo < end ? readTo : end;
+    let next = this.readFrom(readTo, stop);
     const last = messages[messages.length - 1];
     if (last !== undefined && next - 1n === BigInt(last.offset)) {
       // KafkaJS resolves the batch's last offset when told its last message's, stepping over a control
@@ -157,14 +184,15 @@ export class KeyLanes {
       next = options.lastOffset + 1n;
       if (next > end) this.offsets.advance(next);
     }
-    // Stopped before `readTo` unless a read back is due first.
-    return { missing, next, stopped: full && next >= readTo };
+    // Stopped unless a read back is due first.
+    return { missing, next, stopped: full && next >= stop };
   }
 
   /**
    * Places a message read past everything read before it: taken (pushed on its lane's entries, for the
-   * caller to start), deferred, or 'full' when it would have to be deferred and `maxDeferred` offsets already
-   * are (the partition's reading then stops until there is room).
+   * caller to start), deferred, or 'full' when it would have to be deferred and the partition does not read
+   * past a full buffer, or `maxDeferred` offsets already are deferred (the partition's reading then stops
+   * until there is room).
    */
   placeNew(key: string | null, entry: Entry): Placement {
     const lane = this.laneOf(key);
@@ -172,7 +200,7 @@ export class KeyLanes {
       this.take(lane, entry);
       return 'taken';
     }
-    if (this.deferredCount >= this.limits.maxDeferred) {
+    if (!this.readPast || this.deferredCount >= this.limits.maxDeferred) {
       this.dropIfEmpty(key, lane);
       return 'full';
     }
@@ -182,9 +210,9 @@ export class KeyLanes {
   }
 
   /**
-   * Takes a message read again when it is its key's oldest deferred one and there is room for it (taking
-   * the place of another key's, see the class). False leaves it deferred, or it was not deferred (held,
-   * finished).
+   * Takes a message read again when it is its key's oldest deferred one and there is room for it (reading
+   * past, taking the place of another key's, see the class). False leaves it deferred, or it was not deferred
+   * (held, finished).
    */
   takeAgain(key: string | null, entry: Entry): boolean {
     const lane = this.byKey.get(key);
@@ -234,7 +262,8 @@ export class KeyLanes {
   /**
    * Where the partition's next read starts, after a read that stopped before `readTo`: the oldest deferred
    * offset of a key that may take it now (going on past `readTo` with the room there is; going back before it
-   * only when the partition or the key is low, see the class), else `end`, the offset after everything read.
+   * only when the partition or the key is low, see the class), else `end`: the offset after everything read,
+   * or where a read that found no room stopped.
    */
   readFrom(readTo: bigint, end: bigint): bigint {
     let from = end;
@@ -285,7 +314,8 @@ export class KeyLanes {
   }
 
   private hasRoomFor(lane: Lane): boolean {
-    return this.heldCount < this.limits.maxHeld || this.victimFor(lane) !== undefined;
+    if (this.heldCount < this.limits.maxHeld) return true;
+    return this.readPast && this.victimFor(lane) !== undefined;
   }
 
   /** The lane holding the most whose newest entry is not started, if it holds at least two more than `lane`. */
@@ -299,9 +329,14 @@ export class KeyLanes {
     return victim;
   }
 
-  /** Room for one more message of the lane; `neutral` when taking it frees a deferred place. */
+  /**
+   * Room for one more message of the lane; `neutral` when taking it frees a deferred place. Only a partition
+   * reading past a full buffer makes room by deferring another key's message: otherwise that message would be
+   * read twice for a key that may not wait long.
+   */
   private makeRoom(lane: Lane, neutral: boolean): boolean {
     if (this.heldCount < this.limits.maxHeld) return true;
+    if (!this.readPast) return false;
     const victim = this.victimFor(lane);
     if (victim === undefined || (!neutral && this.deferredCount >= this.limits.maxDeferred)) return false;
     const entry = victim.entries.pop() as Entry;

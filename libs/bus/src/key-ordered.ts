@@ -28,14 +28,18 @@ import { KeyLanes, type Entry, type Lane } from './key-lanes';
  *   aborted (its handlers' signal) and never committed, so it cannot overwrite the new owner's offset.
  *   A new member id means the group forgot this member (session expired): nothing of before is kept.
  * - eachBatch only accepts and returns, so KafkaJS's fetch loop keeps heartbeating; a full buffer
- *   never blocks eachBatch (which would block the fetches of every partition of the broker).
- * - A partition's fetching goes on past a full buffer (KeyLanes): a message that finds no room is
- *   deferred, its offset kept and the message let go of, so one key's waiting messages cannot keep the
- *   keys behind them from being read. A deferred message is read again by moving the partition's next
- *   fetch back to it: the offset resolved after a batch, or consumer.seek between batches (with autoCommit
- *   off, KafkaJS's seek only sets the next fetch's offset, and drops a batch fetched before it). Offsets
- *   already accepted and read again are skipped, as after a rebalance. Only when the deferred offsets
- *   reach their bound does the partition's fetching pause, until the buffer is half empty.
+ *   never blocks eachBatch (which would block the fetches of every partition of the broker): it pauses
+ *   the partition's fetching, which resumes once the buffer is half empty.
+ * - A partition still full `readPastAfterMs` after it paused (not half empty since) is read past its full
+ *   buffer (KeyLanes) until it is half empty again: a message that finds no room is deferred, its offset
+ *   kept and the message let go of, so one key's waiting messages cannot keep the keys behind them from
+ *   being read for long. Not at once: a key streaming through a busy partition fills its buffer too, and
+ *   deferring its messages would read most of them twice with nothing behind them to let through. A
+ *   deferred message is read again by moving the partition's next fetch back to it: the offset resolved
+ *   after a batch, or consumer.seek between batches (with autoCommit off, KafkaJS's seek only sets the
+ *   next fetch's offset, and drops a batch fetched before it). Offsets already accepted and read again are
+ *   skipped, as after a rebalance. Reading past, the partition's fetching pauses only when the deferred
+ *   offsets reach their bound, until the buffer is half empty.
  * - KafkaJS keeps a seek it has not applied yet through a rebalance (consumerGroup.seekOffset) and applies
  *   it whenever the partition is assigned here again, maybe much later: a seek past the offset committed
  *   then would skip what the partition's other owner left. So the runner seeks only to the partition's
@@ -58,6 +62,8 @@ export interface KeyOrderedOptions {
   maxBufferedPerPartition: number;
   /** Offsets of a partition's deferred messages kept, see KeyLanes. */
   maxDeferredPerPartition: number;
+  /** How long a partition stays full (not half empty) before it is read past its full buffer, ms. */
+  readPastAfterMs: number;
   /**
    * Messages of one key handled at once, default 2: a key's next message starts while the one before it
    * finishes, so a handler that ends by waiting on a few slow calls (a batch draining its last Defender
@@ -97,6 +103,8 @@ interface PartitionWork {
   readonly stopSignal: AbortSignal;
   revoked: boolean;
   paused: boolean;
+  /** Set while the partition is full and not read past yet: reading past starts when it fires. */
+  readPastTimer: NodeJS.Timeout | undefined;
   /** Where the partition's next fetch starts, as last resolved or sought here; undefined before. */
   position: bigint | undefined;
   /**
@@ -165,6 +173,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
         stopSignal: AbortSignal.any([closing.signal, controller.signal]),
         revoked: false,
         paused: false,
+        readPastTimer: undefined,
         position: undefined,
         readSince: undefined,
         committed: undefined,
@@ -192,6 +201,31 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
         reason: errorMessage(error),
       });
     }
+  }
+
+  /** Starts the wait after which a partition that stays full is read past its full buffer. */
+  function readPastLater(work: PartitionWork): void {
+    if (work.lanes.readPast || work.readPastTimer) return;
+    work.readPastTimer = setTimeout(() => {
+      work.readPastTimer = undefined;
+      if (closing.signal.aborted || work.revoked || work.lanes.isHalfEmpty) return;
+      work.lanes.readPast = true;
+      log.info('partition full for a while; reading on past the messages waiting in it', {
+        topic: work.topic,
+        partition: work.partition,
+        held: work.lanes.held,
+        readPastAfterMs: options.readPastAfterMs,
+      });
+      resume(work);
+    }, options.readPastAfterMs);
+    work.readPastTimer.unref();
+  }
+
+  /** Half empty, revoked or closing: the partition is no longer read past its buffer, nor waits to be. */
+  function stopReadingPast(work: PartitionWork): void {
+    if (work.readPastTimer) clearTimeout(work.readPastTimer);
+    work.readPastTimer = undefined;
+    work.lanes.readPast = false;
   }
 
   /**
@@ -223,6 +257,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
 
   function revoke(work: PartitionWork, reason: string): void {
     work.revoked = true;
+    stopReadingPast(work);
     work.controller.abort();
     partitions.delete(partitionId(work.topic, work.partition));
     countBuffered(-work.lanes.held);
@@ -281,7 +316,10 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
       if (!(await settleUntilDone(work, entry)) || work.revoked) return;
       work.lanes.finished(lane, entry);
       countBuffered(-1);
-      if (work.lanes.isHalfEmpty && !closing.signal.aborted) resume(work);
+      if (work.lanes.isHalfEmpty && !closing.signal.aborted) {
+        stopReadingPast(work);
+        resume(work);
+      }
       readAgainIfDue(work);
       scheduleCommit();
     } finally {
@@ -408,7 +446,12 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
         work.position = read.next;
         work.readSince ??= BigInt(batch.messages[0]?.offset ?? read.next);
       }
-      if (read.stopped) pause(work);
+      // Not reading past, a full buffer pauses the partition at once, not once a later fetch brings a message
+      // that finds no room: that fetch would be made for nothing, and its messages fetched again.
+      if (read.stopped || (!lanes.readPast && lanes.isFull)) {
+        pause(work);
+        readPastLater(work);
+      }
     },
 
     onGroupJoin(payload) {
@@ -431,6 +474,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
       closing.abort();
       if (commitTimer) clearTimeout(commitTimer);
       commitTimer = undefined;
+      for (const work of partitions.values()) stopReadingPast(work);
       try {
         consumer.pause(options.topics.map((topic) => ({ topic })));
       } catch {

@@ -54,12 +54,27 @@ export interface ConsumerRunnerOptions {
   /**
    * Ordering 'key': messages of a partition held in memory and not finished (queued behind their key or
    * in flight). Bounds the memory and the handlers running at once: this many per partition. When
-   * reached, the partition's fetching goes on, so one key's waiting messages do not hold up the keys
-   * behind them: a message that finds no room is deferred (its offset kept, the message let go of, and
+   * reached, the partition's fetching pauses until half of them are finished. A partition still full
+   * readPastAfterMs later is read on, so one key's waiting messages do not hold up the keys behind them
+   * for longer: a message that finds no room is deferred (its offset kept, the message let go of, and
    * read again once there is room), and a key holding at least two fewer than the key holding the most
-   * takes the place of that key's newest waiting message, which is deferred instead. Default 100.
+   * takes the place of that key's newest waiting message, which is deferred instead; once half of the
+   * buffer is left, the partition pauses again when full. Default 100.
    */
   maxBufferedPerPartition?: number;
+  /**
+   * Ordering 'key': how long a partition whose buffer is full stays paused, without becoming half empty,
+   * before it is read past its full buffer (see maxBufferedPerPartition), ms. A key streaming through a busy
+   * partition fills the buffer too, and reading past it would fetch most of its messages twice, so this is
+   * longer than half a buffer takes to finish while its messages progress: the 10 batches of 500 devices of
+   * half the scorer's or the publisher's buffer (20) take 0.3–0.6 s at the pipeline's pace (30–55 ms apart),
+   * 0.9 s at ~91 ms each, ~1.5 s on the machine's slow days (test/bench/FINDINGS.md), and 25 bulk batches
+   * enriched from an export in memory less. And it is short against what a waiting key kept the keys behind
+   * it waiting before (an export, seconds to minutes; a quota, minutes). Messages that each take seconds
+   * (per-device enrichment) are read past after it anyway: the keys behind them would wait as long.
+   * Default 2000.
+   */
+  readPastAfterMs?: number;
   /**
    * Ordering 'key': offsets of a partition's deferred messages kept (~45 bytes each). When reached,
    * the partition's fetching pauses until half of maxBufferedPerPartition is left; a key with more
@@ -201,6 +216,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
             options.maxDeferredPerPartition,
             10_000,
           ),
+          readPastAfterMs: positiveInt('readPastAfterMs', options.readPastAfterMs, 2_000),
           commitIntervalMs: positiveInt('commitIntervalMs', options.commitIntervalMs, 1_000),
           drainTimeoutMs: positiveInt('drainTimeoutMs', options.drainTimeoutMs, 5_000),
           buffered: options.metrics.gauge(

@@ -281,7 +281,7 @@ describe('createConsumerRunner with ordering by key', () => {
     await waitFor(async () => (await committed(groupId)) === '5', { timeoutMs: 10_000 });
   });
 
-  it("should handle another key's message behind more waiting messages of one key than the buffer holds", async () => {
+  it("should handle another key's message behind more waiting messages of one key than the buffer holds, once the partition stayed full readPastAfterMs", async () => {
     const groupId = uniqueId('group');
     const blockA = gate();
     const seen: Seen = [];
@@ -291,9 +291,9 @@ describe('createConsumerRunner with ordering by key', () => {
         if (message.key === 'A') await blockA.wait();
         seen.push(seenAs(message));
       },
-      { maxBufferedPerPartition: 4 },
+      { maxBufferedPerPartition: 4, readPastAfterMs: 200 },
     ).start();
-    // Ten messages of A, twice what the buffer holds, then B's: B must not wait for A.
+    // Ten messages of A, twice what the buffer holds, then B's: B must not wait for A beyond the delay.
     await produce(0, [
       ...Array.from({ length: 10 }, (_, i): [string, string] => ['A', `a${i}`]),
       ['B', 'b1'],
@@ -312,6 +312,40 @@ describe('createConsumerRunner with ordering by key', () => {
     // A's in offset order, none twice: those read past while the buffer was full were read again.
     expect(seen.filter((s) => s.startsWith('a'))).toEqual(Array.from({ length: 10 }, (_, i) => `a${i}@${i}`));
     await waitFor(async () => (await committed(groupId)) === '12', { timeoutMs: 10_000 });
+  });
+
+  it('should read a key streaming through a full buffer once while its messages progress, deferring none', async () => {
+    const groupId = uniqueId('group');
+    const metrics = new Registry({ processMetrics: false });
+    // The runner takes this gauge by its name: every count of deferred messages it sets is noted.
+    const deferred = metrics.gauge('urs_consumer_deferred_messages', 'test');
+    const deferredSeen: number[] = [];
+    const set = deferred.set.bind(deferred);
+    deferred.set = (value, labels) => {
+      deferredSeen.push(value);
+      set(value, labels);
+    };
+    const seen: Seen = [];
+    // Thirty messages of A waiting in the partition before the runner starts: a fetch brings more than the
+    // buffer of 6 holds, so the partition fills again and again while each message takes a moment.
+    await produce(
+      0,
+      Array.from({ length: 30 }, (_, i): [string, string] => ['A', `a${i}`]),
+    );
+    await start(
+      groupId,
+      async (message) => {
+        seen.push(seenAs(message));
+        await sleep(5);
+      },
+      { maxBufferedPerPartition: 6, metrics },
+    ).start();
+    await waitFor(async () => (await committed(groupId)) === '30', {
+      timeoutMs: 20_000,
+      description: "A's messages handled and committed",
+    });
+    expect(seen).toEqual(Array.from({ length: 30 }, (_, i) => `a${i}@${i}`));
+    expect(deferredSeen.filter((count) => count > 0)).toEqual([]);
   });
 
   it('should abort the work of a partition that moves to another member and leave its commit to the new owner', async () => {

@@ -95,6 +95,51 @@ function heldHandler(): {
 
 const tick = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 20));
 
+/**
+ * One partition holding messages of `keys` at offsets 0, 1, ..., fetched as KafkaJS fetches it: while the
+ * consumer has not paused it, up to `perFetch` messages from where the last batch resolved or the last seek
+ * moved it. Counts each offset's fetches and notes where each fetch started, and the consumer's calls.
+ */
+function fetchedPartition(keys: string[], perFetch: number) {
+  const calls: string[] = [];
+  const fetched = keys.map(() => 0);
+  const fetchedFrom: number[] = [];
+  let paused = false;
+  let position = 0;
+  const consumer = {
+    pause: () => {
+      paused = true;
+      calls.push('pause');
+    },
+    resume: () => {
+      paused = false;
+      calls.push('resume');
+    },
+    seek: ({ offset }: { offset: string }) => {
+      position = Number(offset);
+      calls.push(`seek@${offset}`);
+    },
+  } as unknown as Consumer;
+  return {
+    consumer,
+    calls,
+    fetched,
+    fetchedFrom,
+    /** The batch the next fetch brings, or undefined when the partition is paused or read to its end. */
+    fetch(): EachBatchPayload | undefined {
+      if (paused || position >= keys.length) return undefined;
+      const from = position;
+      const slice = keys.slice(from, from + perFetch);
+      fetchedFrom.push(from);
+      slice.forEach((_, i) => (fetched[from + i] = (fetched[from + i] ?? 0) + 1));
+      return {
+        ...fetchedBatch(slice, [], 0, from),
+        resolveOffset: (offset: string) => void (position = Number(offset) + 1),
+      } as EachBatchPayload;
+    },
+  };
+}
+
 /** A key-ordered consumption of a member assigned partition 0; `fetched` hands it a batch of `partition`. */
 function consumption(settle: KeyOrderedOptions['settle'], extra: Partial<KeyOrderedOptions> = {}) {
   const commits: string[] = [];
@@ -106,6 +151,8 @@ function consumption(settle: KeyOrderedOptions['settle'], extra: Partial<KeyOrde
     retry: retryPolicy({ maxAttempts: 3, initialDelayMs: 1, maxDelayMs: 2 }),
     maxBufferedPerPartition: 100,
     maxDeferredPerPartition: 1_000,
+    // A full partition of these tests is read past only when a test says so.
+    readPastAfterMs: 60_000,
     commitIntervalMs: 60_000,
     drainTimeoutMs: 1_000,
     buffered: new Registry({ processMetrics: false }).gauge('buffered', 'test'),
@@ -202,33 +249,41 @@ describe('createKeyOrderedConsumption', () => {
     expect(commits.sort()).toEqual(['0@1', '1@2']);
   });
 
-  it("should read past a full buffer to another key's message, and read its own deferred messages again once there is room, from the last committed offset", async () => {
+  it("should pause a full partition, read it past its full buffer to another key's message once it stayed full readPastAfterMs, and read its own deferred messages again once there is room, from the last committed offset", async () => {
     const handler = heldHandler();
     const { consumer, calls } = notingConsumer();
     const { keyed, commits, resolved, readFrom } = consumption(handler.settle, {
       consumer,
       maxBufferedPerPartition: 3,
+      readPastAfterMs: 1,
       commitIntervalMs: 1,
     });
-    // t0 and t1 run, t2 waits, t3 finds the buffer full: deferred. u4 takes t2's place (t2 deferred).
+    // t0 and t1 run, t2 waits, t3 finds the buffer full: the read stops at it, and the partition pauses.
     await keyed.eachBatch(readFrom(0, ['t', 't', 't', 't', 'u']));
+    expect(handler.started()).toEqual(['0', '1']);
+    expect(resolved).toEqual(['2']);
+    expect(calls).toEqual(['pause']);
+
+    // Still full once the delay passed: read past. t3 is deferred, u4 takes t2's place (t2 deferred).
+    await tick();
+    expect(calls).toEqual(['pause', 'resume']);
+    await keyed.eachBatch(readFrom(3, ['t', 'u']));
     expect(handler.started()).toEqual(['0', '1', '4']);
-    expect(resolved).toEqual(['4']);
-    expect(calls).toEqual([]);
+    expect(resolved).toEqual(['2', '4']);
 
     // t runs below its window and there is room: the partition is read again from where its reading
     // started (nothing committed yet), and goes on from t2.
     await handler.finish('0');
-    expect(calls).toEqual(['seek@0']);
+    expect(calls).toEqual(['pause', 'resume', 'seek@0']);
     await keyed.eachBatch(readFrom(0, ['t', 't', 't', 't', 'u']));
     expect(handler.started()).toEqual(['0', '1', '4', '2']);
     // Full again: t3 stays deferred, and the read goes on at the end.
-    expect(resolved).toEqual(['4', '4']);
+    expect(resolved).toEqual(['2', '4', '4']);
     await tick();
     expect(commits).toEqual(['0@1']);
 
     await handler.finish('1');
-    expect(calls).toEqual(['seek@0', 'seek@1']);
+    expect(calls).toEqual(['pause', 'resume', 'seek@0', 'seek@1']);
     await keyed.eachBatch(readFrom(1, ['t', 't', 't', 'u']));
     expect(handler.started()).toEqual(['0', '1', '4', '2', '3']);
     for (const offset of ['2', '3', '4']) await handler.finish(offset);
@@ -236,39 +291,135 @@ describe('createKeyOrderedConsumption', () => {
     expect(commits.at(-1)).toBe('0@5');
   });
 
-  it('should pause a partition once as many offsets are deferred as it keeps, and read it again once half of its buffer is left', async () => {
+  it('should pause a partition read past its full buffer once as many offsets are deferred as it keeps, and read it again once half of its buffer is left, pausing it again when full', async () => {
     const handler = heldHandler();
     const { consumer, calls } = notingConsumer();
     const { keyed, resolved, readFrom } = consumption(handler.settle, {
       consumer,
       maxBufferedPerPartition: 2,
       maxDeferredPerPartition: 1,
+      readPastAfterMs: 1,
     });
-    // t2 is deferred, u3 finds no room and no deferred place left: the reading stops before it.
     await keyed.eachBatch(readFrom(0, ['t', 't', 't', 'u']));
+    await tick();
+    expect(calls).toEqual(['pause', 'resume']);
+    // Read past: t2 is deferred, u3 finds no room and no deferred place left: the reading stops before it.
+    await keyed.eachBatch(readFrom(2, ['t', 'u']));
     expect(handler.started()).toEqual(['0', '1']);
-    expect(resolved).toEqual(['2']);
-    expect(calls).toEqual(['pause']);
+    expect(resolved).toEqual(['1', '2']);
+    expect(calls).toEqual(['pause', 'resume', 'pause']);
 
+    // Half empty: read again from the start, no longer past a full buffer. t2 fills it: u3 waits, paused.
     await handler.finish('0');
-    expect(calls).toEqual(['pause', 'resume', 'seek@0']);
+    expect(calls).toEqual(['pause', 'resume', 'pause', 'resume', 'seek@0']);
     await keyed.eachBatch(readFrom(0, ['t', 't', 't', 'u']));
     expect(handler.started()).toEqual(['0', '1', '2']);
+    expect(resolved).toEqual(['1', '2', '2']);
+    expect(calls.at(-1)).toBe('pause');
     for (const offset of ['1', '2']) await handler.finish(offset);
-    await keyed.eachBatch(readFrom(0, ['t', 't', 't', 'u']));
+    expect(calls.at(-1)).toBe('resume');
+    await keyed.eachBatch(readFrom(3, ['u']));
     expect(handler.started()).toEqual(['0', '1', '2', '3']);
     await handler.finish('3');
     await keyed.drain();
+    expect(calls.filter((call) => call.startsWith('seek'))).toEqual(['seek@0']);
+  });
+
+  it.each([1, 3])(
+    'should read a key streaming through a full buffer once while its messages finish steadily, %i message(s) a fetch: paused until half of it is left, nothing deferred, nothing read back',
+    async (perFetch) => {
+      const keys = Array.from({ length: 40 }, () => 't');
+      const partition = fetchedPartition(keys, perFetch);
+      const handler = heldHandler();
+      const deferred = new Registry({ processMetrics: false }).gauge('deferred', 'test');
+      const deferredSeen: number[] = [];
+      const set = deferred.set.bind(deferred);
+      deferred.set = (value, labels) => {
+        deferredSeen.push(value);
+        set(value, labels);
+      };
+      const { keyed } = consumption(handler.settle, {
+        consumer: partition.consumer,
+        maxBufferedPerPartition: 4,
+        deferred,
+      });
+      const finished = new Set<string>();
+      // Each round: two fetches, if KafkaJS would make them, then the oldest message running finishes.
+      for (let round = 0; finished.size < keys.length && round < 1_000; round++) {
+        for (let fetch = 0; fetch < 2; fetch++) {
+          const batch = partition.fetch();
+          if (batch) await keyed.eachBatch(batch);
+        }
+        const oldest = handler.started().find((offset) => !finished.has(offset));
+        if (oldest !== undefined) {
+          finished.add(oldest);
+          await handler.finish(oldest);
+        }
+      }
+      const calls = [...partition.calls];
+      await keyed.drain();
+
+      expect(calls.filter((call) => call.startsWith('seek'))).toEqual([]);
+      expect(deferredSeen.filter((value) => value > 0)).toEqual([]);
+      expect(handler.started()).toEqual(keys.map((_, offset) => String(offset)));
+      // Each fetch started where the last one's reading stopped: nothing was read back.
+      expect(partition.fetchedFrom).toEqual([...partition.fetchedFrom].sort((a, b) => a - b));
+      expect(new Set(partition.fetchedFrom).size).toBe(partition.fetchedFrom.length);
+      // The buffer did fill: the partition paused, and resumed once half of it was left.
+      expect(calls.filter((call) => call === 'pause').length).toBeGreaterThan(3);
+      expect(calls.filter((call) => call === 'resume').length).toBeGreaterThan(3);
+      // One message a fetch, none is fetched twice (with more, a batch that fills the buffer is fetched again
+      // from where its reading stopped, as a paused partition always was).
+      if (perFetch === 1) expect(partition.fetched).toEqual(keys.map(() => 1));
+    },
+  );
+
+  it('should stop waiting to read a full partition past its buffer once it is revoked or closed', async () => {
+    jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask'] });
+    try {
+      const stopped: string[] = [];
+      const { consumer, calls } = notingConsumer();
+      const { keyed, fetched } = consumption(
+        // Returns once the runner stops it, without finishing.
+        (work) =>
+          new Promise<boolean>((resolve) =>
+            work.stopSignal?.addEventListener('abort', () => {
+              stopped.push(`${work.partition}@${work.message.offset}`);
+              resolve(false);
+            }),
+          ),
+        { consumer, maxBufferedPerPartition: 2, readPastAfterMs: 1_000 },
+      );
+      keyed.onGroupJoin(joined([0, 1]));
+      await keyed.eachBatch(fetched(['t', 't', 't'], 0));
+      await keyed.eachBatch(fetched(['u', 'u', 'u'], 1));
+      expect(calls).toEqual(['pause', 'pause']);
+      expect(jest.getTimerCount()).toBe(2);
+
+      keyed.onGroupJoin(joined([0]));
+      expect(jest.getTimerCount()).toBe(1);
+      await keyed.drain();
+      expect(jest.getTimerCount()).toBe(0);
+      jest.advanceTimersByTime(5_000);
+      // Paused twice, resumed once on revoke (KafkaJS keeps a pause past the assignment), paused all on close.
+      expect(calls).toEqual(['pause', 'pause', 'resume', 'pause']);
+      expect(stopped.sort()).toEqual(['0@0', '0@1', '1@0', '1@1']);
+    } finally {
+      jest.useRealTimers();
+    }
   });
 
   it('should finish a deferred message that a read back finds no longer in the partition, so the watermark passes it', async () => {
     const handler = heldHandler();
     const { keyed, commits, resolved, readFrom } = consumption(handler.settle, {
       maxBufferedPerPartition: 2,
+      readPastAfterMs: 1,
     });
-    // t2 finds the buffer full: read past, deferred.
+    // t2 finds the buffer full; once read past, it is deferred.
     await keyed.eachBatch(readFrom(0, ['t', 't', 't']));
-    expect(resolved).toEqual(['2']);
+    await tick();
+    await keyed.eachBatch(readFrom(2, ['t']));
+    expect(resolved).toEqual(['1', '2']);
     for (const offset of ['0', '1']) await handler.finish(offset);
     // Read again from the start, t2 deleted by retention meanwhile.
     await keyed.eachBatch(readFrom(0, ['t', 't', null, 'u']));

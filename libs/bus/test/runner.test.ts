@@ -33,6 +33,7 @@ describe('createConsumerRunner', () => {
   it.each([
     'maxBufferedPerPartition',
     'maxDeferredPerPartition',
+    'readPastAfterMs',
     'commitIntervalMs',
     'drainTimeoutMs',
   ] as const)('should refuse %s below 1 with ordering by key, naming the option', (name) => {

@@ -24,11 +24,13 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
   /**
    * Batches of one partition held in memory and not yet enriched (queued behind their tenant's earlier
    * batches, or in flight), so memory stays bounded: this many batches of up to 500 devices per partition.
-   * When reached, the partition is still read, so a tenant whose batches all wait (its export, its quota)
-   * does not hold up the tenants behind it: a batch that finds no room is let go of (its offset kept, up to
-   * 10,000 a partition) and read again once there is room, and a tenant holding at least two batches fewer
-   * than the tenant holding the most takes the place of that tenant's newest batch not started. Env
-   * `URS_MAX_BUFFERED_PER_PARTITION`, default 50.
+   * When reached, the partition's fetching pauses until half of them are done. A partition still full 2 s
+   * later (the runner's readPastAfterMs) is read on, so a tenant whose batches all wait (its export, its
+   * quota) does not hold up the tenants behind it for longer: a batch that finds no room is let go of (its
+   * offset kept, up to 10,000 a partition) and read again once there is room, and a tenant holding at least
+   * two batches fewer than the tenant holding the most takes the place of that tenant's newest batch not
+   * started. Not at once: a tenant whose batches stream through fills the partition too, and letting its
+   * batches go would read most of them twice. Env `URS_MAX_BUFFERED_PER_PARTITION`, default 50.
    */
   maxBufferedPerPartition: number;
   /** How long a batch waits for its cycle's bulk export, ms. Env `URS_BULK_WAIT_MS`, default 600000. */

@@ -87,7 +87,7 @@ describe('createEnrichHandler under the consumer runner', () => {
   async function enrichWith(
     tenantIds: string[],
     sources: SourceProvider,
-    options: { bulkWaitMs?: number; maxBufferedPerPartition?: number } = {},
+    options: { bulkWaitMs?: number; maxBufferedPerPartition?: number; readPastAfterMs?: number } = {},
   ): Promise<EnrichedBatch[]> {
     const [batches, enrichedTopic, dlq] = topics;
     const tenants = createTenantStore(redis.client, redis.prefix);
@@ -120,6 +120,7 @@ describe('createEnrichHandler under the consumer runner', () => {
       ...(options.maxBufferedPerPartition
         ? { maxBufferedPerPartition: options.maxBufferedPerPartition }
         : {}),
+      ...(options.readPastAfterMs ? { readPastAfterMs: options.readPastAfterMs } : {}),
     });
     await runner.start();
 
@@ -184,7 +185,7 @@ describe('createEnrichHandler under the consumer runner', () => {
     }
   });
 
-  it("should enrich tenant B's batch while more of bulk tenant A's batches than a partition buffers wait for A's export", async () => {
+  it("should enrich tenant B's batch while more of bulk tenant A's batches than a partition buffers wait for A's export, once the partition stayed full readPastAfterMs", async () => {
     // Microsoft stand-in: A's bulk export answers only once released (a first bulk cycle reads it first, so
     // every batch of the cycle waits for it); B's per-device calls answer at once.
     let releaseA!: () => void;
@@ -199,10 +200,12 @@ describe('createEnrichHandler under the consumer runner', () => {
       }),
       close: () => undefined,
     };
-    // Buffers of 4 batches a partition, and A's cycle of 6 batches ahead of B's in the one partition.
+    // Buffers of 4 batches a partition, read past once full for 200 ms, and A's cycle of 6 batches ahead of B's
+    // in the one partition.
     const enriched = await enrichWith(['tenant-a', 'tenant-b'], sources, {
       bulkWaitMs: 60_000,
       maxBufferedPerPartition: 4,
+      readPastAfterMs: 200,
     });
     const cycleOfA = bulkCycle('tenant-a', 6, new Date().toISOString());
     try {
