@@ -54,10 +54,33 @@ export interface RedisConfig {
   scoreHistoryCycles: number;
 }
 
+/** What a REDIS_URL must be, in the words of the error that refuses one. */
+const REDIS_URL_RULE =
+  'must be redis://[user:password@]host[:port][/db] or rediss://… (TLS), db a whole number';
+
+/**
+ * `REDIS_URL`, checked here because ioredis reads anything: a URL of another scheme (`http://host:6390`) as
+ * the path of a Unix socket it then retries for ever, a database that is no number (`redis://host/abc`) as
+ * SELECT NaN, refused only once connected. The value is never quoted: it may carry a password.
+ */
+function readRedisUrl(env: Env): string {
+  const value = readUrl(env, 'REDIS_URL', 'redis://127.0.0.1:6379');
+  const url = new URL(value);
+  const refuse = (why: string): never => {
+    throw new ConfigError('REDIS_URL', `${REDIS_URL_RULE} (${why})`);
+  };
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') refuse(`got scheme "${url.protocol}"`);
+  if (url.hostname === '') refuse('got no host');
+  // ioredis reads the path after the first / as the database, and a `db` query item when there is none.
+  const db = url.pathname.length > 1 ? url.pathname.slice(1) : url.searchParams.get('db');
+  if (db !== null && !/^\d{1,9}$/.test(db)) refuse('got a database that is not a whole number');
+  return value;
+}
+
 /** `REDIS_URL` (default `redis://127.0.0.1:6379`), `URS_REDIS_PREFIX` (default `urs:`), `URS_SCORE_HISTORY_CYCLES`. */
 export function redisConfig(env: Env): RedisConfig {
   return {
-    url: readUrl(env, 'REDIS_URL', 'redis://127.0.0.1:6379'),
+    url: readRedisUrl(env),
     keyPrefix: readString(env, 'URS_REDIS_PREFIX', 'urs:'),
     scoreHistoryCycles: readInt(env, 'URS_SCORE_HISTORY_CYCLES', { fallback: 10, min: 1, max: 100 }),
   };

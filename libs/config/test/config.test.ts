@@ -37,6 +37,47 @@ describe('redisConfig', () => {
       expect((error as Error).message).not.toContain('S3cret');
     }
   });
+
+  it('should refuse a REDIS_URL of another scheme naming the variable and the rule (ioredis reads it as a socket path)', () => {
+    for (const url of ['http://127.0.0.1:6390', 'tcp://127.0.0.1:6379', 'unix:///tmp/redis.sock']) {
+      expect(() => redisConfig({ REDIS_URL: url })).toThrow(
+        /^REDIS_URL must be redis:\/\/\[user:password@\]host\[:port\]\[\/db\] or rediss:\/\/… \(TLS\), db a whole number \(got scheme "[a-z]+:"\)$/,
+      );
+    }
+  });
+
+  it('should refuse a REDIS_URL whose database is not a whole number, without quoting the URL', () => {
+    for (const url of [
+      'redis://:S3cret@host/abc',
+      'redis://:S3cret@host/1.5',
+      'redis://:S3cret@host/-1',
+      'redis://:S3cret@host/0/1',
+      'redis://:S3cret@host?db=abc',
+    ]) {
+      expect(() => redisConfig({ REDIS_URL: url })).toThrow(
+        /^REDIS_URL must be redis:\/\/.* \(got a database that is not a whole number\)$/,
+      );
+      expect(() => redisConfig({ REDIS_URL: url })).not.toThrow(/S3cret/);
+    }
+  });
+
+  it('should refuse a REDIS_URL without a host', () => {
+    expect(() => redisConfig({ REDIS_URL: 'redis:///0' })).toThrow(/^REDIS_URL must be .* \(got no host\)$/);
+  });
+
+  it('should accept redis:// and rediss:// URLs with or without credentials, port and database', () => {
+    for (const url of [
+      'redis://127.0.0.1:6379',
+      'redis://127.0.0.1:6379/',
+      'redis://redis.internal/3',
+      'redis://user:p%40ss@redis.internal:6380/15',
+      'rediss://:secret@redis.example.com:6380/0',
+      'redis://[::1]:6379/2',
+      'redis://127.0.0.1:6379?db=4',
+    ]) {
+      expect(redisConfig({ REDIS_URL: url }).url).toBe(url);
+    }
+  });
 });
 
 describe('kafkaConfig', () => {
