@@ -13,6 +13,7 @@ import { createLogger, type Logger } from '@urs/logging';
 import { closeAll, untilShutdownSignal, type Closer } from '@urs/resilience';
 import { closeRedis, createRedis } from '@urs/store';
 import { Registry, startHealthServer, type HealthServer } from '@urs/telemetry';
+import { watchRedis } from './redis-health';
 
 /** What every service gets before its own parts are built. */
 export interface ServiceContext {
@@ -80,6 +81,8 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
   const logger = createLogger({ service: options.name, level: config.logLevel });
   const metrics = new Registry();
   const redis = createRedis(config.redis, { connectionName: config.kafka.clientId });
+  // At once: the watch is the client's 'error' listener, and the client starts connecting now.
+  const redisWatch = watchRedis(redis, { logger, metrics });
   const kafka = createKafka(config.kafka, logger);
   const closers: Closer[] = [];
   let parts: ServiceParts = {};
@@ -106,7 +109,12 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
     health = await startHealthServer({
       port: config.metricsPort,
       registry: metrics,
-      isReady: () => !stopping && runners.every((runner) => runner.isReady()) && (parts.isReady?.() ?? true),
+      // Redis too: its commands wait while it is away, so a replica without it would hold its partitions idle.
+      isReady: () =>
+        !stopping &&
+        redisWatch.isUp() &&
+        runners.every((runner) => runner.isReady()) &&
+        (parts.isReady?.() ?? true),
     });
     for (const runner of runners) await runner.start();
     await parts.start?.();
@@ -127,7 +135,7 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
             ...runnerClosers(runners),
             ...(parts.closers ?? []),
             ...closers,
-            { name: 'redis', close: () => closeRedis(redis) },
+            { name: 'redis', close: () => closeRedis(redis).finally(() => redisWatch.close()) },
             { name: 'health', close: () => healthServer.close() },
           ]);
         })();
@@ -140,7 +148,7 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
       ...runnerClosers(parts.runners ?? []),
       ...(parts.closers ?? []),
       ...closers,
-      { name: 'redis', close: () => closeRedis(redis) },
+      { name: 'redis', close: () => closeRedis(redis).finally(() => redisWatch.close()) },
       ...(health ? [{ name: 'health', close: () => (health as HealthServer).close() }] : []),
     ]);
     throw error;
