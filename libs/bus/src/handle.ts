@@ -74,7 +74,10 @@ export interface MessageWork {
   signal?: AbortSignal;
   /** Cuts the pause between two attempts short. */
   stopSignal: AbortSignal;
-  /** Asked after the pause between two attempts: true gives the message up, unfinished. */
+  /**
+   * Asked when the handler failed, and after the pause between two attempts: true (the runner is stopping,
+   * or the partition is no longer its own) gives the message up, unfinished.
+   */
   shouldStop: () => boolean;
   /** Runs after the pause, before the next attempt. */
   beforeRetry: () => Promise<void>;
@@ -96,7 +99,8 @@ export interface MessageProcessorOptions {
 /**
  * Settles one message: decode, validate, hand to its handler with retries in place; poison and
  * exhausted retries go to the dead-letter topic. Resolves true when settled (handled or
- * dead-lettered), false when the work was given up first (stop, revocation). Rejects only when the
+ * dead-lettered), false when the work was given up first (stop, revocation), whatever the handler
+ * threw once it was: a failure while stopping is not the message's. Rejects only when the
  * dead letter itself cannot be written: then the message is not settled and must be tried again.
  */
 export function createMessageProcessor(
@@ -181,8 +185,10 @@ export function createMessageProcessor(
         seconds.observe(Number(process.hrtime.bigint() - started) / 1e9, { topic });
         return true;
       } catch (error) {
-        // The handler stopped because it was asked to: the message is unfinished, not failed.
-        if (work.signal?.aborted) return false;
+        // The runner is stopping or gave the message up: the failure is the stop's (a handler whose calls
+        // the service's stop aborted), not the message's. Unfinished: neither counted as an attempt nor
+        // dead-lettered, and left uncommitted for whoever handles the partition next.
+        if (work.signal?.aborted || work.shouldStop()) return false;
         if (!canRetry(error)) {
           await deadLetter(work, error);
           return true;

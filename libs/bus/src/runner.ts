@@ -115,7 +115,9 @@ export interface ConsumerRunner {
   failed(): Promise<Error>;
   /**
    * Stops intake, lets the in-flight message finish (ordering 'key': finish or abort, see
-   * drainTimeoutMs), commits what was handled, disconnects. Idempotent.
+   * drainTimeoutMs), commits what was handled, disconnects. Idempotent. The runner is stopping as soon as
+   * close is called (before it first waits): a handler failing from then on leaves its message
+   * uncommitted for the next owner, neither retried nor dead-lettered.
    */
   close(): Promise<void>;
 }

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { type Simulator, startSimulator } from '@urs/simulator';
-import { type TestRedis, createTestRedis, testInfra } from '@urs/testkit';
+import { RUN_TS, type TestRedis, createTestRedis, testInfra } from '@urs/testkit';
 import { newApp } from './support';
 
 interface WorkerReport {
@@ -23,14 +23,10 @@ function startWorker(env: NodeJS.ProcessEnv): {
   lines: AsyncIterator<string>;
   stderr: string[];
 } {
-  const child = spawn(
-    process.execPath,
-    [join(__dirname, 'fixtures/run-ts.js'), join(__dirname, 'fixtures/vuln-worker.ts')],
-    {
-      env: { ...process.env, ...env },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    },
-  );
+  const child = spawn(process.execPath, [RUN_TS, join(__dirname, 'fixtures/vuln-worker.ts')], {
+    env: { ...process.env, ...env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
   const stderr: string[] = [];
   child.stderr.on('data', (chunk: Buffer) => stderr.push(chunk.toString()));
   return { child, lines: createInterface({ input: child.stdout })[Symbol.asyncIterator](), stderr };

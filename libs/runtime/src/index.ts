@@ -1,4 +1,5 @@
-export { startService, runService } from './service';
+export { startService, ServiceStoppedError } from './service';
+export { runService } from './run';
 export type { ServiceContext, ServiceParts, ServiceOptions, RunningService } from './service';
 export { watchRedis } from './redis-health';
 export type { RedisWatch, RedisWatchOptions, WatchedRedis } from './redis-health';

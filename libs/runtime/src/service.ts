@@ -10,7 +10,7 @@ import {
 } from '@urs/bus';
 import { serviceConfig, topicLayout, type Env, type ServiceConfig } from '@urs/config';
 import { createLogger, type Logger } from '@urs/logging';
-import { closeAll, untilShutdownSignal, type Closer } from '@urs/resilience';
+import { UrsError, closeAll, type Closer } from '@urs/resilience';
 import { closeRedis, createRedis } from '@urs/store';
 import { Registry, startHealthServer, type HealthServer } from '@urs/telemetry';
 import { watchRedis } from './redis-health';
@@ -24,6 +24,14 @@ export interface ServiceContext {
   redis: Redis;
   kafka: Kafka;
   publisher: Publisher;
+  /**
+   * Aborted when the service begins to stop, for what should give up then (calls in flight, waits): during
+   * setup when the stop comes then (see ServiceOptions.stop), otherwise when close() begins, once every
+   * runner has stopped taking messages. A handler it interrupts therefore fails while its runner is
+   * stopping, which leaves the message uncommitted for the next owner: neither retried nor dead-lettered.
+   * Services use it rather than listening to the process's signals themselves.
+   */
+  stopping: AbortSignal;
 }
 
 /** What a service's setup built. Runners are started by the runtime, and closed first on stop. */
@@ -52,6 +60,29 @@ export interface ServiceOptions {
   defaultMetricsPort?: number;
   env?: Env;
   setup: (context: ServiceContext) => Promise<ServiceParts>;
+  /**
+   * Asks the service to stop (runService aborts it on SIGTERM or SIGINT, from before the start). Before
+   * the runners start it aborts `context.stopping` at once, and the start is given up as soon as the step
+   * under way (the topics, setup) returns: what was built is closed and startService rejects with a
+   * ServiceStoppedError. Once the runners start, stopping is close()'s: call it (runService does).
+   */
+  stop?: AbortSignal;
+  /**
+   * Told each step of the start and of the close as it begins (`setup`, `start runner-0`,
+   * `close runner-0`, `close redis`, ...): runService names the last one when the graceful stop times out.
+   */
+  onStep?: (step: string) => void;
+}
+
+/** startService's rejection when its `stop` was aborted before the start finished. */
+export class ServiceStoppedError extends UrsError {
+  /** Whether everything built before the stop closed without failing (each failure is logged). */
+  readonly closedCleanly: boolean;
+
+  constructor(closedCleanly: boolean, cause?: unknown) {
+    super('SERVICE_STOPPED', 'the service was asked to stop while starting', { cause });
+    this.closedCleanly = closedCleanly;
+  }
 }
 
 export interface RunningService {
@@ -70,25 +101,54 @@ export interface RunningService {
   close(): Promise<boolean>;
 }
 
+/** What a service reads before anything is built: runService reads it first, to log and time a stop. */
+export interface ServiceBasics {
+  env: Env;
+  config: ServiceConfig;
+  logger: Logger;
+}
+
+/** Reads the service's config and makes its logger; throws on a bad or missing variable. */
+export function serviceBasics(options: ServiceOptions): ServiceBasics {
+  const env = options.env ?? process.env;
+  const config = serviceConfig(env, options.name, options.defaultMetricsPort);
+  return { env, config, logger: createLogger({ service: options.name, level: config.logLevel }) };
+}
+
 /**
  * Builds the shared clients, makes sure every topic exists, runs the service's setup, starts its
  * runners and the health endpoints. The order of close is the reverse of dependency: runners (stop
  * intake, finish in-flight work, commit), the service's own closers, the publisher, Redis, health.
  */
 export async function startService(options: ServiceOptions): Promise<RunningService> {
-  const env = options.env ?? process.env;
-  const config = serviceConfig(env, options.name, options.defaultMetricsPort);
-  const logger = createLogger({ service: options.name, level: config.logLevel });
+  return startWith(options, serviceBasics(options));
+}
+
+/** startService with its config and logger already made. */
+export async function startWith(options: ServiceOptions, basics: ServiceBasics): Promise<RunningService> {
+  const { env, config, logger } = basics;
+  const step = (name: string): void => options.onStep?.(name);
   const metrics = new Registry();
   const redis = createRedis(config.redis, { connectionName: config.kafka.clientId });
   // At once: the watch is the client's 'error' listener, and the client starts connecting now.
   const redisWatch = watchRedis(redis, { logger, metrics });
   const kafka = createKafka(config.kafka, logger);
   const closers: Closer[] = [];
+  const stopping = new AbortController();
+  // Until the runners start nothing is consumed, so the stop is passed on at once: setup may give up its
+  // waits. From then on close() aborts `stopping`, after the runners stopped taking messages.
+  const passOn = (): void => stopping.abort();
+  const stop = options.stop;
+  if (stop?.aborted) passOn();
+  stop?.addEventListener('abort', passOn, { once: true });
+  const throwIfStopped = (): void => {
+    if (stop?.aborted) throw new ServiceStoppedError(true);
+  };
   let parts: ServiceParts = {};
   let health: HealthServer | undefined;
-  let stopping = false;
   try {
+    throwIfStopped();
+    step('topics');
     const admin = kafka.admin();
     await admin.connect();
     try {
@@ -101,23 +161,45 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
     } finally {
       await admin.disconnect();
     }
+    throwIfStopped();
+    step('publisher');
     const publisher = await createPublisher(kafka);
     closers.push({ name: 'publisher', close: () => publisher.close() });
-    const context: ServiceContext = { env, config, logger, metrics, redis, kafka, publisher };
+    const context: ServiceContext = {
+      env,
+      config,
+      logger,
+      metrics,
+      redis,
+      kafka,
+      publisher,
+      stopping: stopping.signal,
+    };
+    throwIfStopped();
+    step('setup');
     parts = await options.setup(context);
+    // A stop during setup ends the start here, before anything consumes.
+    throwIfStopped();
+    stop?.removeEventListener('abort', passOn);
     const runners = parts.runners ?? [];
+    step('health');
     health = await startHealthServer({
       port: config.metricsPort,
       registry: metrics,
       // Redis too: its commands wait while it is away, so a replica without it would hold its partitions idle.
       isReady: () =>
-        !stopping &&
+        !stopping.signal.aborted &&
         redisWatch.isUp() &&
         runners.every((runner) => runner.isReady()) &&
         (parts.isReady?.() ?? true),
     });
-    for (const runner of runners) await runner.start();
+    for (const [index, runner] of runners.entries()) {
+      step(`start runner-${index}`);
+      await runner.start();
+    }
+    step('start');
     await parts.start?.();
+    step('running');
     logger.info('started', { metricsPort: health.port });
     let closing: Promise<boolean> | undefined;
     const healthServer = health;
@@ -129,79 +211,83 @@ export async function startService(options: ServiceOptions): Promise<RunningServ
         ...(parts.failed ? [parts.failed()] : []),
       ]),
       close() {
-        closing ??= (async () => {
-          stopping = true;
-          return shutdown(logger, [
-            ...runnerClosers(runners),
+        closing ??= stopAll(
+          logger,
+          stopping,
+          runners,
+          [
             ...(parts.closers ?? []),
             ...closers,
             { name: 'redis', close: () => closeRedis(redis).finally(() => redisWatch.close()) },
             { name: 'health', close: () => healthServer.close() },
-          ]);
-        })();
+          ],
+          step,
+        );
         return closing;
       },
     };
   } catch (error) {
-    await shutdown(logger, [
-      // Runners started before the failure (a later one's start, or `parts.start`) stop first, as on close.
-      ...runnerClosers(parts.runners ?? []),
-      ...(parts.closers ?? []),
-      ...closers,
-      { name: 'redis', close: () => closeRedis(redis).finally(() => redisWatch.close()) },
-      ...(health ? [{ name: 'health', close: () => (health as HealthServer).close() }] : []),
-    ]);
+    stop?.removeEventListener('abort', passOn);
+    // Runners started before the failure (a later one's start, or `parts.start`) stop first, as on close.
+    const clean = await stopAll(
+      logger,
+      stopping,
+      parts.runners ?? [],
+      [
+        ...(parts.closers ?? []),
+        ...closers,
+        { name: 'redis', close: () => closeRedis(redis).finally(() => redisWatch.close()) },
+        ...(health ? [{ name: 'health', close: () => (health as HealthServer).close() }] : []),
+      ],
+      step,
+    );
+    // Whatever failed once the stop was asked for (a setup giving up on `stopping`) is the stop's doing.
+    if (stop?.aborted) {
+      throw new ServiceStoppedError(clean, error instanceof ServiceStoppedError ? undefined : error);
+    }
     throw error;
   }
 }
 
-/** The runners as closers: stopped first, each on its own. */
-function runnerClosers(runners: readonly ConsumerRunner[]): Closer[] {
-  return runners.map((runner, index) => ({ name: `runner-${index}`, close: () => runner.close() }));
+/**
+ * Stops the service: every runner stops taking messages at once (the synchronous start of its close),
+ * then `stopping` is aborted, then the runners finish and everything else closes in order. In this order
+ * a handler that `stopping` interrupts fails while its runner is stopping, which leaves its message
+ * unfinished for the next owner rather than counting the failure as a retry. The runners close side by
+ * side; each is waited for in turn. False when anything failed to close.
+ */
+function stopAll(
+  logger: Logger,
+  stopping: AbortController,
+  runners: readonly ConsumerRunner[],
+  closers: Closer[],
+  step: (name: string) => void,
+): Promise<boolean> {
+  const runnerClosers = runners.map((runner, index): Closer => {
+    const closed = runner.close();
+    // Waited for below, in turn: not an unhandled rejection while an earlier runner is still closing.
+    closed.catch(() => undefined);
+    return { name: `runner-${index}`, close: () => closed };
+  });
+  stopping.abort();
+  return shutdown(logger, [...runnerClosers, ...closers], step);
 }
 
 /** Closes `closers` in order, each even if one before it failed; false when any failed. */
-async function shutdown(logger: Logger, closers: Closer[]): Promise<boolean> {
+async function shutdown(logger: Logger, closers: Closer[], step: (name: string) => void): Promise<boolean> {
   let clean = true;
-  await closeAll(closers, (name, error) => {
-    clean = false;
-    logger.error('close failed', { resource: name, error });
-  });
+  await closeAll(
+    closers.map((closer) => ({
+      name: closer.name,
+      close: () => {
+        step(`close ${closer.name}`);
+        return closer.close();
+      },
+    })),
+    (name, error) => {
+      clean = false;
+      logger.error('close failed', { resource: name, error });
+    },
+  );
   return clean;
-}
-
-/**
- * A service's whole life, for `main.ts`: start, run until SIGTERM or SIGINT, stop gracefully within
- * the configured time, and set the exit code. Start-up failures (a bad variable, no broker) exit 1
- * with the reason; so do a runner or another part that stopped for good (`failed`, after a graceful
- * stop, so an orchestrator starts the service again) and a stop that could not close everything.
- */
-export async function runService(options: ServiceOptions): Promise<void> {
-  let service: RunningService;
-  try {
-    service = await startService(options);
-  } catch (error) {
-    process.stderr.write(
-      `${JSON.stringify({ level: 'error', service: options.name, message: 'start failed', error: { name: (error as Error).name, code: (error as { code?: unknown }).code, message: (error as Error).message } })}\n`,
-    );
-    // Exit now: a half-built service may hold sockets or timers (a Kafka client mid-reconnect) that would
-    // keep the process alive, and an orchestrator must see the failure to restart it.
-    process.exit(1);
-  }
-  const { logger, config } = service.context;
-  const stop = await Promise.race([
-    untilShutdownSignal().then((signal) => ({ signal })),
-    service.failed.then((error) => ({ error })),
-  ]);
-  if ('error' in stop) {
-    logger.error('a consumer stopped for good, stopping to be started again', { error: stop.error });
-    process.exitCode = 1;
-  } else logger.info('stopping', { signal: stop.signal });
-  const timer = setTimeout(() => {
-    logger.error('graceful stop timed out, exiting', { shutdownTimeoutMs: config.shutdownTimeoutMs });
-    process.exit(1);
-  }, config.shutdownTimeoutMs);
-  timer.unref();
-  if (!(await service.close())) process.exitCode = 1;
-  logger.info('stopped');
 }

@@ -6,6 +6,7 @@ import {
   createConsumerRunner,
 } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
+import { UrsError, retryPolicy } from '@urs/resilience';
 import { type ServiceContext, startService } from '@urs/runtime';
 import { createTestKafka, deleteTopics, testInfra, uniqueId, waitFor } from '@urs/testkit';
 
@@ -161,6 +162,60 @@ describe('startService', () => {
       expect(error).toBe(stopped);
     } finally {
       expect(await service.close()).toBe(true);
+      await deleteTopicsOf(kafka, prefix);
+    }
+  });
+
+  it('should leave a message uncommitted and not dead-lettered when stopping interrupts its handler, even with one attempt', async () => {
+    const prefix = `${uniqueId('svc')}.`;
+    const env = serviceEnv(prefix);
+    const groupId = uniqueId('group');
+    let handling: string | undefined;
+    const service = await startService({
+      name: 'test-service',
+      defaultMetricsPort: 0,
+      env,
+      setup: async (context) => ({
+        runners: [
+          tenantsRunner(
+            context,
+            // As the vuln-fetcher's handler: its calls give up when the service stops.
+            async (message) => {
+              handling = message.offset;
+              await new Promise((resolve) => context.stopping.addEventListener('abort', resolve));
+              throw new UrsError('STOPPING', 'the batch was interrupted; it will be handled again', {
+                canRetry: true,
+              });
+            },
+            // One attempt: a failure counted as the message's would dead-letter it at once.
+            { groupId, ordering: 'key', retry: retryPolicy({ maxAttempts: 1 }) },
+          ),
+        ],
+      }),
+    });
+    const { topics } = service.context.config;
+    const kafka = createTestKafka();
+    try {
+      await service.context.publisher.send(topics.tenants, 'urs/tenant-record', [
+        { key: 'busy', value: null },
+      ]);
+      await waitFor(() => handling !== undefined, { timeoutMs: 20_000 });
+      expect(service.context.stopping.aborted).toBe(false);
+    } finally {
+      expect(await service.close()).toBe(true);
+    }
+    try {
+      expect(service.context.stopping.aborted).toBe(true);
+      const admin = kafka.admin();
+      await admin.connect();
+      const dlq = await admin.fetchTopicOffsets(topics.dlq);
+      const committed = await admin.fetchOffsets({ groupId, topics: [topics.tenants] });
+      await admin.disconnect();
+      expect(dlq.map((partition) => partition.high)).toEqual(['0']);
+      // Nothing committed past the message (-1: nothing at all): whoever reads the partition next handles it.
+      const offset = committed[0]?.partitions[0]?.offset ?? '-1';
+      expect(BigInt(offset)).toBeLessThanOrEqual(BigInt(handling ?? '-1'));
+    } finally {
       await deleteTopicsOf(kafka, prefix);
     }
   });

@@ -70,9 +70,10 @@ export interface EnrichHandlerDeps {
   bulkPollMs?: number;
   now?: () => Date;
   /**
-   * Aborted when the process stops: calls in flight give up and the batch fails retryably, so it is not
-   * committed and another replica (or this one, restarted) handles it whole. Default: never aborted. A
-   * message's own `signal` (the runner gave it up) does the same for that batch.
+   * Aborted when the service stops (the runtime's `stopping`, once the runner is stopping): calls in
+   * flight give up and the batch fails, so it is not committed and another replica (or this one,
+   * restarted) handles it whole. Default: never aborted. A message's own `signal` (the runner gave it
+   * up) does the same for that batch.
    */
   signal?: AbortSignal;
 }

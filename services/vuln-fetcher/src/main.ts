@@ -10,7 +10,7 @@ import { createDefenderSources } from './sources';
 
 void runService({
   name: 'vuln-fetcher',
-  async setup({ env, config, logger, metrics, redis, kafka, publisher }) {
+  async setup({ env, config, logger, metrics, redis, kafka, publisher, stopping }) {
     const own = vulnFetcherConfig(env);
     const prefix = config.redis.keyPrefix;
     const limiter = await createSharedLimiter({
@@ -33,15 +33,11 @@ void runService({
       logger,
       metrics,
     });
-    // Stopping aborts the calls in flight (the runner then leaves their batch uncommitted); without it a
-    // batch pacing itself on its tenant's quota would hold the graceful stop for minutes (the runner
-    // would abort it only after its drain time).
-    const stopping = new AbortController();
-    const stop = (): void => stopping.abort();
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
+    // Stopping aborts the calls in flight (the runner, already stopping, then leaves their batch
+    // uncommitted); without it a batch pacing itself on its tenant's quota would hold the graceful stop
+    // for minutes (the runner would abort it only after its drain time).
     const handler = createEnrichHandler({
-      signal: stopping.signal,
+      signal: stopping,
       tenants: createTenantStore(redis, prefix),
       sources,
       bulkCache: createBulkVulnerabilityCache(redis, prefix, own.bulkCacheTtlMs),

@@ -1,0 +1,132 @@
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import type { Kafka } from 'kafkajs';
+import { RUN_TS, createTestKafka, deleteTopics, testInfra, uniqueId, waitFor } from '@urs/testkit';
+
+interface Run {
+  /** The service's log lines (stdout) and the fixture's own lines (stderr), as parsed JSON. */
+  logs: Record<string, unknown>[];
+  said: Record<string, unknown>[];
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; afterMs: number }>;
+  kill(signal: NodeJS.Signals): void;
+}
+
+/** Runs the fixture service in a process of its own, on the test's Kafka and Redis and its own prefix. */
+function runFixture(mode: string, prefix: string, env: Record<string, string> = {}): Run {
+  const child = spawn(process.execPath, [RUN_TS, join(__dirname, 'fixtures/service.ts')], {
+    env: {
+      ...process.env,
+      KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
+      REDIS_URL: testInfra().redisUrl,
+      URS_TOPIC_PREFIX: prefix,
+      URS_REDIS_PREFIX: `${prefix}:`,
+      URS_METRICS_PORT: '0',
+      URS_TOPIC_PARTITIONS: '1',
+      URS_LOG_LEVEL: 'info',
+      FIXTURE_MODE: mode,
+      ...env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines = (into: Record<string, unknown>[]) => {
+    let rest = '';
+    return (chunk: Buffer): void => {
+      const text = rest + chunk.toString('utf8');
+      const parts = text.split('\n');
+      rest = parts.pop() ?? '';
+      for (const line of parts) {
+        try {
+          into.push(JSON.parse(line) as Record<string, unknown>);
+        } catch {
+          into.push({ text: line });
+        }
+      }
+    };
+  };
+  const logs: Record<string, unknown>[] = [];
+  const said: Record<string, unknown>[] = [];
+  child.stdout.on('data', lines(logs));
+  child.stderr.on('data', lines(said));
+  const started = Date.now();
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; afterMs: number }>(
+    (resolve) => child.on('exit', (code, signal) => resolve({ code, signal, afterMs: Date.now() - started })),
+  );
+  return { logs, said, exited, kill: (signal) => child.kill(signal) };
+}
+
+/** The process's exit, or undefined when it has not exited within `ms` (it is then killed). */
+async function exitWithin(run: Run, ms: number): Promise<Awaited<Run['exited']> | undefined> {
+  const timeout = new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), ms).unref());
+  const exit = await Promise.race([run.exited, timeout]);
+  if (!exit) run.kill('SIGKILL');
+  return exit;
+}
+
+/** Deletes the topics a fixture created (their names start with its prefix). */
+async function deleteTopicsOf(kafka: Kafka, prefix: string): Promise<void> {
+  const admin = kafka.admin();
+  await admin.connect();
+  const topics = (await admin.listTopics()).filter((topic) => topic.startsWith(prefix));
+  await admin.disconnect();
+  await deleteTopics(kafka, topics);
+}
+
+const messages = (run: Run): unknown[] => run.logs.map((line) => line.message);
+
+describe('runService', () => {
+  const kafka = createTestKafka();
+
+  it('should stop with exit code 0, without starting, when SIGTERM comes during setup', async () => {
+    const prefix = `${uniqueId('run')}.`;
+    const run = runFixture('signal-in-setup', prefix);
+    try {
+      const exit = await exitWithin(run, 40_000);
+      expect(exit).toMatchObject({ code: 0, signal: null });
+      // Setup was told at once, through `stopping`, rather than the process ignoring the signal.
+      expect(run.said).toContainEqual({ fixture: 'setup returns', sawStopping: true });
+      expect(messages(run)).not.toContain('started');
+      expect(run.logs).toContainEqual(
+        expect.objectContaining({ message: 'stopped while starting', exitCode: 0 }),
+      );
+    } finally {
+      await deleteTopicsOf(kafka, prefix);
+    }
+  });
+
+  it('should exit 0 as soon as its close finished, though a socket is still open', async () => {
+    const prefix = `${uniqueId('run')}.`;
+    const run = runFixture('open-handle', prefix, { URS_SHUTDOWN_TIMEOUT_MS: '30000' });
+    try {
+      await waitFor(() => messages(run).includes('started'), { timeoutMs: 40_000 });
+      const signalled = Date.now();
+      run.kill('SIGTERM');
+      const exit = await exitWithin(run, 20_000);
+      expect(exit).toMatchObject({ code: 0, signal: null });
+      expect(Date.now() - signalled).toBeLessThan(15_000);
+      expect(messages(run)).toEqual(expect.arrayContaining(['stopping', 'stopped']));
+      expect(messages(run)).not.toContain('graceful stop timed out, exiting');
+    } finally {
+      await deleteTopicsOf(kafka, prefix);
+    }
+  });
+
+  it('should exit 1 naming the part still closing when the graceful stop times out', async () => {
+    const prefix = `${uniqueId('run')}.`;
+    const run = runFixture('stuck-close', prefix, { URS_SHUTDOWN_TIMEOUT_MS: '1000' });
+    try {
+      await waitFor(() => messages(run).includes('started'), { timeoutMs: 40_000 });
+      run.kill('SIGTERM');
+      const exit = await exitWithin(run, 20_000);
+      expect(exit).toMatchObject({ code: 1, signal: null });
+      expect(run.logs).toContainEqual(
+        expect.objectContaining({
+          message: 'graceful stop timed out, exiting',
+          shutdownTimeoutMs: 1000,
+          waitingFor: 'close stuck-part',
+        }),
+      );
+    } finally {
+      await deleteTopicsOf(kafka, prefix);
+    }
+  });
+});
