@@ -71,7 +71,6 @@ describe('docker-compose.yml', () => {
       expect(service?.environment).toMatchObject({
         KAFKA_BROKERS: 'kafka:9092',
         REDIS_URL: 'redis://redis:6379',
-        NODE_EXTRA_CA_CERTS: '/sim/ca.pem',
       });
       // The key that opens tenant secrets only where they are sealed or opened.
       if (['registrar', 'poller', 'vuln-fetcher'].includes(stage))
@@ -80,6 +79,22 @@ describe('docker-compose.yml', () => {
     }
     const metricsPorts = stages.map((s) => compose.services[s]?.environment?.['URS_METRICS_PORT']);
     expect(new Set(metricsPorts).size).toBe(stages.length);
+  });
+
+  test('a service given NODE_EXTRA_CA_CERTS should mount the file, and only the stages that call Microsoft get it', () => {
+    const callsMicrosoft = ['registrar', 'poller', 'vuln-fetcher'];
+    for (const [name, service] of services) {
+      const caFile = service.environment?.['NODE_EXTRA_CA_CERTS'];
+      if (callsMicrosoft.includes(name)) expect([name, caFile]).toEqual([name, '/sim/ca.pem']);
+      if (caFile === undefined) continue;
+      // Node prints a plain-text "Ignoring extra certs" warning, not a JSON log line, when the file is missing.
+      expect([name, callsMicrosoft.includes(name)]).toEqual([name, true]);
+      const mounted = (service.volumes ?? []).some((volume) => {
+        const target = volume.split(':')[1];
+        return target !== undefined && String(caFile).startsWith(`${target.replace(/\/$/, '')}/`);
+      });
+      expect([name, caFile, mounted]).toEqual([name, caFile, true]);
+    }
   });
 
   test('references should name services and volumes that exist', () => {
