@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { consumerSettings, readString, type ConsumerSettings, type Env } from '@urs/config';
 
 /**
@@ -8,16 +9,19 @@ import { consumerSettings, readString, type ConsumerSettings, type Env } from '@
 export interface ScorerConfig extends ConsumerSettings {
   /**
    * Consumer group reading `urs.tenants` from the beginning: one per process, so every replica holds
-   * every profile. Env `URS_PROFILES_GROUP`, default `{groupId}.profiles.{URS_INSTANCE_ID or pid}`.
+   * every profile. `{URS_PROFILES_GROUP}.{URS_INSTANCE_ID}-{random}`; `URS_PROFILES_GROUP` defaults to
+   * `{groupId}.profiles`, `URS_INSTANCE_ID` to `scorer-{pid}`. The random part is always appended: two
+   * replicas given the same instance id (one env for every container, whose pid is often 1) or the same
+   * `URS_PROFILES_GROUP` would otherwise join one group and split the profiles between them, each then
+   * scoring the tenants it was not assigned with a stale profile or none.
    */
   profilesGroupId: string;
 }
 
-export function scorerConfig(env: Env): ScorerConfig {
+/** `suffix`: the part that makes this process's profiles group its own; random unless a test fixes it. */
+export function scorerConfig(env: Env, suffix: string = randomBytes(4).toString('hex')): ScorerConfig {
   const consumer = consumerSettings(env, 'scorer', 6);
-  const instance = readString(env, 'URS_INSTANCE_ID', `${process.pid}-${Date.now().toString(36)}`);
-  return {
-    ...consumer,
-    profilesGroupId: readString(env, 'URS_PROFILES_GROUP', `${consumer.groupId}.profiles.${instance}`),
-  };
+  const instance = readString(env, 'URS_INSTANCE_ID', `scorer-${process.pid}`);
+  const profilesGroup = readString(env, 'URS_PROFILES_GROUP', `${consumer.groupId}.profiles`);
+  return { ...consumer, profilesGroupId: `${profilesGroup}.${instance}-${suffix}` };
 }
