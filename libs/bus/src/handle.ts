@@ -96,6 +96,37 @@ export interface MessageProcessorOptions {
   seconds: Histogram;
 }
 
+/** Longest key or cycle id a log line carries: both are ids, so anything longer is not one worth printing whole. */
+const MAX_LOGGED_ID = 128;
+
+/**
+ * What a log line says of a message: where it is, its key (the tenant id on every pipeline topic) and,
+ * when its payload is an object with one, its `cycleId`. Nothing else of the payload: it may hold a secret.
+ * `payload` is the decoded value, or undefined when the message did not decode (then its bytes are parsed
+ * once more, best effort, for the cycle id alone: a dead letter is rare).
+ */
+function messageLogFields(work: MessageWork, payload: unknown): Record<string, unknown> {
+  const { message } = work;
+  const fields: Record<string, unknown> = {
+    topic: work.topic,
+    partition: work.partition,
+    offset: message.offset,
+  };
+  if (message.key !== null) fields['tenantId'] = message.key.toString('utf8').slice(0, MAX_LOGGED_ID);
+  let value = payload;
+  if (value === undefined && message.value !== null) {
+    try {
+      value = parseJsonBytes(message.value);
+    } catch {
+      value = undefined;
+    }
+  }
+  const cycleId =
+    typeof value === 'object' && value !== null ? (value as Record<string, unknown>)['cycleId'] : undefined;
+  if (typeof cycleId === 'string') fields['cycleId'] = cycleId.slice(0, MAX_LOGGED_ID);
+  return fields;
+}
+
 /**
  * Settles one message: decode, validate, hand to its handler with retries in place; poison and
  * exhausted retries go to the dead-letter topic. Resolves true when settled (handled or
@@ -135,7 +166,8 @@ export function createMessageProcessor(
     };
   }
 
-  async function deadLetter(work: MessageWork, error: unknown): Promise<void> {
+  /** `payload`: the decoded value, when the message decoded (see messageLogFields). */
+  async function deadLetter(work: MessageWork, error: unknown, payload?: unknown): Promise<void> {
     const letter = toDeadLetter(
       {
         service: options.service,
@@ -154,9 +186,7 @@ export function createMessageProcessor(
     ]);
     handled.inc({ topic: work.topic, outcome: 'dead-lettered' });
     log.warn('message dead-lettered', {
-      topic: letter.sourceTopic,
-      partition: letter.partition,
-      offset: letter.offset,
+      ...messageLogFields(work, payload),
       code: letter.error.code,
       reason: letter.error.message,
     });
@@ -190,7 +220,7 @@ export function createMessageProcessor(
         // dead-lettered, and left uncommitted for whoever handles the partition next.
         if (work.signal?.aborted || work.shouldStop()) return false;
         if (!canRetry(error)) {
-          await deadLetter(work, error);
+          await deadLetter(work, error, inbound.value);
           return true;
         }
         if (attempt >= retry.maxAttempts) {
@@ -201,14 +231,13 @@ export function createMessageProcessor(
               `gave up after ${attempt} attempts: ${errorMessage(error)}`,
               error,
             ),
+            inbound.value,
           );
           return true;
         }
         const delayMs = retryDelayMs(retry, attempt);
         log.warn('handler failed, retrying', {
-          topic,
-          partition: work.partition,
-          offset: message.offset,
+          ...messageLogFields(work, inbound.value),
           attempt,
           delayMs,
           code: errorCode(error),

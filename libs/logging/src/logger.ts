@@ -3,7 +3,10 @@ import { redact } from './redact';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
-/** The logging surface every library takes injected. Fields are merged into the JSON line. */
+/**
+ * The logging surface every library takes injected. Fields are merged into the JSON line; a field named
+ * `message` is written as `reason` (`detail` beside a `reason`): it never changes the line's own message.
+ */
 export interface Logger {
   debug(message: string, fields?: Record<string, unknown>): void;
   info(message: string, fields?: Record<string, unknown>): void;
@@ -47,13 +50,26 @@ export function createLogger(options: LoggerOptions): Logger {
   return wrap(base);
 }
 
+/**
+ * The fields as written. Winston appends a field named `message` to the line's own message ("device
+ * vulnerabilities not fetched Stopped while…"), and a child's `message` is lost under the line's: so the line
+ * keeps its own message, and the field is written as `reason` (as `detail` when there is a reason already).
+ */
+function ownFields(fields: Record<string, unknown>): Record<string, unknown>;
+function ownFields(fields: Record<string, unknown> | undefined): Record<string, unknown> | undefined;
+function ownFields(fields: Record<string, unknown> | undefined): Record<string, unknown> | undefined {
+  if (fields === undefined || !Object.hasOwn(fields, 'message')) return fields;
+  const { message, ...rest } = fields;
+  return { ...rest, [Object.hasOwn(rest, 'reason') ? 'detail' : 'reason']: message };
+}
+
 function wrap(target: winston.Logger): Logger {
   return {
-    debug: (message, fields) => void target.debug(message, fields),
-    info: (message, fields) => void target.info(message, fields),
-    warn: (message, fields) => void target.warn(message, fields),
-    error: (message, fields) => void target.error(message, fields),
-    child: (fields) => wrap(target.child(fields)),
+    debug: (message, fields) => void target.debug(message, ownFields(fields)),
+    info: (message, fields) => void target.info(message, ownFields(fields)),
+    warn: (message, fields) => void target.warn(message, ownFields(fields)),
+    error: (message, fields) => void target.error(message, ownFields(fields)),
+    child: (fields) => wrap(target.child(ownFields(fields))),
   };
 }
 

@@ -54,6 +54,24 @@ describe('createLogger', () => {
     expect(line?.error).toMatchObject({ message: line?.reason });
   });
 
+  it("should write a field named message as reason, never into the line's own message", async () => {
+    const out = capture();
+    const logger = createLogger({ service: 'vuln-fetcher', stream: out.stream });
+    logger.warn('device vulnerabilities not fetched', { code: 'STOPPED', message: 'Stopped while waiting' });
+    logger.warn('call failed', { reason: 'quota', message: 'the API answered 429' });
+    logger.child({ message: 'from the child' }).info('cycle started');
+    await new Promise((resolve) => setImmediate(resolve));
+    const lines = out.lines();
+    expect(lines.map((line) => line.message)).toEqual([
+      'device vulnerabilities not fetched',
+      'call failed',
+      'cycle started',
+    ]);
+    expect(lines[0]).toMatchObject({ code: 'STOPPED', reason: 'Stopped while waiting' });
+    expect(lines[1]).toMatchObject({ reason: 'quota', detail: 'the API answered 429' });
+    expect(lines[2]).toMatchObject({ reason: 'from the child' });
+  });
+
   it('should drop lines below the configured level', async () => {
     const out = capture();
     const logger = createLogger({ service: 's', level: 'warn', stream: out.stream });

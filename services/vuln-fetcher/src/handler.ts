@@ -266,7 +266,12 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
           const fetchError = { code: errorCode(error), message: errorMessage(error) };
           // A hold-back speaks for the tenant's calls, not this device's: the cycle asks for no more of them.
           if (isTenantWideFailure(error) || CallHealth.isHeldBack(error)) tenantFailure ??= fetchError;
-          else log.warn('device vulnerabilities not fetched', { deviceId: machine.id, ...fetchError });
+          else
+            log.warn('device vulnerabilities not fetched', {
+              deviceId: machine.id,
+              code: fetchError.code,
+              reason: fetchError.message,
+            });
           outageRun = OUTAGE_CODES.has(fetchError.code) ? outageRun + 1 : 0;
           if (outageRun >= OUTAGE_AFTER_FAILURES)
             tenantFailure ??= {

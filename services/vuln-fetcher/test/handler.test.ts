@@ -4,7 +4,7 @@ import { CallHealth, DefenderError, DefenderErrorCode } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
 import type { BulkExportState, BulkVulnerabilityCache, TenantStatus } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { inboundMessage } from '@urs/testkit';
+import { capturingLogger, inboundMessage, type LogLine } from '@urs/testkit';
 import { createEnrichHandler, type EnrichHandlerDeps } from '../src/handler';
 import type { SourceProvider, VulnerabilitySource } from '../src/sources';
 import { VulnerabilityFolder, type VulnerabilityLike } from '../src/summarise';
@@ -172,13 +172,17 @@ describe('createEnrichHandler', () => {
   });
 
   it('should pass a device whose vulnerabilities fail on with a null summary and the reason', async () => {
-    const { handler, sent } = setup({
-      machineVulnerabilities: async (id) => {
-        if (id === 'd2')
-          throw new DefenderError(DefenderErrorCode.UNAVAILABLE, 'the API answered 503 five times');
-        return [];
+    const lines: LogLine[] = [];
+    const { handler, sent } = setup(
+      {
+        machineVulnerabilities: async (id) => {
+          if (id === 'd2')
+            throw new DefenderError(DefenderErrorCode.UNAVAILABLE, 'the API answered 503 five times');
+          return [];
+        },
       },
-    });
+      { logger: capturingLogger(lines) },
+    );
     await handler(message(batch()));
     const devices = (sent[0] as EnrichedBatch).devices;
     expect(devices.map((d) => d.vulnerabilities === null)).toEqual([false, true, false]);
@@ -186,6 +190,16 @@ describe('createEnrichHandler', () => {
       code: 'DEFENDER_UNAVAILABLE',
       message: 'the API answered 503 five times',
     });
+    // The error's text is a field of its own, not part of the line's message.
+    expect(lines.filter((line) => line.deviceId === 'd2')).toEqual([
+      {
+        level: 'warn',
+        message: 'device vulnerabilities not fetched',
+        deviceId: 'd2',
+        code: 'DEFENDER_UNAVAILABLE',
+        reason: 'the API answered 503 five times',
+      },
+    ]);
   });
 
   it("should stop calling for a tenant whose device calls fail 10 times in a row for Defender's own reasons", async () => {
