@@ -73,9 +73,16 @@ export function createSecretSealer(config: SealerKeys): SecretSealer {
           decipher.final(),
         ]).toString('utf8');
       } catch (error) {
+        // GCM cannot tell a wrong key from an altered record; with every record failing alike (a replica
+        // given another URS_SECRET_KEY under the same id) it is the key, so the message names its variables.
+        const variable =
+          sealed.keyId === config.activeKeyId
+            ? 'URS_SECRET_KEY (URS_SECRET_KEY_ID)'
+            : 'URS_SECRET_KEYS_PREVIOUS';
         throw new SecretError(
           'SECRET_UNREADABLE',
-          `the secret sealed with key ${sealed.keyId} does not open`,
+          `the secret sealed with key ${sealed.keyId} does not open with this process's key ${sealed.keyId}: ` +
+            `${variable} differs from the key that sealed it, or the record was altered`,
           error,
         );
       }

@@ -19,6 +19,19 @@ describe('createSecretSealer', () => {
     expect(() => sealer.open(sealed, 'tenant-b')).toThrow(/does not open/);
   });
 
+  it('should name URS_SECRET_KEY when its key does not open a secret sealed under the same key id', () => {
+    const registrar = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', k1]]) });
+    const misconfigured = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', k2]]) });
+    const sealed = registrar.seal('s', 't');
+    expect(() => misconfigured.open(sealed, 't')).toThrow(
+      expect.objectContaining({
+        code: 'SECRET_UNREADABLE',
+        message: expect.stringMatching(/URS_SECRET_KEY\b/),
+      }),
+    );
+    expect(JSON.stringify(sealed)).not.toContain(k2.toString('base64'));
+  });
+
   it('should open secrets sealed with a previous key after rotation and mark them stale', () => {
     const before = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', k1]]) });
     const sealed = before.seal('rotating', 't');

@@ -9,6 +9,7 @@ import { pollerConfig } from './config';
 import { runCycle } from './cycle';
 import { createDefenderGateway } from './defender';
 import { createScheduler } from './scheduler';
+import { checkSecretKey } from './secret-check';
 import { createTenantTable } from './tenant-table';
 
 void runService({
@@ -19,6 +20,10 @@ void runService({
     // Unique per process even when two replicas share a pid (containers): leases and the group depend on it.
     const holderId = `${settings.instanceId}-${randomBytes(4).toString('hex')}`;
     const sealer = createSecretSealer(settings.secretKeys);
+    const tenants = createTenantStore(redis, prefix);
+    // A replica with the wrong key stays out (the start fails naming URS_SECRET_KEY) instead of failing
+    // every tenant's cycle while it reports ready.
+    await checkSecretKey({ sealer, tenants, keyIds: new Set(settings.secretKeys.keys.keys()), logger });
     const limiter = await createSharedLimiter({
       redis,
       keyPrefix: prefix,
@@ -85,7 +90,7 @@ void runService({
     const scheduler = createScheduler({
       table,
       schedules: createPollScheduleStore(redis, prefix),
-      tenants: createTenantStore(redis, prefix),
+      tenants,
       cycles,
       runCycle: (input) => runCycle(cycleDeps, input),
       holderId,

@@ -20,14 +20,24 @@ export function dueAt(schedule: PollSchedule, intervalMs: number, revision: numb
 }
 
 /**
- * Errors an administrator must fix: Defender's setup errors, and a sealed secret that does not open here
- * (a retired key, a tampered record). Retrying soon only hammers Entra ID.
+ * Errors an administrator must fix for the tenant: Defender's setup errors, and a secret sealed with a key
+ * this process does not hold (a retired key: re-seal it). Retrying soon only hammers Entra ID.
  */
-const SECRET_ERRORS = new Set<string>(['SECRET_UNREADABLE', 'SECRET_KEY_UNKNOWN']);
+const SECRET_ERRORS = new Set<string>(['SECRET_KEY_UNKNOWN']);
 
-export type FailureKind = 'setup' | 'throttled' | 'transient';
+/**
+ * Errors of this process's configuration, not of the tenant: a secret sealed with a key id this process
+ * holds that does not open with its key (a replica started with another URS_SECRET_KEY under the same
+ * URS_SECRET_KEY_ID). Backing the tenant off for it kept the tenant unpolled for hours after the key was
+ * fixed; no call reaches Microsoft before the secret opens, so trying again soon costs nothing.
+ */
+const LOCAL_ERRORS = new Set<string>(['SECRET_UNREADABLE']);
+
+/** `local`: this process's configuration is at fault; the tenant's failure streak and backoff are left alone. */
+export type FailureKind = 'setup' | 'throttled' | 'transient' | 'local';
 
 export function classifyFailure(code: string): FailureKind {
+  if (LOCAL_ERRORS.has(code)) return 'local';
   if (isSetupErrorCode(code) || SECRET_ERRORS.has(code)) return 'setup';
   if (code === DefenderErrorCode.THROTTLED) return 'throttled';
   return 'transient';
@@ -52,8 +62,8 @@ const MIN_THROTTLE_WAIT_MS = 60_000;
  * The earliest next try after a failed cycle, or null for the normal schedule. Setup errors back off
  * exponentially from one interval (1, 2, 4, … intervals after the failed start), capped at
  * `maxBackoffMs` but never below one interval. Throttling delays only this tenant, by the API's
- * Retry-After or a minute, at most one interval. Transient failures set no backoff: they are tried
- * again sooner than the schedule (`transientRetryAt`).
+ * Retry-After or a minute, at most one interval. Transient failures and this process's own (`local`) set
+ * no backoff: they are tried again sooner than the schedule (`transientRetryAt`).
  */
 export function backoffUntil(input: BackoffInput): number | null {
   if (input.kind === 'setup') {

@@ -226,9 +226,12 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         return;
       }
       const code = errorCode(error);
-      const message = errorMessage(error);
       const kind = classifyFailure(code);
-      const failures = previousFailures + 1;
+      // This replica's own fault (its URS_SECRET_KEY does not open the secret): the status names the
+      // replica, and the tenant's streak is not counted, so no backoff outlives the key's fix.
+      const local = kind === 'local';
+      const message = local ? `poller ${deps.holderId}: ${errorMessage(error)}` : errorMessage(error);
+      const failures = local ? previousFailures : previousFailures + 1;
       const ended = now();
       const retryAfterMs = (error as { retryAfterMs?: number }).retryAfterMs;
       const notBefore = backoffUntil({
@@ -241,7 +244,9 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
       });
       const retryAt =
-        kind === 'transient' ? transientRetryAt(failures, ended, intervalMs, deps.intervalUnitMs) : null;
+        kind === 'transient' || local
+          ? transientRetryAt(local ? 1 : failures, ended, intervalMs, deps.intervalUnitMs)
+          : null;
       await deps.schedules.end(lease, { failures, notBefore, retryAt, failedRevision: record.revision });
       const next = retryAt === null ? Math.max(nextPollAt, notBefore ?? 0) : Math.min(nextPollAt, retryAt);
       localDue.set(tenantId, next);
@@ -255,6 +260,17 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         lastErrorCycleId: cycleId,
       });
       cyclesTotal.inc({ outcome: kind });
+      if (local) {
+        log.error("cycle failed: this poller's URS_SECRET_KEY does not open the tenant's secret", {
+          tenantId,
+          cycleId,
+          code,
+          reason: message,
+          variables: ['URS_SECRET_KEY', 'URS_SECRET_KEY_ID'],
+          nextPollAt: new Date(next).toISOString(),
+        });
+        return;
+      }
       log.warn('cycle failed', {
         tenantId,
         cycleId,

@@ -30,10 +30,14 @@ describe('classifyFailure', () => {
   it('classifyFailure should tell setup errors, throttling and transient failures apart', () => {
     expect(classifyFailure('DEFENDER_INVALID_SECRET')).toBe('setup');
     expect(classifyFailure('DEFENDER_CONSENT_MISSING')).toBe('setup');
-    expect(classifyFailure('SECRET_UNREADABLE')).toBe('setup');
+    expect(classifyFailure('SECRET_KEY_UNKNOWN')).toBe('setup');
     expect(classifyFailure('DEFENDER_THROTTLED')).toBe('throttled');
     expect(classifyFailure('DEFENDER_UNAVAILABLE')).toBe('transient');
     expect(classifyFailure('UNEXPECTED')).toBe('transient');
+  });
+
+  it("classifyFailure should count a secret this process's key does not open as the process's fault, not the tenant's", () => {
+    expect(classifyFailure('SECRET_UNREADABLE')).toBe('local');
   });
 });
 

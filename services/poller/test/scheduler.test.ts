@@ -1,6 +1,8 @@
+import { randomBytes } from 'node:crypto';
 import type { TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
+import { createSecretSealer } from '@urs/secrets';
 import type {
   CycleState,
   CycleStore,
@@ -303,6 +305,38 @@ describe('createScheduler', () => {
     expect(runs.filter((r) => r.tenantId === 'daily')).toHaveLength(1);
     expect(status.statuses.get('daily')?.state).toBe('active');
     expect((await schedules.get('daily')).retryAt).toBeUndefined();
+  });
+
+  it("createScheduler should not back a tenant off for a secret this replica's key does not open", async () => {
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const runs: Run[] = [];
+    const registrar = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+    // A replica started with another URS_SECRET_KEY under the same URS_SECRET_KEY_ID.
+    const wrongKey = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+    const sealed = registrar.seal('client-secret', 'daily');
+    const tries: number[] = [];
+    const { table, scheduler } = replica(0, schedules, status, runs, async () => {
+      tries.push(Date.now());
+      if (tries.length <= 3) wrongKey.open(sealed, 'daily');
+    });
+    // Polled once a "day" (1440 "minutes" of 10 ms: 14.4 s): a setup backoff would wait 1, 2, 4 days.
+    await feed(table, [{ ...record('daily'), defender: { pollIntervalMinutes: 1440 } } as TenantRecord]);
+    scheduler.start();
+    started.push(scheduler);
+    await waitFor(() => tries.length >= 2, { timeoutMs: 1_000, intervalMs: 1 });
+    const schedule = await schedules.get('daily');
+    expect(schedule.failures).toBe(0);
+    expect(schedule.notBefore).toBeUndefined();
+    expect(status.statuses.get('daily')).toMatchObject({
+      state: 'error',
+      lastErrorCode: 'SECRET_UNREADABLE',
+      lastErrorMessage: expect.stringMatching(/^poller replica-0: .*URS_SECRET_KEY\b/),
+    });
+    // Once the key is right the tenant is polled at once, not days later.
+    await waitFor(() => runs.length === 1, { timeoutMs: 1_000, intervalMs: 1 });
+    expect(tries).toHaveLength(4);
+    expect(status.statuses.get('daily')?.state).toBe('active');
   });
 
   it('createScheduler should leave an error the vuln-fetcher reported for the cycle it just listed', async () => {
