@@ -35,6 +35,11 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
   maxBufferedPerPartition: number;
   /** How long a batch waits for its cycle's bulk export, ms. Env `URS_BULK_WAIT_MS`, default 600000. */
   bulkWaitMs: number;
+  /**
+   * How long a batch waits for its tenant's record to be back in Redis (rebuilt by the registrar after a
+   * wipe) before its devices go on without vulnerabilities, ms. Env `URS_TENANT_RECORD_WAIT_MS`, default 30000.
+   */
+  tenantWaitMs: number;
   /** How long a bulk export claim holds if its holder dies, ms. Env `URS_BULK_CLAIM_MS`, default 300000. */
   bulkClaimMs: number;
   /** How long the bulk summaries of a cycle stay in Redis, ms. Env `URS_BULK_CACHE_TTL_MS`, default 7200000. */
@@ -94,6 +99,7 @@ export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
     }),
     bulkWaitMs: readInt(env, 'URS_BULK_WAIT_MS', { fallback: 600_000, min: 1_000 }),
     bulkClaimMs: readInt(env, 'URS_BULK_CLAIM_MS', { fallback: 300_000, min: 1_000 }),
+    tenantWaitMs: readInt(env, 'URS_TENANT_RECORD_WAIT_MS', { fallback: 30_000, min: 0, max: 600_000 }),
     bulkCacheTtlMs: readInt(env, 'URS_BULK_CACHE_TTL_MS', { fallback: 7_200_000, min: 60_000 }),
     bulkPageSize: readInt(env, 'URS_BULK_PAGE_SIZE', { fallback: 50_000, min: 1, max: 200_000 }),
     bulkFoldThread: readBool(env, 'URS_BULK_FOLD_THREAD', true),

@@ -68,6 +68,15 @@ export interface EnrichHandlerDeps {
   bulkClaimMs: number;
   /** Pause between two looks at another replica's bulk export, in milliseconds. */
   bulkPollMs?: number;
+  /**
+   * How long a batch waits for its tenant's record to come back to Redis before its devices go on without
+   * vulnerabilities, in milliseconds. Default 30000. After Redis lost its data the poller (its tenants in
+   * memory) emits batches before the registrar has rebuilt Redis from `urs.tenants`, which takes seconds.
+   * The wait is in the handler, heartbeating, not the runner's retries: it never ends in a dead letter.
+   */
+  tenantWaitMs?: number;
+  /** Pause between two looks for a missing tenant record, in milliseconds. Default 1000. */
+  tenantPollMs?: number;
   now?: () => Date;
   /**
    * Aborted when the service stops (the runtime's `stopping`, once the runner is stopping): calls in
@@ -186,6 +195,47 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     string,
     { cycleId: string; ready: Promise<unknown>; running: Set<Promise<void>> }
   >();
+
+  /**
+   * The cycles (`tenantId/cycleId`) whose tenant record stayed missing for a whole `tenantWaitMs`: their
+   * later batches look once and do not wait again (a deleted tenant's cycle would wait once per batch).
+   */
+  const missingRecords = new Set<string>();
+
+  /**
+   * The batch's tenant record, waited for up to `tenantWaitMs` when Redis does not hold it. Null when it is
+   * still missing: the tenant was deleted during the cycle, or Redis was wiped and not rebuilt.
+   */
+  async function tenantRecord(
+    batch: DeviceBatch,
+    cycleKey: string,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<{ record: TenantRecord | null; waitedMs: number }> {
+    const found = await deps.tenants.get(batch.tenantId);
+    if (found !== null || missingRecords.has(cycleKey)) return { record: found, waitedMs: 0 };
+    const waitMs = deps.tenantWaitMs ?? 30_000;
+    const started = Date.now();
+    log.warn('tenant record missing from Redis: waiting for the registrar to restore it', {
+      code: 'TENANT_UNKNOWN',
+      waitMs,
+    });
+    while (Date.now() - started < waitMs) {
+      await sleepUntil(Math.min(deps.tenantPollMs ?? 1_000, waitMs - (Date.now() - started)), signal);
+      throwIfStopping(signal);
+      const record = await deps.tenants.get(batch.tenantId);
+      if (record !== null) {
+        log.info('tenant record back in Redis', { waitedMs: Date.now() - started });
+        return { record, waitedMs: Date.now() - started };
+      }
+    }
+    missingRecords.add(cycleKey);
+    if (missingRecords.size > REMEMBERED_FAILURES) {
+      const oldest = missingRecords.values().next().value;
+      if (oldest !== undefined) missingRecords.delete(oldest);
+    }
+    return { record: null, waitedMs: Date.now() - started };
+  }
 
   function rememberFailure(key: string, error: FetchError): void {
     failedCycles.set(key, error);
@@ -721,14 +771,23 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
     let enrichment: Enrichment;
     const remembered = failedCycles.get(cycleKey);
-    const record: TenantRecord | null = remembered ? null : await deps.tenants.get(batch.tenantId);
+    const lookup = remembered ? null : await tenantRecord(batch, cycleKey, log, signal);
+    const record: TenantRecord | null = lookup?.record ?? null;
     if (remembered) {
       enrichment = { devices: missing(batch.devices, remembered), collectedAt: now() };
     } else if (record === null) {
       const fetchError = {
         code: 'TENANT_UNKNOWN',
-        message: `tenant ${batch.tenantId} is not registered (removed during the cycle?)`,
+        message:
+          `no record of tenant ${batch.tenantId} in Redis after ${lookup?.waitedMs ?? 0} ms: ` +
+          'deleted during the cycle, or Redis lost its data and the registrar has not rebuilt it from ' +
+          'urs.tenants (is the registrar running? its log says when the rebuild ends)',
       };
+      log.warn('tenant record still missing: devices sent without vulnerabilities', {
+        code: fetchError.code,
+        reason: fetchError.message,
+        devices: batch.devices.length,
+      });
       enrichment = { devices: missing(batch.devices, fetchError), collectedAt: now() };
     } else {
       let result: Enrichment & { tenantFailure?: FetchError };

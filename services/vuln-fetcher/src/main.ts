@@ -52,6 +52,7 @@ void runService({
       concurrency: own.concurrency,
       bulkWaitMs: own.bulkWaitMs,
       bulkClaimMs: own.bulkClaimMs,
+      tenantWaitMs: own.tenantWaitMs,
     });
     const runner = createConsumerRunner({
       kafka,

@@ -1,7 +1,7 @@
 import type { InboundMessage, Publisher } from '@urs/bus';
 import type { DeviceBatch, EnrichedBatch, TenantRecord, VulnerabilitySummary } from '@urs/contracts';
 import { CallHealth, DefenderError, DefenderErrorCode } from '@urs/defender';
-import { silentLogger } from '@urs/logging';
+import { silentLogger, type Logger } from '@urs/logging';
 import type { BulkExportState, BulkVulnerabilityCache, TenantStatus } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, inboundMessage, type LogLine } from '@urs/testkit';
@@ -122,6 +122,24 @@ function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHa
 }
 
 const cve = (id: string, cvssV3: number | null): VulnerabilityLike => ({ id, cvssV3 });
+
+type LogLine = Record<string, unknown> & { level: string; message: string };
+
+/** A logger keeping its lines (with its children's fields) in `lines`. */
+function recordingLogger(lines: LogLine[], bound: Record<string, unknown> = {}): Logger {
+  const at =
+    (level: string) =>
+    (message: string, fields: Record<string, unknown> = {}): void => {
+      lines.push({ ...bound, ...fields, level, message });
+    };
+  return {
+    debug: at('debug'),
+    info: at('info'),
+    warn: at('warn'),
+    error: at('error'),
+    child: (fields) => recordingLogger(lines, { ...bound, ...fields }),
+  };
+}
 
 describe('createEnrichHandler', () => {
   it('should summarise each device at the batch threshold and keep the cycle header', async () => {
@@ -395,10 +413,59 @@ describe('createEnrichHandler', () => {
     ).toBe(1);
   });
 
-  it('should pass the devices of an unknown tenant on without vulnerabilities', async () => {
-    const { handler, sent } = setup({});
-    await handler(message(batch({ tenantId: 'gone' })));
+  it('should wait for a tenant record missing from Redis and enrich the batch once the registrar restores it', async () => {
+    const lines: LogLine[] = [];
+    let looks = 0;
+    const { handler, sent } = setup(
+      { machineVulnerabilities: async () => [cve('CVE-1', 9.8)] },
+      {
+        // Redis was wiped: the record is back on the third look (the registrar's rebuild).
+        tenants: {
+          get: async () => (++looks >= 3 ? record : null),
+          updateStatus: async () => undefined,
+        },
+        logger: recordingLogger(lines),
+        tenantWaitMs: 1_000,
+        tenantPollMs: 5,
+      },
+    );
+    await handler(message(batch()));
+    expect(sent[0]?.devices.every((d) => d.vulnerabilities?.criticalCveCount === 1)).toBe(true);
+    expect(lines).toContainEqual(
+      expect.objectContaining({
+        level: 'warn',
+        message: expect.stringMatching(/tenant record missing/),
+        tenantId: 't1',
+        cycleId: 'c1',
+      }),
+    );
+  });
+
+  it('should pass the devices of an unknown tenant on without vulnerabilities after the wait, with a warning saying why', async () => {
+    const lines: LogLine[] = [];
+    const { handler, sent } = setup(
+      {},
+      { logger: recordingLogger(lines), tenantWaitMs: 50, tenantPollMs: 5 },
+    );
+    const started = Date.now();
+    await handler(message(batch({ tenantId: 'gone', lastBatch: false })));
+    expect(Date.now() - started).toBeGreaterThanOrEqual(45);
     expect(sent[0]?.devices.every((d) => d.fetchError?.code === 'TENANT_UNKNOWN')).toBe(true);
+    expect(sent[0]?.devices[0]?.fetchError?.message).toMatch(/registrar/);
+    expect(lines).toContainEqual(
+      expect.objectContaining({
+        level: 'warn',
+        tenantId: 'gone',
+        cycleId: 'c1',
+        code: 'TENANT_UNKNOWN',
+        reason: expect.stringMatching(/registrar/),
+      }),
+    );
+    // The cycle's later batches look again but do not wait again.
+    const next = Date.now();
+    await handler(message(batch({ tenantId: 'gone', batchIndex: 1 })));
+    expect(Date.now() - next).toBeLessThan(45);
+    expect(sent[1]?.devices.every((d) => d.fetchError?.code === 'TENANT_UNKNOWN')).toBe(true);
   });
 
   it('should fail a batch retryably when the service stops mid-batch', async () => {
