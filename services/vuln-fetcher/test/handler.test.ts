@@ -1,7 +1,7 @@
 import type { InboundMessage, Publisher } from '@urs/bus';
 import type { DeviceBatch, EnrichedBatch, TenantRecord, VulnerabilitySummary } from '@urs/contracts';
 import { CallHealth, DefenderError, DefenderErrorCode } from '@urs/defender';
-import { silentLogger, type Logger } from '@urs/logging';
+import { silentLogger } from '@urs/logging';
 import type { BulkExportState, BulkVulnerabilityCache, TenantStatus } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, inboundMessage, type LogLine } from '@urs/testkit';
@@ -123,24 +123,6 @@ function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHa
 
 const cve = (id: string, cvssV3: number | null): VulnerabilityLike => ({ id, cvssV3 });
 
-type LogLine = Record<string, unknown> & { level: string; message: string };
-
-/** A logger keeping its lines (with its children's fields) in `lines`. */
-function recordingLogger(lines: LogLine[], bound: Record<string, unknown> = {}): Logger {
-  const at =
-    (level: string) =>
-    (message: string, fields: Record<string, unknown> = {}): void => {
-      lines.push({ ...bound, ...fields, level, message });
-    };
-  return {
-    debug: at('debug'),
-    info: at('info'),
-    warn: at('warn'),
-    error: at('error'),
-    child: (fields) => recordingLogger(lines, { ...bound, ...fields }),
-  };
-}
-
 describe('createEnrichHandler', () => {
   it('should summarise each device at the batch threshold and keep the cycle header', async () => {
     let inFlight = 0;
@@ -213,6 +195,9 @@ describe('createEnrichHandler', () => {
       {
         level: 'warn',
         message: 'device vulnerabilities not fetched',
+        tenantId: 't1',
+        cycleId: 'c1',
+        batchIndex: 0,
         deviceId: 'd2',
         code: 'DEFENDER_UNAVAILABLE',
         reason: 'the API answered 503 five times',
@@ -424,7 +409,7 @@ describe('createEnrichHandler', () => {
           get: async () => (++looks >= 3 ? record : null),
           updateStatus: async () => undefined,
         },
-        logger: recordingLogger(lines),
+        logger: capturingLogger(lines),
         tenantWaitMs: 1_000,
         tenantPollMs: 5,
       },
@@ -445,7 +430,7 @@ describe('createEnrichHandler', () => {
     const lines: LogLine[] = [];
     const { handler, sent } = setup(
       {},
-      { logger: recordingLogger(lines), tenantWaitMs: 50, tenantPollMs: 5 },
+      { logger: capturingLogger(lines), tenantWaitMs: 50, tenantPollMs: 5 },
     );
     const started = Date.now();
     await handler(message(batch({ tenantId: 'gone', lastBatch: false })));
