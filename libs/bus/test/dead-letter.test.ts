@@ -3,6 +3,7 @@ import type { DeadLetter } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { Registry } from '@urs/telemetry';
 import { createMessageProcessor } from '../src/handle';
+import { messageWork } from './work';
 
 describe('redactPayload', () => {
   it('should remove client secrets from a JSON payload', () => {
@@ -121,22 +122,7 @@ describe('createMessageProcessor', () => {
       seconds: metrics.histogram('seconds', 'seconds'),
     });
     const value = JSON.stringify({ mode: 'FULL', pwd: 'Zz77Q~abc' });
-    const work = (topic: string) => ({
-      topic,
-      partition: 0,
-      message: {
-        key: null,
-        value: Buffer.from(value),
-        offset: '3',
-        timestamp: '0',
-        attributes: 0,
-        headers: {},
-      },
-      heartbeat: async () => undefined,
-      stopSignal: new AbortController().signal,
-      shouldStop: () => false,
-      beforeRetry: async () => undefined,
-    });
+    const work = (topic: string) => messageWork({ topic, offset: '3', value });
     expect(await settle(work('own'))).toBe(true);
     expect(await settle(work('default'))).toBe(true);
     expect(sent.map((letter) => [letter.error.code, letter.payload])).toEqual([

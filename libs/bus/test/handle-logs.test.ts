@@ -4,6 +4,7 @@ import { UrsError } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine } from '@urs/testkit';
 import { createMessageProcessor, type MessageWork } from '../src/handle';
+import { messageWork } from './work';
 
 const TENANT = '0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9';
 const SECRET = 'Zx9~real-secret';
@@ -48,22 +49,7 @@ function processor(lines: LogLine[], handler: () => Promise<void>) {
 }
 
 function work(value: string | null, key: string | null = TENANT): MessageWork {
-  return {
-    topic: 'batches',
-    partition: 2,
-    message: {
-      key: key === null ? null : Buffer.from(key),
-      value: value === null ? null : Buffer.from(value),
-      offset: '7',
-      timestamp: '0',
-      attributes: 0,
-      headers: {},
-    },
-    heartbeat: async () => undefined,
-    stopSignal: new AbortController().signal,
-    shouldStop: () => false,
-    beforeRetry: async () => undefined,
-  };
+  return messageWork({ topic: 'batches', partition: 2, offset: '7', key, value });
 }
 
 const where = { topic: 'batches', partition: 2, offset: '7', tenantId: TENANT };

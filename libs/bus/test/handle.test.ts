@@ -1,8 +1,8 @@
-import type { KafkaMessage } from 'kafkajs';
 import { UrsError, retryPolicy } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine } from '@urs/testkit';
-import { createMessageProcessor, type MessageWork } from '../src/handle';
+import { createMessageProcessor } from '../src/handle';
+import { messageWork } from './work';
 import type { Publisher } from '../src/publisher';
 
 const TOPIC = 'tenants';
@@ -38,21 +38,7 @@ function processor(handler: () => Promise<void>, maxAttempts: number) {
     seconds: metrics.histogram('handler_seconds', 'seconds'),
   });
   const runner = new AbortController();
-  const work: MessageWork = {
-    topic: TOPIC,
-    partition: 0,
-    message: {
-      offset: '7',
-      key: Buffer.from('tenant'),
-      value: null,
-      timestamp: '0',
-      attributes: 0,
-    } as KafkaMessage,
-    heartbeat: async () => undefined,
-    stopSignal: runner.signal,
-    shouldStop: () => runner.signal.aborted,
-    beforeRetry: async () => undefined,
-  };
+  const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant', stop: runner });
   return { settle: () => settle(work), stop: () => runner.abort(), sent, lines };
 }
 

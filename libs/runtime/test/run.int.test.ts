@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import type { Kafka } from 'kafkajs';
-import { RUN_TS, createTestKafka, deleteTopics, testInfra, uniqueId, waitFor } from '@urs/testkit';
+import { RUN_TS, createTestKafka, uniqueId, waitFor } from '@urs/testkit';
+import { deleteTopicsOf, serviceEnv } from './support';
 
 interface Run {
   /** The service's log lines (stdout) and the fixture's own lines (stderr), as parsed JSON. */
@@ -16,13 +16,7 @@ function runFixture(mode: string, prefix: string, env: Record<string, string> = 
   const child = spawn(process.execPath, [RUN_TS, join(__dirname, 'fixtures/service.ts')], {
     env: {
       ...process.env,
-      KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
-      REDIS_URL: testInfra().redisUrl,
-      URS_TOPIC_PREFIX: prefix,
-      URS_REDIS_PREFIX: `${prefix}:`,
-      URS_METRICS_PORT: '0',
-      URS_TOPIC_PARTITIONS: '1',
-      URS_LOG_LEVEL: 'info',
+      ...serviceEnv(prefix, 'info'),
       FIXTURE_MODE: mode,
       ...env,
     },
@@ -60,15 +54,6 @@ async function exitWithin(run: Run, ms: number): Promise<Awaited<Run['exited']> 
   const exit = await Promise.race([run.exited, timeout]);
   if (!exit) run.kill('SIGKILL');
   return exit;
-}
-
-/** Deletes the topics a fixture created (their names start with its prefix). */
-async function deleteTopicsOf(kafka: Kafka, prefix: string): Promise<void> {
-  const admin = kafka.admin();
-  await admin.connect();
-  const topics = (await admin.listTopics()).filter((topic) => topic.startsWith(prefix));
-  await admin.disconnect();
-  await deleteTopics(kafka, topics);
 }
 
 const messages = (run: Run): unknown[] => run.logs.map((line) => line.message);

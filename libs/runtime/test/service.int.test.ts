@@ -1,4 +1,3 @@
-import type { Kafka } from 'kafkajs';
 import {
   type ConsumerRunner,
   type ConsumerRunnerOptions,
@@ -8,29 +7,8 @@ import {
 import type { TenantRecord } from '@urs/contracts';
 import { UrsError, retryPolicy } from '@urs/resilience';
 import { type ServiceContext, startService } from '@urs/runtime';
-import { createTestKafka, deleteTopics, testInfra, uniqueId, waitFor } from '@urs/testkit';
-
-/** What a service of its own reads: the test's Kafka and Redis, its own topics and keys. */
-function serviceEnv(prefix: string): Record<string, string> {
-  return {
-    KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
-    REDIS_URL: testInfra().redisUrl,
-    URS_TOPIC_PREFIX: prefix,
-    URS_REDIS_PREFIX: `${prefix}:`,
-    URS_METRICS_PORT: '0',
-    URS_TOPIC_PARTITIONS: '1',
-    URS_LOG_LEVEL: 'error',
-  };
-}
-
-/** Deletes the topics a service of its own created (their names start with its prefix). */
-async function deleteTopicsOf(kafka: Kafka, prefix: string): Promise<void> {
-  const admin = kafka.admin();
-  await admin.connect();
-  const topics = (await admin.listTopics()).filter((topic) => topic.startsWith(prefix));
-  await admin.disconnect();
-  await deleteTopics(kafka, topics);
-}
+import { createTestKafka, deleteTopics, uniqueId, waitFor } from '@urs/testkit';
+import { deleteTopicsOf, serviceEnv } from './support';
 
 /** A runner of the service's tenant records, handled by `handler`. */
 function tenantsRunner(

@@ -1,0 +1,34 @@
+import type { KafkaMessage } from 'kafkajs';
+import type { MessageWork } from '../src/handle';
+
+export interface WorkOf {
+  topic: string;
+  partition?: number;
+  offset?: string;
+  key?: string | null;
+  value?: string | null;
+  /** The runner's stop: aborting it makes the work's `shouldStop` true and cuts its pauses short. */
+  stop?: AbortController;
+}
+
+/** One message's work as the runner hands it to the processor, with nothing to heartbeat or prepare. */
+export function messageWork(of: WorkOf): MessageWork {
+  const stop = of.stop ?? new AbortController();
+  const message: KafkaMessage = {
+    key: of.key == null ? null : Buffer.from(of.key),
+    value: of.value == null ? null : Buffer.from(of.value),
+    offset: of.offset ?? '0',
+    timestamp: '0',
+    attributes: 0,
+    headers: {},
+  };
+  return {
+    topic: of.topic,
+    partition: of.partition ?? 0,
+    message,
+    heartbeat: async () => undefined,
+    stopSignal: stop.signal,
+    shouldStop: () => stop.signal.aborted,
+    beforeRetry: async () => undefined,
+  };
+}
