@@ -81,7 +81,7 @@ export class CallHealth {
   start(): boolean {
     const heldBack = this.heldBack();
     if (heldBack) throw heldBack;
-    if (this.inFlight >= this.limit) return false;
+    if (this.freePlaces() === 0) return false;
     this.inFlight++;
     return true;
   }
@@ -93,7 +93,7 @@ export class CallHealth {
    * may have taken the place meanwhile, and this one then waits again.
    */
   turn(signal?: AbortSignal): Promise<void> {
-    if (this.inFlight < this.limit || this.now() < this.heldBackUntil) return Promise.resolve();
+    if (this.freePlaces() > 0 || this.holdingBack()) return Promise.resolve();
     return new Promise<void>((resolve) => {
       if (signal?.aborted) return resolve();
       const stopped = (): void => {
@@ -114,7 +114,7 @@ export class CallHealth {
 
   /** A call given a turn did not take it (its caller stopped it): the place goes to the next waiting call. */
   passTurn(): void {
-    this.wake(Math.max(0, this.limit - this.inFlight));
+    this.wake(this.freePlaces());
   }
 
   /**
@@ -138,8 +138,7 @@ export class CallHealth {
       }
     }
     // As many waiting calls look again as may go now; all of them when they are held back (each then ends).
-    const held = this.now() < this.heldBackUntil;
-    this.wake(held ? this.waiting.length : Math.max(0, this.limit - this.inFlight));
+    this.wake(this.holdingBack() ? this.waiting.length : this.freePlaces());
   }
 
   /**
@@ -147,8 +146,8 @@ export class CallHealth {
    * failure, if any); none when they are not.
    */
   heldBack(cause?: unknown): DefenderError | undefined {
+    if (!this.holdingBack()) return undefined;
     const until = this.heldBackUntil;
-    if (this.now() >= until) return undefined;
     return new DefenderError(
       DefenderErrorCode.UNAVAILABLE,
       `The Defender API of tenant ${this.azureTenantId} failed ${this.heldBackAfterFailures} calls in a row ` +
@@ -161,6 +160,15 @@ export class CallHealth {
   /** Whether `error` is one `heldBack` gave: the call is over, retrying it now cannot help. */
   static isHeldBack(error: unknown): boolean {
     return error instanceof DefenderError && error.details['heldBackUntil'] !== undefined;
+  }
+
+  /** Calls that may start now besides those in flight (Infinity while the tenant's calls are free). */
+  private freePlaces(): number {
+    return Math.max(0, this.limit - this.inFlight);
+  }
+
+  private holdingBack(): boolean {
+    return this.now() < this.heldBackUntil;
   }
 
   /** Wakes the `count` calls that waited longest. */

@@ -26,7 +26,7 @@ import { DefenderError, DefenderErrorCode, isDefenderError } from './errors';
 import { type CallLimiter, SlotEndedError } from './limiter';
 import { MalformedODataError, ODataRowScanner, type ODataSink, type RowReader } from './odata-rows';
 import type { DefenderEndpointClass, QuotaClaim, QuotaGate } from './quota';
-import { duration, hostOf, type TokenSource } from './token';
+import { duration, endedAtDeadline, hostOf, type TokenSource } from './token';
 
 export interface ApiCallerOptions {
   azureTenantId: string;
@@ -400,10 +400,9 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
    * turn) all that time, so at a deadline (the access test's time limit) the API is not to blame.
    */
   function notSent(endpoint: DefenderEndpointClass, queued: number, signal: AbortSignal): DefenderError {
-    const timedOut = (signal.reason as { name?: unknown } | undefined)?.name === 'TimeoutError';
     return new DefenderError(
       DefenderErrorCode.UNAVAILABLE,
-      timedOut
+      endedAtDeadline(signal)
         ? `A ${endpoint} call to the Defender API of tenant ${azureTenantId} was not sent within the time ` +
             `allowed: it waited ${duration(performance.now() - queued)} for one of the shared call slots, ` +
             'all busy with other calls'
@@ -499,9 +498,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
    * within that time, in words an administrator can act on; otherwise the call's last error.
    */
   function stoppedWith(error: unknown, signal: AbortSignal, url: string, since: number): unknown {
-    // By name: the reason is a DOMException, of another realm than this code's Error in a VM context.
-    const timedOut = (signal.reason as { name?: unknown } | undefined)?.name === 'TimeoutError';
-    if (!timedOut || !isDefenderError(error, DefenderErrorCode.UNAVAILABLE)) return error;
+    if (!endedAtDeadline(signal) || !isDefenderError(error, DefenderErrorCode.UNAVAILABLE)) return error;
     if (error.details['networkCode'] === undefined) return error;
     const path = new URL(url).pathname;
     return new DefenderError(

@@ -212,9 +212,7 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
    * caller was stopped (a shutdown, a cycle given up).
    */
   function stopped(signal: AbortSignal, waitedMs: number): DefenderError {
-    // By name: the reason is a DOMException, of another realm than this code's Error in a VM context.
-    const timedOut = (signal.reason as { name?: unknown } | undefined)?.name === 'TimeoutError';
-    if (timedOut && waitedMs > 0) return noAnswer(waitedMs);
+    if (endedAtDeadline(signal) && waitedMs > 0) return noAnswer(waitedMs);
     return new DefenderError(
       DefenderErrorCode.UNAVAILABLE,
       'Stopped while waiting for a token from Entra ID',
@@ -269,6 +267,15 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
 }
 
 /** The host of an authority URL (`login.microsoftonline.com`), or the text as given when it is no URL. */
+/**
+ * Whether an aborted signal ended at a deadline (`AbortSignal.timeout`, alone or in `AbortSignal.any`: the
+ * access test's time limit) rather than by a stop. By name: the reason is a DOMException, of another realm
+ * than this code's Error in a VM context.
+ */
+export function endedAtDeadline(signal: AbortSignal): boolean {
+  return (signal.reason as { name?: unknown } | undefined)?.name === 'TimeoutError';
+}
+
 export function hostOf(url: string): string {
   try {
     return new URL(url).host;

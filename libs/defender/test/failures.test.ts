@@ -1,7 +1,7 @@
-import type { Logger } from '@urs/logging';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { Registry } from '@urs/telemetry';
 import { retryPolicy } from '@urs/resilience';
+import { capturingLogger, type LogLine } from '@urs/testkit';
 import {
   DefenderErrorCode,
   type QuotaGate,
@@ -10,22 +10,6 @@ import {
   withSlotHandOff,
 } from '../src';
 import { type TestApp, newApp, simClient } from './support';
-
-/** Keeps every line a library logs, exactly as it was handed over (before any redaction). */
-function capturingLogger(lines: string[], bound: Record<string, unknown> = {}): Logger {
-  const log =
-    (level: string) =>
-    (message: string, fields?: Record<string, unknown>): void => {
-      lines.push(JSON.stringify({ level, message, ...bound, ...fields }));
-    };
-  return {
-    debug: log('debug'),
-    info: log('info'),
-    warn: log('warn'),
-    error: log('error'),
-    child: (fields) => capturingLogger(lines, { ...bound, ...fields }),
-  };
-}
 
 let sim: Simulator;
 let app: TestApp;
@@ -213,7 +197,8 @@ describe('createDefenderClient when a 429 asks for more than a call may wait', (
 
 describe('createDefenderClient logging', () => {
   it('the client should never hand the client secret to its logger', async () => {
-    const lines: string[] = [];
+    // Every line as it was handed over, before any redaction.
+    const lines: LogLine[] = [];
     const logger = capturingLogger(lines);
     sim.setFaults(app.azureTenantId, { status5xxRate: 0.3, malformedRate: 0.2 });
     const good = simClient(sim, app, { logger });
@@ -227,7 +212,7 @@ describe('createDefenderClient logging', () => {
       await bad.client.checkAccess();
       expect(lines.length).toBeGreaterThan(0);
       for (const line of lines) {
-        expect(line).not.toContain(app.clientSecret);
+        expect(JSON.stringify(line)).not.toContain(app.clientSecret);
       }
     } finally {
       await good.close();
