@@ -16,6 +16,7 @@ interface ComposeService {
   environment?: Record<string, string | number>;
   depends_on?: Record<string, { condition: string }>;
   network_mode?: string;
+  container_name?: string;
   volumes?: string[];
   ports?: string[];
   healthcheck?: { test: string[] };
@@ -77,8 +78,28 @@ describe('docker-compose.yml', () => {
         expect(String(service?.environment?.['URS_SECRET_KEY'])).toMatch(/^\$\{URS_SECRET_KEY:\?/);
       else expect(service?.environment?.['URS_SECRET_KEY']).toBeUndefined();
     }
-    const metricsPorts = stages.map((s) => compose.services[s]?.environment?.['URS_METRICS_PORT']);
-    expect(new Set(metricsPorts).size).toBe(stages.length);
+  });
+
+  test('every stage should scale on its own: a network namespace of its own, host ports only from a range', () => {
+    for (const stage of stages) {
+      const service = compose.services[stage];
+      expect([stage, service?.network_mode, service?.container_name]).toEqual([stage, undefined, undefined]);
+      // A fixed host port can be bound by one replica only; a range gives each replica one.
+      for (const port of service?.ports ?? [])
+        expect([stage, /^127\.0\.0\.1:\d+-\d+:\d+$/.test(port)]).toEqual([stage, true]);
+    }
+    expect(compose.services['registrar']?.ports).toEqual(['127.0.0.1:8080-8089:8080']);
+  });
+
+  test('the stages that call Microsoft should reach the simulator by the public URL its certificate names', () => {
+    const command = compose.services['sim']?.command ?? [];
+    const publicUrl = command[command.indexOf('--public-url') + 1];
+    expect(publicUrl).toBe('https://sim:8443');
+    for (const stage of ['registrar', 'poller', 'vuln-fetcher'])
+      expect(compose.services[stage]?.environment).toMatchObject({
+        URS_DEFENDER_AUTHORITY_HOST: publicUrl,
+        URS_DEFENDER_API_BASE: publicUrl,
+      });
   });
 
   test('a service given NODE_EXTRA_CA_CERTS should mount the file, and only the stages that call Microsoft get it', () => {

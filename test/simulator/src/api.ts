@@ -13,6 +13,13 @@ export interface SimulatorOptions {
   port?: number;
   /** Interface to listen on. Default 127.0.0.1. */
   host?: string;
+  /**
+   * The URL clients reach the simulator by when it is not `https://<host>:<port>` (in a container network,
+   * `https://sim:8443`): the links in its answers (OpenID metadata, `@odata.nextLink`, export file URLs) name
+   * it, and the server certificate names its host. `https://` and a host, with an optional port, nothing
+   * more. Default `https://<host>:<port>`.
+   */
+  publicUrl?: string;
   /** Directory where `ca.pem` is written. Default: a fresh temp directory. */
   caDir?: string;
   /** `expires_in` of issued tokens, in seconds. Default 3599 (Entra's one hour). */
@@ -38,6 +45,7 @@ export interface SimulatorOptions {
 }
 
 export interface Simulator {
+  /** What clients call it by: SimulatorOptions.publicUrl, else `https://<host>:<port>`. */
   readonly baseUrl: string;
   readonly port: number;
   readonly caPem: string;

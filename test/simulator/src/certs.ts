@@ -1,4 +1,5 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { isIP } from 'node:net';
 import forge from 'node-forge';
 
 export interface TlsMaterial {
@@ -24,8 +25,16 @@ function serial(): string {
   return bytes.toString('hex');
 }
 
-/** A fresh CA and a server certificate for 127.0.0.1 / ::1 / localhost signed by it. */
-export function createTlsMaterial(): TlsMaterial {
+/** A host name or address a certificate names: an IP address (v4 or v6) or a DNS name. */
+function altName(name: string): { type: 2; value: string } | { type: 7; ip: string } {
+  return isIP(name) === 0 ? { type: 2, value: name } : { type: 7, ip: name };
+}
+
+/**
+ * A fresh CA and a server certificate signed by it for 127.0.0.1 / ::1 / localhost and `names` (the host
+ * clients reach the simulator by in a container network, e.g. `sim`).
+ */
+export function createTlsMaterial(names: readonly string[] = []): TlsMaterial {
   const now = Date.now();
   const caKeys = rsaKeyPair();
   const caKey = forge.pki.privateKeyFromPem(caKeys.privatePem);
@@ -61,11 +70,7 @@ export function createTlsMaterial(): TlsMaterial {
     { name: 'extKeyUsage', serverAuth: true },
     {
       name: 'subjectAltName',
-      altNames: [
-        { type: 2, value: 'localhost' },
-        { type: 7, ip: '127.0.0.1' },
-        { type: 7, ip: '::1' },
-      ],
+      altNames: [...new Set(['localhost', '127.0.0.1', '::1', ...names])].map(altName),
     },
     { name: 'authorityKeyIdentifier', keyIdentifier: ca.generateSubjectKeyIdentifier().getBytes() },
   ]);

@@ -6,6 +6,8 @@ import type { TenantSpec } from './state';
 // environment variables:
 //   --port N            URS_SIM_PORT            default 8443 (0 = ephemeral)
 //   --host H            URS_SIM_HOST            default 127.0.0.1
+//   --public-url U      URS_SIM_PUBLIC_URL      what clients call it by, when not https://<host>:<port>
+//                                               (https://sim:8443 in a container network); default none
 //   --ca-dir D          URS_SIM_CA_DIR          default .sim (ca.pem is written there)
 //   --seed N            URS_SIM_SEED            default 1
 //   --token-lifetime S  URS_SIM_TOKEN_LIFETIME  seconds, default 3599
@@ -17,6 +19,7 @@ import type { TenantSpec } from './state';
 interface CliOptions {
   port: number;
   host: string;
+  publicUrl: string | undefined;
   caDir: string;
   seed: number;
   tokenLifetimeSec: number;
@@ -64,7 +67,17 @@ export function parseArgs(argv: readonly string[], env: NodeJS.ProcessEnv): CliO
     if (value === undefined) fail(`--${name} needs a value`);
     flags.set(name, [...(flags.get(name) ?? []), value]);
   }
-  const known = new Set(['port', 'host', 'ca-dir', 'seed', 'token-lifetime', 'latency', 'quotas', 'tenant']);
+  const known = new Set([
+    'port',
+    'host',
+    'public-url',
+    'ca-dir',
+    'seed',
+    'token-lifetime',
+    'latency',
+    'quotas',
+    'tenant',
+  ]);
   for (const name of flags.keys()) if (!known.has(name)) fail(`unknown option --${name}`);
   const one = (flag: string, envName: string): string | undefined => flags.get(flag)?.at(-1) ?? env[envName];
   const latencyText = one('latency', 'URS_SIM_LATENCY') ?? '0';
@@ -79,6 +92,7 @@ export function parseArgs(argv: readonly string[], env: NodeJS.ProcessEnv): CliO
   return {
     port: integer(one('port', 'URS_SIM_PORT') ?? '8443', '--port', 0),
     host: one('host', 'URS_SIM_HOST') ?? '127.0.0.1',
+    publicUrl: one('public-url', 'URS_SIM_PUBLIC_URL'),
     caDir: one('ca-dir', 'URS_SIM_CA_DIR') ?? '.sim',
     seed: integer(one('seed', 'URS_SIM_SEED') ?? '1', '--seed', 0),
     tokenLifetimeSec: integer(
@@ -99,6 +113,7 @@ async function main(): Promise<void> {
     sim = await startSimulator({
       port: options.port,
       host: options.host,
+      ...(options.publicUrl === undefined ? {} : { publicUrl: options.publicUrl }),
       caDir: options.caDir,
       seed: options.seed,
       tokenLifetimeSec: options.tokenLifetimeSec,

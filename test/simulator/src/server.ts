@@ -34,8 +34,30 @@ import {
 
 const WILDCARD = '*';
 
+/** SimulatorOptions.publicUrl, checked to be `https://host[:port]` and nothing more. */
+function checkedPublicUrl(text: string): URL {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new Error(`publicUrl must be an https URL, got '${text}'`);
+  }
+  if (
+    url.protocol !== 'https:' ||
+    url.username ||
+    url.password ||
+    url.search ||
+    url.hash ||
+    url.pathname !== '/'
+  )
+    throw new Error(`publicUrl must be https://<host>[:<port>] and nothing more, got '${text}'`);
+  return url;
+}
+
 export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
-  const tls = createTlsMaterial();
+  const publicUrl = options.publicUrl === undefined ? undefined : checkedPublicUrl(options.publicUrl);
+  // An IPv6 host comes bracketed from the URL; the certificate names the address itself.
+  const tls = createTlsMaterial(publicUrl ? [publicUrl.hostname.replace(/^\[(.*)\]$/, '$1')] : []);
   const caDir = resolve(options.caDir ?? mkdtempSync(join(tmpdir(), 'urs-sim-')));
   mkdirSync(caDir, { recursive: true });
   const caFile = join(caDir, 'ca.pem');
@@ -359,7 +381,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     });
   });
   const port = (server.address() as AddressInfo).port;
-  baseUrl = `https://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  baseUrl = publicUrl ? publicUrl.origin : `https://${host.includes(':') ? `[${host}]` : host}:${port}`;
 
   api = {
     baseUrl,

@@ -47,6 +47,10 @@ export function request(
     body?: string;
     token?: string;
     timeoutMs?: number;
+    /** Where to connect instead of `sim.baseUrl` (a public URL that does not resolve here). */
+    connectTo?: string;
+    /** The host name the server's certificate must name. Default: the host connected to. */
+    servername?: string;
   } = {},
 ): Promise<HttpReply> {
   return new Promise((resolve, reject) => {
@@ -54,10 +58,11 @@ export function request(
     if (options.token) headers.authorization = `Bearer ${options.token}`;
     if (options.body !== undefined) headers['content-length'] = String(Buffer.byteLength(options.body));
     const req = https.request(
-      `${sim.baseUrl}${path}`,
+      `${options.connectTo ?? sim.baseUrl}${path}`,
       {
         method: options.method ?? 'GET',
         headers,
+        ...(options.servername === undefined ? {} : { servername: options.servername }),
         ca: sim.caPem,
         agent: false,
         timeout: options.timeoutMs ?? 10_000,

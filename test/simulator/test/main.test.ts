@@ -18,6 +18,9 @@ describe('parseArgs', () => {
       quotas: false,
       latency: { meanMs: 20, jitterMs: 5 },
     });
+    expect(options.publicUrl).toBeUndefined();
+    expect(parseArgs(['--public-url', 'https://sim:8443'], {}).publicUrl).toBe('https://sim:8443');
+    expect(parseArgs([], { URS_SIM_PUBLIC_URL: 'https://sim:9443' }).publicUrl).toBe('https://sim:9443');
     expect(options.tenants.map((t) => [t.azureTenantId, t.apps[0]?.clientId, t.fleet?.size])).toEqual([
       ['t0', 'c0', 3],
       ['t1', 'c1', 10],
