@@ -284,6 +284,8 @@ export interface ServiceConfig {
   kafka: KafkaConfig;
   redis: RedisConfig;
   topics: Topics;
+  /** How the topics the service creates at start are laid out (`URS_TOPIC_PARTITIONS`, …). */
+  topicLayout: TopicLayout;
   /** Port of /healthz, /readyz and /metrics. Env `URS_METRICS_PORT`; 0 picks a free port. */
   metricsPort: number;
   /** How long a graceful stop may take before the process exits anyway. Env `URS_SHUTDOWN_TIMEOUT_MS`, default 15000. */
@@ -315,6 +317,7 @@ export function serviceConfig(
     kafka: kafkaConfig(env, instance),
     redis: redisConfig(env),
     topics: topicsConfig(env),
+    topicLayout: topicLayout(env),
     metricsPort: readInt(env, 'URS_METRICS_PORT', { fallback: defaultMetricsPort, min: 0, max: 65535 }),
     shutdownTimeoutMs: readInt(env, 'URS_SHUTDOWN_TIMEOUT_MS', { fallback: 15_000, min: 0 }),
   };

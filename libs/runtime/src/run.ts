@@ -14,12 +14,13 @@ import {
  * the configured time, and exit with the stop's code. The signals are listened to from the very start: one
  * that comes while the service starts (topics, setup) aborts `context.stopping` and gives the start up once
  * the step under way returns, exiting 0 when everything built closed cleanly. A second signal ends the
- * process at once (Node's default). Start-up failures (a bad variable, no broker) exit 1 with the reason;
- * so do a runner or another part that stopped for good (`failed`, after a graceful stop, so an
- * orchestrator starts the service again), a stop that could not close everything, and a stop that took
- * longer than URS_SHUTDOWN_TIMEOUT_MS (its log names the step it was waiting for).
+ * process at once (Node's default). Start-up failures exit 1 with the reason: a bad variable, shared or the
+ * service's own (`settings`), before anything connects; no broker; a setup that failed. So do a runner or
+ * another part that stopped for good (`failed`, after a graceful stop, so an orchestrator starts the
+ * service again), a stop that could not close everything, and a stop that took longer than
+ * URS_SHUTDOWN_TIMEOUT_MS (its log names the step it was waiting for).
  */
-export async function runService(options: ServiceOptions): Promise<void> {
+export async function runService<S = undefined>(options: ServiceOptions<S>): Promise<void> {
   const stop = new AbortController();
   let signal: NodeJS.Signals | undefined;
   const signalled = untilShutdownSignal().then((name) => {
@@ -27,7 +28,7 @@ export async function runService(options: ServiceOptions): Promise<void> {
     stop.abort();
     return name;
   });
-  let basics: ServiceBasics;
+  let basics: ServiceBasics<S>;
   try {
     basics = serviceBasics(options);
   } catch (error) {
@@ -51,7 +52,7 @@ export async function runService(options: ServiceOptions): Promise<void> {
     logger.info('stopping', { signal, step });
     startTimer();
   });
-  let service: RunningService;
+  let service: RunningService<S>;
   try {
     service = await startWith({ ...options, stop: stop.signal, onStep: (name) => (step = name) }, basics);
   } catch (error) {

@@ -8,17 +8,19 @@ import {
   type ConsumerRunner,
   type Publisher,
 } from '@urs/bus';
-import { serviceConfig, topicLayout, type Env, type ServiceConfig } from '@urs/config';
+import { serviceConfig, type Env, type ServiceConfig } from '@urs/config';
 import { createLogger, type Logger } from '@urs/logging';
 import { UrsError, closeAll, type Closer } from '@urs/resilience';
 import { closeRedis, createRedis } from '@urs/store';
 import { Registry, startHealthServer, type HealthServer } from '@urs/telemetry';
 import { watchRedis } from './redis-health';
 
-/** What every service gets before its own parts are built. */
-export interface ServiceContext {
+/** What every service gets before its own parts are built. `S`: its own settings (ServiceOptions.settings). */
+export interface ServiceContext<S = undefined> {
   env: Env;
   config: ServiceConfig;
+  /** What ServiceOptions.settings read, before anything connected. */
+  settings: S;
   logger: Logger;
   metrics: Registry;
   redis: Redis;
@@ -50,7 +52,7 @@ export interface ServiceParts {
   failed?: () => Promise<Error>;
 }
 
-export interface ServiceOptions {
+export interface ServiceOptions<S = undefined> {
   /** The service name, as in logs and metrics. */
   name: string;
   /**
@@ -59,7 +61,14 @@ export interface ServiceOptions {
    */
   defaultMetricsPort?: number;
   env?: Env;
-  setup: (context: ServiceContext) => Promise<ServiceParts>;
+  /**
+   * Reads the service's own settings (its `config.ts`) from the env. Called with the shared config before
+   * any client is made, so a bad or missing variable fails the start at once, naming it, rather than
+   * after Kafka and Redis answered (or never, while the brokers are unreachable). Its result is
+   * `context.settings`; setup reads no variable of its own.
+   */
+  settings?: (env: Env) => S;
+  setup: (context: ServiceContext<S>) => Promise<ServiceParts>;
   /**
    * Asks the service to stop (runService aborts it on SIGTERM or SIGINT, from before the start). Before
    * the runners start it aborts `context.stopping` at once, and the start is given up as soon as the step
@@ -85,8 +94,8 @@ export class ServiceStoppedError extends UrsError {
   }
 }
 
-export interface RunningService {
-  context: ServiceContext;
+export interface RunningService<S = undefined> {
+  context: ServiceContext<S>;
   health: HealthServer;
   /**
    * Resolves when one of the runners stopped consuming for good (see `ConsumerRunner.failed`), or the
@@ -101,18 +110,24 @@ export interface RunningService {
   close(): Promise<boolean>;
 }
 
-/** What a service reads before anything is built: runService reads it first, to log and time a stop. */
-export interface ServiceBasics {
+/**
+ * What a service reads before anything is built: every variable it reads, shared and its own. runService
+ * reads it first, to fail a bad start at once and to log and time a stop.
+ */
+export interface ServiceBasics<S = undefined> {
   env: Env;
   config: ServiceConfig;
+  settings: S;
   logger: Logger;
 }
 
-/** Reads the service's config and makes its logger; throws on a bad or missing variable. */
-export function serviceBasics(options: ServiceOptions): ServiceBasics {
+/** Reads the service's config and own settings and makes its logger; throws on a bad or missing variable. */
+export function serviceBasics<S>(options: ServiceOptions<S>): ServiceBasics<S> {
   const env = options.env ?? process.env;
   const config = serviceConfig(env, options.name, options.defaultMetricsPort);
-  return { env, config, logger: createLogger({ service: options.name, level: config.logLevel }) };
+  // Without a reader the service has no settings of its own: S is then its default, undefined.
+  const settings = options.settings ? options.settings(env) : (undefined as S);
+  return { env, config, settings, logger: createLogger({ service: options.name, level: config.logLevel }) };
 }
 
 /**
@@ -120,13 +135,16 @@ export function serviceBasics(options: ServiceOptions): ServiceBasics {
  * runners and the health endpoints. The order of close is the reverse of dependency: runners (stop
  * intake, finish in-flight work, commit), the service's own closers, the publisher, Redis, health.
  */
-export async function startService(options: ServiceOptions): Promise<RunningService> {
+export async function startService<S = undefined>(options: ServiceOptions<S>): Promise<RunningService<S>> {
   return startWith(options, serviceBasics(options));
 }
 
-/** startService with its config and logger already made. */
-export async function startWith(options: ServiceOptions, basics: ServiceBasics): Promise<RunningService> {
-  const { env, config, logger } = basics;
+/** startService with its config, settings and logger already read. */
+export async function startWith<S>(
+  options: ServiceOptions<S>,
+  basics: ServiceBasics<S>,
+): Promise<RunningService<S>> {
+  const { env, config, settings, logger } = basics;
   const step = (name: string): void => options.onStep?.(name);
   const metrics = new Registry();
   const redis = createRedis(config.redis, { connectionName: config.kafka.clientId });
@@ -152,7 +170,7 @@ export async function startWith(options: ServiceOptions, basics: ServiceBasics):
     const admin = kafka.admin();
     await admin.connect();
     try {
-      const layout = topicLayout(env);
+      const layout = config.topicLayout;
       const created = await bootstrapTopics(admin, topicSpecs(config.topics, layout.partitions), {
         logger,
         replicationFactor: layout.replicationFactor,
@@ -165,9 +183,10 @@ export async function startWith(options: ServiceOptions, basics: ServiceBasics):
     step('publisher');
     const publisher = await createPublisher(kafka);
     closers.push({ name: 'publisher', close: () => publisher.close() });
-    const context: ServiceContext = {
+    const context: ServiceContext<S> = {
       env,
       config,
+      settings,
       logger,
       metrics,
       redis,

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { RUN_TS, createTestKafka, uniqueId, waitFor } from '@urs/testkit';
 import { deleteTopicsOf, serviceEnv } from './support';
@@ -58,8 +59,43 @@ async function exitWithin(run: Run, ms: number): Promise<Awaited<Run['exited']> 
 
 const messages = (run: Run): unknown[] => run.logs.map((line) => line.message);
 
+/** A port of 127.0.0.1 on which nothing listens (a free one, closed again). */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
 describe('runService', () => {
   const kafka = createTestKafka();
+
+  it('should exit 1 at once, naming the variable, when a setting of its own is bad and Kafka is unreachable', async () => {
+    const port = await closedPort();
+    const run = runFixture('no-such-mode', `${uniqueId('run')}.`, {
+      KAFKA_BROKERS: `127.0.0.1:${port}`,
+      REDIS_URL: `redis://127.0.0.1:${port}`,
+    });
+    // KafkaJS would retry an unreachable broker for ~30 s before giving up: the setting is read before.
+    const exit = await exitWithin(run, 20_000);
+    expect(exit).toMatchObject({ code: 1, signal: null });
+    expect(exit?.afterMs).toBeLessThan(10_000);
+    // One line, on stderr, naming the variable and its rule; nothing was built, so nothing else logged.
+    expect(run.said).toEqual([
+      expect.objectContaining({
+        level: 'error',
+        message: 'start failed',
+        error: expect.objectContaining({
+          code: 'CONFIG_INVALID',
+          message: expect.stringMatching(
+            /^FIXTURE_MODE must be one of signal-in-setup, .*\(got "no-such-mode"\)$/,
+          ),
+        }),
+      }),
+    ]);
+    expect(run.logs).toEqual([]);
+  });
 
   it('should stop with exit code 0, without starting, when SIGTERM comes during setup', async () => {
     const prefix = `${uniqueId('run')}.`;

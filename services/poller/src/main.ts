@@ -14,8 +14,8 @@ import { createTenantTable } from './tenant-table';
 
 void runService({
   name: 'poller',
-  async setup({ env, config, logger, metrics, redis, kafka, publisher }) {
-    const settings = pollerConfig(env);
+  settings: pollerConfig,
+  async setup({ settings, config, logger, metrics, redis, kafka, publisher }) {
     const prefix = config.redis.keyPrefix;
     // Unique per process even when two replicas share a pid (containers): leases and the group depend on it.
     const holderId = `${settings.instanceId}-${randomBytes(4).toString('hex')}`;

@@ -13,8 +13,8 @@ const SCORE_BATCHES_BUFFERED = 20;
 
 void runService({
   name: 'publisher',
-  async setup({ env, config, logger, metrics, redis, kafka, publisher }) {
-    const own = publisherConfig(env);
+  settings: publisherConfig,
+  async setup({ settings: own, config, logger, metrics, redis, kafka, publisher }) {
     const prefix = config.redis.keyPrefix;
     const cycles = createCycleStore(redis, prefix);
     const published = createPublishedStore(redis, prefix);

@@ -20,8 +20,8 @@ import { createTenantRegistry } from './registry';
 
 void runService({
   name: 'registrar',
-  async setup({ env, config, logger, metrics, redis, kafka, publisher }) {
-    const settings = registrarConfig(env);
+  settings: registrarConfig,
+  async setup({ settings, config, logger, metrics, redis, kafka, publisher }) {
     const prefix = config.redis.keyPrefix;
     const tenants = createTenantStore(redis, prefix);
     const state = createRegistrarStateStore(redis, prefix);

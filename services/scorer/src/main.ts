@@ -13,8 +13,8 @@ const ENRICHED_BATCHES_BUFFERED = 20;
 
 void runService({
   name: 'scorer',
-  async setup({ env, config, logger, metrics, redis, kafka, publisher }) {
-    const own = scorerConfig(env);
+  settings: (env) => scorerConfig(env),
+  async setup({ settings: own, config, logger, metrics, redis, kafka, publisher }) {
     const prefix = config.redis.keyPrefix;
     const profiles = createProfileCache({ tenants: createTenantStore(redis, prefix), logger });
     metrics.gauge('urs_scorer_profiles', 'Tenant profiles held in memory.', () => profiles.size());

@@ -10,8 +10,8 @@ import { createDefenderSources } from './sources';
 
 void runService({
   name: 'vuln-fetcher',
-  async setup({ env, config, logger, metrics, redis, kafka, publisher, stopping }) {
-    const own = vulnFetcherConfig(env);
+  settings: vulnFetcherConfig,
+  async setup({ settings: own, config, logger, metrics, redis, kafka, publisher, stopping }) {
     const prefix = config.redis.keyPrefix;
     const limiter = await createSharedLimiter({
       redis,
