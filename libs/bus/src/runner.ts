@@ -95,7 +95,8 @@ export interface ConsumerRunnerOptions {
   /**
    * Ordering 'key': on close, how long messages in flight may take to finish, ms; then their
    * handler's `signal` is aborted and close waits as long again for them to return. Queued messages
-   * not started are left to the next owner. Default 5000.
+   * not started are left to the next owner. Default 5000; a service gives its runners
+   * ServiceContext.drainTimeoutMs, a third of URS_SHUTDOWN_TIMEOUT_MS, so its stop fits in that time.
    */
   drainTimeoutMs?: number;
 }

@@ -288,7 +288,12 @@ export interface ServiceConfig {
   topicLayout: TopicLayout;
   /** Port of /healthz, /readyz and /metrics. Env `URS_METRICS_PORT`; 0 picks a free port. */
   metricsPort: number;
-  /** How long a graceful stop may take before the process exits anyway. Env `URS_SHUTDOWN_TIMEOUT_MS`, default 15000. */
+  /**
+   * How long a graceful stop may take before the process exits anyway (exit code 1), ms. Env
+   * `URS_SHUTDOWN_TIMEOUT_MS`, default 15000, at least 2000. The stop's own waits are shares of it (the
+   * runtime's stopTimes): a consumer's messages in flight get a third to finish and a third to stop once
+   * aborted, the last third is for the rest of the close.
+   */
   shutdownTimeoutMs: number;
 }
 
@@ -303,6 +308,24 @@ export const DEFAULT_METRICS_PORTS: Readonly<Record<string, number>> = {
   publisher: 9104,
   poller: 9105,
 };
+
+/**
+ * The least URS_SHUTDOWN_TIMEOUT_MS: the third of it left after a consumer's drain must hold the rest of a
+ * stop, which takes ~0.5 s with nothing in flight (leaving the group waits for the fetch under way, up to
+ * 500 ms). Below it a stop whose messages in flight use their time would end past the timeout, exit code 1.
+ */
+const MIN_SHUTDOWN_TIMEOUT_MS = 2_000;
+
+function readShutdownTimeoutMs(env: Env): number {
+  const value = readInt(env, 'URS_SHUTDOWN_TIMEOUT_MS', { fallback: 15_000 });
+  if (value < MIN_SHUTDOWN_TIMEOUT_MS) {
+    throw new ConfigError(
+      'URS_SHUTDOWN_TIMEOUT_MS',
+      `must be ≥ ${MIN_SHUTDOWN_TIMEOUT_MS}: a third of it is left for closing after the messages in flight had the rest, and closing takes ~500 ms (got ${value})`,
+    );
+  }
+  return value;
+}
 
 /** `defaultMetricsPort`: the stage's own (DEFAULT_METRICS_PORTS) unless given; 0 (a free port) for other names. */
 export function serviceConfig(
@@ -319,6 +342,6 @@ export function serviceConfig(
     topics: topicsConfig(env),
     topicLayout: topicLayout(env),
     metricsPort: readInt(env, 'URS_METRICS_PORT', { fallback: defaultMetricsPort, min: 0, max: 65535 }),
-    shutdownTimeoutMs: readInt(env, 'URS_SHUTDOWN_TIMEOUT_MS', { fallback: 15_000, min: 0 }),
+    shutdownTimeoutMs: readShutdownTimeoutMs(env),
   };
 }

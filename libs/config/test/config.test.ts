@@ -274,4 +274,15 @@ describe('serviceConfig', () => {
     expect(serviceConfig({}, 'urs-cli').metricsPort).toBe(0);
     expect(serviceConfig({ URS_METRICS_PORT: '9200' }, 'poller').metricsPort).toBe(9200);
   });
+
+  it('should give a graceful stop 15 s unless told, and refuse under 2 s naming the variable and the rule', () => {
+    expect(serviceConfig({}, 'poller').shutdownTimeoutMs).toBe(15_000);
+    expect(serviceConfig({ URS_SHUTDOWN_TIMEOUT_MS: '2000' }, 'poller').shutdownTimeoutMs).toBe(2_000);
+    expect(() => serviceConfig({ URS_SHUTDOWN_TIMEOUT_MS: '1999' }, 'poller')).toThrow(
+      /^URS_SHUTDOWN_TIMEOUT_MS must be ≥ 2000: .*closing.*\(got 1999\)$/,
+    );
+    expect(() => serviceConfig({ URS_SHUTDOWN_TIMEOUT_MS: 'soon' }, 'poller')).toThrow(
+      /^URS_SHUTDOWN_TIMEOUT_MS must be a whole number/,
+    );
+  });
 });

@@ -14,6 +14,7 @@ import { UrsError, closeAll, type Closer } from '@urs/resilience';
 import { closeRedis, createRedis } from '@urs/store';
 import { Registry, startHealthServer, type HealthServer } from '@urs/telemetry';
 import { watchRedis } from './redis-health';
+import { stopTimes } from './stop-times';
 
 /** What every service gets before its own parts are built. `S`: its own settings (ServiceOptions.settings). */
 export interface ServiceContext<S = undefined> {
@@ -34,6 +35,12 @@ export interface ServiceContext<S = undefined> {
    * Services use it rather than listening to the process's signals themselves.
    */
   stopping: AbortSignal;
+  /**
+   * How long each runner's messages in flight may take to finish when the service stops, ms: a third of
+   * URS_SHUTDOWN_TIMEOUT_MS (see stopTimes), so that the drain, the wait after aborting it and the rest of
+   * the close fit in the shutdown timeout. Give it to every runner as its `drainTimeoutMs`.
+   */
+  drainTimeoutMs: number;
 }
 
 /** What a service's setup built. Runners are started by the runtime, and closed first on stop. */
@@ -145,6 +152,7 @@ export async function startWith<S>(
   basics: ServiceBasics<S>,
 ): Promise<RunningService<S>> {
   const { env, config, settings, logger } = basics;
+  const times = stopTimes(config.shutdownTimeoutMs);
   const step = (name: string): void => options.onStep?.(name);
   const metrics = new Registry();
   const redis = createRedis(config.redis, { connectionName: config.kafka.clientId });
@@ -193,6 +201,7 @@ export async function startWith<S>(
       kafka,
       publisher,
       stopping: stopping.signal,
+      drainTimeoutMs: times.drainTimeoutMs,
     };
     throwIfStopped();
     step('setup');
@@ -237,7 +246,10 @@ export async function startWith<S>(
           [
             ...(parts.closers ?? []),
             ...closers,
-            { name: 'redis', close: () => closeRedis(redis).finally(() => redisWatch.close()) },
+            {
+              name: 'redis',
+              close: () => closeRedis(redis, times.redisQuitTimeoutMs).finally(() => redisWatch.close()),
+            },
             { name: 'health', close: () => healthServer.close() },
           ],
           step,
@@ -255,7 +267,10 @@ export async function startWith<S>(
       [
         ...(parts.closers ?? []),
         ...closers,
-        { name: 'redis', close: () => closeRedis(redis).finally(() => redisWatch.close()) },
+        {
+          name: 'redis',
+          close: () => closeRedis(redis, times.redisQuitTimeoutMs).finally(() => redisWatch.close()),
+        },
         ...(health ? [{ name: 'health', close: () => (health as HealthServer).close() }] : []),
       ],
       step,

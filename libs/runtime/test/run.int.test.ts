@@ -71,6 +71,52 @@ async function closedPort(): Promise<number> {
 describe('runService', () => {
   const kafka = createTestKafka();
 
+  it('should stop within a short shutdown timeout with exit code 0, committing what finished and leaving a handler that cannot stop uncommitted', async () => {
+    const prefix = `${uniqueId('run')}.`;
+    const topic = `${prefix}urs.tenants`;
+    const groupId = `${topic}.fixture`;
+    // A third of it (1 s) for the messages in flight to finish, a third for them to stop once aborted.
+    const run = runFixture('slow-handler', prefix, { URS_SHUTDOWN_TIMEOUT_MS: '3000' });
+    try {
+      await waitFor(() => messages(run).includes('started'), { timeoutMs: 40_000 });
+      // The handler takes as many ms as the key says: one finishes within the drain, one never in time.
+      const producer = kafka.producer();
+      await producer.connect();
+      await producer.send({
+        topic,
+        messages: [
+          { key: '300', value: null },
+          { key: '60000', value: null },
+        ],
+      });
+      await producer.disconnect();
+      await waitFor(() => run.said.filter((line) => line.fixture === 'handling').length === 2, {
+        timeoutMs: 20_000,
+      });
+      const signalled = Date.now();
+      run.kill('SIGTERM');
+      const exit = await exitWithin(run, 20_000);
+      expect(exit).toMatchObject({ code: 0, signal: null });
+      expect(Date.now() - signalled).toBeLessThan(3_000);
+      expect(messages(run)).not.toContain('graceful stop timed out, exiting');
+      expect(run.said).toContainEqual({ fixture: 'handled', key: '300' });
+      expect(run.said).not.toContainEqual({ fixture: 'handled', key: '60000' });
+      // The first message's offset is committed, the second's is left for the next owner.
+      const admin = kafka.admin();
+      await admin.connect();
+      try {
+        const [offsets] = await admin.fetchOffsets({ groupId, topics: [topic] });
+        expect(offsets?.partitions).toEqual([expect.objectContaining({ partition: 0, offset: '1' })]);
+        await admin.deleteGroups([groupId]);
+      } finally {
+        await admin.disconnect();
+      }
+    } finally {
+      run.kill('SIGKILL');
+      await deleteTopicsOf(kafka, prefix);
+    }
+  });
+
   it('should exit 1 at once, naming the variable, when a setting of its own is bad and Kafka is unreachable', async () => {
     const port = await closedPort();
     const run = runFixture('no-such-mode', `${uniqueId('run')}.`, {
@@ -133,7 +179,7 @@ describe('runService', () => {
 
   it('should exit 1 naming the part still closing when the graceful stop times out', async () => {
     const prefix = `${uniqueId('run')}.`;
-    const run = runFixture('stuck-close', prefix, { URS_SHUTDOWN_TIMEOUT_MS: '1000' });
+    const run = runFixture('stuck-close', prefix, { URS_SHUTDOWN_TIMEOUT_MS: '2000' });
     try {
       await waitFor(() => messages(run).includes('started'), { timeoutMs: 40_000 });
       run.kill('SIGTERM');
@@ -142,7 +188,7 @@ describe('runService', () => {
       expect(run.logs).toContainEqual(
         expect.objectContaining({
           message: 'graceful stop timed out, exiting',
-          shutdownTimeoutMs: 1000,
+          shutdownTimeoutMs: 2000,
           waitingFor: 'close stuck-part',
         }),
       );

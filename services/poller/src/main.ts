@@ -15,7 +15,7 @@ import { createTenantTable } from './tenant-table';
 void runService({
   name: 'poller',
   settings: pollerConfig,
-  async setup({ settings, config, logger, metrics, redis, kafka, publisher }) {
+  async setup({ settings, config, logger, metrics, redis, kafka, publisher, drainTimeoutMs }) {
     const prefix = config.redis.keyPrefix;
     // Unique per process even when two replicas share a pid (containers): leases and the group depend on it.
     const holderId = `${settings.instanceId}-${randomBytes(4).toString('hex')}`;
@@ -85,6 +85,7 @@ void runService({
       logger,
       metrics,
       partitionsConsumedConcurrently: 6,
+      drainTimeoutMs,
     });
 
     const scheduler = createScheduler({

@@ -14,7 +14,7 @@ const SCORE_BATCHES_BUFFERED = 20;
 void runService({
   name: 'publisher',
   settings: publisherConfig,
-  async setup({ settings: own, config, logger, metrics, redis, kafka, publisher }) {
+  async setup({ settings: own, config, logger, metrics, redis, kafka, publisher, drainTimeoutMs }) {
     const prefix = config.redis.keyPrefix;
     const cycles = createCycleStore(redis, prefix);
     const published = createPublishedStore(redis, prefix);
@@ -44,6 +44,7 @@ void runService({
       // and a tenant whose batch waits on retries does not hold up the tenants sharing its partition.
       ordering: 'key',
       maxBufferedPerPartition: SCORE_BATCHES_BUFFERED,
+      drainTimeoutMs,
       subscriptions: [
         {
           topic: config.topics.deviceScores,

@@ -21,7 +21,7 @@ import { createTenantRegistry } from './registry';
 void runService({
   name: 'registrar',
   settings: registrarConfig,
-  async setup({ settings, config, logger, metrics, redis, kafka, publisher }) {
+  async setup({ settings, config, logger, metrics, redis, kafka, publisher, drainTimeoutMs }) {
     const prefix = config.redis.keyPrefix;
     const tenants = createTenantStore(redis, prefix);
     const state = createRegistrarStateStore(redis, prefix);
@@ -99,6 +99,7 @@ void runService({
       dlqTopic: config.topics.dlq,
       logger,
       metrics,
+      drainTimeoutMs,
     });
 
     const watch = new AbortController();

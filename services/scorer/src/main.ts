@@ -14,7 +14,7 @@ const ENRICHED_BATCHES_BUFFERED = 20;
 void runService({
   name: 'scorer',
   settings: (env) => scorerConfig(env),
-  async setup({ settings: own, config, logger, metrics, redis, kafka, publisher }) {
+  async setup({ settings: own, config, logger, metrics, redis, kafka, publisher, drainTimeoutMs }) {
     const prefix = config.redis.keyPrefix;
     const profiles = createProfileCache({ tenants: createTenantStore(redis, prefix), logger });
     metrics.gauge('urs_scorer_profiles', 'Tenant profiles held in memory.', () => profiles.size());
@@ -26,6 +26,7 @@ void runService({
       logger,
       metrics,
       sessionTimeoutMs: own.sessionTimeoutMs,
+      drainTimeoutMs,
     };
     const profileRunner = createConsumerRunner({
       ...common,

@@ -11,7 +11,7 @@ import { createDefenderSources } from './sources';
 void runService({
   name: 'vuln-fetcher',
   settings: vulnFetcherConfig,
-  async setup({ settings: own, config, logger, metrics, redis, kafka, publisher, stopping }) {
+  async setup({ settings: own, config, logger, metrics, redis, kafka, publisher, stopping, drainTimeoutMs }) {
     const prefix = config.redis.keyPrefix;
     const limiter = await createSharedLimiter({
       redis,
@@ -70,6 +70,7 @@ void runService({
       // Two batches of a tenant overlap, so the call slots its draining batch leaves free serve the next.
       ordering: 'key',
       maxBufferedPerPartition: own.maxBufferedPerPartition,
+      drainTimeoutMs,
     });
     return {
       runners: [runner],
