@@ -26,7 +26,11 @@ export interface SharedLimiterOptions {
    * closing the limiter never closes the caller's client.
    */
   redis: Redis;
-  /** Prefix of the limiter's id; Bottleneck's keys are `b_<prefix>defender-api_*`. Tests use a unique one. */
+  /**
+   * Prefix of the limiter's id; Bottleneck's keys are `b_<prefix>defender-api_*`. Services give their
+   * URS_REDIS_PREFIX: the processes of one deployment share one limit, deployments sharing a Redis under
+   * different prefixes have one each. Tests use a unique one.
+   */
   keyPrefix: string;
   /** Calls in flight across every process sharing the limiter. Default 10. */
   maxConcurrent?: number;

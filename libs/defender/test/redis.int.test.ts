@@ -132,6 +132,39 @@ describe('createSharedLimiter', () => {
     await expect(redis.client.ping()).resolves.toBe('PONG');
   });
 
+  it('schedule should share maxConcurrent between limiters of one key prefix, and not with another prefix', async () => {
+    // Two deployments on one Redis (URS_REDIS_PREFIX a: and b:, under this test's own prefix), two
+    // processes of the first: Bottleneck's keys are `b_<prefix>defender-api_*`, one limit per deployment.
+    const deployments = { a: `${redis.prefix}a:`, b: `${redis.prefix}b:` };
+    const limiterOf = (keyPrefix: string) =>
+      createSharedLimiter({ redis: redis.client, keyPrefix, maxConcurrent: 2, logger: silentLogger });
+    const a1 = await limiterOf(deployments.a);
+    const a2 = await limiterOf(deployments.a);
+    const b1 = await limiterOf(deployments.b);
+    const running = { a: 0, b: 0 };
+    const peak = { a: 0, b: 0, both: 0 };
+    const job = (deployment: 'a' | 'b') => async (): Promise<void> => {
+      running[deployment]++;
+      peak[deployment] = Math.max(peak[deployment], running[deployment]);
+      peak.both = Math.max(peak.both, running.a + running.b);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      running[deployment]--;
+    };
+    try {
+      await Promise.all([
+        ...Array.from({ length: 4 }, () => a1.schedule(job('a'))),
+        ...Array.from({ length: 4 }, () => a2.schedule(job('a'))),
+        ...Array.from({ length: 4 }, () => b1.schedule(job('b'))),
+      ]);
+      expect(peak).toEqual({ a: 2, b: 2, both: 4 });
+      for (const keyPrefix of Object.values(deployments)) {
+        expect(await redis.client.hget(`b_${keyPrefix}defender-api_settings`, 'maxConcurrent')).toBe('2');
+      }
+    } finally {
+      await Promise.all([a1, a2, b1].map((l) => l.close()));
+    }
+  });
+
   it('schedule should free the slot of a job that outlives its expiration', async () => {
     const limiter = await createSharedLimiter({
       redis: redis.client,
