@@ -140,7 +140,13 @@ export async function retryWhileSettling<T>(
     throw new BusError(
       'KAFKA_NOT_SETTLED',
       `${options.operation}: Kafka still answered "${errorMessage(error)}" after ${attempts} attempts in ${timeoutMs} ms`,
-      { canRetry: true, cause: error, details: { operation: options.operation, attempts, timeoutMs } },
+      {
+        canRetry: true,
+        // Kafka's own state, whatever the caller was doing: a consumer's message is held, not dead-lettered.
+        infrastructure: true,
+        cause: error,
+        details: { operation: options.operation, attempts, timeoutMs },
+      },
     );
   }
 }

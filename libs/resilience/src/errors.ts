@@ -7,6 +7,13 @@
 export interface UrsErrorOptions {
   /** Whether trying the same operation again may succeed. Default: false. */
   canRetry?: boolean;
+  /**
+   * Whether the failure is of a dependency the service needs for every message (Redis, Kafka) rather than
+   * of what was being done: the bus runner then holds the message until the dependency is back instead of
+   * dead-lettering it (see `isInfrastructureFault`). Default: false; an error whose `cause` is such a
+   * fault counts as one without it.
+   */
+  infrastructure?: boolean;
   cause?: unknown;
   /** Structured facts about the failure (safe to log: never secrets). */
   details?: Record<string, unknown>;
@@ -15,6 +22,7 @@ export interface UrsErrorOptions {
 export class UrsError extends Error {
   readonly code: string;
   readonly canRetry: boolean;
+  readonly infrastructure: boolean;
   readonly details: Record<string, unknown>;
 
   constructor(code: string, message: string, options: UrsErrorOptions = {}) {
@@ -22,6 +30,7 @@ export class UrsError extends Error {
     this.name = new.target.name;
     this.code = code;
     this.canRetry = options.canRetry ?? false;
+    this.infrastructure = options.infrastructure ?? false;
     this.details = options.details ?? {};
     Object.setPrototypeOf(this, new.target.prototype);
   }

@@ -59,7 +59,12 @@ export function retryDelayMs(
   random: () => number = Math.random,
 ): number {
   const exponent = Math.max(0, attempt - 1);
-  const cap = Math.min(policy.maxDelayMs, policy.initialDelayMs * Math.pow(policy.multiplier, exponent));
+  // The growth overflows to Infinity past ~1000 attempts (a message held through a long outage), and
+  // 0 × Infinity is NaN: a policy without delay keeps none.
+  const cap =
+    policy.initialDelayMs === 0
+      ? 0
+      : Math.min(policy.maxDelayMs, policy.initialDelayMs * Math.pow(policy.multiplier, exponent));
   return Math.floor(random() * cap);
 }
 

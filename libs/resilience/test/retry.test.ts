@@ -25,6 +25,12 @@ describe('retryDelayMs', () => {
     expect(retryDelayMs(policy, 3, () => 0)).toBe(0);
     expect(retryDelayMs(policy, 3, () => 0.5)).toBe(200);
   });
+
+  it('should stay a number at the cap however many attempts were made (a message held for hours)', () => {
+    const almostOne = () => 0.999999;
+    expect(retryDelayMs(policy, 5_000, almostOne)).toBe(999);
+    expect(retryDelayMs(retryPolicy({ initialDelayMs: 0, maxDelayMs: 1_000 }), 5_000, almostOne)).toBe(0);
+  });
 });
 
 describe('withRetry', () => {

@@ -2,10 +2,14 @@ import Redis from 'ioredis';
 import type { RedisConfig } from '@urs/config';
 import { UrsError } from '@urs/resilience';
 
-/** A Redis failure (connection lost, command refused). Retryable: Redis is fast state that comes back. */
+/**
+ * A Redis failure (connection lost, command refused). Retryable: Redis is fast state that comes back. An
+ * infrastructure fault (see `isInfrastructureFault`): the bus runner holds the message it failed until
+ * Redis is back, rather than dead-lettering it.
+ */
 export class StoreError extends UrsError {
   constructor(code: string, message: string, options: { canRetry?: boolean; cause?: unknown } = {}) {
-    super(code, message, { canRetry: options.canRetry ?? true, cause: options.cause });
+    super(code, message, { canRetry: options.canRetry ?? true, infrastructure: true, cause: options.cause });
   }
 }
 

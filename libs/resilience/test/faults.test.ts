@@ -1,0 +1,99 @@
+import Redis, { ReplyError } from 'ioredis';
+import { MaxRetriesPerRequestError } from 'ioredis/built/errors';
+import { KafkaJSConnectionError, KafkaJSNumberOfRetriesExceeded, KafkaJSProtocolError } from 'kafkajs';
+import { UrsError, isInfrastructureFault } from '@urs/resilience';
+
+/** What ioredis rejects a command with once its client is closed. */
+async function connectionClosedError(): Promise<unknown> {
+  const redis = new Redis({ lazyConnect: true });
+  redis.disconnect();
+  return redis.get('k').then(
+    () => undefined,
+    (error: unknown) => error,
+  );
+}
+
+const kafkaAway = (): KafkaJSNumberOfRetriesExceeded =>
+  new KafkaJSNumberOfRetriesExceeded(
+    new KafkaJSConnectionError('Connection error: connect ECONNREFUSED 127.0.0.1:9092'),
+    { retryCount: 8, retryTime: 5_000 },
+  );
+
+describe('isInfrastructureFault', () => {
+  it.each([
+    'OOM command not allowed when used memory > maxmemory.',
+    "READONLY You can't write against a read only replica.",
+    'LOADING Redis is loading the dataset in memory',
+    'MISCONF Redis is configured to save RDB snapshots, but it is currently not able to persist on disk.',
+    'BUSY Redis is busy running a script.',
+  ])('should recognise the Redis reply %s', (reply) => {
+    expect(isInfrastructureFault(new ReplyError(reply))).toBe(true);
+  });
+
+  it('should not take a Redis reply about the command for the server', () => {
+    expect(
+      isInfrastructureFault(
+        new ReplyError('WRONGTYPE Operation against a key holding the wrong kind of value'),
+      ),
+    ).toBe(false);
+    expect(isInfrastructureFault(new ReplyError('ERR Error running script'))).toBe(false);
+  });
+
+  it('should recognise a lost Redis connection', async () => {
+    expect(isInfrastructureFault(await connectionClosedError())).toBe(true);
+    expect(isInfrastructureFault(new MaxRetriesPerRequestError(1))).toBe(true);
+  });
+
+  it('should recognise a transaction refused for a refused command', () => {
+    const aborted = Object.assign(
+      new ReplyError('EXECABORT Transaction discarded because of previous errors.'),
+      {
+        previousErrors: [new ReplyError('OOM command not allowed when used memory > maxmemory.')],
+      },
+    );
+    expect(isInfrastructureFault(aborted)).toBe(true);
+  });
+
+  it('should recognise a produce that failed because the broker is away, by the error its retries ended with', () => {
+    expect(isInfrastructureFault(kafkaAway())).toBe(true);
+  });
+
+  it('should not take a Kafka refusal of what was sent for a fault of Kafka', () => {
+    const tooLarge = new KafkaJSProtocolError({
+      type: 'MESSAGE_TOO_LARGE',
+      code: 10,
+      retriable: false,
+      message: 'The request included a message larger than the max message size the server will accept',
+    } as unknown as Error);
+    expect(isInfrastructureFault(tooLarge)).toBe(false);
+  });
+
+  it('should recognise a fault wrapped as the cause of our own error, or marked on it', () => {
+    const wrapped = new UrsError('REBUILD_FAILED', 'Redis could not be rebuilt', {
+      canRetry: true,
+      cause: new UrsError('STEP', 'step', { cause: kafkaAway() }),
+    });
+    expect(isInfrastructureFault(wrapped)).toBe(true);
+    expect(isInfrastructureFault(new UrsError('STORE', 'store', { infrastructure: true }))).toBe(true);
+  });
+
+  it("should count anything else as the operation's own, network errors and aborted calls included", () => {
+    const refused = Object.assign(new Error('connect ECONNREFUSED 20.1.2.3:443'), { code: 'ECONNREFUSED' });
+    const defender = new UrsError('DEFENDER_UNREACHABLE', 'the API did not answer', {
+      canRetry: true,
+      cause: refused,
+    });
+    expect(isInfrastructureFault(defender)).toBe(false);
+    expect(isInfrastructureFault(new DOMException('This operation was aborted', 'AbortError'))).toBe(false);
+    expect(isInfrastructureFault(new UrsError('TENANT_BUSY', 'busy', { canRetry: true }))).toBe(false);
+    expect(isInfrastructureFault('OOM')).toBe(false);
+    expect(isInfrastructureFault(undefined)).toBe(false);
+  });
+
+  it('should end on a cycle of causes', () => {
+    const a = new Error('a');
+    const b = new Error('b', { cause: a });
+    (a as { cause?: unknown }).cause = b;
+    expect(isInfrastructureFault(a)).toBe(false);
+  });
+});
