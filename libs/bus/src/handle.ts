@@ -6,12 +6,14 @@ import {
   canRetry,
   errorCode,
   errorMessage,
+  isInfrastructureFault,
   retryDelayMs,
   sleep,
   type RetryPolicy,
 } from '@urs/resilience';
 import type { Counter, Histogram } from '@urs/telemetry';
 import { notJsonReason, toDeadLetter, type PayloadRedactor } from './dead-letter';
+import type { Hold, HeldMessages } from './held';
 import { parseJsonBytes } from './json-bytes';
 import type { Publisher } from './publisher';
 
@@ -92,6 +94,8 @@ export interface MessageProcessorOptions {
   dlqTopic: string;
   log: Logger;
   retry: RetryPolicy;
+  /** Where messages held on an infrastructure fault are counted (see ConsumerRunnerOptions.retry). */
+  held: HeldMessages;
   handled: Counter;
   seconds: Histogram;
 }
@@ -129,10 +133,13 @@ function messageLogFields(work: MessageWork, payload: unknown): Record<string, u
 
 /**
  * Settles one message: decode, validate, hand to its handler with retries in place; poison and
- * exhausted retries go to the dead-letter topic. Resolves true when settled (handled or
- * dead-lettered), false when the work was given up first (stop, revocation), whatever the handler
- * threw once it was: a failure while stopping is not the message's. Rejects only when the
- * dead letter itself cannot be written: then the message is not settled and must be tried again.
+ * exhausted retries go to the dead-letter topic. A failure of a dependency every message needs
+ * (`isInfrastructureFault`: Redis, Kafka) is not the message's: it is retried with the policy's capped
+ * backoff for as long as it lasts, the message held (counted in `held`), never dead-lettered for it.
+ * Resolves true when settled (handled or dead-lettered), false when the work was given up first (stop,
+ * revocation), whatever the handler threw once it was: a failure while stopping is not the message's.
+ * Rejects only when the dead letter itself cannot be written: then the message is not settled and must
+ * be tried again.
  */
 export function createMessageProcessor(
   options: MessageProcessorOptions,
@@ -208,46 +215,77 @@ export function createMessageProcessor(
       return true;
     }
     const subscription = options.subscriptions.get(topic) as TopicSubscription<ContractId>;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await subscription.handler(inbound as InboundMessage<never>);
-        handled.inc({ topic, outcome: 'handled' });
-        seconds.observe(Number(process.hrtime.bigint() - started) / 1e9, { topic });
-        return true;
-      } catch (error) {
-        // The runner is stopping or gave the message up: the failure is the stop's (a handler whose calls
-        // the service's stop aborted), not the message's. Unfinished: neither counted as an attempt nor
-        // dead-lettered, and left uncommitted for whoever handles the partition next.
-        if (work.signal?.aborted || work.shouldStop()) return false;
-        if (!canRetry(error)) {
-          await deadLetter(work, error, inbound.value);
+    // The message's own failures, counted against maxAttempts; those of a dependency (Redis, Kafka) are not:
+    // the message is held, retried until the dependency is back, and never dead-lettered for it.
+    let ownFailures = 0;
+    let infrastructureFailures = 0;
+    let hold: Hold | undefined;
+    try {
+      for (;;) {
+        try {
+          await subscription.handler(inbound as InboundMessage<never>);
+          handled.inc({ topic, outcome: 'handled' });
+          seconds.observe(Number(process.hrtime.bigint() - started) / 1e9, { topic });
           return true;
+        } catch (error) {
+          // The runner is stopping or gave the message up: the failure is the stop's (a handler whose calls
+          // the service's stop aborted), not the message's. Unfinished: neither counted as an attempt nor
+          // dead-lettered, and left uncommitted for whoever handles the partition next.
+          if (work.signal?.aborted || work.shouldStop()) return false;
+          if (!canRetry(error)) {
+            await deadLetter(work, error, inbound.value);
+            return true;
+          }
+          let delayMs: number;
+          if (isInfrastructureFault(error)) {
+            infrastructureFailures++;
+            delayMs = retryDelayMs(retry, infrastructureFailures);
+            const fields = messageLogFields(work, inbound.value);
+            if (hold) hold.failedAgain(error, fields);
+            else hold = options.held.hold(error, fields);
+            // Warned of once per outage by `held`; each attempt only at debug.
+            log.debug('handler failed on a dependency, holding the message', {
+              ...fields,
+              attempt: infrastructureFailures,
+              delayMs,
+              code: errorCode(error),
+              reason: errorMessage(error),
+            });
+            handled.inc({ topic, outcome: 'held' });
+          } else {
+            hold?.release();
+            hold = undefined;
+            infrastructureFailures = 0;
+            ownFailures++;
+            if (ownFailures >= retry.maxAttempts) {
+              await deadLetter(
+                work,
+                new PoisonMessageError(
+                  'RETRIES_EXHAUSTED',
+                  `gave up after ${ownFailures} attempts: ${errorMessage(error)}`,
+                  error,
+                ),
+                inbound.value,
+              );
+              return true;
+            }
+            delayMs = retryDelayMs(retry, ownFailures);
+            log.warn('handler failed, retrying', {
+              ...messageLogFields(work, inbound.value),
+              attempt: ownFailures,
+              delayMs,
+              code: errorCode(error),
+              reason: errorMessage(error),
+            });
+            handled.inc({ topic, outcome: 'retried' });
+          }
+          await sleep(delayMs, work.stopSignal);
+          if (work.stopSignal.aborted || work.shouldStop()) return false;
+          await work.beforeRetry();
         }
-        if (attempt >= retry.maxAttempts) {
-          await deadLetter(
-            work,
-            new PoisonMessageError(
-              'RETRIES_EXHAUSTED',
-              `gave up after ${attempt} attempts: ${errorMessage(error)}`,
-              error,
-            ),
-            inbound.value,
-          );
-          return true;
-        }
-        const delayMs = retryDelayMs(retry, attempt);
-        log.warn('handler failed, retrying', {
-          ...messageLogFields(work, inbound.value),
-          attempt,
-          delayMs,
-          code: errorCode(error),
-          reason: errorMessage(error),
-        });
-        handled.inc({ topic, outcome: 'retried' });
-        await sleep(delayMs, work.stopSignal);
-        if (work.stopSignal.aborted || work.shouldStop()) return false;
-        await work.beforeRetry();
       }
+    } finally {
+      hold?.release();
     }
   };
 }

@@ -4,6 +4,7 @@ import type { Logger } from '@urs/logging';
 import { DEFAULT_RETRY_POLICY, UrsError, type RetryPolicy } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
 import { createMessageProcessor, type TopicSubscription } from './handle';
+import { createHeldMessages } from './held';
 import { createKeyOrderedConsumption, type KeyOrderedConsumption } from './key-ordered';
 import type { Publisher } from './publisher';
 
@@ -29,8 +30,30 @@ export interface ConsumerRunnerOptions {
    * Retries of a handler's retryable failure, in place (the partition, or with ordering 'key' the
    * key, waits, so order holds). Past maxAttempts the message is dead-lettered with code
    * RETRIES_EXHAUSTED. Default: 20 attempts, 200 ms to 10 s apart.
+   *
+   * Only the message's own failures count: one of a dependency every message needs (Redis refusing writes
+   * or unreachable, Kafka refusing a produce; `isInfrastructureFault`) says nothing of the message, and
+   * dead-lettering it would lose work because the infrastructure was down. Such a message is held instead:
+   * retried with the same backoff, up to maxDelayMs apart, for as long as the dependency stays down, never
+   * dead-lettered for it and never committed past; the keys (ordering 'key') whose handling does not fail
+   * keep going. A stop gives it up unfinished, as any retry. See heldNotReadyAfterMs and
+   * `urs_consumer_held_messages`.
    */
   retry?: RetryPolicy;
+  /**
+   * How long messages may be held on an infrastructure fault (see `retry`) without a pause before the
+   * runner stops saying it is ready (and with it the service's /readyz), ms: the service is up but does not
+   * get its work done, which an operator should see; a blip of a few seconds (a Redis failover) should not
+   * flap readiness. Ready again as soon as no message is held. Default 30000.
+   */
+  heldNotReadyAfterMs?: number;
+  /**
+   * At most one warning this often that messages are held on an infrastructure fault, ms: an outage fails
+   * every message alike, and a line per attempt of each would flood the log for as long as it lasts. The
+   * first failure of an outage is warned of (unless a warning was logged within this time), and its end is
+   * told once. Default 60000.
+   */
+  heldLogIntervalMs?: number;
   /** Partitions handled at once. Default 1. Order within a partition is always kept. */
   partitionsConsumedConcurrently?: number;
   /** KafkaJS session timeout, ms. Default 30000. */
@@ -106,7 +129,10 @@ export type RunnerState = 'created' | 'starting' | 'running' | 'closing' | 'clos
 export interface ConsumerRunner {
   readonly state: RunnerState;
   start(): Promise<void>;
-  /** Joined the group and consuming. */
+  /**
+   * Joined the group and consuming, and not holding messages on an infrastructure fault for longer than
+   * heldNotReadyAfterMs.
+   */
   isReady(): boolean;
   /**
    * Resolves with the error when the consumer crashed and KafkaJS will not restart it (an error it does not
@@ -142,7 +168,8 @@ function positiveInt(name: string, value: number | undefined, fallback: number):
  * Runs handlers over Kafka at least once: a message's offset is committed only after its handler's
  * effects are done, or after it was dead-lettered. Poison input (not JSON, not matching its contract,
  * or a handler's non-retryable error) goes to the dead-letter topic with its reason and the worker
- * goes on; retryable failures are retried in place with backoff.
+ * goes on; retryable failures are retried in place with backoff, those of Redis or Kafka for as long as
+ * they last (see ConsumerRunnerOptions.retry).
  */
 export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRunner {
   const log = options.logger.child({ component: 'consumer', groupId: options.groupId });
@@ -168,6 +195,16 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     ...options.subscriptions.map((subscription) => subscription.contract),
     'urs/dead-letter',
   ]);
+  const held = createHeldMessages({
+    log,
+    gauge: options.metrics.gauge(
+      'urs_consumer_held_messages',
+      'Messages held, retried and not dead-lettered, because a dependency (Redis, Kafka) failed them, by consumer group.',
+    ),
+    labels: { group: options.groupId },
+    notReadyAfterMs: positiveInt('heldNotReadyAfterMs', options.heldNotReadyAfterMs, 30_000),
+    logIntervalMs: positiveInt('heldLogIntervalMs', options.heldLogIntervalMs, 60_000),
+  });
   const settle = createMessageProcessor({
     service: options.service,
     subscriptions: new Map(options.subscriptions.map((subscription) => [subscription.topic, subscription])),
@@ -175,6 +212,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     dlqTopic: options.dlqTopic,
     log,
     retry,
+    held,
     handled: options.metrics.counter('urs_messages_total', 'Messages consumed, by topic and outcome.'),
     seconds: options.metrics.histogram('urs_handler_seconds', 'Time spent handling one message, in seconds.'),
   });
@@ -301,7 +339,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
       });
     },
     isReady() {
-      return state === 'running' && joined;
+      return state === 'running' && joined && !held.isStalled();
     },
     failed() {
       return failure;

@@ -3,7 +3,7 @@ import type { DeadLetter } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { Registry } from '@urs/telemetry';
 import { createMessageProcessor } from '../src/handle';
-import { messageWork } from './work';
+import { heldMessages, messageWork } from './work';
 
 describe('redactPayload', () => {
   it('should remove client secrets from a JSON payload', () => {
@@ -118,6 +118,7 @@ describe('createMessageProcessor', () => {
       dlqTopic: 'dlq',
       log: silentLogger,
       retry: DEFAULT_RUNNER_RETRY,
+      held: heldMessages(),
       handled: metrics.counter('handled', 'handled'),
       seconds: metrics.histogram('seconds', 'seconds'),
     });

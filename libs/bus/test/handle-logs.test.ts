@@ -4,7 +4,7 @@ import { UrsError } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine } from '@urs/testkit';
 import { createMessageProcessor, type MessageWork } from '../src/handle';
-import { messageWork } from './work';
+import { heldMessages, messageWork } from './work';
 
 const TENANT = '0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9';
 const SECRET = 'Zx9~real-secret';
@@ -42,6 +42,7 @@ function processor(lines: LogLine[], handler: () => Promise<void>) {
     dlqTopic: 'dlq',
     log: capturingLogger(lines),
     retry: { maxAttempts: 3, initialDelayMs: 1, maxDelayMs: 1, multiplier: 1 },
+    held: heldMessages(capturingLogger(lines), metrics),
     handled: metrics.counter('handled', 'handled'),
     seconds: metrics.histogram('seconds', 'seconds'),
   });

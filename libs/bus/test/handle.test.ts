@@ -1,8 +1,10 @@
+import { ReplyError } from 'ioredis';
+import { KafkaJSConnectionError, KafkaJSNumberOfRetriesExceeded } from 'kafkajs';
 import { UrsError, retryPolicy } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine } from '@urs/testkit';
 import { createMessageProcessor } from '../src/handle';
-import { messageWork } from './work';
+import { heldMessages, messageWork } from './work';
 import type { Publisher } from '../src/publisher';
 
 const TOPIC = 'tenants';
@@ -12,6 +14,16 @@ const stoppingError = (): UrsError =>
   new UrsError('STOPPING', 'the batch was interrupted (stop or rebalance); it will be handled again', {
     canRetry: true,
   });
+
+/** What a handler's Redis write rejects with when Redis reached its maxmemory (policy noeviction). */
+const redisOom = (): Error => new ReplyError('OOM command not allowed when used memory > maxmemory.');
+
+/** What a handler's produce rejects with when the broker is away, after KafkaJS's own retries. */
+const kafkaAway = (): Error =>
+  new KafkaJSNumberOfRetriesExceeded(
+    new KafkaJSConnectionError('Connection error: connect ECONNREFUSED 127.0.0.1:9092'),
+    { retryCount: 8, retryTime: 5_000 },
+  );
 
 /**
  * A processor of TOPIC (tombstones accepted) whose handler is `handler`, a publisher that notes the topics
@@ -25,6 +37,7 @@ function processor(handler: () => Promise<void>, maxAttempts: number) {
     send: async (topic: string) => void sent.push(topic),
   } as unknown as Publisher;
   const metrics = new Registry({ processMetrics: false });
+  const held = heldMessages(capturingLogger(lines), metrics);
   const settle = createMessageProcessor({
     service: 'test',
     subscriptions: new Map([
@@ -34,12 +47,13 @@ function processor(handler: () => Promise<void>, maxAttempts: number) {
     dlqTopic: 'dlq',
     log: capturingLogger(lines),
     retry: retryPolicy({ maxAttempts, initialDelayMs: 1, maxDelayMs: 1 }),
+    held,
     handled: metrics.counter('handled_total', 'handled'),
     seconds: metrics.histogram('handler_seconds', 'seconds'),
   });
   const runner = new AbortController();
   const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant', stop: runner });
-  return { settle: () => settle(work), stop: () => runner.abort(), sent, lines };
+  return { settle: () => settle(work), stop: () => runner.abort(), sent, lines, held, metrics };
 }
 
 describe('createMessageProcessor', () => {
@@ -79,5 +93,58 @@ describe('createMessageProcessor', () => {
     expect(calls).toBe(3);
     expect(run.sent).toEqual(['dlq']);
     expect(run.lines.filter((line) => line.message === 'handler failed, retrying')).toHaveLength(2);
+  });
+
+  it.each([
+    ['Redis answering OOM', redisOom],
+    ['Kafka away', kafkaAway],
+  ])(
+    'should hold a message whose handler fails on %s past maxAttempts, and handle it once the dependency is back, never dead-lettered',
+    async (_name, fault) => {
+      let calls = 0;
+      const run = processor(async () => {
+        calls++;
+        if (calls <= 10) throw fault();
+      }, 3);
+      await expect(run.settle()).resolves.toBe(true);
+      expect(calls).toBe(11);
+      expect(run.sent).toEqual([]);
+      expect(run.held.count).toBe(0);
+      expect(run.metrics.expose()).toContain('held_messages 0');
+      expect(run.metrics.expose()).toContain(`handled_total{outcome="held",topic="${TOPIC}"} 10`);
+      // Once per outage: its start and its end, not a line per attempt.
+      expect(run.lines.filter((line) => line.level !== 'debug').map((line) => line.message)).toEqual([
+        'messages held: a dependency failed; retried until it is back, not dead-lettered',
+        'no message held any more',
+      ]);
+      expect(run.lines[0]).toMatchObject({ tenantId: 'tenant', offset: '7', held: 1 });
+    },
+  );
+
+  it("should count only the message's own failures against maxAttempts, and dead-letter it when they reach it", async () => {
+    let calls = 0;
+    const run = processor(async () => {
+      calls++;
+      if (calls <= 5) throw redisOom();
+      throw new UrsError('TENANT_BUSY', 'the tenant is being written; try again', { canRetry: true });
+    }, 3);
+    await expect(run.settle()).resolves.toBe(true);
+    expect(calls).toBe(8);
+    expect(run.sent).toEqual(['dlq']);
+    expect(run.held.count).toBe(0);
+    expect(run.lines.filter((line) => line.message === 'handler failed, retrying')).toHaveLength(2);
+  });
+
+  it('should give a held message up, unfinished and not dead-lettered, when the runner stops', async () => {
+    let calls = 0;
+    const run = processor(async () => {
+      calls++;
+      if (calls === 6) run.stop();
+      throw redisOom();
+    }, 3);
+    await expect(run.settle()).resolves.toBe(false);
+    expect(calls).toBe(6);
+    expect(run.sent).toEqual([]);
+    expect(run.held.count).toBe(0);
   });
 });

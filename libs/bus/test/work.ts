@@ -1,5 +1,8 @@
 import type { KafkaMessage } from 'kafkajs';
+import { silentLogger, type Logger } from '@urs/logging';
+import { Registry } from '@urs/telemetry';
 import type { MessageWork } from '../src/handle';
+import { createHeldMessages, type HeldMessages } from '../src/held';
 
 export interface WorkOf {
   topic: string;
@@ -31,4 +34,21 @@ export function messageWork(of: WorkOf): MessageWork {
     shouldStop: () => stop.signal.aborted,
     beforeRetry: async () => undefined,
   };
+}
+
+/**
+ * Where a processor under test counts the messages it holds (gauge `held_messages` of `metrics`): warnings
+ * at most once a minute, stalled after a minute, as no unit test waits that long.
+ */
+export function heldMessages(
+  log: Logger = silentLogger,
+  metrics: Registry = new Registry({ processMetrics: false }),
+): HeldMessages {
+  return createHeldMessages({
+    log,
+    gauge: metrics.gauge('held_messages', 'Messages held.'),
+    labels: {},
+    notReadyAfterMs: 60_000,
+    logIntervalMs: 60_000,
+  });
 }

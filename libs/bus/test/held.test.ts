@@ -1,0 +1,67 @@
+import { ReplyError } from 'ioredis';
+import { Registry } from '@urs/telemetry';
+import { capturingLogger, type LogLine } from '@urs/testkit';
+import { createHeldMessages } from '../src/held';
+
+const oom = (): Error => new ReplyError('OOM command not allowed when used memory > maxmemory.');
+
+/** Held messages on a clock the test moves (`clock.at`, ms). */
+function heldMessages() {
+  const lines: LogLine[] = [];
+  const metrics = new Registry({ processMetrics: false });
+  const clock = { at: 1_000_000 };
+  const held = createHeldMessages({
+    log: capturingLogger(lines),
+    gauge: metrics.gauge('urs_consumer_held_messages', 'held'),
+    labels: { group: 'g' },
+    notReadyAfterMs: 30_000,
+    logIntervalMs: 60_000,
+    now: () => clock.at,
+  });
+  return { held, lines, metrics, clock };
+}
+
+describe('createHeldMessages', () => {
+  it('should say it is stalled once messages have been held longer than notReadyAfterMs, and no more once none is', () => {
+    const { held, clock, metrics } = heldMessages();
+    const first = held.hold(oom(), { offset: '1' });
+    clock.at += 20_000;
+    const second = held.hold(oom(), { offset: '2' });
+    expect(metrics.expose()).toContain('urs_consumer_held_messages{group="g"} 2');
+    clock.at += 10_000;
+    expect(held.isStalled()).toBe(false);
+    clock.at += 1;
+    // Counted from the first message held: the outage, not each message, is what is timed.
+    expect(held.isStalled()).toBe(true);
+    first.release();
+    expect(held.isStalled()).toBe(true);
+    second.release();
+    second.release();
+    expect(held.isStalled()).toBe(false);
+    expect(held.count).toBe(0);
+    expect(metrics.expose()).toContain('urs_consumer_held_messages{group="g"} 0');
+    held.hold(oom(), {});
+    expect(held.isStalled()).toBe(false);
+  });
+
+  it('should warn at most once per logIntervalMs however often held messages fail, and tell the end of a warned outage', () => {
+    const { held, clock, lines } = heldMessages();
+    const hold = held.hold(oom(), { offset: '1' });
+    for (let attempt = 0; attempt < 100; attempt++) {
+      clock.at += 500;
+      hold.failedAgain(oom(), { offset: '1' });
+    }
+    clock.at += 10_000;
+    hold.failedAgain(oom(), { offset: '1' });
+    hold.release();
+    expect(lines.map((line) => [line.level, line.message])).toEqual([
+      ['warn', 'messages held: a dependency failed; retried until it is back, not dead-lettered'],
+      ['warn', 'messages held: a dependency failed; retried until it is back, not dead-lettered'],
+      ['info', 'no message held any more'],
+    ]);
+    expect(lines[0]).toMatchObject({ offset: '1', held: 1, heldForMs: 0, code: 'UNEXPECTED' });
+    expect(lines[0]?.['reason']).toContain('OOM');
+    expect(lines[1]).toMatchObject({ heldForMs: 60_000 });
+    expect(lines[2]).toMatchObject({ heldForMs: 60_000 });
+  });
+});
