@@ -1,4 +1,4 @@
-import type { Kafka } from 'kafkajs';
+import { Kafka, logLevel } from 'kafkajs';
 import {
   createConsumerRunner,
   createPublisher,
@@ -136,6 +136,46 @@ describe('createConsumerRunner', () => {
     expect(attempts).toBe(3);
     const [letter] = await readDeadLetters(kafka, dlq, 1);
     expect(letter?.error).toEqual({ code: 'PROFILE_INVALID', message: 'weights must total 100' });
+  });
+
+  it('should hold a message whose publisher cannot reach Kafka past maxAttempts, say it is not ready while held, and handle it once Kafka is back, not dead-lettered', async () => {
+    const [topic, dlq] = topics as [string, string];
+    // A broker nobody answers on: what a handler's produce meets while the cluster is away.
+    const away = new Kafka({
+      clientId: uniqueId('away'),
+      brokers: ['127.0.0.1:1'],
+      retry: { retries: 0 },
+      logLevel: logLevel.NOTHING,
+    });
+    let kafkaBack = false;
+    let attempts = 0;
+    const handled: string[] = [];
+    const runner = start(
+      uniqueId('group'),
+      async (message) => {
+        attempts++;
+        // Its publisher's connection, refused until Kafka is back (KafkaJS's retries exhausted).
+        if (!kafkaBack) await (await createPublisher(away)).close();
+        handled.push(message.value?.tenantId ?? '');
+      },
+      { heldNotReadyAfterMs: 500 },
+    );
+    await runner.start();
+    await waitFor(() => runner.isReady(), { timeoutMs: 30_000 });
+    await publisher.send(topic, 'urs/tenant-record', [{ key: 'k', value: tenantRecord('held') }]);
+    await waitFor(() => attempts > 6 && !runner.isReady(), { timeoutMs: 30_000 });
+    expect(handled).toEqual([]);
+
+    kafkaBack = true;
+    await waitFor(() => handled.length === 1 && runner.isReady(), { timeoutMs: 30_000 });
+    expect(handled).toEqual(['held']);
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      expect((await admin.fetchTopicOffsets(dlq)).map((partition) => partition.high)).toEqual(['0']);
+    } finally {
+      await admin.disconnect();
+    }
   });
 
   it('should commit nothing when told so: the group holds no offsets and a restart reads from the beginning', async () => {

@@ -1,36 +1,6 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
-import { createServer } from 'node:net';
 import { startService } from '@urs/runtime';
 import { createTestKafka, deleteTopics, testInfra, uniqueId, waitFor } from '@urs/testkit';
-
-/** A free TCP port of this host, for a Redis of the test's own. */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as { port: number };
-  server.close();
-  await once(server, 'close');
-  return port;
-}
-
-/** A throwaway redis-server on `port`, nothing saved: the shared Redis is never stopped by a test. */
-async function startRedis(port: number): Promise<ChildProcess> {
-  const child = spawn('redis-server', ['--port', String(port), '--save', '', '--appendonly', 'no'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  let output = '';
-  child.stdout?.on('data', (chunk: Buffer) => void (output += chunk.toString()));
-  await waitFor(() => output.includes('Ready to accept connections'), { timeoutMs: 10_000 });
-  return child;
-}
-
-async function stopRedis(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  child.kill('SIGTERM');
-  await once(child, 'exit');
-}
+import { freePort, startRedis, stopRedis } from './support';
 
 describe('startService with Redis away', () => {
   it('should answer /readyz 503 and urs_redis_up 0 while its Redis is down, log no ioredis text, and be ready again once Redis is back', async () => {
