@@ -8,4 +8,4 @@ export { createTestRedis, deleteKeysMatching, testRedisPerTest, type TestRedis }
 export { scoredDevice, tenantRecord, type TenantRecordOptions } from './records';
 export { inboundMessage } from './messages';
 export { capturingLogger, type LogLine } from './logs';
-export { RUN_TS } from './processes';
+export { RUN_TS, runMain, type MainRun } from './processes';

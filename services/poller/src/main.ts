@@ -3,13 +3,12 @@ import { randomBytes } from 'node:crypto';
 import { createConsumerRunner, topicOffsets } from '@urs/bus';
 import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
-import { createSecretSealer } from '@urs/secrets';
+import { checkSecretKey, createSecretSealer } from '@urs/secrets';
 import { createCycleStore, createPollScheduleStore, createTenantStore } from '@urs/store';
 import { pollerConfig } from './config';
 import { runCycle } from './cycle';
 import { createDefenderGateway } from './defender';
 import { createScheduler } from './scheduler';
-import { checkSecretKey } from './secret-check';
 import { createTenantTable } from './tenant-table';
 
 void runService({

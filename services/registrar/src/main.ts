@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { createConsumerRunner } from '@urs/bus';
 import { createDefenderClient, createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
-import { createSecretSealer } from '@urs/secrets';
+import { checkSecretKey, createSecretSealer } from '@urs/secrets';
 import {
   createPollScheduleStore,
   createRegistrarStateStore,
@@ -26,6 +26,11 @@ void runService({
     const tenants = createTenantStore(redis, prefix);
     const state = createRegistrarStateStore(redis, prefix);
     const sealer = createSecretSealer(settings.secretKeys);
+    // The registrar opens stored secrets (an unchanged push is told by its secret, a kept one is re-sealed,
+    // the access test) and seals new ones every other stage must open: with another URS_SECRET_KEY under the
+    // same URS_SECRET_KEY_ID it would take every push for a change and re-seal each secret with a key no
+    // poller or vuln-fetcher holds. Checked before anything is consumed, against Redis as it is.
+    await checkSecretKey({ sealer, tenants, keyIds: new Set(settings.secretKeys.keys.keys()), logger });
     const registry = createTenantRegistry({
       tenants,
       state,

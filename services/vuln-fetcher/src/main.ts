@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { createConsumerRunner } from '@urs/bus';
 import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
-import { createSecretSealer } from '@urs/secrets';
+import { checkSecretKey, createSecretSealer } from '@urs/secrets';
 import { createBulkVulnerabilityCache, createCycleStore, createTenantStore } from '@urs/store';
 import { vulnFetcherConfig } from './config';
 import { createEnrichHandler } from './handler';
@@ -13,6 +13,11 @@ void runService({
   settings: vulnFetcherConfig,
   async setup({ settings: own, config, logger, metrics, redis, kafka, publisher, stopping, drainTimeoutMs }) {
     const prefix = config.redis.keyPrefix;
+    const sealer = createSecretSealer(own.secretKeys);
+    const tenants = createTenantStore(redis, prefix);
+    // A replica with the wrong key stays out (the start fails naming URS_SECRET_KEY) instead of taking
+    // batches whose secrets it cannot open while it reports ready.
+    await checkSecretKey({ sealer, tenants, keyIds: new Set(own.secretKeys.keys.keys()), logger });
     const limiter = await createSharedLimiter({
       redis,
       keyPrefix: prefix,
@@ -22,7 +27,7 @@ void runService({
     });
     const httpsAgent = createHttpsAgent(own.caFile ? { extraCa: readFileSync(own.caFile, 'utf8') } : {});
     const sources = createDefenderSources({
-      sealer: createSecretSealer(own.secretKeys),
+      sealer,
       limiter,
       quota: quotaGateFor(own.quotas, redis, prefix),
       requestTimeoutMs: own.requestTimeoutMs,
@@ -38,7 +43,7 @@ void runService({
     // for minutes (the runner would abort it only after its drain time).
     const handler = createEnrichHandler({
       signal: stopping,
-      tenants: createTenantStore(redis, prefix),
+      tenants,
       sources,
       bulkCache: createBulkVulnerabilityCache(redis, prefix, own.bulkCacheTtlMs),
       cycles: createCycleStore(redis, prefix),

@@ -1,18 +1,13 @@
 import { randomBytes } from 'node:crypto';
-import type { TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
-import { createSecretSealer, type SealedSecret } from '@urs/secrets';
-import { checkSecretKey } from '../src/secret-check';
+import { checkSecretKey, createSecretSealer, type SealedSecret } from '../src';
 
 const registrarKey = randomBytes(32);
 const registrar = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', registrarKey]]) });
 
 function store(secrets: [string, SealedSecret][]) {
   const records = new Map(
-    secrets.map(([tenantId, clientSecret]) => [
-      tenantId,
-      { tenantId, defender: { clientSecret } } as unknown as TenantRecord,
-    ]),
+    secrets.map(([tenantId, clientSecret]) => [tenantId, { defender: { clientSecret } }]),
   );
   return { ids: async () => [...records.keys()], get: async (id: string) => records.get(id) ?? null };
 }

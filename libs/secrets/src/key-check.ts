@@ -1,13 +1,18 @@
-import type { TenantRecord } from '@urs/contracts';
 import { ConfigError } from '@urs/config';
 import type { Logger } from '@urs/logging';
 import { errorCode } from '@urs/resilience';
-import type { SecretSealer } from '@urs/secrets';
-import type { TenantStore } from '@urs/store';
+import type { SealedSecret, SecretSealer } from './sealer';
+
+/** Where the sealed secrets are stored (the tenant store in Redis): only what the check reads of it. */
+export interface StoredSecrets {
+  /** Every stored tenant id. */
+  ids(): Promise<string[]>;
+  get(tenantId: string): Promise<{ defender: { clientSecret: SealedSecret } } | null>;
+}
 
 export interface SecretKeyCheckDeps {
   sealer: SecretSealer;
-  tenants: Pick<TenantStore, 'ids' | 'get'>;
+  tenants: StoredSecrets;
   /** The key ids this process holds (URS_SECRET_KEY_ID and URS_SECRET_KEYS_PREVIOUS). */
   keyIds: ReadonlySet<string>;
   logger: Logger;
@@ -18,10 +23,11 @@ export interface SecretKeyCheckDeps {
 /**
  * Refuses the start when this process's keys open none of the stored secrets they should open: a replica
  * given another URS_SECRET_KEY under the same URS_SECRET_KEY_ID stayed ready and failed every tenant's
- * cycle. Up to `sample` records sealed with a key id this process holds are tried; one that opens is
- * enough (a single altered record is that tenant's fault, and its cycles say so). Nothing to try (a fresh
- * system, Redis wiped before the registrar rebuilt it, only records of keys not held) lets the start go on:
- * the cycles then report the key.
+ * work (a poller's cycles, a vuln-fetcher's batches), or, in the registrar, sealed new secrets with a key
+ * the other stages do not hold. Up to `sample` records sealed with a key id this process holds are tried;
+ * one that opens is enough (a single altered record is that tenant's fault, and its cycles say so).
+ * Nothing to try (a fresh system, Redis wiped before the registrar rebuilt it, only records of keys not
+ * held) lets the start go on: the work then reports the key.
  */
 export async function checkSecretKey(deps: SecretKeyCheckDeps): Promise<void> {
   const sample = deps.sample ?? 5;
@@ -30,7 +36,7 @@ export async function checkSecretKey(deps: SecretKeyCheckDeps): Promise<void> {
   let keyId: string | undefined;
   for (const tenantId of ids) {
     if (tried >= sample) break;
-    const record: TenantRecord | null = await deps.tenants.get(tenantId);
+    const record = await deps.tenants.get(tenantId);
     const sealed = record?.defender.clientSecret;
     if (!sealed || !deps.keyIds.has(sealed.keyId)) continue;
     tried++;
