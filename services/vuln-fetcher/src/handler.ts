@@ -14,6 +14,7 @@ import { UrsError, errorCode, errorMessage, keepRenewing, sleep } from '@urs/res
 import type { BulkVulnerabilityCache, CycleStore, LatestExport, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import {
+  ReplicaSecretKeyError,
   isTenantWideCode,
   isTenantWideFailure,
   type SourceProvider,
@@ -798,6 +799,18 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
             ? await bulk(batch, source, heartbeat, log, signal)
             : await perDevice(batch, source, log, signal);
       } catch (error) {
+        if (error instanceof ReplicaSecretKeyError) {
+          // Not the tenant's failure: its status, its cycle and the cycle's other batches are left alone.
+          log.error(
+            "batch left for a retry: this vuln-fetcher's URS_SECRET_KEY does not open the tenant's secret",
+            {
+              code: error.code,
+              reason: error.message,
+              variables: error.details['variables'],
+            },
+          );
+          throw error;
+        }
         if (!isTenantWideFailure(error)) throw error;
         const fetchError = { code: errorCode(error), message: errorMessage(error) };
         result = {

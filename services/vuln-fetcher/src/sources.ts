@@ -12,7 +12,7 @@ import {
 } from '@urs/defender';
 import type { Logger } from '@urs/logging';
 import type { Registry } from '@urs/telemetry';
-import { UrsError, errorCode } from '@urs/resilience';
+import { UrsError, errorCode, errorMessage } from '@urs/resilience';
 import type { SecretSealer } from '@urs/secrets';
 import { foldExportOnThread } from './export-fold';
 import type { VulnerabilityFolder, VulnerabilityLike } from './summarise';
@@ -39,7 +39,10 @@ export interface VulnerabilitySource {
   exportGeneratedTime?(signal?: AbortSignal): Promise<string>;
 }
 
-/** Gives each tenant's source; throws a tenant-wide error (e.g. the secret cannot be opened). */
+/**
+ * Gives each tenant's source; throws a tenant-wide error (a secret sealed with a key id not held), or
+ * ReplicaSecretKeyError when this replica's key does not open the secret.
+ */
 export interface SourceProvider {
   forTenant(record: TenantRecord): VulnerabilitySource;
   close(): void;
@@ -52,9 +55,29 @@ export class TenantAccessError extends UrsError {
   }
 }
 
-/** Whether an error code means that no call of this tenant can succeed until an admin fixes something. */
+/**
+ * This replica's own fault, not the tenant's: its URS_SECRET_KEY does not open a secret sealed under a key id
+ * it holds (another key under the same URS_SECRET_KEY_ID). The poller opened the same secret to list the
+ * devices of this batch, so the record is sound and a replica with the right key (or this one, restarted
+ * with it) can enrich the batch: it fails retryably, is left uncommitted for that, and the tenant is neither
+ * marked failed nor its cycle sent on as the tenant's setup error.
+ */
+export class ReplicaSecretKeyError extends UrsError {
+  constructor(message: string, cause?: unknown) {
+    super('SECRET_UNREADABLE', message, {
+      canRetry: true,
+      cause,
+      details: { variables: ['URS_SECRET_KEY', 'URS_SECRET_KEY_ID', 'URS_SECRET_KEYS_PREVIOUS'] },
+    });
+  }
+}
+
+/**
+ * Whether an error code means that no call of this tenant can succeed until an admin fixes something: a
+ * Defender setup error, or a secret sealed with a key id no process holds any more (re-seal it).
+ */
 export function isTenantWideCode(code: string): boolean {
-  return isSetupErrorCode(code) || code === 'SECRET_UNREADABLE';
+  return isSetupErrorCode(code) || code === 'SECRET_KEY_UNKNOWN';
 }
 
 /** Whether an error is a tenant-wide failure (see isTenantWideCode). */
@@ -125,10 +148,17 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
       try {
         clientSecret = deps.sealer.open(record.defender.clientSecret, record.tenantId);
       } catch (error) {
+        const keyId = record.defender.clientSecret.keyId;
+        if (errorCode(error) === 'SECRET_UNREADABLE')
+          throw new ReplicaSecretKeyError(
+            `this vuln-fetcher cannot open the stored client secret of tenant ${record.tenantId}: ` +
+              `${errorMessage(error)}; the batch is left for a replica whose key opens it`,
+            error,
+          );
         throw new TenantAccessError(
-          'SECRET_UNREADABLE',
-          `the stored client secret of tenant ${record.tenantId} cannot be decrypted with the configured ` +
-            `URS_SECRET_KEY (key id ${record.defender.clientSecret.keyId}); register the secret again or configure that key`,
+          'SECRET_KEY_UNKNOWN',
+          `the stored client secret of tenant ${record.tenantId} is sealed with key id ${keyId}, which this ` +
+            'vuln-fetcher does not hold: register the secret again, or add that key to URS_SECRET_KEYS_PREVIOUS',
           error,
         );
       }

@@ -1,12 +1,21 @@
+import { randomBytes } from 'node:crypto';
 import type { InboundMessage, Publisher } from '@urs/bus';
 import type { DeviceBatch, EnrichedBatch, TenantRecord, VulnerabilitySummary } from '@urs/contracts';
-import { CallHealth, DefenderError, DefenderErrorCode } from '@urs/defender';
+import {
+  CallHealth,
+  DefenderError,
+  DefenderErrorCode,
+  createHttpsAgent,
+  createLocalLimiter,
+  createLocalQuotaGate,
+} from '@urs/defender';
 import { silentLogger } from '@urs/logging';
+import { createSecretSealer } from '@urs/secrets';
 import type { BulkExportState, BulkVulnerabilityCache, TenantStatus } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, inboundMessage, type LogLine } from '@urs/testkit';
 import { createEnrichHandler, type EnrichHandlerDeps } from '../src/handler';
-import type { SourceProvider, VulnerabilitySource } from '../src/sources';
+import { createDefenderSources, type SourceProvider, type VulnerabilitySource } from '../src/sources';
 import { VulnerabilityFolder, type VulnerabilityLike } from '../src/summarise';
 
 const record = { tenantId: 't1', revision: 1 } as unknown as TenantRecord;
@@ -451,6 +460,67 @@ describe('createEnrichHandler', () => {
     await handler(message(batch({ tenantId: 'gone', batchIndex: 1 })));
     expect(Date.now() - next).toBeLessThan(45);
     expect(sent[1]?.devices.every((d) => d.fetchError?.code === 'TENANT_UNKNOWN')).toBe(true);
+  });
+
+  it("should leave a batch whose secret this replica's key does not open for a retry, never the tenant's failure", async () => {
+    const registrar = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+    // A replica started with another URS_SECRET_KEY under the same URS_SECRET_KEY_ID.
+    const wrongKey = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+    const sealed = {
+      ...record,
+      defender: {
+        azureTenantId: '00000000-0000-0000-0000-000000000001',
+        clientId: '00000000-0000-0000-0000-000000000002',
+        clientSecret: registrar.seal('client-secret', 't1'),
+        cloud: 'commercial',
+        region: null,
+      },
+    } as unknown as TenantRecord;
+    const agent = createHttpsAgent();
+    const sources = createDefenderSources({
+      sealer: wrongKey,
+      limiter: createLocalLimiter(),
+      quota: createLocalQuotaGate(),
+      httpsAgent: agent,
+      overrides: {},
+      logger: silentLogger,
+      metrics: new Registry({ processMetrics: false }),
+    });
+    const lines: LogLine[] = [];
+    const { handler, sent, statuses } = setup(
+      {},
+      {
+        sources,
+        tenants: { get: async () => sealed, updateStatus: async () => undefined },
+        logger: capturingLogger(lines),
+      },
+    );
+    try {
+      await expect(handler(message(batch()))).rejects.toMatchObject({
+        code: 'SECRET_UNREADABLE',
+        canRetry: true,
+      });
+      // Nothing sent as the tenant's setup error, and the tenant's status is not touched.
+      expect(sent).toEqual([]);
+      expect(statuses).toEqual([]);
+      expect(lines).toContainEqual(
+        expect.objectContaining({
+          level: 'error',
+          tenantId: 't1',
+          cycleId: 'c1',
+          code: 'SECRET_UNREADABLE',
+          variables: expect.arrayContaining(['URS_SECRET_KEY']),
+        }),
+      );
+      // Not remembered for the cycle: tried again, the batch fails the same way rather than going on empty.
+      await expect(handler(message(batch({ batchIndex: 1 })))).rejects.toMatchObject({
+        code: 'SECRET_UNREADABLE',
+      });
+      expect(sent).toEqual([]);
+    } finally {
+      sources.close();
+      agent.destroy();
+    }
   });
 
   it('should fail a batch retryably when the service stops mid-batch', async () => {

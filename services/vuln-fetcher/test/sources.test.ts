@@ -4,7 +4,7 @@ import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs
 import { silentLogger } from '@urs/logging';
 import { createSecretSealer } from '@urs/secrets';
 import { Registry } from '@urs/telemetry';
-import { createDefenderSources } from '../src/sources';
+import { ReplicaSecretKeyError, createDefenderSources, isTenantWideFailure } from '../src/sources';
 
 describe('createDefenderSources', () => {
   const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
@@ -46,6 +46,61 @@ describe('createDefenderSources', () => {
       const again = sources.forTenant(record('a', 2));
       expect(sources.forTenant(record('b', 1))).not.toBe(other);
       expect(sources.forTenant(record('a', 2))).toBe(again);
+    } finally {
+      sources.close();
+      agent.destroy();
+    }
+  });
+
+  it("forTenant should fail retryably, as this replica's fault, when its key does not open the tenant's secret", () => {
+    // Another URS_SECRET_KEY under the same URS_SECRET_KEY_ID as the registrar's.
+    const wrongKey = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+    const agent = createHttpsAgent();
+    const sources = createDefenderSources({
+      sealer: wrongKey,
+      limiter: createLocalLimiter(),
+      quota: createLocalQuotaGate(),
+      httpsAgent: agent,
+      overrides: {},
+      logger: silentLogger,
+      metrics: new Registry({ processMetrics: false }),
+    });
+    try {
+      let failure: unknown;
+      try {
+        sources.forTenant(record('a', 1));
+      } catch (error) {
+        failure = error;
+      }
+      expect(failure).toBeInstanceOf(ReplicaSecretKeyError);
+      expect(failure).toMatchObject({
+        code: 'SECRET_UNREADABLE',
+        canRetry: true,
+        message: expect.stringMatching(/URS_SECRET_KEY \(URS_SECRET_KEY_ID\)/),
+      });
+      expect(isTenantWideFailure(failure)).toBe(false);
+    } finally {
+      sources.close();
+      agent.destroy();
+    }
+  });
+
+  it("forTenant should fail as the tenant's failure when the secret's key id is held by no key of this process", () => {
+    const otherId = createSecretSealer({ activeKeyId: 'k2', keys: new Map([['k2', randomBytes(32)]]) });
+    const agent = createHttpsAgent();
+    const sources = createDefenderSources({
+      sealer: otherId,
+      limiter: createLocalLimiter(),
+      quota: createLocalQuotaGate(),
+      httpsAgent: agent,
+      overrides: {},
+      logger: silentLogger,
+      metrics: new Registry({ processMetrics: false }),
+    });
+    try {
+      expect(() => sources.forTenant(record('a', 1))).toThrow(
+        expect.objectContaining({ code: 'SECRET_KEY_UNKNOWN', canRetry: false }),
+      );
     } finally {
       sources.close();
       agent.destroy();
