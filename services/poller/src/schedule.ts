@@ -59,6 +59,25 @@ export interface BackoffInput {
 const MIN_THROTTLE_WAIT_MS = 60_000;
 
 /**
+ * The schedule without a backoff an earlier poller stored for a failure of its own configuration. Before
+ * SECRET_UNREADABLE was `local`, a replica with the wrong URS_SECRET_KEY backed the tenant off 1, 2, 4, …
+ * intervals (up to a day), and that backoff stays in Redis after the key is fixed. The schedule does not keep
+ * the failure's code, the tenant's status does (`lastErrorCode`, written with the backoff): a backoff whose
+ * status names a `local` code was never the tenant's, since no poller sets one for it now. It is dropped, with
+ * the failure streak it was counted from; the tenant is then due by its interval (at once, mostly).
+ */
+export function withoutLocalBackoff(
+  schedule: PollSchedule,
+  lastErrorCode: string | null | undefined,
+): PollSchedule {
+  if (schedule.notBefore === undefined || !lastErrorCode || classifyFailure(lastErrorCode) !== 'local')
+    return schedule;
+  const cleared: PollSchedule = { ...schedule, failures: 0 };
+  delete cleared.notBefore;
+  return cleared;
+}
+
+/**
  * The earliest next try after a failed cycle, or null for the normal schedule. Setup errors back off
  * exponentially from one interval (1, 2, 4, … intervals after the failed start), capped at
  * `maxBackoffMs` but never below one interval. Throttling delays only this tenant, by the API's

@@ -2,9 +2,9 @@ import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage, keepRenewing, sleep } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
-import type { CycleStore, PollLease, PollScheduleStore, TenantStore } from '@urs/store';
+import type { CycleStore, PollLease, PollSchedule, PollScheduleStore, TenantStore } from '@urs/store';
 import { CycleAbortedError, cycleIdOf, type CycleInput, type CycleResult } from './cycle';
-import { backoffUntil, classifyFailure, dueAt, transientRetryAt } from './schedule';
+import { backoffUntil, classifyFailure, dueAt, transientRetryAt, withoutLocalBackoff } from './schedule';
 import type { TenantTable } from './tenant-table';
 
 export interface SchedulerDeps {
@@ -120,6 +120,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       let schedule = await deps.schedules.get(tenantId);
       if (schedule.runningCycleId !== undefined && (await endListedCycle(lease, schedule.runningCycleId)))
         schedule = await deps.schedules.get(tenantId);
+      schedule = await honouredBackoff(tenantId, schedule, true);
       const due = dueAt(schedule, intervalMs, record.revision);
       const startedAt = now();
       if (due > startedAt) {
@@ -140,6 +141,28 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     } finally {
       if (!released) await releaseQuietly(lease);
     }
+  }
+
+  /**
+   * The schedule as it is honoured: a backoff an earlier poller stored for its own URS_SECRET_KEY is dropped
+   * (see `withoutLocalBackoff`; the tenant's status is read only when a backoff is stored). The cycle that
+   * follows writes the schedule again. `announce`: log the drop (under the lease, once per due check).
+   */
+  async function honouredBackoff(
+    tenantId: string,
+    schedule: PollSchedule,
+    announce: boolean,
+  ): Promise<PollSchedule> {
+    if (schedule.notBefore === undefined) return schedule;
+    const { lastErrorCode } = await deps.tenants.getStatus(tenantId);
+    const honoured = withoutLocalBackoff(schedule, lastErrorCode);
+    if (announce && honoured !== schedule && schedule.notBefore > now())
+      log.info("dropping a backoff stored for a poller's own URS_SECRET_KEY, not the tenant's failure", {
+        tenantId,
+        code: lastErrorCode,
+        notBefore: new Date(schedule.notBefore).toISOString(),
+      });
+    return honoured;
   }
 
   /**
@@ -299,8 +322,10 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       for (const tenantId of tenantIds) {
         // The record now, not when the read began: it may have changed or been disabled meanwhile.
         const record = deps.table.get(tenantId);
-        const schedule = schedules.get(tenantId);
-        if (!record?.enabled || !schedule || !localDue.has(tenantId)) continue;
+        const stored = schedules.get(tenantId);
+        if (!record?.enabled || !stored || !localDue.has(tenantId)) continue;
+        const schedule = await honouredBackoff(tenantId, stored, false);
+        if (!localDue.has(tenantId)) continue;
         localDue.set(tenantId, dueAt(schedule, intervalOf(record), record.revision));
       }
     } catch (error) {

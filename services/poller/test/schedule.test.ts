@@ -1,4 +1,4 @@
-import { backoffUntil, classifyFailure, dueAt, transientRetryAt } from '../src/schedule';
+import { backoffUntil, classifyFailure, dueAt, transientRetryAt, withoutLocalBackoff } from '../src/schedule';
 
 describe('dueAt', () => {
   it('dueAt should make a never-polled tenant due at once', () => {
@@ -79,5 +79,25 @@ describe('transientRetryAt', () => {
   it('transientRetryAt should spread the tenants of one outage by ±20 %', () => {
     expect(transientRetryAt(1, 0, 86_400_000, 60_000, () => 0)).toBe(96_000);
     expect(transientRetryAt(1, 0, 86_400_000, 60_000, () => 1)).toBe(144_000);
+  });
+});
+
+describe('withoutLocalBackoff', () => {
+  const backedOff = { failures: 4, lastStartedAt: 1_000, notBefore: 9_000_000, failedRevision: 1 };
+
+  it("withoutLocalBackoff should drop a backoff and its streak when the tenant's status names this process's own fault", () => {
+    expect(withoutLocalBackoff(backedOff, 'SECRET_UNREADABLE')).toEqual({
+      failures: 0,
+      lastStartedAt: 1_000,
+      failedRevision: 1,
+    });
+    expect(dueAt(withoutLocalBackoff(backedOff, 'SECRET_UNREADABLE'), 600_000, 1)).toBe(601_000);
+  });
+
+  it("withoutLocalBackoff should keep a backoff for the tenant's own failure, or with no code to tell", () => {
+    expect(withoutLocalBackoff(backedOff, 'DEFENDER_INVALID_SECRET')).toBe(backedOff);
+    expect(withoutLocalBackoff(backedOff, 'SECRET_KEY_UNKNOWN')).toBe(backedOff);
+    expect(withoutLocalBackoff(backedOff, undefined)).toBe(backedOff);
+    expect(withoutLocalBackoff(backedOff, null)).toBe(backedOff);
   });
 });

@@ -88,6 +88,9 @@ function memoryStatus(): TenantStore & { statuses: Map<string, TenantStatus> } {
   const statuses = new Map<string, TenantStatus>();
   return {
     statuses,
+    async getStatus(tenantId: string) {
+      return { ...statuses.get(tenantId) };
+    },
     async updateStatus(tenantId: string, status: Record<string, unknown>) {
       const next: Record<string, unknown> = { ...statuses.get(tenantId) };
       for (const [k, v] of Object.entries(status))
@@ -337,6 +340,37 @@ describe('createScheduler', () => {
     await waitFor(() => runs.length === 1, { timeoutMs: 1_000, intervalMs: 1 });
     expect(tries).toHaveLength(4);
     expect(status.statuses.get('daily')?.state).toBe('active');
+  });
+
+  it("createScheduler should not honour a backoff an earlier poller stored for its own key's SECRET_UNREADABLE", async () => {
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const runs: Run[] = [];
+    // What an earlier poller with the wrong URS_SECRET_KEY left: 4 failures counted, backed off 8 intervals.
+    for (const [tenantId, code] of [
+      ['key-fault', 'SECRET_UNREADABLE'],
+      ['bad-secret', 'DEFENDER_INVALID_SECRET'],
+    ] as const) {
+      const lease = (await schedules.acquire(tenantId, 'old-poller', 1_000)) as PollLease;
+      await schedules.begin(lease, 'old-cycle', Date.now() - 2 * INTERVAL_MS);
+      await schedules.end(lease, {
+        failures: 4,
+        notBefore: Date.now() + 8 * INTERVAL_MS,
+        failedRevision: 1,
+      });
+      await schedules.release(lease);
+      await status.updateStatus(tenantId, { state: 'error', lastErrorCode: code });
+    }
+    const { table, scheduler } = replica(0, schedules, status, runs, async () => undefined);
+    await feed(table, [record('key-fault'), record('bad-secret')]);
+    scheduler.start();
+    started.push(scheduler);
+    await waitFor(() => runs.some((run) => run.tenantId === 'key-fault'), { timeoutMs: 2 * INTERVAL_MS });
+    expect(await schedules.get('key-fault')).toMatchObject({ failures: 0 });
+    expect((await schedules.get('key-fault')).notBefore).toBeUndefined();
+    // A backoff for the tenant's own failure still holds.
+    await sleep(INTERVAL_MS);
+    expect(runs.filter((run) => run.tenantId === 'bad-secret')).toEqual([]);
   });
 
   it('createScheduler should leave an error the vuln-fetcher reported for the cycle it just listed', async () => {
