@@ -37,7 +37,7 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
   bulkWaitMs: number;
   /**
    * How long a batch waits for its tenant's record to be back in Redis (rebuilt by the registrar after a
-   * wipe) before its devices go on without vulnerabilities, ms. Env `URS_TENANT_RECORD_WAIT_MS`, default 30000.
+   * wipe) before the batch fails for the dead-letter topic, ms. Env `URS_TENANT_RECORD_WAIT_MS`, default 30000.
    */
   tenantWaitMs: number;
   /** How long a bulk export claim holds if its holder dies, ms. Env `URS_BULK_CLAIM_MS`, default 300000. */

@@ -70,10 +70,10 @@ export interface EnrichHandlerDeps {
   /** Pause between two looks at another replica's bulk export, in milliseconds. */
   bulkPollMs?: number;
   /**
-   * How long a batch waits for its tenant's record to come back to Redis before its devices go on without
-   * vulnerabilities, in milliseconds. Default 30000. After Redis lost its data the poller (its tenants in
-   * memory) emits batches before the registrar has rebuilt Redis from `urs.tenants`, which takes seconds.
-   * The wait is in the handler, heartbeating, not the runner's retries: it never ends in a dead letter.
+   * How long a batch waits for its tenant's record to come back to Redis before it fails (TENANT_UNKNOWN, not
+   * retryable: dead-lettered, never sent on without vulnerabilities), in milliseconds. Default 30000. After
+   * Redis lost its data the poller (its tenants in memory) emits batches before the registrar has rebuilt
+   * Redis from `urs.tenants`, which takes seconds. The wait is in the handler, heartbeating.
    */
   tenantWaitMs?: number;
   /** Pause between two looks for a missing tenant record, in milliseconds. Default 1000. */
@@ -777,19 +777,25 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     if (remembered) {
       enrichment = { devices: missing(batch.devices, remembered), collectedAt: now() };
     } else if (record === null) {
-      const fetchError = {
-        code: 'TENANT_UNKNOWN',
-        message:
-          `no record of tenant ${batch.tenantId} in Redis after ${lookup?.waitedMs ?? 0} ms: ` +
+      // Not sent on without vulnerabilities: scored so (0 points for them under the default profile) and
+      // published, the devices' scores would drop below their last ones over VMS, and the cycle's summary
+      // would say `complete`, for a fault of ours (or a tenant deleted since). The summary contract has no
+      // reason field; its way to say "not complete" is `partial`, with the devices never scored counted as
+      // `failed`: the publisher closes the cycle so at its deadline, and VMS keeps the devices' last scores.
+      const error = new UrsError(
+        'TENANT_UNKNOWN',
+        `no record of tenant ${batch.tenantId} in Redis after ${lookup?.waitedMs ?? 0} ms: ` +
           'deleted during the cycle, or Redis lost its data and the registrar has not rebuilt it from ' +
-          'urs.tenants (is the registrar running? its log says when the rebuild ends)',
-      };
-      log.warn('tenant record still missing: devices sent without vulnerabilities', {
-        code: fetchError.code,
-        reason: fetchError.message,
+          'urs.tenants (is the registrar running? its log says when the rebuild ends); the batch is not ' +
+          'enriched, and its cycle is closed as partial at its deadline',
+        { canRetry: false, details: { waitedMs: lookup?.waitedMs ?? 0 } },
+      );
+      log.warn('tenant record still missing: batch dead-lettered, not sent on without vulnerabilities', {
+        code: error.code,
+        reason: error.message,
         devices: batch.devices.length,
       });
-      enrichment = { devices: missing(batch.devices, fetchError), collectedAt: now() };
+      throw error;
     } else {
       let result: Enrichment & { tenantFailure?: FetchError };
       try {

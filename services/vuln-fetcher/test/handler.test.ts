@@ -435,17 +435,23 @@ describe('createEnrichHandler', () => {
     );
   });
 
-  it('should pass the devices of an unknown tenant on without vulnerabilities after the wait, with a warning saying why', async () => {
+  it('should fail, not send, a batch whose tenant record stays missing after the wait, with the reason for the dead letter', async () => {
     const lines: LogLine[] = [];
     const { handler, sent } = setup(
       {},
       { logger: capturingLogger(lines), tenantWaitMs: 50, tenantPollMs: 5 },
     );
     const started = Date.now();
-    await handler(message(batch({ tenantId: 'gone', lastBatch: false })));
+    await expect(handler(message(batch({ tenantId: 'gone', lastBatch: false })))).rejects.toMatchObject({
+      code: 'TENANT_UNKNOWN',
+      // Dead-lettered at once: the wait was the retry, and the runner's retries would only repeat it.
+      canRetry: false,
+      message: expect.stringMatching(/registrar.*closed as partial/),
+    });
     expect(Date.now() - started).toBeGreaterThanOrEqual(45);
-    expect(sent[0]?.devices.every((d) => d.fetchError?.code === 'TENANT_UNKNOWN')).toBe(true);
-    expect(sent[0]?.devices[0]?.fetchError?.message).toMatch(/registrar/);
+    // Never sent on without vulnerabilities: its scores would replace the devices' last ones over VMS, and
+    // the cycle would be summarised as complete.
+    expect(sent).toEqual([]);
     expect(lines).toContainEqual(
       expect.objectContaining({
         level: 'warn',
@@ -457,9 +463,11 @@ describe('createEnrichHandler', () => {
     );
     // The cycle's later batches look again but do not wait again.
     const next = Date.now();
-    await handler(message(batch({ tenantId: 'gone', batchIndex: 1 })));
+    await expect(handler(message(batch({ tenantId: 'gone', batchIndex: 1 })))).rejects.toMatchObject({
+      code: 'TENANT_UNKNOWN',
+    });
     expect(Date.now() - next).toBeLessThan(45);
-    expect(sent[1]?.devices.every((d) => d.fetchError?.code === 'TENANT_UNKNOWN')).toBe(true);
+    expect(sent).toEqual([]);
   });
 
   it("should leave a batch whose secret this replica's key does not open for a retry, never the tenant's failure", async () => {
