@@ -40,8 +40,9 @@ export interface ApiCallerOptions {
   retryPolicy: RetryPolicy;
   /**
    * Timeout of one HTTP call, in milliseconds: how long its connection may stay silent, and for a call
-   * whose answer is read whole (a device's vulnerabilities, not a page read row by row) how long the whole
-   * answer may take, so a body that trickles in does not hold its slot until the slot ends.
+   * whose answer is read whole (a device's vulnerabilities) or kept whole (`getRows`: one page of the device
+   * list) how long the whole answer may take, so a body that trickles in does not hold its slot until the
+   * slot ends. A bulk export page handed out row by row (`scanRows`, `scanInto`) is bounded by its slot only.
    */
   requestTimeoutMs: number;
   /** When the tenant's calls go one at a time, or are held back, after failures in a row (see CallHealth). */
@@ -77,7 +78,8 @@ export interface ApiCaller {
    * Like `get` for an OData answer (`{"value": [...], ...}`), read as it arrives: each row of `value` is
    * parsed alone and passed to `toRow`, and only what `toRow` returns is kept, so a large page is never
    * held as one body. A retried call starts its rows afresh. An answer without a `value` array is
-   * MALFORMED_RESPONSE, as with `odataValue`. A `reader` reads the rows it can straight from their bytes
+   * MALFORMED_RESPONSE, as with `odataValue`. Each answer (a page) must arrive whole within the request
+   * timeout, like an answer read whole. A `reader` reads the rows it can straight from their bytes
    * (each as `toRow` would have made it), sparing their parse; the others are parsed and given to `toRow`.
    */
   getRows<T>(
@@ -290,11 +292,39 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   }
 
   /**
+   * `readRows` within `deadlineMs` when given: each page of the device list must arrive whole within the
+   * request timeout, as a device's vulnerabilities must, or a body that trickles (a byte now and then, never
+   * silent long enough for the idle timeout) holds its call slot until the slot ends (~a minute) every cycle.
+   * The deadline is per page, never over a walk of many pages. The bulk export's pages (50,000 rows, tens of
+   * MB) go without one: the slot's end bounds them.
+   */
+  async function sendRows(
+    url: string,
+    token: string,
+    params: Record<string, string | number> | undefined,
+    makeSink: () => ODataSink,
+    signal: AbortSignal | undefined,
+    abortOn: AbortSignal,
+    deadlineMs?: number,
+  ): Promise<AxiosResponse<string> | RowsScan> {
+    if (deadlineMs === undefined) return readRows(url, token, params, makeSink, signal, abortOn);
+    try {
+      return await withinDeadline(abortOn, deadlineMs, (request) =>
+        readRows(url, token, params, makeSink, signal, request),
+      );
+    } catch (error) {
+      // The deadline's own ECONNABORTED, said as a call that did not answer within the request timeout.
+      if (axios.isAxiosError(error)) throw unreachable(error, url, signal);
+      throw error;
+    }
+  }
+
+  /**
    * One call whose 2xx body goes to a new sink from `makeSink` while it arrives (inside the call's slot, like
    * a body read whole, and stopped when the slot ends); any other answer is read as text and classified as
    * `send`'s are.
    */
-  async function sendRows(
+  async function readRows(
     url: string,
     token: string,
     params: Record<string, string | number> | undefined,
@@ -620,7 +650,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
         // A retried call starts its rows afresh.
         rows = [];
         const sink = (): ODataSink => new ODataRowScanner<T>((row) => rows.push(row), toRow, reader);
-        return sendRows(url, token, params, sink, signal, abortOn);
+        // Its rows are kept whole (a page of the device list): the page must arrive within the timeout.
+        return sendRows(url, token, params, sink, signal, abortOn, options.requestTimeoutMs);
       });
       return result.status === 404 ? result : { status: 200, rows, members: result.members };
     },

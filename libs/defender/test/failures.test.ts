@@ -131,6 +131,29 @@ describe('createDefenderClient when an answer outlasts its call slot', () => {
     }
   });
 
+  it('listMachines should stop each page whose body trickles at the request timeout, not at its slot’s end', async () => {
+    // Slots as long as the limiter's default (a minute): only a deadline on each page's whole body stops it.
+    const { client, close } = simClient(sim, slow, {
+      requestTimeoutMs: 300,
+      retryPolicy: retryPolicy({ maxAttempts: 2, initialDelayMs: 10, maxDelayMs: 10 }),
+    });
+    try {
+      sim.resetStats();
+      const started = Date.now();
+      await expect(client.listMachines()).rejects.toMatchObject({
+        code: DefenderErrorCode.UNAVAILABLE,
+        canRetry: true,
+        message: `The Defender API did not answer tenant ${slow.azureTenantId} on /api/machines within 0.3 s (ECONNABORTED)`,
+      });
+      // Two attempts of 0.3 s each, not two slots of a minute.
+      expect(Date.now() - started).toBeLessThan(5_000);
+      expect(sim.stats().faultsByKind).toMatchObject({ slowBody: 2 });
+      expect(await noCallOpen()).toBe(0);
+    } finally {
+      await close();
+    }
+  });
+
   it('getMachineVulnerabilities should never have more calls in flight than slots when answers outlast the slots handed from call to call', async () => {
     const limiter = withSlotHandOff(createLocalLimiter({ maxConcurrent: 2, jobExpirationMs: 300 }), {
       maxLeaseMs: 1_000,
