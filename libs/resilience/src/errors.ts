@@ -8,8 +8,9 @@ export interface UrsErrorOptions {
   /** Whether trying the same operation again may succeed. Default: false. */
   canRetry?: boolean;
   /**
-   * Whether the failure is of a dependency the service needs for every message (Redis, Kafka) rather than
-   * of what was being done: the bus runner then holds the message until the dependency is back instead of
+   * Whether the failure is of a dependency the service needs for every message (Redis, Kafka), or of the
+   * process itself (a secret key that does not open what the other replicas' keys open), rather than of
+   * what was being done: the bus runner then holds the message until the dependency is back instead of
    * dead-lettering it (see `isInfrastructureFault`). Default: false; an error whose `cause` is such a
    * fault counts as one without it.
    */

@@ -59,13 +59,16 @@ export class TenantAccessError extends UrsError {
  * This replica's own fault, not the tenant's: its URS_SECRET_KEY does not open a secret sealed under a key id
  * it holds (another key under the same URS_SECRET_KEY_ID). The poller opened the same secret to list the
  * devices of this batch, so the record is sound and a replica with the right key (or this one, restarted
- * with it) can enrich the batch: it fails retryably, is left uncommitted for that, and the tenant is neither
- * marked failed nor its cycle sent on as the tenant's setup error.
+ * with it) can enrich the batch: the tenant is neither marked failed nor its cycle sent on as the tenant's
+ * setup error. Like Redis or Kafka away, it is no fault of the message (`infrastructure`): the bus holds the
+ * batch, retried for as long as the key stays wrong and never dead-lettered for it, and the replica stops
+ * saying it is ready once it held it a while, so the wrong key is seen (ConsumerRunnerOptions.retry).
  */
 export class ReplicaSecretKeyError extends UrsError {
   constructor(message: string, cause?: unknown) {
     super('SECRET_UNREADABLE', message, {
       canRetry: true,
+      infrastructure: true,
       cause,
       details: { variables: ['URS_SECRET_KEY', 'URS_SECRET_KEY_ID', 'URS_SECRET_KEYS_PREVIOUS'] },
     });

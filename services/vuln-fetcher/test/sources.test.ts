@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { TenantRecord } from '@urs/contracts';
 import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
+import { isInfrastructureFault } from '@urs/resilience';
 import { createSecretSealer } from '@urs/secrets';
 import { Registry } from '@urs/telemetry';
 import { ReplicaSecretKeyError, createDefenderSources, isTenantWideFailure } from '../src/sources';
@@ -79,6 +80,8 @@ describe('createDefenderSources', () => {
         message: expect.stringMatching(/URS_SECRET_KEY \(URS_SECRET_KEY_ID\)/),
       });
       expect(isTenantWideFailure(failure)).toBe(false);
+      // Held by the bus, never dead-lettered: the batch is sound, the replica's key is not.
+      expect(isInfrastructureFault(failure)).toBe(true);
     } finally {
       sources.close();
       agent.destroy();
