@@ -11,12 +11,10 @@ import {
 } from '@urs/store';
 import { registrarConfig } from './config';
 import { redactPushPayload } from './dead-letter';
-import { createRegistrationHandler } from './director';
+import { createDirectorSide } from './director-side';
 import { deviceRoutes } from './http/devices';
 import { startApiServer, type ApiServer } from './http/server';
 import { tenantRoutes, type AccessChecker } from './http/tenants';
-import { createTenantRebuilder, readHandledGeneration, readTenantLog } from './rebuild';
-import { createTenantRegistry } from './registry';
 
 void runService({
   name: 'registrar',
@@ -31,30 +29,15 @@ void runService({
     // same URS_SECRET_KEY_ID it would take every push for a change and re-seal each secret with a key no
     // poller or vuln-fetcher holds. Checked before anything is consumed, against Redis as it is.
     await checkSecretKey({ sealer, tenants, keyIds: new Set(settings.secretKeys.keys.keys()), logger });
-    const registry = createTenantRegistry({
+    const { registry, rebuilder, handler } = createDirectorSide({
+      kafka,
+      publisher,
       tenants,
       state,
-      publisher,
-      tenantsTopic: config.topics.tenants,
       sealer,
       schedules: createPollScheduleStore(redis, prefix),
-      logger,
-    });
-    const rebuilder = createTenantRebuilder({
-      readLog: () => readTenantLog(kafka, config.topics.tenants, settings.groupId, logger),
-      readGeneration: () =>
-        readHandledGeneration(kafka, config.topics.registration, settings.groupId, logger),
-      tenants,
-      state,
-      logger,
-    });
-    const director = createRegistrationHandler({
-      registry,
-      tenants,
-      state,
-      publisher,
-      dlqTopic: config.topics.dlq,
-      ensureRebuilt: () => rebuilder.ensure(),
+      topics: config.topics,
+      groupId: settings.groupId,
       logger,
     });
 
@@ -97,7 +80,7 @@ void runService({
           contract: 'urs/registration-push',
           // A push that fails as a whole is dead-lettered from its bytes, which carry secrets in clear.
           redactPayload: redactPushPayload,
-          handler: director.handler,
+          handler,
         },
       ],
       publisher,

@@ -14,9 +14,7 @@ import {
   type LogLine,
   type TestRedis,
 } from '@urs/testkit';
-import { createRegistrationHandler } from '../src/director';
-import { createTenantRebuilder, readHandledGeneration, readTenantLog } from '../src/rebuild';
-import { createTenantRegistry } from '../src/registry';
+import { createDirectorSide } from '../src/director-side';
 import { registrationBody, testSealer } from './fakes';
 
 const item = (tenantId: string, overrides: Record<string, unknown> = {}) => ({
@@ -24,7 +22,7 @@ const item = (tenantId: string, overrides: Record<string, unknown> = {}) => ({
   defender: registrationBody(overrides),
 });
 
-// The registrar's Director side as main.ts wires it, over real Kafka and Redis: each `start` is a
+// The registrar's Director side as main.ts builds it (createDirectorSide), over real Kafka and Redis: each `start` is a
 // registrar (re)started with the same consumer group, its Redis possibly wiped in between.
 describe('createRegistrationHandler over Kafka and Redis', () => {
   let kafka: Kafka;
@@ -76,36 +74,23 @@ describe('createRegistrationHandler over Kafka and Redis', () => {
     const logger = capturingLogger(lines);
     const tenants = createTenantStore(redis.client, redis.prefix);
     const state = createRegistrarStateStore(redis.client, redis.prefix);
-    const registry = createTenantRegistry({
+    const { registry, rebuilder, handler } = createDirectorSide({
+      kafka,
+      publisher,
       tenants,
       state,
-      publisher,
-      tenantsTopic,
       sealer: testSealer(),
       schedules: { clear: async () => undefined },
+      topics: { registration, tenants: tenantsTopic, dlq },
+      groupId,
       logger,
-    });
-    const rebuilder = createTenantRebuilder({
-      readLog: () => readTenantLog(kafka, tenantsTopic, groupId, logger, 30_000),
-      readGeneration: () => readHandledGeneration(kafka, registration, groupId, logger, 30_000),
-      tenants,
-      state,
-      logger,
-    });
-    const director = createRegistrationHandler({
-      registry,
-      tenants,
-      state,
-      publisher,
-      dlqTopic: dlq,
-      ensureRebuilt: () => rebuilder.ensure(),
-      logger,
+      readTimeoutMs: 30_000,
     });
     runner = createConsumerRunner({
       kafka,
       service: 'registrar',
       groupId,
-      subscriptions: [{ topic: registration, contract: 'urs/registration-push', handler: director.handler }],
+      subscriptions: [{ topic: registration, contract: 'urs/registration-push', handler }],
       publisher,
       dlqTopic: dlq,
       logger,
