@@ -34,13 +34,79 @@ function scheduleCheckPendingRequests(this: RequestQueueLike): void {
   );
 }
 
+/** KafkaJS's consumer group membership (the class a consumer creates anew on every start and restart). */
+const KAFKAJS_CONSUMER_GROUP = 'kafkajs/src/consumer/consumerGroup.js';
+
+interface ConsumerGroupLike {
+  memberId: string | null;
+  /** The consumer's own event emitter: the same object through all of its restarts. */
+  instrumentationEmitter: object;
+  joinAndSync(): Promise<void>;
+  leave(): Promise<void>;
+}
+
+/** Per consumer (its event emitter), the member id it last joined its group with and has not left. */
+const memberIds = new WeakMap<object, string>();
+/** Group memberships that have tried to join once: only a fresh one takes its consumer's last member id. */
+const joinedBefore = new WeakSet<ConsumerGroupLike>();
+
+/**
+ * A consumer restarted after a crash (the broker away, say) joins its group with the member id it had, as the
+ * Java consumer does. KafkaJS 2.2.4 builds a new membership on every start, with no member id: the broker then
+ * holds the new member's join until the old member, which could not leave while the broker was away, either
+ * rejoins (never) or its session times out, so the consumer stood idle for a whole session timeout (30 s) after
+ * the broker came back. With its old id the join completes at once; an id the broker no longer knows is answered
+ * UNKNOWN_MEMBER_ID, on which KafkaJS joins afresh. A member that left its group does not keep its id.
+ */
+function keepMemberIdAcrossRestarts(ConsumerGroup: { prototype: ConsumerGroupLike }): void {
+  const { joinAndSync, leave } = ConsumerGroup.prototype;
+  ConsumerGroup.prototype.joinAndSync = async function (this: ConsumerGroupLike): Promise<void> {
+    if (!joinedBefore.has(this)) {
+      joinedBefore.add(this);
+      this.memberId ??= memberIds.get(this.instrumentationEmitter) ?? null;
+    }
+    await joinAndSync.call(this);
+    if (this.memberId) memberIds.set(this.instrumentationEmitter, this.memberId);
+  };
+  ConsumerGroup.prototype.leave = async function (this: ConsumerGroupLike): Promise<void> {
+    await leave.call(this);
+    memberIds.delete(this.instrumentationEmitter);
+  };
+}
+
+/** Whether KafkaJS's ConsumerGroup was patched: applyKafkaJsFixes is idempotent, a wrapper must not wrap itself. */
+let consumerGroupPatched = false;
+
+/** keepMemberIdAcrossRestarts on KafkaJS's ConsumerGroup, once; false when KafkaJS has another layout. */
+function patchConsumerGroup(): boolean {
+  if (consumerGroupPatched) return true;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const ConsumerGroup = require(KAFKAJS_CONSUMER_GROUP) as { prototype: Partial<ConsumerGroupLike> };
+    const { joinAndSync, leave } = ConsumerGroup.prototype;
+    if (typeof joinAndSync !== 'function' || typeof leave !== 'function') return false;
+    keepMemberIdAcrossRestarts(ConsumerGroup as { prototype: ConsumerGroupLike });
+    consumerGroupPatched = true;
+    return true;
+  } catch {
+    // Another KafkaJS layout: leave it as it is.
+    return false;
+  }
+}
+
 /**
  * Fixes for KafkaJS 2.2.4 (its last release), applied to the KafkaJS this package loads: the idle timer
- * loop of every connection (above), a faster record batch checksum (`useFastCrc32c`) and record batches
+ * loop of every connection (above), a consumer's member id kept across its restarts
+ * (`keepMemberIdAcrossRestarts`), a faster record batch checksum (`useFastCrc32c`) and record batches
  * encoded in one pass, with large parts of a request referenced instead of copied (`useFastRecordBatches`);
  * both must run before a producer first sends, the checksum first. Idempotent. Answers what was applied.
  */
-export function applyKafkaJsFixes(): { requestQueue: boolean; crc32c: boolean; recordBatches: boolean } {
+export function applyKafkaJsFixes(): {
+  requestQueue: boolean;
+  memberIds: boolean;
+  crc32c: boolean;
+  recordBatches: boolean;
+} {
   let requestQueue = false;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -54,6 +120,7 @@ export function applyKafkaJsFixes(): { requestQueue: boolean; crc32c: boolean; r
   } catch {
     // Another KafkaJS layout: leave it as it is.
   }
+  const memberIds = patchConsumerGroup();
   const crc32c = useFastCrc32c();
-  return { requestQueue, crc32c, recordBatches: useFastRecordBatches() };
+  return { requestQueue, memberIds, crc32c, recordBatches: useFastRecordBatches() };
 }

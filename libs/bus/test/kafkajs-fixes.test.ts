@@ -43,6 +43,7 @@ function request(correlationId: number, sendRequest: () => void) {
 beforeAll(() => {
   expect(applyKafkaJsFixes()).toEqual({
     requestQueue: true,
+    memberIds: true,
     crc32c: expect.any(Boolean),
     recordBatches: expect.any(Boolean),
   });
