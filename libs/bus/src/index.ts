@@ -11,7 +11,13 @@ export {
 export type { SettleOptions, TopicOffsetsOptions, PartitionOffsetRange } from './settle';
 export { createPublisher, BusError, MAX_SEND_BYTES, sizedGroups } from './publisher';
 export type { Publisher, OutboundMessage } from './publisher';
-export { createConsumerRunner, PoisonMessageError, DEFAULT_RUNNER_RETRY } from './runner';
+export {
+  createConsumerRunner,
+  PoisonMessageError,
+  DEFAULT_RUNNER_RETRY,
+  DEFAULT_RUNNER_RESTART,
+} from './runner';
+export { crashHeals } from './crash';
 export type {
   ConsumerRunner,
   ConsumerRunnerOptions,
@@ -19,6 +25,7 @@ export type {
   MessageHandler,
   TopicSubscription,
   RunnerState,
+  Ordering,
 } from './runner';
 export { notJsonReason, redactPayload, toDeadLetter, withheldPayload } from './dead-letter';
 export type { PayloadRedactor } from './dead-letter';

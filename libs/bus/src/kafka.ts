@@ -23,6 +23,10 @@ export function createKafka(config: KafkaConfig, logger: Logger): Kafka {
         const { message, ...fields } = entry;
         log.warn(String(message), { namespace, ...fields });
       },
-    retry: { initialRetryTime: 300, retries: 8 },
+    // Retries at most 5 s apart (KafkaJS's default cap is 30 s): a client that lost its broker, a consumer
+    // restarting among them, tries again within 5 s of the broker's return instead of sleeping up to 30 s of
+    // backoff. 16 retries keep the time a call is retried before it fails about as long as the 8 uncapped ones
+    // before (~64 s against ~68 s).
+    retry: { initialRetryTime: 300, maxRetryTime: 5_000, retries: 16 },
   });
 }

@@ -1,12 +1,20 @@
-import type { Consumer, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
+import type { Consumer, ConsumerRunConfig, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
 import { compileContracts } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { DEFAULT_RETRY_POLICY, UrsError, type RetryPolicy } from '@urs/resilience';
+import {
+  DEFAULT_RETRY_POLICY,
+  UrsError,
+  errorMessage,
+  retryDelayMs,
+  retryPolicy,
+  type RetryPolicy,
+} from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
+import { crashHeals } from './crash';
 import { createMessageProcessor, type TopicSubscription } from './handle';
 import { createHeldMessages } from './held';
 import { createKeyOrderedConsumption, type KeyOrderedConsumption } from './key-ordered';
-import type { Publisher } from './publisher';
+import { BusError, type Publisher } from './publisher';
 
 export { PoisonMessageError } from './handle';
 export type { InboundMessage, MessageHandler, TopicSubscription } from './handle';
@@ -113,6 +121,13 @@ export interface ConsumerRunnerOptions {
    * default) after every restart. Ordering 'partition' only.
    */
   commitOffsets?: boolean;
+  /**
+   * How soon a consumer that Kafka stopped is started again, while what stopped it may heal by waiting (the
+   * broker away or restarting, see crashHeals): backoff with full jitter, at most maxDelayMs apart, for as
+   * long as it takes. Short, so that a consumer is back within a few seconds of its broker. Default 250 ms
+   * to 5 s apart.
+   */
+  restart?: RetryPolicy;
   /** Ordering 'key': how soon a finished message's offset is committed, ms. Default 1000. */
   commitIntervalMs?: number;
   /**
@@ -130,14 +145,17 @@ export interface ConsumerRunner {
   readonly state: RunnerState;
   start(): Promise<void>;
   /**
-   * Joined the group and consuming, and not holding messages on an infrastructure fault for longer than
-   * heldNotReadyAfterMs.
+   * Joined the group and consuming. False while its broker has answered nothing for 10 s (away, say), from a
+   * crash until the restarted consumer joined its group again, and while messages have been held on an
+   * infrastructure fault for longer than heldNotReadyAfterMs.
    */
   isReady(): boolean;
   /**
-   * Resolves with the error when the consumer crashed and KafkaJS will not restart it (an error it does not
-   * retry, e.g. a session timeout the broker refuses, or an authorisation error): the runner then consumes
-   * nothing, for good. Never resolves otherwise.
+   * Resolves with a non-retryable BusError CONSUMER_STOPPED (its cause the consumer's error) when the
+   * consumer crashed with an error that waiting does not mend (an authorisation refused, a configuration the
+   * broker refuses, see crashHeals): the runner then consumes nothing, for good. A crash that may heal (a
+   * broker away or restarting, for however long) is restarted instead, see `restart`. Never resolves
+   * otherwise.
    */
   failed(): Promise<Error>;
   /**
@@ -153,6 +171,19 @@ const DEFAULT_MAX_BYTES_PER_PARTITION = 4 * 1024 * 1024;
 const FETCH_MAX_BYTES = 16 * 1024 * 1024;
 
 export const DEFAULT_RUNNER_RETRY: RetryPolicy = { ...DEFAULT_RETRY_POLICY, maxAttempts: 20 };
+
+/**
+ * How long a joined consumer may go without an answer from its broker (no request answered, no batch being
+ * handled) before it is reported not ready, ms: it asks every 0.5 s to 3 s while all is well, and KafkaJS takes
+ * up to a minute of retries to give up on a broker that is away.
+ */
+const UNANSWERED_NOT_READY_MS = 10_000;
+
+export const DEFAULT_RUNNER_RESTART: RetryPolicy = retryPolicy({
+  maxAttempts: Infinity,
+  initialDelayMs: 250,
+  maxDelayMs: 5_000,
+});
 
 function positiveInt(name: string, value: number | undefined, fallback: number): number {
   const chosen = value ?? fallback;
@@ -221,8 +252,14 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
   let joined = false;
   let closing: Promise<void> | undefined;
 
+  const restart = options.restart ?? DEFAULT_RUNNER_RESTART;
   const consumer: Consumer = options.kafka.consumer({
     groupId: options.groupId,
+    // KafkaJS restarts a crashed consumer by itself only when the error's root cause is `retriable`, after the
+    // last retry's delay (up to its maxRetryTime), and leaves it stopped for good otherwise, outages included
+    // (see crash.ts). The runner restarts it instead, on its own judgement and pace (onCrash below); the
+    // retries are KafkaJS's default for a consumer.
+    retry: { retries: 5, restartOnFailure: async () => false },
     sessionTimeout: options.sessionTimeoutMs ?? 30_000,
     // A fetch answers as soon as a message arrives on a partition it asks for, so this bounds how long an idle
     // fetch blocks disconnect() on shutdown (KafkaJS default: 5 s), and how long a partition resumed after a
@@ -271,17 +308,89 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
           labels: { group: options.groupId },
         })
       : undefined;
+  let fail: (error: Error) => void = () => undefined;
+  const failure = new Promise<Error>((resolve) => (fail = resolve));
+  /** Since when the consumer is down (crashed, not joined again), and its restarts since. */
+  let down: { since: number; restarts: number; timer: NodeJS.Timeout | undefined } | undefined;
   consumer.on(consumer.events.GROUP_JOIN, (event) => {
     joined = true;
     keyed?.onGroupJoin(event.payload);
+    if (down) {
+      log.info('consuming again', { downMs: Date.now() - down.since, restarts: down.restarts });
+      down = undefined;
+    }
   });
-  let fail: (error: Error) => void = () => undefined;
-  const failure = new Promise<Error>((resolve) => (fail = resolve));
-  consumer.on(consumer.events.CRASH, (event) => {
+  consumer.on(consumer.events.CRASH, (event) => onCrash(event.payload.error));
+  // Proof that the broker answers: a member fetches every maxWaitTimeInMs and heartbeats every 3 s while it
+  // has nothing to do. A broker that went away stops these long before KafkaJS gives up on it.
+  let answeredAt = Date.now();
+  consumer.on(consumer.events.REQUEST, () => (answeredAt = Date.now()));
+  /** Batches in eachBatch (ordering 'partition'): the fetch loop waits for them, so nothing is asked meanwhile. */
+  let handling = 0;
+
+  /**
+   * KafkaJS stopped the consumer (it never restarts it itself, see its `retry` above). What may heal by
+   * waiting is restarted, with backoff, until the consumer joins its group again: one warning when it goes
+   * down, one line when it is back. Anything else fails the runner.
+   */
+  function onCrash(error: Error): void {
     joined = false;
-    log.error('consumer crashed', { error: event.payload.error, restart: event.payload.restart });
-    if (!event.payload.restart) fail(event.payload.error);
-  });
+    if (state === 'closing' || state === 'closed') return;
+    if (!crashHeals(error)) {
+      log.error('consumer stopped for good', { error });
+      fail(
+        new BusError(
+          'CONSUMER_STOPPED',
+          `Kafka stopped the consumer of group ${options.groupId} with an error that waiting does not mend: ${errorMessage(error)}`,
+          { cause: error, details: { groupId: options.groupId } },
+        ),
+      );
+      return;
+    }
+    if (!down) {
+      down = { since: Date.now(), restarts: 0, timer: undefined };
+      log.warn('consumer stopped by Kafka; restarting it until it joins its group again', {
+        reason: errorMessage(error),
+        error,
+      });
+    } else {
+      log.debug('consumer restart failed; trying again', { reason: errorMessage(error) });
+    }
+    const current = down;
+    current.restarts++;
+    current.timer = setTimeout(
+      () => {
+        current.timer = undefined;
+        if (state === 'closing' || state === 'closed') return;
+        // KafkaJS disconnected it before the crash event; run() builds the group membership and its fetch loop
+        // anew (the subscriptions are kept) and reports its own failure as another crash.
+        consumer.run(runConfig).catch((failed: unknown) => {
+          onCrash(failed instanceof Error ? failed : new Error(String(failed)));
+        });
+      },
+      retryDelayMs(restart, current.restarts),
+    );
+  }
+
+  const runConfig: ConsumerRunConfig = {
+    // Ordering 'key' resolves offsets on accepting a message, ahead of its handling, and commits
+    // the finished watermark itself: KafkaJS must not commit resolved offsets.
+    // Without commits (commitOffsets false), none: not even the resolved offsets on disconnect.
+    autoCommit: keyed === undefined && commit,
+    autoCommitInterval: 1_000,
+    eachBatchAutoResolve: false,
+    partitionsConsumedConcurrently: options.partitionsConsumedConcurrently ?? 1,
+    eachBatch: keyed
+      ? (payload) => keyed.eachBatch(payload)
+      : async (payload) => {
+          handling++;
+          try {
+            await eachBatch(payload);
+          } finally {
+            handling--;
+          }
+        },
+  };
 
   /** Handles one message; resolves true when done (handled or dead-lettered), false when stopped first. */
   function handleOne(payload: EachBatchPayload, message: KafkaMessage): Promise<boolean> {
@@ -322,16 +431,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
           fromBeginning: subscription.fromBeginning ?? true,
         });
       }
-      await consumer.run({
-        // Ordering 'key' resolves offsets on accepting a message, ahead of its handling, and commits
-        // the finished watermark itself: KafkaJS must not commit resolved offsets.
-        // Without commits (commitOffsets false), none: not even the resolved offsets on disconnect.
-        autoCommit: keyed === undefined && commit,
-        autoCommitInterval: 1_000,
-        eachBatchAutoResolve: false,
-        partitionsConsumedConcurrently: options.partitionsConsumedConcurrently ?? 1,
-        eachBatch: keyed ? (payload) => keyed.eachBatch(payload) : eachBatch,
-      });
+      await consumer.run(runConfig);
       state = 'running';
       log.info('consuming', {
         topics: options.subscriptions.map((subscription) => subscription.topic),
@@ -339,7 +439,8 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
       });
     },
     isReady() {
-      return state === 'running' && joined && !held.isStalled();
+      const answering = handling > 0 || Date.now() - answeredAt < UNANSWERED_NOT_READY_MS;
+      return state === 'running' && joined && answering && !held.isStalled();
     },
     failed() {
       return failure;
@@ -349,6 +450,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
         const wasStarted = state !== 'created';
         state = 'closing';
         abort.abort();
+        clearTimeout(down?.timer);
         // Ordering 'key' commits before disconnecting: a commit needs the member in its group.
         if (keyed && wasStarted) await keyed.drain();
         // disconnect() stops fetching, waits for the running eachBatch, commits resolved offsets

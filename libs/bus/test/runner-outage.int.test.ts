@@ -1,0 +1,209 @@
+import { Kafka, logLevel } from 'kafkajs';
+import {
+  applyKafkaJsFixes,
+  createConsumerRunner,
+  createPublisher,
+  type ConsumerRunner,
+  type InboundMessage,
+  type Ordering,
+  type Publisher,
+} from '@urs/bus';
+import type { TenantRecord } from '@urs/contracts';
+import { retryPolicy } from '@urs/resilience';
+import { Registry } from '@urs/telemetry';
+import {
+  capturingLogger,
+  createUniqueTopics,
+  privateKafkaUnavailable,
+  startPrivateKafka,
+  tenantRecord,
+  uniqueId,
+  waitFor,
+  type LogLine,
+  type PrivateKafka,
+} from '@urs/testkit';
+
+const unavailable = privateKafkaUnavailable();
+if (unavailable) process.stderr.write(`\nrunner-outage.int.test.ts SKIPPED: ${unavailable}\n`);
+const describeWithBroker = unavailable ? describe.skip : describe;
+
+/**
+ * How long the broker stays away, ms: longer than KafkaJS, with the small retries below, takes to stop the
+ * consumer (its 5 fetch retries 0.1 s to 1 s apart, ~4 s), and longer than the runner's 10 s without an answer
+ * before it reports not ready.
+ */
+const OUTAGE_MS = 15_000;
+
+/**
+ * How soon after the broker answers again a runner must be consuming and ready, ms: a restart is at most 5 s
+ * away, and so is a retry of KafkaJS's client; a rejoin is quick. Before, it waited out the session of the
+ * member it was before the outage (30 s).
+ */
+const BACK_WITHIN_MS = 12_000;
+
+interface Watched {
+  ordering: Ordering;
+  runner: ConsumerRunner;
+  handled: Set<string>;
+  failed: Error | undefined;
+  /** Times (ms since epoch) isReady() was seen false, then true again. */
+  notReadyAt: number | undefined;
+  readyAgainAt: number | undefined;
+}
+
+describeWithBroker('createConsumerRunner through a broker outage', () => {
+  let broker: PrivateKafka;
+  let kafka: Kafka;
+  let publisher: Publisher | undefined;
+  const lines: LogLine[] = [];
+  // Each line with its time, for URS_TEST_OUTAGE_LOG.
+  const push = lines.push.bind(lines);
+  lines.push = (...added) => push(...added.map((line) => ({ t: Date.now(), ...line })));
+  const watched: Watched[] = [];
+  let poll: NodeJS.Timeout | undefined;
+
+  beforeAll(async () => {
+    broker = await startPrivateKafka();
+    // As createKafka's client, but with small retries: KafkaJS stops the consumer within seconds of the broker
+    // going away (with the services' retries, after a minute), so the runner has to restart it.
+    applyKafkaJsFixes();
+    kafka = new Kafka({
+      clientId: uniqueId('outage'),
+      brokers: broker.brokers,
+      logLevel: logLevel.NOTHING,
+      connectionTimeout: 1_000,
+      retry: { initialRetryTime: 100, maxRetryTime: 1_000, retries: 2 },
+    });
+  }, 120_000);
+
+  afterAll(async () => {
+    clearInterval(poll);
+    if (process.env['URS_TEST_OUTAGE_LOG']) {
+      process.stderr.write(
+        lines
+          .map((line) =>
+            [
+              line['t'],
+              line.ordering,
+              line.level,
+              line.message,
+              (line['error'] as Error | undefined)?.name,
+              line['reason'] ?? (line['error'] as Error | undefined)?.message,
+              line['downMs'],
+            ].join(' '),
+          )
+          .join('\n') + '\n',
+      );
+    }
+    await Promise.all(watched.map((w) => w.runner.close().catch(() => undefined)));
+    await publisher?.close().catch(() => undefined);
+    await broker?.close();
+  }, 60_000);
+
+  const mark = (what: string): void => void lines.push({ level: 'test', message: what, t: Date.now() });
+
+  it('should survive the broker going away and come back ready, handling what came before and after', async () => {
+    const [topic, dlq] = (await createUniqueTopics(kafka, [
+      { prefix: 'outage', numPartitions: 2 },
+      { prefix: 'outage-dlq' },
+    ])) as [string, string];
+    publisher = await createPublisher(kafka);
+    for (const ordering of ['partition', 'key'] as const) {
+      const handled = new Set<string>();
+      const runner = createConsumerRunner({
+        kafka,
+        service: 'test',
+        groupId: uniqueId(`outage-${ordering}`),
+        subscriptions: [
+          {
+            topic,
+            contract: 'urs/tenant-record',
+            handler: async (message: InboundMessage<TenantRecord>) =>
+              void handled.add(message.value?.tenantId ?? ''),
+          },
+        ],
+        publisher,
+        dlqTopic: dlq,
+        logger: capturingLogger(lines, { ordering }),
+        metrics: new Registry({ processMetrics: false }),
+        retry: retryPolicy({ maxAttempts: 3, initialDelayMs: 10, maxDelayMs: 20 }),
+        ordering,
+        commitIntervalMs: 100,
+      });
+      const w: Watched = {
+        ordering,
+        runner,
+        handled,
+        failed: undefined,
+        notReadyAt: undefined,
+        readyAgainAt: undefined,
+      };
+      void runner.failed().then((error) => (w.failed = error));
+      watched.push(w);
+      await runner.start();
+    }
+    const send = async (ids: string[]): Promise<void> => {
+      await publisher?.send(
+        topic,
+        'urs/tenant-record',
+        ids.map((id) => ({ key: id, value: tenantRecord(id) })),
+      );
+    };
+    const before = Array.from({ length: 20 }, (_, i) => `before-${i}`);
+    await send(before);
+    await waitFor(() => watched.every((w) => w.runner.isReady() && w.handled.size === before.length), {
+      timeoutMs: 30_000,
+      description: 'both runners ready and every message before the outage handled',
+    });
+
+    let outage = false;
+    poll = setInterval(() => {
+      for (const w of watched) {
+        const ready = w.runner.isReady();
+        if (outage && !ready) w.notReadyAt ??= Date.now();
+        if (!outage && w.notReadyAt !== undefined && ready) w.readyAgainAt ??= Date.now();
+      }
+    }, 50);
+    outage = true;
+    mark('stopping the broker');
+    await broker.stop();
+    mark('broker stopped');
+    const stopped = Date.now();
+    await new Promise((resolve) => setTimeout(resolve, OUTAGE_MS));
+    outage = false;
+    await broker.start();
+    const back = Date.now();
+    mark('broker back');
+    const after = Array.from({ length: 20 }, (_, i) => `after-${i}`);
+    await send(after);
+    mark('sent after');
+    await waitFor(() => watched.every((w) => w.readyAgainAt !== undefined || w.failed), {
+      timeoutMs: 60_000,
+      description: 'both runners ready again',
+    });
+    await waitFor(() => watched.every((w) => after.every((id) => w.handled.has(id)) || w.failed), {
+      timeoutMs: 30_000,
+      description: 'every message after the outage handled',
+    });
+    process.stderr.write(
+      `${JSON.stringify(
+        watched.map((w) => ({
+          ordering: w.ordering,
+          failed: w.failed?.message,
+          notReadyAfterMs: w.notReadyAt === undefined ? undefined : w.notReadyAt - stopped,
+          readyAfterMs: w.readyAgainAt === undefined ? undefined : w.readyAgainAt - back,
+        })),
+      )}\n`,
+    );
+
+    for (const w of watched) {
+      expect({ ordering: w.ordering, failed: w.failed?.message }).toEqual({
+        ordering: w.ordering,
+        failed: undefined,
+      });
+      expect(w.notReadyAt).toBeDefined();
+      expect((w.readyAgainAt ?? Infinity) - back).toBeLessThan(BACK_WITHIN_MS);
+      expect([...before, ...after].filter((id) => !w.handled.has(id))).toEqual([]);
+    }
+  }, 150_000);
+});
