@@ -252,7 +252,10 @@ describe('useFastRecordBatches', () => {
     const fixed = run(`
       const bus = require('@urs/bus');
       const fixes = [bus.applyKafkaJsFixes(), bus.useFastRecordBatches()];`);
-    expect(fixed.fixes).toEqual([{ requestQueue: true, crc32c: true, recordBatches: true }, true]);
+    expect(fixed.fixes).toEqual([
+      { requestQueue: true, memberIds: true, crc32c: true, recordBatches: true },
+      true,
+    ]);
     expect(fixed.size).toBe(stock.size);
     expect(fixed.hash).toBe(stock.hash);
 
