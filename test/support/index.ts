@@ -5,6 +5,7 @@ export { uniqueId, waitFor, type WaitForOptions } from './wait';
 export { testInfra, type TestInfra } from './infra';
 export { createTestKafka, createUniqueTopics, deleteTopics, readDeadLetters, type TopicSpec } from './kafka';
 export { createTestRedis, deleteKeysMatching, testRedisPerTest, type TestRedis } from './redis';
+export { freePort, startRedis, stopRedis } from './own-redis';
 export { scoredDevice, tenantRecord, type TenantRecordOptions } from './records';
 export { inboundMessage } from './messages';
 export { capturingLogger, type LogLine } from './logs';

@@ -7,10 +7,18 @@ import {
   type DeviceRecord,
   type TenantRecord,
   type VulnerabilityCorrection,
+  type VulnerabilitySummary,
 } from '@urs/contracts';
 import { CallHealth, DefenderErrorCode } from '@urs/defender';
 import type { Logger } from '@urs/logging';
-import { UrsError, errorCode, errorMessage, keepRenewing, sleep } from '@urs/resilience';
+import {
+  UrsError,
+  errorCode,
+  errorMessage,
+  isInfrastructureFault,
+  keepRenewing,
+  sleep,
+} from '@urs/resilience';
 import type { BulkVulnerabilityCache, CycleStore, LatestExport, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import {
@@ -110,6 +118,12 @@ const HEARTBEAT_EVERY_MS = 3_000;
 /** Tenant-wide failures remembered per cycle, so later batches of the cycle do not call again. */
 const REMEMBERED_FAILURES = 1000;
 
+/**
+ * Batches whose answered calls are kept for the batch's next try, after a fault of Redis or Kafka failed it
+ * (see `answered`): at most 500 devices of ~150 bytes each, so ~2.5 MB in all.
+ */
+const KEPT_BATCHES = 32;
+
 /** Devices per correction batch: a summary is ~150 bytes, so ~150 KB a message. */
 const CORRECTIONS_PER_BATCH = 1000;
 
@@ -158,11 +172,22 @@ const OUTAGE_CODES: ReadonlySet<string> = new Set([
  * shape and cycle header. A device whose vulnerabilities cannot be fetched goes on with
  * `vulnerabilities: null` and the reason: a missing signal never holds the cycle back. A failure of the
  * tenant as a whole (credentials, consent) stops its calls for the cycle and is written to its status.
+ * A fault of Redis or Kafka (`isInfrastructureFault`: the shared call limiter, the quota counters, the
+ * export cache) is neither: the batch fails with it, nothing of it is sent and no status is written, and
+ * the bus holds it until the dependency is back; sent on, its devices would be scored without their
+ * vulnerabilities and their scores published over their real ones.
  */
 export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<DeviceBatch> {
   const now = deps.now ?? (() => new Date());
   const owner = randomUUID();
   const failedCycles = new Map<string, FetchError>();
+  /**
+   * Per batch (`tenantId/cycleId/batchIndex`), the devices whose calls were answered before a fault of Redis
+   * or Kafka failed it, and when the last of them was: its next try here asks only for the others, so an
+   * outage does not spend the tenant's quota (1,500 calls an hour) on answers already had. Dropped once the
+   * batch is sent; at most KEPT_BATCHES, the oldest let go.
+   */
+  const answered = new Map<string, { summaries: Map<string, VulnerabilitySummary>; at: Date }>();
   /**
    * The bulk exports this process is running, by `tenantId/cycleId`, aborted when one ends: a batch of the
    * same cycle waiting here wakes at once instead of at its next look at the cache.
@@ -238,6 +263,16 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     return { record: null, waitedMs: Date.now() - started };
   }
 
+  /** Keeps a batch's answered calls until it is sent (see `answered`). */
+  function keepAnswered(key: string, summaries: Map<string, VulnerabilitySummary>, at: Date): void {
+    answered.delete(key);
+    answered.set(key, { summaries, at });
+    if (answered.size > KEPT_BATCHES) {
+      const oldest = answered.keys().next().value;
+      if (oldest !== undefined) answered.delete(oldest);
+    }
+  }
+
   function rememberFailure(key: string, error: FetchError): void {
     failedCycles.set(key, error);
     if (failedCycles.size > REMEMBERED_FAILURES) {
@@ -294,15 +329,25 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     signal: AbortSignal | undefined,
   ): Promise<Enrichment & { tenantFailure?: FetchError }> {
     const devices: EnrichedDevice[] = new Array(batch.devices.length);
-    let collectedAt = now();
+    const batchKey = `${batch.tenantId}/${batch.cycleId}/${batch.batchIndex}`;
+    const kept = answered.get(batchKey);
+    const summaries = kept?.summaries ?? new Map<string, VulnerabilitySummary>();
+    let collectedAt = kept?.at ?? now();
     let tenantFailure: FetchError | undefined;
+    /** A fault of Redis or Kafka met by a call: the batch stops, and fails with it. */
+    let fault: { error: unknown } | undefined;
     let next = 0;
     // Calls failing one after the other for Defender's own reasons, not the device's.
     let outageRun = 0;
     async function worker(): Promise<void> {
       for (let index = next++; index < batch.devices.length; index = next++) {
-        if (signal?.aborted) return;
+        if (signal?.aborted || fault) return;
         const machine = batch.devices[index] as DeviceRecord;
+        const had = summaries.get(machine.id);
+        if (had) {
+          devices[index] = { machine, vulnerabilities: had };
+          continue;
+        }
         if (tenantFailure) {
           devices[index] = { machine, vulnerabilities: null, fetchError: tenantFailure };
           fetches.inc({ mode: 'per-device', outcome: 'skipped' });
@@ -310,10 +355,18 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         }
         try {
           const list = await source.machineVulnerabilities(machine.id, signal);
-          devices[index] = { machine, vulnerabilities: summariseVulnerabilities(list, batch.cvssThreshold) };
+          const summary = summariseVulnerabilities(list, batch.cvssThreshold);
+          devices[index] = { machine, vulnerabilities: summary };
+          summaries.set(machine.id, summary);
           fetches.inc({ mode: 'per-device', outcome: 'ok' });
           outageRun = 0;
         } catch (error) {
+          // Redis or Kafka failed the call (the shared call limiter, the tenant's quota counters): neither
+          // the device's failure nor the tenant's. The batch's other calls stop, and the batch fails with it.
+          if (isInfrastructureFault(error)) {
+            fault ??= { error };
+            return;
+          }
           const fetchError = { code: errorCode(error), message: errorMessage(error) };
           // A hold-back speaks for the tenant's calls, not this device's: the cycle asks for no more of them.
           if (isTenantWideFailure(error) || CallHealth.isHeldBack(error)) tenantFailure ??= fetchError;
@@ -341,7 +394,18 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     }
     const workers = Math.max(1, Math.min(deps.concurrency, batch.devices.length));
     await Promise.all(Array.from({ length: workers }, () => worker()));
+    if (summaries.size > 0) keepAnswered(batchKey, summaries, collectedAt);
     throwIfStopping(signal);
+    if (fault) {
+      // At debug: the bus warns of a held batch once per outage.
+      log.debug('batch not enriched: Redis or Kafka failed a call; it is held until they are back', {
+        code: errorCode(fault.error),
+        reason: errorMessage(fault.error),
+        answered: summaries.size,
+        devices: batch.devices.length,
+      });
+      throw fault.error;
+    }
     return { devices, collectedAt, ...(tenantFailure ? { tenantFailure } : {}) };
   }
 
@@ -387,6 +451,16 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       await deps.bulkCache.release(batch.tenantId, batch.cycleId, owner);
       throwIfStopping(signal);
     }
+    if (isInfrastructureFault(error)) {
+      // Redis or Kafka failed the read or its storing (the call limiter, the quota counters, the cache): not
+      // the export's failure. Marked failed, the cycle's batches would go on without vulnerabilities; the
+      // batch fails instead and is held. Its claim lapses, or is taken back here when the batch comes again.
+      log.debug('bulk export not read: Redis or Kafka failed it; the batch is held until they are back', {
+        code: errorCode(error),
+        reason: errorMessage(error),
+      });
+      throw error;
+    }
     const fetchError = { code: errorCode(error), message: errorMessage(error) };
     log.warn('bulk export failed', fetchError);
     await deps.bulkCache.fail(batch.tenantId, batch.cycleId, fetchError);
@@ -415,6 +489,8 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       return { generatedTime, unchanged };
     } catch (error) {
       throwIfStopping(signal);
+      // Redis failed the question (its quota, its call slot): the export's read would meet it too.
+      if (isInfrastructureFault(error)) throw error;
       snapshots.inc({ outcome: 'unknown' });
       log.warn('export snapshot unknown, reading the export', {
         code: errorCode(error),
@@ -856,6 +932,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       ),
     ];
     await deps.publisher.send(deps.topic, 'urs/enriched-batch', messages);
+    answered.delete(`${batch.tenantId}/${batch.cycleId}/${batch.batchIndex}`);
     await enrichment.afterSend?.();
     if (readsExportLast(batch) && !batch.lastBatch)
       await deps.cycles.enriched(batch.tenantId, batch.cycleId, batch.batchIndex);

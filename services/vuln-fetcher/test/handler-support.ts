@@ -1,0 +1,126 @@
+import type { InboundMessage, Publisher } from '@urs/bus';
+import type { DeviceBatch, EnrichedBatch, TenantRecord, VulnerabilitySummary } from '@urs/contracts';
+import { silentLogger } from '@urs/logging';
+import type { BulkExportState, BulkVulnerabilityCache, TenantStatus } from '@urs/store';
+import { Registry } from '@urs/telemetry';
+import { inboundMessage } from '@urs/testkit';
+import { createEnrichHandler, type EnrichHandlerDeps } from '../src/handler';
+import type { SourceProvider, VulnerabilitySource } from '../src/sources';
+import type { VulnerabilityLike } from '../src/summarise';
+
+// The enrich handler's unit-test fixtures: a tenant t1, its batches, an export cache in memory, and the
+// handler over a fake source whose sends and status writes are recorded.
+
+export const record = { tenantId: 't1', revision: 1 } as unknown as TenantRecord;
+
+export function batch(overrides: Partial<DeviceBatch> = {}): DeviceBatch {
+  return {
+    schemaVersion: 1,
+    tenantId: 't1',
+    cycleId: 'c1',
+    cycleStartedAt: '2026-01-01T10:00:00.000Z',
+    batchIndex: 0,
+    lastBatch: true,
+    totalBatches: 1,
+    totalDevices: 3,
+    vulnerabilityMode: 'per-device',
+    cvssThreshold: 9,
+    devices: [{ id: 'd1' }, { id: 'd2' }, { id: 'd3' }],
+    ...overrides,
+  };
+}
+
+export const message = (value: DeviceBatch): InboundMessage<DeviceBatch> =>
+  inboundMessage(value, { topic: 'urs.device-batches', key: value.tenantId });
+
+export function memoryBulkCache(renewals: string[] = []): BulkVulnerabilityCache {
+  const data = new Map<string, Map<string, VulnerabilitySummary>>();
+  const states = new Map<string, BulkExportState>();
+  return {
+    async claim(tenantId, cycleId, owner) {
+      const key = `${tenantId}/${cycleId}`;
+      if (states.has(key)) return false;
+      states.set(key, { state: 'pending', owner });
+      return true;
+    },
+    async save(tenantId, cycleId, summaries, collectedAt) {
+      data.set(`${tenantId}/${cycleId}`, new Map(summaries));
+      states.set(`${tenantId}/${cycleId}`, { state: 'ready', collectedAt });
+    },
+    async fail(tenantId, cycleId, error) {
+      states.set(`${tenantId}/${cycleId}`, { state: 'failed', ...error });
+    },
+    async release(tenantId, cycleId, owner) {
+      const state = states.get(`${tenantId}/${cycleId}`);
+      if (state?.state === 'pending' && state.owner === owner) states.delete(`${tenantId}/${cycleId}`);
+    },
+    async renew(tenantId, cycleId, owner) {
+      renewals.push(`${tenantId}/${cycleId}`);
+      const state = states.get(`${tenantId}/${cycleId}`);
+      return state?.state === 'pending' && state.owner === owner;
+    },
+    async state(tenantId, cycleId) {
+      return states.get(`${tenantId}/${cycleId}`) ?? { state: 'absent' };
+    },
+    async read(tenantId, cycleId, ids) {
+      const summaries = data.get(`${tenantId}/${cycleId}`);
+      return new Map(ids.map((id) => [id, summaries?.get(id)]));
+    },
+    // Reading the export last is tested against Redis (export-last.int.test.ts): here no export is kept.
+    latest: async () => null,
+    keepLatest: async () => undefined,
+    async *scan() {},
+    async *compare() {},
+  };
+}
+
+export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHandlerDeps> = {}) {
+  const sent: EnrichedBatch[] = [];
+  const statuses: Partial<TenantStatus>[] = [];
+  const publisher: Publisher = {
+    send: async (_topic, _contract, messages) => {
+      for (const m of messages) sent.push(m.value as EnrichedBatch);
+    },
+    sendRaw: async () => undefined,
+    close: async () => undefined,
+  };
+  const sources: SourceProvider = {
+    forTenant: () => ({
+      machineVulnerabilities: source.machineVulnerabilities ?? (async () => []),
+      bulkVulnerabilities: source.bulkVulnerabilities ?? (async () => undefined),
+      ...(source.bulkFold ? { bulkFold: source.bulkFold } : {}),
+    }),
+    close: () => undefined,
+  };
+  let clock = Date.parse('2026-01-01T10:00:05.000Z');
+  const renewals: string[] = [];
+  const bulkCache = memoryBulkCache(renewals);
+  const handler = createEnrichHandler({
+    tenants: {
+      get: async (tenantId) => (tenantId === 't1' ? record : null),
+      updateStatus: async (_tenantId, status) => {
+        statuses.push(status as Partial<TenantStatus>);
+      },
+    },
+    sources,
+    bulkCache,
+    cycles: {
+      addCorrections: async () => undefined,
+      enriched: async () => undefined,
+      enrichedBatches: async () => 0,
+    },
+    publisher,
+    topic: 'urs.devices-enriched',
+    logger: silentLogger,
+    metrics: new Registry({ processMetrics: false }),
+    concurrency: 2,
+    bulkWaitMs: 1_000,
+    bulkClaimMs: 1_000,
+    bulkPollMs: 5,
+    now: () => new Date((clock += 1000)),
+    ...overrides,
+  });
+  return { handler, sent, statuses, bulkCache, renewals };
+}
+
+export const cve = (id: string, cvssV3: number | null): VulnerabilityLike => ({ id, cvssV3 });

@@ -1,0 +1,129 @@
+import { ReplyError } from 'ioredis';
+import type { EnrichedBatch } from '@urs/contracts';
+import { isInfrastructureFault } from '@urs/resilience';
+import { StoreError } from '@urs/store';
+import { VulnerabilityFolder } from '../src/summarise';
+import { batch, cve, message, setup } from './handler-support';
+
+// What Bottleneck's shared limiter and the quota gate reject a call with when their Redis refuses writes:
+// ioredis's ReplyError, passed on as it is (see redis-oom.int.test.ts for the real one).
+const oom = (): Error =>
+  new ReplyError(
+    "OOM command not allowed when used memory > 'maxmemory'. script: f00a66a4, on @user_script:23.",
+  );
+
+const faults: [string, () => Error][] = [
+  ['the call limiter refusing a slot (OOM)', oom],
+  [
+    'a read-only Redis (READONLY)',
+    () => new ReplyError("READONLY You can't write against a read only replica."),
+  ],
+  ['a closed Redis connection', () => new Error('Connection is closed.')],
+  [
+    'a store call failing',
+    () => new StoreError('REDIS_UNAVAILABLE', 'Redis did not answer', { cause: oom() }),
+  ],
+];
+
+describe('createEnrichHandler on a fault of Redis', () => {
+  it.each(faults)(
+    'should fail a per-device batch on %s, sending nothing and writing no status',
+    async (_name, fault) => {
+      const error = fault();
+      const asked: string[] = [];
+      const { handler, sent, statuses } = setup({
+        machineVulnerabilities: async (id) => {
+          asked.push(id);
+          if (id === 'd2') throw error;
+          return [cve('CVE-1', 9.8)];
+        },
+      });
+      const handled = handler(message(batch()));
+      await expect(handled).rejects.toBe(error);
+      // The bus holds the batch for it (retried until Redis is back, never dead-lettered).
+      expect(isInfrastructureFault(await handled.catch((e: unknown) => e))).toBe(true);
+      expect(sent).toEqual([]);
+      expect(statuses).toEqual([]);
+    },
+  );
+
+  it('should stop asking for the batch’s other devices once a call met the fault', async () => {
+    const asked: string[] = [];
+    const { handler } = setup(
+      {
+        machineVulnerabilities: async (id) => {
+          asked.push(id);
+          if (id === 'd1') throw oom();
+          return [];
+        },
+      },
+      { concurrency: 1 },
+    );
+    await expect(handler(message(batch()))).rejects.toThrow(/^OOM/);
+    expect(asked).toEqual(['d1']);
+  });
+
+  it('should ask only for the devices not answered yet when the batch comes again after the fault', async () => {
+    const asked: string[] = [];
+    let refusing = true;
+    const { handler, sent } = setup(
+      {
+        machineVulnerabilities: async (id) => {
+          asked.push(id);
+          if (id === 'd2' && refusing) throw oom();
+          return id === 'd1' ? [cve('CVE-1', 9.8)] : [];
+        },
+      },
+      { concurrency: 1 },
+    );
+    await expect(handler(message(batch()))).rejects.toThrow(/^OOM/);
+    refusing = false;
+    await handler(message(batch()));
+    expect(asked).toEqual(['d1', 'd2', 'd2', 'd3']);
+    const devices = (sent[0] as EnrichedBatch).devices;
+    expect(devices.map((device) => device.vulnerabilities?.totalCveCount)).toEqual([1, 0, 0]);
+    expect(devices.every((device) => device.fetchError === undefined)).toBe(true);
+    // Sent: a later delivery of the batch (a redelivery) asks again.
+    await handler(message(batch()));
+    expect(asked).toHaveLength(7);
+  });
+
+  it('should not mark a bulk export failed when Redis fails its read, and read it when the batch comes again', async () => {
+    let refusing = true;
+    const { handler, sent, statuses, bulkCache } = setup({
+      bulkVulnerabilities: async (onRow) => {
+        if (refusing) throw oom();
+        onRow('d1', cve('CVE-1', 9.8));
+      },
+    });
+    const bulk = batch({ vulnerabilityMode: 'bulk' });
+    await expect(handler(message(bulk))).rejects.toThrow(/^OOM/);
+    expect(await bulkCache.state('t1', 'c1')).not.toMatchObject({ state: 'failed' });
+    expect(sent).toEqual([]);
+    expect(statuses).toEqual([]);
+    // Its claim is this process's: the batch takes it back at once, without waiting for it to lapse.
+    refusing = false;
+    await handler(message(bulk));
+    expect(sent[0]?.devices.map((device) => device.vulnerabilities?.totalCveCount)).toEqual([1, 0, 0]);
+  });
+
+  it('should not mark a bulk export failed when Redis refuses to store it', async () => {
+    const { handler, sent, statuses, bulkCache } = setup({
+      bulkFold: async () => new VulnerabilityFolder(),
+    });
+    const save = bulkCache.save.bind(bulkCache);
+    let refusing = true;
+    bulkCache.save = async (...args) => {
+      if (refusing) throw oom();
+      await save(...args);
+    };
+    const bulk = batch({ vulnerabilityMode: 'bulk' });
+    await expect(handler(message(bulk))).rejects.toThrow(/^OOM/);
+    expect(await bulkCache.state('t1', 'c1')).not.toMatchObject({ state: 'failed' });
+    expect(sent).toEqual([]);
+    expect(statuses).toEqual([]);
+    refusing = false;
+    await handler(message(bulk));
+    expect(sent[0]?.devices.every((device) => device.vulnerabilities !== null)).toBe(true);
+  });
+});

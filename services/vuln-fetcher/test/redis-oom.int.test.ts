@@ -1,0 +1,147 @@
+import type { ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import type { Agent } from 'node:https';
+import Redis from 'ioredis';
+import type { Publisher } from '@urs/bus';
+import type { DeviceBatch, EnrichedBatch } from '@urs/contracts';
+import { type CallLimiter, createHttpsAgent, createRedisQuotaGate, createSharedLimiter } from '@urs/defender';
+import { silentLogger } from '@urs/logging';
+import { isInfrastructureFault } from '@urs/resilience';
+import { createSecretSealer } from '@urs/secrets';
+import { type Simulator, startSimulator } from '@urs/simulator';
+import {
+  closeRedis,
+  createBulkVulnerabilityCache,
+  createCycleStore,
+  createRedis,
+  createTenantStore,
+} from '@urs/store';
+import { Registry } from '@urs/telemetry';
+import { freePort, inboundMessage, startRedis, stopRedis, tenantRecord } from '@urs/testkit';
+import { createEnrichHandler } from '../src/handler';
+import { createDefenderSources, type SourceProvider } from '../src/sources';
+
+// The real shared call limiter (Bottleneck on ioredis) and quota gate on a Redis of the test's own, turned
+// out of memory (`maxmemory 1`, `noeviction`): the shared Redis's configuration is never changed.
+
+const AZURE_TENANT = '8f2a3c1e-4b5d-4e6f-9a7b-0c1d2e3f4a5b';
+const CLIENT_ID = '1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9';
+const SECRET = 'Zx8Q~integration-secret-value';
+
+describe('createEnrichHandler with its Redis out of memory', () => {
+  let server: ChildProcess;
+  let sim: Simulator;
+  let redis: Redis;
+  let admin: Redis;
+  let limiter: CallLimiter;
+  let agent: Agent;
+  let sources: SourceProvider;
+
+  beforeAll(async () => {
+    const port = await freePort();
+    server = await startRedis(port);
+    // As the services make it (commands wait while Redis is away); `admin` changes the test's own server.
+    redis = createRedis({ url: `redis://127.0.0.1:${port}` });
+    admin = new Redis(port, { disableClientInfo: true, maxRetriesPerRequest: 3 });
+    sim = await startSimulator({ quotas: false });
+    sim.addTenant({
+      azureTenantId: AZURE_TENANT,
+      apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
+      fleet: { size: 4, seed: 7 },
+    });
+    limiter = await createSharedLimiter({ redis, keyPrefix: 'oom:', logger: silentLogger });
+    agent = createHttpsAgent({ extraCa: sim.caPem });
+  });
+
+  afterAll(async () => {
+    sources?.close();
+    await limiter?.close();
+    agent?.destroy();
+    await sim?.close();
+    admin?.disconnect();
+    if (redis) await closeRedis(redis);
+    if (server) await stopRedis(server);
+  });
+
+  it('should fail the batch with the limiter’s OOM reply, an infrastructure fault, and send nothing', async () => {
+    const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+    const record = tenantRecord('oom-tenant');
+    const tenants = createTenantStore(redis, 'oom:');
+    await tenants.put({
+      ...record,
+      defender: { ...record.defender, clientSecret: sealer.seal(SECRET, record.tenantId) },
+    });
+    sources = createDefenderSources({
+      sealer,
+      limiter,
+      quota: createRedisQuotaGate(redis, 'oom:'),
+      httpsAgent: agent,
+      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
+      logger: silentLogger,
+      metrics: new Registry({ processMetrics: false }),
+      requestTimeoutMs: 5_000,
+    });
+    const sent: EnrichedBatch[] = [];
+    const publisher: Publisher = {
+      send: async (_topic, _contract, messages) => {
+        for (const m of messages) sent.push(m.value as EnrichedBatch);
+      },
+      sendRaw: async () => undefined,
+      close: async () => undefined,
+    };
+    const handler = createEnrichHandler({
+      tenants,
+      sources,
+      bulkCache: createBulkVulnerabilityCache(redis, 'oom:', 60_000),
+      cycles: createCycleStore(redis, 'oom:'),
+      publisher,
+      topic: 'urs.devices-enriched',
+      logger: silentLogger,
+      metrics: new Registry({ processMetrics: false }),
+      concurrency: 2,
+      bulkWaitMs: 1_000,
+      bulkClaimMs: 1_000,
+    });
+    const ids = sim.machines(AZURE_TENANT).map((machine) => machine.id);
+    const batch = (cycleId: string): DeviceBatch => ({
+      schemaVersion: 1,
+      tenantId: record.tenantId,
+      cycleId,
+      cycleStartedAt: new Date().toISOString(),
+      batchIndex: 0,
+      lastBatch: true,
+      totalBatches: 1,
+      totalDevices: ids.length,
+      vulnerabilityMode: 'per-device',
+      cvssThreshold: 9,
+      devices: ids.map((id) => ({ id })),
+    });
+    const message = (value: DeviceBatch) => inboundMessage(value, { key: value.tenantId });
+
+    // Redis taking writes: every device is enriched.
+    await handler(message(batch('cycle-1')));
+    expect(sent).toHaveLength(1);
+    expect(sent[0]?.devices.every((device) => device.vulnerabilities !== null)).toBe(true);
+
+    await admin.config('SET', 'maxmemory-policy', 'noeviction');
+    await admin.config('SET', 'maxmemory', '1');
+    let error: unknown;
+    try {
+      await handler(message(batch('cycle-2')));
+    } catch (thrown) {
+      error = thrown;
+    }
+    // Bottleneck rejects the call with ioredis's ReplyError as Redis answered it (its `submit` script): the
+    // bus holds the batch for it instead of sending its devices on without vulnerabilities.
+    expect(error).toMatchObject({ name: 'ReplyError', message: expect.stringMatching(/^OOM /) });
+    expect(isInfrastructureFault(error)).toBe(true);
+    expect(sent).toHaveLength(1);
+    expect((await tenants.getStatus(record.tenantId)).state).not.toBe('error');
+
+    // Redis back: the batch comes again and is enriched.
+    await admin.config('SET', 'maxmemory', '0');
+    await handler(message(batch('cycle-2')));
+    expect(sent).toHaveLength(2);
+    expect(sent[1]?.devices.every((device) => device.vulnerabilities !== null)).toBe(true);
+  });
+});

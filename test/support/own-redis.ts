@@ -1,0 +1,35 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import { waitFor } from './wait';
+
+// A Redis of a test's own, for the tests that make Redis fail on purpose (stopped, or refusing writes with
+// `maxmemory 1` and `noeviction`): the shared Redis is never stopped, nor its configuration changed.
+
+/** A free TCP port of this host, for a Redis of the test's own. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as { port: number };
+  server.close();
+  await once(server, 'close');
+  return port;
+}
+
+/** A throwaway redis-server on `port`, nothing saved: the shared Redis is never stopped by a test. */
+export async function startRedis(port: number): Promise<ChildProcess> {
+  const child = spawn('redis-server', ['--port', String(port), '--save', '', '--appendonly', 'no'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let output = '';
+  child.stdout?.on('data', (chunk: Buffer) => void (output += chunk.toString()));
+  await waitFor(() => output.includes('Ready to accept connections'), { timeoutMs: 10_000 });
+  return child;
+}
+
+export async function stopRedis(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  await once(child, 'exit');
+}
