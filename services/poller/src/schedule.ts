@@ -1,3 +1,4 @@
+import { errorCode, isInfrastructureFault } from '@urs/resilience';
 import type { PollSchedule } from '@urs/store';
 import { DefenderErrorCode, isSetupErrorCode } from './defender';
 
@@ -33,14 +34,29 @@ const SECRET_ERRORS = new Set<string>(['SECRET_KEY_UNKNOWN']);
  */
 const LOCAL_ERRORS = new Set<string>(['SECRET_UNREADABLE']);
 
-/** `local`: this process's configuration is at fault; the tenant's failure streak and backoff are left alone. */
-export type FailureKind = 'setup' | 'throttled' | 'transient' | 'local';
+/**
+ * `local`: this process's configuration is at fault; `infrastructure`: a dependency of every tenant's cycle
+ * (Redis, Kafka) is. For both the tenant's failure streak and backoff are left alone.
+ */
+export type FailureKind = 'setup' | 'throttled' | 'transient' | 'local' | 'infrastructure';
 
 export function classifyFailure(code: string): FailureKind {
   if (LOCAL_ERRORS.has(code)) return 'local';
   if (isSetupErrorCode(code) || SECRET_ERRORS.has(code)) return 'setup';
   if (code === DefenderErrorCode.THROTTLED) return 'throttled';
   return 'transient';
+}
+
+/**
+ * What kind of failure a cycle's error is: by its code (`classifyFailure`), unless it is a fault of Redis or
+ * Kafka (`isInfrastructureFault`: the shared call limiter's or the quota counters' Redis refusing writes or
+ * away, the cycle store's, the batches' topic unreachable). That fault is the replica's, not the tenant's:
+ * counted as a transient failure of the tenant it grew the tenant's retry wait (2, 4, 8, … minutes) and
+ * wrote the tenant's status as an error for an outage of ours.
+ */
+export function failureKindOf(error: unknown): FailureKind {
+  const kind = classifyFailure(errorCode(error));
+  return kind !== 'local' && isInfrastructureFault(error) ? 'infrastructure' : kind;
 }
 
 export interface BackoffInput {
@@ -81,8 +97,9 @@ export function withoutLocalBackoff(
  * The earliest next try after a failed cycle, or null for the normal schedule. Setup errors back off
  * exponentially from one interval (1, 2, 4, … intervals after the failed start), capped at
  * `maxBackoffMs` but never below one interval. Throttling delays only this tenant, by the API's
- * Retry-After or a minute, at most one interval. Transient failures and this process's own (`local`) set
- * no backoff: they are tried again sooner than the schedule (`transientRetryAt`).
+ * Retry-After or a minute, at most one interval. Transient failures, this process's own (`local`) and its
+ * dependencies' (`infrastructure`) set no backoff: they are tried again sooner than the schedule
+ * (`transientRetryAt`).
  */
 export function backoffUntil(input: BackoffInput): number | null {
   if (input.kind === 'setup') {
@@ -102,10 +119,10 @@ const TRANSIENT_RETRY_MINUTES = 2;
 
 /**
  * The next try after a transient failure (a Defender outage the client's retries did not outlast, a
- * malformed answer, Kafka or Redis unavailable): 2, 4, 8, … minutes after it ended, ±20 % so that the
- * tenants of one outage do not come back at once, and never later than one interval. A tenant polled once
- * a day would otherwise lose the day's scores to a minute's outage. `minuteMs` is the poll interval's unit
- * (a minute, shorter in tests).
+ * malformed answer): 2, 4, 8, … minutes after it ended, ±20 % so that the tenants of one outage do not come
+ * back at once, and never later than one interval; after a fault of Redis or Kafka (`infrastructure`), or
+ * of the process (`local`), always as after a first one. A tenant polled once a day would otherwise lose
+ * the day's scores to a minute's outage. `minuteMs` is the poll interval's unit (a minute, shorter in tests).
  */
 export function transientRetryAt(
   failures: number,

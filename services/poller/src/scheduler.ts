@@ -4,7 +4,7 @@ import { errorCode, errorMessage, keepRenewing, sleep } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
 import type { CycleStore, PollLease, PollSchedule, PollScheduleStore, TenantStore } from '@urs/store';
 import { CycleAbortedError, cycleIdOf, type CycleInput, type CycleResult } from './cycle';
-import { backoffUntil, classifyFailure, dueAt, transientRetryAt, withoutLocalBackoff } from './schedule';
+import { backoffUntil, dueAt, failureKindOf, transientRetryAt, withoutLocalBackoff } from './schedule';
 import type { TenantTable } from './tenant-table';
 
 export interface SchedulerDeps {
@@ -249,12 +249,16 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         return;
       }
       const code = errorCode(error);
-      const kind = classifyFailure(code);
+      const kind = failureKindOf(error);
       // This replica's own fault (its URS_SECRET_KEY does not open the secret): the status names the
       // replica, and the tenant's streak is not counted, so no backoff outlives the key's fix.
       const local = kind === 'local';
+      // Redis or Kafka failed the cycle (the shared call limiter, the quota counters, the cycle store, the
+      // batches' topic): not the tenant's failure either. Its streak is not counted and its status not
+      // written as an error; it is tried again as after a first transient failure.
+      const infrastructure = kind === 'infrastructure';
       const message = local ? `poller ${deps.holderId}: ${errorMessage(error)}` : errorMessage(error);
-      const failures = local ? previousFailures : previousFailures + 1;
+      const failures = local || infrastructure ? previousFailures : previousFailures + 1;
       const ended = now();
       const retryAfterMs = (error as { retryAfterMs?: number }).retryAfterMs;
       const notBefore = backoffUntil({
@@ -267,12 +271,26 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
       });
       const retryAt =
-        kind === 'transient' || local
-          ? transientRetryAt(local ? 1 : failures, ended, intervalMs, deps.intervalUnitMs)
+        kind === 'transient' || local || infrastructure
+          ? transientRetryAt(kind === 'transient' ? failures : 1, ended, intervalMs, deps.intervalUnitMs)
           : null;
+      // Under a Redis refusing writes this fails too: the cycle stays marked running, and the next holder
+      // takes it over (after `recheckMs` here).
       await deps.schedules.end(lease, { failures, notBefore, retryAt, failedRevision: record.revision });
       const next = retryAt === null ? Math.max(nextPollAt, notBefore ?? 0) : Math.min(nextPollAt, retryAt);
       localDue.set(tenantId, next);
+      if (infrastructure) {
+        await deps.tenants.updateStatus(tenantId, { nextPollAt: new Date(next).toISOString() });
+        cyclesTotal.inc({ outcome: kind });
+        log.warn("cycle failed on Redis or Kafka, not on the tenant's side: tried again soon", {
+          tenantId,
+          cycleId,
+          code,
+          reason: message,
+          nextPollAt: new Date(next).toISOString(),
+        });
+        return;
+      }
       await deps.tenants.updateStatus(tenantId, {
         state: 'error',
         lastCycleEndedAt: new Date(ended).toISOString(),

@@ -1,4 +1,14 @@
-import { backoffUntil, classifyFailure, dueAt, transientRetryAt, withoutLocalBackoff } from '../src/schedule';
+import { ReplyError } from 'ioredis';
+import { DefenderError, DefenderErrorCode } from '@urs/defender';
+import { UrsError } from '@urs/resilience';
+import {
+  backoffUntil,
+  classifyFailure,
+  dueAt,
+  failureKindOf,
+  transientRetryAt,
+  withoutLocalBackoff,
+} from '../src/schedule';
 
 describe('dueAt', () => {
   it('dueAt should make a never-polled tenant due at once', () => {
@@ -38,6 +48,30 @@ describe('classifyFailure', () => {
 
   it("classifyFailure should count a secret this process's key does not open as the process's fault, not the tenant's", () => {
     expect(classifyFailure('SECRET_UNREADABLE')).toBe('local');
+  });
+});
+
+describe('failureKindOf', () => {
+  it("failureKindOf should count a fault of Redis or Kafka as the replica's dependency's, not the tenant's", () => {
+    // What the shared call limiter (Bottleneck) and the quota gate reject a call with when Redis is out of memory.
+    expect(failureKindOf(new ReplyError("OOM command not allowed when used memory > 'maxmemory'."))).toBe(
+      'infrastructure',
+    );
+    expect(failureKindOf(new Error('Connection is closed.'))).toBe('infrastructure');
+    const kafka = Object.assign(new Error('There is no leader for this topic-partition'), {
+      name: 'KafkaJSProtocolError',
+      retriable: true,
+    });
+    expect(failureKindOf(kafka)).toBe('infrastructure');
+  });
+
+  it('failureKindOf should keep classifying the tenant’s own failures and the process’s by their code', () => {
+    expect(failureKindOf(new DefenderError(DefenderErrorCode.UNAVAILABLE, 'answered 503'))).toBe('transient');
+    expect(failureKindOf(new DefenderError(DefenderErrorCode.THROTTLED, 'answered 429'))).toBe('throttled');
+    expect(failureKindOf(new Error('socket hang up'))).toBe('transient');
+    expect(failureKindOf(new UrsError('SECRET_UNREADABLE', 'wrong key', { infrastructure: true }))).toBe(
+      'local',
+    );
   });
 });
 

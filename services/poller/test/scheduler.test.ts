@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { ReplyError } from 'ioredis';
 import type { TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
@@ -308,6 +309,45 @@ describe('createScheduler', () => {
     expect(runs.filter((r) => r.tenantId === 'daily')).toHaveLength(1);
     expect(status.statuses.get('daily')?.state).toBe('active');
     expect((await schedules.get('daily')).retryAt).toBeUndefined();
+  });
+
+  it("createScheduler should not count a cycle Redis failed as the tenant's failure, nor write its status as an error", async () => {
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const runs: Run[] = [];
+    const tries: { at: number; status: TenantStatus | undefined; failures: number }[] = [];
+    const { table, scheduler } = replica(0, schedules, status, runs, async () => {
+      tries.push({
+        at: Date.now(),
+        status: status.statuses.get('daily'),
+        failures: (await schedules.get('daily')).failures,
+      });
+      // The shared call limiter's Redis out of memory, as Bottleneck passes it on.
+      if (tries.length <= 2) throw new ReplyError("OOM command not allowed when used memory > 'maxmemory'.");
+    });
+    // A tenant whose last cycle failed on Defender (a streak of one), polled once a "day" (14.4 s).
+    const lastStartedAt = Date.now() - 2 * 1440 * UNIT_MS;
+    const lease = await schedules.acquire('daily', 'earlier', 1_000);
+    await schedules.begin(lease as PollLease, cycleIdOf('daily', lastStartedAt), lastStartedAt);
+    await schedules.end(lease as PollLease, {
+      failures: 1,
+      notBefore: null,
+      retryAt: null,
+      failedRevision: 1,
+    });
+    await schedules.release(lease as PollLease);
+    await feed(table, [{ ...record('daily'), defender: { pollIntervalMinutes: 1440 } } as TenantRecord]);
+    scheduler.start();
+    started.push(scheduler);
+    await waitFor(() => runs.length === 1, { timeoutMs: 2_000, intervalMs: 1 });
+    expect(tries).toHaveLength(3);
+    // The streak stays the tenant's own (a transient one would have grown to 3, waiting 2, then 4 "minutes").
+    expect(tries.map((t) => t.failures)).toEqual([1, 1, 1]);
+    // Tried again as after a first transient failure: 2 "minutes" (20 ms ±20 %) later, not 4.
+    expect((tries[2]?.at ?? 0) - (tries[1]?.at ?? 0)).toBeLessThan(60);
+    for (const t of tries.slice(1)) expect(t.status?.state).not.toBe('error');
+    expect(tries[1]?.status?.lastErrorCode).toBeUndefined();
+    expect(status.statuses.get('daily')?.state).toBe('active');
   });
 
   it("createScheduler should not back a tenant off for a secret this replica's key does not open", async () => {
