@@ -34,7 +34,8 @@ export type { CallLimiter, SharedLimiterOptions } from './limiter';
 export { CallHealth } from './call-health';
 export type { CallHealthOptions, CallOutcome } from './call-health';
 export { parseRetryAfterMs } from './answers';
-export { createApiCaller, environmentHasProxy } from './http';
+export { createApiCaller } from './http';
+export { environmentHasProxy } from './requests';
 export type { ApiCaller, ApiCallerOptions, ApiResult, RowsScan } from './http';
 export {
   parseMachine,

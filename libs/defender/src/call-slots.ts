@@ -1,0 +1,188 @@
+import axios from 'axios';
+import Bottleneck from 'bottleneck';
+import { TIMED_OUT, outcomeOf } from './answers';
+import { CallHealth } from './call-health';
+import type { CallMetrics } from './call-metrics';
+import { DefenderError, DefenderErrorCode, isDefenderError } from './errors';
+import { type CallLimiter, SlotEndedError } from './limiter';
+import type { DefenderEndpointClass, QuotaClaim } from './quota';
+import { duration, endedAtDeadline } from './token';
+
+// A tenant's calls in the shared call slots (http.ts's `inSlot`): the tenant's health says whether a call
+// may go once it holds a slot, its waits and outcome are counted, and a call stopped by its slot's end or
+// before it was sent fails in words an operator can act on.
+
+/** What a call's slot answers when the tenant's health does not let the call go now (CallHealth.start). */
+const NOT_NOW = Symbol('not now');
+
+/**
+ * A request's signal: aborted by the caller's, if any, or by the end of its slot. `done` takes its listeners
+ * off both, which outlive the request (the caller's signal is often the service's own, for weeks). Not
+ * `AbortSignal.any`: on Node 20 every signal it makes stays in the long-lived one's set of dependants
+ * (nodejs/node#55351), one per call.
+ */
+function requestSignal(
+  signal: AbortSignal | undefined,
+  slotEnds: AbortSignal,
+): { signal: AbortSignal; done: () => void } {
+  if (!signal) return { signal: slotEnds, done: () => undefined };
+  const request = new AbortController();
+  const sources = [signal, slotEnds];
+  const abort = (): void => {
+    done();
+    request.abort((signal.aborted ? signal : slotEnds).reason);
+  };
+  const done = (): void => {
+    for (const source of sources) source.removeEventListener('abort', abort);
+  };
+  if (signal.aborted || slotEnds.aborted) abort();
+  else for (const source of sources) source.addEventListener('abort', abort);
+  return { signal: request.signal, done };
+}
+
+export interface CallSlotsOptions {
+  azureTenantId: string;
+  limiter: CallLimiter;
+  health: CallHealth;
+  metrics: CallMetrics | undefined;
+  /** See ApiCallerOptions.requestTimeoutMs. */
+  requestTimeoutMs: number;
+}
+
+export interface CallSlots {
+  /** Runs `call` in one of the shared slots (see createCallSlots's `inSlot`). */
+  inSlot<T extends { status: number }>(
+    endpoint: DefenderEndpointClass,
+    claim: QuotaClaim,
+    quotaSeconds: number,
+    signal: AbortSignal | undefined,
+    call: (abortOn: AbortSignal) => Promise<T>,
+  ): Promise<T>;
+}
+
+export function createCallSlots(options: CallSlotsOptions): CallSlots {
+  const { azureTenantId, limiter, health, metrics } = options;
+  /**
+   * A failed attempt counts for the tenant's health only when it held its slot this long: half the request
+   * timeout, so a call that ran out of time always does, a reset or a 503 that came at once never.
+   */
+  const slowFailureMs = options.requestTimeoutMs / 2;
+
+  /**
+   * Runs `call` in one of the shared slots. The call counts against the tenant's quota from when it is sent,
+   * as Microsoft counts it, and its waits (`quotaSeconds` before, the slot's here) and outcome go to the metrics.
+   * The tenant's health decides, once the slot is held, whether the call may go now; one that may not gives
+   * the slot back at once and asks for one again at its turn.
+   */
+  async function inSlot<T extends { status: number }>(
+    endpoint: DefenderEndpointClass,
+    claim: QuotaClaim,
+    quotaSeconds: number,
+    signal: AbortSignal | undefined,
+    call: (abortOn: AbortSignal) => Promise<T>,
+  ): Promise<T> {
+    const queued = performance.now();
+    for (;;) {
+      await health.turn(signal);
+      if (signal?.aborted) {
+        health.passTurn();
+        throw notSent(endpoint, queued, signal);
+      }
+      let sentAt = 0;
+      let slotEnded: AbortSignal | undefined;
+      try {
+        const response = await limiter.schedule(async (slotEnds) => {
+          // Stopped while it waited: not sent (axios would still write a request whose signal already
+          // aborted, one call more in flight than the slots).
+          if (signal?.aborted) throw notSent(endpoint, queued, signal);
+          if (!health.start()) return NOT_NOW;
+          slotEnded = slotEnds;
+          sentAt = performance.now();
+          claim.sent();
+          metrics?.waited(endpoint, quotaSeconds, (sentAt - queued) / 1000);
+          const request = requestSignal(signal, slotEnds);
+          return call(request.signal).finally(request.done);
+        });
+        if (response === NOT_NOW) continue;
+        const slow = performance.now() - sentAt >= slowFailureMs;
+        const outcome = outcomeOf(response.status);
+        health.leave(outcome === 'failed' && !slow ? 'neither' : outcome, `answered ${response.status}`);
+        metrics?.called(endpoint, response.status, (performance.now() - sentAt) / 1000);
+        return response;
+      } catch (error) {
+        if (sentAt > 0) {
+          const failure = failureOf(error, signal, slotEnded);
+          const slow = performance.now() - sentAt >= slowFailureMs;
+          health.leave(failure !== undefined && slow ? 'failed' : 'neither', failure);
+          metrics?.called(endpoint, 'error', (performance.now() - sentAt) / 1000);
+        } else {
+          if (CallHealth.isHeldBack(error)) metrics?.heldBack(endpoint);
+          health.passTurn();
+        }
+        throw slotExpired(error, endpoint, slotEnded) ?? error;
+      }
+    }
+  }
+
+  /**
+   * A call its caller stopped before it was sent: it waited for one of the shared slots (or its tenant's
+   * turn) all that time, so at a deadline (the access test's time limit) the API is not to blame.
+   */
+  function notSent(endpoint: DefenderEndpointClass, queued: number, signal: AbortSignal): DefenderError {
+    return new DefenderError(
+      DefenderErrorCode.UNAVAILABLE,
+      endedAtDeadline(signal)
+        ? `A ${endpoint} call to the Defender API of tenant ${azureTenantId} was not sent within the time ` +
+            `allowed: it waited ${duration(performance.now() - queued)} for one of the shared call slots, ` +
+            'all busy with other calls'
+        : `A ${endpoint} call to the Defender API of tenant ${azureTenantId} was stopped before it was sent`,
+      { canRetry: false, details: { azureTenantId, endpoint } },
+    );
+  }
+
+  /**
+   * Why a call that was sent failed for the API's own reasons (no answer in time, a connection lost, the
+   * slot's end), in a few words; undefined when it did not: its caller stopped it, or the answer was not JSON.
+   */
+  function failureOf(
+    error: unknown,
+    signal: AbortSignal | undefined,
+    slotEnded: AbortSignal | undefined,
+  ): string | undefined {
+    if (signal?.aborted) return undefined;
+    if (slotEnded?.reason instanceof SlotEndedError)
+      return `held its call slot ${slotEnded.reason.heldMs} ms`;
+    let code: string | undefined;
+    if (axios.isAxiosError(error)) code = error.code ?? 'ERROR';
+    else if (isDefenderError(error, DefenderErrorCode.UNAVAILABLE))
+      code = String(error.details['networkCode'] ?? 'ERROR');
+    if (code === undefined) return undefined;
+    return TIMED_OUT.has(code) ? `no answer within ${options.requestTimeoutMs / 1000} s` : code;
+  }
+
+  /**
+   * The call held its slot as long as a job may (its body kept arriving, slowly, for a minute), so it was
+   * stopped, or the limiter gave the slot up: a failure of this read, tried again like an outage, in words an
+   * operator can act on, not the limiter's own "This job timed out".
+   */
+  function slotExpired(
+    error: unknown,
+    endpoint: DefenderEndpointClass,
+    slotEnds: AbortSignal | undefined,
+  ): DefenderError | undefined {
+    let held: string;
+    if (slotEnds?.reason instanceof SlotEndedError) held = `${slotEnds.reason.heldMs} ms`;
+    else if (error instanceof Bottleneck.BottleneckError && /timed out/.test(error.message))
+      held = error.message.replace(/^This job timed out after /, '').replace(/\.$/, '');
+    else return undefined;
+    return new DefenderError(
+      DefenderErrorCode.UNAVAILABLE,
+      `A ${endpoint} call to the Defender API of tenant ${azureTenantId} held its call slot as long as the ` +
+        `limiter allows (${held}) and was stopped: its answer came too slowly` +
+        (endpoint === 'bulk' ? '; a smaller URS_BULK_PAGE_SIZE makes each page shorter' : ''),
+      { canRetry: true, cause: error, details: { azureTenantId, endpoint } },
+    );
+  }
+
+  return { inSlot };
+}
