@@ -19,7 +19,7 @@ import { tenantRoutes, type AccessChecker } from './http/tenants';
 void runService({
   name: 'registrar',
   settings: registrarConfig,
-  async setup({ settings, config, logger, metrics, redis, kafka, publisher, drainTimeoutMs }) {
+  async setup({ settings, config, logger, metrics, redis, kafka, publisher, stopping, drainTimeoutMs }) {
     const prefix = config.redis.keyPrefix;
     const tenants = createTenantStore(redis, prefix);
     const state = createRegistrarStateStore(redis, prefix);
@@ -125,8 +125,15 @@ void runService({
           maxBodyBytes: settings.maxBodyBytes,
           logger,
           metrics,
+          // Requests in flight (an access test waits on Microsoft up to URS_ACCESS_TEST_TIMEOUT_MS) get the
+          // runners' share of the stop, then are answered 503: the stop keeps to URS_SHUTDOWN_TIMEOUT_MS.
+          drainTimeoutMs,
         });
         logger.info('REST listening', { httpPort: api.port });
+        // The REST server stops taking requests as soon as the stop begins, while the runners drain, rather
+        // than when its closer's turn comes: its drain then runs beside theirs, within the same budget.
+        const server = api;
+        stopping.addEventListener('abort', () => void server.close(), { once: true });
       },
       closers: [
         { name: 'http', close: () => api?.close() },

@@ -11,6 +11,11 @@ export interface ApiRequest {
   /** The parsed JSON body; undefined when the request had none. */
   body: unknown;
   headers: IncomingHttpHeaders;
+  /**
+   * Aborted when the server stops before the request was answered (its share of the stop ran out, see
+   * ApiServerOptions.drainTimeoutMs): calls the handler makes to other systems give up on it.
+   */
+  signal: AbortSignal;
 }
 
 export interface ApiResponse {

@@ -17,11 +17,42 @@ export interface ApiServerOptions {
   maxBodyBytes: number;
   logger: Logger;
   metrics?: Registry;
+  /**
+   * How long requests in flight may take to finish once close() is called, in milliseconds. Default 5000.
+   * Those still unanswered then are answered 503 SHUTTING_DOWN and their `signal` aborted, so that an access
+   * test waiting on Microsoft (up to URS_ACCESS_TEST_TIMEOUT_MS) cannot hold the stop past
+   * URS_SHUTDOWN_TIMEOUT_MS. main.ts gives it the runtime's `drainTimeoutMs`, a third of that timeout.
+   */
+  drainTimeoutMs?: number;
 }
 
 export interface ApiServer {
   readonly port: number;
+  /**
+   * Stops the server: it accepts no connection from then on, ends idle keep-alive connections at once and
+   * answers any request that still arrives 503 SHUTTING_DOWN; requests in flight get `drainTimeoutMs` to
+   * finish. Resolves once every connection is closed, within `drainTimeoutMs` plus at most a second.
+   * Idempotent.
+   */
   close(): Promise<void>;
+}
+
+/**
+ * How long a connection may stay open once the stop answered its request, ms: an answer sent with
+ * `connection: close` ends its socket once written, but a client that does not read it would keep it open.
+ */
+const CLOSE_GRACE_MS = 1_000;
+
+/** A request whose handler has not returned yet. */
+interface InFlight {
+  request: IncomingMessage;
+  response: ServerResponse;
+  /** When it arrived, ms since the epoch. */
+  started: number;
+  /** Aborts the request's `signal`. */
+  stop: AbortController;
+  /** Whether an answer was sent (by the handler, or by the stop in its place). */
+  answered: boolean;
 }
 
 const METHODS = new Set<string>(['GET', 'HEAD', 'PUT', 'POST', 'DELETE']);
@@ -99,7 +130,7 @@ export async function startApiServer(options: ApiServerOptions): Promise<ApiServ
     'REST requests, by method and status.',
   );
 
-  async function answer(request: IncomingMessage): Promise<ApiResponse> {
+  async function answer(request: IncomingMessage, signal: AbortSignal): Promise<ApiResponse> {
     const url = new URL(request.url ?? '/', 'http://localhost');
     if (!authorized(request.headers.authorization)) {
       throw new ApiError(
@@ -135,12 +166,58 @@ export async function startApiServer(options: ApiServerOptions): Promise<ApiServ
       query: url.searchParams,
       body,
       headers: request.headers,
+      signal,
     });
+  }
+
+  const inFlight = new Set<InFlight>();
+  /** Called when the last request in flight is done, while close() waits for them. */
+  let onDrained: (() => void) | undefined;
+  let stopping = false;
+
+  /** Sends `result`, counts and logs it; while stopping, with `connection: close` so its socket ends after it. */
+  function finish(
+    request: IncomingMessage,
+    response: ServerResponse,
+    result: ApiResponse,
+    started: number,
+  ): void {
+    if (result.status === 413 || stopping) result.headers = { ...result.headers, connection: 'close' };
+    send(response, result, request.method === 'HEAD');
+    const path = (request.url ?? '/').split('?')[0];
+    requests?.inc({ method: request.method ?? '?', status: String(result.status) });
+    log.info('request', {
+      method: request.method,
+      path,
+      status: result.status,
+      ms: Date.now() - started,
+    });
+  }
+
+  /** The answer to a request the stop leaves no time for: it may be retried, against this or another replica. */
+  function shuttingDown(message: string): ApiResponse {
+    return {
+      status: 503,
+      body: { error: { code: 'SHUTTING_DOWN', message } },
+      headers: { 'retry-after': '5' },
+    };
   }
 
   const server: Server = createServer((request, response) => {
     const started = Date.now();
-    answer(request)
+    // A request completed after the stop began (it was still arriving, or on a connection that was busy).
+    if (stopping) {
+      finish(
+        request,
+        response,
+        shuttingDown('the service is stopping and takes no new requests; retry shortly'),
+        started,
+      );
+      return;
+    }
+    const entry: InFlight = { request, response, started, stop: new AbortController(), answered: false };
+    inFlight.add(entry);
+    answer(request, entry.stop.signal)
       .catch((error: unknown): ApiResponse => {
         if (error instanceof ApiError)
           return { status: error.status, body: error.toBody(), headers: error.headers };
@@ -167,25 +244,86 @@ export async function startApiServer(options: ApiServerOptions): Promise<ApiServ
             };
       })
       .then((result) => {
-        if (result.status === 413) result.headers = { ...result.headers, connection: 'close' };
-        send(response, result, request.method === 'HEAD');
-        const path = (request.url ?? '/').split('?')[0];
-        requests?.inc({ method: request.method ?? '?', status: String(result.status) });
-        log.info('request', {
-          method: request.method,
-          path,
-          status: result.status,
-          ms: Date.now() - started,
-        });
+        // The stop answered it already: what the handler made of its aborted calls is not sent.
+        if (entry.answered) return;
+        entry.answered = true;
+        finish(request, response, result, started);
       })
       .catch((error: unknown) => {
         log.error('answer failed', { reason: errorMessage(error) });
         response.destroy();
+      })
+      .finally(() => {
+        inFlight.delete(entry);
+        if (inFlight.size === 0) onDrained?.();
       });
   });
   server.requestTimeout = 30_000;
   server.headersTimeout = 10_000;
   server.keepAliveTimeout = 5_000;
-  // Requests in flight at a stop still get their answer; only idle keep-alive connections end at once.
-  return listenHttp(server, { port: options.port, host: options.host, closeConnections: 'idle' });
+  const drainTimeoutMs = options.drainTimeoutMs ?? 5_000;
+  // The listener's own close ends idle keep-alive connections at once and lets busy ones finish: the waits
+  // below bound how long they may take.
+  const listening = await listenHttp(server, {
+    port: options.port,
+    host: options.host,
+    closeConnections: 'idle',
+  });
+
+  /** Answers the requests still in flight 503 and aborts their calls; a request half answered is cut. */
+  function cutInFlight(): void {
+    if (inFlight.size === 0) return;
+    log.warn('stopping: requests still in flight after the drain time, answering 503', {
+      requests: inFlight.size,
+      drainTimeoutMs,
+    });
+    for (const entry of inFlight) {
+      entry.stop.abort(new Error('the server is stopping'));
+      if (entry.answered) continue;
+      entry.answered = true;
+      if (entry.response.headersSent) {
+        entry.response.destroy();
+        continue;
+      }
+      finish(
+        entry.request,
+        entry.response,
+        shuttingDown(
+          'the service stopped before the request finished; it may or may not have taken effect: retry it',
+        ),
+        entry.started,
+      );
+    }
+  }
+
+  let closing: Promise<void> | undefined;
+  async function close(): Promise<void> {
+    stopping = true;
+    const closed = listening.close();
+    if (inFlight.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await new Promise<void>((resolve) => {
+        onDrained = resolve;
+        timer = setTimeout(resolve, drainTimeoutMs);
+      });
+      clearTimeout(timer);
+      onDrained = undefined;
+      cutInFlight();
+    }
+    // What is still open now holds an answer sent with `connection: close` (or was idle by then): a short
+    // wait for clients to read it, then every connection left is ended.
+    const grace = setTimeout(() => server.closeAllConnections(), CLOSE_GRACE_MS);
+    // A connection whose request was answered before the stop may have turned idle since.
+    server.closeIdleConnections();
+    await closed;
+    clearTimeout(grace);
+  }
+
+  return {
+    port: listening.port,
+    close() {
+      closing ??= close();
+      return closing;
+    },
+  };
 }

@@ -131,7 +131,8 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
   async function test(request: ApiRequest): Promise<ApiResponse> {
     const tenantId = tenantIdOf(request);
     const record = await load(tenantId);
-    const signal = AbortSignal.timeout(deps.accessTestTimeoutMs);
+    // Gives up at its timeout, or when the server stops before it finished (its answer is then the stop's 503).
+    const signal = AbortSignal.any([request.signal, AbortSignal.timeout(deps.accessTestTimeoutMs)]);
     const result = await deps.checkAccess(
       {
         azureTenantId: record.defender.azureTenantId,

@@ -8,6 +8,7 @@ const withTenant = (tenantId: string | undefined): ApiRequest => ({
   query: new URLSearchParams(),
   body: undefined,
   headers: {},
+  signal: new AbortController().signal,
 });
 
 describe('tenantIdOf', () => {

@@ -27,14 +27,16 @@ function setup(sealer: SecretSealer = testSealer()) {
     logger: silentLogger,
   });
   const checked: AccessCheckTenant[] = [];
+  const signals: AbortSignal[] = [];
   const routes = tenantRoutes({
     registry,
     tenants,
     sealer,
     ensureRebuilt: async () => undefined,
     accessTestTimeoutMs: 5_000,
-    checkAccess: async (tenant) => {
+    checkAccess: async (tenant, signal) => {
       checked.push(tenant);
+      signals.push(signal);
       return {
         ok: false,
         verdict: 'FAIL: the client secret is wrong: paste the secret Value, not its ID',
@@ -47,7 +49,7 @@ function setup(sealer: SecretSealer = testSealer()) {
     },
   });
   const call = routeCaller(routes);
-  return { tenants, publisher, sealer, call, checked, cleared };
+  return { tenants, publisher, sealer, call, checked, signals, cleared };
 }
 
 describe('tenantRoutes', () => {
@@ -243,5 +245,16 @@ describe('tenantRoutes', () => {
       },
     });
     expect(JSON.stringify(answer.body)).not.toContain('Sup3r');
+  });
+
+  it('POST test should give up the access check when the request is aborted (the server stops)', async () => {
+    const { call, signals } = setup();
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    const stop = new AbortController();
+    await call('POST', '/v1/tenants/acme/defender/test', undefined, stop.signal);
+    expect(signals).toHaveLength(1);
+    expect(signals[0]?.aborted).toBe(false);
+    stop.abort();
+    expect(signals[0]?.aborted).toBe(true);
   });
 });

@@ -1,0 +1,164 @@
+import { Agent, request as httpRequest } from 'node:http';
+import { connect } from 'node:net';
+import { silentLogger } from '@urs/logging';
+import type { Route } from '../../src/http/router';
+import { startApiServer, type ApiServer } from '../../src/http/server';
+
+const TOKEN = 'test-token-0123456789abcdef';
+
+interface Answer {
+  status?: number;
+  body?: { error?: { code: string; message: string } };
+  headers?: Record<string, string | string[] | undefined>;
+  /** The error code when the connection was cut instead of answered. */
+  error?: string;
+}
+
+/** Sends a request and settles with its answer, or with the error code when the connection is cut. */
+function send(port: number, path: string, agent?: Agent): Promise<Answer> {
+  return new Promise((resolve) => {
+    const req = httpRequest(
+      {
+        host: '127.0.0.1',
+        port,
+        path,
+        headers: { authorization: `Bearer ${TOKEN}` },
+        ...(agent ? { agent } : {}),
+      },
+      (response) => {
+        let text = '';
+        response.setEncoding('utf8');
+        response.on('data', (chunk: string) => (text += chunk));
+        response.on('end', () =>
+          resolve({
+            status: response.statusCode ?? 0,
+            headers: response.headers,
+            ...(text ? { body: JSON.parse(text) as Answer['body'] } : {}),
+          }),
+        );
+      },
+    );
+    req.on('error', (error: NodeJS.ErrnoException) => resolve({ error: error.code ?? 'error' }));
+    req.end();
+  });
+}
+
+/** Settles with `promise`, or with 'late' when it took longer than `ms`. */
+function within<T>(promise: Promise<T>, ms: number): Promise<T | 'late'> {
+  return Promise.race([
+    promise,
+    new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), ms).unref()),
+  ]);
+}
+
+async function until(check: () => boolean): Promise<void> {
+  while (!check()) await new Promise((resolve) => setTimeout(resolve, 5));
+}
+
+describe('startApiServer: stopping', () => {
+  let server: ApiServer | undefined;
+  /** Signals of the requests the slow route received, in order. */
+  let slow: AbortSignal[];
+  /** Resolves the slow route's requests that are still waiting. */
+  let release: (() => void)[];
+
+  const routes: Route[] = [
+    {
+      method: 'GET',
+      path: '/v1/slow',
+      // Waits until the test releases it, or until its signal aborts (a call that gives up on a stop).
+      handler: (request) =>
+        new Promise((resolve, reject) => {
+          slow.push(request.signal);
+          release.push(() => resolve({ status: 200, body: { done: true } }));
+          request.signal.addEventListener('abort', () => reject(request.signal.reason));
+        }),
+    },
+    { method: 'GET', path: '/v1/fast', handler: async () => ({ status: 200, body: { done: true } }) },
+  ];
+
+  const start = async (drainTimeoutMs: number): Promise<ApiServer> => {
+    slow = [];
+    release = [];
+    server = await startApiServer({
+      port: 0,
+      host: '127.0.0.1',
+      routes,
+      tokens: [TOKEN],
+      maxBodyBytes: 1024,
+      logger: silentLogger,
+      drainTimeoutMs,
+    });
+    return server;
+  };
+
+  afterEach(async () => {
+    for (const resolve of release) resolve();
+    await server?.close();
+    server = undefined;
+  });
+
+  it('close should let a request in flight finish within drainTimeoutMs', async () => {
+    const api = await start(2_000);
+    const answer = send(api.port, '/v1/slow');
+    await until(() => slow.length === 1);
+    const closed = api.close();
+    setTimeout(() => release[0]?.(), 100);
+    expect(await within(answer, 2_000)).toMatchObject({ status: 200, body: { done: true } });
+    expect(await within(closed, 2_000)).toBeUndefined();
+    expect(slow[0]?.aborted).toBe(false);
+  });
+
+  it('close should answer a request still in flight after drainTimeoutMs 503, abort its signal and resolve within the bound', async () => {
+    const api = await start(300);
+    const answer = send(api.port, '/v1/slow');
+    await until(() => slow.length === 1);
+    const started = Date.now();
+    expect(await within(api.close(), 3_000)).toBeUndefined();
+    const tookMs = Date.now() - started;
+    expect(tookMs).toBeGreaterThanOrEqual(250);
+    expect(tookMs).toBeLessThan(2_500);
+    expect(slow[0]?.aborted).toBe(true);
+    const answered = await within(answer, 1_000);
+    expect(answered).toMatchObject({ status: 503, body: { error: { code: 'SHUTTING_DOWN' } } });
+    expect((answered as Answer).headers?.['retry-after']).toBe('5');
+  });
+
+  it('close should end idle keep-alive connections at once', async () => {
+    const api = await start(5_000);
+    const agent = new Agent({ keepAlive: true });
+    try {
+      expect(await send(api.port, '/v1/fast', agent)).toMatchObject({ status: 200 });
+      // The connection stays open in the agent: the server's keep-alive timeout (5 s) must not hold the close.
+      const started = Date.now();
+      expect(await within(api.close(), 2_000)).toBeUndefined();
+      expect(Date.now() - started).toBeLessThan(1_000);
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it('a request that arrives while the server stops should be answered 503 SHUTTING_DOWN, not left waiting', async () => {
+    const api = await start(2_000);
+    // A connection whose request is still arriving when the stop begins: the server is busy with it, so the
+    // stop does not end it as idle, and its request is complete only once the stop began.
+    const socket = connect({ host: '127.0.0.1', port: api.port });
+    let raw = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => (raw += chunk));
+    const ended = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+    socket.write('GET /v1/fast HTTP/1.1\r\nHost: 127.0.0.1\r\n');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const closed = api.close();
+    socket.write(`Authorization: Bearer ${TOKEN}\r\n\r\n`);
+    expect(await within(ended, 3_000)).toBeUndefined();
+    expect(await within(closed, 3_000)).toBeUndefined();
+    const [head = '', body = ''] = raw.split('\r\n\r\n');
+    expect(head).toMatch(/^HTTP\/1\.1 503 /);
+    expect(head.toLowerCase()).toContain('connection: close');
+    expect(JSON.parse(body)).toEqual({
+      error: { code: 'SHUTTING_DOWN', message: expect.stringMatching(/stopping/) },
+    });
+  });
+});
