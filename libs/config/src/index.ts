@@ -9,6 +9,7 @@ export {
   readUrl,
 } from './env';
 export type { Env, IntRule } from './env';
+export { readPemFile } from './files';
 export {
   kafkaConfig,
   redisConfig,

@@ -9,6 +9,7 @@ import {
   readString,
   readUrl,
 } from './env';
+import { readPemFile } from './files';
 
 export interface KafkaConfig {
   brokers: string[];
@@ -240,8 +241,11 @@ export function consumerSettings(
 /** How a service reaches Microsoft Defender: what the poller, the vuln-fetcher and the registrar all read. */
 export interface DefenderSettings {
   defender: DefenderOverrides;
-  /** PEM file of an extra CA to trust for Entra/MDE (a private test CA). Env `URS_DEFENDER_CA_FILE`, default none. */
-  caFile: string | undefined;
+  /**
+   * PEM text of extra CAs to trust for Entra/MDE (a private test CA), read from the file env
+   * `URS_DEFENDER_CA_FILE` names when the settings are read (see readPemFile). Default none.
+   */
+  extraCa: string | undefined;
   /**
    * MDE calls in flight across every process sharing the limiter, 1–100. Env `URS_DEFENDER_MAX_IN_FLIGHT`,
    * default 10; every service must be given the same value (the last one to start writes it to the shared limiter).
@@ -264,7 +268,7 @@ export interface DefenderSettings {
 export function defenderSettings(env: Env): DefenderSettings {
   return {
     defender: defenderOverrides(env),
-    caFile: readOptionalString(env, 'URS_DEFENDER_CA_FILE'),
+    extraCa: readPemFile(env, 'URS_DEFENDER_CA_FILE'),
     maxInFlight: readInt(env, 'URS_DEFENDER_MAX_IN_FLIGHT', { fallback: 10, min: 1, max: 100 }),
     quotas: readEnum(env, 'URS_DEFENDER_QUOTAS', ['microsoft', 'off'] as const, 'microsoft'),
     requestTimeoutMs: readInt(env, 'URS_DEFENDER_REQUEST_TIMEOUT_MS', {

@@ -1,9 +1,13 @@
 import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
   consumerSettings,
   defenderSettings,
   kafkaConfig,
   readInt,
+  readPemFile,
   redisConfig,
   secretKeyConfig,
   serviceConfig,
@@ -213,11 +217,80 @@ describe('consumerSettings', () => {
   });
 });
 
+/** A PEM certificate as far as readPemFile looks: its BEGIN line (the content is the TLS stack's to judge). */
+const PEM = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n';
+
+let dir: string;
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'urs-config-'));
+});
+afterAll(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('readPemFile', () => {
+  it('readPemFile should return undefined when the variable is unset or blank', () => {
+    expect(readPemFile({}, 'URS_DEFENDER_CA_FILE')).toBeUndefined();
+    expect(readPemFile({ URS_DEFENDER_CA_FILE: ' ' }, 'URS_DEFENDER_CA_FILE')).toBeUndefined();
+  });
+
+  it('readPemFile should return the text of a PEM certificate file', () => {
+    const file = join(dir, 'good.pem');
+    writeFileSync(file, PEM);
+    expect(readPemFile({ URS_DEFENDER_CA_FILE: file }, 'URS_DEFENDER_CA_FILE')).toBe(PEM);
+  });
+
+  it('readPemFile should name the variable and the file when the file does not exist', () => {
+    const file = join(dir, 'missing.pem');
+    expect(() => readPemFile({ URS_DEFENDER_CA_FILE: file }, 'URS_DEFENDER_CA_FILE')).toThrow(
+      `URS_DEFENDER_CA_FILE names ${file}, which does not exist`,
+    );
+  });
+
+  it('readPemFile should name the variable when the file cannot be read (a directory)', () => {
+    expect(() => readPemFile({ URS_DEFENDER_CA_FILE: dir }, 'URS_DEFENDER_CA_FILE')).toThrow(
+      `URS_DEFENDER_CA_FILE names ${dir}, which is a directory, not a file`,
+    );
+  });
+
+  // root reads a file whatever its mode: there is nothing to refuse it then.
+  (process.getuid?.() === 0 ? it.skip : it)(
+    'readPemFile should name the variable when the process may not read the file',
+    () => {
+      const file = join(dir, 'locked.pem');
+      writeFileSync(file, PEM);
+      chmodSync(file, 0o000);
+      expect(() => readPemFile({ URS_DEFENDER_CA_FILE: file }, 'URS_DEFENDER_CA_FILE')).toThrow(
+        `URS_DEFENDER_CA_FILE names ${file}, which this process may not read (EACCES)`,
+      );
+    },
+  );
+
+  it('readPemFile should name the variable when the file holds no PEM certificate', () => {
+    const file = join(dir, 'not.pem');
+    writeFileSync(file, 'MIIB (a DER certificate in base64, without its BEGIN line)\n');
+    expect(() => readPemFile({ URS_DEFENDER_CA_FILE: file }, 'URS_DEFENDER_CA_FILE')).toThrow(
+      `URS_DEFENDER_CA_FILE names ${file}, which is not a PEM certificate file (it has no "-----BEGIN CERTIFICATE-----" line)`,
+    );
+  });
+
+  it('readPemFile should fail with a ConfigError carrying the variable', () => {
+    const file = join(dir, 'missing.pem');
+    let thrown: unknown;
+    try {
+      readPemFile({ URS_DEFENDER_CA_FILE: file }, 'URS_DEFENDER_CA_FILE');
+    } catch (error) {
+      thrown = error;
+    }
+    expect(thrown).toMatchObject({ code: 'CONFIG_INVALID', details: { variable: 'URS_DEFENDER_CA_FILE' } });
+  });
+});
+
 describe('defenderSettings', () => {
   it('defenderSettings should default to Microsoft quotas, 10 calls in flight, no extra CA and no overrides', () => {
     expect(defenderSettings({})).toEqual({
       defender: {},
-      caFile: undefined,
+      extraCa: undefined,
       maxInFlight: 10,
       quotas: 'microsoft',
       requestTimeoutMs: 30_000,
@@ -225,22 +298,35 @@ describe('defenderSettings', () => {
   });
 
   it('defenderSettings should read the overrides, the CA file, the call slots and the quota switch', () => {
+    const caFile = join(dir, 'ca.pem');
+    writeFileSync(caFile, PEM);
     expect(
       defenderSettings({
         URS_DEFENDER_AUTHORITY_HOST: 'https://127.0.0.1:8443',
         URS_DEFENDER_API_BASE: 'https://127.0.0.1:8443',
-        URS_DEFENDER_CA_FILE: '/tmp/ca.pem',
+        URS_DEFENDER_CA_FILE: caFile,
         URS_DEFENDER_MAX_IN_FLIGHT: '4',
         URS_DEFENDER_QUOTAS: 'off',
         URS_DEFENDER_REQUEST_TIMEOUT_MS: '10000',
       }),
     ).toEqual({
       defender: { authorityHost: 'https://127.0.0.1:8443', apiBase: 'https://127.0.0.1:8443' },
-      caFile: '/tmp/ca.pem',
+      extraCa: PEM,
       maxInFlight: 4,
       quotas: 'off',
       requestTimeoutMs: 10_000,
     });
+  });
+
+  it('defenderSettings should refuse a URS_DEFENDER_CA_FILE that is missing or holds no PEM, naming it', () => {
+    expect(() => defenderSettings({ URS_DEFENDER_CA_FILE: join(dir, 'absent.pem') })).toThrow(
+      /^URS_DEFENDER_CA_FILE names .*absent\.pem, which does not exist$/,
+    );
+    const file = join(dir, 'text.pem');
+    writeFileSync(file, 'not a certificate');
+    expect(() => defenderSettings({ URS_DEFENDER_CA_FILE: file })).toThrow(
+      /^URS_DEFENDER_CA_FILE names .*text\.pem, which is not a PEM certificate file/,
+    );
   });
 
   it('defenderSettings should refuse call slots outside 1–100 and an unknown quota switch, naming the variable', () => {

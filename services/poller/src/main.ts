@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { createConsumerRunner, topicOffsets } from '@urs/bus';
 import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
@@ -29,9 +28,7 @@ void runService({
       maxConcurrent: settings.maxInFlight,
       logger,
     });
-    const httpsAgent = createHttpsAgent(
-      settings.caFile ? { extraCa: readFileSync(settings.caFile, 'utf8') } : {},
-    );
+    const httpsAgent = createHttpsAgent(settings.extraCa ? { extraCa: settings.extraCa } : {});
     const defender = createDefenderGateway({
       limiter,
       quota: quotaGateFor(settings.quotas, redis, prefix),

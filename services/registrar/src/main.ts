@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { createConsumerRunner } from '@urs/bus';
 import { createDefenderClient, createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
@@ -49,9 +48,7 @@ void runService({
       logger,
     });
     const quota = quotaGateFor(settings.quotas, redis, prefix);
-    const httpsAgent = createHttpsAgent(
-      settings.caFile ? { extraCa: readFileSync(settings.caFile, 'utf8') } : {},
-    );
+    const httpsAgent = createHttpsAgent(settings.extraCa ? { extraCa: settings.extraCa } : {});
     const checkAccess: AccessChecker = async (tenant, signal) => {
       const { region, ...rest } = tenant;
       const client = createDefenderClient(region === null ? rest : { ...rest, region }, {

@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { createConsumerRunner } from '@urs/bus';
 import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
@@ -25,7 +24,7 @@ void runService({
       ...(own.slotHandOffMs > 0 ? { handOff: { maxLeaseMs: own.slotHandOffMs } } : {}),
       logger,
     });
-    const httpsAgent = createHttpsAgent(own.caFile ? { extraCa: readFileSync(own.caFile, 'utf8') } : {});
+    const httpsAgent = createHttpsAgent(own.extraCa ? { extraCa: own.extraCa } : {});
     const sources = createDefenderSources({
       sealer,
       limiter,

@@ -1,7 +1,6 @@
 import type { Agent } from 'node:https';
-import { readFile } from 'node:fs/promises';
 import { Redis } from 'ioredis';
-import { defenderOverrides, defenderSettings, redisConfig } from '@urs/config';
+import { defenderOverrides, defenderSettings, readPemFile, redisConfig } from '@urs/config';
 import {
   type CallLimiter,
   type DefenderEndpointOverrides,
@@ -25,23 +24,6 @@ export interface Backend {
   close(): Promise<void>;
 }
 
-/**
- * `URS_DEFENDER_CA_FILE`: a PEM file of an extra CA to trust besides the system ones (the simulator's).
- * NODE_EXTRA_CA_CERTS does the same for a whole process; this variable also works when the command runs
- * inside another process (tests).
- */
-async function extraCa(env: NodeJS.ProcessEnv): Promise<{ extraCa?: string }> {
-  const file = env.URS_DEFENDER_CA_FILE;
-  if (!file) return {};
-  try {
-    return { extraCa: await readFile(file, 'utf8') };
-  } catch (error) {
-    throw new Error(
-      `URS_DEFENDER_CA_FILE: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`,
-    );
-  }
-}
-
 /** How long the CLI waits for Redis before it falls back to an in-process limiter, in milliseconds. */
 const REDIS_CONNECT_TIMEOUT_MS = 2_000;
 
@@ -58,7 +40,11 @@ export async function openBackend(
 ): Promise<Backend> {
   const overrides: DefenderEndpointOverrides = { ...defenderOverrides(env) };
   if (env.URS_DEFENDER_SCOPE) overrides.scope = env.URS_DEFENDER_SCOPE;
-  const httpsAgent = createHttpsAgent(await extraCa(env));
+  // URS_DEFENDER_CA_FILE: a PEM file of an extra CA to trust besides the system ones (the simulator's).
+  // NODE_EXTRA_CA_CERTS does the same for a whole process; this variable also works when the command runs
+  // inside another process (tests).
+  const extraCa = readPemFile(env, 'URS_DEFENDER_CA_FILE');
+  const httpsAgent = createHttpsAgent(extraCa === undefined ? {} : { extraCa });
   const local = (): Backend => {
     const limiter = createLocalLimiter();
     return {
