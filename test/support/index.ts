@@ -10,4 +10,4 @@ export { scoredDevice, tenantRecord, type TenantRecordOptions } from './records'
 export { inboundMessage } from './messages';
 export { capturingLogger, type LogLine } from './logs';
 export { RUN_TS, runMain, type MainRun } from './processes';
-export { privateKafkaUnavailable, startPrivateKafka, type PrivateKafka } from './private-kafka';
+export { startPrivateKafka, type PrivateKafka } from './private-kafka';

@@ -30,12 +30,15 @@ const READY_TIMEOUT_MS = 90_000;
 const STOP_TIMEOUT_MS = 30_000;
 
 /**
- * Why no private broker can run here (no java on PATH), or undefined when one can: a suite that needs one
- * is skipped then, saying so, as the shared broker may come from a container with no Java on the host.
+ * Fails, saying why, when no private broker can run here: the tests that stop a broker need Java 17+ on PATH,
+ * as the local stack does (a machine whose shared broker is a container must still have it for these).
  */
-export function privateKafkaUnavailable(): string | undefined {
+function requireJava(): void {
   const java = spawnSync('java', ['-version'], { encoding: 'utf8' });
-  return java.error === undefined ? undefined : 'java is not on PATH (a private broker needs Java 17+)';
+  if (java.error !== undefined)
+    throw new Error(
+      'java is not on PATH: a private Kafka broker (a test that stops its broker) needs Java 17+',
+    );
 }
 
 /**
@@ -103,6 +106,7 @@ async function answers(brokers: string[]): Promise<boolean> {
 
 /** Formats a fresh data directory and starts a broker on it (see PrivateKafka). */
 export async function startPrivateKafka(): Promise<PrivateKafka> {
+  requireJava();
   const cp = classpath();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'urs-private-kafka-'));
   const [port, controllerPort] = [await freePort(), await freePort()];

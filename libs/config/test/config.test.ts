@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import fs, { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -253,18 +253,23 @@ describe('readPemFile', () => {
     );
   });
 
-  // root reads a file whatever its mode: there is nothing to refuse it then.
-  (process.getuid?.() === 0 ? it.skip : it)(
-    'readPemFile should name the variable when the process may not read the file',
-    () => {
+  it('readPemFile should name the variable when the process may not read the file', () => {
+    // The refusal a process that is not root gets (root reads a file whatever its mode).
+    const denied = Object.assign(new Error(`EACCES: permission denied, open '${dir}/locked.pem'`), {
+      code: 'EACCES',
+    });
+    const read = jest.spyOn(fs, 'readFileSync').mockImplementation(() => {
+      throw denied;
+    });
+    try {
       const file = join(dir, 'locked.pem');
-      writeFileSync(file, PEM);
-      chmodSync(file, 0o000);
       expect(() => readPemFile({ URS_DEFENDER_CA_FILE: file }, 'URS_DEFENDER_CA_FILE')).toThrow(
         `URS_DEFENDER_CA_FILE names ${file}, which this process may not read (EACCES)`,
       );
-    },
-  );
+    } finally {
+      read.mockRestore();
+    }
+  });
 
   it('readPemFile should name the variable when the file holds no PEM certificate', () => {
     const file = join(dir, 'not.pem');
