@@ -1,0 +1,269 @@
+import type { DeviceBatch } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import { errorCode, errorMessage, isInfrastructureFault } from '@urs/resilience';
+import type { BulkVulnerabilityCache, LatestExport, TenantStore } from '@urs/store';
+import type { Counter, Registry } from '@urs/telemetry';
+import { correctionParts } from './corrections';
+import type { Enrichment } from './enrichment';
+import { anyAborted, throwIfStopping } from './interruption';
+import type { VulnerabilitySource } from './sources';
+import { VulnerabilityFolder, emptySummary, summaryJsonSlices } from './summarise';
+
+export interface ExportReaderDeps {
+  bulkCache: BulkVulnerabilityCache;
+  tenants: Pick<TenantStore, 'updateStatus'>;
+  /** Bulk cycles read their export last (see EnrichHandlerDeps). Default false. */
+  exportLast?: boolean;
+  /** Ask which export snapshot Microsoft serves before reading it (see EnrichHandlerDeps). Default false. */
+  skipUnchangedExport?: boolean;
+  /** How long that question may take, in milliseconds. Default 30000. */
+  snapshotProbeMs?: number;
+  metrics: Registry;
+  /** `urs_vulnerability_fetches_total`, shared with the per-device side. */
+  fetches: Counter;
+  now: () => Date;
+  /** The claim holder id of this process, whose claim a read runs under. */
+  owner: string;
+}
+
+/** A tenant's bulk export: read from Microsoft under this process's claim and stored, or read back from Redis. */
+export interface ExportReader {
+  /** The batch enriched from a done export: the cycle's own, or the tenant's latest. */
+  fromExport(batch: DeviceBatch, cycleId: string, collectedAt: string): Promise<Enrichment>;
+  /** Reads and stores the cycle's export; a failure of it is stored for the cycle's batches to find. */
+  runBulkExport(
+    batch: DeviceBatch,
+    source: VulnerabilitySource,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<void>;
+  /** A bulk cycle's last batch that reads the cycle's export itself (see its definition). */
+  lastFromExport(
+    batch: DeviceBatch,
+    source: VulnerabilitySource,
+    latest: LatestExport,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<Enrichment | null>;
+}
+
+/** A batch of a bulk cycle that reads its export last (the tenant's first such cycle reads it first). */
+export const readsExportLast = (exportLast: boolean | undefined, batch: DeviceBatch): boolean =>
+  exportLast === true && batch.vulnerabilityMode === 'bulk';
+
+export function createExportReader(deps: ExportReaderDeps): ExportReader {
+  const { now, fetches, owner } = deps;
+  const snapshots = deps.metrics.counter(
+    'urs_bulk_export_snapshots_total',
+    "Bulk cycles that asked which export snapshot Microsoft serves before reading it, by outcome (unchanged: the latest export's, not read again; changed; unknown: no answer in time, read anyway).",
+  );
+
+  /** The export folded row by row on this thread: only each device's CVEs and their best CVSS stay in memory. */
+  async function foldHere(
+    source: VulnerabilitySource,
+    signal: AbortSignal | undefined,
+  ): Promise<VulnerabilityFolder> {
+    const folder = new VulnerabilityFolder();
+    await source.bulkVulnerabilities(
+      (deviceId, vulnerability) => folder.add(deviceId, vulnerability),
+      signal,
+    );
+    return folder;
+  }
+
+  /**
+   * Reads the cycle's export under this process's claim. Null when it failed: then the cycle's batches
+   * find it failed in the cache, and go on without vulnerabilities.
+   */
+  async function readExport(
+    batch: DeviceBatch,
+    source: VulnerabilitySource,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<VulnerabilityFolder | null> {
+    try {
+      return source.bulkFold ? await source.bulkFold(signal) : await foldHere(source, signal);
+    } catch (error) {
+      await exportFailed(batch, error, log, signal);
+      return null;
+    }
+  }
+
+  async function exportFailed(
+    batch: DeviceBatch,
+    error: unknown,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    if (signal?.aborted) {
+      // Stopping: another replica (or this one, restarted) takes the export over at once.
+      await deps.bulkCache.release(batch.tenantId, batch.cycleId, owner);
+      throwIfStopping(signal);
+    }
+    if (isInfrastructureFault(error)) {
+      // Redis or Kafka failed the read or its storing (the call limiter, the quota counters, the cache): not
+      // the export's failure. Marked failed, the cycle's batches would go on without vulnerabilities; the
+      // batch fails instead and is held. Its claim lapses, or is taken back here when the batch comes again.
+      log.debug('bulk export not read: Redis or Kafka failed it; the batch is held until they are back', {
+        code: errorCode(error),
+        reason: errorMessage(error),
+      });
+      throw error;
+    }
+    const fetchError = { code: errorCode(error), message: errorMessage(error) };
+    log.warn('bulk export failed', fetchError);
+    await deps.bulkCache.fail(batch.tenantId, batch.cycleId, fetchError);
+  }
+
+  /**
+   * The `generatedTime` of the snapshot the cycle's export will be read from, asked before it is read (a
+   * snapshot regenerated during the read is then taken for a newer one, never the other way round), and
+   * whether it is the snapshot `latest` was read from; counted by outcome. No time when the cycle does not
+   * ask, or no answer came within `snapshotProbeMs`: the export is then read and stored without one.
+   */
+  async function snapshotOf(
+    batch: DeviceBatch,
+    source: VulnerabilitySource,
+    latest: LatestExport | undefined,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<{ generatedTime?: string; unchanged: boolean }> {
+    if (
+      deps.skipUnchangedExport !== true ||
+      !readsExportLast(deps.exportLast, batch) ||
+      !source.exportGeneratedTime
+    )
+      return { unchanged: false };
+    const probe = anyAborted([signal, AbortSignal.timeout(deps.snapshotProbeMs ?? 30_000)]);
+    try {
+      const generatedTime = await source.exportGeneratedTime(probe.signal);
+      const unchanged = generatedTime === latest?.generatedTime;
+      snapshots.inc({ outcome: unchanged ? 'unchanged' : 'changed' });
+      return { generatedTime, unchanged };
+    } catch (error) {
+      throwIfStopping(signal);
+      // Redis failed the question (its quota, its call slot): the export's read would meet it too.
+      if (isInfrastructureFault(error)) throw error;
+      snapshots.inc({ outcome: 'unknown' });
+      log.warn('export snapshot unknown, reading the export', {
+        code: errorCode(error),
+        reason: errorMessage(error),
+      });
+      return { unchanged: false };
+    } finally {
+      probe.release();
+    }
+  }
+
+  /** Stores a read export for the cycle's batches (marking it done), and notes it in the tenant's status. */
+  async function storeExport(
+    batch: DeviceBatch,
+    folder: VulnerabilityFolder,
+    collectedAt: string,
+    generatedTime: string | undefined,
+    log: Logger,
+    started: number,
+  ): Promise<void> {
+    // Summaries are made one device at a time while the cache writes them in slices.
+    await deps.bulkCache.save(
+      batch.tenantId,
+      batch.cycleId,
+      folder.summaries(batch.cvssThreshold),
+      collectedAt,
+      generatedTime,
+    );
+    log.info('bulk export fetched', {
+      devicesWithVulnerabilities: folder.size,
+      durationMs: Date.now() - started,
+    });
+    await deps.tenants.updateStatus(batch.tenantId, {
+      vulnerabilityMode: 'bulk',
+      note:
+        'vulnerabilities come from one bulk export (SoftwareVulnerabilitiesByMachine) per cycle: the fleet is too ' +
+        "large for one call per device within the tenant's quota in one poll interval " +
+        `(last export ${collectedAt}: ${folder.size} devices with vulnerabilities` +
+        (generatedTime === undefined
+          ? ')'
+          : `; Microsoft's snapshot of ${generatedTime}, regenerated every 6 hours, not read again until then)`),
+    });
+  }
+
+  async function runBulkExport(
+    batch: DeviceBatch,
+    source: VulnerabilitySource,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    const started = Date.now();
+    const { generatedTime } = await snapshotOf(batch, source, undefined, log, signal);
+    const folder = await readExport(batch, source, log, signal);
+    if (folder === null) return;
+    try {
+      await storeExport(batch, folder, now().toISOString(), generatedTime, log, started);
+    } catch (error) {
+      await exportFailed(batch, error, log, signal);
+    }
+  }
+
+  /**
+   * A bulk cycle's last batch that reads the cycle's export itself, its earlier batches having been
+   * enriched from the tenant's latest export: the batch from the export in memory, and the corrections of
+   * every device the export changed, compared with the latest one in Redis. The export is stored only
+   * after they are produced (`afterSend`): the cycle's summary does not wait for ~100,000 summaries to be
+   * written. Until then the claim stays this process's: if anything fails on the way, the batch fails and,
+   * handled again here, takes its own claim back (see `createBulkEnrichment`); elsewhere, the claim lapses.
+   */
+  async function lastFromExport(
+    batch: DeviceBatch,
+    source: VulnerabilitySource,
+    latest: LatestExport,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<Enrichment | null> {
+    const started = Date.now();
+    const { generatedTime, unchanged } = await snapshotOf(batch, source, latest, log, signal);
+    if (unchanged) {
+      // The snapshot the latest export was read from: the cycle's export would be the same, read again.
+      log.info('bulk export unchanged, not read', { generatedTime, latestCycleId: latest.cycleId });
+      await deps.bulkCache.release(batch.tenantId, batch.cycleId, owner);
+      const enrichment = await fromExport(batch, latest.cycleId, now().toISOString());
+      return { ...enrichment, unchangedFrom: latest.cycleId };
+    }
+    const folder = await readExport(batch, source, log, signal);
+    if (folder === null) return null;
+    const collectedAt = now();
+    const threshold = batch.cvssThreshold;
+    const devices = batch.devices.map((machine) => ({
+      machine,
+      vulnerabilities: folder.summaryOf(machine.id, threshold) ?? emptySummary(threshold),
+    }));
+    fetches.inc({ mode: 'bulk', outcome: 'ok' }, devices.length);
+    const changed = deps.bulkCache.compare(
+      batch.tenantId,
+      latest.cycleId,
+      summaryJsonSlices(folder, threshold),
+    );
+    return {
+      devices,
+      collectedAt,
+      corrections: await correctionParts(changed, threshold),
+      afterSend: () => storeExport(batch, folder, collectedAt.toISOString(), generatedTime, log, started),
+    };
+  }
+
+  /** The batch enriched from a done export: the cycle's own, or the tenant's latest. */
+  async function fromExport(batch: DeviceBatch, cycleId: string, collectedAt: string): Promise<Enrichment> {
+    const ids = batch.devices.map((machine) => machine.id);
+    const summaries = await deps.bulkCache.read(batch.tenantId, cycleId, ids);
+    fetches.inc({ mode: 'bulk', outcome: 'ok' }, ids.length);
+    return {
+      devices: batch.devices.map((machine) => ({
+        machine,
+        vulnerabilities: summaries.get(machine.id) ?? emptySummary(batch.cvssThreshold),
+      })),
+      collectedAt: new Date(collectedAt),
+    };
+  }
+
+  return { fromExport, runBulkExport, lastFromExport };
+}

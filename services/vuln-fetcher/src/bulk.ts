@@ -1,0 +1,185 @@
+import { randomUUID } from 'node:crypto';
+import type { DeviceBatch } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import { errorMessage, keepRenewing } from '@urs/resilience';
+import type { LatestExport } from '@urs/store';
+import { createExportReader, readsExportLast, type ExportReaderDeps } from './bulk-export';
+import { storedCorrections } from './corrections';
+import { missing, type TenantEnrichment } from './enrichment';
+import { sleepUntil, throwIfStopping } from './interruption';
+import { isTenantWideCode, type VulnerabilitySource } from './sources';
+
+export interface BulkDeps extends Omit<ExportReaderDeps, 'owner'> {
+  /** How long a batch waits for another replica's bulk export of its cycle, in milliseconds. */
+  bulkWaitMs: number;
+  /** How long a bulk export claim holds before another replica may take over, in milliseconds. */
+  bulkClaimMs: number;
+  /** Pause between two looks at another replica's bulk export, in milliseconds. Default 200. */
+  bulkPollMs?: number;
+}
+
+/** A tenant's bulk cycle in this process: its batches in flight, and when they may start. */
+export interface BulkCycle {
+  cycleId: string;
+  ready: Promise<unknown>;
+  running: Set<Promise<void>>;
+}
+
+/** Bulk enrichment: one export per tenant and cycle, read by one replica, its batches enriched from it. */
+export interface BulkEnrichment {
+  /**
+   * The batch enriched from its cycle's export, read here under a claim or waited for while another replica
+   * reads it, or from the tenant's latest export when the cycle reads its own last.
+   */
+  enrich(
+    batch: DeviceBatch,
+    source: VulnerabilitySource,
+    heartbeat: () => Promise<void>,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<TenantEnrichment>;
+  /** The batch's entry in `bulkCycles`, a new one for a new cycle; none outside bulk cycles read last. */
+  cycleOf(batch: DeviceBatch): BulkCycle | undefined;
+  /** The batch ended, sent or not: an export claim it held is no longer held by a batch here. */
+  ended(batch: DeviceBatch): void;
+}
+
+/**
+ * The tenant's latest export if the batch may be enriched from it: another cycle's, counted at the
+ * batch's CVSS threshold (after a change of threshold the cycle reads its own export first, instead of
+ * correcting every device with a CVE).
+ */
+function usable(batch: DeviceBatch, latest: LatestExport | null): LatestExport | null {
+  if (latest === null || latest.cycleId === batch.cycleId) return null;
+  return latest.cvssThreshold === batch.cvssThreshold ? latest : null;
+}
+
+export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
+  const { now, fetches } = deps;
+  const owner = randomUUID();
+  const { fromExport, runBulkExport, lastFromExport } = createExportReader({ ...deps, owner });
+  /**
+   * The bulk exports this process is running, by `tenantId/cycleId`, aborted when one ends: a batch of the
+   * same cycle waiting here wakes at once instead of at its next look at the cache.
+   */
+  const runningExports = new Map<string, AbortController>();
+  /**
+   * The cycles whose export claim a batch handled here holds, with that batch's index: the claim is held
+   * until the batch ends (a last batch that reads the export last stores it only after producing).
+   */
+  const claims = new Map<string, number>();
+  /**
+   * Per tenant, the bulk cycle whose batches this process handles now, with those in flight (waiting
+   * included) and when they may start. The batches of the next cycle start once the previous cycle's are
+   * done: its last batch moves the latest export they are enriched from, and two batches of a tenant run
+   * at once, so the two cycles could overlap. One entry per bulk tenant, replaced by its next cycle.
+   */
+  const bulkCycles = new Map<string, BulkCycle>();
+
+  async function bulk(
+    batch: DeviceBatch,
+    source: VulnerabilitySource,
+    heartbeat: () => Promise<void>,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<TenantEnrichment> {
+    const deadline = Date.now() + deps.bulkWaitMs;
+    // The cycle's last batch reads the export itself when the earlier ones were enriched from the latest.
+    const readLast =
+      readsExportLast(deps.exportLast, batch) && batch.lastBatch && batch.batchIndex > 0
+        ? usable(batch, await deps.bulkCache.latest(batch.tenantId))
+        : null;
+    for (;;) {
+      const state = await deps.bulkCache.state(batch.tenantId, batch.cycleId);
+      if (state.state === 'ready') {
+        const enrichment = await fromExport(batch, batch.cycleId, state.collectedAt);
+        return readLast
+          ? { ...enrichment, corrections: await storedCorrections(deps.bulkCache, batch, readLast) }
+          : enrichment;
+      }
+      // Pending, the export is read by the cycle's last batch (or by a first cycle's batch: then no latest).
+      if (
+        (state.state === 'absent' || state.state === 'pending') &&
+        readsExportLast(deps.exportLast, batch) &&
+        !batch.lastBatch
+      ) {
+        const latest = usable(batch, await deps.bulkCache.latest(batch.tenantId));
+        if (latest !== null) return fromExport(batch, latest.cycleId, latest.collectedAt);
+      }
+      if (state.state === 'failed') {
+        const fetchError = { code: state.code, message: state.message };
+        fetches.inc({ mode: 'bulk', outcome: 'failed' }, batch.devices.length);
+        return {
+          devices: missing(batch.devices, fetchError),
+          collectedAt: now(),
+          ...(isTenantWideCode(state.code) ? { tenantFailure: fetchError } : {}),
+        };
+      }
+      const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
+      // A claim of this process that no batch handled here holds was left by a failed try of a batch.
+      const leftHere = state.state === 'pending' && state.owner === owner && !claims.has(cycleKey);
+      if (
+        leftHere ||
+        (state.state === 'absent' &&
+          (await deps.bulkCache.claim(batch.tenantId, batch.cycleId, owner, deps.bulkClaimMs)))
+      ) {
+        claims.set(cycleKey, batch.batchIndex);
+        const ended = new AbortController();
+        runningExports.set(cycleKey, ended);
+        // The claim lasts URS_BULK_CLAIM_MS (so a crashed reader's lapses); a read that takes longer keeps
+        // it, or the cycle's other batches would start a second read beside this one.
+        const stopRenewing = keepRenewing(
+          () => deps.bulkCache.renew(batch.tenantId, batch.cycleId, owner, deps.bulkClaimMs),
+          Math.max(10, Math.floor(deps.bulkClaimMs / 3)),
+          {
+            onLost: () =>
+              log.warn('bulk export claim lapsed while it was read', { claimMs: deps.bulkClaimMs }),
+            onError: (error) => log.warn('bulk export claim not renewed', { reason: errorMessage(error) }),
+          },
+        );
+        try {
+          if (readLast) {
+            const last = await lastFromExport(batch, source, readLast, log, signal);
+            if (last !== null) return last;
+          } else await runBulkExport(batch, source, log, signal);
+        } finally {
+          stopRenewing();
+          runningExports.delete(cycleKey);
+          ended.abort();
+        }
+        continue;
+      }
+      if (Date.now() >= deadline) {
+        const fetchError = {
+          code: 'BULK_EXPORT_TIMEOUT',
+          message: `the cycle's bulk export was not ready within ${deps.bulkWaitMs} ms`,
+        };
+        fetches.inc({ mode: 'bulk', outcome: 'failed' }, batch.devices.length);
+        return { devices: missing(batch.devices, fetchError), collectedAt: now() };
+      }
+      await heartbeat();
+      await sleepUntil(deps.bulkPollMs ?? 200, signal, runningExports.get(cycleKey)?.signal);
+      throwIfStopping(signal);
+    }
+  }
+
+  function bulkCycleOf(batch: DeviceBatch): BulkCycle | undefined {
+    if (!readsExportLast(deps.exportLast, batch)) return undefined;
+    let cycle = bulkCycles.get(batch.tenantId);
+    if (cycle?.cycleId !== batch.cycleId) {
+      const previous = [...(cycle?.running ?? [])].map((work) => work.catch(() => undefined));
+      cycle = { cycleId: batch.cycleId, ready: Promise.all(previous), running: new Set<Promise<void>>() };
+      bulkCycles.set(batch.tenantId, cycle);
+    }
+    return cycle;
+  }
+
+  return {
+    enrich: bulk,
+    cycleOf: bulkCycleOf,
+    ended(batch) {
+      const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
+      if (claims.get(cycleKey) === batch.batchIndex) claims.delete(cycleKey);
+    },
+  };
+}

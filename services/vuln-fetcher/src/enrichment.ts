@@ -1,0 +1,26 @@
+import type { DeviceRecord, EnrichedDevice, VulnerabilityCorrection } from '@urs/contracts';
+
+// What enriching a batch gives the handler to send, whichever mode made it.
+
+export type FetchError = { code: string; message: string };
+
+export interface Enrichment {
+  devices: EnrichedDevice[];
+  collectedAt: Date;
+  /** A bulk cycle's last batch that read the export itself: the corrections that follow it. */
+  corrections?: VulnerabilityCorrection[][];
+  /** What is left to do once the batch and its corrections are produced (store the export). */
+  afterSend?: () => Promise<void>;
+  /**
+   * A bulk cycle's last batch that found the tenant's latest export's snapshot unchanged: that export's
+   * cycle, kept as the latest instead of the cycle's own (which was not read).
+   */
+  unchangedFrom?: string;
+}
+
+/** An enrichment that may have met a failure of the tenant as a whole (credentials, consent, an outage). */
+export type TenantEnrichment = Enrichment & { tenantFailure?: FetchError };
+
+/** The devices gone on without vulnerabilities, with the reason. */
+export const missing = (machines: DeviceRecord[], error: FetchError): EnrichedDevice[] =>
+  machines.map((machine) => ({ machine, vulnerabilities: null, fetchError: error }));

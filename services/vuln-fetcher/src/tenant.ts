@@ -1,0 +1,105 @@
+import type { DeviceBatch, TenantRecord } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import type { TenantStore } from '@urs/store';
+import type { FetchError } from './enrichment';
+import { sleepUntil, throwIfStopping } from './interruption';
+
+export interface TenantStateDeps {
+  tenants: Pick<TenantStore, 'get' | 'updateStatus'>;
+  /** How long a batch waits for a missing tenant record, in milliseconds (see EnrichHandlerDeps). Default 30000. */
+  tenantWaitMs?: number;
+  /** Pause between two looks for a missing tenant record, in milliseconds. Default 1000. */
+  tenantPollMs?: number;
+  now: () => Date;
+}
+
+/** What the handler knows of a batch's tenant beyond its batch. */
+export interface TenantState {
+  /**
+   * The batch's tenant record, waited for up to `tenantWaitMs` when Redis does not hold it. Null when it is
+   * still missing: the tenant was deleted during the cycle, or Redis was wiped and not rebuilt.
+   */
+  record(
+    batch: DeviceBatch,
+    cycleKey: string,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<{ record: TenantRecord | null; waitedMs: number }>;
+  /** The failure of the whole tenant an earlier batch of the cycle (`tenantId/cycleId`) met, if any. */
+  failureOf(cycleKey: string): FetchError | undefined;
+  /** Remembers a failure of the whole tenant for the cycle's later batches, and writes it to its status. */
+  failed(batch: DeviceBatch, cycleKey: string, error: FetchError, log: Logger): Promise<void>;
+}
+
+/** Tenant-wide failures remembered per cycle, so later batches of the cycle do not call again. */
+const REMEMBERED_FAILURES = 1000;
+
+export function createTenantState(deps: TenantStateDeps): TenantState {
+  const { now } = deps;
+  const failedCycles = new Map<string, FetchError>();
+  /**
+   * The cycles (`tenantId/cycleId`) whose tenant record stayed missing for a whole `tenantWaitMs`: their
+   * later batches look once and do not wait again (a deleted tenant's cycle would wait once per batch).
+   */
+  const missingRecords = new Set<string>();
+
+  async function tenantRecord(
+    batch: DeviceBatch,
+    cycleKey: string,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<{ record: TenantRecord | null; waitedMs: number }> {
+    const found = await deps.tenants.get(batch.tenantId);
+    if (found !== null || missingRecords.has(cycleKey)) return { record: found, waitedMs: 0 };
+    const waitMs = deps.tenantWaitMs ?? 30_000;
+    const started = Date.now();
+    log.warn('tenant record missing from Redis: waiting for the registrar to restore it', {
+      code: 'TENANT_UNKNOWN',
+      waitMs,
+    });
+    while (Date.now() - started < waitMs) {
+      await sleepUntil(Math.min(deps.tenantPollMs ?? 1_000, waitMs - (Date.now() - started)), signal);
+      throwIfStopping(signal);
+      const record = await deps.tenants.get(batch.tenantId);
+      if (record !== null) {
+        log.info('tenant record back in Redis', { waitedMs: Date.now() - started });
+        return { record, waitedMs: Date.now() - started };
+      }
+    }
+    missingRecords.add(cycleKey);
+    if (missingRecords.size > REMEMBERED_FAILURES) {
+      const oldest = missingRecords.values().next().value;
+      if (oldest !== undefined) missingRecords.delete(oldest);
+    }
+    return { record: null, waitedMs: Date.now() - started };
+  }
+
+  function rememberFailure(key: string, error: FetchError): void {
+    failedCycles.set(key, error);
+    if (failedCycles.size > REMEMBERED_FAILURES) {
+      const oldest = failedCycles.keys().next().value;
+      if (oldest !== undefined) failedCycles.delete(oldest);
+    }
+  }
+
+  async function reportTenantFailure(batch: DeviceBatch, error: FetchError, log: Logger): Promise<void> {
+    log.warn('tenant vulnerabilities unavailable', { code: error.code, reason: error.message });
+    // Of this cycle: the poller, ending the cycle's listing after it, leaves it (`cycleListed`).
+    await deps.tenants.updateStatus(batch.tenantId, {
+      state: 'error',
+      lastErrorCode: error.code,
+      lastErrorMessage: error.message,
+      lastErrorAt: now().toISOString(),
+      lastErrorCycleId: batch.cycleId,
+    });
+  }
+
+  return {
+    record: tenantRecord,
+    failureOf: (cycleKey) => failedCycles.get(cycleKey),
+    async failed(batch, cycleKey, error, log) {
+      rememberFailure(cycleKey, error);
+      await reportTenantFailure(batch, error, log);
+    },
+  };
+}
