@@ -4,7 +4,8 @@ import { errorCode, errorMessage, keepRenewing, sleep } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
 import type { CycleStore, PollLease, PollSchedule, PollScheduleStore, TenantStore } from '@urs/store';
 import { CycleAbortedError, cycleIdOf, type CycleInput, type CycleResult } from './cycle';
-import { backoffUntil, dueAt, failureKindOf, transientRetryAt, withoutLocalBackoff } from './schedule';
+import { createCycleEnd } from './cycle-end';
+import { dueAt, withoutLocalBackoff } from './schedule';
 import type { TenantTable } from './tenant-table';
 
 export interface SchedulerDeps {
@@ -65,6 +66,17 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   );
   deps.metrics.gauge('urs_poll_cycles_running', 'Polling cycles running in this process.', () => active.size);
   deps.metrics.gauge('urs_poll_tenants', 'Tenants known to this poller.', () => deps.table.size());
+  const ends = createCycleEnd({
+    schedules: deps.schedules,
+    tenants: deps.tenants,
+    cycles: deps.cycles,
+    holderId: deps.holderId,
+    intervalUnitMs: deps.intervalUnitMs,
+    maxBackoffMs: deps.maxBackoffMs,
+    log,
+    cyclesTotal,
+    now,
+  });
   /** Per tenant, when this replica should look again (its local view; Redis decides). */
   const localDue = new Map<string, number>();
   /** Tenants new to this replica (or enabled again) whose stored schedule it has not read yet. */
@@ -118,7 +130,10 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       if (!record || !record.enabled || abort.signal.aborted) return;
       const intervalMs = intervalOf(record);
       let schedule = await deps.schedules.get(tenantId);
-      if (schedule.runningCycleId !== undefined && (await endListedCycle(lease, schedule.runningCycleId)))
+      if (
+        schedule.runningCycleId !== undefined &&
+        (await ends.endListedCycle(lease, schedule.runningCycleId))
+      )
         schedule = await deps.schedules.get(tenantId);
       schedule = await honouredBackoff(tenantId, schedule, true);
       const due = dueAt(schedule, intervalMs, record.revision);
@@ -165,45 +180,6 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     return honoured;
   }
 
-  /**
-   * Records a listed cycle's end: the tenant's status (its error kept when the vuln-fetcher reported it for
-   * this cycle), then the schedule's (fenced: false, and nothing written, when the lease was lost). In this
-   * order, a poller that stops between the two leaves a true status and a cycle still marked running, which
-   * the next holder ends (`endListedCycle`); the other way round the status stayed stale for an interval.
-   */
-  async function endListed(
-    lease: PollLease,
-    cycleId: string,
-    status: Parameters<TenantStore['cycleListed']>[2],
-  ): Promise<boolean> {
-    await deps.tenants.cycleListed(lease.tenantId, cycleId, status);
-    return deps.schedules.end(lease, { failures: 0, notBefore: null, retryAt: null });
-  }
-
-  /**
-   * Ends a cycle left marked running whose listing had ended: its poller died (or lost its lease) after
-   * the cycle store recorded the totals and before the schedule recorded the end. Every batch of it is on
-   * `urs.device-batches` and the publisher completes it, so redoing it would only list the whole tenant
-   * and fetch its vulnerabilities again within the same interval. It is ended as its poller would have
-   * ended it, and the next cycle is due one interval after its start. False when its listing had not
-   * ended (it is redone) or the lease was lost.
-   */
-  async function endListedCycle(lease: PollLease, cycleId: string): Promise<boolean> {
-    const cycle = await deps.cycles.get(lease.tenantId, cycleId);
-    if (cycle?.listedAt === undefined) return false;
-    log.warn('ending a cycle listed in full before its poller stopped', {
-      tenantId: lease.tenantId,
-      cycleId,
-    });
-    return endListed(lease, cycleId, {
-      lastCycleEndedAt: cycle.listedAt,
-      deviceCount: cycle.totalDevices,
-      vulnerabilityMode: cycle.vulnerabilityMode,
-      // A bulk cycle's note, else none (a cycle listed by an older poller, which kept no mode, leaves both).
-      note: cycle.vulnerabilityMode === undefined ? undefined : (cycle.note ?? null),
-    });
-  }
-
   async function runUnderLease(
     record: TenantRecord,
     lease: PollLease,
@@ -232,7 +208,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     try {
       const result = await deps.runCycle({ record, cycleId, startedAt, intervalMs, signal: abort.signal });
       stopRenewing();
-      await endListed(lease, cycleId, {
+      await ends.endListed(lease, cycleId, {
         lastCycleEndedAt: new Date(result.listedAt).toISOString(),
         deviceCount: result.totalDevices,
         vulnerabilityMode: result.vulnerabilityMode,
@@ -248,78 +224,10 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         log.warn('cycle aborted', { tenantId, cycleId });
         return;
       }
-      const code = errorCode(error);
-      const kind = failureKindOf(error);
-      // This replica's own fault (its URS_SECRET_KEY does not open the secret): the status names the
-      // replica, and the tenant's streak is not counted, so no backoff outlives the key's fix.
-      const local = kind === 'local';
-      // Redis or Kafka failed the cycle (the shared call limiter, the quota counters, the cycle store, the
-      // batches' topic): not the tenant's failure either. Its streak is not counted and its status not
-      // written as an error; it is tried again as after a first transient failure.
-      const infrastructure = kind === 'infrastructure';
-      const message = local ? `poller ${deps.holderId}: ${errorMessage(error)}` : errorMessage(error);
-      const failures = local || infrastructure ? previousFailures : previousFailures + 1;
-      const ended = now();
-      const retryAfterMs = (error as { retryAfterMs?: number }).retryAfterMs;
-      const notBefore = backoffUntil({
-        kind,
-        failures,
-        startedAt,
-        now: ended,
-        intervalMs,
-        maxBackoffMs: deps.maxBackoffMs,
-        ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
-      });
-      const retryAt =
-        kind === 'transient' || local || infrastructure
-          ? transientRetryAt(kind === 'transient' ? failures : 1, ended, intervalMs, deps.intervalUnitMs)
-          : null;
-      // Under a Redis refusing writes this fails too: the cycle stays marked running, and the next holder
-      // takes it over (after `recheckMs` here).
-      await deps.schedules.end(lease, { failures, notBefore, retryAt, failedRevision: record.revision });
-      const next = retryAt === null ? Math.max(nextPollAt, notBefore ?? 0) : Math.min(nextPollAt, retryAt);
-      localDue.set(tenantId, next);
-      if (infrastructure) {
-        await deps.tenants.updateStatus(tenantId, { nextPollAt: new Date(next).toISOString() });
-        cyclesTotal.inc({ outcome: kind });
-        log.warn("cycle failed on Redis or Kafka, not on the tenant's side: tried again soon", {
-          tenantId,
-          cycleId,
-          code,
-          reason: message,
-          nextPollAt: new Date(next).toISOString(),
-        });
-        return;
-      }
-      await deps.tenants.updateStatus(tenantId, {
-        state: 'error',
-        lastCycleEndedAt: new Date(ended).toISOString(),
-        nextPollAt: new Date(next).toISOString(),
-        lastErrorCode: code,
-        lastErrorMessage: message,
-        lastErrorAt: new Date(ended).toISOString(),
-        lastErrorCycleId: cycleId,
-      });
-      cyclesTotal.inc({ outcome: kind });
-      if (local) {
-        log.error("cycle failed: this poller's URS_SECRET_KEY does not open the tenant's secret", {
-          tenantId,
-          cycleId,
-          code,
-          reason: message,
-          variables: ['URS_SECRET_KEY', 'URS_SECRET_KEY_ID'],
-          nextPollAt: new Date(next).toISOString(),
-        });
-        return;
-      }
-      log.warn('cycle failed', {
-        tenantId,
-        cycleId,
-        code,
-        reason: message,
-        failures,
-        nextPollAt: new Date(next).toISOString(),
-      });
+      await ends.endFailed(
+        { record, lease, cycleId, startedAt, intervalMs, previousFailures, error },
+        (next) => localDue.set(tenantId, next),
+      );
     } finally {
       stopRenewing();
       await releaseQuietly(lease);

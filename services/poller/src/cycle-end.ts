@@ -1,0 +1,175 @@
+import type { TenantRecord } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import { errorCode, errorMessage } from '@urs/resilience';
+import type { Counter } from '@urs/telemetry';
+import type { CycleStore, PollLease, PollScheduleStore, TenantStore } from '@urs/store';
+import { backoffUntil, failureKindOf, transientRetryAt } from './schedule';
+
+export interface CycleEndDeps {
+  schedules: Pick<PollScheduleStore, 'end'>;
+  tenants: Pick<TenantStore, 'cycleListed' | 'updateStatus'>;
+  /** The cycles' totals, read to tell whether a cycle left running had been listed in full. */
+  cycles: Pick<CycleStore, 'get'>;
+  /** This replica's lease holder id, named in the status of a cycle its own URS_SECRET_KEY failed. */
+  holderId: string;
+  intervalUnitMs: number;
+  maxBackoffMs: number;
+  /** The scheduler's log. */
+  log: Logger;
+  /** `urs_poll_cycles_total`, by outcome. */
+  cyclesTotal: Counter;
+  now: () => number;
+}
+
+/** A cycle that failed (not aborted) under its tenant's lease. */
+export interface FailedCycle {
+  record: TenantRecord;
+  lease: PollLease;
+  cycleId: string;
+  startedAt: number;
+  intervalMs: number;
+  /** The tenant's failure streak before this cycle, under the same settings. */
+  previousFailures: number;
+  error: unknown;
+}
+
+/** How a cycle's end is recorded in the tenant's schedule and status, under its lease. */
+export interface CycleEnd {
+  /** A listed cycle's end: the tenant's status, then the schedule's (false when the lease was lost). */
+  endListed(
+    lease: PollLease,
+    cycleId: string,
+    status: Parameters<TenantStore['cycleListed']>[2],
+  ): Promise<boolean>;
+  /** Ends a cycle left marked running whose listing had ended; false when it must be redone. */
+  endListedCycle(lease: PollLease, cycleId: string): Promise<boolean>;
+  /**
+   * A failed cycle: the tenant's failure streak, backoff and retry in the schedule, then its status.
+   * `placeAt` gets when this replica should look at the tenant again, as soon as the schedule is written:
+   * before the status is, so a change of the tenant's record meanwhile (looked at again at once) wins.
+   */
+  endFailed(cycle: FailedCycle, placeAt: (at: number) => void): Promise<void>;
+}
+
+export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
+  const { log, now, cyclesTotal } = deps;
+
+  /**
+   * Records a listed cycle's end: the tenant's status (its error kept when the vuln-fetcher reported it for
+   * this cycle), then the schedule's (fenced: false, and nothing written, when the lease was lost). In this
+   * order, a poller that stops between the two leaves a true status and a cycle still marked running, which
+   * the next holder ends (`endListedCycle`); the other way round the status stayed stale for an interval.
+   */
+  async function endListed(
+    lease: PollLease,
+    cycleId: string,
+    status: Parameters<TenantStore['cycleListed']>[2],
+  ): Promise<boolean> {
+    await deps.tenants.cycleListed(lease.tenantId, cycleId, status);
+    return deps.schedules.end(lease, { failures: 0, notBefore: null, retryAt: null });
+  }
+
+  /**
+   * Ends a cycle left marked running whose listing had ended: its poller died (or lost its lease) after
+   * the cycle store recorded the totals and before the schedule recorded the end. Every batch of it is on
+   * `urs.device-batches` and the publisher completes it, so redoing it would only list the whole tenant
+   * and fetch its vulnerabilities again within the same interval. It is ended as its poller would have
+   * ended it, and the next cycle is due one interval after its start. False when its listing had not
+   * ended (it is redone) or the lease was lost.
+   */
+  async function endListedCycle(lease: PollLease, cycleId: string): Promise<boolean> {
+    const cycle = await deps.cycles.get(lease.tenantId, cycleId);
+    if (cycle?.listedAt === undefined) return false;
+    log.warn('ending a cycle listed in full before its poller stopped', {
+      tenantId: lease.tenantId,
+      cycleId,
+    });
+    return endListed(lease, cycleId, {
+      lastCycleEndedAt: cycle.listedAt,
+      deviceCount: cycle.totalDevices,
+      vulnerabilityMode: cycle.vulnerabilityMode,
+      // A bulk cycle's note, else none (a cycle listed by an older poller, which kept no mode, leaves both).
+      note: cycle.vulnerabilityMode === undefined ? undefined : (cycle.note ?? null),
+    });
+  }
+
+  async function endFailed(cycle: FailedCycle, placeAt: (at: number) => void): Promise<void> {
+    const { record, lease, cycleId, startedAt, intervalMs, previousFailures, error } = cycle;
+    const tenantId = record.tenantId;
+    const nextPollAt = startedAt + intervalMs;
+    const code = errorCode(error);
+    const kind = failureKindOf(error);
+    // This replica's own fault (its URS_SECRET_KEY does not open the secret): the status names the
+    // replica, and the tenant's streak is not counted, so no backoff outlives the key's fix.
+    const local = kind === 'local';
+    // Redis or Kafka failed the cycle (the shared call limiter, the quota counters, the cycle store, the
+    // batches' topic): not the tenant's failure either. Its streak is not counted and its status not
+    // written as an error; it is tried again as after a first transient failure.
+    const infrastructure = kind === 'infrastructure';
+    const message = local ? `poller ${deps.holderId}: ${errorMessage(error)}` : errorMessage(error);
+    const failures = local || infrastructure ? previousFailures : previousFailures + 1;
+    const ended = now();
+    const retryAfterMs = (error as { retryAfterMs?: number }).retryAfterMs;
+    const notBefore = backoffUntil({
+      kind,
+      failures,
+      startedAt,
+      now: ended,
+      intervalMs,
+      maxBackoffMs: deps.maxBackoffMs,
+      ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
+    });
+    const retryAt =
+      kind === 'transient' || local || infrastructure
+        ? transientRetryAt(kind === 'transient' ? failures : 1, ended, intervalMs, deps.intervalUnitMs)
+        : null;
+    // Under a Redis refusing writes this fails too: the cycle stays marked running, and the next holder
+    // takes it over (after `recheckMs` here).
+    await deps.schedules.end(lease, { failures, notBefore, retryAt, failedRevision: record.revision });
+    const next = retryAt === null ? Math.max(nextPollAt, notBefore ?? 0) : Math.min(nextPollAt, retryAt);
+    placeAt(next);
+    if (infrastructure) {
+      await deps.tenants.updateStatus(tenantId, { nextPollAt: new Date(next).toISOString() });
+      cyclesTotal.inc({ outcome: kind });
+      log.warn("cycle failed on Redis or Kafka, not on the tenant's side: tried again soon", {
+        tenantId,
+        cycleId,
+        code,
+        reason: message,
+        nextPollAt: new Date(next).toISOString(),
+      });
+      return;
+    }
+    await deps.tenants.updateStatus(tenantId, {
+      state: 'error',
+      lastCycleEndedAt: new Date(ended).toISOString(),
+      nextPollAt: new Date(next).toISOString(),
+      lastErrorCode: code,
+      lastErrorMessage: message,
+      lastErrorAt: new Date(ended).toISOString(),
+      lastErrorCycleId: cycleId,
+    });
+    cyclesTotal.inc({ outcome: kind });
+    if (local) {
+      log.error("cycle failed: this poller's URS_SECRET_KEY does not open the tenant's secret", {
+        tenantId,
+        cycleId,
+        code,
+        reason: message,
+        variables: ['URS_SECRET_KEY', 'URS_SECRET_KEY_ID'],
+        nextPollAt: new Date(next).toISOString(),
+      });
+      return;
+    }
+    log.warn('cycle failed', {
+      tenantId,
+      cycleId,
+      code,
+      reason: message,
+      failures,
+      nextPollAt: new Date(next).toISOString(),
+    });
+  }
+
+  return { endListed, endListedCycle, endFailed };
+}
