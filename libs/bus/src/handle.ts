@@ -289,3 +289,35 @@ export function createMessageProcessor(
     }
   };
 }
+
+/**
+ * Settles one message, trying again (paced by `retry`) while settle rejects, which it does only when the
+ * message's dead letter could not be written: the message stays unfinished, and what is ordered behind it
+ * (its key) waits, as its partition would in partition ordering. Resolves as settle does: true when settled,
+ * false when the work was stopped first.
+ */
+export async function settleUntilDone(
+  settle: (work: MessageWork) => Promise<boolean>,
+  work: MessageWork,
+  options: { retry: RetryPolicy; log: Logger },
+): Promise<boolean> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await settle(work);
+    } catch (error) {
+      if (work.shouldStop()) return false;
+      const delayMs = retryDelayMs(options.retry, attempt);
+      options.log.error('message not settled, trying again', {
+        topic: work.topic,
+        partition: work.partition,
+        offset: work.message.offset,
+        attempt,
+        delayMs,
+        code: errorCode(error),
+        reason: errorMessage(error),
+      });
+      await sleep(delayMs, work.stopSignal);
+      if (work.shouldStop()) return false;
+    }
+  }
+}

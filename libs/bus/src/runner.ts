@@ -1,22 +1,17 @@
-import type { Consumer, ConsumerRunConfig, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
+import type { Consumer, ConsumerRunConfig, Kafka } from 'kafkajs';
 import { compileContracts } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import {
-  DEFAULT_RETRY_POLICY,
-  UrsError,
-  errorMessage,
-  retryDelayMs,
-  retryPolicy,
-  type RetryPolicy,
-} from '@urs/resilience';
+import { DEFAULT_RETRY_POLICY, UrsError, type RetryPolicy } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
-import { crashHeals } from './crash';
 import { createMessageProcessor, type TopicSubscription } from './handle';
 import { createHeldMessages } from './held';
+import { DEFAULT_RUNNER_RESTART, createConsumerKeeper } from './keeper';
 import { createKeyOrderedConsumption, type KeyOrderedConsumption } from './key-ordered';
-import { BusError, type Publisher } from './publisher';
+import { createPartitionOrderedConsumption } from './partition-ordered';
+import type { Publisher } from './publisher';
 
 export { PoisonMessageError } from './handle';
+export { DEFAULT_RUNNER_RESTART } from './keeper';
 export type { InboundMessage, MessageHandler, TopicSubscription } from './handle';
 
 /** What the runner keeps in order; see ConsumerRunnerOptions.ordering. */
@@ -172,19 +167,6 @@ const FETCH_MAX_BYTES = 16 * 1024 * 1024;
 
 export const DEFAULT_RUNNER_RETRY: RetryPolicy = { ...DEFAULT_RETRY_POLICY, maxAttempts: 20 };
 
-/**
- * How long a joined consumer may go without an answer from its broker (no request answered, no batch being
- * handled) before it is reported not ready, ms: it asks every 0.5 s to 3 s while all is well, and KafkaJS takes
- * up to a minute of retries to give up on a broker that is away.
- */
-const UNANSWERED_NOT_READY_MS = 10_000;
-
-export const DEFAULT_RUNNER_RESTART: RetryPolicy = retryPolicy({
-  maxAttempts: Infinity,
-  initialDelayMs: 250,
-  maxDelayMs: 5_000,
-});
-
 function positiveInt(name: string, value: number | undefined, fallback: number): number {
   const chosen = value ?? fallback;
   if (!Number.isInteger(chosen) || chosen < 1) {
@@ -247,17 +229,14 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     handled: options.metrics.counter('urs_messages_total', 'Messages consumed, by topic and outcome.'),
     seconds: options.metrics.histogram('urs_handler_seconds', 'Time spent handling one message, in seconds.'),
   });
-  const abort = new AbortController();
   let state: RunnerState = 'created';
-  let joined = false;
   let closing: Promise<void> | undefined;
 
-  const restart = options.restart ?? DEFAULT_RUNNER_RESTART;
   const consumer: Consumer = options.kafka.consumer({
     groupId: options.groupId,
     // KafkaJS restarts a crashed consumer by itself only when the error's root cause is `retriable`, after the
     // last retry's delay (up to its maxRetryTime), and leaves it stopped for good otherwise, outages included
-    // (see crash.ts). The runner restarts it instead, on its own judgement and pace (onCrash below); the
+    // (see crash.ts). The runner restarts it instead, on its own judgement and pace (keeper.ts); the
     // retries are KafkaJS's default for a consumer.
     retry: { retries: 5, restartOnFailure: async () => false },
     sessionTimeout: options.sessionTimeoutMs ?? 30_000,
@@ -308,69 +287,20 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
           labels: { group: options.groupId },
         })
       : undefined;
-  let fail: (error: Error) => void = () => undefined;
-  const failure = new Promise<Error>((resolve) => (fail = resolve));
-  /** Since when the consumer is down (crashed, not joined again), and its restarts since. */
-  let down: { since: number; restarts: number; timer: NodeJS.Timeout | undefined } | undefined;
-  consumer.on(consumer.events.GROUP_JOIN, (event) => {
-    joined = true;
-    keyed?.onGroupJoin(event.payload);
-    if (down) {
-      log.info('consuming again', { downMs: Date.now() - down.since, restarts: down.restarts });
-      down = undefined;
-    }
+  const partitioned = keyed ? undefined : createPartitionOrderedConsumption({ settle, commit });
+  const keeper = createConsumerKeeper({
+    groupId: options.groupId,
+    log,
+    restart: options.restart ?? DEFAULT_RUNNER_RESTART,
+    run: () => consumer.run(runConfig),
+    busy: () => partitioned?.busy() ?? false,
   });
-  consumer.on(consumer.events.CRASH, (event) => onCrash(event.payload.error));
-  // Proof that the broker answers: a member fetches every maxWaitTimeInMs and heartbeats every 3 s while it
-  // has nothing to do. A broker that went away stops these long before KafkaJS gives up on it.
-  let answeredAt = Date.now();
-  consumer.on(consumer.events.REQUEST, () => (answeredAt = Date.now()));
-  /** Batches in eachBatch (ordering 'partition'): the fetch loop waits for them, so nothing is asked meanwhile. */
-  let handling = 0;
-
-  /**
-   * KafkaJS stopped the consumer (it never restarts it itself, see its `retry` above). What may heal by
-   * waiting is restarted, with backoff, until the consumer joins its group again: one warning when it goes
-   * down, one line when it is back. Anything else fails the runner.
-   */
-  function onCrash(error: Error): void {
-    joined = false;
-    if (state === 'closing' || state === 'closed') return;
-    if (!crashHeals(error)) {
-      log.error('consumer stopped for good', { error });
-      fail(
-        new BusError(
-          'CONSUMER_STOPPED',
-          `Kafka stopped the consumer of group ${options.groupId} with an error that waiting does not mend: ${errorMessage(error)}`,
-          { cause: error, details: { groupId: options.groupId } },
-        ),
-      );
-      return;
-    }
-    if (!down) {
-      down = { since: Date.now(), restarts: 0, timer: undefined };
-      log.warn('consumer stopped by Kafka; restarting it until it joins its group again', {
-        reason: errorMessage(error),
-        error,
-      });
-    } else {
-      log.debug('consumer restart failed; trying again', { reason: errorMessage(error) });
-    }
-    const current = down;
-    current.restarts++;
-    current.timer = setTimeout(
-      () => {
-        current.timer = undefined;
-        if (state === 'closing' || state === 'closed') return;
-        // KafkaJS disconnected it before the crash event; run() builds the group membership and its fetch loop
-        // anew (the subscriptions are kept) and reports its own failure as another crash.
-        consumer.run(runConfig).catch((failed: unknown) => {
-          onCrash(failed instanceof Error ? failed : new Error(String(failed)));
-        });
-      },
-      retryDelayMs(restart, current.restarts),
-    );
-  }
+  consumer.on(consumer.events.GROUP_JOIN, (event) => {
+    keeper.joined();
+    keyed?.onGroupJoin(event.payload);
+  });
+  consumer.on(consumer.events.CRASH, (event) => keeper.crashed(event.payload.error));
+  consumer.on(consumer.events.REQUEST, () => keeper.answered());
 
   const runConfig: ConsumerRunConfig = {
     // Ordering 'key' resolves offsets on accepting a message, ahead of its handling, and commits
@@ -380,42 +310,9 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     autoCommitInterval: 1_000,
     eachBatchAutoResolve: false,
     partitionsConsumedConcurrently: options.partitionsConsumedConcurrently ?? 1,
-    eachBatch: keyed
-      ? (payload) => keyed.eachBatch(payload)
-      : async (payload) => {
-          handling++;
-          try {
-            await eachBatch(payload);
-          } finally {
-            handling--;
-          }
-        },
+    // Exactly one of the two is there, by ordering.
+    eachBatch: (payload) => keyed?.eachBatch(payload) ?? partitioned?.eachBatch(payload) ?? Promise.resolve(),
   };
-
-  /** Handles one message; resolves true when done (handled or dead-lettered), false when stopped first. */
-  function handleOne(payload: EachBatchPayload, message: KafkaMessage): Promise<boolean> {
-    return settle({
-      topic: payload.batch.topic,
-      partition: payload.batch.partition,
-      message,
-      heartbeat: () => payload.heartbeat(),
-      stopSignal: abort.signal,
-      shouldStop: () => abort.signal.aborted || !payload.isRunning() || payload.isStale(),
-      beforeRetry: () => payload.heartbeat(),
-    });
-  }
-
-  async function eachBatch(payload: EachBatchPayload): Promise<void> {
-    for (const message of payload.batch.messages) {
-      if (!payload.isRunning() || payload.isStale()) break;
-      const done = await handleOne(payload, message);
-      if (!done) break;
-      payload.resolveOffset(message.offset);
-      if (commit) await payload.commitOffsetsIfNecessary();
-      await payload.heartbeat();
-    }
-    if (commit) await payload.commitOffsetsIfNecessary();
-  }
 
   return {
     get state() {
@@ -439,18 +336,17 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
       });
     },
     isReady() {
-      const answering = handling > 0 || Date.now() - answeredAt < UNANSWERED_NOT_READY_MS;
-      return state === 'running' && joined && answering && !held.isStalled();
+      return state === 'running' && keeper.isUp() && !held.isStalled();
     },
     failed() {
-      return failure;
+      return keeper.failed();
     },
     close() {
       closing ??= (async () => {
         const wasStarted = state !== 'created';
         state = 'closing';
-        abort.abort();
-        clearTimeout(down?.timer);
+        keeper.stop();
+        partitioned?.stop();
         // Ordering 'key' commits before disconnecting: a commit needs the member in its group.
         if (keyed && wasStarted) await keyed.drain();
         // disconnect() stops fetching, waits for the running eachBatch, commits resolved offsets

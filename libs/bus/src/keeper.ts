@@ -1,0 +1,144 @@
+import type { Logger } from '@urs/logging';
+import { errorMessage, retryDelayMs, retryPolicy, type RetryPolicy } from '@urs/resilience';
+import { crashHeals } from './crash';
+import { BusError } from './publisher';
+
+export const DEFAULT_RUNNER_RESTART: RetryPolicy = retryPolicy({
+  maxAttempts: Infinity,
+  initialDelayMs: 250,
+  maxDelayMs: 5_000,
+});
+
+/**
+ * How long a joined consumer may go without an answer from its broker (no request answered, no batch being
+ * handled) before it is reported not up, ms: it asks every 0.5 s to 3 s while all is well, and KafkaJS takes
+ * up to a minute of retries to give up on a broker that is away.
+ */
+const UNANSWERED_NOT_UP_MS = 10_000;
+
+export interface ConsumerKeeperOptions {
+  groupId: string;
+  log: Logger;
+  /** Paces the restarts of a consumer stopped by what may heal by waiting: backoff, for as long as it takes. */
+  restart: RetryPolicy;
+  /**
+   * Starts the stopped consumer again (KafkaJS's consumer.run); a rejection counts as another crash. KafkaJS
+   * disconnected the consumer before it reported the crash, so run() builds the group membership and its fetch
+   * loop anew (the subscriptions are kept).
+   */
+  run: () => Promise<void>;
+  /**
+   * Whether the consumer is handling a batch now (ordering 'partition'): KafkaJS's fetch loop waits for it, so
+   * nothing is asked of the broker meanwhile, and that says nothing of the broker.
+   */
+  busy: () => boolean;
+}
+
+/**
+ * Keeps a KafkaJS consumer going through what KafkaJS stops it for, and says whether it is up. Told of the
+ * consumer's events (joined its group, a request answered, a crash), it restarts the consumer (`run`) when
+ * what stopped it may heal by waiting (crashHeals: the broker away or restarting, for however long), and
+ * fails for good otherwise.
+ *
+ * KafkaJS restarts a crashed consumer by itself only when the error's root cause is `retriable`, and leaves it
+ * stopped for good otherwise, outages included (see crash.ts): the runner turns that off (its consumer's
+ * `retry.restartOnFailure`) and leaves the judgement and the pace to this.
+ */
+export interface ConsumerKeeper {
+  /** The consumer joined its group (KafkaJS's GROUP_JOIN): it consumes again if it was down. */
+  joined(): void;
+  /** The broker answered one of the consumer's requests (KafkaJS's REQUEST). */
+  answered(): void;
+  /** KafkaJS stopped the consumer (its CRASH event, or a restart's run() rejected) with `error`. */
+  crashed(error: Error): void;
+  /**
+   * Joined its group, and its broker answered within the last 10 s (or a batch is being handled). False from
+   * a crash until the restarted consumer joined again.
+   */
+  isUp(): boolean;
+  /**
+   * Resolves with a non-retryable BusError CONSUMER_STOPPED (its cause the consumer's error) when the
+   * consumer crashed with an error that waiting does not mend. Never resolves otherwise.
+   */
+  failed(): Promise<Error>;
+  /** Restarts nothing more and ignores crashes from now on (the consumer is being closed). Idempotent. */
+  stop(): void;
+}
+
+export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKeeper {
+  const { log } = options;
+  let stopped = false;
+  let joined = false;
+  // Proof that the broker answers: a member fetches every maxWaitTimeInMs and heartbeats every 3 s while it
+  // has nothing to do. A broker that went away stops these long before KafkaJS gives up on it.
+  let answeredAt = Date.now();
+  /** Since when the consumer is down (crashed, not joined again), and its restarts since. */
+  let down: { since: number; restarts: number; timer: NodeJS.Timeout | undefined } | undefined;
+  let fail: (error: Error) => void = () => undefined;
+  const failure = new Promise<Error>((resolve) => (fail = resolve));
+
+  /**
+   * What may heal by waiting is restarted, with backoff, until the consumer joins its group again: one
+   * warning when it goes down, one line when it is back. Anything else fails for good.
+   */
+  function crashed(error: Error): void {
+    joined = false;
+    if (stopped) return;
+    if (!crashHeals(error)) {
+      log.error('consumer stopped for good', { error });
+      fail(
+        new BusError(
+          'CONSUMER_STOPPED',
+          `Kafka stopped the consumer of group ${options.groupId} with an error that waiting does not mend: ${errorMessage(error)}`,
+          { cause: error, details: { groupId: options.groupId } },
+        ),
+      );
+      return;
+    }
+    if (!down) {
+      down = { since: Date.now(), restarts: 0, timer: undefined };
+      log.warn('consumer stopped by Kafka; restarting it until it joins its group again', {
+        reason: errorMessage(error),
+        error,
+      });
+    } else {
+      log.debug('consumer restart failed; trying again', { reason: errorMessage(error) });
+    }
+    const current = down;
+    current.restarts++;
+    current.timer = setTimeout(
+      () => {
+        current.timer = undefined;
+        if (stopped) return;
+        options.run().catch((failed: unknown) => {
+          crashed(failed instanceof Error ? failed : new Error(String(failed)));
+        });
+      },
+      retryDelayMs(options.restart, current.restarts),
+    );
+  }
+
+  return {
+    joined() {
+      joined = true;
+      if (down) {
+        log.info('consuming again', { downMs: Date.now() - down.since, restarts: down.restarts });
+        down = undefined;
+      }
+    },
+    answered() {
+      answeredAt = Date.now();
+    },
+    crashed,
+    isUp() {
+      return joined && (options.busy() || Date.now() - answeredAt < UNANSWERED_NOT_UP_MS);
+    },
+    failed() {
+      return failure;
+    },
+    stop() {
+      stopped = true;
+      clearTimeout(down?.timer);
+    },
+  };
+}

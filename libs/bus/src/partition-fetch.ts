@@ -1,0 +1,140 @@
+import type { Consumer } from 'kafkajs';
+import type { Logger } from '@urs/logging';
+import { errorMessage } from '@urs/resilience';
+import type { KeyLanes } from './key-lanes';
+
+/*
+ * A partition's fetching under ordering 'key' (see key-ordered.ts), on KafkaJS 2.2.4: paused when its buffer
+ * is full, resumed once half of it is left, read past it after a while, read again towards a deferred message.
+ * - A partition still full `readPastAfterMs` after it paused (not half empty since) is read past its full
+ *   buffer (KeyLanes) until it is half empty again: a message that finds no room is deferred, its offset
+ *   kept and the message let go of, so one key's waiting messages cannot keep the keys behind them from
+ *   being read for long. Not at once: a key streaming through a busy partition fills its buffer too, and
+ *   deferring its messages would read most of them twice with nothing behind them to let through. A
+ *   deferred message is read again by moving the partition's next fetch back to it: the offset resolved
+ *   after a batch, or consumer.seek between batches (with autoCommit off, KafkaJS's seek only sets the
+ *   next fetch's offset, and drops a batch fetched before it). Offsets already accepted and read again are
+ *   skipped, as after a rebalance. Reading past, the partition's fetching pauses only when the deferred
+ *   offsets reach their bound, until the buffer is half empty.
+ * - KafkaJS keeps a seek it has not applied yet through a rebalance (consumerGroup.seekOffset) and applies
+ *   it whenever the partition is assigned here again, maybe much later: a seek past the offset committed
+ *   then would skip what the partition's other owner left. So the runner seeks only to the partition's
+ *   last committed offset (or where its reading started), and the offset it resolves after the batch read
+ *   from there moves on to the deferred message (resolved offsets do not outlive a rebalance).
+ */
+
+/** A partition of ordering 'key' as its fetching sees it. */
+export interface FetchedPartition {
+  readonly topic: string;
+  readonly partition: number;
+  readonly lanes: KeyLanes;
+  revoked: boolean;
+  paused: boolean;
+  /** Set while the partition is full and not read past yet: reading past starts when it fires. */
+  readPastTimer: NodeJS.Timeout | undefined;
+  /** Where the partition's next fetch starts, as last resolved or sought here; undefined before. */
+  position: bigint | undefined;
+  /**
+   * The first message read since the partition was assigned here: nothing of the partition is between
+   * the offset the group had committed and it.
+   */
+  readSince: bigint | undefined;
+  /** The offset last committed of the partition; undefined before the first commit. */
+  committed: bigint | undefined;
+}
+
+export interface PartitionFetchOptions {
+  consumer: Consumer;
+  log: Logger;
+  /** How long a partition stays full (not half empty) before it is read past its full buffer, ms. */
+  readPastAfterMs: number;
+  /** Aborted when the runner closes: nothing is resumed or read again from then on. */
+  closing: AbortSignal;
+}
+
+export interface PartitionFetch {
+  pause(work: FetchedPartition): void;
+  /** Resumes a paused partition; a refusal (not running) is logged, and the partition stays paused. */
+  resume(work: FetchedPartition): void;
+  readPastLater(work: FetchedPartition): void;
+  stopReadingPast(work: FetchedPartition): void;
+  readAgainIfDue(work: FetchedPartition): void;
+}
+
+export function createPartitionFetch(options: PartitionFetchOptions): PartitionFetch {
+  const { consumer, log, readPastAfterMs, closing } = options;
+
+  function pause(work: FetchedPartition): void {
+    if (work.paused) return;
+    consumer.pause([{ topic: work.topic, partitions: [work.partition] }]);
+    work.paused = true;
+  }
+
+  function resume(work: FetchedPartition): void {
+    if (!work.paused) return;
+    try {
+      consumer.resume([{ topic: work.topic, partitions: [work.partition] }]);
+      work.paused = false;
+    } catch (error) {
+      log.warn('partition not resumed', {
+        topic: work.topic,
+        partition: work.partition,
+        reason: errorMessage(error),
+      });
+    }
+  }
+
+  /** Starts the wait after which a partition that stays full is read past its full buffer. */
+  function readPastLater(work: FetchedPartition): void {
+    if (work.lanes.readPast || work.readPastTimer) return;
+    work.readPastTimer = setTimeout(() => {
+      work.readPastTimer = undefined;
+      if (closing.aborted || work.revoked || work.lanes.isHalfEmpty) return;
+      work.lanes.readPast = true;
+      log.info('partition full for a while; reading on past the messages waiting in it', {
+        topic: work.topic,
+        partition: work.partition,
+        held: work.lanes.held,
+        readPastAfterMs: readPastAfterMs,
+      });
+      resume(work);
+    }, readPastAfterMs);
+    work.readPastTimer.unref();
+  }
+
+  /** Half empty, revoked or closing: the partition is no longer read past its buffer, nor waits to be. */
+  function stopReadingPast(work: FetchedPartition): void {
+    if (work.readPastTimer) clearTimeout(work.readPastTimer);
+    work.readPastTimer = undefined;
+    work.lanes.readPast = false;
+  }
+
+  /**
+   * Reads the partition again towards the oldest deferred message whose key wants it back now, when the
+   * fetch is past it (a message finished, making room): from the last committed offset, which is never
+   * past it (see the top of this file).
+   */
+  function readAgainIfDue(work: FetchedPartition): void {
+    if (closing.aborted || work.revoked) return;
+    const from = work.lanes.readAgainFrom();
+    const safe = work.committed ?? work.readSince;
+    if (from === undefined || safe === undefined) return;
+    if (work.position === undefined || from < work.position) {
+      try {
+        consumer.seek({ topic: work.topic, partition: work.partition, offset: safe.toString() });
+        work.position = safe;
+      } catch (error) {
+        log.warn('partition not read again from a deferred message', {
+          topic: work.topic,
+          partition: work.partition,
+          offset: safe.toString(),
+          reason: errorMessage(error),
+        });
+        return;
+      }
+    }
+    resume(work);
+  }
+
+  return { pause, resume, readPastLater, stopReadingPast, readAgainIfDue };
+}

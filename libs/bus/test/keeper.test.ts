@@ -1,0 +1,75 @@
+import { silentLogger } from '@urs/logging';
+import { retryPolicy } from '@urs/resilience';
+import { createConsumerKeeper } from '../src/keeper';
+
+const outage = Object.assign(new Error('Connection error: connect ECONNREFUSED'), {
+  name: 'KafkaJSConnectionError',
+  code: 'ECONNREFUSED',
+});
+const refused = Object.assign(new Error('Not authorized to access group'), {
+  name: 'KafkaJSProtocolError',
+  type: 'GROUP_AUTHORIZATION_FAILED',
+});
+
+function keeper(run: () => Promise<void>) {
+  return createConsumerKeeper({
+    groupId: 'group',
+    log: silentLogger,
+    restart: retryPolicy({ maxAttempts: Infinity, initialDelayMs: 100, maxDelayMs: 100 }),
+    run,
+    busy: () => false,
+  });
+}
+
+describe('createConsumerKeeper', () => {
+  beforeEach(() => jest.useFakeTimers());
+  afterEach(() => jest.useRealTimers());
+
+  it('should restart a consumer stopped by an outage until it joins again, and say when it is up', async () => {
+    const run = jest.fn<Promise<void>, []>().mockResolvedValue(undefined);
+    const kept = keeper(run);
+    kept.joined();
+    expect(kept.isUp()).toBe(true);
+    kept.crashed(outage);
+    expect(kept.isUp()).toBe(false);
+    await jest.advanceTimersByTimeAsync(100);
+    expect(run).toHaveBeenCalledTimes(1);
+    // The restart's run() failing is another crash: restarted again.
+    run.mockRejectedValueOnce(outage);
+    kept.crashed(outage);
+    await jest.advanceTimersByTimeAsync(100);
+    await jest.advanceTimersByTimeAsync(100);
+    expect(run).toHaveBeenCalledTimes(3);
+    kept.joined();
+    expect(kept.isUp()).toBe(true);
+  });
+
+  it('should say it is not up once its broker answered nothing for 10 s', async () => {
+    const kept = keeper(async () => undefined);
+    kept.joined();
+    await jest.advanceTimersByTimeAsync(9_000);
+    kept.answered();
+    await jest.advanceTimersByTimeAsync(9_000);
+    expect(kept.isUp()).toBe(true);
+    await jest.advanceTimersByTimeAsync(1_000);
+    expect(kept.isUp()).toBe(false);
+  });
+
+  it('should fail for good on a crash that waiting does not mend, restarting nothing', async () => {
+    const run = jest.fn(async () => undefined);
+    const kept = keeper(run);
+    kept.crashed(refused);
+    await expect(kept.failed()).resolves.toMatchObject({ code: 'CONSUMER_STOPPED', canRetry: false });
+    await jest.advanceTimersByTimeAsync(1_000);
+    expect(run).not.toHaveBeenCalled();
+  });
+
+  it('should restart nothing once stopped', async () => {
+    const run = jest.fn(async () => undefined);
+    const kept = keeper(run);
+    kept.crashed(outage);
+    kept.stop();
+    await jest.advanceTimersByTimeAsync(1_000);
+    expect(run).not.toHaveBeenCalled();
+  });
+});
