@@ -96,7 +96,8 @@ void runService({
       // up empty) and opens the port last, while the runtime answers /readyz as soon as the Director
       // consumer joined. Without this, a client waiting on /readyz could call the API and be refused.
       isReady: () => api !== undefined,
-      // A rebuild that failed for good (its consumer stopped by Kafka) leaves a registrar that can no longer
+      // A rebuild that failed for good (its consumer stopped by Kafka for what waiting does not mend, see
+      // crashHeals; an outage only fails it retryably) leaves a registrar that can no longer
       // refill a wiped Redis: it stops to be started again, like a runner that stopped consuming.
       failed: () => rebuilder.failed(),
       async start() {

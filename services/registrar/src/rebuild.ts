@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { Kafka, KafkaMessage } from 'kafkajs';
-import { BusError, topicOffsets } from '@urs/bus';
+import { BusError, crashHeals, topicOffsets } from '@urs/bus';
 import { validateMessage, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { canRetry, errorMessage, sleep, UrsError } from '@urs/resilience';
@@ -28,9 +28,11 @@ function headerNumber(message: KafkaMessage, name: string): number | undefined {
  * Reads `topic` from its beginning up to `targets` (per partition, the last offset to read; a partition
  * without one is not read) with a consumer group of its own (KafkaJS has no manual assignment), which is
  * deleted afterwards, and hands each message to `onMessage`, in order within its partition. A consumer
- * that Kafka stopped for good (a crash KafkaJS does not restart, e.g. an authorisation error) fails the
- * read at once with a non-retryable `BusError` `CONSUMER_STOPPED` saying why: it would read nothing
- * more, and waiting out `timeoutMs` would only hide the reason.
+ * that Kafka stopped (a crash KafkaJS does not restart) fails the read at once with a `BusError`
+ * `CONSUMER_STOPPED` saying why: it would read nothing more, and waiting out `timeoutMs` would only hide
+ * the reason. Retryable when what stopped it heals by waiting (crashHeals: a broker away or restarting,
+ * no group coordinator yet, a rebalance; KafkaJS stops a consumer for many of these for good), so the
+ * rebuild is tried again; not when it does not (an authorisation or a configuration refused).
  */
 async function readUpTo(
   kafka: Kafka,
@@ -53,12 +55,14 @@ async function readUpTo(
     const stopped = new Promise<Error>((resolve) => (stop = resolve));
     consumer.on(consumer.events.CRASH, (event) => {
       if (event.payload.restart) return;
+      const { error } = event.payload;
       stop(
         new BusError(
           'CONSUMER_STOPPED',
-          `reading ${topic}: Kafka stopped its consumer: ${errorMessage(event.payload.error)}`,
+          `reading ${topic}: Kafka stopped its consumer: ${errorMessage(error)}`,
           {
-            cause: event.payload.error,
+            canRetry: crashHeals(error),
+            cause: error,
             details: { topic },
           },
         ),

@@ -1,6 +1,13 @@
+import {
+  KafkaJSGroupCoordinatorNotFound,
+  KafkaJSProtocolError,
+  type ConsumerRunConfig,
+  type EachBatchPayload,
+  type Kafka,
+} from 'kafkajs';
 import { BusError } from '@urs/bus';
 import { silentLogger } from '@urs/logging';
-import { createTenantRebuilder, type TenantLogEntry } from '../src/rebuild';
+import { createTenantRebuilder, readTenantLog, type TenantLogEntry } from '../src/rebuild';
 import { memoryStateStore, memoryTenantStore, tenantRecord as record } from './fakes';
 
 /** What readTenantLog throws when Kafka stopped its consumer for good. */
@@ -115,4 +122,111 @@ describe('createTenantRebuilder', () => {
     expect(reads()).toBe(3);
     await expect(rebuilder.failed()).resolves.toBe(stopped);
   });
+
+  it('ensure should fail retryably, not for good, when Kafka stops its consumer during an outage', async () => {
+    // KafkaJS stops a consumer that finds no group coordinator (its broker away or restarting) with
+    // restart false; the rebuild is tried again, and succeeds once the broker is back.
+    const kafka = fakeKafka([{ key: 'a', value: JSON.stringify(record('a', 3)) }]);
+    const tenants = memoryTenantStore();
+    let rebuilt = false;
+    const rebuilder = createTenantRebuilder({
+      readLog: () => readTenantLog(kafka.client, 'urs.tenants', 'registrar', silentLogger, 5_000),
+      readGeneration: async () => -1,
+      tenants,
+      state: {
+        ...memoryStateStore(),
+        isRebuilt: async () => rebuilt,
+        markRebuilt: async () => void (rebuilt = true),
+      },
+      logger: silentLogger,
+    });
+    let failed: Error | undefined;
+    void rebuilder.failed().then((error) => (failed = error));
+    kafka.crashWith(
+      new (KafkaJSGroupCoordinatorNotFound as unknown as new (message: string) => Error)(
+        'Failed to find group coordinator',
+      ),
+    );
+    await expect(rebuilder.ensure()).rejects.toMatchObject({
+      code: 'CONSUMER_STOPPED',
+      canRetry: true,
+      message: expect.stringContaining('Failed to find group coordinator'),
+    });
+    kafka.crashWith(undefined);
+    await rebuilder.ensure();
+    expect(await tenants.ids()).toEqual(['a']);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(failed).toBeUndefined();
+  });
+
+  it('ensure should fail for good when Kafka stops its consumer with an error waiting does not mend', async () => {
+    const kafka = fakeKafka([{ key: 'a', value: JSON.stringify(record('a', 3)) }]);
+    const rebuilder = createTenantRebuilder({
+      readLog: () => readTenantLog(kafka.client, 'urs.tenants', 'registrar', silentLogger, 5_000),
+      readGeneration: async () => -1,
+      tenants: memoryTenantStore(),
+      state: { ...memoryStateStore(), isRebuilt: async () => false },
+      logger: silentLogger,
+    });
+    kafka.crashWith(
+      new KafkaJSProtocolError(
+        Object.assign(new Error('Not authorized to access group'), {
+          type: 'GROUP_AUTHORIZATION_FAILED',
+          code: 30,
+        }),
+      ),
+    );
+    await expect(rebuilder.ensure()).rejects.toMatchObject({ code: 'REBUILD_FAILED', canRetry: true });
+    await expect(rebuilder.failed()).resolves.toMatchObject({ code: 'CONSUMER_STOPPED', canRetry: false });
+  });
 });
+
+/**
+ * Enough of KafkaJS for readTenantLog over one partition holding `messages`: a consumer either reads them in
+ * one batch or, while `crashWith` was given an error, is stopped by KafkaJS with it (restart false) once run.
+ */
+function fakeKafka(messages: { key: string; value: string }[]) {
+  let crash: Error | undefined;
+  const admin = () => ({
+    connect: async () => undefined,
+    disconnect: async () => undefined,
+    deleteGroups: async () => [],
+    fetchTopicOffsets: async () => [
+      { partition: 0, offset: String(messages.length), high: String(messages.length), low: '0' },
+    ],
+  });
+  const consumer = () => {
+    const listeners = new Map<string, (event: unknown) => void>();
+    return {
+      events: { CRASH: 'consumer.crash' },
+      on: (name: string, listener: (event: unknown) => void) => listeners.set(name, listener),
+      connect: async () => undefined,
+      subscribe: async () => undefined,
+      disconnect: async () => undefined,
+      run: async (config: ConsumerRunConfig) => {
+        const error = crash;
+        setImmediate(() => {
+          if (error) {
+            listeners.get('consumer.crash')?.({ payload: { error, groupId: 'g', restart: false } });
+            return;
+          }
+          const batch = {
+            partition: 0,
+            messages: messages.map((message, offset) => ({
+              key: Buffer.from(message.key),
+              value: Buffer.from(message.value),
+              offset: String(offset),
+              headers: {},
+            })),
+            lastOffset: () => String(messages.length - 1),
+          };
+          void config.eachBatch?.({ batch } as unknown as EachBatchPayload);
+        });
+      },
+    };
+  };
+  return {
+    client: { admin, consumer } as unknown as Kafka,
+    crashWith: (error: Error | undefined) => (crash = error),
+  };
+}
