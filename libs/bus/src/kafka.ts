@@ -1,28 +1,26 @@
-import { Kafka, logLevel as KafkaLogLevel, type LogEntry, type SASLOptions } from 'kafkajs';
+import { Kafka, logLevel as KafkaLogLevel, type SASLOptions } from 'kafkajs';
 import type { KafkaConfig } from '@urs/config';
 import type { Logger } from '@urs/logging';
+import { createKafkaLogForwarder } from './kafka-log';
 import { applyKafkaJsFixes } from './kafkajs-fixes';
 
 /**
  * A KafkaJS client whose own log lines go through our logger. KafkaJS logs routine rebalances at
- * ERROR, so only WARN and above are forwarded, as warnings. KafkaJS 2.2.4's idle timer loop and slow
- * checksum are fixed first (applyKafkaJsFixes).
+ * ERROR, so only WARN and above are forwarded, as warnings, and each message at most once a minute with a
+ * count of the lines left out (createKafkaLogForwarder): an outage makes every client log each retry. KafkaJS
+ * 2.2.4's idle timer loop and slow checksum are fixed first (applyKafkaJsFixes).
  */
 export function createKafka(config: KafkaConfig, logger: Logger): Kafka {
   applyKafkaJsFixes();
-  const log = logger.child({ component: 'kafkajs' });
+  const forward = createKafkaLogForwarder({ log: logger.child({ component: 'kafkajs' }) });
   return new Kafka({
     clientId: config.clientId,
     brokers: config.brokers,
     ssl: config.ssl,
     ...(config.sasl ? { sasl: config.sasl as SASLOptions } : {}),
     logLevel: KafkaLogLevel.WARN,
-    logCreator:
-      () =>
-      ({ namespace, log: entry }: LogEntry) => {
-        const { message, ...fields } = entry;
-        log.warn(String(message), { namespace, ...fields });
-      },
+    // One forwarder for every client of this Kafka, so that a message all of them log is counted once.
+    logCreator: () => forward,
     // Retries at most 5 s apart (KafkaJS's default cap is 30 s): a client that lost its broker, a consumer
     // restarting among them, tries again within 5 s of the broker's return instead of sleeping up to 30 s of
     // backoff. 16 retries keep the time a call is retried before it fails about as long as the 8 uncapped ones
