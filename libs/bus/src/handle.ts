@@ -34,10 +34,11 @@ export interface InboundMessage<T> {
    */
   heartbeat?: () => Promise<void>;
   /**
-   * Ordering 'key' only: aborted when the runner gives the message up, because its partition went to
-   * another consumer in a rebalance, or because the runner is closing and the drain time passed. A
-   * handler that stops early should throw: the message is then neither retried nor dead-lettered, and
-   * its offset is not committed (it is handled again by whoever owns the partition next).
+   * Aborted when the runner gives the message up: the runner is closing and the drain time passed
+   * (ConsumerRunnerOptions.drainTimeoutMs), or, with ordering 'key', its partition went to another
+   * consumer in a rebalance. A handler that stops early should throw: the message is then neither
+   * retried nor dead-lettered, and its offset is not committed (it is handled again by whoever owns the
+   * partition next).
    */
   signal?: AbortSignal;
 }

@@ -1,10 +1,16 @@
 import type { EachBatchPayload, KafkaMessage } from 'kafkajs';
+import type { Logger } from '@urs/logging';
+import { errorMessage } from '@urs/resilience';
+import { drainWithin } from './drain';
 import type { MessageWork } from './handle';
 
 export interface PartitionOrderedOptions {
   settle: (work: MessageWork) => Promise<boolean>;
   /** Whether handled offsets are committed (ConsumerRunnerOptions.commitOffsets). */
   commit: boolean;
+  /** On close, how long the message in flight may take to finish, then to return once aborted, ms. */
+  drainTimeoutMs: number;
+  log: Logger;
 }
 
 export interface PartitionOrderedConsumption {
@@ -12,8 +18,13 @@ export interface PartitionOrderedConsumption {
   eachBatch(payload: EachBatchPayload): Promise<void>;
   /** Whether a batch is being handled: KafkaJS's fetch loop waits for it, so nothing is asked meanwhile. */
   busy(): boolean;
-  /** The runner is stopping: a message failing from now on is given up, uncommitted. */
-  stop(): void;
+  /**
+   * Stops intake at once (a message failing from now on is given up, uncommitted), then lets the messages in
+   * flight finish within drainTimeoutMs, aborts their handlers' `signal`, and waits as long again. A message
+   * still not returned then is let go of: its batch ends without it, so it stays uncommitted, and KafkaJS's
+   * disconnect, which waits for the batch, goes on. Runs alongside disconnect; never rejects.
+   */
+  drain(): Promise<void>;
 }
 
 /**
@@ -24,8 +35,18 @@ export interface PartitionOrderedConsumption {
 export function createPartitionOrderedConsumption(
   options: PartitionOrderedOptions,
 ): PartitionOrderedConsumption {
-  const { commit } = options;
-  const abort = new AbortController();
+  const { commit, log } = options;
+  /** Aborted when close starts: cuts a retry's pause short, and no message starts after it. */
+  const stopping = new AbortController();
+  /** The handlers' `signal`: aborted when close's drain time has passed. */
+  const aborted = new AbortController();
+  /**
+   * Of each message in flight, what ends the wait for it when close lets go of it. One per message, not one
+   * promise every message races against: each race would leave a reaction on it for the runner's lifetime.
+   */
+  const letGo = new Set<(done: false) => void>();
+  /** The messages being handled, so drain can wait for them. */
+  const running = new Set<Promise<boolean>>();
   /** Batches in eachBatch. */
   let handling = 0;
 
@@ -36,16 +57,43 @@ export function createPartitionOrderedConsumption(
       partition: payload.batch.partition,
       message,
       heartbeat: () => payload.heartbeat(),
-      stopSignal: abort.signal,
-      shouldStop: () => abort.signal.aborted || !payload.isRunning() || payload.isStale(),
+      signal: aborted.signal,
+      stopSignal: stopping.signal,
+      shouldStop: () => stopping.signal.aborted || !payload.isRunning() || payload.isStale(),
       beforeRetry: () => payload.heartbeat(),
     });
   }
 
+  /** handleOne, or false once close let go of the message; what it does after that is not waited for. */
+  async function settled(payload: EachBatchPayload, message: KafkaMessage): Promise<boolean> {
+    const settling = handleOne(payload, message);
+    running.add(settling);
+    let release: (done: false) => void = () => undefined;
+    try {
+      return await new Promise<boolean>((resolve, reject) => {
+        release = resolve;
+        letGo.add(release);
+        settling.then(resolve, (error: unknown) => {
+          // Let go of by close, it failed later (its dead letter not written): nobody awaits it now.
+          if (!running.has(settling)) {
+            log.warn('message let go of on close failed', {
+              offset: message.offset,
+              reason: errorMessage(error),
+            });
+          }
+          reject(error);
+        });
+      });
+    } finally {
+      letGo.delete(release);
+      running.delete(settling);
+    }
+  }
+
   async function eachBatch(payload: EachBatchPayload): Promise<void> {
     for (const message of payload.batch.messages) {
-      if (!payload.isRunning() || payload.isStale()) break;
-      const done = await handleOne(payload, message);
+      if (stopping.signal.aborted || !payload.isRunning() || payload.isStale()) break;
+      const done = await settled(payload, message);
       if (!done) break;
       payload.resolveOffset(message.offset);
       if (commit) await payload.commitOffsetsIfNecessary();
@@ -64,8 +112,15 @@ export function createPartitionOrderedConsumption(
       }
     },
     busy: () => handling > 0,
-    stop() {
-      abort.abort();
+    async drain() {
+      stopping.abort();
+      const returned = await drainWithin({
+        running,
+        drainTimeoutMs: options.drainTimeoutMs,
+        abort: () => aborted.abort(),
+        log,
+      });
+      if (!returned) for (const release of letGo) release(false);
     },
   };
 }

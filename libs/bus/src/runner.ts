@@ -126,9 +126,9 @@ export interface ConsumerRunnerOptions {
   /** Ordering 'key': how soon a finished message's offset is committed, ms. Default 1000. */
   commitIntervalMs?: number;
   /**
-   * Ordering 'key': on close, how long messages in flight may take to finish, ms; then their
-   * handler's `signal` is aborted and close waits as long again for them to return. Queued messages
-   * not started are left to the next owner. Default 5000; a service gives its runners
+   * On close, how long messages in flight may take to finish, ms; then their handler's `signal` is aborted
+   * and close waits as long again for them to return, then goes on without them (their messages left
+   * uncommitted). Messages not started are left to the next owner. Default 5000; a service gives its runners
    * ServiceContext.drainTimeoutMs, a third of URS_SHUTDOWN_TIMEOUT_MS, so its stop fits in that time.
    */
   drainTimeoutMs?: number;
@@ -154,8 +154,8 @@ export interface ConsumerRunner {
    */
   failed(): Promise<Error>;
   /**
-   * Stops intake, lets the in-flight message finish (ordering 'key': finish or abort, see
-   * drainTimeoutMs), commits what was handled, disconnects. Idempotent. The runner is stopping as soon as
+   * Stops intake, lets the in-flight messages finish or aborts them (see drainTimeoutMs), commits what
+   * was handled, disconnects. Idempotent. The runner is stopping as soon as
    * close is called (before it first waits): a handler failing from then on leaves its message
    * uncommitted for the next owner, neither retried nor dead-lettered.
    */
@@ -287,7 +287,14 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
           labels: { group: options.groupId },
         })
       : undefined;
-  const partitioned = keyed ? undefined : createPartitionOrderedConsumption({ settle, commit });
+  const partitioned = keyed
+    ? undefined
+    : createPartitionOrderedConsumption({
+        settle,
+        commit,
+        drainTimeoutMs: positiveInt('drainTimeoutMs', options.drainTimeoutMs, 5_000),
+        log,
+      });
   const keeper = createConsumerKeeper({
     groupId: options.groupId,
     log,
@@ -346,12 +353,15 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
         const wasStarted = state !== 'created';
         state = 'closing';
         keeper.stop();
-        partitioned?.stop();
+        // Ordering 'partition': alongside disconnect, which waits for the batch in flight; the drain ends that
+        // batch without its message once the drain time has passed twice (see drainTimeoutMs).
+        const draining = partitioned?.drain();
         // Ordering 'key' commits before disconnecting: a commit needs the member in its group.
         if (keyed && wasStarted) await keyed.drain();
         // disconnect() stops fetching, waits for the running eachBatch, commits resolved offsets
         // (ordering 'partition'), leaves the group.
         await consumer.disconnect();
+        await draining;
         state = 'closed';
       })();
       return closing;

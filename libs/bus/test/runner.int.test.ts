@@ -225,4 +225,58 @@ describe('createConsumerRunner', () => {
     expect(first).toEqual(['one', 'two']);
     expect(second).toEqual(['three']);
   });
+
+  it('should close within twice drainTimeoutMs when a handler ignores its stop, leaving its message uncommitted', async () => {
+    const [topic] = topics as [string, string];
+    const groupId = uniqueId('group');
+    const drainTimeoutMs = 500;
+    const handled: string[] = [];
+    let stuck = false;
+    let signal: AbortSignal | undefined;
+    let release: () => void = () => undefined;
+    const runner = start(
+      groupId,
+      async (message) => {
+        const id = message.value?.tenantId ?? '';
+        if (id === 'stuck') {
+          stuck = true;
+          signal = message.signal;
+          // Ignores its signal: returns only when the test lets it, after close.
+          await new Promise<void>((resolve) => (release = resolve));
+        }
+        handled.push(id);
+      },
+      { drainTimeoutMs },
+    );
+    await runner.start();
+    await publisher.send(topic, 'urs/tenant-record', [
+      { key: 'k', value: tenantRecord('first') },
+      { key: 'k', value: tenantRecord('stuck') },
+    ]);
+    await waitFor(() => stuck, { timeoutMs: 30_000 });
+
+    const closing = Date.now();
+    const closed = await Promise.race([
+      runner.close().then(() => true),
+      new Promise<false>((resolve) => setTimeout(() => resolve(false), 15_000).unref()),
+    ]);
+    const tookMs = Date.now() - closing;
+    release();
+    expect(closed).toBe(true);
+    expect(signal?.aborted).toBe(true);
+    // Twice the drain time, and what disconnect takes (leaving the group, committing).
+    expect(tookMs).toBeGreaterThanOrEqual(2 * drainTimeoutMs - 50);
+    expect(tookMs).toBeLessThan(2 * drainTimeoutMs + 3_000);
+    expect(handled).toEqual(['first']);
+
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      const [offsets] = await admin.fetchOffsets({ groupId, topics: [topic] });
+      // 'first' is committed, 'stuck' (offset 1 of the same partition) is not.
+      expect(offsets?.partitions.map((partition) => partition.offset).sort()).toEqual(['-1', '1']);
+    } finally {
+      await admin.disconnect();
+    }
+  });
 });
