@@ -17,8 +17,16 @@ export interface HealthServer {
   close(): Promise<void>;
 }
 
-/** `/healthz` (the process answers), `/readyz` (ready for work: 200 or 503), `/metrics` (Prometheus). */
+/**
+ * `/healthz` (the process answers), `/readyz` (ready for work: 200 or 503), `/metrics` (Prometheus), where
+ * `urs_ready` says what `/readyz` would: an alert can then watch readiness where only metrics are scraped.
+ */
 export async function startHealthServer(options: HealthServerOptions): Promise<HealthServer> {
+  options.registry.gauge(
+    'urs_ready',
+    'Whether the service is ready for work (1) or not (0), as /readyz answers.',
+    () => (options.isReady() ? 1 : 0),
+  );
   const server: Server = createServer((request, response) => {
     const path = (request.url ?? '/').split('?')[0];
     if (request.method !== 'GET') {

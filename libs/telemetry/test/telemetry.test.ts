@@ -29,7 +29,7 @@ describe('Registry', () => {
 });
 
 describe('startHealthServer', () => {
-  it('should answer healthz, readyz by the readiness callback, and metrics', async () => {
+  it('should answer healthz, readyz by the readiness callback, and metrics with urs_ready alike', async () => {
     let ready = false;
     const registry = new Registry();
     const server = await startHealthServer({ port: 0, host: '127.0.0.1', registry, isReady: () => ready });
@@ -37,9 +37,12 @@ describe('startHealthServer', () => {
       const base = `http://127.0.0.1:${server.port}`;
       expect((await fetch(`${base}/healthz`)).status).toBe(200);
       expect((await fetch(`${base}/readyz`)).status).toBe(503);
+      expect(await (await fetch(`${base}/metrics`)).text()).toMatch(/^urs_ready 0$/m);
       ready = true;
       expect((await fetch(`${base}/readyz`)).status).toBe(200);
-      expect(await (await fetch(`${base}/metrics`)).text()).toMatch(/process_resident_memory_bytes \d+/);
+      const metrics = await (await fetch(`${base}/metrics`)).text();
+      expect(metrics).toMatch(/^urs_ready 1$/m);
+      expect(metrics).toMatch(/process_resident_memory_bytes \d+/);
     } finally {
       await server.close();
     }

@@ -1,0 +1,104 @@
+// deploy/prometheus/alerts.yml names metrics and label values the services serve: checked here against the
+// code, so a metric renamed or a label value changed cannot leave an alert that never fires.
+import fs from 'node:fs';
+import path from 'node:path';
+import { parse } from 'yaml';
+
+const root = path.resolve(__dirname, '..', '..');
+
+interface Rule {
+  alert: string;
+  expr: string;
+  for?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+}
+
+const rules = (
+  parse(fs.readFileSync(path.join(root, 'deploy/prometheus/alerts.yml'), 'utf8')) as {
+    groups: { name: string; rules: Rule[] }[];
+  }
+).groups.flatMap((group) => group.rules);
+
+/** Every TypeScript source of the libraries and services (not their tests). */
+function sources(): string[] {
+  const files: string[] = [];
+  for (const top of ['libs', 'services'])
+    for (const pkg of fs.readdirSync(path.join(root, top))) {
+      const walk = (dir: string): void => {
+        if (!fs.existsSync(dir)) return;
+        for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+          const full = path.join(dir, entry.name);
+          if (entry.isDirectory()) walk(full);
+          else if (entry.name.endsWith('.ts')) files.push(fs.readFileSync(full, 'utf8'));
+        }
+      };
+      walk(path.join(root, top, pkg, 'src'));
+    }
+  return files;
+}
+
+const code = sources().join('\n');
+/** The metric names the code registers (`registry.counter('urs_…'`, gauges, histograms). */
+const registered = new Set(
+  [...code.matchAll(/\.(?:counter|gauge|histogram)\(\s*'([a-z_]+)'/g)].map((match) => match[1] as string),
+);
+
+/** The metrics an expression reads, a histogram's series by the histogram's name. */
+function metricsOf(expr: string): string[] {
+  return [...expr.matchAll(/\b((?:urs|process|nodejs)_[a-z_]+)\b/g)].map((match) =>
+    (match[1] as string).replace(/_(bucket|sum|count)$/, ''),
+  );
+}
+
+/** The label values an expression matches on (`label="value"`, each alternative of `label=~"a|b"`). */
+function labelValuesOf(expr: string): { label: string; value: string }[] {
+  return [...expr.matchAll(/(\w+)(=~|=)"([^"]*)"/g)].flatMap((match) =>
+    (match[2] === '=~' ? (match[3] as string).split('|') : [match[3] as string]).map((value) => ({
+      label: match[1] as string,
+      value,
+    })),
+  );
+}
+
+describe('deploy/prometheus/alerts.yml', () => {
+  test('the code should register metrics, or the rules have nothing to check', () => {
+    expect(registered).toContain('urs_ready');
+    expect(registered).toContain('urs_messages_total');
+    expect(registered.size).toBeGreaterThan(20);
+  });
+
+  test('every rule should have a unique name, a severity, a summary and a description', () => {
+    expect(rules.length).toBeGreaterThan(0);
+    expect(new Set(rules.map((rule) => rule.alert)).size).toBe(rules.length);
+    for (const rule of rules) {
+      expect([rule.alert, ['page', 'ticket'].includes(rule.labels?.['severity'] ?? '')]).toEqual([
+        rule.alert,
+        true,
+      ]);
+      expect([rule.alert, Boolean(rule.annotations?.['summary'] && rule.annotations['description'])]).toEqual(
+        [rule.alert, true],
+      );
+    }
+  });
+
+  test.each(rules.map((rule) => [rule.alert, rule] as const))(
+    'rule %s should read only metrics the services register',
+    (_name, rule) => {
+      const metrics = metricsOf(rule.expr);
+      expect(metrics.length).toBeGreaterThan(0);
+      for (const metric of metrics) expect([metric, registered.has(metric)]).toEqual([metric, true]);
+    },
+  );
+
+  test.each(rules.map((rule) => [rule.alert, rule] as const))(
+    'rule %s should match only label values the code writes',
+    (_name, rule) => {
+      for (const { label, value } of labelValuesOf(rule.expr)) {
+        // An HTTP status is written as the number it is (urs_defender_calls_total's status).
+        const written = /^\d{3}$/.test(value) || code.includes(`'${value}'`);
+        expect([label, value, written]).toEqual([label, value, true]);
+      }
+    },
+  );
+});
