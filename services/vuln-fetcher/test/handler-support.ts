@@ -1,11 +1,13 @@
 import type { InboundMessage, Publisher } from '@urs/bus';
 import type { DeviceBatch, EnrichedBatch, TenantRecord, VulnerabilitySummary } from '@urs/contracts';
+import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
+import type { SecretSealer } from '@urs/secrets';
 import type { BulkExportState, BulkVulnerabilityCache, TenantStatus } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { inboundMessage } from '@urs/testkit';
 import { createEnrichHandler, type EnrichHandlerDeps } from '../src/handler';
-import type { SourceProvider, VulnerabilitySource } from '../src/sources';
+import { createDefenderSources, type SourceProvider, type VulnerabilitySource } from '../src/sources';
 import type { VulnerabilityLike } from '../src/summarise';
 
 // The enrich handler's unit-test fixtures: a tenant t1, its batches, an export cache in memory, and the
@@ -124,3 +126,31 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
 }
 
 export const cve = (id: string, cvssV3: number | null): VulnerabilityLike => ({ id, cvssV3 });
+
+/**
+ * The real Defender sources over a local limiter and quota gate, opening secrets with `sealer`; `close` lets go
+ * of them and their HTTPS agent.
+ */
+export function localSources(
+  sealer: SecretSealer,
+  now?: () => number,
+): { sources: SourceProvider; close: () => void } {
+  const agent = createHttpsAgent();
+  const sources = createDefenderSources({
+    sealer,
+    limiter: createLocalLimiter(),
+    quota: createLocalQuotaGate(),
+    httpsAgent: agent,
+    overrides: {},
+    logger: silentLogger,
+    metrics: new Registry({ processMetrics: false }),
+    ...(now ? { now } : {}),
+  });
+  return {
+    sources,
+    close: () => {
+      sources.close();
+      agent.destroy();
+    },
+  };
+}

@@ -1,20 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import type { EnrichedBatch, TenantRecord } from '@urs/contracts';
-import {
-  CallHealth,
-  DefenderError,
-  DefenderErrorCode,
-  createHttpsAgent,
-  createLocalLimiter,
-  createLocalQuotaGate,
-} from '@urs/defender';
-import { silentLogger } from '@urs/logging';
+import { CallHealth, DefenderError, DefenderErrorCode } from '@urs/defender';
 import { createSecretSealer } from '@urs/secrets';
-import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine } from '@urs/testkit';
-import { createDefenderSources } from '../src/sources';
 import { VulnerabilityFolder } from '../src/summarise';
-import { batch, cve, message, record, setup } from './handler-support';
+import { batch, cve, localSources, message, record, setup } from './handler-support';
 
 describe('createEnrichHandler', () => {
   it('should summarise each device at the batch threshold and keep the cycle header', async () => {
@@ -368,16 +358,7 @@ describe('createEnrichHandler', () => {
         region: null,
       },
     } as unknown as TenantRecord;
-    const agent = createHttpsAgent();
-    const sources = createDefenderSources({
-      sealer: wrongKey,
-      limiter: createLocalLimiter(),
-      quota: createLocalQuotaGate(),
-      httpsAgent: agent,
-      overrides: {},
-      logger: silentLogger,
-      metrics: new Registry({ processMetrics: false }),
-    });
+    const { sources, close } = localSources(wrongKey);
     const lines: LogLine[] = [];
     const { handler, sent, statuses } = setup(
       {},
@@ -410,8 +391,7 @@ describe('createEnrichHandler', () => {
       });
       expect(sent).toEqual([]);
     } finally {
-      sources.close();
-      agent.destroy();
+      close();
     }
   });
 

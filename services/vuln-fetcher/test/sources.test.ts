@@ -1,11 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import type { TenantRecord } from '@urs/contracts';
-import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
-import { silentLogger } from '@urs/logging';
 import { isInfrastructureFault } from '@urs/resilience';
 import { createSecretSealer } from '@urs/secrets';
-import { Registry } from '@urs/telemetry';
-import { ReplicaSecretKeyError, createDefenderSources, isTenantWideFailure } from '../src/sources';
+import { ReplicaSecretKeyError, isTenantWideFailure } from '../src/sources';
+import { localSources } from './handler-support';
 
 describe('createDefenderSources', () => {
   const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
@@ -24,17 +22,7 @@ describe('createDefenderSources', () => {
 
   it("should keep a tenant's source while its revision holds and it is asked for, and let it go after an idle hour", () => {
     let clock = 0;
-    const agent = createHttpsAgent();
-    const sources = createDefenderSources({
-      sealer,
-      limiter: createLocalLimiter(),
-      quota: createLocalQuotaGate(),
-      httpsAgent: agent,
-      overrides: {},
-      logger: silentLogger,
-      metrics: new Registry({ processMetrics: false }),
-      now: () => clock,
-    });
+    const { sources, close } = localSources(sealer, () => clock);
     try {
       const first = sources.forTenant(record('a', 1));
       const other = sources.forTenant(record('b', 1));
@@ -48,24 +36,14 @@ describe('createDefenderSources', () => {
       expect(sources.forTenant(record('b', 1))).not.toBe(other);
       expect(sources.forTenant(record('a', 2))).toBe(again);
     } finally {
-      sources.close();
-      agent.destroy();
+      close();
     }
   });
 
   it("forTenant should fail retryably, as this replica's fault, when its key does not open the tenant's secret", () => {
     // Another URS_SECRET_KEY under the same URS_SECRET_KEY_ID as the registrar's.
     const wrongKey = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
-    const agent = createHttpsAgent();
-    const sources = createDefenderSources({
-      sealer: wrongKey,
-      limiter: createLocalLimiter(),
-      quota: createLocalQuotaGate(),
-      httpsAgent: agent,
-      overrides: {},
-      logger: silentLogger,
-      metrics: new Registry({ processMetrics: false }),
-    });
+    const { sources, close } = localSources(wrongKey);
     try {
       let failure: unknown;
       try {
@@ -83,30 +61,19 @@ describe('createDefenderSources', () => {
       // Held by the bus, never dead-lettered: the batch is sound, the replica's key is not.
       expect(isInfrastructureFault(failure)).toBe(true);
     } finally {
-      sources.close();
-      agent.destroy();
+      close();
     }
   });
 
   it("forTenant should fail as the tenant's failure when the secret's key id is held by no key of this process", () => {
     const otherId = createSecretSealer({ activeKeyId: 'k2', keys: new Map([['k2', randomBytes(32)]]) });
-    const agent = createHttpsAgent();
-    const sources = createDefenderSources({
-      sealer: otherId,
-      limiter: createLocalLimiter(),
-      quota: createLocalQuotaGate(),
-      httpsAgent: agent,
-      overrides: {},
-      logger: silentLogger,
-      metrics: new Registry({ processMetrics: false }),
-    });
+    const { sources, close } = localSources(otherId);
     try {
       expect(() => sources.forTenant(record('a', 1))).toThrow(
         expect.objectContaining({ code: 'SECRET_KEY_UNKNOWN', canRetry: false }),
       );
     } finally {
-      sources.close();
-      agent.destroy();
+      close();
     }
   });
 });
