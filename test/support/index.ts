@@ -9,5 +9,5 @@ export { freePort, startRedis, stopRedis } from './own-redis';
 export { scoredDevice, tenantRecord, type TenantRecordOptions } from './records';
 export { inboundMessage } from './messages';
 export { capturingLogger, type LogLine } from './logs';
-export { RUN_TS, runMain, type MainRun } from './processes';
+export { RUN_TS, closedPort, runMain, type MainRun } from './processes';
 export { startPrivateKafka, type PrivateKafka } from './private-kafka';

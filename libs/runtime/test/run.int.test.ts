@@ -1,7 +1,6 @@
 import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { RUN_TS, createTestKafka, uniqueId, waitFor } from '@urs/testkit';
+import { RUN_TS, closedPort, createTestKafka, uniqueId, waitFor } from '@urs/testkit';
 import { deleteTopicsOf, serviceEnv } from './support';
 
 interface Run {
@@ -58,15 +57,6 @@ async function exitWithin(run: Run, ms: number): Promise<Awaited<Run['exited']> 
 }
 
 const messages = (run: Run): unknown[] => run.logs.map((line) => line.message);
-
-/** A port of 127.0.0.1 on which nothing listens (a free one, closed again). */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 describe('runService', () => {
   const kafka = createTestKafka();

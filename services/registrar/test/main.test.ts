@@ -1,15 +1,5 @@
-import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { runMain } from '@urs/testkit';
-
-/** A port of 127.0.0.1 on which nothing listens (a free one, closed again). */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
+import { closedPort, runMain } from '@urs/testkit';
 
 describe('registrar main', () => {
   it('should fail the start before connecting, naming URS_DEFENDER_CA_FILE, when the file it names is missing', async () => {
