@@ -233,12 +233,15 @@ export function createMessageProcessor(
           // the service's stop aborted), not the message's. Unfinished: neither counted as an attempt nor
           // dead-lettered, and left uncommitted for whoever handles the partition next.
           if (work.signal?.aborted || work.shouldStop()) return false;
-          if (!canRetry(error)) {
+          // A fault of Redis or Kafka first: one wrapped in an error that says nothing of retrying (a UrsError's
+          // default) is still no fault of the message.
+          const infrastructure = isInfrastructureFault(error);
+          if (!infrastructure && !canRetry(error)) {
             await deadLetter(work, error, inbound.value);
             return true;
           }
           let delayMs: number;
-          if (isInfrastructureFault(error)) {
+          if (infrastructure) {
             infrastructureFailures++;
             delayMs = retryDelayMs(retry, infrastructureFailures);
             const fields = messageLogFields(work, inbound.value);

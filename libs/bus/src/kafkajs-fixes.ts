@@ -37,7 +37,7 @@ function scheduleCheckPendingRequests(this: RequestQueueLike): void {
 /** KafkaJS's consumer group membership (the class a consumer creates anew on every start and restart). */
 const KAFKAJS_CONSUMER_GROUP = 'kafkajs/src/consumer/consumerGroup.js';
 
-interface ConsumerGroupLike {
+export interface ConsumerGroupLike {
   memberId: string | null;
   /** The consumer's own event emitter: the same object through all of its restarts. */
   instrumentationEmitter: object;
@@ -58,15 +58,20 @@ const joinedBefore = new WeakSet<ConsumerGroupLike>();
  * the broker came back. With its old id the join completes at once; an id the broker no longer knows is answered
  * UNKNOWN_MEMBER_ID, on which KafkaJS joins afresh. A member that left its group does not keep its id.
  */
-function keepMemberIdAcrossRestarts(ConsumerGroup: { prototype: ConsumerGroupLike }): void {
+export function keepMemberIdAcrossRestarts(ConsumerGroup: { prototype: ConsumerGroupLike }): void {
   const { joinAndSync, leave } = ConsumerGroup.prototype;
   ConsumerGroup.prototype.joinAndSync = async function (this: ConsumerGroupLike): Promise<void> {
     if (!joinedBefore.has(this)) {
       joinedBefore.add(this);
       this.memberId ??= memberIds.get(this.instrumentationEmitter) ?? null;
     }
-    await joinAndSync.call(this);
-    if (this.memberId) memberIds.set(this.instrumentationEmitter, this.memberId);
+    try {
+      await joinAndSync.call(this);
+    } finally {
+      // Also when the join failed after JoinGroup answered a new id (SyncGroup refused): rejoining with the id
+      // before it would leave the new one in the group until its rebalance timeout.
+      if (this.memberId) memberIds.set(this.instrumentationEmitter, this.memberId);
+    }
   };
   ConsumerGroup.prototype.leave = async function (this: ConsumerGroupLike): Promise<void> {
     await leave.call(this);

@@ -98,7 +98,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
   /** Partitions assigned to this member by the last rebalance (partitionId). */
   let assigned = new Set<string>();
   let memberId: string | undefined;
-  const { pause, resume, readPastLater, stopReadingPast, readAgainIfDue } = createPartitionFetch({
+  const { pause, pauseAgain, resume, readPastLater, stopReadingPast, readAgainIfDue } = createPartitionFetch({
     consumer,
     log,
     readPastAfterMs: options.readPastAfterMs,
@@ -286,7 +286,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
         if (forgotten) revoke(work, 'the group forgot this member');
         else if (!assigned.has(partitionId(work.topic, work.partition))) {
           revoke(work, 'assigned to another consumer');
-        }
+        } else pauseAgain(work);
       }
     },
 

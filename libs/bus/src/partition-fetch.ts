@@ -54,6 +54,11 @@ export interface PartitionFetchOptions {
 
 export interface PartitionFetch {
   pause(work: FetchedPartition): void;
+  /**
+   * Pauses again, in KafkaJS, a partition paused here: a consumer restarted after a crash builds its
+   * subscription state anew, with nothing paused, while the partition (kept with the member id) still is here.
+   */
+  pauseAgain(work: FetchedPartition): void;
   /** Resumes a paused partition; a refusal (not running) is logged, and the partition stays paused. */
   resume(work: FetchedPartition): void;
   readPastLater(work: FetchedPartition): void;
@@ -68,6 +73,21 @@ export function createPartitionFetch(options: PartitionFetchOptions): PartitionF
     if (work.paused) return;
     consumer.pause([{ topic: work.topic, partitions: [work.partition] }]);
     work.paused = true;
+  }
+
+  function pauseAgain(work: FetchedPartition): void {
+    if (!work.paused) return;
+    work.paused = false;
+    try {
+      pause(work);
+    } catch (error) {
+      // Left unpaused here too: the next batch that finds the buffer full pauses it.
+      log.warn('partition not paused again', {
+        topic: work.topic,
+        partition: work.partition,
+        reason: errorMessage(error),
+      });
+    }
   }
 
   function resume(work: FetchedPartition): void {
@@ -136,5 +156,5 @@ export function createPartitionFetch(options: PartitionFetchOptions): PartitionF
     resume(work);
   }
 
-  return { pause, resume, readPastLater, stopReadingPast, readAgainIfDue };
+  return { pause, pauseAgain, resume, readPastLater, stopReadingPast, readAgainIfDue };
 }

@@ -60,7 +60,12 @@ export function createPartitionOrderedConsumption(
       signal: aborted.signal,
       stopSignal: stopping.signal,
       shouldStop: () => stopping.signal.aborted || !payload.isRunning() || payload.isStale(),
-      beforeRetry: () => payload.heartbeat(),
+      // A heartbeat that fails (the broker away) must not end a message's hold on a Kafka fault: it goes on being
+      // tried; should the group move the partition meanwhile, shouldStop gives it up to the new owner.
+      beforeRetry: () =>
+        payload.heartbeat().catch((error: unknown) => {
+          log.debug('heartbeat failed before a retry', { reason: errorMessage(error) });
+        }),
     });
   }
 

@@ -98,6 +98,11 @@ describe('createMessageProcessor', () => {
   it.each([
     ['Redis answering OOM', redisOom],
     ['Kafka away', kafkaAway],
+    // An error of ours wrapping it, saying nothing of retrying (a UrsError's default): still Redis's fault.
+    [
+      'Redis answering OOM, wrapped',
+      () => new UrsError('STORE_STEP', 'could not store', { cause: redisOom() }),
+    ],
   ])(
     'should hold a message whose handler fails on %s past maxAttempts, and handle it once the dependency is back, never dead-lettered',
     async (_name, fault) => {

@@ -1,4 +1,5 @@
 import { applyKafkaJsFixes } from '@urs/bus';
+import { keepMemberIdAcrossRestarts, type ConsumerGroupLike } from '../src/kafkajs-fixes';
 
 // KafkaJS's per-connection request queue, as its connections use it.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -92,5 +93,46 @@ describe('applyKafkaJsFixes', () => {
     jest.advanceTimersByTime(10);
     expect(second).toHaveBeenCalledTimes(1);
     busy.destroy();
+  });
+});
+
+describe('keepMemberIdAcrossRestarts', () => {
+  /** KafkaJS's ConsumerGroup as far as the fix sees it: each join answers `joins`' next id, or fails after it. */
+  function fakeConsumerGroup(joins: { id: string; fails?: boolean }[]): {
+    new (emitter: object): ConsumerGroupLike;
+    joinedWith: (string | null)[];
+  } {
+    const joinedWith: (string | null)[] = [];
+    class FakeConsumerGroup implements ConsumerGroupLike {
+      memberId: string | null = null;
+      constructor(readonly instrumentationEmitter: object) {}
+      async joinAndSync(): Promise<void> {
+        joinedWith.push(this.memberId);
+        const next = joins.shift();
+        if (!next) throw new Error('no join expected');
+        // JoinGroup answered the id; SyncGroup may still fail.
+        this.memberId = next.id;
+        if (next.fails) throw new Error('The coordinator is not available');
+      }
+      async leave(): Promise<void> {
+        this.memberId = null;
+      }
+    }
+    keepMemberIdAcrossRestarts(FakeConsumerGroup);
+    return Object.assign(FakeConsumerGroup, { joinedWith });
+  }
+
+  it('should rejoin a restarted consumer with the member id its last join was given, also when that join failed after it', async () => {
+    const Group = fakeConsumerGroup([{ id: 'a1' }, { id: 'a2', fails: true }, { id: 'a2' }, { id: 'b1' }]);
+    const emitter = {};
+    await new Group(emitter).joinAndSync();
+    // Restarted after a crash: a new membership of the same consumer; its join fails after JoinGroup gave a2.
+    await expect(new Group(emitter).joinAndSync()).rejects.toThrow('coordinator');
+    await new Group(emitter).joinAndSync();
+    // A member that left its group starts afresh.
+    const left = new Group(emitter);
+    await left.leave();
+    await new Group(emitter).joinAndSync();
+    expect(Group.joinedWith).toEqual([null, 'a1', 'a2', null]);
   });
 });

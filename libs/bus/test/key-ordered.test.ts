@@ -249,6 +249,26 @@ describe('createKeyOrderedConsumption', () => {
     expect(commits.sort()).toEqual(['0@1', '1@2']);
   });
 
+  it('should pause a full partition again when a restarted consumer rejoins with its member id, as KafkaJS forgot the pause', async () => {
+    const handler = heldHandler();
+    const { consumer, calls } = notingConsumer();
+    const { keyed, readFrom } = consumption(handler.settle, {
+      consumer,
+      maxBufferedPerPartition: 3,
+      readPastAfterMs: 60_000,
+    });
+    keyed.onGroupJoin(joined([0]));
+    await keyed.eachBatch(readFrom(0, ['t', 't', 't', 't']));
+    expect(calls).toEqual(['pause']);
+    // The consumer crashed and was started again: a new KafkaJS membership (nothing paused), the same member.
+    keyed.onGroupJoin(joined([0]));
+    expect(calls).toEqual(['pause', 'pause']);
+    await handler.finish('0');
+    await handler.finish('1');
+    await handler.finish('2');
+    await keyed.drain();
+  });
+
   it("should pause a full partition, read it past its full buffer to another key's message once it stayed full readPastAfterMs, and read its own deferred messages again once there is room, from the last committed offset", async () => {
     const handler = heldHandler();
     const { consumer, calls } = notingConsumer();
@@ -401,8 +421,10 @@ describe('createKeyOrderedConsumption', () => {
       await keyed.drain();
       expect(jest.getTimerCount()).toBe(0);
       jest.advanceTimersByTime(5_000);
-      // Paused twice, resumed once on revoke (KafkaJS keeps a pause past the assignment), paused all on close.
-      expect(calls).toEqual(['pause', 'pause', 'resume', 'pause']);
+      // Paused twice; at the rejoin the partition kept is paused again (a consumer KafkaJS restarted has no
+      // pause of before) and the one revoked resumed (KafkaJS keeps a pause past the assignment); paused all
+      // on close.
+      expect(calls).toEqual(['pause', 'pause', 'pause', 'resume', 'pause']);
       expect(stopped.sort()).toEqual(['0@0', '0@1', '1@0', '1@1']);
     } finally {
       jest.useRealTimers();

@@ -32,8 +32,16 @@ const REDIS_CONNECTION_CLOSED = 'Connection is closed.';
 /** Causes (and aggregated errors) followed at most this deep: a chain is short, and a cycle must not loop. */
 const MAX_DEPTH = 5;
 
+/**
+ * Errors KafkaJS marks retriable that are about what was sent, not the broker: CORRUPT_MESSAGE answers a
+ * record the broker cannot read (a bad checksum, an oversized record, a null key on a compacted topic), and
+ * sent again it is refused again; held, it would stop its key or partition for good.
+ */
+const MESSAGE_KAFKA_ERRORS: ReadonlySet<string> = new Set(['CORRUPT_MESSAGE']);
+
 interface ErrorShape {
   name?: unknown;
+  type?: unknown;
   message?: unknown;
   retriable?: unknown;
   cause?: unknown;
@@ -61,7 +69,12 @@ function isRedisFault(e: ErrorShape): boolean {
  * Its wrappers (retries exhausted, non-retriable) say nothing themselves: their cause is followed.
  */
 function isKafkaFault(e: ErrorShape): boolean {
-  return typeof e.name === 'string' && e.name.startsWith('KafkaJS') && e.retriable === true;
+  return (
+    typeof e.name === 'string' &&
+    e.name.startsWith('KafkaJS') &&
+    e.retriable === true &&
+    !(typeof e.type === 'string' && MESSAGE_KAFKA_ERRORS.has(e.type))
+  );
 }
 
 /**

@@ -66,6 +66,16 @@ describe('isInfrastructureFault', () => {
       message: 'The request included a message larger than the max message size the server will accept',
     } as unknown as Error);
     expect(isInfrastructureFault(tooLarge)).toBe(false);
+    // Retriable to KafkaJS, but a record the broker cannot read is refused again however often it is sent.
+    const corrupt = new KafkaJSProtocolError({
+      type: 'CORRUPT_MESSAGE',
+      code: 2,
+      retriable: true,
+      message: 'This message has failed its CRC checksum, exceeds the valid size, or is otherwise corrupt',
+    } as unknown as Error);
+    expect(
+      isInfrastructureFault(new KafkaJSNumberOfRetriesExceeded(corrupt, { retryCount: 5, retryTime: 1_000 })),
+    ).toBe(false);
   });
 
   it('should recognise a fault wrapped as the cause of our own error, or marked on it', () => {
