@@ -33,10 +33,22 @@ export interface PerDeviceEnrichment {
 }
 
 /**
- * Batches whose answered calls are kept for the batch's next try, after a fault of Redis or Kafka failed it
- * (see `answered`): at most 500 devices of ~150 bytes each, so ~2.5 MB in all.
+ * Devices whose answered calls are kept for their batch's next try, after a fault of Redis or Kafka failed
+ * it (see `answered`), counted over all held batches; past it the batches touched longest ago are let go.
+ * Counted in devices, not batches: held batches are retried in turn, so a cap of N batches evicted, with
+ * N + 1 held, the very batch to be retried next, and every retry called Defender again for all its
+ * devices. A summary with its 10 CVE ids and a 40-character machine id holds ~770 bytes of heap (measured
+ * on Node 20), so the cap costs ~40 MB at most; most summaries hold fewer ids. 50,000 devices are 1,000
+ * held batches of 50, or 100 of 500: a whole Redis outage's worth for a large fleet.
  */
-const KEPT_BATCHES = 32;
+const KEPT_DEVICES = 50_000;
+
+/**
+ * A held batch not tried again within this long (its partition moved to another replica, or it was
+ * dead-lettered) is let go of, in milliseconds: its answers would only linger in memory. A held batch is
+ * retried with a backoff capped well below it.
+ */
+const KEPT_FOR_MS = 15 * 60_000;
 
 /**
  * Device calls of a batch failing in a row because Defender is down or throttles for longer than a call
@@ -55,20 +67,54 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
   const { now, fetches } = deps;
   /**
    * Per batch (`tenantId/cycleId/batchIndex`), the devices whose calls were answered before a fault of Redis
-   * or Kafka failed it, and when the last of them was: its next try here asks only for the others, so an
-   * outage does not spend the tenant's quota (1,500 calls an hour) on answers already had. Dropped once the
-   * batch is sent; at most KEPT_BATCHES, the oldest let go.
+   * or Kafka failed it, when the last of them was (`at`) and when the batch last came (`touchedAt`, in
+   * milliseconds): its next try here asks only for the others, so an outage does not spend the tenant's
+   * quota (1,500 calls an hour) on answers already had. Dropped once the batch is sent, once it has not come
+   * for KEPT_FOR_MS, or, touched longest ago first, while more than KEPT_DEVICES devices are kept. Ordered by
+   * `touchedAt` (a batch that comes again moves to the end).
    */
-  const answered = new Map<string, { summaries: Map<string, VulnerabilitySummary>; at: Date }>();
+  const answered = new Map<
+    string,
+    { summaries: Map<string, VulnerabilitySummary>; at: Date; touchedAt: number }
+  >();
+  /** The devices kept in `answered`, over all its batches. */
+  let keptDevices = 0;
+
+  function letGo(key: string): void {
+    const kept = answered.get(key);
+    if (kept === undefined) return;
+    keptDevices -= kept.summaries.size;
+    answered.delete(key);
+  }
+
+  /**
+   * Lets go of the batches kept for longer than KEPT_FOR_MS, and of the ones touched longest ago while more
+   * than KEPT_DEVICES devices are kept. Each batch tried here looks, so a batch that never comes again does
+   * not stay in memory for long after the outage.
+   */
+  function evict(at: number): void {
+    for (const [oldest, kept] of answered) {
+      if (keptDevices <= KEPT_DEVICES && at - kept.touchedAt <= KEPT_FOR_MS) return;
+      letGo(oldest);
+    }
+  }
+
+  /** The batch's answered calls from an earlier try, taken out of `answered` while the batch runs. */
+  function takeAnswered(key: string): { summaries: Map<string, VulnerabilitySummary>; at: Date } | undefined {
+    if (answered.size === 0) return undefined;
+    evict(now().getTime());
+    const kept = answered.get(key);
+    letGo(key);
+    return kept;
+  }
 
   /** Keeps a batch's answered calls until it is sent (see `answered`). */
   function keepAnswered(key: string, summaries: Map<string, VulnerabilitySummary>, at: Date): void {
-    answered.delete(key);
-    answered.set(key, { summaries, at });
-    if (answered.size > KEPT_BATCHES) {
-      const oldest = answered.keys().next().value;
-      if (oldest !== undefined) answered.delete(oldest);
-    }
+    letGo(key);
+    const touchedAt = now().getTime();
+    answered.set(key, { summaries, at, touchedAt });
+    keptDevices += summaries.size;
+    evict(touchedAt);
   }
 
   async function perDevice(
@@ -79,7 +125,7 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
   ): Promise<TenantEnrichment> {
     const devices: EnrichedDevice[] = new Array(batch.devices.length);
     const batchKey = `${batch.tenantId}/${batch.cycleId}/${batch.batchIndex}`;
-    const kept = answered.get(batchKey);
+    const kept = takeAnswered(batchKey);
     const summaries = kept?.summaries ?? new Map<string, VulnerabilitySummary>();
     let collectedAt = kept?.at ?? now();
     let tenantFailure: FetchError | undefined;
@@ -160,8 +206,6 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
 
   return {
     enrich: perDevice,
-    sent: (batch) => {
-      answered.delete(`${batch.tenantId}/${batch.cycleId}/${batch.batchIndex}`);
-    },
+    sent: (batch) => letGo(`${batch.tenantId}/${batch.cycleId}/${batch.batchIndex}`),
   };
 }

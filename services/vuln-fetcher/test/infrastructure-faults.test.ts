@@ -127,3 +127,72 @@ describe('createEnrichHandler on a fault of Redis', () => {
     expect(sent[0]?.devices.every((device) => device.vulnerabilities !== null)).toBe(true);
   });
 });
+
+describe('createEnrichHandler holding many batches through a fault of Redis', () => {
+  const held = (count: number) =>
+    Array.from({ length: count }, (_, index) =>
+      batch({
+        cycleId: `c${index}`,
+        devices: Array.from({ length: 50 }, (_, device) => ({ id: `b${index}-d${device}` })),
+        totalDevices: 50,
+      }),
+    );
+
+  it('should serve each of more than 32 held batches, retried in turn, from its answered calls', async () => {
+    let calls = 0;
+    let refusing = true;
+    let clock = Date.parse('2026-01-01T10:00:00.000Z');
+    const { handler, sent } = setup(
+      {
+        machineVulnerabilities: async (id) => {
+          calls++;
+          // Each batch's last device meets the fault until Redis is back.
+          if (refusing && id.endsWith('-d49')) throw oom();
+          return [cve('CVE-1', 9.8)];
+        },
+      },
+      { concurrency: 1, now: () => new Date((clock += 10)) },
+    );
+    const batches = held(40);
+    for (const each of batches) await expect(handler(message(each))).rejects.toThrow(/^OOM/);
+    expect(calls).toBe(40 * 50);
+    // Redis still refusing: the bus tries each held batch again, in turn.
+    calls = 0;
+    for (const each of batches) await expect(handler(message(each))).rejects.toThrow(/^OOM/);
+    expect(calls).toBe(40);
+    refusing = false;
+    calls = 0;
+    for (const each of batches) await handler(message(each));
+    expect(calls).toBe(40);
+    expect(sent).toHaveLength(40);
+    expect(sent.every((each) => each.devices.every((device) => device.vulnerabilities !== null))).toBe(true);
+  });
+
+  it('should let go of the answered calls of a batch not tried again for 15 minutes', async () => {
+    let calls = 0;
+    let refusing = true;
+    let clock = Date.parse('2026-01-01T10:00:00.000Z');
+    const { handler } = setup(
+      {
+        machineVulnerabilities: async (id) => {
+          calls++;
+          if (refusing && id.endsWith('-d49')) throw oom();
+          return [];
+        },
+      },
+      { concurrency: 1, now: () => new Date(clock) },
+    );
+    const [stale, fresh] = held(2) as [ReturnType<typeof batch>, ReturnType<typeof batch>];
+    await expect(handler(message(stale))).rejects.toThrow(/^OOM/);
+    clock += 14 * 60_000;
+    await expect(handler(message(fresh))).rejects.toThrow(/^OOM/);
+    clock += 2 * 60_000;
+    refusing = false;
+    calls = 0;
+    await handler(message(fresh));
+    expect(calls).toBe(1);
+    // Not tried again for 16 minutes (its partition moved elsewhere): asked for again in full here.
+    await handler(message(stale));
+    expect(calls).toBe(1 + 50);
+  });
+});
