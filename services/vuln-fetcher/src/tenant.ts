@@ -27,7 +27,10 @@ export interface TenantState {
   ): Promise<{ record: TenantRecord | null; waitedMs: number }>;
   /** The failure of the whole tenant an earlier batch of the cycle (`tenantId/cycleId`) met, if any. */
   failureOf(cycleKey: string): FetchError | undefined;
-  /** Remembers a failure of the whole tenant for the cycle's later batches, and writes it to its status. */
+  /**
+   * Writes a failure of the whole tenant to its status, then remembers it for the cycle's later batches (not
+   * when the write fails: the batch fails with it, and its next try meets the failure again).
+   */
   failed(batch: DeviceBatch, cycleKey: string, error: FetchError, log: Logger): Promise<void>;
 }
 
@@ -98,8 +101,12 @@ export function createTenantState(deps: TenantStateDeps): TenantState {
     record: tenantRecord,
     failureOf: (cycleKey) => failedCycles.get(cycleKey),
     async failed(batch, cycleKey, error, log) {
-      rememberFailure(cycleKey, error);
+      // Remembered only once written: a write Redis refuses (READONLY, OOM) fails the batch, held by the bus,
+      // and its next try must meet the failure again and write it. Remembered first, the next try would send
+      // the devices on without vulnerabilities and the status would never say why (a bulk export refused for
+      // missing consent is seen by no other stage).
       await reportTenantFailure(batch, error, log);
+      rememberFailure(cycleKey, error);
     },
   };
 }

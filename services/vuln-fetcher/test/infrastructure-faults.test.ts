@@ -1,9 +1,10 @@
 import { ReplyError } from 'ioredis';
 import type { EnrichedBatch } from '@urs/contracts';
+import { DefenderError, DefenderErrorCode } from '@urs/defender';
 import { isInfrastructureFault } from '@urs/resilience';
-import { StoreError } from '@urs/store';
+import { StoreError, type TenantStatus } from '@urs/store';
 import { VulnerabilityFolder } from '../src/summarise';
-import { batch, cve, message, setup } from './handler-support';
+import { batch, cve, message, record, setup } from './handler-support';
 
 // What Bottleneck's shared limiter and the quota gate reject a call with when their Redis refuses writes:
 // ioredis's ReplyError, passed on as it is (see redis-oom.int.test.ts for the real one).
@@ -125,6 +126,53 @@ describe('createEnrichHandler on a fault of Redis', () => {
     refusing = false;
     await handler(message(bulk));
     expect(sent[0]?.devices.every((device) => device.vulnerabilities !== null)).toBe(true);
+  });
+
+  it("should write a tenant's failure to its status when the batch comes again after Redis refused the write", async () => {
+    let calls = 0;
+    const statuses: Partial<TenantStatus>[] = [];
+    let refusing = true;
+    const { handler, sent } = setup(
+      {
+        machineVulnerabilities: async () => {
+          calls++;
+          throw new DefenderError(
+            DefenderErrorCode.INVALID_SECRET,
+            'The client secret is not valid (AADSTS7000215)',
+          );
+        },
+      },
+      {
+        concurrency: 1,
+        tenants: {
+          get: async () => record,
+          updateStatus: async (_tenantId, status) => {
+            if (refusing) throw new ReplyError("READONLY You can't write against a read only replica.");
+            statuses.push(status as Partial<TenantStatus>);
+          },
+        },
+      },
+    );
+    await expect(handler(message(batch()))).rejects.toThrow(/^READONLY/);
+    expect(sent).toEqual([]);
+    refusing = false;
+    // Not remembered for the cycle while its status is unwritten: the batch meets the failure again, and
+    // this time the admin sees it.
+    await handler(message(batch()));
+    expect(calls).toBe(2);
+    expect(statuses).toEqual([
+      expect.objectContaining({
+        state: 'error',
+        lastErrorCode: 'DEFENDER_INVALID_SECRET',
+        lastErrorCycleId: 'c1',
+      }),
+    ]);
+    expect(sent[0]?.devices.every((device) => device.fetchError?.code === 'DEFENDER_INVALID_SECRET')).toBe(
+      true,
+    );
+    // Written: the cycle's later batches take the remembered failure and call no more.
+    await handler(message(batch({ batchIndex: 1 })));
+    expect(calls).toBe(2);
   });
 });
 
