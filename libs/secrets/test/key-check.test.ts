@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { silentLogger } from '@urs/logging';
-import { checkSecretKey, createSecretSealer, type SealedSecret } from '../src';
+import { checkSecretKey, createSecretSealer, probeSecretKey, type SealedSecret } from '../src';
 
 const registrarKey = randomBytes(32);
 const registrar = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', registrarKey]]) });
@@ -43,5 +43,20 @@ describe('checkSecretKey', () => {
     await expect(check(randomBytes(32), [])).resolves.toBeUndefined();
     const other = createSecretSealer({ activeKeyId: 'k0', keys: new Map([['k0', randomBytes(32)]]) });
     await expect(check(randomBytes(32), [['a', other.seal('s', 'a')]])).resolves.toBeUndefined();
+  });
+});
+
+describe('probeSecretKey', () => {
+  it('probeSecretKey should say which tenant opened, and try none of the tenants it is told to leave out', async () => {
+    const probe = (key: Buffer, except: string[]) =>
+      probeSecretKey({
+        sealer: createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', key]]) }),
+        tenants: store(['a', 'b'].map((id) => [id, registrar.seal('s', id)])),
+        keyIds: new Set(['k1']),
+        except: new Set(except),
+      });
+    await expect(probe(registrarKey, ['a'])).resolves.toMatchObject({ openedBy: 'b', tried: 1 });
+    await expect(probe(randomBytes(32), ['a'])).resolves.toMatchObject({ openedBy: undefined, tried: 1 });
+    await expect(probe(registrarKey, ['a', 'b'])).resolves.toMatchObject({ openedBy: undefined, tried: 0 });
   });
 });

@@ -10,12 +10,25 @@ import { correctionHeader, createCorrectionWait } from './corrections';
 import { missing, type Enrichment, type TenantEnrichment } from './enrichment';
 import { anyAborted } from './interruption';
 import { createPerDeviceEnrichment } from './per-device';
-import { ReplicaSecretKeyError, isTenantWideFailure, type SourceProvider } from './sources';
+import type { ReplicaKeyCheck } from './replica-key';
+import {
+  ReplicaSecretKeyError,
+  TenantAccessError,
+  isTenantWideFailure,
+  type SourceProvider,
+} from './sources';
 import { createTenantState } from './tenant';
 
 export interface EnrichHandlerDeps {
   tenants: Pick<TenantStore, 'get' | 'updateStatus'>;
   sources: SourceProvider;
+  /**
+   * Asked, when this replica's key does not open a tenant's stored secret (SECRET_UNREADABLE), whether it
+   * opens other tenants' secrets: then the tenant's record is bad and it is the tenant's failure (status
+   * written, the cycle going on without vulnerabilities); else the replica's key is wrong and the batch is
+   * held. Default: none, always the replica's fault.
+   */
+  replicaKey?: ReplicaKeyCheck;
   bulkCache: BulkVulnerabilityCache;
   /**
    * Where a bulk cycle's correction batches are added to its total, and its enriched batches counted (the
@@ -79,6 +92,9 @@ export interface EnrichHandlerDeps {
   signal?: AbortSignal;
 }
 
+/** Cycles whose held batches (this replica's key not opening the secret) were logged at error, at most. */
+const LOGGED_KEY_CYCLES = 1000;
+
 /** How often a running batch heartbeats, in milliseconds (KafkaJS's default heartbeat interval). */
 const HEARTBEAT_EVERY_MS = 3_000;
 
@@ -136,6 +152,21 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     bulkPollMs: deps.bulkPollMs,
   });
   const readsLast = (batch: DeviceBatch): boolean => readsExportLast(deps.exportLast, batch);
+  /**
+   * The cycles (`tenantId/cycleId`) a batch held for this replica's key was logged at error for: the bus
+   * retries a held batch every few seconds for as long as the key stays wrong, and the bus itself warns of
+   * held batches; the later tries of the cycle log at debug.
+   */
+  const keyHeldCycles = new Set<string>();
+  function keyHeldOnce(cycleKey: string): boolean {
+    if (keyHeldCycles.has(cycleKey)) return false;
+    keyHeldCycles.add(cycleKey);
+    if (keyHeldCycles.size > LOGGED_KEY_CYCLES) {
+      const oldest = keyHeldCycles.values().next().value;
+      if (oldest !== undefined) keyHeldCycles.delete(oldest);
+    }
+    return true;
+  }
 
   return async (message) => {
     const batch = message.value;
@@ -210,18 +241,30 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
           batch.vulnerabilityMode === 'bulk'
             ? await bulk.enrich(batch, source, heartbeat, log, signal)
             : await perDevice.enrich(batch, source, log, signal);
-      } catch (error) {
+      } catch (caught) {
+        let error = caught;
         if (error instanceof ReplicaSecretKeyError) {
-          // Not the tenant's failure: its status, its cycle and the cycle's other batches are left alone.
-          log.error(
-            "batch left for a retry: this vuln-fetcher's URS_SECRET_KEY does not open the tenant's secret",
-            {
-              code: error.code,
-              reason: error.message,
-              variables: error.details['variables'],
-            },
-          );
-          throw error;
+          if (await deps.replicaKey?.opensOthers(batch.tenantId)) {
+            // This key opens other tenants' secrets: the tenant's stored record is bad, not the key.
+            error = new TenantAccessError(
+              'SECRET_UNREADABLE',
+              `the stored client secret of tenant ${batch.tenantId} (record revision ${record.revision}) does ` +
+                "not open with the vuln-fetcher's key, which opens other tenants' secrets: the record is " +
+                'damaged, or was sealed by a registrar with another URS_SECRET_KEY under the same ' +
+                "URS_SECRET_KEY_ID; register the tenant's client secret again (and check the registrars' " +
+                'URS_SECRET_KEY)',
+              error,
+            );
+          } else {
+            // Not the tenant's failure: its status, its cycle and the cycle's other batches are left alone.
+            const fields = { code: error.code, reason: error.message, variables: error.details['variables'] };
+            const line =
+              "batch held: this vuln-fetcher's URS_SECRET_KEY does not open the tenant's secret, and opens no " +
+              "other tenant's";
+            if (keyHeldOnce(cycleKey)) log.error(line, fields);
+            else log.debug(line, fields);
+            throw error;
+          }
         }
         if (!isTenantWideFailure(error)) throw error;
         const fetchError = { code: errorCode(error), message: errorMessage(error) };

@@ -5,6 +5,7 @@ import { checkSecretKey, createSecretSealer } from '@urs/secrets';
 import { createBulkVulnerabilityCache, createCycleStore, createTenantStore } from '@urs/store';
 import { vulnFetcherConfig } from './config';
 import { createEnrichHandler } from './handler';
+import { createReplicaKeyCheck } from './replica-key';
 import { createDefenderSources } from './sources';
 
 void runService({
@@ -16,7 +17,8 @@ void runService({
     const tenants = createTenantStore(redis, prefix);
     // A replica with the wrong key stays out (the start fails naming URS_SECRET_KEY) instead of taking
     // batches whose secrets it cannot open while it reports ready.
-    await checkSecretKey({ sealer, tenants, keyIds: new Set(own.secretKeys.keys.keys()), logger });
+    const keyIds = new Set(own.secretKeys.keys.keys());
+    await checkSecretKey({ sealer, tenants, keyIds, logger });
     const limiter = await createSharedLimiter({
       redis,
       keyPrefix: prefix,
@@ -44,6 +46,8 @@ void runService({
       signal: stopping,
       tenants,
       sources,
+      // A secret this key does not open: the tenant's bad record when the key opens other tenants' secrets.
+      replicaKey: createReplicaKeyCheck({ sealer, secrets: tenants, keyIds }),
       bulkCache: createBulkVulnerabilityCache(redis, prefix, own.bulkCacheTtlMs),
       cycles: createCycleStore(redis, prefix),
       exportLast: own.bulkExportLast,

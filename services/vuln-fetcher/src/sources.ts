@@ -41,7 +41,8 @@ export interface VulnerabilitySource {
 
 /**
  * Gives each tenant's source; throws a tenant-wide error (a secret sealed with a key id not held), or
- * ReplicaSecretKeyError when this replica's key does not open the secret.
+ * ReplicaSecretKeyError when this replica's key does not open the secret (whose fault it is, the handler
+ * finds out).
  */
 export interface SourceProvider {
   forTenant(record: TenantRecord): VulnerabilitySource;
@@ -56,13 +57,15 @@ export class TenantAccessError extends UrsError {
 }
 
 /**
- * This replica's own fault, not the tenant's: its URS_SECRET_KEY does not open a secret sealed under a key id
- * it holds (another key under the same URS_SECRET_KEY_ID). The poller opened the same secret to list the
- * devices of this batch, so the record is sound and a replica with the right key (or this one, restarted
- * with it) can enrich the batch: the tenant is neither marked failed nor its cycle sent on as the tenant's
- * setup error. Like Redis or Kafka away, it is no fault of the message (`infrastructure`): the bus holds the
- * batch, retried for as long as the key stays wrong and never dead-lettered for it, and the replica stops
- * saying it is ready once it held it a while, so the wrong key is seen (ConsumerRunnerOptions.retry).
+ * This replica's key does not open a secret sealed under a key id it holds (SECRET_UNREADABLE): taken for this
+ * replica's own fault (another URS_SECRET_KEY under the same URS_SECRET_KEY_ID) once the handler found that
+ * its key opens no other tenant's stored secret either (`ReplicaKeyCheck`; when it opens others, the
+ * tenant's record is bad and the handler makes it the tenant's failure). Then the tenant is neither marked
+ * failed nor its cycle sent on as the tenant's setup error. Like Redis or Kafka away, it is no fault of the
+ * message (`infrastructure`): the bus holds the batch, retried for as long as the key stays wrong and never
+ * dead-lettered for it, and the replica stops saying it is ready once it held it a while, so the wrong key
+ * is seen (ConsumerRunnerOptions.retry). The batch stays with this replica until it is restarted with the
+ * right key (or stopped, and its partitions go to the others).
  */
 export class ReplicaSecretKeyError extends UrsError {
   constructor(message: string, cause?: unknown) {
@@ -155,7 +158,7 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
         if (errorCode(error) === 'SECRET_UNREADABLE')
           throw new ReplicaSecretKeyError(
             `this vuln-fetcher cannot open the stored client secret of tenant ${record.tenantId}: ` +
-              `${errorMessage(error)}; the batch is left for a replica whose key opens it`,
+              `${errorMessage(error)}; the batch is held until this replica runs with the key that sealed it`,
             error,
           );
         throw new TenantAccessError(

@@ -1,0 +1,169 @@
+import { randomBytes } from 'node:crypto';
+import type { TenantRecord } from '@urs/contracts';
+import { createSecretSealer, type SecretSealer } from '@urs/secrets';
+import type { TenantStatus } from '@urs/store';
+import { capturingLogger, type LogLine } from '@urs/testkit';
+import { createReplicaKeyCheck } from '../src/replica-key';
+import { batch, localSources, message, setup } from './handler-support';
+
+// Whose fault a stored secret the replica's key does not open is: the tenant's bad record when the key opens
+// other tenants' secrets, the replica's wrong key when it opens none.
+
+const sealerOf = (key: Buffer): SecretSealer =>
+  createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', key]]) });
+
+const tenantRecord = (tenantId: string, sealer: SecretSealer): TenantRecord =>
+  ({
+    tenantId,
+    revision: 2,
+    defender: {
+      azureTenantId: '00000000-0000-0000-0000-000000000001',
+      clientId: '00000000-0000-0000-0000-000000000002',
+      clientSecret: sealer.seal('client-secret', tenantId),
+      cloud: 'commercial',
+      region: null,
+    },
+  }) as unknown as TenantRecord;
+
+/** The handler of a replica with `replicaKey`, over stored `records`, counting the store's reads. */
+function replica(replicaKey: Buffer, records: TenantRecord[]) {
+  const stored = new Map(records.map((each) => [each.tenantId, each]));
+  const reads = { ids: 0 };
+  const secrets = {
+    ids: async () => {
+      reads.ids++;
+      return [...stored.keys()];
+    },
+    get: async (tenantId: string) => stored.get(tenantId) ?? null,
+  };
+  const sealer = sealerOf(replicaKey);
+  const local = localSources(sealer);
+  const lines: LogLine[] = [];
+  const statuses: Partial<TenantStatus>[] = [];
+  const handled = setup(
+    {},
+    {
+      sources: local.sources,
+      replicaKey: createReplicaKeyCheck({ sealer, secrets, keyIds: new Set(['k1']) }),
+      tenants: {
+        get: secrets.get,
+        updateStatus: async (_tenantId, status) => {
+          statuses.push(status as Partial<TenantStatus>);
+        },
+      },
+      logger: capturingLogger(lines),
+    },
+  );
+  return { ...handled, statuses, lines, reads, close: local.close };
+}
+
+describe('createEnrichHandler on a secret its key does not open', () => {
+  const registrarKey = randomBytes(32);
+  const registrar = sealerOf(registrarKey);
+
+  it("should make it the tenant's failure when the key opens other tenants' secrets", async () => {
+    // t1's latest revision was sealed by a registrar started with another key under the same key id.
+    const badRecord = tenantRecord('t1', sealerOf(randomBytes(32)));
+    const { handler, sent, statuses, close } = replica(registrarKey, [
+      badRecord,
+      tenantRecord('t2', registrar),
+      tenantRecord('t3', registrar),
+    ]);
+    try {
+      await handler(message(batch({ lastBatch: false, totalBatches: undefined, totalDevices: undefined })));
+      expect(statuses).toEqual([
+        expect.objectContaining({
+          state: 'error',
+          lastErrorCode: 'SECRET_UNREADABLE',
+          lastErrorCycleId: 'c1',
+          lastErrorMessage: expect.stringMatching(/register the tenant's client secret again/),
+        }),
+      ]);
+      expect(sent).toHaveLength(1);
+      for (const device of sent[0]?.devices ?? [])
+        expect(device).toMatchObject({ vulnerabilities: null, fetchError: { code: 'SECRET_UNREADABLE' } });
+      // Remembered for the cycle as other tenant-wide failures: its later batches go on at once.
+      await handler(message(batch({ batchIndex: 1 })));
+      expect(sent).toHaveLength(2);
+      expect(statuses).toHaveLength(1);
+    } finally {
+      close();
+    }
+  });
+
+  it("should hold the batch as this replica's fault when the key opens no other tenant's secret, logging once", async () => {
+    const { handler, sent, statuses, lines, reads, close } = replica(randomBytes(32), [
+      tenantRecord('t1', registrar),
+      tenantRecord('t2', registrar),
+    ]);
+    try {
+      for (let attempt = 0; attempt < 3; attempt++)
+        await expect(handler(message(batch()))).rejects.toMatchObject({
+          code: 'SECRET_UNREADABLE',
+          canRetry: true,
+        });
+      expect(sent).toEqual([]);
+      expect(statuses).toEqual([]);
+      const held = lines.filter((line) => line.code === 'SECRET_UNREADABLE');
+      expect(held.map((line) => line.level)).toEqual(['error', 'debug', 'debug']);
+      expect(held[0]).toMatchObject({
+        tenantId: 't1',
+        variables: expect.arrayContaining(['URS_SECRET_KEY']),
+      });
+      // The verdict is kept: the retries do not read every stored secret again.
+      expect(reads.ids).toBe(1);
+    } finally {
+      close();
+    }
+  });
+
+  it("should hold the batch as this replica's fault when there is no other tenant's secret to try", async () => {
+    const { handler, sent, statuses, close } = replica(randomBytes(32), [tenantRecord('t1', registrar)]);
+    try {
+      await expect(handler(message(batch()))).rejects.toMatchObject({
+        code: 'SECRET_UNREADABLE',
+        canRetry: true,
+      });
+      expect(sent).toEqual([]);
+      expect(statuses).toEqual([]);
+    } finally {
+      close();
+    }
+  });
+});
+
+describe('createReplicaKeyCheck', () => {
+  it('should keep its verdict for a minute, and not rest it on the very tenant asked about', async () => {
+    const key = randomBytes(32);
+    const sealer = sealerOf(key);
+    let clock = 0;
+    let reads = 0;
+    const stored = new Map([
+      ['a', tenantRecord('a', sealer)],
+      ['b', tenantRecord('b', sealer)],
+    ]);
+    const check = createReplicaKeyCheck({
+      sealer,
+      secrets: {
+        ids: async () => {
+          reads++;
+          return [...stored.keys()];
+        },
+        get: async (tenantId) => stored.get(tenantId) ?? null,
+      },
+      keyIds: new Set(['k1']),
+      now: () => clock,
+    });
+    expect(await check.opensOthers('b')).toBe(true);
+    clock = 59_000;
+    expect(await check.opensOthers('b')).toBe(true);
+    expect(reads).toBe(1);
+    // It opened a's secret: asked about a, it looks again, without a.
+    expect(await check.opensOthers('a')).toBe(true);
+    expect(reads).toBe(2);
+    stored.set('b', tenantRecord('b', sealerOf(randomBytes(32))));
+    clock = 59_000 + 61_000;
+    expect(await check.opensOthers('a')).toBe(false);
+    expect(reads).toBe(3);
+  });
+});
