@@ -124,7 +124,9 @@ void runService({
           logger,
           metrics,
           // Requests in flight (an access test waits on Microsoft up to URS_ACCESS_TEST_TIMEOUT_MS) get the
-          // runners' share of the stop, then are answered 503: the stop keeps to URS_SHUTDOWN_TIMEOUT_MS.
+          // runners' share of the stop, then are answered 503, and their handlers as long again to settle (a
+          // write under way finishes before the publisher and Redis close): the stop keeps to
+          // URS_SHUTDOWN_TIMEOUT_MS.
           drainTimeoutMs,
         });
         logger.info('REST listening', { httpPort: api.port });

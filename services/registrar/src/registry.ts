@@ -35,6 +35,11 @@ export interface RegisterOptions {
    * again (its offset not committed before a restart) must not undo what was changed since.
    */
   keepRestRecord?: boolean;
+  /**
+   * The REST request's signal: once it aborted (the stop cut the request and answered it 503), the write
+   * does not start (`RequestCutError`). Checked under the tenant's lock, before the record goes to Kafka.
+   */
+  signal?: AbortSignal;
 }
 
 export interface TenantRegistry {
@@ -69,7 +74,7 @@ export interface TenantRegistry {
    * A tombstone on `urs.tenants` (with the deletion's revision and the Director generation in force) and
    * the record gone from Redis; false when the tenant is unknown.
    */
-  remove(tenantId: string): Promise<boolean>;
+  remove(tenantId: string, options?: { signal?: AbortSignal }): Promise<boolean>;
   /** Reports a refused registration in the tenant's status. */
   reject(tenantId: string, violations: Violation[]): Promise<void>;
 }
@@ -98,6 +103,24 @@ export class TenantGoneError extends UrsError {
       { canRetry: false },
     );
   }
+}
+
+/**
+ * The stop cut the request before its write started: nothing was written. A write started after the stop
+ * answered 503 would run while the publisher and Redis close, and could reach Kafka and not Redis.
+ */
+export class RequestCutError extends UrsError {
+  constructor(tenantId: string, cause: unknown) {
+    super('REQUEST_CUT', `the write of tenant ${tenantId} was not started: the service is stopping`, {
+      canRetry: true,
+      cause,
+    });
+  }
+}
+
+/** Throws `RequestCutError` once `signal` aborted: called right before a write starts. */
+function throwIfCut(tenantId: string, signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new RequestCutError(tenantId, signal.reason);
 }
 
 /** How long one write of a tenant holds its lock at most (a record to Kafka, then to Redis). */
@@ -156,10 +179,16 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
    * Runs `work` under the tenant's write lock: what it reads of the record is still the record when it
    * writes (a Director push and a REST call of one tenant, on one replica or two, one after the other).
    */
-  async function locked<T>(tenantId: string, work: () => Promise<T>): Promise<T> {
+  async function locked<T>(
+    tenantId: string,
+    signal: AbortSignal | undefined,
+    work: () => Promise<T>,
+  ): Promise<T> {
     const deadline = Date.now() + WRITE_LOCK_WAIT_MS;
+    throwIfCut(tenantId, signal);
     let token = await deps.state.lockTenant(tenantId, WRITE_LOCK_MS);
     while (token === null) {
+      throwIfCut(tenantId, signal);
       if (Date.now() >= deadline) {
         const message = `tenant ${tenantId} is being written by another request; try again`;
         throw new UrsError('TENANT_BUSY', message, { canRetry: true });
@@ -176,11 +205,11 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
 
   return {
     register(registration, origin, options = {}) {
-      return locked(registration.tenantId, () => register(registration, origin, options));
+      return locked(registration.tenantId, options.signal, () => register(registration, origin, options));
     },
     registerUnlessDeleted(registration, origin, options = {}) {
       const { tenantId } = registration;
-      return locked(tenantId, async () => {
+      return locked(tenantId, options.signal, async () => {
         // Read under the lock: no DELETE can come between this check and the write.
         if (
           (await deps.state.deletionGeneration(tenantId)) >= origin.generation &&
@@ -196,10 +225,10 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       });
     },
     disable(tenantId, reason, origin, onlyIf) {
-      return locked(tenantId, () => disable(tenantId, reason, origin, onlyIf));
+      return locked(tenantId, undefined, () => disable(tenantId, reason, origin, onlyIf));
     },
-    remove(tenantId) {
-      return locked(tenantId, () => remove(tenantId));
+    remove(tenantId, options = {}) {
+      return locked(tenantId, options.signal, () => remove(tenantId, options.signal));
     },
     reject,
   };
@@ -272,6 +301,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       ...(disabledReason === undefined ? {} : { disabledReason }),
       defender: { ...settings, clientSecret: sealed },
     };
+    throwIfCut(tenantId, options.signal);
     await write(record);
     if (!record.enabled) await deps.schedules.clear(tenantId);
     await deps.tenants.updateStatus(tenantId, {
@@ -315,12 +345,13 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     return record;
   }
 
-  async function remove(tenantId: string): Promise<boolean> {
+  async function remove(tenantId: string, signal: AbortSignal | undefined): Promise<boolean> {
     const current = await deps.tenants.get(tenantId);
     if (!current) return false;
     const revision = await deps.state.nextRevision(tenantId, current.revision);
     // The generation in force: the last applied, or the one of a push under way that wrote this record.
     const generation = Math.max(await deps.state.lastGeneration(), current.generation ?? -1);
+    throwIfCut(tenantId, signal);
     await deps.publisher.send(deps.tenantsTopic, 'urs/tenant-record', [
       {
         key: tenantId,

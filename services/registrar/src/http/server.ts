@@ -21,7 +21,8 @@ export interface ApiServerOptions {
    * How long requests in flight may take to finish once close() is called, in milliseconds. Default 5000.
    * Those still unanswered then are answered 503 SHUTTING_DOWN and their `signal` aborted, so that an access
    * test waiting on Microsoft (up to URS_ACCESS_TEST_TIMEOUT_MS) cannot hold the stop past
-   * URS_SHUTDOWN_TIMEOUT_MS. main.ts gives it the runtime's `drainTimeoutMs`, a third of that timeout.
+   * URS_SHUTDOWN_TIMEOUT_MS. Their handlers then get as long again to settle (see close()). main.ts gives
+   * it the runtime's `drainTimeoutMs`, a third of that timeout.
    */
   drainTimeoutMs?: number;
 }
@@ -31,8 +32,10 @@ export interface ApiServer {
   /**
    * Stops the server: it accepts no connection from then on, ends idle keep-alive connections at once and
    * answers any request that still arrives 503 SHUTTING_DOWN; requests in flight get `drainTimeoutMs` to
-   * finish. Resolves once every connection is closed, within `drainTimeoutMs` plus at most a second.
-   * Idempotent.
+   * finish. Those still in flight then are answered 503 and their signal aborted, and their handlers get up
+   * to `drainTimeoutMs` more to settle: a write already under way (Kafka, then Redis) finishes before the
+   * caller closes the publisher and Redis under it, rather than reach Kafka and not Redis. Resolves once
+   * every connection is closed, within twice `drainTimeoutMs` plus at most a second. Idempotent.
    */
   close(): Promise<void>;
 }
@@ -171,7 +174,7 @@ export async function startApiServer(options: ApiServerOptions): Promise<ApiServ
   }
 
   const inFlight = new Set<InFlight>();
-  /** Called when the last request in flight is done, while close() waits for them. */
+  /** Called when the last request in flight is done (its handler settled), while close() waits for them. */
   let onDrained: (() => void) | undefined;
   let stopping = false;
 
@@ -296,19 +299,34 @@ export async function startApiServer(options: ApiServerOptions): Promise<ApiServ
     }
   }
 
+  /** Resolves once no request is in flight (every handler settled), or after `ms`; false then. */
+  async function drained(ms: number): Promise<boolean> {
+    if (inFlight.size === 0) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const settled = await new Promise<boolean>((resolve) => {
+      onDrained = () => resolve(true);
+      timer = setTimeout(() => resolve(false), ms);
+    });
+    clearTimeout(timer);
+    onDrained = undefined;
+    return settled;
+  }
+
   let closing: Promise<void> | undefined;
   async function close(): Promise<void> {
     stopping = true;
     const closed = listening.close();
-    if (inFlight.size > 0) {
-      let timer: NodeJS.Timeout | undefined;
-      await new Promise<void>((resolve) => {
-        onDrained = resolve;
-        timer = setTimeout(resolve, drainTimeoutMs);
-      });
-      clearTimeout(timer);
-      onDrained = undefined;
+    if (!(await drained(drainTimeoutMs))) {
       cutInFlight();
+      // A cut handler may be in the middle of a write (a slow Kafka send, then Redis): the caller closes the
+      // publisher and Redis once this resolves, so it is given the time to finish it (a handler that is not
+      // writing yet gives up at its signal: a registry write does not start once it aborted).
+      if (!(await drained(drainTimeoutMs))) {
+        log.warn('stopping: handlers of cut requests still running after the drain time', {
+          requests: inFlight.size,
+          drainTimeoutMs,
+        });
+      }
     }
     // What is still open now holds an answer sent with `connection: close` (or was idle by then): a short
     // wait for clients to read it, then every connection left is ended.

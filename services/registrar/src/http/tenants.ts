@@ -104,7 +104,12 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
     }
     let registered;
     try {
-      registered = await deps.registry.register(validated.registration, { source: 'rest' }, { keepSecret });
+      // The request's signal: a request the stop cut (and answered 503) does not start its write.
+      registered = await deps.registry.register(
+        validated.registration,
+        { source: 'rest' },
+        { keepSecret, signal: request.signal },
+      );
     } catch (error) {
       if (error instanceof TenantGoneError) throw new ApiError(409, 'TENANT_NOT_FOUND', error.message);
       throw error;
@@ -122,7 +127,7 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
   async function remove(request: ApiRequest): Promise<ApiResponse> {
     const tenantId = tenantIdOf(request);
     await deps.ensureRebuilt();
-    if (!(await deps.registry.remove(tenantId))) {
+    if (!(await deps.registry.remove(tenantId, { signal: request.signal }))) {
       throw new ApiError(404, 'TENANT_NOT_FOUND', `tenant ${tenantId} has no Defender registration`);
     }
     return { status: 204 };

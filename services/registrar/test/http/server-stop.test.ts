@@ -14,14 +14,20 @@ interface Answer {
   error?: string;
 }
 
-/** Sends a request and settles with its answer, or with the error code when the connection is cut. */
+/** Sends a GET and settles with its answer, or with the error code when the connection is cut. */
 function send(port: number, path: string, agent?: Agent): Promise<Answer> {
+  return sendWith(port, 'GET', path, agent);
+}
+
+/** Sends a request and settles with its answer, or with the error code when the connection is cut. */
+function sendWith(port: number, method: string, path: string, agent?: Agent): Promise<Answer> {
   return new Promise((resolve) => {
     const req = httpRequest(
       {
         host: '127.0.0.1',
         port,
         path,
+        method,
         headers: { authorization: `Bearer ${TOKEN}` },
         ...(agent ? { agent } : {}),
       },
@@ -75,11 +81,29 @@ describe('startApiServer: stopping', () => {
         }),
     },
     { method: 'GET', path: '/v1/fast', handler: async () => ({ status: 200, body: { done: true } }) },
+    {
+      method: 'PUT',
+      path: '/v1/write',
+      // A write already under way when the stop cuts its request (a Kafka send, then Redis): it does not
+      // listen to its signal, and takes `writeMs`.
+      handler: async () => {
+        writes.push('started');
+        await new Promise((resolve) => setTimeout(resolve, writeMs));
+        writes.push('done');
+        return { status: 200, body: { done: true } };
+      },
+    },
   ];
+  /** What the write route did, in order. */
+  let writes: string[];
+  /** How long the write route's write takes, ms. */
+  let writeMs: number;
 
   const start = async (drainTimeoutMs: number): Promise<ApiServer> => {
     slow = [];
     release = [];
+    writes = [];
+    writeMs = 0;
     server = await startApiServer({
       port: 0,
       host: '127.0.0.1',
@@ -122,6 +146,33 @@ describe('startApiServer: stopping', () => {
     const answered = await within(answer, 1_000);
     expect(answered).toMatchObject({ status: 503, body: { error: { code: 'SHUTTING_DOWN' } } });
     expect((answered as Answer).headers?.['retry-after']).toBe('5');
+  });
+
+  it('close should wait for a request it cut to settle before it resolves, so its write is never left half done', async () => {
+    const api = await start(300);
+    // Past the drain time, within the time close() then gives a cut handler to settle.
+    writeMs = 450;
+    const answer = sendWith(api.port, 'PUT', '/v1/write');
+    await until(() => writes.length === 1);
+    await api.close();
+    // The publisher and Redis close once close() resolved: the write got to finish before them.
+    expect(writes).toEqual(['started', 'done']);
+    expect(await within(answer, 1_000)).toMatchObject({
+      status: 503,
+      body: { error: { code: 'SHUTTING_DOWN' } },
+    });
+  });
+
+  it('close should wait for a request it cut at most drainTimeoutMs more', async () => {
+    const api = await start(200);
+    writeMs = 3_000;
+    void sendWith(api.port, 'PUT', '/v1/write');
+    await until(() => writes.length === 1);
+    const started = Date.now();
+    expect(await within(api.close(), 2_500)).toBeUndefined();
+    const tookMs = Date.now() - started;
+    expect(tookMs).toBeGreaterThanOrEqual(350);
+    expect(tookMs).toBeLessThan(2_000);
   });
 
   it('close should end idle keep-alive connections at once', async () => {

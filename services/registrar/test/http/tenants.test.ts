@@ -13,7 +13,10 @@ import {
 } from '../fakes';
 import { routeCaller } from './call';
 
-function setup(sealer: SecretSealer = testSealer()) {
+function setup(
+  sealer: SecretSealer = testSealer(),
+  ensureRebuilt: () => Promise<void> = async () => undefined,
+) {
   const tenants = memoryTenantStore();
   const publisher = memoryPublisher();
   const cleared: string[] = [];
@@ -32,7 +35,7 @@ function setup(sealer: SecretSealer = testSealer()) {
     registry,
     tenants,
     sealer,
-    ensureRebuilt: async () => undefined,
+    ensureRebuilt: () => ensureRebuilt(),
     accessTestTimeoutMs: 5_000,
     checkAccess: async (tenant, signal) => {
       checked.push(tenant);
@@ -207,6 +210,27 @@ describe('tenantRoutes', () => {
     );
     expect(await tenants.get('acme')).toBeNull();
     expect(cleared).toEqual(['acme']);
+  });
+
+  it('PUT and DELETE should not start their write once the stop cut the request', async () => {
+    // The stop cuts the requests while they wait for the rebuild: their writes must not start after it.
+    const stop = new AbortController();
+    let rebuilding = false;
+    const { tenants, publisher, call } = setup(testSealer(), async () => {
+      if (!rebuilding) return;
+      stop.abort(new Error('the server is stopping'));
+    });
+    expect((await call('PUT', '/v1/tenants/kept/defender', registrationBody())).status).toBe(201);
+    rebuilding = true;
+    await expect(
+      call('PUT', '/v1/tenants/acme/defender', registrationBody(), stop.signal),
+    ).rejects.toMatchObject({ code: 'REQUEST_CUT' });
+    await expect(call('DELETE', '/v1/tenants/kept/defender', undefined, stop.signal)).rejects.toMatchObject({
+      code: 'REQUEST_CUT',
+    });
+    expect(publisher.sent).toHaveLength(1);
+    expect(await tenants.get('acme')).toBeNull();
+    expect(await tenants.get('kept')).not.toBeNull();
   });
 
   it('PUT with enabled false should disable the tenant and forget its schedule', async () => {
