@@ -1,7 +1,8 @@
 import type { Kafka } from 'kafkajs';
 import type { Publisher } from '@urs/bus';
 import type { Logger } from '@urs/logging';
-import type { SecretSealer } from '@urs/secrets';
+import { UrsError, canRetry } from '@urs/resilience';
+import { checkSecretKey, type SecretSealer } from '@urs/secrets';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import { createRegistrationHandler } from './director';
 import { createTenantRebuilder, readHandledGeneration, readTenantLog, type TenantRebuilder } from './rebuild';
@@ -13,6 +14,8 @@ export interface DirectorSideDeps {
   tenants: TenantStore;
   state: RegistrarStateStore;
   sealer: SecretSealer;
+  /** The key ids `sealer` holds (URS_SECRET_KEY_ID and URS_SECRET_KEYS_PREVIOUS): what `ready` checks. */
+  keyIds: ReadonlySet<string>;
   schedules: TenantRegistryDeps['schedules'];
   topics: { registration: string; tenants: string; dlq: string };
   /** The registrar's consumer group: the rebuild reads the registration topic's offsets it committed. */
@@ -27,6 +30,12 @@ export interface DirectorSide {
   registry: TenantRegistry;
   /** Refills a wiped Redis from `urs.tenants` before anything reads it. */
   rebuilder: TenantRebuilder;
+  /**
+   * Resolves once Redis holds the tenants of `urs.tenants` (`rebuilder.ensure`) and, the first time, once
+   * URS_SECRET_KEY opened the stored secrets (checkSecretKey): rejects with its ConfigError when it does
+   * not. What start() awaits before the REST port opens, and every route and push before it writes.
+   */
+  ready: () => Promise<void>;
   /** The bus handler of Director's pushes on the registration topic. */
   handler: ReturnType<typeof createRegistrationHandler>['handler'];
 }
@@ -55,14 +64,46 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
     state,
     logger,
   });
+
+  // The check at setup reads Redis as it is: after a wipe it has nothing to try until the rebuild refilled
+  // Redis, and a registrar with the wrong key would seal new secrets no poller or vuln-fetcher can open. So
+  // the key is checked (again) once the first rebuild finished, before anything is sealed: by start(), and
+  // by a push the consumer, started before start(), handles meanwhile. Once: the key does not change.
+  let keyChecked: Promise<void> | undefined;
+  async function ready(): Promise<void> {
+    await rebuilder.ensure();
+    keyChecked ??= checkSecretKey({ sealer: deps.sealer, tenants, keyIds: deps.keyIds, logger }).catch(
+      (error: unknown) => {
+        // A Redis outage is tried again by the next caller; a refused key stays refused.
+        if (canRetry(error)) keyChecked = undefined;
+        throw error;
+      },
+    );
+    await keyChecked;
+  }
+
   const director = createRegistrationHandler({
     registry,
     tenants,
     state,
     publisher,
     dlqTopic: topics.dlq,
-    ensureRebuilt: () => rebuilder.ensure(),
+    // A refused key stops the registrar (start() fails on it): the push waiting for it is held for the
+    // next registrar, never dead-lettered for it.
+    ensureRebuilt: () =>
+      ready().catch((error: unknown) => {
+        if (canRetry(error)) throw error;
+        throw new UrsError(
+          'SECRET_KEY_REFUSED',
+          'the registrar is stopping: its URS_SECRET_KEY was refused',
+          {
+            canRetry: true,
+            infrastructure: true,
+            cause: error,
+          },
+        );
+      }),
     logger,
   });
-  return { registry, rebuilder, handler: director.handler };
+  return { registry, rebuilder, ready, handler: director.handler };
 }

@@ -26,14 +26,18 @@ void runService({
     // The registrar opens stored secrets (an unchanged push is told by its secret, a kept one is re-sealed,
     // the access test) and seals new ones every other stage must open: with another URS_SECRET_KEY under the
     // same URS_SECRET_KEY_ID it would take every push for a change and re-seal each secret with a key no
-    // poller or vuln-fetcher holds. Checked before anything is consumed, against Redis as it is.
-    await checkSecretKey({ sealer, tenants, keyIds: new Set(settings.secretKeys.keys.keys()), logger });
-    const { registry, rebuilder, handler } = createDirectorSide({
+    // poller or vuln-fetcher holds. Checked before anything is consumed, against Redis as it is; and again once
+    // Redis was rebuilt from urs.tenants (`ready`, awaited by start() and by the pushes), which after a wipe
+    // is the first time there is anything to check against.
+    const keyIds = new Set(settings.secretKeys.keys.keys());
+    await checkSecretKey({ sealer, tenants, keyIds, logger });
+    const { registry, rebuilder, ready, handler } = createDirectorSide({
       kafka,
       publisher,
       tenants,
       state,
       sealer,
+      keyIds,
       schedules: createPollScheduleStore(redis, prefix),
       topics: config.topics,
       groupId: settings.groupId,
@@ -101,7 +105,8 @@ void runService({
       // refill a wiped Redis: it stops to be started again, like a runner that stopped consuming.
       failed: () => rebuilder.failed(),
       async start() {
-        await rebuilder.ensure();
+        // Rebuilt, and the key checked against what was rebuilt: a refused key fails the start (exit 1).
+        await ready();
         watching = rebuilder.watch(settings.rebuildCheckMs, watch.signal);
         api = await startApiServer({
           port: settings.httpPort,
@@ -111,7 +116,7 @@ void runService({
               tenants,
               sealer,
               checkAccess,
-              ensureRebuilt: () => rebuilder.ensure(),
+              ensureRebuilt: ready,
               accessTestTimeoutMs: settings.accessTestTimeoutMs,
             }),
             ...deviceRoutes({

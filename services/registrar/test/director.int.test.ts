@@ -74,12 +74,13 @@ describe('createRegistrationHandler over Kafka and Redis', () => {
     const logger = capturingLogger(lines);
     const tenants = createTenantStore(redis.client, redis.prefix);
     const state = createRegistrarStateStore(redis.client, redis.prefix);
-    const { registry, rebuilder, handler } = createDirectorSide({
+    const { registry, ready, handler } = createDirectorSide({
       kafka,
       publisher,
       tenants,
       state,
       sealer: testSealer(),
+      keyIds: new Set(['k1']),
       schedules: { clear: async () => undefined },
       topics: { registration, tenants: tenantsTopic, dlq },
       groupId,
@@ -97,7 +98,8 @@ describe('createRegistrationHandler over Kafka and Redis', () => {
       metrics: new Registry({ processMetrics: false }),
     });
     await runner.start();
-    await rebuilder.ensure();
+    // As main.ts's start(): rebuilt, and the key checked against what was rebuilt.
+    await ready();
     return { registry, tenants, state };
   }
 
