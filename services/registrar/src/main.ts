@@ -1,6 +1,7 @@
 import { createConsumerRunner } from '@urs/bus';
 import { createDefenderClient, createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
+import { sleep } from '@urs/resilience';
 import { checkSecretKey, createSecretSealer } from '@urs/secrets';
 import {
   createPollScheduleStore,
@@ -135,10 +136,15 @@ void runService({
           drainTimeoutMs,
         });
         logger.info('REST listening', { httpPort: api.port });
-        // The REST server stops taking requests as soon as the stop begins, while the runners drain, rather
-        // than when its closer's turn comes: its drain then runs beside theirs, within the same budget.
+        // The REST server stops taking requests soon after the stop begins, while the runners drain, rather
+        // than when its closer's turn comes: its drain then runs beside theirs, within the same budget. Not at
+        // once: /readyz answers 503 from the stop's first instant, and a load balancer that saw it ready a
+        // moment before must find the port still open (it is then answered 503 once the server stops).
         const server = api;
-        stopping.addEventListener('abort', () => void server.close(), { once: true });
+        const graceMs = Math.min(1_000, Math.floor(drainTimeoutMs / 4));
+        stopping.addEventListener('abort', () => void sleep(graceMs).then(() => server.close()), {
+          once: true,
+        });
       },
       closers: [
         { name: 'http', close: () => api?.close() },
