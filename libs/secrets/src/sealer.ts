@@ -12,8 +12,18 @@ export interface SealedSecret {
   ciphertext: string;
 }
 
+/**
+ * `SECRET_KEY_UNKNOWN`: sealed with a key id this process does not hold. `SECRET_UNREADABLE`: sealed with a
+ * key id it holds, and its key does not open it (a wrong key, or a bad record: the sealer cannot tell).
+ * `SECRET_RECORD_UNREADABLE`: the same, once the key was found to open other tenants' secrets: the tenant's
+ * record is bad (`secretRecordUnreadable`).
+ */
 export class SecretError extends UrsError {
-  constructor(code: 'SECRET_KEY_UNKNOWN' | 'SECRET_UNREADABLE', message: string, cause?: unknown) {
+  constructor(
+    code: 'SECRET_KEY_UNKNOWN' | 'SECRET_UNREADABLE' | 'SECRET_RECORD_UNREADABLE',
+    message: string,
+    cause?: unknown,
+  ) {
     super(code, message, { cause });
   }
 }

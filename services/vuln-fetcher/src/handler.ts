@@ -2,6 +2,7 @@ import { deviceBatchMessage, type MessageHandler, type Publisher } from '@urs/bu
 import { cycleBatchHeader, type DeviceBatch, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage } from '@urs/resilience';
+import { secretRecordUnreadable, type ReplicaKeyCheck } from '@urs/secrets';
 import type { BulkVulnerabilityCache, CycleStore, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import { createBulkEnrichment } from './bulk';
@@ -10,7 +11,6 @@ import { correctionHeader, createCorrectionWait } from './corrections';
 import { missing, type Enrichment, type TenantEnrichment } from './enrichment';
 import { anyAborted } from './interruption';
 import { createPerDeviceEnrichment } from './per-device';
-import type { ReplicaKeyCheck } from './replica-key';
 import {
   ReplicaSecretKeyError,
   TenantAccessError,
@@ -246,15 +246,13 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         if (error instanceof ReplicaSecretKeyError) {
           if (await deps.replicaKey?.opensOthers(batch.tenantId)) {
             // This key opens other tenants' secrets: the tenant's stored record is bad, not the key.
-            error = new TenantAccessError(
-              'SECRET_UNREADABLE',
-              `the stored client secret of tenant ${batch.tenantId} (record revision ${record.revision}) does ` +
-                "not open with the vuln-fetcher's key, which opens other tenants' secrets: the record is " +
-                'damaged, or was sealed by a registrar with another URS_SECRET_KEY under the same ' +
-                "URS_SECRET_KEY_ID; register the tenant's client secret again (and check the registrars' " +
-                'URS_SECRET_KEY)',
-              error,
-            );
+            const bad = secretRecordUnreadable({
+              tenantId: batch.tenantId,
+              revision: record.revision,
+              service: 'vuln-fetcher',
+              cause: error,
+            });
+            error = new TenantAccessError(bad.code, bad.message, error);
           } else {
             // Not the tenant's failure: its status, its cycle and the cycle's other batches are left alone.
             const fields = { code: error.code, reason: error.message, variables: error.details['variables'] };

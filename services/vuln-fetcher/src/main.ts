@@ -1,11 +1,10 @@
 import { createConsumerRunner } from '@urs/bus';
 import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
-import { checkSecretKey, createSecretSealer } from '@urs/secrets';
+import { checkSecretKey, createReplicaKeyCheck, createSecretSealer } from '@urs/secrets';
 import { createBulkVulnerabilityCache, createCycleStore, createTenantStore } from '@urs/store';
 import { vulnFetcherConfig } from './config';
 import { createEnrichHandler } from './handler';
-import { createReplicaKeyCheck } from './replica-key';
 import { createDefenderSources } from './sources';
 
 void runService({

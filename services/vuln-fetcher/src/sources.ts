@@ -80,10 +80,11 @@ export class ReplicaSecretKeyError extends UrsError {
 
 /**
  * Whether an error code means that no call of this tenant can succeed until an admin fixes something: a
- * Defender setup error, or a secret sealed with a key id no process holds any more (re-seal it).
+ * Defender setup error, a secret sealed with a key id no process holds any more (re-seal it), or a bad
+ * stored secret (`secretRecordUnreadable`: register it again).
  */
 export function isTenantWideCode(code: string): boolean {
-  return isSetupErrorCode(code) || code === 'SECRET_KEY_UNKNOWN';
+  return isSetupErrorCode(code) || code === 'SECRET_KEY_UNKNOWN' || code === 'SECRET_RECORD_UNREADABLE';
 }
 
 /** Whether an error is a tenant-wide failure (see isTenantWideCode). */

@@ -1,9 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type { TenantRecord } from '@urs/contracts';
-import { createSecretSealer, type SecretSealer } from '@urs/secrets';
+import { createReplicaKeyCheck, createSecretSealer, type SecretSealer } from '@urs/secrets';
 import type { TenantStatus } from '@urs/store';
 import { capturingLogger, type LogLine } from '@urs/testkit';
-import { createReplicaKeyCheck } from '../src/replica-key';
 import { batch, localSources, message, setup } from './handler-support';
 
 // Whose fault a stored secret the replica's key does not open is: the tenant's bad record when the key opens
@@ -74,14 +73,17 @@ describe('createEnrichHandler on a secret its key does not open', () => {
       expect(statuses).toEqual([
         expect.objectContaining({
           state: 'error',
-          lastErrorCode: 'SECRET_UNREADABLE',
+          lastErrorCode: 'SECRET_RECORD_UNREADABLE',
           lastErrorCycleId: 'c1',
           lastErrorMessage: expect.stringMatching(/register the tenant's client secret again/),
         }),
       ]);
       expect(sent).toHaveLength(1);
       for (const device of sent[0]?.devices ?? [])
-        expect(device).toMatchObject({ vulnerabilities: null, fetchError: { code: 'SECRET_UNREADABLE' } });
+        expect(device).toMatchObject({
+          vulnerabilities: null,
+          fetchError: { code: 'SECRET_RECORD_UNREADABLE' },
+        });
       // Remembered for the cycle as other tenant-wide failures: its later batches go on at once.
       await handler(message(batch({ batchIndex: 1 })));
       expect(sent).toHaveLength(2);
@@ -129,41 +131,5 @@ describe('createEnrichHandler on a secret its key does not open', () => {
     } finally {
       close();
     }
-  });
-});
-
-describe('createReplicaKeyCheck', () => {
-  it('should keep its verdict for a minute, and not rest it on the very tenant asked about', async () => {
-    const key = randomBytes(32);
-    const sealer = sealerOf(key);
-    let clock = 0;
-    let reads = 0;
-    const stored = new Map([
-      ['a', tenantRecord('a', sealer)],
-      ['b', tenantRecord('b', sealer)],
-    ]);
-    const check = createReplicaKeyCheck({
-      sealer,
-      secrets: {
-        ids: async () => {
-          reads++;
-          return [...stored.keys()];
-        },
-        get: async (tenantId) => stored.get(tenantId) ?? null,
-      },
-      keyIds: new Set(['k1']),
-      now: () => clock,
-    });
-    expect(await check.opensOthers('b')).toBe(true);
-    clock = 59_000;
-    expect(await check.opensOthers('b')).toBe(true);
-    expect(reads).toBe(1);
-    // It opened a's secret: asked about a, it looks again, without a.
-    expect(await check.opensOthers('a')).toBe(true);
-    expect(reads).toBe(2);
-    stored.set('b', tenantRecord('b', sealerOf(randomBytes(32))));
-    clock = 59_000 + 61_000;
-    expect(await check.opensOthers('a')).toBe(false);
-    expect(reads).toBe(3);
   });
 });

@@ -1,4 +1,5 @@
-import { probeSecretKey, type SecretSealer, type StoredSecrets } from '@urs/secrets';
+import { probeSecretKey, type StoredSecrets } from './key-check';
+import { SecretError, type SecretSealer } from './sealer';
 
 export interface ReplicaKeyCheckDeps {
   sealer: SecretSealer;
@@ -25,12 +26,13 @@ export interface ReplicaKeyCheck {
 }
 
 /**
- * The sealer cannot tell a wrong key from a bad record, and the vuln-fetcher reads the tenant's latest record,
- * which may be newer than the one the poller opened (a revision sealed by a registrar with another key, or
- * altered): blamed on the replica, its batches would be held on every replica for as long as the record
- * stays, and the tenant's status would never say so. Other tenants' secrets settle it. The verdict is kept
- * for `verdictMs`, so the held batches of a replica with a wrong key, retried in turn, do not read Redis
- * for it on each try.
+ * The sealer cannot tell a wrong key from a bad record (a revision sealed by a registrar with another
+ * URS_SECRET_KEY under the same URS_SECRET_KEY_ID, or altered). Blamed on the replica, a bad record was tried
+ * again for as long as it stays, on every replica (the poller's cycles every 2 minutes, the vuln-fetcher's
+ * held batches), and the tenant's status never said what its admin must do; the vuln-fetcher also reads the
+ * tenant's latest record, which may be newer than the one the poller opened. Other tenants' secrets settle
+ * it. The verdict is kept for `verdictMs`, so the retries of a replica with a wrong key (its cycles, its held
+ * batches) do not read Redis for it on each try.
  */
 export function createReplicaKeyCheck(deps: ReplicaKeyCheckDeps): ReplicaKeyCheck {
   const now = deps.now ?? Date.now;
@@ -54,4 +56,31 @@ export function createReplicaKeyCheck(deps: ReplicaKeyCheckDeps): ReplicaKeyChec
       return verdict.openedBy !== undefined;
     },
   };
+}
+
+export interface UnreadableRecord {
+  tenantId: string;
+  /** The revision of the tenant's record whose secret did not open. */
+  revision: number;
+  /** The stage whose key did not open it (`poller`, `vuln-fetcher`), named in the message. */
+  service: string;
+  /** The sealer's SECRET_UNREADABLE. */
+  cause?: unknown;
+}
+
+/**
+ * The tenant's failure when its stored secret does not open with a key that opens other tenants' secrets
+ * (`ReplicaKeyCheck.opensOthers`): `SECRET_RECORD_UNREADABLE`, a code of its own so that it is never taken
+ * for a replica's wrong key (`SECRET_UNREADABLE`), with what the tenant's admin can do. Every stage says the
+ * same in the tenant's status.
+ */
+export function secretRecordUnreadable(record: UnreadableRecord): SecretError {
+  return new SecretError(
+    'SECRET_RECORD_UNREADABLE',
+    `the stored client secret of tenant ${record.tenantId} (record revision ${record.revision}) does not ` +
+      `open with the ${record.service}'s key, which opens other tenants' secrets: the record is damaged, or ` +
+      'was sealed by a registrar with another URS_SECRET_KEY under the same URS_SECRET_KEY_ID; register the ' +
+      "tenant's client secret again (and check the registrars' URS_SECRET_KEY)",
+    record.cause,
+  );
 }

@@ -1,0 +1,65 @@
+import { randomBytes } from 'node:crypto';
+import {
+  createReplicaKeyCheck,
+  createSecretSealer,
+  secretRecordUnreadable,
+  type SealedSecret,
+  type SecretSealer,
+} from '../src';
+
+// The verdict on whose fault a stored secret this process's key does not open is: shared by the poller and
+// the vuln-fetcher (their own tests cover what each does with it).
+
+const sealerOf = (key: Buffer): SecretSealer =>
+  createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', key]]) });
+
+const recordOf = (tenantId: string, sealer: SecretSealer): { defender: { clientSecret: SealedSecret } } => ({
+  defender: { clientSecret: sealer.seal('client-secret', tenantId) },
+});
+
+describe('createReplicaKeyCheck', () => {
+  it('should keep its verdict for a minute, and not rest it on the very tenant asked about', async () => {
+    const key = randomBytes(32);
+    const sealer = sealerOf(key);
+    let clock = 0;
+    let reads = 0;
+    const stored = new Map([
+      ['a', recordOf('a', sealer)],
+      ['b', recordOf('b', sealer)],
+    ]);
+    const check = createReplicaKeyCheck({
+      sealer,
+      secrets: {
+        ids: async () => {
+          reads++;
+          return [...stored.keys()];
+        },
+        get: async (tenantId) => stored.get(tenantId) ?? null,
+      },
+      keyIds: new Set(['k1']),
+      now: () => clock,
+    });
+    expect(await check.opensOthers('b')).toBe(true);
+    clock = 59_000;
+    expect(await check.opensOthers('b')).toBe(true);
+    expect(reads).toBe(1);
+    // It opened a's secret: asked about a, it looks again, without a.
+    expect(await check.opensOthers('a')).toBe(true);
+    expect(reads).toBe(2);
+    stored.set('b', recordOf('b', sealerOf(randomBytes(32))));
+    clock = 59_000 + 61_000;
+    expect(await check.opensOthers('a')).toBe(false);
+    expect(reads).toBe(3);
+  });
+});
+
+describe('secretRecordUnreadable', () => {
+  it("should be the tenant's own code, with what its admin can do", () => {
+    const cause = new Error('unable to authenticate data');
+    const error = secretRecordUnreadable({ tenantId: 't1', revision: 3, service: 'poller', cause });
+    expect(error).toMatchObject({ code: 'SECRET_RECORD_UNREADABLE', cause });
+    expect(error.message).toMatch(/tenant t1 \(record revision 3\) does not open with the poller's key/);
+    expect(error.message).toMatch(/register the tenant's client secret again/);
+    expect(error.message).toMatch(/URS_SECRET_KEY\)$/);
+  });
+});
