@@ -1,15 +1,22 @@
 import { deviceBatchMessage, type Publisher } from '@urs/bus';
 import { toDeviceRecord, type DeviceRecord, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { UrsError } from '@urs/resilience';
+import { UrsError, errorCode } from '@urs/resilience';
 import { parseProfile } from '@urs/scoring';
-import type { SecretSealer } from '@urs/secrets';
+import { secretRecordUnreadable, type ReplicaKeyCheck, type SecretSealer } from '@urs/secrets';
 import type { CycleStore } from '@urs/store';
 import type { DefenderGateway } from './defender';
 
 export interface CycleDeps {
   defender: DefenderGateway;
   sealer: SecretSealer;
+  /**
+   * Asked, when this replica's key does not open the tenant's stored secret (SECRET_UNREADABLE), whether it
+   * opens other tenants' secrets: then the tenant's record is bad, and the cycle fails with the tenant's
+   * SECRET_RECORD_UNREADABLE (a setup failure: status, backoff); else SECRET_UNREADABLE stays this replica's
+   * fault. Default: none, always the replica's fault.
+   */
+  replicaKey?: ReplicaKeyCheck;
   publisher: Publisher;
   cycles: CycleStore;
   deviceBatchesTopic: string;
@@ -53,6 +60,27 @@ export class CycleAbortedError extends UrsError {
 /** `<tenantId>-<start in ms, 13 digits>`: unique per tenant (one cycle at a time) and sortable. */
 export function cycleIdOf(tenantId: string, startedAt: number): string {
   return `${tenantId}-${String(startedAt).padStart(13, '0')}`;
+}
+
+/**
+ * The tenant's client secret. One this replica's key does not open (SECRET_UNREADABLE) is the tenant's bad
+ * record when the key opens other tenants' secrets: blamed on the replica, the tenant was tried again every
+ * 2 minutes for as long as the record stayed, and its status never told its admin to register the secret
+ * again. A fault of Redis while other secrets are tried is thrown as it is (the replica's, not the tenant's).
+ */
+async function openSecret(deps: CycleDeps, record: TenantRecord): Promise<string> {
+  try {
+    return deps.sealer.open(record.defender.clientSecret, record.tenantId);
+  } catch (error) {
+    if (errorCode(error) !== 'SECRET_UNREADABLE' || !(await deps.replicaKey?.opensOthers(record.tenantId)))
+      throw error;
+    throw secretRecordUnreadable({
+      tenantId: record.tenantId,
+      revision: record.revision,
+      service: 'poller',
+      cause: error,
+    });
+  }
 }
 
 /**
@@ -129,7 +157,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   const client = deps.defender.forTenant({
     azureTenantId: record.defender.azureTenantId,
     clientId: record.defender.clientId,
-    clientSecret: deps.sealer.open(record.defender.clientSecret, tenantId),
+    clientSecret: await openSecret(deps, record),
     cloud: record.defender.cloud,
     region: record.defender.region,
   });

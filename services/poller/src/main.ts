@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { createConsumerRunner, topicOffsets } from '@urs/bus';
 import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
-import { checkSecretKey, createSecretSealer } from '@urs/secrets';
+import { checkSecretKey, createReplicaKeyCheck, createSecretSealer } from '@urs/secrets';
 import { createCycleStore, createPollScheduleStore, createTenantStore } from '@urs/store';
 import { pollerConfig } from './config';
 import { runCycle } from './cycle';
@@ -21,7 +21,8 @@ void runService({
     const tenants = createTenantStore(redis, prefix);
     // A replica with the wrong key stays out (the start fails naming URS_SECRET_KEY) instead of failing
     // every tenant's cycle while it reports ready.
-    await checkSecretKey({ sealer, tenants, keyIds: new Set(settings.secretKeys.keys.keys()), logger });
+    const keyIds = new Set(settings.secretKeys.keys.keys());
+    await checkSecretKey({ sealer, tenants, keyIds, logger });
     const limiter = await createSharedLimiter({
       redis,
       keyPrefix: prefix,
@@ -42,6 +43,8 @@ void runService({
     const cycleDeps = {
       defender,
       sealer,
+      // A secret this key does not open: the tenant's bad record when the key opens other tenants' secrets.
+      replicaKey: createReplicaKeyCheck({ sealer, secrets: tenants, keyIds }),
       publisher,
       cycles,
       deviceBatchesTopic: config.topics.deviceBatches,

@@ -21,15 +21,18 @@ export function dueAt(schedule: PollSchedule, intervalMs: number, revision: numb
 }
 
 /**
- * Errors an administrator must fix for the tenant: Defender's setup errors, and a secret sealed with a key
- * this process does not hold (a retired key: re-seal it). Retrying soon only hammers Entra ID.
+ * Errors an administrator must fix for the tenant: Defender's setup errors, a secret sealed with a key
+ * this process does not hold (a retired key: re-seal it), and a stored secret this process's key does not
+ * open while it opens other tenants' (a bad record: register it again). Retrying soon only hammers Entra ID,
+ * or, for a bad record, retries every 2 minutes what only the admin can fix.
  */
-const SECRET_ERRORS = new Set<string>(['SECRET_KEY_UNKNOWN']);
+const SECRET_ERRORS = new Set<string>(['SECRET_KEY_UNKNOWN', 'SECRET_RECORD_UNREADABLE']);
 
 /**
  * Errors of this process's configuration, not of the tenant: a secret sealed with a key id this process
- * holds that does not open with its key (a replica started with another URS_SECRET_KEY under the same
- * URS_SECRET_KEY_ID). Backing the tenant off for it kept the tenant unpolled for hours after the key was
+ * holds that does not open with its key, which opens no other tenant's secret either (a replica started with
+ * another URS_SECRET_KEY under the same URS_SECRET_KEY_ID; when it opens others, the cycle fails with the
+ * tenant's SECRET_RECORD_UNREADABLE instead, see `runCycle`). Backing the tenant off for it kept the tenant unpolled for hours after the key was
  * fixed; no call reaches Microsoft before the secret opens, so trying again soon costs nothing.
  */
 const LOCAL_ERRORS = new Set<string>(['SECRET_UNREADABLE']);

@@ -49,6 +49,10 @@ describe('classifyFailure', () => {
   it("classifyFailure should count a secret this process's key does not open as the process's fault, not the tenant's", () => {
     expect(classifyFailure('SECRET_UNREADABLE')).toBe('local');
   });
+
+  it("classifyFailure should count a bad stored secret, one the process's key opens others beside, as the tenant's setup failure", () => {
+    expect(classifyFailure('SECRET_RECORD_UNREADABLE')).toBe('setup');
+  });
 });
 
 describe('failureKindOf', () => {
@@ -131,6 +135,7 @@ describe('withoutLocalBackoff', () => {
   it("withoutLocalBackoff should keep a backoff for the tenant's own failure, or with no code to tell", () => {
     expect(withoutLocalBackoff(backedOff, 'DEFENDER_INVALID_SECRET')).toBe(backedOff);
     expect(withoutLocalBackoff(backedOff, 'SECRET_KEY_UNKNOWN')).toBe(backedOff);
+    expect(withoutLocalBackoff(backedOff, 'SECRET_RECORD_UNREADABLE')).toBe(backedOff);
     expect(withoutLocalBackoff(backedOff, undefined)).toBe(backedOff);
     expect(withoutLocalBackoff(backedOff, null)).toBe(backedOff);
   });

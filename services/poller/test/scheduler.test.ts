@@ -1,178 +1,23 @@
 import { randomBytes } from 'node:crypto';
 import { ReplyError } from 'ioredis';
 import type { TenantRecord } from '@urs/contracts';
-import { silentLogger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
 import { createSecretSealer } from '@urs/secrets';
-import type {
-  CycleState,
-  CycleStore,
-  PollLease,
-  PollSchedule,
-  PollScheduleStore,
-  TenantStatus,
-  TenantStore,
-} from '@urs/store';
-import { Registry } from '@urs/telemetry';
+import type { CycleState, PollLease, PollScheduleStore, TenantStatus } from '@urs/store';
 import { inboundMessage, waitFor } from '@urs/testkit';
-import { cycleIdOf, type CycleInput, type CycleResult } from '../src/cycle';
-import { createScheduler, type Scheduler } from '../src/scheduler';
-import { createTenantTable, type TenantTable } from '../src/tenant-table';
-
-/** The lease and schedule semantics of the Redis store, in memory (shared by the "replicas" of a test). */
-function memorySchedules(): PollScheduleStore {
-  const leases = new Map<string, { token: string; until: number }>();
-  const schedules = new Map<string, PollSchedule>();
-  let fence = 0;
-  const holds = (lease: PollLease) => {
-    const held = leases.get(lease.tenantId);
-    return held !== undefined && held.token === lease.token && held.until > Date.now();
-  };
-  return {
-    async acquire(tenantId, holderId, leaseMs) {
-      const held = leases.get(tenantId);
-      if (held && held.until > Date.now()) return null;
-      const token = `${++fence}:${holderId}`;
-      leases.set(tenantId, { token, until: Date.now() + leaseMs });
-      return { tenantId, token };
-    },
-    async renew(lease, leaseMs) {
-      if (!holds(lease)) return false;
-      leases.set(lease.tenantId, { token: lease.token, until: Date.now() + leaseMs });
-      return true;
-    },
-    async release(lease) {
-      if (!holds(lease)) return false;
-      leases.delete(lease.tenantId);
-      return true;
-    },
-    async get(tenantId) {
-      return { ...(schedules.get(tenantId) ?? { failures: 0 }) };
-    },
-    async getMany(tenantIds) {
-      return new Map(tenantIds.map((id) => [id, { ...(schedules.get(id) ?? { failures: 0 }) }]));
-    },
-    async begin(lease, cycleId, startedAt) {
-      if (!holds(lease)) return false;
-      schedules.set(lease.tenantId, {
-        ...(schedules.get(lease.tenantId) ?? { failures: 0 }),
-        lastStartedAt: startedAt,
-        runningCycleId: cycleId,
-      });
-      return true;
-    },
-    async end(lease, outcome) {
-      if (!holds(lease)) return false;
-      const {
-        runningCycleId: _done,
-        notBefore: _nb,
-        failedRevision: _fr,
-        retryAt: _ra,
-        ...rest
-      } = schedules.get(lease.tenantId) ?? { failures: 0 };
-      schedules.set(lease.tenantId, {
-        ...rest,
-        failures: outcome.failures,
-        ...(outcome.notBefore === null ? {} : { notBefore: outcome.notBefore }),
-        ...(outcome.retryAt === undefined || outcome.retryAt === null ? {} : { retryAt: outcome.retryAt }),
-        ...(outcome.failedRevision === undefined ? {} : { failedRevision: outcome.failedRevision }),
-      });
-      return true;
-    },
-    async clear(tenantId) {
-      schedules.delete(tenantId);
-    },
-  };
-}
-
-function memoryStatus(): TenantStore & { statuses: Map<string, TenantStatus> } {
-  const statuses = new Map<string, TenantStatus>();
-  return {
-    statuses,
-    async getStatus(tenantId: string) {
-      return { ...statuses.get(tenantId) };
-    },
-    async updateStatus(tenantId: string, status: Record<string, unknown>) {
-      const next: Record<string, unknown> = { ...statuses.get(tenantId) };
-      for (const [k, v] of Object.entries(status))
-        if (v === null) delete next[k];
-        else if (v !== undefined) next[k] = v;
-      statuses.set(tenantId, next as TenantStatus);
-    },
-    async cycleListed(tenantId: string, cycleId: string, status: Record<string, unknown>) {
-      const next: Record<string, unknown> = { ...statuses.get(tenantId), ...status };
-      if (next['lastErrorCycleId'] === cycleId) next['state'] = 'error';
-      else {
-        next['state'] = 'active';
-        for (const field of ['lastErrorCode', 'lastErrorMessage', 'lastErrorAt', 'lastErrorCycleId'])
-          delete next[field];
-      }
-      statuses.set(tenantId, next as TenantStatus);
-    },
-  } as unknown as TenantStore & { statuses: Map<string, TenantStatus> };
-}
-
-const UNIT_MS = 10; // 10 "minutes" = 100 ms
-const INTERVAL_MS = 10 * UNIT_MS;
-
-const record = (tenantId: string, revision = 1, enabled = true): TenantRecord =>
-  ({ tenantId, revision, enabled, defender: { pollIntervalMinutes: 10 } }) as unknown as TenantRecord;
-
-interface Run {
-  tenantId: string;
-  replica: number;
-  start: number;
-  end: number;
-}
-
-async function feed(table: TenantTable, records: TenantRecord[], offset = { n: 0 }): Promise<void> {
-  for (const r of records) {
-    await table.handle(inboundMessage(r, { offset: String(offset.n++), key: r.tenantId }));
-  }
-}
-
-function replica(
-  index: number,
-  schedules: PollScheduleStore,
-  status: TenantStore,
-  runs: Run[],
-  behaviour: (input: CycleInput) => Promise<void>,
-  options: { maxConcurrentCycles?: number; cycles?: Pick<CycleStore, 'get'> } = {},
-) {
-  const table = createTenantTable();
-  table.expectEnd(new Map());
-  const scheduler = createScheduler({
-    table,
-    schedules,
-    tenants: status,
-    cycles: options.cycles ?? { get: async () => null },
-    runCycle: async (input): Promise<CycleResult> => {
-      const start = input.startedAt;
-      await behaviour(input);
-      runs.push({ tenantId: input.record.tenantId, replica: index, start, end: Date.now() });
-      return {
-        totalDevices: 1,
-        totalBatches: 1,
-        merged: 0,
-        vulnerabilityMode: 'per-device',
-        note: null,
-        listedAt: Date.now(),
-      };
-    },
-    holderId: `replica-${index}`,
-    intervalUnitMs: UNIT_MS,
-    leaseMs: 200,
-    maxConcurrentCycles: options.maxConcurrentCycles ?? 8,
-    tickMs: 5,
-    recheckMs: 20,
-    maxBackoffMs: 10_000,
-    logger: silentLogger,
-    metrics: new Registry(),
-  });
-  return { table, scheduler };
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+import { cycleIdOf } from '../src/cycle';
+import type { Scheduler } from '../src/scheduler';
+import {
+  INTERVAL_MS,
+  UNIT_MS,
+  feed,
+  memorySchedules,
+  memoryStatus,
+  record,
+  replica,
+  sleep,
+  type Run,
+} from './support/scheduler';
 
 describe('createScheduler', () => {
   const started: Scheduler[] = [];
