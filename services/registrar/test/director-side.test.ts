@@ -1,3 +1,4 @@
+import { ReplyError } from 'ioredis';
 import type { Kafka } from 'kafkajs';
 import type { RegistrationPush } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
@@ -17,8 +18,18 @@ import {
  * The Director side over an already rebuilt Redis (the memory state says so: no Kafka read) holding one
  * tenant whose secret the test sealer opens, or does not.
  */
-async function setup(opens: boolean) {
+async function setup(opens: boolean, options: { redisFailsOnce?: boolean } = {}) {
   const tenants = memoryTenantStore();
+  if (options.redisFailsOnce) {
+    // Redis refusing the check's first read, as ioredis says it: no word of retrying on the error.
+    const ids = tenants.ids.bind(tenants);
+    let failed = false;
+    tenants.ids = async () => {
+      if (failed) return ids();
+      failed = true;
+      throw new ReplyError("READONLY You can't write against a read only replica.");
+    };
+  }
   const publisher = memoryPublisher();
   const sealer = testSealer();
   const stored = tenantRecord('stored', 1);
@@ -75,6 +86,14 @@ describe('createDirectorSide', () => {
     expect(isInfrastructureFault(failure)).toBe(true);
     expect(publisher.sent).toEqual([]);
     expect(await tenants.get('new')).toBeNull();
+  });
+
+  it('ready should check the key again after Redis failed the check, rather than take the key for refused', async () => {
+    const { side, tenants, push } = await setup(true, { redisFailsOnce: true });
+    await expect(side.ready()).rejects.toThrow('READONLY');
+    await side.ready();
+    await push();
+    expect(await tenants.get('new')).not.toBeNull();
   });
 
   it('handler should apply a push once the key opened the stored secrets', async () => {
