@@ -8,8 +8,8 @@
 // URS_TEST_INFRA=containers|stack skips the choice (default: auto).
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
+import { freePort } from '../support/ports';
 import { setInfra, type ResolvedInfra } from './infra-state';
 
 /** How long the Docker probe may take before the engine counts as absent, in milliseconds. */
@@ -96,17 +96,6 @@ function pinnedKafkaVersion(): string {
   const version = /<kafka\.version>([^<]+)<\/kafka\.version>/.exec(pom)?.[1];
   if (version === undefined) throw new Error('deploy/kafka/pom.xml declares no kafka.version');
   return version;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 async function startContainers(wantKafka: boolean, wantRedis: boolean): Promise<ResolvedInfra> {

@@ -1,21 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { createServer } from 'node:net';
 import { waitFor } from './wait';
 
 // A Redis of a test's own, for the tests that make Redis fail on purpose (stopped, or refusing writes with
 // `maxmemory 1` and `noeviction`): the shared Redis is never stopped, nor its configuration changed.
-
-/** A free TCP port of this host, for a Redis of the test's own. */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as { port: number };
-  server.close();
-  await once(server, 'close');
-  return port;
-}
 
 /** A throwaway redis-server on `port`, nothing saved: the shared Redis is never stopped by a test. */
 export async function startRedis(port: number): Promise<ChildProcess> {

@@ -1,10 +1,10 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Kafka, logLevel } from 'kafkajs';
+import { freePort } from './ports';
 
 /**
  * A Kafka broker of one test's own, which the test may stop and start again (an outage) without
@@ -71,17 +71,6 @@ function classpath(): string {
   const cp = fs.readFileSync(out, 'utf8').trim();
   fs.rmSync(out, { force: true });
   return cp;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 async function answers(brokers: string[]): Promise<boolean> {

@@ -1,5 +1,4 @@
 import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 
 /**
@@ -50,16 +49,4 @@ export function runMain(main: string, env: Record<string, string>): MainRun {
       return code;
     },
   };
-}
-
-/**
- * A port of 127.0.0.1 on which nothing listens (a free one, closed again): Kafka or Redis named there makes a
- * service that connects before it checks its settings retry for its whole connect timeout.
- */
-export async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { RUN_TS, closedPort, createTestKafka, uniqueId, waitFor } from '@urs/testkit';
+import { RUN_TS, freePort, createTestKafka, uniqueId, waitFor } from '@urs/testkit';
 import { deleteTopicsOf, serviceEnv } from './support';
 
 interface Run {
@@ -108,7 +108,7 @@ describe('runService', () => {
   });
 
   it('should exit 1 at once, naming the variable, when a setting of its own is bad and Kafka is unreachable', async () => {
-    const port = await closedPort();
+    const port = await freePort();
     const run = runFixture('no-such-mode', `${uniqueId('run')}.`, {
       KAFKA_BROKERS: `127.0.0.1:${port}`,
       REDIS_URL: `redis://127.0.0.1:${port}`,

@@ -1,11 +1,11 @@
 import { join } from 'node:path';
-import { closedPort, runMain } from '@urs/testkit';
+import { freePort, runMain } from '@urs/testkit';
 
 describe('registrar main', () => {
   it('should fail the start before connecting, naming URS_DEFENDER_CA_FILE, when the file it names is missing', async () => {
     // Nothing listens on Kafka's or Redis's port: a start that connected first would retry for ~30 s and be
     // killed (no exit code) rather than exit 1 by itself.
-    const port = await closedPort();
+    const port = await freePort();
     const missing = join(__dirname, 'no-such-ca.pem');
     const run = runMain(join(__dirname, '..', 'src', 'main.ts'), {
       KAFKA_BROKERS: `127.0.0.1:${port}`,

@@ -1,11 +1,11 @@
 import { join } from 'node:path';
-import { closedPort, runMain } from '@urs/testkit';
+import { freePort, runMain } from '@urs/testkit';
 
 describe('vuln-fetcher main', () => {
   it('should fail the start before connecting, naming the variable, when a setting of its own is bad', async () => {
     // Nothing listens on Kafka's or Redis's port: a start that connected first would retry for ~30 s and
     // be killed (exit code null) rather than exit 1 by itself.
-    const port = await closedPort();
+    const port = await freePort();
     const run = runMain(join(__dirname, '..', 'src', 'main.ts'), {
       KAFKA_BROKERS: `127.0.0.1:${port}`,
       REDIS_URL: `redis://127.0.0.1:${port}`,

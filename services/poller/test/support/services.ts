@@ -1,6 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { waitFor } from '@urs/testkit';
 
@@ -61,15 +60,7 @@ export function spawnService(name: 'registrar' | 'poller', env: Record<string, s
   };
 }
 
-/** A TCP port free right now. */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  return address.port;
-}
+export { freePort } from '@urs/testkit';
 
 /** A fresh 32-byte key, base64, for URS_SECRET_KEY. */
 export function secretKey(): string {
