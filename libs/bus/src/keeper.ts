@@ -61,8 +61,15 @@ export interface ConsumerKeeper {
    * consumer crashed with an error that waiting does not mend. Never resolves otherwise.
    */
   failed(): Promise<Error>;
-  /** Restarts nothing more and ignores crashes from now on (the consumer is being closed). Idempotent. */
-  stop(): void;
+  /**
+   * Restarts nothing more and ignores crashes from now on (the consumer is being closed), then waits up to
+   * withinMs for the restart in flight, if any (its run() joining the group): KafkaJS's disconnect drops a
+   * consumer that has not joined yet without stopping it, so that it joins after close. Resolves true once
+   * no restart is in flight, false when one still was after withinMs (see `restarting`). Idempotent.
+   */
+  stop(withinMs: number): Promise<boolean>;
+  /** Settles (never rejects) once no restart is in flight: at once when none is. */
+  restarting(): Promise<void>;
 }
 
 export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKeeper {
@@ -74,6 +81,8 @@ export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKe
   let answeredAt = Date.now();
   /** Since when the consumer is down (crashed, not joined again), and its restarts since. */
   let down: { since: number; restarts: number; timer: NodeJS.Timeout | undefined } | undefined;
+  /** The restart under way (its run() not settled yet), if any. */
+  let inFlight: Promise<void> | undefined;
   let fail: (error: Error) => void = () => undefined;
   const failure = new Promise<Error>((resolve) => (fail = resolve));
 
@@ -109,13 +118,32 @@ export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKe
     current.timer = setTimeout(
       () => {
         current.timer = undefined;
-        if (stopped) return;
-        options.run().catch((failed: unknown) => {
-          crashed(failed instanceof Error ? failed : new Error(String(failed)));
-        });
+        if (!stopped) restart();
       },
       retryDelayMs(options.restart, current.restarts),
     );
+  }
+
+  /** Runs the consumer again; stop waits for it, so that close disconnects what it joined. */
+  function restart(): void {
+    const run = options.run().catch((failed: unknown) => {
+      crashed(failed instanceof Error ? failed : new Error(String(failed)));
+    });
+    inFlight = run;
+    void run.finally(() => {
+      if (inFlight === run) inFlight = undefined;
+    });
+  }
+
+  /** Whether `run` settled within withinMs. */
+  async function settledWithin(run: Promise<void>, withinMs: number): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), withinMs)));
+    try {
+      return await Promise.race([run.then(() => true as const), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   return {
@@ -136,9 +164,13 @@ export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKe
     failed() {
       return failure;
     },
-    stop() {
+    async stop(withinMs) {
       stopped = true;
       clearTimeout(down?.timer);
+      return inFlight ? settledWithin(inFlight, withinMs) : true;
+    },
+    async restarting() {
+      await inFlight;
     },
   };
 }

@@ -1,7 +1,7 @@
 import type { Consumer, ConsumerRunConfig, Kafka } from 'kafkajs';
 import { compileContracts } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { DEFAULT_RETRY_POLICY, UrsError, type RetryPolicy } from '@urs/resilience';
+import { DEFAULT_RETRY_POLICY, UrsError, errorMessage, type RetryPolicy } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
 import { createMessageProcessor, type TopicSubscription } from './handle';
 import { createHeldMessages } from './held';
@@ -229,6 +229,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     handled: options.metrics.counter('urs_messages_total', 'Messages consumed, by topic and outcome.'),
     seconds: options.metrics.histogram('urs_handler_seconds', 'Time spent handling one message, in seconds.'),
   });
+  const drainTimeoutMs = positiveInt('drainTimeoutMs', options.drainTimeoutMs, 5_000);
   let state: RunnerState = 'created';
   let closing: Promise<void> | undefined;
 
@@ -275,7 +276,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
           ),
           readPastAfterMs: positiveInt('readPastAfterMs', options.readPastAfterMs, 2_000),
           commitIntervalMs: positiveInt('commitIntervalMs', options.commitIntervalMs, 1_000),
-          drainTimeoutMs: positiveInt('drainTimeoutMs', options.drainTimeoutMs, 5_000),
+          drainTimeoutMs,
           buffered: options.metrics.gauge(
             'urs_consumer_buffered_messages',
             "Messages held in memory and not yet finished, by consumer group (ordering 'key').",
@@ -292,7 +293,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     : createPartitionOrderedConsumption({
         settle,
         commit,
-        drainTimeoutMs: positiveInt('drainTimeoutMs', options.drainTimeoutMs, 5_000),
+        drainTimeoutMs,
         log,
       });
   const keeper = createConsumerKeeper({
@@ -320,6 +321,22 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     // Exactly one of the two is there, by ordering.
     eachBatch: (payload) => keyed?.eachBatch(payload) ?? partitioned?.eachBatch(payload) ?? Promise.resolve(),
   };
+
+  /**
+   * Close found a restart still joining after drainTimeoutMs (the broker slow to answer): disconnecting now
+   * would drop that consumer unstopped, to join after close, so it is disconnected once its run settles.
+   */
+  function disconnectOnceRestarted(): void {
+    log.warn('consumer restart still joining its group at close; disconnecting it once it settles', {
+      waitedMs: drainTimeoutMs,
+    });
+    void keeper
+      .restarting()
+      .then(() => consumer.disconnect())
+      .catch((error: unknown) => {
+        log.warn('consumer restarted during close failed to disconnect', { reason: errorMessage(error) });
+      });
+  }
 
   return {
     get state() {
@@ -352,15 +369,18 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
       closing ??= (async () => {
         const wasStarted = state !== 'created';
         state = 'closing';
-        keeper.stop();
+        // A restart in flight joins the group after close unless waited for (see ConsumerKeeper.stop).
+        const stopping = keeper.stop(drainTimeoutMs);
         // Ordering 'partition': alongside disconnect, which waits for the batch in flight; the drain ends that
         // batch without its message once the drain time has passed twice (see drainTimeoutMs).
         const draining = partitioned?.drain();
         // Ordering 'key' commits before disconnecting: a commit needs the member in its group.
         if (keyed && wasStarted) await keyed.drain();
-        // disconnect() stops fetching, waits for the running eachBatch, commits resolved offsets
-        // (ordering 'partition'), leaves the group.
-        await consumer.disconnect();
+        if (await stopping) {
+          // disconnect() stops fetching, waits for the running eachBatch, commits resolved offsets
+          // (ordering 'partition'), leaves the group.
+          await consumer.disconnect();
+        } else disconnectOnceRestarted();
         await draining;
         state = 'closed';
       })();

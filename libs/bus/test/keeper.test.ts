@@ -68,8 +68,66 @@ describe('createConsumerKeeper', () => {
     const run = jest.fn(async () => undefined);
     const kept = keeper(run);
     kept.crashed(outage);
-    kept.stop();
+    void kept.stop(1_000);
     await jest.advanceTimersByTimeAsync(1_000);
     expect(run).not.toHaveBeenCalled();
+  });
+});
+
+describe('createConsumerKeeper stopping while a restart is joining', () => {
+  beforeEach(() => jest.useFakeTimers());
+  afterEach(() => jest.useRealTimers());
+
+  /** A keeper whose restarts join when `join` is called; `runs` counts the restarts begun. */
+  function joining() {
+    let join: () => void = () => undefined;
+    const run = jest.fn(() => new Promise<void>((resolve) => (join = resolve)));
+    return { kept: keeper(run), run, join: () => join() };
+  }
+
+  it('should wait for the restart in flight before it says it stopped', async () => {
+    const { kept, run, join } = joining();
+    kept.crashed(outage);
+    await jest.advanceTimersByTimeAsync(100);
+    expect(run).toHaveBeenCalledTimes(1);
+    let stopped: boolean | undefined;
+    void kept.stop(5_000).then((settled) => (stopped = settled));
+    await jest.advanceTimersByTimeAsync(1_000);
+    expect(stopped).toBeUndefined();
+    join();
+    await jest.advanceTimersByTimeAsync(0);
+    expect(stopped).toBe(true);
+    await jest.advanceTimersByTimeAsync(10_000);
+    expect(run).toHaveBeenCalledTimes(1);
+  });
+
+  it('should stop waiting after its budget, saying so, and settle restarting() once the run does', async () => {
+    const { kept, join } = joining();
+    kept.crashed(outage);
+    await jest.advanceTimersByTimeAsync(100);
+    const stopping = kept.stop(1_000);
+    await jest.advanceTimersByTimeAsync(1_000);
+    await expect(stopping).resolves.toBe(false);
+    let restarted = false;
+    void kept.restarting().then(() => (restarted = true));
+    await jest.advanceTimersByTimeAsync(0);
+    expect(restarted).toBe(false);
+    join();
+    await jest.advanceTimersByTimeAsync(0);
+    expect(restarted).toBe(true);
+  });
+
+  it('should restart nothing after a restart in flight failed once stopped', async () => {
+    const run = jest.fn<Promise<void>, []>();
+    let fail: (error: Error) => void = () => undefined;
+    run.mockImplementationOnce(() => new Promise<void>((_, reject) => (fail = reject)));
+    const kept = keeper(run);
+    kept.crashed(outage);
+    await jest.advanceTimersByTimeAsync(100);
+    const stopping = kept.stop(5_000);
+    fail(outage);
+    await expect(stopping).resolves.toBe(true);
+    await jest.advanceTimersByTimeAsync(10_000);
+    expect(run).toHaveBeenCalledTimes(1);
   });
 });
