@@ -307,7 +307,11 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     keeper.joined();
     keyed?.onGroupJoin(event.payload);
   });
-  consumer.on(consumer.events.CRASH, (event) => keeper.crashed(event.payload.error));
+  consumer.on(consumer.events.CRASH, (event) => {
+    // Before any restart: what the crashed run still handles must not commit over the restarted one.
+    partitioned?.fence();
+    keeper.crashed(event.payload.error);
+  });
   consumer.on(consumer.events.REQUEST, () => keeper.answered());
 
   const runConfig: ConsumerRunConfig = {
