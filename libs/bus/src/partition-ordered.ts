@@ -115,16 +115,31 @@ export function createPartitionOrderedConsumption(
       return await new Promise<boolean>((resolve, reject) => {
         release = resolve;
         letGo.add(release);
-        settling.then(resolve, (error: unknown) => {
-          // Let go of by close, it failed later (its dead letter not written): nobody awaits it now.
-          if (!running.has(settling)) {
-            log.warn('message let go of on close failed', {
-              offset: message.offset,
-              reason: errorMessage(error),
-            });
-          }
-          reject(error);
-        });
+        const where = {
+          topic: payload.batch.topic,
+          partition: payload.batch.partition,
+          offset: message.offset,
+        };
+        settling.then(
+          (done) => {
+            // Let go of by close, its handler ignored the abort and returned since: its batch ended without it,
+            // so it stays uncommitted whatever it did. Told, as a handler that does not stop is a bug.
+            if (!running.has(settling)) {
+              log.warn('handler returned after close let go of its message; left uncommitted', {
+                ...where,
+                settled: done,
+              });
+            }
+            resolve(done);
+          },
+          (error: unknown) => {
+            // Let go of by close, it failed later (its dead letter not written): nobody awaits it now.
+            if (!running.has(settling)) {
+              log.warn('message let go of on close failed', { ...where, reason: errorMessage(error) });
+            }
+            reject(error);
+          },
+        );
       });
     } finally {
       letGo.delete(release);
