@@ -40,11 +40,9 @@ export {
 } from './json-bytes';
 export { applyKafkaJsFixes } from './kafkajs-fixes';
 export {
-  createRecordBatchEncoder,
-  describeRecord,
   referenceLargeParts,
-  useFastRecordBatches,
   type KafkaJsEncoder,
   type KafkaJsEncoderClass,
   type KafkaJsLongClass,
-} from './kafkajs-records';
+} from './kafkajs-encoder';
+export { createRecordBatchEncoder, describeRecord, useFastRecordBatches } from './kafkajs-records';
