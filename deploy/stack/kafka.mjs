@@ -6,12 +6,18 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import kafkajs from 'kafkajs';
+import {
+  DEPENDENCY_PLUGIN,
+  LOG4J_PROPERTIES,
+  brokerArgs,
+  formatArgs,
+  kafkaJars,
+  randomClusterId,
+  serverProperties,
+} from './kafka-config.mjs';
 import { ownedPid, portAnswers, readOr, sleep, startDetached, stopProcess, tail, onPath } from './proc.mjs';
 
 const { Kafka, logLevel } = kafkajs;
-
-/** Maven's dependency plugin, pinned: Maven 3.8's default dependency plugin is too old for copy-dependencies options. */
-const DEPENDENCY_PLUGIN = 'org.apache.maven.plugins:maven-dependency-plugin:3.8.1';
 
 /**
  * @typedef {import('./stack.mjs').StackConfig} StackConfig
@@ -22,17 +28,18 @@ const DEPENDENCY_PLUGIN = 'org.apache.maven.plugins:maven-dependency-plugin:3.8.
 /** @param {StackConfig} cfg */
 function paths(cfg) {
   const dir = path.join(cfg.stackDir, 'kafka');
+  const { pom, lib } = kafkaJars(cfg.root, cfg.stackDir);
   return {
     dir,
-    lib: path.join(dir, 'lib'),
-    stamp: path.join(dir, 'lib', '.pom.sha256'),
+    lib,
+    stamp: path.join(lib, '.pom.sha256'),
     data: path.join(dir, 'data'),
     config: path.join(dir, 'server.properties'),
     log4j: path.join(dir, 'log4j2.properties'),
     clusterId: path.join(dir, 'cluster-id'),
     pidFile: path.join(dir, 'kafka.pid'),
     logFile: path.join(dir, 'logs', 'kafka.out'),
-    pom: path.join(cfg.root, 'deploy', 'kafka', 'pom.xml'),
+    pom,
   };
 }
 
@@ -122,60 +129,15 @@ function resolveJars(cfg) {
 /** @param {StackConfig} cfg */
 function writeConfig(cfg) {
   const p = paths(cfg);
-  const server = [
-    'process.roles=broker,controller',
-    'node.id=1',
-    // Static voters: the storage tool must then run WITHOUT --standalone (KAFKA-18987).
-    `controller.quorum.voters=1@127.0.0.1:${cfg.controllerPort}`,
-    `listeners=PLAINTEXT://127.0.0.1:${cfg.kafkaPort},CONTROLLER://127.0.0.1:${cfg.controllerPort}`,
-    `advertised.listeners=PLAINTEXT://127.0.0.1:${cfg.kafkaPort}`,
-    'controller.listener.names=CONTROLLER',
-    'inter.broker.listener.name=PLAINTEXT',
-    'listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT',
-    `log.dirs=${p.data}`,
-    'num.partitions=3',
-    // Every topic is created explicitly with its partitions and config.
-    'auto.create.topics.enable=false',
-    'offsets.topic.replication.factor=1',
-    // One offsets partition: the first group join does not wait for 50 partitions to load.
-    'offsets.topic.num.partitions=1',
-    'transaction.state.log.replication.factor=1',
-    'transaction.state.log.min.isr=1',
-    'transaction.state.log.num.partitions=1',
-    'share.coordinator.state.topic.replication.factor=1',
-    'share.coordinator.state.topic.min.isr=1',
-    // No 3 s wait before the first rebalance of a new group.
-    'group.initial.rebalance.delay.ms=0',
-    '',
-  ].join('\n');
-  const log4j = [
-    'status = warn',
-    'appender.console.type = Console',
-    'appender.console.name = STDOUT',
-    'appender.console.layout.type = PatternLayout',
-    'appender.console.layout.pattern = [%d] %p %m (%c)%n',
-    'rootLogger.level = warn',
-    'rootLogger.appenderRef.stdout.ref = STDOUT',
-    // Keeps the start and shutdown lines, which say when the broker is up or gone.
-    'logger.raft.name = kafka.server.KafkaRaftServer',
-    'logger.raft.level = info',
-    '',
-  ].join('\n');
+  const server = serverProperties({
+    port: cfg.kafkaPort,
+    controllerPort: cfg.controllerPort,
+    dataDir: p.data,
+    partitions: 3,
+  });
   fs.mkdirSync(p.dir, { recursive: true });
   fs.writeFileSync(p.config, server);
-  fs.writeFileSync(p.log4j, log4j);
-}
-
-/**
- * Same shape as `kafka-storage random-uuid`: 16 random bytes, base64url, 22 characters. Like Kafka's own
- * `Uuid.randomUuid`, it never starts with '-', which the storage tool's argument parser would read as an option.
- * @returns {string}
- */
-export function randomClusterId() {
-  for (;;) {
-    const id = crypto.randomBytes(16).toString('base64url');
-    if (!id.startsWith('-')) return id;
-  }
+  fs.writeFileSync(p.log4j, LOG4J_PROPERTIES);
 }
 
 /**
@@ -190,18 +152,7 @@ function formatStorage(cfg) {
     clusterId = randomClusterId();
     fs.writeFileSync(p.clusterId, `${clusterId}\n`);
   }
-  const args = [
-    '-cp',
-    `${p.lib}/*`,
-    `-Dlog4j2.configurationFile=${p.log4j}`,
-    'kafka.tools.StorageTool',
-    'format',
-    '-t',
-    clusterId,
-    '-c',
-    p.config,
-    '-g',
-  ];
+  const args = formatArgs({ classpath: `${p.lib}/*`, log4jFile: p.log4j, clusterId, configFile: p.config });
   const out = spawnSync('java', args, { encoding: 'utf8' });
   if (out.status !== 0) throw new Error(`kafka storage format failed:\n${out.stdout}${out.stderr}`);
 }
@@ -263,29 +214,12 @@ export async function kafkaUp(cfg) {
   resolveJars(cfg);
   writeConfig(cfg);
   formatStorage(cfg);
-  const args = [
-    ...cfg.kafkaHeapOpts.split(/\s+/).filter((s) => s !== ''),
-    '-XX:+UseG1GC',
-    '-XX:MaxGCPauseMillis=20',
-    // Batch messages are 0.3–0.9 MB. With G1's default region for a 512 MB heap (1 MB), every object over
-    // half a region is "humongous" (whole regions of its own, reclaimed apart), and so was the buffer of
-    // every produce request of a batch: 8 MB regions make them ordinary objects. Broker CPU in the
-    // bench's internal scenario on a fresh broker: 8.1–11.4 → 2.8–4.0 core-s (Kafka's own production
-    // guidance sets 16 MB regions for its 6 GB heap).
-    '-XX:G1HeapRegionSize=8m',
-    // The broker's own Java work is light (most of its CPU is the kernel's network and file I/O), but C2, the
-    // optimising JIT, kept compiling it for minutes on the cores the pipeline runs on: over one benchmark
-    // invocation of three 50,000-device internal runs on a fresh broker, C2's threads used 4.6–4.8 core-s.
-    // With C1 alone: 0.4 core-s, the request threads' CPU unchanged (5.9–6.2 core-s either way).
-    '-XX:TieredStopAtLevel=1',
-    '-XX:+ExitOnOutOfMemoryError',
-    '-Djava.awt.headless=true',
-    `-Dlog4j2.configurationFile=${p.log4j}`,
-    '-cp',
-    `${p.lib}/*`,
-    'kafka.Kafka',
-    p.config,
-  ];
+  const args = brokerArgs({
+    heapOpts: cfg.kafkaHeapOpts,
+    log4jFile: p.log4j,
+    classpath: `${p.lib}/*`,
+    configFile: p.config,
+  });
   const pid = startDetached('java', args, { logFile: p.logFile, pidFile: p.pidFile, cwd: p.dir });
   try {
     await waitReady(cfg, pid);

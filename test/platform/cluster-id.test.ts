@@ -6,7 +6,7 @@ import { fromStackModule } from './stack-module';
 describe('the local stack’s Kafka cluster id', () => {
   it('has the shape of `kafka-storage random-uuid` and never starts with a dash', () => {
     const out = fromStackModule(
-      'kafka.mjs',
+      'kafka-config.mjs',
       'JSON.stringify(Array.from({ length: 5000 }, () => m.randomClusterId()))',
     );
     const ids = JSON.parse(out) as string[];

@@ -1,5 +1,4 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -8,8 +7,8 @@ import { freePort } from './ports';
 
 /**
  * A Kafka broker of one test's own, which the test may stop and start again (an outage) without
- * touching the shared test broker: Apache Kafka's jars run in KRaft mode, like the local stack
- * (deploy/stack/kafka.mjs), on free ports, with a data directory under the system's temp directory.
+ * touching the shared test broker: Apache Kafka's jars run in KRaft mode, configured as the local stack's
+ * (deploy/stack/kafka-config.mjs), on free ports, with a data directory under the system's temp directory.
  */
 export interface PrivateKafka {
   readonly brokers: string[];
@@ -42,35 +41,66 @@ function requireJava(): void {
 }
 
 /**
- * The broker's classpath: the local stack's jars when `npm run stack:up` resolved them (URS_STACK_DIR,
- * default .stack), else Maven's answer from its cache (deploy/kafka/pom.xml, offline).
+ * Partitions of a topic created without a count, and the JVM's heap: a test's broker is smaller than the
+ * stack's.
  */
-function classpath(): string {
-  const stackDir = path.resolve(ROOT, process.env['URS_STACK_DIR'] ?? '.stack');
-  const lib = path.join(stackDir, 'kafka', 'lib');
-  if (fs.existsSync(lib) && fs.readdirSync(lib).some((name) => name.startsWith('kafka_2.13'))) {
-    return `${lib}/*`;
-  }
-  const out = path.join(os.tmpdir(), `urs-kafka-cp-${randomBytes(4).toString('hex')}.txt`);
-  const args = [
-    '-o',
-    '-q',
-    '-B',
-    '-f',
-    path.join(ROOT, 'deploy', 'kafka', 'pom.xml'),
-    'org.apache.maven.plugins:maven-dependency-plugin:3.8.1:build-classpath',
-    `-Dmdep.outputFile=${out}`,
-    '-DincludeScope=runtime',
-  ];
-  const run = spawnSync('mvn', args, { encoding: 'utf8' });
-  if (run.status !== 0 || !fs.existsSync(out)) {
-    throw new Error(
-      `no Kafka jars: ${lib} is empty and mvn ${args.join(' ')} failed (run npm run stack:up once):\n${run.stdout ?? ''}${run.stderr ?? ''}`,
-    );
-  }
-  const cp = fs.readFileSync(out, 'utf8').trim();
-  fs.rmSync(out, { force: true });
-  return cp;
+const PARTITIONS = 1;
+const HEAP_OPTS = '-Xms128m -Xmx512m';
+
+/** What deploy/stack/kafka-config.mjs makes of a private broker's ports and files. */
+interface BrokerConfig {
+  server: string;
+  log4j: string;
+  /** `java` arguments that format the data directory, then that run the broker. */
+  format: string[];
+  broker: string[];
+}
+
+interface BrokerFiles {
+  port: number;
+  controllerPort: number;
+  dataDir: string;
+  configFile: string;
+  log4jFile: string;
+}
+
+/** Builds the configuration in deploy/stack/kafka-config.mjs's terms; evaluated there, see `brokerConfig`. */
+const CONFIG_SCRIPT = `
+  const [module, given] = process.argv.slice(1);
+  const m = await import(module);
+  const o = JSON.parse(given);
+  const classpath = m.resolvedClasspath(o.root, o.stackDir);
+  const files = { classpath, log4jFile: o.log4jFile, configFile: o.configFile };
+  const config = {
+    server: m.serverProperties(o),
+    log4j: m.LOG4J_PROPERTIES,
+    format: m.formatArgs({ ...files, clusterId: m.randomClusterId() }),
+    broker: m.brokerArgs({ ...files, heapOpts: o.heapOpts }),
+  };
+  process.stdout.write(JSON.stringify(config));`;
+
+/**
+ * The broker's configuration, from the module the local stack configures its broker with, so that both run
+ * alike; its classpath is the local stack's jars when `npm run stack:up` resolved them (URS_STACK_DIR,
+ * default .stack), else Maven's answer from its cache (deploy/kafka/pom.xml, offline). Read in a Node of its
+ * own: the stack's scripts are ES modules, the tests are not.
+ */
+function brokerConfig(files: BrokerFiles): BrokerConfig {
+  const module = path.join(ROOT, 'deploy', 'stack', 'kafka-config.mjs');
+  const options = {
+    ...files,
+    partitions: PARTITIONS,
+    heapOpts: HEAP_OPTS,
+    root: ROOT,
+    stackDir: path.resolve(ROOT, process.env['URS_STACK_DIR'] ?? '.stack'),
+  };
+  const run = spawnSync(
+    process.execPath,
+    ['--input-type=module', '-e', CONFIG_SCRIPT, module, JSON.stringify(options)],
+    { encoding: 'utf8' },
+  );
+  if (run.status !== 0) throw new Error(`no private Kafka configuration:\n${run.stderr}`);
+  return JSON.parse(run.stdout) as BrokerConfig;
 }
 
 async function answers(brokers: string[]): Promise<boolean> {
@@ -96,57 +126,22 @@ async function answers(brokers: string[]): Promise<boolean> {
 /** Formats a fresh data directory and starts a broker on it (see PrivateKafka). */
 export async function startPrivateKafka(): Promise<PrivateKafka> {
   requireJava();
-  const cp = classpath();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'urs-private-kafka-'));
   const [port, controllerPort] = [await freePort(), await freePort()];
   const brokers = [`127.0.0.1:${port}`];
-  const config = path.join(dir, 'server.properties');
-  const log4j = path.join(dir, 'log4j2.properties');
+  const configFile = path.join(dir, 'server.properties');
+  const log4jFile = path.join(dir, 'log4j2.properties');
   const logFile = path.join(dir, 'kafka.out');
-  fs.writeFileSync(
-    config,
-    [
-      'process.roles=broker,controller',
-      'node.id=1',
-      `controller.quorum.voters=1@127.0.0.1:${controllerPort}`,
-      `listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
-      `advertised.listeners=PLAINTEXT://127.0.0.1:${port}`,
-      'controller.listener.names=CONTROLLER',
-      'inter.broker.listener.name=PLAINTEXT',
-      'listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT',
-      `log.dirs=${path.join(dir, 'data')}`,
-      'num.partitions=1',
-      'auto.create.topics.enable=false',
-      'offsets.topic.replication.factor=1',
-      'offsets.topic.num.partitions=1',
-      'transaction.state.log.replication.factor=1',
-      'transaction.state.log.min.isr=1',
-      'transaction.state.log.num.partitions=1',
-      'share.coordinator.state.topic.replication.factor=1',
-      'share.coordinator.state.topic.min.isr=1',
-      'group.initial.rebalance.delay.ms=0',
-      '',
-    ].join('\n'),
-  );
-  fs.writeFileSync(
-    log4j,
-    [
-      'appender.console.type = Console',
-      'appender.console.name = STDOUT',
-      'appender.console.layout.type = PatternLayout',
-      'appender.console.layout.pattern = [%d] %p %m (%c)%n',
-      'rootLogger.level = warn',
-      'rootLogger.appenderRef.stdout.ref = STDOUT',
-      '',
-    ].join('\n'),
-  );
-  const jvm = ['-cp', cp, `-Dlog4j2.configurationFile=${log4j}`];
-  const clusterId = randomBytes(16).toString('base64url').replace(/^-/, 'A');
-  const format = spawnSync(
-    'java',
-    [...jvm, 'kafka.tools.StorageTool', 'format', '-t', clusterId, '-c', config, '-g'],
-    { encoding: 'utf8' },
-  );
+  let config: BrokerConfig;
+  try {
+    config = brokerConfig({ port, controllerPort, dataDir: path.join(dir, 'data'), configFile, log4jFile });
+  } catch (error) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw error;
+  }
+  fs.writeFileSync(configFile, config.server);
+  fs.writeFileSync(log4jFile, config.log4j);
+  const format = spawnSync('java', config.format, { encoding: 'utf8' });
   if (format.status !== 0) {
     fs.rmSync(dir, { recursive: true, force: true });
     throw new Error(`kafka storage format failed:\n${format.stdout}${format.stderr}`);
@@ -160,21 +155,7 @@ export async function startPrivateKafka(): Promise<PrivateKafka> {
   async function start(): Promise<void> {
     if (child) return;
     const out = fs.openSync(logFile, 'a');
-    const started = spawn(
-      'java',
-      [
-        '-Xms128m',
-        '-Xmx512m',
-        '-XX:+UseG1GC',
-        '-XX:TieredStopAtLevel=1',
-        '-XX:+ExitOnOutOfMemoryError',
-        '-Djava.awt.headless=true',
-        ...jvm,
-        'kafka.Kafka',
-        config,
-      ],
-      { cwd: dir, stdio: ['ignore', out, out] },
-    );
+    const started = spawn('java', config.broker, { cwd: dir, stdio: ['ignore', out, out] });
     fs.closeSync(out);
     child = started;
     exited = new Promise((resolve) => started.once('exit', () => resolve()));
