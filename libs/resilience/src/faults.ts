@@ -26,6 +26,20 @@ const REDIS_SERVER_REPLIES: ReadonlySet<string> = new Set([
   'NOREPLICAS',
 ]);
 
+/**
+ * How Redis before 7 answers a script whose `redis.call` it refused (OOM, READONLY, MISCONF, NOREPLICAS;
+ * scripting.c, 5.0 to 6.2): the refusal as Redis keeps it, a whole error reply with its '-', behind where the
+ * script was, twice (`luaPushError`'s "@user_script: <line>: ", then the error handler's
+ * "@user_script:<line>: "), inside an ERR of its own:
+ * `ERR Error running script (call to f_<sha1>): @user_script:1: @user_script: 1: -OOM command not allowed …`.
+ * Redis 7 answers with the refusal's code first (`OOM command not allowed … script: …`), like any command, and
+ * the other refusals (LOADING, BUSY, MASTERDOWN, …) refuse the EVAL before it runs, as plain replies. An error
+ * reply of the called command (WRONGTYPE, …) comes without the '-', and a Lua error has no code: both are the
+ * script's own failures, and neither matches.
+ */
+const PRE_7_SCRIPT_REFUSAL =
+  /^ERR Error running script \(call to f_[0-9a-f]{40}\): (?:@user_script:\d+: )?(?:@user_script: \d+: )?-([A-Z]+) /;
+
 /** ioredis's text for a command made on, or pending when it ended on, a closed connection. */
 const REDIS_CONNECTION_CLOSED = 'Connection is closed.';
 
@@ -50,10 +64,15 @@ interface ErrorShape {
   previousErrors?: unknown;
 }
 
+/** The code of a Redis error reply: its first word, or the refusal's that stopped a script (Redis before 7). */
+function redisReplyCode(message: string): string {
+  return PRE_7_SCRIPT_REFUSAL.exec(message)?.[1] ?? (message.split(' ', 1)[0] as string);
+}
+
 /** Redis answered for itself, or the connection to it failed, by ioredis's errors. */
 function isRedisFault(e: ErrorShape): boolean {
   if (e.name === 'ReplyError' && typeof e.message === 'string') {
-    return REDIS_SERVER_REPLIES.has(e.message.split(' ', 1)[0] as string);
+    return REDIS_SERVER_REPLIES.has(redisReplyCode(e.message));
   }
   if (e.name === 'MaxRetriesPerRequestError' || e.name === 'ClusterAllFailedError') return true;
   // redis-errors' AbortError, a command aborted as its connection closed. ioredis gives it the command; the
@@ -80,7 +99,8 @@ function isKafkaFault(e: ErrorShape): boolean {
 /**
  * Whether `error` is a fault of a dependency the service needs for every message (Redis, Kafka), rather
  * than of what was being handled: a `UrsError` marked `infrastructure`, a Redis server reply that speaks for
- * the server (OOM, READONLY, LOADING, …) or a lost Redis connection, a KafkaJS error KafkaJS marks
+ * the server (OOM, READONLY, LOADING, …; also as Redis before 7 wraps it when it stops a script) or a lost
+ * Redis connection, a KafkaJS error KafkaJS marks
  * retriable; or an error with such a fault as its `cause`, or among its `errors` (an AggregateError) or
  * `previousErrors` (ioredis's EXECABORT of a transaction whose commands were refused). Anything else,
  * network errors included, is the operation's own: a Defender call that cannot reach the tenant's API is

@@ -39,6 +39,33 @@ describe('isInfrastructureFault', () => {
     expect(isInfrastructureFault(new ReplyError('ERR Error running script'))).toBe(false);
   });
 
+  // Redis 5 and 6 wrap a refusal that stopped a script in an ERR (scripting.c `luaPushError`, its error handler
+  // and `evalGenericCommand`); 6.x trims the refusal's CRLF, 5.0 turns it and the format's newline into spaces.
+  const script = 'ERR Error running script (call to f_8ea1e266485534d17ddba5af05c1b61273c30467)';
+  it.each([
+    `${script}: @user_script:1: @user_script: 1: -OOM command not allowed when used memory > 'maxmemory'.`,
+    `${script}: @user_script:12: @user_script: 12: -OOM command not allowed when used memory > 'maxmemory'.   `,
+    `${script}: @user_script:3: @user_script: 3: -READONLY You can't write against a read only replica.`,
+    `${script}: @user_script:1: @user_script: 1: -MISCONF Redis is configured to save RDB snapshots, but it is currently not able to persist on disk. Commands that may modify the data set are disabled, because this instance is configured to report errors during writes if RDB snapshotting fails (stop-writes-on-bgsave-error option). Please check the Redis logs for details about the RDB error.`,
+    `${script}: @user_script:1: @user_script: 1: -MISCONF Errors writing to the AOF file: No space left on device`,
+    `${script}: @user_script:2: @user_script: 2: -NOREPLICAS Not enough good replicas to write.`,
+  ])('should recognise the refusal in a script Redis before 7 stopped: %s', (reply) => {
+    expect(isInfrastructureFault(new ReplyError(reply))).toBe(true);
+  });
+
+  it("should not take a script's own failure on Redis before 7 for the server", () => {
+    for (const reply of [
+      // The called command's own error reply, raised by redis.call.
+      `${script}: @user_script:1: WRONGTYPE Operation against a key holding the wrong kind of value`,
+      // A Lua runtime error.
+      `${script}: @user_script:4: user_script:4: attempt to compare nil with number`,
+      // A refusal's text in an error the script raised itself, not a refusal.
+      `${script}: @user_script:1: user_script:1: -OOM from the script's own error call`,
+    ]) {
+      expect(isInfrastructureFault(new ReplyError(reply))).toBe(false);
+    }
+  });
+
   it('should recognise a lost Redis connection', async () => {
     expect(isInfrastructureFault(await connectionClosedError())).toBe(true);
     expect(isInfrastructureFault(new MaxRetriesPerRequestError(1))).toBe(true);
