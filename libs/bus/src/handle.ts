@@ -36,8 +36,7 @@ export interface InboundMessage<T> {
   /**
    * Aborted when the runner gives the message up: the runner is closing and the drain time passed
    * (ConsumerRunnerOptions.drainTimeoutMs), or, with ordering 'key', its partition went to another
-   * consumer in a rebalance, or, with ordering 'partition', Kafka stopped the consumer (the restarted
-   * consumer handles the message again). A handler that stops early should throw: the message is then neither
+   * consumer in a rebalance. A handler that stops early should throw: the message is then neither
    * retried nor dead-lettered, and its offset is not committed (it is handled again by whoever owns the
    * partition next).
    */

@@ -61,15 +61,18 @@ export interface ConsumerKeeper {
    * consumer crashed with an error that waiting does not mend. Never resolves otherwise.
    */
   failed(): Promise<Error>;
+  /** The consumer's first run() (start), joining its group: stop waits for it as for a restart. */
+  track(run: Promise<void>): void;
   /**
    * Restarts nothing more and ignores crashes from now on (the consumer is being closed), then waits up to
-   * withinMs for the restart in flight, if any (its run() joining the group): KafkaJS's disconnect drops a
-   * consumer that has not joined yet without stopping it, so that it joins after close. Resolves true once
-   * no restart is in flight, false when one still was after withinMs (see `restarting`). Idempotent.
+   * withinMs for the run() in flight, if any (the start or a restart joining the group): KafkaJS's
+   * disconnect drops a consumer that has not joined yet without stopping it, so that it joins after close.
+   * Resolves true once no run() is in flight, false when one still was after withinMs (see `joining`).
+   * Idempotent.
    */
   stop(withinMs: number): Promise<boolean>;
-  /** Settles (never rejects) once no restart is in flight: at once when none is. */
-  restarting(): Promise<void>;
+  /** Settles (never rejects) once no run() is in flight: at once when none is. */
+  joining(): Promise<void>;
 }
 
 export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKeeper {
@@ -81,7 +84,7 @@ export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKe
   let answeredAt = Date.now();
   /** Since when the consumer is down (crashed, not joined again), and its restarts since. */
   let down: { since: number; restarts: number; timer: NodeJS.Timeout | undefined } | undefined;
-  /** The restart under way (its run() not settled yet), if any. */
+  /** The start or restart under way (its run() not settled yet), if any; never rejects. */
   let inFlight: Promise<void> | undefined;
   let fail: (error: Error) => void = () => undefined;
   const failure = new Promise<Error>((resolve) => (fail = resolve));
@@ -126,12 +129,21 @@ export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKe
 
   /** Runs the consumer again; stop waits for it, so that close disconnects what it joined. */
   function restart(): void {
-    const run = options.run().catch((failed: unknown) => {
-      crashed(failed instanceof Error ? failed : new Error(String(failed)));
-    });
-    inFlight = run;
-    void run.finally(() => {
-      if (inFlight === run) inFlight = undefined;
+    track(
+      options.run().catch((failed: unknown) => {
+        crashed(failed instanceof Error ? failed : new Error(String(failed)));
+      }),
+    );
+  }
+
+  function track(run: Promise<void>): void {
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    inFlight = settled;
+    void settled.then(() => {
+      if (inFlight === settled) inFlight = undefined;
     });
   }
 
@@ -149,7 +161,8 @@ export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKe
   return {
     joined() {
       joined = true;
-      if (down) {
+      // A restart that joined while the runner closes is not consuming again: close disconnects it.
+      if (down && !stopped) {
         log.info('consuming again', { downMs: Date.now() - down.since, restarts: down.restarts });
         down = undefined;
       }
@@ -169,7 +182,8 @@ export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKe
       clearTimeout(down?.timer);
       return inFlight ? settledWithin(inFlight, withinMs) : true;
     },
-    async restarting() {
+    track,
+    async joining() {
       await inFlight;
     },
   };

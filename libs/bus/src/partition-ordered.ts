@@ -25,23 +25,6 @@ export interface PartitionOrderedConsumption {
    * disconnect, which waits for the batch, goes on. Runs alongside disconnect; never rejects.
    */
   drain(): Promise<void>;
-  /**
-   * KafkaJS stopped the consumer (its CRASH): the batches under way are of a group membership that is gone,
-   * and the restarted consumer handles their partitions anew. Their messages are given up (handlers'
-   * `signal` aborted, held retries ended) and, whatever a handler does next, they resolve, commit and
-   * heartbeat nothing more through the old membership: only the restarted consumer commits.
-   */
-  fence(): void;
-}
-
-/** The batches handed over by one run of the consumer (KafkaJS builds a membership anew at each restart). */
-interface Run {
-  /** Aborted when the consumer crashed (see fence): this run's work commits nothing more. */
-  fenced: AbortController;
-  /** Its handlers' `signal`: aborted when it is fenced, or when close's drain time has passed. */
-  handlers: AbortController;
-  /** Cuts its retries' pauses short: aborted when it is fenced, or when close starts. */
-  pauses: AbortController;
 }
 
 /**
@@ -53,10 +36,10 @@ export function createPartitionOrderedConsumption(
   options: PartitionOrderedOptions,
 ): PartitionOrderedConsumption {
   const { commit, log } = options;
-  /** Aborted when close starts: no message starts after it. */
+  /** Aborted when close starts: cuts a retry's pause short, and no message starts after it. */
   const stopping = new AbortController();
-  /** The consumer's run of now; replaced when it crashes. */
-  let current = newRun();
+  /** The handlers' `signal`: aborted when close's drain time has passed. */
+  const aborted = new AbortController();
   /**
    * Of each message in flight, what ends the wait for it when close lets go of it. One per message, not one
    * promise every message races against: each race would leave a reaction on it for the runner's lifetime.
@@ -67,48 +50,28 @@ export function createPartitionOrderedConsumption(
   /** Batches in eachBatch. */
   let handling = 0;
 
-  function newRun(): Run {
-    const run: Run = {
-      fenced: new AbortController(),
-      handlers: new AbortController(),
-      pauses: new AbortController(),
-    };
-    if (stopping.signal.aborted) run.pauses.abort();
-    return run;
-  }
-
-  /** Whether the batch's next message must not start: close started, the run fenced, or KafkaJS stopped it. */
-  function stopped(run: Run, payload: EachBatchPayload): boolean {
-    return stopping.signal.aborted || run.fenced.signal.aborted || !payload.isRunning() || payload.isStale();
-  }
-
-  /** The batch's heartbeat, none once its run is fenced: the restarted consumer's membership is the live one. */
-  function heartbeat(run: Run, payload: EachBatchPayload): Promise<void> {
-    return run.fenced.signal.aborted ? Promise.resolve() : payload.heartbeat();
-  }
-
   /** Handles one message; resolves true when done (handled or dead-lettered), false when stopped first. */
-  function handleOne(run: Run, payload: EachBatchPayload, message: KafkaMessage): Promise<boolean> {
+  function handleOne(payload: EachBatchPayload, message: KafkaMessage): Promise<boolean> {
     return options.settle({
       topic: payload.batch.topic,
       partition: payload.batch.partition,
       message,
-      heartbeat: () => heartbeat(run, payload),
-      signal: run.handlers.signal,
-      stopSignal: run.pauses.signal,
-      shouldStop: () => stopped(run, payload),
+      heartbeat: () => payload.heartbeat(),
+      signal: aborted.signal,
+      stopSignal: stopping.signal,
+      shouldStop: () => stopping.signal.aborted || !payload.isRunning() || payload.isStale(),
       // A heartbeat that fails (the broker away) must not end a message's hold on a Kafka fault: it goes on being
       // tried; should the group move the partition meanwhile, shouldStop gives it up to the new owner.
       beforeRetry: () =>
-        heartbeat(run, payload).catch((error: unknown) => {
+        payload.heartbeat().catch((error: unknown) => {
           log.debug('heartbeat failed before a retry', { reason: errorMessage(error) });
         }),
     });
   }
 
   /** handleOne, or false once close let go of the message; what it does after that is not waited for. */
-  async function settled(run: Run, payload: EachBatchPayload, message: KafkaMessage): Promise<boolean> {
-    const settling = handleOne(run, payload, message);
+  async function settled(payload: EachBatchPayload, message: KafkaMessage): Promise<boolean> {
+    const settling = handleOne(payload, message);
     running.add(settling);
     let release: (done: false) => void = () => undefined;
     try {
@@ -147,22 +110,16 @@ export function createPartitionOrderedConsumption(
     }
   }
 
-  /**
-   * Each step through KafkaJS is asked of the run's own membership, so each is preceded by a look at the fence:
-   * a message finished after its consumer crashed is the restarted consumer's to handle and commit (again).
-   */
   async function eachBatch(payload: EachBatchPayload): Promise<void> {
-    const run = current;
     for (const message of payload.batch.messages) {
-      if (stopped(run, payload)) break;
-      const done = await settled(run, payload, message);
-      if (!done || run.fenced.signal.aborted) break;
+      if (stopping.signal.aborted || !payload.isRunning() || payload.isStale()) break;
+      const done = await settled(payload, message);
+      if (!done) break;
       payload.resolveOffset(message.offset);
       if (commit) await payload.commitOffsetsIfNecessary();
-      if (run.fenced.signal.aborted) break;
       await payload.heartbeat();
     }
-    if (commit && !run.fenced.signal.aborted) await payload.commitOffsetsIfNecessary();
+    if (commit) await payload.commitOffsetsIfNecessary();
   }
 
   return {
@@ -177,21 +134,13 @@ export function createPartitionOrderedConsumption(
     busy: () => handling > 0,
     async drain() {
       stopping.abort();
-      current.pauses.abort();
       const returned = await drainWithin({
         running,
         drainTimeoutMs: options.drainTimeoutMs,
-        // Runs fenced before were aborted then.
-        abort: () => current.handlers.abort(),
+        abort: () => aborted.abort(),
         log,
       });
       if (!returned) for (const release of letGo) release(false);
-    },
-    fence() {
-      current.fenced.abort();
-      current.handlers.abort();
-      current.pauses.abort();
-      current = newRun();
     },
   };
 }

@@ -8,7 +8,7 @@ import { createHeldMessages } from './held';
 import { DEFAULT_RUNNER_RESTART, createConsumerKeeper } from './keeper';
 import { createKeyOrderedConsumption, type KeyOrderedConsumption } from './key-ordered';
 import { createPartitionOrderedConsumption } from './partition-ordered';
-import type { Publisher } from './publisher';
+import { BusError, type Publisher } from './publisher';
 
 export { PoisonMessageError } from './handle';
 export { DEFAULT_RUNNER_RESTART } from './keeper';
@@ -307,11 +307,9 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     keeper.joined();
     keyed?.onGroupJoin(event.payload);
   });
-  consumer.on(consumer.events.CRASH, (event) => {
-    // Before any restart: what the crashed run still handles must not commit over the restarted one.
-    partitioned?.fence();
-    keeper.crashed(event.payload.error);
-  });
+  // KafkaJS emits CRASH once every batch of the stopped run has returned (and its offsets were committed), so a
+  // restart never overlaps the old run's work: a message held then delays the crash, and is not handled twice.
+  consumer.on(consumer.events.CRASH, (event) => keeper.crashed(event.payload.error));
   consumer.on(consumer.events.REQUEST, () => keeper.answered());
 
   const runConfig: ConsumerRunConfig = {
@@ -327,19 +325,23 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
   };
 
   /**
-   * Close found a restart still joining after drainTimeoutMs (the broker slow to answer): disconnecting now
-   * would drop that consumer unstopped, to join after close, so it is disconnected once its run settles.
+   * Close found the consumer still joining its group (a start or restart, the broker slow to answer) after
+   * its drain: disconnecting now would drop that consumer unstopped, to join after close, so it is
+   * disconnected once its run settles, should the process live that long; close fails, as it did not leave
+   * the group (the service exits 1).
    */
-  function disconnectOnceRestarted(): void {
-    log.warn('consumer restart still joining its group at close; disconnecting it once it settles', {
-      waitedMs: drainTimeoutMs,
-    });
+  function disconnectOnceJoined(): never {
     void keeper
-      .restarting()
+      .joining()
       .then(() => consumer.disconnect())
       .catch((error: unknown) => {
-        log.warn('consumer restarted during close failed to disconnect', { reason: errorMessage(error) });
+        log.warn('consumer joined during close failed to disconnect', { reason: errorMessage(error) });
       });
+    throw new BusError(
+      'CONSUMER_STILL_JOINING',
+      `the consumer of group ${options.groupId} was still joining its group at close; it leaves it once joined`,
+      { details: { groupId: options.groupId, waitedMs: drainTimeoutMs } },
+    );
   }
 
   return {
@@ -356,7 +358,11 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
           fromBeginning: subscription.fromBeginning ?? true,
         });
       }
-      await consumer.run(runConfig);
+      const run = consumer.run(runConfig);
+      // A close while it joins waits for it (see ConsumerKeeper.stop).
+      keeper.track(run);
+      await run;
+      if (state !== 'starting') return;
       state = 'running';
       log.info('consuming', {
         topics: options.subscriptions.map((subscription) => subscription.topic),
@@ -373,20 +379,23 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
       closing ??= (async () => {
         const wasStarted = state !== 'created';
         state = 'closing';
-        // A restart in flight joins the group after close unless waited for (see ConsumerKeeper.stop).
+        // A start or restart in flight joins the group after close unless waited for (see ConsumerKeeper.stop).
         const stopping = keeper.stop(drainTimeoutMs);
         // Ordering 'partition': alongside disconnect, which waits for the batch in flight; the drain ends that
         // batch without its message once the drain time has passed twice (see drainTimeoutMs).
         const draining = partitioned?.drain();
         // Ordering 'key' commits before disconnecting: a commit needs the member in its group.
         if (keyed && wasStarted) await keyed.drain();
-        if (await stopping) {
-          // disconnect() stops fetching, waits for the running eachBatch, commits resolved offsets
-          // (ordering 'partition'), leaves the group.
-          await consumer.disconnect();
-        } else disconnectOnceRestarted();
+        const joinedBeforeDisconnect = await stopping;
+        // disconnect() stops fetching, waits for the running eachBatch, commits resolved offsets
+        // (ordering 'partition'), leaves the group.
+        if (joinedBeforeDisconnect) await consumer.disconnect();
         await draining;
         state = 'closed';
+        if (joinedBeforeDisconnect) return;
+        // The drains may have given the join the time it needed.
+        if (await keeper.stop(0)) await consumer.disconnect();
+        else disconnectOnceJoined();
       })();
       return closing;
     },

@@ -2,7 +2,7 @@ import type { ConsumerRunConfig, EachBatchPayload, Kafka, KafkaMessage } from 'k
 import { tenantRecord } from '@urs/testkit';
 
 /** What KafkaJS stops a consumer for when its broker is away. */
-export const outage = Object.assign(new Error('Connection error: connect ECONNREFUSED 127.0.0.1:9092'), {
+const outage = Object.assign(new Error('Connection error: connect ECONNREFUSED 127.0.0.1:9092'), {
   name: 'KafkaJSConnectionError',
   code: 'ECONNREFUSED',
   retriable: true,
@@ -15,11 +15,11 @@ interface FakeRun {
 
 /**
  * As much of a KafkaJS 2.2.4 consumer as the runner's restarts meet: run() joins the group when the test lets
- * it (the first at once), a crash stops the run and emits CRASH, and disconnect() stops the run only once it
+ * it (the first at once unless holdFirstJoin), a crash stops the run and emits CRASH, and disconnect() stops the run only once it
  * joined: one that is still joining is dropped unstopped, and joins afterwards (KafkaJS's runner.stop returns
  * at once when not running yet). `members` are the runs that joined and were not stopped.
  */
-export function fakeKafka() {
+export function fakeKafka(options: { holdFirstJoin?: boolean } = {}) {
   const listeners = new Map<string, Array<(event: { payload: unknown }) => void>>();
   const emit = (name: string, payload: unknown): void => {
     for (const listener of listeners.get(name) ?? []) listener({ payload });
@@ -41,7 +41,7 @@ export function fakeKafka() {
       config = runConfig;
       const run: FakeRun = { running: false };
       current = run;
-      if (runs++ > 0) await new Promise<void>((resolve) => joins.push(resolve));
+      if (runs++ > 0 || options.holdFirstJoin) await new Promise<void>((resolve) => joins.push(resolve));
       run.running = true;
       members.add(run);
       emit('join', { memberId: 'member', memberAssignment: { batches: [0] } });
@@ -57,11 +57,15 @@ export function fakeKafka() {
   return {
     kafka: { consumer: () => consumer } as unknown as Kafka,
     members,
-    /** Restarts begun (run() called after the first). */
+    /** Runs waiting to join (restarts, and the first with holdFirstJoin). */
     restarts: () => joins.length,
-    /** Lets the oldest restart waiting join its group. */
+    /** Lets the oldest run waiting join its group. */
     join: () => joins.shift()?.(),
-    /** KafkaJS stopping the consumer: the run stops (disconnected) and CRASH is emitted. */
+    /**
+     * KafkaJS stopping the consumer: the run stops (disconnected) and CRASH is emitted. KafkaJS does so only
+     * once every batch of the run has returned (its fetchers wait for their batches), so a test crashes the
+     * fake with no batch under way.
+     */
     crash: () => {
       if (current) {
         current.running = false;

@@ -101,7 +101,7 @@ describe('createConsumerKeeper stopping while a restart is joining', () => {
     expect(run).toHaveBeenCalledTimes(1);
   });
 
-  it('should stop waiting after its budget, saying so, and settle restarting() once the run does', async () => {
+  it('should stop waiting after its budget, saying so, and settle joining() once the run does', async () => {
     const { kept, join } = joining();
     kept.crashed(outage);
     await jest.advanceTimersByTimeAsync(100);
@@ -109,7 +109,7 @@ describe('createConsumerKeeper stopping while a restart is joining', () => {
     await jest.advanceTimersByTimeAsync(1_000);
     await expect(stopping).resolves.toBe(false);
     let restarted = false;
-    void kept.restarting().then(() => (restarted = true));
+    void kept.joining().then(() => (restarted = true));
     await jest.advanceTimersByTimeAsync(0);
     expect(restarted).toBe(false);
     join();
