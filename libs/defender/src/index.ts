@@ -73,3 +73,5 @@ export type {
   AccessReport,
   RequiredPermission,
 } from './client';
+export { createTenantClientCache } from './tenant-clients';
+export type { Closable, TenantClientCache, TenantClientCacheOptions } from './tenant-clients';

@@ -2,11 +2,11 @@ import type { Agent } from 'node:https';
 import type { TenantRecord } from '@urs/contracts';
 import {
   createDefenderClient,
+  createTenantClientCache,
   isDefenderError,
   isSetupErrorCode,
   type BulkOptions,
   type CallLimiter,
-  type DefenderClient,
   type DefenderEndpointOverrides,
   type QuotaGate,
 } from '@urs/defender';
@@ -113,8 +113,14 @@ export interface DefenderSourceDeps {
   now?: () => number;
 }
 
+/** A tenant's source, kept with the client it calls through (closed with it). */
+interface KeptSource {
+  source: VulnerabilitySource;
+  close(): void;
+}
+
 /**
- * One Defender client per tenant, kept while the tenant's record revision is the same, so its token is
+ * One Defender client per tenant (createTenantClientCache), kept while the tenant's record revision is the same, so its token is
  * reused across the batches of a cycle and across cycles. The secret is opened here and lives only in
  * the client's memory. A client no batch asked for within `idleMs` (an hour, about a token's life) is let
  * go of, with its secret: a deleted or disabled tenant's secret does not stay in memory until a restart.
@@ -124,87 +130,67 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
     ...(signal ? { signal } : {}),
     ...(deps.bulkPageSize === undefined ? {} : { pageSize: deps.bulkPageSize }),
   });
-  const idleMs = deps.idleMs ?? 60 * 60_000;
-  const now = deps.now ?? Date.now;
-  const clients = new Map<
-    string,
-    { revision: number; client: DefenderClient; source: VulnerabilitySource; usedAt: number }
-  >();
-  let sweptAt = now();
-  /** Lets idle clients go, at most once per tenth of `idleMs` (a walk over every tenant's client). */
-  function sweep(at: number): void {
-    if (at - sweptAt < idleMs / 10) return;
-    sweptAt = at;
-    for (const [tenantId, entry] of clients) {
-      if (at - entry.usedAt <= idleMs) continue;
-      entry.client.close();
-      clients.delete(tenantId);
-    }
-  }
+  // The source is built with its client and kept with it: the same tenant's batches get the same one.
+  const clients = createTenantClientCache<KeptSource>({
+    ...(deps.idleMs === undefined ? {} : { idleMs: deps.idleMs }),
+    ...(deps.now ? { now: deps.now } : {}),
+  });
   return {
     forTenant(record) {
-      const at = now();
-      sweep(at);
-      const cached = clients.get(record.tenantId);
-      if (cached && cached.revision === record.revision) {
-        cached.usedAt = at;
-        return cached.source;
-      }
-      cached?.client.close();
-      let clientSecret: string;
-      try {
-        clientSecret = deps.sealer.open(record.defender.clientSecret, record.tenantId);
-      } catch (error) {
-        const keyId = record.defender.clientSecret.keyId;
-        if (errorCode(error) === 'SECRET_UNREADABLE')
-          throw new ReplicaSecretKeyError(
-            `this vuln-fetcher cannot open the stored client secret of tenant ${record.tenantId}: ` +
-              `${errorMessage(error)}; the batch is held until this replica runs with the key that sealed it`,
-            error,
-          );
-        throw new TenantAccessError(
-          'SECRET_KEY_UNKNOWN',
-          `the stored client secret of tenant ${record.tenantId} is sealed with key id ${keyId}, which this ` +
-            'vuln-fetcher does not hold: register the secret again, or add that key to URS_SECRET_KEYS_PREVIOUS',
+      return clients.get(record.tenantId, record.revision, () => sourceOf(record)).source;
+    },
+    close: () => clients.close(),
+  };
+
+  function sourceOf(record: TenantRecord): KeptSource {
+    let clientSecret: string;
+    try {
+      clientSecret = deps.sealer.open(record.defender.clientSecret, record.tenantId);
+    } catch (error) {
+      const keyId = record.defender.clientSecret.keyId;
+      if (errorCode(error) === 'SECRET_UNREADABLE')
+        throw new ReplicaSecretKeyError(
+          `this vuln-fetcher cannot open the stored client secret of tenant ${record.tenantId}: ` +
+            `${errorMessage(error)}; the batch is held until this replica runs with the key that sealed it`,
           error,
         );
-      }
-      const client = createDefenderClient(
-        {
-          azureTenantId: record.defender.azureTenantId,
-          clientId: record.defender.clientId,
-          clientSecret,
-          cloud: record.defender.cloud,
-          ...(record.defender.region ? { region: record.defender.region } : {}),
-        },
-        {
-          limiter: deps.limiter,
-          quota: deps.quota,
-          httpsAgent: deps.httpsAgent,
-          overrides: deps.overrides,
-          logger: deps.logger.child({ tenantId: record.tenantId }),
-          metrics: deps.metrics,
-          ...(deps.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: deps.requestTimeoutMs }),
-        },
+      throw new TenantAccessError(
+        'SECRET_KEY_UNKNOWN',
+        `the stored client secret of tenant ${record.tenantId} is sealed with key id ${keyId}, which this ` +
+          'vuln-fetcher does not hold: register the secret again, or add that key to URS_SECRET_KEYS_PREVIOUS',
+        error,
       );
-      const source: VulnerabilitySource = {
-        machineVulnerabilities: (machineId, signal) => client.getMachineVulnerabilities(machineId, signal),
-        bulkVulnerabilities: async (onRow, signal) => {
-          await client.readVulnerabilitiesByMachine(onRow, exportOptions(signal));
-        },
-        exportGeneratedTime: async (signal) => (await client.getExportGeneration(signal)).generatedTime,
-        ...(deps.foldThread
-          ? {
-              bulkFold: (signal?: AbortSignal) => foldExportOnThread(client, exportOptions(signal)),
-            }
-          : {}),
-      };
-      clients.set(record.tenantId, { revision: record.revision, client, source, usedAt: at });
-      return source;
-    },
-    close() {
-      for (const { client } of clients.values()) client.close();
-      clients.clear();
-    },
-  };
+    }
+    const client = createDefenderClient(
+      {
+        azureTenantId: record.defender.azureTenantId,
+        clientId: record.defender.clientId,
+        clientSecret,
+        cloud: record.defender.cloud,
+        ...(record.defender.region ? { region: record.defender.region } : {}),
+      },
+      {
+        limiter: deps.limiter,
+        quota: deps.quota,
+        httpsAgent: deps.httpsAgent,
+        overrides: deps.overrides,
+        logger: deps.logger.child({ tenantId: record.tenantId }),
+        metrics: deps.metrics,
+        ...(deps.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: deps.requestTimeoutMs }),
+      },
+    );
+    const source: VulnerabilitySource = {
+      machineVulnerabilities: (machineId, signal) => client.getMachineVulnerabilities(machineId, signal),
+      bulkVulnerabilities: async (onRow, signal) => {
+        await client.readVulnerabilitiesByMachine(onRow, exportOptions(signal));
+      },
+      exportGeneratedTime: async (signal) => (await client.getExportGeneration(signal)).generatedTime,
+      ...(deps.foldThread
+        ? {
+            bulkFold: (signal?: AbortSignal) => foldExportOnThread(client, exportOptions(signal)),
+          }
+        : {}),
+    };
+    return { source, close: () => client.close() };
+  }
 }
