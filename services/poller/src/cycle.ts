@@ -154,30 +154,29 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     if (from > 0) pending = pending.slice(from);
   }
 
-  const client = deps.defender.forTenant({
+  // The secret is opened every cycle (a record this key no longer opens fails here, as before), the client
+  // only made when the gateway keeps none for this revision of the record.
+  const clientSecret = await openSecret(deps, record);
+  const client = deps.defender.forTenant({ tenantId, revision: record.revision }, () => ({
     azureTenantId: record.defender.azureTenantId,
     clientId: record.defender.clientId,
-    clientSecret: await openSecret(deps, record),
+    clientSecret,
     cloud: record.defender.cloud,
     region: record.defender.region,
-  });
-  try {
-    for await (const page of client.listDevicePages(signal)) {
-      if (signal.aborted) throw new CycleAbortedError();
-      for (const device of page.devices) {
-        if (device.merged) {
-          merged++;
-          continue;
-        }
-        // Only what the scorer and VMS read travels on: the rest of the record stays here.
-        pending.push(toDeviceRecord(device.machine));
-        totalDevices++;
+  }));
+  for await (const page of client.listDevicePages(signal)) {
+    if (signal.aborted) throw new CycleAbortedError();
+    for (const device of page.devices) {
+      if (device.merged) {
+        merged++;
+        continue;
       }
-      if (mode === undefined && totalDevices > perDeviceCapacity) mode = 'bulk';
-      if (mode !== undefined) await flushFull();
+      // Only what the scorer and VMS read travels on: the rest of the record stays here.
+      pending.push(toDeviceRecord(device.machine));
+      totalDevices++;
     }
-  } finally {
-    client.close();
+    if (mode === undefined && totalDevices > perDeviceCapacity) mode = 'bulk';
+    if (mode !== undefined) await flushFull();
   }
   if (signal.aborted) throw new CycleAbortedError();
   mode ??= 'per-device';

@@ -2,6 +2,7 @@ import type { Agent } from 'node:https';
 import type { Machine } from '@urs/contracts';
 import {
   createDefenderClient,
+  createTenantClientCache,
   DefenderErrorCode,
   isSetupErrorCode,
   planVulnerabilityMode,
@@ -31,11 +32,24 @@ export interface DevicePage {
 /** What a cycle needs of Microsoft: the device pages (the client gets and caches the token). */
 export interface TenantDefender {
   listDevicePages(signal: AbortSignal): AsyncIterable<DevicePage>;
-  close(): void;
+}
+
+/** Which tenant, and which of its records: a client is kept for as long as the revision stays the same. */
+export interface TenantVersion {
+  tenantId: string;
+  revision: number;
 }
 
 export interface DefenderGateway {
-  forTenant(credentials: TenantCredentials): TenantDefender;
+  /**
+   * The tenant's client: the one kept for this revision of its record (with the token it holds), else a new
+   * one from `credentials`, called only then. Owned by the gateway: the cycle does not close it.
+   */
+  forTenant(tenant: TenantVersion, credentials: () => TenantCredentials): TenantDefender;
+  /** Lets the tenant's client go, with its secret (the tenant was deleted or disabled). */
+  forget(tenantId: string): void;
+  /** Closes every tenant's client. */
+  close(): void;
   /** Per-device vulnerability calls when the fleet fits the interval within the quota, else the bulk export. */
   planMode(
     deviceCount: number,
@@ -53,36 +67,51 @@ export interface DefenderGatewayDeps {
   metrics: Registry;
   /** How long a call may go without an answer, in milliseconds (`URS_DEFENDER_REQUEST_TIMEOUT_MS`). */
   requestTimeoutMs?: number;
+  /** A tenant's client is let go of after this long without a cycle, ms. Default an hour (a token's life). */
+  idleMs?: number;
 }
 
-/** The gateway over @urs/defender: one client per tenant, sharing the call slots, the quota gate and the agent. */
+/**
+ * The gateway over @urs/defender: one client per tenant, sharing the call slots, the quota gate and the agent,
+ * kept across cycles and their retries while the tenant's record is the same (createTenantClientCache, as the
+ * vuln-fetcher keeps its own): a cycle retried after Redis or Kafka failed it asks Entra for no new token.
+ */
 export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGateway {
+  const clients = createTenantClientCache<TenantDefender & { close(): void }>(
+    deps.idleMs === undefined ? {} : { idleMs: deps.idleMs },
+  );
+
+  function clientOf(credentials: TenantCredentials): TenantDefender & { close(): void } {
+    const { region, ...rest } = credentials;
+    const client = createDefenderClient(region === null ? rest : { ...rest, region }, {
+      limiter: deps.limiter,
+      quota: deps.quota,
+      logger: deps.logger,
+      overrides: deps.overrides,
+      httpsAgent: deps.httpsAgent,
+      metrics: deps.metrics,
+      ...(deps.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: deps.requestTimeoutMs }),
+    });
+    return {
+      async *listDevicePages(signal) {
+        for await (const page of client.listMachinePages({ signal })) {
+          yield {
+            devices: page.machines.map((entry) => ({
+              machine: entry.record as unknown as Machine,
+              merged: entry.flags.merged,
+            })),
+          };
+        }
+      },
+      close: () => client.close(),
+    };
+  }
+
   return {
-    forTenant(credentials) {
-      const { region, ...rest } = credentials;
-      const client = createDefenderClient(region === null ? rest : { ...rest, region }, {
-        limiter: deps.limiter,
-        quota: deps.quota,
-        logger: deps.logger,
-        overrides: deps.overrides,
-        httpsAgent: deps.httpsAgent,
-        metrics: deps.metrics,
-        ...(deps.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: deps.requestTimeoutMs }),
-      });
-      return {
-        async *listDevicePages(signal) {
-          for await (const page of client.listMachinePages({ signal })) {
-            yield {
-              devices: page.machines.map((entry) => ({
-                machine: entry.record as unknown as Machine,
-                merged: entry.flags.merged,
-              })),
-            };
-          }
-        },
-        close: () => client.close(),
-      };
-    },
+    forTenant: (tenant, credentials) =>
+      clients.get(tenant.tenantId, tenant.revision, () => clientOf(credentials())),
+    forget: (tenantId) => clients.forget(tenantId),
+    close: () => clients.close(),
     planMode: (deviceCount, pollIntervalMinutes) => planVulnerabilityMode(deviceCount, pollIntervalMinutes),
   };
 }

@@ -55,6 +55,11 @@ void runService({
 
     // Every replica reads every tenant: a consumer group of its own, from the beginning of the compacted topic.
     const table = createTenantTable();
+    // A tenant deleted or disabled: its client, its token and its secret go at once. A changed record gets a
+    // new client at its next cycle (the gateway keeps one per revision).
+    table.onChange((tenantId, record) => {
+      if (record === null || !record.enabled) defender.forget(tenantId);
+    });
     // Right after the topic was created its leaders may not answer yet (KRaft): retried while it settles.
     const offsets = await topicOffsets(kafka, config.topics.tenants, { logger });
     table.expectEnd(
@@ -145,6 +150,7 @@ void runService({
             }
           },
         },
+        { name: 'defender-clients', close: async () => defender.close() },
         { name: 'limiter', close: () => limiter.close() },
         { name: 'https-agent', close: () => httpsAgent.destroy() },
       ],

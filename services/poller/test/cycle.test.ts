@@ -42,7 +42,7 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000) {
   const credentials: TenantCredentials[] = [];
   const plannedMinutes: number[] = [];
   const listedNotes: (string | null | undefined)[] = [];
-  let closed = 0;
+  const versions: { tenantId: string; revision: number }[] = [];
   const publisher = {
     async send(_topic: string, _contract: string, messages: OutboundMessage<DeviceBatch>[]) {
       for (const m of messages) {
@@ -62,16 +62,18 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000) {
     },
   } as unknown as CycleStore;
   const defender: DefenderGateway = {
-    forTenant(tenant) {
-      credentials.push(tenant);
+    forTenant(tenant, credentialsOf) {
+      versions.push(tenant);
+      credentials.push(credentialsOf());
       return {
         async *listDevicePages() {
           if (listing instanceof Error) throw listing;
           for (const page of listing) yield page;
         },
-        close: () => void closed++,
       };
     },
+    forget: () => undefined,
+    close: () => undefined,
     planMode: (count, minutes) => {
       plannedMinutes.push(minutes);
       return { mode: count <= capacity ? 'per-device' : 'bulk', perDeviceCapacity: capacity };
@@ -88,7 +90,7 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000) {
     logger: silentLogger,
     now: () => 1_000,
   };
-  return { deps, sent, events, credentials, plannedMinutes, listedNotes, closed: () => closed };
+  return { deps, sent, events, credentials, versions, plannedMinutes, listedNotes };
 }
 
 const input = (signal = new AbortController().signal, profile: Record<string, unknown> | null = null) => ({
@@ -122,7 +124,7 @@ describe('runCycle', () => {
   });
 
   it('runCycle should split the fleet into batches of at most 500, the last with the totals', async () => {
-    const { deps, sent, events, credentials, listedNotes, closed } = setup(pages(300, 300, 403));
+    const { deps, sent, events, credentials, versions, listedNotes } = setup(pages(300, 300, 403));
     const result = await runCycle(deps, input());
     expect(sent.map((b) => b.devices.length)).toEqual([500, 500, 3]);
     expect(sent.map((b) => [b.batchIndex, b.lastBatch])).toEqual([
@@ -149,7 +151,8 @@ describe('runCycle', () => {
     expect(result.note).toMatch(/1003 devices exceed the 1000 per-device calls/);
     expect(listedNotes).toEqual([result.note]);
     expect(credentials[0]).toMatchObject({ clientSecret: 'Sup3r~secret', region: 'eu', cloud: 'commercial' });
-    expect(closed()).toBe(1);
+    // The gateway keeps the tenant's client for this revision of its record: the cycle does not close it.
+    expect(versions).toEqual([{ tenantId: 'acme', revision: 1 }]);
   });
 
   it('runCycle should use per-device mode when the whole fleet fits the quota', async () => {
@@ -220,10 +223,9 @@ describe('runCycle', () => {
 
   it('runCycle should begin no cycle when the listing fails before any batch', async () => {
     const failure = new Error('token refused');
-    const { deps, events, closed } = setup(failure);
+    const { deps, events } = setup(failure);
     await expect(runCycle(deps, input())).rejects.toBe(failure);
     expect(events).toEqual([]);
-    expect(closed()).toBe(1);
   });
 
   it('runCycle should stop emitting once aborted', async () => {
