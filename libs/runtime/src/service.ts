@@ -10,10 +10,11 @@ import {
 } from '@urs/bus';
 import { serviceConfig, type Env, type ServiceConfig } from '@urs/config';
 import { createLogger, type Logger } from '@urs/logging';
-import { UrsError, closeAll, type Closer } from '@urs/resilience';
+import { UrsError, closeAll, isInfrastructureFault, retryThroughOutage, type Closer } from '@urs/resilience';
 import { closeRedis, createRedis } from '@urs/store';
 import { Registry, startHealthServer, type HealthServer } from '@urs/telemetry';
 import { watchRedis } from './redis-health';
+import { publisherOnceConnected, startedUnlessStopped } from './start-waits';
 import { stopTimes } from './stop-times';
 
 /** What every service gets before its own parts are built. `S`: its own settings (ServiceOptions.settings). */
@@ -52,6 +53,14 @@ export interface ServiceParts {
   closers?: Closer[];
   /** Extra readiness beyond "every runner joined its group". */
   isReady?: () => boolean;
+  /** Why `isReady` says false, for /readyz's answer (see HealthServerOptions.notReadyReason). */
+  notReadyReason?: () => string | undefined;
+  /**
+   * Resolves once the service has done what it must before it counts as started (the registrar's first
+   * rebuild of Redis from Kafka), awaited after `start`; its rejection fails the start (exit 1). A stop
+   * meanwhile gives the start up, as during setup. Default: started once `start` returned.
+   */
+  started?: () => Promise<void>;
   /**
    * Resolves when a part of the service other than its runners stopped working for good (e.g. a consumer
    * of its own that Kafka stopped): the service then stops to be started again, as for a runner.
@@ -76,6 +85,15 @@ export interface ServiceOptions<S = undefined> {
    */
   settings?: (env: Env) => S;
   setup: (context: ServiceContext<S>) => Promise<ServiceParts>;
+  /**
+   * Whether the start waits for Kafka when it does not answer, instead of failing after KafkaJS's retries
+   * (~1 min, exit 1). Then setup runs first (its `publisher`'s sends wait until Kafka answered), the health
+   * endpoints answer at once (/readyz 503 `waiting for Kafka`), `start` is called, and only then are the
+   * topics made and the publisher and the runners connected, tried again with capped backoff (one warning per
+   * outage) for as long as Kafka's failures may heal; a stop meanwhile exits 0. For a service whose own
+   * endpoints should answer while Kafka is away (the registrar's REST API). Default false.
+   */
+  waitForKafka?: boolean;
   /**
    * Asks the service to stop (runService aborts it on SIGTERM or SIGINT, from before the start). Before
    * the runners start it aborts `context.stopping` at once, and the start is given up as soon as the step
@@ -172,12 +190,16 @@ export async function startWith<S>(
   };
   let parts: ServiceParts = {};
   let health: HealthServer | undefined;
-  try {
-    throwIfStopped();
+  const waitForKafka = options.waitForKafka === true;
+  // Whether the topics exist and the publisher is connected: from the start, unless waitForKafka.
+  let kafkaConnected = false;
+  /** The steps of the start that need Kafka: every topic made, the publisher connected. */
+  const connectKafka = async (): Promise<Publisher> => {
     step('topics');
     const admin = kafka.admin();
-    await admin.connect();
     try {
+      // Inside: a connect that failed is disconnected too (tried again while waiting for Kafka).
+      await admin.connect();
       const layout = config.topicLayout;
       const created = await bootstrapTopics(admin, topicSpecs(config.topics, layout.partitions), {
         logger,
@@ -187,10 +209,17 @@ export async function startWith<S>(
     } finally {
       await admin.disconnect();
     }
-    throwIfStopped();
     step('publisher');
     const publisher = await createPublisher(kafka);
     closers.push({ name: 'publisher', close: () => publisher.close() });
+    kafkaConnected = true;
+    return publisher;
+  };
+  let connected!: (publisher: Publisher) => void;
+  const publisherConnected = new Promise<Publisher>((resolve) => (connected = resolve));
+  try {
+    throwIfStopped();
+    const publisher = waitForKafka ? publisherOnceConnected(publisherConnected) : await connectKafka();
     const context: ServiceContext<S> = {
       env,
       config,
@@ -208,25 +237,56 @@ export async function startWith<S>(
     parts = await options.setup(context);
     // A stop during setup ends the start here, before anything consumes.
     throwIfStopped();
-    stop?.removeEventListener('abort', passOn);
+    // Waiting for Kafka, the stop is passed on until the wait is over (below).
+    if (!waitForKafka) stop?.removeEventListener('abort', passOn);
     const runners = parts.runners ?? [];
+    const notReadyReason = (): string | undefined => {
+      if (stopping.signal.aborted) return 'stopping';
+      if (!kafkaConnected) return 'waiting for Kafka (KAFKA_BROKERS) to answer';
+      // Redis too: its commands wait while it is away, so a replica without it would hold its partitions idle.
+      if (!redisWatch.isUp()) return 'Redis (REDIS_URL) does not answer';
+      if (!runners.every((runner) => runner.isReady()))
+        return 'a consumer has not joined its group, lost its broker, or holds messages on a fault';
+      if (!(parts.isReady?.() ?? true)) return parts.notReadyReason?.() ?? 'starting';
+      return undefined;
+    };
     step('health');
     health = await startHealthServer({
       port: config.metricsPort,
       registry: metrics,
-      // Redis too: its commands wait while it is away, so a replica without it would hold its partitions idle.
-      isReady: () =>
-        !stopping.signal.aborted &&
-        redisWatch.isUp() &&
-        runners.every((runner) => runner.isReady()) &&
-        (parts.isReady?.() ?? true),
+      isReady: () => notReadyReason() === undefined,
+      notReadyReason,
     });
+    if (waitForKafka) {
+      step('start');
+      await parts.start?.();
+      // Until the runners start nothing is consumed: a stop (passed on to `stopping`) ends the wait at once.
+      connected(
+        await retryThroughOutage(connectKafka, {
+          what: 'reaching Kafka to start',
+          log: logger,
+          signal: stopping.signal,
+          shouldRetry: (error) => !stopping.signal.aborted && isInfrastructureFault(error),
+        }).catch((error: unknown) => {
+          throwIfStopped();
+          throw error;
+        }),
+      );
+      throwIfStopped();
+    }
+    stop?.removeEventListener('abort', passOn);
     for (const [index, runner] of runners.entries()) {
       step(`start runner-${index}`);
       await runner.start();
     }
-    step('start');
-    await parts.start?.();
+    if (!waitForKafka) {
+      step('start');
+      await parts.start?.();
+    }
+    if (parts.started) {
+      step('started');
+      if (!(await startedUnlessStopped(parts.started(), stop))) throw new ServiceStoppedError(true);
+    }
     step('running');
     logger.info('started', { metricsPort: health.port });
     let closing: Promise<boolean> | undefined;

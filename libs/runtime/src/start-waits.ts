@@ -1,0 +1,40 @@
+import type { Publisher } from '@urs/bus';
+
+/**
+ * A publisher for setup while Kafka is not reached yet (ServiceOptions.waitForKafka): its sends wait until the
+ * publisher is connected. The runtime closes the connected one.
+ */
+export function publisherOnceConnected(connected: Promise<Publisher>): Publisher {
+  return {
+    send: async (topic, contract, messages) => (await connected).send(topic, contract, messages),
+    sendRaw: async (topic, messages) => (await connected).sendRaw(topic, messages),
+    close: async () => undefined,
+  };
+}
+
+/**
+ * Waits for ServiceParts.started, or for `stop`: true once started, false when the stop came first (the start
+ * is then given up, as during setup). A rejection of `started` is thrown.
+ */
+export async function startedUnlessStopped(
+  started: Promise<void>,
+  stop: AbortSignal | undefined,
+): Promise<boolean> {
+  if (!stop) {
+    await started;
+    return true;
+  }
+  started.catch(() => undefined);
+  let onStop: (() => void) | undefined;
+  const stopped = new Promise<void>((resolve) => {
+    onStop = resolve;
+    if (stop.aborted) resolve();
+    else stop.addEventListener('abort', onStop, { once: true });
+  });
+  try {
+    await Promise.race([started, stopped]);
+  } finally {
+    if (onStop) stop.removeEventListener('abort', onStop);
+  }
+  return !stop.aborted;
+}
