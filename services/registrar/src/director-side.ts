@@ -36,6 +36,11 @@ export interface DirectorSide {
    * not. What start() awaits before the REST port opens, and every route and push before it writes.
    */
   ready: () => Promise<void>;
+  /**
+   * Whether `ready` has succeeded once: until then Redis may not hold the tenants of `urs.tenants` (Kafka
+   * away at start), and the REST API answers what depends on them 503 at once rather than wait on Kafka.
+   */
+  isRebuilt: () => boolean;
   /** The bus handler of Director's pushes on the registration topic. */
   handler: ReturnType<typeof createRegistrationHandler>['handler'];
 }
@@ -70,6 +75,7 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
   // the key is checked (again) once the first rebuild finished, before anything is sealed: by start(), and
   // by a push the consumer, started before start(), handles meanwhile. Once: the key does not change.
   let keyChecked: Promise<void> | undefined;
+  let rebuilt = false;
   async function ready(): Promise<void> {
     await rebuilder.ensure();
     keyChecked ??= checkSecretKey({ sealer: deps.sealer, tenants, keyIds: deps.keyIds, logger }).catch(
@@ -80,6 +86,7 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
       },
     );
     await keyChecked;
+    rebuilt = true;
   }
 
   const director = createRegistrationHandler({
@@ -105,5 +112,5 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
       }),
     logger,
   });
-  return { registry, rebuilder, ready, handler: director.handler };
+  return { registry, rebuilder, ready, isRebuilt: () => rebuilt, handler: director.handler };
 }

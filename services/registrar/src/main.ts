@@ -13,12 +13,16 @@ import { registrarConfig } from './config';
 import { redactPushPayload } from './dead-letter';
 import { createDirectorSide } from './director-side';
 import { deviceRoutes } from './http/devices';
+import { rebuiltGate } from './http/rebuilt';
 import { startApiServer, type ApiServer } from './http/server';
 import { tenantRoutes, type AccessChecker } from './http/tenants';
 
 void runService({
   name: 'registrar',
   settings: registrarConfig,
+  // Kafka away at start: the process still starts, /readyz says it waits for Kafka and the REST API answers
+  // 503 at once, instead of exiting 1 after a minute and being restarted in a loop.
+  waitForKafka: true,
   async setup({ settings, config, logger, metrics, redis, kafka, publisher, stopping, drainTimeoutMs }) {
     const prefix = config.redis.keyPrefix;
     const tenants = createTenantStore(redis, prefix);
@@ -28,11 +32,11 @@ void runService({
     // the access test) and seals new ones every other stage must open: with another URS_SECRET_KEY under the
     // same URS_SECRET_KEY_ID it would take every push for a change and re-seal each secret with a key no
     // poller or vuln-fetcher holds. Checked before anything is consumed, against Redis as it is; and again once
-    // Redis was rebuilt from urs.tenants (`ready`, awaited by start() and by the pushes), which after a wipe
-    // is the first time there is anything to check against.
+    // Redis was rebuilt from urs.tenants (`ready`, awaited by the start (`started`), the pushes and the REST
+    // writes), which after a wipe is the first time there is anything to check against.
     const keyIds = new Set(settings.secretKeys.keys.keys());
     await checkSecretKey({ sealer, tenants, keyIds, logger });
-    const { registry, rebuilder, ready, handler } = createDirectorSide({
+    const { registry, rebuilder, ready, isRebuilt, handler } = createDirectorSide({
       kafka,
       publisher,
       tenants,
@@ -95,20 +99,33 @@ void runService({
     const watch = new AbortController();
     let watching: Promise<void> | undefined;
     let api: ApiServer | undefined;
+    let rebuiltOnce!: () => void;
+    const firstRebuild = new Promise<void>((resolve) => (rebuiltOnce = resolve));
+    const ensureRebuilt = rebuiltGate(isRebuilt, ready);
     return {
       runners: [runner],
-      // Ready only once the REST port listens: start() rebuilds Redis from urs.tenants first (when Redis came
-      // up empty) and opens the port last, while the runtime answers /readyz as soon as the Director
-      // consumer joined. Without this, a client waiting on /readyz could call the API and be refused.
-      isReady: () => api !== undefined,
+      // Ready once the REST port listens and Redis was rebuilt from urs.tenants (and the key checked against
+      // it): the runtime answers /readyz as soon as the Director consumer joined. Without this, a client
+      // waiting on /readyz could call the API and be refused, or be answered 503 until the rebuild.
+      isReady: () => api !== undefined && isRebuilt(),
+      notReadyReason: () =>
+        api === undefined
+          ? 'starting: the REST port is not open yet'
+          : 'waiting for Kafka: the tenants are not rebuilt into Redis from urs.tenants yet',
       // A rebuild that failed for good (its consumer stopped by Kafka for what waiting does not mend, see
       // crashHeals; an outage only fails it retryably) leaves a registrar that can no longer
       // refill a wiped Redis: it stops to be started again, like a runner that stopped consuming.
       failed: () => rebuilder.failed(),
+      // Started once rebuilt, and the key checked against what was rebuilt: a refused key fails the start
+      // (exit 1). Kafka away only makes it wait, retried by the watch.
+      started: () =>
+        Promise.race([
+          firstRebuild,
+          rebuilder.failed().then((error) => {
+            throw error;
+          }),
+        ]),
       async start() {
-        // Rebuilt, and the key checked against what was rebuilt: a refused key fails the start (exit 1).
-        await ready();
-        watching = rebuilder.watch(settings.rebuildCheckMs, watch.signal);
         api = await startApiServer({
           port: settings.httpPort,
           routes: [
@@ -117,11 +134,12 @@ void runService({
               tenants,
               sealer,
               checkAccess,
-              ensureRebuilt: ready,
+              ensureRebuilt,
               accessTestTimeoutMs: settings.accessTestTimeoutMs,
             }),
             ...deviceRoutes({
               tenants,
+              ensureRebuilt,
               scores: scoreStoreFor(redis, config.redis),
             }),
           ],
@@ -144,6 +162,11 @@ void runService({
         const graceMs = Math.min(1_000, Math.floor(drainTimeoutMs / 4));
         stopping.addEventListener('abort', () => void sleep(graceMs).then(() => server.close()), {
           once: true,
+        });
+        // The first rebuild, then a check every URS_REBUILD_CHECK_MS: each tried again through an outage.
+        watching = rebuilder.watch(settings.rebuildCheckMs, watch.signal, async () => {
+          await ready();
+          rebuiltOnce();
         });
       },
       closers: [

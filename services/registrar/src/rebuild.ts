@@ -3,7 +3,7 @@ import type { Kafka, KafkaMessage } from 'kafkajs';
 import { BusError, crashHeals, topicOffsets } from '@urs/bus';
 import { validateMessage, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { canRetry, errorMessage, sleep, UrsError } from '@urs/resilience';
+import { canRetry, errorMessage, retryThroughOutage, sleep, UrsError } from '@urs/resilience';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import { forEachLimit } from './concurrency';
 import { GENERATION_HEADER, REVISION_HEADER } from './registry';
@@ -219,13 +219,16 @@ export interface TenantRebuilder {
    */
   ensure(): Promise<void>;
   /**
-   * Checks every `intervalMs` (a Redis wiped while running is refilled); stops on `signal`, or once a
-   * rebuild failed for good (see `failed`).
+   * Runs `check` (default `ensure`; the registrar's `ready`, which checks URS_SECRET_KEY after the first
+   * rebuild) at once, then every `intervalMs` (a Redis wiped while running is refilled). A check that fails
+   * retryably (Kafka or Redis away) is tried again with capped backoff, one warning per outage
+   * (retryThroughOutage), so the first rebuild at start survives an outage as later ones do. Stops on
+   * `signal`, at once also while a check is under way, or once one failed for good (see `failed`).
    */
-  watch(intervalMs: number, signal: AbortSignal): Promise<void>;
+  watch(intervalMs: number, signal: AbortSignal, check?: () => Promise<void>): Promise<void>;
   /**
    * Resolves with the error of a rebuild that failed for good (a non-retryable error, e.g. its consumer
-   * stopped by Kafka): this registrar can no longer refill a wiped Redis, so it should stop and be started
+   * stopped by Kafka), or of a watched check that did (a URS_SECRET_KEY refused): this registrar can no longer refill a wiped Redis, so it should stop and be started
    * again. Never resolves otherwise.
    */
   failed(): Promise<Error>;
@@ -286,13 +289,16 @@ export function createTenantRebuilder(deps: RebuilderDeps): TenantRebuilder {
    * `failed` and handed on as retryable: a Director push must wait for the next registrar, not be
    * dead-lettered, and a REST call gets a 503.
    */
+  function failForGood(error: unknown): void {
+    if (failedForGood) return;
+    failedForGood = error instanceof Error ? error : new Error(errorMessage(error));
+    fail(failedForGood);
+  }
+
   function reported(error: unknown): unknown {
     if (canRetry(error)) return error;
     const reason = errorMessage(error);
-    if (!failedForGood) {
-      failedForGood = error instanceof Error ? error : new Error(reason);
-      fail(failedForGood);
-    }
+    failForGood(error);
     return new UrsError('REBUILD_FAILED', `Redis could not be rebuilt from urs.tenants: ${reason}`, {
       canRetry: true,
       cause: error,
@@ -312,13 +318,20 @@ export function createTenantRebuilder(deps: RebuilderDeps): TenantRebuilder {
 
   return {
     ensure,
-    async watch(intervalMs, signal) {
+    async watch(intervalMs, signal, check = ensure) {
       while (!signal.aborted && !failedForGood) {
         try {
-          await ensure();
+          await retryThroughOutage(check, {
+            what: 'rebuilding the tenants from urs.tenants',
+            log,
+            signal,
+            // One that failed for good is handed to its callers as retryable (see `reported`): not retried here.
+            shouldRetry: (error) => !failedForGood && canRetry(error),
+          });
         } catch (error) {
-          if (failedForGood) break;
-          log.error('rebuild failed; retrying', { reason: errorMessage(error) });
+          // A check that failed for good otherwise (a URS_SECRET_KEY refused) stops the registrar too.
+          if (!signal.aborted) failForGood(error);
+          break;
         }
         await sleep(intervalMs, signal);
       }

@@ -5,6 +5,8 @@ import { ApiError, type ApiRequest, type ApiResponse, type Route } from './route
 
 export interface DeviceRoutesDeps {
   tenants: Pick<TenantStore, 'get'>;
+  /** Resolves once Redis holds the tenants of `urs.tenants` (see rebuiltGate): a tenant is looked up there. */
+  ensureRebuilt: () => Promise<void>;
   scores: Pick<ScoreStore, 'getDeviceScore' | 'listDeviceScores' | 'history'>;
 }
 
@@ -64,6 +66,7 @@ function listItem(stored: StoredScore): Record<string, unknown> {
  */
 export function deviceRoutes(deps: DeviceRoutesDeps): Route[] {
   async function requireTenant(tenantId: string): Promise<void> {
+    await deps.ensureRebuilt();
     if ((await deps.tenants.get(tenantId)) === null) {
       throw new ApiError(404, 'TENANT_NOT_FOUND', `tenant ${tenantId} has no Defender registration`);
     }

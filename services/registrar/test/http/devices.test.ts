@@ -24,6 +24,7 @@ function stored(deviceId: string, score: number, band: ScoredDevice['band'], cyc
 
 const scores = [stored('a', 85, 'High Risk'), stored('b', 10, 'Trustworthy')];
 const routes = deviceRoutes({
+  ensureRebuilt: async () => undefined,
   tenants: { get: async (tenantId) => (tenantId === 't1' ? ({ tenantId } as TenantRecord) : null) },
   scores: {
     getDeviceScore: async (_tenantId, deviceId) => scores.find((s) => s.device.deviceId === deviceId) ?? null,

@@ -1,6 +1,7 @@
 import type { TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createSecretSealer, type SecretSealer } from '@urs/secrets';
+import { rebuiltGate } from '../../src/http/rebuilt';
 import { tenantRoutes, type AccessCheckTenant } from '../../src/http/tenants';
 import { createTenantRegistry, REVISION_HEADER } from '../../src/registry';
 import {
@@ -231,6 +232,30 @@ describe('tenantRoutes', () => {
     expect(publisher.sent).toHaveLength(1);
     expect(await tenants.get('acme')).toBeNull();
     expect(await tenants.get('kept')).not.toBeNull();
+  });
+
+  it('should answer 503 NOT_READY at once, writing nothing, until the first rebuild from Kafka succeeded', async () => {
+    let rebuilt = false;
+    let readied = 0;
+    const gate = rebuiltGate(
+      () => rebuilt,
+      async () => void readied++,
+    );
+    const { publisher, call } = setup(testSealer(), gate);
+    for (const [method, path] of [
+      ['PUT', '/v1/tenants/acme/defender'],
+      ['GET', '/v1/tenants/acme/defender'],
+      ['DELETE', '/v1/tenants/acme/defender'],
+      ['POST', '/v1/tenants/acme/defender/test'],
+    ] as const) {
+      const answer = await call(method, path, method === 'PUT' ? registrationBody() : undefined);
+      expect(answer).toMatchObject({ status: 503, body: { error: { code: 'NOT_READY' } } });
+    }
+    expect(publisher.sent).toEqual([]);
+    expect(readied).toBe(0);
+    rebuilt = true;
+    expect((await call('PUT', '/v1/tenants/acme/defender', registrationBody())).status).toBe(201);
+    expect(readied).toBe(1);
   });
 
   it('PUT with enabled false should disable the tenant and forget its schedule', async () => {
