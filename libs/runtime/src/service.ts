@@ -209,6 +209,7 @@ export async function startWith<S>(
     } finally {
       await admin.disconnect();
     }
+    throwIfStopped();
     step('publisher');
     const publisher = await createPublisher(kafka);
     closers.push({ name: 'publisher', close: () => publisher.close() });
