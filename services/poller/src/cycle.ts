@@ -5,7 +5,7 @@ import { UrsError, errorCode } from '@urs/resilience';
 import { parseProfile } from '@urs/scoring';
 import { secretRecordUnreadable, type ReplicaKeyCheck, type SecretSealer } from '@urs/secrets';
 import type { CycleStore } from '@urs/store';
-import type { DefenderGateway } from './defender';
+import { isSetupErrorCode, type DefenderGateway } from './defender';
 
 export interface CycleDeps {
   defender: DefenderGateway;
@@ -157,6 +157,8 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   // The secret is opened every cycle (a record this key no longer opens fails here, as before), the client
   // only made when the gateway keeps none for this revision of the record.
   const clientSecret = await openSecret(deps, record);
+  // Aborted meanwhile (the tenant deleted or disabled, which forgot its client): no client kept for it again.
+  if (signal.aborted) throw new CycleAbortedError();
   const client = deps.defender.forTenant({ tenantId, revision: record.revision }, () => ({
     azureTenantId: record.defender.azureTenantId,
     clientId: record.defender.clientId,
@@ -164,19 +166,26 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     cloud: record.defender.cloud,
     region: record.defender.region,
   }));
-  for await (const page of client.listDevicePages(signal)) {
-    if (signal.aborted) throw new CycleAbortedError();
-    for (const device of page.devices) {
-      if (device.merged) {
-        merged++;
-        continue;
+  try {
+    for await (const page of client.listDevicePages(signal)) {
+      if (signal.aborted) throw new CycleAbortedError();
+      for (const device of page.devices) {
+        if (device.merged) {
+          merged++;
+          continue;
+        }
+        // Only what the scorer and VMS read travels on: the rest of the record stays here.
+        pending.push(toDeviceRecord(device.machine));
+        totalDevices++;
       }
-      // Only what the scorer and VMS read travels on: the rest of the record stays here.
-      pending.push(toDeviceRecord(device.machine));
-      totalDevices++;
+      if (mode === undefined && totalDevices > perDeviceCapacity) mode = 'bulk';
+      if (mode !== undefined) await flushFull();
     }
-    if (mode === undefined && totalDevices > perDeviceCapacity) mode = 'bulk';
-    if (mode !== undefined) await flushFull();
+  } catch (error) {
+    // What an administrator fixes without changing the record (consent granted in Entra, the app's roles)
+    // must be seen at the next try: its token is asked for again, not the one kept that lacks the role.
+    if (isSetupErrorCode(errorCode(error))) deps.defender.forget(tenantId);
+    throw error;
   }
   if (signal.aborted) throw new CycleAbortedError();
   mode ??= 'per-device';

@@ -134,4 +134,25 @@ describe('poller: a tenant keeps its Defender client across cycles', () => {
     await cycle(deps(0), record(2, secrets[1] as string));
     expect(tokenRequests()).toBe(before + 1);
   });
+
+  it('a cycle refused for missing consent should ask for a new token at its next try, once consent is granted', async () => {
+    // Registered before the admin consented: the app has no role, so its token has none.
+    sim.removeTenant(azureTenantId);
+    sim.addTenant({
+      azureTenantId,
+      apps: [{ clientId, clientSecret: secrets[1] as string, roles: [] }],
+      fleet: { size: 3, seed: 7 },
+    });
+    const tenant = record(3, secrets[1] as string);
+    const refused = await cycle(deps(0), tenant).catch((error: unknown) => error);
+    expect(failureKindOf(refused)).toBe('setup');
+    // Consent granted in Entra; the tenant's record is unchanged.
+    sim.removeTenant(azureTenantId);
+    sim.addTenant({
+      azureTenantId,
+      apps: [{ clientId, clientSecret: secrets[1] as string }],
+      fleet: { size: 3, seed: 7 },
+    });
+    await expect(cycle(deps(0), tenant)).resolves.toMatchObject({ totalDevices: 3 });
+  });
 });

@@ -1,5 +1,6 @@
 import { deviceBatchMessage, type MessageHandler, type Publisher } from '@urs/bus';
 import { cycleBatchHeader, type DeviceBatch, type TenantRecord } from '@urs/contracts';
+import { isSetupErrorCode } from '@urs/defender';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage } from '@urs/resilience';
 import { secretRecordUnreadable, type ReplicaKeyCheck } from '@urs/secrets';
@@ -272,7 +273,10 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
           tenantFailure: fetchError,
         };
       }
-      if (result.tenantFailure) await tenant.failed(batch, cycleKey, result.tenantFailure, log);
+      if (result.tenantFailure) {
+        if (isSetupErrorCode(result.tenantFailure.code)) deps.sources.forget(batch.tenantId);
+        await tenant.failed(batch, cycleKey, result.tenantFailure, log);
+      }
       enrichment = result;
     }
     const header = {

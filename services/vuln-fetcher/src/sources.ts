@@ -46,6 +46,11 @@ export interface VulnerabilitySource {
  */
 export interface SourceProvider {
   forTenant(record: TenantRecord): VulnerabilitySource;
+  /**
+   * Lets the tenant's client go, with its token: after a setup failure an administrator may fix without
+   * changing the record (consent granted), which a token kept from before would go on being refused for.
+   */
+  forget(tenantId: string): void;
   close(): void;
 }
 
@@ -139,6 +144,7 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
     forTenant(record) {
       return clients.get(record.tenantId, record.revision, () => sourceOf(record)).source;
     },
+    forget: (tenantId) => clients.forget(tenantId),
     close: () => clients.close(),
   };
 

@@ -87,6 +87,7 @@ describe('a bulk cycle that reads its export last', () => {
           return exported.generatedTime;
         },
       }),
+      forget: () => undefined,
       close: () => undefined,
     };
     const bulkCache = createBulkVulnerabilityCache(redis.client, redis.prefix);

@@ -86,12 +86,15 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
     sendRaw: async () => undefined,
     close: async () => undefined,
   };
+  /** The tenants whose client the handler let go of. */
+  const forgotten: string[] = [];
   const sources: SourceProvider = {
     forTenant: () => ({
       machineVulnerabilities: source.machineVulnerabilities ?? (async () => []),
       bulkVulnerabilities: source.bulkVulnerabilities ?? (async () => undefined),
       ...(source.bulkFold ? { bulkFold: source.bulkFold } : {}),
     }),
+    forget: (tenantId) => void forgotten.push(tenantId),
     close: () => undefined,
   };
   let clock = Date.parse('2026-01-01T10:00:05.000Z');
@@ -122,7 +125,7 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
     now: () => new Date((clock += 1000)),
     ...overrides,
   });
-  return { handler, sent, statuses, bulkCache, renewals };
+  return { handler, sent, statuses, bulkCache, renewals, forgotten };
 }
 
 export const cve = (id: string, cvssV3: number | null): VulnerabilityLike => ({ id, cvssV3 });

@@ -150,6 +150,7 @@ describe('createEnrichHandler under the consumer runner', () => {
         },
         bulkVulnerabilities: async () => undefined,
       }),
+      forget: () => undefined,
       close: () => undefined,
     };
     const enriched = await enrichWith(['tenant-a', 'tenant-b'], sources);
@@ -198,6 +199,7 @@ describe('createEnrichHandler under the consumer runner', () => {
           onRow('tenant-a-d0', { id: 'CVE-2026-0002', cvssV3: 9.9 });
         },
       }),
+      forget: () => undefined,
       close: () => undefined,
     };
     // Buffers of 4 batches a partition, read past once full for 200 ms, and A's cycle of 6 batches ahead of B's

@@ -91,7 +91,7 @@ describe('createEnrichHandler', () => {
   it("should stop calling for a tenant whose device calls fail 10 times in a row for Defender's own reasons", async () => {
     let calls = 0;
     const devices = Array.from({ length: 40 }, (_, i) => ({ id: `d${i}` }));
-    const { handler, sent, statuses } = setup(
+    const { handler, sent, statuses, forgotten } = setup(
       {
         machineVulnerabilities: async (id) => {
           calls++;
@@ -115,6 +115,8 @@ describe('createEnrichHandler', () => {
       (sent[1] as EnrichedBatch).devices.every((d) => d.fetchError?.code === 'DEFENDER_UNAVAILABLE'),
     ).toBe(true);
     expect(statuses[0]).toMatchObject({ state: 'error', lastErrorCode: 'DEFENDER_UNAVAILABLE' });
+    // Defender's own failure: the tenant's client and token are still good.
+    expect(forgotten).toEqual([]);
   });
 
   it('should stop calling for a tenant at the first call the Defender client holds back, and say why in its status', async () => {
@@ -153,9 +155,9 @@ describe('createEnrichHandler', () => {
     });
   });
 
-  it('should stop calling for a tenant whose credentials fail, and say so in its status', async () => {
+  it('should stop calling for a tenant whose credentials fail, say so in its status, and let its client go', async () => {
     let calls = 0;
-    const { handler, sent, statuses } = setup(
+    const { handler, sent, statuses, forgotten } = setup(
       {
         machineVulnerabilities: async () => {
           calls++;
@@ -179,6 +181,9 @@ describe('createEnrichHandler', () => {
         });
     }
     expect(statuses[0]).toMatchObject({ state: 'error', lastErrorCode: 'DEFENDER_INVALID_SECRET' });
+    // Fixed in Entra without a new record (a secret added back, consent granted): the next cycle's client
+    // asks for a new token rather than use one kept from before.
+    expect(forgotten).toContain('t1');
   });
 
   it('should fetch the bulk export once per cycle for every batch, and note it in the status', async () => {
