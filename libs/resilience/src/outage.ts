@@ -76,6 +76,8 @@ export async function retryThroughOutage<T>(
         options.onOutage?.(true);
       } else options.log.debug(`${options.what} failed again; retrying`, fields);
       await sleep(retryDelayMs(policy, failures), options.signal);
+      // A stop during the wait (sleep resolves early) ends it here, not after one more try.
+      if (options.signal.aborted) throw error;
     }
   }
 }

@@ -66,4 +66,27 @@ describe('retryThroughOutage', () => {
     stop.abort(new Error('stopping'));
     await expect(waiting).rejects.toThrow('stopping');
   });
+
+  it('should try nothing more once stopped during the wait between tries', async () => {
+    const stop = new AbortController();
+    let tries = 0;
+    const waiting = retryThroughOutage(
+      async () => {
+        tries++;
+        throw new UrsError('KAFKA_AWAY', 'no broker', { canRetry: true });
+      },
+      {
+        what: 'x',
+        log: recordingLog().log,
+        signal: stop.signal,
+        policy: fast,
+        // Told of the outage just before its first wait: the stop comes as that wait begins.
+        onOutage: (down) => {
+          if (down) stop.abort(new Error('stopping'));
+        },
+      },
+    );
+    await expect(waiting).rejects.toThrow('no broker');
+    expect(tries).toBe(1);
+  });
 });

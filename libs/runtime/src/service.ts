@@ -27,7 +27,10 @@ export interface ServiceContext<S = undefined> {
   metrics: Registry;
   redis: Redis;
   kafka: Kafka;
+  /** With ServiceOptions.waitForKafka, its sends wait until Kafka answered (see `kafkaConnected`). */
   publisher: Publisher;
+  /** Whether the topics are made and the publisher connected: from the start, unless waitForKafka. */
+  kafkaConnected: () => boolean;
   /**
    * Aborted when the service begins to stop, for what should give up then (calls in flight, waits): during
    * setup when the stop comes then (see ServiceOptions.stop), otherwise when close() begins, once every
@@ -230,6 +233,7 @@ export async function startWith<S>(
       redis,
       kafka,
       publisher,
+      kafkaConnected: () => kafkaConnected,
       stopping: stopping.signal,
       drainTimeoutMs: times.drainTimeoutMs,
     };

@@ -23,7 +23,8 @@ void runService({
   // Kafka away at start: the process still starts, /readyz says it waits for Kafka and the REST API answers
   // 503 at once, instead of exiting 1 after a minute and being restarted in a loop.
   waitForKafka: true,
-  async setup({ settings, config, logger, metrics, redis, kafka, publisher, stopping, drainTimeoutMs }) {
+  async setup(context) {
+    const { settings, config, logger, metrics, redis, kafka, publisher, stopping, drainTimeoutMs } = context;
     const prefix = config.redis.keyPrefix;
     const tenants = createTenantStore(redis, prefix);
     const state = createRegistrarStateStore(redis, prefix);
@@ -101,7 +102,9 @@ void runService({
     let api: ApiServer | undefined;
     let rebuiltOnce!: () => void;
     const firstRebuild = new Promise<void>((resolve) => (rebuiltOnce = resolve));
-    const ensureRebuilt = rebuiltGate(isRebuilt, ready);
+    // The first rebuild reads urs.tenants with clients of its own, so it may be done before the publisher is
+    // connected: a write waits for both, or it would be held until Kafka answered the publisher.
+    const ensureRebuilt = rebuiltGate(() => isRebuilt() && context.kafkaConnected(), ready);
     return {
       runners: [runner],
       // Ready once the REST port listens and Redis was rebuilt from urs.tenants (and the key checked against
