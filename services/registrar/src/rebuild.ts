@@ -228,8 +228,8 @@ export interface TenantRebuilder {
   watch(intervalMs: number, signal: AbortSignal, check?: () => Promise<void>): Promise<void>;
   /**
    * Resolves with the error of a rebuild that failed for good (a non-retryable error, e.g. its consumer
-   * stopped by Kafka), or of a watched check that did (a URS_SECRET_KEY refused): this registrar can no longer refill a wiped Redis, so it should stop and be started
-   * again. Never resolves otherwise.
+   * stopped by Kafka), or of a watched check that did (a URS_SECRET_KEY refused): this registrar can no
+   * longer refill a wiped Redis, so it should stop and be started again. Never resolves otherwise.
    */
   failed(): Promise<Error>;
 }
