@@ -14,6 +14,9 @@ const SCORE_BATCHES_BUFFERED = 20;
 void runService({
   name: 'publisher',
   settings: publisherConfig,
+  // Kafka away at start: up and answering /readyz 503 (`waiting for Kafka`) until it answers, then consuming,
+  // instead of exiting 1 after KafkaJS's retries and restarting in a loop behind the orchestrator's backoff.
+  waitForKafka: true,
   async setup({ settings: own, config, logger, metrics, redis, kafka, publisher, drainTimeoutMs }) {
     const prefix = config.redis.keyPrefix;
     const cycles = createCycleStore(redis, prefix);

@@ -14,7 +14,20 @@ const ENRICHED_BATCHES_BUFFERED = 20;
 void runService({
   name: 'scorer',
   settings: (env) => scorerConfig(env),
-  async setup({ settings: own, config, logger, metrics, redis, kafka, publisher, drainTimeoutMs }) {
+  // Kafka away at start: up and answering /readyz 503 (`waiting for Kafka`) until it answers, then consuming,
+  // instead of exiting 1 after KafkaJS's retries and restarting in a loop behind the orchestrator's backoff.
+  waitForKafka: true,
+  async setup({
+    settings: own,
+    config,
+    logger,
+    metrics,
+    redis,
+    kafka,
+    publisher,
+    kafkaConnected,
+    drainTimeoutMs,
+  }) {
     const prefix = config.redis.keyPrefix;
     const profiles = createProfileCache({ tenants: createTenantStore(redis, prefix), logger });
     metrics.gauge('urs_scorer_profiles', 'Tenant profiles held in memory.', () => profiles.size());
@@ -78,6 +91,8 @@ void runService({
           // The profiles group is this process's alone (it reads urs.tenants whole); leaving it would clutter the cluster.
           name: 'profiles-group',
           close: async () => {
+            // Stopped while waiting for Kafka: no group was joined, and no broker would answer the admin.
+            if (!kafkaConnected()) return;
             const admin = kafka.admin();
             await admin.connect();
             try {

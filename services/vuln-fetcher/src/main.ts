@@ -10,6 +10,9 @@ import { createDefenderSources } from './sources';
 void runService({
   name: 'vuln-fetcher',
   settings: vulnFetcherConfig,
+  // Kafka away at start: up and answering /readyz 503 (`waiting for Kafka`) until it answers, then consuming,
+  // instead of exiting 1 after KafkaJS's retries and restarting in a loop behind the orchestrator's backoff.
+  waitForKafka: true,
   async setup({ settings: own, config, logger, metrics, redis, kafka, publisher, stopping, drainTimeoutMs }) {
     const prefix = config.redis.keyPrefix;
     const sealer = createSecretSealer(own.secretKeys);

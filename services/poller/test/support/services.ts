@@ -19,7 +19,10 @@ export interface ServiceProcess {
   kill(): Promise<void>;
 }
 
-export function spawnService(name: 'registrar' | 'poller', env: Record<string, string>): ServiceProcess {
+export function spawnService(
+  name: 'registrar' | 'poller' | 'vuln-fetcher' | 'scorer' | 'publisher',
+  env: Record<string, string>,
+): ServiceProcess {
   const child = spawn(process.execPath, [join(ROOT, 'services', name, 'dist', 'main.js')], {
     cwd: ROOT,
     env: { PATH: process.env['PATH'] ?? '', ...env },
