@@ -15,7 +15,7 @@ import {
 } from '../../services/poller/test/support/services';
 import { buildServices } from '../../services/poller/test/support/stack';
 
-type Stage = 'vuln-fetcher' | 'scorer' | 'publisher';
+type Stage = 'poller' | 'vuln-fetcher' | 'scorer' | 'publisher';
 
 /** GET `path` of the health port: its status and JSON body, or undefined while nothing listens. */
 async function health(port: number, path: string): Promise<{ status: number; body: unknown } | undefined> {
@@ -27,9 +27,9 @@ async function health(port: number, path: string): Promise<{ status: number; bod
   }
 }
 
-// The consuming stages started while their broker is down (an outage at 3 a.m., a broker restarting with the
+// The stages after the registrar, started while their broker is down (an outage at 3 a.m., a broker restarting with the
 // pods): before, each exited 1 after KafkaJS's retries (~1 min) and was restarted in a loop.
-describe('vuln-fetcher, scorer, publisher: Kafka away at start', () => {
+describe('poller, vuln-fetcher, scorer, publisher: Kafka away at start', () => {
   const redis = createTestRedis(uniqueId('kafka-away-stages'));
   const topicPrefix = `${uniqueId('kas')}.`;
   let broker: PrivateKafka;
@@ -76,7 +76,7 @@ describe('vuln-fetcher, scorer, publisher: Kafka away at start', () => {
   });
 
   it('should wait for Kafka, ready 503 naming it, stop cleanly meanwhile, and consume once it is back', async () => {
-    const stages = await Promise.all((['vuln-fetcher', 'scorer', 'publisher'] as const).map(start));
+    const stages = await Promise.all((['poller', 'vuln-fetcher', 'scorer', 'publisher'] as const).map(start));
     for (const { stage, port } of stages) {
       expect((await notReady(stage, port)).body).toEqual({
         status: 'not-ready',
@@ -86,11 +86,8 @@ describe('vuln-fetcher, scorer, publisher: Kafka away at start', () => {
     }
 
     // A stop while waiting: exit 0 within the stop budget (the scorer's profile group, never joined, is left be).
-    const [fetcher, scorer, publisher] = stages as [
-      (typeof stages)[0],
-      (typeof stages)[0],
-      (typeof stages)[0],
-    ];
+    type Started = (typeof stages)[0];
+    const [poller, fetcher, scorer, publisher] = stages as [Started, Started, Started, Started];
     const asked = Date.now();
     await scorer.stage.stop(20_000);
     expect(scorer.stage.process.exitCode).toBe(0);
@@ -98,13 +95,13 @@ describe('vuln-fetcher, scorer, publisher: Kafka away at start', () => {
 
     // Past KafkaJS's own retries (~1 min), which used to end the start with exit 1.
     await new Promise((resolve) => setTimeout(resolve, 65_000));
-    for (const { stage, port } of [fetcher, publisher]) {
+    for (const { stage, port } of [poller, fetcher, publisher]) {
       expect(stage.process.exitCode).toBeNull();
       expect((await health(port, '/readyz'))?.status).toBe(503);
     }
 
     await broker.start();
-    for (const { stage, port } of [fetcher, publisher]) {
+    for (const { stage, port } of [poller, fetcher, publisher]) {
       await waitFor(async () => (await health(port, '/readyz'))?.status === 200, {
         timeoutMs: 90_000,
         description: `${stage.name} /readyz answering 200 once the broker is back`,

@@ -13,7 +13,21 @@ import { createTenantTable } from './tenant-table';
 void runService({
   name: 'poller',
   settings: pollerConfig,
-  async setup({ settings, config, logger, metrics, redis, kafka, publisher, drainTimeoutMs }) {
+  // Kafka away at start: up and answering /readyz 503 (`waiting for Kafka`) until it answers, then reading
+  // urs.tenants and polling, instead of exiting 1 after KafkaJS's retries and restarting in a loop.
+  waitForKafka: true,
+  async setup({
+    settings,
+    config,
+    logger,
+    metrics,
+    redis,
+    kafka,
+    publisher,
+    kafkaConnected,
+    stopping,
+    drainTimeoutMs,
+  }) {
     const prefix = config.redis.keyPrefix;
     // Unique per process even when two replicas share a pid (containers): leases and the group depend on it.
     const holderId = `${settings.instanceId}-${randomBytes(4).toString('hex')}`;
@@ -60,13 +74,6 @@ void runService({
     table.onChange((tenantId, record) => {
       if (record === null || !record.enabled) defender.forget(tenantId);
     });
-    // Right after the topic was created its leaders may not answer yet (KRaft): retried while it settles.
-    const offsets = await topicOffsets(kafka, config.topics.tenants, { logger });
-    table.expectEnd(
-      new Map(
-        offsets.filter((o) => BigInt(o.high) > BigInt(o.low)).map((o) => [o.partition, BigInt(o.high) - 1n]),
-      ),
-    );
     const groupId = `${settings.groupPrefix}.${holderId}`;
     const runner = createConsumerRunner({
       kafka,
@@ -117,7 +124,20 @@ void runService({
     let catchUpTimer: NodeJS.Timeout | undefined;
     return {
       runners: [runner],
-      async start() {
+      // Once Kafka answered and the consumer of urs.tenants started: where the topic ends now is what the
+      // table must read before the scheduler polls (what was read before counts, see expectEnd).
+      async started() {
+        // Right after the topic was created its leaders may not answer yet (KRaft): retried while it settles.
+        const offsets = await topicOffsets(kafka, config.topics.tenants, { logger });
+        table.expectEnd(
+          new Map(
+            offsets
+              .filter((o) => BigInt(o.high) > BigInt(o.low))
+              .map((o) => [o.partition, BigInt(o.high) - 1n]),
+          ),
+        );
+        // A stop while the offsets were read: nothing to poll for, the scheduler's close may have run.
+        if (stopping.aborted) return;
         scheduler.start();
         catchUpTimer = setTimeout(() => {
           const behind = table.stopWaiting();
@@ -141,6 +161,8 @@ void runService({
           // The group is this process's alone; leaving it behind would only clutter the cluster.
           name: 'tenants-group',
           close: async () => {
+            // Stopped while waiting for Kafka: no group was joined, and no broker would answer the admin.
+            if (!kafkaConnected()) return;
             const groupAdmin = kafka.admin();
             await groupAdmin.connect();
             try {
