@@ -1,10 +1,7 @@
 // deploy/prometheus/alerts.yml names metrics and label values the services serve: checked here against the
 // code, so a metric renamed or a label value changed cannot leave an alert that never fires.
-import fs from 'node:fs';
-import path from 'node:path';
 import { parse } from 'yaml';
-
-const root = path.resolve(__dirname, '..', '..');
+import { read, sourcesOf } from './repo';
 
 interface Rule {
   alert: string;
@@ -15,30 +12,12 @@ interface Rule {
 }
 
 const rules = (
-  parse(fs.readFileSync(path.join(root, 'deploy/prometheus/alerts.yml'), 'utf8')) as {
+  parse(read('deploy/prometheus/alerts.yml')) as {
     groups: { name: string; rules: Rule[] }[];
   }
 ).groups.flatMap((group) => group.rules);
 
-/** Every TypeScript source of the libraries and services (not their tests). */
-function sources(): string[] {
-  const files: string[] = [];
-  for (const top of ['libs', 'services'])
-    for (const pkg of fs.readdirSync(path.join(root, top))) {
-      const walk = (dir: string): void => {
-        if (!fs.existsSync(dir)) return;
-        for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
-          const full = path.join(dir, entry.name);
-          if (entry.isDirectory()) walk(full);
-          else if (entry.name.endsWith('.ts')) files.push(fs.readFileSync(full, 'utf8'));
-        }
-      };
-      walk(path.join(root, top, pkg, 'src'));
-    }
-  return files;
-}
-
-const code = sources().join('\n');
+const code = sourcesOf('libs', 'services').join('\n');
 /** The metric names the code registers (`registry.counter('urs_…'`, gauges, histograms). */
 const registered = new Set(
   [...code.matchAll(/\.(?:counter|gauge|histogram)\(\s*'([a-z_]+)'/g)].map((match) => match[1] as string),

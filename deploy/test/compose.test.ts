@@ -5,9 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parse } from 'yaml';
-
-const root = path.resolve(__dirname, '..', '..');
-const read = (file: string): string => fs.readFileSync(path.join(root, file), 'utf8');
+import { read, root, sourceOf, stages } from './repo';
 
 interface ComposeService {
   image?: string;
@@ -30,18 +28,6 @@ interface Compose {
 
 const compose = parse(read('docker-compose.yml'), { merge: true }) as Compose;
 const services = Object.entries(compose.services);
-const stages = ['registrar', 'poller', 'vuln-fetcher', 'scorer', 'publisher'];
-
-/** `X/dist/Y.js` comes from `X/src/Y.ts` when X's tsconfig compiles src into dist. */
-function sourceOf(script: string): string {
-  const match = /^(.+)\/dist\/(.+)\.js$/.exec(script);
-  if (!match) throw new Error(`${script} is not a compiled dist/*.js entry`);
-  const [, pkg, file] = match as unknown as [string, string, string];
-  const tsconfig = read(`${pkg}/tsconfig.json`);
-  expect(tsconfig).toMatch(/"rootDir":\s*"src"/);
-  expect(tsconfig).toMatch(/"outDir":\s*"dist"/);
-  return `${pkg}/src/${file}.ts`;
-}
 
 describe('docker-compose.yml', () => {
   test('docker-compose.yml should define Kafka, Redis, the simulator and the five stages', () => {

@@ -1,0 +1,388 @@
+// No Kubernetes cluster runs where the tests run, so deploy/k8s is checked structurally: every manifest the
+// kustomization lists parses, every stage has a Deployment running a script compiled from this repository with
+// its Node flags, the environment it gets is what the stage's own configuration reads (and accepts), its probes
+// name the paths and the port the runtime serves, and it is given longer to stop than its own graceful stop.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import { serviceConfig, type Env } from '@urs/config';
+import { pollerConfig } from '../../services/poller/src/config';
+import { publisherConfig } from '../../services/publisher/src/config';
+import { registrarConfig } from '../../services/registrar/src/config';
+import { scorerConfig } from '../../services/scorer/src/config';
+import { vulnFetcherConfig } from '../../services/vuln-fetcher/src/config';
+import { read, root, sourceOf, sourcesOf } from './repo';
+
+const dir = 'deploy/k8s';
+
+interface Kustomization {
+  namespace?: string;
+  resources?: string[];
+  images?: { name: string; newName?: string; newTag?: string }[];
+  [field: string]: unknown;
+}
+
+interface EnvVar {
+  name: string;
+  value?: string;
+  valueFrom?: {
+    secretKeyRef?: { name: string; key: string; optional?: boolean };
+    configMapKeyRef?: { name: string; key: string; optional?: boolean };
+    fieldRef?: { fieldPath: string };
+  };
+}
+
+interface Probe {
+  httpGet?: { path: string; port: number | string };
+}
+
+interface Container {
+  name: string;
+  image: string;
+  command?: string[];
+  args?: string[];
+  ports?: { name?: string; containerPort: number }[];
+  envFrom?: { configMapRef?: { name: string }; secretRef?: { name: string } }[];
+  env?: EnvVar[];
+  livenessProbe?: Probe;
+  readinessProbe?: Probe;
+  resources?: { requests?: Record<string, string>; limits?: Record<string, string> };
+  securityContext?: {
+    readOnlyRootFilesystem?: boolean;
+    allowPrivilegeEscalation?: boolean;
+    capabilities?: { drop?: string[] };
+  };
+}
+
+interface PodSpec {
+  terminationGracePeriodSeconds?: number;
+  securityContext?: { runAsNonRoot?: boolean; runAsUser?: number };
+  containers: Container[];
+}
+
+interface Manifest {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; labels?: Record<string, string> };
+  data?: Record<string, string>;
+  stringData?: Record<string, string>;
+  spec?: {
+    replicas?: number;
+    selector?: Record<string, string> | { matchLabels: Record<string, string> };
+    template?: {
+      metadata: { labels: Record<string, string>; annotations?: Record<string, string> };
+      spec: PodSpec;
+    };
+    maxUnavailable?: number;
+    minAvailable?: number;
+    ports?: { name?: string; port: number; targetPort?: number | string }[];
+  };
+}
+
+/** Every document of a YAML file, and its syntax errors (the first test fails on any). */
+function parseManifests(file: string): { manifests: Manifest[]; errors: string[] } {
+  const documents = parseAllDocuments(read(`${dir}/${file}`));
+  if (!Array.isArray(documents)) return { manifests: [], errors: ['no YAML documents'] };
+  return {
+    manifests: documents
+      .map((document) => document.toJS() as Manifest)
+      .filter((manifest) => manifest !== null),
+    errors: documents.flatMap((document) => document.errors.map((error) => error.message)),
+  };
+}
+const manifestsIn = (file: string): Manifest[] => parseManifests(file).manifests;
+
+const kustomization = parseAllDocuments(read(`${dir}/kustomization.yaml`))
+  .at(0)
+  ?.toJS() as Kustomization;
+const listed = kustomization.resources ?? [];
+const manifests = listed.filter((file) => fs.existsSync(path.join(root, dir, file))).flatMap(manifestsIn);
+const ofKind = (kind: string): Manifest[] => manifests.filter((manifest) => manifest.kind === kind);
+const named = (kind: string, name: string): Manifest | undefined =>
+  ofKind(kind).find((manifest) => manifest.metadata.name === name);
+
+/** The stages: every directory of services/ with an entry point. */
+const stages = fs
+  .readdirSync(path.join(root, 'services'))
+  .filter((name) => fs.existsSync(path.join(root, 'services', name, 'src', 'main.ts')));
+const nodeFlags = JSON.parse(read('deploy/node-flags.json')) as Record<string, string[]>;
+
+const secretExample = manifestsIn('secret.example.yaml');
+const secret = secretExample.find((manifest) => manifest.kind === 'Secret');
+
+/** Each stage's own configuration, as its main.ts reads it at start (beside serviceConfig). */
+const stageConfigs: Record<string, (env: Env) => unknown> = {
+  registrar: registrarConfig,
+  poller: pollerConfig,
+  'vuln-fetcher': vulnFetcherConfig,
+  scorer: (env) => scorerConfig(env),
+  publisher: publisherConfig,
+};
+
+/** A value of the kind each Secret key must hold, as an operator following secret.example.yaml makes it. */
+const secretValues: Record<string, () => string> = {
+  URS_SECRET_KEY: () => randomBytes(32).toString('base64'),
+  URS_SECRET_KEY_ID: () => 'k1',
+  URS_SECRET_KEYS_PREVIOUS: () => '',
+  URS_API_TOKENS: () => `${randomBytes(16).toString('hex')},${randomBytes(16).toString('hex')}`,
+};
+
+function containerOf(stage: string): Container {
+  const container = named('Deployment', stage)?.spec?.template?.spec.containers[0];
+  if (container === undefined) throw new Error(`no Deployment ${stage} with a container`);
+  return container;
+}
+
+/** The ConfigMaps a container takes whole (envFrom). */
+function configMapsOf(container: Container): Manifest[] {
+  return (container.envFrom ?? []).flatMap((source) => {
+    if (source.configMapRef === undefined) return [];
+    const configMap = named('ConfigMap', source.configMapRef.name);
+    expect([source.configMapRef.name, configMap !== undefined]).toEqual([source.configMapRef.name, true]);
+    return configMap === undefined ? [] : [configMap];
+  });
+}
+
+/** The environment a stage's container starts with: its ConfigMaps, then its own env, Secrets filled in. */
+function envOf(stage: string): Record<string, string> {
+  const container = containerOf(stage);
+  const env: Record<string, string> = {};
+  for (const configMap of configMapsOf(container)) Object.assign(env, configMap.data ?? {});
+  for (const variable of container.env ?? []) {
+    const from = variable.valueFrom;
+    if (variable.value !== undefined) env[variable.name] = String(variable.value);
+    else if (from?.fieldRef !== undefined) env[variable.name] = `${stage}-7d9f8b6c5-x2x4z`;
+    else if (from?.secretKeyRef !== undefined) {
+      const make = secretValues[from.secretKeyRef.key];
+      if (make === undefined)
+        throw new Error(`${stage}: no example value for Secret key ${from.secretKeyRef.key}`);
+      env[variable.name] = make();
+    } else throw new Error(`${stage}: ${variable.name} has neither a value nor a source this test knows`);
+  }
+  return env;
+}
+
+/** A container port by name or number. */
+function portNumber(container: Container, port: number | string | undefined): number | undefined {
+  if (typeof port === 'number') return port;
+  return container.ports?.find((candidate) => candidate.name === port)?.containerPort;
+}
+
+/** Bytes of a Kubernetes memory quantity (`320Mi`, `1Gi`, `300M`, `314572800`). */
+function bytes(quantity: string | undefined): number {
+  const match = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|k|M|G)?$/.exec(quantity ?? '');
+  if (!match) throw new Error(`not a memory quantity: ${quantity}`);
+  const unit = { Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, k: 1e3, M: 1e6, G: 1e9 }[match[2] ?? ''] ?? 1;
+  return Number(match[1]) * unit;
+}
+
+const code = sourcesOf('libs', 'services').join('\n');
+
+describe('deploy/k8s', () => {
+  test('every file the kustomization lists should exist and parse into plain Kubernetes objects', () => {
+    expect(listed.length).toBeGreaterThan(0);
+    for (const file of listed) {
+      expect([file, fs.existsSync(path.join(root, dir, file))]).toEqual([file, true]);
+      const { manifests: parsed, errors } = parseManifests(file);
+      expect([file, errors]).toEqual([file, []]);
+      expect([file, parsed.length > 0]).toEqual([file, true]);
+      for (const manifest of parsed) {
+        // No custom resources: only kinds every cluster serves.
+        const kinds = ['Namespace', 'ConfigMap', 'Deployment', 'Service', 'PodDisruptionBudget'];
+        expect([file, manifest.kind, kinds.includes(manifest.kind)]).toEqual([file, manifest.kind, true]);
+        expect([file, typeof manifest.apiVersion, typeof manifest.metadata?.name]).toEqual([
+          file,
+          'string',
+          'string',
+        ]);
+      }
+    }
+    // Everything goes into the namespace the kustomization creates.
+    expect(ofKind('Namespace').map((namespace) => namespace.metadata.name)).toEqual([
+      kustomization.namespace,
+    ]);
+  });
+
+  test('the Secret example should not be listed, so an apply never overwrites the real Secret', () => {
+    const files = JSON.stringify(kustomization);
+    expect(files).not.toContain('secret.example.yaml');
+    expect(ofKind('Secret')).toEqual([]);
+    expect(parseManifests('secret.example.yaml').errors).toEqual([]);
+    expect(secret?.kind).toBe('Secret');
+    expect(secret?.metadata.namespace).toBe(kustomization.namespace);
+    // It says how to make each value.
+    const text = read(`${dir}/secret.example.yaml`);
+    expect(text).toContain('openssl rand -base64 32');
+    expect(text).toContain('openssl rand -hex 16');
+  });
+
+  test('every stage of services/ should have a Deployment, and every Deployment should be a stage', () => {
+    expect(stages.length).toBe(5);
+    expect(
+      ofKind('Deployment')
+        .map((deployment) => deployment.metadata.name)
+        .sort(),
+    ).toEqual([...stages].sort());
+  });
+
+  test.each(stages)('%s should run a script the image compiles from this repository', (stage) => {
+    const container = containerOf(stage);
+    // The image's convention (Dockerfile): `node [flags] <script>`, run from its WORKDIR.
+    expect(read('Dockerfile')).toMatch(/^WORKDIR \/app$/m);
+    expect(container.command?.[0]).toBe('node');
+    expect(container.args).toBeUndefined();
+    const script = container.command?.slice(1).find((arg) => !arg.startsWith('--')) ?? '';
+    expect(script).toBe(`services/${stage}/dist/main.js`);
+    expect(fs.existsSync(path.join(root, sourceOf(script)))).toBe(true);
+  });
+
+  test.each(stages)('%s should run with the Node flags of deploy/node-flags.json', (stage) => {
+    expect(containerOf(stage).command).toEqual([
+      'node',
+      ...(nodeFlags[stage] ?? []),
+      `services/${stage}/dist/main.js`,
+    ]);
+  });
+
+  test.each(stages)('%s should run the image the kustomization can replace', (stage) => {
+    const [name, tag] = containerOf(stage).image.split(':');
+    expect([name, tag]).toEqual(['defender-urs', 'latest']);
+    expect((kustomization.images ?? []).map((image) => image.name)).toContain(name);
+  });
+
+  test.each(stages)('%s should set only variables its configuration reads', (stage) => {
+    const reads = sourcesOf('libs', `services/${stage}`).join('\n');
+    const names = [
+      ...configMapsOf(containerOf(stage)).flatMap((configMap) => Object.keys(configMap.data ?? {})),
+      ...(containerOf(stage).env ?? []).map((variable) => variable.name),
+    ];
+    expect(names.length).toBeGreaterThan(0);
+    for (const name of names) expect([name, reads.includes(`'${name}'`)]).toEqual([name, true]);
+  });
+
+  test.each(stages)('%s should start: its configuration accepts the environment it is given', (stage) => {
+    const env = envOf(stage);
+    expect(() => serviceConfig(env, stage)).not.toThrow();
+    expect(() => stageConfigs[stage]?.(env)).not.toThrow();
+    expect(stageConfigs[stage]).toBeDefined();
+  });
+
+  test('the secret key should go only to the stages that seal or open tenant secrets', () => {
+    for (const stage of stages) {
+      const opensSecrets = read(`services/${stage}/src/config.ts`).includes('secretKeyConfig(');
+      const given = (containerOf(stage).env ?? []).some((variable) => variable.name === 'URS_SECRET_KEY');
+      expect([stage, given]).toEqual([stage, opensSecrets]);
+    }
+  });
+
+  test('every Secret a Deployment reads should be the example Secret, with every key it needs', () => {
+    for (const stage of stages) {
+      for (const variable of containerOf(stage).env ?? []) {
+        const ref = variable.valueFrom?.secretKeyRef;
+        if (ref === undefined) continue;
+        expect([stage, ref.name]).toEqual([stage, secret?.metadata.name]);
+        expect([stage, ref.key, ref.key in (secret?.stringData ?? {})]).toEqual([stage, ref.key, true]);
+      }
+      expect((containerOf(stage).envFrom ?? []).filter((source) => source.secretRef)).toEqual([]);
+    }
+  });
+
+  test.each(stages)(
+    '%s should probe /healthz and /readyz on the port its configuration listens on',
+    (stage) => {
+      const container = containerOf(stage);
+      const { metricsPort } = serviceConfig(envOf(stage), stage);
+      expect(metricsPort).toBeGreaterThan(0);
+      const liveness = container.livenessProbe?.httpGet;
+      const readiness = container.readinessProbe?.httpGet;
+      expect([liveness?.path, readiness?.path]).toEqual(['/healthz', '/readyz']);
+      for (const probe of [liveness, readiness]) {
+        // The runtime's health server answers the path.
+        expect(code).toContain(`path === '${probe?.path}'`);
+        expect(portNumber(container, probe?.port)).toBe(metricsPort);
+      }
+      const annotations = named('Deployment', stage)?.spec?.template?.metadata.annotations;
+      expect(annotations).toMatchObject({ 'prometheus.io/scrape': 'true', 'prometheus.io/path': '/metrics' });
+      expect(code).toContain(`path === '/metrics'`);
+      expect(Number(annotations?.['prometheus.io/port'])).toBe(metricsPort);
+    },
+  );
+
+  test.each(stages)('%s should be given longer to stop than its own graceful stop takes', (stage) => {
+    const { shutdownTimeoutMs } = serviceConfig(envOf(stage), stage);
+    const grace = named('Deployment', stage)?.spec?.template?.spec.terminationGracePeriodSeconds;
+    expect(grace).toBeDefined();
+    expect((grace ?? 0) * 1000).toBeGreaterThan(shutdownTimeoutMs);
+  });
+
+  test.each(stages)(
+    '%s should ask for the memory it was measured to need, with headroom to its limit',
+    (stage) => {
+      const resources = containerOf(stage).resources;
+      const request = bytes(resources?.requests?.['memory']);
+      const limit = bytes(resources?.limits?.['memory']);
+      // The README's measured peak RSS at 100,000 devices: under 300 MB for every stage.
+      expect(request).toBeGreaterThanOrEqual(300e6);
+      expect(limit).toBeGreaterThanOrEqual(1.5 * request);
+      expect(resources?.requests?.['cpu']).toBeDefined();
+      // A heap cap the limit would cut short turns V8's late collection into an OOM kill.
+      const cap = (nodeFlags[stage] ?? [])
+        .map((flag) => /^--max-old-space-size=(\d+)$/.exec(flag)?.[1])
+        .find(Boolean);
+      if (cap !== undefined) expect(limit).toBeGreaterThan(Number(cap) * 2 ** 20);
+    },
+  );
+
+  test.each(stages)('%s should run unprivileged on a read-only root filesystem', (stage) => {
+    const pod = named('Deployment', stage)?.spec?.template?.spec;
+    // The image's user is `node`, uid 1000 in the official Node images.
+    expect(read('Dockerfile')).toMatch(/^USER node$/m);
+    expect(pod?.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 1000 });
+    expect(containerOf(stage).securityContext).toEqual({
+      readOnlyRootFilesystem: true,
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ['ALL'] },
+    });
+  });
+
+  test('a read-only root filesystem should hold: no library or service writes a file', () => {
+    const writes =
+      /\b(writeFile|appendFile|createWriteStream|mkdir|mkdtemp|rename|copyFile|symlink|truncate|tmpdir)(Sync)?\s*\(/;
+    // Only a module that loads fs (or os, for its temporary directory) can write one.
+    const loadsFs = /from '(node:)?(fs|os)(\/promises)?'|require\('(node:)?(fs|os)/;
+    const users = sourcesOf('libs', 'services').filter((source) => loadsFs.test(source));
+    expect(users.length).toBeGreaterThan(0);
+    for (const source of users) expect(writes.exec(source)?.[0]).toBeUndefined();
+  });
+
+  test.each(stages)(
+    '%s should have a disruption budget of one replica and a selector of its own',
+    (stage) => {
+      const deployment = named('Deployment', stage);
+      const selector = (deployment?.spec?.selector as { matchLabels: Record<string, string> }).matchLabels;
+      const labels = deployment?.spec?.template?.metadata.labels ?? {};
+      expect(labels).toMatchObject(selector);
+      expect(deployment?.spec?.replicas).toBeGreaterThanOrEqual(1);
+      // No other stage's pods match it.
+      for (const other of ofKind('Deployment').filter((candidate) => candidate !== deployment))
+        expect(other.spec?.template?.metadata.labels).not.toMatchObject(selector);
+      const budget = named('PodDisruptionBudget', stage);
+      expect(budget?.spec?.maxUnavailable).toBe(1);
+      expect(budget?.spec?.selector).toEqual({ matchLabels: selector });
+    },
+  );
+
+  test('the registrar Service should reach its REST port', () => {
+    const service = named('Service', 'registrar');
+    const container = containerOf('registrar');
+    const { httpPort } = registrarConfig(envOf('registrar'));
+    expect(service?.spec?.selector).toEqual(
+      (named('Deployment', 'registrar')?.spec?.selector as { matchLabels: unknown }).matchLabels,
+    );
+    const ports = service?.spec?.ports ?? [];
+    expect(ports.length).toBe(1);
+    expect(portNumber(container, ports[0]?.targetPort)).toBe(httpPort);
+    expect(ofKind('Service').map((candidate) => candidate.metadata.name)).toEqual(['registrar']);
+  });
+});
