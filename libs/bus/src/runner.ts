@@ -138,6 +138,8 @@ export type RunnerState = 'created' | 'starting' | 'running' | 'closing' | 'clos
 
 export interface ConsumerRunner {
   readonly state: RunnerState;
+  /** Whether start() was ever called: a runner closed before it never joined its group. */
+  readonly startedOnce: boolean;
   start(): Promise<void>;
   /**
    * Joined the group and consuming. False while its broker has answered nothing for 10 s (away, say), from a
@@ -231,6 +233,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
   });
   const drainTimeoutMs = positiveInt('drainTimeoutMs', options.drainTimeoutMs, 5_000);
   let state: RunnerState = 'created';
+  let startedOnce = false;
   let closing: Promise<void> | undefined;
 
   const consumer: Consumer = options.kafka.consumer({
@@ -348,9 +351,13 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     get state() {
       return state;
     },
+    get startedOnce() {
+      return startedOnce;
+    },
     async start() {
       if (state !== 'created') throw new UrsError('RUNNER_STATE', `cannot start a runner that is ${state}`);
       state = 'starting';
+      startedOnce = true;
       await consumer.connect();
       for (const subscription of options.subscriptions) {
         await consumer.subscribe({

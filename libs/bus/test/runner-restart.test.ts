@@ -80,4 +80,15 @@ describe('createConsumerRunner closing while it starts', () => {
     expect(consumer.state).toBe('closed');
     expect(fake.members.size).toBe(0);
   });
+
+  it('should tell a runner closed before its start (it never joined a group) from one started', async () => {
+    const never = runner(fakeKafka().kafka, async () => undefined);
+    await never.close();
+    expect(never.state).toBe('closed');
+    expect(never.startedOnce).toBe(false);
+    const once = runner(fakeKafka().kafka, async () => undefined);
+    await once.start();
+    await once.close();
+    expect(once.startedOnce).toBe(true);
+  });
 });

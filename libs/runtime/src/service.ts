@@ -14,7 +14,7 @@ import { UrsError, closeAll, isInfrastructureFault, retryThroughOutage, type Clo
 import { closeRedis, createRedis } from '@urs/store';
 import { Registry, startHealthServer, type HealthServer } from '@urs/telemetry';
 import { watchRedis } from './redis-health';
-import { publisherOnceConnected, startedUnlessStopped } from './start-waits';
+import { publisherOnceConnected, publisherPromise, startedUnlessStopped } from './start-waits';
 import { stopTimes } from './stop-times';
 
 /** What every service gets before its own parts are built. `S`: its own settings (ServiceOptions.settings). */
@@ -50,7 +50,12 @@ export interface ServiceContext<S = undefined> {
 /** What a service's setup built. Runners are started by the runtime, and closed first on stop. */
 export interface ServiceParts {
   runners?: ConsumerRunner[];
-  /** Started after the runners (e.g. a scheduler or an HTTP server); called once. */
+  /**
+   * Called once the health endpoints answer, before Kafka is waited for (ServiceOptions.waitForKafka): what
+   * must answer while Kafka is away (the registrar's REST API). Called once.
+   */
+  serve?: () => Promise<void>;
+  /** Started after the runners, so with Kafka connected (e.g. a scheduler, a sweep); called once. */
   start?: () => Promise<void>;
   /** Closed after the runners and before the shared clients, in this order. */
   closers?: Closer[];
@@ -91,10 +96,10 @@ export interface ServiceOptions<S = undefined> {
   /**
    * Whether the start waits for Kafka when it does not answer, instead of failing after KafkaJS's retries
    * (~1 min, exit 1). Then setup runs first (its `publisher`'s sends wait until Kafka answered), the health
-   * endpoints answer at once (/readyz 503 `waiting for Kafka`), `start` is called, and only then are the
+   * endpoints answer at once (/readyz 503 `waiting for Kafka`), `serve` is called, and only then are the
    * topics made and the publisher and the runners connected, tried again with capped backoff (one warning per
-   * outage) for as long as Kafka's failures may heal; a stop meanwhile exits 0. For a service whose own
-   * endpoints should answer while Kafka is away (the registrar's REST API). Default false.
+   * outage) for as long as Kafka's failures may heal; a stop meanwhile exits 0, and the placeholder
+   * publisher's sends then fail. `start` and `started` come after the runners, as without it. Default false.
    */
   waitForKafka?: boolean;
   /**
@@ -219,11 +224,12 @@ export async function startWith<S>(
     kafkaConnected = true;
     return publisher;
   };
-  let connected!: (publisher: Publisher) => void;
-  const publisherConnected = new Promise<Publisher>((resolve) => (connected = resolve));
+  const connected = publisherPromise();
+  // Rejected only when the start ends without Kafka; a send waiting on it is what sees that.
+  connected.promise.catch(() => undefined);
   try {
     throwIfStopped();
-    const publisher = waitForKafka ? publisherOnceConnected(publisherConnected) : await connectKafka();
+    const publisher = waitForKafka ? publisherOnceConnected(connected.promise) : await connectKafka();
     const context: ServiceContext<S> = {
       env,
       config,
@@ -262,21 +268,24 @@ export async function startWith<S>(
       isReady: () => notReadyReason() === undefined,
       notReadyReason,
     });
+    if (parts.serve) {
+      step('serve');
+      await parts.serve();
+    }
     if (waitForKafka) {
-      step('start');
-      await parts.start?.();
       // Until the runners start nothing is consumed: a stop (passed on to `stopping`) ends the wait at once.
-      connected(
-        await retryThroughOutage(connectKafka, {
-          what: 'reaching Kafka to start',
-          log: logger,
-          signal: stopping.signal,
-          shouldRetry: (error) => !stopping.signal.aborted && isInfrastructureFault(error),
-        }).catch((error: unknown) => {
-          throwIfStopped();
-          throw error;
-        }),
-      );
+      const reached = await retryThroughOutage(connectKafka, {
+        what: 'reaching Kafka to start',
+        log: logger,
+        signal: stopping.signal,
+        shouldRetry: (error) => !stopping.signal.aborted && isInfrastructureFault(error),
+      }).catch((error: unknown) => {
+        // Sends waiting on the placeholder (a REST write) fail rather than hang through the close.
+        connected.reject(error);
+        throwIfStopped();
+        throw error;
+      });
+      connected.resolve(reached);
       throwIfStopped();
     }
     stop?.removeEventListener('abort', passOn);
@@ -284,10 +293,8 @@ export async function startWith<S>(
       step(`start runner-${index}`);
       await runner.start();
     }
-    if (!waitForKafka) {
-      step('start');
-      await parts.start?.();
-    }
+    step('start');
+    await parts.start?.();
     if (parts.started) {
       step('started');
       if (!(await startedUnlessStopped(parts.started(), stop))) throw new ServiceStoppedError(true);

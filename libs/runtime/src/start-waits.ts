@@ -1,5 +1,19 @@
 import type { Publisher } from '@urs/bus';
 
+/** The publisher the start connects while setup's placeholder waits for it, settled from outside. */
+export interface PublisherPromise {
+  promise: Promise<Publisher>;
+  resolve(publisher: Publisher): void;
+  reject(error: unknown): void;
+}
+
+export function publisherPromise(): PublisherPromise {
+  let resolve!: (publisher: Publisher) => void;
+  let reject!: (error: unknown) => void;
+  const promise = new Promise<Publisher>((res, rej) => ((resolve = res), (reject = rej)));
+  return { promise, resolve, reject };
+}
+
 /**
  * A publisher for setup while Kafka is not reached yet (ServiceOptions.waitForKafka): its sends wait until the
  * publisher is connected. The runtime closes the connected one.

@@ -13,10 +13,12 @@ async function notReady(port: number): Promise<unknown> {
 }
 
 describe('startService with waitForKafka', () => {
-  it('should start its parts and say /readyz waits for Kafka while none answers, and give up cleanly on a stop', async () => {
+  it('should serve, start nothing that needs Kafka, say /readyz waits for it, fail waiting sends and stop cleanly', async () => {
     const [kafkaPort, metricsPort] = [await freePort(), await freePort()];
     const stop = new AbortController();
-    let partsStarted = false;
+    let served = false;
+    let started = false;
+    let send: Promise<unknown> | undefined;
     const starting = startService({
       name: 'test-service',
       env: {
@@ -26,15 +28,28 @@ describe('startService with waitForKafka', () => {
       },
       waitForKafka: true,
       stop: stop.signal,
-      setup: async () => ({ start: async () => void (partsStarted = true) }),
+      setup: async ({ publisher }) => ({
+        // What answers while Kafka is away (a REST API): its writes wait for the publisher.
+        serve: async () => {
+          served = true;
+          send = publisher.sendRaw('nowhere', []);
+          send.catch(() => undefined);
+        },
+        // After the runners, with Kafka (a scheduler, a sweep that publishes).
+        start: async () => void (started = true),
+      }),
     });
     starting.catch(() => undefined);
     const answer = await waitFor(() => notReady(metricsPort), { timeoutMs: 15_000 });
     expect(answer).toEqual({ status: 'not-ready', reason: expect.stringContaining('waiting for Kafka') });
-    expect(partsStarted).toBe(true);
+    expect(served).toBe(true);
+    expect(started).toBe(false);
     const asked = Date.now();
     stop.abort();
     await expect(starting).rejects.toMatchObject({ code: 'SERVICE_STOPPED', closedCleanly: true });
     expect(Date.now() - asked).toBeLessThan(5_000);
+    expect(started).toBe(false);
+    // The send that waited for Kafka fails with the start instead of hanging.
+    await expect(send).rejects.toBeDefined();
   });
 });

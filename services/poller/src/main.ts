@@ -16,18 +16,7 @@ void runService({
   // Kafka away at start: up and answering /readyz 503 (`waiting for Kafka`) until it answers, then reading
   // urs.tenants and polling, instead of exiting 1 after KafkaJS's retries and restarting in a loop.
   waitForKafka: true,
-  async setup({
-    settings,
-    config,
-    logger,
-    metrics,
-    redis,
-    kafka,
-    publisher,
-    kafkaConnected,
-    stopping,
-    drainTimeoutMs,
-  }) {
+  async setup({ settings, config, logger, metrics, redis, kafka, publisher, drainTimeoutMs }) {
     const prefix = config.redis.keyPrefix;
     // Unique per process even when two replicas share a pid (containers): leases and the group depend on it.
     const holderId = `${settings.instanceId}-${randomBytes(4).toString('hex')}`;
@@ -126,7 +115,7 @@ void runService({
       runners: [runner],
       // Once Kafka answered and the consumer of urs.tenants started: where the topic ends now is what the
       // table must read before the scheduler polls (what was read before counts, see expectEnd).
-      async started() {
+      async start() {
         // Right after the topic was created its leaders may not answer yet (KRaft): retried while it settles.
         const offsets = await topicOffsets(kafka, config.topics.tenants, { logger });
         table.expectEnd(
@@ -136,8 +125,6 @@ void runService({
               .map((o) => [o.partition, BigInt(o.high) - 1n]),
           ),
         );
-        // A stop while the offsets were read: nothing to poll for, the scheduler's close may have run.
-        if (stopping.aborted) return;
         scheduler.start();
         catchUpTimer = setTimeout(() => {
           const behind = table.stopWaiting();
@@ -161,8 +148,8 @@ void runService({
           // The group is this process's alone; leaving it behind would only clutter the cluster.
           name: 'tenants-group',
           close: async () => {
-            // Stopped while waiting for Kafka: no group was joined, and no broker would answer the admin.
-            if (!kafkaConnected()) return;
+            // Never started (stopped while waiting for Kafka): no group was joined, and no broker may answer.
+            if (!runner.startedOnce) return;
             const groupAdmin = kafka.admin();
             await groupAdmin.connect();
             try {

@@ -128,7 +128,8 @@ void runService({
             throw error;
           }),
         ]),
-      async start() {
+      // The REST API answers while Kafka is away (503 NOT_READY until the first rebuild).
+      async serve() {
         api = await startApiServer({
           port: settings.httpPort,
           routes: [

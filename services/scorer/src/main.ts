@@ -17,17 +17,7 @@ void runService({
   // Kafka away at start: up and answering /readyz 503 (`waiting for Kafka`) until it answers, then consuming,
   // instead of exiting 1 after KafkaJS's retries and restarting in a loop behind the orchestrator's backoff.
   waitForKafka: true,
-  async setup({
-    settings: own,
-    config,
-    logger,
-    metrics,
-    redis,
-    kafka,
-    publisher,
-    kafkaConnected,
-    drainTimeoutMs,
-  }) {
+  async setup({ settings: own, config, logger, metrics, redis, kafka, publisher, drainTimeoutMs }) {
     const prefix = config.redis.keyPrefix;
     const profiles = createProfileCache({ tenants: createTenantStore(redis, prefix), logger });
     metrics.gauge('urs_scorer_profiles', 'Tenant profiles held in memory.', () => profiles.size());
@@ -91,8 +81,8 @@ void runService({
           // The profiles group is this process's alone (it reads urs.tenants whole); leaving it would clutter the cluster.
           name: 'profiles-group',
           close: async () => {
-            // Stopped while waiting for Kafka: no group was joined, and no broker would answer the admin.
-            if (!kafkaConnected()) return;
+            // Never started (stopped while waiting for Kafka): no group was joined, and no broker may answer.
+            if (!profileRunner.startedOnce) return;
             const admin = kafka.admin();
             await admin.connect();
             try {
