@@ -9,6 +9,8 @@ import {
 // The process harness of the poller's and the registrar's end-to-end suites.
 import {
   freePort,
+  health,
+  notReady,
   secretKey,
   spawnService,
   type ServiceProcess,
@@ -16,16 +18,6 @@ import {
 import { buildServices } from '../../services/poller/test/support/stack';
 
 type Stage = 'poller' | 'vuln-fetcher' | 'scorer' | 'publisher';
-
-/** GET `path` of the health port: its status and JSON body, or undefined while nothing listens. */
-async function health(port: number, path: string): Promise<{ status: number; body: unknown } | undefined> {
-  try {
-    const response = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(2_000) });
-    return { status: response.status, body: await response.json() };
-  } catch {
-    return undefined;
-  }
-}
 
 // The stages after the registrar, started while their broker is down (an outage at 3 a.m., a broker restarting with the
 // pods): before, each exited 1 after KafkaJS's retries (~1 min) and was restarted in a loop.
@@ -49,18 +41,6 @@ describe('poller, vuln-fetcher, scorer, publisher: Kafka away at start', () => {
     });
     started.push(process);
     return { stage: process, port };
-  }
-
-  /** /readyz once it answers 503, asserting the process still runs. */
-  function notReady(stage: ServiceProcess, port: number) {
-    return waitFor(
-      async () => {
-        if (stage.process.exitCode !== null) throw new Error(stage.lines.join('\n'));
-        const answer = await health(port, '/readyz');
-        return answer?.status === 503 ? answer : undefined;
-      },
-      { timeoutMs: 30_000, description: `${stage.name} /readyz answering 503` },
-    );
   }
 
   beforeAll(async () => {

@@ -11,6 +11,8 @@ import {
 import {
   api,
   freePort,
+  health,
+  notReady,
   secretKey,
   spawnService,
   type ServiceProcess,
@@ -18,16 +20,6 @@ import {
 import { buildServices } from '../../poller/test/support/stack';
 
 const TOKEN = 'token-of-the-kafka-away-test';
-
-/** GET `path` of the health port: its status and JSON body, or undefined while nothing listens. */
-async function health(port: number, path: string): Promise<{ status: number; body: unknown } | undefined> {
-  try {
-    const response = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(2_000) });
-    return { status: response.status, body: await response.json() };
-  } catch {
-    return undefined;
-  }
-}
 
 const registration = () => ({
   enabled: true,
@@ -60,18 +52,6 @@ describe('registrar: Kafka away at start', () => {
     });
     started.push(registrar);
     return { registrar, metricsPort, rest: `http://127.0.0.1:${httpPort}` };
-  }
-
-  /** /readyz once it answers 503, asserting the process is still running. */
-  async function notReady(registrar: ServiceProcess, metricsPort: number) {
-    return waitFor(
-      async () => {
-        if (registrar.process.exitCode !== null) throw new Error(registrar.lines.join('\n'));
-        const answer = await health(metricsPort, '/readyz');
-        return answer?.status === 503 ? answer : undefined;
-      },
-      { timeoutMs: 30_000, description: '/readyz answering 503' },
-    );
   }
 
   beforeAll(async () => {

@@ -91,3 +91,28 @@ export async function api(
   const text = await response.text();
   return { status: response.status, body: text.length > 0 ? JSON.parse(text) : undefined, text };
 }
+
+/** GET `path` of a service's health port: its status and JSON body, or undefined while nothing listens. */
+export async function health(
+  port: number,
+  path: string,
+): Promise<{ status: number; body: unknown } | undefined> {
+  try {
+    const response = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(2_000) });
+    return { status: response.status, body: await response.json() };
+  } catch {
+    return undefined;
+  }
+}
+
+/** /readyz once it answers 503 (within 30 s), failing with the service's output if it exits meanwhile. */
+export function notReady(service: ServiceProcess, port: number): Promise<{ status: number; body: unknown }> {
+  return waitFor(
+    async () => {
+      if (service.process.exitCode !== null) throw new Error(service.lines.join('\n'));
+      const answer = await health(port, '/readyz');
+      return answer?.status === 503 ? answer : undefined;
+    },
+    { timeoutMs: 30_000, description: `${service.name} /readyz answering 503` },
+  );
+}
