@@ -18,6 +18,7 @@ export {
   DEFAULT_RUNNER_RESTART,
 } from './runner';
 export { crashHeals } from './crash';
+export { deleteOwnGroup } from './groups';
 export type {
   ConsumerRunner,
   ConsumerRunnerOptions,

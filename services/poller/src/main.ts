@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { createConsumerRunner, topicOffsets } from '@urs/bus';
+import { createConsumerRunner, deleteOwnGroup, topicOffsets } from '@urs/bus';
 import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { checkSecretKey, createReplicaKeyCheck, createSecretSealer } from '@urs/secrets';
@@ -147,17 +147,7 @@ void runService({
         {
           // The group is this process's alone; leaving it behind would only clutter the cluster.
           name: 'tenants-group',
-          close: async () => {
-            // Never started (stopped while waiting for Kafka): no group was joined, and no broker may answer.
-            if (!runner.startedOnce) return;
-            const groupAdmin = kafka.admin();
-            await groupAdmin.connect();
-            try {
-              await groupAdmin.deleteGroups([groupId]);
-            } finally {
-              await groupAdmin.disconnect();
-            }
-          },
+          close: () => deleteOwnGroup(kafka, groupId, runner),
         },
         { name: 'defender-clients', close: async () => defender.close() },
         { name: 'limiter', close: () => limiter.close() },

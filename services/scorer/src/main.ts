@@ -1,4 +1,4 @@
-import { createConsumerRunner } from '@urs/bus';
+import { createConsumerRunner, deleteOwnGroup } from '@urs/bus';
 import { runService } from '@urs/runtime';
 import { scoreStoreFor, createTenantStore } from '@urs/store';
 import { scorerConfig } from './config';
@@ -80,17 +80,7 @@ void runService({
         {
           // The profiles group is this process's alone (it reads urs.tenants whole); leaving it would clutter the cluster.
           name: 'profiles-group',
-          close: async () => {
-            // Never started (stopped while waiting for Kafka): no group was joined, and no broker may answer.
-            if (!profileRunner.startedOnce) return;
-            const admin = kafka.admin();
-            await admin.connect();
-            try {
-              await admin.deleteGroups([own.profilesGroupId]);
-            } finally {
-              await admin.disconnect();
-            }
-          },
+          close: () => deleteOwnGroup(kafka, own.profilesGroupId, profileRunner),
         },
       ],
     };
