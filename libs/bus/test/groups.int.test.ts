@@ -48,6 +48,8 @@ describe('deleteOwnGroup', () => {
     const groupId = uniqueId('own-group');
     const runner = runnerOf(kafka, groupId);
     await runner.start();
+    // run() returns before the join: the group exists once the runner joined it.
+    await waitFor(() => runner.isReady(), { timeoutMs: 30_000, description: 'the runner joining its group' });
     await runner.close();
     expect(await groupIds()).toContain(groupId);
     await deleteOwnGroup(kafka, groupId, runner);
