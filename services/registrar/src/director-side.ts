@@ -33,7 +33,7 @@ export interface DirectorSide {
   /**
    * Resolves once Redis holds the tenants of `urs.tenants` (`rebuilder.ensure`) and, the first time, once
    * URS_SECRET_KEY opened the stored secrets (checkSecretKey): rejects with its ConfigError when it does
-   * not. What start() awaits before the REST port opens, and every route and push before it writes.
+   * not. What the first rebuild at start awaits (the watch), and every route and push before it writes.
    */
   ready: () => Promise<void>;
   /**
@@ -72,8 +72,8 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
 
   // The check at setup reads Redis as it is: after a wipe it has nothing to try until the rebuild refilled
   // Redis, and a registrar with the wrong key would seal new secrets no poller or vuln-fetcher can open. So
-  // the key is checked (again) once the first rebuild finished, before anything is sealed: by start(), and
-  // by a push the consumer, started before start(), handles meanwhile. Once: the key does not change.
+  // the key is checked (again) once the first rebuild finished, before anything is sealed: by the start's
+  // first rebuild, and by a push the consumer handles meanwhile. Once: the key does not change.
   let keyChecked: Promise<void> | undefined;
   let rebuilt = false;
   async function ready(): Promise<void> {
@@ -95,7 +95,7 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
     state,
     publisher,
     dlqTopic: topics.dlq,
-    // A refused key stops the registrar (start() fails on it): the push waiting for it is held for the
+    // A refused key stops the registrar (its start fails on it): the push waiting for it is held for the
     // next registrar, never dead-lettered for it.
     ensureRebuilt: () =>
       ready().catch((error: unknown) => {
