@@ -2,7 +2,10 @@ import type { Logger } from '@urs/logging';
 import { sleep } from '@urs/resilience';
 
 /** Whether every one of `running` (as it is when called) settled within timeoutMs. */
-async function settledWithin(running: Iterable<Promise<unknown>>, timeoutMs: number): Promise<boolean> {
+export async function settledWithin(
+  running: Iterable<Promise<unknown>>,
+  timeoutMs: number,
+): Promise<boolean> {
   const timeout = new AbortController();
   const all = Promise.allSettled([...running]).then(() => true);
   const timer = sleep(timeoutMs, timeout.signal).then(() => false);

@@ -1,5 +1,6 @@
 import type { Kafka } from 'kafkajs';
 import { UrsError } from '@urs/resilience';
+import { settledWithin } from './drain';
 import type { ConsumerRunner } from './runner';
 
 /**
@@ -21,21 +22,12 @@ export async function deleteOwnGroup(
     await admin.connect();
     await admin.deleteGroups([groupId]);
   })();
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () =>
-        reject(
-          new UrsError('GROUP_NOT_DELETED', `consumer group ${groupId} not deleted within ${withinMs} ms`),
-        ),
-      withinMs,
-    );
-  });
-  deleting.catch(() => undefined);
   try {
-    await Promise.race([deleting, late]);
+    if (!(await settledWithin([deleting], withinMs))) {
+      throw new UrsError('GROUP_NOT_DELETED', `consumer group ${groupId} not deleted within ${withinMs} ms`);
+    }
+    await deleting;
   } finally {
-    clearTimeout(timer);
     await admin.disconnect().catch(() => undefined);
   }
 }

@@ -1,6 +1,7 @@
 import type { Logger } from '@urs/logging';
 import { errorMessage, retryDelayMs, retryPolicy, type RetryPolicy } from '@urs/resilience';
 import { crashHeals } from './crash';
+import { settledWithin } from './drain';
 import { BusError } from './publisher';
 
 export const DEFAULT_RUNNER_RESTART: RetryPolicy = retryPolicy({
@@ -147,17 +148,6 @@ export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKe
     });
   }
 
-  /** Whether `run` settled within withinMs. */
-  async function settledWithin(run: Promise<void>, withinMs: number): Promise<boolean> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), withinMs)));
-    try {
-      return await Promise.race([run.then(() => true as const), timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
   return {
     joined() {
       joined = true;
@@ -180,7 +170,7 @@ export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKe
     async stop(withinMs) {
       stopped = true;
       clearTimeout(down?.timer);
-      return inFlight ? settledWithin(inFlight, withinMs) : true;
+      return inFlight ? settledWithin([inFlight], withinMs) : true;
     },
     track,
     async joining() {
