@@ -5,5 +5,5 @@ export { DEFAULT_RETRY_POLICY, RetryPolicyError, retryPolicy, retryDelayMs, with
 export type { RetryPolicy, RetryOptions } from './retry';
 export { untilShutdownSignal, closeAll, keepRenewing } from './lifecycle';
 export type { Closer } from './lifecycle';
-export { OUTAGE_RETRY, retryThroughOutage } from './outage';
+export { OUTAGE_RETRY, retryThroughOutage, unlessAborted } from './outage';
 export type { OutageLog, OutageRetryOptions } from './outage';

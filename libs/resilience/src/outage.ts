@@ -30,7 +30,7 @@ export const OUTAGE_RETRY: RetryPolicy = retryPolicy({
 });
 
 /** Resolves with `promise`, or rejects once `signal` aborts; a later rejection of `promise` is ignored. */
-function unlessAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+export function unlessAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
   promise.catch(() => undefined);
   return new Promise<T>((resolve, reject) => {
     const abort = (): void => reject(signal.reason ?? new Error('aborted'));

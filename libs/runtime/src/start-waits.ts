@@ -1,4 +1,5 @@
 import type { Publisher } from '@urs/bus';
+import { unlessAborted } from '@urs/resilience';
 
 /** The publisher the start connects while setup's placeholder waits for it, settled from outside. */
 export interface PublisherPromise {
@@ -38,17 +39,10 @@ export async function startedUnlessStopped(
     await started;
     return true;
   }
-  started.catch(() => undefined);
-  let onStop: (() => void) | undefined;
-  const stopped = new Promise<void>((resolve) => {
-    onStop = resolve;
-    if (stop.aborted) resolve();
-    else stop.addEventListener('abort', onStop, { once: true });
-  });
   try {
-    await Promise.race([started, stopped]);
-  } finally {
-    if (onStop) stop.removeEventListener('abort', onStop);
+    await unlessAborted(started, stop);
+  } catch (error) {
+    if (!stop.aborted) throw error;
   }
   return !stop.aborted;
 }
