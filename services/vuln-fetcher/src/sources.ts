@@ -125,8 +125,8 @@ interface KeptSource {
 }
 
 /**
- * One Defender client per tenant (createTenantClientCache), kept while the tenant's record revision is the same, so its token is
- * reused across the batches of a cycle and across cycles. The secret is opened here and lives only in
+ * One Defender client per tenant (createTenantClientCache), kept while the tenant's record revision is the
+ * same, so its token is reused across the batches of a cycle and across cycles. The secret is opened here and lives only in
  * the client's memory. A client no batch asked for within `idleMs` (an hour, about a token's life) is let
  * go of, with its secret: a deleted or disabled tenant's secret does not stay in memory until a restart.
  */
