@@ -47,6 +47,7 @@ interface Container {
   env?: EnvVar[];
   livenessProbe?: Probe;
   readinessProbe?: Probe;
+  lifecycle?: { preStop?: { exec?: { command: string[] } } };
   resources?: { requests?: Record<string, string>; limits?: Record<string, string> };
   securityContext?: {
     readOnlyRootFilesystem?: boolean;
@@ -296,12 +297,16 @@ describe('deploy/k8s', () => {
       expect(metricsPort).toBeGreaterThan(0);
       const liveness = container.livenessProbe?.httpGet;
       const readiness = container.readinessProbe?.httpGet;
-      expect([liveness?.path, readiness?.path]).toEqual(['/healthz', '/readyz']);
-      for (const probe of [liveness, readiness]) {
-        // The runtime's health server answers the path.
-        expect(code).toContain(`path === '${probe?.path}'`);
-        expect(portNumber(container, probe?.port)).toBe(metricsPort);
-      }
+      // The registrar's Service routes to replicas whose REST API answers: its part's readiness.
+      const readinessPath = stage === 'registrar' ? '/readyz/api' : '/readyz';
+      expect([liveness?.path, readiness?.path]).toEqual(['/healthz', readinessPath]);
+      // The runtime's health server answers the paths, the registrar declaring its `api` part.
+      expect(code).toContain(`path === '/healthz'`);
+      if (stage === 'registrar') {
+        expect(code).toContain(`PART_READYZ = '/readyz/'`);
+        expect(sourcesOf('services/registrar').join('\n')).toMatch(/partReadiness: \{ api: /);
+      } else expect(code).toContain(`path === '/readyz'`);
+      for (const probe of [liveness, readiness]) expect(portNumber(container, probe?.port)).toBe(metricsPort);
       const annotations = named('Deployment', stage)?.spec?.template?.metadata.annotations;
       expect(annotations).toMatchObject({ 'prometheus.io/scrape': 'true', 'prometheus.io/path': '/metrics' });
       expect(code).toContain(`path === '/metrics'`);
@@ -309,12 +314,20 @@ describe('deploy/k8s', () => {
     },
   );
 
-  test.each(stages)('%s should be given longer to stop than its own graceful stop takes', (stage) => {
-    const { shutdownTimeoutMs } = serviceConfig(envOf(stage), stage);
-    const grace = named('Deployment', stage)?.spec?.template?.spec.terminationGracePeriodSeconds;
-    expect(grace).toBeDefined();
-    expect((grace ?? 0) * 1000).toBeGreaterThan(shutdownTimeoutMs);
-  });
+  test.each(stages)(
+    '%s should be given longer to stop than its preStop wait and graceful stop take',
+    (stage) => {
+      const { shutdownTimeoutMs } = serviceConfig(envOf(stage), stage);
+      const grace = named('Deployment', stage)?.spec?.template?.spec.terminationGracePeriodSeconds;
+      const preStop = containerOf(stage).lifecycle?.preStop?.exec?.command;
+      // Only the registrar serves requests through a Service: it waits for the proxies to drop it (5 s).
+      expect(preStop).toEqual(
+        stage === 'registrar' ? ['node', '-e', 'setTimeout(() => {}, 5000)'] : undefined,
+      );
+      expect(grace).toBeDefined();
+      expect((grace ?? 0) * 1000).toBeGreaterThan(shutdownTimeoutMs + (preStop ? 5_000 : 0));
+    },
+  );
 
   test.each(stages)(
     '%s should ask for the memory it was measured to need, with headroom to its limit',

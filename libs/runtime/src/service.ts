@@ -64,6 +64,12 @@ export interface ServiceParts {
   /** Why `isReady` says false, for /readyz's answer (see HealthServerOptions.notReadyReason). */
   notReadyReason?: () => string | undefined;
   /**
+   * Readiness of a part of the service that answers on its own, at `/readyz/<name>`: why the part is not
+   * ready (undefined: ready). It is not ready either while the service stops, before Kafka answered once, or
+   * while Redis does not answer; the runners' state does not count (see HealthServerOptions.parts).
+   */
+  partReadiness?: Readonly<Record<string, () => string | undefined>>;
+  /**
    * Resolves once the service has done what it must before it counts as started (the registrar's first
    * rebuild of Redis from Kafka), awaited after `start`; its rejection fails the start (exit 1). A stop
    * meanwhile gives the start up, as during setup. Default: started once `start` returned.
@@ -251,11 +257,16 @@ export async function startWith<S>(
     // Waiting for Kafka, the stop is passed on until the wait is over (below).
     if (!waitForKafka) stop?.removeEventListener('abort', passOn);
     const runners = parts.runners ?? [];
-    const notReadyReason = (): string | undefined => {
+    const sharedNotReadyReason = (): string | undefined => {
       if (stopping.signal.aborted) return 'stopping';
       if (!kafkaConnected) return 'waiting for Kafka (KAFKA_BROKERS) to answer';
       // Redis too: its commands wait while it is away, so a replica without it would hold its partitions idle.
       if (!redisWatch.isUp()) return 'Redis (REDIS_URL) does not answer';
+      return undefined;
+    };
+    const notReadyReason = (): string | undefined => {
+      const shared = sharedNotReadyReason();
+      if (shared !== undefined) return shared;
       if (!runners.every((runner) => runner.isReady()))
         return 'a consumer has not joined its group, lost its broker, or holds messages on a fault';
       if (!(parts.isReady?.() ?? true)) return parts.notReadyReason?.() ?? 'starting';
@@ -267,6 +278,12 @@ export async function startWith<S>(
       registry: metrics,
       isReady: () => notReadyReason() === undefined,
       notReadyReason,
+      parts: Object.fromEntries(
+        Object.entries(parts.partReadiness ?? {}).map(([name, reason]) => [
+          name,
+          () => sharedNotReadyReason() ?? reason(),
+        ]),
+      ),
     });
     if (parts.serve) {
       step('serve');

@@ -1,4 +1,4 @@
-import { createServer, type Server } from 'node:http';
+import { createServer, type Server, type ServerResponse } from 'node:http';
 import { listenHttp } from './listen';
 import type { Registry } from './metrics';
 
@@ -15,6 +15,13 @@ export interface HealthServerOptions {
    * /readyz's 503. Asked only when `isReady` says false. Default: none given.
    */
   notReadyReason?: () => string | undefined;
+  /**
+   * Narrower readiness answered at `/readyz/<name>`, each a function giving why that part is not ready
+   * (undefined: ready): what a load balancer in front of one part of the service asks, where the whole
+   * service's readiness would take the part out of rotation while it can still answer (the registrar's REST
+   * API while a consumer waits for Kafka). Default: none; other paths answer 404.
+   */
+  parts?: Readonly<Record<string, () => string | undefined>>;
 }
 
 export interface HealthServer {
@@ -23,8 +30,9 @@ export interface HealthServer {
 }
 
 /**
- * `/healthz` (the process answers), `/readyz` (ready for work: 200 or 503), `/metrics` (Prometheus), where
- * `urs_ready` says what `/readyz` would: an alert can then watch readiness where only metrics are scraped.
+ * `/healthz` (the process answers), `/readyz` (ready for work: 200 or 503), `/readyz/<part>` (see
+ * `parts`), `/metrics` (Prometheus), where `urs_ready` says what `/readyz` would: an alert can then watch
+ * readiness where only metrics are scraped.
  */
 export async function startHealthServer(options: HealthServerOptions): Promise<HealthServer> {
   options.registry.gauge(
@@ -32,18 +40,20 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
     'Whether the service is ready for work (1) or not (0), as /readyz answers.',
     () => (options.isReady() ? 1 : 0),
   );
+  const parts = new Map(Object.entries(options.parts ?? {}));
   const server: Server = createServer((request, response) => {
-    const path = (request.url ?? '/').split('?')[0];
+    const path = (request.url ?? '/').split('?')[0] ?? '/';
+    const part = path.startsWith(PART_READYZ) ? parts.get(path.slice(PART_READYZ.length)) : undefined;
     if (request.method !== 'GET') {
       response.writeHead(405, { allow: 'GET' }).end();
     } else if (path === '/healthz') {
       response.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
     } else if (path === '/readyz') {
       const ready = options.isReady();
-      const reason = ready ? undefined : options.notReadyReason?.();
-      response
-        .writeHead(ready ? 200 : 503, { 'content-type': 'application/json' })
-        .end(JSON.stringify({ status: ready ? 'ready' : 'not-ready', ...(reason ? { reason } : {}) }));
+      readiness(response, ready, ready ? undefined : options.notReadyReason?.());
+    } else if (part) {
+      const reason = part();
+      readiness(response, reason === undefined, reason);
     } else if (path === '/metrics') {
       response.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(options.registry.expose());
     } else {
@@ -53,4 +63,12 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
   server.keepAliveTimeout = 5_000;
   // A probe or a scrape cut short by a stop does no harm: every connection ends at once.
   return listenHttp(server, { port: options.port, host: options.host, closeConnections: 'all' });
+}
+
+const PART_READYZ = '/readyz/';
+
+function readiness(response: ServerResponse, ready: boolean, reason: string | undefined): void {
+  response
+    .writeHead(ready ? 200 : 503, { 'content-type': 'application/json' })
+    .end(JSON.stringify({ status: ready ? 'ready' : 'not-ready', ...(reason ? { reason } : {}) }));
 }

@@ -47,4 +47,35 @@ describe('startHealthServer', () => {
       await server.close();
     }
   });
+
+  it('should answer /readyz/<part> by that part alone, with its reason, and 404 for parts it does not have', async () => {
+    let apiReason: string | undefined = 'waiting for the first rebuild';
+    const registry = new Registry({ processMetrics: false });
+    const server = await startHealthServer({
+      port: 0,
+      host: '127.0.0.1',
+      registry,
+      isReady: () => false,
+      notReadyReason: () => 'a consumer has not joined its group',
+      parts: { api: () => apiReason },
+    });
+    try {
+      const base = `http://127.0.0.1:${server.port}`;
+      const waiting = await fetch(`${base}/readyz/api`);
+      expect(waiting.status).toBe(503);
+      expect(await waiting.json()).toEqual({ status: 'not-ready', reason: 'waiting for the first rebuild' });
+      apiReason = undefined;
+      const ready = await fetch(`${base}/readyz/api`);
+      expect(ready.status).toBe(200);
+      expect(await ready.json()).toEqual({ status: 'ready' });
+      // The whole service is still not ready: the part answers for itself only.
+      expect((await fetch(`${base}/readyz`)).status).toBe(503);
+      expect(await (await fetch(`${base}/metrics`)).text()).toMatch(/^urs_ready 0$/m);
+      for (const other of ['/readyz/', '/readyz/other', '/readyz/api/x', '/readyz/toString']) {
+        expect([other, (await fetch(`${base}${other}`)).status]).toEqual([other, 404]);
+      }
+    } finally {
+      await server.close();
+    }
+  });
 });

@@ -105,16 +105,24 @@ void runService({
     // The first rebuild reads urs.tenants with clients of its own, so it may be done before the publisher is
     // connected: a write waits for both, or it would be held until Kafka answered the publisher.
     const ensureRebuilt = rebuiltGate(() => isRebuilt() && context.kafkaConnected(), ready);
+    // Ready once the REST port listens and Redis was rebuilt from urs.tenants (and the key checked against
+    // it). Without this, a client waiting on /readyz could call the API and be refused, or be answered 503
+    // until the rebuild.
+    const apiNotReadyReason = (): string | undefined => {
+      if (api === undefined) return 'starting: the REST port is not open yet';
+      if (!isRebuilt())
+        return 'waiting for Kafka: the tenants are not rebuilt into Redis from urs.tenants yet';
+      return undefined;
+    };
     return {
       runners: [runner],
-      // Ready once the REST port listens and Redis was rebuilt from urs.tenants (and the key checked against
-      // it): the runtime answers /readyz as soon as the Director consumer joined. Without this, a client
-      // waiting on /readyz could call the API and be refused, or be answered 503 until the rebuild.
-      isReady: () => api !== undefined && isRebuilt(),
-      notReadyReason: () =>
-        api === undefined
-          ? 'starting: the REST port is not open yet'
-          : 'waiting for Kafka: the tenants are not rebuilt into Redis from urs.tenants yet',
+      // /readyz: the API, and the Director consumer joined (the runtime's part).
+      isReady: () => apiNotReadyReason() === undefined,
+      notReadyReason: apiNotReadyReason,
+      // /readyz/api: the API alone, for the Service in front of it. Once the tenants were rebuilt it answers
+      // from Redis whatever Kafka does later (a write Kafka cannot take is answered 503), so a consumer
+      // waiting for the broker must not take it out of rotation: its clients would get connection errors.
+      partReadiness: { api: apiNotReadyReason },
       // A rebuild that failed for good (its consumer stopped by Kafka for what waiting does not mend, see
       // crashHeals; an outage only fails it retryably) leaves a registrar that can no longer
       // refill a wiped Redis: it stops to be started again, like a runner that stopped consuming.

@@ -80,6 +80,10 @@ describe('registrar: Kafka away at start', () => {
     const waiting = await notReady(registrar, metricsPort);
     expect(waiting.body).toEqual({ status: 'not-ready', reason: expect.stringMatching(/Kafka/) });
     expect((await health(metricsPort, '/healthz'))?.status).toBe(200);
+    expect(await health(metricsPort, '/readyz/api')).toEqual({
+      status: 503,
+      body: { status: 'not-ready', reason: expect.stringMatching(/Kafka/) },
+    });
 
     // The REST port opens while Kafka is away; a write is answered at once, not held until Kafka answers.
     const write = await waitFor(
@@ -110,8 +114,19 @@ describe('registrar: Kafka away at start', () => {
     expect(created.status).toBe(201);
     expect(created.text).not.toContain(secret.clientSecret);
     expect((await api(rest, TOKEN, 'GET', '/v1/tenants/away-1/defender')).body.tenantId).toBe('away-1');
+    expect((await health(metricsPort, '/readyz/api'))?.status).toBe(200);
+
+    // Kafka away again, once the tenants were rebuilt: the registrar is not ready (its consumer lost the
+    // broker), but its API still answers from Redis, so /readyz/api keeps it in its Service.
+    await broker.stop();
+    await notReady(registrar, metricsPort);
+    expect(await health(metricsPort, '/readyz/api')).toEqual({ status: 200, body: { status: 'ready' } });
+    const whileAway = await api(rest, TOKEN, 'GET', '/v1/tenants/away-1/defender');
+    expect([whileAway.status, whileAway.body.tenantId]).toEqual([200, 'away-1']);
+    await broker.start();
+
     expect(registrar.lines.join('\n')).not.toContain(secret.clientSecret);
     await registrar.stop();
     expect(registrar.process.exitCode).toBe(0);
-  }, 240_000);
+  }, 300_000);
 });
