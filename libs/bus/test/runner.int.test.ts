@@ -112,7 +112,7 @@ describe('createConsumerRunner', () => {
       ['b', 'MESSAGE_NOT_JSON', '1'],
       ['c', 'CONTRACT_INVALID', '2'],
     ]);
-    expect(letters[1]?.error.message).toContain('revision must be >= 1');
+    expect(letters[1]?.error.message).toContain('revision must be at least 1');
     expect(letters[0]?.sourceTopic).toBe(topic);
   });
 

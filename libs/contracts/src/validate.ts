@@ -44,7 +44,8 @@ export class ContractError extends UrsError {
 }
 
 function createAjv(allErrors: boolean): Ajv {
-  const instance = new Ajv({ allErrors, strict: false });
+  // `verbose` gives each error its schema's other bounds: a value under `minimum` is told the whole range.
+  const instance = new Ajv({ allErrors, strict: false, verbose: true });
   addFormats(instance, ['date-time']);
   for (const schema of ALL_SCHEMAS) instance.addSchema(schema);
   return instance;
@@ -128,6 +129,11 @@ export function ruleOf(error: ErrorObject): string {
       return `must be at most ${String(params.limit)} characters long`;
     case 'minItems':
       return `must have at least ${String(params.limit)} entries`;
+    case 'minimum':
+    case 'maximum':
+    case 'exclusiveMinimum':
+    case 'exclusiveMaximum':
+      return boundOf(error);
     case 'maxItems':
       return `must have at most ${String(params.limit)} entries`;
     case 'format':
@@ -136,6 +142,30 @@ export function ruleOf(error: ErrorObject): string {
         : `must be a ${String(params.format)}`;
     default:
       return error.message ?? 'is invalid';
+  }
+}
+
+/**
+ * The bounds of a number in words: the whole range when the schema gives both ends (`must be a whole number
+ * from 10 to 1440`, whichever end was passed), else the one end that was.
+ */
+function boundOf(error: ErrorObject): string {
+  const limit = String((error.params as { limit?: unknown }).limit);
+  const schema = (error.parentSchema ?? {}) as { type?: unknown; minimum?: unknown; maximum?: unknown };
+  const inclusive = error.keyword === 'minimum' || error.keyword === 'maximum';
+  if (inclusive && typeof schema.minimum === 'number' && typeof schema.maximum === 'number') {
+    const kind = schema.type === 'integer' ? 'a whole number' : 'a number';
+    return `must be ${kind} from ${schema.minimum} to ${schema.maximum}`;
+  }
+  switch (error.keyword) {
+    case 'minimum':
+      return `must be at least ${limit}`;
+    case 'maximum':
+      return `must be at most ${limit}`;
+    case 'exclusiveMinimum':
+      return `must be more than ${limit}`;
+    default:
+      return `must be less than ${limit}`;
   }
 }
 

@@ -1,5 +1,6 @@
 import {
   ALL_SCHEMAS,
+  CLIENT_SECRET_RULE,
   PATTERN_RULES,
   TENANT_ID_RULE,
   checkMessage,
@@ -30,7 +31,7 @@ describe('validateMessage', () => {
   it('should name the field and the rule for a poll interval out of range', () => {
     const bad = { ...registration, defender: { ...registration.defender, pollIntervalMinutes: 5 } };
     expect(() => validateMessage('urs/tenant-registration', bad)).toThrow(
-      'urs/tenant-registration: defender.pollIntervalMinutes must be >= 10',
+      'urs/tenant-registration: defender.pollIntervalMinutes must be a whole number from 10 to 1440',
     );
   });
 
@@ -114,10 +115,67 @@ describe('checkMessage rules', () => {
       defender({ clientSecret: 'x'.repeat(1025) }),
       [{ field: 'defender.clientSecret', rule: 'must be at most 1024 characters long' }],
     ],
+    ...[
+      ['spaces only', '   '],
+      ['a trailing line break', 'abc8Q~secret\n'],
+      ['a leading space', ' abc8Q~secret'],
+      ['a trailing no-break space', 'abc8Q~secret\u00a0'],
+      ['a NUL', 'a\u0000b'],
+      ['a DEL', 'a\u007fb'],
+      ['a tab inside', 'abc\tdef'],
+      ['an unpaired high surrogate', 'abc8Q~secret\ud800'],
+      ['an unpaired low surrogate', '\udc00abc8Q~secret'],
+    ].map(([kind, clientSecret]) => [
+      `a secret with ${kind}`,
+      defender({ clientSecret }),
+      [{ field: 'defender.clientSecret', rule: CLIENT_SECRET_RULE }],
+    ]),
+    [
+      'a poll interval below its range',
+      defender({ pollIntervalMinutes: 9 }),
+      [{ field: 'defender.pollIntervalMinutes', rule: 'must be a whole number from 10 to 1440' }],
+    ],
+    [
+      'a poll interval above its range',
+      defender({ pollIntervalMinutes: 1441 }),
+      [{ field: 'defender.pollIntervalMinutes', rule: 'must be a whole number from 10 to 1440' }],
+    ],
     ['an entry that is no object', 'acme', [{ field: '(message)', rule: 'must be an object' }]],
     ['a flag', defender({ enabled: 'yes' }), [{ field: 'defender.enabled', rule: 'must be true or false' }]],
   ])('should word the rule of %s, not the schema', (_case, value, violations) => {
     expect(checkMessage('urs/tenant-registration', value)).toEqual(violations);
+  });
+
+  it.each([
+    ['inner spaces', 'abc 8Q~secret value'],
+    ['letters beyond ASCII', 'Geheimnis~Schlüssel.ÆØÅ_秘密'],
+    ['a character beyond the BMP (a surrogate pair)', 'abc8Q~secret😀'],
+    ['a single character', 's'],
+  ])('should accept a secret with %s', (_case, clientSecret) => {
+    expect(checkMessage('urs/tenant-registration', defender({ clientSecret }))).toEqual([]);
+  });
+
+  it('should word a minimum alone and a range of numbers', () => {
+    expect(checkMessage('urs/registration-push', { ...push, generation: -1 })).toEqual([
+      { field: 'generation', rule: 'must be at least 0' },
+    ]);
+    expect(() => validateMessage('urs/registration-push', { ...push, generation: -1 })).toThrow(
+      'urs/registration-push: generation must be at least 0',
+    );
+    const batch = {
+      schemaVersion: 1,
+      tenantId: 'acme',
+      cycleId: 'c1',
+      cycleStartedAt: new Date().toISOString(),
+      batchIndex: 0,
+      lastBatch: false,
+      vulnerabilityMode: 'per-device',
+      cvssThreshold: 10.5,
+      devices: [],
+    };
+    expect(checkMessage('urs/device-batch', batch)).toEqual([
+      { field: 'cvssThreshold', rule: 'must be a number from 0 to 10' },
+    ]);
   });
 
   it('should word a push of another schema version and a tenant list of the wrong kind', () => {

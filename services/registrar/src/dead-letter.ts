@@ -14,7 +14,11 @@ interface FieldSchema {
   pattern?: string;
 }
 
-/** A tenant entry of a push: the registration contract, with the risk profile's own fields. */
+/**
+ * A tenant entry of a push: the registration contract, with the risk profile's own fields. The secret's
+ * pattern only rules out what no Entra ID secret is (white space at its ends, control characters): it does
+ * not pin a value down, so the secret stays a free string here and is always redacted.
+ */
 const TENANT_ENTRY: FieldSchema = {
   ...tenantRegistrationSchema,
   properties: {
@@ -23,6 +27,7 @@ const TENANT_ENTRY: FieldSchema = {
       ...tenantRegistrationSchema.properties.defender,
       properties: {
         ...tenantRegistrationSchema.properties.defender.properties,
+        clientSecret: { type: 'string' },
         riskProfile: PROFILE_SCHEMA as FieldSchema,
       },
     },

@@ -95,7 +95,7 @@ describe('registrar: Director pushes', () => {
     expect(letter.error.code).toBe('REGISTRATION_INVALID');
     expect(letter.error.message).toBe(
       'registration refused: tenants[17].defender.azureTenantId must be a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx); ' +
-        'tenants[17].defender.pollIntervalMinutes must be >= 10',
+        'tenants[17].defender.pollIntervalMinutes must be a whole number from 10 to 1440',
     );
     expect(letter.payload).toContain('[redacted]');
     expect(JSON.parse(letter.payload as string).tenantId).toBe('bulk-17');

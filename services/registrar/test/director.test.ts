@@ -69,7 +69,9 @@ describe('createRegistrationHandler', () => {
       offset: '0',
       error: { code: 'REGISTRATION_INVALID' },
     });
-    expect(bad?.error.message).toMatch(/defender\.pollIntervalMinutes must be >= 10/);
+    expect(bad?.error.message).toMatch(
+      /defender\.pollIntervalMinutes must be a whole number from 10 to 1440/,
+    );
     expect(bad?.payload).not.toContain('Sup3r');
     expect(nameless?.key).toBeNull();
     expect(await tenants.getStatus('b')).toMatchObject({
@@ -97,6 +99,43 @@ describe('createRegistrationHandler', () => {
       extra: '[redacted]',
       defender: { clientSecert: '[redacted]', pollIntervalMinutes: 15, clientSecret: '[redacted]' },
     });
+  });
+
+  it('handle should refuse a secret that cannot be an Entra ID secret, dead-lettered without it, and write nothing', async () => {
+    const { push, tenants, records, letters } = setup();
+    const secrets = ['abc8Q~secret\ud800', 'abc8Q~pasted\n', '   ', 'abc8Q~\u0000ctl'];
+    const entries = secrets.map((clientSecret, index) => item(`s${index}`, { clientSecret }));
+    expect(await push(1, 'delta', entries)).toMatchObject({ applied: 0, rejected: 4 });
+    // The same push again: still refused, never a record (an unpaired surrogate sealed as UTF-8 came back
+    // as U+FFFD, so each identical push counted as a change).
+    expect(await push(2, 'delta', entries)).toMatchObject({ applied: 0, rejected: 4 });
+    expect(records()).toEqual([]);
+    expect(await tenants.ids()).toEqual([]);
+    expect(letters()).toHaveLength(8);
+    for (const [index, letter] of letters().entries()) {
+      expect(letter.error.message).toMatch(
+        new RegExp(
+          `^registration refused: tenants\\[${index % 4}\\]\\.defender\\.clientSecret must be the secret's Value`,
+        ),
+      );
+      expect(JSON.parse(letter.payload as string)).toMatchObject({
+        tenantId: `s${index % 4}`,
+        defender: { clientSecret: '[redacted]' },
+      });
+      for (const part of ['abc8Q', 'secret', 'pasted', 'ctl']) expect(letter.payload).not.toContain(part);
+    }
+    expect(await tenants.getStatus('s0')).toMatchObject({ state: 'registration-rejected' });
+  });
+
+  it('handle should keep a valid secret out of the dead letter of an entry refused for another field', async () => {
+    const { push, letters } = setup();
+    await push(1, 'delta', [item('a', { clientSecret: 'Zx9~Valid secret.Value', pollIntervalMinutes: 9 })]);
+    const letter = letters()[0];
+    expect(letter?.error.message).toBe(
+      'registration refused: tenants[0].defender.pollIntervalMinutes must be a whole number from 10 to 1440',
+    );
+    expect(letter?.payload).not.toContain('Zx9');
+    expect(JSON.parse(letter?.payload as string)).toMatchObject({ defender: { clientSecret: '[redacted]' } });
   });
 
   it('handle should name a refused entry by its place in the push, in its dead letter', async () => {

@@ -49,13 +49,13 @@ describe('validateRegistration', () => {
       'interval below',
       registration(registrationBody({ pollIntervalMinutes: 9 })),
       'defender.pollIntervalMinutes',
-      />= 10/,
+      /^must be a whole number from 10 to 1440$/,
     ],
     [
       'interval above',
       registration(registrationBody({ pollIntervalMinutes: 1441 })),
       'defender.pollIntervalMinutes',
-      /<= 1440/,
+      /^must be a whole number from 10 to 1440$/,
     ],
     [
       'interval fraction',
@@ -76,6 +76,36 @@ describe('validateRegistration', () => {
     if (result.ok) return;
     const violation = result.violations.find((v) => v.field === field);
     expect(violation?.rule).toMatch(rule);
+  });
+
+  it.each([
+    ['spaces only', '   '],
+    ['a trailing line break (pasted)', 'Sup3r~secret-value\n'],
+    ['a leading space', ' Sup3r~secret-value'],
+    ['a control character', 'Sup3r\u0000secret'],
+    ['an unpaired surrogate', 'abc8Q~secret\ud800'],
+  ])(
+    'validateRegistration should refuse a secret with %s, naming the rule in words',
+    (_case, clientSecret) => {
+      expect(validateRegistration(registration(registrationBody({ clientSecret })))).toEqual({
+        ok: false,
+        violations: [
+          {
+            field: 'defender.clientSecret',
+            rule:
+              "must be the secret's Value as Entra ID shows it: no spaces or line breaks at its start or end, " +
+              'no control characters, no unpaired UTF-16 surrogates',
+          },
+        ],
+      });
+    },
+  );
+
+  it.each([
+    ['inner spaces', 'Sup3r secret value'],
+    ['letters beyond ASCII', 'Sup3r~Schlüssel~秘密'],
+  ])('validateRegistration should accept a secret with %s', (_case, clientSecret) => {
+    expect(validateRegistration(registration(registrationBody({ clientSecret }))).ok).toBe(true);
   });
 
   it('validateRegistration should name a missing secret', () => {
