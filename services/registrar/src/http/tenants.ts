@@ -44,6 +44,26 @@ export interface TenantRoutesDeps {
 /** Placeholder validated in place of a secret the request left out because one is already stored. */
 const STORED_SECRET = 'stored-secret';
 
+/** Why a stored secret cannot be kept: it belongs to the app registration it was made for. */
+const SECRET_FOR_NEW_APP = {
+  field: 'clientSecret',
+  rule: 'is required when azureTenantId, clientId or cloud changes',
+};
+
+/**
+ * Whether `body` names another app registration than `current`: another Entra tenant, app or cloud (GUIDs
+ * compared in any case, a cloud left out or null is the default). A secret kept across such a change is
+ * another app's, and the tenant would fail later with a sign-in error that does not say why.
+ */
+function switchesApp(current: TenantRecord, body: Record<string, unknown>): boolean {
+  const guid = (value: unknown) => (typeof value === 'string' ? value.toLowerCase() : value);
+  return (
+    guid(body['azureTenantId']) !== current.defender.azureTenantId.toLowerCase() ||
+    guid(body['clientId']) !== current.defender.clientId.toLowerCase() ||
+    (body['cloud'] ?? 'commercial') !== current.defender.cloud
+  );
+}
+
 /** The tenant's configuration as an admin may see it: everything but the secret, and the polling status. */
 export function tenantView(record: TenantRecord, status: TenantStatus): Record<string, unknown> {
   const { clientSecret, ...defender } = record.defender;
@@ -90,11 +110,16 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
     await deps.ensureRebuilt();
     const current = await deps.tenants.get(tenantId);
     const body = request.body as Record<string, unknown>;
-    const keepSecret = body['clientSecret'] === undefined && current !== null;
-    const candidate = { tenantId, defender: keepSecret ? { ...body, clientSecret: STORED_SECRET } : body };
+    const omitted = body['clientSecret'] === undefined && current !== null;
+    const switched = omitted && switchesApp(current, body);
+    const keepSecret = omitted && !switched;
+    const candidate = { tenantId, defender: omitted ? { ...body, clientSecret: STORED_SECRET } : body };
     const validated = validateRegistration(candidate);
-    if (!validated.ok) {
-      const violations = renameFields(validated.violations, (field) => field.replace(/^defender\./, ''));
+    if (!validated.ok || switched) {
+      const violations = validated.ok
+        ? []
+        : renameFields(validated.violations, (field) => field.replace(/^defender\./, ''));
+      if (switched) violations.push(SECRET_FOR_NEW_APP);
       throw new ApiError(
         400,
         'VALIDATION_FAILED',

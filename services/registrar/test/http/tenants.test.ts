@@ -110,6 +110,81 @@ describe('tenantRoutes', () => {
     expect(second?.revision).toBeGreaterThan(first?.revision ?? 0);
   });
 
+  it.each([
+    ['azureTenantId', { azureTenantId: '8f2a3c1e-4b5d-4e6f-9a7b-0c1d2e3f4a5b' }],
+    ['clientId', { clientId: '1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9' }],
+    ['cloud', { cloud: 'gcc' }],
+  ])(
+    "PUT without a secret should be refused when %s changes: the stored secret is another app's",
+    async (_field, change) => {
+      const { tenants, publisher, call } = setup();
+      await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+      const first = await tenants.get('acme');
+      const { clientSecret: _secret, ...withoutSecret } = registrationBody(change);
+      expect(await call('PUT', '/v1/tenants/acme/defender', withoutSecret)).toMatchObject({
+        status: 400,
+        body: {
+          error: {
+            code: 'VALIDATION_FAILED',
+            violations: [
+              { field: 'clientSecret', rule: 'is required when azureTenantId, clientId or cloud changes' },
+            ],
+          },
+        },
+      });
+      expect(await tenants.get('acme')).toEqual(first);
+      expect(publisher.sent).toHaveLength(1);
+      // With the new app's secret the same change is taken.
+      expect((await call('PUT', '/v1/tenants/acme/defender', registrationBody(change))).status).toBe(200);
+    },
+  );
+
+  it('PUT without a secret should keep it when the app stays the same (GUIDs in another case, cloud left to its default)', async () => {
+    const { tenants, call } = setup();
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    const first = await tenants.get('acme');
+    const { clientSecret: _secret, ...withoutSecret } = registrationBody({
+      azureTenantId: GUID_A.toUpperCase(),
+      cloud: null,
+      region: 'eu',
+      pollIntervalMinutes: 30,
+    });
+    expect((await call('PUT', '/v1/tenants/acme/defender', withoutSecret)).status).toBe(200);
+    const second = await tenants.get('acme');
+    expect(second?.defender).toMatchObject({ region: 'eu', pollIntervalMinutes: 30, cloud: 'commercial' });
+    expect(second?.defender.clientSecret).toEqual(first?.defender.clientSecret);
+  });
+
+  it('PUT should refuse a secret that cannot be an Entra ID secret, naming the rule, and take inner spaces', async () => {
+    const { call, publisher } = setup();
+    for (const clientSecret of ['abc8Q~secret\ud800', 'Sup3r~secret-value\r\n', '   ', 'a\u0000b']) {
+      const answer = await call('PUT', '/v1/tenants/acme/defender', registrationBody({ clientSecret }));
+      expect(answer).toMatchObject({
+        status: 400,
+        body: {
+          error: {
+            code: 'VALIDATION_FAILED',
+            violations: [
+              {
+                field: 'clientSecret',
+                rule: expect.stringMatching(
+                  /^must be the secret's Value as Entra ID shows it: no spaces or line/,
+                ),
+              },
+            ],
+          },
+        },
+      });
+    }
+    expect(publisher.sent).toHaveLength(0);
+    const spaced = await call(
+      'PUT',
+      '/v1/tenants/acme/defender',
+      registrationBody({ clientSecret: 'Sup3r secret~Wert-ä' }),
+    );
+    expect(spaced.status).toBe(201);
+  });
+
   it('PUT without a secret should answer 409 when the tenant is deleted before the update is written', async () => {
     const { tenants, call } = setup();
     await call('PUT', '/v1/tenants/acme/defender', registrationBody());
