@@ -25,10 +25,15 @@ export interface RegisterOptions {
   /**
    * Keep the secret of the tenant's record as it is when written (a REST update that left `clientSecret`
    * out): read under the tenant's write lock, so a secret rotated meanwhile is the one kept. A tenant
-   * deleted meanwhile has none to keep: `TenantGoneError`.
+   * deleted meanwhile has none to keep: `TenantGoneError`. A stored secret this registrar's keys do not
+   * open cannot be kept: the sealer's `SecretError`.
    */
   keepSecret?: boolean;
-  /** Write nothing when the tenant's record already says the same (Director's repeated full pushes). */
+  /**
+   * Write nothing when the tenant's record already says the same (Director's repeated full pushes, a REST
+   * client retrying its PUT): no new revision, and the tenant's status (its last error) stays. A REST
+   * write over a record Director wrote is always a change: it makes the tenant the administrator's.
+   */
   skipIfUnchanged?: boolean;
   /**
    * Write nothing over a record an administrator wrote over REST: Director's last generation delivered
@@ -257,14 +262,28 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         : 'disabled by an administrator';
     if (options.keepRestRecord && current?.source === 'rest')
       return { record: current, changed: false, created: false };
-    if (options.skipIfUnchanged && current) {
+    let kept: string | undefined;
+    if (options.keepSecret) {
+      if (!current) throw new TenantGoneError(tenantId);
+      // Opened even when its sealed form is kept: one that no key here opens would be kept useless, and the
+      // write would erase the status that says why the tenant's cycles fail. The sealer's SecretError
+      // reaches the caller instead.
+      kept = deps.sealer.open(current.defender.clientSecret, tenantId);
+    }
+    // Taking a tenant over from Director is a change even with the same settings: a full push leaving it
+    // out no longer disables it.
+    const takesOver = origin.source === 'rest' && current?.source !== 'rest';
+    if (options.skipIfUnchanged && current && !takesOver) {
+      // A secret sealed with a retired key is never the same: the write re-seals it (key rotation).
       let secretMatches = false;
-      try {
-        secretMatches =
-          !deps.sealer.isStale(current.defender.clientSecret) &&
-          deps.sealer.open(current.defender.clientSecret, tenantId) === defender.clientSecret;
-      } catch {
-        secretMatches = false;
+      if (!deps.sealer.isStale(current.defender.clientSecret)) {
+        try {
+          secretMatches =
+            kept !== undefined ||
+            deps.sealer.open(current.defender.clientSecret, tenantId) === defender.clientSecret;
+        } catch {
+          secretMatches = false;
+        }
       }
       const candidate = {
         schemaVersion: 1 as const,
@@ -282,13 +301,11 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       }
     }
     let sealed: SealedSecretRecord;
-    if (options.keepSecret) {
-      if (!current) throw new TenantGoneError(tenantId);
-      const kept = current.defender.clientSecret;
+    if (kept !== undefined && current) {
       // A kept secret sealed with a retired key is re-sealed with the active one (key rotation).
-      sealed = deps.sealer.isStale(kept)
-        ? deps.sealer.seal(deps.sealer.open(kept, tenantId), tenantId)
-        : kept;
+      sealed = deps.sealer.isStale(current.defender.clientSecret)
+        ? deps.sealer.seal(kept, tenantId)
+        : current.defender.clientSecret;
     } else sealed = deps.sealer.seal(defender.clientSecret, tenantId);
     const record: TenantRecord = {
       schemaVersion: 1,

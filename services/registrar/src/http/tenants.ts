@@ -1,5 +1,6 @@
 import type { TenantRecord } from '@urs/contracts';
-import type { SecretSealer } from '@urs/secrets';
+import { REQUIRED_PERMISSIONS } from '@urs/defender';
+import { SecretError, type SecretSealer } from '@urs/secrets';
 import type { TenantStatus, TenantStore } from '@urs/store';
 import { TenantGoneError, type TenantRegistry } from '../registry';
 import { renameFields, validateRegistration } from '../validation';
@@ -61,6 +62,18 @@ function switchesApp(current: TenantRecord, body: Record<string, unknown>): bool
     guid(body['azureTenantId']) !== current.defender.azureTenantId.toLowerCase() ||
     guid(body['clientId']) !== current.defender.clientId.toLowerCase() ||
     (body['cloud'] ?? 'commercial') !== current.defender.cloud
+  );
+}
+
+/**
+ * What an administrator is told of a stored secret this registrar's keys do not open (its key retired and
+ * no longer configured, or a damaged record): the sealer's reason names key ids and settings, never the
+ * secret, and only a new clientSecret mends it.
+ */
+function secretUnavailable(tenantId: string, error: SecretError): string {
+  return (
+    `the stored clientSecret of tenant ${tenantId} cannot be opened with this registrar's keys ` +
+    `(${error.message}): PUT the tenant's clientSecret again`
   );
 }
 
@@ -129,14 +142,17 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
     }
     let registered;
     try {
-      // The request's signal: a request the stop cut (and answered 503) does not start its write.
+      // The request's signal: a request the stop cut (and answered 503) does not start its write. The same
+      // PUT again (a client retrying) writes nothing: no new revision for the pollers to take for a fix.
       registered = await deps.registry.register(
         validated.registration,
         { source: 'rest' },
-        { keepSecret, signal: request.signal },
+        { keepSecret, skipIfUnchanged: true, signal: request.signal },
       );
     } catch (error) {
       if (error instanceof TenantGoneError) throw new ApiError(409, 'TENANT_NOT_FOUND', error.message);
+      if (keepSecret && error instanceof SecretError)
+        throw new ApiError(409, 'SECRET_UNAVAILABLE', secretUnavailable(tenantId, error));
       throw error;
     }
     const { record, created } = registered;
@@ -163,16 +179,38 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
     const record = await load(tenantId);
     // Gives up at its timeout, or when the server stops before it finished (its answer is then the stop's 503).
     const signal = AbortSignal.any([request.signal, AbortSignal.timeout(deps.accessTestTimeoutMs)]);
-    const result = await deps.checkAccess(
-      {
-        azureTenantId: record.defender.azureTenantId,
-        clientId: record.defender.clientId,
-        clientSecret: deps.sealer.open(record.defender.clientSecret, tenantId),
-        cloud: record.defender.cloud,
-        region: record.defender.region,
-      },
-      signal,
-    );
+    let opened: string | SecretError;
+    try {
+      opened = deps.sealer.open(record.defender.clientSecret, tenantId);
+    } catch (error) {
+      if (!(error instanceof SecretError)) throw error;
+      opened = error;
+    }
+    let result: AccessCheckResult;
+    if (opened instanceof SecretError) {
+      // Nothing to ask Microsoft with: a verdict in the check's shape says what to mend.
+      const message = secretUnavailable(tenantId, opened);
+      result = {
+        ok: false,
+        verdict: `FAIL: ${message}`,
+        tokenIssued: false,
+        machinesReadable: false,
+        roles: [],
+        permissions: Object.fromEntries(REQUIRED_PERMISSIONS.map((permission) => [permission, false])),
+        error: { code: 'SECRET_UNAVAILABLE', message },
+      };
+    } else {
+      result = await deps.checkAccess(
+        {
+          azureTenantId: record.defender.azureTenantId,
+          clientId: record.defender.clientId,
+          clientSecret: opened,
+          cloud: record.defender.cloud,
+          region: record.defender.region,
+        },
+        signal,
+      );
+    }
     return {
       status: 200,
       body: {

@@ -53,7 +53,7 @@ function setup(
     },
   });
   const call = routeCaller(routes);
-  return { tenants, publisher, sealer, call, checked, signals, cleared };
+  return { tenants, publisher, sealer, registry, call, checked, signals, cleared };
 }
 
 describe('tenantRoutes', () => {
@@ -228,6 +228,110 @@ describe('tenantRoutes', () => {
     expect(sealer.open(resealed!, 'acme')).toBe('Sup3r~secret-value');
   });
 
+  it('PUT should write nothing when the same registration comes again, keeping the status and its error', async () => {
+    const { tenants, publisher, call } = setup();
+    const first = await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    const failed = {
+      state: 'error',
+      lastErrorCode: 'DEFENDER_THROTTLED',
+      lastErrorMessage: 'Defender answered 429: try again in 60 s',
+      lastErrorAt: '2026-01-01T00:00:00.000Z',
+    } as const;
+    await tenants.updateStatus('acme', failed);
+    // A client retrying its PUT, with the secret and without it (kept).
+    const { clientSecret: _secret, ...withoutSecret } = registrationBody();
+    for (const body of [registrationBody(), withoutSecret]) {
+      const again = await call('PUT', '/v1/tenants/acme/defender', body);
+      expect(again).toMatchObject({
+        status: 200,
+        body: { revision: (first.body as TenantRecord).revision, status: failed },
+      });
+    }
+    expect(publisher.sent).toHaveLength(1);
+    expect(await tenants.getStatus('acme')).toMatchObject(failed);
+    // A change is written, and its status starts over.
+    const changed = await call(
+      'PUT',
+      '/v1/tenants/acme/defender',
+      registrationBody({ pollIntervalMinutes: 30 }),
+    );
+    expect(changed.body).toMatchObject({
+      defender: { pollIntervalMinutes: 30 },
+      status: { state: 'active' },
+    });
+    expect(publisher.sent).toHaveLength(2);
+    expect((await tenants.getStatus('acme')).lastErrorCode).toBeUndefined();
+  });
+
+  it('PUT should write the same settings when they take the tenant over from Director or enable it again', async () => {
+    const { tenants, publisher, registry, call } = setup();
+    const { clientSecret: _secret, ...withoutSecret } = registrationBody();
+    const pushed = await registry.register(
+      { tenantId: 'acme', defender: registrationBody() as never },
+      { source: 'director', generation: 3 },
+      { skipIfUnchanged: true },
+    );
+    const takeover = await call('PUT', '/v1/tenants/acme/defender', withoutSecret);
+    expect(takeover.body).toMatchObject({ source: 'rest' });
+    expect((takeover.body as TenantRecord).revision).toBeGreaterThan(pushed.record.revision);
+    expect((await tenants.get('acme'))?.source).toBe('rest');
+    expect(publisher.sent).toHaveLength(2);
+
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody({ enabled: false }));
+    const enabled = await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    expect(enabled.body).toMatchObject({ enabled: true, status: { state: 'active' } });
+    expect(publisher.sent).toHaveLength(4);
+  });
+
+  it('PUT should re-seal a stored secret that a retired key sealed when the same secret comes again', async () => {
+    const keys = new Map([
+      ['k1', Buffer.alloc(32, 7)],
+      ['k0', Buffer.alloc(32, 1)],
+    ]);
+    const { tenants, publisher, call, sealer } = setup(createSecretSealer({ activeKeyId: 'k1', keys }));
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    const current = (await tenants.get('acme')) as TenantRecord;
+    const retired = createSecretSealer({ activeKeyId: 'k0', keys }).seal('Sup3r~secret-value', 'acme');
+    tenants.records.set('acme', { ...current, defender: { ...current.defender, clientSecret: retired } });
+    const again = await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    expect(again.body).toMatchObject({ defender: { clientSecretKeyId: 'k1' } });
+    expect(publisher.sent).toHaveLength(2);
+    const resealed = (await tenants.get('acme'))?.defender.clientSecret;
+    expect(resealed?.keyId).toBe('k1');
+    expect(sealer.open(resealed!, 'acme')).toBe('Sup3r~secret-value');
+  });
+
+  it('PUT without a secret should answer 409 SECRET_UNAVAILABLE when the stored secret does not open', async () => {
+    const { tenants, publisher, call } = setup();
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    const current = (await tenants.get('acme')) as TenantRecord;
+    const gone = createSecretSealer({
+      activeKeyId: 'k0',
+      keys: new Map([['k0', Buffer.alloc(32, 1)]]),
+    }).seal('Sup3r~secret-value', 'acme');
+    const damaged = { ...current.defender.clientSecret, tag: Buffer.alloc(16).toString('base64') };
+    const { clientSecret: _secret, ...withoutSecret } = registrationBody({ pollIntervalMinutes: 60 });
+    for (const [clientSecret, reason] of [
+      [gone, /sealed with key k0, which is not configured/],
+      [damaged, /does not open with this process's key k1/],
+    ] as const) {
+      tenants.records.set('acme', { ...current, defender: { ...current.defender, clientSecret } });
+      const answer = await call('PUT', '/v1/tenants/acme/defender', withoutSecret);
+      expect(answer).toMatchObject({ status: 409, body: { error: { code: 'SECRET_UNAVAILABLE' } } });
+      const { message } = (answer.body as { error: { message: string } }).error;
+      expect(message).toMatch(
+        /stored clientSecret of tenant acme cannot be opened with this registrar's keys/,
+      );
+      expect(message).toMatch(reason);
+      expect(message).toMatch(/PUT the tenant's clientSecret again$/);
+      expect(JSON.stringify(answer.body)).not.toMatch(/Sup3r|ciphertext/);
+    }
+    expect(publisher.sent).toHaveLength(1);
+    // The clientSecret given again mends it.
+    expect((await call('PUT', '/v1/tenants/acme/defender', registrationBody())).status).toBe(200);
+    expect(publisher.sent).toHaveLength(2);
+  });
+
   it('PUT should answer every violation naming the body field and the rule', async () => {
     const { call, publisher } = setup();
     const answer = await call(
@@ -369,6 +473,35 @@ describe('tenantRoutes', () => {
       },
     });
     expect(JSON.stringify(answer.body)).not.toContain('Sup3r');
+  });
+
+  it('POST test should answer a FAIL verdict, asking Microsoft nothing, when the stored secret does not open', async () => {
+    const { tenants, call, checked } = setup();
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    const current = (await tenants.get('acme')) as TenantRecord;
+    const gone = createSecretSealer({
+      activeKeyId: 'k0',
+      keys: new Map([['k0', Buffer.alloc(32, 1)]]),
+    }).seal('Sup3r~secret-value', 'acme');
+    tenants.records.set('acme', { ...current, defender: { ...current.defender, clientSecret: gone } });
+    const answer = await call('POST', '/v1/tenants/acme/defender/test');
+    expect(answer).toEqual({
+      status: 200,
+      body: {
+        tenantId: 'acme',
+        ok: false,
+        verdict: expect.stringMatching(
+          /^FAIL: the stored clientSecret of tenant acme cannot be opened with this registrar's keys \(.*sealed with key k0, which is not configured.*\): PUT the tenant's clientSecret again$/,
+        ),
+        tokenIssued: false,
+        machinesReadable: false,
+        roles: [],
+        permissions: { 'Machine.Read.All': false, 'Vulnerability.Read.All': false, 'Alert.Read.All': false },
+        error: { code: 'SECRET_UNAVAILABLE', message: expect.stringContaining('PUT the tenant') },
+      },
+    });
+    expect(JSON.stringify(answer.body)).not.toMatch(/Sup3r|ciphertext/);
+    expect(checked).toEqual([]);
   });
 
   it('POST test should give up the access check when the request is aborted (the server stops)', async () => {
