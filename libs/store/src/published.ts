@@ -54,7 +54,8 @@ export interface PublishedStore {
    * never published, or a score, band or digest other than the last published one. A device whose last
    * published score is of a newer cycle is never returned (a late or redelivered batch). Read once the
    * tenant's lease is taken (`takeTenantLease`), in the same round trip: the batch holds it until
-   * `CycleStore.recordBatch` gives it back. Null, nothing read or taken, while another replica holds it.
+   * `CycleStore.recordBatch` gives it back. Null, nothing read or taken, while another replica holds it;
+   * 'deleted', the lease given back, when the cycle is of a deleted tenant (`ofDeletedTenant`).
    * Call `commit` once the records are on the topic.
    */
   changed(
@@ -62,7 +63,7 @@ export interface PublishedStore {
     cycleAt: number,
     devices: DeviceScoreRef[],
     options?: PublishOptions,
-  ): Promise<DeviceScoreRef[] | null>;
+  ): Promise<DeviceScoreRef[] | 'deleted' | null>;
   /** Records the devices as seen in the cycle and, unless a newer one is recorded, their published score. */
   commit(
     tenantId: string,
@@ -84,6 +85,29 @@ export interface PublishedStore {
   seenIn(tenantId: string, cycleAt: number): Promise<string[]>;
   /** Forgets devices (after their tombstone was published). */
   forget(tenantId: string, deviceIds: string[]): Promise<void>;
+  /**
+   * Records that the tenant was deleted at `deletedAt` (epoch ms) and lists its devices to tombstone: every
+   * device published and not tombstoned yet. From then on the tenant's cycles are of a deleted tenant
+   * (`ofDeletedTenant`) until it is registered again (`registeredAgain`). A deletion older than a
+   * registration already recorded (delivered again, or read again from the topic's beginning) lists only
+   * the devices last seen in a cycle that started before that registration.
+   */
+  markDeleted(tenantId: string, deletedAt: number): Promise<string[]>;
+  /**
+   * Forgets what is left of a deleted tenant once its devices' tombstones are out (`forget`): its completed
+   * cycles that started before the cutoff `markDeleted` used, and their numbering once none is left.
+   */
+  forgetDeleted(tenantId: string): Promise<void>;
+  /**
+   * A record of the tenant at `registeredAt` (epoch ms): if it was deleted before, its cycles that start
+   * from then on are its own again. Nothing to do for a tenant never deleted.
+   */
+  registeredAgain(tenantId: string, registeredAt: number): Promise<void>;
+  /**
+   * Whether the cycle that started at `cycleAt` (epoch ms) is of a deleted tenant: the tenant was deleted
+   * and not registered again before the cycle started. Its batches and summary are not published.
+   */
+  ofDeletedTenant(tenantId: string, cycleAt: number): Promise<boolean>;
   get(tenantId: string, deviceId: string): Promise<PublishedDevice | null>;
   /**
    * Takes the right to send a cycle's summary for `ttlMs`. True for one caller at a time; false once the
@@ -208,6 +232,57 @@ export const tenantLeaseKey = (prefix: string, tenantId: string): string =>
 /** Markers of sent summaries outlive any redelivery of their cycle's batches. */
 const SUMMARY_MARKER_TTL_MS = 2 * 24 * 60 * 60 * 1000;
 
+/**
+ * A deleted tenant's marker outlives its cycles (the cycle store keeps them a day past their deadline) and
+ * any redelivery of their batches, as a sent summary's marker does.
+ */
+const DELETION_MARKER_TTL_MS = SUMMARY_MARKER_TTL_MS;
+
+// KEYS[1] deletion marker hash, KEYS[2] seen zset; ARGV: deletion ms, marker ttl ms. Returns the devices to
+// tombstone. The marker keeps the newest deletion, and the cutoff: the start before which a device's last
+// cycle must be to be tombstoned ('inf' unless a registration newer than this deletion was recorded).
+const MARK_DELETED = `
+local at = tonumber(ARGV[1])
+local deleted = tonumber(redis.call('HGET', KEYS[1], 'deletedAt') or '-1')
+local registeredAt = redis.call('HGET', KEYS[1], 'registeredAt') or '-1'
+local cutoff = '+inf'
+if tonumber(registeredAt) > at then
+  cutoff = '(' .. registeredAt
+elseif at > deleted then
+  redis.call('HSET', KEYS[1], 'deletedAt', ARGV[1])
+  redis.call('HDEL', KEYS[1], 'registeredAt')
+end
+redis.call('HSET', KEYS[1], 'cutoff', cutoff)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)`;
+
+// KEYS[1] deletion marker hash, KEYS[2] sequence hash, KEYS[3] counter, KEYS[4] completed zset.
+const FORGET_DELETED = `
+local cutoff = redis.call('HGET', KEYS[1], 'cutoff') or '+inf'
+local cycles = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', cutoff)
+for first = 1, #cycles, 200 do
+  redis.call('HDEL', KEYS[2], unpack(cycles, first, math.min(#cycles, first + 199)))
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', cutoff)
+if redis.call('ZCARD', KEYS[4]) == 0 then redis.call('DEL', KEYS[2], KEYS[3]) end
+return 0`;
+
+// KEYS[1] deletion marker hash; ARGV: registration ms, marker ttl ms.
+const REGISTERED_AGAIN = `
+local deleted = redis.call('HGET', KEYS[1], 'deletedAt')
+if not deleted or tonumber(ARGV[1]) <= tonumber(deleted) then return 0 end
+local registered = tonumber(redis.call('HGET', KEYS[1], 'registeredAt') or '-1')
+if tonumber(ARGV[1]) > registered then redis.call('HSET', KEYS[1], 'registeredAt', ARGV[1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1`;
+
+/** Whether a deletion marker's `[deletedAt, registeredAt]` says the cycle started at `cycleAt` is of a deleted tenant. */
+function deletedFor(marker: (string | null)[], cycleAt: number): boolean {
+  const [deletedAt, registeredAt] = marker;
+  if (deletedAt === null || deletedAt === undefined) return false;
+  return registeredAt === null || registeredAt === undefined || cycleAt < Number(registeredAt);
+}
+
 function decode(value: string | null | undefined): PublishedDevice | null {
   if (!value) return null;
   const [score, band, publishedCycleAt, seenCycleAt, digest] = value.split('|');
@@ -239,7 +314,9 @@ function stillToPublish(
  * score, band, cycle, and the cycle it was last seen in), `{prefix}published-seen:{tenantId}` (zset of
  * devices by the start of the newest cycle they were in), `{prefix}published-cycles:{tenantId}` (zset of
  * completed cycles by start) with `{prefix}published-seq:{tenantId}` / `…-counter:{tenantId}` numbering them,
- * and the tenant's lease `{prefix}publish-lease:{tenantId}` (string, PX).
+ * the tenant's lease `{prefix}publish-lease:{tenantId}` (string, PX), and once the tenant was deleted
+ * `{prefix}published-deleted:{tenantId}` (hash: `deletedAt`, `registeredAt` once registered again, and the
+ * `cutoff` of its tombstones; PX).
  */
 export function createPublishedStore(redis: Redis, prefix: string): PublishedStore {
   const publishedKey = (tenantId: string): string => `${prefix}published:${tenantId}`;
@@ -247,6 +324,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
   const cyclesKey = (tenantId: string): string => `${prefix}published-cycles:${tenantId}`;
   const sequenceKey = (tenantId: string): string => `${prefix}published-seq:${tenantId}`;
   const counterKey = (tenantId: string): string => `${prefix}published-counter:${tenantId}`;
+  const deletedKey = (tenantId: string): string => `${prefix}published-deleted:${tenantId}`;
   const sentKey = (tenantId: string, cycleId: string): string =>
     `${prefix}summary-sent:${tenantId}:${cycleId}`;
   const summaryLockKey = (tenantId: string, cycleId: string): string =>
@@ -254,19 +332,24 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
   const owedKey = summariesOwedKey(prefix);
   return {
     async changed(lease, cycleAt, devices, options = {}) {
-      // One transaction: the read comes after the take, never before a sweep that held the lease is done.
+      // One transaction: the read comes after the take, never before a sweep (or a tenant's deletion) that
+      // held the lease is done.
       const transaction = takeOwnedKeyIn(
         redis.multi(),
         tenantLeaseKey(prefix, lease.tenantId),
         lease.holder,
         lease.ttlMs,
-      );
+      ).hmget(deletedKey(lease.tenantId), 'deletedAt', 'registeredAt');
       if (devices.length > 0)
         transaction.hmget(publishedKey(lease.tenantId), ...devices.map((device) => device.deviceId));
       const results = (await transaction.exec()) ?? [];
       for (const [error] of results) if (error) throw error;
       if (results[0]?.[1] !== 1) return null;
-      const current = (results[1]?.[1] ?? []) as (string | null)[];
+      if (deletedFor((results[1]?.[1] ?? []) as (string | null)[], cycleAt)) {
+        await releaseOwnedKey(redis, tenantLeaseKey(prefix, lease.tenantId), lease.holder);
+        return 'deleted';
+      }
+      const current = (results[2]?.[1] ?? []) as (string | null)[];
       return stillToPublish(devices, current, scoreStamp(cycleAt, options.correction));
     },
     async commit(tenantId, cycleAt, devices, options = {}) {
@@ -312,6 +395,38 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
         .hdel(publishedKey(tenantId), ...deviceIds)
         .zrem(seenKey(tenantId), ...deviceIds)
         .exec();
+    },
+    async markDeleted(tenantId, deletedAt) {
+      return (await redis.eval(
+        MARK_DELETED,
+        2,
+        deletedKey(tenantId),
+        seenKey(tenantId),
+        String(deletedAt),
+        String(DELETION_MARKER_TTL_MS),
+      )) as string[];
+    },
+    async forgetDeleted(tenantId) {
+      await redis.eval(
+        FORGET_DELETED,
+        4,
+        deletedKey(tenantId),
+        sequenceKey(tenantId),
+        counterKey(tenantId),
+        cyclesKey(tenantId),
+      );
+    },
+    async registeredAgain(tenantId, registeredAt) {
+      await redis.eval(
+        REGISTERED_AGAIN,
+        1,
+        deletedKey(tenantId),
+        String(registeredAt),
+        String(DELETION_MARKER_TTL_MS),
+      );
+    },
+    async ofDeletedTenant(tenantId, cycleAt) {
+      return deletedFor(await redis.hmget(deletedKey(tenantId), 'deletedAt', 'registeredAt'), cycleAt);
     },
     async get(tenantId, deviceId) {
       return decode(await redis.hget(publishedKey(tenantId), deviceId));

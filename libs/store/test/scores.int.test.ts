@@ -360,6 +360,38 @@ describe('createPublishedStore', () => {
     expect(await published.takeTenantLease(b)).toBe(true);
   });
 
+  it('markDeleted should list every device once, drop the deleted cycles until a registration, and an older deletion only what came before it', async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const ref = (deviceId: string) => ({ deviceId, score: 10, band: 'Trustworthy' });
+    await published.commit('t', 1000, [ref('a'), ref('b')]);
+    await published.completeCycle('t', 'c1', 1000, 3);
+    expect((await published.markDeleted('t', 1500)).sort()).toEqual(['a', 'b']);
+    await published.forget('t', ['a', 'b']);
+    await published.forgetDeleted('t');
+    // Delivered again: nothing left to tombstone.
+    expect(await published.markDeleted('t', 1500)).toEqual([]);
+    expect(await redis.client.exists(redis.key('published-cycles:t'), redis.key('published-seq:t'))).toBe(0);
+    // Deleted, not registered again: every cycle of the tenant is a deleted tenant's, and takes no lease.
+    expect(await published.ofDeletedTenant('t', 1000)).toBe(true);
+    expect(await published.ofDeletedTenant('t', 1700)).toBe(true);
+    expect(await published.changed(lease('t'), 1700, [ref('a')])).toBe('deleted');
+    expect(await published.takeTenantLease({ ...lease('t'), holder: 'replica-2' })).toBe(true);
+    await published.releaseTenantLease({ ...lease('t'), holder: 'replica-2' });
+    // Registered again at 2000: the cycles from then on are its own.
+    await published.registeredAgain('t', 2000);
+    expect(await published.ofDeletedTenant('t', 1700)).toBe(true);
+    expect(await published.ofDeletedTenant('t', 2000)).toBe(false);
+    expect(await published.changed(lease('t'), 2000, [ref('c')])).toEqual([ref('c')]);
+    await published.commit('t', 2000, [ref('c')]);
+    // The deletion read again after the registration: the registered tenant's device stays.
+    expect(await published.markDeleted('t', 1500)).toEqual([]);
+    expect(await published.ofDeletedTenant('t', 2000)).toBe(false);
+    expect(await published.get('t', 'c')).not.toBeNull();
+    // A tenant never deleted: a registration records nothing.
+    await published.registeredAgain('u', 2000);
+    expect(await redis.client.exists(redis.key('published-deleted:u'))).toBe(0);
+  });
+
   it('completeCycle should keep the sequence numbers of the cycles it keeps only', async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
     // Absence over 2 cycles: 2 + 10 completed cycles are kept, with their numbers.

@@ -8,6 +8,7 @@ import type { Registry } from '@urs/telemetry';
 import type { InOrder } from './in-order';
 import { whileHeld, type TenantLeasing } from './lease';
 import { emptyBands, type BatchStats } from './records';
+import { createTombstones } from './tombstones';
 
 export interface CycleCompletionDeps {
   cycles: CycleStore;
@@ -125,6 +126,13 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     'urs_vms_records_total',
     'Records produced to vms.risk-scores, by kind.',
   );
+  const tombstone = createTombstones({
+    published: deps.published,
+    scores: deps.scores,
+    publisher: deps.publisher,
+    topic: deps.topics.vmsRiskScores,
+    metrics: deps.metrics,
+  });
   const sweepFailures = deps.metrics.counter(
     'urs_summary_sweep_failures_total',
     'Overdue or owed cycle summaries the deadline sweep could not send (tried again at the next sweep).',
@@ -143,18 +151,6 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     }
     records.inc({ kind: 'snapshot' }, messages.length);
     return messages.length;
-  }
-
-  async function tombstone(tenantId: string, gone: string[]): Promise<void> {
-    if (gone.length === 0) return;
-    await deps.publisher.send(
-      deps.topics.vmsRiskScores,
-      'urs/vms-risk-score',
-      gone.map((deviceId) => ({ key: `${tenantId}/${deviceId}`, value: null })),
-    );
-    await deps.published.forget(tenantId, gone);
-    await deps.scores.remove(tenantId, gone);
-    records.inc({ kind: 'tombstone' }, gone.length);
   }
 
   async function publish(
@@ -257,6 +253,12 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     status: 'complete' | 'partial',
     hint: CycleHint,
   ): Promise<boolean> {
+    if (await deps.published.ofDeletedTenant(tenantId, Date.parse(state?.startedAt ?? hint.cycleStartedAt))) {
+      // The tenant was deleted while the cycle was open: VMS gets tombstones for its devices, no summary.
+      await deps.published.summarySent(tenantId, cycleId);
+      deps.logger.debug('summary of a deleted tenant not sent', { tenantId, cycleId });
+      return false;
+    }
     if (!(await deps.published.lockSummary(tenantId, cycleId, summaryLockMs))) return false;
     // A complete cycle's snapshot of a large fleet may outlast the lock: held while it goes on, or another
     // publisher's sweep would send the snapshot and the summary a second time.

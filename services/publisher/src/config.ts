@@ -1,7 +1,7 @@
 import { consumerSettings, readInt, type ConsumerSettings, type Env } from '@urs/config';
 
 /**
- * The publisher's own settings, and how its group takes in `urs.device-scores` (`consumerSettings`: group
+ * The publisher's own settings, and how its group takes in `urs.device-scores` and `urs.tenants` (`consumerSettings`: group
  * `{URS_TOPIC_PREFIX}urs.publisher`, 6 partitions at once by default, so tenants of different partitions
  * never queue behind each other).
  */

@@ -6,7 +6,7 @@ import type { CycleStore, DeviceScoreRef, PublishedStore, PublishOptions, Tenant
 import type { Registry } from '@urs/telemetry';
 import type { CycleCompletion } from './completion';
 import type { InOrder } from './in-order';
-import { whileHeld, type TenantLeasing } from './lease';
+import { LEASE_WAIT_MS, whileHeld, type TenantLeasing } from './lease';
 import { batchStats, recordDigest } from './records';
 
 export interface PublishHandlerDeps {
@@ -23,9 +23,6 @@ export interface PublishHandlerDeps {
   logger: Logger;
   metrics: Registry;
 }
-
-/** How often a batch asks again for its tenant's lease while another replica's sweep holds it. */
-const LEASE_WAIT_MS = 50;
 
 /**
  * Publishes a scored batch's changed devices at once, records the batch for the cycle's summary, and
@@ -62,7 +59,9 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
 
   /**
    * Which devices changed, read once the tenant's lease is this replica's: another replica's sweep holds
-   * it while it sends one of the tenant's summaries, for a summary's length (a snapshot's at most).
+   * it while it sends one of the tenant's summaries, for a summary's length (a snapshot's at most), and
+   * the replica that handles the tenant's deletion while it sends its tombstones. 'deleted', the lease
+   * not held, when the batch's cycle is of a deleted tenant.
    */
   async function changedUnderLease(
     lease: TenantLease,
@@ -70,7 +69,7 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     refs: DeviceScoreRef[],
     options: PublishOptions,
     signal: AbortSignal | undefined,
-  ): Promise<DeviceScoreRef[]> {
+  ): Promise<DeviceScoreRef[] | 'deleted'> {
     for (;;) {
       const changed = await deps.published.changed(lease, cycleAt, refs, options);
       if (changed !== null) return changed;
@@ -118,9 +117,15 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     // A correction's scores are newer than its cycle's first ones (see PublishOptions).
     const options = { correction: batch.replaces !== undefined };
     const lease = { tenantId: batch.tenantId, ...deps.leasing };
-    const changed = new Set(
-      (await changedUnderLease(lease, cycleAt, refs, options, signal)).map((ref) => ref.deviceId),
-    );
+    const toPublish = await changedUnderLease(lease, cycleAt, refs, options, signal);
+    if (toPublish === 'deleted') {
+      // Its tenant was deleted since the cycle started: the tenant's devices were tombstoned (or are being
+      // tombstoned, by the replica that holds the lease) and must not come back to VMS. Neither recorded
+      // nor completed: the cycle owes VMS no summary (the sweep drops it, see `sendOwed`).
+      log.info('batch of a deleted tenant not published', { devices: batch.devices.length });
+      return;
+    }
+    const changed = new Set(toPublish.map((ref) => ref.deviceId));
     const messages = vmsRecords(batch, changed);
     const { first, state } = await whileHeld(deps.published, lease, log, async () => {
       await deps.publisher.send(deps.topic, 'urs/vms-risk-score', messages);

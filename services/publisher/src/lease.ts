@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '@urs/logging';
-import { errorMessage, keepRenewing } from '@urs/resilience';
+import { UrsError, errorMessage, keepRenewing, sleep } from '@urs/resilience';
 import type { PublishedStore, TenantLease } from '@urs/store';
 
 /**
@@ -8,6 +8,9 @@ import type { PublishedStore, TenantLease } from '@urs/store';
  * summaries on the other replicas' sweeps (and, after a rebalance, the tenant's batches) at most this long.
  */
 const DEFAULT_TENANT_LEASE_MS = 10_000;
+
+/** How often a replica asks again for a tenant's lease while another replica holds it, ms. */
+export const LEASE_WAIT_MS = 50;
 
 /** This replica's leases on tenants (see `TenantLease`): its id as their holder, and their length. */
 export type TenantLeasing = Omit<TenantLease, 'tenantId'>;
@@ -39,5 +42,24 @@ export async function whileHeld<T>(
     return await work();
   } finally {
     stopRenewing();
+  }
+}
+
+/**
+ * Takes the tenant's lease, asking again every LEASE_WAIT_MS while another replica holds it (a batch it
+ * records, a summary its sweep sends). Throws a retryable error once `signal` aborted: the runner gave the
+ * message up, and whoever handles it next takes the lease.
+ */
+export async function takeWhenFree(
+  published: Pick<PublishedStore, 'takeTenantLease'>,
+  lease: TenantLease,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  while (!(await published.takeTenantLease(lease))) {
+    if (signal?.aborted)
+      throw new UrsError('STOPPING', "the message was given up waiting for its tenant's lease", {
+        canRetry: true,
+      });
+    await sleep(LEASE_WAIT_MS, signal);
   }
 }

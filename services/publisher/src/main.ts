@@ -7,6 +7,8 @@ import { publisherConfig } from './config';
 import { createPublishHandler } from './handler';
 import { createInOrder } from './in-order';
 import { tenantLeasing } from './lease';
+import { createTenantsHandler } from './tenants';
+import { createTombstones } from './tombstones';
 
 /** Scored batches of a partition accepted and not yet published (ordering 'key'); one is ~0.7 MB. */
 const SCORE_BATCHES_BUFFERED = 20;
@@ -23,10 +25,11 @@ void runService({
     const published = createPublishedStore(redis, prefix);
     const inOrder = createInOrder();
     const leasing = tenantLeasing();
+    const scores = scoreStoreFor(redis, config.redis);
     const completion = createCycleCompletion({
       cycles,
       published,
-      scores: scoreStoreFor(redis, config.redis),
+      scores,
       publisher,
       topics: config.topics,
       logger,
@@ -62,6 +65,26 @@ void runService({
             topic: config.topics.vmsRiskScores,
             logger,
             metrics,
+          }),
+        },
+        {
+          // In this group, not one of the replica's own (as the scorer reads profiles): each tenant's
+          // deletion goes to one replica, which tombstones the tenant's devices.
+          topic: config.topics.tenants,
+          contract: 'urs/tenant-record',
+          tombstones: true,
+          handler: createTenantsHandler({
+            published,
+            tombstones: createTombstones({
+              published,
+              scores,
+              publisher,
+              topic: config.topics.vmsRiskScores,
+              metrics,
+            }),
+            inOrder,
+            leasing,
+            logger,
           }),
         },
       ],

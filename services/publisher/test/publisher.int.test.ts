@@ -1,5 +1,5 @@
 import { deviceBatchMessage, parseJsonBytes, type InboundMessage, type Publisher } from '@urs/bus';
-import type { ScoreBatch, ScoredDevice, VmsRiskScore, VmsRiskSummary } from '@urs/contracts';
+import type { ScoreBatch, ScoredDevice, TenantRecord, VmsRiskScore, VmsRiskSummary } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createCycleStore, createPublishedStore, createScoreStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
@@ -9,6 +9,8 @@ import { createPublishHandler } from '../src/handler';
 import { createInOrder } from '../src/in-order';
 import { tenantLeasing } from '../src/lease';
 import { batchStats } from '../src/records';
+import { createTenantsHandler } from '../src/tenants';
+import { createTombstones } from '../src/tombstones';
 
 const topics = { vmsRiskScores: 'vms.risk-scores', vmsRiskSummary: 'vms.risk-summary' };
 
@@ -179,7 +181,19 @@ describe('the publisher', () => {
       );
       await handler(message(batch));
     };
-    return { handler: handle, completion, cycles, begin, metrics };
+    const tenants = createTenantsHandler({
+      published,
+      tombstones: createTombstones({ published, scores, publisher, topic: topics.vmsRiskScores, metrics }),
+      inOrder,
+      leasing,
+      logger: silentLogger,
+    });
+    // A tenant's deletion as the registrar writes it on urs.tenants, at `at`.
+    const deleteTenant = (at: string) =>
+      tenants(
+        inboundMessage<TenantRecord>(null, { topic: 'urs.tenants', key: 't1', timestamp: Date.parse(at) }),
+      );
+    return { handler: handle, completion, cycles, begin, metrics, deleteTenant };
   }
 
   const summaries = (): VmsRiskSummary[] =>
@@ -319,6 +333,23 @@ describe('the publisher', () => {
     await handler(scoreBatch(1, 1, [device('c', 50, 'Moderate Risk')], 2));
     expect(records().map((m) => m.key)).toContain('t1/c');
     expect(summaries()).toHaveLength(1);
+  });
+
+  it('closeOverdue should send no summary of a cycle open when its tenant was deleted', async () => {
+    const { handler, begin, completion, cycles, deleteTenant } = build();
+    await begin(1);
+    await cycles.listed('t1', 'c1', { totalBatches: 2, totalDevices: 3, listedAt: minute(11) });
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')]));
+    await deleteTenant(minute(12));
+    expect(
+      records()
+        .filter((m) => m.value === null)
+        .map((m) => m.key),
+    ).toEqual(['t1/a', 't1/b']);
+    now = new Date(minute(16));
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(summaries()).toEqual([]);
   });
 
   it('createCycleCompletion should send a summary whose first send failed on the redelivery, once', async () => {

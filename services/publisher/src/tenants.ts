@@ -1,0 +1,71 @@
+import type { MessageHandler } from '@urs/bus';
+import type { TenantRecord } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import type { PublishedStore } from '@urs/store';
+import type { InOrder } from './in-order';
+import { takeWhenFree, whileHeld, type TenantLeasing } from './lease';
+import type { Tombstones } from './tombstones';
+
+export interface TenantsHandlerDeps {
+  published: Pick<
+    PublishedStore,
+    | 'markDeleted'
+    | 'forgetDeleted'
+    | 'registeredAgain'
+    | 'takeTenantLease'
+    | 'renewTenantLease'
+    | 'releaseTenantLease'
+  >;
+  /** Sends to `vms.risk-scores` and forgets, as a complete cycle's tombstones do. */
+  tombstones: Tombstones;
+  /** The tenants' queue, shared with the score handler and the sweep (see `CycleCompletionDeps.inOrder`). */
+  inOrder: InOrder;
+  /** This replica's tenant leases, shared with the score handler and the sweep. */
+  leasing: TenantLeasing;
+  logger: Logger;
+}
+
+/**
+ * The `urs.tenants` handler, in the publisher's group: each tenant's records go to one replica.
+ *
+ * A deleted tenant (a tombstone, as the registrar writes on `DELETE /v1/tenants/{id}/defender`) has no
+ * more cycles, so no complete cycle would ever tombstone its devices: VMS would enforce on their last
+ * scores for ever. Its deletion tombstones every device published and not tombstoned yet, then forgets
+ * the tenant's state. A disabled tenant is a record like any other: nothing is sent for it (Director's
+ * full push disables a tenant it leaves out, it never deletes it).
+ *
+ * The deletion is recorded first, with its time (the tombstone's timestamp): batches of the tenant's
+ * cycles still on their way are then dropped, and so are the summaries of its open cycles, until a
+ * record registers the tenant again; cycles that start after that publish as any. All of it runs in the
+ * tenant's queue, holding its lease, so no batch of the tenant is between reading what changed and
+ * recording what it published meanwhile. At least once: a deletion handled again finds nothing left to
+ * tombstone, or sends the same tombstones again (harmless on a compacted topic).
+ */
+export function createTenantsHandler(deps: TenantsHandlerDeps): MessageHandler<TenantRecord> {
+  return async (message) => {
+    const tenantId = message.value?.tenantId ?? message.key;
+    if (!tenantId) return;
+    const at = message.timestamp;
+    // Records of one tenant may be handed over two at a time: its queue keeps the deletion and a
+    // registration after it in order.
+    if (message.value !== null) {
+      await deps.inOrder(tenantId, () => deps.published.registeredAgain(tenantId, at));
+      return;
+    }
+    await deps.inOrder(tenantId, async () => {
+      const lease = { tenantId, ...deps.leasing };
+      await takeWhenFree(deps.published, lease, message.signal);
+      try {
+        const tombstones = await whileHeld(deps.published, lease, deps.logger, async () => {
+          const gone = await deps.published.markDeleted(tenantId, at);
+          await deps.tombstones(tenantId, gone);
+          await deps.published.forgetDeleted(tenantId);
+          return gone.length;
+        });
+        deps.logger.info('tenant deleted, its devices tombstoned', { tenantId, tombstones });
+      } finally {
+        await deps.published.releaseTenantLease(lease);
+      }
+    });
+  };
+}

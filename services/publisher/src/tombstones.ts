@@ -1,0 +1,37 @@
+import type { Publisher } from '@urs/bus';
+import type { PublishedStore, ScoreStore } from '@urs/store';
+import type { Registry } from '@urs/telemetry';
+
+export interface TombstonesDeps {
+  published: Pick<PublishedStore, 'forget'>;
+  scores: Pick<ScoreStore, 'remove'>;
+  publisher: Publisher;
+  /** `vms.risk-scores`. */
+  topic: string;
+  metrics: Registry;
+}
+
+/** Sends devices' tombstones to VMS, then forgets them; counted in `urs_vms_records_total{kind="tombstone"}`. */
+export type Tombstones = (tenantId: string, deviceIds: string[]) => Promise<void>;
+
+/**
+ * Tombstones go out before the devices are forgotten: a failure in between is retried with the devices
+ * still listed, and a tombstone sent twice is harmless on a compacted topic.
+ */
+export function createTombstones(deps: TombstonesDeps): Tombstones {
+  const records = deps.metrics.counter(
+    'urs_vms_records_total',
+    'Records produced to vms.risk-scores, by kind.',
+  );
+  return async (tenantId, deviceIds) => {
+    if (deviceIds.length === 0) return;
+    await deps.publisher.send(
+      deps.topic,
+      'urs/vms-risk-score',
+      deviceIds.map((deviceId) => ({ key: `${tenantId}/${deviceId}`, value: null })),
+    );
+    await deps.published.forget(tenantId, deviceIds);
+    await deps.scores.remove(tenantId, deviceIds);
+    records.inc({ kind: 'tombstone' }, deviceIds.length);
+  };
+}

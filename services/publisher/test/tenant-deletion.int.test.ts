@@ -1,0 +1,189 @@
+import { join } from 'node:path';
+import type { Consumer, Producer } from 'kafkajs';
+import { checkMessage, type ScoreBatch, type ScoredDevice, type VmsRiskSummary } from '@urs/contracts';
+import { createPublishedStore, createScoreStore } from '@urs/store';
+import {
+  createTestKafka,
+  createTestRedis,
+  deleteTopics,
+  runMain,
+  scoredDevice,
+  tenantRecord,
+  testInfra,
+  uniqueId,
+  waitFor,
+  type MainRun,
+} from '@urs/testkit';
+
+interface VmsMessage {
+  topic: string;
+  key: string;
+  value: unknown;
+}
+
+/**
+ * The publisher's main against the real Kafka and Redis: a tenant deleted (a tombstone on `urs.tenants`,
+ * as the registrar writes it) has its devices tombstoned on `vms.risk-scores` and its publisher state
+ * forgotten; a batch of a cycle that started before the deletion is not published; the tenant registered
+ * again publishes its new cycles.
+ */
+describe('publisher main: a deleted tenant', () => {
+  const redis = createTestRedis(uniqueId('tenant-deletion'));
+  const topicPrefix = `${uniqueId('ptd')}.`;
+  const topic = (name: string): string => `${topicPrefix}${name}`;
+  const kafka = createTestKafka();
+  const tenantId = 'tenant-deleted';
+  const received: VmsMessage[] = [];
+  let run: MainRun | undefined;
+  let producer: Producer | undefined;
+  let reader: Consumer | undefined;
+
+  afterAll(async () => {
+    await run?.exitWithin(0);
+    await reader?.disconnect();
+    await producer?.disconnect();
+    await redis.close();
+    const admin = kafka.admin();
+    await admin.connect();
+    const topics = (await admin.listTopics()).filter((name) => name.startsWith(topicPrefix));
+    await admin.disconnect();
+    await deleteTopics(kafka, topics);
+  });
+
+  const device = (deviceId: string, score: number): ScoredDevice =>
+    scoredDevice(deviceId, score, score >= 70 ? 'High Risk' : 'Trustworthy');
+
+  function scoreBatch(
+    cycleId: string,
+    startedAt: number,
+    batchIndex: number,
+    devices: ScoredDevice[],
+    totalBatches: number,
+  ): ScoreBatch {
+    const lastBatch = batchIndex === totalBatches - 1;
+    return {
+      schemaVersion: 1,
+      tenantId,
+      cycleId,
+      cycleStartedAt: new Date(startedAt).toISOString(),
+      batchIndex,
+      lastBatch,
+      ...(lastBatch ? { totalBatches, totalDevices: devices.length } : {}),
+      collectedAt: new Date(startedAt + 1_000).toISOString(),
+      scoredAt: new Date(startedAt + 2_000).toISOString(),
+      devices,
+    };
+  }
+
+  /** As the scorer does: stores the batch's scores, then sends it on. */
+  async function sendBatch(batch: ScoreBatch): Promise<void> {
+    expect(checkMessage('urs/score-batch', batch)).toEqual([]);
+    const { cycleId, cycleStartedAt, collectedAt, scoredAt } = batch;
+    await createScoreStore(redis.client, redis.prefix).saveScores(
+      tenantId,
+      { cycleId, cycleStartedAt, collectedAt, scoredAt },
+      batch.devices,
+    );
+    await producer?.send({
+      topic: topic('urs.device-scores'),
+      messages: [{ key: tenantId, value: JSON.stringify(batch) }],
+    });
+  }
+
+  const scores = (): VmsMessage[] => received.filter((m) => m.topic === topic('vms.risk-scores'));
+  const summaries = (): VmsRiskSummary[] =>
+    received.filter((m) => m.topic === topic('vms.risk-summary')).map((m) => m.value as VmsRiskSummary);
+  const logged = (message: string): Record<string, unknown>[] =>
+    run?.lines.filter((line) => line['message'] === message) ?? [];
+
+  it('should tombstone its devices, forget its state, drop its late batches, and publish it again once registered again', async () => {
+    run = runMain(join(__dirname, '..', 'src', 'main.ts'), {
+      KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
+      REDIS_URL: testInfra().redisUrl,
+      URS_TOPIC_PREFIX: topicPrefix,
+      URS_TOPIC_PARTITIONS: '1',
+      URS_REDIS_PREFIX: redis.prefix,
+      URS_METRICS_PORT: '0',
+      URS_LOG_LEVEL: 'info',
+    });
+    await waitFor(() => logged('started').length > 0, { timeoutMs: 60_000 });
+
+    producer = kafka.producer();
+    await producer.connect();
+    reader = kafka.consumer({ groupId: uniqueId('vms-reader'), maxWaitTimeInMs: 200 });
+    await reader.connect();
+    await reader.subscribe({
+      topics: [topic('vms.risk-scores'), topic('vms.risk-summary')],
+      fromBeginning: true,
+    });
+    await reader.run({
+      eachMessage: async ({ topic: from, message }) => {
+        received.push({
+          topic: from,
+          key: message.key?.toString('utf8') ?? '',
+          value: message.value === null ? null : (JSON.parse(message.value.toString('utf8')) as unknown),
+        });
+      },
+    });
+
+    // Cycle c1 complete (its summary out), then c2 open: one batch of two published before the deletion.
+    const startedAt = Date.now() - 120_000;
+    await sendBatch(scoreBatch('c1', startedAt, 0, [device('a', 10), device('b', 80), device('c', 20)], 1));
+    await sendBatch(scoreBatch('c2', startedAt + 60_000, 0, [device('a', 90), device('d', 30)], 2));
+    await waitFor(() => scores().length === 5 && summaries().length === 1, { timeoutMs: 30_000 });
+
+    // Deleted as the registrar deletes: a null value under the tenant's key, with the deletion's revision.
+    await producer.send({
+      topic: topic('urs.tenants'),
+      messages: [{ key: tenantId, value: null, headers: { 'urs-revision': '2' } }],
+    });
+    await waitFor(() => scores().filter((m) => m.value === null).length >= 4, { timeoutMs: 30_000 });
+    const tombstones = scores().slice(5);
+    expect(tombstones.map((m) => m.key).sort()).toEqual(
+      ['a', 'b', 'c', 'd'].map((deviceId) => `${tenantId}/${deviceId}`),
+    );
+    expect(tombstones.every((m) => m.value === null)).toBe(true);
+    await waitFor(() => logged('tenant deleted, its devices tombstoned').length === 1, {
+      timeoutMs: 10_000,
+    });
+    expect(logged('tenant deleted, its devices tombstoned')[0]).toMatchObject({ tenantId, tombstones: 4 });
+
+    // Its publisher state is gone: what was published and seen, its completed cycles, its devices' scores.
+    const stateKeys = [
+      'published',
+      'published-seen',
+      'published-cycles',
+      'published-seq',
+      'published-counter',
+      'scores',
+      'score-stamps',
+      'score-bands',
+    ].map((name) => `${redis.prefix}${name}:${tenantId}`);
+    expect(await redis.client.exists(...stateKeys)).toBe(0);
+
+    // c2's last batch, scored before the deletion, arrives after it: neither its records nor c2's summary
+    // (it was the cycle's last batch).
+    await sendBatch(scoreBatch('c2', startedAt + 60_000, 1, [device('e', 50)], 2));
+    await waitFor(() => logged('batch of a deleted tenant not published').length === 1, {
+      timeoutMs: 30_000,
+    });
+
+    // Registered again: a cycle that started after the registration publishes every device and its summary.
+    await producer.send({
+      topic: topic('urs.tenants'),
+      messages: [{ key: tenantId, value: JSON.stringify(tenantRecord(tenantId, { revision: 3 })) }],
+    });
+    // The poller starts the tenant's next cycle once it has read the registration; so does the test.
+    const published = createPublishedStore(redis.client, redis.prefix);
+    await waitFor(async () => !(await published.ofDeletedTenant(tenantId, Date.now())), {
+      timeoutMs: 30_000,
+    });
+    await sendBatch(scoreBatch('c3', Date.now(), 0, [device('a', 90), device('f', 40)], 1));
+    await waitFor(() => summaries().some((summary) => summary.cycleId === 'c3'), { timeoutMs: 30_000 });
+    const after = scores().slice(9);
+    expect(after.map((m) => m.key).sort()).toEqual([`${tenantId}/a`, `${tenantId}/f`]);
+    expect(after.every((m) => (m.value as { cycleId: string }).cycleId === 'c3')).toBe(true);
+    expect(summaries().map((summary) => summary.cycleId)).toEqual(['c1', 'c3']);
+    expect(logged('batch of a deleted tenant not published')).toHaveLength(1);
+  }, 120_000);
+});
