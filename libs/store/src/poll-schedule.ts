@@ -49,6 +49,14 @@ export interface PollScheduleStore {
   ): Promise<boolean>;
   /** Forgets a deleted tenant's schedule (a re-registration then polls at once). */
   clear(tenantId: string): Promise<void>;
+  /**
+   * Before a new revision `toRevision` of the tenant's record that leaves its settings as `fromRevision` had
+   * them (its secret re-sealed with another key): a failure of `fromRevision` becomes one of `toRevision`,
+   * so the pollers neither try the tenant at once nor restart its failure streak for it. False (nothing
+   * written) while a poller holds the tenant's lease: a cycle under way would end writing `fromRevision`
+   * back; the caller tries again later.
+   */
+  carryFailure(tenantId: string, fromRevision: number, toRevision: number): Promise<boolean>;
 }
 
 // KEYS[1] lease, KEYS[2] fence counter; ARGV: holder id, lease ms.
@@ -68,6 +76,14 @@ while ARGV[i] ~= '--' do
   i = i + 2
 end
 for j = i + 1, #ARGV do redis.call('HDEL', KEYS[2], ARGV[j]) end
+return 1`;
+
+// KEYS[1] lease, KEYS[2] schedule hash; ARGV: from revision, to revision.
+const CARRY_FAILURE = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('HGET', KEYS[2], 'failedRevision') == ARGV[1] then
+  redis.call('HSET', KEYS[2], 'failedRevision', ARGV[2])
+end
 return 1`;
 
 /** A schedule from its hash's fields (none: a tenant never polled). */
@@ -152,6 +168,17 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
     },
     async clear(tenantId) {
       await redis.del(scheduleKey(tenantId));
+    },
+    async carryFailure(tenantId, fromRevision, toRevision) {
+      const carried = await redis.eval(
+        CARRY_FAILURE,
+        2,
+        leaseKey(tenantId),
+        scheduleKey(tenantId),
+        String(fromRevision),
+        String(toRevision),
+      );
+      return carried === 1;
     },
   };
 }

@@ -70,4 +70,27 @@ describe('createPollScheduleStore', () => {
     expect(schedules.get('tenant-1200')).toEqual({ failures: 1, lastStartedAt: 1_001, retryAt: 9_000 });
     expect(schedules.get('tenant-0')).toEqual({ failures: 0 });
   });
+
+  it('carryFailure should move a failure of the old revision to the new one, unless a poller holds the tenant', async () => {
+    const store = createPollScheduleStore(redis.client, redis.prefix);
+    const lease = (await store.acquire('acme', 'a', 5_000))!;
+    await store.begin(lease, 'acme-1', 1_000);
+    await store.end(lease, { failures: 3, notBefore: 9_000, failedRevision: 7 });
+    // A poller holds the lease: its cycle would end writing revision 7 back.
+    expect(await store.carryFailure('acme', 7, 8)).toBe(false);
+    expect((await store.get('acme')).failedRevision).toBe(7);
+    await store.release(lease);
+    expect(await store.carryFailure('acme', 7, 8)).toBe(true);
+    expect(await store.get('acme')).toEqual({
+      failures: 3,
+      lastStartedAt: 1_000,
+      notBefore: 9_000,
+      failedRevision: 8,
+    });
+    // A failure of another revision, or none, is left as it is.
+    expect(await store.carryFailure('acme', 7, 9)).toBe(true);
+    expect((await store.get('acme')).failedRevision).toBe(8);
+    expect(await store.carryFailure('never-polled', 1, 2)).toBe(true);
+    expect(await store.get('never-polled')).toEqual({ failures: 0 });
+  });
 });

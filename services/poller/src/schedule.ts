@@ -7,12 +7,15 @@ import { DefenderErrorCode, isSetupErrorCode } from './defender';
  * started, with the interval in force now (a changed interval applies from the next cycle), and not
  * before a backoff's end. A tenant never polled is due at once. A cycle still marked running (under a
  * lease that is now ours) was abandoned by a poller that died or stopped mid-cycle: due at once, so the
- * tenant is not skipped for a whole interval. After a failure, a record with new settings is due at once.
+ * tenant is not skipped for a whole interval. After a failure, a newer record is due at once.
  */
 export function dueAt(schedule: PollSchedule, intervalMs: number, revision: number): number {
   if (schedule.runningCycleId !== undefined) return 0;
-  // The last cycle failed with other settings (an admin just fixed the secret): try the new ones at once.
-  if (schedule.failures > 0 && schedule.failedRevision !== undefined && schedule.failedRevision !== revision)
+  // The last cycle failed with an older record (an admin just fixed the secret): try the new one at once.
+  // Not when the failure is of a newer record than this one: this replica has not read it yet, and the
+  // registrar's re-seal of a secret (same settings, another key) moves the failure onto the revision it
+  // writes before the pollers read it (`carryFailure`), so that it does not make the tenant due at once.
+  if (schedule.failures > 0 && schedule.failedRevision !== undefined && schedule.failedRevision < revision)
     return 0;
   const next = schedule.lastStartedAt === undefined ? 0 : schedule.lastStartedAt + intervalMs;
   // A transient failure is tried again before the next interval (see `transientRetryAt`).

@@ -26,6 +26,11 @@ describe('dueAt', () => {
     expect(dueAt(schedule, 600_000, 4)).toBe(0);
   });
 
+  it('dueAt should hold a backoff for a record older than the failed one (a re-seal carried the failure onto a revision not read yet)', () => {
+    const schedule = { failures: 2, lastStartedAt: 1_000, notBefore: 5_000_000, failedRevision: 4 };
+    expect(dueAt(schedule, 600_000, 3)).toBe(5_000_000);
+  });
+
   it('dueAt should try a transient failure again at its retry time, when that comes before the interval', () => {
     expect(dueAt({ failures: 1, lastStartedAt: 1_000, retryAt: 121_000 }, 86_400_000, 1)).toBe(121_000);
     expect(dueAt({ failures: 1, lastStartedAt: 1_000, retryAt: 900_000 }, 600_000, 1)).toBe(601_000);

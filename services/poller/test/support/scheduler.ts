@@ -79,6 +79,14 @@ export function memorySchedules(): PollScheduleStore {
     async clear(tenantId) {
       schedules.delete(tenantId);
     },
+    async carryFailure(tenantId, fromRevision, toRevision) {
+      const held = leases.get(tenantId);
+      if (held && held.until > Date.now()) return false;
+      const schedule = schedules.get(tenantId);
+      if (schedule?.failedRevision === fromRevision)
+        schedules.set(tenantId, { ...schedule, failedRevision: toRevision });
+      return true;
+    },
   };
 }
 
