@@ -23,6 +23,18 @@ export interface RegistrarConfig extends DefenderSettings {
    * `urs.tenants`), in milliseconds. Env `URS_REBUILD_CHECK_MS`, default 5000.
    */
   rebuildCheckMs: number;
+  /**
+   * How often the registrar looks for stored secrets sealed with a retired key and re-seals a batch of them
+   * with the active one, in milliseconds. Env `URS_RESEAL_CHECK_MS`, default 30000. Each look reads every
+   * tenant record in Redis (to count them for `urs_secrets_on_retired_keys`), which the rebuild check's 5 s
+   * would do twelve times a minute on every replica for a number that changes only during a key rotation.
+   */
+  resealCheckMs: number;
+  /**
+   * Records re-sealed at most per look (each a new revision on `urs.tenants`, read by every poller, scorer
+   * and publisher). Env `URS_RESEAL_BATCH`, default 200: 10,000 tenants move to a new key in about 25 minutes.
+   */
+  resealBatch: number;
   /** Longest wait of the `/defender/test` check, in milliseconds. Env `URS_ACCESS_TEST_TIMEOUT_MS`, default 30000. */
   accessTestTimeoutMs: number;
   /** Consumer group of the Director pushes. Env `URS_CONSUMER_GROUP`, default `{URS_TOPIC_PREFIX}urs.registrar`. */
@@ -46,6 +58,8 @@ export function registrarConfig(env: Env): RegistrarConfig {
       max: 16 * 1024 * 1024,
     }),
     rebuildCheckMs: readInt(env, 'URS_REBUILD_CHECK_MS', { fallback: 5_000, min: 100 }),
+    resealCheckMs: readInt(env, 'URS_RESEAL_CHECK_MS', { fallback: 30_000, min: 100 }),
+    resealBatch: readInt(env, 'URS_RESEAL_BATCH', { fallback: 200, min: 1, max: 10_000 }),
     accessTestTimeoutMs: readInt(env, 'URS_ACCESS_TEST_TIMEOUT_MS', { fallback: 30_000, min: 1_000 }),
     groupId: readString(env, 'URS_CONSUMER_GROUP', `${readString(env, 'URS_TOPIC_PREFIX', '')}urs.registrar`),
     secretKeys: secretKeyConfig(env),

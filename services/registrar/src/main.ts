@@ -16,6 +16,7 @@ import { deviceRoutes } from './http/devices';
 import { rebuiltGate } from './http/rebuilt';
 import { startApiServer, type ApiServer } from './http/server';
 import { tenantRoutes, type AccessChecker } from './http/tenants';
+import { createSecretResealer } from './reseal';
 
 void runService({
   name: 'registrar',
@@ -96,6 +97,24 @@ void runService({
       metrics,
       drainTimeoutMs,
     });
+
+    // Moves the secrets stored under a retired key onto the active one, a batch per pass, from the first
+    // rebuild on (see createSecretResealer).
+    const resealer = createSecretResealer({
+      tenants,
+      registry,
+      sealer,
+      keyIds,
+      ready,
+      metrics,
+      logger,
+      batch: settings.resealBatch,
+    });
+    const resealStop = new AbortController();
+    const resealStopped = new Promise<void>((resolve) =>
+      resealStop.signal.addEventListener('abort', () => resolve(), { once: true }),
+    );
+    let resealing: Promise<void> | undefined;
 
     const watch = new AbortController();
     let watching: Promise<void> | undefined;
@@ -180,9 +199,20 @@ void runService({
           await ready();
           rebuiltOnce();
         });
+        resealing = Promise.race([firstRebuild, resealStopped]).then(() =>
+          resealer.watch(settings.resealCheckMs, resealStop.signal),
+        );
       },
       closers: [
         { name: 'http', close: () => api?.close() },
+        {
+          // A re-seal under way finishes its record (Kafka, then Redis) before the publisher and Redis close.
+          name: 'reseal',
+          close: async () => {
+            resealStop.abort();
+            await resealing;
+          },
+        },
         {
           name: 'rebuild-watch',
           close: async () => {

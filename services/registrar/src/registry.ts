@@ -82,6 +82,20 @@ export interface TenantRegistry {
   remove(tenantId: string, options?: { signal?: AbortSignal }): Promise<boolean>;
   /** Reports a refused registration in the tenant's status. */
   reject(tenantId: string, violations: Violation[]): Promise<void>;
+  /**
+   * Re-seals the tenant's stored secret with the active key when it is sealed with a retired one (read
+   * under the tenant's write lock: another replica may have done it meanwhile): a new revision of the record
+   * that is the same in all else (source, generation, enabled, settings, `updatedAt`). Its status (the last
+   * error) stays, and a failure of the old revision is carried onto the new one, so the pollers do not poll
+   * it early. `current`: nothing to re-seal (already under the active key, or deleted); `polling`: a poller
+   * holds the tenant (see `PollScheduleStore.carryFailure`), nothing written: try again later. A secret
+   * this registrar's keys do not open throws the sealer's `SecretError`.
+   */
+  reseal(
+    tenantId: string,
+  ): Promise<
+    { outcome: 'resealed'; record: TenantRecord; fromKeyId: string } | { outcome: 'current' | 'polling' }
+  >;
 }
 
 export interface TenantRegistryDeps {
@@ -92,9 +106,10 @@ export interface TenantRegistryDeps {
   sealer: SecretSealer;
   /**
    * The pollers' schedules: forgotten when a tenant is disabled or deleted, so that enabling or
-   * registering it again polls at once instead of one interval after its last cycle.
+   * registering it again polls at once instead of one interval after its last cycle. A re-sealed
+   * secret carries the tenant's failure onto the new revision instead (`reseal`).
    */
-  schedules: Pick<PollScheduleStore, 'clear'>;
+  schedules: Pick<PollScheduleStore, 'clear' | 'carryFailure'>;
   logger: Logger;
   now?: () => Date;
 }
@@ -236,6 +251,9 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       return locked(tenantId, options.signal, () => remove(tenantId, options.signal));
     },
     reject,
+    reseal(tenantId) {
+      return locked(tenantId, undefined, () => reseal(tenantId));
+    },
   };
 
   async function register(
@@ -384,6 +402,38 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     await deps.schedules.clear(tenantId);
     log.info('tenant deleted', { tenantId, revision, ...(generation < 0 ? {} : { generation }) });
     return true;
+  }
+
+  async function reseal(
+    tenantId: string,
+  ): Promise<
+    { outcome: 'resealed'; record: TenantRecord; fromKeyId: string } | { outcome: 'current' | 'polling' }
+  > {
+    const current = await deps.tenants.get(tenantId);
+    if (!current || !deps.sealer.isStale(current.defender.clientSecret)) return { outcome: 'current' };
+    const fromKeyId = current.defender.clientSecret.keyId;
+    const clientSecret = deps.sealer.seal(
+      deps.sealer.open(current.defender.clientSecret, tenantId),
+      tenantId,
+    );
+    // `updatedAt` stays: it says when the tenant's registration last changed, and nothing of it did.
+    const record: TenantRecord = {
+      ...current,
+      revision: await deps.state.nextRevision(tenantId, current.revision),
+      defender: { ...current.defender, clientSecret },
+    };
+    // Before the record goes out: a poller that reads it must find the failure already carried onto it.
+    // A revision number taken and not written leaves a gap, which no reader minds.
+    if (!(await deps.schedules.carryFailure(tenantId, current.revision, record.revision)))
+      return { outcome: 'polling' };
+    await write(record);
+    log.debug('tenant secret re-sealed with the active key', {
+      tenantId,
+      revision: record.revision,
+      fromKeyId,
+      keyId: clientSecret.keyId,
+    });
+    return { outcome: 'resealed', record, fromKeyId };
   }
 
   async function reject(tenantId: string, violations: Violation[]): Promise<void> {

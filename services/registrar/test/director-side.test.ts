@@ -46,7 +46,7 @@ async function setup(opens: boolean, options: { redisFailsOnce?: boolean } = {})
     state: memoryStateStore(),
     sealer,
     keyIds: new Set(['k1']),
-    schedules: { clear: async () => undefined },
+    schedules: { clear: async () => undefined, carryFailure: async () => true },
     topics: { registration: 'urs.registration', tenants: 'urs.tenants', dlq: 'urs.dlq' },
     groupId: 'urs.registrar',
     logger: silentLogger,

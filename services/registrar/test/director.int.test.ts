@@ -81,7 +81,7 @@ describe('createRegistrationHandler over Kafka and Redis', () => {
       state,
       sealer: testSealer(),
       keyIds: new Set(['k1']),
-      schedules: { clear: async () => undefined },
+      schedules: { clear: async () => undefined, carryFailure: async () => true },
       topics: { registration, tenants: tenantsTopic, dlq },
       groupId,
       logger,

@@ -16,7 +16,7 @@ function setup() {
     publisher,
     tenantsTopic: 'urs.tenants',
     sealer: testSealer(),
-    schedules: { clear: async () => undefined },
+    schedules: { clear: async () => undefined, carryFailure: async () => true },
     logger: silentLogger,
   });
   let rebuilt = 0;

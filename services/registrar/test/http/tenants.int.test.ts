@@ -48,7 +48,7 @@ describe('tenantRoutes over Kafka and Redis', () => {
       publisher,
       tenantsTopic: topic,
       sealer,
-      schedules: { clear: async () => undefined },
+      schedules: { clear: async () => undefined, carryFailure: async () => true },
       logger: silentLogger,
     });
     const call = routeCaller(

@@ -27,7 +27,10 @@ function setup(
     publisher,
     tenantsTopic: 'urs.tenants',
     sealer,
-    schedules: { clear: async (tenantId) => void cleared.push(tenantId) },
+    schedules: {
+      clear: async (tenantId) => void cleared.push(tenantId),
+      carryFailure: async () => true,
+    },
     logger: silentLogger,
   });
   const checked: AccessCheckTenant[] = [];
