@@ -1,0 +1,53 @@
+import { silentLogger } from '@urs/logging';
+import { createSecretSealer } from '@urs/secrets';
+import { Registry } from '@urs/telemetry';
+import { capturingLogger, type LogLine } from '@urs/testkit';
+import { createTenantRegistry } from '../src/registry';
+import { createSecretResealer } from '../src/reseal';
+import { memoryPublisher, memoryStateStore, memoryTenantStore, tenantRecord } from './fakes';
+
+describe('createSecretResealer', () => {
+  it('pass should count a secret of a key this registrar does not hold, warn of it once and write nothing', async () => {
+    const tenants = memoryTenantStore();
+    const publisher = memoryPublisher();
+    const retired = createSecretSealer({ activeKeyId: 'k9', keys: new Map([['k9', Buffer.alloc(32, 5)]]) });
+    await tenants.put({
+      ...tenantRecord('acme', 1),
+      defender: { ...tenantRecord('acme', 1).defender, clientSecret: retired.seal('Plain~acme', 'acme') },
+    });
+    const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 7)]]) });
+    const registry = createTenantRegistry({
+      tenants,
+      state: memoryStateStore(),
+      publisher,
+      tenantsTopic: 'urs.tenants',
+      sealer,
+      schedules: { clear: async () => undefined, carryFailure: async () => true },
+      logger: silentLogger,
+    });
+    const lines: LogLine[] = [];
+    const metrics = new Registry({ processMetrics: false });
+    const resealer = createSecretResealer({
+      tenants,
+      registry,
+      sealer,
+      keyIds: new Set(['k1']),
+      ready: async () => undefined,
+      metrics,
+      logger: capturingLogger(lines),
+      batch: 10,
+    });
+    expect(await resealer.pass()).toEqual({ retired: 1, resealed: {} });
+    expect(await resealer.pass()).toEqual({ retired: 1, resealed: {} });
+    expect(metrics.expose()).toMatch(/^urs_secrets_on_retired_keys 1$/m);
+    expect(publisher.sent).toEqual([]);
+    expect(lines.filter((line) => line.level === 'warn')).toEqual([
+      expect.objectContaining({
+        message: 'stored secret sealed with a key this registrar does not hold: not re-sealed',
+        tenantId: 'acme',
+        keyId: 'k9',
+      }),
+    ]);
+    expect(JSON.stringify(lines)).not.toContain('Plain~acme');
+  });
+});
