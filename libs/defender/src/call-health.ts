@@ -19,14 +19,34 @@ export interface CallHealthOptions {
    * limit of calls in flight.
    */
   freeAbove?: number;
+  /**
+   * How long a call may hold its slot, in milliseconds, before it shows the tenant's API to be slow, whether
+   * it was answered or failed (createCallSlots measures it). Default `min(2000, requestTimeoutMs / 4)`: far
+   * below the request timeout, so an API that answers every call just in time is seen as slow too, and 40
+   * times a call at the benchmark's 50 ms. A full page of the device list may take longer; the listing asks
+   * for its pages one after the other, so a limit on its calls in flight never slows it.
+   */
+  slowCallMs?: number;
+  /**
+   * Slow calls in a row (answered or failed) after which the tenant has at most `slowLimit` calls in flight.
+   * Default 3.
+   */
+  slowAfter?: number;
+  /**
+   * Calls in flight of a tenant whose API answers slowly. Default a fifth of `freeAbove` (2 of 10): the other
+   * tenants keep most of the shared slots, and the slow tenant, its calls answered within 4.8 s, still spends
+   * its hourly quota of device calls (1,500, one every 2.4 s).
+   */
+  slowLimit?: number;
   now?: () => number;
 }
 
 /**
- * How an attempt ended, for the tenant's health: answered; failed slowly, having held its slot long (no
- * answer in time, a body that kept trickling); or neither (a fast failure, a 429, a call its caller stopped).
+ * How an attempt ended, for the tenant's health: answered; answered slowly, having held its slot long;
+ * failed slowly (no answer in time, a body that kept trickling, a 503 after a long wait); or neither (a fast
+ * failure, a 429, a call its caller stopped).
  */
-export type CallOutcome = 'answered' | 'failed' | 'neither';
+export type CallOutcome = 'answered' | 'answeredSlowly' | 'failed' | 'neither';
 
 interface Waiter {
   wake: () => void;
@@ -41,16 +61,23 @@ interface Waiter {
  * `holdBackMs`, and the first call answered lets the tenant's calls out again, doubling at each answer.
  * Only slow failures count: a connection reset or a 503 that comes at once holds a slot for a moment, and a
  * passing blip of them must not cost a healthy tenant its cycle (the vuln-fetcher's own cut-off stops a
- * tenant whose calls keep failing that way). Of this process only: a tenant's batches go to one vuln-fetcher
- * (they are keyed by tenant).
+ * tenant whose calls keep failing that way). A tenant whose API answers, but slowly, would keep the slots
+ * just as well (its two batches queue 20 calls, the slots are given in turn): after `slowAfter` slow calls in
+ * a row, answered or failed, it has at most `slowLimit` calls in flight; its answers still count as answers
+ * (they lift a hold-back), and the first call answered fast lets its calls out again, doubling at each one.
+ * Of this process only: a tenant's batches go to one vuln-fetcher (they are keyed by tenant).
  */
 export class CallHealth {
   private readonly oneAtATimeAfter: number;
   private readonly holdBackAfter: number;
   private readonly holdBackMs: number;
   private readonly freeAbove: number;
+  private readonly slowAfter: number;
+  private readonly slowLimit: number;
   private readonly now: () => number;
   private failuresInARow = 0;
+  /** Slow calls in a row, answered or failed. */
+  private slowInARow = 0;
   /** Calls that may be in flight; Infinity while the tenant's calls are free. */
   private limit = Infinity;
   private inFlight = 0;
@@ -68,6 +95,8 @@ export class CallHealth {
     this.holdBackAfter = options.holdBackAfter ?? 10;
     this.holdBackMs = options.holdBackMs ?? 30_000;
     this.freeAbove = options.freeAbove ?? 10;
+    this.slowAfter = options.slowAfter ?? 3;
+    this.slowLimit = options.slowLimit ?? Math.max(1, Math.round(this.freeAbove / 5));
     this.now = options.now ?? Date.now;
   }
 
@@ -118,18 +147,22 @@ export class CallHealth {
   }
 
   /**
-   * The call that `start` let go ended: answered, failed slowly for the API's own reasons (`failure` says
-   * how, for the message of a hold-back), or neither.
+   * The call that `start` let go ended: answered (fast or slowly), failed slowly for the API's own reasons
+   * (`failure` says how, for the message of a hold-back), or neither.
    */
   leave(outcome: CallOutcome, failure = ''): void {
     this.inFlight--;
-    if (outcome === 'answered') {
+    if (outcome === 'answered' || outcome === 'answeredSlowly') {
       this.failuresInARow = 0;
       this.heldBackUntil = 0;
-      this.limit = this.limit * 2 > this.freeAbove ? Infinity : this.limit * 2;
+      this.slowInARow = outcome === 'answered' ? 0 : this.slowInARow + 1;
+      const doubled = this.limit * 2 > this.freeAbove ? Infinity : this.limit * 2;
+      this.limit = this.slowInARow >= this.slowAfter ? Math.min(doubled, this.slowLimit) : doubled;
     } else if (outcome === 'failed') {
       this.lastFailure = failure;
       this.failuresInARow++;
+      this.slowInARow++;
+      if (this.slowInARow >= this.slowAfter) this.limit = Math.min(this.limit, this.slowLimit);
       if (this.failuresInARow >= this.oneAtATimeAfter) this.limit = 1;
       if (this.failuresInARow >= this.holdBackAfter) {
         this.heldBackUntil = this.now() + this.holdBackMs;

@@ -1,7 +1,7 @@
 import axios from 'axios';
 import Bottleneck from 'bottleneck';
 import { TIMED_OUT, outcomeOf } from './answers';
-import { CallHealth } from './call-health';
+import { CallHealth, type CallOutcome } from './call-health';
 import type { CallMetrics } from './call-metrics';
 import { DefenderError, DefenderErrorCode, isDefenderError } from './errors';
 import { type CallLimiter, SlotEndedError } from './limiter';
@@ -47,6 +47,8 @@ export interface CallSlotsOptions {
   metrics: CallMetrics | undefined;
   /** See ApiCallerOptions.requestTimeoutMs. */
   requestTimeoutMs: number;
+  /** See CallHealthOptions.slowCallMs. */
+  slowCallMs?: number | undefined;
 }
 
 export interface CallSlots {
@@ -63,10 +65,17 @@ export interface CallSlots {
 export function createCallSlots(options: CallSlotsOptions): CallSlots {
   const { azureTenantId, limiter, health, metrics } = options;
   /**
-   * A failed attempt counts for the tenant's health only when it held its slot this long: half the request
-   * timeout, so a call that ran out of time always does, a reset or a 503 that came at once never.
+   * An attempt that held its slot this long shows the tenant's API to be slow: answered, it limits the
+   * tenant's calls in flight; failed, it counts for the tenant's health, where a reset or a 503 that came at
+   * once never does. Below the request timeout, so a call that ran out of time always counts.
    */
-  const slowFailureMs = options.requestTimeoutMs / 2;
+  const slowCallMs = options.slowCallMs ?? Math.min(2_000, options.requestTimeoutMs / 4);
+  /**
+   * A bulk export page is read in its slot as it arrives, and a page of 50,000 rows takes many seconds from a
+   * healthy API: its answer never shows the API slow, and its failure counts only after half the request
+   * timeout.
+   */
+  const slowBulkFailureMs = Math.max(slowCallMs, options.requestTimeoutMs / 2);
 
   /**
    * Runs `call` in one of the shared slots. The call counts against the tenant's quota from when it is sent,
@@ -104,16 +113,16 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
           return call(request.signal).finally(request.done);
         });
         if (response === NOT_NOW) continue;
-        const slow = performance.now() - sentAt >= slowFailureMs;
-        const outcome = outcomeOf(response.status);
-        health.leave(outcome === 'failed' && !slow ? 'neither' : outcome, `answered ${response.status}`);
+        health.leave(answered(endpoint, response.status, sentAt), `answered ${response.status}`);
         metrics?.called(endpoint, response.status, (performance.now() - sentAt) / 1000);
         return response;
       } catch (error) {
         if (sentAt > 0) {
           const failure = failureOf(error, signal, slotEnded);
-          const slow = performance.now() - sentAt >= slowFailureMs;
-          health.leave(failure !== undefined && slow ? 'failed' : 'neither', failure);
+          health.leave(
+            failure !== undefined && failedSlowly(endpoint, sentAt) ? 'failed' : 'neither',
+            failure,
+          );
           metrics?.called(endpoint, 'error', (performance.now() - sentAt) / 1000);
         } else {
           if (CallHealth.isHeldBack(error)) metrics?.heldBack(endpoint);
@@ -122,6 +131,20 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
         throw slotExpired(error, endpoint, slotEnded) ?? error;
       }
     }
+  }
+
+  /** What an answer sent at `sentAt` shows of the tenant's health. */
+  function answered(endpoint: DefenderEndpointClass, status: number, sentAt: number): CallOutcome {
+    const outcome = outcomeOf(status);
+    if (outcome === 'failed') return failedSlowly(endpoint, sentAt) ? 'failed' : 'neither';
+    if (outcome === 'answered' && endpoint !== 'bulk' && performance.now() - sentAt >= slowCallMs)
+      return 'answeredSlowly';
+    return outcome;
+  }
+
+  /** Whether a call sent at `sentAt` that failed now held its slot long enough to count. */
+  function failedSlowly(endpoint: DefenderEndpointClass, sentAt: number): boolean {
+    return performance.now() - sentAt >= (endpoint === 'bulk' ? slowBulkFailureMs : slowCallMs);
   }
 
   /**

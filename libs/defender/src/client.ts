@@ -59,7 +59,10 @@ export interface DefenderClientDeps {
    * 30000; keep it below the limiter's job expiration.
    */
   requestTimeoutMs?: number;
-  /** When the tenant's calls go one at a time, or are held back, after failures in a row. Default CallHealth's. */
+  /**
+   * When the tenant's calls are limited after slow calls in a row, go one at a time or are held back after
+   * failures in a row. Default CallHealth's.
+   */
   health?: CallHealthOptions;
   /** How long one call may wait out 429s in total, in milliseconds. Default 600000 (10 min). */
   maxThrottleWaitMs?: number;

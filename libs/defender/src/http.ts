@@ -31,7 +31,10 @@ export interface ApiCallerOptions {
    * slot ends. A bulk export page handed out row by row (`scanRows`, `scanInto`) is bounded by its slot only.
    */
   requestTimeoutMs: number;
-  /** When the tenant's calls go one at a time, or are held back, after failures in a row (see CallHealth). */
+  /**
+   * When the tenant's calls are limited after slow calls in a row, go one at a time or are held back after
+   * failures in a row (see CallHealth).
+   */
   health?: CallHealthOptions;
   /** Total time one call may spend waiting out 429s before it fails THROTTLED, in milliseconds. */
   maxThrottleWaitMs: number;
@@ -122,6 +125,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     health,
     metrics,
     requestTimeoutMs: options.requestTimeoutMs,
+    slowCallMs: options.health?.slowCallMs,
   });
 
   /**

@@ -22,6 +22,14 @@ function failCalls(health: CallHealth, n: number, failure = 'no answer within 30
   }
 }
 
+/** `n` calls started one after the other, each answered slowly. */
+function answerSlowly(health: CallHealth, n: number): void {
+  for (let i = 0; i < n; i++) {
+    expect(health.start()).toBe(true);
+    health.leave('answeredSlowly');
+  }
+}
+
 describe('CallHealth', () => {
   it('start should let every call go while the tenant’s calls are answered', () => {
     const { health } = healthAt();
@@ -179,5 +187,72 @@ describe('CallHealth', () => {
     health.leave('neither');
     await second;
     expect(secondWoke).toBe(true);
+  });
+
+  it('start should let slowLimit calls go at once after slowAfter slow answers in a row, not before', () => {
+    const { health } = healthAt({ slowAfter: 3, slowLimit: 2 });
+    answerSlowly(health, 2);
+    expect(startAll(health, 10)).toBe(10);
+    for (let i = 0; i < 10; i++) health.leave('neither');
+    answerSlowly(health, 1);
+    expect(startAll(health, 10)).toBe(2);
+    // Answered slowly, the calls stay at 2: none fails, none is held back.
+    for (let i = 0; i < 10; i++) {
+      health.leave('answeredSlowly');
+      expect(startAll(health, 10)).toBe(1);
+    }
+    expect(health.heldBack()).toBeUndefined();
+  });
+
+  it('slowLimit should default to a fifth of freeAbove', () => {
+    const { health } = healthAt({ freeAbove: 10 });
+    answerSlowly(health, 3);
+    expect(startAll(health, 10)).toBe(2);
+    const few = healthAt({ freeAbove: 3 }).health;
+    answerSlowly(few, 3);
+    expect(startAll(few, 10)).toBe(1);
+  });
+
+  it('each call answered fast should double what a slow tenant may have in flight, until its calls are free again', () => {
+    const { health } = healthAt({ slowAfter: 3, freeAbove: 10 });
+    answerSlowly(health, 3);
+    const allowed: number[] = [];
+    for (let round = 0; round < 4; round++) {
+      const started = startAll(health, 30);
+      allowed.push(started);
+      health.leave('answered');
+      for (let i = 1; i < started; i++) health.leave('neither');
+    }
+    expect(allowed).toEqual([2, 4, 8, 30]);
+  });
+
+  it('an answer fast should clear the slow calls in a row, so scattered slow answers never limit the tenant', () => {
+    const { health } = healthAt({ slowAfter: 3 });
+    for (let round = 0; round < 10; round++) {
+      answerSlowly(health, 2);
+      expect(health.start()).toBe(true);
+      health.leave('answered');
+    }
+    expect(startAll(health, 20)).toBe(20);
+  });
+
+  it('slow failures and slow answers should count together as slow calls in a row', () => {
+    const { health } = healthAt({ slowAfter: 3, oneAtATimeAfter: 3, slowLimit: 2 });
+    failCalls(health, 1);
+    answerSlowly(health, 1);
+    failCalls(health, 1);
+    expect(startAll(health, 10)).toBe(2);
+  });
+
+  it('a slow answer should lift a hold-back and let the calls out again up to slowLimit only', () => {
+    const { health } = healthAt({ holdBackAfter: 10, slowLimit: 2 });
+    for (let i = 0; i < 11; i++) expect(health.start()).toBe(true);
+    for (let i = 0; i < 10; i++) health.leave('failed', 'answered 503');
+    expect(health.heldBack()).toBeDefined();
+    health.leave('answeredSlowly');
+    expect(health.heldBack()).toBeUndefined();
+    expect(startAll(health, 10)).toBe(2);
+    health.leave('answeredSlowly');
+    expect(startAll(health, 10)).toBe(1);
   });
 });

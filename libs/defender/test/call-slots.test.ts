@@ -1,0 +1,71 @@
+import {
+  CallHealth,
+  type CallOutcome,
+  createLocalLimiter,
+  type DefenderEndpointClass,
+  type QuotaClaim,
+} from '../src';
+import { createCallSlots } from '../src/call-slots';
+
+const claim: QuotaClaim = { sent: () => undefined };
+
+/** The outcome `createCallSlots` gives CallHealth for a call of `endpoint` answered `status` after `afterMs`. */
+async function outcomeOf(
+  endpoint: DefenderEndpointClass,
+  status: number,
+  afterMs: number,
+  options: { requestTimeoutMs?: number; slowCallMs?: number } = {},
+): Promise<CallOutcome> {
+  const health = new CallHealth('tenant-a');
+  const leave = jest.spyOn(health, 'leave');
+  const limiter = createLocalLimiter();
+  const slots = createCallSlots({
+    azureTenantId: 'tenant-a',
+    limiter,
+    health,
+    metrics: undefined,
+    requestTimeoutMs: options.requestTimeoutMs ?? 1_000,
+    slowCallMs: options.slowCallMs,
+  });
+  try {
+    await slots.inSlot(endpoint, claim, 0, undefined, async () => {
+      await new Promise((resolve) => setTimeout(resolve, afterMs));
+      return { status };
+    });
+    expect(leave).toHaveBeenCalledTimes(1);
+    return leave.mock.calls[0]?.[0] as CallOutcome;
+  } finally {
+    await limiter.close();
+  }
+}
+
+describe('createCallSlots', () => {
+  it('inSlot should tell the tenant’s health of a call answered after slowCallMs as answered slowly', async () => {
+    expect(await outcomeOf('vulnerabilities', 200, 120, { slowCallMs: 100 })).toBe('answeredSlowly');
+    expect(await outcomeOf('machines', 404, 120, { slowCallMs: 100 })).toBe('answeredSlowly');
+    expect(await outcomeOf('vulnerabilities', 200, 0, { slowCallMs: 100 })).toBe('answered');
+  });
+
+  it('inSlot should count a 5xx after slowCallMs as a slow failure, one that comes at once as neither', async () => {
+    expect(await outcomeOf('vulnerabilities', 503, 120, { slowCallMs: 100 })).toBe('failed');
+    expect(await outcomeOf('vulnerabilities', 503, 0, { slowCallMs: 100 })).toBe('neither');
+    expect(await outcomeOf('vulnerabilities', 429, 120, { slowCallMs: 100 })).toBe('neither');
+  });
+
+  it('slowCallMs should default to a quarter of the request timeout, at most 2 s', async () => {
+    // A quarter of 400 ms: 100 ms.
+    expect(await outcomeOf('vulnerabilities', 200, 120, { requestTimeoutMs: 400 })).toBe('answeredSlowly');
+    expect(await outcomeOf('vulnerabilities', 504, 120, { requestTimeoutMs: 400 })).toBe('failed');
+    expect(await outcomeOf('vulnerabilities', 200, 60, { requestTimeoutMs: 400 })).toBe('answered');
+    // At most 2 s, whatever the timeout.
+    expect(await outcomeOf('vulnerabilities', 200, 2_050, { requestTimeoutMs: 30_000 })).toBe(
+      'answeredSlowly',
+    );
+  });
+
+  it('inSlot should never count a long bulk export page answered as slow, and its failure only after half the request timeout', async () => {
+    expect(await outcomeOf('bulk', 200, 120, { slowCallMs: 100 })).toBe('answered');
+    expect(await outcomeOf('bulk', 503, 120, { slowCallMs: 100, requestTimeoutMs: 1_000 })).toBe('neither');
+    expect(await outcomeOf('bulk', 503, 120, { slowCallMs: 100, requestTimeoutMs: 200 })).toBe('failed');
+  });
+});
