@@ -1,6 +1,18 @@
 import type Redis from 'ioredis';
 import { releaseOwnedKeyIn } from './owned-key';
 import { owedSummary, summariesOwedKey, tenantLeaseKey, type TenantLease } from './published';
+import { tenantStatusKey } from './tenants';
+
+/** What the poller knew of a cycle whose listing stopped before its end (`CycleStore.abandon`). */
+export interface CycleAbandonment {
+  /** Batches it had emitted. */
+  batches: number;
+  /** Devices it had listed, emitted or held back. */
+  devices: number;
+  /** Why the listing stopped: the error's code (`CYCLE_ABORTED` when the lease was lost or the poller stopped). */
+  code: string;
+  at: string;
+}
 
 /** One polling cycle of one tenant, as the poller began it and the publisher completes it. */
 export interface CycleState {
@@ -22,6 +34,13 @@ export interface CycleState {
    */
   vulnerabilityMode?: 'per-device' | 'bulk';
   note?: string;
+  /**
+   * The tenant's device count when the cycle began (its last listed cycle's, from the tenant's status): the
+   * best known total of a cycle closed before its listing ended. Absent for a tenant never listed.
+   */
+  lastKnownDevices?: number;
+  /** Set when the poller recorded that the cycle's listing stopped before its end. */
+  abandoned?: CycleAbandonment;
   /** Distinct batches recorded as scored so far. */
   scoredBatches: number;
   /** Set once the cycle's summary was published. */
@@ -49,6 +68,20 @@ export interface CycleStore {
    * sees the poller's batches complete without them.
    */
   addCorrections(tenantId: string, cycleId: string, batches: number): Promise<void>;
+  /**
+   * The poller's listing of a begun cycle stopped before its last batch (Defender failed, the lease was lost,
+   * the poller stops), and a new cycle will list the tenant again. Records what it had emitted and brings the
+   * cycle's close forward so that its partial summary reaches VMS before the new cycle's: due at once when
+   * every emitted batch is recorded already, else at `closeAt` (epoch ms; the handler closes it sooner, when
+   * the last emitted batch is recorded). False, nothing written, for a cycle listed in full, published or
+   * never begun.
+   */
+  abandon(
+    tenantId: string,
+    cycleId: string,
+    abandonment: CycleAbandonment,
+    closeAt: number,
+  ): Promise<boolean>;
   /** The vuln-fetcher has produced this enriched batch of the cycle (idempotent). */
   enriched(tenantId: string, cycleId: string, batchIndex: number): Promise<void>;
   /** How many distinct batches of the cycle the vuln-fetcher has produced. */
@@ -101,6 +134,32 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], 'NX', ARGV[5], ARGV[4])
 return 1`;
 
+// KEYS[1] cycle hash, KEYS[2] open zset, KEYS[3] the tenant's status hash; ARGV: member, tenantId, cycleId,
+// startedAt, deadlineAt, deadline ms, expire-at ms. The status's deviceCount is a JSON number.
+const BEGIN = `
+redis.call('HSET', KEYS[1], 'tenantId', ARGV[2], 'cycleId', ARGV[3], 'startedAt', ARGV[4], 'deadlineAt', ARGV[5])
+local known = redis.call('HGET', KEYS[3], 'deviceCount')
+if known and tonumber(known) then redis.call('HSET', KEYS[1], 'lastKnownDevices', known) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[7])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+return 1`;
+
+// KEYS[1] cycle hash, KEYS[2] batches hash, KEYS[3] open zset; ARGV: member, batches, devices, code, at,
+// now ms, close-at ms. Never brings a close later than the deadline.
+const ABANDON = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'totalBatches') == 1 or redis.call('HEXISTS', KEYS[1], 'published') == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'abandonedBatches', ARGV[2], 'abandonedDevices', ARGV[3], 'abandonedCode', ARGV[4],
+  'abandonedAt', ARGV[5])
+local deadline = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if not deadline then return 1 end
+local closeAt = tonumber(ARGV[7])
+if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[2]) then closeAt = tonumber(ARGV[6]) end
+if closeAt < tonumber(deadline) then redis.call('ZADD', KEYS[3], 'XX', closeAt, ARGV[1]) end
+return 1`;
+
 // KEYS[1] cycle hash; ARGV batches. Only on a cycle the poller began: never a hash without its expiry.
 const ADD_CORRECTIONS = `
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'correctionBatches', ARGV[1]) end
@@ -128,6 +187,14 @@ function toState(
   const mode = fields['vulnerabilityMode'];
   if (mode === 'per-device' || mode === 'bulk') state.vulnerabilityMode = mode;
   if (fields['note'] !== undefined) state.note = fields['note'];
+  if (fields['lastKnownDevices'] !== undefined) state.lastKnownDevices = Number(fields['lastKnownDevices']);
+  if (fields['abandonedBatches'] !== undefined)
+    state.abandoned = {
+      batches: Number(fields['abandonedBatches']),
+      devices: Number(fields['abandonedDevices'] ?? 0),
+      code: fields['abandonedCode'] ?? 'UNEXPECTED',
+      at: fields['abandonedAt'] ?? fields['startedAt'],
+    };
   if (fields['published'] === 'complete' || fields['published'] === 'partial')
     state.published = fields['published'];
   return state;
@@ -136,8 +203,9 @@ function toState(
 /**
  * Keys: `{prefix}cycle:{tenantId}:{cycleId}` (hash), `{prefix}cycle-batches:{tenantId}:{cycleId}`
  * (hash batchIndex → stats JSON), `{prefix}cycle-enriched:{tenantId}:{cycleId}` (set of batch indexes)
- * and `{prefix}cycles-open` (zset of `tenantId/cycleId` by deadline). A claim also writes the published
- * store's owed summaries (`summariesOwedKey`).
+ * and `{prefix}cycles-open` (zset of `tenantId/cycleId` by deadline, or by an abandoned cycle's earlier
+ * close). A claim also writes the published store's owed summaries (`summariesOwedKey`); `begin` reads the
+ * tenant's status (`tenantStatusKey`) for its last listed device count.
  */
 export function createCycleStore(
   redis: Redis,
@@ -152,24 +220,21 @@ export function createCycleStore(
   const openKey = `${prefix}cycles-open`;
   return {
     async begin(cycle) {
-      const key = cycleKey(cycle.tenantId, cycle.cycleId);
-      const expireAt = Date.parse(cycle.deadlineAt) + retentionMs;
-      await redis
-        .multi()
-        .hset(
-          key,
-          'tenantId',
-          cycle.tenantId,
-          'cycleId',
-          cycle.cycleId,
-          'startedAt',
-          cycle.startedAt,
-          'deadlineAt',
-          cycle.deadlineAt,
-        )
-        .pexpireat(key, expireAt)
-        .zadd(openKey, Date.parse(cycle.deadlineAt), `${cycle.tenantId}/${cycle.cycleId}`)
-        .exec();
+      const deadline = Date.parse(cycle.deadlineAt);
+      await redis.eval(
+        BEGIN,
+        3,
+        cycleKey(cycle.tenantId, cycle.cycleId),
+        openKey,
+        tenantStatusKey(prefix, cycle.tenantId),
+        `${cycle.tenantId}/${cycle.cycleId}`,
+        cycle.tenantId,
+        cycle.cycleId,
+        cycle.startedAt,
+        cycle.deadlineAt,
+        String(deadline),
+        String(deadline + retentionMs),
+      );
     },
     async listed(tenantId, cycleId, totals) {
       const fields = [
@@ -186,6 +251,23 @@ export function createCycleStore(
     },
     async addCorrections(tenantId, cycleId, batches) {
       await redis.eval(ADD_CORRECTIONS, 1, cycleKey(tenantId, cycleId), String(batches));
+    },
+    async abandon(tenantId, cycleId, abandonment, closeAt) {
+      const recorded = await redis.eval(
+        ABANDON,
+        3,
+        cycleKey(tenantId, cycleId),
+        batchesKey(tenantId, cycleId),
+        openKey,
+        `${tenantId}/${cycleId}`,
+        String(abandonment.batches),
+        String(abandonment.devices),
+        abandonment.code,
+        abandonment.at,
+        String(Date.parse(abandonment.at)),
+        String(closeAt),
+      );
+      return recorded === 1;
     },
     async enriched(tenantId, cycleId, batchIndex) {
       const key = enrichedKey(tenantId, cycleId);

@@ -3,7 +3,7 @@ export type { RedisClientOptions } from './client';
 export { createTenantStore } from './tenants';
 export type { TenantStore, TenantStatus } from './tenants';
 export { createCycleStore } from './cycles';
-export type { CycleStore, CycleState } from './cycles';
+export type { CycleStore, CycleState, CycleAbandonment } from './cycles';
 export { createScoreStore, scoreStoreFor } from './scores';
 export type {
   ScoreStore,

@@ -85,13 +85,18 @@ redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SREM', KEYS[2], ARGV[1])
 return 1`;
 
+/** The tenant's status hash; the cycle store reads its device count when a cycle begins. */
+export function tenantStatusKey(prefix: string, tenantId: string): string {
+  return `${prefix}tenant-status:${tenantId}`;
+}
+
 /**
  * Tenant records (as on `urs.tenants`: the secret stays sealed) and their status, under
  * `{prefix}tenant:{id}`, `{prefix}tenant-status:{id}` and the index `{prefix}tenants`.
  */
 export function createTenantStore(redis: Redis, prefix: string): TenantStore {
   const recordKey = (tenantId: string): string => `${prefix}tenant:${tenantId}`;
-  const statusKey = (tenantId: string): string => `${prefix}tenant-status:${tenantId}`;
+  const statusKey = (tenantId: string): string => tenantStatusKey(prefix, tenantId);
   const indexKey = `${prefix}tenants`;
   return {
     async put(record) {

@@ -1,4 +1,4 @@
-import { createCycleStore, createPublishedStore } from '@urs/store';
+import { createCycleStore, createPublishedStore, createTenantStore } from '@urs/store';
 import { testRedisPerTest } from '@urs/testkit';
 
 describe('createCycleStore', () => {
@@ -120,6 +120,49 @@ describe('createCycleStore', () => {
     const perDevice = await cycles.get('acme', 'c2');
     expect(perDevice).toMatchObject({ totalDevices: 12, vulnerabilityMode: 'per-device' });
     expect(perDevice?.note).toBeUndefined();
+  });
+
+  it("begin should keep the tenant's last listed device count, for a cycle whose own total is never known", async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    await cycles.begin(begin);
+    expect((await cycles.get('acme', 'c1'))?.lastKnownDevices).toBeUndefined();
+    await tenants.cycleListed('acme', 'c1', { deviceCount: 740 });
+    await cycles.begin({ ...begin, cycleId: 'c2' });
+    expect(await cycles.get('acme', 'c2')).toMatchObject({ lastKnownDevices: 740 });
+  });
+
+  it('abandon should record what a stopped listing emitted and bring its close forward, at once when every emitted batch is in', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await cycles.begin(begin);
+    await cycles.begin({ ...begin, cycleId: 'c2' });
+    await cycles.recordBatch('acme', 'c1', 0, { devices: 500 });
+    const at = new Date(startedMs + 60_000);
+    const abandonment = { batches: 1, devices: 730, code: 'DEFENDER_UNAVAILABLE', at: at.toISOString() };
+    expect(await cycles.abandon('acme', 'c1', abandonment, startedMs + 120_000)).toBe(true);
+    expect(await cycles.get('acme', 'c1')).toMatchObject({ abandoned: abandonment });
+    // Its only emitted batch is in: due now, not at the grace's end.
+    expect(await cycles.overdue(at)).toEqual([{ tenantId: 'acme', cycleId: 'c1' }]);
+    // A batch still on its way: due when the grace ends, or when that batch completes it.
+    expect(await cycles.abandon('acme', 'c2', { ...abandonment, batches: 2 }, startedMs + 120_000)).toBe(
+      true,
+    );
+    expect(await cycles.overdue(new Date(startedMs + 119_999))).toEqual([
+      { tenantId: 'acme', cycleId: 'c1' },
+    ]);
+    expect(await cycles.overdue(new Date(startedMs + 120_000))).toHaveLength(2);
+  });
+
+  it('abandon should leave a listed, a published or a never begun cycle as it is', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const abandonment = { batches: 1, devices: 1, code: 'CYCLE_ABORTED', at: begin.startedAt };
+    expect(await cycles.abandon('acme', 'never', abandonment, startedMs)).toBe(false);
+    expect(await redis.client.exists(`${redis.prefix}cycle:acme:never`)).toBe(0);
+    await cycles.begin(begin);
+    await cycles.listed('acme', 'c1', { totalBatches: 1, totalDevices: 1, listedAt: begin.startedAt });
+    expect(await cycles.abandon('acme', 'c1', abandonment, startedMs)).toBe(false);
+    expect((await cycles.get('acme', 'c1'))?.abandoned).toBeUndefined();
+    expect(await cycles.overdue(new Date(startedMs))).toEqual([]);
   });
 
   it('claimPublication should let exactly one caller publish and close the cycle', async () => {
