@@ -1,7 +1,7 @@
 import { deviceBatchMessage, type Publisher } from '@urs/bus';
 import { toDeviceRecord, type DeviceRecord, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { UrsError, errorCode } from '@urs/resilience';
+import { UrsError, errorCode, errorMessage } from '@urs/resilience';
 import { parseProfile } from '@urs/scoring';
 import { secretRecordUnreadable, type ReplicaKeyCheck, type SecretSealer } from '@urs/secrets';
 import type { CycleStore } from '@urs/store';
@@ -57,6 +57,14 @@ export class CycleAbortedError extends UrsError {
   }
 }
 
+/**
+ * How long after a cycle's listing stopped its batches already emitted may take to be scored before the
+ * publisher closes it as partial, ms. The poller's next try comes no sooner than ~1.5 minutes after a failure
+ * (`transientRetryAt`), or a lease's length after a lost lease, and then lists the whole tenant again: the
+ * abandoned cycle's summary goes out first. The publisher closes it sooner when its last emitted batch is in.
+ */
+const ABANDONED_CYCLE_GRACE_MS = 60_000;
+
 /** `<tenantId>-<start in ms, 13 digits>`: unique per tenant (one cycle at a time) and sortable. */
 export function cycleIdOf(tenantId: string, startedAt: number): string {
   return `${tenantId}-${String(startedAt).padStart(13, '0')}`;
@@ -94,7 +102,8 @@ async function openSecret(deps: CycleDeps, record: TenantRecord): Promise<string
  * held back until either the listing ends (the exact count; then per-device if it fits) or the count
  * passes what per-device calls can serve in one interval (then bulk, and batches flow from there on).
  * The cycle is begun in the cycle store with its first batch, so a cycle that never emitted (bad secret)
- * leaves no open cycle for the publisher to close.
+ * leaves no open cycle for the publisher to close; one that stops after a batch and before its last is
+ * recorded as abandoned, for the publisher to close it as partial at once (see `abandon` below).
  */
 export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<CycleResult> {
   const now = deps.now ?? Date.now;
@@ -115,6 +124,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
 
   let mode: 'per-device' | 'bulk' | undefined;
   let begun = false;
+  let emittedLast = false;
   let batchIndex = 0;
   let totalDevices = 0;
   let merged = 0;
@@ -141,6 +151,39 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       deviceBatchMessage(tenantId, header, devices),
     ]);
     batchIndex++;
+    emittedLast = last;
+  }
+
+  /**
+   * A cycle that stops after it emitted batches and before its last one is never listed in full: its poller
+   * (or another) lists the tenant again in a new cycle. Recorded as abandoned, it is closed as partial within
+   * seconds, with the devices it listed and never got scored counted as failed, instead of at its deadline (up
+   * to an hour later, after the new cycle's summary, and as if nothing had failed). A Redis that fails here
+   * leaves it to its deadline.
+   */
+  async function abandon(error: unknown): Promise<void> {
+    if (!begun || emittedLast) return;
+    const at = now();
+    const code = errorCode(error);
+    try {
+      const abandonment = {
+        batches: batchIndex,
+        devices: totalDevices,
+        code,
+        at: new Date(at).toISOString(),
+      };
+      await deps.cycles.abandon(tenantId, cycleId, abandonment, at + ABANDONED_CYCLE_GRACE_MS);
+      log.info('cycle abandoned before its listing ended', {
+        code,
+        emittedBatches: batchIndex,
+        totalDevices,
+      });
+    } catch (failure) {
+      log.warn('abandoned cycle not recorded: its deadline closes it', {
+        code,
+        reason: errorMessage(failure),
+      });
+    }
   }
 
   /** Emits full batches while more than one batch is pending (the last one waits for the end of the listing). */
@@ -152,6 +195,35 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       from += deps.batchSize;
     }
     if (from > 0) pending = pending.slice(from);
+  }
+
+  /** Lists every device and emits its batches, the last one with the totals. */
+  async function listAndEmit(client: ReturnType<DefenderGateway['forTenant']>): Promise<void> {
+    try {
+      for await (const page of client.listDevicePages(signal)) {
+        if (signal.aborted) throw new CycleAbortedError();
+        for (const device of page.devices) {
+          if (device.merged) {
+            merged++;
+            continue;
+          }
+          // Only what the scorer and VMS read travels on: the rest of the record stays here.
+          pending.push(toDeviceRecord(device.machine));
+          totalDevices++;
+        }
+        if (mode === undefined && totalDevices > perDeviceCapacity) mode = 'bulk';
+        if (mode !== undefined) await flushFull();
+      }
+    } catch (error) {
+      // What an administrator fixes without changing the record (consent granted in Entra, the app's roles)
+      // must be seen at the next try: its token is asked for again, not the one kept that lacks the role.
+      if (isSetupErrorCode(errorCode(error))) deps.defender.forget(tenantId);
+      throw error;
+    }
+    if (signal.aborted) throw new CycleAbortedError();
+    mode ??= 'per-device';
+    await flushFull();
+    await emit(pending, true);
   }
 
   // The secret is opened every cycle (a record this key no longer opens fails here, as before), the client
@@ -167,32 +239,15 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     region: record.defender.region,
   }));
   try {
-    for await (const page of client.listDevicePages(signal)) {
-      if (signal.aborted) throw new CycleAbortedError();
-      for (const device of page.devices) {
-        if (device.merged) {
-          merged++;
-          continue;
-        }
-        // Only what the scorer and VMS read travels on: the rest of the record stays here.
-        pending.push(toDeviceRecord(device.machine));
-        totalDevices++;
-      }
-      if (mode === undefined && totalDevices > perDeviceCapacity) mode = 'bulk';
-      if (mode !== undefined) await flushFull();
-    }
+    await listAndEmit(client);
   } catch (error) {
-    // What an administrator fixes without changing the record (consent granted in Entra, the app's roles)
-    // must be seen at the next try: its token is asked for again, not the one kept that lacks the role.
-    if (isSetupErrorCode(errorCode(error))) deps.defender.forget(tenantId);
+    await abandon(error);
     throw error;
   }
-  if (signal.aborted) throw new CycleAbortedError();
-  mode ??= 'per-device';
-  await flushFull();
-  await emit(pending, true);
+  // Set by the listing, which ended.
+  const vulnerabilityMode = mode ?? 'per-device';
   const note =
-    mode === 'bulk'
+    vulnerabilityMode === 'bulk'
       ? `bulk vulnerability export: ${totalDevices} devices exceed the ${perDeviceCapacity} per-device calls ` +
         `the API quota allows in a ${record.defender.pollIntervalMinutes}-minute interval`
       : null;
@@ -202,9 +257,9 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     totalBatches: batchIndex,
     totalDevices,
     listedAt: new Date(listedAt).toISOString(),
-    vulnerabilityMode: mode,
+    vulnerabilityMode,
     note,
   });
-  log.info('cycle listed', { totalDevices, totalBatches: batchIndex, merged, vulnerabilityMode: mode });
-  return { totalDevices, totalBatches: batchIndex, merged, vulnerabilityMode: mode, note, listedAt };
+  log.info('cycle listed', { totalDevices, totalBatches: batchIndex, merged, vulnerabilityMode });
+  return { totalDevices, totalBatches: batchIndex, merged, vulnerabilityMode, note, listedAt };
 }

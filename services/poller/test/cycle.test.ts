@@ -1,6 +1,7 @@
 import type { OutboundMessage, Publisher } from '@urs/bus';
 import { toDeviceRecord, type DeviceBatch, type Machine, type TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
+import { UrsError } from '@urs/resilience';
 import { createSecretSealer } from '@urs/secrets';
 import type { CycleStore } from '@urs/store';
 import { CycleAbortedError, cycleIdOf, runCycle, type CycleDeps } from '../src/cycle';
@@ -36,7 +37,8 @@ function pages(...sizes: number[]): DevicePage[] {
   }));
 }
 
-function setup(listing: DevicePage[] | Error, capacity = 1_000) {
+/** `failAfter`: thrown by the listing once its pages are listed (a listing that fails midway). */
+function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Error) {
   const sent: DeviceBatch[] = [];
   const events: string[] = [];
   const credentials: TenantCredentials[] = [];
@@ -60,6 +62,17 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000) {
       events.push(`listed ${totals.totalBatches}/${totals.totalDevices} ${totals.vulnerabilityMode}`);
       listedNotes.push(totals.note);
     },
+    async abandon(
+      _t: string,
+      _c: string,
+      abandonment: Parameters<CycleStore['abandon']>[2],
+      closeAt: number,
+    ) {
+      events.push(
+        `abandon ${abandonment.batches}/${abandonment.devices} ${abandonment.code} ${abandonment.at} ${closeAt}`,
+      );
+      return true;
+    },
   } as unknown as CycleStore;
   const defender: DefenderGateway = {
     forTenant(tenant, credentialsOf) {
@@ -69,6 +82,7 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000) {
         async *listDevicePages() {
           if (listing instanceof Error) throw listing;
           for (const page of listing) yield page;
+          if (failAfter) throw failAfter;
         },
       };
     },
@@ -234,5 +248,49 @@ describe('runCycle', () => {
     const { deps, sent } = setup(pages(600));
     await expect(runCycle(deps, input(abort.signal))).rejects.toBeInstanceOf(CycleAbortedError);
     expect(sent).toEqual([]);
+  });
+
+  it('runCycle should record a cycle whose listing failed after it emitted batches as abandoned, with what it emitted', async () => {
+    const failure = new UrsError('DEFENDER_UNAVAILABLE', 'Defender answered 503', { canRetry: true });
+    // Bulk from the first page on (capacity 10): 1,200 devices listed, two full batches emitted, 200 held back.
+    const { deps, events } = setup(pages(600, 600), 10, failure);
+    await expect(runCycle(deps, input())).rejects.toBe(failure);
+    expect(events.slice(1)).toEqual([
+      'batch 0',
+      'batch 1',
+      `abandon 2/1200 DEFENDER_UNAVAILABLE ${new Date(1_000).toISOString()} ${1_000 + 60_000}`,
+    ]);
+  });
+
+  it('runCycle should record an aborted cycle as abandoned only once it emitted a batch', async () => {
+    const abort = new AbortController();
+    const { deps, events } = setup(pages(600, 600), 10);
+    const publisher = deps.publisher;
+    // The lease is lost while the first batch is sent.
+    const send: Publisher['send'] = async (...args) => {
+      await publisher.send(...args);
+      abort.abort();
+    };
+    await expect(
+      runCycle({ ...deps, publisher: { ...publisher, send } }, input(abort.signal)),
+    ).rejects.toBeInstanceOf(CycleAbortedError);
+    expect(events.slice(1)).toEqual([
+      'batch 0',
+      `abandon 1/600 CYCLE_ABORTED ${new Date(1_000).toISOString()} 61000`,
+    ]);
+    const never = setup(pages(600), 10);
+    const aborted = new AbortController();
+    aborted.abort();
+    await expect(runCycle(never.deps, input(aborted.signal))).rejects.toBeInstanceOf(CycleAbortedError);
+    expect(never.events).toEqual([]);
+  });
+
+  it('runCycle should not record a cycle whose every batch went out as abandoned', async () => {
+    const { deps, events } = setup(pages(10));
+    deps.cycles.listed = async () => {
+      throw new Error('Connection is closed.');
+    };
+    await expect(runCycle(deps, input())).rejects.toThrow('Connection is closed.');
+    expect(events.filter((event) => event.startsWith('abandon'))).toEqual([]);
   });
 });
