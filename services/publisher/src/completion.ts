@@ -104,7 +104,9 @@ async function sideBySide<T extends { tenantId: string }>(
  * Cycle completion: a cycle is complete when its totals are known and every batch was recorded; one
  * publisher wins the claim and publishes the summary (plus the snapshot and tombstones of a complete
  * cycle). A cycle past its deadline is closed as partial by the sweep. Device records are not held
- * back for completion: they are published batch by batch (see the handler).
+ * back for completion: they are published batch by batch (see the handler). A cycle its poller abandoned
+ * (`CycleStore.abandon`) is closed as partial when the batches it emitted are in, or by the sweep at the
+ * earlier close the poller gave it.
  */
 export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletion {
   const now = deps.now ?? (() => new Date());
@@ -190,7 +192,13 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     }
     const cycleStartedAt = state?.startedAt ?? hint.cycleStartedAt;
     const cycleAt = Date.parse(cycleStartedAt);
-    const total = state?.totalDevices ?? hint.totalDevices ?? scored;
+    // A cycle never listed in full (its poller abandoned it or died) has no total of its own: the best known
+    // is the tenant's last listed count, or what its poller had listed before it stopped. Either way at
+    // least the devices scored, so that the devices listed and never scored show as failed, not as 0.
+    const total =
+      state?.totalDevices ??
+      hint.totalDevices ??
+      Math.max(scored, state?.lastKnownDevices ?? 0, state?.abandoned?.devices ?? 0);
     let snapshotted = false;
     let tombstones = 0;
     if (status === 'complete') {
@@ -234,6 +242,10 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       collectToSummary.observe(ms(publishedAt.getTime(), Date.parse(collectedAt)) / 1000, { status });
     log.info('cycle published', {
       status,
+      // Why a cycle is partial when its poller knew: its listing stopped (the error's code).
+      ...(status === 'partial' && state?.abandoned
+        ? { reason: `listing failed: ${state.abandoned.code}` }
+        : {}),
       devices: summary.devices,
       changed,
       snapshot: snapshotted,
@@ -309,7 +321,15 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         return sendOwed(state, tenantId, cycleId, state.published, hint);
       }
       const totalBatches = state?.totalBatches ?? hint.totalBatches;
-      if (totalBatches === undefined) return false;
+      if (totalBatches === undefined) {
+        // Abandoned by its poller: partial once every batch it emitted is in (or at the close it was given).
+        const abandoned = state?.abandoned;
+        if (abandoned === undefined || state === null || state.scoredBatches < abandoned.batches)
+          return false;
+        if (!(await deps.cycles.claimPublication(tenantId, cycleId, 'partial', now().getTime())))
+          return false;
+        return sendOwed(state, tenantId, cycleId, 'partial', hint);
+      }
       const recorded = state?.scoredBatches ?? (await deps.cycles.batchStats(tenantId, cycleId)).size;
       if (recorded < totalBatches) return false;
       if (!(await deps.cycles.claimPublication(tenantId, cycleId, 'complete', now().getTime()))) return false;

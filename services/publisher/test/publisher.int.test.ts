@@ -1,7 +1,7 @@
 import { deviceBatchMessage, parseJsonBytes, type InboundMessage, type Publisher } from '@urs/bus';
 import type { ScoreBatch, ScoredDevice, TenantRecord, VmsRiskScore, VmsRiskSummary } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
-import { createCycleStore, createPublishedStore, createScoreStore } from '@urs/store';
+import { createCycleStore, createPublishedStore, createScoreStore, createTenantStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { createTestRedis, inboundMessage, scoredDevice, type TestRedis, waitFor } from '@urs/testkit';
 import { createCycleCompletion } from '../src/completion';
@@ -705,5 +705,57 @@ describe('the publisher', () => {
       devices: { scored: 1, incomplete: 0 },
       bands: { Trustworthy: 1, Suspicious: 0, 'High Risk': 1 },
     });
+  });
+
+  it("closeOverdue should count a cycle never listed against the tenant's last listed device count, the devices not scored as failed", async () => {
+    const { handler, begin, completion } = build();
+    // The tenant's last listed cycle had 3 devices; this one's poller died after its first batch.
+    await createTenantStore(redis.client, redis.prefix).cycleListed('t1', 'c0', { deviceCount: 3 });
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 90, 'High Risk')]));
+    now = new Date(minute(16));
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(summaries()[0]).toMatchObject({ status: 'partial', devices: { total: 3, scored: 2, failed: 1 } });
+  });
+
+  it('closeOverdue should close a cycle its poller abandoned at the next sweep, before the cycle that retries it', async () => {
+    const { handler, begin, completion, cycles } = build();
+    await createTenantStore(redis.client, redis.prefix).cycleListed('t1', 'c0', { deviceCount: 3 });
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 90, 'High Risk')]));
+    // The listing failed after that batch; the poller tries again with a new cycle minutes later.
+    now = new Date(minute(11));
+    const abandonment = { batches: 1, devices: 2, code: 'DEFENDER_UNAVAILABLE', at: minute(11) };
+    await cycles.abandon('t1', 'c1', abandonment, Date.parse(minute(12)));
+    expect(await completion.closeOverdue()).toBe(1);
+    await begin(2);
+    await handler(
+      scoreBatch(
+        2,
+        0,
+        [device('a', 10, 'Trustworthy'), device('b', 90, 'High Risk'), device('c', 50, 'Moderate Risk')],
+        1,
+      ),
+    );
+    now = new Date(minute(26));
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(summaries().map((s) => [s.cycleId, s.status, s.devices])).toEqual([
+      ['c1', 'partial', { total: 3, scored: 2, incomplete: 0, failed: 1 }],
+      ['c2', 'complete', { total: 3, scored: 3, incomplete: 0, failed: 0 }],
+    ]);
+  });
+
+  it('createPublishHandler should close an abandoned cycle as partial when its last emitted batch is in', async () => {
+    const { handler, begin, completion, cycles } = build();
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    now = new Date(minute(11));
+    const abandonment = { batches: 2, devices: 3, code: 'CYCLE_ABORTED', at: minute(11) };
+    await cycles.abandon('t1', 'c1', abandonment, Date.parse(minute(12)));
+    // Batch 1 is still on its way: the sweep leaves the cycle to it until the grace ends.
+    expect(await completion.closeOverdue()).toBe(0);
+    await handler(scoreBatch(1, 1, [device('b', 90, 'High Risk')]));
+    expect(summaries()).toHaveLength(1);
+    expect(summaries()[0]).toMatchObject({ status: 'partial', devices: { total: 3, scored: 2, failed: 1 } });
   });
 });
