@@ -73,14 +73,16 @@ export interface PublishedStore {
   ): Promise<void>;
   /**
    * Counts a completed cycle once (a repeated call answers the same sequence) and lists the devices
-   * not seen in any of the last `absentCycles` completed cycles: the ones to tombstone.
+   * not seen in any of the last `absentCycles` completed cycles: the ones to tombstone. `tombstones` is how
+   * many the first call listed, kept with the sequence: a repeat (the summary's send failed after the
+   * tombstones went out and their devices were forgotten) lists none again, and still counts them.
    */
   completeCycle(
     tenantId: string,
     cycleId: string,
     cycleAt: number,
     absentCycles: number,
-  ): Promise<{ sequence: number; gone: string[] }>;
+  ): Promise<{ sequence: number; gone: string[]; tombstones: number }>;
   /** Devices seen in the cycle that started at `cycleAt`. */
   seenIn(tenantId: string, cycleAt: number): Promise<string[]>;
   /** Forgets devices (after their tombstone was published). */
@@ -183,23 +185,29 @@ for first = 1, n, slice do
 end
 return 1`;
 
-// KEYS[1] sequence hash (cycleId → n), KEYS[2] counter, KEYS[3] completed zset (cycleId by start ms),
-// KEYS[4] seen zset. ARGV: cycleId, cycle ms, absentCycles. Returns {sequence, gone ids...}: a range of
-// the seen zset, so a large fleet costs only its absent devices.
+// KEYS[1] sequence hash (cycleId → `n:tombstones`, or `n` as written before the count was kept), KEYS[2]
+// counter, KEYS[3] completed zset (cycleId by start ms), KEYS[4] seen zset. ARGV: cycleId, cycle ms,
+// absentCycles. Returns {sequence, tombstones, gone ids...}: a range of the seen zset, so a large fleet costs
+// only its absent devices.
 const COMPLETE = `
-local sequence = redis.call('HGET', KEYS[1], ARGV[1])
-if not sequence then
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+local sequence, counted
+if stored then
+  sequence, counted = string.match(stored, '^(%d+):?(%d*)$')
+else
   sequence = redis.call('INCR', KEYS[2])
-  redis.call('HSET', KEYS[1], ARGV[1], sequence)
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 end
 local n = tonumber(ARGV[3])
-local result = {tonumber(sequence)}
+local gone = {}
 local oldest = redis.call('ZREVRANGE', KEYS[3], n - 1, n - 1, 'WITHSCORES')
-if #oldest == 2 then
-  local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. oldest[2])
-  for i = 1, #gone do table.insert(result, gone[i]) end
+if #oldest == 2 then gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. oldest[2]) end
+if not counted or counted == '' then
+  counted = #gone
+  redis.call('HSET', KEYS[1], ARGV[1], sequence .. ':' .. counted)
 end
+local result = {tonumber(sequence), tonumber(counted)}
+for i = 1, #gone do table.insert(result, gone[i]) end
 -- Only the last cycles matter for absence; keep a few more for diagnosis. A cycle let go of takes its
 -- sequence number with it (the hash would grow by one field per cycle, for ever).
 local old = redis.call('ZRANGE', KEYS[3], 0, -(n + 11))
@@ -313,7 +321,7 @@ function stillToPublish(
  * The publisher's memory of what VMS holds: `{prefix}published:{tenantId}` (deviceId → last published
  * score, band, cycle, and the cycle it was last seen in), `{prefix}published-seen:{tenantId}` (zset of
  * devices by the start of the newest cycle they were in), `{prefix}published-cycles:{tenantId}` (zset of
- * completed cycles by start) with `{prefix}published-seq:{tenantId}` / `…-counter:{tenantId}` numbering them,
+ * completed cycles by start) with `{prefix}published-seq:{tenantId}` / `…-counter:{tenantId}` numbering them (and counting each one's tombstones),
  * the tenant's lease `{prefix}publish-lease:{tenantId}` (string, PX), and once the tenant was deleted
  * `{prefix}published-deleted:{tenantId}` (hash: `deletedAt`, `registeredAt` once registered again, and the
  * `cutoff` of its tombstones; PX).
@@ -381,9 +389,9 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
         cycleId,
         String(cycleAt),
         String(Math.max(1, absentCycles)),
-      )) as [number, ...string[]];
-      const [sequence, ...gone] = result;
-      return { sequence: Number(sequence), gone };
+      )) as [number, number, ...string[]];
+      const [sequence, tombstones, ...gone] = result;
+      return { sequence: Number(sequence), gone, tombstones: Number(tombstones) };
     },
     async seenIn(tenantId, cycleAt) {
       return (await redis.zrangebyscore(seenKey(tenantId), cycleAt, cycleAt)).sort();

@@ -322,14 +322,36 @@ describe('createPublishedStore', () => {
     const published = createPublishedStore(redis.client, redis.prefix);
     const d = (deviceId: string) => ({ deviceId, score: 1, band: 'Trustworthy' });
     await published.commit('t', 1000, [d('stay'), d('leave')]);
-    expect(await published.completeCycle('t', 'c1', 1000, 2)).toEqual({ sequence: 1, gone: [] });
+    expect(await published.completeCycle('t', 'c1', 1000, 2)).toEqual({
+      sequence: 1,
+      gone: [],
+      tombstones: 0,
+    });
     await published.commit('t', 2000, [d('stay')]);
-    expect(await published.completeCycle('t', 'c2', 2000, 2)).toEqual({ sequence: 2, gone: [] });
-    expect(await published.completeCycle('t', 'c2', 2000, 2)).toEqual({ sequence: 2, gone: [] });
+    expect(await published.completeCycle('t', 'c2', 2000, 2)).toEqual({
+      sequence: 2,
+      gone: [],
+      tombstones: 0,
+    });
+    expect(await published.completeCycle('t', 'c2', 2000, 2)).toEqual({
+      sequence: 2,
+      gone: [],
+      tombstones: 0,
+    });
     await published.commit('t', 3000, [d('stay')]);
-    expect(await published.completeCycle('t', 'c3', 3000, 2)).toEqual({ sequence: 3, gone: ['leave'] });
+    expect(await published.completeCycle('t', 'c3', 3000, 2)).toEqual({
+      sequence: 3,
+      gone: ['leave'],
+      tombstones: 1,
+    });
     await published.forget('t', ['leave']);
     expect(await published.seenIn('t', 3000)).toEqual(['stay']);
+    // Asked again once its tombstones went out: nothing left to tombstone, and still the count it had.
+    expect(await published.completeCycle('t', 'c3', 3000, 2)).toEqual({
+      sequence: 3,
+      gone: [],
+      tombstones: 1,
+    });
   });
 
   it("takeTenantLease should admit one replica per tenant, which a batch's changed takes and its recordBatch gives back", async () => {
@@ -399,7 +421,11 @@ describe('createPublishedStore', () => {
       expect((await published.completeCycle('t', `c${cycle}`, cycle * 1000, 2)).sequence).toBe(cycle);
     const numbered = await redis.client.hgetall(`${redis.prefix}published-seq:t`);
     expect(Object.keys(numbered).sort()).toEqual(Array.from({ length: 12 }, (_, i) => `c${19 + i}`).sort());
-    expect(await published.completeCycle('t', 'c30', 30_000, 2)).toEqual({ sequence: 30, gone: [] });
+    expect(await published.completeCycle('t', 'c30', 30_000, 2)).toEqual({
+      sequence: 30,
+      gone: [],
+      tombstones: 0,
+    });
   });
 });
 

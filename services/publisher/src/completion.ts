@@ -202,14 +202,17 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     let snapshotted = false;
     let tombstones = 0;
     if (status === 'complete') {
-      const { sequence, gone } = await deps.published.completeCycle(
+      const completed = await deps.published.completeCycle(
         tenantId,
         cycleId,
         cycleAt,
         deps.tombstoneAfterCycles,
       );
+      const { sequence, gone } = completed;
       await tombstone(tenantId, gone);
-      tombstones = gone.length;
+      // Counted at the cycle's first completion: a summary sent again after its tombstones went out (and
+      // their devices were forgotten) still says how many.
+      tombstones = completed.tombstones;
       if (sequence % deps.snapshotEveryCycles === 0) {
         await snapshot(tenantId, cycleAt);
         snapshotted = true;

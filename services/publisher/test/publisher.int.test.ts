@@ -758,4 +758,24 @@ describe('the publisher', () => {
     expect(summaries()).toHaveLength(1);
     expect(summaries()[0]).toMatchObject({ status: 'partial', devices: { total: 3, scored: 2, failed: 1 } });
   });
+
+  it('createCycleCompletion should count the tombstones a cycle sent in its summary sent again after a failure', async () => {
+    const { handler, begin } = build({ tombstoneAfterCycles: 1, failSummaries: 1 });
+    // Device gone was last seen in a cycle before c1: c1's completion tombstones it.
+    await createPublishedStore(redis.client, redis.prefix).commit('t1', Date.parse(minute(0)), [
+      { deviceId: 'gone', score: 10, band: 'Trustworthy' },
+    ]);
+    await begin(1);
+    const last = scoreBatch(1, 0, [device('a', 10, 'Trustworthy')], 1);
+    await expect(handler(last)).rejects.toThrow('the broker is unavailable');
+    expect(
+      records()
+        .filter((m) => m.value === null)
+        .map((m) => m.key),
+    ).toEqual(['t1/gone']);
+    // The redelivery sends the summary the first delivery owed: the tombstone went out with that cycle.
+    await handler(last);
+    expect(summaries()).toHaveLength(1);
+    expect(summaries()[0]?.published).toEqual({ changed: 1, snapshot: false, tombstones: 1 });
+  });
 });
