@@ -1,6 +1,14 @@
 import type Redis from 'ioredis';
 import { releaseOwnedKeyIn } from './owned-key';
-import { owedSummary, summariesOwedKey, tenantLeaseKey, type TenantLease } from './published';
+import {
+  commitIn,
+  owedSummary,
+  summariesOwedKey,
+  tenantLeaseKey,
+  type DeviceScoreRef,
+  type PublishOptions,
+  type TenantLease,
+} from './published';
 import { tenantStatusKey } from './tenants';
 
 /** What the poller knew of a cycle whose listing stopped before its end (`CycleStore.abandon`). */
@@ -91,7 +99,8 @@ export interface CycleStore {
    * Resolves whether this call recorded it, how many distinct batches are recorded now, and the
    * cycle as `get` would answer right after (read in the same round trip, so the caller deciding
    * whether the cycle is complete need not ask again). With `lease`, gives the tenant's lease the batch
-   * took (`PublishedStore.changed`) back in the same round trip.
+   * took (`PublishedStore.changed`) back in the same round trip. With `commit`, commits the batch's devices
+   * (`PublishedStore.commit`) in the same step: both, or neither.
    */
   recordBatch(
     tenantId: string,
@@ -99,6 +108,7 @@ export interface CycleStore {
     batchIndex: number,
     stats: unknown,
     lease?: TenantLease,
+    commit?: { cycleAt: number; devices: DeviceScoreRef[]; options?: PublishOptions },
   ): Promise<{ first: boolean; scoredBatches: number; state: CycleState | null }>;
   /** Every recorded batch's statistics, by batch index. */
   batchStats<T>(tenantId: string, cycleId: string): Promise<Map<number, T>>;
@@ -276,7 +286,7 @@ export function createCycleStore(
     async enrichedBatches(tenantId, cycleId) {
       return redis.scard(enrichedKey(tenantId, cycleId));
     },
-    async recordBatch(tenantId, cycleId, batchIndex, stats, lease) {
+    async recordBatch(tenantId, cycleId, batchIndex, stats, lease, commit) {
       const key = batchesKey(tenantId, cycleId);
       const transaction = redis
         .multi()
@@ -284,8 +294,12 @@ export function createCycleStore(
         .hlen(key)
         .pexpire(key, retentionMs * 2)
         .hgetall(cycleKey(tenantId, cycleId));
+      // After the reads above, so their results keep their places.
+      if (commit) commitIn(transaction, prefix, tenantId, commit.cycleAt, commit.devices, commit.options);
       if (lease) releaseOwnedKeyIn(transaction, tenantLeaseKey(prefix, lease.tenantId), lease.holder);
       const results = await transaction.exec();
+      // A step Redis refused inside the transaction (no rollback): the batch is tried again.
+      for (const [error] of results ?? []) if (error) throw error;
       const first = results?.[0]?.[1] === 1;
       const scoredBatches = Number(results?.[1]?.[1] ?? 0);
       const fields = (results?.[3]?.[1] ?? {}) as Record<string, string>;

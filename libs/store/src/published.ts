@@ -1,4 +1,4 @@
-import type Redis from 'ioredis';
+import type { ChainableCommander, default as Redis } from 'ioredis';
 import { releaseOwnedKey, renewOwnedKey, takeOwnedKey, takeOwnedKeyIn } from './owned-key';
 import { scoreStamp } from './scores';
 
@@ -237,6 +237,44 @@ export const owedSummary = (tenantId: string, cycleId: string, status: 'complete
 export const tenantLeaseKey = (prefix: string, tenantId: string): string =>
   `${prefix}publish-lease:${tenantId}`;
 
+/**
+ * `PublishedStore.commit` added to a transaction, so the cycle store records a batch (`CycleStore.recordBatch`)
+ * in the same step as its devices' published scores: a publisher stopped between the two would leave the
+ * devices committed and the batch not, and the redelivery, finding nothing changed, would count none of the
+ * records the first delivery produced in the cycle's summary.
+ */
+export function commitIn(
+  transaction: ChainableCommander,
+  prefix: string,
+  tenantId: string,
+  cycleAt: number,
+  devices: DeviceScoreRef[],
+  options: PublishOptions = {},
+): ChainableCommander {
+  if (devices.length === 0) return transaction;
+  return transaction.eval(COMMIT, 2, ...commitArgs(prefix, tenantId, cycleAt, devices, options));
+}
+
+/** COMMIT's keys and arguments. */
+function commitArgs(
+  prefix: string,
+  tenantId: string,
+  cycleAt: number,
+  devices: DeviceScoreRef[],
+  options: PublishOptions,
+): string[] {
+  return [
+    publishedKeyOf(prefix, tenantId),
+    seenKeyOf(prefix, tenantId),
+    String(cycleAt),
+    String(scoreStamp(cycleAt, options.correction)),
+    ...devices.flatMap((device) => [device.deviceId, String(device.score), device.band, device.digest ?? '']),
+  ];
+}
+
+const publishedKeyOf = (prefix: string, tenantId: string): string => `${prefix}published:${tenantId}`;
+const seenKeyOf = (prefix: string, tenantId: string): string => `${prefix}published-seen:${tenantId}`;
+
 /** Markers of sent summaries outlive any redelivery of their cycle's batches. */
 const SUMMARY_MARKER_TTL_MS = 2 * 24 * 60 * 60 * 1000;
 
@@ -327,8 +365,8 @@ function stillToPublish(
  * `cutoff` of its tombstones; PX).
  */
 export function createPublishedStore(redis: Redis, prefix: string): PublishedStore {
-  const publishedKey = (tenantId: string): string => `${prefix}published:${tenantId}`;
-  const seenKey = (tenantId: string): string => `${prefix}published-seen:${tenantId}`;
+  const publishedKey = (tenantId: string): string => publishedKeyOf(prefix, tenantId);
+  const seenKey = (tenantId: string): string => seenKeyOf(prefix, tenantId);
   const cyclesKey = (tenantId: string): string => `${prefix}published-cycles:${tenantId}`;
   const sequenceKey = (tenantId: string): string => `${prefix}published-seq:${tenantId}`;
   const counterKey = (tenantId: string): string => `${prefix}published-counter:${tenantId}`;
@@ -362,21 +400,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     },
     async commit(tenantId, cycleAt, devices, options = {}) {
       if (devices.length === 0) return;
-      const args = devices.flatMap((device) => [
-        device.deviceId,
-        String(device.score),
-        device.band,
-        device.digest ?? '',
-      ]);
-      await redis.eval(
-        COMMIT,
-        2,
-        publishedKey(tenantId),
-        seenKey(tenantId),
-        String(cycleAt),
-        String(scoreStamp(cycleAt, options.correction)),
-        ...args,
-      );
+      await redis.eval(COMMIT, 2, ...commitArgs(prefix, tenantId, cycleAt, devices, options));
     },
     async completeCycle(tenantId, cycleId, cycleAt, absentCycles) {
       const result = (await redis.eval(

@@ -83,6 +83,17 @@ describe('createCycleStore', () => {
     });
   });
 
+  it("recordBatch should commit the batch's devices as published in the same step", async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const published = createPublishedStore(redis.client, redis.prefix);
+    await cycles.begin(begin);
+    const devices = [{ deviceId: 'd1', score: 10, band: 'Trustworthy' }];
+    await cycles.recordBatch('acme', 'c1', 0, { devices: 1 }, undefined, { cycleAt: startedMs, devices });
+    expect(await published.seenIn('acme', startedMs)).toEqual(['d1']);
+    const lease = { tenantId: 'acme', holder: 'r1', ttlMs: 10_000 };
+    expect(await published.changed(lease, startedMs, devices)).toEqual([]);
+  });
+
   it('get should show the totals once the poller has listed every device', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     await cycles.begin(begin);

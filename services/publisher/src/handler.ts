@@ -11,7 +11,7 @@ import { batchStats, recordDigest } from './records';
 
 export interface PublishHandlerDeps {
   cycles: Pick<CycleStore, 'recordBatch'>;
-  published: Pick<PublishedStore, 'changed' | 'commit' | 'renewTenantLease'>;
+  published: Pick<PublishedStore, 'changed' | 'renewTenantLease'>;
   completion: CycleCompletion;
   /** The tenants' queue, shared with the completion's sweep (see `CycleCompletionDeps.inOrder`). */
   inOrder: InOrder;
@@ -33,9 +33,11 @@ export interface PublishHandlerDeps {
  * every device's latency; completion then only has to produce the one summary record, which keeps
  * publication within ~2 s of the cycle's last score. VMS reads `vms.risk-summary` to know a cycle is whole.
  *
- * Order of effects, for at-least-once delivery: produce the records, then remember them as published,
- * then record the batch. A crash in between redelivers the batch: its records may be produced twice
- * (same key, same value: harmless on a compacted topic) but the batch is counted once.
+ * Order of effects, for at-least-once delivery: produce the records, then, in one Redis step, remember them
+ * as published and record the batch. A crash in between redelivers the batch: its records may be produced
+ * twice (same key, same value: harmless on a compacted topic) but the batch is counted once, with the records
+ * it produced (remembered apart, a crash between the two made the redelivery find nothing changed and count
+ * none).
  *
  * From reading what changed to recording the batch, the replica holds the tenant's lease, taken and given
  * back by those two calls (no round trip of its own): another replica's sweep never sends a summary of the
@@ -130,13 +132,14 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     const { first, state } = await whileHeld(deps.published, lease, log, async () => {
       await deps.publisher.send(deps.topic, 'urs/vms-risk-score', messages);
       records.inc({ kind: 'changed' }, messages.length);
-      await deps.published.commit(batch.tenantId, cycleAt, refs, options);
+      // The devices committed in the batch's own step (see the order of effects above).
       return deps.cycles.recordBatch(
         batch.tenantId,
         batch.cycleId,
         batch.batchIndex,
         batchStats(batch, messages.length),
         lease,
+        { cycleAt, devices: refs, options },
       );
     });
     log.info('batch published', {

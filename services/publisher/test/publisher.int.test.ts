@@ -99,12 +99,15 @@ describe('the publisher', () => {
       summaryDelayMs?: number;
       /** Summary locks that fail as a Redis error would, after the claim. */
       failLocks?: number;
+      /** Batches whose recording fails as a process killed before it would, after their records were sent. */
+      failRecords?: number;
       /** Called once each send to vms.risk-scores is done, before the caller goes on. */
       afterScoresSent?: () => Promise<void>;
     } = {},
   ) {
     let failures = options.failSummaries ?? 0;
     let lockFailures = options.failLocks ?? 0;
+    let recordFailures = options.failRecords ?? 0;
     const publisher: Publisher = {
       send: async (topic, _contract, messages) => {
         if (topic === topics.vmsRiskSummary && failures > 0) {
@@ -152,7 +155,15 @@ describe('the publisher', () => {
       now: () => now,
     });
     const handler = createPublishHandler({
-      cycles,
+      cycles: {
+        recordBatch: async (...args) => {
+          if (recordFailures > 0) {
+            recordFailures--;
+            throw new Error('the process was killed');
+          }
+          return cycles.recordBatch(...args);
+        },
+      },
       published,
       completion,
       inOrder,
@@ -777,5 +788,17 @@ describe('the publisher', () => {
     await handler(last);
     expect(summaries()).toHaveLength(1);
     expect(summaries()[0]?.published).toEqual({ changed: 1, snapshot: false, tombstones: 1 });
+  });
+
+  it("createPublishHandler should count a batch's records in its cycle's summary when it was stopped after sending them", async () => {
+    const { handler, begin } = build({ failRecords: 1 });
+    await begin(1);
+    const last = scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 90, 'High Risk')], 1);
+    await expect(handler(last)).rejects.toThrow('the process was killed');
+    expect(records()).toHaveLength(2);
+    // The redelivery finds the devices still to publish (sending them again is harmless): counted once, as sent.
+    await handler(last);
+    expect(summaries()).toHaveLength(1);
+    expect(summaries()[0]?.published).toMatchObject({ changed: 2 });
   });
 });
