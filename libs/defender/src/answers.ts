@@ -1,7 +1,7 @@
 import type { AxiosResponse } from 'axios';
 import { DefenderError, DefenderErrorCode } from './errors';
 import type { CallOutcome } from './call-health';
-import type { DefenderEndpointClass } from './quota';
+import { type DefenderEndpointClass, LONGEST_QUOTA_WINDOW_MS } from './quota';
 import { decodeTokenClaims } from './token';
 
 /*
@@ -18,13 +18,19 @@ export interface CallOf {
   path: string;
 }
 
-/** `Retry-After` in seconds or as an HTTP date, in milliseconds; undefined when absent or unreadable. */
+/**
+ * `Retry-After` in seconds or as an HTTP date, in whole milliseconds; undefined when absent or unreadable.
+ * At most Microsoft's longest quota window (an hour): no quota of the tenant holds longer, and the wait
+ * becomes a block of the tenant's calls in Redis, kept by its Azure tenant id (so re-registering does not
+ * clear it). Unclamped, a date years away held the tenant back for years, and `1e18` seconds made a block
+ * Redis refused as not an integer.
+ */
 export function parseRetryAfterMs(value: unknown, now: number = Date.now()): number | undefined {
   if (typeof value !== 'string' || value.trim() === '') return undefined;
   const seconds = Number(value);
-  if (Number.isFinite(seconds)) return Math.max(0, Math.ceil(seconds * 1000));
-  const at = Date.parse(value);
-  return Number.isNaN(at) ? undefined : Math.max(0, at - now);
+  const ms = Number.isFinite(seconds) ? seconds * 1000 : Date.parse(value) - now;
+  if (Number.isNaN(ms)) return undefined;
+  return Math.min(Math.max(0, Math.ceil(ms)), LONGEST_QUOTA_WINDOW_MS);
 }
 
 const TRANSIENT_NETWORK = new Set([
@@ -127,14 +133,21 @@ export function classify(
   if (status === 404) return { status: 404 };
   const apiText = mdeErrorText(response.data ?? '');
   if (status === 429) {
-    const retryAfterMs = parseRetryAfterMs(response.headers['retry-after']);
+    const retryAfter: unknown = response.headers['retry-after'];
+    const retryAfterMs = parseRetryAfterMs(retryAfter);
     return throwError(
       new DefenderError(
         DefenderErrorCode.THROTTLED,
         `The Defender API throttled tenant ${azureTenantId} on ${path} (429)`,
         {
           canRetry: true,
-          details: { ...details, endpoint, retryAfterMs },
+          // The header as the API sent it too: the wait is capped at an hour (see parseRetryAfterMs).
+          details: {
+            ...details,
+            endpoint,
+            retryAfterMs,
+            ...(typeof retryAfter === 'string' ? { retryAfter: retryAfter.slice(0, 64) } : {}),
+          },
           ...(retryAfterMs !== undefined ? { retryAfterMs } : {}),
         },
       ),

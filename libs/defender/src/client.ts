@@ -66,6 +66,11 @@ export interface DefenderClientDeps {
   health?: CallHealthOptions;
   /** How long one call may wait out 429s in total, in milliseconds. Default 600000 (10 min). */
   maxThrottleWaitMs?: number;
+  /**
+   * How long one call may wait for the tenant's quota, in milliseconds; a longer wait fails it THROTTLED at
+   * once (see ApiCallerOptions). Default: no limit.
+   */
+  maxQuotaWaitMs?: number;
   /** Told about every record skipped as invalid (they are also logged). */
   onInvalidRecord?: (record: InvalidRecord) => void;
   /** Where the calls are counted and timed (`urs_defender_*`); share the process's registry. None by default. */
@@ -148,6 +153,7 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
     retryPolicy: deps.retryPolicy ?? DEFAULT_RETRY_POLICY,
     requestTimeoutMs: deps.requestTimeoutMs ?? 30_000,
     maxThrottleWaitMs: deps.maxThrottleWaitMs ?? 600_000,
+    ...(deps.maxQuotaWaitMs === undefined ? {} : { maxQuotaWaitMs: deps.maxQuotaWaitMs }),
     ...(deps.health ? { health: deps.health } : {}),
     logger,
     ...(deps.metrics ? { metrics: deps.metrics } : {}),

@@ -38,6 +38,12 @@ export interface ApiCallerOptions {
   health?: CallHealthOptions;
   /** Total time one call may spend waiting out 429s before it fails THROTTLED, in milliseconds. */
   maxThrottleWaitMs: number;
+  /**
+   * Longest one call waits for the tenant's quota (a window's room, or the block of an earlier 429), in
+   * milliseconds: a longer wait fails the call THROTTLED at once, its `retryAfterMs` the wait (see
+   * QuotaGate.acquire). Default: no limit, the call waits as long as the quota asks (up to an hour).
+   */
+  maxQuotaWaitMs?: number;
   logger: Logger;
   /** Where the calls are counted and timed (see createCallMetrics); none by default. */
   metrics?: Registry;
@@ -145,7 +151,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     for (;;) {
       // Quota first, then the slot: a tenant waiting for its quota must not hold one of the shared slots.
       const asked = performance.now();
-      const claim = await quota.acquire(azureTenantId, endpoint, signal);
+      const claim = await quota.acquire(azureTenantId, endpoint, signal, options.maxQuotaWaitMs);
       const quotaSeconds = (performance.now() - asked) / 1000;
       // The quota's wait can outlast the token (a tenant that spent its hourly quota waits up to an hour):
       // sent expired, it would spend a call of the quota on a 401, and a second expiry would fail the call.

@@ -13,6 +13,7 @@ export { mapAuthError } from './auth-errors';
 export { createHttpsAgent } from './tls';
 export type { HttpsAgentOptions } from './tls';
 export {
+  LONGEST_QUOTA_WINDOW_MS,
   MICROSOFT_QUOTAS,
   UNLIMITED_QUOTA_GATE,
   createRedisQuotaGate,

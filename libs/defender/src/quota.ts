@@ -40,6 +40,14 @@ export const MICROSOFT_QUOTAS: QuotaLimits = Object.freeze({
 });
 
 /**
+ * Microsoft's longest quota window (an hour): no wait a tenant's quota asks for, and so no `Retry-After`
+ * of a 429, is longer.
+ */
+export const LONGEST_QUOTA_WINDOW_MS = Math.max(
+  ...Object.values(MICROSOFT_QUOTAS).flatMap((windows) => windows.map((w) => w.windowMs)),
+);
+
+/**
  * One call taken from a tenant's quota. Microsoft counts a call when it arrives, and the call may wait for
  * one of the shared slots between `acquire` and its sending (seconds, when other tenants keep the slots
  * busy): counted from `acquire`, the window would free that much early and the tenant's next call would
@@ -60,8 +68,18 @@ export interface QuotaClaim {
  * is called once the slot is held, right before the request.
  */
 export interface QuotaGate {
-  /** Takes one call from the tenant's quota for `endpoint`, waiting until every window has room. */
-  acquire(azureTenantId: string, endpoint: DefenderEndpointClass, signal?: AbortSignal): Promise<QuotaClaim>;
+  /**
+   * Takes one call from the tenant's quota for `endpoint`, waiting until every window has room. With
+   * `maxWaitMs`, a wait that would end later than that after the call (a block of a 429's Retry-After, an
+   * hourly window spent) is not waited for: the call fails THROTTLED at once, not to be retried by itself,
+   * its `retryAfterMs` the wait the quota asked for.
+   */
+  acquire(
+    azureTenantId: string,
+    endpoint: DefenderEndpointClass,
+    signal?: AbortSignal,
+    maxWaitMs?: number,
+  ): Promise<QuotaClaim>;
   /** Holds every call of the tenant's `endpoint` back for `durationMs` (a 429's Retry-After), in every process. */
   block(azureTenantId: string, endpoint: DefenderEndpointClass, durationMs: number): Promise<void>;
 }
@@ -75,6 +93,8 @@ export interface QuotaGateOptions {
 
 /**
  * Sliding-window log: one sorted set per window, scored by Redis server time, so process clocks don't matter.
+ * A block longer than the endpoint's longest window is cut down to it: only a poller that did not cap a 429's
+ * Retry-After could have set it (see parseRetryAfterMs), and it would hold the tenant back for years.
  * A call taken and not sent yet is scored one window ahead: it stays counted however long it waits for a
  * slot (until `sent` scores it at its sending), and a call that never goes out (its process stopped) frees
  * its place two windows after it was taken.
@@ -82,9 +102,17 @@ export interface QuotaGateOptions {
 const ACQUIRE_SCRIPT = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local blocked = redis.call('PTTL', KEYS[1])
-if blocked > 0 then return blocked end
 local n = tonumber(ARGV[2])
+local blocked = redis.call('PTTL', KEYS[1])
+if blocked > 0 then
+  local longest = 0
+  for i = 1, n do longest = math.max(longest, tonumber(ARGV[2 + i * 2])) end
+  if longest > 0 and blocked > longest then
+    redis.call('PEXPIRE', KEYS[1], longest)
+    blocked = longest
+  end
+  return blocked
+end
 local wait = 0
 for i = 1, n do
   local key = KEYS[i + 1]
@@ -131,24 +159,55 @@ if ttl < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) e
 return 0
 `;
 
+/** Who waits, and until when at the latest (`acquire`'s `maxWaitMs` from its call, as a `Date.now()`). */
+interface Waiter {
+  azureTenantId: string;
+  endpoint: DefenderEndpointClass;
+  signal: AbortSignal | undefined;
+  waitUntil: number | undefined;
+}
+
 async function waitForRoom(
   tryAcquire: () => Promise<number>,
   maxPollMs: number,
-  signal: AbortSignal | undefined,
+  { azureTenantId, endpoint, signal, waitUntil }: Waiter,
 ): Promise<void> {
   for (;;) {
     if (signal?.aborted) throw stopped();
     const waitMs = await tryAcquire();
     if (waitMs <= 0) return;
+    if (waitUntil !== undefined && waitMs > waitUntil - Date.now())
+      throw heldBackLonger(azureTenantId, endpoint, waitMs);
     // A little jitter so processes woken by the same window edge do not race in lockstep.
     await sleep(Math.min(waitMs, maxPollMs) + Math.floor(Math.random() * 25), signal);
   }
+}
+
+/**
+ * A wait for the quota longer than the call may take. Not retried by the call (`canRetry` false): its caller
+ * tries again once `retryAfterMs` is over.
+ */
+function heldBackLonger(
+  azureTenantId: string,
+  endpoint: DefenderEndpointClass,
+  waitMs: number,
+): DefenderError {
+  return new DefenderError(
+    DefenderErrorCode.THROTTLED,
+    `Tenant ${azureTenantId}'s ${endpoint} calls are held back by its API quota (Microsoft's limits, or a 429's ` +
+      `Retry-After) for another ${Math.ceil(waitMs / 1000)} s`,
+    { canRetry: false, retryAfterMs: waitMs, details: { azureTenantId, endpoint, quotaWaitMs: waitMs } },
+  );
 }
 
 function stopped(): DefenderError {
   return new DefenderError(DefenderErrorCode.THROTTLED, 'Stopped while waiting for the tenant’s API quota', {
     canRetry: true,
   });
+}
+
+function deadlineOf(maxWaitMs: number | undefined): number | undefined {
+  return maxWaitMs === undefined ? undefined : Date.now() + maxWaitMs;
 }
 
 /**
@@ -198,7 +257,8 @@ export function createRedisQuotaGate(
     `${keyPrefix}defender:quota:${quotaId(tenant, endpoint)}:${suffix}`;
 
   return {
-    async acquire(azureTenantId, endpoint, signal) {
+    async acquire(azureTenantId, endpoint, signal, maxWaitMs) {
+      const waiter = { azureTenantId, endpoint, signal, waitUntil: deadlineOf(maxWaitMs) };
       const windows = limits[endpoint];
       const windowKeys = windows.map((w) => key(azureTenantId, endpoint, String(w.windowMs)));
       const keys = [key(azureTenantId, endpoint, 'blocked'), ...windowKeys];
@@ -219,7 +279,7 @@ export function createRedisQuotaGate(
             return Number(result);
           },
           maxPollMs,
-          signal,
+          waiter,
         );
       await queue(quotaId(azureTenantId, endpoint), wait, signal);
       const taken = member;
@@ -303,12 +363,13 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
   }
 
   return {
-    async acquire(azureTenantId, endpoint, signal) {
+    async acquire(azureTenantId, endpoint, signal, maxWaitMs) {
       const id = quotaId(azureTenantId, endpoint);
       const taken: Call = { takenAt: 0 };
+      const waiter = { azureTenantId, endpoint, signal, waitUntil: deadlineOf(maxWaitMs) };
       await queue(
         id,
-        () => waitForRoom(async () => tryAcquire(id, limits[endpoint], taken), maxPollMs, signal),
+        () => waitForRoom(async () => tryAcquire(id, limits[endpoint], taken), maxPollMs, waiter),
         signal,
       );
       return {

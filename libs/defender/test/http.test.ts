@@ -24,6 +24,15 @@ describe('parseRetryAfterMs', () => {
     expect(parseRetryAfterMs('Sun, 31 Dec 2023 23:59:00 GMT', now)).toBe(0);
   });
 
+  it("parseRetryAfterMs should wait at most an hour, Microsoft's longest quota window, in whole milliseconds", () => {
+    const now = Date.parse('2026-01-01T00:00:00Z');
+    // A date 74 years away, a thousand days, and seconds whose milliseconds Redis would not take as an integer.
+    for (const header of ['Fri, 01 Jan 2100 00:00:00 GMT', '86400000', '1e18'])
+      expect([header, parseRetryAfterMs(header, now)]).toEqual([header, 3_600_000]);
+    expect(parseRetryAfterMs('3600', now)).toBe(3_600_000);
+    expect(parseRetryAfterMs('59.9991', now)).toBe(60_000);
+  });
+
   it('parseRetryAfterMs should give undefined for a missing or unreadable header', () => {
     expect(parseRetryAfterMs(undefined)).toBeUndefined();
     expect(parseRetryAfterMs('')).toBeUndefined();

@@ -1,7 +1,19 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { silentLogger } from '@urs/logging';
+import { retryPolicy } from '@urs/resilience';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { type TestRedis, createTestRedis } from '@urs/testkit';
-import { MICROSOFT_QUOTAS, createRedisQuotaGate, createSharedLimiter } from '../src';
+import {
+  DefenderError,
+  DefenderErrorCode,
+  MICROSOFT_QUOTAS,
+  createApiCaller,
+  createHttpsAgent,
+  createLocalLimiter,
+  createRedisQuotaGate,
+  createSharedLimiter,
+} from '../src';
 import { newApp, simClient } from './support';
 
 let redis: TestRedis;
@@ -89,6 +101,71 @@ describe('createRedisQuotaGate', () => {
     const started = Date.now();
     await b.acquire('t1', 'machines');
     expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+  });
+
+  it.each(['Fri, 01 Jan 2100 00:00:00 GMT', '86400000', '1e18'])(
+    'a 429 with Retry-After %s should block the tenant for an hour at most and fail THROTTLED',
+    async (retryAfter) => {
+      const server = createServer((_req, res) => {
+        res.writeHead(429, { 'Retry-After': retryAfter, 'Content-Type': 'application/json' });
+        res.end(JSON.stringify({ error: { code: 'TooManyRequests', message: 'Rate limit is exceeded' } }));
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      const api = createApiCaller({
+        azureTenantId: 't1',
+        apiBase: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+        tokens: {
+          getToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
+          refreshToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
+        },
+        limiter: createLocalLimiter(),
+        quota: createRedisQuotaGate(redis.client, redis.prefix),
+        httpsAgent: createHttpsAgent(),
+        retryPolicy: retryPolicy({ maxAttempts: 1 }),
+        requestTimeoutMs: 2_000,
+        maxThrottleWaitMs: 0,
+        logger: silentLogger,
+      });
+      try {
+        const failed = await api.get('machines', '/api/machines').catch((error: unknown) => error);
+        expect(failed).toBeInstanceOf(DefenderError);
+        expect(failed).toMatchObject({
+          code: DefenderErrorCode.THROTTLED,
+          retryAfterMs: 3_600_000,
+          details: { retryAfter },
+        });
+        const blockedMs = await redis.client.pttl(redis.key('defender:quota:t1:machines:blocked'));
+        expect(blockedMs).toBeGreaterThan(3_500_000);
+        expect(blockedMs).toBeLessThanOrEqual(3_600_000);
+      } finally {
+        server.close();
+      }
+    },
+  );
+
+  it('acquire should fail THROTTLED at once, with the block left, when the tenant is blocked longer than it may wait', async () => {
+    const gate = createRedisQuotaGate(redis.client, redis.prefix, { maxPollMs: 50 });
+    await gate.block('t1', 'machines', 1_800_000);
+    const started = Date.now();
+    const failed = await gate.acquire('t1', 'machines', undefined, 1_000).catch((error: unknown) => error);
+    expect(Date.now() - started).toBeLessThan(500);
+    expect(failed).toMatchObject({ code: DefenderErrorCode.THROTTLED, canRetry: false });
+    expect((failed as DefenderError).retryAfterMs).toBeGreaterThan(1_790_000);
+    expect((failed as DefenderError).retryAfterMs).toBeLessThanOrEqual(1_800_000);
+    // A shorter block is waited out as before.
+    await gate.block('t2', 'machines', 200);
+    await gate.acquire('t2', 'machines', undefined, 1_000);
+  });
+
+  it('acquire should cut a block longer than the longest window down to that window', async () => {
+    // As a poller that did not cap Retry-After left it: 26,689 days.
+    await redis.client.set(redis.key('defender:quota:t1:machines:blocked'), '1', 'PX', 2_305_929_600_000);
+    const gate = createRedisQuotaGate(redis.client, redis.prefix);
+    const failed = await gate.acquire('t1', 'machines', undefined, 0).catch((error: unknown) => error);
+    expect((failed as DefenderError).retryAfterMs).toBeLessThanOrEqual(3_600_000);
+    expect(await redis.client.pttl(redis.key('defender:quota:t1:machines:blocked'))).toBeLessThanOrEqual(
+      3_600_000,
+    );
   });
 
   it('acquire should keep its keys under the injected prefix', async () => {
