@@ -94,6 +94,48 @@ describe('createApiCaller', () => {
     }
   });
 
+  it('should fail a call at once, and the next one before it is sent, when a 429 asks for longer than they may wait', async () => {
+    let calls = 0;
+    const server = createServer((_req, res) => {
+      calls++;
+      res.writeHead(429, { 'Retry-After': '3600', 'Content-Type': 'application/json' });
+      res.end(JSON.stringify({ error: { code: 'TooManyRequests', message: 'Rate limit is exceeded' } }));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    const api = createApiCaller({
+      azureTenantId: 't1',
+      apiBase: `http://127.0.0.1:${port}`,
+      tokens: {
+        getToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
+        refreshToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
+      },
+      limiter: createLocalLimiter(),
+      quota: createLocalQuotaGate(),
+      httpsAgent: createHttpsAgent(),
+      retryPolicy: retryPolicy({ maxAttempts: 3, initialDelayMs: 10, maxDelayMs: 100 }),
+      requestTimeoutMs: 2_000,
+      maxThrottleWaitMs: 200,
+      maxQuotaWaitMs: 200,
+      logger: silentLogger,
+    });
+    try {
+      const started = Date.now();
+      await expect(api.get('machines', '/api/machines')).rejects.toMatchObject({
+        code: DefenderErrorCode.THROTTLED,
+        retryAfterMs: 3_600_000,
+      });
+      // The 429 blocked the tenant's machines calls for the hour: the next call is not sent, and says how long.
+      const next = await api.get('machines', '/api/machines').catch((error: unknown) => error);
+      expect(next).toMatchObject({ code: DefenderErrorCode.THROTTLED });
+      expect((next as { retryAfterMs: number }).retryAfterMs).toBeGreaterThan(3_590_000);
+      expect(Date.now() - started).toBeLessThan(1_000);
+      expect(calls).toBe(1);
+    } finally {
+      server.close();
+    }
+  });
+
   it('should give up a call answered 429 with Retry-After 0 every time, its waits growing with the backoff', async () => {
     let calls = 0;
     const server = createServer((_req, res) => {
