@@ -42,6 +42,9 @@ interface Running {
   done: Promise<void>;
 }
 
+/** Buckets of `urs_poll_cycle_start_delay_seconds`: from a tick's delay to two hours, in seconds. */
+const START_DELAY_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1_800, 3_600, 7_200];
+
 /**
  * Polls every enabled tenant on its interval, with any number of replicas. Each replica knows every
  * tenant (TenantTable) and, when one is due by its local view, takes the tenant's lease in Redis
@@ -66,6 +69,16 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   );
   deps.metrics.gauge('urs_poll_cycles_running', 'Polling cycles running in this process.', () => active.size);
   deps.metrics.gauge('urs_poll_tenants', 'Tenants known to this poller.', () => deps.table.size());
+  deps.metrics.gauge(
+    'urs_poll_overdue_tenants',
+    'Tenants due by this poller that its last tick could not start: every cycle place was taken.',
+    () => overdue,
+  );
+  const startDelaySeconds = deps.metrics.histogram(
+    'urs_poll_cycle_start_delay_seconds',
+    'How late polling cycles start after their due time, in seconds (tenants due at once not counted).',
+    START_DELAY_BUCKETS,
+  );
   const ends = createCycleEnd({
     schedules: deps.schedules,
     tenants: deps.tenants,
@@ -86,6 +99,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   const stop = new AbortController();
   let loop: Promise<void> | undefined;
   let wake: (() => void) | undefined;
+  /** Tenants due at the last tick and not started for want of a free place (`urs_poll_overdue_tenants`). */
+  let overdue = 0;
 
   deps.table.onChange((tenantId, record) => {
     if (record !== null && record.enabled) {
@@ -148,6 +163,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       const cycleId = cycleIdOf(tenantId, startedAt);
       if (!(await deps.schedules.begin(lease, cycleId, startedAt))) return;
       log.debug('cycle started', { tenantId, cycleId, holderId: deps.holderId });
+      // A tenant due at once (never polled, a cycle taken over, new settings) has no due time to be late for.
+      if (due > 0) startDelaySeconds.observe((startedAt - due) / 1000);
       localDue.set(tenantId, startedAt + intervalMs);
       // A failure streak counts only while the settings stay the same.
       const previousFailures = schedule.failedRevision === record.revision ? schedule.failures : 0;
@@ -292,9 +309,10 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         wake?.();
       });
     }
-    const free = deps.maxConcurrentCycles - active.size;
-    if (free <= 0) return;
-    for (const tenantId of dueTenants(now()).slice(0, free)) {
+    const due = dueTenants(now());
+    const starting = due.slice(0, Math.max(deps.maxConcurrentCycles - active.size, 0));
+    overdue = due.length - starting.length;
+    for (const tenantId of starting) {
       const abort = new AbortController();
       const done = attempt(tenantId, abort)
         .catch((error: unknown) => {

@@ -4,6 +4,7 @@ import type { TenantRecord } from '@urs/contracts';
 import { UrsError } from '@urs/resilience';
 import { createSecretSealer } from '@urs/secrets';
 import type { CycleState, PollLease, PollScheduleStore, TenantStatus } from '@urs/store';
+import { Registry } from '@urs/telemetry';
 import { inboundMessage, waitFor } from '@urs/testkit';
 import { cycleIdOf } from '../src/cycle';
 import type { Scheduler } from '../src/scheduler';
@@ -15,6 +16,7 @@ import {
   memoryStatus,
   record,
   replica,
+  sampleOf,
   sleep,
   type Run,
 } from './support/scheduler';
@@ -70,6 +72,44 @@ describe('createScheduler', () => {
     // In the table's order, a and b would take turns for ever and c would never be polled.
     for (const tenantId of ['a', 'b', 'c'])
       expect(runs.filter((r) => r.tenantId === tenantId).length).toBeGreaterThanOrEqual(2);
+  });
+
+  it('createScheduler should count the tenants due that find no free place, and how late cycles start', async () => {
+    const runs: Run[] = [];
+    const metrics = new Registry();
+    // One place, three tenants whose cycles take 60 % of the interval: two wait at every turn.
+    const cycle = async (): Promise<void> => {
+      await sleep(0.6 * INTERVAL_MS);
+    };
+    const { table, scheduler } = replica(0, memorySchedules(), memoryStatus(), runs, cycle, {
+      maxConcurrentCycles: 1,
+      metrics,
+    });
+    await feed(table, [record('a'), record('b'), record('c')]);
+    scheduler.start();
+    started.push(scheduler);
+    let mostOverdue = 0;
+    for (const until = Date.now() + 5 * INTERVAL_MS; Date.now() < until; await sleep(2))
+      mostOverdue = Math.max(mostOverdue, sampleOf(metrics, 'urs_poll_overdue_tenants') ?? -1);
+    expect(mostOverdue).toBe(2);
+    // The first cycles were due at once (never polled): only the later ones, due by their schedule, count.
+    expect(sampleOf(metrics, 'urs_poll_cycle_start_delay_seconds_count')).toBeGreaterThan(0);
+    expect(sampleOf(metrics, 'urs_poll_cycle_start_delay_seconds_sum')).toBeGreaterThan(0);
+  });
+
+  it('createScheduler should count no tenant overdue while it has free places', async () => {
+    const metrics = new Registry();
+    const cycle = async (): Promise<void> => {
+      await sleep(0.6 * INTERVAL_MS);
+    };
+    const { table, scheduler } = replica(0, memorySchedules(), memoryStatus(), [], cycle, { metrics });
+    await feed(table, [record('a'), record('b'), record('c')]);
+    scheduler.start();
+    started.push(scheduler);
+    let mostOverdue = -1;
+    for (const until = Date.now() + 3 * INTERVAL_MS; Date.now() < until; await sleep(2))
+      mostOverdue = Math.max(mostOverdue, sampleOf(metrics, 'urs_poll_overdue_tenants') ?? -1);
+    expect(mostOverdue).toBe(0);
   });
 
   it('createScheduler should start the most overdue tenants first right after it starts, by their stored schedules', async () => {

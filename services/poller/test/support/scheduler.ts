@@ -142,7 +142,7 @@ export function replica(
   status: TenantStore,
   runs: Run[],
   behaviour: (input: CycleInput) => Promise<void>,
-  options: { maxConcurrentCycles?: number; cycles?: Pick<CycleStore, 'get'> } = {},
+  options: { maxConcurrentCycles?: number; cycles?: Pick<CycleStore, 'get'>; metrics?: Registry } = {},
 ) {
   const table = createTenantTable();
   table.expectEnd(new Map());
@@ -172,9 +172,18 @@ export function replica(
     recheckMs: 20,
     maxBackoffMs: 10_000,
     logger: silentLogger,
-    metrics: new Registry(),
+    metrics: options.metrics ?? new Registry(),
   });
   return { table, scheduler };
 }
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A sample of `registry`'s exposition: the value of `series` (a name with its labels, as exposed), or undefined. */
+export function sampleOf(registry: Registry, series: string): number | undefined {
+  const line = registry
+    .expose()
+    .split('\n')
+    .find((candidate) => candidate.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
