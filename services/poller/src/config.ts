@@ -25,6 +25,14 @@ export interface PollerConfig extends DefenderSettings {
   maxCycleMs: number;
   /** Cycles this process runs at once (others wait their turn). Env `URS_POLL_MAX_CONCURRENT`, default 32. */
   maxConcurrentCycles: number;
+  /**
+   * Longest a call of a cycle's listing waits for the tenant's API quota, and in all for a 429's
+   * Retry-After, in ms. Env `URS_POLL_MAX_QUOTA_WAIT_MS`, default 60000. A longer wait (the hourly quota
+   * spent, a Retry-After of minutes) ends the cycle THROTTLED at once, tried again when the wait is over:
+   * waiting inside the cycle held one of the `maxConcurrentCycles` places for up to an hour. A minute rides
+   * out Microsoft's per-minute windows and their 429s, and is a tenth of the shortest interval (10 minutes).
+   */
+  maxQuotaWaitMs: number;
   /** Scheduler tick, ms: how soon a due tenant or a free lease is noticed. Env `URS_POLL_TICK_MS`, default 200. */
   tickMs: number;
   /** Wait before trying again a tenant whose lease another poller holds, ms. Env `URS_POLL_RECHECK_MS`, default 1000. */
@@ -54,6 +62,7 @@ export function pollerConfig(env: Env): PollerConfig {
     leaseMs: readInt(env, 'URS_POLL_LEASE_MS', { fallback: 30_000, min: 300 }),
     maxCycleMs: readInt(env, 'URS_CYCLE_MAX_MS', { fallback: 3_600_000, min: 1_000 }),
     maxConcurrentCycles: readInt(env, 'URS_POLL_MAX_CONCURRENT', { fallback: 32, min: 1, max: 10_000 }),
+    maxQuotaWaitMs: readInt(env, 'URS_POLL_MAX_QUOTA_WAIT_MS', { fallback: 60_000, min: 0, max: 3_600_000 }),
     tickMs: readInt(env, 'URS_POLL_TICK_MS', { fallback: 200, min: 10, max: 60_000 }),
     recheckMs: readInt(env, 'URS_POLL_RECHECK_MS', { fallback: 1_000, min: 10 }),
     maxBackoffMs: readInt(env, 'URS_POLL_MAX_BACKOFF_MS', { fallback: 86_400_000, min: 1_000 }),

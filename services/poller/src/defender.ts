@@ -5,6 +5,7 @@ import {
   createTenantClientCache,
   DefenderErrorCode,
   isSetupErrorCode,
+  LONGEST_QUOTA_WINDOW_MS,
   planVulnerabilityMode,
   type CallLimiter,
   type DefenderEndpointOverrides,
@@ -13,7 +14,7 @@ import {
 import type { Logger } from '@urs/logging';
 import type { Registry } from '@urs/telemetry';
 
-export { DefenderErrorCode, isSetupErrorCode };
+export { DefenderErrorCode, isSetupErrorCode, LONGEST_QUOTA_WINDOW_MS };
 
 /** A tenant's credentials, the secret in clear (only in this process's memory, only for the cycle). */
 export interface TenantCredentials {
@@ -67,6 +68,12 @@ export interface DefenderGatewayDeps {
   metrics: Registry;
   /** How long a call may go without an answer, in milliseconds (`URS_DEFENDER_REQUEST_TIMEOUT_MS`). */
   requestTimeoutMs?: number;
+  /**
+   * Longest a call waits for the tenant's quota, and in all for 429s, in milliseconds
+   * (`URS_POLL_MAX_QUOTA_WAIT_MS`): a longer wait fails it THROTTLED at once, with what is left to wait.
+   * Default: the client's (no limit for the quota, 10 minutes for 429s).
+   */
+  maxQuotaWaitMs?: number;
   /** A tenant's client is let go of after this long without a cycle, ms. Default an hour (a token's life). */
   idleMs?: number;
 }
@@ -91,6 +98,9 @@ export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGatewa
       httpsAgent: deps.httpsAgent,
       metrics: deps.metrics,
       ...(deps.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: deps.requestTimeoutMs }),
+      ...(deps.maxQuotaWaitMs === undefined
+        ? {}
+        : { maxQuotaWaitMs: deps.maxQuotaWaitMs, maxThrottleWaitMs: deps.maxQuotaWaitMs }),
     });
     return {
       async *listDevicePages(signal) {

@@ -41,6 +41,7 @@ void runService({
       httpsAgent,
       metrics,
       requestTimeoutMs: settings.requestTimeoutMs,
+      maxQuotaWaitMs: settings.maxQuotaWaitMs,
     });
     const cycles = createCycleStore(redis, prefix);
     const cycleDeps = {

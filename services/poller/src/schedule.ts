@@ -1,6 +1,6 @@
 import { errorCode, isInfrastructureFault } from '@urs/resilience';
 import type { PollSchedule } from '@urs/store';
-import { DefenderErrorCode, isSetupErrorCode } from './defender';
+import { DefenderErrorCode, isSetupErrorCode, LONGEST_QUOTA_WINDOW_MS } from './defender';
 
 /**
  * When a tenant's next cycle is due, read under the tenant's lease: one interval after the last cycle
@@ -77,7 +77,7 @@ export interface BackoffInput {
   retryAfterMs?: number;
 }
 
-/** Throttled tenants wait at least a minute (or what the API asked) before the next try, never past their interval. */
+/** Throttled tenants wait at least a minute (or what the API or the quota asked) before the next try. */
 const MIN_THROTTLE_WAIT_MS = 60_000;
 
 /**
@@ -102,8 +102,10 @@ export function withoutLocalBackoff(
 /**
  * The earliest next try after a failed cycle, or null for the normal schedule. Setup errors back off
  * exponentially from one interval (1, 2, 4, … intervals after the failed start), capped at
- * `maxBackoffMs` but never below one interval. Throttling delays only this tenant, by the API's
- * Retry-After or a minute, at most one interval. Transient failures, this process's own (`local`) and its
+ * `maxBackoffMs` but never below one interval. Throttling delays only this tenant, by what its quota still
+ * holds its calls back (a 429's Retry-After, a spent hourly window) or a minute, at most an hour (Microsoft's
+ * longest quota window), also past its interval: a try before the quota frees would only end at once
+ * again, throttled. Transient failures, this process's own (`local`) and its
  * dependencies' (`infrastructure`) set no backoff: they are tried again sooner than the schedule
  * (`transientRetryAt`).
  */
@@ -114,7 +116,7 @@ export function backoffUntil(input: BackoffInput): number | null {
     return input.startedAt + delay;
   }
   if (input.kind === 'throttled') {
-    const wait = Math.min(Math.max(input.retryAfterMs ?? 0, MIN_THROTTLE_WAIT_MS), input.intervalMs);
+    const wait = Math.min(Math.max(input.retryAfterMs ?? 0, MIN_THROTTLE_WAIT_MS), LONGEST_QUOTA_WINDOW_MS);
     return input.now + wait;
   }
   return null;

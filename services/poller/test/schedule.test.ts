@@ -96,10 +96,20 @@ describe('backoffUntil', () => {
     expect(backoffUntil({ ...base, maxBackoffMs: 1_000, kind: 'setup', failures: 3 })).toBe(600_000);
   });
 
-  it('backoffUntil should delay a throttled tenant by Retry-After or a minute, at most an interval', () => {
+  it('backoffUntil should delay a throttled tenant by Retry-After or a minute, at most an hour', () => {
     expect(backoffUntil({ ...base, kind: 'throttled', failures: 1 })).toBe(61_000);
     expect(backoffUntil({ ...base, kind: 'throttled', failures: 1, retryAfterMs: 120_000 })).toBe(121_000);
-    expect(backoffUntil({ ...base, kind: 'throttled', failures: 1, retryAfterMs: 9_000_000 })).toBe(601_000);
+    expect(backoffUntil({ ...base, kind: 'throttled', failures: 1, retryAfterMs: 9_000_000 })).toBe(
+      3_601_000,
+    );
+  });
+
+  it("backoffUntil should try a throttled tenant again after its quota's block ends, also past its interval", () => {
+    // A 429's Retry-After of an hour for a tenant polled every 10 minutes: a try at 10 minutes would only
+    // find the block and end at once, throttled, again.
+    expect(backoffUntil({ ...base, kind: 'throttled', failures: 1, retryAfterMs: 3_000_000 })).toBe(
+      3_001_000,
+    );
   });
 
   it('backoffUntil should keep the normal schedule after a transient failure', () => {

@@ -1,0 +1,126 @@
+import { randomUUID } from 'node:crypto';
+import type { Publisher } from '@urs/bus';
+import type { TenantRecord } from '@urs/contracts';
+import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
+import { silentLogger } from '@urs/logging';
+import { createSecretSealer } from '@urs/secrets';
+import { type Simulator, startSimulator } from '@urs/simulator';
+import type { CycleStore } from '@urs/store';
+import { Registry } from '@urs/telemetry';
+import { waitFor } from '@urs/testkit';
+import { runCycle, type CycleDeps } from '../src/cycle';
+import { createDefenderGateway, type DefenderGateway } from '../src/defender';
+import type { Scheduler } from '../src/scheduler';
+import { feed, memorySchedules, memoryStatus, replica, sampleOf, type Run } from './support/scheduler';
+
+const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 5)]]) });
+
+// The scheduler with the real cycle and Defender client against the simulator: a tenant whose quota is
+// blocked for an hour (a 429's Retry-After of 3600, seen by any process) must not keep a cycle place.
+describe('poller: a tenant throttled for longer than a cycle may wait', () => {
+  let sim: Simulator;
+  let gateway: DefenderGateway;
+  let scheduler: Scheduler | undefined;
+  const limiter = createLocalLimiter();
+  const quota = createLocalQuotaGate();
+  let agent: ReturnType<typeof createHttpsAgent>;
+  const tenants = ['blocked', 'healthy'].map((tenantId) => ({
+    tenantId,
+    azureTenantId: randomUUID(),
+    clientId: randomUUID(),
+    secret: `Zx8Q~${randomUUID().replace(/-/g, '')}`,
+  }));
+
+  const recordOf = (tenant: (typeof tenants)[number]): TenantRecord => ({
+    schemaVersion: 1,
+    tenantId: tenant.tenantId,
+    revision: 1,
+    updatedAt: '2026-01-01T00:00:00.000Z',
+    source: 'rest',
+    enabled: true,
+    defender: {
+      azureTenantId: tenant.azureTenantId,
+      clientId: tenant.clientId,
+      clientSecret: sealer.seal(tenant.secret, tenant.tenantId),
+      pollIntervalMinutes: 10,
+      cloud: 'commercial',
+      region: null,
+      riskProfile: null,
+    },
+  });
+
+  const cycleDeps = (): CycleDeps => ({
+    defender: gateway,
+    sealer,
+    publisher: { send: async () => undefined } as unknown as Publisher,
+    cycles: { begin: async () => undefined, listed: async () => undefined } as unknown as CycleStore,
+    deviceBatchesTopic: 'urs.device-batches',
+    batchSize: 500,
+    maxCycleMs: 3_600_000,
+    logger: silentLogger,
+  });
+
+  beforeAll(async () => {
+    sim = await startSimulator({ quotas: false });
+    for (const tenant of tenants)
+      sim.addTenant({
+        azureTenantId: tenant.azureTenantId,
+        apps: [{ clientId: tenant.clientId, clientSecret: tenant.secret }],
+        fleet: { size: 3, seed: 7 },
+      });
+    agent = createHttpsAgent({ extraCa: sim.caPem });
+    gateway = createDefenderGateway({
+      limiter,
+      quota,
+      logger: silentLogger,
+      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
+      httpsAgent: agent,
+      metrics: new Registry(),
+      requestTimeoutMs: 5_000,
+      maxQuotaWaitMs: 200,
+    });
+  });
+
+  afterAll(async () => {
+    await scheduler?.close(100);
+    gateway?.close();
+    await limiter.close();
+    agent?.destroy();
+    await sim?.close();
+  });
+
+  it("a blocked tenant's cycle should end at once as throttled, freeing its place for another tenant, and be tried again when the block ends", async () => {
+    const blocked = tenants[0] as (typeof tenants)[number];
+    await quota.block(blocked.azureTenantId, 'machines', 3_600_000);
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const runs: Run[] = [];
+    const metrics = new Registry();
+    // One place: the blocked tenant, first in the table, takes it first.
+    const made = replica(
+      0,
+      schedules,
+      status,
+      runs,
+      async (input) => void (await runCycle(cycleDeps(), input)),
+      {
+        maxConcurrentCycles: 1,
+        metrics,
+      },
+    );
+    scheduler = made.scheduler;
+    await feed(made.table, tenants.map(recordOf));
+    const started = Date.now();
+    scheduler.start();
+    await waitFor(() => runs.some((run) => run.tenantId === 'healthy'), { timeoutMs: 5_000 });
+    expect(Date.now() - started).toBeLessThan(2_000);
+    expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="throttled"}')).toBe(1);
+    const blockedStatus = status.statuses.get('blocked');
+    expect(blockedStatus).toMatchObject({ state: 'error', lastErrorCode: 'DEFENDER_THROTTLED' });
+    // Tried again once the block ends (an hour on), not at its next interval: it would find the block again.
+    const schedule = await schedules.get('blocked');
+    expect(schedule.notBefore).toBeGreaterThan(started + 3_590_000);
+    expect(schedule.notBefore).toBeLessThanOrEqual(Date.now() + 3_600_000);
+    expect(runs.filter((run) => run.tenantId === 'blocked')).toEqual([]);
+  }, 15_000);
+});
