@@ -103,7 +103,9 @@ function clientsSharingSlots(holdBackMs = 30_000) {
     quota: UNLIMITED_QUOTA_GATE,
     requestTimeoutMs: 1_000,
     retryPolicy: retryPolicy({ maxAttempts: 5, initialDelayMs: 10, maxDelayMs: 50 }),
-    health: { holdBackMs },
+    // Slow from 750 ms, not a quarter of the 1 s timeout: a loaded test machine must not make the healthy
+    // tenant's 20 ms calls look slow (and cap its calls in flight); a call that runs out of time still is.
+    health: { holdBackMs, slowCallMs: 750 },
   };
   const a = simClient(sim, failing, options);
   const b = simClient(sim, healthy, options);
