@@ -1,4 +1,5 @@
 export { BANDS } from './types';
+export { TENANT_GENERATION_HEADER, TENANT_REVISION_HEADER, numericHeader } from './tenant-headers';
 export type {
   Band,
   Cloud,

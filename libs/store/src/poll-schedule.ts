@@ -78,10 +78,12 @@ end
 for j = i + 1, #ARGV do redis.call('HDEL', KEYS[2], ARGV[j]) end
 return 1`;
 
-// KEYS[1] lease, KEYS[2] schedule hash; ARGV: from revision, to revision.
+// KEYS[1] lease, KEYS[2] schedule hash; ARGV: from revision, to revision. A failure of `from` or of a revision
+// after it (one carried before, whose record Kafka then refused) is carried.
 const CARRY_FAILURE = `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('HGET', KEYS[2], 'failedRevision') == ARGV[1] then
+local failed = tonumber(redis.call('HGET', KEYS[2], 'failedRevision') or '')
+if failed and failed >= tonumber(ARGV[1]) and failed < tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[2], 'failedRevision', ARGV[2])
 end
 return 1`;

@@ -313,12 +313,16 @@ redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', cutoff)
 if redis.call('ZCARD', KEYS[4]) == 0 then redis.call('DEL', KEYS[2], KEYS[3]) end
 return 0`;
 
-// KEYS[1] deletion marker hash; ARGV: registration ms, marker ttl ms.
+// KEYS[1] deletion marker hash; ARGV: registration ms, marker ttl ms. Keeps the first registration after the
+// deletion: a later record of the tenant (a setting changed, a secret re-sealed) must not move it, or the
+// batches of the cycle running then would count as a deleted tenant's.
 const REGISTERED_AGAIN = `
 local deleted = redis.call('HGET', KEYS[1], 'deletedAt')
 if not deleted or tonumber(ARGV[1]) <= tonumber(deleted) then return 0 end
-local registered = tonumber(redis.call('HGET', KEYS[1], 'registeredAt') or '-1')
-if tonumber(ARGV[1]) > registered then redis.call('HSET', KEYS[1], 'registeredAt', ARGV[1]) end
+local registered = redis.call('HGET', KEYS[1], 'registeredAt')
+if not registered or tonumber(ARGV[1]) < tonumber(registered) then
+  redis.call('HSET', KEYS[1], 'registeredAt', ARGV[1])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1`;
 

@@ -87,9 +87,12 @@ describe('createPollScheduleStore', () => {
       notBefore: 9_000,
       failedRevision: 8,
     });
-    // A failure of another revision, or none, is left as it is.
+    // Revision 8 never reached Kafka (the record stays at 7): the next re-seal, 7 → 9, carries its failure on.
     expect(await store.carryFailure('acme', 7, 9)).toBe(true);
-    expect((await store.get('acme')).failedRevision).toBe(8);
+    expect((await store.get('acme')).failedRevision).toBe(9);
+    // A failure of a revision before `from` (the record changed since), or none, is left as it is.
+    expect(await store.carryFailure('acme', 10, 11)).toBe(true);
+    expect((await store.get('acme')).failedRevision).toBe(9);
     expect(await store.carryFailure('never-polled', 1, 2)).toBe(true);
     expect(await store.get('never-polled')).toEqual({ failures: 0 });
   });

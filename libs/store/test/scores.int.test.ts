@@ -403,6 +403,9 @@ describe('createPublishedStore', () => {
     await published.registeredAgain('t', 2000);
     expect(await published.ofDeletedTenant('t', 1700)).toBe(true);
     expect(await published.ofDeletedTenant('t', 2000)).toBe(false);
+    // A later record of the tenant (a setting changed, its secret re-sealed) leaves its cycles its own.
+    await published.registeredAgain('t', 2600);
+    expect(await published.ofDeletedTenant('t', 2300)).toBe(false);
     expect(await published.changed(lease('t'), 2000, [ref('c')])).toEqual([ref('c')]);
     await published.commit('t', 2000, [ref('c')]);
     // The deletion read again after the registration: the registered tenant's device stays.

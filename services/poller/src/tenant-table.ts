@@ -1,8 +1,5 @@
 import type { InboundMessage } from '@urs/bus';
-import type { TenantRecord } from '@urs/contracts';
-
-/** Header of a `urs.tenants` tombstone with the deletion's revision (written by the registrar). */
-export const REVISION_HEADER = 'urs-revision';
+import { TENANT_REVISION_HEADER, numericHeader, type TenantRecord } from '@urs/contracts';
 
 export type TenantChangeListener = (tenantId: string, record: TenantRecord | null) => void;
 
@@ -54,9 +51,9 @@ export function createTenantTable(): TenantTable {
       if (!tenantId) return;
       const current = records.get(tenantId);
       if (message.value === null) {
-        const revision = Number(message.headers[REVISION_HEADER]?.toString() ?? NaN);
-        if (Number.isFinite(revision)) deletedAt.set(tenantId, revision);
-        if (!current || (Number.isFinite(revision) && current.revision > revision)) return;
+        const revision = numericHeader(message.headers, TENANT_REVISION_HEADER);
+        if (revision !== undefined) deletedAt.set(tenantId, revision);
+        if (!current || (revision !== undefined && current.revision > revision)) return;
         records.delete(tenantId);
         for (const listener of listeners) listener(tenantId, null);
         return;

@@ -1,7 +1,7 @@
 import { createConsumerRunner } from '@urs/bus';
 import { errorMessage } from '@urs/resilience';
 import { runService } from '@urs/runtime';
-import { createCycleStore, createPublishedStore, scoreStoreFor } from '@urs/store';
+import { createCycleStore, createPublishedStore, createTenantStore, scoreStoreFor } from '@urs/store';
 import { createCycleCompletion } from './completion';
 import { publisherConfig } from './config';
 import { createPublishHandler } from './handler';
@@ -75,6 +75,7 @@ void runService({
           tombstones: true,
           handler: createTenantsHandler({
             published,
+            tenants: createTenantStore(redis, prefix),
             tombstones: createTombstones({
               published,
               scores,

@@ -1,7 +1,7 @@
 import type { MessageHandler } from '@urs/bus';
-import type { TenantRecord } from '@urs/contracts';
+import { TENANT_REVISION_HEADER, numericHeader, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import type { PublishedStore } from '@urs/store';
+import type { PublishedStore, TenantStore } from '@urs/store';
 import type { InOrder } from './in-order';
 import { takeWhenFree, whileHeld, type TenantLeasing } from './lease';
 import type { Tombstones } from './tombstones';
@@ -16,6 +16,8 @@ export interface TenantsHandlerDeps {
     | 'renewTenantLease'
     | 'releaseTenantLease'
   >;
+  /** The tenants' records as the registrar keeps them: a deletion older than the record is not acted on. */
+  tenants: Pick<TenantStore, 'get'>;
   /** Sends to `vms.risk-scores` and forgets, as a complete cycle's tombstones do. */
   tombstones: Tombstones;
   /** The tenants' queue, shared with the score handler and the sweep (see `CycleCompletionDeps.inOrder`). */
@@ -53,6 +55,19 @@ export function createTenantsHandler(deps: TenantsHandlerDeps): MessageHandler<T
       return;
     }
     await deps.inOrder(tenantId, async () => {
+      // A deletion the tenant was registered again after (its record newer than the deletion's revision):
+      // read again from the topic's beginning (this group's first start, an offset reset) while the
+      // registration after it is not compacted away yet. Acted on, it would tombstone a live tenant's devices.
+      const revision = numericHeader(message.headers, TENANT_REVISION_HEADER);
+      const current = revision === undefined ? null : await deps.tenants.get(tenantId);
+      if (current && revision !== undefined && current.revision > revision) {
+        deps.logger.info('tenant deletion older than its record: nothing tombstoned', {
+          tenantId,
+          deletedRevision: revision,
+          revision: current.revision,
+        });
+        return;
+      }
       const lease = { tenantId, ...deps.leasing };
       await takeWhenFree(deps.published, lease, message.signal);
       try {

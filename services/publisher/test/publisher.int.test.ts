@@ -1,9 +1,23 @@
 import { deviceBatchMessage, parseJsonBytes, type InboundMessage, type Publisher } from '@urs/bus';
-import type { ScoreBatch, ScoredDevice, TenantRecord, VmsRiskScore, VmsRiskSummary } from '@urs/contracts';
+import {
+  TENANT_REVISION_HEADER,
+  type ScoreBatch,
+  type ScoredDevice,
+  type TenantRecord,
+  type VmsRiskScore,
+  type VmsRiskSummary,
+} from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createCycleStore, createPublishedStore, createScoreStore, createTenantStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { createTestRedis, inboundMessage, scoredDevice, type TestRedis, waitFor } from '@urs/testkit';
+import {
+  createTestRedis,
+  inboundMessage,
+  scoredDevice,
+  tenantRecord,
+  type TestRedis,
+  waitFor,
+} from '@urs/testkit';
 import { createCycleCompletion } from '../src/completion';
 import { createPublishHandler } from '../src/handler';
 import { createInOrder } from '../src/in-order';
@@ -89,6 +103,8 @@ describe('the publisher', () => {
   afterEach(async () => {
     await redis.close();
   });
+  /** The registrar's tenant records in this test's Redis. */
+  const tenantStore = () => createTenantStore(redis.client, redis.prefix);
 
   function build(
     options: {
@@ -194,15 +210,21 @@ describe('the publisher', () => {
     };
     const tenants = createTenantsHandler({
       published,
+      tenants: tenantStore(),
       tombstones: createTombstones({ published, scores, publisher, topic: topics.vmsRiskScores, metrics }),
       inOrder,
       leasing,
       logger: silentLogger,
     });
-    // A tenant's deletion as the registrar writes it on urs.tenants, at `at`.
-    const deleteTenant = (at: string) =>
+    // A tenant's deletion as the registrar writes it on urs.tenants, at `at` (with its revision, if given).
+    const deleteTenant = (at: string, revision?: number) =>
       tenants(
-        inboundMessage<TenantRecord>(null, { topic: 'urs.tenants', key: 't1', timestamp: Date.parse(at) }),
+        inboundMessage<TenantRecord>(null, {
+          topic: 'urs.tenants',
+          key: 't1',
+          timestamp: Date.parse(at),
+          headers: revision === undefined ? {} : { [TENANT_REVISION_HEADER]: Buffer.from(String(revision)) },
+        }),
       );
     return { handler: handle, completion, cycles, begin, metrics, deleteTenant };
   }
@@ -361,6 +383,23 @@ describe('the publisher', () => {
     expect(await completion.closeOverdue()).toBe(0);
     expect(await completion.closeOverdue()).toBe(0);
     expect(summaries()).toEqual([]);
+  });
+
+  it("a deletion older than the tenant's record (read again from the topic's beginning) should tombstone nothing", async () => {
+    const { handler, begin, deleteTenant } = build();
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')]));
+    // Deleted at revision 3, registered again at revision 5: the registrar's record in Redis is revision 5.
+    await tenantStore().put(tenantRecord('t1', { revision: 5 }));
+    await deleteTenant(minute(12), 3);
+    expect(records().filter((m) => m.value === null)).toEqual([]);
+    // A deletion after that record is acted on.
+    await deleteTenant(minute(13), 6);
+    expect(
+      records()
+        .filter((m) => m.value === null)
+        .map((m) => m.key),
+    ).toEqual(['t1/a', 't1/b']);
   });
 
   it('createCycleCompletion should send a summary whose first send failed on the redelivery, once', async () => {
@@ -721,7 +760,7 @@ describe('the publisher', () => {
   it("closeOverdue should count a cycle never listed against the tenant's last listed device count, the devices not scored as failed", async () => {
     const { handler, begin, completion } = build();
     // The tenant's last listed cycle had 3 devices; this one's poller died after its first batch.
-    await createTenantStore(redis.client, redis.prefix).cycleListed('t1', 'c0', { deviceCount: 3 });
+    await tenantStore().cycleListed('t1', 'c0', { deviceCount: 3 });
     await begin(1);
     await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 90, 'High Risk')]));
     now = new Date(minute(16));
@@ -731,7 +770,7 @@ describe('the publisher', () => {
 
   it('closeOverdue should close a cycle its poller abandoned at the next sweep, before the cycle that retries it', async () => {
     const { handler, begin, completion, cycles } = build();
-    await createTenantStore(redis.client, redis.prefix).cycleListed('t1', 'c0', { deviceCount: 3 });
+    await tenantStore().cycleListed('t1', 'c0', { deviceCount: 3 });
     await begin(1);
     await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 90, 'High Risk')]));
     // The listing failed after that batch; the poller tries again with a new cycle minutes later.

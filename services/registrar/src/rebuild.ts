@@ -1,12 +1,17 @@
 import { randomBytes } from 'node:crypto';
 import type { Kafka, KafkaMessage } from 'kafkajs';
 import { BusError, crashHeals, topicOffsets } from '@urs/bus';
-import { validateMessage, type TenantRecord } from '@urs/contracts';
+import {
+  TENANT_GENERATION_HEADER,
+  TENANT_REVISION_HEADER,
+  numericHeader,
+  validateMessage,
+  type TenantRecord,
+} from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { canRetry, errorMessage, retryThroughOutage, sleep, UrsError } from '@urs/resilience';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import { forEachLimit } from './concurrency';
-import { GENERATION_HEADER, REVISION_HEADER } from './registry';
 
 /**
  * The last word of `urs.tenants` on one tenant: its record, or a deletion (with its revision, and the
@@ -17,13 +22,6 @@ export type TenantLogEntry =
   | { tenantId: string; record: null; revision?: number; generation?: number };
 
 /** A header's number, if it has one. */
-function headerNumber(message: KafkaMessage, name: string): number | undefined {
-  const header = message.headers?.[name];
-  if (header === undefined) return undefined;
-  const value = Number(header.toString());
-  return Number.isFinite(value) ? value : undefined;
-}
-
 /**
  * Reads `topic` from its beginning up to `targets` (per partition, the last offset to read; a partition
  * without one is not read) with a consumer group of its own (KafkaJS has no manual assignment), which is
@@ -127,8 +125,8 @@ export async function readTenantLog(
     const key = message.key?.toString('utf8');
     if (!key) return;
     if (message.value === null) {
-      const revision = headerNumber(message, REVISION_HEADER);
-      const generation = headerNumber(message, GENERATION_HEADER);
+      const revision = numericHeader(message.headers, TENANT_REVISION_HEADER);
+      const generation = numericHeader(message.headers, TENANT_GENERATION_HEADER);
       entries.set(key, {
         tenantId: key,
         record: null,

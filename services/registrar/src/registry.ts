@@ -1,19 +1,17 @@
 import type { Publisher } from '@urs/bus';
-import type { SealedSecretRecord, TenantRecord, TenantRegistration } from '@urs/contracts';
+import {
+  TENANT_GENERATION_HEADER,
+  TENANT_REVISION_HEADER,
+  type SealedSecretRecord,
+  type TenantRecord,
+  type TenantRegistration,
+} from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError, sleep } from '@urs/resilience';
 import { canonicalJson } from '@urs/scoring';
 import type { SecretSealer } from '@urs/secrets';
 import type { PollScheduleStore, RegistrarStateStore, TenantStore } from '@urs/store';
 import { describeViolations, type Violation } from './validation';
-
-/** Header of a `urs.tenants` tombstone carrying the deletion's revision (a null value has no body). */
-export const REVISION_HEADER = 'urs-revision';
-/**
- * Header of a `urs.tenants` tombstone carrying the Director generation in force when an administrator
- * deleted the tenant (absent when none was ever applied), so that a rebuilt Redis remembers the deletion.
- */
-export const GENERATION_HEADER = 'urs-generation';
 
 export interface RegistrationOrigin {
   source: 'director' | 'rest';
@@ -392,8 +390,8 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         key: tenantId,
         value: null,
         headers: {
-          [REVISION_HEADER]: String(revision),
-          ...(generation < 0 ? {} : { [GENERATION_HEADER]: String(generation) }),
+          [TENANT_REVISION_HEADER]: String(revision),
+          ...(generation < 0 ? {} : { [TENANT_GENERATION_HEADER]: String(generation) }),
         },
       },
     ]);
@@ -422,8 +420,8 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       revision: await deps.state.nextRevision(tenantId, current.revision),
       defender: { ...current.defender, clientSecret },
     };
-    // Before the record goes out: a poller that reads it must find the failure already carried onto it.
-    // A revision number taken and not written leaves a gap, which no reader minds.
+    // Before the record goes out: a poller that reads it must find the failure already carried onto it. A
+    // record Kafka then refuses leaves the failure on a revision never written; the next re-seal carries it on.
     if (!(await deps.schedules.carryFailure(tenantId, current.revision, record.revision)))
       return { outcome: 'polling' };
     await write(record);

@@ -95,6 +95,8 @@ export function createSecretResealer(deps: SecretResealerDeps): SecretResealer {
         done++;
         if (result.outcome === 'resealed') resealed[result.fromKeyId] = (resealed[result.fromKeyId] ?? 0) + 1;
       } catch (error) {
+        // Its lock held past the wait (a push or a REST write of the tenant under way): a later pass.
+        if (errorCode(error) === 'TENANT_BUSY') continue;
         // A record this registrar's key does not open (damaged): the tenant's cycles report it too.
         if (!(error instanceof SecretError)) throw error;
         warnOnce(tenantId, keyId, 'stored secret not re-sealed: it does not open', {

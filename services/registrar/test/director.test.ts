@@ -2,7 +2,8 @@ import type { DeadLetter, RegistrationPush, TenantRecord } from '@urs/contracts'
 import { silentLogger } from '@urs/logging';
 import { inboundMessage } from '@urs/testkit';
 import { createRegistrationHandler } from '../src/director';
-import { createTenantRegistry, GENERATION_HEADER } from '../src/registry';
+import { TENANT_GENERATION_HEADER as GENERATION_HEADER } from '@urs/contracts';
+import { createTenantRegistry } from '../src/registry';
 import { memoryPublisher, memoryStateStore, memoryTenantStore, registrationBody } from './fakes';
 import { testSealer } from './fakes';
 

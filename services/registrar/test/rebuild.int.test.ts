@@ -2,7 +2,10 @@ import type { ConsumerConfig, Kafka } from 'kafkajs';
 import { silentLogger } from '@urs/logging';
 import { createTestKafka, createUniqueTopics, deleteTopics, uniqueId } from '@urs/testkit';
 import { readHandledGeneration, readTenantLog } from '../src/rebuild';
-import { GENERATION_HEADER, REVISION_HEADER } from '../src/registry';
+import {
+  TENANT_GENERATION_HEADER as GENERATION_HEADER,
+  TENANT_REVISION_HEADER as REVISION_HEADER,
+} from '@urs/contracts';
 import { tenantRecord as record } from './fakes';
 
 /** Creates a compacted 6-partition topic like `urs.tenants`, without waiting for its leaders. */

@@ -1,4 +1,5 @@
 import { silentLogger } from '@urs/logging';
+import { UrsError } from '@urs/resilience';
 import { createSecretSealer } from '@urs/secrets';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine } from '@urs/testkit';
@@ -49,5 +50,48 @@ describe('createSecretResealer', () => {
       }),
     ]);
     expect(JSON.stringify(lines)).not.toContain('Plain~acme');
+  });
+
+  it('pass should leave a tenant whose lock stays held to a later pass and re-seal the others', async () => {
+    const tenants = memoryTenantStore();
+    const old = createSecretSealer({ activeKeyId: 'k0', keys: new Map([['k0', Buffer.alloc(32, 5)]]) });
+    for (const tenantId of ['busy', 'calm']) {
+      const record = tenantRecord(tenantId, 1);
+      await tenants.put({
+        ...record,
+        defender: { ...record.defender, clientSecret: old.seal(`Plain~${tenantId}`, tenantId) },
+      });
+    }
+    const sealer = createSecretSealer({
+      activeKeyId: 'k1',
+      keys: new Map([
+        ['k1', Buffer.alloc(32, 7)],
+        ['k0', Buffer.alloc(32, 5)],
+      ]),
+    });
+    const asked: string[] = [];
+    const metrics = new Registry({ processMetrics: false });
+    const resealer = createSecretResealer({
+      tenants,
+      registry: {
+        reseal: async (tenantId) => {
+          asked.push(tenantId);
+          if (tenantId === 'busy')
+            throw new UrsError('TENANT_BUSY', 'tenant busy is being written by another request', {
+              canRetry: true,
+            });
+          return { outcome: 'resealed', fromKeyId: 'k0', record: tenantRecord(tenantId, 2) };
+        },
+      },
+      sealer,
+      keyIds: new Set(['k0', 'k1']),
+      ready: async () => undefined,
+      metrics,
+      logger: silentLogger,
+      batch: 10,
+    });
+    expect(await resealer.pass()).toEqual({ retired: 1, resealed: { k0: 1 } });
+    expect(asked.sort()).toEqual(['busy', 'calm']);
+    expect(metrics.expose()).toMatch(/^urs_secrets_on_retired_keys 1$/m);
   });
 });

@@ -3,7 +3,8 @@ import { silentLogger } from '@urs/logging';
 import { createSecretSealer, type SecretSealer } from '@urs/secrets';
 import { rebuiltGate } from '../../src/http/rebuilt';
 import { tenantRoutes, type AccessCheckTenant } from '../../src/http/tenants';
-import { createTenantRegistry, REVISION_HEADER } from '../../src/registry';
+import { TENANT_REVISION_HEADER as REVISION_HEADER } from '@urs/contracts';
+import { createTenantRegistry } from '../../src/registry';
 import {
   GUID_A,
   memoryPublisher,
