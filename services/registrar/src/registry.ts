@@ -24,7 +24,8 @@ export interface RegisterOptions {
    * Keep the secret of the tenant's record as it is when written (a REST update that left `clientSecret`
    * out): read under the tenant's write lock, so a secret rotated meanwhile is the one kept. A tenant
    * deleted meanwhile has none to keep: `TenantGoneError`. A stored secret this registrar's keys do not
-   * open cannot be kept: the sealer's `SecretError`.
+   * open cannot be kept: the sealer's `SecretError`; nor one of another app than the registration names
+   * (`switchesApp`): `SecretForOtherAppError`.
    */
   keepSecret?: boolean;
   /**
@@ -113,6 +114,34 @@ export interface TenantRegistryDeps {
 }
 
 /** A REST update kept the stored secret of a tenant that was deleted before it could be written. */
+/**
+ * Whether `defender` names another app registration than `current`: another Entra tenant, app or cloud (GUIDs
+ * compared in any case, a cloud left out or null is the default). A secret kept across such a change is
+ * another app's, and the tenant would fail later with a sign-in error that does not say why.
+ */
+export function switchesApp(
+  current: TenantRecord,
+  defender: { readonly azureTenantId?: unknown; readonly clientId?: unknown; readonly cloud?: unknown },
+): boolean {
+  const guid = (value: unknown) => (typeof value === 'string' ? value.toLowerCase() : value);
+  return (
+    guid(defender.azureTenantId) !== current.defender.azureTenantId.toLowerCase() ||
+    guid(defender.clientId) !== current.defender.clientId.toLowerCase() ||
+    (defender.cloud ?? 'commercial') !== current.defender.cloud
+  );
+}
+
+/** `register` with `keepSecret` when the record names another app than the one its stored secret is for. */
+export class SecretForOtherAppError extends UrsError {
+  constructor(tenantId: string) {
+    super(
+      'SECRET_FOR_OTHER_APP',
+      `tenant ${tenantId}'s stored clientSecret is for another app registration: send the clientSecret`,
+      { canRetry: false },
+    );
+  }
+}
+
 export class TenantGoneError extends UrsError {
   constructor(tenantId: string) {
     super(
@@ -281,6 +310,9 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     let kept: string | undefined;
     if (options.keepSecret) {
       if (!current) throw new TenantGoneError(tenantId);
+      // Checked again here, under the lock: a PUT with another app and its secret may have landed since the
+      // caller read the record.
+      if (switchesApp(current, defender)) throw new SecretForOtherAppError(tenantId);
       // Opened even when its sealed form is kept: one that no key here opens would be kept useless, and the
       // write would erase the status that says why the tenant's cycles fail. The sealer's SecretError
       // reaches the caller instead.

@@ -2,7 +2,7 @@ import type { TenantRecord } from '@urs/contracts';
 import { REQUIRED_PERMISSIONS } from '@urs/defender';
 import { SecretError, type SecretSealer } from '@urs/secrets';
 import type { TenantStatus, TenantStore } from '@urs/store';
-import { TenantGoneError, type TenantRegistry } from '../registry';
+import { SecretForOtherAppError, TenantGoneError, switchesApp, type TenantRegistry } from '../registry';
 import { renameFields, validateRegistration } from '../validation';
 import { tenantIdOf } from './params';
 import { ApiError, type ApiRequest, type ApiResponse, type Route } from './router';
@@ -50,20 +50,6 @@ const SECRET_FOR_NEW_APP = {
   field: 'clientSecret',
   rule: 'is required when azureTenantId, clientId or cloud changes',
 };
-
-/**
- * Whether `body` names another app registration than `current`: another Entra tenant, app or cloud (GUIDs
- * compared in any case, a cloud left out or null is the default). A secret kept across such a change is
- * another app's, and the tenant would fail later with a sign-in error that does not say why.
- */
-function switchesApp(current: TenantRecord, body: Record<string, unknown>): boolean {
-  const guid = (value: unknown) => (typeof value === 'string' ? value.toLowerCase() : value);
-  return (
-    guid(body['azureTenantId']) !== current.defender.azureTenantId.toLowerCase() ||
-    guid(body['clientId']) !== current.defender.clientId.toLowerCase() ||
-    (body['cloud'] ?? 'commercial') !== current.defender.cloud
-  );
-}
 
 /**
  * What an administrator is told of a stored secret this registrar's keys do not open (its key retired and
@@ -151,6 +137,11 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
       );
     } catch (error) {
       if (error instanceof TenantGoneError) throw new ApiError(409, 'TENANT_NOT_FOUND', error.message);
+      if (error instanceof SecretForOtherAppError) {
+        throw new ApiError(400, 'VALIDATION_FAILED', 'the registration is not valid: 1 problem(s)', [
+          SECRET_FOR_NEW_APP,
+        ]);
+      }
       if (keepSecret && error instanceof SecretError)
         throw new ApiError(409, 'SECRET_UNAVAILABLE', secretUnavailable(tenantId, error));
       throw error;

@@ -143,6 +143,32 @@ describe('tenantRoutes', () => {
     },
   );
 
+  it("PUT without a secret should be refused when another PUT switched the app after it read the record: the stored secret is that app's", async () => {
+    const { tenants, call } = setup();
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    const before = await tenants.get('acme');
+    const otherApp = registrationBody({ clientId: '0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d' });
+    expect((await call('PUT', '/v1/tenants/acme/defender', otherApp)).status).toBe(200);
+    const switched = await tenants.get('acme');
+    // This PUT read the record before the other one landed, and writes after it.
+    const get = tenants.get.bind(tenants);
+    let reads = 0;
+    tenants.get = async (tenantId) => (reads++ === 0 ? before : get(tenantId));
+    const { clientSecret: _secret, ...withoutSecret } = registrationBody({ pollIntervalMinutes: 120 });
+    expect(await call('PUT', '/v1/tenants/acme/defender', withoutSecret)).toMatchObject({
+      status: 400,
+      body: {
+        error: {
+          code: 'VALIDATION_FAILED',
+          violations: [
+            { field: 'clientSecret', rule: 'is required when azureTenantId, clientId or cloud changes' },
+          ],
+        },
+      },
+    });
+    expect(await get('acme')).toEqual(switched);
+  });
+
   it('PUT without a secret should keep it when the app stays the same (GUIDs in another case, cloud left to its default)', async () => {
     const { tenants, call } = setup();
     await call('PUT', '/v1/tenants/acme/defender', registrationBody());
