@@ -1,12 +1,11 @@
 import { batchItemJson, jsonWithHead, type MessageHandler, type Publisher } from '@urs/bus';
 import { vmsRecord, vmsRecordHead, type ScoreBatch } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { UrsError, sleep } from '@urs/resilience';
 import type { CycleStore, DeviceScoreRef, PublishedStore, PublishOptions, TenantLease } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { CycleCompletion } from './completion';
 import type { InOrder } from './in-order';
-import { LEASE_WAIT_MS, whileHeld, type TenantLeasing } from './lease';
+import { onceLeased, whileHeld, type TenantLeasing } from './lease';
 import { batchStats, recordDigest } from './records';
 
 export interface PublishHandlerDeps {
@@ -72,16 +71,8 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     options: PublishOptions,
     signal: AbortSignal | undefined,
   ): Promise<DeviceScoreRef[] | 'deleted'> {
-    for (;;) {
-      const changed = await deps.published.changed(lease, cycleAt, refs, options);
-      if (changed !== null) return changed;
-      // The runner gave the batch up (a rebalance, a stop): handled again by whoever owns it next.
-      if (signal?.aborted)
-        throw new UrsError('STOPPING', "the batch was given up waiting for its tenant's lease", {
-          canRetry: true,
-        });
-      await sleep(LEASE_WAIT_MS, signal);
-    }
+    // A runner that gives the batch up (a rebalance, a stop) leaves it to whoever owns it next.
+    return onceLeased(() => deps.published.changed(lease, cycleAt, refs, options), signal);
   }
 
   /**

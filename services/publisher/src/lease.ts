@@ -10,7 +10,7 @@ import type { PublishedStore, TenantLease } from '@urs/store';
 const DEFAULT_TENANT_LEASE_MS = 10_000;
 
 /** How often a replica asks again for a tenant's lease while another replica holds it, ms. */
-export const LEASE_WAIT_MS = 50;
+const LEASE_WAIT_MS = 50;
 
 /** This replica's leases on tenants (see `TenantLease`): its id as their holder, and their length. */
 export type TenantLeasing = Omit<TenantLease, 'tenantId'>;
@@ -46,20 +46,30 @@ export async function whileHeld<T>(
 }
 
 /**
- * Takes the tenant's lease, asking again every LEASE_WAIT_MS while another replica holds it (a batch it
- * records, a summary its sweep sends). Throws a retryable error once `signal` aborted: the runner gave the
- * message up, and whoever handles it next takes the lease.
+ * What `attempt` gives once it is not null, asking again every LEASE_WAIT_MS while it is (another replica
+ * holds the tenant's lease: a batch it records, a summary its sweep sends, a deletion it tombstones). Throws a
+ * retryable error once `signal` aborted: the runner gave the message up, and whoever handles it next asks.
  */
-export async function takeWhenFree(
-  published: Pick<PublishedStore, 'takeTenantLease'>,
-  lease: TenantLease,
+export async function onceLeased<T>(
+  attempt: () => Promise<T | null>,
   signal: AbortSignal | undefined,
-): Promise<void> {
-  while (!(await published.takeTenantLease(lease))) {
+): Promise<T> {
+  for (;;) {
+    const result = await attempt();
+    if (result !== null) return result;
     if (signal?.aborted)
       throw new UrsError('STOPPING', "the message was given up waiting for its tenant's lease", {
         canRetry: true,
       });
     await sleep(LEASE_WAIT_MS, signal);
   }
+}
+
+/** Takes the tenant's lease, once it is free (see `onceLeased`). */
+export async function takeWhenFree(
+  published: Pick<PublishedStore, 'takeTenantLease'>,
+  lease: TenantLease,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  await onceLeased(async () => ((await published.takeTenantLease(lease)) ? true : null), signal);
 }
