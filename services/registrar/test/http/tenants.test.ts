@@ -1,9 +1,12 @@
-import type { TenantRecord } from '@urs/contracts';
+import {
+  TENANT_REVISION_HEADER as REVISION_HEADER,
+  type SealedSecretRecord,
+  type TenantRecord,
+} from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createSecretSealer, type SecretSealer } from '@urs/secrets';
 import { rebuiltGate } from '../../src/http/rebuilt';
 import { tenantRoutes, type AccessCheckTenant } from '../../src/http/tenants';
-import { TENANT_REVISION_HEADER as REVISION_HEADER } from '@urs/contracts';
 import { createTenantRegistry } from '../../src/registry';
 import {
   GUID_A,
@@ -14,6 +17,14 @@ import {
   testSealer,
 } from '../fakes';
 import { routeCaller } from './call';
+
+/** acme's secret sealed with key k0, which the registrar of `setup` does not hold (a key since retired). */
+function sealedWithKeyNotHeld(): SealedSecretRecord {
+  return createSecretSealer({ activeKeyId: 'k0', keys: new Map([['k0', Buffer.alloc(32, 1)]]) }).seal(
+    'Sup3r~secret-value',
+    'acme',
+  );
+}
 
 function setup(
   sealer: SecretSealer = testSealer(),
@@ -335,10 +346,7 @@ describe('tenantRoutes', () => {
     const { tenants, publisher, call } = setup();
     await call('PUT', '/v1/tenants/acme/defender', registrationBody());
     const current = (await tenants.get('acme')) as TenantRecord;
-    const gone = createSecretSealer({
-      activeKeyId: 'k0',
-      keys: new Map([['k0', Buffer.alloc(32, 1)]]),
-    }).seal('Sup3r~secret-value', 'acme');
+    const gone = sealedWithKeyNotHeld();
     const damaged = { ...current.defender.clientSecret, tag: Buffer.alloc(16).toString('base64') };
     const { clientSecret: _secret, ...withoutSecret } = registrationBody({ pollIntervalMinutes: 60 });
     for (const [clientSecret, reason] of [
@@ -509,10 +517,7 @@ describe('tenantRoutes', () => {
     const { tenants, call, checked } = setup();
     await call('PUT', '/v1/tenants/acme/defender', registrationBody());
     const current = (await tenants.get('acme')) as TenantRecord;
-    const gone = createSecretSealer({
-      activeKeyId: 'k0',
-      keys: new Map([['k0', Buffer.alloc(32, 1)]]),
-    }).seal('Sup3r~secret-value', 'acme');
+    const gone = sealedWithKeyNotHeld();
     tenants.records.set('acme', { ...current, defender: { ...current.defender, clientSecret: gone } });
     const answer = await call('POST', '/v1/tenants/acme/defender/test');
     expect(answer).toEqual({
