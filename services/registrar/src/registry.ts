@@ -2,7 +2,6 @@ import type { Publisher } from '@urs/bus';
 import {
   TENANT_GENERATION_HEADER,
   TENANT_REVISION_HEADER,
-  type SealedSecretRecord,
   type TenantRecord,
   type TenantRegistration,
 } from '@urs/contracts';
@@ -11,6 +10,7 @@ import { UrsError, sleep } from '@urs/resilience';
 import { canonicalJson } from '@urs/scoring';
 import type { SecretSealer } from '@urs/secrets';
 import type { PollScheduleStore, RegistrarStateStore, TenantStore } from '@urs/store';
+import { openKeptSecret, sameSecret, secretToWrite } from './record-secret';
 import { describeViolations, type Violation } from './validation';
 
 export interface RegistrationOrigin {
@@ -111,45 +111,6 @@ export interface TenantRegistryDeps {
   schedules: Pick<PollScheduleStore, 'clear' | 'carryFailure'>;
   logger: Logger;
   now?: () => Date;
-}
-
-/** A REST update kept the stored secret of a tenant that was deleted before it could be written. */
-/**
- * Whether `defender` names another app registration than `current`: another Entra tenant, app or cloud (GUIDs
- * compared in any case, a cloud left out or null is the default). A secret kept across such a change is
- * another app's, and the tenant would fail later with a sign-in error that does not say why.
- */
-export function switchesApp(
-  current: TenantRecord,
-  defender: { readonly azureTenantId?: unknown; readonly clientId?: unknown; readonly cloud?: unknown },
-): boolean {
-  const guid = (value: unknown) => (typeof value === 'string' ? value.toLowerCase() : value);
-  return (
-    guid(defender.azureTenantId) !== current.defender.azureTenantId.toLowerCase() ||
-    guid(defender.clientId) !== current.defender.clientId.toLowerCase() ||
-    (defender.cloud ?? 'commercial') !== current.defender.cloud
-  );
-}
-
-/** `register` with `keepSecret` when the record names another app than the one its stored secret is for. */
-export class SecretForOtherAppError extends UrsError {
-  constructor(tenantId: string) {
-    super(
-      'SECRET_FOR_OTHER_APP',
-      `tenant ${tenantId}'s stored clientSecret is for another app registration: send the clientSecret`,
-      { canRetry: false },
-    );
-  }
-}
-
-export class TenantGoneError extends UrsError {
-  constructor(tenantId: string) {
-    super(
-      'TENANT_NOT_FOUND',
-      `tenant ${tenantId} was deleted while this update was made: register it again with its clientSecret`,
-      { canRetry: false },
-    );
-  }
 }
 
 /**
@@ -307,32 +268,12 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         : 'disabled by an administrator';
     if (options.keepRestRecord && current?.source === 'rest')
       return { record: current, changed: false, created: false };
-    let kept: string | undefined;
-    if (options.keepSecret) {
-      if (!current) throw new TenantGoneError(tenantId);
-      // Checked again here, under the lock: a PUT with another app and its secret may have landed since the
-      // caller read the record.
-      if (switchesApp(current, defender)) throw new SecretForOtherAppError(tenantId);
-      // Opened even when its sealed form is kept: one that no key here opens would be kept useless, and the
-      // write would erase the status that says why the tenant's cycles fail. The sealer's SecretError
-      // reaches the caller instead.
-      kept = deps.sealer.open(current.defender.clientSecret, tenantId);
-    }
+    const kept = options.keepSecret ? openKeptSecret(deps.sealer, tenantId, current, defender) : undefined;
     // Taking a tenant over from Director is a change even with the same settings: a full push leaving it
     // out no longer disables it.
     const takesOver = origin.source === 'rest' && current?.source !== 'rest';
     if (options.skipIfUnchanged && current && !takesOver) {
-      // A secret sealed with a retired key is never the same: the write re-seals it (key rotation).
-      let secretMatches = false;
-      if (!deps.sealer.isStale(current.defender.clientSecret)) {
-        try {
-          secretMatches =
-            kept !== undefined ||
-            deps.sealer.open(current.defender.clientSecret, tenantId) === defender.clientSecret;
-        } catch {
-          secretMatches = false;
-        }
-      }
+      const secretMatches = sameSecret(deps.sealer, tenantId, current, defender.clientSecret, kept);
       const candidate = {
         schemaVersion: 1 as const,
         tenantId,
@@ -348,13 +289,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         return { record: current, changed: false, created: false };
       }
     }
-    let sealed: SealedSecretRecord;
-    if (kept !== undefined && current) {
-      // A kept secret sealed with a retired key is re-sealed with the active one (key rotation).
-      sealed = deps.sealer.isStale(current.defender.clientSecret)
-        ? deps.sealer.seal(kept, tenantId)
-        : current.defender.clientSecret;
-    } else sealed = deps.sealer.seal(defender.clientSecret, tenantId);
+    const sealed = secretToWrite(deps.sealer, tenantId, current, defender.clientSecret, kept);
     const record: TenantRecord = {
       schemaVersion: 1,
       tenantId,
