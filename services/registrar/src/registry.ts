@@ -6,11 +6,11 @@ import {
   type TenantRegistration,
 } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { UrsError, sleep } from '@urs/resilience';
 import { canonicalJson } from '@urs/scoring';
 import type { SecretSealer } from '@urs/secrets';
 import type { PollScheduleStore, RegistrarStateStore, TenantStore } from '@urs/store';
 import { openKeptSecret, sameSecret, secretToWrite } from './record-secret';
+import { createTenantLock, throwIfCut } from './tenant-lock';
 import { describeViolations, type Violation } from './validation';
 
 export interface RegistrationOrigin {
@@ -113,29 +113,6 @@ export interface TenantRegistryDeps {
   now?: () => Date;
 }
 
-/**
- * The stop cut the request before its write started: nothing was written. A write started after the stop
- * answered 503 would run while the publisher and Redis close, and could reach Kafka and not Redis.
- */
-export class RequestCutError extends UrsError {
-  constructor(tenantId: string, cause: unknown) {
-    super('REQUEST_CUT', `the write of tenant ${tenantId} was not started: the service is stopping`, {
-      canRetry: true,
-      cause,
-    });
-  }
-}
-
-/** Throws `RequestCutError` once `signal` aborted: called right before a write starts. */
-function throwIfCut(tenantId: string, signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw new RequestCutError(tenantId, signal.reason);
-}
-
-/** How long one write of a tenant holds its lock at most (a record to Kafka, then to Redis). */
-const WRITE_LOCK_MS = 15_000;
-/** How long a write waits for another writer of the same tenant before it fails (retryably). */
-const WRITE_LOCK_WAIT_MS = 20_000;
-
 /** Whether two records say the same thing (ignoring revision, time, origin; the secrets compared opened). */
 function sameSettings(
   current: TenantRecord,
@@ -159,6 +136,7 @@ function sameSettings(
 export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
   const now = deps.now ?? (() => new Date());
   const log = deps.logger.child({ component: 'registry' });
+  const locked = createTenantLock(deps.state);
 
   async function write(record: TenantRecord): Promise<void> {
     await deps.publisher.send(deps.tenantsTopic, 'urs/tenant-record', [
@@ -181,34 +159,6 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       lastErrorAt: null,
       lastErrorCycleId: null,
     });
-  }
-
-  /**
-   * Runs `work` under the tenant's write lock: what it reads of the record is still the record when it
-   * writes (a Director push and a REST call of one tenant, on one replica or two, one after the other).
-   */
-  async function locked<T>(
-    tenantId: string,
-    signal: AbortSignal | undefined,
-    work: () => Promise<T>,
-  ): Promise<T> {
-    const deadline = Date.now() + WRITE_LOCK_WAIT_MS;
-    throwIfCut(tenantId, signal);
-    let token = await deps.state.lockTenant(tenantId, WRITE_LOCK_MS);
-    while (token === null) {
-      throwIfCut(tenantId, signal);
-      if (Date.now() >= deadline) {
-        const message = `tenant ${tenantId} is being written by another request; try again`;
-        throw new UrsError('TENANT_BUSY', message, { canRetry: true });
-      }
-      await sleep(5 + Math.floor(Math.random() * 20));
-      token = await deps.state.lockTenant(tenantId, WRITE_LOCK_MS);
-    }
-    try {
-      return await work();
-    } finally {
-      await deps.state.unlockTenant(tenantId, token);
-    }
   }
 
   return {

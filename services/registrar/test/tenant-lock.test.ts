@@ -1,0 +1,66 @@
+import { createTenantLock } from '../src/tenant-lock';
+import { memoryStateStore } from './fakes';
+
+describe('createTenantLock', () => {
+  afterEach(() => jest.useRealTimers());
+
+  it('locked should run the works of one tenant one after the other, of two tenants side by side', async () => {
+    const locked = createTenantLock(memoryStateStore());
+    const events: string[] = [];
+    const work = (name: string) => async () => {
+      events.push(`${name} in`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      events.push(`${name} out`);
+      return name;
+    };
+    const results = await Promise.all([
+      locked('acme', undefined, work('a1')),
+      locked('acme', undefined, work('a2')),
+      locked('other', undefined, work('o')),
+    ]);
+    expect(results).toEqual(['a1', 'a2', 'o']);
+    expect(events.indexOf('a2 in')).toBeGreaterThan(events.indexOf('a1 out'));
+    expect(events.indexOf('o in')).toBeLessThan(events.indexOf('a1 out'));
+  });
+
+  it('locked should give the lock back when its work fails', async () => {
+    const locked = createTenantLock(memoryStateStore());
+    await expect(
+      locked('acme', undefined, () => Promise.reject(new Error('produce failed'))),
+    ).rejects.toThrow('produce failed');
+    await expect(locked('acme', undefined, async () => 'next')).resolves.toBe('next');
+  });
+
+  it('locked should not start the work of a cut request, before or while it waits', async () => {
+    const state = memoryStateStore();
+    const locked = createTenantLock(state);
+    const cut = new AbortController();
+    cut.abort(new Error('stopping'));
+    const work = jest.fn(async () => 'written');
+    await expect(locked('acme', cut.signal, work)).rejects.toMatchObject({ code: 'REQUEST_CUT' });
+    const held = await state.lockTenant('acme', 15_000);
+    const waiting = new AbortController();
+    const waited = locked('acme', waiting.signal, work);
+    setTimeout(() => waiting.abort(new Error('stopping')), 30);
+    await expect(waited).rejects.toMatchObject({ code: 'REQUEST_CUT', canRetry: true });
+    expect(work).not.toHaveBeenCalled();
+    await state.unlockTenant('acme', held as string);
+  });
+
+  it('locked should fail retryably with TENANT_BUSY after waiting 20 s for another writer', async () => {
+    jest.useFakeTimers();
+    const state = memoryStateStore();
+    const locked = createTenantLock(state);
+    await state.lockTenant('acme', 15_000);
+    const work = jest.fn(async () => 'written');
+    const waited = locked('acme', undefined, work);
+    let settled = false;
+    waited.catch(() => undefined).finally(() => (settled = true));
+    const outcome = expect(waited).rejects.toMatchObject({ code: 'TENANT_BUSY', canRetry: true });
+    await jest.advanceTimersByTimeAsync(19_000);
+    expect(settled).toBe(false);
+    await jest.advanceTimersByTimeAsync(2_000);
+    await outcome;
+    expect(work).not.toHaveBeenCalled();
+  });
+});
