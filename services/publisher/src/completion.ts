@@ -6,7 +6,7 @@ import { errorCode, errorMessage, keepRenewing } from '@urs/resilience';
 import type { CycleState, CycleStore, PublishedStore, ScoreStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { InOrder } from './in-order';
-import { whileHeld, type TenantLeasing } from './lease';
+import { withTenantLease, type TenantLeasing } from './lease';
 import { emptyBands, type BatchStats } from './records';
 import { createTombstones } from './tombstones';
 
@@ -303,17 +303,12 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
    */
   async function underLease(tenantId: string, send: () => Promise<boolean>): Promise<boolean> {
     const lease = { tenantId, ...deps.leasing };
-    if (!(await deps.published.takeTenantLease(lease))) {
+    const sent = await withTenantLease(deps.published, lease, deps.logger, 'skip', send);
+    if (sent === null)
       deps.logger.debug('tenant leased by another replica, its summaries left to the next sweep', {
         tenantId,
       });
-      return false;
-    }
-    try {
-      return await whileHeld(deps.published, lease, deps.logger, send);
-    } finally {
-      await deps.published.releaseTenantLease(lease);
-    }
+    return sent ?? false;
   }
 
   return {

@@ -65,11 +65,47 @@ export async function onceLeased<T>(
   }
 }
 
-/** Takes the tenant's lease, once it is free (see `onceLeased`). */
-export async function takeWhenFree(
-  published: Pick<PublishedStore, 'takeTenantLease'>,
+/**
+ * What to do while another replica holds the tenant's lease: wait for it (asking again every LEASE_WAIT_MS,
+ * until `signal` aborted, see `onceLeased`), or skip the work.
+ */
+export type WhenLeased = { wait: AbortSignal | undefined } | 'skip';
+
+type LeaseCalls = Pick<PublishedStore, 'takeTenantLease' | 'renewTenantLease' | 'releaseTenantLease'>;
+
+/**
+ * Takes the tenant's lease, runs `work` while it is held (see `whileHeld`), and gives it back, even when
+ * `work` fails. Null, `work` not run, when another replica holds the lease and `whenLeased` is 'skip'.
+ */
+export function withTenantLease<T>(
+  published: LeaseCalls,
   lease: TenantLease,
-  signal: AbortSignal | undefined,
-): Promise<void> {
-  await onceLeased(async () => ((await published.takeTenantLease(lease)) ? true : null), signal);
+  logger: Logger,
+  whenLeased: { wait: AbortSignal | undefined },
+  work: () => Promise<T>,
+): Promise<T>;
+export function withTenantLease<T>(
+  published: LeaseCalls,
+  lease: TenantLease,
+  logger: Logger,
+  whenLeased: WhenLeased,
+  work: () => Promise<T>,
+): Promise<T | null>;
+export async function withTenantLease<T>(
+  published: LeaseCalls,
+  lease: TenantLease,
+  logger: Logger,
+  whenLeased: WhenLeased,
+  work: () => Promise<T>,
+): Promise<T | null> {
+  if (whenLeased === 'skip') {
+    if (!(await published.takeTenantLease(lease))) return null;
+  } else {
+    await onceLeased(async () => ((await published.takeTenantLease(lease)) ? true : null), whenLeased.wait);
+  }
+  try {
+    return await whileHeld(published, lease, logger, work);
+  } finally {
+    await published.releaseTenantLease(lease);
+  }
 }

@@ -3,7 +3,7 @@ import { TENANT_REVISION_HEADER, numericHeader, type TenantRecord } from '@urs/c
 import type { Logger } from '@urs/logging';
 import type { PublishedStore, TenantStore } from '@urs/store';
 import type { InOrder } from './in-order';
-import { takeWhenFree, whileHeld, type TenantLeasing } from './lease';
+import { withTenantLease, type TenantLeasing } from './lease';
 import type { Tombstones } from './tombstones';
 
 export interface TenantsHandlerDeps {
@@ -69,18 +69,19 @@ export function createTenantsHandler(deps: TenantsHandlerDeps): MessageHandler<T
         return;
       }
       const lease = { tenantId, ...deps.leasing };
-      await takeWhenFree(deps.published, lease, message.signal);
-      try {
-        const tombstones = await whileHeld(deps.published, lease, deps.logger, async () => {
+      const tombstones = await withTenantLease(
+        deps.published,
+        lease,
+        deps.logger,
+        { wait: message.signal },
+        async () => {
           const gone = await deps.published.markDeleted(tenantId, at);
           await deps.tombstones(tenantId, gone);
           await deps.published.forgetDeleted(tenantId);
           return gone.length;
-        });
-        deps.logger.info('tenant deleted, its devices tombstoned', { tenantId, tombstones });
-      } finally {
-        await deps.published.releaseTenantLease(lease);
-      }
+        },
+      );
+      deps.logger.info('tenant deleted, its devices tombstoned', { tenantId, tombstones });
     });
   };
 }
