@@ -34,6 +34,9 @@ export interface CycleCompletionDeps {
    * from reading what changed to recording the batch, and the sweep sends a tenant's summaries holding it
    * too, or skips the tenant until the next sweep. Without it, another replica's sweep would tombstone a
    * device that batch has just published, or close as partial a cycle whose last batch it is recording.
+   * A batch completing its cycle (`tryComplete`) sends the summary holding it as well, waiting for it:
+   * the replica handling the tenant's deletion holds it too, so the deletion's tombstones never come
+   * before a snapshot or summary computed from the state the deletion forgets.
    */
   leasing: TenantLeasing;
   /** How long one sender holds a cycle's summary, renewed while it sends (default 30 s). */
@@ -50,15 +53,17 @@ export interface CycleHint {
 
 export interface CycleCompletion {
   /**
-   * Publishes the cycle's summary if every batch is recorded and nobody published it yet. `known` is
-   * the cycle as just read (e.g. by `recordBatch`); without it the cycle is read from the store. Called
-   * by the handler, already in the tenant's queue (`inOrder`).
+   * Publishes the cycle's summary if every batch is recorded and nobody published it yet, holding the
+   * tenant's lease (waiting for it while another replica holds it; a retryable error once `signal`
+   * aborted). `known` is the cycle as just read (e.g. by `recordBatch`); without it the cycle is read from
+   * the store. Called by the handler, already in the tenant's queue (`inOrder`), not holding the lease.
    */
   tryComplete(
     tenantId: string,
     cycleId: string,
     hint: CycleHint,
     known?: CycleState | null,
+    signal?: AbortSignal,
   ): Promise<boolean>;
   /**
    * Publishes every cycle past its deadline as partial, and every summary owed longer than the summary
@@ -311,27 +316,44 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     return sent ?? false;
   }
 
+  /**
+   * What a cycle owes once a batch of it is recorded, as `state` says: its summary, claimed already or
+   * to claim, with this status; null when nothing is due yet.
+   */
+  async function due(
+    state: CycleState | null,
+    tenantId: string,
+    cycleId: string,
+    hint: CycleHint,
+  ): Promise<{ status: 'complete' | 'partial'; claimed: boolean } | null> {
+    // Claimed before: normally sent, unless the send failed (then this redelivery sends it).
+    if (state?.published) return { status: state.published, claimed: true };
+    const totalBatches = state?.totalBatches ?? hint.totalBatches;
+    if (totalBatches === undefined) {
+      // Abandoned by its poller: partial once every batch it emitted is in (or at the close it was given).
+      const abandoned = state?.abandoned;
+      if (abandoned === undefined || state === null || state.scoredBatches < abandoned.batches) return null;
+      return { status: 'partial', claimed: false };
+    }
+    const recorded = state?.scoredBatches ?? (await deps.cycles.batchStats(tenantId, cycleId)).size;
+    return recorded < totalBatches ? null : { status: 'complete', claimed: false };
+  }
+
   return {
-    async tryComplete(tenantId, cycleId, hint, known) {
+    async tryComplete(tenantId, cycleId, hint, known, signal) {
       const state = known === undefined ? await deps.cycles.get(tenantId, cycleId) : known;
-      if (state?.published) {
-        // Claimed before: normally sent, unless the send failed (then this redelivery sends it).
-        return sendOwed(state, tenantId, cycleId, state.published, hint);
-      }
-      const totalBatches = state?.totalBatches ?? hint.totalBatches;
-      if (totalBatches === undefined) {
-        // Abandoned by its poller: partial once every batch it emitted is in (or at the close it was given).
-        const abandoned = state?.abandoned;
-        if (abandoned === undefined || state === null || state.scoredBatches < abandoned.batches)
+      const owed = await due(state, tenantId, cycleId, hint);
+      if (owed === null) return false;
+      // Sent holding the tenant's lease, waiting for it: the batch gave it back when it was recorded, and
+      // a deletion of the tenant on another replica must not tombstone the tenant's devices between this
+      // send's check that the tenant is not deleted and its snapshot and summary.
+      const lease = { tenantId, ...deps.leasing };
+      return withTenantLease(deps.published, lease, deps.logger, { wait: signal }, async () => {
+        const { status, claimed } = owed;
+        if (!claimed && !(await deps.cycles.claimPublication(tenantId, cycleId, status, now().getTime())))
           return false;
-        if (!(await deps.cycles.claimPublication(tenantId, cycleId, 'partial', now().getTime())))
-          return false;
-        return sendOwed(state, tenantId, cycleId, 'partial', hint);
-      }
-      const recorded = state?.scoredBatches ?? (await deps.cycles.batchStats(tenantId, cycleId)).size;
-      if (recorded < totalBatches) return false;
-      if (!(await deps.cycles.claimPublication(tenantId, cycleId, 'complete', now().getTime()))) return false;
-      return sendOwed(state, tenantId, cycleId, 'complete', hint);
+        return sendOwed(state, tenantId, cycleId, status, hint);
+      });
     },
     async closeOverdue() {
       let closed = 0;

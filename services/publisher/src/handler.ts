@@ -41,7 +41,8 @@ export interface PublishHandlerDeps {
  * From reading what changed to recording the batch, the replica holds the tenant's lease, taken and given
  * back by those two calls (no round trip of its own): another replica's sweep never sends a summary of the
  * tenant in between (see `CycleCompletionDeps.leasing`). A batch that fails leaves the lease to its retry,
- * which takes it again, or to lapse.
+ * which takes it again, or to lapse. A batch that completes its cycle takes the lease again to send the
+ * summary (`CycleCompletion.tryComplete`), only then: the other batches pay no round trip for it.
  */
 export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<ScoreBatch> {
   const records = deps.metrics.counter(
@@ -147,6 +148,7 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
         ...(batch.totalDevices !== undefined ? { totalDevices: batch.totalDevices } : {}),
       },
       state,
+      signal,
     );
   }
 }

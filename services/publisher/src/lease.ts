@@ -47,8 +47,9 @@ export async function whileHeld<T>(
 
 /**
  * What `attempt` gives once it is not null, asking again every LEASE_WAIT_MS while it is (another replica
- * holds the tenant's lease: a batch it records, a summary its sweep sends, a deletion it tombstones). Throws a
- * retryable error once `signal` aborted: the runner gave the message up, and whoever handles it next asks.
+ * holds the tenant's lease: a batch it records, a summary its batch or sweep sends, a deletion it
+ * tombstones). Throws a retryable error once `signal` aborted: the runner gave the message up, and whoever
+ * handles it next asks.
  */
 export async function onceLeased<T>(
   attempt: () => Promise<T | null>,
