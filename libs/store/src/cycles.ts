@@ -1,14 +1,7 @@
 import type Redis from 'ioredis';
 import { releaseOwnedKeyIn } from './owned-key';
-import {
-  commitIn,
-  owedSummary,
-  summariesOwedKey,
-  tenantLeaseKey,
-  type DeviceScoreRef,
-  type PublishOptions,
-  type TenantLease,
-} from './published';
+import { owedSummary, summariesOwedKey, tenantLeaseKey, type TenantLease } from './published';
+import { commitIn, type DeviceScoreRef, type PublishOptions } from './published-devices';
 import { tenantStatusKey } from './tenants';
 
 /** What the poller knew of a cycle whose listing stopped before its end (`CycleStore.abandon`). */

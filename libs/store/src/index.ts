@@ -15,13 +15,8 @@ export type {
   ScoreStoreOptions,
 } from './scores';
 export { createPublishedStore } from './published';
-export type {
-  PublishedStore,
-  PublishedDevice,
-  DeviceScoreRef,
-  PublishOptions,
-  TenantLease,
-} from './published';
+export type { PublishedStore, TenantLease } from './published';
+export type { PublishedDevice, DeviceScoreRef, PublishOptions } from './published-devices';
 export { createBulkVulnerabilityCache } from './vulnerability-cache';
 export type { BulkVulnerabilityCache, BulkExportState, LatestExport } from './vulnerability-cache';
 export { createPollScheduleStore } from './poll-schedule';

@@ -1,38 +1,17 @@
-import type { ChainableCommander, default as Redis } from 'ioredis';
+import type Redis from 'ioredis';
 import { releaseOwnedKey, renewOwnedKey, takeOwnedKey, takeOwnedKeyIn } from './owned-key';
+import { createTenantDeletions, deletedFor, type TenantDeletions } from './published-deletion';
+import {
+  commitOn,
+  decode,
+  publishedKeyOf,
+  seenKeyOf,
+  stillToPublish,
+  type DeviceScoreRef,
+  type PublishedDevice,
+  type PublishOptions,
+} from './published-devices';
 import { scoreStamp } from './scores';
-
-/** What was last published of one device, and when it was last seen in a cycle. */
-export interface PublishedDevice {
-  score: number;
-  band: string;
-  /** The digest of the published record (see `DeviceScoreRef.digest`); '' when not kept. */
-  digest: string;
-  /** Start (epoch ms) of the cycle whose score was published; half a millisecond later for a correction. */
-  publishedCycleAt: number;
-  /** Start (epoch ms) of the newest cycle the device was scored in. */
-  seenCycleAt: number;
-}
-
-export interface DeviceScoreRef {
-  deviceId: string;
-  score: number;
-  band: string;
-  /**
-   * A digest of what the device's record says besides its score and band (the identity VMS enforces on,
-   * the explanation): a device whose digest changed is published again with the same score. Without `|`.
-   */
-  digest?: string;
-}
-
-export interface PublishOptions {
-  /**
-   * The scores are a correction of their cycle (a bulk cycle's devices scored again with its own export):
-   * newer than the cycle's first scores, older than the next cycle's. A first batch of the cycle
-   * delivered again after its correction then never publishes the score the correction replaced.
-   */
-  correction?: boolean;
-}
 
 /**
  * One publisher replica's hold on a tenant: while it lasts, no other replica records a batch of the tenant
@@ -48,7 +27,7 @@ export interface TenantLease {
   ttlMs: number;
 }
 
-export interface PublishedStore {
+export interface PublishedStore extends TenantDeletions {
   /**
    * Which of these devices (scored in the cycle that started at `cycleAt`, epoch ms) must be published:
    * never published, or a score, band or digest other than the last published one. A device whose last
@@ -87,29 +66,6 @@ export interface PublishedStore {
   seenIn(tenantId: string, cycleAt: number): Promise<string[]>;
   /** Forgets devices (after their tombstone was published). */
   forget(tenantId: string, deviceIds: string[]): Promise<void>;
-  /**
-   * Records that the tenant was deleted at `deletedAt` (epoch ms) and lists its devices to tombstone: every
-   * device published and not tombstoned yet. From then on the tenant's cycles are of a deleted tenant
-   * (`ofDeletedTenant`) until it is registered again (`registeredAgain`). A deletion older than a
-   * registration already recorded (delivered again, or read again from the topic's beginning) lists only
-   * the devices last seen in a cycle that started before that registration.
-   */
-  markDeleted(tenantId: string, deletedAt: number): Promise<string[]>;
-  /**
-   * Forgets what is left of a deleted tenant once its devices' tombstones are out (`forget`): its completed
-   * cycles that started before the cutoff `markDeleted` used, and their numbering once none is left.
-   */
-  forgetDeleted(tenantId: string): Promise<void>;
-  /**
-   * A record of the tenant at `registeredAt` (epoch ms): if it was deleted before, its cycles that start
-   * from then on are its own again. Nothing to do for a tenant never deleted.
-   */
-  registeredAgain(tenantId: string, registeredAt: number): Promise<void>;
-  /**
-   * Whether the cycle that started at `cycleAt` (epoch ms) is of a deleted tenant: the tenant was deleted
-   * and not registered again before the cycle started. Its batches and summary are not published.
-   */
-  ofDeletedTenant(tenantId: string, cycleAt: number): Promise<boolean>;
   get(tenantId: string, deviceId: string): Promise<PublishedDevice | null>;
   /**
    * Takes the right to send a cycle's summary for `ttlMs`. True for one caller at a time; false once the
@@ -133,57 +89,6 @@ export interface PublishedStore {
     before: number,
   ): Promise<{ tenantId: string; cycleId: string; status: 'complete' | 'partial' }[]>;
 }
-
-// KEYS[1] published hash, KEYS[2] seen zset (deviceId by the start of the newest cycle it was in);
-// ARGV[1] cycle ms, ARGV[2] the scores' stamp (the cycle ms, half a millisecond later for a correction);
-// then per device: id, score, band, digest.
-// Values are "score|band|publishedCycleAt|seenCycleAt|digest" (band labels and digests contain no "|");
-// publishedCycleAt is the stamp, so it may end in ".5". Values written before the digest was kept have
-// four fields.
-// Devices are read and written with one call per kind per slice of 200 (not one per device): the calls,
-// not the bytes, are what a batch of 500 costs Redis.
-const COMMIT = `
-local at = tonumber(ARGV[1])
-local stamp = tonumber(ARGV[2])
-local n = (#ARGV - 2) / 4
-local slice = 200
-local function ms(value)
-  if value == math.floor(value) then return string.format('%d', value) end
-  return string.format('%.1f', value)
-end
-for first = 1, n, slice do
-  local last = math.min(n, first + slice - 1)
-  local ids, seen = {}, {}
-  for i = first, last do
-    local id = ARGV[3 + (i - 1) * 4]
-    ids[#ids + 1] = id
-    seen[#seen + 1] = ARGV[1]
-    seen[#seen + 1] = id
-  end
-  redis.call('ZADD', KEYS[2], 'GT', unpack(seen))
-  local current = redis.call('HMGET', KEYS[1], unpack(ids))
-  local values = {}
-  for i = first, last do
-    local base = 3 + (i - 1) * 4
-    local id, score, band, digest = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
-    local value
-    local stored = current[i - first + 1]
-    if not stored then
-      value = score .. '|' .. band .. '|' .. ms(stamp) .. '|' .. ARGV[1] .. '|' .. digest
-    else
-      local s, b, p, was, d = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|?([^|]*)$')
-      p = tonumber(p)
-      was = tonumber(was)
-      if was < at then was = at end
-      if p <= stamp then s = score; b = band; p = stamp; d = digest end
-      value = s .. '|' .. b .. '|' .. ms(p) .. '|' .. ms(was) .. '|' .. d
-    end
-    values[#values + 1] = id
-    values[#values + 1] = value
-  end
-  redis.call('HSET', KEYS[1], unpack(values))
-end
-return 1`;
 
 // KEYS[1] sequence hash (cycleId → `n:tombstones`, or `n` as written before the count was kept), KEYS[2]
 // counter, KEYS[3] completed zset (cycleId by start ms), KEYS[4] seen zset. ARGV: cycleId, cycle ms,
@@ -237,44 +142,6 @@ export const owedSummary = (tenantId: string, cycleId: string, status: 'complete
 export const tenantLeaseKey = (prefix: string, tenantId: string): string =>
   `${prefix}publish-lease:${tenantId}`;
 
-/**
- * `PublishedStore.commit` added to a transaction, so the cycle store records a batch (`CycleStore.recordBatch`)
- * in the same step as its devices' published scores: a publisher stopped between the two would leave the
- * devices committed and the batch not, and the redelivery, finding nothing changed, would count none of the
- * records the first delivery produced in the cycle's summary.
- */
-export function commitIn(
-  transaction: ChainableCommander,
-  prefix: string,
-  tenantId: string,
-  cycleAt: number,
-  devices: DeviceScoreRef[],
-  options: PublishOptions = {},
-): ChainableCommander {
-  if (devices.length === 0) return transaction;
-  return transaction.eval(COMMIT, 2, ...commitArgs(prefix, tenantId, cycleAt, devices, options));
-}
-
-/** COMMIT's keys and arguments. */
-function commitArgs(
-  prefix: string,
-  tenantId: string,
-  cycleAt: number,
-  devices: DeviceScoreRef[],
-  options: PublishOptions,
-): string[] {
-  return [
-    publishedKeyOf(prefix, tenantId),
-    seenKeyOf(prefix, tenantId),
-    String(cycleAt),
-    String(scoreStamp(cycleAt, options.correction)),
-    ...devices.flatMap((device) => [device.deviceId, String(device.score), device.band, device.digest ?? '']),
-  ];
-}
-
-const publishedKeyOf = (prefix: string, tenantId: string): string => `${prefix}published:${tenantId}`;
-const seenKeyOf = (prefix: string, tenantId: string): string => `${prefix}published-seen:${tenantId}`;
-
 /** Markers of sent summaries outlive any redelivery of their cycle's batches. */
 const SUMMARY_MARKER_TTL_MS = 2 * 24 * 60 * 60 * 1000;
 
@@ -283,81 +150,6 @@ const SUMMARY_MARKER_TTL_MS = 2 * 24 * 60 * 60 * 1000;
  * any redelivery of their batches, as a sent summary's marker does.
  */
 const DELETION_MARKER_TTL_MS = SUMMARY_MARKER_TTL_MS;
-
-// KEYS[1] deletion marker hash, KEYS[2] seen zset; ARGV: deletion ms, marker ttl ms. Returns the devices to
-// tombstone. The marker keeps the newest deletion, and the cutoff: the start before which a device's last
-// cycle must be to be tombstoned ('inf' unless a registration newer than this deletion was recorded).
-const MARK_DELETED = `
-local at = tonumber(ARGV[1])
-local deleted = tonumber(redis.call('HGET', KEYS[1], 'deletedAt') or '-1')
-local registeredAt = redis.call('HGET', KEYS[1], 'registeredAt') or '-1'
-local cutoff = '+inf'
-if tonumber(registeredAt) > at then
-  cutoff = '(' .. registeredAt
-elseif at > deleted then
-  redis.call('HSET', KEYS[1], 'deletedAt', ARGV[1])
-  redis.call('HDEL', KEYS[1], 'registeredAt')
-end
-redis.call('HSET', KEYS[1], 'cutoff', cutoff)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)`;
-
-// KEYS[1] deletion marker hash, KEYS[2] sequence hash, KEYS[3] counter, KEYS[4] completed zset.
-const FORGET_DELETED = `
-local cutoff = redis.call('HGET', KEYS[1], 'cutoff') or '+inf'
-local cycles = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', cutoff)
-for first = 1, #cycles, 200 do
-  redis.call('HDEL', KEYS[2], unpack(cycles, first, math.min(#cycles, first + 199)))
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', cutoff)
-if redis.call('ZCARD', KEYS[4]) == 0 then redis.call('DEL', KEYS[2], KEYS[3]) end
-return 0`;
-
-// KEYS[1] deletion marker hash; ARGV: registration ms, marker ttl ms. Keeps the first registration after the
-// deletion: a later record of the tenant (a setting changed, a secret re-sealed) must not move it, or the
-// batches of the cycle running then would count as a deleted tenant's.
-const REGISTERED_AGAIN = `
-local deleted = redis.call('HGET', KEYS[1], 'deletedAt')
-if not deleted or tonumber(ARGV[1]) <= tonumber(deleted) then return 0 end
-local registered = redis.call('HGET', KEYS[1], 'registeredAt')
-if not registered or tonumber(ARGV[1]) < tonumber(registered) then
-  redis.call('HSET', KEYS[1], 'registeredAt', ARGV[1])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1`;
-
-/** Whether a deletion marker's `[deletedAt, registeredAt]` says the cycle started at `cycleAt` is of a deleted tenant. */
-function deletedFor(marker: (string | null)[], cycleAt: number): boolean {
-  const [deletedAt, registeredAt] = marker;
-  if (deletedAt === null || deletedAt === undefined) return false;
-  return registeredAt === null || registeredAt === undefined || cycleAt < Number(registeredAt);
-}
-
-function decode(value: string | null | undefined): PublishedDevice | null {
-  if (!value) return null;
-  const [score, band, publishedCycleAt, seenCycleAt, digest] = value.split('|');
-  return {
-    score: Number(score),
-    band: band ?? '',
-    digest: digest ?? '',
-    publishedCycleAt: Number(publishedCycleAt),
-    seenCycleAt: Number(seenCycleAt),
-  };
-}
-
-/** The devices to publish (see `PublishedStore.changed`), given what was last published of each. */
-function stillToPublish(
-  devices: DeviceScoreRef[],
-  current: (string | null)[],
-  stamp: number,
-): DeviceScoreRef[] {
-  return devices.filter((device, index) => {
-    const last = decode(current[index]);
-    if (last === null) return true;
-    if (last.publishedCycleAt > stamp) return false;
-    return last.score !== device.score || last.band !== device.band || last.digest !== (device.digest ?? '');
-  });
-}
 
 /**
  * The publisher's memory of what VMS holds: `{prefix}published:{tenantId}` (deviceId → last published
@@ -380,7 +172,13 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
   const summaryLockKey = (tenantId: string, cycleId: string): string =>
     `${prefix}summary-lock:${tenantId}:${cycleId}`;
   const owedKey = summariesOwedKey(prefix);
+  const deletions = createTenantDeletions(
+    redis,
+    { deleted: deletedKey, seen: seenKey, cycles: cyclesKey, sequence: sequenceKey, counter: counterKey },
+    DELETION_MARKER_TTL_MS,
+  );
   return {
+    ...deletions,
     async changed(lease, cycleAt, devices, options = {}) {
       // One transaction: the read comes after the take, never before a sweep (or a tenant's deletion) that
       // held the lease is done.
@@ -402,9 +200,8 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
       const current = (results[2]?.[1] ?? []) as (string | null)[];
       return stillToPublish(devices, current, scoreStamp(cycleAt, options.correction));
     },
-    async commit(tenantId, cycleAt, devices, options = {}) {
-      if (devices.length === 0) return;
-      await redis.eval(COMMIT, 2, ...commitArgs(prefix, tenantId, cycleAt, devices, options));
+    commit(tenantId, cycleAt, devices, options) {
+      return commitOn(redis, prefix, tenantId, cycleAt, devices, options);
     },
     async completeCycle(tenantId, cycleId, cycleAt, absentCycles) {
       const result = (await redis.eval(
@@ -431,38 +228,6 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
         .hdel(publishedKey(tenantId), ...deviceIds)
         .zrem(seenKey(tenantId), ...deviceIds)
         .exec();
-    },
-    async markDeleted(tenantId, deletedAt) {
-      return (await redis.eval(
-        MARK_DELETED,
-        2,
-        deletedKey(tenantId),
-        seenKey(tenantId),
-        String(deletedAt),
-        String(DELETION_MARKER_TTL_MS),
-      )) as string[];
-    },
-    async forgetDeleted(tenantId) {
-      await redis.eval(
-        FORGET_DELETED,
-        4,
-        deletedKey(tenantId),
-        sequenceKey(tenantId),
-        counterKey(tenantId),
-        cyclesKey(tenantId),
-      );
-    },
-    async registeredAgain(tenantId, registeredAt) {
-      await redis.eval(
-        REGISTERED_AGAIN,
-        1,
-        deletedKey(tenantId),
-        String(registeredAt),
-        String(DELETION_MARKER_TTL_MS),
-      );
-    },
-    async ofDeletedTenant(tenantId, cycleAt) {
-      return deletedFor(await redis.hmget(deletedKey(tenantId), 'deletedAt', 'registeredAt'), cycleAt);
     },
     async get(tenantId, deviceId) {
       return decode(await redis.hget(publishedKey(tenantId), deviceId));

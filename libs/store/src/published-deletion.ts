@@ -1,0 +1,136 @@
+import type { default as Redis } from 'ioredis';
+
+/** A tenant's deletion as the published store records it (see `createTenantDeletions`). */
+export interface TenantDeletions {
+  /**
+   * Records that the tenant was deleted at `deletedAt` (epoch ms) and lists its devices to tombstone: every
+   * device published and not tombstoned yet. From then on the tenant's cycles are of a deleted tenant
+   * (`ofDeletedTenant`) until it is registered again (`registeredAgain`). A deletion older than a
+   * registration already recorded (delivered again, or read again from the topic's beginning) lists only
+   * the devices last seen in a cycle that started before that registration.
+   */
+  markDeleted(tenantId: string, deletedAt: number): Promise<string[]>;
+  /**
+   * Forgets what is left of a deleted tenant once its devices' tombstones are out (`forget`): its completed
+   * cycles that started before the cutoff `markDeleted` used, and their numbering once none is left.
+   */
+  forgetDeleted(tenantId: string): Promise<void>;
+  /**
+   * A record of the tenant at `registeredAt` (epoch ms): if it was deleted before, its cycles that start
+   * from then on are its own again. Nothing to do for a tenant never deleted.
+   */
+  registeredAgain(tenantId: string, registeredAt: number): Promise<void>;
+  /**
+   * Whether the cycle that started at `cycleAt` (epoch ms) is of a deleted tenant: the tenant was deleted
+   * and not registered again before the cycle started. Its batches and summary are not published.
+   */
+  ofDeletedTenant(tenantId: string, cycleAt: number): Promise<boolean>;
+}
+
+// KEYS[1] deletion marker hash, KEYS[2] seen zset; ARGV: deletion ms, marker ttl ms. Returns the devices to
+// tombstone. The marker keeps the newest deletion, and the cutoff: the start before which a device's last
+// cycle must be to be tombstoned ('inf' unless a registration newer than this deletion was recorded).
+const MARK_DELETED = `
+local at = tonumber(ARGV[1])
+local deleted = tonumber(redis.call('HGET', KEYS[1], 'deletedAt') or '-1')
+local registeredAt = redis.call('HGET', KEYS[1], 'registeredAt') or '-1'
+local cutoff = '+inf'
+if tonumber(registeredAt) > at then
+  cutoff = '(' .. registeredAt
+elseif at > deleted then
+  redis.call('HSET', KEYS[1], 'deletedAt', ARGV[1])
+  redis.call('HDEL', KEYS[1], 'registeredAt')
+end
+redis.call('HSET', KEYS[1], 'cutoff', cutoff)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)`;
+
+// KEYS[1] deletion marker hash, KEYS[2] sequence hash, KEYS[3] counter, KEYS[4] completed zset.
+const FORGET_DELETED = `
+local cutoff = redis.call('HGET', KEYS[1], 'cutoff') or '+inf'
+local cycles = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', cutoff)
+for first = 1, #cycles, 200 do
+  redis.call('HDEL', KEYS[2], unpack(cycles, first, math.min(#cycles, first + 199)))
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', cutoff)
+if redis.call('ZCARD', KEYS[4]) == 0 then redis.call('DEL', KEYS[2], KEYS[3]) end
+return 0`;
+
+// KEYS[1] deletion marker hash; ARGV: registration ms, marker ttl ms. Keeps the first registration after the
+// deletion: a later record of the tenant (a setting changed, a secret re-sealed) must not move it, or the
+// batches of the cycle running then would count as a deleted tenant's.
+const REGISTERED_AGAIN = `
+local deleted = redis.call('HGET', KEYS[1], 'deletedAt')
+if not deleted or tonumber(ARGV[1]) <= tonumber(deleted) then return 0 end
+local registered = redis.call('HGET', KEYS[1], 'registeredAt')
+if not registered or tonumber(ARGV[1]) < tonumber(registered) then
+  redis.call('HSET', KEYS[1], 'registeredAt', ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1`;
+
+/** Whether a deletion marker's `[deletedAt, registeredAt]` says the cycle started at `cycleAt` is of a deleted tenant. */
+export function deletedFor(marker: (string | null)[], cycleAt: number): boolean {
+  const [deletedAt, registeredAt] = marker;
+  if (deletedAt === null || deletedAt === undefined) return false;
+  return registeredAt === null || registeredAt === undefined || cycleAt < Number(registeredAt);
+}
+
+/** The keys of a tenant's publisher state its deletion reads, writes or forgets (`createPublishedStore`). */
+export interface DeletionKeys {
+  /** The deletion marker (hash: `deletedAt`, `registeredAt`, `cutoff`; PX). */
+  deleted: (tenantId: string) => string;
+  /** Devices by the start of the newest cycle they were in (zset). */
+  seen: (tenantId: string) => string;
+  /** Completed cycles by start (zset). */
+  cycles: (tenantId: string) => string;
+  /** Completed cycles' sequence numbers (hash). */
+  sequence: (tenantId: string) => string;
+  /** The completed cycles' counter. */
+  counter: (tenantId: string) => string;
+}
+
+/**
+ * The published store's calls on a tenant's deletion, on its keys `keys`. `markerTtlMs`: how long a deletion
+ * marker lasts, in milliseconds (the published store's DELETION_MARKER_TTL_MS says why).
+ */
+export function createTenantDeletions(
+  redis: Redis,
+  keys: DeletionKeys,
+  markerTtlMs: number,
+): TenantDeletions {
+  return {
+    async markDeleted(tenantId, deletedAt) {
+      return (await redis.eval(
+        MARK_DELETED,
+        2,
+        keys.deleted(tenantId),
+        keys.seen(tenantId),
+        String(deletedAt),
+        String(markerTtlMs),
+      )) as string[];
+    },
+    async forgetDeleted(tenantId) {
+      await redis.eval(
+        FORGET_DELETED,
+        4,
+        keys.deleted(tenantId),
+        keys.sequence(tenantId),
+        keys.counter(tenantId),
+        keys.cycles(tenantId),
+      );
+    },
+    async registeredAgain(tenantId, registeredAt) {
+      await redis.eval(
+        REGISTERED_AGAIN,
+        1,
+        keys.deleted(tenantId),
+        String(registeredAt),
+        String(markerTtlMs),
+      );
+    },
+    async ofDeletedTenant(tenantId, cycleAt) {
+      return deletedFor(await redis.hmget(keys.deleted(tenantId), 'deletedAt', 'registeredAt'), cycleAt);
+    },
+  };
+}

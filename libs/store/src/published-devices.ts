@@ -1,0 +1,168 @@
+import type { ChainableCommander, default as Redis } from 'ioredis';
+import { scoreStamp } from './scores';
+
+/*
+ * What the publisher last published of each device, and the cycle it was last seen in: written by
+ * `PublishedStore.commit` (or in the cycle store's transaction, `commitIn`), read by `PublishedStore.changed`
+ * and `get`.
+ */
+
+/** What was last published of one device, and when it was last seen in a cycle. */
+export interface PublishedDevice {
+  score: number;
+  band: string;
+  /** The digest of the published record (see `DeviceScoreRef.digest`); '' when not kept. */
+  digest: string;
+  /** Start (epoch ms) of the cycle whose score was published; half a millisecond later for a correction. */
+  publishedCycleAt: number;
+  /** Start (epoch ms) of the newest cycle the device was scored in. */
+  seenCycleAt: number;
+}
+
+export interface DeviceScoreRef {
+  deviceId: string;
+  score: number;
+  band: string;
+  /**
+   * A digest of what the device's record says besides its score and band (the identity VMS enforces on,
+   * the explanation): a device whose digest changed is published again with the same score. Without `|`.
+   */
+  digest?: string;
+}
+
+export interface PublishOptions {
+  /**
+   * The scores are a correction of their cycle (a bulk cycle's devices scored again with its own export):
+   * newer than the cycle's first scores, older than the next cycle's. A first batch of the cycle
+   * delivered again after its correction then never publishes the score the correction replaced.
+   */
+  correction?: boolean;
+}
+
+// KEYS[1] published hash, KEYS[2] seen zset (deviceId by the start of the newest cycle it was in);
+// ARGV[1] cycle ms, ARGV[2] the scores' stamp (the cycle ms, half a millisecond later for a correction);
+// then per device: id, score, band, digest.
+// Values are "score|band|publishedCycleAt|seenCycleAt|digest" (band labels and digests contain no "|");
+// publishedCycleAt is the stamp, so it may end in ".5". Values written before the digest was kept have
+// four fields.
+// Devices are read and written with one call per kind per slice of 200 (not one per device): the calls,
+// not the bytes, are what a batch of 500 costs Redis.
+const COMMIT = `
+local at = tonumber(ARGV[1])
+local stamp = tonumber(ARGV[2])
+local n = (#ARGV - 2) / 4
+local slice = 200
+local function ms(value)
+  if value == math.floor(value) then return string.format('%d', value) end
+  return string.format('%.1f', value)
+end
+for first = 1, n, slice do
+  local last = math.min(n, first + slice - 1)
+  local ids, seen = {}, {}
+  for i = first, last do
+    local id = ARGV[3 + (i - 1) * 4]
+    ids[#ids + 1] = id
+    seen[#seen + 1] = ARGV[1]
+    seen[#seen + 1] = id
+  end
+  redis.call('ZADD', KEYS[2], 'GT', unpack(seen))
+  local current = redis.call('HMGET', KEYS[1], unpack(ids))
+  local values = {}
+  for i = first, last do
+    local base = 3 + (i - 1) * 4
+    local id, score, band, digest = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
+    local value
+    local stored = current[i - first + 1]
+    if not stored then
+      value = score .. '|' .. band .. '|' .. ms(stamp) .. '|' .. ARGV[1] .. '|' .. digest
+    else
+      local s, b, p, was, d = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|?([^|]*)$')
+      p = tonumber(p)
+      was = tonumber(was)
+      if was < at then was = at end
+      if p <= stamp then s = score; b = band; p = stamp; d = digest end
+      value = s .. '|' .. b .. '|' .. ms(p) .. '|' .. ms(was) .. '|' .. d
+    end
+    values[#values + 1] = id
+    values[#values + 1] = value
+  end
+  redis.call('HSET', KEYS[1], unpack(values))
+end
+return 1`;
+
+/**
+ * `PublishedStore.commit` added to a transaction, so the cycle store records a batch (`CycleStore.recordBatch`)
+ * in the same step as its devices' published scores: a publisher stopped between the two would leave the
+ * devices committed and the batch not, and the redelivery, finding nothing changed, would count none of the
+ * records the first delivery produced in the cycle's summary.
+ */
+export function commitIn(
+  transaction: ChainableCommander,
+  prefix: string,
+  tenantId: string,
+  cycleAt: number,
+  devices: DeviceScoreRef[],
+  options: PublishOptions = {},
+): ChainableCommander {
+  if (devices.length === 0) return transaction;
+  return transaction.eval(COMMIT, 2, ...commitArgs(prefix, tenantId, cycleAt, devices, options));
+}
+
+/** `PublishedStore.commit`: `commitIn` on its own. */
+export async function commitOn(
+  redis: Redis,
+  prefix: string,
+  tenantId: string,
+  cycleAt: number,
+  devices: DeviceScoreRef[],
+  options: PublishOptions = {},
+): Promise<void> {
+  if (devices.length === 0) return;
+  await redis.eval(COMMIT, 2, ...commitArgs(prefix, tenantId, cycleAt, devices, options));
+}
+
+/** COMMIT's keys and arguments. */
+function commitArgs(
+  prefix: string,
+  tenantId: string,
+  cycleAt: number,
+  devices: DeviceScoreRef[],
+  options: PublishOptions,
+): string[] {
+  return [
+    publishedKeyOf(prefix, tenantId),
+    seenKeyOf(prefix, tenantId),
+    String(cycleAt),
+    String(scoreStamp(cycleAt, options.correction)),
+    ...devices.flatMap((device) => [device.deviceId, String(device.score), device.band, device.digest ?? '']),
+  ];
+}
+
+export const publishedKeyOf = (prefix: string, tenantId: string): string => `${prefix}published:${tenantId}`;
+export const seenKeyOf = (prefix: string, tenantId: string): string => `${prefix}published-seen:${tenantId}`;
+
+export function decode(value: string | null | undefined): PublishedDevice | null {
+  if (!value) return null;
+  const [score, band, publishedCycleAt, seenCycleAt, digest] = value.split('|');
+  return {
+    score: Number(score),
+    band: band ?? '',
+    digest: digest ?? '',
+    publishedCycleAt: Number(publishedCycleAt),
+    seenCycleAt: Number(seenCycleAt),
+  };
+}
+
+/** The devices to publish (see `PublishedStore.changed`), given what was last published of each. */
+export function stillToPublish(
+  devices: DeviceScoreRef[],
+  current: (string | null)[],
+  stamp: number,
+): DeviceScoreRef[] {
+  return devices.filter((device, index) => {
+    const last = decode(current[index]);
+    if (last === null) return true;
+    if (last.publishedCycleAt > stamp) return false;
+    return last.score !== device.score || last.band !== device.band || last.digest !== (device.digest ?? '');
+  });
+}
