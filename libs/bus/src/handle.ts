@@ -13,6 +13,7 @@ import {
 } from '@urs/resilience';
 import type { Counter, Histogram } from '@urs/telemetry';
 import { notJsonReason, toDeadLetter, type PayloadRedactor } from './dead-letter';
+import { writeDeadLetterOnce, type DeadLetterLedger } from './dead-letter-once';
 import type { Hold, HeldMessages } from './held';
 import { parseJsonBytes } from './json-bytes';
 import type { Publisher } from './publisher';
@@ -93,6 +94,8 @@ export interface MessageProcessorOptions {
   subscriptions: Map<string, TopicSubscription<any>>;
   publisher: Publisher;
   dlqTopic: string;
+  /** Which dead letters the cluster has written (see ConsumerRunnerOptions.deadLetters). */
+  deadLetters?: DeadLetterLedger;
   log: Logger;
   retry: RetryPolicy;
   /** Where messages held on an infrastructure fault are counted (see ConsumerRunnerOptions.retry). */
@@ -188,10 +191,32 @@ export function createMessageProcessor(
       error,
       { redactPayload: options.subscriptions.get(work.topic)?.redactPayload },
     );
+    const source = {
+      topic: work.topic,
+      partition: work.partition,
+      offset: work.message.offset,
+      timestamp: work.message.timestamp,
+      code: letter.error.code,
+    };
     // The dead letter itself must not be lost: if Kafka refuses it, the message is not settled.
-    await options.publisher.send(options.dlqTopic, 'urs/dead-letter', [
-      { key: letter.sourceTopic, value: letter },
-    ]);
+    const written = await writeDeadLetterOnce(
+      options.deadLetters,
+      source,
+      () =>
+        options.publisher.send(options.dlqTopic, 'urs/dead-letter', [
+          { key: letter.sourceTopic, value: letter },
+        ]),
+      log,
+    );
+    if (!written) {
+      // Not `dead-lettered`: the alert on those would fire at every restart of every replica.
+      handled.inc({ topic: work.topic, outcome: 'dead-lettered-before' });
+      log.debug('message skipped: dead-lettered before', {
+        ...messageLogFields(work, payload),
+        code: letter.error.code,
+      });
+      return;
+    }
     handled.inc({ topic: work.topic, outcome: 'dead-lettered' });
     log.warn('message dead-lettered', {
       ...messageLogFields(work, payload),

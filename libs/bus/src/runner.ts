@@ -3,6 +3,7 @@ import { compileContracts } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { DEFAULT_RETRY_POLICY, UrsError, errorMessage, type RetryPolicy } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
+import type { DeadLetterLedger } from './dead-letter-once';
 import { createMessageProcessor, type TopicSubscription } from './handle';
 import { createHeldMessages } from './held';
 import { DEFAULT_RUNNER_RESTART, createConsumerKeeper } from './keeper';
@@ -117,6 +118,12 @@ export interface ConsumerRunnerOptions {
    */
   commitOffsets?: boolean;
   /**
+   * Which dead letters the cluster wrote (`createDeadLetterLedger`, `@urs/store`): a message whose letter for
+   * the same failure any process wrote is skipped (outcome `dead-lettered-before`), not dead-lettered again.
+   * Required with commitOffsets false: each start of each replica, reading from the beginning, wrote it again.
+   */
+  deadLetters?: DeadLetterLedger;
+  /**
    * How soon a consumer that Kafka stopped is started again, while what stopped it may heal by waiting (the
    * broker away or restarting, see crashHeals): backoff with full jitter, at most maxDelayMs apart, for as
    * long as it takes. Short, so that a consumer is back within a few seconds of its broker. Default 250 ms
@@ -205,6 +212,9 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
       canRetry: false,
     });
   }
+  if (!commit && options.deadLetters === undefined) {
+    throw new UrsError('RUNNER_OPTION_INVALID', 'commitOffsets false needs deadLetters', { canRetry: false });
+  }
   // Validators compiled before the first message, not by it (and with it, the dead-letter contract).
   compileContracts([
     ...options.subscriptions.map((subscription) => subscription.contract),
@@ -225,6 +235,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     subscriptions: new Map(options.subscriptions.map((subscription) => [subscription.topic, subscription])),
     publisher: options.publisher,
     dlqTopic: options.dlqTopic,
+    deadLetters: options.deadLetters,
     log,
     retry,
     held,

@@ -4,6 +4,7 @@ import {
   createPublisher,
   type ConsumerRunner,
   type ConsumerRunnerOptions,
+  type DeadLetterLedger,
   type InboundMessage,
   type Publisher,
 } from '@urs/bus';
@@ -181,7 +182,13 @@ describe('createConsumerRunner', () => {
   it('should commit nothing when told so: the group holds no offsets and a restart reads from the beginning', async () => {
     const [topic] = topics as [string, string];
     const groupId = uniqueId('group');
-    await handleTwoAndClose(groupId, { commitOffsets: false });
+    // Nothing is dead-lettered here: a ledger that lets every letter be written.
+    const deadLetters: DeadLetterLedger = {
+      claim: async () => true,
+      written: async () => undefined,
+      release: async () => undefined,
+    };
+    await handleTwoAndClose(groupId, { commitOffsets: false, deadLetters });
 
     const admin = kafka.admin();
     await admin.connect();
@@ -194,6 +201,7 @@ describe('createConsumerRunner', () => {
     const second: string[] = [];
     await start(groupId, async (message) => void second.push(message.value?.tenantId ?? ''), {
       commitOffsets: false,
+      deadLetters,
     }).start();
     await waitFor(() => second.length >= 2, { timeoutMs: 30_000 });
     expect(second).toEqual(['one', 'two']);
@@ -209,8 +217,23 @@ describe('createConsumerRunner', () => {
         metrics: new Registry({ processMetrics: false }),
         ordering: 'key',
         commitOffsets: false,
+        deadLetters,
       }),
     ).toThrow("commitOffsets false needs ordering 'partition'");
+    // Without a ledger, every start would dead-letter every invalid record again.
+    expect(() =>
+      createConsumerRunner({
+        kafka,
+        service: 'test',
+        groupId,
+        subscriptions: [],
+        publisher,
+        dlqTopic: topic,
+        logger: silentLogger,
+        metrics: new Registry({ processMetrics: false }),
+        commitOffsets: false,
+      }),
+    ).toThrow('commitOffsets false needs deadLetters');
   });
 
   it('should resume after a restart from the last committed offset without redelivering handled messages', async () => {

@@ -23,3 +23,5 @@ export { createPollScheduleStore } from './poll-schedule';
 export type { PollScheduleStore, PollLease, PollSchedule } from './poll-schedule';
 export { createRegistrarStateStore } from './registrar-state';
 export type { RegistrarStateStore } from './registrar-state';
+export { createDeadLetterLedger } from './dead-letters';
+export type { DeadLetterLedger, DeadLetterLedgerOptions, DeadLetterSource } from './dead-letters';

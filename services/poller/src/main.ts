@@ -3,7 +3,12 @@ import { createConsumerRunner, deleteOwnGroup, topicOffsets } from '@urs/bus';
 import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { checkSecretKey, createReplicaKeyCheck, createSecretSealer } from '@urs/secrets';
-import { createCycleStore, createPollScheduleStore, createTenantStore } from '@urs/store';
+import {
+  createCycleStore,
+  createDeadLetterLedger,
+  createPollScheduleStore,
+  createTenantStore,
+} from '@urs/store';
 import { pollerConfig } from './config';
 import { runCycle } from './cycle';
 import { createDefenderGateway } from './defender';
@@ -83,6 +88,8 @@ void runService({
       ],
       publisher,
       dlqTopic: config.topics.dlq,
+      // Every start of every replica meets an invalid record again: its dead letter is written once.
+      deadLetters: createDeadLetterLedger(redis, prefix),
       logger,
       metrics,
       partitionsConsumedConcurrently: 6,

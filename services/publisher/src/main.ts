@@ -1,7 +1,13 @@
 import { createConsumerRunner } from '@urs/bus';
 import { errorMessage } from '@urs/resilience';
 import { runService } from '@urs/runtime';
-import { createCycleStore, createPublishedStore, createTenantStore, scoreStoreFor } from '@urs/store';
+import {
+  createCycleStore,
+  createDeadLetterLedger,
+  createPublishedStore,
+  createTenantStore,
+  scoreStoreFor,
+} from '@urs/store';
 import { createCycleCompletion } from './completion';
 import { publisherConfig } from './config';
 import { createPublishHandler } from './handler';
@@ -91,6 +97,9 @@ void runService({
       ],
       publisher,
       dlqTopic: config.topics.dlq,
+      // An invalid record of urs.tenants the pollers and scorers dead-lettered is not dead-lettered again,
+      // nor is a message redelivered after a crash before its offset was committed.
+      deadLetters: createDeadLetterLedger(redis, prefix),
       logger,
       metrics,
     });

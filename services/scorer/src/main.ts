@@ -1,6 +1,6 @@
 import { createConsumerRunner, deleteOwnGroup } from '@urs/bus';
 import { runService } from '@urs/runtime';
-import { scoreStoreFor, createTenantStore } from '@urs/store';
+import { createDeadLetterLedger, createTenantStore, scoreStoreFor } from '@urs/store';
 import { scorerConfig } from './config';
 import { createScoreHandler } from './handler';
 import { createProfileCache, createTenantsHandler } from './profiles';
@@ -37,6 +37,8 @@ void runService({
       // Read from the beginning at every start, in a group of this process's own: nothing to commit, and
       // without offsets the group does not outlive the process by the offsets' retention.
       commitOffsets: false,
+      // Every start of every replica meets an invalid record again: its dead letter is written once.
+      deadLetters: createDeadLetterLedger(redis, prefix),
       subscriptions: [
         {
           topic: config.topics.tenants,

@@ -1,0 +1,74 @@
+import type { Logger } from '@urs/logging';
+import { errorCode, errorMessage } from '@urs/resilience';
+
+/** One failure of one consumed message: what a dead letter is written for. */
+export interface DeadLetterSource {
+  topic: string;
+  partition: number;
+  offset: string;
+  /** The message's broker timestamp, epoch ms as text. */
+  timestamp: string;
+  /** The failure's code. */
+  code: string;
+}
+
+/**
+ * Which dead letters the cluster has written (`createDeadLetterLedger` in `@urs/store`): a consumer that reads
+ * its topic from the beginning at every start, in a group of each replica's own, meets the same invalid record
+ * at every start of every replica, and without it wrote the same dead letter each time.
+ */
+export interface DeadLetterLedger {
+  /** True when this process is to write the letter now; false when it was written, or is being written. */
+  claim(source: DeadLetterSource): Promise<boolean>;
+  /** The claimed letter is on the dead-letter topic. */
+  written(source: DeadLetterSource): Promise<void>;
+  /** The claimed letter could not be written. */
+  release(source: DeadLetterSource): Promise<void>;
+}
+
+/**
+ * Writes a dead letter unless the ledger says the cluster has (or another process is writing it); without a
+ * ledger, always. Resolves whether it wrote it; rejects as `write` does (the claim given back first), so the
+ * message stays unsettled and is tried again. A ledger that fails to answer (Redis away) does not hold the
+ * message up: the letter is written, a duplicate at worst.
+ */
+export async function writeDeadLetterOnce(
+  ledger: DeadLetterLedger | undefined,
+  source: DeadLetterSource,
+  write: () => Promise<void>,
+  log: Logger,
+): Promise<boolean> {
+  if (!ledger) {
+    await write();
+    return true;
+  }
+  let claimed: boolean;
+  try {
+    claimed = await ledger.claim(source);
+  } catch (error) {
+    log.warn('dead letters written not known (Redis failed): writing this one, perhaps again', {
+      ...source,
+      reason: errorMessage(error),
+      failure: errorCode(error),
+    });
+    await write();
+    return true;
+  }
+  if (!claimed) return false;
+  try {
+    await write();
+  } catch (error) {
+    await ledger.release(source).catch((failure: unknown) => {
+      log.debug('dead-letter claim not given back: it lapses', { ...source, reason: errorMessage(failure) });
+    });
+    throw error;
+  }
+  await ledger.written(source).catch((error: unknown) => {
+    // The claim lapses, and a later reader writes the letter once more.
+    log.warn('dead letter written but not marked so (Redis failed): it may be written again', {
+      ...source,
+      reason: errorMessage(error),
+    });
+  });
+  return true;
+}

@@ -1,0 +1,66 @@
+import { createDeadLetterLedger, type DeadLetterSource } from '@urs/store';
+import { testRedisPerTest } from '@urs/testkit';
+
+const source: DeadLetterSource = {
+  topic: 'urs.tenants',
+  partition: 2,
+  offset: '41',
+  timestamp: '1764979200000',
+  code: 'CONTRACT_INVALID',
+};
+
+describe('createDeadLetterLedger', () => {
+  const redis = testRedisPerTest();
+
+  it('claim should admit one writer of a dead letter in the cluster, and none once it is written', async () => {
+    const first = createDeadLetterLedger(redis.client, redis.prefix);
+    const second = createDeadLetterLedger(redis.client, redis.prefix);
+    expect(await first.claim(source)).toBe(true);
+    expect(await second.claim(source)).toBe(false);
+    await first.written(source);
+    expect(await second.claim(source)).toBe(false);
+    expect(await first.claim(source)).toBe(false);
+    expect(await createDeadLetterLedger(redis.client, redis.prefix).claim(source)).toBe(false);
+  });
+
+  it('claim should tell apart another failure, offset or record of the same place', async () => {
+    const ledger = createDeadLetterLedger(redis.client, redis.prefix);
+    await ledger.claim(source);
+    await ledger.written(source);
+    const other = createDeadLetterLedger(redis.client, redis.prefix);
+    expect(await other.claim({ ...source, code: 'RETRIES_EXHAUSTED' })).toBe(true);
+    expect(await other.claim({ ...source, offset: '42' })).toBe(true);
+    expect(await other.claim({ ...source, partition: 3 })).toBe(true);
+    // The topic deleted and made again: another record at the same offset.
+    expect(await other.claim({ ...source, timestamp: '1764979300000' })).toBe(true);
+  });
+
+  it('release should let another writer claim a letter whose write failed; the claimant may claim again', async () => {
+    const first = createDeadLetterLedger(redis.client, redis.prefix);
+    const second = createDeadLetterLedger(redis.client, redis.prefix);
+    expect(await first.claim(source)).toBe(true);
+    expect(await first.claim(source)).toBe(true);
+    await second.release(source);
+    expect(await second.claim(source)).toBe(false);
+    await first.release(source);
+    expect(await second.claim(source)).toBe(true);
+  });
+
+  it('claim should lapse after claimTtlMs when its writer died, and a written mark last writtenTtlMs from its last reader', async () => {
+    const options = { claimTtlMs: 100, writtenTtlMs: 1_000 };
+    const dead = createDeadLetterLedger(redis.client, redis.prefix, options);
+    const next = createDeadLetterLedger(redis.client, redis.prefix, options);
+    expect(await dead.claim(source)).toBe(true);
+    expect(await next.claim(source)).toBe(false);
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    expect(await next.claim(source)).toBe(true);
+    await next.written(source);
+    // Met again within its time: remembered another writtenTtlMs from then.
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    expect(await dead.claim(source)).toBe(false);
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    expect(await dead.claim(source)).toBe(false);
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    expect(await dead.claim(source)).toBe(true);
+  });
+});
