@@ -6,11 +6,17 @@ import { tenantStatusKey } from './tenants';
 
 /** What the poller knew of a cycle whose listing stopped before its end (`CycleStore.abandon`). */
 export interface CycleAbandonment {
-  /** Batches it had emitted. */
-  batches: number;
-  /** Devices it had listed, emitted or held back. */
-  devices: number;
-  /** Why the listing stopped: the error's code (`CYCLE_ABORTED` when the lease was lost or the poller stopped). */
+  /**
+   * Batches it had emitted. Absent when not known: the poller listing the cycle died, and the one that took
+   * its tenant over (`POLLER_GONE`) cannot tell how far it got.
+   */
+  batches?: number;
+  /** Devices it had listed, emitted or held back; absent when not known. */
+  devices?: number;
+  /**
+   * Why the listing stopped: the error's code (`CYCLE_ABORTED` when the lease was lost or the poller stopped,
+   * `POLLER_GONE` when its poller died and another took the tenant over).
+   */
   code: string;
   at: string;
 }
@@ -74,8 +80,9 @@ export interface CycleStore {
    * the poller stops), and a new cycle will list the tenant again. Records what it had emitted and brings the
    * cycle's close forward so that its partial summary reaches VMS before the new cycle's: due at once when
    * every emitted batch is recorded already, else at `closeAt` (epoch ms; the handler closes it sooner, when
-   * the last emitted batch is recorded). False, nothing written, for a cycle listed in full, published or
-   * never begun.
+   * the last emitted batch is recorded; with the batches not known, only at `closeAt`). False, nothing
+   * written, for a cycle listed in full, published or never begun, and for one abandoned already, unless
+   * that abandonment's batches were not known and these are.
    */
   abandon(
     tenantId: string,
@@ -147,19 +154,26 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
 return 1`;
 
-// KEYS[1] cycle hash, KEYS[2] batches hash, KEYS[3] open zset; ARGV: member, batches, devices, code, at,
-// now ms, close-at ms. Never brings a close later than the deadline.
+// KEYS[1] cycle hash, KEYS[2] batches hash, KEYS[3] open zset; ARGV: member, batches, devices (each '' when
+// not known), code, at, now ms, close-at ms. Never brings a close later than the deadline or the close an
+// earlier abandonment gave.
 const ABANDON = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'totalBatches') == 1 or redis.call('HEXISTS', KEYS[1], 'published') == 1 then
   return 0
 end
-redis.call('HSET', KEYS[1], 'abandonedBatches', ARGV[2], 'abandonedDevices', ARGV[3], 'abandonedCode', ARGV[4],
-  'abandonedAt', ARGV[5])
+local known = ARGV[2] ~= ''
+if redis.call('HEXISTS', KEYS[1], 'abandonedCode') == 1 and
+    (not known or redis.call('HEXISTS', KEYS[1], 'abandonedBatches') == 1) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'abandonedCode', ARGV[4], 'abandonedAt', ARGV[5])
+if known then redis.call('HSET', KEYS[1], 'abandonedBatches', ARGV[2]) end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'abandonedDevices', ARGV[3]) end
 local deadline = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if not deadline then return 1 end
 local closeAt = tonumber(ARGV[7])
-if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[2]) then closeAt = tonumber(ARGV[6]) end
+if known and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[2]) then closeAt = tonumber(ARGV[6]) end
 if closeAt < tonumber(deadline) then redis.call('ZADD', KEYS[3], 'XX', closeAt, ARGV[1]) end
 return 1`;
 
@@ -191,13 +205,16 @@ function toState(
   if (mode === 'per-device' || mode === 'bulk') state.vulnerabilityMode = mode;
   if (fields['note'] !== undefined) state.note = fields['note'];
   if (fields['lastKnownDevices'] !== undefined) state.lastKnownDevices = Number(fields['lastKnownDevices']);
-  if (fields['abandonedBatches'] !== undefined)
+  if (fields['abandonedCode'] !== undefined || fields['abandonedBatches'] !== undefined) {
     state.abandoned = {
-      batches: Number(fields['abandonedBatches']),
-      devices: Number(fields['abandonedDevices'] ?? 0),
       code: fields['abandonedCode'] ?? 'UNEXPECTED',
       at: fields['abandonedAt'] ?? fields['startedAt'],
     };
+    if (fields['abandonedBatches'] !== undefined)
+      state.abandoned.batches = Number(fields['abandonedBatches']);
+    if (fields['abandonedDevices'] !== undefined)
+      state.abandoned.devices = Number(fields['abandonedDevices']);
+  }
   if (fields['published'] === 'complete' || fields['published'] === 'partial')
     state.published = fields['published'];
   return state;
@@ -263,8 +280,8 @@ export function createCycleStore(
         batchesKey(tenantId, cycleId),
         openKey,
         `${tenantId}/${cycleId}`,
-        String(abandonment.batches),
-        String(abandonment.devices),
+        abandonment.batches === undefined ? '' : String(abandonment.batches),
+        abandonment.devices === undefined ? '' : String(abandonment.devices),
         abandonment.code,
         abandonment.at,
         String(Date.parse(abandonment.at)),

@@ -164,6 +164,33 @@ describe('createCycleStore', () => {
     expect(await cycles.overdue(new Date(startedMs + 120_000))).toHaveLength(2);
   });
 
+  it("abandon should close a cycle whose emitted batches are not known at closeAt only, and let its poller's own count replace it, never the reverse", async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await cycles.begin(begin);
+    await cycles.begin({ ...begin, cycleId: 'c2' });
+    const at = new Date(startedMs + 60_000);
+    const gone = { code: 'POLLER_GONE', at: at.toISOString() };
+    // No batch in yet: with the batches not known, that does not make it due at once.
+    expect(await cycles.abandon('acme', 'c1', gone, startedMs + 120_000)).toBe(true);
+    expect((await cycles.get('acme', 'c1'))?.abandoned).toEqual(gone);
+    expect(await cycles.overdue(at)).toEqual([]);
+    expect(await cycles.overdue(new Date(startedMs + 120_000))).toEqual([
+      { tenantId: 'acme', cycleId: 'c1' },
+    ]);
+    // Its poller, alive after all, tells how far it got: its count is kept, the earlier close too.
+    const own = { batches: 0, devices: 12, code: 'CYCLE_ABORTED', at: at.toISOString() };
+    expect(await cycles.abandon('acme', 'c1', own, startedMs + 180_000)).toBe(true);
+    expect((await cycles.get('acme', 'c1'))?.abandoned).toEqual(own);
+    expect(await cycles.overdue(at)).toEqual([{ tenantId: 'acme', cycleId: 'c1' }]);
+    // Recorded by its poller first: a poller taking the tenant over changes nothing.
+    expect(await cycles.abandon('acme', 'c2', { ...own, batches: 3 }, startedMs + 180_000)).toBe(true);
+    expect(await cycles.abandon('acme', 'c2', gone, startedMs + 120_000)).toBe(false);
+    expect((await cycles.get('acme', 'c2'))?.abandoned).toEqual({ ...own, batches: 3 });
+    expect(await cycles.overdue(new Date(startedMs + 179_999))).toEqual([
+      { tenantId: 'acme', cycleId: 'c1' },
+    ]);
+  });
+
   it('abandon should leave a listed, a published or a never begun cycle as it is', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     const abandonment = { batches: 1, devices: 1, code: 'CYCLE_ABORTED', at: begin.startedAt };

@@ -3,13 +3,17 @@ import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage } from '@urs/resilience';
 import type { Counter } from '@urs/telemetry';
 import type { CycleStore, PollLease, PollScheduleStore, TenantStore } from '@urs/store';
+import { ABANDONED_CYCLE_GRACE_MS } from './cycle';
 import { backoffUntil, failureKindOf, transientRetryAt } from './schedule';
 
 export interface CycleEndDeps {
   schedules: Pick<PollScheduleStore, 'end'>;
   tenants: Pick<TenantStore, 'cycleListed' | 'updateStatus'>;
-  /** The cycles' totals, read to tell whether a cycle left running had been listed in full. */
-  cycles: Pick<CycleStore, 'get'>;
+  /**
+   * The cycles' totals, read to tell whether a cycle left running had been listed in full; one that had not
+   * is recorded as abandoned.
+   */
+  cycles: Pick<CycleStore, 'get' | 'abandon'>;
   /** This replica's lease holder id, named in the status of a cycle its own URS_SECRET_KEY failed. */
   holderId: string;
   intervalUnitMs: number;
@@ -41,7 +45,10 @@ export interface CycleEnd {
     cycleId: string,
     status: Parameters<TenantStore['cycleListed']>[2],
   ): Promise<boolean>;
-  /** Ends a cycle left marked running whose listing had ended; false when it must be redone. */
+  /**
+   * Ends a cycle left marked running whose listing had ended; false when it must be redone, after recording
+   * it as abandoned.
+   */
   endListedCycle(lease: PollLease, cycleId: string): Promise<boolean>;
   /**
    * A failed cycle: the tenant's failure streak, backoff and retry in the schedule, then its status.
@@ -75,11 +82,15 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
    * `urs.device-batches` and the publisher completes it, so redoing it would only list the whole tenant
    * and fetch its vulnerabilities again within the same interval. It is ended as its poller would have
    * ended it, and the next cycle is due one interval after its start. False when its listing had not
-   * ended (it is redone) or the lease was lost.
+   * ended (it is redone, see `abandonTakenOver`) or the lease was lost.
    */
   async function endListedCycle(lease: PollLease, cycleId: string): Promise<boolean> {
     const cycle = await deps.cycles.get(lease.tenantId, cycleId);
-    if (cycle?.listedAt === undefined) return false;
+    if (cycle === null) return false;
+    if (cycle.listedAt === undefined) {
+      await abandonTakenOver(lease.tenantId, cycleId);
+      return false;
+    }
     log.warn('ending a cycle listed in full before its poller stopped', {
       tenantId: lease.tenantId,
       cycleId,
@@ -91,6 +102,33 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
       // A bulk cycle's note, else none (a cycle listed by an older poller, which kept no mode, leaves both).
       note: cycle.vulnerabilityMode === undefined ? undefined : (cycle.note ?? null),
     });
+  }
+
+  /**
+   * A cycle left marked running and not listed in full, under a lease now this replica's: its poller died (or
+   * lost the lease without recording the cycle as abandoned), and the cycle is redone. Recorded as abandoned,
+   * as its poller would have (`runCycle`), it is closed as partial a grace after now, most often before the
+   * new cycle's summary, instead of at its deadline (up to an hour later, after the new one's). How many
+   * batches it emitted is not known, so only then, not as soon as they are in. A cycle its poller recorded already, or
+   * that never emitted a batch (never begun), is left as it is. A Redis that fails here leaves it to its
+   * deadline: the new cycle is not held up for it.
+   */
+  async function abandonTakenOver(tenantId: string, cycleId: string): Promise<void> {
+    const at = now();
+    try {
+      const abandonment = { code: 'POLLER_GONE', at: new Date(at).toISOString() };
+      if (await deps.cycles.abandon(tenantId, cycleId, abandonment, at + ABANDONED_CYCLE_GRACE_MS))
+        log.info('cycle of a poller that is gone recorded as abandoned: its close brought forward', {
+          tenantId,
+          cycleId,
+        });
+    } catch (error) {
+      log.warn('abandoned cycle not recorded: its deadline closes it', {
+        tenantId,
+        cycleId,
+        reason: errorMessage(error),
+      });
+    }
   }
 
   async function endFailed(cycle: FailedCycle, placeAt: (at: number) => void): Promise<void> {

@@ -62,8 +62,10 @@ export class CycleAbortedError extends UrsError {
  * publisher closes it as partial, ms. The poller's next try comes no sooner than ~1.5 minutes after a failure
  * (`transientRetryAt`), or a lease's length after a lost lease, and then lists the whole tenant again: the
  * abandoned cycle's summary goes out first. The publisher closes it sooner when its last emitted batch is in.
+ * A cycle whose poller died gets as long from the takeover (`abandonTakenOver`): its batches went out at least
+ * two thirds of a lease before.
  */
-const ABANDONED_CYCLE_GRACE_MS = 60_000;
+export const ABANDONED_CYCLE_GRACE_MS = 60_000;
 
 /** `<tenantId>-<start in ms, 13 digits>`: unique per tenant (one cycle at a time) and sortable. */
 export function cycleIdOf(tenantId: string, startedAt: number): string {

@@ -12,8 +12,11 @@ export interface SchedulerDeps {
   table: TenantTable;
   schedules: PollScheduleStore;
   tenants: TenantStore;
-  /** The cycles' totals, read to tell whether a cycle left running had been listed in full. */
-  cycles: Pick<CycleStore, 'get'>;
+  /**
+   * The cycles' totals, read to tell whether a cycle left running had been listed in full; one that had not
+   * is recorded as abandoned (see `endListedCycle`).
+   */
+  cycles: Pick<CycleStore, 'get' | 'abandon'>;
   /** Runs one cycle (runCycle bound to its deps). */
   runCycle: (input: CycleInput) => Promise<CycleResult>;
   /** This replica's lease holder id (unique per process). */

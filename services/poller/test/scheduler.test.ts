@@ -3,7 +3,7 @@ import { ReplyError } from 'ioredis';
 import type { TenantRecord } from '@urs/contracts';
 import { UrsError } from '@urs/resilience';
 import { createSecretSealer } from '@urs/secrets';
-import type { CycleState, PollLease, PollScheduleStore, TenantStatus } from '@urs/store';
+import type { CycleAbandonment, CycleState, PollLease, PollScheduleStore, TenantStatus } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { inboundMessage, waitFor } from '@urs/testkit';
 import { cycleIdOf } from '../src/cycle';
@@ -343,7 +343,7 @@ describe('createScheduler', () => {
     expect(status.statuses.get('listed')).toMatchObject({ deviceCount: 1, vulnerabilityMode: 'per-device' });
   });
 
-  it('createScheduler should end a cycle its killed poller had listed in full, and redo one it had not', async () => {
+  it('createScheduler should end a cycle its killed poller had listed in full, and redo one it had not, recorded as abandoned', async () => {
     const schedules = memorySchedules();
     const status = memoryStatus();
     const runs: Run[] = [];
@@ -366,7 +366,12 @@ describe('createScheduler', () => {
     const begun = { startedAt: new Date(startedAt).toISOString(), deadlineAt: '', scoredBatches: 0 };
     const listedAt = new Date(startedAt + 20).toISOString();
     const note = 'bulk vulnerability export: 30000 devices exceed the 400 per-device calls';
+    const abandoned: { cycleId: string; abandonment: CycleAbandonment; closeAt: number }[] = [];
     const cycles = {
+      async abandon(_tenantId: string, cycleId: string, abandonment: CycleAbandonment, closeAt: number) {
+        abandoned.push({ cycleId, abandonment, closeAt });
+        return true;
+      },
       async get(tenantId: string, cycleId: string): Promise<CycleState> {
         if (cycleId !== listedCycleId) return { tenantId, cycleId, ...begun };
         const totals = {
@@ -384,6 +389,13 @@ describe('createScheduler', () => {
     started.push(scheduler);
     await sleep(INTERVAL_MS / 2);
     expect(runs.map((r) => r.tenantId)).toEqual(['listing']);
+    // The one redone is closed as partial a grace after the takeover, not at its deadline an hour later.
+    expect(abandoned.map(({ cycleId, abandonment }) => [cycleId, abandonment.code])).toEqual([
+      [cycleIdOf('listing', startedAt), 'POLLER_GONE'],
+    ]);
+    const [{ abandonment, closeAt }] = abandoned as [(typeof abandoned)[number]];
+    expect(abandonment.batches).toBeUndefined();
+    expect(closeAt - Date.parse(abandonment.at)).toBe(60_000);
     expect(await schedules.get('listed')).toEqual({ failures: 0, lastStartedAt: startedAt });
     expect(status.statuses.get('listed')).toMatchObject({
       lastCycleId: listedCycleId,

@@ -330,9 +330,10 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     if (state?.published) return { status: state.published, claimed: true };
     const totalBatches = state?.totalBatches ?? hint.totalBatches;
     if (totalBatches === undefined) {
-      // Abandoned by its poller: partial once every batch it emitted is in (or at the close it was given).
-      const abandoned = state?.abandoned;
-      if (abandoned === undefined || state === null || state.scoredBatches < abandoned.batches) return null;
+      // Abandoned by its poller: partial once every batch it emitted is in (or at the close it was given,
+      // the only close of a cycle whose poller died: how many batches it emitted is not known).
+      const emitted = state?.abandoned?.batches;
+      if (state === null || emitted === undefined || state.scoredBatches < emitted) return null;
       return { status: 'partial', claimed: false };
     }
     const recorded = state?.scoredBatches ?? (await deps.cycles.batchStats(tenantId, cycleId)).size;

@@ -809,6 +809,22 @@ describe('the publisher', () => {
     expect(summaries()[0]).toMatchObject({ status: 'partial', devices: { total: 3, scored: 2, failed: 1 } });
   });
 
+  it('createPublishHandler should leave a cycle whose poller died, its emitted batches not known, to the close it was given', async () => {
+    const { handler, begin, completion, cycles } = build();
+    await tenantStore().cycleListed('t1', 'c0', { deviceCount: 3 });
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    // The poller that took the tenant over records it: how far the dead one got is not known.
+    now = new Date(minute(11));
+    await cycles.abandon('t1', 'c1', { code: 'POLLER_GONE', at: minute(11) }, Date.parse(minute(12)));
+    await handler(scoreBatch(1, 1, [device('b', 90, 'High Risk')]));
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(summaries()).toEqual([]);
+    now = new Date(minute(12));
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(summaries()[0]).toMatchObject({ status: 'partial', devices: { total: 3, scored: 2, failed: 1 } });
+  });
+
   it('createCycleCompletion should count the tombstones a cycle sent in its summary sent again after a failure', async () => {
     const { handler, begin } = build({ tombstoneAfterCycles: 1, failSummaries: 1 });
     // Device gone was last seen in a cycle before c1: c1's completion tombstones it.

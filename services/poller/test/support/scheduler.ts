@@ -142,7 +142,11 @@ export function replica(
   status: TenantStore,
   runs: Run[],
   behaviour: (input: CycleInput) => Promise<void>,
-  options: { maxConcurrentCycles?: number; cycles?: Pick<CycleStore, 'get'>; metrics?: Registry } = {},
+  options: {
+    maxConcurrentCycles?: number;
+    cycles?: Pick<CycleStore, 'get' | 'abandon'>;
+    metrics?: Registry;
+  } = {},
 ) {
   const table = createTenantTable();
   table.expectEnd(new Map());
@@ -150,7 +154,7 @@ export function replica(
     table,
     schedules,
     tenants: status,
-    cycles: options.cycles ?? { get: async () => null },
+    cycles: options.cycles ?? { get: async () => null, abandon: async () => false },
     runCycle: async (input): Promise<CycleResult> => {
       const start = input.startedAt;
       await behaviour(input);
