@@ -424,6 +424,11 @@ describe('the pipeline end to end', () => {
 
     const summary = await nextComplete(big.tenantId, sentAt);
     expect(summary.devices.failed).toBe(0);
+    // The poller, the scorer and the publisher all read the bad urs.tenants record: one dead letter of it.
+    const ofTenants = pipeline.watch
+      .of<{ sourceTopic: string }>(topics.dlq)
+      .filter((letter) => letter.value.sourceTopic === topics.tenants);
+    expect(ofTenants).toHaveLength(1);
   });
 
   it('no client secret should appear in any log line or any record the test saw', async () => {
