@@ -2,7 +2,7 @@ import type { Agent } from 'node:https';
 import type { Logger } from '@urs/logging';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
-import type { CallHealthOptions } from './call-health';
+import type { CallHealth, CallHealthOptions } from './call-health';
 import { type DefenderEndpointOverrides, type DefenderEndpoints, resolveEndpoints } from './endpoints';
 import { DefenderError } from './errors';
 import { createApiCaller } from './http';
@@ -64,6 +64,12 @@ export interface DefenderClientDeps {
    * failures in a row. Default CallHealth's.
    */
   health?: CallHealthOptions;
+  /**
+   * The tenant's call health, shared with the client this one replaces (the same app, its record re-sealed):
+   * what its calls showed of the tenant's API stays with the tenant, so a slow tenant does not get all the
+   * shared slots back with each new client. Default a new one of `health`.
+   */
+  callHealth?: CallHealth;
   /** How long one call may wait out 429s in total, in milliseconds. Default 600000 (10 min). */
   maxThrottleWaitMs?: number;
   /**
@@ -155,6 +161,7 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
     maxThrottleWaitMs: deps.maxThrottleWaitMs ?? 600_000,
     ...(deps.maxQuotaWaitMs === undefined ? {} : { maxQuotaWaitMs: deps.maxQuotaWaitMs }),
     ...(deps.health ? { health: deps.health } : {}),
+    ...(deps.callHealth ? { callHealth: deps.callHealth } : {}),
     logger,
     ...(deps.metrics ? { metrics: deps.metrics } : {}),
     ...(deps.random ? { random: deps.random } : {}),

@@ -36,6 +36,11 @@ export interface ApiCallerOptions {
    * failures in a row (see CallHealth).
    */
   health?: CallHealthOptions;
+  /**
+   * The tenant's call health, when the caller keeps it across clients (see DefenderClientDeps.callHealth).
+   * Default a new one of `health`.
+   */
+  callHealth?: CallHealth;
   /** Total time one call may spend waiting out 429s before it fails THROTTLED, in milliseconds. */
   maxThrottleWaitMs: number;
   /**
@@ -123,7 +128,7 @@ const TOKEN_RECHECK_AFTER_QUOTA_WAIT_S = 1;
 export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   const { azureTenantId, apiBase, tokens, limiter, quota, logger } = options;
   const metrics = options.metrics ? createCallMetrics(options.metrics) : undefined;
-  const health = new CallHealth(azureTenantId, options.health);
+  const health = options.callHealth ?? new CallHealth(azureTenantId, options.health);
   const { resolveUrl, send, sendRows, malformed } = createRequests(options);
   const slots = createCallSlots({
     azureTenantId,

@@ -17,8 +17,11 @@ export interface TenantClientCacheOptions {
  * of asking Entra for a new one each time.
  */
 export interface TenantClientCache<C extends Closable> {
-  /** The tenant's client of this `version`: the one kept, or one `make` builds in place of an older one. */
-  get(tenantId: string, version: number, make: () => C): C;
+  /**
+   * The tenant's client of this `version`: the one kept, or one `make` builds in place of an older one. `make`
+   * is handed the client it replaces (closed already), to take over what outlives a client (its call health).
+   */
+  get(tenantId: string, version: number, make: (replaced: C | undefined) => C): C;
   /** Closes and forgets the tenant's client (the tenant was deleted or disabled): its secret leaves memory. */
   forget(tenantId: string): void;
   /** How many tenants have a client now. */
@@ -70,7 +73,7 @@ export function createTenantClientCache<C extends Closable>(
         return cached.client;
       }
       cached?.client.close();
-      const client = make();
+      const client = make(cached?.client);
       clients.set(tenantId, { version, client, usedAt: at });
       if (clients.size > maxTenants) {
         const oldest = clients.keys().next().value;

@@ -18,6 +18,23 @@ describe('createTenantClientCache', () => {
     expect(cache.size()).toBe(0);
   });
 
+  it('should hand make the client it replaces, so what outlives a client can be carried over', () => {
+    const closed: string[] = [];
+    const cache = createTenantClientCache<ReturnType<typeof counted>>();
+    const replaced: (string | undefined)[] = [];
+    const make = (name: string) => (old: ReturnType<typeof counted> | undefined) => {
+      replaced.push(old?.name);
+      return counted(closed, name);
+    };
+    cache.get('a', 1, make('a1'));
+    cache.get('a', 2, make('a2'));
+    cache.forget('a');
+    cache.get('a', 2, make('a2 again'));
+    expect(replaced).toEqual([undefined, 'a1', undefined]);
+    expect(closed).toEqual(['a1', 'a2']);
+    cache.close();
+  });
+
   it('should let idle clients go, and keep at most maxTenants, the least recently used going first', () => {
     const closed: string[] = [];
     let clock = 0;

@@ -1,6 +1,7 @@
 import type { Agent } from 'node:https';
 import type { TenantRecord } from '@urs/contracts';
 import {
+  CallHealth,
   createDefenderClient,
   createTenantClientCache,
   isDefenderError,
@@ -121,7 +122,20 @@ export interface DefenderSourceDeps {
 /** A tenant's source, kept with the client it calls through (closed with it). */
 interface KeptSource {
   source: VulnerabilitySource;
+  /** The app the client calls as (see appOf). */
+  app: string;
+  /** What the client's calls showed of the tenant's API, handed on to the next client of the same app. */
+  health: CallHealth;
   close(): void;
+}
+
+/**
+ * The Defender app a tenant's record calls as: its directory, application and cloud. Another app (or
+ * cloud) is another API to judge afresh; a new secret of the same app is not.
+ */
+function appOf(record: TenantRecord): string {
+  const { azureTenantId, clientId, cloud } = record.defender;
+  return `${azureTenantId}/${clientId}/${cloud ?? ''}`;
 }
 
 /**
@@ -129,6 +143,8 @@ interface KeptSource {
  * same, so its token is reused across the batches of a cycle and across cycles. The secret is opened here and lives only in
  * the client's memory. A client no batch asked for within `idleMs` (an hour, about a token's life) is let
  * go of, with its secret: a deleted or disabled tenant's secret does not stay in memory until a restart.
+ * A new revision of the same app (the registrar re-sealed its secret) gets a new client with the old one's
+ * CallHealth: a slow tenant capped to 2 of the 10 shared slots would otherwise get all 10 back at each re-seal.
  */
 export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider {
   const exportOptions = (signal: AbortSignal | undefined): BulkOptions => ({
@@ -142,13 +158,13 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
   });
   return {
     forTenant(record) {
-      return clients.get(record.tenantId, record.revision, () => sourceOf(record)).source;
+      return clients.get(record.tenantId, record.revision, (replaced) => sourceOf(record, replaced)).source;
     },
     forget: (tenantId) => clients.forget(tenantId),
     close: () => clients.close(),
   };
 
-  function sourceOf(record: TenantRecord): KeptSource {
+  function sourceOf(record: TenantRecord, replaced: KeptSource | undefined): KeptSource {
     let clientSecret: string;
     try {
       clientSecret = deps.sealer.open(record.defender.clientSecret, record.tenantId);
@@ -167,6 +183,8 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
         error,
       );
     }
+    const app = appOf(record);
+    const health = replaced?.app === app ? replaced.health : new CallHealth(record.defender.azureTenantId);
     const client = createDefenderClient(
       {
         azureTenantId: record.defender.azureTenantId,
@@ -182,6 +200,7 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
         overrides: deps.overrides,
         logger: deps.logger.child({ tenantId: record.tenantId }),
         metrics: deps.metrics,
+        callHealth: health,
         ...(deps.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: deps.requestTimeoutMs }),
       },
     );
@@ -197,6 +216,6 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
           }
         : {}),
     };
-    return { source, close: () => client.close() };
+    return { source, app, health, close: () => client.close() };
   }
 }

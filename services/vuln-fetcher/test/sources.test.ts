@@ -1,8 +1,12 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { TenantRecord } from '@urs/contracts';
+import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
+import { silentLogger } from '@urs/logging';
 import { isInfrastructureFault } from '@urs/resilience';
-import { createSecretSealer } from '@urs/secrets';
-import { ReplicaSecretKeyError, isTenantWideFailure } from '../src/sources';
+import { createSecretSealer, type SecretSealer } from '@urs/secrets';
+import { startSimulator } from '@urs/simulator';
+import { Registry } from '@urs/telemetry';
+import { ReplicaSecretKeyError, createDefenderSources, isTenantWideFailure } from '../src/sources';
 import { localSources } from './handler-support';
 
 describe('createDefenderSources', () => {
@@ -77,3 +81,83 @@ describe('createDefenderSources', () => {
     }
   });
 });
+
+describe('createDefenderSources and a tenant whose API answers slowly', () => {
+  const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+  const azureTenantId = randomUUID();
+  const apps = [1, 2].map(() => ({ clientId: randomUUID(), clientSecret: `Zx8Q~${randomUUID()}Sec` }));
+  /** Tenant a's record of `revision`, its secret sealed anew each time (as the registrar re-seals it). */
+  const record = (revision: number, app: { clientId: string; clientSecret: string }): TenantRecord =>
+    ({
+      tenantId: 'a',
+      revision,
+      defender: {
+        azureTenantId,
+        clientId: app.clientId,
+        clientSecret: sealer.seal(app.clientSecret, 'a'),
+        cloud: 'commercial',
+        region: null,
+      },
+    }) as unknown as TenantRecord;
+
+  async function withSimulator(
+    run: (sources: ReturnType<typeof simSources>, ids: string[], peak: () => number) => Promise<void>,
+  ) {
+    const sim = await startSimulator({ quotas: false, latency: { meanMs: 250 } });
+    sim.addTenant({ azureTenantId, apps, fleet: { size: 10, seed: 7 } });
+    const sources = simSources(sealer, sim.baseUrl, sim.caPem);
+    try {
+      const ids = sim.machines(azureTenantId).map((machine) => machine.id);
+      await run(sources, ids, () => {
+        const peak = sim.stats().peakConcurrencyByTenant[azureTenantId] ?? 0;
+        sim.resetStats();
+        return peak;
+      });
+    } finally {
+      sources.close();
+      await sim.close();
+    }
+  }
+
+  it("forTenant should keep the tenant's slow-call cap across a re-seal of its secret, and start a different app afresh", async () => {
+    await withSimulator(async ({ sources }, ids, peak) => {
+      const first = sources.forTenant(record(1, apps[0]!));
+      // Three calls in a row slower than a quarter of the 800 ms timeout: 2 calls in flight at most.
+      for (const id of ids.slice(0, 3)) await first.machineVulnerabilities(id);
+      peak();
+
+      // The registrar re-sealed the same secret: a new record revision, a new client, the same app.
+      const resealed = sources.forTenant(record(2, apps[0]!));
+      expect(resealed).not.toBe(first);
+      await Promise.all(ids.map((id) => resealed.machineVulnerabilities(id)));
+      expect(peak()).toBeLessThanOrEqual(2);
+
+      // Another app of the tenant owes nothing to the first one's calls.
+      const other = sources.forTenant(record(3, apps[1]!));
+      await Promise.all(ids.map((id) => other.machineVulnerabilities(id)));
+      expect(peak()).toBeGreaterThan(2);
+    });
+  }, 20_000);
+});
+
+/** The sources of tenants simulated at `baseUrl`, their calls slow from 200 ms (an 800 ms request timeout). */
+function simSources(sealer: SecretSealer, baseUrl: string, caPem: string) {
+  const agent = createHttpsAgent({ extraCa: caPem });
+  const sources = createDefenderSources({
+    sealer,
+    limiter: createLocalLimiter(),
+    quota: createLocalQuotaGate(),
+    httpsAgent: agent,
+    overrides: { authorityHost: baseUrl, apiBase: baseUrl },
+    logger: silentLogger,
+    metrics: new Registry({ processMetrics: false }),
+    requestTimeoutMs: 800,
+  });
+  return {
+    sources,
+    close: () => {
+      sources.close();
+      agent.destroy();
+    },
+  };
+}
