@@ -12,6 +12,7 @@ import {
   type PublishOptions,
 } from './published-devices';
 import { scoreStamp } from './scores';
+import { tenantDeletionKey } from './tenant-deletion';
 
 /**
  * One publisher replica's hold on a tenant: while it lasts, no other replica records a batch of the tenant
@@ -166,7 +167,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
   const cyclesKey = (tenantId: string): string => `${prefix}published-cycles:${tenantId}`;
   const sequenceKey = (tenantId: string): string => `${prefix}published-seq:${tenantId}`;
   const counterKey = (tenantId: string): string => `${prefix}published-counter:${tenantId}`;
-  const deletedKey = (tenantId: string): string => `${prefix}published-deleted:${tenantId}`;
+  const deletedKey = (tenantId: string): string => tenantDeletionKey(prefix, tenantId);
   const sentKey = (tenantId: string, cycleId: string): string =>
     `${prefix}summary-sent:${tenantId}:${cycleId}`;
   const summaryLockKey = (tenantId: string, cycleId: string): string =>

@@ -1,6 +1,8 @@
 import type Redis from 'ioredis';
 import type { RedisConfig } from '@urs/config';
 import type { Band, ScoredDevice } from '@urs/contracts';
+import { tenantDeletionKey } from './tenant-deletion';
+import { tenantRecordKey } from './tenants';
 
 /** A device's score as stored: the scored device and the cycle it belongs to. */
 export interface StoredScore {
@@ -44,6 +46,11 @@ export interface SaveScoresResult {
   written: number;
   /** Devices left alone because the stored score is of the same or a newer cycle (redelivery, late message). */
   skipped: string[];
+  /**
+   * Set when nothing was stored because the batch is of a deleted tenant (see
+   * ScoreStoreOptions.onlyRegisteredTenants).
+   */
+  tenantDeleted?: true;
 }
 
 export interface ListScoresOptions {
@@ -96,11 +103,23 @@ export interface ScoreStoreOptions {
   historyLength?: number;
   /** A cycle's history (and the list of cycles) expires this long after its last write, in milliseconds. Default 30 days. */
   historyTtlMs?: number;
+  /**
+   * Store no score of a deleted tenant (`tenantDeleted`): its record gone from the tenant store, or its
+   * cycle one the publisher's deletion marker says is of a deleted tenant. Checked in the same Redis step
+   * as the write: the publisher removes a deleted tenant's scores once, and a batch still on its way
+   * stored after that would stay for ever. The marker closes the window the record leaves open (the
+   * registrar removes it just after the tombstone goes out). Default false; the deployment's store
+   * (`scoreStoreFor`) sets it.
+   */
+  onlyRegisteredTenants?: boolean;
 }
 
 // KEYS[1] scores hash (deviceId → json), KEYS[2] stamps hash (deviceId → cycle start ms),
 // KEYS[3] bands hash (deviceId → band), KEYS[4] the tenant's history cycles (sorted set: cycle id by start
 // ms), KEYS[5] this cycle's history hash (deviceId → entry json).
+// With onlyRegisteredTenants, KEYS[6] the tenant's record hash and KEYS[7] its deletion marker: the script
+// writes nothing (and answers a third element, 1) when the record is gone or the marker says the cycle is
+// of a deleted tenant (deleted, and not registered again before the cycle started).
 // ARGV[1] stamp, ARGV[2] history length, ARGV[3] history ttl ms, ARGV[4] cycle id, then per device: id,
 // band, json, history entry json. The stamp compare and the writes happen in one script, so two writers of
 // different cycles never interleave; an equal stamp is a redelivery and is skipped. The hashes are read and
@@ -113,6 +132,11 @@ const SAVE_IF_NEWER = `
 local stamp = tonumber(ARGV[1])
 local keep = tonumber(ARGV[2])
 local n = (#ARGV - 4) / 4
+if #KEYS > 5 then
+  if redis.call('EXISTS', KEYS[6]) == 0 then return {{}, {}, 1} end
+  local marker = redis.call('HMGET', KEYS[7], 'deletedAt', 'registeredAt')
+  if marker[1] and (not marker[2] or stamp < tonumber(marker[2])) then return {{}, {}, 1} end
+end
 redis.call('ZADD', KEYS[4], stamp, ARGV[4])
 local recent = redis.call('ZREVRANK', KEYS[4], ARGV[4]) < keep
 local dropped = {}
@@ -181,6 +205,7 @@ export function scoreStamp(cycleAt: number, correction: boolean | undefined): nu
 export function createScoreStore(redis: Redis, prefix: string, options: ScoreStoreOptions = {}): ScoreStore {
   const historyLength = options.historyLength ?? 10;
   const historyTtlMs = options.historyTtlMs ?? 30 * 24 * 60 * 60 * 1000;
+  const onlyRegistered = options.onlyRegisteredTenants ?? false;
   const scoresKey = (tenantId: string): string => `${prefix}scores:${tenantId}`;
   const stampsKey = (tenantId: string): string => `${prefix}score-stamps:${tenantId}`;
   const bandsKey = (tenantId: string): string => `${prefix}score-bands:${tenantId}`;
@@ -201,6 +226,7 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
         bandsKey(tenantId),
         cyclesKey(tenantId),
         cycleHistoryKey(tenantId, cycle.cycleId),
+        ...(onlyRegistered ? [tenantRecordKey(prefix, tenantId), tenantDeletionKey(prefix, tenantId)] : []),
       ];
       const args: (string | Buffer)[] = [
         String(stamp),
@@ -231,10 +257,13 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
         ]);
         args.push(device.deviceId, device.band, stored, JSON.stringify(entry));
       }
-      const [skipped, dropped] = (await redis.eval(SAVE_IF_NEWER, keys.length, ...keys, ...args)) as [
-        string[],
-        string[],
-      ];
+      const [skipped, dropped, deleted] = (await redis.eval(
+        SAVE_IF_NEWER,
+        keys.length,
+        ...keys,
+        ...args,
+      )) as [string[], string[], number?];
+      if (deleted === 1) return { written: 0, skipped: [], tenantDeleted: true };
       if (dropped.length > 0) await redis.unlink(...dropped.map((id) => cycleHistoryKey(tenantId, id)));
       return { written: devices.length - skipped.length, skipped };
     },
@@ -301,11 +330,14 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
 /**
  * The deployment's score store, as every service that keeps or reads scores opens it: under the key prefix,
  * with `URS_SCORE_HISTORY_CYCLES` cycles of history, so what the scorer keeps and what the registrar's API
- * answers agree.
+ * answers agree, and no score stored for a deleted tenant (`onlyRegisteredTenants`).
  */
 export function scoreStoreFor(
   redis: Redis,
   config: Pick<RedisConfig, 'keyPrefix' | 'scoreHistoryCycles'>,
 ): ScoreStore {
-  return createScoreStore(redis, config.keyPrefix, { historyLength: config.scoreHistoryCycles });
+  return createScoreStore(redis, config.keyPrefix, {
+    historyLength: config.scoreHistoryCycles,
+    onlyRegisteredTenants: true,
+  });
 }

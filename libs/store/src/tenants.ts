@@ -85,6 +85,11 @@ redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SREM', KEYS[2], ARGV[1])
 return 1`;
 
+/** The tenant's record hash; the score store stores no score of a tenant whose record is gone. */
+export function tenantRecordKey(prefix: string, tenantId: string): string {
+  return `${prefix}tenant:${tenantId}`;
+}
+
 /** The tenant's status hash; the cycle store reads its device count when a cycle begins. */
 export function tenantStatusKey(prefix: string, tenantId: string): string {
   return `${prefix}tenant-status:${tenantId}`;
@@ -95,7 +100,7 @@ export function tenantStatusKey(prefix: string, tenantId: string): string {
  * `{prefix}tenant:{id}`, `{prefix}tenant-status:{id}` and the index `{prefix}tenants`.
  */
 export function createTenantStore(redis: Redis, prefix: string): TenantStore {
-  const recordKey = (tenantId: string): string => `${prefix}tenant:${tenantId}`;
+  const recordKey = (tenantId: string): string => tenantRecordKey(prefix, tenantId);
   const statusKey = (tenantId: string): string => tenantStatusKey(prefix, tenantId);
   const indexKey = `${prefix}tenants`;
   return {

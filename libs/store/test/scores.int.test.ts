@@ -4,9 +4,10 @@ import {
   createPublishedStore,
   createScoreStore,
   createBulkVulnerabilityCache,
+  createTenantStore,
   scoreStoreFor,
 } from '@urs/store';
-import { scoredDevice, testRedisPerTest } from '@urs/testkit';
+import { scoredDevice, tenantRecord, testRedisPerTest } from '@urs/testkit';
 
 const device = (deviceId: string, score: number, band: ScoredDevice['band']): ScoredDevice =>
   scoredDevice(deviceId, score, band, { computerDnsName: `${deviceId}.example` });
@@ -138,6 +139,7 @@ describe('createScoreStore', () => {
 
   it("scoreStoreFor should keep and answer the deployment's URS_SCORE_HISTORY_CYCLES cycles under its key prefix", async () => {
     const config = { keyPrefix: redis.prefix, scoreHistoryCycles: 3 };
+    await createTenantStore(redis.client, redis.prefix).put(tenantRecord('t'));
     const kept = scoreStoreFor(redis.client, config);
     for (let minute = 0; minute < 5; minute++) {
       await kept.saveScores('t', cycle(`c${minute}`, `2026-01-01T10:0${minute}:00.000Z`), [
@@ -148,6 +150,27 @@ describe('createScoreStore', () => {
     const read = scoreStoreFor(redis.client, config);
     expect((await read.history('t', 'd1')).map((s) => s.score)).toEqual([4, 3, 2]);
     expect((await read.getDeviceScore('t', 'd1'))?.cycleId).toBe('c4');
+  });
+
+  it('saveScores with onlyRegisteredTenants should store nothing of a tenant deleted, by its record or by its deletion marker', async () => {
+    const scores = createScoreStore(redis.client, redis.prefix, { onlyRegisteredTenants: true });
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const before = cycle('c1', '2026-01-01T10:00:00.000Z');
+    const after = cycle('c2', '2026-01-01T10:20:00.000Z');
+    const refused = { written: 0, skipped: [], tenantDeleted: true };
+    expect(await scores.saveScores('t', before, [device('d1', 1, 'Trustworthy')])).toEqual(refused);
+    await tenants.put(tenantRecord('t'));
+    // Deleted at 10:10 and registered again at 10:15: the cycle from before is the deleted tenant's.
+    await published.markDeleted('t', Date.parse('2026-01-01T10:10:00.000Z'));
+    expect(await scores.saveScores('t', before, [device('d1', 1, 'Trustworthy')])).toEqual(refused);
+    await published.registeredAgain('t', Date.parse('2026-01-01T10:15:00.000Z'));
+    expect(await scores.saveScores('t', before, [device('d1', 1, 'Trustworthy')])).toEqual(refused);
+    expect(await scores.saveScores('t', after, [device('d1', 2, 'Trustworthy')])).toEqual({
+      written: 1,
+      skipped: [],
+    });
+    expect(await scores.getDeviceScore('t', 'd1')).toMatchObject({ cycleId: 'c2' });
   });
 
   it("history entries should name their cycle and its start, which the cycle's hash and the sorted set of cycles hold", async () => {

@@ -30,6 +30,8 @@ export interface ScoreHandlerDeps {
  * device without a score of the cycle (not listed in it, or already in a newer one) is left out. Each
  * corrected score is stored with what it replaced, so the same correction handled again (the scorer
  * stopped before emitting it) says the same.
+ *
+ * A batch of a deleted tenant (see `dropDeleted`) is dropped.
  */
 export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<EnrichedBatch> {
   const now = deps.now ?? (() => new Date());
@@ -38,6 +40,19 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
     'urs_scores_not_stored_total',
     'Scores not stored because a newer one was there.',
   );
+  const ofDeleted = deps.metrics.counter(
+    'urs_batches_of_deleted_tenants_total',
+    'Batches of a deleted tenant dropped: neither stored nor sent on.',
+  );
+  /**
+   * A batch of a tenant deleted while it was on its way: its scores are not stored (the publisher removed
+   * the tenant's on deletion, and would not publish them either), nor is it sent on. Expected after every
+   * deletion, so logged and counted, not dead-lettered.
+   */
+  const dropDeleted = (log: Logger, devices: number): void => {
+    ofDeleted.inc();
+    log.info('batch of a deleted tenant dropped', { devices });
+  };
   return async (message) => {
     const batch = message.value;
     if (batch === null) return;
@@ -50,6 +65,7 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
     // for scores them (the one before the latest, when the tenant changed its threshold since).
     const countedAt = batch.devices.find((device) => device.vulnerabilities)?.vulnerabilities?.cvssThreshold;
     const profile = await deps.profiles.get(batch.tenantId, countedAt);
+    if (profile === null) return dropDeleted(log, batch.devices.length);
     const cycleStartMs = Date.parse(batch.cycleStartedAt);
     const score = (device: EnrichedBatch['devices'][number]): ScoredDevice => {
       // Only the count is handed over, not the threshold to check: a profile this scorer has not seen the
@@ -82,6 +98,8 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
       deviceJson,
       replaced,
     );
+    // Checked in the save's own Redis step: the tenant may be deleted while its profile is still in memory.
+    if (saved.tenantDeleted) return dropDeleted(log, batch.devices.length);
     const header = {
       ...cycleBatchHeader(batch),
       collectedAt: batch.collectedAt,

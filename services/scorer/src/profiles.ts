@@ -12,9 +12,11 @@ export interface ProfileCache {
    * The tenant's compiled profile: from memory, else from the tenant store (a tenant not yet read). With
    * `cvssThreshold` (the one the cycle's CVEs were counted at, when it started), the profile before the
    * latest when only that one counts CVEs so: the tenant changed its threshold during the cycle, and the
-   * cycle is scored with the profile it started with, as its counts were made for it.
+   * cycle is scored with the profile it started with, as its counts were made for it. Null when the tenant
+   * was deleted (its tombstone read, its record gone from the tenant store): its batches still on their way
+   * are expected, not poison. Throws TENANT_UNKNOWN for a tenant neither registered nor known deleted.
    */
-  get(tenantId: string, cvssThreshold?: number): Promise<CompiledProfile>;
+  get(tenantId: string, cvssThreshold?: number): Promise<CompiledProfile | null>;
   /** Applies one `urs.tenants` record (null: the tenant was deleted). */
   apply(tenantId: string, record: TenantRecord | null): void;
   /** Tenants held in memory. */
@@ -28,6 +30,9 @@ interface Entry {
   previous?: CompiledProfile;
 }
 
+/** Deleted tenants remembered, so their late batches are told apart from batches of unknown tenants. */
+const REMEMBERED_DELETIONS = 10_000;
+
 /**
  * The tenants' risk profiles in memory, refreshed from `urs.tenants`. A disabled or deleted tenant is
  * dropped. A batch of a tenant not (yet) in memory, e.g. right after a start while `urs.tenants` is
@@ -38,6 +43,7 @@ export function createProfileCache(deps: {
   logger: Logger;
 }): ProfileCache {
   const entries = new Map<string, Entry>();
+  const deleted = new Set<string>();
   const compile = (record: TenantRecord): CompiledProfile =>
     compileProfile(parseProfile(record.defender.riskProfile));
   return {
@@ -53,6 +59,7 @@ export function createProfileCache(deps: {
       }
       const record = await deps.tenants.get(tenantId);
       if (record === null) {
+        if (deleted.has(tenantId)) return null;
         throw new ScorerError(
           'TENANT_UNKNOWN',
           `tenant ${tenantId} is not registered: no risk profile to score with`,
@@ -65,7 +72,19 @@ export function createProfileCache(deps: {
       return compile(record);
     },
     apply(tenantId, record) {
-      if (record === null || !record.enabled) {
+      if (record === null) {
+        entries.delete(tenantId);
+        // Added again at the end: past the bound, the deletion read longest ago is forgotten first.
+        deleted.delete(tenantId);
+        deleted.add(tenantId);
+        if (deleted.size > REMEMBERED_DELETIONS) {
+          const oldest = deleted.values().next().value;
+          if (oldest !== undefined) deleted.delete(oldest);
+        }
+        return;
+      }
+      deleted.delete(tenantId);
+      if (!record.enabled) {
         entries.delete(tenantId);
         return;
       }

@@ -260,11 +260,19 @@ describe('createScoreHandler', () => {
     await handler(inbound(enriched()));
     expect(sent[0]?.devices[0]?.score).toBe(100);
     expect(sent[0]?.devices[1]?.score).toBe(0);
+    // Deleted: its batches still on their way are dropped, not failed (and so not dead-lettered).
     await tenantsHandler(inbound<TenantRecord>(null, 't1'));
+    await expect(handler(inbound(enriched()))).resolves.toBeUndefined();
+    expect(sent).toHaveLength(1);
+  });
+
+  it('should fail a batch of a tenant neither registered nor known deleted as TENANT_UNKNOWN', async () => {
+    const { handler, saved } = setup();
     await expect(handler(inbound(enriched()))).rejects.toMatchObject({
       code: 'TENANT_UNKNOWN',
       canRetry: false,
     });
+    expect(saved).toEqual([]);
   });
 
   it("should score a cycle whose tenant changed its CVSS threshold since the cycle's start with the profile its CVEs were counted for", async () => {
@@ -302,6 +310,6 @@ describe('createScoreHandler', () => {
     expect(profiles.size()).toBe(1);
     await tenantsHandler(inbound(tenantRecord('t1', 2, null, false)));
     expect(profiles.size()).toBe(0);
-    expect((await profiles.get('t2')).assumeWorst).toBe(true);
+    expect((await profiles.get('t2'))?.assumeWorst).toBe(true);
   });
 });

@@ -1,0 +1,112 @@
+import type { Publisher } from '@urs/bus';
+import type { EnrichedBatch, TenantRecord } from '@urs/contracts';
+import { silentLogger } from '@urs/logging';
+import { createPublishedStore, createTenantStore, scoreStoreFor } from '@urs/store';
+import { Registry } from '@urs/telemetry';
+import { inboundMessage, tenantRecord, testRedisPerTest } from '@urs/testkit';
+import { createScoreHandler } from '../src/handler';
+import { createProfileCache, createTenantsHandler } from '../src/profiles';
+
+/**
+ * The scorer against the real Redis while its tenant is deleted: the registrar sends the tombstone, then
+ * removes the record from the tenant store; the publisher reads the tombstone, marks the tenant deleted and
+ * removes its devices' scores. A batch still on its way must store no score after that (the devices API
+ * would show them for ever) and must not be dead-lettered (it is expected, not poison).
+ */
+describe('createScoreHandler and a deleted tenant', () => {
+  const redis = testRedisPerTest();
+  const tenantId = 't1';
+
+  function enriched(cycleId: string, cycleStartedAt: string): EnrichedBatch {
+    return {
+      schemaVersion: 1,
+      tenantId,
+      cycleId,
+      cycleStartedAt,
+      batchIndex: 0,
+      lastBatch: true,
+      totalBatches: 1,
+      totalDevices: 2,
+      vulnerabilityMode: 'per-device',
+      collectedAt: cycleStartedAt,
+      devices: ['d1', 'd2'].map((id) => ({
+        machine: { id, riskScore: 'High', lastSeen: cycleStartedAt },
+        vulnerabilities: null,
+        fetchError: { code: 'X', message: 'y' },
+      })),
+    };
+  }
+
+  function setup() {
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const scores = scoreStoreFor(redis.client, { keyPrefix: redis.prefix, scoreHistoryCycles: 10 });
+    const sent: unknown[] = [];
+    const publisher: Publisher = {
+      send: async (_topic, _contract, messages) => void sent.push(...messages.map((m) => m.value)),
+      sendRaw: async () => undefined,
+      close: async () => undefined,
+    };
+    const metrics = new Registry({ processMetrics: false });
+    const profiles = createProfileCache({ tenants, logger: silentLogger });
+    const handler = createScoreHandler({
+      profiles,
+      scores,
+      publisher,
+      topic: 'urs.device-scores',
+      logger: silentLogger,
+      metrics,
+    });
+    const tenantsHandler = createTenantsHandler(profiles);
+    const score = (batch: EnrichedBatch) => handler(inboundMessage(batch, { key: tenantId }));
+    const stored = async () => (await scores.listDeviceScores(tenantId)).total;
+    const dropped = () => metrics.counter('urs_batches_of_deleted_tenants_total', '').get();
+    /** The tenant registered, in the tenant store first and then on `urs.tenants`, as the registrar does. */
+    const register = async (record: TenantRecord) => {
+      await tenants.put(record);
+      await tenantsHandler(inboundMessage(record, { key: tenantId }));
+    };
+    return { tenants, published, scores, sent, score, stored, dropped, register, tenantsHandler };
+  }
+
+  it('should store no score of a batch that comes after the deletion, in any order of its steps, and count it dropped', async () => {
+    const { tenants, published, scores, sent, score, stored, dropped, register, tenantsHandler } = setup();
+    await register(tenantRecord(tenantId));
+    const c1 = enriched('c1', new Date(Date.now() - 60_000).toISOString());
+    await score(c1);
+    expect(await stored()).toBe(2);
+
+    // The publisher read the tombstone first: its devices' scores are removed, the record not yet.
+    await published.markDeleted(tenantId, Date.now());
+    await scores.remove(tenantId, ['d1', 'd2']);
+    await score(c1);
+    expect(await stored()).toBe(0);
+
+    // The registrar removed the record; the scorer, its profile still in memory, has not read the tombstone.
+    await tenants.remove(tenantId);
+    await score(c1);
+    expect(await stored()).toBe(0);
+
+    // The scorer read the tombstone: the batch is still dropped, not failed (and so not dead-lettered).
+    await tenantsHandler(inboundMessage<TenantRecord>(null, { key: tenantId }));
+    await expect(score(c1)).resolves.toBeUndefined();
+    expect(await stored()).toBe(0);
+    expect(sent).toHaveLength(1);
+    expect(dropped()).toBe(3);
+  });
+
+  it('should score the tenant registered again, and still drop the batches of its cycles from before', async () => {
+    const { published, sent, score, stored, dropped, register } = setup();
+    const deletedAt = Date.now() - 60_000;
+    await published.markDeleted(tenantId, deletedAt);
+    await published.registeredAgain(tenantId, deletedAt + 1_000);
+    await register(tenantRecord(tenantId, { revision: 3 }));
+
+    await score(enriched('c1', new Date(deletedAt - 60_000).toISOString()));
+    expect(await stored()).toBe(0);
+    await score(enriched('c2', new Date(deletedAt + 2_000).toISOString()));
+    expect(await stored()).toBe(2);
+    expect(sent).toHaveLength(1);
+    expect(dropped()).toBe(1);
+  });
+});
