@@ -26,6 +26,8 @@ export const DEVICE_RECORD_FIELDS = [
   'onboardingStatus',
   'healthStatus',
   'lastSeen',
+  // Whether the bulk export's snapshot can list the device (it lists no device first seen after it).
+  'firstSeen',
   ...VMS_IDENTITY_FIELDS,
 ] as const satisfies readonly (keyof DeviceRecord)[];
 

@@ -151,6 +151,7 @@ const deviceRecord = {
     onboardingStatus: nullableString,
     healthStatus: nullableString,
     lastSeen: nullableString,
+    firstSeen: nullableString,
     computerDnsName: nullableString,
     aadDeviceId: nullableString,
     lastIpAddress: nullableString,

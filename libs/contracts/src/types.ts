@@ -99,6 +99,7 @@ export interface Machine {
   defenderAvStatus?: string | null;
   onboardingStatus?: string | null;
   healthStatus?: string | null;
+  firstSeen?: string | null;
   lastSeen?: string | null;
   deviceValue?: string | null;
   mergedIntoMachineId?: string | null;
@@ -120,6 +121,7 @@ export type DeviceRecord = Pick<
   | 'onboardingStatus'
   | 'healthStatus'
   | 'lastSeen'
+  | 'firstSeen'
   | 'computerDnsName'
   | 'aadDeviceId'
   | 'lastIpAddress'

@@ -69,6 +69,7 @@ describe('toDeviceRecord', () => {
         'onboardingStatus',
         'healthStatus',
         'lastSeen',
+        'firstSeen',
         'computerDnsName',
         'aadDeviceId',
         'lastIpAddress',

@@ -560,6 +560,12 @@ describe('createBulkVulnerabilityCache', () => {
       '2026-01-01T10:00:00.000Z',
       '2026-01-01T06:00:00Z',
     );
+    // The cycle's batches read it with the export too: a device first seen after it is not in it.
+    expect(await cache.state('t', 'c1')).toEqual({
+      state: 'ready',
+      collectedAt: '2026-01-01T10:00:00.000Z',
+      generatedTime: '2026-01-01T06:00:00Z',
+    });
     await cache.keepLatest('t', 'c1', 9, day);
     expect(await cache.latest('t')).toEqual({
       cycleId: 'c1',

@@ -232,6 +232,8 @@ describe('runCycle', () => {
       onboardingStatus: 'Onboarded',
       machineTags: ['vip'],
       rbacGroupName: 'servers',
+      // Since when it exists: the bulk export's snapshot lists no device first seen after it.
+      firstSeen: '2024-01-01T00:00:00Z',
     });
   });
 

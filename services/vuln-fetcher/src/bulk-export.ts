@@ -1,4 +1,4 @@
-import type { DeviceBatch } from '@urs/contracts';
+import type { DeviceBatch, DeviceRecord, EnrichedDevice, VulnerabilitySummary } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage, isInfrastructureFault } from '@urs/resilience';
 import type { BulkVulnerabilityCache, LatestExport, TenantStore } from '@urs/store';
@@ -28,8 +28,16 @@ export interface ExportReaderDeps {
 
 /** A tenant's bulk export: read from Microsoft under this process's claim and stored, or read back from Redis. */
 export interface ExportReader {
-  /** The batch enriched from a done export: the cycle's own, or the tenant's latest. */
-  fromExport(batch: DeviceBatch, cycleId: string, collectedAt: string): Promise<Enrichment>;
+  /**
+   * The batch enriched from a done export: the cycle's own, or the tenant's latest, read at `collectedAt`
+   * from the snapshot of `generatedTime` (when it was known).
+   */
+  fromExport(
+    batch: DeviceBatch,
+    cycleId: string,
+    collectedAt: string,
+    generatedTime: string | undefined,
+  ): Promise<Enrichment>;
   /** Reads and stores the cycle's export; a failure of it is stored for the cycle's batches to find. */
   runBulkExport(
     batch: DeviceBatch,
@@ -45,6 +53,48 @@ export interface ExportReader {
     log: Logger,
     signal: AbortSignal | undefined,
   ): Promise<Enrichment | null>;
+}
+
+/**
+ * How old the snapshot an export was read from may be when its `generatedTime` is not known: Microsoft
+ * regenerates it every 6 hours; an hour more covers the generation itself and a long read.
+ */
+const SNAPSHOT_MAX_AGE_MS = 7 * 60 * 60_000;
+
+/**
+ * A device of a batch as an export gives it. A device the export does not list has no vulnerability, if
+ * the snapshot could list it: one first seen after the snapshot was generated (onboarded since; Microsoft
+ * serves the latest snapshot, regenerated every 6 hours) is not in it, whatever its vulnerabilities, so
+ * its criticalCves is missing until the next snapshot. Without the snapshot's `generatedTime`, the oldest
+ * it can be stands for it. A device without a readable `firstSeen` is taken for one the snapshot knew.
+ */
+function fromSnapshot(
+  machine: DeviceRecord,
+  summary: VulnerabilitySummary | undefined,
+  snapshot: { generatedTime?: string | undefined; collectedAt: string | Date },
+  cvssThreshold: number,
+): EnrichedDevice {
+  if (summary) return { machine, vulnerabilities: summary };
+  const firstSeen = typeof machine.firstSeen === 'string' ? Date.parse(machine.firstSeen) : NaN;
+  const generatedAt =
+    snapshot.generatedTime === undefined
+      ? new Date(snapshot.collectedAt).getTime() - SNAPSHOT_MAX_AGE_MS
+      : Date.parse(snapshot.generatedTime);
+  if (!(firstSeen > generatedAt)) return { machine, vulnerabilities: emptySummary(cvssThreshold) };
+  const of =
+    snapshot.generatedTime === undefined
+      ? `generated no earlier than ${new Date(generatedAt).toISOString()}`
+      : `of ${snapshot.generatedTime}`;
+  return {
+    machine,
+    vulnerabilities: null,
+    fetchError: {
+      code: 'NOT_IN_EXPORT_SNAPSHOT',
+      message:
+        `the device was first seen at ${String(machine.firstSeen)}, after the bulk export's snapshot (${of}): ` +
+        'its vulnerabilities come with the next snapshot, which Microsoft generates every 6 hours',
+    },
+  };
 }
 
 /** A batch of a bulk cycle that reads its export last (the tenant's first such cycle reads it first). */
@@ -117,9 +167,12 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
 
   /**
    * The `generatedTime` of the snapshot the cycle's export will be read from, asked before it is read (a
-   * snapshot regenerated during the read is then taken for a newer one, never the other way round), and
-   * whether it is the snapshot `latest` was read from; counted by outcome. No time when the cycle does not
-   * ask, or no answer came within `snapshotProbeMs`: the export is then read and stored without one.
+   * snapshot regenerated during the read is then taken for an older one, never the other way round: its
+   * devices first seen since are taken as absent from it, and a later cycle reads it again), and, for a
+   * cycle that may skip an unchanged snapshot, whether it is the one `latest` was read from; counted by
+   * outcome. Asked whenever the source can: it tells which devices the export cannot list yet
+   * (`fromSnapshot`). No time when no answer came within `snapshotProbeMs`: the export is then read and
+   * stored without one.
    */
   async function snapshotOf(
     batch: DeviceBatch,
@@ -128,16 +181,12 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
     log: Logger,
     signal: AbortSignal | undefined,
   ): Promise<{ generatedTime?: string; unchanged: boolean }> {
-    if (
-      deps.skipUnchangedExport !== true ||
-      !readsExportLast(deps.exportLast, batch) ||
-      !source.exportGeneratedTime
-    )
-      return { unchanged: false };
+    if (!source.exportGeneratedTime) return { unchanged: false };
+    const skips = deps.skipUnchangedExport === true && readsExportLast(deps.exportLast, batch);
     const probe = anyAborted([signal, AbortSignal.timeout(deps.snapshotProbeMs ?? 30_000)]);
     try {
       const generatedTime = await source.exportGeneratedTime(probe.signal);
-      const unchanged = generatedTime === latest?.generatedTime;
+      const unchanged = skips && generatedTime === latest?.generatedTime;
       snapshots.inc({ outcome: unchanged ? 'unchanged' : 'changed' });
       return { generatedTime, unchanged };
     } catch (error) {
@@ -226,17 +275,21 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
       // The snapshot the latest export was read from: the cycle's export would be the same, read again.
       log.info('bulk export unchanged, not read', { generatedTime, latestCycleId: latest.cycleId });
       await deps.bulkCache.release(batch.tenantId, batch.cycleId, owner);
-      const enrichment = await fromExport(batch, latest.cycleId, now().toISOString());
+      const enrichment = await fromExport(batch, latest.cycleId, now().toISOString(), generatedTime);
       return { ...enrichment, unchangedFrom: latest.cycleId };
     }
     const folder = await readExport(batch, source, log, signal);
     if (folder === null) return null;
     const collectedAt = now();
     const threshold = batch.cvssThreshold;
-    const devices = batch.devices.map((machine) => ({
-      machine,
-      vulnerabilities: folder.summaryOf(machine.id, threshold) ?? emptySummary(threshold),
-    }));
+    const devices = batch.devices.map((machine) =>
+      fromSnapshot(
+        machine,
+        folder.summaryOf(machine.id, threshold),
+        { generatedTime, collectedAt },
+        threshold,
+      ),
+    );
     fetches.inc({ mode: 'bulk', outcome: 'ok' }, devices.length);
     const changed = deps.bulkCache.compare(
       batch.tenantId,
@@ -252,15 +305,20 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
   }
 
   /** The batch enriched from a done export: the cycle's own, or the tenant's latest. */
-  async function fromExport(batch: DeviceBatch, cycleId: string, collectedAt: string): Promise<Enrichment> {
+  async function fromExport(
+    batch: DeviceBatch,
+    cycleId: string,
+    collectedAt: string,
+    generatedTime: string | undefined,
+  ): Promise<Enrichment> {
     const ids = batch.devices.map((machine) => machine.id);
     const summaries = await deps.bulkCache.read(batch.tenantId, cycleId, ids);
     fetches.inc({ mode: 'bulk', outcome: 'ok' }, ids.length);
+    const snapshot = { generatedTime, collectedAt };
     return {
-      devices: batch.devices.map((machine) => ({
-        machine,
-        vulnerabilities: summaries.get(machine.id) ?? emptySummary(batch.cvssThreshold),
-      })),
+      devices: batch.devices.map((machine) =>
+        fromSnapshot(machine, summaries.get(machine.id), snapshot, batch.cvssThreshold),
+      ),
       collectedAt: new Date(collectedAt),
     };
   }

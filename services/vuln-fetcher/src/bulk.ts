@@ -92,7 +92,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
     for (;;) {
       const state = await deps.bulkCache.state(batch.tenantId, batch.cycleId);
       if (state.state === 'ready') {
-        const enrichment = await fromExport(batch, batch.cycleId, state.collectedAt);
+        const enrichment = await fromExport(batch, batch.cycleId, state.collectedAt, state.generatedTime);
         return readLast
           ? { ...enrichment, corrections: await storedCorrections(deps.bulkCache, batch, readLast) }
           : enrichment;
@@ -104,7 +104,8 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
         !batch.lastBatch
       ) {
         const latest = usable(batch, await deps.bulkCache.latest(batch.tenantId));
-        if (latest !== null) return fromExport(batch, latest.cycleId, latest.collectedAt);
+        if (latest !== null)
+          return fromExport(batch, latest.cycleId, latest.collectedAt, latest.generatedTime);
       }
       if (state.state === 'failed') {
         const fetchError = { code: state.code, message: state.message };

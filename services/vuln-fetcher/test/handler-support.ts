@@ -45,9 +45,13 @@ export function memoryBulkCache(renewals: string[] = []): BulkVulnerabilityCache
       states.set(key, { state: 'pending', owner });
       return true;
     },
-    async save(tenantId, cycleId, summaries, collectedAt) {
+    async save(tenantId, cycleId, summaries, collectedAt, generatedTime) {
       data.set(`${tenantId}/${cycleId}`, new Map(summaries));
-      states.set(`${tenantId}/${cycleId}`, { state: 'ready', collectedAt });
+      states.set(`${tenantId}/${cycleId}`, {
+        state: 'ready',
+        collectedAt,
+        ...(generatedTime === undefined ? {} : { generatedTime }),
+      });
     },
     async fail(tenantId, cycleId, error) {
       states.set(`${tenantId}/${cycleId}`, { state: 'failed', ...error });
@@ -93,6 +97,7 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
       machineVulnerabilities: source.machineVulnerabilities ?? (async () => []),
       bulkVulnerabilities: source.bulkVulnerabilities ?? (async () => undefined),
       ...(source.bulkFold ? { bulkFold: source.bulkFold } : {}),
+      ...(source.exportGeneratedTime ? { exportGeneratedTime: source.exportGeneratedTime } : {}),
     }),
     forget: (tenantId) => void forgotten.push(tenantId),
     close: () => undefined,

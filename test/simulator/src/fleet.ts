@@ -12,6 +12,13 @@ export interface FleetSpec {
   size: number;
   /** Seed for generation; default derived from the tenant id so every tenant differs. */
   seed?: number;
+  /**
+   * The export snapshot is generated at most once in this many milliseconds: a device added within it is
+   * not in the export (both ways of reading it) until the next generation, which the first read after it
+   * makes, as Microsoft serves a snapshot up to 6 hours old. Its other changes show at once. Default 0:
+   * regenerated at every change.
+   */
+  exportSnapshotMs?: number;
 }
 
 export interface CveEntryView {
@@ -62,9 +69,18 @@ export class Fleet {
    * When the export snapshot of this fleet was last generated (epoch ms): Microsoft regenerates the
    * vulnerability export every 6 hours, here it is regenerated whenever a change can alter its rows.
    * Starts at `epochMs`; each change moves it to `Math.max(Date.now(), previous + 1)`, so two changes
-   * within one millisecond still give two generations. Reading never moves it.
+   * within one millisecond still give two generations. Reading never moves it, except to make a generation
+   * that `exportSnapshotMs` held back.
    */
   private generatedAt: number;
+  /** See FleetSpec; 0 regenerates at every change. */
+  private readonly snapshotMs: number;
+  /** Generated devices when the snapshot was generated: the ones after them are not in it. */
+  private snapshotGenerated: number;
+  /** Explicit records added since the snapshot was generated: not in it. */
+  private readonly addedSinceSnapshot = new Set<string>();
+  /** A change waits for the next generation (`exportSnapshotMs`). */
+  private changedSinceSnapshot = false;
   private generatedCount: number;
   private readonly removed = new Set<number>();
   private readonly patches = new Map<number, Partial<MachineRecord>>();
@@ -94,17 +110,42 @@ export class Fleet {
     this.epochMs = epochMs;
     // The records the fleet starts with are part of its first generation.
     this.generatedAt = epochMs;
+    this.snapshotMs = Math.max(0, spec?.exportSnapshotMs ?? 0);
+    this.snapshotGenerated = this.generatedCount;
     for (const record of records ?? []) this.insertRecord(record);
   }
 
   /** The generation time of the export snapshot (see `generatedAt`). */
   get generatedAtMs(): number {
+    if (this.changedSinceSnapshot && Date.now() - this.generatedAt >= this.snapshotMs) this.generate();
     return this.generatedAt;
   }
 
-  /** A change that can alter the export's rows: the snapshot is regenerated. */
+  /**
+   * A change that can alter the export's rows: the snapshot is regenerated, or, within `exportSnapshotMs`
+   * of the last generation, at the first read after it.
+   */
   private regenerate(): void {
+    if (this.snapshotMs > 0 && Date.now() - this.generatedAt < this.snapshotMs) {
+      this.changedSinceSnapshot = true;
+      return;
+    }
+    this.generate();
+  }
+
+  private generate(): void {
     this.generatedAt = Math.max(Date.now(), this.generatedAt + 1);
+    this.snapshotGenerated = this.generatedCount;
+    this.addedSinceSnapshot.clear();
+    this.changedSinceSnapshot = false;
+  }
+
+  /** Whether the device at `ordinal` is in the export snapshot served now (see `exportSnapshotMs`). */
+  private inSnapshot(ordinal: number, record: MachineRecord): boolean {
+    if (this.snapshotMs === 0) return true;
+    void this.generatedAtMs;
+    if (ordinal < this.liveGenerated()) return this.generatedIndexAt(ordinal) < this.snapshotGenerated;
+    return !this.addedSinceSnapshot.has(record.id);
   }
 
   size(): number {
@@ -174,11 +215,12 @@ export class Fleet {
 
   /**
    * The export rows of the device at `ordinal`, rendered by `render`; kept for unpatched generated
-   * devices without a vulnerability override while the budget lasts.
+   * devices without a vulnerability override while the budget lasts. None for a device the snapshot
+   * served now does not hold.
    */
   rowsAt(ordinal: number, render: (record: MachineRecord) => string[]): RenderedRows {
     const record = this.at(ordinal);
-    if (!record) return toRenderedRows([]);
+    if (!record || !this.inSnapshot(ordinal, record)) return toRenderedRows([]);
     const index = ordinal < this.liveGenerated() ? this.generatedIndexAt(ordinal) : -1;
     if (index < 0 || this.patches.has(index) || this.vulnOverrides.has(record.id))
       return toRenderedRows(render(record));
@@ -254,6 +296,7 @@ export class Fleet {
       this.uncache(where.index);
       this.liveIndex = null;
     } else this.explicit.splice(where.explicitAt, 1);
+    this.addedSinceSnapshot.delete(id);
     this.vulnOverrides.delete(id);
     this.regenerate();
     return true;
@@ -274,6 +317,7 @@ export class Fleet {
 
   addRecord(record: MachineRecord): void {
     this.insertRecord(record);
+    this.addedSinceSnapshot.add(record.id);
     this.regenerate();
   }
 

@@ -118,6 +118,9 @@ export function createTenant(
   const size = spec.fleet?.size ?? 0;
   if (!Number.isInteger(size) || size < 0 || size > 10_000_000)
     throw new Error(`fleet.size must be an integer 0..10000000, got ${String(size)}`);
+  const snapshotMs = spec.fleet?.exportSnapshotMs ?? 0;
+  if (typeof snapshotMs !== 'number' || !Number.isFinite(snapshotMs) || snapshotMs < 0)
+    throw new Error(`fleet.exportSnapshotMs must be a number of milliseconds ≥ 0, got ${String(snapshotMs)}`);
   return {
     id: spec.azureTenantId.toLowerCase(),
     apps,

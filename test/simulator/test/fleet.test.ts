@@ -186,4 +186,39 @@ describe('Fleet', () => {
     fleet.update(ids[0] as string, { osPlatform: 'Windows11' });
     expect(fleet.generatedAtMs).toBeGreaterThanOrEqual(before);
   });
+
+  test('exportSnapshotMs should keep devices added within it out of the export until the first read after it', () => {
+    const now = jest.spyOn(Date, 'now').mockReturnValue(EPOCH + 1_000);
+    try {
+      const fleet = new Fleet('tenant-s', { size: 2, seed: 4, exportSnapshotMs: 60_000 }, [], EPOCH);
+      const render = (record: MachineRecord): string[] => [record.id];
+      const exported = (): string[] =>
+        Array.from({ length: fleet.size() }, (_, n) => fleet.rowsAt(n, render).bytes.toString()).filter(
+          (rows) => rows !== '',
+        );
+      const [first, second] = fleet.all().map((m) => m.id);
+      const added = fleet.addGenerated(1)[0] as string;
+      fleet.addRecord({ id: 'd'.repeat(40) });
+      // Still the snapshot of EPOCH: the new devices are listed, not exported.
+      expect(fleet.size()).toBe(4);
+      expect(fleet.generatedAtMs).toBe(EPOCH);
+      expect(exported()).toEqual([first, second]);
+      expect(fleet.get(added)).toBeDefined();
+      // Another change of an exported device shows at once, in the same snapshot.
+      fleet.remove(second as string);
+      expect([fleet.generatedAtMs, exported()]).toEqual([EPOCH, [first]]);
+
+      now.mockReturnValue(EPOCH + 60_000);
+      expect(exported()).toEqual([first, added, 'd'.repeat(40)]);
+      expect(fleet.generatedAtMs).toBe(EPOCH + 60_000);
+      // A read with no change waiting makes no generation; a change long after the last one makes one at once.
+      now.mockReturnValue(EPOCH + 200_000);
+      expect(fleet.generatedAtMs).toBe(EPOCH + 60_000);
+      fleet.addRecord({ id: 'c'.repeat(40) });
+      expect(fleet.generatedAtMs).toBe(EPOCH + 200_000);
+      expect(exported()).toContain('c'.repeat(40));
+    } finally {
+      now.mockRestore();
+    }
+  });
 });

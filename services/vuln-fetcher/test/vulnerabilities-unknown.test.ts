@@ -1,0 +1,72 @@
+import type { DeviceBatch, EnrichedBatch } from '@urs/contracts';
+import { batch, cve, message, setup } from './handler-support';
+
+// Devices the bulk export's snapshot cannot hold yet: their criticalCves is missing (`vulnerabilities: null`
+// with the reason), never 0 critical CVEs.
+
+const bulkBatch = (devices: DeviceBatch['devices'], overrides: Partial<DeviceBatch> = {}): DeviceBatch =>
+  batch({ vulnerabilityMode: 'bulk', devices, totalDevices: devices.length, ...overrides });
+
+/** Each device's critical CVE count, or its fetch error's code when it has none. */
+const outcome = (sent: EnrichedBatch | undefined): Record<string, number | string | undefined> =>
+  Object.fromEntries(
+    (sent?.devices ?? []).map((device) => [
+      device.machine.id,
+      device.vulnerabilities?.criticalCveCount ?? device.fetchError?.code,
+    ]),
+  );
+
+describe("createEnrichHandler: devices newer than the bulk export's snapshot", () => {
+  const devices: DeviceBatch['devices'] = [
+    { id: 'd1', firstSeen: '2026-01-01T09:00:00Z' },
+    // Absent from the export, known to its snapshot: no vulnerability.
+    { id: 'd2', firstSeen: '2026-01-01T05:59:59.9999999Z' },
+    // Onboarded after the snapshot was generated: not in it, whatever its vulnerabilities.
+    { id: 'd3', firstSeen: '2026-01-01T06:00:00.1234567Z' },
+    { id: 'd4' },
+    { id: 'd5', firstSeen: null },
+  ];
+  const rows = async (onRow: (deviceId: string, row: ReturnType<typeof cve> | undefined) => void) => {
+    onRow('d1', cve('CVE-1', 9.8));
+  };
+
+  it('should pass a device first seen after the snapshot it was absent from on without vulnerabilities', async () => {
+    const { handler, sent } = setup({
+      bulkVulnerabilities: rows,
+      exportGeneratedTime: async () => '2026-01-01T06:00:00Z',
+    });
+    await handler(message(bulkBatch(devices.slice(0, 3), { lastBatch: false, totalBatches: undefined })));
+    // A later batch of the cycle, enriched from the export stored in the cache: the same.
+    await handler(message(bulkBatch(devices, { batchIndex: 1 })));
+    expect(outcome(sent[0])).toEqual({ d1: 1, d2: 0, d3: 'NOT_IN_EXPORT_SNAPSHOT' });
+    expect(outcome(sent[1])).toEqual({ d1: 1, d2: 0, d3: 'NOT_IN_EXPORT_SNAPSHOT', d4: 0, d5: 0 });
+    expect(sent[1]?.devices[2]?.fetchError?.message).toContain(
+      "first seen at 2026-01-01T06:00:00.1234567Z, after the bulk export's snapshot (of 2026-01-01T06:00:00Z)",
+    );
+  });
+
+  it('should take the oldest the snapshot can be when its generatedTime is not known', async () => {
+    // The handler's clock reads 10:00:06 and on: the snapshot is no older than 03:00.
+    const { handler, sent } = setup({
+      bulkVulnerabilities: rows,
+      exportGeneratedTime: async () => {
+        throw new Error('the Defender API could not be reached');
+      },
+    });
+    const unknown: DeviceBatch['devices'] = [
+      ...devices,
+      { id: 'd6', firstSeen: '2026-01-01T02:59:00Z' },
+      { id: 'd7', firstSeen: '2026-01-01T03:01:00Z' },
+    ];
+    await handler(message(bulkBatch(unknown)));
+    expect(outcome(sent[0])).toMatchObject({
+      d1: 1,
+      d3: 'NOT_IN_EXPORT_SNAPSHOT',
+      d6: 0,
+      d7: 'NOT_IN_EXPORT_SNAPSHOT',
+    });
+    expect(sent[0]?.devices[6]?.fetchError?.message).toMatch(
+      /snapshot \(generated no earlier than 2026-01-01T03:00/,
+    );
+  });
+});
