@@ -28,6 +28,8 @@ export const DEVICE_RECORD_FIELDS = [
   'lastSeen',
   // Whether the bulk export's snapshot can list the device (it lists no device first seen after it).
   'firstSeen',
+  // Whether Microsoft holds the device's vulnerabilities (`vulnerabilitiesNotHeld`).
+  'isExcluded',
   ...VMS_IDENTITY_FIELDS,
 ] as const satisfies readonly (keyof DeviceRecord)[];
 
@@ -43,4 +45,25 @@ export function toDeviceRecord(machine: Machine): DeviceRecord {
     if (value !== undefined) record[field] = value;
   }
   return record as DeviceRecord;
+}
+
+/** Why Microsoft holds no vulnerabilities of a device (see `vulnerabilitiesNotHeld`). */
+export type VulnerabilitiesNotHeld = 'NOT_ONBOARDED' | 'EXCLUDED';
+
+/**
+ * Why Microsoft holds no vulnerabilities of a device, or null when it may: a device not onboarded (found by
+ * device discovery, CanBeOnboarded, Unsupported or InsufficientInfo: no sensor reports its software) has
+ * none, and one excluded from vulnerability management (`isExcluded`) has an empty list by exclusion.
+ * Neither list is an observation: such a device's criticalCves is missing, and no call of the tenant's
+ * quota is spent on it. An onboarding status that is missing (absent, empty, `Unknown`) is no reason:
+ * the device is asked for, as an onboarded one.
+ */
+export function vulnerabilitiesNotHeld(
+  record: Pick<DeviceRecord, 'onboardingStatus' | 'isExcluded'>,
+): VulnerabilitiesNotHeld | null {
+  if (record.isExcluded === true) return 'EXCLUDED';
+  const onboarding = record.onboardingStatus;
+  if (typeof onboarding !== 'string') return null;
+  const status = onboarding.trim().toLowerCase();
+  return status === '' || status === 'onboarded' || status === 'unknown' ? null : 'NOT_ONBOARDED';
 }

@@ -49,5 +49,6 @@ export {
 export { ContractError, compileContracts, validateMessage, checkMessage } from './validate';
 export type { ContractId, ContractTypes } from './validate';
 export { cycleBatchHeader } from './header';
-export { DEVICE_RECORD_FIELDS, toDeviceRecord } from './device-record';
+export { DEVICE_RECORD_FIELDS, toDeviceRecord, vulnerabilitiesNotHeld } from './device-record';
+export type { VulnerabilitiesNotHeld } from './device-record';
 export { vmsRecord, vmsRecordHead } from './vms-record';

@@ -152,6 +152,7 @@ const deviceRecord = {
     healthStatus: nullableString,
     lastSeen: nullableString,
     firstSeen: nullableString,
+    isExcluded: { type: ['boolean', 'null'] },
     computerDnsName: nullableString,
     aadDeviceId: nullableString,
     lastIpAddress: nullableString,

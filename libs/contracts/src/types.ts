@@ -122,6 +122,7 @@ export type DeviceRecord = Pick<
   | 'healthStatus'
   | 'lastSeen'
   | 'firstSeen'
+  | 'isExcluded'
   | 'computerDnsName'
   | 'aadDeviceId'
   | 'lastIpAddress'

@@ -70,6 +70,7 @@ describe('toDeviceRecord', () => {
         'healthStatus',
         'lastSeen',
         'firstSeen',
+        'isExcluded',
         'computerDnsName',
         'aadDeviceId',
         'lastIpAddress',

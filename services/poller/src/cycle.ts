@@ -1,5 +1,5 @@
 import { deviceBatchMessage, type Publisher } from '@urs/bus';
-import { toDeviceRecord, type DeviceRecord, type TenantRecord } from '@urs/contracts';
+import { toDeviceRecord, vulnerabilitiesNotHeld, type DeviceRecord, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage } from '@urs/resilience';
 import { parseProfile } from '@urs/scoring';
@@ -103,6 +103,9 @@ async function openSecret(deps: CycleDeps, record: TenantRecord): Promise<string
  * The vulnerability mode must hold for the whole cycle, and it depends on the fleet's size: devices are
  * held back until either the listing ends (the exact count; then per-device if it fits) or the count
  * passes what per-device calls can serve in one interval (then bulk, and batches flow from there on).
+ * Only the devices the vuln-fetcher will ask for count: one not onboarded or excluded from vulnerability
+ * management costs no call (`vulnerabilitiesNotHeld`), and a discovered network's unmanaged devices
+ * would otherwise tip a small managed fleet into bulk mode.
  * The cycle is begun in the cycle store with its first batch, so a cycle that never emitted (bad secret)
  * leaves no open cycle for the publisher to close; one that stops after a batch and before its last is
  * recorded as abandoned, for the publisher to close it as partial at once (see `abandon` below).
@@ -129,6 +132,8 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   let emittedLast = false;
   let batchIndex = 0;
   let totalDevices = 0;
+  /** The devices whose vulnerabilities a per-device cycle calls for (see above). */
+  let fetchedDevices = 0;
   let merged = 0;
   let pending: DeviceRecord[] = [];
 
@@ -210,10 +215,12 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
             continue;
           }
           // Only what the scorer and VMS read travels on: the rest of the record stays here.
-          pending.push(toDeviceRecord(device.machine));
+          const deviceRecord = toDeviceRecord(device.machine);
+          pending.push(deviceRecord);
           totalDevices++;
+          if (vulnerabilitiesNotHeld(deviceRecord) === null) fetchedDevices++;
         }
-        if (mode === undefined && totalDevices > perDeviceCapacity) mode = 'bulk';
+        if (mode === undefined && fetchedDevices > perDeviceCapacity) mode = 'bulk';
         if (mode !== undefined) await flushFull();
       }
     } catch (error) {
@@ -250,8 +257,11 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   const vulnerabilityMode = mode ?? 'per-device';
   const note =
     vulnerabilityMode === 'bulk'
-      ? `bulk vulnerability export: ${totalDevices} devices exceed the ${perDeviceCapacity} per-device calls ` +
-        `the API quota allows in a ${record.defender.pollIntervalMinutes}-minute interval`
+      ? `bulk vulnerability export: ${fetchedDevices} devices exceed the ${perDeviceCapacity} per-device calls ` +
+        `the API quota allows in a ${record.defender.pollIntervalMinutes}-minute interval` +
+        (fetchedDevices < totalDevices
+          ? ` (${totalDevices - fetchedDevices} more, not onboarded or excluded, cost no call)`
+          : '')
       : null;
   const listedAt = now();
   // The mode and note too: a poller that stops before recording the cycle's end leaves them to the next.

@@ -4,7 +4,7 @@ import { errorCode, errorMessage, isInfrastructureFault } from '@urs/resilience'
 import type { BulkVulnerabilityCache, LatestExport, TenantStore } from '@urs/store';
 import type { Counter, Registry } from '@urs/telemetry';
 import { correctionParts } from './corrections';
-import type { Enrichment } from './enrichment';
+import { notHeld, type Enrichment } from './enrichment';
 import { anyAborted, throwIfStopping } from './interruption';
 import type { VulnerabilitySource } from './sources';
 import { VulnerabilityFolder, emptySummary, summaryJsonSlices } from './summarise';
@@ -74,6 +74,8 @@ function fromSnapshot(
   snapshot: { generatedTime?: string | undefined; collectedAt: string | Date },
   cvssThreshold: number,
 ): EnrichedDevice {
+  const unheld = notHeld(machine);
+  if (unheld) return { machine, vulnerabilities: null, fetchError: unheld };
   if (summary) return { machine, vulnerabilities: summary };
   const firstSeen = typeof machine.firstSeen === 'string' ? Date.parse(machine.firstSeen) : NaN;
   const generatedAt =

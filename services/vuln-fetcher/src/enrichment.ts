@@ -1,4 +1,9 @@
-import type { DeviceRecord, EnrichedDevice, VulnerabilityCorrection } from '@urs/contracts';
+import {
+  vulnerabilitiesNotHeld,
+  type DeviceRecord,
+  type EnrichedDevice,
+  type VulnerabilityCorrection,
+} from '@urs/contracts';
 
 // What enriching a batch gives the handler to send, whichever mode made it.
 
@@ -24,3 +29,25 @@ export type TenantEnrichment = Enrichment & { tenantFailure?: FetchError };
 /** The devices gone on without vulnerabilities, with the reason. */
 export const missing = (machines: DeviceRecord[], error: FetchError): EnrichedDevice[] =>
   machines.map((machine) => ({ machine, vulnerabilities: null, fetchError: error }));
+
+/**
+ * Why a device's vulnerabilities are not asked for, in either mode: Microsoft holds none of them
+ * (`vulnerabilitiesNotHeld`). Its criticalCves is missing, as for a call that failed.
+ */
+export function notHeld(machine: DeviceRecord): FetchError | undefined {
+  const reason = vulnerabilitiesNotHeld(machine);
+  if (reason === null) return undefined;
+  return reason === 'EXCLUDED'
+    ? {
+        code: reason,
+        message:
+          'the device is excluded from vulnerability management (isExcluded): its empty vulnerability list ' +
+          'is no observation',
+      }
+    : {
+        code: reason,
+        message:
+          `the device is not onboarded (onboardingStatus ${String(machine.onboardingStatus)}): Microsoft ` +
+          'holds no vulnerabilities of a device without its sensor',
+      };
+}

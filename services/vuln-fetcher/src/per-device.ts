@@ -3,7 +3,7 @@ import { CallHealth, DefenderErrorCode } from '@urs/defender';
 import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage, isInfrastructureFault } from '@urs/resilience';
 import type { Counter } from '@urs/telemetry';
-import type { FetchError, TenantEnrichment } from './enrichment';
+import { notHeld, type FetchError, type TenantEnrichment } from './enrichment';
 import { throwIfStopping } from './interruption';
 import { isTenantWideFailure, type VulnerabilitySource } from './sources';
 import { summariseVulnerabilities } from './summarise';
@@ -138,6 +138,13 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
       for (let index = next++; index < batch.devices.length; index = next++) {
         if (signal?.aborted || fault) return;
         const machine = batch.devices[index] as DeviceRecord;
+        // No call of the tenant's quota for a device Microsoft holds no vulnerabilities of.
+        const unheld = notHeld(machine);
+        if (unheld) {
+          devices[index] = { machine, vulnerabilities: null, fetchError: unheld };
+          fetches.inc({ mode: 'per-device', outcome: 'not-held' });
+          continue;
+        }
         const had = summaries.get(machine.id);
         if (had) {
           devices[index] = { machine, vulnerabilities: had };

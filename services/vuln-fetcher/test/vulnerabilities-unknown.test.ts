@@ -1,8 +1,8 @@
 import type { DeviceBatch, EnrichedBatch } from '@urs/contracts';
 import { batch, cve, message, setup } from './handler-support';
 
-// Devices the bulk export's snapshot cannot hold yet: their criticalCves is missing (`vulnerabilities: null`
-// with the reason), never 0 critical CVEs.
+// Devices whose vulnerabilities Microsoft does not hold, or the bulk export's snapshot cannot hold yet:
+// their criticalCves is missing (`vulnerabilities: null` with the reason), never 0 critical CVEs.
 
 const bulkBatch = (devices: DeviceBatch['devices'], overrides: Partial<DeviceBatch> = {}): DeviceBatch =>
   batch({ vulnerabilityMode: 'bulk', devices, totalDevices: devices.length, ...overrides });
@@ -15,6 +15,66 @@ const outcome = (sent: EnrichedBatch | undefined): Record<string, number | strin
       device.vulnerabilities?.criticalCveCount ?? device.fetchError?.code,
     ]),
   );
+
+describe('createEnrichHandler: vulnerabilities not held', () => {
+  const fleet: DeviceBatch['devices'] = [
+    { id: 'd1', onboardingStatus: 'Onboarded' },
+    { id: 'd2', onboardingStatus: 'CanBeOnboarded' },
+    { id: 'd3', onboardingStatus: 'Unsupported' },
+    { id: 'd4', onboardingStatus: 'InsufficientInfo' },
+    { id: 'd5', onboardingStatus: 'Onboarded', isExcluded: true },
+    // A status that is missing: asked for, as an onboarded device.
+    { id: 'd6' },
+    { id: 'd7', onboardingStatus: 'onboarded', isExcluded: false },
+    { id: 'd8', onboardingStatus: null },
+  ];
+
+  it('should not call for a device not onboarded or excluded, and pass it on without vulnerabilities', async () => {
+    const asked: string[] = [];
+    const { handler, sent } = setup({
+      machineVulnerabilities: async (id) => {
+        asked.push(id);
+        return [cve('CVE-1', 9.8)];
+      },
+    });
+    await handler(message(batch({ devices: fleet, totalDevices: fleet.length })));
+    expect(asked.sort()).toEqual(['d1', 'd6', 'd7', 'd8']);
+    expect(outcome(sent[0])).toEqual({
+      d1: 1,
+      d2: 'NOT_ONBOARDED',
+      d3: 'NOT_ONBOARDED',
+      d4: 'NOT_ONBOARDED',
+      d5: 'EXCLUDED',
+      d6: 1,
+      d7: 1,
+      d8: 1,
+    });
+    expect(sent[0]?.devices[1]?.fetchError?.message).toMatch(
+      /not onboarded \(onboardingStatus CanBeOnboarded\)/,
+    );
+  });
+
+  it('should not take an export without a device not onboarded or excluded for 0 critical CVEs', async () => {
+    const { handler, sent } = setup({
+      bulkVulnerabilities: async (onRow) => {
+        onRow('d1', cve('CVE-1', 9.8));
+        // Listed anyway: an excluded device's list is no observation.
+        onRow('d5', undefined);
+      },
+    });
+    await handler(message(bulkBatch(fleet)));
+    expect(outcome(sent[0])).toEqual({
+      d1: 1,
+      d2: 'NOT_ONBOARDED',
+      d3: 'NOT_ONBOARDED',
+      d4: 'NOT_ONBOARDED',
+      d5: 'EXCLUDED',
+      d6: 0,
+      d7: 0,
+      d8: 0,
+    });
+  });
+});
 
 describe("createEnrichHandler: devices newer than the bulk export's snapshot", () => {
   const devices: DeviceBatch['devices'] = [

@@ -63,12 +63,18 @@ export function criticalCves(vulnerabilities: readonly { id?: unknown; cvssV3?: 
   return ids.size;
 }
 
-/** The expected score of one device under the default profile (missing signals: ignore). */
+/**
+ * The expected score of one device under the default profile (missing signals: ignore). Microsoft holds no
+ * vulnerabilities of a device not onboarded, or excluded from vulnerability management: its `cves` are
+ * not asked for, and its criticalCves is missing.
+ */
 export function expectedScore(
   machine: Record<string, unknown>,
-  cves: number | null,
+  listed: number | null,
   cycleStartMs: number,
 ): Expected {
+  const notOnboarded = onboarding(machine['onboardingStatus']).points > 0;
+  const cves = notOnboarded || machine['isExcluded'] === true ? null : listed;
   const critical = [
     lookup(machine['riskScore'], RISK, RISK_KNOWN),
     lookup(machine['exposureLevel'], EXPOSURE, EXPOSURE_KNOWN),
