@@ -48,22 +48,17 @@ export function toDeviceRecord(machine: Machine): DeviceRecord {
 }
 
 /** Why Microsoft holds no vulnerabilities of a device (see `vulnerabilitiesNotHeld`). */
-export type VulnerabilitiesNotHeld = 'NOT_ONBOARDED' | 'EXCLUDED';
+export type VulnerabilitiesNotHeld = 'EXCLUDED';
 
 /**
- * Why Microsoft holds no vulnerabilities of a device, or null when it may: a device not onboarded (found by
- * device discovery, CanBeOnboarded, Unsupported or InsufficientInfo: no sensor reports its software) has
- * none, and one excluded from vulnerability management (`isExcluded`) has an empty list by exclusion.
- * Neither list is an observation: such a device's criticalCves is missing, and no call of the tenant's
- * quota is spent on it. An onboarding status that is missing (absent, empty, `Unknown`) is no reason:
- * the device is asked for, as an onboarded one.
+ * Why Microsoft holds no vulnerabilities of a device, or null when it may: one excluded from vulnerability
+ * management (`isExcluded`) has an empty list by exclusion, which is no observation: its criticalCves is
+ * missing, and no call of the tenant's quota is spent on it. A device not onboarded (CanBeOnboarded,
+ * Unsupported, InsufficientInfo) is asked for as any other: network devices and devices reached by an
+ * authenticated scan are assessed without a sensor, and their vulnerabilities are real observations.
  */
 export function vulnerabilitiesNotHeld(
-  record: Pick<DeviceRecord, 'onboardingStatus' | 'isExcluded'>,
+  record: Pick<DeviceRecord, 'isExcluded'>,
 ): VulnerabilitiesNotHeld | null {
-  if (record.isExcluded === true) return 'EXCLUDED';
-  const onboarding = record.onboardingStatus;
-  if (typeof onboarding !== 'string') return null;
-  const status = onboarding.trim().toLowerCase();
-  return status === '' || status === 'onboarded' || status === 'unknown' ? null : 'NOT_ONBOARDED';
+  return record.isExcluded === true ? 'EXCLUDED' : null;
 }

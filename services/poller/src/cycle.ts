@@ -103,9 +103,8 @@ async function openSecret(deps: CycleDeps, record: TenantRecord): Promise<string
  * The vulnerability mode must hold for the whole cycle, and it depends on the fleet's size: devices are
  * held back until either the listing ends (the exact count; then per-device if it fits) or the count
  * passes what per-device calls can serve in one interval (then bulk, and batches flow from there on).
- * Only the devices the vuln-fetcher will ask for count: one not onboarded or excluded from vulnerability
- * management costs no call (`vulnerabilitiesNotHeld`), and a discovered network's unmanaged devices
- * would otherwise tip a small managed fleet into bulk mode.
+ * Only the devices the vuln-fetcher will ask for count: one excluded from vulnerability management costs
+ * no call (`vulnerabilitiesNotHeld`).
  * The cycle is begun in the cycle store with its first batch, so a cycle that never emitted (bad secret)
  * leaves no open cycle for the publisher to close; one that stops after a batch and before its last is
  * recorded as abandoned, for the publisher to close it as partial at once (see `abandon` below).
@@ -260,7 +259,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       ? `bulk vulnerability export: ${fetchedDevices} devices exceed the ${perDeviceCapacity} per-device calls ` +
         `the API quota allows in a ${record.defender.pollIntervalMinutes}-minute interval` +
         (fetchedDevices < totalDevices
-          ? ` (${totalDevices - fetchedDevices} more, not onboarded or excluded, cost no call)`
+          ? ` (${totalDevices - fetchedDevices} more, excluded from vulnerability management, cost no call)`
           : '')
       : null;
   const listedAt = now();

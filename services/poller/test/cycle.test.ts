@@ -180,31 +180,29 @@ describe('runCycle', () => {
   });
 
   it('runCycle should count toward bulk mode only the devices whose vulnerabilities are asked for', async () => {
-    // 1,400 devices, 600 of them found by device discovery or excluded: 800 calls fit the quota of 1,000.
+    // 1,400 devices, 600 of them excluded from vulnerability management: 800 calls fit the quota of 1,000.
     const listing = pages(700, 700);
     const devices = listing.flatMap((page) => page.devices);
-    const statuses = ['CanBeOnboarded', 'unsupported', 'InsufficientInfo'];
-    devices.slice(0, 500).forEach(({ machine }, n) => (machine.onboardingStatus = statuses[n % 3]));
-    devices.slice(500, 600).forEach(({ machine }) => (machine.isExcluded = true));
-    // Onboarded in any case, or of no known status: asked for, as before.
-    devices.slice(600, 700).forEach(({ machine }) => (machine.onboardingStatus = 'ONBOARDED'));
-    devices.slice(700, 750).forEach(({ machine }) => (machine.onboardingStatus = 'Unknown'));
+    devices.slice(0, 600).forEach(({ machine }) => (machine.isExcluded = true));
+    // Not onboarded (a network device is assessed without a sensor), or of no known status: asked for.
+    const statuses = ['CanBeOnboarded', 'unsupported', 'InsufficientInfo', 'Unknown'];
+    devices.slice(600, 800).forEach(({ machine }, n) => (machine.onboardingStatus = statuses[n % 4]));
     const { deps, sent } = setup(listing, 1_000);
     const result = await runCycle(deps, input());
     expect(result).toMatchObject({ totalDevices: 1_400, vulnerabilityMode: 'per-device', note: null });
     expect(new Set(sent.map((b) => b.vulnerabilityMode))).toEqual(new Set(['per-device']));
     // What tells the vuln-fetcher not to ask travels with the device.
-    expect(sent[0]?.devices[0]).toEqual({ id: 'm0', onboardingStatus: 'CanBeOnboarded' });
-    expect(sent[1]?.devices[0]).toEqual({ id: 'm500', isExcluded: true });
+    expect(sent[0]?.devices[0]).toEqual({ id: 'm0', isExcluded: true });
 
-    // 1,001 onboarded ones do not fit: bulk, and the note says the others cost nothing.
+    // 1,001 asked for do not fit, devices not onboarded among them: bulk, and the note says the others cost nothing.
     const more = pages(1_601);
-    more[0]?.devices.slice(0, 600).forEach(({ machine }) => (machine.onboardingStatus = 'CanBeOnboarded'));
+    more[0]?.devices.slice(0, 600).forEach(({ machine }) => (machine.isExcluded = true));
+    more[0]?.devices.slice(600, 700).forEach(({ machine }) => (machine.onboardingStatus = 'CanBeOnboarded'));
     const bulk = setup(more, 1_000);
     const bulkResult = await runCycle(bulk.deps, input());
     expect(bulkResult.vulnerabilityMode).toBe('bulk');
     expect(bulkResult.note).toMatch(
-      /1001 devices exceed the 1000 per-device calls .*\(600 more, not onboarded/,
+      /1001 devices exceed the 1000 per-device calls .*\(600 more, excluded from vulnerability management/,
     );
   });
 

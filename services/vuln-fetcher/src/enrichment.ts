@@ -32,22 +32,15 @@ export const missing = (machines: DeviceRecord[], error: FetchError): EnrichedDe
 
 /**
  * Why a device's vulnerabilities are not asked for, in either mode: Microsoft holds none of them
- * (`vulnerabilitiesNotHeld`). Its criticalCves is missing, as for a call that failed.
+ * (`vulnerabilitiesNotHeld`: excluded from vulnerability management). Its criticalCves is missing, as for a call that failed.
  */
 export function notHeld(machine: DeviceRecord): FetchError | undefined {
   const reason = vulnerabilitiesNotHeld(machine);
   if (reason === null) return undefined;
-  return reason === 'EXCLUDED'
-    ? {
-        code: reason,
-        message:
-          'the device is excluded from vulnerability management (isExcluded): its empty vulnerability list ' +
-          'is no observation',
-      }
-    : {
-        code: reason,
-        message:
-          `the device is not onboarded (onboardingStatus ${String(machine.onboardingStatus)}): Microsoft ` +
-          'holds no vulnerabilities of a device without its sensor',
-      };
+  return {
+    code: reason,
+    message:
+      'the device is excluded from vulnerability management (isExcluded): its empty vulnerability list ' +
+      'is no observation',
+  };
 }

@@ -29,7 +29,7 @@ describe('createEnrichHandler: vulnerabilities not held', () => {
     { id: 'd8', onboardingStatus: null },
   ];
 
-  it('should not call for a device not onboarded or excluded, and pass it on without vulnerabilities', async () => {
+  it('should not call for a device excluded from vulnerability management, and pass it on without vulnerabilities', async () => {
     const asked: string[] = [];
     const { handler, sent } = setup({
       machineVulnerabilities: async (id) => {
@@ -38,26 +38,18 @@ describe('createEnrichHandler: vulnerabilities not held', () => {
       },
     });
     await handler(message(batch({ devices: fleet, totalDevices: fleet.length })));
-    expect(asked.sort()).toEqual(['d1', 'd6', 'd7', 'd8']);
-    expect(outcome(sent[0])).toEqual({
-      d1: 1,
-      d2: 'NOT_ONBOARDED',
-      d3: 'NOT_ONBOARDED',
-      d4: 'NOT_ONBOARDED',
-      d5: 'EXCLUDED',
-      d6: 1,
-      d7: 1,
-      d8: 1,
-    });
-    expect(sent[0]?.devices[1]?.fetchError?.message).toMatch(
-      /not onboarded \(onboardingStatus CanBeOnboarded\)/,
-    );
+    // Not onboarded is no reason: a network device or one reached by an authenticated scan is assessed.
+    expect(asked.sort()).toEqual(['d1', 'd2', 'd3', 'd4', 'd6', 'd7', 'd8']);
+    expect(outcome(sent[0])).toEqual({ d1: 1, d2: 1, d3: 1, d4: 1, d5: 'EXCLUDED', d6: 1, d7: 1, d8: 1 });
+    expect(sent[0]?.devices[4]?.fetchError?.message).toMatch(/excluded from vulnerability management/);
   });
 
-  it('should not take an export without a device not onboarded or excluded for 0 critical CVEs', async () => {
+  it('should not take an export listing an excluded device for its observation', async () => {
     const { handler, sent } = setup({
       bulkVulnerabilities: async (onRow) => {
         onRow('d1', cve('CVE-1', 9.8));
+        // A device without a sensor the export assesses (a network device): its CVEs count.
+        onRow('d2', cve('CVE-2', 9.1));
         // Listed anyway: an excluded device's list is no observation.
         onRow('d5', undefined);
       },
@@ -65,9 +57,9 @@ describe('createEnrichHandler: vulnerabilities not held', () => {
     await handler(message(bulkBatch(fleet)));
     expect(outcome(sent[0])).toEqual({
       d1: 1,
-      d2: 'NOT_ONBOARDED',
-      d3: 'NOT_ONBOARDED',
-      d4: 'NOT_ONBOARDED',
+      d2: 1,
+      d3: 0,
+      d4: 0,
       d5: 'EXCLUDED',
       d6: 0,
       d7: 0,

@@ -64,17 +64,15 @@ export function criticalCves(vulnerabilities: readonly { id?: unknown; cvssV3?: 
 }
 
 /**
- * The expected score of one device under the default profile (missing signals: ignore). Microsoft holds no
- * vulnerabilities of a device not onboarded, or excluded from vulnerability management: its `cves` are
- * not asked for, and its criticalCves is missing.
+ * The expected score of one device under the default profile (missing signals: ignore). A device excluded
+ * from vulnerability management is not asked for: its criticalCves is missing.
  */
 export function expectedScore(
   machine: Record<string, unknown>,
   listed: number | null,
   cycleStartMs: number,
 ): Expected {
-  const notOnboarded = onboarding(machine['onboardingStatus']).points > 0;
-  const cves = notOnboarded || machine['isExcluded'] === true ? null : listed;
+  const cves = machine['isExcluded'] === true ? null : listed;
   const critical = [
     lookup(machine['riskScore'], RISK, RISK_KNOWN),
     lookup(machine['exposureLevel'], EXPOSURE, EXPOSURE_KNOWN),
