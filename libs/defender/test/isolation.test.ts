@@ -61,8 +61,9 @@ async function perDevice(
 
 /** The failing tenant's calls, its API answering again, are all answered and in flight together again. */
 async function expectCallsLetOut(client: DefenderClient, ids: string[]): Promise<void> {
-  // Calls that take a while, so that the calls let out are in flight together.
-  sim.setLatency({ meanMs: 20 });
+  // Calls that take a while (100 ms: long enough on a loaded machine too), so that the calls let out are
+  // in flight together.
+  sim.setLatency({ meanMs: 100 });
   sim.resetStats();
   const answered = await perDevice(client, ids, 15);
   expect(answered.every((result) => result.status === 'fulfilled')).toBe(true);
