@@ -6,6 +6,7 @@ export { testInfra, type TestInfra } from './infra';
 export { createTestKafka, createUniqueTopics, deleteTopics, readDeadLetters, type TopicSpec } from './kafka';
 export { createTestRedis, deleteKeysMatching, testRedisPerTest, type TestRedis } from './redis';
 export { startRedis, stopRedis } from './own-redis';
+export { startRedisFailover, type RedisFailover } from './failover';
 export { freePort } from './ports';
 export { scoredDevice, tenantRecord, type TenantRecordOptions } from './records';
 export { inboundMessage } from './messages';

@@ -23,7 +23,8 @@ export interface CallLimiter {
 export interface SharedLimiterOptions {
   /**
    * An ioredis client. The limiter duplicates it (two connections of its own: commands and pub/sub), so
-   * closing the limiter never closes the caller's client.
+   * closing the limiter never closes the caller's client; the duplicates take its options, so one made by
+   * `createRedis` (@urs/store) gives them its reconnect on READONLY, which a failover needs.
    */
   redis: Redis;
   /**

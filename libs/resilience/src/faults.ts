@@ -69,6 +69,23 @@ function redisReplyCode(message: string): string {
   return PRE_7_SCRIPT_REFUSAL.exec(message)?.[1] ?? (message.split(' ', 1)[0] as string);
 }
 
+/**
+ * Whether `error` is Redis's READONLY reply (also as Redis before 7 wraps it when it stops a script): the
+ * server the connection reached is a replica now. After a failover that keeps old connections open (the old
+ * primary demoted), every write on them is refused while PING still answers; only a new connection reaches
+ * the new primary (`createRedis` reconnects on it).
+ */
+export function isRedisReadOnlyReply(error: unknown): boolean {
+  const e = error as ErrorShape | null;
+  return (
+    typeof e === 'object' &&
+    e !== null &&
+    e.name === 'ReplyError' &&
+    typeof e.message === 'string' &&
+    redisReplyCode(e.message) === 'READONLY'
+  );
+}
+
 /** Redis answered for itself, or the connection to it failed, by ioredis's errors. */
 function isRedisFault(e: ErrorShape): boolean {
   if (e.name === 'ReplyError' && typeof e.message === 'string') {

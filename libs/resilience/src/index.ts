@@ -1,6 +1,6 @@
 export { UrsError, isUrsError, canRetry, errorCode, errorMessage } from './errors';
 export type { UrsErrorOptions } from './errors';
-export { isInfrastructureFault } from './faults';
+export { isInfrastructureFault, isRedisReadOnlyReply } from './faults';
 export { DEFAULT_RETRY_POLICY, RetryPolicyError, retryPolicy, retryDelayMs, withRetry, sleep } from './retry';
 export type { RetryPolicy, RetryOptions } from './retry';
 export { untilShutdownSignal, closeAll, keepRenewing } from './lifecycle';

@@ -1,7 +1,7 @@
 import Redis, { ReplyError } from 'ioredis';
 import { MaxRetriesPerRequestError } from 'ioredis/built/errors';
 import { KafkaJSConnectionError, KafkaJSNumberOfRetriesExceeded, KafkaJSProtocolError } from 'kafkajs';
-import { UrsError, isInfrastructureFault } from '@urs/resilience';
+import { UrsError, isInfrastructureFault, isRedisReadOnlyReply } from '@urs/resilience';
 
 /** What ioredis rejects a command with once its client is closed. */
 async function connectionClosedError(): Promise<unknown> {
@@ -132,5 +132,33 @@ describe('isInfrastructureFault', () => {
     const b = new Error('b', { cause: a });
     (a as { cause?: unknown }).cause = b;
     expect(isInfrastructureFault(a)).toBe(false);
+  });
+});
+
+describe('isRedisReadOnlyReply', () => {
+  const script = 'ERR Error running script (call to f_8ea1e266485534d17ddba5af05c1b61273c30467)';
+
+  it('should recognise READONLY, plain or as Redis before 7 wraps it in a stopped script', () => {
+    expect(
+      isRedisReadOnlyReply(new ReplyError("READONLY You can't write against a read only replica.")),
+    ).toBe(true);
+    expect(
+      isRedisReadOnlyReply(
+        new ReplyError(
+          `${script}: @user_script:3: @user_script: 3: -READONLY You can't write against a read only replica.`,
+        ),
+      ),
+    ).toBe(true);
+  });
+
+  it('should not take any other refusal, or a non-reply error, for READONLY', () => {
+    expect(
+      isRedisReadOnlyReply(new ReplyError('OOM command not allowed when used memory > maxmemory.')),
+    ).toBe(false);
+    expect(isRedisReadOnlyReply(new ReplyError('ERR READONLY in a key name'))).toBe(false);
+    expect(isRedisReadOnlyReply(new Error("READONLY You can't write against a read only replica."))).toBe(
+      false,
+    );
+    expect(isRedisReadOnlyReply(undefined)).toBe(false);
   });
 });

@@ -1,6 +1,6 @@
 import Redis from 'ioredis';
 import type { RedisConfig } from '@urs/config';
-import { UrsError } from '@urs/resilience';
+import { UrsError, isRedisReadOnlyReply } from '@urs/resilience';
 
 /**
  * A Redis failure (connection lost, command refused). Retryable: Redis is fast state that comes back. An
@@ -21,7 +21,10 @@ export interface RedisClientOptions {
 /**
  * An ioredis client. `disableClientInfo`: ioredis ≥5.8 sends CLIENT SETINFO, which Redis < 7.2
  * rejects. Commands queue while reconnecting (maxRetriesPerRequest null), so a Redis restart delays
- * work instead of failing it.
+ * work instead of failing it. A READONLY reply reconnects and sends the command again (ioredis's
+ * `reconnectOnError` returning 2): after a failover that leaves the connection open on the demoted
+ * primary, PING still answers and every write would be refused for good; a new connection reaches the
+ * new primary. Clients made from it with `duplicate()` (the shared call limiter's) inherit this.
  */
 export function createRedis(config: Pick<RedisConfig, 'url'>, options: RedisClientOptions = {}): Redis {
   return new Redis(config.url, {
@@ -30,6 +33,7 @@ export function createRedis(config: Pick<RedisConfig, 'url'>, options: RedisClie
     maxRetriesPerRequest: null,
     enableReadyCheck: true,
     retryStrategy: (times) => Math.min(times * 200, 5_000),
+    reconnectOnError: (error) => (isRedisReadOnlyReply(error) ? 2 : false),
   });
 }
 
