@@ -161,14 +161,16 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
       kind === 'transient' || local || infrastructure
         ? transientRetryAt(kind === 'transient' ? failures : 1, ended, intervalMs, deps.intervalUnitMs)
         : null;
+    // Counted before anything is written: under a Redis refusing writes the writes below fail, and the
+    // cycle's failure must still show (the alert on `infrastructure` outcomes would never fire).
+    cyclesTotal.inc({ outcome: kind });
     // Under a Redis refusing writes this fails too: the cycle stays marked running, and the next holder
-    // takes it over (after `recheckMs` here).
+    // takes it over (when the scheduler tries the tenant again, with backoff: `createAttemptFailures`).
     await deps.schedules.end(lease, { failures, notBefore, retryAt, failedRevision: record.revision });
     const next = retryAt === null ? Math.max(nextPollAt, notBefore ?? 0) : Math.min(nextPollAt, retryAt);
     placeAt(next);
     if (infrastructure) {
       await deps.tenants.updateStatus(tenantId, { nextPollAt: new Date(next).toISOString() });
-      cyclesTotal.inc({ outcome: kind });
       log.warn("cycle failed on Redis or Kafka, not on the tenant's side: tried again soon", {
         tenantId,
         cycleId,
@@ -187,7 +189,6 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
       lastErrorAt: new Date(ended).toISOString(),
       lastErrorCycleId: cycleId,
     });
-    cyclesTotal.inc({ outcome: kind });
     if (local) {
       log.error("cycle failed: this poller's URS_SECRET_KEY does not open the tenant's secret", {
         tenantId,

@@ -1,8 +1,9 @@
 import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { errorCode, errorMessage, keepRenewing, sleep } from '@urs/resilience';
+import { errorMessage, keepRenewing, sleep } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
 import type { CycleStore, PollLease, PollSchedule, PollScheduleStore, TenantStore } from '@urs/store';
+import { createAttemptFailures } from './attempt-failures';
 import { CycleAbortedError, cycleIdOf, type CycleInput, type CycleResult } from './cycle';
 import { createCycleEnd } from './cycle-end';
 import { dueAt, withoutLocalBackoff } from './schedule';
@@ -93,6 +94,15 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     cyclesTotal,
     now,
   });
+  const failures = createAttemptFailures({
+    log,
+    cyclesTotal,
+    recheckMs: deps.recheckMs,
+    maxWaitMs: deps.intervalUnitMs,
+    now,
+  });
+  /** Tenants whose attempt began a cycle: its outcome is counted by the cycle's end, not by a failed attempt. */
+  const cycleBegun = new Set<string>();
   /** Per tenant, when this replica should look again (its local view; Redis decides). */
   const localDue = new Map<string, number>();
   /** Tenants new to this replica (or enabled again) whose stored schedule it has not read yet. */
@@ -114,6 +124,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     } else {
       localDue.delete(tenantId);
       unread.delete(tenantId);
+      failures.forget(tenantId);
       const running = active.get(tenantId);
       if (running) {
         log.info('tenant disabled or deleted: stopping its cycle', { tenantId });
@@ -165,6 +176,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       }
       const cycleId = cycleIdOf(tenantId, startedAt);
       if (!(await deps.schedules.begin(lease, cycleId, startedAt))) return;
+      cycleBegun.add(tenantId);
       log.debug('cycle started', { tenantId, cycleId, holderId: deps.holderId });
       // A tenant due at once (never polled, a cycle taken over, new settings) has no due time to be late for.
       if (due > 0) startDelaySeconds.observe((startedAt - due) / 1000);
@@ -211,11 +223,6 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   ): Promise<void> {
     const tenantId = record.tenantId;
     const nextPollAt = startedAt + intervalMs;
-    await deps.tenants.updateStatus(tenantId, {
-      lastCycleId: cycleId,
-      lastCycleStartedAt: new Date(startedAt).toISOString(),
-      nextPollAt: new Date(nextPollAt).toISOString(),
-    });
     const renewEveryMs = Math.max(Math.floor(deps.leaseMs / 3), 10);
     const stopRenewing = keepRenewing(() => deps.schedules.renew(lease, deps.leaseMs), renewEveryMs, {
       onLost: () => {
@@ -226,6 +233,12 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         log.warn('lease renewal failed', { tenantId, cycleId, reason: errorMessage(error) }),
     });
     try {
+      // In the try: a begun cycle whose start cannot be recorded fails like any other, and is counted.
+      await deps.tenants.updateStatus(tenantId, {
+        lastCycleId: cycleId,
+        lastCycleStartedAt: new Date(startedAt).toISOString(),
+        nextPollAt: new Date(nextPollAt).toISOString(),
+      });
       const result = await deps.runCycle({ record, cycleId, startedAt, intervalMs, signal: abort.signal });
       stopRenewing();
       await ends.endListed(lease, cycleId, {
@@ -318,11 +331,14 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     for (const tenantId of starting) {
       const abort = new AbortController();
       const done = attempt(tenantId, abort)
-        .catch((error: unknown) => {
-          localDue.set(tenantId, now() + deps.recheckMs);
-          log.error('poll attempt failed', { tenantId, code: errorCode(error), reason: errorMessage(error) });
-        })
+        .then(
+          () => failures.succeeded(tenantId),
+          (error: unknown) => {
+            localDue.set(tenantId, now() + failures.failed(tenantId, error, cycleBegun.has(tenantId)));
+          },
+        )
         .finally(() => {
+          cycleBegun.delete(tenantId);
           active.delete(tenantId);
           wake?.();
         });

@@ -1,0 +1,145 @@
+import { ReplyError } from 'ioredis';
+import { UrsError } from '@urs/resilience';
+import type { PollScheduleStore, TenantStore } from '@urs/store';
+import { Registry } from '@urs/telemetry';
+import { type LogLine, capturingLogger, waitFor } from '@urs/testkit';
+import type { CycleResult } from '../src/cycle';
+import { type Scheduler, createScheduler } from '../src/scheduler';
+import { createTenantTable } from '../src/tenant-table';
+import { feed, memorySchedules, memoryStatus, record, sampleOf, sleep } from './support/scheduler';
+
+// A Redis refusing writes (out of memory): every tenant's attempt fails alike, on every try.
+
+/** What a Redis out of memory refuses: writes that may grow it (reads and deletions still answer). */
+const WRITES = new Set(['acquire', 'begin', 'end', 'renew', 'updateStatus', 'cycleListed']);
+
+const oom = (): Error => new ReplyError("OOM command not allowed when used memory > 'maxmemory'.");
+
+/** `store` with its methods refusing while `refusing(method)` says so; `calls` counts the acquires per tenant. */
+function refusingWhile<T extends object>(
+  store: T,
+  refusing: (method: string) => boolean,
+  calls?: Map<string, number>,
+): T {
+  return new Proxy(store, {
+    get(target, name, receiver) {
+      const value = Reflect.get(target, name, receiver) as unknown;
+      if (typeof value !== 'function') return value;
+      return async (...args: unknown[]) => {
+        if (name === 'acquire' && calls) calls.set(String(args[0]), (calls.get(String(args[0])) ?? 0) + 1);
+        if (refusing(String(name))) throw oom();
+        return (value as (...a: unknown[]) => unknown).apply(target, args);
+      };
+    },
+  });
+}
+
+const RECHECK_MS = 10;
+/** The poll interval's unit: the longest wait between two tries of a tenant whose attempts fail. */
+const UNIT_MS = 200;
+
+function outageReplica(options: {
+  schedules: PollScheduleStore;
+  tenants: TenantStore;
+  runCycle?: () => Promise<void>;
+  lines: LogLine[];
+  metrics: Registry;
+}) {
+  const table = createTenantTable();
+  table.expectEnd(new Map());
+  const scheduler = createScheduler({
+    table,
+    schedules: options.schedules,
+    tenants: options.tenants,
+    cycles: { get: async () => null },
+    runCycle: async (input): Promise<CycleResult> => {
+      await options.runCycle?.();
+      return {
+        totalDevices: 1,
+        totalBatches: 1,
+        merged: 0,
+        vulnerabilityMode: 'per-device',
+        note: null,
+        listedAt: input.startedAt,
+      };
+    },
+    holderId: 'outage',
+    intervalUnitMs: UNIT_MS,
+    leaseMs: 1_000,
+    maxConcurrentCycles: 32,
+    tickMs: 5,
+    recheckMs: RECHECK_MS,
+    maxBackoffMs: 60_000,
+    logger: capturingLogger(options.lines),
+    metrics: options.metrics,
+  });
+  return { table, scheduler };
+}
+
+describe('createScheduler while Redis refuses writes', () => {
+  const started: Scheduler[] = [];
+  afterEach(async () => {
+    await Promise.all(started.splice(0).map((s) => s.close(100)));
+  });
+
+  it('createScheduler should back off each tenant, warn once per outage, count the outcome, and poll again once Redis is back', async () => {
+    let refusing = true;
+    const acquires = new Map<string, number>();
+    const lines: LogLine[] = [];
+    const metrics = new Registry();
+    const tenantIds = Array.from({ length: 20 }, (_, i) => `t${i}`);
+    const { table, scheduler } = outageReplica({
+      schedules: refusingWhile(memorySchedules(), (method) => refusing && WRITES.has(method), acquires),
+      tenants: refusingWhile(memoryStatus(), (method) => refusing && WRITES.has(method)),
+      lines,
+      metrics,
+    });
+    await feed(
+      table,
+      tenantIds.map((id) => record(id)),
+    );
+    scheduler.start();
+    started.push(scheduler);
+    await sleep(1_000);
+    // Without backoff a tenant was tried every RECHECK_MS (≈ 80 times in the second); the waits double
+    // from 10 ms up to UNIT_MS (a "minute"): about 10 tries.
+    for (const tenantId of tenantIds) expect(acquires.get(tenantId) ?? 0).toBeLessThanOrEqual(20);
+    const loud = lines.filter((line) => line.level === 'warn' || line.level === 'error');
+    expect(loud.map((line) => line.message)).toEqual([
+      'poll attempts failing on Redis or Kafka: each tenant tried again with backoff until it is back',
+    ]);
+    expect(loud[0]).toMatchObject({ tenantId: 't0', reason: expect.stringContaining('OOM') });
+    // Counted although nothing could be written: the alert on infrastructure outcomes can fire.
+    expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="infrastructure"}')).toBeGreaterThanOrEqual(20);
+
+    refusing = false;
+    const before = acquires.get('t0') ?? 0;
+    await waitFor(() => (acquires.get('t0') ?? 0) > before, { timeoutMs: UNIT_MS + 500 });
+    expect(lines.filter((line) => line.message === 'poll attempts go through again')).toHaveLength(1);
+  });
+
+  it('endFailed should count a failed cycle before it writes its end, once, also when Redis refuses the write', async () => {
+    let cycles = 0;
+    let endsRefused = 0;
+    const lines: LogLine[] = [];
+    const metrics = new Registry();
+    const { table, scheduler } = outageReplica({
+      // The first cycle's end is refused, as by a Redis gone out of memory while the cycle ran.
+      schedules: refusingWhile(memorySchedules(), (method) => method === 'end' && endsRefused++ === 0),
+      tenants: memoryStatus(),
+      runCycle: async () => {
+        if (++cycles === 1) throw new UrsError('DEFENDER_UNAVAILABLE', 'Microsoft Defender answered 503');
+      },
+      lines,
+      metrics,
+    });
+    await feed(table, [record('a')]);
+    scheduler.start();
+    started.push(scheduler);
+    // The cycle left marked running is taken over at the tenant's next try, and listed.
+    await waitFor(() => sampleOf(metrics, 'urs_poll_cycles_total{outcome="listed"}'), { timeoutMs: 2_000 });
+    expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="transient"}')).toBe(1);
+    // The cycle was counted: its end not being recorded is not counted again.
+    expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="infrastructure"}')).toBeUndefined();
+  });
+});
