@@ -19,6 +19,7 @@ export {
 } from './runner';
 export { crashHeals } from './crash';
 export { deleteOwnGroup } from './groups';
+export { settledWithin } from './drain';
 export type {
   ConsumerRunner,
   ConsumerRunnerOptions,

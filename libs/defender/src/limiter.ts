@@ -1,6 +1,7 @@
 import Bottleneck from 'bottleneck';
 import type { Redis } from 'ioredis';
 import type { Logger } from '@urs/logging';
+import { closeRedis } from '@urs/store';
 import { withSlotHandOff, type SlotHandOffOptions } from './handoff';
 
 /** The slots of MDE calls in flight. */
@@ -103,6 +104,12 @@ function bottleneckClientId(limiter: Bottleneck): string | undefined {
   return typeof store?.clientId === 'string' ? store.clientId : undefined;
 }
 
+/** The two ioredis clients of Bottleneck 2.19.5's connection (`client`, and `subscriber` for pub/sub). */
+function bottleneckClients(connection: object): Redis[] {
+  const { client, subscriber } = connection as { client?: Redis; subscriber?: Redis };
+  return [client, subscriber].filter((redis): redis is Redis => redis !== undefined);
+}
+
 /** The reason of a `slotEnds` abort: the task held its slot for as long as the limiter lets a job hold one. */
 export class SlotEndedError extends Error {
   constructor(readonly heldMs: number) {
@@ -171,8 +178,13 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
   await limiter.ready();
   await limiter.updateSettings({ maxConcurrent });
   const shared: CallLimiter = wrap(limiter, jobExpirationMs, async () => {
+    // Stops the heartbeat and leaves the limiter's channels. Bottleneck's own disconnect(true) would then
+    // QUIT both connections with no bound: while Redis is away the QUIT waits in ioredis's offline queue, and
+    // the service's stop with it, until the stop times out. closeRedis bounds the QUIT.
     await limiter.disconnect(false);
-    await connection.disconnect(true);
+    await Promise.all(bottleneckClients(connection).map((redis) => closeRedis(redis)));
+    // Marks the connection ended (its clients are): Bottleneck sends nothing more on it.
+    await connection.disconnect(false);
   });
   const clientId = bottleneckClientId(limiter);
   if (clientId !== undefined) {

@@ -149,7 +149,9 @@ void runService({
           name: 'scheduler',
           close: () => {
             clearTimeout(catchUpTimer);
-            return scheduler.close(Math.floor(config.shutdownTimeoutMs / 2));
+            // A third to finish and a third to return once aborted, as a runner's batches get (stopTimes):
+            // the last third closes the rest.
+            return scheduler.close(Math.max(1, Math.floor(config.shutdownTimeoutMs / 3)));
           },
         },
         {

@@ -1,3 +1,4 @@
+import { settledWithin } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorMessage, keepRenewing, sleep } from '@urs/resilience';
@@ -37,7 +38,11 @@ export interface Scheduler {
   start(): void;
   /** Cycles running in this process now. */
   running(): number;
-  /** Stops starting cycles, lets running ones finish for up to `drainMs`, then aborts them. Idempotent. */
+  /**
+   * Stops starting cycles, lets running ones finish for up to `drainMs`, then aborts them and waits as long
+   * again for them to return; an attempt still waiting then (on a Redis that is away: its commands wait for
+   * its return) is left behind, logged, and its lease expires by itself. Idempotent.
+   */
   close(drainMs?: number): Promise<void>;
 }
 
@@ -368,12 +373,17 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         stop.abort();
         wake?.();
         await loop;
-        const all = Promise.all([...active.values()].map((running) => running.done));
-        const timer = new AbortController();
-        await Promise.race([all, sleep(drainMs, timer.signal)]);
-        timer.abort();
+        const all = [...active.values()].map((running) => running.done);
+        if (await settledWithin(all, drainMs)) return;
         for (const running of active.values()) running.abort.abort();
-        await all;
+        if (await settledWithin(all, drainMs)) return;
+        log.warn(
+          'poll attempts did not return when aborted: left behind, their leases expire by themselves',
+          {
+            tenantIds: [...active.keys()],
+            leaseMs: deps.leaseMs,
+          },
+        );
       })();
       return closing;
     },

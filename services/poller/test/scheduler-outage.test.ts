@@ -118,6 +118,32 @@ describe('createScheduler while Redis refuses writes', () => {
     expect(lines.filter((line) => line.message === 'poll attempts go through again')).toHaveLength(1);
   });
 
+  it('close should return within twice its drain time while an attempt waits on a Redis that is away, naming it', async () => {
+    const lines: LogLine[] = [];
+    // ioredis queues commands while Redis is away (maxRetriesPerRequest null): the acquire never answers.
+    const { table, scheduler } = outageReplica({
+      schedules: { ...memorySchedules(), acquire: () => new Promise<never>(() => undefined) },
+      tenants: memoryStatus(),
+      lines,
+      metrics: new Registry(),
+    });
+    await feed(table, [record('a')]);
+    scheduler.start();
+    await waitFor(() => scheduler.running() === 1);
+    const outcome = await Promise.race([
+      scheduler.close(100).then(() => 'closed'),
+      sleep(2_000).then(() => 'still closing'),
+    ]);
+    expect(outcome).toBe('closed');
+    expect(lines).toContainEqual(
+      expect.objectContaining({
+        level: 'warn',
+        message: 'poll attempts did not return when aborted: left behind, their leases expire by themselves',
+        tenantIds: ['a'],
+      }),
+    );
+  });
+
   it('endFailed should count a failed cycle before it writes its end, once, also when Redis refuses the write', async () => {
     let cycles = 0;
     let endsRefused = 0;

@@ -1,5 +1,4 @@
 import { createConsumerRunner } from '@urs/bus';
-import { errorMessage } from '@urs/resilience';
 import { runService } from '@urs/runtime';
 import {
   createCycleStore,
@@ -10,6 +9,7 @@ import {
 } from '@urs/store';
 import { createCycleCompletion } from './completion';
 import { publisherConfig } from './config';
+import { createDeadlineSweep } from './deadline-sweep';
 import { createPublishHandler } from './handler';
 import { createInOrder } from './in-order';
 import { tenantLeasing } from './lease';
@@ -103,31 +103,19 @@ void runService({
       logger,
       metrics,
     });
-    // Cycles past their deadline are closed as partial; every replica sweeps, the claim picks one.
-    let timer: NodeJS.Timeout | undefined;
-    let sweeping: Promise<void> = Promise.resolve();
-    const sweep = (): void => {
-      sweeping = completion
-        .closeOverdue()
-        .then(() => undefined)
-        .catch((error: unknown) => logger.warn('deadline sweep failed', { reason: errorMessage(error) }))
-        .finally(() => {
-          if (timer !== undefined) timer = setTimeout(sweep, own.deadlineSweepMs);
-        });
-    };
+    const sweep = createDeadlineSweep({
+      sweep: () => completion.closeOverdue(),
+      everyMs: own.deadlineSweepMs,
+      logger,
+    });
     return {
       runners: [runner],
-      start: async () => {
-        timer = setTimeout(sweep, own.deadlineSweepMs);
-      },
+      start: async () => sweep.start(),
       closers: [
         {
           name: 'deadline-sweep',
-          close: async () => {
-            if (timer !== undefined) clearTimeout(timer);
-            timer = undefined;
-            await sweeping;
-          },
+          // As long as Redis's QUIT is waited for (stopTimes): a sweep only hangs when Redis is away.
+          close: () => sweep.close(Math.max(1, Math.min(2_000, Math.floor(drainTimeoutMs / 2)))),
         },
       ],
     };
