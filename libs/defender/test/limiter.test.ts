@@ -1,5 +1,6 @@
+import { EventEmitter } from 'node:events';
 import { capturingLogger, type LogLine } from '@urs/testkit';
-import { recogniseBottleneckErrorsOnRedis7 } from '../src/limiter';
+import { logConnectionErrors, recogniseBottleneckErrorsOnRedis7 } from '../src/limiter';
 
 type Callback = (error: Error | null, replies?: unknown) => void;
 
@@ -70,5 +71,64 @@ describe('recogniseBottleneckErrorsOnRedis7', () => {
         message: expect.stringMatching(/^defender limiter: .*__scriptArgs__/),
       }),
     ]);
+  });
+});
+
+/** A stand-in for Bottleneck's connection: its two clients, whose errors it passes on. */
+function connectionOfTwoClients() {
+  const connection = Object.assign(new EventEmitter(), {
+    client: Object.assign(new EventEmitter(), { status: 'ready' }),
+    subscriber: Object.assign(new EventEmitter(), { status: 'ready' }),
+  });
+  for (const redis of [connection.client, connection.subscriber])
+    redis.on('error', (error: Error) => connection.emit('error', error));
+  const refused = (): Error =>
+    Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:6379'), { code: 'ECONNREFUSED' });
+  return {
+    connection,
+    /** Redis goes away: each client fails `attempts` reconnect attempts. */
+    away(attempts: number) {
+      for (const redis of [connection.client, connection.subscriber]) {
+        redis.status = 'reconnecting';
+        for (let i = 0; i < attempts; i++) redis.emit('error', refused());
+      }
+    },
+    /** Redis is back: the clients connect again, one after the other. */
+    back() {
+      for (const redis of [connection.client, connection.subscriber]) {
+        redis.status = 'ready';
+        redis.emit('ready');
+      }
+    },
+  };
+}
+
+describe('logConnectionErrors', () => {
+  it('should log the first connection error of each outage only, not one per client and reconnect attempt', () => {
+    const lines: LogLine[] = [];
+    const { connection, away, back } = connectionOfTwoClients();
+    logConnectionErrors(connection, capturingLogger(lines));
+    away(50);
+    expect(lines).toEqual([
+      {
+        level: 'error',
+        message: 'defender limiter: Redis connection error',
+        error: { name: 'Error', code: 'ECONNREFUSED', message: 'connect ECONNREFUSED 127.0.0.1:6379' },
+      },
+    ]);
+    back();
+    away(3);
+    expect(lines).toHaveLength(2);
+  });
+
+  it('should not end the outage while one of its clients is still away', () => {
+    const lines: LogLine[] = [];
+    const { connection, away } = connectionOfTwoClients();
+    logConnectionErrors(connection, capturingLogger(lines));
+    away(2);
+    connection.client.status = 'ready';
+    connection.client.emit('ready');
+    connection.subscriber.emit('error', new Error('connect ECONNREFUSED 127.0.0.1:6379'));
+    expect(lines).toHaveLength(1);
   });
 });
