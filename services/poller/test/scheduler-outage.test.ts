@@ -51,7 +51,7 @@ function outageReplica(options: {
     table,
     schedules: options.schedules,
     tenants: options.tenants,
-    cycles: { get: async () => null },
+    cycles: { get: async () => null, abandon: async () => false },
     runCycle: async (input): Promise<CycleResult> => {
       await options.runCycle?.();
       return {
