@@ -3,6 +3,7 @@ import { ClientSecretCredential, type AccessToken } from '@azure/identity';
 import axios from 'axios';
 import type { DefenderEndpoints } from './endpoints';
 import { mapAuthError } from './auth-errors';
+import { agentThroughProxy } from './proxy';
 import { DefenderError, DefenderErrorCode } from './errors';
 
 /** How long before expiry a token stops being reused, in milliseconds (MSAL renews 5 minutes before). */
@@ -83,18 +84,28 @@ export function decodeTokenClaims(token: string): TokenClaims | undefined {
  */
 export function createTokenSource(options: TokenSourceOptions): TokenSource {
   const { endpoints, credentials } = options;
-  const makeCredential = (): ClientSecretCredential =>
-    new ClientSecretCredential(credentials.azureTenantId, credentials.clientId, credentials.clientSecret, {
-      authorityHost: endpoints.authorityHost,
-      // Off only with an operator override: MSAL would otherwise ask login.microsoftonline.com whether the
-      // host is a known authority, which fails for the simulator and offline.
-      disableInstanceDiscovery: endpoints.overridden,
-      // The Entra calls go through @azure/core-rest-pipeline, which takes a Node agent: that is how a
-      // private CA is trusted in-process (NODE_EXTRA_CA_CERTS is only read at process start).
-      ...(options.httpsAgent ? { agent: options.httpsAgent } : {}),
-      // The pipeline's own retries would hide an Entra outage behind minutes of waiting; ours decide.
-      retryOptions: { maxRetries: 1 },
-    });
+  const makeCredential = (): ClientSecretCredential => {
+    // Read with each credential, as axios reads the proxy with each request.
+    const agent = agentThroughProxy(`${endpoints.authorityHost}/`, options.httpsAgent);
+    return new ClientSecretCredential(
+      credentials.azureTenantId,
+      credentials.clientId,
+      credentials.clientSecret,
+      {
+        authorityHost: endpoints.authorityHost,
+        // Off only with an operator override: MSAL would otherwise ask login.microsoftonline.com whether the
+        // host is a known authority, which fails for the simulator and offline.
+        disableInstanceDiscovery: endpoints.overridden,
+        // The Entra calls go through @azure/core-rest-pipeline, which takes a Node agent: that is how a
+        // private CA is trusted in-process (NODE_EXTRA_CA_CERTS is only read at process start). Given an
+        // agent, the pipeline no longer looks for a proxy, so the agent tunnels through the one the MDE calls
+        // take, when there is one.
+        ...(agent ? { agent } : {}),
+        // The pipeline's own retries would hide an Entra outage behind minutes of waiting; ours decide.
+        retryOptions: { maxRetries: 1 },
+      },
+    );
+  };
   let credential = makeCredential();
 
   /**
