@@ -1,11 +1,13 @@
 import Ajv, { type ValidateFunction } from 'ajv';
+import { BULK_UNSCORED, VULNERABILITY_UNSCORED, softenSignals, softenUnscored } from './soften';
 
 /**
  * Tolerant reading of Microsoft's records: keys are normalised to the documented camelCase (the API and
  * its examples mix `onboardingstatus`, PascalCase `CveSupportability`, `EPSS`), known enum values are
  * normalised to their documented case, CVE ids to upper case, and undocumented fields are kept. A scored signal of
- * another shape is missing, not an error (`softenSignals`). A record is invalid only when another field we rely on
- * has the wrong type: then that one record is reported and skipped.
+ * another shape is missing, not an error (`softenSignals`), and so is a field of a vulnerability nothing scores
+ * (`softenUnscored`). A record is invalid only when another field we rely on has the wrong type: then that one
+ * record is reported and skipped.
  */
 
 const MACHINE_KEYS = [
@@ -159,39 +161,6 @@ function normaliseEnums(record: Record<string, unknown>): void {
   }
 }
 
-/** The machine's text fields the score reads (see `scoreDevice` in @urs/scoring). */
-const SIGNAL_TEXT_FIELDS = [
-  'riskScore',
-  'exposureLevel',
-  'defenderAvStatus',
-  'onboardingStatus',
-  'healthStatus',
-] as const;
-const DATE_FIELDS = ['firstSeen', 'lastSeen'] as const;
-
-/**
- * A scored signal sent in a shape Microsoft does not document costs its signal, not the device: the model
- * scores a value in neither column, or none, as missing. So a number or boolean becomes its text, any other
- * non-text value null, and a date that does not parse null (inactivity missing); the device is listed and
- * scored, where failing the record would leave it out of the fleet (and tombstone it after a few cycles).
- */
-function softenSignals(record: Record<string, unknown>): void {
-  for (const field of SIGNAL_TEXT_FIELDS) {
-    const value = record[field];
-    if (value === undefined || value === null || typeof value === 'string') continue;
-    record[field] = typeof value === 'number' || typeof value === 'boolean' ? String(value) : null;
-  }
-  for (const field of DATE_FIELDS) {
-    const value = record[field];
-    if (
-      value !== undefined &&
-      value !== null &&
-      (typeof value !== 'string' || Number.isNaN(Date.parse(value)))
-    )
-      record[field] = null;
-  }
-}
-
 const nullable = (type: string | string[]): { type: string[] } => ({
   type: [...(Array.isArray(type) ? type : [type]), 'null'],
 });
@@ -238,22 +207,17 @@ const MACHINE_SCHEMA = {
   },
 } as const;
 
+/** What the score reads of a vulnerability; its other fields are softened (VULNERABILITY_UNSCORED). */
 const VULNERABILITY_SCHEMA = {
   type: 'object',
   required: ['id'],
   properties: {
     id: { type: 'string', minLength: 1 },
-    name: nullable('string'),
-    severity: nullable('string'),
     cvssV3: nullable('number'),
-    publicExploit: nullable('boolean'),
-    exploitVerified: nullable('boolean'),
-    exploitInKit: nullable('boolean'),
-    exploitTypes: { ...nullable('array'), items: { type: 'string' } },
-    epss: nullable('number'),
   },
 } as const;
 
+/** What the score reads of a bulk row; its other fields are softened (BULK_UNSCORED). */
 const BULK_SCHEMA = {
   type: 'object',
   required: ['deviceId'],
@@ -261,8 +225,6 @@ const BULK_SCHEMA = {
     deviceId: { type: 'string', minLength: 1 },
     cveId: nullable('string'),
     cvssScore: nullable('number'),
-    vulnerabilitySeverityLevel: nullable('string'),
-    exploitabilityLevel: nullable('string'),
   },
 } as const;
 
@@ -376,6 +338,7 @@ export function parseVulnerability(raw: unknown): ParseResult<Vulnerability> {
   const object = asObject(raw);
   if (!object) return { ok: false, reason: 'record is not an object' };
   const record = normaliseKeys(object, VULNERABILITY_KEY_MAP);
+  softenUnscored(record, VULNERABILITY_UNSCORED);
   normaliseEnums(record);
   if (!validateVulnerabilitySchema(record))
     return { ok: false, reason: describe(validateVulnerabilitySchema) };
@@ -389,6 +352,7 @@ export function parseSoftwareVulnerabilityRow(raw: unknown): ParseResult<Softwar
   const object = asObject(raw);
   if (!object) return { ok: false, reason: 'record is not an object' };
   const record = normaliseKeys(object, BULK_KEY_MAP);
+  softenUnscored(record, BULK_UNSCORED);
   normaliseEnums(record);
   if (!validateBulkSchema(record)) return { ok: false, reason: describe(validateBulkSchema) };
   return { ok: true, value: record as SoftwareVulnerabilityRow };

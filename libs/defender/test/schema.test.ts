@@ -145,6 +145,50 @@ describe('parseVulnerability', () => {
     });
   });
 
+  it('parseVulnerability should keep a CVE whose unscored fields come in an undocumented shape, those fields null', () => {
+    const result = parseVulnerability({
+      id: 'CVE-2024-2',
+      cvssV3: 9.8,
+      name: 42,
+      severity: ['Critical'],
+      epss: '0.97',
+      publicExploit: 'true',
+      exploitVerified: 1,
+      exploitInKit: {},
+      exploitTypes: ['RemoteCodeExecution', 3],
+      cvssVector: 7,
+    });
+    expect(result).toEqual({
+      ok: true,
+      value: {
+        id: 'CVE-2024-2',
+        cvssV3: 9.8,
+        name: null,
+        severity: null,
+        epss: null,
+        publicExploit: null,
+        exploitVerified: null,
+        exploitInKit: null,
+        exploitTypes: null,
+        cvssVector: 7,
+      },
+    });
+    expect(
+      parseVulnerability({ id: 'CVE-2024-3', cvssV3: 7.5, exploitTypes: 'PrivilegeEscalation' }),
+    ).toEqual({
+      ok: true,
+      value: { id: 'CVE-2024-3', cvssV3: 7.5, exploitTypes: null },
+    });
+  });
+
+  it('parseVulnerability should still reject a record without a CVE id', () => {
+    expect(parseVulnerability({ cvssV3: 9.8, epss: 0.5 })).toEqual({
+      ok: false,
+      reason: "id must have required property 'id'",
+    });
+    expect(parseVulnerability({ id: 42, cvssV3: 9.8 }).ok).toBe(false);
+  });
+
   it('parseVulnerability should reject a CVSS that is not a number', () => {
     expect(parseVulnerability({ id: 'CVE-2024-1', cvssV3: '9.8' })).toEqual({
       ok: false,
@@ -171,6 +215,34 @@ describe('vulnerabilityFromRow', () => {
       exploitVerified: true,
       exploitInKit: false,
     });
+  });
+
+  it('parseSoftwareVulnerabilityRow should keep a row whose unscored levels come in an undocumented shape', () => {
+    const parsed = parseSoftwareVulnerabilityRow({
+      deviceId: ID,
+      cveId: 'CVE-2023-3',
+      cvssScore: 9.1,
+      vulnerabilitySeverityLevel: 4,
+      exploitabilityLevel: { level: 'ExploitIsInKit' },
+    });
+    expect(parsed).toEqual({
+      ok: true,
+      value: {
+        deviceId: ID,
+        cveId: 'CVE-2023-3',
+        cvssScore: 9.1,
+        vulnerabilitySeverityLevel: null,
+        exploitabilityLevel: null,
+      },
+    });
+    expect(parsed.ok && vulnerabilityFromRow(parsed.value)).toEqual({
+      id: 'CVE-2023-3',
+      severity: null,
+      cvssV3: 9.1,
+    });
+    expect(parseSoftwareVulnerabilityRow({ deviceId: ID, cveId: 'CVE-2023-3', cvssScore: '9.1' }).ok).toBe(
+      false,
+    );
   });
 
   it('vulnerabilityFromRow should write the CVE id in upper case', () => {
