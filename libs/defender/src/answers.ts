@@ -47,15 +47,22 @@ const TRANSIENT_NETWORK = new Set([
 /** Network codes of a call that ran out of time (axios's own timeout, or the deadline of `withinDeadline`). */
 export const TIMED_OUT = new Set(['ECONNABORTED', 'ETIMEDOUT']);
 
-function mdeErrorText(body: string): string {
+/** The `{"error":{"code","message"}}` of an MDE error body; '' for a part that is absent. */
+function mdeErrorOf(body: string): { code: string; message: string } {
   try {
     const parsed = JSON.parse(body) as { error?: { code?: unknown; message?: unknown } };
-    const code = typeof parsed.error?.code === 'string' ? parsed.error.code : '';
-    const message = typeof parsed.error?.message === 'string' ? parsed.error.message.slice(0, 200) : '';
-    return [code, message].filter(Boolean).join(': ');
+    return {
+      code: typeof parsed.error?.code === 'string' ? parsed.error.code : '',
+      message: typeof parsed.error?.message === 'string' ? parsed.error.message.slice(0, 200) : '',
+    };
   } catch {
-    return '';
+    return { code: '', message: '' };
   }
+}
+
+function mdeErrorText(body: string): string {
+  const { code, message } = mdeErrorOf(body);
+  return [code, message].filter(Boolean).join(': ');
 }
 
 /** An answer, for the tenant's health: 5xx and 408 are the API failing, a 429 is its quota, not its health. */
@@ -162,18 +169,8 @@ export function classify(
       ),
     );
   }
-  if (status === 403) {
-    const roles = decodeTokenClaims(token)?.roles ?? [];
-    const needed = endpoint === 'machines' ? 'Machine.Read.All' : 'Vulnerability.Read.All';
-    return throwError(
-      new DefenderError(
-        DefenderErrorCode.CONSENT_MISSING,
-        `The Defender API refused ${path} for tenant ${azureTenantId} (403): grant the WindowsDefenderATP application permission ` +
-          `${needed} and admin consent (the token carries: ${roles.length ? roles.join(', ') : 'no roles'}).`,
-        { details: { ...details, roles, needed, api: apiText } },
-      ),
-    );
-  }
+  if (status === 403)
+    return throwError(forbidden(response.data ?? '', { azureTenantId, path }, token, endpoint));
   if (status >= 500 || status === 408) {
     return throwError(
       new DefenderError(
@@ -194,6 +191,53 @@ export function classify(
         details: { ...details, api: apiText },
       },
     ),
+  );
+}
+
+/**
+ * A 403, by the code of Microsoft's error body (api/common-errors.md): `DisabledFeature` ("Tenant feature
+ * isn't enabled") is a licence the tenant lacks, which no permission fixes; `DisallowedOperation` carries
+ * Microsoft's reason; `Forbidden` (and a body without a code) is a permission the token lacks.
+ */
+function forbidden(
+  body: string,
+  { azureTenantId, path }: CallOf,
+  token: string,
+  endpoint: DefenderEndpointClass,
+): DefenderError {
+  const api = mdeErrorOf(body);
+  const apiText = mdeErrorText(body);
+  const details = { azureTenantId, path, status: 403, api: apiText };
+  const refused = `The Defender API refused ${path} for tenant ${azureTenantId} (403${apiText ? ` ${apiText}` : ''})`;
+  if (api.code === 'DisabledFeature') {
+    const licence =
+      endpoint === 'machines'
+        ? "the Defender for Endpoint feature this call needs is not enabled for the tenant: check the tenant's " +
+          'Defender for Endpoint licence and its API access in the Microsoft Defender portal'
+        : 'vulnerability data needs Microsoft Defender Vulnerability Management, which Defender for Endpoint ' +
+          'Plan 1 does not include: the tenant needs Defender for Endpoint Plan 2 or the Defender Vulnerability ' +
+          'Management add-on';
+    return new DefenderError(
+      DefenderErrorCode.FEATURE_DISABLED,
+      `${refused}: ${licence}. Permissions and admin consent do not change this.`,
+      { details },
+    );
+  }
+  if (api.code === 'DisallowedOperation') {
+    return new DefenderError(
+      DefenderErrorCode.REQUEST_REJECTED,
+      `${refused}: Microsoft does not allow this operation for the tenant, for the reason it gives; ` +
+        'a permission or admin consent does not change it.',
+      { details },
+    );
+  }
+  const roles = decodeTokenClaims(token)?.roles ?? [];
+  const needed = endpoint === 'machines' ? 'Machine.Read.All' : 'Vulnerability.Read.All';
+  return new DefenderError(
+    DefenderErrorCode.CONSENT_MISSING,
+    `${refused}: grant the WindowsDefenderATP application permission ${needed} and admin consent ` +
+      `(the token carries: ${roles.length ? roles.join(', ') : 'no roles'}).`,
+    { details: { ...details, roles, needed } },
   );
 }
 

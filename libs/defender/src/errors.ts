@@ -15,8 +15,13 @@ export const DefenderErrorCode = {
   UNKNOWN_TENANT: 'DEFENDER_UNKNOWN_TENANT',
   /** AADSTS500011: the WindowsDefenderATP service principal is not in the tenant. */
   NOT_PROVISIONED: 'DEFENDER_NOT_PROVISIONED',
-  /** 403 from the API, or a token without the needed application roles. */
+  /** 403 `Forbidden` from the API (or one without a code), or a token without the needed application roles. */
   CONSENT_MISSING: 'DEFENDER_CONSENT_MISSING',
+  /**
+   * 403 `DisabledFeature`: the tenant lacks the licence a call needs (vulnerability data without Defender
+   * Vulnerability Management); no permission fixes it.
+   */
+  FEATURE_DISABLED: 'DEFENDER_FEATURE_DISABLED',
   /** Any other sign-in failure. */
   AUTH_FAILED: 'DEFENDER_AUTH_FAILED',
   /** The API rejected a freshly issued token (401 twice). */
@@ -29,7 +34,7 @@ export const DefenderErrorCode = {
   MALFORMED_RESPONSE: 'DEFENDER_MALFORMED_RESPONSE',
   /** 404 on a single resource (a device removed since it was listed). */
   NOT_FOUND: 'DEFENDER_NOT_FOUND',
-  /** Another 4xx: a request the API will never accept. */
+  /** Another 4xx (a 403 `DisallowedOperation` too): a request the API will never accept. */
   REQUEST_REJECTED: 'DEFENDER_REQUEST_REJECTED',
   /** A tenant's cloud/region or an option is not valid. */
   INVALID_CONFIG: 'DEFENDER_INVALID_CONFIG',
@@ -74,6 +79,7 @@ const SETUP_ERROR_CODES: ReadonlySet<string> = new Set<string>([
   DefenderErrorCode.UNKNOWN_TENANT,
   DefenderErrorCode.NOT_PROVISIONED,
   DefenderErrorCode.CONSENT_MISSING,
+  DefenderErrorCode.FEATURE_DISABLED,
   DefenderErrorCode.AUTH_FAILED,
   DefenderErrorCode.UNAUTHORIZED,
   DefenderErrorCode.INVALID_CONFIG,

@@ -228,6 +228,12 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       );
       return;
     }
+    const f = faults.get(tenantId) ?? faults.get(WILDCARD) ?? {};
+    if (f.disabledFeature?.includes(quota)) {
+      fault('disabledFeature');
+      send(res, mdeError(403, 'DisabledFeature', "Tenant feature isn't enabled."), false);
+      return;
+    }
     if (quotasOn) {
       const waitSec = (tenant.quotas.get(quota) as { tryAcquire(now: number): number }).tryAcquire(
         Date.now(),
@@ -244,7 +250,6 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
         return;
       }
     }
-    const f = faults.get(tenantId) ?? faults.get(WILDCARD) ?? {};
     if (injectTransportFault(req, res, f)) return;
     if (roll(f.status5xxRate)) {
       fault('5xx');

@@ -50,6 +50,12 @@ export interface FaultSpec {
    * `temporarily_unavailable`). Default false: only MDE API calls see faults.
    */
   tokenEndpoint?: boolean;
+  /**
+   * Endpoint kinds answered 403 `DisabledFeature` ("Tenant feature isn't enabled."), every call: a tenant
+   * without the licence they need, e.g. no Defender Vulnerability Management (`['vulnerabilities', 'bulk',
+   * 'exportFiles']`). Checked after the role, before the quota.
+   */
+  disabledFeature?: QuotaKind[];
 }
 
 export interface TenantState {
@@ -59,6 +65,8 @@ export interface TenantState {
   defenderProvisioned: boolean;
   quotas: Map<QuotaKind, SlidingWindow>;
 }
+
+const QUOTA_KINDS: readonly QuotaKind[] = ['machines', 'vulnerabilities', 'bulk', 'exportFiles'];
 
 export function validateFaults(faults: FaultSpec): FaultSpec {
   const out: FaultSpec = {};
@@ -81,6 +89,14 @@ export function validateFaults(faults: FaultSpec): FaultSpec {
     if (!Number.isInteger(n) || n < 0)
       throw new Error(`faults.openIdFailures must be a non-negative integer, got ${String(n)}`);
     out.openIdFailures = n;
+  }
+  if (faults.disabledFeature !== undefined) {
+    const kinds = faults.disabledFeature as unknown;
+    if (!Array.isArray(kinds) || kinds.some((kind) => !QUOTA_KINDS.includes(kind as QuotaKind)))
+      throw new Error(
+        `faults.disabledFeature must be an array of ${QUOTA_KINDS.join(', ')}, got ${JSON.stringify(kinds)}`,
+      );
+    out.disabledFeature = [...(kinds as QuotaKind[])];
   }
   if (faults.tokenEndpoint !== undefined) {
     if (typeof faults.tokenEndpoint !== 'boolean')

@@ -99,6 +99,32 @@ describe('fault injection', () => {
     expect(reply.json).toMatchObject({ error: 'temporarily_unavailable', error_codes: [50000] });
   });
 
+  test('disabledFeature should answer the listed endpoint kinds 403 DisabledFeature, the others as usual', async () => {
+    sim.setFaults(TENANT, { disabledFeature: ['vulnerabilities', 'bulk', 'exportFiles'] });
+    const list = await request(sim, '/api/machines?$top=1', { token });
+    expect(list.status).toBe(200);
+    const id = encodeURIComponent(list.json.value[0].id);
+    for (const path of [
+      `/api/machines/${id}/vulnerabilities`,
+      '/api/machines/SoftwareVulnerabilitiesByMachine',
+      '/api/machines/SoftwareVulnerabilitiesExport',
+    ]) {
+      const reply = await request(sim, path, { token });
+      expect(reply.status).toBe(403);
+      expect(reply.json.error).toMatchObject({
+        code: 'DisabledFeature',
+        message: "Tenant feature isn't enabled.",
+      });
+    }
+    expect(sim.stats().faultsByKind.disabledFeature).toBeGreaterThanOrEqual(3);
+  });
+
+  test('setFaults should reject a disabledFeature that is not a list of endpoint kinds', () => {
+    expect(() => sim.setFaults(TENANT, { disabledFeature: ['alerts'] as never })).toThrow(
+      'faults.disabledFeature must be an array of machines, vulnerabilities, bulk, exportFiles',
+    );
+  });
+
   test('setFaults should reject rates outside 0..1', () => {
     expect(() => sim.setFaults(TENANT, { resetRate: 2 })).toThrow(
       'faults.resetRate must be a number between 0 and 1',

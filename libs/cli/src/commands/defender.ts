@@ -192,7 +192,11 @@ async function devices(
       return await client.getMachineVulnerabilities(machine.record.id);
     } catch (error) {
       if (!(error instanceof DefenderError)) throw error;
-      if (error.code === DefenderErrorCode.CONSENT_MISSING || error.code === DefenderErrorCode.UNAUTHORIZED) {
+      if (
+        error.code === DefenderErrorCode.CONSENT_MISSING ||
+        error.code === DefenderErrorCode.FEATURE_DISABLED ||
+        error.code === DefenderErrorCode.UNAUTHORIZED
+      ) {
         // The same answer would come for every device: say it once and stop asking.
         if (!perDeviceStopped) note(`vulnerabilities unavailable for every device: ${error.message}`);
         perDeviceStopped = error;

@@ -1,0 +1,124 @@
+import type { AxiosResponse } from 'axios';
+import { type Simulator, startSimulator } from '@urs/simulator';
+import { DefenderError, DefenderErrorCode, isSetupErrorCode } from '../src';
+import { classify } from '../src/answers';
+import { type TestApp, newApp, simClient } from './support';
+
+let sim: Simulator;
+let app: TestApp;
+
+beforeAll(async () => {
+  sim = await startSimulator({ quotas: false });
+  app = newApp();
+  sim.addTenant({ azureTenantId: app.azureTenantId, apps: [app], fleet: { size: 5, seed: 3 } });
+});
+
+afterEach(() => sim.setFaults(app.azureTenantId, {}));
+
+afterAll(async () => {
+  await sim.close();
+});
+
+async function failure(
+  run: (c: ReturnType<typeof simClient>['client']) => Promise<unknown>,
+): Promise<DefenderError> {
+  const { client, close } = simClient(sim, app);
+  try {
+    await run(client);
+  } catch (error) {
+    if (error instanceof DefenderError) return error;
+    throw error;
+  } finally {
+    await close();
+  }
+  throw new Error('expected a DefenderError');
+}
+
+/** A 403 answer with Microsoft's error body. */
+function answer403(code: string, message: string): AxiosResponse<string> {
+  return {
+    status: 403,
+    data: JSON.stringify({ error: { code, message, target: 'c0ffee' } }),
+    headers: {},
+  } as unknown as AxiosResponse<string>;
+}
+
+const CALL = { azureTenantId: 'tenant-1', path: '/api/machines' };
+
+describe('createDefenderClient on 403 DisabledFeature', () => {
+  it('getMachineVulnerabilities should name the licence, not the permission, and never retry', async () => {
+    sim.setFaults(app.azureTenantId, { disabledFeature: ['vulnerabilities', 'bulk', 'exportFiles'] });
+    const id = sim.machines(app.azureTenantId)[0]!.id;
+    sim.resetStats();
+    const error = await failure((c) => c.getMachineVulnerabilities(id));
+    expect(error.code).toBe(DefenderErrorCode.FEATURE_DISABLED);
+    expect(error.message).toContain('403 DisabledFeature');
+    expect(error.message).toContain('Defender Vulnerability Management');
+    expect(error.message).not.toMatch(/grant the WindowsDefenderATP application permission/);
+    expect(error.canRetry).toBe(false);
+    expect(isSetupErrorCode(error.code)).toBe(true);
+    expect(sim.stats().calls.vulnerabilities).toBe(1);
+  });
+
+  it('getVulnerabilitiesByMachine should name the licence for the bulk export too', async () => {
+    sim.setFaults(app.azureTenantId, { disabledFeature: ['vulnerabilities', 'bulk', 'exportFiles'] });
+    const error = await failure((c) => c.getVulnerabilitiesByMachine());
+    expect(error.code).toBe(DefenderErrorCode.FEATURE_DISABLED);
+    expect(error.message).toContain('Defender Vulnerability Management');
+  });
+
+  it('checkAccess should fail with the licence message when the device list is a disabled feature', async () => {
+    sim.setFaults(app.azureTenantId, { disabledFeature: ['machines'] });
+    const { client, close } = simClient(sim, app);
+    try {
+      const report = await client.checkAccess();
+      expect(report).toMatchObject({
+        ok: false,
+        tokenIssued: true,
+        machinesReadable: false,
+        error: { code: DefenderErrorCode.FEATURE_DISABLED },
+      });
+      expect(report.verdict).toMatch(/^FAIL: .*403 DisabledFeature.*licence/);
+      expect(report.verdict).toContain('Permissions and admin consent do not change this');
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe('classify on 403', () => {
+  it("should report DisallowedOperation with Microsoft's reason as a rejected request, not missing consent", () => {
+    let error: unknown;
+    try {
+      classify(
+        answer403('DisallowedOperation', 'Operation is not allowed for this tenant.'),
+        CALL,
+        'opaque',
+        'machines',
+      );
+    } catch (thrown) {
+      error = thrown;
+    }
+    expect(error).toMatchObject({ code: DefenderErrorCode.REQUEST_REJECTED, canRetry: false });
+    expect((error as Error).message).toContain(
+      '403 DisallowedOperation: Operation is not allowed for this tenant.',
+    );
+    expect((error as Error).message).not.toMatch(/grant the WindowsDefenderATP application permission/);
+  });
+
+  it.each([
+    ['Forbidden', 'The application does not have any of the required application permissions.'],
+    ['', ''],
+  ])('should keep the permission message for %j', (code, message) => {
+    let error: unknown;
+    try {
+      classify(answer403(code, message), CALL, 'opaque', 'machines');
+    } catch (thrown) {
+      error = thrown;
+    }
+    expect(error).toMatchObject({ code: DefenderErrorCode.CONSENT_MISSING });
+    expect((error as Error).message).toContain(
+      'grant the WindowsDefenderATP application permission Machine.Read.All and admin consent',
+    );
+  });
+});
