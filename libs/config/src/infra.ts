@@ -189,11 +189,47 @@ export function secretKeyConfig(env: Env): SecretKeyConfig {
   return { activeKeyId, keys };
 }
 
+/** The US Government clouds, whose token scope Microsoft does not document, and their scope variables. */
+const SCOPE_VARIABLES = {
+  gcc: 'URS_DEFENDER_SCOPE_GCC',
+  'gcc-high': 'URS_DEFENDER_SCOPE_GCC_HIGH',
+  dod: 'URS_DEFENDER_SCOPE_DOD',
+} as const;
+export type GovernmentCloud = keyof typeof SCOPE_VARIABLES;
+
 export interface DefenderOverrides {
   /** Replaces every tenant's Entra authority host (tests, the simulator). Env `URS_DEFENDER_AUTHORITY_HOST`. */
   authorityHost?: string;
   /** Replaces every tenant's MDE API base URL. Env `URS_DEFENDER_API_BASE`. */
   apiBase?: string;
+  /**
+   * Replaces the token scope of the tenants of one US Government cloud. Env `URS_DEFENDER_SCOPE_GCC` (default
+   * `https://api-gcc.securitycenter.microsoft.us/.default`), `URS_DEFENDER_SCOPE_GCC_HIGH` and
+   * `URS_DEFENDER_SCOPE_DOD` (default `https://api-gov.securitycenter.microsoft.us/.default`).
+   */
+  scopes?: Partial<Record<GovernmentCloud, string>>;
+}
+
+/**
+ * A client-credentials scope: a resource's URI followed by `/.default`, the only form Entra accepts for the
+ * flow. Anything else would fail every sign-in of the cloud's tenants, so it stops the start instead.
+ */
+function readScope(env: Env, name: string): string {
+  const value = readString(env, name);
+  const resource = value.endsWith('/.default') ? value.slice(0, -'/.default'.length) : '';
+  let valid = resource !== '' && !/\s/.test(value);
+  try {
+    if (valid) new URL(resource);
+  } catch {
+    valid = false;
+  }
+  if (!valid)
+    throw new ConfigError(
+      name,
+      'must be a resource URI followed by /.default, e.g. ' +
+        `https://api-gov.securitycenter.microsoft.us/.default (got "${value}")`,
+    );
+  return value;
 }
 
 export function defenderOverrides(env: Env): DefenderOverrides {
@@ -204,6 +240,11 @@ export function defenderOverrides(env: Env): DefenderOverrides {
   if (readOptionalString(env, 'URS_DEFENDER_API_BASE') !== undefined) {
     overrides.apiBase = readUrl(env, 'URS_DEFENDER_API_BASE');
   }
+  const scopes: Partial<Record<GovernmentCloud, string>> = {};
+  for (const [cloud, variable] of Object.entries(SCOPE_VARIABLES) as [GovernmentCloud, string][]) {
+    if (readOptionalString(env, variable) !== undefined) scopes[cloud] = readScope(env, variable);
+  }
+  if (Object.keys(scopes).length > 0) overrides.scopes = scopes;
   return overrides;
 }
 

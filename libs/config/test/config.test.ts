@@ -323,6 +323,42 @@ describe('defenderSettings', () => {
     });
   });
 
+  it('defenderSettings should read the token scope overrides of the US Government clouds', () => {
+    expect(
+      defenderSettings({
+        URS_DEFENDER_SCOPE_GCC: 'https://api-gcc.securitycenter.microsoft.us/.default',
+        URS_DEFENDER_SCOPE_GCC_HIGH: 'https://api.securitycenter.microsoft.us/.default',
+        URS_DEFENDER_SCOPE_DOD: ' api://fc780465-2017-40d4-a0c5-307022471b92/.default ',
+      }).defender,
+    ).toEqual({
+      scopes: {
+        gcc: 'https://api-gcc.securitycenter.microsoft.us/.default',
+        'gcc-high': 'https://api.securitycenter.microsoft.us/.default',
+        dod: 'api://fc780465-2017-40d4-a0c5-307022471b92/.default',
+      },
+    });
+    expect(
+      defenderSettings({ URS_DEFENDER_SCOPE_DOD: 'https://api-gov.securitycenter.microsoft.us/.default' })
+        .defender,
+    ).toEqual({ scopes: { dod: 'https://api-gov.securitycenter.microsoft.us/.default' } });
+  });
+
+  it.each([
+    'https://api-gov.securitycenter.microsoft.us',
+    'https://api-gov.securitycenter.microsoft.us/Machine.Read.All',
+    '/.default',
+    'not a uri/.default',
+  ])('defenderSettings should refuse the scope %j naming the variable', (value) => {
+    expect(() => defenderSettings({ URS_DEFENDER_SCOPE_GCC_HIGH: value })).toThrow(
+      expect.objectContaining({
+        details: { variable: 'URS_DEFENDER_SCOPE_GCC_HIGH' },
+        message: expect.stringMatching(
+          /^URS_DEFENDER_SCOPE_GCC_HIGH must be a resource URI followed by \/\.default/,
+        ),
+      }),
+    );
+  });
+
   it('defenderSettings should refuse a URS_DEFENDER_CA_FILE that is missing or holds no PEM, naming it', () => {
     expect(() => defenderSettings({ URS_DEFENDER_CA_FILE: join(dir, 'absent.pem') })).toThrow(
       /^URS_DEFENDER_CA_FILE names .*absent\.pem, which does not exist$/,

@@ -1,3 +1,4 @@
+import { type DefenderEndpoints, scopeVariable } from './endpoints';
 import { DefenderError, DefenderErrorCode, scrubSecret } from './errors';
 
 interface AppIdentity {
@@ -70,7 +71,11 @@ const NETWORK_HINT =
  * ServerError, which @azure/identity rewraps keeping only the message). The client secret is scrubbed
  * from every text we keep, and the original error is not attached as `cause`.
  */
-export function mapAuthError(error: unknown, app: AppIdentity): DefenderError {
+export function mapAuthError(
+  error: unknown,
+  app: AppIdentity,
+  endpoints?: Pick<DefenderEndpoints, 'cloud' | 'scope' | 'scopeOverridden'>,
+): DefenderError {
   if (error instanceof DefenderError) return error;
   const failure = readFailure(error);
   const scrubbed = (scrubSecret(failure.description, app.clientSecret).split(/\r?\n/)[0] ?? '')
@@ -118,14 +123,7 @@ export function mapAuthError(error: unknown, app: AppIdentity): DefenderError {
       { details },
     );
   }
-  if (has(500011)) {
-    return new DefenderError(
-      DefenderErrorCode.NOT_PROVISIONED,
-      `Microsoft Defender for Endpoint is not present in tenant ${app.azureTenantId} (AADSTS500011: the WindowsDefenderATP ` +
-        `service principal was not found). Make sure the tenant has Defender for Endpoint and its cloud is right.`,
-      { details },
-    );
-  }
+  if (has(500011)) return notProvisioned(app, endpoints, details);
   if (has(65001) || has(501051)) {
     return new DefenderError(
       DefenderErrorCode.CONSENT_MISSING,
@@ -151,5 +149,47 @@ export function mapAuthError(error: unknown, app: AppIdentity): DefenderError {
     DefenderErrorCode.AUTH_FAILED,
     `Sign-in failed for ${app_}${codeText}: ${scrubbed}`,
     { details },
+  );
+}
+
+/**
+ * AADSTS500011: Entra has no resource for the scope asked. In the commercial cloud, whose scope is documented,
+ * the tenant lacks Defender for Endpoint. In a US Government cloud, whose scope Microsoft does not document,
+ * or with a scope an operator set, the scope itself may be wrong: the message names it, the cloud and the
+ * variable that corrects it.
+ */
+function notProvisioned(
+  app: AppIdentity,
+  endpoints: Pick<DefenderEndpoints, 'cloud' | 'scope' | 'scopeOverridden'> | undefined,
+  details: Record<string, unknown>,
+): DefenderError {
+  const absent =
+    `Microsoft Defender for Endpoint is not present in tenant ${app.azureTenantId} (AADSTS500011: the ` +
+    `WindowsDefenderATP service principal was not found`;
+  if (!endpoints)
+    return new DefenderError(
+      DefenderErrorCode.NOT_PROVISIONED,
+      `${absent}). Make sure the tenant has Defender for Endpoint and its cloud is right.`,
+      { details },
+    );
+  const { cloud, scope, scopeOverridden } = endpoints;
+  const withScope = { ...details, cloud, scope };
+  if (cloud === 'commercial' && !scopeOverridden)
+    return new DefenderError(
+      DefenderErrorCode.NOT_PROVISIONED,
+      `${absent} for scope ${scope}, cloud ${cloud}). Make sure the tenant has Defender for Endpoint and its cloud is right.`,
+      { details: withScope },
+    );
+  const variable = scopeVariable(cloud);
+  const scopeHint = scopeOverridden
+    ? `the scope set by the operator (${variable}, or URS_DEFENDER_SCOPE in the CLI) is not the one the ` +
+      "tenant's WindowsDefenderATP app accepts"
+    : `Microsoft does not document the ${cloud} scope, and this default may be wrong: set ${variable} to the ` +
+      "one the tenant's WindowsDefenderATP app accepts";
+  return new DefenderError(
+    DefenderErrorCode.NOT_PROVISIONED,
+    `Entra ID found no resource for scope ${scope} in tenant ${app.azureTenantId}, cloud ${cloud} (AADSTS500011). ` +
+      `Either the tenant has no Defender for Endpoint, its cloud is not ${cloud}, or ${scopeHint}.`,
+    { details: withScope },
   );
 }

@@ -13,20 +13,35 @@ export interface DefenderEndpointOverrides {
   /** Replaces the MDE API base URL (`URS_DEFENDER_API_BASE`). */
   apiBase?: string;
   /**
-   * Replaces the token scope. Only an escape hatch for the US Government clouds, whose scope Microsoft
-   * does not document (see `CLOUDS` below); tests and the simulator never need it.
+   * Replaces the token scope of every tenant, whatever its cloud (`URS_DEFENDER_SCOPE` in the CLI, which
+   * reads one tenant). Wins over `scopes`.
    */
   scope?: string;
+  /**
+   * Replaces the token scope of the tenants of one cloud: the escape hatch for the US Government clouds,
+   * whose scope Microsoft does not document (see `CLOUDS` below). `URS_DEFENDER_SCOPE_GCC`,
+   * `URS_DEFENDER_SCOPE_GCC_HIGH`, `URS_DEFENDER_SCOPE_DOD` (see `scopeVariable`).
+   */
+  scopes?: Partial<Record<DefenderCloud, string>>;
+}
+
+/** The variable libs/config reads a cloud's scope override from (`gcc-high` → `URS_DEFENDER_SCOPE_GCC_HIGH`). */
+export function scopeVariable(cloud: DefenderCloud): string {
+  return `URS_DEFENDER_SCOPE_${cloud.toUpperCase().replace(/-/g, '_')}`;
 }
 
 /** Where one tenant's tokens and API calls go. */
 export interface DefenderEndpoints {
+  /** The tenant's cloud, as resolved (`commercial` when it named none). */
+  cloud: DefenderCloud;
   /** Entra ID authority host, without a trailing slash. */
   authorityHost: string;
   /** MDE API base URL, without a trailing slash (paths start with `/api/...`). */
   apiBase: string;
   /** OAuth scope of the client-credentials request. */
   scope: string;
+  /** True when the scope came from an operator override rather than the cloud's default. */
+  scopeOverridden: boolean;
   /** True when an override is active: instance discovery and authority validation are then turned off. */
   overridden: boolean;
 }
@@ -50,7 +65,8 @@ interface CloudEndpoints {
  * api-gov.securitycenter.microsoft.us. Microsoft does not document their token scope.
  * [inference] The scope is the API host's resource URI, as in commercial: public GCC scripts request
  * `https://api-gcc.securitycenter.microsoft.us/.default`; for GCC High/DoD we follow the same rule
- * (`https://api-gov.securitycenter.microsoft.us/.default`). Operators can correct it with the scope override.
+ * (`https://api-gov.securitycenter.microsoft.us/.default`). Operators can correct it per cloud with the scope
+ * overrides (`scopes`, from `URS_DEFENDER_SCOPE_GCC`, `URS_DEFENDER_SCOPE_GCC_HIGH`, `URS_DEFENDER_SCOPE_DOD`).
  * The government clouds have no regional hosts; a region given for them is ignored.
  */
 const CLOUDS: Record<DefenderCloud, CloudEndpoints> = {
@@ -121,14 +137,18 @@ export function resolveEndpoints(
       `region must be one of ${DEFENDER_REGIONS.join(', ')} or none (got "${region}")`,
     );
   }
-  const base = CLOUDS[cloudName as DefenderCloud];
+  const cloudId = cloudName as DefenderCloud;
+  const base = CLOUDS[cloudId];
   const apiBase = regionName && base.regional ? base.regional(regionName as DefenderRegion) : base.apiBase;
+  const scope = overrides.scope ?? overrides.scopes?.[cloudId];
   return {
+    cloud: cloudId,
     authorityHost: overrides.authorityHost
       ? httpsUrl('authorityHost', overrides.authorityHost)
       : base.authorityHost,
     apiBase: overrides.apiBase ? httpsUrl('apiBase', overrides.apiBase) : apiBase,
-    scope: overrides.scope ?? base.scope,
+    scope: scope ?? base.scope,
+    scopeOverridden: scope !== undefined,
     overridden: Boolean(overrides.authorityHost || overrides.apiBase),
   };
 }

@@ -158,8 +158,9 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
       return await from.getToken(endpoints.scope, signal ? { abortSignal: signal } : {});
     } catch (error) {
       const name = (error as { name?: unknown }).name;
-      if (name === 'CredentialUnavailableError') throw mapAuthError(await diagnoseAuthority(), credentials);
-      throw mapAuthError(error, credentials);
+      if (name === 'CredentialUnavailableError')
+        throw mapAuthError(await diagnoseAuthority(), credentials, endpoints);
+      throw mapAuthError(error, credentials, endpoints);
     }
   }
 

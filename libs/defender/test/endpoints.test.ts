@@ -3,9 +3,11 @@ import { DefenderErrorCode, resolveEndpoints } from '../src';
 describe('resolveEndpoints', () => {
   it('resolveEndpoints should default to the commercial cloud and the global host', () => {
     expect(resolveEndpoints(undefined, undefined)).toEqual({
+      cloud: 'commercial',
       authorityHost: 'https://login.microsoftonline.com',
       apiBase: 'https://api.security.microsoft.com',
       scope: 'https://api.securitycenter.microsoft.com/.default',
+      scopeOverridden: false,
       overridden: false,
     });
   });
@@ -52,11 +54,33 @@ describe('resolveEndpoints', () => {
   it('resolveEndpoints should let only the operator override the hosts, for every cloud, keeping the scope', () => {
     const overrides = { authorityHost: 'https://127.0.0.1:8443/', apiBase: 'https://127.0.0.1:8443' };
     expect(resolveEndpoints('gcc-high', 'eu', overrides)).toEqual({
+      cloud: 'gcc-high',
       authorityHost: 'https://127.0.0.1:8443',
       apiBase: 'https://127.0.0.1:8443',
       scope: 'https://api-gov.securitycenter.microsoft.us/.default',
+      scopeOverridden: false,
       overridden: true,
     });
+  });
+
+  it("resolveEndpoints should take a cloud's scope override for that cloud only, and the global one over it", () => {
+    const scopes = { 'gcc-high': 'https://api.securitycenter.microsoft.us/.default' };
+    expect(resolveEndpoints('gcc-high', undefined, { scopes })).toMatchObject({
+      scope: 'https://api.securitycenter.microsoft.us/.default',
+      scopeOverridden: true,
+      overridden: false,
+    });
+    expect(resolveEndpoints('dod', undefined, { scopes })).toMatchObject({
+      scope: 'https://api-gov.securitycenter.microsoft.us/.default',
+      scopeOverridden: false,
+    });
+    expect(resolveEndpoints('gcc', undefined, { scopes })).toMatchObject({
+      scope: 'https://api-gcc.securitycenter.microsoft.us/.default',
+      scopeOverridden: false,
+    });
+    expect(
+      resolveEndpoints('gcc-high', undefined, { scopes, scope: 'api://11111111-2222/.default' }).scope,
+    ).toBe('api://11111111-2222/.default');
   });
 
   it('resolveEndpoints should refuse an override that is not https', () => {

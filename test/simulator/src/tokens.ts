@@ -12,11 +12,17 @@ import {
 // resource (aud = resource URI, iss = sts.windows.net/{tid}/, appid, roles, tid).
 
 export const MDE_RESOURCE = 'https://api.securitycenter.microsoft.com';
-/** Audiences MDE accepts; both scopes the docs show map to the same resource. */
+/**
+ * Audiences MDE accepts; both scopes the docs show map to the same resource. The US Government clouds'
+ * resources (the API hosts' URIs, what the client asks for by default in GCC and GCC High/DoD) are accepted
+ * too, so a tenant of those clouds reads the simulator as a commercial one does.
+ */
 export const MDE_AUDIENCES = new Set([
   MDE_RESOURCE,
   'https://securitycenter.onmicrosoft.com/windowsatpservice',
   'https://api.security.microsoft.com',
+  'https://api-gcc.securitycenter.microsoft.us',
+  'https://api-gov.securitycenter.microsoft.us',
 ]);
 
 export interface AccessClaims {

@@ -117,6 +117,18 @@ describe('Entra ID simulation', () => {
     expect(v1.json.expires_in).toBe('120');
   });
 
+  test('token should accept the US Government scopes, and the API the tokens it issues for them', async () => {
+    for (const resource of [
+      'https://api-gcc.securitycenter.microsoft.us',
+      'https://api-gov.securitycenter.microsoft.us',
+    ]) {
+      const reply = await token({ ...valid, scope: `${resource}/.default` });
+      expect(reply.status).toBe(200);
+      const machines = await request(sim, '/api/machines?$top=1', { token: reply.json.access_token });
+      expect(machines.status).toBe(200);
+    }
+  });
+
   test('token should answer AADSTS7000215 for a wrong secret', async () => {
     expectAadError(
       await token({ ...valid, client_secret: 'c2a1f5e0-secret-id-not-value' }),

@@ -37,7 +37,8 @@ check     says in one line whether the credentials and the consent work, and whi
   --no-redis                 do not share the pipeline's limiter and quota through Redis
 
 Environment: URS_DEFENDER_AUTHORITY_HOST, URS_DEFENDER_API_BASE (e.g. the simulator; trust its CA with
-NODE_EXTRA_CA_CERTS or URS_DEFENDER_CA_FILE), URS_DEFENDER_SCOPE (government clouds only),
+NODE_EXTRA_CA_CERTS or URS_DEFENDER_CA_FILE), URS_DEFENDER_SCOPE (government clouds only; or
+URS_DEFENDER_SCOPE_GCC, URS_DEFENDER_SCOPE_GCC_HIGH, URS_DEFENDER_SCOPE_DOD as the services read them),
 REDIS_URL, URS_REDIS_PREFIX, URS_DEFENDER_MAX_IN_FLIGHT (set it as the services have it: a run sharing
 their limiter writes it there, default 10).
 Exit status: 0 done; 1 the tenant could not be read (the error says what to fix); 2 bad usage.`;
