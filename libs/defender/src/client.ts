@@ -85,8 +85,11 @@ export interface DefenderClientDeps {
   random?: () => number;
 }
 
-/** The permissions the setup guide asks for. */
-export const REQUIRED_PERMISSIONS = ['Machine.Read.All', 'Vulnerability.Read.All', 'Alert.Read.All'] as const;
+/**
+ * The WindowsDefenderATP application permissions the pipeline uses: the device list and the vulnerabilities.
+ * Nothing reads alerts, so Alert.Read.All is not asked for: an app without it passes the access test.
+ */
+export const REQUIRED_PERMISSIONS = ['Machine.Read.All', 'Vulnerability.Read.All'] as const;
 export type RequiredPermission = (typeof REQUIRED_PERMISSIONS)[number];
 
 export interface AccessReport {
@@ -99,6 +102,8 @@ export interface AccessReport {
   roles: string[];
   /** Whether each required permission is in the token (a ReadWrite role counts for its Read). */
   permissions: Record<RequiredPermission, boolean>;
+  /** Roles in the token that nothing here uses (Alert.Read.All, say): they may be removed. */
+  unusedRoles: string[];
   /** One line an administrator can act on. */
   verdict: string;
   /** The failure, when there was one. */
@@ -136,6 +141,11 @@ export interface DefenderClient {
 function grants(roles: string[], permission: RequiredPermission): boolean {
   const write = permission.replace('.Read.', '.ReadWrite.');
   return roles.includes(permission) || roles.includes(write);
+}
+
+/** Whether a role grants one of the required permissions. */
+function used(role: string): boolean {
+  return REQUIRED_PERMISSIONS.some((permission) => grants([role], permission));
 }
 
 export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClientDeps): DefenderClient {
@@ -179,7 +189,8 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
       tokenIssued: false,
       machinesReadable: false,
       roles: [],
-      permissions: { 'Machine.Read.All': false, 'Vulnerability.Read.All': false, 'Alert.Read.All': false },
+      permissions: { 'Machine.Read.All': false, 'Vulnerability.Read.All': false },
+      unusedRoles: [],
       verdict: '',
     };
     try {
@@ -188,6 +199,7 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
       report.roles = decodeTokenClaims(token.token)?.roles ?? [];
       for (const permission of REQUIRED_PERMISSIONS)
         report.permissions[permission] = grants(report.roles, permission);
+      report.unusedRoles = report.roles.filter((role) => !used(role));
       await api.get('machines', '/api/machines', { $top: 1 }, signal);
       report.machinesReadable = true;
     } catch (error) {
@@ -203,7 +215,12 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
         `FAIL: credentials work, but the token lacks ${missing.join(', ')}: add these WindowsDefenderATP application ` +
         `permissions and grant admin consent.`;
     } else {
-      report.verdict = `OK: credentials and consent work; the token carries ${REQUIRED_PERMISSIONS.join(', ')}.`;
+      const unused = report.unusedRoles;
+      report.verdict =
+        `OK: credentials and consent work; the token carries ${REQUIRED_PERMISSIONS.join(', ')}.` +
+        (unused.length > 0
+          ? ` ${unused.join(', ')} ${unused.length === 1 ? 'is' : 'are'} not needed and may be removed.`
+          : '');
     }
     return report;
   }

@@ -28,6 +28,7 @@ let app: TestApp;
 let expired: TestApp;
 let machineOnly: TestApp;
 let noRoles: TestApp;
+let noAlerts: TestApp;
 let unprovisioned: TestApp;
 
 beforeAll(async () => {
@@ -36,6 +37,7 @@ beforeAll(async () => {
   expired = { ...newApp(), azureTenantId: app.azureTenantId };
   machineOnly = { ...newApp(), azureTenantId: app.azureTenantId };
   noRoles = { ...newApp(), azureTenantId: app.azureTenantId };
+  noAlerts = { ...newApp(), azureTenantId: app.azureTenantId };
   unprovisioned = newApp();
   sim.addTenant({
     azureTenantId: app.azureTenantId,
@@ -44,6 +46,7 @@ beforeAll(async () => {
       { ...expired, secretExpired: true },
       { ...machineOnly, roles: ['Machine.Read.All'] },
       { ...noRoles, roles: [] },
+      { ...noAlerts, roles: ['Machine.Read.All', 'Vulnerability.Read.All'] },
     ],
     fleet: { size: 40, seed: 11 },
   });
@@ -208,9 +211,25 @@ describe('createDefenderClient consent', () => {
       expect(report.permissions).toEqual({
         'Machine.Read.All': true,
         'Vulnerability.Read.All': true,
-        'Alert.Read.All': true,
       });
-      expect(report.verdict).toMatch(/^OK: /);
+      expect(report.unusedRoles).toEqual(['Alert.Read.All']);
+      expect(report.verdict).toBe(
+        'OK: credentials and consent work; the token carries Machine.Read.All, Vulnerability.Read.All. ' +
+          'Alert.Read.All is not needed and may be removed.',
+      );
+    } finally {
+      await close();
+    }
+  });
+
+  it('checkAccess should pass an app without Alert.Read.All, which nothing reads', async () => {
+    const { client, close } = simClient(sim, noAlerts);
+    try {
+      const report = await client.checkAccess();
+      expect(report).toMatchObject({ ok: true, tokenIssued: true, machinesReadable: true, unusedRoles: [] });
+      expect(report.verdict).toBe(
+        'OK: credentials and consent work; the token carries Machine.Read.All, Vulnerability.Read.All.',
+      );
     } finally {
       await close();
     }
@@ -227,7 +246,7 @@ describe('createDefenderClient consent', () => {
         roles: ['Machine.Read.All'],
       });
       expect(report.verdict).toBe(
-        'FAIL: credentials work, but the token lacks Vulnerability.Read.All, Alert.Read.All: add these WindowsDefenderATP application permissions and grant admin consent.',
+        'FAIL: credentials work, but the token lacks Vulnerability.Read.All: add these WindowsDefenderATP application permissions and grant admin consent.',
       );
     } finally {
       await close();

@@ -531,7 +531,7 @@ describe('tenantRoutes', () => {
         tokenIssued: false,
         machinesReadable: false,
         roles: [],
-        permissions: { 'Machine.Read.All': false, 'Vulnerability.Read.All': false, 'Alert.Read.All': false },
+        permissions: { 'Machine.Read.All': false, 'Vulnerability.Read.All': false },
         error: { code: 'SECRET_UNAVAILABLE', message: expect.stringContaining('PUT the tenant') },
       },
     });
