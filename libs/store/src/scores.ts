@@ -1,6 +1,7 @@
 import type Redis from 'ioredis';
 import type { RedisConfig } from '@urs/config';
 import type { Band, ScoredDevice } from '@urs/contracts';
+import { REMOVE_TENANT } from './score-removal';
 import { tenantDeletionKey } from './tenant-deletion';
 import { tenantRecordKey } from './tenants';
 
@@ -96,6 +97,15 @@ export interface ScoreStore {
   history(tenantId: string, deviceId: string): Promise<ScoreHistoryEntry[]>;
   /** Forgets devices (gone for good): their score, band and history. */
   remove(tenantId: string, deviceIds: string[]): Promise<void>;
+  /**
+   * Forgets what a deleted tenant left, once the publisher has recorded its deletion (its marker, see
+   * `tenantDeletionKey`): every score, band and history of its devices, published or not, and its cycles;
+   * once it is registered again, only those of cycles that started before that (the marker's
+   * `registeredAt`). `deletedRevision` is the deletion's: a record of the tenant with a newer revision is a
+   * registration after it the marker does not know of yet, and nothing is removed. Read and removed in one
+   * Redis step with that check. Resolves false when nothing was removed for that reason.
+   */
+  removeTenant(tenantId: string, deletedRevision?: number): Promise<boolean>;
 }
 
 export interface ScoreStoreOptions {
@@ -323,6 +333,26 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
         .hdel(bandsKey(tenantId), ...deviceIds);
       for (const cycleId of cycles) removal.hdel(cycleHistoryKey(tenantId, cycleId), ...deviceIds);
       await removal.exec();
+    },
+    async removeTenant(tenantId, deletedRevision) {
+      const cycles = await redis.zrange(cyclesKey(tenantId), 0, -1);
+      const keys = [
+        scoresKey(tenantId),
+        stampsKey(tenantId),
+        bandsKey(tenantId),
+        cyclesKey(tenantId),
+        tenantRecordKey(prefix, tenantId),
+        tenantDeletionKey(prefix, tenantId),
+        ...cycles.map((cycleId) => cycleHistoryKey(tenantId, cycleId)),
+      ];
+      const removed = await redis.eval(
+        REMOVE_TENANT,
+        keys.length,
+        ...keys,
+        String(deletedRevision ?? 0),
+        ...cycles,
+      );
+      return removed === 1;
     },
   };
 }

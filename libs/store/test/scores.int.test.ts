@@ -173,6 +173,67 @@ describe('createScoreStore', () => {
     expect(await scores.getDeviceScore('t', 'd1')).toMatchObject({ cycleId: 'c2' });
   });
 
+  it('removeTenant should forget every score, band, cycle and history of a deleted tenant, and only the cycles from before a registration again', async () => {
+    const scores = createScoreStore(redis.client, redis.prefix);
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const keys = async (tenantId: string): Promise<string[]> =>
+      (await redis.client.keys(`${redis.prefix}score*:${tenantId}*`))
+        .map((key) => key.slice(redis.prefix.length))
+        .sort();
+    for (const tenantId of ['t', 'other']) {
+      await scores.saveScores(tenantId, cycle('c1', '2026-01-01T10:00:00.000Z'), [
+        device('d1', 10, 'Trustworthy'),
+        device('d2', 80, 'High Risk'),
+      ]);
+      await scores.saveScores(tenantId, cycle('c2', '2026-01-01T10:10:00.000Z'), [
+        device('d1', 20, 'Trustworthy'),
+      ]);
+    }
+    // Deleted at 10:15: every key of the tenant goes, the cycles' histories with them; the other tenant keeps its own.
+    await published.markDeleted('t', Date.parse('2026-01-01T10:15:00.000Z'));
+    expect(await scores.removeTenant('t', 5)).toBe(true);
+    expect(await keys('t')).toEqual([]);
+    expect(await scores.listDeviceScores('t')).toEqual({ total: 0, items: [] });
+    expect(await keys('other')).toEqual([
+      'score-bands:other',
+      'score-cycle-history:other:c1',
+      'score-cycle-history:other:c2',
+      'score-cycles:other',
+      'score-stamps:other',
+      'scores:other',
+    ]);
+
+    // Scored before a deletion at 10:25, and after the registration again at 10:30 the marker recorded: the
+    // new registration's cycle and devices stay.
+    await scores.saveScores('t', cycle('c2', '2026-01-01T10:10:00.000Z'), [
+      device('d1', 20, 'Trustworthy'),
+      device('d2', 80, 'High Risk'),
+    ]);
+    await scores.saveScores('t', cycle('c3', '2026-01-01T10:35:00.000Z'), [device('d1', 30, 'Low Risk')]);
+    await published.markDeleted('t', Date.parse('2026-01-01T10:25:00.000Z'));
+    await published.registeredAgain('t', Date.parse('2026-01-01T10:30:00.000Z'));
+    expect(await scores.removeTenant('t', 7)).toBe(true);
+    expect(
+      (await scores.listDeviceScores('t')).items.map((item) => [item.device.deviceId, item.cycleId]),
+    ).toEqual([['d1', 'c3']]);
+    expect((await scores.history('t', 'd1')).map((entry) => entry.cycleId)).toEqual(['c3']);
+    expect(await keys('t')).toEqual([
+      'score-bands:t',
+      'score-cycle-history:t:c3',
+      'score-cycles:t',
+      'score-stamps:t',
+      'scores:t',
+    ]);
+
+    // A record newer than the deletion: registered again, which the marker does not say yet. Nothing goes.
+    await createTenantStore(redis.client, redis.prefix).put(tenantRecord('t', { revision: 9 }));
+    await published.markDeleted('t', Date.parse('2026-01-01T10:40:00.000Z'));
+    expect(await scores.removeTenant('t', 8)).toBe(false);
+    expect(await scores.getDeviceScore('t', 'd1')).toMatchObject({ cycleId: 'c3' });
+    expect(await scores.removeTenant('t', 9)).toBe(true);
+    expect(await keys('t')).toEqual([]);
+  });
+
   it("history entries should name their cycle and its start, which the cycle's hash and the sorted set of cycles hold", async () => {
     const scores = createScoreStore(redis.client, redis.prefix);
     const scored = device('d1', 55, 'Moderate Risk');

@@ -82,6 +82,7 @@ void runService({
           handler: createTenantsHandler({
             published,
             tenants: createTenantStore(redis, prefix),
+            scores,
             tombstones: createTombstones({
               published,
               scores,

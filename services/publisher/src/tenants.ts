@@ -1,7 +1,7 @@
 import type { MessageHandler } from '@urs/bus';
 import { TENANT_REVISION_HEADER, numericHeader, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import type { PublishedStore, TenantStore } from '@urs/store';
+import type { PublishedStore, ScoreStore, TenantStore } from '@urs/store';
 import type { InOrder } from './in-order';
 import { withTenantLease, type TenantLeasing } from './lease';
 import type { Tombstones } from './tombstones';
@@ -20,6 +20,8 @@ export interface TenantsHandlerDeps {
   tenants: Pick<TenantStore, 'get'>;
   /** Sends to `vms.risk-scores` and forgets, as a complete cycle's tombstones do. */
   tombstones: Tombstones;
+  /** The deleted tenant's scores, the published devices' and the others', are removed there. */
+  scores: Pick<ScoreStore, 'removeTenant'>;
   /** The tenants' queue, shared with the score handler and the sweep (see `CycleCompletionDeps.inOrder`). */
   inOrder: InOrder;
   /** This replica's tenant leases, shared with the score handler and the sweep. */
@@ -33,8 +35,9 @@ export interface TenantsHandlerDeps {
  * A deleted tenant (a tombstone, as the registrar writes on `DELETE /v1/tenants/{id}/defender`) has no
  * more cycles, so no complete cycle would ever tombstone its devices: VMS would enforce on their last
  * scores for ever. Its deletion tombstones every device published and not tombstoned yet, then forgets
- * the tenant's state. A disabled tenant is a record like any other: nothing is sent for it (Director's
- * full push disables a tenant it leaves out, it never deletes it).
+ * the tenant's state and every score of its devices, published or not. A disabled tenant is a record like
+ * any other: nothing is sent for it (Director's full push disables a tenant it leaves out, it never
+ * deletes it).
  *
  * The deletion is recorded first, with its time (the tombstone's timestamp): batches of the tenant's
  * cycles still on their way are then dropped, and so are the summaries of its open cycles, until a
@@ -69,7 +72,7 @@ export function createTenantsHandler(deps: TenantsHandlerDeps): MessageHandler<T
         return;
       }
       const lease = { tenantId, ...deps.leasing };
-      const tombstones = await withTenantLease(
+      const outcome = await withTenantLease(
         deps.published,
         lease,
         deps.logger,
@@ -78,10 +81,15 @@ export function createTenantsHandler(deps: TenantsHandlerDeps): MessageHandler<T
           const gone = await deps.published.markDeleted(tenantId, at);
           await deps.tombstones(tenantId, gone);
           await deps.published.forgetDeleted(tenantId);
-          return gone.length;
+          // The tombstones removed the published devices' scores; the devices scored and never published
+          // (a batch not published yet, a tenant deleted in its first cycle) would stay for ever: no cycle
+          // of the tenant will tombstone them, and the registrar's API would show them again were the
+          // tenant registered again.
+          const scoresRemoved = await deps.scores.removeTenant(tenantId, revision);
+          return { tombstones: gone.length, scoresRemoved };
         },
       );
-      deps.logger.info('tenant deleted, its devices tombstoned', { tenantId, tombstones });
+      deps.logger.info('tenant deleted, its devices tombstoned', { tenantId, ...outcome });
     });
   };
 }

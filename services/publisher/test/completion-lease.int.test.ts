@@ -66,6 +66,7 @@ describe('the cycle completion and a deletion on another replica', () => {
         },
         tenants: createTenantStore(redis.client, redis.prefix),
         tombstones: createTombstones({ published, scores, publisher, topic: topics.vmsRiskScores, metrics }),
+        scores,
         inOrder: createInOrder(),
         leasing: tenantLeasing(),
         logger: silentLogger,

@@ -212,6 +212,7 @@ describe('the publisher', () => {
       published,
       tenants: tenantStore(),
       tombstones: createTombstones({ published, scores, publisher, topic: topics.vmsRiskScores, metrics }),
+      scores,
       inOrder,
       leasing,
       logger: silentLogger,

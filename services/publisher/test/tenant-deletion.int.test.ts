@@ -75,15 +75,20 @@ describe('publisher main: a deleted tenant', () => {
     };
   }
 
-  /** As the scorer does: stores the batch's scores, then sends it on. */
-  async function sendBatch(batch: ScoreBatch): Promise<void> {
-    expect(checkMessage('urs/score-batch', batch)).toEqual([]);
+  /** As the scorer does before it sends the batch on. */
+  async function storeScores(batch: ScoreBatch): Promise<void> {
     const { cycleId, cycleStartedAt, collectedAt, scoredAt } = batch;
     await createScoreStore(redis.client, redis.prefix).saveScores(
       tenantId,
       { cycleId, cycleStartedAt, collectedAt, scoredAt },
       batch.devices,
     );
+  }
+
+  /** As the scorer does: stores the batch's scores, then sends it on. */
+  async function sendBatch(batch: ScoreBatch): Promise<void> {
+    expect(checkMessage('urs/score-batch', batch)).toEqual([]);
+    await storeScores(batch);
     await producer?.send({
       topic: topic('urs.device-scores'),
       messages: [{ key: tenantId, value: JSON.stringify(batch) }],
@@ -131,6 +136,8 @@ describe('publisher main: a deleted tenant', () => {
     await sendBatch(scoreBatch('c1', startedAt, 0, [device('a', 10), device('b', 80), device('c', 20)], 1));
     await sendBatch(scoreBatch('c2', startedAt + 60_000, 0, [device('a', 90), device('d', 30)], 2));
     await waitFor(() => scores().length === 5 && summaries().length === 1, { timeoutMs: 30_000 });
+    // A device of c2 scored before the deletion, its batch not sent yet: stored, never published.
+    await storeScores(scoreBatch('c2', startedAt + 60_000, 1, [device('g', 60)], 2));
 
     // Deleted as the registrar deletes: a null value under the tenant's key, with the deletion's revision.
     await producer.send({
@@ -148,7 +155,8 @@ describe('publisher main: a deleted tenant', () => {
     });
     expect(logged('tenant deleted, its devices tombstoned')[0]).toMatchObject({ tenantId, tombstones: 4 });
 
-    // Its publisher state is gone: what was published and seen, its completed cycles, its devices' scores.
+    // Its publisher state is gone: what was published and seen, its completed cycles, its devices' scores
+    // (the one never published too) with their histories.
     const stateKeys = [
       'published',
       'published-seen',
@@ -158,8 +166,10 @@ describe('publisher main: a deleted tenant', () => {
       'scores',
       'score-stamps',
       'score-bands',
+      'score-cycles',
     ].map((name) => `${redis.prefix}${name}:${tenantId}`);
     expect(await redis.client.exists(...stateKeys)).toBe(0);
+    expect(await redis.client.keys(`${redis.prefix}score*:${tenantId}*`)).toEqual([]);
 
     // c2's last batch, scored before the deletion, arrives after it: neither its records nor c2's summary
     // (it was the cycle's last batch).

@@ -1,0 +1,51 @@
+/**
+ * The score store's removal of a deleted tenant (ScoreStore.removeTenant), in one script so that a
+ * registration of the tenant again cannot fall between what it checks and what it removes.
+ *
+ * KEYS[1] scores hash, KEYS[2] stamps hash, KEYS[3] bands hash, KEYS[4] the tenant's history cycles (sorted
+ * set by start), KEYS[5] the tenant's record hash, KEYS[6] its deletion marker, then the history hash of
+ * each cycle the caller read from KEYS[4]. ARGV[1] the deletion's revision (0: any), then those cycles' ids
+ * in the same order.
+ *
+ * A record with a newer revision than the deletion's: registered again, and the marker may not say so
+ * yet (the publisher records it after the deletion); removing then could take the new registration's
+ * scores, so nothing is removed (answer 0). The marker with no `registeredAt` (or no marker): every
+ * score of the tenant is the deleted tenant's, and the score store writes none until a registration is
+ * recorded, so everything goes. With `registeredAt`: the scores and cycles stamped before it go, the
+ * same rule by which the save script refuses a batch; a device with a newer score has no history entry
+ * of an older cycle worth keeping apart from its own. A cycle added between the caller's read and this
+ * script is one the save script let through, hence newer than the deletion: it stays. UNLINK frees the
+ * hashes (100,000 fields for a large tenant) off Redis's main thread.
+ */
+export const REMOVE_TENANT = `
+local revision = tonumber(ARGV[1])
+if revision > 0 and tonumber(redis.call('HGET', KEYS[5], 'revision') or '0') > revision then return 0 end
+local registeredAt = redis.call('HGET', KEYS[6], 'registeredAt')
+if not registeredAt then
+  redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3])
+  for i = 7, #KEYS do
+    redis.call('UNLINK', KEYS[i])
+    redis.call('ZREM', KEYS[4], ARGV[i - 5])
+  end
+  return 1
+end
+local cutoff = tonumber(registeredAt)
+local stamps = redis.call('HGETALL', KEYS[2])
+local gone = {}
+for i = 1, #stamps, 2 do
+  if tonumber(stamps[i + 1]) < cutoff then gone[#gone + 1] = stamps[i] end
+end
+for first = 1, #gone, 200 do
+  local last = math.min(#gone, first + 199)
+  redis.call('HDEL', KEYS[1], unpack(gone, first, last))
+  redis.call('HDEL', KEYS[2], unpack(gone, first, last))
+  redis.call('HDEL', KEYS[3], unpack(gone, first, last))
+end
+for i = 7, #KEYS do
+  local at = redis.call('ZSCORE', KEYS[4], ARGV[i - 5])
+  if at and tonumber(at) < cutoff then
+    redis.call('UNLINK', KEYS[i])
+    redis.call('ZREM', KEYS[4], ARGV[i - 5])
+  end
+end
+return 1`;
