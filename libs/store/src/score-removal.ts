@@ -7,21 +7,28 @@
  * each cycle the caller read from KEYS[4]. ARGV[1] the deletion's revision (0: any), then those cycles' ids
  * in the same order.
  *
- * A record with a newer revision than the deletion's: registered again, and the marker may not say so
- * yet (the publisher records it after the deletion); removing then could take the new registration's
- * scores, so nothing is removed (answer 0). The marker with no `registeredAt` (or no marker): every
- * score of the tenant is the deleted tenant's, and the score store writes none until a registration is
- * recorded, so everything goes. With `registeredAt`: the scores and cycles stamped before it go, the
- * same rule by which the save script refuses a batch; a device with a newer score has no history entry
- * of an older cycle worth keeping apart from its own. A cycle added between the caller's read and this
- * script is one the save script let through, hence newer than the deletion: it stays. UNLINK frees the
- * hashes (100,000 fields for a large tenant) off Redis's main thread.
+ * The marker with no `registeredAt` (or no marker): every score of the tenant is the deleted tenant's,
+ * and the score store writes none until a registration is recorded, so everything goes. With
+ * `registeredAt`: the scores and cycles stamped before it go, the same rule by which the save script
+ * refuses a batch; a device with a newer score has no history entry of an older cycle to keep apart from
+ * its own. A record with a newer revision than the deletion's: registered again, which the marker may
+ * not say yet (the publisher records it after the deletion), and whose first cycle's scores may be
+ * stored already; the cut is then the marker's `deletedAt` (answer 0): a cycle of the registration
+ * started after the deletion. A cycle added between the caller's read and this script is one the save
+ * script let through, hence newer than the cut: it stays. UNLINK frees the hashes (100,000 fields for a
+ * large tenant) off Redis's main thread.
  */
 export const REMOVE_TENANT = `
 local revision = tonumber(ARGV[1])
-if revision > 0 and tonumber(redis.call('HGET', KEYS[5], 'revision') or '0') > revision then return 0 end
-local registeredAt = redis.call('HGET', KEYS[6], 'registeredAt')
-if not registeredAt then
+local marker = redis.call('HMGET', KEYS[6], 'deletedAt', 'registeredAt')
+local cut = marker[2]
+local answer = 1
+if revision > 0 and tonumber(redis.call('HGET', KEYS[5], 'revision') or '0') > revision then
+  if not marker[1] then return 0 end
+  cut = cut or marker[1]
+  answer = 0
+end
+if not cut then
   redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3])
   for i = 7, #KEYS do
     redis.call('UNLINK', KEYS[i])
@@ -29,7 +36,7 @@ if not registeredAt then
   end
   return 1
 end
-local cutoff = tonumber(registeredAt)
+local cutoff = tonumber(cut)
 local stamps = redis.call('HGETALL', KEYS[2])
 local gone = {}
 for i = 1, #stamps, 2 do
@@ -48,4 +55,4 @@ for i = 7, #KEYS do
     redis.call('ZREM', KEYS[4], ARGV[i - 5])
   end
 end
-return 1`;
+return answer`;

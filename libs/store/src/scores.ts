@@ -102,8 +102,9 @@ export interface ScoreStore {
    * `tenantDeletionKey`): every score, band and history of its devices, published or not, and its cycles;
    * once it is registered again, only those of cycles that started before that (the marker's
    * `registeredAt`). `deletedRevision` is the deletion's: a record of the tenant with a newer revision is a
-   * registration after it the marker does not know of yet, and nothing is removed. Read and removed in one
-   * Redis step with that check. Resolves false when nothing was removed for that reason.
+   * registration after it the marker does not know of yet, and only the cycles that started before the
+   * deletion go (nothing without a marker). Read and removed in one Redis step with that check. Resolves
+   * false when a newer record kept the scores from the deletion on.
    */
   removeTenant(tenantId: string, deletedRevision?: number): Promise<boolean>;
 }

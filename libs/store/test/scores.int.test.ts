@@ -225,11 +225,28 @@ describe('createScoreStore', () => {
       'scores:t',
     ]);
 
-    // A record newer than the deletion: registered again, which the marker does not say yet. Nothing goes.
-    await createTenantStore(redis.client, redis.prefix).put(tenantRecord('t', { revision: 9 }));
+    // Deleted at 10:40 and a record newer than the deletion: registered again, which the marker does not
+    // say yet, its first cycle scored already. What was scored before the deletion goes, that cycle stays.
+    await scores.saveScores('t', cycle('c4', '2026-01-01T10:45:00.000Z'), [device('d2', 40, 'Low Risk')]);
     await published.markDeleted('t', Date.parse('2026-01-01T10:40:00.000Z'));
+    await createTenantStore(redis.client, redis.prefix).put(tenantRecord('t', { revision: 9 }));
     expect(await scores.removeTenant('t', 8)).toBe(false);
-    expect(await scores.getDeviceScore('t', 'd1')).toMatchObject({ cycleId: 'c3' });
+    expect(
+      (await scores.listDeviceScores('t')).items.map((item) => [item.device.deviceId, item.cycleId]),
+    ).toEqual([['d2', 'c4']]);
+    expect(await keys('t')).toEqual([
+      'score-bands:t',
+      'score-cycle-history:t:c4',
+      'score-cycles:t',
+      'score-stamps:t',
+      'scores:t',
+    ]);
+    // No deletion marker: nothing says which scores are the deleted tenant's.
+    await redis.client.del(`${redis.prefix}published-deleted:t`);
+    expect(await scores.removeTenant('t', 8)).toBe(false);
+    expect(await scores.getDeviceScore('t', 'd2')).toMatchObject({ cycleId: 'c4' });
+    // The deletion of the registration newest: everything goes.
+    await published.markDeleted('t', Date.parse('2026-01-01T10:50:00.000Z'));
     expect(await scores.removeTenant('t', 9)).toBe(true);
     expect(await keys('t')).toEqual([]);
   });

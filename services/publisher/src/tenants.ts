@@ -84,9 +84,9 @@ export function createTenantsHandler(deps: TenantsHandlerDeps): MessageHandler<T
           // The tombstones removed the published devices' scores; the devices scored and never published
           // (a batch not published yet, a tenant deleted in its first cycle) would stay for ever: no cycle
           // of the tenant will tombstone them, and the registrar's API would show them again were the
-          // tenant registered again.
-          const scoresRemoved = await deps.scores.removeTenant(tenantId, revision);
-          return { tombstones: gone.length, scoresRemoved };
+          // tenant registered again. A registration landing meanwhile keeps its cycles' scores.
+          const whole = await deps.scores.removeTenant(tenantId, revision);
+          return { tombstones: gone.length, ...(whole ? {} : { registeredMeanwhile: true }) };
         },
       );
       deps.logger.info('tenant deleted, its devices tombstoned', { tenantId, ...outcome });
