@@ -13,6 +13,7 @@ export type {
   SaveScoresResult,
   ListScoresOptions,
   ScoreStoreOptions,
+  TenantScoresRemoval,
 } from './scores';
 export { createPublishedStore } from './published';
 export type { PublishedStore, TenantLease } from './published';

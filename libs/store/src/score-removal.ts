@@ -4,8 +4,8 @@
  *
  * KEYS[1] scores hash, KEYS[2] stamps hash, KEYS[3] bands hash, KEYS[4] the tenant's history cycles (sorted
  * set by start), KEYS[5] the tenant's record hash, KEYS[6] its deletion marker, then the history hash of
- * each cycle the caller read from KEYS[4]. ARGV[1] the deletion's revision (0: any), then those cycles' ids
- * in the same order.
+ * each cycle the caller read from KEYS[4]. ARGV[1] the deletion's revision (0: any), ARGV[2] the caller's
+ * own cut (epoch ms; empty: the marker's), then those cycles' ids in the same order.
  *
  * The marker with no `registeredAt` (or no marker): every score of the tenant is the deleted tenant's,
  * and the score store writes none until a registration is recorded, so everything goes. With
@@ -14,25 +14,31 @@
  * its own. A record with a newer revision than the deletion's: registered again, which the marker may
  * not say yet (the publisher records it after the deletion), and whose first cycle's scores may be
  * stored already; the cut is then the marker's `deletedAt` (answer 0): a cycle of the registration
- * started after the deletion. A cycle added between the caller's read and this script is one the save
- * script let through, hence newer than the cut: it stays. UNLINK frees the hashes (100,000 fields for a
- * large tenant) off Redis's main thread.
+ * started after the deletion. The caller's own cut stands for all that. A cycle added between the
+ * caller's read and this script is one the save script let through, hence newer than the cut: it stays.
+ * UNLINK frees the hashes (100,000 fields for a large tenant) off Redis's main thread; a partial removal
+ * reads the stamps hash whole, as a registration again is rare.
  */
 export const REMOVE_TENANT = `
 local revision = tonumber(ARGV[1])
-local marker = redis.call('HMGET', KEYS[6], 'deletedAt', 'registeredAt')
-local cut = marker[2]
+local cut = false
 local answer = 1
-if revision > 0 and tonumber(redis.call('HGET', KEYS[5], 'revision') or '0') > revision then
-  if not marker[1] then return 0 end
-  cut = cut or marker[1]
-  answer = 0
+if ARGV[2] ~= '' then
+  cut = ARGV[2]
+else
+  local marker = redis.call('HMGET', KEYS[6], 'deletedAt', 'registeredAt')
+  cut = marker[2]
+  if revision > 0 and tonumber(redis.call('HGET', KEYS[5], 'revision') or '0') > revision then
+    if not marker[1] then return 0 end
+    cut = cut or marker[1]
+    answer = 0
+  end
 end
 if not cut then
   redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3])
   for i = 7, #KEYS do
     redis.call('UNLINK', KEYS[i])
-    redis.call('ZREM', KEYS[4], ARGV[i - 5])
+    redis.call('ZREM', KEYS[4], ARGV[i - 4])
   end
   return 1
 end
@@ -49,10 +55,10 @@ for first = 1, #gone, 200 do
   redis.call('HDEL', KEYS[3], unpack(gone, first, last))
 end
 for i = 7, #KEYS do
-  local at = redis.call('ZSCORE', KEYS[4], ARGV[i - 5])
+  local at = redis.call('ZSCORE', KEYS[4], ARGV[i - 4])
   if at and tonumber(at) < cutoff then
     redis.call('UNLINK', KEYS[i])
-    redis.call('ZREM', KEYS[4], ARGV[i - 5])
+    redis.call('ZREM', KEYS[4], ARGV[i - 4])
   end
 end
 return answer`;

@@ -101,12 +101,25 @@ export interface ScoreStore {
    * Forgets what a deleted tenant left, once the publisher has recorded its deletion (its marker, see
    * `tenantDeletionKey`): every score, band and history of its devices, published or not, and its cycles;
    * once it is registered again, only those of cycles that started before that (the marker's
-   * `registeredAt`). `deletedRevision` is the deletion's: a record of the tenant with a newer revision is a
-   * registration after it the marker does not know of yet, and only the cycles that started before the
-   * deletion go (nothing without a marker). Read and removed in one Redis step with that check. Resolves
-   * false when a newer record kept the scores from the deletion on.
+   * `registeredAt`). Read and removed in one Redis step with the checks of `deletion`. Resolves false when
+   * a newer record kept the scores from the deletion on.
    */
-  removeTenant(tenantId: string, deletedRevision?: number): Promise<boolean>;
+  removeTenant(tenantId: string, deletion?: TenantScoresRemoval): Promise<boolean>;
+}
+
+/** Which of a deleted tenant's scores `removeTenant` removes. */
+export interface TenantScoresRemoval {
+  /**
+   * The deletion's revision: a record of the tenant with a newer one is a registration after the deletion
+   * the marker does not know of yet, and only the cycles that started before the marker's `deletedAt` go
+   * (nothing without a marker).
+   */
+  deletedRevision?: number;
+  /**
+   * Epoch ms: only the scores and cycles that started before it go, whatever the marker and the record
+   * say (a deletion the tenant was registered again after, its time).
+   */
+  startedBefore?: number;
 }
 
 export interface ScoreStoreOptions {
@@ -335,7 +348,7 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
       for (const cycleId of cycles) removal.hdel(cycleHistoryKey(tenantId, cycleId), ...deviceIds);
       await removal.exec();
     },
-    async removeTenant(tenantId, deletedRevision) {
+    async removeTenant(tenantId, deletion = {}) {
       const cycles = await redis.zrange(cyclesKey(tenantId), 0, -1);
       const keys = [
         scoresKey(tenantId),
@@ -350,7 +363,8 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
         REMOVE_TENANT,
         keys.length,
         ...keys,
-        String(deletedRevision ?? 0),
+        String(deletion.deletedRevision ?? 0),
+        deletion.startedBefore === undefined ? '' : String(deletion.startedBefore),
         ...cycles,
       );
       return removed === 1;

@@ -191,7 +191,7 @@ describe('createScoreStore', () => {
     }
     // Deleted at 10:15: every key of the tenant goes, the cycles' histories with them; the other tenant keeps its own.
     await published.markDeleted('t', Date.parse('2026-01-01T10:15:00.000Z'));
-    expect(await scores.removeTenant('t', 5)).toBe(true);
+    expect(await scores.removeTenant('t', { deletedRevision: 5 })).toBe(true);
     expect(await keys('t')).toEqual([]);
     expect(await scores.listDeviceScores('t')).toEqual({ total: 0, items: [] });
     expect(await keys('other')).toEqual([
@@ -212,7 +212,7 @@ describe('createScoreStore', () => {
     await scores.saveScores('t', cycle('c3', '2026-01-01T10:35:00.000Z'), [device('d1', 30, 'Low Risk')]);
     await published.markDeleted('t', Date.parse('2026-01-01T10:25:00.000Z'));
     await published.registeredAgain('t', Date.parse('2026-01-01T10:30:00.000Z'));
-    expect(await scores.removeTenant('t', 7)).toBe(true);
+    expect(await scores.removeTenant('t', { deletedRevision: 7 })).toBe(true);
     expect(
       (await scores.listDeviceScores('t')).items.map((item) => [item.device.deviceId, item.cycleId]),
     ).toEqual([['d1', 'c3']]);
@@ -230,7 +230,7 @@ describe('createScoreStore', () => {
     await scores.saveScores('t', cycle('c4', '2026-01-01T10:45:00.000Z'), [device('d2', 40, 'Low Risk')]);
     await published.markDeleted('t', Date.parse('2026-01-01T10:40:00.000Z'));
     await createTenantStore(redis.client, redis.prefix).put(tenantRecord('t', { revision: 9 }));
-    expect(await scores.removeTenant('t', 8)).toBe(false);
+    expect(await scores.removeTenant('t', { deletedRevision: 8 })).toBe(false);
     expect(
       (await scores.listDeviceScores('t')).items.map((item) => [item.device.deviceId, item.cycleId]),
     ).toEqual([['d2', 'c4']]);
@@ -243,12 +243,29 @@ describe('createScoreStore', () => {
     ]);
     // No deletion marker: nothing says which scores are the deleted tenant's.
     await redis.client.del(`${redis.prefix}published-deleted:t`);
-    expect(await scores.removeTenant('t', 8)).toBe(false);
+    expect(await scores.removeTenant('t', { deletedRevision: 8 })).toBe(false);
     expect(await scores.getDeviceScore('t', 'd2')).toMatchObject({ cycleId: 'c4' });
     // The deletion of the registration newest: everything goes.
     await published.markDeleted('t', Date.parse('2026-01-01T10:50:00.000Z'));
-    expect(await scores.removeTenant('t', 9)).toBe(true);
+    expect(await scores.removeTenant('t', { deletedRevision: 9 })).toBe(true);
     expect(await keys('t')).toEqual([]);
+
+    // A cut of the caller's own (a deletion the record is newer than): whatever the marker says.
+    await scores.saveScores('t', cycle('c5', '2026-01-01T11:00:00.000Z'), [
+      device('d1', 50, 'Moderate Risk'),
+    ]);
+    await scores.saveScores('t', cycle('c6', '2026-01-01T11:10:00.000Z'), [
+      device('d2', 60, 'Moderate Risk'),
+    ]);
+    const cut = Date.parse('2026-01-01T11:05:00.000Z');
+    expect(await scores.removeTenant('t', { deletedRevision: 8, startedBefore: cut })).toBe(true);
+    expect(await keys('t')).toEqual([
+      'score-bands:t',
+      'score-cycle-history:t:c6',
+      'score-cycles:t',
+      'score-stamps:t',
+      'scores:t',
+    ]);
   });
 
   it("history entries should name their cycle and its start, which the cycle's hash and the sorted set of cycles hold", async () => {

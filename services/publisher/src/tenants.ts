@@ -64,6 +64,10 @@ export function createTenantsHandler(deps: TenantsHandlerDeps): MessageHandler<T
       const revision = numericHeader(message.headers, TENANT_REVISION_HEADER);
       const current = revision === undefined ? null : await deps.tenants.get(tenantId);
       if (current && revision !== undefined && current.revision > revision) {
+        // Its devices published before stay for the registration's cycles to keep or tombstone; a score
+        // of a cycle that started before the deletion is the deleted registration's all the same, and one
+        // never published would stay for ever, shown by the registrar's API as the registration's.
+        await deps.scores.removeTenant(tenantId, { startedBefore: at });
         deps.logger.info('tenant deletion older than its record: nothing tombstoned', {
           tenantId,
           deletedRevision: revision,
@@ -85,7 +89,7 @@ export function createTenantsHandler(deps: TenantsHandlerDeps): MessageHandler<T
           // (a batch not published yet, a tenant deleted in its first cycle) would stay for ever: no cycle
           // of the tenant will tombstone them, and the registrar's API would show them again were the
           // tenant registered again. A registration landing meanwhile keeps its cycles' scores.
-          const whole = await deps.scores.removeTenant(tenantId, revision);
+          const whole = await deps.scores.removeTenant(tenantId, { deletedRevision: revision });
           return { tombstones: gone.length, ...(whole ? {} : { registeredMeanwhile: true }) };
         },
       );

@@ -386,14 +386,26 @@ describe('the publisher', () => {
     expect(summaries()).toEqual([]);
   });
 
-  it("a deletion older than the tenant's record (read again from the topic's beginning) should tombstone nothing", async () => {
+  it("a deletion older than the tenant's record (read again from the topic's beginning) should tombstone nothing, and remove the scores from before it", async () => {
     const { handler, begin, deleteTenant } = build();
+    const scores = createScoreStore(redis.client, redis.prefix);
+    const stored = async (): Promise<string[]> =>
+      (await scores.listDeviceScores('t1')).items.map((item) => `${item.device.deviceId}@${item.cycleId}`);
     await begin(1);
     await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')]));
+    // Scored in cycle 1 and never published (its batch not sent on before the deletion); then scored in
+    // the registration's first cycle, after the deletion.
+    const save = async ({ cycleId, cycleStartedAt, collectedAt, scoredAt, devices }: ScoreBatch) => {
+      await scores.saveScores('t1', { cycleId, cycleStartedAt, collectedAt, scoredAt }, devices);
+    };
+    await save(scoreBatch(1, 1, [device('n', 50, 'Moderate Risk')]));
+    await save(scoreBatch(2, 0, [device('b', 40, 'Low Risk')]));
     // Deleted at revision 3, registered again at revision 5: the registrar's record in Redis is revision 5.
     await tenantStore().put(tenantRecord('t1', { revision: 5 }));
     await deleteTenant(minute(12), 3);
     expect(records().filter((m) => m.value === null)).toEqual([]);
+    // What cycle 1 scored is the deleted registration's: the registrar's API would show it as the new one's.
+    expect(await stored()).toEqual(['b@c2']);
     // A deletion after that record is acted on.
     await deleteTenant(minute(13), 6);
     expect(
