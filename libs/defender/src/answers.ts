@@ -225,7 +225,7 @@ function forbidden(
   }
   if (api.code === 'DisallowedOperation') {
     return new DefenderError(
-      DefenderErrorCode.REQUEST_REJECTED,
+      DefenderErrorCode.OPERATION_DISALLOWED,
       `${refused}: Microsoft does not allow this operation for the tenant, for the reason it gives; ` +
         'a permission or admin consent does not change it.',
       { details },

@@ -22,6 +22,11 @@ export const DefenderErrorCode = {
    * Vulnerability Management); no permission fixes it.
    */
   FEATURE_DISABLED: 'DEFENDER_FEATURE_DISABLED',
+  /**
+   * 403 `DisallowedOperation`: Microsoft does not allow the call for the tenant, for the reason it gives.
+   * Every call of the tenant would meet it, and no retry or permission changes it: a setup error.
+   */
+  OPERATION_DISALLOWED: 'DEFENDER_OPERATION_DISALLOWED',
   /** Any other sign-in failure. */
   AUTH_FAILED: 'DEFENDER_AUTH_FAILED',
   /** The API rejected a freshly issued token (401 twice). */
@@ -34,7 +39,7 @@ export const DefenderErrorCode = {
   MALFORMED_RESPONSE: 'DEFENDER_MALFORMED_RESPONSE',
   /** 404 on a single resource (a device removed since it was listed). */
   NOT_FOUND: 'DEFENDER_NOT_FOUND',
-  /** Another 4xx (a 403 `DisallowedOperation` too): a request the API will never accept. */
+  /** Another 4xx: a request the API will never accept. */
   REQUEST_REJECTED: 'DEFENDER_REQUEST_REJECTED',
   /** A tenant's cloud/region or an option is not valid. */
   INVALID_CONFIG: 'DEFENDER_INVALID_CONFIG',
@@ -80,6 +85,7 @@ const SETUP_ERROR_CODES: ReadonlySet<string> = new Set<string>([
   DefenderErrorCode.NOT_PROVISIONED,
   DefenderErrorCode.CONSENT_MISSING,
   DefenderErrorCode.FEATURE_DISABLED,
+  DefenderErrorCode.OPERATION_DISALLOWED,
   DefenderErrorCode.AUTH_FAILED,
   DefenderErrorCode.UNAUTHORIZED,
   DefenderErrorCode.INVALID_CONFIG,

@@ -87,7 +87,7 @@ describe('createDefenderClient on 403 DisabledFeature', () => {
 });
 
 describe('classify on 403', () => {
-  it("should report DisallowedOperation with Microsoft's reason as a rejected request, not missing consent", () => {
+  it("should report DisallowedOperation with Microsoft's reason as a setup error of the tenant, not missing consent", () => {
     let error: unknown;
     try {
       classify(
@@ -99,7 +99,9 @@ describe('classify on 403', () => {
     } catch (thrown) {
       error = thrown;
     }
-    expect(error).toMatchObject({ code: DefenderErrorCode.REQUEST_REJECTED, canRetry: false });
+    expect(error).toMatchObject({ code: DefenderErrorCode.OPERATION_DISALLOWED, canRetry: false });
+    // Every call of the tenant would meet it: the poller backs the tenant off, the vuln-fetcher stops its cycle.
+    expect(isSetupErrorCode((error as DefenderError).code)).toBe(true);
     expect((error as Error).message).toContain(
       '403 DisallowedOperation: Operation is not allowed for this tenant.',
     );

@@ -196,6 +196,7 @@ async function devices(
       if (
         error.code === DefenderErrorCode.CONSENT_MISSING ||
         error.code === DefenderErrorCode.FEATURE_DISABLED ||
+        error.code === DefenderErrorCode.OPERATION_DISALLOWED ||
         error.code === DefenderErrorCode.UNAUTHORIZED
       ) {
         // The same answer would come for every device: say it once and stop asking.
