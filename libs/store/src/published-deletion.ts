@@ -1,15 +1,17 @@
 import type { default as Redis } from 'ioredis';
+import { DELETED_BEFORE_LUA } from './tenant-deletion';
 
 /** A tenant's deletion as the published store records it (see `createTenantDeletions`). */
 export interface TenantDeletions {
   /**
-   * Records that the tenant was deleted at `deletedAt` (epoch ms) and lists its devices to tombstone: every
-   * device published and not tombstoned yet. From then on the tenant's cycles are of a deleted tenant
-   * (`ofDeletedTenant`) until it is registered again (`registeredAgain`). A deletion older than a
+   * Records that the tenant was deleted at `deletedAt` (epoch ms), with the deletion's `revision` (its
+   * tombstone's), and lists its devices to tombstone: every device published and not tombstoned yet. From
+   * then on the tenant's cycles are of a deleted tenant (`ofDeletedTenant`) until it is registered again: a
+   * record of it newer than `revision` in the tenant store, or `registeredAgain`. A deletion older than a
    * registration already recorded (delivered again, or read again from the topic's beginning) lists only
    * the devices last seen in a cycle that started before that registration.
    */
-  markDeleted(tenantId: string, deletedAt: number): Promise<string[]>;
+  markDeleted(tenantId: string, deletedAt: number, revision?: number): Promise<string[]>;
   /**
    * Forgets what is left of a deleted tenant once its devices' tombstones are out (`forget`): its completed
    * cycles that started before the cutoff `markDeleted` used, and their numbering once none is left.
@@ -22,14 +24,16 @@ export interface TenantDeletions {
   registeredAgain(tenantId: string, registeredAt: number): Promise<void>;
   /**
    * Whether the cycle that started at `cycleAt` (epoch ms) is of a deleted tenant: the tenant was deleted
-   * and not registered again before the cycle started. Its batches and summary are not published.
+   * and not registered again before the cycle started (`DELETED_BEFORE_LUA`, the rule the score store
+   * stores scores by). Its batches and summary are not published.
    */
   ofDeletedTenant(tenantId: string, cycleAt: number): Promise<boolean>;
 }
 
-// KEYS[1] deletion marker hash, KEYS[2] seen zset; ARGV: deletion ms, marker ttl ms. Returns the devices to
-// tombstone. The marker keeps the newest deletion, and the cutoff: the start before which a device's last
-// cycle must be to be tombstoned ('inf' unless a registration newer than this deletion was recorded).
+// KEYS[1] deletion marker hash, KEYS[2] seen zset; ARGV: deletion ms, marker ttl ms, deletion revision (empty:
+// none). Returns the devices to tombstone. The marker keeps the newest deletion with its revision, and the
+// cutoff: the start before which a device's last cycle must be to be tombstoned ('inf' unless a
+// registration newer than this deletion was recorded).
 const MARK_DELETED = `
 local at = tonumber(ARGV[1])
 local deleted = tonumber(redis.call('HGET', KEYS[1], 'deletedAt') or '-1')
@@ -39,7 +43,8 @@ if tonumber(registeredAt) > at then
   cutoff = '(' .. registeredAt
 elseif at > deleted then
   redis.call('HSET', KEYS[1], 'deletedAt', ARGV[1])
-  redis.call('HDEL', KEYS[1], 'registeredAt')
+  redis.call('HDEL', KEYS[1], 'registeredAt', 'revision')
+  if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'revision', ARGV[3]) end
 end
 redis.call('HSET', KEYS[1], 'cutoff', cutoff)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -69,17 +74,21 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1`;
 
-/** Whether a deletion marker's `[deletedAt, registeredAt]` says the cycle started at `cycleAt` is of a deleted tenant. */
-export function deletedFor(marker: (string | null)[], cycleAt: number): boolean {
-  const [deletedAt, registeredAt] = marker;
-  if (deletedAt === null || deletedAt === undefined) return false;
-  return registeredAt === null || registeredAt === undefined || cycleAt < Number(registeredAt);
-}
+/**
+ * KEYS[1] deletion marker hash, KEYS[2] the tenant's record hash; ARGV[1] a cycle's start (epoch ms). 1 when
+ * the cycle is of a deleted tenant (`ofDeletedTenant`).
+ */
+export const OF_DELETED_TENANT = `${DELETED_BEFORE_LUA}
+local cut = deletedBefore(KEYS[1], KEYS[2])
+if cut and tonumber(ARGV[1]) < cut then return 1 end
+return 0`;
 
 /** The keys of a tenant's publisher state its deletion reads, writes or forgets (`createPublishedStore`). */
 export interface DeletionKeys {
-  /** The deletion marker (hash: `deletedAt`, `registeredAt`, `cutoff`; PX). */
+  /** The deletion marker (hash: `deletedAt`, `registeredAt`, `revision`, `cutoff`; PX). */
   deleted: (tenantId: string) => string;
+  /** The tenant's record in the tenant store (read only: its revision). */
+  record: (tenantId: string) => string;
   /** Devices by the start of the newest cycle they were in (zset). */
   seen: (tenantId: string) => string;
   /** Completed cycles by start (zset). */
@@ -100,7 +109,7 @@ export function createTenantDeletions(
   markerTtlMs: number,
 ): TenantDeletions {
   return {
-    async markDeleted(tenantId, deletedAt) {
+    async markDeleted(tenantId, deletedAt, revision) {
       return (await redis.eval(
         MARK_DELETED,
         2,
@@ -108,6 +117,7 @@ export function createTenantDeletions(
         keys.seen(tenantId),
         String(deletedAt),
         String(markerTtlMs),
+        revision === undefined ? '' : String(revision),
       )) as string[];
     },
     async forgetDeleted(tenantId) {
@@ -130,7 +140,14 @@ export function createTenantDeletions(
       );
     },
     async ofDeletedTenant(tenantId, cycleAt) {
-      return deletedFor(await redis.hmget(keys.deleted(tenantId), 'deletedAt', 'registeredAt'), cycleAt);
+      const deleted = await redis.eval(
+        OF_DELETED_TENANT,
+        2,
+        keys.deleted(tenantId),
+        keys.record(tenantId),
+        String(cycleAt),
+      );
+      return deleted === 1;
     },
   };
 }

@@ -1,6 +1,6 @@
 import type Redis from 'ioredis';
 import { releaseOwnedKey, renewOwnedKey, takeOwnedKey, takeOwnedKeyIn } from './owned-key';
-import { createTenantDeletions, deletedFor, type TenantDeletions } from './published-deletion';
+import { createTenantDeletions, OF_DELETED_TENANT, type TenantDeletions } from './published-deletion';
 import {
   commitOn,
   decode,
@@ -13,6 +13,7 @@ import {
 } from './published-devices';
 import { scoreStamp } from './scores';
 import { tenantDeletionKey } from './tenant-deletion';
+import { tenantRecordKey } from './tenants';
 
 /**
  * One publisher replica's hold on a tenant: while it lasts, no other replica records a batch of the tenant
@@ -158,8 +159,8 @@ const DELETION_MARKER_TTL_MS = SUMMARY_MARKER_TTL_MS;
  * devices by the start of the newest cycle they were in), `{prefix}published-cycles:{tenantId}` (zset of
  * completed cycles by start) with `{prefix}published-seq:{tenantId}` / `…-counter:{tenantId}` numbering them (and counting each one's tombstones),
  * the tenant's lease `{prefix}publish-lease:{tenantId}` (string, PX), and once the tenant was deleted
- * `{prefix}published-deleted:{tenantId}` (hash: `deletedAt`, `registeredAt` once registered again, and the
- * `cutoff` of its tombstones; PX).
+ * `{prefix}published-deleted:{tenantId}` (hash: `deletedAt`, `registeredAt` once registered again, the
+ * deletion's `revision`, and the `cutoff` of its tombstones; PX).
  */
 export function createPublishedStore(redis: Redis, prefix: string): PublishedStore {
   const publishedKey = (tenantId: string): string => publishedKeyOf(prefix, tenantId);
@@ -168,6 +169,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
   const sequenceKey = (tenantId: string): string => `${prefix}published-seq:${tenantId}`;
   const counterKey = (tenantId: string): string => `${prefix}published-counter:${tenantId}`;
   const deletedKey = (tenantId: string): string => tenantDeletionKey(prefix, tenantId);
+  const recordKey = (tenantId: string): string => tenantRecordKey(prefix, tenantId);
   const sentKey = (tenantId: string, cycleId: string): string =>
     `${prefix}summary-sent:${tenantId}:${cycleId}`;
   const summaryLockKey = (tenantId: string, cycleId: string): string =>
@@ -175,7 +177,14 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
   const owedKey = summariesOwedKey(prefix);
   const deletions = createTenantDeletions(
     redis,
-    { deleted: deletedKey, seen: seenKey, cycles: cyclesKey, sequence: sequenceKey, counter: counterKey },
+    {
+      deleted: deletedKey,
+      record: recordKey,
+      seen: seenKey,
+      cycles: cyclesKey,
+      sequence: sequenceKey,
+      counter: counterKey,
+    },
     DELETION_MARKER_TTL_MS,
   );
   return {
@@ -188,13 +197,13 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
         tenantLeaseKey(prefix, lease.tenantId),
         lease.holder,
         lease.ttlMs,
-      ).hmget(deletedKey(lease.tenantId), 'deletedAt', 'registeredAt');
+      ).eval(OF_DELETED_TENANT, 2, deletedKey(lease.tenantId), recordKey(lease.tenantId), String(cycleAt));
       if (devices.length > 0)
         transaction.hmget(publishedKey(lease.tenantId), ...devices.map((device) => device.deviceId));
       const results = (await transaction.exec()) ?? [];
       for (const [error] of results) if (error) throw error;
       if (results[0]?.[1] !== 1) return null;
-      if (deletedFor((results[1]?.[1] ?? []) as (string | null)[], cycleAt)) {
+      if (results[1]?.[1] === 1) {
         await releaseOwnedKey(redis, tenantLeaseKey(prefix, lease.tenantId), lease.holder);
         return 'deleted';
       }

@@ -1,3 +1,5 @@
+import { DELETED_BEFORE_LUA } from './tenant-deletion';
+
 /**
  * The score store's removal of a deleted tenant (ScoreStore.removeTenant), in one script so that a
  * registration of the tenant again cannot fall between what it checks and what it removes.
@@ -7,34 +9,31 @@
  * each cycle the caller read from KEYS[4]. ARGV[1] the deletion's revision (0: any), ARGV[2] the caller's
  * own cut (epoch ms; empty: the marker's), then those cycles' ids in the same order.
  *
- * The marker with no `registeredAt` (or no marker): every score of the tenant is the deleted tenant's,
- * and the score store writes none until a registration is recorded, so everything goes. With
- * `registeredAt`: the scores and cycles stamped before it go, the same rule by which the save script
- * refuses a batch; a device with a newer score has no history entry of an older cycle to keep apart from
- * its own. A record with a newer revision than the deletion's: registered again, which the marker may
- * not say yet (the publisher records it after the deletion), and whose first cycle's scores may be
- * stored already; the cut is then the marker's `deletedAt` (answer 0): a cycle of the registration
- * started after the deletion. The caller's own cut stands for all that. A cycle added between the
+ * The cut is the marker's (`deletedBefore`), by the same rule the save script refuses a batch by, so that
+ * what one keeps the other does not remove: not registered again (or no marker), every score of the tenant
+ * is the deleted tenant's, and the score store writes none meanwhile, so everything goes; registered again,
+ * the scores and cycles stamped before the cut go, and a device with a newer score has no history entry of
+ * an older cycle to keep apart from its own. A record newer than the deletion (answer 0) is a registration
+ * whose first cycle's scores may be stored already; without a marker, nothing says which scores are the
+ * deleted tenant's and nothing goes. The caller's own cut stands for all that. A cycle added between the
  * caller's read and this script is one the save script let through, hence newer than the cut: it stays.
  * UNLINK frees the hashes (100,000 fields for a large tenant) off Redis's main thread; a partial removal
  * reads the stamps hash whole, as a registration again is rare.
  */
-export const REMOVE_TENANT = `
-local revision = tonumber(ARGV[1])
-local cut = false
+export const REMOVE_TENANT = `${DELETED_BEFORE_LUA}
+local cut = math.huge
 local answer = 1
 if ARGV[2] ~= '' then
-  cut = ARGV[2]
+  cut = tonumber(ARGV[2])
 else
-  local marker = redis.call('HMGET', KEYS[6], 'deletedAt', 'registeredAt')
-  cut = marker[2]
-  if revision > 0 and tonumber(redis.call('HGET', KEYS[5], 'revision') or '0') > revision then
-    if not marker[1] then return 0 end
-    cut = cut or marker[1]
+  local at, newer = deletedBefore(KEYS[6], KEYS[5], ARGV[1])
+  if newer then
+    if not at then return 0 end
     answer = 0
   end
+  cut = at or math.huge
 end
-if not cut then
+if cut == math.huge then
   redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3])
   for i = 7, #KEYS do
     redis.call('UNLINK', KEYS[i])
@@ -42,11 +41,10 @@ if not cut then
   end
   return 1
 end
-local cutoff = tonumber(cut)
 local stamps = redis.call('HGETALL', KEYS[2])
 local gone = {}
 for i = 1, #stamps, 2 do
-  if tonumber(stamps[i + 1]) < cutoff then gone[#gone + 1] = stamps[i] end
+  if tonumber(stamps[i + 1]) < cut then gone[#gone + 1] = stamps[i] end
 end
 for first = 1, #gone, 200 do
   local last = math.min(#gone, first + 199)
@@ -56,7 +54,7 @@ for first = 1, #gone, 200 do
 end
 for i = 7, #KEYS do
   local at = redis.call('ZSCORE', KEYS[4], ARGV[i - 4])
-  if at and tonumber(at) < cutoff then
+  if at and tonumber(at) < cut then
     redis.call('UNLINK', KEYS[i])
     redis.call('ZREM', KEYS[4], ARGV[i - 4])
   end

@@ -2,7 +2,7 @@ import type Redis from 'ioredis';
 import type { RedisConfig } from '@urs/config';
 import type { Band, ScoredDevice } from '@urs/contracts';
 import { REMOVE_TENANT } from './score-removal';
-import { tenantDeletionKey } from './tenant-deletion';
+import { DELETED_BEFORE_LUA, tenantDeletionKey } from './tenant-deletion';
 import { tenantRecordKey } from './tenants';
 
 /** A device's score as stored: the scored device and the cycle it belongs to. */
@@ -100,9 +100,9 @@ export interface ScoreStore {
   /**
    * Forgets what a deleted tenant left, once the publisher has recorded its deletion (its marker, see
    * `tenantDeletionKey`): every score, band and history of its devices, published or not, and its cycles;
-   * once it is registered again, only those of cycles that started before that (the marker's
-   * `registeredAt`). Read and removed in one Redis step with the checks of `deletion`. Resolves false when
-   * a newer record kept the scores from the deletion on.
+   * once it is registered again, only those of cycles that started before the marker's cut, the one the
+   * save refuses batches by (`DELETED_BEFORE_LUA`). Read and removed in one Redis step with the checks of
+   * `deletion`. Resolves false when a newer record kept the scores from the deletion on.
    */
   removeTenant(tenantId: string, deletion?: TenantScoresRemoval): Promise<boolean>;
 }
@@ -110,9 +110,9 @@ export interface ScoreStore {
 /** Which of a deleted tenant's scores `removeTenant` removes. */
 export interface TenantScoresRemoval {
   /**
-   * The deletion's revision: a record of the tenant with a newer one is a registration after the deletion
-   * the marker does not know of yet, and only the cycles that started before the marker's `deletedAt` go
-   * (nothing without a marker).
+   * The deletion's revision, for a marker that does not keep one: a record of the tenant with a newer one
+   * is a registration after the deletion the marker may not know of yet, and only the cycles that started
+   * before the marker's `deletedAt` go (nothing without a marker).
    */
   deletedRevision?: number;
   /**
@@ -143,7 +143,7 @@ export interface ScoreStoreOptions {
 // ms), KEYS[5] this cycle's history hash (deviceId → entry json).
 // With onlyRegisteredTenants, KEYS[6] the tenant's record hash and KEYS[7] its deletion marker: the script
 // writes nothing (and answers a third element, 1) when the record is gone or the marker says the cycle is
-// of a deleted tenant (deleted, and not registered again before the cycle started).
+// of a deleted tenant (`deletedBefore`: deleted, and not registered again before the cycle started).
 // ARGV[1] stamp, ARGV[2] history length, ARGV[3] history ttl ms, ARGV[4] cycle id, then per device: id,
 // band, json, history entry json. The stamp compare and the writes happen in one script, so two writers of
 // different cycles never interleave; an equal stamp is a redelivery and is skipped. The hashes are read and
@@ -152,14 +152,14 @@ export interface ScoreStoreOptions {
 // time). Only the last `history length` cycles keep a history hash: the script answers the skipped devices
 // and the cycles it dropped from the set, whose hashes the caller deletes. A late batch of a cycle older
 // than those writes no history.
-const SAVE_IF_NEWER = `
+const SAVE_IF_NEWER = `${DELETED_BEFORE_LUA}
 local stamp = tonumber(ARGV[1])
 local keep = tonumber(ARGV[2])
 local n = (#ARGV - 4) / 4
 if #KEYS > 5 then
   if redis.call('EXISTS', KEYS[6]) == 0 then return {{}, {}, 1} end
-  local marker = redis.call('HMGET', KEYS[7], 'deletedAt', 'registeredAt')
-  if marker[1] and (not marker[2] or stamp < tonumber(marker[2])) then return {{}, {}, 1} end
+  local cut = deletedBefore(KEYS[7], KEYS[6])
+  if cut and stamp < cut then return {{}, {}, 1} end
 end
 redis.call('ZADD', KEYS[4], stamp, ARGV[4])
 local recent = redis.call('ZREVRANK', KEYS[4], ARGV[4]) < keep

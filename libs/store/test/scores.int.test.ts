@@ -173,6 +173,62 @@ describe('createScoreStore', () => {
     expect(await scores.getDeviceScore('t', 'd1')).toMatchObject({ cycleId: 'c2' });
   });
 
+  it('saveScores with onlyRegisteredTenants should store the cycles of a tenant registered again from its deletion on, before the publisher records the registration', async () => {
+    const scores = createScoreStore(redis.client, redis.prefix, { onlyRegisteredTenants: true });
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const refused = { written: 0, skipped: [], tenantDeleted: true };
+    const written = { written: 1, skipped: [] };
+    const deletedAt = Date.parse('2026-01-01T10:10:00.000Z');
+    // Registered at revision 5, deleted at 10:10 with revision 6: the registrar removes the record.
+    await tenants.put(tenantRecord('t', { revision: 5 }));
+    await published.markDeleted('t', deletedAt, 6);
+    expect(
+      await scores.saveScores('t', cycle('c2', '2026-01-01T10:20:00.000Z'), [device('d1', 2, 'Trustworthy')]),
+    ).toEqual(refused);
+    await tenants.remove('t', 6);
+    expect(
+      await scores.saveScores('t', cycle('c2', '2026-01-01T10:20:00.000Z'), [device('d1', 2, 'Trustworthy')]),
+    ).toEqual(refused);
+
+    // Registered again (revision 7): the poller starts a cycle at once; the publisher has not read the
+    // registration. A cycle from before the deletion is still the deleted tenant's.
+    await tenants.put(tenantRecord('t', { revision: 7 }));
+    expect(
+      await scores.saveScores('t', cycle('c1', '2026-01-01T10:05:00.000Z'), [device('d1', 1, 'Trustworthy')]),
+    ).toEqual(refused);
+    expect(
+      await scores.saveScores('t', cycle('c2', '2026-01-01T10:20:00.000Z'), [device('d1', 2, 'Trustworthy')]),
+    ).toEqual(written);
+    expect(await published.ofDeletedTenant('t', Date.parse('2026-01-01T10:20:00.000Z'))).toBe(false);
+    expect(await published.ofDeletedTenant('t', Date.parse('2026-01-01T10:05:00.000Z'))).toBe(true);
+
+    // The publisher records the registration at 10:30 by the registrar's clock; a cycle the poller's
+    // clock, behind it, stamped 10:25 is the registration's all the same.
+    await published.registeredAgain('t', Date.parse('2026-01-01T10:30:00.000Z'));
+    expect(
+      await scores.saveScores('t', cycle('c3', '2026-01-01T10:25:00.000Z'), [device('d2', 3, 'Trustworthy')]),
+    ).toEqual(written);
+    expect(await published.ofDeletedTenant('t', Date.parse('2026-01-01T10:25:00.000Z'))).toBe(false);
+    // The deletion's removal keeps what the save let through.
+    expect(await scores.removeTenant('t', { deletedRevision: 6 })).toBe(false);
+    expect(
+      (await scores.listDeviceScores('t')).items.map((item) => [item.device.deviceId, item.cycleId]),
+    ).toEqual([
+      ['d1', 'c2'],
+      ['d2', 'c3'],
+    ]);
+
+    // Deleted again (revision 8), its record gone, then a record no newer than that deletion: refused.
+    await published.markDeleted('t', Date.parse('2026-01-01T11:00:00.000Z'), 8);
+    await tenants.remove('t', 8);
+    await tenants.put(tenantRecord('t', { revision: 8 }));
+    expect(
+      await scores.saveScores('t', cycle('c4', '2026-01-01T11:10:00.000Z'), [device('d1', 4, 'Trustworthy')]),
+    ).toEqual(refused);
+    expect(await published.ofDeletedTenant('t', Date.parse('2026-01-01T11:10:00.000Z'))).toBe(true);
+  });
+
   it('removeTenant should forget every score, band, cycle and history of a deleted tenant, and only the cycles from before a registration again', async () => {
     const scores = createScoreStore(redis.client, redis.prefix);
     const published = createPublishedStore(redis.client, redis.prefix);

@@ -39,9 +39,10 @@ export interface TenantsHandlerDeps {
  * any other: nothing is sent for it (Director's full push disables a tenant it leaves out, it never
  * deletes it).
  *
- * The deletion is recorded first, with its time (the tombstone's timestamp): batches of the tenant's
- * cycles still on their way are then dropped, and so are the summaries of its open cycles, until a
- * record registers the tenant again; cycles that start after that publish as any. All of it runs in the
+ * The deletion is recorded first, with its time (the tombstone's timestamp) and revision: batches of the
+ * tenant's cycles still on their way are then dropped, and so are the summaries of its open cycles, until
+ * the tenant is registered again (a record newer than the deletion in the tenant store, which comes before
+ * this handler reads it); cycles that start after the deletion publish as any. All of it runs in the
  * tenant's queue, holding its lease, so no batch of the tenant is between reading what changed and
  * recording what it published meanwhile. At least once: a deletion handled again finds nothing left to
  * tombstone, or sends the same tombstones again (harmless on a compacted topic).
@@ -82,7 +83,7 @@ export function createTenantsHandler(deps: TenantsHandlerDeps): MessageHandler<T
         deps.logger,
         { wait: message.signal },
         async () => {
-          const gone = await deps.published.markDeleted(tenantId, at);
+          const gone = await deps.published.markDeleted(tenantId, at, revision);
           await deps.tombstones(tenantId, gone);
           await deps.published.forgetDeleted(tenantId);
           // The tombstones removed the published devices' scores; the devices scored and never published

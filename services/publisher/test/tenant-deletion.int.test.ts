@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import type { Consumer, Producer } from 'kafkajs';
 import { checkMessage, type ScoreBatch, type ScoredDevice, type VmsRiskSummary } from '@urs/contracts';
-import { createPublishedStore, createScoreStore } from '@urs/store';
+import { createPublishedStore, createScoreStore, createTenantStore } from '@urs/store';
 import {
   createTestKafka,
   createTestRedis,
@@ -59,11 +59,12 @@ describe('publisher main: a deleted tenant', () => {
     batchIndex: number,
     devices: ScoredDevice[],
     totalBatches: number,
+    ofTenant = tenantId,
   ): ScoreBatch {
     const lastBatch = batchIndex === totalBatches - 1;
     return {
       schemaVersion: 1,
-      tenantId,
+      tenantId: ofTenant,
       cycleId,
       cycleStartedAt: new Date(startedAt).toISOString(),
       batchIndex,
@@ -79,7 +80,7 @@ describe('publisher main: a deleted tenant', () => {
   async function storeScores(batch: ScoreBatch): Promise<void> {
     const { cycleId, cycleStartedAt, collectedAt, scoredAt } = batch;
     await createScoreStore(redis.client, redis.prefix).saveScores(
-      tenantId,
+      batch.tenantId,
       { cycleId, cycleStartedAt, collectedAt, scoredAt },
       batch.devices,
     );
@@ -91,7 +92,7 @@ describe('publisher main: a deleted tenant', () => {
     await storeScores(batch);
     await producer?.send({
       topic: topic('urs.device-scores'),
-      messages: [{ key: tenantId, value: JSON.stringify(batch) }],
+      messages: [{ key: batch.tenantId, value: JSON.stringify(batch) }],
     });
   }
 
@@ -101,7 +102,7 @@ describe('publisher main: a deleted tenant', () => {
   const logged = (message: string): Record<string, unknown>[] =>
     run?.lines.filter((line) => line['message'] === message) ?? [];
 
-  it('should tombstone its devices, forget its state, drop its late batches, and publish it again once registered again', async () => {
+  beforeAll(async () => {
     run = runMain(join(__dirname, '..', 'src', 'main.ts'), {
       KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
       REDIS_URL: testInfra().redisUrl,
@@ -130,7 +131,9 @@ describe('publisher main: a deleted tenant', () => {
         });
       },
     });
+  }, 90_000);
 
+  it('should tombstone its devices, forget its state, drop its late batches, and publish it again once registered again', async () => {
     // Cycle c1 complete (its summary out), then c2 open: one batch of two published before the deletion.
     const startedAt = Date.now() - 120_000;
     await sendBatch(scoreBatch('c1', startedAt, 0, [device('a', 10), device('b', 80), device('c', 20)], 1));
@@ -140,7 +143,7 @@ describe('publisher main: a deleted tenant', () => {
     await storeScores(scoreBatch('c2', startedAt + 60_000, 1, [device('g', 60)], 2));
 
     // Deleted as the registrar deletes: a null value under the tenant's key, with the deletion's revision.
-    await producer.send({
+    await producer?.send({
       topic: topic('urs.tenants'),
       messages: [{ key: tenantId, value: null, headers: { 'urs-revision': '2' } }],
     });
@@ -179,7 +182,7 @@ describe('publisher main: a deleted tenant', () => {
     });
 
     // Registered again: a cycle that started after the registration publishes every device and its summary.
-    await producer.send({
+    await producer?.send({
       topic: topic('urs.tenants'),
       messages: [{ key: tenantId, value: JSON.stringify(tenantRecord(tenantId, { revision: 3 })) }],
     });
@@ -195,5 +198,47 @@ describe('publisher main: a deleted tenant', () => {
     expect(after.every((m) => (m.value as { cycleId: string }).cycleId === 'c3')).toBe(true);
     expect(summaries().map((summary) => summary.cycleId)).toEqual(['c1', 'c3']);
     expect(logged('batch of a deleted tenant not published')).toHaveLength(1);
+  }, 120_000);
+
+  it('should publish the cycles of a tenant registered again before it reads the registration', async () => {
+    const again = 'tenant-registered-again';
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    const ofAgain = (messages: VmsMessage[]): VmsMessage[] =>
+      messages.filter((m) => m.key.startsWith(`${again}/`));
+    const dropped = (): Record<string, unknown>[] =>
+      logged('batch of a deleted tenant not published').filter((line) => line['tenantId'] === again);
+    await tenants.put(tenantRecord(again, { revision: 1 }));
+    await sendBatch(scoreBatch('c1', Date.now() - 60_000, 0, [device('a', 10), device('b', 80)], 1, again));
+    await waitFor(() => ofAgain(scores()).length === 2, { timeoutMs: 30_000 });
+
+    // Deleted (revision 2) as the registrar deletes: the tombstone, then the record removed.
+    await producer?.send({
+      topic: topic('urs.tenants'),
+      messages: [{ key: again, value: null, headers: { 'urs-revision': '2' } }],
+    });
+    await tenants.remove(again, 2);
+    await waitFor(
+      () => logged('tenant deleted, its devices tombstoned').some((line) => line['tenantId'] === again),
+      { timeoutMs: 30_000 },
+    );
+
+    // Registered again (revision 3): the registrar writes the record, and the poller starts the tenant's
+    // cycle as soon as it reads it, while the publisher has not read the registration (behind on
+    // urs.tenants, or restarting). The cycle is the registration's: published, with its summary.
+    await tenants.put(tenantRecord(again, { revision: 3 }));
+    await sendBatch(scoreBatch('c2', Date.now(), 0, [device('a', 90), device('c', 40)], 1, again));
+    const ofC2 = (): VmsMessage[] =>
+      ofAgain(scores()).filter((m) => (m.value as { cycleId?: string } | null)?.cycleId === 'c2');
+    const summarised = (): boolean =>
+      summaries().some((summary) => summary.tenantId === again && summary.cycleId === 'c2');
+    await waitFor(() => dropped().length > 0 || (summarised() && ofC2().length === 2), {
+      timeoutMs: 30_000,
+    });
+    expect(dropped()).toEqual([]);
+    expect(
+      ofC2()
+        .map((m) => m.key)
+        .sort(),
+    ).toEqual([`${again}/a`, `${again}/c`]);
   }, 120_000);
 });

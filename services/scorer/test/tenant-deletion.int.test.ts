@@ -109,4 +109,20 @@ describe('createScoreHandler and a deleted tenant', () => {
     expect(sent).toHaveLength(1);
     expect(dropped()).toBe(1);
   });
+
+  it('should score the tenant registered again before the publisher records the registration', async () => {
+    const { published, sent, score, stored, dropped, register } = setup();
+    const deletedAt = Date.now() - 60_000;
+    // The deletion (revision 2) is marked; the registration (revision 3) is in the tenant store, and the
+    // publisher has not read it yet (no `registeredAt`).
+    await published.markDeleted(tenantId, deletedAt, 2);
+    await register(tenantRecord(tenantId, { revision: 3 }));
+
+    await score(enriched('c1', new Date(deletedAt - 60_000).toISOString()));
+    expect(await stored()).toBe(0);
+    await score(enriched('c2', new Date(deletedAt + 2_000).toISOString()));
+    expect(await stored()).toBe(2);
+    expect(sent).toHaveLength(1);
+    expect(dropped()).toBe(1);
+  });
 });
