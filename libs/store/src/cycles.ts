@@ -90,8 +90,19 @@ export interface CycleStore {
     abandonment: CycleAbandonment,
     closeAt: number,
   ): Promise<boolean>;
-  /** The vuln-fetcher has produced this enriched batch of the cycle (idempotent). */
-  enriched(tenantId: string, cycleId: string, batchIndex: number): Promise<void>;
+  /**
+   * The vuln-fetcher has produced this enriched batch of the cycle (idempotent), with the devices it sent as
+   * not in their bulk export's snapshot, each with its `firstSeen` (the cycle's own export may list them), in
+   * the same round trip.
+   */
+  enriched(
+    tenantId: string,
+    cycleId: string,
+    batchIndex: number,
+    notInSnapshot?: [deviceId: string, firstSeen: string][],
+  ): Promise<void>;
+  /** The devices the cycle's enriched batches sent as not in their export's snapshot, with their `firstSeen`. */
+  notInSnapshot(tenantId: string, cycleId: string): Promise<[deviceId: string, firstSeen: string][]>;
   /** How many distinct batches of the cycle the vuln-fetcher has produced. */
   enrichedBatches(tenantId: string, cycleId: string): Promise<number>;
   /**
@@ -222,7 +233,8 @@ function toState(
 
 /**
  * Keys: `{prefix}cycle:{tenantId}:{cycleId}` (hash), `{prefix}cycle-batches:{tenantId}:{cycleId}`
- * (hash batchIndex → stats JSON), `{prefix}cycle-enriched:{tenantId}:{cycleId}` (set of batch indexes)
+ * (hash batchIndex → stats JSON), `{prefix}cycle-enriched:{tenantId}:{cycleId}` (set of batch indexes),
+ * `{prefix}cycle-not-in-snapshot:{tenantId}:{cycleId}` (hash deviceId → firstSeen)
  * and `{prefix}cycles-open` (zset of `tenantId/cycleId` by deadline, or by an abandoned cycle's earlier
  * close). A claim also writes the published store's owed summaries (`summariesOwedKey`); `begin` reads the
  * tenant's status (`tenantStatusKey`) for its last listed device count.
@@ -237,6 +249,8 @@ export function createCycleStore(
     `${prefix}cycle-batches:${tenantId}:${cycleId}`;
   const enrichedKey = (tenantId: string, cycleId: string): string =>
     `${prefix}cycle-enriched:${tenantId}:${cycleId}`;
+  const notInSnapshotKey = (tenantId: string, cycleId: string): string =>
+    `${prefix}cycle-not-in-snapshot:${tenantId}:${cycleId}`;
   const openKey = `${prefix}cycles-open`;
   return {
     async begin(cycle) {
@@ -289,9 +303,18 @@ export function createCycleStore(
       );
       return recorded === 1;
     },
-    async enriched(tenantId, cycleId, batchIndex) {
+    async enriched(tenantId, cycleId, batchIndex, notInSnapshot = []) {
       const key = enrichedKey(tenantId, cycleId);
-      await redis.multi().sadd(key, String(batchIndex)).pexpire(key, retentionMs).exec();
+      const step = redis.multi().sadd(key, String(batchIndex)).pexpire(key, retentionMs);
+      if (notInSnapshot.length > 0) {
+        const devices = notInSnapshotKey(tenantId, cycleId);
+        step.hset(devices, ...notInSnapshot.flat()).pexpire(devices, retentionMs);
+      }
+      await step.exec();
+    },
+    async notInSnapshot(tenantId, cycleId) {
+      const devices = await redis.hgetall(notInSnapshotKey(tenantId, cycleId));
+      return Object.entries(devices);
     },
     async enrichedBatches(tenantId, cycleId) {
       return redis.scard(enrichedKey(tenantId, cycleId));

@@ -58,6 +58,22 @@ describe('createCycleStore', () => {
     expect(await redis.client.pttl(`${redis.prefix}cycle-enriched:acme:c1`)).toBeGreaterThan(0);
   });
 
+  it('enriched should keep the devices each batch sent as not in its snapshot, with their firstSeen', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    expect(await cycles.notInSnapshot('acme', 'c1')).toEqual([]);
+    await cycles.enriched('acme', 'c1', 0, [['d1', '2026-01-01T07:00:00.000Z']]);
+    await cycles.enriched('acme', 'c1', 1, []);
+    await cycles.enriched('acme', 'c1', 2, [['d5', '2026-01-01T08:00:00.000Z']]);
+    await cycles.enriched('acme', 'c1', 0, [['d1', '2026-01-01T07:00:00.000Z']]);
+    await cycles.enriched('acme', 'c2', 0, [['d9', '2026-01-01T09:00:00.000Z']]);
+    expect(await cycles.enrichedBatches('acme', 'c1')).toBe(3);
+    expect((await cycles.notInSnapshot('acme', 'c1')).sort()).toEqual([
+      ['d1', '2026-01-01T07:00:00.000Z'],
+      ['d5', '2026-01-01T08:00:00.000Z'],
+    ]);
+    expect(await redis.client.pttl(`${redis.prefix}cycle-not-in-snapshot:acme:c1`)).toBeGreaterThan(0);
+  });
+
   it('recordBatch should answer the cycle as get does after it, totals and claim included', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     await cycles.begin(begin);

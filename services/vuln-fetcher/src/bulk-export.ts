@@ -7,6 +7,7 @@ import { correctionParts } from './corrections';
 import { notHeld, type Enrichment } from './enrichment';
 import { anyAborted, throwIfStopping } from './interruption';
 import type { VulnerabilitySource } from './sources';
+import { NOT_IN_EXPORT_SNAPSHOT, generatedAt, listedBy, type ExportSnapshot } from './snapshot';
 import { VulnerabilityFolder, emptySummary, summaryJsonSlices } from './summarise';
 
 export interface ExportReaderDeps {
@@ -56,42 +57,30 @@ export interface ExportReader {
 }
 
 /**
- * How old the snapshot an export was read from may be when its `generatedTime` is not known: Microsoft
- * regenerates it every 6 hours; an hour more covers the generation itself and a long read.
- */
-const SNAPSHOT_MAX_AGE_MS = 7 * 60 * 60_000;
-
-/**
  * A device of a batch as an export gives it. A device the export does not list has no vulnerability, if
- * the snapshot could list it: one first seen after the snapshot was generated (onboarded since; Microsoft
- * serves the latest snapshot, regenerated every 6 hours) is not in it, whatever its vulnerabilities, so
- * its criticalCves is missing until the next snapshot. Without the snapshot's `generatedTime`, the oldest
- * it can be stands for it. A device without a readable `firstSeen` is taken for one the snapshot knew.
+ * the snapshot could list it (`listedBy`): one first seen after the snapshot was generated is not in it,
+ * so its criticalCves is missing until the next snapshot (the cycle's own export, read after its last
+ * batch, corrects it when that snapshot lists it).
  */
 function fromSnapshot(
   machine: DeviceRecord,
   summary: VulnerabilitySummary | undefined,
-  snapshot: { generatedTime?: string | undefined; collectedAt: string | Date },
+  snapshot: ExportSnapshot,
   cvssThreshold: number,
 ): EnrichedDevice {
   const unheld = notHeld(machine);
   if (unheld) return { machine, vulnerabilities: null, fetchError: unheld };
   if (summary) return { machine, vulnerabilities: summary };
-  const firstSeen = typeof machine.firstSeen === 'string' ? Date.parse(machine.firstSeen) : NaN;
-  const generatedAt =
-    snapshot.generatedTime === undefined
-      ? new Date(snapshot.collectedAt).getTime() - SNAPSHOT_MAX_AGE_MS
-      : Date.parse(snapshot.generatedTime);
-  if (!(firstSeen > generatedAt)) return { machine, vulnerabilities: emptySummary(cvssThreshold) };
+  if (listedBy(machine.firstSeen, snapshot)) return { machine, vulnerabilities: emptySummary(cvssThreshold) };
   const of =
     snapshot.generatedTime === undefined
-      ? `generated no earlier than ${new Date(generatedAt).toISOString()}`
+      ? `generated no earlier than ${new Date(generatedAt(snapshot)).toISOString()}`
       : `of ${snapshot.generatedTime}`;
   return {
     machine,
     vulnerabilities: null,
     fetchError: {
-      code: 'NOT_IN_EXPORT_SNAPSHOT',
+      code: NOT_IN_EXPORT_SNAPSHOT,
       message:
         `the device was first seen at ${String(machine.firstSeen)}, after the bulk export's snapshot (${of}): ` +
         'its vulnerabilities come with the next snapshot, which Microsoft generates every 6 hours',
@@ -301,7 +290,10 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
     return {
       devices,
       collectedAt,
-      corrections: await correctionParts(changed, threshold),
+      corrections: {
+        parts: await correctionParts(changed, threshold),
+        snapshot: { generatedTime, collectedAt },
+      },
       afterSend: () => storeExport(batch, folder, collectedAt.toISOString(), generatedTime, log, started),
     };
   }

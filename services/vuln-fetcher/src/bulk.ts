@@ -93,9 +93,10 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
       const state = await deps.bulkCache.state(batch.tenantId, batch.cycleId);
       if (state.state === 'ready') {
         const enrichment = await fromExport(batch, batch.cycleId, state.collectedAt, state.generatedTime);
-        return readLast
-          ? { ...enrichment, corrections: await storedCorrections(deps.bulkCache, batch, readLast) }
-          : enrichment;
+        if (readLast === null) return enrichment;
+        const parts = await storedCorrections(deps.bulkCache, batch, readLast);
+        const snapshot = { generatedTime: state.generatedTime, collectedAt: state.collectedAt };
+        return { ...enrichment, corrections: { parts, snapshot } };
       }
       // Pending, the export is read by the cycle's last batch (or by a first cycle's batch: then no latest).
       if (

@@ -1,7 +1,14 @@
-import { cycleBatchHeader, type DeviceBatch, type VulnerabilityCorrection } from '@urs/contracts';
+import {
+  cycleBatchHeader,
+  type DeviceBatch,
+  type EnrichedDevice,
+  type VulnerabilityCorrection,
+} from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import type { BulkVulnerabilityCache, CycleStore, LatestExport } from '@urs/store';
+import type { Corrections } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
+import { NOT_IN_EXPORT_SNAPSHOT, listedBy } from './snapshot';
 import { emptySummary } from './summarise';
 
 // The correction batches that follow a bulk cycle's last batch when its earlier batches were enriched from
@@ -27,7 +34,7 @@ export async function storedCorrections(
 
 /** Changed summaries as correction batches of CORRECTIONS_PER_BATCH devices. */
 export async function correctionParts(
-  changed: AsyncIterable<[string, string | null][]>,
+  changed: AsyncIterable<[string, string | null][]> | Iterable<[string, string | null][]>,
   cvssThreshold: number,
 ): Promise<VulnerabilityCorrection[][]> {
   const empty = emptySummary(cvssThreshold);
@@ -44,6 +51,36 @@ export async function correctionParts(
   }
   if (part.length > 0) parts.push(part);
   return parts;
+}
+
+/**
+ * The devices of a batch sent as not in their export's snapshot (first seen after it), with their
+ * `firstSeen`: the cycle's own export, read after its last batch, may list them.
+ */
+export function notInSnapshot(devices: EnrichedDevice[]): [string, string][] {
+  return devices.flatMap(({ machine, fetchError }): [string, string][] =>
+    fetchError?.code === NOT_IN_EXPORT_SNAPSHOT && typeof machine.firstSeen === 'string'
+      ? [[machine.id, machine.firstSeen]]
+      : [],
+  );
+}
+
+/**
+ * The corrections, with those of the devices the cycle's earlier batches sent as not in the latest
+ * export's snapshot (`notInSnapshot`) that the cycle's own snapshot lists. Those the export holds are
+ * among the changed devices already, the latest export holding none of them; the others have no
+ * vulnerabilities now, and nothing else would say so: absent from both exports, no comparison finds them.
+ */
+export async function listedSince(
+  corrections: Corrections,
+  unlisted: [string, string][],
+  cvssThreshold: number,
+): Promise<VulnerabilityCorrection[][]> {
+  const changed = new Set(corrections.parts.flatMap((part) => part.map((item) => item.deviceId)));
+  const clear = unlisted
+    .filter(([id, firstSeen]) => !changed.has(id) && listedBy(firstSeen, corrections.snapshot))
+    .map(([id]): [string, null] => [id, null]);
+  return [...corrections.parts, ...(await correctionParts([clear], cvssThreshold))];
 }
 
 /** A correction batch's header: after the poller's batches, without totals (the last batch has them). */

@@ -4,16 +4,27 @@ import {
   type EnrichedDevice,
   type VulnerabilityCorrection,
 } from '@urs/contracts';
+import type { ExportSnapshot } from './snapshot';
 
 // What enriching a batch gives the handler to send, whichever mode made it.
 
 export type FetchError = { code: string; message: string };
 
+/**
+ * What a bulk cycle's own export corrects, compared with the tenant's latest export its earlier batches
+ * were enriched from: the devices whose summary it changed, in batches, and its snapshot, which may list
+ * devices the latest one's could not (see `listedSince`).
+ */
+export interface Corrections {
+  parts: VulnerabilityCorrection[][];
+  snapshot: ExportSnapshot;
+}
+
 export interface Enrichment {
   devices: EnrichedDevice[];
   collectedAt: Date;
-  /** A bulk cycle's last batch that read the export itself: the corrections that follow it. */
-  corrections?: VulnerabilityCorrection[][];
+  /** A bulk cycle's last batch that brings the cycle's own export: the corrections that follow it. */
+  corrections?: Corrections;
   /** What is left to do once the batch and its corrections are produced (store the export). */
   afterSend?: () => Promise<void>;
   /**

@@ -1,5 +1,10 @@
 import { deviceBatchMessage, type MessageHandler, type Publisher } from '@urs/bus';
-import { cycleBatchHeader, type DeviceBatch, type TenantRecord } from '@urs/contracts';
+import {
+  cycleBatchHeader,
+  type DeviceBatch,
+  type TenantRecord,
+  type VulnerabilityCorrection,
+} from '@urs/contracts';
 import { isSetupErrorCode } from '@urs/defender';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage } from '@urs/resilience';
@@ -8,7 +13,7 @@ import type { BulkVulnerabilityCache, CycleStore, TenantStore } from '@urs/store
 import type { Registry } from '@urs/telemetry';
 import { createBulkEnrichment } from './bulk';
 import { readsExportLast } from './bulk-export';
-import { correctionHeader, createCorrectionWait } from './corrections';
+import { correctionHeader, createCorrectionWait, listedSince, notInSnapshot } from './corrections';
 import { missing, type Enrichment, type TenantEnrichment } from './enrichment';
 import { anyAborted } from './interruption';
 import { createPerDeviceEnrichment } from './per-device';
@@ -33,9 +38,10 @@ export interface EnrichHandlerDeps {
   bulkCache: BulkVulnerabilityCache;
   /**
    * Where a bulk cycle's correction batches are added to its total, and its enriched batches counted (the
-   * corrections wait for the earlier batches).
+   * corrections wait for the earlier batches) with the devices they sent as not in the export's snapshot
+   * (the cycle's own export may list them).
    */
-  cycles: Pick<CycleStore, 'addCorrections' | 'enriched' | 'enrichedBatches'>;
+  cycles: Pick<CycleStore, 'addCorrections' | 'enriched' | 'enrichedBatches' | 'notInSnapshot'>;
   /**
    * Bulk cycles read their export last: a batch is enriched at once from the tenant's latest export, and
    * the cycle's own export is read with its last batch, which is followed by correction batches for the
@@ -284,13 +290,18 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       vulnerabilityMode: batch.vulnerabilityMode,
       collectedAt: enrichment.collectedAt.toISOString(),
     };
-    const parts = enrichment.corrections ?? [];
+    let parts: VulnerabilityCorrection[][] = [];
     const poller = header.totalBatches ?? batch.batchIndex + 1;
-    if (parts.length > 0) {
-      // The publisher must count the corrections before the last batch can complete the cycle, and each
-      // correction must reach the scorer after the device's own batch.
-      await deps.cycles.addCorrections(batch.tenantId, batch.cycleId, parts.length);
+    if (enrichment.corrections) {
+      // Each correction must reach the scorer after the device's own batch; and the devices the earlier
+      // batches sent as not in the latest export's snapshot are known once those batches are enriched.
       await earlierEnriched(batch, heartbeat, log, signal);
+      const unlisted = await deps.cycles.notInSnapshot(batch.tenantId, batch.cycleId);
+      parts = await listedSince(enrichment.corrections, unlisted, batch.cvssThreshold);
+    }
+    if (parts.length > 0) {
+      // The publisher must count the corrections before the last batch can complete the cycle.
+      await deps.cycles.addCorrections(batch.tenantId, batch.cycleId, parts.length);
       header.totalBatches = poller + parts.length;
     }
     const messages = [
@@ -306,8 +317,10 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     await deps.publisher.send(deps.topic, 'urs/enriched-batch', messages);
     perDevice.sent(batch);
     await enrichment.afterSend?.();
-    if (readsLast(batch) && !batch.lastBatch)
-      await deps.cycles.enriched(batch.tenantId, batch.cycleId, batch.batchIndex);
+    if (readsLast(batch) && !batch.lastBatch) {
+      const unlisted = notInSnapshot(enrichment.devices);
+      await deps.cycles.enriched(batch.tenantId, batch.cycleId, batch.batchIndex, unlisted);
+    }
     batches.inc({ mode: batch.vulnerabilityMode });
     if (readsLast(batch) && batch.lastBatch && record !== null) {
       const devices = parts.reduce((sum, part) => sum + part.length, 0);

@@ -1,5 +1,5 @@
 import type { DeviceBatch } from '@urs/contracts';
-import { correctionHeader, correctionParts } from '../src/corrections';
+import { correctionHeader, correctionParts, listedSince, notInSnapshot } from '../src/corrections';
 import { emptySummary } from '../src/summarise';
 import { batch } from './handler-support';
 
@@ -34,6 +34,73 @@ describe('correctionParts', () => {
 
   it('correctionParts should give no batch when nothing changed', async () => {
     expect(await correctionParts(slices([], []), 9)).toEqual([]);
+  });
+});
+
+describe('listedSince', () => {
+  const summary = { ...emptySummary(9), criticalCveCount: 1, totalCveCount: 1, topCveIds: ['CVE-2026-1'] };
+
+  it("listedSince should add an empty summary for each device the cycle's snapshot lists and no change names", async () => {
+    const parts = [[{ deviceId: 'held', vulnerabilities: summary }]];
+    const snapshot = { generatedTime: '2026-01-01T12:00:00.000Z', collectedAt: '2026-01-01T12:30:00.000Z' };
+    const all = await listedSince(
+      { parts, snapshot },
+      [
+        ['held', '2026-01-01T07:00:00.000Z'],
+        ['clear', '2026-01-01T08:00:00.000Z'],
+        ['at-generation', '2026-01-01T12:00:00.000Z'],
+        ['since', '2026-01-01T12:00:00.001Z'],
+      ],
+      9,
+    );
+    // `held` (the export lists it, with its CVE) once; `since` is not in this snapshot either.
+    expect(all).toEqual([
+      [{ deviceId: 'held', vulnerabilities: summary }],
+      [
+        { deviceId: 'clear', vulnerabilities: emptySummary(9) },
+        { deviceId: 'at-generation', vulnerabilities: emptySummary(9) },
+      ],
+    ]);
+  });
+
+  it('listedSince should take a snapshot without a time for one 7 hours older than its read', async () => {
+    const snapshot = { collectedAt: '2026-01-01T19:00:00.000Z' };
+    const all = await listedSince(
+      { parts: [], snapshot },
+      [
+        ['old', '2026-01-01T11:59:00.000Z'],
+        ['recent', '2026-01-01T12:01:00.000Z'],
+      ],
+      9,
+    );
+    expect(all.flat().map((item) => item.deviceId)).toEqual(['old']);
+  });
+
+  it('listedSince should leave the corrections as they are when no device was sent as not in the snapshot', async () => {
+    const parts = [[{ deviceId: 'd1', vulnerabilities: summary }]];
+    const snapshot = { generatedTime: '2026-01-01T12:00:00.000Z', collectedAt: '2026-01-01T12:30:00.000Z' };
+    expect(await listedSince({ parts, snapshot }, [], 9)).toEqual(parts);
+  });
+});
+
+describe('notInSnapshot', () => {
+  it('notInSnapshot should name the devices sent as not in their snapshot, with their firstSeen', () => {
+    const unknown = { code: 'NOT_IN_EXPORT_SNAPSHOT', message: 'first seen after the snapshot' };
+    expect(
+      notInSnapshot([
+        {
+          machine: { id: 'd1', firstSeen: '2026-01-01T07:00:00.000Z' },
+          vulnerabilities: null,
+          fetchError: unknown,
+        },
+        { machine: { id: 'd2' }, vulnerabilities: emptySummary(9) },
+        {
+          machine: { id: 'd3', firstSeen: '2026-01-01T07:00:00.000Z' },
+          vulnerabilities: null,
+          fetchError: { code: 'BULK_EXPORT_TIMEOUT', message: 'not ready' },
+        },
+      ]),
+    ).toEqual([['d1', '2026-01-01T07:00:00.000Z']]);
   });
 });
 

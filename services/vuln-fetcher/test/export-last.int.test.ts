@@ -457,4 +457,59 @@ describe('a bulk cycle that reads its export last', () => {
       generatedTime: '2026-01-01T06:00:00Z',
     });
   });
+
+  it("should correct a device sent as not in the latest export's snapshot once the cycle's own snapshot lists it, also from the stored export", async () => {
+    const context = setup();
+    const { handle, sent, exported, bulkCache } = context;
+    exported.generatedTime = '2026-01-01T06:00:00Z';
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    // d2 onboarded before the next snapshot (12:00), d3 after it; neither has a vulnerability.
+    exported.generatedTime = '2026-01-01T12:00:00Z';
+    const [next0, next1] = await nextCycle(context);
+    next0.devices = [
+      { id: 'd1' },
+      { id: 'd2', firstSeen: '2026-01-01T08:00:00Z' },
+      { id: 'd3', firstSeen: '2026-01-01T13:00:00Z' },
+    ];
+    await handle(next0);
+    expect(sent[0]?.devices.map((device) => device.fetchError?.code)).toEqual([
+      undefined,
+      'NOT_IN_EXPORT_SNAPSHOT',
+      'NOT_IN_EXPORT_SNAPSHOT',
+    ]);
+    await handle(next1);
+    expect(sent.map((batch) => [batch.batchIndex, batch.totalBatches])).toEqual([
+      [0, undefined],
+      [1, 3],
+      [2, undefined],
+    ]);
+    expect(sent[2]?.corrections).toEqual([
+      {
+        deviceId: 'd2',
+        vulnerabilities: {
+          criticalCveCount: 0,
+          totalCveCount: 0,
+          maxCvss: null,
+          cvssThreshold: 9,
+          topCveIds: [],
+        },
+      },
+    ]);
+
+    // Handled again once the export is stored (see above): the same correction, from the stored export.
+    const c1 = await bulkCache.state('t1', 'c1');
+    await redis.client.set(
+      `${redis.prefix}vuln-bulk-latest:t1`,
+      JSON.stringify({
+        cycleId: 'c1',
+        collectedAt: c1.state === 'ready' ? c1.collectedAt : '',
+        cvssThreshold: 9,
+      }),
+    );
+    const first = sent.slice(1);
+    sent.length = 0;
+    await handle(next1);
+    expect(exported.calls).toBe(2);
+    expect(sent.map((batch) => batch.corrections)).toEqual(first.map((batch) => batch.corrections));
+  });
 });

@@ -41,11 +41,12 @@ describe("bulk cycles and the export's snapshot", () => {
     await sim?.close();
   });
 
-  function setup() {
+  /** The tenant in the simulator, its export snapshot generated at most once in `exportSnapshotMs`. */
+  function setup(exportSnapshotMs = 3_600_000) {
     sim.addTenant({
       azureTenantId: AZURE_TENANT,
       apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
-      fleet: { size: 3, seed: 7, exportSnapshotMs: 3_600_000 },
+      fleet: { size: 3, seed: 7, exportSnapshotMs },
     });
     const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
     const base = tenantRecord('snap-tenant', { pollIntervalMinutes: 10 });
@@ -133,6 +134,16 @@ describe("bulk cycles and the export's snapshot", () => {
       ),
     );
 
+  const critical = cveCatalog().find((entry) => (entry.vulnerability.cvssV3 ?? 0) >= 9.5)?.vulnerability;
+
+  /** Each corrected device's critical CVE count. */
+  const corrected = (batches: EnrichedBatch[]): Record<string, number> =>
+    Object.fromEntries(
+      batches.flatMap((batch) =>
+        (batch.corrections ?? []).map((item) => [item.deviceId, item.vulnerabilities.criticalCveCount]),
+      ),
+    );
+
   it('should pass a device onboarded since the snapshot on without vulnerabilities, not as clear', async () => {
     const { cycle } = setup();
     const [m0, m1, m2] = sim.machines(AZURE_TENANT).map((m) => m.id) as [string, string, string];
@@ -140,7 +151,6 @@ describe("bulk cycles and the export's snapshot", () => {
     expect(Object.keys(first).sort()).toEqual([m0, m1, m2].sort());
 
     // Two devices onboarded since the snapshot, each with a critical CVE Microsoft's next snapshot will list.
-    const critical = cveCatalog().find((entry) => (entry.vulnerability.cvssV3 ?? 0) >= 9.5)?.vulnerability;
     if (!critical) throw new Error('the catalog has no critical CVE');
     const firstSeen = new Date().toISOString();
     const [n1, n2] = sim.addMachines(AZURE_TENANT, [
@@ -158,5 +168,38 @@ describe("bulk cycles and the export's snapshot", () => {
     const second = outcome(sent);
     expect(second).toEqual({ ...first, [n1]: 'NOT_IN_EXPORT_SNAPSHOT', [n2]: 'NOT_IN_EXPORT_SNAPSHOT' });
     expect(sent.some((batch) => batch.corrections !== undefined)).toBe(false);
+  });
+
+  it("should correct a device passed on as not in the latest export's snapshot once the cycle's own snapshot lists it, with or without CVEs", async () => {
+    const snapshotMs = 1_000;
+    const { cycle } = setup(snapshotMs);
+    const [m0, m1, m2] = sim.machines(AZURE_TENANT).map((m) => m.id) as [string, string, string];
+    const first = outcome(await cycle('c1', [[m0, m1], [m2]]));
+
+    // Onboarded since c1's snapshot: one without vulnerabilities, one with a critical CVE.
+    if (!critical) throw new Error('the catalog has no critical CVE');
+    const firstSeen = new Date().toISOString();
+    const [clear, exposed] = sim.addMachines(AZURE_TENANT, [
+      { id: 'c'.repeat(40), onboardingStatus: 'Onboarded', firstSeen, lastSeen: firstSeen },
+      { id: 'd'.repeat(40), onboardingStatus: 'Onboarded', firstSeen, lastSeen: firstSeen },
+    ]) as [string, string];
+    sim.setVulnerabilities(AZURE_TENANT, exposed, [critical]);
+    // Microsoft generates the next snapshot, which the cycle's own export (read after its last batch) is.
+    await new Promise((resolve) => setTimeout(resolve, snapshotMs + 100));
+
+    // Both come in the first batch, enriched from c1's export; the last batch reads the new snapshot.
+    const sent = await cycle('c2', [
+      [m0, clear, exposed],
+      [m1, m2],
+    ]);
+    expect(outcome(sent)).toEqual({
+      ...first,
+      [clear]: 'NOT_IN_EXPORT_SNAPSHOT',
+      [exposed]: 'NOT_IN_EXPORT_SNAPSHOT',
+    });
+    // The new snapshot lists both: neither stays without vulnerabilities for the cycle.
+    expect(corrected(sent)).toEqual({ [clear]: 0, [exposed]: 1 });
+    const last = sent.find((batch) => batch.lastBatch);
+    expect(last?.totalBatches).toBe(2 + sent.filter((batch) => batch.corrections !== undefined).length);
   });
 });
