@@ -20,6 +20,8 @@ export interface RedisFailover {
   url: string;
   /** Swaps the roles of the two servers, and sends new connections to the new primary. */
   failover(): Promise<void>;
+  /** The address of the server that is replica now, for a client that is to stay on a replica. */
+  replicaUrl(): string;
   /** A client on the server that is primary now, for the test's own checks. */
   primary(): Redis;
   /** Stops the address and both servers. */
@@ -81,6 +83,7 @@ export async function startRedisFailover(): Promise<RedisFailover> {
       replica = old;
       await replicate(old, promoted);
     },
+    replicaUrl: () => `redis://127.0.0.1:${replica.port}`,
     primary: () => primary.admin,
     async close() {
       await new Promise<void>((resolve) => {

@@ -19,12 +19,22 @@ export interface RedisClientOptions {
 }
 
 /**
+ * How long after a reconnect on READONLY another READONLY reply is failed instead of reconnecting again, ms:
+ * an address that keeps leading to a replica (REDIS_URL naming one, or a failover endpoint slow to move)
+ * would otherwise have every write sent again for ever, hanging while PING answers.
+ */
+const READONLY_RECONNECT_WINDOW_MS = 10_000;
+
+/**
  * An ioredis client. `disableClientInfo`: ioredis ≥5.8 sends CLIENT SETINFO, which Redis < 7.2
  * rejects. Commands queue while reconnecting (maxRetriesPerRequest null), so a Redis restart delays
  * work instead of failing it. A READONLY reply reconnects and sends the command again (ioredis's
  * `reconnectOnError` returning 2): after a failover that leaves the connection open on the demoted
  * primary, PING still answers and every write would be refused for good; a new connection reaches the
- * new primary. Clients made from it with `duplicate()` (the shared call limiter's) inherit this.
+ * new primary. At most once per `READONLY_RECONNECT_WINDOW_MS` per client: a READONLY within it fails the
+ * command (a Redis fault, so the message is held and `/readyz` turns 503 as for any Redis refusal), and a
+ * later one reconnects again. Clients made from it with `duplicate()` (the shared call limiter's) inherit
+ * this, each with a window of its own.
  */
 export function createRedis(config: Pick<RedisConfig, 'url'>, options: RedisClientOptions = {}): Redis {
   return new Redis(config.url, {
@@ -33,8 +43,26 @@ export function createRedis(config: Pick<RedisConfig, 'url'>, options: RedisClie
     maxRetriesPerRequest: null,
     enableReadyCheck: true,
     retryStrategy: (times) => Math.min(times * 200, 5_000),
-    reconnectOnError: (error) => (isRedisReadOnlyReply(error) ? 2 : false),
+    reconnectOnError: readOnlyReconnect(),
   });
+}
+
+/**
+ * ioredis calls `reconnectOnError` as a method of the client's own options (`this`), which `duplicate()`
+ * copies: the last reconnect is kept per options object, so each client has its own window.
+ */
+function readOnlyReconnect(): (this: object | undefined, error: Error) => 2 | false {
+  const lastReconnects = new WeakMap<object, number>();
+  const shared = {};
+  return function (this: object | undefined, error: Error) {
+    if (!isRedisReadOnlyReply(error)) return false;
+    const client = typeof this === 'object' && this !== null ? this : shared;
+    const now = Date.now();
+    const last = lastReconnects.get(client);
+    if (last !== undefined && now - last < READONLY_RECONNECT_WINDOW_MS) return false;
+    lastReconnects.set(client, now);
+    return 2;
+  };
 }
 
 /** Quits gracefully, or disconnects if Redis does not answer within `timeoutMs` (default 2000). */

@@ -28,4 +28,23 @@ describe('createRedis through a failover', () => {
     await expect(redis.set('after', '2')).resolves.toBe('OK');
     expect(await failover.primary().mget('before', 'after')).toEqual(['1', '2']);
   });
+
+  it('createRedis should fail a write on a server that stays a replica (READONLY for good) instead of sending it for ever', async () => {
+    redis = createRedis({ url: failover.replicaUrl() });
+    redis.on('error', () => undefined);
+    await expect(redis.ping()).resolves.toBe('PONG');
+    const started = Date.now();
+    const write = redis.set('lost', '1');
+    const outcome = await Promise.race([
+      write.then(
+        () => 'written',
+        (error: Error) => error.message,
+      ),
+      new Promise<string>((resolve) => setTimeout(() => resolve('still waiting'), 5_000).unref()),
+    ]);
+    expect(outcome).toMatch(/^READONLY/);
+    expect(Date.now() - started).toBeLessThan(5_000);
+    // Within the window the next one fails at once, without a reconnect.
+    await expect(redis.set('lost', '2')).rejects.toThrow(/^READONLY/);
+  });
 });
