@@ -6,23 +6,31 @@ export interface DeadLetterSource {
   topic: string;
   partition: number;
   offset: string;
-  /** The message's broker timestamp, epoch ms as text. */
+  /**
+   * The message's broker timestamp, epoch ms as text: with the offset it tells a record from one a topic
+   * deleted and made again holds at the same offset.
+   */
   timestamp: string;
-  /** The failure's code. */
+  /** The failure's code: another failure of the same record is another dead letter. */
   code: string;
 }
 
 /**
- * Which dead letters the cluster has written (`createDeadLetterLedger` in `@urs/store`): a consumer that reads
- * its topic from the beginning at every start, in a group of each replica's own, meets the same invalid record
- * at every start of every replica, and without it wrote the same dead letter each time.
+ * Which dead letters the cluster has written (`createDeadLetterLedger` in `@urs/store`), so that a record every
+ * replica reads again at every start (`urs.tenants`, read from the beginning in a group of each replica's own)
+ * goes to the dead-letter topic once, not once per replica per restart. A writer claims a source, writes its
+ * letter, then marks it written; a writer that fails gives its claim back, and one that dies leaves it to
+ * lapse, so that the letter is written by a later reader instead of never.
  */
 export interface DeadLetterLedger {
-  /** True when this process is to write the letter now; false when it was written, or is being written. */
+  /**
+   * True when this process is to write the source's dead letter now: nobody has, and nobody else is
+   * writing it. False when it was written, or another process claimed it and has not given it back.
+   */
   claim(source: DeadLetterSource): Promise<boolean>;
-  /** The claimed letter is on the dead-letter topic. */
+  /** The claimed source's dead letter is on the dead-letter topic. */
   written(source: DeadLetterSource): Promise<void>;
-  /** The claimed letter could not be written. */
+  /** The claimed source's dead letter could not be written: another reader (or this one, again) may. */
   release(source: DeadLetterSource): Promise<void>;
 }
 

@@ -1,40 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type Redis from 'ioredis';
+import type { DeadLetterLedger, DeadLetterSource } from '@urs/bus';
 import { releaseOwnedKey } from './owned-key';
-
-/** One failure of one consumed message: what a dead letter is written for. */
-export interface DeadLetterSource {
-  topic: string;
-  partition: number;
-  offset: string;
-  /**
-   * The message's broker timestamp, epoch ms as text: with the offset it tells a record from one a topic
-   * deleted and made again holds at the same offset.
-   */
-  timestamp: string;
-  /** The failure's code: another failure of the same record is another dead letter. */
-  code: string;
-}
-
-/**
- * Which dead letters the cluster has written, so that a record every replica reads again at every start
- * (`urs.tenants`, read from the beginning in a group of each replica's own) goes to the dead-letter topic
- * once, not once per replica per restart. A writer claims a source, writes its letter, then marks it written;
- * a writer that fails gives its claim back, and one that dies leaves it to lapse, so that the letter is
- * written by a later reader instead of never.
- */
-export interface DeadLetterLedger {
-  /**
-   * True when this process is to write the source's dead letter now: nobody has, and nobody else is
-   * writing it. False when it was written (its mark then kept another `writtenTtlMs`, so it lasts as long as
-   * replicas keep reading the record) or another process claimed it within `claimTtlMs`.
-   */
-  claim(source: DeadLetterSource): Promise<boolean>;
-  /** The claimed source's dead letter is on the dead-letter topic. */
-  written(source: DeadLetterSource): Promise<void>;
-  /** The claimed source's dead letter could not be written: another reader (or this one, again) may. */
-  release(source: DeadLetterSource): Promise<void>;
-}
 
 export interface DeadLetterLedgerOptions {
   /**
@@ -66,6 +33,8 @@ if value == '${WRITTEN}' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return 0`;
 
 /**
+ * The cluster's `DeadLetterLedger` in Redis. A claim met on a written mark keeps it another `writtenTtlMs`, so
+ * it lasts as long as replicas keep reading the record; a claim of another process holds `claimTtlMs`.
  * Keys: `{prefix}dead-lettered:{topic}:{partition}:{offset}:{timestamp}:{code}`, holding a writer's claim
  * or `written`. The claim is unique to this ledger: each process makes one.
  */

@@ -25,4 +25,4 @@ export type { PollScheduleStore, PollLease, PollSchedule } from './poll-schedule
 export { createRegistrarStateStore } from './registrar-state';
 export type { RegistrarStateStore } from './registrar-state';
 export { createDeadLetterLedger } from './dead-letters';
-export type { DeadLetterLedger, DeadLetterLedgerOptions, DeadLetterSource } from './dead-letters';
+export type { DeadLetterLedgerOptions } from './dead-letters';

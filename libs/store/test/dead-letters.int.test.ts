@@ -1,4 +1,5 @@
-import { createDeadLetterLedger, type DeadLetterSource } from '@urs/store';
+import type { DeadLetterSource } from '@urs/bus';
+import { createDeadLetterLedger } from '@urs/store';
 import { testRedisPerTest } from '@urs/testkit';
 
 const source: DeadLetterSource = {
