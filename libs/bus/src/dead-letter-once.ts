@@ -22,12 +22,15 @@ export interface DeadLetterSource {
  * letter, then marks it written; a writer that fails gives its claim back, and one that dies leaves it to
  * lapse, so that the letter is written by a later reader instead of never.
  */
+/**
+ * A ledger's answer to a claim: `claimed`, this process is to write the letter now (nobody has, nobody else
+ * is writing it); `written`, it is on the dead-letter topic; `busy`, another process claimed it and has
+ * neither written it nor given the claim back (it may still die before it does: the claim then lapses).
+ */
+export type DeadLetterClaim = 'claimed' | 'written' | 'busy';
+
 export interface DeadLetterLedger {
-  /**
-   * True when this process is to write the source's dead letter now: nobody has, and nobody else is
-   * writing it. False when it was written, or another process claimed it and has not given it back.
-   */
-  claim(source: DeadLetterSource): Promise<boolean>;
+  claim(source: DeadLetterSource): Promise<DeadLetterClaim>;
   /** The claimed source's dead letter is on the dead-letter topic. */
   written(source: DeadLetterSource): Promise<void>;
   /** The claimed source's dead letter could not be written: another reader (or this one, again) may. */
@@ -35,24 +38,30 @@ export interface DeadLetterLedger {
 }
 
 /**
- * Writes a dead letter unless the ledger says the cluster has (or another process is writing it); without a
- * ledger, always. Resolves whether it wrote it; rejects as `write` does (the claim given back first), so the
- * message stays unsettled and is tried again. A ledger that fails to answer (Redis away) does not hold the
- * message up: the letter is written, a duplicate at worst.
+ * What became of a dead letter: `written` now; `written-before`, the ledger says so; `busy`, another process
+ * is writing it: the message is not settled yet, and is to ask again later (that process may die first).
+ */
+export type DeadLetterOutcome = 'written' | 'written-before' | 'busy';
+
+/**
+ * Writes a dead letter unless the ledger says the cluster has, or another process is writing it; without a
+ * ledger, always. Rejects as `write` does (the claim given back first), so the message stays unsettled and is
+ * tried again. A ledger that fails to answer (Redis away) does not hold the message up: the letter is written,
+ * a duplicate at worst.
  */
 export async function writeDeadLetterOnce(
   ledger: DeadLetterLedger | undefined,
   source: DeadLetterSource,
   write: () => Promise<void>,
   log: Logger,
-): Promise<boolean> {
+): Promise<DeadLetterOutcome> {
   if (!ledger) {
     await write();
-    return true;
+    return 'written';
   }
-  let claimed: boolean;
+  let claim: DeadLetterClaim;
   try {
-    claimed = await ledger.claim(source);
+    claim = await ledger.claim(source);
   } catch (error) {
     log.warn('dead letters written not known (Redis failed): writing this one, perhaps again', {
       ...source,
@@ -60,9 +69,10 @@ export async function writeDeadLetterOnce(
       failure: errorCode(error),
     });
     await write();
-    return true;
+    return 'written';
   }
-  if (!claimed) return false;
+  if (claim === 'written') return 'written-before';
+  if (claim === 'busy') return 'busy';
   try {
     await write();
   } catch (error) {
@@ -78,5 +88,5 @@ export async function writeDeadLetterOnce(
       reason: errorMessage(error),
     });
   });
-  return true;
+  return 'written';
 }

@@ -141,7 +141,8 @@ function messageLogFields(work: MessageWork, payload: unknown): Record<string, u
  * (`isInfrastructureFault`: Redis, Kafka) is not the message's: it is retried with the policy's capped
  * backoff for as long as it lasts, the message held (counted in `held`), never dead-lettered for it.
  * Resolves true when settled (handled or dead-lettered), false when the work was given up first (stop,
- * revocation), whatever the handler threw once it was: a failure while stopping is not the message's.
+ * revocation), whatever the handler threw once it was: a failure while stopping is not the message's. A
+ * dead letter another process has claimed and not yet written holds the message (see `deadLetter`).
  * Rejects only when the dead letter itself cannot be written: then the message is not settled and must
  * be tried again.
  */
@@ -177,8 +178,13 @@ export function createMessageProcessor(
     };
   }
 
-  /** `payload`: the decoded value, when the message decoded (see messageLogFields). */
-  async function deadLetter(work: MessageWork, error: unknown, payload?: unknown): Promise<void> {
+  /**
+   * `payload`: the decoded value, when the message decoded (see messageLogFields). Resolves true when the
+   * message is settled (its letter written, now or before), false when the work was stopped first while
+   * another process held the letter's claim: then the message is held (as on a Redis fault) and the ledger
+   * asked again, paced by the retry policy, until that process writes the letter or its claim lapses.
+   */
+  async function deadLetter(work: MessageWork, error: unknown, payload?: unknown): Promise<boolean> {
     const letter = toDeadLetter(
       {
         service: options.service,
@@ -198,31 +204,60 @@ export function createMessageProcessor(
       timestamp: work.message.timestamp,
       code: letter.error.code,
     };
-    // The dead letter itself must not be lost: if Kafka refuses it, the message is not settled.
-    const written = await writeDeadLetterOnce(
-      options.deadLetters,
-      source,
-      () =>
-        options.publisher.send(options.dlqTopic, 'urs/dead-letter', [
-          { key: letter.sourceTopic, value: letter },
-        ]),
-      log,
-    );
-    if (!written) {
-      // Not `dead-lettered`: the alert on those would fire at every restart of every replica.
-      handled.inc({ topic: work.topic, outcome: 'dead-lettered-before' });
-      log.debug('message skipped: dead-lettered before', {
-        ...messageLogFields(work, payload),
-        code: letter.error.code,
-      });
-      return;
+    let hold: Hold | undefined;
+    try {
+      for (let attempt = 1; ; attempt++) {
+        // The dead letter itself must not be lost: if Kafka refuses it, the message is not settled.
+        const outcome = await writeDeadLetterOnce(
+          options.deadLetters,
+          source,
+          () =>
+            options.publisher.send(options.dlqTopic, 'urs/dead-letter', [
+              { key: letter.sourceTopic, value: letter },
+            ]),
+          log,
+        );
+        if (outcome === 'written-before') {
+          // Not `dead-lettered`: the alert on those would fire at every restart of every replica.
+          handled.inc({ topic: work.topic, outcome: 'dead-lettered-before' });
+          log.debug('message skipped: dead-lettered before', {
+            ...messageLogFields(work, payload),
+            code: letter.error.code,
+          });
+          return true;
+        }
+        if (outcome === 'written') {
+          handled.inc({ topic: work.topic, outcome: 'dead-lettered' });
+          log.warn('message dead-lettered', {
+            ...messageLogFields(work, payload),
+            code: letter.error.code,
+            reason: letter.error.message,
+          });
+          return true;
+        }
+        // Another process claimed the letter: skipped now, it would be lost if that process died unwritten.
+        const busy = new UrsError(
+          'DEAD_LETTER_BUSY',
+          `another process is writing this message's dead letter (${letter.error.code})`,
+          { canRetry: true, infrastructure: true },
+        );
+        const fields = messageLogFields(work, payload);
+        if (hold) hold.failedAgain(busy, fields);
+        else hold = options.held.hold(busy, fields);
+        handled.inc({ topic: work.topic, outcome: 'held' });
+        const delayMs = retryDelayMs(retry, attempt);
+        log.debug('dead letter being written by another process, holding the message', {
+          ...fields,
+          attempt,
+          delayMs,
+          code: letter.error.code,
+        });
+        await sleep(delayMs, work.stopSignal);
+        if (work.stopSignal.aborted || work.shouldStop()) return false;
+      }
+    } finally {
+      hold?.release();
     }
-    handled.inc({ topic: work.topic, outcome: 'dead-lettered' });
-    log.warn('message dead-lettered', {
-      ...messageLogFields(work, payload),
-      code: letter.error.code,
-      reason: letter.error.message,
-    });
   }
 
   return async function settle(work: MessageWork): Promise<boolean> {
@@ -237,8 +272,7 @@ export function createMessageProcessor(
         ...(work.signal ? { signal: work.signal } : {}),
       };
     } catch (error) {
-      await deadLetter(work, error);
-      return true;
+      return await deadLetter(work, error);
     }
     const subscription = options.subscriptions.get(topic) as TopicSubscription<ContractId>;
     // The message's own failures, counted against maxAttempts; those of a dependency (Redis, Kafka) are not:
@@ -262,8 +296,7 @@ export function createMessageProcessor(
           // default) is still no fault of the message.
           const infrastructure = isInfrastructureFault(error);
           if (!infrastructure && !canRetry(error)) {
-            await deadLetter(work, error, inbound.value);
-            return true;
+            return await deadLetter(work, error, inbound.value);
           }
           let delayMs: number;
           if (infrastructure) {
@@ -287,7 +320,7 @@ export function createMessageProcessor(
             infrastructureFailures = 0;
             ownFailures++;
             if (ownFailures >= retry.maxAttempts) {
-              await deadLetter(
+              return await deadLetter(
                 work,
                 new PoisonMessageError(
                   'RETRIES_EXHAUSTED',
@@ -296,7 +329,6 @@ export function createMessageProcessor(
                 ),
                 inbound.value,
               );
-              return true;
             }
             delayMs = retryDelayMs(retry, ownFailures);
             log.warn('handler failed, retrying', {

@@ -31,7 +31,7 @@ export type {
 } from './runner';
 export { notJsonReason, redactPayload, toDeadLetter, withheldPayload } from './dead-letter';
 export type { PayloadRedactor } from './dead-letter';
-export type { DeadLetterLedger, DeadLetterSource } from './dead-letter-once';
+export type { DeadLetterClaim, DeadLetterLedger, DeadLetterSource } from './dead-letter-once';
 export { JavaCompatiblePartitioner, murmur2 } from './partitioner';
 export { crc32c, useFastCrc32c } from './crc32c';
 export {

@@ -119,7 +119,8 @@ export interface ConsumerRunnerOptions {
   commitOffsets?: boolean;
   /**
    * Which dead letters the cluster wrote (`createDeadLetterLedger`, `@urs/store`): a message whose letter for
-   * the same failure any process wrote is skipped (outcome `dead-lettered-before`), not dead-lettered again.
+   * the same failure any process wrote is skipped (outcome `dead-lettered-before`), not dead-lettered again;
+   * one whose letter another process is writing is held until it is written or that claim lapses.
    * Required with commitOffsets false: each start of each replica, reading from the beginning, wrote it again.
    */
   deadLetters?: DeadLetterLedger;

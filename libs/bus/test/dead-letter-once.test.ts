@@ -1,4 +1,9 @@
-import { writeDeadLetterOnce, type DeadLetterLedger, type DeadLetterSource } from '../src/dead-letter-once';
+import {
+  writeDeadLetterOnce,
+  type DeadLetterClaim,
+  type DeadLetterLedger,
+  type DeadLetterSource,
+} from '../src/dead-letter-once';
 import { silentLogger } from '@urs/logging';
 
 const source: DeadLetterSource = {
@@ -10,7 +15,7 @@ const source: DeadLetterSource = {
 };
 
 /** A ledger whose answers the test sets, recording what it was told. */
-function ledger(claim: () => Promise<boolean>, written: () => Promise<void> = async () => undefined) {
+function ledger(claim: () => Promise<DeadLetterClaim>, written: () => Promise<void> = async () => undefined) {
   const calls: string[] = [];
   const fake: DeadLetterLedger = {
     claim: async () => {
@@ -27,21 +32,24 @@ function ledger(claim: () => Promise<boolean>, written: () => Promise<void> = as
 }
 
 describe('writeDeadLetterOnce', () => {
-  it('should write the letter and mark it written when claimed, and skip it when not', async () => {
+  it('should write the letter and mark it written when claimed, skip it when written, and tell a busy claim apart', async () => {
     const writes: string[] = [];
     const write = async (): Promise<void> => void writes.push('letter');
-    const claimed = ledger(async () => true);
-    expect(await writeDeadLetterOnce(claimed.fake, source, write, silentLogger)).toBe(true);
+    const claimed = ledger(async () => 'claimed');
+    expect(await writeDeadLetterOnce(claimed.fake, source, write, silentLogger)).toBe('written');
     expect(claimed.calls).toEqual(['claim', 'written']);
-    const taken = ledger(async () => false);
-    expect(await writeDeadLetterOnce(taken.fake, source, write, silentLogger)).toBe(false);
-    expect(taken.calls).toEqual(['claim']);
-    expect(await writeDeadLetterOnce(undefined, source, write, silentLogger)).toBe(true);
+    const written = ledger(async () => 'written');
+    expect(await writeDeadLetterOnce(written.fake, source, write, silentLogger)).toBe('written-before');
+    expect(written.calls).toEqual(['claim']);
+    const busy = ledger(async () => 'busy');
+    expect(await writeDeadLetterOnce(busy.fake, source, write, silentLogger)).toBe('busy');
+    expect(busy.calls).toEqual(['claim']);
+    expect(await writeDeadLetterOnce(undefined, source, write, silentLogger)).toBe('written');
     expect(writes).toEqual(['letter', 'letter']);
   });
 
   it('should give the claim back and fail when the letter cannot be written', async () => {
-    const claimed = ledger(async () => true);
+    const claimed = ledger(async () => 'claimed');
     await expect(
       writeDeadLetterOnce(
         claimed.fake,
@@ -57,12 +65,12 @@ describe('writeDeadLetterOnce', () => {
     const writes: string[] = [];
     const write = async (): Promise<void> => void writes.push('letter');
     const away = ledger(() => Promise.reject(new Error('ECONNREFUSED')));
-    expect(await writeDeadLetterOnce(away.fake, source, write, silentLogger)).toBe(true);
+    expect(await writeDeadLetterOnce(away.fake, source, write, silentLogger)).toBe('written');
     const unmarked = ledger(
-      async () => true,
+      async () => 'claimed',
       () => Promise.reject(new Error('READONLY')),
     );
-    expect(await writeDeadLetterOnce(unmarked.fake, source, write, silentLogger)).toBe(true);
+    expect(await writeDeadLetterOnce(unmarked.fake, source, write, silentLogger)).toBe('written');
     expect(writes).toEqual(['letter', 'letter']);
   });
 });

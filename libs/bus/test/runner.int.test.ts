@@ -184,7 +184,7 @@ describe('createConsumerRunner', () => {
     const groupId = uniqueId('group');
     // Nothing is dead-lettered here: a ledger that lets every letter be written.
     const deadLetters: DeadLetterLedger = {
-      claim: async () => true,
+      claim: async () => 'claimed',
       written: async () => undefined,
       release: async () => undefined,
     };

@@ -22,14 +22,18 @@ const DEFAULT_CLAIM_TTL_MS = 120_000;
 const WRITTEN = 'written';
 
 // KEYS[1] the source's key; ARGV: this writer's claim, claim ttl ms, written ttl ms. A writer that holds the
-// claim already (a retry after its write failed and its release did too) takes it again.
+// claim already (a retry after its write failed and its release did too) takes it again. Answers 1 claimed,
+// 2 written, 0 claimed by another writer.
 const CLAIM = `
 local value = redis.call('GET', KEYS[1])
 if not value or value == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
-if value == '${WRITTEN}' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+if value == '${WRITTEN}' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 2
+end
 return 0`;
 
 /**
@@ -58,7 +62,7 @@ export function createDeadLetterLedger(
         String(claimTtlMs),
         String(writtenTtlMs),
       );
-      return taken === 1;
+      return taken === 1 ? 'claimed' : taken === 2 ? 'written' : 'busy';
     },
     async written(source) {
       await redis.set(keyOf(source), WRITTEN, 'PX', writtenTtlMs);

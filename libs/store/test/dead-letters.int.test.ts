@@ -13,15 +13,15 @@ const source: DeadLetterSource = {
 describe('createDeadLetterLedger', () => {
   const redis = testRedisPerTest();
 
-  it('claim should admit one writer of a dead letter in the cluster, and none once it is written', async () => {
+  it('claim should admit one writer of a dead letter in the cluster, tell the others it is busy, and none once it is written', async () => {
     const first = createDeadLetterLedger(redis.client, redis.prefix);
     const second = createDeadLetterLedger(redis.client, redis.prefix);
-    expect(await first.claim(source)).toBe(true);
-    expect(await second.claim(source)).toBe(false);
+    expect(await first.claim(source)).toBe('claimed');
+    expect(await second.claim(source)).toBe('busy');
     await first.written(source);
-    expect(await second.claim(source)).toBe(false);
-    expect(await first.claim(source)).toBe(false);
-    expect(await createDeadLetterLedger(redis.client, redis.prefix).claim(source)).toBe(false);
+    expect(await second.claim(source)).toBe('written');
+    expect(await first.claim(source)).toBe('written');
+    expect(await createDeadLetterLedger(redis.client, redis.prefix).claim(source)).toBe('written');
   });
 
   it('claim should tell apart another failure, offset or record of the same place', async () => {
@@ -29,39 +29,39 @@ describe('createDeadLetterLedger', () => {
     await ledger.claim(source);
     await ledger.written(source);
     const other = createDeadLetterLedger(redis.client, redis.prefix);
-    expect(await other.claim({ ...source, code: 'RETRIES_EXHAUSTED' })).toBe(true);
-    expect(await other.claim({ ...source, offset: '42' })).toBe(true);
-    expect(await other.claim({ ...source, partition: 3 })).toBe(true);
+    expect(await other.claim({ ...source, code: 'RETRIES_EXHAUSTED' })).toBe('claimed');
+    expect(await other.claim({ ...source, offset: '42' })).toBe('claimed');
+    expect(await other.claim({ ...source, partition: 3 })).toBe('claimed');
     // The topic deleted and made again: another record at the same offset.
-    expect(await other.claim({ ...source, timestamp: '1764979300000' })).toBe(true);
+    expect(await other.claim({ ...source, timestamp: '1764979300000' })).toBe('claimed');
   });
 
   it('release should let another writer claim a letter whose write failed; the claimant may claim again', async () => {
     const first = createDeadLetterLedger(redis.client, redis.prefix);
     const second = createDeadLetterLedger(redis.client, redis.prefix);
-    expect(await first.claim(source)).toBe(true);
-    expect(await first.claim(source)).toBe(true);
+    expect(await first.claim(source)).toBe('claimed');
+    expect(await first.claim(source)).toBe('claimed');
     await second.release(source);
-    expect(await second.claim(source)).toBe(false);
+    expect(await second.claim(source)).toBe('busy');
     await first.release(source);
-    expect(await second.claim(source)).toBe(true);
+    expect(await second.claim(source)).toBe('claimed');
   });
 
   it('claim should lapse after claimTtlMs when its writer died, and a written mark last writtenTtlMs from its last reader', async () => {
     const options = { claimTtlMs: 100, writtenTtlMs: 1_000 };
     const dead = createDeadLetterLedger(redis.client, redis.prefix, options);
     const next = createDeadLetterLedger(redis.client, redis.prefix, options);
-    expect(await dead.claim(source)).toBe(true);
-    expect(await next.claim(source)).toBe(false);
+    expect(await dead.claim(source)).toBe('claimed');
+    expect(await next.claim(source)).toBe('busy');
     await new Promise((resolve) => setTimeout(resolve, 150));
-    expect(await next.claim(source)).toBe(true);
+    expect(await next.claim(source)).toBe('claimed');
     await next.written(source);
     // Met again within its time: remembered another writtenTtlMs from then.
     await new Promise((resolve) => setTimeout(resolve, 600));
-    expect(await dead.claim(source)).toBe(false);
+    expect(await dead.claim(source)).toBe('written');
     await new Promise((resolve) => setTimeout(resolve, 600));
-    expect(await dead.claim(source)).toBe(false);
+    expect(await dead.claim(source)).toBe('written');
     await new Promise((resolve) => setTimeout(resolve, 1_100));
-    expect(await dead.claim(source)).toBe(true);
+    expect(await dead.claim(source)).toBe('claimed');
   });
 });

@@ -1,0 +1,86 @@
+import { retryPolicy } from '@urs/resilience';
+import { Registry } from '@urs/telemetry';
+import { capturingLogger, type LogLine } from '@urs/testkit';
+import type { DeadLetterClaim, DeadLetterLedger } from '../src/dead-letter-once';
+import { createMessageProcessor } from '../src/handle';
+import type { Publisher } from '../src/publisher';
+import { heldMessages, messageWork } from './work';
+
+const TOPIC = 'tenants';
+
+/**
+ * A processor of TOPIC whose messages all fail validation (a record with no fields), with a ledger answering
+ * each claim from `claims` in turn (its last answer again once they run out), and the runner's stop.
+ */
+function processor(claims: DeadLetterClaim[]) {
+  const sent: string[] = [];
+  const lines: LogLine[] = [];
+  const asked: DeadLetterClaim[] = [];
+  const publisher = {
+    send: async (topic: string) => void sent.push(topic),
+  } as unknown as Publisher;
+  const ledger: DeadLetterLedger = {
+    claim: async () => {
+      const answer = claims[Math.min(asked.length, claims.length - 1)] as DeadLetterClaim;
+      asked.push(answer);
+      return answer;
+    },
+    written: async () => undefined,
+    release: async () => undefined,
+  };
+  const metrics = new Registry({ processMetrics: false });
+  const held = heldMessages(capturingLogger(lines), metrics);
+  const handled = metrics.counter('handled_total', 'handled');
+  const settle = createMessageProcessor({
+    service: 'test',
+    subscriptions: new Map([
+      [TOPIC, { topic: TOPIC, contract: 'urs/tenant-record', handler: async () => undefined }],
+    ]),
+    publisher,
+    dlqTopic: 'dlq',
+    deadLetters: ledger,
+    log: capturingLogger(lines),
+    // Delays of a few ms: full jitter of a 1 ms cap is 0, and a pause of 0 never lets a timer run.
+    retry: retryPolicy({ maxAttempts: 3, initialDelayMs: 5, maxDelayMs: 5 }),
+    held,
+    handled,
+    seconds: metrics.histogram('handler_seconds', 'seconds'),
+  });
+  const runner = new AbortController();
+  const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant', value: '{}', stop: runner });
+  return { settle: () => settle(work), stop: () => runner.abort(), sent, asked, held, metrics };
+}
+
+describe('createMessageProcessor with a dead-letter ledger', () => {
+  it('should skip a message whose letter the ledger says was written', async () => {
+    const run = processor(['written']);
+    await expect(run.settle()).resolves.toBe(true);
+    expect(run.sent).toEqual([]);
+    expect(run.metrics.expose()).toContain('handled_total{outcome="dead-lettered-before",topic="tenants"} 1');
+  });
+
+  it('should hold a message whose letter another process claimed, and write it once that claim lapsed unwritten', async () => {
+    // The other process died after claiming: its claim answers busy until it lapses.
+    const run = processor(['busy', 'busy', 'claimed']);
+    await expect(run.settle()).resolves.toBe(true);
+    expect(run.asked).toEqual(['busy', 'busy', 'claimed']);
+    expect(run.sent).toEqual(['dlq']);
+    expect(run.held.count).toBe(0);
+    const metrics = run.metrics.expose();
+    expect(metrics).toContain('handled_total{outcome="dead-lettered",topic="tenants"} 1');
+    expect(metrics).toContain('handled_total{outcome="held",topic="tenants"} 2');
+    expect(metrics).not.toContain('dead-lettered-before');
+  });
+
+  it('should leave a message unfinished, not skipped, when the runner stops while another process holds its claim', async () => {
+    const run = processor(['busy']);
+    const settled = run.settle();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(run.held.count).toBe(1);
+    run.stop();
+    await expect(settled).resolves.toBe(false);
+    expect(run.sent).toEqual([]);
+    expect(run.held.count).toBe(0);
+    expect(run.metrics.expose()).not.toContain('dead-lettered-before');
+  });
+});
