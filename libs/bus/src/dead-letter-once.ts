@@ -1,5 +1,6 @@
 import type { Logger } from '@urs/logging';
-import { errorCode, errorMessage } from '@urs/resilience';
+import { UrsError, errorCode, errorMessage } from '@urs/resilience';
+import { settledWithin } from './drain';
 
 /** One failure of one consumed message: what a dead letter is written for. */
 export interface DeadLetterSource {
@@ -44,16 +45,36 @@ export interface DeadLetterLedger {
 export type DeadLetterOutcome = 'written' | 'written-before' | 'busy';
 
 /**
+ * How long the ledger may take to answer, ms. Its Redis client queues commands while Redis is away rather
+ * than failing them, so an unbounded call would hold the invalid record, and every one behind it on its
+ * partition, for as long as Redis is away.
+ */
+export const DEAD_LETTER_LEDGER_TIMEOUT_MS = 2_000;
+
+/** What `call` resolves to, or a rejection when it takes longer than `timeoutMs` (it runs on, unwatched). */
+async function answerWithin<T>(call: () => Promise<T>, timeoutMs: number): Promise<T> {
+  const answer = call();
+  if (!(await settledWithin([answer], timeoutMs))) {
+    throw new UrsError('DEAD_LETTER_LEDGER_TIMEOUT', `the ledger did not answer within ${timeoutMs} ms`, {
+      canRetry: true,
+      infrastructure: true,
+    });
+  }
+  return answer;
+}
+
+/**
  * Writes a dead letter unless the ledger says the cluster has, or another process is writing it; without a
  * ledger, always. Rejects as `write` does (the claim given back first), so the message stays unsettled and is
- * tried again. A ledger that fails to answer (Redis away) does not hold the message up: the letter is written,
- * a duplicate at worst.
+ * tried again. A ledger that fails to answer, or to answer within `timeoutMs` (Redis away), does not hold the
+ * message up: the letter is written, a duplicate at worst.
  */
 export async function writeDeadLetterOnce(
   ledger: DeadLetterLedger | undefined,
   source: DeadLetterSource,
   write: () => Promise<void>,
   log: Logger,
+  timeoutMs = DEAD_LETTER_LEDGER_TIMEOUT_MS,
 ): Promise<DeadLetterOutcome> {
   if (!ledger) {
     await write();
@@ -61,7 +82,7 @@ export async function writeDeadLetterOnce(
   }
   let claim: DeadLetterClaim;
   try {
-    claim = await ledger.claim(source);
+    claim = await answerWithin(() => ledger.claim(source), timeoutMs);
   } catch (error) {
     log.warn('dead letters written not known (Redis failed): writing this one, perhaps again', {
       ...source,
@@ -76,12 +97,12 @@ export async function writeDeadLetterOnce(
   try {
     await write();
   } catch (error) {
-    await ledger.release(source).catch((failure: unknown) => {
+    await answerWithin(() => ledger.release(source), timeoutMs).catch((failure: unknown) => {
       log.debug('dead-letter claim not given back: it lapses', { ...source, reason: errorMessage(failure) });
     });
     throw error;
   }
-  await ledger.written(source).catch((error: unknown) => {
+  await answerWithin(() => ledger.written(source), timeoutMs).catch((error: unknown) => {
     // The claim lapses, and a later reader writes the letter once more.
     log.warn('dead letter written but not marked so (Redis failed): it may be written again', {
       ...source,

@@ -6,14 +6,16 @@ import {
   type DeadLetterLedger,
   type Publisher,
 } from '@urs/bus';
+import { writeDeadLetterOnce } from '../src/dead-letter-once';
 import { silentLogger } from '@urs/logging';
-import { createDeadLetterLedger } from '@urs/store';
+import { closeRedis, createDeadLetterLedger, createRedis } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import {
   createTestKafka,
   createTestRedis,
   createUniqueTopics,
   deleteTopics,
+  freePort,
   readDeadLetters,
   tenantRecord,
   uniqueId,
@@ -122,5 +124,40 @@ describe('createConsumerRunner with deadLetters', () => {
     expect(await deadLettersWritten(dlq)).toEqual(['1']);
     const [letter] = await readDeadLetters(kafka, dlq, 1);
     expect([letter?.key, letter?.offset, letter?.error.code]).toEqual(['b', '1', 'CONTRACT_INVALID']);
+  });
+});
+
+describe('writeDeadLetterOnce with Redis away', () => {
+  it('should write the letter within a bound when the ledger gets no answer, its client queueing the claim', async () => {
+    // Nothing listens there: the client queues its commands, as while the service's Redis is away.
+    const redis = createRedis({ url: `redis://127.0.0.1:${await freePort()}` });
+    redis.on('error', () => undefined);
+    try {
+      const ledger = createDeadLetterLedger(redis, uniqueId('urs-test:'));
+      const source = {
+        topic: 'urs.tenants',
+        partition: 0,
+        offset: '5',
+        timestamp: '1764979200000',
+        code: 'CONTRACT_INVALID',
+      };
+      const writes: string[] = [];
+      const started = Date.now();
+      const outcome = writeDeadLetterOnce(
+        ledger,
+        source,
+        async () => void writes.push('letter'),
+        silentLogger,
+      );
+      const settled = await Promise.race([
+        outcome,
+        new Promise<string>((resolve) => setTimeout(() => resolve('still waiting'), 5_000).unref()),
+      ]);
+      expect(settled).toBe('written');
+      expect(writes).toEqual(['letter']);
+      expect(Date.now() - started).toBeLessThan(5_000);
+    } finally {
+      await closeRedis(redis, 100);
+    }
   });
 });

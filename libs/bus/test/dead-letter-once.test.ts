@@ -71,6 +71,14 @@ describe('writeDeadLetterOnce', () => {
       () => Promise.reject(new Error('READONLY')),
     );
     expect(await writeDeadLetterOnce(unmarked.fake, source, write, silentLogger)).toBe('written');
-    expect(writes).toEqual(['letter', 'letter']);
+    // A client that queues its commands while Redis is away: no answer at all, for as long as that lasts.
+    const silent = ledger(() => new Promise<never>(() => undefined));
+    expect(await writeDeadLetterOnce(silent.fake, source, write, silentLogger, 10)).toBe('written');
+    const unanswered = ledger(
+      async () => 'claimed',
+      () => new Promise<never>(() => undefined),
+    );
+    expect(await writeDeadLetterOnce(unanswered.fake, source, write, silentLogger, 10)).toBe('written');
+    expect(writes).toEqual(['letter', 'letter', 'letter', 'letter']);
   });
 });
