@@ -41,6 +41,18 @@ export interface BenchOptions {
    */
   bulkSameCycles: number;
   /**
+   * Mean SoftwareVulnerabilitiesByMachine rows per device of every simulated fleet (`fleet.exportRowsPerDevice`
+   * of the simulator: vulnerable devices' CVEs scaled to match, the rest inventory rows without a CVE).
+   * Unset: the simulator's light mix, ~5.7 rows (~5 KB) per device, which earlier results were taken with;
+   * real Windows fleets list tens to hundreds. `--export-rows-per-device`, default unset.
+   */
+  exportRowsPerDevice: number | undefined;
+  /**
+   * Share of those rows without a CVE (installed software), 0–1 (`fleet.exportSoftwareOnlyShare`).
+   * Unset: the light mix's 1 %. `--export-software-only`, default unset.
+   */
+  exportSoftwareOnlyShare: number | undefined;
+  /**
    * Who starts cycles: `poller` (the real poller lists the devices), `inject` (the bench lists the
    * simulator's fleet and produces the device batches itself, the poller is not started), `auto`
    * (poller when it can be told to use per-device calls, else inject). `--driver`, default auto.
@@ -93,6 +105,15 @@ function wholeNumber(text: string, flag: string, min: number): number {
   return Number(clean);
 }
 
+/** A decimal number in [min, max], or undefined when the flag is absent. */
+function decimal(text: string | undefined, flag: string, min: number, max: number): number | undefined {
+  if (text === undefined) return undefined;
+  const value = Number(text.replace(/_/g, ''));
+  if (!/^\d[\d_]*(\.\d+)?$/.test(text) || !(value >= min && value <= max))
+    throw new UsageError(`${flag} must be a number from ${min} to ${max} (got "${text}")`);
+  return value;
+}
+
 function oneOf<T extends string>(text: string, flag: string, allowed: readonly T[]): T {
   if (!(allowed as readonly string[]).includes(text))
     throw new UsageError(`${flag} must be one of ${allowed.join(', ')} (got "${text}")`);
@@ -132,6 +153,8 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
         'bulk-devices': { type: 'string' },
         'bulk-next-changed': { type: 'string' },
         'bulk-same-cycles': { type: 'string' },
+        'export-rows-per-device': { type: 'string' },
+        'export-software-only': { type: 'string' },
         driver: { type: 'string' },
         redis: { type: 'string' },
         'sample-ms': { type: 'string' },
@@ -162,6 +185,8 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
         ? Math.max(1, Math.round(bulkDevices / 100))
         : wholeNumber(values['bulk-next-changed'], '--bulk-next-changed', 0),
     bulkSameCycles: wholeNumber(values['bulk-same-cycles'] ?? '1', '--bulk-same-cycles', 0),
+    exportRowsPerDevice: decimal(values['export-rows-per-device'], '--export-rows-per-device', 0.1, 1_000),
+    exportSoftwareOnlyShare: decimal(values['export-software-only'], '--export-software-only', 0, 0.99),
     driver: oneOf(values.driver ?? 'auto', '--driver', ['auto', 'poller', 'inject'] as const),
     redis: oneOf(values.redis ?? 'private', '--redis', ['private', 'shared'] as const),
     sampleMs: wholeNumber(values['sample-ms'] ?? '50', '--sample-ms', 10),
@@ -187,6 +212,7 @@ export const USAGE = `npm run bench -- [--sizes 1000,10000,100000] [--latency 50
   [--cycle-tenants 6] [--cycle-devices 1000] [--internal-devices 50000] [--internal-runs 3]
   [--internal-warmup 20000]
   [--bulk-devices 100000] [--bulk-next-changed 1000] [--bulk-same-cycles 1]
+  [--export-rows-per-device 57] [--export-software-only 0.5]
   [--driver auto|poller|inject] [--redis private|shared] [--sample-ms 50] [--out bench/results]
   [--keep-stack] [--slack-ms 120000] [--profile vuln-fetcher,scorer]
   [--env NAME=value]... [--replicas vuln-fetcher=2,scorer=2]

@@ -321,6 +321,14 @@ async function main(): Promise<number> {
       latencyMs: options.latencyMs,
       jitterMs: options.jitterMs,
       quotas: false,
+      exportVolume: {
+        ...(options.exportRowsPerDevice === undefined
+          ? {}
+          : { exportRowsPerDevice: options.exportRowsPerDevice }),
+        ...(options.exportSoftwareOnlyShare === undefined
+          ? {}
+          : { exportSoftwareOnlyShare: options.exportSoftwareOnlyShare }),
+      },
     });
     infraPids['simulator'] = sim.child.pid;
     log(`simulator at ${sim.baseUrl}, Redis ${redisUrl}, Kafka ${stack.kafkaBrokers.join(',')}`);

@@ -45,7 +45,13 @@ export async function startSimulatorProcess(
   group: ProcessGroup,
   root: string,
   runDir: string,
-  options: { latencyMs: number; jitterMs: number; quotas: boolean },
+  options: {
+    latencyMs: number;
+    jitterMs: number;
+    quotas: boolean;
+    /** The export's volume per device of every fleet added (the simulator's FleetSpec fields); none: its light mix. */
+    exportVolume?: { exportRowsPerDevice?: number; exportSoftwareOnlyShare?: number };
+  },
 ): Promise<SimulatorProcess> {
   let announce: (line: string) => void = () => undefined;
   const ready = new Promise<{ baseUrl: string; caFile: string }>((resolve) => {
@@ -135,7 +141,7 @@ export async function startSimulatorProcess(
       await call('POST', '/_sim/tenants', {
         azureTenantId: spec.azureTenantId,
         apps: [{ clientId: spec.clientId, clientSecret: spec.clientSecret }],
-        fleet: { size: spec.size, seed: spec.seed },
+        fleet: { size: spec.size, seed: spec.seed, ...options.exportVolume },
       });
     },
     async setLatency(meanMs, jitterMs) {

@@ -97,3 +97,22 @@ describe('parseBenchArgs --bulk-same-cycles', () => {
     expect(() => parseBenchArgs(['--bulk-same-cycles', 'one'])).toThrow(/--bulk-same-cycles/);
   });
 });
+
+describe('parseBenchArgs export volume', () => {
+  it("parseBenchArgs should leave the simulator's light export mix without the flags", () => {
+    const options = parseBenchArgs([]);
+    expect(options.exportRowsPerDevice).toBeUndefined();
+    expect(options.exportSoftwareOnlyShare).toBeUndefined();
+  });
+
+  it('parseBenchArgs should read the rows per device and their share without a CVE', () => {
+    const options = parseBenchArgs(['--export-rows-per-device', '57', '--export-software-only', '0.5']);
+    expect(options.exportRowsPerDevice).toBe(57);
+    expect(options.exportSoftwareOnlyShare).toBe(0.5);
+    expect(parseBenchArgs(['--export-rows-per-device', '5.7']).exportRowsPerDevice).toBe(5.7);
+    expect(() => parseBenchArgs(['--export-rows-per-device', '0'])).toThrow(/--export-rows-per-device/);
+    expect(() => parseBenchArgs(['--export-rows-per-device', '2000'])).toThrow(/--export-rows-per-device/);
+    expect(() => parseBenchArgs(['--export-software-only', '1'])).toThrow(/--export-software-only/);
+    expect(() => parseBenchArgs(['--export-software-only', 'half'])).toThrow(/--export-software-only/);
+  });
+});

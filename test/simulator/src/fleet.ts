@@ -2,12 +2,14 @@ import { cveCatalog, type CatalogEntry } from './catalog';
 import { generateCveEntries, generatedOnboarding, generateMachine, indexOfMachineId } from './generator';
 import { hashString } from './rng';
 import type { AffectedSoftware, MachineRecord, VulnerabilityRecord } from './types';
+import { exportVolumeOf, softwareOnlyEntries, type ExportVolume, type ExportVolumeSpec } from './volume';
 
 // One tenant's device fleet. Generated devices are identified by index and re-derived on demand;
 // only changes (patches, removals, explicit records, vulnerability overrides) are stored, so a
 // 100,000-device fleet costs almost nothing until it is read.
 
-export interface FleetSpec {
+/** Also the export's rows per device (see volume.ts): unset, the light mix the benchmark was taken with. */
+export interface FleetSpec extends ExportVolumeSpec {
   /** Number of generated devices (0–100,000 is the tested range). Default 0. */
   size: number;
   /** Seed for generation; default derived from the tenant id so every tenant differs. */
@@ -75,6 +77,8 @@ export class Fleet {
   private generatedAt: number;
   /** See FleetSpec; 0 regenerates at every change. */
   private readonly snapshotMs: number;
+  /** The export's volume per device; undefined: the light mix. */
+  private readonly volume: ExportVolume | undefined;
   /** Generated devices when the snapshot was generated: the ones after them are not in it. */
   private snapshotGenerated: number;
   /** Explicit records added since the snapshot was generated: not in it. */
@@ -111,6 +115,7 @@ export class Fleet {
     // The records the fleet starts with are part of its first generation.
     this.generatedAt = epochMs;
     this.snapshotMs = Math.max(0, spec?.exportSnapshotMs ?? 0);
+    this.volume = exportVolumeOf(spec);
     this.snapshotGenerated = this.generatedCount;
     for (const record of records ?? []) this.insertRecord(record);
   }
@@ -354,12 +359,26 @@ export class Fleet {
       }));
     }
     if ('explicitAt' in where) return [];
-    const patch = this.patches.get(where.index);
-    const onboarding =
-      patch && 'onboardingStatus' in patch
-        ? patch.onboardingStatus
-        : generatedOnboarding(this.seed, where.index);
-    return generateCveEntries(this.seed, where.index, onboarding);
+    return generateCveEntries(this.seed, where.index, this.onboardingOf(where.index), this.volume);
+  }
+
+  /**
+   * The installed software a device lists in the export without a CVE; undefined under the light mix (the
+   * export then gives one device in ten such a row, see deviceRowsJson).
+   */
+  softwareOnly(id: string): AffectedSoftware[] | undefined {
+    if (!this.volume) return undefined;
+    const where = this.locate(id);
+    if (!where || 'explicitAt' in where) return [];
+    const onboarded = (this.onboardingOf(where.index) ?? '').toLowerCase() === 'onboarded';
+    return softwareOnlyEntries(this.seed, where.index, onboarded, this.volume);
+  }
+
+  private onboardingOf(index: number): string | undefined {
+    const patch = this.patches.get(index);
+    return patch && 'onboardingStatus' in patch
+      ? patch.onboardingStatus
+      : generatedOnboarding(this.seed, index);
   }
 
   vulnerabilities(id: string): VulnerabilityRecord[] | undefined {

@@ -1,6 +1,7 @@
 import { cveCatalog, type CatalogEntry } from './catalog';
 import { hash32, hex32, mdeDate, Rng } from './rng';
 import type { IpAddressRecord, MachineRecord } from './types';
+import { scaledCveCount, type ExportVolume } from './volume';
 
 // Machine records are pure functions of (fleet seed, index, fleet epoch): nothing is stored per
 // device, so a 100,000-device tenant costs no memory until a page is requested.
@@ -237,14 +238,18 @@ export function generateMachine(seed: number, index: number, epochMs: number): M
   return record;
 }
 
-/** The CVEs of generated device `index`, drawn from the shared catalog without repeats. */
+/**
+ * The CVEs of generated device `index`, drawn from the shared catalog without repeats; `volume` scales
+ * their number (see volume.ts).
+ */
 export function generateCveEntries(
   seed: number,
   index: number,
   onboardingStatus: string | undefined,
+  volume?: ExportVolume,
 ): CatalogEntry[] {
   const onboarded = (onboardingStatus ?? '').toLowerCase() === 'onboarded';
-  const count = vulnerabilityCount(seed, index, onboarded);
+  const count = scaledCveCount(vulnerabilityCount(seed, index, onboarded), volume);
   if (count === 0) return [];
   const catalog = cveCatalog();
   const rng = new Rng(seed, index, 4);
