@@ -217,3 +217,32 @@ export const USAGE = `npm run bench -- [--sizes 1000,10000,100000] [--latency 50
   [--keep-stack] [--slack-ms 120000] [--profile vuln-fetcher,scorer]
   [--env NAME=value]... [--replicas vuln-fetcher=2,scorer=2]
 A size or device count of 0 skips that scenario.`;
+
+/** Export rows per device of the simulator's light mix (its fleets without an export volume). */
+const LIGHT_EXPORT_ROWS_PER_DEVICE = 5.74;
+/** The vuln-fetcher's `URS_BULK_PAGE_SIZE` default. */
+const DEFAULT_BULK_PAGE_SIZE = 50_000;
+/** The `bulk-next` scenario's poll-interval unit for a light export: a 10-"minute" interval of 60 s. */
+export const BULK_NEXT_UNIT_MS = 6_000;
+
+/**
+ * The poll-interval unit (`URS_POLL_INTERVAL_UNIT_MS`) of the `bulk-next` scenario, whose interval is 10
+ * units. The unit shortens the interval but not Microsoft's quota of the export, 30 calls a minute, which
+ * the simulator holds to: a heavier export than the light mix (`--export-rows-per-device`) needs more pages
+ * than that quota lets through in 60 s (50,000 devices at 57 rows: 57 pages, read in ~80 s), and a cycle
+ * whose export is read after the next cycle started is closed with every device failed. The interval then
+ * holds the read, a page a second for the quota's first 30 and one every 2 s after them, 1.5 times over,
+ * and 30 s to score and publish the fleet. `--env URS_POLL_INTERVAL_UNIT_MS` sets it outright.
+ */
+export function bulkNextUnitMs(
+  options: Pick<BenchOptions, 'bulkDevices' | 'exportRowsPerDevice' | 'env'>,
+): number {
+  const forced = options.env['URS_POLL_INTERVAL_UNIT_MS'];
+  if (forced !== undefined && /^\d+$/.test(forced)) return Number(forced);
+  const pageSize =
+    Number(options.env['URS_BULK_PAGE_SIZE'] ?? DEFAULT_BULK_PAGE_SIZE) || DEFAULT_BULK_PAGE_SIZE;
+  const rows = options.bulkDevices * (options.exportRowsPerDevice ?? LIGHT_EXPORT_ROWS_PER_DEVICE);
+  const pages = Math.ceil(rows / pageSize);
+  const readMs = pages * 1_000 + Math.max(0, pages - 30) * 2_000;
+  return Math.max(BULK_NEXT_UNIT_MS, Math.ceil((readMs * 1.5 + 30_000) / 10_000) * 1_000);
+}

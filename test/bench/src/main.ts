@@ -1,7 +1,14 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
-import { parseBenchArgs, USAGE, UsageError, type BenchOptions } from './args';
+import {
+  BULK_NEXT_UNIT_MS,
+  bulkNextUnitMs,
+  parseBenchArgs,
+  USAGE,
+  UsageError,
+  type BenchOptions,
+} from './args';
 import { perDeviceRefreshHours, round, roundEach } from './analysis';
 import { CALIBRATION_WORKLOAD, calibrate, MEMORY_WORKLOAD, type MemorySpeed, probeMemory } from './calibrate';
 import { ensureStack, startPrivateRedis, stopStack } from './infra';
@@ -111,6 +118,8 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
     // The same fleet's next cycles: a 10-"minute" interval of 6 s units (60 s) leaves each cycle time to
     // end under the quotas; 1 % of the devices change their vulnerabilities before the second (by default),
     // none before the ones after it (`bulk-same`: Microsoft's snapshot as it was).
+    // A heavier export than the simulator's light mix needs a longer interval (see bulkNextUnitMs).
+    const unitMs = bulkNextUnitMs(options);
     specs.push({
       ...base,
       name: 'bulk-next',
@@ -120,8 +129,8 @@ function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
       latencyMs: options.latencyMs,
       simQuotas: true,
       pollIntervalMinutes: 10,
-      extraEnv: { ...options.env, URS_POLL_INTERVAL_UNIT_MS: '6000' },
-      timeoutMs: options.bulkDevices * 2 + options.slackMs,
+      extraEnv: { ...options.env, URS_POLL_INTERVAL_UNIT_MS: String(unitMs) },
+      timeoutMs: options.bulkDevices * 2 + options.slackMs + (unitMs - BULK_NEXT_UNIT_MS) * 10,
       nextCycles: [
         { changedDevices: options.bulkNextChanged },
         ...Array.from({ length: options.bulkSameCycles }, () => ({ changedDevices: 0 })),

@@ -1,4 +1,4 @@
-import { parseBenchArgs, UsageError } from '../src/args';
+import { BULK_NEXT_UNIT_MS, bulkNextUnitMs, parseBenchArgs, UsageError } from '../src/args';
 
 describe('parseBenchArgs', () => {
   it('parseBenchArgs should give the defaults without flags', () => {
@@ -114,5 +114,29 @@ describe('parseBenchArgs export volume', () => {
     expect(() => parseBenchArgs(['--export-rows-per-device', '2000'])).toThrow(/--export-rows-per-device/);
     expect(() => parseBenchArgs(['--export-software-only', '1'])).toThrow(/--export-software-only/);
     expect(() => parseBenchArgs(['--export-software-only', 'half'])).toThrow(/--export-software-only/);
+  });
+});
+
+describe('bulkNextUnitMs', () => {
+  it("bulkNextUnitMs should keep the 60 s interval for the simulator's light export", () => {
+    expect(bulkNextUnitMs(parseBenchArgs([]))).toBe(BULK_NEXT_UNIT_MS);
+    expect(bulkNextUnitMs(parseBenchArgs(['--bulk-devices', '50000']))).toBe(6_000);
+  });
+
+  it('bulkNextUnitMs should give a heavier export an interval its read fits in under the 30 calls a minute', () => {
+    const options = parseBenchArgs([
+      '--bulk-devices',
+      '50000',
+      '--export-rows-per-device',
+      '57',
+      '--export-software-only',
+      '0.5',
+    ]);
+    // 57 pages of 50,000 rows: measured ~77 s under the quota, which a 60 s interval does not hold.
+    const intervalMs = bulkNextUnitMs(options) * 10;
+    expect(intervalMs).toBeGreaterThanOrEqual(1.5 * 77_000 + 30_000);
+    expect(intervalMs).toBeLessThan(300_000);
+    expect(bulkNextUnitMs({ ...options, env: { URS_BULK_PAGE_SIZE: '200000' } })).toBe(6_000);
+    expect(bulkNextUnitMs({ ...options, env: { URS_POLL_INTERVAL_UNIT_MS: '9000' } })).toBe(9_000);
   });
 });
