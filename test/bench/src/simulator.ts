@@ -40,6 +40,20 @@ export interface SimulatorProcess {
   sample(periodMs: number): { stop(): Promise<StatsSample[]> };
 }
 
+/** How long a control call may take, unless it adds a tenant with a heavier export (addTenantTimeoutMs). */
+const CONTROL_TIMEOUT_MS = 30_000;
+
+/**
+ * How long adding a tenant may take: the simulator renders every device's export rows as it adds the tenant,
+ * ~15–25 µs a row on the loaded 2-core machine, which the light mix (~5.7 rows per device) keeps within the
+ * control calls' 30 s; 100,000 devices at 57 rows (5.7 million rows) took over 30 s. Twice that rate for a
+ * fleet with an export volume.
+ */
+export function addTenantTimeoutMs(size: number, exportRowsPerDevice: number | undefined): number {
+  if (exportRowsPerDevice === undefined) return CONTROL_TIMEOUT_MS;
+  return CONTROL_TIMEOUT_MS + Math.ceil((size * exportRowsPerDevice * 50) / 1_000);
+}
+
 /** `npm run sim` as a process of its own, on a free port, with its CA in the run directory. */
 export async function startSimulatorProcess(
   group: ProcessGroup,
@@ -99,7 +113,7 @@ export async function startSimulatorProcess(
     throw new Error(`the simulator is not on loopback: ${started.baseUrl}`);
   const agent = new Agent({ ca: readFileSync(started.caFile, 'utf8'), keepAlive: true, maxSockets: 4 });
 
-  function call<T>(method: string, path: string, body?: unknown): Promise<T> {
+  function call<T>(method: string, path: string, body?: unknown, timeoutMs = CONTROL_TIMEOUT_MS): Promise<T> {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     return new Promise((resolve, reject) => {
       const req = request(
@@ -107,7 +121,7 @@ export async function startSimulatorProcess(
         {
           method,
           agent,
-          timeout: 30_000,
+          timeout: timeoutMs,
           headers:
             payload === undefined
               ? {}
@@ -138,11 +152,16 @@ export async function startSimulatorProcess(
     child,
     call,
     async addTenant(spec) {
-      await call('POST', '/_sim/tenants', {
-        azureTenantId: spec.azureTenantId,
-        apps: [{ clientId: spec.clientId, clientSecret: spec.clientSecret }],
-        fleet: { size: spec.size, seed: spec.seed, ...options.exportVolume },
-      });
+      await call(
+        'POST',
+        '/_sim/tenants',
+        {
+          azureTenantId: spec.azureTenantId,
+          apps: [{ clientId: spec.clientId, clientSecret: spec.clientSecret }],
+          fleet: { size: spec.size, seed: spec.seed, ...options.exportVolume },
+        },
+        addTenantTimeoutMs(spec.size, options.exportVolume?.exportRowsPerDevice),
+      );
     },
     async setLatency(meanMs, jitterMs) {
       await call('PUT', '/_sim/latency', { meanMs, jitterMs });
