@@ -21,7 +21,7 @@ import {
 } from '../src';
 import { type BulkRowEntry, bulkRowEntry } from '../src/bulk-rows';
 import { ODataRowScanner } from '../src/odata-rows';
-import { type TestApp, newApp, simClient } from './support';
+import { type TestApp, failureOf, newApp, simClient } from './support';
 
 let sim: Simulator;
 let app: TestApp;
@@ -71,21 +71,8 @@ async function exportRows(client: DefenderClient): Promise<{ rows: string[]; rea
   return { rows, read };
 }
 
-async function failure(
-  from: TestApp,
-  run: (c: ReturnType<typeof simClient>['client']) => Promise<unknown>,
-): Promise<DefenderError> {
-  const { client, close } = simClient(sim, from);
-  try {
-    await run(client);
-  } catch (error) {
-    if (error instanceof DefenderError) return error;
-    throw error;
-  } finally {
-    await close();
-  }
-  throw new Error('expected a DefenderError');
-}
+const failure = (from: TestApp, run: (client: DefenderClient) => Promise<unknown>): Promise<DefenderError> =>
+  failureOf(sim, from, run);
 
 function expectNoSecret(error: DefenderError, secret: string): void {
   for (const text of [

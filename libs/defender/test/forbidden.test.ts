@@ -1,8 +1,8 @@
 import type { AxiosResponse } from 'axios';
 import { type Simulator, startSimulator } from '@urs/simulator';
-import { DefenderError, DefenderErrorCode, isSetupErrorCode } from '../src';
+import { type DefenderClient, DefenderError, DefenderErrorCode, isSetupErrorCode } from '../src';
 import { classify } from '../src/answers';
-import { type TestApp, newApp, simClient } from './support';
+import { type TestApp, failureOf, newApp, simClient } from './support';
 
 let sim: Simulator;
 let app: TestApp;
@@ -19,20 +19,8 @@ afterAll(async () => {
   await sim.close();
 });
 
-async function failure(
-  run: (c: ReturnType<typeof simClient>['client']) => Promise<unknown>,
-): Promise<DefenderError> {
-  const { client, close } = simClient(sim, app);
-  try {
-    await run(client);
-  } catch (error) {
-    if (error instanceof DefenderError) return error;
-    throw error;
-  } finally {
-    await close();
-  }
-  throw new Error('expected a DefenderError');
-}
+const failure = (run: (client: DefenderClient) => Promise<unknown>): Promise<DefenderError> =>
+  failureOf(sim, app, run);
 
 /** A 403 answer with Microsoft's error body. */
 function answer403(code: string, message: string): AxiosResponse<string> {

@@ -6,6 +6,7 @@ import type { Simulator } from '@urs/simulator';
 import {
   type CallLimiter,
   type DefenderClient,
+  DefenderError,
   type DefenderClientDeps,
   type QuotaGate,
   createDefenderClient,
@@ -65,4 +66,22 @@ export function simClient(
       agent.destroy();
     },
   };
+}
+
+/** The DefenderError `run` fails with, on a fresh client of `app`; throws when it does not fail so. */
+export async function failureOf(
+  sim: Simulator,
+  app: TestApp,
+  run: (client: DefenderClient) => Promise<unknown>,
+): Promise<DefenderError> {
+  const { client, close } = simClient(sim, app);
+  try {
+    await run(client);
+  } catch (error) {
+    if (error instanceof DefenderError) return error;
+    throw error;
+  } finally {
+    await close();
+  }
+  throw new Error('expected a DefenderError');
 }
