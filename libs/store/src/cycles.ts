@@ -26,7 +26,10 @@ export interface CycleState {
   tenantId: string;
   cycleId: string;
   startedAt: string;
-  /** Past this time the publisher closes the cycle as partial. */
+  /**
+   * Past this time the publisher closes the cycle as partial, unless the vuln-fetcher still reads the cycle's
+   * bulk export and holds it open (`holdOpen`).
+   */
   deadlineAt: string;
   /**
    * Known once the poller has listed every device: its batches, plus the correction batches the
@@ -136,7 +139,14 @@ export interface CycleStore {
     status: 'complete' | 'partial',
     nowMs: number,
   ): Promise<boolean>;
-  /** Open cycles whose deadline is at or before `now`. */
+  /**
+   * Moves an open cycle's close later, to `closeAtMs` (epoch ms): the vuln-fetcher holds a bulk cycle open
+   * while it reads the cycle's export, which at Microsoft's 30 export calls a minute may outlast the poll
+   * interval. Never earlier, and never for a cycle abandoned (its close was brought forward on purpose),
+   * published or not begun. True when the close moved.
+   */
+  holdOpen(tenantId: string, cycleId: string, closeAtMs: number): Promise<boolean>;
+  /** Open cycles whose deadline (or close held open or brought forward) is at or before `now`. */
   overdue(now: Date): Promise<{ tenantId: string; cycleId: string }[]>;
 }
 
@@ -188,6 +198,17 @@ if known and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[2]) then closeAt = ton
 if closeAt < tonumber(deadline) then redis.call('ZADD', KEYS[3], 'XX', closeAt, ARGV[1]) end
 return 1`;
 
+// KEYS[1] cycle hash, KEYS[2] open zset; ARGV: member, close-at ms, retention ms. The cycle's hash outlives
+// the later close by the retention, as it outlived the deadline.
+const HOLD_OPEN = `
+if redis.call('HEXISTS', KEYS[1], 'abandonedCode') == 1 then return 0 end
+local close = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local closeAt = tonumber(ARGV[2])
+if not close or tonumber(close) >= closeAt then return 0 end
+redis.call('ZADD', KEYS[2], 'XX', closeAt, ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], closeAt + tonumber(ARGV[3]))
+return 1`;
+
 // KEYS[1] cycle hash; ARGV batches. Only on a cycle the poller began: never a hash without its expiry.
 const ADD_CORRECTIONS = `
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'correctionBatches', ARGV[1]) end
@@ -236,7 +257,7 @@ function toState(
  * (hash batchIndex → stats JSON), `{prefix}cycle-enriched:{tenantId}:{cycleId}` (set of batch indexes),
  * `{prefix}cycle-not-in-snapshot:{tenantId}:{cycleId}` (hash deviceId → firstSeen)
  * and `{prefix}cycles-open` (zset of `tenantId/cycleId` by deadline, or by an abandoned cycle's earlier
- * close). A claim also writes the published store's owed summaries (`summariesOwedKey`); `begin` reads the
+ * close, or by the later close of a bulk cycle held open while its export is read). A claim also writes the published store's owed summaries (`summariesOwedKey`); `begin` reads the
  * tenant's status (`tenantStatusKey`) for its last listed device count.
  */
 export function createCycleStore(
@@ -365,6 +386,18 @@ export function createCycleStore(
         String(nowMs),
       );
       return claimed === 1;
+    },
+    async holdOpen(tenantId, cycleId, closeAtMs) {
+      const moved = await redis.eval(
+        HOLD_OPEN,
+        2,
+        cycleKey(tenantId, cycleId),
+        openKey,
+        `${tenantId}/${cycleId}`,
+        String(Math.round(closeAtMs)),
+        String(retentionMs),
+      );
+      return moved === 1;
     },
     async overdue(now) {
       const members = await redis.zrangebyscore(openKey, '-inf', now.getTime());

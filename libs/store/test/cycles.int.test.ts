@@ -261,4 +261,30 @@ describe('createCycleStore', () => {
     await cycles.claimPublication('acme', 'c1', 'complete', startedMs);
     expect(await redis.client.pttl(`${redis.prefix}cycle:acme:c1`)).toBeLessThanOrEqual(before);
   });
+
+  it("holdOpen should move an open cycle's close later only, and never an abandoned or published one's", async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await cycles.begin(begin);
+    const deadlineMs = startedMs + 10 * 60_000;
+    expect(await cycles.holdOpen('acme', 'c1', deadlineMs + 5 * 60_000)).toBe(true);
+    expect(await cycles.overdue(afterDeadline)).toEqual([]);
+    expect(await cycles.holdOpen('acme', 'c1', deadlineMs)).toBe(false);
+    expect(await cycles.overdue(new Date(deadlineMs + 5 * 60_000))).toEqual([
+      { tenantId: 'acme', cycleId: 'c1' },
+    ]);
+    // The hash outlives the later close by the retention, as it outlived the deadline.
+    expect(await redis.client.pttl(`${redis.prefix}cycle:acme:c1`)).toBeGreaterThan(
+      deadlineMs + 5 * 60_000 + 24 * 60 * 60_000 - Date.now() - 60_000,
+    );
+    expect(await cycles.holdOpen('acme', 'never-begun', deadlineMs + 60_000)).toBe(false);
+    await cycles.begin({ ...begin, cycleId: 'c2' });
+    const gone = { code: 'POLLER_GONE', at: new Date(startedMs + 60_000).toISOString() };
+    await cycles.abandon('acme', 'c2', gone, startedMs + 120_000);
+    expect(await cycles.holdOpen('acme', 'c2', deadlineMs + 60_000)).toBe(false);
+    await cycles.claimPublication('acme', 'c1', 'partial', startedMs);
+    expect(await cycles.holdOpen('acme', 'c1', deadlineMs + 10 * 60_000)).toBe(false);
+    expect(await cycles.overdue(new Date(deadlineMs + 10 * 60_000))).toEqual([
+      { tenantId: 'acme', cycleId: 'c2' },
+    ]);
+  });
 });

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { DeviceBatch } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorMessage, keepRenewing } from '@urs/resilience';
-import type { LatestExport } from '@urs/store';
+import type { CycleStore, LatestExport } from '@urs/store';
 import { createExportReader, readsExportLast, type ExportReaderDeps } from './bulk-export';
 import { storedCorrections } from './corrections';
 import { missing, type TenantEnrichment } from './enrichment';
@@ -16,7 +16,17 @@ export interface BulkDeps extends Omit<ExportReaderDeps, 'owner'> {
   bulkClaimMs: number;
   /** Pause between two looks at another replica's bulk export, in milliseconds. Default 200. */
   bulkPollMs?: number;
+  /** Where a cycle whose export is read here is held open past its deadline (`CycleStore.holdOpen`). */
+  cycles: Pick<CycleStore, 'holdOpen'>;
+  /**
+   * Longest a bulk cycle is held open while its export is read, from the cycle's start, in milliseconds;
+   * batches waiting for the read wait up to then too. Default BULK_CYCLE_MAX_MS.
+   */
+  bulkCycleMaxMs?: number;
 }
+
+/** Two hours: twice the longest a cycle's deadline is (the poller's URS_CYCLE_MAX_MS default). */
+export const BULK_CYCLE_MAX_MS = 7_200_000;
 
 /** A tenant's bulk cycle in this process: its batches in flight, and when they may start. */
 export interface BulkCycle {
@@ -84,6 +94,16 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
     signal: AbortSignal | undefined,
   ): Promise<TenantEnrichment> {
     const deadline = Date.now() + deps.bulkWaitMs;
+    const cycleCap = Date.parse(batch.cycleStartedAt) + (deps.bulkCycleMaxMs ?? BULK_CYCLE_MAX_MS);
+    /**
+     * A cycle's deadline is its poll interval (at most an hour), but its export is read at Microsoft's 30
+     * calls a minute: a large fleet's (300 pages of 50,000 rows, ~275,000 devices) outlasts a 10-minute
+     * interval, and the publisher closed the cycle as partial, every device failed. While the read goes on
+     * the cycle is held open a claim period ahead (a reader that dies lets it close a claim period later),
+     * up to `cycleCap`.
+     */
+    const holdOpen = (): Promise<unknown> =>
+      deps.cycles.holdOpen(batch.tenantId, batch.cycleId, Math.min(Date.now() + deps.bulkClaimMs, cycleCap));
     // The cycle's last batch reads the export itself when the earlier ones were enriched from the latest.
     const readLast =
       readsExportLast(deps.exportLast, batch) && batch.lastBatch && batch.batchIndex > 0
@@ -131,7 +151,11 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
         // The claim lasts URS_BULK_CLAIM_MS (so a crashed reader's lapses); a read that takes longer keeps
         // it, or the cycle's other batches would start a second read beside this one.
         const stopRenewing = keepRenewing(
-          () => deps.bulkCache.renew(batch.tenantId, batch.cycleId, owner, deps.bulkClaimMs),
+          async () => {
+            const held = await deps.bulkCache.renew(batch.tenantId, batch.cycleId, owner, deps.bulkClaimMs);
+            if (held) await holdOpen();
+            return held;
+          },
           Math.max(10, Math.floor(deps.bulkClaimMs / 3)),
           {
             onLost: () =>
@@ -140,10 +164,17 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
           },
         );
         try {
+          await holdOpen();
+          // The cycle's batches are enriched from the export, scored and published after the read: held open
+          // a claim period from its end.
           if (readLast) {
             const last = await lastFromExport(batch, source, readLast, log, signal);
-            if (last !== null) return last;
+            if (last !== null) {
+              await holdOpen();
+              return last;
+            }
           } else await runBulkExport(batch, source, log, signal);
+          await holdOpen();
         } finally {
           stopRenewing();
           runningExports.delete(cycleKey);
@@ -151,7 +182,9 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
         }
         continue;
       }
-      if (Date.now() >= deadline) {
+      // Another read of the export under a live claim (renewed while it goes on) is waited for as long as
+      // it holds the cycle open: timed out, the batch's devices would be sent on as failed.
+      if (Date.now() >= (state.state === 'pending' ? Math.max(deadline, cycleCap) : deadline)) {
         const fetchError = {
           code: 'BULK_EXPORT_TIMEOUT',
           message: `the cycle's bulk export was not ready within ${deps.bulkWaitMs} ms`,

@@ -42,6 +42,12 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
   tenantWaitMs: number;
   /** How long a bulk export claim holds if its holder dies, ms. Env `URS_BULK_CLAIM_MS`, default 300000. */
   bulkClaimMs: number;
+  /**
+   * Longest a bulk cycle is held open past its deadline while its export is read (renewing its claim), from
+   * the cycle's start, ms; batches waiting for the read wait up to then too. Env `URS_BULK_CYCLE_MAX_MS`,
+   * default 7200000 (twice the poller's URS_CYCLE_MAX_MS default).
+   */
+  bulkCycleMaxMs: number;
   /** How long the bulk summaries of a cycle stay in Redis, ms. Env `URS_BULK_CACHE_TTL_MS`, default 7200000. */
   bulkCacheTtlMs: number;
   /**
@@ -100,6 +106,7 @@ export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
     }),
     bulkWaitMs: readInt(env, 'URS_BULK_WAIT_MS', { fallback: 600_000, min: 1_000 }),
     bulkClaimMs: readInt(env, 'URS_BULK_CLAIM_MS', { fallback: 300_000, min: 1_000 }),
+    bulkCycleMaxMs: readInt(env, 'URS_BULK_CYCLE_MAX_MS', { fallback: 7_200_000, min: 1_000 }),
     tenantWaitMs: readInt(env, 'URS_TENANT_RECORD_WAIT_MS', { fallback: 30_000, min: 0, max: 600_000 }),
     bulkCacheTtlMs: readInt(env, 'URS_BULK_CACHE_TTL_MS', { fallback: 7_200_000, min: 60_000 }),
     bulkPageSize: readInt(env, 'URS_BULK_PAGE_SIZE', { fallback: 50_000, min: 1, max: 200_000 }),

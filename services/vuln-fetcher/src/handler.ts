@@ -39,9 +39,9 @@ export interface EnrichHandlerDeps {
   /**
    * Where a bulk cycle's correction batches are added to its total, and its enriched batches counted (the
    * corrections wait for the earlier batches) with the devices they sent as not in the export's snapshot
-   * (the cycle's own export may list them).
+   * (the cycle's own export may list them), and a bulk cycle held open while its export is read.
    */
-  cycles: Pick<CycleStore, 'addCorrections' | 'enriched' | 'enrichedBatches' | 'notInSnapshot'>;
+  cycles: Pick<CycleStore, 'addCorrections' | 'enriched' | 'enrichedBatches' | 'notInSnapshot' | 'holdOpen'>;
   /**
    * Bulk cycles read their export last: a batch is enriched at once from the tenant's latest export, and
    * the cycle's own export is read with its last batch, which is followed by correction batches for the
@@ -78,6 +78,8 @@ export interface EnrichHandlerDeps {
   bulkWaitMs: number;
   /** How long a bulk export claim holds before another replica may take over, in milliseconds. */
   bulkClaimMs: number;
+  /** Longest a bulk cycle is held open while its export is read, from its start, ms (see BulkDeps). */
+  bulkCycleMaxMs?: number;
   /** Pause between two looks at another replica's bulk export, in milliseconds. */
   bulkPollMs?: number;
   /**
@@ -145,6 +147,8 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     bulkWaitMs: deps.bulkWaitMs,
     bulkClaimMs: deps.bulkClaimMs,
     bulkPollMs: deps.bulkPollMs,
+    cycles: deps.cycles,
+    bulkCycleMaxMs: deps.bulkCycleMaxMs,
     metrics: deps.metrics,
     fetches,
     now,

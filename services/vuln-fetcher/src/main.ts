@@ -62,6 +62,7 @@ void runService({
       concurrency: own.concurrency,
       bulkWaitMs: own.bulkWaitMs,
       bulkClaimMs: own.bulkClaimMs,
+      bulkCycleMaxMs: own.bulkCycleMaxMs,
       tenantWaitMs: own.tenantWaitMs,
     });
     const runner = createConsumerRunner({

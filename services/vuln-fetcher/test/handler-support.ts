@@ -119,6 +119,7 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
       enriched: async () => undefined,
       enrichedBatches: async () => 0,
       notInSnapshot: async () => [],
+      holdOpen: async () => false,
     },
     publisher,
     topic: 'urs.devices-enriched',

@@ -1,0 +1,130 @@
+import type { Publisher } from '@urs/bus';
+import type { DeviceBatch, EnrichedBatch, TenantRecord } from '@urs/contracts';
+import { silentLogger } from '@urs/logging';
+import { createBulkVulnerabilityCache, createCycleStore } from '@urs/store';
+import { Registry } from '@urs/telemetry';
+import { inboundMessage, testRedisPerTest } from '@urs/testkit';
+import { createEnrichHandler } from '../src/handler';
+import type { SourceProvider } from '../src/sources';
+
+// A bulk cycle whose export read outlasts the cycle's deadline (Microsoft's 30 export calls a minute make a
+// large fleet's read longer than a 10-minute interval), against a real Redis: the cycle store is the one
+// the publisher's deadline sweep reads (`overdue`). Times are scaled down: a 300 ms deadline and claim,
+// a 1.5 s read.
+
+const record = {
+  tenantId: 't1',
+  revision: 1,
+  defender: { pollIntervalMinutes: 10 },
+} as unknown as TenantRecord;
+
+const READ_MS = 1_500;
+const DEADLINE_MS = 300;
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('a bulk cycle whose export read outlasts its deadline', () => {
+  const redis = testRedisPerTest();
+
+  async function setup(bulkCycleMaxMs: number) {
+    const sent: EnrichedBatch[] = [];
+    const publisher: Publisher = {
+      send: async (_topic, _contract, messages) => {
+        for (const m of messages) sent.push(m.value as EnrichedBatch);
+      },
+      sendRaw: async () => undefined,
+      close: async () => undefined,
+    };
+    const sources: SourceProvider = {
+      forTenant: () => ({
+        machineVulnerabilities: async () => [],
+        bulkVulnerabilities: async (onRow) => {
+          await sleep(READ_MS);
+          onRow('d4', { id: 'CVE-9', cvssV3: 9.9 });
+        },
+      }),
+      forget: () => undefined,
+      close: () => undefined,
+    };
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const startedMs = Date.now();
+    const startedAt = new Date(startedMs).toISOString();
+    await cycles.begin({
+      tenantId: 't1',
+      cycleId: 'c1',
+      startedAt,
+      deadlineAt: new Date(startedMs + DEADLINE_MS).toISOString(),
+    });
+    const handler = createEnrichHandler({
+      tenants: { get: async () => record, updateStatus: async () => undefined },
+      sources,
+      bulkCache: createBulkVulnerabilityCache(redis.client, redis.prefix),
+      cycles,
+      publisher,
+      topic: 'urs.devices-enriched',
+      logger: silentLogger,
+      metrics: new Registry({ processMetrics: false }),
+      concurrency: 2,
+      bulkWaitMs: 500,
+      bulkClaimMs: DEADLINE_MS,
+      bulkCycleMaxMs,
+      bulkPollMs: 20,
+    });
+    const header = {
+      schemaVersion: 1 as const,
+      tenantId: 't1',
+      cycleId: 'c1',
+      cycleStartedAt: startedAt,
+      vulnerabilityMode: 'bulk' as const,
+      cvssThreshold: 9,
+    };
+    const batches: DeviceBatch[] = [
+      { ...header, batchIndex: 0, lastBatch: false, devices: [{ id: 'd1' }, { id: 'd2' }] },
+      {
+        ...header,
+        batchIndex: 1,
+        lastBatch: true,
+        totalBatches: 2,
+        totalDevices: 3,
+        devices: [{ id: 'd4' }],
+      },
+    ];
+    // Both batches at once: the first reads the export, the second waits for it.
+    const handled = Promise.all(
+      batches.map((batch) =>
+        handler(inboundMessage(batch, { topic: 'urs.device-batches', key: batch.tenantId })),
+      ),
+    );
+    const overdue = async (): Promise<string[]> =>
+      (await cycles.overdue(new Date())).map((cycle) => cycle.cycleId);
+    return { handled, sent, overdue };
+  }
+
+  it('should stay open past its deadline while its export is read, and enrich every batch from it', async () => {
+    const { handled, sent, overdue } = await setup(60_000);
+    await sleep(DEADLINE_MS * 3);
+    // Past the deadline, mid-read: the publisher's sweep would close it as partial, every device failed.
+    const midRead = await overdue();
+    await handled;
+    expect(midRead).toEqual([]);
+    // The rest of the cycle (scoring, the summary) has a claim period after the read.
+    expect(await overdue()).toEqual([]);
+    const waited = sent.find((batch) => batch.batchIndex === 1);
+    expect(waited?.devices[0]?.vulnerabilities?.criticalCveCount).toBe(1);
+    expect(sent.flatMap((batch) => batch.devices.map((device) => device.fetchError?.code ?? null))).toEqual([
+      null,
+      null,
+      null,
+    ]);
+    await sleep(DEADLINE_MS * 2);
+    expect(await overdue()).toEqual(['c1']);
+  });
+
+  it('should be held open no longer than URS_BULK_CYCLE_MAX_MS from its start', async () => {
+    const { handled, overdue } = await setup(DEADLINE_MS * 2);
+    await sleep(DEADLINE_MS * 3);
+    const midRead = await overdue();
+    await handled;
+    expect(midRead).toEqual(['c1']);
+  });
+});
