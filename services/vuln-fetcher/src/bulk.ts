@@ -50,6 +50,12 @@ export interface BulkEnrichment {
   ): Promise<TenantEnrichment>;
   /** The batch's entry in `bulkCycles`, a new one for a new cycle; none outside bulk cycles read last. */
   cycleOf(batch: DeviceBatch): BulkCycle | undefined;
+  /**
+   * Waits for the tenant's previous bulk cycle handled here (`cycle.ready`), holding the batch's own cycle
+   * open meanwhile: the poller starts the next cycle at the interval even while the previous one's export
+   * is still read, and the next one's deadline would pass behind it.
+   */
+  afterPrevious(batch: DeviceBatch, cycle: BulkCycle, log: Logger): Promise<void>;
   /** The batch ended, sent or not: an export claim it held is no longer held by a batch here. */
   ended(batch: DeviceBatch): void;
 }
@@ -86,6 +92,23 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
    */
   const bulkCycles = new Map<string, BulkCycle>();
 
+  const renewEveryMs = Math.max(10, Math.floor(deps.bulkClaimMs / 3));
+  const cycleCapOf = (batch: DeviceBatch): number =>
+    Date.parse(batch.cycleStartedAt) + (deps.bulkCycleMaxMs ?? BULK_CYCLE_MAX_MS);
+  /**
+   * A cycle's deadline is its poll interval (at most an hour), but its export is read at Microsoft's 30 calls
+   * a minute: a large fleet's (300 pages of 50,000 rows, ~275,000 devices) outlasts a 10-minute interval, and
+   * the publisher closed the cycle as partial, every device failed. While the read goes on (and while the
+   * tenant's next cycle waits here behind it) the cycle is held open a claim period ahead, so a reader that
+   * dies lets it close a claim period later; never past its cap, URS_BULK_CYCLE_MAX_MS from its start.
+   */
+  const holdCycleOpen = (batch: DeviceBatch): Promise<boolean> =>
+    deps.cycles.holdOpen(
+      batch.tenantId,
+      batch.cycleId,
+      Math.min(Date.now() + deps.bulkClaimMs, cycleCapOf(batch)),
+    );
+
   async function bulk(
     batch: DeviceBatch,
     source: VulnerabilitySource,
@@ -94,16 +117,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
     signal: AbortSignal | undefined,
   ): Promise<TenantEnrichment> {
     const deadline = Date.now() + deps.bulkWaitMs;
-    const cycleCap = Date.parse(batch.cycleStartedAt) + (deps.bulkCycleMaxMs ?? BULK_CYCLE_MAX_MS);
-    /**
-     * A cycle's deadline is its poll interval (at most an hour), but its export is read at Microsoft's 30
-     * calls a minute: a large fleet's (300 pages of 50,000 rows, ~275,000 devices) outlasts a 10-minute
-     * interval, and the publisher closed the cycle as partial, every device failed. While the read goes on
-     * the cycle is held open a claim period ahead (a reader that dies lets it close a claim period later),
-     * up to `cycleCap`.
-     */
-    const holdOpen = (): Promise<unknown> =>
-      deps.cycles.holdOpen(batch.tenantId, batch.cycleId, Math.min(Date.now() + deps.bulkClaimMs, cycleCap));
+    const holdOpen = (): Promise<unknown> => holdCycleOpen(batch);
     // The cycle's last batch reads the export itself when the earlier ones were enriched from the latest.
     const readLast =
       readsExportLast(deps.exportLast, batch) && batch.lastBatch && batch.batchIndex > 0
@@ -156,7 +170,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
             if (held) await holdOpen();
             return held;
           },
-          Math.max(10, Math.floor(deps.bulkClaimMs / 3)),
+          renewEveryMs,
           {
             onLost: () =>
               log.warn('bulk export claim lapsed while it was read', { claimMs: deps.bulkClaimMs }),
@@ -184,7 +198,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
       }
       // Another read of the export under a live claim (renewed while it goes on) is waited for as long as
       // it holds the cycle open: timed out, the batch's devices would be sent on as failed.
-      if (Date.now() >= (state.state === 'pending' ? Math.max(deadline, cycleCap) : deadline)) {
+      if (Date.now() >= (state.state === 'pending' ? Math.max(deadline, cycleCapOf(batch)) : deadline)) {
         const fetchError = {
           code: 'BULK_EXPORT_TIMEOUT',
           message: `the cycle's bulk export was not ready within ${deps.bulkWaitMs} ms`,
@@ -212,6 +226,25 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
   return {
     enrich: bulk,
     cycleOf: bulkCycleOf,
+    async afterPrevious(batch, cycle, log) {
+      // Held open only once it has waited a while: most cycles' previous one is done long before.
+      const timer = setInterval(
+        () =>
+          void holdCycleOpen(batch).catch((error: unknown) =>
+            log.warn('bulk cycle not held open behind the previous one', {
+              tenantId: batch.tenantId,
+              cycleId: batch.cycleId,
+              reason: errorMessage(error),
+            }),
+          ),
+        renewEveryMs,
+      );
+      try {
+        await cycle.ready;
+      } finally {
+        clearInterval(timer);
+      }
+    },
     ended(batch) {
       const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
       if (claims.get(cycleKey) === batch.batchIndex) claims.delete(cycleKey);

@@ -193,7 +193,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const beating = setInterval(() => void heartbeat(), HEARTBEAT_EVERY_MS);
     const cycle = bulk.cycleOf(batch);
     const done = (async () => {
-      await cycle?.ready;
+      if (cycle) await bulk.afterPrevious(batch, cycle, deps.logger);
       await handle(batch, heartbeat, interrupted.signal);
     })();
     cycle?.running.add(done);

@@ -26,7 +26,7 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 describe('a bulk cycle whose export read outlasts its deadline', () => {
   const redis = testRedisPerTest();
 
-  async function setup(bulkCycleMaxMs: number) {
+  function setup(options: { bulkCycleMaxMs: number; exportLast?: boolean }) {
     const sent: EnrichedBatch[] = [];
     const publisher: Publisher = {
       send: async (_topic, _contract, messages) => {
@@ -47,19 +47,12 @@ describe('a bulk cycle whose export read outlasts its deadline', () => {
       close: () => undefined,
     };
     const cycles = createCycleStore(redis.client, redis.prefix);
-    const startedMs = Date.now();
-    const startedAt = new Date(startedMs).toISOString();
-    await cycles.begin({
-      tenantId: 't1',
-      cycleId: 'c1',
-      startedAt,
-      deadlineAt: new Date(startedMs + DEADLINE_MS).toISOString(),
-    });
     const handler = createEnrichHandler({
       tenants: { get: async () => record, updateStatus: async () => undefined },
       sources,
       bulkCache: createBulkVulnerabilityCache(redis.client, redis.prefix),
       cycles,
+      exportLast: options.exportLast ?? false,
       publisher,
       topic: 'urs.devices-enriched',
       logger: silentLogger,
@@ -67,41 +60,49 @@ describe('a bulk cycle whose export read outlasts its deadline', () => {
       concurrency: 2,
       bulkWaitMs: 500,
       bulkClaimMs: DEADLINE_MS,
-      bulkCycleMaxMs,
+      bulkCycleMaxMs: options.bulkCycleMaxMs,
       bulkPollMs: 20,
     });
-    const header = {
-      schemaVersion: 1 as const,
-      tenantId: 't1',
-      cycleId: 'c1',
-      cycleStartedAt: startedAt,
-      vulnerabilityMode: 'bulk' as const,
-      cvssThreshold: 9,
-    };
-    const batches: DeviceBatch[] = [
-      { ...header, batchIndex: 0, lastBatch: false, devices: [{ id: 'd1' }, { id: 'd2' }] },
-      {
-        ...header,
-        batchIndex: 1,
-        lastBatch: true,
-        totalBatches: 2,
-        totalDevices: 3,
-        devices: [{ id: 'd4' }],
-      },
-    ];
-    // Both batches at once: the first reads the export, the second waits for it.
-    const handled = Promise.all(
-      batches.map((batch) =>
-        handler(inboundMessage(batch, { topic: 'urs.device-batches', key: batch.tenantId })),
-      ),
-    );
+    /** Begins the cycle as the poller does, with a deadline DEADLINE_MS ahead, and hands both its batches in at once. */
+    async function cycle(cycleId: string): Promise<unknown> {
+      const startedMs = Date.now();
+      const startedAt = new Date(startedMs).toISOString();
+      const deadlineAt = new Date(startedMs + DEADLINE_MS).toISOString();
+      await cycles.begin({ tenantId: 't1', cycleId, startedAt, deadlineAt });
+      const header = {
+        schemaVersion: 1 as const,
+        tenantId: 't1',
+        cycleId,
+        cycleStartedAt: startedAt,
+        vulnerabilityMode: 'bulk' as const,
+        cvssThreshold: 9,
+      };
+      const batches: DeviceBatch[] = [
+        { ...header, batchIndex: 0, lastBatch: false, devices: [{ id: 'd1' }, { id: 'd2' }] },
+        {
+          ...header,
+          batchIndex: 1,
+          lastBatch: true,
+          totalBatches: 2,
+          totalDevices: 3,
+          devices: [{ id: 'd4' }],
+        },
+      ];
+      // The first reads the export, the second waits for it.
+      return Promise.all(
+        batches.map((batch) =>
+          handler(inboundMessage(batch, { topic: 'urs.device-batches', key: batch.tenantId })),
+        ),
+      );
+    }
     const overdue = async (): Promise<string[]> =>
-      (await cycles.overdue(new Date())).map((cycle) => cycle.cycleId);
-    return { handled, sent, overdue };
+      (await cycles.overdue(new Date())).map((open) => open.cycleId);
+    return { cycle, sent, overdue };
   }
 
   it('should stay open past its deadline while its export is read, and enrich every batch from it', async () => {
-    const { handled, sent, overdue } = await setup(60_000);
+    const { cycle, sent, overdue } = setup({ bulkCycleMaxMs: 60_000 });
+    const handled = cycle('c1');
     await sleep(DEADLINE_MS * 3);
     // Past the deadline, mid-read: the publisher's sweep would close it as partial, every device failed.
     const midRead = await overdue();
@@ -121,10 +122,31 @@ describe('a bulk cycle whose export read outlasts its deadline', () => {
   });
 
   it('should be held open no longer than URS_BULK_CYCLE_MAX_MS from its start', async () => {
-    const { handled, overdue } = await setup(DEADLINE_MS * 2);
+    const { cycle, overdue } = setup({ bulkCycleMaxMs: DEADLINE_MS * 2 });
+    const handled = cycle('c1');
     await sleep(DEADLINE_MS * 3);
     const midRead = await overdue();
     await handled;
     expect(midRead).toEqual(['c1']);
+  });
+
+  it("should hold the tenant's next cycle open while it waits behind the previous cycle's read", async () => {
+    const { cycle, sent, overdue } = setup({ bulkCycleMaxMs: 60_000, exportLast: true });
+    // The first bulk cycle (no latest export) reads its export first; the poller starts the next at its
+    // interval, the read still going on.
+    const first = cycle('c1');
+    await sleep(DEADLINE_MS);
+    const next = cycle('c2');
+    await sleep(DEADLINE_MS * 3);
+    const midRead = await overdue();
+    await Promise.all([first, next]);
+    expect(midRead).toEqual([]);
+    // c1 ended a claim period after its read; c2 read its own export last, then had a claim period too.
+    expect(await overdue()).not.toContain('c2');
+    expect(
+      sent
+        .filter((batch) => batch.cycleId === 'c2')
+        .flatMap((batch) => batch.devices.map((d) => d.fetchError)),
+    ).toEqual([undefined, undefined, undefined]);
   });
 });
