@@ -183,4 +183,21 @@ describe('VulnerabilityFolder', () => {
       taken.add(row.deviceId, row.cveId === null ? undefined : { id: row.cveId, cvssV3: row.cvss });
     expect(new Map(taken.summaries(7))).toEqual(summariseWhole([...rows, ...more], 7));
   });
+
+  it('should give the same summaries when a score is not one decimal, before or after the take-over', () => {
+    // The scores are kept in tenths until one does not fit (see ScoreColumn); the summaries never tell.
+    const rows = rowsFor(11, 3000);
+    const odd = (at: number, cvss: number): Row => ({ ...(rows[at] as Row), cveId: 'CVE-2026-7', cvss });
+    const early = [...rows.slice(0, 1500), odd(1500, 7.25), ...rows.slice(1500)];
+    for (const threshold of [0, 7.2, 7.25, 9])
+      expect(folded(early, threshold)).toEqual(summariseWhole(early, threshold));
+    const folder = new VulnerabilityFolder();
+    for (const row of rows.slice(0, 2000))
+      folder.add(row.deviceId, row.cveId === null ? undefined : { id: row.cveId, cvssV3: row.cvss });
+    const taken = VulnerabilityFolder.from(structuredClone(folder.state()));
+    const late = [...rows.slice(2000), odd(2500, 9.95), odd(2600, 42)];
+    for (const row of late)
+      taken.add(row.deviceId, row.cveId === null ? undefined : { id: row.cveId, cvssV3: row.cvss });
+    expect(new Map(taken.summaries(7))).toEqual(summariseWhole([...rows.slice(0, 2000), ...late], 7));
+  });
 });
