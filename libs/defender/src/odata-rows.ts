@@ -39,7 +39,11 @@ export interface RowReader<T> {
  * besides its rows, or throws MalformedODataError when it was not a whole OData object.
  */
 export interface ODataSink {
-  push(chunk: Buffer): void;
+  /**
+   * Takes the next bytes. A promise says the sink is behind: the answer is read no further (the socket
+   * is paused, and the sender waits) until it settles, so bytes do not pile up in memory meanwhile.
+   */
+  push(chunk: Buffer): void | Promise<void>;
   end(): ODataRest | Promise<ODataRest>;
 }
 

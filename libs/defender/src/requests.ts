@@ -249,8 +249,11 @@ export function createRequests(options: RequestsOptions): Requests {
     const chunks: Buffer[] = [];
     try {
       for await (const chunk of response.data) {
-        if (ok) scanner.push(chunk as Buffer);
-        else chunks.push(chunk as Buffer);
+        if (!ok) chunks.push(chunk as Buffer);
+        else {
+          const behind = scanner.push(chunk as Buffer);
+          if (behind) await behind;
+        }
       }
     } catch (error) {
       if (error instanceof MalformedODataError) throw notJson(path, error);

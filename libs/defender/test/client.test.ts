@@ -662,6 +662,43 @@ describe('createDefenderClient vulnerabilities', () => {
     }
   });
 
+  it('scanVulnerabilitiesByMachine should read no further while a push of the sink has not settled', async () => {
+    const { client, close } = simClient(sim, app);
+    try {
+      const { rows: expected } = await exportRows(client);
+      const rows: string[] = [];
+      let waiting = false;
+      let early = 0;
+      let waits = 0;
+      await client.scanVulnerabilitiesByMachine(() => {
+        const scanner = new ODataRowScanner((row: BulkRowEntry) => {
+          if (!('invalid' in row)) rows.push(`${row.deviceId} ${row.vulnerability?.id ?? '-'}`);
+        }, bulkRowEntry);
+        return {
+          push: (chunk) => {
+            if (waiting) early++;
+            scanner.push(chunk);
+            // Every push is behind for a moment: the next chunk must wait for it.
+            waiting = true;
+            waits++;
+            return new Promise<void>((resolve) =>
+              setTimeout(() => {
+                waiting = false;
+                resolve();
+              }, 1),
+            );
+          },
+          end: () => scanner.end(),
+        };
+      });
+      expect(waits).toBeGreaterThan(0);
+      expect(early).toBe(0);
+      expect(new Set(rows)).toEqual(new Set(expected));
+    } finally {
+      await close();
+    }
+  });
+
   it("getExportGeneration should name the export's snapshot, the same until the tenant's data changes", async () => {
     const { client, close } = simClient(sim, app);
     try {

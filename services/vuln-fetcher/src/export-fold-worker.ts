@@ -40,12 +40,15 @@ port.on('message', (request: FoldRequest) => {
       invalid = [];
       return;
     case 'chunk':
-      if (failure !== undefined || !scanner) return;
-      try {
-        scanner.push(Buffer.from(request.bytes.buffer, request.bytes.byteOffset, request.bytes.byteLength));
-      } catch (error) {
-        failure = (error as Error).message;
+      if (failure === undefined && scanner) {
+        try {
+          scanner.push(Buffer.from(request.bytes.buffer, request.bytes.byteOffset, request.bytes.byteLength));
+        } catch (error) {
+          failure = (error as Error).message;
+        }
       }
+      // Every part is acknowledged, scanned or not: the main thread reads on only as the parts are taken.
+      port.postMessage({ type: 'took' } satisfies FoldReply);
       return;
     case 'end': {
       let reply: FoldReply;

@@ -11,6 +11,12 @@ import { VulnerabilityFolder, type FoldState } from './summarise';
 
 /** Bytes handed to the fold thread at once. */
 const PART_BYTES = 1024 * 1024;
+/**
+ * Parts handed over and not yet scanned, past which the answer is read no further until the thread
+ * catches up: read from a fast network (a nearby simulator reads faster than the thread scans), a ~50 MB
+ * page would otherwise queue up for the thread.
+ */
+const PARTS_AHEAD = 8;
 
 /** What the main thread asks of the export's fold thread. */
 export type FoldRequest =
@@ -21,6 +27,7 @@ export type FoldRequest =
 
 /** What the fold thread answers (`id` is the request's). */
 export type FoldReply =
+  | { type: 'took' }
   | { id: number; type: 'end'; rest: ODataRest; invalid: string[] }
   | { id: number; type: 'end'; malformed: string; invalid: string[] }
   | { id: number; type: 'fold'; state: FoldState };
@@ -38,16 +45,26 @@ export class WorkerExportFold {
     { resolve: (reply: FoldReply) => void; reject: (error: Error) => void }
   >();
   private failed: Error | undefined;
+  /** Parts handed over that the thread has not scanned yet, and the push waiting for it to catch up. */
+  private ahead = 0;
+  private caughtUp: (() => void) | undefined;
 
   constructor(workerPath = join(__dirname, 'export-fold-worker.js')) {
     // A small young generation: the thread's garbage is the rows it scans, each dead once folded in.
     this.worker = new Worker(workerPath, { resourceLimits: { maxYoungGenerationSizeMb: 12 } });
     const fail = (error: Error): void => {
       this.failed ??= error;
+      // A push waiting for the thread goes on: the answer's end reports the failure.
+      this.resume();
       for (const { reject } of this.waiting.values()) reject(error);
       this.waiting.clear();
     };
     this.worker.on('message', (reply: FoldReply) => {
+      if (!('id' in reply)) {
+        this.ahead--;
+        if (this.ahead < PARTS_AHEAD) this.resume();
+        return;
+      }
       const waiter = this.waiting.get(reply.id);
       this.waiting.delete(reply.id);
       waiter?.resolve(reply);
@@ -68,21 +85,19 @@ export class WorkerExportFold {
     let used = 0;
     const handOver = (): void => {
       if (used === 0) return;
-      const bytes = part.subarray(0, used);
-      this.worker.postMessage({ type: 'chunk', bytes } satisfies FoldRequest, [part.buffer]);
+      this.send(part.subarray(0, used));
       part = new Uint8Array(PART_BYTES);
       used = 0;
     };
     return {
       push: (chunk) => {
         if (used + chunk.length > part.length) handOver();
-        if (chunk.length > part.length) {
-          const bytes = new Uint8Array(chunk);
-          this.worker.postMessage({ type: 'chunk', bytes } satisfies FoldRequest, [bytes.buffer]);
-          return;
+        if (chunk.length > part.length) this.send(new Uint8Array(chunk));
+        else {
+          part.set(chunk, used);
+          used += chunk.length;
         }
-        part.set(chunk, used);
-        used += chunk.length;
+        return this.behind();
       },
       end: async () => {
         handOver();
@@ -107,6 +122,26 @@ export class WorkerExportFold {
     this.worker.removeAllListeners('exit');
     this.failed ??= new Error("the export's fold thread was closed");
     await this.worker.terminate();
+  }
+
+  /** Hands bytes over to the thread (their buffer moved, not copied). */
+  private send(bytes: Uint8Array<ArrayBuffer>): void {
+    this.ahead++;
+    this.worker.postMessage({ type: 'chunk', bytes } satisfies FoldRequest, [bytes.buffer]);
+  }
+
+  /** Undefined while the thread keeps up; else settles once it has caught up (or failed). */
+  private behind(): Promise<void> | undefined {
+    if (this.ahead < PARTS_AHEAD || this.failed) return undefined;
+    return new Promise((resolve) => {
+      this.caughtUp = resolve;
+    });
+  }
+
+  private resume(): void {
+    const caughtUp = this.caughtUp;
+    this.caughtUp = undefined;
+    caughtUp?.();
   }
 
   private request(request: Extract<FoldRequest, { id: number }>): Promise<FoldReply> {

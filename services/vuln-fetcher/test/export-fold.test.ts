@@ -86,6 +86,30 @@ describe('WorkerExportFold', () => {
     }
   });
 
+  it('should have the answer wait while the thread is parts behind, so its bytes do not pile up', async () => {
+    const fold = new WorkerExportFold(WORKER);
+    try {
+      const rows = exportRows(60_000);
+      const page = body(rows);
+      expect(page.length).toBeGreaterThan(12 * 1024 * 1024);
+      const sink = fold.sink(() => undefined);
+      let waits = 0;
+      // As the client reads an answer: the next chunk only once a push's promise settled.
+      for (let at = 0; at < page.length; at += 64 * 1024) {
+        const behind = sink.push(page.subarray(at, at + 64 * 1024));
+        if (behind) {
+          waits++;
+          await behind;
+        }
+      }
+      await sink.end();
+      expect(waits).toBeGreaterThan(0);
+      expect(new Map((await fold.fold()).summaries(7))).toEqual(new Map(foldedHere(rows).summaries(7)));
+    } finally {
+      await fold.close();
+    }
+  });
+
   it('should report an invalid row and fold the others', async () => {
     const invalid: string[] = [];
     const fold = new WorkerExportFold(WORKER);
