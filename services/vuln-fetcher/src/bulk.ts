@@ -228,21 +228,18 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
     cycleOf: bulkCycleOf,
     async afterPrevious(batch, cycle, log) {
       // Held open only once it has waited a while: most cycles' previous one is done long before.
-      const timer = setInterval(
-        () =>
-          void holdCycleOpen(batch).catch((error: unknown) =>
-            log.warn('bulk cycle not held open behind the previous one', {
-              tenantId: batch.tenantId,
-              cycleId: batch.cycleId,
-              reason: errorMessage(error),
-            }),
-          ),
-        renewEveryMs,
-      );
+      const stopHolding = keepRenewing(() => holdCycleOpen(batch), renewEveryMs, {
+        onError: (error) =>
+          log.warn('bulk cycle not held open behind the previous one', {
+            tenantId: batch.tenantId,
+            cycleId: batch.cycleId,
+            reason: errorMessage(error),
+          }),
+      });
       try {
         await cycle.ready;
       } finally {
-        clearInterval(timer);
+        stopHolding();
       }
     },
     ended(batch) {
