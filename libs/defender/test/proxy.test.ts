@@ -1,4 +1,5 @@
 import { type Server, type Socket, connect, createServer } from 'node:net';
+import type { Agent } from 'node:https';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { createHttpsAgent, createTokenSource, resolveEndpoints } from '../src';
 import { type TestApp, newApp, simClient } from './support';
@@ -99,18 +100,19 @@ afterEach(async () => {
 
 const simHost = (): string => new URL(sim.baseUrl).host;
 
+/** A token source of the simulator's app, its requests sent with `agent`. */
+const simTokens = (agent: Agent): ReturnType<typeof createTokenSource> =>
+  createTokenSource({
+    endpoints: resolveEndpoints(undefined, undefined, { authorityHost: sim.baseUrl, apiBase: sim.baseUrl }),
+    credentials: app,
+    httpsAgent: agent,
+  });
+
 describe('createTokenSource behind a proxy', () => {
   it("getToken should ask Entra through the HTTPS_PROXY tunnel, trusting the agent's extra CA", async () => {
     const agent = createHttpsAgent({ extraCa: sim.caPem });
     try {
-      const tokens = createTokenSource({
-        endpoints: resolveEndpoints(undefined, undefined, {
-          authorityHost: sim.baseUrl,
-          apiBase: sim.baseUrl,
-        }),
-        credentials: app,
-        httpsAgent: agent,
-      });
+      const tokens = simTokens(agent);
       const token = await tokens.getToken();
       expect(token.token).toBeTruthy();
       expect(proxy.seen).toContain(`CONNECT ${simHost()} HTTP/1.1`);
@@ -123,14 +125,7 @@ describe('createTokenSource behind a proxy', () => {
     process.env.NO_PROXY = new URL(sim.baseUrl).hostname;
     const agent = createHttpsAgent({ extraCa: sim.caPem });
     try {
-      const tokens = createTokenSource({
-        endpoints: resolveEndpoints(undefined, undefined, {
-          authorityHost: sim.baseUrl,
-          apiBase: sim.baseUrl,
-        }),
-        credentials: app,
-        httpsAgent: agent,
-      });
+      const tokens = simTokens(agent);
       expect((await tokens.getToken()).token).toBeTruthy();
       expect(proxy.seen).toEqual([]);
     } finally {
