@@ -51,6 +51,38 @@ export interface Pipeline {
   register(tenantId: string, defender: Record<string, unknown>): Promise<void>;
   /** The name of a service that died, if one did (scenarios stop waiting then). */
   crashed(): string | undefined;
+  /**
+   * Waits until no process holds a message it has not finished (`urs_consumer_buffered_messages`), at most
+   * `timeoutMs`: the ms it took, or undefined when the time ran out. A cycle's summary can go out before its
+   * work is done (a bulk cycle's export is stored after its last batch is sent), and a process's peak
+   * memory is read after that work, not before it.
+   */
+  idle(timeoutMs: number): Promise<number | undefined>;
+}
+
+/** Messages a process holds and has not finished, from its /metrics (0 when it has no such gauge). */
+export function bufferedMessages(metricsText: string): number {
+  let total = 0;
+  for (const line of metricsText.split('\n')) {
+    if (!line.startsWith('urs_consumer_buffered_messages')) continue;
+    const value = Number(line.slice(line.lastIndexOf(' ') + 1));
+    if (Number.isFinite(value)) total += value;
+  }
+  return total;
+}
+
+function getText(port: number, path: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path, method: 'GET', timeout: 2_000 }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`GET ${path} on port ${port} timed out`)));
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 function getStatus(port: number, path: string): Promise<number> {
@@ -123,6 +155,7 @@ export async function startPipeline(group: ProcessGroup, options: PipelineOption
     ...options.extraEnv,
   };
   const children = new Map<string, Child>();
+  const metricsPorts = new Map<string, number>();
   const crashed = (): string | undefined => {
     for (const [name, child] of children)
       if (child.done()) return `${name} exited; last lines of ${child.logFile}:\n${tail(child.logFile)}`;
@@ -156,6 +189,7 @@ export async function startPipeline(group: ProcessGroup, options: PipelineOption
       logFile: join(options.runDir, `${options.scenario}.${name}.log`),
     });
     children.set(name, child);
+    metricsPorts.set(name, metricsPort);
     return { child, metricsPort };
   }
 
@@ -210,5 +244,16 @@ export async function startPipeline(group: ProcessGroup, options: PipelineOption
         throw new Error(`registering ${tenantId}: ${answer.status} ${answer.text.slice(0, 500)}`);
     },
     crashed,
+    async idle(timeoutMs) {
+      const started = Date.now();
+      for (;;) {
+        const held = await Promise.all(
+          [...metricsPorts.values()].map((port) => getText(port, '/metrics').then(bufferedMessages)),
+        );
+        if (held.every((count) => count === 0)) return Date.now() - started;
+        if (Date.now() - started > timeoutMs || crashed()) return undefined;
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+    },
   };
 }

@@ -174,6 +174,8 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 
 /** How often the CPU time of every process is read during a scenario (the kernel counts in 10 ms ticks). */
 const CPU_SAMPLE_MS = 250;
+/** Longest the services may stay busy after the last summary before their memory is read anyway. */
+const IDLE_TIMEOUT_MS = 120_000;
 
 /**
  * Runs one scenario end to end with services of its own (fresh processes, so peak RSS belongs to this
@@ -333,6 +335,13 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     await sleep(500);
     const samples = await sampler.stop();
     sampler = undefined;
+    // Peak memory and CPU are read once the work a summary does not wait for is done too.
+    const idleMs = await pipeline.idle(IDLE_TIMEOUT_MS);
+    ctx.log(
+      idleMs === undefined
+        ? `  services still busy ${IDLE_TIMEOUT_MS / 1000} s after the last summary; measured anyway`
+        : `  services idle ${(idleMs / 1000).toFixed(1)} s after the last summary`,
+    );
     const sim = await ctx.sim.stats();
     const usage: Record<string, ProcessUsage> = {};
     for (const [name, child] of pipeline.children) {

@@ -1,4 +1,5 @@
 import { parseCommandStats } from '../src/infra';
+import { bufferedMessages } from '../src/pipeline';
 import { parseStat, parseStatus } from '../src/procstat';
 import { shortTopic } from '../src/report';
 import { keyedBy } from '../src/scenario';
@@ -42,5 +43,19 @@ describe('keyedBy', () => {
     expect(keyedBy('t-warmup', key('t-warmup2'))).toBe(false);
     expect(keyedBy('t-warmup', key('t-0/device-1'))).toBe(false);
     expect(keyedBy('t-warmup', null)).toBe(false);
+  });
+});
+
+describe('bufferedMessages', () => {
+  it('bufferedMessages should add up the messages held by every consumer group of a process', () => {
+    const metrics = [
+      '# HELP urs_consumer_buffered_messages Messages held in memory and not yet finished.',
+      '# TYPE urs_consumer_buffered_messages gauge',
+      'urs_consumer_buffered_messages{group="a"} 2',
+      'urs_consumer_buffered_messages{group="b"} 1',
+      'urs_consumer_deferred_messages{group="a"} 7',
+    ].join('\n');
+    expect(bufferedMessages(metrics)).toBe(3);
+    expect(bufferedMessages('urs_consumer_deferred_messages{group="a"} 7\n')).toBe(0);
   });
 });
