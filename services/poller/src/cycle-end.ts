@@ -111,7 +111,9 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
    * new cycle's summary, instead of at its deadline (up to an hour later, after the new one's). How many
    * batches it emitted is not known, so only then, not as soon as they are in. A cycle its poller recorded already, or
    * that never emitted a batch (never begun), is left as it is. A Redis that fails here leaves it to its
-   * deadline: the new cycle is not held up for it.
+   * deadline: the new cycle is not held up for it. A poller alive after all (its renewals failed) sends no
+   * batch past its lease's end, so none after now; one that had sent its last batch by then records the
+   * listing later, which undoes this (`CycleStore.listed`).
    */
   async function abandonTakenOver(tenantId: string, cycleId: string): Promise<void> {
     const at = now();

@@ -35,6 +35,12 @@ export interface CycleInput {
   intervalMs: number;
   /** Aborted when the lease is lost or the poller stops: nothing more is emitted. */
   signal: AbortSignal;
+  /**
+   * Whether this poller surely still holds the tenant's lease (`LeaseClock.held`). Asked right before every
+   * batch is sent: past the lease's end another poller may have taken the tenant over, recorded this cycle as
+   * abandoned and started listing it again, so no batch of it may follow.
+   */
+  leaseHeld: () => boolean;
 }
 
 export interface CycleResult {
@@ -48,7 +54,7 @@ export interface CycleResult {
   listedAt: number;
 }
 
-/** The cycle stopped because its lease was lost or the poller is stopping. */
+/** The cycle stopped because its lease was lost (or may have lapsed) or the poller is stopping. */
 export class CycleAbortedError extends UrsError {
   constructor() {
     super('CYCLE_ABORTED', 'the cycle stopped before it finished (lease lost or shutting down)', {
@@ -62,8 +68,8 @@ export class CycleAbortedError extends UrsError {
  * publisher closes it as partial, ms. The poller's next try comes no sooner than ~1.5 minutes after a failure
  * (`transientRetryAt`), or a lease's length after a lost lease, and then lists the whole tenant again: the
  * abandoned cycle's summary goes out first. The publisher closes it sooner when its last emitted batch is in.
- * A cycle whose poller died gets as long from the takeover (`abandonTakenOver`): its batches went out at least
- * two thirds of a lease before.
+ * A cycle whose poller died gets as long from the takeover (`abandonTakenOver`): its batches went out before
+ * its lease ended (`CycleInput.leaseHeld`), so before the takeover.
  */
 export const ABANDONED_CYCLE_GRACE_MS = 60_000;
 
@@ -136,8 +142,13 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   let merged = 0;
   let pending: DeviceRecord[] = [];
 
+  /** Throws when the cycle must emit nothing more: aborted, or its lease may have lapsed. */
+  function stopIfAborted(): void {
+    if (signal.aborted || !input.leaseHeld()) throw new CycleAbortedError();
+  }
+
   async function emit(devices: DeviceRecord[], last: boolean): Promise<void> {
-    if (signal.aborted) throw new CycleAbortedError();
+    stopIfAborted();
     if (!begun) {
       await deps.cycles.begin({ tenantId, cycleId, startedAt: cycleStartedAt, deadlineAt });
       begun = true;
@@ -153,6 +164,8 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       vulnerabilityMode: mode ?? 'per-device',
       cvssThreshold,
     };
+    // Asked again: the cycle store's answer may have come after the lease's end.
+    stopIfAborted();
     await deps.publisher.send(deps.deviceBatchesTopic, 'urs/device-batch', [
       deviceBatchMessage(tenantId, header, devices),
     ]);
@@ -207,7 +220,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   async function listAndEmit(client: ReturnType<DefenderGateway['forTenant']>): Promise<void> {
     try {
       for await (const page of client.listDevicePages(signal)) {
-        if (signal.aborted) throw new CycleAbortedError();
+        stopIfAborted();
         for (const device of page.devices) {
           if (device.merged) {
             merged++;
@@ -228,7 +241,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       if (isSetupErrorCode(errorCode(error))) deps.defender.forget(tenantId);
       throw error;
     }
-    if (signal.aborted) throw new CycleAbortedError();
+    stopIfAborted();
     mode ??= 'per-device';
     await flushFull();
     await emit(pending, true);
@@ -264,6 +277,8 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       : null;
   const listedAt = now();
   // The mode and note too: a poller that stops before recording the cycle's end leaves them to the next.
+  // Recorded even if the lease lapsed since the last batch: every batch went out under it, and the totals are
+  // true (a cycle recorded abandoned by a poller that took the tenant over meanwhile gets its deadline back).
   await deps.cycles.listed(tenantId, cycleId, {
     totalBatches: batchIndex,
     totalDevices,

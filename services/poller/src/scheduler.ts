@@ -7,6 +7,7 @@ import type { CycleStore, PollLease, PollSchedule, PollScheduleStore, TenantStor
 import { createAttemptFailures } from './attempt-failures';
 import { CycleAbortedError, cycleIdOf, type CycleInput, type CycleResult } from './cycle';
 import { createCycleEnd } from './cycle-end';
+import { createLeaseClock, type LeaseClock } from './lease-clock';
 import { dueAt, withoutLocalBackoff } from './schedule';
 import type { TenantTable } from './tenant-table';
 
@@ -61,9 +62,10 @@ const START_DELAY_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1_800, 3_600, 7_20
  * run, after recording the start (fenced). Another replica that takes the lease later sees the start
  * and waits for the next due time, so a tenant is polled once per interval however many replicas
  * run, and a restarted replica resumes from Redis without polling early or skipping. The lease is
- * renewed while the cycle runs; a lost lease aborts the cycle. A killed replica's lease expires after
- * `leaseMs` and its abandoned cycle is redone by another replica, unless it had been listed in full:
- * then it is only ended (see `endListedCycle`).
+ * renewed while the cycle runs; a lost lease aborts the cycle, and so does one not renewed in time (its
+ * renewals failing with errors): a cycle emits no batch past its lease's end (`LeaseClock`). A killed
+ * replica's lease expires after `leaseMs` and its abandoned cycle is redone by another replica, unless it
+ * had been listed in full: then it is only ended (see `endListedCycle`).
  *
  * Cycles run concurrently (at most `maxConcurrentCycles`), each on its own: one tenant's slow or
  * failing cycle never delays another's. When more are due than may start, the most overdue go first.
@@ -153,6 +155,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   }
 
   async function attempt(tenantId: string, abort: AbortController): Promise<void> {
+    const acquiredAt = now();
     const lease = await deps.schedules.acquire(tenantId, deps.holderId, deps.leaseMs);
     if (!lease) {
       localDue.set(tenantId, now() + deps.recheckMs);
@@ -188,7 +191,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       localDue.set(tenantId, startedAt + intervalMs);
       // A failure streak counts only while the settings stay the same.
       const previousFailures = schedule.failedRevision === record.revision ? schedule.failures : 0;
-      await runUnderLease(record, lease, cycleId, startedAt, intervalMs, previousFailures, abort);
+      const clock = createLeaseClock(acquiredAt, deps.leaseMs, now);
+      await runUnderLease(record, { lease, clock }, cycleId, startedAt, intervalMs, previousFailures, abort);
       released = true;
     } finally {
       if (!released) await releaseQuietly(lease);
@@ -217,9 +221,14 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     return honoured;
   }
 
+  /**
+   * Runs the cycle while its lease is renewed. A renewal Redis answers false aborts the cycle (the lease was
+   * lost); one that fails with an error is tried again at the next renewal, unless the lease may have lapsed
+   * meanwhile (`LeaseClock`): then the cycle is aborted too, and it emits nothing more in any case.
+   */
   async function runUnderLease(
     record: TenantRecord,
-    lease: PollLease,
+    { lease, clock }: { lease: PollLease; clock: LeaseClock },
     cycleId: string,
     startedAt: number,
     intervalMs: number,
@@ -229,13 +238,23 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     const tenantId = record.tenantId;
     const nextPollAt = startedAt + intervalMs;
     const renewEveryMs = Math.max(Math.floor(deps.leaseMs / 3), 10);
-    const stopRenewing = keepRenewing(() => deps.schedules.renew(lease, deps.leaseMs), renewEveryMs, {
+    const renew = async (): Promise<boolean> => {
+      const sentAt = now();
+      const held = await deps.schedules.renew(lease, deps.leaseMs);
+      if (held) clock.confirmed(sentAt);
+      return held;
+    };
+    const stopRenewing = keepRenewing(renew, renewEveryMs, {
       onLost: () => {
         log.warn('lease lost: aborting the cycle', { tenantId, cycleId });
         abort.abort();
       },
-      onError: (error) =>
-        log.warn('lease renewal failed', { tenantId, cycleId, reason: errorMessage(error) }),
+      onError: (error) => {
+        log.warn('lease renewal failed', { tenantId, cycleId, reason: errorMessage(error) });
+        if (clock.held()) return;
+        log.warn('lease not renewed before it may have lapsed: aborting the cycle', { tenantId, cycleId });
+        abort.abort();
+      },
     });
     try {
       // In the try: a begun cycle whose start cannot be recorded fails like any other, and is counted.
@@ -244,7 +263,14 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         lastCycleStartedAt: new Date(startedAt).toISOString(),
         nextPollAt: new Date(nextPollAt).toISOString(),
       });
-      const result = await deps.runCycle({ record, cycleId, startedAt, intervalMs, signal: abort.signal });
+      const result = await deps.runCycle({
+        record,
+        cycleId,
+        startedAt,
+        intervalMs,
+        signal: abort.signal,
+        leaseHeld: clock.held,
+      });
       stopRenewing();
       await ends.endListed(lease, cycleId, {
         lastCycleEndedAt: new Date(result.listedAt).toISOString(),

@@ -107,12 +107,17 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Erro
   return { deps, sent, events, credentials, versions, plannedMinutes, listedNotes };
 }
 
-const input = (signal = new AbortController().signal, profile: Record<string, unknown> | null = null) => ({
+const input = (
+  signal = new AbortController().signal,
+  profile: Record<string, unknown> | null = null,
+  leaseHeld = () => true,
+) => ({
   record: record(profile),
   cycleId: cycleIdOf('acme', 0),
   startedAt: 0,
   intervalMs: 600_000,
   signal,
+  leaseHeld,
 });
 
 describe('runCycle', () => {
@@ -313,6 +318,27 @@ describe('runCycle', () => {
     aborted.abort();
     await expect(runCycle(never.deps, input(aborted.signal))).rejects.toBeInstanceOf(CycleAbortedError);
     expect(never.events).toEqual([]);
+  });
+
+  it('runCycle should send no batch once its lease may have lapsed, though the cycle store answered before', async () => {
+    const { deps, events, sent } = setup(pages(600, 600), 10);
+    let held = true;
+    const cycles = deps.cycles;
+    // Renewals failing meanwhile: the lease's end passes while the cycle's begin is answered.
+    const begin: CycleStore['begin'] = async (cycle) => {
+      await cycles.begin(cycle);
+      held = false;
+    };
+    await expect(
+      runCycle(
+        { ...deps, cycles: { ...cycles, begin } },
+        input(undefined, null, () => held),
+      ),
+    ).rejects.toBeInstanceOf(CycleAbortedError);
+    expect(sent).toEqual([]);
+    expect(events.slice(1)).toEqual([
+      `abandon 0/600 CYCLE_ABORTED ${new Date(1_000).toISOString()} ${1_000 + 60_000}`,
+    ]);
   });
 
   it('runCycle should not record a cycle whose every batch went out as abandoned', async () => {

@@ -77,6 +77,7 @@ describe('poller: a tenant keeps its Defender client across cycles', () => {
       startedAt: Date.now(),
       intervalMs: 3_600_000,
       signal: new AbortController().signal,
+      leaseHeld: () => true,
     });
 
   beforeAll(async () => {

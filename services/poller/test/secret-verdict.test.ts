@@ -70,6 +70,7 @@ const input = (record: TenantRecord, startedAt = 0, intervalMs = 600_000) => ({
   startedAt,
   intervalMs,
   signal: new AbortController().signal,
+  leaseHeld: () => true,
 });
 
 describe('runCycle on a secret its key does not open', () => {
