@@ -60,7 +60,12 @@ export interface CycleState {
 export interface CycleStore {
   /** The poller starts a cycle. Keys expire `retentionMs` after the deadline. */
   begin(cycle: { tenantId: string; cycleId: string; startedAt: string; deadlineAt: string }): Promise<void>;
-  /** The poller has produced every batch of the cycle (a null or absent `note` stores none). */
+  /**
+   * The poller has produced every batch of the cycle (a null or absent `note` stores none). A cycle recorded
+   * as abandoned meanwhile (its poller's renewals failed and another took the tenant over, `POLLER_GONE`) is
+   * not abandoned after all: its abandonment is dropped and its close goes back to what it was, so that the
+   * publisher completes it as its batches are scored instead of closing it partial while they still come.
+   */
   listed(
     tenantId: string,
     cycleId: string,
@@ -85,7 +90,7 @@ export interface CycleStore {
    * every emitted batch is recorded already, else at `closeAt` (epoch ms; the handler closes it sooner, when
    * the last emitted batch is recorded; with the batches not known, only at `closeAt`). False, nothing
    * written, for a cycle listed in full, published or never begun, and for one abandoned already, unless
-   * that abandonment's batches were not known and these are.
+   * that abandonment's batches were not known and these are. A `listed` that comes after undoes it.
    */
   abandon(
     tenantId: string,
@@ -177,7 +182,7 @@ return 1`;
 
 // KEYS[1] cycle hash, KEYS[2] batches hash, KEYS[3] open zset; ARGV: member, batches, devices (each '' when
 // not known), code, at, now ms, close-at ms. Never brings a close later than the deadline or the close an
-// earlier abandonment gave.
+// earlier abandonment gave. The close it brings forward first is kept (`closeBefore`), for a late `listed`.
 const ABANDON = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'totalBatches') == 1 or redis.call('HEXISTS', KEYS[1], 'published') == 1 then
@@ -195,7 +200,25 @@ local deadline = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if not deadline then return 1 end
 local closeAt = tonumber(ARGV[7])
 if known and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[2]) then closeAt = tonumber(ARGV[6]) end
-if closeAt < tonumber(deadline) then redis.call('ZADD', KEYS[3], 'XX', closeAt, ARGV[1]) end
+if closeAt < tonumber(deadline) then
+  redis.call('HSETNX', KEYS[1], 'closeBefore', deadline)
+  redis.call('ZADD', KEYS[3], 'XX', closeAt, ARGV[1])
+end
+return 1`;
+
+// KEYS[1] cycle hash, KEYS[2] open zset; ARGV: member, then the totals' field/value pairs. A cycle abandoned
+// and not yet published gets the close its abandonment brought forward back (ZADD XX: only while still open).
+const LISTED = `
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if redis.call('HEXISTS', KEYS[1], 'abandonedCode') == 0 or redis.call('HEXISTS', KEYS[1], 'published') == 1 then
+  return 0
+end
+redis.call('HDEL', KEYS[1], 'abandonedCode', 'abandonedAt', 'abandonedBatches', 'abandonedDevices')
+local before = redis.call('HGET', KEYS[1], 'closeBefore')
+if before then
+  redis.call('HDEL', KEYS[1], 'closeBefore')
+  redis.call('ZADD', KEYS[2], 'XX', before, ARGV[1])
+end
 return 1`;
 
 // KEYS[1] cycle hash, KEYS[2] open zset; ARGV: member, close-at ms, retention ms. The cycle's hash outlives
@@ -302,7 +325,7 @@ export function createCycleStore(
       ];
       if (totals.vulnerabilityMode !== undefined) fields.push('vulnerabilityMode', totals.vulnerabilityMode);
       if (totals.note !== undefined && totals.note !== null) fields.push('note', totals.note);
-      await redis.hset(cycleKey(tenantId, cycleId), ...fields);
+      await redis.eval(LISTED, 2, cycleKey(tenantId, cycleId), openKey, `${tenantId}/${cycleId}`, ...fields);
     },
     async addCorrections(tenantId, cycleId, batches) {
       await redis.eval(ADD_CORRECTIONS, 1, cycleKey(tenantId, cycleId), String(batches));

@@ -207,6 +207,36 @@ describe('createCycleStore', () => {
     ]);
   });
 
+  it('listed should undo the abandonment of a cycle taken over from a poller alive after all, and give it its close back', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await cycles.begin(begin);
+    await cycles.begin({ ...begin, cycleId: 'c2' });
+    const deadlineMs = startedMs + 10 * 60_000;
+    const gone = { code: 'POLLER_GONE', at: new Date(startedMs + 60_000).toISOString() };
+    const takeoverClose = new Date(startedMs + 120_000);
+    // Taken over, and then its poller, whose renewals had failed, records its listing: its batches still come.
+    await cycles.abandon('acme', 'c1', gone, takeoverClose.getTime());
+    await cycles.holdOpen('acme', 'c2', deadlineMs + 5 * 60_000);
+    await cycles.abandon('acme', 'c2', gone, takeoverClose.getTime());
+    const totals = { totalBatches: 3, totalDevices: 1200, listedAt: takeoverClose.toISOString() };
+    await cycles.listed('acme', 'c1', totals);
+    await cycles.listed('acme', 'c2', totals);
+    const state = await cycles.get('acme', 'c1');
+    expect(state).toMatchObject({ totalBatches: 3, totalDevices: 1200 });
+    expect(state?.abandoned).toBeUndefined();
+    expect(await cycles.overdue(takeoverClose)).toEqual([]);
+    expect(await cycles.overdue(new Date(deadlineMs))).toEqual([{ tenantId: 'acme', cycleId: 'c1' }]);
+    // A close held open before the takeover is the one it gets back.
+    expect(await cycles.overdue(new Date(deadlineMs + 5 * 60_000))).toHaveLength(2);
+    // A published cycle keeps its abandonment, the reason it was partial.
+    await cycles.begin({ ...begin, cycleId: 'c3' });
+    await cycles.abandon('acme', 'c3', gone, takeoverClose.getTime());
+    await cycles.claimPublication('acme', 'c3', 'partial', takeoverClose.getTime());
+    await cycles.listed('acme', 'c3', totals);
+    expect((await cycles.get('acme', 'c3'))?.abandoned).toEqual(gone);
+    expect(await cycles.overdue(new Date(deadlineMs + 5 * 60_000))).toHaveLength(2);
+  });
+
   it('abandon should leave a listed, a published or a never begun cycle as it is', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     const abandonment = { batches: 1, devices: 1, code: 'CYCLE_ABORTED', at: begin.startedAt };
