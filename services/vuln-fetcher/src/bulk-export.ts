@@ -88,6 +88,17 @@ function fromSnapshot(
   };
 }
 
+/**
+ * What a device enriched from an export is counted as in `urs_vulnerability_fetches_total`: `ok` with its
+ * vulnerabilities; without them, why the export could not hold them, as the per-device side counts a device
+ * it does not ask for (`not-held`: excluded from vulnerability management; `not-in-snapshot`: first seen
+ * after the export's snapshot was generated).
+ */
+function fetchOutcome(device: EnrichedDevice): 'ok' | 'not-held' | 'not-in-snapshot' {
+  if (device.vulnerabilities !== null) return 'ok';
+  return device.fetchError?.code === NOT_IN_EXPORT_SNAPSHOT ? 'not-in-snapshot' : 'not-held';
+}
+
 /** A batch of a bulk cycle that reads its export last (the tenant's first such cycle reads it first). */
 export const readsExportLast = (exportLast: boolean | undefined, batch: DeviceBatch): boolean =>
   exportLast === true && batch.vulnerabilityMode === 'bulk';
@@ -98,6 +109,16 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
     'urs_bulk_export_snapshots_total',
     "Bulk cycles that asked which export snapshot Microsoft serves before reading it, by outcome (unchanged: the latest export's, not read again; changed; unknown: no answer in time, read anyway).",
   );
+
+  /** Counts a batch's devices enriched from an export, by `fetchOutcome`. */
+  function countFetches(devices: EnrichedDevice[]): void {
+    const counts = new Map<string, number>();
+    for (const device of devices) {
+      const outcome = fetchOutcome(device);
+      counts.set(outcome, (counts.get(outcome) ?? 0) + 1);
+    }
+    for (const [outcome, count] of counts) fetches.inc({ mode: 'bulk', outcome }, count);
+  }
 
   /** The export folded row by row on this thread: only each device's CVEs and their best CVSS stay in memory. */
   async function foldHere(
@@ -281,7 +302,7 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
         threshold,
       ),
     );
-    fetches.inc({ mode: 'bulk', outcome: 'ok' }, devices.length);
+    countFetches(devices);
     const changed = deps.bulkCache.compare(
       batch.tenantId,
       latest.cycleId,
@@ -307,14 +328,12 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
   ): Promise<Enrichment> {
     const ids = batch.devices.map((machine) => machine.id);
     const summaries = await deps.bulkCache.read(batch.tenantId, cycleId, ids);
-    fetches.inc({ mode: 'bulk', outcome: 'ok' }, ids.length);
     const snapshot = { generatedTime, collectedAt };
-    return {
-      devices: batch.devices.map((machine) =>
-        fromSnapshot(machine, summaries.get(machine.id), snapshot, batch.cvssThreshold),
-      ),
-      collectedAt: new Date(collectedAt),
-    };
+    const devices = batch.devices.map((machine) =>
+      fromSnapshot(machine, summaries.get(machine.id), snapshot, batch.cvssThreshold),
+    );
+    countFetches(devices);
+    return { devices, collectedAt: new Date(collectedAt) };
   }
 
   return { fromExport, runBulkExport, lastFromExport };

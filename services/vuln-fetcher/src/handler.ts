@@ -128,7 +128,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   const now = deps.now ?? (() => new Date());
   const fetches = deps.metrics.counter(
     'urs_vulnerability_fetches_total',
-    'Device vulnerability lookups, by mode and outcome (ok, failed, skipped; not-held: a device excluded from vulnerability management, not asked for).',
+    'Device vulnerability lookups, by mode and outcome (ok, failed, skipped; not-held: a device excluded from vulnerability management, not asked for or not taken from the export; not-in-snapshot: a device first seen after the bulk export was generated).',
   );
   const batches = deps.metrics.counter('urs_enriched_batches_total', 'Device batches enriched, by mode.');
   const tenant = createTenantState({

@@ -98,6 +98,9 @@ describe('a bulk cycle that reads its export last', () => {
     /** Cycles that asked for the export's snapshot, by outcome. */
     const snapshots = (outcome: string): number =>
       metrics.counter('urs_bulk_export_snapshots_total', '').get({ outcome });
+    /** Devices of bulk batches counted in `urs_vulnerability_fetches_total`, by outcome. */
+    const fetches = (outcome: string): number =>
+      metrics.counter('urs_vulnerability_fetches_total', '').get({ mode: 'bulk', outcome });
     let clock = Date.parse('2026-01-01T10:00:05.000Z');
     const handler = createEnrichHandler({
       tenants: {
@@ -124,7 +127,7 @@ describe('a bulk cycle that reads its export last', () => {
     });
     const handle = (batch: DeviceBatch) =>
       handler(inboundMessage(batch, { topic: 'urs.device-batches', key: batch.tenantId }));
-    return { handle, sent, exported, bulkCache, cycles, failing, notes, snapshots };
+    return { handle, sent, exported, bulkCache, cycles, failing, notes, snapshots, fetches };
   }
 
   /** Runs the tenant's first bulk cycle (c1) with these export rows, and forgets what it sent. */
@@ -223,6 +226,24 @@ describe('a bulk cycle that reads its export last', () => {
     const replacedTtl = await redis.client.pttl(`${redis.prefix}vuln-bulk:t1:c1`);
     expect(replacedTtl).toBeGreaterThan(0);
     expect(replacedTtl).toBeLessThanOrEqual(10 * 60_000);
+  });
+
+  it('should count the devices of the batch that reads the export whose vulnerabilities it does not hold by why', async () => {
+    const context = setup();
+    const { handle, exported, fetches } = context;
+    exported.generatedTime = '2026-01-01T12:00:00Z';
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    const [next0, next1] = await nextCycle(context);
+    // Excluded from vulnerability management; onboarded after the snapshot.
+    next1.devices = [
+      { id: 'd4', isExcluded: true },
+      { id: 'd5', firstSeen: '2026-01-01T13:00:00Z' },
+    ];
+    await handle(next0);
+    await handle(next1);
+    expect(exported.calls).toBe(2);
+    // The first cycle's five devices and the next cycle's first three.
+    expect(['ok', 'not-held', 'not-in-snapshot'].map(fetches)).toEqual([8, 1, 1]);
   });
 
   it("should leave the devices with the latest export's vulnerabilities when the cycle's own export fails", async () => {

@@ -1,4 +1,5 @@
 import type { DeviceBatch, EnrichedBatch } from '@urs/contracts';
+import { Registry } from '@urs/telemetry';
 import { batch, cve, message, setup } from './handler-support';
 
 // Devices whose vulnerabilities Microsoft does not hold, or the bulk export's snapshot cannot hold yet:
@@ -15,6 +16,15 @@ const outcome = (sent: EnrichedBatch | undefined): Record<string, number | strin
       device.vulnerabilities?.criticalCveCount ?? device.fetchError?.code,
     ]),
   );
+
+/** `urs_vulnerability_fetches_total` of bulk mode, by outcome, the outcomes never counted left out. */
+function bulkFetches(metrics: Registry): Record<string, number> {
+  const fetches = metrics.counter('urs_vulnerability_fetches_total', '');
+  const counted = ['ok', 'failed', 'not-held', 'not-in-snapshot'].map(
+    (outcome) => [outcome, fetches.get({ mode: 'bulk', outcome })] as const,
+  );
+  return Object.fromEntries(counted.filter(([, count]) => count > 0));
+}
 
 describe('createEnrichHandler: vulnerabilities not held', () => {
   const fleet: DeviceBatch['devices'] = [
@@ -45,15 +55,19 @@ describe('createEnrichHandler: vulnerabilities not held', () => {
   });
 
   it('should not take an export listing an excluded device for its observation', async () => {
-    const { handler, sent } = setup({
-      bulkVulnerabilities: async (onRow) => {
-        onRow('d1', cve('CVE-1', 9.8));
-        // A device without a sensor the export assesses (a network device): its CVEs count.
-        onRow('d2', cve('CVE-2', 9.1));
-        // Listed anyway: an excluded device's list is no observation.
-        onRow('d5', undefined);
+    const metrics = new Registry({ processMetrics: false });
+    const { handler, sent } = setup(
+      {
+        bulkVulnerabilities: async (onRow) => {
+          onRow('d1', cve('CVE-1', 9.8));
+          // A device without a sensor the export assesses (a network device): its CVEs count.
+          onRow('d2', cve('CVE-2', 9.1));
+          // Listed anyway: an excluded device's list is no observation.
+          onRow('d5', undefined);
+        },
       },
-    });
+      { metrics },
+    );
     await handler(message(bulkBatch(fleet)));
     expect(outcome(sent[0])).toEqual({
       d1: 1,
@@ -65,6 +79,8 @@ describe('createEnrichHandler: vulnerabilities not held', () => {
       d7: 0,
       d8: 0,
     });
+    // Counted as in per-device mode: the excluded device's vulnerabilities were not held, not fetched.
+    expect(bulkFetches(metrics)).toEqual({ ok: 7, 'not-held': 1 });
   });
 });
 
@@ -83,10 +99,14 @@ describe("createEnrichHandler: devices newer than the bulk export's snapshot", (
   };
 
   it('should pass a device first seen after the snapshot it was absent from on without vulnerabilities', async () => {
-    const { handler, sent } = setup({
-      bulkVulnerabilities: rows,
-      exportGeneratedTime: async () => '2026-01-01T06:00:00Z',
-    });
+    const metrics = new Registry({ processMetrics: false });
+    const { handler, sent } = setup(
+      {
+        bulkVulnerabilities: rows,
+        exportGeneratedTime: async () => '2026-01-01T06:00:00Z',
+      },
+      { metrics },
+    );
     await handler(message(bulkBatch(devices.slice(0, 3), { lastBatch: false, totalBatches: undefined })));
     // A later batch of the cycle, enriched from the export stored in the cache: the same.
     await handler(message(bulkBatch(devices, { batchIndex: 1 })));
@@ -95,6 +115,7 @@ describe("createEnrichHandler: devices newer than the bulk export's snapshot", (
     expect(sent[1]?.devices[2]?.fetchError?.message).toContain(
       "first seen at 2026-01-01T06:00:00.1234567Z, after the bulk export's snapshot (of 2026-01-01T06:00:00Z)",
     );
+    expect(bulkFetches(metrics)).toEqual({ ok: 6, 'not-in-snapshot': 2 });
   });
 
   it('should take the oldest the snapshot can be when its generatedTime is not known', async () => {
