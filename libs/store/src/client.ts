@@ -16,6 +16,13 @@ export class StoreError extends UrsError {
 export interface RedisClientOptions {
   /** Name shown by CLIENT LIST, for operators. */
   connectionName?: string;
+  /**
+   * For a short run that goes on without Redis when it does not answer (the CLI): the client connects only
+   * when `connect()` is called, which fails once an attempt has taken `connectTimeoutMs` milliseconds, and a
+   * command fails after one reconnect instead of waiting for Redis to come back. Unset (the services): the
+   * client connects at once (ioredis's 10 s connect timeout) and commands wait for as long as Redis is away.
+   */
+  failFast?: { connectTimeoutMs: number };
 }
 
 /**
@@ -34,16 +41,18 @@ const READONLY_RECONNECT_WINDOW_MS = 10_000;
  * new primary. At most once per `READONLY_RECONNECT_WINDOW_MS` per client: a READONLY within it fails the
  * command (a Redis fault, so the message is held and `/readyz` turns 503 as for any Redis refusal), and a
  * later one reconnects again. Clients made from it with `duplicate()` (the shared call limiter's) inherit
- * this, each with a window of its own.
+ * this, each with a window of its own. The services and the CLI (with `failFast`) make their clients here.
  */
 export function createRedis(config: Pick<RedisConfig, 'url'>, options: RedisClientOptions = {}): Redis {
+  const { failFast } = options;
   return new Redis(config.url, {
     connectionName: options.connectionName,
     disableClientInfo: true,
-    maxRetriesPerRequest: null,
+    maxRetriesPerRequest: failFast ? 1 : null,
     enableReadyCheck: true,
     retryStrategy: (times) => Math.min(times * 200, 5_000),
     reconnectOnError: readOnlyReconnect(),
+    ...(failFast ? { lazyConnect: true, connectTimeout: failFast.connectTimeoutMs } : {}),
   });
 }
 

@@ -1,5 +1,4 @@
 import type { Agent } from 'node:https';
-import { Redis } from 'ioredis';
 import { defenderOverrides, defenderSettings, readPemFile, redisConfig } from '@urs/config';
 import {
   type CallLimiter,
@@ -12,6 +11,7 @@ import {
   createSharedLimiter,
 } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
+import { closeRedis, createRedis } from '@urs/store';
 
 /** The limiter and quota a CLI run uses, and how to release them. */
 export interface Backend {
@@ -61,12 +61,10 @@ export async function openBackend(
   };
   if (!useRedis) return local();
   const config = redisConfig(env);
-  const redis = new Redis(config.url, {
-    lazyConnect: true,
-    disableClientInfo: true,
-    connectTimeout: REDIS_CONNECT_TIMEOUT_MS,
-    maxRetriesPerRequest: 1,
-    retryStrategy: () => null,
+  // The services' client, READONLY reconnect included: a run during a failover reaches the new primary.
+  const redis = createRedis(config, {
+    connectionName: 'urs-cli',
+    failFast: { connectTimeoutMs: REDIS_CONNECT_TIMEOUT_MS },
   });
   redis.on('error', () => undefined);
   try {
@@ -94,7 +92,7 @@ export async function openBackend(
     httpsAgent,
     async close() {
       await limiter.close();
-      await redis.quit().catch(() => redis.disconnect());
+      await closeRedis(redis);
       httpsAgent.destroy();
     },
   };
