@@ -34,6 +34,8 @@ export type { SlotHandOffOptions } from './handoff';
 export type { CallLimiter, SharedLimiterOptions } from './limiter';
 export { CallHealth } from './call-health';
 export type { CallHealthOptions, CallOutcome } from './call-health';
+export { callHealthOfApp } from './app-health';
+export type { AppCallHealth, DefenderApp } from './app-health';
 export { parseRetryAfterMs } from './answers';
 export { createApiCaller } from './http';
 export { environmentHasProxy } from './requests';

@@ -1,12 +1,15 @@
 import type { Agent } from 'node:https';
 import type { Machine } from '@urs/contracts';
 import {
+  callHealthOfApp,
   createDefenderClient,
   createTenantClientCache,
   DefenderErrorCode,
   isSetupErrorCode,
   LONGEST_QUOTA_WINDOW_MS,
   planVulnerabilityMode,
+  type AppCallHealth,
+  type CallHealthOptions,
   type CallLimiter,
   type DefenderEndpointOverrides,
   type QuotaGate,
@@ -76,20 +79,32 @@ export interface DefenderGatewayDeps {
   maxQuotaWaitMs?: number;
   /** A tenant's client is let go of after this long without a cycle, ms. Default an hour (a token's life). */
   idleMs?: number;
+  /** When a tenant's calls go one at a time, then are held back, after failing in a row. Default CallHealth's. */
+  health?: CallHealthOptions;
+}
+
+/** A tenant's client, kept with its CallHealth (closed with it). */
+interface KeptClient extends TenantDefender {
+  /** What the client's calls showed of the tenant's API, handed on to the next client of the same app. */
+  callHealth: AppCallHealth;
+  close(): void;
 }
 
 /**
  * The gateway over @urs/defender: one client per tenant, sharing the call slots, the quota gate and the agent,
  * kept across cycles and their retries while the tenant's record is the same (createTenantClientCache, as the
- * vuln-fetcher keeps its own): a cycle retried after Redis or Kafka failed it asks Entra for no new token.
+ * vuln-fetcher keeps its own): a cycle retried after Redis or Kafka failed it asks Entra for no new token. A
+ * new record of the same app (its secret re-sealed) gets a new client with the old one's CallHealth
+ * (`callHealthOfApp`): a tenant whose calls are held back, or capped for answering slowly, stays so.
  */
 export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGateway {
-  const clients = createTenantClientCache<TenantDefender & { close(): void }>(
+  const clients = createTenantClientCache<KeptClient>(
     deps.idleMs === undefined ? {} : { idleMs: deps.idleMs },
   );
 
-  function clientOf(credentials: TenantCredentials): TenantDefender & { close(): void } {
+  function clientOf(credentials: TenantCredentials, replaced: KeptClient | undefined): KeptClient {
     const { region, ...rest } = credentials;
+    const callHealth = callHealthOfApp(credentials, replaced?.callHealth, deps.health);
     const client = createDefenderClient(region === null ? rest : { ...rest, region }, {
       limiter: deps.limiter,
       quota: deps.quota,
@@ -97,6 +112,7 @@ export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGatewa
       overrides: deps.overrides,
       httpsAgent: deps.httpsAgent,
       metrics: deps.metrics,
+      callHealth: callHealth.health,
       ...(deps.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: deps.requestTimeoutMs }),
       ...(deps.maxQuotaWaitMs === undefined
         ? {}
@@ -113,13 +129,14 @@ export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGatewa
           };
         }
       },
+      callHealth,
       close: () => client.close(),
     };
   }
 
   return {
     forTenant: (tenant, credentials) =>
-      clients.get(tenant.tenantId, tenant.revision, () => clientOf(credentials())),
+      clients.get(tenant.tenantId, tenant.revision, (replaced) => clientOf(credentials(), replaced)),
     forget: (tenantId) => clients.forget(tenantId),
     close: () => clients.close(),
     planMode: (deviceCount, pollIntervalMinutes) => planVulnerabilityMode(deviceCount, pollIntervalMinutes),

@@ -1,11 +1,12 @@
 import type { Agent } from 'node:https';
 import type { TenantRecord } from '@urs/contracts';
 import {
-  CallHealth,
+  callHealthOfApp,
   createDefenderClient,
   createTenantClientCache,
   isDefenderError,
   isSetupErrorCode,
+  type AppCallHealth,
   type BulkOptions,
   type CallLimiter,
   type DefenderEndpointOverrides,
@@ -122,20 +123,9 @@ export interface DefenderSourceDeps {
 /** A tenant's source, kept with the client it calls through (closed with it). */
 interface KeptSource {
   source: VulnerabilitySource;
-  /** The app the client calls as (see appOf). */
-  app: string;
   /** What the client's calls showed of the tenant's API, handed on to the next client of the same app. */
-  health: CallHealth;
+  callHealth: AppCallHealth;
   close(): void;
-}
-
-/**
- * The Defender app a tenant's record calls as: its directory, application and cloud. Another app (or
- * cloud) is another API to judge afresh; a new secret of the same app is not.
- */
-function appOf(record: TenantRecord): string {
-  const { azureTenantId, clientId, cloud } = record.defender;
-  return `${azureTenantId}/${clientId}/${cloud ?? ''}`;
 }
 
 /**
@@ -144,7 +134,8 @@ function appOf(record: TenantRecord): string {
  * the client's memory. A client no batch asked for within `idleMs` (an hour, about a token's life) is let
  * go of, with its secret: a deleted or disabled tenant's secret does not stay in memory until a restart.
  * A new revision of the same app (the registrar re-sealed its secret) gets a new client with the old one's
- * CallHealth: a slow tenant capped to 2 of the 10 shared slots would otherwise get all 10 back at each re-seal.
+ * CallHealth (`callHealthOfApp`): a slow tenant capped to 2 of the 10 shared slots would otherwise get all 10
+ * back at each re-seal.
  */
 export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider {
   const exportOptions = (signal: AbortSignal | undefined): BulkOptions => ({
@@ -183,8 +174,7 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
         error,
       );
     }
-    const app = appOf(record);
-    const health = replaced?.app === app ? replaced.health : new CallHealth(record.defender.azureTenantId);
+    const callHealth = callHealthOfApp(record.defender, replaced?.callHealth);
     const client = createDefenderClient(
       {
         azureTenantId: record.defender.azureTenantId,
@@ -200,7 +190,7 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
         overrides: deps.overrides,
         logger: deps.logger.child({ tenantId: record.tenantId }),
         metrics: deps.metrics,
-        callHealth: health,
+        callHealth: callHealth.health,
         ...(deps.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: deps.requestTimeoutMs }),
       },
     );
@@ -216,6 +206,6 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
           }
         : {}),
     };
-    return { source, app, health, close: () => client.close() };
+    return { source, callHealth, close: () => client.close() };
   }
 }
