@@ -34,18 +34,17 @@ export {
   PATTERN_RULES,
   CLOUDS,
   REGIONS,
-  ALL_SCHEMAS,
+} from './schema-rules';
+export { ALL_SCHEMAS } from './schemas';
+export {
   defenderRegistrationSchema,
   tenantRegistrationSchema,
   registrationPushSchema,
   tenantRecordSchema,
-  deviceBatchSchema,
-  enrichedBatchSchema,
-  scoreBatchSchema,
-  vmsRiskScoreSchema,
-  vmsRiskSummarySchema,
-  deadLetterSchema,
-} from './schemas';
+} from './tenant-schemas';
+export { deviceBatchSchema, enrichedBatchSchema, scoreBatchSchema } from './batch-schemas';
+export { vmsRiskScoreSchema, vmsRiskSummarySchema } from './vms-schemas';
+export { deadLetterSchema } from './dead-letter-schema';
 export { ContractError, compileContracts, validateMessage, checkMessage } from './validate';
 export type { ContractId, ContractTypes } from './validate';
 export { cycleBatchHeader } from './header';

@@ -1,7 +1,8 @@
 import Ajv, { type ErrorObject, type ValidateFunction } from 'ajv';
 import addFormats from 'ajv-formats';
 import { UrsError } from '@urs/resilience';
-import { ALL_SCHEMAS, PATTERN_RULES } from './schemas';
+import { PATTERN_RULES } from './schema-rules';
+import { ALL_SCHEMAS } from './schemas';
 import type {
   DeadLetter,
   DeviceBatch,

@@ -1,0 +1,207 @@
+import { VMS_IDENTITY_FIELDS } from './device-record';
+import { BAND_NAMES, isoTime, nullableString, tenantId } from './schema-rules';
+
+/** The schemas of a cycle's batches: devices collected, enriched with their vulnerabilities, scored. */
+
+/**
+ * A device record (`toDeviceRecord`): the id, the scoring inputs and the identity VMS needs. Open to
+ * further fields: during a rolling deploy an older poller still sends whole machines, which must pass.
+ */
+const deviceRecord = {
+  type: 'object',
+  required: ['id'],
+  properties: {
+    id: { type: 'string', minLength: 1 },
+    riskScore: nullableString,
+    exposureLevel: nullableString,
+    defenderAvStatus: nullableString,
+    onboardingStatus: nullableString,
+    healthStatus: nullableString,
+    lastSeen: nullableString,
+    firstSeen: nullableString,
+    isExcluded: { type: ['boolean', 'null'] },
+    computerDnsName: nullableString,
+    aadDeviceId: nullableString,
+    lastIpAddress: nullableString,
+    lastExternalIpAddress: nullableString,
+    ipAddresses: { type: ['array', 'null'], items: { type: 'object' } },
+    machineTags: { type: ['array', 'null'], items: { type: 'string' } },
+    rbacGroupName: nullableString,
+  },
+} as const;
+
+const cycleHeader = {
+  schemaVersion: { const: 1 },
+  tenantId,
+  cycleId: { type: 'string', minLength: 1, maxLength: 128 },
+  cycleStartedAt: isoTime,
+  batchIndex: { type: 'integer', minimum: 0 },
+  lastBatch: { type: 'boolean' },
+  totalBatches: { type: 'integer', minimum: 1 },
+  totalDevices: { type: 'integer', minimum: 0 },
+} as const;
+const cycleHeaderRequired = [
+  'schemaVersion',
+  'tenantId',
+  'cycleId',
+  'cycleStartedAt',
+  'batchIndex',
+  'lastBatch',
+];
+/** The last batch carries the totals; an empty fleet is one empty last batch. */
+const lastBatchCarriesTotals = {
+  if: { properties: { lastBatch: { const: true } } },
+  then: { required: ['totalBatches', 'totalDevices'] },
+} as const;
+
+export const deviceBatchSchema = {
+  $id: 'urs/device-batch',
+  type: 'object',
+  additionalProperties: false,
+  required: [...cycleHeaderRequired, 'vulnerabilityMode', 'cvssThreshold', 'devices'],
+  properties: {
+    ...cycleHeader,
+    vulnerabilityMode: { enum: ['per-device', 'bulk'] },
+    cvssThreshold: { type: 'number', minimum: 0, maximum: 10 },
+    devices: { type: 'array', maxItems: 10_000, items: deviceRecord },
+  },
+  ...lastBatchCarriesTotals,
+} as const;
+
+const vulnerabilitySummary = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['criticalCveCount', 'totalCveCount', 'maxCvss', 'cvssThreshold', 'topCveIds'],
+  properties: {
+    criticalCveCount: { type: 'integer', minimum: 0 },
+    totalCveCount: { type: 'integer', minimum: 0 },
+    maxCvss: { type: ['number', 'null'] },
+    cvssThreshold: { type: 'number', minimum: 0, maximum: 10 },
+    topCveIds: { type: 'array', maxItems: 10, items: { type: 'string' } },
+  },
+} as const;
+
+export const enrichedBatchSchema = {
+  $id: 'urs/enriched-batch',
+  type: 'object',
+  additionalProperties: false,
+  required: [...cycleHeaderRequired, 'vulnerabilityMode', 'collectedAt', 'devices'],
+  properties: {
+    ...cycleHeader,
+    vulnerabilityMode: { enum: ['per-device', 'bulk'] },
+    collectedAt: isoTime,
+    devices: {
+      type: 'array',
+      maxItems: 10_000,
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['machine', 'vulnerabilities'],
+        properties: {
+          machine: deviceRecord,
+          vulnerabilities: { anyOf: [vulnerabilitySummary, { type: 'null' }] },
+          fetchError: {
+            type: 'object',
+            required: ['code', 'message'],
+            properties: { code: { type: 'string' }, message: { type: 'string' } },
+          },
+        },
+      },
+    },
+    corrections: {
+      type: 'array',
+      maxItems: 10_000,
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['deviceId', 'vulnerabilities'],
+        properties: {
+          deviceId: { type: 'string', minLength: 1 },
+          vulnerabilities: vulnerabilitySummary,
+        },
+      },
+    },
+  },
+  ...lastBatchCarriesTotals,
+} as const;
+
+export const scoredDeviceProperties = {
+  deviceId: { type: 'string', minLength: 1 },
+  computerDnsName: nullableString,
+  aadDeviceId: nullableString,
+  lastIpAddress: nullableString,
+  lastExternalIpAddress: nullableString,
+  ipAddresses: { type: 'array', items: { type: 'object' } },
+  machineTags: { type: 'array', items: { type: 'string' } },
+  rbacGroupName: nullableString,
+  score: { type: 'integer', minimum: 0, maximum: 100 },
+  band: { enum: BAND_NAMES },
+  criticalScore: { type: 'number', minimum: 0, maximum: 1 },
+  operationalScore: { type: 'number', minimum: 0, maximum: 1 },
+  contributions: {
+    type: 'array',
+    items: {
+      type: 'object',
+      required: ['group', 'signal', 'value', 'points'],
+      properties: {
+        group: { enum: ['critical', 'operational'] },
+        signal: { type: 'string' },
+        value: { type: ['string', 'number'] },
+        points: { type: 'integer', minimum: 0, maximum: 100 },
+      },
+    },
+  },
+  missing: { type: 'array', items: { type: 'string' } },
+  signals: { type: 'object' },
+  profileHash: { type: 'string', minLength: 1 },
+  vulnerabilities: { anyOf: [vulnerabilitySummary, { type: 'null' }] },
+} as const;
+export const scoredDeviceRequired = [
+  'deviceId',
+  ...VMS_IDENTITY_FIELDS,
+  'score',
+  'band',
+  'criticalScore',
+  'operationalScore',
+  'contributions',
+  'missing',
+  'signals',
+  'profileHash',
+  'vulnerabilities',
+];
+
+export const scoreBatchSchema = {
+  $id: 'urs/score-batch',
+  type: 'object',
+  additionalProperties: false,
+  required: [...cycleHeaderRequired, 'collectedAt', 'scoredAt', 'devices'],
+  properties: {
+    ...cycleHeader,
+    collectedAt: isoTime,
+    scoredAt: isoTime,
+    replaces: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['bands', 'incomplete'],
+      properties: {
+        bands: {
+          type: 'object',
+          additionalProperties: false,
+          properties: Object.fromEntries(BAND_NAMES.map((band) => [band, { type: 'integer', minimum: 0 }])),
+        },
+        incomplete: { type: 'integer', minimum: 0 },
+      },
+    },
+    devices: {
+      type: 'array',
+      maxItems: 10_000,
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: scoredDeviceRequired,
+        properties: scoredDeviceProperties,
+      },
+    },
+  },
+  ...lastBatchCarriesTotals,
+} as const;
