@@ -11,24 +11,19 @@ export {
 export type { SettleOptions, TopicOffsetsOptions, PartitionOffsetRange } from './settle';
 export { createPublisher, BusError, MAX_SEND_BYTES, sizedGroups } from './publisher';
 export type { Publisher, OutboundMessage } from './publisher';
-export {
-  createConsumerRunner,
-  PoisonMessageError,
-  DEFAULT_RUNNER_RETRY,
-  DEFAULT_RUNNER_RESTART,
-} from './runner';
+export { createConsumerRunner, PoisonMessageError, DEFAULT_RUNNER_RESTART } from './runner';
+export { DEFAULT_RUNNER_RETRY } from './runner-options';
 export { crashHeals } from './crash';
 export { deleteOwnGroup } from './groups';
 export { settledWithin } from './drain';
 export type {
   ConsumerRunner,
-  ConsumerRunnerOptions,
   InboundMessage,
   MessageHandler,
   TopicSubscription,
   RunnerState,
-  Ordering,
 } from './runner';
+export type { ConsumerRunnerOptions, Ordering } from './runner-options';
 export { notJsonReason, redactPayload, toDeadLetter, withheldPayload } from './dead-letter';
 export type { PayloadRedactor } from './dead-letter';
 export type { DeadLetterClaim, DeadLetterLedger, DeadLetterSource } from './dead-letter-once';
