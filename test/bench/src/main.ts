@@ -1,269 +1,21 @@
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { cpus } from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import {
-  BULK_NEXT_UNIT_MS,
-  bulkNextUnitMs,
-  parseBenchArgs,
-  USAGE,
-  UsageError,
-  type BenchOptions,
-} from './args';
-import { perDeviceRefreshHours, round, roundEach } from './analysis';
-import { CALIBRATION_WORKLOAD, calibrate, MEMORY_WORKLOAD, type MemorySpeed, probeMemory } from './calibrate';
+import { parseBenchArgs, USAGE, UsageError, type BenchOptions } from './args';
+import { calibrate, probeMemory } from './calibrate';
 import { ensureStack, startPrivateRedis, stopStack } from './infra';
 import { createBenchKafka, deleteTopics } from './kafka';
 import { ProcessGroup } from './procs';
-import {
-  PER_DEVICE_QUOTA,
-  bulkResult,
-  costPerDevice,
-  cycleLatencies,
-  fleetResult,
-  INTERNAL,
-  internalCeiling,
-  latencyByMode,
-  latencyPercentiles,
-  renderMarkdown,
-  timelineOf,
-  usageEach,
-  type BenchResults,
-} from './report';
-import { runScenario, type RunContext, type ScenarioResult, type ScenarioSpec } from './scenario';
+import { renderMarkdown, timelineOf } from './report';
+import { buildResults, machineSpeedText, writeResults, type Speed } from './results';
+import { runScenario, type RunContext, type ScenarioResult } from './scenario';
+import { scenarioSpecs } from './scenario-specs';
 import { startSimulatorProcess } from './simulator';
 import { renderTimeline } from './timeline';
-
-/**
- * Variables that take Microsoft's quotas out of the services' own client-side quota gate, for the
- * scenarios that measure the call slots with the simulator's quotas off (per-device calls at 50/min
- * would otherwise make the slots idle by design).
- */
-const QUOTAS_OFF_ENV: Record<string, string> = { URS_DEFENDER_QUOTAS: 'off' };
-
-/** Per-device calls for a fleet are planned by the poller against the poll interval; a day lets 28,800 devices fit. */
-const LONG_INTERVAL_MINUTES = 1440;
 
 const ROOT = resolve(__dirname, '../../..');
 
 function log(line: string): void {
   process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`);
-}
-
-function pollerAvailable(): boolean {
-  const main = join(ROOT, 'services/poller/dist/main.js');
-  return existsSync(main) && readFileSync(main, 'utf8').includes('runService');
-}
-
-function scenarioSpecs(options: BenchOptions): ScenarioSpec[] {
-  const realPoller = options.driver === 'poller' || (options.driver === 'auto' && pollerAvailable());
-  const specs: ScenarioSpec[] = [];
-  const base = {
-    jitterMs: options.jitterMs,
-    sampleMs: options.sampleMs,
-    staggerMs: 0,
-    profile: options.profile,
-    replicas: options.replicas,
-    warmupDevices: 0,
-  };
-  for (const size of options.sizes) {
-    // Per-device calls at any fleet size: injected batches say `per-device` whatever the quota plan says.
-    const expectedMs = options.latencyMs > 0 ? (size * options.latencyMs) / 10 : size;
-    specs.push({
-      ...base,
-      name: `fleet-${size}`,
-      tenants: [size],
-      driver: options.driver === 'poller' ? 'poller' : 'inject',
-      mode: 'per-device',
-      latencyMs: options.latencyMs,
-      simQuotas: false,
-      pollIntervalMinutes: LONG_INTERVAL_MINUTES,
-      extraEnv: { ...QUOTAS_OFF_ENV, ...options.env },
-      timeoutMs: expectedMs * 2 + options.slackMs,
-    });
-  }
-  if (options.cycleTenants > 0) {
-    const devices = options.cycleTenants * options.cycleDevices;
-    specs.push({
-      ...base,
-      name: 'cycles',
-      tenants: Array.from({ length: options.cycleTenants }, () => options.cycleDevices),
-      driver: realPoller ? 'poller' : 'inject',
-      mode: 'per-device',
-      latencyMs: options.latencyMs,
-      simQuotas: false,
-      pollIntervalMinutes: LONG_INTERVAL_MINUTES,
-      extraEnv: { ...QUOTAS_OFF_ENV, ...options.env },
-      timeoutMs: ((devices * Math.max(1, options.latencyMs)) / 10) * 2 + options.slackMs,
-      staggerMs: 1_000,
-    });
-  }
-  if (options.internalDevices > 0) {
-    for (let run = 1; run <= options.internalRuns; run++)
-      specs.push({
-        ...base,
-        name: `${INTERNAL}-${run}`,
-        tenants: [options.internalDevices],
-        driver: realPoller ? 'poller' : 'inject',
-        mode: 'bulk',
-        latencyMs: 0,
-        jitterMs: 0,
-        simQuotas: false,
-        pollIntervalMinutes: 10,
-        extraEnv: { ...QUOTAS_OFF_ENV, ...options.env },
-        timeoutMs: options.internalDevices + options.slackMs,
-        warmupDevices: options.internalWarmup,
-      });
-  }
-  if (options.bulkDevices > 0) {
-    // The same fleet's next cycles: a 10-"minute" interval of 6 s units (60 s) leaves each cycle time to
-    // end under the quotas; 1 % of the devices change their vulnerabilities before the second (by default),
-    // none before the ones after it (`bulk-same`: Microsoft's snapshot as it was).
-    // A heavier export than the simulator's light mix needs a longer interval (see bulkNextUnitMs).
-    const unitMs = bulkNextUnitMs(options);
-    specs.push({
-      ...base,
-      name: 'bulk-next',
-      tenants: [options.bulkDevices],
-      driver: 'poller',
-      mode: 'bulk',
-      latencyMs: options.latencyMs,
-      simQuotas: true,
-      pollIntervalMinutes: 10,
-      extraEnv: { ...options.env, URS_POLL_INTERVAL_UNIT_MS: String(unitMs) },
-      timeoutMs: options.bulkDevices * 2 + options.slackMs + (unitMs - BULK_NEXT_UNIT_MS) * 10,
-      nextCycles: [
-        { changedDevices: options.bulkNextChanged },
-        ...Array.from({ length: options.bulkSameCycles }, () => ({ changedDevices: 0 })),
-      ],
-    });
-  }
-  if (options.bulkDevices > 0) {
-    specs.push({
-      ...base,
-      name: 'bulk-quotas',
-      tenants: [options.bulkDevices],
-      driver: realPoller ? 'poller' : 'inject',
-      mode: 'bulk',
-      latencyMs: options.latencyMs,
-      simQuotas: true,
-      pollIntervalMinutes: 10,
-      extraEnv: { ...options.env },
-      timeoutMs: options.bulkDevices * 2 + options.slackMs,
-    });
-  }
-  return specs;
-}
-
-/** The machine's speed before each scenario and at the end of the run (see `calibrate` and `probeMemory`). */
-interface Speed {
-  beforeScenarioMs: Record<string, number>;
-  endMs: number | null;
-  memoryBeforeScenario: Record<string, MemorySpeed>;
-  memoryEnd: MemorySpeed | null;
-}
-
-function machineSpeedText(workloadMs: number, memory: MemorySpeed): string {
-  return (
-    `${workloadMs} ms for the fixed workload, ${memory.readNs} ns a dependent read, ` +
-    `${memory.freshPageUs} µs a fresh page (lower is faster)`
-  );
-}
-
-function buildResults(
-  options: BenchOptions,
-  ctx: RunContext,
-  startedAt: string,
-  results: ScenarioResult[],
-  errors: string[],
-  speed: Speed,
-): BenchResults {
-  const fleets = results.filter((result) => result.spec.name.startsWith('fleet-'));
-  const fleetEntries = fleets.flatMap((result) => {
-    try {
-      return [[String(result.spec.tenants[0]), fleetResult(result, ctx.privateRedis)] as const];
-    } catch (error) {
-      errors.push(`${result.spec.name}: ${(error as Error).message}`);
-      return [];
-    }
-  });
-  const fleetMap = Object.fromEntries(fleetEntries);
-  const latencies = cycleLatencies(results);
-  const { p50, p99 } = latencyPercentiles(latencies);
-  const internal = internalCeiling(results.filter((result) => result.spec.name.startsWith(`${INTERNAL}-`)));
-  const bulk = results.find((result) => result.spec.name === 'bulk-quotas');
-  const refresh = perDeviceRefreshHours(100_000, PER_DEVICE_QUOTA);
-  return {
-    startedAt,
-    finishedAt: new Date().toISOString(),
-    machine: {
-      cpus: cpus().length,
-      node: process.version,
-      kafkaBrokers: ctx.kafkaBrokers,
-      redis: ctx.privateRedis ? 'private' : 'shared',
-      calibration: {
-        workload: CALIBRATION_WORKLOAD,
-        beforeScenarioMs: speed.beforeScenarioMs,
-        endMs: speed.endMs,
-        memory: {
-          workload: MEMORY_WORKLOAD,
-          beforeScenario: speed.memoryBeforeScenario,
-          end: speed.memoryEnd,
-        },
-      },
-    },
-    options: { ...options },
-    slotUtilisation: Object.fromEntries(fleetEntries.map(([size, fleet]) => [size, fleet.slotUtilisation])),
-    slotUtilisationAtConfiguredLatency: Object.fromEntries(
-      fleetEntries.map(([size, fleet]) => [size, fleet.slotUtilisationAtConfiguredLatency]),
-    ),
-    publishLatencyP50Ms: p50,
-    publishLatencyP99Ms: p99,
-    publishLatencyByMode: latencyByMode(latencies),
-    publishLatencyCycles: latencies,
-    internalDevicesPerSec: internal ? internal.devicesPerSec : null,
-    internal,
-    peakRssMbByService: Object.fromEntries(fleetEntries.map(([size, fleet]) => [size, fleet.peakRssMb])),
-    fleets: fleetMap,
-    costPerDevice: Object.fromEntries(
-      results.map((result) => [result.spec.name, costPerDevice(result, ctx.privateRedis)]),
-    ),
-    quotas: {
-      perDeviceCallsPerHour: refresh.callsPerHour,
-      perDeviceRefreshHours100k: round(refresh.hours, 2),
-      bulk: bulk ? bulkResult(bulk) : null,
-    },
-    scenarios: Object.fromEntries(
-      results.map((result) => [
-        result.spec.name,
-        {
-          durationMs: result.durationMs,
-          deadLetters: result.deadLetters,
-          devices: result.devices,
-          peakRssMb: usageEach(result, 'peakRssMb'),
-          cpuSec: usageEach(result, 'cpuSec'),
-          windowMs: result.windowMs,
-          windowCpuSec: roundEach(result.windowCpuSec, 2),
-          windowSystemCpuSec: roundEach(result.windowSystemCpuSec, 2),
-          windowMinorFaults: result.windowMinorFaults,
-          sim: {
-            calls: result.sim.calls,
-            peakConcurrency: result.sim.peakConcurrency,
-            throttled: result.sim.throttled,
-          },
-        },
-      ]),
-    ),
-    errors,
-  };
-}
-
-function writeResults(outDir: string, results: BenchResults, pictures: Map<string, string>): void {
-  mkdirSync(outDir, { recursive: true });
-  const json = `${JSON.stringify(results, null, 2)}\n`;
-  writeFileSync(join(outDir, 'latest.json'), json);
-  writeFileSync(join(outDir, `${results.startedAt.replace(/:/g, '-')}.json`), json);
-  writeFileSync(join(outDir, 'latest.md'), renderMarkdown(results));
-  for (const [name, svg] of pictures) writeFileSync(join(outDir, name), svg);
 }
 
 async function main(): Promise<number> {
@@ -356,7 +108,7 @@ async function main(): Promise<number> {
       log,
     };
     const pictures = new Map<string, string>();
-    for (const spec of scenarioSpecs(options)) {
+    for (const spec of scenarioSpecs(options, ROOT)) {
       if (interrupted) break;
       try {
         // The machine's speed moves from minute to minute: each scenario's own, before its services start.
