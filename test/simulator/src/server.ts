@@ -6,53 +6,19 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createTlsMaterial } from './certs';
 import { handleControl, type ControlTarget } from './control';
-import { handleJwks, handleOpenIdConfiguration, handleToken, sendAadError, type EntraDeps } from './entra';
+import type { EntraDeps } from './entra';
+import { createEntraRoute } from './entra-route';
+import { createFaultInjector, WILDCARD } from './fault-injector';
 import { sendJson } from './http';
-import {
-  bulkVulnerabilities,
-  deviceRowsJson,
-  getMachine,
-  listMachines,
-  machineVulnerabilities,
-  mdeError,
-  send,
-  type Reply,
-} from './mde';
-import type { QuotaKind } from './quota';
+import { deviceRowsJson, mdeError, send } from './mde';
+import { createMdeRoute } from './mde-route';
+import { checkedPublicUrl } from './public-url';
 import { Rng } from './rng';
 import { validateLatency, type Simulator, type SimulatorOptions } from './api';
 import { createTenant, validateFaults, type FaultSpec, type TenantState } from './state';
 import { StatsTracker } from './tracker';
-import { MDE_AUDIENCES, TokenSigner, type AccessClaims } from './tokens';
-import {
-  EXPORT_PATH_PREFIX,
-  exportFilesList,
-  handleExportDownload,
-  SasSigner,
-  type DownloadDeps,
-} from './tvmexport';
-
-const WILDCARD = '*';
-
-/** SimulatorOptions.publicUrl, checked to be `https://host[:port]` and nothing more. */
-function checkedPublicUrl(text: string): URL {
-  let url: URL;
-  try {
-    url = new URL(text);
-  } catch {
-    throw new Error(`publicUrl must be an https URL, got '${text}'`);
-  }
-  if (
-    url.protocol !== 'https:' ||
-    url.username ||
-    url.password ||
-    url.search ||
-    url.hash ||
-    url.pathname !== '/'
-  )
-    throw new Error(`publicUrl must be https://<host>[:<port>] and nothing more, got '${text}'`);
-  return url;
-}
+import { TokenSigner } from './tokens';
+import { EXPORT_PATH_PREFIX, handleExportDownload, SasSigner, type DownloadDeps } from './tvmexport';
 
 export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
   const publicUrl = options.publicUrl === undefined ? undefined : checkedPublicUrl(options.publicUrl);
@@ -110,223 +76,22 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     enterTenant,
   };
 
-  const roll = (rate: number | undefined): boolean => rate !== undefined && rate > 0 && rng.next() < rate;
-  const fault = (kind: string): void => tracker.fault(kind);
-
-  /**
-   * Timeout (never answer), connection reset or a body that never ends; true when one was injected and the
-   * request is handled.
-   */
-  const injectTransportFault = (req: IncomingMessage, res: ServerResponse, f: FaultSpec): boolean => {
-    if (roll(f.timeoutRate)) {
-      fault('timeout');
-      hanging.add(res);
-      res.once('close', () => hanging.delete(res));
-      return true;
-    }
-    if (roll(f.resetRate)) {
-      fault('reset');
-      req.socket.destroy();
-      return true;
-    }
-    if (roll(f.slowBodyRate)) {
-      fault('slowBody');
-      hanging.add(res);
-      res.writeHead(200, { 'Content-Type': 'application/json; odata.metadata=minimal' });
-      const body = Buffer.from('{"value":[');
-      let sent = 0;
-      // Spaces once the opening is out: still valid JSON so far, and never the end of it.
-      const trickle = setInterval(
-        () => res.write(sent < body.length ? body.subarray(sent, ++sent) : ' '),
-        100,
-      );
-      res.once('close', () => {
-        clearInterval(trickle);
-        hanging.delete(res);
-      });
-      return true;
-    }
-    return false;
-  };
-
-  /** Validates the bearer token like MDE: 401 when missing, forged or expired. */
-  const authenticate = (req: IncomingMessage): AccessClaims | Reply => {
-    const header = req.headers.authorization;
-    if (!header || !/^Bearer /i.test(header))
-      return mdeError(401, 'Unauthorized', 'Unauthorized (missing authorization header).');
-    const claims = signer.verify(header.slice(7).trim());
-    if (!claims || !MDE_AUDIENCES.has(claims.aud))
-      return mdeError(401, 'Unauthorized', 'Unauthorized (invalid authorization header).');
-    if (claims.exp <= Math.floor(Date.now() / 1000))
-      return mdeError(401, 'Unauthorized', 'Unauthorized (expired authorization header).');
-    if (!tenants.has(claims.tid)) return mdeError(401, 'Unauthorized', 'Unauthorized (unknown tenant).');
-    return claims;
-  };
-
-  const REQUIRED_ROLES: Record<QuotaKind, string[]> = {
-    machines: ['Machine.Read.All', 'Machine.ReadWrite.All'],
-    vulnerabilities: ['Vulnerability.Read.All'],
-    bulk: ['Vulnerability.Read.All'],
-    exportFiles: ['Vulnerability.Read.All'],
-  };
-
-  async function handleMde(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
-    const path = url.pathname;
-    const segments = path.split('/').filter((s) => s.length > 0);
-    // segments[0] === 'api'
-    let kind: string;
-    let quota: QuotaKind;
-    if (segments.length === 2 && segments[1] === 'machines') [kind, quota] = ['machines', 'machines'];
-    else if (segments.length === 3 && segments[2]?.toLowerCase() === 'softwarevulnerabilitiesbymachine')
-      [kind, quota] = ['bulk', 'bulk'];
-    else if (segments.length === 3 && segments[2]?.toLowerCase() === 'softwarevulnerabilitiesexport')
-      [kind, quota] = ['exportFiles', 'exportFiles'];
-    else if (segments.length === 3 && segments[1] === 'machines') [kind, quota] = ['machine', 'machines'];
-    else if (segments.length === 4 && segments[1] === 'machines' && segments[3] === 'vulnerabilities')
-      [kind, quota] = ['vulnerabilities', 'vulnerabilities'];
-    else {
-      count('other', undefined, res);
-      send(res, mdeError(404, 'NotFound', `Resource ${path} was not found.`), false);
-      return;
-    }
-    if (req.method !== 'GET') {
-      count(kind, undefined, res);
-      send(
-        res,
-        mdeError(
-          405,
-          'MethodNotAllowed',
-          `The requested resource does not support http method '${req.method ?? ''}'.`,
-        ),
-        false,
-      );
-      return;
-    }
-    const auth = authenticate(req);
-    if ('status' in auth) {
-      count(kind, undefined, res);
-      await delay();
-      send(res, { ...auth, headers: { 'WWW-Authenticate': 'Bearer' } }, false);
-      return;
-    }
-    const tenantId = auth.tid;
-    const tenant = tenants.get(tenantId) as TenantState;
-    count(kind, tenantId, res);
-    enterTenant(res, tenantId);
-    await delay();
-
-    const required = REQUIRED_ROLES[quota];
-    if (!required.some((role) => auth.roles?.includes(role))) {
-      send(
-        res,
-        mdeError(
-          403,
-          'Forbidden',
-          `The application does not have any of the required application permissions (${required.join(', ')}) to access the resource.`,
-        ),
-        false,
-      );
-      return;
-    }
-    const f = faults.get(tenantId) ?? faults.get(WILDCARD) ?? {};
-    if (f.disabledFeature?.includes(quota)) {
-      fault('disabledFeature');
-      send(res, mdeError(403, 'DisabledFeature', "Tenant feature isn't enabled."), false);
-      return;
-    }
-    if (quotasOn) {
-      const waitSec = (tenant.quotas.get(quota) as { tryAcquire(now: number): number }).tryAcquire(
-        Date.now(),
-      );
-      if (waitSec > 0) {
-        tracker.throttled(tenantId);
-        send(
-          res,
-          mdeError(429, 'TooManyRequests', `API calls quota exceeded! Retry in ${waitSec} seconds.`, {
-            'Retry-After': waitSec,
-          }),
-          false,
-        );
-        return;
-      }
-    }
-    if (injectTransportFault(req, res, f)) return;
-    if (roll(f.status5xxRate)) {
-      fault('5xx');
-      const unavailable = rng.next() < 0.5;
-      send(
-        res,
-        unavailable
-          ? mdeError(503, 'ServiceUnavailable', 'Service is temporarily unavailable.')
-          : mdeError(500, 'InternalServerError', ''),
-        false,
-      );
-      return;
-    }
-    const shortPage = kind === 'machines' && roll(f.shortPageRate);
-    const malformed = roll(f.malformedRate);
-    let reply: Reply;
-    if (kind === 'machines') reply = listMachines(baseUrl, tenant, url.searchParams, shortPage);
-    else if (kind === 'machine')
-      reply = getMachine(baseUrl, tenant, decodeURIComponent(segments[2] as string));
-    else if (kind === 'vulnerabilities')
-      reply = machineVulnerabilities(baseUrl, tenant, decodeURIComponent(segments[2] as string));
-    else if (kind === 'exportFiles') reply = exportFilesList(baseUrl, tenant, url.searchParams, sas);
-    else reply = bulkVulnerabilities(baseUrl, tenant, url.searchParams);
-    if (shortPage) fault('shortPage');
-    if (malformed && reply.status === 200) fault('malformed');
-    await send(res, reply, malformed && reply.status === 200);
-  }
-
-  async function handleEntra(req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean> {
-    const segments = url.pathname.split('/').filter((s) => s.length > 0);
-    const tenantSegment = segments[0] ?? '';
-    const rest = segments.slice(1).join('/').toLowerCase();
-    let kind: string;
-    if (
-      req.method === 'GET' &&
-      (rest === 'v2.0/.well-known/openid-configuration' || rest === '.well-known/openid-configuration')
-    )
-      kind = 'openid';
-    else if (req.method === 'GET' && (rest === 'discovery/v2.0/keys' || rest === 'discovery/keys'))
-      kind = 'jwks';
-    else if (req.method === 'POST' && rest === 'oauth2/v2.0/token') kind = 'token';
-    else if (req.method === 'POST' && rest === 'oauth2/token') kind = 'tokenV1';
-    else return false;
-    const tenant = tenants.get(decodeURIComponent(tenantSegment).toLowerCase());
-    count(kind === 'tokenV1' ? 'token' : kind, tenant?.id, res);
-    if (tenant) enterTenant(res, tenant.id);
-    await delay();
-    if (kind === 'token' || kind === 'tokenV1') {
-      const f = (tenant && faults.get(tenant.id)) ?? faults.get(WILDCARD);
-      if (f?.tokenEndpoint && injectTransportFault(req, res, { ...f, slowBodyRate: 0 })) return true;
-      if (f?.tokenEndpoint && roll(f.status5xxRate)) {
-        fault('5xx');
-        sendAadError(
-          entra,
-          req,
-          res,
-          503,
-          'temporarily_unavailable',
-          50000,
-          'There was an error issuing a token or an issue with our sign-in service.',
-        );
-        return true;
-      }
-    }
-    if (kind === 'openid') {
-      const f = tenant && faults.get(tenant.id);
-      if (f?.openIdFailures) {
-        f.openIdFailures--;
-        fault('openIdReset');
-        req.socket.destroy();
-        return true;
-      }
-      handleOpenIdConfiguration(entra, req, res, tenantSegment);
-    } else if (kind === 'jwks') handleJwks(entra, res);
-    else await handleToken(entra, req, res, tenantSegment, kind === 'token' ? 2 : 1);
-    return true;
-  }
+  const injector = createFaultInjector(rng, tracker, hanging);
+  const handleMde = createMdeRoute({
+    tenants,
+    faults,
+    signer,
+    sas,
+    tracker,
+    rng,
+    injector,
+    baseUrl: () => baseUrl,
+    quotasOn: () => quotasOn,
+    delay,
+    count,
+    enterTenant,
+  });
+  const handleEntra = createEntraRoute({ tenants, faults, entra, injector, delay, count, enterTenant });
 
   // The control API drives the same methods as the library API (api is assigned before listening).
   const control = (): ControlTarget => ({
