@@ -1,4 +1,4 @@
-export { createKafka } from './kafka';
+export { createKafka, type CreateKafkaOptions } from './kafka';
 export { topicSpecs, bootstrapTopics } from './topics';
 export type { TopicSpec, BootstrapOptions } from './topics';
 export {

@@ -10,7 +10,15 @@ import { applyKafkaJsFixes } from './kafkajs-fixes';
  * count of the lines left out (createKafkaLogForwarder): an outage makes every client log each retry. KafkaJS
  * 2.2.4's idle timer loop and slow checksum are fixed first (applyKafkaJsFixes).
  */
-export function createKafka(config: KafkaConfig, logger: Logger): Kafka {
+export interface CreateKafkaOptions {
+  /**
+   * How often a call, a connect included, is retried before it fails. Default 16. A caller that retries on
+   * its own and must be able to stop (a wait for Kafka) asks for 0: KafkaJS's own retries cannot be stopped.
+   */
+  retries?: number;
+}
+
+export function createKafka(config: KafkaConfig, logger: Logger, options: CreateKafkaOptions = {}): Kafka {
   applyKafkaJsFixes();
   const forward = createKafkaLogForwarder({ log: logger.child({ component: 'kafkajs' }) });
   return new Kafka({
@@ -25,6 +33,8 @@ export function createKafka(config: KafkaConfig, logger: Logger): Kafka {
     // restarting among them, tries again within 5 s of the broker's return instead of sleeping up to 30 s of
     // backoff. 16 retries keep the time a call is retried before it fails about as long as the 8 uncapped ones
     // before (~64 s against ~68 s).
-    retry: { initialRetryTime: 300, maxRetryTime: 5_000, retries: 16 },
+    retry: { initialRetryTime: 300, maxRetryTime: 5_000, retries: options.retries ?? DEFAULT_RETRIES },
   });
 }
+
+const DEFAULT_RETRIES = 16;

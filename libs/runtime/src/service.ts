@@ -191,6 +191,9 @@ export async function startWith<S>(
   // At once: the watch is the client's 'error' listener, and the client starts connecting now.
   const redisWatch = watchRedis(redis, { logger, metrics });
   const kafka = createKafka(config.kafka, logger);
+  // Waiting for Kafka, each try connects once: retryThroughOutage retries, and gives up on a stop, while a
+  // KafkaJS connect's own retries (about a minute of them) cannot be stopped and would outlive the close.
+  const kafkaOnce = createKafka(config.kafka, logger, { retries: 0 });
   const closers: Closer[] = [];
   const stopping = new AbortController();
   // Until the runners start nothing is consumed, so the stop is passed on at once: setup may give up its
@@ -210,7 +213,7 @@ export async function startWith<S>(
   /** The steps of the start that need Kafka: every topic made, the publisher connected. */
   const connectKafka = async (): Promise<Publisher> => {
     step('topics');
-    const admin = kafka.admin();
+    const admin = (waitForKafka ? kafkaOnce : kafka).admin();
     try {
       // Inside: a connect that failed is disconnected too (tried again while waiting for Kafka).
       await admin.connect();

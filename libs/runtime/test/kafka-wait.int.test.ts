@@ -1,3 +1,5 @@
+import { createServer, type Server } from 'node:net';
+import { Kafka } from 'kafkajs';
 import { startService } from '@urs/runtime';
 import { uniqueId, waitFor } from '@urs/testkit';
 import { freePort, serviceEnv } from './support';
@@ -10,6 +12,18 @@ async function notReady(port: number): Promise<unknown> {
   } catch {
     return undefined;
   }
+}
+
+/** A broker address that takes each connection and drops it at once, counting them. */
+async function droppingBroker(): Promise<{ server: Server; port: number; connections: () => number }> {
+  let connections = 0;
+  const server = createServer((socket) => {
+    connections++;
+    socket.destroy();
+  });
+  const port = await freePort();
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+  return { server, port, connections: () => connections };
 }
 
 describe('startService with waitForKafka', () => {
@@ -51,5 +65,49 @@ describe('startService with waitForKafka', () => {
     expect(started).toBe(false);
     // The send that waited for Kafka fails with the start instead of hanging.
     await expect(send).rejects.toBeDefined();
+  });
+
+  it('should leave no connection attempt to Kafka running once stopped', async () => {
+    const broker = await droppingBroker();
+    const metricsPort = await freePort();
+    const stop = new AbortController();
+    // Every admin the wait for Kafka makes, so the test can see its connect end.
+    const connects: Promise<void>[] = [];
+    const admin = Kafka.prototype.admin;
+    const adminSpy = jest.spyOn(Kafka.prototype, 'admin').mockImplementation(function (this: Kafka, config) {
+      const made = admin.call(this, config);
+      const connect = made.connect.bind(made);
+      made.connect = () => {
+        const attempt = connect();
+        connects.push(attempt.catch(() => undefined));
+        return attempt;
+      };
+      return made;
+    });
+    const starting = startService({
+      name: 'test-service',
+      env: {
+        ...serviceEnv(`${uniqueId('wait')}.`),
+        KAFKA_BROKERS: `127.0.0.1:${broker.port}`,
+        URS_METRICS_PORT: String(metricsPort),
+      },
+      waitForKafka: true,
+      stop: stop.signal,
+      setup: async () => ({}),
+    });
+    starting.catch(() => undefined);
+    try {
+      await waitFor(() => connects.length > 0 && broker.connections() > 0, { timeoutMs: 15_000 });
+      stop.abort();
+      await expect(starting).rejects.toMatchObject({ code: 'SERVICE_STOPPED' });
+      const inFlight = connects.length;
+      const atStop = broker.connections();
+      // A connect under way when the stop came may make its one attempt; none tries again after it.
+      await Promise.all(connects);
+      expect(broker.connections() - atStop).toBeLessThanOrEqual(inFlight);
+    } finally {
+      adminSpy.mockRestore();
+      await new Promise((resolve) => broker.server.close(resolve));
+    }
   });
 });
