@@ -1,4 +1,5 @@
 import { startSimulator, type Simulator } from '@urs/simulator';
+import { waitFor } from '@urs/testkit';
 import { CLIENT_ID, getToken, request, SECRET, TENANT } from './helpers';
 
 const CALM_TENANT = 'aaaaaaaa-aaaa-4bbb-8ccc-00000000000a';
@@ -55,10 +56,15 @@ describe('fault injection', () => {
       fleet: { size: 3 },
     });
     other.setFaults('*', { timeoutRate: 1 });
-    const pending = request(other, '/api/machines', { token: await getToken(other), timeoutMs: 60_000 });
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    expect(other.stats().inFlight).toBe(1);
-    await other.close();
+    let pending: Promise<unknown> = Promise.resolve();
+    try {
+      pending = request(other, '/api/machines', { token: await getToken(other), timeoutMs: 60_000 });
+      pending.catch(() => undefined); // awaited below; a failure before that must not go unhandled
+      await waitFor(() => other.stats().inFlight === 1, { description: 'the request in flight' });
+    } finally {
+      // Closed whatever happens above: a simulator left listening keeps Jest from exiting.
+      await other.close();
+    }
     await expect(pending).rejects.toThrow(/socket hang up|ECONNRESET/);
   });
 

@@ -5,6 +5,9 @@ import path from 'node:path';
 import type { Simulator } from '@urs/simulator';
 import { CLIENT_ID, control, getToken, request, SECRET, TENANT } from './helpers';
 
+/** Simulator processes started and not yet exited, stopped after each test whatever its outcome. */
+const running = new Set<ChildProcess>();
+
 // `npm run sim` runs dist/main.js; here the same entry runs from source in a child process.
 function startProcess(
   args: string[],
@@ -14,6 +17,8 @@ function startProcess(
     ['-r', path.join(__dirname, 'ts-register.js'), path.join(__dirname, '../src/main.ts'), ...args],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
+  running.add(child);
+  child.once('exit', () => running.delete(child));
   return new Promise((resolve, reject) => {
     let stderr = '';
     child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
@@ -22,7 +27,21 @@ function startProcess(
   });
 }
 
+async function stopRunning(): Promise<void> {
+  await Promise.all(
+    [...running].map((child) => {
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGKILL');
+      return exited;
+    }),
+  );
+}
+
 describe('simulator process', () => {
+  // A test that times out while its simulator starts would otherwise leave the process (and the
+  // pipes Jest holds to it) running after the run.
+  afterEach(stopRunning);
+
   test('main should print baseUrl and caFile, serve its tenants and obey the control API', async () => {
     const caDir = mkdtempSync(path.join(tmpdir(), 'urs-sim-proc-'));
     const { child, ready } = await startProcess([
