@@ -1,12 +1,12 @@
 import { ReplyError } from 'ioredis';
-import { UrsError } from '@urs/resilience';
+import { UrsError, sleep } from '@urs/resilience';
 import type { PollScheduleStore, TenantStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { type LogLine, capturingLogger, waitFor } from '@urs/testkit';
 import type { CycleResult } from '../src/cycle';
 import { type Scheduler, createScheduler } from '../src/scheduler';
 import { createTenantTable } from '../src/tenant-table';
-import { feed, memorySchedules, memoryStatus, record, sampleOf, sleep } from './support/scheduler';
+import { feed, memorySchedules, memoryStatus, record, sampleOf } from './support/scheduler';
 
 // A Redis refusing writes (out of memory): every tenant's attempt fails alike, on every try.
 
@@ -130,10 +130,13 @@ describe('createScheduler while Redis refuses writes', () => {
     await feed(table, [record('a')]);
     scheduler.start();
     await waitFor(() => scheduler.running() === 1);
+    const bound = new AbortController();
     const outcome = await Promise.race([
       scheduler.close(100).then(() => 'closed'),
-      sleep(2_000).then(() => 'still closing'),
+      sleep(2_000, bound.signal).then(() => 'still closing'),
     ]);
+    // The bound's timer ends with the race: left running, it would hold the test run open.
+    bound.abort();
     expect(outcome).toBe('closed');
     expect(lines).toContainEqual(
       expect.objectContaining({

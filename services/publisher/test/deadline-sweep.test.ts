@@ -39,10 +39,13 @@ describe('createDeadlineSweep', () => {
     });
     sweep.start();
     await waitFor(() => swept);
+    const bound = new AbortController();
     const outcome = await Promise.race([
       sweep.close(100).then(() => 'closed'),
-      sleep(2_000).then(() => 'still closing'),
+      sleep(2_000, bound.signal).then(() => 'still closing'),
     ]);
+    // The bound's timer ends with the race: left running, it would hold the test run open.
+    bound.abort();
     expect(outcome).toBe('closed');
     expect(lines).toMatchObject([{ level: 'warn', withinMs: 100 }]);
   });
