@@ -1,4 +1,4 @@
-import type { Consumer, ConsumerGroupJoinEvent, EachBatchPayload } from 'kafkajs';
+import type { Consumer, ConsumerGroupJoinEvent, EachBatchPayload, KafkaMessage } from 'kafkajs';
 import type { Logger } from '@urs/logging';
 import { errorMessage, type RetryPolicy } from '@urs/resilience';
 import type { Gauge } from '@urs/telemetry';
@@ -22,7 +22,9 @@ import { createPartitionFetch, type FetchedPartition } from './partition-fetch';
  *   recognised by offset and skipped.
  * - GROUP_JOIN carries this member's new assignment: work of a partition no longer assigned is
  *   aborted (its handlers' signal) and never committed, so it cannot overwrite the new owner's offset.
- *   A new member id means the group forgot this member (session expired): nothing of before is kept.
+ *   A new member id means the group forgot this member (session expired, as when the broker stalls past
+ *   it): its commits since were refused, and nothing of before is kept but the finished watermark of each
+ *   partition assigned back, so the messages finished here are not handled again (skipFinishedBefore).
  * - eachBatch only accepts and returns, so KafkaJS's fetch loop keeps heartbeating; a full buffer
  *   never blocks eachBatch (which would block the fetches of every partition of the broker): it pauses
  *   the partition's fetching, which resumes once the buffer is half empty, or is read past later
@@ -98,6 +100,11 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
   /** Partitions assigned to this member by the last rebalance (partitionId). */
   let assigned = new Set<string>();
   let memberId: string | undefined;
+  /**
+   * Partitions assigned back to this member by a rejoin that forgot it (partitionId): the offset below
+   * which every message read of the partition was finished here, until the partition's first batch since.
+   */
+  const finishedBefore = new Map<string, bigint>();
   const { pause, pauseAgain, resume, readPastLater, stopReadingPast, readAgainIfDue } = createPartitionFetch({
     consumer,
     log,
@@ -170,6 +177,37 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
     });
   }
 
+  /** Keeps the finished watermark of a partition assigned back by a rejoin that forgot this member. */
+  function keepFinished(work: PartitionWork): void {
+    const id = partitionId(work.topic, work.partition);
+    const finished = work.lanes.offsets.watermark();
+    if (!assigned.has(id) || finished === undefined) return;
+    finishedBefore.set(id, finished);
+    log.info('partition assigned back after the group forgot this member; its finished messages are kept', {
+      topic: work.topic,
+      partition: work.partition,
+      finished: finished.toString(),
+    });
+  }
+
+  /**
+   * A partition assigned back by a rejoin that forgot this member is fetched from the group's committed
+   * offset, which lags what was finished here when the commits were refused. Its first batch since starts
+   * at that committed offset or later: starting below the finished watermark, the messages before it are
+   * skipped as already accepted, and the watermark is committed from there; starting at or past it
+   * (another member owned the partition meanwhile and committed further), nothing is skipped, so a
+   * committed offset never moves back.
+   */
+  function skipFinishedBefore(work: PartitionWork, first: KafkaMessage | undefined): void {
+    const id = partitionId(work.topic, work.partition);
+    const finished = finishedBefore.get(id);
+    if (finished === undefined || first === undefined) return;
+    finishedBefore.delete(id);
+    if (BigInt(first.offset) >= finished) return;
+    work.lanes.offsets.advance(finished);
+    commits.schedule();
+  }
+
   function settleEntry(work: PartitionWork, entry: Entry): Promise<boolean> {
     return settleUntilDone(
       options.settle,
@@ -239,6 +277,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
       // reads it. Taken in here, it would leave offsets behind that skip messages were it assigned back.
       if (memberId !== undefined && !assigned.has(partitionId(batch.topic, batch.partition))) return;
       const work = workFor(batch.topic, batch.partition);
+      skipFinishedBefore(work, batch.messages[0]);
       const { lanes } = work;
       const [heldBefore, deferredBefore] = [lanes.held, lanes.deferred];
       const read = lanes.read(batch.messages, {
@@ -282,9 +321,12 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
           numbers.map((partition) => partitionId(topic, partition)),
         ),
       );
+      for (const id of [...finishedBefore.keys()]) if (!assigned.has(id)) finishedBefore.delete(id);
       for (const work of [...partitions.values()]) {
-        if (forgotten) revoke(work, 'the group forgot this member');
-        else if (!assigned.has(partitionId(work.topic, work.partition))) {
+        if (forgotten) {
+          revoke(work, 'the group forgot this member');
+          keepFinished(work);
+        } else if (!assigned.has(partitionId(work.topic, work.partition))) {
           revoke(work, 'assigned to another consumer');
         } else pauseAgain(work);
       }

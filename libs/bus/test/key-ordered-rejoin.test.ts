@@ -1,0 +1,172 @@
+import type { Consumer, ConsumerGroupJoinEvent, EachBatchPayload, KafkaMessage, Offsets } from 'kafkajs';
+import { silentLogger } from '@urs/logging';
+import { retryPolicy } from '@urs/resilience';
+import { Registry } from '@urs/telemetry';
+import type { MessageWork } from '../src/handle';
+import { createKeyOrderedConsumption, type KeyOrderedConsumption } from '../src/key-ordered';
+
+const TOPIC = 'batches';
+
+const fakeConsumer = {
+  pause: () => undefined,
+  resume: () => undefined,
+  seek: () => undefined,
+} as unknown as Consumer;
+
+/** This member's assignment after a rebalance, under `memberId`, as KafkaJS's GROUP_JOIN carries it. */
+const joined = (memberId: string, partitions: number[]): ConsumerGroupJoinEvent['payload'] => ({
+  duration: 0,
+  groupId: 'group',
+  isLeader: true,
+  leaderId: memberId,
+  groupProtocol: 'RoundRobinAssigner',
+  memberId,
+  memberAssignment: { [TOPIC]: partitions },
+});
+
+/**
+ * A key-ordered consumption whose handler notes each message it is handed ("partition@offset") and
+ * finishes it at once, unless `hold` holds it until released; what is committed goes to `commits`.
+ */
+function consumption(hold: (work: MessageWork) => Promise<void> = async () => undefined) {
+  const handled: string[] = [];
+  const commits: string[] = [];
+  const keyed = createKeyOrderedConsumption({
+    consumer: fakeConsumer,
+    topics: [TOPIC],
+    settle: async (work) => {
+      handled.push(`${work.partition}@${work.message.offset}`);
+      await hold(work);
+      return true;
+    },
+    log: silentLogger,
+    retry: retryPolicy({ maxAttempts: 3, initialDelayMs: 1, maxDelayMs: 2 }),
+    maxBufferedPerPartition: 100,
+    maxDeferredPerPartition: 1_000,
+    readPastAfterMs: 60_000,
+    // Commits are made by drain alone, so a test sees every offset committed.
+    commitIntervalMs: 60_000,
+    drainTimeoutMs: 1_000,
+    buffered: new Registry({ processMetrics: false }).gauge('buffered', 'test'),
+    deferred: new Registry({ processMetrics: false }).gauge('deferred', 'test'),
+    labels: {},
+  });
+  /** A batch of `partition` holding `count` messages of keys k0, k1, ... at offsets `from`, `from + 1`, ... */
+  const batch = (partition: number, from: number, count: number): EachBatchPayload =>
+    ({
+      batch: {
+        topic: TOPIC,
+        partition,
+        messages: Array.from(
+          { length: count },
+          (_, i) => ({ key: Buffer.from(`k${i}`), offset: String(from + i) }) as KafkaMessage,
+        ),
+        lastOffset: () => String(from + count - 1),
+      },
+      resolveOffset: () => undefined,
+      isRunning: () => true,
+      isStale: () => false,
+      heartbeat: async () => undefined,
+      commitOffsetsIfNecessary: async (offsets: Offsets) => {
+        for (const topic of offsets.topics) {
+          for (const { partition, offset } of topic.partitions) commits.push(`${partition}@${offset}`);
+        }
+      },
+    }) as unknown as EachBatchPayload;
+  return { keyed, handled, commits, batch };
+}
+
+/** Lets the handlers started run to their end. */
+const settled = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/** The session expired: the member's commits were refused, and it joins again under a new member id. */
+function forgotten(keyed: KeyOrderedConsumption, partitions: number[]): void {
+  keyed.onGroupJoin(joined('member-2', partitions));
+}
+
+describe('createKeyOrderedConsumption after the group forgot this member', () => {
+  it('should not hand finished messages to the handler again when the same partition is assigned back and fetched from a stale committed offset', async () => {
+    const { keyed, handled, commits, batch } = consumption();
+    keyed.onGroupJoin(joined('member-1', [0]));
+    await keyed.eachBatch(batch(0, 0, 3));
+    await settled();
+    forgotten(keyed, [0]);
+    // Nothing of it was committed: the partition is fetched again from offset 0, with two new messages.
+    await keyed.eachBatch(batch(0, 0, 5));
+    await settled();
+    await keyed.drain();
+    expect(handled).toEqual(['0@0', '0@1', '0@2', '0@3', '0@4']);
+    expect(commits).toEqual(['0@5']);
+  });
+
+  it('should commit the finished watermark of a partition assigned back even when its first batch since holds only finished messages', async () => {
+    const { keyed, commits, batch } = consumption();
+    keyed.onGroupJoin(joined('member-1', [0]));
+    await keyed.eachBatch(batch(0, 0, 3));
+    await settled();
+    forgotten(keyed, [0]);
+    await keyed.eachBatch(batch(0, 0, 2));
+    await keyed.drain();
+    expect(commits).toEqual(['0@3']);
+  });
+
+  it('should hand a message unfinished when the member was forgotten to the handler again, and commit nothing past it', async () => {
+    let release: () => void = () => undefined;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let heldOnce = false;
+    const { keyed, handled, commits, batch } = consumption(async (work) => {
+      if (work.message.offset !== '1' || heldOnce) return;
+      heldOnce = true;
+      await released;
+    });
+    keyed.onGroupJoin(joined('member-1', [0]));
+    await keyed.eachBatch(batch(0, 0, 3));
+    await settled();
+    forgotten(keyed, [0]);
+    release();
+    await settled();
+    await keyed.eachBatch(batch(0, 0, 3));
+    await settled();
+    await keyed.drain();
+    expect(handled).toEqual(['0@0', '0@1', '0@2', '0@1', '0@2']);
+    expect(commits).toEqual(['0@3']);
+  });
+
+  it('should not commit the finished watermark of a partition assigned back before it is fetched again, as the group may have committed past it', async () => {
+    const { keyed, commits, batch } = consumption();
+    keyed.onGroupJoin(joined('member-1', [0]));
+    await keyed.eachBatch(batch(0, 0, 2));
+    await settled();
+    forgotten(keyed, [0]);
+    await keyed.drain();
+    expect(commits).toEqual([]);
+  });
+
+  it('should never commit behind the offset another member committed while it owned the partition', async () => {
+    const { keyed, handled, commits, batch } = consumption();
+    keyed.onGroupJoin(joined('member-1', [0]));
+    await keyed.eachBatch(batch(0, 0, 2));
+    await settled();
+    forgotten(keyed, [0]);
+    // Another member committed 4 meanwhile: the partition is fetched from there.
+    await keyed.eachBatch(batch(0, 4, 2));
+    await settled();
+    await keyed.drain();
+    expect(handled).toEqual(['0@0', '0@1', '0@4', '0@5']);
+    expect(commits).toEqual(['0@6']);
+  });
+
+  it('should give up the finished messages of a partition not assigned back', async () => {
+    const { keyed, handled, batch } = consumption();
+    keyed.onGroupJoin(joined('member-1', [0, 1]));
+    await keyed.eachBatch(batch(1, 0, 2));
+    await settled();
+    forgotten(keyed, [0]);
+    // Back here later, the partition is read from the offset its owner meanwhile committed, handled anew.
+    keyed.onGroupJoin(joined('member-2', [0, 1]));
+    await keyed.eachBatch(batch(1, 0, 2));
+    await settled();
+    await keyed.drain();
+    expect(handled).toEqual(['1@0', '1@1', '1@0', '1@1']);
+  });
+});
