@@ -1,28 +1,7 @@
-import type { Consumer, ConsumerGroupJoinEvent, EachBatchPayload, KafkaMessage, Offsets } from 'kafkajs';
-import { silentLogger } from '@urs/logging';
-import { retryPolicy } from '@urs/resilience';
-import { Registry } from '@urs/telemetry';
+import type { EachBatchPayload, KafkaMessage, Offsets } from 'kafkajs';
 import type { MessageWork } from '../src/handle';
 import { createKeyOrderedConsumption, type KeyOrderedConsumption } from '../src/key-ordered';
-
-const TOPIC = 'batches';
-
-const fakeConsumer = {
-  pause: () => undefined,
-  resume: () => undefined,
-  seek: () => undefined,
-} as unknown as Consumer;
-
-/** This member's assignment after a rebalance, under `memberId`, as KafkaJS's GROUP_JOIN carries it. */
-const joined = (memberId: string, partitions: number[]): ConsumerGroupJoinEvent['payload'] => ({
-  duration: 0,
-  groupId: 'group',
-  isLeader: true,
-  leaderId: memberId,
-  groupProtocol: 'RoundRobinAssigner',
-  memberId,
-  memberAssignment: { [TOPIC]: partitions },
-});
+import { TOPIC, joinedAs as joined, keyOrderedOptions } from './key-ordered-support';
 
 /**
  * A key-ordered consumption whose handler notes each message it is handed ("partition@offset") and
@@ -31,26 +10,14 @@ const joined = (memberId: string, partitions: number[]): ConsumerGroupJoinEvent[
 function consumption(hold: (work: MessageWork) => Promise<void> = async () => undefined) {
   const handled: string[] = [];
   const commits: string[] = [];
-  const keyed = createKeyOrderedConsumption({
-    consumer: fakeConsumer,
-    topics: [TOPIC],
-    settle: async (work) => {
+  // Commits are made by drain alone, so a test sees every offset committed.
+  const keyed = createKeyOrderedConsumption(
+    keyOrderedOptions(async (work) => {
       handled.push(`${work.partition}@${work.message.offset}`);
       await hold(work);
       return true;
-    },
-    log: silentLogger,
-    retry: retryPolicy({ maxAttempts: 3, initialDelayMs: 1, maxDelayMs: 2 }),
-    maxBufferedPerPartition: 100,
-    maxDeferredPerPartition: 1_000,
-    readPastAfterMs: 60_000,
-    // Commits are made by drain alone, so a test sees every offset committed.
-    commitIntervalMs: 60_000,
-    drainTimeoutMs: 1_000,
-    buffered: new Registry({ processMetrics: false }).gauge('buffered', 'test'),
-    deferred: new Registry({ processMetrics: false }).gauge('deferred', 'test'),
-    labels: {},
-  });
+    }),
+  );
   /** A batch of `partition` holding `count` messages of keys k0, k1, ... at offsets `from`, `from + 1`, ... */
   const batch = (partition: number, from: number, count: number): EachBatchPayload =>
     ({

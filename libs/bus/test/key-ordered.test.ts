@@ -1,18 +1,8 @@
 import type { Consumer, ConsumerGroupJoinEvent, EachBatchPayload, KafkaMessage, Offsets } from 'kafkajs';
-import { silentLogger } from '@urs/logging';
-import { retryPolicy } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
 import type { MessageWork } from '../src/handle';
 import { createKeyOrderedConsumption, type KeyOrderedOptions } from '../src/key-ordered';
-
-const TOPIC = 'batches';
-
-/** The consumer calls the key-ordered runner makes. */
-const fakeConsumer = {
-  pause: () => undefined,
-  resume: () => undefined,
-  seek: () => undefined,
-} as unknown as Consumer;
+import { TOPIC, joinedAs, keyOrderedOptions } from './key-ordered-support';
 
 /** A consumer that notes the runner's calls: "pause", "resume", "seek@offset". */
 function notingConsumer(): { consumer: Consumer; calls: string[] } {
@@ -26,15 +16,7 @@ function notingConsumer(): { consumer: Consumer; calls: string[] } {
 }
 
 /** This member's assignment after a rebalance, as KafkaJS's GROUP_JOIN carries it. */
-const joined = (partitions: number[]): ConsumerGroupJoinEvent['payload'] => ({
-  duration: 0,
-  groupId: 'group',
-  isLeader: true,
-  leaderId: 'member-1',
-  groupProtocol: 'RoundRobinAssigner',
-  memberId: 'member-1',
-  memberAssignment: { [TOPIC]: partitions },
-});
+const joined = (partitions: number[]): ConsumerGroupJoinEvent['payload'] => joinedAs('member-1', partitions);
 
 /**
  * One fetched batch holding messages with these keys, at offsets `from`, `from + 1`, ... (a key of null
@@ -143,23 +125,8 @@ function fetchedPartition(keys: string[], perFetch: number) {
 /** A key-ordered consumption of a member assigned partition 0; `fetched` hands it a batch of `partition`. */
 function consumption(settle: KeyOrderedOptions['settle'], extra: Partial<KeyOrderedOptions> = {}) {
   const commits: string[] = [];
-  const keyed = createKeyOrderedConsumption({
-    consumer: fakeConsumer,
-    topics: [TOPIC],
-    settle,
-    log: silentLogger,
-    retry: retryPolicy({ maxAttempts: 3, initialDelayMs: 1, maxDelayMs: 2 }),
-    maxBufferedPerPartition: 100,
-    maxDeferredPerPartition: 1_000,
-    // A full partition of these tests is read past only when a test says so.
-    readPastAfterMs: 60_000,
-    commitIntervalMs: 60_000,
-    drainTimeoutMs: 1_000,
-    buffered: new Registry({ processMetrics: false }).gauge('buffered', 'test'),
-    deferred: new Registry({ processMetrics: false }).gauge('deferred', 'test'),
-    labels: {},
-    ...extra,
-  });
+  // A full partition of these tests is read past only when a test says so.
+  const keyed = createKeyOrderedConsumption(keyOrderedOptions(settle, extra));
   keyed.onGroupJoin(joined([0]));
   const resolved: string[] = [];
   return {
