@@ -1,11 +1,11 @@
 import { randomUUID } from 'node:crypto';
-import type { DeviceBatch } from '@urs/contracts';
+import type { DeviceBatch, EnrichedDevice } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorMessage, keepRenewing } from '@urs/resilience';
 import type { CycleStore, LatestExport } from '@urs/store';
 import { createExportReader, readsExportLast, type ExportReaderDeps } from './bulk-export';
 import { storedCorrections } from './corrections';
-import { missing, type TenantEnrichment } from './enrichment';
+import { notHeld, type FetchError, type TenantEnrichment } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
 import { isTenantWideCode, type VulnerabilitySource } from './sources';
 
@@ -92,6 +92,22 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
    */
   const bulkCycles = new Map<string, BulkCycle>();
 
+  /**
+   * The batch's devices gone on without the export, which failed or never came (`error`), counted: a device
+   * whose vulnerabilities Microsoft does not hold keeps that reason (`not-held`), as in per-device mode.
+   */
+  function withoutExport(batch: DeviceBatch, error: FetchError): EnrichedDevice[] {
+    const devices = batch.devices.map((machine) => ({
+      machine,
+      vulnerabilities: null,
+      fetchError: notHeld(machine) ?? error,
+    }));
+    const unheld = devices.filter((device) => device.fetchError !== error).length;
+    if (unheld > 0) fetches.inc({ mode: 'bulk', outcome: 'not-held' }, unheld);
+    if (devices.length > unheld) fetches.inc({ mode: 'bulk', outcome: 'failed' }, devices.length - unheld);
+    return devices;
+  }
+
   const renewEveryMs = Math.max(10, Math.floor(deps.bulkClaimMs / 3));
   const cycleCapOf = (batch: DeviceBatch): number =>
     Date.parse(batch.cycleStartedAt) + (deps.bulkCycleMaxMs ?? BULK_CYCLE_MAX_MS);
@@ -144,9 +160,8 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
       }
       if (state.state === 'failed') {
         const fetchError = { code: state.code, message: state.message };
-        fetches.inc({ mode: 'bulk', outcome: 'failed' }, batch.devices.length);
         return {
-          devices: missing(batch.devices, fetchError),
+          devices: withoutExport(batch, fetchError),
           collectedAt: now(),
           ...(isTenantWideCode(state.code) ? { tenantFailure: fetchError } : {}),
         };
@@ -203,8 +218,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
           code: 'BULK_EXPORT_TIMEOUT',
           message: `the cycle's bulk export was not ready within ${deps.bulkWaitMs} ms`,
         };
-        fetches.inc({ mode: 'bulk', outcome: 'failed' }, batch.devices.length);
-        return { devices: missing(batch.devices, fetchError), collectedAt: now() };
+        return { devices: withoutExport(batch, fetchError), collectedAt: now() };
       }
       await heartbeat();
       await sleepUntil(deps.bulkPollMs ?? 200, signal, runningExports.get(cycleKey)?.signal);

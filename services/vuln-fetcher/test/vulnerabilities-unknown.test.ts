@@ -1,4 +1,5 @@
 import type { DeviceBatch, EnrichedBatch } from '@urs/contracts';
+import { DefenderError, DefenderErrorCode } from '@urs/defender';
 import { Registry } from '@urs/telemetry';
 import { batch, cve, message, setup } from './handler-support';
 
@@ -81,6 +82,25 @@ describe('createEnrichHandler: vulnerabilities not held', () => {
     });
     // Counted as in per-device mode: the excluded device's vulnerabilities were not held, not fetched.
     expect(bulkFetches(metrics)).toEqual({ ok: 7, 'not-held': 1 });
+  });
+
+  it("should keep an excluded device not held when the bulk export fails, not give it the export's failure", async () => {
+    const metrics = new Registry({ processMetrics: false });
+    const { handler, sent } = setup(
+      {
+        bulkVulnerabilities: async () => {
+          throw new DefenderError(DefenderErrorCode.MALFORMED_RESPONSE, 'the export answered garbage');
+        },
+      },
+      { metrics },
+    );
+    await handler(message(bulkBatch(fleet)));
+    const codes = outcome(sent[0]);
+    expect(codes['d5']).toBe('EXCLUDED');
+    expect(Object.entries(codes).filter(([id]) => id !== 'd5').map(([, code]) => code)).toEqual(
+      Array(7).fill(DefenderErrorCode.MALFORMED_RESPONSE),
+    );
+    expect(bulkFetches(metrics)).toEqual({ failed: 7, 'not-held': 1 });
   });
 });
 
