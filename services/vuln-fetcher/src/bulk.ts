@@ -5,7 +5,7 @@ import { errorMessage, keepRenewing } from '@urs/resilience';
 import type { CycleStore, LatestExport } from '@urs/store';
 import { createExportReader, readsExportLast, type ExportReaderDeps } from './bulk-export';
 import { storedCorrections } from './corrections';
-import { notHeld, type FetchError, type TenantEnrichment } from './enrichment';
+import { missing, type FetchError, type TenantEnrichment } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
 import { isTenantWideCode, type VulnerabilitySource } from './sources';
 
@@ -97,11 +97,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
    * whose vulnerabilities Microsoft does not hold keeps that reason (`not-held`), as in per-device mode.
    */
   function withoutExport(batch: DeviceBatch, error: FetchError): EnrichedDevice[] {
-    const devices = batch.devices.map((machine) => ({
-      machine,
-      vulnerabilities: null,
-      fetchError: notHeld(machine) ?? error,
-    }));
+    const devices = missing(batch.devices, error);
     const unheld = devices.filter((device) => device.fetchError !== error).length;
     if (unheld > 0) fetches.inc({ mode: 'bulk', outcome: 'not-held' }, unheld);
     if (devices.length > unheld) fetches.inc({ mode: 'bulk', outcome: 'failed' }, devices.length - unheld);

@@ -37,9 +37,12 @@ export interface Enrichment {
 /** An enrichment that may have met a failure of the tenant as a whole (credentials, consent, an outage). */
 export type TenantEnrichment = Enrichment & { tenantFailure?: FetchError };
 
-/** The devices gone on without vulnerabilities, with the reason. */
+/**
+ * The devices gone on without vulnerabilities, with the reason: `error`, but for a device whose
+ * vulnerabilities Microsoft does not hold (`notHeld`), which keeps that reason whatever failed.
+ */
 export const missing = (machines: DeviceRecord[], error: FetchError): EnrichedDevice[] =>
-  machines.map((machine) => ({ machine, vulnerabilities: null, fetchError: error }));
+  machines.map((machine) => ({ machine, vulnerabilities: null, fetchError: notHeld(machine) ?? error }));
 
 /**
  * Why a device's vulnerabilities are not asked for, in either mode: Microsoft holds none of them
