@@ -33,6 +33,13 @@ export interface Publisher {
 
 export class BusError extends UrsError {}
 
+/** A message as it is produced: its value serialised (or null, a tombstone). */
+interface OutboundRecord {
+  key: string | null;
+  value: string | Buffer | null;
+  headers?: IHeaders;
+}
+
 /** Validates a value against its contract and answers its JSON (the given text when there is one). */
 function encode(contract: ContractId, value: unknown, json: string | Buffer | undefined): string | Buffer {
   const valid = validateMessage(contract, value);
@@ -74,12 +81,46 @@ export function sizedGroups<M extends { key: string | null; value: string | Buff
   return groups;
 }
 
+/** Causes followed at most this deep looking for the broker's answer: KafkaJS wraps it once or twice. */
+const MAX_CAUSE_DEPTH = 5;
+
+/** Whether the broker answered UNKNOWN_TOPIC_OR_PARTITION, as `error` or as one of its causes. */
+function isUnknownTopic(error: unknown, depth = 0): boolean {
+  if (typeof error !== 'object' || error === null || depth > MAX_CAUSE_DEPTH) return false;
+  const e = error as { type?: unknown; cause?: unknown };
+  return e.type === 'UNKNOWN_TOPIC_OR_PARTITION' || isUnknownTopic(e.cause, depth + 1);
+}
+
+/**
+ * What a produce failed with, in terms an operator can act on. Topics are created only at the start
+ * (bootstrapTopics), so a topic deleted since is not made again, and every send to it fails until it is:
+ * the error names the topic and what to do. It stays retryable and an infrastructure fault (its cause, the
+ * broker's answer, is one): a consumer holds its message, and its warning that messages are held (at most one
+ * a minute, not one per retry) carries this code and message. Anything else is passed on as it is.
+ */
+function produceFailure(topic: string, error: unknown): unknown {
+  if (!isUnknownTopic(error)) return error;
+  return new BusError(
+    'TOPIC_MISSING',
+    `topic ${topic} does not exist on the broker: recreate it, or restart the service (topics are created at start)`,
+    { canRetry: true, infrastructure: true, cause: error, details: { topic } },
+  );
+}
+
 export async function createPublisher(kafka: Kafka): Promise<Publisher> {
   const producer: Producer = kafka.producer({
     createPartitioner: JavaCompatiblePartitioner,
     allowAutoTopicCreation: false,
   });
   await producer.connect();
+  /** Produces `messages` in requests of at most MAX_SEND_BYTES, in order, acknowledged by all in-sync replicas. */
+  async function produce(topic: string, messages: OutboundRecord[]): Promise<void> {
+    try {
+      for (const group of sizedGroups(messages)) await producer.send({ topic, acks: -1, messages: group });
+    } catch (error) {
+      throw produceFailure(topic, error);
+    }
+  }
   let closing: Promise<void> | undefined;
   return {
     async send(topic, contract, messages) {
@@ -90,11 +131,11 @@ export async function createPublisher(kafka: Kafka): Promise<Publisher> {
         value: message.value === null ? null : encode(contract, message.value, message.json),
         ...(message.headers ? { headers: message.headers } : {}),
       }));
-      for (const group of sizedGroups(encoded)) await producer.send({ topic, acks: -1, messages: group });
+      await produce(topic, encoded);
     },
     async sendRaw(topic, messages) {
       if (messages.length === 0) return;
-      for (const group of sizedGroups(messages)) await producer.send({ topic, acks: -1, messages: group });
+      await produce(topic, messages);
     },
     close() {
       closing ??= producer.disconnect();

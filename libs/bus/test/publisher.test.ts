@@ -1,6 +1,10 @@
 import type { Kafka } from 'kafkajs';
 import { createPublisher, sizedGroups } from '@urs/bus';
 import type { VmsRiskSummary } from '@urs/contracts';
+import { canRetry, isInfrastructureFault } from '@urs/resilience';
+import { Registry } from '@urs/telemetry';
+import { capturingLogger, type LogLine } from '@urs/testkit';
+import { createHeldMessages } from '../src/held';
 
 /** Enough of KafkaJS for a publisher: records what would be produced. */
 function recordingKafka() {
@@ -13,6 +17,35 @@ function recordingKafka() {
     }),
   } as unknown as Kafka;
   return { kafka, produced };
+}
+
+/**
+ * What KafkaJS 2.2.4 rejects a send with once its retries are spent on a topic the broker does not have
+ * (deleted after the start): the broker's UNKNOWN_TOPIC_OR_PARTITION as the cause of the retries exceeded.
+ */
+function unknownTopicRejection(): Error {
+  const refused = Object.assign(new Error('This server does not host this topic-partition'), {
+    name: 'KafkaJSProtocolError',
+    type: 'UNKNOWN_TOPIC_OR_PARTITION',
+    retriable: true,
+  });
+  return Object.assign(new Error(refused.message), {
+    name: 'KafkaJSNumberOfRetriesExceeded',
+    retriable: false,
+    retryCount: 4,
+    cause: refused,
+  });
+}
+
+/** A KafkaJS whose producer rejects every send with `rejection`. */
+function refusingKafka(rejection: Error): Kafka {
+  return {
+    producer: () => ({
+      connect: async () => undefined,
+      disconnect: async () => undefined,
+      send: async () => Promise.reject(rejection),
+    }),
+  } as unknown as Kafka;
 }
 
 const summary = (): VmsRiskSummary => ({
@@ -69,6 +102,63 @@ describe('createPublisher', () => {
       ['k6', 'k7', 'k8'],
       ['k9'],
     ]);
+  });
+});
+
+describe('createPublisher with a topic missing', () => {
+  it('should reject a send to a topic the broker does not have with TOPIC_MISSING naming it, held rather than dead-lettered', async () => {
+    const publisher = await createPublisher(refusingKafka(unknownTopicRejection()));
+    const failure = await publisher
+      .send('urs.scores', 'urs/vms-risk-summary', [{ key: 'a', value: summary() }])
+      .then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+    expect(failure).toMatchObject({
+      code: 'TOPIC_MISSING',
+      message: expect.stringMatching(/urs\.scores.*recreate.*restart/),
+      details: { topic: 'urs.scores' },
+    });
+    // A REST write answers 503 for it, and a consumer holds its message until the topic is back.
+    expect(canRetry(failure)).toBe(true);
+    expect(isInfrastructureFault(failure)).toBe(true);
+  });
+
+  it('should name the missing topic in the warning that messages are held', async () => {
+    const publisher = await createPublisher(refusingKafka(unknownTopicRejection()));
+    const failure = await publisher.sendRaw('urs.dlq', [{ key: 'a', value: '{}' }]).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    const lines: LogLine[] = [];
+    const held = createHeldMessages({
+      log: capturingLogger(lines),
+      gauge: new Registry({ processMetrics: false }).gauge('urs_consumer_held_messages', 'held'),
+      labels: { group: 'g' },
+      notReadyAfterMs: 30_000,
+      logIntervalMs: 60_000,
+    });
+    const hold = held.hold(failure, { offset: '1' });
+    hold.failedAgain(failure, { offset: '1' });
+    hold.release();
+    const warnings = lines.filter((line) => line.level === 'warn');
+    expect(warnings).toEqual([
+      expect.objectContaining({
+        code: 'TOPIC_MISSING',
+        reason: expect.stringMatching(/urs\.dlq.*recreate.*restart/),
+      }),
+    ]);
+  });
+
+  it('should pass any other failure on as KafkaJS gave it', async () => {
+    const refused = Object.assign(new Error('Connection error'), {
+      name: 'KafkaJSConnectionError',
+      retriable: true,
+    });
+    const publisher = await createPublisher(refusingKafka(refused));
+    await expect(
+      publisher.send('urs.scores', 'urs/vms-risk-summary', [{ key: 'a', value: summary() }]),
+    ).rejects.toBe(refused);
   });
 });
 
