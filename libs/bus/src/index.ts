@@ -1,4 +1,4 @@
-export { createKafka, type CreateKafkaOptions } from './kafka';
+export { createKafka, PUBLISHER_RETRIES, type CreateKafkaOptions } from './kafka';
 export { topicSpecs, bootstrapTopics } from './topics';
 export type { TopicSpec, BootstrapOptions } from './topics';
 export {

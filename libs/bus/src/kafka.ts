@@ -38,3 +38,15 @@ export function createKafka(config: KafkaConfig, logger: Logger, options: Create
 }
 
 const DEFAULT_RETRIES = 16;
+
+/**
+ * The retries of the publisher's own client (`createKafka(config, logger, { retries: PUBLISHER_RETRIES })`):
+ * a send fails after ~5 s of KafkaJS's backoff (0.3 + 0.6 + 1.2 + 2.4 s), ~10 s at most when a reconnect's
+ * retries follow a request's, instead of ~64 s. Whoever sends retries on their own for as long as the fault
+ * lasts (the consumer runner holds its message, a REST client is answered 503 and retries), and must know of
+ * the fault soon: the runner's held-message gauge, warning and /readyz, and an answer within a proxy's timeout.
+ * The producer's own `retry` option would not do: a reconnect and a metadata refresh under a send are the
+ * client's, retried with the client's retries. Measured with a broker stopped: a send failed after 5.0 s with
+ * this client, and after 110 s with `producer({ retry: { retries: 4 } })` of the 16-retry one.
+ */
+export const PUBLISHER_RETRIES = 4;
