@@ -123,6 +123,11 @@ describe('registrar: Kafka away at start', () => {
     expect(await health(metricsPort, '/readyz/api')).toEqual({ status: 200, body: { status: 'ready' } });
     const whileAway = await api(rest, TOKEN, 'GET', '/v1/tenants/away-1/defender');
     expect([whileAway.status, whileAway.body.tenantId]).toEqual([200, 'away-1']);
+    // A write needs Kafka: its produce gives up after the publisher's few retries and the write is answered
+    // 503 UNAVAILABLE (to retry), nothing stored, instead of hanging a minute past a proxy's timeout.
+    const writeAway = await api(rest, TOKEN, 'PUT', '/v1/tenants/away-2/defender', registration());
+    expect(writeAway).toMatchObject({ status: 503, body: { error: { code: 'UNAVAILABLE' } } });
+    expect((await api(rest, TOKEN, 'GET', '/v1/tenants/away-2/defender')).status).toBe(404);
     await broker.start();
 
     expect(registrar.lines.join('\n')).not.toContain(secret.clientSecret);
