@@ -41,12 +41,15 @@ const DEFAULT_RETRIES = 16;
 
 /**
  * The retries of the publisher's own client (`createKafka(config, logger, { retries: PUBLISHER_RETRIES })`):
- * a send fails after ~5 s of KafkaJS's backoff (0.3 + 0.6 + 1.2 + 2.4 s), ~10 s at most when a reconnect's
- * retries follow a request's, instead of ~64 s. Whoever sends retries on their own for as long as the fault
- * lasts (the consumer runner holds its message, a REST client is answered 503 and retries), and must know of
- * the fault soon: the runner's held-message gauge, warning and /readyz, and an answer within a proxy's timeout.
- * The producer's own `retry` option would not do: a reconnect and a metadata refresh under a send are the
- * client's, retried with the client's retries. Measured with a broker stopped: a send failed after 5.0 s with
- * this client, and after 110 s with `producer({ retry: { retries: 4 } })` of the 16-retry one.
+ * a send fails after ~14 s of KafkaJS's backoff (0.3 + 0.6 + 1.2 + 2.4 + 4.8 + 5 s), ~25 s at most when a
+ * reconnect's retries follow a request's, instead of ~64 s. Whoever sends retries on their own for as long as
+ * the fault lasts (the consumer runner holds its message, the poller tries its cycle again, a REST client is
+ * answered 503 and retries), and must know of the fault soon: the runner's held-message gauge, warning and
+ * /readyz, and a REST answer within a proxy's usual 60 s. Six, not fewer: a partition's leader moving after a
+ * broker died (KRaft fences a broker after its 9 s session) is ridden through, not a poller's cycle abandoned
+ * for it. The producer's own `retry` option would not do: a reconnect and a metadata refresh under a send are
+ * the client's, retried with the client's retries (measured with a broker stopped: 4 retries failed a send
+ * after 5.0 s with a client of its own, after 110 s as `producer({ retry: { retries: 4 } })` of the 16-retry
+ * client).
  */
-export const PUBLISHER_RETRIES = 4;
+export const PUBLISHER_RETRIES = 6;

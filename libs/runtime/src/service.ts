@@ -195,7 +195,7 @@ export async function startWith<S>(
   // Waiting for Kafka, each try connects once: retryThroughOutage retries, and gives up on a stop, while a
   // KafkaJS connect's own retries (about a minute of them) cannot be stopped and would outlive the close.
   const kafkaOnce = createKafka(config.kafka, logger, { retries: 0 });
-  // The publisher's client gives a send up after a few retries (~5 to 10 s, PUBLISHER_RETRIES), not the ~64 s
+  // The publisher's client gives a send up after a few retries (~14 to 25 s, PUBLISHER_RETRIES), not the ~64 s
   // of the one above: its callers retry on their own, and must see the fault soon (held messages, /readyz, a
   // REST write's 503 within a proxy's timeout).
   const publisherKafka = createKafka(config.kafka, logger, { retries: PUBLISHER_RETRIES });
