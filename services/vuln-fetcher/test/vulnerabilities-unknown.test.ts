@@ -97,9 +97,11 @@ describe('createEnrichHandler: vulnerabilities not held', () => {
     await handler(message(bulkBatch(fleet)));
     const codes = outcome(sent[0]);
     expect(codes['d5']).toBe('EXCLUDED');
-    expect(Object.entries(codes).filter(([id]) => id !== 'd5').map(([, code]) => code)).toEqual(
-      Array(7).fill(DefenderErrorCode.MALFORMED_RESPONSE),
-    );
+    expect(
+      Object.entries(codes)
+        .filter(([id]) => id !== 'd5')
+        .map(([, code]) => code),
+    ).toEqual(Array(7).fill(DefenderErrorCode.MALFORMED_RESPONSE));
     expect(bulkFetches(metrics)).toEqual({ failed: 7, 'not-held': 1 });
   });
 });
