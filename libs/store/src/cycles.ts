@@ -109,6 +109,12 @@ export interface CycleStore {
     batchIndex: number,
     notInSnapshot?: [deviceId: string, firstSeen: string][],
   ): Promise<void>;
+  /**
+   * Whether the vuln-fetcher recorded this batch of the cycle as produced (`enriched`): a batch delivered
+   * again after that is not enriched again. False once the record expired (`retentionMs` after the cycle's
+   * last recorded batch).
+   */
+  wasEnriched(tenantId: string, cycleId: string, batchIndex: number): Promise<boolean>;
   /** The devices the cycle's enriched batches sent as not in their export's snapshot, with their `firstSeen`. */
   notInSnapshot(tenantId: string, cycleId: string): Promise<[deviceId: string, firstSeen: string][]>;
   /** How many distinct batches of the cycle the vuln-fetcher has produced. */
@@ -355,6 +361,9 @@ export function createCycleStore(
         step.hset(devices, ...notInSnapshot.flat()).pexpire(devices, retentionMs);
       }
       await step.exec();
+    },
+    async wasEnriched(tenantId, cycleId, batchIndex) {
+      return (await redis.sismember(enrichedKey(tenantId, cycleId), String(batchIndex))) === 1;
     },
     async notInSnapshot(tenantId, cycleId) {
       const devices = await redis.hgetall(notInSnapshotKey(tenantId, cycleId));

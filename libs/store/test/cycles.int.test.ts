@@ -58,6 +58,17 @@ describe('createCycleStore', () => {
     expect(await redis.client.pttl(`${redis.prefix}cycle-enriched:acme:c1`)).toBeGreaterThan(0);
   });
 
+  it('wasEnriched should answer true only for a batch recorded as enriched, of its own cycle', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    expect(await cycles.wasEnriched('acme', 'c1', 0)).toBe(false);
+    await cycles.enriched('acme', 'c1', 0);
+    await cycles.enriched('acme', 'c2', 1);
+    expect(await cycles.wasEnriched('acme', 'c1', 0)).toBe(true);
+    expect(await cycles.wasEnriched('acme', 'c1', 1)).toBe(false);
+    expect(await cycles.wasEnriched('acme', 'c2', 0)).toBe(false);
+    expect(await cycles.wasEnriched('other', 'c1', 0)).toBe(false);
+  });
+
   it('enriched should keep the devices each batch sent as not in its snapshot, with their firstSeen', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     expect(await cycles.notInSnapshot('acme', 'c1')).toEqual([]);
