@@ -39,9 +39,14 @@ export interface EnrichHandlerDeps {
   /**
    * Where a bulk cycle's correction batches are added to its total, and its enriched batches counted (the
    * corrections wait for the earlier batches) with the devices they sent as not in the export's snapshot
-   * (the cycle's own export may list them), and a bulk cycle held open while its export is read.
+   * (the cycle's own export may list them), and a bulk cycle held open while its export is read. Every
+   * batch, of either mode, is recorded as enriched once it is produced, and a batch found recorded
+   * (`wasEnriched`) is not enriched again.
    */
-  cycles: Pick<CycleStore, 'addCorrections' | 'enriched' | 'enrichedBatches' | 'notInSnapshot' | 'holdOpen'>;
+  cycles: Pick<
+    CycleStore,
+    'addCorrections' | 'enriched' | 'enrichedBatches' | 'wasEnriched' | 'notInSnapshot' | 'holdOpen'
+  >;
   /**
    * Bulk cycles read their export last: a batch is enriched at once from the tenant's latest export, and
    * the cycle's own export is read with its last batch, which is followed by correction batches for the
@@ -131,6 +136,10 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     'Device vulnerability lookups, by mode and outcome (ok, failed, skipped; not-held: a device excluded from vulnerability management, not asked for or not taken from the export; not-in-snapshot: a device first seen after the bulk export was generated).',
   );
   const batches = deps.metrics.counter('urs_enriched_batches_total', 'Device batches enriched, by mode.');
+  const redelivered = deps.metrics.counter(
+    'urs_enriched_batches_skipped_total',
+    'Device batches delivered again after their enriched batch was produced: not enriched again, by mode.',
+  );
   const tenant = createTenantState({
     tenants: deps.tenants,
     tenantWaitMs: deps.tenantWaitMs,
@@ -218,6 +227,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       batchIndex: batch.batchIndex,
     });
     const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
+    if (await producedBefore(batch, log)) return;
     let enrichment: Enrichment;
     const remembered = tenant.failureOf(cycleKey);
     const lookup = remembered ? null : await tenant.record(batch, cycleKey, log, signal);
@@ -319,13 +329,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       ),
     ];
     await deps.publisher.send(deps.topic, 'urs/enriched-batch', messages);
-    perDevice.sent(batch);
     await enrichment.afterSend?.();
-    if (readsLast(batch) && !batch.lastBatch) {
-      const unlisted = notInSnapshot(enrichment.devices);
-      await deps.cycles.enriched(batch.tenantId, batch.cycleId, batch.batchIndex, unlisted);
-    }
-    batches.inc({ mode: batch.vulnerabilityMode });
     if (readsLast(batch) && batch.lastBatch && record !== null) {
       const devices = parts.reduce((sum, part) => sum + part.length, 0);
       if (devices > 0) {
@@ -344,7 +348,32 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         record.defender.pollIntervalMinutes * 60_000,
       );
     }
+    // Recorded last, once everything the batch does is done: a crash or a fault before it leaves the batch to
+    // be handled again whole, never skipped with part of it undone. The devices sent as not in the latest
+    // export's snapshot go in the same write, for the cycle's corrections.
+    const unlisted = readsLast(batch) && !batch.lastBatch ? notInSnapshot(enrichment.devices) : [];
+    await deps.cycles.enriched(batch.tenantId, batch.cycleId, batch.batchIndex, unlisted);
+    // Only now its answered calls go: a fault recording it leaves them for its next try, which asks Defender
+    // for none of them again.
+    perDevice.sent(batch);
+    batches.inc({ mode: batch.vulnerabilityMode });
     const failed = enrichment.devices.filter((device) => device.vulnerabilities === null).length;
     log.info('batch enriched', { devices: enrichment.devices.length, failed, mode: batch.vulnerabilityMode });
+  }
+
+  /**
+   * Whether the batch's enriched batch was produced already (a vuln-fetcher stopped between producing it and
+   * committing its offset, a rebalance, a group that forgot its member): then it is not enriched again, which
+   * would spend the tenant's Defender quota (50 calls a minute, 1,500 an hour) on up to 500 devices and send
+   * the scorer a duplicate. A Redis fault asking fails the batch, and the bus holds it: never dropped.
+   */
+  async function producedBefore(batch: DeviceBatch, log: Logger): Promise<boolean> {
+    if (!(await deps.cycles.wasEnriched(batch.tenantId, batch.cycleId, batch.batchIndex))) return false;
+    redelivered.inc({ mode: batch.vulnerabilityMode });
+    log.info('batch delivered again after it was enriched and sent: not enriched again', {
+      devices: batch.devices.length,
+      mode: batch.vulnerabilityMode,
+    });
+    return true;
   }
 }

@@ -118,6 +118,7 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
       addCorrections: async () => undefined,
       enriched: async () => undefined,
       enrichedBatches: async () => 0,
+      wasEnriched: async () => false,
       notInSnapshot: async () => [],
       holdOpen: async () => false,
     },
