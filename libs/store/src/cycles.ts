@@ -65,6 +65,8 @@ export interface CycleStore {
    * as abandoned meanwhile (its poller's renewals failed and another took the tenant over, `POLLER_GONE`) is
    * not abandoned after all: its abandonment is dropped and its close goes back to what it was, so that the
    * publisher completes it as its batches are scored instead of closing it partial while they still come.
+   * A cycle whose batches were all recorded before it was listed is given its close at `listedAt`: the
+   * publisher's sweep completes it then (the batches, without the totals, could not).
    */
   listed(
     tenantId: string,
@@ -212,19 +214,24 @@ if closeAt < tonumber(deadline) then
 end
 return 1`;
 
-// KEYS[1] cycle hash, KEYS[2] open zset; ARGV: member, then the totals' field/value pairs. A cycle abandoned
-// and not yet published gets the close its abandonment brought forward back (ZADD XX: only while still open).
+// KEYS[1] cycle hash, KEYS[2] batches hash, KEYS[3] open zset; ARGV: member, now ms, then the totals'
+// field/value pairs. A cycle abandoned and not yet published gets the close its abandonment brought forward
+// back (ZADD XX: only while still open). A cycle whose batches are all recorded already (they were scored
+// before the listing was recorded: the publisher, told of no total by them, completed nothing) closes now.
 const LISTED = `
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-if redis.call('HEXISTS', KEYS[1], 'abandonedCode') == 0 or redis.call('HEXISTS', KEYS[1], 'published') == 1 then
-  return 0
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if redis.call('HEXISTS', KEYS[1], 'published') == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'abandonedCode') == 1 then
+  redis.call('HDEL', KEYS[1], 'abandonedCode', 'abandonedAt', 'abandonedBatches', 'abandonedDevices')
+  local before = redis.call('HGET', KEYS[1], 'closeBefore')
+  if before then
+    redis.call('HDEL', KEYS[1], 'closeBefore')
+    redis.call('ZADD', KEYS[3], 'XX', before, ARGV[1])
+  end
 end
-redis.call('HDEL', KEYS[1], 'abandonedCode', 'abandonedAt', 'abandonedBatches', 'abandonedDevices')
-local before = redis.call('HGET', KEYS[1], 'closeBefore')
-if before then
-  redis.call('HDEL', KEYS[1], 'closeBefore')
-  redis.call('ZADD', KEYS[2], 'XX', before, ARGV[1])
-end
+local total = tonumber(redis.call('HGET', KEYS[1], 'totalBatches')) +
+  tonumber(redis.call('HGET', KEYS[1], 'correctionBatches') or '0')
+if redis.call('HLEN', KEYS[2]) >= total then redis.call('ZADD', KEYS[3], 'XX', 'LT', ARGV[2], ARGV[1]) end
 return 1`;
 
 // KEYS[1] cycle hash, KEYS[2] open zset; ARGV: member, close-at ms, retention ms. The cycle's hash outlives
@@ -331,7 +338,16 @@ export function createCycleStore(
       ];
       if (totals.vulnerabilityMode !== undefined) fields.push('vulnerabilityMode', totals.vulnerabilityMode);
       if (totals.note !== undefined && totals.note !== null) fields.push('note', totals.note);
-      await redis.eval(LISTED, 2, cycleKey(tenantId, cycleId), openKey, `${tenantId}/${cycleId}`, ...fields);
+      await redis.eval(
+        LISTED,
+        3,
+        cycleKey(tenantId, cycleId),
+        batchesKey(tenantId, cycleId),
+        openKey,
+        `${tenantId}/${cycleId}`,
+        String(Date.parse(totals.listedAt)),
+        ...fields,
+      );
     },
     async addCorrections(tenantId, cycleId, batches) {
       await redis.eval(ADD_CORRECTIONS, 1, cycleKey(tenantId, cycleId), String(batches));

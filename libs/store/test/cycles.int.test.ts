@@ -248,6 +248,32 @@ describe('createCycleStore', () => {
     expect(await cycles.overdue(new Date(deadlineMs + 5 * 60_000))).toHaveLength(2);
   });
 
+  it('listed should close at once a cycle whose batches were all recorded before it, abandoned meanwhile or not', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const gone = { code: 'POLLER_GONE', at: new Date(startedMs + 60_000).toISOString() };
+    const takeoverClose = startedMs + 120_000;
+    const listedAt = new Date(startedMs + 90_000);
+    const totals = { totalBatches: 3, totalDevices: 6, listedAt: listedAt.toISOString() };
+    for (const cycleId of ['c1', 'c2']) {
+      await cycles.begin({ ...begin, cycleId });
+      // c1 taken over from a poller alive after all; c2 in the usual course.
+      if (cycleId === 'c1') await cycles.abandon('acme', cycleId, gone, takeoverClose);
+      // The last batch (its totals in its header) overtook batch 1, so no batch found the cycle whole.
+      for (const batchIndex of [0, 2, 1]) await cycles.recordBatch('acme', cycleId, batchIndex, {});
+      await cycles.listed('acme', cycleId, totals);
+    }
+    // Only the sweep can close them: due at the listing, not at the deadline after the next cycle's summary.
+    expect(await cycles.overdue(listedAt)).toEqual([
+      { tenantId: 'acme', cycleId: 'c1' },
+      { tenantId: 'acme', cycleId: 'c2' },
+    ]);
+    // One still missing a batch keeps its deadline.
+    await cycles.begin({ ...begin, cycleId: 'c3' });
+    await cycles.recordBatch('acme', 'c3', 0, {});
+    await cycles.listed('acme', 'c3', totals);
+    expect(await cycles.overdue(listedAt)).toHaveLength(2);
+  });
+
   it('abandon should leave a listed, a published or a never begun cycle as it is', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     const abandonment = { batches: 1, devices: 1, code: 'CYCLE_ABORTED', at: begin.startedAt };
