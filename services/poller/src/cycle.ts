@@ -66,10 +66,11 @@ export class CycleAbortedError extends UrsError {
 /**
  * How long after a cycle's listing stopped its batches already emitted may take to be scored before the
  * publisher closes it as partial, ms. The poller's next try comes no sooner than ~1.5 minutes after a failure
- * (`transientRetryAt`), or a lease's length after a lost lease, and then lists the whole tenant again: the
- * abandoned cycle's summary goes out first. The publisher closes it sooner when its last emitted batch is in.
- * A cycle whose poller died gets as long from the takeover (`abandonTakenOver`): its batches went out before
- * its lease ended (`CycleInput.leaseHeld`), so before the takeover.
+ * (`transientRetryAt`), and after a lost or lapsed lease as soon as the lease can be taken again, and then
+ * lists the whole tenant again: the abandoned cycle's summary usually goes out first (VMS orders a tenant's
+ * summaries by `cycleStartedAt`). The publisher closes it sooner when its last emitted batch is in. A cycle
+ * whose poller died gets as long from the takeover (`abandonTakenOver`): its batches were let out before its
+ * lease ended (`CycleInput.leaseHeld`), a send under way then landing within the producer's retries.
  */
 export const ABANDONED_CYCLE_GRACE_MS = 60_000;
 
