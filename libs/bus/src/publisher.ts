@@ -102,7 +102,7 @@ function produceFailure(topic: string, error: unknown): unknown {
   if (!isUnknownTopic(error)) return error;
   return new BusError(
     'TOPIC_MISSING',
-    `topic ${topic} does not exist on the broker: recreate it, or restart the service (topics are created at start)`,
+    `topic ${topic} not found on the broker after the producer's retries: deleted (recreate it, or restart the service: topics are created at start), or the broker's metadata still lags after a restart`,
     { canRetry: true, infrastructure: true, cause: error, details: { topic } },
   );
 }

@@ -248,7 +248,10 @@ export async function startPipeline(group: ProcessGroup, options: PipelineOption
       const started = Date.now();
       for (;;) {
         const held = await Promise.all(
-          [...metricsPorts.values()].map((port) => getText(port, '/metrics').then(bufferedMessages)),
+          // A scrape that fails (a process too busy to answer in 2 s) counts as busy.
+          [...metricsPorts.values()].map((port) =>
+            getText(port, '/metrics').then(bufferedMessages, () => Number.POSITIVE_INFINITY),
+          ),
         );
         if (held.every((count) => count === 0)) return Date.now() - started;
         if (Date.now() - started > timeoutMs || crashed()) return undefined;
