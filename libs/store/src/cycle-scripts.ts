@@ -1,0 +1,85 @@
+// The cycle store's Lua scripts (see cycles.ts): each does its reads and writes of a cycle in one step.
+
+// KEYS[1] cycle hash, KEYS[2] open zset, KEYS[3] owed zset; ARGV: member, status, retention ms (for a
+// hash the claim creates), owed member, now ms.
+export const CLAIM = `
+if redis.call('HSETNX', KEYS[1], 'published', ARGV[2]) == 0 then return 0 end
+-- A cycle whose hash had expired (a very late batch, a sweep long after): the claim made a new one, which
+-- expires as the cycle's keys do, not never.
+if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+redis.call('ZREM', KEYS[2], ARGV[1])
+-- Out of the open cycles and into the owed summaries at once: nothing else would send it.
+redis.call('ZADD', KEYS[3], 'NX', ARGV[5], ARGV[4])
+return 1`;
+
+// KEYS[1] cycle hash, KEYS[2] open zset, KEYS[3] the tenant's status hash; ARGV: member, tenantId, cycleId,
+// startedAt, deadlineAt, deadline ms, expire-at ms. The status's deviceCount is a JSON number.
+export const BEGIN = `
+redis.call('HSET', KEYS[1], 'tenantId', ARGV[2], 'cycleId', ARGV[3], 'startedAt', ARGV[4], 'deadlineAt', ARGV[5])
+local known = redis.call('HGET', KEYS[3], 'deviceCount')
+if known and tonumber(known) then redis.call('HSET', KEYS[1], 'lastKnownDevices', known) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[7])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+return 1`;
+
+// KEYS[1] cycle hash, KEYS[2] batches hash, KEYS[3] open zset; ARGV: member, batches, devices (each '' when
+// not known), code, at, now ms, close-at ms. Never brings a close later than the deadline or the close an
+// earlier abandonment gave. The close it brings forward first is kept (`closeBefore`), for a late `listed`.
+export const ABANDON = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'totalBatches') == 1 or redis.call('HEXISTS', KEYS[1], 'published') == 1 then
+  return 0
+end
+local known = ARGV[2] ~= ''
+if redis.call('HEXISTS', KEYS[1], 'abandonedCode') == 1 and
+    (not known or redis.call('HEXISTS', KEYS[1], 'abandonedBatches') == 1) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'abandonedCode', ARGV[4], 'abandonedAt', ARGV[5])
+if known then redis.call('HSET', KEYS[1], 'abandonedBatches', ARGV[2]) end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'abandonedDevices', ARGV[3]) end
+local deadline = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if not deadline then return 1 end
+local closeAt = tonumber(ARGV[7])
+if known and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[2]) then closeAt = tonumber(ARGV[6]) end
+if closeAt < tonumber(deadline) then
+  redis.call('HSETNX', KEYS[1], 'closeBefore', deadline)
+  redis.call('ZADD', KEYS[3], 'XX', closeAt, ARGV[1])
+end
+return 1`;
+
+// KEYS[1] cycle hash, KEYS[2] batches hash, KEYS[3] open zset; ARGV: member, now ms, then the totals'
+// field/value pairs. A cycle abandoned and not yet published gets the close its abandonment brought forward
+// back (ZADD XX: only while still open). A cycle whose batches are all recorded already (they were scored
+// before the listing was recorded: the publisher, told of no total by them, completed nothing) closes now.
+export const LISTED = `
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if redis.call('HEXISTS', KEYS[1], 'published') == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'abandonedCode') == 1 then
+  redis.call('HDEL', KEYS[1], 'abandonedCode', 'abandonedAt', 'abandonedBatches', 'abandonedDevices')
+  local before = redis.call('HGET', KEYS[1], 'closeBefore')
+  if before then
+    redis.call('HDEL', KEYS[1], 'closeBefore')
+    redis.call('ZADD', KEYS[3], 'XX', before, ARGV[1])
+  end
+end
+local total = tonumber(redis.call('HGET', KEYS[1], 'totalBatches')) +
+  tonumber(redis.call('HGET', KEYS[1], 'correctionBatches') or '0')
+if redis.call('HLEN', KEYS[2]) >= total then redis.call('ZADD', KEYS[3], 'XX', 'LT', ARGV[2], ARGV[1]) end
+return 1`;
+
+// KEYS[1] cycle hash, KEYS[2] open zset; ARGV: member, close-at ms, retention ms. The cycle's hash outlives
+// the later close by the retention, as it outlived the deadline.
+export const HOLD_OPEN = `
+if redis.call('HEXISTS', KEYS[1], 'abandonedCode') == 1 then return 0 end
+local close = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local closeAt = tonumber(ARGV[2])
+if not close or tonumber(close) >= closeAt then return 0 end
+redis.call('ZADD', KEYS[2], 'XX', closeAt, ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], closeAt + tonumber(ARGV[3]))
+return 1`;
+
+// KEYS[1] cycle hash; ARGV batches. Only on a cycle the poller began: never a hash without its expiry.
+export const ADD_CORRECTIONS = `
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'correctionBatches', ARGV[1]) end
+return 0`;
