@@ -4,7 +4,15 @@ import { type LogLine, capturingLogger, waitFor } from '@urs/testkit';
 import { CycleAbortedError, type CycleInput, type CycleResult } from '../src/cycle';
 import { createScheduler } from '../src/scheduler';
 import { createTenantTable } from '../src/tenant-table';
-import { feed, memorySchedules, memoryStatus, record, sampleOf, sleep } from './support/scheduler';
+import {
+  feed,
+  memorySchedules,
+  memoryStatus,
+  record,
+  sampleOf,
+  sleep,
+  oneDeviceListed,
+} from './support/scheduler';
 
 // A cycle the lease ended (renewals failing until it may have lapsed, or the lease lost) on the only
 // replica: redone soon, not at the end of its interval.
@@ -33,14 +41,7 @@ function onlyReplica(renew: (held: () => Promise<boolean>) => Promise<boolean>, 
         while (input.leaseHeld() && !input.signal.aborted) await sleep(5);
         throw new CycleAbortedError();
       }
-      return {
-        totalDevices: 1,
-        totalBatches: 1,
-        merged: 0,
-        vulnerabilityMode: 'per-device',
-        note: null,
-        listedAt: input.startedAt,
-      };
+      return oneDeviceListed(input.startedAt);
     },
     holderId: 'only-replica',
     intervalUnitMs: UNIT_MS,

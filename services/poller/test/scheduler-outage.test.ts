@@ -6,7 +6,7 @@ import { type LogLine, capturingLogger, waitFor } from '@urs/testkit';
 import type { CycleResult } from '../src/cycle';
 import { type Scheduler, createScheduler } from '../src/scheduler';
 import { createTenantTable } from '../src/tenant-table';
-import { feed, memorySchedules, memoryStatus, record, sampleOf } from './support/scheduler';
+import { feed, memorySchedules, memoryStatus, record, sampleOf, oneDeviceListed } from './support/scheduler';
 
 // A Redis refusing writes (out of memory): every tenant's attempt fails alike, on every try.
 
@@ -54,14 +54,7 @@ function outageReplica(options: {
     cycles: { get: async () => null, abandon: async () => false },
     runCycle: async (input): Promise<CycleResult> => {
       await options.runCycle?.();
-      return {
-        totalDevices: 1,
-        totalBatches: 1,
-        merged: 0,
-        vulnerabilityMode: 'per-device',
-        note: null,
-        listedAt: input.startedAt,
-      };
+      return oneDeviceListed(input.startedAt);
     },
     holderId: 'outage',
     intervalUnitMs: UNIT_MS,

@@ -136,6 +136,16 @@ export async function feed(table: TenantTable, records: TenantRecord[], offset =
   }
 }
 
+/** What a cycle that listed one device, at `listedAt`, answers the scheduler. */
+export const oneDeviceListed = (listedAt: number): CycleResult => ({
+  totalDevices: 1,
+  totalBatches: 1,
+  merged: 0,
+  vulnerabilityMode: 'per-device',
+  note: null,
+  listedAt,
+});
+
 export function replica(
   index: number,
   schedules: PollScheduleStore,
@@ -159,14 +169,7 @@ export function replica(
       const start = input.startedAt;
       await behaviour(input);
       runs.push({ tenantId: input.record.tenantId, replica: index, start, end: Date.now() });
-      return {
-        totalDevices: 1,
-        totalBatches: 1,
-        merged: 0,
-        vulnerabilityMode: 'per-device',
-        note: null,
-        listedAt: Date.now(),
-      };
+      return oneDeviceListed(Date.now());
     },
     holderId: `replica-${index}`,
     intervalUnitMs: UNIT_MS,
