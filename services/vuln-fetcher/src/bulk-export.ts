@@ -89,14 +89,25 @@ function fromSnapshot(
 }
 
 /**
- * What a device enriched from an export is counted as in `urs_vulnerability_fetches_total`: `ok` with its
- * vulnerabilities; without them, why the export could not hold them, as the per-device side counts a device
- * it does not ask for (`not-held`: excluded from vulnerability management; `not-in-snapshot`: first seen
- * after the export's snapshot was generated).
+ * What a bulk device is counted as in `urs_vulnerability_fetches_total`: `ok` with its vulnerabilities;
+ * without them, why, as the per-device side counts a device it does not ask for (`not-held`: excluded from
+ * vulnerability management; `not-in-snapshot`: first seen after the export's snapshot was generated), or
+ * `failed` (the export failed, or never came).
  */
-function fetchOutcome(device: EnrichedDevice): 'ok' | 'not-held' | 'not-in-snapshot' {
+function fetchOutcome(device: EnrichedDevice): 'ok' | 'not-held' | 'not-in-snapshot' | 'failed' {
   if (device.vulnerabilities !== null) return 'ok';
-  return device.fetchError?.code === NOT_IN_EXPORT_SNAPSHOT ? 'not-in-snapshot' : 'not-held';
+  if (device.fetchError?.code === NOT_IN_EXPORT_SNAPSHOT) return 'not-in-snapshot';
+  return notHeld(device.machine) ? 'not-held' : 'failed';
+}
+
+/** Counts a bulk batch's devices in `fetches` (`urs_vulnerability_fetches_total`), by `fetchOutcome`. */
+export function countBulkFetches(fetches: Counter, devices: EnrichedDevice[]): void {
+  const counts = new Map<string, number>();
+  for (const device of devices) {
+    const outcome = fetchOutcome(device);
+    counts.set(outcome, (counts.get(outcome) ?? 0) + 1);
+  }
+  for (const [outcome, count] of counts) fetches.inc({ mode: 'bulk', outcome }, count);
 }
 
 /** A batch of a bulk cycle that reads its export last (the tenant's first such cycle reads it first). */
@@ -109,16 +120,6 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
     'urs_bulk_export_snapshots_total',
     "Bulk cycles that asked which export snapshot Microsoft serves before reading it, by outcome (unchanged: the latest export's, not read again; changed; unknown: no answer in time, read anyway).",
   );
-
-  /** Counts a batch's devices enriched from an export, by `fetchOutcome`. */
-  function countFetches(devices: EnrichedDevice[]): void {
-    const counts = new Map<string, number>();
-    for (const device of devices) {
-      const outcome = fetchOutcome(device);
-      counts.set(outcome, (counts.get(outcome) ?? 0) + 1);
-    }
-    for (const [outcome, count] of counts) fetches.inc({ mode: 'bulk', outcome }, count);
-  }
 
   /** The export folded row by row on this thread: only each device's CVEs and their best CVSS stay in memory. */
   async function foldHere(
@@ -302,7 +303,7 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
         threshold,
       ),
     );
-    countFetches(devices);
+    countBulkFetches(fetches, devices);
     const changed = deps.bulkCache.compare(
       batch.tenantId,
       latest.cycleId,
@@ -332,7 +333,7 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
     const devices = batch.devices.map((machine) =>
       fromSnapshot(machine, summaries.get(machine.id), snapshot, batch.cvssThreshold),
     );
-    countFetches(devices);
+    countBulkFetches(fetches, devices);
     return { devices, collectedAt: new Date(collectedAt) };
   }
 

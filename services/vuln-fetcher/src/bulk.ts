@@ -3,7 +3,7 @@ import type { DeviceBatch, EnrichedDevice } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorMessage, keepRenewing } from '@urs/resilience';
 import type { CycleStore, LatestExport } from '@urs/store';
-import { createExportReader, readsExportLast, type ExportReaderDeps } from './bulk-export';
+import { countBulkFetches, createExportReader, readsExportLast, type ExportReaderDeps } from './bulk-export';
 import { storedCorrections } from './corrections';
 import { missing, type FetchError, type TenantEnrichment } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
@@ -92,15 +92,10 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
    */
   const bulkCycles = new Map<string, BulkCycle>();
 
-  /**
-   * The batch's devices gone on without the export, which failed or never came (`error`), counted: a device
-   * whose vulnerabilities Microsoft does not hold keeps that reason (`not-held`), as in per-device mode.
-   */
+  /** The batch's devices gone on without the export, which failed or never came (`error`), counted. */
   function withoutExport(batch: DeviceBatch, error: FetchError): EnrichedDevice[] {
     const devices = missing(batch.devices, error);
-    const unheld = devices.filter((device) => device.fetchError !== error).length;
-    if (unheld > 0) fetches.inc({ mode: 'bulk', outcome: 'not-held' }, unheld);
-    if (devices.length > unheld) fetches.inc({ mode: 'bulk', outcome: 'failed' }, devices.length - unheld);
+    countBulkFetches(fetches, devices);
     return devices;
   }
 
