@@ -222,20 +222,6 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   }
 
   /**
-   * A cycle the lease ended is redone by whoever holds the lease next, this replica too, and soon: its due
-   * time stays the interval's end otherwise, and with one replica nobody would redo it before. A lease lost
-   * to another holder is looked at again after URS_POLL_RECHECK_MS (the holder's cycle runs meanwhile); one
-   * that lapsed while its renewals failed (Redis away or refusing) fails the attempt with the renewal's
-   * error, so it is tried again after the attempts' backoff, counted and warned of once per outage. A cycle
-   * aborted for a stop, or for its tenant disabled or deleted (its lease still held), is not redone here.
-   */
-  function redoAfterLeaseEnd(tenantId: string, end: { lost: true } | { error: unknown }): void {
-    if (stop.signal.aborted) return;
-    if ('lost' in end) localDue.set(tenantId, now() + deps.recheckMs);
-    else throw end.error;
-  }
-
-  /**
    * Runs the cycle while its lease is renewed. A renewal Redis answers false aborts the cycle (the lease was
    * lost); one that fails with an error is tried again at the next renewal, unless the lease may have lapsed
    * meanwhile (`LeaseClock`): then the cycle is aborted too, and it emits nothing more in any case.
@@ -308,8 +294,15 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         // Left marked running: the next holder redoes it (unless the tenant was disabled or deleted).
         cyclesTotal.inc({ outcome: 'aborted' });
         log.warn('cycle aborted', { tenantId, cycleId });
-        if (lost) redoAfterLeaseEnd(tenantId, { lost: true });
-        else if (!clock.held()) redoAfterLeaseEnd(tenantId, { error: renewalError ?? error });
+        // Ended by its lease: redone soon, by this replica too (its due time stays the interval's end
+        // otherwise, and with one replica nobody would redo it before). A lease lost to another holder is
+        // looked at again after URS_POLL_RECHECK_MS; one that lapsed while its renewals failed (Redis away or
+        // refusing) fails the attempt with the renewal's error: tried again after the attempts' backoff,
+        // counted, warned of once per outage. Aborted for a stop, or its tenant disabled or deleted (the lease
+        // still held), it is left as it is.
+        if (stop.signal.aborted) return;
+        if (lost) localDue.set(tenantId, now() + deps.recheckMs);
+        else if (!clock.held()) throw renewalError ?? error;
         return;
       }
       await ends.endFailed(
