@@ -1,11 +1,11 @@
-import type { Publisher } from '@urs/bus';
-import type { DeviceBatch, EnrichedBatch, TenantRecord } from '@urs/contracts';
+import type { DeviceBatch, TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createBulkVulnerabilityCache, createCycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { inboundMessage, testRedisPerTest } from '@urs/testkit';
 import { createEnrichHandler } from '../src/handler';
 import type { SourceProvider } from '../src/sources';
+import { capturingPublisher } from './handler-support';
 
 // A bulk cycle whose export read outlasts the cycle's deadline (Microsoft's 30 export calls a minute make a
 // large fleet's read longer than a 10-minute interval), against a real Redis: the cycle store is the one
@@ -27,14 +27,7 @@ describe('a bulk cycle whose export read outlasts its deadline', () => {
   const redis = testRedisPerTest();
 
   function setup(options: { bulkCycleMaxMs: number; exportLast?: boolean }) {
-    const sent: EnrichedBatch[] = [];
-    const publisher: Publisher = {
-      send: async (_topic, _contract, messages) => {
-        for (const m of messages) sent.push(m.value as EnrichedBatch);
-      },
-      sendRaw: async () => undefined,
-      close: async () => undefined,
-    };
+    const { sent, publisher } = capturingPublisher();
     const sources: SourceProvider = {
       forTenant: () => ({
         machineVulnerabilities: async () => [],

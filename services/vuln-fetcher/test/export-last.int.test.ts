@@ -1,4 +1,3 @@
-import type { Publisher } from '@urs/bus';
 import type { DeviceBatch, EnrichedBatch, TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createBulkVulnerabilityCache, createCycleStore } from '@urs/store';
@@ -7,6 +6,7 @@ import { inboundMessage, testRedisPerTest, waitFor } from '@urs/testkit';
 import { createEnrichHandler } from '../src/handler';
 import type { SourceProvider } from '../src/sources';
 import type { VulnerabilityLike } from '../src/summarise';
+import { capturingPublisher } from './handler-support';
 
 // A bulk cycle that reads its export last, against a real Redis: the cache of exports and the cycle store
 // are the ones the services share; Defender is a fake export of rows.
@@ -46,20 +46,14 @@ describe('a bulk cycle that reads its export last', () => {
   const redis = testRedisPerTest();
 
   function setup(options: { correctionWaitMs?: number; skipUnchanged?: boolean } = {}) {
-    const sent: EnrichedBatch[] = [];
     /** Sends that fail before they reach the topic, from the next one on. */
     const failing = { sends: 0 };
-    const publisher: Publisher = {
-      send: async (_topic, _contract, messages) => {
-        if (failing.sends > 0) {
-          failing.sends--;
-          throw new Error('the broker is unreachable');
-        }
-        for (const m of messages) sent.push(m.value as EnrichedBatch);
-      },
-      sendRaw: async () => undefined,
-      close: async () => undefined,
-    };
+    const { sent, publisher } = capturingPublisher(() => {
+      if (failing.sends > 0) {
+        failing.sends--;
+        throw new Error('the broker is unreachable');
+      }
+    });
     /** The rows the next export answers, by device. */
     const exported = {
       rows: new Map<string, VulnerabilityLike[]>(),

@@ -1,6 +1,5 @@
 import { randomBytes } from 'node:crypto';
 import type { Agent } from 'node:https';
-import type { Publisher } from '@urs/bus';
 import { toDeviceRecord, type DeviceBatch, type DeviceRecord, type EnrichedBatch } from '@urs/contracts';
 import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
@@ -11,6 +10,7 @@ import { Registry } from '@urs/telemetry';
 import { inboundMessage, tenantRecord, testRedisPerTest } from '@urs/testkit';
 import { createEnrichHandler } from '../src/handler';
 import { createDefenderSources, type SourceProvider } from '../src/sources';
+import { capturingPublisher } from './handler-support';
 
 // Bulk cycles against the simulator, whose export snapshot is kept for an hour as Microsoft keeps one for up to
 // six: a device onboarded since the snapshot was generated is not in it, and is not scored as clear of CVEs.
@@ -64,14 +64,7 @@ describe("bulk cycles and the export's snapshot", () => {
       metrics: new Registry({ processMetrics: false }),
       requestTimeoutMs: 5_000,
     });
-    const sent: EnrichedBatch[] = [];
-    const publisher: Publisher = {
-      send: async (_topic, _contract, messages) => {
-        for (const m of messages) sent.push(m.value as EnrichedBatch);
-      },
-      sendRaw: async () => undefined,
-      close: async () => undefined,
-    };
+    const { sent, publisher } = capturingPublisher();
     const cycles = createCycleStore(redis.client, redis.prefix);
     // As the vuln-fetcher runs by default: the export read last, an unchanged snapshot not read again.
     const handler = createEnrichHandler({

@@ -80,16 +80,26 @@ export function memoryBulkCache(renewals: string[] = []): BulkVulnerabilityCache
   };
 }
 
-export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHandlerDeps> = {}) {
+/** A publisher that keeps every enriched batch the handler sends, in `sent`; `beforeSend` may fail a send. */
+export function capturingPublisher(beforeSend: () => void = () => undefined): {
+  sent: EnrichedBatch[];
+  publisher: Publisher;
+} {
   const sent: EnrichedBatch[] = [];
-  const statuses: Partial<TenantStatus>[] = [];
   const publisher: Publisher = {
     send: async (_topic, _contract, messages) => {
+      beforeSend();
       for (const m of messages) sent.push(m.value as EnrichedBatch);
     },
     sendRaw: async () => undefined,
     close: async () => undefined,
   };
+  return { sent, publisher };
+}
+
+export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<EnrichHandlerDeps> = {}) {
+  const { sent, publisher } = capturingPublisher();
+  const statuses: Partial<TenantStatus>[] = [];
   /** The tenants whose client the handler let go of. */
   const forgotten: string[] = [];
   const sources: SourceProvider = {

@@ -2,8 +2,7 @@ import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import type { Agent } from 'node:https';
 import Redis from 'ioredis';
-import type { Publisher } from '@urs/bus';
-import type { DeviceBatch, EnrichedBatch } from '@urs/contracts';
+import type { DeviceBatch } from '@urs/contracts';
 import { type CallLimiter, createHttpsAgent, createRedisQuotaGate, createSharedLimiter } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
 import { isInfrastructureFault } from '@urs/resilience';
@@ -20,6 +19,7 @@ import { Registry } from '@urs/telemetry';
 import { freePort, inboundMessage, startRedis, stopRedis, tenantRecord } from '@urs/testkit';
 import { createEnrichHandler } from '../src/handler';
 import { createDefenderSources, type SourceProvider } from '../src/sources';
+import { capturingPublisher } from './handler-support';
 
 // The real shared call limiter (Bottleneck on ioredis) and quota gate on a Redis of the test's own, turned
 // out of memory (`maxmemory 1`, `noeviction`): the shared Redis's configuration is never changed.
@@ -81,14 +81,7 @@ describe('createEnrichHandler with its Redis out of memory', () => {
       metrics: new Registry({ processMetrics: false }),
       requestTimeoutMs: 5_000,
     });
-    const sent: EnrichedBatch[] = [];
-    const publisher: Publisher = {
-      send: async (_topic, _contract, messages) => {
-        for (const m of messages) sent.push(m.value as EnrichedBatch);
-      },
-      sendRaw: async () => undefined,
-      close: async () => undefined,
-    };
+    const { sent, publisher } = capturingPublisher();
     const handler = createEnrichHandler({
       tenants,
       sources,
