@@ -99,6 +99,21 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
       }
       let sentAt = 0;
       let slotEnded: AbortSignal | undefined;
+      /** Whether the tenant's health and the metrics were told how the call ended (once, see `ended`). */
+      let told = false;
+      const ended = (result: { response: T } | { error: unknown }): void => {
+        if (told) return;
+        told = true;
+        if ('response' in result) {
+          const { status } = result.response;
+          health.leave(answered(endpoint, status, sentAt), `answered ${status}`);
+          metrics?.called(endpoint, status, (performance.now() - sentAt) / 1000);
+          return;
+        }
+        const failure = failureOf(result.error, signal, slotEnded);
+        health.leave(failure !== undefined && failedSlowly(endpoint, sentAt) ? 'failed' : 'neither', failure);
+        metrics?.called(endpoint, 'error', (performance.now() - sentAt) / 1000);
+      };
       try {
         const response = await limiter.schedule(async (slotEnds) => {
           // Stopped while it waited: not sent (axios would still write a request whose signal already
@@ -110,20 +125,25 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
           claim.sent();
           metrics?.waited(endpoint, quotaSeconds, (sentAt - queued) / 1000);
           const request = requestSignal(signal, slotEnds);
-          return call(request.signal).finally(request.done);
+          // The tenant's health is told in the slot, before the slot serves its next call: told after, a
+          // round of calls failing together would each have sent the next queued call of the same tenant.
+          try {
+            const response = await call(request.signal);
+            ended({ response });
+            return response;
+          } catch (error) {
+            ended({ error });
+            throw error;
+          } finally {
+            request.done();
+          }
         });
         if (response === NOT_NOW) continue;
-        health.leave(answered(endpoint, response.status, sentAt), `answered ${response.status}`);
-        metrics?.called(endpoint, response.status, (performance.now() - sentAt) / 1000);
         return response;
       } catch (error) {
         if (sentAt > 0) {
-          const failure = failureOf(error, signal, slotEnded);
-          health.leave(
-            failure !== undefined && failedSlowly(endpoint, sentAt) ? 'failed' : 'neither',
-            failure,
-          );
-          metrics?.called(endpoint, 'error', (performance.now() - sentAt) / 1000);
+          // The limiter gave the slot up before the call ended (its job expired): the call stops now.
+          ended({ error });
         } else {
           if (CallHealth.isHeldBack(error)) metrics?.heldBack(endpoint);
           health.passTurn();

@@ -1,9 +1,11 @@
+import { AxiosError } from 'axios';
 import {
   CallHealth,
   type CallOutcome,
   createLocalLimiter,
   type DefenderEndpointClass,
   type QuotaClaim,
+  withSlotHandOff,
 } from '../src';
 import { createCallSlots } from '../src/call-slots';
 
@@ -67,5 +69,49 @@ describe('createCallSlots', () => {
     expect(await outcomeOf('bulk', 200, 120, { slowCallMs: 100 })).toBe('answered');
     expect(await outcomeOf('bulk', 503, 120, { slowCallMs: 100, requestTimeoutMs: 1_000 })).toBe('neither');
     expect(await outcomeOf('bulk', 503, 120, { slowCallMs: 100, requestTimeoutMs: 200 })).toBe('failed');
+  });
+
+  it('inSlot should tell the tenant’s health of a failed call before its slot serves the next call', async () => {
+    // 20 calls of one tenant over 10 handed-off slots; the first 10 time out together. Told of each failure
+    // only after the slot has sent the next call, the tenant's health would let all 20 go; told at once, it
+    // stops them once its calls are held back.
+    const health = new CallHealth('tenant-a', { holdBackAfter: 10 });
+    const limiter = withSlotHandOff(createLocalLimiter({ maxConcurrent: 10 }));
+    const slots = createCallSlots({
+      azureTenantId: 'tenant-a',
+      limiter,
+      health,
+      metrics: undefined,
+      requestTimeoutMs: 1_000,
+      slowCallMs: 10,
+    });
+    let timeOut: (error: Error) => void = () => undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      timeOut = reject;
+    });
+    timedOut.catch(() => undefined);
+    let sent = 0;
+    try {
+      const calls = Array.from({ length: 20 }, () =>
+        slots.inSlot('vulnerabilities', claim, 0, undefined, async () => {
+          sent++;
+          return timedOut;
+        }),
+      );
+      while (sent < 10) await new Promise((resolve) => setTimeout(resolve, 5));
+      // Every call in flight has held its slot past slowCallMs: each failure counts.
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      expect(sent).toBe(10);
+      timeOut(new AxiosError('timeout of 1000ms exceeded', 'ECONNABORTED'));
+      const results = await Promise.allSettled(calls);
+      expect(results.every((result) => result.status === 'rejected')).toBe(true);
+      expect(sent).toBe(10);
+      const heldBack = results.filter((result) =>
+        CallHealth.isHeldBack((result as PromiseRejectedResult).reason),
+      );
+      expect(heldBack).toHaveLength(10);
+    } finally {
+      await limiter.close();
+    }
   });
 });
