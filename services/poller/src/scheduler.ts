@@ -1,13 +1,14 @@
 import { settledWithin } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { errorMessage, keepRenewing, sleep } from '@urs/resilience';
+import { errorMessage, sleep } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
 import type { CycleStore, PollLease, PollSchedule, PollScheduleStore, TenantStore } from '@urs/store';
 import { createAttemptFailures } from './attempt-failures';
-import { CycleAbortedError, cycleIdOf, type CycleInput, type CycleResult } from './cycle';
+import { cycleIdOf, type CycleInput, type CycleResult } from './cycle';
 import { createCycleEnd } from './cycle-end';
-import { createLeaseClock, type LeaseClock } from './lease-clock';
+import { createLeaseClock } from './lease-clock';
+import { createRunUnderLease } from './run-under-lease';
 import { dueAt, withoutLocalBackoff } from './schedule';
 import type { TenantTable } from './tenant-table';
 
@@ -221,99 +222,21 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     return honoured;
   }
 
-  /**
-   * Runs the cycle while its lease is renewed. A renewal Redis answers false aborts the cycle (the lease was
-   * lost); one that fails with an error is tried again at the next renewal, unless the lease may have lapsed
-   * meanwhile (`LeaseClock`): then the cycle is aborted too, and it emits nothing more in any case.
-   */
-  async function runUnderLease(
-    record: TenantRecord,
-    { lease, clock }: { lease: PollLease; clock: LeaseClock },
-    cycleId: string,
-    startedAt: number,
-    intervalMs: number,
-    previousFailures: number,
-    abort: AbortController,
-  ): Promise<void> {
-    const tenantId = record.tenantId;
-    const nextPollAt = startedAt + intervalMs;
-    const renewEveryMs = Math.max(Math.floor(deps.leaseMs / 3), 10);
-    /** The lease was lost to another holder; the error of the renewals failing since the last one held. */
-    let lost = false;
-    let renewalError: unknown;
-    const renew = async (): Promise<boolean> => {
-      const sentAt = now();
-      const held = await deps.schedules.renew(lease, deps.leaseMs);
-      if (held) {
-        clock.confirmed(sentAt);
-        renewalError = undefined;
-      }
-      return held;
-    };
-    const stopRenewing = keepRenewing(renew, renewEveryMs, {
-      onLost: () => {
-        log.warn('lease lost: aborting the cycle', { tenantId, cycleId });
-        lost = true;
-        abort.abort();
-      },
-      onError: (error) => {
-        log.warn('lease renewal failed', { tenantId, cycleId, reason: errorMessage(error) });
-        renewalError = error;
-        if (clock.held()) return;
-        log.warn('lease not renewed before it may have lapsed: aborting the cycle', { tenantId, cycleId });
-        abort.abort();
-      },
-    });
-    try {
-      // In the try: a begun cycle whose start cannot be recorded fails like any other, and is counted.
-      await deps.tenants.updateStatus(tenantId, {
-        lastCycleId: cycleId,
-        lastCycleStartedAt: new Date(startedAt).toISOString(),
-        nextPollAt: new Date(nextPollAt).toISOString(),
-      });
-      const result = await deps.runCycle({
-        record,
-        cycleId,
-        startedAt,
-        intervalMs,
-        signal: abort.signal,
-        leaseHeld: clock.held,
-      });
-      stopRenewing();
-      await ends.endListed(lease, cycleId, {
-        lastCycleEndedAt: new Date(result.listedAt).toISOString(),
-        deviceCount: result.totalDevices,
-        vulnerabilityMode: result.vulnerabilityMode,
-        note: result.note,
-      });
-      cyclesTotal.inc({ outcome: 'listed' });
-      cycleSeconds.observe((now() - startedAt) / 1000);
-    } catch (error) {
-      stopRenewing();
-      if (error instanceof CycleAbortedError || abort.signal.aborted) {
-        // Left marked running: the next holder redoes it (unless the tenant was disabled or deleted).
-        cyclesTotal.inc({ outcome: 'aborted' });
-        log.warn('cycle aborted', { tenantId, cycleId });
-        // Ended by its lease: redone soon, by this replica too (its due time stays the interval's end
-        // otherwise, and with one replica nobody would redo it before). A lease lost to another holder is
-        // looked at again after URS_POLL_RECHECK_MS; one that lapsed while its renewals failed (Redis away or
-        // refusing) fails the attempt with the renewal's error: tried again after the attempts' backoff,
-        // counted, warned of once per outage. Aborted for a stop, or its tenant disabled or deleted (the lease
-        // still held), it is left as it is.
-        if (stop.signal.aborted) return;
-        if (lost) localDue.set(tenantId, now() + deps.recheckMs);
-        else if (!clock.held()) throw renewalError ?? error;
-        return;
-      }
-      await ends.endFailed(
-        { record, lease, cycleId, startedAt, intervalMs, previousFailures, error },
-        (next) => localDue.set(tenantId, next),
-      );
-    } finally {
-      stopRenewing();
-      await releaseQuietly(lease);
-    }
-  }
+  const runUnderLease = createRunUnderLease({
+    schedules: deps.schedules,
+    tenants: deps.tenants,
+    runCycle: deps.runCycle,
+    leaseMs: deps.leaseMs,
+    recheckMs: deps.recheckMs,
+    ends,
+    log,
+    cyclesTotal,
+    cycleSeconds,
+    stop: stop.signal,
+    placeAt: (tenantId, at) => localDue.set(tenantId, at),
+    releaseQuietly,
+    now,
+  });
 
   /**
    * Places the tenants new to this replica by the due times stored in Redis, read in one batch when the

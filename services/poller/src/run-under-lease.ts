@@ -1,0 +1,140 @@
+// A begun cycle's run under its tenant's lease (see scheduler.ts): the lease renewed while it runs, its end
+// recorded (listed, aborted or failed), the lease released after.
+import type { TenantRecord } from '@urs/contracts';
+import type { Logger } from '@urs/logging';
+import { errorMessage, keepRenewing } from '@urs/resilience';
+import type { Counter, Histogram } from '@urs/telemetry';
+import type { PollLease, PollScheduleStore, TenantStore } from '@urs/store';
+import { CycleAbortedError, type CycleInput, type CycleResult } from './cycle';
+import type { CycleEnd } from './cycle-end';
+import type { LeaseClock } from './lease-clock';
+
+export interface RunUnderLeaseDeps {
+  schedules: Pick<PollScheduleStore, 'renew'>;
+  tenants: Pick<TenantStore, 'updateStatus'>;
+  /** Runs one cycle (runCycle bound to its deps). */
+  runCycle: (input: CycleInput) => Promise<CycleResult>;
+  leaseMs: number;
+  recheckMs: number;
+  ends: CycleEnd;
+  /** The scheduler's log. */
+  log: Logger;
+  /** `urs_poll_cycles_total`, by outcome. */
+  cyclesTotal: Counter;
+  /** `urs_poll_cycle_seconds`. */
+  cycleSeconds: Histogram;
+  /** Aborted when the scheduler stops. */
+  stop: AbortSignal;
+  /** Sets when this replica should look at the tenant again (its local view). */
+  placeAt: (tenantId: string, at: number) => void;
+  /** Releases the lease, a failure only logged (it expires by itself). */
+  releaseQuietly: (lease: PollLease) => Promise<void>;
+  now: () => number;
+}
+
+export type RunUnderLease = (
+  record: TenantRecord,
+  held: { lease: PollLease; clock: LeaseClock },
+  cycleId: string,
+  startedAt: number,
+  intervalMs: number,
+  previousFailures: number,
+  abort: AbortController,
+) => Promise<void>;
+
+export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
+  const { ends, log, cyclesTotal, cycleSeconds, stop, releaseQuietly, now } = deps;
+  /**
+   * Runs the cycle while its lease is renewed. A renewal Redis answers false aborts the cycle (the lease was
+   * lost); one that fails with an error is tried again at the next renewal, unless the lease may have lapsed
+   * meanwhile (`LeaseClock`): then the cycle is aborted too, and it emits nothing more in any case.
+   */
+  return async function runUnderLease(
+    record: TenantRecord,
+    { lease, clock }: { lease: PollLease; clock: LeaseClock },
+    cycleId: string,
+    startedAt: number,
+    intervalMs: number,
+    previousFailures: number,
+    abort: AbortController,
+  ): Promise<void> {
+    const tenantId = record.tenantId;
+    const nextPollAt = startedAt + intervalMs;
+    const renewEveryMs = Math.max(Math.floor(deps.leaseMs / 3), 10);
+    /** The lease was lost to another holder; the error of the renewals failing since the last one held. */
+    let lost = false;
+    let renewalError: unknown;
+    const renew = async (): Promise<boolean> => {
+      const sentAt = now();
+      const held = await deps.schedules.renew(lease, deps.leaseMs);
+      if (held) {
+        clock.confirmed(sentAt);
+        renewalError = undefined;
+      }
+      return held;
+    };
+    const stopRenewing = keepRenewing(renew, renewEveryMs, {
+      onLost: () => {
+        log.warn('lease lost: aborting the cycle', { tenantId, cycleId });
+        lost = true;
+        abort.abort();
+      },
+      onError: (error) => {
+        log.warn('lease renewal failed', { tenantId, cycleId, reason: errorMessage(error) });
+        renewalError = error;
+        if (clock.held()) return;
+        log.warn('lease not renewed before it may have lapsed: aborting the cycle', { tenantId, cycleId });
+        abort.abort();
+      },
+    });
+    try {
+      // In the try: a begun cycle whose start cannot be recorded fails like any other, and is counted.
+      await deps.tenants.updateStatus(tenantId, {
+        lastCycleId: cycleId,
+        lastCycleStartedAt: new Date(startedAt).toISOString(),
+        nextPollAt: new Date(nextPollAt).toISOString(),
+      });
+      const result = await deps.runCycle({
+        record,
+        cycleId,
+        startedAt,
+        intervalMs,
+        signal: abort.signal,
+        leaseHeld: clock.held,
+      });
+      stopRenewing();
+      await ends.endListed(lease, cycleId, {
+        lastCycleEndedAt: new Date(result.listedAt).toISOString(),
+        deviceCount: result.totalDevices,
+        vulnerabilityMode: result.vulnerabilityMode,
+        note: result.note,
+      });
+      cyclesTotal.inc({ outcome: 'listed' });
+      cycleSeconds.observe((now() - startedAt) / 1000);
+    } catch (error) {
+      stopRenewing();
+      if (error instanceof CycleAbortedError || abort.signal.aborted) {
+        // Left marked running: the next holder redoes it (unless the tenant was disabled or deleted).
+        cyclesTotal.inc({ outcome: 'aborted' });
+        log.warn('cycle aborted', { tenantId, cycleId });
+        // Ended by its lease: redone soon, by this replica too (its due time stays the interval's end
+        // otherwise, and with one replica nobody would redo it before). A lease lost to another holder is
+        // looked at again after URS_POLL_RECHECK_MS; one that lapsed while its renewals failed (Redis away or
+        // refusing) fails the attempt with the renewal's error: tried again after the attempts' backoff,
+        // counted, warned of once per outage. Aborted for a stop, or its tenant disabled or deleted (the lease
+        // still held), it is left as it is.
+        if (stop.aborted) return;
+        if (lost) deps.placeAt(tenantId, now() + deps.recheckMs);
+        else if (!clock.held()) throw renewalError ?? error;
+        return;
+      }
+      await ends.endFailed(
+        { record, lease, cycleId, startedAt, intervalMs, previousFailures, error },
+        (next) => deps.placeAt(tenantId, next),
+      );
+    } finally {
+      stopRenewing();
+      await releaseQuietly(lease);
+    }
+  };
+}
