@@ -2,17 +2,20 @@ import { randomUUID } from 'node:crypto';
 import type { Kafka } from 'kafkajs';
 import { Partitioners } from 'kafkajs';
 import { topicsConfig, type Topics } from '@urs/config';
-import type { DeviceBatch, EnrichedBatch, ScoreBatch, VmsRiskSummary } from '@urs/contracts';
 import { DEFAULT_PROFILE } from '@urs/scoring';
 import { closeRedis, createCycleStore, createRedis } from '@urs/store';
-import { progress, span, type CpuSample, type Progress } from './analysis';
+import type { CpuSample } from './analysis';
 import { commandStats, deleteKeys, redisCommand } from './infra';
 import { injectCycle } from './inject';
-import { deleteTopics, readTopics, watchSummaries, type SummaryRecord, type TopicTotals } from './kafka';
+import { deleteTopics, watchSummaries, type SummaryRecord, type TopicTotals } from './kafka';
 import { startPipeline, SERVICES, type Pipeline, type ServiceName } from './pipeline';
 import type { ProcessGroup } from './procs';
 import { processUsage, type ProcessUsage } from './procstat';
+import { collect, cycleRecord, type CycleRecord } from './scenario-records';
 import type { SimStats, SimulatorProcess, StatsSample } from './simulator';
+import { commandsCalledSince, pick, processCounterGrowth, type Counter } from './window-counters';
+
+export { curves, keyedBy, stageSpans, type CycleRecord } from './scenario-records';
 
 export interface ScenarioSpec {
   name: string;
@@ -85,26 +88,6 @@ export interface RunContext {
   log: (line: string) => void;
 }
 
-/** One tenant's cycle as the topics recorded it. */
-export interface CycleRecord {
-  tenantId: string;
-  azureTenantId: string;
-  fleet: number;
-  summary: VmsRiskSummary;
-  summaryAtMs: number;
-  cycleStartedAtMs: number;
-  /** The largest collectedAt of the cycle's enriched batches: its last vulnerability response. */
-  lastCollectedAtMs: number;
-  /** summary record time − last vulnerability response. */
-  collectToVmsMs: number;
-  /** Devices whose vulnerabilities changed in the simulator since the tenant's cycle before (a next cycle only). */
-  changedDevices?: number;
-  listed: { t: number; n: number }[];
-  enriched: { t: number; n: number }[];
-  scored: { t: number; n: number }[];
-  published: { t: number; n: number }[];
-}
-
 export interface ScenarioResult {
   spec: ScenarioSpec;
   topics: Topics;
@@ -131,43 +114,6 @@ export interface ScenarioResult {
   /** Dead letters written during the scenario (should be 0). */
   deadLetters: number;
   durationMs: number;
-}
-
-/**
- * The Redis commands called since `before` (INFO commandstats): a command not called before counts from 0, and
- * one whose count fell (its stats were reset) is left out rather than counted negative.
- */
-function commandsCalledSince(
-  after: Record<string, number>,
-  before: Record<string, number>,
-): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [command, calls] of Object.entries(after)) {
-    const delta = calls - (before[command] ?? 0);
-    if (delta > 0) out[command] = delta;
-  }
-  return out;
-}
-
-/** The counters of a process that grow over a window. */
-type Counter = 'cpuSec' | 'systemCpuSec' | 'minorFaults';
-
-/** One counter of every process (NaN for a process that could not be read). */
-function pick(usage: Record<string, ProcessUsage | null>, counter: Counter): Record<string, number> {
-  return Object.fromEntries(Object.entries(usage).map(([name, one]) => [name, one?.[counter] ?? NaN]));
-}
-
-/**
- * How much each process's counter grew (NaN when it was not read at both ends: unlike Redis commands, a
- * process that could not be read is unknown, not idle).
- */
-function processCounterGrowth(
-  after: Record<string, number>,
-  before: Record<string, number>,
-): Record<string, number> {
-  return Object.fromEntries(
-    Object.entries(after).map(([name, value]) => [name, value - (before[name] ?? NaN)]),
-  );
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -400,120 +346,4 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     if (ctx.privateRedis) await redisCommand(ctx.redisUrl, 'FLUSHALL').catch(() => undefined);
     else await deleteKeys(ctx.redisUrl, redisPrefix).catch(() => undefined);
   }
-}
-
-interface CollectedEvents {
-  totals: Record<string, TopicTotals>;
-  /** Per cycle id: the batch-level events of each topic. */
-  listed: Map<string, { t: number; n: number }[]>;
-  enriched: Map<string, { t: number; n: number; collectedAtMs: number }[]>;
-  scored: Map<string, { t: number; n: number }[]>;
-  /** Per tenant id (the VMS key is `{tenantId}/{deviceId}`): one event per record. */
-  published: Map<string, { t: number; n: number }[]>;
-}
-
-function push<T>(map: Map<string, T[]>, key: string, value: T): void {
-  const list = map.get(key);
-  if (list) list.push(value);
-  else map.set(key, [value]);
-}
-
-/** The messages a tenant's key names: its own (`tenantId`) and its devices' (`tenantId/deviceId`). */
-export function keyedBy(tenantId: string, key: Buffer | null): boolean {
-  if (key === null || key.length < tenantId.length) return false;
-  const text = key.toString('utf8');
-  return text === tenantId || text.startsWith(`${tenantId}/`);
-}
-
-/** What the scenario's topics recorded, leaving out the warm-up tenant's messages (not its dead letters). */
-async function collect(
-  kafka: Kafka,
-  topics: Topics,
-  groupId: string,
-  warmupTenantId: string | undefined,
-): Promise<CollectedEvents> {
-  const events: CollectedEvents = {
-    totals: {},
-    listed: new Map(),
-    enriched: new Map(),
-    scored: new Map(),
-    published: new Map(),
-  };
-  events.totals = await readTopics(
-    kafka,
-    Object.values(topics),
-    groupId,
-    (message) => {
-      if (!message.value) return;
-      if (message.topic === topics.vmsRiskScores) {
-        const key = message.key?.toString('utf8') ?? '';
-        push(events.published, key.slice(0, key.indexOf('/')), { t: message.timestampMs, n: 1 });
-        return;
-      }
-      if (
-        message.topic !== topics.deviceBatches &&
-        message.topic !== topics.devicesEnriched &&
-        message.topic !== topics.deviceScores
-      )
-        return;
-      const value = JSON.parse(message.value.toString('utf8')) as DeviceBatch | EnrichedBatch | ScoreBatch;
-      const event = { t: message.timestampMs, n: value.devices.length };
-      if (message.topic === topics.deviceBatches) push(events.listed, value.cycleId, event);
-      else if (message.topic === topics.deviceScores) push(events.scored, value.cycleId, event);
-      else
-        push(events.enriched, value.cycleId, {
-          ...event,
-          collectedAtMs: Date.parse((value as EnrichedBatch).collectedAt),
-        });
-    },
-    // Dead letters count whoever's they are: one in the warm-up is a failure all the same.
-    (message) =>
-      warmupTenantId === undefined || message.topic === topics.dlq || !keyedBy(warmupTenantId, message.key),
-  );
-  return events;
-}
-
-function cycleRecord(
-  tenant: { tenantId: string; azureTenantId: string; size: number },
-  summary: SummaryRecord,
-  events: CollectedEvents,
-): CycleRecord {
-  const cycleId = summary.value.cycleId;
-  const enriched = events.enriched.get(cycleId) ?? [];
-  const lastCollectedAtMs =
-    enriched.length > 0
-      ? Math.max(...enriched.map((event) => event.collectedAtMs))
-      : Date.parse(summary.value.collectedAt ?? '');
-  return {
-    tenantId: tenant.tenantId,
-    azureTenantId: tenant.azureTenantId,
-    fleet: tenant.size,
-    summary: summary.value,
-    summaryAtMs: summary.timestampMs,
-    cycleStartedAtMs: Date.parse(summary.value.cycleStartedAt),
-    lastCollectedAtMs,
-    collectToVmsMs: summary.timestampMs - lastCollectedAtMs,
-    listed: events.listed.get(cycleId) ?? [],
-    enriched: enriched.map(({ t, n }) => ({ t, n })),
-    scored: events.scored.get(cycleId) ?? [],
-    published: events.published.get(tenant.tenantId) ?? [],
-  };
-}
-
-/** The stage spans of a cycle, for the report. */
-export function stageSpans(cycle: CycleRecord): Record<string, ReturnType<typeof span>> {
-  return {
-    list: span(cycle.listed),
-    enrich: span(cycle.enriched),
-    score: span(cycle.scored),
-    publish: span(cycle.published),
-  };
-}
-
-export function curves(cycle: CycleRecord): { enriched: Progress; scored: Progress; published: Progress } {
-  return {
-    enriched: progress(cycle.enriched),
-    scored: progress(cycle.scored),
-    published: progress(cycle.published),
-  };
 }
