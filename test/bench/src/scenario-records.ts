@@ -3,7 +3,7 @@
 import type { Kafka } from 'kafkajs';
 import type { Topics } from '@urs/config';
 import type { DeviceBatch, EnrichedBatch, ScoreBatch, VmsRiskSummary } from '@urs/contracts';
-import { progress, span, type Progress } from './analysis';
+import { progress, type Progress } from './analysis';
 import { readTopics, type SummaryRecord, type TopicTotals } from './kafka';
 
 /** One tenant's cycle as the topics recorded it. */
@@ -121,16 +121,6 @@ export function cycleRecord(
     enriched: enriched.map(({ t, n }) => ({ t, n })),
     scored: events.scored.get(cycleId) ?? [],
     published: events.published.get(tenant.tenantId) ?? [],
-  };
-}
-
-/** The stage spans of a cycle, for the report. */
-export function stageSpans(cycle: CycleRecord): Record<string, ReturnType<typeof span>> {
-  return {
-    list: span(cycle.listed),
-    enrich: span(cycle.enriched),
-    score: span(cycle.scored),
-    publish: span(cycle.published),
   };
 }
 

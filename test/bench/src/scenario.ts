@@ -15,7 +15,7 @@ import { collect, cycleRecord, type CycleRecord } from './scenario-records';
 import type { SimStats, SimulatorProcess, StatsSample } from './simulator';
 import { commandsCalledSince, pick, processCounterGrowth, type Counter } from './window-counters';
 
-export { curves, keyedBy, stageSpans, type CycleRecord } from './scenario-records';
+export { curves, keyedBy, type CycleRecord } from './scenario-records';
 
 export interface ScenarioSpec {
   name: string;
