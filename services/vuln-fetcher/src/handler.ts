@@ -15,7 +15,7 @@ import { createBulkEnrichment } from './bulk';
 import { readsExportLast } from './bulk-export';
 import { correctionHeader, createCorrectionWait, listedSince, notInSnapshot } from './corrections';
 import { missing, type Enrichment, type TenantEnrichment } from './enrichment';
-import { anyAborted } from './interruption';
+import { createBatchInterruptions } from './interruption';
 import { createPerDeviceEnrichment } from './per-device';
 import {
   ReplicaSecretKeyError,
@@ -172,6 +172,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     bulkPollMs: deps.bulkPollMs,
   });
   const readsLast = (batch: DeviceBatch): boolean => readsExportLast(deps.exportLast, batch);
+  const interruption = createBatchInterruptions(deps.signal, deps.concurrency);
   /**
    * The cycles (`tenantId/cycleId`) a batch held for this replica's key was logged at error for: the bus
    * retries a held batch every few seconds for as long as the key stays wrong, and the bus itself warns of
@@ -198,7 +199,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       await message.heartbeat?.().catch(() => undefined);
     };
     // The process stopping, or the runner giving this batch up (its partition moved to another replica).
-    const interrupted = anyAborted([deps.signal, message.signal]);
+    const interrupted = interruption(message.signal);
     const beating = setInterval(() => void heartbeat(), HEARTBEAT_EVERY_MS);
     const cycle = bulk.cycleOf(batch);
     const done = (async () => {

@@ -1,3 +1,4 @@
+import { defaultMaxListeners, setMaxListeners } from 'node:events';
 import { UrsError, sleep } from '@urs/resilience';
 
 // How a batch's waits end early: the process stopping, the runner giving the batch up, an export ending.
@@ -22,6 +23,56 @@ export function anyAborted(signals: (AbortSignal | undefined)[]): {
     release: () => {
       for (const one of signals) one?.removeEventListener('abort', abort);
     },
+  };
+}
+
+/** A batch's signal, aborted when it is interrupted, and `release` to stop following its sources. */
+export interface BatchInterruption {
+  signal: AbortSignal;
+  release: () => void;
+}
+
+/**
+ * The interruptions of the batches in flight: each batch's signal aborts when the service stops (`stop`,
+ * which lives as long as the process) or when the runner gives the batch up (its message's own signal).
+ *
+ * `stop` holds one listener while batches run, not one per batch: the batches in flight are many (16
+ * partitions at once by default, and within each the batches of different tenants), and a listener each
+ * would pass Node's 10 and draw its leak warning on a signal that lives for weeks.
+ *
+ * A batch's signal takes one listener of each of its device calls in flight (a Defender call listens to its
+ * signal while it waits for its turn, its quota, its slot or its retry, one after the other), so up to
+ * `callsPerBatch` at once, besides the batch's own wait (a bulk poll, the export probe): its limit of
+ * listeners is raised to that bound, where Node's default of 10 would warn of a leak at 11 calls. Each
+ * call lets go of its listener when it ends (see the Defender client's tests).
+ */
+export function createBatchInterruptions(
+  stop: AbortSignal | undefined,
+  callsPerBatch: number,
+): (own: AbortSignal | undefined) => BatchInterruption {
+  const maxListeners = Math.max(defaultMaxListeners, callsPerBatch + 1);
+  const running = new Set<AbortController>();
+  const stopAll = (): void => {
+    for (const batch of [...running]) batch.abort();
+  };
+  return (own) => {
+    const batch = new AbortController();
+    setMaxListeners(maxListeners, batch.signal);
+    const abort = (): void => batch.abort();
+    if (stop?.aborted || own?.aborted) {
+      abort();
+      return { signal: batch.signal, release: () => undefined };
+    }
+    if (running.size === 0) stop?.addEventListener('abort', stopAll, { once: true });
+    running.add(batch);
+    own?.addEventListener('abort', abort, { once: true });
+    return {
+      signal: batch.signal,
+      release: () => {
+        own?.removeEventListener('abort', abort);
+        if (running.delete(batch) && running.size === 0) stop?.removeEventListener('abort', stopAll);
+      },
+    };
   };
 }
 
