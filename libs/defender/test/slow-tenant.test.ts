@@ -1,3 +1,4 @@
+import { getEventListeners, setMaxListeners } from 'node:events';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { silentLogger } from '@urs/logging';
@@ -26,6 +27,8 @@ const REQUEST_TIMEOUT_MS = 1_000;
  */
 const SLOW_MS = 400;
 const HEALTHY_DEVICES = 100;
+/** The slow tenant's callers: its two batches of 10 device calls, as a vuln-fetcher runs them. */
+const SLOW_CALLERS = 20;
 
 interface Served {
   /** Per tenant, the calls in flight at the server. */
@@ -133,8 +136,12 @@ async function healthyBesideSlow(
   callers: ReturnType<typeof callersSharingSlots>,
 ): Promise<{ slowResults: PromiseSettledResult<unknown>[] }> {
   const stop = new AbortController();
+  // Each call in flight listens to the callers' signal (while it waits for its turn or its slot, is sent,
+  // or waits to be retried) and lets go of it when it ends: up to SLOW_CALLERS listeners at once, above
+  // Node's default limit of 10, as the vuln-fetcher raises it for a batch's signal.
+  setMaxListeners(SLOW_CALLERS, stop.signal);
   const slowResults: PromiseSettledResult<unknown>[] = [];
-  const slowWorkers = Array.from({ length: 20 }, async (_, worker) => {
+  const slowWorkers = Array.from({ length: SLOW_CALLERS }, async (_, worker) => {
     for (let i = 0; !stop.signal.aborted; i++) {
       const [result] = await Promise.allSettled([
         callers.slow.get(
@@ -210,6 +217,52 @@ describe('per-device calls of two tenants sharing the call slots, one tenant’s
       await served.close();
     }
   });
+
+  it.each([200, 503] as const)(
+    'calls sharing one long-lived signal should listen to it only while in flight, none once ended (slow %s)',
+    async (slowStatus) => {
+      const served = await serve(slowStatus);
+      const callers = callersSharingSlots(served);
+      // A service's own stop signal: never aborted here, so only the calls' own ends take their listeners off.
+      const service = new AbortController();
+      setMaxListeners(SLOW_CALLERS, service.signal);
+      let inFlight = 0;
+      let mostAboveInFlight = -Infinity;
+      const look = (): void => {
+        const listeners = getEventListeners(service.signal, 'abort').length;
+        mostAboveInFlight = Math.max(mostAboveInFlight, listeners - inFlight);
+      };
+      const looking = setInterval(look, 1);
+      try {
+        await Promise.all(
+          Array.from({ length: SLOW_CALLERS }, async (_, worker) => {
+            for (let i = 0; i < 2; i++) {
+              inFlight++;
+              look();
+              await callers.slow
+                .get(
+                  'vulnerabilities',
+                  `/api/machines/s${worker}-${i}/vulnerabilities`,
+                  undefined,
+                  service.signal,
+                )
+                .catch(() => undefined);
+              look();
+              inFlight--;
+            }
+          }),
+        );
+        // Some calls waited for the tenant's turn (after its first round, 2 or 1 at a time).
+        expect(served.slowAnswered).toBeGreaterThanOrEqual(10);
+        expect(mostAboveInFlight).toBeLessThanOrEqual(0);
+        expect(getEventListeners(service.signal, 'abort')).toHaveLength(0);
+      } finally {
+        clearInterval(looking);
+        await callers.close();
+        await served.close();
+      }
+    },
+  );
 
   it('a tenant alone whose calls are answered fast should have all 10 slots', async () => {
     // The benchmark's latency.
