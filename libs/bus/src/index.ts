@@ -1,4 +1,5 @@
 export { createKafka, PUBLISHER_RETRIES, type CreateKafkaOptions } from './kafka';
+export { connectAdminThroughSeeds, seedClients, seedsFrom } from './seeds';
 export { topicSpecs, bootstrapTopics } from './topics';
 export type { TopicSpec, BootstrapOptions } from './topics';
 export {

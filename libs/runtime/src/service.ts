@@ -1,8 +1,11 @@
 import {
   bootstrapTopics,
+  connectAdminThroughSeeds,
   createKafka,
   createPublisher,
   PUBLISHER_RETRIES,
+  seedClients,
+  seedsFrom,
   topicSpecs,
   type ConsumerRunner,
   type Publisher,
@@ -73,13 +76,10 @@ export async function startWith<S>(
   // At once: the watch is the client's 'error' listener, and the client starts connecting now.
   const redisWatch = watchRedis(redis, { logger, metrics });
   const kafka = createKafka(config.kafka, logger);
-  // Waiting for Kafka, each try connects once: retryThroughOutage retries, and gives up on a stop, while a
-  // KafkaJS connect's own retries (about a minute of them) cannot be stopped and would outlive the close.
-  const kafkaOnce = createKafka(config.kafka, logger, { retries: 0 });
-  // The publisher's client gives a send up after a few retries (~14 to 25 s, PUBLISHER_RETRIES), not the ~64 s
-  // of the one above: its callers retry on their own, and must see the fault soon (held messages, /readyz, a
-  // REST write's 503 within a proxy's timeout).
-  const publisherKafka = createKafka(config.kafka, logger, { retries: PUBLISHER_RETRIES });
+  // Waiting for Kafka, each try connects once through each seed broker in turn: retryThroughOutage retries,
+  // and gives up on a stop, while a KafkaJS connect's own retries (about a minute of them) cannot be stopped
+  // and would outlive the close. A seed broker away does not fail the try while another answers.
+  const kafkaSeeds = seedClients(config.kafka, logger);
   const closers: Closer[] = [];
   const stopping = new AbortController();
   // Until the runners start nothing is consumed, so the stop is passed on at once: setup may give up its
@@ -99,10 +99,13 @@ export async function startWith<S>(
   /** The steps of the start that need Kafka: every topic made, the publisher connected. */
   const connectKafka = async (): Promise<Publisher> => {
     step('topics');
-    const admin = (waitForKafka ? kafkaOnce : kafka).admin();
+    // Waiting for Kafka, through the first seed broker that answers (its index in KAFKA_BROKERS).
+    const { admin, seed } = waitForKafka
+      ? await connectAdminThroughSeeds(kafkaSeeds, stopping.signal)
+      : { admin: kafka.admin(), seed: 0 };
     try {
-      // Inside: a connect that failed is disconnected too (tried again while waiting for Kafka).
-      await admin.connect();
+      // Inside: a connect that failed is disconnected too.
+      if (!waitForKafka) await admin.connect();
       const layout = config.topicLayout;
       const created = await bootstrapTopics(admin, topicSpecs(config.topics, layout.partitions), {
         logger,
@@ -114,6 +117,12 @@ export async function startWith<S>(
     }
     throwIfStopped();
     step('publisher');
+    // The publisher's client gives a send up after a few retries (~14 to 25 s, PUBLISHER_RETRIES), not the
+    // ~64 s of `kafka`'s: its callers retry on their own, and must see the fault soon (held messages, /readyz,
+    // a REST write's 503 within a proxy's timeout). It connects through the seed broker that just answered:
+    // KafkaJS moves on to the next seed only after some failures (a refused connection, not a closed one).
+    const brokers = seedsFrom(config.kafka.brokers, seed);
+    const publisherKafka = createKafka({ ...config.kafka, brokers }, logger, { retries: PUBLISHER_RETRIES });
     const publisher = await createPublisher(publisherKafka);
     closers.push({ name: 'publisher', close: () => publisher.close() });
     kafkaConnected = true;

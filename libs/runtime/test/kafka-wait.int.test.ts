@@ -1,8 +1,9 @@
 import { createServer, type Server } from 'node:net';
 import { Kafka } from 'kafkajs';
 import { startService } from '@urs/runtime';
-import { uniqueId, waitFor } from '@urs/testkit';
-import { freePort, serviceEnv } from './support';
+import { capturingLogger, createTestKafka, uniqueId, waitFor, type LogLine } from '@urs/testkit';
+import { serviceBasics, startWith } from '../src/service';
+import { deleteTopicsOf, freePort, serviceEnv } from './support';
 
 /** /readyz's JSON once it answers 503, undefined while nothing listens. */
 async function notReady(port: number): Promise<unknown> {
@@ -108,6 +109,32 @@ describe('startService with waitForKafka', () => {
     } finally {
       adminSpy.mockRestore();
       await new Promise((resolve) => broker.server.close(resolve));
+    }
+  });
+
+  it('should start on its first try while one of its seed brokers is away', async () => {
+    const away = await droppingBroker();
+    const prefix = `${uniqueId('wait')}.`;
+    const env = serviceEnv(prefix);
+    // The broker that is away first: a client of no retries connects through its first seed.
+    const brokers = [`127.0.0.1:${away.port}`, env['KAFKA_BROKERS'] as string];
+    const lines: LogLine[] = [];
+    const options = {
+      name: 'test-service',
+      env: { ...env, KAFKA_BROKERS: brokers.join(',') },
+      waitForKafka: true,
+      setup: async () => ({}),
+    };
+    try {
+      const service = await startWith(options, { ...serviceBasics(options), logger: capturingLogger(lines) });
+      expect(await service.close()).toBe(true);
+      // The first try reached Kafka: no outage was waited through.
+      expect(lines.filter((line) => line.message.startsWith('reaching Kafka to start'))).toEqual([]);
+      // Tried once by the wait; the publisher connected through the seed broker that answered.
+      expect(away.connections()).toBe(1);
+    } finally {
+      await new Promise((resolve) => away.server.close(resolve));
+      await deleteTopicsOf(createTestKafka(), prefix);
     }
   });
 });
