@@ -1,17 +1,12 @@
-export { createKafka, PUBLISHER_RETRIES, type CreateKafkaOptions } from './kafka';
+export { createKafka, PUBLISHER_RETRY_MS, type CreateKafkaOptions } from './kafka';
 export { connectAdminThroughSeeds, seedClients, seedsFrom } from './seeds';
 export { topicSpecs, bootstrapTopics } from './topics';
 export type { TopicSpec, BootstrapOptions } from './topics';
-export {
-  isTransientKafkaError,
-  retryWhileSettling,
-  topicOffsets,
-  SETTLE_RETRY,
-  DEFAULT_SETTLE_TIMEOUT_MS,
-} from './settle';
+export { isTransientKafkaError } from './transient';
+export { retryWhileSettling, topicOffsets, SETTLE_RETRY, DEFAULT_SETTLE_TIMEOUT_MS } from './settle';
 export type { SettleOptions, TopicOffsetsOptions, PartitionOffsetRange } from './settle';
-export { createPublisher, BusError, MAX_SEND_BYTES, sizedGroups } from './publisher';
-export type { Publisher, OutboundMessage } from './publisher';
+export { createPublisher, BusError, MAX_SEND_BYTES, PUBLISHER_SEND_RETRY, sizedGroups } from './publisher';
+export type { Publisher, OutboundMessage, PublisherOptions } from './publisher';
 export { createConsumerRunner, PoisonMessageError, DEFAULT_RUNNER_RESTART } from './runner';
 export { DEFAULT_RUNNER_RETRY } from './runner-options';
 export { crashHeals } from './crash';

@@ -40,16 +40,15 @@ export function createKafka(config: KafkaConfig, logger: Logger, options: Create
 const DEFAULT_RETRIES = 16;
 
 /**
- * The retries of the publisher's own client (`createKafka(config, logger, { retries: PUBLISHER_RETRIES })`):
- * a send fails after ~14 s of KafkaJS's backoff (0.3 + 0.6 + 1.2 + 2.4 + 4.8 + 5 s), ~25 s at most when a
- * reconnect's retries follow a request's, instead of ~64 s. Whoever sends retries on their own for as long as
- * the fault lasts (the consumer runner holds its message, the poller tries its cycle again, a REST client is
- * answered 503 and retries), and must know of the fault soon: the runner's held-message gauge, warning and
- * /readyz, and a REST answer within a proxy's usual 60 s. Six, not fewer: a partition's leader moving after a
- * broker died (KRaft fences a broker after its 9 s session) is ridden through, not a poller's cycle abandoned
- * for it. The producer's own `retry` option would not do: a reconnect and a metadata refresh under a send are
- * the client's, retried with the client's retries (measured with a broker stopped: 4 retries failed a send
- * after 5.0 s with a client of its own, after 110 s as `producer({ retry: { retries: 4 } })` of the 16-retry
- * client).
+ * How long the service's publisher tries a send again, ms (PublisherOptions.retryForMs, on a client of its own
+ * with no retries: `createKafka(config, logger, { retries: 0 })`): a send fails after ~14 s, plus the attempt
+ * under way then, instead of the ~64 s of a client's own 16 retries. Whoever sends retries on their own for as
+ * long as the fault lasts (the consumer runner holds its message, the poller tries its cycle again, a REST
+ * client is answered 503 and retries), and must know of the fault soon: the runner's held-message gauge,
+ * warning and /readyz, and a REST answer within a proxy's usual 60 s. 14 s, not less: a partition's leader
+ * moving after a broker died (KRaft fences a broker after its 9 s session) is ridden through, not a poller's
+ * cycle abandoned for it. The tries are the publisher's, not KafkaJS's, so that a stop ends them at once:
+ * KafkaJS's retries of a connect or a send (a reconnect and a metadata refresh under a send are the client's,
+ * retried with the client's retries) cannot be stopped, and outlived the service's close by up to ~25 s.
  */
-export const PUBLISHER_RETRIES = 6;
+export const PUBLISHER_RETRY_MS = 14_000;

@@ -1,7 +1,8 @@
 import type { IHeaders, Kafka, Producer } from 'kafkajs';
 import { validateMessage, type ContractId, type ContractTypes } from '@urs/contracts';
-import { UrsError } from '@urs/resilience';
+import { UrsError, retryDelayMs, retryPolicy, sleep, type RetryPolicy } from '@urs/resilience';
 import { JavaCompatiblePartitioner } from './partitioner';
+import { isTransientKafkaError } from './transient';
 
 export interface OutboundMessage<T> {
   key: string;
@@ -107,18 +108,87 @@ function produceFailure(topic: string, error: unknown): unknown {
   );
 }
 
-export async function createPublisher(kafka: Kafka): Promise<Publisher> {
+export interface PublisherOptions {
+  /**
+   * How long a send that fails on what may heal (a broker away, a leader moving: isTransientKafkaError) is
+   * tried again, from its first attempt, in ms, paced by PUBLISHER_SEND_RETRY: for a client of no retries of
+   * its own (createKafka's `retries: 0`), whose connect and attempts are then single tries. close() ends a
+   * send's tries at once, so nothing of the publisher outlives it, as KafkaJS's own retries would (they cannot
+   * be stopped). The producer's own retries of a send are then off too. Default 0: a send is tried once here,
+   * and only KafkaJS's retries (the producer's and its client's) apply.
+   */
+  retryForMs?: number;
+}
+
+/** The waits between a send's attempts (PublisherOptions.retryForMs): from 300 ms, at most 5 s apart. */
+export const PUBLISHER_SEND_RETRY: RetryPolicy = retryPolicy({
+  maxAttempts: Infinity,
+  initialDelayMs: 300,
+  maxDelayMs: 5_000,
+});
+
+/**
+ * Connects a producer (with its client's retries: one try on a client of none) and publishes with it. A
+ * connect that fails leaves nothing connected.
+ */
+export async function createPublisher(kafka: Kafka, options: PublisherOptions = {}): Promise<Publisher> {
+  const retryForMs = options.retryForMs ?? 0;
   const producer: Producer = kafka.producer({
     createPartitioner: JavaCompatiblePartitioner,
     allowAutoTopicCreation: false,
+    // Retrying here, the producer's own retries of a send (KafkaJS's default 5, whatever the client's) are off.
+    ...(retryForMs > 0 ? { retry: { retries: 0 } } : {}),
   });
-  await producer.connect();
+  try {
+    await producer.connect();
+  } catch (error) {
+    await producer.disconnect().catch(() => undefined);
+    throw error;
+  }
+  /** Aborted by close(): no send is tried again. */
+  const stopped = new AbortController();
+  /** The attempts under way, which close() waits for before it disconnects the last time. */
+  const attempts = new Set<Promise<unknown>>();
+  /** One request's messages, tried again while it fails on what may heal, for retryForMs, until close(). */
+  async function sendGroup(topic: string, group: OutboundRecord[]): Promise<void> {
+    const deadline = Date.now() + retryForMs;
+    for (let attempt = 1; ; attempt++) {
+      const sending = producer.send({ topic, acks: -1, messages: group });
+      attempts.add(sending);
+      try {
+        await sending;
+        return;
+      } catch (error) {
+        if (stopped.signal.aborted || Date.now() >= deadline || !isTransientKafkaError(error)) throw error;
+        await sleep(
+          Math.min(retryDelayMs(PUBLISHER_SEND_RETRY, attempt), deadline - Date.now()),
+          stopped.signal,
+        );
+        if (stopped.signal.aborted) throw error;
+      } finally {
+        attempts.delete(sending);
+      }
+    }
+  }
   /** Produces `messages` in requests of at most MAX_SEND_BYTES, in order, acknowledged by all in-sync replicas. */
   async function produce(topic: string, messages: OutboundRecord[]): Promise<void> {
     try {
-      for (const group of sizedGroups(messages)) await producer.send({ topic, acks: -1, messages: group });
+      for (const group of sizedGroups(messages)) await sendGroup(topic, group);
     } catch (error) {
       throw produceFailure(topic, error);
+    }
+  }
+  /**
+   * Disconnects once no attempt is under way. KafkaJS's disconnect waits for the requests in flight, and an
+   * attempt that fails as its connection closes connects its client again (one try, with no retries): it is
+   * disconnected again once the attempts settled.
+   */
+  async function disconnect(): Promise<void> {
+    stopped.abort();
+    await producer.disconnect();
+    if (retryForMs > 0 && attempts.size > 0) {
+      await Promise.allSettled([...attempts]);
+      await producer.disconnect();
     }
   }
   let closing: Promise<void> | undefined;
@@ -138,7 +208,7 @@ export async function createPublisher(kafka: Kafka): Promise<Publisher> {
       await produce(topic, messages);
     },
     close() {
-      closing ??= producer.disconnect();
+      closing ??= disconnect();
       return closing;
     },
   };

@@ -1,58 +1,8 @@
 import type { Admin, Kafka } from 'kafkajs';
 import type { Logger } from '@urs/logging';
-import { errorMessage, isUrsError, retryPolicy, sleep, withRetry, type RetryPolicy } from '@urs/resilience';
+import { errorMessage, retryPolicy, sleep, withRetry, type RetryPolicy } from '@urs/resilience';
 import { BusError } from './publisher';
-
-/**
- * Broker answers about a topic or partition that go away on their own. On KRaft, CreateTopics returns
- * before the broker's metadata cache has the topic (Metadata answers UNKNOWN_TOPIC_OR_PARTITION), and
- * the metadata names a partition's leader before that broker has taken the leadership up (ListOffsets
- * answers NOT_LEADER_FOR_PARTITION, Kafka's NOT_LEADER_OR_FOLLOWER). A leader election after a broker
- * restart looks the same. KafkaJS retries some of these itself but gives up at once on others (its
- * admin `fetchTopicOffsets` bails on a NOT_LEADER, `createTopics` on an UNKNOWN_TOPIC_OR_PARTITION while
- * waiting for leaders).
- */
-const TRANSIENT_TYPES: ReadonlySet<string> = new Set([
-  'UNKNOWN_TOPIC_OR_PARTITION',
-  'LEADER_NOT_AVAILABLE',
-  'NOT_LEADER_FOR_PARTITION',
-  'NOT_LEADER_OR_FOLLOWER',
-  'REPLICA_NOT_AVAILABLE',
-  'NOT_CONTROLLER',
-]);
-
-/** KafkaJS wrappers whose own `retriable` says nothing: the error they wrap decides. */
-const WRAPPERS: ReadonlySet<string> = new Set(['KafkaJSNonRetriableError', 'KafkaJSNumberOfRetriesExceeded']);
-
-/** Causes followed at most this deep (a cause chain is short; a cycle must not loop). */
-const MAX_CAUSE_DEPTH = 5;
-
-interface KafkaLikeError {
-  name?: unknown;
-  type?: unknown;
-  retriable?: unknown;
-  cause?: unknown;
-  errors?: unknown;
-}
-
-/**
- * Whether a Kafka call that failed with `error` may succeed if made again shortly: a leader or a topic
- * the broker does not know yet (see TRANSIENT_TYPES), or anything KafkaJS marks `retriable` (a lost
- * connection, a request timeout, metadata not loaded yet). An aggregate is transient when all its
- * errors are; a KafkaJS wrapper (non-retriable, retries exhausted) is judged by the error it wraps.
- * Errors that are not from Kafka (a TypeError, a bad argument) are not: retrying a bug helps nobody.
- */
-export function isTransientKafkaError(error: unknown, depth = 0): boolean {
-  if (typeof error !== 'object' || error === null || depth > MAX_CAUSE_DEPTH) return false;
-  if (isUrsError(error)) return error.canRetry;
-  const e = error as KafkaLikeError;
-  if (e.name === 'KafkaJSAggregateError' && Array.isArray(e.errors)) {
-    return e.errors.length > 0 && e.errors.every((inner) => isTransientKafkaError(inner, depth + 1));
-  }
-  if (typeof e.type === 'string' && TRANSIENT_TYPES.has(e.type)) return true;
-  if (typeof e.name === 'string' && WRAPPERS.has(e.name)) return isTransientKafkaError(e.cause, depth + 1);
-  return typeof e.name === 'string' && e.name.startsWith('KafkaJS') && e.retriable === true;
-}
+import { isTransientKafkaError, type KafkaLikeError } from './transient';
 
 /**
  * How long a Kafka call is retried while the cluster settles: exponential backoff with full jitter from

@@ -1,7 +1,8 @@
 import type { Admin, ITopicConfig } from 'kafkajs';
 import type { Topics } from '@urs/config';
 import type { Logger } from '@urs/logging';
-import { isTransientKafkaError, retryWhileSettling } from './settle';
+import { retryWhileSettling } from './settle';
+import { isTransientKafkaError } from './transient';
 
 export interface TopicSpec {
   topic: string;

@@ -2,7 +2,8 @@ import { KafkaJSConnectionError, KafkaJSNonRetriableError, KafkaJSNumberOfRetrie
 import { UrsError } from '@urs/resilience';
 import { capturingLogger, type LogLine } from '@urs/testkit';
 import { BusError } from '../src/publisher';
-import { isTransientKafkaError, retryWhileSettling } from '../src/settle';
+import { retryWhileSettling } from '../src/settle';
+import { isTransientKafkaError } from '../src/transient';
 
 /** The errors KafkaJS builds from a broker's error code (kafkajs/src/protocol/error.js). */
 // eslint-disable-next-line @typescript-eslint/no-require-imports

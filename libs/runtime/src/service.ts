@@ -3,7 +3,7 @@ import {
   connectAdminThroughSeeds,
   createKafka,
   createPublisher,
-  PUBLISHER_RETRIES,
+  PUBLISHER_RETRY_MS,
   seedClients,
   seedsFrom,
   topicSpecs,
@@ -117,13 +117,20 @@ export async function startWith<S>(
     }
     throwIfStopped();
     step('publisher');
-    // The publisher's client gives a send up after a few retries (~14 to 25 s, PUBLISHER_RETRIES), not the
-    // ~64 s of `kafka`'s: its callers retry on their own, and must see the fault soon (held messages, /readyz,
-    // a REST write's 503 within a proxy's timeout). It connects through the seed broker that just answered:
-    // KafkaJS moves on to the next seed only after some failures (a refused connection, not a closed one).
+    // The publisher tries a send again for ~14 s (PUBLISHER_RETRY_MS), not the ~64 s of `kafka`'s retries: its
+    // callers retry on their own, and must see the fault soon (held messages, /readyz, a REST write's 503 within
+    // a proxy's timeout). Its client retries nothing itself, so its connect is one try and a close ends its
+    // sends' tries at once: KafkaJS's own retries cannot be stopped. It connects through the seed broker that
+    // just answered: KafkaJS moves on to the next seed only after some failures (a refused connection, not a
+    // closed one).
     const brokers = seedsFrom(config.kafka.brokers, seed);
-    const publisherKafka = createKafka({ ...config.kafka, brokers }, logger, { retries: PUBLISHER_RETRIES });
-    const publisher = await createPublisher(publisherKafka);
+    const publisherKafka = createKafka({ ...config.kafka, brokers }, logger, { retries: 0 });
+    const publisher = await createPublisher(publisherKafka, { retryForMs: PUBLISHER_RETRY_MS });
+    // A stop during the connect, which the wait for Kafka gave up on meanwhile: what it connected is closed.
+    if (stopping.signal.aborted) {
+      await publisher.close();
+      throw new ServiceStoppedError(true);
+    }
     closers.push({ name: 'publisher', close: () => publisher.close() });
     kafkaConnected = true;
     return publisher;

@@ -1,4 +1,4 @@
-import { createServer, type Server } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { Kafka } from 'kafkajs';
 import { startService } from '@urs/runtime';
 import { capturingLogger, createTestKafka, uniqueId, waitFor, type LogLine } from '@urs/testkit';
@@ -25,6 +25,42 @@ async function droppingBroker(): Promise<{ server: Server; port: number; connect
   const port = await freePort();
   await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
   return { server, port, connections: () => connections };
+}
+
+/**
+ * An address in front of the test broker: it forwards each connection while `forwarding`, and once told to
+ * stop, drops each new one at once, counting those.
+ */
+async function switchingProxy(target: string) {
+  const [host, port] = target.split(':') as [string, string];
+  let forwarding = true;
+  let dropped = 0;
+  const open = new Set<Socket>();
+  const server = createServer((socket) => {
+    if (!forwarding) {
+      dropped++;
+      socket.destroy();
+      return;
+    }
+    const upstream = connect(Number(port), host);
+    for (const end of [socket, upstream]) {
+      open.add(end);
+      end.on('close', () => open.delete(end));
+      end.on('error', () => undefined);
+    }
+    socket.pipe(upstream).pipe(socket);
+  });
+  const listenPort = await freePort();
+  await new Promise<void>((resolve) => server.listen(listenPort, '127.0.0.1', resolve));
+  return {
+    address: `127.0.0.1:${listenPort}`,
+    drop: () => void (forwarding = false),
+    dropped: () => dropped,
+    close: async () => {
+      for (const socket of open) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
 }
 
 describe('startService with waitForKafka', () => {
@@ -134,6 +170,68 @@ describe('startService with waitForKafka', () => {
       expect(away.connections()).toBe(1);
     } finally {
       await new Promise((resolve) => away.server.close(resolve));
+      await deleteTopicsOf(createTestKafka(), prefix);
+    }
+  });
+
+  it('should leave no connect of its publisher running once stopped', async () => {
+    const prefix = `${uniqueId('wait')}.`;
+    const env = serviceEnv(prefix);
+    // Kafka answers the wait's admin, then stops answering as the publisher connects.
+    const proxy = await switchingProxy((env['KAFKA_BROKERS'] as string).split(',')[0] as string);
+    const stop = new AbortController();
+    let pending = 0;
+    const settled: Promise<void>[] = [];
+    const counted = (attempt: Promise<void>): Promise<void> => {
+      pending++;
+      settled.push(
+        attempt.then(
+          () => void pending--,
+          () => void pending--,
+        ),
+      );
+      return attempt;
+    };
+    const producer = Kafka.prototype.producer;
+    const producerSpy = jest.spyOn(Kafka.prototype, 'producer').mockImplementation(function (
+      this: Kafka,
+      config,
+    ) {
+      const made = producer.call(this, config);
+      const connectProducer = made.connect.bind(made);
+      made.connect = () => counted(connectProducer());
+      return made;
+    });
+    const admin = Kafka.prototype.admin;
+    const adminSpy = jest.spyOn(Kafka.prototype, 'admin').mockImplementation(function (this: Kafka, config) {
+      const made = admin.call(this, config);
+      const connectAdmin = made.connect.bind(made);
+      made.connect = () => counted(connectAdmin());
+      return made;
+    });
+    const starting = startService({
+      name: 'test-service',
+      env: { ...env, KAFKA_BROKERS: proxy.address },
+      waitForKafka: true,
+      stop: stop.signal,
+      onStep: (step) => {
+        if (step === 'publisher') proxy.drop();
+      },
+      setup: async () => ({}),
+    });
+    starting.catch(() => undefined);
+    try {
+      await waitFor(() => proxy.dropped() > 0, { timeoutMs: 30_000 });
+      stop.abort();
+      await expect(starting).rejects.toMatchObject({ code: 'SERVICE_STOPPED' });
+      const [inFlight, atStop] = [pending, proxy.dropped()];
+      // A connect under way when the stop came may make its one attempt; none tries again after it.
+      await Promise.all(settled);
+      expect(proxy.dropped() - atStop).toBeLessThanOrEqual(inFlight);
+    } finally {
+      producerSpy.mockRestore();
+      adminSpy.mockRestore();
+      await proxy.close();
       await deleteTopicsOf(createTestKafka(), prefix);
     }
   });

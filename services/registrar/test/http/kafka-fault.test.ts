@@ -7,7 +7,7 @@ import { memoryStateStore, memoryTenantStore, registrationBody, testSealer } fro
 
 const TOKEN = 'test-token-0123456789abcdef';
 
-/** What the service's publisher rejects a send with once its few retries are spent (PUBLISHER_RETRIES). */
+/** What the service's publisher rejects a send with once its tries are spent (PUBLISHER_RETRY_MS). */
 const kafkaFaults: Array<[string, () => Error]> = [
   [
     'the broker away (KafkaJS retries exceeded)',

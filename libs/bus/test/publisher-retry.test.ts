@@ -1,0 +1,91 @@
+import type { Kafka, ProducerConfig } from 'kafkajs';
+import { createPublisher } from '@urs/bus';
+
+/** What KafkaJS rejects a send with when its one try found the broker away. */
+const away = (): Error =>
+  Object.assign(new Error('Connection error: connect ECONNREFUSED 127.0.0.1:9092'), {
+    name: 'KafkaJSNumberOfRetriesExceeded',
+    retriable: false,
+    retryCount: 0,
+    cause: Object.assign(new Error('connect ECONNREFUSED'), {
+      name: 'KafkaJSConnectionError',
+      retriable: true,
+    }),
+  });
+
+/** A KafkaJS whose producer's sends fail (broker away) as long as `failing`, counting what is asked of it. */
+function flakyKafka() {
+  const state = { failing: true, sends: 0, connects: 0, disconnects: 0, config: undefined as unknown };
+  const kafka = {
+    producer: (config: ProducerConfig) => {
+      state.config = config;
+      return {
+        connect: async () => void state.connects++,
+        disconnect: async () => void state.disconnects++,
+        send: async () => {
+          state.sends++;
+          if (state.failing) throw away();
+        },
+      };
+    },
+  } as unknown as Kafka;
+  return { kafka, state };
+}
+
+describe('createPublisher with retryForMs', () => {
+  beforeEach(() => jest.useFakeTimers());
+  afterEach(() => jest.useRealTimers());
+
+  it('should try a send that fails on what may heal again until it succeeds, KafkaJS retrying nothing', async () => {
+    const { kafka, state } = flakyKafka();
+    const publisher = await createPublisher(kafka, { retryForMs: 14_000 });
+    expect(state.config).toMatchObject({ retry: { retries: 0 } });
+    const sending = publisher.sendRaw('urs.scores', [{ key: 'a', value: '{}' }]);
+    await jest.advanceTimersByTimeAsync(1_000);
+    expect(state.sends).toBeGreaterThan(1);
+    state.failing = false;
+    await jest.advanceTimersByTimeAsync(5_000);
+    await expect(sending).resolves.toBeUndefined();
+  });
+
+  it('should give a send up once retryForMs has passed', async () => {
+    const { kafka, state } = flakyKafka();
+    const publisher = await createPublisher(kafka, { retryForMs: 14_000 });
+    const sending = publisher.sendRaw('urs.scores', [{ key: 'a', value: '{}' }]);
+    sending.catch(() => undefined);
+    await jest.advanceTimersByTimeAsync(14_000);
+    await expect(sending).rejects.toMatchObject({ name: 'KafkaJSNumberOfRetriesExceeded' });
+    const sends = state.sends;
+    await jest.advanceTimersByTimeAsync(30_000);
+    expect(state.sends).toBe(sends);
+  });
+
+  it('should end the tries of a send at once on close, trying nothing more', async () => {
+    const { kafka, state } = flakyKafka();
+    const publisher = await createPublisher(kafka, { retryForMs: 14_000 });
+    const sending = publisher.sendRaw('urs.scores', [{ key: 'a', value: '{}' }]);
+    sending.catch(() => undefined);
+    await jest.advanceTimersByTimeAsync(0);
+    expect(state.sends).toBe(1);
+    await publisher.close();
+    // Rejected without any time passing: the wait for the next try ended with the close.
+    await expect(sending).rejects.toMatchObject({ name: 'KafkaJSNumberOfRetriesExceeded' });
+    await jest.advanceTimersByTimeAsync(30_000);
+    expect(state.sends).toBe(1);
+    expect(state.disconnects).toBeGreaterThanOrEqual(1);
+  });
+
+  it('should disconnect a producer whose connect failed', async () => {
+    const { kafka, state } = flakyKafka();
+    const refusing = {
+      producer: (config: ProducerConfig) => ({
+        ...(kafka.producer(config) as object),
+        connect: async () => Promise.reject(away()),
+      }),
+    } as unknown as Kafka;
+    await expect(createPublisher(refusing, { retryForMs: 14_000 })).rejects.toMatchObject({
+      name: 'KafkaJSNumberOfRetriesExceeded',
+    });
+    expect(state.disconnects).toBe(1);
+  });
+});
