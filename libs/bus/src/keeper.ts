@@ -12,10 +12,22 @@ export const DEFAULT_RUNNER_RESTART: RetryPolicy = retryPolicy({
 
 /**
  * How long a joined consumer may go without an answer from its broker (no request answered, no batch being
- * handled) before it is reported not up, ms: it asks every 0.5 s to 3 s while all is well, and KafkaJS takes
- * up to a minute of retries to give up on a broker that is away.
+ * handled) before it is reported not up, ms, beyond the time its broker takes to answer (SLOWEST_ANSWER_MS):
+ * it asks every 0.5 s to 3 s while all is well, and KafkaJS takes up to a minute of retries to give up on a
+ * broker that is away.
  */
 const UNANSWERED_NOT_UP_MS = 10_000;
+
+/**
+ * The slowest answer that lengthens the bar above, ms: KafkaJS's request timeout (30 s), past which a request
+ * has failed rather than being slow. A broker that takes 10 s to answer each request leaves 10 s between its
+ * answers: without its answers' time in the bar, the consumer was reported down before each answer and up
+ * after it, /readyz flapping while the broker still answered.
+ */
+const SLOWEST_ANSWER_MS = 30_000;
+
+/** How long the slowest answer seen keeps lengthening the bar before a later answer's time replaces it, ms. */
+const SLOW_ANSWER_KEPT_MS = 60_000;
 
 export interface ConsumerKeeperOptions {
   groupId: string;
@@ -48,13 +60,17 @@ export interface ConsumerKeeperOptions {
 export interface ConsumerKeeper {
   /** The consumer joined its group (KafkaJS's GROUP_JOIN): it consumes again if it was down. */
   joined(): void;
-  /** The broker answered one of the consumer's requests (KafkaJS's REQUEST). */
-  answered(): void;
+  /**
+   * The broker answered one of the consumer's requests (KafkaJS's REQUEST), `tookMs` after it was sent
+   * (its `duration`; default 0).
+   */
+  answered(tookMs?: number): void;
   /** KafkaJS stopped the consumer (its CRASH event, or a restart's run() rejected) with `error`. */
   crashed(error: Error): void;
   /**
-   * Joined its group, and its broker answered within the last 10 s (or a batch is being handled). False from
-   * a crash until the restarted consumer joined again.
+   * Joined its group, and its broker answered within the last 10 s, plus the time its slowest answer of the
+   * last minute took (at most 30 s more), or a batch is being handled. False from a crash until the restarted
+   * consumer joined again.
    */
   isUp(): boolean;
   /**
@@ -83,6 +99,8 @@ export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKe
   // Proof that the broker answers: a member fetches every maxWaitTimeInMs and heartbeats every 3 s while it
   // has nothing to do. A broker that went away stops these long before KafkaJS gives up on it.
   let answeredAt = Date.now();
+  /** The slowest recent answer's time (ms) and when it came: a slow broker's answers come as far apart. */
+  let slowest = { tookMs: 0, at: answeredAt };
   /** Since when the consumer is down (crashed, not joined again), and its restarts since. */
   let down: { since: number; restarts: number; timer: NodeJS.Timeout | undefined } | undefined;
   /** The start or restart under way (its run() not settled yet), if any; never rejects. */
@@ -157,12 +175,17 @@ export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKe
         down = undefined;
       }
     },
-    answered() {
+    answered(tookMs = 0) {
       answeredAt = Date.now();
+      const took = Math.min(Math.max(0, tookMs), SLOWEST_ANSWER_MS);
+      if (took >= slowest.tookMs || answeredAt - slowest.at > SLOW_ANSWER_KEPT_MS) {
+        slowest = { tookMs: took, at: answeredAt };
+      }
     },
     crashed,
     isUp() {
-      return joined && (options.busy() || Date.now() - answeredAt < UNANSWERED_NOT_UP_MS);
+      const barMs = UNANSWERED_NOT_UP_MS + slowest.tookMs;
+      return joined && (options.busy() || Date.now() - answeredAt < barMs);
     },
     failed() {
       return failure;

@@ -21,9 +21,9 @@ export interface ConsumerRunner {
   readonly startedOnce: boolean;
   start(): Promise<void>;
   /**
-   * Joined the group and consuming. False while its broker has answered nothing for 10 s (away, say), from a
-   * crash until the restarted consumer joined its group again, and while messages have been held on an
-   * infrastructure fault for longer than heldNotReadyAfterMs.
+   * Joined the group and consuming. False while its broker has answered nothing for 10 s more than its answers
+   * take (away, say; see ConsumerKeeper.isUp), from a crash until the restarted consumer joined its group
+   * again, and while messages have been held on an infrastructure fault for longer than heldNotReadyAfterMs.
    */
   isReady(): boolean;
   /**
@@ -184,7 +184,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
   // KafkaJS emits CRASH once every batch of the stopped run has returned (and its offsets were committed), so a
   // restart never overlaps the old run's work: a message held then delays the crash, and is not handled twice.
   consumer.on(consumer.events.CRASH, (event) => keeper.crashed(event.payload.error));
-  consumer.on(consumer.events.REQUEST, () => keeper.answered());
+  consumer.on(consumer.events.REQUEST, (event) => keeper.answered(event.payload.duration));
 
   const runConfig: ConsumerRunConfig = {
     // Ordering 'key' resolves offsets on accepting a message, ahead of its handling, and commits
