@@ -114,8 +114,10 @@ export interface PublisherOptions {
    * tried again, from its first attempt, in ms, paced by PUBLISHER_SEND_RETRY: for a client of no retries of
    * its own (createKafka's `retries: 0`), whose connect and attempts are then single tries. close() ends a
    * send's tries at once, so nothing of the publisher outlives it, as KafkaJS's own retries would (they cannot
-   * be stopped). The producer's own retries of a send are then off too. Default 0: a send is tried once here,
-   * and only KafkaJS's retries (the producer's and its client's) apply.
+   * be stopped). The producer's own retries of a send are then off too. An attempt is made again whole: one
+   * that failed at one broker sends its messages to the others again too, which their consumers take again as
+   * after any produce tried again (at least once). Default 0: a send is tried once here, and only KafkaJS's
+   * retries (the producer's and its client's) apply.
    */
   retryForMs?: number;
 }
@@ -179,7 +181,7 @@ export async function createPublisher(kafka: Kafka, options: PublisherOptions = 
     }
   }
   /**
-   * Disconnects once no attempt is under way. KafkaJS's disconnect waits for the requests in flight, and an
+   * Ends every send's tries, then disconnects. KafkaJS's disconnect waits for the requests in flight, and an
    * attempt that fails as its connection closes connects its client again (one try, with no retries): it is
    * disconnected again once the attempts settled.
    */
