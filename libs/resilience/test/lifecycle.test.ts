@@ -1,4 +1,5 @@
 import { closeAll, keepRenewing } from '@urs/resilience';
+import { waitFor } from '@urs/testkit';
 
 describe('closeAll', () => {
   it('should close every resource in order even when one fails', async () => {
@@ -36,7 +37,8 @@ describe('keepRenewing', () => {
       10,
       { onLost: () => events.push('lost'), onError: (error) => events.push((error as Error).message) },
     );
-    await new Promise((resolve) => setTimeout(resolve, 55));
+    // Four renewals, however late a busy machine runs the timer (a fixed wait of five intervals saw two).
+    await waitFor(() => calls >= 4, { intervalMs: 1, description: 'four renewals' });
     stop();
     const stoppedAt = calls;
     await new Promise((resolve) => setTimeout(resolve, 40));
