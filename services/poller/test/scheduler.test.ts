@@ -49,7 +49,11 @@ describe('createScheduler', () => {
       expect(mine.length).toBeGreaterThanOrEqual(4);
       for (let i = 1; i < mine.length; i++) {
         expect((mine[i] as Run).start - (mine[i - 1] as Run).start).toBeGreaterThanOrEqual(INTERVAL_MS);
-        expect((mine[i] as Run).start).toBeGreaterThanOrEqual((mine[i - 1] as Run).end);
+        // Never while the last cycle held its lease. A cycle that outlived it (its process stalled past the
+        // 200 ms lease, as a loaded machine's may) may end after the next holder began: a real cycle sends
+        // nothing more once its lease clock ran out (CycleInput.leaseHeld).
+        if ((mine[i - 1] as Run).leaseHeld)
+          expect((mine[i] as Run).start).toBeGreaterThanOrEqual((mine[i - 1] as Run).end);
       }
     }
     expect((await status.statuses.get('a'))?.state).toBe('active');

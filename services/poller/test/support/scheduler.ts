@@ -128,6 +128,8 @@ export interface Run {
   replica: number;
   start: number;
   end: number;
+  /** Whether the cycle's lease still surely stood when it ended (CycleInput.leaseHeld). */
+  leaseHeld: boolean;
 }
 
 export async function feed(table: TenantTable, records: TenantRecord[], offset = { n: 0 }): Promise<void> {
@@ -168,7 +170,13 @@ export function replica(
     runCycle: async (input): Promise<CycleResult> => {
       const start = input.startedAt;
       await behaviour(input);
-      runs.push({ tenantId: input.record.tenantId, replica: index, start, end: Date.now() });
+      runs.push({
+        tenantId: input.record.tenantId,
+        replica: index,
+        start,
+        end: Date.now(),
+        leaseHeld: input.leaseHeld(),
+      });
       return oneDeviceListed(Date.now());
     },
     holderId: `replica-${index}`,
