@@ -295,8 +295,12 @@ describe('throttling', () => {
       expect(results).toHaveLength(60);
       const stats = sim.stats();
       expect(stats.throttledByTenant[app.azureTenantId]).toBeGreaterThan(0);
-      // The first 429 blocked the tenant for every caller: one wave of 429s, not one per retry.
-      expect(stats.throttledByTenant[app.azureTenantId]).toBeLessThanOrEqual(10);
+      // The first 429 blocked the tenant for every caller: the 10 calls past Microsoft's 50 a minute draw one
+      // wave of 429s, not one per retry. Their retries go together when the block ends, at Retry-After (whole
+      // seconds) past the first accepted call; on a loaded machine the 50 accepted calls took longer than that
+      // rounding to go out, so a few retries find the window still full and draw a second, smaller wave (13
+      // seen). At most two waves of the 10 calls: retries that did not wait for Retry-After would draw many more.
+      expect(stats.throttledByTenant[app.azureTenantId]).toBeLessThanOrEqual(20);
     } finally {
       await close();
     }
