@@ -18,6 +18,13 @@ const TRANSIENT_TYPES: ReadonlySet<string> = new Set([
   'NOT_CONTROLLER',
 ]);
 
+/**
+ * KafkaJS errors it throws as not retriable that heal on the next try: a lock timed out behind a broker being
+ * connected (KafkaJS waits up to 12 s) or the cluster's metadata being refreshed, which KafkaJS itself takes
+ * for stale metadata (its cluster refreshes the metadata when finding a broker fails so).
+ */
+const TRANSIENT_NAMES: ReadonlySet<string> = new Set(['KafkaJSLockTimeout']);
+
 /** KafkaJS wrappers whose own `retriable` says nothing: the error they wrap decides. */
 const WRAPPERS: ReadonlySet<string> = new Set(['KafkaJSNonRetriableError', 'KafkaJSNumberOfRetriesExceeded']);
 
@@ -34,8 +41,8 @@ export interface KafkaLikeError {
 
 /**
  * Whether a Kafka call that failed with `error` may succeed if made again shortly: a leader or a topic
- * the broker does not know yet (see TRANSIENT_TYPES), or anything KafkaJS marks `retriable` (a lost
- * connection, a request timeout, metadata not loaded yet). An aggregate is transient when all its
+ * the broker does not know yet (see TRANSIENT_TYPES), a lock timed out (TRANSIENT_NAMES), or anything
+ * KafkaJS marks `retriable` (a lost connection, a request timeout, metadata not loaded yet). An aggregate is transient when all its
  * errors are; a KafkaJS wrapper (non-retriable, retries exhausted) is judged by the error it wraps.
  * Errors that are not from Kafka (a TypeError, a bad argument) are not: retrying a bug helps nobody.
  */
@@ -47,6 +54,7 @@ export function isTransientKafkaError(error: unknown, depth = 0): boolean {
     return e.errors.length > 0 && e.errors.every((inner) => isTransientKafkaError(inner, depth + 1));
   }
   if (typeof e.type === 'string' && TRANSIENT_TYPES.has(e.type)) return true;
+  if (typeof e.name === 'string' && TRANSIENT_NAMES.has(e.name)) return true;
   if (typeof e.name === 'string' && WRAPPERS.has(e.name)) return isTransientKafkaError(e.cause, depth + 1);
   return typeof e.name === 'string' && e.name.startsWith('KafkaJS') && e.retriable === true;
 }

@@ -1,4 +1,9 @@
-import { KafkaJSConnectionError, KafkaJSNonRetriableError, KafkaJSNumberOfRetriesExceeded } from 'kafkajs';
+import {
+  KafkaJSConnectionError,
+  KafkaJSLockTimeout,
+  KafkaJSNonRetriableError,
+  KafkaJSNumberOfRetriesExceeded,
+} from 'kafkajs';
 import { UrsError } from '@urs/resilience';
 import { capturingLogger, type LogLine } from '@urs/testkit';
 import { BusError } from '../src/publisher';
@@ -35,6 +40,17 @@ describe('isTransientKafkaError', () => {
 
   it('should retry what KafkaJS marks retriable, such as a lost connection', () => {
     expect(isTransientKafkaError(new KafkaJSConnectionError('Connection error: ECONNREFUSED'))).toBe(true);
+  });
+
+  it('should retry a lock timed out behind a broker being connected or metadata being refreshed', () => {
+    // KafkaJS throws it as not retriable, yet takes it for stale metadata and refreshes (cluster findBroker).
+    // Its typings take no message, KafkaJS's own lock passes one (kafkajs/src/utils/lock.js).
+    const LockTimeout = KafkaJSLockTimeout as unknown as new (message: string) => Error;
+    const locked = new LockTimeout('Timeout while acquiring lock (1 waiting locks)');
+    expect(isTransientKafkaError(locked)).toBe(true);
+    expect(
+      isTransientKafkaError(Object.assign(new KafkaJSNonRetriableError(locked), { cause: locked })),
+    ).toBe(true);
   });
 
   it('should judge a KafkaJS wrapper by the error it wraps', () => {
