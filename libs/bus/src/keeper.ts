@@ -57,14 +57,26 @@ export interface ConsumerKeeperOptions {
  * stopped for good otherwise, outages included (see crash.ts): the runner turns that off (its consumer's
  * `retry.restartOnFailure`) and leaves the judgement and the pace to this.
  */
+/** What the keeper reads of a request KafkaJS saw answered (its REQUEST event's payload). */
+export interface AnsweredRequest {
+  apiName: string;
+  duration: number;
+}
+
+/**
+ * Requests answered when the group is ready, not when the broker is: a join waits for every member to rejoin
+ * (up to the rebalance timeout, a minute), so its time says nothing of how fast the broker answers.
+ */
+const GROUP_WAITS: ReadonlySet<string> = new Set(['JoinGroup', 'SyncGroup']);
+
 export interface ConsumerKeeper {
   /** The consumer joined its group (KafkaJS's GROUP_JOIN): it consumes again if it was down. */
   joined(): void;
   /**
-   * The broker answered one of the consumer's requests (KafkaJS's REQUEST), `tookMs` after it was sent
-   * (its `duration`; default 0).
+   * The broker answered one of the consumer's requests (KafkaJS's REQUEST: its `apiName`, and `duration`, ms
+   * from when it was sent; none, an answer that says nothing of the broker's speed).
    */
-  answered(tookMs?: number): void;
+  answered(request?: AnsweredRequest): void;
   /** KafkaJS stopped the consumer (its CRASH event, or a restart's run() rejected) with `error`. */
   crashed(error: Error): void;
   /**
@@ -175,8 +187,9 @@ export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKe
         down = undefined;
       }
     },
-    answered(tookMs = 0) {
+    answered(request) {
       answeredAt = Date.now();
+      const tookMs = request && !GROUP_WAITS.has(request.apiName) ? request.duration : 0;
       const took = Math.min(Math.max(0, tookMs), SLOWEST_ANSWER_MS);
       if (took >= slowest.tookMs || answeredAt - slowest.at > SLOW_ANSWER_KEPT_MS) {
         slowest = { tookMs: took, at: answeredAt };

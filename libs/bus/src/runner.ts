@@ -184,7 +184,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
   // KafkaJS emits CRASH once every batch of the stopped run has returned (and its offsets were committed), so a
   // restart never overlaps the old run's work: a message held then delays the crash, and is not handled twice.
   consumer.on(consumer.events.CRASH, (event) => keeper.crashed(event.payload.error));
-  consumer.on(consumer.events.REQUEST, (event) => keeper.answered(event.payload.duration));
+  consumer.on(consumer.events.REQUEST, (event) => keeper.answered(event.payload));
 
   const runConfig: ConsumerRunConfig = {
     // Ordering 'key' resolves offsets on accepting a message, ahead of its handling, and commits

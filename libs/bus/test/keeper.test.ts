@@ -59,32 +59,43 @@ describe('createConsumerKeeper', () => {
     const kept = keeper(async () => undefined);
     kept.joined();
     // Its join was answered as slowly.
-    kept.answered(10_000);
+    kept.answered({ apiName: 'Fetch', duration: 10_000 });
     for (let answer = 0; answer < 6; answer++) {
       // The request after an answer is sent at once, and answered 10 s later (a fetch waits 0.5 s more).
       await jest.advanceTimersByTimeAsync(10_500);
       expect(kept.isUp()).toBe(true);
-      kept.answered(10_000);
+      kept.answered({ apiName: 'Fetch', duration: 10_000 });
     }
   });
 
   it('should say a slow broker that stopped answering is not up, 10 s after an answer was due', async () => {
     const kept = keeper(async () => undefined);
     kept.joined();
-    kept.answered(10_000);
+    kept.answered({ apiName: 'Fetch', duration: 10_000 });
     await jest.advanceTimersByTimeAsync(19_000);
     expect(kept.isUp()).toBe(true);
     await jest.advanceTimersByTimeAsync(1_000);
     expect(kept.isUp()).toBe(false);
   });
 
+  it('should not take a join that waited for its group as a slow broker', async () => {
+    const kept = keeper(async () => undefined);
+    kept.joined();
+    // JoinGroup and SyncGroup are answered when the group is ready (up to its rebalance timeout): their time
+    // is the other members', not the broker's.
+    kept.answered({ apiName: 'JoinGroup', duration: 25_000 });
+    kept.answered({ apiName: 'SyncGroup', duration: 20_000 });
+    await jest.advanceTimersByTimeAsync(10_000);
+    expect(kept.isUp()).toBe(false);
+  });
+
   it('should go back to the 10 s bar once its broker answers fast again for a minute', async () => {
     const kept = keeper(async () => undefined);
     kept.joined();
-    kept.answered(10_000);
+    kept.answered({ apiName: 'Fetch', duration: 10_000 });
     for (let second = 0; second < 61; second++) {
       await jest.advanceTimersByTimeAsync(1_000);
-      kept.answered(0);
+      kept.answered({ apiName: 'Fetch', duration: 0 });
     }
     await jest.advanceTimersByTimeAsync(10_000);
     expect(kept.isUp()).toBe(false);
