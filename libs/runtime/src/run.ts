@@ -1,13 +1,7 @@
 import type { Logger } from '@urs/logging';
 import { untilShutdownSignal } from '@urs/resilience';
-import {
-  ServiceStoppedError,
-  serviceBasics,
-  startWith,
-  type RunningService,
-  type ServiceBasics,
-  type ServiceOptions,
-} from './service';
+import { ServiceStoppedError, serviceBasics, startWith } from './service';
+import type { RunningService, ServiceBasics, ServiceOptions } from './service-types';
 
 /**
  * A service's whole life, for `main.ts`: start, run until SIGTERM or SIGINT, stop gracefully within

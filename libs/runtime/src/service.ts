@@ -26,14 +26,6 @@ import type {
 import { publisherOnceConnected, publisherPromise, startedUnlessStopped } from './start-waits';
 import { stopTimes } from './stop-times';
 
-export type {
-  RunningService,
-  ServiceBasics,
-  ServiceContext,
-  ServiceOptions,
-  ServiceParts,
-} from './service-types';
-
 /** startService's rejection when its `stop` was aborted before the start finished. */
 export class ServiceStoppedError extends UrsError {
   /** Whether everything built before the stop closed without failing (each failure is logged). */
