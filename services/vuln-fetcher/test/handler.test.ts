@@ -318,10 +318,23 @@ describe('createEnrichHandler', () => {
 
   it('should fail, not send, a batch whose tenant record stays missing after the wait, with the reason for the dead letter', async () => {
     const lines: LogLine[] = [];
+    let lookups = 0;
     const { handler, sent } = setup(
       {},
-      { logger: capturingLogger(lines), tenantWaitMs: 50, tenantPollMs: 5 },
+      {
+        tenants: {
+          get: async () => {
+            lookups++;
+            return null;
+          },
+          updateStatus: async () => undefined,
+        },
+        logger: capturingLogger(lines),
+        tenantWaitMs: 50,
+        tenantPollMs: 5,
+      },
     );
+    const waits = () => lines.filter((line) => /waiting for the registrar/.test(line.message)).length;
     const started = Date.now();
     await expect(handler(message(batch({ tenantId: 'gone', lastBatch: false })))).rejects.toMatchObject({
       code: 'TENANT_UNKNOWN',
@@ -330,6 +343,9 @@ describe('createEnrichHandler', () => {
       message: expect.stringMatching(/registrar.*closed as partial/),
     });
     expect(Date.now() - started).toBeGreaterThanOrEqual(45);
+    // The first look, then one every 5 ms of the 50 ms wait.
+    expect(lookups).toBeGreaterThan(2);
+    expect(waits()).toBe(1);
     // Never sent on without vulnerabilities: its scores would replace the devices' last ones over VMS, and
     // the cycle would be summarised as complete.
     expect(sent).toEqual([]);
@@ -342,12 +358,13 @@ describe('createEnrichHandler', () => {
         reason: expect.stringMatching(/registrar/),
       }),
     );
-    // The cycle's later batches look again but do not wait again.
-    const next = Date.now();
+    // The cycle's later batches look again (once) but do not wait again.
+    const before = lookups;
     await expect(handler(message(batch({ tenantId: 'gone', batchIndex: 1 })))).rejects.toMatchObject({
       code: 'TENANT_UNKNOWN',
     });
-    expect(Date.now() - next).toBeLessThan(45);
+    expect(lookups - before).toBe(1);
+    expect(waits()).toBe(1);
     expect(sent).toEqual([]);
   });
 
