@@ -43,7 +43,11 @@ describe('createScheduler', () => {
       r.scheduler.start();
       started.push(r.scheduler);
     }
-    await sleep(6 * INTERVAL_MS + 50);
+    // Four cycles of each tenant, however late a loaded machine runs the timers (about 6 intervals otherwise).
+    await waitFor(
+      () => ['a', 'b', 'c', 'd'].every((id) => runs.filter((r) => r.tenantId === id).length >= 4),
+      { timeoutMs: 10_000, intervalMs: 5, description: 'four cycles of each tenant' },
+    );
     for (const tenantId of ['a', 'b', 'c', 'd']) {
       const mine = runs.filter((r) => r.tenantId === tenantId).sort((x, y) => x.start - y.start);
       expect(mine.length).toBeGreaterThanOrEqual(4);
@@ -72,7 +76,9 @@ describe('createScheduler', () => {
     await feed(table, [record('a'), record('b'), record('c')]);
     scheduler.start();
     started.push(scheduler);
-    await sleep(7 * INTERVAL_MS);
+    // Eight cycles, not a fixed time: a loaded machine starts fewer in 7 intervals. Taking turns, each tenant
+    // has had two or three.
+    await waitFor(() => runs.length >= 8, { timeoutMs: 10_000, intervalMs: 5, description: 'eight cycles' });
     // In the table's order, a and b would take turns for ever and c would never be polled.
     for (const tenantId of ['a', 'b', 'c'])
       expect(runs.filter((r) => r.tenantId === tenantId).length).toBeGreaterThanOrEqual(2);
@@ -149,32 +155,52 @@ describe('createScheduler', () => {
     const schedules = memorySchedules();
     const status = memoryStatus();
     const runs: Run[] = [];
-    let badTries = 0;
+    /** When each try of the bad tenant started (`CycleInput.startedAt`). */
+    const badTries: number[] = [];
+    const goodRuns = (): number => runs.filter((r) => r.tenantId === 'good').length;
     const { table, scheduler } = replica(0, schedules, status, runs, async (input) => {
       if (input.record.tenantId === 'bad') {
-        badTries++;
+        badTries.push(input.startedAt);
         throw new UrsError('DEFENDER_INVALID_SECRET', 'the client secret is wrong: paste its Value');
       }
-      if (input.record.tenantId === 'slow') await sleep(3 * INTERVAL_MS);
+      // A cycle that lasts until the good tenant was polled three times more: one the slow cycle held up
+      // would never come, and this one would never end.
+      if (input.record.tenantId === 'slow') {
+        const from = goodRuns();
+        await waitFor(() => goodRuns() >= from + 3, { timeoutMs: 10_000, intervalMs: 5 });
+      }
     });
     await feed(table, [record('bad'), record('slow'), record('good')]);
     scheduler.start();
     started.push(scheduler);
-    await sleep(7 * INTERVAL_MS + 50);
-    // Backoff 1, 2, 4 intervals after the failed starts: tries at about 0, 1, 3, 7 intervals.
-    expect(badTries).toBeGreaterThanOrEqual(3);
-    expect(badTries).toBeLessThanOrEqual(4);
-    expect(runs.filter((r) => r.tenantId === 'good').length).toBeGreaterThanOrEqual(5);
+    // Counted, not timed: a loaded machine runs fewer cycles in a fixed time.
+    // Three tries, the third one's backoff recorded.
+    await waitFor(async () => badTries.length >= 3 && (await schedules.get('bad')).failures >= 3, {
+      timeoutMs: 10_000,
+      intervalMs: 1,
+    });
+    // New settings are tried at once, before the backoff's end (4 intervals after the third try).
+    const tries = badTries.length;
+    const { notBefore } = await schedules.get('bad');
+    expect(notBefore).toBeGreaterThan(Date.now());
+    await feed(table, [record('bad', 2)], { n: 100 });
+    await waitFor(() => badTries.length > tries, { timeoutMs: 10_000, intervalMs: 1 });
+    expect(badTries).toHaveLength(tries + 1);
+    expect(badTries[tries]).toBeLessThan(notBefore as number);
+    // Backoff 1, 2, 4 intervals after the failed starts.
+    expect((badTries[1] as number) - (badTries[0] as number)).toBeGreaterThanOrEqual(INTERVAL_MS);
+    expect((badTries[2] as number) - (badTries[1] as number)).toBeGreaterThanOrEqual(2 * INTERVAL_MS);
+    expect(notBefore).toBeGreaterThanOrEqual((badTries[2] as number) + 4 * INTERVAL_MS);
     expect(status.statuses.get('bad')).toMatchObject({
       state: 'error',
       lastErrorCode: 'DEFENDER_INVALID_SECRET',
       lastErrorMessage: 'the client secret is wrong: paste its Value',
     });
-    // New settings are tried at once.
-    const before = badTries;
-    await feed(table, [record('bad', 2)], { n: 100 });
-    await sleep(30);
-    expect(badTries).toBe(before + 1);
+    await waitFor(() => goodRuns() >= 5 && runs.some((r) => r.tenantId === 'slow'), {
+      timeoutMs: 10_000,
+      intervalMs: 5,
+      description: 'five good cycles and a slow one',
+    });
   });
 
   it('createScheduler should try a transient failure again after minutes, not after a whole interval', async () => {
