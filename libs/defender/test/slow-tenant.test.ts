@@ -35,6 +35,8 @@ interface Served {
   inFlight: Record<'slow' | 'healthy', number>;
   /** The most calls of the healthy tenant in flight at once. */
   healthyPeak: number;
+  /** The most calls of the slow tenant in flight at once. */
+  slowPeak: number;
   /** At each healthy call's arrival, the slow tenant's calls in flight and answered so far. */
   slowAtHealthy: { inFlight: number; answered: number }[];
   /** The slow tenant's calls answered. */
@@ -43,10 +45,18 @@ interface Served {
   close: () => Promise<void>;
 }
 
+/** The slow tenant's first round: its first calls, one per call slot, all in flight before any is answered. */
+const SLOW_ROUND = 10;
+
 /**
  * An API whose `slow` tenant answers `slowStatus` after SLOW_MS and whose `healthy` one answers 200 after
  * `healthyMs`; the healthy tenant's first `gatherHealthy` calls are answered together, once all of them are
  * in flight (500 ms after the first at the latest).
+ *
+ * The slow tenant's first SLOW_ROUND calls are answered together SLOW_MS after the last of them arrived,
+ * none later than 900 ms after its own arrival (within the 1 s request timeout): a loaded machine sends them
+ * further apart than SLOW_MS, and answered one by one, the first would come back (and slow the tenant down)
+ * before the last was sent, so that the round never held every slot at once.
  */
 async function serve(slowStatus: 200 | 503, healthyMs = 10, gatherHealthy = 0): Promise<Served> {
   const gathered: (() => void)[] = [];
@@ -55,12 +65,22 @@ async function serve(slowStatus: 200 | 503, healthyMs = 10, gatherHealthy = 0): 
     clearTimeout(gatherBound);
     for (const answer of gathered.splice(0)) answer();
   };
+  let slowArrived = 0;
+  const slowRound: { answer: () => void; bound: NodeJS.Timeout }[] = [];
+  let slowRoundTimer: NodeJS.Timeout | undefined;
+  const answerSlowRound = (): void => {
+    for (const { answer, bound } of slowRound.splice(0)) {
+      clearTimeout(bound);
+      answer();
+    }
+  };
   const server = createServer((req, res) => {
     const tenant = req.url?.startsWith('/slow/') ? 'slow' : 'healthy';
     if (tenant === 'healthy')
       served.slowAtHealthy.push({ inFlight: served.inFlight.slow, answered: served.slowAnswered });
     served.inFlight[tenant]++;
     served.healthyPeak = Math.max(served.healthyPeak, served.inFlight.healthy);
+    served.slowPeak = Math.max(served.slowPeak, served.inFlight.slow);
     const status = tenant === 'slow' ? slowStatus : 200;
     let over = false;
     const answer = (): void => {
@@ -76,6 +96,9 @@ async function serve(slowStatus: 200 | 503, healthyMs = 10, gatherHealthy = 0): 
       gathered.push(answer);
       if (gathered.length === gatherHealthy) answerGathered();
       else gatherBound ??= setTimeout(answerGathered, 500);
+    } else if (tenant === 'slow' && ++slowArrived <= SLOW_ROUND) {
+      slowRound.push({ answer, bound: setTimeout(answer, REQUEST_TIMEOUT_MS - 100) });
+      if (slowArrived === SLOW_ROUND) slowRoundTimer = setTimeout(answerSlowRound, SLOW_MS);
     } else timer = setTimeout(answer, tenant === 'slow' ? SLOW_MS : healthyMs);
     // A call stopped by its caller is no longer in flight.
     res.on('close', () => {
@@ -90,12 +113,15 @@ async function serve(slowStatus: 200 | 503, healthyMs = 10, gatherHealthy = 0): 
   const served: Served = {
     inFlight: { slow: 0, healthy: 0 },
     healthyPeak: 0,
+    slowPeak: 0,
     slowAtHealthy: [],
     slowAnswered: 0,
     apiBase: (tenant) => `http://127.0.0.1:${port}/${tenant}`,
     close: () =>
       new Promise<void>((resolve) => {
         clearTimeout(gatherBound);
+        clearTimeout(slowRoundTimer);
+        for (const { bound } of slowRound) clearTimeout(bound);
         server.closeAllConnections();
         server.close(() => resolve());
       }),
@@ -171,7 +197,8 @@ async function healthyBesideSlow(
       if (result?.status === 'rejected' && CallHealth.isHeldBack(result.reason)) break;
     }
   });
-  await until(() => served.inFlight.slow === 10, "the slow tenant's first 10 calls");
+  // Seen by the server, not by polling: the round may be answered before a loaded machine runs this check.
+  await until(() => served.slowPeak === SLOW_ROUND, "the slow tenant's first 10 calls in flight at once");
   let next = 0;
   await Promise.all(
     Array.from({ length: 10 }, async () => {
