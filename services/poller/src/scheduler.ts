@@ -130,6 +130,9 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       // Look again at once: a new registration is polled within a tick, a changed interval is re-read.
       localDue.set(tenantId, 0);
     } else {
+      // Only a tenant this replica polled: the log's replay at a start meets every disabled tenant again.
+      if (localDue.has(tenantId))
+        log.info('tenant deleted or disabled: no longer polled', { tenantId, deleted: record === null });
       localDue.delete(tenantId);
       unread.delete(tenantId);
       failures.forget(tenantId);
