@@ -16,6 +16,9 @@ import { freePort, secretKey, spawnService, type ServiceProcess } from './servic
 
 const ROOT = join(__dirname, '..', '..', '..', '..');
 
+/** The pollers' URS_POLL_RECHECK_MS: how long one waits before it tries again a tenant another one holds. */
+export const POLL_RECHECK_MS = 200;
+
 /** Builds the two services (incremental: quick when nothing changed), so the processes run the current code. */
 export function buildServices(): void {
   execFileSync(
@@ -120,7 +123,7 @@ export async function createTestStack(options: {
     URS_POLL_INTERVAL_UNIT_MS: String(options.intervalUnitMs),
     URS_POLL_LEASE_MS: String(options.leaseMs),
     URS_POLL_TICK_MS: '50',
-    URS_POLL_RECHECK_MS: '200',
+    URS_POLL_RECHECK_MS: String(POLL_RECHECK_MS),
     URS_REBUILD_CHECK_MS: '300',
     URS_SHUTDOWN_TIMEOUT_MS: '8000',
     ...extra,
