@@ -111,6 +111,8 @@ export async function withRetry<T>(
       const delayMs = options.delayHintMs?.(error) ?? retryDelayMs(options.policy, attempt, options.random);
       options.onRetry?.(error, attempt, delayMs);
       await wait(delayMs, options.signal);
+      // Stopped during the wait, which then ended early: no attempt after the stop.
+      if (options.signal?.aborted) throw error;
     }
   }
 }

@@ -89,4 +89,26 @@ describe('withRetry', () => {
     );
     expect(waits).toEqual([1234]);
   });
+
+  it('should make no attempt after a stop that comes while it waits to retry', async () => {
+    const stop = new AbortController();
+    let calls = 0;
+    const retrying = withRetry(
+      async () => {
+        calls++;
+        throw new UrsError('FLAKY', 'flaky', { canRetry: true });
+      },
+      {
+        policy: retryPolicy({ maxAttempts: 4, initialDelayMs: 60_000, maxDelayMs: 60_000 }),
+        signal: stop.signal,
+        random: () => 1,
+      },
+    );
+    retrying.catch(() => undefined);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(calls).toBe(1);
+    stop.abort();
+    await expect(retrying).rejects.toThrow('flaky');
+    expect(calls).toBe(1);
+  });
 });
