@@ -1,6 +1,6 @@
 import type { IHeaders, Kafka, Producer } from 'kafkajs';
 import { validateMessage, type ContractId, type ContractTypes } from '@urs/contracts';
-import { UrsError, retryDelayMs, retryPolicy, sleep, type RetryPolicy } from '@urs/resilience';
+import { UrsError, retryPolicy, sleep, withRetry, type RetryPolicy } from '@urs/resilience';
 import { JavaCompatiblePartitioner } from './partitioner';
 import { isTransientKafkaError } from './transient';
 
@@ -154,23 +154,24 @@ export async function createPublisher(kafka: Kafka, options: PublisherOptions = 
   /** One request's messages, tried again while it fails on what may heal, for retryForMs, until close(). */
   async function sendGroup(topic: string, group: OutboundRecord[]): Promise<void> {
     const deadline = Date.now() + retryForMs;
-    for (let attempt = 1; ; attempt++) {
-      const sending = producer.send({ topic, acks: -1, messages: group });
-      attempts.add(sending);
-      try {
-        await sending;
-        return;
-      } catch (error) {
-        if (stopped.signal.aborted || Date.now() >= deadline || !isTransientKafkaError(error)) throw error;
-        await sleep(
-          Math.min(retryDelayMs(PUBLISHER_SEND_RETRY, attempt), deadline - Date.now()),
-          stopped.signal,
-        );
-        if (stopped.signal.aborted) throw error;
-      } finally {
-        attempts.delete(sending);
-      }
-    }
+    await withRetry(
+      async () => {
+        const sending = producer.send({ topic, acks: -1, messages: group });
+        attempts.add(sending);
+        try {
+          await sending;
+        } finally {
+          attempts.delete(sending);
+        }
+      },
+      {
+        policy: PUBLISHER_SEND_RETRY,
+        signal: stopped.signal,
+        shouldRetry: (error) => Date.now() < deadline && isTransientKafkaError(error),
+        // The last wait ends at the deadline, so one more attempt is made right at it.
+        sleep: (ms, signal) => sleep(Math.max(0, Math.min(ms, deadline - Date.now())), signal),
+      },
+    );
   }
   /** Produces `messages` in requests of at most MAX_SEND_BYTES, in order, acknowledged by all in-sync replicas. */
   async function produce(topic: string, messages: OutboundRecord[]): Promise<void> {
