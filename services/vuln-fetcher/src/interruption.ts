@@ -3,15 +3,18 @@ import { UrsError, sleep } from '@urs/resilience';
 
 // How a batch's waits end early: the process stopping, the runner giving the batch up, an export ending.
 
+/** A signal aborted when what it follows is, and `release` to stop following its sources. */
+export interface Interruption {
+  signal: AbortSignal;
+  release: () => void;
+}
+
 /**
  * A signal aborted once any of `signals` is (at once when one already is), and `release` to stop following
  * them. Not AbortSignal.any: Node keeps every signal made from a long-lived one, such as the process's stop
  * signal (nodejs/node#55351).
  */
-export function anyAborted(signals: (AbortSignal | undefined)[]): {
-  signal: AbortSignal;
-  release: () => void;
-} {
+export function anyAborted(signals: (AbortSignal | undefined)[]): Interruption {
   const any = new AbortController();
   const abort = (): void => any.abort();
   for (const one of signals) {
@@ -24,12 +27,6 @@ export function anyAborted(signals: (AbortSignal | undefined)[]): {
       for (const one of signals) one?.removeEventListener('abort', abort);
     },
   };
-}
-
-/** A batch's signal, aborted when it is interrupted, and `release` to stop following its sources. */
-export interface BatchInterruption {
-  signal: AbortSignal;
-  release: () => void;
 }
 
 /**
@@ -49,7 +46,7 @@ export interface BatchInterruption {
 export function createBatchInterruptions(
   stop: AbortSignal | undefined,
   callsPerBatch: number,
-): (own: AbortSignal | undefined) => BatchInterruption {
+): (own: AbortSignal | undefined) => Interruption {
   const maxListeners = Math.max(defaultMaxListeners, callsPerBatch + 1);
   const running = new Set<AbortController>();
   const stopAll = (): void => {
