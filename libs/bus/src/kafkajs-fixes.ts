@@ -99,16 +99,75 @@ function patchConsumerGroup(): boolean {
   }
 }
 
+/** KafkaJS's connection to one broker (a broker holds two: one for fetches, one for the rest). */
+const KAFKAJS_CONNECTION = 'kafkajs/src/network/connection.js';
+
+export interface ConnectionLike {
+  /** The connection's socket, from its last connect. */
+  socket?: { destroyed: boolean; destroy(error?: Error): void } | null;
+  send(request: unknown): Promise<unknown>;
+}
+
+/**
+ * A request that times out closes its connection, as Java's client does (its NetworkClient disconnects from a
+ * node on a request timeout), so that the next request to that broker connects afresh and, when the broker
+ * cannot be reached, fails as a connection error, on which KafkaJS refreshes the cluster's metadata (a new
+ * leader). KafkaJS 2.2.4 keeps the connection open (tulios/kafkajs#919): where a broker's host went away
+ * without closing it (a host powered off, a firewall's or a NAT's state dropped: no FIN, no RST), every later
+ * request on it timed out too, 30 s each, until TCP itself gave up (~15 minutes). The socket is destroyed
+ * with an error, which KafkaJS handles as a connection error: the connection's other requests fail at once
+ * (they would time out too) and the connection counts as disconnected.
+ */
+export function dropConnectionOnRequestTimeout(Connection: { prototype: ConnectionLike }): void {
+  const { send } = Connection.prototype;
+  Connection.prototype.send = async function (this: ConnectionLike, request: unknown): Promise<unknown> {
+    const socket = this.socket;
+    try {
+      return await send.call(this, request);
+    } catch (error) {
+      if (
+        (error as { name?: unknown } | null)?.name === 'KafkaJSRequestTimeoutError' &&
+        socket &&
+        !socket.destroyed
+      ) {
+        socket.destroy(new Error(`${(error as Error).message}: connection closed`));
+      }
+      throw error;
+    }
+  };
+}
+
+/** Whether KafkaJS's Connection was patched: applyKafkaJsFixes is idempotent, a wrapper must not wrap itself. */
+let connectionPatched = false;
+
+/** dropConnectionOnRequestTimeout on KafkaJS's Connection, once; false when KafkaJS has another layout. */
+function patchConnection(): boolean {
+  if (connectionPatched) return true;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const Connection = require(KAFKAJS_CONNECTION) as { prototype: Partial<ConnectionLike> };
+    if (typeof Connection.prototype.send !== 'function') return false;
+    dropConnectionOnRequestTimeout(Connection as { prototype: ConnectionLike });
+    connectionPatched = true;
+    return true;
+  } catch {
+    // Another KafkaJS layout: leave it as it is.
+    return false;
+  }
+}
+
 /**
  * Fixes for KafkaJS 2.2.4 (its last release), applied to the KafkaJS this package loads: the idle timer
  * loop of every connection (above), a consumer's member id kept across its restarts
- * (`keepMemberIdAcrossRestarts`), a faster record batch checksum (`useFastCrc32c`) and record batches
+ * (`keepMemberIdAcrossRestarts`), a connection closed when a request on it times out
+ * (`dropConnectionOnRequestTimeout`), a faster record batch checksum (`useFastCrc32c`) and record batches
  * encoded in one pass, with large parts of a request referenced instead of copied (`useFastRecordBatches`);
  * both must run before a producer first sends, the checksum first. Idempotent. Answers what was applied.
  */
 export function applyKafkaJsFixes(): {
   requestQueue: boolean;
   memberIds: boolean;
+  connections: boolean;
   crc32c: boolean;
   recordBatches: boolean;
 } {
@@ -126,6 +185,7 @@ export function applyKafkaJsFixes(): {
     // Another KafkaJS layout: leave it as it is.
   }
   const memberIds = patchConsumerGroup();
+  const connections = patchConnection();
   const crc32c = useFastCrc32c();
-  return { requestQueue, memberIds, crc32c, recordBatches: useFastRecordBatches() };
+  return { requestQueue, memberIds, connections, crc32c, recordBatches: useFastRecordBatches() };
 }

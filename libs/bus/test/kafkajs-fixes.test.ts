@@ -1,4 +1,6 @@
 import { applyKafkaJsFixes } from '@urs/bus';
+import { once } from 'node:events';
+import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
 import { keepMemberIdAcrossRestarts, type ConsumerGroupLike } from '../src/kafkajs-fixes';
 
 // KafkaJS's per-connection request queue, as its connections use it.
@@ -45,6 +47,7 @@ beforeAll(() => {
   expect(applyKafkaJsFixes()).toEqual({
     requestQueue: true,
     memberIds: true,
+    connections: true,
     crc32c: expect.any(Boolean),
     recordBatches: expect.any(Boolean),
   });
@@ -136,3 +139,96 @@ describe('keepMemberIdAcrossRestarts', () => {
     expect(Group.joinedWith).toEqual([null, 'a1', 'a2', null]);
   });
 });
+
+describe('dropConnectionOnRequestTimeout', () => {
+  // KafkaJS's connection to one broker, patched by applyKafkaJsFixes (beforeAll).
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const Connection = require('kafkajs/src/network/connection.js') as new (options: object) => {
+    connect(): Promise<boolean>;
+    send(request: object): Promise<unknown>;
+    isConnected(): boolean;
+    disconnect(): Promise<boolean>;
+  };
+  // An ApiVersions request as KafkaJS makes it.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const apiVersions = require('kafkajs/src/protocol/requests/apiVersions') as {
+    protocol(options: { version: number }): () => object;
+  };
+  const kafkaLogger = { ...logger, namespace: () => kafkaLogger };
+
+  /** A broker that takes connections and never answers (a host gone, its connections not closed). */
+  async function silentBroker(): Promise<{ server: Server; accepted: Socket[]; closed: () => number }> {
+    const accepted: Socket[] = [];
+    let closed = 0;
+    const server = createServer((socket) => {
+      accepted.push(socket);
+      socket.resume();
+      socket.on('close', () => closed++);
+      socket.on('error', () => undefined);
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    return { server, accepted, closed: () => closed };
+  }
+
+  it('should close a connection whose request timed out, and connect afresh for the next one', async () => {
+    const broker = await silentBroker();
+    const connection = new Connection({
+      host: '127.0.0.1',
+      port: (broker.server.address() as AddressInfo).port,
+      logger: kafkaLogger,
+      socketFactory: ({ host, port, onConnect }: { host: string; port: number; onConnect: () => void }) =>
+        connect({ host, port }, onConnect),
+      requestTimeout: 200,
+      connectionTimeout: 1_000,
+    });
+    try {
+      await connection.connect();
+      await expect(connection.send(apiVersions.protocol({ version: 0 })())).rejects.toMatchObject({
+        name: 'KafkaJSRequestTimeoutError',
+      });
+      // KafkaJS 2.2.4 left it open: the broker's side never closed, and the next request went the same way.
+      await waitUntil(() => broker.closed() === 1);
+      expect(connection.isConnected()).toBe(false);
+      await connection.connect();
+      expect(broker.accepted).toHaveLength(2);
+    } finally {
+      await connection.disconnect();
+      for (const socket of broker.accepted) socket.destroy();
+      broker.server.close();
+    }
+  });
+
+  it('should leave a connection open when its request failed otherwise', async () => {
+    const broker = await silentBroker();
+    const connection = new Connection({
+      host: '127.0.0.1',
+      port: (broker.server.address() as AddressInfo).port,
+      logger: kafkaLogger,
+      socketFactory: ({ host, port, onConnect }: { host: string; port: number; onConnect: () => void }) =>
+        connect({ host, port }, onConnect),
+      requestTimeout: 30_000,
+      connectionTimeout: 1_000,
+    });
+    try {
+      await connection.connect();
+      const failing = { request: { encode: () => Promise.reject(new Error('cannot encode')) }, response: {} };
+      await expect(connection.send(failing)).rejects.toThrow('cannot encode');
+      expect(connection.isConnected()).toBe(true);
+      expect(broker.closed()).toBe(0);
+    } finally {
+      await connection.disconnect();
+      for (const socket of broker.accepted) socket.destroy();
+      broker.server.close();
+    }
+  });
+});
+
+/** Resolves once `done` holds, looking every 10 ms for at most 2 s. */
+async function waitUntil(done: () => boolean): Promise<void> {
+  const deadline = Date.now() + 2_000;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error('condition not met within 2 s');
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}

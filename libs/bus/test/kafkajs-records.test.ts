@@ -253,7 +253,7 @@ describe('useFastRecordBatches', () => {
       const bus = require('@urs/bus');
       const fixes = [bus.applyKafkaJsFixes(), bus.useFastRecordBatches()];`);
     expect(fixed.fixes).toEqual([
-      { requestQueue: true, memberIds: true, crc32c: true, recordBatches: true },
+      { requestQueue: true, memberIds: true, connections: true, crc32c: true, recordBatches: true },
       true,
     ]);
     expect(fixed.size).toBe(stock.size);
