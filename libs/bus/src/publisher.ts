@@ -151,9 +151,8 @@ export async function createPublisher(kafka: Kafka, options: PublisherOptions = 
   const stopped = new AbortController();
   /** The attempts under way, which close() waits for before it disconnects the last time. */
   const attempts = new Set<Promise<unknown>>();
-  /** One request's messages, tried again while it fails on what may heal, for retryForMs, until close(). */
-  async function sendGroup(topic: string, group: OutboundRecord[]): Promise<void> {
-    const deadline = Date.now() + retryForMs;
+  /** One request's messages, tried again while it fails on what may heal, until `deadline` or close(). */
+  async function sendGroup(topic: string, group: OutboundRecord[], deadline: number): Promise<void> {
     await withRetry(
       async () => {
         const sending = producer.send({ topic, acks: -1, messages: group });
@@ -173,10 +172,15 @@ export async function createPublisher(kafka: Kafka, options: PublisherOptions = 
       },
     );
   }
-  /** Produces `messages` in requests of at most MAX_SEND_BYTES, in order, acknowledged by all in-sync replicas. */
+  /**
+   * Produces `messages` in requests of at most MAX_SEND_BYTES, in order, acknowledged by all in-sync replicas,
+   * tried again for retryForMs from the send's start (not from each request's: a send of k requests would
+   * otherwise be tried for up to k × retryForMs).
+   */
   async function produce(topic: string, messages: OutboundRecord[]): Promise<void> {
+    const deadline = Date.now() + retryForMs;
     try {
-      for (const group of sizedGroups(messages)) await sendGroup(topic, group);
+      for (const group of sizedGroups(messages)) await sendGroup(topic, group, deadline);
     } catch (error) {
       throw produceFailure(topic, error);
     }

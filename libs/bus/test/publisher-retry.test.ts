@@ -60,6 +60,34 @@ describe('createPublisher with retryForMs', () => {
     expect(state.sends).toBe(sends);
   });
 
+  it('should give a send of several requests up once retryForMs has passed since the send began, not since each request', async () => {
+    const began = Date.now();
+    // The first request (key a) goes through from 10 s on; the others fail throughout.
+    const kafka = {
+      producer: () => ({
+        connect: async () => undefined,
+        disconnect: async () => undefined,
+        send: async ({ messages }: { messages: { key: string }[] }) => {
+          if (messages[0]!.key !== 'a' || Date.now() - began < 10_000) throw away();
+        },
+      }),
+    } as unknown as Kafka;
+    const publisher = await createPublisher(kafka, { retryForMs: 14_000 });
+    // Three values of 3 MiB: three requests of at most MAX_SEND_BYTES (4 MiB).
+    const value = 'x'.repeat(3 * 1024 * 1024);
+    let settled = false;
+    const sending = publisher.sendRaw('urs.scores', [
+      { key: 'a', value },
+      { key: 'b', value },
+      { key: 'c', value },
+    ]);
+    sending.catch(() => undefined).finally(() => (settled = true));
+    // Tried until 14 s from the start: the second request had what was left of them, not 14 s of its own.
+    await jest.advanceTimersByTimeAsync(20_000);
+    expect(settled).toBe(true);
+    await expect(sending).rejects.toMatchObject({ name: 'KafkaJSNumberOfRetriesExceeded' });
+  });
+
   it('should end the tries of a send at once on close, trying nothing more', async () => {
     const { kafka, state } = flakyKafka();
     const publisher = await createPublisher(kafka, { retryForMs: 14_000 });
