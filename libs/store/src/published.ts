@@ -64,8 +64,13 @@ export interface PublishedStore extends TenantDeletions {
     cycleAt: number,
     absentCycles: number,
   ): Promise<{ sequence: number; gone: string[]; tombstones: number }>;
-  /** Devices seen in the cycle that started at `cycleAt`. */
-  seenIn(tenantId: string, cycleAt: number): Promise<string[]>;
+  /**
+   * Devices seen in the cycle that started at `cycleAt` or in a later one: a device keeps only its newest
+   * cycle, so one a later cycle has recorded already (its summary may come after that cycle's batches) is
+   * counted here too, and a device of that later cycle alone is live all the same. A cycle's snapshot is
+   * every device it names.
+   */
+  seenSince(tenantId: string, cycleAt: number): Promise<string[]>;
   /** Forgets devices (after their tombstone was published). */
   forget(tenantId: string, deviceIds: string[]): Promise<void>;
   get(tenantId: string, deviceId: string): Promise<PublishedDevice | null>;
@@ -228,8 +233,8 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
       const [sequence, tombstones, ...gone] = result;
       return { sequence: Number(sequence), gone, tombstones: Number(tombstones) };
     },
-    async seenIn(tenantId, cycleAt) {
-      return (await redis.zrangebyscore(seenKey(tenantId), cycleAt, cycleAt)).sort();
+    async seenSince(tenantId, cycleAt) {
+      return (await redis.zrangebyscore(seenKey(tenantId), cycleAt, '+inf')).sort();
     },
     async forget(tenantId, deviceIds) {
       if (deviceIds.length === 0) return;

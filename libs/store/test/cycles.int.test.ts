@@ -116,7 +116,7 @@ describe('createCycleStore', () => {
     await cycles.begin(begin);
     const devices = [{ deviceId: 'd1', score: 10, band: 'Trustworthy' }];
     await cycles.recordBatch('acme', 'c1', 0, { devices: 1 }, undefined, { cycleAt: startedMs, devices });
-    expect(await published.seenIn('acme', startedMs)).toEqual(['d1']);
+    expect(await published.seenSince('acme', startedMs)).toEqual(['d1']);
     const lease = { tenantId: 'acme', holder: 'r1', ttlMs: 10_000 };
     expect(await published.changed(lease, startedMs, devices)).toEqual([]);
   });

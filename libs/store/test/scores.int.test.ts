@@ -488,7 +488,9 @@ describe('createPublishedStore', () => {
         seenCycleAt: newer ? 3000 : 2000,
       });
     }
-    expect((await published.seenIn('t', 2000)).length).toBe(450 - 65);
+    // A device a newer cycle recorded was seen since this one too.
+    expect((await published.seenSince('t', 2000)).length).toBe(450);
+    expect((await published.seenSince('t', 3000)).length).toBe(65);
     expect(await published.changed(lease('t'), 2000, refs(20))).toEqual([]);
   });
 
@@ -519,7 +521,7 @@ describe('createPublishedStore', () => {
       tombstones: 1,
     });
     await published.forget('t', ['leave']);
-    expect(await published.seenIn('t', 3000)).toEqual(['stay']);
+    expect(await published.seenSince('t', 3000)).toEqual(['stay']);
     // Asked again once its tombstones went out: nothing left to tombstone, and still the count it had.
     expect(await published.completeCycle('t', 'c3', 3000, 2)).toEqual({
       sequence: 3,

@@ -146,7 +146,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
   );
 
   async function snapshot(tenantId: string, cycleAt: number): Promise<number> {
-    const ids = await deps.published.seenIn(tenantId, cycleAt);
+    const ids = await deps.published.seenSince(tenantId, cycleAt);
     const stored = await deps.scores.getDeviceScores(tenantId, ids);
     const messages = stored.map((score) => vmsRecord(tenantId, score.cycleId, score.scoredAt, score.device));
     for (let start = 0; start < messages.length; start += 500) {

@@ -353,6 +353,24 @@ describe('the publisher', () => {
     expect(records().filter((m) => m.key === 't1/a')).toHaveLength(2);
   });
 
+  it("createCycleCompletion should send in a cycle's snapshot the devices a later cycle recorded before the cycle completed", async () => {
+    const { handler, begin } = build({ snapshotEveryCycles: 1 });
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')], 2));
+    // The next cycle's first batch is recorded before the cycle's last one comes (a poller taken over after
+    // its last batch, say): device a's newest cycle is then the next one.
+    await begin(2);
+    await handler(scoreBatch(2, 0, [device('a', 10, 'Trustworthy')], 2));
+    await handler(scoreBatch(1, 1, [device('c', 50, 'Moderate Risk')], 2));
+    expect(summaries()[0]).toMatchObject({ cycleId: 'c1', published: { snapshot: true } });
+    const snapshotted = sent
+      .slice(sent.findIndex((m) => m.topic === topics.vmsRiskScores && m.key === 't1/c') + 1)
+      .filter((m) => m.topic === topics.vmsRiskScores)
+      .map((m) => m.key)
+      .sort();
+    expect(snapshotted).toEqual(['t1/a', 't1/b', 't1/c']);
+  });
+
   it('closeOverdue should publish a cycle past its deadline once, as partial, with the devices never scored as failed', async () => {
     const { handler, begin, completion, cycles } = build();
     await begin(1);
