@@ -16,7 +16,7 @@ export type {
   TenantScoresRemoval,
 } from './scores';
 export { createPublishedStore } from './published';
-export type { PublishedStore, TenantLease } from './published';
+export type { PublishedStore, TenantLease, TombstoneHold } from './published';
 export type { PublishedDevice, DeviceScoreRef, PublishOptions } from './published-devices';
 export { createBulkVulnerabilityCache } from './vulnerability-cache';
 export type { BulkVulnerabilityCache, BulkExportState, LatestExport } from './vulnerability-cache';

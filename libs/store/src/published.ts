@@ -57,13 +57,17 @@ export interface PublishedStore extends TenantDeletions {
    * not seen in any of the last `absentCycles` completed cycles: the ones to tombstone. `tombstones` is how
    * many the first call listed, kept with the sequence: a repeat (the summary's send failed after the
    * tombstones went out and their devices were forgotten) lists none again, and still counts them.
+   * With `hold`, when those devices are more than `hold.maxSharePercent` of the devices known (a listing
+   * that lost most of the fleet, as an empty answer of Microsoft's would), only those absent from the last
+   * `hold.cycles` completed cycles are listed; `held` counts the others.
    */
   completeCycle(
     tenantId: string,
     cycleId: string,
     cycleAt: number,
     absentCycles: number,
-  ): Promise<{ sequence: number; gone: string[]; tombstones: number }>;
+    hold?: TombstoneHold,
+  ): Promise<{ sequence: number; gone: string[]; tombstones: number; held: number }>;
   /**
    * Devices seen in the cycle that started at `cycleAt` or in a later one: a device keeps only its newest
    * cycle, so one a later cycle has recorded already (its summary may come after that cycle's batches) is
@@ -97,10 +101,23 @@ export interface PublishedStore extends TenantDeletions {
   ): Promise<{ tenantId: string; cycleId: string; status: 'complete' | 'partial' }[]>;
 }
 
+/**
+ * A brake on tombstones (`PublishedStore.completeCycle`): a cycle that would tombstone more than
+ * `maxSharePercent` of a tenant's devices at once tombstones only those absent for `cycles` completed cycles.
+ */
+export interface TombstoneHold {
+  maxSharePercent: number;
+  cycles: number;
+}
+
+/** No brake: every device absent long enough is tombstoned. */
+const NO_HOLD: TombstoneHold = { maxSharePercent: 100, cycles: 1 };
+
 // KEYS[1] sequence hash (cycleId → `n:tombstones`, or `n` as written before the count was kept), KEYS[2]
 // counter, KEYS[3] completed zset (cycleId by start ms), KEYS[4] seen zset. ARGV: cycleId, cycle ms,
-// absentCycles. Returns {sequence, tombstones, gone ids...}: a range of the seen zset, so a large fleet costs
-// only its absent devices.
+// absentCycles, the largest share of the devices known tombstoned at once (percent), the cycles a device is
+// held for beyond it. Returns {sequence, tombstones, held, gone ids...}: ranges of the seen zset, so a large
+// fleet costs only its absent devices.
 const COMPLETE = `
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
 local sequence, counted
@@ -111,20 +128,31 @@ else
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 end
 local n = tonumber(ARGV[3])
-local gone = {}
-local oldest = redis.call('ZREVRANGE', KEYS[3], n - 1, n - 1, 'WITHSCORES')
-if #oldest == 2 then gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. oldest[2]) end
+local hold = tonumber(ARGV[5])
+local function absentFrom(cycles)
+  local oldest = redis.call('ZREVRANGE', KEYS[3], cycles - 1, cycles - 1, 'WITHSCORES')
+  if #oldest < 2 then return {} end
+  return redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. oldest[2])
+end
+local gone = absentFrom(n)
+local held = 0
+if #gone * 100 > tonumber(ARGV[4]) * redis.call('ZCARD', KEYS[4]) then
+  local released = absentFrom(hold)
+  held = #gone - #released
+  gone = released
+end
 if not counted or counted == '' then
   counted = #gone
   redis.call('HSET', KEYS[1], ARGV[1], sequence .. ':' .. counted)
 end
-local result = {tonumber(sequence), tonumber(counted)}
+local result = {tonumber(sequence), tonumber(counted), held}
 for i = 1, #gone do table.insert(result, gone[i]) end
 -- Only the last cycles matter for absence; keep a few more for diagnosis. A cycle let go of takes its
 -- sequence number with it (the hash would grow by one field per cycle, for ever).
-local old = redis.call('ZRANGE', KEYS[3], 0, -(n + 11))
+local keep = math.max(n, hold) + 10
+local old = redis.call('ZRANGE', KEYS[3], 0, -(keep + 1))
 if #old > 0 then
-  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(n + 11))
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(keep + 1))
   redis.call('HDEL', KEYS[1], unpack(old))
 end
 return result`;
@@ -218,7 +246,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     commit(tenantId, cycleAt, devices, options) {
       return commitOn(redis, prefix, tenantId, cycleAt, devices, options);
     },
-    async completeCycle(tenantId, cycleId, cycleAt, absentCycles) {
+    async completeCycle(tenantId, cycleId, cycleAt, absentCycles, hold = NO_HOLD) {
       const result = (await redis.eval(
         COMPLETE,
         4,
@@ -229,9 +257,11 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
         cycleId,
         String(cycleAt),
         String(Math.max(1, absentCycles)),
-      )) as [number, number, ...string[]];
-      const [sequence, tombstones, ...gone] = result;
-      return { sequence: Number(sequence), gone, tombstones: Number(tombstones) };
+        String(hold.maxSharePercent),
+        String(Math.max(1, absentCycles, hold.cycles)),
+      )) as [number, number, number, ...string[]];
+      const [sequence, tombstones, held, ...gone] = result;
+      return { sequence: Number(sequence), gone, tombstones: Number(tombstones), held: Number(held) };
     },
     async seenSince(tenantId, cycleAt) {
       return (await redis.zrangebyscore(seenKey(tenantId), cycleAt, '+inf')).sort();

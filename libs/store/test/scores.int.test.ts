@@ -502,23 +502,27 @@ describe('createPublishedStore', () => {
       sequence: 1,
       gone: [],
       tombstones: 0,
+      held: 0,
     });
     await published.commit('t', 2000, [d('stay')]);
     expect(await published.completeCycle('t', 'c2', 2000, 2)).toEqual({
       sequence: 2,
       gone: [],
       tombstones: 0,
+      held: 0,
     });
     expect(await published.completeCycle('t', 'c2', 2000, 2)).toEqual({
       sequence: 2,
       gone: [],
       tombstones: 0,
+      held: 0,
     });
     await published.commit('t', 3000, [d('stay')]);
     expect(await published.completeCycle('t', 'c3', 3000, 2)).toEqual({
       sequence: 3,
       gone: ['leave'],
       tombstones: 1,
+      held: 0,
     });
     await published.forget('t', ['leave']);
     expect(await published.seenSince('t', 3000)).toEqual(['stay']);
@@ -527,6 +531,7 @@ describe('createPublishedStore', () => {
       sequence: 3,
       gone: [],
       tombstones: 1,
+      held: 0,
     });
   });
 
@@ -593,6 +598,41 @@ describe('createPublishedStore', () => {
     expect(await redis.client.exists(redis.key('published-deleted:u'))).toBe(0);
   });
 
+  it('completeCycle with a hold should send the tombstones of most of a fleet only once they were absent for its cycles', async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const d = (id: string) => ({ deviceId: id, score: 10, band: 'Trustworthy' });
+    const hold = { maxSharePercent: 50, cycles: 4 };
+    await published.commit('t', 1000, ['a', 'b', 'c', 'stay'].map(d));
+    expect(await published.completeCycle('t', 'c1', 1000, 2, hold)).toMatchObject({ gone: [], held: 0 });
+    // From the second cycle on, the listing has only one of the four devices.
+    const next = async (cycle: number) => {
+      await published.commit('t', cycle * 1000, [d('stay')]);
+      return published.completeCycle('t', `c${cycle}`, cycle * 1000, 2, hold);
+    };
+    expect(await next(2)).toEqual({ sequence: 2, gone: [], tombstones: 0, held: 0 });
+    // Absent from two cycles: three of four devices, more than half of them, are held.
+    expect(await next(3)).toEqual({ sequence: 3, gone: [], tombstones: 0, held: 3 });
+    expect(await next(4)).toEqual({ sequence: 4, gone: [], tombstones: 0, held: 3 });
+    // Absent from four: sent.
+    expect(await next(5)).toEqual({ sequence: 5, gone: ['a', 'b', 'c'], tombstones: 3, held: 0 });
+  });
+
+  it('completeCycle with a hold should send the tombstones of up to its share of the fleet at once', async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const d = (id: string) => ({ deviceId: id, score: 10, band: 'Trustworthy' });
+    const hold = { maxSharePercent: 50, cycles: 4 };
+    await published.commit('t', 1000, ['a', 'b', 'c', 'd'].map(d));
+    await published.completeCycle('t', 'c1', 1000, 2, hold);
+    for (const cycle of [2, 3]) await published.commit('t', cycle * 1000, ['c', 'd'].map(d));
+    await published.completeCycle('t', 'c2', 2000, 2, hold);
+    expect(await published.completeCycle('t', 'c3', 3000, 2, hold)).toEqual({
+      sequence: 3,
+      gone: ['a', 'b'],
+      tombstones: 2,
+      held: 0,
+    });
+  });
+
   it('completeCycle should keep the sequence numbers of the cycles it keeps only', async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
     // Absence over 2 cycles: 2 + 10 completed cycles are kept, with their numbers.
@@ -604,6 +644,7 @@ describe('createPublishedStore', () => {
       sequence: 30,
       gone: [],
       tombstones: 0,
+      held: 0,
     });
   });
 });

@@ -3,7 +3,7 @@ import type { Topics } from '@urs/config';
 import { vmsRecord, type VmsRiskSummary } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage, keepRenewing } from '@urs/resilience';
-import type { CycleState, CycleStore, PublishedStore, ScoreStore } from '@urs/store';
+import type { CycleState, CycleStore, PublishedStore, ScoreStore, TombstoneHold } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { InOrder } from './in-order';
 import { withTenantLease, type TenantLeasing } from './lease';
@@ -22,6 +22,11 @@ export interface CycleCompletionDeps {
   snapshotEveryCycles: number;
   /** Completed cycles a device may be absent from before its tombstone. */
   tombstoneAfterCycles: number;
+  /**
+   * The brake on a cycle that would tombstone much of a tenant's fleet at once (see
+   * `PublishedStore.completeCycle`); none by default.
+   */
+  tombstoneHold?: TombstoneHold;
   /**
    * The queue the handler runs each tenant's batches in. The sweep sends a tenant's summaries (their
    * tombstones and snapshot too) in it, never beside one of the tenant's batches: a tombstone computed
@@ -140,6 +145,10 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     topic: deps.topics.vmsRiskScores,
     metrics: deps.metrics,
   });
+  const tombstonesHeld = deps.metrics.counter(
+    'urs_vms_tombstones_held_total',
+    "Devices absent long enough to be tombstoned whose tombstone a completed cycle held back: they were more than URS_TOMBSTONE_MAX_SHARE_PERCENT of the tenant's devices (counted at each completion that holds them).",
+  );
   const sweepFailures = deps.metrics.counter(
     'urs_summary_sweep_failures_total',
     'Overdue or owed cycle summaries the deadline sweep could not send (tried again at the next sweep).',
@@ -212,8 +221,21 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         cycleId,
         cycleAt,
         deps.tombstoneAfterCycles,
+        deps.tombstoneHold,
       );
-      const { sequence, gone } = completed;
+      const { sequence, gone, held } = completed;
+      if (held > 0) {
+        tombstonesHeld.inc({}, held);
+        log.warn(
+          "tombstones held: more of the tenant's devices are missing from its last cycles than may go at once; check its Defender listing (an empty or cut answer, a changed app scope) before they are sent",
+          {
+            held,
+            knownDevices: total,
+            maxSharePercent: deps.tombstoneHold?.maxSharePercent,
+            sentAfterCycles: deps.tombstoneHold?.cycles,
+          },
+        );
+      }
       await tombstone(tenantId, gone);
       // Counted at the cycle's first completion: a summary sent again after its tombstones went out (and
       // their devices were forgotten) still says how many.

@@ -10,6 +10,15 @@ export interface PublisherConfig extends ConsumerSettings {
   snapshotEveryCycles: number;
   /** A device absent from this many consecutive completed cycles is tombstoned. Env `URS_TOMBSTONE_AFTER_CYCLES`, default 3. */
   tombstoneAfterCycles: number;
+  /**
+   * A completed cycle that would tombstone more than this share of a tenant's devices at once (percent)
+   * tombstones only those absent for `tombstoneHoldCycles`: a listing that lost most of a fleet (an empty
+   * answer, a changed app scope) does not take it from VMS. Env `URS_TOMBSTONE_MAX_SHARE_PERCENT`, default 50;
+   * 100 turns the brake off.
+   */
+  tombstoneMaxSharePercent: number;
+  /** Completed cycles a held device stays absent before its tombstone is sent anyway. Env `URS_TOMBSTONE_HOLD_CYCLES`, default 24. */
+  tombstoneHoldCycles: number;
   /** How often cycles past their deadline are looked for, ms. Env `URS_DEADLINE_SWEEP_MS`, default 2000. */
   deadlineSweepMs: number;
 }
@@ -19,6 +28,12 @@ export function publisherConfig(env: Env): PublisherConfig {
     ...consumerSettings(env, 'publisher', 6),
     snapshotEveryCycles: readInt(env, 'URS_SNAPSHOT_EVERY_CYCLES', { fallback: 24, min: 1 }),
     tombstoneAfterCycles: readInt(env, 'URS_TOMBSTONE_AFTER_CYCLES', { fallback: 3, min: 1 }),
+    tombstoneMaxSharePercent: readInt(env, 'URS_TOMBSTONE_MAX_SHARE_PERCENT', {
+      fallback: 50,
+      min: 1,
+      max: 100,
+    }),
+    tombstoneHoldCycles: readInt(env, 'URS_TOMBSTONE_HOLD_CYCLES', { fallback: 24, min: 1 }),
     deadlineSweepMs: readInt(env, 'URS_DEADLINE_SWEEP_MS', { fallback: 2_000, min: 100 }),
   };
 }

@@ -42,6 +42,7 @@ void runService({
       metrics,
       snapshotEveryCycles: own.snapshotEveryCycles,
       tombstoneAfterCycles: own.tombstoneAfterCycles,
+      tombstoneHold: { maxSharePercent: own.tombstoneMaxSharePercent, cycles: own.tombstoneHoldCycles },
       inOrder,
       leasing,
     });

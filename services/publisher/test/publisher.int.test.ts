@@ -8,7 +8,13 @@ import {
   type VmsRiskSummary,
 } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
-import { createCycleStore, createPublishedStore, createScoreStore, createTenantStore } from '@urs/store';
+import {
+  createCycleStore,
+  createPublishedStore,
+  createScoreStore,
+  createTenantStore,
+  type TombstoneHold,
+} from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import {
   createTestRedis,
@@ -110,6 +116,7 @@ describe('the publisher', () => {
     options: {
       snapshotEveryCycles?: number;
       tombstoneAfterCycles?: number;
+      tombstoneHold?: TombstoneHold;
       failSummaries?: number;
       summaryLockMs?: number;
       summaryDelayMs?: number;
@@ -165,6 +172,7 @@ describe('the publisher', () => {
       metrics,
       snapshotEveryCycles: options.snapshotEveryCycles ?? 24,
       tombstoneAfterCycles: options.tombstoneAfterCycles ?? 3,
+      ...(options.tombstoneHold ? { tombstoneHold: options.tombstoneHold } : {}),
       ...(options.summaryLockMs === undefined ? {} : { summaryLockMs: options.summaryLockMs }),
       inOrder,
       leasing,
@@ -369,6 +377,33 @@ describe('the publisher', () => {
       .map((m) => m.key)
       .sort();
     expect(snapshotted).toEqual(['t1/a', 't1/b', 't1/c']);
+  });
+
+  it('createCycleCompletion should hold the tombstones of most of a fleet gone at once until they were absent for the hold cycles', async () => {
+    const { handler, begin, metrics } = build({
+      tombstoneAfterCycles: 2,
+      tombstoneHold: { maxSharePercent: 50, cycles: 4 },
+    });
+    await begin(1);
+    const fleet = ['a', 'b', 'c', 'stay'].map((id) => device(id, 10, 'Trustworthy'));
+    await handler(scoreBatch(1, 0, fleet, 1));
+    // Then the listing answers one device of four (an empty or cut answer of Microsoft's looks so).
+    for (const cycle of [2, 3, 4]) {
+      await begin(cycle);
+      await handler(scoreBatch(cycle, 0, [device('stay', 10, 'Trustworthy')], 1));
+    }
+    expect(records().filter((m) => m.value === null)).toEqual([]);
+    expect(summaries().map((summary) => summary.published.tombstones)).toEqual([0, 0, 0, 0]);
+    expect(metrics.expose()).toMatch(/^urs_vms_tombstones_held_total 6$/m);
+    await begin(5);
+    await handler(scoreBatch(5, 0, [device('stay', 10, 'Trustworthy')], 1));
+    expect(
+      records()
+        .filter((m) => m.value === null)
+        .map((m) => m.key)
+        .sort(),
+    ).toEqual(['t1/a', 't1/b', 't1/c']);
+    expect(summaries()[4]?.published.tombstones).toBe(3);
   });
 
   it('closeOverdue should publish a cycle past its deadline once, as partial, with the devices never scored as failed', async () => {
