@@ -14,6 +14,32 @@ export interface DeviceRoutesDeps {
 const MAX_LIMIT = 5000;
 const DEFAULT_LIMIT = 1000;
 
+/** The query parameters of the list; any other is refused rather than ignored (`?Band=` would list every band). */
+const LIST_PARAMETERS = ['band', 'limit', 'offset'] as const;
+
+function checkQuery(request: ApiRequest, accepted: readonly string[]): void {
+  const names = [...request.query.keys()];
+  const unknown = [...new Set(names.filter((name) => !accepted.includes(name)))];
+  const acceptedText = `accepted: ${accepted.join(', ')}`;
+  if (unknown.length > 0) {
+    throw new ApiError(
+      400,
+      'VALIDATION_FAILED',
+      `unknown query parameter${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} (${acceptedText})`,
+      unknown.map((field) => ({ field, rule: `is not a query parameter of this route (${acceptedText})` })),
+    );
+  }
+  const repeated = [...new Set(names.filter((name, index) => names.indexOf(name) !== index))];
+  if (repeated.length > 0) {
+    throw new ApiError(
+      400,
+      'VALIDATION_FAILED',
+      `query parameter${repeated.length > 1 ? 's' : ''} ${repeated.join(', ')} given more than once`,
+      repeated.map((field) => ({ field, rule: 'must be given at most once' })),
+    );
+  }
+}
+
 const normalise = (text: string): string => text.toLowerCase().replace(/[\s_-]+/g, '');
 const BAND_BY_NAME = new Map<string, Band>(BANDS.map((band) => [normalise(band), band]));
 
@@ -60,7 +86,7 @@ function listItem(stored: StoredScore): Record<string, unknown> {
 
 /**
  * `GET /v1/tenants/{tenantId}/devices?band=&limit=&offset=`: the tenant's devices with their latest score,
- * sorted by device id; `GET /v1/tenants/{tenantId}/devices/{deviceId}`: one device's latest score with its
+ * sorted by device id (another query parameter, or one given twice, is a 400); `GET /v1/tenants/{tenantId}/devices/{deviceId}`: one device's latest score with its
  * explanation (every matched indicator and its points, the missing signals, the signal values, the
  * vulnerability summary, the profile hash) and its recent history.
  */
@@ -74,6 +100,7 @@ export function deviceRoutes(deps: DeviceRoutesDeps): Route[] {
 
   async function list(request: ApiRequest): Promise<ApiResponse> {
     const tenantId = tenantIdOf(request);
+    checkQuery(request, LIST_PARAMETERS);
     const band = bandOf(request);
     const limit = integerOf(request, 'limit', DEFAULT_LIMIT, MAX_LIMIT);
     const offset = integerOf(request, 'offset', 0, Number.MAX_SAFE_INTEGER);

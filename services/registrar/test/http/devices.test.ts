@@ -84,6 +84,55 @@ describe('deviceRoutes', () => {
     expect((await call('/v1/tenants/t1/devices?limit=-1')).status).toBe(400);
   });
 
+  it.each([
+    [
+      'a misspelt band',
+      '?Band=High%20Risk',
+      ['Band'],
+      'unknown query parameter Band (accepted: band, limit, offset)',
+    ],
+    [
+      'a plural',
+      '?bands=high-risk&limit=10',
+      ['bands'],
+      'unknown query parameter bands (accepted: band, limit, offset)',
+    ],
+    [
+      'two unknown ones',
+      '?page=2&size=10',
+      ['page', 'size'],
+      'unknown query parameters page, size (accepted: band, limit, offset)',
+    ],
+  ])(
+    'GET devices should refuse %s naming the parameter and the accepted ones',
+    async (_case, query, fields, message) => {
+      const answer = await call(`/v1/tenants/t1/devices${query}`);
+      expect(answer.status).toBe(400);
+      expect(answer.body).toEqual({
+        error: {
+          code: 'VALIDATION_FAILED',
+          message,
+          violations: fields.map((field) => ({
+            field,
+            rule: 'is not a query parameter of this route (accepted: band, limit, offset)',
+          })),
+        },
+      });
+    },
+  );
+
+  it('GET devices should refuse a query parameter given twice rather than take one of them', async () => {
+    const answer = await call('/v1/tenants/t1/devices?band=high-risk&band=trustworthy');
+    expect(answer.status).toBe(400);
+    expect(answer.body).toEqual({
+      error: {
+        code: 'VALIDATION_FAILED',
+        message: 'query parameter band given more than once',
+        violations: [{ field: 'band', rule: 'must be given at most once' }],
+      },
+    });
+  });
+
   it('GET one device should answer its score with the explanation and history', async () => {
     const answer = await call('/v1/tenants/t1/devices/a');
     expect(answer.status).toBe(200);
