@@ -46,7 +46,7 @@ export { deviceBatchSchema, enrichedBatchSchema, scoreBatchSchema } from './batc
 export { vmsRiskScoreSchema, vmsRiskSummarySchema } from './vms-schemas';
 export { deadLetterSchema } from './dead-letter-schema';
 export { ContractError, compileContracts, validateMessage, checkMessage } from './validate';
-export type { ContractId, ContractTypes } from './validate';
+export type { ContractId, ContractTypes, RuleViolation } from './validate';
 export { cycleBatchHeader } from './header';
 export { DEVICE_RECORD_FIELDS, toDeviceRecord, vulnerabilitiesNotHeld } from './device-record';
 export type { VulnerabilitiesNotHeld } from './device-record';

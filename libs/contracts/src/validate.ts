@@ -33,7 +33,7 @@ export type ContractId = keyof ContractTypes;
 export class ContractError extends UrsError {
   constructor(
     readonly contract: string,
-    readonly violations: { field: string; rule: string }[],
+    readonly violations: RuleViolation[],
   ) {
     const first = violations[0];
     super(
@@ -171,13 +171,34 @@ function boundOf(error: ErrorObject): string {
 }
 
 /**
- * One violation per failed rule. An `if`/`then` failure is left out: it only says that the `then` part failed,
- * whose own violations (a required field) are listed.
+ * One broken rule: the field, the rule in words, and for a rule that is one alternative of an `anyOf`
+ * (`region`: one of the regions, or null) which alternative it is (its schema path, `…/region/anyOf/0`):
+ * meeting any one alternative of an `anyOf` is enough, while every other rule must be met.
  */
-function violationsOf(errors: readonly ErrorObject[]): { field: string; rule: string }[] {
+export interface RuleViolation {
+  field: string;
+  rule: string;
+  alternative?: string;
+}
+
+const ALTERNATIVE = /^(.*?\/anyOf\/\d+)(?:\/|$)/;
+
+/**
+ * One violation per failed rule. An `if`/`then` failure is left out: it only says that the `then` part failed,
+ * whose own violations (a required field) are listed; so is an `anyOf` failure ("must match a schema in
+ * anyOf"), whose alternatives are listed, each marked as one.
+ */
+function violationsOf(errors: readonly ErrorObject[]): RuleViolation[] {
   return errors
-    .filter((error) => error.keyword !== 'if')
-    .map((error) => ({ field: fieldOf(error), rule: ruleOf(error) }));
+    .filter((error) => error.keyword !== 'if' && error.keyword !== 'anyOf')
+    .map((error) => {
+      const alternative = ALTERNATIVE.exec(error.schemaPath)?.[1];
+      return {
+        field: fieldOf(error),
+        rule: ruleOf(error),
+        ...(alternative === undefined ? {} : { alternative }),
+      };
+    });
 }
 
 /** Throws ContractError naming the first failing field and its rule. Value is returned typed. */
@@ -190,7 +211,7 @@ export function validateMessage<K extends ContractId>(id: K, value: unknown): Co
 }
 
 /** Like validateMessage, but answers every violation (for REST answers that list all problems). */
-export function checkMessage(id: ContractId, value: unknown): { field: string; rule: string }[] {
+export function checkMessage(id: ContractId, value: unknown): RuleViolation[] {
   ajvAll ??= createAjv(true);
   const validate = ajvAll.getSchema(id);
   if (!validate) throw new Error(`no schema ${id}`);

@@ -155,6 +155,25 @@ describe('checkMessage rules', () => {
     expect(checkMessage('urs/tenant-registration', defender({ clientSecret }))).toEqual([]);
   });
 
+  it('should mark the alternatives of an anyOf, without its summary, and leave rules broken together unmarked', () => {
+    expect(
+      checkMessage('urs/tenant-registration', defender({ region: 7, pollIntervalMinutes: 9.5 })),
+    ).toEqual([
+      { field: 'defender.pollIntervalMinutes', rule: 'must be an integer' },
+      { field: 'defender.pollIntervalMinutes', rule: 'must be a whole number from 10 to 1440' },
+      {
+        field: 'defender.region',
+        rule: expect.stringMatching(/^must be one of /),
+        alternative: '#/properties/defender/properties/region/anyOf/0',
+      },
+      {
+        field: 'defender.region',
+        rule: 'must be null',
+        alternative: '#/properties/defender/properties/region/anyOf/1',
+      },
+    ]);
+  });
+
   it('should word a minimum alone and a range of numbers', () => {
     expect(checkMessage('urs/registration-push', { ...push, generation: -1 })).toEqual([
       { field: 'generation', rule: 'must be at least 0' },

@@ -1,10 +1,16 @@
 import { UrsError } from '@urs/resilience';
 import type { UrsErrorOptions } from '@urs/resilience';
 
-/** One reason a profile was rejected: where (`profile.weights.criticalRisk`) and which rule it broke. */
+/**
+ * One reason a profile was rejected: where (`profile.weights.criticalRisk`), which rule it broke, and what
+ * was there. `rule` never quotes the value, so it may go where a value must not (a registration's dead
+ * letter, a tenant's status: a profile is the tenant's input and may hold anything); `got` describes the
+ * value (strings quoted, cut at 60 characters) for someone checking their own profile.
+ */
 export interface ProfileViolation {
   path: string;
   rule: string;
+  got?: string;
 }
 
 /**
@@ -18,14 +24,17 @@ export class ScoringError extends UrsError {
   }
 }
 
-/** A tenant's risk profile broke the schema or the model's rules. Code `PROFILE_INVALID`. */
+/**
+ * A tenant's risk profile broke the schema or the model's rules. Code `PROFILE_INVALID`. The message names
+ * each value (`(got 101)`), for the operator checking a profile file; `violations[].rule` does not.
+ */
 export class ProfileError extends ScoringError {
   readonly violations: readonly ProfileViolation[];
 
   constructor(violations: readonly ProfileViolation[]) {
     super(
       'PROFILE_INVALID',
-      `invalid risk profile: ${violations.map((v) => `${v.path}: ${v.rule}`).join('; ')}`,
+      `invalid risk profile: ${violations.map((v) => `${v.path}: ${v.rule}${v.got === undefined ? '' : ` (got ${v.got})`}`).join('; ')}`,
       {
         details: { violations },
       },

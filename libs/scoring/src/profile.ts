@@ -123,9 +123,9 @@ export function parseProfile(input: unknown): Profile {
       {
         path: 'profile.weights',
         rule:
-          `criticalRisk + operational must total exactly 100 (got ${criticalRisk} + ${operational} = ` +
-          `${criticalRisk + operational}; a weight left out takes its default ` +
+          `criticalRisk + operational must total exactly 100 (a weight left out takes its default ` +
           `${DEFAULT_PROFILE.weights.criticalRisk}/${DEFAULT_PROFILE.weights.operational})`,
+        got: `${criticalRisk} + ${operational} = ${criticalRisk + operational}`,
       },
     ]);
   }
@@ -133,21 +133,22 @@ export function parseProfile(input: unknown): Profile {
 }
 
 function violationsOf(errors: readonly ErrorObject[]): ProfileViolation[] {
-  const byPath = new Map<string, string>();
+  const byPath = new Map<string, ProfileViolation>();
   for (const error of errors) {
     const base = `profile${error.instancePath.split('/').slice(1).map(unescapePointer).map(dotted).join('')}`;
     if (error.keyword === 'additionalProperties') {
       const key = String((error.params as { additionalProperty: string }).additionalProperty);
       const allowed = Object.keys((error.parentSchema as { properties?: object }).properties ?? {});
-      byPath.set(`${base}${dotted(key)}`, `unknown key (allowed: ${allowed.join(', ')})`);
+      const path = `${base}${dotted(key)}`;
+      byPath.set(path, { path, rule: `unknown key (allowed: ${allowed.join(', ')})` });
     } else if (!byPath.has(base)) {
-      byPath.set(base, ruleOf(error));
+      byPath.set(base, { path: base, rule: ruleOf(error), got: describe(error.data) });
     }
   }
-  return [...byPath].map(([path, rule]) => ({ path, rule }));
+  return [...byPath.values()];
 }
 
-/** The whole rule of the field (type, range or choices), whichever part of it failed, with the value. */
+/** The whole rule of the field (type, range or choices), whichever part of it failed; never the value. */
 function ruleOf(error: ErrorObject): string {
   const schema = (error.parentSchema ?? {}) as {
     type?: string;
@@ -155,14 +156,13 @@ function ruleOf(error: ErrorObject): string {
     maximum?: number;
     enum?: unknown[];
   };
-  const got = ` (got ${describe(error.data)})`;
-  if (schema.enum) return `must be one of ${schema.enum.map((v) => JSON.stringify(v)).join(', ')}${got}`;
-  if (schema.type === 'object') return `must be an object${got}`;
+  if (schema.enum) return `must be one of ${schema.enum.map((v) => JSON.stringify(v)).join(', ')}`;
+  if (schema.type === 'object') return 'must be an object';
   if (schema.type === 'integer' || schema.type === 'number') {
     const kind = schema.type === 'integer' ? 'an integer' : 'a number';
-    return `must be ${kind} from ${schema.minimum} to ${schema.maximum}${got}`;
+    return `must be ${kind} from ${schema.minimum} to ${schema.maximum}`;
   }
-  return `${error.message ?? 'is invalid'}${got}`;
+  return error.message ?? 'is invalid';
 }
 
 function describe(value: unknown): string {

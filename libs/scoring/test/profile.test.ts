@@ -78,11 +78,11 @@ describe('parseProfile', () => {
   it.each([
     [
       { weights: { criticalRisk: 80, operational: 30 } },
-      'profile.weights: criticalRisk + operational must total exactly 100 (got 80 + 30 = 110',
+      'profile.weights: criticalRisk + operational must total exactly 100 (a weight left out takes its default 70/30) (got 80 + 30 = 110)',
     ],
     [
       { weights: { criticalRisk: 50 } },
-      'profile.weights: criticalRisk + operational must total exactly 100 (got 50 + 30 = 80; a weight left out takes its default 70/30)',
+      'profile.weights: criticalRisk + operational must total exactly 100 (a weight left out takes its default 70/30) (got 50 + 30 = 80)',
     ],
     [
       { weights: { criticalRisk: 70.5, operational: 29.5 } },
@@ -161,11 +161,31 @@ describe('parseProfile', () => {
       critical: { riskScore: { Low: 200, Bad: 1 } },
     });
     expect(error.violations).toEqual([
-      { path: 'profile.weights.criticalRisk', rule: 'must be an integer from 0 to 100 (got 1.5)' },
+      { path: 'profile.weights.criticalRisk', rule: 'must be an integer from 0 to 100', got: '1.5' },
       { path: 'profile.critical.riskScore.Bad', rule: 'unknown key (allowed: Low, Medium, High)' },
-      { path: 'profile.critical.riskScore.Low', rule: 'must be an integer from 0 to 100 (got 200)' },
+      { path: 'profile.critical.riskScore.Low', rule: 'must be an integer from 0 to 100', got: '200' },
     ]);
     expect(error.details).toEqual({ violations: error.violations });
+  });
+
+  it('should keep the refused value out of each rule, for answers that must not quote it', () => {
+    const value = 'Zx9~value';
+    const error = rejection({ missingSignals: value, critical: value, weights: { operational: 31 } });
+    expect(error.violations).toEqual([
+      { path: 'profile.critical', rule: 'must be an object', got: '"Zx9~value"' },
+      { path: 'profile.missingSignals', rule: 'must be one of "ignore", "assume-worst"', got: '"Zx9~value"' },
+    ]);
+    const weights = rejection({ weights: { operational: 31 } });
+    expect(weights.violations).toEqual([
+      {
+        path: 'profile.weights',
+        rule: 'criticalRisk + operational must total exactly 100 (a weight left out takes its default 70/30)',
+        got: '70 + 31 = 101',
+      },
+    ]);
+    for (const { rule } of [...error.violations, ...weights.violations]) {
+      expect(rule).not.toMatch(/Zx9|got|101|31/);
+    }
   });
 
   it('should publish a draft-07 schema that forbids unknown keys', () => {

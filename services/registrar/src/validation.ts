@@ -1,4 +1,4 @@
-import { checkMessage, TENANT_ID_PATTERN, type TenantRegistration } from '@urs/contracts';
+import { checkMessage, TENANT_ID_PATTERN, type RuleViolation, type TenantRegistration } from '@urs/contracts';
 import { ProfileError, parseProfile } from '@urs/scoring';
 
 /** One reason an input was refused: which field, which rule. Never the field's value. */
@@ -25,7 +25,7 @@ export function isTenantId(value: unknown): value is string {
  * the door, where someone can still fix it). Every violation is listed.
  */
 export function validateRegistration(input: unknown): ValidationResult {
-  const violations = mergeAlternatives(checkMessage('urs/tenant-registration', input));
+  const violations = onePerField(checkMessage('urs/tenant-registration', input));
   const riskProfile = (input as { defender?: { riskProfile?: unknown } } | null)?.defender?.riskProfile;
   const profileShapeOk = !violations.some((violation) => violation.field.startsWith('defender.riskProfile'));
   if (profileShapeOk && riskProfile !== undefined && riskProfile !== null) {
@@ -33,6 +33,8 @@ export function validateRegistration(input: unknown): ValidationResult {
       parseProfile(riskProfile);
     } catch (error) {
       if (!(error instanceof ProfileError)) throw error;
+      // The rule only, never `got`: the profile is the tenant's input, and a violation's text goes to the
+      // dead letter (whose payload is redacted), the tenant's status and the log.
       for (const violation of error.violations) {
         violations.push({
           field: violation.path.replace(/^profile/, 'defender.riskProfile'),
@@ -46,18 +48,28 @@ export function validateRegistration(input: unknown): ValidationResult {
 }
 
 /**
- * One violation per field: a field that may take one of several shapes (`region`: a region or null)
- * fails each alternative; their rules are joined with "or", the schema's summary line dropped.
+ * One violation per field. The alternatives of one `anyOf` (`region`: one of the regions, or null) are
+ * joined with "or": meeting one is enough. Rules a field breaks together (`pollIntervalMinutes: 9.5`: an
+ * integer, and from 10 to 1440) are joined with "and": each must be met.
  */
-function mergeAlternatives(violations: Violation[]): Violation[] {
-  const byField = new Map<string, string[]>();
-  for (const { field, rule } of violations) {
-    if (rule === 'must match a schema in anyOf') continue;
-    const rules = byField.get(field) ?? [];
+function onePerField(violations: RuleViolation[]): Violation[] {
+  // field → group (an anyOf, or a rule of its own) → alternative → its rules
+  const byField = new Map<string, Map<string, Map<string, string[]>>>();
+  for (const { field, rule, alternative } of violations) {
+    const group = alternative === undefined ? `rule:${rule}` : `anyOf:${alternative.replace(/\/\d+$/, '')}`;
+    const groups = byField.get(field) ?? new Map<string, Map<string, string[]>>();
+    const alternatives = groups.get(group) ?? new Map<string, string[]>();
+    const rules = alternatives.get(alternative ?? '') ?? [];
     if (!rules.includes(rule)) rules.push(rule);
-    byField.set(field, rules);
+    alternatives.set(alternative ?? '', rules);
+    groups.set(group, alternatives);
+    byField.set(field, groups);
   }
-  return [...byField].map(([field, rules]) => ({ field, rule: rules.join(' or ') }));
+  const and = (rules: string[]): string => rules.join(' and ');
+  return [...byField].map(([field, groups]) => ({
+    field,
+    rule: and([...groups.values()].map((alternatives) => [...alternatives.values()].map(and).join(' or '))),
+  }));
 }
 
 /** Renames fields for an answer whose input had another shape (`defender.clientId` → `clientId` in REST). */

@@ -139,6 +139,20 @@ describe('createRegistrationHandler', () => {
     expect(JSON.parse(letter?.payload as string)).toMatchObject({ defender: { clientSecret: '[redacted]' } });
   });
 
+  it('handle should keep a refused risk profile value out of the dead letter, the status and the payload', async () => {
+    const { push, tenants, letters } = setup();
+    const value = 'Zx9~profile-value';
+    await push(1, 'delta', [item('p', { riskProfile: { missingSignals: value } })]);
+    const letter = letters()[0];
+    expect(letter?.error.message).toBe(
+      'registration refused: tenants[0].defender.riskProfile.missingSignals must be one of "ignore", "assume-worst"',
+    );
+    expect(JSON.stringify(letter)).not.toContain(value);
+    const status = await tenants.getStatus('p');
+    expect(status).toMatchObject({ state: 'registration-rejected' });
+    expect(JSON.stringify(status)).not.toContain(value);
+  });
+
   it('handle should name a refused entry by its place in the push, in its dead letter', async () => {
     const { push, letters } = setup();
     await push(1, 'delta', [item('a'), item('b', { clientId: 'nope' }), null, 'acme', 42]);

@@ -134,6 +134,79 @@ describe('validateRegistration', () => {
     ]);
   });
 
+  it.each([
+    [
+      'a choice',
+      { missingSignals: 'Zx9~value' },
+      'defender.riskProfile.missingSignals',
+      'must be one of "ignore", "assume-worst"',
+    ],
+    [
+      'points',
+      { weights: { criticalRisk: 'Zx9~value' } },
+      'defender.riskProfile.weights.criticalRisk',
+      'must be an integer from 0 to 100',
+    ],
+    ['a section', { critical: 'Zx9~value' }, 'defender.riskProfile.critical', 'must be an object'],
+  ])(
+    'validateRegistration should word a refused risk profile field (%s) without its value',
+    (_case, riskProfile, field, rule) => {
+      expect(validateRegistration(registration(registrationBody({ riskProfile })))).toEqual({
+        ok: false,
+        violations: [{ field, rule }],
+      });
+    },
+  );
+
+  it('validateRegistration should word weights that do not total 100 without their values', () => {
+    expect(
+      validateRegistration(
+        registration(registrationBody({ riskProfile: { weights: { criticalRisk: 53 } } })),
+      ),
+    ).toEqual({
+      ok: false,
+      violations: [
+        {
+          field: 'defender.riskProfile.weights',
+          rule: 'criticalRisk + operational must total exactly 100 (a weight left out takes its default 70/30)',
+        },
+      ],
+    });
+  });
+
+  it.each([
+    [
+      'a fraction below the range',
+      { pollIntervalMinutes: 9.5 },
+      'defender.pollIntervalMinutes',
+      'must be an integer and must be a whole number from 10 to 1440',
+    ],
+    [
+      'a secret too long with a trailing space',
+      { clientSecret: `${'x'.repeat(1100)} ` },
+      'defender.clientSecret',
+      'must be at most 1024 characters long and ' +
+        "must be the secret's Value as Entra ID shows it: no spaces or line breaks at its start or end, " +
+        'no control characters, no unpaired UTF-16 surrogates',
+    ],
+    [
+      'a cloud of neither kind',
+      { cloud: 'mars' },
+      'defender.cloud',
+      /^must be one of commercial, .* or must be null$/,
+    ],
+    ['a region of neither kind', { region: 7 }, 'defender.region', /^must be one of .* or must be null$/],
+  ])(
+    'validateRegistration should join rules broken together with "and", alternatives with "or" (%s)',
+    (_case, overrides, field, rule) => {
+      const result = validateRegistration(registration(registrationBody(overrides)));
+      expect(result).toEqual({
+        ok: false,
+        violations: [{ field, rule: typeof rule === 'string' ? rule : expect.stringMatching(rule) }],
+      });
+    },
+  );
+
   it('validateRegistration should list every violation and never the secret value', () => {
     const result = validateRegistration(
       registration(registrationBody({ azureTenantId: 'x', pollIntervalMinutes: 0, clientSecret: 7 })),
