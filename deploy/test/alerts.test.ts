@@ -1,7 +1,7 @@
 // deploy/prometheus/alerts.yml names metrics and label values the services serve: checked here against the
 // code, so a metric renamed or a label value changed cannot leave an alert that never fires.
 import { parse } from 'yaml';
-import { read, sourcesOf } from './repo';
+import { read, sourcesOf, stages } from './repo';
 
 interface Rule {
   alert: string;
@@ -80,4 +80,18 @@ describe('deploy/prometheus/alerts.yml', () => {
       }
     },
   );
+
+  test("UrsMemoryHigh should fire below every stage's memory limit in deploy/k8s, where the OOM killer acts", () => {
+    const rule = rules.find((candidate) => candidate.alert === 'UrsMemoryHigh');
+    const threshold = Number(/process_resident_memory_bytes > ([\d.e]+)/.exec(rule?.expr ?? '')?.[1]);
+    expect(threshold).toBeGreaterThan(0);
+    const units: Record<string, number> = { Mi: 2 ** 20, Gi: 2 ** 30 };
+    for (const stage of stages) {
+      const limit = /limits:\s*\n(?:\s+\w+: .*\n)*?\s+memory: (\d+)(Mi|Gi)/.exec(
+        read(`deploy/k8s/${stage}.yaml`),
+      );
+      const bytes = Number(limit?.[1]) * (units[limit?.[2] ?? ''] ?? NaN);
+      expect([stage, threshold < bytes]).toEqual([stage, true]);
+    }
+  });
 });
