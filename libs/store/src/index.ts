@@ -1,7 +1,7 @@
 export { createRedis, closeRedis, StoreError } from './client';
 export type { RedisClientOptions } from './client';
 export { createTenantStore } from './tenants';
-export type { TenantStore, TenantStatus } from './tenants';
+export type { RegistrationRefusal, TenantStore, TenantStatus } from './tenants';
 export { createCycleStore } from './cycles';
 export type { CycleStore, CycleState, CycleAbandonment } from './cycles';
 export { createScoreStore, scoreStoreFor } from './scores';

@@ -1,9 +1,29 @@
 import type Redis from 'ioredis';
 import type { TenantRecord } from '@urs/contracts';
 
+/**
+ * A registration of the tenant that was refused (a Director push's entry that broke the contract): the
+ * tenant's record, if it has one, stays as it was and is polled with its old settings. Names fields and
+ * rules, never a value.
+ */
+export interface RegistrationRefusal {
+  /** `REGISTRATION_INVALID`. */
+  code: string;
+  /** `registration refused: defender.clientSecret must be …`, every violation in one line. */
+  message: string;
+  violations: { field: string; rule: string }[];
+  at: string;
+  source: 'director' | 'rest';
+  /** Director's generation whose entry was refused. */
+  generation?: number;
+}
+
 /** What operators and admins see of a tenant's polling (REST GET, `urs` tools). Never a secret. */
 export interface TenantStatus {
-  /** `active`, `disabled`, `error` (the last cycle failed), `registration-rejected`. */
+  /**
+   * `active`, `disabled`, `error` (the last cycle failed), or `registration-rejected`: the tenant has no
+   * record, its only registration was refused (`registrationError` says why).
+   */
   state?: 'active' | 'disabled' | 'error' | 'registration-rejected';
   lastCycleId?: string;
   lastCycleStartedAt?: string;
@@ -18,6 +38,13 @@ export interface TenantStatus {
   lastErrorAt?: string | null;
   /** The cycle the last error is of, when a cycle's work raised it (the poller's or the vuln-fetcher's). */
   lastErrorCycleId?: string | null;
+  /**
+   * The last registration of the tenant that was refused, until one is accepted (or the registration in
+   * force comes again): the polling's writes (`cycleListed`, a cycle's or the vuln-fetcher's error) leave it,
+   * so a refused update of a polled tenant (a rotated secret refused, the old one still polling) stays in
+   * sight while `state` and `lastError*` say how its polling goes.
+   */
+  registrationError?: RegistrationRefusal | null;
   updatedAt?: string;
 }
 
@@ -41,13 +68,15 @@ export interface TenantStore {
   /**
    * A cycle listed in full: merges `status` (`null` clears a field), and the tenant is `active` with its last error cleared,
    * unless that error is of this same cycle (the vuln-fetcher's calls failed while the listing went on:
-   * a bulk export refused for missing consent). Read and written at once, whichever comes first.
+   * a bulk export refused for missing consent). Read and written at once, whichever comes first. A refused
+   * registration (`registrationError`) stays: the cycle polled with the settings in force, not the refused ones.
    */
   cycleListed(
     tenantId: string,
     cycleId: string,
     status: Partial<{
-      [K in Exclude<keyof TenantStatus, 'state' | `lastError${string}`>]: TenantStatus[K] | null;
+      [K in Exclude<keyof TenantStatus, 'state' | `lastError${string}` | 'registrationError'>]:
+        TenantStatus[K] | null;
     }>,
   ): Promise<void>;
   /** Whether the store holds any tenant at all (an empty store after a Redis wipe triggers a rebuild). */

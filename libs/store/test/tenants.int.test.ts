@@ -61,4 +61,27 @@ describe('createTenantStore', () => {
     for (const field of ['lastErrorCode', 'lastErrorMessage', 'lastErrorAt', 'lastErrorCycleId'] as const)
       expect(next[field]).toBeUndefined();
   });
+
+  it('cycleListed should leave a refused registration in the status, as the polling errors do', async () => {
+    const store = createTenantStore(redis.client, redis.prefix);
+    const registrationError = {
+      code: 'REGISTRATION_INVALID',
+      message: "registration refused: defender.clientSecret must be the secret's Value",
+      violations: [{ field: 'defender.clientSecret', rule: "must be the secret's Value" }],
+      at: '2026-12-05T10:00:00.000Z',
+      source: 'director' as const,
+      generation: 6,
+    };
+    await store.updateStatus('acme', { state: 'active', registrationError });
+    await store.cycleListed('acme', 'acme-1', { deviceCount: 3 });
+    await store.updateStatus('acme', { state: 'error', lastErrorCode: 'DEFENDER_UNAVAILABLE' });
+    await store.cycleListed('acme', 'acme-2', { deviceCount: 4 });
+    expect(await store.getStatus('acme')).toMatchObject({
+      state: 'active',
+      deviceCount: 4,
+      registrationError,
+    });
+    await store.updateStatus('acme', { registrationError: null });
+    expect((await store.getStatus('acme')).registrationError).toBeUndefined();
+  });
 });

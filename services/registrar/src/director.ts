@@ -134,7 +134,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
         // Present but refused: its earlier record stays as it was (not disabled), the status says why.
         present.add(known);
         accepted.delete(known);
-        await deps.registry.reject(known, validated.violations);
+        await deps.registry.reject(known, validated.violations, origin);
       }
       log.warn('tenant registration refused', {
         tenantId: known,

@@ -79,8 +79,13 @@ export interface TenantRegistry {
    * the record gone from Redis; false when the tenant is unknown.
    */
   remove(tenantId: string, options?: { signal?: AbortSignal }): Promise<boolean>;
-  /** Reports a refused registration in the tenant's status. */
-  reject(tenantId: string, violations: Violation[]): Promise<void>;
+  /**
+   * Reports a refused registration in the tenant's status (`registrationError`), until a registration of
+   * the tenant is accepted: what polls the tenant leaves it there. A registered tenant keeps its record and
+   * its polling state; one without a record is `registration-rejected`. Under the tenant's write lock, so
+   * a registration written meanwhile is not marked refused.
+   */
+  reject(tenantId: string, violations: Violation[], origin: RegistrationOrigin): Promise<void>;
   /**
    * Re-seals the tenant's stored secret with the active key when it is sealed with a retired one (read
    * under the tenant's write lock: another replica may have done it meanwhile): a new revision of the record
@@ -147,17 +152,24 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
 
   /**
    * A registration refused before, now sent again as the record already has it: the status no longer
-   * says it was refused (it would until the tenant's next cycle otherwise, up to a day away).
+   * says it was refused (the registration in force is the one sent). A status that still says so as its
+   * state (written before the refusal had fields of its own) gets the record's state back.
    */
   async function clearRefusal(current: TenantRecord): Promise<void> {
     const status = await deps.tenants.getStatus(current.tenantId);
-    if (status.state !== 'registration-rejected') return;
+    const stateSaysRefused = status.state === 'registration-rejected';
+    if (!status.registrationError && !stateSaysRefused) return;
     await deps.tenants.updateStatus(current.tenantId, {
-      state: current.enabled ? 'active' : 'disabled',
-      lastErrorCode: null,
-      lastErrorMessage: null,
-      lastErrorAt: null,
-      lastErrorCycleId: null,
+      registrationError: null,
+      ...(stateSaysRefused
+        ? {
+            state: current.enabled ? 'active' : 'disabled',
+            lastErrorCode: null,
+            lastErrorMessage: null,
+            lastErrorAt: null,
+            lastErrorCycleId: null,
+          }
+        : {}),
     });
   }
 
@@ -188,7 +200,9 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     remove(tenantId, options = {}) {
       return locked(tenantId, options.signal, () => remove(tenantId, options.signal));
     },
-    reject,
+    reject(tenantId, violations, origin) {
+      return locked(tenantId, undefined, () => reject(tenantId, violations, origin));
+    },
     reseal(tenantId) {
       return locked(tenantId, undefined, () => reseal(tenantId));
     },
@@ -260,6 +274,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       lastErrorMessage: null,
       lastErrorAt: null,
       lastErrorCycleId: null,
+      registrationError: null,
     });
     log.info('tenant registered', {
       tenantId,
@@ -351,12 +366,25 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     return { outcome: 'resealed', record, fromKeyId };
   }
 
-  async function reject(tenantId: string, violations: Violation[]): Promise<void> {
+  async function reject(
+    tenantId: string,
+    violations: Violation[],
+    origin: RegistrationOrigin,
+  ): Promise<void> {
+    // Fields of its own: the poller's cycle bookkeeping rewrites `state` and `lastError*` after each cycle,
+    // and a refused update (a rotated secret refused, the old one still polling) must stay in sight.
+    const registrationError = {
+      code: 'REGISTRATION_INVALID',
+      message: `registration refused: ${describeViolations(violations)}`,
+      violations: violations.map(({ field, rule }) => ({ field, rule })),
+      at: now().toISOString(),
+      source: origin.source,
+      ...(origin.generation === undefined ? {} : { generation: origin.generation }),
+    };
+    const registered = (await deps.tenants.get(tenantId)) !== null;
     await deps.tenants.updateStatus(tenantId, {
-      state: 'registration-rejected',
-      lastErrorCode: 'REGISTRATION_INVALID',
-      lastErrorMessage: `registration refused: ${describeViolations(violations)}`,
-      lastErrorAt: now().toISOString(),
+      registrationError,
+      ...(registered ? {} : { state: 'registration-rejected' }),
     });
   }
 }

@@ -102,7 +102,7 @@ describe('registrar: Director pushes', () => {
 
     const status = await store().getStatus('bulk-17');
     expect(status.state).toBe('registration-rejected');
-    expect(status.lastErrorMessage).toMatch(/defender\.azureTenantId/);
+    expect(status.registrationError?.message).toMatch(/defender\.azureTenantId/);
     const baseUrl = `http://127.0.0.1:${portFrom(registrar.lines, 'REST listening', 'httpPort')}`;
     const get = await api(baseUrl, stack.apiToken, 'GET', '/v1/tenants/bulk-17/defender');
     answers.push(get.text);

@@ -77,7 +77,12 @@ describe('createRegistrationHandler', () => {
     expect(nameless?.key).toBeNull();
     expect(await tenants.getStatus('b')).toMatchObject({
       state: 'registration-rejected',
-      lastErrorCode: 'REGISTRATION_INVALID',
+      registrationError: {
+        code: 'REGISTRATION_INVALID',
+        violations: [{ field: 'defender.pollIntervalMinutes' }],
+        source: 'director',
+        generation: 1,
+      },
     });
   });
 
@@ -287,11 +292,48 @@ describe('createRegistrationHandler', () => {
     const { push, tenants } = setup();
     await push(1, 'full', [item('a')]);
     await push(2, 'full', [item('a', { pollIntervalMinutes: 5 })]);
-    expect(await tenants.getStatus('a')).toMatchObject({ state: 'registration-rejected' });
+    expect(await tenants.getStatus('a')).toMatchObject({ registrationError: { generation: 2 } });
     expect(await push(3, 'full', [item('a')])).toMatchObject({ applied: 0, unchanged: 1 });
     const status = await tenants.getStatus('a');
     expect(status.state).toBe('active');
-    expect(status.lastErrorMessage ?? null).toBeNull();
+    expect(status.registrationError ?? null).toBeNull();
+  });
+
+  it('handle should keep a refused update of a registered tenant in its status through its cycles', async () => {
+    const { push, tenants, records } = setup();
+    await push(5, 'full', [item('a')]);
+    await tenants.updateStatus('a', {
+      state: 'error',
+      lastErrorCode: 'SECRET_UNREADABLE',
+      lastErrorMessage: 'poller replica-0: the secret does not open',
+      lastErrorCycleId: 'a-1',
+    });
+    expect(await push(6, 'delta', [item('a', { clientSecret: 'Rotated~secret-value\n' })])).toMatchObject({
+      rejected: 1,
+    });
+    expect(records()).toHaveLength(1);
+    // The polling's own status stays as it was: the record in force is polled as before.
+    expect(await tenants.getStatus('a')).toMatchObject({
+      state: 'error',
+      lastErrorCode: 'SECRET_UNREADABLE',
+      registrationError: {
+        code: 'REGISTRATION_INVALID',
+        message: expect.stringMatching(
+          /^registration refused: defender\.clientSecret must be the secret's Value/,
+        ),
+        violations: [{ field: 'defender.clientSecret' }],
+        source: 'director',
+        generation: 6,
+      },
+    });
+    await tenants.cycleListed('a', 'a-2', { deviceCount: 7 });
+    const status = await tenants.getStatus('a');
+    expect(status).toMatchObject({ state: 'active', deviceCount: 7, registrationError: { generation: 6 } });
+    expect(status.lastErrorCode).toBeUndefined();
+    expect(await push(7, 'delta', [item('a', { clientSecret: 'Rotated~secret-value' })])).toMatchObject({
+      applied: 1,
+    });
+    expect((await tenants.getStatus('a')).registrationError).toBeUndefined();
   });
 
   it('handle should not write a new revision for an unchanged tenant', async () => {

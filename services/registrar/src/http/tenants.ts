@@ -87,11 +87,13 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
     const record = await deps.tenants.get(tenantId);
     if (record) return record;
     const status = await deps.tenants.getStatus(tenantId);
-    if (status.state === 'registration-rejected' && status.lastErrorMessage) {
+    // `lastErrorMessage`: a refusal stored before it had fields of its own.
+    const refusal = status.registrationError?.message ?? status.lastErrorMessage;
+    if (status.state === 'registration-rejected' && refusal) {
       throw new ApiError(
         404,
         'TENANT_NOT_REGISTERED',
-        `tenant ${tenantId} has no accepted registration; the last one was refused: ${status.lastErrorMessage}`,
+        `tenant ${tenantId} has no accepted registration; the last one was refused: ${refusal}`,
       );
     }
     throw new ApiError(404, 'TENANT_NOT_FOUND', `tenant ${tenantId} has no Defender registration`);

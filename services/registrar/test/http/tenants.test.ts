@@ -416,6 +416,53 @@ describe('tenantRoutes', () => {
     expect(JSON.stringify(answer.body)).not.toMatch(/Sup3r|ciphertext/);
   });
 
+  it('GET should answer 404 TENANT_NOT_REGISTERED naming the rule when the only registration was refused', async () => {
+    const { call, tenants, registry } = setup();
+    const violations = [{ field: 'defender.clientId', rule: 'must be a GUID' }];
+    await registry.reject('acme', violations, { source: 'director', generation: 3 });
+    expect(await tenants.getStatus('acme')).toMatchObject({
+      state: 'registration-rejected',
+      registrationError: { code: 'REGISTRATION_INVALID', violations, source: 'director', generation: 3 },
+    });
+    expect(await call('GET', '/v1/tenants/acme/defender')).toMatchObject({
+      status: 404,
+      body: {
+        error: {
+          code: 'TENANT_NOT_REGISTERED',
+          message: expect.stringMatching(/refused: registration refused: defender\.clientId must be a GUID$/),
+        },
+      },
+    });
+    // A refusal stored before it had fields of its own.
+    await tenants.updateStatus('acme', {
+      registrationError: null,
+      lastErrorMessage: 'registration refused: x',
+    });
+    expect(await call('GET', '/v1/tenants/acme/defender')).toMatchObject({
+      status: 404,
+      body: { error: { code: 'TENANT_NOT_REGISTERED', message: expect.stringMatching(/refused: x$/) } },
+    });
+  });
+
+  it('PUT accepted should clear a refused Director update from the status; one refused should leave it', async () => {
+    const { call, registry } = setup();
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    await registry.reject('acme', [{ field: 'defender.clientSecret', rule: "must be the secret's Value" }], {
+      source: 'director',
+      generation: 4,
+    });
+    const refused = await call('PUT', '/v1/tenants/acme/defender', registrationBody({ clientSecret: ' x' }));
+    expect(refused).toMatchObject({ status: 400, body: { error: { code: 'VALIDATION_FAILED' } } });
+    expect(await call('GET', '/v1/tenants/acme/defender')).toMatchObject({
+      status: 200,
+      body: { status: { state: 'active', registrationError: { generation: 4 } } },
+    });
+    // The registration in force sent again: nothing written, the refusal no longer stands.
+    const again = await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    expect(again).toMatchObject({ status: 200, body: { status: { state: 'active' } } });
+    expect((again.body as { status: Record<string, unknown> }).status['registrationError']).toBeUndefined();
+  });
+
   it('DELETE should write a tombstone with its revision, remove the tenant and forget its schedule', async () => {
     const { call, publisher, tenants, cleared } = setup();
     expect((await call('DELETE', '/v1/tenants/acme/defender')).status).toBe(404);
