@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseAllDocuments } from 'yaml';
+import { parse, parseAllDocuments } from 'yaml';
 import { serviceConfig, type Env } from '@urs/config';
 import { pollerConfig } from '../../services/poller/src/config';
 import { publisherConfig } from '../../services/publisher/src/config';
@@ -180,6 +180,41 @@ function bytes(quantity: string | undefined): number {
 
 const code = sourcesOf('libs', 'services').join('\n');
 
+interface RelabelConfig {
+  source_labels?: string[];
+  separator?: string;
+  regex?: string;
+  target_label?: string;
+  replacement?: string;
+  action?: 'replace' | 'keep' | 'drop';
+}
+
+const scrapeJob = (
+  parse(read('deploy/prometheus/scrape.yml')) as {
+    scrape_configs: { job_name: string; relabel_configs: RelabelConfig[] }[];
+  }
+).scrape_configs[0] as { job_name: string; relabel_configs: RelabelConfig[] };
+
+/** A target's labels after Prometheus's relabelling (replace, keep, drop); null when it is dropped. */
+function relabel(configs: RelabelConfig[], labels: Record<string, string>): Record<string, string> | null {
+  const result = { ...labels };
+  for (const config of configs) {
+    const value = (config.source_labels ?? [])
+      .map((name) => result[name] ?? '')
+      .join(config.separator ?? ';');
+    const match = new RegExp(`^(?:${config.regex ?? '(.*)'})$`).exec(value);
+    const action = config.action ?? 'replace';
+    if (action === 'keep' && !match) return null;
+    if (action === 'drop' && match) return null;
+    if (action === 'replace' && match && config.target_label) {
+      result[config.target_label] = (config.replacement ?? '$1').replace(/\$(\d+)/g, (_, group: string) =>
+        String(match[Number(group)] ?? ''),
+      );
+    }
+  }
+  return result;
+}
+
 describe('deploy/k8s', () => {
   test('every file the kustomization lists should exist and parse into plain Kubernetes objects', () => {
     expect(listed.length).toBeGreaterThan(0);
@@ -311,6 +346,36 @@ describe('deploy/k8s', () => {
       expect(annotations).toMatchObject({ 'prometheus.io/scrape': 'true', 'prometheus.io/path': '/metrics' });
       expect(code).toContain(`path === '/metrics'`);
       expect(Number(annotations?.['prometheus.io/port'])).toBe(metricsPort);
+    },
+  );
+
+  test.each(stages)(
+    "deploy/prometheus/scrape.yml should scrape %s's pods on its metrics port, as a job named after the stage",
+    (stage) => {
+      const template = named('Deployment', stage)?.spec?.template;
+      const { metricsPort } = serviceConfig(envOf(stage), stage);
+      // What Kubernetes service discovery tells Prometheus of one of the stage's pods.
+      const meta = (kind: string, entries: Record<string, string>) =>
+        Object.entries(entries).map(([name, value]) => [
+          `__meta_kubernetes_pod_${kind}_${name.replace(/[^a-zA-Z0-9_]/g, '_')}`,
+          value,
+        ]);
+      const target = relabel(scrapeJob.relabel_configs, {
+        __address__: '10.1.2.3:8080',
+        __metrics_path__: '/metrics',
+        __meta_kubernetes_pod_name: `${stage}-0`,
+        __meta_kubernetes_namespace: 'urs',
+        ...Object.fromEntries(meta('label', template?.metadata.labels ?? {})),
+        ...Object.fromEntries(meta('annotation', template?.metadata.annotations ?? {})),
+      });
+      expect(target).toMatchObject({
+        job: stage,
+        __address__: `10.1.2.3:${metricsPort}`,
+        __metrics_path__: '/metrics',
+        pod: `${stage}-0`,
+      });
+      // A pod of something else in the namespace is not scraped.
+      expect(relabel(scrapeJob.relabel_configs, { __address__: '10.1.2.4:80' })).toBeNull();
     },
   );
 
