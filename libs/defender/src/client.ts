@@ -4,7 +4,7 @@ import { DEFAULT_RETRY_POLICY, type RetryPolicy } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
 import type { CallHealth, CallHealthOptions } from './call-health';
 import { type DefenderEndpointOverrides, type DefenderEndpoints, resolveEndpoints } from './endpoints';
-import { DefenderError } from './errors';
+import { DefenderError, DefenderErrorCode, isSetupErrorCode } from './errors';
 import { createApiCaller } from './http';
 import type { CallLimiter } from './limiter';
 import {
@@ -29,6 +29,7 @@ import {
   mergeVulnerability,
   readVulnerabilitiesByMachine,
   scanVulnerabilitiesByMachine,
+  type VulnerabilityMode,
 } from './vulnerabilities';
 
 /** A tenant's Defender setup, as registered (a cloud and a region, never a URL). */
@@ -93,11 +94,17 @@ export const REQUIRED_PERMISSIONS = ['Machine.Read.All', 'Vulnerability.Read.All
 export type RequiredPermission = (typeof REQUIRED_PERMISSIONS)[number];
 
 export interface AccessReport {
-  /** Token issued, device list readable, every required permission granted. */
+  /** Token issued, device list and vulnerabilities readable, every required permission granted. */
   ok: boolean;
   tokenIssued: boolean;
   /** One page of `/api/machines?$top=1` was read (an empty fleet counts). */
   machinesReadable: boolean;
+  /**
+   * A vulnerability call of the kind the tenant's cycles make was answered, not refused (see AccessCheckOptions):
+   * the listed device's `/api/machines/{id}/vulnerabilities`, or one row of the bulk export. False when it was
+   * refused or not asked (the device list failed, or the token lacks Vulnerability.Read.All).
+   */
+  vulnerabilitiesReadable: boolean;
   /** Roles in the token. */
   roles: string[];
   /** Whether each required permission is in the token (a ReadWrite role counts for its Read). */
@@ -108,6 +115,16 @@ export interface AccessReport {
   verdict: string;
   /** The failure, when there was one. */
   error?: { code: string; message: string };
+}
+
+export interface AccessCheckOptions {
+  /**
+   * How the tenant's vulnerabilities are read (the mode of its last cycle): `bulk` asks the bulk export for
+   * one row, `per-device` (the default: a fleet the per-device quota serves, or not polled yet) asks for the
+   * vulnerabilities of the device the list answered with, or for one row of the bulk export when the fleet
+   * is empty.
+   */
+  vulnerabilityMode?: VulnerabilityMode;
 }
 
 export interface DefenderClient {
@@ -132,8 +149,11 @@ export interface DefenderClient {
   getVulnerabilitiesByMachine(options?: BulkOptions): Promise<Map<string, Vulnerability[]>>;
   /** Token claims (roles) of the current token. */
   tokenClaims(signal?: AbortSignal): Promise<TokenClaims | undefined>;
-  /** Gets a token and reads one page: what works and what an administrator must fix. Never throws a DefenderError. */
-  checkAccess(signal?: AbortSignal): Promise<AccessReport>;
+  /**
+   * Gets a token, reads one page of devices and asks for vulnerabilities as the tenant's cycles do: what works
+   * and what an administrator must fix. Never throws a DefenderError.
+   */
+  checkAccess(signal?: AbortSignal, options?: AccessCheckOptions): Promise<AccessReport>;
   /** Releases the client's own https agent (not a shared one). */
   close(): void;
 }
@@ -146,6 +166,57 @@ function grants(roles: string[], permission: RequiredPermission): boolean {
 /** Whether a role grants one of the required permissions. */
 function used(role: string): boolean {
   return REQUIRED_PERMISSIONS.some((permission) => grants([role], permission));
+}
+
+/** The id of the first device of a `/api/machines` page, if it has one. */
+function firstMachineId(body: unknown): string | undefined {
+  const value = (body as { value?: unknown } | null)?.value;
+  const id = Array.isArray(value) ? (value[0] as { id?: unknown } | undefined)?.id : undefined;
+  return typeof id === 'string' && id !== '' ? id : undefined;
+}
+
+/** A message as a sentence, ending with a full stop. */
+function sentence(text: string): string {
+  return /[.!?]$/.test(text) ? text : `${text}.`;
+}
+
+const ADD_PERMISSIONS = 'add these WindowsDefenderATP application permissions and grant admin consent';
+
+/**
+ * The check's one line. A call refused for a permission names every permission the token lacks, not only the
+ * one that call needs, so that one change in Entra ID mends them all; another failure names them too.
+ */
+function accessVerdict(report: AccessReport, missing: RequiredPermission[], failure?: DefenderError): string {
+  const lacks = missing.join(', ');
+  if (failure) {
+    const message = failure.message;
+    if (!report.tokenIssued || missing.length === 0) {
+      if (!report.machinesReadable) return `FAIL: ${message}`;
+      // A refusal stays until an administrator acts; a passing failure (throttled, unreachable) may not.
+      return isSetupErrorCode(failure.code)
+        ? `FAIL: credentials work and the device list is readable, but vulnerabilities are not: ${message}`
+        : `FAIL: credentials work and the device list is readable, but the vulnerability call failed: ${message}`;
+    }
+    if (failure.code === DefenderErrorCode.CONSENT_MISSING) {
+      const path = typeof failure.details.path === 'string' ? failure.details.path : 'a call';
+      const api =
+        typeof failure.details.api === 'string' && failure.details.api ? ` ${failure.details.api}` : '';
+      const carries = report.roles.length ? report.roles.join(', ') : 'no roles';
+      return (
+        `FAIL: the Defender API refused ${path} (403${api}): the token lacks ${lacks}: ${ADD_PERMISSIONS} ` +
+        `(the token carries: ${carries}).`
+      );
+    }
+    return `FAIL: ${sentence(message)} The token also lacks ${lacks}: ${ADD_PERMISSIONS}.`;
+  }
+  if (missing.length > 0) return `FAIL: credentials work, but the token lacks ${lacks}: ${ADD_PERMISSIONS}.`;
+  const unused = report.unusedRoles;
+  return (
+    `OK: credentials and consent work; the token carries ${REQUIRED_PERMISSIONS.join(', ')}.` +
+    (unused.length > 0
+      ? ` ${unused.join(', ')} ${unused.length === 1 ? 'is' : 'are'} not needed and may be removed.`
+      : '')
+  );
 }
 
 export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClientDeps): DefenderClient {
@@ -183,16 +254,37 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
     ...(deps.onInvalidRecord ? { onInvalidRecord: deps.onInvalidRecord } : {}),
   };
 
-  async function checkAccess(signal?: AbortSignal): Promise<AccessReport> {
+  /**
+   * One vulnerability call of the kind the tenant's cycles make, through the same call slots and quota: the
+   * per-device endpoint for `machineId`, or one row of the bulk export (the bulk mode's read, and what an
+   * empty fleet can be asked). An answer, 404 included (a device removed since it was listed, an export not
+   * generated yet), shows the call is allowed; a refusal throws its DefenderError.
+   */
+  async function probeVulnerabilities(
+    mode: VulnerabilityMode,
+    machineId: string | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    if (mode === 'per-device' && machineId !== undefined) {
+      const path = `/api/machines/${encodeURIComponent(machineId)}/vulnerabilities`;
+      await api.get('vulnerabilities', path, undefined, signal);
+      return;
+    }
+    await api.get('bulk', '/api/machines/SoftwareVulnerabilitiesByMachine', { pageSize: 1 }, signal);
+  }
+
+  async function checkAccess(signal?: AbortSignal, options: AccessCheckOptions = {}): Promise<AccessReport> {
     const report: AccessReport = {
       ok: false,
       tokenIssued: false,
       machinesReadable: false,
+      vulnerabilitiesReadable: false,
       roles: [],
       permissions: { 'Machine.Read.All': false, 'Vulnerability.Read.All': false },
       unusedRoles: [],
       verdict: '',
     };
+    let failure: DefenderError | undefined;
     try {
       const token = await tokens.getToken(signal);
       report.tokenIssued = true;
@@ -200,28 +292,23 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
       for (const permission of REQUIRED_PERMISSIONS)
         report.permissions[permission] = grants(report.roles, permission);
       report.unusedRoles = report.roles.filter((role) => !used(role));
-      await api.get('machines', '/api/machines', { $top: 1 }, signal);
+      const page = await api.get('machines', '/api/machines', { $top: 1 }, signal);
       report.machinesReadable = true;
+      // A token without the role would be refused: the verdict names the permission, no call is spent on it.
+      if (report.permissions['Vulnerability.Read.All']) {
+        const first = page.status === 200 ? firstMachineId(page.body) : undefined;
+        await probeVulnerabilities(options.vulnerabilityMode ?? 'per-device', first, signal);
+        report.vulnerabilitiesReadable = true;
+      }
     } catch (error) {
       if (!(error instanceof DefenderError)) throw error;
+      failure = error;
       report.error = { code: error.code, message: error.message };
     }
     const missing = REQUIRED_PERMISSIONS.filter((p) => !report.permissions[p]);
-    report.ok = report.tokenIssued && report.machinesReadable && missing.length === 0;
-    if (!report.tokenIssued || (!report.machinesReadable && report.error)) {
-      report.verdict = `FAIL: ${report.error?.message ?? 'unknown error'}`;
-    } else if (missing.length > 0) {
-      report.verdict =
-        `FAIL: credentials work, but the token lacks ${missing.join(', ')}: add these WindowsDefenderATP application ` +
-        `permissions and grant admin consent.`;
-    } else {
-      const unused = report.unusedRoles;
-      report.verdict =
-        `OK: credentials and consent work; the token carries ${REQUIRED_PERMISSIONS.join(', ')}.` +
-        (unused.length > 0
-          ? ` ${unused.join(', ')} ${unused.length === 1 ? 'is' : 'are'} not needed and may be removed.`
-          : '');
-    }
+    report.ok =
+      report.tokenIssued && report.machinesReadable && report.vulnerabilitiesReadable && missing.length === 0;
+    report.verdict = accessVerdict(report, missing, failure);
     return report;
   }
 

@@ -74,6 +74,7 @@ export type {
   DefenderClientDeps,
   DefenderClient,
   AccessReport,
+  AccessCheckOptions,
   RequiredPermission,
 } from './client';
 export { createTenantClientCache } from './tenant-clients';

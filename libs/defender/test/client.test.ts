@@ -193,8 +193,16 @@ describe('createDefenderClient consent', () => {
   it('checkAccess should say OK when every permission is granted', async () => {
     const { client, close } = simClient(sim, app);
     try {
+      sim.resetStats();
       const report = await client.checkAccess();
-      expect(report).toMatchObject({ ok: true, tokenIssued: true, machinesReadable: true });
+      expect(report).toMatchObject({
+        ok: true,
+        tokenIssued: true,
+        machinesReadable: true,
+        vulnerabilitiesReadable: true,
+      });
+      // The listed device's vulnerabilities were asked for, as a per-device cycle asks.
+      expect(sim.stats().calls).toMatchObject({ machines: 1, vulnerabilities: 1 });
       expect(report.permissions).toEqual({
         'Machine.Read.All': true,
         'Vulnerability.Read.All': true,
@@ -225,13 +233,17 @@ describe('createDefenderClient consent', () => {
   it('checkAccess should name the permissions the token lacks', async () => {
     const { client, close } = simClient(sim, machineOnly);
     try {
+      sim.resetStats();
       const report = await client.checkAccess();
       expect(report).toMatchObject({
         ok: false,
         tokenIssued: true,
         machinesReadable: true,
+        vulnerabilitiesReadable: false,
         roles: ['Machine.Read.All'],
       });
+      // The token cannot be granted the call: none is spent on it.
+      expect(sim.stats().calls.vulnerabilities ?? 0).toBe(0);
       expect(report.verdict).toBe(
         'FAIL: credentials work, but the token lacks Vulnerability.Read.All: add these WindowsDefenderATP application permissions and grant admin consent.',
       );
@@ -240,7 +252,7 @@ describe('createDefenderClient consent', () => {
     }
   });
 
-  it('checkAccess should report a token without roles as missing consent on the device list', async () => {
+  it('checkAccess should report a token without roles as missing consent, naming every permission it lacks', async () => {
     const { client, close } = simClient(sim, noRoles);
     try {
       const report = await client.checkAccess();
@@ -248,9 +260,15 @@ describe('createDefenderClient consent', () => {
         ok: false,
         tokenIssued: true,
         machinesReadable: false,
+        vulnerabilitiesReadable: false,
         error: { code: DefenderErrorCode.CONSENT_MISSING },
       });
-      expect(report.verdict).toMatch(/^FAIL: .*403.*Machine\.Read\.All/);
+      expect(report.verdict).toBe(
+        'FAIL: the Defender API refused /api/machines (403 Forbidden: The application does not have any of the ' +
+          'required application permissions (Machine.Read.All, Machine.ReadWrite.All) to access the resource.): ' +
+          'the token lacks Machine.Read.All, Vulnerability.Read.All: add these WindowsDefenderATP application ' +
+          'permissions and grant admin consent (the token carries: no roles).',
+      );
     } finally {
       await close();
     }

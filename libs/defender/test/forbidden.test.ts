@@ -1,6 +1,13 @@
 import type { AxiosResponse } from 'axios';
 import { type Simulator, startSimulator } from '@urs/simulator';
-import { type DefenderClient, DefenderError, DefenderErrorCode, isSetupErrorCode } from '../src';
+import {
+  type DefenderClient,
+  DefenderError,
+  DefenderErrorCode,
+  type QuotaGate,
+  createLocalQuotaGate,
+  isSetupErrorCode,
+} from '../src';
 import { classify } from '../src/answers';
 import { type TestApp, failureOf, newApp, simClient } from './support';
 
@@ -69,6 +76,88 @@ describe('createDefenderClient on 403 DisabledFeature', () => {
       expect(report.verdict).toMatch(/^FAIL: .*403 DisabledFeature.*licence/);
       expect(report.verdict).toContain('Permissions and admin consent do not change this');
     } finally {
+      await close();
+    }
+  });
+});
+
+describe('checkAccess of a tenant without Defender Vulnerability Management', () => {
+  const PLAN_1 = { disabledFeature: ['vulnerabilities', 'bulk', 'exportFiles'] as const };
+
+  it("should fail naming the licence when the listed device's vulnerabilities are a disabled feature", async () => {
+    sim.setFaults(app.azureTenantId, { disabledFeature: [...PLAN_1.disabledFeature] });
+    const acquired: string[] = [];
+    const local = createLocalQuotaGate();
+    const quota: QuotaGate = {
+      acquire: (tenant, endpoint, signal, maxWaitMs) => {
+        acquired.push(endpoint);
+        return local.acquire(tenant, endpoint, signal, maxWaitMs);
+      },
+      block: (tenant, endpoint, ms) => local.block(tenant, endpoint, ms),
+    };
+    const { client, close } = simClient(sim, app, { quota });
+    try {
+      sim.resetStats();
+      const report = await client.checkAccess();
+      expect(report).toMatchObject({
+        ok: false,
+        tokenIssued: true,
+        machinesReadable: true,
+        vulnerabilitiesReadable: false,
+        permissions: { 'Machine.Read.All': true, 'Vulnerability.Read.All': true },
+        error: { code: DefenderErrorCode.FEATURE_DISABLED },
+      });
+      expect(report.verdict).toMatch(
+        /^FAIL: credentials work and the device list is readable, but vulnerabilities are not: The Defender API refused \/api\/machines\/[^/]+\/vulnerabilities .*\(403 DisabledFeature/,
+      );
+      expect(report.verdict).toContain('Defender for Endpoint Plan 2');
+      expect(report.verdict).toContain('Permissions and admin consent do not change this');
+      expect(report.verdict).not.toContain('\n');
+      // One call of the device list, one of a device's vulnerabilities, both taken from the tenant's quota.
+      expect(sim.stats().calls).toMatchObject({ machines: 1, vulnerabilities: 1 });
+      expect(acquired).toEqual(['machines', 'vulnerabilities']);
+    } finally {
+      await close();
+    }
+  });
+
+  it('should ask the bulk export, not a device, of a tenant whose cycles read it', async () => {
+    sim.setFaults(app.azureTenantId, { disabledFeature: ['bulk'] });
+    const { client, close } = simClient(sim, app);
+    try {
+      sim.resetStats();
+      const report = await client.checkAccess(undefined, { vulnerabilityMode: 'bulk' });
+      expect(report).toMatchObject({
+        ok: false,
+        machinesReadable: true,
+        vulnerabilitiesReadable: false,
+        error: { code: DefenderErrorCode.FEATURE_DISABLED },
+      });
+      expect(report.verdict).toContain('/api/machines/SoftwareVulnerabilitiesByMachine');
+      expect(sim.stats().calls).toMatchObject({ machines: 1, bulk: 1 });
+      expect(sim.stats().calls.vulnerabilities ?? 0).toBe(0);
+    } finally {
+      await close();
+    }
+  });
+
+  it('should ask the bulk export for one row when the fleet is empty', async () => {
+    const empty = newApp();
+    sim.addTenant({ azureTenantId: empty.azureTenantId, apps: [empty], fleet: { size: 0 } });
+    const { client, close } = simClient(sim, empty);
+    try {
+      expect(await client.checkAccess()).toMatchObject({ ok: true, vulnerabilitiesReadable: true });
+      sim.setFaults(empty.azureTenantId, { disabledFeature: [...PLAN_1.disabledFeature] });
+      const report = await client.checkAccess();
+      expect(report).toMatchObject({
+        ok: false,
+        machinesReadable: true,
+        vulnerabilitiesReadable: false,
+        error: { code: DefenderErrorCode.FEATURE_DISABLED },
+      });
+      expect(report.verdict).toMatch(/SoftwareVulnerabilitiesByMachine .*403 DisabledFeature/);
+    } finally {
+      sim.removeTenant(empty.azureTenantId);
       await close();
     }
   });

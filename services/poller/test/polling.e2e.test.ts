@@ -185,7 +185,12 @@ describe('registrar and pollers as processes', () => {
     });
     expect(fixed.status).toBe(200);
     const good = await api('POST', '/v1/tenants/acme-b/defender/test');
-    expect(good.body).toMatchObject({ ok: true, tokenIssued: true, machinesReadable: true });
+    expect(good.body).toMatchObject({
+      ok: true,
+      tokenIssued: true,
+      machinesReadable: true,
+      vulnerabilitiesReadable: true,
+    });
     expect(good.body.verdict).toMatch(/^OK/);
     expect(good.body.roles).toEqual(expect.arrayContaining(['Machine.Read.All']));
     // The backoff after the failures holds until its end; then the tenant is polled and its error cleared.
@@ -193,6 +198,32 @@ describe('registrar and pollers as processes', () => {
     await waitFor(
       async () => (await api('GET', '/v1/tenants/acme-b/defender')).body.status?.state === 'active',
     );
+  });
+
+  it('the access test should fail a tenant whose vulnerabilities are refused, naming the licence it lacks', async () => {
+    const ms = microsoftTenant(12);
+    // Defender for Endpoint Plan 1: the device list answers, every vulnerability call is 403 DisabledFeature.
+    stack.sim.setFaults(ms.azureTenantId, { disabledFeature: ['vulnerabilities', 'bulk', 'exportFiles'] });
+    const put = await api('PUT', '/v1/tenants/acme-p1/defender', {
+      enabled: false,
+      ...ms,
+      pollIntervalMinutes: 10,
+    });
+    expect(put.status).toBe(201);
+    const test = await api('POST', '/v1/tenants/acme-p1/defender/test');
+    expect(test.status).toBe(200);
+    expect(test.body).toMatchObject({
+      ok: false,
+      tokenIssued: true,
+      machinesReadable: true,
+      vulnerabilitiesReadable: false,
+      error: { code: 'DEFENDER_FEATURE_DISABLED' },
+    });
+    expect(test.body.verdict).toMatch(/^FAIL: .*vulnerabilities are not: .*403 DisabledFeature.*Plan 2/);
+    stack.sim.setFaults(ms.azureTenantId, {});
+    const good = await api('POST', '/v1/tenants/acme-p1/defender/test');
+    expect(good.body).toMatchObject({ ok: true, machinesReadable: true, vulnerabilitiesReadable: true });
+    expect((await api('DELETE', '/v1/tenants/acme-p1/defender')).status).toBe(204);
   });
 
   it('two pollers should never poll the same tenant in the same interval', async () => {

@@ -61,7 +61,7 @@ void runService({
     const quota = quotaGateFor(settings.quotas, redis, prefix);
     const httpsAgent = createHttpsAgent(settings.extraCa ? { extraCa: settings.extraCa } : {});
     const checkAccess: AccessChecker = async (tenant, signal) => {
-      const { region, ...rest } = tenant;
+      const { region, vulnerabilityMode, ...rest } = tenant;
       const client = createDefenderClient(region === null ? rest : { ...rest, region }, {
         limiter,
         quota,
@@ -72,7 +72,7 @@ void runService({
         requestTimeoutMs: settings.requestTimeoutMs,
       });
       try {
-        return await client.checkAccess(signal);
+        return await client.checkAccess(signal, vulnerabilityMode === undefined ? {} : { vulnerabilityMode });
       } finally {
         client.close();
       }

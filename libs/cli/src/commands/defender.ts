@@ -21,8 +21,9 @@ const USAGE = `usage: urs defender devices --azure-tenant-id T --client-id C --c
 
 devices   writes the tenant's devices as NDJSON machine records on stdout (pipe into 'urs score');
           progress and errors go to stderr
-check     says in one line whether the credentials and the consent work, and which of
-          Machine.Read.All and Vulnerability.Read.All (what the pipeline reads) the token carries
+check     says in one line whether the credentials and the consent work, whether the devices and
+          their vulnerabilities can be read (the licence), and which of Machine.Read.All and
+          Vulnerability.Read.All (what the pipeline reads) the token carries
 
   --azure-tenant-id T        Directory (tenant) ID
   --client-id C              Application (client) ID

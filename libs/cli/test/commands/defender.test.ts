@@ -202,6 +202,22 @@ describe('urs defender check', () => {
     expect(result.stdout.trim().split('\n')).toHaveLength(1);
     expect(result.stdout).toMatch(/^FAIL: credentials work, but the token lacks Vulnerability\.Read\.All: /);
   });
+
+  it('defenderCommand check should print one FAIL line naming the licence when vulnerabilities are refused', async () => {
+    const plan1 = newApp();
+    sim.addTenant({ azureTenantId: plan1.azureTenantId, apps: [plan1], fleet: { size: 3, seed: 5 } });
+    sim.setFaults(plan1.azureTenantId, { disabledFeature: ['vulnerabilities', 'bulk', 'exportFiles'] });
+    try {
+      const result = await run(args('check', plan1, '--no-redis'));
+      expect(result.code).toBe(1);
+      expect(result.stdout.trim().split('\n')).toHaveLength(1);
+      expect(result.stdout).toMatch(
+        /^FAIL: credentials work and the device list is readable, but vulnerabilities are not: .*403 DisabledFeature.*Defender for Endpoint Plan 2/,
+      );
+    } finally {
+      sim.removeTenant(plan1.azureTenantId);
+    }
+  });
 });
 
 describe('urs defender usage', () => {

@@ -15,15 +15,19 @@ export interface AccessCheckTenant {
   clientSecret: string;
   cloud: string;
   region: string | null;
+  /** How its last cycle read vulnerabilities (its status); the check asks for them the same way. */
+  vulnerabilityMode?: 'per-device' | 'bulk';
 }
 
-/** The verdict of a check: a token, one page of devices, the roles. */
+/** The verdict of a check: a token, one page of devices, one vulnerability call, the roles. */
 export interface AccessCheckResult {
   ok: boolean;
   /** One line an administrator can act on. */
   verdict: string;
   tokenIssued: boolean;
   machinesReadable: boolean;
+  /** A vulnerability call as the tenant's cycles make them was answered, not refused. */
+  vulnerabilitiesReadable: boolean;
   roles: string[];
   permissions: Record<string, boolean>;
   error?: { code: string; message: string };
@@ -189,11 +193,13 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
         verdict: `FAIL: ${message}`,
         tokenIssued: false,
         machinesReadable: false,
+        vulnerabilitiesReadable: false,
         roles: [],
         permissions: Object.fromEntries(REQUIRED_PERMISSIONS.map((permission) => [permission, false])),
         error: { code: 'SECRET_UNAVAILABLE', message },
       };
     } else {
+      const { vulnerabilityMode } = await deps.tenants.getStatus(tenantId);
       result = await deps.checkAccess(
         {
           azureTenantId: record.defender.azureTenantId,
@@ -201,6 +207,7 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
           clientSecret: opened,
           cloud: record.defender.cloud,
           region: record.defender.region,
+          ...(vulnerabilityMode === undefined ? {} : { vulnerabilityMode }),
         },
         signal,
       );
@@ -213,6 +220,7 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
         verdict: result.verdict,
         tokenIssued: result.tokenIssued,
         machinesReadable: result.machinesReadable,
+        vulnerabilitiesReadable: result.vulnerabilitiesReadable,
         roles: result.roles,
         permissions: result.permissions,
         ...(result.error ? { error: result.error } : {}),

@@ -6,7 +6,7 @@ import {
 import { silentLogger } from '@urs/logging';
 import { createSecretSealer, type SecretSealer } from '@urs/secrets';
 import { rebuiltGate } from '../../src/http/rebuilt';
-import { tenantRoutes, type AccessCheckTenant } from '../../src/http/tenants';
+import { tenantRoutes, type AccessCheckResult, type AccessCheckTenant } from '../../src/http/tenants';
 import { createTenantRegistry } from '../../src/registry';
 import {
   GUID_A,
@@ -26,9 +26,22 @@ function sealedWithKeyNotHeld(): SealedSecretRecord {
   );
 }
 
+/** What the access check of `setup` answers unless told otherwise: a secret Entra ID refused. */
+const WRONG_SECRET: AccessCheckResult = {
+  ok: false,
+  verdict: 'FAIL: the client secret is wrong: paste the secret Value, not its ID',
+  tokenIssued: false,
+  machinesReadable: false,
+  vulnerabilitiesReadable: false,
+  roles: [],
+  permissions: { 'Machine.Read.All': false },
+  error: { code: 'DEFENDER_INVALID_SECRET', message: 'the client secret is wrong' },
+};
+
 function setup(
   sealer: SecretSealer = testSealer(),
   ensureRebuilt: () => Promise<void> = async () => undefined,
+  checkResult: AccessCheckResult = WRONG_SECRET,
 ) {
   const tenants = memoryTenantStore();
   const publisher = memoryPublisher();
@@ -56,15 +69,7 @@ function setup(
     checkAccess: async (tenant, signal) => {
       checked.push(tenant);
       signals.push(signal);
-      return {
-        ok: false,
-        verdict: 'FAIL: the client secret is wrong: paste the secret Value, not its ID',
-        tokenIssued: false,
-        machinesReadable: false,
-        roles: [],
-        permissions: { 'Machine.Read.All': false },
-        error: { code: 'DEFENDER_INVALID_SECRET', message: 'the client secret is wrong' },
-      };
+      return checkResult;
     },
   });
   const call = routeCaller(routes);
@@ -560,6 +565,36 @@ describe('tenantRoutes', () => {
     expect(JSON.stringify(answer.body)).not.toContain('Sup3r');
   });
 
+  it('POST test should ask for vulnerabilities the way the last cycle read them and answer whether they are readable', async () => {
+    const refused =
+      'The Defender API refused /api/machines/SoftwareVulnerabilitiesByMachine (403 DisabledFeature)';
+    const { tenants, call, checked } = setup(testSealer(), async () => undefined, {
+      ok: false,
+      verdict: `FAIL: credentials work and the device list is readable, but vulnerabilities are not: ${refused}`,
+      tokenIssued: true,
+      machinesReadable: true,
+      vulnerabilitiesReadable: false,
+      roles: ['Machine.Read.All', 'Vulnerability.Read.All'],
+      permissions: { 'Machine.Read.All': true, 'Vulnerability.Read.All': true },
+      error: { code: 'DEFENDER_FEATURE_DISABLED', message: refused },
+    });
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    await tenants.updateStatus('acme', { vulnerabilityMode: 'bulk' });
+    const answer = await call('POST', '/v1/tenants/acme/defender/test');
+    expect(checked).toEqual([expect.objectContaining({ vulnerabilityMode: 'bulk' })]);
+    expect(answer).toMatchObject({
+      status: 200,
+      body: {
+        tenantId: 'acme',
+        ok: false,
+        machinesReadable: true,
+        vulnerabilitiesReadable: false,
+        verdict: expect.stringMatching(/^FAIL: .*but vulnerabilities are not: .*DisabledFeature/),
+        error: { code: 'DEFENDER_FEATURE_DISABLED' },
+      },
+    });
+  });
+
   it('POST test should answer a FAIL verdict, asking Microsoft nothing, when the stored secret does not open', async () => {
     const { tenants, call, checked } = setup();
     await call('PUT', '/v1/tenants/acme/defender', registrationBody());
@@ -577,6 +612,7 @@ describe('tenantRoutes', () => {
         ),
         tokenIssued: false,
         machinesReadable: false,
+        vulnerabilitiesReadable: false,
         roles: [],
         permissions: { 'Machine.Read.All': false, 'Vulnerability.Read.All': false },
         error: { code: 'SECRET_UNAVAILABLE', message: expect.stringContaining('PUT the tenant') },
