@@ -2,7 +2,8 @@
 # One image for the five pipeline stages and the Defender simulator; the command picks what runs:
 #   docker run defender-urs node services/poller/dist/main.js
 #   docker run defender-urs node test/simulator/dist/main.js --host 0.0.0.0
-ARG NODE_IMAGE=node:20-bookworm-slim
+# Node 24, an LTS release supported until 2028-04 (Node 20 reached its end of life on 2026-04-30).
+ARG NODE_IMAGE=node:24-bookworm-slim
 
 # Stage 1: install every dependency, compile all TypeScript project references, drop dev dependencies.
 FROM ${NODE_IMAGE} AS build

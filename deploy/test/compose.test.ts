@@ -153,12 +153,14 @@ describe('docker-compose.yml', () => {
 describe('Dockerfile', () => {
   const dockerfile = read('Dockerfile');
 
-  test('Dockerfile should build in one stage and run from a second one on Node 20+', () => {
+  test('Dockerfile should build in one stage and run from a second one on a supported LTS Node (24+)', () => {
     const stagesDeclared = [...dockerfile.matchAll(/^FROM\s+(\S+)\s+AS\s+(\S+)$/gm)].map((m) => m[2]);
     expect(stagesDeclared).toEqual(['build', 'runtime']);
     expect(dockerfile).toMatch(/^COPY --from=build /m);
     const nodeImage = /^ARG NODE_IMAGE=node:(\d+)/m.exec(dockerfile)?.[1];
-    expect(Number(nodeImage)).toBeGreaterThanOrEqual(20);
+    // Even majors are LTS; 20 is past its end of life (2026-04-30), 22 ends 2027-04.
+    expect(Number(nodeImage) % 2).toBe(0);
+    expect(Number(nodeImage)).toBeGreaterThanOrEqual(24);
     expect(dockerfile).toMatch(/^USER node$/m);
   });
 
