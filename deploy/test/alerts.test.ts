@@ -61,6 +61,13 @@ describe('deploy/prometheus/alerts.yml', () => {
     }
   });
 
+  test('a scrape target of the stages that stopped answering should alert, only in the jobs that scrape them', () => {
+    const down = rules.filter((rule) => /^up == 0\b/.test(rule.expr));
+    expect(down.map((rule) => rule.alert)).toEqual(['UrsTargetDown']);
+    // `up` is every target's: the rule keeps the jobs whose targets served the stages' own urs_ready.
+    expect(down[0]?.expr).toMatch(/ and on \(job[^)]*\) .*\burs_ready\b/);
+  });
+
   test.each(rules.map((rule) => [rule.alert, rule] as const))(
     'rule %s should read only metrics the services register',
     (_name, rule) => {

@@ -8,6 +8,7 @@ export interface WatchedRedis {
   on(event: 'ready' | 'close' | 'end' | 'reconnecting', listener: () => void): unknown;
   on(event: 'error', listener: (error: Error) => void): unknown;
   off(event: 'ready' | 'close' | 'end' | 'reconnecting', listener: () => void): unknown;
+  off(event: 'error', listener: (error: Error) => void): unknown;
   ping(): Promise<unknown>;
 }
 
@@ -132,4 +133,55 @@ export function watchRedis(redis: WatchedRedis, options: RedisWatchOptions): Red
       // The error listener stays: ioredis still emits while it closes, and without one it prints text.
     },
   };
+}
+
+export interface RedisWaitOptions {
+  logger: Logger;
+  /** Ends the wait: it then resolves false. */
+  signal: AbortSignal;
+  /** How long Redis may take to answer before the first warning, in milliseconds. Default 5000. */
+  firstWarningMs?: number;
+  /** How often the warning is repeated while Redis does not answer, in milliseconds. Default 60000. */
+  warnEveryMs?: number;
+}
+
+/**
+ * Waits until the client is connected and ready: true then, false when `signal` aborted first. While it waits
+ * it logs a warning naming Redis (REDIS_URL), the client's status and its last connection error, first after
+ * `firstWarningMs`, then every `warnEveryMs`: a start that waits on Redis says so in its log, as the wait for
+ * Kafka does, rather than leaving only the outage's first connection error (see watchRedis).
+ */
+export function untilRedisAnswers(redis: WatchedRedis, options: RedisWaitOptions): Promise<boolean> {
+  const { logger, signal } = options;
+  if (redis.status === 'ready') return Promise.resolve(true);
+  if (signal.aborted) return Promise.resolve(false);
+  const since = Date.now();
+  let lastError: string | undefined;
+  return new Promise<boolean>((resolve) => {
+    let timer: NodeJS.Timeout | undefined;
+    const onError = (error: Error): void => {
+      lastError = error.message;
+    };
+    const done = (answered: boolean): void => {
+      clearTimeout(timer);
+      redis.off('ready', onReady);
+      redis.off('error', onError);
+      signal.removeEventListener('abort', onAbort);
+      resolve(answered);
+    };
+    const onReady = (): void => done(true);
+    const onAbort = (): void => done(false);
+    const warn = (): void => {
+      logger.warn('waiting for Redis (REDIS_URL) to answer before the service starts', {
+        waitedMs: Date.now() - since,
+        redisStatus: redis.status,
+        ...(lastError !== undefined ? { lastError } : {}),
+      });
+      timer = setTimeout(warn, options.warnEveryMs ?? 60_000);
+    };
+    redis.on('ready', onReady);
+    redis.on('error', onError);
+    signal.addEventListener('abort', onAbort, { once: true });
+    timer = setTimeout(warn, options.firstWarningMs ?? 5_000);
+  });
 }

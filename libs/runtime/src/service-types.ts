@@ -89,11 +89,16 @@ export interface ServiceOptions<S = undefined> {
    * `context.settings`; setup reads no variable of its own.
    */
   settings?: (env: Env) => S;
+  /**
+   * Builds the service's parts. Called once Redis answered (the start waits for it, interruptibly, with the
+   * health endpoints answering: /readyz 503 `starting: waiting for Redis (REDIS_URL) to answer`), so that
+   * its reads of Redis (a key check, the shared call limiter) do not hold the start where a stop cannot end it.
+   */
   setup: (context: ServiceContext<S>) => Promise<ServiceParts>;
   /**
    * Whether the start waits for Kafka when it does not answer, instead of failing after KafkaJS's retries
-   * (~1 min, exit 1). Then setup runs first (its `publisher`'s sends wait until Kafka answered), the health
-   * endpoints answer at once (/readyz 503 `waiting for Kafka`), `serve` is called, and only then are the
+   * (~1 min, exit 1). Then setup runs first (its `publisher`'s sends wait until Kafka answered), /readyz
+   * answers 503 `waiting for Kafka` from then on, `serve` is called, and only then are the
    * topics made and the publisher and the runners connected, tried again with capped backoff (one warning per
    * outage) for as long as Kafka's failures may heal; a stop meanwhile exits 0, and the placeholder
    * publisher's sends then fail. `start` and `started` come after the runners, as without it. Default false.
@@ -102,7 +107,7 @@ export interface ServiceOptions<S = undefined> {
   /**
    * Asks the service to stop (runService aborts it on SIGTERM or SIGINT, from before the start). Before
    * the runners start it aborts `context.stopping` at once, and the start is given up as soon as the step
-   * under way (the topics, setup) returns: what was built is closed and startService rejects with a
+   * under way (the topics, setup) returns, at once during the wait for Redis before setup: what was built is closed and startService rejects with a
    * ServiceStoppedError. Once the runners start, stopping is close()'s: call it (runService does).
    */
   stop?: AbortSignal;

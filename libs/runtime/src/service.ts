@@ -15,7 +15,7 @@ import { createLogger, type Logger } from '@urs/logging';
 import { UrsError, closeAll, isInfrastructureFault, retryThroughOutage, type Closer } from '@urs/resilience';
 import { closeRedis, createRedis } from '@urs/store';
 import { Registry, startHealthServer, type HealthServer } from '@urs/telemetry';
-import { watchRedis } from './redis-health';
+import { untilRedisAnswers, watchRedis } from './redis-health';
 import type {
   RunningService,
   ServiceBasics,
@@ -47,8 +47,8 @@ export function serviceBasics<S>(options: ServiceOptions<S>): ServiceBasics<S> {
 }
 
 /**
- * Builds the shared clients, makes sure every topic exists, runs the service's setup, starts its
- * runners and the health endpoints. The order of close is the reverse of dependency: runners (stop
+ * Starts the health endpoints, builds the shared clients, makes sure every topic exists, waits for Redis,
+ * runs the service's setup and starts its runners. The order of close is the reverse of dependency: runners (stop
  * intake, finish in-flight work, commit), the service's own closers, the publisher, Redis, health.
  */
 export async function startService<S = undefined>(options: ServiceOptions<S>): Promise<RunningService<S>> {
@@ -85,6 +85,8 @@ export async function startWith<S>(
   };
   let parts: ServiceParts = {};
   let health: HealthServer | undefined;
+  /** What the start does until setup returned, for /readyz: Kafka's topics, the wait for Redis, setup. */
+  let starting: 'kafka' | 'redis' | 'setup' | undefined = 'kafka';
   const waitForKafka = options.waitForKafka === true;
   // Whether the topics exist and the publisher is connected: from the start, unless waitForKafka.
   let kafkaConnected = false;
@@ -130,7 +132,43 @@ export async function startWith<S>(
   const connected = publisherPromise();
   // Rejected only when the start ends without Kafka; a send waiting on it is what sees that.
   connected.promise.catch(() => undefined);
+  let runners: ConsumerRunner[] = [];
+  // Filled once setup returned: until then /readyz/<part> answers 404 (not ready, to a probe).
+  const partChecks: Record<string, () => string | undefined> = {};
+  const sharedNotReadyReason = (): string | undefined => {
+    if (stopping.signal.aborted) return 'stopping';
+    // Before setup returned: what the start waits for.
+    if (starting === 'kafka') return 'starting: waiting for Kafka (KAFKA_BROKERS) to answer';
+    if (starting !== undefined && !redisWatch.isUp())
+      return 'starting: waiting for Redis (REDIS_URL) to answer';
+    if (starting !== undefined) return 'starting: setting up';
+    if (!kafkaConnected) return 'waiting for Kafka (KAFKA_BROKERS) to answer';
+    // Redis too: its commands wait while it is away, so a replica without it would hold its partitions idle.
+    if (!redisWatch.isUp()) return 'Redis (REDIS_URL) does not answer';
+    return undefined;
+  };
+  const notReadyReason = (): string | undefined => {
+    const shared = sharedNotReadyReason();
+    if (shared !== undefined) return shared;
+    if (!runners.every((runner) => runner.isReady()))
+      return 'a consumer has not joined its group, lost its broker, or holds messages on a fault';
+    if (!(parts.isReady?.() ?? true)) return parts.notReadyReason?.() ?? 'starting';
+    return undefined;
+  };
   try {
+    throwIfStopped();
+    // First, so that the process answers /healthz and /metrics (urs_ready 0, urs_redis_up) while the start
+    // waits, for Kafka's topics or for Redis: an orchestrator's liveness probe does not kill it meanwhile,
+    // and the alerts on those metrics can fire.
+    step('health');
+    const healthServer = await startHealthServer({
+      port: config.metricsPort,
+      registry: metrics,
+      isReady: () => notReadyReason() === undefined,
+      notReadyReason,
+      parts: partChecks,
+    });
+    health = healthServer;
     throwIfStopped();
     const publisher = waitForKafka ? publisherOnceConnected(connected.promise) : await connectKafka();
     const context: ServiceContext<S> = {
@@ -147,41 +185,25 @@ export async function startWith<S>(
       drainTimeoutMs: times.drainTimeoutMs,
     };
     throwIfStopped();
+    // Setup reads Redis (a key check, the shared call limiter) and its commands wait while Redis is away,
+    // uninterruptibly: the start waits here instead, where a stop ends the wait at once.
+    starting = 'redis';
+    step('redis');
+    if (!(await untilRedisAnswers(redis, { logger, signal: stopping.signal }))) {
+      throw new ServiceStoppedError(true);
+    }
+    throwIfStopped();
+    starting = 'setup';
     step('setup');
     parts = await options.setup(context);
     // A stop during setup ends the start here, before anything consumes.
     throwIfStopped();
     // Waiting for Kafka, the stop is passed on until the wait is over (below).
     if (!waitForKafka) stop?.removeEventListener('abort', passOn);
-    const runners = parts.runners ?? [];
-    const sharedNotReadyReason = (): string | undefined => {
-      if (stopping.signal.aborted) return 'stopping';
-      if (!kafkaConnected) return 'waiting for Kafka (KAFKA_BROKERS) to answer';
-      // Redis too: its commands wait while it is away, so a replica without it would hold its partitions idle.
-      if (!redisWatch.isUp()) return 'Redis (REDIS_URL) does not answer';
-      return undefined;
-    };
-    const notReadyReason = (): string | undefined => {
-      const shared = sharedNotReadyReason();
-      if (shared !== undefined) return shared;
-      if (!runners.every((runner) => runner.isReady()))
-        return 'a consumer has not joined its group, lost its broker, or holds messages on a fault';
-      if (!(parts.isReady?.() ?? true)) return parts.notReadyReason?.() ?? 'starting';
-      return undefined;
-    };
-    step('health');
-    health = await startHealthServer({
-      port: config.metricsPort,
-      registry: metrics,
-      isReady: () => notReadyReason() === undefined,
-      notReadyReason,
-      parts: Object.fromEntries(
-        Object.entries(parts.partReadiness ?? {}).map(([name, reason]) => [
-          name,
-          () => sharedNotReadyReason() ?? reason(),
-        ]),
-      ),
-    });
+    runners = parts.runners ?? [];
+    for (const [name, reason] of Object.entries(parts.partReadiness ?? {}))
+      partChecks[name] = () => sharedNotReadyReason() ?? reason();
+    starting = undefined;
     if (parts.serve) {
       step('serve');
       await parts.serve();
@@ -214,9 +236,8 @@ export async function startWith<S>(
       if (!(await startedUnlessStopped(parts.started(), stop))) throw new ServiceStoppedError(true);
     }
     step('running');
-    logger.info('started', { metricsPort: health.port });
+    logger.info('started', { metricsPort: healthServer.port });
     let closing: Promise<boolean> | undefined;
-    const healthServer = health;
     return {
       context,
       health: healthServer,

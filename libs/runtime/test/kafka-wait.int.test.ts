@@ -91,7 +91,14 @@ describe('startService with waitForKafka', () => {
       }),
     });
     starting.catch(() => undefined);
-    const answer = await waitFor(() => notReady(metricsPort), { timeoutMs: 15_000 });
+    // Once Redis answered and setup ran (the health endpoints answer from the very start).
+    const answer = await waitFor(
+      async () => {
+        const notReadyAnswer = (await notReady(metricsPort)) as { reason?: string } | undefined;
+        return notReadyAnswer?.reason?.startsWith('waiting for Kafka') ? notReadyAnswer : undefined;
+      },
+      { timeoutMs: 15_000 },
+    );
     expect(answer).toEqual({ status: 'not-ready', reason: expect.stringContaining('waiting for Kafka') });
     expect(served).toBe(true);
     expect(started).toBe(false);

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { watchRedis, type WatchedRedis } from '@urs/runtime';
+import { untilRedisAnswers } from '../src/redis-health';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine } from '@urs/testkit';
 
@@ -138,5 +139,57 @@ describe('watchRedis', () => {
     expect(redis.pings).toBe(0);
     expect(redis.listenerCount('error')).toBe(1);
     expect(redis.listenerCount('ready')).toBe(0);
+  });
+});
+
+describe('untilRedisAnswers', () => {
+  beforeEach(() => jest.useFakeTimers());
+  afterEach(() => jest.useRealTimers());
+
+  it('untilRedisAnswers should warn naming Redis after 5 s and then once a minute, and resolve true once the client is ready', async () => {
+    const redis = new FakeRedis();
+    const lines: LogLine[] = [];
+    const waiting = untilRedisAnswers(redis, {
+      logger: capturingLogger(lines),
+      signal: new AbortController().signal,
+    });
+    redis.emit('error', refused());
+    await jest.advanceTimersByTimeAsync(4_000);
+    expect(lines).toEqual([]);
+    await jest.advanceTimersByTimeAsync(1_000);
+    expect(lines).toEqual([
+      expect.objectContaining({
+        level: 'warn',
+        message: 'waiting for Redis (REDIS_URL) to answer before the service starts',
+        waitedMs: 5_000,
+        redisStatus: 'connecting',
+        lastError: 'connect ECONNREFUSED 127.0.0.1:6395',
+      }),
+    ]);
+    // Not one line per reconnect attempt: the next a minute later.
+    await jest.advanceTimersByTimeAsync(59_000);
+    expect(lines).toHaveLength(1);
+    await jest.advanceTimersByTimeAsync(1_000);
+    expect(lines).toHaveLength(2);
+    redis.become('ready');
+    await expect(waiting).resolves.toBe(true);
+    await jest.advanceTimersByTimeAsync(120_000);
+    expect(lines).toHaveLength(2);
+    expect(redis.listenerCount('ready')).toBe(0);
+    expect(redis.listenerCount('error')).toBe(0);
+  });
+
+  it('untilRedisAnswers should resolve true at once when the client is ready, and false once the stop comes', async () => {
+    const ready = new FakeRedis();
+    ready.status = 'ready';
+    await expect(
+      untilRedisAnswers(ready, { logger: capturingLogger([]), signal: new AbortController().signal }),
+    ).resolves.toBe(true);
+    const away = new FakeRedis();
+    const stop = new AbortController();
+    const waiting = untilRedisAnswers(away, { logger: capturingLogger([]), signal: stop.signal });
+    stop.abort();
+    await expect(waiting).resolves.toBe(false);
+    expect(away.listenerCount('ready')).toBe(0);
   });
 });

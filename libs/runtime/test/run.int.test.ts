@@ -150,6 +150,50 @@ describe('runService', () => {
     }
   });
 
+  it('should answer /healthz while Redis is away at the start, and stop at once with exit code 0 on SIGTERM', async () => {
+    const prefix = `${uniqueId('run')}.`;
+    const [redisPort, metricsPort] = [await freePort(), await freePort()];
+    const run = runFixture('redis-in-setup', prefix, {
+      REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+      URS_METRICS_PORT: String(metricsPort),
+      URS_SHUTDOWN_TIMEOUT_MS: '10000',
+    });
+    try {
+      const healthz = await waitFor(
+        () => fetch(`http://127.0.0.1:${metricsPort}/healthz`).then((response) => response.status),
+        { timeoutMs: 20_000 },
+      );
+      expect(healthz).toBe(200);
+      // Once its topics are made (this fixture does not wait for Kafka), the start waits for Redis.
+      const readyz = await waitFor(
+        async () => {
+          const response = await fetch(`http://127.0.0.1:${metricsPort}/readyz`);
+          const body = (await response.json()) as { reason?: string };
+          return response.status === 503 && body.reason?.includes('Redis (REDIS_URL)') ? body : undefined;
+        },
+        { timeoutMs: 20_000 },
+      );
+      expect(readyz).toEqual({
+        status: 'not-ready',
+        reason: 'starting: waiting for Redis (REDIS_URL) to answer',
+      });
+      const signalled = Date.now();
+      run.kill('SIGTERM');
+      const exit = await exitWithin(run, 20_000);
+      expect(exit).toMatchObject({ code: 0, signal: null });
+      expect(Date.now() - signalled).toBeLessThan(5_000);
+      expect(messages(run)).not.toContain('graceful stop timed out, exiting');
+      expect(run.logs).toContainEqual(
+        expect.objectContaining({ message: 'stopped while starting', exitCode: 0 }),
+      );
+      // Setup waits for Redis: it never began.
+      expect(run.said).not.toContainEqual({ fixture: 'setup reads Redis' });
+    } finally {
+      run.kill('SIGKILL');
+      await deleteTopicsOf(kafka, prefix);
+    }
+  });
+
   it('should exit 0 as soon as its close finished, though a socket is still open', async () => {
     const prefix = `${uniqueId('run')}.`;
     const run = runFixture('open-handle', prefix, { URS_SHUTDOWN_TIMEOUT_MS: '30000' });

@@ -19,7 +19,8 @@ export interface HealthServerOptions {
    * Narrower readiness answered at `/readyz/<name>`, each a function giving why that part is not ready
    * (undefined: ready): what a load balancer in front of one part of the service asks, where the whole
    * service's readiness would take the part out of rotation while it can still answer (the registrar's REST
-   * API while a consumer waits for Kafka). Default: none; other paths answer 404.
+   * API while a consumer waits for Kafka). Default: none; other paths answer 404. Looked up at each request:
+   * a part its owner adds once the server runs (when the service's setup returned) answers from then on.
    */
   parts?: Readonly<Record<string, () => string | undefined>>;
 }
@@ -40,10 +41,11 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
     'Whether the service is ready for work (1) or not (0), as /readyz answers.',
     () => (options.isReady() ? 1 : 0),
   );
-  const parts = new Map(Object.entries(options.parts ?? {}));
+  const parts = options.parts ?? {};
   const server: Server = createServer((request, response) => {
     const path = (request.url ?? '/').split('?')[0] ?? '/';
-    const part = path.startsWith(PART_READYZ) ? parts.get(path.slice(PART_READYZ.length)) : undefined;
+    const name = path.startsWith(PART_READYZ) ? path.slice(PART_READYZ.length) : undefined;
+    const part = name !== undefined && Object.hasOwn(parts, name) ? parts[name] : undefined;
     if (request.method !== 'GET') {
       response.writeHead(405, { allow: 'GET' }).end();
     } else if (path === '/healthz') {

@@ -105,13 +105,23 @@ export async function health(
   }
 }
 
-/** /readyz once it answers 503 (within 30 s), failing with the service's output if it exits meanwhile. */
-export function notReady(service: ServiceProcess, port: number): Promise<{ status: number; body: unknown }> {
+/**
+ * /readyz once it answers 503 past the start's first steps (within 30 s), failing with the service's output if
+ * it exits meanwhile. By default a 503 whose reason is the start's own (`starting: …`, while it waits for Redis
+ * and sets up, a moment when Redis answers) is passed over; `starting` true takes it too.
+ */
+export function notReady(
+  service: ServiceProcess,
+  port: number,
+  { starting = false }: { starting?: boolean } = {},
+): Promise<{ status: number; body: { reason?: string } & Record<string, unknown> }> {
   return waitFor(
     async () => {
       if (service.process.exitCode !== null) throw new Error(service.lines.join('\n'));
-      const answer = await health(port, '/readyz');
-      return answer?.status === 503 ? answer : undefined;
+      const answer = (await health(port, '/readyz')) as
+        { status: number; body: { reason?: string } & Record<string, unknown> } | undefined;
+      if (answer?.status !== 503) return undefined;
+      return starting || !answer.body.reason?.startsWith('starting:') ? answer : undefined;
     },
     { timeoutMs: 30_000, description: `${service.name} /readyz answering 503` },
   );
