@@ -106,6 +106,7 @@ export interface ConnectionLike {
   /** The connection's socket, from its last connect. */
   socket?: { destroyed: boolean; destroy(error?: Error): void } | null;
   send(request: unknown): Promise<unknown>;
+  isConnected(): boolean;
 }
 
 /**
@@ -116,7 +117,8 @@ export interface ConnectionLike {
  * without closing it (a host powered off, a firewall's or a NAT's state dropped: no FIN, no RST), every later
  * request on it timed out too, 30 s each, until TCP itself gave up (~15 minutes). The socket is destroyed
  * with an error, which KafkaJS handles as a connection error: the connection's other requests fail at once
- * (they would time out too) and the connection counts as disconnected.
+ * (they would time out too) and the connection counts as disconnected. Only while it is still the
+ * connection's open socket: one a disconnect has ended meanwhile (waiting for this request) is left to it.
  */
 export function dropConnectionOnRequestTimeout(Connection: { prototype: ConnectionLike }): void {
   const { send } = Connection.prototype;
@@ -128,7 +130,9 @@ export function dropConnectionOnRequestTimeout(Connection: { prototype: Connecti
       if (
         (error as { name?: unknown } | null)?.name === 'KafkaJSRequestTimeoutError' &&
         socket &&
-        !socket.destroyed
+        socket === this.socket &&
+        !socket.destroyed &&
+        this.isConnected()
       ) {
         socket.destroy(new Error(`${(error as Error).message}: connection closed`));
       }
@@ -146,7 +150,11 @@ function patchConnection(): boolean {
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const Connection = require(KAFKAJS_CONNECTION) as { prototype: Partial<ConnectionLike> };
-    if (typeof Connection.prototype.send !== 'function') return false;
+    if (
+      typeof Connection.prototype.send !== 'function' ||
+      typeof Connection.prototype.isConnected !== 'function'
+    )
+      return false;
     dropConnectionOnRequestTimeout(Connection as { prototype: ConnectionLike });
     connectionPatched = true;
     return true;

@@ -199,6 +199,37 @@ describe('dropConnectionOnRequestTimeout', () => {
     }
   });
 
+  it('should leave to a disconnect the connection it ended while waiting for the request that timed out', async () => {
+    const broker = await silentBroker();
+    const errors: string[] = [];
+    const logging = { ...kafkaLogger, error: (message: string) => void errors.push(message) };
+    const connection = new Connection({
+      host: '127.0.0.1',
+      port: (broker.server.address() as AddressInfo).port,
+      logger: { ...logging, namespace: () => logging },
+      socketFactory: ({ host, port, onConnect }: { host: string; port: number; onConnect: () => void }) =>
+        connect({ host, port }, onConnect),
+      requestTimeout: 200,
+      connectionTimeout: 1_000,
+    });
+    try {
+      await connection.connect();
+      const sending = connection.send(apiVersions.protocol({ version: 0 })());
+      sending.catch(() => undefined);
+      await waitUntil(() => broker.accepted.length === 1 && broker.accepted[0]!.bytesRead > 0);
+      // A disconnect waits for the request in flight, then ends the socket itself.
+      const disconnecting = connection.disconnect();
+      await expect(sending).rejects.toMatchObject({ name: 'KafkaJSRequestTimeoutError' });
+      await disconnecting;
+      await waitUntil(() => broker.closed() === 1);
+      // Not destroyed again with an error: KafkaJS would log a connection error and disconnect a second time.
+      expect(errors).toEqual([]);
+    } finally {
+      for (const socket of broker.accepted) socket.destroy();
+      broker.server.close();
+    }
+  });
+
   it('should leave a connection open when its request failed otherwise', async () => {
     const broker = await silentBroker();
     const connection = new Connection({

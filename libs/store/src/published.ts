@@ -57,9 +57,10 @@ export interface PublishedStore extends TenantDeletions {
    * not seen in any of the last `absentCycles` completed cycles: the ones to tombstone. `tombstones` is how
    * many the first call listed, kept with the sequence: a repeat (the summary's send failed after the
    * tombstones went out and their devices were forgotten) lists none again, and still counts them.
-   * With `hold`, when those devices are more than `hold.maxSharePercent` of the devices known (a listing
-   * that lost most of the fleet, as an empty answer of Microsoft's would), only those absent from the last
-   * `hold.cycles` completed cycles are listed; `held` counts the others.
+   * With `hold`, when those devices are at least `hold.minDevices` and more than `hold.maxSharePercent` of
+   * the devices known (`knownDevices`: a listing that lost most of the fleet, as an empty answer of
+   * Microsoft's would), only those absent from the last `hold.cycles` completed cycles are listed; `held`
+   * counts the others. Decided at the first call, as the counts are.
    */
   completeCycle(
     tenantId: string,
@@ -67,7 +68,7 @@ export interface PublishedStore extends TenantDeletions {
     cycleAt: number,
     absentCycles: number,
     hold?: TombstoneHold,
-  ): Promise<{ sequence: number; gone: string[]; tombstones: number; held: number }>;
+  ): Promise<{ sequence: number; gone: string[]; tombstones: number; held: number; knownDevices: number }>;
   /**
    * Devices seen in the cycle that started at `cycleAt` or in a later one: a device keeps only its newest
    * cycle, so one a later cycle has recorded already (its summary may come after that cycle's batches) is
@@ -102,50 +103,57 @@ export interface PublishedStore extends TenantDeletions {
 }
 
 /**
- * A brake on tombstones (`PublishedStore.completeCycle`): a cycle that would tombstone more than
- * `maxSharePercent` of a tenant's devices at once tombstones only those absent for `cycles` completed cycles.
+ * A brake on tombstones (`PublishedStore.completeCycle`): a cycle that would tombstone at least `minDevices`
+ * of a tenant's devices, and more than `maxSharePercent` of them, at once tombstones only those absent for
+ * `cycles` completed cycles.
  */
 export interface TombstoneHold {
   maxSharePercent: number;
+  minDevices: number;
   cycles: number;
 }
 
 /** No brake: every device absent long enough is tombstoned. */
-const NO_HOLD: TombstoneHold = { maxSharePercent: 100, cycles: 1 };
+const NO_HOLD: TombstoneHold = { maxSharePercent: 100, minDevices: 1, cycles: 1 };
 
-// KEYS[1] sequence hash (cycleId → `n:tombstones`, or `n` as written before the count was kept), KEYS[2]
-// counter, KEYS[3] completed zset (cycleId by start ms), KEYS[4] seen zset. ARGV: cycleId, cycle ms,
-// absentCycles, the largest share of the devices known tombstoned at once (percent), the cycles a device is
-// held for beyond it. Returns {sequence, tombstones, held, gone ids...}: ranges of the seen zset, so a large
-// fleet costs only its absent devices.
+// KEYS[1] sequence hash (cycleId → `n:tombstones:held`, `n:tombstones` or `n` as written before the counts were
+// kept), KEYS[2] counter, KEYS[3] completed zset (cycleId by start ms), KEYS[4] seen zset. ARGV: cycleId, cycle
+// ms, absentCycles, the largest share of the devices known tombstoned at once (percent), the fewest devices
+// held, the cycles a device is held for beyond them. The hold is decided at the cycle's first call and kept
+// with its counts, so a repeat (a summary sent again) holds what the first held. Returns {sequence,
+// tombstones, held, devices known, gone ids...}: ranges of the seen zset, so a large fleet costs only its
+// absent devices.
 const COMPLETE = `
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
-local sequence, counted
+local sequence, counted, held
 if stored then
-  sequence, counted = string.match(stored, '^(%d+):?(%d*)$')
+  sequence, counted, held = string.match(stored, '^(%d+):?(%d*):?(%d*)$')
 else
   sequence = redis.call('INCR', KEYS[2])
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 end
 local n = tonumber(ARGV[3])
-local hold = tonumber(ARGV[5])
+local hold = tonumber(ARGV[6])
 local function absentFrom(cycles)
   local oldest = redis.call('ZREVRANGE', KEYS[3], cycles - 1, cycles - 1, 'WITHSCORES')
   if #oldest < 2 then return {} end
   return redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. oldest[2])
 end
+local known = redis.call('ZCARD', KEYS[4])
 local gone = absentFrom(n)
-local held = 0
-if #gone * 100 > tonumber(ARGV[4]) * redis.call('ZCARD', KEYS[4]) then
-  local released = absentFrom(hold)
-  held = #gone - #released
-  gone = released
-end
-if not counted or counted == '' then
+if counted == nil or counted == '' then
+  held = 0
+  if #gone >= tonumber(ARGV[5]) and #gone * 100 > tonumber(ARGV[4]) * known then
+    local released = absentFrom(hold)
+    held = #gone - #released
+    gone = released
+  end
   counted = #gone
-  redis.call('HSET', KEYS[1], ARGV[1], sequence .. ':' .. counted)
+  redis.call('HSET', KEYS[1], ARGV[1], sequence .. ':' .. counted .. ':' .. held)
+elseif held ~= nil and held ~= '' and tonumber(held) > 0 then
+  gone = absentFrom(hold)
 end
-local result = {tonumber(sequence), tonumber(counted), held}
+local result = {tonumber(sequence), tonumber(counted), tonumber(held) or 0, known}
 for i = 1, #gone do table.insert(result, gone[i]) end
 -- Only the last cycles matter for absence; keep a few more for diagnosis. A cycle let go of takes its
 -- sequence number with it (the hash would grow by one field per cycle, for ever).
@@ -258,10 +266,17 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
         String(cycleAt),
         String(Math.max(1, absentCycles)),
         String(hold.maxSharePercent),
+        String(Math.max(1, hold.minDevices)),
         String(Math.max(1, absentCycles, hold.cycles)),
-      )) as [number, number, number, ...string[]];
-      const [sequence, tombstones, held, ...gone] = result;
-      return { sequence: Number(sequence), gone, tombstones: Number(tombstones), held: Number(held) };
+      )) as [number, number, number, number, ...string[]];
+      const [sequence, tombstones, held, known, ...gone] = result;
+      return {
+        sequence: Number(sequence),
+        gone,
+        tombstones: Number(tombstones),
+        held: Number(held),
+        knownDevices: Number(known),
+      };
     },
     async seenSince(tenantId, cycleAt) {
       return (await redis.zrangebyscore(seenKey(tenantId), cycleAt, '+inf')).sort();

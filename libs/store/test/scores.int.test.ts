@@ -498,27 +498,27 @@ describe('createPublishedStore', () => {
     const published = createPublishedStore(redis.client, redis.prefix);
     const d = (deviceId: string) => ({ deviceId, score: 1, band: 'Trustworthy' });
     await published.commit('t', 1000, [d('stay'), d('leave')]);
-    expect(await published.completeCycle('t', 'c1', 1000, 2)).toEqual({
+    expect(await published.completeCycle('t', 'c1', 1000, 2)).toMatchObject({
       sequence: 1,
       gone: [],
       tombstones: 0,
       held: 0,
     });
     await published.commit('t', 2000, [d('stay')]);
-    expect(await published.completeCycle('t', 'c2', 2000, 2)).toEqual({
+    expect(await published.completeCycle('t', 'c2', 2000, 2)).toMatchObject({
       sequence: 2,
       gone: [],
       tombstones: 0,
       held: 0,
     });
-    expect(await published.completeCycle('t', 'c2', 2000, 2)).toEqual({
+    expect(await published.completeCycle('t', 'c2', 2000, 2)).toMatchObject({
       sequence: 2,
       gone: [],
       tombstones: 0,
       held: 0,
     });
     await published.commit('t', 3000, [d('stay')]);
-    expect(await published.completeCycle('t', 'c3', 3000, 2)).toEqual({
+    expect(await published.completeCycle('t', 'c3', 3000, 2)).toMatchObject({
       sequence: 3,
       gone: ['leave'],
       tombstones: 1,
@@ -527,7 +527,7 @@ describe('createPublishedStore', () => {
     await published.forget('t', ['leave']);
     expect(await published.seenSince('t', 3000)).toEqual(['stay']);
     // Asked again once its tombstones went out: nothing left to tombstone, and still the count it had.
-    expect(await published.completeCycle('t', 'c3', 3000, 2)).toEqual({
+    expect(await published.completeCycle('t', 'c3', 3000, 2)).toMatchObject({
       sequence: 3,
       gone: [],
       tombstones: 1,
@@ -601,7 +601,7 @@ describe('createPublishedStore', () => {
   it('completeCycle with a hold should send the tombstones of most of a fleet only once they were absent for its cycles', async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
     const d = (id: string) => ({ deviceId: id, score: 10, band: 'Trustworthy' });
-    const hold = { maxSharePercent: 50, cycles: 4 };
+    const hold = { maxSharePercent: 50, minDevices: 1, cycles: 4 };
     await published.commit('t', 1000, ['a', 'b', 'c', 'stay'].map(d));
     expect(await published.completeCycle('t', 'c1', 1000, 2, hold)).toMatchObject({ gone: [], held: 0 });
     // From the second cycle on, the listing has only one of the four devices.
@@ -609,23 +609,57 @@ describe('createPublishedStore', () => {
       await published.commit('t', cycle * 1000, [d('stay')]);
       return published.completeCycle('t', `c${cycle}`, cycle * 1000, 2, hold);
     };
-    expect(await next(2)).toEqual({ sequence: 2, gone: [], tombstones: 0, held: 0 });
+    expect(await next(2)).toEqual({ sequence: 2, gone: [], tombstones: 0, held: 0, knownDevices: 4 });
     // Absent from two cycles: three of four devices, more than half of them, are held.
-    expect(await next(3)).toEqual({ sequence: 3, gone: [], tombstones: 0, held: 3 });
-    expect(await next(4)).toEqual({ sequence: 4, gone: [], tombstones: 0, held: 3 });
+    expect(await next(3)).toEqual({ sequence: 3, gone: [], tombstones: 0, held: 3, knownDevices: 4 });
+    expect(await next(4)).toEqual({ sequence: 4, gone: [], tombstones: 0, held: 3, knownDevices: 4 });
     // Absent from four: sent.
-    expect(await next(5)).toEqual({ sequence: 5, gone: ['a', 'b', 'c'], tombstones: 3, held: 0 });
+    expect(await next(5)).toMatchObject({ sequence: 5, gone: ['a', 'b', 'c'], tombstones: 3, held: 0 });
+  });
+
+  it('completeCycle with a hold should hold on a repeat what its first call held, counting as it did, and hold no fewer devices than its least', async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const d = (id: string) => ({ deviceId: id, score: 10, band: 'Trustworthy' });
+    const hold = { maxSharePercent: 50, minDevices: 3, cycles: 4 };
+    await published.commit('t', 1000, ['a', 'b', 'c', 'stay'].map(d));
+    await published.completeCycle('t', 'c1', 1000, 2, hold);
+    for (const cycle of [2, 3]) await published.commit('t', cycle * 1000, [d('stay')]);
+    await published.completeCycle('t', 'c2', 2000, 2, hold);
+    const first = await published.completeCycle('t', 'c3', 3000, 2, hold);
+    expect(first).toEqual({ sequence: 3, gone: [], tombstones: 0, held: 3, knownDevices: 4 });
+    // Asked again (the summary sent again) after one held device was forgotten: still held, as first decided.
+    await published.forget('t', ['a']);
+    expect(await published.completeCycle('t', 'c3', 3000, 2, hold)).toEqual({
+      sequence: 3,
+      gone: [],
+      tombstones: 0,
+      held: 3,
+      knownDevices: 3,
+    });
+    // Fewer than minDevices absent: sent as without a hold, whatever their share.
+    const small = { ...hold, minDevices: 3 };
+    await published.commit('u', 1000, ['x', 'y', 'stay'].map(d));
+    await published.completeCycle('u', 'c1', 1000, 2, small);
+    for (const cycle of [2, 3]) await published.commit('u', cycle * 1000, [d('stay')]);
+    await published.completeCycle('u', 'c2', 2000, 2, small);
+    expect(await published.completeCycle('u', 'c3', 3000, 2, small)).toEqual({
+      sequence: 3,
+      gone: ['x', 'y'],
+      tombstones: 2,
+      held: 0,
+      knownDevices: 3,
+    });
   });
 
   it('completeCycle with a hold should send the tombstones of up to its share of the fleet at once', async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
     const d = (id: string) => ({ deviceId: id, score: 10, band: 'Trustworthy' });
-    const hold = { maxSharePercent: 50, cycles: 4 };
+    const hold = { maxSharePercent: 50, minDevices: 1, cycles: 4 };
     await published.commit('t', 1000, ['a', 'b', 'c', 'd'].map(d));
     await published.completeCycle('t', 'c1', 1000, 2, hold);
     for (const cycle of [2, 3]) await published.commit('t', cycle * 1000, ['c', 'd'].map(d));
     await published.completeCycle('t', 'c2', 2000, 2, hold);
-    expect(await published.completeCycle('t', 'c3', 3000, 2, hold)).toEqual({
+    expect(await published.completeCycle('t', 'c3', 3000, 2, hold)).toMatchObject({
       sequence: 3,
       gone: ['a', 'b'],
       tombstones: 2,
@@ -640,7 +674,7 @@ describe('createPublishedStore', () => {
       expect((await published.completeCycle('t', `c${cycle}`, cycle * 1000, 2)).sequence).toBe(cycle);
     const numbered = await redis.client.hgetall(`${redis.prefix}published-seq:t`);
     expect(Object.keys(numbered).sort()).toEqual(Array.from({ length: 12 }, (_, i) => `c${19 + i}`).sort());
-    expect(await published.completeCycle('t', 'c30', 30_000, 2)).toEqual({
+    expect(await published.completeCycle('t', 'c30', 30_000, 2)).toMatchObject({
       sequence: 30,
       gone: [],
       tombstones: 0,

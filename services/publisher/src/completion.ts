@@ -223,14 +223,15 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         deps.tombstoneAfterCycles,
         deps.tombstoneHold,
       );
-      const { sequence, gone, held } = completed;
+      const { sequence, gone, held, knownDevices } = completed;
       if (held > 0) {
         tombstonesHeld.inc({}, held);
         log.warn(
           "tombstones held: more of the tenant's devices are missing from its last cycles than may go at once; check its Defender listing (an empty or cut answer, a changed app scope) before they are sent",
           {
             held,
-            knownDevices: total,
+            knownDevices,
+            listedDevices: total,
             maxSharePercent: deps.tombstoneHold?.maxSharePercent,
             sentAfterCycles: deps.tombstoneHold?.cycles,
           },

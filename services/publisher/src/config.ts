@@ -1,4 +1,4 @@
-import { consumerSettings, readInt, type ConsumerSettings, type Env } from '@urs/config';
+import { ConfigError, consumerSettings, readInt, type ConsumerSettings, type Env } from '@urs/config';
 
 /**
  * The publisher's own settings, and how its group takes in `urs.device-scores` and `urs.tenants` (`consumerSettings`: group
@@ -11,29 +11,43 @@ export interface PublisherConfig extends ConsumerSettings {
   /** A device absent from this many consecutive completed cycles is tombstoned. Env `URS_TOMBSTONE_AFTER_CYCLES`, default 3. */
   tombstoneAfterCycles: number;
   /**
-   * A completed cycle that would tombstone more than this share of a tenant's devices at once (percent)
-   * tombstones only those absent for `tombstoneHoldCycles`: a listing that lost most of a fleet (an empty
-   * answer, a changed app scope) does not take it from VMS. Env `URS_TOMBSTONE_MAX_SHARE_PERCENT`, default 50;
-   * 100 turns the brake off.
+   * A completed cycle that would tombstone at least `tombstoneHoldMinDevices` and more than this share of a
+   * tenant's devices at once (percent) tombstones only those absent for `tombstoneHoldCycles`: a listing that
+   * lost most of a fleet (an empty answer, a changed app scope) does not take it from VMS. Env
+   * `URS_TOMBSTONE_MAX_SHARE_PERCENT`, default 50; 100 turns the brake off.
    */
   tombstoneMaxSharePercent: number;
-  /** Completed cycles a held device stays absent before its tombstone is sent anyway. Env `URS_TOMBSTONE_HOLD_CYCLES`, default 24. */
+  /** The fewest devices the brake holds (a small fleet's retired devices go as usual). Env `URS_TOMBSTONE_HOLD_MIN_DEVICES`, default 10. */
+  tombstoneHoldMinDevices: number;
+  /**
+   * Completed cycles a held device stays absent before its tombstone is sent anyway. Env
+   * `URS_TOMBSTONE_HOLD_CYCLES`, default 24; more than `tombstoneAfterCycles`.
+   */
   tombstoneHoldCycles: number;
   /** How often cycles past their deadline are looked for, ms. Env `URS_DEADLINE_SWEEP_MS`, default 2000. */
   deadlineSweepMs: number;
 }
 
 export function publisherConfig(env: Env): PublisherConfig {
+  const tombstoneAfterCycles = readInt(env, 'URS_TOMBSTONE_AFTER_CYCLES', { fallback: 3, min: 1 });
+  const tombstoneHoldCycles = readInt(env, 'URS_TOMBSTONE_HOLD_CYCLES', { fallback: 24, min: 1 });
+  // As many as URS_TOMBSTONE_AFTER_CYCLES would hold nothing: the brake would be off without saying so.
+  if (tombstoneHoldCycles <= tombstoneAfterCycles)
+    throw new ConfigError(
+      'URS_TOMBSTONE_HOLD_CYCLES',
+      `must be more than URS_TOMBSTONE_AFTER_CYCLES (${tombstoneAfterCycles}; got ${tombstoneHoldCycles}); URS_TOMBSTONE_MAX_SHARE_PERCENT=100 turns the hold off`,
+    );
   return {
     ...consumerSettings(env, 'publisher', 6),
     snapshotEveryCycles: readInt(env, 'URS_SNAPSHOT_EVERY_CYCLES', { fallback: 24, min: 1 }),
-    tombstoneAfterCycles: readInt(env, 'URS_TOMBSTONE_AFTER_CYCLES', { fallback: 3, min: 1 }),
+    tombstoneAfterCycles,
     tombstoneMaxSharePercent: readInt(env, 'URS_TOMBSTONE_MAX_SHARE_PERCENT', {
       fallback: 50,
       min: 1,
       max: 100,
     }),
-    tombstoneHoldCycles: readInt(env, 'URS_TOMBSTONE_HOLD_CYCLES', { fallback: 24, min: 1 }),
+    tombstoneHoldMinDevices: readInt(env, 'URS_TOMBSTONE_HOLD_MIN_DEVICES', { fallback: 10, min: 1 }),
+    tombstoneHoldCycles,
     deadlineSweepMs: readInt(env, 'URS_DEADLINE_SWEEP_MS', { fallback: 2_000, min: 100 }),
   };
 }

@@ -42,7 +42,11 @@ void runService({
       metrics,
       snapshotEveryCycles: own.snapshotEveryCycles,
       tombstoneAfterCycles: own.tombstoneAfterCycles,
-      tombstoneHold: { maxSharePercent: own.tombstoneMaxSharePercent, cycles: own.tombstoneHoldCycles },
+      tombstoneHold: {
+        maxSharePercent: own.tombstoneMaxSharePercent,
+        minDevices: own.tombstoneHoldMinDevices,
+        cycles: own.tombstoneHoldCycles,
+      },
       inOrder,
       leasing,
     });

@@ -382,7 +382,7 @@ describe('the publisher', () => {
   it('createCycleCompletion should hold the tombstones of most of a fleet gone at once until they were absent for the hold cycles', async () => {
     const { handler, begin, metrics } = build({
       tombstoneAfterCycles: 2,
-      tombstoneHold: { maxSharePercent: 50, cycles: 4 },
+      tombstoneHold: { maxSharePercent: 50, minDevices: 1, cycles: 4 },
     });
     await begin(1);
     const fleet = ['a', 'b', 'c', 'stay'].map((id) => device(id, 10, 'Trustworthy'));
