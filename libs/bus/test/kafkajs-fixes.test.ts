@@ -171,17 +171,22 @@ describe('dropConnectionOnRequestTimeout', () => {
     return { server, accepted, closed: () => closed };
   }
 
-  it('should close a connection whose request timed out, and connect afresh for the next one', async () => {
-    const broker = await silentBroker();
-    const connection = new Connection({
+  /** A KafkaJS connection to `broker`, its requests timing out after `requestTimeout` ms. */
+  function connectionTo(broker: { server: Server }, requestTimeout: number, logging: object = kafkaLogger) {
+    return new Connection({
       host: '127.0.0.1',
       port: (broker.server.address() as AddressInfo).port,
-      logger: kafkaLogger,
+      logger: logging,
       socketFactory: ({ host, port, onConnect }: { host: string; port: number; onConnect: () => void }) =>
         connect({ host, port }, onConnect),
-      requestTimeout: 200,
+      requestTimeout,
       connectionTimeout: 1_000,
     });
+  }
+
+  it('should close a connection whose request timed out, and connect afresh for the next one', async () => {
+    const broker = await silentBroker();
+    const connection = connectionTo(broker, 200);
     try {
       await connection.connect();
       await expect(connection.send(apiVersions.protocol({ version: 0 })())).rejects.toMatchObject({
@@ -203,15 +208,7 @@ describe('dropConnectionOnRequestTimeout', () => {
     const broker = await silentBroker();
     const errors: string[] = [];
     const logging = { ...kafkaLogger, error: (message: string) => void errors.push(message) };
-    const connection = new Connection({
-      host: '127.0.0.1',
-      port: (broker.server.address() as AddressInfo).port,
-      logger: { ...logging, namespace: () => logging },
-      socketFactory: ({ host, port, onConnect }: { host: string; port: number; onConnect: () => void }) =>
-        connect({ host, port }, onConnect),
-      requestTimeout: 200,
-      connectionTimeout: 1_000,
-    });
+    const connection = connectionTo(broker, 200, { ...logging, namespace: () => logging });
     try {
       await connection.connect();
       const sending = connection.send(apiVersions.protocol({ version: 0 })());
@@ -232,15 +229,7 @@ describe('dropConnectionOnRequestTimeout', () => {
 
   it('should leave a connection open when its request failed otherwise', async () => {
     const broker = await silentBroker();
-    const connection = new Connection({
-      host: '127.0.0.1',
-      port: (broker.server.address() as AddressInfo).port,
-      logger: kafkaLogger,
-      socketFactory: ({ host, port, onConnect }: { host: string; port: number; onConnect: () => void }) =>
-        connect({ host, port }, onConnect),
-      requestTimeout: 30_000,
-      connectionTimeout: 1_000,
-    });
+    const connection = connectionTo(broker, 30_000);
     try {
       await connection.connect();
       const failing = { request: { encode: () => Promise.reject(new Error('cannot encode')) }, response: {} };
