@@ -79,19 +79,25 @@ export function keepMemberIdAcrossRestarts(ConsumerGroup: { prototype: ConsumerG
   };
 }
 
-/** Whether KafkaJS's ConsumerGroup was patched: applyKafkaJsFixes is idempotent, a wrapper must not wrap itself. */
-let consumerGroupPatched = false;
+/** The KafkaJS classes wrapped so far: applyKafkaJsFixes is idempotent, a wrapper must not wrap itself. */
+const wrapped = new Set<string>();
 
-/** keepMemberIdAcrossRestarts on KafkaJS's ConsumerGroup, once; false when KafkaJS has another layout. */
-function patchConsumerGroup(): boolean {
-  if (consumerGroupPatched) return true;
+/**
+ * Applies `wrap` to the class KafkaJS's module `module` exports, once per process. False, leaving the class
+ * as it is, when the module is not there or its prototype lacks one of `methods` (another KafkaJS layout).
+ */
+function wrapKafkaJsClass<P>(
+  module: string,
+  methods: readonly string[],
+  wrap: (Class: { prototype: P }) => void,
+): boolean {
+  if (wrapped.has(module)) return true;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const ConsumerGroup = require(KAFKAJS_CONSUMER_GROUP) as { prototype: Partial<ConsumerGroupLike> };
-    const { joinAndSync, leave } = ConsumerGroup.prototype;
-    if (typeof joinAndSync !== 'function' || typeof leave !== 'function') return false;
-    keepMemberIdAcrossRestarts(ConsumerGroup as { prototype: ConsumerGroupLike });
-    consumerGroupPatched = true;
+    const Class = require(module) as { prototype: Record<string, unknown> };
+    if (!methods.every((name) => typeof Class.prototype[name] === 'function')) return false;
+    wrap(Class as unknown as { prototype: P });
+    wrapped.add(module);
     return true;
   } catch {
     // Another KafkaJS layout: leave it as it is.
@@ -141,29 +147,6 @@ export function dropConnectionOnRequestTimeout(Connection: { prototype: Connecti
   };
 }
 
-/** Whether KafkaJS's Connection was patched: applyKafkaJsFixes is idempotent, a wrapper must not wrap itself. */
-let connectionPatched = false;
-
-/** dropConnectionOnRequestTimeout on KafkaJS's Connection, once; false when KafkaJS has another layout. */
-function patchConnection(): boolean {
-  if (connectionPatched) return true;
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const Connection = require(KAFKAJS_CONNECTION) as { prototype: Partial<ConnectionLike> };
-    if (
-      typeof Connection.prototype.send !== 'function' ||
-      typeof Connection.prototype.isConnected !== 'function'
-    )
-      return false;
-    dropConnectionOnRequestTimeout(Connection as { prototype: ConnectionLike });
-    connectionPatched = true;
-    return true;
-  } catch {
-    // Another KafkaJS layout: leave it as it is.
-    return false;
-  }
-}
-
 /**
  * Fixes for KafkaJS 2.2.4 (its last release), applied to the KafkaJS this package loads: the idle timer
  * loop of every connection (above), a consumer's member id kept across its restarts
@@ -192,8 +175,16 @@ export function applyKafkaJsFixes(): {
   } catch {
     // Another KafkaJS layout: leave it as it is.
   }
-  const memberIds = patchConsumerGroup();
-  const connections = patchConnection();
+  const memberIds = wrapKafkaJsClass(
+    KAFKAJS_CONSUMER_GROUP,
+    ['joinAndSync', 'leave'],
+    keepMemberIdAcrossRestarts,
+  );
+  const connections = wrapKafkaJsClass(
+    KAFKAJS_CONNECTION,
+    ['send', 'isConnected'],
+    dropConnectionOnRequestTimeout,
+  );
   const crc32c = useFastCrc32c();
   return { requestQueue, memberIds, connections, crc32c, recordBatches: useFastRecordBatches() };
 }
