@@ -1,6 +1,7 @@
 import { applyKafkaJsFixes } from '@urs/bus';
 import { once } from 'node:events';
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
+import { waitFor } from '@urs/testkit';
 import { keepMemberIdAcrossRestarts, type ConsumerGroupLike } from '../src/kafkajs-fixes';
 
 // KafkaJS's per-connection request queue, as its connections use it.
@@ -155,6 +156,8 @@ describe('dropConnectionOnRequestTimeout', () => {
     protocol(options: { version: number }): () => object;
   };
   const kafkaLogger = { ...logger, namespace: () => kafkaLogger };
+  /** What the silent broker's side shows within 2 s, looked at every 10 ms. */
+  const SOON = { timeoutMs: 2_000, intervalMs: 10 };
 
   /** A broker that takes connections and never answers (a host gone, its connections not closed). */
   async function silentBroker(): Promise<{ server: Server; accepted: Socket[]; closed: () => number }> {
@@ -193,7 +196,7 @@ describe('dropConnectionOnRequestTimeout', () => {
         name: 'KafkaJSRequestTimeoutError',
       });
       // KafkaJS 2.2.4 left it open: the broker's side never closed, and the next request went the same way.
-      await waitUntil(() => broker.closed() === 1);
+      await waitFor(() => broker.closed() === 1, SOON);
       expect(connection.isConnected()).toBe(false);
       await connection.connect();
       expect(broker.accepted).toHaveLength(2);
@@ -213,12 +216,12 @@ describe('dropConnectionOnRequestTimeout', () => {
       await connection.connect();
       const sending = connection.send(apiVersions.protocol({ version: 0 })());
       sending.catch(() => undefined);
-      await waitUntil(() => broker.accepted.length === 1 && broker.accepted[0]!.bytesRead > 0);
+      await waitFor(() => broker.accepted.length === 1 && broker.accepted[0]!.bytesRead > 0, SOON);
       // A disconnect waits for the request in flight, then ends the socket itself.
       const disconnecting = connection.disconnect();
       await expect(sending).rejects.toMatchObject({ name: 'KafkaJSRequestTimeoutError' });
       await disconnecting;
-      await waitUntil(() => broker.closed() === 1);
+      await waitFor(() => broker.closed() === 1, SOON);
       // Not destroyed again with an error: KafkaJS would log a connection error and disconnect a second time.
       expect(errors).toEqual([]);
     } finally {
@@ -243,12 +246,3 @@ describe('dropConnectionOnRequestTimeout', () => {
     }
   });
 });
-
-/** Resolves once `done` holds, looking every 10 ms for at most 2 s. */
-async function waitUntil(done: () => boolean): Promise<void> {
-  const deadline = Date.now() + 2_000;
-  while (!done()) {
-    if (Date.now() > deadline) throw new Error('condition not met within 2 s');
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
