@@ -410,6 +410,8 @@ describe('createScoreStore', () => {
 describe('createPublishedStore', () => {
   const redis = testRedisPerTest();
   const lease = (tenantId: string) => ({ tenantId, holder: 'replica-1', ttlMs: 10_000 });
+  /** A device published with score 10. */
+  const d = (deviceId: string) => ({ deviceId, score: 10, band: 'Trustworthy' });
 
   it('changed should list only new devices and changed scores, never a stale one', async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
@@ -565,8 +567,7 @@ describe('createPublishedStore', () => {
 
   it('markDeleted should list every device once, drop the deleted cycles until a registration, and an older deletion only what came before it', async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
-    const ref = (deviceId: string) => ({ deviceId, score: 10, band: 'Trustworthy' });
-    await published.commit('t', 1000, [ref('a'), ref('b')]);
+    await published.commit('t', 1000, [d('a'), d('b')]);
     await published.completeCycle('t', 'c1', 1000, 3);
     expect((await published.markDeleted('t', 1500)).sort()).toEqual(['a', 'b']);
     await published.forget('t', ['a', 'b']);
@@ -577,7 +578,7 @@ describe('createPublishedStore', () => {
     // Deleted, not registered again: every cycle of the tenant is a deleted tenant's, and takes no lease.
     expect(await published.ofDeletedTenant('t', 1000)).toBe(true);
     expect(await published.ofDeletedTenant('t', 1700)).toBe(true);
-    expect(await published.changed(lease('t'), 1700, [ref('a')])).toBe('deleted');
+    expect(await published.changed(lease('t'), 1700, [d('a')])).toBe('deleted');
     expect(await published.takeTenantLease({ ...lease('t'), holder: 'replica-2' })).toBe(true);
     await published.releaseTenantLease({ ...lease('t'), holder: 'replica-2' });
     // Registered again at 2000: the cycles from then on are its own.
@@ -587,8 +588,8 @@ describe('createPublishedStore', () => {
     // A later record of the tenant (a setting changed, its secret re-sealed) leaves its cycles its own.
     await published.registeredAgain('t', 2600);
     expect(await published.ofDeletedTenant('t', 2300)).toBe(false);
-    expect(await published.changed(lease('t'), 2000, [ref('c')])).toEqual([ref('c')]);
-    await published.commit('t', 2000, [ref('c')]);
+    expect(await published.changed(lease('t'), 2000, [d('c')])).toEqual([d('c')]);
+    await published.commit('t', 2000, [d('c')]);
     // The deletion read again after the registration: the registered tenant's device stays.
     expect(await published.markDeleted('t', 1500)).toEqual([]);
     expect(await published.ofDeletedTenant('t', 2000)).toBe(false);
@@ -600,7 +601,6 @@ describe('createPublishedStore', () => {
 
   it('completeCycle with a hold should send the tombstones of most of a fleet only once they were absent for its cycles', async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
-    const d = (id: string) => ({ deviceId: id, score: 10, band: 'Trustworthy' });
     const hold = { maxSharePercent: 50, minDevices: 1, cycles: 4 };
     await published.commit('t', 1000, ['a', 'b', 'c', 'stay'].map(d));
     expect(await published.completeCycle('t', 'c1', 1000, 2, hold)).toMatchObject({ gone: [], held: 0 });
@@ -619,7 +619,6 @@ describe('createPublishedStore', () => {
 
   it('completeCycle with a hold should hold on a repeat what its first call held, counting as it did, and hold no fewer devices than its least', async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
-    const d = (id: string) => ({ deviceId: id, score: 10, band: 'Trustworthy' });
     const hold = { maxSharePercent: 50, minDevices: 3, cycles: 4 };
     await published.commit('t', 1000, ['a', 'b', 'c', 'stay'].map(d));
     await published.completeCycle('t', 'c1', 1000, 2, hold);
@@ -653,7 +652,6 @@ describe('createPublishedStore', () => {
 
   it('completeCycle with a hold should send the tombstones of up to its share of the fleet at once', async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
-    const d = (id: string) => ({ deviceId: id, score: 10, band: 'Trustworthy' });
     const hold = { maxSharePercent: 50, minDevices: 1, cycles: 4 };
     await published.commit('t', 1000, ['a', 'b', 'c', 'd'].map(d));
     await published.completeCycle('t', 'c1', 1000, 2, hold);
