@@ -1,7 +1,7 @@
 // deploy/prometheus/alerts.yml names metrics and label values the services serve: checked here against the
 // code, so a metric renamed or a label value changed cannot leave an alert that never fires.
 import { parse } from 'yaml';
-import { read, sourcesOf, stages } from './repo';
+import { read, registeredMetrics, sourcesOf, stages } from './repo';
 
 interface Rule {
   alert: string;
@@ -18,10 +18,7 @@ const rules = (
 ).groups.flatMap((group) => group.rules);
 
 const code = sourcesOf('libs', 'services').join('\n');
-/** The metric names the code registers (`registry.counter('urs_…'`, gauges, histograms). */
-const registered = new Set(
-  [...code.matchAll(/\.(?:counter|gauge|histogram)\(\s*'([a-z_]+)'/g)].map((match) => match[1] as string),
-);
+const registered = registeredMetrics();
 
 /** The metrics an expression reads, a histogram's series by the histogram's name. */
 function metricsOf(expr: string): string[] {

@@ -40,3 +40,11 @@ export function sourcesOf(...dirs: string[]): string[] {
   }
   return files;
 }
+
+/** The metric names the code registers (`registry.counter('urs_…'`, gauges, histograms). */
+export function registeredMetrics(): Set<string> {
+  const code = sourcesOf('libs', 'services').join('\n');
+  return new Set(
+    [...code.matchAll(/\.(?:counter|gauge|histogram)\(\s*'([a-z_]+)'/g)].map((match) => match[1] as string),
+  );
+}
