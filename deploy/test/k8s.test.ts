@@ -360,20 +360,39 @@ describe('deploy/k8s', () => {
           `__meta_kubernetes_pod_${kind}_${name.replace(/[^a-zA-Z0-9_]/g, '_')}`,
           value,
         ]);
-      const target = relabel(scrapeJob.relabel_configs, {
-        __address__: '10.1.2.3:8080',
-        __metrics_path__: '/metrics',
-        __meta_kubernetes_pod_name: `${stage}-0`,
-        __meta_kubernetes_namespace: 'urs',
-        ...Object.fromEntries(meta('label', template?.metadata.labels ?? {})),
-        ...Object.fromEntries(meta('annotation', template?.metadata.annotations ?? {})),
-      });
-      expect(target).toMatchObject({
-        job: stage,
-        __address__: `10.1.2.3:${metricsPort}`,
-        __metrics_path__: '/metrics',
-        pod: `${stage}-0`,
-      });
+      // One target per declared container port, its address the pod's IP and that port (an IPv6 one in
+      // brackets), or the bare IP for a container that declares none.
+      const pods = [
+        { ip: '10.1.2.3', addresses: ['10.1.2.3:8080', '10.1.2.3'], scraped: `10.1.2.3:${metricsPort}` },
+        {
+          ip: 'fd00:10:1::3',
+          addresses: ['[fd00:10:1::3]:8080', 'fd00:10:1::3'],
+          scraped: `[fd00:10:1::3]:${metricsPort}`,
+        },
+      ];
+      for (const { ip, addresses, scraped } of pods) {
+        for (const address of addresses) {
+          const target = relabel(scrapeJob.relabel_configs, {
+            __address__: address,
+            __metrics_path__: '/metrics',
+            __meta_kubernetes_pod_ip: ip,
+            __meta_kubernetes_pod_name: `${stage}-0`,
+            __meta_kubernetes_namespace: 'urs',
+            ...Object.fromEntries(meta('label', template?.metadata.labels ?? {})),
+            ...Object.fromEntries(meta('annotation', template?.metadata.annotations ?? {})),
+          });
+          expect([address, target]).toMatchObject([
+            address,
+            {
+              job: stage,
+              __address__: scraped,
+              __metrics_path__: '/metrics',
+              pod: `${stage}-0`,
+              namespace: 'urs',
+            },
+          ]);
+        }
+      }
       // A pod of something else in the namespace is not scraped.
       expect(relabel(scrapeJob.relabel_configs, { __address__: '10.1.2.4:80' })).toBeNull();
     },
