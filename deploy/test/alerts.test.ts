@@ -37,6 +37,21 @@ function labelValuesOf(expr: string): { label: string; value: string }[] {
   );
 }
 
+/** The label names of a `by (…)` or `on (…)` list. */
+function labelsOf(list: string | undefined): string[] {
+  return (list ?? '')
+    .split(',')
+    .map((label) => label.trim())
+    .filter(Boolean);
+}
+
+/** An expression's aggregations (`sum by (job) (…)`, `min(…)`) and the labels each keeps, if it names them. */
+function aggregationsOf(expr: string): { operator: string; by: string[] | undefined }[] {
+  return [
+    ...expr.matchAll(/\b(sum|min|max|avg|count|group|topk|bottomk|quantile)\s*(?:by\s*\(([^)]*)\)\s*)?\(/g),
+  ].map((match) => ({ operator: match[0], by: match[2] === undefined ? undefined : labelsOf(match[2]) }));
+}
+
 describe('deploy/prometheus/alerts.yml', () => {
   test('the code should register metrics, or the rules have nothing to check', () => {
     expect(registered).toContain('urs_ready');
@@ -62,8 +77,27 @@ describe('deploy/prometheus/alerts.yml', () => {
     const down = rules.filter((rule) => /^up == 0\b/.test(rule.expr));
     expect(down.map((rule) => rule.alert)).toEqual(['UrsTargetDown']);
     // `up` is every target's: the rule keeps the jobs whose targets served the stages' own urs_ready.
-    expect(down[0]?.expr).toMatch(/ and on \(job[^)]*\) .*\burs_ready\b/);
+    expect(down[0]?.expr).toMatch(/ and on \([^)]*\) .*\burs_ready\b/);
+    // A stage of one install (its namespace): a Prometheus that scrapes two installs with the same job
+    // names alerts for each on its own. Not per replica (pod, instance): a replaced pod's target is new.
+    const expr = down[0]?.expr ?? '';
+    const joined = labelsOf(/ and on \(([^)]*)\)/.exec(expr)?.[1]);
+    expect(joined).toEqual(['job', 'namespace']);
+    expect(aggregationsOf(expr).map((aggregation) => aggregation.by)).toEqual([joined]);
   });
+
+  test.each(rules.map((rule) => [rule.alert, rule] as const))(
+    'rule %s should keep each install apart: every aggregation and join keeps namespace',
+    (_name, rule) => {
+      for (const { operator, by } of aggregationsOf(rule.expr))
+        expect([operator, by?.includes('namespace')]).toEqual([operator, true]);
+      for (const match of rule.expr.matchAll(/\b(on|ignoring) \(([^)]*)\)/g))
+        expect([match[0], match[1] === 'ignoring' || labelsOf(match[2]).includes('namespace')]).toEqual([
+          match[0],
+          true,
+        ]);
+    },
+  );
 
   test.each(rules.map((rule) => [rule.alert, rule] as const))(
     'rule %s should read only metrics the services register',
