@@ -93,6 +93,7 @@ export interface ServiceOptions<S = undefined> {
    * Builds the service's parts. Called once Redis answered (the start waits for it, interruptibly, with the
    * health endpoints answering: /readyz 503 `starting: waiting for Redis (REDIS_URL) to answer`), so that
    * its reads of Redis (a key check, the shared call limiter) do not hold the start where a stop cannot end it.
+   * Should Redis be lost again while it runs, a stop still ends the start at once (see `stop`).
    */
   setup: (context: ServiceContext<S>) => Promise<ServiceParts>;
   /**
@@ -107,8 +108,10 @@ export interface ServiceOptions<S = undefined> {
   /**
    * Asks the service to stop (runService aborts it on SIGTERM or SIGINT, from before the start). Before
    * the runners start it aborts `context.stopping` at once, and the start is given up as soon as the step
-   * under way (the topics, setup) returns, at once during the wait for Redis before setup: what was built is closed and startService rejects with a
-   * ServiceStoppedError. Once the runners start, stopping is close()'s: call it (runService does).
+   * under way (the topics) returns, at once during the wait for Redis and during setup (setup is left
+   * unfinished: its Redis commands wait where no stop reaches them while Redis is lost again, and fail once
+   * Redis is closed): what the runtime built is closed and startService rejects with a ServiceStoppedError.
+   * Once the runners start, stopping is close()'s: call it (runService does).
    */
   stop?: AbortSignal;
   /**

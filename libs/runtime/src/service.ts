@@ -12,7 +12,14 @@ import {
 } from '@urs/bus';
 import { serviceConfig } from '@urs/config';
 import { createLogger, type Logger } from '@urs/logging';
-import { UrsError, closeAll, isInfrastructureFault, retryThroughOutage, type Closer } from '@urs/resilience';
+import {
+  UrsError,
+  closeAll,
+  isInfrastructureFault,
+  retryThroughOutage,
+  unlessAborted,
+  type Closer,
+} from '@urs/resilience';
 import { closeRedis, createRedis } from '@urs/store';
 import { Registry, startHealthServer, type HealthServer } from '@urs/telemetry';
 import { untilRedisAnswers, watchRedis } from './redis-health';
@@ -195,8 +202,12 @@ export async function startWith<S>(
     throwIfStopped();
     starting = 'setup';
     step('setup');
-    parts = await options.setup(context);
-    // A stop during setup ends the start here, before anything consumes.
+    // A stop gives setup up at once: Redis may be lost again after the wait above, and setup's commands
+    // (and the shared limiter's connect) then wait for it where no stop reaches them. What setup still
+    // waits on fails once the close below has closed Redis; what it built is not closed (it never
+    // returned its parts), and runService exits.
+    parts = await unlessAborted(options.setup(context), stopping.signal);
+    // A stop as setup returned ends the start here, before anything consumes.
     throwIfStopped();
     // Waiting for Kafka, the stop is passed on until the wait is over (below).
     if (!waitForKafka) stop?.removeEventListener('abort', passOn);

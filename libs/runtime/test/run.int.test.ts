@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { RUN_TS, freePort, createTestKafka, uniqueId, waitFor } from '@urs/testkit';
-import { deleteTopicsOf, serviceEnv } from './support';
+import { deleteTopicsOf, serviceEnv, startRedis, stopRedis } from './support';
 
 interface Run {
   /** The service's log lines (stdout) and the fixture's own lines (stderr), as parsed JSON. */
@@ -193,6 +193,37 @@ describe('runService', () => {
       await deleteTopicsOf(kafka, prefix);
     }
   });
+
+  it('should stop at once with exit code 0 on SIGTERM when Redis is lost again during setup', async () => {
+    const prefix = `${uniqueId('run')}.`;
+    const redisPort = await freePort();
+    const redis = await startRedis(redisPort);
+    // Longer than the stop may take: a stop that waits for the setup's read times out, exit 1.
+    const run = runFixture('redis-lost-in-setup', prefix, {
+      REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+      URS_SHUTDOWN_TIMEOUT_MS: '20000',
+    });
+    try {
+      // The start's wait for Redis is over: setup runs, then Redis goes away under it.
+      await waitFor(() => run.said.some((line) => line.fixture === 'setup begins'), { timeoutMs: 30_000 });
+      await stopRedis(redis);
+      await waitFor(() => run.said.some((line) => line.fixture === 'setup reads Redis'), {
+        timeoutMs: 10_000,
+      });
+      run.kill('SIGTERM');
+      const exit = await exitWithin(run, 30_000);
+      expect(messages(run)).not.toContain('graceful stop timed out, exiting');
+      expect(exit).toMatchObject({ code: 0, signal: null });
+      expect(run.logs).toContainEqual(
+        expect.objectContaining({ message: 'stopped while starting', exitCode: 0 }),
+      );
+      expect(run.said).not.toContainEqual({ fixture: 'setup read Redis' });
+    } finally {
+      run.kill('SIGKILL');
+      await stopRedis(redis);
+      await deleteTopicsOf(kafka, prefix);
+    }
+  }, 90_000);
 
   it('should exit 0 as soon as its close finished, though a socket is still open', async () => {
     const prefix = `${uniqueId('run')}.`;
