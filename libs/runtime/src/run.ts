@@ -8,8 +8,8 @@ import type { RunningService, ServiceBasics, ServiceOptions } from './service-ty
  * the configured time, and exit with the stop's code. The signals are listened to from the very start: one
  * that comes while the service starts aborts `context.stopping` and gives the start up once the step under
  * way returns (its topics), at once while it waits for Redis or runs setup (also on a Redis lost again),
- * exiting 0 when everything built closed cleanly. A second signal ends the
- * process at once (Node's default). Start-up failures exit 1 with the reason: a bad variable, shared or the
+ * exiting 0 when everything built closed cleanly. A second signal ends the process at once (Node's
+ * default). Start-up failures exit 1 with the reason: a bad variable, shared or the
  * service's own (`settings`), before anything connects; no broker; a setup that failed. So do a runner or
  * another part that stopped for good (`failed`, after a graceful stop, so an orchestrator starts the
  * service again), a stop that could not close everything, and a stop that took longer than
