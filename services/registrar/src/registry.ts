@@ -66,7 +66,9 @@ export interface TenantRegistry {
   ): Promise<{ record: TenantRecord | null; changed: boolean }>;
   /**
    * A new revision with `enabled: false` and the reason; null when the tenant is unknown, already
-   * disabled, or its record (read under the tenant's write lock) does not pass `onlyIf`.
+   * disabled, or its record (read under the tenant's write lock) does not pass `onlyIf`. A tenant disabled
+   * now or before (and passing `onlyIf`) loses its `registrationError`: the update refused before is
+   * overtaken by the decision to disable it.
    */
   disable(
     tenantId: string,
@@ -293,7 +295,11 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     onlyIf?: (current: TenantRecord) => boolean,
   ): Promise<TenantRecord | null> {
     const current = await deps.tenants.get(tenantId);
-    if (!current || !current.enabled || (onlyIf && !onlyIf(current))) return null;
+    if (!current || (onlyIf && !onlyIf(current))) return null;
+    if (!current.enabled) {
+      await clearRefusal(current);
+      return null;
+    }
     const record: TenantRecord = {
       ...current,
       revision: await deps.state.nextRevision(tenantId, current.revision),
@@ -305,7 +311,11 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     };
     await write(record);
     await deps.schedules.clear(tenantId);
-    await deps.tenants.updateStatus(tenantId, { state: 'disabled', nextPollAt: null });
+    await deps.tenants.updateStatus(tenantId, {
+      state: 'disabled',
+      nextPollAt: null,
+      registrationError: null,
+    });
     log.info('tenant disabled', { tenantId, revision: record.revision, reason });
     return record;
   }

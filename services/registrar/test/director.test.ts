@@ -299,6 +299,29 @@ describe('createRegistrationHandler', () => {
     expect(status.registrationError ?? null).toBeNull();
   });
 
+  it('handle should clear a refusal from the status of a tenant a later full push leaves out', async () => {
+    const { push, tenants } = setup();
+    await push(1, 'full', [item('a'), item('b'), item('off', { enabled: false })]);
+    await push(2, 'full', [
+      item('a'),
+      item('b', { pollIntervalMinutes: 5 }),
+      item('off', { enabled: true, clientId: 'nope' }),
+    ]);
+    expect(await tenants.getStatus('b')).toMatchObject({
+      state: 'active',
+      registrationError: { generation: 2 },
+    });
+    expect(await tenants.getStatus('off')).toMatchObject({ registrationError: { generation: 2 } });
+    // Director's newer decision: neither is listed any more. The refused updates no longer stand.
+    expect(await push(3, 'full', [item('a')])).toMatchObject({ disabled: 1 });
+    for (const tenantId of ['b', 'off']) {
+      expect(await tenants.get(tenantId)).toMatchObject({ enabled: false });
+      const status = await tenants.getStatus(tenantId);
+      expect(status.state).toBe('disabled');
+      expect(status.registrationError ?? null).toBeNull();
+    }
+  });
+
   it('handle should keep a refused update of a registered tenant in its status through its cycles', async () => {
     const { push, tenants, records } = setup();
     await push(5, 'full', [item('a')]);
