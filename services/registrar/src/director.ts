@@ -130,16 +130,20 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
       const known = isTenantId(tenantId) ? tenantId : null;
       const inPush = entryViolations(index, validated.violations);
       await deadLetter(message, item, known, new RegistrationRejectedError(inPush));
+      // Present but refused: its earlier record stays as it was (not disabled), the status says why,
+      // unless the entry would not have applied to the tenant (see `keepRestRecord`).
+      const inStatus =
+        known !== null &&
+        (await deps.registry.reject(known, validated.violations, origin, { keepRestRecord: repeated }));
       if (known !== null) {
-        // Present but refused: its earlier record stays as it was (not disabled), the status says why.
         present.add(known);
         accepted.delete(known);
-        await deps.registry.reject(known, validated.violations, origin);
       }
       log.warn('tenant registration refused', {
         tenantId: known,
         index,
         generation: push.generation,
+        inStatus,
         reason: describeViolations(inPush),
       });
     }

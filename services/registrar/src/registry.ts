@@ -85,9 +85,16 @@ export interface TenantRegistry {
    * Reports a refused registration in the tenant's status (`registrationError`), until a registration of
    * the tenant is accepted: what polls the tenant leaves it there. A registered tenant keeps its record and
    * its polling state; one without a record is `registration-rejected`. Under the tenant's write lock, so
-   * a registration written meanwhile is not marked refused.
+   * a registration written meanwhile is not marked refused. Nothing is reported (false) where the
+   * registration, had it been valid, would have left the tenant as it is: a record an administrator wrote
+   * over REST (`keepRestRecord`), a tenant an administrator deleted (see `registerUnlessDeleted`).
    */
-  reject(tenantId: string, violations: Violation[], origin: RegistrationOrigin): Promise<void>;
+  reject(
+    tenantId: string,
+    violations: Violation[],
+    origin: RegistrationOrigin,
+    options?: Pick<RegisterOptions, 'keepRestRecord'>,
+  ): Promise<boolean>;
   /**
    * Re-seals the tenant's stored secret with the active key when it is sealed with a retired one (read
    * under the tenant's write lock: another replica may have done it meanwhile): a new revision of the record
@@ -175,6 +182,17 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     });
   }
 
+  /**
+   * Whether an administrator deleted the tenant over REST while Director's `generation` or a newer one was in
+   * force, and nothing registered it since: that generation must not bring it back.
+   */
+  async function deletedByAdministrator(tenantId: string, generation: number): Promise<boolean> {
+    return (
+      (await deps.state.deletionGeneration(tenantId)) >= generation &&
+      (await deps.tenants.get(tenantId)) === null
+    );
+  }
+
   return {
     register(registration, origin, options = {}) {
       return locked(registration.tenantId, options.signal, () => register(registration, origin, options));
@@ -183,10 +201,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       const { tenantId } = registration;
       return locked(tenantId, options.signal, async () => {
         // Read under the lock: no DELETE can come between this check and the write.
-        if (
-          (await deps.state.deletionGeneration(tenantId)) >= origin.generation &&
-          (await deps.tenants.get(tenantId)) === null
-        ) {
+        if (await deletedByAdministrator(tenantId, origin.generation)) {
           log.info('tenant an administrator deleted left deleted', {
             tenantId,
             generation: origin.generation,
@@ -202,8 +217,8 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     remove(tenantId, options = {}) {
       return locked(tenantId, options.signal, () => remove(tenantId, options.signal));
     },
-    reject(tenantId, violations, origin) {
-      return locked(tenantId, undefined, () => reject(tenantId, violations, origin));
+    reject(tenantId, violations, origin, options = {}) {
+      return locked(tenantId, undefined, () => reject(tenantId, violations, origin, options));
     },
     reseal(tenantId) {
       return locked(tenantId, undefined, () => reseal(tenantId));
@@ -380,7 +395,12 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     tenantId: string,
     violations: Violation[],
     origin: RegistrationOrigin,
-  ): Promise<void> {
+    options: Pick<RegisterOptions, 'keepRestRecord'>,
+  ): Promise<boolean> {
+    if (origin.generation !== undefined && (await deletedByAdministrator(tenantId, origin.generation)))
+      return false;
+    const current = await deps.tenants.get(tenantId);
+    if (options.keepRestRecord && current?.source === 'rest') return false;
     // Fields of its own: the poller's cycle bookkeeping rewrites `state` and `lastError*` after each cycle,
     // and a refused update (a rotated secret refused, the old one still polling) must stay in sight.
     const registrationError = {
@@ -391,10 +411,10 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       source: origin.source,
       ...(origin.generation === undefined ? {} : { generation: origin.generation }),
     };
-    const registered = (await deps.tenants.get(tenantId)) !== null;
     await deps.tenants.updateStatus(tenantId, {
       registrationError,
-      ...(registered ? {} : { state: 'registration-rejected' }),
+      ...(current === null ? { state: 'registration-rejected' } : {}),
     });
+    return true;
   }
 }

@@ -322,6 +322,35 @@ describe('createRegistrationHandler', () => {
     }
   });
 
+  it('handle should dead-letter, and not put in its status, a refused entry that would not have applied to the tenant', async () => {
+    const { push, tenants, registry, letters } = setup();
+    await push(5, 'full', [item('a'), item('d')]);
+    // An administrator takes a over, and deletes d, while generation 5 is in force.
+    await registry.register(
+      { tenantId: 'a', defender: registrationBody({ pollIntervalMinutes: 60 }) as never },
+      { source: 'rest' },
+    );
+    expect(await registry.remove('d')).toBe(true);
+    // Generation 5 delivered again, its entries of a and d refused: valid, they would have been left alone.
+    expect(
+      await push(5, 'full', [item('a', { pollIntervalMinutes: 5 }), item('d', { clientId: 'nope' })]),
+    ).toMatchObject({ rejected: 2 });
+    expect(letters().map((letter) => letter.key)).toEqual(['a', 'd']);
+    expect(await tenants.get('a')).toMatchObject({ source: 'rest', defender: { pollIntervalMinutes: 60 } });
+    expect((await tenants.getStatus('a')).registrationError ?? null).toBeNull();
+    expect(await tenants.get('d')).toBeNull();
+    expect(await tenants.getStatus('d')).toEqual({});
+    // A newer generation would take a over (and register d again): its refusal stands in their status.
+    expect(
+      await push(6, 'full', [item('a', { pollIntervalMinutes: 5 }), item('d', { clientId: 'nope' })]),
+    ).toMatchObject({ rejected: 2 });
+    expect(await tenants.getStatus('a')).toMatchObject({ registrationError: { generation: 6 } });
+    expect(await tenants.getStatus('d')).toMatchObject({
+      state: 'registration-rejected',
+      registrationError: { generation: 6 },
+    });
+  });
+
   it('handle should keep a refused update of a registered tenant in its status through its cycles', async () => {
     const { push, tenants, records } = setup();
     await push(5, 'full', [item('a')]);
