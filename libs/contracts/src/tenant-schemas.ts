@@ -39,7 +39,9 @@ export const registrationPushSchema = {
   required: ['schemaVersion', 'generation', 'mode', 'tenants'],
   properties: {
     schemaVersion: { const: 1 },
-    generation: { type: 'integer', minimum: 0 },
+    // A JSON number holds whole numbers exactly only up to 2^53 - 1: one beyond reads as another number
+    // (9007199254740993 as 9007199254740992), and the pushes would be ordered by numbers Director did not send.
+    generation: { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER },
     mode: { enum: ['full', 'delta'] },
     tenants: { type: 'array', maxItems: 100_000 },
   },
@@ -69,6 +71,8 @@ export const tenantRecordSchema = {
     revision: { type: 'integer', minimum: 1 },
     updatedAt: isoTime,
     source: { enum: ['director', 'rest'] },
+    // Not bounded as in a push: a record is the registrar's own, and one written before the push's bound
+    // must stay readable (a rebuild would otherwise leave its tenant out).
     generation: { type: 'integer', minimum: 0 },
     enabled: { type: 'boolean' },
     disabledReason: { type: 'string' },

@@ -176,10 +176,10 @@ describe('checkMessage rules', () => {
 
   it('should word a minimum alone and a range of numbers', () => {
     expect(checkMessage('urs/registration-push', { ...push, generation: -1 })).toEqual([
-      { field: 'generation', rule: 'must be at least 0' },
+      { field: 'generation', rule: 'must be a whole number from 0 to 9007199254740991' },
     ]);
     expect(() => validateMessage('urs/registration-push', { ...push, generation: -1 })).toThrow(
-      'urs/registration-push: generation must be at least 0',
+      'urs/registration-push: generation must be a whole number from 0 to 9007199254740991',
     );
     const batch = {
       schemaVersion: 1,
@@ -195,6 +195,26 @@ describe('checkMessage rules', () => {
     expect(checkMessage('urs/device-batch', batch)).toEqual([
       { field: 'cvssThreshold', rule: 'must be a number from 0 to 10' },
     ]);
+    expect(checkMessage('urs/device-batch', { ...batch, cvssThreshold: 9, batchIndex: -1 })).toEqual([
+      { field: 'batchIndex', rule: 'must be at least 0' },
+    ]);
+  });
+
+  it('should refuse a generation a JSON number cannot hold exactly, naming the field and its range', () => {
+    const rule = 'must be a whole number from 0 to 9007199254740991';
+    // Beyond 2^53 the parsed number is not the one sent: 9007199254740993 reads as 9007199254740992.
+    for (const generation of ['9007199254740992', '9007199254740993', '18446744073709551615', '1e21']) {
+      const parsed = JSON.parse(
+        `{"schemaVersion": 1, "generation": ${generation}, "mode": "full", "tenants": []}`,
+      ) as unknown;
+      expect(checkMessage('urs/registration-push', parsed)).toEqual([{ field: 'generation', rule }]);
+      expect(() => validateMessage('urs/registration-push', parsed)).toThrow(
+        `urs/registration-push: generation ${rule}`,
+      );
+    }
+    expect(checkMessage('urs/registration-push', { ...push, generation: Number.MAX_SAFE_INTEGER })).toEqual(
+      [],
+    );
   });
 
   it('should word a push of another schema version and a tenant list of the wrong kind', () => {

@@ -146,6 +146,28 @@ describe('createRegistrationHandler over Kafka and Redis', () => {
     expect(await again.tenants.get('d2')).toMatchObject({ source: 'director', generation: 6, enabled: true });
   });
 
+  it('handle should dead-letter a push whose generation a JSON number cannot hold exactly, and go on', async () => {
+    const { tenants } = await start();
+    await push(7, 'full', [item('d1')]);
+    // 2^53 + 1: read as a JSON number it becomes 2^53, and every later generation would be older.
+    const tooLarge = JSON.stringify({ schemaVersion: 1, generation: 0, mode: 'full', tenants: [] }).replace(
+      '"generation":0',
+      '"generation":9007199254740993',
+    );
+    await producer.send({ topic: topics[0], messages: [{ key: 'director', value: tooLarge }] });
+    expect(await push(8, 'full', [item('d1', { pollIntervalMinutes: 30 })])).toMatchObject({
+      message: 'Director push applied',
+      generation: 8,
+    });
+    expect((await tenants.get('d1'))?.defender.pollIntervalMinutes).toBe(30);
+    expect(lines.filter((line) => line.message === 'message dead-lettered')).toEqual([
+      expect.objectContaining({
+        code: 'CONTRACT_INVALID',
+        reason: 'urs/registration-push: generation must be a whole number from 0 to 9007199254740991',
+      }),
+    ]);
+  });
+
   it('handle should ignore an older generation after Redis was wiped, though the newer ones changed nothing', async () => {
     const { tenants } = await start();
     await push(7, 'full', [item('d1')]);
