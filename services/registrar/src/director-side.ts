@@ -4,6 +4,7 @@ import type { Logger } from '@urs/logging';
 import { UrsError, canRetry } from '@urs/resilience';
 import { checkSecretKey, type SecretSealer } from '@urs/secrets';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
+import type { Registry } from '@urs/telemetry';
 import { createRegistrationHandler } from './director';
 import { createTenantRebuilder, readHandledGeneration, readTenantLog, type TenantRebuilder } from './rebuild';
 import { createTenantRegistry, type TenantRegistry, type TenantRegistryDeps } from './registry';
@@ -21,6 +22,7 @@ export interface DirectorSideDeps {
   /** The registrar's consumer group: the rebuild reads the registration topic's offsets it committed. */
   groupId: string;
   logger: Logger;
+  metrics: Registry;
   /** How long the rebuild may take to read `urs.tenants`, and the handled generation, ms. Default 120000 each. */
   readTimeoutMs?: number;
 }
@@ -111,6 +113,7 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
         );
       }),
     logger,
+    metrics: deps.metrics,
   });
   return { registry, rebuilder, ready, isRebuilt: () => rebuilt, handler: director.handler };
 }

@@ -3,6 +3,7 @@ import type { RegistrationPush, TenantRegistration } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
+import type { Registry } from '@urs/telemetry';
 import type { TenantRegistry } from './registry';
 import { forEachLimit } from './concurrency';
 import { redactTenantPayload } from './dead-letter';
@@ -41,6 +42,8 @@ export interface RegistrationHandlerDeps {
   /** Resolves once Redis holds every tenant of `urs.tenants` (the full-push diff reads Redis). */
   ensureRebuilt: () => Promise<void>;
   logger: Logger;
+  /** Counts the refused entries (`urs_registrations_refused_total`): the push itself is handled. */
+  metrics: Registry;
   service?: string;
   /** Tenants written at once. Default 32. */
   concurrency?: number;
@@ -67,6 +70,10 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
   const log = deps.logger.child({ component: 'director' });
   const service = deps.service ?? 'registrar';
   const concurrency = deps.concurrency ?? 32;
+  const refused = deps.metrics.counter(
+    'urs_registrations_refused_total',
+    "Director's tenant entries refused (dead-lettered, the tenant kept as it was): the push itself counts as handled.",
+  );
   /**
    * The highest generation this process applied. A rebuilt Redis learns the last applied generation from
    * the pushes before the group's committed offset; one applied here and not yet committed (offsets are
@@ -130,6 +137,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
       const known = isTenantId(tenantId) ? tenantId : null;
       const inPush = entryViolations(index, validated.violations);
       await deadLetter(message, item, known, new RegistrationRejectedError(inPush));
+      refused.inc();
       // Present but refused: its earlier record stays as it was (not disabled), the status says why,
       // unless the entry would not have applied to the tenant (see `keepRestRecord`).
       const inStatus =

@@ -49,6 +49,7 @@ void runService({
       topics: config.topics,
       groupId: settings.groupId,
       logger,
+      metrics,
     });
 
     // The access check shares the pipeline's call slots and the tenant's quota with the pollers and fetchers.

@@ -4,6 +4,7 @@ import type { RegistrationPush } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { canRetry, isInfrastructureFault } from '@urs/resilience';
 import { inboundMessage } from '@urs/testkit';
+import { Registry } from '@urs/telemetry';
 import { createDirectorSide } from '../src/director-side';
 import {
   memoryPublisher,
@@ -50,6 +51,7 @@ async function setup(opens: boolean, options: { redisFailsOnce?: boolean } = {})
     topics: { registration: 'urs.registration', tenants: 'urs.tenants', dlq: 'urs.dlq' },
     groupId: 'urs.registrar',
     logger: silentLogger,
+    metrics: new Registry(),
   });
   const push = () =>
     side.handler(

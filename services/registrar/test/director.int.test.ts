@@ -85,6 +85,7 @@ describe('createRegistrationHandler over Kafka and Redis', () => {
       topics: { registration, tenants: tenantsTopic, dlq },
       groupId,
       logger,
+      metrics: new Registry(),
       readTimeoutMs: 30_000,
     });
     runner = createConsumerRunner({

@@ -3,6 +3,7 @@ import { silentLogger } from '@urs/logging';
 import { inboundMessage } from '@urs/testkit';
 import { createRegistrationHandler } from '../src/director';
 import { TENANT_GENERATION_HEADER as GENERATION_HEADER } from '@urs/contracts';
+import { Registry } from '@urs/telemetry';
 import { createTenantRegistry } from '../src/registry';
 import { memoryPublisher, memoryStateStore, memoryTenantStore, registrationBody } from './fakes';
 import { testSealer } from './fakes';
@@ -21,6 +22,7 @@ function setup() {
     logger: silentLogger,
   });
   let rebuilt = 0;
+  const metrics = new Registry();
   const director = createRegistrationHandler({
     registry,
     tenants,
@@ -29,6 +31,7 @@ function setup() {
     dlqTopic: 'urs.dlq',
     ensureRebuilt: async () => void rebuilt++,
     logger: silentLogger,
+    metrics,
   });
   let offset = 0;
   const push = (generation: number, mode: 'full' | 'delta', items: unknown[]) => {
@@ -42,7 +45,19 @@ function setup() {
     publisher.sent.filter((s) => s.topic === 'urs.tenants').map((s) => s.message.value as TenantRecord);
   const letters = () =>
     publisher.sent.filter((s) => s.topic === 'urs.dlq').map((s) => s.message.value as DeadLetter);
-  return { tenants, state, publisher, registry, push, records, letters, rebuilt: () => rebuilt };
+  /** The refused entries counted, as /metrics would show them. */
+  const refusedCount = () => metrics.counter('urs_registrations_refused_total', '').get();
+  return {
+    tenants,
+    state,
+    publisher,
+    registry,
+    push,
+    records,
+    letters,
+    rebuilt: () => rebuilt,
+    refusedCount,
+  };
 }
 
 const item = (tenantId: string, overrides: Record<string, unknown> = {}) => ({
@@ -52,7 +67,7 @@ const item = (tenantId: string, overrides: Record<string, unknown> = {}) => ({
 
 describe('createRegistrationHandler', () => {
   it('handle should apply valid tenants and dead-letter an invalid one, secret redacted, with its status', async () => {
-    const { push, tenants, letters, rebuilt } = setup();
+    const { push, tenants, letters, rebuilt, refusedCount } = setup();
     const outcome = await push(1, 'full', [
       item('a'),
       item('b', { pollIntervalMinutes: 2 }),
@@ -60,6 +75,8 @@ describe('createRegistrationHandler', () => {
       { nonsense: true },
     ]);
     expect(outcome).toEqual({ applied: 2, unchanged: 0, rejected: 2, disabled: 0, ignored: false });
+    // The push is handled; its refused entries are counted on their own, for the alert.
+    expect(refusedCount()).toBe(2);
     expect(rebuilt()).toBe(1);
     expect(await tenants.ids()).toEqual(['a', 'c']);
     const [bad, nameless] = letters();

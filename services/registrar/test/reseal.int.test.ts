@@ -70,6 +70,7 @@ describe('createSecretResealer over Kafka and Redis', () => {
       topics: { registration, tenants: tenantsTopic, dlq },
       groupId: uniqueId('registrar'),
       logger: capturingLogger(lines),
+      metrics: new Registry(),
       readTimeoutMs: 30_000,
     });
     return { ...side, tenants, schedules };

@@ -3,6 +3,7 @@ import { createPublisher, topicOffsets, type Publisher } from '@urs/bus';
 import type { RegistrationPush } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createRegistrarStateStore, createTenantStore, type TenantStatus } from '@urs/store';
+import { Registry } from '@urs/telemetry';
 import {
   createTestKafka,
   createUniqueTopics,
@@ -75,6 +76,7 @@ describe('tenantRoutes over Kafka and Redis', () => {
       dlqTopic: dlq,
       ensureRebuilt: async () => undefined,
       logger: silentLogger,
+      metrics: new Registry(),
     });
     let offset = 0;
     const push = (generation: number, tenantList: unknown[]) =>
