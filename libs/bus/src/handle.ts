@@ -60,6 +60,22 @@ export interface TopicSubscription<K extends ContractId> {
    */
   redactPayload?: PayloadRedactor;
   handler: MessageHandler<ContractTypes[K]>;
+  /**
+   * Runs before each dead letter of this topic is written (again for one written before: it must be
+   * idempotent), so that what the message stood for is recorded as never coming. A failure leaves the
+   * message unsettled, tried again as when the letter itself cannot be written.
+   */
+  deadLettering?: (message: DeadLetteringMessage) => Promise<void>;
+}
+
+/** A message about to be dead-lettered, as a topic's `deadLettering` is told of it. */
+export interface DeadLetteringMessage {
+  topic: string;
+  key: string | null;
+  /** The decoded value, or its bytes parsed as JSON when it did not decode; undefined when not JSON. */
+  payload: unknown;
+  /** The failure's code, as the dead letter gives it. */
+  code: string;
 }
 
 export class PoisonMessageError extends UrsError {
@@ -108,6 +124,19 @@ export interface MessageProcessorOptions {
 const MAX_LOGGED_ID = 128;
 
 /**
+ * A message's payload: `decoded`, the value when it decoded, or else its bytes parsed once more, best
+ * effort (a dead letter is rare); undefined when they are not JSON.
+ */
+function payloadOf(work: MessageWork, decoded: unknown): unknown {
+  if (decoded !== undefined || work.message.value === null) return decoded;
+  try {
+    return parseJsonBytes(work.message.value);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * What a log line says of a message: where it is, its key (the tenant id on every pipeline topic) and,
  * when its payload is an object with one, its `cycleId`. Nothing else of the payload: it may hold a secret.
  * `payload` is the decoded value, or undefined when the message did not decode (then its bytes are parsed
@@ -121,14 +150,7 @@ function messageLogFields(work: MessageWork, payload: unknown): Record<string, u
     offset: message.offset,
   };
   if (message.key !== null) fields['tenantId'] = message.key.toString('utf8').slice(0, MAX_LOGGED_ID);
-  let value = payload;
-  if (value === undefined && message.value !== null) {
-    try {
-      value = parseJsonBytes(message.value);
-    } catch {
-      value = undefined;
-    }
-  }
+  const value = payloadOf(work, payload);
   const cycleId =
     typeof value === 'object' && value !== null ? (value as Record<string, unknown>)['cycleId'] : undefined;
   if (typeof cycleId === 'string') fields['cycleId'] = cycleId.slice(0, MAX_LOGGED_ID);
@@ -143,8 +165,8 @@ function messageLogFields(work: MessageWork, payload: unknown): Record<string, u
  * Resolves true when settled (handled or dead-lettered), false when the work was given up first (stop,
  * revocation), whatever the handler threw once it was: a failure while stopping is not the message's. A
  * dead letter another process has claimed and not yet written holds the message (see `deadLetter`).
- * Rejects only when the dead letter itself cannot be written: then the message is not settled and must
- * be tried again.
+ * Rejects only when the dead letter itself cannot be written, or its topic's `deadLettering` fails: then
+ * the message is not settled and must be tried again.
  */
 export function createMessageProcessor(
   options: MessageProcessorOptions,
@@ -197,6 +219,14 @@ export function createMessageProcessor(
       error,
       { redactPayload: options.subscriptions.get(work.topic)?.redactPayload },
     );
+    const deadLettering = options.subscriptions.get(work.topic)?.deadLettering;
+    // Before the letter: a failure here leaves the message unsettled, its letter not yet written.
+    await deadLettering?.({
+      topic: work.topic,
+      key: work.message.key === null ? null : work.message.key.toString('utf8'),
+      payload: payloadOf(work, payload),
+      code: letter.error.code,
+    });
     const source = {
       topic: work.topic,
       partition: work.partition,

@@ -14,6 +14,7 @@ export { deleteOwnGroup } from './groups';
 export { settledWithin } from './drain';
 export type {
   ConsumerRunner,
+  DeadLetteringMessage,
   InboundMessage,
   MessageHandler,
   TopicSubscription,

@@ -11,7 +11,7 @@ import { DEFAULT_RUNNER_RETRY, positiveInt, type ConsumerRunnerOptions } from '.
 
 export { PoisonMessageError } from './handle';
 export { DEFAULT_RUNNER_RESTART } from './keeper';
-export type { InboundMessage, MessageHandler, TopicSubscription } from './handle';
+export type { DeadLetteringMessage, InboundMessage, MessageHandler, TopicSubscription } from './handle';
 
 export type RunnerState = 'created' | 'starting' | 'running' | 'closing' | 'closed';
 

@@ -2,17 +2,21 @@ import { retryPolicy } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine } from '@urs/testkit';
 import type { DeadLetterClaim, DeadLetterLedger } from '../src/dead-letter-once';
-import { createMessageProcessor } from '../src/handle';
+import { createMessageProcessor, type DeadLetteringMessage } from '../src/handle';
 import type { Publisher } from '../src/publisher';
 import { heldMessages, messageWork } from './work';
 
 const TOPIC = 'tenants';
 
 /**
- * A processor of TOPIC whose messages all fail validation (a record with no fields), with a ledger answering
- * each claim from `claims` in turn (its last answer again once they run out), and the runner's stop.
+ * A processor of TOPIC whose messages all fail validation (a record with no fields, or `value`), with a
+ * ledger answering each claim from `claims` in turn (its last answer again once they run out), the topic's
+ * `deadLettering`, and the runner's stop.
  */
-function processor(claims: DeadLetterClaim[]) {
+function processor(
+  claims: DeadLetterClaim[],
+  of: { value?: string; deadLettering?: (message: DeadLetteringMessage) => Promise<void> } = {},
+) {
   const sent: string[] = [];
   const lines: LogLine[] = [];
   const asked: DeadLetterClaim[] = [];
@@ -34,7 +38,15 @@ function processor(claims: DeadLetterClaim[]) {
   const settle = createMessageProcessor({
     service: 'test',
     subscriptions: new Map([
-      [TOPIC, { topic: TOPIC, contract: 'urs/tenant-record', handler: async () => undefined }],
+      [
+        TOPIC,
+        {
+          topic: TOPIC,
+          contract: 'urs/tenant-record',
+          handler: async () => undefined,
+          ...(of.deadLettering ? { deadLettering: of.deadLettering } : {}),
+        },
+      ],
     ]),
     publisher,
     dlqTopic: 'dlq',
@@ -47,7 +59,13 @@ function processor(claims: DeadLetterClaim[]) {
     seconds: metrics.histogram('handler_seconds', 'seconds'),
   });
   const runner = new AbortController();
-  const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant', value: '{}', stop: runner });
+  const work = messageWork({
+    topic: TOPIC,
+    offset: '7',
+    key: 'tenant',
+    value: of.value ?? '{}',
+    stop: runner,
+  });
   return { settle: () => settle(work), stop: () => runner.abort(), sent, asked, held, metrics };
 }
 
@@ -82,5 +100,51 @@ describe('createMessageProcessor with a dead-letter ledger', () => {
     expect(run.sent).toEqual([]);
     expect(run.held.count).toBe(0);
     expect(run.metrics.expose()).not.toContain('dead-lettered-before');
+  });
+});
+
+describe("createMessageProcessor with a topic's deadLettering", () => {
+  it('should tell it of each dead letter before the letter is written, written before or not', async () => {
+    const told: DeadLetteringMessage[] = [];
+    for (const claim of ['claimed', 'written'] as const) {
+      const run = processor([claim], {
+        value: '{"tenantId":"tenant","cycleId":"c1"}',
+        deadLettering: async (message) => {
+          expect(run.sent).toEqual([]);
+          told.push(message);
+        },
+      });
+      await expect(run.settle()).resolves.toBe(true);
+    }
+    expect(told).toHaveLength(2);
+    for (const message of told) {
+      expect(message).toMatchObject({
+        topic: TOPIC,
+        key: 'tenant',
+        payload: { tenantId: 'tenant', cycleId: 'c1' },
+      });
+      expect(message.code).not.toBe('UNEXPECTED');
+    }
+  });
+
+  it('should tell it of a message that is not JSON without a payload', async () => {
+    const told: DeadLetteringMessage[] = [];
+    const run = processor(['claimed'], {
+      value: '{"not": json',
+      deadLettering: async (m) => void told.push(m),
+    });
+    await expect(run.settle()).resolves.toBe(true);
+    expect(told).toEqual([{ topic: TOPIC, key: 'tenant', payload: undefined, code: 'MESSAGE_NOT_JSON' }]);
+    expect(run.sent).toEqual(['dlq']);
+  });
+
+  it('should leave the message unsettled, its letter not written, when it fails', async () => {
+    const run = processor(['claimed'], {
+      deadLettering: async () => {
+        throw new Error('Redis away');
+      },
+    });
+    await expect(run.settle()).rejects.toThrow('Redis away');
+    expect(run.sent).toEqual([]);
   });
 });
