@@ -22,9 +22,10 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
 return 1`;
 
-// KEYS[1] cycle hash, KEYS[2] batches hash, KEYS[3] open zset; ARGV: member, batches, devices (each '' when
-// not known), code, at, now ms, close-at ms. Never brings a close later than the deadline or the close an
-// earlier abandonment gave. The close it brings forward first is kept (`closeBefore`), for a late `listed`.
+// KEYS[1] cycle hash, KEYS[2] batches hash, KEYS[3] open zset, KEYS[4] lost hash; ARGV: member, batches,
+// devices (each '' when not known), code, at, now ms, close-at ms. Never brings a close later than the
+// deadline or the close an earlier abandonment gave. The close it brings forward first is kept
+// (`closeBefore`), for a late `listed`. A batch recorded lost counts as in: it will never be.
 export const ABANDON = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'totalBatches') == 1 or redis.call('HEXISTS', KEYS[1], 'published') == 1 then
@@ -41,17 +42,20 @@ if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'abandonedDevices', ARGV[3]) e
 local deadline = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if not deadline then return 1 end
 local closeAt = tonumber(ARGV[7])
-if known and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[2]) then closeAt = tonumber(ARGV[6]) end
+if known and redis.call('HLEN', KEYS[2]) + redis.call('HLEN', KEYS[4]) >= tonumber(ARGV[2]) then
+  closeAt = tonumber(ARGV[6])
+end
 if closeAt < tonumber(deadline) then
   redis.call('HSETNX', KEYS[1], 'closeBefore', deadline)
   redis.call('ZADD', KEYS[3], 'XX', closeAt, ARGV[1])
 end
 return 1`;
 
-// KEYS[1] cycle hash, KEYS[2] batches hash, KEYS[3] open zset; ARGV: member, now ms, then the totals'
-// field/value pairs. A cycle abandoned and not yet published gets the close its abandonment brought forward
-// back (ZADD XX: only while still open). A cycle whose batches are all recorded already (they were scored
-// before the listing was recorded: the publisher, told of no total by them, completed nothing) closes now.
+// KEYS[1] cycle hash, KEYS[2] batches hash, KEYS[3] open zset, KEYS[4] lost hash; ARGV: member, now ms,
+// then the totals' field/value pairs. A cycle abandoned and not yet published gets the close its
+// abandonment brought forward back (ZADD XX: only while still open). A cycle whose batches are all recorded
+// (scored or lost) already (before the listing was recorded: the publisher, told of no total by them,
+// completed nothing) closes now.
 export const LISTED = `
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 if redis.call('HEXISTS', KEYS[1], 'published') == 1 then return 0 end
@@ -65,8 +69,40 @@ if redis.call('HEXISTS', KEYS[1], 'abandonedCode') == 1 then
 end
 local total = tonumber(redis.call('HGET', KEYS[1], 'totalBatches')) +
   tonumber(redis.call('HGET', KEYS[1], 'correctionBatches') or '0')
-if redis.call('HLEN', KEYS[2]) >= total then redis.call('ZADD', KEYS[3], 'XX', 'LT', ARGV[2], ARGV[1]) end
+if redis.call('HLEN', KEYS[2]) + redis.call('HLEN', KEYS[4]) >= total then
+  redis.call('ZADD', KEYS[3], 'XX', 'LT', ARGV[2], ARGV[1])
+end
 return 1`;
+
+// KEYS[1] cycle hash, KEYS[2] batches hash, KEYS[3] lost hash, KEYS[4] open zset; ARGV: member, batch
+// index, devices ('' when not known), now ms, retention ms (of the lost hash, as of the batches hash). Only
+// on a cycle begun and not published, for a batch not scored (recordBatch takes a scored batch out of the
+// lost hash in the same step: a batch is never both) and within the cycle's batches when they are known.
+// Once every batch is scored or lost (of an abandoned cycle: every batch it emitted), the close is now.
+export const LOST = `
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'published') == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
+local total = tonumber(redis.call('HGET', KEYS[1], 'totalBatches') or '')
+if total then
+  total = total + tonumber(redis.call('HGET', KEYS[1], 'correctionBatches') or '0')
+  if tonumber(ARGV[2]) >= total then return 0 end
+else
+  total = tonumber(redis.call('HGET', KEYS[1], 'abandonedBatches') or '')
+end
+if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then return 0 end
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
+if total and redis.call('HLEN', KEYS[2]) + redis.call('HLEN', KEYS[3]) >= total then
+  redis.call('ZADD', KEYS[4], 'XX', 'LT', ARGV[4], ARGV[1])
+end
+return 1`;
+
+// KEYS[1] enriched set, KEYS[2] lost hash. Batches enriched or recorded lost, each once.
+export const ENRICHED_OR_LOST = `
+local count = redis.call('SCARD', KEYS[1])
+for _, index in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if redis.call('SISMEMBER', KEYS[1], index) == 0 then count = count + 1 end
+end
+return count`;
 
 // KEYS[1] cycle hash, KEYS[2] open zset; ARGV: member, close-at ms, retention ms. The cycle's hash outlives
 // the later close by the retention, as it outlived the deadline.

@@ -3,7 +3,16 @@ import { releaseOwnedKeyIn } from './owned-key';
 import { owedSummary, summariesOwedKey, tenantLeaseKey, type TenantLease } from './published';
 import { commitIn, type DeviceScoreRef, type PublishOptions } from './published-devices';
 import { tenantStatusKey } from './tenants';
-import { ABANDON, ADD_CORRECTIONS, BEGIN, CLAIM, HOLD_OPEN, LISTED } from './cycle-scripts';
+import {
+  ABANDON,
+  ADD_CORRECTIONS,
+  BEGIN,
+  CLAIM,
+  ENRICHED_OR_LOST,
+  HOLD_OPEN,
+  LISTED,
+  LOST,
+} from './cycle-scripts';
 
 /** What the poller knew of a cycle whose listing stopped before its end (`CycleStore.abandon`). */
 export interface CycleAbandonment {
@@ -54,6 +63,13 @@ export interface CycleState {
   abandoned?: CycleAbandonment;
   /** Distinct batches recorded as scored so far. */
   scoredBatches: number;
+  /**
+   * Distinct batches recorded as lost (`lost`: dead-lettered on the way) and not scored since; absent when
+   * none. A batch scored after all is no longer lost: `scoredBatches` counts it instead.
+   */
+  lostBatches?: number;
+  /** The devices of those lost batches, as far as their dead letters told them; absent when no batch is lost. */
+  lostDevices?: number;
   /** Set once the cycle's summary was published. */
   published?: 'complete' | 'partial';
 }
@@ -123,7 +139,29 @@ export interface CycleStore {
   /** How many distinct batches of the cycle the vuln-fetcher has produced. */
   enrichedBatches(tenantId: string, cycleId: string): Promise<number>;
   /**
-   * Records a scored batch's statistics once: a redelivered batch is not counted twice.
+   * How many distinct batches of the cycle the vuln-fetcher has produced, or were recorded lost (`lost`):
+   * each of them is as far as it will get before the cycle's corrections.
+   */
+  enrichedOrLostBatches(tenantId: string, cycleId: string): Promise<number>;
+  /**
+   * A consumer dead-lettered this batch of the cycle (`recordLostBatches`): it will never be scored.
+   * Recorded once (idempotent), with its devices when its dead letter told them, only for a cycle begun and
+   * not yet published, a batch not scored already, and within the cycle's batches when those are known. The
+   * publisher counts a lost batch as settled and its devices as failed; once every batch of the cycle is
+   * scored or lost (of an abandoned cycle: every batch it emitted), its close is brought forward to `nowMs`
+   * (epoch ms), so the sweep closes it then when no scored batch completes it first. A lost batch scored
+   * after all (`recordBatch`) is no longer lost. True when this call recorded it.
+   */
+  lost(
+    tenantId: string,
+    cycleId: string,
+    batchIndex: number,
+    devices: number | undefined,
+    nowMs: number,
+  ): Promise<boolean>;
+  /**
+   * Records a scored batch's statistics once: a redelivered batch is not counted twice, and a batch
+   * recorded lost before (`lost`) is no longer lost.
    * Resolves whether this call recorded it, how many distinct batches are recorded now, and the
    * cycle as `get` would answer right after (read in the same round trip, so the caller deciding
    * whether the cycle is complete need not ask again). With `lease`, gives the tenant's lease the batch
@@ -173,6 +211,7 @@ function toState(
   cycleId: string,
   fields: Record<string, string>,
   scoredBatches: number,
+  lostDevices: string[],
 ): CycleState | null {
   if (!fields['startedAt'] || !fields['deadlineAt']) return null;
   const state: CycleState = {
@@ -202,12 +241,17 @@ function toState(
   }
   if (fields['published'] === 'complete' || fields['published'] === 'partial')
     state.published = fields['published'];
+  if (lostDevices.length > 0) {
+    state.lostBatches = lostDevices.length;
+    state.lostDevices = lostDevices.reduce((sum, devices) => sum + (Number(devices) || 0), 0);
+  }
   return state;
 }
 
 /**
  * Keys: `{prefix}cycle:{tenantId}:{cycleId}` (hash), `{prefix}cycle-batches:{tenantId}:{cycleId}`
- * (hash batchIndex → stats JSON), `{prefix}cycle-enriched:{tenantId}:{cycleId}` (set of batch indexes),
+ * (hash batchIndex → stats JSON), `{prefix}cycle-lost:{tenantId}:{cycleId}` (hash batchIndex → devices,
+ * '' when not known), `{prefix}cycle-enriched:{tenantId}:{cycleId}` (set of batch indexes),
  * `{prefix}cycle-not-in-snapshot:{tenantId}:{cycleId}` (hash deviceId → firstSeen)
  * and `{prefix}cycles-open` (zset of `tenantId/cycleId` by deadline, or by an abandoned cycle's earlier
  * close, or by the later close of a bulk cycle held open while its export is read). A claim also writes the published store's owed summaries (`summariesOwedKey`); `begin` reads the
@@ -221,6 +265,7 @@ export function createCycleStore(
   const cycleKey = (tenantId: string, cycleId: string): string => `${prefix}cycle:${tenantId}:${cycleId}`;
   const batchesKey = (tenantId: string, cycleId: string): string =>
     `${prefix}cycle-batches:${tenantId}:${cycleId}`;
+  const lostKey = (tenantId: string, cycleId: string): string => `${prefix}cycle-lost:${tenantId}:${cycleId}`;
   const enrichedKey = (tenantId: string, cycleId: string): string =>
     `${prefix}cycle-enriched:${tenantId}:${cycleId}`;
   const notInSnapshotKey = (tenantId: string, cycleId: string): string =>
@@ -257,10 +302,11 @@ export function createCycleStore(
       if (totals.note !== undefined && totals.note !== null) fields.push('note', totals.note);
       await redis.eval(
         LISTED,
-        3,
+        4,
         cycleKey(tenantId, cycleId),
         batchesKey(tenantId, cycleId),
         openKey,
+        lostKey(tenantId, cycleId),
         `${tenantId}/${cycleId}`,
         String(Date.parse(totals.listedAt)),
         ...fields,
@@ -272,10 +318,11 @@ export function createCycleStore(
     async abandon(tenantId, cycleId, abandonment, closeAt) {
       const recorded = await redis.eval(
         ABANDON,
-        3,
+        4,
         cycleKey(tenantId, cycleId),
         batchesKey(tenantId, cycleId),
         openKey,
+        lostKey(tenantId, cycleId),
         `${tenantId}/${cycleId}`,
         abandonment.batches === undefined ? '' : String(abandonment.batches),
         abandonment.devices === undefined ? '' : String(abandonment.devices),
@@ -305,14 +352,39 @@ export function createCycleStore(
     async enrichedBatches(tenantId, cycleId) {
       return redis.scard(enrichedKey(tenantId, cycleId));
     },
+    async enrichedOrLostBatches(tenantId, cycleId) {
+      return Number(
+        await redis.eval(ENRICHED_OR_LOST, 2, enrichedKey(tenantId, cycleId), lostKey(tenantId, cycleId)),
+      );
+    },
+    async lost(tenantId, cycleId, batchIndex, devices, nowMs) {
+      const recorded = await redis.eval(
+        LOST,
+        4,
+        cycleKey(tenantId, cycleId),
+        batchesKey(tenantId, cycleId),
+        lostKey(tenantId, cycleId),
+        openKey,
+        `${tenantId}/${cycleId}`,
+        String(batchIndex),
+        devices === undefined ? '' : String(devices),
+        String(Math.round(nowMs)),
+        String(retentionMs * 2),
+      );
+      return recorded === 1;
+    },
     async recordBatch(tenantId, cycleId, batchIndex, stats, lease, commit) {
       const key = batchesKey(tenantId, cycleId);
+      const lost = lostKey(tenantId, cycleId);
       const transaction = redis
         .multi()
         .hsetnx(key, String(batchIndex), JSON.stringify(stats))
         .hlen(key)
         .pexpire(key, retentionMs * 2)
-        .hgetall(cycleKey(tenantId, cycleId));
+        .hgetall(cycleKey(tenantId, cycleId))
+        // Scored after all (a redelivery that succeeded): no longer lost, never counted twice.
+        .hdel(lost, String(batchIndex))
+        .hvals(lost);
       // After the reads above, so their results keep their places.
       if (commit) commitIn(transaction, prefix, tenantId, commit.cycleAt, commit.devices, commit.options);
       if (lease) releaseOwnedKeyIn(transaction, tenantLeaseKey(prefix, lease.tenantId), lease.holder);
@@ -322,7 +394,8 @@ export function createCycleStore(
       const first = results?.[0]?.[1] === 1;
       const scoredBatches = Number(results?.[1]?.[1] ?? 0);
       const fields = (results?.[3]?.[1] ?? {}) as Record<string, string>;
-      return { first, scoredBatches, state: toState(tenantId, cycleId, fields, scoredBatches) };
+      const lostDevices = (results?.[5]?.[1] ?? []) as string[];
+      return { first, scoredBatches, state: toState(tenantId, cycleId, fields, scoredBatches, lostDevices) };
     },
     async batchStats<T>(tenantId: string, cycleId: string) {
       const raw = await redis.hgetall(batchesKey(tenantId, cycleId));
@@ -331,11 +404,12 @@ export function createCycleStore(
       return stats;
     },
     async get(tenantId, cycleId) {
-      const [fields, scoredBatches] = await Promise.all([
+      const [fields, scoredBatches, lostDevices] = await Promise.all([
         redis.hgetall(cycleKey(tenantId, cycleId)),
         redis.hlen(batchesKey(tenantId, cycleId)),
+        redis.hvals(lostKey(tenantId, cycleId)),
       ]);
-      return toState(tenantId, cycleId, fields, scoredBatches);
+      return toState(tenantId, cycleId, fields, scoredBatches, lostDevices);
     },
     async claimPublication(tenantId, cycleId, status, nowMs) {
       const claimed = await redis.eval(

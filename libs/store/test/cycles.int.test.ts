@@ -1,4 +1,4 @@
-import { createCycleStore, createPublishedStore, createTenantStore } from '@urs/store';
+import { createCycleStore, createPublishedStore, createTenantStore, recordLostBatches } from '@urs/store';
 import { testRedisPerTest } from '@urs/testkit';
 
 describe('createCycleStore', () => {
@@ -49,12 +49,12 @@ describe('createCycleStore', () => {
 
   it('enriched should count each enriched batch of a cycle once', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
-    expect(await cycles.enrichedBatches('acme', 'c1')).toBe(0);
+    expect(await cycles.enrichedOrLostBatches('acme', 'c1')).toBe(0);
     await cycles.enriched('acme', 'c1', 0);
     await cycles.enriched('acme', 'c1', 2);
     await cycles.enriched('acme', 'c1', 0);
     await cycles.enriched('acme', 'c2', 1);
-    expect(await cycles.enrichedBatches('acme', 'c1')).toBe(2);
+    expect(await cycles.enrichedOrLostBatches('acme', 'c1')).toBe(2);
     expect(await redis.client.pttl(`${redis.prefix}cycle-enriched:acme:c1`)).toBeGreaterThan(0);
   });
 
@@ -77,7 +77,7 @@ describe('createCycleStore', () => {
     await cycles.enriched('acme', 'c1', 2, [['d5', '2026-01-01T08:00:00.000Z']]);
     await cycles.enriched('acme', 'c1', 0, [['d1', '2026-01-01T07:00:00.000Z']]);
     await cycles.enriched('acme', 'c2', 0, [['d9', '2026-01-01T09:00:00.000Z']]);
-    expect(await cycles.enrichedBatches('acme', 'c1')).toBe(3);
+    expect(await cycles.enrichedOrLostBatches('acme', 'c1')).toBe(3);
     expect((await cycles.notInSnapshot('acme', 'c1')).sort()).toEqual([
       ['d1', '2026-01-01T07:00:00.000Z'],
       ['d5', '2026-01-01T08:00:00.000Z'],
@@ -272,6 +272,109 @@ describe('createCycleStore', () => {
     await cycles.recordBatch('acme', 'c3', 0, {});
     await cycles.listed('acme', 'c3', totals);
     expect(await cycles.overdue(listedAt)).toHaveLength(2);
+  });
+
+  it('lost should record a batch once, with its devices, and recordBatch take it back when the batch is scored after all', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await cycles.begin(begin);
+    await cycles.listed('acme', 'c1', { totalBatches: 4, totalDevices: 1400, listedAt: begin.startedAt });
+    await cycles.recordBatch('acme', 'c1', 0, { devices: 500 });
+    expect(await cycles.lost('acme', 'c1', 1, 500, startedMs)).toBe(true);
+    expect(await cycles.lost('acme', 'c1', 1, 500, startedMs)).toBe(false);
+    expect(await cycles.lost('acme', 'c1', 2, undefined, startedMs)).toBe(true);
+    expect(await cycles.get('acme', 'c1')).toMatchObject({
+      scoredBatches: 1,
+      lostBatches: 2,
+      lostDevices: 500,
+    });
+    expect(await redis.client.pttl(`${redis.prefix}cycle-lost:acme:c1`)).toBeGreaterThan(0);
+    // Batch 1 redelivered and scored after all: scored, no longer lost, counted once.
+    const { state } = await cycles.recordBatch('acme', 'c1', 1, { devices: 500 });
+    expect(state).toMatchObject({ scoredBatches: 2, lostBatches: 1, lostDevices: 0 });
+    expect(state).toEqual(await cycles.get('acme', 'c1'));
+    // A scored batch is not lost, nor is one past the cycle's batches.
+    expect(await cycles.lost('acme', 'c1', 0, 500, startedMs)).toBe(false);
+    expect(await cycles.lost('acme', 'c1', 4, 500, startedMs)).toBe(false);
+    await cycles.recordBatch('acme', 'c1', 2, { devices: 400 });
+    const scored = await cycles.get('acme', 'c1');
+    expect(scored?.lostBatches).toBeUndefined();
+    expect(scored?.lostDevices).toBeUndefined();
+  });
+
+  it('lost should leave a published or a never begun cycle as it is', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    expect(await cycles.lost('acme', 'never', 0, 1, startedMs)).toBe(false);
+    expect(await redis.client.exists(`${redis.prefix}cycle-lost:acme:never`)).toBe(0);
+    await cycles.begin(begin);
+    await cycles.claimPublication('acme', 'c1', 'partial', startedMs);
+    expect(await cycles.lost('acme', 'c1', 0, 1, startedMs)).toBe(false);
+    expect((await cycles.get('acme', 'c1'))?.lostBatches).toBeUndefined();
+  });
+
+  it('lost should bring the close forward once every batch is scored or lost, listed before or after', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const lostAt = startedMs + 60_000;
+    const totals = { totalBatches: 3, totalDevices: 6, listedAt: new Date(startedMs + 30_000).toISOString() };
+    for (const cycleId of ['c1', 'c2', 'c3']) await cycles.begin({ ...begin, cycleId });
+    // c1: listed, two batches scored, the third lost last.
+    await cycles.listed('acme', 'c1', totals);
+    await cycles.recordBatch('acme', 'c1', 0, {});
+    await cycles.recordBatch('acme', 'c1', 2, {});
+    expect(await cycles.lost('acme', 'c1', 1, 2, lostAt - 1)).toBe(true);
+    // c2: a batch lost and the others scored before the listing was recorded.
+    await cycles.lost('acme', 'c2', 0, 2, lostAt);
+    for (const batchIndex of [1, 2]) await cycles.recordBatch('acme', 'c2', batchIndex, {});
+    // c3: one batch still on its way keeps the deadline.
+    await cycles.listed('acme', 'c3', totals);
+    await cycles.lost('acme', 'c3', 0, 2, lostAt);
+    await cycles.recordBatch('acme', 'c3', 1, {});
+    expect(await cycles.overdue(new Date(lostAt))).toEqual([{ tenantId: 'acme', cycleId: 'c1' }]);
+    await cycles.listed('acme', 'c2', { ...totals, listedAt: new Date(lostAt).toISOString() });
+    expect(await cycles.overdue(new Date(lostAt))).toEqual([
+      { tenantId: 'acme', cycleId: 'c1' },
+      { tenantId: 'acme', cycleId: 'c2' },
+    ]);
+    // An abandoned cycle: once every batch it emitted is scored or lost.
+    await cycles.begin({ ...begin, cycleId: 'c4' });
+    await cycles.recordBatch('acme', 'c4', 0, {});
+    const abandonment = { batches: 2, devices: 4, code: 'CYCLE_ABORTED', at: new Date(lostAt).toISOString() };
+    await cycles.abandon('acme', 'c4', abandonment, startedMs + 5 * 60_000);
+    expect(await cycles.overdue(new Date(lostAt))).toHaveLength(2);
+    await cycles.lost('acme', 'c4', 1, 2, lostAt);
+    expect(await cycles.overdue(new Date(lostAt))).toHaveLength(3);
+  });
+
+  it('recordLostBatches should record the cycle batch a dead letter names, and nothing for another message', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await cycles.begin(begin);
+    const record = recordLostBatches(cycles);
+    const header = { schemaVersion: 1, tenantId: 'acme', cycleId: 'c1' };
+    const letter = (key: string | null, payload: unknown) => ({
+      topic: 'urs.device-batches',
+      key,
+      payload,
+      code: 'X',
+    });
+    await record(letter('acme', { ...header, batchIndex: 0, devices: [{ id: 'd1' }, { id: 'd2' }] }));
+    await record(letter(null, { ...header, batchIndex: 1 }));
+    // Not a batch of a cycle: not JSON, another tenant's key, no batch index, a tenant record.
+    await record(letter('acme', undefined));
+    await record(letter('other', { ...header, batchIndex: 2 }));
+    await record(letter('acme', { ...header, batchIndex: -1 }));
+    await record(letter('acme', { ...header, batchIndex: '3' }));
+    await record(letter('acme', { tenantId: 'acme', enabled: true }));
+    expect(await cycles.get('acme', 'c1')).toMatchObject({ lostBatches: 2, lostDevices: 2 });
+  });
+
+  it('enrichedOrLostBatches should count each batch enriched or lost once', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await cycles.begin(begin);
+    await cycles.enriched('acme', 'c1', 0);
+    await cycles.enriched('acme', 'c1', 1);
+    // Lost after it was enriched (dead-lettered by the scorer), and lost before it was (by the vuln-fetcher).
+    await cycles.lost('acme', 'c1', 1, 500, startedMs);
+    await cycles.lost('acme', 'c1', 2, 500, startedMs);
+    expect(await cycles.enrichedOrLostBatches('acme', 'c1')).toBe(3);
   });
 
   it('abandon should leave a listed, a published or a never begun cycle as it is', async () => {
