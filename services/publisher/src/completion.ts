@@ -111,12 +111,25 @@ async function sideBySide<T extends { tenantId: string }>(
 }
 
 /**
+ * Why a cycle is partial, as far as its state tells: its listing stopped (the error's code), batches of it
+ * were dead-lettered on the way. Undefined when it does not tell (its deadline passed with batches missing).
+ */
+function partialReason(state: CycleState | null): string | undefined {
+  const reasons: string[] = [];
+  if (state?.abandoned) reasons.push(`listing failed: ${state.abandoned.code}`);
+  if (state?.lostBatches) reasons.push(`batches dead-lettered: ${state.lostBatches}`);
+  return reasons.length > 0 ? reasons.join('; ') : undefined;
+}
+
+/**
  * Cycle completion: a cycle is complete when its totals are known and every batch was recorded; one
  * publisher wins the claim and publishes the summary (plus the snapshot and tombstones of a complete
  * cycle). A cycle past its deadline is closed as partial by the sweep. Device records are not held
  * back for completion: they are published batch by batch (see the handler). A cycle its poller abandoned
  * (`CycleStore.abandon`) is closed as partial when the batches it emitted are in, or by the sweep at the
- * earlier close the poller gave it.
+ * earlier close the poller gave it. A batch dead-lettered on the way (`CycleStore.lost`) is settled too: a
+ * cycle whose every batch is scored or lost is closed as partial at once, by its last scored batch or, when
+ * the lost one came last, by the next sweep (its close brought forward to then).
  */
 export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletion {
   const now = deps.now ?? (() => new Date());
@@ -208,11 +221,16 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     const cycleAt = Date.parse(cycleStartedAt);
     // A cycle never listed in full (its poller abandoned it or died) has no total of its own: the best known
     // is the tenant's last listed count, or what its poller had listed before it stopped. Either way at
-    // least the devices scored, so that the devices listed and never scored show as failed, not as 0.
+    // least the devices scored and those of its lost batches, so that the devices listed and never scored
+    // show as failed, not as 0. (A listed total counts the lost batches' devices already.)
     const total =
       state?.totalDevices ??
       hint.totalDevices ??
-      Math.max(scored, state?.lastKnownDevices ?? 0, state?.abandoned?.devices ?? 0);
+      Math.max(
+        scored + (state?.lostDevices ?? 0),
+        state?.lastKnownDevices ?? 0,
+        state?.abandoned?.devices ?? 0,
+      );
     let snapshotted = false;
     let tombstones = 0;
     if (status === 'complete') {
@@ -271,12 +289,10 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     if (lastScoredMs > 0) lag.observe(summary.timings.scoreToPublishMs / 1000);
     if (collectedAt !== null)
       collectToSummary.observe(ms(publishedAt.getTime(), Date.parse(collectedAt)) / 1000, { status });
+    const reason = status === 'partial' ? partialReason(state) : undefined;
     log.info('cycle published', {
       status,
-      // Why a cycle is partial when its poller knew: its listing stopped (the error's code).
-      ...(status === 'partial' && state?.abandoned
-        ? { reason: `listing failed: ${state.abandoned.code}` }
-        : {}),
+      ...(reason === undefined ? {} : { reason }),
       devices: summary.devices,
       changed,
       snapshot: snapshotted,
@@ -351,16 +367,19 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
   ): Promise<{ status: 'complete' | 'partial'; claimed: boolean } | null> {
     // Claimed before: normally sent, unless the send failed (then this redelivery sends it).
     if (state?.published) return { status: state.published, claimed: true };
+    // Dead-lettered on the way: never scored, as settled as the scored ones.
+    const lost = state?.lostBatches ?? 0;
     const totalBatches = state?.totalBatches ?? hint.totalBatches;
     if (totalBatches === undefined) {
       // Abandoned by its poller: partial once every batch it emitted is in (or at the close it was given,
       // the only close of a cycle whose poller died: how many batches it emitted is not known).
       const emitted = state?.abandoned?.batches;
-      if (state === null || emitted === undefined || state.scoredBatches < emitted) return null;
+      if (state === null || emitted === undefined || state.scoredBatches + lost < emitted) return null;
       return { status: 'partial', claimed: false };
     }
     const recorded = state?.scoredBatches ?? (await deps.cycles.batchStats(tenantId, cycleId)).size;
-    return recorded < totalBatches ? null : { status: 'complete', claimed: false };
+    if (recorded >= totalBatches) return { status: 'complete', claimed: false };
+    return recorded + lost < totalBatches ? null : { status: 'partial', claimed: false };
   }
 
   return {

@@ -891,6 +891,70 @@ describe('the publisher', () => {
     expect(summaries()[0]).toMatchObject({ status: 'partial', devices: { total: 3, scored: 2, failed: 1 } });
   });
 
+  it('createPublishHandler should close a cycle as partial once its batches are all scored or lost, the lost devices failed, without waiting for its deadline', async () => {
+    const { handler, begin, cycles } = build();
+    await begin(1);
+    await cycles.listed('t1', 'c1', { totalBatches: 3, totalDevices: 3, listedAt: minute(11) });
+    now = new Date(minute(11));
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    // Batch 1 dead-lettered on the way: it will never be scored.
+    await cycles.lost('t1', 'c1', 1, 1, now.getTime());
+    await handler(scoreBatch(1, 2, [device('c', 90, 'High Risk')], 3));
+    expect(summaries().map((s) => [s.cycleId, s.status, s.devices])).toEqual([
+      ['c1', 'partial', { total: 3, scored: 2, incomplete: 0, failed: 1 }],
+    ]);
+    // Batch 1 redelivered and scored after all: its device goes to VMS, the published cycle is left alone.
+    await handler(scoreBatch(1, 1, [device('b', 30, 'Low Risk')]));
+    expect(records('c1').map((m) => m.key)).toContain('t1/b');
+    expect(summaries()).toHaveLength(1);
+  });
+
+  it('closeOverdue should close at the next sweep, before its deadline, a cycle whose last unsettled batch was lost', async () => {
+    const { handler, begin, cycles, completion } = build();
+    await begin(1);
+    await cycles.listed('t1', 'c1', { totalBatches: 3, totalDevices: 3, listedAt: minute(11) });
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    await handler(scoreBatch(1, 2, [device('c', 90, 'High Risk')], 3));
+    now = new Date(minute(12));
+    expect(await completion.closeOverdue()).toBe(0);
+    await cycles.lost('t1', 'c1', 1, 1, now.getTime());
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(summaries().map((s) => [s.cycleId, s.status, s.devices])).toEqual([
+      ['c1', 'partial', { total: 3, scored: 2, incomplete: 0, failed: 1 }],
+    ]);
+  });
+
+  it('createPublishHandler should complete a cycle whose lost batch was scored after all, counting it once', async () => {
+    const { handler, begin, cycles } = build();
+    await begin(1);
+    await cycles.lost('t1', 'c1', 1, 1, Date.parse(minute(11)));
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    await handler(scoreBatch(1, 1, [device('b', 30, 'Low Risk')]));
+    await handler(scoreBatch(1, 2, [device('c', 90, 'High Risk')], 3));
+    expect(summaries().map((s) => [s.cycleId, s.status, s.devices])).toEqual([
+      ['c1', 'complete', { total: 3, scored: 3, incomplete: 0, failed: 0 }],
+    ]);
+  });
+
+  it('closeOverdue should count a lost batch of an abandoned cycle whose devices are not known otherwise as failed', async () => {
+    const { handler, begin, cycles, completion } = build();
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    await cycles.lost('t1', 'c1', 1, 2, Date.parse(minute(11)));
+    now = new Date(minute(11));
+    // The listing stopped after two batches, its device count not known.
+    await cycles.abandon(
+      't1',
+      'c1',
+      { batches: 2, code: 'CYCLE_ABORTED', at: minute(11) },
+      Date.parse(minute(14)),
+    );
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(summaries().map((s) => [s.cycleId, s.status, s.devices])).toEqual([
+      ['c1', 'partial', { total: 3, scored: 1, incomplete: 0, failed: 2 }],
+    ]);
+  });
+
   it('createCycleCompletion should count the tombstones a cycle sent in its summary sent again after a failure', async () => {
     const { handler, begin } = build({ tombstoneAfterCycles: 1, failSummaries: 1 });
     // Device gone was last seen in a cycle before c1: c1's completion tombstones it.
