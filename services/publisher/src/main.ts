@@ -5,6 +5,7 @@ import {
   createDeadLetterLedger,
   createPublishedStore,
   createTenantStore,
+  recordLostBatches,
   scoreStoreFor,
 } from '@urs/store';
 import { createCycleCompletion } from './completion';
@@ -77,6 +78,8 @@ void runService({
             logger,
             metrics,
           }),
+          // A scored batch dead-lettered: its cycle does not wait for it.
+          deadLettering: recordLostBatches(cycles),
         },
         {
           // In this group, not one of the replica's own (as the scorer reads profiles): each tenant's

@@ -1,6 +1,12 @@
 import { createConsumerRunner, deleteOwnGroup } from '@urs/bus';
 import { runService } from '@urs/runtime';
-import { createDeadLetterLedger, createTenantStore, scoreStoreFor } from '@urs/store';
+import {
+  createCycleStore,
+  createDeadLetterLedger,
+  createTenantStore,
+  recordLostBatches,
+  scoreStoreFor,
+} from '@urs/store';
 import { scorerConfig } from './config';
 import { createScoreHandler } from './handler';
 import { createProfileCache, createTenantsHandler } from './profiles';
@@ -73,6 +79,8 @@ void runService({
             logger,
             metrics,
           }),
+          // An enriched batch dead-lettered: its cycle does not wait for it.
+          deadLettering: recordLostBatches(createCycleStore(redis, prefix)),
         },
       ],
     });

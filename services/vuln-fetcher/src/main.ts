@@ -2,7 +2,12 @@ import { createConsumerRunner } from '@urs/bus';
 import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { checkSecretKey, createReplicaKeyCheck, createSecretSealer } from '@urs/secrets';
-import { createBulkVulnerabilityCache, createCycleStore, createTenantStore } from '@urs/store';
+import {
+  createBulkVulnerabilityCache,
+  createCycleStore,
+  createTenantStore,
+  recordLostBatches,
+} from '@urs/store';
 import { vulnFetcherConfig } from './config';
 import { createEnrichHandler } from './handler';
 import { createDefenderSources } from './sources';
@@ -17,6 +22,7 @@ void runService({
     const prefix = config.redis.keyPrefix;
     const sealer = createSecretSealer(own.secretKeys);
     const tenants = createTenantStore(redis, prefix);
+    const cycles = createCycleStore(redis, prefix);
     // A replica with the wrong key stays out (the start fails naming URS_SECRET_KEY) instead of taking
     // batches whose secrets it cannot open while it reports ready.
     const keyIds = new Set(own.secretKeys.keys.keys());
@@ -51,7 +57,7 @@ void runService({
       // A secret this key does not open: the tenant's bad record when the key opens other tenants' secrets.
       replicaKey: createReplicaKeyCheck({ sealer, secrets: tenants, keyIds }),
       bulkCache: createBulkVulnerabilityCache(redis, prefix, own.bulkCacheTtlMs),
-      cycles: createCycleStore(redis, prefix),
+      cycles,
       exportLast: own.bulkExportLast,
       skipUnchangedExport: own.bulkSkipUnchanged,
       correctionWaitMs: own.bulkCorrectionWaitMs,
@@ -70,7 +76,15 @@ void runService({
       service: 'vuln-fetcher',
       groupId: own.groupId,
       sessionTimeoutMs: own.sessionTimeoutMs,
-      subscriptions: [{ topic: config.topics.deviceBatches, contract: 'urs/device-batch', handler }],
+      subscriptions: [
+        {
+          topic: config.topics.deviceBatches,
+          contract: 'urs/device-batch',
+          handler,
+          // A device batch dead-lettered (its tenant unknown, say): its cycle, and its corrections, do not wait for it.
+          deadLettering: recordLostBatches(cycles),
+        },
+      ],
       publisher,
       dlqTopic: config.topics.dlq,
       logger,
