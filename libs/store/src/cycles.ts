@@ -136,8 +136,6 @@ export interface CycleStore {
   wasEnriched(tenantId: string, cycleId: string, batchIndex: number): Promise<boolean>;
   /** The devices the cycle's enriched batches sent as not in their export's snapshot, with their `firstSeen`. */
   notInSnapshot(tenantId: string, cycleId: string): Promise<[deviceId: string, firstSeen: string][]>;
-  /** How many distinct batches of the cycle the vuln-fetcher has produced. */
-  enrichedBatches(tenantId: string, cycleId: string): Promise<number>;
   /**
    * How many distinct batches of the cycle the vuln-fetcher has produced, or were recorded lost (`lost`):
    * each of them is as far as it will get before the cycle's corrections.
@@ -348,9 +346,6 @@ export function createCycleStore(
     async notInSnapshot(tenantId, cycleId) {
       const devices = await redis.hgetall(notInSnapshotKey(tenantId, cycleId));
       return Object.entries(devices);
-    },
-    async enrichedBatches(tenantId, cycleId) {
-      return redis.scard(enrichedKey(tenantId, cycleId));
     },
     async enrichedOrLostBatches(tenantId, cycleId) {
       return Number(

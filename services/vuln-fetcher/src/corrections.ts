@@ -100,7 +100,7 @@ export function correctionHeader(
 }
 
 export interface CorrectionWaitDeps {
-  cycles: Pick<CycleStore, 'enrichedBatches'>;
+  cycles: Pick<CycleStore, 'enrichedOrLostBatches'>;
   /** How long corrections wait for the cycle's earlier batches, in milliseconds. Default 30000. */
   correctionWaitMs?: number;
   /** Pause between two looks at another replica's bulk export, in milliseconds (at most 50 here). Default 200. */
@@ -108,9 +108,10 @@ export interface CorrectionWaitDeps {
 }
 
 /**
- * Waits until every batch of the cycle before `batch` was enriched and produced, on any replica, so each
- * correction follows its device's batch on the tenant's partition; after `correctionWaitMs` the
- * corrections go anyway (an earlier batch dead-lettered, say), and the log says so.
+ * Waits until every batch of the cycle before `batch` was enriched and produced, on any replica, or recorded
+ * lost (dead-lettered: it never will be), so each correction follows its device's batch on the tenant's
+ * partition; after `correctionWaitMs` the corrections go anyway (an earlier batch still on its way, or lost
+ * without the record), and the log says so.
  */
 export function createCorrectionWait(deps: CorrectionWaitDeps) {
   return async function earlierEnriched(
@@ -121,11 +122,11 @@ export function createCorrectionWait(deps: CorrectionWaitDeps) {
   ): Promise<void> {
     const deadline = Date.now() + (deps.correctionWaitMs ?? 30_000);
     for (;;) {
-      const enriched = await deps.cycles.enrichedBatches(batch.tenantId, batch.cycleId);
-      if (enriched >= batch.batchIndex) return;
+      const settled = await deps.cycles.enrichedOrLostBatches(batch.tenantId, batch.cycleId);
+      if (settled >= batch.batchIndex) return;
       if (Date.now() >= deadline) {
         log.warn('corrections sent before every earlier batch was enriched', {
-          enriched,
+          enrichedOrLost: settled,
           earlierBatches: batch.batchIndex,
         });
         return;

@@ -45,7 +45,7 @@ export interface EnrichHandlerDeps {
    */
   cycles: Pick<
     CycleStore,
-    'addCorrections' | 'enriched' | 'enrichedBatches' | 'wasEnriched' | 'notInSnapshot' | 'holdOpen'
+    'addCorrections' | 'enriched' | 'enrichedOrLostBatches' | 'wasEnriched' | 'notInSnapshot' | 'holdOpen'
   >;
   /**
    * Bulk cycles read their export last: a batch is enriched at once from the tenant's latest export, and

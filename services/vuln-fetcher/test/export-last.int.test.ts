@@ -409,6 +409,21 @@ describe('a bulk cycle that reads its export last', () => {
     expect(correctedIds(sent)).toEqual(['d1', 'd4']);
   });
 
+  it('should end the wait for the earlier batches when the one missing is recorded lost', async () => {
+    // Longer than the test may run: only the lost record ends the wait.
+    const context = setup({ correctionWaitMs: 10 * 60_000 });
+    const { handle, sent, exported, cycles } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    exported.rows = new Map([['d4', [cve('CVE-4', 9.1)]]]);
+    const [next0, next1] = await nextCycle(context);
+    const last = handle(next1);
+    // Batch 0 dead-lettered (its tenant record missing, say), while the last batch waits for it.
+    await cycles.lost('t1', next0.cycleId, next0.batchIndex, next0.devices.length, Date.now());
+    await last;
+    expect(sent.map((batch) => batch.batchIndex)).toEqual([1, 2]);
+    expect(correctedIds(sent)).toEqual(['d1', 'd4']);
+  });
+
   it('should read nothing when Microsoft serves the snapshot the latest export was read from, and read again once it changed', async () => {
     const context = setup({ skipUnchanged: true });
     const { handle, sent, exported, bulkCache } = context;

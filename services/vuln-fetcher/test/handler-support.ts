@@ -127,7 +127,7 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
     cycles: {
       addCorrections: async () => undefined,
       enriched: async () => undefined,
-      enrichedBatches: async () => 0,
+      enrichedOrLostBatches: async () => 0,
       wasEnriched: async () => false,
       notInSnapshot: async () => [],
       holdOpen: async () => false,

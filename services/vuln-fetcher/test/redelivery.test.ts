@@ -18,7 +18,7 @@ function memoryCycles(): EnrichHandlerDeps['cycles'] {
   return {
     addCorrections: async () => undefined,
     enriched: async (tenantId, cycleId, batchIndex) => void enriched.add(key(tenantId, cycleId, batchIndex)),
-    enrichedBatches: async () => enriched.size,
+    enrichedOrLostBatches: async () => enriched.size,
     wasEnriched: async (tenantId, cycleId, batchIndex) => enriched.has(key(tenantId, cycleId, batchIndex)),
     notInSnapshot: async () => [],
     holdOpen: async () => false,
