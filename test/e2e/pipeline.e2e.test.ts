@@ -3,6 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { VmsRiskScore, VmsRiskSummary } from '@urs/contracts';
 import { startSimulator, type Simulator } from '@urs/simulator';
+import { createCycleStore } from '@urs/store';
 import { waitFor } from '@urs/testkit';
 import { criticalCves, expectedScore, isScored, type Expected } from './support/expected';
 import { Pipeline } from './support/pipeline';
@@ -429,6 +430,68 @@ describe('the pipeline end to end', () => {
       .of<{ sourceTopic: string }>(topics.dlq)
       .filter((letter) => letter.value.sourceTopic === topics.tenants);
     expect(ofTenants).toHaveLength(1);
+  });
+
+  it('a cycle whose batches were dead-lettered on the way should be published partial at once, its devices failed, not at its deadline', async () => {
+    const { topics } = pipeline;
+    const cycles = createCycleStore(pipeline.redis.client, pipeline.redis.prefix);
+    const cycleId = `lost-${randomUUID()}`;
+    const startedAt = new Date().toISOString();
+    // A cycle of three batches of one device each, its deadline an hour away.
+    await cycles.begin({
+      tenantId: big.tenantId,
+      cycleId,
+      startedAt,
+      deadlineAt: new Date(Date.now() + 3_600_000).toISOString(),
+    });
+    await cycles.listed(big.tenantId, cycleId, { totalBatches: 3, totalDevices: 3, listedAt: startedAt });
+    const header = (batchIndex: number) => ({
+      schemaVersion: 1,
+      tenantId: big.tenantId,
+      cycleId,
+      cycleStartedAt: startedAt,
+      batchIndex,
+      lastBatch: batchIndex === 2,
+      ...(batchIndex === 2 ? { totalBatches: 3, totalDevices: 3 } : {}),
+    });
+    // Each fails its schema at another stage: no vulnerabilityMode, no collectedAt, no scoredAt.
+    const invalid: [string, unknown][] = [
+      [topics.deviceBatches, { ...header(0), cvssThreshold: 7, devices: [{ id: 'lost-0' }] }],
+      [
+        topics.devicesEnriched,
+        {
+          ...header(1),
+          vulnerabilityMode: 'bulk',
+          devices: [{ machine: { id: 'lost-1' }, vulnerabilities: null }],
+        },
+      ],
+      [
+        topics.deviceScores,
+        {
+          ...header(2),
+          collectedAt: startedAt,
+          devices: [{ deviceId: 'lost-2', score: 10, band: 'Trustworthy' }],
+        },
+      ],
+    ];
+    for (const [topic, value] of invalid)
+      await pipeline.produceRaw(topic, [{ key: big.tenantId, value: JSON.stringify(value) }]);
+
+    const summary = await waitFor(() => summaries(big.tenantId).find((s) => s.cycleId === cycleId), {
+      timeoutMs: 60_000,
+      intervalMs: 200,
+      description: 'the summary of the cycle whose batches were dead-lettered',
+    });
+    expect(summary).toMatchObject({
+      status: 'partial',
+      devices: { total: 3, scored: 0, incomplete: 0, failed: 3 },
+    });
+    const letters = pipeline.watch
+      .of<{ sourceTopic: string; payload: string | null }>(topics.dlq)
+      .filter((letter) => letter.value.payload?.includes(cycleId));
+    expect(letters.map((letter) => letter.value.sourceTopic).sort()).toEqual(
+      [topics.deviceBatches, topics.devicesEnriched, topics.deviceScores].sort(),
+    );
   });
 
   it('no client secret should appear in any log line or any record the test saw', async () => {
