@@ -7,7 +7,7 @@ import {
   type VmsRiskScore,
   type VmsRiskSummary,
 } from '@urs/contracts';
-import { silentLogger } from '@urs/logging';
+import { silentLogger, type Logger } from '@urs/logging';
 import {
   createCycleStore,
   createPublishedStore,
@@ -17,8 +17,10 @@ import {
 } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import {
+  capturingLogger,
   createTestRedis,
   inboundMessage,
+  type LogLine,
   scoredDevice,
   tenantRecord,
   type TestRedis,
@@ -126,6 +128,8 @@ describe('the publisher', () => {
       failRecords?: number;
       /** Called once each send to vms.risk-scores is done, before the caller goes on. */
       afterScoresSent?: () => Promise<void>;
+      /** Where the cycle completion logs; silent by default. */
+      completionLogger?: Logger;
     } = {},
   ) {
     let failures = options.failSummaries ?? 0;
@@ -168,7 +172,7 @@ describe('the publisher', () => {
       scores: createScoreStore(redis.client, redis.prefix),
       publisher,
       topics,
-      logger: silentLogger,
+      logger: options.completionLogger ?? silentLogger,
       metrics,
       snapshotEveryCycles: options.snapshotEveryCycles ?? 24,
       tombstoneAfterCycles: options.tombstoneAfterCycles ?? 3,
@@ -892,7 +896,8 @@ describe('the publisher', () => {
   });
 
   it('createPublishHandler should close a cycle as partial once its batches are all scored or lost, the lost devices failed, without waiting for its deadline', async () => {
-    const { handler, begin, cycles } = build();
+    const lines: LogLine[] = [];
+    const { handler, begin, cycles } = build({ completionLogger: capturingLogger(lines) });
     await begin(1);
     await cycles.listed('t1', 'c1', { totalBatches: 3, totalDevices: 3, listedAt: minute(11) });
     now = new Date(minute(11));
@@ -902,6 +907,9 @@ describe('the publisher', () => {
     await handler(scoreBatch(1, 2, [device('c', 90, 'High Risk')], 3));
     expect(summaries().map((s) => [s.cycleId, s.status, s.devices])).toEqual([
       ['c1', 'partial', { total: 3, scored: 2, incomplete: 0, failed: 1 }],
+    ]);
+    expect(lines.filter((line) => line.message === 'cycle published')).toEqual([
+      expect.objectContaining({ cycleId: 'c1', status: 'partial', reason: 'batches dead-lettered: 1' }),
     ]);
     // Batch 1 redelivered and scored after all: its device goes to VMS, the published cycle is left alone.
     await handler(scoreBatch(1, 1, [device('b', 30, 'Low Risk')]));
