@@ -72,7 +72,10 @@ export interface TopicSubscription<K extends ContractId> {
 export interface DeadLetteringMessage {
   topic: string;
   key: string | null;
-  /** The decoded value, or its bytes parsed as JSON when it did not decode; undefined when not JSON. */
+  /**
+   * The decoded value, or its bytes parsed as JSON when it did not decode; undefined when not JSON. Not
+   * redacted, unlike the dead letter's: what is read of it must not be logged or sent on whole.
+   */
   payload: unknown;
   /** The failure's code, as the dead letter gives it. */
   code: string;
