@@ -9,6 +9,7 @@ import {
   isInfrastructureFault,
   retryDelayMs,
   sleep,
+  unlessAborted,
   type RetryPolicy,
 } from '@urs/resilience';
 import type { Counter, Histogram } from '@urs/telemetry';
@@ -61,9 +62,10 @@ export interface TopicSubscription<K extends ContractId> {
   redactPayload?: PayloadRedactor;
   handler: MessageHandler<ContractTypes[K]>;
   /**
-   * Runs before each dead letter of this topic is written (again for one written before: it must be
-   * idempotent), so that what the message stood for is recorded as never coming. A failure leaves the
-   * message unsettled, tried again as when the letter itself cannot be written.
+   * Runs once each dead letter of this topic is written (again for one found written before: it must be
+   * idempotent), so that what the message stood for is recorded as never coming. A Redis or Kafka fault
+   * holds the message and tries it again in place (never the handler: the letter is written); a stop
+   * meanwhile leaves the message unsettled, and its next delivery finds the letter and runs this again.
    */
   deadLettering?: (message: DeadLetteringMessage) => Promise<void>;
 }
@@ -168,8 +170,8 @@ function messageLogFields(work: MessageWork, payload: unknown): Record<string, u
  * Resolves true when settled (handled or dead-lettered), false when the work was given up first (stop,
  * revocation), whatever the handler threw once it was: a failure while stopping is not the message's. A
  * dead letter another process has claimed and not yet written holds the message (see `deadLetter`).
- * Rejects only when the dead letter itself cannot be written, or its topic's `deadLettering` fails: then
- * the message is not settled and must be tried again.
+ * Rejects only when the dead letter itself cannot be written: then the message is not settled and must be
+ * tried again.
  */
 export function createMessageProcessor(
   options: MessageProcessorOptions,
@@ -222,14 +224,6 @@ export function createMessageProcessor(
       error,
       { redactPayload: options.subscriptions.get(work.topic)?.redactPayload },
     );
-    const deadLettering = options.subscriptions.get(work.topic)?.deadLettering;
-    // Before the letter: a failure here leaves the message unsettled, its letter not yet written.
-    await deadLettering?.({
-      topic: work.topic,
-      key: work.message.key === null ? null : work.message.key.toString('utf8'),
-      payload: payloadOf(work, payload),
-      code: letter.error.code,
-    });
     const source = {
       topic: work.topic,
       partition: work.partition,
@@ -257,7 +251,7 @@ export function createMessageProcessor(
             ...messageLogFields(work, payload),
             code: letter.error.code,
           });
-          return true;
+          return afterDeadLetter(work, payload, letter.error.code);
         }
         if (outcome === 'written') {
           handled.inc({ topic: work.topic, outcome: 'dead-lettered' });
@@ -266,7 +260,7 @@ export function createMessageProcessor(
             code: letter.error.code,
             reason: letter.error.message,
           });
-          return true;
+          return afterDeadLetter(work, payload, letter.error.code);
         }
         // Another process claimed the letter: skipped now, it would be lost if that process died unwritten.
         const busy = new UrsError(
@@ -287,6 +281,48 @@ export function createMessageProcessor(
         });
         await sleep(delayMs, work.stopSignal);
         if (work.stopSignal.aborted || work.shouldStop()) return false;
+      }
+    } finally {
+      hold?.release();
+    }
+  }
+
+  /**
+   * Runs the topic's `deadLettering` once the message's letter is written (now or before), tried again in
+   * place while Redis or Kafka fail it, the message held (as on such a fault in its handler) until it
+   * succeeds or the work stops (false: the message is not settled, and the next delivery finds its letter
+   * written and runs this again). Never the handler again: the message's letter is on the topic. A failure
+   * that waiting does not mend is logged and let go: the letter is what must not be lost.
+   */
+  async function afterDeadLetter(work: MessageWork, payload: unknown, code: string): Promise<boolean> {
+    const deadLettering = options.subscriptions.get(work.topic)?.deadLettering;
+    if (!deadLettering) return true;
+    const message: DeadLetteringMessage = {
+      topic: work.topic,
+      key: work.message.key === null ? null : work.message.key.toString('utf8'),
+      payload: payloadOf(work, payload),
+      code,
+    };
+    let hold: Hold | undefined;
+    try {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          // Redis away queues the call's commands: a stop must not wait for them.
+          await unlessAborted(deadLettering(message), work.stopSignal);
+          return true;
+        } catch (error) {
+          if (work.stopSignal.aborted) return false;
+          const fields = messageLogFields(work, payload);
+          if (!isInfrastructureFault(error)) {
+            log.error('dead letter written, what it stands for not recorded', { ...fields, code, error });
+            return true;
+          }
+          if (hold) hold.failedAgain(error, fields);
+          else hold = options.held.hold(error, fields);
+          handled.inc({ topic: work.topic, outcome: 'held' });
+          await sleep(retryDelayMs(retry, attempt), work.stopSignal);
+          if (work.stopSignal.aborted || work.shouldStop()) return false;
+        }
       }
     } finally {
       hold?.release();

@@ -1,4 +1,4 @@
-import { retryPolicy } from '@urs/resilience';
+import { UrsError, retryPolicy } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine } from '@urs/testkit';
 import type { DeadLetterClaim, DeadLetterLedger } from '../src/dead-letter-once';
@@ -7,6 +7,10 @@ import type { Publisher } from '../src/publisher';
 import { heldMessages, messageWork } from './work';
 
 const TOPIC = 'tenants';
+
+/** A Redis fault, as the store's commands fail while Redis is away. */
+const redisAway = (): UrsError =>
+  new UrsError('REDIS_UNAVAILABLE', 'Redis away', { canRetry: true, infrastructure: true });
 
 /**
  * A processor of TOPIC whose messages all fail validation (a record with no fields, or `value`), with a
@@ -104,13 +108,14 @@ describe('createMessageProcessor with a dead-letter ledger', () => {
 });
 
 describe("createMessageProcessor with a topic's deadLettering", () => {
-  it('should tell it of each dead letter before the letter is written, written before or not', async () => {
+  it('should tell it of each dead letter once the letter is written, now or before', async () => {
     const told: DeadLetteringMessage[] = [];
     for (const claim of ['claimed', 'written'] as const) {
       const run = processor([claim], {
         value: '{"tenantId":"tenant","cycleId":"c1"}',
         deadLettering: async (message) => {
-          expect(run.sent).toEqual([]);
+          // Written by this call, or found written before (not written again).
+          expect(run.sent).toEqual(claim === 'claimed' ? ['dlq'] : []);
           told.push(message);
         },
       });
@@ -138,13 +143,59 @@ describe("createMessageProcessor with a topic's deadLettering", () => {
     expect(run.sent).toEqual(['dlq']);
   });
 
-  it('should leave the message unsettled, its letter not written, when it fails', async () => {
+  it('should hold the message and try it again in place while Redis fails it, the letter written once', async () => {
+    let calls = 0;
     const run = processor(['claimed'], {
       deadLettering: async () => {
-        throw new Error('Redis away');
+        calls++;
+        if (calls < 3) throw redisAway();
       },
     });
-    await expect(run.settle()).rejects.toThrow('Redis away');
-    expect(run.sent).toEqual([]);
+    await expect(run.settle()).resolves.toBe(true);
+    expect(calls).toBe(3);
+    expect(run.sent).toEqual(['dlq']);
+    expect(run.held.count).toBe(0);
+    const metrics = run.metrics.expose();
+    expect(metrics).toContain('handled_total{outcome="dead-lettered",topic="tenants"} 1');
+    expect(metrics).toContain('handled_total{outcome="held",topic="tenants"} 2');
+  });
+
+  it('should leave the message unsettled, its letter written, when the runner stops while Redis fails it', async () => {
+    const run = processor(['claimed'], {
+      deadLettering: async () => {
+        throw redisAway();
+      },
+    });
+    const settled = run.settle();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(run.held.count).toBe(1);
+    run.stop();
+    await expect(settled).resolves.toBe(false);
+    expect(run.sent).toEqual(['dlq']);
+    expect(run.held.count).toBe(0);
+  });
+
+  it('should leave the message unsettled when the runner stops while its call waits on a Redis that is away', async () => {
+    // ioredis queues a command while Redis is away: the call neither answers nor fails.
+    const run = processor(['claimed'], { deadLettering: () => new Promise<void>(() => undefined) });
+    const settled = run.settle();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    run.stop();
+    await expect(settled).resolves.toBe(false);
+    expect(run.sent).toEqual(['dlq']);
+  });
+
+  it('should settle the message, its letter written, when it fails for a reason waiting does not mend', async () => {
+    let calls = 0;
+    const run = processor(['claimed'], {
+      deadLettering: async () => {
+        calls++;
+        throw new Error('not a batch of a cycle after all');
+      },
+    });
+    await expect(run.settle()).resolves.toBe(true);
+    expect(calls).toBe(1);
+    expect(run.sent).toEqual(['dlq']);
+    expect(run.held.count).toBe(0);
   });
 });

@@ -85,10 +85,10 @@ if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
 local total = tonumber(redis.call('HGET', KEYS[1], 'totalBatches') or '')
 if total then
   total = total + tonumber(redis.call('HGET', KEYS[1], 'correctionBatches') or '0')
-  if tonumber(ARGV[2]) >= total then return 0 end
 else
   total = tonumber(redis.call('HGET', KEYS[1], 'abandonedBatches') or '')
 end
+if total and tonumber(ARGV[2]) >= total then return 0 end
 if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then return 0 end
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
 if total and redis.call('HLEN', KEYS[2]) + redis.call('HLEN', KEYS[3]) >= total then
@@ -96,11 +96,17 @@ if total and redis.call('HLEN', KEYS[2]) + redis.call('HLEN', KEYS[3]) >= total 
 end
 return 1`;
 
-// KEYS[1] enriched set, KEYS[2] lost hash. Batches enriched or recorded lost, each once.
+// KEYS[1] enriched set, KEYS[2] lost hash; ARGV[1] the first index not counted. Batches before it enriched or
+// recorded lost, each once.
 export const ENRICHED_OR_LOST = `
-local count = redis.call('SCARD', KEYS[1])
+local before = tonumber(ARGV[1])
+local counted = {}
+local count = 0
+for _, index in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if tonumber(index) < before then counted[index] = true; count = count + 1 end
+end
 for _, index in ipairs(redis.call('HKEYS', KEYS[2])) do
-  if redis.call('SISMEMBER', KEYS[1], index) == 0 then count = count + 1 end
+  if tonumber(index) < before and not counted[index] then count = count + 1 end
 end
 return count`;
 

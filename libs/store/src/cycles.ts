@@ -137,10 +137,10 @@ export interface CycleStore {
   /** The devices the cycle's enriched batches sent as not in their export's snapshot, with their `firstSeen`. */
   notInSnapshot(tenantId: string, cycleId: string): Promise<[deviceId: string, firstSeen: string][]>;
   /**
-   * How many distinct batches of the cycle the vuln-fetcher has produced, or were recorded lost (`lost`):
-   * each of them is as far as it will get before the cycle's corrections.
+   * How many distinct batches of the cycle with an index below `before` the vuln-fetcher has produced, or were
+   * recorded lost (`lost`): each of them is as far as it will get before the cycle's corrections.
    */
-  enrichedOrLostBatches(tenantId: string, cycleId: string): Promise<number>;
+  enrichedOrLostBatches(tenantId: string, cycleId: string, before: number): Promise<number>;
   /**
    * A consumer dead-lettered this batch of the cycle (`recordLostBatches`): it will never be scored.
    * Recorded once (idempotent), with its devices when its dead letter told them, only for a cycle begun and
@@ -347,9 +347,15 @@ export function createCycleStore(
       const devices = await redis.hgetall(notInSnapshotKey(tenantId, cycleId));
       return Object.entries(devices);
     },
-    async enrichedOrLostBatches(tenantId, cycleId) {
+    async enrichedOrLostBatches(tenantId, cycleId, before) {
       return Number(
-        await redis.eval(ENRICHED_OR_LOST, 2, enrichedKey(tenantId, cycleId), lostKey(tenantId, cycleId)),
+        await redis.eval(
+          ENRICHED_OR_LOST,
+          2,
+          enrichedKey(tenantId, cycleId),
+          lostKey(tenantId, cycleId),
+          String(before),
+        ),
       );
     },
     async lost(tenantId, cycleId, batchIndex, devices, nowMs) {

@@ -16,16 +16,21 @@ const MAX_CYCLE_ID = 128;
 /**
  * The batch of a cycle a dead-lettered message was, from its payload's cycle header (`tenantId`, `cycleId`,
  * `batchIndex`), which a batch that failed its schema may still carry whole; null when the payload names
- * no batch, or a tenant other than the message's key (every batch is keyed by its tenant).
+ * no batch, or a tenant other than the message's key (every batch is keyed by its tenant). A correction batch
+ * (`corrections`, `replaces`) counts no device of its own: its devices are those of the cycle's batches.
  */
 export function lostBatchOf(message: Pick<DeadLetteringMessage, 'key' | 'payload'>): LostBatch | null {
   const { payload } = message;
   if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) return null;
-  const { tenantId, cycleId, batchIndex, devices } = payload as Record<string, unknown>;
-  if (typeof tenantId !== 'string' || tenantId === '') return null;
-  if (message.key !== null && message.key !== tenantId) return null;
+  const { tenantId, cycleId, batchIndex, devices, corrections, replaces } = payload as Record<
+    string,
+    unknown
+  >;
+  if (typeof tenantId !== 'string' || tenantId === '' || message.key !== tenantId) return null;
   if (typeof cycleId !== 'string' || cycleId === '' || cycleId.length > MAX_CYCLE_ID) return null;
   if (typeof batchIndex !== 'number' || !Number.isSafeInteger(batchIndex) || batchIndex < 0) return null;
+  if (corrections !== undefined || replaces !== undefined)
+    return { tenantId, cycleId, batchIndex, devices: 0 };
   return { tenantId, cycleId, batchIndex, ...(Array.isArray(devices) ? { devices: devices.length } : {}) };
 }
 

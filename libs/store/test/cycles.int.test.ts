@@ -49,12 +49,12 @@ describe('createCycleStore', () => {
 
   it('enriched should count each enriched batch of a cycle once', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
-    expect(await cycles.enrichedOrLostBatches('acme', 'c1')).toBe(0);
+    expect(await cycles.enrichedOrLostBatches('acme', 'c1', 10)).toBe(0);
     await cycles.enriched('acme', 'c1', 0);
     await cycles.enriched('acme', 'c1', 2);
     await cycles.enriched('acme', 'c1', 0);
     await cycles.enriched('acme', 'c2', 1);
-    expect(await cycles.enrichedOrLostBatches('acme', 'c1')).toBe(2);
+    expect(await cycles.enrichedOrLostBatches('acme', 'c1', 10)).toBe(2);
     expect(await redis.client.pttl(`${redis.prefix}cycle-enriched:acme:c1`)).toBeGreaterThan(0);
   });
 
@@ -77,7 +77,7 @@ describe('createCycleStore', () => {
     await cycles.enriched('acme', 'c1', 2, [['d5', '2026-01-01T08:00:00.000Z']]);
     await cycles.enriched('acme', 'c1', 0, [['d1', '2026-01-01T07:00:00.000Z']]);
     await cycles.enriched('acme', 'c2', 0, [['d9', '2026-01-01T09:00:00.000Z']]);
-    expect(await cycles.enrichedOrLostBatches('acme', 'c1')).toBe(3);
+    expect(await cycles.enrichedOrLostBatches('acme', 'c1', 10)).toBe(3);
     expect((await cycles.notInSnapshot('acme', 'c1')).sort()).toEqual([
       ['d1', '2026-01-01T07:00:00.000Z'],
       ['d5', '2026-01-01T08:00:00.000Z'],
@@ -356,14 +356,28 @@ describe('createCycleStore', () => {
       code: 'X',
     });
     await record(letter('acme', { ...header, batchIndex: 0, devices: [{ id: 'd1' }, { id: 'd2' }] }));
-    await record(letter(null, { ...header, batchIndex: 1 }));
-    // Not a batch of a cycle: not JSON, another tenant's key, no batch index, a tenant record.
+    await record(letter('acme', { ...header, batchIndex: 1 }));
+    // A correction batch: its devices are the cycle's batches' own, counted there.
+    await record(letter('acme', { ...header, batchIndex: 4, corrections: [], devices: [{ id: 'd1' }] }));
+    // Not a batch of a cycle: not JSON, another tenant's key or none, no batch index, a tenant record.
     await record(letter('acme', undefined));
     await record(letter('other', { ...header, batchIndex: 2 }));
+    await record(letter(null, { ...header, batchIndex: 5 }));
     await record(letter('acme', { ...header, batchIndex: -1 }));
     await record(letter('acme', { ...header, batchIndex: '3' }));
     await record(letter('acme', { tenantId: 'acme', enabled: true }));
-    expect(await cycles.get('acme', 'c1')).toMatchObject({ lostBatches: 2, lostDevices: 2 });
+    expect(await cycles.get('acme', 'c1')).toMatchObject({ lostBatches: 3, lostDevices: 2 });
+  });
+
+  it('lost should not record a batch past those an abandoned cycle emitted', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await cycles.begin(begin);
+    const at = new Date(startedMs + 60_000).toISOString();
+    const abandonment = { batches: 2, devices: 900, code: 'DEFENDER_UNAVAILABLE', at };
+    expect(await cycles.abandon('acme', 'c1', abandonment, startedMs + 120_000)).toBe(true);
+    expect(await cycles.lost('acme', 'c1', 2, 500, startedMs)).toBe(false);
+    expect(await cycles.lost('acme', 'c1', 1, 400, startedMs)).toBe(true);
+    expect(await cycles.get('acme', 'c1')).toMatchObject({ lostBatches: 1, lostDevices: 400 });
   });
 
   it('enrichedOrLostBatches should count each batch enriched or lost once', async () => {
@@ -374,7 +388,10 @@ describe('createCycleStore', () => {
     // Lost after it was enriched (dead-lettered by the scorer), and lost before it was (by the vuln-fetcher).
     await cycles.lost('acme', 'c1', 1, 500, startedMs);
     await cycles.lost('acme', 'c1', 2, 500, startedMs);
-    expect(await cycles.enrichedOrLostBatches('acme', 'c1')).toBe(3);
+    // The batch waiting (3) lost before, in an earlier try of it: not one of the batches before it.
+    await cycles.lost('acme', 'c1', 3, 500, startedMs);
+    expect(await cycles.enrichedOrLostBatches('acme', 'c1', 3)).toBe(3);
+    expect(await cycles.enrichedOrLostBatches('acme', 'c1', 2)).toBe(2);
   });
 
   it('abandon should leave a listed, a published or a never begun cycle as it is', async () => {

@@ -122,7 +122,11 @@ export function createCorrectionWait(deps: CorrectionWaitDeps) {
   ): Promise<void> {
     const deadline = Date.now() + (deps.correctionWaitMs ?? 30_000);
     for (;;) {
-      const settled = await deps.cycles.enrichedOrLostBatches(batch.tenantId, batch.cycleId);
+      const settled = await deps.cycles.enrichedOrLostBatches(
+        batch.tenantId,
+        batch.cycleId,
+        batch.batchIndex,
+      );
       if (settled >= batch.batchIndex) return;
       if (Date.now() >= deadline) {
         log.warn('corrections sent before every earlier batch was enriched', {
