@@ -72,7 +72,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
   const concurrency = deps.concurrency ?? 32;
   const refused = deps.metrics.counter(
     'urs_registrations_refused_total',
-    "Director's tenant entries refused (dead-lettered, the tenant kept as it was): the push itself counts as handled.",
+    "Director's tenant entries refused (dead-lettered, the tenant kept as it was), each time their push is handled (a push handled again counts them again): the push itself counts as handled.",
   );
   /**
    * The highest generation this process applied. A rebuilt Redis learns the last applied generation from

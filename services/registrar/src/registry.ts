@@ -337,7 +337,13 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
 
   async function remove(tenantId: string, signal: AbortSignal | undefined): Promise<boolean> {
     const current = await deps.tenants.get(tenantId);
-    if (!current) return false;
+    if (!current) {
+      // Every registration of it refused: no record, only the status saying why. Deleting it ends that.
+      if ((await deps.tenants.getStatus(tenantId)).state !== 'registration-rejected') return false;
+      await deps.tenants.remove(tenantId);
+      log.info('refused tenant deleted', { tenantId });
+      return true;
+    }
     const revision = await deps.state.nextRevision(tenantId, current.revision);
     // The generation in force: the last applied, or the one of a push under way that wrote this record.
     const generation = Math.max(await deps.state.lastGeneration(), current.generation ?? -1);

@@ -449,6 +449,21 @@ describe('tenantRoutes', () => {
     });
   });
 
+  it('DELETE should end the status of a tenant whose only registration was refused', async () => {
+    const { call, tenants, registry } = setup();
+    await registry.reject('acme', [{ field: 'defender.clientId', rule: 'must be a GUID' }], {
+      source: 'director',
+      generation: 3,
+    });
+    expect((await call('DELETE', '/v1/tenants/acme/defender')).status).toBe(204);
+    expect(await tenants.getStatus('acme')).toEqual({});
+    expect(await call('GET', '/v1/tenants/acme/defender')).toMatchObject({
+      status: 404,
+      body: { error: { code: 'TENANT_NOT_FOUND' } },
+    });
+    expect((await call('DELETE', '/v1/tenants/acme/defender')).status).toBe(404);
+  });
+
   it('PUT accepted should clear a refused Director update from the status; one refused should leave it', async () => {
     const { call, registry } = setup();
     await call('PUT', '/v1/tenants/acme/defender', registrationBody());
