@@ -1,6 +1,5 @@
-import { randomBytes } from 'node:crypto';
 import type { Kafka, KafkaMessage } from 'kafkajs';
-import { BusError, crashHeals, topicOffsets } from '@urs/bus';
+import { lastOffsets, readTopicUpTo, topicOffsets } from '@urs/bus';
 import {
   TENANT_GENERATION_HEADER,
   TENANT_REVISION_HEADER,
@@ -21,18 +20,8 @@ export type TenantLogEntry =
   | { tenantId: string; record: TenantRecord }
   | { tenantId: string; record: null; revision?: number; generation?: number };
 
-/** A header's number, if it has one. */
-/**
- * Reads `topic` from its beginning up to `targets` (per partition, the last offset to read; a partition
- * without one is not read) with a consumer group of its own (KafkaJS has no manual assignment), which is
- * deleted afterwards, and hands each message to `onMessage`, in order within its partition. A consumer
- * that Kafka stopped (a crash KafkaJS does not restart) fails the read at once with a `BusError`
- * `CONSUMER_STOPPED` saying why: it would read nothing more, and waiting out `timeoutMs` would only hide
- * the reason. Retryable when what stopped it heals by waiting (crashHeals: a broker away or restarting,
- * no group coordinator yet, a rebalance; KafkaJS stops a consumer for many of these for good), so the
- * rebuild is tried again; not when it does not (an authorisation or a configuration refused).
- */
-async function readUpTo(
+/** `readTopicUpTo`, handing on one message at a time. */
+function readEach(
   kafka: Kafka,
   topic: string,
   targets: Map<number, bigint>,
@@ -40,71 +29,14 @@ async function readUpTo(
   timeoutMs: number,
   onMessage: (message: KafkaMessage) => void,
 ): Promise<void> {
-  if (targets.size === 0) return;
-  const pending = new Set(targets.keys());
-  const admin = kafka.admin();
-  await admin.connect();
-  const groupId = `${groupPrefix}.rebuild.${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
-  try {
-    const consumer = kafka.consumer({ groupId, allowAutoTopicCreation: false });
-    let done!: () => void;
-    const finished = new Promise<void>((resolve) => (done = resolve));
-    let stop!: (error: Error) => void;
-    const stopped = new Promise<Error>((resolve) => (stop = resolve));
-    consumer.on(consumer.events.CRASH, (event) => {
-      if (event.payload.restart) return;
-      const { error } = event.payload;
-      stop(
-        new BusError(
-          'CONSUMER_STOPPED',
-          `reading ${topic}: Kafka stopped its consumer: ${errorMessage(error)}`,
-          {
-            canRetry: crashHeals(error),
-            cause: error,
-            details: { topic },
-          },
-        ),
-      );
-    });
-    try {
-      await consumer.connect();
-      await consumer.subscribe({ topic, fromBeginning: true });
-      await consumer.run({
-        autoCommit: false,
-        eachBatch: async ({ batch }) => {
-          const target = targets.get(batch.partition);
-          if (target === undefined) return;
-          for (const message of batch.messages) {
-            if (BigInt(message.offset) <= target) onMessage(message);
-          }
-          if (BigInt(batch.lastOffset()) >= target) {
-            pending.delete(batch.partition);
-            if (pending.size === 0) done();
-          }
-        },
-      });
-      const timer = new AbortController();
-      const failure = await Promise.race([
-        finished.then(() => undefined),
-        stopped,
-        sleep(timeoutMs, timer.signal).then(
-          () => new Error(`reading ${topic} did not reach its end within ${timeoutMs} ms`),
-        ),
-      ]);
-      timer.abort();
-      if (failure) throw failure;
-    } finally {
-      await consumer.disconnect();
-    }
-  } finally {
-    await admin.deleteGroups([groupId]).catch(() => undefined);
-    await admin.disconnect();
-  }
+  return readTopicUpTo(kafka, topic, targets, groupPrefix, timeoutMs, (messages) => {
+    for (const message of messages) onMessage(message);
+  });
 }
 
 /**
  * Reads a compacted topic from the beginning up to the end it had when the read started (see
- * `readUpTo`). Returns the last entry per key.
+ * `readTopicUpTo`). Returns the last entry per key.
  */
 export async function readTenantLog(
   kafka: Kafka,
@@ -114,14 +46,9 @@ export async function readTenantLog(
   timeoutMs = 120_000,
 ): Promise<TenantLogEntry[]> {
   // Right after the topic was created its leaders may not answer yet (KRaft): retried while it settles.
-  const offsets = await topicOffsets(kafka, topic, { logger });
-  const targets = new Map(
-    offsets
-      .filter((o) => BigInt(o.high) > BigInt(o.low))
-      .map((o) => [o.partition, BigInt(o.high) - 1n] as const),
-  );
+  const targets = lastOffsets(await topicOffsets(kafka, topic, { logger }));
   const entries = new Map<string, TenantLogEntry>();
-  await readUpTo(kafka, topic, targets, groupPrefix, timeoutMs, (message) => {
+  await readEach(kafka, topic, targets, groupPrefix, timeoutMs, (message) => {
     const key = message.key?.toString('utf8');
     if (!key) return;
     if (message.value === null) {
@@ -185,7 +112,7 @@ export async function readHandledGeneration(
       .map(({ partition, next }) => [partition, next - 1n] as const),
   );
   let generation = -1;
-  await readUpTo(kafka, topic, targets, groupId, timeoutMs, (message) => {
+  await readEach(kafka, topic, targets, groupId, timeoutMs, (message) => {
     if (message.value === null) return;
     try {
       const push = validateMessage('urs/registration-push', JSON.parse(message.value.toString('utf8')));

@@ -1,0 +1,97 @@
+import { randomBytes } from 'node:crypto';
+import type { Kafka, KafkaMessage } from 'kafkajs';
+import { errorMessage, sleep } from '@urs/resilience';
+import { crashHeals } from './crash';
+import { BusError } from './publisher';
+import type { PartitionOffsetRange } from './settle';
+
+/**
+ * The last offset of each partition that holds a record (`topicOffsets`' ranges): the targets of a read of
+ * the topic up to its end as it is now (`readTopicUpTo`). A partition without records is left out.
+ */
+export function lastOffsets(offsets: readonly PartitionOffsetRange[]): Map<number, bigint> {
+  return new Map(
+    offsets
+      .filter((o) => BigInt(o.high) > BigInt(o.low))
+      .map((o) => [o.partition, BigInt(o.high) - 1n] as const),
+  );
+}
+
+/**
+ * Reads `topic` from its beginning up to `targets` (per partition, the last offset to read; a partition
+ * without one is not read) with a consumer group of its own (KafkaJS has no manual assignment), which is
+ * deleted afterwards, and hands the messages of each fetched batch to `onBatch`, in order within their
+ * partition, one batch after the other (the next is fetched once `onBatch` resolved). A consumer that Kafka
+ * stopped (a crash KafkaJS does not restart) fails the read at once with a `BusError` `CONSUMER_STOPPED`
+ * saying why: it would read nothing more, and waiting out `timeoutMs` would only hide the reason. Retryable
+ * when what stopped it heals by waiting (crashHeals: a broker away or restarting, no group coordinator yet,
+ * a rebalance; KafkaJS stops a consumer for many of these for good), so the read is tried again; not when
+ * it does not (an authorisation or a configuration refused).
+ */
+export async function readTopicUpTo(
+  kafka: Kafka,
+  topic: string,
+  targets: Map<number, bigint>,
+  groupPrefix: string,
+  timeoutMs: number,
+  onBatch: (messages: KafkaMessage[]) => void | Promise<void>,
+): Promise<void> {
+  if (targets.size === 0) return;
+  const pending = new Set(targets.keys());
+  const admin = kafka.admin();
+  await admin.connect();
+  const groupId = `${groupPrefix}.rebuild.${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
+  try {
+    const consumer = kafka.consumer({ groupId, allowAutoTopicCreation: false });
+    let done!: () => void;
+    const finished = new Promise<void>((resolve) => (done = resolve));
+    let stop!: (error: Error) => void;
+    const stopped = new Promise<Error>((resolve) => (stop = resolve));
+    consumer.on(consumer.events.CRASH, (event) => {
+      if (event.payload.restart) return;
+      const { error } = event.payload;
+      stop(
+        new BusError(
+          'CONSUMER_STOPPED',
+          `reading ${topic}: Kafka stopped its consumer: ${errorMessage(error)}`,
+          {
+            canRetry: crashHeals(error),
+            cause: error,
+            details: { topic },
+          },
+        ),
+      );
+    });
+    try {
+      await consumer.connect();
+      await consumer.subscribe({ topic, fromBeginning: true });
+      await consumer.run({
+        autoCommit: false,
+        eachBatch: async ({ batch }) => {
+          const target = targets.get(batch.partition);
+          if (target === undefined || !pending.has(batch.partition)) return;
+          await onBatch(batch.messages.filter((message) => BigInt(message.offset) <= target));
+          if (BigInt(batch.lastOffset()) >= target) {
+            pending.delete(batch.partition);
+            if (pending.size === 0) done();
+          }
+        },
+      });
+      const timer = new AbortController();
+      const failure = await Promise.race([
+        finished.then(() => undefined),
+        stopped,
+        sleep(timeoutMs, timer.signal).then(
+          () => new Error(`reading ${topic} did not reach its end within ${timeoutMs} ms`),
+        ),
+      ]);
+      timer.abort();
+      if (failure) throw failure;
+    } finally {
+      await consumer.disconnect();
+    }
+  } finally {
+    await admin.deleteGroups([groupId]).catch(() => undefined);
+    await admin.disconnect();
+  }
+}
