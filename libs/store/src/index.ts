@@ -20,6 +20,8 @@ export type {
 export { createPublishedStore } from './published';
 export type { PublishedStore, TenantLease, TombstoneHold } from './published';
 export type { PublishedDevice, DeviceScoreRef, PublishOptions } from './published-devices';
+export { RESTORED_SEEN_AT } from './published-rebuild';
+export type { PublishedRebuild, VmsKeyState } from './published-rebuild';
 export { createBulkVulnerabilityCache } from './vulnerability-cache';
 export type { BulkVulnerabilityCache, BulkExportState, LatestExport } from './vulnerability-cache';
 export { createPollScheduleStore } from './poll-schedule';

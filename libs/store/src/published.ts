@@ -1,6 +1,7 @@
 import type Redis from 'ioredis';
 import { releaseOwnedKey, renewOwnedKey, takeOwnedKey, takeOwnedKeyIn } from './owned-key';
 import { createTenantDeletions, OF_DELETED_TENANT, type TenantDeletions } from './published-deletion';
+import { createPublishedRebuild, type PublishedRebuild } from './published-rebuild';
 import {
   commitOn,
   decode,
@@ -29,7 +30,7 @@ export interface TenantLease {
   ttlMs: number;
 }
 
-export interface PublishedStore extends TenantDeletions {
+export interface PublishedStore extends TenantDeletions, PublishedRebuild {
   /**
    * Which of these devices (scored in the cycle that started at `cycleAt`, epoch ms) must be published:
    * never published, or a score, band or digest other than the last published one. A device whose last
@@ -201,7 +202,9 @@ const DELETION_MARKER_TTL_MS = SUMMARY_MARKER_TTL_MS;
  * completed cycles by start) with `{prefix}published-seq:{tenantId}` / `…-counter:{tenantId}` numbering them (and counting each one's tombstones),
  * the tenant's lease `{prefix}publish-lease:{tenantId}` (string, PX), and once the tenant was deleted
  * `{prefix}published-deleted:{tenantId}` (hash: `deletedAt`, `registeredAt` once registered again, the
- * deletion's `revision`, and the `cutoff` of its tombstones; PX).
+ * deletion's `revision`, and the `cutoff` of its tombstones; PX). `{prefix}published-rebuilt` (string, the
+ * time) says the record was rebuilt from `vms.risk-scores` since Redis last came up without it, and
+ * `{prefix}published-rebuild-lock` (string, PX) is held by the replica rebuilding it (`PublishedRebuild`).
  */
 export function createPublishedStore(redis: Redis, prefix: string): PublishedStore {
   const publishedKey = (tenantId: string): string => publishedKeyOf(prefix, tenantId);
@@ -228,8 +231,16 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     },
     DELETION_MARKER_TTL_MS,
   );
+  const rebuild = createPublishedRebuild(redis, {
+    rebuilt: `${prefix}published-rebuilt`,
+    lock: `${prefix}published-rebuild-lock`,
+    seen: seenKey,
+    deleted: deletedKey,
+    record: recordKey,
+  });
   return {
     ...deletions,
+    ...rebuild,
     async changed(lease, cycleAt, devices, options = {}) {
       // One transaction: the read comes after the take, never before a sweep (or a tenant's deletion) that
       // held the lease is done.

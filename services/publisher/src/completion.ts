@@ -7,6 +7,7 @@ import type { CycleState, CycleStore, PublishedStore, ScoreStore, TombstoneHold 
 import type { Registry } from '@urs/telemetry';
 import type { InOrder } from './in-order';
 import { withTenantLease, type TenantLeasing } from './lease';
+import type { PublishedRebuilder } from './rebuild';
 import { emptyBands, type BatchStats } from './records';
 import { createTombstones } from './tombstones';
 
@@ -44,6 +45,11 @@ export interface CycleCompletionDeps {
    * before a snapshot or summary computed from the state the deletion forgets.
    */
   leasing: TenantLeasing;
+  /**
+   * The rebuild of what VMS holds after Redis lost it: a complete cycle's tombstones wait for it (a device
+   * missing from the publisher's record would never be tombstoned).
+   */
+  rebuild: Pick<PublishedRebuilder, 'ensure'>;
   /** How long one sender holds a cycle's summary, renewed while it sends (default 30 s). */
   summaryLockMs?: number;
   now?: () => Date;
@@ -188,6 +194,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     cycleId: string,
     status: 'complete' | 'partial',
     hint: CycleHint,
+    signal: AbortSignal | undefined,
   ): Promise<void> {
     const log = deps.logger.child({ tenantId, cycleId });
     const stats = await deps.cycles.batchStats<BatchStats>(tenantId, cycleId);
@@ -234,6 +241,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     let snapshotted = false;
     let tombstones = 0;
     if (status === 'complete') {
+      await deps.rebuild.ensure(signal);
       const completed = await deps.published.completeCycle(
         tenantId,
         cycleId,
@@ -311,6 +319,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     cycleId: string,
     status: 'complete' | 'partial',
     hint: CycleHint,
+    signal?: AbortSignal,
   ): Promise<boolean> {
     if (await deps.published.ofDeletedTenant(tenantId, Date.parse(state?.startedAt ?? hint.cycleStartedAt))) {
       // The tenant was deleted while the cycle was open: VMS gets tombstones for its devices, no summary.
@@ -330,7 +339,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       },
     );
     try {
-      await publish(state, tenantId, cycleId, status, hint);
+      await publish(state, tenantId, cycleId, status, hint, signal);
     } catch (error) {
       await deps.published.unlockSummary(tenantId, cycleId);
       throw error;
@@ -395,7 +404,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         const { status, claimed } = owed;
         if (!claimed && !(await deps.cycles.claimPublication(tenantId, cycleId, status, now().getTime())))
           return false;
-        return sendOwed(state, tenantId, cycleId, status, hint);
+        return sendOwed(state, tenantId, cycleId, status, hint, signal);
       });
     },
     async closeOverdue() {

@@ -26,6 +26,16 @@ export interface PublisherConfig extends ConsumerSettings {
   tombstoneHoldCycles: number;
   /** How often cycles past their deadline are looked for, ms. Env `URS_DEADLINE_SWEEP_MS`, default 2000. */
   deadlineSweepMs: number;
+  /**
+   * How often the publisher checks that Redis still holds its record of what VMS holds (a wiped Redis is
+   * refilled from `vms.risk-scores`), ms. Env `URS_REBUILD_CHECK_MS`, default 5000.
+   */
+  rebuildCheckMs: number;
+  /**
+   * How long one read of `vms.risk-scores` to its end may take before it is given up and tried again, ms.
+   * Env `URS_REBUILD_READ_TIMEOUT_MS`, default 600000.
+   */
+  rebuildReadTimeoutMs: number;
 }
 
 export function publisherConfig(env: Env): PublisherConfig {
@@ -49,5 +59,7 @@ export function publisherConfig(env: Env): PublisherConfig {
     tombstoneHoldMinDevices: readInt(env, 'URS_TOMBSTONE_HOLD_MIN_DEVICES', { fallback: 10, min: 1 }),
     tombstoneHoldCycles,
     deadlineSweepMs: readInt(env, 'URS_DEADLINE_SWEEP_MS', { fallback: 2_000, min: 100 }),
+    rebuildCheckMs: readInt(env, 'URS_REBUILD_CHECK_MS', { fallback: 5_000, min: 100 }),
+    rebuildReadTimeoutMs: readInt(env, 'URS_REBUILD_READ_TIMEOUT_MS', { fallback: 600_000, min: 1_000 }),
   };
 }

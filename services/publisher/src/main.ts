@@ -14,6 +14,7 @@ import { createDeadlineSweep } from './deadline-sweep';
 import { createPublishHandler } from './handler';
 import { createInOrder } from './in-order';
 import { tenantLeasing } from './lease';
+import { createPublishedRebuilder, vmsKeysReader } from './rebuild';
 import { createTenantsHandler } from './tenants';
 import { createTombstones } from './tombstones';
 
@@ -33,6 +34,17 @@ void runService({
     const inOrder = createInOrder();
     const leasing = tenantLeasing();
     const scores = scoreStoreFor(redis, config.redis);
+    const rebuild = createPublishedRebuilder({
+      published,
+      readKeys: vmsKeysReader(
+        kafka,
+        config.topics.vmsRiskScores,
+        own.groupId,
+        logger,
+        own.rebuildReadTimeoutMs,
+      ),
+      logger,
+    });
     const completion = createCycleCompletion({
       cycles,
       published,
@@ -50,6 +62,7 @@ void runService({
       },
       inOrder,
       leasing,
+      rebuild,
     });
     const runner = createConsumerRunner({
       kafka,
@@ -100,6 +113,7 @@ void runService({
             }),
             inOrder,
             leasing,
+            rebuild,
             logger,
           }),
         },
@@ -117,10 +131,23 @@ void runService({
       everyMs: own.deadlineSweepMs,
       logger,
     });
+    const watch = new AbortController();
+    let watching: Promise<void> | undefined;
     return {
       runners: [runner],
-      start: async () => sweep.start(),
+      start: async () => {
+        // The first check at once (a new install's costs one offset request), then every URS_REBUILD_CHECK_MS.
+        watching = rebuild.watch(own.rebuildCheckMs, watch.signal);
+        sweep.start();
+      },
       closers: [
+        {
+          name: 'rebuild-watch',
+          close: async () => {
+            watch.abort();
+            await watching;
+          },
+        },
         {
           name: 'deadline-sweep',
           // As long as Redis's QUIT is waited for (stopTimes): a sweep only hangs when Redis is away.

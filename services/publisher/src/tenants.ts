@@ -4,6 +4,7 @@ import type { Logger } from '@urs/logging';
 import type { PublishedStore, ScoreStore, TenantStore } from '@urs/store';
 import type { InOrder } from './in-order';
 import { withTenantLease, type TenantLeasing } from './lease';
+import type { PublishedRebuilder } from './rebuild';
 import type { Tombstones } from './tombstones';
 
 export interface TenantsHandlerDeps {
@@ -26,6 +27,11 @@ export interface TenantsHandlerDeps {
   inOrder: InOrder;
   /** This replica's tenant leases, shared with the score handler and the sweep. */
   leasing: TenantLeasing;
+  /**
+   * The rebuild of what VMS holds after Redis lost it: a deletion tombstones the devices the publisher
+   * knows, so it waits for it (devices missing from the record would stay in VMS for ever).
+   */
+  rebuild: Pick<PublishedRebuilder, 'ensure'>;
   logger: Logger;
 }
 
@@ -83,6 +89,7 @@ export function createTenantsHandler(deps: TenantsHandlerDeps): MessageHandler<T
         deps.logger,
         { wait: message.signal },
         async () => {
+          await deps.rebuild.ensure(message.signal);
           const gone = await deps.published.markDeleted(tenantId, at, revision);
           await deps.tombstones(tenantId, gone);
           await deps.published.forgetDeleted(tenantId);

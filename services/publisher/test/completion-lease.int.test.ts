@@ -1,13 +1,20 @@
 import type { Publisher } from '@urs/bus';
 import type { ScoreBatch, TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
-import { createCycleStore, createPublishedStore, createScoreStore, createTenantStore } from '@urs/store';
+import {
+  createCycleStore,
+  createPublishedStore,
+  createScoreStore,
+  createTenantStore,
+  type PublishedStore,
+} from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { createTestRedis, inboundMessage, scoredDevice, type TestRedis } from '@urs/testkit';
 import { createCycleCompletion } from '../src/completion';
 import { createPublishHandler } from '../src/handler';
 import { createInOrder } from '../src/in-order';
 import { tenantLeasing } from '../src/lease';
+import { createPublishedRebuilder } from '../src/rebuild';
 import { createTenantsHandler } from '../src/tenants';
 import { createTombstones } from '../src/tombstones';
 
@@ -16,6 +23,10 @@ const topics = { vmsRiskScores: 'vms.risk-scores', vmsRiskSummary: 'vms.risk-sum
 // Recent times: the cycle store expires a cycle a day after its deadline.
 const startedAt = Math.floor(Date.now() / 60_000) * 60_000 - 10 * 60_000;
 const at = (minutes: number): string => new Date(startedAt + minutes * 60_000).toISOString();
+
+/** A replica's rebuild of what VMS holds, from a `vms.risk-scores` without records. */
+const emptyTopicRebuild = (published: PublishedStore) =>
+  createPublishedRebuilder({ published, readKeys: async () => 0, logger: silentLogger });
 
 /**
  * Two replicas of the publisher on one Redis: the one that consumes the tenant's scores completes its cycle
@@ -69,6 +80,7 @@ describe('the cycle completion and a deletion on another replica', () => {
         scores,
         inOrder: createInOrder(),
         leasing: tenantLeasing(),
+        rebuild: emptyTopicRebuild(published),
         logger: silentLogger,
       });
       // Sent once, at the chosen point; the consuming replica goes on once the deletion is done, or once it
@@ -106,6 +118,7 @@ describe('the cycle completion and a deletion on another replica', () => {
         tombstoneAfterCycles: 3,
         inOrder: createInOrder(),
         leasing: tenantLeasing(),
+        rebuild: emptyTopicRebuild(published),
         now: () => new Date(at(4)),
       });
       const handler = createPublishHandler({

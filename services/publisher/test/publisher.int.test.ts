@@ -30,6 +30,7 @@ import { createCycleCompletion } from '../src/completion';
 import { createPublishHandler } from '../src/handler';
 import { createInOrder } from '../src/in-order';
 import { tenantLeasing } from '../src/lease';
+import { createPublishedRebuilder } from '../src/rebuild';
 import { batchStats } from '../src/records';
 import { createTenantsHandler } from '../src/tenants';
 import { createTombstones } from '../src/tombstones';
@@ -166,6 +167,8 @@ describe('the publisher', () => {
     const inOrder = createInOrder();
     // One replica: its own queue and its own id as the holder of tenant leases.
     const leasing = tenantLeasing();
+    // Its rebuild of what VMS holds, from a vms.risk-scores without records.
+    const rebuild = createPublishedRebuilder({ published, readKeys: async () => 0, logger: silentLogger });
     const completion = createCycleCompletion({
       cycles,
       published,
@@ -180,6 +183,7 @@ describe('the publisher', () => {
       ...(options.summaryLockMs === undefined ? {} : { summaryLockMs: options.summaryLockMs }),
       inOrder,
       leasing,
+      rebuild,
       now: () => now,
     });
     const handler = createPublishHandler({
@@ -227,6 +231,7 @@ describe('the publisher', () => {
       scores,
       inOrder,
       leasing,
+      rebuild,
       logger: silentLogger,
     });
     // A tenant's deletion as the registrar writes it on urs.tenants, at `at` (with its revision, if given).

@@ -1,0 +1,118 @@
+import type { default as Redis } from 'ioredis';
+import { releaseOwnedKey, renewOwnedKey, takeOwnedKey } from './owned-key';
+import { DELETED_BEFORE_LUA } from './tenant-deletion';
+
+/** What the last record of a device on `vms.risk-scores` says: held by VMS (`live`), or a tombstone. */
+export interface VmsKeyState {
+  deviceId: string;
+  live: boolean;
+}
+
+/**
+ * The rebuild of the publisher's record of what VMS holds (see `createPublishedRebuild`): the devices whose
+ * last record on `vms.risk-scores` is not a tombstone, read back into the seen zset after Redis lost them.
+ */
+export interface PublishedRebuild {
+  /** Whether the record was rebuilt from `vms.risk-scores` since Redis last came up without it. */
+  isRebuilt(): Promise<boolean>;
+  /** Takes the right to rebuild for `ttlMs`: one replica at a time. A holder that has it takes it again. */
+  takeRebuild(holder: string, ttlMs: number): Promise<boolean>;
+  /** Holds it `ttlMs` longer; false when it lapsed. */
+  renewRebuild(holder: string, ttlMs: number): Promise<boolean>;
+  /** Gives it back (a rebuild that failed), if `holder` still has it. */
+  releaseRebuild(holder: string): Promise<void>;
+  /**
+   * Writes what a stretch of the topic says of the tenant's devices, in the topic's order: a device whose
+   * record VMS holds and the publisher does not know is added as seen in no cycle (`RESTORED_SEEN_AT`), so
+   * the tenant's next completed cycles tombstone it unless they list it; a device whose later record is a
+   * tombstone is taken out again, if this rebuild added it. A device the publisher knows keeps what it has
+   * (a batch published since the wipe). Nothing for a tenant deleted and not registered again (the
+   * deletion's marker, `DELETED_BEFORE_LUA`): its devices must not come back. Returns the devices added, less
+   * those taken out again; null for a deleted tenant.
+   */
+  restore(tenantId: string, devices: VmsKeyState[]): Promise<number | null>;
+  /** Sets the rebuild's marker and gives the right back; false, nothing set, when `holder` lost it meanwhile. */
+  markRebuilt(holder: string, at: Date): Promise<boolean>;
+}
+
+/** The cycle start a restored device counts as last seen in: before any cycle, so absent from every one. */
+export const RESTORED_SEEN_AT = 0;
+
+// KEYS[1] seen zset, KEYS[2] deletion marker, KEYS[3] the tenant's record; ARGV: deviceId, '1' (live) or '0'
+// (a tombstone), … Returns the devices added less those taken out, or -1 for a deleted tenant.
+const RESTORE = `${DELETED_BEFORE_LUA}
+if deletedBefore(KEYS[2], KEYS[3]) == math.huge then return -1 end
+local added = 0
+for i = 1, #ARGV, 2 do
+  local id = ARGV[i]
+  if ARGV[i + 1] == '1' then
+    added = added + redis.call('ZADD', KEYS[1], 'NX', '${RESTORED_SEEN_AT}', id)
+  elseif redis.call('ZSCORE', KEYS[1], id) == '${RESTORED_SEEN_AT}' then
+    added = added - redis.call('ZREM', KEYS[1], id)
+  end
+end
+return added`;
+
+// KEYS[1] rebuild lock, KEYS[2] marker; ARGV: holder, time.
+const MARK_REBUILT = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[1])
+return 1`;
+
+/** Devices written per call of RESTORE. */
+const RESTORE_SLICE = 1_000;
+
+/** The keys a rebuild reads and writes (`createPublishedStore`). */
+export interface RebuildKeys {
+  /** The marker: set once the rebuild is done (string, the time). */
+  rebuilt: string;
+  /** The right to rebuild (string, its holder; PX). */
+  lock: string;
+  /** Devices by the start of the newest cycle they were in (zset). */
+  seen: (tenantId: string) => string;
+  /** The deletion marker (hash, see `createTenantDeletions`). */
+  deleted: (tenantId: string) => string;
+  /** The tenant's record in the tenant store (read only: its revision). */
+  record: (tenantId: string) => string;
+}
+
+/** The published store's calls of a rebuild from `vms.risk-scores`, on its keys `keys`. */
+export function createPublishedRebuild(redis: Redis, keys: RebuildKeys): PublishedRebuild {
+  return {
+    async isRebuilt() {
+      return (await redis.exists(keys.rebuilt)) === 1;
+    },
+    takeRebuild(holder, ttlMs) {
+      return takeOwnedKey(redis, keys.lock, holder, ttlMs);
+    },
+    renewRebuild(holder, ttlMs) {
+      return renewOwnedKey(redis, keys.lock, holder, ttlMs);
+    },
+    async releaseRebuild(holder) {
+      await releaseOwnedKey(redis, keys.lock, holder);
+    },
+    async restore(tenantId, devices) {
+      let added = 0;
+      for (let first = 0; first < devices.length; first += RESTORE_SLICE) {
+        const slice = devices.slice(first, first + RESTORE_SLICE);
+        const result = Number(
+          await redis.eval(
+            RESTORE,
+            3,
+            keys.seen(tenantId),
+            keys.deleted(tenantId),
+            keys.record(tenantId),
+            ...slice.flatMap((device) => [device.deviceId, device.live ? '1' : '0']),
+          ),
+        );
+        if (result < 0) return null;
+        added += result;
+      }
+      return added;
+    },
+    async markRebuilt(holder, at) {
+      return (await redis.eval(MARK_REBUILT, 2, keys.lock, keys.rebuilt, holder, at.toISOString())) === 1;
+    },
+  };
+}
