@@ -25,7 +25,8 @@ interface VmsMessage {
  * The publisher's main against the real Kafka and Redis: a tenant deleted (a tombstone on `urs.tenants`,
  * as the registrar writes it) has its devices tombstoned on `vms.risk-scores` and its publisher state
  * forgotten; a batch of a cycle that started before the deletion is not published; the tenant registered
- * again publishes its new cycles.
+ * again publishes its new cycles. Its Redis wiped while it runs, it reads back from `vms.risk-scores` the
+ * devices VMS holds.
  */
 describe('publisher main: a deleted tenant', () => {
   const redis = createTestRedis(uniqueId('tenant-deletion'));
@@ -111,6 +112,7 @@ describe('publisher main: a deleted tenant', () => {
       URS_REDIS_PREFIX: redis.prefix,
       URS_METRICS_PORT: '0',
       URS_LOG_LEVEL: 'info',
+      URS_REBUILD_CHECK_MS: '500',
     });
     await waitFor(() => logged('started').length > 0, { timeoutMs: 60_000 });
 
@@ -241,4 +243,22 @@ describe('publisher main: a deleted tenant', () => {
         .sort(),
     ).toEqual([`${again}/a`, `${again}/c`]);
   }, 120_000);
+
+  it('should read back the devices VMS holds from vms.risk-scores when its Redis is wiped while it runs', async () => {
+    const wiped = 'tenant-wiped';
+    await sendBatch(scoreBatch('c1', Date.now() - 60_000, 0, [device('a', 10), device('b', 80)], 1, wiped));
+    await waitFor(() => summaries().some((summary) => summary.tenantId === wiped), { timeoutMs: 30_000 });
+    const rebuilds = (): Record<string, unknown>[] =>
+      logged('published devices rebuilt from vms.risk-scores');
+    const before = rebuilds().length;
+
+    await redis.cleanup();
+    await waitFor(() => rebuilds().length > before, { timeoutMs: 30_000 });
+    expect(await redis.client.zrange(`${redis.prefix}published-seen:${wiped}`, 0, -1, 'WITHSCORES')).toEqual([
+      'a',
+      '0',
+      'b',
+      '0',
+    ]);
+  }, 60_000);
 });
