@@ -2,7 +2,15 @@ import { randomUUID } from 'node:crypto';
 import type { Kafka } from 'kafkajs';
 import { lastOffsets, readTopicUpTo, topicOffsets } from '@urs/bus';
 import type { Logger } from '@urs/logging';
-import { errorCode, errorMessage, keepRenewing, retryThroughOutage, sleep, UrsError } from '@urs/resilience';
+import {
+  canRetry,
+  errorCode,
+  errorMessage,
+  keepRenewing,
+  retryThroughOutage,
+  sleep,
+  UrsError,
+} from '@urs/resilience';
 import type { PublishedRebuild, VmsKeyState } from '@urs/store';
 
 /** One record's key on `vms.risk-scores` (`{tenantId}/{deviceId}`) and whether it is a tombstone. */
@@ -145,7 +153,7 @@ export function createPublishedRebuilder(deps: PublishedRebuilderDeps): Publishe
     }
   }
 
-  async function ensure(signal?: AbortSignal): Promise<void> {
+  async function untilRebuilt(signal?: AbortSignal): Promise<void> {
     for (;;) {
       if (await deps.published.isRebuilt()) return;
       if (await deps.published.takeRebuild(holder, lockMs)) {
@@ -163,12 +171,29 @@ export function createPublishedRebuilder(deps: PublishedRebuilderDeps): Publishe
     }
   }
 
+  /**
+   * A rebuild that failed for good (Kafka refused the read) is handed on as retryable: the batch or deletion
+   * waiting on it is not at fault, and must wait for the next try rather than be dead-lettered.
+   */
+  async function ensure(signal?: AbortSignal): Promise<void> {
+    try {
+      await untilRebuilt(signal);
+    } catch (error) {
+      if (canRetry(error)) throw error;
+      throw new UrsError(
+        'REBUILD_FAILED',
+        `the published devices could not be rebuilt from vms.risk-scores: ${errorMessage(error)}`,
+        { canRetry: true, cause: error },
+      );
+    }
+  }
+
   return {
     ensure,
     async watch(intervalMs, signal) {
       while (!signal.aborted) {
         try {
-          await retryThroughOutage(() => ensure(signal), {
+          await retryThroughOutage(() => untilRebuilt(signal), {
             what: 'rebuilding the published devices from vms.risk-scores',
             log,
             signal,
