@@ -1,5 +1,5 @@
 import type Redis from 'ioredis';
-import { releaseOwnedKeyIn } from './owned-key';
+import { releaseOwnedKey, releaseOwnedKeyIn, renewOwnedKey, takeOwnedKeyIn } from './owned-key';
 import { owedSummary, summariesOwedKey, tenantLeaseKey, type TenantLease } from './published';
 import { commitIn, type DeviceScoreRef, type PublishOptions } from './published-devices';
 import { tenantStatusKey } from './tenants';
@@ -30,6 +30,9 @@ export interface CycleAbandonment {
   code: string;
   at: string;
 }
+
+/** What `CycleStore.claimBatch` found. */
+export type BatchClaimAnswer = 'claimed' | 'held' | 'enriched';
 
 /** One polling cycle of one tenant, as the poller began it and the publisher completes it. */
 export interface CycleState {
@@ -134,6 +137,29 @@ export interface CycleStore {
    * last recorded batch).
    */
   wasEnriched(tenantId: string, cycleId: string, batchIndex: number): Promise<boolean>;
+  /**
+   * Takes the claim on this batch of the cycle for `holder`, for `ttlMs` (a holder that dies lets it lapse),
+   * so that one vuln-fetcher at a time asks Defender for its devices: `claimed` (the holder holds it now; a
+   * holder that held it already takes it again), `held` (another holder's claim is live), or `enriched` (the
+   * batch was recorded as produced, read in the same step: nothing is to be done, and no claim is kept).
+   */
+  claimBatch(
+    tenantId: string,
+    cycleId: string,
+    batchIndex: number,
+    holder: string,
+    ttlMs: number,
+  ): Promise<BatchClaimAnswer>;
+  /** Extends `holder`'s claim on the batch by `ttlMs` from now; false when it lapsed (or another holds it). */
+  renewBatchClaim(
+    tenantId: string,
+    cycleId: string,
+    batchIndex: number,
+    holder: string,
+    ttlMs: number,
+  ): Promise<boolean>;
+  /** Gives `holder`'s claim on the batch back, if it still holds it. */
+  releaseBatchClaim(tenantId: string, cycleId: string, batchIndex: number, holder: string): Promise<void>;
   /** The devices the cycle's enriched batches sent as not in their export's snapshot, with their `firstSeen`. */
   notInSnapshot(tenantId: string, cycleId: string): Promise<[deviceId: string, firstSeen: string][]>;
   /**
@@ -250,7 +276,8 @@ function toState(
  * Keys: `{prefix}cycle:{tenantId}:{cycleId}` (hash), `{prefix}cycle-batches:{tenantId}:{cycleId}`
  * (hash batchIndex → stats JSON), `{prefix}cycle-lost:{tenantId}:{cycleId}` (hash batchIndex → devices,
  * '' when not known), `{prefix}cycle-enriched:{tenantId}:{cycleId}` (set of batch indexes),
- * `{prefix}cycle-not-in-snapshot:{tenantId}:{cycleId}` (hash deviceId → firstSeen)
+ * `{prefix}cycle-not-in-snapshot:{tenantId}:{cycleId}` (hash deviceId → firstSeen),
+ * `{prefix}cycle-batch-claim:{tenantId}:{cycleId}:{batchIndex}` (the holder of a batch being enriched)
  * and `{prefix}cycles-open` (zset of `tenantId/cycleId` by deadline, or by an abandoned cycle's earlier
  * close, or by the later close of a bulk cycle held open while its export is read). A claim also writes the published store's owed summaries (`summariesOwedKey`); `begin` reads the
  * tenant's status (`tenantStatusKey`) for its last listed device count.
@@ -268,6 +295,8 @@ export function createCycleStore(
     `${prefix}cycle-enriched:${tenantId}:${cycleId}`;
   const notInSnapshotKey = (tenantId: string, cycleId: string): string =>
     `${prefix}cycle-not-in-snapshot:${tenantId}:${cycleId}`;
+  const batchClaimKey = (tenantId: string, cycleId: string, batchIndex: number): string =>
+    `${prefix}cycle-batch-claim:${tenantId}:${cycleId}:${batchIndex}`;
   const openKey = `${prefix}cycles-open`;
   return {
     async begin(cycle) {
@@ -342,6 +371,24 @@ export function createCycleStore(
     },
     async wasEnriched(tenantId, cycleId, batchIndex) {
       return (await redis.sismember(enrichedKey(tenantId, cycleId), String(batchIndex))) === 1;
+    },
+    async claimBatch(tenantId, cycleId, batchIndex, holder, ttlMs) {
+      const claim = batchClaimKey(tenantId, cycleId, batchIndex);
+      const transaction = redis.multi().sismember(enrichedKey(tenantId, cycleId), String(batchIndex));
+      const results = await takeOwnedKeyIn(transaction, claim, holder, ttlMs).exec();
+      for (const [error] of results ?? []) if (error) throw error;
+      const enriched = results?.[0]?.[1] === 1;
+      const taken = results?.[1]?.[1] === 1;
+      if (!enriched) return taken ? 'claimed' : 'held';
+      // Taken in the same step as the record was read: given back, as there is nothing left to do.
+      if (taken) await releaseOwnedKey(redis, claim, holder);
+      return 'enriched';
+    },
+    renewBatchClaim(tenantId, cycleId, batchIndex, holder, ttlMs) {
+      return renewOwnedKey(redis, batchClaimKey(tenantId, cycleId, batchIndex), holder, ttlMs);
+    },
+    async releaseBatchClaim(tenantId, cycleId, batchIndex, holder) {
+      await releaseOwnedKey(redis, batchClaimKey(tenantId, cycleId, batchIndex), holder);
     },
     async notInSnapshot(tenantId, cycleId) {
       const devices = await redis.hgetall(notInSnapshotKey(tenantId, cycleId));

@@ -3,7 +3,7 @@ export type { RedisClientOptions } from './client';
 export { createTenantStore } from './tenants';
 export type { RegistrationRefusal, TenantStore, TenantStatus } from './tenants';
 export { createCycleStore } from './cycles';
-export type { CycleStore, CycleState, CycleAbandonment } from './cycles';
+export type { BatchClaimAnswer, CycleStore, CycleState, CycleAbandonment } from './cycles';
 export { lostBatchOf, recordLostBatches } from './lost-batches';
 export type { LostBatch } from './lost-batches';
 export { createScoreStore, scoreStoreFor } from './scores';

@@ -1,5 +1,5 @@
 import { createCycleStore, createPublishedStore, createTenantStore, recordLostBatches } from '@urs/store';
-import { testRedisPerTest } from '@urs/testkit';
+import { testRedisPerTest, waitFor } from '@urs/testkit';
 
 describe('createCycleStore', () => {
   const redis = testRedisPerTest();
@@ -67,6 +67,43 @@ describe('createCycleStore', () => {
     expect(await cycles.wasEnriched('acme', 'c1', 1)).toBe(false);
     expect(await cycles.wasEnriched('acme', 'c2', 0)).toBe(false);
     expect(await cycles.wasEnriched('other', 'c1', 0)).toBe(false);
+  });
+
+  it('claimBatch should give a batch to one holder at a time, until it is given back or lapses', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    expect(await cycles.claimBatch('acme', 'c1', 0, 'a', 60_000)).toBe('claimed');
+    expect(await cycles.claimBatch('acme', 'c1', 0, 'b', 60_000)).toBe('held');
+    // Its holder takes it again; other batches, cycles and tenants are claimed on their own.
+    expect(await cycles.claimBatch('acme', 'c1', 0, 'a', 60_000)).toBe('claimed');
+    expect(await cycles.claimBatch('acme', 'c1', 1, 'b', 60_000)).toBe('claimed');
+    expect(await cycles.claimBatch('acme', 'c2', 0, 'b', 60_000)).toBe('claimed');
+    expect(await cycles.claimBatch('other', 'c1', 0, 'b', 60_000)).toBe('claimed');
+    // Only its holder gives it back.
+    await cycles.releaseBatchClaim('acme', 'c1', 0, 'b');
+    expect(await cycles.claimBatch('acme', 'c1', 0, 'b', 60_000)).toBe('held');
+    await cycles.releaseBatchClaim('acme', 'c1', 0, 'a');
+    expect(await cycles.claimBatch('acme', 'c1', 0, 'b', 60_000)).toBe('claimed');
+    // A claim not renewed lapses and goes to the next holder, whose claim its first holder cannot renew.
+    expect(await cycles.claimBatch('acme', 'c3', 0, 'a', 50)).toBe('claimed');
+    await waitFor(async () => (await cycles.claimBatch('acme', 'c3', 0, 'b', 60_000)) === 'claimed');
+    expect(await cycles.renewBatchClaim('acme', 'c3', 0, 'a', 60_000)).toBe(false);
+    expect(await cycles.renewBatchClaim('acme', 'c3', 0, 'b', 60_000)).toBe(true);
+    expect(await redis.client.pttl(`${redis.prefix}cycle-batch-claim:acme:c3:0`)).toBeGreaterThan(50_000);
+  });
+
+  it('claimBatch should answer enriched, and leave no claim, for a batch recorded as enriched', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    expect(await cycles.claimBatch('acme', 'c1', 0, 'a', 60_000)).toBe('claimed');
+    await cycles.enriched('acme', 'c1', 0);
+    await cycles.releaseBatchClaim('acme', 'c1', 0, 'a');
+    expect(await cycles.claimBatch('acme', 'c1', 0, 'b', 60_000)).toBe('enriched');
+    // Recorded while another holder still held it (its release not yet done): enriched too.
+    expect(await cycles.claimBatch('acme', 'c1', 1, 'a', 60_000)).toBe('claimed');
+    await cycles.enriched('acme', 'c1', 1);
+    expect(await cycles.claimBatch('acme', 'c1', 1, 'b', 60_000)).toBe('enriched');
+    expect(await cycles.claimBatch('acme', 'c1', 1, 'a', 60_000)).toBe('enriched');
+    expect(await redis.client.exists(`${redis.prefix}cycle-batch-claim:acme:c1:0`)).toBe(0);
+    expect(await redis.client.exists(`${redis.prefix}cycle-batch-claim:acme:c1:1`)).toBe(0);
   });
 
   it('enriched should keep the devices each batch sent as not in its snapshot, with their firstSeen', async () => {
