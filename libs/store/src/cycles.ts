@@ -141,7 +141,8 @@ export interface CycleStore {
    * Takes the claim on this batch of the cycle for `holder`, for `ttlMs` (a holder that dies lets it lapse),
    * so that one vuln-fetcher at a time asks Defender for its devices: `claimed` (the holder holds it now; a
    * holder that held it already takes it again), `held` (another holder's claim is live), or `enriched` (the
-   * batch was recorded as produced, read in the same step: nothing is to be done, and no claim is kept).
+   * batch was recorded as produced, read right after the claim in the same round trip: nothing is to be
+   * done, and no claim is kept).
    */
   claimBatch(
     tenantId: string,
@@ -374,13 +375,16 @@ export function createCycleStore(
     },
     async claimBatch(tenantId, cycleId, batchIndex, holder, ttlMs) {
       const claim = batchClaimKey(tenantId, cycleId, batchIndex);
-      const transaction = redis.multi().sismember(enrichedKey(tenantId, cycleId), String(batchIndex));
-      const results = await takeOwnedKeyIn(transaction, claim, holder, ttlMs).exec();
+      // Taken, then the record read, in one round trip (a pipeline, so a write Redis refuses fails with its
+      // own reply, OOM or READONLY). A holder records the batch before it gives its claim back, so a claim
+      // taken after that finds the record, and one held finds it once the holder recorded it.
+      const pipeline = takeOwnedKeyIn(redis.pipeline(), claim, holder, ttlMs);
+      const results = await pipeline.sismember(enrichedKey(tenantId, cycleId), String(batchIndex)).exec();
       for (const [error] of results ?? []) if (error) throw error;
-      const enriched = results?.[0]?.[1] === 1;
-      const taken = results?.[1]?.[1] === 1;
+      const taken = results?.[0]?.[1] === 1;
+      const enriched = results?.[1]?.[1] === 1;
       if (!enriched) return taken ? 'claimed' : 'held';
-      // Taken in the same step as the record was read: given back, as there is nothing left to do.
+      // Nothing is left to do: a claim taken is given back at once.
       if (taken) await releaseOwnedKey(redis, claim, holder);
       return 'enriched';
     },

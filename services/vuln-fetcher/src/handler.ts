@@ -11,11 +11,12 @@ import { UrsError, errorCode, errorMessage } from '@urs/resilience';
 import { secretRecordUnreadable, type ReplicaKeyCheck } from '@urs/secrets';
 import type { BulkVulnerabilityCache, CycleStore, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
+import { createBatchClaims } from './batch-claim';
 import { createBulkEnrichment } from './bulk';
 import { readsExportLast } from './bulk-export';
 import { correctionHeader, createCorrectionWait, listedSince, notInSnapshot } from './corrections';
 import { missing, type Enrichment, type TenantEnrichment } from './enrichment';
-import { createBatchInterruptions } from './interruption';
+import { createBatchInterruptions, type BatchInterruption } from './interruption';
 import { createPerDeviceEnrichment } from './per-device';
 import {
   ReplicaSecretKeyError,
@@ -41,11 +42,22 @@ export interface EnrichHandlerDeps {
    * corrections wait for the earlier batches) with the devices they sent as not in the export's snapshot
    * (the cycle's own export may list them), and a bulk cycle held open while its export is read. Every
    * batch, of either mode, is recorded as enriched once it is produced, and a batch found recorded
-   * (`wasEnriched`) is not enriched again.
+   * (`wasEnriched`) is not enriched again. A batch is enriched under its claim (`claimBatch`, renewed while
+   * it runs, given back when it ends), so that two replicas given it at once (a rebalance while it runs) do
+   * not both ask Defender for its devices: the second waits, then skips it once the first sent it, or takes
+   * it over once the first gave the claim back unsent (stopped, failed) or let it lapse (died).
    */
   cycles: Pick<
     CycleStore,
-    'addCorrections' | 'enriched' | 'enrichedOrLostBatches' | 'wasEnriched' | 'notInSnapshot' | 'holdOpen'
+    | 'addCorrections'
+    | 'enriched'
+    | 'enrichedOrLostBatches'
+    | 'wasEnriched'
+    | 'notInSnapshot'
+    | 'holdOpen'
+    | 'claimBatch'
+    | 'renewBatchClaim'
+    | 'releaseBatchClaim'
   >;
   /**
    * Bulk cycles read their export last: a batch is enriched at once from the tenant's latest export, and
@@ -87,6 +99,10 @@ export interface EnrichHandlerDeps {
   bulkCycleMaxMs?: number;
   /** Pause between two looks at another replica's bulk export, in milliseconds. */
   bulkPollMs?: number;
+  /** How long a batch claim lasts unless renewed, in milliseconds. Default BATCH_CLAIM_MS (60000). */
+  batchClaimMs?: number;
+  /** Pause between two looks at a batch another replica holds, in milliseconds. Default 1000. */
+  batchClaimPollMs?: number;
   /**
    * How long a batch waits for its tenant's record to come back to Redis before it fails (TENANT_UNKNOWN, not
    * retryable: dead-lettered, never sent on without vulnerabilities), in milliseconds. Default 30000. After
@@ -172,6 +188,12 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     bulkPollMs: deps.bulkPollMs,
   });
   const readsLast = (batch: DeviceBatch): boolean => readsExportLast(deps.exportLast, batch);
+  const batchClaims = createBatchClaims({
+    cycles: deps.cycles,
+    claimMs: deps.batchClaimMs,
+    pollMs: deps.batchClaimPollMs,
+    renewEveryMs: HEARTBEAT_EVERY_MS,
+  });
   const interruption = createBatchInterruptions(deps.signal, deps.concurrency);
   /**
    * The cycles (`tenantId/cycleId`) a batch held for this replica's key was logged at error for: the bus
@@ -204,7 +226,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const cycle = bulk.cycleOf(batch);
     const done = (async () => {
       if (cycle) await bulk.afterPrevious(batch, cycle, deps.logger);
-      await handle(batch, heartbeat, interrupted.signal);
+      await handle(batch, heartbeat, interrupted);
     })();
     cycle?.running.add(done);
     try {
@@ -220,15 +242,34 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   async function handle(
     batch: DeviceBatch,
     heartbeat: () => Promise<void>,
-    signal: AbortSignal | undefined,
+    interruption: BatchInterruption,
   ): Promise<void> {
     const log = deps.logger.child({
       tenantId: batch.tenantId,
       cycleId: batch.cycleId,
       batchIndex: batch.batchIndex,
     });
-    const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
     if (await producedBefore(batch, log)) return;
+    // The batch another replica (or another delivery of it here) works on is waited for, not asked for twice.
+    const claim = await batchClaims.take(batch, heartbeat, log, interruption);
+    if (claim === null) return skipRedelivered(batch, log);
+    try {
+      await enrichClaimed(batch, heartbeat, log, interruption.signal);
+    } catch (error) {
+      throw claim.failure(error);
+    } finally {
+      await claim.release();
+    }
+  }
+
+  /** Enriches and sends the batch, this replica holding its claim. */
+  async function enrichClaimed(
+    batch: DeviceBatch,
+    heartbeat: () => Promise<void>,
+    log: Logger,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
     let enrichment: Enrichment;
     const remembered = tenant.failureOf(cycleKey);
     const lookup = remembered ? null : await tenant.record(batch, cycleKey, log, signal);
@@ -370,11 +411,16 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
    */
   async function producedBefore(batch: DeviceBatch, log: Logger): Promise<boolean> {
     if (!(await deps.cycles.wasEnriched(batch.tenantId, batch.cycleId, batch.batchIndex))) return false;
+    skipRedelivered(batch, log);
+    return true;
+  }
+
+  /** Counts and logs a batch not enriched again, its enriched batch produced already. */
+  function skipRedelivered(batch: DeviceBatch, log: Logger): void {
     redelivered.inc({ mode: batch.vulnerabilityMode });
     log.info('batch delivered again after it was enriched and sent: not enriched again', {
       devices: batch.devices.length,
       mode: batch.vulnerabilityMode,
     });
-    return true;
   }
 }

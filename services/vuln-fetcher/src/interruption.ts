@@ -9,6 +9,11 @@ export interface Interruption {
   release: () => void;
 }
 
+/** A batch's interruption, which the handler may also abort itself (its claim on the batch was lost). */
+export interface BatchInterruption extends Interruption {
+  abort: () => void;
+}
+
 /**
  * A signal aborted once any of `signals` is (at once when one already is), and `release` to stop following
  * them. Not AbortSignal.any: Node keeps every signal made from a long-lived one, such as the process's stop
@@ -46,7 +51,7 @@ export function anyAborted(signals: (AbortSignal | undefined)[]): Interruption {
 export function createBatchInterruptions(
   stop: AbortSignal | undefined,
   callsPerBatch: number,
-): (own: AbortSignal | undefined) => Interruption {
+): (own: AbortSignal | undefined) => BatchInterruption {
   const maxListeners = Math.max(defaultMaxListeners, callsPerBatch + 1);
   const running = new Set<AbortController>();
   const stopAll = (): void => {
@@ -58,13 +63,14 @@ export function createBatchInterruptions(
     const abort = (): void => batch.abort();
     if (stop?.aborted || own?.aborted) {
       abort();
-      return { signal: batch.signal, release: () => undefined };
+      return { signal: batch.signal, abort, release: () => undefined };
     }
     if (running.size === 0) stop?.addEventListener('abort', stopAll, { once: true });
     running.add(batch);
     own?.addEventListener('abort', abort, { once: true });
     return {
       signal: batch.signal,
+      abort,
       release: () => {
         own?.removeEventListener('abort', abort);
         if (running.delete(batch) && running.size === 0) stop?.removeEventListener('abort', stopAll);

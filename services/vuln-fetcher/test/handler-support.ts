@@ -131,6 +131,10 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
       wasEnriched: async () => false,
       notInSnapshot: async () => [],
       holdOpen: async () => false,
+      // Batches claimed as two replicas share them are tested against Redis (batch-claim.int.test.ts).
+      claimBatch: async () => 'claimed',
+      renewBatchClaim: async () => true,
+      releaseBatchClaim: async () => undefined,
     },
     publisher,
     topic: 'urs.devices-enriched',

@@ -22,6 +22,10 @@ function memoryCycles(): EnrichHandlerDeps['cycles'] {
     wasEnriched: async (tenantId, cycleId, batchIndex) => enriched.has(key(tenantId, cycleId, batchIndex)),
     notInSnapshot: async () => [],
     holdOpen: async () => false,
+    claimBatch: async (tenantId, cycleId, batchIndex) =>
+      enriched.has(key(tenantId, cycleId, batchIndex)) ? 'enriched' : 'claimed',
+    renewBatchClaim: async () => true,
+    releaseBatchClaim: async () => undefined,
   };
 }
 

@@ -17,7 +17,7 @@ import {
 } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { freePort, inboundMessage, startRedis, stopRedis, tenantRecord } from '@urs/testkit';
-import { createEnrichHandler } from '../src/handler';
+import { createEnrichHandler, type EnrichHandlerDeps } from '../src/handler';
 import { createDefenderSources, type SourceProvider } from '../src/sources';
 import { capturingPublisher } from './handler-support';
 
@@ -63,7 +63,7 @@ describe('createEnrichHandler with its Redis out of memory', () => {
     if (server) await stopRedis(server);
   });
 
-  it('should fail the batch with the limiter’s OOM reply, an infrastructure fault, and send nothing', async () => {
+  it('should fail the batch with the limiter’s OOM reply, or its claim’s, an infrastructure fault, and send nothing', async () => {
     const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
     const record = tenantRecord('oom-tenant');
     const tenants = createTenantStore(redis, 'oom:');
@@ -82,18 +82,27 @@ describe('createEnrichHandler with its Redis out of memory', () => {
       requestTimeoutMs: 5_000,
     });
     const { sent, publisher } = capturingPublisher();
-    const handler = createEnrichHandler({
-      tenants,
-      sources,
-      bulkCache: createBulkVulnerabilityCache(redis, 'oom:', 60_000),
-      cycles: createCycleStore(redis, 'oom:'),
-      publisher,
-      topic: 'urs.devices-enriched',
-      logger: silentLogger,
-      metrics: new Registry({ processMetrics: false }),
-      concurrency: 2,
-      bulkWaitMs: 1_000,
-      bulkClaimMs: 1_000,
+    const cycles = createCycleStore(redis, 'oom:');
+    const handlerOver = (store: EnrichHandlerDeps['cycles']) =>
+      createEnrichHandler({
+        tenants,
+        sources,
+        bulkCache: createBulkVulnerabilityCache(redis, 'oom:', 60_000),
+        cycles: store,
+        publisher,
+        topic: 'urs.devices-enriched',
+        logger: silentLogger,
+        metrics: new Registry({ processMetrics: false }),
+        concurrency: 2,
+        bulkWaitMs: 1_000,
+        bulkClaimMs: 1_000,
+      });
+    // The batch's claim (its first write) left out at first: the limiter's reply is what is looked at.
+    const handler = handlerOver({
+      ...cycles,
+      claimBatch: async () => 'claimed',
+      renewBatchClaim: async () => true,
+      releaseBatchClaim: async () => undefined,
     });
     const ids = sim.machines(AZURE_TENANT).map((machine) => machine.id);
     const batch = (cycleId: string): DeviceBatch => ({
@@ -136,5 +145,21 @@ describe('createEnrichHandler with its Redis out of memory', () => {
     await handler(message(batch('cycle-2')));
     expect(sent).toHaveLength(2);
     expect(sent[1]?.devices.every((device) => device.vulnerabilities !== null)).toBe(true);
+
+    // The batch's claim refused the same way: the batch fails with the OOM reply, and is held.
+    const claiming = handlerOver(cycles);
+    await admin.config('SET', 'maxmemory', '1');
+    error = undefined;
+    try {
+      await claiming(message(batch('cycle-3')));
+    } catch (thrown) {
+      error = thrown;
+    }
+    expect(error).toMatchObject({ name: 'ReplyError', message: expect.stringMatching(/^OOM /) });
+    expect(isInfrastructureFault(error)).toBe(true);
+    expect(sent).toHaveLength(2);
+    await admin.config('SET', 'maxmemory', '0');
+    await claiming(message(batch('cycle-3')));
+    expect(sent).toHaveLength(3);
   });
 });
