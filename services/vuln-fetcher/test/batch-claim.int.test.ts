@@ -1,5 +1,5 @@
 import type { DeviceBatch } from '@urs/contracts';
-import { createCycleStore, type CycleStore } from '@urs/store';
+import { createBulkVulnerabilityCache, createCycleStore, type CycleStore } from '@urs/store';
 import { capturingLogger, inboundMessage, testRedisPerTest, waitFor, type LogLine } from '@urs/testkit';
 import type { EnrichHandlerDeps } from '../src/handler';
 import type { VulnerabilityLike } from '../src/summarise';
@@ -87,6 +87,42 @@ describe('createEnrichHandler on a batch two replicas are given at once', () => 
     await Promise.all([first.handler(message(batch())), second.handler(message(batch()))]);
     expect(asked.sort()).toEqual(['d1', 'd2', 'd3']);
     expect([...first.sent, ...second.sent]).toHaveLength(1);
+  });
+
+  it("should read a bulk cycle's export once, each batch sent once, with a batch given to both replicas", async () => {
+    const store = watchedCycles(createCycleStore(redis.client, redis.prefix));
+    const bulkCache = createBulkVulnerabilityCache(redis.client, redis.prefix);
+    let exports = 0;
+    // The export is read once the other replica waits for the batch held by the reading one.
+    const source = {
+      bulkVulnerabilities: async (onRow: (deviceId: string, vulnerability: VulnerabilityLike) => void) => {
+        exports += 1;
+        await waitFor(() => store.held() >= 2, { intervalMs: 10 });
+        for (const id of ['d1', 'd2', 'd3', 'd4']) onRow(id, cve('CVE-9', 9.9));
+      },
+    };
+    const first = replica(source, store.cycles, { bulkCache });
+    const second = replica(source, store.cycles, { bulkCache });
+    const bulk = (batchIndex: number, ids: string[]): DeviceBatch =>
+      batch({
+        vulnerabilityMode: 'bulk',
+        batchIndex,
+        lastBatch: batchIndex === 1,
+        totalBatches: 2,
+        totalDevices: 4,
+        devices: ids.map((id) => ({ id })),
+      });
+    await Promise.all([
+      first.handler(message(bulk(0, ['d1', 'd2']))),
+      second.handler(message(bulk(0, ['d1', 'd2']))),
+      second.handler(message(bulk(1, ['d3', 'd4']))),
+    ]);
+    expect(exports).toBe(1);
+    const sent = [...first.sent, ...second.sent];
+    expect(sent.map((enriched) => enriched.batchIndex).sort()).toEqual([0, 1]);
+    expect(
+      sent.every((enriched) => enriched.devices.every((device) => device.vulnerabilities !== null)),
+    ).toBe(true);
   });
 
   it('should take over a batch whose holder was stopped mid-batch, and send it once', async () => {
