@@ -65,7 +65,8 @@ export interface TopicSubscription<K extends ContractId> {
    * Runs once each dead letter of this topic is written (again for one found written before: it must be
    * idempotent), so that what the message stood for is recorded as never coming. A Redis or Kafka fault
    * holds the message and tries it again in place (never the handler: the letter is written); a stop
-   * meanwhile leaves the message unsettled, and its next delivery finds the letter and runs this again.
+   * meanwhile leaves the message unsettled, and its next delivery is handled as any other (should it fail
+   * again, its letter is found written and this runs again).
    */
   deadLettering?: (message: DeadLetteringMessage) => Promise<void>;
 }
@@ -290,9 +291,9 @@ export function createMessageProcessor(
   /**
    * Runs the topic's `deadLettering` once the message's letter is written (now or before), tried again in
    * place while Redis or Kafka fail it, the message held (as on such a fault in its handler) until it
-   * succeeds or the work stops (false: the message is not settled, and the next delivery finds its letter
-   * written and runs this again). Never the handler again: the message's letter is on the topic. A failure
-   * that waiting does not mend is logged and let go: the letter is what must not be lost.
+   * succeeds or the work stops (false: the message is not settled, and its next delivery is handled again).
+   * Never the handler again here: the message's letter is on the topic. A failure that waiting does not mend
+   * is logged and let go: the letter is what must not be lost.
    */
   async function afterDeadLetter(work: MessageWork, payload: unknown, code: string): Promise<boolean> {
     const deadLettering = options.subscriptions.get(work.topic)?.deadLettering;

@@ -132,12 +132,6 @@ export interface CycleStore {
     notInSnapshot?: [deviceId: string, firstSeen: string][],
   ): Promise<void>;
   /**
-   * Whether the vuln-fetcher recorded this batch of the cycle as produced (`enriched`): a batch delivered
-   * again after that is not enriched again. False once the record expired (`retentionMs` after the cycle's
-   * last recorded batch).
-   */
-  wasEnriched(tenantId: string, cycleId: string, batchIndex: number): Promise<boolean>;
-  /**
    * Takes the claim on this batch of the cycle for `holder`, for `ttlMs` (a holder that dies lets it lapse),
    * so that one vuln-fetcher at a time asks Defender for its devices: `claimed` (the holder holds it now; a
    * holder that held it already takes it again), `held` (another holder's claim is live), or `enriched` (the
@@ -369,9 +363,6 @@ export function createCycleStore(
         step.hset(devices, ...notInSnapshot.flat()).pexpire(devices, retentionMs);
       }
       await step.exec();
-    },
-    async wasEnriched(tenantId, cycleId, batchIndex) {
-      return (await redis.sismember(enrichedKey(tenantId, cycleId), String(batchIndex))) === 1;
     },
     async claimBatch(tenantId, cycleId, batchIndex, holder, ttlMs) {
       const claim = batchClaimKey(tenantId, cycleId, batchIndex);

@@ -58,15 +58,16 @@ describe('createCycleStore', () => {
     expect(await redis.client.pttl(`${redis.prefix}cycle-enriched:acme:c1`)).toBeGreaterThan(0);
   });
 
-  it('wasEnriched should answer true only for a batch recorded as enriched, of its own cycle', async () => {
+  it('claimBatch should answer enriched only for a batch recorded as enriched, of its own cycle', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
-    expect(await cycles.wasEnriched('acme', 'c1', 0)).toBe(false);
+    const claim = (tenantId: string, cycleId: string, batchIndex: number) =>
+      cycles.claimBatch(tenantId, cycleId, batchIndex, 'h1', 60_000);
     await cycles.enriched('acme', 'c1', 0);
     await cycles.enriched('acme', 'c2', 1);
-    expect(await cycles.wasEnriched('acme', 'c1', 0)).toBe(true);
-    expect(await cycles.wasEnriched('acme', 'c1', 1)).toBe(false);
-    expect(await cycles.wasEnriched('acme', 'c2', 0)).toBe(false);
-    expect(await cycles.wasEnriched('other', 'c1', 0)).toBe(false);
+    expect(await claim('acme', 'c1', 0)).toBe('enriched');
+    expect(await claim('acme', 'c1', 1)).toBe('claimed');
+    expect(await claim('acme', 'c2', 0)).toBe('claimed');
+    expect(await claim('other', 'c1', 0)).toBe('claimed');
   });
 
   it('claimBatch should give a batch to one holder at a time, until it is given back or lapses', async () => {

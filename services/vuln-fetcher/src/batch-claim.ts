@@ -117,21 +117,22 @@ export function createBatchClaims(deps: BatchClaimDeps): BatchClaims {
   function held(batch: DeviceBatch, key: string, log: Logger, interruption: BatchInterruption): BatchClaim {
     let lost = false;
     const { tenantId, cycleId, batchIndex } = batch;
-    // Renewed with the heartbeat, so the claim outlasts a batch waiting minutes on its tenant's quota.
-    const stopRenewing = keepRenewing(
-      () => deps.cycles.renewBatchClaim(tenantId, cycleId, batchIndex, holder, claimMs),
-      renewEveryMs,
-      {
-        onLost: () => {
-          if (lost) return;
-          lost = true;
-          log.warn('batch claim lapsed and was taken by another replica: batch given up here', { claimMs });
-          interruption.abort();
-        },
-        // At debug: Redis away fails every batch's calls too, and the bus warns of the batches it holds.
-        onError: (error) => log.debug('batch claim not renewed', { reason: errorMessage(error) }),
+    // Renewed as often as the heartbeat, so the claim outlasts a batch waiting minutes on its tenant's quota. A
+    // claim Redis no longer has (a wipe, a failover to an empty replica) is taken again: only one another
+    // replica holds is lost.
+    const renew = async (): Promise<boolean> =>
+      (await deps.cycles.renewBatchClaim(tenantId, cycleId, batchIndex, holder, claimMs)) ||
+      (await deps.cycles.claimBatch(tenantId, cycleId, batchIndex, holder, claimMs)) === 'claimed';
+    const stopRenewing = keepRenewing(renew, renewEveryMs, {
+      onLost: () => {
+        if (lost) return;
+        lost = true;
+        log.warn('batch claim lapsed and was taken by another replica: batch given up here', { claimMs });
+        interruption.abort();
       },
-    );
+      // At debug: Redis away fails every batch's calls too, and the bus warns of the batches it holds.
+      onError: (error) => log.debug('batch claim not renewed', { reason: errorMessage(error) }),
+    });
     return {
       failure: (error) =>
         lost

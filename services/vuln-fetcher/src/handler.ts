@@ -41,8 +41,8 @@ export interface EnrichHandlerDeps {
    * Where a bulk cycle's correction batches are added to its total, and its enriched batches counted (the
    * corrections wait for the earlier batches) with the devices they sent as not in the export's snapshot
    * (the cycle's own export may list them), and a bulk cycle held open while its export is read. Every
-   * batch, of either mode, is recorded as enriched once it is produced, and a batch found recorded
-   * (`wasEnriched`) is not enriched again. A batch is enriched under its claim (`claimBatch`, renewed while
+   * batch, of either mode, is recorded as enriched once it is produced, and a batch found recorded (as its
+   * claim is asked for) is not enriched again. A batch is enriched under its claim (`claimBatch`, renewed while
    * it runs, given back when it ends), so that two replicas given it at once (a rebalance while it runs) do
    * not both ask Defender for its devices: the second waits, then skips it once the first sent it, or takes
    * it over once the first gave the claim back unsent (stopped, failed) or let it lapse (died).
@@ -52,7 +52,6 @@ export interface EnrichHandlerDeps {
     | 'addCorrections'
     | 'enriched'
     | 'enrichedOrLostBatches'
-    | 'wasEnriched'
     | 'notInSnapshot'
     | 'holdOpen'
     | 'claimBatch'
@@ -249,8 +248,11 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       cycleId: batch.cycleId,
       batchIndex: batch.batchIndex,
     });
-    if (await producedBefore(batch, log)) return;
-    // The batch another replica (or another delivery of it here) works on is waited for, not asked for twice.
+    // A batch whose enriched batch was produced already (a vuln-fetcher stopped between producing it and
+    // committing its offset, a rebalance, a group that forgot its member) is not enriched again: that would
+    // spend the tenant's Defender quota (50 calls a minute, 1,500 an hour) on up to 500 devices and send the
+    // scorer a duplicate. One another replica (or another delivery of it here) works on is waited for, not
+    // asked for twice. A Redis fault asking fails the batch, and the bus holds it: never dropped.
     const claim = await batchClaims.take(batch, heartbeat, log, interruption);
     if (claim === null) return skipRedelivered(batch, log);
     try {
@@ -281,13 +283,14 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       // published, the devices' scores would drop below their last ones over VMS, and the cycle's summary
       // would say `complete`, for a fault of ours (or a tenant deleted since). The summary contract has no
       // reason field; its way to say "not complete" is `partial`, with the devices never scored counted as
-      // `failed`: the publisher closes the cycle so at its deadline, and VMS keeps the devices' last scores.
+      // `failed`: the batch dead-lettered is recorded lost, the publisher closes the cycle so once its other
+      // batches are scored, and VMS keeps the devices' last scores.
       const error = new UrsError(
         'TENANT_UNKNOWN',
         `no record of tenant ${batch.tenantId} in Redis after ${lookup?.waitedMs ?? 0} ms: ` +
           'deleted during the cycle, or Redis lost its data and the registrar has not rebuilt it from ' +
           'urs.tenants (is the registrar running? its log says when the rebuild ends); the batch is not ' +
-          'enriched, and its cycle is closed as partial at its deadline',
+          'enriched, and its cycle is closed as partial once its other batches are scored',
         { canRetry: false, details: { waitedMs: lookup?.waitedMs ?? 0 } },
       );
       log.warn('tenant record still missing: batch dead-lettered, not sent on without vulnerabilities', {
@@ -401,18 +404,6 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     batches.inc({ mode: batch.vulnerabilityMode });
     const failed = enrichment.devices.filter((device) => device.vulnerabilities === null).length;
     log.info('batch enriched', { devices: enrichment.devices.length, failed, mode: batch.vulnerabilityMode });
-  }
-
-  /**
-   * Whether the batch's enriched batch was produced already (a vuln-fetcher stopped between producing it and
-   * committing its offset, a rebalance, a group that forgot its member): then it is not enriched again, which
-   * would spend the tenant's Defender quota (50 calls a minute, 1,500 an hour) on up to 500 devices and send
-   * the scorer a duplicate. A Redis fault asking fails the batch, and the bus holds it: never dropped.
-   */
-  async function producedBefore(batch: DeviceBatch, log: Logger): Promise<boolean> {
-    if (!(await deps.cycles.wasEnriched(batch.tenantId, batch.cycleId, batch.batchIndex))) return false;
-    skipRedelivered(batch, log);
-    return true;
   }
 
   /** Counts and logs a batch not enriched again, its enriched batch produced already. */

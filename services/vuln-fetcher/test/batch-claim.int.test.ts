@@ -208,6 +208,23 @@ describe('createEnrichHandler on a batch two replicas are given at once', () => 
     expect(await redis.client.get(claimKey)).toBe('replica-other');
   });
 
+  it('should take its claim again and finish the batch when Redis lost the claim, nobody else holding it', async () => {
+    const store = watchedCycles(createCycleStore(redis.client, redis.prefix));
+    const asked: string[] = [];
+    const claimKey = `${redis.prefix}cycle-batch-claim:t1:c1:0`;
+    let dropped = false;
+    // Answered once the claim was gone from Redis (a wipe) and renewed after it.
+    const source = slowSource(asked, () => dropped && store.renewed() >= 2);
+    const { handler, sent } = replica(source, store.cycles, { batchClaimMs: 300 });
+    const run = handler(message(batch()));
+    await waitFor(() => asked.length > 0);
+    await redis.client.del(claimKey);
+    dropped = true;
+    await run;
+    expect(asked.sort()).toEqual(['d1', 'd2', 'd3']);
+    expect(sent).toHaveLength(1);
+  });
+
   it('should not wait out another live holder when it stops', async () => {
     const store = watchedCycles(createCycleStore(redis.client, redis.prefix));
     expect(await store.cycles.claimBatch('t1', 'c1', 0, 'replica-alive', 60_000)).toBe('claimed');

@@ -128,7 +128,6 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
       addCorrections: async () => undefined,
       enriched: async () => undefined,
       enrichedOrLostBatches: async () => 0,
-      wasEnriched: async () => false,
       notInSnapshot: async () => [],
       holdOpen: async () => false,
       // Batches claimed as two replicas share them are tested against Redis (batch-claim.int.test.ts).

@@ -19,7 +19,6 @@ function memoryCycles(): EnrichHandlerDeps['cycles'] {
     addCorrections: async () => undefined,
     enriched: async (tenantId, cycleId, batchIndex) => void enriched.add(key(tenantId, cycleId, batchIndex)),
     enrichedOrLostBatches: async () => enriched.size,
-    wasEnriched: async (tenantId, cycleId, batchIndex) => enriched.has(key(tenantId, cycleId, batchIndex)),
     notInSnapshot: async () => [],
     holdOpen: async () => false,
     claimBatch: async (tenantId, cycleId, batchIndex) =>
@@ -149,7 +148,7 @@ describe('createEnrichHandler on a batch delivered again', () => {
       {
         cycles: {
           ...memoryCycles(),
-          wasEnriched: async () => {
+          claimBatch: async () => {
             throw error;
           },
         },
