@@ -26,7 +26,8 @@ export function lastOffsets(offsets: readonly PartitionOffsetRange[]): Map<numbe
  * saying why: it would read nothing more, and waiting out `timeoutMs` would only hide the reason. Retryable
  * when what stopped it heals by waiting (crashHeals: a broker away or restarting, no group coordinator yet,
  * a rebalance; KafkaJS stops a consumer for many of these for good), so the read is tried again; not when
- * it does not (an authorisation or a configuration refused).
+ * it does not (an authorisation or a configuration refused). A failed `onBatch` fails the read with its error,
+ * and so does `signal` aborting (with its reason): the consumer is stopped and its group deleted either way.
  */
 export async function readTopicUpTo(
   kafka: Kafka,
@@ -35,8 +36,10 @@ export async function readTopicUpTo(
   groupPrefix: string,
   timeoutMs: number,
   onBatch: (messages: KafkaMessage[]) => void | Promise<void>,
+  signal?: AbortSignal,
 ): Promise<void> {
   if (targets.size === 0) return;
+  signal?.throwIfAborted();
   const pending = new Set(targets.keys());
   const admin = kafka.admin();
   await admin.connect();
@@ -70,7 +73,12 @@ export async function readTopicUpTo(
         eachBatch: async ({ batch }) => {
           const target = targets.get(batch.partition);
           if (target === undefined || !pending.has(batch.partition)) return;
-          await onBatch(batch.messages.filter((message) => BigInt(message.offset) <= target));
+          try {
+            await onBatch(batch.messages.filter((message) => BigInt(message.offset) <= target));
+          } catch (error) {
+            stop(error instanceof Error ? error : new Error(errorMessage(error)));
+            return;
+          }
           if (BigInt(batch.lastOffset()) >= target) {
             pending.delete(batch.partition);
             if (pending.size === 0) done();
@@ -78,9 +86,14 @@ export async function readTopicUpTo(
         },
       });
       const timer = new AbortController();
+      const aborted = new Promise<unknown>((resolve) => {
+        if (signal?.aborted) return resolve(signal.reason);
+        signal?.addEventListener('abort', () => resolve(signal.reason), { once: true, signal: timer.signal });
+      });
       const failure = await Promise.race([
         finished.then(() => undefined),
         stopped,
+        aborted,
         sleep(timeoutMs, timer.signal).then(
           () => new Error(`reading ${topic} did not reach its end within ${timeoutMs} ms`),
         ),

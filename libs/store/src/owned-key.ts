@@ -6,6 +6,13 @@ import type { ChainableCommander, default as Redis } from 'ioredis';
  * was taken by another never touches the other's.
  */
 
+/**
+ * Lua: `owned(key, token)`, whether `key` holds `token`; for a script that writes only while its caller
+ * still owns a key (`if not owned(KEYS[1], ARGV[1]) then return 0 end`).
+ */
+export const OWNED_LUA = `
+local function owned(key, token) return redis.call('GET', key) == token end`;
+
 // KEYS[1] the key; ARGV: token, ttl ms. A holder that has the key already takes it again.
 const TAKE_UNLESS_HELD = `
 local holder = redis.call('GET', KEYS[1])
@@ -14,14 +21,14 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1`;
 
 // KEYS[1] the key; ARGV: token, ttl ms.
-const RENEW_IF_OWNED = `
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+const RENEW_IF_OWNED = `${OWNED_LUA}
+if not owned(KEYS[1], ARGV[1]) then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1`;
 
 // KEYS[1] the key; ARGV: token.
-const DELETE_IF_OWNED = `
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+const DELETE_IF_OWNED = `${OWNED_LUA}
+if not owned(KEYS[1], ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
 return 1`;
 

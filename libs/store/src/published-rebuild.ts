@@ -1,5 +1,6 @@
 import type { default as Redis } from 'ioredis';
-import { releaseOwnedKey, renewOwnedKey, takeOwnedKey } from './owned-key';
+import { UrsError } from '@urs/resilience';
+import { OWNED_LUA, releaseOwnedKey, renewOwnedKey, takeOwnedKey } from './owned-key';
 import { DELETED_BEFORE_LUA } from './tenant-deletion';
 
 /** What the last record of a device on `vms.risk-scores` says: held by VMS (`live`), or a tombstone. */
@@ -15,12 +16,15 @@ export interface VmsKeyState {
 export interface PublishedRebuild {
   /** Whether the record was rebuilt from `vms.risk-scores` since Redis last came up without it. */
   isRebuilt(): Promise<boolean>;
-  /** Takes the right to rebuild for `ttlMs`: one replica at a time. A holder that has it takes it again. */
-  takeRebuild(holder: string, ttlMs: number): Promise<boolean>;
-  /** Holds it `ttlMs` longer; false when it lapsed. */
-  renewRebuild(holder: string, ttlMs: number): Promise<boolean>;
-  /** Gives it back (a rebuild that failed), if `holder` still has it. */
-  releaseRebuild(holder: string): Promise<void>;
+  /**
+   * Takes the right to rebuild for `ttlMs` for one rebuild, `token` (new for each): one rebuild at a time.
+   * The token that has it takes it again.
+   */
+  takeRebuild(token: string, ttlMs: number): Promise<boolean>;
+  /** Holds it `ttlMs` longer; false when it lapsed (or another rebuild has it). */
+  renewRebuild(token: string, ttlMs: number): Promise<boolean>;
+  /** Gives it back (a rebuild that failed or stopped), if `token` still has it. */
+  releaseRebuild(token: string): Promise<void>;
   /**
    * Writes what a stretch of the topic says of the tenant's devices, in the topic's order: a device whose
    * record VMS holds and the publisher does not know is added as seen in no cycle (`RESTORED_SEEN_AT`), so
@@ -28,22 +32,26 @@ export interface PublishedRebuild {
    * tombstone is taken out again, if this rebuild added it. A device the publisher knows keeps what it has
    * (a batch published since the wipe). Nothing for a tenant deleted and not registered again (the
    * deletion's marker, `DELETED_BEFORE_LUA`): its devices must not come back. Returns the devices added, less
-   * those taken out again; null for a deleted tenant.
+   * those taken out again; null for a deleted tenant. Writes only while `token` has the right to rebuild:
+   * rejects with `REBUILD_LOST`, nothing written, once it lapsed (Redis wiped again, another rebuild took
+   * over), so a rebuild that lost it never writes beside the next.
    */
-  restore(tenantId: string, devices: VmsKeyState[]): Promise<number | null>;
-  /** Sets the rebuild's marker and gives the right back; false, nothing set, when `holder` lost it meanwhile. */
-  markRebuilt(holder: string, at: Date): Promise<boolean>;
+  restore(token: string, tenantId: string, devices: VmsKeyState[]): Promise<number | null>;
+  /** Sets the rebuild's marker and gives the right back; false, nothing set, when `token` lost it meanwhile. */
+  markRebuilt(token: string, at: Date): Promise<boolean>;
 }
 
 /** The cycle start a restored device counts as last seen in: before any cycle, so absent from every one. */
 export const RESTORED_SEEN_AT = 0;
 
-// KEYS[1] seen zset, KEYS[2] deletion marker, KEYS[3] the tenant's record; ARGV: deviceId, '1' (live) or '0'
-// (a tombstone), … Returns the devices added less those taken out, or -1 for a deleted tenant.
-const RESTORE = `${DELETED_BEFORE_LUA}
+// KEYS[1] seen zset, KEYS[2] deletion marker, KEYS[3] the tenant's record, KEYS[4] rebuild lock; ARGV: the
+// rebuild's token, then deviceId, '1' (live) or '0' (a tombstone), … Returns the devices added less those
+// taken out, -1 for a deleted tenant, -2 when the token no longer holds the lock.
+const RESTORE = `${DELETED_BEFORE_LUA}${OWNED_LUA}
+if not owned(KEYS[4], ARGV[1]) then return -2 end
 if deletedBefore(KEYS[2], KEYS[3]) == math.huge then return -1 end
 local added = 0
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local id = ARGV[i]
   if ARGV[i + 1] == '1' then
     added = added + redis.call('ZADD', KEYS[1], 'NX', '${RESTORED_SEEN_AT}', id)
@@ -53,9 +61,9 @@ for i = 1, #ARGV, 2 do
 end
 return added`;
 
-// KEYS[1] rebuild lock, KEYS[2] marker; ARGV: holder, time.
-const MARK_REBUILT = `
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+// KEYS[1] rebuild lock, KEYS[2] marker; ARGV: token, time.
+const MARK_REBUILT = `${OWNED_LUA}
+if not owned(KEYS[1], ARGV[1]) then return 0 end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('DEL', KEYS[1])
 return 1`;
@@ -67,7 +75,7 @@ const RESTORE_SLICE = 1_000;
 export interface RebuildKeys {
   /** The marker: set once the rebuild is done (string, the time). */
   rebuilt: string;
-  /** The right to rebuild (string, its holder; PX). */
+  /** The right to rebuild (string, the token of the rebuild that has it; PX). */
   lock: string;
   /** Devices by the start of the newest cycle they were in (zset). */
   seen: (tenantId: string) => string;
@@ -83,36 +91,46 @@ export function createPublishedRebuild(redis: Redis, keys: RebuildKeys): Publish
     async isRebuilt() {
       return (await redis.exists(keys.rebuilt)) === 1;
     },
-    takeRebuild(holder, ttlMs) {
-      return takeOwnedKey(redis, keys.lock, holder, ttlMs);
+    takeRebuild(token, ttlMs) {
+      return takeOwnedKey(redis, keys.lock, token, ttlMs);
     },
-    renewRebuild(holder, ttlMs) {
-      return renewOwnedKey(redis, keys.lock, holder, ttlMs);
+    renewRebuild(token, ttlMs) {
+      return renewOwnedKey(redis, keys.lock, token, ttlMs);
     },
-    async releaseRebuild(holder) {
-      await releaseOwnedKey(redis, keys.lock, holder);
+    async releaseRebuild(token) {
+      await releaseOwnedKey(redis, keys.lock, token);
     },
-    async restore(tenantId, devices) {
+    async restore(token, tenantId, devices) {
       let added = 0;
       for (let first = 0; first < devices.length; first += RESTORE_SLICE) {
         const slice = devices.slice(first, first + RESTORE_SLICE);
         const result = Number(
           await redis.eval(
             RESTORE,
-            3,
+            4,
             keys.seen(tenantId),
             keys.deleted(tenantId),
             keys.record(tenantId),
+            keys.lock,
+            token,
             ...slice.flatMap((device) => [device.deviceId, device.live ? '1' : '0']),
           ),
         );
+        if (result === -2)
+          throw new UrsError(
+            'REBUILD_LOST',
+            'the right to rebuild lapsed: nothing more restored by this rebuild',
+            {
+              canRetry: true,
+            },
+          );
         if (result < 0) return null;
         added += result;
       }
       return added;
     },
-    async markRebuilt(holder, at) {
-      return (await redis.eval(MARK_REBUILT, 2, keys.lock, keys.rebuilt, holder, at.toISOString())) === 1;
+    async markRebuilt(token, at) {
+      return (await redis.eval(MARK_REBUILT, 2, keys.lock, keys.rebuilt, token, at.toISOString())) === 1;
     },
   };
 }

@@ -143,9 +143,11 @@ void runService({
       closers: [
         {
           name: 'rebuild-watch',
+          // A rebuild under way stops reading and gives its lock back: another replica takes it over at once.
           close: async () => {
             watch.abort();
             await watching;
+            await rebuild.close();
           },
         },
         {

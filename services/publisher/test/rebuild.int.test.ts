@@ -28,10 +28,10 @@ const minute = (n: number): string => new Date(base + n * 60_000).toISOString();
 
 /** `reader` counting its reads in `reads`, each read waiting for `reads.held` first, if set. */
 function counted(reader: VmsKeysReader, reads: { count: number; held?: Promise<void> }): VmsKeysReader {
-  return async (onKeys) => {
+  return async (onKeys, signal) => {
     reads.count++;
     await reads.held;
-    return reader(onKeys);
+    return reader(onKeys, signal);
   };
 }
 
@@ -243,6 +243,21 @@ describe('the publisher after its Redis was wiped', () => {
     release();
     await Promise.all([rebuilding, deleting]);
     expect(tombstoned()).toEqual(['t1/a', 't1/b', 't1/c']);
+  });
+
+  it('a rebuild whose token no longer holds the lock should neither restore nor set the marker', async () => {
+    const { published } = replica();
+    expect(await published.takeRebuild('first', 60_000)).toBe(true);
+    await redis.cleanup();
+    expect(await published.takeRebuild('second', 60_000)).toBe(true);
+    await expect(published.restore('first', 't1', [{ deviceId: 'a', live: true }])).rejects.toMatchObject({
+      code: 'REBUILD_LOST',
+    });
+    expect(await published.markRebuilt('first', new Date())).toBe(false);
+    expect(await seen('t1')).toEqual([]);
+    expect(await published.isRebuilt()).toBe(false);
+    expect(await published.restore('second', 't1', [{ deviceId: 'a', live: true }])).toBe(1);
+    expect(await published.markRebuilt('second', new Date())).toBe(true);
   });
 
   it('should set the marker without reading a topic that holds no record (a new install)', async () => {
