@@ -2,7 +2,7 @@ import type { Publisher } from '@urs/bus';
 import type { Topics } from '@urs/config';
 import { vmsRecord, type VmsRiskSummary } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { errorCode, errorMessage, keepRenewing } from '@urs/resilience';
+import { errorCode, errorMessage, keepRenewing, UrsError } from '@urs/resilience';
 import type { CycleState, CycleStore, PublishedStore, ScoreStore, TombstoneHold } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { InOrder } from './in-order';
@@ -90,6 +90,20 @@ const ms = (later: number, earlier: number): number => Math.max(0, Math.round(la
 
 /** Buckets of collect → summary, in seconds: per-device cycles take well under a second, a large first bulk cycle ~10 s. */
 const COLLECT_TO_SUMMARY_BUCKETS = [0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800];
+
+/**
+ * What the sweep's sends take as their signal: the sweep never waits for the rebuild of what VMS holds
+ * (another replica's may take minutes, and every tenant's partial summaries come behind it). A complete
+ * cycle's summary, whose tombstones need the rebuild, is left to a later sweep while it is not done.
+ */
+const withoutWaitingForRebuild = (): AbortSignal =>
+  AbortSignal.abort(
+    new UrsError(
+      'REBUILD_PENDING',
+      'the published devices are being rebuilt from vms.risk-scores: the summary is sent by a later sweep',
+      { canRetry: true },
+    ),
+  );
 
 /** Tenants a sweep serves at once: each summary may snapshot a large fleet, so not every overdue tenant. */
 const SWEEP_CONCURRENCY = 8;
@@ -436,7 +450,8 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
               : 'partial';
           if (!(await deps.cycles.claimPublication(tenantId, cycleId, status, now().getTime()))) return false;
           const startedAt = state?.startedAt ?? now().toISOString();
-          return sendOwed(state, tenantId, cycleId, status, { cycleStartedAt: startedAt });
+          const hint = { cycleStartedAt: startedAt };
+          return sendOwed(state, tenantId, cycleId, status, hint, withoutWaitingForRebuild());
         }),
       );
       // Summaries claimed but never sent (a crash or a failed send after the claim): sent late, not lost.
@@ -445,7 +460,8 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         each(summary.tenantId, summary.cycleId, async () => {
           const state = await deps.cycles.get(summary.tenantId, summary.cycleId);
           const hint = { cycleStartedAt: state?.startedAt ?? now().toISOString() };
-          return sendOwed(state, summary.tenantId, summary.cycleId, summary.status, hint);
+          const { tenantId, cycleId, status } = summary;
+          return sendOwed(state, tenantId, cycleId, status, hint, withoutWaitingForRebuild());
         }),
       );
       return closed;

@@ -244,7 +244,7 @@ describe('the publisher', () => {
           headers: revision === undefined ? {} : { [TENANT_REVISION_HEADER]: Buffer.from(String(revision)) },
         }),
       );
-    return { handler: handle, completion, cycles, begin, metrics, deleteTenant };
+    return { handler: handle, completion, cycles, begin, metrics, deleteTenant, rebuild };
   }
 
   const summaries = (): VmsRiskSummary[] =>
@@ -607,7 +607,9 @@ describe('the publisher', () => {
   });
 
   it('createCycleCompletion should send a summary claimed by a batch whose lock then failed, at a sweep, once', async () => {
-    const { handler, begin, completion } = build({ failLocks: 1 });
+    const { handler, begin, completion, rebuild } = build({ failLocks: 1 });
+    // Rebuilt at start (the publisher's watch): the sweep sends a complete summary only once it is.
+    await rebuild.ensure();
     now = new Date(minute(13));
     await begin(1);
     // Claimed, then Redis failed: the batch is not handled again (dead-lettered, or its publisher died).
@@ -803,7 +805,9 @@ describe('the publisher', () => {
   });
 
   it('closeOverdue should close a cycle whose every batch was recorded as complete', async () => {
-    const { begin, completion, cycles } = build();
+    const { begin, completion, cycles, rebuild } = build();
+    // Rebuilt at start (the publisher's watch): the sweep sends a complete summary only once it is.
+    await rebuild.ensure();
     await begin(1);
     // The publisher stopped after recording the last batch, before claiming the summary.
     const last = scoreBatch(1, 0, [device('a', 10, 'Trustworthy')], 1);

@@ -16,6 +16,7 @@ import {
 } from '@urs/testkit';
 import { createCycleCompletion } from '../src/completion';
 import { createPublishHandler } from '../src/handler';
+import { batchStats } from '../src/records';
 import { createInOrder } from '../src/in-order';
 import { tenantLeasing } from '../src/lease';
 import { createPublishedRebuilder, vmsKeysReader, type VmsKeysReader } from '../src/rebuild';
@@ -82,7 +83,7 @@ describe('the publisher after its Redis was wiped', () => {
     vmsKeysReader(client, topics.vmsRiskScores, uniqueId('publisher'), silentLogger, 60_000);
 
   /** One replica: its own queue, lease holder and rebuild, on the shared Redis and Kafka. */
-  function replica(readKeys: VmsKeysReader = reader(), tombstoneAfterCycles = 3) {
+  function replica(readKeys: VmsKeysReader = reader(), tombstoneAfterCycles = 3, summaryLockMs?: number) {
     const sending: Publisher = {
       ...publisher,
       send: async (topic, contract, messages) => {
@@ -110,6 +111,7 @@ describe('the publisher after its Redis was wiped', () => {
       inOrder,
       leasing,
       rebuild,
+      ...(summaryLockMs === undefined ? {} : { summaryLockMs }),
     });
     const handler = createPublishHandler({
       cycles,
@@ -170,7 +172,7 @@ describe('the publisher after its Redis was wiped', () => {
       tenants(
         inboundMessage<TenantRecord>(null, { topic: 'urs.tenants', key: tenantId, timestamp: Date.now() }),
       );
-    return { runCycle, deleteTenant, rebuild, published };
+    return { runCycle, deleteTenant, rebuild, published, completion, cycles };
   }
 
   it('should tombstone the devices VMS holds that the cycles after the wipe no longer list, and only them', async () => {
@@ -243,6 +245,40 @@ describe('the publisher after its Redis was wiped', () => {
     release();
     await Promise.all([rebuilding, deleting]);
     expect(tombstoned()).toEqual(['t1/a', 't1/b', 't1/c']);
+  });
+
+  it('the deadline sweep should send the partial summaries while the rebuild reads, and the complete one it owes once the rebuild is done', async () => {
+    const reads: { count: number; held?: Promise<void> } = { count: 0 };
+    let release!: () => void;
+    reads.held = new Promise<void>((resolve) => (release = resolve));
+    // A summary claimed and not sent is owed again after its lock: soon here.
+    const one = replica(counted(reader(), reads), 3, 300);
+    // t1's cycle 1: its one batch recorded, then the publisher stopped before claiming it (complete, overdue).
+    await one.cycles.begin({ tenantId: 't1', cycleId: 'c1', startedAt: minute(10), deadlineAt: minute(15) });
+    await one.cycles.listed('t1', 'c1', { totalBatches: 1, totalDevices: 1, listedAt: minute(11) });
+    const batch: ScoreBatch = {
+      schemaVersion: 1,
+      tenantId: 't1',
+      cycleId: 'c1',
+      cycleStartedAt: minute(10),
+      batchIndex: 0,
+      lastBatch: true,
+      collectedAt: minute(11),
+      scoredAt: minute(12),
+      devices: [scoredDevice('a', 20, 'Trustworthy')],
+    };
+    await one.cycles.recordBatch('t1', 'c1', 0, batchStats(batch, 1));
+    // t2's cycle 1: one batch of two, past its deadline (partial).
+    await one.cycles.begin({ tenantId: 't2', cycleId: 'c1', startedAt: minute(10), deadlineAt: minute(15) });
+    await one.cycles.listed('t2', 'c1', { totalBatches: 2, totalDevices: 2, listedAt: minute(11) });
+    await one.cycles.recordBatch('t2', 'c1', 0, batchStats({ ...batch, tenantId: 't2' }, 1));
+
+    expect(await one.completion.closeOverdue()).toBe(1);
+    expect(summaries()).toEqual(['t2']);
+    release();
+    await one.rebuild.ensure();
+    await waitFor(async () => (await one.completion.closeOverdue()) === 1);
+    expect(summaries()).toEqual(['t2', 't1']);
   });
 
   it('a rebuild whose token no longer holds the lock should neither restore nor set the marker', async () => {
