@@ -207,6 +207,22 @@ export function createMessageProcessor(
   }
 
   /**
+   * The message held for `error`, a fault waiting may mend: held now, or failed again while held already
+   * (`hold`), and counted as held.
+   */
+  function heldFor(
+    hold: Hold | undefined,
+    topic: string,
+    error: unknown,
+    fields: Record<string, unknown>,
+  ): Hold {
+    handled.inc({ topic, outcome: 'held' });
+    if (!hold) return options.held.hold(error, fields);
+    hold.failedAgain(error, fields);
+    return hold;
+  }
+
+  /**
    * `payload`: the decoded value, when the message decoded (see messageLogFields). Resolves true when the
    * message is settled (its letter written, now or before), false when the work was stopped first while
    * another process held the letter's claim: then the message is held (as on a Redis fault) and the ledger
@@ -270,9 +286,7 @@ export function createMessageProcessor(
           { canRetry: true, infrastructure: true },
         );
         const fields = messageLogFields(work, payload);
-        if (hold) hold.failedAgain(busy, fields);
-        else hold = options.held.hold(busy, fields);
-        handled.inc({ topic: work.topic, outcome: 'held' });
+        hold = heldFor(hold, work.topic, busy, fields);
         const delayMs = retryDelayMs(retry, attempt);
         log.debug('dead letter being written by another process, holding the message', {
           ...fields,
@@ -318,9 +332,7 @@ export function createMessageProcessor(
             log.error('dead letter written, what it stands for not recorded', { ...fields, code, error });
             return true;
           }
-          if (hold) hold.failedAgain(error, fields);
-          else hold = options.held.hold(error, fields);
-          handled.inc({ topic: work.topic, outcome: 'held' });
+          hold = heldFor(hold, work.topic, error, fields);
           await sleep(retryDelayMs(retry, attempt), work.stopSignal);
           if (work.stopSignal.aborted || work.shouldStop()) return false;
         }
@@ -373,8 +385,7 @@ export function createMessageProcessor(
             infrastructureFailures++;
             delayMs = retryDelayMs(retry, infrastructureFailures);
             const fields = messageLogFields(work, inbound.value);
-            if (hold) hold.failedAgain(error, fields);
-            else hold = options.held.hold(error, fields);
+            hold = heldFor(hold, topic, error, fields);
             // Warned of once per outage by `held`; each attempt only at debug.
             log.debug('handler failed on a dependency, holding the message', {
               ...fields,
@@ -383,7 +394,6 @@ export function createMessageProcessor(
               code: errorCode(error),
               reason: errorMessage(error),
             });
-            handled.inc({ topic, outcome: 'held' });
           } else {
             hold?.release();
             hold = undefined;
