@@ -42,7 +42,12 @@ export {
   registrationPushSchema,
   tenantRecordSchema,
 } from './tenant-schemas';
-export { deviceBatchSchema, enrichedBatchSchema, scoreBatchSchema } from './batch-schemas';
+export {
+  MAX_CYCLE_ID_LENGTH,
+  deviceBatchSchema,
+  enrichedBatchSchema,
+  scoreBatchSchema,
+} from './batch-schemas';
 export { vmsRiskScoreSchema, vmsRiskSummarySchema } from './vms-schemas';
 export { deadLetterSchema } from './dead-letter-schema';
 export { ContractError, compileContracts, validateMessage, checkMessage } from './validate';
@@ -50,4 +55,4 @@ export type { ContractId, ContractTypes, RuleViolation } from './validate';
 export { cycleBatchHeader } from './header';
 export { DEVICE_RECORD_FIELDS, toDeviceRecord, vulnerabilitiesNotHeld } from './device-record';
 export type { VulnerabilitiesNotHeld } from './device-record';
-export { vmsRecord, vmsRecordHead } from './vms-record';
+export { vmsRecord, vmsRecordHead, vmsRecordKey, vmsRecordKeyParts } from './vms-record';

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Kafka } from 'kafkajs';
 import { lastOffsets, readTopicUpTo, topicOffsets } from '@urs/bus';
+import { vmsRecordKeyParts } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import {
   errorCode,
@@ -145,11 +146,10 @@ export function createPublishedRebuilder(deps: PublishedRebuilderDeps): Publishe
   ): Promise<void> {
     const byTenant = new Map<string, Map<string, boolean>>();
     for (const { key, live } of keys) {
-      const slash = key.indexOf('/');
-      if (slash <= 0) continue;
-      const tenantId = key.slice(0, slash);
-      const devices = byTenant.get(tenantId) ?? new Map<string, boolean>();
-      byTenant.set(tenantId, devices.set(key.slice(slash + 1), live));
+      const parts = vmsRecordKeyParts(key);
+      if (parts === null) continue;
+      const devices = byTenant.get(parts.tenantId) ?? new Map<string, boolean>();
+      byTenant.set(parts.tenantId, devices.set(parts.deviceId, live));
     }
     await Promise.all(
       [...byTenant].map(async ([tenantId, devices]) => {

@@ -1,4 +1,5 @@
 import type { Publisher } from '@urs/bus';
+import { vmsRecordKey } from '@urs/contracts';
 import type { PublishedStore, ScoreStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 
@@ -28,7 +29,7 @@ export function createTombstones(deps: TombstonesDeps): Tombstones {
     await deps.publisher.send(
       deps.topic,
       'urs/vms-risk-score',
-      deviceIds.map((deviceId) => ({ key: `${tenantId}/${deviceId}`, value: null })),
+      deviceIds.map((deviceId) => ({ key: vmsRecordKey(tenantId, deviceId), value: null })),
     );
     await deps.published.forget(tenantId, deviceIds);
     await deps.scores.remove(tenantId, deviceIds);
