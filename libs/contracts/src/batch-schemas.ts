@@ -3,6 +3,9 @@ import { BAND_NAMES, isoTime, nullableString, tenantId } from './schema-rules';
 
 /** The schemas of a cycle's batches: devices collected, enriched with their vulnerabilities, scored. */
 
+/** The longest cycle id a batch's header may carry. */
+export const MAX_CYCLE_ID_LENGTH = 128;
+
 /**
  * A device record (`toDeviceRecord`): the id, the scoring inputs and the identity VMS needs. Open to
  * further fields: during a rolling deploy an older poller still sends whole machines, which must pass.
@@ -33,7 +36,7 @@ const deviceRecord = {
 const cycleHeader = {
   schemaVersion: { const: 1 },
   tenantId,
-  cycleId: { type: 'string', minLength: 1, maxLength: 128 },
+  cycleId: { type: 'string', minLength: 1, maxLength: MAX_CYCLE_ID_LENGTH },
   cycleStartedAt: isoTime,
   batchIndex: { type: 'integer', minimum: 0 },
   lastBatch: { type: 'boolean' },

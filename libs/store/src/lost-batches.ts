@@ -1,4 +1,5 @@
 import type { DeadLetteringMessage } from '@urs/bus';
+import { MAX_CYCLE_ID_LENGTH } from '@urs/contracts';
 import type { CycleStore } from './cycles';
 
 /** A batch of a cycle, as its dead letter names it. */
@@ -9,9 +10,6 @@ export interface LostBatch {
   /** How many devices the batch held; absent when its payload does not tell. */
   devices?: number;
 }
-
-/** Longest cycle id a batch's header may carry (the batch schemas' limit). */
-const MAX_CYCLE_ID = 128;
 
 /**
  * The batch of a cycle a dead-lettered message was, from its payload's cycle header (`tenantId`, `cycleId`,
@@ -27,7 +25,7 @@ export function lostBatchOf(message: Pick<DeadLetteringMessage, 'key' | 'payload
     unknown
   >;
   if (typeof tenantId !== 'string' || tenantId === '' || message.key !== tenantId) return null;
-  if (typeof cycleId !== 'string' || cycleId === '' || cycleId.length > MAX_CYCLE_ID) return null;
+  if (typeof cycleId !== 'string' || cycleId === '' || cycleId.length > MAX_CYCLE_ID_LENGTH) return null;
   if (typeof batchIndex !== 'number' || !Number.isSafeInteger(batchIndex) || batchIndex < 0) return null;
   if (corrections !== undefined || replaces !== undefined)
     return { tenantId, cycleId, batchIndex, devices: 0 };
