@@ -204,9 +204,12 @@ export async function startWith<S>(
     step('setup');
     // A stop gives setup up at once: Redis may be lost again after the wait above, and setup's commands
     // (and the shared limiter's connect) then wait for it where no stop reaches them. What setup still
-    // waits on fails once the close below has closed Redis; what it built is not closed (it never
-    // returned its parts), and runService exits.
-    parts = await unlessAborted(options.setup(context), stopping.signal);
+    // waits on fails once the close below has closed Redis; parts it returns after all are closed then.
+    const setup = options.setup(context);
+    parts = await unlessAborted(setup, stopping.signal).catch((error: unknown) => {
+      if (stopping.signal.aborted) void closeAbandoned(logger, setup);
+      throw error;
+    });
     // A stop as setup returned ends the start here, before anything consumes.
     throwIfStopped();
     // Waiting for Kafka, the stop is passed on until the wait is over (below).
@@ -323,6 +326,24 @@ function stopAll(
   });
   stopping.abort();
   return shutdown(logger, [...runnerClosers, ...closers], step);
+}
+
+/**
+ * The parts of a setup the start gave up on, closed once it returns them after all (its runners never
+ * started, so they only close): a shared limiter's own Redis connection would otherwise stay open in a
+ * process that goes on, a test's or an embedding one's. A setup that fails has nothing to close.
+ */
+async function closeAbandoned(logger: Logger, setup: Promise<ServiceParts>): Promise<void> {
+  const parts = await setup.catch(() => undefined);
+  if (!parts) return;
+  logger.info('setup returned after the start gave it up: closing its parts');
+  await stopAll(
+    logger,
+    new AbortController(),
+    parts.runners ?? [],
+    [...(parts.closers ?? [])],
+    () => undefined,
+  );
 }
 
 /** Closes `closers` in order, each even if one before it failed; false when any failed. */

@@ -6,7 +6,7 @@ import {
 } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import { UrsError, retryPolicy } from '@urs/resilience';
-import { type ServiceContext, startService } from '@urs/runtime';
+import { ServiceStoppedError, type ServiceContext, startService } from '@urs/runtime';
 import { createTestKafka, deleteTopics, uniqueId, waitFor } from '@urs/testkit';
 import { deleteTopicsOf, serviceEnv } from './support';
 
@@ -193,6 +193,39 @@ describe('startService', () => {
       // Nothing committed past the message (-1: nothing at all): whoever reads the partition next handles it.
       const offset = committed[0]?.partitions[0]?.offset ?? '-1';
       expect(BigInt(offset)).toBeLessThanOrEqual(BigInt(handling ?? '-1'));
+    } finally {
+      await deleteTopicsOf(kafka, prefix);
+    }
+  });
+
+  it('should close what a setup it gave up on returns after the stop', async () => {
+    const prefix = `${uniqueId('svc')}.`;
+    const env = serviceEnv(prefix);
+    const stop = new AbortController();
+    let finishSetup: () => void = () => undefined;
+    let setupStarted = false;
+    const closed: string[] = [];
+    const starting = startService({
+      name: 'test-service',
+      defaultMetricsPort: 0,
+      env,
+      stop: stop.signal,
+      // A setup that does not heed the stop (a connect of its own under way), returning a part to close.
+      setup: async () => {
+        setupStarted = true;
+        await new Promise<void>((resolve) => (finishSetup = resolve));
+        return { closers: [{ name: 'limiter', close: async () => void closed.push('limiter') }] };
+      },
+    });
+    const kafka = createTestKafka();
+    try {
+      await waitFor(() => setupStarted, { timeoutMs: 20_000 });
+      stop.abort();
+      await expect(starting).rejects.toBeInstanceOf(ServiceStoppedError);
+      expect(closed).toEqual([]);
+      finishSetup();
+      await waitFor(() => closed.length > 0, { timeoutMs: 5_000 });
+      expect(closed).toEqual(['limiter']);
     } finally {
       await deleteTopicsOf(kafka, prefix);
     }
