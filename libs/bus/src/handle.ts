@@ -307,7 +307,7 @@ export function createMessageProcessor(
    * place while Redis or Kafka fail it, the message held (as on such a fault in its handler) until it
    * succeeds or the work stops (false: the message is not settled, and its next delivery is handled again).
    * Never the handler again here: the message's letter is on the topic. A failure that waiting does not mend
-   * is logged and let go: the letter is what must not be lost.
+   * is logged, counted (`dead-lettered-unrecorded`) and let go: the letter is what must not be lost.
    */
   async function afterDeadLetter(work: MessageWork, payload: unknown, code: string): Promise<boolean> {
     const deadLettering = options.subscriptions.get(work.topic)?.deadLettering;
@@ -330,6 +330,7 @@ export function createMessageProcessor(
           const fields = messageLogFields(work, payload);
           if (!isInfrastructureFault(error)) {
             log.error('dead letter written, what it stands for not recorded', { ...fields, code, error });
+            handled.inc({ topic: work.topic, outcome: 'dead-lettered-unrecorded' });
             return true;
           }
           hold = heldFor(hold, work.topic, error, fields);
