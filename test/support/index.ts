@@ -8,7 +8,7 @@ export { createTestRedis, deleteKeysMatching, testRedisPerTest, type TestRedis }
 export { startRedis, stopRedis } from './own-redis';
 export { startRedisFailover, type RedisFailover } from './failover';
 export { freePort } from './ports';
-export { scoredDevice, tenantRecord, type TenantRecordOptions } from './records';
+export { markPublishedRebuilt, scoredDevice, tenantRecord, type TenantRecordOptions } from './records';
 export { inboundMessage } from './messages';
 export { capturingLogger, type LogLine } from './logs';
 export { RUN_TS, runMain, type MainRun } from './processes';

@@ -1,4 +1,5 @@
 import type { ScoredDevice, TenantRecord } from '@urs/contracts';
+import { uniqueId } from './wait';
 
 export interface TenantRecordOptions {
   /** Default 1. */
@@ -63,4 +64,17 @@ export function scoredDevice(
     vulnerabilities: null,
     ...overrides,
   };
+}
+
+/**
+ * Marks the publisher's record of what VMS holds whole, as its rebuild from `vms.risk-scores` leaves it
+ * (`PublishedRebuild`): a tenant's deletion is refused on a record that is not (see `markDeleted`).
+ */
+export async function markPublishedRebuilt(published: {
+  takeRebuild(token: string, ttlMs: number): Promise<boolean>;
+  markRebuilt(token: string, at: Date): Promise<boolean>;
+}): Promise<void> {
+  const token = uniqueId('rebuild');
+  if (!(await published.takeRebuild(token, 60_000)) || !(await published.markRebuilt(token, new Date())))
+    throw new Error('another rebuild holds the lock');
 }

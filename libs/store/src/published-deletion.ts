@@ -1,4 +1,5 @@
 import type { default as Redis } from 'ioredis';
+import { UrsError } from '@urs/resilience';
 import { DELETED_BEFORE_LUA } from './tenant-deletion';
 
 /** A tenant's deletion as the published store records it (see `createTenantDeletions`). */
@@ -9,7 +10,11 @@ export interface TenantDeletions {
    * then on the tenant's cycles are of a deleted tenant (`ofDeletedTenant`) until it is registered again: a
    * record of it newer than `revision` in the tenant store, or `registeredAgain`. A deletion older than a
    * registration already recorded (delivered again, or read again from the topic's beginning) lists only
-   * the devices last seen in a cycle that started before that registration.
+   * the devices last seen in a cycle that started before that registration. Rejects with `REBUILD_NEEDED`
+   * (an infrastructure fault: the deletion is held and tried again), nothing written, while the record of
+   * what VMS holds is not whole (`PublishedRebuild.isRebuilt`): Redis wiped since the caller made sure of it
+   * would list nothing, and the deletion's marker would then keep the rebuild from restoring the tenant's
+   * devices, leaving them in VMS for good.
    */
   markDeleted(tenantId: string, deletedAt: number, revision?: number): Promise<string[]>;
   /**
@@ -30,11 +35,13 @@ export interface TenantDeletions {
   ofDeletedTenant(tenantId: string, cycleAt: number): Promise<boolean>;
 }
 
-// KEYS[1] deletion marker hash, KEYS[2] seen zset; ARGV: deletion ms, marker ttl ms, deletion revision (empty:
-// none). Returns the devices to tombstone. The marker keeps the newest deletion with its revision, and the
+// KEYS[1] deletion marker hash, KEYS[2] seen zset, KEYS[3] the rebuild's marker; ARGV: deletion ms, marker
+// ttl ms, deletion revision (empty: none). Returns the devices to tombstone, or -1 (nothing written) when the
+// record of what VMS holds is not whole. The marker keeps the newest deletion with its revision, and the
 // cutoff: the start before which a device's last cycle must be to be tombstoned ('inf' unless a
 // registration newer than this deletion was recorded).
 const MARK_DELETED = `
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
 local at = tonumber(ARGV[1])
 local deleted = tonumber(redis.call('HGET', KEYS[1], 'deletedAt') or '-1')
 local registeredAt = redis.call('HGET', KEYS[1], 'registeredAt') or '-1'
@@ -97,6 +104,8 @@ export interface DeletionKeys {
   sequence: (tenantId: string) => string;
   /** The completed cycles' counter. */
   counter: (tenantId: string) => string;
+  /** The rebuild's marker (see `RebuildKeys.rebuilt`). */
+  rebuilt: string;
 }
 
 /**
@@ -110,15 +119,23 @@ export function createTenantDeletions(
 ): TenantDeletions {
   return {
     async markDeleted(tenantId, deletedAt, revision) {
-      return (await redis.eval(
+      const devices = (await redis.eval(
         MARK_DELETED,
-        2,
+        3,
         keys.deleted(tenantId),
         keys.seen(tenantId),
+        keys.rebuilt,
         String(deletedAt),
         String(markerTtlMs),
         revision === undefined ? '' : String(revision),
-      )) as string[];
+      )) as string[] | number;
+      if (typeof devices === 'number')
+        throw new UrsError(
+          'REBUILD_NEEDED',
+          'the published devices are not rebuilt from vms.risk-scores (Redis lost them): the deletion waits for it',
+          { canRetry: true, infrastructure: true },
+        );
+      return devices;
     },
     async forgetDeleted(tenantId) {
       await redis.eval(

@@ -219,9 +219,11 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
   const summaryLockKey = (tenantId: string, cycleId: string): string =>
     `${prefix}summary-lock:${tenantId}:${cycleId}`;
   const owedKey = summariesOwedKey(prefix);
+  const rebuiltKey = `${prefix}published-rebuilt`;
   const deletions = createTenantDeletions(
     redis,
     {
+      rebuilt: rebuiltKey,
       deleted: deletedKey,
       record: recordKey,
       seen: seenKey,
@@ -232,7 +234,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     DELETION_MARKER_TTL_MS,
   );
   const rebuild = createPublishedRebuild(redis, {
-    rebuilt: `${prefix}published-rebuilt`,
+    rebuilt: rebuiltKey,
     lock: `${prefix}published-rebuild-lock`,
     seen: seenKey,
     deleted: deletedKey,

@@ -7,7 +7,7 @@ import {
   createTenantStore,
   scoreStoreFor,
 } from '@urs/store';
-import { scoredDevice, tenantRecord, testRedisPerTest } from '@urs/testkit';
+import { markPublishedRebuilt, scoredDevice, tenantRecord, testRedisPerTest } from '@urs/testkit';
 
 const device = (deviceId: string, score: number, band: ScoredDevice['band']): ScoredDevice =>
   scoredDevice(deviceId, score, band, { computerDnsName: `${deviceId}.example` });
@@ -156,6 +156,7 @@ describe('createScoreStore', () => {
     const scores = createScoreStore(redis.client, redis.prefix, { onlyRegisteredTenants: true });
     const tenants = createTenantStore(redis.client, redis.prefix);
     const published = createPublishedStore(redis.client, redis.prefix);
+    await markPublishedRebuilt(published);
     const before = cycle('c1', '2026-01-01T10:00:00.000Z');
     const after = cycle('c2', '2026-01-01T10:20:00.000Z');
     const refused = { written: 0, skipped: [], tenantDeleted: true };
@@ -177,6 +178,7 @@ describe('createScoreStore', () => {
     const scores = createScoreStore(redis.client, redis.prefix, { onlyRegisteredTenants: true });
     const tenants = createTenantStore(redis.client, redis.prefix);
     const published = createPublishedStore(redis.client, redis.prefix);
+    await markPublishedRebuilt(published);
     const refused = { written: 0, skipped: [], tenantDeleted: true };
     const written = { written: 1, skipped: [] };
     const deletedAt = Date.parse('2026-01-01T10:10:00.000Z');
@@ -232,6 +234,7 @@ describe('createScoreStore', () => {
   it('removeTenant should forget every score, band, cycle and history of a deleted tenant, and only the cycles from before a registration again', async () => {
     const scores = createScoreStore(redis.client, redis.prefix);
     const published = createPublishedStore(redis.client, redis.prefix);
+    await markPublishedRebuilt(published);
     const keys = async (tenantId: string): Promise<string[]> =>
       (await redis.client.keys(`${redis.prefix}score*:${tenantId}*`))
         .map((key) => key.slice(redis.prefix.length))
@@ -567,6 +570,7 @@ describe('createPublishedStore', () => {
 
   it('markDeleted should list every device once, drop the deleted cycles until a registration, and an older deletion only what came before it', async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
+    await markPublishedRebuilt(published);
     await published.commit('t', 1000, [d('a'), d('b')]);
     await published.completeCycle('t', 'c1', 1000, 3);
     expect((await published.markDeleted('t', 1500)).sort()).toEqual(['a', 'b']);

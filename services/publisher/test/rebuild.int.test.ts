@@ -204,9 +204,13 @@ describe('the publisher after its Redis was wiped', () => {
     await publisher.send(topics.vmsRiskScores, 'urs/vms-risk-score', [
       vmsRecord('t1', 'c2', minute(22), scoredDevice('f', 30, 'Low Risk')),
     ]);
-    await redis.cleanup();
-    // t2 deleted (its marker written) and not registered again.
+    // t2 deleted and not registered again; Redis then lost all but its deletion's marker (a deletion is refused
+    // on a record not whole, so only a partial loss leaves a marker the rebuild meets).
     await one.published.markDeleted('t2', Date.now());
+    const deletionKey = `${redis.prefix}published-deleted:t2`;
+    const deletion = await redis.client.hgetall(deletionKey);
+    await redis.cleanup();
+    await redis.client.hset(deletionKey, deletion);
 
     await one.rebuild.ensure();
     expect(await seen('t1')).toEqual(['a', '0', 'b', '0', 'f', '0']);
@@ -244,6 +248,22 @@ describe('the publisher after its Redis was wiped', () => {
     const deleting = two.deleteTenant('t1');
     release();
     await Promise.all([rebuilding, deleting]);
+    expect(tombstoned()).toEqual(['t1/a', 't1/b', 't1/c']);
+  });
+
+  it("should refuse a tenant's deletion on a record Redis lost after the rebuild check, so it tombstones every device VMS holds once rebuilt", async () => {
+    const one = replica();
+    await one.runCycle(1, ['a', 'b', 'c']);
+    // The wipe comes between the deletion's check of the rebuild and its marking: nothing is written.
+    await redis.cleanup();
+    await expect(one.published.markDeleted('t1', Date.now())).rejects.toMatchObject({
+      code: 'REBUILD_NEEDED',
+      infrastructure: true,
+    });
+    expect(await redis.client.exists(`${redis.prefix}published-deleted:t1`)).toBe(0);
+
+    // Held and tried again, the deletion rebuilds first.
+    await one.deleteTenant('t1');
     expect(tombstoned()).toEqual(['t1/a', 't1/b', 't1/c']);
   });
 

@@ -3,7 +3,7 @@ import type { EnrichedBatch, TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createPublishedStore, createTenantStore, scoreStoreFor } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { inboundMessage, tenantRecord, testRedisPerTest } from '@urs/testkit';
+import { inboundMessage, markPublishedRebuilt, tenantRecord, testRedisPerTest } from '@urs/testkit';
 import { createScoreHandler } from '../src/handler';
 import { createProfileCache, createTenantsHandler } from '../src/profiles';
 
@@ -71,6 +71,7 @@ describe('createScoreHandler and a deleted tenant', () => {
 
   it('should store no score of a batch that comes after the deletion, in any order of its steps, and count it dropped', async () => {
     const { tenants, published, scores, sent, score, stored, dropped, register, tenantsHandler } = setup();
+    await markPublishedRebuilt(published);
     await register(tenantRecord(tenantId));
     const c1 = enriched('c1', new Date(Date.now() - 60_000).toISOString());
     await score(c1);
@@ -97,6 +98,7 @@ describe('createScoreHandler and a deleted tenant', () => {
 
   it('should score the tenant registered again, and still drop the batches of its cycles from before', async () => {
     const { published, sent, score, stored, dropped, register } = setup();
+    await markPublishedRebuilt(published);
     const deletedAt = Date.now() - 60_000;
     await published.markDeleted(tenantId, deletedAt);
     await published.registeredAgain(tenantId, deletedAt + 1_000);
@@ -112,6 +114,7 @@ describe('createScoreHandler and a deleted tenant', () => {
 
   it('should score the tenant registered again before the publisher records the registration', async () => {
     const { published, sent, score, stored, dropped, register } = setup();
+    await markPublishedRebuilt(published);
     const deletedAt = Date.now() - 60_000;
     // The deletion (revision 2) is marked; the registration (revision 3) is in the tenant store, and the
     // publisher has not read it yet (no `registeredAt`).
