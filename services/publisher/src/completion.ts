@@ -91,6 +91,9 @@ const ms = (later: number, earlier: number): number => Math.max(0, Math.round(la
 /** Buckets of collect → summary, in seconds: per-device cycles take well under a second, a large first bulk cycle ~10 s. */
 const COLLECT_TO_SUMMARY_BUCKETS = [0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800];
 
+/** The code of a send the sweep gave up on while the rebuild runs (`withoutWaitingForRebuild`). */
+const REBUILD_PENDING = 'REBUILD_PENDING';
+
 /**
  * What the sweep's sends take as their signal: the sweep never waits for the rebuild of what VMS holds
  * (another replica's may take minutes, and every tenant's partial summaries come behind it). A complete
@@ -99,7 +102,7 @@ const COLLECT_TO_SUMMARY_BUCKETS = [0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 60
 const withoutWaitingForRebuild = (): AbortSignal =>
   AbortSignal.abort(
     new UrsError(
-      'REBUILD_PENDING',
+      REBUILD_PENDING,
       'the published devices are being rebuilt from vms.risk-scores: the summary is sent by a later sweep',
       { canRetry: true },
     ),
@@ -430,6 +433,14 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         try {
           if (await deps.inOrder(tenantId, () => underLease(tenantId, send))) closed++;
         } catch (error) {
+          // A complete summary waiting for the rebuild of what VMS holds is not a failure to send.
+          if (errorCode(error) === REBUILD_PENDING) {
+            deps.logger.info('cycle summary waits for the rebuild, sent by a later sweep', {
+              tenantId,
+              cycleId,
+            });
+            return;
+          }
           sweepFailures.inc();
           deps.logger.warn('cycle summary not sent, tried again at the next sweep', {
             tenantId,
