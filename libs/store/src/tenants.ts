@@ -59,12 +59,33 @@ export interface TenantStore {
   ids(): Promise<string[]>;
   /** Removes the record (and its status) unless a newer revision than `revision` exists. */
   remove(tenantId: string, revision?: number): Promise<boolean>;
-  /** Merges fields into the tenant's status. `null` clears a field. */
+  /**
+   * Merges fields into the tenant's status. `null` clears a field. A `state` other than
+   * `registration-rejected` takes the tenant off `refusedIds`.
+   */
   updateStatus(
     tenantId: string,
     status: Partial<{ [K in keyof TenantStatus]: TenantStatus[K] | null }>,
   ): Promise<void>;
   getStatus(tenantId: string): Promise<TenantStatus>;
+  /**
+   * Puts a refused registration in the tenant's status (`registrationError`); `rejected` (the tenant has no
+   * record) makes its state `registration-rejected` and lists it in `refusedIds`. Read and written at once:
+   * resolves false when the status held a refusal of the same source and generation already (the same push
+   * handled again), true when the refusal is new.
+   */
+  recordRefusal(
+    tenantId: string,
+    refusal: RegistrationRefusal,
+    options: { rejected: boolean },
+  ): Promise<boolean>;
+  /**
+   * The tenants `recordRefusal` made `registration-rejected` (no record), until `updateStatus` gives them
+   * another state or `remove` removes them; in id order. A full push's diff finds them here: they have no
+   * record, so `ids` does not list them. A tenant can be registered or deleted right after it is listed:
+   * read its record and status under its write lock.
+   */
+  refusedIds(): Promise<string[]>;
   /**
    * A cycle listed in full: merges `status` (`null` clears a field), and the tenant is `active` with its last error cleared,
    * unless that error is of this same cycle (the vuln-fetcher's calls failed while the listing went on:
@@ -106,13 +127,33 @@ else
 end
 return 1`;
 
-// KEYS[1] record hash, KEYS[2] index set, KEYS[3] status hash; ARGV: tenantId, revision (0 = any).
+// KEYS[1] record hash, KEYS[2] index set, KEYS[3] status hash, KEYS[4] refused index set; ARGV: tenantId,
+// revision (0 = any).
 const REMOVE_IF_NOT_NEWER = `
 local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
 if tonumber(ARGV[2]) > 0 and current > tonumber(ARGV[2]) then return 0 end
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
 return 1`;
+
+// KEYS[1] status hash, KEYS[2] refused index set; ARGV: tenantId, the refusal (JSON), its source, its
+// generation ('' for none), '1' when the tenant has no record, the time (JSON). The refusal stored before is
+// the same one when its source and generation are: a push handled again refuses the same entry again.
+const RECORD_REFUSAL = `
+local seen = 0
+local before = redis.call('HGET', KEYS[1], 'registrationError')
+if before and ARGV[4] ~= '' then
+  local ok, refusal = pcall(cjson.decode, before)
+  if ok and type(refusal) == 'table' and refusal.source == ARGV[3] and type(refusal.generation) == 'number'
+      and refusal.generation == tonumber(ARGV[4]) then seen = 1 end
+end
+redis.call('HSET', KEYS[1], 'registrationError', ARGV[2], 'updatedAt', ARGV[6])
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[1], 'state', '"registration-rejected"')
+  redis.call('SADD', KEYS[2], ARGV[1])
+end
+return 1 - seen`;
 
 /** The tenant's record hash; the score store stores no score of a tenant whose record is gone. */
 export function tenantRecordKey(prefix: string, tenantId: string): string {
@@ -126,12 +167,14 @@ export function tenantStatusKey(prefix: string, tenantId: string): string {
 
 /**
  * Tenant records (as on `urs.tenants`: the secret stays sealed) and their status, under
- * `{prefix}tenant:{id}`, `{prefix}tenant-status:{id}` and the index `{prefix}tenants`.
+ * `{prefix}tenant:{id}`, `{prefix}tenant-status:{id}`, the index `{prefix}tenants` and the index of the
+ * tenants with no record whose registration was refused, `{prefix}refused-tenants`.
  */
 export function createTenantStore(redis: Redis, prefix: string): TenantStore {
   const recordKey = (tenantId: string): string => tenantRecordKey(prefix, tenantId);
   const statusKey = (tenantId: string): string => tenantStatusKey(prefix, tenantId);
   const indexKey = `${prefix}tenants`;
+  const refusedKey = `${prefix}refused-tenants`;
   return {
     async put(record) {
       const written = await redis.eval(
@@ -155,10 +198,11 @@ export function createTenantStore(redis: Redis, prefix: string): TenantStore {
     async remove(tenantId, revision = 0) {
       const removed = await redis.eval(
         REMOVE_IF_NOT_NEWER,
-        3,
+        4,
         recordKey(tenantId),
         indexKey,
         statusKey(tenantId),
+        refusedKey,
         tenantId,
         String(revision),
       );
@@ -175,6 +219,8 @@ export function createTenantStore(redis: Redis, prefix: string): TenantStore {
       set.push('updatedAt', JSON.stringify(new Date().toISOString()));
       const pipeline = redis.multi().hset(statusKey(tenantId), ...set);
       if (clear.length > 0) pipeline.hdel(statusKey(tenantId), ...clear);
+      if (status.state !== undefined && status.state !== 'registration-rejected')
+        pipeline.srem(refusedKey, tenantId);
       await pipeline.exec();
     },
     async getStatus(tenantId) {
@@ -182,6 +228,24 @@ export function createTenantStore(redis: Redis, prefix: string): TenantStore {
       const status: Record<string, unknown> = {};
       for (const [field, json] of Object.entries(fields)) status[field] = JSON.parse(json) as unknown;
       return status as TenantStatus;
+    },
+    async recordRefusal(tenantId, refusal, options) {
+      const recorded = await redis.eval(
+        RECORD_REFUSAL,
+        2,
+        statusKey(tenantId),
+        refusedKey,
+        tenantId,
+        JSON.stringify(refusal),
+        refusal.source,
+        refusal.generation === undefined ? '' : String(refusal.generation),
+        options.rejected ? '1' : '0',
+        JSON.stringify(new Date().toISOString()),
+      );
+      return recorded === 1;
+    },
+    async refusedIds() {
+      return (await redis.smembers(refusedKey)).sort();
     },
     async cycleListed(tenantId, cycleId, status) {
       const fields = Object.entries({ ...status, updatedAt: new Date().toISOString() })

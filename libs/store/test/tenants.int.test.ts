@@ -84,4 +84,37 @@ describe('createTenantStore', () => {
     await store.updateStatus('acme', { registrationError: null });
     expect((await store.getStatus('acme')).registrationError).toBeUndefined();
   });
+
+  it('recordRefusal should tell a new refusal from one of the same source and generation, and list the tenants with no record', async () => {
+    const store = createTenantStore(redis.client, redis.prefix);
+    const refusal = (generation: number | undefined, source: 'director' | 'rest' = 'director') => ({
+      code: 'REGISTRATION_INVALID',
+      message: 'registration refused: defender.clientId must be a GUID',
+      violations: [{ field: 'defender.clientId', rule: 'must be a GUID' }],
+      at: '2026-12-05T10:00:00.000Z',
+      source,
+      ...(generation === undefined ? {} : { generation }),
+    });
+    // The largest generation a push holds: decoded in Redis as a double, still the same number.
+    const largest = Number.MAX_SAFE_INTEGER;
+    expect(await store.recordRefusal('acme', refusal(largest), { rejected: true })).toBe(true);
+    expect(await store.recordRefusal('acme', refusal(largest), { rejected: true })).toBe(false);
+    expect(await store.recordRefusal('acme', refusal(largest - 1), { rejected: true })).toBe(true);
+    expect(await store.recordRefusal('acme', refusal(largest - 1, 'rest'), { rejected: true })).toBe(true);
+    expect(await store.recordRefusal('rest-made', refusal(undefined, 'rest'), { rejected: true })).toBe(true);
+    expect(await store.recordRefusal('rest-made', refusal(undefined, 'rest'), { rejected: true })).toBe(true);
+    await store.put(record('polled', 3));
+    await store.updateStatus('polled', { state: 'active' });
+    expect(await store.recordRefusal('polled', refusal(4), { rejected: false })).toBe(true);
+    expect(await store.getStatus('acme')).toMatchObject({
+      state: 'registration-rejected',
+      registrationError: refusal(largest - 1, 'rest'),
+    });
+    expect(await store.getStatus('polled')).toMatchObject({ state: 'active', registrationError: refusal(4) });
+    expect(await store.refusedIds()).toEqual(['acme', 'rest-made']);
+    // Registered (another state), or removed: no longer a tenant with only a refusal.
+    await store.updateStatus('acme', { state: 'active', registrationError: null });
+    await store.remove('rest-made');
+    expect(await store.refusedIds()).toEqual([]);
+  });
 });

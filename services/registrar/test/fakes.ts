@@ -10,6 +10,7 @@ export function memoryTenantStore(): TenantStore & {
 } {
   const records = new Map<string, TenantRecord>();
   const statuses = new Map<string, TenantStatus>();
+  const refused = new Set<string>();
   return {
     records,
     statuses,
@@ -31,6 +32,7 @@ export function memoryTenantStore(): TenantStore & {
       if (revision > 0 && current && current.revision > revision) return false;
       records.delete(tenantId);
       statuses.delete(tenantId);
+      refused.delete(tenantId);
       return true;
     },
     async updateStatus(tenantId, status) {
@@ -40,9 +42,27 @@ export function memoryTenantStore(): TenantStore & {
         else if (value !== undefined) next[field] = value;
       }
       statuses.set(tenantId, next as TenantStatus);
+      if (status.state !== undefined && status.state !== 'registration-rejected') refused.delete(tenantId);
     },
     async getStatus(tenantId) {
       return { ...statuses.get(tenantId) };
+    },
+    async recordRefusal(tenantId, refusal, options) {
+      const before = statuses.get(tenantId)?.registrationError;
+      const seen =
+        before?.source === refusal.source &&
+        refusal.generation !== undefined &&
+        before.generation === refusal.generation;
+      statuses.set(tenantId, {
+        ...statuses.get(tenantId),
+        registrationError: structuredClone(refusal),
+        ...(options.rejected ? { state: 'registration-rejected' as const } : {}),
+      });
+      if (options.rejected) refused.add(tenantId);
+      return !seen;
+    },
+    async refusedIds() {
+      return [...refused].sort();
     },
     async cycleListed(tenantId, cycleId, status) {
       await this.updateStatus(tenantId, status);
