@@ -63,7 +63,8 @@ export interface PushOutcome {
  * finish the work; unchanged tenants are not rewritten), except over tenants an administrator wrote
  * or deleted over REST since. Each tenant is validated on its own: a refused one goes to the
  * dead-letter topic (secret redacted) and into its status, the others are applied. A `full` push
- * disables the Director-registered tenants it leaves out — never deletes them. Tenants an administrator
+ * disables the Director-registered tenants it leaves out — never deletes them — and ends the status of
+ * those it leaves out that have no record, every registration of them refused. Tenants an administrator
  * registered over REST are not Director's to disable.
  */
 export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
@@ -142,7 +143,8 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
       // unless the entry would not have applied to the tenant (see `keepRestRecord`).
       const inStatus =
         known !== null &&
-        (await deps.registry.reject(known, validated.violations, origin, { keepRestRecord: repeated }));
+        (await deps.registry.reject(known, validated.violations, origin, { keepRestRecord: repeated })) !==
+          'not-recorded';
       if (known !== null) {
         present.add(known);
         accepted.delete(known);
@@ -176,6 +178,12 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
           (record) => record.source === 'director',
         );
         if (disabled) outcome.disabled++;
+      });
+      // The tenants whose every registration was refused have no record, so the diff above does not see
+      // them: the push leaving them out ends their refused status, as it clears a disabled tenant's.
+      const refusedOnly = (await deps.tenants.refusedIds()).filter((tenantId) => !present.has(tenantId));
+      await forEachLimit(refusedOnly, concurrency, async (tenantId) => {
+        await deps.registry.endRefusal(tenantId, origin);
       });
     }
     await deps.state.observeGeneration(push.generation);

@@ -46,6 +46,13 @@ export interface RegisterOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * What a refused registration did to the tenant's status: `recorded`, a refusal new to it; `recorded-before`,
+ * the status held this refusal already (the same source and generation: the same push handled again);
+ * `not-recorded`, the status was left alone (see `TenantRegistry.reject`).
+ */
+export type RefusalRecord = 'recorded' | 'recorded-before' | 'not-recorded';
+
 export interface TenantRegistry {
   /** Seals the secret, assigns a revision, writes the record to `urs.tenants`, then to Redis. */
   register(
@@ -85,16 +92,27 @@ export interface TenantRegistry {
    * Reports a refused registration in the tenant's status (`registrationError`), until a registration of
    * the tenant is accepted: what polls the tenant leaves it there. A registered tenant keeps its record and
    * its polling state; one without a record is `registration-rejected`. Under the tenant's write lock, so
-   * a registration written meanwhile is not marked refused. Nothing is reported (false) where the
+   * a registration written meanwhile is not marked refused. Nothing is reported (`not-recorded`) where the
    * registration, had it been valid, would have left the tenant as it is: a record an administrator wrote
    * over REST (`keepRestRecord`), a tenant an administrator deleted (see `registerUnlessDeleted`).
+   * `recorded-before`: the status held the refusal of this source and generation already.
    */
   reject(
     tenantId: string,
     violations: Violation[],
     origin: RegistrationOrigin,
     options?: Pick<RegisterOptions, 'keepRestRecord'>,
-  ): Promise<boolean>;
+  ): Promise<RefusalRecord>;
+  /**
+   * Ends the status of a tenant with no record whose registration Director refused (`registration-rejected`):
+   * a `full` push of `origin.generation` left it out, so Director no longer registers it and the refusal
+   * describes nothing pending (as `disable` clears the refusal of a tenant with a record). The status is
+   * removed: the tenant is unknown, as before its first registration. False, and nothing done, when the
+   * tenant has a record (read under its write lock), its status is not `registration-rejected`, or its
+   * refusal is not Director's (an administrator's, like a record written over REST, is not Director's to
+   * end) or is of a newer generation than `origin`'s.
+   */
+  endRefusal(tenantId: string, origin: RegistrationOrigin & { generation: number }): Promise<boolean>;
   /**
    * Re-seals the tenant's stored secret with the active key when it is sealed with a retired one (read
    * under the tenant's write lock: another replica may have done it meanwhile): a new revision of the record
@@ -219,6 +237,9 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     },
     reject(tenantId, violations, origin, options = {}) {
       return locked(tenantId, undefined, () => reject(tenantId, violations, origin, options));
+    },
+    endRefusal(tenantId, origin) {
+      return locked(tenantId, undefined, () => endRefusal(tenantId, origin));
     },
     reseal(tenantId) {
       return locked(tenantId, undefined, () => reseal(tenantId));
@@ -402,11 +423,11 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     violations: Violation[],
     origin: RegistrationOrigin,
     options: Pick<RegisterOptions, 'keepRestRecord'>,
-  ): Promise<boolean> {
+  ): Promise<RefusalRecord> {
     if (origin.generation !== undefined && (await deletedByAdministrator(tenantId, origin.generation)))
-      return false;
+      return 'not-recorded';
     const current = await deps.tenants.get(tenantId);
-    if (options.keepRestRecord && current?.source === 'rest') return false;
+    if (options.keepRestRecord && current?.source === 'rest') return 'not-recorded';
     // Fields of its own: the poller's cycle bookkeeping rewrites `state` and `lastError*` after each cycle,
     // and a refused update (a rotated secret refused, the old one still polling) must stay in sight.
     const registrationError = {
@@ -417,9 +438,28 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       source: origin.source,
       ...(origin.generation === undefined ? {} : { generation: origin.generation }),
     };
-    await deps.tenants.updateStatus(tenantId, {
-      registrationError,
-      ...(current === null ? { state: 'registration-rejected' } : {}),
+    const isNew = await deps.tenants.recordRefusal(tenantId, registrationError, {
+      rejected: current === null,
+    });
+    return isNew ? 'recorded' : 'recorded-before';
+  }
+
+  async function endRefusal(
+    tenantId: string,
+    origin: RegistrationOrigin & { generation: number },
+  ): Promise<boolean> {
+    if ((await deps.tenants.get(tenantId)) !== null) return false;
+    const status = await deps.tenants.getStatus(tenantId);
+    const refusal = status.registrationError;
+    if (status.state !== 'registration-rejected' || refusal?.source !== 'director') return false;
+    // Refused by a newer push than this one (handled meanwhile on another replica): that refusal stands.
+    if ((refusal.generation ?? -1) > origin.generation) return false;
+    // No record: nothing on urs.tenants to end, only the status in Redis.
+    await deps.tenants.remove(tenantId);
+    log.info('refused tenant left out of a full push: its status ended', {
+      tenantId,
+      generation: origin.generation,
+      refusedIn: refusal.generation,
     });
     return true;
   }

@@ -187,4 +187,13 @@ describe('createRegistrationHandler over Kafka and Redis', () => {
     });
     expect((await again.tenants.get('d1'))?.defender.pollIntervalMinutes).toBe(15);
   });
+
+  it('handle should end the status of a tenant whose every registration was refused once a full push leaves it out', async () => {
+    const { tenants } = await start();
+    await push(1, 'full', [item('d1'), item('never', { clientId: 'nope' })]);
+    expect(await tenants.getStatus('never')).toMatchObject({ state: 'registration-rejected' });
+    await push(2, 'full', [item('d1')]);
+    expect(await tenants.getStatus('never')).toEqual({});
+    expect(await tenants.ids()).toEqual(['d1']);
+  });
 });

@@ -339,6 +339,38 @@ describe('createRegistrationHandler', () => {
     }
   });
 
+  it('handle should end the status of a tenant with no record, refused by Director, that a later full push leaves out', async () => {
+    const { push, tenants, registry } = setup();
+    await push(1, 'full', [item('a'), item('never', { clientId: 'nope' })]);
+    await push(2, 'delta', [item('listed', { clientId: 'nope' })]);
+    // A refusal an administrator's own write recorded is not Director's to end.
+    await registry.reject('admin', [{ field: 'defender.clientId', rule: 'must be a GUID' }], {
+      source: 'rest',
+    });
+    expect(await tenants.getStatus('never')).toMatchObject({
+      state: 'registration-rejected',
+      registrationError: { generation: 1 },
+    });
+    // A delta push says nothing of the tenants it leaves out.
+    await push(3, 'delta', [item('a')]);
+    expect(await tenants.getStatus('never')).toMatchObject({ state: 'registration-rejected' });
+    // Director's newer decision: `never` is not registered. `listed` is still there, and still refused.
+    expect(await push(4, 'full', [item('a'), item('listed', { clientId: 'nope' })])).toMatchObject({
+      disabled: 0,
+    });
+    expect(await tenants.getStatus('never')).toEqual({});
+    expect(await tenants.get('never')).toBeNull();
+    expect(await tenants.getStatus('listed')).toMatchObject({
+      state: 'registration-rejected',
+      registrationError: { generation: 4 },
+    });
+    expect(await tenants.getStatus('admin')).toMatchObject({
+      state: 'registration-rejected',
+      registrationError: { source: 'rest' },
+    });
+    expect(await tenants.ids()).toEqual(['a']);
+  });
+
   it('handle should dead-letter, and not put in its status, a refused entry that would not have applied to the tenant', async () => {
     const { push, tenants, registry, letters } = setup();
     await push(5, 'full', [item('a'), item('d')]);
