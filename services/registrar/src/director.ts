@@ -42,7 +42,10 @@ export interface RegistrationHandlerDeps {
   /** Resolves once Redis holds every tenant of `urs.tenants` (the full-push diff reads Redis). */
   ensureRebuilt: () => Promise<void>;
   logger: Logger;
-  /** Counts the refused entries (`urs_registrations_refused_total`): the push itself is handled. */
+  /**
+   * Counts the refused entries (`urs_registrations_refused_total`), once per tenant and generation: the push
+   * itself is handled.
+   */
   metrics: Registry;
   service?: string;
   /** Tenants written at once. Default 32. */
@@ -73,7 +76,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
   const concurrency = deps.concurrency ?? 32;
   const refused = deps.metrics.counter(
     'urs_registrations_refused_total',
-    "Director's tenant entries refused (dead-lettered, the tenant kept as it was), each time their push is handled (a push handled again counts them again): the push itself counts as handled.",
+    "Director's tenant entries refused (dead-lettered, the tenant kept as it was), once per tenant and generation (a push handled again counts none again; an entry without a tenant id counts again only when its push's handling was cut before it finished): the push itself counts as handled.",
   );
   /**
    * The highest generation this process applied. A rebuilt Redis learns the last applied generation from
@@ -137,14 +140,21 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
       outcome.rejected++;
       const known = isTenantId(tenantId) ? tenantId : null;
       const inPush = entryViolations(index, validated.violations);
+      // Written each time the push is handled: a push handled again writes its dead letters again.
       await deadLetter(message, item, known, new RegistrationRejectedError(inPush));
-      refused.inc();
       // Present but refused: its earlier record stays as it was (not disabled), the status says why,
       // unless the entry would not have applied to the tenant (see `keepRestRecord`).
-      const inStatus =
-        known !== null &&
-        (await deps.registry.reject(known, validated.violations, origin, { keepRestRecord: repeated })) !==
-          'not-recorded';
+      const recorded =
+        known === null
+          ? 'not-recorded'
+          : await deps.registry.reject(known, validated.violations, origin, { keepRestRecord: repeated });
+      // Counted once per tenant and generation, so that the alert's increase() does not fire on a push
+      // handled again (redelivered after a rebalance, or a restart before its offset was committed): the
+      // status tells whether this generation's refusal of the tenant is recorded already. An entry the status
+      // leaves alone would not have applied: its generation was applied before, and counted then. An entry
+      // without a tenant id has no status: counted when its generation is newer than the last applied.
+      if (recorded === 'recorded' || (known === null && !repeated)) refused.inc();
+      const inStatus = recorded !== 'not-recorded';
       if (known !== null) {
         present.add(known);
         accepted.delete(known);

@@ -74,6 +74,7 @@ describe('createRegistrationHandler over Kafka and Redis', () => {
     const logger = capturingLogger(lines);
     const tenants = createTenantStore(redis.client, redis.prefix);
     const state = createRegistrarStateStore(redis.client, redis.prefix);
+    const metrics = new Registry();
     const { registry, ready, handler } = createDirectorSide({
       kafka,
       publisher,
@@ -85,7 +86,7 @@ describe('createRegistrationHandler over Kafka and Redis', () => {
       topics: { registration, tenants: tenantsTopic, dlq },
       groupId,
       logger,
-      metrics: new Registry(),
+      metrics,
       readTimeoutMs: 30_000,
     });
     runner = createConsumerRunner({
@@ -101,7 +102,9 @@ describe('createRegistrationHandler over Kafka and Redis', () => {
     await runner.start();
     // As main.ts's start(): rebuilt, and the key checked against what was rebuilt.
     await ready();
-    return { registry, tenants, state };
+    /** The refused entries counted, as /metrics would show them. */
+    const refusedCount = () => metrics.counter('urs_registrations_refused_total', '').get();
+    return { registry, tenants, state, refusedCount };
   }
 
   /** Stops the registrar (committing what it handled) and wipes its Redis. */
@@ -195,5 +198,23 @@ describe('createRegistrationHandler over Kafka and Redis', () => {
     await push(2, 'full', [item('d1')]);
     expect(await tenants.getStatus('never')).toEqual({});
     expect(await tenants.ids()).toEqual(['d1']);
+  });
+
+  it('handle should count a refused entry once when its generation comes again', async () => {
+    const { refusedCount } = await start();
+    const entries = [item('d1'), item('bad', { clientId: 'nope' })];
+    await push(3, 'full', entries);
+    expect(refusedCount()).toBe(1);
+    // Generation 3 delivered again: the refusal is recorded already.
+    expect(await push(3, 'full', entries)).toMatchObject({ rejected: 1 });
+    expect(refusedCount()).toBe(1);
+    // A registrar restarted on the same Redis, handed generation 3 again.
+    await runner?.close();
+    runner = undefined;
+    const again = await start();
+    await push(3, 'full', entries);
+    expect(again.refusedCount()).toBe(0);
+    expect(await push(4, 'full', entries)).toMatchObject({ rejected: 1 });
+    expect(again.refusedCount()).toBe(1);
   });
 });

@@ -371,6 +371,26 @@ describe('createRegistrationHandler', () => {
     expect(await tenants.ids()).toEqual(['a']);
   });
 
+  it('handle should count a refused entry once per tenant and generation, not again when its push is handled again', async () => {
+    const { push, refusedCount, letters } = setup();
+    const entries = [item('a'), item('b', { clientId: 'nope' }), { nonsense: true }];
+    expect(await push(1, 'full', entries)).toMatchObject({ rejected: 2 });
+    expect(refusedCount()).toBe(2);
+    // The same push delivered again (a rebalance, a restart before its offset was committed): no new refusal.
+    expect(await push(1, 'full', entries)).toMatchObject({ rejected: 2 });
+    expect(refusedCount()).toBe(2);
+    // Its dead letters are written again: at least once, as the push is handled.
+    expect(letters()).toHaveLength(4);
+    // A newer generation refusing the same entries refuses them again.
+    expect(await push(2, 'full', entries)).toMatchObject({ rejected: 2 });
+    expect(refusedCount()).toBe(4);
+    // A tenant listed twice, both entries refused: one tenant, one generation.
+    expect(
+      await push(3, 'delta', [item('b', { clientId: 'nope' }), item('b', { pollIntervalMinutes: 1 })]),
+    ).toMatchObject({ rejected: 2 });
+    expect(refusedCount()).toBe(5);
+  });
+
   it('handle should dead-letter, and not put in its status, a refused entry that would not have applied to the tenant', async () => {
     const { push, tenants, registry, letters } = setup();
     await push(5, 'full', [item('a'), item('d')]);
