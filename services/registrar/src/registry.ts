@@ -360,9 +360,17 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     const current = await deps.tenants.get(tenantId);
     if (!current) {
       // Every registration of it refused: no record, only the status saying why. Deleting it ends that.
-      if ((await deps.tenants.getStatus(tenantId)).state !== 'registration-rejected') return false;
+      const status = await deps.tenants.getStatus(tenantId);
+      if (status.state !== 'registration-rejected') return false;
+      // Remembered as a deletion of a record is: the generation that refused it, delivered again, must not
+      // put the refusal back (see `reject`).
+      const generation = Math.max(
+        await deps.state.lastGeneration(),
+        status.registrationError?.generation ?? -1,
+      );
+      if (generation >= 0) await deps.state.observeDeletion(tenantId, generation);
       await deps.tenants.remove(tenantId);
-      log.info('refused tenant deleted', { tenantId });
+      log.info('refused tenant deleted', { tenantId, ...(generation < 0 ? {} : { generation }) });
       return true;
     }
     const revision = await deps.state.nextRevision(tenantId, current.revision);

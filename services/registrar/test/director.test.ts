@@ -391,6 +391,24 @@ describe('createRegistrationHandler', () => {
     expect(refusedCount()).toBe(5);
   });
 
+  it('handle should leave a tenant whose refused status an administrator deleted deleted when its generation comes again', async () => {
+    const { push, tenants, registry, refusedCount } = setup();
+    const entries = [item('a'), item('never', { clientId: 'nope' })];
+    await push(5, 'full', entries);
+    expect(await registry.remove('never')).toBe(true);
+    // Generation 5 delivered again: the administrator's deletion stands, and the refusal is not counted again.
+    await push(5, 'full', entries);
+    expect(await tenants.getStatus('never')).toEqual({});
+    expect(refusedCount()).toBe(1);
+    // A newer generation refusing it again is Director's newer intent.
+    await push(6, 'full', entries);
+    expect(await tenants.getStatus('never')).toMatchObject({
+      state: 'registration-rejected',
+      registrationError: { generation: 6 },
+    });
+    expect(refusedCount()).toBe(2);
+  });
+
   it('handle should dead-letter, and not put in its status, a refused entry that would not have applied to the tenant', async () => {
     const { push, tenants, registry, letters } = setup();
     await push(5, 'full', [item('a'), item('d')]);
