@@ -90,6 +90,11 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     notReadyAfterMs: positiveInt('heldNotReadyAfterMs', options.heldNotReadyAfterMs, 30_000),
     logIntervalMs: positiveInt('heldLogIntervalMs', options.heldLogIntervalMs, 60_000),
   });
+  const handled = options.metrics.counter('urs_messages_total', 'Messages consumed, by topic and outcome.');
+  // Each topic's dead letters served at 0 from the start: UrsMessagesDeadLettered counts their increase,
+  // which a topic's first dead letter alone (the series appearing at 1) would not show.
+  for (const subscription of options.subscriptions)
+    handled.init({ topic: subscription.topic, outcome: 'dead-lettered' });
   const settle = createMessageProcessor({
     service: options.service,
     subscriptions: new Map(options.subscriptions.map((subscription) => [subscription.topic, subscription])),
@@ -99,7 +104,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     log,
     retry,
     held,
-    handled: options.metrics.counter('urs_messages_total', 'Messages consumed, by topic and outcome.'),
+    handled,
     seconds: options.metrics.histogram('urs_handler_seconds', 'Time spent handling one message, in seconds.'),
   });
   const drainTimeoutMs = positiveInt('drainTimeoutMs', options.drainTimeoutMs, 5_000);

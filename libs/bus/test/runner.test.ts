@@ -45,6 +45,23 @@ describe('createConsumerRunner', () => {
     );
   });
 
+  it("should serve each topic's dead-lettered count at 0 before its first dead letter, so that the alert sees it", () => {
+    const metrics = new Registry({ processMetrics: false });
+    const handler = async () => undefined;
+    createConsumerRunner(
+      options({
+        metrics,
+        subscriptions: [
+          { topic: 'urs.devices-enriched', contract: 'urs/enriched-batch', handler },
+          { topic: 'urs.tenants', contract: 'urs/tenant-record', handler },
+        ],
+      }),
+    );
+    const text = metrics.expose();
+    expect(text).toMatch(/^urs_messages_total\{outcome="dead-lettered",topic="urs.devices-enriched"\} 0$/m);
+    expect(text).toMatch(/^urs_messages_total\{outcome="dead-lettered",topic="urs.tenants"\} 0$/m);
+  });
+
   it('should fetch up to 4 MiB of a partition at once unless told otherwise', () => {
     const configs: Array<Record<string, unknown>> = [];
     const recording = {

@@ -34,6 +34,16 @@ export class Counter implements Metric {
     const key = labelKey(labels);
     this.values.set(key, (this.values.get(key) ?? 0) + by);
   }
+  /**
+   * Serves the series at 0 until its first increment (a series already counting keeps its value). Prometheus'
+   * increase() and rate() count nothing before a series' first sample, so a series that appears with its first
+   * event never shows that event: an alert on a single event (a dead letter, a refused registration) needs
+   * the series there before it.
+   */
+  init(labels: Labels = {}): void {
+    const key = labelKey(labels);
+    if (!this.values.has(key)) this.values.set(key, 0);
+  }
   get(labels: Labels = {}): number {
     return this.values.get(labelKey(labels)) ?? 0;
   }

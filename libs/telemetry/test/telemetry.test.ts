@@ -9,6 +9,19 @@ describe('Registry', () => {
     expect(registry.expose()).toContain('urs_messages_total{outcome="ok",topic="urs.tenants"} 3');
   });
 
+  it('Counter.init should serve a series at 0 before its first increment, and keep one already counting', () => {
+    const registry = new Registry({ processMetrics: false });
+    const counter = registry.counter('urs_refused_total', 'Refused.');
+    expect(registry.expose()).not.toMatch(/^urs_refused_total /m);
+    counter.init();
+    counter.init({ topic: 'urs.tenants' });
+    expect(registry.expose()).toMatch(/^urs_refused_total 0$/m);
+    expect(registry.expose()).toMatch(/^urs_refused_total\{topic="urs.tenants"\} 0$/m);
+    counter.inc({ topic: 'urs.tenants' });
+    counter.init({ topic: 'urs.tenants' });
+    expect(registry.expose()).toMatch(/^urs_refused_total\{topic="urs.tenants"\} 1$/m);
+  });
+
   it('should count histogram observations into cumulative buckets', () => {
     const registry = new Registry({ processMetrics: false });
     const histogram = registry.histogram('urs_latency_seconds', 'Latency.', [0.1, 1]);

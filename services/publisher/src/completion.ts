@@ -189,6 +189,10 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     'urs_summary_sweep_failures_total',
     'Overdue or owed cycle summaries the deadline sweep could not send (tried again at the next sweep).',
   );
+  // Served at 0 from the start: UrsTombstonesHeld and UrsSummarySweepFailing count their increase, which the
+  // first event alone (the series appearing at 1) would not show.
+  tombstonesHeld.init();
+  sweepFailures.init();
 
   async function snapshot(tenantId: string, cycleAt: number): Promise<number> {
     const ids = await deps.published.seenSince(tenantId, cycleAt);

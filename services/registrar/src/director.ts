@@ -78,6 +78,9 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     'urs_registrations_refused_total',
     "Director's tenant entries refused (dead-lettered, the tenant kept as it was), once per tenant and generation (a push handled again counts none again; an entry without a tenant id counts again only when its push's handling was cut before it finished): the push itself counts as handled.",
   );
+  // Served at 0 from the start: UrsRegistrationsRefused counts its increase, which a first refusal alone
+  // (the series appearing at 1) would not show.
+  refused.init();
   /**
    * The highest generation this process applied. A rebuilt Redis learns the last applied generation from
    * the pushes before the group's committed offset; one applied here and not yet committed (offsets are

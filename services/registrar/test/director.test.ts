@@ -66,6 +66,16 @@ const item = (tenantId: string, overrides: Record<string, unknown> = {}) => ({
 });
 
 describe('createRegistrationHandler', () => {
+  it('should serve urs_registrations_refused_total at 0 before the first refusal, so that the alert sees it', () => {
+    const metrics = new Registry({ processMetrics: false });
+    createRegistrationHandler({
+      ...({} as Parameters<typeof createRegistrationHandler>[0]),
+      logger: silentLogger,
+      metrics,
+    });
+    expect(metrics.expose()).toMatch(/^urs_registrations_refused_total 0$/m);
+  });
+
   it('handle should apply valid tenants and dead-letter an invalid one, secret redacted, with its status', async () => {
     const { push, tenants, letters, rebuilt, refusedCount } = setup();
     const outcome = await push(1, 'full', [
