@@ -2,10 +2,12 @@
 # Puts Prometheus' promtool at <stack>/bin/promtool (URS_STACK_DIR, default .stack), for the tests that run
 # deploy/prometheus/alerts.yml and scrape.yml through it (deploy/test/promtool.test.ts). `npm run promtool:install`.
 #
-# Does nothing when `promtool` is already on PATH or already extracted. Otherwise it downloads Debian's
+# Does nothing when a promtool 2.x is already on PATH or already extracted (the tests' expectations are Prometheus
+# 2's: see deploy/test/promtool.test.ts). Otherwise it downloads Debian's
 # `prometheus` package (apt-get download, into <stack>/cache; no install, so no Prometheus server is set up or
 # started) and extracts only usr/bin/promtool from it. Needs Debian or Ubuntu (apt-get, dpkg-deb); elsewhere
-# install promtool from https://prometheus.io/download/ and put it on PATH or name it in PROMTOOL.
+# install a promtool 2.x from https://github.com/prometheus/prometheus/releases and put it on PATH or name it in
+# PROMTOOL.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -21,8 +23,13 @@ if [ -n "${PROMTOOL:-}" ]; then
   exit 0
 fi
 if command -v promtool >/dev/null 2>&1; then
-  say "$(command -v promtool) is on PATH: nothing to install"
-  exit 0
+  case "$(promtool --version 2>&1 | head -n 1)" in
+    *"version 2."*)
+      say "$(command -v promtool) is on PATH: nothing to install"
+      exit 0
+      ;;
+    *) say "$(command -v promtool) is not promtool 2.x: extracting Debian's" ;;
+  esac
 fi
 if [ -x "$bin" ]; then
   say "$bin is there: nothing to install"
@@ -30,7 +37,7 @@ if [ -x "$bin" ]; then
 fi
 for tool in apt-get apt-cache dpkg-deb; do
   if ! command -v "$tool" >/dev/null 2>&1; then
-    say "$tool not found: this script needs Debian or Ubuntu. Install promtool from https://prometheus.io/download/ and put it on PATH or set PROMTOOL to it"
+    say "$tool not found: this script needs Debian or Ubuntu. Install a promtool 2.x from https://github.com/prometheus/prometheus/releases and put it on PATH or set PROMTOOL to it"
     exit 1
   fi
 done
@@ -45,7 +52,7 @@ if [ -z "$(candidate)" ] || [ "$(candidate)" = "(none)" ]; then
   say "apt knows no 'prometheus' package: running apt-get update"
   apt-get update -qq
   if [ -z "$(candidate)" ] || [ "$(candidate)" = "(none)" ]; then
-    say "apt still knows no 'prometheus' package after apt-get update: enable the distribution's main component, or install promtool by hand (https://prometheus.io/download/) and set PROMTOOL"
+    say "apt still knows no 'prometheus' package after apt-get update: enable the distribution's main component, or install a promtool 2.x by hand (https://github.com/prometheus/prometheus/releases) and set PROMTOOL"
     exit 1
   fi
 fi

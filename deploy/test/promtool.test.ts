@@ -1,8 +1,8 @@
 // deploy/prometheus/alerts.yml and scrape.yml run through Prometheus' own promtool: the rules parse, a
 // configuration built around the scrape job loads and relabels each stage's pods as deploy/k8s runs them, and
 // the rules' unit tests (deploy/prometheus/alerts.test.yml) fire each alert when, and only when, they should.
-// promtool comes from PROMTOOL, else <URS_STACK_DIR>/bin/promtool (npm run promtool:install puts it there),
-// else PATH; without it these tests fail, naming the command that installs it.
+// promtool (2.x) comes from PROMTOOL, else <URS_STACK_DIR>/bin/promtool (npm run promtool:install puts it
+// there), else PATH; without it these tests fail, naming the command that installs it.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -42,9 +42,24 @@ function findPromtool(): string {
   return found;
 }
 
+/**
+ * The promtool to run, once it is known to be Prometheus 2's: alerts.test.yml's times and values are those of
+ * Prometheus 2, whose range selectors hold the samples at both ends of a range; Prometheus 3 leaves out the
+ * first one, which moves increase() values and times at a window's edge.
+ */
+function promtool2(): string {
+  const file = findPromtool();
+  const run = spawnSync(file, ['--version'], { encoding: 'utf8', timeout: 60_000 });
+  const version = /version (\S+)/.exec(`${run.stdout}${run.stderr}`)?.[1];
+  if (!version?.startsWith('2.')) {
+    throw new Error(`${file} is promtool ${version ?? '(no version)'}, not 2.x: install one with ${INSTALL}`);
+  }
+  return file;
+}
+
 /** promtool's exit status and what it printed (both streams: it reports failures on either). */
 function promtool(...args: string[]): { status: number | null; output: string; stdout: string } {
-  const run = spawnSync(findPromtool(), args, { encoding: 'utf8', timeout: 60_000 });
+  const run = spawnSync(promtool2(), args, { encoding: 'utf8', timeout: 60_000 });
   if (run.error) throw run.error;
   return { status: run.status, output: `${run.stdout}${run.stderr}`, stdout: run.stdout };
 }
