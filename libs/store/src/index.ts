@@ -30,3 +30,5 @@ export { createRegistrarStateStore } from './registrar-state';
 export type { RegistrarStateStore } from './registrar-state';
 export { createDeadLetterLedger } from './dead-letters';
 export type { DeadLetterLedgerOptions } from './dead-letters';
+export { createAnsweredCalls } from './answered-calls';
+export type { AnsweredCalls, KeptAnswers } from './answered-calls';
