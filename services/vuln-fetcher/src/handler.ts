@@ -9,7 +9,7 @@ import { isSetupErrorCode } from '@urs/defender';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage } from '@urs/resilience';
 import { secretRecordUnreadable, type ReplicaKeyCheck } from '@urs/secrets';
-import type { BulkVulnerabilityCache, CycleStore, TenantStore } from '@urs/store';
+import type { AnsweredCalls, BulkVulnerabilityCache, CycleStore, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import { createBatchClaims } from './batch-claim';
 import { createBulkEnrichment } from './bulk';
@@ -37,6 +37,12 @@ export interface EnrichHandlerDeps {
    */
   replicaKey?: ReplicaKeyCheck;
   bulkCache: BulkVulnerabilityCache;
+  /**
+   * Where a per-device batch's answered calls are kept until it is sent (`createAnsweredCalls`, on the same
+   * Redis client as `cycles`): its next try, here or on the replica that takes it over, asks Defender only
+   * for the devices not answered yet.
+   */
+  answers: AnsweredCalls;
   /**
    * Where a bulk cycle's correction batches are added to its total, and its enriched batches counted (the
    * corrections wait for the earlier batches) with the devices they sent as not in the export's snapshot
@@ -161,7 +167,12 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     tenantPollMs: deps.tenantPollMs,
     now,
   });
-  const perDevice = createPerDeviceEnrichment({ concurrency: deps.concurrency, now, fetches });
+  const perDevice = createPerDeviceEnrichment({
+    concurrency: deps.concurrency,
+    answers: deps.answers,
+    now,
+    fetches,
+  });
   const bulk = createBulkEnrichment({
     bulkCache: deps.bulkCache,
     tenants: deps.tenants,
@@ -400,7 +411,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     await deps.cycles.enriched(batch.tenantId, batch.cycleId, batch.batchIndex, unlisted);
     // Only now its answered calls go: a fault recording it leaves them for its next try, which asks Defender
     // for none of them again.
-    perDevice.sent(batch);
+    if (batch.vulnerabilityMode === 'per-device') await perDevice.sent(batch, log);
     batches.inc({ mode: batch.vulnerabilityMode });
     const failed = enrichment.devices.filter((device) => device.vulnerabilities === null).length;
     log.info('batch enriched', { devices: enrichment.devices.length, failed, mode: batch.vulnerabilityMode });

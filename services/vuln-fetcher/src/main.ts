@@ -3,6 +3,7 @@ import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defend
 import { runService } from '@urs/runtime';
 import { checkSecretKey, createReplicaKeyCheck, createSecretSealer } from '@urs/secrets';
 import {
+  createAnsweredCalls,
   createBulkVulnerabilityCache,
   createCycleStore,
   createTenantStore,
@@ -57,6 +58,8 @@ void runService({
       // A secret this key does not open: the tenant's bad record when the key opens other tenants' secrets.
       replicaKey: createReplicaKeyCheck({ sealer, secrets: tenants, keyIds }),
       bulkCache: createBulkVulnerabilityCache(redis, prefix, own.bulkCacheTtlMs),
+      // On the cycle store's client: an answer kept reaches Redis before the batch's claim is given back.
+      answers: createAnsweredCalls(redis, prefix),
       cycles,
       exportLast: own.bulkExportLast,
       skipUnchangedExport: own.bulkSkipUnchanged,

@@ -2,6 +2,7 @@ import type { DeviceBatch, DeviceRecord, EnrichedDevice, VulnerabilitySummary } 
 import { CallHealth, DefenderErrorCode } from '@urs/defender';
 import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage, isInfrastructureFault } from '@urs/resilience';
+import type { AnsweredCalls } from '@urs/store';
 import type { Counter } from '@urs/telemetry';
 import { notHeld, type FetchError, type TenantEnrichment } from './enrichment';
 import { throwIfStopping } from './interruption';
@@ -11,16 +12,23 @@ import { summariseVulnerabilities } from './summarise';
 export interface PerDeviceDeps {
   /** Per-device calls of one batch in flight at once (the shared limiter caps all replicas at 10). */
   concurrency: number;
+  /**
+   * Where a batch's answered calls are kept until it is sent, so that its next try (after a fault of Redis or
+   * Kafka, a stop or a crash, here or on the replica that takes it over) asks Defender only for the others:
+   * an outage or a rolling deploy does not spend the tenant's quota (1,500 calls an hour) on answers had.
+   */
+  answers: AnsweredCalls;
   now: () => Date;
   /** `urs_vulnerability_fetches_total`, shared with the bulk side. */
   fetches: Counter;
 }
 
-/** Per-device enrichment: one call per device of the batch, and what the batch keeps of them for its next try. */
+/** Per-device enrichment: one call per device of the batch, the answers kept for the batch's next try. */
 export interface PerDeviceEnrichment {
   /**
-   * The batch enriched one device call at a time, `concurrency` at once. A failure of the whole tenant comes
-   * back as `tenantFailure`; a fault of Redis or Kafka fails the batch (see `createEnrichHandler`).
+   * The batch enriched one device call at a time, `concurrency` at once, the calls answered by its earlier
+   * tries not made again. A failure of the whole tenant comes back as `tenantFailure`; a fault of Redis or
+   * Kafka fails the batch (see `createEnrichHandler`).
    */
   enrich(
     batch: DeviceBatch,
@@ -28,27 +36,9 @@ export interface PerDeviceEnrichment {
     log: Logger,
     signal: AbortSignal | undefined,
   ): Promise<TenantEnrichment>;
-  /** Lets the batch's answered calls go once it is sent. */
-  sent(batch: DeviceBatch): void;
+  /** Lets the batch's answered calls go once it is sent (a failure only logged: they expire). */
+  sent(batch: DeviceBatch, log: Logger): Promise<void>;
 }
-
-/**
- * Devices whose answered calls are kept for their batch's next try, after a fault of Redis or Kafka failed
- * it (see `answered`), counted over all held batches; past it the batches touched longest ago are let go.
- * Counted in devices, not batches: held batches are retried in turn, so a cap of N batches evicted, with
- * N + 1 held, the very batch to be retried next, and every retry called Defender again for all its
- * devices. A summary with its 10 CVE ids and a 40-character machine id holds ~770 bytes of heap (measured
- * on Node 20), so the cap costs ~40 MB at most; most summaries hold fewer ids. 50,000 devices are 1,000
- * held batches of 50, or 100 of 500: a whole Redis outage's worth for a large fleet.
- */
-const KEPT_DEVICES = 50_000;
-
-/**
- * A held batch not tried again within this long (its partition moved to another replica, or it was
- * dead-lettered) is let go of, in milliseconds: its answers would only linger in memory. A held batch is
- * retried with a backoff capped well below it.
- */
-const KEPT_FOR_MS = 15 * 60_000;
 
 /**
  * Device calls of a batch failing in a row because Defender is down or throttles for longer than a call
@@ -64,58 +54,7 @@ const OUTAGE_CODES: ReadonlySet<string> = new Set([
 ]);
 
 export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichment {
-  const { now, fetches } = deps;
-  /**
-   * Per batch (`tenantId/cycleId/batchIndex`), the devices whose calls were answered before a fault of Redis
-   * or Kafka failed it, when the last of them was (`at`) and when the batch last came (`touchedAt`, in
-   * milliseconds): its next try here asks only for the others, so an outage does not spend the tenant's
-   * quota (1,500 calls an hour) on answers already had. Dropped once the batch is sent, once it has not come
-   * for KEPT_FOR_MS, or, touched longest ago first, while more than KEPT_DEVICES devices are kept. Ordered by
-   * `touchedAt` (a batch that comes again moves to the end).
-   */
-  const answered = new Map<
-    string,
-    { summaries: Map<string, VulnerabilitySummary>; at: Date; touchedAt: number }
-  >();
-  /** The devices kept in `answered`, over all its batches. */
-  let keptDevices = 0;
-
-  function letGo(key: string): void {
-    const kept = answered.get(key);
-    if (kept === undefined) return;
-    keptDevices -= kept.summaries.size;
-    answered.delete(key);
-  }
-
-  /**
-   * Lets go of the batches kept for longer than KEPT_FOR_MS, and of the ones touched longest ago while more
-   * than KEPT_DEVICES devices are kept. Each batch tried here looks, so a batch that never comes again does
-   * not stay in memory for long after the outage.
-   */
-  function evict(at: number): void {
-    for (const [oldest, kept] of answered) {
-      if (keptDevices <= KEPT_DEVICES && at - kept.touchedAt <= KEPT_FOR_MS) return;
-      letGo(oldest);
-    }
-  }
-
-  /** The batch's answered calls from an earlier try, taken out of `answered` while the batch runs. */
-  function takeAnswered(key: string): { summaries: Map<string, VulnerabilitySummary>; at: Date } | undefined {
-    if (answered.size === 0) return undefined;
-    evict(now().getTime());
-    const kept = answered.get(key);
-    letGo(key);
-    return kept;
-  }
-
-  /** Keeps a batch's answered calls until it is sent (see `answered`). */
-  function keepAnswered(key: string, summaries: Map<string, VulnerabilitySummary>, at: Date): void {
-    letGo(key);
-    const touchedAt = now().getTime();
-    answered.set(key, { summaries, at, touchedAt });
-    keptDevices += summaries.size;
-    evict(touchedAt);
-  }
+  const { answers, now, fetches } = deps;
 
   async function perDevice(
     batch: DeviceBatch,
@@ -124,10 +63,35 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
     signal: AbortSignal | undefined,
   ): Promise<TenantEnrichment> {
     const devices: EnrichedDevice[] = new Array(batch.devices.length);
-    const batchKey = `${batch.tenantId}/${batch.cycleId}/${batch.batchIndex}`;
-    const kept = takeAnswered(batchKey);
+    const { tenantId, cycleId, batchIndex } = batch;
+    // A fault of Redis reading them fails the batch (held): going on without them would ask Defender again
+    // for every device an earlier try had answered, and the calls need Redis (the shared limiter) anyway.
+    const kept = await answers.read(tenantId, cycleId, batchIndex);
     const summaries = kept?.summaries ?? new Map<string, VulnerabilitySummary>();
-    let collectedAt = kept?.at ?? now();
+    let collectedAt = kept ? new Date(kept.collectedAt) : now();
+    /** Whether Redis failed to keep an answer of this try (warned of once). */
+    let unkept = false;
+    /**
+     * Keeps an answered call, not waited for: a call's slot does not wait on Redis, and a stop does not wait
+     * for Redis away. Sent in order on the Redis client the cycle store shares, the writes reach Redis before
+     * the batch's claim is given back (and before its answers are let go once it is sent). A failed write is
+     * neither the device's failure nor a reason to hold the batch: this try has the answer, and a fault of
+     * Redis that matters to the batch fails its next call (the shared limiter) or its record as sent; only a
+     * later try of the batch asks Defender for that device again.
+     */
+    function keep(deviceId: string, summary: VulnerabilitySummary, at: Date): void {
+      answers
+        .keep(tenantId, cycleId, batchIndex, deviceId, summary, at.toISOString())
+        .catch((error: unknown) => {
+          if (unkept) return;
+          unkept = true;
+          log.warn('answered device call not kept in Redis: a later try of the batch asks for it again', {
+            deviceId,
+            code: errorCode(error),
+            reason: errorMessage(error),
+          });
+        });
+    }
     let tenantFailure: FetchError | undefined;
     /** A fault of Redis or Kafka met by a call: the batch stops, and fails with it. */
     let fault: { error: unknown } | undefined;
@@ -155,9 +119,10 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
           fetches.inc({ mode: 'per-device', outcome: 'skipped' });
           continue;
         }
+        let summary: VulnerabilitySummary | undefined;
         try {
           const list = await source.machineVulnerabilities(machine.id, signal);
-          const summary = summariseVulnerabilities(list, batch.cvssThreshold);
+          summary = summariseVulnerabilities(list, batch.cvssThreshold);
           devices[index] = { machine, vulnerabilities: summary };
           summaries.set(machine.id, summary);
           fetches.inc({ mode: 'per-device', outcome: 'ok' });
@@ -192,11 +157,11 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
         // No heartbeat here: the batch's own interval heartbeats, and waiting on the broker's answer between
         // two calls would keep this worker's next call from its slot.
         collectedAt = now();
+        if (summary) keep(machine.id, summary, collectedAt);
       }
     }
     const workers = Math.max(1, Math.min(deps.concurrency, batch.devices.length));
     await Promise.all(Array.from({ length: workers }, () => worker()));
-    if (summaries.size > 0) keepAnswered(batchKey, summaries, collectedAt);
     throwIfStopping(signal);
     if (fault) {
       // At debug: the bus warns of a held batch once per outage.
@@ -213,6 +178,13 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
 
   return {
     enrich: perDevice,
-    sent: (batch) => letGo(`${batch.tenantId}/${batch.cycleId}/${batch.batchIndex}`),
+    async sent(batch, log) {
+      await answers.forget(batch.tenantId, batch.cycleId, batch.batchIndex).catch((error: unknown) =>
+        log.debug('answered device calls of the sent batch not let go: they expire', {
+          code: errorCode(error),
+          reason: errorMessage(error),
+        }),
+      );
+    },
   };
 }

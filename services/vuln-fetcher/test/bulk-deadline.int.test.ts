@@ -1,6 +1,6 @@
 import type { DeviceBatch, TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
-import { createBulkVulnerabilityCache, createCycleStore } from '@urs/store';
+import { createAnsweredCalls, createBulkVulnerabilityCache, createCycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { inboundMessage, testRedisPerTest } from '@urs/testkit';
 import { createEnrichHandler } from '../src/handler';
@@ -44,6 +44,7 @@ describe('a bulk cycle whose export read outlasts its deadline', () => {
       tenants: { get: async () => record, updateStatus: async () => undefined },
       sources,
       bulkCache: createBulkVulnerabilityCache(redis.client, redis.prefix),
+      answers: createAnsweredCalls(redis.client, redis.prefix),
       cycles,
       exportLast: options.exportLast ?? false,
       publisher,

@@ -1,6 +1,6 @@
 import type { DeviceBatch, EnrichedBatch, TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
-import { createBulkVulnerabilityCache, createCycleStore } from '@urs/store';
+import { createAnsweredCalls, createBulkVulnerabilityCache, createCycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { inboundMessage, testRedisPerTest, waitFor } from '@urs/testkit';
 import { createEnrichHandler } from '../src/handler';
@@ -105,6 +105,7 @@ describe('a bulk cycle that reads its export last', () => {
       },
       sources,
       bulkCache,
+      answers: createAnsweredCalls(redis.client, redis.prefix),
       cycles,
       exportLast: true,
       skipUnchangedExport: options.skipUnchanged ?? false,

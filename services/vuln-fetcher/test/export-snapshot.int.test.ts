@@ -5,7 +5,7 @@ import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs
 import { silentLogger } from '@urs/logging';
 import { createSecretSealer } from '@urs/secrets';
 import { cveCatalog, startSimulator, type Simulator } from '@urs/simulator';
-import { createBulkVulnerabilityCache, createCycleStore } from '@urs/store';
+import { createAnsweredCalls, createBulkVulnerabilityCache, createCycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { inboundMessage, tenantRecord, testRedisPerTest } from '@urs/testkit';
 import { createEnrichHandler } from '../src/handler';
@@ -71,6 +71,7 @@ describe("bulk cycles and the export's snapshot", () => {
       tenants: { get: async () => record, updateStatus: async () => undefined },
       sources,
       bulkCache: createBulkVulnerabilityCache(redis.client, redis.prefix),
+      answers: createAnsweredCalls(redis.client, redis.prefix),
       cycles,
       exportLast: true,
       skipUnchangedExport: true,

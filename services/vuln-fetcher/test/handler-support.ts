@@ -3,7 +3,7 @@ import type { DeviceBatch, EnrichedBatch, TenantRecord, VulnerabilitySummary } f
 import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
 import type { SecretSealer } from '@urs/secrets';
-import type { BulkExportState, BulkVulnerabilityCache, TenantStatus } from '@urs/store';
+import type { AnsweredCalls, BulkExportState, BulkVulnerabilityCache, TenantStatus } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { inboundMessage } from '@urs/testkit';
 import { createEnrichHandler, type EnrichHandlerDeps } from '../src/handler';
@@ -80,6 +80,34 @@ export function memoryBulkCache(renewals: string[] = []): BulkVulnerabilityCache
   };
 }
 
+/**
+ * A per-device batch's answered calls in memory, as `createAnsweredCalls` keeps them in Redis (tested against
+ * Redis in answered-calls.int.test.ts), without their expiry.
+ */
+export function memoryAnswers(): AnsweredCalls {
+  const batches = new Map<string, { summaries: Map<string, VulnerabilitySummary>; collectedAt: string }>();
+  const key = (tenantId: string, cycleId: string, batchIndex: number): string =>
+    `${tenantId}/${cycleId}/${batchIndex}`;
+  return {
+    async read(tenantId, cycleId, batchIndex) {
+      const kept = batches.get(key(tenantId, cycleId, batchIndex));
+      return kept ? { summaries: new Map(kept.summaries), collectedAt: kept.collectedAt } : null;
+    },
+    async keep(tenantId, cycleId, batchIndex, deviceId, summary, at) {
+      const kept = batches.get(key(tenantId, cycleId, batchIndex)) ?? {
+        summaries: new Map(),
+        collectedAt: at,
+      };
+      kept.summaries.set(deviceId, summary);
+      if (kept.collectedAt < at) kept.collectedAt = at;
+      batches.set(key(tenantId, cycleId, batchIndex), kept);
+    },
+    async forget(tenantId, cycleId, batchIndex) {
+      batches.delete(key(tenantId, cycleId, batchIndex));
+    },
+  };
+}
+
 /** A publisher that keeps every enriched batch the handler sends, in `sent`; `beforeSend` may fail a send. */
 export function capturingPublisher(beforeSend: () => void = () => undefined): {
   sent: EnrichedBatch[];
@@ -124,6 +152,7 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
     },
     sources,
     bulkCache,
+    answers: memoryAnswers(),
     cycles: {
       addCorrections: async () => undefined,
       enriched: async () => undefined,

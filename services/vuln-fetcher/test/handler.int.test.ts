@@ -2,7 +2,12 @@ import type { Consumer, Kafka } from 'kafkajs';
 import { createConsumerRunner, createPublisher, type ConsumerRunner, type Publisher } from '@urs/bus';
 import type { DeviceBatch, EnrichedBatch } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
-import { createBulkVulnerabilityCache, createCycleStore, createTenantStore } from '@urs/store';
+import {
+  createAnsweredCalls,
+  createBulkVulnerabilityCache,
+  createCycleStore,
+  createTenantStore,
+} from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import {
   createTestKafka,
@@ -97,6 +102,7 @@ describe('createEnrichHandler under the consumer runner', () => {
       tenants,
       sources,
       bulkCache: createBulkVulnerabilityCache(redis.client, redis.prefix, 60_000),
+      answers: createAnsweredCalls(redis.client, redis.prefix),
       cycles: createCycleStore(redis.client, redis.prefix),
       publisher,
       topic: enrichedTopic,

@@ -10,6 +10,7 @@ import { createSecretSealer } from '@urs/secrets';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import {
   closeRedis,
+  createAnsweredCalls,
   createBulkVulnerabilityCache,
   createCycleStore,
   createRedis,
@@ -88,6 +89,7 @@ describe('createEnrichHandler with its Redis out of memory', () => {
         tenants,
         sources,
         bulkCache: createBulkVulnerabilityCache(redis, 'oom:', 60_000),
+        answers: createAnsweredCalls(redis, 'oom:'),
         cycles: store,
         publisher,
         topic: 'urs.devices-enriched',
