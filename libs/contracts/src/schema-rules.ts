@@ -30,7 +30,7 @@ export const PATTERN_RULES: ReadonlyMap<string, string> = new Map([
   [CLIENT_SECRET_PATTERN, CLIENT_SECRET_RULE],
 ]);
 export const CLOUDS = ['commercial', 'gcc', 'gcc-high', 'dod'] as const;
-export const REGIONS = ['us', 'eu', 'uk', 'au', 'swa', 'ina'] as const;
+export const REGIONS = ['us', 'eu', 'uk', 'au', 'swa', 'ina', 'aea'] as const;
 export const BAND_NAMES = ['Trustworthy', 'Low Risk', 'Moderate Risk', 'Suspicious', 'High Risk'];
 
 export const isoTime = { type: 'string', format: 'date-time' } as const;

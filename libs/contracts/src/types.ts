@@ -4,7 +4,7 @@
  */
 
 export type Cloud = 'commercial' | 'gcc' | 'gcc-high' | 'dod';
-export type Region = 'us' | 'eu' | 'uk' | 'au' | 'swa' | 'ina';
+export type Region = 'us' | 'eu' | 'uk' | 'au' | 'swa' | 'ina' | 'aea';
 export type Band = 'Trustworthy' | 'Low Risk' | 'Moderate Risk' | 'Suspicious' | 'High Risk';
 export const BANDS: readonly Band[] = ['Trustworthy', 'Low Risk', 'Moderate Risk', 'Suspicious', 'High Risk'];
 

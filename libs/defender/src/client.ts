@@ -36,7 +36,7 @@ import {
 export interface DefenderTenant extends DefenderCredentials {
   /** `commercial` (default), `gcc`, `gcc-high` or `dod`. */
   cloud?: string;
-  /** `us`, `eu`, `uk`, `au`, `swa`, `ina`, or none for the global host. */
+  /** `us`, `eu`, `uk`, `au`, `swa`, `ina`, `aea`, or none for the global host. */
   region?: string;
 }
 

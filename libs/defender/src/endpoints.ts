@@ -3,7 +3,7 @@ import { DefenderError, DefenderErrorCode } from './errors';
 export const DEFENDER_CLOUDS = ['commercial', 'gcc', 'gcc-high', 'dod'] as const;
 export type DefenderCloud = (typeof DEFENDER_CLOUDS)[number];
 
-export const DEFENDER_REGIONS = ['us', 'eu', 'uk', 'au', 'swa', 'ina'] as const;
+export const DEFENDER_REGIONS = ['us', 'eu', 'uk', 'au', 'swa', 'ina', 'aea'] as const;
 export type DefenderRegion = (typeof DEFENDER_REGIONS)[number];
 
 /** Operator overrides applied to every tenant (read once from the environment by the caller). */

@@ -12,7 +12,7 @@ describe('resolveEndpoints', () => {
     });
   });
 
-  it.each(['us', 'eu', 'uk', 'au', 'swa', 'ina'])(
+  it.each(['us', 'eu', 'uk', 'au', 'swa', 'ina', 'aea'])(
     'resolveEndpoints should use the %s regional host',
     (region) => {
       expect(resolveEndpoints('commercial', region).apiBase).toBe(

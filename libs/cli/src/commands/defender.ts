@@ -29,7 +29,7 @@ check     says in one line whether the credentials and the consent work, whether
   --client-id C              Application (client) ID
   --client-secret-file F     file holding the client secret's Value (never pass a secret as an argument)
   --cloud X                  commercial (default), gcc, gcc-high, dod
-  --region R                 us, eu, uk, au, swa, ina; default the global host
+  --region R                 us, eu, uk, au, swa, ina, aea; default the global host
   --page-size N              devices per request, 1–10000 (default 10000)
   --with-vulnerabilities     add "vulnerabilities" to each record: an array, or null where they could not be fetched
   --vulnerabilities-mode M   per-device, bulk or auto (default): auto takes the bulk export when the tenant

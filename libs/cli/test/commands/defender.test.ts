@@ -233,7 +233,7 @@ describe('urs defender usage', () => {
     expect(cloud.stderr).toContain('--cloud must be one of commercial, gcc, gcc-high, dod');
     const region = await run(args('devices', app, '--region', 'moon', '--no-redis'));
     expect(region.code).toBe(2);
-    expect(region.stderr).toContain('--region must be one of us, eu, uk, au, swa, ina');
+    expect(region.stderr).toContain('--region must be one of us, eu, uk, au, swa, ina, aea');
   });
 
   it('defenderCommand should exit 2 for a page size above 10,000', async () => {

@@ -390,7 +390,7 @@ describe('tenantRoutes', () => {
     const region = (
       answer.body as { error: { violations: { field: string; rule: string }[] } }
     ).error.violations.find((v) => v.field === 'region');
-    expect(region?.rule).toBe('must be one of us, eu, uk, au, swa, ina or must be null');
+    expect(region?.rule).toBe('must be one of us, eu, uk, au, swa, ina, aea or must be null');
     expect(publisher.sent).toHaveLength(0);
     expect((await call('PUT', '/v1/tenants/acme/defender', [1, 2])).status).toBe(400);
     const badId = await call('PUT', '/v1/tenants/-bad/defender', registrationBody());
