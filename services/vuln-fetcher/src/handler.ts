@@ -154,7 +154,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   const now = deps.now ?? (() => new Date());
   const fetches = deps.metrics.counter(
     'urs_vulnerability_fetches_total',
-    'Device vulnerability lookups, by mode and outcome (ok, failed, skipped; not-held: a device excluded from vulnerability management, not asked for or not taken from the export; not-in-snapshot: a device first seen after the bulk export was generated).',
+    'Device vulnerability lookups, by mode and outcome (ok, failed, skipped; reused: a per-device answer an earlier try of the batch had, not asked for again; not-held: a device excluded from vulnerability management, not asked for or not taken from the export; not-in-snapshot: a device first seen after the bulk export was generated).',
   );
   const batches = deps.metrics.counter('urs_enriched_batches_total', 'Device batches enriched, by mode.');
   const redelivered = deps.metrics.counter(

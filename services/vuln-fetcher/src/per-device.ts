@@ -112,6 +112,7 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
         const had = summaries.get(machine.id);
         if (had) {
           devices[index] = { machine, vulnerabilities: had };
+          fetches.inc({ mode: 'per-device', outcome: 'reused' });
           continue;
         }
         if (tenantFailure) {

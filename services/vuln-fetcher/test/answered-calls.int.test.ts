@@ -168,12 +168,20 @@ describe('createEnrichHandler keeping a per-device batch’s answered calls in R
     const firstCollectedAt = (await keptOf(record))?.collectedAt;
 
     const asked: string[] = [];
+    const metrics = new Registry({ processMetrics: false });
     const taker = replica(async (machineId) => void asked.push(machineId), {
       now: clockFrom('2026-01-01T11:00:00.000Z'),
+      metrics,
     });
     await taker.handler(message(batch(record)));
     expect(calls()).toBe(DEVICES);
     expect(asked).toHaveLength(DEVICES - 3);
+    // The quota the kept answers saved, as an operator sees it.
+    const fetches = metrics.expose();
+    expect(fetches).toContain('urs_vulnerability_fetches_total{mode="per-device",outcome="reused"} 3');
+    expect(fetches).toContain(
+      `urs_vulnerability_fetches_total{mode="per-device",outcome="ok"} ${DEVICES - 3}`,
+    );
     expect(taker.sent).toHaveLength(1);
     const sent = taker.sent[0];
     expect(sent?.devices.map((device) => device.machine.id)).toEqual(ids);
