@@ -1,4 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Writable } from 'node:stream';
+import { createGzip, gzipSync } from 'node:zlib';
 
 /** Largest request body the simulator reads (control API records, token forms). */
 const MAX_BODY_BYTES = 64 * 1024 * 1024;
@@ -12,19 +14,33 @@ export function sendJson(
   sendRaw(res, status, JSON.stringify(body), headers);
 }
 
+/** Whether a request accepts a gzipped answer (its Accept-Encoding names gzip, not with q=0). */
+export function acceptsGzip(req: IncomingMessage): boolean {
+  const accepted = req.headers['accept-encoding'];
+  if (typeof accepted !== 'string') return false;
+  return accepted
+    .split(',')
+    .map((item) => item.trim().toLowerCase().split(';'))
+    .some(([coding, q]) => coding === 'gzip' && !/^\s*q=0(\.0*)?\s*$/.test(q ?? ''));
+}
+
+/** `payload` as the answer; gzipped (`Content-Encoding: gzip`) when `gzip`. */
 export function sendRaw(
   res: ServerResponse,
   status: number,
   payload: string,
   headers: Record<string, string | number> = {},
+  gzip = false,
 ): void {
   if (res.destroyed) return;
+  const bytes = gzip ? gzipSync(payload) : Buffer.from(payload);
   res.writeHead(status, {
     'Content-Type': 'application/json; charset=utf-8',
-    'Content-Length': Buffer.byteLength(payload),
+    'Content-Length': bytes.length,
+    ...(gzip ? { 'Content-Encoding': 'gzip', Vary: 'Accept-Encoding' } : {}),
     ...headers,
   });
-  res.end(payload);
+  res.end(bytes);
 }
 
 /**
@@ -62,27 +78,40 @@ export async function sendParts(
   status: number,
   parts: Iterable<Buffer>,
   headers: Record<string, string | number> = {},
+  gzip = false,
 ): Promise<void> {
   if (res.destroyed) return;
-  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', ...headers });
+  res.writeHead(status, {
+    'Content-Type': 'application/json; charset=utf-8',
+    ...(gzip ? { 'Content-Encoding': 'gzip', Vary: 'Accept-Encoding' } : {}),
+    ...headers,
+  });
+  // Gzipped, the parts go through a gzip stream piped to the answer; its own buffer counts as the answer's.
+  const out: Writable = gzip ? createGzip() : res;
+  if (gzip) {
+    out.pipe(res);
+    res.once('close', () => out.destroy());
+  }
   for (const part of parts) {
     if (res.destroyed) return;
-    res.write(part);
-    if (res.writableLength > MAX_BUFFERED_BYTES) await drained(res);
+    out.write(part);
+    // Either buffer past the bound had its last write refused, so its 'drain' comes.
+    if (res.writableLength > MAX_BUFFERED_BYTES) await drained(res, res);
+    else if (out.writableLength > MAX_BUFFERED_BYTES) await drained(out, res);
     else await new Promise<void>((resolve) => setImmediate(resolve));
   }
-  if (!res.destroyed) res.end();
+  if (!res.destroyed) out.end();
 }
 
-/** Resolves once the response's buffer drained, or the response closed. */
-function drained(res: ServerResponse): Promise<void> {
+/** Resolves once `out`'s buffer drained, or the response closed. */
+function drained(out: Writable, res: ServerResponse): Promise<void> {
   return new Promise((resolve) => {
     const done = (): void => {
-      res.off('drain', done);
+      out.off('drain', done);
       res.off('close', done);
       resolve();
     };
-    res.on('drain', done);
+    out.on('drain', done);
     res.on('close', done);
   });
 }

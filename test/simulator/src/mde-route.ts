@@ -1,5 +1,6 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import { WILDCARD, type FaultInjector } from './fault-injector';
+import { acceptsGzip } from './http';
 import {
   bulkVulnerabilities,
   getMachine,
@@ -11,7 +12,7 @@ import {
 } from './mde';
 import type { QuotaKind } from './quota';
 import type { Rng } from './rng';
-import type { FaultSpec, TenantState } from './state';
+import type { FaultSpec, FiveXxBody, RetryAfterStyle, TenantState } from './state';
 import type { StatsTracker } from './tracker';
 import { MDE_AUDIENCES, type AccessClaims, type TokenSigner } from './tokens';
 import { exportFilesList, type SasSigner } from './tvmexport';
@@ -42,6 +43,38 @@ const REQUIRED_ROLES: Record<QuotaKind, string[]> = {
   bulk: ['Vulnerability.Read.All'],
   exportFiles: ['Vulnerability.Read.All'],
 };
+
+/** A 429's Retry-After for a wait of `waitSec`, as `style` writes it (none at all for 'none'). */
+function retryAfterHeaders(
+  style: RetryAfterStyle | undefined,
+  waitSec: number,
+): Record<string, string | number> {
+  if (style === 'none') return {};
+  // An HTTP date has whole seconds: rounded up, so the date is never sooner than the wait.
+  if (style === 'httpDate')
+    return { 'Retry-After': new Date(Math.ceil((Date.now() + waitSec * 1000) / 1000) * 1000).toUTCString() };
+  return { 'Retry-After': waitSec };
+}
+
+/** A 5xx of the status5xxRate fault, its body as `body` asks. */
+function fiveXx(status: number, body: FiveXxBody | undefined): Reply {
+  if (body === 'empty') return { status, body: undefined, raw: '' };
+  if (body === 'html') {
+    const title = `${status} ${STATUS_CODES[status] ?? 'Server Error'}`;
+    return {
+      status,
+      body: undefined,
+      // What a gateway in front of a failing service answers: its own page, not the service's JSON.
+      raw:
+        `<!DOCTYPE html>\r\n<html>\r\n<head><title>${title}</title></head>\r\n<body>\r\n` +
+        `<center><h1>${title}</h1></center>\r\n<hr><center>Microsoft-Azure-Application-Gateway/v2</center>\r\n` +
+        `</body>\r\n</html>\r\n${'<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n'.repeat(6)}`,
+      headers: { 'Content-Type': 'text/html' },
+    };
+  }
+  if (status === 503) return mdeError(503, 'ServiceUnavailable', 'Service is temporarily unavailable.');
+  return mdeError(status, 'InternalServerError', '');
+}
 
 /** The Defender for Endpoint API (`/api/…`): its bearer tokens, roles, quotas, faults and answers. */
 export function createMdeRoute(
@@ -108,6 +141,10 @@ export function createMdeRoute(
     count(kind, tenantId, res);
     enterTenant(res, tenantId);
     await delay();
+    const f = faults.get(tenantId) ?? faults.get(WILDCARD) ?? {};
+    const gzip = f.gzip === true && acceptsGzip(req);
+    // Counted as a fault, so a test can tell its client's answers were gzipped.
+    if (gzip) fault('gzip');
 
     const required = REQUIRED_ROLES[quota];
     if (!required.some((role) => auth.roles?.includes(role))) {
@@ -119,13 +156,30 @@ export function createMdeRoute(
           `The application does not have any of the required application permissions (${required.join(', ')}) to access the resource.`,
         ),
         false,
+        gzip,
       );
       return;
     }
-    const f = faults.get(tenantId) ?? faults.get(WILDCARD) ?? {};
     if (f.disabledFeature?.includes(quota)) {
       fault('disabledFeature');
-      send(res, mdeError(403, 'DisabledFeature', "Tenant feature isn't enabled."), false);
+      send(res, mdeError(403, 'DisabledFeature', "Tenant feature isn't enabled."), false, gzip);
+      return;
+    }
+    if (f.throttledCalls) {
+      f.throttledCalls--;
+      fault('throttled');
+      const waitSec = f.throttleRetryAfterSec ?? 1;
+      send(
+        res,
+        mdeError(
+          429,
+          'TooManyRequests',
+          `API calls quota exceeded! Retry in ${waitSec} seconds.`,
+          retryAfterHeaders(f.retryAfter, waitSec),
+        ),
+        false,
+        gzip,
+      );
       return;
     }
     if (deps.quotasOn()) {
@@ -136,10 +190,14 @@ export function createMdeRoute(
         tracker.throttled(tenantId);
         send(
           res,
-          mdeError(429, 'TooManyRequests', `API calls quota exceeded! Retry in ${waitSec} seconds.`, {
-            'Retry-After': waitSec,
-          }),
+          mdeError(
+            429,
+            'TooManyRequests',
+            `API calls quota exceeded! Retry in ${waitSec} seconds.`,
+            retryAfterHeaders(f.retryAfter, waitSec),
+          ),
           false,
+          gzip,
         );
         return;
       }
@@ -147,29 +205,28 @@ export function createMdeRoute(
     if (injectTransportFault(req, res, f)) return;
     if (roll(f.status5xxRate)) {
       fault('5xx');
-      const unavailable = rng.next() < 0.5;
-      send(
-        res,
-        unavailable
-          ? mdeError(503, 'ServiceUnavailable', 'Service is temporarily unavailable.')
-          : mdeError(500, 'InternalServerError', ''),
-        false,
-      );
+      const statuses = f.status5xxStatuses ?? [503, 500];
+      const status = statuses[
+        Math.min(statuses.length - 1, Math.floor(rng.next() * statuses.length))
+      ] as number;
+      send(res, fiveXx(status, f.status5xxBody), false, gzip);
       return;
     }
     const shortPage = kind === 'machines' && roll(f.shortPageRate);
     const malformed = roll(f.malformedRate);
+    // The origin the paged answers' links name (see FaultSpec.nextLinkOrigin).
+    const linkBase = f.nextLinkOrigin ?? deps.baseUrl();
     let reply: Reply;
-    if (kind === 'machines') reply = listMachines(deps.baseUrl(), tenant, url.searchParams, shortPage);
+    if (kind === 'machines') reply = listMachines(linkBase, tenant, url.searchParams, shortPage);
     else if (kind === 'machine')
       reply = getMachine(deps.baseUrl(), tenant, decodeURIComponent(segments[2] as string));
     else if (kind === 'vulnerabilities')
       reply = machineVulnerabilities(deps.baseUrl(), tenant, decodeURIComponent(segments[2] as string));
     else if (kind === 'exportFiles') reply = exportFilesList(deps.baseUrl(), tenant, url.searchParams, sas);
-    else reply = bulkVulnerabilities(deps.baseUrl(), tenant, url.searchParams);
+    else reply = bulkVulnerabilities(linkBase, tenant, url.searchParams);
     if (shortPage) fault('shortPage');
     if (malformed && reply.status === 200) fault('malformed');
-    await send(res, reply, malformed && reply.status === 200);
+    await send(res, reply, malformed && reply.status === 200, gzip);
   }
 
   return handleMde;

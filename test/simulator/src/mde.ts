@@ -46,10 +46,16 @@ export function mdeError(
   };
 }
 
-export function send(res: ServerResponse, reply: Reply, malformed: boolean): Promise<void> | void {
+/** Writes `reply`; cut in half when `malformed`, gzipped when `gzip` (the request accepted it). */
+export function send(
+  res: ServerResponse,
+  reply: Reply,
+  malformed: boolean,
+  gzip = false,
+): Promise<void> | void {
   const headers: Record<string, string | number> = { 'OData-Version': '4.0', ...(reply.headers ?? {}) };
   if (reply.status === 200) headers['Content-Type'] = ODATA_JSON;
-  if (reply.parts && !malformed) return sendParts(res, reply.status, reply.parts(), headers);
+  if (reply.parts && !malformed) return sendParts(res, reply.status, reply.parts(), headers, gzip);
   const full = reply.parts
     ? Buffer.concat([...reply.parts()]).toString('utf8')
     : (reply.raw ?? JSON.stringify(reply.body));
@@ -59,6 +65,7 @@ export function send(res: ServerResponse, reply: Reply, malformed: boolean): Pro
     reply.status,
     malformed ? full.slice(0, Math.max(1, Math.floor(full.length / 2))) : full,
     headers,
+    gzip,
   );
 }
 

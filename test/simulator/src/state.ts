@@ -24,8 +24,42 @@ export interface TenantSpec {
 
 /** Fault probabilities (0..1 each), rolled independently per MDE API call. */
 export interface FaultSpec {
-  /** Answer 500 or 503 with the MDE error body. */
+  /** Answer a 5xx (500 or 503 unless `status5xxStatuses` says otherwise) with the body `status5xxBody` says. */
   status5xxRate?: number;
+  /** The statuses status5xxRate answers, one picked at random per fault. Default [503, 500]. */
+  status5xxStatuses?: number[];
+  /**
+   * The body of status5xxRate's answers: 'mde' (default) MDE's error JSON; 'empty' none at all; 'html' a
+   * gateway's HTML error page (`text/html`), as the Azure front end before the service answers when the
+   * service behind it fails.
+   */
+  status5xxBody?: FiveXxBody;
+  /**
+   * The tenant's next this many MDE API calls (after the role and licence checks) are answered 429
+   * `TooManyRequests` whatever the quota's room, as a front end throttling before the service; counted
+   * down as they happen.
+   */
+  throttledCalls?: number;
+  /** The wait throttledCalls' 429s ask for, in seconds (see retryAfter for how). Default 1. */
+  throttleRetryAfterSec?: number;
+  /**
+   * How every 429 of the tenant (its quota's and throttledCalls') carries its wait: 'seconds' (default,
+   * `Retry-After: 12` as MDE sends it), 'httpDate' (`Retry-After: <HTTP date>`, which RFC 9110 allows too)
+   * or 'none' (no Retry-After at all, as some gateways answer).
+   */
+  retryAfter?: RetryAfterStyle;
+  /**
+   * An origin (`https://api.securitycenter.microsoft.com`) that the device listing's and the bulk export's
+   * `@odata.nextLink` and `@odata.context` name instead of the simulator's own, as Microsoft's examples show
+   * links to the global host while a regional one was called. The links still lead to this simulator's
+   * routes by path; a client following them to the host they name would leave the simulator.
+   */
+  nextLinkOrigin?: string;
+  /**
+   * Gzip MDE API answers (`Content-Encoding: gzip`) to requests whose Accept-Encoding names gzip, as
+   * Azure's front ends do. Default false: answers go uncompressed.
+   */
+  gzip?: boolean;
   /** Destroy the TCP/TLS connection without answering. */
   resetRate?: number;
   /** Never answer; the request hangs until the client gives up (or the simulator closes). */
@@ -57,6 +91,9 @@ export interface FaultSpec {
    */
   disabledFeature?: QuotaKind[];
 }
+
+export type FiveXxBody = 'mde' | 'empty' | 'html';
+export type RetryAfterStyle = 'seconds' | 'httpDate' | 'none';
 
 export interface TenantState {
   id: string;
@@ -98,12 +135,59 @@ export function validateFaults(faults: FaultSpec): FaultSpec {
       );
     out.disabledFeature = [...(kinds as QuotaKind[])];
   }
+  for (const key of ['throttledCalls', 'throttleRetryAfterSec'] as const) {
+    const n = faults[key];
+    if (n === undefined) continue;
+    if (!Number.isInteger(n) || n < 0)
+      throw new Error(`faults.${key} must be a non-negative integer, got ${String(n)}`);
+    out[key] = n;
+  }
+  if (faults.status5xxStatuses !== undefined) {
+    const statuses = faults.status5xxStatuses as unknown;
+    if (
+      !Array.isArray(statuses) ||
+      statuses.length === 0 ||
+      statuses.some((s) => !Number.isInteger(s) || (s as number) < 500 || (s as number) > 599)
+    )
+      throw new Error(
+        `faults.status5xxStatuses must be a non-empty array of statuses 500..599, got ${JSON.stringify(statuses)}`,
+      );
+    out.status5xxStatuses = [...(statuses as number[])];
+  }
+  const body = oneOf(faults.status5xxBody, 'status5xxBody', ['mde', 'empty', 'html'] as const);
+  if (body) out.status5xxBody = body;
+  const retryAfter = oneOf(faults.retryAfter, 'retryAfter', ['seconds', 'httpDate', 'none'] as const);
+  if (retryAfter) out.retryAfter = retryAfter;
+  if (faults.nextLinkOrigin !== undefined) {
+    let origin: string;
+    try {
+      const link = new URL(faults.nextLinkOrigin);
+      if (link.protocol !== 'https:' && link.protocol !== 'http:') throw new Error(link.protocol);
+      origin = link.origin;
+    } catch {
+      throw new Error(`faults.nextLinkOrigin must be an http(s) URL, got ${String(faults.nextLinkOrigin)}`);
+    }
+    out.nextLinkOrigin = origin;
+  }
+  if (faults.gzip !== undefined) {
+    if (typeof faults.gzip !== 'boolean')
+      throw new Error(`faults.gzip must be a boolean, got ${String(faults.gzip)}`);
+    out.gzip = faults.gzip;
+  }
   if (faults.tokenEndpoint !== undefined) {
     if (typeof faults.tokenEndpoint !== 'boolean')
       throw new Error(`faults.tokenEndpoint must be a boolean, got ${String(faults.tokenEndpoint)}`);
     out.tokenEndpoint = faults.tokenEndpoint;
   }
   return out;
+}
+
+/** `value` when it is one of `allowed` (or absent); throws naming the fault otherwise. */
+function oneOf<T extends string>(value: unknown, key: string, allowed: readonly T[]): T | undefined {
+  if (value === undefined) return undefined;
+  if (!allowed.includes(value as T))
+    throw new Error(`faults.${key} must be one of ${allowed.join(', ')}, got ${String(value)}`);
+  return value as T;
 }
 
 const TENANT_ID =
