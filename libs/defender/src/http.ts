@@ -64,8 +64,8 @@ export type { RowsScan } from './requests';
 
 export interface ApiCaller {
   /**
-   * GET `pathOrUrl` (a path under the API base, or an absolute `@odata.nextLink` on the same origin) as one
-   * call of `endpoint`'s quota. Resolves 200 with the parsed body or 404; throws DefenderError otherwise.
+   * GET `pathOrUrl` (a path under the API base, or an absolute `@odata.nextLink`: its path and query on the
+   * tenant's own API host, whatever host it names, see Requests.resolveUrl) as one call of `endpoint`'s quota. Resolves 200 with the parsed body or 404; throws DefenderError otherwise.
    */
   get(
     endpoint: DefenderEndpointClass,

@@ -1,0 +1,233 @@
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { type Simulator, startSimulator } from '@urs/simulator';
+import { capturingLogger, type LogLine } from '@urs/testkit';
+import { DefenderErrorCode, type QuotaGate, createLocalQuotaGate } from '../src';
+import { type TestApp, newApp, simClient } from './support';
+
+// The answers of Azure's front end before the Defender API (429s without Retry-After or with a date, 5xx pages
+// that are not MDE's JSON, gzipped bodies) and next links naming another host, read by the client end to end
+// against the simulator over TLS.
+
+let sim: Simulator;
+let app: TestApp;
+
+beforeAll(async () => {
+  sim = await startSimulator({ quotas: false });
+  app = newApp();
+  sim.addTenant({ azureTenantId: app.azureTenantId, apps: [app], fleet: { size: 40, seed: 23 } });
+});
+
+afterAll(async () => {
+  await sim.close();
+});
+
+afterEach(() => {
+  sim.setFaults(app.azureTenantId, {});
+});
+
+/** A local quota gate that also records every block a 429 asked for. */
+function recordingQuota(blocks: { endpoint: string; ms: number }[]): QuotaGate {
+  const local = createLocalQuotaGate();
+  return {
+    acquire: (...args) => local.acquire(...args),
+    block: async (tenant, endpoint, ms) => {
+      blocks.push({ endpoint, ms });
+      await local.block(tenant, endpoint, ms);
+    },
+  };
+}
+
+describe('createDefenderClient when the API throttles', () => {
+  it('listMachines should wait its own backoff and retry when a 429 has no Retry-After', async () => {
+    sim.setFaults(app.azureTenantId, { throttledCalls: 2, retryAfter: 'none' });
+    const blocks: { endpoint: string; ms: number }[] = [];
+    const { client, close } = simClient(sim, app, { quota: recordingQuota(blocks) });
+    try {
+      sim.resetStats();
+      await expect(client.listMachines()).resolves.toHaveLength(40);
+      const throttledWalk = sim.stats().calls.machines;
+      sim.resetStats();
+      await client.listMachines();
+      // The same walk as without the 429s, each of them retried once.
+      expect(throttledWalk).toBe((sim.stats().calls.machines ?? 0) + 2);
+      // The support helper's policy (10–100 ms, full jitter): each wait is its backoff, never more.
+      expect(blocks).toHaveLength(2);
+      for (const block of blocks) {
+        expect(block.endpoint).toBe('machines');
+        expect(block.ms).toBeGreaterThanOrEqual(0);
+        expect(block.ms).toBeLessThanOrEqual(100);
+      }
+    } finally {
+      await close();
+    }
+  });
+
+  it('getMachineVulnerabilities should wait until the HTTP date a 429’s Retry-After gives, then retry', async () => {
+    sim.setFaults(app.azureTenantId, { throttledCalls: 1, retryAfter: 'httpDate', throttleRetryAfterSec: 1 });
+    const blocks: { endpoint: string; ms: number }[] = [];
+    const { client, close } = simClient(sim, app, { quota: recordingQuota(blocks) });
+    try {
+      const id = sim.machines(app.azureTenantId)[0]?.id as string;
+      await expect(client.getMachineVulnerabilities(id)).resolves.toEqual(expect.any(Array));
+      expect(sim.stats().faultsByKind.throttled).toBeGreaterThanOrEqual(1);
+      // The date is at least a second after the 429 was sent, in whole seconds: more than the backoff's
+      // 100 ms, at most two seconds.
+      expect(blocks).toHaveLength(1);
+      expect(blocks[0]?.ms).toBeGreaterThan(100);
+      expect(blocks[0]?.ms).toBeLessThanOrEqual(2_000);
+    } finally {
+      await close();
+    }
+  });
+
+  it('getMachineVulnerabilities should cap a Retry-After date a day away at an hour and fail THROTTLED when it may not wait that long', async () => {
+    sim.setFaults(app.azureTenantId, {
+      throttledCalls: 1,
+      retryAfter: 'httpDate',
+      throttleRetryAfterSec: 86_400,
+    });
+    const { client, close } = simClient(sim, app, { maxThrottleWaitMs: 60_000 });
+    try {
+      const id = sim.machines(app.azureTenantId)[0]?.id as string;
+      const error = await client.getMachineVulnerabilities(id).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toMatchObject({
+        code: DefenderErrorCode.THROTTLED,
+        canRetry: true,
+        retryAfterMs: 3_600_000,
+        details: { retryAfter: expect.stringMatching(/ GMT$/) },
+      });
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe('createDefenderClient when a gateway answers 5xx without MDE’s error body', () => {
+  it.each([
+    ['an empty body', 'empty', 502],
+    ['an HTML page', 'html', 504],
+  ] as const)(
+    'listMachines should retry a 5xx with %s and fail UNAVAILABLE naming the status, without the body',
+    async (_what, body, status) => {
+      sim.setFaults(app.azureTenantId, {
+        status5xxRate: 1,
+        status5xxStatuses: [status],
+        status5xxBody: body,
+      });
+      const lines: LogLine[] = [];
+      const { client, close } = simClient(sim, app, { logger: capturingLogger(lines) });
+      try {
+        sim.resetStats();
+        const error = await client.listMachines().then(
+          () => undefined,
+          (e: unknown) => e as Error & { details: Record<string, unknown> },
+        );
+        expect(error).toMatchObject({
+          code: DefenderErrorCode.UNAVAILABLE,
+          canRetry: true,
+          message: `The Defender API answered ${status} for tenant ${app.azureTenantId} on /api/machines`,
+        });
+        // The support helper's policy: 6 attempts.
+        expect(sim.stats().calls.machines).toBe(6);
+        expect(JSON.stringify(error?.details)).not.toMatch(/<|html/i);
+        expect(JSON.stringify(lines)).not.toMatch(/<|html/i);
+        expect(lines.filter((l) => l.message === 'defender: retrying a call')).toHaveLength(5);
+      } finally {
+        await close();
+      }
+    },
+  );
+
+  it('getMachineVulnerabilities should fail UNAVAILABLE naming the status when every answer is a gateway’s HTML page', async () => {
+    sim.setFaults(app.azureTenantId, { status5xxRate: 1, status5xxStatuses: [502], status5xxBody: 'html' });
+    const { client, close } = simClient(sim, app);
+    try {
+      const id = sim.machines(app.azureTenantId)[0]?.id as string;
+      await expect(client.getMachineVulnerabilities(id)).rejects.toMatchObject({
+        code: DefenderErrorCode.UNAVAILABLE,
+        message: `The Defender API answered 502 for tenant ${app.azureTenantId} on /api/machines/${id}/vulnerabilities`,
+      });
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe('createDefenderClient when a next link names another host', () => {
+  let elsewhere: Server;
+  const seen: IncomingHttpHeaders[] = [];
+  beforeAll(async () => {
+    // Where a next link points: any request it gets is a call that left the tenant's API host.
+    elsewhere = createServer((req, res) => {
+      seen.push(req.headers);
+      res.writeHead(500).end();
+    });
+    await new Promise<void>((resolve) => elsewhere.listen(0, '127.0.0.1', resolve));
+  });
+  afterAll(async () => {
+    await new Promise<void>((resolve) => elsewhere.close(() => resolve()));
+  });
+
+  it.each([
+    ['the legacy global host', () => 'https://api.securitycenter.microsoft.com'],
+    ['a host of no Microsoft API', () => `http://127.0.0.1:${(elsewhere.address() as AddressInfo).port}`],
+  ])(
+    'readVulnerabilitiesByMachine should follow a link to %s on its own API host, sending its token nowhere else',
+    async (_what, origin) => {
+      const { client, close } = simClient(sim, app);
+      try {
+        const expected = await client.readVulnerabilitiesByMachine(() => undefined, { pageSize: 50 });
+        expect(expected.pages).toBeGreaterThan(1);
+        sim.setFaults(app.azureTenantId, { nextLinkOrigin: origin() });
+        sim.resetStats();
+        const rows: string[] = [];
+        const read = await client.readVulnerabilitiesByMachine((deviceId) => rows.push(deviceId), {
+          pageSize: 50,
+        });
+        expect(read).toEqual(expected);
+        expect(rows).toHaveLength(expected.rows);
+        // Every page came from the simulator (the tenant's API host), none from the host the links name.
+        expect(sim.stats().calls.bulk).toBe(expected.pages);
+        expect(seen).toHaveLength(0);
+      } finally {
+        await close();
+      }
+    },
+  );
+});
+
+describe('createDefenderClient when answers are gzipped', () => {
+  it('should read the listing, a device’s vulnerabilities and the bulk export gzipped as it reads them plain', async () => {
+    const { client, close } = simClient(sim, app);
+    try {
+      const id = sim.machines(app.azureTenantId)[0]?.id as string;
+      const plain = {
+        machines: await client.listMachines(),
+        vulnerabilities: await client.getMachineVulnerabilities(id),
+        bulk: await client.getVulnerabilitiesByMachine({ pageSize: 1_000 }),
+      };
+      sim.setFaults(app.azureTenantId, { gzip: true });
+      sim.resetStats();
+      const zipped = {
+        machines: await client.listMachines(),
+        vulnerabilities: await client.getMachineVulnerabilities(id),
+        bulk: await client.getVulnerabilitiesByMachine({ pageSize: 1_000 }),
+      };
+      expect(zipped).toEqual(plain);
+      expect(plain.machines).toHaveLength(40);
+      expect(plain.bulk.size).toBeGreaterThan(0);
+      // Every answer was gzipped: the client asked for it on every call.
+      const stats = sim.stats();
+      const calls =
+        (stats.calls.machines ?? 0) + (stats.calls.vulnerabilities ?? 0) + (stats.calls.bulk ?? 0);
+      expect(calls).toBeGreaterThanOrEqual(3);
+      expect(stats.faultsByKind.gzip).toBe(calls);
+    } finally {
+      await close();
+    }
+  });
+});
