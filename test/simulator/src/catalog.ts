@@ -35,7 +35,8 @@ const PRODUCTS: readonly (readonly [string, string, readonly string[]])[] = [
   ['zoom', 'zoom', ['5.17.11']],
 ];
 
-const EXPLOIT_TYPES = ['Remote code execution', 'Local privilege escalation', 'Denial of service', 'Local'];
+/** exploitTypes' possible values, as vulnerability.md lists them. */
+const EXPLOIT_TYPES = ['Local privilege escalation', 'Denial of service', 'Local'];
 
 function severityOf(cvss: number): string {
   if (cvss >= 9) return 'Critical';

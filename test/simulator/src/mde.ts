@@ -176,7 +176,8 @@ export function machineVulnerabilities(base: string, tenant: TenantState, id: st
   return {
     status: 200,
     body: undefined,
-    raw: `{"@odata.context":${JSON.stringify(`${base}/api/$metadata#Vulnerabilities`)},"value":${json}}`,
+    // The context of get-discovered-vulnerabilities' example (the type of its rows).
+    raw: `{"@odata.context":${JSON.stringify(`${base}/api/$metadata#Collection(Analytics.Contracts.PublicAPI.PublicVulnerabilityDto)`)},"value":${json}}`,
   };
 }
 
@@ -277,7 +278,9 @@ export function deviceRowsJson(tenant: TenantState, record: MachineRecord): stri
   if (entries.length === 0 && !inventory?.length) return [];
   const isWindows = (record.osPlatform ?? '').startsWith('Windows');
   const device =
-    `,"deviceId":${text(record.id)},"rbacGroupName":${text(record.rbacGroupName ?? null)}` +
+    // A device in no RBAC group is "Unassigned" in the export (get-assessment-software-vulnerabilities), where
+    // /api/machines gives it null.
+    `,"deviceId":${text(record.id)},"rbacGroupName":${text(record.rbacGroupName ?? 'Unassigned')}` +
     `,"deviceName":${text(record.computerDnsName ?? null)},"osPlatform":${text(record.osPlatform ?? null)}` +
     `,"osVersion":${text(record.version ?? null)}` +
     `,"osArchitecture":${record.osArchitecture === '32-bit' ? '"x86"' : '"x64"'}` +

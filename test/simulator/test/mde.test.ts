@@ -137,6 +137,10 @@ describe('MDE API simulation', () => {
     expect(withVulns).toBeDefined();
     const reply = await get(`/api/machines/${withVulns?.id}/vulnerabilities`);
     expect(reply.status).toBe(200);
+    // The context of get-discovered-vulnerabilities' example.
+    expect(reply.json['@odata.context']).toBe(
+      `${sim.baseUrl}/api/$metadata#Collection(Analytics.Contracts.PublicAPI.PublicVulnerabilityDto)`,
+    );
     expect(reply.json.value).toEqual(sim.vulnerabilities(TENANT, withVulns?.id as string));
     const v = reply.json.value[0];
     expect(v.id).toMatch(/^CVE-\d{4}-\d+$/);
@@ -159,6 +163,13 @@ describe('MDE API simulation', () => {
         'epss',
       ]),
     );
+    // vulnerability.md: exploitTypes' possible values.
+    const exploitTypes = new Set(
+      machines.flatMap((m) => sim.vulnerabilities(TENANT, m.id)).flatMap((x) => x.exploitTypes),
+    );
+    expect(exploitTypes.size).toBeGreaterThan(0);
+    for (const type of exploitTypes)
+      expect(['Local privilege escalation', 'Denial of service', 'Local']).toContain(type);
     const counts = machines.map((m) => sim.vulnerabilities(TENANT, m.id).length);
     expect(Math.max(...counts)).toBeLessThanOrEqual(30);
     expect(counts.filter((c) => c === 0).length).toBeGreaterThan(machines.length / 4);
@@ -213,6 +224,7 @@ describe('MDE API simulation', () => {
       osPlatform: 'Windows11',
       computerDnsName: 'pc"7',
       version: '23H2',
+      rbacGroupName: null,
     });
     const rows: Record<string, unknown>[] = [];
     let url: string | undefined = '/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=5000';
@@ -253,7 +265,8 @@ describe('MDE API simulation', () => {
       deviceName: 'pc"7',
       osPlatform: 'Windows11',
       osVersion: '23H2',
-      rbacGroupName: machine.rbacGroupName ?? null,
+      // get-assessment-software-vulnerabilities: "Unassigned" for a device in no RBAC group.
+      rbacGroupName: 'Unassigned',
       vulnerabilitySeverityLevel: first!.severity,
       exploitabilityLevel: 'ExploitIsVerified',
       cvssScore: 9.1,

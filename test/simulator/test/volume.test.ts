@@ -23,14 +23,15 @@ function exportOf(fleet: FleetSpec): { rows: SoftwareVulnerabilityRow[][]; text:
 describe('export volume per device', () => {
   test('a fleet without an export volume should render exactly the light mix the benchmark was taken with', () => {
     const { rows, text } = exportOf({ size: 3000, seed: 7 });
-    // Rows and digest of this fleet's export as rendered before the volume could be set.
+    // Rows and digest of this fleet's export as rendered before the volume could be set, but for the
+    // "Unassigned" rbacGroupName of ungrouped devices (null then; 3,373 rows, 0.2 % of the bytes).
     expect(text).toHaveLength(17_671);
     expect(rows.flat().filter((row) => row.cveId === null)).toHaveLength(156);
     expect(
       createHash('sha256')
         .update(`${text.join('\n')}\n`)
         .digest('hex'),
-    ).toBe('64efa67626aefa2277b4210a06beca44a1fd4f99099eca258eec3476c8befd07');
+    ).toBe('01cda3cbf5602f7d76290a6b8174e4fcfe8a163f324a87d97dd41224dfa2c6cb');
     const perDevice = text.length / 3000;
     expect(Math.abs(perDevice - BASE_EXPORT_ROWS_PER_DEVICE) / BASE_EXPORT_ROWS_PER_DEVICE).toBeLessThan(
       0.05,
