@@ -165,10 +165,8 @@ export function createMdeRoute(
       send(res, mdeError(403, 'DisabledFeature', "Tenant feature isn't enabled."), false, gzip);
       return;
     }
-    if (f.throttledCalls) {
-      f.throttledCalls--;
-      fault('throttled');
-      const waitSec = f.throttleRetryAfterSec ?? 1;
+    /** Microsoft's 429, asking for `waitSec` in the fault's `Retry-After` style. */
+    const throttle = (waitSec: number) =>
       send(
         res,
         mdeError(
@@ -180,6 +178,10 @@ export function createMdeRoute(
         false,
         gzip,
       );
+    if (f.throttledCalls) {
+      f.throttledCalls--;
+      fault('throttled');
+      throttle(f.throttleRetryAfterSec ?? 1);
       return;
     }
     if (deps.quotasOn()) {
@@ -188,17 +190,7 @@ export function createMdeRoute(
       );
       if (waitSec > 0) {
         tracker.throttled(tenantId);
-        send(
-          res,
-          mdeError(
-            429,
-            'TooManyRequests',
-            `API calls quota exceeded! Retry in ${waitSec} seconds.`,
-            retryAfterHeaders(f.retryAfter, waitSec),
-          ),
-          false,
-          gzip,
-        );
+        throttle(waitSec);
         return;
       }
     }
