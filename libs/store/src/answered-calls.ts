@@ -1,5 +1,6 @@
 import type Redis from 'ioredis';
 import type { VulnerabilitySummary } from '@urs/contracts';
+import { replies } from './replies';
 
 /** A per-device batch's calls answered by an earlier try of it, here or on another replica. */
 export interface KeptAnswers {
@@ -67,9 +68,8 @@ export function createAnsweredCalls(
     async read(tenantId, cycleId, batchIndex) {
       const key = batchKey(tenantId, cycleId, batchIndex);
       // A pipeline, not a transaction: a Redis out of memory still answers the read.
-      const results = await redis.pipeline().hgetall(key).pexpire(key, ttlMs).exec();
-      for (const [error] of results ?? []) if (error) throw error;
-      const fields = (results?.[0]?.[1] ?? {}) as Record<string, string>;
+      const [stored] = await replies(redis.pipeline().hgetall(key).pexpire(key, ttlMs));
+      const fields = (stored ?? {}) as Record<string, string>;
       const summaries = new Map<string, VulnerabilitySummary>();
       let collectedAt = '';
       for (const [deviceId, json] of Object.entries(fields)) {
@@ -84,12 +84,7 @@ export function createAnsweredCalls(
       const key = batchKey(tenantId, cycleId, batchIndex);
       const answer: StoredAnswer = { at, summary };
       // The expiry goes with every answer, so the answers of a batch never tried again end.
-      const results = await redis
-        .pipeline()
-        .hset(key, deviceId, JSON.stringify(answer))
-        .pexpire(key, ttlMs)
-        .exec();
-      for (const [error] of results ?? []) if (error) throw error;
+      await replies(redis.pipeline().hset(key, deviceId, JSON.stringify(answer)).pexpire(key, ttlMs));
     },
     async forget(tenantId, cycleId, batchIndex) {
       await redis.del(batchKey(tenantId, cycleId, batchIndex));

@@ -2,6 +2,7 @@ import type Redis from 'ioredis';
 import { releaseOwnedKey, releaseOwnedKeyIn, renewOwnedKey, takeOwnedKeyIn } from './owned-key';
 import { owedSummary, summariesOwedKey, tenantLeaseKey, type TenantLease } from './published';
 import { commitIn, type DeviceScoreRef, type PublishOptions } from './published-devices';
+import { replies } from './replies';
 import { tenantStatusKey } from './tenants';
 import {
   ABANDON,
@@ -370,10 +371,11 @@ export function createCycleStore(
       // own reply, OOM or READONLY). A holder records the batch before it gives its claim back, so a claim
       // taken after that finds the record, and one held finds it once the holder recorded it.
       const pipeline = takeOwnedKeyIn(redis.pipeline(), claim, holder, ttlMs);
-      const results = await pipeline.sismember(enrichedKey(tenantId, cycleId), String(batchIndex)).exec();
-      for (const [error] of results ?? []) if (error) throw error;
-      const taken = results?.[0]?.[1] === 1;
-      const enriched = results?.[1]?.[1] === 1;
+      const [took, isEnriched] = await replies(
+        pipeline.sismember(enrichedKey(tenantId, cycleId), String(batchIndex)),
+      );
+      const taken = took === 1;
+      const enriched = isEnriched === 1;
       if (!enriched) return taken ? 'claimed' : 'held';
       // Nothing is left to do: a claim taken is given back at once.
       if (taken) await releaseOwnedKey(redis, claim, holder);
@@ -431,13 +433,12 @@ export function createCycleStore(
       // After the reads above, so their results keep their places.
       if (commit) commitIn(transaction, prefix, tenantId, commit.cycleAt, commit.devices, commit.options);
       if (lease) releaseOwnedKeyIn(transaction, tenantLeaseKey(prefix, lease.tenantId), lease.holder);
-      const results = await transaction.exec();
       // A step Redis refused inside the transaction (no rollback): the batch is tried again.
-      for (const [error] of results ?? []) if (error) throw error;
-      const first = results?.[0]?.[1] === 1;
-      const scoredBatches = Number(results?.[1]?.[1] ?? 0);
-      const fields = (results?.[3]?.[1] ?? {}) as Record<string, string>;
-      const lostDevices = (results?.[5]?.[1] ?? []) as string[];
+      const results = await replies(transaction);
+      const first = results[0] === 1;
+      const scoredBatches = Number(results[1] ?? 0);
+      const fields = (results[3] ?? {}) as Record<string, string>;
+      const lostDevices = (results[5] ?? []) as string[];
       return { first, scoredBatches, state: toState(tenantId, cycleId, fields, scoredBatches, lostDevices) };
     },
     async batchStats<T>(tenantId: string, cycleId: string) {

@@ -12,6 +12,7 @@ import {
   type PublishedDevice,
   type PublishOptions,
 } from './published-devices';
+import { replies } from './replies';
 import { scoreStamp } from './scores';
 import { tenantDeletionKey } from './tenant-deletion';
 import { tenantRecordKey } from './tenants';
@@ -254,14 +255,13 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
       ).eval(OF_DELETED_TENANT, 2, deletedKey(lease.tenantId), recordKey(lease.tenantId), String(cycleAt));
       if (devices.length > 0)
         transaction.hmget(publishedKey(lease.tenantId), ...devices.map((device) => device.deviceId));
-      const results = (await transaction.exec()) ?? [];
-      for (const [error] of results) if (error) throw error;
-      if (results[0]?.[1] !== 1) return null;
-      if (results[1]?.[1] === 1) {
+      const results = await replies(transaction);
+      if (results[0] !== 1) return null;
+      if (results[1] === 1) {
         await releaseOwnedKey(redis, tenantLeaseKey(prefix, lease.tenantId), lease.holder);
         return 'deleted';
       }
-      const current = (results[2]?.[1] ?? []) as (string | null)[];
+      const current = (results[2] ?? []) as (string | null)[];
       return stillToPublish(devices, current, scoreStamp(cycleAt, options.correction));
     },
     commit(tenantId, cycleAt, devices, options) {
