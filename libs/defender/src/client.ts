@@ -73,6 +73,8 @@ export interface DefenderClientDeps {
   callHealth?: CallHealth;
   /** How long one call may wait out 429s in total, in milliseconds. Default 600000 (10 min). */
   maxThrottleWaitMs?: number;
+  /** Shortest wait after a 429 without Retry-After, in milliseconds (see ApiCallerOptions). Default 5000. */
+  throttleWaitWithoutRetryAfterMs?: number;
   /**
    * How long one call may wait for the tenant's quota, in milliseconds; a longer wait fails it THROTTLED at
    * once (see ApiCallerOptions). Default: no limit.
@@ -241,6 +243,9 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
     requestTimeoutMs: deps.requestTimeoutMs ?? 30_000,
     maxThrottleWaitMs: deps.maxThrottleWaitMs ?? 600_000,
     ...(deps.maxQuotaWaitMs === undefined ? {} : { maxQuotaWaitMs: deps.maxQuotaWaitMs }),
+    ...(deps.throttleWaitWithoutRetryAfterMs === undefined
+      ? {}
+      : { throttleWaitWithoutRetryAfterMs: deps.throttleWaitWithoutRetryAfterMs }),
     ...(deps.health ? { health: deps.health } : {}),
     ...(deps.callHealth ? { callHealth: deps.callHealth } : {}),
     logger,

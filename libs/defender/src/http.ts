@@ -44,6 +44,12 @@ export interface ApiCallerOptions {
   /** Total time one call may spend waiting out 429s before it fails THROTTLED, in milliseconds. */
   maxThrottleWaitMs: number;
   /**
+   * Shortest wait after a 429 that gives no Retry-After (a gateway's), in milliseconds; the backoff when
+   * longer. Default 5000: Microsoft's quotas count per minute, so a retry within the backoff's first
+   * few hundred milliseconds would mostly draw another 429, for every process the block holds back.
+   */
+  throttleWaitWithoutRetryAfterMs?: number;
+  /**
    * Longest one call waits for the tenant's quota (a window's room, or the block of an earlier 429), in
    * milliseconds: a longer wait fails the call THROTTLED at once, its `retryAfterMs` the wait (see
    * QuotaGate.acquire). Default: no limit, the call waits as long as the quota asks (up to an hour).
@@ -226,7 +232,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
           // At least the backoff: a Retry-After of 0 (or a date already past) would otherwise retry at
           // once, for ever, as the wait never grows.
           delayMs = Math.max(
-            error.retryAfterMs ?? 0,
+            error.retryAfterMs ?? options.throttleWaitWithoutRetryAfterMs ?? 5_000,
             retryDelayMs(options.retryPolicy, throttles, options.random),
           );
           // Every process holds this tenant's endpoint back, not only this call; also when this call gives

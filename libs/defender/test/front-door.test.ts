@@ -39,10 +39,13 @@ function recordingQuota(blocks: { endpoint: string; ms: number }[]): QuotaGate {
 }
 
 describe('createDefenderClient when the API throttles', () => {
-  it('listMachines should wait its own backoff and retry when a 429 has no Retry-After', async () => {
+  it('listMachines should wait at least its floor for a 429 without Retry-After, then retry', async () => {
     sim.setFaults(app.azureTenantId, { throttledCalls: 2, retryAfter: 'none' });
     const blocks: { endpoint: string; ms: number }[] = [];
-    const { client, close } = simClient(sim, app, { quota: recordingQuota(blocks) });
+    const { client, close } = simClient(sim, app, {
+      quota: recordingQuota(blocks),
+      throttleWaitWithoutRetryAfterMs: 150,
+    });
     try {
       sim.resetStats();
       await expect(client.listMachines()).resolves.toHaveLength(40);
@@ -51,13 +54,30 @@ describe('createDefenderClient when the API throttles', () => {
       await client.listMachines();
       // The same walk as without the 429s, each of them retried once.
       expect(throttledWalk).toBe((sim.stats().calls.machines ?? 0) + 2);
-      // The support helper's policy (10–100 ms, full jitter): each wait is its backoff, never more.
-      expect(blocks).toHaveLength(2);
-      for (const block of blocks) {
-        expect(block.endpoint).toBe('machines');
-        expect(block.ms).toBeGreaterThanOrEqual(0);
-        expect(block.ms).toBeLessThanOrEqual(100);
-      }
+      // Each wait is the floor, as the support helper's backoff (10–100 ms, full jitter) is shorter.
+      expect(blocks).toEqual([
+        { endpoint: 'machines', ms: 150 },
+        { endpoint: 'machines', ms: 150 },
+      ]);
+    } finally {
+      await close();
+    }
+  });
+
+  it('getMachineVulnerabilities should wait its backoff when longer than the floor of a 429 without Retry-After', async () => {
+    const blocks: { endpoint: string; ms: number }[] = [];
+    const { client, close } = simClient(sim, app, {
+      quota: recordingQuota(blocks),
+      throttleWaitWithoutRetryAfterMs: 1,
+      // The longest backoff of the support helper's policy (100 ms): a jitter draw just under 1.
+      random: () => 0.999,
+    });
+    try {
+      sim.setFaults(app.azureTenantId, { throttledCalls: 1, retryAfter: 'none' });
+      const id = sim.machines(app.azureTenantId)[0]?.id as string;
+      await expect(client.getMachineVulnerabilities(id)).resolves.toBeDefined();
+      expect(blocks).toHaveLength(1);
+      expect(blocks[0]!.ms).toBeGreaterThan(1);
     } finally {
       await close();
     }
