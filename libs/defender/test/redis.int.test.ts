@@ -267,7 +267,8 @@ describe('throttling', () => {
   let sim: Simulator;
 
   beforeAll(async () => {
-    sim = await startSimulator({ quotas: true });
+    // Microsoft's quotas with a minute of 5 s: a 429's Retry-After is a few seconds, not up to a minute.
+    sim = await startSimulator({ quotas: true, quotaMinuteMs: 5_000 });
   });
 
   afterAll(async () => {

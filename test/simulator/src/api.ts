@@ -28,6 +28,11 @@ export interface SimulatorOptions {
   latency?: LatencySpec;
   /** Enforce Microsoft's per-tenant quotas (429 + Retry-After). Default true. */
   quotas?: boolean;
+  /**
+   * Length of the quotas' per-minute window, in milliseconds (the hourly one stays an hour): shorter for
+   * a test that draws a 429 and should not wait a minute for its Retry-After. Default 60000.
+   */
+  quotaMinuteMs?: number;
   /** Seed of fault rolls and latency jitter (fleets have their own seeds). Default 1. */
   seed?: number;
   /**

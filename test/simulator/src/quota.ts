@@ -26,7 +26,11 @@ export class SlidingWindow {
   private readonly stamps: number[] = [];
   private head = 0;
 
-  constructor(private readonly limit: QuotaLimit) {}
+  /** `minuteMs`: the length of the per-minute window (see SimulatorOptions.quotaMinuteMs). */
+  constructor(
+    private readonly limit: QuotaLimit,
+    private readonly minuteMs = MINUTE_MS,
+  ) {}
 
   /** Records a call and returns 0, or returns the seconds to wait (Retry-After) without recording. */
   tryAcquire(nowMs: number): number {
@@ -42,8 +46,8 @@ export class SlidingWindow {
     }
     if (inHour >= this.limit.perMinute) {
       const oldestInMinute = this.stamps[this.stamps.length - this.limit.perMinute] as number;
-      if (oldestInMinute > nowMs - MINUTE_MS)
-        return Math.max(1, Math.ceil((oldestInMinute + MINUTE_MS - nowMs) / 1000));
+      if (oldestInMinute > nowMs - this.minuteMs)
+        return Math.max(1, Math.ceil((oldestInMinute + this.minuteMs - nowMs) / 1000));
     }
     this.stamps.push(nowMs);
     return 0;

@@ -39,6 +39,9 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   const rng = new Rng(options.seed ?? 1, 0xfa017);
   let latency = validateLatency(options.latency ?? { meanMs: 0 });
   let quotasOn = options.quotas ?? true;
+  const quotaMinuteMs = options.quotaMinuteMs ?? 60_000;
+  if (!Number.isInteger(quotaMinuteMs) || quotaMinuteMs < 1_000 || quotaMinuteMs > 60_000)
+    throw new Error(`quotaMinuteMs must be an integer 1000..60000, got ${String(quotaMinuteMs)}`);
   let tokenLifetimeSec = options.tokenLifetimeSec ?? 3599;
   let baseUrl = '';
   const hanging = new Set<ServerResponse>();
@@ -159,7 +162,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     caPem: tls.caPem,
     caFile,
     addTenant(spec) {
-      const tenant = createTenant(spec, Date.now(), cacheBudget, exportBudget);
+      const tenant = createTenant(spec, Date.now(), cacheBudget, exportBudget, quotaMinuteMs);
       if (tenants.has(tenant.id)) throw new Error(`tenant '${spec.azureTenantId}' already exists`);
       tenant.fleet.warm((record) => deviceRowsJson(tenant, record));
       tenants.set(tenant.id, tenant);

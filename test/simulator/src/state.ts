@@ -198,6 +198,7 @@ export function createTenant(
   epochMs: number,
   budget?: JsonCacheBudget,
   exportBudget?: JsonCacheBudget,
+  quotaMinuteMs?: number,
 ): TenantState {
   if (typeof spec.azureTenantId !== 'string' || spec.azureTenantId.length === 0)
     throw new Error('azureTenantId must be a non-empty string');
@@ -234,7 +235,7 @@ export function createTenant(
     ),
     defenderProvisioned: spec.defenderProvisioned ?? true,
     quotas: new Map(
-      Object.entries(MDE_QUOTAS).map(([kind, limit]) => [kind as QuotaKind, new SlidingWindow(limit)]),
+      Object.entries(MDE_QUOTAS).map(([kind, limit]) => [kind as QuotaKind, new SlidingWindow(limit, quotaMinuteMs)]),
     ),
   };
 }

@@ -15,6 +15,14 @@ describe('SlidingWindow', () => {
     expect(window.tryAcquire(200_000)).toBe(3600 - 200);
     expect(window.tryAcquire(3_600_000)).toBe(0);
   });
+
+  test('tryAcquire should name the wait of a shorter minute window, and keep the hour an hour', () => {
+    const window = new SlidingWindow({ perMinute: 2, perHour: 3 }, 5_000);
+    expect([window.tryAcquire(0), window.tryAcquire(100)]).toEqual([0, 0]);
+    expect(window.tryAcquire(1_000)).toBe(4);
+    expect(window.tryAcquire(5_000)).toBe(0);
+    expect(window.tryAcquire(20_000)).toBe(3600 - 20);
+  });
 });
 
 describe('quota enforcement', () => {
@@ -63,6 +71,33 @@ describe('quota enforcement', () => {
         })
       ).status,
     ).toBe(200);
+  });
+
+  test('quotaMinuteMs should shorten the minute window and the Retry-After it names', async () => {
+    const short = await startSimulator({ quotaMinuteMs: 3_000 });
+    try {
+      short.addTenant({
+        azureTenantId: TENANT,
+        apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
+        fleet: { size: 1 },
+      });
+      const token = await getToken(short);
+      const path = '/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=1';
+      for (let i = 0; i < MDE_QUOTAS.bulk.perMinute; i++)
+        expect((await request(short, path, { token })).status).toBe(200);
+      const throttled = await request(short, path, { token });
+      expect(throttled.status).toBe(429);
+      expect(Number(throttled.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+      expect(Number(throttled.headers['retry-after'])).toBeLessThanOrEqual(3);
+    } finally {
+      await short.close();
+    }
+  });
+
+  test('startSimulator should refuse a quotaMinuteMs outside 1000..60000', async () => {
+    await expect(startSimulator({ quotaMinuteMs: 500 })).rejects.toThrow(
+      /quotaMinuteMs must be an integer 1000\.\.60000, got 500/,
+    );
   });
 
   test('bulk export should allow 30 calls a minute and setQuotas(false) should lift every limit', async () => {
