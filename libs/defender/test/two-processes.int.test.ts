@@ -15,7 +15,7 @@ interface WorkerReport {
   finished: number;
 }
 
-const DEVICES = 10_000;
+const DEVICES = 3_000;
 const LATENCY_MS = 20;
 
 function startWorker(env: NodeJS.ProcessEnv): {
