@@ -5,7 +5,10 @@ import type { Registry } from './metrics';
 export interface HealthServerOptions {
   /** Port to listen on; 0 picks a free one. */
   port: number;
-  /** Interface to bind. Default `0.0.0.0` (scraped from outside the pod). */
+  /**
+   * Interface to bind. Default: every interface, IPv6 and IPv4 alike (see `listenHttp`), as the kubelet's
+   * probes and Prometheus reach it on the pod's IP, which may be IPv6.
+   */
   host?: string;
   registry: Registry;
   /** Whether the service can take work now (connected, assigned, not stopping). */

@@ -4,7 +4,11 @@ import type { AddressInfo } from 'node:net';
 export interface ListenOptions {
   /** Port to listen on; 0 picks a free one. */
   port: number;
-  /** Interface to bind. Default `0.0.0.0`. */
+  /**
+   * Interface to bind. Default: every interface, as Node binds with no host: the unspecified IPv6 address
+   * `::` (dual-stack, so IPv4 clients are answered too) where the machine has IPv6, `0.0.0.0` otherwise. A
+   * fixed `0.0.0.0` would leave an IPv6-only pod's probes, Service and Prometheus scrape refused.
+   */
   host?: string;
   /**
    * What `close()` does with open connections: `all` ends every one at once (requests in flight are cut,
@@ -23,7 +27,8 @@ export interface ListeningServer {
 export async function listenHttp(server: Server, options: ListenOptions): Promise<ListeningServer> {
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(options.port, options.host ?? '0.0.0.0', () => resolve());
+    // No host given: Node tries `::` (not IPv6-only) and falls back to `0.0.0.0` where IPv6 is missing.
+    server.listen({ port: options.port, host: options.host }, () => resolve());
   });
   let closing: Promise<void> | undefined;
   return {

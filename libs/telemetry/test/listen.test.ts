@@ -11,9 +11,9 @@ function slowServer(): { server: Server; pending: ServerResponse[] } {
 }
 
 /** Sends a GET and settles with the status, or with the error code when the connection is cut. */
-function request(port: number): Promise<number | string> {
+function request(port: number, host = '127.0.0.1'): Promise<number | string> {
   return new Promise((resolve) => {
-    get({ host: '127.0.0.1', port, path: '/' }, (response) => {
+    get({ host, port, path: '/' }, (response) => {
       response.resume();
       response.on('end', () => resolve(response.statusCode ?? 0));
     }).on('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'error'));
@@ -47,6 +47,25 @@ describe('listenHttp', () => {
     await listening.close();
     expect(await answer).toBe('ECONNRESET');
     expect(server.listening).toBe(false);
+  });
+
+  it('listenHttp should answer on IPv4 and IPv6 loopback alike when given no host, and on the given host alone otherwise', async () => {
+    const answering = createServer((_request, response) => response.writeHead(204).end());
+    const everywhere = await listenHttp(answering, { port: 0, closeConnections: 'all' });
+    try {
+      expect(await request(everywhere.port, '127.0.0.1')).toBe(204);
+      expect(await request(everywhere.port, '::1')).toBe(204);
+    } finally {
+      await everywhere.close();
+    }
+    const fourOnly = createServer((_request, response) => response.writeHead(204).end());
+    const onlyV4 = await listenHttp(fourOnly, { port: 0, host: '127.0.0.1', closeConnections: 'all' });
+    try {
+      expect(await request(onlyV4.port, '127.0.0.1')).toBe(204);
+      expect(await request(onlyV4.port, '::1')).toBe('ECONNREFUSED');
+    } finally {
+      await onlyV4.close();
+    }
   });
 
   it('listenHttp should reject when the port is taken', async () => {

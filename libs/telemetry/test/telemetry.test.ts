@@ -61,6 +61,18 @@ describe('startHealthServer', () => {
     }
   });
 
+  it('should answer on IPv4 and IPv6 loopback alike when given no host, so IPv6 and dual-stack pods are probed and scraped', async () => {
+    const registry = new Registry({ processMetrics: false });
+    const server = await startHealthServer({ port: 0, registry, isReady: () => true });
+    try {
+      expect((await fetch(`http://127.0.0.1:${server.port}/healthz`)).status).toBe(200);
+      expect((await fetch(`http://[::1]:${server.port}/healthz`)).status).toBe(200);
+      expect((await fetch(`http://[::1]:${server.port}/readyz`)).status).toBe(200);
+    } finally {
+      await server.close();
+    }
+  });
+
   it('should answer /readyz/<part> by that part alone, with its reason, and 404 for parts it does not have', async () => {
     let apiReason: string | undefined = 'waiting for the first rebuild';
     const registry = new Registry({ processMetrics: false });

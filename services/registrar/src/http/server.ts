@@ -8,7 +8,7 @@ import { ApiError, createRouter, type ApiResponse, type HttpMethod, type Route }
 export interface ApiServerOptions {
   /** Port to listen on; 0 picks a free one. */
   port: number;
-  /** Interface to bind. Default `0.0.0.0`. */
+  /** Interface to bind. Default: every interface, IPv6 and IPv4 alike (see `listenHttp`). */
   host?: string;
   routes: readonly Route[];
   /** Accepted bearer tokens. */

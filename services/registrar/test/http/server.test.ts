@@ -162,3 +162,31 @@ describe('startApiServer', () => {
     expect(broken.text).not.toContain('internal detail');
   });
 });
+
+describe('startApiServer: listening', () => {
+  it('startApiServer should answer on IPv4 and IPv6 loopback alike when given no host, so an IPv6 pod is reachable', async () => {
+    const server = await startApiServer({
+      port: 0,
+      routes: [
+        { method: 'GET', path: '/v1/ping', handler: async () => ({ status: 200, body: { ok: true } }) },
+      ],
+      tokens: [TOKEN],
+      maxBodyBytes: 1024,
+      logger: silentLogger,
+    });
+    try {
+      for (const host of ['127.0.0.1', '[::1]']) {
+        const answer = await fetch(`http://${host}:${server.port}/v1/ping`, {
+          headers: { authorization: `Bearer ${TOKEN}` },
+        });
+        expect({ host, status: answer.status, body: await answer.json() }).toEqual({
+          host,
+          status: 200,
+          body: { ok: true },
+        });
+      }
+    } finally {
+      await server.close();
+    }
+  });
+});
