@@ -254,12 +254,32 @@ export interface ConsumerSettings {
   groupId: string;
   /**
    * How long the group waits for a silent member before its partitions move, ms. Env
-   * `URS_CONSUMER_SESSION_TIMEOUT_MS`, default 30000, at least 6000 (the broker's default minimum: below it the
-   * broker refuses the consumer, which then stops for good).
+   * `URS_CONSUMER_SESSION_TIMEOUT_MS`, default 30000, 6000–1800000 (the broker's default
+   * `group.min.session.timeout.ms` and `group.max.session.timeout.ms`: outside them the broker refuses the
+   * consumer, INVALID_SESSION_TIMEOUT, which then stops for good).
    */
   sessionTimeoutMs: number;
   /** Partitions handled at once, 1–100. Env `URS_PARTITIONS_CONCURRENCY`, default given by the service. */
   partitionsConcurrency: number;
+}
+
+/**
+ * The broker's default `group.min.session.timeout.ms` and `group.max.session.timeout.ms`. A session outside
+ * them is refused INVALID_SESSION_TIMEOUT when the consumer joins, and the stage stops for good naming no
+ * variable: refused here instead, at start.
+ */
+const MIN_SESSION_TIMEOUT_MS = 6_000;
+const MAX_SESSION_TIMEOUT_MS = 1_800_000;
+
+function readSessionTimeoutMs(env: Env): number {
+  const variable = 'URS_CONSUMER_SESSION_TIMEOUT_MS';
+  const value = readInt(env, variable, { fallback: 30_000, min: MIN_SESSION_TIMEOUT_MS });
+  if (value > MAX_SESSION_TIMEOUT_MS)
+    throw new ConfigError(
+      variable,
+      `must be ≤ ${MAX_SESSION_TIMEOUT_MS}: the broker's default group.max.session.timeout.ms, above which it refuses the consumer (INVALID_SESSION_TIMEOUT) (got ${value})`,
+    );
+  return value;
 }
 
 export function consumerSettings(
@@ -270,7 +290,7 @@ export function consumerSettings(
   const topicPrefix = readString(env, 'URS_TOPIC_PREFIX', '');
   return {
     groupId: readString(env, 'URS_CONSUMER_GROUP', `${topicPrefix}urs.${service}`),
-    sessionTimeoutMs: readInt(env, 'URS_CONSUMER_SESSION_TIMEOUT_MS', { fallback: 30_000, min: 6_000 }),
+    sessionTimeoutMs: readSessionTimeoutMs(env),
     partitionsConcurrency: readInt(env, 'URS_PARTITIONS_CONCURRENCY', {
       fallback: defaultPartitionsConcurrency,
       min: 1,

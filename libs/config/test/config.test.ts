@@ -215,6 +215,15 @@ describe('consumerSettings', () => {
       /URS_PARTITIONS_CONCURRENCY/,
     );
   });
+
+  it('consumerSettings should refuse a session over 30 min (the broker’s default maximum, else INVALID_SESSION_TIMEOUT) naming the variable and the rule', () => {
+    expect(
+      consumerSettings({ URS_CONSUMER_SESSION_TIMEOUT_MS: '1800000' }, 'scorer', 6).sessionTimeoutMs,
+    ).toBe(1_800_000);
+    expect(() => consumerSettings({ URS_CONSUMER_SESSION_TIMEOUT_MS: '1800001' }, 'scorer', 6)).toThrow(
+      /^URS_CONSUMER_SESSION_TIMEOUT_MS must be ≤ 1800000: .*group\.max\.session\.timeout\.ms.*\(got 1800001\)$/,
+    );
+  });
 });
 
 /** A PEM certificate as far as readPemFile looks: its BEGIN line (the content is the TLS stack's to judge). */
