@@ -10,11 +10,11 @@ export {
 } from './env';
 export type { Env, IntRule } from './env';
 export { readPemFile } from './files';
+export { topicsConfig, topicLayout } from './topics';
+export type { Topics, TopicLayout } from './topics';
 export {
   kafkaConfig,
   redisConfig,
-  topicsConfig,
-  topicLayout,
   secretKeyConfig,
   defenderOverrides,
   defenderSettings,
@@ -25,8 +25,6 @@ export {
 export type {
   KafkaConfig,
   RedisConfig,
-  Topics,
-  TopicLayout,
   SecretKeyConfig,
   DefenderOverrides,
   DefenderSettings,

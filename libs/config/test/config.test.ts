@@ -143,6 +143,26 @@ describe('topicsConfig', () => {
     expect(topics.deviceBatches).toBe('t1.urs.device-batches');
     expect(topics.dlq).toBe('dead');
   });
+
+  it('topicsConfig should refuse a topic name Kafka would refuse, naming the variable that gave it and the rule', () => {
+    for (const bad of ['staging/tenants', 'my tenants', '.', '..', 'ü', 'x'.repeat(250)]) {
+      expect(() => topicsConfig({ URS_TOPIC_TENANTS: bad })).toThrow(
+        /^URS_TOPIC_TENANTS must be a topic name Kafka accepts: 1–249 ASCII letters, digits, dots, underscores or dashes, not "\." or "\.\." \(got ".*"\)$/,
+      );
+    }
+    expect(topicsConfig({ URS_TOPIC_TENANTS: `A_b-9.${'x'.repeat(243)}` }).tenants).toHaveLength(249);
+  });
+
+  it('topicsConfig should name URS_TOPIC_PREFIX when the prefix makes a default name Kafka would refuse', () => {
+    expect(() => topicsConfig({ URS_TOPIC_PREFIX: 'staging/' })).toThrow(
+      /^URS_TOPIC_PREFIX must make topic names Kafka accepts: 1–249 ASCII letters, .* \(got "staging\/urs\.registration"\)$/,
+    );
+    expect(() => topicsConfig({ URS_TOPIC_PREFIX: 'x'.repeat(240) })).toThrow(/^URS_TOPIC_PREFIX must make/);
+    // A topic named on its own takes no prefix: the error is about the first name the prefix still makes.
+    expect(() =>
+      topicsConfig({ URS_TOPIC_PREFIX: 'staging/', URS_TOPIC_REGISTRATION: 'registration' }),
+    ).toThrow(/\(got "staging\/urs\.tenants"\)$/);
+  });
 });
 
 describe('secretKeyConfig', () => {
