@@ -1,4 +1,5 @@
 import {
+  DEFAULT_METRICS_PORTS,
   defenderSettings,
   readInt,
   readList,
@@ -12,7 +13,10 @@ import {
 
 /** The registrar's own settings, and how its access check reaches Defender (`defenderSettings`). */
 export interface RegistrarConfig extends DefenderSettings {
-  /** REST port. Env `URS_HTTP_PORT`, default 8080; 0 picks a free one. */
+  /**
+   * REST port. Env `URS_HTTP_PORT`, default 8080; 0 picks a free one. Not the port of /healthz, /readyz and
+   * /metrics (`URS_METRICS_PORT`, default 9101) unless both are 0.
+   */
   httpPort: number;
   /** Accepted bearer tokens. Env `URS_API_TOKENS` (comma-separated, required; each at least 16 characters). */
   apiTokens: string[];
@@ -42,6 +46,22 @@ export interface RegistrarConfig extends DefenderSettings {
   secretKeys: SecretKeyConfig;
 }
 
+/**
+ * `URS_HTTP_PORT`, refused when it is the metrics port: the second server to listen would fail the start with
+ * Node's EADDRINUSE, which names neither variable. 0 for both is fine, each picks a free port.
+ */
+function readHttpPort(env: Env): number {
+  const httpPort = readInt(env, 'URS_HTTP_PORT', { fallback: 8080, min: 0, max: 65535 });
+  // Read as serviceConfig reads it for the registrar, which checks its range.
+  const metricsPort = readInt(env, 'URS_METRICS_PORT', { fallback: DEFAULT_METRICS_PORTS['registrar'] ?? 0 });
+  if (httpPort !== 0 && httpPort === metricsPort)
+    throw new ConfigError(
+      'URS_HTTP_PORT',
+      `must differ from URS_METRICS_PORT: the REST API and /healthz, /readyz, /metrics each listen on a port of their own (both ${httpPort})`,
+    );
+  return httpPort;
+}
+
 export function registrarConfig(env: Env): RegistrarConfig {
   const apiTokens = readList(env, 'URS_API_TOKENS');
   if (apiTokens.length === 0)
@@ -50,7 +70,7 @@ export function registrarConfig(env: Env): RegistrarConfig {
     throw new ConfigError('URS_API_TOKENS', 'must list tokens of at least 16 characters each');
   }
   return {
-    httpPort: readInt(env, 'URS_HTTP_PORT', { fallback: 8080, min: 0, max: 65535 }),
+    httpPort: readHttpPort(env),
     apiTokens,
     maxBodyBytes: readInt(env, 'URS_HTTP_MAX_BODY_BYTES', {
       fallback: 64 * 1024,
