@@ -74,6 +74,20 @@ export interface FailedMessage {
 }
 
 /**
+ * The payload through `redactor`; its length only when the redactor fails on it. JSON nested a few thousand
+ * levels deep (a few KB: `JSON.parse` takes it) exhausts the stack of any recursive walk, and a letter that
+ * cannot be made would hold its partition for good.
+ */
+function redactedOrWithheld(text: string, redactor: PayloadRedactor): string {
+  try {
+    return redactor(text);
+  } catch (error) {
+    const why = error instanceof RangeError ? 'nested too deep' : 'its redaction failed';
+    return `[withheld: ${Buffer.byteLength(text)} bytes that could not be read field by field: ${why}]`;
+  }
+}
+
+/**
  * The dead letter of a message that could not be processed: where it was, why (at `options.now`, default
  * now), and its payload through `options.redactPayload` (default `redactPayload`), cut after 256 Ki characters.
  */
@@ -84,7 +98,8 @@ export function toDeadLetter(
 ): DeadLetter {
   const now = options.now ?? new Date();
   const redactor = options.redactPayload ?? redactPayload;
-  const payload = message.value === null ? null : redactor(message.value.toString('utf8'));
+  const payload =
+    message.value === null ? null : redactedOrWithheld(message.value.toString('utf8'), redactor);
   return {
     schemaVersion: 1,
     service: message.service,

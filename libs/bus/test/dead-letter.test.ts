@@ -1,6 +1,7 @@
 import { DEFAULT_RUNNER_RETRY, notJsonReason, redactPayload, toDeadLetter, type Publisher } from '@urs/bus';
 import type { DeadLetter } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
+import { UrsError } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
 import { createMessageProcessor } from '../src/handle';
 import { heldMessages, messageWork } from './work';
@@ -42,6 +43,27 @@ describe('redactPayload', () => {
     const nested = redactPayload(JSON.stringify({ note: 'kept', tenants: push }));
     expect(nested).not.toContain('Zx9~real');
     expect(JSON.parse(nested)).toEqual({ note: 'kept', tenants: '[redacted]' });
+  });
+});
+
+describe('toDeadLetter of a payload nested too deep', () => {
+  it('should withhold the payload, whichever redaction the topic has, and keep the reason', () => {
+    const value = deeplyNested(20_000);
+    const message = {
+      service: 's',
+      topic: 't',
+      partition: 0,
+      offset: '1',
+      key: null,
+      value: Buffer.from(value),
+    };
+    const error = new UrsError('CONTRACT_INVALID', 'not a push');
+    const withheld = `[withheld: ${Buffer.byteLength(value)} bytes that could not be read field by field: nested too deep]`;
+    for (const redactor of [undefined, (text: string) => JSON.stringify(JSON.parse(text))]) {
+      const letter = toDeadLetter(message, error, redactor ? { redactPayload: redactor } : {});
+      expect(letter.payload).toBe(withheld);
+      expect(letter.error).toEqual({ code: 'CONTRACT_INVALID', message: 'not a push' });
+    }
   });
 });
 
@@ -93,7 +115,43 @@ describe('toDeadLetter', () => {
   });
 });
 
+/** A JSON object whose `x` nests `depth` arrays: a few KB that no recursive walk gets to the bottom of. */
+const deeplyNested = (depth: number): string =>
+  `{"schemaVersion":1,"pwd":"Zz77Q~abc","x":${'['.repeat(depth)}${']'.repeat(depth)}}`;
+
 describe('createMessageProcessor', () => {
+  it('should dead-letter a message nested too deep to be redacted, its payload withheld and its reason kept', async () => {
+    const sent: DeadLetter[] = [];
+    const publisher = {
+      send: async (_topic: string, _contract: string, messages: { value: unknown }[]) => {
+        sent.push(...messages.map((message) => message.value as DeadLetter));
+      },
+    } as unknown as Publisher;
+    const metrics = new Registry({ processMetrics: false });
+    const settle = createMessageProcessor({
+      service: 'test',
+      subscriptions: new Map([
+        ['t', { topic: 't', contract: 'urs/registration-push' as const, handler: async () => undefined }],
+      ]),
+      publisher,
+      dlqTopic: 'dlq',
+      log: silentLogger,
+      retry: DEFAULT_RUNNER_RETRY,
+      held: heldMessages(),
+      handled: metrics.counter('handled', 'handled'),
+      seconds: metrics.histogram('seconds', 'seconds'),
+    });
+    const value = deeplyNested(20_000);
+    expect(await settle(messageWork({ topic: 't', offset: '7', value }))).toBe(true);
+    expect(sent).toHaveLength(1);
+    expect(sent[0]).toMatchObject({
+      sourceTopic: 't',
+      offset: '7',
+      error: { code: 'CONTRACT_INVALID' },
+      payload: `[withheld: ${Buffer.byteLength(value)} bytes that could not be read field by field: nested too deep]`,
+    });
+  });
+
   it("should dead-letter a message through its subscription's own payload redaction", async () => {
     const sent: DeadLetter[] = [];
     const publisher = {

@@ -60,6 +60,18 @@ export interface PushOutcome {
   ignored: boolean;
 }
 
+/** The dead letter's payload of an entry nested too deep to be written out as JSON (a few KB can be). */
+const NESTED_TOO_DEEP = '[withheld: a tenant entry nested too deep to be written out]';
+
+/** `item` as JSON text; undefined when it is nested too deep for `JSON.stringify`. */
+function jsonOrUndefined(item: unknown): string | undefined {
+  try {
+    return JSON.stringify(item) ?? 'null';
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Handles Director's pushes from `urs.registration`. An older generation than the last applied is
  * ignored (and logged); the same generation again is applied again (a redelivery after a crash must
@@ -94,6 +106,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     key: string | null,
     error: UrsError,
   ) {
+    const text = jsonOrUndefined(item);
     const letter = toDeadLetter(
       {
         service,
@@ -101,13 +114,14 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
         partition: message.partition,
         offset: message.offset,
         key: key === null ? null : Buffer.from(key, 'utf8'),
-        value: Buffer.from(JSON.stringify(item) ?? 'null', 'utf8'),
+        value: text === undefined ? null : Buffer.from(text, 'utf8'),
       },
       error,
       // Only what the contract pins down: a secret may sit under a mistyped name (`clientSecert`).
       { redactPayload: redactTenantPayload },
     );
-    await deps.publisher.send(deps.dlqTopic, 'urs/dead-letter', [{ key: letter.sourceTopic, value: letter }]);
+    const value = text === undefined ? { ...letter, payload: NESTED_TOO_DEEP } : letter;
+    await deps.publisher.send(deps.dlqTopic, 'urs/dead-letter', [{ key: letter.sourceTopic, value }]);
   }
 
   async function handle(message: InboundMessage<RegistrationPush>): Promise<PushOutcome> {

@@ -113,6 +113,19 @@ describe('createRegistrationHandler', () => {
     });
   });
 
+  it('handle should dead-letter an entry nested too deep to be written out, its payload withheld, and apply the others', async () => {
+    const { push, tenants, letters } = setup();
+    const depth = 20_000;
+    const deep = JSON.parse(
+      `{"tenantId":"deep","defender":${'['.repeat(depth)}${']'.repeat(depth)}}`,
+    ) as unknown;
+    expect(await push(1, 'full', [deep, item('a')])).toMatchObject({ applied: 1, rejected: 1 });
+    expect(await tenants.ids()).toEqual(['a']);
+    const [letter] = letters();
+    expect(letter).toMatchObject({ key: 'deep', error: { code: 'REGISTRATION_INVALID' } });
+    expect(letter?.payload).toBe('[withheld: a tenant entry nested too deep to be written out]');
+  });
+
   it('handle should keep a refused tenant in its dead letter without the values of fields it does not know', async () => {
     const { push, letters } = setup();
     // A mistyped key name no redaction recognises, holding the secret.
