@@ -1,3 +1,4 @@
+import axios from 'axios';
 import { UrsError } from '@urs/resilience';
 
 /**
@@ -55,14 +56,20 @@ export interface DefenderErrorOptions {
   retryAfterMs?: number;
 }
 
-/** The one error type of @urs/defender. Never carries a client secret or an access token. */
+/**
+ * The one error type of @urs/defender. Never carries a client secret or an access token: an axios error
+ * (a cancel too) is never kept as its cause, as its request config and request hold the bearer token, and
+ * Node prints an error's causes whole (an uncaught error, `console.log`).
+ */
 export class DefenderError extends UrsError {
   override readonly code: DefenderErrorCodeValue;
   /** For THROTTLED: the server-given wait, in milliseconds. */
   readonly retryAfterMs: number | undefined;
 
   constructor(code: DefenderErrorCodeValue, message: string, options: DefenderErrorOptions = {}) {
-    super(code, message, { canRetry: options.canRetry, cause: options.cause, details: options.details });
+    const cause =
+      axios.isAxiosError(options.cause) || axios.isCancel(options.cause) ? undefined : options.cause;
+    super(code, message, { canRetry: options.canRetry, cause, details: options.details });
     this.code = code;
     this.retryAfterMs = options.retryAfterMs;
   }

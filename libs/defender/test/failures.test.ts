@@ -1,3 +1,4 @@
+import { inspect } from 'node:util';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { Registry } from '@urs/telemetry';
 import { retryPolicy } from '@urs/resilience';
@@ -126,6 +127,30 @@ describe('createDefenderClient when an answer outlasts its call slot', () => {
       expect(sim.stats().faultsByKind).toMatchObject({ slowBody: 2 });
       // The calls themselves ended, not only their slots: none is left beside the slots handed out again.
       expect(await noCallOpen()).toBe(0);
+    } finally {
+      await close();
+    }
+  });
+
+  it('getMachineVulnerabilities stopped as its slot ends should fail with an error that holds no bearer token, however it is printed', async () => {
+    const limiter = createLocalLimiter({ jobExpirationMs: 300 });
+    const { client, close } = simClient(sim, slow, {
+      limiter,
+      requestTimeoutMs: 5_000,
+      retryPolicy: retryPolicy({ maxAttempts: 1, initialDelayMs: 10, maxDelayMs: 10 }),
+    });
+    try {
+      const id = sim.machines(slow.azureTenantId)[0]?.id as string;
+      const error = await client.getMachineVulnerabilities(id).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toMatchObject({
+        code: DefenderErrorCode.UNAVAILABLE,
+        message: expect.stringContaining('held its call slot as long as the limiter allows'),
+      });
+      // As Node prints an uncaught error, causes and all: Entra's tokens are JWTs (`eyJ…`).
+      expect(inspect(error, { depth: 20 })).not.toMatch(/Bearer|eyJ/);
     } finally {
       await close();
     }
