@@ -235,7 +235,10 @@ export function createTenant(
     ),
     defenderProvisioned: spec.defenderProvisioned ?? true,
     quotas: new Map(
-      Object.entries(MDE_QUOTAS).map(([kind, limit]) => [kind as QuotaKind, new SlidingWindow(limit, quotaMinuteMs)]),
+      Object.entries(MDE_QUOTAS).map(([kind, limit]) => [
+        kind as QuotaKind,
+        new SlidingWindow(limit, quotaMinuteMs),
+      ]),
     ),
   };
 }
