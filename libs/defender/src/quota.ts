@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { sleep } from '@urs/resilience';
 import { DefenderError, DefenderErrorCode } from './errors';
+import { duration, endedAtDeadline } from './token';
 
 /** The MDE endpoints with a quota of their own. */
 export type DefenderEndpointClass = 'machines' | 'vulnerabilities' | 'bulk' | 'exportFiles';
@@ -167,14 +168,22 @@ interface Waiter {
   waitUntil: number | undefined;
 }
 
+/** Told each wait the quota asks for (0 once the call has its place), so a stopped waiter can say it. */
+type OnWait = (waitMs: number) => void;
+
 async function waitForRoom(
   tryAcquire: () => Promise<number>,
   maxPollMs: number,
-  { azureTenantId, endpoint, signal, waitUntil }: Waiter,
+  waiter: Waiter,
+  onWait: OnWait,
 ): Promise<void> {
+  const { azureTenantId, endpoint, signal, waitUntil } = waiter;
+  const since = Date.now();
   for (;;) {
-    if (signal?.aborted) throw stopped();
+    // Its caller was already told (see createWaitQueue); this ends the turn.
+    if (signal?.aborted) throw stopped(waiter, since, undefined);
     const waitMs = await tryAcquire();
+    onWait(Math.max(0, waitMs));
     if (waitMs <= 0) return;
     if (waitUntil !== undefined && waitMs > waitUntil - Date.now())
       throw heldBackLonger(azureTenantId, endpoint, waitMs);
@@ -182,6 +191,8 @@ async function waitForRoom(
     await sleep(Math.min(waitMs, maxPollMs) + Math.floor(Math.random() * 25), signal);
   }
 }
+
+const HELD_BACK_BY = "held back by its API quota (Microsoft's limits, or a 429's Retry-After)";
 
 /**
  * A wait for the quota longer than the call may take. Not retried by the call (`canRetry` false): its caller
@@ -194,16 +205,43 @@ function heldBackLonger(
 ): DefenderError {
   return new DefenderError(
     DefenderErrorCode.THROTTLED,
-    `Tenant ${azureTenantId}'s ${endpoint} calls are held back by its API quota (Microsoft's limits, or a 429's ` +
-      `Retry-After) for another ${Math.ceil(waitMs / 1000)} s`,
+    `Tenant ${azureTenantId}'s ${endpoint} calls are ${HELD_BACK_BY} for another ${Math.ceil(waitMs / 1000)} s`,
     { canRetry: false, retryAfterMs: waitMs, details: { azureTenantId, endpoint, quotaWaitMs: waitMs } },
   );
 }
 
-function stopped(): DefenderError {
-  return new DefenderError(DefenderErrorCode.THROTTLED, 'Stopped while waiting for the tenant’s API quota', {
-    canRetry: true,
-  });
+/**
+ * A waiter whose caller stopped it. At a deadline (a signal of `AbortSignal.timeout`: the access test's time
+ * limit) the quota is to blame, so it says for how long the quota still holds the tenant's calls back
+ * (`heldUntil`, as a `Date.now()`, when a wait was asked for), in words an administrator can act on.
+ */
+function stopped(
+  { azureTenantId, endpoint, signal }: Waiter,
+  since: number,
+  heldUntil: number | undefined,
+): DefenderError {
+  const details = { azureTenantId, endpoint };
+  if (!signal || !endedAtDeadline(signal))
+    return new DefenderError(
+      DefenderErrorCode.THROTTLED,
+      `A ${endpoint} call of tenant ${azureTenantId} was stopped while waiting for the tenant's API quota`,
+      { canRetry: true, details },
+    );
+  const now = Date.now();
+  const leftMs = heldUntil === undefined ? 0 : heldUntil - now;
+  const notSent = `the call was not sent within the time allowed (it waited ${duration(now - since)})`;
+  return leftMs > 0
+    ? new DefenderError(
+        DefenderErrorCode.THROTTLED,
+        `Tenant ${azureTenantId}'s ${endpoint} calls are ${HELD_BACK_BY} for another ` +
+          `${Math.ceil(leftMs / 1000)} s: ${notSent}`,
+        { canRetry: true, retryAfterMs: leftMs, details: { ...details, quotaWaitMs: leftMs } },
+      )
+    : new DefenderError(
+        DefenderErrorCode.THROTTLED,
+        `Tenant ${azureTenantId}'s ${endpoint} calls were ${HELD_BACK_BY}: ${notSent}`,
+        { canRetry: true, details },
+      );
 }
 
 function deadlineOf(maxWaitMs: number | undefined): number | undefined {
@@ -213,21 +251,33 @@ function deadlineOf(maxWaitMs: number | undefined): number | undefined {
 /**
  * Runs the waits of one tenant's endpoint one after another in this process: only the oldest waiter
  * polls the window, so thousands of queued calls do not each poll Redis while a quota is exhausted, and
- * they are served in order. A waiter whose signal aborts leaves at once.
+ * they are served in order. A waiter whose signal aborts leaves at once, told how long the quota last said
+ * the endpoint is held back (also when it was still queued behind the waiter that asked).
  */
-function createWaitQueue(): (key: string, wait: () => Promise<void>, signal?: AbortSignal) => Promise<void> {
+function createWaitQueue(): (
+  key: string,
+  waiter: Waiter,
+  wait: (onWait: OnWait) => Promise<void>,
+) => Promise<void> {
   const tails = new Map<string, Promise<void>>();
-  return (key, wait, signal) => {
-    const turn = (tails.get(key) ?? Promise.resolve()).then(wait);
+  /** Per key, until when (a `Date.now()`) the quota last said its calls wait. */
+  const heldUntil = new Map<string, number>();
+  return (key, waiter, wait) => {
+    const since = Date.now();
+    const onWait: OnWait = (waitMs) => heldUntil.set(key, Date.now() + waitMs);
+    const turn = (tails.get(key) ?? Promise.resolve()).then(() => wait(onWait));
     const tail = turn.catch(() => undefined);
     tails.set(key, tail);
     void tail.then(() => {
-      if (tails.get(key) === tail) tails.delete(key);
+      if (tails.get(key) !== tail) return;
+      tails.delete(key);
+      heldUntil.delete(key);
     });
+    const { signal } = waiter;
     if (!signal) return turn;
-    if (signal.aborted) return Promise.reject(stopped());
+    if (signal.aborted) return Promise.reject(stopped(waiter, since, heldUntil.get(key)));
     return new Promise<void>((resolve, reject) => {
-      const onAbort = (): void => reject(stopped());
+      const onAbort = (): void => reject(stopped(waiter, since, heldUntil.get(key)));
       signal.addEventListener('abort', onAbort, { once: true });
       turn.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
     });
@@ -264,7 +314,7 @@ export function createRedisQuotaGate(
       const keys = [key(azureTenantId, endpoint, 'blocked'), ...windowKeys];
       const args = windows.flatMap((w) => [String(w.limit), String(w.windowMs)]);
       let member = '';
-      const wait = (): Promise<void> =>
+      const wait = (onWait: OnWait): Promise<void> =>
         waitForRoom(
           async () => {
             member = `${owner}:${++sequence}`;
@@ -280,8 +330,9 @@ export function createRedisQuotaGate(
           },
           maxPollMs,
           waiter,
+          onWait,
         );
-      await queue(quotaId(azureTenantId, endpoint), wait, signal);
+      await queue(quotaId(azureTenantId, endpoint), waiter, wait);
       const taken = member;
       return {
         sent() {
@@ -367,10 +418,8 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
       const id = quotaId(azureTenantId, endpoint);
       const taken: Call = { takenAt: 0 };
       const waiter = { azureTenantId, endpoint, signal, waitUntil: deadlineOf(maxWaitMs) };
-      await queue(
-        id,
-        () => waitForRoom(async () => tryAcquire(id, limits[endpoint], taken), maxPollMs, waiter),
-        signal,
+      await queue(id, waiter, (onWait) =>
+        waitForRoom(async () => tryAcquire(id, limits[endpoint], taken), maxPollMs, waiter, onWait),
       );
       return {
         sent() {

@@ -69,6 +69,48 @@ describe('createLocalQuotaGate', () => {
   });
 });
 
+describe('createLocalQuotaGate at a deadline', () => {
+  it("acquire stopped at its caller's deadline should say the tenant is held back by its quota, and for how long", async () => {
+    const gate = createLocalQuotaGate({ maxPollMs: 20 });
+    // A 429's Retry-After of 10 minutes, recorded by another call of the tenant.
+    await gate.block('t1', 'machines', 600_000);
+    const error = await gate
+      .acquire('t1', 'machines', AbortSignal.timeout(100))
+      .catch((caught: unknown) => caught);
+    expect(error).toMatchObject({ code: 'DEFENDER_THROTTLED', canRetry: true });
+    expect((error as Error).message).toMatch(
+      /^Tenant t1's machines calls are held back by its API quota \(Microsoft's limits, or a 429's Retry-After\) for another (600|599) s: the call was not sent within the time allowed \(it waited \d+ ms\)$/,
+    );
+    expect((error as { retryAfterMs?: number }).retryAfterMs).toBeGreaterThan(599_000);
+  });
+
+  it('acquire queued behind another waiter and stopped at its deadline should say for how long the quota holds back', async () => {
+    const gate = createLocalQuotaGate({ maxPollMs: 20 });
+    await gate.block('t1', 'machines', 600_000);
+    const firstStops = new AbortController();
+    const first = gate.acquire('t1', 'machines', firstStops.signal).catch(() => undefined);
+    const error = await gate
+      .acquire('t1', 'machines', AbortSignal.timeout(100))
+      .catch((caught: unknown) => caught);
+    expect((error as Error).message).toMatch(
+      /^Tenant t1's machines calls are held back by its API quota \(Microsoft's limits, or a 429's Retry-After\) for another (600|599) s: the call was not sent within the time allowed/,
+    );
+    firstStops.abort();
+    await first;
+  });
+
+  it('acquire stopped otherwise than at a deadline should say it was stopped, naming the tenant', async () => {
+    const gate = createLocalQuotaGate({ maxPollMs: 20 });
+    await gate.block('t1', 'machines', 600_000);
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), 50);
+    const error = await gate.acquire('t1', 'machines', controller.signal).catch((caught: unknown) => caught);
+    expect((error as Error).message).toBe(
+      "A machines call of tenant t1 was stopped while waiting for the tenant's API quota",
+    );
+  });
+});
+
 describe('createLocalQuotaGate claims', () => {
   const oneAMinute = { ...MICROSOFT_QUOTAS, vulnerabilities: [{ limit: 1, windowMs: 60_000 }] };
 
