@@ -1,5 +1,5 @@
 import { createConsumerRunner } from '@urs/bus';
-import { createDefenderClient, createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
+import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { sleep } from '@urs/resilience';
 import { checkSecretKey, createSecretSealer } from '@urs/secrets';
@@ -9,13 +9,14 @@ import {
   scoreStoreFor,
   createTenantStore,
 } from '@urs/store';
+import { createAccessChecker } from './access';
 import { registrarConfig } from './config';
 import { redactPushPayload } from './dead-letter';
 import { createDirectorSide } from './director-side';
 import { deviceRoutes } from './http/devices';
 import { rebuiltGate } from './http/rebuilt';
 import { startApiServer, type ApiServer } from './http/server';
-import { tenantRoutes, type AccessChecker } from './http/tenants';
+import { tenantRoutes } from './http/tenants';
 import { createSecretResealer } from './reseal';
 
 void runService({
@@ -61,23 +62,15 @@ void runService({
     });
     const quota = quotaGateFor(settings.quotas, redis, prefix);
     const httpsAgent = createHttpsAgent(settings.extraCa ? { extraCa: settings.extraCa } : {});
-    const checkAccess: AccessChecker = async (tenant, signal) => {
-      const { region, vulnerabilityMode, ...rest } = tenant;
-      const client = createDefenderClient(region === null ? rest : { ...rest, region }, {
-        limiter,
-        quota,
-        logger,
-        overrides: settings.defender,
-        httpsAgent,
-        metrics,
-        requestTimeoutMs: settings.requestTimeoutMs,
-      });
-      try {
-        return await client.checkAccess(signal, vulnerabilityMode === undefined ? {} : { vulnerabilityMode });
-      } finally {
-        client.close();
-      }
-    };
+    const checkAccess = createAccessChecker({
+      limiter,
+      quota,
+      logger,
+      overrides: settings.defender,
+      httpsAgent,
+      metrics,
+      requestTimeoutMs: settings.requestTimeoutMs,
+    });
 
     const runner = createConsumerRunner({
       kafka,

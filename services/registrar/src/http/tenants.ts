@@ -33,8 +33,15 @@ export interface AccessCheckResult {
   error?: { code: string; message: string };
 }
 
-/** Runs the check against Microsoft (the Defender client's checkAccess in production). */
-export type AccessChecker = (tenant: AccessCheckTenant, signal: AbortSignal) => Promise<AccessCheckResult>;
+/**
+ * Runs the check against Microsoft (the Defender client's checkAccess in production). `signal` aborts at the
+ * check's time limit, `deadline` (a `Date.now()`), or when the server stops.
+ */
+export type AccessChecker = (
+  tenant: AccessCheckTenant,
+  signal: AbortSignal,
+  deadline: number,
+) => Promise<AccessCheckResult>;
 
 export interface TenantRoutesDeps {
   registry: TenantRegistry;
@@ -176,6 +183,7 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
     const tenantId = tenantIdOf(request);
     const record = await load(tenantId);
     // Gives up at its timeout, or when the server stops before it finished (its answer is then the stop's 503).
+    const deadline = Date.now() + deps.accessTestTimeoutMs;
     const signal = AbortSignal.any([request.signal, AbortSignal.timeout(deps.accessTestTimeoutMs)]);
     let opened: string | SecretError;
     try {
@@ -210,6 +218,7 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
           ...(vulnerabilityMode === undefined ? {} : { vulnerabilityMode }),
         },
         signal,
+        deadline,
       );
     }
     return {

@@ -1,0 +1,68 @@
+import type { Agent } from 'node:https';
+import {
+  type CallLimiter,
+  type DefenderEndpointOverrides,
+  type QuotaGate,
+  createDefenderClient,
+} from '@urs/defender';
+import type { Logger } from '@urs/logging';
+import type { Registry } from '@urs/telemetry';
+import type { AccessChecker } from './http/tenants';
+
+export interface AccessCheckerDeps {
+  /** The pipeline's shared call slots. */
+  limiter: CallLimiter;
+  /** The tenants' quotas, shared with the pollers and fetchers. */
+  quota: QuotaGate;
+  logger: Logger;
+  overrides: DefenderEndpointOverrides;
+  httpsAgent: Agent;
+  metrics: Registry;
+  /** Timeout of one HTTP call, in milliseconds. */
+  requestTimeoutMs: number;
+}
+
+/**
+ * The tenant's quota as one check sees it: a call whose wait for it (a 429's Retry-After another process
+ * recorded, a window the pollers spent: up to an hour) would end after the check's `deadline` fails at once
+ * with how long the quota holds the tenant back, rather than wait until the time limit says nothing more.
+ */
+function quotaUntil(quota: QuotaGate, deadline: number): QuotaGate {
+  return {
+    acquire: (azureTenantId, endpoint, signal, maxWaitMs) =>
+      quota.acquire(
+        azureTenantId,
+        endpoint,
+        signal,
+        Math.min(maxWaitMs ?? Infinity, Math.max(0, deadline - Date.now())),
+      ),
+    block: (azureTenantId, endpoint, durationMs) => quota.block(azureTenantId, endpoint, durationMs),
+  };
+}
+
+/**
+ * The `/defender/test` check against Microsoft: a Defender client of the tenant's, for the check only,
+ * sharing the call slots and the tenant's quota with the pollers and fetchers. It waits for the quota, or
+ * out a 429, only as long as what is left of its time limit: a tenant held back longer is answered at once,
+ * in words an administrator can act on (whose calls, and for how long).
+ */
+export function createAccessChecker(deps: AccessCheckerDeps): AccessChecker {
+  return async (tenant, signal, deadline) => {
+    const { region, vulnerabilityMode, ...rest } = tenant;
+    const client = createDefenderClient(region === null ? rest : { ...rest, region }, {
+      limiter: deps.limiter,
+      quota: quotaUntil(deps.quota, deadline),
+      logger: deps.logger,
+      overrides: deps.overrides,
+      httpsAgent: deps.httpsAgent,
+      metrics: deps.metrics,
+      requestTimeoutMs: deps.requestTimeoutMs,
+      maxThrottleWaitMs: Math.max(0, deadline - Date.now()),
+    });
+    try {
+      return await client.checkAccess(signal, vulnerabilityMode === undefined ? {} : { vulnerabilityMode });
+    } finally {
+      client.close();
+    }
+  };
+}
