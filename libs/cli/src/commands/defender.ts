@@ -23,7 +23,8 @@ devices   writes the tenant's devices as NDJSON machine records on stdout (pipe 
           progress and errors go to stderr
 check     says in one line whether the credentials and the consent work, whether the devices and
           their vulnerabilities can be read (the licence), and which of Machine.Read.All and
-          Vulnerability.Read.All (what the pipeline reads) the token carries
+          Vulnerability.Read.All (what the pipeline reads) the token carries; a tenant whose API quota
+          holds its calls back more than 30 s is told so at once, with for how long
 
   --azure-tenant-id T        Directory (tenant) ID
   --client-id C              Application (client) ID
@@ -46,6 +47,13 @@ Exit status: 0 done; 1 the tenant could not be read (the error says what to fix)
 
 /** Above this many devices `auto` uses the bulk export (per-device calls: 50/min per tenant). */
 const AUTO_BULK_THRESHOLD = 250;
+/**
+ * Longest wait of `check` for the tenant's quota, or out a 429, in milliseconds (the registrar's access test's
+ * default time limit). Sharing the pipeline's quota, a tenant the pollers left held back (a 429's Retry-After,
+ * an hourly quota spent) would otherwise keep the check silent up to an hour; it is told at once whose calls
+ * are held back, and for how long.
+ */
+const CHECK_MAX_QUOTA_WAIT_MS = 30_000;
 /** Per-device vulnerability requests started at once by the CLI (the limiter caps calls in flight anyway). */
 const VULNERABILITY_WORKERS = 10;
 
@@ -278,6 +286,9 @@ export const defenderCommand: Command = async (args, io) => {
       logger,
       overrides: backend.overrides,
       httpsAgent: backend.httpsAgent,
+      ...(options.action === 'check'
+        ? { maxQuotaWaitMs: CHECK_MAX_QUOTA_WAIT_MS, maxThrottleWaitMs: CHECK_MAX_QUOTA_WAIT_MS }
+        : {}),
     });
     if (options.action === 'check') {
       const report = await client.checkAccess();

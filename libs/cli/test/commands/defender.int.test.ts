@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createRedisQuotaGate } from '@urs/defender';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { type TestRedis, createTestRedis, testInfra } from '@urs/testkit';
 import { defenderCommand } from '../../src/commands/defender';
@@ -73,4 +74,40 @@ describe('urs defender with Redis', () => {
     // The run keeps the pipeline's limit as the services set it, not the limiter's default of 10.
     expect(await redis.client.hget(`b_${redis.prefix}defender-api_settings`, 'maxConcurrent')).toBe('7');
   });
+
+  it('defenderCommand check of a tenant the pipeline’s quota holds back should say so at once, and for how long', async () => {
+    const app = { azureTenantId: randomUUID(), clientId: randomUUID(), clientSecret: `Qx9~${randomUUID()}` };
+    sim.addTenant({ azureTenantId: app.azureTenantId, apps: [app], fleet: { size: 3, seed: 4 } });
+    // A 429's Retry-After of 10 minutes, recorded in Redis by a poller's call.
+    await createRedisQuotaGate(redis.client, redis.prefix).block(app.azureTenantId, 'machines', 600_000);
+    const secretFile = join(dir, 'held-back-secret');
+    writeFileSync(secretFile, app.clientSecret);
+    const { code, stdout, stderr } = await runCommand(
+      defenderCommand,
+      [
+        'check',
+        '--azure-tenant-id',
+        app.azureTenantId,
+        '--client-id',
+        app.clientId,
+        '--client-secret-file',
+        secretFile,
+      ],
+      {
+        env: {
+          URS_DEFENDER_AUTHORITY_HOST: sim.baseUrl,
+          URS_DEFENDER_API_BASE: sim.baseUrl,
+          URS_DEFENDER_CA_FILE: sim.caFile,
+          REDIS_URL: testInfra().redisUrl,
+          URS_REDIS_PREFIX: redis.prefix,
+        },
+      },
+    );
+    expect(stderr).not.toContain('not reachable');
+    expect(code).toBe(1);
+    expect(stdout).toBe(
+      `FAIL: Tenant ${app.azureTenantId}'s machines calls are held back by its API quota ` +
+        "(Microsoft's limits, or a 429's Retry-After) for another 600 s\n",
+    );
+  }, 20_000);
 });

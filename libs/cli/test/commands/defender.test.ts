@@ -220,6 +220,23 @@ describe('urs defender check', () => {
   });
 });
 
+describe('urs defender check of a throttled tenant', () => {
+  it('defenderCommand check answered a 429 asking for 10 minutes should print one FAIL line at once, not wait', async () => {
+    const throttled = newApp();
+    sim.addTenant({ azureTenantId: throttled.azureTenantId, apps: [throttled], fleet: { size: 3, seed: 5 } });
+    sim.setFaults(throttled.azureTenantId, { throttledCalls: 1, throttleRetryAfterSec: 600 });
+    try {
+      const result = await run(args('check', throttled, '--no-redis'));
+      expect(result.code).toBe(1);
+      expect(result.stdout).toBe(
+        `FAIL: The Defender API throttled tenant ${throttled.azureTenantId} on /api/machines (429)\n`,
+      );
+    } finally {
+      sim.removeTenant(throttled.azureTenantId);
+    }
+  }, 20_000);
+});
+
 describe('urs defender usage', () => {
   it('defenderCommand should exit 2 naming a missing option', async () => {
     const result = await run(['devices', '--azure-tenant-id', 'x', '--client-secret-file', secretFile('s')]);
