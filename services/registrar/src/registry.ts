@@ -308,6 +308,8 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     if (!record.enabled) await deps.schedules.clear(tenantId);
     await deps.tenants.updateStatus(tenantId, {
       state: record.enabled ? 'active' : 'disabled',
+      // A disabled tenant is not polled: no next poll time in its status, as `disable` leaves it.
+      ...(record.enabled ? {} : { nextPollAt: null }),
       lastErrorCode: null,
       lastErrorMessage: null,
       lastErrorAt: null,

@@ -328,6 +328,19 @@ describe('createRegistrationHandler', () => {
     });
   });
 
+  it('handle should clear the next poll time of a tenant an entry disables, as a full push leaving it out does', async () => {
+    const { push, tenants } = setup();
+    await push(1, 'full', [item('a'), item('b')]);
+    for (const tenantId of ['a', 'b'])
+      await tenants.updateStatus(tenantId, { nextPollAt: new Date(Date.now() + 3_600_000).toISOString() });
+    await push(2, 'full', [item('a', { enabled: false })]);
+    for (const tenantId of ['a', 'b']) {
+      const status = await tenants.getStatus(tenantId);
+      expect(status.state).toBe('disabled');
+      expect(status).not.toHaveProperty('nextPollAt');
+    }
+  });
+
   it('handle should clear a refusal from the status when the tenant comes again as it is registered', async () => {
     const { push, tenants } = setup();
     await push(1, 'full', [item('a')]);

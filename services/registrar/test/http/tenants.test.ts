@@ -554,6 +554,17 @@ describe('tenantRoutes', () => {
     expect(cleared).toEqual(['acme']);
   });
 
+  it('PUT with enabled false should clear the next poll time its last cycle set, as a disable does', async () => {
+    const { call, tenants } = setup();
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    // What a poller writes as a cycle starts.
+    await tenants.updateStatus('acme', { nextPollAt: new Date(Date.now() + 3_600_000).toISOString() });
+    const answer = await call('PUT', '/v1/tenants/acme/defender', registrationBody({ enabled: false }));
+    expect(answer.body).toMatchObject({ enabled: false, status: { state: 'disabled' } });
+    expect((answer.body as { status: Record<string, unknown> }).status).not.toHaveProperty('nextPollAt');
+    expect(await tenants.getStatus('acme')).not.toHaveProperty('nextPollAt');
+  });
+
   it('POST test should check access with the stored credentials and answer the verdict', async () => {
     const { call, checked } = setup();
     expect((await call('POST', '/v1/tenants/acme/defender/test')).status).toBe(404);
