@@ -197,7 +197,8 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     if (push.mode === 'full') {
       const missing = (await deps.tenants.ids()).filter((tenantId) => !present.has(tenantId));
       await forEachLimit(missing, concurrency, async (tenantId) => {
-        // Checked under the tenant's write lock: an administrator's PUT meanwhile makes it theirs.
+        // Checked under the tenant's write lock: an administrator's PUT meanwhile makes it theirs. Theirs, it
+        // stays enabled; a refusal of Director's in its status ends all the same.
         const disabled = await deps.registry.disable(
           tenantId,
           `missing from Director full push ${push.generation}`,

@@ -75,7 +75,9 @@ export interface TenantRegistry {
    * A new revision with `enabled: false` and the reason; null when the tenant is unknown, already
    * disabled, or its record (read under the tenant's write lock) does not pass `onlyIf`. A tenant disabled
    * now or before (and passing `onlyIf`) loses its `registrationError`: the update refused before is
-   * overtaken by the decision to disable it.
+   * overtaken by the decision to disable it. One that does not pass `onlyIf` (an administrator's record a
+   * Director `full` push left out) is left enabled, but loses a refusal of Director's when `origin` is
+   * Director's, unless a newer generation than `origin`'s refused it.
    */
   disable(
     tenantId: string,
@@ -198,6 +200,17 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
           }
         : {}),
     });
+  }
+
+  /**
+   * Clears a refusal of Director's from the tenant's status, unless a newer push than `generation` (handled
+   * meanwhile on another replica) refused it: that refusal stands.
+   */
+  async function clearDirectorRefusal(current: TenantRecord, generation: number | undefined): Promise<void> {
+    const refusal = (await deps.tenants.getStatus(current.tenantId)).registrationError;
+    if (refusal?.source !== 'director') return;
+    if (generation !== undefined && (refusal.generation ?? -1) > generation) return;
+    await clearRefusal(current);
   }
 
   /**
@@ -333,7 +346,13 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     onlyIf?: (current: TenantRecord) => boolean,
   ): Promise<TenantRecord | null> {
     const current = await deps.tenants.get(tenantId);
-    if (!current || (onlyIf && !onlyIf(current))) return null;
+    if (!current) return null;
+    if (onlyIf && !onlyIf(current)) {
+      // Not Director's to disable (an administrator's record), but a refused update Director sent of it is
+      // overtaken all the same: Director no longer registers the tenant.
+      if (origin.source === 'director') await clearDirectorRefusal(current, origin.generation);
+      return null;
+    }
     if (!current.enabled) {
       await clearRefusal(current);
       return null;

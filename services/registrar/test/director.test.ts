@@ -375,6 +375,26 @@ describe('createRegistrationHandler', () => {
     }
   });
 
+  it("handle should clear Director's refusal of an administrator's tenant a later full push leaves out, and leave the tenant enabled", async () => {
+    const { push, tenants, registry, records } = setup();
+    await registry.register(
+      { tenantId: 'acme', defender: registrationBody() as never },
+      { source: 'rest' },
+      { skipIfUnchanged: true },
+    );
+    // A newer generation writes over a REST tenant it lists: its refused entry is put in the status.
+    await push(5, 'full', [item('acme', { clientId: 'nope' })]);
+    expect(await tenants.getStatus('acme')).toMatchObject({ registrationError: { generation: 5 } });
+    const written = records().length;
+    // Director no longer lists it: the refused update describes nothing pending.
+    expect(await push(6, 'full', [])).toMatchObject({ disabled: 0 });
+    const status = await tenants.getStatus('acme');
+    expect(status.registrationError ?? null).toBeNull();
+    expect(status.state).toBe('active');
+    expect(await tenants.get('acme')).toMatchObject({ source: 'rest', enabled: true });
+    expect(records()).toHaveLength(written);
+  });
+
   it('handle should end the status of a tenant with no record, refused by Director, that a later full push leaves out', async () => {
     const { push, tenants, registry } = setup();
     await push(1, 'full', [item('a'), item('never', { clientId: 'nope' })]);
