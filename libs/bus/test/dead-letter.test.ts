@@ -119,28 +119,40 @@ describe('toDeadLetter', () => {
 const deeplyNested = (depth: number): string =>
   `{"schemaVersion":1,"pwd":"Zz77Q~abc","x":${'['.repeat(depth)}${']'.repeat(depth)}}`;
 
+/**
+ * A processor of `topics` (the registration push's contract, which every test message fails; each topic's
+ * extra settings, a redaction of its own) whose dead letters are kept in `sent`.
+ */
+function processorOf(topics: Record<string, object>) {
+  const sent: DeadLetter[] = [];
+  const publisher = {
+    send: async (_topic: string, _contract: string, messages: { value: unknown }[]) => {
+      sent.push(...messages.map((message) => message.value as DeadLetter));
+    },
+  } as unknown as Publisher;
+  const metrics = new Registry({ processMetrics: false });
+  const settle = createMessageProcessor({
+    service: 'test',
+    subscriptions: new Map(
+      Object.entries(topics).map(([topic, extra]) => [
+        topic,
+        { topic, contract: 'urs/registration-push' as const, handler: async () => undefined, ...extra },
+      ]),
+    ),
+    publisher,
+    dlqTopic: 'dlq',
+    log: silentLogger,
+    retry: DEFAULT_RUNNER_RETRY,
+    held: heldMessages(),
+    handled: metrics.counter('handled', 'handled'),
+    seconds: metrics.histogram('seconds', 'seconds'),
+  });
+  return { settle, sent };
+}
+
 describe('createMessageProcessor', () => {
   it('should dead-letter a message nested too deep to be redacted, its payload withheld and its reason kept', async () => {
-    const sent: DeadLetter[] = [];
-    const publisher = {
-      send: async (_topic: string, _contract: string, messages: { value: unknown }[]) => {
-        sent.push(...messages.map((message) => message.value as DeadLetter));
-      },
-    } as unknown as Publisher;
-    const metrics = new Registry({ processMetrics: false });
-    const settle = createMessageProcessor({
-      service: 'test',
-      subscriptions: new Map([
-        ['t', { topic: 't', contract: 'urs/registration-push' as const, handler: async () => undefined }],
-      ]),
-      publisher,
-      dlqTopic: 'dlq',
-      log: silentLogger,
-      retry: DEFAULT_RUNNER_RETRY,
-      held: heldMessages(),
-      handled: metrics.counter('handled', 'handled'),
-      seconds: metrics.histogram('seconds', 'seconds'),
-    });
+    const { settle, sent } = processorOf({ t: {} });
     const value = deeplyNested(20_000);
     expect(await settle(messageWork({ topic: 't', offset: '7', value }))).toBe(true);
     expect(sent).toHaveLength(1);
@@ -153,32 +165,9 @@ describe('createMessageProcessor', () => {
   });
 
   it("should dead-letter a message through its subscription's own payload redaction", async () => {
-    const sent: DeadLetter[] = [];
-    const publisher = {
-      send: async (_topic: string, _contract: string, messages: { value: unknown }[]) => {
-        sent.push(...messages.map((message) => message.value as DeadLetter));
-      },
-    } as unknown as Publisher;
-    const metrics = new Registry({ processMetrics: false });
-    const subscription = (topic: string, extra: object = {}) => ({
-      topic,
-      contract: 'urs/registration-push' as const,
-      handler: async () => undefined,
-      ...extra,
-    });
-    const settle = createMessageProcessor({
-      service: 'test',
-      subscriptions: new Map([
-        ['own', subscription('own', { redactPayload: () => '{"kept":"only this"}' })],
-        ['default', subscription('default')],
-      ]),
-      publisher,
-      dlqTopic: 'dlq',
-      log: silentLogger,
-      retry: DEFAULT_RUNNER_RETRY,
-      held: heldMessages(),
-      handled: metrics.counter('handled', 'handled'),
-      seconds: metrics.histogram('seconds', 'seconds'),
+    const { settle, sent } = processorOf({
+      own: { redactPayload: () => '{"kept":"only this"}' },
+      default: {},
     });
     const value = JSON.stringify({ mode: 'FULL', pwd: 'Zz77Q~abc' });
     const work = (topic: string) => messageWork({ topic, offset: '3', value });
