@@ -145,7 +145,8 @@ export function classify(
     return throwError(
       new DefenderError(
         DefenderErrorCode.THROTTLED,
-        `The Defender API throttled tenant ${azureTenantId} on ${path} (429)`,
+        `The Defender API throttled tenant ${azureTenantId} on ${path} (429)` +
+          (retryAfterMs === undefined ? '' : `: it asks to wait ${Math.ceil(retryAfterMs / 1000)} s`),
         {
           canRetry: true,
           // The header as the API sent it too: the wait is capped at an hour (see parseRetryAfterMs).

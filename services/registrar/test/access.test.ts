@@ -93,7 +93,7 @@ describe('createAccessChecker', () => {
       error: { code: 'DEFENDER_THROTTLED' },
     });
     expect(result.verdict).toBe(
-      `FAIL: The Defender API throttled tenant ${tenant.azureTenantId} on /api/machines (429)`,
+      `FAIL: The Defender API throttled tenant ${tenant.azureTenantId} on /api/machines (429): it asks to wait 600 s`,
     );
   });
 });

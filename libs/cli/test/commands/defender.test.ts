@@ -229,7 +229,7 @@ describe('urs defender check of a throttled tenant', () => {
       const result = await run(args('check', throttled, '--no-redis'));
       expect(result.code).toBe(1);
       expect(result.stdout).toBe(
-        `FAIL: The Defender API throttled tenant ${throttled.azureTenantId} on /api/machines (429)\n`,
+        `FAIL: The Defender API throttled tenant ${throttled.azureTenantId} on /api/machines (429): it asks to wait 600 s\n`,
       );
     } finally {
       sim.removeTenant(throttled.azureTenantId);
