@@ -347,6 +347,20 @@ export function parseVulnerability(raw: unknown): ParseResult<Vulnerability> {
   return { ok: true, value: vulnerability };
 }
 
+const NUMERIC_TEXT = /^\d+(\.\d+)?$/;
+
+/**
+ * The export's `cvssScore` is a String in Microsoft's documentation of it (a Double per device, `cvssV3`):
+ * numeric text is read as its number, blank text as none; other text is left to fail the row.
+ */
+function readScoreText(record: Record<string, unknown>): void {
+  const score = record['cvssScore'];
+  if (typeof score !== 'string') return;
+  const text = score.trim();
+  if (text === '') record['cvssScore'] = null;
+  else if (NUMERIC_TEXT.test(text)) record['cvssScore'] = Number(text);
+}
+
 /** Normalises and validates one row of the bulk export; `raw` (freshly parsed) may be normalised in place and returned. */
 export function parseSoftwareVulnerabilityRow(raw: unknown): ParseResult<SoftwareVulnerabilityRow> {
   const object = asObject(raw);
@@ -354,6 +368,7 @@ export function parseSoftwareVulnerabilityRow(raw: unknown): ParseResult<Softwar
   const record = normaliseKeys(object, BULK_KEY_MAP);
   softenUnscored(record, BULK_UNSCORED);
   normaliseEnums(record);
+  readScoreText(record);
   if (!validateBulkSchema(record)) return { ok: false, reason: describe(validateBulkSchema) };
   return { ok: true, value: record as SoftwareVulnerabilityRow };
 }

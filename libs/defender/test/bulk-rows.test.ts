@@ -184,6 +184,19 @@ describe('BulkRowReader', () => {
       ).toEqual(['CVE-2024-1234', 'CVE-2024-1234']);
   });
 
+  it('should read a cvssScore sent as numeric text, the type Microsoft documents for the export, as its number', () => {
+    const rows = [
+      '{"deviceId":"d1","cveId":"CVE-2024-1","cvssScore":"9.8"}',
+      '{"deviceId":"d1","cveId":"CVE-2024-2","cvssScore":" 10.0 "}',
+      '{"deviceId":"d1","cveId":"CVE-2024-3","cvssScore":""}',
+      '{"deviceId":"d1","cveId":"CVE-2024-4","cvssScore":9.8}',
+    ];
+    for (const reader of [undefined, new BulkRowReader()])
+      expect(
+        scan(page(rows), 1 << 20, reader).map((entry) => 'deviceId' in entry && entry.vulnerability?.cvssV3),
+      ).toEqual([9.8, 10, null, 9.8]);
+  });
+
   it('should decline the rows it cannot read exactly', () => {
     const reader = new BulkRowReader();
     const declined = [

@@ -217,6 +217,21 @@ describe('vulnerabilityFromRow', () => {
     });
   });
 
+  it('parseSoftwareVulnerabilityRow should read a cvssScore of numeric text as its number, and refuse other text', () => {
+    expect(parseSoftwareVulnerabilityRow({ deviceId: 'd', cveId: 'CVE-1', cvssScore: '9.8' })).toMatchObject({
+      ok: true,
+      value: { cvssScore: 9.8 },
+    });
+    expect(parseSoftwareVulnerabilityRow({ deviceId: 'd', cveId: 'CVE-1', cvssScore: ' ' })).toMatchObject({
+      ok: true,
+      value: { cvssScore: null },
+    });
+    expect(parseSoftwareVulnerabilityRow({ deviceId: 'd', cveId: 'CVE-1', cvssScore: 'high' })).toEqual({
+      ok: false,
+      reason: 'cvssScore must be number,null',
+    });
+  });
+
   it('parseSoftwareVulnerabilityRow should keep a row whose unscored levels come in an undocumented shape', () => {
     const parsed = parseSoftwareVulnerabilityRow({
       deviceId: ID,
@@ -240,9 +255,10 @@ describe('vulnerabilityFromRow', () => {
       severity: null,
       cvssV3: 9.1,
     });
-    expect(parseSoftwareVulnerabilityRow({ deviceId: ID, cveId: 'CVE-2023-3', cvssScore: '9.1' }).ok).toBe(
-      false,
-    );
+    // The score is read: text that is no number still refuses the row.
+    expect(
+      parseSoftwareVulnerabilityRow({ deviceId: ID, cveId: 'CVE-2023-3', cvssScore: 'critical' }).ok,
+    ).toBe(false);
   });
 
   it('vulnerabilityFromRow should write the CVE id in upper case', () => {
