@@ -235,7 +235,8 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
       generatedTime,
     );
     log.info('bulk export fetched', {
-      devicesWithVulnerabilities: folder.size,
+      // Every device with a row, software without a CVE included.
+      devicesInExport: folder.size,
       durationMs: Date.now() - started,
     });
     await deps.tenants.updateStatus(batch.tenantId, {
@@ -243,7 +244,7 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
       note:
         'vulnerabilities come from one bulk export (SoftwareVulnerabilitiesByMachine) per cycle: the fleet is too ' +
         "large for one call per device within the tenant's quota in one poll interval " +
-        `(last export ${collectedAt}: ${folder.size} devices with vulnerabilities` +
+        `(last export ${collectedAt}: ${folder.size} devices in it` +
         (generatedTime === undefined
           ? ')'
           : `; Microsoft's snapshot of ${generatedTime}, regenerated every 6 hours, not read again until then)`),

@@ -192,6 +192,8 @@ describe('createEnrichHandler', () => {
       bulkVulnerabilities: async (onRow) => {
         exports++;
         onRow('d1', cve('CVE-9', 9.9));
+        // Software without a CVE: the device is in the export, all clear.
+        onRow('d2', undefined);
       },
     });
     await handler(
@@ -218,6 +220,8 @@ describe('createEnrichHandler', () => {
     expect(
       statuses.some((status) => status.vulnerabilityMode === 'bulk' && /bulk export/.test(status.note ?? '')),
     ).toBe(true);
+    // Counted as devices in the export, not as devices with vulnerabilities: d2 has none.
+    expect(statuses.find((status) => status.note)?.note).toMatch(/: 2 devices in it\b/);
   });
 
   it('should keep its claim on the export while a read takes longer than the claim lasts', async () => {
