@@ -51,7 +51,10 @@ export interface CriticalCveCount {
  */
 export type VulnerabilityInput = readonly VulnerabilityRecord[] | CriticalCveCount | null | undefined;
 
-/** Reads the CVE id of the record at `index`; throws naming the field when it is not a non-empty string. */
+/**
+ * Reads the CVE id of the record at `index`, in upper case as CVE ids are written (and as the pipeline reads
+ * them: the same CVE sent in two cases counts once); throws naming the field when it is not a non-empty string.
+ */
 export function cveIdOf(record: unknown, index: number): string {
   if (typeof record !== 'object' || record === null || Array.isArray(record)) {
     throw new ScoringError('VULNERABILITY_INVALID', `vulnerabilities[${index}]: must be an object`);
@@ -64,7 +67,7 @@ export function cveIdOf(record: unknown, index: number): string {
       `vulnerabilities[${index}].id: must be a non-empty string (the CVE id)`,
     );
   }
-  return id;
+  return id.toUpperCase();
 }
 
 /** Reads the CVSS v3 score of a record: a number 0–10, a numeric string, or NaN when null/absent. */

@@ -66,4 +66,13 @@ describe('countCriticalCves', () => {
     expect(countCriticalCves(list, 9.6)).toBe(0);
     expect(countCriticalCves(list, 0)).toBe(4);
   });
+
+  it('should count a CVE id sent in two cases once, as the pipeline reads it (upper case)', () => {
+    const list = [vulnerability('CVE-2024-0001', 9.8), vulnerability('cve-2024-0001', 9.8)];
+    expect(countCriticalCves(list, 9)).toBe(1);
+    expect(summariseVulnerabilities(list, 9)).toMatchObject({
+      criticalCveCount: 1,
+      topCveIds: ['CVE-2024-0001'],
+    });
+  });
 });
