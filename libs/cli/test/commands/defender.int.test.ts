@@ -25,24 +25,27 @@ describe('urs defender with Redis', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('defenderCommand should share the pipeline’s limiter and quota through Redis under its prefix', async () => {
+  /** A tenant of `size` devices in the simulator, and its app. */
+  function newTenant(size: number) {
     const app = { azureTenantId: randomUUID(), clientId: randomUUID(), clientSecret: `Qx9~${randomUUID()}` };
-    sim.addTenant({ azureTenantId: app.azureTenantId, apps: [app], fleet: { size: 12, seed: 4 } });
-    const secretFile = join(dir, 'secret');
+    sim.addTenant({ azureTenantId: app.azureTenantId, apps: [app], fleet: { size, seed: 4 } });
+    return app;
+  }
+
+  /** `urs defender <args>` for `app`, its secret in a file, against the simulator and the test's Redis. */
+  function defender(app: ReturnType<typeof newTenant>, args: string[], env: Record<string, string> = {}) {
+    const secretFile = join(dir, `secret-${app.azureTenantId}`);
     writeFileSync(secretFile, app.clientSecret);
-    const { code, stdout, stderr } = await runCommand(
+    return runCommand(
       defenderCommand,
       [
-        'devices',
+        ...args,
         '--azure-tenant-id',
         app.azureTenantId,
         '--client-id',
         app.clientId,
         '--client-secret-file',
         secretFile,
-        '--with-vulnerabilities',
-        '--vulnerabilities-mode',
-        'per-device',
       ],
       {
         env: {
@@ -51,9 +54,18 @@ describe('urs defender with Redis', () => {
           URS_DEFENDER_CA_FILE: sim.caFile,
           REDIS_URL: testInfra().redisUrl,
           URS_REDIS_PREFIX: redis.prefix,
-          URS_DEFENDER_MAX_IN_FLIGHT: '7',
+          ...env,
         },
       },
+    );
+  }
+
+  it('defenderCommand should share the pipeline’s limiter and quota through Redis under its prefix', async () => {
+    const app = newTenant(12);
+    const { code, stdout, stderr } = await defender(
+      app,
+      ['devices', '--with-vulnerabilities', '--vulnerabilities-mode', 'per-device'],
+      { URS_DEFENDER_MAX_IN_FLIGHT: '7' },
     );
     expect(code).toBe(0);
     expect(stderr).not.toContain('not reachable');
@@ -76,33 +88,10 @@ describe('urs defender with Redis', () => {
   });
 
   it('defenderCommand check of a tenant the pipeline’s quota holds back should say so at once, and for how long', async () => {
-    const app = { azureTenantId: randomUUID(), clientId: randomUUID(), clientSecret: `Qx9~${randomUUID()}` };
-    sim.addTenant({ azureTenantId: app.azureTenantId, apps: [app], fleet: { size: 3, seed: 4 } });
+    const app = newTenant(3);
     // A 429's Retry-After of 10 minutes, recorded in Redis by a poller's call.
     await createRedisQuotaGate(redis.client, redis.prefix).block(app.azureTenantId, 'machines', 600_000);
-    const secretFile = join(dir, 'held-back-secret');
-    writeFileSync(secretFile, app.clientSecret);
-    const { code, stdout, stderr } = await runCommand(
-      defenderCommand,
-      [
-        'check',
-        '--azure-tenant-id',
-        app.azureTenantId,
-        '--client-id',
-        app.clientId,
-        '--client-secret-file',
-        secretFile,
-      ],
-      {
-        env: {
-          URS_DEFENDER_AUTHORITY_HOST: sim.baseUrl,
-          URS_DEFENDER_API_BASE: sim.baseUrl,
-          URS_DEFENDER_CA_FILE: sim.caFile,
-          REDIS_URL: testInfra().redisUrl,
-          URS_REDIS_PREFIX: redis.prefix,
-        },
-      },
-    );
+    const { code, stdout, stderr } = await defender(app, ['check']);
     expect(stderr).not.toContain('not reachable');
     expect(code).toBe(1);
     expect(stdout).toBe(
