@@ -67,6 +67,18 @@ export interface TenantStore {
     tenantId: string,
     status: Partial<{ [K in keyof TenantStatus]: TenantStatus[K] | null }>,
   ): Promise<void>;
+  /**
+   * The polling's own writes (a cycle's start, its failure): merges fields as `updateStatus` does, only while
+   * the tenant's record is there and enabled, read and written at once in Redis. A tenant disabled or deleted
+   * while its cycle ends keeps the status the registrar wrote (it stores the record before it writes the
+   * status), and a deleted tenant's status is not created again. Resolves false when nothing was written.
+   */
+  updatePollingStatus(
+    tenantId: string,
+    status: Partial<{
+      [K in Exclude<keyof TenantStatus, 'registrationError'>]: TenantStatus[K] | null;
+    }>,
+  ): Promise<boolean>;
   getStatus(tenantId: string): Promise<TenantStatus>;
   /**
    * Puts a refused registration in the tenant's status (`registrationError`); `rejected` (the tenant has no
@@ -91,6 +103,8 @@ export interface TenantStore {
    * unless that error is of this same cycle (the vuln-fetcher's calls failed while the listing went on:
    * a bulk export refused for missing consent). Read and written at once, whichever comes first. A refused
    * registration (`registrationError`) stays: the cycle polled with the settings in force, not the refused ones.
+   * Only while the tenant's record is there and enabled, as `updatePollingStatus`: resolves false, and nothing
+   * is written, for a tenant disabled or deleted meanwhile.
    */
   cycleListed(
     tenantId: string,
@@ -99,7 +113,7 @@ export interface TenantStore {
       [K in Exclude<keyof TenantStatus, 'state' | `lastError${string}` | 'registrationError'>]:
         TenantStatus[K] | null;
     }>,
-  ): Promise<void>;
+  ): Promise<boolean>;
   /** Whether the store holds any tenant at all (an empty store after a Redis wipe triggers a rebuild). */
   isEmpty(): Promise<boolean>;
 }
@@ -112,9 +126,29 @@ redis.call('HSET', KEYS[1], 'revision', ARGV[2], 'record', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1`;
 
-// KEYS[1] status hash; ARGV: the cycle id (as JSON, as every status field is stored), then field/value
-// pairs (a JSON null clears the field).
-const CYCLE_LISTED = `
+// Ends the script, writing nothing, unless the record in KEYS[2] is there and enabled. The registrar stores a
+// disabled record before it writes the status `disabled` (and deletes both at once): a polling write that
+// comes after the record changed leaves its status alone, one that came before is overwritten by it.
+const IF_ENABLED = `
+local json = redis.call('HGET', KEYS[2], 'record')
+if not json then return 0 end
+local ok, record = pcall(cjson.decode, json)
+if not ok or type(record) ~= 'table' or record.enabled ~= true then return 0 end
+`;
+
+// KEYS[1] status hash, KEYS[2] record hash, KEYS[3] refused index set; ARGV: tenantId, '1' when the state is
+// set (to other than registration-rejected), then field/value pairs (a JSON null clears the field).
+const UPDATE_POLLING_STATUS = `${IF_ENABLED}
+for i = 3, #ARGV, 2 do
+  if ARGV[i + 1] == 'null' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+if ARGV[2] == '1' then redis.call('SREM', KEYS[3], ARGV[1]) end
+return 1`;
+
+// KEYS[1] status hash, KEYS[2] record hash; ARGV: the cycle id (as JSON, as every status field is stored),
+// then field/value pairs (a JSON null clears the field).
+const CYCLE_LISTED = `${IF_ENABLED}
 for i = 2, #ARGV, 2 do
   if ARGV[i + 1] == 'null' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
@@ -223,6 +257,24 @@ export function createTenantStore(redis: Redis, prefix: string): TenantStore {
         pipeline.srem(refusedKey, tenantId);
       await pipeline.exec();
     },
+    async updatePollingStatus(tenantId, status) {
+      const fields = Object.entries({ ...status, updatedAt: new Date().toISOString() })
+        .filter(([, value]) => value !== undefined)
+        .flatMap(([field, value]) => [field, JSON.stringify(value)]);
+      const setsState =
+        status.state !== undefined && status.state !== null && status.state !== 'registration-rejected';
+      const written = await redis.eval(
+        UPDATE_POLLING_STATUS,
+        3,
+        statusKey(tenantId),
+        recordKey(tenantId),
+        refusedKey,
+        tenantId,
+        setsState ? '1' : '0',
+        ...fields,
+      );
+      return written === 1;
+    },
     async getStatus(tenantId) {
       const fields = await redis.hgetall(statusKey(tenantId));
       const status: Record<string, unknown> = {};
@@ -251,7 +303,15 @@ export function createTenantStore(redis: Redis, prefix: string): TenantStore {
       const fields = Object.entries({ ...status, updatedAt: new Date().toISOString() })
         .filter(([, value]) => value !== undefined)
         .flatMap(([field, value]) => [field, JSON.stringify(value)]);
-      await redis.eval(CYCLE_LISTED, 1, statusKey(tenantId), JSON.stringify(cycleId), ...fields);
+      const written = await redis.eval(
+        CYCLE_LISTED,
+        2,
+        statusKey(tenantId),
+        recordKey(tenantId),
+        JSON.stringify(cycleId),
+        ...fields,
+      );
+      return written === 1;
     },
     async isEmpty() {
       return (await redis.scard(indexKey)) === 0;

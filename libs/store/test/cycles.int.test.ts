@@ -203,7 +203,7 @@ describe('createCycleStore', () => {
     const tenants = createTenantStore(redis.client, redis.prefix);
     await cycles.begin(begin);
     expect((await cycles.get('acme', 'c1'))?.lastKnownDevices).toBeUndefined();
-    await tenants.cycleListed('acme', 'c1', { deviceCount: 740 });
+    await tenants.updateStatus('acme', { deviceCount: 740 });
     await cycles.begin({ ...begin, cycleId: 'c2' });
     expect(await cycles.get('acme', 'c2')).toMatchObject({ lastKnownDevices: 740 });
   });

@@ -41,6 +41,56 @@ describe('createTenantStore', () => {
     expect(typeof status.updatedAt).toBe('string');
   });
 
+  it("cycleListed and updatePollingStatus should leave a disabled tenant's status as the registrar wrote it", async () => {
+    const store = createTenantStore(redis.client, redis.prefix);
+    await store.put(record('acme', 1));
+    await store.updateStatus('acme', { state: 'active', deviceCount: 3 });
+    // Disabled while a cycle ends: the registrar stores the record, then writes the status.
+    await store.put({ ...record('acme', 2), enabled: false });
+    await store.updateStatus('acme', { state: 'disabled', nextPollAt: null });
+    const disabled = await store.getStatus('acme');
+    const listed = await store.cycleListed('acme', 'acme-1', {
+      deviceCount: 4,
+      nextPollAt: '2026-12-05T11:00:00.000Z',
+    });
+    expect(await store.getStatus('acme')).toEqual(disabled);
+    expect(listed).toBe(false);
+    expect(
+      await store.updatePollingStatus('acme', {
+        state: 'error',
+        lastErrorCode: 'DEFENDER_UNAVAILABLE',
+        nextPollAt: '2026-12-05T11:00:00.000Z',
+      }),
+    ).toBe(false);
+    expect(await store.getStatus('acme')).toEqual(disabled);
+    expect((await store.getStatus('acme')).nextPollAt).toBeUndefined();
+  });
+
+  it("cycleListed and updatePollingStatus should not create a deleted tenant's status again", async () => {
+    const store = createTenantStore(redis.client, redis.prefix);
+    await store.put(record('acme', 1));
+    await store.updateStatus('acme', { state: 'active' });
+    await store.remove('acme');
+    const listed = await store.cycleListed('acme', 'acme-1', { deviceCount: 4 });
+    expect(await store.getStatus('acme')).toEqual({});
+    expect(listed).toBe(false);
+    expect(await store.updatePollingStatus('acme', { nextPollAt: '2026-12-05T11:00:00.000Z' })).toBe(false);
+    expect(await store.getStatus('acme')).toEqual({});
+    expect(await redis.client.exists(`${redis.prefix}tenant-status:acme`)).toBe(0);
+  });
+
+  it("updatePollingStatus should merge fields into an enabled tenant's status", async () => {
+    const store = createTenantStore(redis.client, redis.prefix);
+    await store.put(record('acme', 1));
+    await store.updateStatus('acme', { state: 'active', deviceCount: 3, lastErrorCode: 'X' });
+    expect(await store.updatePollingStatus('acme', { lastCycleId: 'acme-1', lastErrorCode: null })).toBe(
+      true,
+    );
+    const status = await store.getStatus('acme');
+    expect(status).toMatchObject({ state: 'active', deviceCount: 3, lastCycleId: 'acme-1' });
+    expect(status.lastErrorCode).toBeUndefined();
+  });
+
   it("cycleListed should keep an error of the same cycle and clear another cycle's", async () => {
     const store = createTenantStore(redis.client, redis.prefix);
     const error = {
@@ -50,6 +100,7 @@ describe('createTenantStore', () => {
       lastErrorAt: '2026-12-05T10:00:00.000Z',
       lastErrorCycleId: 'acme-2',
     };
+    await store.put(record('acme', 1));
     await store.updateStatus('acme', { ...error, note: 'bulk: 30,000 devices' });
     // The vuln-fetcher reported cycle 2's error before the poller ended that cycle's listing.
     await store.cycleListed('acme', 'acme-2', { deviceCount: 30_000, note: null });
@@ -72,6 +123,7 @@ describe('createTenantStore', () => {
       source: 'director' as const,
       generation: 6,
     };
+    await store.put(record('acme', 1));
     await store.updateStatus('acme', { state: 'active', registrationError });
     await store.cycleListed('acme', 'acme-1', { deviceCount: 3 });
     await store.updateStatus('acme', { state: 'error', lastErrorCode: 'DEFENDER_UNAVAILABLE' });

@@ -8,7 +8,11 @@ import { backoffUntil, failureKindOf, transientRetryAt } from './schedule';
 
 export interface CycleEndDeps {
   schedules: Pick<PollScheduleStore, 'end'>;
-  tenants: Pick<TenantStore, 'cycleListed' | 'updateStatus'>;
+  /**
+   * The status is written only while the tenant's record is there and enabled, checked in Redis: a tenant
+   * disabled or deleted while its cycle ends keeps the status the registrar wrote (`updatePollingStatus`).
+   */
+  tenants: Pick<TenantStore, 'cycleListed' | 'updatePollingStatus'>;
   /**
    * The cycles' totals, read to tell whether a cycle left running had been listed in full; one that had not
    * is recorded as abandoned.
@@ -172,7 +176,7 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
     const next = retryAt === null ? Math.max(nextPollAt, notBefore ?? 0) : Math.min(nextPollAt, retryAt);
     placeAt(next);
     if (infrastructure) {
-      await deps.tenants.updateStatus(tenantId, { nextPollAt: new Date(next).toISOString() });
+      await deps.tenants.updatePollingStatus(tenantId, { nextPollAt: new Date(next).toISOString() });
       log.warn("cycle failed on Redis or Kafka, not on the tenant's side: tried again soon", {
         tenantId,
         cycleId,
@@ -182,7 +186,7 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
       });
       return;
     }
-    await deps.tenants.updateStatus(tenantId, {
+    await deps.tenants.updatePollingStatus(tenantId, {
       state: 'error',
       lastCycleEndedAt: new Date(ended).toISOString(),
       nextPollAt: new Date(next).toISOString(),

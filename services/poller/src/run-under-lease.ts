@@ -11,7 +11,7 @@ import type { LeaseClock } from './lease-clock';
 
 export interface RunUnderLeaseDeps {
   schedules: Pick<PollScheduleStore, 'renew'>;
-  tenants: Pick<TenantStore, 'updateStatus'>;
+  tenants: Pick<TenantStore, 'updatePollingStatus'>;
   /** Runs one cycle (runCycle bound to its deps). */
   runCycle: (input: CycleInput) => Promise<CycleResult>;
   leaseMs: number;
@@ -88,8 +88,11 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
       },
     });
     try {
+      // Its tenant disabled or deleted since the cycle began: nothing of it is written (see below).
+      if (abort.signal.aborted) throw new CycleAbortedError();
       // In the try: a begun cycle whose start cannot be recorded fails like any other, and is counted.
-      await deps.tenants.updateStatus(tenantId, {
+      // Written only while the tenant's record is enabled (in Redis): the registrar's `disabled` stays.
+      await deps.tenants.updatePollingStatus(tenantId, {
         lastCycleId: cycleId,
         lastCycleStartedAt: new Date(startedAt).toISOString(),
         nextPollAt: new Date(nextPollAt).toISOString(),

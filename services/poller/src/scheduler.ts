@@ -186,6 +186,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       if (schedule.runningCycleId !== undefined) {
         log.warn('taking over an abandoned cycle', { tenantId, abandonedCycleId: schedule.runningCycleId });
       }
+      // Disabled or deleted while its schedule was read: no cycle of it begins.
+      if (abort.signal.aborted) return;
       const cycleId = cycleIdOf(tenantId, startedAt);
       if (!(await deps.schedules.begin(lease, cycleId, startedAt))) return;
       cycleBegun.add(tenantId);

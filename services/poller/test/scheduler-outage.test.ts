@@ -11,7 +11,15 @@ import { feed, memorySchedules, memoryStatus, record, sampleOf, oneDeviceListed 
 // A Redis refusing writes (out of memory): every tenant's attempt fails alike, on every try.
 
 /** What a Redis out of memory refuses: writes that may grow it (reads and deletions still answer). */
-const WRITES = new Set(['acquire', 'begin', 'end', 'renew', 'updateStatus', 'cycleListed']);
+const WRITES = new Set([
+  'acquire',
+  'begin',
+  'end',
+  'renew',
+  'updateStatus',
+  'updatePollingStatus',
+  'cycleListed',
+]);
 
 const oom = (): Error => new ReplyError("OOM command not allowed when used memory > 'maxmemory'.");
 

@@ -467,4 +467,35 @@ describe('createScheduler', () => {
     expect(aborted).toEqual(['long']);
     expect(runs.filter((r) => r.start > stoppedAt)).toEqual([]);
   });
+
+  it('createScheduler should begin no cycle of a tenant disabled while its schedule is read under the lease', async () => {
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const runs: Run[] = [];
+    let reached!: () => void;
+    const atRead = new Promise<void>((resolve) => (reached = resolve));
+    let read!: () => void;
+    const readDone = new Promise<void>((resolve) => (read = resolve));
+    const get = schedules.get.bind(schedules);
+    schedules.get = async (tenantId) => {
+      reached();
+      await readDone;
+      return get(tenantId);
+    };
+    const { table, scheduler } = replica(0, schedules, status, runs, async () => undefined);
+    const offset = { n: 0 };
+    await feed(table, [record('off')], offset);
+    scheduler.start();
+    started.push(scheduler);
+    await atRead;
+    // The registrar clears the schedule and writes the status; the poller reads the disabled record.
+    await schedules.clear('off');
+    await status.updateStatus('off', { state: 'disabled', nextPollAt: null });
+    await feed(table, [record('off', 2, false)], offset);
+    read();
+    await waitFor(() => scheduler.running() === 0);
+    expect(runs).toEqual([]);
+    expect(await get('off')).toEqual({ failures: 0 });
+    expect(await status.getStatus('off')).toEqual({ state: 'disabled' });
+  });
 });

@@ -839,7 +839,7 @@ describe('the publisher', () => {
   it("closeOverdue should count a cycle never listed against the tenant's last listed device count, the devices not scored as failed", async () => {
     const { handler, begin, completion } = build();
     // The tenant's last listed cycle had 3 devices; this one's poller died after its first batch.
-    await tenantStore().cycleListed('t1', 'c0', { deviceCount: 3 });
+    await tenantStore().updateStatus('t1', { deviceCount: 3 });
     await begin(1);
     await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 90, 'High Risk')]));
     now = new Date(minute(16));
@@ -849,7 +849,7 @@ describe('the publisher', () => {
 
   it('closeOverdue should close a cycle its poller abandoned at the next sweep, before the cycle that retries it', async () => {
     const { handler, begin, completion, cycles } = build();
-    await tenantStore().cycleListed('t1', 'c0', { deviceCount: 3 });
+    await tenantStore().updateStatus('t1', { deviceCount: 3 });
     await begin(1);
     await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 90, 'High Risk')]));
     // The listing failed after that batch; the poller tries again with a new cycle minutes later.
@@ -890,7 +890,7 @@ describe('the publisher', () => {
 
   it('createPublishHandler should leave a cycle whose poller died, its emitted batches not known, to the close it was given', async () => {
     const { handler, begin, completion, cycles } = build();
-    await tenantStore().cycleListed('t1', 'c0', { deviceCount: 3 });
+    await tenantStore().updateStatus('t1', { deviceCount: 3 });
     await begin(1);
     await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
     // The poller that took the tenant over records it: how far the dead one got is not known.

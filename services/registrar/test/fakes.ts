@@ -64,7 +64,13 @@ export function memoryTenantStore(): TenantStore & {
     async refusedIds() {
       return [...refused].sort();
     },
+    async updatePollingStatus(tenantId, status) {
+      if (records.get(tenantId)?.enabled !== true) return false;
+      await this.updateStatus(tenantId, status);
+      return true;
+    },
     async cycleListed(tenantId, cycleId, status) {
+      if (records.get(tenantId)?.enabled !== true) return false;
       await this.updateStatus(tenantId, status);
       const ofThisCycle = statuses.get(tenantId)?.lastErrorCycleId === cycleId;
       await this.updateStatus(
@@ -79,6 +85,7 @@ export function memoryTenantStore(): TenantStore & {
               lastErrorCycleId: null,
             },
       );
+      return true;
     },
     async isEmpty() {
       return records.size === 0;

@@ -92,7 +92,7 @@ export function memorySchedules(): PollScheduleStore {
 
 export function memoryStatus(): TenantStore & { statuses: Map<string, TenantStatus> } {
   const statuses = new Map<string, TenantStatus>();
-  return {
+  const store = {
     statuses,
     async getStatus(tenantId: string) {
       return { ...statuses.get(tenantId) };
@@ -104,6 +104,11 @@ export function memoryStatus(): TenantStore & { statuses: Map<string, TenantStat
         else if (v !== undefined) next[k] = v;
       statuses.set(tenantId, next as TenantStatus);
     },
+    // No records here: every tenant counts as enabled (the Redis store's guard is tested against Redis).
+    async updatePollingStatus(tenantId: string, status: Record<string, unknown>) {
+      await store.updateStatus(tenantId, status);
+      return true;
+    },
     async cycleListed(tenantId: string, cycleId: string, status: Record<string, unknown>) {
       const next: Record<string, unknown> = { ...statuses.get(tenantId), ...status };
       if (next['lastErrorCycleId'] === cycleId) next['state'] = 'error';
@@ -113,8 +118,10 @@ export function memoryStatus(): TenantStore & { statuses: Map<string, TenantStat
           delete next[field];
       }
       statuses.set(tenantId, next as TenantStatus);
+      return true;
     },
-  } as unknown as TenantStore & { statuses: Map<string, TenantStatus> };
+  };
+  return store as unknown as TenantStore & { statuses: Map<string, TenantStatus> };
 }
 
 export const UNIT_MS = 10; // 10 "minutes" = 100 ms
