@@ -200,6 +200,16 @@ export function tenantStatusKey(prefix: string, tenantId: string): string {
 }
 
 /**
+ * A status change as the scripts take it: field/value pairs, each value as JSON (a JSON null clears the
+ * field), `updatedAt` now.
+ */
+function statusFields(status: Record<string, unknown>): string[] {
+  return Object.entries({ ...status, updatedAt: new Date().toISOString() })
+    .filter(([, value]) => value !== undefined)
+    .flatMap(([field, value]) => [field, JSON.stringify(value)]);
+}
+
+/**
  * Tenant records (as on `urs.tenants`: the secret stays sealed) and their status, under
  * `{prefix}tenant:{id}`, `{prefix}tenant-status:{id}`, the index `{prefix}tenants` and the index of the
  * tenants with no record whose registration was refused, `{prefix}refused-tenants`.
@@ -258,9 +268,7 @@ export function createTenantStore(redis: Redis, prefix: string): TenantStore {
       await pipeline.exec();
     },
     async updatePollingStatus(tenantId, status) {
-      const fields = Object.entries({ ...status, updatedAt: new Date().toISOString() })
-        .filter(([, value]) => value !== undefined)
-        .flatMap(([field, value]) => [field, JSON.stringify(value)]);
+      const fields = statusFields(status);
       const setsState =
         status.state !== undefined && status.state !== null && status.state !== 'registration-rejected';
       const written = await redis.eval(
@@ -300,9 +308,7 @@ export function createTenantStore(redis: Redis, prefix: string): TenantStore {
       return (await redis.smembers(refusedKey)).sort();
     },
     async cycleListed(tenantId, cycleId, status) {
-      const fields = Object.entries({ ...status, updatedAt: new Date().toISOString() })
-        .filter(([, value]) => value !== undefined)
-        .flatMap(([field, value]) => [field, JSON.stringify(value)]);
+      const fields = statusFields(status);
       const written = await redis.eval(
         CYCLE_LISTED,
         2,
