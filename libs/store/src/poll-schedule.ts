@@ -23,7 +23,10 @@ export interface PollSchedule {
   failedRevision?: number;
   /** Set while a cycle runs; still set when its lease expired means the holder died mid-cycle. */
   runningCycleId?: string;
-  /** After a transient failure: tried again at this time, when that comes before the next interval. */
+  /**
+   * After a transient failure, or throttling (when the quota frees): tried again at this time, when that comes
+   * before the next interval.
+   */
   retryAt?: number;
 }
 

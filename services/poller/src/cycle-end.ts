@@ -163,17 +163,22 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
       maxBackoffMs: deps.maxBackoffMs,
       ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
     });
+    // A throttled tenant is tried again when its quota frees, also before its next interval: a tenant polled
+    // once a day would otherwise lose the day to a minute's quota. Its backoff keeps it from an earlier try.
     const retryAt =
       kind === 'transient' || local || infrastructure
         ? transientRetryAt(kind === 'transient' ? failures : 1, ended, intervalMs, deps.intervalUnitMs)
-        : null;
+        : kind === 'throttled'
+          ? notBefore
+          : null;
     // Counted before anything is written: under a Redis refusing writes the writes below fail, and the
     // cycle's failure must still show (the alert on `infrastructure` outcomes would never fire).
     cyclesTotal.inc({ outcome: kind });
     // Under a Redis refusing writes this fails too: the cycle stays marked running, and the next holder
     // takes it over (when the scheduler tries the tenant again, with backoff: `createAttemptFailures`).
     await deps.schedules.end(lease, { failures, notBefore, retryAt, failedRevision: record.revision });
-    const next = retryAt === null ? Math.max(nextPollAt, notBefore ?? 0) : Math.min(nextPollAt, retryAt);
+    // When the tenant is due by the schedule just written (as `dueAt` reads it).
+    const next = Math.max(retryAt === null ? nextPollAt : Math.min(nextPollAt, retryAt), notBefore ?? 0);
     placeAt(next);
     if (infrastructure) {
       await deps.tenants.updatePollingStatus(tenantId, { nextPollAt: new Date(next).toISOString() });

@@ -18,7 +18,8 @@ export function dueAt(schedule: PollSchedule, intervalMs: number, revision: numb
   if (schedule.failures > 0 && schedule.failedRevision !== undefined && schedule.failedRevision < revision)
     return 0;
   const next = schedule.lastStartedAt === undefined ? 0 : schedule.lastStartedAt + intervalMs;
-  // A transient failure is tried again before the next interval (see `transientRetryAt`).
+  // A transient failure is tried again before the next interval (see `transientRetryAt`), a throttled one
+  // when its quota frees (`retryAt` its backoff's end, see `backoffUntil`).
   const due = schedule.retryAt === undefined ? next : Math.min(next, schedule.retryAt);
   return Math.max(due, schedule.notBefore ?? 0);
 }
@@ -105,7 +106,8 @@ export function withoutLocalBackoff(
  * `maxBackoffMs` but never below one interval. Throttling delays only this tenant, by what its quota still
  * holds its calls back (a 429's Retry-After, a spent hourly window) or a minute, at most an hour (Microsoft's
  * longest quota window), also past its interval: a try before the quota frees would only end at once
- * again, throttled. Transient failures, this process's own (`local`) and its
+ * again, throttled. The try is due then, also before the next interval (the cycle's end stores it as its
+ * `retryAt` as well). Transient failures, this process's own (`local`) and its
  * dependencies' (`infrastructure`) set no backoff: they are tried again sooner than the schedule
  * (`transientRetryAt`).
  */

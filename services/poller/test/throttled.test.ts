@@ -31,7 +31,15 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
     secret: `Zx8Q~${randomUUID().replace(/-/g, '')}`,
   }));
 
-  const recordOf = (tenant: (typeof tenants)[number]): TenantRecord => ({
+  // Polled once a day, its poll interval's unit a real minute.
+  const daily = {
+    tenantId: 'daily',
+    azureTenantId: randomUUID(),
+    clientId: randomUUID(),
+    secret: `Zx8Q~${randomUUID().replace(/-/g, '')}`,
+  };
+
+  const recordOf = (tenant: (typeof tenants)[number], pollIntervalMinutes = 10): TenantRecord => ({
     schemaVersion: 1,
     tenantId: tenant.tenantId,
     revision: 1,
@@ -42,7 +50,7 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
       azureTenantId: tenant.azureTenantId,
       clientId: tenant.clientId,
       clientSecret: sealer.seal(tenant.secret, tenant.tenantId),
-      pollIntervalMinutes: 10,
+      pollIntervalMinutes,
       cloud: 'commercial',
       region: null,
       riskProfile: null,
@@ -62,7 +70,7 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
 
   beforeAll(async () => {
     sim = await startSimulator({ quotas: false });
-    for (const tenant of tenants)
+    for (const tenant of [...tenants, daily])
       sim.addTenant({
         azureTenantId: tenant.azureTenantId,
         apps: [{ clientId: tenant.clientId, clientSecret: tenant.secret }],
@@ -123,4 +131,47 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
     expect(schedule.notBefore).toBeLessThanOrEqual(Date.now() + 3_600_000);
     expect(runs.filter((run) => run.tenantId === 'blocked')).toEqual([]);
   }, 20_000);
+
+  it('a tenant throttled for less than its interval should be tried again when its quota frees, not at its next interval', async () => {
+    // A daily tenant whose quota is blocked for 90 s: longer than the cycle may wait for it, far shorter than a day.
+    await quota.block(daily.azureTenantId, 'machines', 90_000);
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const attempts: number[] = [];
+    const metrics = new Registry();
+    // The scheduler's clock, moved on by the test; the quota's block keeps to the real one.
+    let skewMs = 0;
+    const now = () => Date.now() + skewMs;
+    const made = replica(
+      0,
+      schedules,
+      status,
+      [],
+      async (input) => {
+        attempts.push(now());
+        await runCycle(cycleDeps(), input);
+      },
+      { metrics, intervalUnitMs: 60_000, now },
+    );
+    try {
+      await feed(made.table, [recordOf(daily, 1440)]);
+      const started = Date.now();
+      made.scheduler.start();
+      await waitFor(() => sampleOf(metrics, 'urs_poll_cycles_total{outcome="throttled"}') === 1, {
+        timeoutMs: 10_000,
+      });
+      await waitFor(() => status.statuses.get('daily')?.nextPollAt !== undefined, { timeoutMs: 5_000 });
+      // The status says when: as the block ends, 90 s on, not a day on.
+      const nextPollAt = Date.parse(String(status.statuses.get('daily')?.nextPollAt));
+      expect(nextPollAt).toBeGreaterThanOrEqual(started + 89_000);
+      expect(nextPollAt).toBeLessThanOrEqual(Date.now() + 90_000);
+      expect(attempts).toHaveLength(1);
+      // Once the block's 90 s are over by the scheduler's clock, the tenant is tried again.
+      skewMs = 91_000;
+      await waitFor(() => attempts.length === 2, { timeoutMs: 5_000 });
+      expect((attempts[1] as number) - (attempts[0] as number)).toBeLessThan(120_000);
+    } finally {
+      await made.scheduler.close(100);
+    }
+  }, 30_000);
 });

@@ -165,6 +165,10 @@ export function replica(
     maxConcurrentCycles?: number;
     cycles?: Pick<CycleStore, 'get' | 'abandon'>;
     metrics?: Registry;
+    /** The poll interval's unit, in ms (default `UNIT_MS`). */
+    intervalUnitMs?: number;
+    /** The scheduler's clock (default `Date.now`). */
+    now?: () => number;
   } = {},
 ) {
   const table = createTenantTable();
@@ -187,7 +191,7 @@ export function replica(
       return oneDeviceListed(Date.now());
     },
     holderId: `replica-${index}`,
-    intervalUnitMs: UNIT_MS,
+    intervalUnitMs: options.intervalUnitMs ?? UNIT_MS,
     leaseMs: 200,
     maxConcurrentCycles: options.maxConcurrentCycles ?? 8,
     tickMs: 5,
@@ -195,6 +199,7 @@ export function replica(
     maxBackoffMs: 10_000,
     logger: silentLogger,
     metrics: options.metrics ?? new Registry(),
+    ...(options.now === undefined ? {} : { now: options.now }),
   });
   return { table, scheduler };
 }
