@@ -181,6 +181,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       const startedAt = now();
       if (due > startedAt) {
         localDue.set(tenantId, due);
+        await statusDueAt(tenantId, due);
         return;
       }
       if (schedule.runningCycleId !== undefined) {
@@ -202,6 +203,27 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       released = true;
     } finally {
       if (!released) await releaseQuietly(lease);
+    }
+  }
+
+  /**
+   * Puts the tenant's due time in its status's `nextPollAt` when it says another: the last cycle's end wrote
+   * it with the interval then in force, and a changed interval (or a dropped backoff) moves it before the next
+   * cycle starts. Read first, so that the attempts finding the tenant not due (one per cycle of another
+   * replica) write nothing when it is right. Only a hint for the admin: a Redis that fails here does not fail
+   * the attempt.
+   */
+  async function statusDueAt(tenantId: string, due: number): Promise<void> {
+    try {
+      const { nextPollAt } = await deps.tenants.getStatus(tenantId);
+      // None yet: no cycle of the tenant has ended, and the first one's end writes it.
+      if (nextPollAt === undefined || Date.parse(nextPollAt) === due) return;
+      await deps.tenants.updateStatus(tenantId, { nextPollAt: new Date(due).toISOString() });
+    } catch (error) {
+      log.warn("tenant's nextPollAt not updated: its next cycle's end writes it", {
+        tenantId,
+        reason: errorMessage(error),
+      });
     }
   }
 

@@ -498,4 +498,33 @@ describe('createScheduler', () => {
     expect(await get('off')).toEqual({ failures: 0 });
     expect(await status.getStatus('off')).toEqual({ state: 'disabled' });
   });
+
+  it("createScheduler should put a changed interval's due time in the tenant's status before the next cycle", async () => {
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const runs: Run[] = [];
+    const { table, scheduler } = replica(0, schedules, status, runs, async () => undefined);
+    const withInterval = (revision: number, pollIntervalMinutes: number): TenantRecord =>
+      ({ ...record('t', revision), defender: { pollIntervalMinutes } }) as TenantRecord;
+    const offset = { n: 0 };
+    // Polled every 1000 minutes (10 s here), then every 1440 (14.4 s): the next cycle moves 4.4 s on.
+    await feed(table, [withInterval(1, 1000)], offset);
+    scheduler.start();
+    started.push(scheduler);
+    await waitFor(() => runs.length === 1, { timeoutMs: 2_000, intervalMs: 1 });
+    const lastStartedAt = (runs[0] as Run).start;
+    await waitFor(() => status.statuses.get('t')?.nextPollAt !== undefined, {
+      timeoutMs: 2_000,
+      intervalMs: 1,
+    });
+    expect(Date.parse(String(status.statuses.get('t')?.nextPollAt))).toBe(lastStartedAt + 1000 * UNIT_MS);
+    await feed(table, [withInterval(2, 1440)], offset);
+    const changed = new Date(lastStartedAt + 1440 * UNIT_MS).toISOString();
+    await waitFor(() => status.statuses.get('t')?.nextPollAt === changed, {
+      timeoutMs: 2_000,
+      intervalMs: 1,
+      description: "the status's nextPollAt one new interval after the last start",
+    });
+    expect(runs).toHaveLength(1);
+  });
 });
