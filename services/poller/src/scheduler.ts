@@ -218,7 +218,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       const { nextPollAt } = await deps.tenants.getStatus(tenantId);
       // None yet: no cycle of the tenant has ended, and the first one's end writes it.
       if (nextPollAt === undefined || Date.parse(nextPollAt) === due) return;
-      await deps.tenants.updateStatus(tenantId, { nextPollAt: new Date(due).toISOString() });
+      await deps.tenants.updatePollingStatus(tenantId, { nextPollAt: new Date(due).toISOString() });
     } catch (error) {
       log.warn("tenant's nextPollAt not updated: its next cycle's end writes it", {
         tenantId,
