@@ -12,7 +12,7 @@ import { VulnerabilityFolder, emptySummary, summaryJsonSlices } from './summaris
 
 export interface ExportReaderDeps {
   bulkCache: BulkVulnerabilityCache;
-  tenants: Pick<TenantStore, 'updateStatus'>;
+  tenants: Pick<TenantStore, 'updatePollingStatus'>;
   /** Bulk cycles read their export last (see EnrichHandlerDeps). Default false. */
   exportLast?: boolean;
   /** Ask which export snapshot Microsoft serves before reading it (see EnrichHandlerDeps). Default false. */
@@ -239,7 +239,7 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
       devicesInExport: folder.size,
       durationMs: Date.now() - started,
     });
-    await deps.tenants.updateStatus(batch.tenantId, {
+    await deps.tenants.updatePollingStatus(batch.tenantId, {
       vulnerabilityMode: 'bulk',
       note:
         'vulnerabilities come from one bulk export (SoftwareVulnerabilitiesByMachine) per cycle: the fleet is too ' +

@@ -27,7 +27,7 @@ import {
 import { createTenantState } from './tenant';
 
 export interface EnrichHandlerDeps {
-  tenants: Pick<TenantStore, 'get' | 'updateStatus'>;
+  tenants: Pick<TenantStore, 'get' | 'updatePollingStatus'>;
   sources: SourceProvider;
   /**
    * Asked, when this replica's key does not open a tenant's stored secret (SECRET_UNREADABLE), whether it

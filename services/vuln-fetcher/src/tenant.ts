@@ -5,7 +5,7 @@ import type { FetchError } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
 
 export interface TenantStateDeps {
-  tenants: Pick<TenantStore, 'get' | 'updateStatus'>;
+  tenants: Pick<TenantStore, 'get' | 'updatePollingStatus'>;
   /** How long a batch waits for a missing tenant record, in milliseconds (see EnrichHandlerDeps). Default 30000. */
   tenantWaitMs?: number;
   /** Pause between two looks for a missing tenant record, in milliseconds. Default 1000. */
@@ -88,7 +88,7 @@ export function createTenantState(deps: TenantStateDeps): TenantState {
   async function reportTenantFailure(batch: DeviceBatch, error: FetchError, log: Logger): Promise<void> {
     log.warn('tenant vulnerabilities unavailable', { code: error.code, reason: error.message });
     // Of this cycle: the poller, ending the cycle's listing after it, leaves it (`cycleListed`).
-    await deps.tenants.updateStatus(batch.tenantId, {
+    await deps.tenants.updatePollingStatus(batch.tenantId, {
       state: 'error',
       lastErrorCode: error.code,
       lastErrorMessage: error.message,

@@ -99,8 +99,9 @@ describe('a bulk cycle that reads its export last', () => {
     const handler = createEnrichHandler({
       tenants: {
         get: async () => record,
-        updateStatus: async (_tenantId, status) => {
+        updatePollingStatus: async (_tenantId, status) => {
           notes.push(status.note ?? '');
+          return true;
         },
       },
       sources,

@@ -146,8 +146,9 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
   const handler = createEnrichHandler({
     tenants: {
       get: async (tenantId) => (tenantId === 't1' ? record : null),
-      updateStatus: async (_tenantId, status) => {
+      updatePollingStatus: async (_tenantId, status) => {
         statuses.push(status as Partial<TenantStatus>);
+        return true;
       },
     },
     sources,

@@ -301,7 +301,7 @@ describe('createEnrichHandler', () => {
         // Redis was wiped: the record is back on the third look (the registrar's rebuild).
         tenants: {
           get: async () => (++looks >= 3 ? record : null),
-          updateStatus: async () => undefined,
+          updatePollingStatus: async () => true,
         },
         logger: capturingLogger(lines),
         tenantWaitMs: 1_000,
@@ -331,7 +331,7 @@ describe('createEnrichHandler', () => {
             lookups++;
             return null;
           },
-          updateStatus: async () => undefined,
+          updatePollingStatus: async () => true,
         },
         logger: capturingLogger(lines),
         tenantWaitMs: 50,
@@ -392,7 +392,7 @@ describe('createEnrichHandler', () => {
       {},
       {
         sources,
-        tenants: { get: async () => sealed, updateStatus: async () => undefined },
+        tenants: { get: async () => sealed, updatePollingStatus: async () => true },
         logger: capturingLogger(lines),
       },
     );

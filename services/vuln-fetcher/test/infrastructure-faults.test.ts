@@ -197,9 +197,10 @@ describe('createEnrichHandler on a fault of Redis', () => {
         concurrency: 1,
         tenants: {
           get: async () => record,
-          updateStatus: async (_tenantId, status) => {
+          updatePollingStatus: async (_tenantId, status) => {
             if (refusing) throw new ReplyError("READONLY You can't write against a read only replica.");
             statuses.push(status as Partial<TenantStatus>);
+            return true;
           },
         },
       },

@@ -46,8 +46,9 @@ function replica(replicaKey: Buffer, records: TenantRecord[]) {
       replicaKey: createReplicaKeyCheck({ sealer, secrets, keyIds: new Set(['k1']) }),
       tenants: {
         get: secrets.get,
-        updateStatus: async (_tenantId, status) => {
+        updatePollingStatus: async (_tenantId, status) => {
           statuses.push(status as Partial<TenantStatus>);
+          return true;
         },
       },
       logger: capturingLogger(lines),
