@@ -126,6 +126,14 @@ redis.call('HSET', KEYS[1], 'revision', ARGV[2], 'record', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1`;
 
+// Writes the field/value pairs of ARGV from `first` on to the status hash KEYS[1] (a JSON null clears the field).
+const writeStatusFields = (first: number): string => `
+for i = ${first}, #ARGV, 2 do
+  if ARGV[i + 1] == 'null' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+`;
+
 // Ends the script, writing nothing, unless the record in KEYS[2] is there and enabled. The registrar stores a
 // disabled record before it writes the status `disabled` (and deletes both at once): a polling write that
 // comes after the record changed leaves its status alone, one that came before is overwritten by it.
@@ -138,21 +146,13 @@ if not ok or type(record) ~= 'table' or record.enabled ~= true then return 0 end
 
 // KEYS[1] status hash, KEYS[2] record hash, KEYS[3] refused index set; ARGV: tenantId, '1' when the state is
 // set (to other than registration-rejected), then field/value pairs (a JSON null clears the field).
-const UPDATE_POLLING_STATUS = `${IF_ENABLED}
-for i = 3, #ARGV, 2 do
-  if ARGV[i + 1] == 'null' then redis.call('HDEL', KEYS[1], ARGV[i])
-  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
+const UPDATE_POLLING_STATUS = `${IF_ENABLED}${writeStatusFields(3)}
 if ARGV[2] == '1' then redis.call('SREM', KEYS[3], ARGV[1]) end
 return 1`;
 
 // KEYS[1] status hash, KEYS[2] record hash; ARGV: the cycle id (as JSON, as every status field is stored),
 // then field/value pairs (a JSON null clears the field).
-const CYCLE_LISTED = `${IF_ENABLED}
-for i = 2, #ARGV, 2 do
-  if ARGV[i + 1] == 'null' then redis.call('HDEL', KEYS[1], ARGV[i])
-  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
+const CYCLE_LISTED = `${IF_ENABLED}${writeStatusFields(2)}
 if redis.call('HGET', KEYS[1], 'lastErrorCycleId') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'state', '"error"')
 else
