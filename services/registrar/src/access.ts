@@ -1,26 +1,16 @@
-import type { Agent } from 'node:https';
-import {
-  type CallLimiter,
-  type DefenderEndpointOverrides,
-  type QuotaGate,
-  createDefenderClient,
-} from '@urs/defender';
-import type { Logger } from '@urs/logging';
-import type { Registry } from '@urs/telemetry';
+import { type DefenderClientDeps, type QuotaGate, createDefenderClient } from '@urs/defender';
 import type { AccessChecker } from './http/tenants';
 
-export interface AccessCheckerDeps {
-  /** The pipeline's shared call slots. */
-  limiter: CallLimiter;
-  /** The tenants' quotas, shared with the pollers and fetchers. */
-  quota: QuotaGate;
-  logger: Logger;
-  overrides: DefenderEndpointOverrides;
-  httpsAgent: Agent;
-  metrics: Registry;
-  /** Timeout of one HTTP call, in milliseconds. */
-  requestTimeoutMs: number;
-}
+/**
+ * What every check's Defender client shares with the process: the pipeline's call slots, the tenants'
+ * quotas (shared with the pollers and fetchers), the agent, the logger and the metrics.
+ */
+export type AccessCheckerDeps = Required<
+  Pick<
+    DefenderClientDeps,
+    'limiter' | 'quota' | 'logger' | 'overrides' | 'httpsAgent' | 'metrics' | 'requestTimeoutMs'
+  >
+>;
 
 /**
  * The tenant's quota as one check sees it: a call whose wait for it (a 429's Retry-After another process
@@ -50,13 +40,8 @@ export function createAccessChecker(deps: AccessCheckerDeps): AccessChecker {
   return async (tenant, signal, deadline) => {
     const { region, vulnerabilityMode, ...rest } = tenant;
     const client = createDefenderClient(region === null ? rest : { ...rest, region }, {
-      limiter: deps.limiter,
+      ...deps,
       quota: quotaUntil(deps.quota, deadline),
-      logger: deps.logger,
-      overrides: deps.overrides,
-      httpsAgent: deps.httpsAgent,
-      metrics: deps.metrics,
-      requestTimeoutMs: deps.requestTimeoutMs,
       maxThrottleWaitMs: Math.max(0, deadline - Date.now()),
     });
     try {
