@@ -51,6 +51,12 @@ async function replicate(replica: OwnRedis, primary: OwnRedis): Promise<void> {
   });
 }
 
+/** A replication offset `INFO replication` gives: a primary's `master_repl_offset`, a replica's `slave_repl_offset`. */
+async function replicationOffset(own: OwnRedis, field: string): Promise<number> {
+  const info = await own.admin.info('replication');
+  return Number(new RegExp(`^${field}:(\\d+)`, 'm').exec(info)?.[1] ?? -1);
+}
+
 export async function startRedisFailover(): Promise<RedisFailover> {
   let primary = await startOwnRedis();
   let replica = await startOwnRedis();
@@ -76,8 +82,12 @@ export async function startRedisFailover(): Promise<RedisFailover> {
     url: `redis://127.0.0.1:${port}`,
     async failover() {
       const [old, promoted] = [primary, replica];
-      // A planned failover: the replica has every write acknowledged so far before it takes over.
-      await old.admin.wait(1, 5_000);
+      // A planned failover: the replica has every write acknowledged so far before it takes over. Of every
+      // client: WAIT counts only the writes of the connection that asks (here none), so it is no such wait.
+      const written = await replicationOffset(old, 'master_repl_offset');
+      await waitFor(async () => (await replicationOffset(promoted, 'slave_repl_offset')) >= written, {
+        description: `the Redis on ${promoted.port} to have every write of ${old.port}`,
+      });
       await promoted.admin.replicaof('NO', 'ONE');
       primary = promoted;
       replica = old;
