@@ -34,6 +34,8 @@ export interface SchedulerDeps {
   logger: Logger;
   metrics: Registry;
   now?: () => number;
+  /** The jitter of a failed attempt's wait, in [0, 1); injected so tests are deterministic. */
+  random?: () => number;
 }
 
 export interface Scheduler {
@@ -108,6 +110,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     recheckMs: deps.recheckMs,
     maxWaitMs: deps.intervalUnitMs,
     now,
+    random: deps.random,
   });
   /** Tenants whose attempt began a cycle: its outcome is counted by the cycle's end, not by a failed attempt. */
   const cycleBegun = new Set<string>();
