@@ -80,6 +80,11 @@ export interface DefenderClientDeps {
    * once (see ApiCallerOptions). Default: no limit.
    */
   maxQuotaWaitMs?: number;
+  /**
+   * When every call must be answered by (epoch ms): a longer wait for the quota or out a 429 fails the call
+   * THROTTLED at once (see ApiCallerOptions). Default none.
+   */
+  deadline?: number;
   /** Told about every record skipped as invalid (they are also logged). */
   onInvalidRecord?: (record: InvalidRecord) => void;
   /** Where the calls are counted and timed (`urs_defender_*`); share the process's registry. None by default. */
@@ -243,6 +248,7 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
     requestTimeoutMs: deps.requestTimeoutMs ?? 30_000,
     maxThrottleWaitMs: deps.maxThrottleWaitMs ?? 600_000,
     ...(deps.maxQuotaWaitMs === undefined ? {} : { maxQuotaWaitMs: deps.maxQuotaWaitMs }),
+    ...(deps.deadline === undefined ? {} : { deadline: deps.deadline }),
     ...(deps.throttleWaitWithoutRetryAfterMs === undefined
       ? {}
       : { throttleWaitWithoutRetryAfterMs: deps.throttleWaitWithoutRetryAfterMs }),

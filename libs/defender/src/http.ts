@@ -55,6 +55,12 @@ export interface ApiCallerOptions {
    * QuotaGate.acquire). Default: no limit, the call waits as long as the quota asks (up to an hour).
    */
   maxQuotaWaitMs?: number;
+  /**
+   * When every call must be answered by (epoch ms; an access check's time limit): a wait for the quota or out
+   * a 429 that would end after it fails the call THROTTLED at once, with the wait asked for, rather than run
+   * into the limit and say nothing more. Default none.
+   */
+  deadline?: number;
   logger: Logger;
   /** Where the calls are counted and timed (see createCallMetrics); none by default. */
   metrics?: Registry;
@@ -145,6 +151,12 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     slowCallMs: options.health?.slowCallMs,
   });
 
+  /** The longest a call may wait for the quota now: its own limit, and no later than the deadline. */
+  function maxQuotaWaitMs(): number | undefined {
+    if (options.deadline === undefined) return options.maxQuotaWaitMs;
+    return Math.min(options.maxQuotaWaitMs ?? Infinity, Math.max(0, options.deadline - Date.now()));
+  }
+
   /**
    * One call (a fresh token once after a 401): `call` runs its request in `slot` and answers either its result
    * or a response to classify.
@@ -162,7 +174,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     for (;;) {
       // Quota first, then the slot: a tenant waiting for its quota must not hold one of the shared slots.
       const asked = performance.now();
-      const claim = await quota.acquire(azureTenantId, endpoint, signal, options.maxQuotaWaitMs);
+      const claim = await quota.acquire(azureTenantId, endpoint, signal, maxQuotaWaitMs());
       const quotaSeconds = (performance.now() - asked) / 1000;
       // The quota's wait can outlast the token (a tenant that spent its hourly quota waits up to an hour):
       // sent expired, it would spend a call of the quota on a 401, and a second expiry would fail the call.
@@ -240,6 +252,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
           // each of the tenant's other calls would go out and draw a 429 of its own.
           await quota.block(azureTenantId, endpoint, delayMs);
           if (throttledMs + delayMs > options.maxThrottleWaitMs) throw error;
+          if (options.deadline !== undefined && Date.now() + delayMs > options.deadline) throw error;
           throttledMs += delayMs;
         } else {
           failures++;

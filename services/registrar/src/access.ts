@@ -1,4 +1,4 @@
-import { type DefenderClientDeps, type QuotaGate, createDefenderClient } from '@urs/defender';
+import { type DefenderClientDeps, createDefenderClient } from '@urs/defender';
 import type { AccessChecker } from './http/tenants';
 
 /**
@@ -13,24 +13,6 @@ export type AccessCheckerDeps = Required<
 >;
 
 /**
- * The tenant's quota as one check sees it: a call whose wait for it (a 429's Retry-After another process
- * recorded, a window the pollers spent: up to an hour) would end after the check's `deadline` fails at once
- * with how long the quota holds the tenant back, rather than wait until the time limit says nothing more.
- */
-function quotaUntil(quota: QuotaGate, deadline: number): QuotaGate {
-  return {
-    acquire: (azureTenantId, endpoint, signal, maxWaitMs) =>
-      quota.acquire(
-        azureTenantId,
-        endpoint,
-        signal,
-        Math.min(maxWaitMs ?? Infinity, Math.max(0, deadline - Date.now())),
-      ),
-    block: (azureTenantId, endpoint, durationMs) => quota.block(azureTenantId, endpoint, durationMs),
-  };
-}
-
-/**
  * The `/defender/test` check against Microsoft: a Defender client of the tenant's, for the check only,
  * sharing the call slots and the tenant's quota with the pollers and fetchers. It waits for the quota, or
  * out a 429, only as long as what is left of its time limit: a tenant held back longer is answered at once,
@@ -41,8 +23,7 @@ export function createAccessChecker(deps: AccessCheckerDeps): AccessChecker {
     const { region, vulnerabilityMode, ...rest } = tenant;
     const client = createDefenderClient(region === null ? rest : { ...rest, region }, {
       ...deps,
-      quota: quotaUntil(deps.quota, deadline),
-      maxThrottleWaitMs: Math.max(0, deadline - Date.now()),
+      deadline,
     });
     try {
       return await client.checkAccess(signal, vulnerabilityMode === undefined ? {} : { vulnerabilityMode });

@@ -96,4 +96,18 @@ describe('createAccessChecker', () => {
       `FAIL: The Defender API throttled tenant ${tenant.azureTenantId} on /api/machines (429): it asks to wait 600 s`,
     );
   });
+
+  it('the check answered a 429 late in its time limit, whose Retry-After would end past it, should fail before the limit', async () => {
+    const tenant = newTenant();
+    // Most of the time limit goes to waiting out the quota; the 429 that follows asks for less than the whole
+    // limit but more than what is left of it.
+    await quota.block(tenant.azureTenantId, 'machines', 1_800);
+    sim.setFaults(tenant.azureTenantId, { throttledCalls: 1, throttleRetryAfterSec: 2 });
+    const { result, stoppedAtTimeLimit } = await checkWithin(tenant, 3_000);
+    expect(stoppedAtTimeLimit).toBe(false);
+    expect(result).toMatchObject({ ok: false, machinesReadable: false, error: { code: 'DEFENDER_THROTTLED' } });
+    expect(result.verdict).toBe(
+      `FAIL: The Defender API throttled tenant ${tenant.azureTenantId} on /api/machines (429): it asks to wait 2 s`,
+    );
+  });
 });
