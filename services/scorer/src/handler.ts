@@ -62,8 +62,11 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
       batchIndex: batch.batchIndex,
     });
     // The summaries were counted at the threshold of the cycle's start: the profile they were counted
-    // for scores them (the one before the latest, when the tenant changed its threshold since).
-    const countedAt = batch.devices.find((device) => device.vulnerabilities)?.vulnerabilities?.cvssThreshold;
+    // for scores them (the one before the latest, when the tenant changed its threshold since). A bulk
+    // cycle's correction batch has no devices of its own, only its corrections' summaries.
+    const countedAt =
+      batch.devices.find((device) => device.vulnerabilities)?.vulnerabilities?.cvssThreshold ??
+      batch.corrections?.[0]?.vulnerabilities.cvssThreshold;
     const profile = await deps.profiles.get(batch.tenantId, countedAt);
     if (profile === null) return dropDeleted(log, batch.devices.length);
     const cycleStartMs = Date.parse(batch.cycleStartedAt);

@@ -304,6 +304,25 @@ describe('createScoreHandler', () => {
     expect(hashOf(3)).not.toBe(hashOf(0));
   });
 
+  it("should score a bulk cycle's correction batch, counted at the threshold the cycle started with, with that profile", async () => {
+    const { handler, sent, tenantsHandler } = setup();
+    const at = (cvssThreshold: number) => ({
+      weights: { criticalRisk: 0, operational: 100 },
+      operational: { criticalCves: { cvssThreshold, pointsPerCve: 10, maxPoints: 100 } },
+    });
+    await tenantsHandler(inbound(tenantRecord('t1', 1, at(9))));
+    await handler(inbound(enriched()));
+    // The tenant moves to 7 while the cycle's export is read; its corrections were counted at 9.
+    await tenantsHandler(inbound(tenantRecord('t1', 2, at(7))));
+    await handler(inbound(correctionOf('d2')));
+    const corrected = sent[1]?.devices[0];
+    expect(corrected?.deviceId).toBe('d2');
+    expect(corrected?.profileHash).toBe(sent[0]?.devices[0]?.profileHash);
+    expect(corrected?.contributions).toContainEqual(
+      expect.objectContaining({ signal: 'criticalCves', value: 3, points: 30 }),
+    );
+  });
+
   it('createProfileCache should drop a disabled tenant and read an unknown one from the tenant store', async () => {
     const { profiles, tenantsHandler } = setup([tenantRecord('t2', 1, { missingSignals: 'assume-worst' })]);
     await tenantsHandler(inbound(tenantRecord('t1', 1, null)));
