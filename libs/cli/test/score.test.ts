@@ -2,6 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Readable, Writable } from 'node:stream';
+import { DEFAULT_PROFILE, profileHash } from '@urs/scoring';
 import { scoreCommand } from '../src/commands/score';
 import { runCommand, type CommandRun } from './support/run';
 
@@ -84,6 +85,18 @@ describe('scoreCommand', () => {
         { group: 'operational', signal: 'criticalCves', value: 1, points: 25, assumed: false },
       ],
       missing: [],
+      // What the pipeline's record carries too: the values scored, when the device reported them, and the
+      // profile that scored them.
+      signals: {
+        riskScore: { value: 'None', at: clean.lastSeen },
+        exposureLevel: { value: 'Medium', at: clean.lastSeen },
+        avStatus: { value: 'Updated', at: clean.lastSeen },
+        onboarding: { value: 'Onboarded', at: clean.lastSeen },
+        healthStatus: { value: 'Active', at: clean.lastSeen },
+        inactivity: { value: 0, at: clean.lastSeen },
+        criticalCves: { value: 1, at: null },
+      },
+      profileHash: profileHash(DEFAULT_PROFILE),
     });
   });
 

@@ -150,10 +150,9 @@ async function run(options: Options, io: CommandIo): Promise<number> {
         }
       }
     } else if (!summary) {
-      const { score, band, criticalScore, operationalScore, contributions, missing } = result;
-      await out.write(
-        JSON.stringify({ deviceId, score, band, criticalScore, operationalScore, contributions, missing }),
-      );
+      // The whole result, as the pipeline's record carries it: the signal values and their timestamps show
+      // what put a device in its inactivity bucket, the hash which profile scored it.
+      await out.write(JSON.stringify({ deviceId, ...result }));
     }
   }
 
