@@ -109,6 +109,48 @@ describe('scoreCommand', () => {
     expect(result.lines.map((l) => l.missing)).toEqual([['criticalCves'], ['criticalCves']]);
   });
 
+  it('should read CVSS scores as the pipeline does: numeric text counts, an unreadable row is skipped', async () => {
+    const result = await run(
+      ['--now', NOW],
+      ndjson({
+        id: 'a',
+        ...clean,
+        vulnerabilities: [
+          { id: 'CVE-1', cvssV3: '9.8' },
+          { id: 'CVE-2', cvssV3: 11 },
+          { id: 'CVE-3', cvssV3: 'high' },
+        ],
+      }),
+    );
+    expect(result.code).toBe(0);
+    expect(result.lines[0]?.missing).toEqual([]);
+    expect(result.lines[0]?.contributions).toContainEqual(
+      expect.objectContaining({ signal: 'criticalCves', value: 1, points: 25 }),
+    );
+    expect(result.stderr).toContain('urs score: line 1: vulnerabilities[1] skipped: cvssV3 must be');
+    expect(result.stderr).toContain('urs score: line 1: vulnerabilities[2] skipped: cvssV3 must be');
+  });
+
+  it('should score a device none of whose vulnerabilities could be read with criticalCves missing', async () => {
+    const file = await profileFile('worst.json', { missingSignals: 'assume-worst' });
+    const result = await run(
+      ['--profile', file, '--now', NOW],
+      ndjson({
+        id: 'a',
+        ...clean,
+        vulnerabilities: [
+          { id: 'CVE-1', cvssV3: 12 },
+          { id: 'CVE-2', cvssV3: 'n/a' },
+        ],
+      }),
+    );
+    expect(result.code).toBe(0);
+    expect(result.lines[0]?.missing).toEqual(['criticalCves']);
+    expect(result.lines[0]?.contributions).toContainEqual(
+      expect.objectContaining({ signal: 'criticalCves', points: 100, assumed: true }),
+    );
+  });
+
   it('should name each bad line on stderr, score the others and exit 1', async () => {
     const input = ndjson(
       { id: 'first', ...clean, vulnerabilities: [] },

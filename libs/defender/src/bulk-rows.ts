@@ -1,6 +1,7 @@
 import type { RowReader } from './odata-rows';
 import {
   parseSoftwareVulnerabilityRow,
+  readCvss,
   type SoftwareVulnerabilityRow,
   type Vulnerability,
   vulnerabilityFromRow,
@@ -219,7 +220,7 @@ const EXPLOITABILITY_LEVELS = ['NoExploit', 'ExploitIsPublic', 'ExploitIsVerifie
 /**
  * Reads export rows of the usual shape straight from their bytes: an object of members whose values are
  * strings, numbers, literals and arrays of them, with `deviceId` (plain ASCII, not empty), `cveId` (plain
- * ASCII or null), `cvssScore` (number or null) and the two levels (a documented value or null) each at
+ * ASCII or null), `cvssScore` (a number `readCvss` reads, or null) and the two levels (a documented value or null) each at
  * most once and in their documented case. Every other row (nested objects, escapes or non-ASCII text in
  * those members, an unknown level, a missing or mistyped field, invalid JSON) is declined, so the whole
  * parse and schema check report or reject it exactly as before. A row is checked to be valid JSON as it
@@ -273,7 +274,11 @@ export class BulkRowReader implements RowReader<BulkRowEntry> {
     if (first === NULL[0]) return field === DEVICE_ID ? -1 : literalEnd(bytes, at, NULL);
     if (field === CVSS_SCORE) {
       const end = numberEnd(bytes, at);
-      if (end >= 0) row.cvssScore = numberValue(bytes, at, end);
+      if (end < 0) return -1;
+      // A score `readCvss` cannot read is declined: the whole parse skips the row, with the reason.
+      const score = readCvss(numberValue(bytes, at, end));
+      if (score === undefined) return -1;
+      row.cvssScore = score;
       return end;
     }
     if (first !== QUOTE) return -1;

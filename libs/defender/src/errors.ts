@@ -38,6 +38,11 @@ export const DefenderErrorCode = {
   UNAVAILABLE: 'DEFENDER_UNAVAILABLE',
   /** The body was not the JSON the endpoint documents. */
   MALFORMED_RESPONSE: 'DEFENDER_MALFORMED_RESPONSE',
+  /**
+   * A device's vulnerabilities were answered, but none of them could be read (each was skipped as invalid,
+   * a CVSS score out of range, say): its list is unknown, not empty.
+   */
+  UNREADABLE_RECORDS: 'DEFENDER_UNREADABLE_RECORDS',
   /** 404 on a single resource (a device removed since it was listed). */
   NOT_FOUND: 'DEFENDER_NOT_FOUND',
   /** Another 4xx: a request the API will never accept. */

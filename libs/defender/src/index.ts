@@ -43,6 +43,7 @@ export type { ApiCaller, ApiCallerOptions, ApiResult, RowsScan } from './http';
 export {
   parseMachine,
   parseVulnerability,
+  readCvss,
   parseSoftwareVulnerabilityRow,
   vulnerabilityFromRow,
 } from './schema';

@@ -340,6 +340,8 @@ export function parseVulnerability(raw: unknown): ParseResult<Vulnerability> {
   const record = normaliseKeys(object, VULNERABILITY_KEY_MAP);
   softenUnscored(record, VULNERABILITY_UNSCORED);
   normaliseEnums(record);
+  if (!readScoreField(record, 'cvssV3'))
+    return { ok: false, reason: unreadableScore('cvssV3', record['cvssV3']) };
   if (!validateVulnerabilitySchema(record))
     return { ok: false, reason: describe(validateVulnerabilitySchema) };
   const vulnerability = record as Vulnerability;
@@ -350,15 +352,33 @@ export function parseVulnerability(raw: unknown): ParseResult<Vulnerability> {
 const NUMERIC_TEXT = /^\d+(\.\d+)?$/;
 
 /**
- * The export's `cvssScore` is a String in Microsoft's documentation of it (a Double per device, `cvssV3`):
- * numeric text is read as its number, blank text as none; other text is left to fail the row.
+ * A vulnerability's CVSS v3 score as every path reads it (the per-device `cvssV3`, a Double in Microsoft's
+ * documentation; the export's `cvssScore`, a String there; `urs score`'s input): a number from 0 to 10, or
+ * numeric text of one, is the score; null or absent (and blank text) is null, Microsoft having no v3 score
+ * for the CVE, a known value that counts as not critical; anything else (other text, NaN, a negative score,
+ * one above 10) is undefined: the row is unreadable, and is skipped and counted as such.
  */
-function readScoreText(record: Record<string, unknown>): void {
-  const score = record['cvssScore'];
-  if (typeof score !== 'string') return;
-  const text = score.trim();
-  if (text === '') record['cvssScore'] = null;
-  else if (NUMERIC_TEXT.test(text)) record['cvssScore'] = Number(text);
+export function readCvss(value: unknown): number | null | undefined {
+  if (typeof value === 'number') return value >= 0 && value <= 10 ? value : undefined;
+  if (value === null || value === undefined) return null;
+  if (typeof value !== 'string') return undefined;
+  const text = value.trim();
+  if (text === '') return null;
+  return NUMERIC_TEXT.test(text) ? readCvss(Number(text)) : undefined;
+}
+
+/** Puts the score `field` holds as `readCvss` reads it; false when it is unreadable. */
+function readScoreField(record: Record<string, unknown>, field: 'cvssV3' | 'cvssScore'): boolean {
+  const value = record[field];
+  const score = readCvss(value);
+  if (score === undefined) return false;
+  if (score !== value && value !== undefined) record[field] = score;
+  return true;
+}
+
+/** Why a row whose score `readCvss` cannot read (`value`, sent in `field`) is skipped. */
+export function unreadableScore(field: string, value: unknown): string {
+  return `${field} must be a number from 0 to 10, numeric text or null (got ${typeof value === 'number' ? String(value) : JSON.stringify(value)})`;
 }
 
 /** Normalises and validates one row of the bulk export; `raw` (freshly parsed) may be normalised in place and returned. */
@@ -368,7 +388,8 @@ export function parseSoftwareVulnerabilityRow(raw: unknown): ParseResult<Softwar
   const record = normaliseKeys(object, BULK_KEY_MAP);
   softenUnscored(record, BULK_UNSCORED);
   normaliseEnums(record);
-  readScoreText(record);
+  if (!readScoreField(record, 'cvssScore'))
+    return { ok: false, reason: unreadableScore('cvssScore', record['cvssScore']) };
   if (!validateBulkSchema(record)) return { ok: false, reason: describe(validateBulkSchema) };
   return { ok: true, value: record as SoftwareVulnerabilityRow };
 }

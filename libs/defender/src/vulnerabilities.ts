@@ -66,7 +66,8 @@ export function mergeVulnerability(
 
 /**
  * `GET /api/machines/{id}/vulnerabilities` (50 calls/min and 1,500/h per tenant). A device unknown to the
- * API (removed since it was listed) throws NOT_FOUND; invalid entries are reported and skipped.
+ * API (removed since it was listed) throws NOT_FOUND; invalid entries are reported and skipped, and a device
+ * whose entries were all skipped throws UNREADABLE_RECORDS: an empty list would say it has no CVE.
  */
 export async function fetchMachineVulnerabilities(
   deps: VulnerabilityDeps,
@@ -78,6 +79,7 @@ export async function fetchMachineVulnerabilities(
   const index = new Map<string, number>();
   let next: string | undefined = path;
   const followed = new Set<string>([path]);
+  let skipped = 0;
   // The endpoint documents no paging; a next link is followed anyway, should one ever come.
   while (next) {
     const result = await deps.api.get('vulnerabilities', next, undefined, signal);
@@ -99,11 +101,19 @@ export async function fetchMachineVulnerabilities(
           ...invalid,
         });
         deps.onInvalidRecord?.(invalid);
+        skipped++;
         continue;
       }
       mergeVulnerability(list, index, parsed.value);
     }
     next = freshNextLink(result.body, followed, path, deps.azureTenantId);
+  }
+  if (skipped > 0 && list.length === 0) {
+    throw new DefenderError(
+      DefenderErrorCode.UNREADABLE_RECORDS,
+      `None of the ${skipped} vulnerabilities the Defender API gave for device ${machineId} could be read: its critical CVEs are not known`,
+      { details: { azureTenantId: deps.azureTenantId, machineId, skipped } },
+    );
   }
   return list;
 }

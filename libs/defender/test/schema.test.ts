@@ -189,10 +189,10 @@ describe('parseVulnerability', () => {
     expect(parseVulnerability({ id: 42, cvssV3: 9.8 }).ok).toBe(false);
   });
 
-  it('parseVulnerability should reject a CVSS that is not a number', () => {
-    expect(parseVulnerability({ id: 'CVE-2024-1', cvssV3: '9.8' })).toEqual({
+  it('parseVulnerability should reject a CVSS that is neither a number nor numeric text', () => {
+    expect(parseVulnerability({ id: 'CVE-2024-1', cvssV3: 'high' })).toEqual({
       ok: false,
-      reason: 'cvssV3 must be number,null',
+      reason: 'cvssV3 must be a number from 0 to 10, numeric text or null (got "high")',
     });
   });
 });
@@ -228,7 +228,7 @@ describe('vulnerabilityFromRow', () => {
     });
     expect(parseSoftwareVulnerabilityRow({ deviceId: 'd', cveId: 'CVE-1', cvssScore: 'high' })).toEqual({
       ok: false,
-      reason: 'cvssScore must be number,null',
+      reason: 'cvssScore must be a number from 0 to 10, numeric text or null (got "high")',
     });
   });
 

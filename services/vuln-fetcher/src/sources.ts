@@ -10,6 +10,7 @@ import {
   type BulkOptions,
   type CallLimiter,
   type DefenderEndpointOverrides,
+  type InvalidRecord,
   type QuotaGate,
 } from '@urs/defender';
 import type { Logger } from '@urs/logging';
@@ -138,6 +139,15 @@ interface KeptSource {
  * back at each re-seal.
  */
 export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider {
+  const unreadable = deps.metrics.counter(
+    'urs_vulnerability_rows_unreadable_total',
+    'Vulnerability rows skipped as unreadable (a CVSS score neither a number from 0 to 10 nor null, a row of the wrong shape), by mode (per-device, bulk).',
+  );
+  /** Every vulnerability row the client skips: the per-device endpoint's and the export's. */
+  const onInvalidRecord = (record: InvalidRecord): void => {
+    if (record.kind !== 'machine')
+      unreadable.inc({ mode: record.kind === 'bulk-row' ? 'bulk' : 'per-device' });
+  };
   const exportOptions = (signal: AbortSignal | undefined): BulkOptions => ({
     ...(signal ? { signal } : {}),
     ...(deps.bulkPageSize === undefined ? {} : { pageSize: deps.bulkPageSize }),
@@ -191,6 +201,7 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
         logger: deps.logger.child({ tenantId: record.tenantId }),
         metrics: deps.metrics,
         callHealth: callHealth.health,
+        onInvalidRecord,
         ...(deps.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: deps.requestTimeoutMs }),
       },
     );

@@ -161,3 +161,57 @@ function simSources(sealer: SecretSealer, baseUrl: string, caPem: string) {
     },
   };
 }
+
+describe('createDefenderSources and vulnerabilities whose CVSS score cannot be read', () => {
+  it('should count the rows it skips as unreadable, per device and in the export, and fail a device none of whose rows was read', async () => {
+    const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+    const azureTenantId = randomUUID();
+    const app = { clientId: randomUUID(), clientSecret: `Zx8Q~${randomUUID()}Sec` };
+    const sim = await startSimulator({ quotas: false });
+    sim.addTenant({ azureTenantId, apps: [app], fleet: { size: 2, seed: 7 } });
+    const [id] = sim.machines(azureTenantId).map((machine) => machine.id) as [string];
+    const [cve] = sim.vulnerabilities(azureTenantId, id).length
+      ? sim.vulnerabilities(azureTenantId, id)
+      : sim.vulnerabilities(azureTenantId, sim.machines(azureTenantId)[1]!.id);
+    sim.setVulnerabilities(azureTenantId, id, [
+      { ...cve!, id: 'CVE-2024-1', cvssV3: 11 },
+      { ...cve!, id: 'CVE-2024-2', cvssV3: -1 },
+    ]);
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const metrics = new Registry({ processMetrics: false });
+    const sources = createDefenderSources({
+      sealer,
+      limiter: createLocalLimiter(),
+      quota: createLocalQuotaGate(),
+      httpsAgent: agent,
+      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
+      logger: silentLogger,
+      metrics,
+    });
+    const unreadable = (mode: string): number =>
+      metrics.counter('urs_vulnerability_rows_unreadable_total', '').get({ mode });
+    try {
+      const source = sources.forTenant({
+        tenantId: 'a',
+        revision: 1,
+        defender: {
+          azureTenantId,
+          clientId: app.clientId,
+          clientSecret: sealer.seal(app.clientSecret, 'a'),
+          cloud: 'commercial',
+          region: null,
+        },
+      } as unknown as TenantRecord);
+      await expect(source.machineVulnerabilities(id)).rejects.toMatchObject({
+        code: 'DEFENDER_UNREADABLE_RECORDS',
+      });
+      expect(unreadable('per-device')).toBe(2);
+      await source.bulkVulnerabilities(() => undefined);
+      expect(unreadable('bulk')).toBe(2);
+    } finally {
+      sources.close();
+      agent.destroy();
+      await sim.close();
+    }
+  }, 20_000);
+});

@@ -1,6 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
+// The CVSS reading alone, not the package's index, which loads the Defender client too.
+import { readCvss, unreadableScore } from '@urs/defender/rows';
 import { errorMessage } from '@urs/resilience';
 import { BANDS, compileProfile, parseTimestampMs, scoreDevice } from '@urs/scoring';
 import type { Band, CompiledProfile, ScoreResult } from '@urs/scoring';
@@ -9,8 +11,10 @@ import type { Command, CommandIo } from '../command';
 const USAGE = `usage: urs score [--profile FILE] [--now ISO] [--summary] [--compare OTHER_PROFILE]
 
 Reads MDE machine records as NDJSON on stdin, one per line, each optionally with "vulnerabilities":
-an array of MDE vulnerability records, or null/absent when they could not be fetched. Writes one NDJSON
-result per device: deviceId, score, band, criticalScore, operationalScore, contributions, missing.
+an array of MDE vulnerability records, or null/absent when they could not be fetched. A record whose
+cvssV3 is neither a number from 0 to 10, numeric text of one, nor null is skipped (named on stderr), as
+the pipeline skips it; a device none of whose records could be read has criticalCves missing. Writes one
+NDJSON result per device: deviceId, score, band, criticalScore, operationalScore, contributions, missing.
 
   --profile FILE    the tenant's risk profile (JSON); default: the vendor's default profile
   --now ISO         the cycle's start, against which lastSeen is aged; default: now
@@ -128,6 +132,9 @@ async function run(options: Options, io: CommandIo): Promise<number> {
     let other: ScoreResult | undefined;
     try {
       const record = parseRecord(line);
+      record.vulnerabilities = readScores(record.vulnerabilities, (index, reason) =>
+        io.stderr.write(`urs score: line ${lineNumber}: vulnerabilities[${index}] skipped: ${reason}\n`),
+      );
       deviceId = record.deviceId;
       result = scoreDevice(record.machine, record.vulnerabilities, profile, nowMs);
       if (compare) other = scoreDevice(record.machine, record.vulnerabilities, compare, nowMs);
@@ -202,6 +209,31 @@ function parseRecord(line: string): InputRecord {
     );
   }
   return { deviceId: id, machine, vulnerabilities: vulnerabilities as InputRecord['vulnerabilities'] };
+}
+
+/**
+ * The vulnerability records whose CVSS score `readCvss` reads (the pipeline's rule), their score as it reads
+ * it; each other one is skipped and told to `skipped`. A list that had records, none of them readable, is
+ * null: its critical CVEs are unknown (criticalCves missing), not none.
+ */
+function readScores(
+  vulnerabilities: InputRecord['vulnerabilities'],
+  skipped: (index: number, reason: string) => void,
+): InputRecord['vulnerabilities'] {
+  if (!Array.isArray(vulnerabilities)) return vulnerabilities;
+  const readable = vulnerabilities.filter((record: unknown, index) => {
+    if (typeof record !== 'object' || record === null || Array.isArray(record)) return true;
+    const fields = record as Record<string, unknown>;
+    const key = fields.cvssV3 === undefined && fields.CvssV3 !== undefined ? 'CvssV3' : 'cvssV3';
+    const score = readCvss(fields[key]);
+    if (score === undefined) {
+      skipped(index, unreadableScore(key, fields[key]));
+      return false;
+    }
+    if (fields[key] !== undefined) fields[key] = score;
+    return true;
+  });
+  return readable.length === 0 && vulnerabilities.length > 0 ? null : readable;
 }
 
 function emptyCounts(): BandCounts {

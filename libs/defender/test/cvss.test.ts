@@ -1,0 +1,110 @@
+import { silentLogger } from '@urs/logging';
+import { BulkRowReader, type BulkRowEntry, bulkRowEntry } from '../src/bulk-rows';
+import { DefenderErrorCode } from '../src/errors';
+import type { ApiCaller } from '../src/http';
+import type { InvalidRecord } from '../src/machines';
+import { ODataRowScanner } from '../src/odata-rows';
+import { parseSoftwareVulnerabilityRow, parseVulnerability, readCvss } from '../src/schema';
+import { fetchMachineVulnerabilities } from '../src/vulnerabilities';
+
+const UNREADABLE: unknown[] = [
+  'high',
+  'n/a',
+  '9.8.1',
+  '-1',
+  'NaN',
+  NaN,
+  -0.1,
+  10.1,
+  11,
+  Infinity,
+  true,
+  {},
+  [],
+];
+
+describe('readCvss', () => {
+  it('should read a number or numeric text from 0 to 10 as the score', () => {
+    expect([0, 9.8, 10, '9.8', ' 7.5 ', '10', '0'].map(readCvss)).toEqual([0, 9.8, 10, 9.8, 7.5, 10, 0]);
+  });
+
+  it('should read null and absent as no v3 score', () => {
+    expect([null, undefined].map(readCvss)).toEqual([null, null]);
+  });
+
+  it('should find non-numeric text, NaN, negative scores and scores above 10 unreadable', () => {
+    for (const value of UNREADABLE) expect(readCvss(value)).toBeUndefined();
+  });
+});
+
+describe('the score of a vulnerability, per device and in the export', () => {
+  it('parseVulnerability should read numeric text as its number and skip a row whose cvssV3 is unreadable', () => {
+    expect(parseVulnerability({ id: 'CVE-1', cvssV3: '9.8' })).toEqual({
+      ok: true,
+      value: { id: 'CVE-1', cvssV3: 9.8 },
+    });
+    for (const cvssV3 of UNREADABLE) expect(parseVulnerability({ id: 'CVE-1', cvssV3 }).ok).toBe(false);
+  });
+
+  it('parseSoftwareVulnerabilityRow should skip a row whose cvssScore is unreadable', () => {
+    for (const cvssScore of UNREADABLE)
+      expect(parseSoftwareVulnerabilityRow({ deviceId: 'd', cveId: 'CVE-1', cvssScore }).ok).toBe(false);
+  });
+
+  it('the export row reader should skip a row whose cvssScore is a number outside 0–10, as the whole parse does', () => {
+    const rows = [11, -1, 10.5, 1e3].map((score) => `{"deviceId":"d1","cveId":"CVE-1","cvssScore":${score}}`);
+    const entries: BulkRowEntry[] = [];
+    const scanner = new ODataRowScanner((entry) => entries.push(entry), bulkRowEntry, new BulkRowReader());
+    scanner.push(Buffer.from(`{"value":[${rows.join(',')}]}`));
+    scanner.end();
+    expect(entries.map((entry) => 'invalid' in entry)).toEqual([true, true, true, true]);
+  });
+});
+
+describe('fetchMachineVulnerabilities and unreadable scores', () => {
+  function answering(value: unknown[]): ApiCaller {
+    return { get: async () => ({ status: 200, body: { value } }) } as unknown as ApiCaller;
+  }
+  const deps = (value: unknown[], invalid: InvalidRecord[]) => ({
+    api: answering(value),
+    logger: silentLogger,
+    azureTenantId: 'tenant',
+    onInvalidRecord: (record: InvalidRecord) => invalid.push(record),
+  });
+
+  it('should give the readable rows of a device that has some, reporting the others', async () => {
+    const invalid: InvalidRecord[] = [];
+    const list = await fetchMachineVulnerabilities(
+      deps(
+        [
+          { id: 'CVE-1', cvssV3: 'high' },
+          { id: 'CVE-2', cvssV3: 7.5 },
+        ],
+        invalid,
+      ),
+      'm1',
+    );
+    expect(list).toEqual([{ id: 'CVE-2', cvssV3: 7.5 }]);
+    expect(invalid).toHaveLength(1);
+  });
+
+  it('should fail a device whose rows all are unreadable, not give it an empty list', async () => {
+    const invalid: InvalidRecord[] = [];
+    const call = fetchMachineVulnerabilities(
+      deps(
+        [
+          { id: 'CVE-1', cvssV3: 'high' },
+          { id: 'CVE-2', cvssV3: 11 },
+        ],
+        invalid,
+      ),
+      'm1',
+    );
+    await expect(call).rejects.toMatchObject({ code: DefenderErrorCode.UNREADABLE_RECORDS });
+    expect(invalid).toHaveLength(2);
+  });
+
+  it('should give an empty list for a device without vulnerabilities', async () => {
+    await expect(fetchMachineVulnerabilities(deps([], []), 'm1')).resolves.toEqual([]);
+  });
+});
