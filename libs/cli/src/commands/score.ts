@@ -14,7 +14,8 @@ Reads MDE machine records as NDJSON on stdin, one per line, each optionally with
 an array of MDE vulnerability records, or null/absent when they could not be fetched. A record whose
 cvssV3 is neither a number from 0 to 10, numeric text of one, nor null is skipped (named on stderr), as
 the pipeline skips it; a device none of whose records could be read has criticalCves missing. Writes one
-NDJSON result per device: deviceId, score, band, criticalScore, operationalScore, contributions, missing.
+NDJSON result per device: deviceId, score, band, criticalScore, operationalScore, contributions, missing,
+signals (each value scored and when the device reported it), profileHash.
 
   --profile FILE    the tenant's risk profile (JSON); default: the vendor's default profile
   --now ISO         the cycle's start, against which lastSeen is aged; default: now
