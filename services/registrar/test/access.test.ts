@@ -105,7 +105,11 @@ describe('createAccessChecker', () => {
     sim.setFaults(tenant.azureTenantId, { throttledCalls: 1, throttleRetryAfterSec: 2 });
     const { result, stoppedAtTimeLimit } = await checkWithin(tenant, 3_000);
     expect(stoppedAtTimeLimit).toBe(false);
-    expect(result).toMatchObject({ ok: false, machinesReadable: false, error: { code: 'DEFENDER_THROTTLED' } });
+    expect(result).toMatchObject({
+      ok: false,
+      machinesReadable: false,
+      error: { code: 'DEFENDER_THROTTLED' },
+    });
     expect(result.verdict).toBe(
       `FAIL: The Defender API throttled tenant ${tenant.azureTenantId} on /api/machines (429): it asks to wait 2 s`,
     );
