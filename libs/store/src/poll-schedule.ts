@@ -62,10 +62,11 @@ export interface PollScheduleStore {
   carryFailure(tenantId: string, fromRevision: number, toRevision: number): Promise<boolean>;
 }
 
-// KEYS[1] lease, KEYS[2] fence counter; ARGV: holder id, lease ms.
+// KEYS[1] lease, KEYS[2] fence counter; ARGV: holder id, lease ms, fence counter ttl ms.
 const ACQUIRE = `
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local fence = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local token = fence .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
 return token`;
@@ -91,6 +92,12 @@ if failed and failed >= tonumber(ARGV[1]) and failed < tonumber(ARGV[2]) then
 end
 return 1`;
 
+/**
+ * A tenant's fencing counter lasts this long after its last lease: far beyond any lease, so no holder of
+ * a token it gave is still at work when it restarts, and a deleted tenant's goes.
+ */
+const FENCE_TTL_MS = 30 * 24 * 60 * 60 * 1000;
+
 /** A schedule from its hash's fields (none: a tenant never polled). */
 function parseSchedule(fields: Record<string, string>): PollSchedule {
   const schedule: PollSchedule = { failures: Number(fields['failures'] ?? 0) };
@@ -104,7 +111,7 @@ function parseSchedule(fields: Record<string, string>): PollSchedule {
 
 /**
  * Per-tenant poll leases and schedules: `{prefix}poll-lease:{tenantId}` (string, PX), `{prefix}poll-fence:{tenantId}`
- * (counter) and `{prefix}poll-schedule:{tenantId}` (hash). Every write of the schedule is fenced by the lease.
+ * (counter, PX: `FENCE_TTL_MS` from the last lease) and `{prefix}poll-schedule:{tenantId}` (hash). Every write of the schedule is fenced by the lease.
  */
 export function createPollScheduleStore(redis: Redis, prefix: string): PollScheduleStore {
   const leaseKey = (tenantId: string): string => `${prefix}poll-lease:${tenantId}`;
@@ -132,6 +139,7 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
         fenceKey(tenantId),
         holderId,
         String(leaseMs),
+        String(FENCE_TTL_MS),
       );
       return typeof token === 'string' ? { tenantId, token } : null;
     },

@@ -83,15 +83,18 @@ export interface PublishedStore extends TenantDeletions, PublishedRebuild {
   get(tenantId: string, deviceId: string): Promise<PublishedDevice | null>;
   /**
    * Takes the right to send a cycle's summary for `ttlMs`. True for one caller at a time; false once the
-   * summary was sent. The cycle owes its summary from its claim (`CycleStore.claimPublication`) on.
+   * summary was sent, and then the cycle owes it no more (`summariesOwed` lists it no longer). The cycle
+   * owes its summary from its claim (`CycleStore.claimPublication`) on.
    */
   lockSummary(tenantId: string, cycleId: string, ttlMs: number): Promise<boolean>;
   /** Holds the summary lock `ttlMs` longer (a snapshot of a large fleet outlasts it); false when it lapsed. */
   renewSummaryLock(tenantId: string, cycleId: string, ttlMs: number): Promise<boolean>;
   /** Gives the summary lock back after a failed send, so a retry need not wait for it to lapse. */
   unlockSummary(tenantId: string, cycleId: string): Promise<void>;
-  /** The summary is on the topic: the cycle owes nothing any more. */
+  /** The summary is on the topic: the cycle owes nothing any more (its marker and owing it, written at once). */
   summarySent(tenantId: string, cycleId: string): Promise<void>;
+  /** The cycle owes its summary no more, unsent: nothing could tell what it was (its state has expired). */
+  dropOwedSummary(tenantId: string, cycleId: string): Promise<void>;
   /** Takes the tenant's lease for `lease.ttlMs`; false while another replica holds it. */
   takeTenantLease(lease: TenantLease): Promise<boolean>;
   /** Holds the tenant's lease `lease.ttlMs` longer; false when it lapsed. */
@@ -167,9 +170,13 @@ if #old > 0 then
 end
 return result`;
 
-// KEYS[1] sent marker, KEYS[2] lock; ARGV ttl ms.
+// KEYS[1] sent marker, KEYS[2] lock, KEYS[3] owed zset; ARGV ttl ms, the cycle's owed members. A sent
+// summary still listed as owed is taken out of the list.
 const LOCK_SUMMARY = `
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('ZREM', KEYS[3], ARGV[2], ARGV[3])
+  return 0
+end
 if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 0 end
 return 1`;
 
@@ -182,6 +189,12 @@ export const summariesOwedKey = (prefix: string): string => `${prefix}summaries-
 /** A cycle's member in the owed zset: what the sweep needs to send its summary. */
 export const owedSummary = (tenantId: string, cycleId: string, status: 'complete' | 'partial'): string =>
   JSON.stringify([tenantId, cycleId, status]);
+
+/** Every member a cycle may have in the owed zset: one per status it may have been claimed with. */
+const owedSummaries = (tenantId: string, cycleId: string): [string, string] => [
+  owedSummary(tenantId, cycleId, 'complete'),
+  owedSummary(tenantId, cycleId, 'partial'),
+];
 
 /** A tenant's lease (`TenantLease`); the cycle store's `recordBatch` gives it back. */
 export const tenantLeaseKey = (prefix: string, tenantId: string): string =>
@@ -308,10 +321,12 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     async lockSummary(tenantId, cycleId, ttlMs) {
       const locked = await redis.eval(
         LOCK_SUMMARY,
-        2,
+        3,
         sentKey(tenantId, cycleId),
         summaryLockKey(tenantId, cycleId),
+        owedKey,
         String(ttlMs),
+        ...owedSummaries(tenantId, cycleId),
       );
       return locked === 1;
     },
@@ -331,18 +346,18 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
       await releaseOwnedKey(redis, tenantLeaseKey(prefix, lease.tenantId), lease.holder);
     },
     async summarySent(tenantId, cycleId) {
-      const results = await redis
-        .multi()
-        .set(sentKey(tenantId, cycleId), '1', 'PX', SUMMARY_MARKER_TTL_MS)
-        .del(summaryLockKey(tenantId, cycleId))
-        .zrange(owedKey, 0, -1)
-        .exec();
-      const members = (results?.[2]?.[1] as string[] | undefined) ?? [];
-      const mine = members.filter((member) => {
-        const [t, c] = JSON.parse(member) as [string, string];
-        return t === tenantId && c === cycleId;
-      });
-      if (mine.length > 0) await redis.zrem(owedKey, ...mine);
+      // One transaction: a marker written without its owed entry taken out would leave the sweep a cycle to
+      // send again once the marker expires.
+      await replies(
+        redis
+          .multi()
+          .set(sentKey(tenantId, cycleId), '1', 'PX', SUMMARY_MARKER_TTL_MS)
+          .del(summaryLockKey(tenantId, cycleId))
+          .zrem(owedKey, ...owedSummaries(tenantId, cycleId)),
+      );
+    },
+    async dropOwedSummary(tenantId, cycleId) {
+      await redis.zrem(owedKey, ...owedSummaries(tenantId, cycleId));
     },
     async summariesOwed(before) {
       const members = await redis.zrangebyscore(owedKey, '-inf', before);

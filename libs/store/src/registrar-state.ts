@@ -42,24 +42,35 @@ export interface RegistrarStateStore {
   markRebuilt(at: Date): Promise<void>;
 }
 
-// KEYS[1] revision counter; ARGV: floor.
+// KEYS[1] revision counter; ARGV: floor, counter ttl ms.
 const NEXT_REVISION = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 local floor = tonumber(ARGV[1])
 local nextRevision = math.max(now, current + 1, floor + 1)
-redis.call('SET', KEYS[1], string.format('%.0f', nextRevision))
+redis.call('SET', KEYS[1], string.format('%.0f', nextRevision), 'PX', ARGV[2])
 return string.format('%.0f', nextRevision)`;
 
-// KEYS[1] counter; ARGV: value. Sets the counter to max(counter, value).
+// KEYS[1] counter; ARGV: value, and a ttl ms if it has one. Sets the counter to max(counter, value).
 const RAISE = `
 local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
+if tonumber(ARGV[1]) > current then
+  if ARGV[2] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) else redis.call('SET', KEYS[1], ARGV[1]) end
+end
 return 1`;
 
 /**
- * Keys: `{prefix}tenant-revision:{id}`, `{prefix}tenant-write-lock:{id}`, `{prefix}tenant-deleted:{id}`,
+ * A tenant's revision counter lasts this long after its last revision. Revisions follow Redis's clock, and a
+ * tenant's record is the floor of its next one: the counter only orders revisions within one clock tick, or
+ * a clock set back, so a tenant deleted this long ago needs it no more.
+ */
+const REVISION_TTL_MS = 30 * 24 * 60 * 60 * 1000;
+
+/**
+ * Keys: `{prefix}tenant-revision:{id}` (PX: `REVISION_TTL_MS` from its last revision),
+ * `{prefix}tenant-write-lock:{id}`, `{prefix}tenant-deleted:{id}` (kept: a deleted tenant's, while the
+ * generation it names is Director's last, stops that generation delivered again from registering it again),
  * `{prefix}director-generation`, `{prefix}tenants-rebuilt`.
  */
 export function createRegistrarStateStore(redis: Redis, prefix: string): RegistrarStateStore {
@@ -70,10 +81,12 @@ export function createRegistrarStateStore(redis: Redis, prefix: string): Registr
   const rebuiltKey = `${prefix}tenants-rebuilt`;
   return {
     async nextRevision(tenantId, floor = 0) {
-      return Number(await redis.eval(NEXT_REVISION, 1, revisionKey(tenantId), String(floor)));
+      return Number(
+        await redis.eval(NEXT_REVISION, 1, revisionKey(tenantId), String(floor), String(REVISION_TTL_MS)),
+      );
     },
     async observeRevision(tenantId, revision) {
-      await redis.eval(RAISE, 1, revisionKey(tenantId), String(revision));
+      await redis.eval(RAISE, 1, revisionKey(tenantId), String(revision), String(REVISION_TTL_MS));
     },
     async lastGeneration() {
       const value = await redis.get(generationKey);

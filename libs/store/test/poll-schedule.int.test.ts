@@ -29,6 +29,13 @@ describe('createPollScheduleStore', () => {
     expect(await store.renew(second!, 5_000)).toBe(true);
   });
 
+  it("acquire should let a tenant's fencing counter expire long after its last lease, as a deleted tenant's does", async () => {
+    const store = createPollScheduleStore(redis.client, redis.prefix);
+    await store.acquire('acme', 'a', 5_000);
+    const ttl = await redis.client.pttl(`${redis.prefix}poll-fence:acme`);
+    expect(ttl).toBeGreaterThan(7 * 24 * 60 * 60 * 1000);
+  });
+
   it('release should free the lease for the next holder', async () => {
     const store = createPollScheduleStore(redis.client, redis.prefix);
     const lease = await store.acquire('acme', 'a', 5_000);

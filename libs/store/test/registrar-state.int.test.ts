@@ -42,6 +42,22 @@ describe('createRegistrarStateStore', () => {
     expect(await store.nextRevision('acme')).toBeGreaterThan(before);
   });
 
+  it("nextRevision and observeRevision should let a tenant's counter expire long after its last revision, as a deleted tenant's does", async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    const week = 7 * 24 * 60 * 60 * 1000;
+    const ttl = () => redis.client.pttl(`${redis.prefix}tenant-revision:acme`);
+    const revision = await store.nextRevision('acme');
+    expect(await ttl()).toBeGreaterThan(week);
+    await redis.client.persist(`${redis.prefix}tenant-revision:acme`);
+    await store.observeRevision('acme', revision + 1);
+    expect(await ttl()).toBeGreaterThan(week);
+    // A generation and a deletion's generation stay: they are not the tenant's revision.
+    await store.observeGeneration(3);
+    await store.observeDeletion('acme', 3);
+    expect(await redis.client.pttl(`${redis.prefix}director-generation`)).toBe(-1);
+    expect(await redis.client.pttl(`${redis.prefix}tenant-deleted:acme`)).toBe(-1);
+  });
+
   it('observeGeneration should keep the highest generation', async () => {
     const store = createRegistrarStateStore(redis.client, redis.prefix);
     expect(await store.lastGeneration()).toBe(-1);

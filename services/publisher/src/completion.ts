@@ -473,9 +473,20 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       const owed = await deps.published.summariesOwed(now().getTime() - summaryLockMs);
       await sideBySide(owed, (summary) =>
         each(summary.tenantId, summary.cycleId, async () => {
-          const state = await deps.cycles.get(summary.tenantId, summary.cycleId);
-          const hint = { cycleStartedAt: state?.startedAt ?? now().toISOString() };
           const { tenantId, cycleId, status } = summary;
+          const state = await deps.cycles.get(tenantId, cycleId);
+          if (state === null) {
+            // Its keys expired (a day past its deadline): a summary now would give VMS a cycle start and
+            // counts it never had, and count an old cycle as the tenant's latest.
+            await deps.published.dropOwedSummary(tenantId, cycleId);
+            deps.logger.warn('cycle summary owed past the cycle it summed up, dropped unsent', {
+              tenantId,
+              cycleId,
+              status,
+            });
+            return false;
+          }
+          const hint = { cycleStartedAt: state.startedAt };
           return sendOwed(state, tenantId, cycleId, status, hint, withoutWaitingForRebuild());
         }),
       );

@@ -125,6 +125,8 @@ describe('the publisher', () => {
       summaryDelayMs?: number;
       /** Summary locks that fail as a Redis error would, after the claim. */
       failLocks?: number;
+      /** Sent summaries whose record writes the sent marker and then fails as a Redis error would. */
+      failAfterSentMarker?: number;
       /** Batches whose recording fails as a process killed before it would, after their records were sent. */
       failRecords?: number;
       /** Called once each send to vms.risk-scores is done, before the caller goes on. */
@@ -135,6 +137,7 @@ describe('the publisher', () => {
   ) {
     let failures = options.failSummaries ?? 0;
     let lockFailures = options.failLocks ?? 0;
+    let sentFailures = options.failAfterSentMarker ?? 0;
     let recordFailures = options.failRecords ?? 0;
     const publisher: Publisher = {
       send: async (topic, _contract, messages) => {
@@ -161,6 +164,15 @@ describe('the publisher', () => {
           throw new Error('Connection is closed.');
         }
         return store.lockSummary(...args);
+      },
+      summarySent: async (tenantId, cycleId) => {
+        if (sentFailures > 0) {
+          sentFailures--;
+          await redis.client.set(sentMarker(tenantId, cycleId), '1');
+          await redis.client.del(`${redis.prefix}summary-lock:${tenantId}:${cycleId}`);
+          throw new Error('Connection is closed.');
+        }
+        return store.summarySent(tenantId, cycleId);
       },
     };
     const metrics = new Registry({ processMetrics: false });
@@ -246,6 +258,11 @@ describe('the publisher', () => {
       );
     return { handler: handle, completion, cycles, begin, metrics, deleteTenant, rebuild };
   }
+
+  /** A cycle's sent summary's marker (it expires two days after the send). */
+  const sentMarker = (tenantId: string, cycleId: string): string =>
+    `${redis.prefix}summary-sent:${tenantId}:${cycleId}`;
+  const owed = () => createPublishedStore(redis.client, redis.prefix).summariesOwed(Number.MAX_SAFE_INTEGER);
 
   const summaries = (): VmsRiskSummary[] =>
     sent.filter((m) => m.topic === topics.vmsRiskSummary).map((m) => m.value as VmsRiskSummary);
@@ -636,6 +653,43 @@ describe('the publisher', () => {
     expect(await completion.closeOverdue()).toBe(1);
     expect(summaries()).toHaveLength(1);
     expect(summaries()[0]).toMatchObject({ status: 'partial', devices: { scored: 1 } });
+  });
+
+  it('closeOverdue should drop an owed summary that was sent, and never send it again once its sent marker expires', async () => {
+    const { handler, begin, completion } = build({ failAfterSentMarker: 1 });
+    await begin(1);
+    // Sent, its marker written, and still listed as owed: Redis failed (or the publisher died) right after.
+    await expect(handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')], 1))).rejects.toThrow(
+      'Connection is closed.',
+    );
+    expect(summaries()).toHaveLength(1);
+    now = new Date(minute(20));
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(await owed()).toEqual([]);
+    // Two days on, the marker has expired: the cycle's summary is not sent a second time.
+    await redis.client.del(sentMarker('t1', 'c1'));
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(summaries()).toHaveLength(1);
+  });
+
+  it('closeOverdue should drop, not send, an owed summary whose cycle has expired, and say which', async () => {
+    const lines: LogLine[] = [];
+    const { handler, begin, completion } = build({
+      failSummaries: 1,
+      completionLogger: capturingLogger(lines),
+    });
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    now = new Date(minute(16));
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(await owed()).toEqual([{ tenantId: 't1', cycleId: 'c1', status: 'partial' }]);
+    // Its keys expire a day after its deadline: what it started at and what it scored are gone.
+    await redis.client.del(`${redis.prefix}cycle:t1:c1`, `${redis.prefix}cycle-batches:t1:c1`);
+    now = new Date(minute(17));
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(summaries()).toEqual([]);
+    expect(await owed()).toEqual([]);
+    expect(lines).toContainEqual(expect.objectContaining({ level: 'warn', tenantId: 't1', cycleId: 'c1' }));
   });
 
   it.each(['owed', 'overdue'] as const)(
