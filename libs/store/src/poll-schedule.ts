@@ -44,7 +44,8 @@ export interface PollScheduleStore {
   begin(lease: PollLease, cycleId: string, startedAt: number): Promise<boolean>;
   /**
    * Records a cycle's end, fenced: clears the running cycle, sets the failure count, the backoff
-   * (`notBefore` null clears it) and the early retry (`retryAt`, cleared when left out or null).
+   * (`notBefore` null clears it) and the early retry (`retryAt`, cleared when left out or null). A schedule
+   * cleared since the cycle began (`clear`) is left cleared.
    */
   end(
     lease: PollLease,
@@ -71,10 +72,12 @@ local token = fence .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
 return token`;
 
-// KEYS[1] lease, KEYS[2] schedule hash; ARGV: token, then field/value pairs to set, '--', fields to delete.
+// KEYS[1] lease, KEYS[2] schedule hash; ARGV: token, '1' to write only a schedule that exists (else '0'), then
+// field/value pairs to set, '--', fields to delete.
 const FENCED_WRITE = `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local i = 2
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then return 1 end
+local i = 3
 while ARGV[i] ~= '--' do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -118,8 +121,14 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
   const fenceKey = (tenantId: string): string => `${prefix}poll-fence:${tenantId}`;
   const scheduleKey = (tenantId: string): string => `${prefix}poll-schedule:${tenantId}`;
 
-  async function fencedWrite(lease: PollLease, set: Record<string, string>, del: string[]): Promise<boolean> {
-    const args = [lease.token, ...Object.entries(set).flat(), '--', ...del];
+  /** Writes the schedule under the lease; with `existing`, only a schedule there is (see `end`). */
+  async function fencedWrite(
+    lease: PollLease,
+    set: Record<string, string>,
+    del: string[],
+    existing = false,
+  ): Promise<boolean> {
+    const args = [lease.token, existing ? '1' : '0', ...Object.entries(set).flat(), '--', ...del];
     const written = await redis.eval(
       FENCED_WRITE,
       2,
@@ -177,7 +186,10 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
       else set['failedRevision'] = String(outcome.failedRevision);
       if (outcome.retryAt === undefined || outcome.retryAt === null) del.push('retryAt');
       else set['retryAt'] = String(outcome.retryAt);
-      return fencedWrite(lease, set, del);
+      // Its `begin` wrote the schedule: gone since, the registrar cleared it (the tenant disabled or deleted
+      // during the cycle), and writing the end back would leave a deleted tenant's schedule for ever and
+      // a disabled one's backoff to its re-enabling.
+      return fencedWrite(lease, set, del, true);
     },
     async clear(tenantId) {
       await redis.del(scheduleKey(tenantId));

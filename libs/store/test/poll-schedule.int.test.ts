@@ -63,6 +63,16 @@ describe('createPollScheduleStore', () => {
     expect(await store.get('acme')).toEqual({ failures: 0 });
   });
 
+  it('end should write nothing back to a schedule cleared during the cycle (its tenant disabled or deleted)', async () => {
+    const store = createPollScheduleStore(redis.client, redis.prefix);
+    const lease = (await store.acquire('acme', 'a', 5_000))!;
+    expect(await store.begin(lease, 'acme-1', 1_000)).toBe(true);
+    // The registrar deletes the tenant while its cycle runs; the cycle then fails and ends.
+    await store.clear('acme');
+    expect(await store.end(lease, { failures: 1, notBefore: 9_000, failedRevision: 7 })).toBe(true);
+    expect(await redis.client.exists(`${redis.prefix}poll-schedule:acme`)).toBe(0);
+  });
+
   it('getMany should read the schedules of many tenants, a tenant never polled with none', async () => {
     const store = createPollScheduleStore(redis.client, redis.prefix);
     const tenantIds = Array.from({ length: 1500 }, (_, i) => `tenant-${i}`);
