@@ -113,6 +113,17 @@ describe('toDeadLetter', () => {
       failedAt: '2026-01-01T00:00:00.000Z',
     });
   });
+
+  it('should redact a secret its reason quotes: JSON inside a JSON string, a token request, a bearer token', () => {
+    const quoted = JSON.stringify(JSON.stringify({ clientId: 'c1', clientSecret: 'Zx9~real-secret' }));
+    const reason =
+      `handler failed on ${quoted}; token request client_secret=Zx9~real-secret&grant_type=client_credentials ` +
+      'answered 401 to Authorization: Bearer Zx9~real-bearer-token-value';
+    const message = { service: 's', topic: 't', partition: 0, offset: '1', key: null, value: null };
+    const letter = toDeadLetter(message, new UrsError('HANDLER_FAILED', reason));
+    expect(letter.error.message).not.toContain('Zx9');
+    expect(letter.error.message).toContain('grant_type=client_credentials');
+  });
 });
 
 /** A JSON object whose `x` nests `depth` arrays: a few KB that no recursive walk gets to the bottom of. */

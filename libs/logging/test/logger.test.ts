@@ -1,5 +1,5 @@
 import { PassThrough } from 'node:stream';
-import { createLogger, redact } from '@urs/logging';
+import { createLogger, redact, redactText } from '@urs/logging';
 
 function capture(): { stream: PassThrough; lines: () => Record<string, unknown>[] } {
   const stream = new PassThrough();
@@ -92,5 +92,105 @@ describe('redact', () => {
     const a: Record<string, unknown> = { name: 'a' };
     a.self = a;
     expect(redact(a)).toEqual({ name: 'a', self: '[circular]' });
+  });
+
+  it('should redact a key naming a secret however it is spelled, and keep a key naming a fact about one', () => {
+    const headers = {
+      client_secret: 's1',
+      'Client-Secret': 's2',
+      clientSecret: 's3',
+      'x-ms-token-aad-access-token': 's4',
+      'x-ms-token-aad-refresh-token': 's5',
+      refreshToken: 's6',
+      id_token: 's7',
+      client_assertion: 's8',
+      'Proxy-Authorization': 's9',
+      Cookie: 's10',
+      apiTokens: ['s11'],
+      'x-api-key': 's12',
+    };
+    const kept = {
+      secretName: 'kv-name',
+      clientSecretKeyId: 'k1',
+      clientSecretSet: true,
+      client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
+      tokenIssued: true,
+      'x-ms-client-request-id': 'r1',
+    };
+    const redacted = redact({ ...headers, ...kept }) as Record<string, unknown>;
+    for (const key of Object.keys(headers)) expect([key, redacted[key]]).toEqual([key, '[redacted]']);
+    expect(redacted).toMatchObject(kept);
+  });
+});
+
+describe('redactText', () => {
+  it('should redact a secret field of JSON quoted inside a string, at any depth of escaping', () => {
+    const inner = JSON.stringify({ clientId: 'c1', clientSecret: 'Sup3r"s3cret\\' });
+    const once = JSON.stringify({ reason: `cannot register ${inner}` });
+    const twice = JSON.stringify({ payload: once });
+    for (const text of [inner, once, twice]) {
+      const redacted = redactText(text);
+      expect(redacted).not.toMatch(/Sup3r|s3cret/);
+      expect(redacted).toContain('c1');
+    }
+    expect(JSON.parse(JSON.parse(redactText(twice)).payload)).toEqual({
+      reason: 'cannot register {"clientId":"c1","clientSecret":"[redacted]"}',
+    });
+    expect(redactText('bad value {\\"password\\": \\"hunter2')).toBe(
+      'bad value {\\"password\\": \\"[redacted]',
+    );
+  });
+
+  it('should redact the secrets of a form-encoded token request and keep its other fields', () => {
+    const body =
+      'client_id=c1&client_secret=Sup3r%2Bs3cret&client_assertion=eyJx.eyJy.zz&password=hunter2&grant_type=client_credentials';
+    expect(redactText(`token request failed: ${body}`)).toBe(
+      'token request failed: client_id=c1&client_secret=[redacted]&client_assertion=[redacted]' +
+        '&password=[redacted]&grant_type=client_credentials',
+    );
+    expect(redactText('GET /cb?code=1&refresh_token=r3fr3sh HTTP/1.1')).toBe(
+      'GET /cb?code=1&refresh_token=[redacted] HTTP/1.1',
+    );
+  });
+
+  it('should redact bearer tokens, authorization headers and bare JWTs in free text', () => {
+    const jwt = 'eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2FwaSJ9.c2lnbmF0dXJlLXBhcnQ';
+    expect(redactText(`POST /api\r\nAuthorization: Bearer ${jwt}\r\nHost: x`)).toBe(
+      'POST /api\r\nAuthorization: Bearer [redacted]\r\nHost: x',
+    );
+    expect(redactText('called with Bearer 0123456789abcdef-opaque, denied')).toBe(
+      'called with Bearer [redacted], denied',
+    );
+    expect(redactText('authorization: Basic dXNlcjpwYXNzd29yZA==')).toBe('authorization: Basic [redacted]');
+    expect(redactText(`the token ${jwt} has expired`)).toBe('the token [redacted] has expired');
+  });
+
+  it('should keep text that only speaks of secrets', () => {
+    for (const text of [
+      'a valid bearer token is required (Authorization: Bearer <token>)',
+      'the stored clientSecret of tenant acme cannot be opened: PUT the clientSecret again',
+      '{"secretName": "kv-urs", "clientSecretKeyId": "k1", "tokenIssued": true}',
+      'the client_secret field must be set; see https://x.test/?a=1&b=2',
+    ]) {
+      expect(redactText(text)).toBe(text);
+    }
+  });
+
+  it('should take text of a megabyte shaped to make a matcher backtrack', () => {
+    const mb = 1024 * 1024;
+    const inputs = [
+      '\\'.repeat(mb),
+      '"'.repeat(mb),
+      '\\"a\\": '.repeat(mb / 8),
+      '"password": "'.repeat(mb / 13),
+      '-eyJ'.repeat(mb / 4),
+      'eyJ.'.repeat(mb / 4),
+      'bearer '.repeat(mb / 7),
+      'a'.repeat(mb) + '=',
+      'authorization: '.repeat(mb / 15),
+      ' '.repeat(mb) + '"a"',
+    ];
+    for (const text of inputs) expect(redactText(text).length).toBeGreaterThan(0);
+    expect(redactText(`{"clientSecret": "${'x'.repeat(mb)}"}`)).toBe('{"clientSecret": "[redacted]"}');
   });
 });

@@ -1,4 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
+import { redactText } from '@urs/logging';
 
 export type HttpMethod = 'GET' | 'PUT' | 'POST' | 'DELETE';
 
@@ -43,7 +44,11 @@ export interface Violation {
   rule: string;
 }
 
-/** An answer that is an error: `{error: {code, message, violations?}}` with this status. */
+/**
+ * An answer that is an error: `{error: {code, message, violations?}}` with this status. Its message goes out
+ * through `redactText`: it may quote text from elsewhere (a stored refusal, a sealer's reason) that carries
+ * a secret.
+ */
 export class ApiError extends Error {
   constructor(
     readonly status: number,
@@ -60,7 +65,7 @@ export class ApiError extends Error {
     return {
       error: {
         code: this.code,
-        message: this.message,
+        message: redactText(this.message),
         ...(this.violations.length > 0 ? { violations: this.violations } : {}),
       },
     };
