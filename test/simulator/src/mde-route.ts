@@ -14,7 +14,7 @@ import type { QuotaKind } from './quota';
 import type { Rng } from './rng';
 import type { FaultSpec, FiveXxBody, RetryAfterStyle, TenantState } from './state';
 import type { StatsTracker } from './tracker';
-import { MDE_AUDIENCES, type AccessClaims, type TokenSigner } from './tokens';
+import { API_AUDIENCES, type AccessClaims, type TokenSigner } from './tokens';
 import { exportFilesList, type SasSigner } from './tvmexport';
 
 export interface MdeRouteDeps {
@@ -89,7 +89,7 @@ export function createMdeRoute(
     if (!header || !/^Bearer /i.test(header))
       return mdeError(401, 'Unauthorized', 'Unauthorized (missing authorization header).');
     const claims = signer.verify(header.slice(7).trim());
-    if (!claims || !MDE_AUDIENCES.has(claims.aud))
+    if (!claims || !API_AUDIENCES.has(claims.aud))
       return mdeError(401, 'Unauthorized', 'Unauthorized (invalid authorization header).');
     if (claims.exp <= Math.floor(Date.now() / 1000))
       return mdeError(401, 'Unauthorized', 'Unauthorized (expired authorization header).');
