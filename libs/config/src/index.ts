@@ -17,6 +17,7 @@ export {
   redisConfig,
   secretKeyConfig,
   defenderOverrides,
+  readDefenderScope,
   defenderSettings,
   consumerSettings,
   serviceConfig,

@@ -152,10 +152,18 @@ export interface DefenderOverrides {
 }
 
 /**
- * A client-credentials scope: a resource's URI followed by `/.default`, the only form Entra accepts for the
- * flow. Anything else would fail every sign-in of the cloud's tenants, so it stops the start instead.
+ * Microsoft 365 Defender's (the Microsoft Threat Protection app's) resource URI. Entra issues tokens for it,
+ * but the Defender for Endpoint roles (Machine.Read.All, Vulnerability.Read.All) are WindowsDefenderATP's
+ * permissions, not its: its tokens carry none of them, and every MDE call made with one is refused 403.
  */
-function readScope(env: Env, name: string): string {
+const THREAT_PROTECTION_RESOURCE = 'https://api.security.microsoft.com';
+
+/**
+ * A client-credentials scope: a resource's URI followed by `/.default`, the only form Entra accepts for the
+ * flow, naming a resource whose tokens can carry the Defender for Endpoint roles. Anything else would fail
+ * every sign-in or call of the tenants it applies to, so it stops the start instead.
+ */
+export function readDefenderScope(env: Env, name: string): string {
   const value = readString(env, name);
   const resource = value.endsWith('/.default') ? value.slice(0, -'/.default'.length) : '';
   let valid = resource !== '' && !/\s/.test(value);
@@ -170,6 +178,14 @@ function readScope(env: Env, name: string): string {
       'must be a resource URI followed by /.default, e.g. ' +
         `https://api-gov.securitycenter.microsoft.us/.default (got "${value}")`,
     );
+  // Entra reads the resource URI without its trailing slashes and in any case.
+  if (resource.replace(/\/+$/, '').toLowerCase() === THREAT_PROTECTION_RESOURCE)
+    throw new ConfigError(
+      name,
+      "must name the Defender for Endpoint API's resource (WindowsDefenderATP), not " +
+        `${THREAT_PROTECTION_RESOURCE}, Microsoft 365 Defender's, whose tokens carry none of its roles ` +
+        `(Machine.Read.All, Vulnerability.Read.All), so every call would be refused 403 (got "${value}")`,
+    );
   return value;
 }
 
@@ -183,7 +199,7 @@ export function defenderOverrides(env: Env): DefenderOverrides {
   }
   const scopes: Partial<Record<GovernmentCloud, string>> = {};
   for (const [cloud, variable] of Object.entries(SCOPE_VARIABLES) as [GovernmentCloud, string][]) {
-    if (readOptionalString(env, variable) !== undefined) scopes[cloud] = readScope(env, variable);
+    if (readOptionalString(env, variable) !== undefined) scopes[cloud] = readDefenderScope(env, variable);
   }
   if (Object.keys(scopes).length > 0) overrides.scopes = scopes;
   return overrides;

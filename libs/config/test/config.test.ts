@@ -388,6 +388,20 @@ describe('defenderSettings', () => {
     );
   });
 
+  it.each(['https://api.security.microsoft.com/.default', 'https://API.Security.Microsoft.com//.default'])(
+    'defenderSettings should refuse Microsoft 365 Defender’s scope %j, naming the variable and the rule',
+    (value) => {
+      expect(() => defenderSettings({ URS_DEFENDER_SCOPE_GCC: value })).toThrow(
+        expect.objectContaining({
+          details: { variable: 'URS_DEFENDER_SCOPE_GCC' },
+          message: expect.stringMatching(
+            /^URS_DEFENDER_SCOPE_GCC must name the Defender for Endpoint API's resource \(WindowsDefenderATP\), not https:\/\/api\.security\.microsoft\.com/,
+          ),
+        }),
+      );
+    },
+  );
+
   it('defenderSettings should refuse a URS_DEFENDER_CA_FILE that is missing or holds no PEM, naming it', () => {
     expect(() => defenderSettings({ URS_DEFENDER_CA_FILE: join(dir, 'absent.pem') })).toThrow(
       /^URS_DEFENDER_CA_FILE names .*absent\.pem, which does not exist$/,

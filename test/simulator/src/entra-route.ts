@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { handleJwks, handleOpenIdConfiguration, handleToken, sendAadError, type EntraDeps } from './entra';
-import { WILDCARD, type FaultInjector } from './fault-injector';
+import { faultsFor, type FaultInjector } from './fault-injector';
 import type { FaultSpec, TenantState } from './state';
 
 export interface EntraRouteDeps {
@@ -24,7 +24,7 @@ export function createEntraRoute(
   deps: EntraRouteDeps,
 ): (req: IncomingMessage, res: ServerResponse, url: URL) => Promise<boolean> {
   const { tenants, faults, entra, delay, count, enterTenant } = deps;
-  const { roll, fault, injectTransportFault } = deps.injector;
+  const { roll, fault, injectTransportFault, takeCounted } = deps.injector;
 
   async function handleEntra(req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean> {
     const segments = url.pathname.split('/').filter((s) => s.length > 0);
@@ -45,8 +45,8 @@ export function createEntraRoute(
     count(kind === 'tokenV1' ? 'token' : kind, tenant?.id, res);
     if (tenant) enterTenant(res, tenant.id);
     await delay();
+    const f = faultsFor(faults, tenant?.id);
     if (kind === 'token' || kind === 'tokenV1') {
-      const f = (tenant && faults.get(tenant.id)) ?? faults.get(WILDCARD);
       if (f?.tokenEndpoint && injectTransportFault(req, res, { ...f, slowBodyRate: 0 })) return true;
       if (f?.tokenEndpoint && roll(f.status5xxRate)) {
         fault('5xx');
@@ -63,9 +63,7 @@ export function createEntraRoute(
       }
     }
     if (kind === 'openid') {
-      const f = tenant && faults.get(tenant.id);
-      if (f?.openIdFailures) {
-        f.openIdFailures--;
+      if (tenant && f && takeCounted(f, 'openIdFailures', tenant.id)) {
         fault('openIdReset');
         req.socket.destroy();
         return true;

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { readBody, sendJson } from './http';
 import type { TenantState } from './state';
-import { MDE_AUDIENCES, type TokenSigner } from './tokens';
+import { API_AUDIENCES, MDE_AUDIENCES, type TokenSigner } from './tokens';
 
 // Microsoft Entra ID (login.microsoftonline.com) as msal-node / @azure/identity use it for the
 // client-credentials flow: tenant discovery metadata, JWKS, v2 and v1 token endpoints, and the
@@ -279,7 +279,7 @@ export async function handleToken(
     resource = r;
   }
   const normalised = resource.replace(/\/+$/, '').toLowerCase();
-  if (!MDE_AUDIENCES.has(normalised) || !tenant.defenderProvisioned) {
+  if (!API_AUDIENCES.has(normalised) || !tenant.defenderProvisioned) {
     return fail(
       400,
       'invalid_resource',
@@ -289,7 +289,9 @@ export async function handleToken(
   }
 
   const lifetime = deps.tokenLifetimeSec();
-  const accessToken = deps.signer.issue(tenant.id, app.clientId, normalised, app.roles, lifetime);
+  // The app's roles are WindowsDefenderATP's: a token for another resource carries none of them.
+  const roles = MDE_AUDIENCES.has(normalised) ? app.roles : [];
+  const accessToken = deps.signer.issue(tenant.id, app.clientId, normalised, roles, lifetime);
   const headers = {
     'Cache-Control': 'no-store, no-cache',
     Pragma: 'no-cache',

@@ -1,5 +1,5 @@
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
-import { WILDCARD, type FaultInjector } from './fault-injector';
+import { faultsFor, type FaultInjector } from './fault-injector';
 import { acceptsGzip } from './http';
 import {
   bulkVulnerabilities,
@@ -14,7 +14,7 @@ import type { QuotaKind } from './quota';
 import type { Rng } from './rng';
 import type { FaultSpec, FiveXxBody, RetryAfterStyle, TenantState } from './state';
 import type { StatsTracker } from './tracker';
-import { MDE_AUDIENCES, type AccessClaims, type TokenSigner } from './tokens';
+import { API_AUDIENCES, type AccessClaims, type TokenSigner } from './tokens';
 import { exportFilesList, type SasSigner } from './tvmexport';
 
 export interface MdeRouteDeps {
@@ -81,7 +81,7 @@ export function createMdeRoute(
   deps: MdeRouteDeps,
 ): (req: IncomingMessage, res: ServerResponse, url: URL) => Promise<void> {
   const { tenants, faults, signer, sas, tracker, rng, delay, count, enterTenant } = deps;
-  const { roll, fault, injectTransportFault } = deps.injector;
+  const { roll, fault, injectTransportFault, takeCounted } = deps.injector;
 
   /** Validates the bearer token like MDE: 401 when missing, forged or expired. */
   const authenticate = (req: IncomingMessage): AccessClaims | Reply => {
@@ -89,7 +89,7 @@ export function createMdeRoute(
     if (!header || !/^Bearer /i.test(header))
       return mdeError(401, 'Unauthorized', 'Unauthorized (missing authorization header).');
     const claims = signer.verify(header.slice(7).trim());
-    if (!claims || !MDE_AUDIENCES.has(claims.aud))
+    if (!claims || !API_AUDIENCES.has(claims.aud))
       return mdeError(401, 'Unauthorized', 'Unauthorized (invalid authorization header).');
     if (claims.exp <= Math.floor(Date.now() / 1000))
       return mdeError(401, 'Unauthorized', 'Unauthorized (expired authorization header).');
@@ -141,7 +141,7 @@ export function createMdeRoute(
     count(kind, tenantId, res);
     enterTenant(res, tenantId);
     await delay();
-    const f = faults.get(tenantId) ?? faults.get(WILDCARD) ?? {};
+    const f = faultsFor(faults, tenantId) ?? {};
     const gzip = f.gzip === true && acceptsGzip(req);
     // Counted as a fault, so a test can tell its client's answers were gzipped.
     if (gzip) fault('gzip');
@@ -178,8 +178,7 @@ export function createMdeRoute(
         false,
         gzip,
       );
-    if (f.throttledCalls) {
-      f.throttledCalls--;
+    if (takeCounted(f, 'throttledCalls', tenantId)) {
       fault('throttled');
       throttle(f.throttleRetryAfterSec ?? 1);
       return;

@@ -174,7 +174,10 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     },
     setFaults(id, spec) {
       const valid = validateFaults(spec);
-      faults.set(id === WILDCARD ? WILDCARD : id.toLowerCase(), valid);
+      const key = id === WILDCARD ? WILDCARD : id.toLowerCase();
+      // No setting at all clears the tenant's own, so the WILDCARD one applies to it again.
+      if (Object.keys(valid).length === 0) faults.delete(key);
+      else faults.set(key, valid);
     },
     setLatency(l) {
       latency = validateLatency(l);

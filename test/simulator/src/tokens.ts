@@ -13,17 +13,28 @@ import {
 
 export const MDE_RESOURCE = 'https://api.securitycenter.microsoft.com';
 /**
- * Audiences MDE accepts; both scopes the docs show map to the same resource. The US Government clouds'
- * resources (the API hosts' URIs, what the client asks for by default in GCC and GCC High/DoD) are accepted
- * too, so a tenant of those clouds reads the simulator as a commercial one does.
+ * The WindowsDefenderATP resource's URIs, whose tokens carry the app's Defender for Endpoint roles
+ * (Machine.Read.All, Vulnerability.Read.All, …): the two scopes Microsoft's docs show, and the US Government
+ * clouds' API hosts. Microsoft documents no token scope for GCC, GCC High or DoD: those two URIs are the
+ * client's own reading of its docs (the API host's URI, as in commercial), what it asks for by default. The
+ * simulator issuing them shows only that the client asks for what it means to, not that Entra issues them.
  */
 export const MDE_AUDIENCES = new Set([
   MDE_RESOURCE,
   'https://securitycenter.onmicrosoft.com/windowsatpservice',
-  'https://api.security.microsoft.com',
   'https://api-gcc.securitycenter.microsoft.us',
   'https://api-gov.securitycenter.microsoft.us',
 ]);
+
+/**
+ * Microsoft 365 Defender's (the Microsoft Threat Protection app's) URI. Entra issues tokens for it and the API
+ * hosts take them, but the Defender for Endpoint roles are WindowsDefenderATP's, not its: its tokens carry
+ * none of them, so every MDE call made with one is refused 403.
+ */
+export const THREAT_PROTECTION_RESOURCE = 'https://api.security.microsoft.com';
+
+/** The audiences the MDE API takes a token for: WindowsDefenderATP's and Microsoft 365 Defender's. */
+export const API_AUDIENCES = new Set([...MDE_AUDIENCES, THREAT_PROTECTION_RESOURCE]);
 
 export interface AccessClaims {
   aud: string;

@@ -117,6 +117,17 @@ describe('Entra ID simulation', () => {
     expect(v1.json.expires_in).toBe('120');
   });
 
+  test('token for Microsoft 365 Defender (api.security.microsoft.com) should carry no Defender for Endpoint roles, so the API answers 403', async () => {
+    const reply = await token({ ...valid, scope: 'https://api.security.microsoft.com/.default' });
+    expect(reply.status).toBe(200);
+    const claims = decodeJwt(reply.json.access_token);
+    expect(claims.aud).toBe('https://api.security.microsoft.com');
+    expect(claims.roles).toBeUndefined();
+    const machines = await request(sim, '/api/machines?$top=1', { token: reply.json.access_token });
+    expect(machines.status).toBe(403);
+    expect(machines.json.error.code).toBe('Forbidden');
+  });
+
   test('token should accept the US Government scopes, and the API the tokens it issues for them', async () => {
     for (const resource of [
       'https://api-gcc.securitycenter.microsoft.us',

@@ -23,7 +23,10 @@ describe('fault injection', () => {
     token = await getToken(sim);
   });
 
-  afterEach(() => sim.setFaults(TENANT, {}));
+  afterEach(() => {
+    sim.setFaults(TENANT, {});
+    sim.setFaults('*', {});
+  });
   afterAll(() => sim.close());
 
   test('status5xxRate should answer 500 or 503 with the MDE error body, for that tenant only', async () => {
@@ -66,6 +69,41 @@ describe('fault injection', () => {
       await other.close();
     }
     await expect(pending).rejects.toThrow(/socket hang up|ECONNRESET/);
+  });
+
+  test("openIdFailures set for '*' should reset the next n metadata requests of each tenant without its own", async () => {
+    sim.setFaults('*', { openIdFailures: 1 });
+    const metadata = (tenant: string) => request(sim, `/${tenant}/v2.0/.well-known/openid-configuration`);
+    for (const tenant of [TENANT, CALM_TENANT]) {
+      await expect(metadata(tenant)).rejects.toThrow(/socket hang up|ECONNRESET/);
+      expect((await metadata(tenant)).status).toBe(200);
+    }
+  });
+
+  test("a tenant's faults cleared with {} should give way to '*' again", async () => {
+    sim.setFaults(TENANT, { status5xxRate: 1 });
+    sim.setFaults(TENANT, {});
+    sim.setFaults('*', { malformedRate: 1 });
+    const reply = await request(sim, '/api/machines?$top=1', { token });
+    expect(reply.status).toBe(200);
+    expect(() => JSON.parse(reply.text)).toThrow();
+  });
+
+  test("throttledCalls set for '*' should answer each tenant's next n calls 429, counted per tenant", async () => {
+    const calm = await getToken(sim, CALM_TENANT);
+    sim.setFaults('*', { throttledCalls: 1 });
+    expect((await request(sim, '/api/machines?$top=1', { token })).status).toBe(429);
+    expect((await request(sim, '/api/machines?$top=1', { token: calm })).status).toBe(429);
+    expect((await request(sim, '/api/machines?$top=1', { token })).status).toBe(200);
+    expect((await request(sim, '/api/machines?$top=1', { token: calm })).status).toBe(200);
+  });
+
+  test("a counted fault set again for '*' should count from n again", async () => {
+    sim.setFaults('*', { throttledCalls: 1 });
+    expect((await request(sim, '/api/machines?$top=1', { token })).status).toBe(429);
+    sim.setFaults('*', { throttledCalls: 1 });
+    expect((await request(sim, '/api/machines?$top=1', { token })).status).toBe(429);
+    expect((await request(sim, '/api/machines?$top=1', { token })).status).toBe(200);
   });
 
   test('malformedRate should answer 200 with JSON that does not parse', async () => {

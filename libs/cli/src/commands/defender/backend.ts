@@ -1,5 +1,12 @@
 import type { Agent } from 'node:https';
-import { defenderOverrides, defenderSettings, readPemFile, redisConfig } from '@urs/config';
+import {
+  defenderOverrides,
+  defenderSettings,
+  readDefenderScope,
+  readOptionalString,
+  readPemFile,
+  redisConfig,
+} from '@urs/config';
 import {
   type CallLimiter,
   type DefenderEndpointOverrides,
@@ -39,7 +46,8 @@ export async function openBackend(
   warn: (line: string) => void,
 ): Promise<Backend> {
   const overrides: DefenderEndpointOverrides = { ...defenderOverrides(env) };
-  if (env.URS_DEFENDER_SCOPE) overrides.scope = env.URS_DEFENDER_SCOPE;
+  if (readOptionalString(env, 'URS_DEFENDER_SCOPE') !== undefined)
+    overrides.scope = readDefenderScope(env, 'URS_DEFENDER_SCOPE');
   // URS_DEFENDER_CA_FILE: a PEM file of an extra CA to trust besides the system ones (the simulator's).
   // NODE_EXTRA_CA_CERTS does the same for a whole process; this variable also works when the command runs
   // inside another process (tests).
