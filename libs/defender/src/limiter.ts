@@ -2,6 +2,7 @@ import Bottleneck from 'bottleneck';
 import type { Redis } from 'ioredis';
 import type { Logger } from '@urs/logging';
 import { closeRedis } from '@urs/store';
+import type { Registry } from '@urs/telemetry';
 import { withSlotHandOff, type SlotHandOffOptions } from './handoff';
 
 /** The slots of MDE calls in flight. */
@@ -54,6 +55,16 @@ export interface SharedLimiterOptions {
    * before the loss keeps serving calls for up to `maxLeaseMs` beside the slots handed out afresh.
    */
   handOff?: SlotHandOffOptions;
+  /**
+   * Join the limiter with the settings stored in Redis and never write them (the CLI): a run without the
+   * deployment's `maxConcurrent` would otherwise set every process's limit to its own. Unset (the services),
+   * the limiter writes its `maxConcurrent`, with a warning when that changes the stored one.
+   */
+  joinStoredSettings?: boolean;
+  /** How often the shared running count is checked against the jobs it counts, in milliseconds. Default 5000. */
+  reconcileEveryMs?: number;
+  /** Where the gauges of the shared slots go (`urs_defender_slots_running`, `urs_defender_slots_max`). */
+  metrics?: Registry;
   logger: Logger;
 }
 
@@ -136,6 +147,107 @@ export function logConnectionErrors(connection: ConnectionErrors, logger: Logger
     });
 }
 
+/**
+ * Fails the commands a connection had sent when it closed, rather than send them again on the next one
+ * (ioredis's `autoResendUnfulfilledCommands`, on by default). Redis may have run a command whose reply was
+ * lost, and Bottleneck's scripts do not check for that: a `register` run twice counts its job twice while
+ * `free` gives back one, a slot lost for good. Failed, the script is what README's "Redis refuses writes"
+ * describes: a `register` that ran holds its slot until its job expiration and the job waits for the next
+ * heartbeat, a `free` holds its slot until the expiration, a `submit` fails its call. Without the re-send
+ * ioredis drops those commands and their promises never settle (with `maxRetriesPerRequest: null`), which
+ * would stop the limiter's register lock for good; so they are failed here, as the connection closes.
+ */
+export function failUnansweredCommands(redis: Redis): void {
+  redis.options.autoResendUnfulfilledCommands = false;
+  // ioredis emits `close` on the tick after its own close handler, which kept the commands sent (its
+  // `commandQueue`) to send again; the next connection, at least one retry delay later, starts a new queue.
+  redis.on('close', () => {
+    for (let item = redis.commandQueue.shift(); item !== undefined; item = redis.commandQueue.shift()) {
+      item.command.reject(
+        new Error('Connection is closed before Redis answered; the command is not sent again.'),
+      );
+    }
+  });
+}
+
+/**
+ * Sets the shared `running` count to the sum of the weights of the jobs it counts (`job_weights`), and each
+ * client's (`client_running`) to its jobs' (`job_clients`), when they disagree; returns the count before and
+ * after, and `maxConcurrent`. Bottleneck changes them together in each of its scripts, so they disagree only
+ * when a script ran twice (a re-sent `register`). Nothing when the keys are gone (Bottleneck re-creates them);
+ * the keys' TTL is left as it is.
+ */
+const RECONCILE_SLOTS_LUA = `
+local settings = redis.call('hmget', KEYS[1], 'running', 'maxConcurrent')
+if not settings[1] then return false end
+local running = tonumber(settings[1])
+local total = 0
+local byClient = {}
+local weights = redis.call('hgetall', KEYS[2])
+for i = 1, #weights, 2 do
+  local weight = tonumber(weights[i + 1]) or 0
+  total = total + weight
+  local client = redis.call('hget', KEYS[3], weights[i])
+  if client then byClient[client] = (byClient[client] or 0) + weight end
+end
+local clients = redis.call('zrange', KEYS[4], 0, -1, 'withscores')
+for i = 1, #clients, 2 do
+  local own = byClient[clients[i]] or 0
+  if tonumber(clients[i + 1]) ~= own then redis.call('zadd', KEYS[4], own, clients[i]) end
+end
+if running ~= total then redis.call('hset', KEYS[1], 'running', total) end
+return {running, total, settings[2] or ''}
+`;
+
+type ReconcileSlots = (...keys: string[]) => Promise<[number, number, string] | null>;
+
+/**
+ * Every `everyMs`, reconciles the shared running count (RECONCILE_SLOTS_LUA) and logs the slots it gave
+ * back. Waiting calls see them at the next heartbeat (every process's publishes the capacity).
+ */
+function reconcileSlots(
+  client: Redis,
+  keyOf: (name: string) => string,
+  everyMs: number,
+  logger: Logger,
+  metrics: Registry | undefined,
+): () => void {
+  client.defineCommand('ursReconcileSlots', { numberOfKeys: 4, lua: RECONCILE_SLOTS_LUA });
+  const reconcile = (client as unknown as { ursReconcileSlots: ReconcileSlots }).ursReconcileSlots.bind(
+    client,
+  );
+  const runningGauge = metrics?.gauge(
+    'urs_defender_slots_running',
+    'Defender API calls in flight across every process sharing the limiter, as its Redis count says.',
+  );
+  const maxGauge = metrics?.gauge(
+    'urs_defender_slots_max',
+    'The limit of Defender API calls in flight across every process (the stored maxConcurrent).',
+  );
+  const timer = setInterval(() => {
+    reconcile(keyOf('settings'), keyOf('job_weights'), keyOf('job_clients'), keyOf('client_running')).then(
+      (reply) => {
+        if (reply === null) return;
+        const [before, after, max] = reply;
+        if (before !== after) {
+          logger.warn(
+            `defender limiter: the shared running count was ${before} for jobs of ${after}; gave back the difference`,
+            {
+              slots: before - after,
+            },
+          );
+        }
+        runningGauge?.set(after);
+        if (max !== '') maxGauge?.set(Number(max));
+      },
+      // The heartbeat's and the calls' own failures say Redis is away; this one would only repeat them.
+      () => undefined,
+    );
+  }, everyMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
 /** The reason of a `slotEnds` abort: the task held its slot for as long as the limiter lets a job hold one. */
 export class SlotEndedError extends Error {
   constructor(readonly heldMs: number) {
@@ -179,7 +291,7 @@ function wrap(limiter: Bottleneck, jobExpirationMs: number, release: () => Promi
  * One Bottleneck limiter in Redis, shared by every process that uses the same id: `maxConcurrent` is
  * enforced through the shared `running` counter. Never `clearDatastore` (it would reset the counter of
  * the running cluster). The stored settings win over the code's, so `maxConcurrent` is written back once
- * the limiter is ready (updateSettings does not touch the running counter).
+ * the limiter is ready (updateSettings does not touch the running counter), unless `joinStoredSettings`.
  */
 export async function createSharedLimiter(options: SharedLimiterOptions): Promise<CallLimiter> {
   const maxConcurrent = options.maxConcurrent ?? 10;
@@ -187,6 +299,9 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
   // Not lazy: Bottleneck duplicates this client again for pub/sub and waits for both to be ready.
   const client = options.redis.duplicate({ lazyConnect: false });
   const connection = new Bottleneck.IORedisConnection({ client });
+  // After the connection made its subscriber from the client: the subscriber's SUBSCRIBEs are safe to send
+  // again, and one failed would leave the limiter deaf to its channel.
+  failUnansweredCommands(client);
   logConnectionErrors(connection, options.logger);
   recogniseBottleneckErrorsOnRedis7(connection, options.logger);
   const limiter = new Bottleneck({
@@ -200,8 +315,26 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
     options.logger.error('defender limiter error', { error: error.message }),
   );
   await limiter.ready();
-  await limiter.updateSettings({ maxConcurrent });
+  const keyOf = (name: string): string => `b_${options.keyPrefix}defender-api_${name}`;
+  if (!options.joinStoredSettings) {
+    const stored = await client.hget(keyOf('settings'), 'maxConcurrent');
+    if (stored !== null && stored !== String(maxConcurrent)) {
+      options.logger.warn(
+        `defender limiter: the shared limit of calls in flight changes from ${stored} to ${maxConcurrent}, for every process`,
+        { previous: Number(stored), maxConcurrent },
+      );
+    }
+    await limiter.updateSettings({ maxConcurrent });
+  }
+  const stopReconciling = reconcileSlots(
+    client,
+    keyOf,
+    options.reconcileEveryMs ?? 5_000,
+    options.logger,
+    options.metrics,
+  );
   const shared: CallLimiter = wrap(limiter, jobExpirationMs, async () => {
+    stopReconciling();
     // Stops the heartbeat and leaves the limiter's channels. Bottleneck's own disconnect(true) would then
     // QUIT both connections with no bound: while Redis is away the QUIT waits in ioredis's offline queue, and
     // the service's stop with it, until the stop times out. closeRedis bounds the QUIT.
@@ -213,8 +346,8 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
   const clientId = bottleneckClientId(limiter);
   if (clientId !== undefined) {
     // Bottleneck keeps, per client, the jobs submitted and not yet running (hash) and the jobs running (zset).
-    const queuedKey = `b_${options.keyPrefix}defender-api_client_num_queued`;
-    const runningKey = `b_${options.keyPrefix}defender-api_client_running`;
+    const queuedKey = keyOf('client_num_queued');
+    const runningKey = keyOf('client_running');
     shared.mayKeep = async (held) => {
       const [[queuedError, queued], [runningError, running]] = (await client
         .pipeline()

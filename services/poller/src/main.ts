@@ -35,6 +35,7 @@ void runService({
       redis,
       keyPrefix: prefix,
       maxConcurrent: settings.maxInFlight,
+      metrics,
       logger,
     });
     const httpsAgent = createHttpsAgent(settings.extraCa ? { extraCa: settings.extraCa } : {});

@@ -58,6 +58,7 @@ void runService({
       redis,
       keyPrefix: prefix,
       maxConcurrent: settings.maxInFlight,
+      metrics,
       logger,
     });
     const quota = quotaGateFor(settings.quotas, redis, prefix);

@@ -33,6 +33,7 @@ void runService({
       keyPrefix: prefix,
       maxConcurrent: own.maxInFlight,
       ...(own.slotHandOffMs > 0 ? { handOff: { maxLeaseMs: own.slotHandOffMs } } : {}),
+      metrics,
       logger,
     });
     const httpsAgent = createHttpsAgent(own.extraCa ? { extraCa: own.extraCa } : {});

@@ -84,12 +84,14 @@ export async function openBackend(
     );
     return local();
   }
-  // The pipeline's own limit (each process writes it into the shared limiter when it starts): a run with
-  // the default would set every running service's limit to 10.
+  // The run joins the pipeline's stored limit and never writes it: a run without the deployment's
+  // URS_DEFENDER_MAX_IN_FLIGHT would set every running service's limit to its own. Its own is used only
+  // when the limiter has no stored settings yet.
   const limiter = await createSharedLimiter({
     redis,
     keyPrefix: config.keyPrefix,
     maxConcurrent: defenderSettings(env).maxInFlight,
+    joinStoredSettings: true,
     logger: silentLogger,
   });
   return {

@@ -1,5 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { type RedisFailover, startRedisFailover } from '@urs/testkit';
+import { createSharedLimiter } from '@urs/defender';
+import { silentLogger } from '@urs/logging';
+import { closeRedis, createRedis } from '@urs/store';
+import { type RedisFailover, deleteKeysMatching, startRedisFailover, testInfra } from '@urs/testkit';
 import { type Backend, openBackend } from '../../../src/commands/defender/backend';
 
 // A Redis of the test's own, a primary and its replica behind one address: the shared Redis is never failed over.
@@ -29,5 +32,34 @@ describe('openBackend through a Redis failover', () => {
     // The old connection still answers PING; only a reconnect reaches the new primary.
     await expect(backend.quota.acquire(tenant, 'machines')).resolves.toBeDefined();
     expect(warnings).toEqual([]);
+  });
+});
+
+describe('openBackend on the shared Redis', () => {
+  it("openBackend should join the pipeline's stored limit of calls in flight and leave it as it is, whatever its own", async () => {
+    const prefix = `urs-cli-${randomUUID()}:`;
+    const redis = createRedis({ url: testInfra().redisUrl });
+    const settingsKey = `b_${prefix}defender-api_settings`;
+    try {
+      const service = await createSharedLimiter({
+        redis,
+        keyPrefix: prefix,
+        maxConcurrent: 20,
+        logger: silentLogger,
+      });
+      await service.close();
+      // No URS_DEFENDER_MAX_IN_FLIGHT: the CLI's own would be 10.
+      const backend = await openBackend(
+        { REDIS_URL: testInfra().redisUrl, URS_REDIS_PREFIX: prefix },
+        true,
+        () => undefined,
+      );
+      await backend.close();
+      expect(backend.kind).toBe('redis');
+      expect(await redis.hget(settingsKey, 'maxConcurrent')).toBe('20');
+    } finally {
+      await deleteKeysMatching(redis, `b_${prefix}*`);
+      await closeRedis(redis);
+    }
   });
 });
