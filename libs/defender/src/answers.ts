@@ -1,5 +1,5 @@
 import type { AxiosResponse } from 'axios';
-import { DefenderError, DefenderErrorCode } from './errors';
+import { DefenderError, DefenderErrorCode, isDefenderError } from './errors';
 import type { CallOutcome } from './call-health';
 import { type DefenderEndpointClass, LONGEST_QUOTA_WINDOW_MS } from './quota';
 import { decodeTokenClaims } from './token';
@@ -46,6 +46,18 @@ const TRANSIENT_NETWORK = new Set([
 
 /** Network codes of a call that ran out of time (axios's own timeout, or the deadline of `withinDeadline`). */
 export const TIMED_OUT = new Set(['ECONNABORTED', 'ETIMEDOUT']);
+
+/**
+ * Whether a call failed for running out of its own time (no answer, or not all of it, within the request
+ * timeout), not because its caller stopped it.
+ */
+export function timedOut(error: unknown): boolean {
+  return (
+    isDefenderError(error, DefenderErrorCode.UNAVAILABLE) &&
+    error.canRetry &&
+    TIMED_OUT.has(String(error.details['networkCode']))
+  );
+}
 
 /** The `{"error":{"code","message"}}` of an MDE error body; '' for a part that is absent. */
 function mdeErrorOf(body: string): { code: string; message: string } {

@@ -3,7 +3,7 @@ import type { AxiosResponse } from 'axios';
 import type { Logger } from '@urs/logging';
 import { type RetryPolicy, retryDelayMs, sleep } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
-import { type ApiResult, classify as classifyAnswer } from './answers';
+import { type ApiResult, classify as classifyAnswer, timedOut } from './answers';
 import { CallHealth, type CallHealthOptions } from './call-health';
 import { createCallMetrics } from './call-metrics';
 import { createCallSlots } from './call-slots';
@@ -92,6 +92,8 @@ export interface ApiCaller {
    * MALFORMED_RESPONSE, as with `odataValue`. Each answer (a page) must arrive whole within the request
    * timeout, like an answer read whole. A `reader` reads the rows it can straight from their bytes
    * (each as `toRow` would have made it), sparing their parse; the others are parsed and given to `toRow`.
+   * `onTimeout` 'throw' fails the call at its first answer that does not arrive whole in time, not tried
+   * again as is (the device listing asks for a smaller page instead); default 'retry'.
    */
   getRows<T>(
     endpoint: DefenderEndpointClass,
@@ -100,6 +102,7 @@ export interface ApiCaller {
     toRow: (row: unknown) => T,
     signal?: AbortSignal,
     reader?: RowReader<T>,
+    onTimeout?: 'retry' | 'throw',
   ): Promise<RowsResult<T>>;
   /**
    * Like `getRows`, but each row goes to `onRow` as soon as it is read and none is kept here, so what a
@@ -211,12 +214,16 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     );
   }
 
-  /** Retries a call on transient failures and waits out 429s (shared with every process via the quota). */
+  /**
+   * Retries a call on transient failures and waits out 429s (shared with every process via the quota); a
+   * call that ran out of its own time only when `onTimeout` is 'retry'.
+   */
   async function withRetries<R>(
     endpoint: DefenderEndpointClass,
     url: string,
     signal: AbortSignal | undefined,
     once: () => Promise<R>,
+    onTimeout: 'retry' | 'throw' = 'retry',
   ): Promise<R> {
     const since = Date.now();
     let failures = 0;
@@ -235,6 +242,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
         if (signal?.aborted) throw stoppedWith(error, signal, url, since);
         if (!(error instanceof DefenderError) || !error.canRetry) throw error;
         if (CallHealth.isHeldBack(error)) throw error;
+        if (onTimeout === 'throw' && timedOut(error)) throw error;
         // The tenant's calls failed too often in a row: this one ends too, without waiting to be retried.
         const heldBack = health.heldBack(error);
         if (heldBack) throw heldBack;
@@ -274,17 +282,25 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     }
   }
 
-  /** One OData call read row by row by `send`, with its retries. */
+  /** One OData call read row by row by `send`, with its retries (of timeouts as `onTimeout` says). */
   async function scan(
     endpoint: DefenderEndpointClass,
     pathOrUrl: string,
     signal: AbortSignal | undefined,
     send: (url: string, token: string, abortOn: AbortSignal) => Promise<AxiosResponse<string> | RowsScan>,
+    onTimeout?: 'retry' | 'throw',
   ): Promise<RowsScan> {
     const url = resolveUrl(pathOrUrl);
-    const result = await withRetries(endpoint, url, signal, () =>
+    const result = await withRetries(
+      endpoint,
+      url,
+      signal,
       // The answer is read in the slot as it arrives, so the whole call runs in it.
-      attempt<RowsScan>(endpoint, url, signal, (token, slot) => slot((abortOn) => send(url, token, abortOn))),
+      () =>
+        attempt<RowsScan>(endpoint, url, signal, (token, slot) =>
+          slot((abortOn) => send(url, token, abortOn)),
+        ),
+      onTimeout,
     );
     if (result.status === 404 || 'members' in result) return result;
     // Only `send`'s whole-text bodies are classified as 200; a scanned answer never is.
@@ -317,15 +333,22 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       toRow: (row: unknown) => T,
       signal?: AbortSignal,
       reader?: RowReader<T>,
+      onTimeout?: 'retry' | 'throw',
     ): Promise<RowsResult<T>> {
       let rows: T[] = [];
-      const result = await scan(endpoint, pathOrUrl, signal, (url, token, abortOn) => {
-        // A retried call starts its rows afresh.
-        rows = [];
-        const sink = (): ODataSink => new ODataRowScanner<T>((row) => rows.push(row), toRow, reader);
-        // Its rows are kept whole (a page of the device list): the page must arrive within the timeout.
-        return sendRows(url, token, params, sink, signal, abortOn, options.requestTimeoutMs);
-      });
+      const result = await scan(
+        endpoint,
+        pathOrUrl,
+        signal,
+        (url, token, abortOn) => {
+          // A retried call starts its rows afresh.
+          rows = [];
+          const sink = (): ODataSink => new ODataRowScanner<T>((row) => rows.push(row), toRow, reader);
+          // Its rows are kept whole (a page of the device list): the page must arrive within the timeout.
+          return sendRows(url, token, params, sink, signal, abortOn, options.requestTimeoutMs);
+        },
+        onTimeout,
+      );
       return result.status === 404 ? result : { status: 200, rows, members: result.members };
     },
     scanRows(endpoint, pathOrUrl, params, onRow, toRow, signal, reader) {

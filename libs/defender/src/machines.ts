@@ -1,10 +1,14 @@
 import type { Logger } from '@urs/logging';
+import { timedOut } from './answers';
 import { DefenderError, DefenderErrorCode } from './errors';
 import type { ApiCaller } from './http';
 import { type MachineRecord, type ParseResult, parseMachine } from './schema';
 
 /** Largest `$top` of `/api/machines`. */
 export const MAX_MACHINE_PAGE_SIZE = 10_000;
+
+/** Smallest `$top` a page that timed out is asked again with (see ListMachinesOptions.pageSize). */
+export const MIN_HALVED_PAGE_SIZE = 500;
 
 export interface MachineFlags {
   /** The record was merged into another device (`mergedIntoMachineId`): score the other one. */
@@ -50,7 +54,13 @@ export interface MachinePage {
 }
 
 export interface ListMachinesOptions {
-  /** `$top` per request, 1–10,000. Default 10,000 (the API's maximum: fewest calls of a 100/min quota). */
+  /**
+   * `$top` per request, 1–10,000. Default 10,000 (the API's maximum: fewest calls of a 100/min quota). A
+   * page that does not arrive whole within the request timeout (10,000 devices are ~15 MB: over 30 s on a
+   * link below ~4 Mbit/s) is asked for again at once with half the `$top`, not below MIN_HALVED_PAGE_SIZE,
+   * and the rest of the walk keeps the smaller page; one of MIN_HALVED_PAGE_SIZE or fewer is retried as any
+   * call is. Otherwise every attempt would time out alike, each a call of the quota, and the walk never end.
+   */
   pageSize?: number;
   /**
    * Records each full page re-reads of the previous one, default min(100, pageSize/20). `$skip` paging is
@@ -111,11 +121,37 @@ export async function* walkMachines(
   deps: MachineWalkDeps,
   options: ListMachinesOptions = {},
 ): AsyncGenerator<MachinePage> {
-  const pageSize = validatePageSize(options.pageSize ?? MAX_MACHINE_PAGE_SIZE);
-  const overlap = Math.max(
+  let pageSize = validatePageSize(options.pageSize ?? MAX_MACHINE_PAGE_SIZE);
+  let overlap = Math.max(
     0,
     Math.min(options.pageOverlap ?? Math.min(100, Math.floor(pageSize / 20)), pageSize - 1),
   );
+  /** The page at `skip`, at half the `$top` from now on while it does not arrive within the timeout. */
+  const readPage = async (skip: number) => {
+    for (;;) {
+      const halvable = pageSize > MIN_HALVED_PAGE_SIZE;
+      try {
+        // Read row by row: only the normalised records stay, not the page's body and raw objects too.
+        return await deps.api.getRows(
+          'machines',
+          '/api/machines',
+          { $top: pageSize, $skip: skip },
+          machineEntry,
+          options.signal,
+          undefined,
+          halvable ? 'throw' : 'retry',
+        );
+      } catch (error) {
+        if (!halvable || !timedOut(error)) throw error;
+        pageSize = Math.max(MIN_HALVED_PAGE_SIZE, Math.floor(pageSize / 2));
+        overlap = Math.min(overlap, pageSize - 1);
+        deps.logger.warn(
+          'defender: a page of /api/machines did not arrive within the request timeout; asking for smaller pages',
+          { azureTenantId: deps.azureTenantId, skip, pageSize },
+        );
+      }
+    }
+  };
   const confirm = options.confirmShortPage ?? true;
   const seen = new Set<string>();
   let skip = 0;
@@ -124,14 +160,7 @@ export async function* walkMachines(
   // one (a fleet an exact multiple of the page size). Microsoft answers a page with no machine in it 404.
   let mayBeEmpty = false;
   for (let index = 0; ; index++) {
-    // Read row by row: only the normalised records stay, not the page's body and raw objects too.
-    const result = await deps.api.getRows(
-      'machines',
-      '/api/machines',
-      { $top: pageSize, $skip: skip },
-      machineEntry,
-      options.signal,
-    );
+    const result = await readPage(skip);
     // A 404 is an empty page (Microsoft's answer when no machine is found): the end of the fleet on the
     // first page, or where the page was expected to be empty. Elsewhere (behind a full page whose last
     // devices this page overlaps) the walk would end early and the devices not listed would be tombstoned

@@ -1,5 +1,7 @@
+import { retryPolicy } from '@urs/resilience';
 import { type Simulator, startSimulator } from '@urs/simulator';
-import { type InvalidRecord, type MachinePage, isScorable } from '../src';
+import { capturingLogger, type LogLine } from '@urs/testkit';
+import { DefenderErrorCode, type InvalidRecord, type MachinePage, isScorable } from '../src';
 import { type TestApp, newApp, simClient } from './support';
 
 let sim: Simulator;
@@ -218,6 +220,55 @@ describe('listMachinePages', () => {
       const machines = await client.listMachines({ pageSize: 5 });
       expect(machines).toHaveLength(50);
       expect(sim.stats().faultsInjected).toBeGreaterThan(0);
+    } finally {
+      sim.setFaults(app.azureTenantId, {});
+      await close();
+    }
+  }, 30_000);
+
+  it('listMachinePages should ask a page whose answer outlasts the request timeout again with half the $top, and list every device', async () => {
+    // ~1 KB a device at 1 MB/s: a page of 2,000 takes ~2 s, past the 1 s timeout; one of 500 ~0.5 s.
+    const app = tenantWith({ size: 2_100 });
+    const lines: LogLine[] = [];
+    const { client, close } = simClient(sim, app, {
+      requestTimeoutMs: 1_000,
+      logger: capturingLogger(lines),
+    });
+    sim.setFaults(app.azureTenantId, { bodyBytesPerSec: 1_000_000 });
+    try {
+      const pages: MachinePage[] = [];
+      for await (const page of client.listMachinePages({ pageSize: 2_000 })) pages.push(page);
+      expect(ids(pages).sort()).toEqual(
+        sim
+          .machines(app.azureTenantId)
+          .map((m) => m.id)
+          .sort(),
+      );
+      const halved = lines.filter((line) => line.level === 'warn' && line['pageSize'] !== undefined);
+      expect(halved[0]).toMatchObject({ azureTenantId: app.azureTenantId, pageSize: 1_000 });
+      expect(pages[0]?.skip).toBe(0);
+      expect(Math.max(...pages.map((p) => p.received))).toBeLessThanOrEqual(1_000);
+    } finally {
+      sim.setFaults(app.azureTenantId, {});
+      await close();
+    }
+  }, 30_000);
+
+  it('listMachinePages should fail as a call that did not answer in time when even a page of 500 outlasts the request timeout', async () => {
+    const app = tenantWith({ size: 1_100 });
+    const lines: LogLine[] = [];
+    const { client, close } = simClient(sim, app, {
+      requestTimeoutMs: 1_000,
+      retryPolicy: retryPolicy({ maxAttempts: 2, initialDelayMs: 10, maxDelayMs: 10 }),
+      logger: capturingLogger(lines),
+    });
+    sim.setFaults(app.azureTenantId, { bodyBytesPerSec: 100_000 });
+    try {
+      const listed = client.listMachines({ pageSize: 1_000 });
+      await expect(listed).rejects.toMatchObject({ code: DefenderErrorCode.UNAVAILABLE });
+      await expect(listed).rejects.toThrow(/did not answer .* within 1 s/);
+      const halved = lines.filter((line) => line.level === 'warn' && line['pageSize'] !== undefined);
+      expect(halved.map((line) => line['pageSize'])).toEqual([500]);
     } finally {
       sim.setFaults(app.azureTenantId, {});
       await close();

@@ -46,6 +46,13 @@ export interface PollerConfig extends DefenderSettings {
   catchUpTimeoutMs: number;
   /** Devices per `urs.device-batches` message. Env `URS_POLL_BATCH_SIZE`, default 500 (the maximum). */
   batchSize: number;
+  /**
+   * Devices per page of a tenant's listing (`$top` of `/api/machines`). Env `URS_POLL_PAGE_SIZE`, default
+   * 10000 (the API's maximum: fewest calls of the quota), 100–10000. A smaller page arrives sooner on a slow
+   * link: each page must arrive whole within `URS_DEFENDER_REQUEST_TIMEOUT_MS` (a page that does not is
+   * asked again with half as many devices, down to 500, for the rest of the listing).
+   */
+  pageSize: number;
   /** This replica's id (lease holder, consumer group). Env `URS_INSTANCE_ID`, default `poller-<pid>`. */
   instanceId: string;
   /**
@@ -68,6 +75,7 @@ export function pollerConfig(env: Env): PollerConfig {
     maxBackoffMs: readInt(env, 'URS_POLL_MAX_BACKOFF_MS', { fallback: 86_400_000, min: 1_000 }),
     catchUpTimeoutMs: readInt(env, 'URS_POLL_CATCHUP_TIMEOUT_MS', { fallback: 30_000, min: 0 }),
     batchSize: readInt(env, 'URS_POLL_BATCH_SIZE', { fallback: 500, min: 1, max: 500 }),
+    pageSize: readInt(env, 'URS_POLL_PAGE_SIZE', { fallback: 10_000, min: 100, max: 10_000 }),
     instanceId: readString(env, 'URS_INSTANCE_ID', `poller-${process.pid}`),
     groupPrefix: readString(
       env,

@@ -71,6 +71,8 @@ export interface DefenderGatewayDeps {
   metrics: Registry;
   /** How long a call may go without an answer, in milliseconds (`URS_DEFENDER_REQUEST_TIMEOUT_MS`). */
   requestTimeoutMs?: number;
+  /** Devices per page of a listing (`URS_POLL_PAGE_SIZE`). Default the client's (10,000). */
+  pageSize?: number;
   /**
    * Longest a call waits for the tenant's quota, and in all for 429s, in milliseconds
    * (`URS_POLL_MAX_QUOTA_WAIT_MS`): a longer wait fails it THROTTLED at once, with what is left to wait.
@@ -118,9 +120,10 @@ export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGatewa
         ? {}
         : { maxQuotaWaitMs: deps.maxQuotaWaitMs, maxThrottleWaitMs: deps.maxQuotaWaitMs }),
     });
+    const listing = deps.pageSize === undefined ? {} : { pageSize: deps.pageSize };
     return {
       async *listDevicePages(signal) {
-        for await (const page of client.listMachinePages({ signal })) {
+        for await (const page of client.listMachinePages({ ...listing, signal })) {
           yield {
             devices: page.machines.map((entry) => ({
               machine: entry.record as unknown as Machine,

@@ -48,6 +48,7 @@ void runService({
       metrics,
       requestTimeoutMs: settings.requestTimeoutMs,
       maxQuotaWaitMs: settings.maxQuotaWaitMs,
+      pageSize: settings.pageSize,
     });
     const cycles = createCycleStore(redis, prefix);
     const cycleDeps = {

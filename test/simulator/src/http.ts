@@ -24,13 +24,17 @@ export function acceptsGzip(req: IncomingMessage): boolean {
     .some(([coding, q]) => coding === 'gzip' && !/^\s*q=0(\.0*)?\s*$/.test(q ?? ''));
 }
 
-/** `payload` as the answer; gzipped (`Content-Encoding: gzip`) when `gzip`. */
+/**
+ * `payload` as the answer; gzipped (`Content-Encoding: gzip`) when `gzip`; its bytes sent at `bytesPerSec`
+ * when given (see writePaced), else at once.
+ */
 export function sendRaw(
   res: ServerResponse,
   status: number,
   payload: string,
   headers: Record<string, string | number> = {},
   gzip = false,
+  bytesPerSec?: number,
 ): void {
   if (res.destroyed) return;
   const bytes = gzip ? gzipSync(payload) : Buffer.from(payload);
@@ -40,7 +44,27 @@ export function sendRaw(
     ...(gzip ? { 'Content-Encoding': 'gzip', Vary: 'Accept-Encoding' } : {}),
     ...headers,
   });
-  res.end(bytes);
+  if (bytesPerSec === undefined) res.end(bytes);
+  else writePaced(res, bytes, bytesPerSec);
+}
+
+/** How often a paced body sends its next slice, in milliseconds. */
+const PACE_TICK_MS = 50;
+
+/**
+ * Writes `bytes` as the answer's body at `bytesPerSec`, a slice every PACE_TICK_MS, then ends it: an answer
+ * on a link that slow, whose last byte comes long after its first. Stops when the client goes away.
+ */
+function writePaced(res: ServerResponse, bytes: Buffer, bytesPerSec: number): void {
+  const perTick = Math.max(1, Math.round((bytesPerSec * PACE_TICK_MS) / 1000));
+  let sent = 0;
+  const timer = setInterval(() => {
+    const slice = bytes.subarray(sent, (sent += perTick));
+    if (sent < bytes.length) return void res.write(slice);
+    clearInterval(timer);
+    res.end(slice);
+  }, PACE_TICK_MS);
+  res.once('close', () => clearInterval(timer));
 }
 
 /**

@@ -145,38 +145,35 @@ export function createMdeRoute(
     const gzip = f.gzip === true && acceptsGzip(req);
     // Counted as a fault, so a test can tell its client's answers were gzipped.
     if (gzip) fault('gzip');
+    /** The tenant's answer, gzipped and paced as its faults say. */
+    const answer = (reply: Reply, malformed = false): Promise<void> | void =>
+      send(res, reply, malformed, gzip, f.bodyBytesPerSec);
 
     const required = REQUIRED_ROLES[quota];
     if (!required.some((role) => auth.roles?.includes(role))) {
-      send(
-        res,
+      answer(
         mdeError(
           403,
           'Forbidden',
           `The application does not have any of the required application permissions (${required.join(', ')}) to access the resource.`,
         ),
-        false,
-        gzip,
       );
       return;
     }
     if (f.disabledFeature?.includes(quota)) {
       fault('disabledFeature');
-      send(res, mdeError(403, 'DisabledFeature', "Tenant feature isn't enabled."), false, gzip);
+      answer(mdeError(403, 'DisabledFeature', "Tenant feature isn't enabled."));
       return;
     }
     /** Microsoft's 429, asking for `waitSec` in the fault's `Retry-After` style. */
     const throttle = (waitSec: number) =>
-      send(
-        res,
+      answer(
         mdeError(
           429,
           'TooManyRequests',
           `API calls quota exceeded! Retry in ${waitSec} seconds.`,
           retryAfterHeaders(f.retryAfter, waitSec),
         ),
-        false,
-        gzip,
       );
     if (takeCounted(f, 'throttledCalls', tenantId)) {
       fault('throttled');
@@ -200,7 +197,7 @@ export function createMdeRoute(
       const status = statuses[
         Math.min(statuses.length - 1, Math.floor(rng.next() * statuses.length))
       ] as number;
-      send(res, fiveXx(status, f.status5xxBody), false, gzip);
+      answer(fiveXx(status, f.status5xxBody));
       return;
     }
     const shortPage = kind === 'machines' && roll(f.shortPageRate);
@@ -217,7 +214,7 @@ export function createMdeRoute(
     else reply = bulkVulnerabilities(linkBase, tenant, url.searchParams);
     if (shortPage) fault('shortPage');
     if (malformed && reply.status === 200) fault('malformed');
-    await send(res, reply, malformed && reply.status === 200, gzip);
+    await answer(reply, malformed && reply.status === 200);
   }
 
   return handleMde;

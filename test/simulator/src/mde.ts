@@ -46,16 +46,21 @@ export function mdeError(
   };
 }
 
-/** Writes `reply`; cut in half when `malformed`, gzipped when `gzip` (the request accepted it). */
+/**
+ * Writes `reply`; cut in half when `malformed`, gzipped when `gzip` (the request accepted it), its bytes
+ * sent at `bytesPerSec` when given (the whole body rendered first).
+ */
 export function send(
   res: ServerResponse,
   reply: Reply,
   malformed: boolean,
   gzip = false,
+  bytesPerSec?: number,
 ): Promise<void> | void {
   const headers: Record<string, string | number> = { 'OData-Version': '4.0', ...(reply.headers ?? {}) };
   if (reply.status === 200) headers['Content-Type'] = ODATA_JSON;
-  if (reply.parts && !malformed) return sendParts(res, reply.status, reply.parts(), headers, gzip);
+  if (reply.parts && !malformed && bytesPerSec === undefined)
+    return sendParts(res, reply.status, reply.parts(), headers, gzip);
   const full = reply.parts
     ? Buffer.concat([...reply.parts()]).toString('utf8')
     : (reply.raw ?? JSON.stringify(reply.body));
@@ -66,6 +71,7 @@ export function send(
     malformed ? full.slice(0, Math.max(1, Math.floor(full.length / 2))) : full,
     headers,
     gzip,
+    bytesPerSec,
   );
 }
 

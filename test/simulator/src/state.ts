@@ -69,6 +69,12 @@ export interface FaultSpec {
    * long enough for an idle timeout, so only a deadline on the whole answer stops the call.
    */
   slowBodyRate?: number;
+  /**
+   * Send the tenant's MDE API answers at this many bytes per second (after gzip), a slice every 50 ms: a
+   * large page on a slow link (a 10,000-device listing page is ~15 MB), whose last byte comes long after its
+   * first, where `latency` delays only the first. Default none: as fast as the client reads.
+   */
+  bodyBytesPerSec?: number;
   /** Answer 200 with truncated JSON. */
   malformedRate?: number;
   /** /api/machines: return only part of a full page although more devices remain. */
@@ -134,6 +140,12 @@ export function validateFaults(faults: FaultSpec): FaultSpec {
         `faults.disabledFeature must be an array of ${QUOTA_KINDS.join(', ')}, got ${JSON.stringify(kinds)}`,
       );
     out.disabledFeature = [...(kinds as QuotaKind[])];
+  }
+  if (faults.bodyBytesPerSec !== undefined) {
+    const rate = faults.bodyBytesPerSec;
+    if (!Number.isInteger(rate) || rate < 1)
+      throw new Error(`faults.bodyBytesPerSec must be a positive integer, got ${String(rate)}`);
+    out.bodyBytesPerSec = rate;
   }
   for (const key of ['throttledCalls', 'throttleRetryAfterSec'] as const) {
     const n = faults[key];
