@@ -1,5 +1,6 @@
 import type { AxiosResponse } from 'axios';
-import { DefenderError, DefenderErrorCode, isDefenderError } from './errors';
+import { redactText } from '@urs/logging';
+import { DefenderError, DefenderErrorCode, isDefenderError, scrubSecret } from './errors';
 import type { CallOutcome } from './call-health';
 import { type DefenderEndpointClass, LONGEST_QUOTA_WINDOW_MS } from './quota';
 import { decodeTokenClaims } from './token';
@@ -17,6 +18,9 @@ export interface CallOf {
   /** The path called (no query: it may carry nothing secret, but it is not needed). */
   path: string;
 }
+
+/** A call answered with a failure: its status, and Microsoft's id of it when the answer gave one. */
+type FailedCall = CallOf & { status: number; requestId?: string };
 
 /**
  * `Retry-After` in seconds or as an HTTP date, in whole milliseconds; undefined when absent or unreadable.
@@ -59,22 +63,66 @@ export function timedOut(error: unknown): boolean {
   );
 }
 
-/** The `{"error":{"code","message"}}` of an MDE error body; '' for a part that is absent. */
-function mdeErrorOf(body: string): { code: string; message: string } {
+/**
+ * The `{"error":{"code","message","target"}}` of an MDE error body; '' for a part that is absent. `target` is
+ * Microsoft's correlation id of the failure, the one its support asks for.
+ */
+interface MdeError {
+  code: string;
+  message: string;
+  target: string;
+}
+
+function mdeErrorOf(body: string): MdeError {
+  const text = (value: unknown): string => (typeof value === 'string' ? value : '');
   try {
-    const parsed = JSON.parse(body) as { error?: { code?: unknown; message?: unknown } };
+    const parsed = JSON.parse(body) as { error?: { code?: unknown; message?: unknown; target?: unknown } };
     return {
-      code: typeof parsed.error?.code === 'string' ? parsed.error.code : '',
-      message: typeof parsed.error?.message === 'string' ? parsed.error.message.slice(0, 200) : '',
+      code: text(parsed.error?.code),
+      message: text(parsed.error?.message).slice(0, 200),
+      target: text(parsed.error?.target),
     };
   } catch {
-    return { code: '', message: '' };
+    return { code: '', message: '', target: '' };
   }
 }
 
-function mdeErrorText(body: string): string {
-  const { code, message } = mdeErrorOf(body);
+function mdeErrorText({ code, message }: MdeError): string {
   return [code, message].filter(Boolean).join(': ');
+}
+
+/**
+ * Text from an answer, fit to keep in an error and its log lines: on one line, the token sent and any quoted
+ * secret field redacted (a proxy's page may echo the request's headers), then cut to `max` characters.
+ */
+function keepable(text: string, token: string, max: number): string {
+  return redactText(scrubSecret(text.replace(/\s+/g, ' ').trim(), token)).slice(0, max);
+}
+
+/**
+ * Microsoft's id of a failed call, to quote to its support: the error body's `target`, else the
+ * `x-ms-request-id` or `request-id` header; '' when there is none.
+ */
+function requestIdOf(response: AxiosResponse<string>, api: MdeError, token: string): string {
+  const headers = response.headers as Record<string, unknown>;
+  const header = [headers['x-ms-request-id'], headers['request-id']].find((h) => typeof h === 'string');
+  return keepable(api.target || (header as string | undefined) || '', token, 128);
+}
+
+/** The start of a body that is not MDE's JSON (a proxy's or a firewall's page) as text: its tags dropped. */
+function pageText(body: string, token: string): string {
+  const text = body.replace(/<!--[\s\S]*?-->|<(script|style)\b[\s\S]*?<\/\1\s*>|<[^>]*>/gi, ' ');
+  return keepable(text, token, 300);
+}
+
+/**
+ * `message` naming Microsoft's request id of the call (see requestIdOf), before its full stop if it has one;
+ * as it is when there is none.
+ */
+export function withRequestId(message: string, requestId: unknown): string {
+  if (typeof requestId !== 'string' || requestId === '') return message;
+  const id = ` (Microsoft request id ${requestId})`;
+  return message.endsWith('.') ? `${message.slice(0, -1)}${id}.` : `${message}${id}`;
 }
 
 /** An answer, for the tenant's health: 5xx and 408 are the API failing, a 429 is its quota, not its health. */
@@ -150,7 +198,11 @@ export function classify(
     }
   }
   if (status === 404) return { status: 404 };
-  const apiText = mdeErrorText(response.data ?? '');
+  const api = mdeErrorOf(response.data ?? '');
+  const apiText = mdeErrorText(api);
+  const requestId = requestIdOf(response, api, token);
+  /** The call's facts, with Microsoft's id of it when there is one. */
+  const failed: FailedCall = requestId ? { ...details, requestId } : details;
   if (status === 429) {
     const retryAfter: unknown = response.headers['retry-after'];
     const retryAfterMs = parseRetryAfterMs(retryAfter);
@@ -163,7 +215,7 @@ export function classify(
           canRetry: true,
           // The header as the API sent it too: the wait is capped at an hour (see parseRetryAfterMs).
           details: {
-            ...details,
+            ...failed,
             endpoint,
             retryAfterMs,
             ...(typeof retryAfter === 'string' ? { retryAfter: retryAfter.slice(0, 64) } : {}),
@@ -177,21 +229,26 @@ export function classify(
     return throwError(
       new DefenderError(
         DefenderErrorCode.UNAUTHORIZED,
-        `The Defender API rejected a freshly issued token for tenant ${azureTenantId} (401). Check that the app belongs to this tenant and the tenant's cloud is right.`,
-        { details: { ...details, api: apiText } },
+        withRequestId(
+          `The Defender API rejected a freshly issued token for tenant ${azureTenantId} (401). Check that the app belongs to this tenant and the tenant's cloud is right.`,
+          requestId,
+        ),
+        { details: { ...failed, api: apiText } },
       ),
     );
   }
-  if (status === 403)
-    return throwError(forbidden(response.data ?? '', { azureTenantId, path }, token, endpoint));
+  if (status === 403) return throwError(forbidden(response.data ?? '', api, failed, token, endpoint));
   if (status >= 500 || status === 408) {
     return throwError(
       new DefenderError(
         DefenderErrorCode.UNAVAILABLE,
-        `The Defender API answered ${status} for tenant ${azureTenantId} on ${path}`,
+        withRequestId(
+          `The Defender API answered ${status} for tenant ${azureTenantId} on ${path}`,
+          requestId,
+        ),
         {
           canRetry: true,
-          details: { ...details, api: apiText },
+          details: { ...failed, api: apiText },
         },
       ),
     );
@@ -199,9 +256,12 @@ export function classify(
   return throwError(
     new DefenderError(
       DefenderErrorCode.REQUEST_REJECTED,
-      `The Defender API rejected ${path} for tenant ${azureTenantId} (${status}${apiText ? `: ${apiText}` : ''})`,
+      withRequestId(
+        `The Defender API rejected ${path} for tenant ${azureTenantId} (${status}${apiText ? `: ${apiText}` : ''})`,
+        requestId,
+      ),
       {
-        details: { ...details, api: apiText },
+        details: { ...failed, api: apiText },
       },
     ),
   );
@@ -210,17 +270,33 @@ export function classify(
 /**
  * A 403, by the code of Microsoft's error body (api/common-errors.md): `DisabledFeature` ("Tenant feature
  * isn't enabled") is a licence the tenant lacks, which no permission fixes; `DisallowedOperation` carries
- * Microsoft's reason; `Forbidden` (and a body without a code) is a permission the token lacks.
+ * Microsoft's reason; `Forbidden` (and another code) is a permission the token lacks. A 403 without a code
+ * (an HTML page, an empty body) is not the API's: a proxy, firewall or gateway in front of it refused the
+ * call, whatever the token carries, and its error gives the start of that answer's text.
  */
 function forbidden(
   body: string,
-  { azureTenantId, path }: CallOf,
+  api: MdeError,
+  call: FailedCall,
   token: string,
   endpoint: DefenderEndpointClass,
 ): DefenderError {
-  const api = mdeErrorOf(body);
-  const apiText = mdeErrorText(body);
-  const details = { azureTenantId, path, status: 403, api: apiText };
+  const { azureTenantId, path, requestId } = call;
+  if (!api.code) {
+    const text = pageText(body, token);
+    return new DefenderError(
+      DefenderErrorCode.REQUEST_REJECTED,
+      withRequestId(
+        `The Defender API answered 403 for tenant ${azureTenantId} on ${path} without Microsoft's error body: ` +
+          'a proxy, firewall or gateway in front of it refused the call, not a missing permission ' +
+          `(${text ? `the answer begins: ${text}` : 'the answer was empty'})`,
+        requestId,
+      ),
+      { details: { ...call, body: text } },
+    );
+  }
+  const apiText = mdeErrorText(api);
+  const details = { ...call, api: apiText };
   const refused = `The Defender API refused ${path} for tenant ${azureTenantId} (403${apiText ? ` ${apiText}` : ''})`;
   if (api.code === 'DisabledFeature') {
     const licence =
@@ -232,15 +308,18 @@ function forbidden(
           'Management add-on';
     return new DefenderError(
       DefenderErrorCode.FEATURE_DISABLED,
-      `${refused}: ${licence}. Permissions and admin consent do not change this.`,
+      withRequestId(`${refused}: ${licence}. Permissions and admin consent do not change this.`, requestId),
       { details },
     );
   }
   if (api.code === 'DisallowedOperation') {
     return new DefenderError(
       DefenderErrorCode.OPERATION_DISALLOWED,
-      `${refused}: Microsoft does not allow this operation for the tenant, for the reason it gives; ` +
-        'a permission or admin consent does not change it.',
+      withRequestId(
+        `${refused}: Microsoft does not allow this operation for the tenant, for the reason it gives; ` +
+          'a permission or admin consent does not change it.',
+        requestId,
+      ),
       { details },
     );
   }
@@ -248,8 +327,11 @@ function forbidden(
   const needed = endpoint === 'machines' ? 'Machine.Read.All' : 'Vulnerability.Read.All';
   return new DefenderError(
     DefenderErrorCode.CONSENT_MISSING,
-    `${refused}: grant the WindowsDefenderATP application permission ${needed} and admin consent ` +
-      `(the token carries: ${roles.length ? roles.join(', ') : 'no roles'}).`,
+    withRequestId(
+      `${refused}: grant the WindowsDefenderATP application permission ${needed} and admin consent ` +
+        `(the token carries: ${roles.length ? roles.join(', ') : 'no roles'}).`,
+      requestId,
+    ),
     { details: { ...details, roles, needed } },
   );
 }

@@ -2,6 +2,7 @@ import type { Agent } from 'node:https';
 import type { Logger } from '@urs/logging';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
+import { withRequestId } from './answers';
 import type { CallHealth, CallHealthOptions } from './call-health';
 import { type DefenderEndpointOverrides, type DefenderEndpoints, resolveEndpoints } from './endpoints';
 import { DefenderError, DefenderErrorCode, isSetupErrorCode } from './errors';
@@ -209,9 +210,10 @@ function accessVerdict(report: AccessReport, missing: RequiredPermission[], fail
       const api =
         typeof failure.details.api === 'string' && failure.details.api ? ` ${failure.details.api}` : '';
       const carries = report.roles.length ? report.roles.join(', ') : 'no roles';
-      return (
+      return withRequestId(
         `FAIL: the Defender API refused ${path} (403${api}): the token lacks ${lacks}: ${ADD_PERMISSIONS} ` +
-        `(the token carries: ${carries}).`
+          `(the token carries: ${carries}).`,
+        failure.details.requestId,
       );
     }
     return `FAIL: ${sentence(message)} The token also lacks ${lacks}: ${ADD_PERMISSIONS}.`;

@@ -16,7 +16,7 @@ export const DefenderErrorCode = {
   UNKNOWN_TENANT: 'DEFENDER_UNKNOWN_TENANT',
   /** AADSTS500011: the WindowsDefenderATP service principal is not in the tenant. */
   NOT_PROVISIONED: 'DEFENDER_NOT_PROVISIONED',
-  /** 403 `Forbidden` from the API (or one without a code), or a token without the needed application roles. */
+  /** 403 `Forbidden` from the API (or another of its codes), or a token without the needed application roles. */
   CONSENT_MISSING: 'DEFENDER_CONSENT_MISSING',
   /**
    * 403 `DisabledFeature`: the tenant lacks the licence a call needs (vulnerability data without Defender
@@ -45,7 +45,10 @@ export const DefenderErrorCode = {
   UNREADABLE_RECORDS: 'DEFENDER_UNREADABLE_RECORDS',
   /** 404 on a single resource (a device removed since it was listed). */
   NOT_FOUND: 'DEFENDER_NOT_FOUND',
-  /** Another 4xx: a request the API will never accept. */
+  /**
+   * Another 4xx: a request the API will never accept; also a 403 without MDE's error body (an HTML page, none),
+   * which a proxy, firewall or gateway in front of the API answered, whatever the token's permissions.
+   */
   REQUEST_REJECTED: 'DEFENDER_REQUEST_REJECTED',
   /** A tenant's cloud/region or an option is not valid. */
   INVALID_CONFIG: 'DEFENDER_INVALID_CONFIG',

@@ -274,6 +274,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
           delayMs,
           failures,
           throttles,
+          // Microsoft's id of the failed answer, for its support (see answers.ts: requestIdOf).
+          ...(error.details['requestId'] === undefined ? {} : { requestId: error.details['requestId'] }),
         });
         await sleep(delayMs, signal);
         // Stopped while waiting to retry: the call ends with why it was being retried.

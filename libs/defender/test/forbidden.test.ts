@@ -40,6 +40,28 @@ function answer403(code: string, message: string): AxiosResponse<string> {
 
 const CALL = { azureTenantId: 'tenant-1', path: '/api/machines' };
 
+/** A 403 whose body is `data` as sent, whatever it is. */
+function forbiddenAnswer(data: string): AxiosResponse<string> {
+  return { status: 403, data, headers: {} } as unknown as AxiosResponse<string>;
+}
+
+/** An unsigned token carrying `roles`, as classify reads them. */
+function tokenWith(roles: string[]): string {
+  const part = (value: object): string => Buffer.from(JSON.stringify(value)).toString('base64url');
+  return `${part({ alg: 'none' })}.${part({ roles })}.signature`;
+}
+
+/** The DefenderError `run` throws. */
+function thrownBy(run: () => unknown): DefenderError {
+  try {
+    run();
+  } catch (error) {
+    if (error instanceof DefenderError) return error;
+    throw error;
+  }
+  throw new Error('it did not throw');
+}
+
 describe('createDefenderClient on 403 DisabledFeature', () => {
   it('getMachineVulnerabilities should name the licence, not the permission, and never retry', async () => {
     sim.setFaults(app.azureTenantId, { disabledFeature: ['vulnerabilities', 'bulk', 'exportFiles'] });
@@ -187,7 +209,7 @@ describe('classify on 403', () => {
 
   it.each([
     ['Forbidden', 'The application does not have any of the required application permissions.'],
-    ['', ''],
+    ['AccessDenied', ''],
   ])('should keep the permission message for %j', (code, message) => {
     let error: unknown;
     try {
@@ -199,5 +221,84 @@ describe('classify on 403', () => {
     expect((error as Error).message).toContain(
       'grant the WindowsDefenderATP application permission Machine.Read.All and admin consent',
     );
+  });
+
+  it.each([
+    ['an empty body', '', 'the answer was empty'],
+    [
+      'JSON without an error code',
+      '{"error":{"code":"","message":""}}',
+      'the answer begins: {"error":{"code":"","message":""}}',
+    ],
+  ])(
+    'should report a 403 with %s as refused in front of the API, not missing consent',
+    (_what, data, shown) => {
+      const error = thrownBy(() =>
+        classify(forbiddenAnswer(data), CALL, tokenWith(['Machine.Read.All']), 'machines'),
+      );
+      expect(error).toMatchObject({ code: DefenderErrorCode.REQUEST_REJECTED, canRetry: false });
+      expect(error.message).toBe(
+        "The Defender API answered 403 for tenant tenant-1 on /api/machines without Microsoft's error body: a " +
+          `proxy, firewall or gateway in front of it refused the call, not a missing permission (${shown})`,
+      );
+    },
+  );
+
+  it('should give at most 300 characters of a page’s text, without the token or a quoted secret', () => {
+    const token = tokenWith(['Machine.Read.All']);
+    const page =
+      `<html><head><title>Request blocked</title><style>p { color: red }</style></head><body>` +
+      `<p>Authorization: Bearer ${token}</p><p>{"clientSecret": "Zx8Q~leaked"}</p>` +
+      `<p>${'blocked by policy '.repeat(40)}</p></body></html>`;
+    const error = thrownBy(() => classify(forbiddenAnswer(page), CALL, token, 'machines'));
+    const body = error.details['body'] as string;
+    expect(body).toMatch(
+      /^Request blocked Authorization: Bearer \[redacted\] \{"clientSecret": "\[redacted\]"\} blocked/,
+    );
+    expect(body.length).toBeLessThanOrEqual(300);
+    expect(error.message).toContain(`(the answer begins: ${body})`);
+    expect(JSON.stringify(error)).not.toContain(token);
+    expect(error.message).not.toContain('Zx8Q~leaked');
+  });
+});
+
+describe('classify keeps Microsoft’s request id', () => {
+  it("should take it from the error body's target", () => {
+    const error = thrownBy(() =>
+      classify(answer403('DisabledFeature', "Tenant feature isn't enabled."), CALL, 'opaque', 'machines'),
+    );
+    expect(error.details['requestId']).toBe('c0ffee');
+    expect(error.message).toMatch(/do not change this \(Microsoft request id c0ffee\)\.$/);
+  });
+
+  it.each(['x-ms-request-id', 'request-id'])(
+    'should take it from %s when the body has no target',
+    (header) => {
+      const response = {
+        status: 500,
+        data: JSON.stringify({ error: { code: 'InternalServerError', message: '' } }),
+        headers: { [header]: '7d0c-11' },
+      } as unknown as AxiosResponse<string>;
+      const error = thrownBy(() => classify(response, CALL, 'opaque', 'machines'));
+      expect(error.details['requestId']).toBe('7d0c-11');
+      expect(error.message).toBe(
+        'The Defender API answered 500 for tenant tenant-1 on /api/machines (Microsoft request id 7d0c-11)',
+      );
+    },
+  );
+
+  it('should not carry the token or a quoted secret in it', () => {
+    const token = tokenWith([]);
+    const response = {
+      status: 503,
+      data: JSON.stringify({ error: { code: 'ServiceUnavailable', message: '', target: `|${token}` } }),
+      headers: { 'x-ms-request-id': '{"secret": "hunter22"}' },
+    } as unknown as AxiosResponse<string>;
+    const error = thrownBy(() => classify(response, CALL, token, 'machines'));
+    expect(error.details['requestId']).toBe('|[redacted]');
+    const fromHeader = thrownBy(() =>
+      classify({ ...response, data: '' } as AxiosResponse<string>, CALL, token, 'machines'),
+    );
+    expect(fromHeader.details['requestId']).toBe('{"secret": "[redacted]"}');
   });
 });

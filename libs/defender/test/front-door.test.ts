@@ -2,7 +2,13 @@ import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { capturingLogger, type LogLine } from '@urs/testkit';
-import { DefenderErrorCode, type QuotaGate, createLocalQuotaGate } from '../src';
+import {
+  type DefenderError,
+  DefenderErrorCode,
+  type QuotaGate,
+  createLocalQuotaGate,
+  isSetupErrorCode,
+} from '../src';
 import { type TestApp, newApp, simClient } from './support';
 
 // The answers of Azure's front end before the Defender API (429s without Retry-After or with a date, 5xx pages
@@ -171,6 +177,100 @@ describe('createDefenderClient when a gateway answers 5xx without MDE’s error 
         code: DefenderErrorCode.UNAVAILABLE,
         message: `The Defender API answered 502 for tenant ${app.azureTenantId} on /api/machines/${id}/vulnerabilities`,
       });
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe('createDefenderClient when something in front of the API answers 403 without MDE’s error body', () => {
+  it.each([
+    [
+      'an HTML page',
+      'html',
+      'the answer begins: 403 Forbidden 403 Forbidden Microsoft-Azure-Application-Gateway/v2',
+    ],
+    ['an empty body', 'empty', 'the answer was empty'],
+  ] as const)(
+    'listMachines should fail REQUEST_REJECTED on a 403 with %s, naming the front end and the answer, not consent',
+    async (_what, body, shown) => {
+      sim.setFaults(app.azureTenantId, { gateway403: body });
+      const { client, close } = simClient(sim, app);
+      try {
+        sim.resetStats();
+        const error = await client.listMachines().then(
+          () => undefined,
+          (e: unknown) => e as DefenderError,
+        );
+        expect(error).toMatchObject({ code: DefenderErrorCode.REQUEST_REJECTED, canRetry: false });
+        expect(error?.message).toBe(
+          `The Defender API answered 403 for tenant ${app.azureTenantId} on /api/machines without Microsoft's ` +
+            `error body: a proxy, firewall or gateway in front of it refused the call, not a missing permission (${shown})`,
+        );
+        expect(isSetupErrorCode(error!.code)).toBe(false);
+        // Not retried: a refusal, as every 403.
+        expect(sim.stats().calls.machines).toBe(1);
+        expect(JSON.stringify(error?.details)).not.toMatch(/<|html/i);
+      } finally {
+        await close();
+      }
+    },
+  );
+
+  it('checkAccess should say the call was refused in front of the API, not that a permission is missing', async () => {
+    sim.setFaults(app.azureTenantId, { gateway403: 'html' });
+    const { client, close } = simClient(sim, app);
+    try {
+      const report = await client.checkAccess();
+      expect(report).toMatchObject({
+        ok: false,
+        machinesReadable: false,
+        permissions: { 'Machine.Read.All': true, 'Vulnerability.Read.All': true },
+        error: { code: DefenderErrorCode.REQUEST_REJECTED },
+      });
+      expect(report.verdict).toMatch(/^FAIL: The Defender API answered 403 .* a proxy, firewall or gateway/);
+      expect(report.verdict).not.toMatch(/grant|consent/);
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe('createDefenderClient on MDE’s error answers', () => {
+  const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+  it('listMachines should keep Microsoft’s request id of a 5xx in the error and in the retry lines', async () => {
+    sim.setFaults(app.azureTenantId, { status5xxRate: 1, status5xxStatuses: [503], status5xxBody: 'mde' });
+    const lines: LogLine[] = [];
+    const { client, close } = simClient(sim, app, { logger: capturingLogger(lines) });
+    try {
+      const error = await client.listMachines().then(
+        () => undefined,
+        (e: unknown) => e as DefenderError,
+      );
+      const requestId = error?.details['requestId'] as string;
+      expect(requestId).toMatch(UUID);
+      expect(error?.message).toBe(
+        `The Defender API answered 503 for tenant ${app.azureTenantId} on /api/machines ` +
+          `(Microsoft request id ${requestId})`,
+      );
+      const retries = lines.filter((l) => l.message === 'defender: retrying a call');
+      expect(retries).toHaveLength(5);
+      for (const line of retries) expect(line['requestId']).toMatch(UUID);
+    } finally {
+      await close();
+    }
+  });
+
+  it('checkAccess should give Microsoft’s request id of a 403 DisabledFeature in its verdict', async () => {
+    sim.setFaults(app.azureTenantId, { disabledFeature: ['machines'] });
+    const { client, close } = simClient(sim, app);
+    try {
+      const report = await client.checkAccess();
+      expect(report.error?.code).toBe(DefenderErrorCode.FEATURE_DISABLED);
+      expect(report.verdict).toMatch(
+        /Permissions and admin consent do not change this \(Microsoft request id [0-9a-f-]{36}\)\.$/,
+      );
     } finally {
       await close();
     }

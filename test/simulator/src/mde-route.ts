@@ -12,7 +12,7 @@ import {
 } from './mde';
 import type { QuotaKind } from './quota';
 import type { Rng } from './rng';
-import type { FaultSpec, FiveXxBody, RetryAfterStyle, TenantState } from './state';
+import type { FaultSpec, FiveXxBody, GatewayBody, RetryAfterStyle, TenantState } from './state';
 import type { StatsTracker } from './tracker';
 import { API_AUDIENCES, type AccessClaims, type TokenSigner } from './tokens';
 import { exportFilesList, type SasSigner } from './tvmexport';
@@ -56,22 +56,24 @@ function retryAfterHeaders(
   return { 'Retry-After': waitSec };
 }
 
-/** A 5xx of the status5xxRate fault, its body as `body` asks. */
-function fiveXx(status: number, body: FiveXxBody | undefined): Reply {
+/** An answer of the front end before the service (a gateway, proxy or firewall): its own body, not MDE's JSON. */
+function gatewayAnswer(status: number, body: GatewayBody): Reply {
   if (body === 'empty') return { status, body: undefined, raw: '' };
-  if (body === 'html') {
-    const title = `${status} ${STATUS_CODES[status] ?? 'Server Error'}`;
-    return {
-      status,
-      body: undefined,
-      // What a gateway in front of a failing service answers: its own page, not the service's JSON.
-      raw:
-        `<!DOCTYPE html>\r\n<html>\r\n<head><title>${title}</title></head>\r\n<body>\r\n` +
-        `<center><h1>${title}</h1></center>\r\n<hr><center>Microsoft-Azure-Application-Gateway/v2</center>\r\n` +
-        `</body>\r\n</html>\r\n${'<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n'.repeat(6)}`,
-      headers: { 'Content-Type': 'text/html' },
-    };
-  }
+  const title = `${status} ${STATUS_CODES[status] ?? 'Error'}`;
+  return {
+    status,
+    body: undefined,
+    raw:
+      `<!DOCTYPE html>\r\n<html>\r\n<head><title>${title}</title></head>\r\n<body>\r\n` +
+      `<center><h1>${title}</h1></center>\r\n<hr><center>Microsoft-Azure-Application-Gateway/v2</center>\r\n` +
+      `</body>\r\n</html>\r\n${'<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n'.repeat(6)}`,
+    headers: { 'Content-Type': 'text/html' },
+  };
+}
+
+/** A 5xx of the status5xxRate fault, its body as `body` asks: a gateway's in front of a failing service, or MDE's. */
+function fiveXx(status: number, body: FiveXxBody | undefined): Reply {
+  if (body === 'empty' || body === 'html') return gatewayAnswer(status, body);
   if (status === 503) return mdeError(503, 'ServiceUnavailable', 'Service is temporarily unavailable.');
   return mdeError(status, 'InternalServerError', '');
 }
@@ -149,6 +151,11 @@ export function createMdeRoute(
     const answer = (reply: Reply, malformed = false): Promise<void> | void =>
       send(res, reply, malformed, gzip, f.bodyBytesPerSec);
 
+    if (f.gateway403) {
+      fault('gateway403');
+      send(res, gatewayAnswer(403, f.gateway403), false, gzip);
+      return;
+    }
     const required = REQUIRED_ROLES[quota];
     if (!required.some((role) => auth.roles?.includes(role))) {
       answer(

@@ -35,6 +35,12 @@ export interface FaultSpec {
    */
   status5xxBody?: FiveXxBody;
   /**
+   * Answer every MDE API call of the tenant 403 with a body that is not MDE's error JSON, as a proxy, firewall
+   * or gateway in front of the service refusing the call: 'empty' none at all, 'html' a gateway's HTML page
+   * (`text/html`). Checked once the token names the tenant, before its roles. Default none.
+   */
+  gateway403?: GatewayBody;
+  /**
    * The tenant's next this many MDE API calls (after the role and licence checks) are answered 429
    * `TooManyRequests` whatever the quota's room, as a front end throttling before the service; counted
    * down as they happen.
@@ -98,7 +104,9 @@ export interface FaultSpec {
   disabledFeature?: QuotaKind[];
 }
 
-export type FiveXxBody = 'mde' | 'empty' | 'html';
+/** A body of the front end's own: none, or its HTML error page. */
+export type GatewayBody = 'empty' | 'html';
+export type FiveXxBody = 'mde' | GatewayBody;
 export type RetryAfterStyle = 'seconds' | 'httpDate' | 'none';
 
 export interface TenantState {
@@ -168,6 +176,8 @@ export function validateFaults(faults: FaultSpec): FaultSpec {
   }
   const body = oneOf(faults.status5xxBody, 'status5xxBody', ['mde', 'empty', 'html'] as const);
   if (body) out.status5xxBody = body;
+  const gateway403 = oneOf(faults.gateway403, 'gateway403', ['empty', 'html'] as const);
+  if (gateway403) out.gateway403 = gateway403;
   const retryAfter = oneOf(faults.retryAfter, 'retryAfter', ['seconds', 'httpDate', 'none'] as const);
   if (retryAfter) out.retryAfter = retryAfter;
   if (faults.nextLinkOrigin !== undefined) {

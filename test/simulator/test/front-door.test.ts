@@ -96,6 +96,31 @@ describe('front-end faults', () => {
     },
   );
 
+  test.each([['empty'], ['html']] as const)(
+    'gateway403 %s should answer every call 403 with that body, whatever the token’s roles',
+    async (body) => {
+      sim.setFaults(TENANT, { gateway403: body });
+      const id = sim.machines(TENANT)[0]?.id as string;
+      for (const path of ['/api/machines?$top=1', `/api/machines/${id}/vulnerabilities`]) {
+        const reply = await request(sim, path, { token });
+        expect(reply.status).toBe(403);
+        expect(reply.json).toBeUndefined();
+        if (body === 'html') {
+          expect(reply.headers['content-type']).toBe('text/html');
+          expect(reply.text).toContain('<title>403 Forbidden</title>');
+        } else expect(reply.text).toBe('');
+      }
+      sim.setFaults(TENANT, {});
+      expect((await request(sim, '/api/machines?$top=1', { token })).status).toBe(200);
+    },
+  );
+
+  test('setFaults should reject a gateway403 that is not empty or html', () => {
+    expect(() => sim.setFaults(TENANT, { gateway403: 'mde' as never })).toThrow(
+      'faults.gateway403 must be one of empty, html',
+    );
+  });
+
   test('nextLinkOrigin should name that origin in the paged answers’ links, which still lead here by path', async () => {
     sim.setFaults(TENANT, { nextLinkOrigin: 'https://api.securitycenter.microsoft.com/' });
     const page = await request(sim, '/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=5', { token });
