@@ -41,8 +41,9 @@ export interface PerDeviceEnrichment {
 }
 
 /**
- * Device calls of a batch failing in a row because Defender is down or throttles for longer than a call
- * waits: the tenant's outage, not the devices'. After this many the cycle's other devices are not asked
+ * Device calls of a batch failing in a row because Defender is down, throttles for longer than a call
+ * waits, or something in front of it (a proxy, a firewall, a gateway) refuses them (REQUEST_REJECTED: its
+ * 403 without MDE's error body, or another 4xx every device draws): the tenant's outage, not the devices'. After this many the cycle's other devices are not asked
  * for (the rest of the batch, and the cycle's later batches, as after a credentials failure), so one
  * tenant's outage does not hold the 10 shared slots for each of its devices' retries and timeouts. The
  * Defender client counts its attempts too (CallHealth): a call it holds back stops the cycle's calls at once.
@@ -51,6 +52,7 @@ const OUTAGE_AFTER_FAILURES = 10;
 const OUTAGE_CODES: ReadonlySet<string> = new Set([
   DefenderErrorCode.UNAVAILABLE,
   DefenderErrorCode.THROTTLED,
+  DefenderErrorCode.REQUEST_REJECTED,
 ]);
 
 export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichment {

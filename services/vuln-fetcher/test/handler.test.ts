@@ -88,36 +88,41 @@ describe('createEnrichHandler', () => {
     ]);
   });
 
-  it("should stop calling for a tenant whose device calls fail 10 times in a row for Defender's own reasons", async () => {
-    let calls = 0;
-    const devices = Array.from({ length: 40 }, (_, i) => ({ id: `d${i}` }));
-    const { handler, sent, statuses, forgotten } = setup(
-      {
-        machineVulnerabilities: async (id) => {
-          calls++;
-          // A device gone since the listing breaks no run; Defender down does.
-          if (id === 'd0') throw new DefenderError(DefenderErrorCode.NOT_FOUND, 'no such machine');
-          if (id === 'd1') return [];
-          throw new DefenderError(DefenderErrorCode.UNAVAILABLE, 'the API answered 503 six times');
+  it.each([
+    [DefenderErrorCode.UNAVAILABLE, 'the API answered 503 six times'],
+    // A proxy, firewall or gateway in front of the API refusing every call (a 403 without MDE's error body).
+    [DefenderErrorCode.REQUEST_REJECTED, "The Defender API answered 403 without Microsoft's error body"],
+  ])(
+    "should stop calling for a tenant whose device calls fail 10 times in a row for Defender's own reasons (%s)",
+    async (code, reason) => {
+      let calls = 0;
+      const devices = Array.from({ length: 40 }, (_, i) => ({ id: `d${i}` }));
+      const { handler, sent, statuses, forgotten } = setup(
+        {
+          machineVulnerabilities: async (id) => {
+            calls++;
+            // A device gone since the listing breaks no run; Defender down does.
+            if (id === 'd0') throw new DefenderError(DefenderErrorCode.NOT_FOUND, 'no such machine');
+            if (id === 'd1') return [];
+            throw new DefenderError(code, reason);
+          },
         },
-      },
-      { concurrency: 1 },
-    );
-    await handler(
-      message(batch({ devices, lastBatch: false, totalBatches: undefined, totalDevices: undefined })),
-    );
-    await handler(message(batch({ batchIndex: 1, devices: devices.slice(0, 5) })));
-    expect(calls).toBe(12);
-    const first = (sent[0] as EnrichedBatch).devices;
-    expect(first.filter((d) => d.vulnerabilities === null)).toHaveLength(39);
-    expect(first[20]?.fetchError?.message).toMatch(/^Microsoft Defender failed 10 device calls in a row/);
-    expect(
-      (sent[1] as EnrichedBatch).devices.every((d) => d.fetchError?.code === 'DEFENDER_UNAVAILABLE'),
-    ).toBe(true);
-    expect(statuses[0]).toMatchObject({ state: 'error', lastErrorCode: 'DEFENDER_UNAVAILABLE' });
-    // Defender's own failure: the tenant's client and token are still good.
-    expect(forgotten).toEqual([]);
-  });
+        { concurrency: 1 },
+      );
+      await handler(
+        message(batch({ devices, lastBatch: false, totalBatches: undefined, totalDevices: undefined })),
+      );
+      await handler(message(batch({ batchIndex: 1, devices: devices.slice(0, 5) })));
+      expect(calls).toBe(12);
+      const first = (sent[0] as EnrichedBatch).devices;
+      expect(first.filter((d) => d.vulnerabilities === null)).toHaveLength(39);
+      expect(first[20]?.fetchError?.message).toMatch(/^Microsoft Defender failed 10 device calls in a row/);
+      expect((sent[1] as EnrichedBatch).devices.every((d) => d.fetchError?.code === code)).toBe(true);
+      expect(statuses[0]).toMatchObject({ state: 'error', lastErrorCode: code });
+      // Defender's own failure: the tenant's client and token are still good.
+      expect(forgotten).toEqual([]);
+    },
+  );
 
   it('should stop calling for a tenant at the first call the Defender client holds back, and say why in its status', async () => {
     let calls = 0;
