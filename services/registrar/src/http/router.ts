@@ -1,5 +1,4 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import { redactText } from '@urs/logging';
 
 export type HttpMethod = 'GET' | 'PUT' | 'POST' | 'DELETE';
 
@@ -44,11 +43,7 @@ export interface Violation {
   rule: string;
 }
 
-/**
- * An answer that is an error: `{error: {code, message, violations?}}` with this status. Its message goes out
- * through `redactText`: it may quote text from elsewhere (a stored refusal, a sealer's reason) that carries
- * a secret.
- */
+/** An answer that is an error: `{error: {code, message, violations?}}` with this status. */
 export class ApiError extends Error {
   constructor(
     readonly status: number,
@@ -65,7 +60,7 @@ export class ApiError extends Error {
     return {
       error: {
         code: this.code,
-        message: redactText(this.message),
+        message: this.message,
         ...(this.violations.length > 0 ? { violations: this.violations } : {}),
       },
     };

@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { Logger } from '@urs/logging';
+import { type Logger, redact } from '@urs/logging';
 import { canRetry, errorCode, errorMessage } from '@urs/resilience';
 import { listenHttp, type Registry } from '@urs/telemetry';
 import { createBearerCheck } from './auth';
@@ -60,14 +60,18 @@ interface InFlight {
 
 const METHODS = new Set<string>(['GET', 'HEAD', 'PUT', 'POST', 'DELETE']);
 
-/** Writes the answer; to a HEAD request, the headers a GET would get, without the body (RFC 9110 9.3.2). */
+/**
+ * Writes the answer; to a HEAD request, the headers a GET would get, without the body (RFC 9110 9.3.2). The
+ * body goes out redacted (`redact`, as log lines do): text from elsewhere in it (a tenant's status note, a stored
+ * refusal, Microsoft's error in an access check's verdict, an error's message) may quote a secret.
+ */
 function send(response: ServerResponse, answer: ApiResponse, head: boolean): void {
   const headers: Record<string, string> = { 'cache-control': 'no-store', ...answer.headers };
   if (answer.status === 204 || answer.body === undefined) {
     response.writeHead(answer.status, headers).end();
     return;
   }
-  const text = JSON.stringify(answer.body);
+  const text = JSON.stringify(redact(answer.body));
   response.writeHead(answer.status, {
     ...headers,
     'content-type': 'application/json; charset=utf-8',

@@ -26,6 +26,18 @@ describe('startApiServer', () => {
         if (request.params['id'] === 'flaky')
           throw new UrsError('REDIS_DOWN', 'connect ECONNREFUSED', { canRetry: true });
         if (request.params['id'] === 'broken') throw new UrsError('BUG', 'internal detail with a value');
+        // Text from elsewhere (a tenant's status note, a stored refusal) that quotes a secret.
+        if (request.params['id'] === 'quoting')
+          return {
+            status: 200,
+            body: { note: 'token request sent client_secret=Sup3r-s3cret&grant_type=client_credentials' },
+          };
+        if (request.params['id'] === 'refused')
+          throw new ApiError(
+            404,
+            'THING_NOT_FOUND',
+            'refused: the call sent Authorization: Bearer eyJhbGciOi.eyJzdWIi.c2ln',
+          );
         return { status: 200, body: { id: request.params['id'] } };
       },
     },
@@ -75,6 +87,17 @@ describe('startApiServer', () => {
     expect(missing.headers.get('www-authenticate')).toBe('Bearer');
     expect(missing.body.error.code).toBe('UNAUTHORIZED');
     expect((await request('GET', '/nowhere', { token: 'wrong-token-0123456789' })).status).toBe(401);
+  });
+
+  it('startApiServer should answer without a secret that text in the answer quotes, an error too', async () => {
+    const quoting = await request('GET', '/v1/things/quoting');
+    expect(quoting.status).toBe(200);
+    expect(quoting.body).toEqual({
+      note: 'token request sent client_secret=[redacted]&grant_type=client_credentials',
+    });
+    const refused = await request('GET', '/v1/things/refused');
+    expect(refused.status).toBe(404);
+    expect(refused.body.error.message).toBe('refused: the call sent Authorization: Bearer [redacted]');
   });
 
   it('startApiServer should route, parse JSON bodies and answer JSON', async () => {

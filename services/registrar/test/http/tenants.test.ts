@@ -449,19 +449,6 @@ describe('tenantRoutes', () => {
     });
   });
 
-  it('GET should answer a stored refusal without a secret it quotes', async () => {
-    const { call, tenants } = setup();
-    await tenants.updateStatus('acme', {
-      state: 'registration-rejected',
-      lastErrorMessage:
-        'registration refused: sign-in sent client_secret=Sup3r-s3cret&grant_type=client_credentials',
-    });
-    const answer = await call('GET', '/v1/tenants/acme/defender');
-    expect(answer).toMatchObject({ status: 404, body: { error: { code: 'TENANT_NOT_REGISTERED' } } });
-    expect(JSON.stringify(answer.body)).not.toContain('Sup3r');
-    expect(JSON.stringify(answer.body)).toContain('client_secret=[redacted]&grant_type=client_credentials');
-  });
-
   it('DELETE should end the status of a tenant whose only registration was refused', async () => {
     const { call, tenants, registry } = setup();
     await registry.reject('acme', [{ field: 'defender.clientId', rule: 'must be a GUID' }], {
