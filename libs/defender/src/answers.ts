@@ -121,8 +121,12 @@ function pageText(body: string, token: string): string {
  */
 export function withRequestId(message: string, requestId: unknown): string {
   if (typeof requestId !== 'string' || requestId === '') return message;
-  const id = ` (Microsoft request id ${requestId})`;
-  return message.endsWith('.') ? `${message.slice(0, -1)}${id}.` : `${message}${id}`;
+  const stop = message.endsWith('.') ? '.' : '';
+  const text = message.slice(0, message.length - stop.length);
+  // A message ending in brackets of its own takes the id inside them, not in a second pair.
+  return text.endsWith(')')
+    ? `${text.slice(0, -1)}; Microsoft request id ${requestId})${stop}`
+    : `${text} (Microsoft request id ${requestId})${stop}`;
 }
 
 /** An answer, for the tenant's health: 5xx and 408 are the API failing, a 429 is its quota, not its health. */
