@@ -454,6 +454,19 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
           });
         }
       };
+      /**
+       * A cycle whose keys expired (a day past its deadline, no sweep since) owes its summary no more: one now
+       * would give VMS a cycle start and counts it never had, and count an old cycle as the tenant's latest.
+       */
+      const dropExpired = async (tenantId: string, cycleId: string, status: string): Promise<false> => {
+        await deps.published.dropOwedSummary(tenantId, cycleId);
+        deps.logger.warn('cycle summary owed past the cycle it summed up, dropped unsent', {
+          tenantId,
+          cycleId,
+          status,
+        });
+        return false;
+      };
       const overdue = await deps.cycles.overdue(now());
       await sideBySide(overdue, ({ tenantId, cycleId }) =>
         each(tenantId, cycleId, async () => {
@@ -464,8 +477,8 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
               ? 'complete'
               : 'partial';
           if (!(await deps.cycles.claimPublication(tenantId, cycleId, status, now().getTime()))) return false;
-          const startedAt = state?.startedAt ?? now().toISOString();
-          const hint = { cycleStartedAt: startedAt };
+          if (state === null) return dropExpired(tenantId, cycleId, status);
+          const hint = { cycleStartedAt: state.startedAt };
           return sendOwed(state, tenantId, cycleId, status, hint, withoutWaitingForRebuild());
         }),
       );
@@ -475,17 +488,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         each(summary.tenantId, summary.cycleId, async () => {
           const { tenantId, cycleId, status } = summary;
           const state = await deps.cycles.get(tenantId, cycleId);
-          if (state === null) {
-            // Its keys expired (a day past its deadline): a summary now would give VMS a cycle start and
-            // counts it never had, and count an old cycle as the tenant's latest.
-            await deps.published.dropOwedSummary(tenantId, cycleId);
-            deps.logger.warn('cycle summary owed past the cycle it summed up, dropped unsent', {
-              tenantId,
-              cycleId,
-              status,
-            });
-            return false;
-          }
+          if (state === null) return dropExpired(tenantId, cycleId, status);
           const hint = { cycleStartedAt: state.startedAt };
           return sendOwed(state, tenantId, cycleId, status, hint, withoutWaitingForRebuild());
         }),

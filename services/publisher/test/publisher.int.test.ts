@@ -692,6 +692,22 @@ describe('the publisher', () => {
     expect(lines).toContainEqual(expect.objectContaining({ level: 'warn', tenantId: 't1', cycleId: 'c1' }));
   });
 
+  it('closeOverdue should drop, not send, an overdue cycle whose keys expired before any sweep, and say which', async () => {
+    const lines: LogLine[] = [];
+    const { handler, begin, completion } = build({ completionLogger: capturingLogger(lines) });
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    // No publisher swept for a day past its deadline: its keys expired, it is still listed as open.
+    await redis.client.del(`${redis.prefix}cycle:t1:c1`, `${redis.prefix}cycle-batches:t1:c1`);
+    now = new Date(minute(16));
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(summaries()).toEqual([]);
+    expect(await owed()).toEqual([]);
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(summaries()).toEqual([]);
+    expect(lines).toContainEqual(expect.objectContaining({ level: 'warn', tenantId: 't1', cycleId: 'c1' }));
+  });
+
   it.each(['owed', 'overdue'] as const)(
     "closeOverdue should send an %s summary after the tenant's batch in progress, so its tombstones never take a device the batch publishes",
     async (left) => {
