@@ -6,6 +6,15 @@ import type { Registry } from '@urs/telemetry';
 import { withSlotHandOff, type SlotHandOffOptions } from './handoff';
 import { redisClock } from './redis-clock';
 
+export interface ScheduleOptions {
+  /**
+   * The task has no deadline of its own and runs until its slot ends if it must (a bulk export page): it
+   * starts only at the start of a slot, never in one a call before it held (withSlotHandOff), so it has the
+   * slot's whole time.
+   */
+  wholeSlot?: boolean;
+}
+
 /** The slots of MDE calls in flight. */
 export interface CallLimiter {
   /**
@@ -13,7 +22,7 @@ export interface CallLimiter {
    * `slotEnds` aborts shortly before that expiration: the task must stop its call then, or the call would go
    * on beside a slot the limiter already counts as free, one call more in flight than the limit.
    */
-  schedule<T>(task: (slotEnds: AbortSignal) => Promise<T>): Promise<T>;
+  schedule<T>(task: (slotEnds: AbortSignal) => Promise<T>, options?: ScheduleOptions): Promise<T>;
   /** Stops the limiter and releases its connections. Idempotent. */
   close(): Promise<void>;
   /**
@@ -283,7 +292,10 @@ function slotsReconciler(
   };
 }
 
-/** The reason of a `slotEnds` abort: the task held its slot for as long as the limiter lets a job hold one. */
+/**
+ * The reason of a `slotEnds` abort: the slot was held for as long as the limiter lets a job hold one
+ * (`heldMs`); a task handed the slot by a call before it (withSlotHandOff) ran for less of it.
+ */
 export class SlotEndedError extends Error {
   constructor(readonly heldMs: number) {
     super(`the call slot ended after ${heldMs} ms`);
