@@ -59,6 +59,7 @@ export interface CallSlots {
     quotaSeconds: number,
     signal: AbortSignal | undefined,
     call: (abortOn: AbortSignal) => Promise<T>,
+    wholeSlot?: boolean,
   ): Promise<T>;
 }
 
@@ -81,7 +82,8 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
    * Runs `call` in one of the shared slots. The call counts against the tenant's quota from when it is sent,
    * as Microsoft counts it, and its waits (`quotaSeconds` before, the slot's here) and outcome go to the metrics.
    * The tenant's health decides, once the slot is held, whether the call may go now; one that may not gives
-   * the slot back at once and asks for one again at its turn.
+   * the slot back at once and asks for one again at its turn. A `wholeSlot` call (no deadline of its own)
+   * takes a slot of its own (ScheduleOptions).
    */
   async function inSlot<T extends { status: number }>(
     endpoint: DefenderEndpointClass,
@@ -89,6 +91,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
     quotaSeconds: number,
     signal: AbortSignal | undefined,
     call: (abortOn: AbortSignal) => Promise<T>,
+    wholeSlot = false,
   ): Promise<T> {
     const queued = performance.now();
     for (;;) {
@@ -115,29 +118,32 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
         metrics?.called(endpoint, 'error', (performance.now() - sentAt) / 1000);
       };
       try {
-        const response = await limiter.schedule(async (slotEnds) => {
-          // Stopped while it waited: not sent (axios would still write a request whose signal already
-          // aborted, one call more in flight than the slots).
-          if (signal?.aborted) throw notSent(endpoint, queued, signal);
-          if (!health.start()) return NOT_NOW;
-          slotEnded = slotEnds;
-          sentAt = performance.now();
-          claim.sent();
-          metrics?.waited(endpoint, quotaSeconds, (sentAt - queued) / 1000);
-          const request = requestSignal(signal, slotEnds);
-          // The tenant's health is told in the slot, before the slot serves its next call: told after, a
-          // round of calls failing together would each have sent the next queued call of the same tenant.
-          try {
-            const response = await call(request.signal);
-            ended({ response });
-            return response;
-          } catch (error) {
-            ended({ error });
-            throw error;
-          } finally {
-            request.done();
-          }
-        });
+        const response = await limiter.schedule(
+          async (slotEnds) => {
+            // Stopped while it waited: not sent (axios would still write a request whose signal already
+            // aborted, one call more in flight than the slots).
+            if (signal?.aborted) throw notSent(endpoint, queued, signal);
+            if (!health.start()) return NOT_NOW;
+            slotEnded = slotEnds;
+            sentAt = performance.now();
+            claim.sent();
+            metrics?.waited(endpoint, quotaSeconds, (sentAt - queued) / 1000);
+            const request = requestSignal(signal, slotEnds);
+            // The tenant's health is told in the slot, before the slot serves its next call: told after, a
+            // round of calls failing together would each have sent the next queued call of the same tenant.
+            try {
+              const response = await call(request.signal);
+              ended({ response });
+              return response;
+            } catch (error) {
+              ended({ error });
+              throw error;
+            } finally {
+              request.done();
+            }
+          },
+          { wholeSlot },
+        );
         if (response === NOT_NOW) continue;
         return response;
       } catch (error) {
@@ -148,7 +154,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
           if (CallHealth.isHeldBack(error)) metrics?.heldBack(endpoint);
           health.passTurn();
         }
-        throw slotExpired(error, endpoint, slotEnded) ?? error;
+        throw slotExpired(error, endpoint, slotEnded, sentAt) ?? error;
       }
     }
   }
@@ -193,8 +199,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
     slotEnded: AbortSignal | undefined,
   ): string | undefined {
     if (signal?.aborted) return undefined;
-    if (slotEnded?.reason instanceof SlotEndedError)
-      return `held its call slot ${slotEnded.reason.heldMs} ms`;
+    if (slotEnded?.reason instanceof SlotEndedError) return 'its call slot ended';
     let code: string | undefined;
     if (axios.isAxiosError(error)) code = error.code ?? 'ERROR';
     else if (isDefenderError(error, DefenderErrorCode.UNAVAILABLE))
@@ -204,24 +209,27 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
   }
 
   /**
-   * The call held its slot as long as a job may (its body kept arriving, slowly, for a minute), so it was
-   * stopped, or the limiter gave the slot up: a failure of this read, tried again like an outage, in words an
-   * operator can act on, not the limiter's own "This job timed out".
+   * The call's slot ended while it ran (its body kept arriving, slowly, until the slot had been held as long as
+   * a job may), so it was stopped, or the limiter gave the slot up: a failure of this read, tried again like an
+   * outage, in words an operator can act on, not the limiter's own "This job timed out". It says how long the
+   * call itself ran (from `sentAt`): a call handed a slot by another (withSlotHandOff) had less than the slot.
    */
   function slotExpired(
     error: unknown,
     endpoint: DefenderEndpointClass,
     slotEnds: AbortSignal | undefined,
+    sentAt: number,
   ): DefenderError | undefined {
     let held: string;
-    if (slotEnds?.reason instanceof SlotEndedError) held = `${slotEnds.reason.heldMs} ms`;
+    if (slotEnds?.reason instanceof SlotEndedError) held = duration(slotEnds.reason.heldMs);
     else if (error instanceof Bottleneck.BottleneckError && /timed out/.test(error.message))
       held = error.message.replace(/^This job timed out after /, '').replace(/\.$/, '');
     else return undefined;
     return new DefenderError(
       DefenderErrorCode.UNAVAILABLE,
-      `A ${endpoint} call to the Defender API of tenant ${azureTenantId} held its call slot as long as the ` +
-        `limiter allows (${held}) and was stopped: its answer came too slowly` +
+      `A ${endpoint} call to the Defender API of tenant ${azureTenantId} ` +
+        (sentAt > 0 ? `ran ${duration(performance.now() - sentAt)} and ` : '') +
+        `was stopped when its call slot ended (held ${held}, as long as the limiter allows): its answer came too slowly` +
         (endpoint === 'bulk' ? '; a smaller URS_BULK_PAGE_SIZE makes each page shorter' : ''),
       { canRetry: true, cause: error, details: { azureTenantId, endpoint } },
     );

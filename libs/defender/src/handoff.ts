@@ -1,7 +1,10 @@
 /** The slots of calls in flight (the shape of limiter.ts's CallLimiter, restated so the two files do not import each other). */
 interface Slots {
-  /** `slotEnds` aborts when the slot must go back: the task's call must stop then. */
-  schedule<T>(task: (slotEnds: AbortSignal) => Promise<T>): Promise<T>;
+  /**
+   * `slotEnds` aborts when the slot must go back: the task's call must stop then. A `wholeSlot` task (one
+   * with no deadline of its own, running until its slot ends) starts only in a slot no call held before it.
+   */
+  schedule<T>(task: (slotEnds: AbortSignal) => Promise<T>, options?: { wholeSlot?: boolean }): Promise<T>;
   close(): Promise<void>;
   /**
    * Whether this process may keep a slot whose lease ended: no other process waits for one, and the shared
@@ -34,6 +37,7 @@ const MAY_KEEP_FRESH_MS = 100;
 
 interface Waiter {
   task: (slotEnds: AbortSignal) => Promise<unknown>;
+  wholeSlot: boolean;
   resolve: (value: unknown) => void;
   reject: (error: unknown) => void;
 }
@@ -58,7 +62,9 @@ function answerLater(settle: (outcome: unknown) => void, outcome: unknown): void
  * A slot serves calls in a row for at most `maxLeaseMs` / `maxCallsPerLease`, then goes back to the inner
  * limiter, which shares slots out between processes again, unless the inner limiter says nobody else
  * waits: then the lease goes on (up to `maxHoldMs` in all), sparing the round trips of giving the slot back
- * and asking for it again. Calls wait in this process in arrival order.
+ * and asking for it again. Calls wait in this process in arrival order. A `wholeSlot` call (no deadline of its
+ * own: it may run until its slot ends) is only ever a slot's first call: a lease of any age (up to `maxHoldMs`)
+ * would leave it that much less time, so the slot that reaches it having served a call goes back instead.
  */
 export function withSlotHandOff(inner: Slots, options: SlotHandOffOptions = {}): Slots {
   const maxLeaseMs = options.maxLeaseMs ?? 1_000;
@@ -95,6 +101,7 @@ export function withSlotHandOff(inner: Slots, options: SlotHandOffOptions = {}):
     const heldSince = Date.now();
     let leaseStarted = heldSince;
     let calls = 0;
+    let served = 0;
     for (;;) {
       if (calls >= maxCallsPerLease || Date.now() - leaseStarted >= maxLeaseMs) {
         if (!(await mayRenew(Date.now() - heldSince))) return;
@@ -104,9 +111,13 @@ export function withSlotHandOff(inner: Slots, options: SlotHandOffOptions = {}):
       // The callers whose call just ended queue their next one in their continuations: let them run first.
       if (waiting.length === 0) await new Promise((resolve) => setImmediate(resolve));
       if (slotEnds.aborted) return;
+      // A call that runs until its slot ends would have only what is left of this one: the slot goes back,
+      // and the call gets a slot of its own, asked for as this one ends.
+      if (served > 0 && waiting[0]?.wholeSlot) return;
       const next = waiting.shift();
       if (!next) return;
       calls++;
+      served++;
       try {
         answerLater(next.resolve, await next.task(slotEnds));
       } catch (error) {
@@ -148,9 +159,10 @@ export function withSlotHandOff(inner: Slots, options: SlotHandOffOptions = {}):
   }
 
   return {
-    schedule<T>(task: (slotEnds: AbortSignal) => Promise<T>): Promise<T> {
+    schedule<T>(task: (slotEnds: AbortSignal) => Promise<T>, options?: { wholeSlot?: boolean }): Promise<T> {
       return new Promise<T>((resolve, reject) => {
-        waiting.push({ task, resolve: resolve as (value: unknown) => void, reject });
+        const wholeSlot = options?.wholeSlot ?? false;
+        waiting.push({ task, wholeSlot, resolve: resolve as (value: unknown) => void, reject });
         if (waiting.length > requested) requestSlot();
       });
     },

@@ -184,7 +184,9 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       // So after a wait the token is asked for again (the same one unless it is due for renewal).
       if (quotaSeconds >= TOKEN_RECHECK_AFTER_QUOTA_WAIT_S) token = (await tokens.getToken(signal)).token;
       const current = token;
-      const response = await call(current, (run) => slots.inSlot(endpoint, claim, quotaSeconds, signal, run));
+      const response = await call(current, (run, wholeSlot) =>
+        slots.inSlot(endpoint, claim, quotaSeconds, signal, run, wholeSlot),
+      );
       if (!('headers' in response)) return response;
       if (response.status === 401 && !refreshed) {
         refreshed = true;
@@ -284,12 +286,22 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     }
   }
 
-  /** One OData call read row by row by `send`, with its retries (of timeouts as `onTimeout` says). */
+  /**
+   * One OData call read row by row by `send` within `deadlineMs` (sendRows's), with its retries (of timeouts as
+   * `onTimeout` says). Without a deadline the call runs until its slot ends if it must, so it takes a slot
+   * of its own, never one a call before it held (`wholeSlot`).
+   */
   async function scan(
     endpoint: DefenderEndpointClass,
     pathOrUrl: string,
     signal: AbortSignal | undefined,
-    send: (url: string, token: string, abortOn: AbortSignal) => Promise<AxiosResponse<string> | RowsScan>,
+    deadlineMs: number | undefined,
+    send: (
+      url: string,
+      token: string,
+      abortOn: AbortSignal,
+      deadlineMs: number | undefined,
+    ) => Promise<AxiosResponse<string> | RowsScan>,
     onTimeout?: 'retry' | 'throw',
   ): Promise<RowsScan> {
     const url = resolveUrl(pathOrUrl);
@@ -300,7 +312,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       // The answer is read in the slot as it arrives, so the whole call runs in it.
       () =>
         attempt<RowsScan>(endpoint, url, signal, (token, slot) =>
-          slot((abortOn) => send(url, token, abortOn)),
+          slot((abortOn) => send(url, token, abortOn, deadlineMs), deadlineMs === undefined),
         ),
       onTimeout,
     );
@@ -316,8 +328,8 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     sink: () => ODataSink,
     signal?: AbortSignal,
   ): Promise<RowsScan> {
-    return scan(endpoint, pathOrUrl, signal, (url, token, abortOn) =>
-      sendRows(url, token, params, sink, signal, abortOn),
+    return scan(endpoint, pathOrUrl, signal, undefined, (url, token, abortOn, deadlineMs) =>
+      sendRows(url, token, params, sink, signal, abortOn, deadlineMs),
     );
   }
 
@@ -342,12 +354,13 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
         endpoint,
         pathOrUrl,
         signal,
-        (url, token, abortOn) => {
+        // Its rows are kept whole (a page of the device list): the page must arrive within the timeout.
+        options.requestTimeoutMs,
+        (url, token, abortOn, deadlineMs) => {
           // A retried call starts its rows afresh.
           rows = [];
           const sink = (): ODataSink => new ODataRowScanner<T>((row) => rows.push(row), toRow, reader);
-          // Its rows are kept whole (a page of the device list): the page must arrive within the timeout.
-          return sendRows(url, token, params, sink, signal, abortOn, options.requestTimeoutMs);
+          return sendRows(url, token, params, sink, signal, abortOn, deadlineMs);
         },
         onTimeout,
       );

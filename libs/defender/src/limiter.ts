@@ -4,6 +4,16 @@ import type { Logger } from '@urs/logging';
 import { closeRedis } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import { withSlotHandOff, type SlotHandOffOptions } from './handoff';
+import { redisClock } from './redis-clock';
+
+export interface ScheduleOptions {
+  /**
+   * The task has no deadline of its own and runs until its slot ends if it must (a bulk export page): it
+   * starts only at the start of a slot, never in one a call before it held (withSlotHandOff), so it has the
+   * slot's whole time.
+   */
+  wholeSlot?: boolean;
+}
 
 /** The slots of MDE calls in flight. */
 export interface CallLimiter {
@@ -12,7 +22,7 @@ export interface CallLimiter {
    * `slotEnds` aborts shortly before that expiration: the task must stop its call then, or the call would go
    * on beside a slot the limiter already counts as free, one call more in flight than the limit.
    */
-  schedule<T>(task: (slotEnds: AbortSignal) => Promise<T>): Promise<T>;
+  schedule<T>(task: (slotEnds: AbortSignal) => Promise<T>, options?: ScheduleOptions): Promise<T>;
   /** Stops the limiter and releases its connections. Idempotent. */
   close(): Promise<void>;
   /**
@@ -61,7 +71,11 @@ export interface SharedLimiterOptions {
    * the limiter writes its `maxConcurrent`, with a warning when that changes the stored one.
    */
   joinStoredSettings?: boolean;
-  /** How often the shared running count is checked against the jobs it counts, in milliseconds. Default 5000. */
+  /**
+   * How often the shared running count is checked against the jobs it counts, and the offset of Redis's clock
+   * from this process's measured again (the jobs' expirations are counted on Redis's), in milliseconds.
+   * Default 5000.
+   */
   reconcileEveryMs?: number;
   /** Where the gauges of the shared slots go (`urs_defender_slots_running`, `urs_defender_slots_max`). */
   metrics?: Registry;
@@ -79,6 +93,19 @@ type ScriptCallback = (error: Error | null, replies?: unknown) => void;
 type ScriptArgs = (name: string, id: string, args: unknown[], callback: ScriptCallback) => unknown[];
 
 /**
+ * Puts `wrap(original)` in place of the connection's `__scriptArgs__`, through which Bottleneck 2.19.5's
+ * RedisDatastore.runScript passes the arguments and the callback of each of its Lua scripts. False when this
+ * Bottleneck has no such hook.
+ */
+function wrapScriptArgs(connection: object, wrap: (original: ScriptArgs) => ScriptArgs): boolean {
+  const hook = connection as { __scriptArgs__?: unknown };
+  const original = hook.__scriptArgs__;
+  if (typeof original !== 'function') return false;
+  hook.__scriptArgs__ = wrap((original as ScriptArgs).bind(connection));
+  return true;
+}
+
+/**
  * Makes Bottleneck 2.19.5 recover from the loss of its Redis keys again (FLUSHALL, a Redis restart without
  * persistence, key expiry). Its Lua scripts answer `redis.error_reply('SETTINGS_KEY_NOT_FOUND')` /
  * `('UNKNOWN_CLIENT')`, and RedisDatastore.runScript recovers by re-running `init` / `register_client`, then the
@@ -90,23 +117,43 @@ type ScriptArgs = (name: string, id: string, args: unknown[], callback: ScriptCa
  * Bottleneck has no such hook: the limiter still works, it just does not survive lost keys.
  */
 export function recogniseBottleneckErrorsOnRedis7(connection: object, logger: Logger): boolean {
-  const hook = connection as { __scriptArgs__?: unknown };
-  const original = hook.__scriptArgs__;
-  if (typeof original !== 'function') {
+  const wrapped = wrapScriptArgs(
+    connection,
+    (scriptArgs) => (name, id, args, callback) =>
+      scriptArgs(name, id, args, (error, replies) => {
+        if (error != null && typeof error.message === 'string') {
+          error.message = error.message.replace(REDIS7_PREFIX_OF_BOTTLENECK_ERRORS, '');
+        }
+        callback(error, replies);
+      }),
+  );
+  if (!wrapped) {
     logger.warn(
       'defender limiter: Bottleneck has no __scriptArgs__ hook; if its Redis keys are lost, calls fail until restart',
     );
-    return false;
   }
-  const scriptArgs = original as ScriptArgs;
-  hook.__scriptArgs__ = ((name, id, args, callback) =>
-    scriptArgs.call(connection, name, id, args, (error, replies) => {
-      if (error != null && typeof error.message === 'string') {
-        error.message = error.message.replace(REDIS7_PREFIX_OF_BOTTLENECK_ERRORS, '');
-      }
-      callback(error, replies);
-    })) satisfies ScriptArgs;
-  return true;
+  return wrapped;
+}
+
+/**
+ * Runs Bottleneck 2.19.5's Lua scripts on `now` (Redis's clock) instead of this process's. RedisDatastore.runScript
+ * gives each script `Date.now()` as its first argument, and the scripts count every job's expiration by it: a job
+ * registered at `now` expires at `now + expiration`, and each script (every process's heartbeat too) frees the
+ * jobs whose expiration is before its own `now`. A host whose clock runs seconds ahead would free another host's
+ * job that much early, while its call still runs (stopped only at its own slot's end): one call more in flight
+ * than the limit. Returns false, after a warning, when this Bottleneck has no such hook.
+ */
+export function runBottleneckScriptsOnClock(connection: object, now: () => number, logger: Logger): boolean {
+  const wrapped = wrapScriptArgs(
+    connection,
+    (scriptArgs) => (name, id, args, callback) => scriptArgs(name, id, [now(), ...args.slice(1)], callback),
+  );
+  if (!wrapped) {
+    logger.warn(
+      "defender limiter: Bottleneck has no __scriptArgs__ hook; jobs expire by each host's clock, not Redis's",
+    );
+  }
+  return wrapped;
 }
 
 /** The id under which Bottleneck 2.19.5's Redis datastore counts this limiter's jobs (`_store.clientId`). */
@@ -202,13 +249,12 @@ return {running, total, settings[2] or ''}
 type ReconcileSlots = (...keys: string[]) => Promise<[number, number, string] | null>;
 
 /**
- * Every `everyMs`, reconciles the shared running count (RECONCILE_SLOTS_LUA) and logs the slots it gave
+ * Returns what reconciles the shared running count (RECONCILE_SLOTS_LUA) once and logs the slots it gave
  * back. Waiting calls see them at the next heartbeat (every process's publishes the capacity).
  */
-function reconcileSlots(
+function slotsReconciler(
   client: Redis,
   keyOf: (name: string) => string,
-  everyMs: number,
   logger: Logger,
   metrics: Registry | undefined,
 ): () => void {
@@ -224,7 +270,7 @@ function reconcileSlots(
     'urs_defender_slots_max',
     'The limit of Defender API calls in flight across every process (the stored maxConcurrent).',
   );
-  const timer = setInterval(() => {
+  return () => {
     reconcile(keyOf('settings'), keyOf('job_weights'), keyOf('job_clients'), keyOf('client_running')).then(
       (reply) => {
         if (reply === null) return;
@@ -243,12 +289,13 @@ function reconcileSlots(
       // The heartbeat's and the calls' own failures say Redis is away; this one would only repeat them.
       () => undefined,
     );
-  }, everyMs);
-  timer.unref();
-  return () => clearInterval(timer);
+  };
 }
 
-/** The reason of a `slotEnds` abort: the task held its slot for as long as the limiter lets a job hold one. */
+/**
+ * The reason of a `slotEnds` abort: the slot was held for as long as the limiter lets a job hold one
+ * (`heldMs`); a task handed the slot by a call before it (withSlotHandOff) ran for less of it.
+ */
 export class SlotEndedError extends Error {
   constructor(readonly heldMs: number) {
     super(`the call slot ended after ${heldMs} ms`);
@@ -304,6 +351,9 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
   failUnansweredCommands(client);
   logConnectionErrors(connection, options.logger);
   recogniseBottleneckErrorsOnRedis7(connection, options.logger);
+  const clock = redisClock(client);
+  await clock.measure();
+  runBottleneckScriptsOnClock(connection, clock.now, options.logger);
   const limiter = new Bottleneck({
     id: `${options.keyPrefix}defender-api`,
     connection,
@@ -326,15 +376,14 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
     }
     await limiter.updateSettings({ maxConcurrent });
   }
-  const stopReconciling = reconcileSlots(
-    client,
-    keyOf,
-    options.reconcileEveryMs ?? 5_000,
-    options.logger,
-    options.metrics,
-  );
+  const reconcile = slotsReconciler(client, keyOf, options.logger, options.metrics);
+  const timer = setInterval(() => {
+    reconcile();
+    void clock.measure();
+  }, options.reconcileEveryMs ?? 5_000);
+  timer.unref();
   const shared: CallLimiter = wrap(limiter, jobExpirationMs, async () => {
-    stopReconciling();
+    clearInterval(timer);
     // Stops the heartbeat and leaves the limiter's channels. Bottleneck's own disconnect(true) would then
     // QUIT both connections with no bound: while Redis is away the QUIT waits in ioredis's offline queue, and
     // the service's stop with it, until the stop times out. closeRedis bounds the QUIT.

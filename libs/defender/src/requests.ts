@@ -25,8 +25,12 @@ export type RowsScan = { status: 200; members: Record<string, unknown> } | { sta
 /**
  * Runs one call in one of the shared slots (the caller's `inSlot`, bound to its endpoint, quota claim and
  * signal). The call sends its request with `abortOn`: aborted by the caller's signal or by the slot's end.
+ * `wholeSlot`: the call has no deadline of its own and may run until the slot ends (see ScheduleOptions).
  */
-export type Slot = <T extends { status: number }>(call: (abortOn: AbortSignal) => Promise<T>) => Promise<T>;
+export type Slot = <T extends { status: number }>(
+  call: (abortOn: AbortSignal) => Promise<T>,
+  wholeSlot?: boolean,
+) => Promise<T>;
 
 /**
  * Runs a request with `abortOn`, for at most `ms`: one that runs out of time fails as axios's own timeout

@@ -115,4 +115,92 @@ describe('createCallSlots', () => {
       await limiter.close();
     }
   });
+
+  it('inSlot should give a call with no deadline of its own (wholeSlot) a slot of its own, not the rest of one a call before it held', async () => {
+    const limiter = withSlotHandOff(createLocalLimiter({ maxConcurrent: 1 }));
+    const slots = createCallSlots({
+      azureTenantId: 'tenant-a',
+      limiter,
+      health: new CallHealth('tenant-a'),
+      metrics: undefined,
+      requestTimeoutMs: 1_000,
+    });
+    let release: () => void = () => undefined;
+    const released = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const slotsOf: AbortSignal[] = [];
+    try {
+      const first = slots.inSlot('vulnerabilities', claim, 0, undefined, async (abortOn) => {
+        slotsOf.push(abortOn);
+        await released;
+        return { status: 200 };
+      });
+      const page = slots.inSlot(
+        'bulk',
+        claim,
+        0,
+        undefined,
+        async (abortOn) => {
+          slotsOf.push(abortOn);
+          return { status: 200 };
+        },
+        true,
+      );
+      // The page waits behind the call holding the only slot, which would hand it the rest of its slot.
+      await new Promise((resolve) => setImmediate(resolve));
+      release();
+      await expect(Promise.all([first, page])).resolves.toEqual([{ status: 200 }, { status: 200 }]);
+      expect(slotsOf).toHaveLength(2);
+      expect(slotsOf[1]).not.toBe(slotsOf[0]);
+    } finally {
+      await limiter.close();
+    }
+  });
+
+  it('inSlot should say how long a call stopped at its slot’s end ran itself, not only how long the slot was held', async () => {
+    // Slots end 900 ms after they start; the second call is handed the slot after the first's 300 ms.
+    const limiter = withSlotHandOff(createLocalLimiter({ maxConcurrent: 1, jobExpirationMs: 1_000 }));
+    const slots = createCallSlots({
+      azureTenantId: 'tenant-a',
+      limiter,
+      health: new CallHealth('tenant-a'),
+      metrics: undefined,
+      requestTimeoutMs: 1_000,
+    });
+    try {
+      const first = slots.inSlot('vulnerabilities', claim, 0, undefined, async () => {
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        return { status: 200 };
+      });
+      const trickling = slots.inSlot(
+        'vulnerabilities',
+        claim,
+        0,
+        undefined,
+        (abortOn) =>
+          new Promise<never>((_, reject) =>
+            abortOn.addEventListener('abort', () => reject(abortOn.reason as Error), { once: true }),
+          ),
+      );
+      await expect(first).resolves.toEqual({ status: 200 });
+      const error = await trickling.then(
+        () => undefined,
+        (e: unknown) => e as Error,
+      );
+      const said = /ran (\d+) ms and was stopped when its call slot ended \(held 900 ms, /.exec(
+        error?.message ?? '',
+      );
+      expect({ message: error?.message, ran: said?.[1] }).toEqual({
+        message: expect.stringContaining(
+          'was stopped when its call slot ended (held 900 ms, as long as the limiter allows)',
+        ),
+        ran: expect.any(String),
+      });
+      // The call itself ran only what the first call left of the slot.
+      expect(Number(said?.[1])).toBeLessThan(900);
+    } finally {
+      await limiter.close();
+    }
+  });
 });

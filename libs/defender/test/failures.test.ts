@@ -121,7 +121,7 @@ describe('createDefenderClient when an answer outlasts its call slot', () => {
         code: DefenderErrorCode.UNAVAILABLE,
         canRetry: true,
         message: expect.stringContaining(
-          'held its call slot as long as the limiter allows (270 ms) and was stopped',
+          'was stopped when its call slot ended (held 270 ms, as long as the limiter allows)',
         ),
       });
       expect(sim.stats().faultsByKind).toMatchObject({ slowBody: 2 });
@@ -147,7 +147,7 @@ describe('createDefenderClient when an answer outlasts its call slot', () => {
       );
       expect(error).toMatchObject({
         code: DefenderErrorCode.UNAVAILABLE,
-        message: expect.stringContaining('held its call slot as long as the limiter allows'),
+        message: expect.stringContaining('was stopped when its call slot ended'),
       });
       // As Node prints an uncaught error, causes and all: Entra's tokens are JWTs (`eyJ…`).
       expect(inspect(error, { depth: 20 })).not.toMatch(/Bearer|eyJ/);
