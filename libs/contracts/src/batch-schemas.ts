@@ -84,6 +84,13 @@ const vulnerabilitySummary = {
   },
 } as const;
 
+/** Why a device's vulnerabilities are null. */
+const fetchError = {
+  type: 'object',
+  required: ['code', 'message'],
+  properties: { code: { type: 'string' }, message: { type: 'string' } },
+} as const;
+
 export const enrichedBatchSchema = {
   $id: 'urs/enriched-batch',
   type: 'object',
@@ -103,11 +110,7 @@ export const enrichedBatchSchema = {
         properties: {
           machine: deviceRecord,
           vulnerabilities: { anyOf: [vulnerabilitySummary, { type: 'null' }] },
-          fetchError: {
-            type: 'object',
-            required: ['code', 'message'],
-            properties: { code: { type: 'string' }, message: { type: 'string' } },
-          },
+          fetchError,
         },
       },
     },
@@ -120,7 +123,8 @@ export const enrichedBatchSchema = {
         required: ['deviceId', 'vulnerabilities'],
         properties: {
           deviceId: { type: 'string', minLength: 1 },
-          vulnerabilities: vulnerabilitySummary,
+          vulnerabilities: { anyOf: [vulnerabilitySummary, { type: 'null' }] },
+          fetchError,
         },
       },
     },

@@ -68,6 +68,30 @@ describe('validateMessage', () => {
   });
 });
 
+describe('validateMessage of a bulk correction', () => {
+  it('should accept a correction to no vulnerabilities, with why, as a device of a batch may be', () => {
+    const correction = {
+      schemaVersion: 1,
+      tenantId: 'acme',
+      cycleId: 'c1',
+      cycleStartedAt: new Date().toISOString(),
+      batchIndex: 4,
+      lastBatch: false,
+      vulnerabilityMode: 'bulk',
+      collectedAt: new Date().toISOString(),
+      devices: [],
+      corrections: [
+        {
+          deviceId: 'a'.repeat(40),
+          vulnerabilities: null,
+          fetchError: { code: 'DEFENDER_UNREADABLE_RECORDS', message: 'no row of the device could be read' },
+        },
+      ],
+    };
+    expect(validateMessage('urs/enriched-batch', correction).corrections?.[0]?.vulnerabilities).toBeNull();
+  });
+});
+
 describe('checkMessage', () => {
   it('should list every violation', () => {
     const bad = {

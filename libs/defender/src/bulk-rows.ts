@@ -1,5 +1,6 @@
 import type { RowReader } from './odata-rows';
 import {
+  bulkRowDeviceId,
   parseSoftwareVulnerabilityRow,
   readCvss,
   type SoftwareVulnerabilityRow,
@@ -7,14 +8,20 @@ import {
   vulnerabilityFromRow,
 } from './schema';
 
-/** What a bulk row leaves once read: its device and CVE (none for a software-only row), or why it was skipped. */
+/**
+ * What a bulk row leaves once read: its device and CVE (none for a software-only row), or why it was
+ * skipped, with its device when the row names one (the device had a row, which could not be read).
+ */
 export type BulkRowEntry =
-  { deviceId: string; vulnerability: Vulnerability | undefined } | { invalid: string };
+  { deviceId: string; vulnerability: Vulnerability | undefined } | { invalid: string; deviceId?: string };
 
 /** Reduces one parsed export row (~1 KB of JSON) to the few fields the device summaries need. */
 export function bulkRowEntry(raw: unknown): BulkRowEntry {
   const parsed = parseSoftwareVulnerabilityRow(raw);
-  if (!parsed.ok) return { invalid: parsed.reason };
+  if (!parsed.ok) {
+    const deviceId = bulkRowDeviceId(raw);
+    return deviceId === undefined ? { invalid: parsed.reason } : { invalid: parsed.reason, deviceId };
+  }
   return { deviceId: parsed.value.deviceId, vulnerability: vulnerabilityFromRow(parsed.value) };
 }
 

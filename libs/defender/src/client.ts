@@ -343,6 +343,8 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
       // Per device, its CVEs in first-seen order and where each one is in that list.
       const merged = new Map<string, { list: Vulnerability[]; index: Map<string, number> }>();
       const merge: BulkRowHandler = (machineId, vulnerability) => {
+        // A row that could not be read lists no CVE: its device is listed by its readable rows only.
+        if (vulnerability === null) return;
         let device = merged.get(machineId);
         if (!device) merged.set(machineId, (device = { list: [], index: new Map() }));
         if (vulnerability) mergeVulnerability(device.list, device.index, vulnerability);

@@ -395,6 +395,16 @@ export function parseSoftwareVulnerabilityRow(raw: unknown): ParseResult<Softwar
 }
 
 /**
+ * The device an export row names (its `deviceId`, text that is not empty, the key in any case), whether the
+ * row is read or skipped as invalid: a skipped row still tells that its device had a row.
+ */
+export function bulkRowDeviceId(raw: unknown): string | undefined {
+  const object = asObject(raw);
+  const deviceId = object && normaliseKeys(object, BULK_KEY_MAP)['deviceId'];
+  return typeof deviceId === 'string' && deviceId !== '' ? deviceId : undefined;
+}
+
+/**
  * The per-device shape of a bulk row, so the scorer sees one vulnerability type whichever endpoint
  * produced it: `cveId` → `id` (upper case), `cvssScore` → `cvssV3`, `vulnerabilitySeverityLevel` → `severity`,
  * `exploitabilityLevel` → the exploit flags. Rows without a CVE (software only) give undefined.

@@ -118,8 +118,11 @@ export async function fetchMachineVulnerabilities(
   return list;
 }
 
-/** One device's row of the bulk export: its CVE, or undefined for a row of software without one. */
-export type BulkRowHandler = (deviceId: string, vulnerability: Vulnerability | undefined) => void;
+/**
+ * One device's row of the bulk export: its CVE, undefined for a row of software without one, or null for a
+ * row skipped as invalid (reported as such), which says the device had a row whose CVE is not known.
+ */
+export type BulkRowHandler = (deviceId: string, vulnerability: Vulnerability | undefined | null) => void;
 
 /** What one read of the bulk export went through. */
 export interface BulkExportRead {
@@ -150,7 +153,7 @@ export interface BulkOptions {
 /**
  * `GET /api/machines/SoftwareVulnerabilitiesByMachine` (30 calls/min and 1,000/h), following
  * `@odata.nextLink` (it carries `$skiptoken`; `$top` would suppress it, so only `pageSize` is sent).
- * Each valid row goes to `onRow` as soon as it is read, and nothing of a page is kept here: a page is
+ * Each valid row goes to `onRow` as soon as it is read (an invalid one naming its device, as null), and nothing of a page is kept here: a page is
  * ~50,000 rows, and rows held until their page ends outlive the young generation, so only full marks
  * of the heap could free them. The export gives no order, so a device's rows may come on several pages
  * and the same CVE on several rows (one per product). A page that fails midway and is retried gives its
@@ -167,6 +170,7 @@ export async function readVulnerabilitiesByMachine(
     if ('invalid' in row) {
       read.invalid++;
       reportInvalidRow(deps, row.invalid);
+      if (row.deviceId !== undefined) onRow(row.deviceId, null);
       return;
     }
     read.rows++;

@@ -58,6 +58,12 @@ describe('the score of a vulnerability, per device and in the export', () => {
     scanner.push(Buffer.from(`{"value":[${rows.join(',')}]}`));
     scanner.end();
     expect(entries.map((entry) => 'invalid' in entry)).toEqual([true, true, true, true]);
+    // Each names its device, which had a row whose CVE is not known.
+    expect(entries.map((entry) => entry.deviceId)).toEqual(['d1', 'd1', 'd1', 'd1']);
+    expect(bulkRowEntry({ DeviceID: 'd2', cveId: 'CVE-1', cvssScore: 'high' })).toMatchObject({
+      deviceId: 'd2',
+    });
+    expect(bulkRowEntry({ deviceId: 7, cveId: 'CVE-1', cvssScore: 'high' })).not.toHaveProperty('deviceId');
   });
 });
 

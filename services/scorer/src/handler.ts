@@ -66,7 +66,7 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
     // cycle's correction batch has no devices of its own, only its corrections' summaries.
     const countedAt =
       batch.devices.find((device) => device.vulnerabilities)?.vulnerabilities?.cvssThreshold ??
-      batch.corrections?.[0]?.vulnerabilities.cvssThreshold;
+      batch.corrections?.find((correction) => correction.vulnerabilities)?.vulnerabilities?.cvssThreshold;
     const profile = await deps.profiles.get(batch.tenantId, countedAt);
     if (profile === null) return dropDeleted(log, batch.devices.length);
     const cycleStartMs = Date.parse(batch.cycleStartedAt);

@@ -323,6 +323,23 @@ describe('createScoreHandler', () => {
     );
   });
 
+  it("should score a correction to no vulnerabilities with criticalCves missing, beside the batch's other corrections", async () => {
+    const { handler, sent } = setup([tenantRecord('t1', 1, null)]);
+    await handler(inbound(enriched()));
+    const correction = correctionOf('d1', 'd2');
+    const unreadable = { code: 'DEFENDER_UNREADABLE_RECORDS', message: 'no row of the device could be read' };
+    correction.corrections = [
+      { deviceId: 'd2', vulnerabilities: null, fetchError: unreadable },
+      ...(correction.corrections ?? []).filter((item) => item.deviceId === 'd1'),
+    ];
+    await handler(inbound(correction));
+    const [d2, d1] = (sent[1] as ScoreBatch).devices as [ScoredDevice, ScoredDevice];
+    expect(d2.deviceId).toBe('d2');
+    expect(d2.missing).toContain('criticalCves');
+    expect(d1.missing).not.toContain('criticalCves');
+    expect(d1.contributions).toContainEqual(expect.objectContaining({ signal: 'criticalCves', value: 3 }));
+  });
+
   it('createProfileCache should drop a disabled tenant and read an unknown one from the tenant store', async () => {
     const { profiles, tenantsHandler } = setup([tenantRecord('t2', 1, { missingSignals: 'assume-worst' })]);
     await tenantsHandler(inbound(tenantRecord('t1', 1, null)));

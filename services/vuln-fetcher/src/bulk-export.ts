@@ -4,7 +4,7 @@ import { errorCode, errorMessage, isInfrastructureFault } from '@urs/resilience'
 import type { BulkVulnerabilityCache, LatestExport, TenantStore } from '@urs/store';
 import type { Counter, Registry } from '@urs/telemetry';
 import { correctionParts } from './corrections';
-import { notHeld, type Enrichment } from './enrichment';
+import { notHeld, unreadableInExport, type Enrichment } from './enrichment';
 import { anyAborted, throwIfStopping } from './interruption';
 import type { VulnerabilitySource } from './sources';
 import { NOT_IN_EXPORT_SNAPSHOT, generatedAt, listedBy, type ExportSnapshot } from './snapshot';
@@ -57,19 +57,21 @@ export interface ExportReader {
 }
 
 /**
- * A device of a batch as an export gives it. A device the export does not list has no vulnerability, if
+ * A device of a batch as an export gives it. A device the export lists only in rows that could not be read
+ * (its summary null) has none known, as per device. A device the export does not list has no vulnerability, if
  * the snapshot could list it (`listedBy`): one first seen after the snapshot was generated is not in it,
  * so its criticalCves is missing until the next snapshot (the cycle's own export, read after its last
  * batch, corrects it when that snapshot lists it).
  */
 function fromSnapshot(
   machine: DeviceRecord,
-  summary: VulnerabilitySummary | undefined,
+  summary: VulnerabilitySummary | null | undefined,
   snapshot: ExportSnapshot,
   cvssThreshold: number,
 ): EnrichedDevice {
   const unheld = notHeld(machine);
   if (unheld) return { machine, vulnerabilities: null, fetchError: unheld };
+  if (summary === null) return { machine, vulnerabilities: null, fetchError: unreadableInExport() };
   if (summary) return { machine, vulnerabilities: summary };
   if (listedBy(machine.firstSeen, snapshot)) return { machine, vulnerabilities: emptySummary(cvssThreshold) };
   const of =

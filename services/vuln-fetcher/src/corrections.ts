@@ -3,10 +3,11 @@ import {
   type DeviceBatch,
   type EnrichedDevice,
   type VulnerabilityCorrection,
+  type VulnerabilitySummary,
 } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import type { BulkVulnerabilityCache, CycleStore, LatestExport } from '@urs/store';
-import type { Corrections } from './enrichment';
+import { unreadableInExport, type Corrections } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
 import { NOT_IN_EXPORT_SNAPSHOT, listedBy } from './snapshot';
 import { emptySummary } from './summarise';
@@ -32,7 +33,10 @@ export async function storedCorrections(
   return correctionParts(bulkCache.compare(batch.tenantId, latest.cycleId, stored), batch.cvssThreshold);
 }
 
-/** Changed summaries as correction batches of CORRECTIONS_PER_BATCH devices. */
+/**
+ * Changed summaries as correction batches of CORRECTIONS_PER_BATCH devices: a device gone from the export
+ * (null) has no vulnerabilities; one whose rows all were unreadable (the JSON `null`) has none known.
+ */
 export async function correctionParts(
   changed: AsyncIterable<[string, string | null][]> | Iterable<[string, string | null][]>,
   cvssThreshold: number,
@@ -42,7 +46,12 @@ export async function correctionParts(
   let part: VulnerabilityCorrection[] = [];
   for await (const slice of changed) {
     for (const [deviceId, json] of slice) {
-      part.push({ deviceId, vulnerabilities: json === null ? empty : (JSON.parse(json) as typeof empty) });
+      const summary = json === null ? empty : (JSON.parse(json) as VulnerabilitySummary | null);
+      part.push(
+        summary === null
+          ? { deviceId, vulnerabilities: null, fetchError: unreadableInExport() }
+          : { deviceId, vulnerabilities: summary },
+      );
       if (part.length === CORRECTIONS_PER_BATCH) {
         parts.push(part);
         part = [];

@@ -4,6 +4,7 @@ import {
   type EnrichedDevice,
   type VulnerabilityCorrection,
 } from '@urs/contracts';
+import { DefenderErrorCode } from '@urs/defender';
 import type { ExportSnapshot } from './snapshot';
 
 // What enriching a batch gives the handler to send, whichever mode made it.
@@ -56,5 +57,19 @@ export function notHeld(machine: DeviceRecord): FetchError | undefined {
     message:
       'the device is excluded from vulnerability management (isExcluded): its empty vulnerability list ' +
       'is no observation',
+  };
+}
+
+/**
+ * Why a device the bulk export lists only in rows that could not be read has no vulnerabilities (its
+ * summary null, stored as the JSON `null`): the per-device path's code for a device none of whose
+ * vulnerabilities could be read. Its criticalCves is missing, not 0.
+ */
+export function unreadableInExport(): FetchError {
+  return {
+    code: DefenderErrorCode.UNREADABLE_RECORDS,
+    message:
+      "none of the bulk export's rows of the device could be read (urs_vulnerability_rows_unreadable_total): " +
+      'its critical CVEs are not known',
   };
 }

@@ -27,6 +27,7 @@ let invalid: string[] = [];
 function onRow(row: BulkRowEntry): void {
   if ('invalid' in row) {
     invalid.push(row.invalid);
+    if (row.deviceId !== undefined) folder.add(row.deviceId, null);
     return;
   }
   folder.add(row.deviceId, row.vulnerability);

@@ -26,11 +26,11 @@ export interface VulnerabilitySource {
   machineVulnerabilities(machineId: string, signal?: AbortSignal): Promise<VulnerabilityLike[]>;
   /**
    * The tenant's bulk export, each row handed to `onRow` as it is read (a device and one of its CVEs,
-   * or none for a row of software without one), so the caller folds it in and keeps no row. A page
-   * retried midway gives its rows again: `onRow` must be idempotent.
+   * none for a row of software without one, or null for a row that could not be read), so the caller
+   * folds it in and keeps no row. A page retried midway gives its rows again: `onRow` must be idempotent.
    */
   bulkVulnerabilities(
-    onRow: (deviceId: string, vulnerability: VulnerabilityLike | undefined) => void,
+    onRow: (deviceId: string, vulnerability: VulnerabilityLike | undefined | null) => void,
     signal?: AbortSignal,
   ): Promise<void>;
   /**

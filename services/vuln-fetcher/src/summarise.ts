@@ -61,6 +61,7 @@ export interface FoldState {
   runEnds: Int32Array<ArrayBuffer>;
   runBefore: Int32Array<ArrayBuffer>;
   lastRun: Map<string, number>;
+  unreadable: Set<string>;
 }
 
 /** Grows a typed array to hold at least `needed` items, by half again: less slack than doubling. */
@@ -82,7 +83,8 @@ function grown<T extends Int32Array>(array: T, needed: number, make: (length: nu
  * of a run are kept once each; a device whose rows come in several runs (across pages, say) has one run
  * of pairs per stretch, each linked to the one before, and may hold a CVE once per run until its
  * summary, which keeps the highest score. A row folded twice (a retried page) changes nothing.
- * `summaries` gives exactly what `summariseVulnerabilities` gives for each device's whole list.
+ * `summaries` gives exactly what `summariseVulnerabilities` gives for each device's whole list, and null
+ * for a device whose rows all were unreadable: as per device, its CVEs are not known, not none.
  */
 export class VulnerabilityFolder {
   /** CVE id → its number; `cveIds[number]` is the id. */
@@ -99,12 +101,21 @@ export class VulnerabilityFolder {
   private runs = 0;
   /** Device id → its latest run. */
   private lastRun = new Map<string, number>();
+  /** The devices with a row that could not be read (rare: kept by id, apart from the runs). */
+  private unreadable = new Set<string>();
   /** The device of the current run, and where each CVE of the run sits among the pairs. */
   private runDevice: string | undefined;
   private readonly runCves = new Map<number, number>();
 
-  /** Folds one row of a device: one of its CVEs, or none (the device is still listed, as all clear). */
-  add(deviceId: string, vulnerability: VulnerabilityLike | undefined): void {
+  /**
+   * Folds one row of a device: one of its CVEs, none (the device is still listed, as all clear), or null for
+   * a row that could not be read (the device is listed, its CVEs unknown unless it has a readable row).
+   */
+  add(deviceId: string, vulnerability: VulnerabilityLike | undefined | null): void {
+    if (vulnerability === null) {
+      this.unreadable.add(deviceId);
+      return;
+    }
     if (deviceId !== this.runDevice) {
       this.runDevice = deviceId;
       this.runCves.clear();
@@ -129,21 +140,28 @@ export class VulnerabilityFolder {
 
   /** Devices folded in so far. */
   get size(): number {
-    return this.lastRun.size;
+    let size = this.lastRun.size;
+    for (const deviceId of this.unreadable) if (!this.lastRun.has(deviceId)) size++;
+    return size;
   }
 
   /**
-   * Each folded device's summary at the cycle's threshold, one at a time, so the caller can write them
-   * out in bounded slices instead of holding a summary per device at once.
+   * Each folded device's summary at the cycle's threshold (null: its rows all were unreadable), one at a
+   * time, so the caller can write them out in bounded slices instead of holding a summary per device at once.
    */
-  *summaries(cvssThreshold: number): IterableIterator<[string, VulnerabilitySummary]> {
+  *summaries(cvssThreshold: number): IterableIterator<[string, VulnerabilitySummary | null]> {
     for (const [deviceId, run] of this.lastRun) yield [deviceId, this.summaryFrom(run, cvssThreshold)];
+    for (const deviceId of this.unreadable) if (!this.lastRun.has(deviceId)) yield [deviceId, null];
   }
 
-  /** One device's summary at the cycle's threshold; undefined when the export did not list it. */
-  summaryOf(deviceId: string, cvssThreshold: number): VulnerabilitySummary | undefined {
+  /**
+   * One device's summary at the cycle's threshold; null when the export listed it in rows none of which
+   * could be read, undefined when it did not list it.
+   */
+  summaryOf(deviceId: string, cvssThreshold: number): VulnerabilitySummary | null | undefined {
     const run = this.lastRun.get(deviceId);
-    return run === undefined ? undefined : this.summaryFrom(run, cvssThreshold);
+    if (run !== undefined) return this.summaryFrom(run, cvssThreshold);
+    return this.unreadable.has(deviceId) ? null : undefined;
   }
 
   /** The summary of the device whose latest run is `run`, over all its runs. */
@@ -181,6 +199,7 @@ export class VulnerabilityFolder {
       runEnds: this.runEnds.subarray(0, this.runs),
       runBefore: this.runBefore.subarray(0, this.runs),
       lastRun: this.lastRun,
+      unreadable: this.unreadable,
     };
   }
 
@@ -200,6 +219,7 @@ export class VulnerabilityFolder {
     folder.runBefore = state.runBefore;
     folder.runs = state.runStarts.length;
     folder.lastRun = state.lastRun;
+    folder.unreadable = state.unreadable;
     return folder;
   }
 

@@ -127,6 +127,26 @@ describe('WorkerExportFold', () => {
     }
   });
 
+  it('should fold the device of a row skipped as unreadable as one without vulnerabilities', async () => {
+    const invalid: string[] = [];
+    const fold = new WorkerExportFold(WORKER);
+    try {
+      const rows = exportRows(10);
+      const unreadable = 'f'.repeat(40);
+      const sink = fold.sink((reason) => invalid.push(reason));
+      sink.push(body([...rows, { deviceId: unreadable, cveId: 'CVE-1', cvssScore: 11 }]));
+      await sink.end();
+      expect(invalid).toHaveLength(1);
+      const folded = await fold.fold();
+      expect(folded.summaryOf(unreadable, 7)).toBeNull();
+      expect(new Map(folded.summaries(7))).toEqual(
+        new Map([...foldedHere(rows).summaries(7), [unreadable, null]]),
+      );
+    } finally {
+      await fold.close();
+    }
+  });
+
   it('should reject an answer that is not a whole OData object', async () => {
     const fold = new WorkerExportFold(WORKER);
     const report = (): void => undefined;

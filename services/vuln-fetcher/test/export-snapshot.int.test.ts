@@ -130,13 +130,22 @@ describe("bulk cycles and the export's snapshot", () => {
 
   const critical = cveCatalog().find((entry) => (entry.vulnerability.cvssV3 ?? 0) >= 9.5)?.vulnerability;
 
-  /** Each corrected device's critical CVE count. */
-  const corrected = (batches: EnrichedBatch[]): Record<string, number> =>
+  /** Each corrected device's critical CVE count, or its fetch error's code when it has none. */
+  const corrected = (batches: EnrichedBatch[]): Record<string, number | string | undefined> =>
     Object.fromEntries(
       batches.flatMap((batch) =>
-        (batch.corrections ?? []).map((item) => [item.deviceId, item.vulnerabilities.criticalCveCount]),
+        (batch.corrections ?? []).map((item) => [
+          item.deviceId,
+          item.vulnerabilities?.criticalCveCount ?? item.fetchError?.code,
+        ]),
       ),
     );
+
+  /** A CVE of the catalog with this CVSS score as the export sends it (11: unreadable). */
+  const scored = (id: string, cvssV3: number) => {
+    if (!critical) throw new Error('the catalog has no critical CVE');
+    return { ...critical, id, cvssV3 };
+  };
 
   it('should pass a device onboarded since the snapshot on without vulnerabilities, not as clear', async () => {
     const { cycle } = setup();
@@ -195,5 +204,40 @@ describe("bulk cycles and the export's snapshot", () => {
     expect(corrected(sent)).toEqual({ [clear]: 0, [exposed]: 1 });
     const last = sent.find((batch) => batch.lastBatch);
     expect(last?.totalBatches).toBe(2 + sent.filter((batch) => batch.corrections !== undefined).length);
+  });
+
+  it('should pass a device none of whose export rows could be read on without vulnerabilities, also from the stored and the latest export', async () => {
+    const { cycle } = setup();
+    const [m0, m1, m2] = sim.machines(AZURE_TENANT).map((m) => m.id) as [string, string, string];
+    // m0's rows all have a score out of range; m1 has one readable critical CVE besides one unreadable.
+    sim.setVulnerabilities(AZURE_TENANT, m0, [scored('CVE-2024-1', 11), scored('CVE-2024-2', 11)]);
+    sim.setVulnerabilities(AZURE_TENANT, m1, [scored('CVE-2024-1', 11), scored('CVE-2024-3', 9.8)]);
+    sim.setVulnerabilities(AZURE_TENANT, m2, []);
+    const expected = { [m0]: 'DEFENDER_UNREADABLE_RECORDS', [m1]: 1, [m2]: 0 };
+    // The tenant's first bulk cycle reads its export first: both batches read it back from Redis.
+    expect(outcome(await cycle('c1', [[m0], [m1, m2]]))).toEqual(expected);
+    // The next, of the same snapshot: enriched from the latest export, which is not read again.
+    expect(outcome(await cycle('c2', [[m0, m1], [m2]]))).toEqual(expected);
+  });
+
+  it('should correct a device whose export rows can no longer be read to no vulnerabilities, and back', async () => {
+    const snapshotMs = 1_000;
+    const { cycle } = setup(snapshotMs);
+    const [m0, m1, m2] = sim.machines(AZURE_TENANT).map((m) => m.id) as [string, string, string];
+    sim.setVulnerabilities(AZURE_TENANT, m0, [scored('CVE-2024-3', 9.8)]);
+    expect(outcome(await cycle('c1', [[m0], [m1, m2]]))[m0]).toBe(1);
+
+    sim.setVulnerabilities(AZURE_TENANT, m0, [scored('CVE-2024-3', 11)]);
+    await new Promise((resolve) => setTimeout(resolve, snapshotMs + 100));
+    // m0 comes first, from c1's export; the cycle's own export, read by the last batch, corrects it.
+    const second = await cycle('c2', [[m0], [m1, m2]]);
+    expect(outcome(second)[m0]).toBe(1);
+    expect(corrected(second)).toEqual({ [m0]: 'DEFENDER_UNREADABLE_RECORDS' });
+
+    sim.setVulnerabilities(AZURE_TENANT, m0, [scored('CVE-2024-3', 9.8)]);
+    await new Promise((resolve) => setTimeout(resolve, snapshotMs + 100));
+    const third = await cycle('c3', [[m0], [m1, m2]]);
+    expect(outcome(third)[m0]).toBe('DEFENDER_UNREADABLE_RECORDS');
+    expect(corrected(third)).toEqual({ [m0]: 1 });
   });
 });

@@ -36,7 +36,7 @@ export const message = (value: DeviceBatch): InboundMessage<DeviceBatch> =>
   inboundMessage(value, { topic: 'urs.device-batches', key: value.tenantId });
 
 export function memoryBulkCache(renewals: string[] = []): BulkVulnerabilityCache {
-  const data = new Map<string, Map<string, VulnerabilitySummary>>();
+  const data = new Map<string, Map<string, VulnerabilitySummary | null>>();
   const states = new Map<string, BulkExportState>();
   return {
     async claim(tenantId, cycleId, owner) {

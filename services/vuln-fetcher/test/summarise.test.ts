@@ -200,4 +200,25 @@ describe('VulnerabilityFolder', () => {
       taken.add(row.deviceId, row.cveId === null ? undefined : { id: row.cveId, cvssV3: row.cvss });
     expect(new Map(taken.summaries(7))).toEqual(summariseWhole([...rows.slice(0, 2000), ...late], 7));
   });
+
+  it('should give null for a device whose rows were all unreadable, and summarise one with a readable row on it', () => {
+    const folder = new VulnerabilityFolder();
+    folder.add('a', null);
+    folder.add('b', { id: 'CVE-9', cvssV3: 9.9 });
+    folder.add('a', null);
+    folder.add('b', null);
+    folder.add('c', null);
+    folder.add('c', undefined);
+    const expected = new Map([
+      ['a', null],
+      ['b', summariseVulnerabilities([{ id: 'CVE-9', cvssV3: 9.9 }], 7)],
+      ['c', summariseVulnerabilities([], 7)],
+    ]);
+    expect(new Map(folder.summaries(7))).toEqual(expected);
+    expect(folder.summaryOf('a', 7)).toBeNull();
+    expect(folder.summaryOf('d', 7)).toBeUndefined();
+    expect(folder.size).toBe(3);
+    const taken = VulnerabilityFolder.from(structuredClone(folder.state()));
+    expect(new Map(taken.summaries(7))).toEqual(expected);
+  });
 });
