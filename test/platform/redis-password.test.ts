@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { freePort } from '../support/ports';
 import { fromStackModule } from './stack-module';
 
 /** Asks the server `command` (inline form) and answers its first reply line. */
@@ -28,7 +29,7 @@ describe('the local stack’s Redis password', () => {
       `m.writePasswordConfig(${JSON.stringify(dir)}, ${JSON.stringify(password)})`,
     );
     expect(fs.statSync(file).mode & 0o777).toBe(0o600);
-    const port = 20_000 + Math.floor(Math.random() * 20_000);
+    const port = await freePort();
     const server = spawn(
       'redis-server',
       [file, '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', ''],
@@ -36,19 +37,33 @@ describe('the local stack’s Redis password', () => {
         stdio: 'ignore',
       },
     );
+    // A redis-server that cannot start (not installed, the port taken meanwhile) fails the test at once.
+    const ended = new Promise<never>((_, reject) => {
+      server.once('error', reject);
+      server.once('exit', (code, signal) =>
+        reject(new Error(`redis-server ended before answering (code ${code}, signal ${signal})`)),
+      );
+    });
+    ended.catch(() => undefined);
+    let done = false;
     try {
-      let answer = '';
-      for (let i = 0; i < 50 && answer === ''; i++) {
-        await new Promise((r) => setTimeout(r, 100));
-        answer = await ask(port, 'PING').catch(() => '');
-      }
+      const answered = (async () => {
+        while (!done) {
+          const answer = await ask(port, 'PING').catch(() => '');
+          if (answer !== '') return answer;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        return '';
+      })();
+      const answer = await Promise.race([answered, ended]);
       expect(answer).toMatch(/NOAUTH/);
       expect(await ask(port, `AUTH "${password.replace(/[\\"]/g, '\\$&')}"`)).toBe('+OK');
       const cmdline = fs.readFileSync(`/proc/${server.pid}/cmdline`, 'utf8');
       expect(cmdline).not.toContain('w0rd');
     } finally {
+      done = true;
       server.kill();
       fs.rmSync(dir, { recursive: true, force: true });
     }
-  });
+  }, 15_000);
 });

@@ -3,6 +3,9 @@ import { type TestRedis, createTestRedis } from '@urs/testkit';
 import { type CallLimiter, createSharedLimiter } from '../src';
 
 const MAX_CONCURRENT = 4;
+const MAX_LEASE_MS = 200;
+/** How long a process keeps its slots while nobody else waits: longer than a test may run. */
+const MAX_HOLD_MS = 120_000;
 
 let redis: TestRedis;
 let limiters: CallLimiter[];
@@ -16,7 +19,8 @@ beforeEach(async () => {
         redis: redis.client,
         keyPrefix: redis.prefix,
         maxConcurrent: MAX_CONCURRENT,
-        handOff: { maxLeaseMs: 200 },
+        jobExpirationMs: 2 * MAX_HOLD_MS,
+        handOff: { maxLeaseMs: MAX_LEASE_MS, maxHoldMs: MAX_HOLD_MS },
         logger: silentLogger,
       }),
     ),
@@ -41,6 +45,7 @@ describe('createSharedLimiter with slot hand-off', () => {
       running--;
     };
     // Six callers per process, each running calls one after the other, like the vuln-fetcher's workers.
+    const began = Date.now();
     await Promise.all(
       limiters.flatMap((limiter) =>
         Array.from({ length: 6 }, async () => {
@@ -48,12 +53,16 @@ describe('createSharedLimiter with slot hand-off', () => {
         }),
       ),
     );
+    const ranMs = Date.now() - began;
     expect(calls).toBe(300);
     expect(peak).toBe(MAX_CONCURRENT);
-    // Bottleneck counts the jobs it ran: slots taken from Redis, far fewer than the calls they served.
+    // Bottleneck counts the jobs it ran: slots taken from Redis, far fewer than the calls they served. A slot
+    // goes back when its lease ends or its process has no call waiting: about once per lease period each, so
+    // the bound grows with the run's time (a loaded machine's late timers make it longer), where one slot per
+    // call would reach 300.
     const done = Number(await redis.client.hget(`b_${redis.prefix}defender-api_settings`, 'done'));
     expect(done).toBeGreaterThan(0);
-    expect(done).toBeLessThan(100);
+    expect(done).toBeLessThanOrEqual(2 * MAX_CONCURRENT * (ranMs / MAX_LEASE_MS + 1));
   });
 
   it('schedule should keep its slots past their lease while no other process waits, and give them back when one does', async () => {
@@ -69,10 +78,9 @@ describe('createSharedLimiter with slot hand-off', () => {
     await new Promise((resolve) => setTimeout(resolve, 1_000));
     const settings = `b_${redis.prefix}defender-api_settings`;
     expect(Number((await redis.client.hget(settings, 'done')) ?? 0)).toBeLessThanOrEqual(2);
-    // The second process asks for a slot: it gets one once a lease of the first ends (~200 ms).
-    const asked = Date.now();
+    // The second process asks for a slot: it gets one once a lease of the first ends (~200 ms), not when the
+    // first's hold would end (MAX_HOLD_MS, past the test's timeout), while the first keeps calling.
     await second.schedule(call);
-    expect(Date.now() - asked).toBeLessThan(1_500);
     stop = true;
     await busy;
   });

@@ -121,8 +121,10 @@ describe('createPublishedRebuilder', () => {
     await waitFor(() => reads.length === 1);
     const stop = new AbortController();
     const joined = rebuild.ensure(stop.signal);
-    stop.abort();
-    await expect(joined).rejects.toBeDefined();
+    const reason = new Error('the caller gave up');
+    stop.abort(reason);
+    await expect(joined).rejects.toBe(reason);
+    expect(reads[0]?.signal?.aborted).toBe(false);
     reads[0]?.release();
     await first;
   });
@@ -168,8 +170,9 @@ describe('createPublishedRebuilder', () => {
     const stop = new AbortController();
     const waiting = [rebuild.ensure(stop.signal), rebuild.ensure(stop.signal), rebuild.ensure(stop.signal)];
     await waitFor(() => redis.takes > 0);
-    stop.abort();
-    for (const caller of waiting) await expect(caller).rejects.toBeDefined();
+    const reason = new Error('the callers gave up');
+    stop.abort(reason);
+    for (const caller of waiting) await expect(caller).rejects.toBe(reason);
     expect(redis.takes).toBe(1);
     await rebuild.close();
   });
@@ -184,7 +187,13 @@ describe('createPublishedRebuilder', () => {
     expect(reads[0]?.signal?.aborted).toBe(true);
     expect(redis.lock).toBeUndefined();
     expect(redis.released).toHaveLength(1);
-    await expect(rebuilding).rejects.toBeDefined();
+    // A fault of the infrastructure, not of the message waiting on it: the replica is stopping.
+    const error: unknown = await rebuilding.catch((failure: unknown) => failure);
+    expect(error).toMatchObject({
+      code: 'REBUILD_FAILED',
+      cause: expect.objectContaining({ code: 'STOPPING' }),
+    });
+    expect(isInfrastructureFault(error)).toBe(true);
     expect(redis.rebuilt).toBe(false);
   });
 });
