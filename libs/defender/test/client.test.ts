@@ -3,6 +3,7 @@ import { inspect } from 'node:util';
 import { silentLogger } from '@urs/logging';
 import { retryPolicy } from '@urs/resilience';
 import { type Simulator, startSimulator } from '@urs/simulator';
+import { waitFor } from '@urs/testkit';
 import {
   DefenderError,
   DefenderErrorCode,
@@ -16,6 +17,7 @@ import {
   resolveEndpoints,
   MICROSOFT_QUOTAS,
   type BulkExportRead,
+  type CallLimiter,
   type DefenderClient,
   type QuotaGate,
 } from '../src';
@@ -517,22 +519,30 @@ describe('createDefenderClient vulnerabilities', () => {
       },
       block: (...args) => local.block(...args),
     };
-    const limiter = createLocalLimiter({ maxConcurrent: 1 });
+    const slots = createLocalLimiter({ maxConcurrent: 1 });
     let freeSlot = (): void => undefined;
-    const holder = limiter.schedule(() => new Promise<void>((resolve) => (freeSlot = resolve)));
+    const holder = slots.schedule(() => new Promise<void>((resolve) => (freeSlot = resolve)));
+    const limiter: CallLimiter = {
+      schedule(task) {
+        events.push('waits for a slot');
+        return slots.schedule(task);
+      },
+      close: () => slots.close(),
+    };
     const { client, close } = simClient(sim, app, { limiter, quota });
     try {
       const machine = sim.machines(app.azureTenantId)[0] as { id: string };
       const call = client.getMachineVulnerabilities(machine.id);
-      await new Promise((resolve) => setTimeout(resolve, 200));
-      // Its quota taken, the call waits for the only slot (another tenant's call holds it).
-      expect(events).toEqual(['quota taken']);
+      // Its quota taken, the call waits for the only slot (another tenant's call holds it), not yet sent.
+      await waitFor(() => events.includes('waits for a slot'));
+      expect(events).toEqual(['quota taken', 'waits for a slot']);
       events.push('slot free');
       freeSlot();
       await holder;
       await call;
-      expect(events).toEqual(['quota taken', 'slot free', 'sent']);
+      expect(events).toEqual(['quota taken', 'waits for a slot', 'slot free', 'sent']);
     } finally {
+      freeSlot();
       await close();
     }
   });

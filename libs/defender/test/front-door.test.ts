@@ -22,7 +22,7 @@ beforeAll(async () => {
   sim = await startSimulator({ quotas: false });
   app = newApp();
   sim.addTenant({ azureTenantId: app.azureTenantId, apps: [app], fleet: { size: 40, seed: 23 } });
-});
+}, 30_000);
 
 afterAll(async () => {
   await sim.close();

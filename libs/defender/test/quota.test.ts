@@ -8,17 +8,37 @@ import {
   type QuotaClaim,
 } from '../src';
 
+/**
+ * `promise` if it settles without waiting: the local gates answer a call that has room through promise
+ * callbacks alone, before any timer (a poll, the next step of a clock) could run; one that waits rejects.
+ */
+function atOnce<T>(promise: Promise<T>): Promise<T> {
+  const waited = new Promise<never>((_, reject) => setImmediate(() => reject(new Error('it waited'))));
+  return Promise.race([promise, waited]);
+}
+
+/** Whether `acquire` is still waiting after a few polls. */
+async function stillWaiting(acquire: Promise<unknown>): Promise<boolean> {
+  let done = false;
+  void acquire.then(() => (done = true));
+  await new Promise((resolve) => setTimeout(resolve, 30));
+  return !done;
+}
+
 describe('createLocalQuotaGate', () => {
   it('acquire should wait until the window frees once the limit is reached', async () => {
+    let clock = 0;
     const gate = createLocalQuotaGate({
       limits: { ...MICROSOFT_QUOTAS, vulnerabilities: [{ limit: 3, windowMs: 300 }] },
-      maxPollMs: 50,
+      now: () => clock,
+      maxPollMs: 5,
     });
-    const started = Date.now();
-    for (let i = 0; i < 3; i++) (await gate.acquire('t1', 'vulnerabilities')).sent();
-    expect(Date.now() - started).toBeLessThan(150);
-    await gate.acquire('t1', 'vulnerabilities');
-    expect(Date.now() - started).toBeGreaterThanOrEqual(290);
+    for (let i = 0; i < 3; i++) (await atOnce(gate.acquire('t1', 'vulnerabilities'))).sent();
+    const fourth = gate.acquire('t1', 'vulnerabilities');
+    clock = 299;
+    expect(await stillWaiting(fourth)).toBe(true);
+    clock = 300;
+    await fourth;
   });
 
   it('acquire should count each tenant and endpoint on its own', async () => {
@@ -29,31 +49,37 @@ describe('createLocalQuotaGate', () => {
         bulk: [],
         exportFiles: [],
       },
+      now: () => 0,
     });
-    const started = Date.now();
-    await gate.acquire('t1', 'machines');
-    await gate.acquire('t2', 'machines');
-    await gate.acquire('t1', 'vulnerabilities');
-    expect(Date.now() - started).toBeLessThan(100);
+    await atOnce(gate.acquire('t1', 'machines'));
+    await atOnce(gate.acquire('t2', 'machines'));
+    await atOnce(gate.acquire('t1', 'vulnerabilities'));
   });
 
   it('acquire should count a tenant written in two cases as one tenant, as Microsoft does', async () => {
+    let clock = 0;
     const gate = createLocalQuotaGate({
       limits: { ...MICROSOFT_QUOTAS, vulnerabilities: [{ limit: 1, windowMs: 300 }] },
-      maxPollMs: 50,
+      now: () => clock,
+      maxPollMs: 5,
     });
-    const started = Date.now();
     (await gate.acquire('5f2d6a9e-aaaa-bbbb-cccc-0123456789ab', 'vulnerabilities')).sent();
-    (await gate.acquire('5F2D6A9E-AAAA-BBBB-CCCC-0123456789AB', 'vulnerabilities')).sent();
-    expect(Date.now() - started).toBeGreaterThanOrEqual(290);
+    const upper = gate.acquire('5F2D6A9E-AAAA-BBBB-CCCC-0123456789AB', 'vulnerabilities');
+    clock = 299;
+    expect(await stillWaiting(upper)).toBe(true);
+    clock = 300;
+    await upper;
   });
 
   it('block should hold the endpoint back for the given time', async () => {
-    const gate = createLocalQuotaGate({ maxPollMs: 20 });
+    let clock = 0;
+    const gate = createLocalQuotaGate({ now: () => clock, maxPollMs: 5 });
     await gate.block('t1', 'machines', 200);
-    const started = Date.now();
-    await gate.acquire('t1', 'machines');
-    expect(Date.now() - started).toBeGreaterThanOrEqual(190);
+    const acquire = gate.acquire('t1', 'machines');
+    clock = 199;
+    expect(await stillWaiting(acquire)).toBe(true);
+    clock = 200;
+    await acquire;
   });
 
   it('acquire should stop waiting when the signal aborts', async () => {
@@ -131,14 +157,6 @@ describe('createLocalQuotaGate claims', () => {
     await next;
   });
 
-  /** Whether `acquire` is still waiting after a few polls. */
-  async function stillWaiting(acquire: Promise<unknown>): Promise<boolean> {
-    let done = false;
-    void acquire.then(() => (done = true));
-    await new Promise((resolve) => setTimeout(resolve, 30));
-    return !done;
-  }
-
   it('a call waiting for its slot should keep its place in the window until it is sent', async () => {
     let clock = 0;
     const gate = createLocalQuotaGate({ limits: oneAMinute, now: () => clock, maxPollMs: 5 });
@@ -171,12 +189,10 @@ describe('quotaGateFor', () => {
   it('quotaGateFor should never wait when quotas are off', async () => {
     const gate = quotaGateFor('off', {} as never, 'p:');
     expect(gate).toBe(UNLIMITED_QUOTA_GATE);
-    const started = Date.now();
     // Far more than Microsoft's 50 per-device calls a minute: none of them waits.
-    for (let i = 0; i < 1_000; i++) (await gate.acquire('tenant', 'vulnerabilities')).sent();
+    for (let i = 0; i < 1_000; i++) (await atOnce(gate.acquire('tenant', 'vulnerabilities'))).sent();
     await gate.block('tenant', 'vulnerabilities', 60_000);
-    await gate.acquire('tenant', 'vulnerabilities');
-    expect(Date.now() - started).toBeLessThan(1_000);
+    await atOnce(gate.acquire('tenant', 'vulnerabilities'));
   });
 
   it('quotaGateFor should keep the Redis quota gate for Microsoft quotas', async () => {
@@ -229,9 +245,11 @@ describe('createRedisQuotaGate claims', () => {
 
 describe('createLocalQuotaGate waiters', () => {
   it('acquire should serve waiters in order and let an aborted waiter leave at once', async () => {
+    let clock = 0;
     const gate = createLocalQuotaGate({
       limits: { ...MICROSOFT_QUOTAS, machines: [{ limit: 1, windowMs: 150 }] },
-      maxPollMs: 20,
+      now: () => clock,
+      maxPollMs: 5,
     });
     (await gate.acquire('t1', 'machines')).sent();
     const order: number[] = [];
@@ -240,15 +258,25 @@ describe('createLocalQuotaGate waiters', () => {
       claim.sent();
       order.push(turn);
     };
-    const first = gate.acquire('t1', 'machines').then(sent(1));
+    // Stops the waiters a failed test leaves polling a clock that no longer moves.
+    const ending = new AbortController();
+    const first = gate.acquire('t1', 'machines', ending.signal).then(sent(1));
     const aborted = gate.acquire('t1', 'machines', controller.signal);
-    const second = gate.acquire('t1', 'machines').then(sent(2));
-    const started = Date.now();
-    controller.abort();
-    await expect(aborted).rejects.toMatchObject({ code: 'DEFENDER_THROTTLED' });
-    expect(Date.now() - started).toBeLessThan(100);
-    await Promise.all([first, second]);
-    expect(order).toEqual([1, 2]);
+    const second = gate.acquire('t1', 'machines', ending.signal).then(sent(2));
+    try {
+      controller.abort();
+      await expect(atOnce(aborted)).rejects.toMatchObject({ code: 'DEFENDER_THROTTLED' });
+      // The window frees once, for the first waiter; the next place is the second's.
+      clock = 150;
+      await Promise.race([first, second]);
+      expect(order).toEqual([1]);
+      clock = 300;
+      await Promise.all([first, second]);
+      expect(order).toEqual([1, 2]);
+    } finally {
+      ending.abort();
+      await Promise.allSettled([first, aborted, second]);
+    }
   });
 });
 

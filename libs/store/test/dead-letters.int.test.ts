@@ -1,6 +1,6 @@
 import type { DeadLetterSource } from '@urs/bus';
 import { createDeadLetterLedger } from '@urs/store';
-import { testRedisPerTest } from '@urs/testkit';
+import { testRedisPerTest, waitFor } from '@urs/testkit';
 
 const source: DeadLetterSource = {
   topic: 'urs.tenants',
@@ -48,20 +48,31 @@ describe('createDeadLetterLedger', () => {
   });
 
   it('claim should lapse after claimTtlMs when its writer died, and a written mark last writtenTtlMs from its last reader', async () => {
-    const options = { claimTtlMs: 100, writtenTtlMs: 1_000 };
+    // Times no stall of a loaded machine comes near: the claim's lapse is waited for, the mark's read in Redis.
+    const options = { claimTtlMs: 5_000, writtenTtlMs: 600_000 };
     const dead = createDeadLetterLedger(redis.client, redis.prefix, options);
     const next = createDeadLetterLedger(redis.client, redis.prefix, options);
+    const key = redis.key(
+      `dead-lettered:${source.topic}:${source.partition}:${source.offset}:${source.timestamp}:${source.code}`,
+    );
     expect(await dead.claim(source)).toBe('claimed');
     expect(await next.claim(source)).toBe('busy');
-    await new Promise((resolve) => setTimeout(resolve, 150));
-    expect(await next.claim(source)).toBe('claimed');
+    expect(await redis.client.pttl(key)).toBeGreaterThan(0);
+    expect(await redis.client.pttl(key)).toBeLessThanOrEqual(5_000);
+    await waitFor(async () => (await next.claim(source)) === 'claimed', {
+      timeoutMs: 20_000,
+      intervalMs: 250,
+    });
     await next.written(source);
-    // Met again within its time: remembered another writtenTtlMs from then.
-    await new Promise((resolve) => setTimeout(resolve, 600));
+    expect(await redis.client.pttl(key)).toBeGreaterThan(500_000);
+    // Met again with a minute left: remembered another writtenTtlMs from then.
+    await redis.client.pexpire(key, 60_000);
     expect(await dead.claim(source)).toBe('written');
-    await new Promise((resolve) => setTimeout(resolve, 600));
-    expect(await dead.claim(source)).toBe('written');
-    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    expect(await redis.client.pttl(key)).toBeGreaterThan(500_000);
+    expect(await redis.client.pttl(key)).toBeLessThanOrEqual(600_000);
+    // Forgotten once its time is out: the record is dead-lettered again.
+    await redis.client.pexpire(key, 1);
+    await waitFor(async () => (await redis.client.exists(key)) === 0);
     expect(await dead.claim(source)).toBe('claimed');
   });
 });

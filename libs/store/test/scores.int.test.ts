@@ -7,7 +7,7 @@ import {
   createTenantStore,
   scoreStoreFor,
 } from '@urs/store';
-import { markPublishedRebuilt, scoredDevice, tenantRecord, testRedisPerTest } from '@urs/testkit';
+import { markPublishedRebuilt, scoredDevice, tenantRecord, testRedisPerTest, waitFor } from '@urs/testkit';
 
 const device = (deviceId: string, score: number, band: ScoredDevice['band']): ScoredDevice =>
   scoredDevice(deviceId, score, band, { computerDnsName: `${deviceId}.example` });
@@ -562,10 +562,11 @@ describe('createPublishedStore', () => {
     expect(await published.changed(a, 1000, [])).toBeNull();
     await published.releaseTenantLease(b);
     // A holder that died (a batch of no device, too) keeps it no longer than its lease.
-    expect(await published.changed({ ...a, ttlMs: 50 }, 1000, [])).toEqual([]);
+    expect(await published.changed({ ...a, ttlMs: 5_000 }, 1000, [])).toEqual([]);
     expect(await published.takeTenantLease(b)).toBe(false);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    expect(await published.takeTenantLease(b)).toBe(true);
+    expect(await redis.client.pttl(redis.key('publish-lease:t'))).toBeGreaterThan(0);
+    expect(await redis.client.pttl(redis.key('publish-lease:t'))).toBeLessThanOrEqual(5_000);
+    await waitFor(() => published.takeTenantLease(b), { timeoutMs: 20_000, intervalMs: 250 });
   });
 
   it('markDeleted should list every device once, drop the deleted cycles until a registration, and an older deletion only what came before it', async () => {

@@ -33,7 +33,7 @@ describe('Entra ID simulation', () => {
       apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
       defenderProvisioned: false,
     });
-  });
+  }, 30_000);
 
   afterAll(() => sim.close());
 
@@ -243,5 +243,5 @@ describe('Entra ID simulation', () => {
       ),
     );
     expect(JSON.parse(output.trim())).toMatchObject({ ok: true });
-  });
+  }, 30_000);
 });

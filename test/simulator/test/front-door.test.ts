@@ -34,7 +34,7 @@ describe('front-end faults', () => {
       fleet: { size: 30, seed: 5 },
     });
     token = await getToken(sim);
-  });
+  }, 30_000);
 
   afterEach(() => sim.setFaults(TENANT, {}));
   afterAll(() => sim.close());
@@ -80,7 +80,7 @@ describe('front-end faults', () => {
     } finally {
       await quotas.close();
     }
-  });
+  }, 30_000);
 
   test.each([['empty'], ['html']] as const)(
     'status5xxBody %s should answer the listed 5xx statuses with that body',

@@ -14,7 +14,7 @@ describe('MDE API simulation', () => {
       { clientId: MACHINES_ONLY_CLIENT, roles: ['Machine.Read.All'] },
     ]);
     token = await getToken(sim);
-  });
+  }, 30_000);
 
   afterAll(() => sim.close());
 
@@ -29,6 +29,10 @@ describe('MDE API simulation', () => {
     expect(reply.json.error.target).toMatch(/^[0-9a-f-]{36}$/);
 
     const shortLived = await startSimulator({ tokenLifetimeSec: 1 });
+    // The simulator's clock stands still until moved: the token expires when the test says, not after a wait
+    // that a busy machine could stretch past the token's one second before its first call.
+    const start = Date.now();
+    const clock = jest.spyOn(Date, 'now').mockReturnValue(start);
     try {
       shortLived.addTenant({
         azureTenantId: TENANT,
@@ -37,12 +41,13 @@ describe('MDE API simulation', () => {
       });
       const brief = await getToken(shortLived);
       expect((await request(shortLived, '/api/machines', { token: brief })).status).toBe(200);
-      await new Promise((resolve) => setTimeout(resolve, 2100));
+      clock.mockReturnValue(start + 2_000);
       expect((await request(shortLived, '/api/machines', { token: brief })).status).toBe(401);
     } finally {
+      clock.mockRestore();
       await shortLived.close();
     }
-  });
+  }, 30_000);
 
   test('machines should answer 403 Forbidden when the token lacks the role', async () => {
     const noRoles = await getToken(sim, TENANT, NO_ROLES_CLIENT);

@@ -70,11 +70,11 @@ describe('simulator process', () => {
       child.kill('SIGTERM');
       expect(await exited).toBe(0);
     }
-  });
+  }, 30_000);
 
   test('main should exit 2 naming a bad option', async () => {
     await expect(startProcess(['--port', 'nope'])).rejects.toThrow(
       "--port must be an integer >= 0, got 'nope'",
     );
-  });
+  }, 30_000);
 });
