@@ -31,6 +31,10 @@ module.exports = {
       ...common,
       displayName: 'unit',
       testRegex: '^(?!.*\\.(int|e2e)\\.test\\.ts$).*\\.test\\.ts$',
+      // Many unit suites start a simulator (TLS keys, a server) or a node child in `beforeAll`: beside another
+      // worker on two cores that can pass Jest's default 5 s, which a slow machine is not a failure of.
+      globals: { URS_TEST_TIMEOUT_MS: 30_000 },
+      setupFilesAfterEnv: ['<rootDir>/test/infra/test-timeout.ts'],
     },
     {
       ...common,
