@@ -230,7 +230,12 @@ const MAX_SESSION_TIMEOUT_MS = 1_800_000;
 
 function readSessionTimeoutMs(env: Env): number {
   const variable = 'URS_CONSUMER_SESSION_TIMEOUT_MS';
-  const value = readInt(env, variable, { fallback: 30_000, min: MIN_SESSION_TIMEOUT_MS });
+  const value = readInt(env, variable, { fallback: 30_000 });
+  if (value < MIN_SESSION_TIMEOUT_MS)
+    throw new ConfigError(
+      variable,
+      `must be ≥ ${MIN_SESSION_TIMEOUT_MS}: the broker's default group.min.session.timeout.ms, below which it refuses the consumer (INVALID_SESSION_TIMEOUT) (got ${value})`,
+    );
   if (value > MAX_SESSION_TIMEOUT_MS)
     throw new ConfigError(
       variable,

@@ -226,7 +226,7 @@ describe('consumerSettings', () => {
 
   it('consumerSettings should refuse a session under 6 s (the broker’s default minimum) and a concurrency outside 1–100, naming the variable', () => {
     expect(() => consumerSettings({ URS_CONSUMER_SESSION_TIMEOUT_MS: '5999' }, 'scorer', 6)).toThrow(
-      /URS_CONSUMER_SESSION_TIMEOUT_MS/,
+      /^URS_CONSUMER_SESSION_TIMEOUT_MS must be ≥ 6000: .*group\.min\.session\.timeout\.ms.*\(got 5999\)$/,
     );
     expect(() => consumerSettings({ URS_PARTITIONS_CONCURRENCY: '101' }, 'scorer', 6)).toThrow(
       /URS_PARTITIONS_CONCURRENCY/,
