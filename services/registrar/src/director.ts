@@ -52,6 +52,16 @@ export interface RegistrationHandlerDeps {
   concurrency?: number;
 }
 
+/** A refused entry of a push: where it is, its tenant when it names a valid one, and why. */
+interface Refusal {
+  index: number;
+  item: unknown;
+  known: string | null;
+  violations: Violation[];
+  /** `violations` named from the push (`entryViolations`). */
+  inPush: Violation[];
+}
+
 export interface PushOutcome {
   applied: number;
   unchanged: number;
@@ -100,28 +110,31 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
    */
   let appliedHere = -1;
 
-  async function deadLetter(
-    message: InboundMessage<RegistrationPush>,
-    item: unknown,
-    key: string | null,
-    error: UrsError,
-  ) {
-    const text = jsonOrUndefined(item);
-    const letter = toDeadLetter(
-      {
-        service,
-        topic: message.topic,
-        partition: message.partition,
-        offset: message.offset,
-        key: key === null ? null : Buffer.from(key, 'utf8'),
-        value: text === undefined ? null : Buffer.from(text, 'utf8'),
-      },
-      error,
-      // Only what the contract pins down: a secret may sit under a mistyped name (`clientSecert`).
-      { redactPayload: redactTenantPayload },
-    );
-    const value = text === undefined ? { ...letter, payload: NESTED_TOO_DEEP } : letter;
-    await deps.publisher.send(deps.dlqTopic, 'urs/dead-letter', [{ key: letter.sourceTopic, value }]);
+  /**
+   * The refused entries' dead letters, in one send (the publisher splits it by size): a push of thousands
+   * refused is not thousands of round trips to Kafka.
+   */
+  async function deadLetters(message: InboundMessage<RegistrationPush>, refusals: Refusal[]) {
+    if (refusals.length === 0) return;
+    const letters = refusals.map(({ item, known, inPush }) => {
+      const text = jsonOrUndefined(item);
+      const letter = toDeadLetter(
+        {
+          service,
+          topic: message.topic,
+          partition: message.partition,
+          offset: message.offset,
+          key: known === null ? null : Buffer.from(known, 'utf8'),
+          value: text === undefined ? null : Buffer.from(text, 'utf8'),
+        },
+        new RegistrationRejectedError(inPush),
+        // Only what the contract pins down: a secret may sit under a mistyped name (`clientSecert`).
+        { redactPayload: redactTenantPayload },
+      );
+      const value = text === undefined ? { ...letter, payload: NESTED_TOO_DEEP } : letter;
+      return { key: letter.sourceTopic, value };
+    });
+    await deps.publisher.send(deps.dlqTopic, 'urs/dead-letter', letters);
   }
 
   async function handle(message: InboundMessage<RegistrationPush>): Promise<PushOutcome> {
@@ -144,8 +157,15 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     // (registerUnlessDeleted); the rest is applied again.
     const repeated = push.generation === last;
     const present = new Set<string>();
+    // KafkaJS heartbeats only between messages, and only when asked: a push of thousands of tenants keeps
+    // asking, or the group drops this member before the push is done and it comes back, to take as long
+    // again. A failed heartbeat (a rebalance under way) does not fail the push: handling it again is safe.
+    const heartbeat = async (): Promise<void> => {
+      await message.heartbeat?.().catch(() => undefined);
+    };
     // Validate everything first; of a tenant listed twice, the last entry counts.
     const accepted = new Map<string, TenantRegistration>();
+    const refusals: Refusal[] = [];
     for (const [index, item] of push.tenants.entries()) {
       const tenantId = (item as { tenantId?: unknown } | null)?.tenantId;
       const validated = validateRegistration(item);
@@ -156,36 +176,55 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
       }
       outcome.rejected++;
       const known = isTenantId(tenantId) ? tenantId : null;
-      const inPush = entryViolations(index, validated.violations);
-      // Written each time the push is handled: a push handled again writes its dead letters again.
-      await deadLetter(message, item, known, new RegistrationRejectedError(inPush));
-      // Present but refused: its earlier record stays as it was (not disabled), the status says why,
-      // unless the entry would not have applied to the tenant (see `keepRestRecord`).
-      const recorded =
-        known === null
-          ? 'not-recorded'
-          : await deps.registry.reject(known, validated.violations, origin, { keepRestRecord: repeated });
-      // Counted once per tenant and generation, so that the alert's increase() does not fire on a push
-      // handled again (redelivered after a rebalance, or a restart before its offset was committed): the
-      // status tells whether this generation's refusal of the tenant is recorded already. An entry the status
-      // leaves alone would not have applied: its generation was applied before, and counted then. An entry
-      // without a tenant id has no status: counted when its generation is newer than the last applied.
-      if (recorded === 'recorded' || (known === null && !repeated)) refused.inc();
-      const inStatus = recorded !== 'not-recorded';
+      refusals.push({
+        index,
+        item,
+        known,
+        violations: validated.violations,
+        inPush: entryViolations(index, validated.violations),
+      });
       if (known !== null) {
         present.add(known);
         accepted.delete(known);
       }
-      log.warn('tenant registration refused', {
-        tenantId: known,
-        index,
-        generation: push.generation,
-        inStatus,
-        reason: describeViolations(inPush),
-      });
     }
-    // Tenants are independent: written concurrently, so a push of thousands stays well inside the
-    // consumer's session (KafkaJS heartbeats only between messages).
+    // Written each time the push is handled: a push handled again writes its dead letters again.
+    await deadLetters(message, refusals);
+    await heartbeat();
+    // Tenants concurrently, the refused entries of one tenant in their order (its last one stays in its status).
+    const byTenant = new Map<string, Refusal[]>();
+    for (const refusal of refusals) {
+      const key = refusal.known ?? `#${refusal.index}`;
+      const ofTenant = byTenant.get(key);
+      if (ofTenant) ofTenant.push(refusal);
+      else byTenant.set(key, [refusal]);
+    }
+    await forEachLimit([...byTenant.values()], concurrency, async (ofTenant) => {
+      for (const { index, known, violations, inPush } of ofTenant) {
+        // Present but refused: its earlier record stays as it was (not disabled), the status says why,
+        // unless the entry would not have applied to the tenant (see `keepRestRecord`).
+        const recorded =
+          known === null
+            ? 'not-recorded'
+            : await deps.registry.reject(known, violations, origin, { keepRestRecord: repeated });
+        // Counted once per tenant and generation, so that the alert's increase() does not fire on a push
+        // handled again (redelivered after a rebalance, or a restart before its offset was committed): the
+        // status tells whether this generation's refusal of the tenant is recorded already. An entry the
+        // status leaves alone would not have applied: its generation was applied before, and counted then.
+        // An entry without a tenant id has no status: counted when its generation is newer than the last
+        // applied.
+        if (recorded === 'recorded' || (known === null && !repeated)) refused.inc();
+        log.warn('tenant registration refused', {
+          tenantId: known,
+          index,
+          generation: push.generation,
+          inStatus: recorded !== 'not-recorded',
+          reason: describeViolations(inPush),
+        });
+      }
+      await heartbeat();
+    });
+    // Tenants are independent: written concurrently.
     await forEachLimit([...accepted.values()], concurrency, async (registration) => {
       const { changed } = await deps.registry.registerUnlessDeleted(registration, origin, {
         skipIfUnchanged: true,
@@ -193,6 +232,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
       });
       if (changed) outcome.applied++;
       else outcome.unchanged++;
+      await heartbeat();
     });
     if (push.mode === 'full') {
       const missing = (await deps.tenants.ids()).filter((tenantId) => !present.has(tenantId));
@@ -206,12 +246,14 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
           (record) => record.source === 'director',
         );
         if (disabled) outcome.disabled++;
+        await heartbeat();
       });
       // The tenants whose every registration was refused have no record, so the diff above does not see
       // them: the push leaving them out ends their refused status, as it clears a disabled tenant's.
       const refusedOnly = (await deps.tenants.refusedIds()).filter((tenantId) => !present.has(tenantId));
       await forEachLimit(refusedOnly, concurrency, async (tenantId) => {
         await deps.registry.endRefusal(tenantId, origin);
+        await heartbeat();
       });
     }
     await deps.state.observeGeneration(push.generation);

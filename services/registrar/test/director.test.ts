@@ -1,4 +1,5 @@
 import type { DeadLetter, RegistrationPush, TenantRecord } from '@urs/contracts';
+import type { InboundMessage } from '@urs/bus';
 import { silentLogger } from '@urs/logging';
 import { inboundMessage } from '@urs/testkit';
 import { createRegistrationHandler } from '../src/director';
@@ -34,10 +35,15 @@ function setup() {
     metrics,
   });
   let offset = 0;
-  const push = (generation: number, mode: 'full' | 'delta', items: unknown[]) => {
+  const push = (
+    generation: number,
+    mode: 'full' | 'delta',
+    items: unknown[],
+    fields: Pick<InboundMessage<RegistrationPush>, 'heartbeat'> = {},
+  ) => {
     const message = inboundMessage<RegistrationPush>(
       { schemaVersion: 1, generation, mode, tenants: items },
-      { topic: 'urs.registration', offset: String(offset++), timestamp: Date.now() },
+      { topic: 'urs.registration', offset: String(offset++), timestamp: Date.now(), ...fields },
     );
     return director.handle(message);
   };
@@ -196,6 +202,28 @@ describe('createRegistrationHandler', () => {
     const status = await tenants.getStatus('p');
     expect(status).toMatchObject({ state: 'registration-rejected' });
     expect(JSON.stringify(status)).not.toContain(value);
+  });
+
+  it('handle should heartbeat while it records the refusals of a push of many refused entries, and send their dead letters together', async () => {
+    const { push, publisher, tenants, letters, refusedCount } = setup();
+    const dlqSends: number[] = [];
+    const send = publisher.send.bind(publisher);
+    publisher.send = async (topic, contract, messages) => {
+      if (topic === 'urs.dlq') dlqSends.push(messages.length);
+      await send(topic, contract, messages);
+    };
+    const count = 500;
+    const items = Array.from({ length: count }, (_, i) => ({ ...item(`t${i}`), unknownField: true }));
+    // What was recorded when each heartbeat came: the consumer's session must not lapse mid-push.
+    const recordedAtHeartbeat: number[] = [];
+    const heartbeat = async () => void recordedAtHeartbeat.push(tenants.statuses.size);
+    expect(await push(1, 'full', items, { heartbeat })).toMatchObject({ rejected: count });
+    expect(tenants.statuses.size).toBe(count);
+    expect(refusedCount()).toBe(count);
+    expect(recordedAtHeartbeat.some((recorded) => recorded > 0 && recorded < count)).toBe(true);
+    // One dead letter an entry, in one send (the publisher splits it by size), not one send an entry.
+    expect(letters()).toHaveLength(count);
+    expect(dlqSends).toEqual([count]);
   });
 
   it('handle should name a refused entry by its place in the push, in its dead letter', async () => {
