@@ -30,8 +30,9 @@ export interface RegisterOptions {
   keepSecret?: boolean;
   /**
    * Write nothing when the tenant's record already says the same (Director's repeated full pushes, a REST
-   * client retrying its PUT): no new revision, and the tenant's status (its last error) stays. A REST
-   * write over a record Director wrote is always a change: it makes the tenant the administrator's.
+   * client retrying its PUT): no new revision, and the tenant's status (its last error) stays. A write of
+   * the other source than the record's is always a change: REST over Director's makes the tenant the
+   * administrator's, Director over REST (`keepRestRecord` unset) makes it Director's again.
    */
   skipIfUnchanged?: boolean;
   /**
@@ -284,10 +285,11 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     if (options.keepRestRecord && current?.source === 'rest')
       return { record: current, changed: false, created: false };
     const kept = options.keepSecret ? openKeptSecret(deps.sealer, tenantId, current, defender) : undefined;
-    // Taking a tenant over from Director is a change even with the same settings: a full push leaving it
-    // out no longer disables it.
-    const takesOver = origin.source === 'rest' && current?.source !== 'rest';
-    if (options.skipIfUnchanged && current && !takesOver) {
+    // A tenant changing hands is a change even with the same settings: taken over by an administrator, a
+    // full push leaving it out no longer disables it; taken back by a newer Director generation (a REST
+    // record not kept, see `keepRestRecord`), it does again.
+    const changesHands = current !== null && current.source !== origin.source;
+    if (options.skipIfUnchanged && current && !changesHands) {
       const secretMatches = sameSecret(deps.sealer, tenantId, current, defender.clientSecret, kept);
       const candidate = {
         schemaVersion: 1 as const,

@@ -284,6 +284,24 @@ describe('createRegistrationHandler', () => {
     });
   });
 
+  it("handle should make a REST tenant Director's when a newer generation lists it as it is, so a later full push leaving it out disables it", async () => {
+    const { push, tenants, registry } = setup();
+    await push(1, 'full', [item('a')]);
+    const bySomeone = { pollIntervalMinutes: 60 };
+    await registry.register(
+      { tenantId: 'a', defender: registrationBody(bySomeone) as never },
+      { source: 'rest' },
+    );
+    expect((await tenants.get('a'))?.source).toBe('rest');
+    expect(await push(2, 'full', [item('a', bySomeone)])).toMatchObject({ applied: 1, unchanged: 0 });
+    expect(await tenants.get('a')).toMatchObject({ source: 'director', generation: 2 });
+    expect(await push(3, 'full', [])).toMatchObject({ disabled: 1 });
+    expect(await tenants.get('a')).toMatchObject({
+      enabled: false,
+      disabledReason: 'missing from Director full push 3',
+    });
+  });
+
   it('handle should leave a tenant an administrator deleted deleted when the last generation comes again', async () => {
     const { push, tenants, registry, publisher } = setup();
     await push(5, 'full', [item('a'), item('b')]);
