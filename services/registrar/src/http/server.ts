@@ -228,6 +228,13 @@ export async function startApiServer(options: ApiServerOptions): Promise<ApiServ
       .catch((error: unknown): ApiResponse => {
         if (error instanceof ApiError)
           return { status: error.status, body: error.toBody(), headers: error.headers };
+        // Another writer of the tenant held it past the lock's wait: the service is fine, the tenant is not free.
+        if (errorCode(error) === 'TENANT_BUSY')
+          return {
+            status: 503,
+            body: { error: { code: 'TENANT_BUSY', message: errorMessage(error) } },
+            headers: { 'retry-after': '5' },
+          };
         const retryable = canRetry(error);
         log.error('request failed', {
           method: request.method,

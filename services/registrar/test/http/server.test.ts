@@ -26,6 +26,10 @@ describe('startApiServer', () => {
         if (request.params['id'] === 'flaky')
           throw new UrsError('REDIS_DOWN', 'connect ECONNREFUSED', { canRetry: true });
         if (request.params['id'] === 'broken') throw new UrsError('BUG', 'internal detail with a value');
+        if (request.params['id'] === 'busy')
+          throw new UrsError('TENANT_BUSY', 'tenant busy is being written by another request; try again', {
+            canRetry: true,
+          });
         // Text from elsewhere (a tenant's status note, a stored refusal) that quotes a secret.
         if (request.params['id'] === 'quoting')
           return {
@@ -173,6 +177,18 @@ describe('startApiServer', () => {
     expect(broken.status).toBe(400);
     expect(broken.body.error.code).toBe('INVALID_JSON');
     expect(broken.text).not.toContain('Sup3r');
+  });
+
+  it('startApiServer should answer a tenant another writer held too long 503 TENANT_BUSY saying so, not as a bus or store away', async () => {
+    const busy = await request('GET', '/v1/things/busy');
+    expect(busy.status).toBe(503);
+    expect(busy.headers.get('retry-after')).toBe('5');
+    expect(busy.body).toEqual({
+      error: {
+        code: 'TENANT_BUSY',
+        message: 'tenant busy is being written by another request; try again',
+      },
+    });
   });
 
   it('startApiServer should hide unexpected failures behind 503 (retryable) or 500', async () => {
