@@ -4,7 +4,7 @@ import { SecretError, type SecretSealer } from '@urs/secrets';
 import type { TenantStatus, TenantStore } from '@urs/store';
 import { SecretForOtherAppError, TenantGoneError, switchesApp } from '../record-secret';
 import type { TenantRegistry } from '../registry';
-import { renameFields, validateRegistration } from '../validation';
+import { renameFields, validateRegistration, type Violation } from '../validation';
 import { tenantIdOf } from './params';
 import { ApiError, type ApiRequest, type ApiResponse, type Route } from './router';
 
@@ -92,6 +92,21 @@ export function tenantView(record: TenantRecord, status: TenantStatus): Record<s
 }
 
 /** `PUT|GET|DELETE /v1/tenants/{tenantId}/defender` and `POST /v1/tenants/{tenantId}/defender/test`. */
+/**
+ * The app a PUT's body names (`switchesApp`), from the fields that passed validation: a field refused or left
+ * out names no app (its violation says so on its own), so it stands for the record's own.
+ */
+function appNamed(
+  current: TenantRecord,
+  body: Record<string, unknown>,
+  violations: readonly Violation[],
+): Parameters<typeof switchesApp>[1] {
+  const refused = new Set(violations.map(({ field }) => field));
+  const field = (name: 'azureTenantId' | 'clientId' | 'cloud'): unknown =>
+    refused.has(`defender.${name}`) ? current.defender[name] : body[name];
+  return { azureTenantId: field('azureTenantId'), clientId: field('clientId'), cloud: field('cloud') };
+}
+
 export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
   async function load(tenantId: string): Promise<TenantRecord> {
     await deps.ensureRebuilt();
@@ -124,10 +139,11 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
     const current = await deps.tenants.get(tenantId);
     const body = request.body as Record<string, unknown>;
     const omitted = body['clientSecret'] === undefined && current !== null;
-    const switched = omitted && switchesApp(current, body);
-    const keepSecret = omitted && !switched;
     const candidate = { tenantId, defender: omitted ? { ...body, clientSecret: STORED_SECRET } : body };
     const validated = validateRegistration(candidate);
+    const switched =
+      omitted && switchesApp(current, appNamed(current, body, validated.ok ? [] : validated.violations));
+    const keepSecret = omitted && !switched;
     if (!validated.ok || switched) {
       const violations = validated.ok
         ? []

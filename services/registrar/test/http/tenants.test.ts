@@ -159,6 +159,38 @@ describe('tenantRoutes', () => {
     },
   );
 
+  it.each([
+    ['not a GUID', { azureTenantId: 'nope' }, 'must be a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)'],
+    ['left out', { azureTenantId: undefined }, 'is required'],
+  ])(
+    'PUT without a secret should name only the azureTenantId when it is %s, not ask for the secret of an app it does not name',
+    async (_how, change, rule) => {
+      const { call } = setup();
+      await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+      const { clientSecret: _secret, ...withoutSecret } = registrationBody(change);
+      expect(await call('PUT', '/v1/tenants/acme/defender', withoutSecret)).toMatchObject({
+        status: 400,
+        body: { error: { code: 'VALIDATION_FAILED', violations: [{ field: 'azureTenantId', rule }] } },
+      });
+      // A valid field that does switch the app still asks for the secret beside it.
+      const { clientSecret: _again, ...otherApp } = registrationBody({
+        ...change,
+        clientId: '1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9',
+      });
+      expect(await call('PUT', '/v1/tenants/acme/defender', otherApp)).toMatchObject({
+        status: 400,
+        body: {
+          error: {
+            violations: [
+              { field: 'azureTenantId', rule },
+              { field: 'clientSecret', rule: 'is required when azureTenantId, clientId or cloud changes' },
+            ],
+          },
+        },
+      });
+    },
+  );
+
   it("PUT without a secret should be refused when another PUT switched the app after it read the record: the stored secret is that app's", async () => {
     const { tenants, call } = setup();
     await call('PUT', '/v1/tenants/acme/defender', registrationBody());
