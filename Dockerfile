@@ -23,7 +23,9 @@ RUN npm ci --no-audit --no-fund \
 FROM ${NODE_IMAGE} AS runtime
 ENV NODE_ENV=production
 WORKDIR /app
-COPY --from=build --chown=node:node /app /app
+# Owned by root: node reads and runs the code but cannot rewrite it (the stages write no files, as deploy/k8s's
+# read-only root filesystem holds them to).
+COPY --from=build /app /app
 # The simulator writes its CA certificate here; a named volume mounted on /sim starts with this owner.
 RUN mkdir -p /sim && chown node:node /sim
 USER node

@@ -119,17 +119,34 @@ describe('deploy/prometheus/alerts.yml', () => {
     },
   );
 
-  test("UrsMemoryHigh should fire below every stage's memory limit in deploy/k8s, where the OOM killer acts", () => {
-    const rule = rules.find((candidate) => candidate.alert === 'UrsMemoryHigh');
-    const threshold = Number(/process_resident_memory_bytes > ([\d.e]+)/.exec(rule?.expr ?? '')?.[1]);
-    expect(threshold).toBeGreaterThan(0);
+  test('the memory rules should cover each stage once, firing above its heap cap and below its limit in deploy/k8s', () => {
+    const memoryRules = rules.filter((rule) => rule.expr.includes('process_resident_memory_bytes'));
+    expect(memoryRules.length).toBeGreaterThan(0);
     const units: Record<string, number> = { Mi: 2 ** 20, Gi: 2 ** 30 };
+    const nodeFlags = JSON.parse(read('deploy/node-flags.json')) as Record<string, string[]>;
     for (const stage of stages) {
+      // The rules whose job matcher (`job="x"`, `job!="x"`, or none) takes the stage's processes.
+      const covering = memoryRules.filter((rule) => {
+        const job = /process_resident_memory_bytes(?:\{job(!?=)"([^"]*)"\})?/.exec(rule.expr);
+        if (job?.[1] === undefined) return true;
+        return job[1] === '=' ? job[2] === stage : job[2] !== stage;
+      });
+      expect([stage, covering.length]).toEqual([stage, 1]);
+      const threshold = Number(
+        /process_resident_memory_bytes\S* > ([\d.e]+)/.exec(covering[0]?.expr ?? '')?.[1],
+      );
+      expect([stage, threshold > 0]).toEqual([stage, true]);
       const limit = /limits:\s*\n(?:\s+\w+: .*\n)*?\s+memory: (\d+)(Mi|Gi)/.exec(
         read(`deploy/k8s/${stage}.yaml`),
       );
       const bytes = Number(limit?.[1]) * (units[limit?.[2] ?? ''] ?? NaN);
+      // Below the limit, where the OOM killer would act before it fired.
       expect([stage, threshold < bytes]).toEqual([stage, true]);
+      // Above a heap cap, which the stage may fill by design.
+      const cap = (nodeFlags[stage] ?? [])
+        .map((flag) => /^--max-old-space-size=(\d+)$/.exec(flag)?.[1])
+        .find(Boolean);
+      if (cap !== undefined) expect([stage, threshold > Number(cap) * 2 ** 20]).toEqual([stage, true]);
     }
   });
 });

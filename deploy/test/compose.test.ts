@@ -187,6 +187,18 @@ describe('Dockerfile', () => {
     for (const dir of [...workspaces, ...references]) expect([dir, isCopied(dir)]).toEqual([dir, true]);
   });
 
+  test("the running user should not own the code it runs: only /sim, where the simulator writes, is node's", () => {
+    const runtime = dockerfile.slice(dockerfile.search(/^FROM\s+\S+\s+AS\s+runtime$/m));
+    const copies = [...runtime.matchAll(/^COPY .+$/gm)].map((m) => m[0]);
+    expect(copies.length).toBeGreaterThan(0);
+    // Copied as root's (the build stage's owner): readable by node, not writable.
+    for (const copy of copies) expect([copy, /--chown|--chmod/.test(copy)]).toEqual([copy, false]);
+    const chowned = [...runtime.matchAll(/\bchown\s+(?:-\S+\s+)*\S+\s+(\S+)/g)].map((m) => m[1]);
+    expect(chowned).toEqual(['/sim']);
+    // The simulator's CA directory in docker-compose.yml is that one.
+    expect(compose.services['sim']?.volumes).toEqual(['sim-ca:/sim']);
+  });
+
   test('.dockerignore should keep local installs, builds and stack data out of the context', () => {
     const ignored = read('.dockerignore').split('\n');
     expect(ignored).toEqual(expect.arrayContaining(['**/node_modules', '**/dist', '.stack', '.git']));

@@ -127,6 +127,16 @@ const secretValues: Record<string, () => string> = {
   URS_SECRET_KEY_ID: () => 'k1',
   URS_SECRET_KEYS_PREVIOUS: () => '',
   URS_API_TOKENS: () => `${randomBytes(16).toString('hex')},${randomBytes(16).toString('hex')}`,
+  REDIS_URL: () => `redis://:${randomBytes(16).toString('hex')}@redis.redis.svc.cluster.local:6379`,
+  KAFKA_SASL_USERNAME: () => '',
+  KAFKA_SASL_PASSWORD: () => '',
+};
+
+/** Settings that carry credentials, and whether a stage may start without them (optional in its env). */
+const credentials: Record<string, boolean> = {
+  REDIS_URL: false,
+  KAFKA_SASL_USERNAME: true,
+  KAFKA_SASL_PASSWORD: true,
 };
 
 function containerOf(stage: string): Container {
@@ -309,6 +319,20 @@ describe('deploy/k8s', () => {
       const opensSecrets = read(`services/${stage}/src/config.ts`).includes('secretKeyConfig(');
       const given = (containerOf(stage).env ?? []).some((variable) => variable.name === 'URS_SECRET_KEY');
       expect([stage, given]).toEqual([stage, opensSecrets]);
+    }
+  });
+
+  test.each(stages)('%s should take every setting that carries credentials from the Secret', (stage) => {
+    const configMap = named('ConfigMap', 'defender-urs');
+    expect(configMap).toBeDefined();
+    for (const [name, optional] of Object.entries(credentials)) {
+      expect([name, name in (configMap?.data ?? {})]).toEqual([name, false]);
+      const variable = (containerOf(stage).env ?? []).find((candidate) => candidate.name === name);
+      const ref = variable?.valueFrom?.secretKeyRef;
+      expect([name, ref]).toEqual([
+        name,
+        { name: secret?.metadata.name, key: name, ...(optional ? { optional: true } : {}) },
+      ]);
     }
   });
 

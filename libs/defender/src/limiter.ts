@@ -286,8 +286,13 @@ function slotsReconciler(
         runningGauge?.set(after);
         if (max !== '') maxGauge?.set(Number(max));
       },
-      // The heartbeat's and the calls' own failures say Redis is away; this one would only repeat them.
-      () => undefined,
+      // The heartbeat's and the calls' own failures say Redis is away; this one would only repeat them. The
+      // gauges are left out until the count is read again: their last value would show the shared slots
+      // as they were before Redis went away.
+      () => {
+        runningGauge?.remove();
+        maxGauge?.remove();
+      },
     );
   };
 }

@@ -157,6 +157,39 @@ describe('createSharedLimiter reconciling the shared running count', () => {
   }, 30_000);
 });
 
+describe('createSharedLimiter serving the shared slots as gauges', () => {
+  it('should serve no value while the shared count cannot be read, not the last one it read', async () => {
+    const registry = new Registry({ processMetrics: false });
+    redis = createRedis({ url: testInfra().redisUrl });
+    limiter = await createSharedLimiter({
+      redis,
+      keyPrefix: testRedis.prefix,
+      maxConcurrent: 3,
+      reconcileEveryMs: 100,
+      metrics: registry,
+      logger: capturingLogger(lines),
+    });
+    await limiter.schedule(async () => undefined);
+    await waitFor(() => registry.expose().includes('urs_defender_slots_max 3\n'), {
+      description: 'the gauges served',
+    });
+    // The shared count's key no longer a hash: every reconcile fails, as it does while Redis is away.
+    await testRedis.client.multi().del(key('settings')).set(key('settings'), 'not a hash').exec();
+    await waitFor(() => !/^urs_defender_slots_(running|max) /m.test(registry.expose()), {
+      timeoutMs: 5_000,
+      description: 'the gauges no longer served',
+    });
+    // Read again, they are served again.
+    await testRedis.client.del(key('settings'));
+    await testRedis.client.hset(key('settings'), 'running', '0', 'maxConcurrent', '3');
+    await waitFor(() => registry.expose().includes('urs_defender_slots_max 3\n'), {
+      timeoutMs: 5_000,
+      description: 'the gauges served again',
+    });
+    expect(registry.expose()).toContain('urs_defender_slots_running 0\n');
+  }, 30_000);
+});
+
 describe('createSharedLimiter and the stored maxConcurrent', () => {
   it('a limiter with another maxConcurrent should write it and warn naming the old and the new value', async () => {
     redis = createRedis({ url: testInfra().redisUrl });

@@ -71,6 +71,13 @@ export class Gauge implements Metric {
   dec(labels: Labels = {}, by = 1): void {
     this.inc(labels, -by);
   }
+  /**
+   * Stops serving the series until it is set again: a value that can no longer be read is better left out
+   * than served as it last was (Prometheus marks the series stale at its next scrape).
+   */
+  remove(labels: Labels = {}): void {
+    this.values.delete(labelKey(labels));
+  }
   get(labels: Labels = {}): number {
     return this.values.get(labelKey(labels)) ?? 0;
   }

@@ -22,6 +22,18 @@ describe('Registry', () => {
     expect(registry.expose()).toMatch(/^urs_refused_total\{topic="urs.tenants"\} 1$/m);
   });
 
+  it('Gauge.remove should stop serving a series until it is set again, leaving the others', () => {
+    const registry = new Registry({ processMetrics: false });
+    const gauge = registry.gauge('urs_slots', 'Slots.');
+    gauge.set(4);
+    gauge.set(2, { pool: 'a' });
+    gauge.remove();
+    expect(registry.expose()).not.toMatch(/^urs_slots /m);
+    expect(registry.expose()).toMatch(/^urs_slots\{pool="a"\} 2$/m);
+    gauge.set(5);
+    expect(registry.expose()).toMatch(/^urs_slots 5$/m);
+  });
+
   it('should count histogram observations into cumulative buckets', () => {
     const registry = new Registry({ processMetrics: false });
     const histogram = registry.histogram('urs_latency_seconds', 'Latency.', [0.1, 1]);

@@ -143,6 +143,8 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
     'urs_vulnerability_rows_unreadable_total',
     'Vulnerability rows skipped as unreadable (a CVSS score neither a number from 0 to 10 nor null, a row of the wrong shape), by mode (per-device, bulk).',
   );
+  // Served at 0 from the start: UrsVulnerabilityRowsUnreadable alerts on the first row skipped.
+  for (const mode of ['per-device', 'bulk']) unreadable.init({ mode });
   /** Every vulnerability row the client skips: the per-device endpoint's and the export's. */
   const onInvalidRecord = (record: InvalidRecord): void => {
     if (record.kind !== 'machine')

@@ -163,6 +163,28 @@ function simSources(sealer: SecretSealer, baseUrl: string, caPem: string) {
 }
 
 describe('createDefenderSources and vulnerabilities whose CVSS score cannot be read', () => {
+  it('should serve the unreadable rows of both modes at 0 from its start, so the first is an increase', () => {
+    const metrics = new Registry({ processMetrics: false });
+    const agent = createHttpsAgent();
+    const sources = createDefenderSources({
+      sealer: createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) }),
+      limiter: createLocalLimiter(),
+      quota: createLocalQuotaGate(),
+      httpsAgent: agent,
+      overrides: {},
+      logger: silentLogger,
+      metrics,
+    });
+    try {
+      const exposed = metrics.expose();
+      expect(exposed).toContain('urs_vulnerability_rows_unreadable_total{mode="per-device"} 0\n');
+      expect(exposed).toContain('urs_vulnerability_rows_unreadable_total{mode="bulk"} 0\n');
+    } finally {
+      sources.close();
+      agent.destroy();
+    }
+  });
+
   it('should count the rows it skips as unreadable, per device and in the export, and fail a device none of whose rows was read', async () => {
     const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
     const azureTenantId = randomUUID();
