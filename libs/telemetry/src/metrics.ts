@@ -16,7 +16,14 @@ function labelKey(labels: Labels): string {
 
 function render(name: string, key: string, value: number, extra = ''): string {
   const labels = [key, extra].filter(Boolean).join(',');
-  return `${name}${labels ? `{${labels}}` : ''} ${Number.isFinite(value) ? value : value > 0 ? '+Inf' : '-Inf'}`;
+  return `${name}${labels ? `{${labels}}` : ''} ${exposed(value)}`;
+}
+
+/** A sample's value as the text exposition format writes it: `NaN`, `+Inf` and `-Inf` by name. */
+function exposed(value: number): string {
+  if (Number.isFinite(value)) return String(value);
+  if (Number.isNaN(value)) return 'NaN';
+  return value > 0 ? '+Inf' : '-Inf';
 }
 
 interface Metric {

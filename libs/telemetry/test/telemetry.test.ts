@@ -47,6 +47,18 @@ describe('Registry', () => {
     expect(text).toContain('urs_latency_seconds_count 3');
   });
 
+  it('should write values that are not finite as the exposition format spells them', () => {
+    const registry = new Registry({ processMetrics: false });
+    const gauge = registry.gauge('urs_value', 'A value.');
+    gauge.set(Number.NaN, { v: 'nan' });
+    gauge.set(Number.POSITIVE_INFINITY, { v: 'up' });
+    gauge.set(Number.NEGATIVE_INFINITY, { v: 'down' });
+    const text = registry.expose();
+    expect(text).toMatch(/^urs_value\{v="nan"\} NaN$/m);
+    expect(text).toMatch(/^urs_value\{v="up"\} \+Inf$/m);
+    expect(text).toMatch(/^urs_value\{v="down"\} -Inf$/m);
+  });
+
   it('should return the same metric when registered twice', () => {
     const registry = new Registry({ processMetrics: false });
     expect(registry.gauge('g', 'h')).toBe(registry.gauge('g', 'h'));
