@@ -270,10 +270,16 @@ function slotsReconciler(
     'urs_defender_slots_max',
     'The limit of Defender API calls in flight across every process (the stored maxConcurrent).',
   );
+  /** The gauges left out until the count is read again: their last value would show slots as they were. */
+  const forget = (): void => {
+    runningGauge?.remove();
+    maxGauge?.remove();
+  };
   return () => {
     reconcile(keyOf('settings'), keyOf('job_weights'), keyOf('job_clients'), keyOf('client_running')).then(
       (reply) => {
-        if (reply === null) return;
+        // The keys are gone (a Redis flushed): no count until Bottleneck writes them again.
+        if (reply === null) return forget();
         const [before, after, max] = reply;
         if (before !== after) {
           logger.warn(
@@ -286,13 +292,8 @@ function slotsReconciler(
         runningGauge?.set(after);
         if (max !== '') maxGauge?.set(Number(max));
       },
-      // The heartbeat's and the calls' own failures say Redis is away; this one would only repeat them. The
-      // gauges are left out until the count is read again: their last value would show the shared slots
-      // as they were before Redis went away.
-      () => {
-        runningGauge?.remove();
-        maxGauge?.remove();
-      },
+      // The heartbeat's and the calls' own failures say Redis is away; this one would only repeat them.
+      forget,
     );
   };
 }

@@ -187,6 +187,12 @@ describe('createSharedLimiter serving the shared slots as gauges', () => {
       description: 'the gauges served again',
     });
     expect(registry.expose()).toContain('urs_defender_slots_running 0\n');
+    // The limiter's keys gone (a Redis flushed): nothing to read the count from until Bottleneck writes them.
+    await testRedis.client.del(key('settings'));
+    await waitFor(() => !/^urs_defender_slots_(running|max) /m.test(registry.expose()), {
+      timeoutMs: 5_000,
+      description: 'the gauges no longer served while the keys are gone',
+    });
   }, 30_000);
 });
 
