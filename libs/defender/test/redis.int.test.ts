@@ -76,23 +76,24 @@ describe('createRedisQuotaGate', () => {
   });
 
   it('a call waiting for its slot should keep its place in the window until it is sent', async () => {
-    // A call not sent keeps its place for two windows at most (then it is dropped as never sent): a window of
-    // 1 s leaves the steps below, until the sending, 700 ms to spare on a loaded machine (with 300 ms, 50 ms
-    // of timers running late let the other gate take the place before the call was sent).
-    const limits = { ...MICROSOFT_QUOTAS, machines: [{ limit: 1, windowMs: 1_000 }] };
+    // A call not sent keeps its place for two windows at most (then it is dropped as never sent). A window of
+    // 5 s: the call waits 6 s, past one window, and is sent about 7 s after it took its place, 3 s before it
+    // would be dropped, which no stall of a loaded machine takes up.
+    const windowMs = 5_000;
+    const limits = { ...MICROSOFT_QUOTAS, machines: [{ limit: 1, windowMs }] };
     const a = createRedisQuotaGate(redis.client, redis.prefix, { limits, maxPollMs: 20 });
     const b = createRedisQuotaGate(redis.client, redis.prefix, { limits, maxPollMs: 20 });
     const waiting = await a.acquire('t1', 'machines');
     // Longer than the window without a slot: the call still counts, as one to come.
-    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    await new Promise((resolve) => setTimeout(resolve, windowMs + 1_000));
     let done = false;
     const next = b.acquire('t1', 'machines').then(() => (done = true));
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    await new Promise((resolve) => setTimeout(resolve, 500));
     expect(done).toBe(false);
     waiting.sent();
     const sent = Date.now();
     await next;
-    expect(Date.now() - sent).toBeGreaterThanOrEqual(950);
+    expect(Date.now() - sent).toBeGreaterThanOrEqual(windowMs - 50);
   });
 
   it('block should hold every gate of the tenant back', async () => {
