@@ -11,6 +11,17 @@ import { createCallSlots } from '../src/call-slots';
 
 const claim: QuotaClaim = { sent: () => undefined };
 
+/** Tenant a's call slots over `limiter` (one whose slots are handed from call to call). */
+function handedOffSlots(limiter: ReturnType<typeof withSlotHandOff>) {
+  return createCallSlots({
+    azureTenantId: 'tenant-a',
+    limiter,
+    health: new CallHealth('tenant-a'),
+    metrics: undefined,
+    requestTimeoutMs: 1_000,
+  });
+}
+
 /** The outcome `createCallSlots` gives CallHealth for a call of `endpoint` answered `status` after `afterMs`. */
 async function outcomeOf(
   endpoint: DefenderEndpointClass,
@@ -118,13 +129,7 @@ describe('createCallSlots', () => {
 
   it('inSlot should give a call with no deadline of its own (wholeSlot) a slot of its own, not the rest of one a call before it held', async () => {
     const limiter = withSlotHandOff(createLocalLimiter({ maxConcurrent: 1 }));
-    const slots = createCallSlots({
-      azureTenantId: 'tenant-a',
-      limiter,
-      health: new CallHealth('tenant-a'),
-      metrics: undefined,
-      requestTimeoutMs: 1_000,
-    });
+    const slots = handedOffSlots(limiter);
     let release: () => void = () => undefined;
     const released = new Promise<void>((resolve) => {
       release = resolve;
@@ -161,13 +166,7 @@ describe('createCallSlots', () => {
   it('inSlot should say how long a call stopped at its slot’s end ran itself, not only how long the slot was held', async () => {
     // Slots end 900 ms after they start; the second call is handed the slot after the first's 300 ms.
     const limiter = withSlotHandOff(createLocalLimiter({ maxConcurrent: 1, jobExpirationMs: 1_000 }));
-    const slots = createCallSlots({
-      azureTenantId: 'tenant-a',
-      limiter,
-      health: new CallHealth('tenant-a'),
-      metrics: undefined,
-      requestTimeoutMs: 1_000,
-    });
+    const slots = handedOffSlots(limiter);
     try {
       const first = slots.inSlot('vulnerabilities', claim, 0, undefined, async () => {
         await new Promise((resolve) => setTimeout(resolve, 300));

@@ -79,6 +79,20 @@ afterEach(async () => {
 
 const key = (name: string): string => `b_${testRedis.prefix}defender-api_${name}`;
 
+/** A shared limiter of 3 slots reconciling every 100 ms, its gauges in `registry`, after its first call. */
+async function reconcilingLimiter(registry: Registry): Promise<void> {
+  redis = createRedis({ url: testInfra().redisUrl });
+  limiter = await createSharedLimiter({
+    redis,
+    keyPrefix: testRedis.prefix,
+    maxConcurrent: 3,
+    reconcileEveryMs: 100,
+    metrics: registry,
+    logger: capturingLogger(lines),
+  });
+  await limiter.schedule(async () => undefined);
+}
+
 describe('createSharedLimiter when a script ran in Redis but its reply was lost', () => {
   it('a register is not sent again on the new connection: the call runs and its slot comes back with the job expiration', async () => {
     // Only a register carries the job expiration; this one is the test's own.
@@ -113,16 +127,7 @@ describe('createSharedLimiter when a script ran in Redis but its reply was lost'
 describe('createSharedLimiter reconciling the shared running count', () => {
   it('should give back a slot a register run twice kept, log it, and let maxConcurrent calls run at once again', async () => {
     const registry = new Registry();
-    redis = createRedis({ url: testInfra().redisUrl });
-    limiter = await createSharedLimiter({
-      redis,
-      keyPrefix: testRedis.prefix,
-      maxConcurrent: 3,
-      reconcileEveryMs: 100,
-      metrics: registry,
-      logger: capturingLogger(lines),
-    });
-    await limiter.schedule(async () => undefined);
+    await reconcilingLimiter(registry);
     const [clientId] = await testRedis.client.zrange(key('client_running'), 0, -1);
     // What a register sent twice leaves: its weight counted twice, the job recorded once.
     await testRedis.client
@@ -160,16 +165,7 @@ describe('createSharedLimiter reconciling the shared running count', () => {
 describe('createSharedLimiter serving the shared slots as gauges', () => {
   it('should serve no value while the shared count cannot be read, not the last one it read', async () => {
     const registry = new Registry({ processMetrics: false });
-    redis = createRedis({ url: testInfra().redisUrl });
-    limiter = await createSharedLimiter({
-      redis,
-      keyPrefix: testRedis.prefix,
-      maxConcurrent: 3,
-      reconcileEveryMs: 100,
-      metrics: registry,
-      logger: capturingLogger(lines),
-    });
-    await limiter.schedule(async () => undefined);
+    await reconcilingLimiter(registry);
     await waitFor(() => registry.expose().includes('urs_defender_slots_max 3\n'), {
       description: 'the gauges served',
     });
