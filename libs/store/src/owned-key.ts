@@ -14,7 +14,7 @@ export const OWNED_LUA = `
 local function owned(key, token) return redis.call('GET', key) == token end`;
 
 // KEYS[1] the key; ARGV: token, ttl ms. A holder that has the key already takes it again.
-const TAKE_UNLESS_HELD = `
+export const TAKE_UNLESS_HELD = `
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])

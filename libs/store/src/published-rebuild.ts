@@ -1,6 +1,6 @@
 import type { default as Redis } from 'ioredis';
 import { UrsError } from '@urs/resilience';
-import { OWNED_LUA, releaseOwnedKey, renewOwnedKey, takeOwnedKey } from './owned-key';
+import { OWNED_LUA, releaseOwnedKey, renewOwnedKey, TAKE_UNLESS_HELD } from './owned-key';
 import { DELETED_BEFORE_LUA } from './tenant-deletion';
 
 /** What the last record of a device on `vms.risk-scores` says: held by VMS (`live`), or a tombstone. */
@@ -18,7 +18,8 @@ export interface PublishedRebuild {
   isRebuilt(): Promise<boolean>;
   /**
    * Takes the right to rebuild for `ttlMs` for one rebuild, `token` (new for each): one rebuild at a time.
-   * The token that has it takes it again.
+   * The token that has it takes it again. Refused once the marker is set: a replica that found it missing
+   * just before another's rebuild set it does not read the topic a second time.
    */
   takeRebuild(token: string, ttlMs: number): Promise<boolean>;
   /** Holds it `ttlMs` longer; false when it lapsed (or another rebuild has it). */
@@ -61,6 +62,10 @@ for i = 2, #ARGV, 2 do
 end
 return added`;
 
+// KEYS[1] rebuild lock, KEYS[2] marker; ARGV: token, ttl ms.
+const TAKE_UNLESS_REBUILT = `
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end${TAKE_UNLESS_HELD}`;
+
 // KEYS[1] rebuild lock, KEYS[2] marker; ARGV: token, time.
 const MARK_REBUILT = `${OWNED_LUA}
 if not owned(KEYS[1], ARGV[1]) then return 0 end
@@ -91,8 +96,8 @@ export function createPublishedRebuild(redis: Redis, keys: RebuildKeys): Publish
     async isRebuilt() {
       return (await redis.exists(keys.rebuilt)) === 1;
     },
-    takeRebuild(token, ttlMs) {
-      return takeOwnedKey(redis, keys.lock, token, ttlMs);
+    async takeRebuild(token, ttlMs) {
+      return (await redis.eval(TAKE_UNLESS_REBUILT, 2, keys.lock, keys.rebuilt, token, String(ttlMs))) === 1;
     },
     renewRebuild(token, ttlMs) {
       return renewOwnedKey(redis, keys.lock, token, ttlMs);

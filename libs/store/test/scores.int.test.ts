@@ -569,6 +569,20 @@ describe('createPublishedStore', () => {
     await waitFor(() => published.takeTenantLease(b), { timeoutMs: 20_000, intervalMs: 250 });
   });
 
+  it('takeRebuild should admit one rebuild at a time, and none once a rebuild set the marker', async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    expect(await published.takeRebuild('one', 30_000)).toBe(true);
+    expect(await published.takeRebuild('two', 30_000)).toBe(false);
+    expect(await published.takeRebuild('one', 30_000)).toBe(true);
+    expect(await published.markRebuilt('one', new Date())).toBe(true);
+    // A replica that found the marker missing just before it was set does not read the topic again.
+    expect(await published.takeRebuild('two', 30_000)).toBe(false);
+    expect(await published.isRebuilt()).toBe(true);
+    // Wiped again: rebuilt again.
+    await redis.cleanup();
+    expect(await published.takeRebuild('two', 30_000)).toBe(true);
+  });
+
   it('markDeleted should list every device once, drop the deleted cycles until a registration, and an older deletion only what came before it', async () => {
     const published = createPublishedStore(redis.client, redis.prefix);
     await markPublishedRebuilt(published);

@@ -21,7 +21,7 @@ function lockAndMarker() {
     isRebuilt: async () => redis.rebuilt,
     takeRebuild: async (token) => {
       redis.takes++;
-      if (redis.lock !== undefined && redis.lock !== token) return false;
+      if (redis.rebuilt || (redis.lock !== undefined && redis.lock !== token)) return false;
       redis.lock = token;
       return true;
     },
