@@ -131,6 +131,37 @@ describe('scoreCommand', () => {
     expect(result.stderr).toContain('urs score: line 1: vulnerabilities[2] skipped: cvssV3 must be');
   });
 
+  it('should skip a vulnerability without an id, or not an object, as the pipeline does, and score the line', async () => {
+    const result = await run(
+      ['--now', NOW],
+      ndjson({ id: 'a', ...clean, vulnerabilities: [{ cvssV3: 9.8 }, 7, ...critical(1)] }),
+    );
+    expect(result.code).toBe(0);
+    expect(result.lines[0]?.contributions).toContainEqual(
+      expect.objectContaining({ signal: 'criticalCves', value: 1, points: 25 }),
+    );
+    expect(result.stderr).toBe(
+      'urs score: line 1: vulnerabilities[0] skipped: id must be a non-empty string (the CVE id)\n' +
+        'urs score: line 1: vulnerabilities[1] skipped: record is not an object\n',
+    );
+  });
+
+  it('should count the skipped vulnerabilities in the summary, 1e1 and 0x5 among them', async () => {
+    const result = await run(
+      ['--now', NOW, '--summary'],
+      ndjson(
+        { id: 'a', ...clean, vulnerabilities: [{ id: 'CVE-1', cvssV3: '1e1' }, ...critical(1)] },
+        { id: 'b', ...clean, vulnerabilities: [{ id: 'CVE-2', cvssV3: ' 0x5' }] },
+      ),
+    );
+    expect(result.code).toBe(0);
+    expect(result.lines).toEqual([
+      expect.objectContaining({ kind: 'summary', devices: 2, failed: 0, skippedVulnerabilities: 2 }),
+    ]);
+    expect(result.stderr).toContain('line 1: vulnerabilities[0] skipped: cvssV3 must be');
+    expect(result.stderr).toContain('line 2: vulnerabilities[0] skipped: cvssV3 must be');
+  });
+
   it('should score a device none of whose vulnerabilities could be read with criticalCves missing', async () => {
     const file = await profileFile('worst.json', { missingSignals: 'assume-worst' });
     const result = await run(
@@ -158,7 +189,6 @@ describe('scoreCommand', () => {
       '',
       '[1, 2]',
       { ...clean },
-      { id: 'bad-vulns', ...clean, vulnerabilities: [{ cvssV3: 9.8 }] },
       { id: 'bad-vulns-type', ...clean, vulnerabilities: 'none' },
       { id: 'last', ...clean, riskScore: 'Medium', vulnerabilities: [] },
     );
@@ -166,14 +196,11 @@ describe('scoreCommand', () => {
     expect(result.code).toBe(1);
     expect(result.lines.map((l) => l.deviceId)).toEqual(['first', 'last']);
     const errors = result.stderr.trim().split('\n');
-    expect(errors).toHaveLength(5);
+    expect(errors).toHaveLength(4);
     expect(errors[0]).toMatch(/^urs score: line 2: not valid JSON/);
     expect(errors[1]).toBe('urs score: line 4: must be a JSON object (an MDE machine record)');
     expect(errors[2]).toBe('urs score: line 5: id: must be a non-empty string (the MDE machine id)');
-    expect(errors[3]).toBe(
-      'urs score: line 6: vulnerabilities[0].id: must be a non-empty string (the CVE id)',
-    );
-    expect(errors[4]).toMatch(/^urs score: line 7: vulnerabilities: must be an array/);
+    expect(errors[3]).toMatch(/^urs score: line 6: vulnerabilities: must be an array/);
   });
 
   it('should score with the tenant profile given by --profile', async () => {
@@ -250,6 +277,7 @@ describe('scoreCommand', () => {
         kind: 'summary',
         devices: 4,
         failed: 1,
+        skippedVulnerabilities: 0,
         profileHash: expect.stringMatching(/^[0-9a-f]{64}$/),
         bands: { Trustworthy: 2, 'Low Risk': 0, 'Moderate Risk': 0, Suspicious: 1, 'High Risk': 1 },
       },
@@ -286,6 +314,7 @@ describe('scoreCommand', () => {
         kind: 'summary',
         devices: 4,
         failed: 0,
+        skippedVulnerabilities: 0,
         changed: 2,
         profileHash: { from: expect.any(String), to: expect.any(String) },
         bands: {

@@ -1,8 +1,8 @@
+import { readCvss } from '@urs/contracts/vulnerabilities';
 import type { RowReader } from './odata-rows';
 import {
   bulkRowDeviceId,
   parseSoftwareVulnerabilityRow,
-  readCvss,
   type SoftwareVulnerabilityRow,
   type Vulnerability,
   vulnerabilityFromRow,

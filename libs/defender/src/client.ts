@@ -27,10 +27,11 @@ import {
   type ExportGeneration,
   fetchExportGeneration,
   fetchMachineVulnerabilities,
-  mergeVulnerability,
   readVulnerabilitiesByMachine,
   scanVulnerabilitiesByMachine,
+  type VulnerabilitiesByMachine,
   type VulnerabilityMode,
+  vulnerabilitiesByMachine,
 } from './vulnerabilities';
 
 /** A tenant's Defender setup, as registered (a cloud and a region, never a URL). */
@@ -153,8 +154,12 @@ export interface DefenderClient {
   ): Promise<{ pages: number }>;
   /** Which snapshot the bulk export serves now (`SoftwareVulnerabilitiesExport`'s `generatedTime`). */
   getExportGeneration(signal?: AbortSignal): Promise<ExportGeneration>;
-  /** The whole bulk export merged per device (CVE-deduplicated). */
-  getVulnerabilitiesByMachine(options?: BulkOptions): Promise<Map<string, Vulnerability[]>>;
+  /**
+   * The whole bulk export merged per device (CVE-deduplicated), as the pipeline reads it: a row that could
+   * not be read is skipped, reported (`onInvalidRecord`, the log) and counted in `invalid`, and a device whose
+   * rows all were skipped is null (its CVEs unknown), not a device without CVEs.
+   */
+  getVulnerabilitiesByMachine(options?: BulkOptions): Promise<VulnerabilitiesByMachine>;
   /** Token claims (roles) of the current token. */
   tokenClaims(signal?: AbortSignal): Promise<TokenClaims | undefined>;
   /**
@@ -339,19 +344,7 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
     readVulnerabilitiesByMachine: (onRow, options) => readVulnerabilitiesByMachine(walkDeps, onRow, options),
     scanVulnerabilitiesByMachine: (sink, options) => scanVulnerabilitiesByMachine(walkDeps, sink, options),
     getExportGeneration: (signal) => fetchExportGeneration(walkDeps, signal),
-    async getVulnerabilitiesByMachine(options) {
-      // Per device, its CVEs in first-seen order and where each one is in that list.
-      const merged = new Map<string, { list: Vulnerability[]; index: Map<string, number> }>();
-      const merge: BulkRowHandler = (machineId, vulnerability) => {
-        // A row that could not be read lists no CVE: its device is listed by its readable rows only.
-        if (vulnerability === null) return;
-        let device = merged.get(machineId);
-        if (!device) merged.set(machineId, (device = { list: [], index: new Map() }));
-        if (vulnerability) mergeVulnerability(device.list, device.index, vulnerability);
-      };
-      await readVulnerabilitiesByMachine(walkDeps, merge, options);
-      return new Map([...merged].map(([machineId, device]) => [machineId, device.list]));
-    },
+    getVulnerabilitiesByMachine: (options) => vulnerabilitiesByMachine(walkDeps, options),
     async tokenClaims(signal) {
       return decodeTokenClaims((await tokens.getToken(signal)).token);
     },

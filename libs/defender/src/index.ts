@@ -43,10 +43,10 @@ export type { ApiCaller, ApiCallerOptions, ApiResult, RowsScan } from './http';
 export {
   parseMachine,
   parseVulnerability,
-  readCvss,
   parseSoftwareVulnerabilityRow,
   vulnerabilityFromRow,
 } from './schema';
+export { readCvss } from '@urs/contracts/vulnerabilities';
 export type { MachineRecord, Vulnerability, SoftwareVulnerabilityRow, ParseResult } from './schema';
 export { MAX_MACHINE_PAGE_SIZE, isScorable, walkMachines } from './machines';
 export type { Machine, MachineFlags, MachinePage, InvalidRecord, ListMachinesOptions } from './machines';
@@ -66,6 +66,7 @@ export type {
   BulkOptions,
   BulkRowHandler,
   ExportGeneration,
+  VulnerabilitiesByMachine,
   VulnerabilityMode,
   VulnerabilityPlan,
 } from './vulnerabilities';

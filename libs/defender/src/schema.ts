@@ -1,4 +1,5 @@
 import Ajv, { type ValidateFunction } from 'ajv';
+import { readCvss, unreadableScore } from '@urs/contracts/vulnerabilities';
 import { BULK_UNSCORED, VULNERABILITY_UNSCORED, softenSignals, softenUnscored } from './soften';
 
 /**
@@ -349,24 +350,6 @@ export function parseVulnerability(raw: unknown): ParseResult<Vulnerability> {
   return { ok: true, value: vulnerability };
 }
 
-const NUMERIC_TEXT = /^\d+(\.\d+)?$/;
-
-/**
- * A vulnerability's CVSS v3 score as every path reads it (the per-device `cvssV3`, a Double in Microsoft's
- * documentation; the export's `cvssScore`, a String there; `urs score`'s input): a number from 0 to 10, or
- * numeric text of one, is the score; null or absent (and blank text) is null, Microsoft having no v3 score
- * for the CVE, a known value that counts as not critical; anything else (other text, NaN, a negative score,
- * one above 10) is undefined: the row is unreadable, and is skipped and counted as such.
- */
-export function readCvss(value: unknown): number | null | undefined {
-  if (typeof value === 'number') return value >= 0 && value <= 10 ? value : undefined;
-  if (value === null || value === undefined) return null;
-  if (typeof value !== 'string') return undefined;
-  const text = value.trim();
-  if (text === '') return null;
-  return NUMERIC_TEXT.test(text) ? readCvss(Number(text)) : undefined;
-}
-
 /** Puts the score `field` holds as `readCvss` reads it; false when it is unreadable. */
 function readScoreField(record: Record<string, unknown>, field: 'cvssV3' | 'cvssScore'): boolean {
   const value = record[field];
@@ -374,11 +357,6 @@ function readScoreField(record: Record<string, unknown>, field: 'cvssV3' | 'cvss
   if (score === undefined) return false;
   if (score !== value && value !== undefined) record[field] = score;
   return true;
-}
-
-/** Why a row whose score `readCvss` cannot read (`value`, sent in `field`) is skipped. */
-export function unreadableScore(field: string, value: unknown): string {
-  return `${field} must be a number from 0 to 10, numeric text or null (got ${typeof value === 'number' ? String(value) : JSON.stringify(value)})`;
 }
 
 /** Normalises and validates one row of the bulk export; `raw` (freshly parsed) may be normalised in place and returned. */

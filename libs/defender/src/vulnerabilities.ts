@@ -186,6 +186,41 @@ export async function readVulnerabilitiesByMachine(
   return read;
 }
 
+/** The whole bulk export merged per device, and the rows skipped as invalid. */
+export interface VulnerabilitiesByMachine {
+  /** Per device its CVEs (one entry per CVE id, its highest CVSS). */
+  devices: Map<string, Vulnerability[] | null>;
+  /** Rows skipped as invalid (each reported through `onInvalidRecord` and the log). */
+  invalid: number;
+}
+
+/** `readVulnerabilitiesByMachine` merged per device (CVE-deduplicated). */
+export async function vulnerabilitiesByMachine(
+  deps: VulnerabilityDeps,
+  options: BulkOptions = {},
+): Promise<VulnerabilitiesByMachine> {
+  // Per device, its CVEs in first-seen order and where each one is in that list; null while it has only
+  // rows that could not be read (a device all of whose rows were skipped: its CVEs are unknown, not none).
+  const merged = new Map<string, { list: Vulnerability[]; index: Map<string, number> } | null>();
+  const read = await readVulnerabilitiesByMachine(
+    deps,
+    (machineId, vulnerability) => {
+      let device = merged.get(machineId);
+      if (vulnerability === null) {
+        if (device === undefined) merged.set(machineId, null);
+        return;
+      }
+      if (!device) merged.set(machineId, (device = { list: [], index: new Map() }));
+      if (vulnerability) mergeVulnerability(device.list, device.index, vulnerability);
+    },
+    options,
+  );
+  return {
+    devices: new Map([...merged].map(([machineId, device]) => [machineId, device && device.list])),
+    invalid: read.invalid,
+  };
+}
+
 /** An export row skipped as invalid: logged, and handed to `onInvalidRecord`. */
 function reportInvalidRow(deps: VulnerabilityDeps, reason: string): void {
   const invalid: InvalidRecord = { kind: 'bulk-row', reason };

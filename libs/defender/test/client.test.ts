@@ -614,7 +614,14 @@ describe('createDefenderClient vulnerabilities', () => {
   });
 
   /** Every device of the tenant has, in `bulk`, the distinct CVEs the per-device endpoint lists for it. */
-  function expectSameCvesAsPerDevice(bulk: Map<string, { id: string }[]>): void {
+  function expectSameCvesAsPerDevice({
+    devices: bulk,
+    invalid,
+  }: {
+    devices: Map<string, { id: string }[] | null>;
+    invalid: number;
+  }): void {
+    expect(invalid).toBe(0);
     for (const machine of sim.machines(app.azureTenantId)) {
       const expected = [
         ...new Set(sim.vulnerabilities(app.azureTenantId, machine.id).map((v) => v.id)),

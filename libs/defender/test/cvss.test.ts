@@ -4,13 +4,16 @@ import { DefenderErrorCode } from '../src/errors';
 import type { ApiCaller } from '../src/http';
 import type { InvalidRecord } from '../src/machines';
 import { ODataRowScanner } from '../src/odata-rows';
-import { parseSoftwareVulnerabilityRow, parseVulnerability, readCvss } from '../src/schema';
-import { fetchMachineVulnerabilities } from '../src/vulnerabilities';
+import { readCvss } from '@urs/contracts/vulnerabilities';
+import { parseSoftwareVulnerabilityRow, parseVulnerability } from '../src/schema';
+import { fetchMachineVulnerabilities, vulnerabilitiesByMachine } from '../src/vulnerabilities';
 
 const UNREADABLE: unknown[] = [
   'high',
   'n/a',
   '9.8.1',
+  '1e1',
+  ' 0x5',
   '-1',
   'NaN',
   NaN,
@@ -112,5 +115,48 @@ describe('fetchMachineVulnerabilities and unreadable scores', () => {
 
   it('should give an empty list for a device without vulnerabilities', async () => {
     await expect(fetchMachineVulnerabilities(deps([], []), 'm1')).resolves.toEqual([]);
+  });
+});
+
+describe('vulnerabilitiesByMachine and unreadable rows', () => {
+  /** An API whose export is one page of `rows`, read as the client reads them. */
+  function exporting(rows: unknown[]): ApiCaller {
+    return {
+      scanRows: async (
+        _endpoint: unknown,
+        _path: unknown,
+        _params: unknown,
+        onRow: (row: BulkRowEntry) => void,
+        toRow: (row: unknown) => BulkRowEntry,
+      ) => {
+        for (const row of rows) onRow(toRow(row));
+        return { status: 200, members: {} };
+      },
+    } as unknown as ApiCaller;
+  }
+
+  it('should count the rows it skips and give a device whose rows all were unreadable null, not no CVE', async () => {
+    const invalid: InvalidRecord[] = [];
+    const read = await vulnerabilitiesByMachine({
+      api: exporting([
+        { deviceId: 'd1', cveId: 'CVE-1', cvssScore: '1e1' },
+        { deviceId: 'd1', cveId: 'CVE-2', cvssScore: ' 0x5' },
+        { deviceId: 'd2', cveId: 'CVE-3', cvssScore: 'high' },
+        { deviceId: 'd2', cveId: 'cve-4', cvssScore: '9.8' },
+        { deviceId: 'd3', cveId: null, cvssScore: null },
+      ]),
+      logger: silentLogger,
+      azureTenantId: 'tenant',
+      onInvalidRecord: (record: InvalidRecord) => invalid.push(record),
+    });
+    expect(read.invalid).toBe(3);
+    expect(invalid).toHaveLength(3);
+    expect(read.devices).toEqual(
+      new Map<string, unknown>([
+        ['d1', null],
+        ['d2', [expect.objectContaining({ id: 'CVE-4', cvssV3: 9.8 })]],
+        ['d3', []],
+      ]),
+    );
   });
 });

@@ -8,11 +8,13 @@ export { BANDS, bandOf } from './band';
 export type { Band } from './band';
 export { scoreDevice } from './score';
 export type { MachineRecord, ScoreResult, Signals, SignalObservation } from './score';
-export { summariseVulnerabilities, countCriticalCves, TOP_CVE_IDS } from './vulnerabilities';
+export { summariseVulnerabilities, readVulnerabilities } from './vulnerabilities';
+export { TOP_CVE_IDS } from '@urs/contracts/vulnerabilities';
 export type {
   VulnerabilityRecord,
   VulnerabilitySummary,
   CriticalCveCount,
   VulnerabilityInput,
+  SkippedVulnerability,
 } from './vulnerabilities';
 export { parseTimestampMs } from './time';

@@ -5,8 +5,8 @@ import type { Contribution, EnumSignal, SignalName } from './compile';
 import { ScoringError } from './errors';
 import type { Profile, ProfileInput } from './profile';
 import { parseTimestampMs, subMillisecondOf } from './time';
-import { countCriticalCves } from './vulnerabilities';
-import type { VulnerabilityInput } from './vulnerabilities';
+import { summariseVulnerabilities } from './vulnerabilities';
+import type { SkippedVulnerability, VulnerabilityInput } from './vulnerabilities';
 
 /**
  * An MDE machine record as `GET /api/machines` returns it. Only the fields the model reads are named;
@@ -62,14 +62,18 @@ const DAY_MS = 86_400_000;
  * Scores one device with the model of `scoring.md`: pure and deterministic (the same inputs give the same
  * result), integer arithmetic. `now` is the start of the cycle (epoch ms, Date or ISO 8601), against which
  * `lastSeen` is aged. Pass a CompiledProfile on hot paths; a plain profile is validated and compiled on
- * first use and cached per object. Throws a ScoringError (never retryable) for a machine that is not an
- * object, a malformed vulnerability entry, or a summary counted with another CVSS threshold.
+ * first use and cached per object. A vulnerability list is read as the pipeline reads it
+ * (`readVulnerabilities`): a record it cannot read is skipped and told to `skipped`, and a list none of whose
+ * records could be read leaves criticalCves missing. Throws a ScoringError (never retryable) for a machine
+ * that is not an object, vulnerabilities that are neither a list, a summary nor null, or a summary counted with
+ * another CVSS threshold.
  */
 export function scoreDevice(
   machine: MachineRecord,
   vulnerabilities: VulnerabilityInput,
   profile: CompiledProfile | Profile | ProfileInput,
   now: number | Date | string,
+  skipped?: SkippedVulnerability,
 ): ScoreResult {
   const p = profile instanceof CompiledProfile ? profile : compileProfile(profile);
   if (typeof machine !== 'object' || machine === null || Array.isArray(machine)) {
@@ -116,7 +120,7 @@ export function scoreDevice(
     }
   }
 
-  const cves = criticalCveCount(vulnerabilities, p.cvssThreshold);
+  const cves = criticalCveCount(vulnerabilities, p.cvssThreshold, skipped);
   if (cves === null) {
     missing.push('criticalCves');
     if (p.assumeWorst) {
@@ -178,10 +182,15 @@ function scoreEnum(
   return signal.worst.points;
 }
 
-/** The criticalCves count, or null when the vulnerabilities could not be fetched. */
-function criticalCveCount(input: VulnerabilityInput, cvssThreshold: number): number | null {
+/** The criticalCves count, or null when the vulnerabilities could not be fetched (or none could be read). */
+function criticalCveCount(
+  input: VulnerabilityInput,
+  cvssThreshold: number,
+  skipped: SkippedVulnerability | undefined,
+): number | null {
   if (input === null || input === undefined) return null;
-  if (Array.isArray(input)) return countCriticalCves(input, cvssThreshold);
+  if (Array.isArray(input))
+    return summariseVulnerabilities(input, cvssThreshold, skipped)?.criticalCveCount ?? null;
   const summary = input as { criticalCveCount?: unknown; cvssThreshold?: unknown };
   if (
     typeof summary !== 'object' ||

@@ -1,5 +1,5 @@
 import { ScoringError, compileProfile, scoreDevice, summariseVulnerabilities } from '@urs/scoring';
-import type { MachineRecord } from '@urs/scoring';
+import type { MachineRecord, VulnerabilitySummary } from '@urs/scoring';
 import {
   NOW_MS,
   criticalCves,
@@ -280,7 +280,10 @@ describe('scoreDevice signals', () => {
 
     it('should score a summary like the list it was made from, with its fetchedAt as the timestamp', () => {
       const list = [...criticalCves(3), vulnerability('CVE-1', 4), vulnerability('CVE-2024-1000', 9.8)];
-      const summary = { ...summariseVulnerabilities(list, 9.0), fetchedAt: '2024-01-10T11:00:00Z' };
+      const summary = {
+        ...(summariseVulnerabilities(list, 9.0) as VulnerabilitySummary),
+        fetchedAt: '2024-01-10T11:00:00Z',
+      };
       const fromSummary = score({ riskScore: 'Medium' }, summary);
       const fromList = score({ riskScore: 'Medium' }, list);
       expect(fromSummary.score).toBe(fromList.score);
@@ -296,14 +299,32 @@ describe('scoreDevice signals', () => {
       );
     });
 
-    it('should reject a malformed vulnerability record naming its index and field', () => {
-      expect(() => score({}, [vulnerability('CVE-1', 9), { cvssV3: 9 }])).toThrow(
-        'vulnerabilities[1].id: must be a non-empty string',
+    it("should read CVSS scores by the pipeline's rule: 1e1 and 0x5 are unreadable, not 10 and 5", () => {
+      const result = score({}, [
+        { id: 'CVE-1', cvssV3: '1e1' },
+        { id: 'CVE-2', cvssV3: ' 0x5' },
+      ]);
+      expect(result.missing).toContain('criticalCves');
+      expect(result.signals.criticalCves.value).toBeNull();
+    });
+
+    it('should skip a malformed vulnerability record as the pipeline does, telling its index and why', () => {
+      const skipped: Array<[number, string]> = [];
+      const list = [vulnerability('CVE-1', 9), { cvssV3: 9 }, vulnerability('CVE-2', 11), null];
+      const result = scoreDevice(
+        machine(),
+        list as never,
+        compileProfile(undefined),
+        NOW_MS,
+        (index, reason) => skipped.push([index, reason]),
       );
-      expect(() => score({}, [vulnerability('CVE-1', 11)])).toThrow(
-        'vulnerabilities[0].cvssV3: must be a number from 0 to 10 or null (got 11)',
-      );
-      expect(() => score({}, [null as never])).toThrow('vulnerabilities[0]: must be an object');
+      expect(result.signals.criticalCves.value).toBe(1);
+      expect(skipped).toEqual([
+        [1, 'id must be a non-empty string (the CVE id)'],
+        [2, 'cvssV3 must be a number from 0 to 10, numeric text or null (got 11)'],
+        [3, 'record is not an object'],
+      ]);
+      expect(score({}, [{ cvssV3: 9 }]).missing).toContain('criticalCves');
       expect(() => score({}, { criticalCveCount: -1 })).toThrow(
         expect.objectContaining({ code: 'VULNERABILITY_INVALID' }),
       );

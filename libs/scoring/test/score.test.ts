@@ -5,7 +5,7 @@ import {
   scoreDevice,
   summariseVulnerabilities,
 } from '@urs/scoring';
-import type { ProfileInput } from '@urs/scoring';
+import type { ProfileInput, VulnerabilitySummary } from '@urs/scoring';
 import { NOW, NOW_MS, criticalCves, days, machine, profile, score, seenAgo, subScores } from './fixtures';
 
 describe('scoreDevice', () => {
@@ -127,7 +127,7 @@ describe('scoreDevice', () => {
       const lastSeen = '2024-01-08T11:04:02.1234567Z';
       const result = score(
         { riskScore: 'Low', lastSeen, defenderAvStatus: undefined },
-        { ...summariseVulnerabilities(criticalCves(1), 9), fetchedAt: NOW },
+        { ...(summariseVulnerabilities(criticalCves(1), 9) as VulnerabilitySummary), fetchedAt: NOW },
       );
       expect(result.signals).toEqual({
         riskScore: { value: 'Low', at: lastSeen },

@@ -1,4 +1,5 @@
-import { ScoringError, countCriticalCves, summariseVulnerabilities } from '@urs/scoring';
+import { ScoringError, summariseVulnerabilities } from '@urs/scoring';
+import type { VulnerabilitySummary } from '@urs/scoring';
 import { vulnerability } from './fixtures';
 
 describe('summariseVulnerabilities', () => {
@@ -32,7 +33,7 @@ describe('summariseVulnerabilities', () => {
 
   it('should name at most 10 CVEs', () => {
     const list = Array.from({ length: 25 }, (_, i) => vulnerability(`CVE-2024-${100 + i}`, i / 10 + 7));
-    const summary = summariseVulnerabilities(list, 9.0);
+    const summary = summariseVulnerabilities(list, 9.0) as VulnerabilitySummary;
     expect(summary.topCveIds).toHaveLength(10);
     expect(summary.topCveIds[0]).toBe('CVE-2024-124');
     expect(summary.criticalCveCount).toBe(5);
@@ -48,28 +49,42 @@ describe('summariseVulnerabilities', () => {
     });
   });
 
-  it('should reject what is not a list, naming the field', () => {
+  it('should reject what is not a list', () => {
     expect(() => summariseVulnerabilities({} as never, 9)).toThrow(ScoringError);
-    expect(() => summariseVulnerabilities([{ id: '' }], 9)).toThrow(
-      'vulnerabilities[0].id: must be a non-empty string',
-    );
-    expect(() => summariseVulnerabilities([{ id: 'CVE-1', cvssV3: 'high' }], 9)).toThrow(
-      'vulnerabilities[0].cvssV3',
-    );
+  });
+
+  it('should skip the records the pipeline skips, naming each, and give null when none could be read', () => {
+    const skipped: string[] = [];
+    const list = [
+      { id: '' },
+      { id: 'CVE-1', cvssV3: 'high' },
+      { id: 'CVE-2', cvssV3: '1e1' },
+      null,
+      vulnerability('CVE-3', 9.5),
+    ];
+    expect(
+      summariseVulnerabilities(list, 9, (index, reason) => skipped.push(`${index}: ${reason}`)),
+    ).toMatchObject({ criticalCveCount: 1, totalCveCount: 1, topCveIds: ['CVE-3'] });
+    expect(skipped).toEqual([
+      '0: id must be a non-empty string (the CVE id)',
+      '1: cvssV3 must be a number from 0 to 10, numeric text or null (got "high")',
+      '2: cvssV3 must be a number from 0 to 10, numeric text or null (got "1e1")',
+      '3: record is not an object',
+    ]);
+    expect(summariseVulnerabilities([{ id: 'CVE-1', cvssV3: ' 0x5' }], 9)).toBeNull();
   });
 });
 
-describe('countCriticalCves', () => {
+describe('summariseVulnerabilities criticalCveCount', () => {
   it('should count distinct ids at or above the threshold', () => {
     const list = ['A', 'B', 'A', 'C', 'B', 'D'].map((id, i) => vulnerability(id, i === 5 ? 5 : 9.5));
-    expect(countCriticalCves(list, 9)).toBe(3);
-    expect(countCriticalCves(list, 9.6)).toBe(0);
-    expect(countCriticalCves(list, 0)).toBe(4);
+    expect(summariseVulnerabilities(list, 9)?.criticalCveCount).toBe(3);
+    expect(summariseVulnerabilities(list, 9.6)?.criticalCveCount).toBe(0);
+    expect(summariseVulnerabilities(list, 0)?.criticalCveCount).toBe(4);
   });
 
   it('should count a CVE id sent in two cases once, as the pipeline reads it (upper case)', () => {
     const list = [vulnerability('CVE-2024-0001', 9.8), vulnerability('cve-2024-0001', 9.8)];
-    expect(countCriticalCves(list, 9)).toBe(1);
     expect(summariseVulnerabilities(list, 9)).toMatchObject({
       criticalCveCount: 1,
       topCveIds: ['CVE-2024-0001'],

@@ -7,7 +7,7 @@ import type { Counter } from '@urs/telemetry';
 import { notHeld, type FetchError, type TenantEnrichment } from './enrichment';
 import { throwIfStopping } from './interruption';
 import { isTenantWideFailure, type VulnerabilitySource } from './sources';
-import { summariseVulnerabilities } from './summarise';
+import { summariseVulnerabilities } from '@urs/contracts/vulnerabilities';
 
 export interface PerDeviceDeps {
   /** Per-device calls of one batch in flight at once (the shared limiter caps all replicas at 10). */

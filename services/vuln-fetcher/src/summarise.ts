@@ -1,55 +1,14 @@
-import type { VulnerabilitySummary } from '@urs/contracts';
+// The summary's module alone (no schema compiler): the export fold's thread loads this file.
+import {
+  type VulnerabilityLike,
+  type VulnerabilitySummary,
+  cvssRank,
+  keepBest,
+  summariseBest,
+} from '@urs/contracts/vulnerabilities';
 import { ScoreColumn } from './score-column';
 
-/** What the summary reads of a vulnerability (per-device entries and bulk rows are normalised to this). */
-export interface VulnerabilityLike {
-  /** The CVE id. */
-  id: string;
-  /** CVSS v3 base score 0–10, or null/absent when Microsoft has none. */
-  cvssV3?: number | null;
-}
-
-/** Ids kept in `topCveIds`. */
-export const TOP_CVE_IDS = 10;
-
-/**
- * A device's vulnerabilities condensed for the scorer: distinct CVEs in all and at or above the
- * cycle's CVSS threshold, the highest CVSS, and the ten highest-scored CVE ids (ties by id, so the
- * summary is deterministic). The same CVE listed for several products counts once, at its highest score.
- */
-export function summariseVulnerabilities(
-  vulnerabilities: readonly VulnerabilityLike[],
-  cvssThreshold: number,
-): VulnerabilitySummary {
-  const best = new Map<string, number>();
-  for (const vulnerability of vulnerabilities) keepBest(best, vulnerability.id, cvssOf(vulnerability));
-  return summariseBest(best, cvssThreshold);
-}
-
-/** A vulnerability's CVSS, -1 when it has none. */
-function cvssOf(vulnerability: VulnerabilityLike): number {
-  return typeof vulnerability.cvssV3 === 'number' ? vulnerability.cvssV3 : -1;
-}
-
-/** Keeps a CVE's highest CVSS (-1 when it has none) in `best`, keyed by CVE id. */
-function keepBest(best: Map<string, number>, id: string, cvss: number): void {
-  const seen = best.get(id);
-  if (seen === undefined || cvss > seen) best.set(id, cvss);
-}
-
-function summariseBest(best: ReadonlyMap<string, number>, cvssThreshold: number): VulnerabilitySummary {
-  let criticalCveCount = 0;
-  let maxCvss: number | null = null;
-  for (const cvss of best.values()) {
-    if (cvss >= cvssThreshold) criticalCveCount++;
-    if (cvss >= 0 && (maxCvss === null || cvss > maxCvss)) maxCvss = cvss;
-  }
-  const topCveIds = [...best]
-    .sort(([idA, a], [idB, b]) => b - a || (idA < idB ? -1 : idA > idB ? 1 : 0))
-    .slice(0, TOP_CVE_IDS)
-    .map(([id]) => id);
-  return { criticalCveCount, totalCveCount: best.size, maxCvss, cvssThreshold, topCveIds };
-}
+export type { VulnerabilityLike };
 
 /** A fold's state as one thread hands it to another. */
 export interface FoldState {
@@ -83,7 +42,8 @@ function grown<T extends Int32Array>(array: T, needed: number, make: (length: nu
  * of a run are kept once each; a device whose rows come in several runs (across pages, say) has one run
  * of pairs per stretch, each linked to the one before, and may hold a CVE once per run until its
  * summary, which keeps the highest score. A row folded twice (a retried page) changes nothing.
- * `summaries` gives exactly what `summariseVulnerabilities` gives for each device's whole list, and null
+ * `summaries` gives exactly what `summariseVulnerabilities` (`@urs/contracts/vulnerabilities`) gives for
+ * each device's whole list, and null
  * for a device whose rows all were unreadable: as per device, its CVEs are not known, not none.
  */
 export class VulnerabilityFolder {
@@ -123,7 +83,7 @@ export class VulnerabilityFolder {
     }
     if (!vulnerability) return;
     const cve = this.cveNumber(vulnerability.id);
-    const cvss = cvssOf(vulnerability);
+    const cvss = cvssRank(vulnerability);
     const seen = this.runCves.get(cve);
     if (seen === undefined) {
       const at = this.pairs++;

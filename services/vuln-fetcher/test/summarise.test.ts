@@ -1,4 +1,5 @@
-import { VulnerabilityFolder, summariseVulnerabilities, type VulnerabilityLike } from '../src/summarise';
+import { summariseVulnerabilities, type VulnerabilityLike } from '@urs/contracts/vulnerabilities';
+import { VulnerabilityFolder } from '../src/summarise';
 
 /** One export row as the fetcher sees it: a device and a CVE (null for a software-only row). */
 interface Row {

@@ -192,11 +192,15 @@ async function devices(
   const write = writer(io.stdout);
   const counts: Counts = { written: 0, flagged: 0, invalid: 0, vulnerabilitiesMissing: 0 };
   const pages = client.listMachinePages(options.pageSize ? { pageSize: options.pageSize } : {});
-  let bulk: Map<string, Vulnerability[]> | undefined;
+  let bulk: Map<string, Vulnerability[] | null> | undefined;
   let perDeviceStopped: DefenderError | undefined;
 
   const vulnerabilitiesOf = async (machine: Machine): Promise<Vulnerability[] | null> => {
-    if (bulk) return bulk.get(machine.record.id) ?? [];
+    // null: the export listed the device in rows none of which could be read (its CVEs unknown, not none).
+    if (bulk) {
+      const listed = bulk.get(machine.record.id);
+      return listed === undefined ? [] : listed;
+    }
     if (perDeviceStopped) return null;
     try {
       return await client.getMachineVulnerabilities(machine.record.id);
@@ -221,7 +225,7 @@ async function devices(
   if (options.withVulnerabilities && (await useBulk(client, options.mode))) {
     note('reading vulnerabilities from the bulk export (SoftwareVulnerabilitiesByMachine)');
     try {
-      bulk = await client.getVulnerabilitiesByMachine();
+      bulk = (await client.getVulnerabilitiesByMachine()).devices;
     } catch (error) {
       if (!(error instanceof DefenderError)) throw error;
       note(`bulk export unavailable, vulnerabilities will be null: ${error.message}`);
@@ -279,11 +283,16 @@ export const defenderCommand: Command = async (args, io) => {
   // Library warnings (retries, skipped records) go to stderr as JSON lines; the secret is never in them.
   const logger = createLogger({ service: 'urs-cli', level: 'warn', stream: io.stderr });
   let client: DefenderClient | undefined;
+  // Vulnerability rows skipped as unreadable (each also logged), counted as the pipeline counts them.
+  let vulnerabilityRowsSkipped = 0;
   try {
     client = createDefenderClient(options.tenant, {
       limiter: backend.limiter,
       quota: backend.quota,
       logger,
+      onInvalidRecord: (record) => {
+        if (record.kind !== 'machine') vulnerabilityRowsSkipped++;
+      },
       overrides: backend.overrides,
       httpsAgent: backend.httpsAgent,
       ...(options.action === 'check'
@@ -298,7 +307,9 @@ export const defenderCommand: Command = async (args, io) => {
     const counts = await devices(client, options, io, note);
     note(
       `done: ${counts.written} devices written, ${counts.flagged} merged/excluded skipped, ${counts.invalid} invalid records skipped` +
-        (options.withVulnerabilities ? `, ${counts.vulnerabilitiesMissing} without vulnerabilities` : ''),
+        (options.withVulnerabilities
+          ? `, ${counts.vulnerabilitiesMissing} without vulnerabilities, ${vulnerabilityRowsSkipped} unreadable vulnerability rows skipped`
+          : ''),
     );
     return 0;
   } catch (error) {

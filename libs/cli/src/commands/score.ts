@@ -1,8 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-// The CVSS reading alone, not the package's index, which loads the Defender client too.
-import { readCvss, unreadableScore } from '@urs/defender/rows';
 import { errorMessage } from '@urs/resilience';
 import { BANDS, compileProfile, parseTimestampMs, scoreDevice } from '@urs/scoring';
 import type { Band, CompiledProfile, ScoreResult } from '@urs/scoring';
@@ -11,15 +9,17 @@ import type { Command, CommandIo } from '../command';
 const USAGE = `usage: urs score [--profile FILE] [--now ISO] [--summary] [--compare OTHER_PROFILE]
 
 Reads MDE machine records as NDJSON on stdin, one per line, each optionally with "vulnerabilities":
-an array of MDE vulnerability records, or null/absent when they could not be fetched. A record whose
-cvssV3 is neither a number from 0 to 10, numeric text of one, nor null is skipped (named on stderr), as
-the pipeline skips it; a device none of whose records could be read has criticalCves missing. Writes one
+an array of MDE vulnerability records, or null/absent when they could not be fetched. A record that is
+not an object, has no id, or whose cvssV3 is neither a number from 0 to 10, numeric text of one (digits,
+an optional fraction), nor null is skipped (named on stderr, counted in the summary line), as the
+pipeline skips it; a device none of whose records could be read has criticalCves missing. Writes one
 NDJSON result per device: deviceId, score, band, criticalScore, operationalScore, contributions, missing,
 signals (each value scored and when the device reported it), profileHash.
 
   --profile FILE    the tenant's risk profile (JSON); default: the vendor's default profile
   --now ISO         the cycle's start, against which lastSeen is aged; default: now
-  --summary         print only the band distribution: {"kind":"summary",...}
+  --summary         print only the band distribution: {"kind":"summary",...}, with the number of
+                    vulnerability records skipped (skippedVulnerabilities)
   --compare FILE    dry-run a new profile: print a {"kind":"change",...} line per device whose band
                     differs between --profile and FILE, then a {"kind":"summary",...} line with the
                     number of changes and both band distributions (with --summary: only the summary)
@@ -120,6 +120,7 @@ async function run(options: Options, io: CommandIo): Promise<number> {
   const compareBands = emptyCounts();
   let devices = 0;
   let failed = 0;
+  let skippedVulnerabilities = 0;
   let changed = 0;
   let lineNumber = 0;
 
@@ -133,12 +134,15 @@ async function run(options: Options, io: CommandIo): Promise<number> {
     let other: ScoreResult | undefined;
     try {
       const record = parseRecord(line);
-      record.vulnerabilities = readScores(record.vulnerabilities, (index, reason) =>
-        io.stderr.write(`urs score: line ${lineNumber}: vulnerabilities[${index}] skipped: ${reason}\n`),
-      );
       deviceId = record.deviceId;
-      result = scoreDevice(record.machine, record.vulnerabilities, profile, nowMs);
+      const skipped: string[] = [];
+      result = scoreDevice(record.machine, record.vulnerabilities, profile, nowMs, (index, reason) =>
+        skipped.push(`urs score: line ${lineNumber}: vulnerabilities[${index}] skipped: ${reason}\n`),
+      );
       if (compare) other = scoreDevice(record.machine, record.vulnerabilities, compare, nowMs);
+      // Told only for a line that is scored: a line that fails is named once, with its reason.
+      for (const note of skipped) io.stderr.write(note);
+      skippedVulnerabilities += skipped.length;
     } catch (error) {
       failed += 1;
       io.stderr.write(`urs score: line ${lineNumber}: ${errorMessage(error)}\n`);
@@ -170,13 +174,23 @@ async function run(options: Options, io: CommandIo): Promise<number> {
         kind: 'summary',
         devices,
         failed,
+        skippedVulnerabilities,
         changed,
         profileHash: { from: profile.hash, to: compare.hash },
         bands: { from: bands, to: compareBands },
       }),
     );
   } else if (summary) {
-    await out.write(JSON.stringify({ kind: 'summary', devices, failed, profileHash: profile.hash, bands }));
+    await out.write(
+      JSON.stringify({
+        kind: 'summary',
+        devices,
+        failed,
+        skippedVulnerabilities,
+        profileHash: profile.hash,
+        bands,
+      }),
+    );
   }
   await out.flush();
   return failed > 0 ? 1 : 0;
@@ -210,31 +224,6 @@ function parseRecord(line: string): InputRecord {
     );
   }
   return { deviceId: id, machine, vulnerabilities: vulnerabilities as InputRecord['vulnerabilities'] };
-}
-
-/**
- * The vulnerability records whose CVSS score `readCvss` reads (the pipeline's rule), their score as it reads
- * it; each other one is skipped and told to `skipped`. A list that had records, none of them readable, is
- * null: its critical CVEs are unknown (criticalCves missing), not none.
- */
-function readScores(
-  vulnerabilities: InputRecord['vulnerabilities'],
-  skipped: (index: number, reason: string) => void,
-): InputRecord['vulnerabilities'] {
-  if (!Array.isArray(vulnerabilities)) return vulnerabilities;
-  const readable = vulnerabilities.filter((record: unknown, index) => {
-    if (typeof record !== 'object' || record === null || Array.isArray(record)) return true;
-    const fields = record as Record<string, unknown>;
-    const key = fields.cvssV3 === undefined && fields.CvssV3 !== undefined ? 'CvssV3' : 'cvssV3';
-    const score = readCvss(fields[key]);
-    if (score === undefined) {
-      skipped(index, unreadableScore(key, fields[key]));
-      return false;
-    }
-    if (fields[key] !== undefined) fields[key] = score;
-    return true;
-  });
-  return readable.length === 0 && vulnerabilities.length > 0 ? null : readable;
 }
 
 function emptyCounts(): BandCounts {
