@@ -168,29 +168,14 @@ async function run(options: Options, io: CommandIo): Promise<number> {
     }
   }
 
+  const counted = { kind: 'summary', devices, failed, skippedVulnerabilities };
   if (compare) {
+    const profileHash = { from: profile.hash, to: compare.hash };
     await out.write(
-      JSON.stringify({
-        kind: 'summary',
-        devices,
-        failed,
-        skippedVulnerabilities,
-        changed,
-        profileHash: { from: profile.hash, to: compare.hash },
-        bands: { from: bands, to: compareBands },
-      }),
+      JSON.stringify({ ...counted, changed, profileHash, bands: { from: bands, to: compareBands } }),
     );
   } else if (summary) {
-    await out.write(
-      JSON.stringify({
-        kind: 'summary',
-        devices,
-        failed,
-        skippedVulnerabilities,
-        profileHash: profile.hash,
-        bands,
-      }),
-    );
+    await out.write(JSON.stringify({ ...counted, profileHash: profile.hash, bands }));
   }
   await out.flush();
   return failed > 0 ? 1 : 0;
