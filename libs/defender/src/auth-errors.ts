@@ -1,3 +1,4 @@
+import { redactText } from '@urs/logging';
 import { type DefenderEndpoints, scopeVariable } from './endpoints';
 import { DefenderError, DefenderErrorCode, scrubSecret } from './errors';
 
@@ -68,8 +69,9 @@ const NETWORK_HINT =
 /**
  * Turns whatever @azure/identity threw into a DefenderError an administrator can act on. Entra's AADSTS
  * codes are read from `errorResponse.errorCodes` (AuthenticationError) or from the message text (MSAL's
- * ServerError, which @azure/identity rewraps keeping only the message). The client secret is scrubbed
- * from every text we keep, and the original error is not attached as `cause`.
+ * ServerError, which @azure/identity rewraps keeping only the message). The client secret (as given and
+ * URL-encoded), tokens and quoted secret fields are scrubbed from every text we keep, and the original error
+ * is not attached as `cause`.
  */
 export function mapAuthError(
   error: unknown,
@@ -78,9 +80,13 @@ export function mapAuthError(
 ): DefenderError {
   if (error instanceof DefenderError) return error;
   const failure = readFailure(error);
-  const scrubbed = (scrubSecret(failure.description, app.clientSecret).split(/\r?\n/)[0] ?? '')
-    .trim()
-    .slice(0, 300);
+  // The secret as sent (in a form body, URL-encoded) too, and, as in the API's answers, any token or quoted
+  // secret field Entra's text may echo.
+  const unsecret = scrubSecret(
+    scrubSecret(failure.description, app.clientSecret),
+    encodeURIComponent(app.clientSecret),
+  );
+  const scrubbed = redactText((unsecret.split(/\r?\n/)[0] ?? '').trim()).slice(0, 300);
   const details: Record<string, unknown> = {
     azureTenantId: app.azureTenantId,
     clientId: app.clientId,

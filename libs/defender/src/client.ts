@@ -242,8 +242,8 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
     clientId: tenant.clientId,
     clientSecret: tenant.clientSecret,
   };
-  const tokens = createTokenSource({ endpoints, credentials, httpsAgent });
   const logger = deps.logger.child({ azureTenantId: tenant.azureTenantId });
+  const tokens = createTokenSource({ endpoints, credentials, httpsAgent, logger });
   const api = createApiCaller({
     azureTenantId: tenant.azureTenantId,
     apiBase: endpoints.apiBase,

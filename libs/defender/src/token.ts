@@ -1,10 +1,11 @@
 import type { Agent } from 'node:https';
 import { ClientSecretCredential, type AccessToken } from '@azure/identity';
 import axios from 'axios';
+import { type Logger, redactText } from '@urs/logging';
 import type { DefenderEndpoints } from './endpoints';
 import { mapAuthError } from './auth-errors';
 import { agentThroughProxy } from './proxy';
-import { DefenderError, DefenderErrorCode } from './errors';
+import { DefenderError, DefenderErrorCode, scrubSecret } from './errors';
 
 /** How long before expiry a token stops being reused, in milliseconds (MSAL renews 5 minutes before). */
 const TOKEN_RENEWAL_MARGIN_MS = 300_000;
@@ -14,6 +15,15 @@ const TOKEN_RENEWAL_MARGIN_MS = 300_000;
  * UNAVAILABLE (retryable); it follows no single caller's signal, so it needs a bound of its own.
  */
 const TOKEN_REQUEST_TIMEOUT_MS = 60_000;
+
+/**
+ * A token due for renewal that Entra fails to renew (a passing outage) is still used while it has more than
+ * this left, in milliseconds: the API accepts it until it expires, with a margin for clock skew and the call.
+ */
+const TOKEN_MIN_LIFETIME_MS = 60_000;
+
+/** After such a failed renewal, how long before Entra is asked again, in milliseconds. */
+const TOKEN_RENEWAL_RETRY_MS = 30_000;
 
 /** The app registration of one tenant. The secret lives only in this object and in the credential. */
 export interface DefenderCredentials {
@@ -35,7 +45,8 @@ export interface TokenClaims {
 export interface TokenSource {
   /**
    * A valid token; cached and renewed by MSAL (it renews 5 min before expiry). Concurrent calls share one
-   * request to Entra.
+   * request to Entra. When a renewal fails with an outage (retryable) while the token has more than a minute
+   * left, that token is returned (a warning logged) and Entra is asked again after `renewalRetryMs`.
    */
   getToken(signal?: AbortSignal): Promise<AccessToken>;
   /**
@@ -51,6 +62,13 @@ export interface TokenSourceOptions {
   credentials: DefenderCredentials;
   /** An https agent for the Entra calls (only needed to trust a private CA in-process; see tls.ts). */
   httpsAgent?: Agent;
+  /** Where a renewal that failed while the token was still valid is reported. */
+  logger?: Logger;
+  /**
+   * After a renewal failed while the token was still valid, how long the token is used before Entra is
+   * asked again, in milliseconds. Default 30 seconds.
+   */
+  renewalRetryMs?: number;
 }
 
 /**
@@ -169,6 +187,12 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
   let current: AccessToken | undefined;
   const fresh = (token: AccessToken): boolean =>
     Date.now() < (token.refreshAfterTimestamp ?? token.expiresOnTimestamp - TOKEN_RENEWAL_MARGIN_MS);
+  /** Whether a token due for renewal is still worth sending, should Entra not renew it now. */
+  const usable = (token: AccessToken): boolean =>
+    token.expiresOnTimestamp - Date.now() > TOKEN_MIN_LIFETIME_MS;
+  // After a renewal failed while the token was still usable: until when it is used without asking again.
+  let renewalRetryAt = 0;
+  const renewalRetryMs = options.renewalRetryMs ?? TOKEN_RENEWAL_RETRY_MS;
 
   // The one request to Entra in flight, shared by every call that needs a token meanwhile: MSAL does not
   // merge concurrent requests, so the first calls of a cycle would otherwise each fetch a token.
@@ -183,16 +207,45 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
       // caller's signal (the others still wait for it), but it cannot hang them forever.
       const from = refresh ? makeCredential() : credential;
       const timeout = AbortSignal.timeout(TOKEN_REQUEST_TIMEOUT_MS);
+      const held = current;
       let token: AccessToken;
       try {
         token = await fetchToken(from, timeout);
-      } catch (error) {
-        if (!timeout.aborted) throw error;
-        throw noAnswer(TOKEN_REQUEST_TIMEOUT_MS);
+      } catch (caught) {
+        const error = timeout.aborted ? noAnswer(TOKEN_REQUEST_TIMEOUT_MS) : caught;
+        // A renewal before expiry (MSAL's, from its refresh time or 5 minutes before expiry, waits for
+        // Entra) that meets a passing outage: the token held is still accepted, so the calls keep it rather
+        // than fail, and Entra is asked again after a short wait. Never after a 401: that token was refused.
+        // (After a 5xx or 429, MSAL itself answers the same request with that error, without asking Entra,
+        // for 60 seconds or the Retry-After: the token is kept until then, while it has over a minute left.)
+        if (
+          !refresh &&
+          held !== undefined &&
+          held === current &&
+          mine === generation &&
+          error instanceof DefenderError &&
+          error.canRetry &&
+          usable(held)
+        ) {
+          renewalRetryAt = Date.now() + renewalRetryMs;
+          options.logger?.warn(
+            'defender: Entra ID did not renew the token; the current one is kept meanwhile',
+            {
+              azureTenantId: credentials.azureTenantId,
+              code: error.code,
+              error: redactText(scrubSecret(error.message, credentials.clientSecret)),
+              expiresInSeconds: Math.round((held.expiresOnTimestamp - Date.now()) / 1_000),
+              retryInSeconds: Math.round(renewalRetryMs / 1_000),
+            },
+          );
+          return held;
+        }
+        throw error;
       }
       if (mine === generation) {
         if (refresh) credential = from;
         current = token;
+        renewalRetryAt = 0;
       }
       return token;
     })();
@@ -259,6 +312,8 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
   return {
     async getToken(signal) {
       if (current && fresh(current)) return current;
+      // A renewal failed a moment ago while the token was still usable: it is used until Entra is asked again.
+      if (current && Date.now() < renewalRetryAt && usable(current)) return current;
       return join(flight?.promise ?? start(false), signal);
     },
     async refreshToken(signal, rejected) {
@@ -278,7 +333,6 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
   };
 }
 
-/** The host of an authority URL (`login.microsoftonline.com`), or the text as given when it is no URL. */
 /**
  * Whether an aborted signal ended at a deadline (`AbortSignal.timeout`, alone or in `AbortSignal.any`: the
  * access test's time limit) rather than by a stop. By name: the reason is a DOMException, of another realm
@@ -288,6 +342,7 @@ export function endedAtDeadline(signal: AbortSignal): boolean {
   return (signal.reason as { name?: unknown } | undefined)?.name === 'TimeoutError';
 }
 
+/** The host of an authority URL (`login.microsoftonline.com`), or the text as given when it is no URL. */
 export function hostOf(url: string): string {
   try {
     return new URL(url).host;

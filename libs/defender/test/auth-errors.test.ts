@@ -102,4 +102,24 @@ describe('mapAuthError', () => {
       }
     }
   });
+
+  it("mapAuthError should carry neither the URL-encoded secret nor tokens and secret fields of Entra's text", () => {
+    const encodable = { ...app, clientSecret: 'Ab+cD/ef=Gh~Value_0123456789' };
+    const encoded = encodeURIComponent(encodable.clientSecret);
+    const jwt = 'eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2FwaSJ9.c2lnbmF0dXJlLXZhbHVl';
+    const cases = [
+      authenticationError(400, 'invalid_request', [], `AADSTS900144: body was ${encoded} as sent`),
+      authenticationError(503, 'temporarily_unavailable', [50000], `AADSTS50000: echo ${encoded}`),
+      authenticationError(400, 'invalid_request', [], `AADSTS900144: Authorization: Bearer ${jwt} sent`),
+      authenticationError(400, 'invalid_request', [], `AADSTS900144: {"client_secret":"other-secret-value"}`),
+    ];
+    for (const upstream of cases) {
+      const error = mapAuthError(upstream, encodable);
+      for (const text of [error.message, JSON.stringify(error), inspect(error, { depth: Infinity })]) {
+        expect(text).not.toContain(encoded);
+        expect(text).not.toContain(jwt);
+        expect(text).not.toContain('other-secret-value');
+      }
+    }
+  });
 });

@@ -1,6 +1,9 @@
+import type { Agent } from 'node:https';
+import type { Logger } from '@urs/logging';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import {
   type CallLimiter,
+  DefenderErrorCode,
   createHttpsAgent,
   createLocalLimiter,
   createTokenSource,
@@ -150,6 +153,142 @@ describe('createTokenSource refreshToken', () => {
       expect(sim.stats().calls.token).toBe(1);
     } finally {
       sim.setLatency({ meanMs: 0 });
+      agent.destroy();
+    }
+  });
+});
+
+describe('createTokenSource while Entra is down', () => {
+  const endpoints = () =>
+    resolveEndpoints(undefined, undefined, { authorityHost: sim.baseUrl, apiBase: sim.baseUrl });
+
+  /** A logger that keeps its warnings. */
+  function warnings(): Logger & { lines: Array<{ message: string; fields?: Record<string, unknown> }> } {
+    const lines: Array<{ message: string; fields?: Record<string, unknown> }> = [];
+    const logger: Logger & { lines: typeof lines } = {
+      lines,
+      debug: () => undefined,
+      info: () => undefined,
+      warn: (message, fields) => {
+        lines.push(fields ? { message, fields } : { message });
+      },
+      error: () => undefined,
+      child: () => logger,
+    };
+    return logger;
+  }
+
+  /** A tenant of its own, so that its Entra faults touch no other test. */
+  function ownTenant(): TestApp {
+    const own = newApp();
+    sim.addTenant({ azureTenantId: own.azureTenantId, apps: [own], fleet: { size: 1, seed: 7 } });
+    return own;
+  }
+
+  /** A token source of `own`'s whose token is due for renewal (5 minutes before expiry), and that token. */
+  async function dueForRenewal(own: TestApp, logger: Logger, agent: Agent) {
+    const tokens = createTokenSource({
+      endpoints: endpoints(),
+      credentials: own,
+      httpsAgent: agent,
+      logger,
+      renewalRetryMs: 200,
+    });
+    // Due for renewal about 2 seconds after it is issued.
+    sim.setTokenLifetime(302);
+    try {
+      const first = await tokens.getToken();
+      // Past the renewal time, by our clock and by MSAL's (whole seconds).
+      await until(() => Date.now() >= first.expiresOnTimestamp - 300_000 + 1_000, 'the renewal time');
+      return { tokens, first };
+    } finally {
+      sim.setTokenLifetime(3599);
+    }
+  }
+
+  it("getToken should keep a token still valid when its renewal meets Entra's 503, without asking again at every call", async () => {
+    const own = ownTenant();
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const logger = warnings();
+    try {
+      const { tokens, first } = await dueForRenewal(own, logger, agent);
+      sim.setFaults(own.azureTenantId, { status5xxRate: 1, tokenEndpoint: true });
+      sim.resetStats();
+      const [kept, alsoKept] = await Promise.all([tokens.getToken(), tokens.getToken()]);
+      expect(kept.token).toBe(first.token);
+      expect(alsoKept.token).toBe(first.token);
+      const asked = sim.stats().calls.token;
+      expect(asked).toBeGreaterThan(0);
+      expect(logger.lines).toHaveLength(1);
+      expect(logger.lines[0]?.fields).toMatchObject({
+        code: DefenderErrorCode.UNAVAILABLE,
+        error: expect.stringContaining('AADSTS50000'),
+      });
+      expect(JSON.stringify(logger.lines)).not.toContain(own.clientSecret);
+      // Not asked again at every call: the next ones meanwhile keep the token without a request.
+      await expect(tokens.getToken()).resolves.toMatchObject({ token: first.token });
+      expect(sim.stats().calls.token).toBe(asked);
+    } finally {
+      sim.removeTenant(own.azureTenantId);
+      agent.destroy();
+    }
+  }, 20_000);
+
+  it('getToken should keep a token still valid while Entra cannot be reached, and renew it at a later call once it can', async () => {
+    const own = ownTenant();
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const logger = warnings();
+    try {
+      const { tokens, first } = await dueForRenewal(own, logger, agent);
+      sim.setFaults(own.azureTenantId, { resetRate: 1, tokenEndpoint: true });
+      await expect(tokens.getToken()).resolves.toMatchObject({ token: first.token });
+      expect(logger.lines).toHaveLength(1);
+      sim.setFaults(own.azureTenantId, {});
+      sim.resetStats();
+      // Entra back: a call after the wait renews the token.
+      await sleepMs(250);
+      const renewed = await tokens.getToken();
+      expect(renewed.token).not.toBe(first.token);
+      expect(sim.stats().calls.token).toBe(1);
+      await expect(tokens.getToken()).resolves.toMatchObject({ token: renewed.token });
+    } finally {
+      sim.removeTenant(own.azureTenantId);
+      agent.destroy();
+    }
+  }, 20_000);
+
+  it('getToken should fail when the renewal meets an Entra outage and the token has a minute or less left', async () => {
+    const own = ownTenant();
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const tokens = createTokenSource({ endpoints: endpoints(), credentials: own, httpsAgent: agent });
+    sim.setTokenLifetime(30);
+    try {
+      await tokens.getToken();
+      sim.setTokenLifetime(3599);
+      sim.setFaults(own.azureTenantId, { status5xxRate: 1, tokenEndpoint: true });
+      await expect(tokens.getToken()).rejects.toMatchObject({
+        code: DefenderErrorCode.UNAVAILABLE,
+        canRetry: true,
+      });
+    } finally {
+      sim.setTokenLifetime(3599);
+      sim.removeTenant(own.azureTenantId);
+      agent.destroy();
+    }
+  });
+
+  it('refreshToken should fail, not hand back the refused token, when Entra is down', async () => {
+    const own = ownTenant();
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const tokens = createTokenSource({ endpoints: endpoints(), credentials: own, httpsAgent: agent });
+    try {
+      const first = await tokens.getToken();
+      sim.setFaults(own.azureTenantId, { status5xxRate: 1, tokenEndpoint: true });
+      await expect(tokens.refreshToken(undefined, first.token)).rejects.toMatchObject({
+        code: DefenderErrorCode.UNAVAILABLE,
+      });
+    } finally {
+      sim.removeTenant(own.azureTenantId);
       agent.destroy();
     }
   });

@@ -8,6 +8,7 @@ import {
   isSetupErrorCode,
   LONGEST_QUOTA_WINDOW_MS,
   planVulnerabilityMode,
+  resolveEndpoints,
   type AppCallHealth,
   type CallHealthOptions,
   type CallLimiter,
@@ -96,7 +97,7 @@ interface KeptClient extends TenantDefender {
  * The gateway over @urs/defender: one client per tenant, sharing the call slots, the quota gate and the agent,
  * kept across cycles and their retries while the tenant's record is the same (createTenantClientCache, as the
  * vuln-fetcher keeps its own): a cycle retried after Redis or Kafka failed it asks Entra for no new token. A
- * new record of the same app (its secret re-sealed) gets a new client with the old one's CallHealth
+ * new record of the same app and API host (its secret re-sealed) gets a new client with the old one's CallHealth
  * (`callHealthOfApp`): a tenant whose calls are held back, or capped for answering slowly, stays so.
  */
 export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGateway {
@@ -106,7 +107,8 @@ export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGatewa
 
   function clientOf(credentials: TenantCredentials, replaced: KeptClient | undefined): KeptClient {
     const { region, ...rest } = credentials;
-    const callHealth = callHealthOfApp(credentials, replaced?.callHealth, deps.health);
+    const endpoints = resolveEndpoints(credentials.cloud, region ?? undefined, deps.overrides);
+    const callHealth = callHealthOfApp(credentials, endpoints, replaced?.callHealth, deps.health);
     const client = createDefenderClient(region === null ? rest : { ...rest, region }, {
       limiter: deps.limiter,
       quota: deps.quota,

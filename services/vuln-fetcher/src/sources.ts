@@ -6,6 +6,7 @@ import {
   createTenantClientCache,
   isDefenderError,
   isSetupErrorCode,
+  resolveEndpoints,
   type AppCallHealth,
   type BulkOptions,
   type CallLimiter,
@@ -134,7 +135,7 @@ interface KeptSource {
  * same, so its token is reused across the batches of a cycle and across cycles. The secret is opened here and lives only in
  * the client's memory. A client no batch asked for within `idleMs` (an hour, about a token's life) is let
  * go of, with its secret: a deleted or disabled tenant's secret does not stay in memory until a restart.
- * A new revision of the same app (the registrar re-sealed its secret) gets a new client with the old one's
+ * A new revision of the same app and API host (the registrar re-sealed its secret) gets a new client with the old one's
  * CallHealth (`callHealthOfApp`): a slow tenant capped to 2 of the 10 shared slots would otherwise get all 10
  * back at each re-seal.
  */
@@ -186,7 +187,12 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
         error,
       );
     }
-    const callHealth = callHealthOfApp(record.defender, replaced?.callHealth);
+    const endpoints = resolveEndpoints(
+      record.defender.cloud,
+      record.defender.region || undefined,
+      deps.overrides,
+    );
+    const callHealth = callHealthOfApp(record.defender, endpoints, replaced?.callHealth);
     const client = createDefenderClient(
       {
         azureTenantId: record.defender.azureTenantId,
