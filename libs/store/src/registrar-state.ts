@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type Redis from 'ioredis';
-import { releaseOwnedKey } from './owned-key';
+import { releaseOwnedKey, renewOwnedKey } from './owned-key';
 
 /**
  * The registrar's own bookkeeping: tenant revisions, Director's last generation, the generation in force
@@ -35,6 +35,11 @@ export interface RegistrarStateStore {
    * call of the same tenant read, compare and write one after the other).
    */
   lockTenant(tenantId: string, ttlMs: number): Promise<string | null>;
+  /**
+   * Extends the lock `token` holds by `ttlMs` from now (a write outlasting the lock's length keeps it); false
+   * when the lock lapsed or another writer holds it.
+   */
+  renewTenantLock(tenantId: string, token: string, ttlMs: number): Promise<boolean>;
   /** Gives the lock back, if `token` still holds it. */
   unlockTenant(tenantId: string, token: string): Promise<void>;
   /** Whether Redis was filled from urs.tenants since it last came up empty. */
@@ -105,6 +110,9 @@ export function createRegistrarStateStore(redis: Redis, prefix: string): Registr
     async lockTenant(tenantId, ttlMs) {
       const token = randomUUID();
       return (await redis.set(lockKey(tenantId), token, 'PX', ttlMs, 'NX')) === 'OK' ? token : null;
+    },
+    async renewTenantLock(tenantId, token, ttlMs) {
+      return renewOwnedKey(redis, lockKey(tenantId), token, ttlMs);
     },
     async unlockTenant(tenantId, token) {
       await releaseOwnedKey(redis, lockKey(tenantId), token);

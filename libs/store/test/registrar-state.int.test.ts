@@ -27,6 +27,22 @@ describe('createRegistrarStateStore', () => {
     expect(await store.lockTenant('acme', 100)).not.toBeNull();
   });
 
+  it('renewTenantLock should extend the lock its token holds, and not one it lost', async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    const token = (await store.lockTenant('acme', 200)) as string;
+    await new Promise((resolve) => setTimeout(resolve, 120));
+    expect(await store.renewTenantLock('acme', token, 10_000)).toBe(true);
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    // Past its first length, still held.
+    expect(await store.lockTenant('acme', 10_000)).toBeNull();
+    expect(await store.renewTenantLock('acme', 'not-the-token', 10_000)).toBe(false);
+    await store.unlockTenant('acme', token);
+    const other = await store.lockTenant('acme', 10_000);
+    expect(other).not.toBeNull();
+    expect(await store.renewTenantLock('acme', token, 10_000)).toBe(false);
+    expect(await redis.client.get(`${redis.prefix}tenant-write-lock:acme`)).toBe(other);
+  });
+
   it('nextRevision should stay above a floor and an observed revision', async () => {
     const store = createRegistrarStateStore(redis.client, redis.prefix);
     const far = (Date.now() + 10 * 24 * 3_600_000) * 1000; // revisions are in microseconds

@@ -1,12 +1,13 @@
 import { toDeadLetter, type InboundMessage, type Publisher } from '@urs/bus';
 import type { RegistrationPush, TenantRegistration } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { UrsError } from '@urs/resilience';
+import { UrsError, canRetry, errorCode, errorMessage, isInfrastructureFault } from '@urs/resilience';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
-import type { TenantRegistry } from './registry';
+import type { RefusalRecord, TenantRegistry } from './registry';
 import { forEachLimit } from './concurrency';
 import { redactTenantPayload } from './dead-letter';
+import { isTenantContention } from './tenant-lock';
 import {
   describeViolations,
   isTenantId,
@@ -23,6 +24,27 @@ export class RegistrationRejectedError extends UrsError {
     });
   }
 }
+
+/**
+ * A valid entry of a push whose write failed for the tenant's own reason (its dead letter's error): the
+ * failure's code and message, the entry named from the push.
+ */
+export class RegistrationFailedError extends UrsError {
+  constructor(index: number, error: unknown) {
+    super(errorCode(error), `tenants[${index}] not applied: ${errorMessage(error)}`, {
+      canRetry: canRetry(error),
+    });
+  }
+}
+
+/**
+ * How many times a push writes a tenant that another writer holds (`TENANT_BUSY`: its lock held past the
+ * 20 s wait; `TENANT_LOCK_LOST`): a REST write or a re-seal of the tenant under way ends within moments, so
+ * the tenant is tried again within the push, up to a minute in all, while the push's other tenants go on.
+ * Still held after that, it is the tenant's failure (dead-lettered, in its status): holding the whole push
+ * for one tenant would delay every other tenant of it.
+ */
+export const TENANT_ATTEMPTS = 3;
 
 /**
  * A refused entry's violations named from the push (`tenants[3].defender.clientId`, `tenants[3]` for an entry
@@ -66,8 +88,17 @@ export interface PushOutcome {
   applied: number;
   unchanged: number;
   rejected: number;
+  /** Valid entries whose write failed for the tenant's own reason: dead-lettered, in their status. */
+  failed: number;
   disabled: number;
   ignored: boolean;
+}
+
+/** An entry of a push dead-lettered: its tenant when it names a valid one, and the error its letter carries. */
+interface Letter {
+  item: unknown;
+  known: string | null;
+  error: UrsError;
 }
 
 /** The dead letter's payload of an entry nested too deep to be written out as JSON (a few KB can be). */
@@ -114,9 +145,9 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
    * The refused entries' dead letters, in one send (the publisher splits it by size): a push of thousands
    * refused is not thousands of round trips to Kafka.
    */
-  async function deadLetters(message: InboundMessage<RegistrationPush>, refusals: Refusal[]) {
-    if (refusals.length === 0) return;
-    const letters = refusals.map(({ item, known, inPush }) => {
+  async function deadLetters(message: InboundMessage<RegistrationPush>, entries: Letter[]) {
+    if (entries.length === 0) return;
+    const letters = entries.map(({ item, known, error }) => {
       const text = jsonOrUndefined(item);
       const letter = toDeadLetter(
         {
@@ -127,7 +158,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
           key: known === null ? null : Buffer.from(known, 'utf8'),
           value: text === undefined ? null : Buffer.from(text, 'utf8'),
         },
-        new RegistrationRejectedError(inPush),
+        error,
         // Only what the contract pins down: a secret may sit under a mistyped name (`clientSecert`).
         { redactPayload: redactTenantPayload },
       );
@@ -139,7 +170,14 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
 
   async function handle(message: InboundMessage<RegistrationPush>): Promise<PushOutcome> {
     const push = message.value;
-    const outcome: PushOutcome = { applied: 0, unchanged: 0, rejected: 0, disabled: 0, ignored: false };
+    const outcome: PushOutcome = {
+      applied: 0,
+      unchanged: 0,
+      rejected: 0,
+      failed: 0,
+      disabled: 0,
+      ignored: false,
+    };
     if (push === null) return outcome;
     await deps.ensureRebuilt();
     const last = Math.max(await deps.state.lastGeneration(), appliedHere);
@@ -163,8 +201,46 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     const heartbeat = async (): Promise<void> => {
       await message.heartbeat?.().catch(() => undefined);
     };
+    /**
+     * One tenant's step of the push, its failure kept to the tenant: the push goes on with the others. A fault
+     * of Redis or Kafka (`isInfrastructureFault`) is no tenant's: it is thrown, and the push is held and
+     * handled again once they are back (a tenant written already is unchanged then). So is any failure once
+     * the runner gave the push up (stopping, its partition gone): whoever handles it next does it all again.
+     * Another writer holding the tenant is waited out up to `TENANT_ATTEMPTS` times.
+     */
+    const ofTenant = async <T>(
+      tenantId: string,
+      work: () => Promise<T>,
+    ): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return { ok: true, value: await work() };
+        } catch (error) {
+          if (isInfrastructureFault(error) || message.signal?.aborted) throw error;
+          if (attempt >= TENANT_ATTEMPTS || !isTenantContention(error)) return { ok: false, error };
+          log.warn('tenant held by another writer: trying it again within the push', {
+            tenantId,
+            generation: push.generation,
+            attempt,
+            code: errorCode(error),
+          });
+          await heartbeat();
+        }
+      }
+    };
+    /** A tenant a step of the push left as it was, for its own failure. */
+    const leftAsItWas = (tenantId: string, what: string, error: unknown): void => {
+      log.warn(what, {
+        tenantId,
+        generation: push.generation,
+        code: errorCode(error),
+        reason: errorMessage(error),
+      });
+    };
     // Validate everything first; of a tenant listed twice, the last entry counts.
     const accepted = new Map<string, TenantRegistration>();
+    /** Where each accepted tenant's entry is in the push: the dead letter of one whose write fails. */
+    const entries = new Map<string, { index: number; item: unknown }>();
     const refusals: Refusal[] = [];
     for (const [index, item] of push.tenants.entries()) {
       const tenantId = (item as { tenantId?: unknown } | null)?.tenantId;
@@ -172,6 +248,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
       if (validated.ok) {
         present.add(validated.registration.tenantId);
         accepted.set(validated.registration.tenantId, validated.registration);
+        entries.set(validated.registration.tenantId, { index, item });
         continue;
       }
       outcome.rejected++;
@@ -189,7 +266,14 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
       }
     }
     // Written each time the push is handled: a push handled again writes its dead letters again.
-    await deadLetters(message, refusals);
+    await deadLetters(
+      message,
+      refusals.map(({ item, known, inPush }) => ({
+        item,
+        known,
+        error: new RegistrationRejectedError(inPush),
+      })),
+    );
     await heartbeat();
     // Tenants concurrently, the refused entries of one tenant in their order (its last one stays in its status).
     const byTenant = new Map<string, Refusal[]>();
@@ -199,14 +283,19 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
       if (ofTenant) ofTenant.push(refusal);
       else byTenant.set(key, [refusal]);
     }
-    await forEachLimit([...byTenant.values()], concurrency, async (ofTenant) => {
-      for (const { index, known, violations, inPush } of ofTenant) {
+    // A task throws only what holds the push (`ofTenant`): `forEachLimit` then starts no other tenant.
+    await forEachLimit([...byTenant.values()], concurrency, async (ofThisTenant) => {
+      for (const { index, known, violations, inPush } of ofThisTenant) {
         // Present but refused: its earlier record stays as it was (not disabled), the status says why,
         // unless the entry would not have applied to the tenant (see `keepRestRecord`).
-        const recorded =
-          known === null
-            ? 'not-recorded'
-            : await deps.registry.reject(known, violations, origin, { keepRestRecord: repeated });
+        let recorded: RefusalRecord = 'not-recorded';
+        if (known !== null) {
+          const result = await ofTenant(known, () =>
+            deps.registry.reject(known, violations, origin, { keepRestRecord: repeated }),
+          );
+          if (result.ok) recorded = result.value;
+          else leftAsItWas(known, 'refusal not recorded in the tenant status', result.error);
+        }
         // Counted once per tenant and generation, so that the alert's increase() does not fire on a push
         // handled again (redelivered after a rebalance, or a restart before its offset was committed): the
         // status tells whether this generation's refusal of the tenant is recorded already. An entry the
@@ -224,35 +313,80 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
       }
       await heartbeat();
     });
-    // Tenants are independent: written concurrently.
+    // Tenants are independent: written concurrently. One whose write fails for its own reason is handled as
+    // a refused entry (dead-lettered, in its status), and the push goes on: one tenant never holds the others.
+    const failures: { tenantId: string; index: number; item: unknown; error: unknown }[] = [];
     await forEachLimit([...accepted.values()], concurrency, async (registration) => {
-      const { changed } = await deps.registry.registerUnlessDeleted(registration, origin, {
-        skipIfUnchanged: true,
-        keepRestRecord: repeated,
-      });
-      if (changed) outcome.applied++;
+      const { tenantId } = registration;
+      const result = await ofTenant(tenantId, () =>
+        deps.registry.registerUnlessDeleted(registration, origin, {
+          skipIfUnchanged: true,
+          keepRestRecord: repeated,
+        }),
+      );
+      if (!result.ok) {
+        outcome.failed++;
+        const entry = entries.get(tenantId) as { index: number; item: unknown };
+        failures.push({ tenantId, ...entry, error: result.error });
+      } else if (result.value.changed) outcome.applied++;
       else outcome.unchanged++;
+      await heartbeat();
+    });
+    await deadLetters(
+      message,
+      failures.map(({ tenantId, index, item, error }) => ({
+        item,
+        known: tenantId,
+        error: new RegistrationFailedError(index, error),
+      })),
+    );
+    await forEachLimit(failures, concurrency, async ({ tenantId, index, error }) => {
+      // Its earlier record stays as it was, as a refused entry's does; the status says why. A tenant still
+      // held by another writer may not take this either: the dead letter and the log line then say it.
+      const failure = { code: errorCode(error), message: `registration not applied: ${errorMessage(error)}` };
+      const result = await ofTenant(tenantId, () =>
+        deps.registry.reject(tenantId, failure, origin, { keepRestRecord: repeated }),
+      );
+      if (result.ok && result.value === 'recorded') refused.inc();
+      log.warn('tenant registration failed', {
+        tenantId,
+        index,
+        generation: push.generation,
+        inStatus: result.ok && result.value !== 'not-recorded',
+        code: failure.code,
+        reason: errorMessage(error),
+      });
       await heartbeat();
     });
     if (push.mode === 'full') {
       const missing = (await deps.tenants.ids()).filter((tenantId) => !present.has(tenantId));
       await forEachLimit(missing, concurrency, async (tenantId) => {
         // Checked under the tenant's write lock: an administrator's PUT meanwhile makes it theirs. Theirs, it
-        // stays enabled; a refusal of Director's in its status ends all the same.
-        const disabled = await deps.registry.disable(
-          tenantId,
-          `missing from Director full push ${push.generation}`,
-          origin,
-          (record) => record.source === 'director',
+        // stays enabled; a refusal of Director's in its status ends all the same. One that cannot be disabled
+        // (held by another writer past every attempt) stays enabled until the next full push.
+        const result = await ofTenant(tenantId, () =>
+          deps.registry.disable(
+            tenantId,
+            `missing from Director full push ${push.generation}`,
+            origin,
+            (record) => record.source === 'director',
+          ),
         );
-        if (disabled) outcome.disabled++;
+        if (!result.ok) leftAsItWas(tenantId, 'tenant missing from a full push not disabled', result.error);
+        else if (result.value) outcome.disabled++;
         await heartbeat();
       });
       // The tenants whose every registration was refused have no record, so the diff above does not see
       // them: the push leaving them out ends their refused status, as it clears a disabled tenant's.
       const refusedOnly = (await deps.tenants.refusedIds()).filter((tenantId) => !present.has(tenantId));
       await forEachLimit(refusedOnly, concurrency, async (tenantId) => {
-        await deps.registry.endRefusal(tenantId, origin);
+        const result = await ofTenant(tenantId, () => deps.registry.endRefusal(tenantId, origin));
+        if (!result.ok)
+          leftAsItWas(
+            tenantId,
+            'refused status of a tenant missing from a full push not ended',
+            result.error,
+          );
         await heartbeat();
       });
     }

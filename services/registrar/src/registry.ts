@@ -10,7 +10,7 @@ import { canonicalJson } from '@urs/scoring';
 import type { SecretSealer } from '@urs/secrets';
 import type { PollScheduleStore, RegistrarStateStore, TenantStore } from '@urs/store';
 import { openKeptSecret, sameSecret, secretToWrite } from './record-secret';
-import { createTenantLock, throwIfCut } from './tenant-lock';
+import { createTenantLock, throwIfCut, throwIfLost, type TenantLockOptions } from './tenant-lock';
 import { describeViolations, type Violation } from './validation';
 
 export interface RegistrationOrigin {
@@ -53,6 +53,16 @@ export interface RegisterOptions {
  * `not-recorded`, the status was left alone (see `TenantRegistry.reject`).
  */
 export type RefusalRecord = 'recorded' | 'recorded-before' | 'not-recorded';
+
+/**
+ * Why a valid registration was not applied (a Director push's entry whose write failed for the tenant's own
+ * reason: its lock held by another writer past every attempt, a secret that could not be sealed): its status
+ * says so as it says a refusal, with the failure's code and message and no violations. Never a value.
+ */
+export interface RegistrationFailure {
+  code: string;
+  message: string;
+}
 
 export interface TenantRegistry {
   /** Seals the secret, assigns a revision, writes the record to `urs.tenants`, then to Redis. */
@@ -98,11 +108,12 @@ export interface TenantRegistry {
    * a registration written meanwhile is not marked refused. Nothing is reported (`not-recorded`) where the
    * registration, had it been valid, would have left the tenant as it is: a record an administrator wrote
    * over REST (`keepRestRecord`), a tenant an administrator deleted (see `registerUnlessDeleted`).
-   * `recorded-before`: the status held the refusal of this source and generation already.
+   * `recorded-before`: the status held the refusal of this source and generation already. `reason`: the
+   * violations, or the failure of a valid registration (`RegistrationFailure`), reported the same way.
    */
   reject(
     tenantId: string,
-    violations: Violation[],
+    reason: Violation[] | RegistrationFailure,
     origin: RegistrationOrigin,
     options?: Pick<RegisterOptions, 'keepRestRecord'>,
   ): Promise<RefusalRecord>;
@@ -146,6 +157,8 @@ export interface TenantRegistryDeps {
   schedules: Pick<PollScheduleStore, 'clear' | 'carryFailure'>;
   logger: Logger;
   now?: () => Date;
+  /** The tenants' write lock's length and wait (see `createTenantLock`). */
+  writeLock?: TenantLockOptions;
 }
 
 /** Whether two records say the same thing (ignoring revision, time, origin; the secrets compared opened). */
@@ -171,12 +184,18 @@ function sameSettings(
 export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
   const now = deps.now ?? (() => new Date());
   const log = deps.logger.child({ component: 'registry' });
-  const locked = createTenantLock(deps.state);
+  const locked = createTenantLock(deps.state, deps.writeLock);
 
-  async function write(record: TenantRecord): Promise<void> {
+  /**
+   * The record to Kafka, then to Redis, each while the tenant's lock is `held`: a write whose lock was lost
+   * stops before its next step (`TenantLockLostError`), so it lands no older revision after a newer one.
+   */
+  async function write(record: TenantRecord, held: AbortSignal): Promise<void> {
+    throwIfLost(held);
     await deps.publisher.send(deps.tenantsTopic, 'urs/tenant-record', [
       { key: record.tenantId, value: record },
     ]);
+    throwIfLost(held);
     await deps.tenants.put(record);
   }
 
@@ -185,10 +204,11 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
    * says it was refused (the registration in force is the one sent). A status that still says so as its
    * state (written before the refusal had fields of its own) gets the record's state back.
    */
-  async function clearRefusal(current: TenantRecord): Promise<void> {
+  async function clearRefusal(current: TenantRecord, held: AbortSignal): Promise<void> {
     const status = await deps.tenants.getStatus(current.tenantId);
     const stateSaysRefused = status.state === 'registration-rejected';
     if (!status.registrationError && !stateSaysRefused) return;
+    throwIfLost(held);
     await deps.tenants.updateStatus(current.tenantId, {
       registrationError: null,
       ...(stateSaysRefused
@@ -207,11 +227,15 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
    * Clears a refusal of Director's from the tenant's status, unless a newer push than `generation` (handled
    * meanwhile on another replica) refused it: that refusal stands.
    */
-  async function clearDirectorRefusal(current: TenantRecord, generation: number | undefined): Promise<void> {
+  async function clearDirectorRefusal(
+    current: TenantRecord,
+    generation: number | undefined,
+    held: AbortSignal,
+  ): Promise<void> {
     const refusal = (await deps.tenants.getStatus(current.tenantId)).registrationError;
     if (refusal?.source !== 'director') return;
     if (generation !== undefined && (refusal.generation ?? -1) > generation) return;
-    await clearRefusal(current);
+    await clearRefusal(current, held);
   }
 
   /**
@@ -227,11 +251,13 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
 
   return {
     register(registration, origin, options = {}) {
-      return locked(registration.tenantId, options.signal, () => register(registration, origin, options));
+      return locked(registration.tenantId, options.signal, (held) =>
+        register(registration, origin, options, held),
+      );
     },
     registerUnlessDeleted(registration, origin, options = {}) {
       const { tenantId } = registration;
-      return locked(tenantId, options.signal, async () => {
+      return locked(tenantId, options.signal, async (held) => {
         // Read under the lock: no DELETE can come between this check and the write.
         if (await deletedByAdministrator(tenantId, origin.generation)) {
           log.info('tenant an administrator deleted left deleted', {
@@ -240,23 +266,23 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
           });
           return { record: null, changed: false };
         }
-        return register(registration, origin, options);
+        return register(registration, origin, options, held);
       });
     },
     disable(tenantId, reason, origin, onlyIf) {
-      return locked(tenantId, undefined, () => disable(tenantId, reason, origin, onlyIf));
+      return locked(tenantId, undefined, (held) => disable(tenantId, reason, origin, held, onlyIf));
     },
     remove(tenantId, options = {}) {
-      return locked(tenantId, options.signal, () => remove(tenantId, options.signal));
+      return locked(tenantId, options.signal, (held) => remove(tenantId, options.signal, held));
     },
-    reject(tenantId, violations, origin, options = {}) {
-      return locked(tenantId, undefined, () => reject(tenantId, violations, origin, options));
+    reject(tenantId, reason, origin, options = {}) {
+      return locked(tenantId, undefined, (held) => reject(tenantId, reason, origin, options, held));
     },
     endRefusal(tenantId, origin) {
-      return locked(tenantId, undefined, () => endRefusal(tenantId, origin));
+      return locked(tenantId, undefined, (held) => endRefusal(tenantId, origin, held));
     },
     reseal(tenantId) {
-      return locked(tenantId, undefined, () => reseal(tenantId));
+      return locked(tenantId, undefined, (held) => reseal(tenantId, held));
     },
   };
 
@@ -264,6 +290,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     registration: TenantRegistration,
     origin: RegistrationOrigin,
     options: RegisterOptions,
+    held: AbortSignal,
   ): Promise<{ record: TenantRecord; changed: boolean; created: boolean }> {
     const { tenantId, defender } = registration;
     const current = await deps.tenants.get(tenantId);
@@ -302,7 +329,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         defender: settings,
       };
       if (sameSettings(current, candidate, secretMatches)) {
-        await clearRefusal(current);
+        await clearRefusal(current, held);
         return { record: current, changed: false, created: false };
       }
     }
@@ -319,7 +346,8 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       defender: { ...settings, clientSecret: sealed },
     };
     throwIfCut(tenantId, options.signal);
-    await write(record);
+    await write(record, held);
+    throwIfLost(held);
     if (!record.enabled) await deps.schedules.clear(tenantId);
     await deps.tenants.updateStatus(tenantId, {
       state: record.enabled ? 'active' : 'disabled',
@@ -345,6 +373,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     tenantId: string,
     reason: string,
     origin: RegistrationOrigin,
+    held: AbortSignal,
     onlyIf?: (current: TenantRecord) => boolean,
   ): Promise<TenantRecord | null> {
     const current = await deps.tenants.get(tenantId);
@@ -352,11 +381,11 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     if (onlyIf && !onlyIf(current)) {
       // Not Director's to disable (an administrator's record), but a refused update Director sent of it is
       // overtaken all the same: Director no longer registers the tenant.
-      if (origin.source === 'director') await clearDirectorRefusal(current, origin.generation);
+      if (origin.source === 'director') await clearDirectorRefusal(current, origin.generation, held);
       return null;
     }
     if (!current.enabled) {
-      await clearRefusal(current);
+      await clearRefusal(current, held);
       return null;
     }
     const record: TenantRecord = {
@@ -368,7 +397,8 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       enabled: false,
       disabledReason: reason,
     };
-    await write(record);
+    await write(record, held);
+    throwIfLost(held);
     await deps.schedules.clear(tenantId);
     await deps.tenants.updateStatus(tenantId, {
       state: 'disabled',
@@ -379,7 +409,11 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     return record;
   }
 
-  async function remove(tenantId: string, signal: AbortSignal | undefined): Promise<boolean> {
+  async function remove(
+    tenantId: string,
+    signal: AbortSignal | undefined,
+    held: AbortSignal,
+  ): Promise<boolean> {
     const current = await deps.tenants.get(tenantId);
     if (!current) {
       // Every registration of it refused: no record, only the status saying why. Deleting it ends that.
@@ -391,6 +425,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         await deps.state.lastGeneration(),
         status.registrationError?.generation ?? -1,
       );
+      throwIfLost(held);
       if (generation >= 0) await deps.state.observeDeletion(tenantId, generation);
       await deps.tenants.remove(tenantId);
       log.info('refused tenant deleted', { tenantId, ...(generation < 0 ? {} : { generation }) });
@@ -400,6 +435,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     // The generation in force: the last applied, or the one of a push under way that wrote this record.
     const generation = Math.max(await deps.state.lastGeneration(), current.generation ?? -1);
     throwIfCut(tenantId, signal);
+    throwIfLost(held);
     await deps.publisher.send(deps.tenantsTopic, 'urs/tenant-record', [
       {
         key: tenantId,
@@ -410,6 +446,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         },
       },
     ]);
+    throwIfLost(held);
     if (generation >= 0) await deps.state.observeDeletion(tenantId, generation);
     await deps.tenants.remove(tenantId, revision);
     await deps.schedules.clear(tenantId);
@@ -419,6 +456,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
 
   async function reseal(
     tenantId: string,
+    held: AbortSignal,
   ): Promise<
     { outcome: 'resealed'; record: TenantRecord; fromKeyId: string } | { outcome: 'current' | 'polling' }
   > {
@@ -437,9 +475,10 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     };
     // Before the record goes out: a poller that reads it must find the failure already carried onto it. A
     // record Kafka then refuses leaves the failure on a revision never written; the next re-seal carries it on.
+    throwIfLost(held);
     if (!(await deps.schedules.carryFailure(tenantId, current.revision, record.revision)))
       return { outcome: 'polling' };
-    await write(record);
+    await write(record, held);
     log.debug('tenant secret re-sealed with the active key', {
       tenantId,
       revision: record.revision,
@@ -451,9 +490,10 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
 
   async function reject(
     tenantId: string,
-    violations: Violation[],
+    reason: Violation[] | RegistrationFailure,
     origin: RegistrationOrigin,
     options: Pick<RegisterOptions, 'keepRestRecord'>,
+    held: AbortSignal,
   ): Promise<RefusalRecord> {
     if (origin.generation !== undefined && (await deletedByAdministrator(tenantId, origin.generation)))
       return 'not-recorded';
@@ -462,13 +502,18 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     // Fields of its own: the poller's cycle bookkeeping rewrites `state` and `lastError*` after each cycle,
     // and a refused update (a rotated secret refused, the old one still polling) must stay in sight.
     const registrationError = {
-      code: 'REGISTRATION_INVALID',
-      message: `registration refused: ${describeViolations(violations)}`,
-      violations: violations.map(({ field, rule }) => ({ field, rule })),
+      ...(Array.isArray(reason)
+        ? {
+            code: 'REGISTRATION_INVALID',
+            message: `registration refused: ${describeViolations(reason)}`,
+            violations: reason.map(({ field, rule }) => ({ field, rule })),
+          }
+        : { code: reason.code, message: reason.message, violations: [] }),
       at: now().toISOString(),
       source: origin.source,
       ...(origin.generation === undefined ? {} : { generation: origin.generation }),
     };
+    throwIfLost(held);
     const isNew = await deps.tenants.recordRefusal(tenantId, registrationError, {
       rejected: current === null,
     });
@@ -478,6 +523,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
   async function endRefusal(
     tenantId: string,
     origin: RegistrationOrigin & { generation: number },
+    held: AbortSignal,
   ): Promise<boolean> {
     if ((await deps.tenants.get(tenantId)) !== null) return false;
     const status = await deps.tenants.getStatus(tenantId);
@@ -486,6 +532,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     // Refused by a newer push than this one (handled meanwhile on another replica): that refusal stands.
     if ((refusal.generation ?? -1) > origin.generation) return false;
     // No record: nothing on urs.tenants to end, only the status in Redis.
+    throwIfLost(held);
     await deps.tenants.remove(tenantId);
     log.info('refused tenant left out of a full push: its status ended', {
       tenantId,

@@ -5,6 +5,7 @@ import type { TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import { forEachLimit } from './concurrency';
 import type { TenantRegistry } from './registry';
+import { isTenantContention } from './tenant-lock';
 
 export interface SecretResealerDeps {
   tenants: Pick<TenantStore, 'ids' | 'get'>;
@@ -95,8 +96,9 @@ export function createSecretResealer(deps: SecretResealerDeps): SecretResealer {
         done++;
         if (result.outcome === 'resealed') resealed[result.fromKeyId] = (resealed[result.fromKeyId] ?? 0) + 1;
       } catch (error) {
-        // Its lock held past the wait (a push or a REST write of the tenant under way): a later pass.
-        if (errorCode(error) === 'TENANT_BUSY') continue;
+        // Its lock held past the wait (a push or a REST write of the tenant under way), or lost while the
+        // re-seal ran: a later pass.
+        if (isTenantContention(error)) continue;
         // A record this registrar's key does not open (damaged): the tenant's cycles report it too.
         if (!(error instanceof SecretError)) throw error;
         warnOnce(tenantId, keyId, 'stored secret not re-sealed: it does not open', {

@@ -1,10 +1,21 @@
-import { UrsError, sleep } from '@urs/resilience';
+import { UrsError, errorCode, keepRenewing, sleep } from '@urs/resilience';
 import type { RegistrarStateStore } from '@urs/store';
 
-/** How long one write of a tenant holds its lock at most (a record to Kafka, then to Redis). */
+/**
+ * How long a tenant's write lock lasts unless renewed: a replica that dies holding it holds the tenant's
+ * writes back at most this long. Renewed every third of it while the write runs (a record to Kafka, then to
+ * Redis), so a slow produce (a broker failing over, the producer's retries) keeps it.
+ */
 const WRITE_LOCK_MS = 15_000;
 /** How long a write waits for another writer of the same tenant before it fails (retryably). */
 const WRITE_LOCK_WAIT_MS = 20_000;
+
+export interface TenantLockOptions {
+  /** The lock's length, renewed every third of it while the work runs. Default 15 s. */
+  lockMs?: number;
+  /** How long a write waits for another writer before `TENANT_BUSY`. Default 20 s. */
+  waitMs?: number;
+}
 
 /**
  * The stop cut the request before its write started: nothing was written. A write started after the stop
@@ -19,33 +30,73 @@ export class RequestCutError extends UrsError {
   }
 }
 
+/**
+ * The write's lock lapsed before the write was done: its renewal found another holder (or none), or could
+ * not reach Redis for the lock's length (then `cause` is Redis's error, an infrastructure fault). Another
+ * writer may be writing the tenant: the write stopped before its next step, so it writes nothing of an older
+ * revision after a newer one. Retryable: written again, it gets a newer revision.
+ */
+export class TenantLockLostError extends UrsError {
+  constructor(tenantId: string, cause?: unknown) {
+    super(
+      'TENANT_LOCK_LOST',
+      `the write lock of tenant ${tenantId} lapsed before its write was done; try again`,
+      { canRetry: true, ...(cause === undefined ? {} : { cause }) },
+    );
+  }
+}
+
 /** Throws `RequestCutError` once `signal` aborted: called right before a write starts. */
 export function throwIfCut(tenantId: string, signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new RequestCutError(tenantId, signal.reason);
 }
 
 /**
+ * Throws the `TenantLockLostError` `held` aborted with, once the lock was lost: called before each write of
+ * a locked work (to Kafka, to Redis).
+ */
+export function throwIfLost(held: AbortSignal): void {
+  if (held.aborted) throw held.reason;
+}
+
+/**
+ * Whether `error` says another writer holds (or took) the tenant: `TENANT_BUSY` (its lock held past the
+ * wait) or `TENANT_LOCK_LOST`. Nothing of the write was written after; trying again may succeed.
+ */
+export function isTenantContention(error: unknown): boolean {
+  const code = errorCode(error);
+  return code === 'TENANT_BUSY' || code === 'TENANT_LOCK_LOST';
+}
+
+/**
  * Runs `work` under the tenant's write lock: what it reads of the record is still the record when it
  * writes (a Director push and a REST call of one tenant, on one replica or two, one after the other).
  * Waits up to 20 s for another writer (then `TENANT_BUSY`, retryable); a cut `signal` stops the wait.
+ * The lock is renewed while `work` runs; once a renewal finds it lost, `held` aborts with a
+ * `TenantLockLostError`, and `work` checks it before each write (`throwIfLost`).
  */
 export type TenantLock = <T>(
   tenantId: string,
   signal: AbortSignal | undefined,
-  work: () => Promise<T>,
+  work: (held: AbortSignal) => Promise<T>,
 ) => Promise<T>;
 
 export function createTenantLock(
-  state: Pick<RegistrarStateStore, 'lockTenant' | 'unlockTenant'>,
+  state: Pick<RegistrarStateStore, 'lockTenant' | 'renewTenantLock' | 'unlockTenant'>,
+  options: TenantLockOptions = {},
 ): TenantLock {
+  const lockMs = options.lockMs ?? WRITE_LOCK_MS;
+  const waitMs = options.waitMs ?? WRITE_LOCK_WAIT_MS;
+  const renewEveryMs = Math.max(10, Math.floor(lockMs / 3));
   return async function locked<T>(
     tenantId: string,
     signal: AbortSignal | undefined,
-    work: () => Promise<T>,
+    work: (held: AbortSignal) => Promise<T>,
   ): Promise<T> {
-    const deadline = Date.now() + WRITE_LOCK_WAIT_MS;
+    const deadline = Date.now() + waitMs;
     throwIfCut(tenantId, signal);
-    let token = await state.lockTenant(tenantId, WRITE_LOCK_MS);
+    let askedAt = Date.now();
+    let token = await state.lockTenant(tenantId, lockMs);
     while (token === null) {
       throwIfCut(tenantId, signal);
       if (Date.now() >= deadline) {
@@ -53,12 +104,34 @@ export function createTenantLock(
         throw new UrsError('TENANT_BUSY', message, { canRetry: true });
       }
       await sleep(5 + Math.floor(Math.random() * 20));
-      token = await state.lockTenant(tenantId, WRITE_LOCK_MS);
+      askedAt = Date.now();
+      token = await state.lockTenant(tenantId, lockMs);
     }
+    const owned = token;
+    const lost = new AbortController();
+    /** When the last renewal that found the lock held was asked: the lock lasts `lockMs` from then. */
+    let heldSince = askedAt;
+    const stopRenewing = keepRenewing(
+      async () => {
+        const sentAt = Date.now();
+        const held = await state.renewTenantLock(tenantId, owned, lockMs);
+        if (held) heldSince = sentAt;
+        return held;
+      },
+      renewEveryMs,
+      {
+        onLost: () => lost.abort(new TenantLockLostError(tenantId)),
+        // Tried again at the next tick, unless the lock may have lapsed meanwhile.
+        onError: (error) => {
+          if (Date.now() - heldSince >= lockMs) lost.abort(new TenantLockLostError(tenantId, error));
+        },
+      },
+    );
     try {
-      return await work();
+      return await work(lost.signal);
     } finally {
-      await state.unlockTenant(tenantId, token);
+      stopRenewing();
+      await state.unlockTenant(tenantId, owned);
     }
   };
 }

@@ -5,11 +5,13 @@ import { inboundMessage } from '@urs/testkit';
 import { createRegistrationHandler } from '../src/director';
 import { TENANT_GENERATION_HEADER as GENERATION_HEADER } from '@urs/contracts';
 import { Registry } from '@urs/telemetry';
-import { createTenantRegistry } from '../src/registry';
+import { UrsError } from '@urs/resilience';
+import { createTenantRegistry, type TenantRegistry } from '../src/registry';
 import { memoryPublisher, memoryStateStore, memoryTenantStore, registrationBody } from './fakes';
 import { testSealer } from './fakes';
 
-function setup() {
+/** `setup`'s registry, as the push handler sees it: `wrap` stands between them (a tenant's write failing). */
+function setup(wrap: (registry: TenantRegistry) => TenantRegistry = (registry) => registry) {
   const tenants = memoryTenantStore();
   const state = memoryStateStore();
   const publisher = memoryPublisher();
@@ -25,7 +27,7 @@ function setup() {
   let rebuilt = 0;
   const metrics = new Registry();
   const director = createRegistrationHandler({
-    registry,
+    registry: wrap(registry),
     tenants,
     state,
     publisher,
@@ -90,7 +92,14 @@ describe('createRegistrationHandler', () => {
       item('c'),
       { nonsense: true },
     ]);
-    expect(outcome).toEqual({ applied: 2, unchanged: 0, rejected: 2, disabled: 0, ignored: false });
+    expect(outcome).toEqual({
+      applied: 2,
+      unchanged: 0,
+      rejected: 2,
+      failed: 0,
+      disabled: 0,
+      ignored: false,
+    });
     // The push is handled; its refused entries are counted on their own, for the alert.
     expect(refusedCount()).toBe(2);
     expect(rebuilt()).toBe(1);
@@ -610,5 +619,106 @@ describe('createRegistrationHandler', () => {
     // A delta push leaves out tenants without disabling anyone; disabled ones are not disabled twice.
     expect(await push(3, 'delta', [item('a')])).toMatchObject({ disabled: 0 });
     expect(await push(4, 'full', [item('a'), item('c')])).toMatchObject({ disabled: 0 });
+  });
+
+  /** A registry whose writes of `tenantId` fail with what `failure` gives, attempt by attempt (undefined: written). */
+  const failingFor =
+    (tenantId: string, failure: (attempt: number) => unknown) =>
+    (registry: TenantRegistry): TenantRegistry => {
+      let attempts = 0;
+      const failing =
+        <A extends unknown[], R>(of: (...args: A) => string, call: (...args: A) => Promise<R>) =>
+        async (...args: A): Promise<R> => {
+          if (of(...args) === tenantId) {
+            const error = failure(++attempts);
+            if (error !== undefined) throw error;
+          }
+          return call(...args);
+        };
+      return {
+        ...registry,
+        registerUnlessDeleted: failing(
+          (registration) => registration.tenantId,
+          registry.registerUnlessDeleted,
+        ),
+        disable: failing((id) => id, registry.disable),
+      };
+    };
+
+  it('handle should dead-letter a tenant whose write fails for its own reason, record it in its status, and apply the rest of a full push', async () => {
+    const sealFailed = new UrsError('SECRET_SEAL_FAILED', 'the secret of tenant b could not be sealed');
+    const { push, tenants, state, letters, refusedCount } = setup(failingFor('b', () => sealFailed));
+    await push(1, 'full', [item('a'), item('gone')]);
+    const outcome = await push(2, 'full', [item('a', { pollIntervalMinutes: 20 }), item('b'), item('c')]);
+    expect(outcome).toEqual({
+      applied: 2,
+      unchanged: 0,
+      rejected: 0,
+      failed: 1,
+      disabled: 1,
+      ignored: false,
+    });
+    expect((await tenants.get('a'))?.defender.pollIntervalMinutes).toBe(20);
+    expect(await tenants.get('b')).toBeNull();
+    expect(await tenants.get('c')).not.toBeNull();
+    // The disable pass and the generation ran all the same.
+    expect(await tenants.get('gone')).toMatchObject({ enabled: false });
+    expect(state.generation).toBe(2);
+    const [letter, ...more] = letters();
+    expect(more).toEqual([]);
+    expect(letter).toMatchObject({
+      key: 'b',
+      sourceTopic: 'urs.registration',
+      offset: '1',
+      error: { code: 'SECRET_SEAL_FAILED' },
+    });
+    expect(letter?.error.message).toContain('the secret of tenant b could not be sealed');
+    expect(letter?.payload).not.toContain('Sup3r');
+    expect(await tenants.getStatus('b')).toMatchObject({
+      state: 'registration-rejected',
+      registrationError: {
+        code: 'SECRET_SEAL_FAILED',
+        violations: [],
+        source: 'director',
+        generation: 2,
+      },
+    });
+    expect(refusedCount()).toBe(1);
+  });
+
+  it('handle should hold the whole push when a tenant fails for a fault of Redis or Kafka', async () => {
+    const down = new UrsError('STORE_DOWN', 'Redis refused the write', { infrastructure: true });
+    const { push, tenants, state, letters } = setup(failingFor('b', () => down));
+    await push(1, 'full', [item('a'), item('gone')]);
+    await expect(push(2, 'full', [item('a'), item('b'), item('c')])).rejects.toBe(down);
+    expect(state.generation).toBe(1);
+    expect(letters()).toEqual([]);
+    expect((await tenants.get('gone'))?.enabled).toBe(true);
+  });
+
+  it('handle should try a busy tenant again within the push, and dead-letter it once it stays busy', async () => {
+    const busy = () =>
+      new UrsError('TENANT_BUSY', 'tenant b is being written by another request; try again', {
+        canRetry: true,
+      });
+    const once = setup(failingFor('b', (attempt) => (attempt === 1 ? busy() : undefined)));
+    expect(await once.push(1, 'full', [item('a'), item('b')])).toMatchObject({ applied: 2, failed: 0 });
+    expect(once.letters()).toEqual([]);
+    const always = setup(failingFor('b', busy));
+    expect(await always.push(1, 'full', [item('a'), item('b')])).toMatchObject({ applied: 1, failed: 1 });
+    expect(always.letters()).toMatchObject([{ key: 'b', error: { code: 'TENANT_BUSY' } }]);
+    expect(always.state.generation).toBe(1);
+  });
+
+  it('handle should disable the other tenants a full push leaves out when one of them cannot be', async () => {
+    const { push, tenants, state } = setup(
+      failingFor('b', (attempt) => (attempt > 1 ? new Error('unexpected') : undefined)),
+    );
+    await push(1, 'full', [item('a'), item('b'), item('c')]);
+    expect(await push(2, 'full', [])).toMatchObject({ disabled: 2 });
+    expect((await tenants.get('a'))?.enabled).toBe(false);
+    expect((await tenants.get('b'))?.enabled).toBe(true);
+    expect((await tenants.get('c'))?.enabled).toBe(false);
+    expect(state.generation).toBe(2);
   });
 });

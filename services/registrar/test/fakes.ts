@@ -127,6 +127,9 @@ export function memoryStateStore(): RegistrarStateStore & { generation: number }
       locks.set(tenantId, token);
       return token;
     },
+    async renewTenantLock(tenantId: string, token: string) {
+      return locks.get(tenantId) === token;
+    },
     async unlockTenant(tenantId: string, token: string) {
       if (locks.get(tenantId) === token) locks.delete(tenantId);
     },

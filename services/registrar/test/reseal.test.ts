@@ -52,10 +52,10 @@ describe('createSecretResealer', () => {
     expect(JSON.stringify(lines)).not.toContain('Plain~acme');
   });
 
-  it('pass should leave a tenant whose lock stays held to a later pass and re-seal the others', async () => {
+  it('pass should leave a tenant whose lock stays held, or is lost, to a later pass and re-seal the others', async () => {
     const tenants = memoryTenantStore();
     const old = createSecretSealer({ activeKeyId: 'k0', keys: new Map([['k0', Buffer.alloc(32, 5)]]) });
-    for (const tenantId of ['busy', 'calm']) {
+    for (const tenantId of ['busy', 'calm', 'lost']) {
       const record = tenantRecord(tenantId, 1);
       await tenants.put({
         ...record,
@@ -80,6 +80,10 @@ describe('createSecretResealer', () => {
             throw new UrsError('TENANT_BUSY', 'tenant busy is being written by another request', {
               canRetry: true,
             });
+          if (tenantId === 'lost')
+            throw new UrsError('TENANT_LOCK_LOST', 'the write lock of tenant lost lapsed', {
+              canRetry: true,
+            });
           return { outcome: 'resealed', fromKeyId: 'k0', record: tenantRecord(tenantId, 2) };
         },
       },
@@ -90,8 +94,8 @@ describe('createSecretResealer', () => {
       logger: silentLogger,
       batch: 10,
     });
-    expect(await resealer.pass()).toEqual({ retired: 1, resealed: { k0: 1 } });
-    expect(asked.sort()).toEqual(['busy', 'calm']);
-    expect(metrics.expose()).toMatch(/^urs_secrets_on_retired_keys 1$/m);
+    expect(await resealer.pass()).toEqual({ retired: 2, resealed: { k0: 1 } });
+    expect(asked.sort()).toEqual(['busy', 'calm', 'lost']);
+    expect(metrics.expose()).toMatch(/^urs_secrets_on_retired_keys 2$/m);
   });
 });

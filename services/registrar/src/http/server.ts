@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { type Logger, redact } from '@urs/logging';
 import { canRetry, errorCode, errorMessage } from '@urs/resilience';
 import { listenHttp, type Registry } from '@urs/telemetry';
+import { isTenantContention } from '../tenant-lock';
 import { createBearerCheck } from './auth';
 import { ApiError, createRouter, type ApiResponse, type HttpMethod, type Route } from './router';
 
@@ -228,11 +229,12 @@ export async function startApiServer(options: ApiServerOptions): Promise<ApiServ
       .catch((error: unknown): ApiResponse => {
         if (error instanceof ApiError)
           return { status: error.status, body: error.toBody(), headers: error.headers };
-        // Another writer of the tenant held it past the lock's wait: the service is fine, the tenant is not free.
-        if (errorCode(error) === 'TENANT_BUSY')
+        // Another writer of the tenant held it past the lock's wait, or took it while the write ran (its lock
+        // lost, the write stopped before its next step): the service is fine, the tenant is not free.
+        if (isTenantContention(error))
           return {
             status: 503,
-            body: { error: { code: 'TENANT_BUSY', message: errorMessage(error) } },
+            body: { error: { code: errorCode(error), message: errorMessage(error) } },
             headers: { 'retry-after': '5' },
           };
         const retryable = canRetry(error);

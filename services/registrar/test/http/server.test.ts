@@ -30,6 +30,14 @@ describe('startApiServer', () => {
           throw new UrsError('TENANT_BUSY', 'tenant busy is being written by another request; try again', {
             canRetry: true,
           });
+        if (request.params['id'] === 'lock-lost')
+          throw new UrsError(
+            'TENANT_LOCK_LOST',
+            'the write lock of tenant x lapsed before its write was done; try again',
+            {
+              canRetry: true,
+            },
+          );
         // Text from elsewhere (a tenant's status note, a stored refusal) that quotes a secret.
         if (request.params['id'] === 'quoting')
           return {
@@ -187,6 +195,18 @@ describe('startApiServer', () => {
       error: {
         code: 'TENANT_BUSY',
         message: 'tenant busy is being written by another request; try again',
+      },
+    });
+  });
+
+  it('startApiServer should answer a write whose tenant lock was lost 503 TENANT_LOCK_LOST saying so', async () => {
+    const lost = await request('GET', '/v1/things/lock-lost');
+    expect(lost.status).toBe(503);
+    expect(lost.headers.get('retry-after')).toBe('5');
+    expect(lost.body).toEqual({
+      error: {
+        code: 'TENANT_LOCK_LOST',
+        message: 'the write lock of tenant x lapsed before its write was done; try again',
       },
     });
   });
