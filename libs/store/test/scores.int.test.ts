@@ -702,6 +702,9 @@ describe('createPublishedStore', () => {
 
 describe('createBulkVulnerabilityCache', () => {
   const redis = testRedisPerTest();
+  /** The app an export was read with, its directory GUID in capitals; kept lowercased with the latest. */
+  const app = { azureTenantId: '0A0A0A0A-0000-4000-8000-00000000000A', cloud: 'gcc' };
+  const stored = { azureTenantId: '0a0a0a0a-0000-4000-8000-00000000000a', cloud: 'gcc' };
 
   it('renew should extend a claim its owner still holds, and only that', async () => {
     const cache = createBulkVulnerabilityCache(redis.client, redis.prefix);
@@ -756,31 +759,33 @@ describe('createBulkVulnerabilityCache', () => {
     };
     const day = 24 * 60 * 60 * 1000;
     expect(await cache.latest('t')).toBeNull();
-    await cache.keepLatest('t', 'c0', 9, day);
+    await cache.keepLatest('t', 'c0', { ...app, cvssThreshold: 9 }, day);
     expect(await cache.latest('t')).toBeNull();
     await cache.save('t', 'c1', new Map([['d1', summary]]), '2026-01-01T10:00:00.000Z');
-    await cache.keepLatest('t', 'c1', 9, day);
+    await cache.keepLatest('t', 'c1', { ...app, cvssThreshold: 9 }, day);
     expect(await cache.latest('t')).toEqual({
       cycleId: 'c1',
       collectedAt: '2026-01-01T10:00:00.000Z',
       cvssThreshold: 9,
+      ...stored,
     });
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c1`)).toBeGreaterThan(60_000);
     await cache.save('t', 'c2', new Map([['d2', summary]]), '2026-01-01T10:10:00.000Z');
-    await cache.keepLatest('t', 'c2', 7.5, day);
+    await cache.keepLatest('t', 'c2', { ...app, cvssThreshold: 7.5 }, day);
     expect(await cache.latest('t')).toEqual({
       cycleId: 'c2',
       collectedAt: '2026-01-01T10:10:00.000Z',
       cvssThreshold: 7.5,
+      ...stored,
     });
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c1`)).toBeLessThanOrEqual(60_000);
     // The one replaced may go sooner than the cache's expiry (the vuln-fetcher: after a poll interval).
     await cache.save('t', 'c3', new Map([['d3', summary]]), '2026-01-01T10:20:00.000Z');
-    await cache.keepLatest('t', 'c3', 7.5, day, 5_000);
+    await cache.keepLatest('t', 'c3', { ...app, cvssThreshold: 7.5 }, day, 5_000);
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c2`)).toBeLessThanOrEqual(5_000);
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c3`)).toBeGreaterThan(60_000);
     // An older cycle's export (its last batch handled again) does not replace one read after it.
-    await cache.keepLatest('t', 'c1', 9, day, 5_000);
+    await cache.keepLatest('t', 'c1', { ...app, cvssThreshold: 9 }, day, 5_000);
     expect(await cache.latest('t')).toMatchObject({ cycleId: 'c3', collectedAt: '2026-01-01T10:20:00.000Z' });
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c3`)).toBeGreaterThan(60_000);
     // An export that is gone (flushed, evicted) is no latest, even if its pointer is still there.
@@ -811,12 +816,13 @@ describe('createBulkVulnerabilityCache', () => {
       collectedAt: '2026-01-01T10:00:00.000Z',
       generatedTime: '2026-01-01T06:00:00Z',
     });
-    await cache.keepLatest('t', 'c1', 9, day);
+    await cache.keepLatest('t', 'c1', { ...app, cvssThreshold: 9 }, day);
     expect(await cache.latest('t')).toEqual({
       cycleId: 'c1',
       collectedAt: '2026-01-01T10:00:00.000Z',
       cvssThreshold: 9,
       generatedTime: '2026-01-01T06:00:00Z',
+      ...stored,
     });
     // The marker is no device: a scan leaves it out, and a compare naming every device scans for none gone.
     const scanned: [string, string][] = [];
@@ -835,17 +841,18 @@ describe('createBulkVulnerabilityCache', () => {
     // The latest kept again under its own cycle (a cycle that found the snapshot unchanged) lives on.
     await redis.client.pexpire(`${redis.prefix}vuln-bulk-latest:t`, 1_000);
     await redis.client.pexpire(`${redis.prefix}vuln-bulk:t:c1`, 1_000);
-    await cache.keepLatest('t', 'c1', 9, day, 5_000);
+    await cache.keepLatest('t', 'c1', { ...app, cvssThreshold: 9 }, day, 5_000);
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk-latest:t`)).toBeGreaterThan(60_000);
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c1`)).toBeGreaterThan(60_000);
     expect((await cache.latest('t'))?.generatedTime).toBe('2026-01-01T06:00:00Z');
     // An export saved without one (its snapshot was not known) has none.
     await cache.save('t', 'c2', new Map([['d1', summary]]), '2026-01-01T10:10:00.000Z');
-    await cache.keepLatest('t', 'c2', 9, day);
+    await cache.keepLatest('t', 'c2', { ...app, cvssThreshold: 9 }, day);
     expect(await cache.latest('t')).toEqual({
       cycleId: 'c2',
       collectedAt: '2026-01-01T10:10:00.000Z',
       cvssThreshold: 9,
+      ...stored,
     });
   });
 

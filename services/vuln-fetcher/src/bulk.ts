@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { DeviceBatch, EnrichedDevice } from '@urs/contracts';
+import type { DeviceBatch, EnrichedDevice, TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorMessage, keepRenewing } from '@urs/resilience';
 import type { CycleStore, LatestExport } from '@urs/store';
@@ -8,6 +8,9 @@ import { storedCorrections } from './corrections';
 import { missing, type FetchError, type TenantEnrichment } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
 import { isTenantWideCode, type VulnerabilitySource } from './sources';
+
+/** The app a tenant's batch is handled with: its Entra directory and cloud name the Defender read. */
+export type ExportApp = Pick<TenantRecord['defender'], 'azureTenantId' | 'cloud'>;
 
 export interface BulkDeps extends Omit<ExportReaderDeps, 'owner'> {
   /** How long a batch waits for another replica's bulk export of its cycle, in milliseconds. */
@@ -43,6 +46,7 @@ export interface BulkEnrichment {
    */
   enrich(
     batch: DeviceBatch,
+    app: ExportApp,
     source: VulnerabilitySource,
     heartbeat: () => Promise<void>,
     log: Logger,
@@ -63,11 +67,18 @@ export interface BulkEnrichment {
 /**
  * The tenant's latest export if the batch may be enriched from it: another cycle's, counted at the
  * batch's CVSS threshold (after a change of threshold the cycle reads its own export first, instead of
- * correcting every device with a CVE).
+ * correcting every device with a CVE), and read with an app of the Entra directory and cloud the batch is
+ * handled with. After the tenant's app moved to another directory or cloud (the registrar allows it, and a
+ * tenant deleted and registered again under its id may name another app) the latest export is another
+ * Defender's: none of the tenant's devices is in it, and each would go on with no vulnerabilities. A
+ * latest kept without them (by an earlier version) is not used either: the cycle reads its own export
+ * first, once.
  */
-function usable(batch: DeviceBatch, latest: LatestExport | null): LatestExport | null {
+function usable(batch: DeviceBatch, app: ExportApp, latest: LatestExport | null): LatestExport | null {
   if (latest === null || latest.cycleId === batch.cycleId) return null;
-  return latest.cvssThreshold === batch.cvssThreshold ? latest : null;
+  if (latest.cvssThreshold !== batch.cvssThreshold) return null;
+  const sameApp = latest.azureTenantId === app.azureTenantId.toLowerCase() && latest.cloud === app.cloud;
+  return sameApp ? latest : null;
 }
 
 export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
@@ -118,6 +129,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
 
   async function bulk(
     batch: DeviceBatch,
+    app: ExportApp,
     source: VulnerabilitySource,
     heartbeat: () => Promise<void>,
     log: Logger,
@@ -128,7 +140,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
     // The cycle's last batch reads the export itself when the earlier ones were enriched from the latest.
     const readLast =
       readsExportLast(deps.exportLast, batch) && batch.lastBatch && batch.batchIndex > 0
-        ? usable(batch, await deps.bulkCache.latest(batch.tenantId))
+        ? usable(batch, app, await deps.bulkCache.latest(batch.tenantId))
         : null;
     for (;;) {
       const state = await deps.bulkCache.state(batch.tenantId, batch.cycleId);
@@ -145,7 +157,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
         readsExportLast(deps.exportLast, batch) &&
         !batch.lastBatch
       ) {
-        const latest = usable(batch, await deps.bulkCache.latest(batch.tenantId));
+        const latest = usable(batch, app, await deps.bulkCache.latest(batch.tenantId));
         if (latest !== null)
           return fromExport(batch, latest.cycleId, latest.collectedAt, latest.generatedTime);
       }

@@ -316,7 +316,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         const source = deps.sources.forTenant(record);
         result =
           batch.vulnerabilityMode === 'bulk'
-            ? await bulk.enrich(batch, source, heartbeat, log, signal)
+            ? await bulk.enrich(batch, record.defender, source, heartbeat, log, signal)
             : await perDevice.enrich(batch, source, log, signal);
       } catch (caught) {
         let error = caught;
@@ -399,7 +399,11 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       await deps.bulkCache.keepLatest(
         batch.tenantId,
         enrichment.unchangedFrom ?? batch.cycleId,
-        batch.cvssThreshold,
+        {
+          cvssThreshold: batch.cvssThreshold,
+          azureTenantId: record.defender.azureTenantId,
+          cloud: record.defender.cloud,
+        },
         latestKeepMs(record),
         record.defender.pollIntervalMinutes * 60_000,
       );

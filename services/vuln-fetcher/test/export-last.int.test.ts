@@ -11,11 +11,16 @@ import { capturingPublisher } from './handler-support';
 // A bulk cycle that reads its export last, against a real Redis: the cache of exports and the cycle store
 // are the ones the services share; Defender is a fake export of rows.
 
-const record = {
-  tenantId: 't1',
-  revision: 1,
-  defender: { pollIntervalMinutes: 10 },
-} as unknown as TenantRecord;
+const DIRECTORY_A = '0a0a0a0a-0000-4000-8000-00000000000a';
+const DIRECTORY_B = '0b0b0b0b-0000-4000-8000-00000000000b';
+
+/** The tenant's record as the registrar keeps it: its app in Entra directory A, in the commercial cloud. */
+const recordOf = (defender: { azureTenantId?: string; cloud?: string } = {}): TenantRecord =>
+  ({
+    tenantId: 't1',
+    revision: 1,
+    defender: { pollIntervalMinutes: 10, azureTenantId: DIRECTORY_A, cloud: 'commercial', ...defender },
+  }) as unknown as TenantRecord;
 
 const cve = (id: string, cvssV3: number): VulnerabilityLike => ({ id, cvssV3 });
 
@@ -96,9 +101,11 @@ describe('a bulk cycle that reads its export last', () => {
     const fetches = (outcome: string): number =>
       metrics.counter('urs_vulnerability_fetches_total', '').get({ mode: 'bulk', outcome });
     let clock = Date.parse('2026-01-01T10:00:05.000Z');
+    /** The tenant's record the batches are handled with; a test may switch its app. */
+    const tenant = { record: recordOf() };
     const handler = createEnrichHandler({
       tenants: {
-        get: async () => record,
+        get: async () => tenant.record,
         updatePollingStatus: async (_tenantId, status) => {
           notes.push(status.note ?? '');
           return true;
@@ -123,7 +130,7 @@ describe('a bulk cycle that reads its export last', () => {
     });
     const handle = (batch: DeviceBatch) =>
       handler(inboundMessage(batch, { topic: 'urs.device-batches', key: batch.tenantId }));
-    return { handle, sent, exported, bulkCache, cycles, failing, notes, snapshots, fetches };
+    return { handle, sent, exported, bulkCache, cycles, failing, notes, snapshots, fetches, tenant };
   }
 
   /** Runs the tenant's first bulk cycle (c1) with these export rows, and forgets what it sent. */
@@ -276,6 +283,84 @@ describe('a bulk cycle that reads its export last', () => {
     expect(await bulkCache.latest('t1')).toMatchObject({ cycleId: 'c2', cvssThreshold: 8 });
   });
 
+  it("should not enrich from the latest export once the tenant's app is in another Entra directory, nor correct from it", async () => {
+    const context = setup();
+    const { handle, sent, exported, bulkCache, tenant } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    // The tenant admin moves the app to directory B, whose app may not read vulnerabilities.
+    tenant.record = recordOf({ azureTenantId: DIRECTORY_B });
+    exported.fails = true;
+    const [next0, next1] = await nextCycle(context);
+    await handle(next0);
+    // Directory A's export holds none of B's devices: "no vulnerabilities" would be made up.
+    expect(exported.calls).toBe(2);
+    expect(sent[0]?.devices.map((device) => [device.vulnerabilities, device.fetchError?.message])).toEqual([
+      [null, 'the export failed'],
+      [null, 'the export failed'],
+      [null, 'the export failed'],
+    ]);
+    await handle(next1);
+    expect(sent.map((batch) => [batch.batchIndex, batch.corrections])).toEqual([
+      [0, undefined],
+      [1, undefined],
+    ]);
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c1');
+
+    // B's app can read them now: its export, read first, becomes the latest with B's directory.
+    exported.fails = false;
+    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
+    sent.length = 0;
+    const [third0, third1] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
+    await handle(third0);
+    expect(exported.calls).toBe(3);
+    expect(critical(sent[0])).toEqual({ d1: 0, d2: 1, d3: 0 });
+    await handle(third1);
+    expect(sent.some((batch) => batch.corrections !== undefined)).toBe(false);
+    expect(await bulkCache.latest('t1')).toMatchObject({
+      cycleId: 'c3',
+      azureTenantId: DIRECTORY_B,
+      cloud: 'commercial',
+    });
+  });
+
+  it('should not enrich from the latest export once the tenant moved to another cloud, but from one of its directory in any case', async () => {
+    const context = setup();
+    const { handle, sent, exported, tenant } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    // The same directory, its GUID written in capitals: the same app's export.
+    tenant.record = recordOf({ azureTenantId: DIRECTORY_A.toUpperCase() });
+    const [next0, next1] = await nextCycle(context);
+    await handle(next0);
+    expect(exported.calls).toBe(1);
+    expect(critical(sent[0])).toEqual({ d1: 1, d2: 0, d3: 0 });
+    await handle(next1);
+    // Another cloud: another Defender, whose devices the latest export does not hold.
+    tenant.record = recordOf({ cloud: 'gcc' });
+    exported.fails = true;
+    sent.length = 0;
+    const [third0] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
+    await handle(third0);
+    expect(exported.calls).toBe(3);
+    expect(sent[0]?.devices.every((device) => device.vulnerabilities === null)).toBe(true);
+  });
+
+  it('should not enrich from a latest export kept without the directory and cloud it was read in', async () => {
+    const context = setup();
+    const { handle, sent, exported, bulkCache } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    // As an earlier version kept it: which app's devices it holds is not known.
+    const c1 = await bulkCache.latest('t1');
+    await redis.client.set(
+      `${redis.prefix}vuln-bulk-latest:t1`,
+      JSON.stringify({ cycleId: 'c1', collectedAt: c1?.collectedAt, cvssThreshold: 9 }),
+    );
+    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
+    const [next0] = await nextCycle(context);
+    await handle(next0);
+    expect(exported.calls).toBe(2);
+    expect(critical(sent[0])).toEqual({ d1: 0, d2: 1, d3: 0 });
+  });
+
   /** Runs a first cycle (c1) and the next one's first batch; resolves the next one's last batch. */
   /**
    * Undoes what a batch handled in full wrote last, its record as enriched: as if the process had stopped
@@ -337,6 +422,8 @@ describe('a bulk cycle that reads its export last', () => {
         cycleId: 'c1',
         collectedAt: c1.state === 'ready' ? c1.collectedAt : '',
         cvssThreshold: 9,
+        azureTenantId: DIRECTORY_A,
+        cloud: 'commercial',
       }),
     );
     expect((await bulkCache.latest('t1'))?.cycleId).toBe('c1');
@@ -546,6 +633,8 @@ describe('a bulk cycle that reads its export last', () => {
         cycleId: 'c1',
         collectedAt: c1.state === 'ready' ? c1.collectedAt : '',
         cvssThreshold: 9,
+        azureTenantId: DIRECTORY_A,
+        cloud: 'commercial',
       }),
     );
     const first = sent.slice(1);
