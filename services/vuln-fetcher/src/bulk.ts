@@ -127,6 +127,20 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
       Math.min(Date.now() + deps.bulkClaimMs, cycleCapOf(batch)),
     );
 
+  /**
+   * The latest export the batch's cycle is enriched from: the tenant's latest, if usable, pinned for the
+   * cycle by the first of its batches to ask (`pinLatest`), and the one pinned for every later batch of it,
+   * its last batch included, which compares the cycle's own export with that one. The tenant's latest may
+   * move while the cycle runs: the previous cycle's last batch failed and, tried again (here or on another
+   * replica) after one of this cycle's batches was enriched from the latest before it, made its own export
+   * the latest. Compared with that newer one, a device whose summary changed between the two would get no
+   * correction and keep the older export's vulnerabilities.
+   */
+  async function latestOf(batch: DeviceBatch, app: ExportApp): Promise<LatestExport | null> {
+    const latest = usable(batch, app, await deps.bulkCache.latest(batch.tenantId));
+    return usable(batch, app, await deps.bulkCache.pinLatest(batch.tenantId, batch.cycleId, latest));
+  }
+
   async function bulk(
     batch: DeviceBatch,
     app: ExportApp,
@@ -140,7 +154,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
     // The cycle's last batch reads the export itself when the earlier ones were enriched from the latest.
     const readLast =
       readsExportLast(deps.exportLast, batch) && batch.lastBatch && batch.batchIndex > 0
-        ? usable(batch, app, await deps.bulkCache.latest(batch.tenantId))
+        ? await latestOf(batch, app)
         : null;
     for (;;) {
       const state = await deps.bulkCache.state(batch.tenantId, batch.cycleId);
@@ -157,7 +171,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
         readsExportLast(deps.exportLast, batch) &&
         !batch.lastBatch
       ) {
-        const latest = usable(batch, app, await deps.bulkCache.latest(batch.tenantId));
+        const latest = await latestOf(batch, app);
         if (latest !== null)
           return fromExport(batch, latest.cycleId, latest.collectedAt, latest.generatedTime);
       }

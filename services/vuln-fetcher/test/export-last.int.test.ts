@@ -103,34 +103,39 @@ describe('a bulk cycle that reads its export last', () => {
     let clock = Date.parse('2026-01-01T10:00:05.000Z');
     /** The tenant's record the batches are handled with; a test may switch its app. */
     const tenant = { record: recordOf() };
-    const handler = createEnrichHandler({
-      tenants: {
-        get: async () => tenant.record,
-        updatePollingStatus: async (_tenantId, status) => {
-          notes.push(status.note ?? '');
-          return true;
+    /** A vuln-fetcher over the same Redis, Defender and topic: another replica for each call. */
+    const replica = () =>
+      createEnrichHandler({
+        tenants: {
+          get: async () => tenant.record,
+          updatePollingStatus: async (_tenantId, status) => {
+            notes.push(status.note ?? '');
+            return true;
+          },
         },
-      },
-      sources,
-      bulkCache,
-      answers: createAnsweredCalls(redis.client, redis.prefix),
-      cycles,
-      exportLast: true,
-      skipUnchangedExport: options.skipUnchanged ?? false,
-      correctionWaitMs: options.correctionWaitMs,
-      publisher,
-      topic: 'urs.devices-enriched',
-      logger: silentLogger,
-      metrics,
-      concurrency: 2,
-      bulkWaitMs: 1_000,
-      bulkClaimMs: 1_000,
-      bulkPollMs: 5,
-      now: () => new Date((clock += 1000)),
-    });
-    const handle = (batch: DeviceBatch) =>
+        sources,
+        bulkCache,
+        answers: createAnsweredCalls(redis.client, redis.prefix),
+        cycles,
+        exportLast: true,
+        skipUnchangedExport: options.skipUnchanged ?? false,
+        correctionWaitMs: options.correctionWaitMs,
+        publisher,
+        topic: 'urs.devices-enriched',
+        logger: silentLogger,
+        metrics,
+        concurrency: 2,
+        bulkWaitMs: 1_000,
+        bulkClaimMs: 1_000,
+        bulkPollMs: 5,
+        now: () => new Date((clock += 1000)),
+      });
+    const handlerOn = (handler: ReturnType<typeof replica>) => (batch: DeviceBatch) =>
       handler(inboundMessage(batch, { topic: 'urs.device-batches', key: batch.tenantId }));
-    return { handle, sent, exported, bulkCache, cycles, failing, notes, snapshots, fetches, tenant };
+    const handle = handlerOn(replica());
+    /** Hands batches to another replica. */
+    const another = () => handlerOn(replica());
+    return { handle, another, sent, exported, bulkCache, cycles, failing, notes, snapshots, fetches, tenant };
   }
 
   /** Runs the tenant's first bulk cycle (c1) with these export rows, and forgets what it sent. */
@@ -480,6 +485,43 @@ describe('a bulk cycle that reads its export last', () => {
     expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
     const c3 = sent.find((batch) => batch.cycleId === 'c3');
     expect(critical(c3)).toEqual({ d1: 0, d2: 1, d3: 0 });
+  });
+
+  /** Each device of the cycle as the scorer ends with it: its batch's vulnerabilities, then its corrections. */
+  function finalCritical(sent: EnrichedBatch[], cycleId: string): Record<string, number | undefined> {
+    const final: Record<string, number | undefined> = {};
+    for (const batch of sent.filter((each) => each.cycleId === cycleId)) {
+      for (const device of batch.devices) final[device.machine.id] = device.vulnerabilities?.criticalCveCount;
+      for (const item of batch.corrections ?? [])
+        final[item.deviceId] = item.vulnerabilities?.criticalCveCount;
+    }
+    return final;
+  }
+
+  it("should correct against the latest export the cycle's batches were enriched from, when the cycle before made its own the latest since", async () => {
+    const context = setup();
+    const { handle, another, sent, exported, bulkCache, failing } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    // c2: d2 gets a critical CVE. Its last batch fails to send, and is tried again later.
+    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
+    const [c2First, c2Last] = await nextCycle(context);
+    await handle(c2First);
+    failing.sends = 1;
+    await expect(handle(c2Last)).rejects.toThrow('the broker is unreachable');
+    // Meanwhile another replica (the tenant's partition moved) enriches c3's first batch from c1.
+    const [c3First, c3Last] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
+    const elsewhere = another();
+    await elsewhere(c3First);
+    expect(critical(sent.find((batch) => batch.cycleId === 'c3'))).toEqual({ d1: 1, d2: 0, d3: 0 });
+    // c2's last batch, tried again, makes c2 the latest; c3's export is c2's again.
+    await handle(c2Last);
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
+    // c1, replaced, is not let go after one poll interval: c3's corrections compare with it.
+    expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t1:c1`)).toBeGreaterThan(10 * 60_000);
+    await elsewhere(c3Last);
+    // Compared with c2, d1 and d2 would have kept c1's vulnerabilities.
+    expect(finalCritical(sent, 'c3')).toEqual({ d1: 0, d2: 1, d3: 0, d4: 0, d5: 0 });
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c3');
   });
 
   it('should send the corrections after the wait for the earlier batches ends, when one of them never comes', async () => {
