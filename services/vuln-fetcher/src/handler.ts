@@ -235,8 +235,16 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const beating = setInterval(() => void heartbeat(), HEARTBEAT_EVERY_MS);
     const cycle = bulk.cycleOf(batch);
     const done = (async () => {
-      if (cycle) await bulk.afterPrevious(batch, cycle, deps.logger);
-      await handle(batch, heartbeat, interrupted);
+      if (!cycle) return handle(batch, heartbeat, interrupted);
+      await bulk.afterPrevious(batch, cycle, deps.logger, interrupted.signal);
+      try {
+        await handle(batch, heartbeat, interrupted);
+        bulk.tried(batch, cycle);
+      } catch (error) {
+        // Noted before the try ends: the next cycle, waiting for it to end, then waits for its next try.
+        if (!interrupted.signal.aborted) bulk.tried(batch, cycle, error);
+        throw error;
+      }
     })();
     cycle?.running.add(done);
     try {

@@ -50,7 +50,7 @@ function cycleBatches(cycleId: string, startedAt: string, cvssThreshold = 9): [D
 describe('a bulk cycle that reads its export last', () => {
   const redis = testRedisPerTest();
 
-  function setup(options: { correctionWaitMs?: number; skipUnchanged?: boolean } = {}) {
+  function setup(options: { correctionWaitMs?: number; skipUnchanged?: boolean; bulkWaitMs?: number } = {}) {
     /** Sends that fail before they reach the topic, from the next one on. */
     const failing = { sends: 0 };
     const { sent, publisher } = capturingPublisher(() => {
@@ -125,7 +125,7 @@ describe('a bulk cycle that reads its export last', () => {
         logger: silentLogger,
         metrics,
         concurrency: 2,
-        bulkWaitMs: 1_000,
+        bulkWaitMs: options.bulkWaitMs ?? 1_000,
         bulkClaimMs: 1_000,
         bulkPollMs: 5,
         now: () => new Date((clock += 1000)),
@@ -522,6 +522,46 @@ describe('a bulk cycle that reads its export last', () => {
     // Compared with c2, d1 and d2 would have kept c1's vulnerabilities.
     expect(finalCritical(sent, 'c3')).toEqual({ d1: 0, d2: 1, d3: 0, d4: 0, d5: 0 });
     expect((await bulkCache.latest('t1'))?.cycleId).toBe('c3');
+  });
+
+  it("should enrich the next cycle's batches from the cycle before's export once its failed last batch, tried again, succeeds", async () => {
+    const context = setup();
+    const { handle, sent, exported, failing } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
+    const [c2First, c2Last] = await nextCycle(context);
+    await handle(c2First);
+    failing.sends = 1;
+    await expect(handle(c2Last)).rejects.toThrow('the broker is unreachable');
+    // The bus tries the last batch again in place; c3's first batch comes meanwhile, on the same replica.
+    const [c3First] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
+    const c3 = handle(c3First);
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(sent.filter((batch) => batch.cycleId === 'c3')).toEqual([]);
+    } finally {
+      await handle(c2Last);
+      await c3;
+    }
+    expect(critical(sent.find((batch) => batch.cycleId === 'c3'))).toEqual({ d1: 0, d2: 1, d3: 0 });
+  });
+
+  it("should enrich the next cycle's batches from the latest export there is once the cycle before's last batch is recorded lost", async () => {
+    // Longer than the test may run: only the lost record ends the wait.
+    const context = setup({ bulkWaitMs: 10 * 60_000 });
+    const { handle, sent, exported, cycles, failing } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
+    const [c2First, c2Last] = await nextCycle(context);
+    await handle(c2First);
+    failing.sends = 1;
+    await expect(handle(c2Last)).rejects.toThrow('the broker is unreachable');
+    const [c3First] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
+    const c3 = handle(c3First);
+    // Its tries used up, the bus dead-letters it: the tenant's next cycles go on.
+    await cycles.lost('t1', c2Last.cycleId, c2Last.batchIndex, c2Last.devices.length, Date.now());
+    await c3;
+    expect(critical(sent.find((batch) => batch.cycleId === 'c3'))).toEqual({ d1: 1, d2: 0, d3: 0 });
   });
 
   it('should send the corrections after the wait for the earlier batches ends, when one of them never comes', async () => {
