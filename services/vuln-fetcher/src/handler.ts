@@ -74,8 +74,9 @@ export interface EnrichHandlerDeps {
   /**
    * With `exportLast`, a bulk cycle asks which export snapshot Microsoft serves before it reads its export
    * (the source's `exportGeneratedTime`) and stores the answer with the export; a later cycle that gets the
-   * same answer as the tenant's latest export was read from reads nothing: its last batch is enriched from
-   * that export too, which stays the latest. Default false.
+   * same answer as the tenant's latest export was read from reads nothing, if that export was read at most
+   * 6 hours ago (`UNCHANGED_AT_MOST_MS`): its last batch is enriched from that export too, which stays the
+   * latest. Default false.
    */
   skipUnchangedExport?: boolean;
   /**

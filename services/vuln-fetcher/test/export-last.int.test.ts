@@ -646,6 +646,28 @@ describe('a bulk cycle that reads its export last', () => {
     });
   });
 
+  it('should read the export again once the latest export was read over 6 hours ago, though Microsoft serves the same snapshot', async () => {
+    const context = setup({ skipUnchanged: true });
+    const { handle, sent, exported, bulkCache } = context;
+    exported.generatedTime = '2026-01-01T06:00:00Z';
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    // Read 7 hours before this cycle's clock (10:00): Microsoft regenerates every 6 hours, so the same
+    // generatedTime no longer vouches for the same data.
+    const c1 = await bulkCache.latest('t1');
+    await redis.client.set(
+      `${redis.prefix}vuln-bulk-latest:t1`,
+      JSON.stringify({ ...c1, collectedAt: '2026-01-01T03:00:00.000Z' }),
+    );
+    exported.rows = new Map([['d4', [cve('CVE-4', 9.1)]]]);
+    const [next0, next1] = await nextCycle(context);
+    await handle(next0);
+    await handle(next1);
+    expect(exported).toMatchObject({ calls: 2, probes: 2 });
+    expect([context.snapshots('unchanged'), context.snapshots('stale')]).toEqual([0, 1]);
+    expect(correctedIds(sent)).toEqual(['d1', 'd4']);
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
+  });
+
   it('should read the export, and store it without a snapshot time, when the question gets no answer', async () => {
     const context = setup({ skipUnchanged: true });
     const { handle, sent, exported, bulkCache } = context;
