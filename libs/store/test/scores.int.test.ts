@@ -793,6 +793,35 @@ describe('createBulkVulnerabilityCache', () => {
     expect(await cache.latest('t')).toBeNull();
   });
 
+  it("pinLatest should give every batch of a cycle the latest export its first batch took, kept while another cycle's replaces it", async () => {
+    const cache = createBulkVulnerabilityCache(redis.client, redis.prefix, 60_000);
+    const summary = { criticalCveCount: 0, totalCveCount: 0, maxCvss: null, cvssThreshold: 9, topCveIds: [] };
+    const day = 24 * 60 * 60 * 1000;
+    const exportKey = (cycleId: string) => `${redis.prefix}vuln-bulk:t:${cycleId}`;
+    await cache.save('t', 'c1', new Map([['d1', summary]]), '2026-01-01T10:00:00.000Z');
+    await cache.keepLatest('t', 'c1', { ...app, cvssThreshold: 9 }, day);
+    const c1 = await cache.latest('t');
+    expect(await cache.pinLatest('t', 'c3', null)).toBeNull();
+    expect(await cache.pinLatest('t', 'c3', c1)).toEqual(c1);
+    // c2's last batch, late, makes its export the latest: c3's batches still take c1.
+    await cache.save('t', 'c2', new Map([['d1', summary]]), '2026-01-01T10:10:00.000Z');
+    await cache.keepLatest('t', 'c2', { ...app, cvssThreshold: 9 }, day, 5_000);
+    const c2 = await cache.latest('t');
+    expect(c2?.cycleId).toBe('c2');
+    expect(await cache.pinLatest('t', 'c3', c2)).toEqual(c1);
+    expect(await cache.pinLatest('t', 'c3', null)).toEqual(c1);
+    // Pinned by c3, c1 is not let go 5 s after c2 replaced it.
+    expect(await redis.client.pttl(exportKey('c1'))).toBeGreaterThan(5_000);
+    // c4 pins c2; c4's own export replacing it may let it go soon, no other cycle needing it.
+    expect(await cache.pinLatest('t', 'c4', c2)).toEqual(c2);
+    await cache.save('t', 'c4', new Map([['d1', summary]]), '2026-01-01T10:30:00.000Z');
+    await cache.keepLatest('t', 'c4', { ...app, cvssThreshold: 9 }, day, 5_000);
+    expect(await redis.client.pttl(exportKey('c2'))).toBeLessThanOrEqual(5_000);
+    // A pinned export that is gone is none.
+    await redis.client.del(exportKey('c1'));
+    expect(await cache.pinLatest('t', 'c3', null)).toBeNull();
+  });
+
   it("save should keep the snapshot's generatedTime with the export, keepLatest carry it to the latest, and renew the latest it names", async () => {
     const cache = createBulkVulnerabilityCache(redis.client, redis.prefix, 60_000);
     const summary = {
