@@ -23,7 +23,12 @@ export type { PublishedDevice, DeviceScoreRef, PublishOptions } from './publishe
 export { RESTORED_SEEN_AT } from './published-rebuild';
 export type { PublishedRebuild, VmsKeyState } from './published-rebuild';
 export { createBulkVulnerabilityCache } from './vulnerability-cache';
-export type { BulkVulnerabilityCache, BulkExportState, LatestExport } from './vulnerability-cache';
+export type {
+  BulkVulnerabilityCache,
+  BulkExportState,
+  LatestExport,
+  LatestExportOf,
+} from './vulnerability-cache';
 export { createPollScheduleStore } from './poll-schedule';
 export type { PollScheduleStore, PollLease, PollSchedule } from './poll-schedule';
 export { createRegistrarStateStore } from './registrar-state';

@@ -702,6 +702,9 @@ describe('createPublishedStore', () => {
 
 describe('createBulkVulnerabilityCache', () => {
   const redis = testRedisPerTest();
+  /** The app an export was read with, its directory GUID in capitals; kept lowercased with the latest. */
+  const app = { azureTenantId: '0A0A0A0A-0000-4000-8000-00000000000A', cloud: 'gcc' };
+  const stored = { azureTenantId: '0a0a0a0a-0000-4000-8000-00000000000a', cloud: 'gcc' };
 
   it('renew should extend a claim its owner still holds, and only that', async () => {
     const cache = createBulkVulnerabilityCache(redis.client, redis.prefix);
@@ -756,36 +759,67 @@ describe('createBulkVulnerabilityCache', () => {
     };
     const day = 24 * 60 * 60 * 1000;
     expect(await cache.latest('t')).toBeNull();
-    await cache.keepLatest('t', 'c0', 9, day);
+    await cache.keepLatest('t', 'c0', { ...app, cvssThreshold: 9 }, day);
     expect(await cache.latest('t')).toBeNull();
     await cache.save('t', 'c1', new Map([['d1', summary]]), '2026-01-01T10:00:00.000Z');
-    await cache.keepLatest('t', 'c1', 9, day);
+    await cache.keepLatest('t', 'c1', { ...app, cvssThreshold: 9 }, day);
     expect(await cache.latest('t')).toEqual({
       cycleId: 'c1',
       collectedAt: '2026-01-01T10:00:00.000Z',
       cvssThreshold: 9,
+      ...stored,
     });
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c1`)).toBeGreaterThan(60_000);
     await cache.save('t', 'c2', new Map([['d2', summary]]), '2026-01-01T10:10:00.000Z');
-    await cache.keepLatest('t', 'c2', 7.5, day);
+    await cache.keepLatest('t', 'c2', { ...app, cvssThreshold: 7.5 }, day);
     expect(await cache.latest('t')).toEqual({
       cycleId: 'c2',
       collectedAt: '2026-01-01T10:10:00.000Z',
       cvssThreshold: 7.5,
+      ...stored,
     });
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c1`)).toBeLessThanOrEqual(60_000);
     // The one replaced may go sooner than the cache's expiry (the vuln-fetcher: after a poll interval).
     await cache.save('t', 'c3', new Map([['d3', summary]]), '2026-01-01T10:20:00.000Z');
-    await cache.keepLatest('t', 'c3', 7.5, day, 5_000);
+    await cache.keepLatest('t', 'c3', { ...app, cvssThreshold: 7.5 }, day, 5_000);
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c2`)).toBeLessThanOrEqual(5_000);
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c3`)).toBeGreaterThan(60_000);
     // An older cycle's export (its last batch handled again) does not replace one read after it.
-    await cache.keepLatest('t', 'c1', 9, day, 5_000);
+    await cache.keepLatest('t', 'c1', { ...app, cvssThreshold: 9 }, day, 5_000);
     expect(await cache.latest('t')).toMatchObject({ cycleId: 'c3', collectedAt: '2026-01-01T10:20:00.000Z' });
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c3`)).toBeGreaterThan(60_000);
     // An export that is gone (flushed, evicted) is no latest, even if its pointer is still there.
     await redis.client.del(`${redis.prefix}vuln-bulk:t:c3`);
     expect(await cache.latest('t')).toBeNull();
+  });
+
+  it("pinLatest should give every batch of a cycle the latest export its first batch took, kept while another cycle's replaces it", async () => {
+    const cache = createBulkVulnerabilityCache(redis.client, redis.prefix, 60_000);
+    const summary = { criticalCveCount: 0, totalCveCount: 0, maxCvss: null, cvssThreshold: 9, topCveIds: [] };
+    const day = 24 * 60 * 60 * 1000;
+    const exportKey = (cycleId: string) => `${redis.prefix}vuln-bulk:t:${cycleId}`;
+    await cache.save('t', 'c1', new Map([['d1', summary]]), '2026-01-01T10:00:00.000Z');
+    await cache.keepLatest('t', 'c1', { ...app, cvssThreshold: 9 }, day);
+    const c1 = await cache.latest('t');
+    expect(await cache.pinLatest('t', 'c3', null)).toBeNull();
+    expect(await cache.pinLatest('t', 'c3', c1)).toEqual(c1);
+    // c2's last batch, late, makes its export the latest: c3's batches still take c1.
+    await cache.save('t', 'c2', new Map([['d1', summary]]), '2026-01-01T10:10:00.000Z');
+    await cache.keepLatest('t', 'c2', { ...app, cvssThreshold: 9 }, day, 5_000);
+    const c2 = await cache.latest('t');
+    expect(c2?.cycleId).toBe('c2');
+    expect(await cache.pinLatest('t', 'c3', c2)).toEqual(c1);
+    expect(await cache.pinLatest('t', 'c3', null)).toEqual(c1);
+    // Pinned by c3, c1 is not let go 5 s after c2 replaced it.
+    expect(await redis.client.pttl(exportKey('c1'))).toBeGreaterThan(5_000);
+    // c4 pins c2; c4's own export replacing it may let it go soon, no other cycle needing it.
+    expect(await cache.pinLatest('t', 'c4', c2)).toEqual(c2);
+    await cache.save('t', 'c4', new Map([['d1', summary]]), '2026-01-01T10:30:00.000Z');
+    await cache.keepLatest('t', 'c4', { ...app, cvssThreshold: 9 }, day, 5_000);
+    expect(await redis.client.pttl(exportKey('c2'))).toBeLessThanOrEqual(5_000);
+    // A pinned export that is gone is none.
+    await redis.client.del(exportKey('c1'));
+    expect(await cache.pinLatest('t', 'c3', null)).toBeNull();
   });
 
   it("save should keep the snapshot's generatedTime with the export, keepLatest carry it to the latest, and renew the latest it names", async () => {
@@ -811,12 +845,13 @@ describe('createBulkVulnerabilityCache', () => {
       collectedAt: '2026-01-01T10:00:00.000Z',
       generatedTime: '2026-01-01T06:00:00Z',
     });
-    await cache.keepLatest('t', 'c1', 9, day);
+    await cache.keepLatest('t', 'c1', { ...app, cvssThreshold: 9 }, day);
     expect(await cache.latest('t')).toEqual({
       cycleId: 'c1',
       collectedAt: '2026-01-01T10:00:00.000Z',
       cvssThreshold: 9,
       generatedTime: '2026-01-01T06:00:00Z',
+      ...stored,
     });
     // The marker is no device: a scan leaves it out, and a compare naming every device scans for none gone.
     const scanned: [string, string][] = [];
@@ -835,17 +870,18 @@ describe('createBulkVulnerabilityCache', () => {
     // The latest kept again under its own cycle (a cycle that found the snapshot unchanged) lives on.
     await redis.client.pexpire(`${redis.prefix}vuln-bulk-latest:t`, 1_000);
     await redis.client.pexpire(`${redis.prefix}vuln-bulk:t:c1`, 1_000);
-    await cache.keepLatest('t', 'c1', 9, day, 5_000);
+    await cache.keepLatest('t', 'c1', { ...app, cvssThreshold: 9 }, day, 5_000);
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk-latest:t`)).toBeGreaterThan(60_000);
     expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c1`)).toBeGreaterThan(60_000);
     expect((await cache.latest('t'))?.generatedTime).toBe('2026-01-01T06:00:00Z');
     // An export saved without one (its snapshot was not known) has none.
     await cache.save('t', 'c2', new Map([['d1', summary]]), '2026-01-01T10:10:00.000Z');
-    await cache.keepLatest('t', 'c2', 9, day);
+    await cache.keepLatest('t', 'c2', { ...app, cvssThreshold: 9 }, day);
     expect(await cache.latest('t')).toEqual({
       cycleId: 'c2',
       collectedAt: '2026-01-01T10:10:00.000Z',
       cvssThreshold: 9,
+      ...stored,
     });
   });
 

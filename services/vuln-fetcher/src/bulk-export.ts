@@ -112,6 +112,12 @@ export function countBulkFetches(fetches: Counter, devices: EnrichedDevice[]): v
   for (const [outcome, count] of counts) fetches.inc({ mode: 'bulk', outcome }, count);
 }
 
+/**
+ * How long after the latest export was read a cycle may still skip reading its own as unchanged: Microsoft
+ * regenerates the export every 6 hours.
+ */
+export const UNCHANGED_AT_MOST_MS = 6 * 60 * 60 * 1000;
+
 /** A batch of a bulk cycle that reads its export last (the tenant's first such cycle reads it first). */
 export const readsExportLast = (exportLast: boolean | undefined, batch: DeviceBatch): boolean =>
   exportLast === true && batch.vulnerabilityMode === 'bulk';
@@ -120,7 +126,7 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
   const { now, fetches, owner } = deps;
   const snapshots = deps.metrics.counter(
     'urs_bulk_export_snapshots_total',
-    "Bulk cycles that asked which export snapshot Microsoft serves before reading it, by outcome (unchanged: the latest export's, not read again; changed; unknown: no answer in time, read anyway).",
+    "Bulk cycles that asked which export snapshot Microsoft serves before reading it, by outcome (unchanged: the latest export's, not read again; stale: the latest export's, but that one was read over 6 hours ago, read again; changed; unknown: no answer in time, read anyway).",
   );
 
   /** The export folded row by row on this thread: only each device's CVEs and their best CVSS stay in memory. */
@@ -201,8 +207,13 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
     const probe = anyAborted([signal, AbortSignal.timeout(deps.snapshotProbeMs ?? 30_000)]);
     try {
       const generatedTime = await source.exportGeneratedTime(probe.signal);
-      const unchanged = skips && generatedTime === latest?.generatedTime;
-      snapshots.inc({ outcome: unchanged ? 'unchanged' : 'changed' });
+      const same = skips && generatedTime === latest?.generatedTime;
+      // The time is the files export's (`SoftwareVulnerabilitiesExport`); the export read is the JSON
+      // `SoftwareVulnerabilitiesByMachine`, which the same time is taken to identify too. Bounded: once the
+      // latest export was read a regeneration (every 6 hours) ago, it is read again whatever the time says.
+      const stale = same && now().getTime() - Date.parse(latest?.collectedAt ?? '') > UNCHANGED_AT_MOST_MS;
+      const unchanged = same && !stale;
+      snapshots.inc({ outcome: unchanged ? 'unchanged' : stale ? 'stale' : 'changed' });
       return { generatedTime, unchanged };
     } catch (error) {
       throwIfStopping(signal);

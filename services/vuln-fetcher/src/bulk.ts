@@ -1,13 +1,16 @@
 import { randomUUID } from 'node:crypto';
-import type { DeviceBatch, EnrichedDevice } from '@urs/contracts';
+import type { DeviceBatch, EnrichedDevice, TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { errorMessage, keepRenewing } from '@urs/resilience';
+import { canRetry, errorMessage, isInfrastructureFault, keepRenewing } from '@urs/resilience';
 import type { CycleStore, LatestExport } from '@urs/store';
 import { countBulkFetches, createExportReader, readsExportLast, type ExportReaderDeps } from './bulk-export';
 import { storedCorrections } from './corrections';
 import { missing, type FetchError, type TenantEnrichment } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
 import { isTenantWideCode, type VulnerabilitySource } from './sources';
+
+/** The app a tenant's batch is handled with: its Entra directory and cloud name the Defender read. */
+export type ExportApp = Pick<TenantRecord['defender'], 'azureTenantId' | 'cloud'>;
 
 export interface BulkDeps extends Omit<ExportReaderDeps, 'owner'> {
   /** How long a batch waits for another replica's bulk export of its cycle, in milliseconds. */
@@ -16,8 +19,11 @@ export interface BulkDeps extends Omit<ExportReaderDeps, 'owner'> {
   bulkClaimMs: number;
   /** Pause between two looks at another replica's bulk export, in milliseconds. Default 200. */
   bulkPollMs?: number;
-  /** Where a cycle whose export is read here is held open past its deadline (`CycleStore.holdOpen`). */
-  cycles: Pick<CycleStore, 'holdOpen'>;
+  /**
+   * Where a cycle whose export is read here is held open past its deadline (`CycleStore.holdOpen`), and
+   * where a cycle's last batch is found enriched or recorded lost (the next cycle waits for it).
+   */
+  cycles: Pick<CycleStore, 'holdOpen' | 'enrichedOrLostBatches'>;
   /**
    * Longest a bulk cycle is held open while its export is read, from the cycle's start, in milliseconds;
    * batches waiting for the read wait up to then too. Default BULK_CYCLE_MAX_MS.
@@ -31,8 +37,17 @@ export const BULK_CYCLE_MAX_MS = 7_200_000;
 /** A tenant's bulk cycle in this process: its batches in flight, and when they may start. */
 export interface BulkCycle {
   cycleId: string;
+  /** When the cycle started (epoch ms): a batch of an older cycle, come again, waits for no newer one. */
+  startedAt: number;
+  /** The tenant's bulk cycle handled here before this one, whose last batch this one waits for. */
+  previous?: BulkCycle;
   ready: Promise<unknown>;
   running: Set<Promise<void>>;
+  /**
+   * The cycle's last batch from when a try of it here failed, retryably, until a try of it succeeds: the
+   * bus tries it again in place, and only its success makes the cycle's export the tenant's latest.
+   */
+  lastFailed?: DeviceBatch;
 }
 
 /** Bulk enrichment: one export per tenant and cycle, read by one replica, its batches enriched from it. */
@@ -43,6 +58,7 @@ export interface BulkEnrichment {
    */
   enrich(
     batch: DeviceBatch,
+    app: ExportApp,
     source: VulnerabilitySource,
     heartbeat: () => Promise<void>,
     log: Logger,
@@ -55,7 +71,14 @@ export interface BulkEnrichment {
    * open meanwhile: the poller starts the next cycle at the interval even while the previous one's export
    * is still read, and the next one's deadline would pass behind it.
    */
-  afterPrevious(batch: DeviceBatch, cycle: BulkCycle, log: Logger): Promise<void>;
+  afterPrevious(
+    batch: DeviceBatch,
+    cycle: BulkCycle,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<void>;
+  /** A try of the batch ended: `error` when it failed. */
+  tried(batch: DeviceBatch, cycle: BulkCycle, error?: unknown): void;
   /** The batch ended, sent or not: an export claim it held is no longer held by a batch here. */
   ended(batch: DeviceBatch): void;
 }
@@ -63,11 +86,18 @@ export interface BulkEnrichment {
 /**
  * The tenant's latest export if the batch may be enriched from it: another cycle's, counted at the
  * batch's CVSS threshold (after a change of threshold the cycle reads its own export first, instead of
- * correcting every device with a CVE).
+ * correcting every device with a CVE), and read with an app of the Entra directory and cloud the batch is
+ * handled with. After the tenant's app moved to another directory or cloud (the registrar allows it, and a
+ * tenant deleted and registered again under its id may name another app) the latest export is another
+ * Defender's: none of the tenant's devices is in it, and each would go on with no vulnerabilities. A
+ * latest kept without them (by an earlier version) is not used either: the cycle reads its own export
+ * first, once.
  */
-function usable(batch: DeviceBatch, latest: LatestExport | null): LatestExport | null {
+function usable(batch: DeviceBatch, app: ExportApp, latest: LatestExport | null): LatestExport | null {
   if (latest === null || latest.cycleId === batch.cycleId) return null;
-  return latest.cvssThreshold === batch.cvssThreshold ? latest : null;
+  if (latest.cvssThreshold !== batch.cvssThreshold) return null;
+  const sameApp = latest.azureTenantId === app.azureTenantId.toLowerCase() && latest.cloud === app.cloud;
+  return sameApp ? latest : null;
 }
 
 export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
@@ -116,8 +146,23 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
       Math.min(Date.now() + deps.bulkClaimMs, cycleCapOf(batch)),
     );
 
+  /**
+   * The latest export the batch's cycle is enriched from: the tenant's latest, if usable, pinned for the
+   * cycle by the first of its batches to ask (`pinLatest`), and the one pinned for every later batch of it,
+   * its last batch included, which compares the cycle's own export with that one. The tenant's latest may
+   * move while the cycle runs: the previous cycle's last batch failed and, tried again (here or on another
+   * replica) after one of this cycle's batches was enriched from the latest before it, made its own export
+   * the latest. Compared with that newer one, a device whose summary changed between the two would get no
+   * correction and keep the older export's vulnerabilities.
+   */
+  async function latestOf(batch: DeviceBatch, app: ExportApp): Promise<LatestExport | null> {
+    const latest = usable(batch, app, await deps.bulkCache.latest(batch.tenantId));
+    return usable(batch, app, await deps.bulkCache.pinLatest(batch.tenantId, batch.cycleId, latest));
+  }
+
   async function bulk(
     batch: DeviceBatch,
+    app: ExportApp,
     source: VulnerabilitySource,
     heartbeat: () => Promise<void>,
     log: Logger,
@@ -128,7 +173,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
     // The cycle's last batch reads the export itself when the earlier ones were enriched from the latest.
     const readLast =
       readsExportLast(deps.exportLast, batch) && batch.lastBatch && batch.batchIndex > 0
-        ? usable(batch, await deps.bulkCache.latest(batch.tenantId))
+        ? await latestOf(batch, app)
         : null;
     for (;;) {
       const state = await deps.bulkCache.state(batch.tenantId, batch.cycleId);
@@ -145,7 +190,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
         readsExportLast(deps.exportLast, batch) &&
         !batch.lastBatch
       ) {
-        const latest = usable(batch, await deps.bulkCache.latest(batch.tenantId));
+        const latest = await latestOf(batch, app);
         if (latest !== null)
           return fromExport(batch, latest.cycleId, latest.collectedAt, latest.generatedTime);
       }
@@ -219,19 +264,73 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
 
   function bulkCycleOf(batch: DeviceBatch): BulkCycle | undefined {
     if (!readsExportLast(deps.exportLast, batch)) return undefined;
-    let cycle = bulkCycles.get(batch.tenantId);
-    if (cycle?.cycleId !== batch.cycleId) {
-      const previous = [...(cycle?.running ?? [])].map((work) => work.catch(() => undefined));
-      cycle = { cycleId: batch.cycleId, ready: Promise.all(previous), running: new Set<Promise<void>>() };
-      bulkCycles.set(batch.tenantId, cycle);
-    }
+    const current = bulkCycles.get(batch.tenantId);
+    if (current?.cycleId === batch.cycleId) return current;
+    const startedAt = Date.parse(batch.cycleStartedAt);
+    // A batch of the cycle before (its last one, tried again) or of an older one, come again: it waits for
+    // no newer cycle, whose batches may be waiting for it.
+    if (current?.previous?.cycleId === batch.cycleId) return current.previous;
+    if (current && startedAt < current.startedAt)
+      return { cycleId: batch.cycleId, startedAt, ready: Promise.resolve(), running: new Set() };
+    const settled = [...(current?.running ?? [])].map((work) => work.catch(() => undefined));
+    // One cycle back is kept: the one before it has nothing left to wait for.
+    if (current) current.previous = undefined;
+    const cycle: BulkCycle = {
+      cycleId: batch.cycleId,
+      startedAt,
+      ...(current ? { previous: current } : {}),
+      ready: Promise.all(settled),
+      running: new Set<Promise<void>>(),
+    };
+    bulkCycles.set(batch.tenantId, cycle);
     return cycle;
+  }
+
+  /** The batch enriched and produced (on any replica), or recorded lost: dead-lettered, never to come again. */
+  async function enrichedOrLost(batch: DeviceBatch): Promise<boolean> {
+    const [upTo, before] = await Promise.all([
+      deps.cycles.enrichedOrLostBatches(batch.tenantId, batch.cycleId, batch.batchIndex + 1),
+      deps.cycles.enrichedOrLostBatches(batch.tenantId, batch.cycleId, batch.batchIndex),
+    ]);
+    return upTo > before;
+  }
+
+  /**
+   * Waits for the previous cycle's last batch, if a try of it here failed: once the previous cycle's batches
+   * are no longer running, its last batch may still be waiting to be tried again, and until it succeeds the
+   * tenant's latest export is the one before (a batch enriched from it now is corrected from it, see
+   * `latestOf`, but scored with older vulnerabilities). Until that batch succeeds here, is found enriched
+   * (another replica took it over) or recorded lost (dead-lettered: the tenant's cycles go on without it),
+   * for at most URS_BULK_WAIT_MS.
+   */
+  async function previousLastSettled(
+    batch: DeviceBatch,
+    cycle: BulkCycle,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    const deadline = Date.now() + deps.bulkWaitMs;
+    for (;;) {
+      const last = cycle.previous?.lastFailed;
+      if (last === undefined || (await enrichedOrLost(last))) return;
+      if (Date.now() >= deadline) {
+        log.warn("the previous bulk cycle's last batch failed and has not succeeded since: going on", {
+          tenantId: batch.tenantId,
+          cycleId: batch.cycleId,
+          previousCycleId: last.cycleId,
+          waitedMs: deps.bulkWaitMs,
+        });
+        return;
+      }
+      await sleepUntil(deps.bulkPollMs ?? 200, signal);
+      throwIfStopping(signal);
+    }
   }
 
   return {
     enrich: bulk,
     cycleOf: bulkCycleOf,
-    async afterPrevious(batch, cycle, log) {
+    async afterPrevious(batch, cycle, log, signal) {
       // Held open only once it has waited a while: most cycles' previous one is done long before.
       const stopHolding = keepRenewing(() => holdCycleOpen(batch), renewEveryMs, {
         onError: (error) =>
@@ -243,9 +342,17 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
       });
       try {
         await cycle.ready;
+        await previousLastSettled(batch, cycle, log, signal);
       } finally {
         stopHolding();
       }
+    },
+    tried(batch, cycle, error) {
+      if (!batch.lastBatch) return;
+      // A failure the bus does not try again (dead-lettered at once) leaves nothing to wait for.
+      const again = error !== undefined && (isInfrastructureFault(error) || canRetry(error));
+      if (again) cycle.lastFailed = batch;
+      else delete cycle.lastFailed;
     },
     ended(batch) {
       const cycleKey = `${batch.tenantId}/${batch.cycleId}`;

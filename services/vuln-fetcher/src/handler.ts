@@ -74,8 +74,9 @@ export interface EnrichHandlerDeps {
   /**
    * With `exportLast`, a bulk cycle asks which export snapshot Microsoft serves before it reads its export
    * (the source's `exportGeneratedTime`) and stores the answer with the export; a later cycle that gets the
-   * same answer as the tenant's latest export was read from reads nothing: its last batch is enriched from
-   * that export too, which stays the latest. Default false.
+   * same answer as the tenant's latest export was read from reads nothing, if that export was read at most
+   * 6 hours ago (`UNCHANGED_AT_MOST_MS`): its last batch is enriched from that export too, which stays the
+   * latest. Default false.
    */
   skipUnchangedExport?: boolean;
   /**
@@ -235,8 +236,16 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const beating = setInterval(() => void heartbeat(), HEARTBEAT_EVERY_MS);
     const cycle = bulk.cycleOf(batch);
     const done = (async () => {
-      if (cycle) await bulk.afterPrevious(batch, cycle, deps.logger);
-      await handle(batch, heartbeat, interrupted);
+      if (!cycle) return handle(batch, heartbeat, interrupted);
+      await bulk.afterPrevious(batch, cycle, deps.logger, interrupted.signal);
+      try {
+        await handle(batch, heartbeat, interrupted);
+        bulk.tried(batch, cycle);
+      } catch (error) {
+        // Noted before the try ends: the next cycle, waiting for it to end, then waits for its next try.
+        if (!interrupted.signal.aborted) bulk.tried(batch, cycle, error);
+        throw error;
+      }
     })();
     cycle?.running.add(done);
     try {
@@ -316,7 +325,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         const source = deps.sources.forTenant(record);
         result =
           batch.vulnerabilityMode === 'bulk'
-            ? await bulk.enrich(batch, source, heartbeat, log, signal)
+            ? await bulk.enrich(batch, record.defender, source, heartbeat, log, signal)
             : await perDevice.enrich(batch, source, log, signal);
       } catch (caught) {
         let error = caught;
@@ -399,7 +408,11 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       await deps.bulkCache.keepLatest(
         batch.tenantId,
         enrichment.unchangedFrom ?? batch.cycleId,
-        batch.cvssThreshold,
+        {
+          cvssThreshold: batch.cvssThreshold,
+          azureTenantId: record.defender.azureTenantId,
+          cloud: record.defender.cloud,
+        },
         latestKeepMs(record),
         record.defender.pollIntervalMinutes * 60_000,
       );

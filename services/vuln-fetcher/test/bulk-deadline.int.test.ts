@@ -16,7 +16,11 @@ import { capturingPublisher } from './handler-support';
 const record = {
   tenantId: 't1',
   revision: 1,
-  defender: { pollIntervalMinutes: 10 },
+  defender: {
+    pollIntervalMinutes: 10,
+    azureTenantId: '0a0a0a0a-0000-4000-8000-00000000000a',
+    cloud: 'commercial',
+  },
 } as unknown as TenantRecord;
 
 const DEADLINE_MS = 4_000;

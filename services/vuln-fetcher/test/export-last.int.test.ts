@@ -11,11 +11,16 @@ import { capturingPublisher } from './handler-support';
 // A bulk cycle that reads its export last, against a real Redis: the cache of exports and the cycle store
 // are the ones the services share; Defender is a fake export of rows.
 
-const record = {
-  tenantId: 't1',
-  revision: 1,
-  defender: { pollIntervalMinutes: 10 },
-} as unknown as TenantRecord;
+const DIRECTORY_A = '0a0a0a0a-0000-4000-8000-00000000000a';
+const DIRECTORY_B = '0b0b0b0b-0000-4000-8000-00000000000b';
+
+/** The tenant's record as the registrar keeps it: its app in Entra directory A, in the commercial cloud. */
+const recordOf = (defender: { azureTenantId?: string; cloud?: string } = {}): TenantRecord =>
+  ({
+    tenantId: 't1',
+    revision: 1,
+    defender: { pollIntervalMinutes: 10, azureTenantId: DIRECTORY_A, cloud: 'commercial', ...defender },
+  }) as unknown as TenantRecord;
 
 const cve = (id: string, cvssV3: number): VulnerabilityLike => ({ id, cvssV3 });
 
@@ -45,7 +50,7 @@ function cycleBatches(cycleId: string, startedAt: string, cvssThreshold = 9): [D
 describe('a bulk cycle that reads its export last', () => {
   const redis = testRedisPerTest();
 
-  function setup(options: { correctionWaitMs?: number; skipUnchanged?: boolean } = {}) {
+  function setup(options: { correctionWaitMs?: number; skipUnchanged?: boolean; bulkWaitMs?: number } = {}) {
     /** Sends that fail before they reach the topic, from the next one on. */
     const failing = { sends: 0 };
     const { sent, publisher } = capturingPublisher(() => {
@@ -96,34 +101,41 @@ describe('a bulk cycle that reads its export last', () => {
     const fetches = (outcome: string): number =>
       metrics.counter('urs_vulnerability_fetches_total', '').get({ mode: 'bulk', outcome });
     let clock = Date.parse('2026-01-01T10:00:05.000Z');
-    const handler = createEnrichHandler({
-      tenants: {
-        get: async () => record,
-        updatePollingStatus: async (_tenantId, status) => {
-          notes.push(status.note ?? '');
-          return true;
+    /** The tenant's record the batches are handled with; a test may switch its app. */
+    const tenant = { record: recordOf() };
+    /** A vuln-fetcher over the same Redis, Defender and topic: another replica for each call. */
+    const replica = () =>
+      createEnrichHandler({
+        tenants: {
+          get: async () => tenant.record,
+          updatePollingStatus: async (_tenantId, status) => {
+            notes.push(status.note ?? '');
+            return true;
+          },
         },
-      },
-      sources,
-      bulkCache,
-      answers: createAnsweredCalls(redis.client, redis.prefix),
-      cycles,
-      exportLast: true,
-      skipUnchangedExport: options.skipUnchanged ?? false,
-      correctionWaitMs: options.correctionWaitMs,
-      publisher,
-      topic: 'urs.devices-enriched',
-      logger: silentLogger,
-      metrics,
-      concurrency: 2,
-      bulkWaitMs: 1_000,
-      bulkClaimMs: 1_000,
-      bulkPollMs: 5,
-      now: () => new Date((clock += 1000)),
-    });
-    const handle = (batch: DeviceBatch) =>
+        sources,
+        bulkCache,
+        answers: createAnsweredCalls(redis.client, redis.prefix),
+        cycles,
+        exportLast: true,
+        skipUnchangedExport: options.skipUnchanged ?? false,
+        correctionWaitMs: options.correctionWaitMs,
+        publisher,
+        topic: 'urs.devices-enriched',
+        logger: silentLogger,
+        metrics,
+        concurrency: 2,
+        bulkWaitMs: options.bulkWaitMs ?? 1_000,
+        bulkClaimMs: 1_000,
+        bulkPollMs: 5,
+        now: () => new Date((clock += 1000)),
+      });
+    const handlerOn = (handler: ReturnType<typeof replica>) => (batch: DeviceBatch) =>
       handler(inboundMessage(batch, { topic: 'urs.device-batches', key: batch.tenantId }));
-    return { handle, sent, exported, bulkCache, cycles, failing, notes, snapshots, fetches };
+    const handle = handlerOn(replica());
+    /** Hands batches to another replica. */
+    const another = () => handlerOn(replica());
+    return { handle, another, sent, exported, bulkCache, cycles, failing, notes, snapshots, fetches, tenant };
   }
 
   /** Runs the tenant's first bulk cycle (c1) with these export rows, and forgets what it sent. */
@@ -276,6 +288,84 @@ describe('a bulk cycle that reads its export last', () => {
     expect(await bulkCache.latest('t1')).toMatchObject({ cycleId: 'c2', cvssThreshold: 8 });
   });
 
+  it("should not enrich from the latest export once the tenant's app is in another Entra directory, nor correct from it", async () => {
+    const context = setup();
+    const { handle, sent, exported, bulkCache, tenant } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    // The tenant admin moves the app to directory B, whose app may not read vulnerabilities.
+    tenant.record = recordOf({ azureTenantId: DIRECTORY_B });
+    exported.fails = true;
+    const [next0, next1] = await nextCycle(context);
+    await handle(next0);
+    // Directory A's export holds none of B's devices: "no vulnerabilities" would be made up.
+    expect(exported.calls).toBe(2);
+    expect(sent[0]?.devices.map((device) => [device.vulnerabilities, device.fetchError?.message])).toEqual([
+      [null, 'the export failed'],
+      [null, 'the export failed'],
+      [null, 'the export failed'],
+    ]);
+    await handle(next1);
+    expect(sent.map((batch) => [batch.batchIndex, batch.corrections])).toEqual([
+      [0, undefined],
+      [1, undefined],
+    ]);
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c1');
+
+    // B's app can read them now: its export, read first, becomes the latest with B's directory.
+    exported.fails = false;
+    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
+    sent.length = 0;
+    const [third0, third1] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
+    await handle(third0);
+    expect(exported.calls).toBe(3);
+    expect(critical(sent[0])).toEqual({ d1: 0, d2: 1, d3: 0 });
+    await handle(third1);
+    expect(sent.some((batch) => batch.corrections !== undefined)).toBe(false);
+    expect(await bulkCache.latest('t1')).toMatchObject({
+      cycleId: 'c3',
+      azureTenantId: DIRECTORY_B,
+      cloud: 'commercial',
+    });
+  });
+
+  it('should not enrich from the latest export once the tenant moved to another cloud, but from one of its directory in any case', async () => {
+    const context = setup();
+    const { handle, sent, exported, tenant } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    // The same directory, its GUID written in capitals: the same app's export.
+    tenant.record = recordOf({ azureTenantId: DIRECTORY_A.toUpperCase() });
+    const [next0, next1] = await nextCycle(context);
+    await handle(next0);
+    expect(exported.calls).toBe(1);
+    expect(critical(sent[0])).toEqual({ d1: 1, d2: 0, d3: 0 });
+    await handle(next1);
+    // Another cloud: another Defender, whose devices the latest export does not hold.
+    tenant.record = recordOf({ cloud: 'gcc' });
+    exported.fails = true;
+    sent.length = 0;
+    const [third0] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
+    await handle(third0);
+    expect(exported.calls).toBe(3);
+    expect(sent[0]?.devices.every((device) => device.vulnerabilities === null)).toBe(true);
+  });
+
+  it('should not enrich from a latest export kept without the directory and cloud it was read in', async () => {
+    const context = setup();
+    const { handle, sent, exported, bulkCache } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    // As an earlier version kept it: which app's devices it holds is not known.
+    const c1 = await bulkCache.latest('t1');
+    await redis.client.set(
+      `${redis.prefix}vuln-bulk-latest:t1`,
+      JSON.stringify({ cycleId: 'c1', collectedAt: c1?.collectedAt, cvssThreshold: 9 }),
+    );
+    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
+    const [next0] = await nextCycle(context);
+    await handle(next0);
+    expect(exported.calls).toBe(2);
+    expect(critical(sent[0])).toEqual({ d1: 0, d2: 1, d3: 0 });
+  });
+
   /** Runs a first cycle (c1) and the next one's first batch; resolves the next one's last batch. */
   /**
    * Undoes what a batch handled in full wrote last, its record as enriched: as if the process had stopped
@@ -337,6 +427,8 @@ describe('a bulk cycle that reads its export last', () => {
         cycleId: 'c1',
         collectedAt: c1.state === 'ready' ? c1.collectedAt : '',
         cvssThreshold: 9,
+        azureTenantId: DIRECTORY_A,
+        cloud: 'commercial',
       }),
     );
     expect((await bulkCache.latest('t1'))?.cycleId).toBe('c1');
@@ -393,6 +485,83 @@ describe('a bulk cycle that reads its export last', () => {
     expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
     const c3 = sent.find((batch) => batch.cycleId === 'c3');
     expect(critical(c3)).toEqual({ d1: 0, d2: 1, d3: 0 });
+  });
+
+  /** Each device of the cycle as the scorer ends with it: its batch's vulnerabilities, then its corrections. */
+  function finalCritical(sent: EnrichedBatch[], cycleId: string): Record<string, number | undefined> {
+    const final: Record<string, number | undefined> = {};
+    for (const batch of sent.filter((each) => each.cycleId === cycleId)) {
+      for (const device of batch.devices) final[device.machine.id] = device.vulnerabilities?.criticalCveCount;
+      for (const item of batch.corrections ?? [])
+        final[item.deviceId] = item.vulnerabilities?.criticalCveCount;
+    }
+    return final;
+  }
+
+  it("should correct against the latest export the cycle's batches were enriched from, when the cycle before made its own the latest since", async () => {
+    const context = setup();
+    const { handle, another, sent, exported, bulkCache, failing } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    // c2: d2 gets a critical CVE. Its last batch fails to send, and is tried again later.
+    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
+    const [c2First, c2Last] = await nextCycle(context);
+    await handle(c2First);
+    failing.sends = 1;
+    await expect(handle(c2Last)).rejects.toThrow('the broker is unreachable');
+    // Meanwhile another replica (the tenant's partition moved) enriches c3's first batch from c1.
+    const [c3First, c3Last] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
+    const elsewhere = another();
+    await elsewhere(c3First);
+    expect(critical(sent.find((batch) => batch.cycleId === 'c3'))).toEqual({ d1: 1, d2: 0, d3: 0 });
+    // c2's last batch, tried again, makes c2 the latest; c3's export is c2's again.
+    await handle(c2Last);
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
+    // c1, replaced, is not let go after one poll interval: c3's corrections compare with it.
+    expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t1:c1`)).toBeGreaterThan(10 * 60_000);
+    await elsewhere(c3Last);
+    // Compared with c2, d1 and d2 would have kept c1's vulnerabilities.
+    expect(finalCritical(sent, 'c3')).toEqual({ d1: 0, d2: 1, d3: 0, d4: 0, d5: 0 });
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c3');
+  });
+
+  it("should enrich the next cycle's batches from the cycle before's export once its failed last batch, tried again, succeeds", async () => {
+    const context = setup();
+    const { handle, sent, exported, failing } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
+    const [c2First, c2Last] = await nextCycle(context);
+    await handle(c2First);
+    failing.sends = 1;
+    await expect(handle(c2Last)).rejects.toThrow('the broker is unreachable');
+    // The bus tries the last batch again in place; c3's first batch comes meanwhile, on the same replica.
+    const [c3First] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
+    const c3 = handle(c3First);
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(sent.filter((batch) => batch.cycleId === 'c3')).toEqual([]);
+    } finally {
+      await handle(c2Last);
+      await c3;
+    }
+    expect(critical(sent.find((batch) => batch.cycleId === 'c3'))).toEqual({ d1: 0, d2: 1, d3: 0 });
+  });
+
+  it("should enrich the next cycle's batches from the latest export there is once the cycle before's last batch is recorded lost", async () => {
+    // Longer than the test may run: only the lost record ends the wait.
+    const context = setup({ bulkWaitMs: 10 * 60_000 });
+    const { handle, sent, exported, cycles, failing } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
+    const [c2First, c2Last] = await nextCycle(context);
+    await handle(c2First);
+    failing.sends = 1;
+    await expect(handle(c2Last)).rejects.toThrow('the broker is unreachable');
+    const [c3First] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
+    const c3 = handle(c3First);
+    // Its tries used up, the bus dead-letters it: the tenant's next cycles go on.
+    await cycles.lost('t1', c2Last.cycleId, c2Last.batchIndex, c2Last.devices.length, Date.now());
+    await c3;
+    expect(critical(sent.find((batch) => batch.cycleId === 'c3'))).toEqual({ d1: 1, d2: 0, d3: 0 });
   });
 
   it('should send the corrections after the wait for the earlier batches ends, when one of them never comes', async () => {
@@ -477,6 +646,28 @@ describe('a bulk cycle that reads its export last', () => {
     });
   });
 
+  it('should read the export again once the latest export was read over 6 hours ago, though Microsoft serves the same snapshot', async () => {
+    const context = setup({ skipUnchanged: true });
+    const { handle, sent, exported, bulkCache } = context;
+    exported.generatedTime = '2026-01-01T06:00:00Z';
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    // Read 7 hours before this cycle's clock (10:00): Microsoft regenerates every 6 hours, so the same
+    // generatedTime no longer vouches for the same data.
+    const c1 = await bulkCache.latest('t1');
+    await redis.client.set(
+      `${redis.prefix}vuln-bulk-latest:t1`,
+      JSON.stringify({ ...c1, collectedAt: '2026-01-01T03:00:00.000Z' }),
+    );
+    exported.rows = new Map([['d4', [cve('CVE-4', 9.1)]]]);
+    const [next0, next1] = await nextCycle(context);
+    await handle(next0);
+    await handle(next1);
+    expect(exported).toMatchObject({ calls: 2, probes: 2 });
+    expect([context.snapshots('unchanged'), context.snapshots('stale')]).toEqual([0, 1]);
+    expect(correctedIds(sent)).toEqual(['d1', 'd4']);
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
+  });
+
   it('should read the export, and store it without a snapshot time, when the question gets no answer', async () => {
     const context = setup({ skipUnchanged: true });
     const { handle, sent, exported, bulkCache } = context;
@@ -546,6 +737,8 @@ describe('a bulk cycle that reads its export last', () => {
         cycleId: 'c1',
         collectedAt: c1.state === 'ready' ? c1.collectedAt : '',
         cvssThreshold: 9,
+        azureTenantId: DIRECTORY_A,
+        cloud: 'commercial',
       }),
     );
     const first = sent.slice(1);

@@ -74,6 +74,7 @@ export function memoryBulkCache(renewals: string[] = []): BulkVulnerabilityCache
     },
     // Reading the export last is tested against Redis (export-last.int.test.ts): here no export is kept.
     latest: async () => null,
+    pinLatest: async () => null,
     keepLatest: async () => undefined,
     async *scan() {},
     async *compare() {},
