@@ -14,10 +14,11 @@ import {
 } from '@urs/resilience';
 import type { Counter, Histogram } from '@urs/telemetry';
 import { notJsonReason, toDeadLetter, type PayloadRedactor } from './dead-letter';
-import { writeDeadLetterOnce, type DeadLetterLedger } from './dead-letter-once';
+import { writeDeadLetterOnce, type DeadLetterLedger, type DeadLetterOutcome } from './dead-letter-once';
 import type { Hold, HeldMessages } from './held';
 import { parseJsonBytes } from './json-bytes';
 import type { Publisher } from './publisher';
+import { isTransientKafkaError } from './transient';
 
 /** A consumed message, decoded and validated. `value` is null for a tombstone. */
 export interface InboundMessage<T> {
@@ -170,9 +171,10 @@ function messageLogFields(work: MessageWork, payload: unknown): Record<string, u
  * backoff for as long as it lasts, the message held (counted in `held`), never dead-lettered for it.
  * Resolves true when settled (handled or dead-lettered), false when the work was given up first (stop,
  * revocation), whatever the handler threw once it was: a failure while stopping is not the message's. A
- * dead letter another process has claimed and not yet written holds the message (see `deadLetter`).
- * Rejects only when the dead letter itself cannot be written: then the message is not settled and must be
- * tried again.
+ * dead letter the dead-letter topic refuses on a Kafka fault, or that another process has claimed and not yet
+ * written, holds the message, its letter written again in place (see `deadLetter`): the handler never runs
+ * again once the message's attempts are spent. Rejects only when the letter is refused for a reason waiting
+ * does not mend: then the message is not settled.
  */
 export function createMessageProcessor(
   options: MessageProcessorOptions,
@@ -224,9 +226,13 @@ export function createMessageProcessor(
 
   /**
    * `payload`: the decoded value, when the message decoded (see messageLogFields). Resolves true when the
-   * message is settled (its letter written, now or before), false when the work was stopped first while
-   * another process held the letter's claim: then the message is held (as on a Redis fault) and the ledger
-   * asked again, paced by the retry policy, until that process writes the letter or its claim lapses.
+   * message is settled (its letter written, now or before). The letter is made once and written again in
+   * place, never the handler again (the message's attempts are spent), while waiting may get it written: the
+   * dead-letter topic refusing it on a fault of Kafka (a leader moving, the broker away, past the publisher's
+   * retries), or another process holding the letter's claim (until that process writes the letter or its
+   * claim lapses). Meanwhile the message is held (counted as held, as on a Kafka fault in its handler), the
+   * attempts paced by the retry policy. Resolves false when the work is stopped first: the message is left
+   * unsettled. Rejects only when the letter is refused for a reason waiting does not mend.
    */
   async function deadLetter(work: MessageWork, error: unknown, payload?: unknown): Promise<boolean> {
     const letter = toDeadLetter(
@@ -251,16 +257,37 @@ export function createMessageProcessor(
     let hold: Hold | undefined;
     try {
       for (let attempt = 1; ; attempt++) {
-        // The dead letter itself must not be lost: if Kafka refuses it, the message is not settled.
-        const outcome = await writeDeadLetterOnce(
-          options.deadLetters,
-          source,
-          () =>
-            options.publisher.send(options.dlqTopic, 'urs/dead-letter', [
-              { key: letter.sourceTopic, value: letter },
-            ]),
-          log,
-        );
+        let outcome: DeadLetterOutcome;
+        try {
+          outcome = await writeDeadLetterOnce(
+            options.deadLetters,
+            source,
+            () =>
+              options.publisher.send(options.dlqTopic, 'urs/dead-letter', [
+                { key: letter.sourceTopic, value: letter },
+              ]),
+            log,
+          );
+        } catch (failure) {
+          // The publisher closed under a stop: the message is left unsettled, as any failure while stopping.
+          if (work.stopSignal.aborted || work.shouldStop()) return false;
+          // The dead letter itself must not be lost: refused for good, the message is not settled.
+          if (!isInfrastructureFault(failure) && !isTransientKafkaError(failure)) throw failure;
+          const fields = messageLogFields(work, payload);
+          hold = heldFor(hold, work.topic, failure, fields);
+          const delayMs = retryDelayMs(retry, attempt);
+          // Warned of once per outage by `held`; each attempt only at debug.
+          log.debug('dead letter not written on a dependency, holding the message', {
+            ...fields,
+            attempt,
+            delayMs,
+            code: letter.error.code,
+            failure: errorCode(failure),
+            reason: errorMessage(failure),
+          });
+          if (!(await pauseBeforeRetry(work, delayMs))) return false;
+          continue;
+        }
         if (outcome === 'written-before') {
           // Not `dead-lettered`: the alert on those would fire at every restart of every replica.
           handled.inc({ topic: work.topic, outcome: 'dead-lettered-before' });
@@ -294,12 +321,22 @@ export function createMessageProcessor(
           delayMs,
           code: letter.error.code,
         });
-        await sleep(delayMs, work.stopSignal);
-        if (work.stopSignal.aborted || work.shouldStop()) return false;
+        if (!(await pauseBeforeRetry(work, delayMs))) return false;
       }
     } finally {
       hold?.release();
     }
+  }
+
+  /**
+   * The pause before a held message's next attempt, and what the runner does before one (a heartbeat, with
+   * ordering 'partition'); false when the work was stopped meanwhile.
+   */
+  async function pauseBeforeRetry(work: MessageWork, delayMs: number): Promise<boolean> {
+    await sleep(delayMs, work.stopSignal);
+    if (work.stopSignal.aborted || work.shouldStop()) return false;
+    await work.beforeRetry();
+    return true;
   }
 
   /**
@@ -434,9 +471,10 @@ export function createMessageProcessor(
 
 /**
  * Settles one message, trying again (paced by `retry`) while settle rejects, which it does only when the
- * message's dead letter could not be written: the message stays unfinished, and what is ordered behind it
- * (its key) waits, as its partition would in partition ordering. Resolves as settle does: true when settled,
- * false when the work was stopped first.
+ * dead-letter topic refuses the message's letter for a reason waiting does not mend (a fault of Kafka is
+ * waited out inside settle): the message stays unfinished, and what is ordered behind it (its key) waits, as
+ * its partition would in partition ordering, each try logged at error. Resolves as settle does: true when
+ * settled, false when the work was stopped first.
  */
 export async function settleUntilDone(
   settle: (work: MessageWork) => Promise<boolean>,

@@ -25,6 +25,12 @@ import { createPartitionFetch, type FetchedPartition } from './partition-fetch';
  *   A new member id means the group forgot this member (session expired, as when the broker stalls past
  *   it): its commits since were refused, and nothing of before is kept but the finished watermark of each
  *   partition assigned back, so the messages finished here are not handled again (skipFinishedBefore).
+ * - A crash (CRASH) stops the consumer: KafkaJS disconnects it, which leaves the group when the broker answers
+ *   (its runner.stop, consumerGroup.leave), so the member is gone and its partitions go to others at once; when
+ *   the broker does not answer, the member id is kept (kafkajs-fixes.ts) but the group forgets it once its
+ *   session times out without heartbeats, however long the restart takes. Either way another member may own
+ *   the partitions before this one joins again, so every partition is given up at the crash, as when the group
+ *   forgot this member: its handlers aborted, its finished watermark kept for the partitions assigned back.
  * - eachBatch only accepts and returns, so KafkaJS's fetch loop keeps heartbeating; a full buffer
  *   never blocks eachBatch (which would block the fetches of every partition of the broker): it pauses
  *   the partition's fetching, which resumes once the buffer is half empty, or is read past later
@@ -69,6 +75,11 @@ export interface KeyOrderedOptions {
 export interface KeyOrderedConsumption {
   eachBatch(payload: EachBatchPayload): Promise<void>;
   onGroupJoin(payload: ConsumerGroupJoinEvent['payload']): void;
+  /**
+   * KafkaJS stopped the consumer (its CRASH event): every partition is given up, as when the group forgot this
+   * member (see onCrash in the notes above).
+   */
+  onCrash(): void;
   /** Accepts nothing more, lets in-flight work finish (or aborts it), commits the watermark. */
   drain(): Promise<void>;
 }
@@ -329,6 +340,15 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
         } else if (!assigned.has(partitionId(work.topic, work.partition))) {
           revoke(work, 'assigned to another consumer');
         } else pauseAgain(work);
+      }
+    },
+
+    onCrash() {
+      for (const work of [...partitions.values()]) {
+        // The stopped consumer's paused partitions went with it: the one restarted has none to resume.
+        work.paused = false;
+        revoke(work, 'the consumer crashed');
+        keepFinished(work);
       }
     },
 

@@ -55,8 +55,10 @@ export interface PartitionFetchOptions {
 export interface PartitionFetch {
   pause(work: FetchedPartition): void;
   /**
-   * Pauses again, in KafkaJS, a partition paused here: a consumer restarted after a crash builds its
-   * subscription state anew, with nothing paused, while the partition (kept with the member id) still is here.
+   * Pauses again, in KafkaJS, a partition paused here that a rebalance kept assigned here. (A consumer restarted
+   * after a crash builds its subscription state anew, with nothing paused, but keeps no partition of before: the
+   * crash gave them all up, as the member left its group or may be forgotten by it before it joins again; see
+   * KeyOrderedConsumption.onCrash.)
    */
   pauseAgain(work: FetchedPartition): void;
   /** Resumes a paused partition; a refusal (not running) is logged, and the partition stays paused. */

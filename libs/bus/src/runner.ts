@@ -188,7 +188,11 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
   });
   // KafkaJS emits CRASH once every batch of the stopped run has returned (and its offsets were committed), so a
   // restart never overlaps the old run's work: a message held then delays the crash, and is not handled twice.
-  consumer.on(consumer.events.CRASH, (event) => keeper.crashed(event.payload.error));
+  // Ordering 'key' gives every partition up: the stopped consumer may be out of its group before it joins again.
+  consumer.on(consumer.events.CRASH, (event) => {
+    keyed?.onCrash();
+    keeper.crashed(event.payload.error);
+  });
   consumer.on(consumer.events.REQUEST, (event) => keeper.answered(event.payload));
 
   const runConfig: ConsumerRunConfig = {

@@ -79,7 +79,12 @@ export function fakeKafka(options: { holdFirstJoin?: boolean } = {}) {
       const run = current;
       const asked: string[] = [];
       const payload = {
-        batch: { topic: 'batches', partition: 0, messages },
+        batch: {
+          topic: 'batches',
+          partition: 0,
+          messages,
+          lastOffset: () => messages[messages.length - 1]?.offset ?? '-1',
+        },
         isRunning: () => run?.running ?? false,
         isStale: () => false,
         resolveOffset: (offset: string) => void asked.push(`resolve ${offset}`),

@@ -137,3 +137,35 @@ describe('createKeyOrderedConsumption after the group forgot this member', () =>
     expect(handled).toEqual(['1@0', '1@1', '1@0', '1@1']);
   });
 });
+
+describe('createKeyOrderedConsumption after its consumer crashed', () => {
+  it('should abort the handlers of every partition at the crash, and not hand finished messages to the handler again once joined again', async () => {
+    const aborted: string[] = [];
+    const { keyed, handled, commits, batch } = consumption(async (work) => {
+      // Offset 1 of each partition runs until its partition is given up.
+      if (work.message.offset !== '1' || handled.filter((h) => h === `${work.partition}@1`).length > 1)
+        return;
+      await new Promise<void>((resolve) =>
+        work.signal?.addEventListener('abort', () => {
+          aborted.push(`${work.partition}@1`);
+          resolve();
+        }),
+      );
+    });
+    keyed.onGroupJoin(joined('member-1', [0, 1]));
+    await keyed.eachBatch(batch(0, 0, 3));
+    await keyed.eachBatch(batch(1, 0, 3));
+    await settled();
+    keyed.onCrash();
+    await settled();
+    expect(aborted).toEqual(['0@1', '1@1']);
+    // The restart joined with the member id it kept; nothing was committed, so each is fetched from offset 0.
+    keyed.onGroupJoin(joined('member-1', [0, 1]));
+    await keyed.eachBatch(batch(0, 0, 3));
+    await keyed.eachBatch(batch(1, 0, 3));
+    await settled();
+    await keyed.drain();
+    expect(handled).toEqual(['0@0', '0@1', '0@2', '1@0', '1@1', '1@2', '0@1', '0@2', '1@1', '1@2']);
+    expect(commits.sort()).toEqual(['0@3', '1@3']);
+  });
+});

@@ -10,7 +10,7 @@ import { silentLogger } from '@urs/logging';
 import { retryPolicy } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
 import { waitFor } from '@urs/testkit';
-import { fakeKafka } from './fake-kafka';
+import { fakeKafka, message } from './fake-kafka';
 
 type Handler = (message: InboundMessage<TenantRecord>) => Promise<void>;
 
@@ -90,5 +90,36 @@ describe('createConsumerRunner closing while it starts', () => {
     await once.start();
     await once.close();
     expect(once.startedOnce).toBe(true);
+  });
+});
+
+describe('createConsumerRunner with ordering by key, its consumer crashing', () => {
+  it('should abort the handlers under way at the crash: the stopped consumer may be out of its group', async () => {
+    const fake = fakeKafka();
+    let started = false;
+    let aborted = false;
+    const consumer = runner(
+      fake.kafka,
+      async (message) => {
+        started = true;
+        await new Promise<void>((resolve) =>
+          message.signal?.addEventListener('abort', () => {
+            aborted = true;
+            resolve();
+          }),
+        );
+        throw new Error('stopped');
+      },
+      { ordering: 'key', drainTimeoutMs: 100 },
+    );
+    await consumer.start();
+    try {
+      await fake.batch([message('0')]).done;
+      await waitFor(() => started, { timeoutMs: 2_000, description: 'the handler started' });
+      fake.crash();
+      await waitFor(() => aborted, { timeoutMs: 2_000, description: 'the handler aborted' });
+    } finally {
+      await consumer.close().catch(() => undefined);
+    }
   });
 });

@@ -1,0 +1,181 @@
+import type { EachBatchPayload } from 'kafkajs';
+import { KafkaJSNumberOfRetriesExceeded, KafkaJSProtocolError } from 'kafkajs';
+import { UrsError, retryPolicy } from '@urs/resilience';
+import { Registry } from '@urs/telemetry';
+import { capturingLogger, type LogLine } from '@urs/testkit';
+import { createMessageProcessor, settleUntilDone } from '../src/handle';
+import { createPartitionOrderedConsumption } from '../src/partition-ordered';
+import type { Publisher } from '../src/publisher';
+import { heldMessages, messageWork } from './work';
+
+const TOPIC = 'tenants';
+const MAX_ATTEMPTS = 3;
+
+/** A broker's error answer, as KafkaJS's protocol layer hands it to KafkaJSProtocolError. */
+const protocolError = (type: string, code: number, retriable: boolean, message: string): Error =>
+  Object.assign(new Error(message), { type, code, retriable });
+
+/** What a produce to the dead-letter topic rejects with while its partition's leader moves, after the retries. */
+const leaderMoving = (): Error =>
+  new KafkaJSNumberOfRetriesExceeded(
+    new KafkaJSProtocolError(
+      protocolError(
+        'NOT_LEADER_FOR_PARTITION',
+        6,
+        true,
+        'This server is not the leader for that topic-partition',
+      ),
+    ),
+    { retryCount: 5, retryTime: 3_000 },
+  );
+
+/** What a produce rejects with when the broker refuses the record itself: sent again, it is refused again. */
+const refusedForGood = (): Error =>
+  new KafkaJSProtocolError(
+    protocolError(
+      'INVALID_RECORD',
+      87,
+      false,
+      'This record has failed the validation on broker and hence will be rejected',
+    ),
+  );
+
+/**
+ * A processor of TOPIC whose handler fails the message every time (its own fault, retryable), and a publisher
+ * whose sends to the dead-letter topic fail with `failure()` `failures` times, then succeed. `events` tells the
+ * order of what happened: each handler call, send attempt (with the messages held then), and written letter.
+ */
+function processor(failures: number, failure: () => Error = leaderMoving) {
+  const events: string[] = [];
+  const lines: LogLine[] = [];
+  let handlerCalls = 0;
+  let sendAttempts = 0;
+  const heldAtSend: number[] = [];
+  const written: unknown[] = [];
+  const metrics = new Registry({ processMetrics: false });
+  const held = heldMessages(capturingLogger(lines), metrics);
+  const publisher = {
+    send: async (topic: string, _contract: string, messages: unknown[]) => {
+      sendAttempts++;
+      heldAtSend.push(held.count);
+      events.push(`send ${topic}`);
+      if (sendAttempts <= failures) throw failure();
+      written.push(...messages);
+    },
+  } as unknown as Publisher;
+  const retry = retryPolicy({ maxAttempts: MAX_ATTEMPTS, initialDelayMs: 5, maxDelayMs: 5 });
+  const log = capturingLogger(lines);
+  const settle = createMessageProcessor({
+    service: 'test',
+    subscriptions: new Map([
+      [
+        TOPIC,
+        {
+          topic: TOPIC,
+          contract: 'urs/tenant-record',
+          tombstones: true,
+          handler: async () => {
+            handlerCalls++;
+            events.push('handler');
+            throw new UrsError('TENANT_BUSY', 'the tenant is being written; try again', { canRetry: true });
+          },
+        },
+      ],
+    ]),
+    publisher,
+    dlqTopic: 'dlq',
+    log,
+    retry,
+    held,
+    handled: metrics.counter('handled_total', 'handled'),
+    seconds: metrics.histogram('handler_seconds', 'seconds'),
+  });
+  return {
+    settle,
+    retry,
+    log,
+    events,
+    lines,
+    held,
+    metrics,
+    written,
+    heldAtSend,
+    handlerCalls: () => handlerCalls,
+    sendAttempts: () => sendAttempts,
+  };
+}
+
+describe('dead-lettering a message whose attempts are spent, while the dead-letter topic refuses the letter', () => {
+  it('should hold the message and write its letter again in place, never running the handler again (ordering key)', async () => {
+    const run = processor(3);
+    const stop = new AbortController();
+    const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant', stop });
+    await expect(settleUntilDone(run.settle, work, { retry: run.retry, log: run.log })).resolves.toBe(true);
+    expect(run.handlerCalls()).toBe(MAX_ATTEMPTS);
+    expect(run.sendAttempts()).toBe(4);
+    expect(run.written).toHaveLength(1);
+    // Held from the first refusal on, as on any Kafka fault, and no longer once the letter is written.
+    expect(run.heldAtSend).toEqual([0, 1, 1, 1]);
+    expect(run.held.count).toBe(0);
+    const metrics = run.metrics.expose();
+    expect(metrics).toContain('held_messages 0');
+    expect(metrics).toContain(`handled_total{outcome="held",topic="${TOPIC}"} 3`);
+    expect(metrics).toContain(`handled_total{outcome="dead-lettered",topic="${TOPIC}"} 1`);
+    // Told once per outage (its start and its end), not at error on each attempt.
+    expect(run.lines.filter((line) => line.level === 'error')).toEqual([]);
+    expect(run.lines.map((line) => line.message)).toContain(
+      'messages held: a dependency failed; retried until it is back, not dead-lettered',
+    );
+  });
+
+  it('should resolve and commit the offset once the letter is written, never running the handler again (ordering partition)', async () => {
+    const run = processor(3);
+    const consumption = createPartitionOrderedConsumption({
+      settle: run.settle,
+      commit: true,
+      drainTimeoutMs: 1_000,
+      log: run.log,
+    });
+    const payload = {
+      batch: { topic: TOPIC, partition: 0, messages: [messageWork({ topic: TOPIC, offset: '7' }).message] },
+      isRunning: () => true,
+      isStale: () => false,
+      resolveOffset: (offset: string) => void run.events.push(`resolve ${offset}`),
+      commitOffsetsIfNecessary: async () => void run.events.push('commit'),
+      heartbeat: async () => undefined,
+    } as unknown as EachBatchPayload;
+    await expect(consumption.eachBatch(payload)).resolves.toBeUndefined();
+    expect(run.handlerCalls()).toBe(MAX_ATTEMPTS);
+    expect(run.written).toHaveLength(1);
+    expect(run.events).toEqual([
+      ...Array<string>(MAX_ATTEMPTS).fill('handler'),
+      ...Array<string>(4).fill('send dlq'),
+      'resolve 7',
+      'commit',
+      'commit',
+    ]);
+  });
+
+  it('should leave the message unsettled, its letter unwritten and the handler not run again, when the runner stops meanwhile', async () => {
+    const run = processor(Infinity);
+    const stop = new AbortController();
+    const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant', stop });
+    const settled = settleUntilDone(run.settle, work, { retry: run.retry, log: run.log });
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    expect(run.held.count).toBe(1);
+    stop.abort();
+    await expect(settled).resolves.toBe(false);
+    expect(run.handlerCalls()).toBe(MAX_ATTEMPTS);
+    expect(run.written).toEqual([]);
+    expect(run.held.count).toBe(0);
+  });
+
+  it('should reject, the message unsettled, when the broker refuses the letter for a reason waiting does not mend', async () => {
+    const run = processor(1, refusedForGood);
+    const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant' });
+    await expect(run.settle(work)).rejects.toMatchObject({ type: 'INVALID_RECORD' });
+    expect(run.handlerCalls()).toBe(MAX_ATTEMPTS);
+    expect(run.sendAttempts()).toBe(1);
+    expect(run.held.count).toBe(0);
+  });
+});
