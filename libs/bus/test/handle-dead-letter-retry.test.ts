@@ -2,7 +2,7 @@ import type { EachBatchPayload } from 'kafkajs';
 import { KafkaJSNumberOfRetriesExceeded, KafkaJSProtocolError } from 'kafkajs';
 import { UrsError, retryPolicy } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
-import { capturingLogger, type LogLine } from '@urs/testkit';
+import { capturingLogger, waitFor, type LogLine } from '@urs/testkit';
 import { createMessageProcessor, settleUntilDone } from '../src/handle';
 import { createPartitionOrderedConsumption } from '../src/partition-ordered';
 import type { Publisher } from '../src/publisher';
@@ -161,8 +161,8 @@ describe('dead-lettering a message whose attempts are spent, while the dead-lett
     const stop = new AbortController();
     const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant', stop });
     const settled = settleUntilDone(run.settle, work, { retry: run.retry, log: run.log });
-    await new Promise((resolve) => setTimeout(resolve, 30));
-    expect(run.held.count).toBe(1);
+    // Held once its attempts are spent and the letter is refused.
+    await waitFor(() => run.held.count === 1);
     stop.abort();
     await expect(settled).resolves.toBe(false);
     expect(run.handlerCalls()).toBe(MAX_ATTEMPTS);
