@@ -87,6 +87,8 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
         abort.abort();
       },
     });
+    /** What runCycle answered: once it has, the cycle was listed in full and never fails (see below). */
+    let result: CycleResult | undefined;
     try {
       // Its tenant disabled or deleted since the cycle began: nothing of it is written (see below).
       if (abort.signal.aborted) throw new CycleAbortedError();
@@ -97,7 +99,7 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
         lastCycleStartedAt: new Date(startedAt).toISOString(),
         nextPollAt: new Date(nextPollAt).toISOString(),
       });
-      const result = await deps.runCycle({
+      result = await deps.runCycle({
         record,
         cycleId,
         startedAt,
@@ -106,16 +108,30 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
         leaseHeld: clock.held,
       });
       stopRenewing();
+      cyclesTotal.inc({ outcome: 'listed' });
+      cycleSeconds.observe((now() - startedAt) / 1000);
       await ends.endListed(lease, cycleId, {
         lastCycleEndedAt: new Date(result.listedAt).toISOString(),
         deviceCount: result.totalDevices,
         vulnerabilityMode: result.vulnerabilityMode,
         note: result.note,
       });
-      cyclesTotal.inc({ outcome: 'listed' });
-      cycleSeconds.observe((now() - startedAt) / 1000);
     } catch (error) {
       stopRenewing();
+      // Listed in full (its totals are in the cycle store), and its end not recorded: Redis failed the status's
+      // or the schedule's write (a failover's READONLY, a connection reset). Not a failed cycle: ended as failed,
+      // it was listed again within minutes (the tenant's quota spent twice, a second summary for the VMS), its
+      // status never showed the listing, and a fault of Redis counted as the tenant's failure. It is left marked
+      // running; the attempt fails (tried again after the attempts' backoff, a fault of Redis warned of once per
+      // outage), and the next holder of the lease ends it as listed (`endListedCycle`).
+      if (result !== undefined) {
+        log.warn('listed cycle not ended: the next try ends it', {
+          tenantId,
+          cycleId,
+          reason: errorMessage(error),
+        });
+        throw error;
+      }
       if (error instanceof CycleAbortedError || abort.signal.aborted) {
         // Left marked running: the next holder redoes it (unless the tenant was disabled or deleted).
         cyclesTotal.inc({ outcome: 'aborted' });
