@@ -17,8 +17,13 @@ export interface PollSchedule {
   lastStartedAt?: number;
   /** Not before this time (a backoff after an authentication failure or throttling). */
   notBefore?: number;
-  /** Consecutive failed cycles (drives the backoff). */
+  /** Consecutive failed cycles of one kind (drives the backoff). */
   failures: number;
+  /**
+   * The kind of failure `failures` counts (the poller's `setup`, `throttled`, `transient`): a failure of another
+   * kind starts a new streak. Absent in a schedule an older poller wrote.
+   */
+  failedKind?: string;
   /** The tenant record's revision the last failed cycle ran with (new settings are tried at once). */
   failedRevision?: number;
   /** Set while a cycle runs; still set when its lease expired means the holder died mid-cycle. */
@@ -49,7 +54,14 @@ export interface PollScheduleStore {
    */
   end(
     lease: PollLease,
-    outcome: { failures: number; notBefore: number | null; retryAt?: number | null; failedRevision?: number },
+    outcome: {
+      failures: number;
+      notBefore: number | null;
+      retryAt?: number | null;
+      failedRevision?: number;
+      /** Cleared when left out. */
+      failedKind?: string;
+    },
   ): Promise<boolean>;
   /** Forgets a deleted tenant's schedule (a re-registration then polls at once). */
   clear(tenantId: string): Promise<void>;
@@ -109,6 +121,7 @@ function parseSchedule(fields: Record<string, string>): PollSchedule {
   if (fields['runningCycleId'] !== undefined) schedule.runningCycleId = fields['runningCycleId'];
   if (fields['failedRevision'] !== undefined) schedule.failedRevision = Number(fields['failedRevision']);
   if (fields['retryAt'] !== undefined) schedule.retryAt = Number(fields['retryAt']);
+  if (fields['failedKind'] !== undefined) schedule.failedKind = fields['failedKind'];
   return schedule;
 }
 
@@ -186,6 +199,8 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
       else set['failedRevision'] = String(outcome.failedRevision);
       if (outcome.retryAt === undefined || outcome.retryAt === null) del.push('retryAt');
       else set['retryAt'] = String(outcome.retryAt);
+      if (outcome.failedKind === undefined) del.push('failedKind');
+      else set['failedKind'] = outcome.failedKind;
       // Its `begin` wrote the schedule: gone since, the registrar cleared it (the tenant disabled or deleted
       // during the cycle), and writing the end back would leave a deleted tenant's schedule for ever and
       // a disabled one's backoff to its re-enabling.

@@ -48,12 +48,15 @@ describe('createPollScheduleStore', () => {
     const lease = (await store.acquire('acme', 'a', 5_000))!;
     expect(await store.begin(lease, 'acme-1', 1_000)).toBe(true);
     expect(await store.get('acme')).toEqual({ failures: 0, lastStartedAt: 1_000, runningCycleId: 'acme-1' });
-    expect(await store.end(lease, { failures: 2, notBefore: 9_000, failedRevision: 7 })).toBe(true);
+    expect(
+      await store.end(lease, { failures: 2, notBefore: 9_000, failedRevision: 7, failedKind: 'setup' }),
+    ).toBe(true);
     expect(await store.get('acme')).toEqual({
       failures: 2,
       lastStartedAt: 1_000,
       notBefore: 9_000,
       failedRevision: 7,
+      failedKind: 'setup',
     });
     expect(await store.end(lease, { failures: 3, notBefore: null, retryAt: 121_000 })).toBe(true);
     expect(await store.get('acme')).toEqual({ failures: 3, lastStartedAt: 1_000, retryAt: 121_000 });

@@ -8,6 +8,7 @@ import type { PollLease, PollScheduleStore, TenantStore } from '@urs/store';
 import { CycleAbortedError, type CycleInput, type CycleResult } from './cycle';
 import type { CycleEnd } from './cycle-end';
 import type { LeaseClock } from './lease-clock';
+import type { FailureStreak } from './schedule';
 
 export interface RunUnderLeaseDeps {
   schedules: Pick<PollScheduleStore, 'renew'>;
@@ -38,7 +39,7 @@ export type RunUnderLease = (
   cycleId: string,
   startedAt: number,
   intervalMs: number,
-  previousFailures: number,
+  previous: FailureStreak,
   abort: AbortController,
 ) => Promise<void>;
 
@@ -55,7 +56,7 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
     cycleId: string,
     startedAt: number,
     intervalMs: number,
-    previousFailures: number,
+    previous: FailureStreak,
     abort: AbortController,
   ): Promise<void> {
     const tenantId = record.tenantId;
@@ -147,9 +148,8 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
         else if (!clock.held()) throw renewalError ?? error;
         return;
       }
-      await ends.endFailed(
-        { record, lease, cycleId, startedAt, intervalMs, previousFailures, error },
-        (next) => deps.placeAt(tenantId, next),
+      await ends.endFailed({ record, lease, cycleId, startedAt, intervalMs, previous, error }, (next) =>
+        deps.placeAt(tenantId, next),
       );
     } finally {
       stopRenewing();

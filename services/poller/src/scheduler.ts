@@ -200,9 +200,15 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       if (due > 0) startDelaySeconds.observe((startedAt - due) / 1000);
       localDue.set(tenantId, startedAt + intervalMs);
       // A failure streak counts only while the settings stay the same.
-      const previousFailures = schedule.failedRevision === record.revision ? schedule.failures : 0;
+      const previous =
+        schedule.failedRevision === record.revision
+          ? {
+              failures: schedule.failures,
+              ...(schedule.failedKind === undefined ? {} : { kind: schedule.failedKind }),
+            }
+          : { failures: 0 };
       const clock = createLeaseClock(acquiredAt, deps.leaseMs, now);
-      await runUnderLease(record, { lease, clock }, cycleId, startedAt, intervalMs, previousFailures, abort);
+      await runUnderLease(record, { lease, clock }, cycleId, startedAt, intervalMs, previous, abort);
       released = true;
     } finally {
       if (!released) await releaseQuietly(lease);
