@@ -26,8 +26,11 @@ export interface RunUnderLeaseDeps {
   cycleSeconds: Histogram;
   /** Aborted when the scheduler stops. */
   stop: AbortSignal;
-  /** Sets when this replica should look at the tenant again (its local view). */
-  placeAt: (tenantId: string, at: number) => void;
+  /**
+   * Sets when this replica should look at the tenant again (its local view), after a cycle of the record's
+   * `revision`: not when the record changed since (looked at again at once) or went.
+   */
+  placeAt: (tenantId: string, at: number, revision: number) => void;
   /** Releases the lease, a failure only logged (it expires by itself). */
   releaseQuietly: (lease: PollLease) => Promise<void>;
   now: () => number;
@@ -144,12 +147,12 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
         // counted, warned of once per outage. Aborted for a stop, or its tenant disabled or deleted (the lease
         // still held), it is left as it is.
         if (stop.aborted) return;
-        if (lost) deps.placeAt(tenantId, now() + deps.recheckMs);
+        if (lost) deps.placeAt(tenantId, now() + deps.recheckMs, record.revision);
         else if (!clock.held()) throw renewalError ?? error;
         return;
       }
       await ends.endFailed({ record, lease, cycleId, startedAt, intervalMs, previous, error }, (next) =>
-        deps.placeAt(tenantId, next),
+        deps.placeAt(tenantId, next, record.revision),
       );
     } finally {
       stopRenewing();

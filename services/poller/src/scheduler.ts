@@ -258,6 +258,19 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     return honoured;
   }
 
+  /**
+   * Sets when this replica looks at the tenant again after a cycle of the record's `revision`. A record changed
+   * while the cycle ran stays due at once (as its change made it): Redis decides, and a failure of the older
+   * record does not hold the new one back (`dueAt`); placed by the failed cycle's backoff instead, a secret an
+   * admin fixed meanwhile waited up to `URS_POLL_MAX_BACKOFF_MS` on a single replica. A tenant disabled or
+   * deleted meanwhile is not placed again.
+   */
+  function placeAt(tenantId: string, at: number, revision: number): void {
+    const current = deps.table.get(tenantId);
+    if (!current?.enabled || !localDue.has(tenantId) || current.revision !== revision) return;
+    localDue.set(tenantId, at);
+  }
+
   const runUnderLease = createRunUnderLease({
     schedules: deps.schedules,
     tenants: deps.tenants,
@@ -269,7 +282,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     cyclesTotal,
     cycleSeconds,
     stop: stop.signal,
-    placeAt: (tenantId, at) => localDue.set(tenantId, at),
+    placeAt,
     releaseQuietly,
     now,
   });
