@@ -1,5 +1,6 @@
 import type Redis from 'ioredis';
 import { releaseOwnedKey, renewOwnedKey } from './owned-key';
+import { IF_ENABLED, tenantRecordKey } from './tenants';
 
 /**
  * A poller's hold on one tenant while it runs a cycle. `token` is the fencing token: unique per
@@ -45,7 +46,12 @@ export interface PollScheduleStore {
   get(tenantId: string): Promise<PollSchedule>;
   /** The schedules of many tenants at once (pipelined, 1000 to a round trip), by tenant id. */
   getMany(tenantIds: readonly string[]): Promise<Map<string, PollSchedule>>;
-  /** Records a cycle's start, fenced: false (and nothing written) when the lease was lost. */
+  /**
+   * Records a cycle's start, fenced: false (and nothing written) when the lease was lost, or when the tenant's
+   * record in Redis is gone or disabled. A poller that has not read the tenant's deletion (or disabling) yet
+   * must not begin a cycle of it: its schedule, cleared by the registrar, would be written again with a cycle
+   * marked running that never ends, and stay without expiry.
+   */
   begin(lease: PollLease, cycleId: string, startedAt: number): Promise<boolean>;
   /**
    * Records a cycle's end, fenced: clears the running cycle, sets the failure count, the backoff
@@ -83,6 +89,13 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local token = fence .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
 return token`;
+
+// KEYS[1] lease, KEYS[2] the tenant's record hash, KEYS[3] schedule hash; ARGV: token, started at, cycle id.
+const BEGIN = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+${IF_ENABLED}
+redis.call('HSET', KEYS[3], 'lastStartedAt', ARGV[2], 'runningCycleId', ARGV[3])
+return 1`;
 
 // KEYS[1] lease, KEYS[2] schedule hash; ARGV: token, '1' to write only a schedule that exists (else '0'), then
 // field/value pairs to set, '--', fields to delete.
@@ -187,8 +200,18 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
       }
       return schedules;
     },
-    begin(lease, cycleId, startedAt) {
-      return fencedWrite(lease, { lastStartedAt: String(startedAt), runningCycleId: cycleId }, []);
+    async begin(lease, cycleId, startedAt) {
+      const begun = await redis.eval(
+        BEGIN,
+        3,
+        leaseKey(lease.tenantId),
+        tenantRecordKey(prefix, lease.tenantId),
+        scheduleKey(lease.tenantId),
+        lease.token,
+        String(startedAt),
+        cycleId,
+      );
+      return begun === 1;
     },
     end(lease, outcome) {
       const set: Record<string, string> = { failures: String(outcome.failures) };

@@ -193,7 +193,14 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       // Disabled or deleted while its schedule was read: no cycle of it begins.
       if (abort.signal.aborted) return;
       const cycleId = cycleIdOf(tenantId, startedAt);
-      if (!(await deps.schedules.begin(lease, cycleId, startedAt))) return;
+      if (!(await deps.schedules.begin(lease, cycleId, startedAt))) {
+        // The lease lost, or the tenant's record in Redis gone or disabled: this replica has not read its
+        // deletion (or disabling) yet, or the registrar has not stored a record Kafka already has (it writes
+        // Kafka first). Looked at again after URS_POLL_RECHECK_MS, not at every tick.
+        log.debug('cycle not begun: the lease lost, or the tenant not enabled in Redis', { tenantId });
+        if (localDue.has(tenantId)) localDue.set(tenantId, now() + deps.recheckMs);
+        return;
+      }
       cycleBegun.add(tenantId);
       log.debug('cycle started', { tenantId, cycleId, holderId: deps.holderId });
       // A tenant due at once (never polled, a cycle taken over, new settings) has no due time to be late for.

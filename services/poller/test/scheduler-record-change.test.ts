@@ -46,3 +46,34 @@ describe('createScheduler: a record changed during a failing cycle', () => {
     expect(await schedules.get('a')).toMatchObject({ failures: 0 });
   });
 });
+
+describe('createScheduler: a cycle its store refuses to begin', () => {
+  let scheduler: Scheduler | undefined;
+  afterEach(async () => {
+    await scheduler?.close(100);
+  });
+
+  it('should look at the tenant again after the recheck wait, not as soon as its attempt returned, while its record in Redis is not enabled', async () => {
+    const schedules = memorySchedules();
+    let begins = 0;
+    // The registrar has not stored the record Kafka already has (or this replica missed its deletion).
+    schedules.begin = async () => {
+      begins++;
+      // Answered as Redis answers, after the event loop's turn.
+      await new Promise((resolve) => setImmediate(resolve));
+      return false;
+    };
+    const runs: Run[] = [];
+    const made = replica(0, schedules, memoryStatus(), runs, async () => undefined);
+    scheduler = made.scheduler;
+    await feed(made.table, [record('a')]);
+    scheduler.start();
+    await waitFor(() => begins >= 1);
+    const first = Date.now();
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    const elapsed = Date.now() - first;
+    // Once per URS_POLL_RECHECK_MS (20 ms) at most, not again as soon as the refused attempt returned.
+    expect(begins).toBeLessThanOrEqual(Math.ceil(elapsed / 20) + 1);
+    expect(runs).toEqual([]);
+  });
+});
