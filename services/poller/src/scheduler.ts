@@ -171,7 +171,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     let released = false;
     try {
       const record = deps.table.get(tenantId);
-      if (!record || !record.enabled || abort.signal.aborted) return;
+      // Stopping (the lease came after the stop began): no cycle begins that the drain would then cut.
+      if (!record || !record.enabled || abort.signal.aborted || stop.signal.aborted) return;
       const intervalMs = intervalOf(record);
       let schedule = await deps.schedules.get(tenantId);
       if (
@@ -190,8 +191,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       if (schedule.runningCycleId !== undefined) {
         log.warn('taking over an abandoned cycle', { tenantId, abandonedCycleId: schedule.runningCycleId });
       }
-      // Disabled or deleted while its schedule was read: no cycle of it begins.
-      if (abort.signal.aborted) return;
+      // Disabled or deleted, or the scheduler stopping, while its schedule was read: no cycle of it begins.
+      if (abort.signal.aborted || stop.signal.aborted) return;
       const cycleId = cycleIdOf(tenantId, startedAt);
       if (!(await deps.schedules.begin(lease, cycleId, startedAt))) {
         // The lease lost, or the tenant's record in Redis gone or disabled: this replica has not read its
