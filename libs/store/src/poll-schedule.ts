@@ -1,5 +1,6 @@
 import type Redis from 'ioredis';
 import { releaseOwnedKey, renewOwnedKey } from './owned-key';
+import { IF_ENABLED, tenantRecordKey } from './tenants';
 
 /**
  * A poller's hold on one tenant while it runs a cycle. `token` is the fencing token: unique per
@@ -17,8 +18,13 @@ export interface PollSchedule {
   lastStartedAt?: number;
   /** Not before this time (a backoff after an authentication failure or throttling). */
   notBefore?: number;
-  /** Consecutive failed cycles (drives the backoff). */
+  /** Consecutive failed cycles of one kind (drives the backoff). */
   failures: number;
+  /**
+   * The kind of failure `failures` counts (the poller's `setup`, `throttled`, `transient`): a failure of another
+   * kind starts a new streak. Absent in a schedule an older poller wrote.
+   */
+  failedKind?: string;
   /** The tenant record's revision the last failed cycle ran with (new settings are tried at once). */
   failedRevision?: number;
   /** Set while a cycle runs; still set when its lease expired means the holder died mid-cycle. */
@@ -40,7 +46,12 @@ export interface PollScheduleStore {
   get(tenantId: string): Promise<PollSchedule>;
   /** The schedules of many tenants at once (pipelined, 1000 to a round trip), by tenant id. */
   getMany(tenantIds: readonly string[]): Promise<Map<string, PollSchedule>>;
-  /** Records a cycle's start, fenced: false (and nothing written) when the lease was lost. */
+  /**
+   * Records a cycle's start, fenced: false (and nothing written) when the lease was lost, or when the tenant's
+   * record in Redis is gone or disabled. A poller that has not read the tenant's deletion (or disabling) yet
+   * must not begin a cycle of it: its schedule, cleared by the registrar, would be written again with a cycle
+   * marked running that never ends, and stay without expiry.
+   */
   begin(lease: PollLease, cycleId: string, startedAt: number): Promise<boolean>;
   /**
    * Records a cycle's end, fenced: clears the running cycle, sets the failure count, the backoff
@@ -49,7 +60,14 @@ export interface PollScheduleStore {
    */
   end(
     lease: PollLease,
-    outcome: { failures: number; notBefore: number | null; retryAt?: number | null; failedRevision?: number },
+    outcome: {
+      failures: number;
+      notBefore: number | null;
+      retryAt?: number | null;
+      failedRevision?: number;
+      /** Cleared when left out. */
+      failedKind?: string;
+    },
   ): Promise<boolean>;
   /** Forgets a deleted tenant's schedule (a re-registration then polls at once). */
   clear(tenantId: string): Promise<void>;
@@ -71,6 +89,13 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local token = fence .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
 return token`;
+
+// KEYS[1] lease, KEYS[2] the tenant's record hash, KEYS[3] schedule hash; ARGV: token, started at, cycle id.
+const BEGIN = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+${IF_ENABLED}
+redis.call('HSET', KEYS[3], 'lastStartedAt', ARGV[2], 'runningCycleId', ARGV[3])
+return 1`;
 
 // KEYS[1] lease, KEYS[2] schedule hash; ARGV: token, '1' to write only a schedule that exists (else '0'), then
 // field/value pairs to set, '--', fields to delete.
@@ -109,6 +134,7 @@ function parseSchedule(fields: Record<string, string>): PollSchedule {
   if (fields['runningCycleId'] !== undefined) schedule.runningCycleId = fields['runningCycleId'];
   if (fields['failedRevision'] !== undefined) schedule.failedRevision = Number(fields['failedRevision']);
   if (fields['retryAt'] !== undefined) schedule.retryAt = Number(fields['retryAt']);
+  if (fields['failedKind'] !== undefined) schedule.failedKind = fields['failedKind'];
   return schedule;
 }
 
@@ -174,8 +200,18 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
       }
       return schedules;
     },
-    begin(lease, cycleId, startedAt) {
-      return fencedWrite(lease, { lastStartedAt: String(startedAt), runningCycleId: cycleId }, []);
+    async begin(lease, cycleId, startedAt) {
+      const begun = await redis.eval(
+        BEGIN,
+        3,
+        leaseKey(lease.tenantId),
+        tenantRecordKey(prefix, lease.tenantId),
+        scheduleKey(lease.tenantId),
+        lease.token,
+        String(startedAt),
+        cycleId,
+      );
+      return begun === 1;
     },
     end(lease, outcome) {
       const set: Record<string, string> = { failures: String(outcome.failures) };
@@ -186,6 +222,8 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
       else set['failedRevision'] = String(outcome.failedRevision);
       if (outcome.retryAt === undefined || outcome.retryAt === null) del.push('retryAt');
       else set['retryAt'] = String(outcome.retryAt);
+      if (outcome.failedKind === undefined) del.push('failedKind');
+      else set['failedKind'] = outcome.failedKind;
       // Its `begin` wrote the schedule: gone since, the registrar cleared it (the tenant disabled or deleted
       // during the cycle), and writing the end back would leave a deleted tenant's schedule for ever and
       // a disabled one's backoff to its re-enabling.

@@ -1,8 +1,22 @@
-import { createPollScheduleStore } from '@urs/store';
+import type { TenantRecord } from '@urs/contracts';
+import { createPollScheduleStore, createTenantStore } from '@urs/store';
 import { testRedisPerTest } from '@urs/testkit';
+
+const recordOf = (tenantId: string, revision: number, enabled: boolean): TenantRecord =>
+  ({ tenantId, revision, enabled, defender: { pollIntervalMinutes: 10 } }) as unknown as TenantRecord;
 
 describe('createPollScheduleStore', () => {
   const redis = testRedisPerTest();
+
+  /** The tenants' records in Redis, as the registrar stores them: a cycle begins only for an enabled one. */
+  async function registered(...tenantIds: string[]): Promise<void> {
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    for (const tenantId of tenantIds) await tenants.put(recordOf(tenantId, 1, true));
+  }
+
+  beforeEach(async () => {
+    await registered('acme');
+  });
 
   it('acquire should give the lease to one holder at a time', async () => {
     const store = createPollScheduleStore(redis.client, redis.prefix);
@@ -48,12 +62,15 @@ describe('createPollScheduleStore', () => {
     const lease = (await store.acquire('acme', 'a', 5_000))!;
     expect(await store.begin(lease, 'acme-1', 1_000)).toBe(true);
     expect(await store.get('acme')).toEqual({ failures: 0, lastStartedAt: 1_000, runningCycleId: 'acme-1' });
-    expect(await store.end(lease, { failures: 2, notBefore: 9_000, failedRevision: 7 })).toBe(true);
+    expect(
+      await store.end(lease, { failures: 2, notBefore: 9_000, failedRevision: 7, failedKind: 'setup' }),
+    ).toBe(true);
     expect(await store.get('acme')).toEqual({
       failures: 2,
       lastStartedAt: 1_000,
       notBefore: 9_000,
       failedRevision: 7,
+      failedKind: 'setup',
     });
     expect(await store.end(lease, { failures: 3, notBefore: null, retryAt: 121_000 })).toBe(true);
     expect(await store.get('acme')).toEqual({ failures: 3, lastStartedAt: 1_000, retryAt: 121_000 });
@@ -61,6 +78,24 @@ describe('createPollScheduleStore', () => {
     expect(await store.get('acme')).toEqual({ failures: 0, lastStartedAt: 1_000 });
     await store.clear('acme');
     expect(await store.get('acme')).toEqual({ failures: 0 });
+  });
+
+  it('begin should write nothing for a tenant whose record is gone or disabled (a poller that has not read it yet)', async () => {
+    const store = createPollScheduleStore(redis.client, redis.prefix);
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    // Deleted: the registrar removed its record and cleared its schedule.
+    await redis.client.del(`${redis.prefix}tenant:acme`);
+    const lease = (await store.acquire('acme', 'a', 5_000))!;
+    expect(await store.begin(lease, 'acme-1', 1_000)).toBe(false);
+    expect(await redis.client.exists(`${redis.prefix}poll-schedule:acme`)).toBe(0);
+    // Disabled.
+    await tenants.put(recordOf('acme', 2, false));
+    expect(await store.begin(lease, 'acme-2', 2_000)).toBe(false);
+    expect(await redis.client.exists(`${redis.prefix}poll-schedule:acme`)).toBe(0);
+    // Enabled again.
+    await tenants.put(recordOf('acme', 3, true));
+    expect(await store.begin(lease, 'acme-3', 3_000)).toBe(true);
+    expect(await store.get('acme')).toEqual({ failures: 0, lastStartedAt: 3_000, runningCycleId: 'acme-3' });
   });
 
   it('end should write nothing back to a schedule cleared during the cycle (its tenant disabled or deleted)', async () => {
@@ -76,6 +111,7 @@ describe('createPollScheduleStore', () => {
   it('getMany should read the schedules of many tenants, a tenant never polled with none', async () => {
     const store = createPollScheduleStore(redis.client, redis.prefix);
     const tenantIds = Array.from({ length: 1500 }, (_, i) => `tenant-${i}`);
+    await registered('tenant-3', 'tenant-1200');
     for (const [index, tenantId] of [tenantIds[3], tenantIds[1200]].entries()) {
       const lease = (await store.acquire(tenantId as string, 'a', 5_000))!;
       await store.begin(lease, `${tenantId}-1`, 1_000 + index);

@@ -4,7 +4,7 @@ import { errorCode, errorMessage } from '@urs/resilience';
 import type { Counter } from '@urs/telemetry';
 import type { CycleStore, PollLease, PollScheduleStore, TenantStore } from '@urs/store';
 import { ABANDONED_CYCLE_GRACE_MS } from './cycle';
-import { backoffUntil, failureKindOf, transientRetryAt } from './schedule';
+import { backoffUntil, failureKindOf, type FailureStreak, nextStreak, transientRetryAt } from './schedule';
 
 export interface CycleEndDeps {
   schedules: Pick<PollScheduleStore, 'end'>;
@@ -37,7 +37,7 @@ export interface FailedCycle {
   startedAt: number;
   intervalMs: number;
   /** The tenant's failure streak before this cycle, under the same settings. */
-  previousFailures: number;
+  previous: FailureStreak;
   error: unknown;
 }
 
@@ -138,7 +138,7 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
   }
 
   async function endFailed(cycle: FailedCycle, placeAt: (at: number) => void): Promise<void> {
-    const { record, lease, cycleId, startedAt, intervalMs, previousFailures, error } = cycle;
+    const { record, lease, cycleId, startedAt, intervalMs, previous, error } = cycle;
     const tenantId = record.tenantId;
     const nextPollAt = startedAt + intervalMs;
     const code = errorCode(error);
@@ -151,7 +151,8 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
     // written as an error; it is tried again as after a first transient failure.
     const infrastructure = kind === 'infrastructure';
     const message = local ? `poller ${deps.holderId}: ${errorMessage(error)}` : errorMessage(error);
-    const failures = local || infrastructure ? previousFailures : previousFailures + 1;
+    const streak = nextStreak(previous, kind);
+    const failures = streak.failures;
     const ended = now();
     const retryAfterMs = (error as { retryAfterMs?: number }).retryAfterMs;
     const notBefore = backoffUntil({
@@ -176,7 +177,13 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
     cyclesTotal.inc({ outcome: kind });
     // Under a Redis refusing writes this fails too: the cycle stays marked running, and the next holder
     // takes it over (when the scheduler tries the tenant again, with backoff: `createAttemptFailures`).
-    await deps.schedules.end(lease, { failures, notBefore, retryAt, failedRevision: record.revision });
+    await deps.schedules.end(lease, {
+      failures,
+      notBefore,
+      retryAt,
+      failedRevision: record.revision,
+      ...(streak.kind === undefined ? {} : { failedKind: streak.kind }),
+    });
     // When the tenant is due by the schedule just written (as `dueAt` reads it).
     const next = Math.max(retryAt === null ? nextPollAt : Math.min(nextPollAt, retryAt), notBefore ?? 0);
     placeAt(next);

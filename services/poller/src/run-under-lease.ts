@@ -8,6 +8,7 @@ import type { PollLease, PollScheduleStore, TenantStore } from '@urs/store';
 import { CycleAbortedError, type CycleInput, type CycleResult } from './cycle';
 import type { CycleEnd } from './cycle-end';
 import type { LeaseClock } from './lease-clock';
+import type { FailureStreak } from './schedule';
 
 export interface RunUnderLeaseDeps {
   schedules: Pick<PollScheduleStore, 'renew'>;
@@ -25,8 +26,11 @@ export interface RunUnderLeaseDeps {
   cycleSeconds: Histogram;
   /** Aborted when the scheduler stops. */
   stop: AbortSignal;
-  /** Sets when this replica should look at the tenant again (its local view). */
-  placeAt: (tenantId: string, at: number) => void;
+  /**
+   * Sets when this replica should look at the tenant again (its local view), after a cycle of the record's
+   * `revision`: not when the record changed since (looked at again at once) or went.
+   */
+  placeAt: (tenantId: string, at: number, revision: number) => void;
   /** Releases the lease, a failure only logged (it expires by itself). */
   releaseQuietly: (lease: PollLease) => Promise<void>;
   now: () => number;
@@ -38,7 +42,7 @@ export type RunUnderLease = (
   cycleId: string,
   startedAt: number,
   intervalMs: number,
-  previousFailures: number,
+  previous: FailureStreak,
   abort: AbortController,
 ) => Promise<void>;
 
@@ -55,7 +59,7 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
     cycleId: string,
     startedAt: number,
     intervalMs: number,
-    previousFailures: number,
+    previous: FailureStreak,
     abort: AbortController,
   ): Promise<void> {
     const tenantId = record.tenantId;
@@ -87,6 +91,8 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
         abort.abort();
       },
     });
+    /** What runCycle answered: once it has, the cycle was listed in full and never fails (see below). */
+    let result: CycleResult | undefined;
     try {
       // Its tenant disabled or deleted since the cycle began: nothing of it is written (see below).
       if (abort.signal.aborted) throw new CycleAbortedError();
@@ -97,7 +103,7 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
         lastCycleStartedAt: new Date(startedAt).toISOString(),
         nextPollAt: new Date(nextPollAt).toISOString(),
       });
-      const result = await deps.runCycle({
+      result = await deps.runCycle({
         record,
         cycleId,
         startedAt,
@@ -106,16 +112,30 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
         leaseHeld: clock.held,
       });
       stopRenewing();
+      cyclesTotal.inc({ outcome: 'listed' });
+      cycleSeconds.observe((now() - startedAt) / 1000);
       await ends.endListed(lease, cycleId, {
         lastCycleEndedAt: new Date(result.listedAt).toISOString(),
         deviceCount: result.totalDevices,
         vulnerabilityMode: result.vulnerabilityMode,
         note: result.note,
       });
-      cyclesTotal.inc({ outcome: 'listed' });
-      cycleSeconds.observe((now() - startedAt) / 1000);
     } catch (error) {
       stopRenewing();
+      // Listed in full (its totals are in the cycle store), and its end not recorded: Redis failed the status's
+      // or the schedule's write (a failover's READONLY, a connection reset). Not a failed cycle: ended as failed,
+      // it was listed again within minutes (the tenant's quota spent twice, a second summary for the VMS), its
+      // status never showed the listing, and a fault of Redis counted as the tenant's failure. It is left marked
+      // running; the attempt fails (tried again after the attempts' backoff, a fault of Redis warned of once per
+      // outage), and the next holder of the lease ends it as listed (`endListedCycle`).
+      if (result !== undefined) {
+        log.warn('listed cycle not ended: the next try ends it', {
+          tenantId,
+          cycleId,
+          reason: errorMessage(error),
+        });
+        throw error;
+      }
       if (error instanceof CycleAbortedError || abort.signal.aborted) {
         // Left marked running: the next holder redoes it (unless the tenant was disabled or deleted).
         cyclesTotal.inc({ outcome: 'aborted' });
@@ -127,13 +147,12 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
         // counted, warned of once per outage. Aborted for a stop, or its tenant disabled or deleted (the lease
         // still held), it is left as it is.
         if (stop.aborted) return;
-        if (lost) deps.placeAt(tenantId, now() + deps.recheckMs);
+        if (lost) deps.placeAt(tenantId, now() + deps.recheckMs, record.revision);
         else if (!clock.held()) throw renewalError ?? error;
         return;
       }
-      await ends.endFailed(
-        { record, lease, cycleId, startedAt, intervalMs, previousFailures, error },
-        (next) => deps.placeAt(tenantId, next),
+      await ends.endFailed({ record, lease, cycleId, startedAt, intervalMs, previous, error }, (next) =>
+        deps.placeAt(tenantId, next, record.revision),
       );
     } finally {
       stopRenewing();

@@ -66,9 +66,29 @@ export function failureKindOf(error: unknown): FailureKind {
   return kind !== 'local' && isInfrastructureFault(error) ? 'infrastructure' : kind;
 }
 
+/** A tenant's failed cycles in a row, of one kind, with the settings (record revision) in force now. */
+export interface FailureStreak {
+  failures: number;
+  /** Their kind; absent in a schedule an older poller wrote (taken as the kind of the next failure). */
+  kind?: string;
+}
+
+/**
+ * The streak after a failed cycle of `kind`. Each kind counts its own: the backoffs grow with failures of one
+ * kind in a row, so a tenant throttled 4 times then failing on a 503 is tried again 2 minutes later (not a
+ * whole interval), and a setup error after throttling backs off one interval (not 16). A failure of this
+ * process's configuration (`local`) or of Redis or Kafka (`infrastructure`) is not the tenant's: the streak
+ * stays as it was.
+ */
+export function nextStreak(previous: FailureStreak, kind: FailureKind): FailureStreak {
+  if (kind === 'local' || kind === 'infrastructure') return previous;
+  const same = previous.kind === undefined || previous.kind === kind;
+  return { failures: (same ? previous.failures : 0) + 1, kind };
+}
+
 export interface BackoffInput {
   kind: FailureKind;
-  /** Consecutive failed cycles, this one included (≥ 1). */
+  /** Consecutive failed cycles of this kind, this one included (≥ 1). */
   failures: number;
   startedAt: number;
   now: number;

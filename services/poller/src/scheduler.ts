@@ -171,7 +171,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     let released = false;
     try {
       const record = deps.table.get(tenantId);
-      if (!record || !record.enabled || abort.signal.aborted) return;
+      // Stopping (the lease came after the stop began): no cycle begins that the drain would then cut.
+      if (!record || !record.enabled || abort.signal.aborted || stop.signal.aborted) return;
       const intervalMs = intervalOf(record);
       let schedule = await deps.schedules.get(tenantId);
       if (
@@ -190,19 +191,32 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       if (schedule.runningCycleId !== undefined) {
         log.warn('taking over an abandoned cycle', { tenantId, abandonedCycleId: schedule.runningCycleId });
       }
-      // Disabled or deleted while its schedule was read: no cycle of it begins.
-      if (abort.signal.aborted) return;
+      // Disabled or deleted, or the scheduler stopping, while its schedule was read: no cycle of it begins.
+      if (abort.signal.aborted || stop.signal.aborted) return;
       const cycleId = cycleIdOf(tenantId, startedAt);
-      if (!(await deps.schedules.begin(lease, cycleId, startedAt))) return;
+      if (!(await deps.schedules.begin(lease, cycleId, startedAt))) {
+        // The lease lost, or the tenant's record in Redis gone or disabled: this replica has not read its
+        // deletion (or disabling) yet, or the registrar has not stored a record Kafka already has (it writes
+        // Kafka first). Looked at again after URS_POLL_RECHECK_MS, not at every tick.
+        log.debug('cycle not begun: the lease lost, or the tenant not enabled in Redis', { tenantId });
+        if (localDue.has(tenantId)) localDue.set(tenantId, now() + deps.recheckMs);
+        return;
+      }
       cycleBegun.add(tenantId);
       log.debug('cycle started', { tenantId, cycleId, holderId: deps.holderId });
       // A tenant due at once (never polled, a cycle taken over, new settings) has no due time to be late for.
       if (due > 0) startDelaySeconds.observe((startedAt - due) / 1000);
       localDue.set(tenantId, startedAt + intervalMs);
       // A failure streak counts only while the settings stay the same.
-      const previousFailures = schedule.failedRevision === record.revision ? schedule.failures : 0;
+      const previous =
+        schedule.failedRevision === record.revision
+          ? {
+              failures: schedule.failures,
+              ...(schedule.failedKind === undefined ? {} : { kind: schedule.failedKind }),
+            }
+          : { failures: 0 };
       const clock = createLeaseClock(acquiredAt, deps.leaseMs, now);
-      await runUnderLease(record, { lease, clock }, cycleId, startedAt, intervalMs, previousFailures, abort);
+      await runUnderLease(record, { lease, clock }, cycleId, startedAt, intervalMs, previous, abort);
       released = true;
     } finally {
       if (!released) await releaseQuietly(lease);
@@ -252,6 +266,19 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     return honoured;
   }
 
+  /**
+   * Sets when this replica looks at the tenant again after a cycle of the record's `revision`. A record changed
+   * while the cycle ran stays due at once (as its change made it): Redis decides, and a failure of the older
+   * record does not hold the new one back (`dueAt`); placed by the failed cycle's backoff instead, a secret an
+   * admin fixed meanwhile waited up to `URS_POLL_MAX_BACKOFF_MS` on a single replica. A tenant disabled or
+   * deleted meanwhile is not placed again.
+   */
+  function placeAt(tenantId: string, at: number, revision: number): void {
+    const current = deps.table.get(tenantId);
+    if (!current?.enabled || !localDue.has(tenantId) || current.revision !== revision) return;
+    localDue.set(tenantId, at);
+  }
+
   const runUnderLease = createRunUnderLease({
     schedules: deps.schedules,
     tenants: deps.tenants,
@@ -263,7 +290,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     cyclesTotal,
     cycleSeconds,
     stop: stop.signal,
-    placeAt: (tenantId, at) => localDue.set(tenantId, at),
+    placeAt,
     releaseQuietly,
     now,
   });

@@ -6,6 +6,7 @@ import {
   classifyFailure,
   dueAt,
   failureKindOf,
+  nextStreak,
   transientRetryAt,
   withoutLocalBackoff,
 } from '../src/schedule';
@@ -114,6 +115,33 @@ describe('backoffUntil', () => {
 
   it('backoffUntil should keep the normal schedule after a transient failure', () => {
     expect(backoffUntil({ ...base, kind: 'transient', failures: 3 })).toBeNull();
+  });
+});
+
+describe('nextStreak', () => {
+  it('nextStreak should count failures of one kind in a row, and start again at 1 when the kind changes', () => {
+    expect(nextStreak({ failures: 0 }, 'throttled')).toEqual({ failures: 1, kind: 'throttled' });
+    expect(nextStreak({ failures: 4, kind: 'throttled' }, 'throttled')).toEqual({
+      failures: 5,
+      kind: 'throttled',
+    });
+    expect(nextStreak({ failures: 4, kind: 'throttled' }, 'transient')).toEqual({
+      failures: 1,
+      kind: 'transient',
+    });
+    expect(nextStreak({ failures: 4, kind: 'throttled' }, 'setup')).toEqual({ failures: 1, kind: 'setup' });
+  });
+
+  it('nextStreak should leave the streak as it is for a fault of this process or of Redis or Kafka', () => {
+    expect(nextStreak({ failures: 3, kind: 'setup' }, 'local')).toEqual({ failures: 3, kind: 'setup' });
+    expect(nextStreak({ failures: 3, kind: 'setup' }, 'infrastructure')).toEqual({
+      failures: 3,
+      kind: 'setup',
+    });
+  });
+
+  it('nextStreak should go on with a streak an older poller stored without its kind', () => {
+    expect(nextStreak({ failures: 3 }, 'setup')).toEqual({ failures: 4, kind: 'setup' });
   });
 });
 

@@ -100,11 +100,14 @@ describe('a tenant taken over from a poller whose lease renewals fail', () => {
     const table = createTenantTable();
     table.expectEnd(new Map());
     const record = sealedRecord('acme');
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    // Stored in Redis as the registrar stores it: a cycle begins only for a tenant enabled there.
+    await tenants.put(record);
     await table.handle(inboundMessage(record, { offset: '0', key: record.tenantId }));
     const scheduler = createScheduler({
       table,
       schedules,
-      tenants: createTenantStore(redis.client, redis.prefix),
+      tenants,
       cycles,
       runCycle: (input) => runCycle(cycleDeps, input),
       holderId,

@@ -65,6 +65,7 @@ export function memorySchedules(): PollScheduleStore {
         notBefore: _nb,
         failedRevision: _fr,
         retryAt: _ra,
+        failedKind: _fk,
         ...rest
       } = schedules.get(lease.tenantId) ?? { failures: 0 };
       schedules.set(lease.tenantId, {
@@ -73,6 +74,7 @@ export function memorySchedules(): PollScheduleStore {
         ...(outcome.notBefore === null ? {} : { notBefore: outcome.notBefore }),
         ...(outcome.retryAt === undefined || outcome.retryAt === null ? {} : { retryAt: outcome.retryAt }),
         ...(outcome.failedRevision === undefined ? {} : { failedRevision: outcome.failedRevision }),
+        ...(outcome.failedKind === undefined ? {} : { failedKind: outcome.failedKind }),
       });
       return true;
     },

@@ -1,0 +1,114 @@
+import { ReplyError } from 'ioredis';
+import type { CycleState, CycleStore } from '@urs/store';
+import { Registry } from '@urs/telemetry';
+import { type LogLine, capturingLogger, waitFor } from '@urs/testkit';
+import type { CycleInput, CycleResult } from '../src/cycle';
+import { createScheduler } from '../src/scheduler';
+import { createTenantTable } from '../src/tenant-table';
+import {
+  feed,
+  memorySchedules,
+  memoryStatus,
+  oneDeviceListed,
+  record,
+  sampleOf,
+  sleep,
+} from './support/scheduler';
+
+// A cycle listed in full whose end could not be recorded (Redis failing over under the status's or the
+// schedule's write): ended by the next try, not failed and listed again within its interval.
+
+/** The poll interval's unit: a 10-"minute" interval is 4 s; a transient retry would come after 0.64–0.96 s. */
+const UNIT_MS = 400;
+
+function onlyReplica(failing: { store: 'tenants' | 'schedules'; left: number }, lines: LogLine[]) {
+  const schedules = memorySchedules();
+  const tenants = memoryStatus();
+  const readonly = () => new ReplyError("READONLY You can't write against a read only replica.");
+  const end = schedules.end.bind(schedules);
+  schedules.end = async (lease, outcome) => {
+    if (failing.store === 'schedules' && failing.left-- > 0) throw readonly();
+    return end(lease, outcome);
+  };
+  const cycleListed = tenants.cycleListed.bind(tenants);
+  tenants.cycleListed = async (tenantId, cycleId, status) => {
+    if (failing.store === 'tenants' && failing.left-- > 0) throw readonly();
+    return cycleListed(tenantId, cycleId, status);
+  };
+  // The cycle store's record of each listed cycle, as runCycle writes it.
+  const listed = new Map<string, CycleState>();
+  const cycles: Pick<CycleStore, 'get' | 'abandon'> = {
+    get: async (_tenantId, cycleId) => listed.get(cycleId) ?? null,
+    abandon: async () => false,
+  };
+  const runs: number[] = [];
+  const metrics = new Registry({ processMetrics: false });
+  const table = createTenantTable();
+  table.expectEnd(new Map());
+  const scheduler = createScheduler({
+    table,
+    schedules,
+    tenants,
+    cycles,
+    runCycle: async (input: CycleInput): Promise<CycleResult> => {
+      runs.push(Date.now());
+      const result = oneDeviceListed(Date.now());
+      listed.set(input.cycleId, {
+        tenantId: input.record.tenantId,
+        cycleId: input.cycleId,
+        startedAt: new Date(input.startedAt).toISOString(),
+        deadlineAt: new Date(input.startedAt + 60_000).toISOString(),
+        totalBatches: result.totalBatches,
+        totalDevices: result.totalDevices,
+        listedAt: new Date(result.listedAt).toISOString(),
+        vulnerabilityMode: result.vulnerabilityMode,
+        scoredBatches: 0,
+      });
+      return result;
+    },
+    holderId: 'only-replica',
+    intervalUnitMs: UNIT_MS,
+    leaseMs: 1_000,
+    maxConcurrentCycles: 8,
+    tickMs: 5,
+    recheckMs: 20,
+    maxBackoffMs: 60_000,
+    logger: capturingLogger(lines),
+    metrics,
+    random: () => 0.5,
+  });
+  return { table, scheduler, schedules, tenants, runs, metrics };
+}
+
+describe('createScheduler: a listed cycle whose end fails to be recorded', () => {
+  it.each([
+    ['the status write (cycleListed)', 'tenants' as const],
+    ["the schedule's end", 'schedules' as const],
+  ])(
+    'should end the cycle at the next try, without listing the tenant again, when %s fails',
+    async (_name, store) => {
+      const lines: LogLine[] = [];
+      const { table, scheduler, schedules, tenants, runs, metrics } = onlyReplica({ store, left: 1 }, lines);
+      await feed(table, [record('a')]);
+      scheduler.start();
+      try {
+        await waitFor(() => tenants.statuses.get('a')?.deviceCount === 1, { timeoutMs: 5_000 });
+        // Past when a failed cycle's retry would have listed it again (0.64–0.96 s after it failed).
+        await sleep(1_200);
+        expect(runs).toHaveLength(1);
+        const schedule = await schedules.get('a');
+        expect(schedule.runningCycleId).toBeUndefined();
+        expect(schedule.failures).toBe(0);
+        expect(schedule.retryAt).toBeUndefined();
+        expect(tenants.statuses.get('a')).toMatchObject({ state: 'active', deviceCount: 1 });
+        expect(tenants.statuses.get('a')?.lastCycleEndedAt).toBeDefined();
+        expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="listed"}')).toBe(1);
+        expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="infrastructure"}')).toBeUndefined();
+        expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="transient"}')).toBeUndefined();
+      } finally {
+        await scheduler.close(1_000);
+      }
+    },
+    15_000,
+  );
+});

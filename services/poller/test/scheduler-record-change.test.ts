@@ -1,0 +1,79 @@
+import { DefenderError, DefenderErrorCode } from '@urs/defender';
+import type { TenantRecord } from '@urs/contracts';
+import { waitFor } from '@urs/testkit';
+import type { Scheduler } from '../src/scheduler';
+import { feed, memorySchedules, memoryStatus, record, replica, type Run } from './support/scheduler';
+
+// A tenant's record changed while its cycle ran on the only replica (an admin fixing the secret the cycle
+// fails on): the new record is tried at once, not after the failed cycle's backoff.
+
+const daily = (revision: number): TenantRecord =>
+  ({ ...record('a', revision), defender: { pollIntervalMinutes: 1440 } }) as TenantRecord;
+
+describe('createScheduler: a record changed during a failing cycle', () => {
+  let scheduler: Scheduler | undefined;
+  afterEach(async () => {
+    await scheduler?.close(100);
+  });
+
+  it("should try the new record at once, not after the backoff of the old one's failure", async () => {
+    const schedules = memorySchedules();
+    const runs: Run[] = [];
+    const revisions: number[] = [];
+    const offset = { n: 0 };
+    const made = replica(
+      0,
+      schedules,
+      memoryStatus(),
+      runs,
+      async (input) => {
+        revisions.push(input.record.revision);
+        if (input.record.revision !== 1) return;
+        // The admin registers the fixed secret while the cycle still runs on the old one.
+        await waitFor(() => made.table.get('a')?.revision === 2);
+        throw new DefenderError(DefenderErrorCode.INVALID_SECRET, 'the secret does not match');
+      },
+      // A "day" of 1,440 "minutes" of 1 s: the setup error backs the tenant off a day.
+      { intervalUnitMs: 1_000 },
+    );
+    scheduler = made.scheduler;
+    await feed(made.table, [daily(1)], offset);
+    scheduler.start();
+    await waitFor(() => revisions.length === 1);
+    await feed(made.table, [daily(2)], offset);
+    await waitFor(() => runs.length === 1, { timeoutMs: 5_000 });
+    expect(revisions).toEqual([1, 2]);
+    expect(await schedules.get('a')).toMatchObject({ failures: 0 });
+  });
+});
+
+describe('createScheduler: a cycle its store refuses to begin', () => {
+  let scheduler: Scheduler | undefined;
+  afterEach(async () => {
+    await scheduler?.close(100);
+  });
+
+  it('should look at the tenant again after the recheck wait, not as soon as its attempt returned, while its record in Redis is not enabled', async () => {
+    const schedules = memorySchedules();
+    let begins = 0;
+    // The registrar has not stored the record Kafka already has (or this replica missed its deletion).
+    schedules.begin = async () => {
+      begins++;
+      // Answered as Redis answers, after the event loop's turn.
+      await new Promise((resolve) => setImmediate(resolve));
+      return false;
+    };
+    const runs: Run[] = [];
+    const made = replica(0, schedules, memoryStatus(), runs, async () => undefined);
+    scheduler = made.scheduler;
+    await feed(made.table, [record('a')]);
+    scheduler.start();
+    await waitFor(() => begins >= 1);
+    const first = Date.now();
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    const elapsed = Date.now() - first;
+    // Once per URS_POLL_RECHECK_MS (20 ms) at most, not again as soon as the refused attempt returned.
+    expect(begins).toBeLessThanOrEqual(Math.ceil(elapsed / 20) + 1);
+    expect(runs).toEqual([]);
+  });
+});
