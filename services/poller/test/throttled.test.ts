@@ -111,10 +111,8 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
       status,
       runs,
       async (input) => void (await runCycle(cycleDeps(), input)),
-      {
-        maxConcurrentCycles: 1,
-        metrics,
-      },
+      // A lease no slower process can lose while the cycle meets the block (a lost lease frees the place too).
+      { maxConcurrentCycles: 1, metrics, leaseMs: 10_000 },
     );
     scheduler = made.scheduler;
     await feed(made.table, tenants.map(recordOf));
@@ -151,7 +149,7 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
         attempts.push(now());
         await runCycle(cycleDeps(), input);
       },
-      { metrics, intervalUnitMs: 60_000, now },
+      { metrics, intervalUnitMs: 60_000, now, leaseMs: 10_000 },
     );
     try {
       await feed(made.table, [recordOf(daily, 1440)]);

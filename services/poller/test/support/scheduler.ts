@@ -171,6 +171,8 @@ export function replica(
     intervalUnitMs?: number;
     /** The scheduler's clock (default `Date.now`). */
     now?: () => number;
+    /** How long a tenant's lease lasts unless renewed, ms (default 200). */
+    leaseMs?: number;
   } = {},
 ) {
   const table = createTenantTable();
@@ -194,7 +196,7 @@ export function replica(
     },
     holderId: `replica-${index}`,
     intervalUnitMs: options.intervalUnitMs ?? UNIT_MS,
-    leaseMs: 200,
+    leaseMs: options.leaseMs ?? 200,
     maxConcurrentCycles: options.maxConcurrentCycles ?? 8,
     tickMs: 5,
     recheckMs: 20,
