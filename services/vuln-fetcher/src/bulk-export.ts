@@ -3,7 +3,7 @@ import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage, isInfrastructureFault } from '@urs/resilience';
 import type { BulkVulnerabilityCache, LatestExport, TenantStore } from '@urs/store';
 import type { Counter, Registry } from '@urs/telemetry';
-import { correctionParts } from './corrections';
+import { changedDevices } from './corrections';
 import { notHeld, unreadableInExport, type Enrichment } from './enrichment';
 import { anyAborted, throwIfStopping } from './interruption';
 import type { VulnerabilitySource } from './sources';
@@ -327,7 +327,9 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
       devices,
       collectedAt,
       corrections: {
-        parts: await correctionParts(changed, threshold),
+        changed: await changedDevices(changed),
+        // The fold stays in memory until the export is stored, after the corrections are sent.
+        summaries: async (ids) => new Map(ids.map((id) => [id, folder.summaryOf(id, threshold)])),
         snapshot: { generatedTime, collectedAt },
       },
       afterSend: () => storeExport(batch, folder, collectedAt.toISOString(), generatedTime, log, started),

@@ -180,9 +180,9 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
       if (state.state === 'ready') {
         const enrichment = await fromExport(batch, batch.cycleId, state.collectedAt, state.generatedTime);
         if (readLast === null) return enrichment;
-        const parts = await storedCorrections(deps.bulkCache, batch, readLast);
+        const corrections = await storedCorrections(deps.bulkCache, batch, readLast);
         const snapshot = { generatedTime: state.generatedTime, collectedAt: state.collectedAt };
-        return { ...enrichment, corrections: { parts, snapshot } };
+        return { ...enrichment, corrections: { ...corrections, snapshot } };
       }
       // Pending, the export is read by the cycle's last batch (or by a first cycle's batch: then no latest).
       if (

@@ -76,9 +76,10 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
   bulkSkipUnchanged: boolean;
   /**
    * How long a bulk cycle's corrections wait for the cycle's earlier batches to be enriched (on any replica)
-   * before they go anyway, in ms. A correction that overtakes its device's batch finds no score of the cycle to
-   * correct, so that device keeps the older export's vulnerabilities until the next cycle. Env
-   * `URS_BULK_CORRECTION_WAIT_MS`, default 30000, at most 600000; 0 does not wait.
+   * or recorded lost, in ms; then the last batch fails and the bus tries it again, and at its 5th try they go
+   * anyway. A correction that overtakes its device's batch finds no score of the cycle to correct, so that
+   * device keeps the older export's vulnerabilities until the next cycle. Env `URS_BULK_CORRECTION_WAIT_MS`,
+   * default 30000, at most 600000; 0 does not wait (nor fail the batch).
    */
   bulkCorrectionWaitMs: number;
   /**

@@ -21,45 +21,72 @@ const CORRECTIONS_PER_BATCH = 1000;
 
 /**
  * The corrections a bulk cycle's last batch brings when the cycle's own export is already stored
- * (another replica read it, or this batch comes again) and its earlier batches were enriched from
- * `latest`: every device whose summary the export changed.
+ * (another replica read it, this batch comes again, or a try of it stored it before failing) and its
+ * earlier batches were enriched from `latest`: every device whose summary the export changed, their
+ * summaries read back from the stored export a batch at a time.
  */
 export async function storedCorrections(
-  bulkCache: Pick<BulkVulnerabilityCache, 'scan' | 'compare'>,
+  bulkCache: Pick<BulkVulnerabilityCache, 'scan' | 'compare' | 'read'>,
   batch: DeviceBatch,
   latest: LatestExport,
-): Promise<VulnerabilityCorrection[][]> {
+): Promise<Pick<Corrections, 'changed' | 'summaries'>> {
   const stored = bulkCache.scan(batch.tenantId, batch.cycleId);
-  return correctionParts(bulkCache.compare(batch.tenantId, latest.cycleId, stored), batch.cvssThreshold);
+  return {
+    changed: await changedDevices(bulkCache.compare(batch.tenantId, latest.cycleId, stored)),
+    summaries: (deviceIds) => bulkCache.read(batch.tenantId, batch.cycleId, deviceIds),
+  };
 }
 
 /**
- * Changed summaries as correction batches of CORRECTIONS_PER_BATCH devices: a device gone from the export
- * (null) has no vulnerabilities; one whose rows all were unreadable (the JSON `null`) has none known.
+ * The ids of the devices a comparison found changed, in its order. Only the ids are kept: on a day
+ * Microsoft rescores a CVE most devices of a fleet change, and their summaries all at once (300,000
+ * devices: a few hundred MB of objects and JSON) would not fit beside the export's fold; they are made
+ * again a batch at a time as the batches are sent (`sendCorrections`).
  */
-export async function correctionParts(
+export async function changedDevices(
   changed: AsyncIterable<[string, string | null][]> | Iterable<[string, string | null][]>,
+): Promise<string[]> {
+  const ids: string[] = [];
+  for await (const slice of changed) for (const [deviceId] of slice) ids.push(deviceId);
+  return ids;
+}
+
+/** How many correction batches carry the corrections of this many devices. */
+export const correctionBatchCount = (devices: number): number => Math.ceil(devices / CORRECTIONS_PER_BATCH);
+
+/**
+ * A device's correction from its summary in the cycle's own export: one the export does not list
+ * (undefined) has no vulnerabilities; one whose rows all were unreadable (null) has none known.
+ */
+function correctionOf(
+  deviceId: string,
+  summary: VulnerabilitySummary | null | undefined,
   cvssThreshold: number,
-): Promise<VulnerabilityCorrection[][]> {
-  const empty = emptySummary(cvssThreshold);
-  const parts: VulnerabilityCorrection[][] = [];
-  let part: VulnerabilityCorrection[] = [];
-  for await (const slice of changed) {
-    for (const [deviceId, json] of slice) {
-      const summary = json === null ? empty : (JSON.parse(json) as VulnerabilitySummary | null);
-      part.push(
-        summary === null
-          ? { deviceId, vulnerabilities: null, fetchError: unreadableInExport() }
-          : { deviceId, vulnerabilities: summary },
-      );
-      if (part.length === CORRECTIONS_PER_BATCH) {
-        parts.push(part);
-        part = [];
-      }
-    }
+): VulnerabilityCorrection {
+  if (summary === undefined) return { deviceId, vulnerabilities: emptySummary(cvssThreshold) };
+  if (summary === null) return { deviceId, vulnerabilities: null, fetchError: unreadableInExport() };
+  return { deviceId, vulnerabilities: summary };
+}
+
+/**
+ * Sends the corrections of `deviceIds` in batches of CORRECTIONS_PER_BATCH, in order, each made (its
+ * summaries looked up) only once the one before was sent: what is held at once is one batch, however many
+ * devices changed. `send` gets each batch with its position among them (0 on).
+ */
+export async function sendCorrections(
+  deviceIds: readonly string[],
+  summaries: Corrections['summaries'],
+  cvssThreshold: number,
+  send: (corrections: VulnerabilityCorrection[], index: number) => Promise<void>,
+): Promise<void> {
+  for (let at = 0, index = 0; at < deviceIds.length; at += CORRECTIONS_PER_BATCH, index++) {
+    const ids = deviceIds.slice(at, at + CORRECTIONS_PER_BATCH);
+    const found = await summaries(ids);
+    await send(
+      ids.map((id) => correctionOf(id, found.get(id), cvssThreshold)),
+      index,
+    );
   }
-  if (part.length > 0) parts.push(part);
-  return parts;
 }
 
 /**
@@ -75,21 +102,19 @@ export function notInSnapshot(devices: EnrichedDevice[]): [string, string][] {
 }
 
 /**
- * The corrections, with those of the devices the cycle's earlier batches sent as not in the latest
- * export's snapshot (`notInSnapshot`) that the cycle's own snapshot lists. Those the export holds are
- * among the changed devices already, the latest export holding none of them; the others have no
- * vulnerabilities now, and nothing else would say so: absent from both exports, no comparison finds them.
+ * The devices to correct: the changed ones, then those the cycle's earlier batches sent as not in the
+ * latest export's snapshot (`notInSnapshot`) that the cycle's own snapshot lists and no change names. Those
+ * the export holds are among the changed devices already, the latest export holding none of them; the
+ * others have no vulnerabilities now (their summary looked up is absent from the export), and nothing else
+ * would say so: absent from both exports, no comparison finds them.
  */
-export async function listedSince(
-  corrections: Corrections,
-  unlisted: [string, string][],
-  cvssThreshold: number,
-): Promise<VulnerabilityCorrection[][]> {
-  const changed = new Set(corrections.parts.flatMap((part) => part.map((item) => item.deviceId)));
-  const clear = unlisted
-    .filter(([id, firstSeen]) => !changed.has(id) && listedBy(firstSeen, corrections.snapshot))
-    .map(([id]): [string, null] => [id, null]);
-  return [...corrections.parts, ...(await correctionParts([clear], cvssThreshold))];
+export function listedSince(corrections: Corrections, unlisted: [string, string][]): string[] {
+  const listed = new Set(
+    unlisted.filter(([, firstSeen]) => listedBy(firstSeen, corrections.snapshot)).map(([id]) => id),
+  );
+  if (listed.size === 0) return corrections.changed;
+  for (const id of corrections.changed) listed.delete(id);
+  return [...corrections.changed, ...listed];
 }
 
 /** A correction batch's header: after the poller's batches, without totals (the last batch has them). */
@@ -110,39 +135,72 @@ export function correctionHeader(
 
 export interface CorrectionWaitDeps {
   cycles: Pick<CycleStore, 'enrichedOrLostBatches'>;
-  /** How long corrections wait for the cycle's earlier batches, in milliseconds. Default 30000. */
+  /** How long corrections wait for the cycle's earlier batches, in milliseconds. Default 30000; 0 does not wait. */
   correctionWaitMs?: number;
   /** Pause between two looks at another replica's bulk export, in milliseconds (at most 50 here). Default 200. */
   bulkPollMs?: number;
 }
 
 /**
+ * Tries of a last batch whose wait for the cycle's earlier batches timed out before its corrections go
+ * anyway: well under the bus's 20 attempts (DEFAULT_RUNNER_RETRY), after which it would be dead-lettered
+ * and its cycle closed partial, the export it read never made the latest.
+ */
+export const CORRECTION_TRIES = 5;
+
+/** Last batches whose wait timed out, remembered at most (one per bulk tenant whose earlier batch is late). */
+const TIMED_OUT_BATCHES = 1000;
+
+/**
  * Waits until every batch of the cycle before `batch` was enriched and produced, on any replica, or recorded
  * lost (dead-lettered: it never will be), so each correction follows its device's batch on the tenant's
- * partition; after `correctionWaitMs` the corrections go anyway (an earlier batch still on its way, or lost
- * without the record), and the log says so.
+ * partition: the scorer drops a correction of a device it has not scored for the cycle (the batch that
+ * comes after it would keep the latest export's vulnerabilities until the next cycle). True once they are;
+ * false when `correctionWaitMs` passed first: the last batch is to fail and be tried again (its cycle's
+ * export stored first, so that a batch still to come is enriched from it). From its CORRECTION_TRIES-th
+ * such try on (an earlier batch lost without the record, or held for long), or with a wait of 0, true
+ * after the wait anyway: the corrections go, and the log says so.
  */
 export function createCorrectionWait(deps: CorrectionWaitDeps) {
+  const waitMs = deps.correctionWaitMs ?? 30_000;
+  /** The tries timed out so far, by `tenantId/cycleId/batchIndex`: the bus tries a batch again in place. */
+  const timedOut = new Map<string, number>();
   return async function earlierEnriched(
     batch: DeviceBatch,
     heartbeat: () => Promise<void>,
     log: Logger,
     signal: AbortSignal | undefined,
-  ): Promise<void> {
-    const deadline = Date.now() + (deps.correctionWaitMs ?? 30_000);
+  ): Promise<boolean> {
+    const key = `${batch.tenantId}/${batch.cycleId}/${batch.batchIndex}`;
+    const deadline = Date.now() + waitMs;
     for (;;) {
       const settled = await deps.cycles.enrichedOrLostBatches(
         batch.tenantId,
         batch.cycleId,
         batch.batchIndex,
       );
-      if (settled >= batch.batchIndex) return;
+      if (settled >= batch.batchIndex) {
+        timedOut.delete(key);
+        return true;
+      }
       if (Date.now() >= deadline) {
-        log.warn('corrections sent before every earlier batch was enriched', {
-          enrichedOrLost: settled,
-          earlierBatches: batch.batchIndex,
-        });
-        return;
+        const tries = (timedOut.get(key) ?? 0) + 1;
+        timedOut.delete(key);
+        const fields = { enrichedOrLost: settled, earlierBatches: batch.batchIndex, tries };
+        if (waitMs === 0 || tries >= CORRECTION_TRIES) {
+          log.warn('corrections sent before every earlier batch was enriched', fields);
+          return true;
+        }
+        timedOut.set(key, tries);
+        if (timedOut.size > TIMED_OUT_BATCHES) {
+          const oldest = timedOut.keys().next().value;
+          if (oldest !== undefined) timedOut.delete(oldest);
+        }
+        log.info(
+          'corrections wait for earlier batches not enriched yet: the last batch is tried again',
+          fields,
+        );
+        return false;
       }
       await heartbeat();
       await sleepUntil(Math.min(deps.bulkPollMs ?? 200, 50), signal);

@@ -2,7 +2,7 @@ import {
   vulnerabilitiesNotHeld,
   type DeviceRecord,
   type EnrichedDevice,
-  type VulnerabilityCorrection,
+  type VulnerabilitySummary,
 } from '@urs/contracts';
 import { DefenderErrorCode } from '@urs/defender';
 import type { ExportSnapshot } from './snapshot';
@@ -13,11 +13,17 @@ export type FetchError = { code: string; message: string };
 
 /**
  * What a bulk cycle's own export corrects, compared with the tenant's latest export its earlier batches
- * were enriched from: the devices whose summary it changed, in batches, and its snapshot, which may list
- * devices the latest one's could not (see `listedSince`).
+ * were enriched from: the devices whose summary it changed (their ids: see `changedDevices`), their
+ * summaries in it, looked up a batch at a time as the corrections are sent, and its snapshot, which may
+ * list devices the latest one's could not (see `listedSince`).
  */
 export interface Corrections {
-  parts: VulnerabilityCorrection[][];
+  changed: string[];
+  /**
+   * These devices' summaries in the cycle's own export: null for one it lists only in rows that could not
+   * be read, absent (undefined) for one it does not list.
+   */
+  summaries(deviceIds: string[]): Promise<Map<string, VulnerabilitySummary | null | undefined>>;
   snapshot: ExportSnapshot;
 }
 

@@ -1,10 +1,5 @@
 import { deviceBatchMessage, type MessageHandler, type Publisher } from '@urs/bus';
-import {
-  cycleBatchHeader,
-  type DeviceBatch,
-  type TenantRecord,
-  type VulnerabilityCorrection,
-} from '@urs/contracts';
+import { cycleBatchHeader, type DeviceBatch, type TenantRecord } from '@urs/contracts';
 import { isSetupErrorCode } from '@urs/defender';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage } from '@urs/resilience';
@@ -14,7 +9,14 @@ import type { Registry } from '@urs/telemetry';
 import { createBatchClaims } from './batch-claim';
 import { createBulkEnrichment } from './bulk';
 import { readsExportLast } from './bulk-export';
-import { correctionHeader, createCorrectionWait, listedSince, notInSnapshot } from './corrections';
+import {
+  correctionBatchCount,
+  correctionHeader,
+  createCorrectionWait,
+  listedSince,
+  notInSnapshot,
+  sendCorrections,
+} from './corrections';
 import { missing, type Enrichment, type TenantEnrichment } from './enrichment';
 import { createBatchInterruptions, type BatchInterruption } from './interruption';
 import { createPerDeviceEnrichment } from './per-device';
@@ -87,7 +89,9 @@ export interface EnrichHandlerDeps {
   snapshotProbeMs?: number;
   /**
    * How long a bulk cycle's corrections wait for the cycle's earlier batches to be enriched (on any
-   * replica) before they go anyway, in milliseconds. Default 30000.
+   * replica) or recorded lost, in milliseconds: then the last batch fails retryably (CORRECTIONS_WAITING),
+   * its export stored, and from its CORRECTION_TRIES-th try on they go anyway (see `createCorrectionWait`).
+   * Default 30000; 0 does not wait.
    */
   correctionWaitMs?: number;
   publisher: Publisher;
@@ -369,37 +373,56 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       vulnerabilityMode: batch.vulnerabilityMode,
       collectedAt: enrichment.collectedAt.toISOString(),
     };
-    let parts: VulnerabilityCorrection[][] = [];
+    let toCorrect: string[] = [];
     const poller = header.totalBatches ?? batch.batchIndex + 1;
     if (enrichment.corrections) {
       // Each correction must reach the scorer after the device's own batch; and the devices the earlier
       // batches sent as not in the latest export's snapshot are known once those batches are enriched.
-      await earlierEnriched(batch, heartbeat, log, signal);
+      if (!(await earlierEnriched(batch, heartbeat, log, signal))) {
+        // Stored now, the export is not read again when the batch is tried again, and the earlier batches
+        // still to come are enriched from it.
+        await enrichment.afterSend?.();
+        throw new UrsError(
+          'CORRECTIONS_WAITING',
+          `an earlier batch of the cycle was not enriched within ${deps.correctionWaitMs ?? 30_000} ms: ` +
+            "the corrections would reach the scorer before that batch's devices and be dropped; the last " +
+            'batch is tried again',
+          { canRetry: true },
+        );
+      }
       const unlisted = await deps.cycles.notInSnapshot(batch.tenantId, batch.cycleId);
-      parts = await listedSince(enrichment.corrections, unlisted, batch.cvssThreshold);
+      toCorrect = listedSince(enrichment.corrections, unlisted);
     }
-    if (parts.length > 0) {
+    const correctionBatches = correctionBatchCount(toCorrect.length);
+    if (correctionBatches > 0) {
       // The publisher must count the corrections before the last batch can complete the cycle.
-      await deps.cycles.addCorrections(batch.tenantId, batch.cycleId, parts.length);
-      header.totalBatches = poller + parts.length;
+      await deps.cycles.addCorrections(batch.tenantId, batch.cycleId, correctionBatches);
+      header.totalBatches = poller + correctionBatches;
     }
-    const messages = [
+    await deps.publisher.send(deps.topic, 'urs/enriched-batch', [
       deviceBatchMessage(batch.tenantId, header, enrichment.devices),
-      ...parts.map((part, index) =>
-        deviceBatchMessage(
-          batch.tenantId,
-          correctionHeader(batch, poller + index, header.collectedAt, part),
-          [],
-        ),
-      ),
-    ];
-    await deps.publisher.send(deps.topic, 'urs/enriched-batch', messages);
+    ]);
+    if (enrichment.corrections) {
+      // One correction batch made and sent at a time, after the last batch, on the tenant's partition.
+      await sendCorrections(
+        toCorrect,
+        enrichment.corrections.summaries,
+        batch.cvssThreshold,
+        (corrections, index) =>
+          deps.publisher.send(deps.topic, 'urs/enriched-batch', [
+            deviceBatchMessage(
+              batch.tenantId,
+              correctionHeader(batch, poller + index, header.collectedAt, corrections),
+              [],
+            ),
+          ]),
+      );
+    }
     await enrichment.afterSend?.();
     if (readsLast(batch) && batch.lastBatch && record !== null) {
-      const devices = parts.reduce((sum, part) => sum + part.length, 0);
-      if (devices > 0) {
-        corrected.inc({}, devices);
-        log.info('bulk cycle corrected', { devices, batches: parts.length });
+      if (toCorrect.length > 0) {
+        corrected.inc({}, toCorrect.length);
+        log.info('bulk cycle corrected', { devices: toCorrect.length, batches: correctionBatches });
       }
       // Only now the next cycle reads from this export: a crash before it redoes the corrections. The
       // export it replaces goes after one poll interval, not after the cache's expiry (an export of a

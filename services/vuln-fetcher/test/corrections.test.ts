@@ -1,5 +1,13 @@
 import type { DeviceBatch } from '@urs/contracts';
-import { correctionHeader, correctionParts, listedSince, notInSnapshot } from '../src/corrections';
+import {
+  changedDevices,
+  correctionBatchCount,
+  correctionHeader,
+  listedSince,
+  notInSnapshot,
+  sendCorrections,
+} from '../src/corrections';
+import { unreadableInExport } from '../src/enrichment';
 import { emptySummary } from '../src/summarise';
 import { batch } from './handler-support';
 
@@ -7,79 +15,105 @@ async function* slices(...all: [string, string | null][][]): AsyncIterable<[stri
   for (const slice of all) yield slice;
 }
 
-describe('correctionParts', () => {
-  it('correctionParts should cut the changed summaries into batches of 1000 devices across slices', async () => {
-    const changed = Array.from({ length: 2_500 }, (_, i): [string, string | null] => [`d${i}`, null]);
-    const parts = await correctionParts(slices(changed.slice(0, 700), changed.slice(700)), 9);
-    expect(parts.map((part) => part.length)).toEqual([1_000, 1_000, 500]);
-    expect(parts.flat().map((correction) => correction.deviceId)).toEqual(changed.map(([id]) => id));
+describe('changedDevices', () => {
+  it('changedDevices should keep the ids of the changed devices across slices, in order', async () => {
+    const changed = Array.from({ length: 2_500 }, (_, i): [string, string | null] => [`d${i}`, '{}']);
+    expect(await changedDevices(slices(changed.slice(0, 700), [], changed.slice(700)))).toEqual(
+      changed.map(([id]) => id),
+    );
+  });
+});
+
+describe('sendCorrections', () => {
+  const summary = { ...emptySummary(7), totalCveCount: 2, topCveIds: ['CVE-2024-1'] };
+
+  it('sendCorrections should make each batch of 1000 devices only once the one before was sent', async () => {
+    const ids = Array.from({ length: 4_500 }, (_, i) => `d${i}`);
+    /** Corrections made (their summaries looked up) but not sent yet, at most, and all sent. */
+    let unsent = 0;
+    let most = 0;
+    const sent: string[] = [];
+    const indexes: number[] = [];
+    await sendCorrections(
+      ids,
+      async (some) => {
+        unsent += some.length;
+        most = Math.max(most, unsent);
+        return new Map(some.map((id) => [id, summary]));
+      },
+      7,
+      async (part, index) => {
+        unsent -= part.length;
+        indexes.push(index);
+        sent.push(...part.map((item) => item.deviceId));
+      },
+    );
+    expect(most).toBe(1_000);
+    expect(indexes).toEqual([0, 1, 2, 3, 4]);
+    expect(sent).toEqual(ids);
   });
 
-  it('correctionParts should give a device gone from the export an empty summary at the threshold', async () => {
-    const summary = { ...emptySummary(7), totalCveCount: 2, topCveIds: ['CVE-2024-1'] };
-    const parts = await correctionParts(
-      slices([
-        ['d1', JSON.stringify(summary)],
-        ['d2', null],
-      ]),
+  it('sendCorrections should give a device the export does not list an empty summary, and one it could not read none', async () => {
+    const sent: unknown[] = [];
+    await sendCorrections(
+      ['held', 'gone', 'unreadable'],
+      async () =>
+        new Map([
+          ['held', summary],
+          ['unreadable', null],
+        ]),
       7,
+      async (part) => void sent.push(part),
     );
-    expect(parts).toEqual([
+    expect(sent).toEqual([
       [
-        { deviceId: 'd1', vulnerabilities: summary },
-        { deviceId: 'd2', vulnerabilities: emptySummary(7) },
+        { deviceId: 'held', vulnerabilities: summary },
+        { deviceId: 'gone', vulnerabilities: emptySummary(7) },
+        { deviceId: 'unreadable', vulnerabilities: null, fetchError: unreadableInExport() },
       ],
     ]);
   });
 
-  it('correctionParts should give no batch when nothing changed', async () => {
-    expect(await correctionParts(slices([], []), 9)).toEqual([]);
+  it('sendCorrections should send nothing when nothing changed', async () => {
+    const send = jest.fn(async () => undefined);
+    await sendCorrections([], async () => new Map(), 9, send);
+    expect(send).not.toHaveBeenCalled();
+    expect(correctionBatchCount(0)).toBe(0);
+  });
+
+  it('correctionBatchCount should count the batches of 1000 devices', () => {
+    expect([1, 1_000, 1_001, 4_500].map(correctionBatchCount)).toEqual([1, 1, 2, 5]);
   });
 });
 
 describe('listedSince', () => {
-  const summary = { ...emptySummary(9), criticalCveCount: 1, totalCveCount: 1, topCveIds: ['CVE-2026-1'] };
+  const none = async () => new Map();
 
-  it("listedSince should add an empty summary for each device the cycle's snapshot lists and no change names", async () => {
-    const parts = [[{ deviceId: 'held', vulnerabilities: summary }]];
+  it("listedSince should add each device the cycle's snapshot lists and no change names", () => {
     const snapshot = { generatedTime: '2026-01-01T12:00:00.000Z', collectedAt: '2026-01-01T12:30:00.000Z' };
-    const all = await listedSince(
-      { parts, snapshot },
-      [
-        ['held', '2026-01-01T07:00:00.000Z'],
-        ['clear', '2026-01-01T08:00:00.000Z'],
-        ['at-generation', '2026-01-01T12:00:00.000Z'],
-        ['since', '2026-01-01T12:00:00.001Z'],
-      ],
-      9,
-    );
-    // `held` (the export lists it, with its CVE) once; `since` is not in this snapshot either.
-    expect(all).toEqual([
-      [{ deviceId: 'held', vulnerabilities: summary }],
-      [
-        { deviceId: 'clear', vulnerabilities: emptySummary(9) },
-        { deviceId: 'at-generation', vulnerabilities: emptySummary(9) },
-      ],
+    const all = listedSince({ changed: ['held'], summaries: none, snapshot }, [
+      ['held', '2026-01-01T07:00:00.000Z'],
+      ['clear', '2026-01-01T08:00:00.000Z'],
+      ['at-generation', '2026-01-01T12:00:00.000Z'],
+      ['since', '2026-01-01T12:00:00.001Z'],
+      ['clear', '2026-01-01T08:00:00.000Z'],
     ]);
+    // `held` (the export lists it, with its CVE) once; `since` is not in this snapshot either.
+    expect(all).toEqual(['held', 'clear', 'at-generation']);
   });
 
-  it('listedSince should take a snapshot without a time for one 7 hours older than its read', async () => {
+  it('listedSince should take a snapshot without a time for one 7 hours older than its read', () => {
     const snapshot = { collectedAt: '2026-01-01T19:00:00.000Z' };
-    const all = await listedSince(
-      { parts: [], snapshot },
-      [
-        ['old', '2026-01-01T11:59:00.000Z'],
-        ['recent', '2026-01-01T12:01:00.000Z'],
-      ],
-      9,
-    );
-    expect(all.flat().map((item) => item.deviceId)).toEqual(['old']);
+    const all = listedSince({ changed: [], summaries: none, snapshot }, [
+      ['old', '2026-01-01T11:59:00.000Z'],
+      ['recent', '2026-01-01T12:01:00.000Z'],
+    ]);
+    expect(all).toEqual(['old']);
   });
 
-  it('listedSince should leave the corrections as they are when no device was sent as not in the snapshot', async () => {
-    const parts = [[{ deviceId: 'd1', vulnerabilities: summary }]];
+  it('listedSince should leave the changed devices as they are when no device was sent as not in the snapshot', () => {
     const snapshot = { generatedTime: '2026-01-01T12:00:00.000Z', collectedAt: '2026-01-01T12:30:00.000Z' };
-    expect(await listedSince({ parts, snapshot }, [], 9)).toEqual(parts);
+    expect(listedSince({ changed: ['d1'], summaries: none, snapshot }, [])).toEqual(['d1']);
   });
 });
 
