@@ -255,6 +255,20 @@ export function createMessageProcessor(
       code: letter.error.code,
     };
     let hold: Hold | undefined;
+    /** Holds the message while `failure` keeps the letter unwritten, then waits for the next attempt. */
+    const holdBeforeRetry = async (
+      failure: unknown,
+      attempt: number,
+      message: string,
+      extra: Record<string, unknown> = {},
+    ): Promise<boolean> => {
+      const fields = messageLogFields(work, payload);
+      hold = heldFor(hold, work.topic, failure, fields);
+      const delayMs = retryDelayMs(retry, attempt);
+      // Warned of once per outage by `held`; each attempt only at debug.
+      log.debug(message, { ...fields, attempt, delayMs, code: letter.error.code, ...extra });
+      return pauseBeforeRetry(work, delayMs);
+    };
     try {
       for (let attempt = 1; ; attempt++) {
         let outcome: DeadLetterOutcome;
@@ -273,19 +287,9 @@ export function createMessageProcessor(
           if (work.stopSignal.aborted || work.shouldStop()) return false;
           // The dead letter itself must not be lost: refused for good, the message is not settled.
           if (!isInfrastructureFault(failure) && !isTransientKafkaError(failure)) throw failure;
-          const fields = messageLogFields(work, payload);
-          hold = heldFor(hold, work.topic, failure, fields);
-          const delayMs = retryDelayMs(retry, attempt);
-          // Warned of once per outage by `held`; each attempt only at debug.
-          log.debug('dead letter not written on a dependency, holding the message', {
-            ...fields,
-            attempt,
-            delayMs,
-            code: letter.error.code,
-            failure: errorCode(failure),
-            reason: errorMessage(failure),
-          });
-          if (!(await pauseBeforeRetry(work, delayMs))) return false;
+          const message = 'dead letter not written on a dependency, holding the message';
+          const reason = { failure: errorCode(failure), reason: errorMessage(failure) };
+          if (!(await holdBeforeRetry(failure, attempt, message, reason))) return false;
           continue;
         }
         if (outcome === 'written-before') {
@@ -312,16 +316,8 @@ export function createMessageProcessor(
           `another process is writing this message's dead letter (${letter.error.code})`,
           { canRetry: true, infrastructure: true },
         );
-        const fields = messageLogFields(work, payload);
-        hold = heldFor(hold, work.topic, busy, fields);
-        const delayMs = retryDelayMs(retry, attempt);
-        log.debug('dead letter being written by another process, holding the message', {
-          ...fields,
-          attempt,
-          delayMs,
-          code: letter.error.code,
-        });
-        if (!(await pauseBeforeRetry(work, delayMs))) return false;
+        const message = 'dead letter being written by another process, holding the message';
+        if (!(await holdBeforeRetry(busy, attempt, message))) return false;
       }
     } finally {
       hold?.release();
