@@ -20,7 +20,7 @@ export interface SlotUtilisation {
   endMs: number;
   windowMs: number;
   callsPerSec: number;
-  /** What 10 slots at the simulator's mean latency could do: slots ÷ latency. */
+  /** What `slots` calls in flight at `latencyMs` each could do: slots ÷ latency. */
   ceilingPerSec: number;
   /** callsPerSec ÷ ceilingPerSec. */
   utilisation: number;

@@ -18,14 +18,26 @@ export const PER_DEVICE_QUOTA = [
 export interface FleetResult {
   devices: number;
   vulnerabilityCalls: number;
-  /** Calls per second ÷ (10 ÷ the mean latency the simulator measured for these calls). */
+  /**
+   * The headline: calls per second ÷ (10 ÷ the configured latency), the rate 10 slots at the latency the
+   * fleet is run at could reach. The simulator's late timers and its CPU time on the shared cores count
+   * against it, as the pipeline's own time does.
+   */
   slotUtilisation: number;
-  /** Calls per second ÷ (10 ÷ the configured latency): also counts the simulator's timer lateness. */
-  slotUtilisationAtConfiguredLatency: number;
+  /**
+   * Diagnostic: calls per second ÷ (10 ÷ the mean latency the simulator measured for these calls, arrival to
+   * answer), which forgives the part of each call the simulator itself spent (its timers and its CPU).
+   * Results written before this field existed have it as `slotUtilisation`, and the headline as
+   * `slotUtilisationAtConfiguredLatency`.
+   */
+  slotUtilisationAtMeasuredLatency: number;
   /** Mean latency of the per-device calls at the simulator (arrival to answer), ms. */
   meanLatencyMs: number;
   callsPerSec: number;
+  /** 10 slots ÷ the configured latency, calls/s: the headline's ceiling. */
   ceilingPerSec: number;
+  /** 10 slots ÷ the simulator's measured mean latency, calls/s. */
+  ceilingPerSecAtMeasuredLatency: number;
   vulnWindowMs: number;
   meanInFlight: number;
   peakConcurrency: number;
@@ -78,12 +90,15 @@ export interface BenchResults {
     };
   };
   options: Record<string, unknown>;
-  /** Per fleet size, against the simulator's measured mean latency. */
+  /** Per fleet size, against the configured latency: the headline (see FleetResult). */
   slotUtilisation: Record<string, number>;
-  /** Per fleet size, against the configured latency. */
-  slotUtilisationAtConfiguredLatency: Record<string, number>;
+  /** Per fleet size, against the simulator's measured mean latency: a diagnostic (see FleetResult). */
+  slotUtilisationAtMeasuredLatency: Record<string, number>;
   publishLatencyP50Ms: number | null;
+  /** Nearest rank: over fewer than 100 cycles, the largest of them. */
   publishLatencyP99Ms: number | null;
+  /** The cycles the two percentiles were taken over: those of publishLatencyCycles with a latency. */
+  publishLatencyCycleCount: number;
   /**
    * The same percentiles per vulnerability mode: a bulk cycle's whole fleet is enriched, scored and published
    * after its export's last page, a per-device cycle's only its last batch.
@@ -93,8 +108,13 @@ export interface BenchResults {
   /** The median of the internal-ceiling runs. */
   internalDevicesPerSec: number | null;
   internal: InternalCeiling | null;
-  /** Per fleet size, per service. */
+  /**
+   * Per fleet size, per service. The per-device fleets run without the poller unless `--driver poller`
+   * (the bench lists the fleet itself): its RSS is measured in the bulk runs (`scenarios`).
+   */
   peakRssMbByService: Record<string, Record<string, number>>;
+  /** How the largest service's peak RSS grew from the smallest fleet to the largest (see peakRssGrowth). */
+  peakRssGrowth: PeakRssGrowth | null;
   fleets: Record<string, FleetResult>;
   costPerDevice: Record<string, CostPerDevice>;
   quotas: {
@@ -129,23 +149,24 @@ export function fleetResult(result: ScenarioResult, privateRedis: boolean): Flee
   const calls = result.sim.calls['vulnerabilities'] ?? 0;
   const latencyMs = meanServiceMs(result.sim.serviceTimeByKind['vulnerabilities'], result.spec.latencyMs);
   const firstCallAt = result.sim.firstCallAtByKind['vulnerabilities'];
-  const util = slotUtilisation(result.samples, calls, cycle.lastCollectedAtMs, latencyMs, firstCallAt);
-  const atConfigured = slotUtilisation(
+  const util = slotUtilisation(
     result.samples,
     calls,
     cycle.lastCollectedAtMs,
     result.spec.latencyMs,
     firstCallAt,
   );
+  const atMeasured = slotUtilisation(result.samples, calls, cycle.lastCollectedAtMs, latencyMs, firstCallAt);
   const listed = span(cycle.listed);
   return {
     devices: result.devices,
     vulnerabilityCalls: calls,
     slotUtilisation: round(util.utilisation, 3),
-    slotUtilisationAtConfiguredLatency: round(atConfigured.utilisation, 3),
+    slotUtilisationAtMeasuredLatency: round(atMeasured.utilisation, 3),
     meanLatencyMs: round(latencyMs, 2),
     callsPerSec: round(util.callsPerSec, 1),
     ceilingPerSec: round(util.ceilingPerSec, 1),
+    ceilingPerSecAtMeasuredLatency: round(atMeasured.ceilingPerSec, 1),
     vulnWindowMs: round(util.windowMs),
     meanInFlight: round(util.meanInFlight, 2),
     peakConcurrency: result.sim.peakConcurrency,
@@ -182,22 +203,64 @@ export function cycleLatencies(results: ScenarioResult[]): CycleLatency[] {
   );
 }
 
-export function latencyPercentiles(cycles: CycleLatency[]): { p50: number | null; p99: number | null } {
+/**
+ * Nearest-rank p50 and p99 of the cycles' collect → VMS latencies, and how many cycles they were taken
+ * over: those with a latency (a cycle whose last response could not be read has none). Over fewer than 100
+ * cycles the p99 is the largest.
+ */
+export function latencyPercentiles(cycles: CycleLatency[]): {
+  p50: number | null;
+  p99: number | null;
+  cycles: number;
+} {
   const values = cycles.map((cycle) => cycle.collectToVmsMs).filter((value) => Number.isFinite(value));
-  if (values.length === 0) return { p50: null, p99: null };
-  return { p50: percentile(values, 50), p99: percentile(values, 99) };
+  if (values.length === 0) return { p50: null, p99: null, cycles: 0 };
+  return { p50: percentile(values, 50), p99: percentile(values, 99), cycles: values.length };
 }
 
-/** Percentiles of the cycles of each vulnerability mode. */
+/** Percentiles of the cycles of each vulnerability mode, with the cycles they were taken over. */
 export function latencyByMode(cycles: CycleLatency[]): BenchResults['publishLatencyByMode'] {
   const modes = [...new Set(cycles.map((cycle) => cycle.mode))];
   return Object.fromEntries(
     modes.map((mode) => {
       const ofMode = cycles.filter((cycle) => cycle.mode === mode);
-      const { p50, p99 } = latencyPercentiles(ofMode);
-      return [mode, { cycles: ofMode.length, p50Ms: p50, p99Ms: p99 }];
+      const { p50, p99, cycles: counted } = latencyPercentiles(ofMode);
+      return [mode, { cycles: counted, p50Ms: p50, p99Ms: p99 }];
     }),
   );
+}
+
+export interface PeakRssGrowth {
+  /** The service with the largest peak RSS at the largest fleet. */
+  service: string;
+  fromDevices: number;
+  toDevices: number;
+  fromMb: number;
+  toMb: number;
+  /** toMb ÷ fromMb, to 0.01: 1 is flat. */
+  ratio: number;
+}
+
+/**
+ * The flatness of the fleets' memory: the peak RSS of the service largest at the largest fleet, there ÷ at
+ * the smallest fleet. Null with fewer than two fleet sizes, or when that service was not measured at both.
+ */
+export function peakRssGrowth(bySize: Record<string, Record<string, number>>): PeakRssGrowth | null {
+  const sizes = Object.keys(bySize)
+    .map(Number)
+    .sort((a, b) => a - b);
+  if (sizes.length < 2) return null;
+  const fromDevices = sizes[0] as number;
+  const toDevices = sizes.at(-1) as number;
+  const largest = Object.entries(bySize[String(toDevices)] ?? {}).reduce<[string, number] | null>(
+    (best, entry) => (best === null || entry[1] > best[1] ? entry : best),
+    null,
+  );
+  if (largest === null) return null;
+  const [service, toMb] = largest;
+  const fromMb = bySize[String(fromDevices)]?.[service];
+  if (fromMb === undefined || !(fromMb > 0)) return null;
+  return { service, fromDevices, toDevices, fromMb, toMb, ratio: round(toMb / fromMb, 2) };
 }
 
 export function bulkResult(result: ScenarioResult): Record<string, unknown> {
@@ -219,7 +282,10 @@ export function bulkResult(result: ScenarioResult): Record<string, unknown> {
 /** The picture input of one cycle. */
 export function timelineOf(result: ScenarioResult, cycle: CycleRecord): TimelineInput {
   const { enriched, scored, published } = curves(cycle);
-  const end = Math.max(cycle.summaryAtMs, ...published.map((point) => point.t)) + 50;
+  // A loop, not a spread: Math.max(...list) throws RangeError past ~125,000 arguments on Node 20.
+  let last = cycle.summaryAtMs;
+  for (const record of cycle.published) if (record.t > last) last = record.t;
+  const end = last + 50;
   const seconds = (ms: number): string => (ms / 1000).toFixed(2);
   return {
     title: `${result.spec.name}: one cycle of ${cycle.summary.devices.total} devices (${result.spec.mode}, simulator latency ${result.spec.latencyMs} ms)`,

@@ -14,6 +14,7 @@ import {
   internalCeiling,
   latencyByMode,
   latencyPercentiles,
+  peakRssGrowth,
   renderMarkdown,
   usageEach,
   type BenchResults,
@@ -54,7 +55,8 @@ export function buildResults(
   });
   const fleetMap = Object.fromEntries(fleetEntries);
   const latencies = cycleLatencies(results);
-  const { p50, p99 } = latencyPercentiles(latencies);
+  const { p50, p99, cycles: latencyCycles } = latencyPercentiles(latencies);
+  const peakRssMbByService = Object.fromEntries(fleetEntries.map(([size, fleet]) => [size, fleet.peakRssMb]));
   const internal = internalCeiling(results.filter((result) => result.spec.name.startsWith(`${INTERNAL}-`)));
   const bulk = results.find((result) => result.spec.name === 'bulk-quotas');
   const refresh = perDeviceRefreshHours(100_000, PER_DEVICE_QUOTA);
@@ -79,16 +81,18 @@ export function buildResults(
     },
     options: { ...options },
     slotUtilisation: Object.fromEntries(fleetEntries.map(([size, fleet]) => [size, fleet.slotUtilisation])),
-    slotUtilisationAtConfiguredLatency: Object.fromEntries(
-      fleetEntries.map(([size, fleet]) => [size, fleet.slotUtilisationAtConfiguredLatency]),
+    slotUtilisationAtMeasuredLatency: Object.fromEntries(
+      fleetEntries.map(([size, fleet]) => [size, fleet.slotUtilisationAtMeasuredLatency]),
     ),
     publishLatencyP50Ms: p50,
     publishLatencyP99Ms: p99,
+    publishLatencyCycleCount: latencyCycles,
     publishLatencyByMode: latencyByMode(latencies),
     publishLatencyCycles: latencies,
     internalDevicesPerSec: internal ? internal.devicesPerSec : null,
     internal,
-    peakRssMbByService: Object.fromEntries(fleetEntries.map(([size, fleet]) => [size, fleet.peakRssMb])),
+    peakRssMbByService,
+    peakRssGrowth: peakRssGrowth(peakRssMbByService),
     fleets: fleetMap,
     costPerDevice: Object.fromEntries(
       results.map((result) => [result.spec.name, costPerDevice(result, ctx.privateRedis)]),

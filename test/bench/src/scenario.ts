@@ -124,6 +124,29 @@ const CPU_SAMPLE_MS = 250;
 const IDLE_TIMEOUT_MS = 120_000;
 
 /**
+ * A warm-up before the measured window: its cycle up to its summary, then until no service holds a message it
+ * has not finished (`Pipeline.idle`: a bulk cycle's export is stored after its last batch is sent), so none of
+ * its trailing work lands in the window. `idle` gives up at `idleTimeoutMs` (or when a process crashed, which
+ * the window's first wait then reports), so this cannot hang.
+ */
+export async function warmUp(
+  steps: {
+    cycle: () => Promise<void>;
+    idle: (timeoutMs: number) => Promise<number | undefined>;
+    log: (line: string) => void;
+  },
+  idleTimeoutMs: number,
+): Promise<void> {
+  await steps.cycle();
+  const idleMs = await steps.idle(idleTimeoutMs);
+  steps.log(
+    idleMs === undefined
+      ? `  services still busy ${idleTimeoutMs / 1000} s after the warm-up summary; measured anyway`
+      : `  services idle ${(idleMs / 1000).toFixed(1)} s after the warm-up summary`,
+  );
+}
+
+/**
  * Runs one scenario end to end with services of its own (fresh processes, so peak RSS belongs to this
  * scenario), its own topics and keys, then reads what the topics recorded and removes them.
  */
@@ -212,13 +235,23 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     };
     if (warmup) {
       const warmed = Date.now();
-      await ctx.sim.addTenant({ ...warmup, seed: 999 });
-      await (
-        await startCycle(warmup)
-      ).injected;
-      await watcher.waitFor([warmup.tenantId], spec.timeoutMs, () => live.crashed());
-      ctx.log(
-        `  warm-up cycle of ${warmup.size} devices done in ${((Date.now() - warmed) / 1000).toFixed(1)} s`,
+      const summaries = watcher;
+      await warmUp(
+        {
+          cycle: async () => {
+            await ctx.sim.addTenant({ ...warmup, seed: 999 });
+            await (
+              await startCycle(warmup)
+            ).injected;
+            await summaries.waitFor([warmup.tenantId], spec.timeoutMs, () => live.crashed());
+            ctx.log(
+              `  warm-up cycle of ${warmup.size} devices done in ${((Date.now() - warmed) / 1000).toFixed(1)} s`,
+            );
+          },
+          idle: (timeoutMs) => live.idle(timeoutMs),
+          log: ctx.log,
+        },
+        IDLE_TIMEOUT_MS,
       );
     }
     const redisBefore = ctx.privateRedis ? await commandStats(ctx.redisUrl) : {};
