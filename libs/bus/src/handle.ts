@@ -367,8 +367,7 @@ export function createMessageProcessor(
             return true;
           }
           hold = heldFor(hold, work.topic, error, fields);
-          await sleep(retryDelayMs(retry, attempt), work.stopSignal);
-          if (work.stopSignal.aborted || work.shouldStop()) return false;
+          if (!(await pauseBeforeRetry(work, retryDelayMs(retry, attempt)))) return false;
         }
       }
     } finally {
@@ -454,9 +453,7 @@ export function createMessageProcessor(
             });
             handled.inc({ topic, outcome: 'retried' });
           }
-          await sleep(delayMs, work.stopSignal);
-          if (work.stopSignal.aborted || work.shouldStop()) return false;
-          await work.beforeRetry();
+          if (!(await pauseBeforeRetry(work, delayMs))) return false;
         }
       }
     } finally {

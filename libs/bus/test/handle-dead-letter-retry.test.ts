@@ -45,7 +45,11 @@ const refusedForGood = (): Error =>
  * whose sends to the dead-letter topic fail with `failure()` `failures` times, then succeed. `events` tells the
  * order of what happened: each handler call, send attempt (with the messages held then), and written letter.
  */
-function processor(failures: number, failure: () => Error = leaderMoving) {
+function processor(
+  failures: number,
+  failure: () => Error = leaderMoving,
+  deadLettering?: () => Promise<void>,
+) {
   const events: string[] = [];
   const lines: LogLine[] = [];
   let handlerCalls = 0;
@@ -74,6 +78,7 @@ function processor(failures: number, failure: () => Error = leaderMoving) {
           topic: TOPIC,
           contract: 'urs/tenant-record',
           tombstones: true,
+          ...(deadLettering ? { deadLettering } : {}),
           handler: async () => {
             handlerCalls++;
             events.push('handler');
@@ -177,5 +182,33 @@ describe('dead-lettering a message whose attempts are spent, while the dead-lett
     expect(run.handlerCalls()).toBe(MAX_ATTEMPTS);
     expect(run.sendAttempts()).toBe(1);
     expect(run.held.count).toBe(0);
+  });
+  it('should heartbeat while what a written letter stands for waits on Redis (ordering partition)', async () => {
+    let refusals = 2;
+    const redisDown = async (): Promise<void> => {
+      if (refusals-- > 0)
+        throw new UrsError('REDIS_UNAVAILABLE', 'Redis is unreachable', { infrastructure: true });
+    };
+    const run = processor(0, leaderMoving, redisDown);
+    const consumption = createPartitionOrderedConsumption({
+      settle: run.settle,
+      commit: true,
+      drainTimeoutMs: 1_000,
+      log: run.log,
+    });
+    const payload = {
+      batch: { topic: TOPIC, partition: 0, messages: [messageWork({ topic: TOPIC, offset: '7' }).message] },
+      isRunning: () => true,
+      isStale: () => false,
+      resolveOffset: (offset: string) => void run.events.push(`resolve ${offset}`),
+      commitOffsetsIfNecessary: async () => void run.events.push('commit'),
+      heartbeat: async () => void run.events.push('heartbeat'),
+    } as unknown as EachBatchPayload;
+    await expect(consumption.eachBatch(payload)).resolves.toBeUndefined();
+    expect(run.written).toHaveLength(1);
+    expect(refusals).toBe(-1);
+    // Before each of the two tries again: the group does not take the partition away meanwhile.
+    const afterLetter = run.events.slice(run.events.indexOf('send dlq'), run.events.indexOf('resolve 7') + 1);
+    expect(afterLetter).toEqual(['send dlq', 'heartbeat', 'heartbeat', 'resolve 7']);
   });
 });

@@ -129,7 +129,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
   const concurrency = deps.concurrency ?? 32;
   const refused = deps.metrics.counter(
     'urs_registrations_refused_total',
-    "Director's tenant entries refused (dead-lettered, the tenant kept as it was), once per tenant and generation (a push handled again counts none again; an entry without a tenant id counts again only when its push's handling was cut before it finished): the push itself counts as handled.",
+    "Director's tenant entries refused, or failed for the tenant's own reason (dead-lettered, the tenant kept as it was), once per tenant and generation (a push handled again counts none again; an entry without a tenant id counts again only when its push's handling was cut before it finished): the push itself counts as handled.",
   );
   // Served at 0 from the start: UrsRegistrationsRefused counts its increase, which a first refusal alone
   // (the series appearing at 1) would not show.
