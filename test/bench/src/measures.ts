@@ -9,6 +9,8 @@ import { curves } from './scenario';
 import { costPerDevice, usageEach, type CostPerDevice } from './scenario-cost';
 import type { TimelineInput } from './timeline';
 
+export { snapshotOutcomes, snapshotOutcomesSince } from './window-counters';
+
 /** Microsoft's per-tenant quota of the per-device vulnerability endpoint (defender-api.md). */
 export const PER_DEVICE_QUOTA = [
   { limit: 50, windowMs: 60_000 },
@@ -63,6 +65,14 @@ export interface CycleLatency {
   devices: number;
   collectToVmsMs: number;
   cycleMs: number;
+  /**
+   * For `bulk-next` / `bulk-same`: whether the vuln-fetcher's `urs_bulk_export_snapshots_total` over the cycle
+   * says it is what its mode claims (`changed` for bulk-next, only `unchanged` for bulk-same); false marks a
+   * cycle labelled by intent that ran otherwise. Null: no claim, or the outcomes were not read.
+   */
+  asClaimed?: boolean | null;
+  /** The snapshot outcomes the vuln-fetcher counted over the cycle (a next cycle only). */
+  snapshotOutcomes?: Record<string, number>;
 }
 
 export interface BenchResults {
@@ -190,16 +200,36 @@ export function cycleMode(
   return changedDevices > 0 ? 'bulk-next' : 'bulk-same';
 }
 
+/**
+ * Whether a next cycle is what its mode claims, by the snapshot outcomes the vuln-fetcher counted over it: a
+ * `bulk-next` cycle found Microsoft's snapshot changed, a `bulk-same` one found it unchanged and nothing else.
+ * Null for a mode that claims neither, or without outcomes.
+ */
+export function claimedModeHeld(
+  mode: CycleLatency['mode'],
+  outcomes: Record<string, number> | undefined,
+): boolean | null {
+  if (outcomes === undefined || (mode !== 'bulk-next' && mode !== 'bulk-same')) return null;
+  const counted = Object.entries(outcomes).filter(([, count]) => count > 0);
+  if (mode === 'bulk-next') return (outcomes['changed'] ?? 0) > 0;
+  return counted.length > 0 && counted.every(([outcome]) => outcome === 'unchanged');
+}
+
 export function cycleLatencies(results: ScenarioResult[]): CycleLatency[] {
   return results.flatMap((result) =>
-    result.cycles.map((cycle) => ({
-      scenario: result.spec.name,
-      tenantId: cycle.tenantId,
-      mode: cycleMode(result.spec.mode, cycle.changedDevices),
-      devices: cycle.summary.devices.total,
-      collectToVmsMs: cycle.collectToVmsMs,
-      cycleMs: cycle.summaryAtMs - cycle.cycleStartedAtMs,
-    })),
+    result.cycles.map((cycle) => {
+      const mode = cycleMode(result.spec.mode, cycle.changedDevices);
+      return {
+        scenario: result.spec.name,
+        tenantId: cycle.tenantId,
+        mode,
+        devices: cycle.summary.devices.total,
+        collectToVmsMs: cycle.collectToVmsMs,
+        cycleMs: cycle.summaryAtMs - cycle.cycleStartedAtMs,
+        asClaimed: claimedModeHeld(mode, cycle.snapshotOutcomes),
+        ...(cycle.snapshotOutcomes ? { snapshotOutcomes: cycle.snapshotOutcomes } : {}),
+      };
+    }),
   );
 }
 

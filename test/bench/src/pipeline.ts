@@ -58,6 +58,8 @@ export interface Pipeline {
    * memory is read after that work, not before it.
    */
   idle(timeoutMs: number): Promise<number | undefined>;
+  /** The /metrics text of every process of a service (a scrape that fails is left out). */
+  metrics(service: ServiceName): Promise<string[]>;
 }
 
 /** Messages a process holds and has not finished, from its /metrics (0 when it has no such gauge). */
@@ -244,6 +246,11 @@ export async function startPipeline(group: ProcessGroup, options: PipelineOption
         throw new Error(`registering ${tenantId}: ${answer.status} ${answer.text.slice(0, 500)}`);
     },
     crashed,
+    async metrics(service) {
+      const ports = [...metricsPorts].filter(([name]) => name === service || name.startsWith(`${service}#`));
+      const texts = await Promise.all(ports.map(([, port]) => getText(port, '/metrics').catch(() => null)));
+      return texts.filter((text): text is string => text !== null);
+    },
     async idle(timeoutMs) {
       const started = Date.now();
       for (;;) {

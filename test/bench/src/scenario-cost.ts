@@ -1,5 +1,5 @@
 // What a scenario cost (see report.ts): each process's peak RSS and CPU over it, and per device its Kafka
-// messages and bytes and its Redis commands.
+// messages and bytes and its Redis commands (less the background's, measured while idle).
 import { round } from './analysis';
 import type { ScenarioResult } from './scenario';
 
@@ -7,9 +7,35 @@ export interface CostPerDevice {
   kafkaMessages: number;
   kafkaBytes: number;
   byTopic: Record<string, { messages: number; bytes: number }>;
-  /** Redis commands per device (null with a shared Redis: other users' commands would be counted). */
+  /**
+   * Redis commands per device, with the background's removed: the idle rate (`redisIdleCommandsPerSec`)
+   * times the counting window, taken off the window's commands before dividing (never below 0). Without an
+   * idle rate, the raw figure. Null with a shared Redis: other users' commands would be counted.
+   */
   redisCommands: number | null;
+  /**
+   * Diagnostic: every command of the counting window per device, the background's included (each service's
+   * health PING and the call limiter's reconciliation every 5 s), so it falls as fleets grow.
+   */
+  redisCommandsRaw: number | null;
+  /**
+   * Redis commands per second of the same processes over an idle interval before the scenario's tenants were
+   * registered: the fixed part, whatever the fleet. Null when not measured (a shared Redis, or older results).
+   */
+  redisIdleCommandsPerSec: number | null;
+  /** Top commands per device, raw (the background's included). */
   redisTopCommands: Record<string, number>;
+  /**
+   * Whether the real poller listed the fleet. Without it (the bench's inject driver) the costs leave out the
+   * poller's Redis commands and Defender listing calls, and include the bench's own cycle bookkeeping
+   * (`cycles.begin` / `cycles.listed`).
+   */
+  withPoller: boolean;
+}
+
+/** A cost row's name: a scenario run without the poller says so (see `CostPerDevice.withPoller`). */
+export function costRowLabel(name: string, cost: Pick<CostPerDevice, 'withPoller'>): string {
+  return cost.withPoller ? name : `${name} (without the poller)`;
 }
 
 /** How each whole-run counter is rounded in the results: peak RSS to 0.1 MB, CPU to 10 ms. */
@@ -44,6 +70,9 @@ export function costPerDevice(result: ScenarioResult, privateRedis: boolean): Co
     };
   }
   const redisTotal = Object.values(result.redisCalls).reduce((sum, calls) => sum + calls, 0);
+  const idle = result.redisIdle;
+  const idlePerSec = privateRedis && idle && idle.ms > 0 ? idle.commands / (idle.ms / 1000) : null;
+  const background = idlePerSec === null ? 0 : idlePerSec * ((result.redisWindowMs ?? 0) / 1000);
   const top = Object.entries(result.redisCalls)
     .sort((a, b) => b[1] - a[1])
     .slice(0, 10);
@@ -51,7 +80,10 @@ export function costPerDevice(result: ScenarioResult, privateRedis: boolean): Co
     kafkaMessages: round(messages / devices, 3),
     kafkaBytes: round(bytes / devices, 0),
     byTopic,
-    redisCommands: privateRedis ? round(redisTotal / devices, 2) : null,
+    redisCommands: privateRedis ? round(Math.max(0, redisTotal - background) / devices, 2) : null,
+    redisCommandsRaw: privateRedis ? round(redisTotal / devices, 2) : null,
+    redisIdleCommandsPerSec: idlePerSec === null ? null : round(idlePerSec, 2),
     redisTopCommands: Object.fromEntries(top.map(([command, calls]) => [command, round(calls / devices, 3)])),
+    withPoller: result.spec.driver === 'poller',
   };
 }

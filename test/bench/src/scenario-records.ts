@@ -20,6 +20,8 @@ export interface CycleRecord {
   collectToVmsMs: number;
   /** Devices whose vulnerabilities changed in the simulator since the tenant's cycle before (a next cycle only). */
   changedDevices?: number;
+  /** The vuln-fetcher's `urs_bulk_export_snapshots_total` outcomes that grew over the cycle (a next cycle only). */
+  snapshotOutcomes?: Record<string, number>;
   listed: { t: number; n: number }[];
   enriched: { t: number; n: number }[];
   scored: { t: number; n: number }[];

@@ -13,7 +13,14 @@ import type { ProcessGroup } from './procs';
 import { processUsage, type ProcessUsage } from './procstat';
 import { collect, cycleRecord, type CycleRecord } from './scenario-records';
 import type { SimStats, SimulatorProcess, StatsSample } from './simulator';
-import { commandsCalledSince, pick, processCounterGrowth, type Counter } from './window-counters';
+import {
+  commandsCalledSince,
+  pick,
+  processCounterGrowth,
+  snapshotOutcomes,
+  snapshotOutcomesSince,
+  type Counter,
+} from './window-counters';
 
 export { curves, keyedBy, type CycleRecord } from './scenario-records';
 
@@ -111,6 +118,13 @@ export interface ScenarioResult {
   cpuSamples: CpuSample[];
   kafka: Record<string, TopicTotals>;
   redisCalls: Record<string, number>;
+  /** ms over which `redisCalls` were counted: from before the first registration to after the services went idle. */
+  redisWindowMs?: number;
+  /**
+   * Redis commands of the same processes over an idle interval of `ms` before the first registration (private
+   * Redis only): the background (health PINGs, the limiter's reconciliation) that `redisCalls` also counts.
+   */
+  redisIdle?: { commands: number; ms: number };
   /** Dead letters written during the scenario (should be 0). */
   deadLetters: number;
   durationMs: number;
@@ -122,6 +136,11 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 const CPU_SAMPLE_MS = 250;
 /** Longest the services may stay busy after the last summary before their memory is read anyway. */
 const IDLE_TIMEOUT_MS = 120_000;
+/**
+ * The idle interval before a scenario's tenants are registered over which Redis's background rate is read:
+ * two of each 5 s background round (the services' health PING, the call limiter's reconciliation).
+ */
+const REDIS_IDLE_MS = 10_000;
 
 /**
  * A warm-up before the measured window: its cycle up to its summary, then until no service holds a message it
@@ -254,7 +273,19 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
         IDLE_TIMEOUT_MS,
       );
     }
+    let redisIdle: ScenarioResult['redisIdle'];
+    if (ctx.privateRedis) {
+      const idleFrom = await commandStats(ctx.redisUrl);
+      const idleStart = Date.now();
+      await sleep(REDIS_IDLE_MS);
+      const idleCalls = commandsCalledSince(await commandStats(ctx.redisUrl), idleFrom);
+      redisIdle = {
+        commands: Object.values(idleCalls).reduce((sum, calls) => sum + calls, 0),
+        ms: Date.now() - idleStart,
+      };
+    }
     const redisBefore = ctx.privateRedis ? await commandStats(ctx.redisUrl) : {};
+    const redisFrom = Date.now();
     const usageNow = (): Record<string, ProcessUsage | null> => {
       const pids: [string, number][] = [
         ...[...live.children].map(([name, child]): [string, number] => [name, child.pid]),
@@ -283,10 +314,16 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
       () => live.crashed(),
     );
     // Each measured cycle's summaries, with the devices changed before it (none for a first cycle).
-    const measured: { summaries: typeof first; changedDevices?: number }[] = [];
+    const measured: {
+      summaries: typeof first;
+      changedDevices?: number;
+      snapshotOutcomes?: Record<string, number>;
+    }[] = [];
     if (spec.nextCycles === undefined) measured.push({ summaries: first });
     const seen = new Set([...first.values()].map((summary) => summary.value.cycleId));
     for (const [index, { changedDevices }] of (spec.nextCycles ?? []).entries()) {
+      // What the vuln-fetcher found of Microsoft's snapshot over this cycle, to check its mode's claim.
+      const outcomesBefore = snapshotOutcomes(await live.metrics('vuln-fetcher'));
       for (const tenant of tenants)
         await changeVulnerabilities(ctx.sim, tenant.azureTenantId, changedDevices);
       ctx.log(
@@ -299,7 +336,11 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
         seen,
       );
       for (const summary of next.values()) seen.add(summary.value.cycleId);
-      measured.push({ summaries: next, changedDevices });
+      const outcomes = snapshotOutcomesSince(
+        snapshotOutcomes(await live.metrics('vuln-fetcher')),
+        outcomesBefore,
+      );
+      measured.push({ summaries: next, changedDevices, snapshotOutcomes: outcomes });
     }
     const windowMs = Date.now() - windowStart;
     const usageAfter = usageNow();
@@ -330,15 +371,18 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
     const redisCalls = ctx.privateRedis
       ? commandsCalledSince(await commandStats(ctx.redisUrl), redisBefore)
       : {};
+    const redisWindowMs = Date.now() - redisFrom;
     await watcher.close();
     watcher = undefined;
     await ctx.group.stop([...pipeline.children.values()]);
     ctx.log(`  cycles complete after ${((Date.now() - started) / 1000).toFixed(1)} s; reading the topics`);
     const events = await collect(ctx.kafka, topics, `${topicPrefix}bench-read`, warmup?.tenantId);
-    const cycleRecords = measured.flatMap(({ summaries, changedDevices }) =>
+    const cycleRecords = measured.flatMap(({ summaries, changedDevices, snapshotOutcomes: outcomes }) =>
       tenants.map((tenant) => {
         const record = cycleRecord(tenant, summaries.get(tenant.tenantId) as SummaryRecord, events);
-        return changedDevices === undefined ? record : { ...record, changedDevices };
+        return changedDevices === undefined
+          ? record
+          : { ...record, changedDevices, ...(outcomes ? { snapshotOutcomes: outcomes } : {}) };
       }),
     );
     return {
@@ -359,6 +403,8 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
       cpuSamples,
       kafka: events.totals,
       redisCalls,
+      redisWindowMs,
+      ...(redisIdle ? { redisIdle } : {}),
       deadLetters: events.totals[topics.dlq]?.messages ?? 0,
       durationMs: Date.now() - started,
     };

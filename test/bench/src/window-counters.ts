@@ -1,5 +1,5 @@
 // How the counters read at both ends of a scenario's measured window grew (see scenario.ts): each process's
-// CPU and page faults, and Redis's commands.
+// CPU and page faults, Redis's commands, and the vuln-fetcher's export snapshot outcomes.
 import type { ProcessUsage } from './procstat';
 
 /**
@@ -36,5 +36,29 @@ export function processCounterGrowth(
 ): Record<string, number> {
   return Object.fromEntries(
     Object.entries(after).map(([name, value]) => [name, value - (before[name] ?? NaN)]),
+  );
+}
+
+/** `urs_bulk_export_snapshots_total` by outcome, summed over the /metrics texts of the vuln-fetcher's processes. */
+export function snapshotOutcomes(metricsTexts: string[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const text of metricsTexts)
+    for (const line of text.split('\n')) {
+      const match = /^urs_bulk_export_snapshots_total\{[^}]*outcome="([^"]+)"[^}]*\}\s+(\S+)/.exec(line);
+      const value = Number(match?.[2]);
+      if (match && Number.isFinite(value)) out[match[1] as string] = (out[match[1] as string] ?? 0) + value;
+    }
+  return out;
+}
+
+/** The outcomes that grew since `before`. */
+export function snapshotOutcomesSince(
+  after: Record<string, number>,
+  before: Record<string, number>,
+): Record<string, number> {
+  return Object.fromEntries(
+    Object.entries(after)
+      .map(([outcome, count]): [string, number] => [outcome, count - (before[outcome] ?? 0)])
+      .filter(([, grew]) => grew > 0),
   );
 }

@@ -200,6 +200,38 @@ describe('renderMarkdown', () => {
       '| peak RSS growth, 1,000 → 100,000 devices (vuln-fetcher, the largest at 100,000) | 1.61× (132 → 213 MB) |',
     );
   });
+
+  it('renderMarkdown should label costs without the poller and give the Redis figure without the background beside the raw one', () => {
+    const run = fleet(1_000, rss);
+    Object.assign(run, {
+      redisCalls: { evalsha: 1_000, ping: 600 },
+      redisWindowMs: 100_000,
+      redisIdle: { commands: 60, ms: 10_000 },
+    });
+    const markdown = renderMarkdown(buildResults(options, ctx, 'start', [run], [], speed));
+    expect(markdown).toContain('| fleet-1000 (without the poller) | 0 | 0 | 1 | 1.6 | 6 |');
+  });
+
+  it('renderMarkdown should note a next cycle that was not what its mode claims', () => {
+    const results = buildResults(options, ctx, 'start', [fleet(1_000, rss)], [], speed);
+    results.publishLatencyCycles = [
+      {
+        scenario: 'bulk-next',
+        tenantId: 't',
+        mode: 'bulk-same',
+        devices: 100,
+        collectToVmsMs: 400,
+        cycleMs: 9_000,
+        asClaimed: false,
+        snapshotOutcomes: { changed: 1 },
+      },
+    ];
+    const markdown = renderMarkdown(results);
+    expect(markdown).toContain('| bulk-next | t | bulk-same (**not as claimed**) | 100 |');
+    expect(markdown).toContain(
+      "Not as claimed: bulk-next's bulk-same cycle of t found Microsoft's export snapshot changed ×1",
+    );
+  });
 });
 
 describe('timelineOf', () => {
