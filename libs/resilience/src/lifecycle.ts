@@ -36,19 +36,43 @@ export async function closeAll(
 /**
  * Keeps a held key (a lease, a claim, a lock) alive while its work runs: calls `renew` every `everyMs`
  * until the returned function is called. `renew` answering false means the key lapsed (`onLost`); a
- * failed call is passed to `onError`, and the next tick tries again.
+ * failed call is passed to `onError`, and the next tick tries again. One renewal at a time: a tick that
+ * finds the last one still waiting (a slow or absent Redis) sends none, and the next goes as soon as it
+ * answers, so renewals never overlap and a late answer never follows a newer one. `immediately`: the
+ * first renewal goes at once (the key was taken a while ago), not `everyMs` from now.
  */
 export function keepRenewing(
   renew: () => Promise<boolean>,
   everyMs: number,
   handlers: { onLost?: () => void; onError: (error: unknown) => void },
+  options: { immediately?: boolean } = {},
 ): () => void {
-  const timer = setInterval(() => {
+  let stopped = false;
+  let waiting = false;
+  /** A tick came while the last renewal was waiting. */
+  let missed = false;
+  const once = (): void => {
+    if (stopped) return;
+    if (waiting) {
+      missed = true;
+      return;
+    }
+    waiting = true;
+    missed = false;
     renew()
       .then((held) => {
         if (!held) handlers.onLost?.();
       })
-      .catch(handlers.onError);
-  }, everyMs);
-  return () => clearInterval(timer);
+      .catch(handlers.onError)
+      .finally(() => {
+        waiting = false;
+        if (missed) once();
+      });
+  };
+  const timer = setInterval(once, everyMs);
+  if (options.immediately) once();
+  return () => {
+    stopped = true;
+    clearInterval(timer);
+  };
 }

@@ -47,3 +47,66 @@ describe('keepRenewing', () => {
     expect(events).toEqual(['lost', 'redis down']);
   });
 });
+
+describe('keepRenewing with a slow store', () => {
+  /** A renewal whose answer the test gives. */
+  function controllable() {
+    const pending: ((held: boolean) => void)[] = [];
+    const renew = () => new Promise<boolean>((resolve) => pending.push(resolve));
+    return { renew, pending };
+  }
+
+  beforeEach(() => jest.useFakeTimers());
+  afterEach(() => jest.useRealTimers());
+
+  it('should send no renewal while the last one waits, and the next as soon as it answers', async () => {
+    const { renew, pending } = controllable();
+    const lost: number[] = [];
+    const stop = keepRenewing(renew, 100, { onLost: () => lost.push(pending.length), onError: () => {} });
+    try {
+      await jest.advanceTimersByTimeAsync(100);
+      expect(pending).toHaveLength(1);
+      // Two ticks pass while Redis has not answered: no renewal beside it.
+      await jest.advanceTimersByTimeAsync(250);
+      expect(pending).toHaveLength(1);
+      pending[0]?.(true);
+      await jest.advanceTimersByTimeAsync(0);
+      // A tick was missed: the next renewal goes at once, not a whole interval later.
+      expect(pending).toHaveLength(2);
+      // Its answer is the only one: an older renewal's "lost" cannot follow a newer success.
+      pending[1]?.(false);
+      await jest.advanceTimersByTimeAsync(0);
+      expect(lost).toEqual([2]);
+      await jest.advanceTimersByTimeAsync(100);
+      expect(pending).toHaveLength(3);
+    } finally {
+      stop();
+    }
+  });
+
+  it('should send no renewal after it was stopped, even when one answers late', async () => {
+    const { renew, pending } = controllable();
+    const stop = keepRenewing(renew, 100, { onError: () => {} });
+    await jest.advanceTimersByTimeAsync(250);
+    expect(pending).toHaveLength(1);
+    stop();
+    pending[0]?.(true);
+    await jest.advanceTimersByTimeAsync(500);
+    expect(pending).toHaveLength(1);
+  });
+
+  it('should renew at once when asked to, then every interval', async () => {
+    const { renew, pending } = controllable();
+    const stop = keepRenewing(renew, 100, { onError: () => {} }, { immediately: true });
+    try {
+      expect(pending).toHaveLength(1);
+      pending[0]?.(true);
+      await jest.advanceTimersByTimeAsync(99);
+      expect(pending).toHaveLength(1);
+      await jest.advanceTimersByTimeAsync(1);
+      expect(pending).toHaveLength(2);
+    } finally {
+      stop();
+    }
+  });
+});

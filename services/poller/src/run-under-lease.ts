@@ -49,7 +49,7 @@ export type RunUnderLease = (
 export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
   const { ends, log, cyclesTotal, cycleSeconds, stop, releaseQuietly, now } = deps;
   /**
-   * Runs the cycle while its lease is renewed. A renewal Redis answers false aborts the cycle (the lease was
+   * Runs the cycle while its lease is renewed (at once, then every third of it). A renewal Redis answers false aborts the cycle (the lease was
    * lost); one that fails with an error is tried again at the next renewal, unless the lease may have lapsed
    * meanwhile (`LeaseClock`): then the cycle is aborted too, and it emits nothing more in any case.
    */
@@ -77,20 +77,27 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
       }
       return held;
     };
-    const stopRenewing = keepRenewing(renew, renewEveryMs, {
-      onLost: () => {
-        log.warn('lease lost: aborting the cycle', { tenantId, cycleId });
-        lost = true;
-        abort.abort();
+    // Renewed at once: the lease was taken before the schedule's reads and the cycle's begin, and on a slow
+    // Redis those may have used much of it.
+    const stopRenewing = keepRenewing(
+      renew,
+      renewEveryMs,
+      {
+        onLost: () => {
+          log.warn('lease lost: aborting the cycle', { tenantId, cycleId });
+          lost = true;
+          abort.abort();
+        },
+        onError: (error) => {
+          log.warn('lease renewal failed', { tenantId, cycleId, reason: errorMessage(error) });
+          renewalError = error;
+          if (clock.held()) return;
+          log.warn('lease not renewed before it may have lapsed: aborting the cycle', { tenantId, cycleId });
+          abort.abort();
+        },
       },
-      onError: (error) => {
-        log.warn('lease renewal failed', { tenantId, cycleId, reason: errorMessage(error) });
-        renewalError = error;
-        if (clock.held()) return;
-        log.warn('lease not renewed before it may have lapsed: aborting the cycle', { tenantId, cycleId });
-        abort.abort();
-      },
-    });
+      { immediately: true },
+    );
     /** What runCycle answered: once it has, the cycle was listed in full and never fails (see below). */
     let result: CycleResult | undefined;
     try {

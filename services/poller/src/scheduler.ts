@@ -55,6 +55,13 @@ interface Running {
   done: Promise<void>;
 }
 
+/**
+ * How many tenants' statuses `readSchedules` reads at once (those with a stored backoff): after a restart
+ * thousands may have one, and read one by one their round trips would hold back every new tenant's first
+ * cycle.
+ */
+export const STATUS_READS_AT_ONCE = 100;
+
 /** Buckets of `urs_poll_cycle_start_delay_seconds`: from a tick's delay to two hours, in seconds. */
 const START_DELAY_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1_800, 3_600, 7_200];
 
@@ -299,22 +306,25 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
    * Places the tenants new to this replica by the due times stored in Redis, read in one batch when the
    * table first fills and then for the tenants that appear. Right after a start every tenant is new:
    * counted as due at 0 until this replica had looked at each once, they would start in the table's order
-   * rather than the most overdue first. A failed read leaves them due at 0 (each attempt reads its
+   * rather than the most overdue first. The statuses of those with a stored backoff are read side by side
+   * (`STATUS_READS_AT_ONCE`). A failed read leaves them due at 0 (each attempt reads its
    * schedule under the lease anyway): the order is a preference, not worth holding polling back for.
    */
   async function readSchedules(): Promise<void> {
     const tenantIds = [...unread];
     try {
       const schedules = await deps.schedules.getMany(tenantIds);
-      for (const tenantId of tenantIds) {
+      /** Places the tenant by its stored schedule, as honoured (its status read when it holds a backoff). */
+      const place = async (tenantId: string): Promise<void> => {
         // The record now, not when the read began: it may have changed or been disabled meanwhile.
         const record = deps.table.get(tenantId);
         const stored = schedules.get(tenantId);
-        if (!record?.enabled || !stored || !localDue.has(tenantId)) continue;
+        if (!record?.enabled || !stored || !localDue.has(tenantId)) return;
         const schedule = await honouredBackoff(tenantId, stored, false);
-        if (!localDue.has(tenantId)) continue;
+        if (!localDue.has(tenantId)) return;
         localDue.set(tenantId, dueAt(schedule, intervalOf(record), record.revision));
-      }
+      };
+      await atMostAtOnce(tenantIds, STATUS_READS_AT_ONCE, place);
     } catch (error) {
       if (!stop.signal.aborted) {
         log.warn('stored schedules not read: these tenants start in the table order', {
@@ -411,4 +421,32 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       return closing;
     },
   };
+}
+
+/**
+ * Runs `work` on every item, at most `limit` at once, each started as soon as a place frees. The first
+ * failure starts no more, waits for those running and is thrown.
+ */
+async function atMostAtOnce<T>(
+  items: readonly T[],
+  limit: number,
+  work: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  let failed = false;
+  const worker = async (): Promise<void> => {
+    while (!failed && next < items.length) {
+      const item = items[next++] as T;
+      try {
+        await work(item);
+      } catch (error) {
+        failed = true;
+        throw error;
+      }
+    }
+  };
+  const workers = await Promise.allSettled(
+    Array.from({ length: Math.min(limit, items.length) }, () => worker()),
+  );
+  for (const outcome of workers) if (outcome.status === 'rejected') throw outcome.reason;
 }

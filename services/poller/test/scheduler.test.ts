@@ -7,7 +7,7 @@ import type { CycleAbandonment, CycleState, PollLease, PollScheduleStore, Tenant
 import { Registry } from '@urs/telemetry';
 import { inboundMessage, waitFor } from '@urs/testkit';
 import { cycleIdOf } from '../src/cycle';
-import type { Scheduler } from '../src/scheduler';
+import { STATUS_READS_AT_ONCE, type Scheduler } from '../src/scheduler';
 import {
   INTERVAL_MS,
   UNIT_MS,
@@ -149,6 +149,75 @@ describe('createScheduler', () => {
     await waitFor(() => runs.length >= 3, { timeoutMs: 2_000, intervalMs: 1 });
     // In the table's order (every tenant due at 0 until this replica had looked at it) a would go first.
     expect(runs.slice(0, 3).map((r) => r.tenantId)).toEqual(['b', 'c', 'a']);
+  });
+
+  /** Stores for `count` tenants whose stored schedules hold a backoff that has ended (due at once). */
+  async function backedOff(count: number) {
+    const schedules = memorySchedules();
+    const tenantIds = Array.from({ length: count }, (_, index) => `t${index}`);
+    for (const tenantId of tenantIds) {
+      const lease = (await schedules.acquire(tenantId, 'earlier', 1_000)) as PollLease;
+      await schedules.begin(lease, cycleIdOf(tenantId, 1), Date.now() - 20 * INTERVAL_MS);
+      await schedules.end(lease, { failures: 1, notBefore: Date.now() - INTERVAL_MS, failedRevision: 1 });
+      await schedules.release(lease);
+    }
+    return { schedules, tenantIds };
+  }
+
+  it('createScheduler should read the statuses of tenants with a stored backoff side by side after it starts', async () => {
+    const { schedules, tenantIds } = await backedOff(6);
+    const status = memoryStatus();
+    const read = status.getStatus.bind(status);
+    // Answers none of the first six reads until all six were asked: read one by one, none would answer.
+    const waiting: (() => void)[] = [];
+    status.getStatus = async (tenantId) => {
+      if (waiting.length < tenantIds.length) {
+        await new Promise<void>((resolve) => {
+          waiting.push(resolve);
+          if (waiting.length === tenantIds.length) for (const answer of waiting) answer();
+        });
+      }
+      return read(tenantId);
+    };
+    const runs: Run[] = [];
+    const { table, scheduler } = replica(0, schedules, status, runs, async () => undefined);
+    await feed(
+      table,
+      tenantIds.map((tenantId) => record(tenantId)),
+    );
+    scheduler.start();
+    started.push(scheduler);
+    await waitFor(() => new Set(runs.map((run) => run.tenantId)).size === tenantIds.length, {
+      timeoutMs: 2_000,
+      intervalMs: 1,
+    });
+  });
+
+  it("createScheduler should read at most STATUS_READS_AT_ONCE stored backoffs' statuses at once", async () => {
+    const { schedules, tenantIds } = await backedOff(STATUS_READS_AT_ONCE * 2 + 10);
+    const status = memoryStatus();
+    const read = status.getStatus.bind(status);
+    let reading = 0;
+    let mostAtOnce = 0;
+    status.getStatus = async (tenantId) => {
+      reading++;
+      mostAtOnce = Math.max(mostAtOnce, reading);
+      await new Promise((resolve) => setImmediate(resolve));
+      reading--;
+      return read(tenantId);
+    };
+    const runs: Run[] = [];
+    const { table, scheduler } = replica(0, schedules, status, runs, async () => undefined, {
+      maxConcurrentCycles: 4,
+    });
+    await feed(
+      table,
+      tenantIds.map((tenantId) => record(tenantId)),
+    );
+    scheduler.start();
+    started.push(scheduler);
+    await waitFor(() => runs.length >= 1, { timeoutMs: 5_000, intervalMs: 1 });
+    expect(mostAtOnce).toBe(STATUS_READS_AT_ONCE);
   });
 
   it('createScheduler should back off a tenant with a setup error without delaying the others', async () => {

@@ -1,0 +1,61 @@
+import { silentLogger } from '@urs/logging';
+import { Registry } from '@urs/telemetry';
+import type { PollLease } from '@urs/store';
+import type { CycleInput } from '../src/cycle';
+import type { CycleEnd } from '../src/cycle-end';
+import { createLeaseClock } from '../src/lease-clock';
+import { createRunUnderLease } from '../src/run-under-lease';
+import { oneDeviceListed, record } from './support/scheduler';
+
+// A begun cycle's lease: renewed right after the cycle began, not a third of the lease later.
+
+const LEASE_MS = 60_000;
+
+describe('runUnderLease', () => {
+  it('should renew the lease at once, so a cycle begun late in its lease (a slow Redis) still holds it', async () => {
+    let clock = 0;
+    const now = () => clock;
+    const renewals: number[] = [];
+    const listed: boolean[] = [];
+    const metrics = new Registry({ processMetrics: false });
+    const ends: CycleEnd = {
+      endListed: async () => true,
+      endListedCycle: async () => true,
+      endFailed: async () => {},
+    };
+    const runUnderLease = createRunUnderLease({
+      schedules: {
+        renew: async () => {
+          renewals.push(clock);
+          return true;
+        },
+      },
+      tenants: { updatePollingStatus: async () => true },
+      runCycle: async (input: CycleInput) => {
+        // The renewal sent as the cycle began has been answered; the listing goes on past the acquisition's
+        // lease, well within a third of a lease after the cycle began.
+        await new Promise((resolve) => setImmediate(resolve));
+        clock = LEASE_MS + 1_000;
+        listed.push(input.leaseHeld());
+        return oneDeviceListed(clock);
+      },
+      leaseMs: LEASE_MS,
+      recheckMs: 20,
+      ends,
+      log: silentLogger,
+      cyclesTotal: metrics.counter('cycles_total', 'cycles'),
+      cycleSeconds: metrics.histogram('cycle_seconds', 'seconds'),
+      stop: new AbortController().signal,
+      placeAt: () => {},
+      releaseQuietly: async () => {},
+      now,
+    });
+    const lease: PollLease = { tenantId: 'a', token: '1:replica' };
+    // Acquired at 0; the schedule's reads and the cycle's begin took most of the lease.
+    const held = { lease, clock: createLeaseClock(0, LEASE_MS, now) };
+    clock = LEASE_MS - 5_000;
+    await runUnderLease(record('a'), held, 'a:cycle', clock, 600_000, { failures: 0 }, new AbortController());
+    expect(renewals).toEqual([LEASE_MS - 5_000]);
+    expect(listed).toEqual([true]);
+  });
+});
