@@ -110,6 +110,30 @@ function processor(
   };
 }
 
+/**
+ * `run`'s processor under partition ordering, handed a batch of one message (offset 7): its offsets resolved and
+ * committed go to `run.events`; `heartbeat` is the batch's.
+ */
+function eachBatchOfOne(
+  run: ReturnType<typeof processor>,
+  heartbeat: () => Promise<void> = async () => undefined,
+): Promise<void> {
+  const consumption = createPartitionOrderedConsumption({
+    settle: run.settle,
+    commit: true,
+    drainTimeoutMs: 1_000,
+    log: run.log,
+  });
+  return consumption.eachBatch({
+    batch: { topic: TOPIC, partition: 0, messages: [messageWork({ topic: TOPIC, offset: '7' }).message] },
+    isRunning: () => true,
+    isStale: () => false,
+    resolveOffset: (offset: string) => void run.events.push(`resolve ${offset}`),
+    commitOffsetsIfNecessary: async () => void run.events.push('commit'),
+    heartbeat,
+  } as unknown as EachBatchPayload);
+}
+
 describe('dead-lettering a message whose attempts are spent, while the dead-letter topic refuses the letter', () => {
   it('should hold the message and write its letter again in place, never running the handler again (ordering key)', async () => {
     const run = processor(3);
@@ -135,21 +159,7 @@ describe('dead-lettering a message whose attempts are spent, while the dead-lett
 
   it('should resolve and commit the offset once the letter is written, never running the handler again (ordering partition)', async () => {
     const run = processor(3);
-    const consumption = createPartitionOrderedConsumption({
-      settle: run.settle,
-      commit: true,
-      drainTimeoutMs: 1_000,
-      log: run.log,
-    });
-    const payload = {
-      batch: { topic: TOPIC, partition: 0, messages: [messageWork({ topic: TOPIC, offset: '7' }).message] },
-      isRunning: () => true,
-      isStale: () => false,
-      resolveOffset: (offset: string) => void run.events.push(`resolve ${offset}`),
-      commitOffsetsIfNecessary: async () => void run.events.push('commit'),
-      heartbeat: async () => undefined,
-    } as unknown as EachBatchPayload;
-    await expect(consumption.eachBatch(payload)).resolves.toBeUndefined();
+    await expect(eachBatchOfOne(run)).resolves.toBeUndefined();
     expect(run.handlerCalls()).toBe(MAX_ATTEMPTS);
     expect(run.written).toHaveLength(1);
     expect(run.events).toEqual([
@@ -190,21 +200,7 @@ describe('dead-lettering a message whose attempts are spent, while the dead-lett
         throw new UrsError('REDIS_UNAVAILABLE', 'Redis is unreachable', { infrastructure: true });
     };
     const run = processor(0, leaderMoving, redisDown);
-    const consumption = createPartitionOrderedConsumption({
-      settle: run.settle,
-      commit: true,
-      drainTimeoutMs: 1_000,
-      log: run.log,
-    });
-    const payload = {
-      batch: { topic: TOPIC, partition: 0, messages: [messageWork({ topic: TOPIC, offset: '7' }).message] },
-      isRunning: () => true,
-      isStale: () => false,
-      resolveOffset: (offset: string) => void run.events.push(`resolve ${offset}`),
-      commitOffsetsIfNecessary: async () => void run.events.push('commit'),
-      heartbeat: async () => void run.events.push('heartbeat'),
-    } as unknown as EachBatchPayload;
-    await expect(consumption.eachBatch(payload)).resolves.toBeUndefined();
+    await expect(eachBatchOfOne(run, async () => void run.events.push('heartbeat'))).resolves.toBeUndefined();
     expect(run.written).toHaveLength(1);
     expect(refusals).toBe(-1);
     // Before each of the two tries again: the group does not take the partition away meanwhile.
