@@ -111,6 +111,8 @@ export function createTenantLock(
     const lost = new AbortController();
     /** When the last renewal that found the lock held was asked: the lock lasts `lockMs` from then. */
     let heldSince = askedAt;
+    /** Why the renewals since then did not hold it: the last one's error, if one failed. */
+    let renewalError: unknown;
     const stopRenewing = keepRenewing(
       async () => {
         const sentAt = Date.now();
@@ -121,15 +123,26 @@ export function createTenantLock(
       renewEveryMs,
       {
         onLost: () => lost.abort(new TenantLockLostError(tenantId)),
-        // Tried again at the next tick, unless the lock may have lapsed meanwhile.
-        onError: (error) => {
-          if (Date.now() - heldSince >= lockMs) lost.abort(new TenantLockLostError(tenantId, error));
-        },
+        // Tried again at the next tick; `lapse` decides when the lock may have lapsed meanwhile.
+        onError: (error) => (renewalError = error),
       },
     );
+    // A renewal that fails, or that Redis does not answer (the client queues it while Redis is away), holds
+    // nothing: the lock counts as lost once `lockMs` passed since the last renewal that held it, a fault of Redis.
+    const lapse = setInterval(() => {
+      if (Date.now() - heldSince < lockMs) return;
+      const cause =
+        renewalError ??
+        new UrsError('REDIS_UNAVAILABLE', `Redis answered no renewal of the lock for ${lockMs} ms`, {
+          canRetry: true,
+          infrastructure: true,
+        });
+      lost.abort(new TenantLockLostError(tenantId, cause));
+    }, renewEveryMs);
     try {
       return await work(lost.signal);
     } finally {
+      clearInterval(lapse);
       stopRenewing();
       await state.unlockTenant(tenantId, owned);
     }

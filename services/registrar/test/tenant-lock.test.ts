@@ -1,3 +1,4 @@
+import { isInfrastructureFault } from '@urs/resilience';
 import { createTenantLock } from '../src/tenant-lock';
 import { memoryStateStore } from './fakes';
 
@@ -62,5 +63,24 @@ describe('createTenantLock', () => {
     await jest.advanceTimersByTimeAsync(2_000);
     await outcome;
     expect(work).not.toHaveBeenCalled();
+  });
+  it("locked should take the lock as lost once Redis answers none of its renewals for the lock's length, as a fault of Redis", async () => {
+    jest.useFakeTimers();
+    const state = memoryStateStore();
+    // Redis away: the client queues the renewals, which neither hold nor fail.
+    state.renewTenantLock = () => new Promise<boolean>(() => undefined);
+    const locked = createTenantLock(state, { lockMs: 15_000 });
+    const written: string[] = [];
+    const waited = locked('acme', undefined, async (held) => {
+      await new Promise<void>((resolve) => held.addEventListener('abort', () => resolve(), { once: true }));
+      if (held.aborted) throw held.reason;
+      written.push('redis');
+    });
+    const outcome = expect(waited).rejects.toMatchObject({ code: 'TENANT_LOCK_LOST', canRetry: true });
+    await jest.advanceTimersByTimeAsync(16_000);
+    await outcome;
+    expect(written).toEqual([]);
+    // A push meeting it is held, not dead-lettered: Redis, not the tenant, is at fault.
+    expect(isInfrastructureFault(await waited.catch((error: unknown) => error))).toBe(true);
   });
 });
