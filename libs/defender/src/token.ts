@@ -317,6 +317,8 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
       return join(flight?.promise ?? start(false), signal);
     },
     async refreshToken(signal, rejected) {
+      // A token the API refused is forgotten: never kept through a renewal that fails.
+      if (rejected !== undefined && current?.token === rejected) current = undefined;
       for (;;) {
         // Another call saw the same 401 and its refresh already replaced the refused token.
         if (rejected !== undefined && current && current.token !== rejected && fresh(current)) return current;

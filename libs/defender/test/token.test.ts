@@ -292,4 +292,22 @@ describe('createTokenSource while Entra is down', () => {
       agent.destroy();
     }
   });
+  it('getToken should not hand out a kept token again once the API refused it', async () => {
+    const own = ownTenant();
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const logger = warnings();
+    try {
+      const { tokens, first } = await dueForRenewal(own, logger, agent);
+      sim.setFaults(own.azureTenantId, { resetRate: 1, tokenEndpoint: true });
+      await expect(tokens.getToken()).resolves.toMatchObject({ token: first.token });
+      // The API answers 401 for it while Entra is still away: the refresh fails, and the token is not kept.
+      await expect(tokens.refreshToken(undefined, first.token)).rejects.toMatchObject({
+        code: DefenderErrorCode.UNAVAILABLE,
+      });
+      await expect(tokens.getToken()).rejects.toMatchObject({ code: DefenderErrorCode.UNAVAILABLE });
+    } finally {
+      sim.removeTenant(own.azureTenantId);
+      agent.destroy();
+    }
+  }, 20_000);
 });
