@@ -213,7 +213,9 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       log.debug('cycle started', { tenantId, cycleId, holderId: deps.holderId });
       // A tenant due at once (never polled, a cycle taken over, new settings) has no due time to be late for.
       if (due > 0) startDelaySeconds.observe((startedAt - due) / 1000);
-      localDue.set(tenantId, startedAt + intervalMs);
+      // A record changed since it was read (new settings, due at once) keeps the due time its change set.
+      if (deps.table.get(tenantId)?.revision === record.revision)
+        localDue.set(tenantId, startedAt + intervalMs);
       // A failure streak counts only while the settings stay the same.
       const previous =
         schedule.failedRevision === record.revision

@@ -45,6 +45,35 @@ describe('createScheduler: a record changed during a failing cycle', () => {
     expect(revisions).toEqual([1, 2]);
     expect(await schedules.get('a')).toMatchObject({ failures: 0 });
   });
+  it('should try the new record at once also when it comes while the old one is beginning its cycle', async () => {
+    const schedules = memorySchedules();
+    const runs: Run[] = [];
+    const revisions: number[] = [];
+    const offset = { n: 0 };
+    const made = replica(
+      0,
+      schedules,
+      memoryStatus(),
+      runs,
+      async (input) => {
+        revisions.push(input.record.revision);
+        if (input.record.revision === 1)
+          throw new DefenderError(DefenderErrorCode.INVALID_SECRET, 'the secret does not match');
+      },
+      { intervalUnitMs: 1_000 },
+    );
+    const begin = schedules.begin.bind(schedules);
+    // The fixed secret arrives between the attempt's read of the table and its cycle's begin.
+    schedules.begin = async (...args) => {
+      if (revisions.length === 0) await feed(made.table, [daily(2)], offset);
+      return begin(...args);
+    };
+    scheduler = made.scheduler;
+    await feed(made.table, [daily(1)], offset);
+    scheduler.start();
+    await waitFor(() => runs.length === 1, { timeoutMs: 5_000 });
+    expect(revisions).toEqual([1, 2]);
+  });
 });
 
 describe('createScheduler: a cycle its store refuses to begin', () => {
