@@ -1,7 +1,14 @@
 import { toDeadLetter, type InboundMessage, type Publisher } from '@urs/bus';
 import type { RegistrationPush, TenantRegistration } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { UrsError, canRetry, errorCode, errorMessage, isInfrastructureFault } from '@urs/resilience';
+import {
+  UrsError,
+  canRetry,
+  errorCode,
+  errorMessage,
+  isInfrastructureFault,
+  isUrsError,
+} from '@urs/resilience';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { RefusalRecord, TenantRegistry } from './registry';
@@ -123,6 +130,20 @@ function jsonOrUndefined(item: unknown): string | undefined {
  * those it leaves out that have no record, every registration of them refused. Tenants an administrator
  * registered over REST are not Director's to disable.
  */
+/** Kafka's refusals of one record for what it holds (too large, malformed): the tenant's, not the topic's. */
+const RECORD_REFUSALS = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE', 'INVALID_RECORD']);
+
+/**
+ * Whether a failure of one tenant's step is the tenant's own (its secret not sealed, another writer holding
+ * it, its record refused as too large): the project's own errors that are no fault of Redis or Kafka, and
+ * Kafka refusing that one record. Anything else is not the tenant's.
+ */
+function isTenantsOwn(error: unknown): boolean {
+  if (isInfrastructureFault(error)) return false;
+  if (isUrsError(error)) return true;
+  return RECORD_REFUSALS.has(String((error as { type?: unknown } | null)?.type));
+}
+
 export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
   const log = deps.logger.child({ component: 'director' });
   const service = deps.service ?? 'registrar';
@@ -206,7 +227,9 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
      * of Redis or Kafka (`isInfrastructureFault`) is no tenant's: it is thrown, and the push is held and
      * handled again once they are back (a tenant written already is unchanged then). So is any failure once
      * the runner gave the push up (stopping, its partition gone): whoever handles it next does it all again.
-     * Another writer holding the tenant is waited out up to `TENANT_ATTEMPTS` times.
+     * Another writer holding the tenant is waited out up to `TENANT_ATTEMPTS` times. Only the tenant's own
+     * failures (`isTenantsOwn`) stay the tenant's; any other (Kafka refusing the topic itself, a defect) holds
+     * the push too, rather than dead-letter every tenant of it.
      */
     const ofTenant = async <T>(
       tenantId: string,
@@ -216,7 +239,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
         try {
           return { ok: true, value: await work() };
         } catch (error) {
-          if (isInfrastructureFault(error) || message.signal?.aborted) throw error;
+          if (!isTenantsOwn(error) || message.signal?.aborted) throw error;
           if (attempt >= TENANT_ATTEMPTS || !isTenantContention(error)) return { ok: false, error };
           log.warn('tenant held by another writer: trying it again within the push', {
             tenantId,

@@ -696,6 +696,27 @@ describe('createRegistrationHandler', () => {
     expect((await tenants.get('gone'))?.enabled).toBe(true);
   });
 
+  it('handle should hold the whole push when a tenant fails for no reason of its own (Kafka refusing the topic, a defect)', async () => {
+    const refusedTopic = Object.assign(
+      new Error('Not authorized to access topics: [Topic authorization failed]'),
+      {
+        name: 'KafkaJSProtocolError',
+        type: 'TOPIC_AUTHORIZATION_FAILED',
+        retriable: false,
+      },
+    );
+    for (const failure of [
+      refusedTopic,
+      new TypeError("Cannot read properties of undefined (reading 'x')"),
+    ]) {
+      const { push, state, letters } = setup(failingFor('b', () => failure));
+      await push(1, 'full', [item('a')]);
+      await expect(push(2, 'full', [item('a'), item('b'), item('c')])).rejects.toBe(failure);
+      expect(letters()).toEqual([]);
+      expect(state.generation).toBe(1);
+    }
+  });
+
   it('handle should try a busy tenant again within the push, and dead-letter it once it stays busy', async () => {
     const busy = () =>
       new UrsError('TENANT_BUSY', 'tenant b is being written by another request; try again', {
@@ -712,7 +733,13 @@ describe('createRegistrationHandler', () => {
 
   it('handle should disable the other tenants a full push leaves out when one of them cannot be', async () => {
     const { push, tenants, state } = setup(
-      failingFor('b', (attempt) => (attempt > 1 ? new Error('unexpected') : undefined)),
+      failingFor('b', (attempt) =>
+        attempt > 1
+          ? new UrsError('TENANT_BUSY', 'tenant b is being written by another request; try again', {
+              canRetry: true,
+            })
+          : undefined,
+      ),
     );
     await push(1, 'full', [item('a'), item('b'), item('c')]);
     expect(await push(2, 'full', [])).toMatchObject({ disabled: 2 });
