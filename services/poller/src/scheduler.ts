@@ -121,6 +121,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   });
   /** Tenants whose attempt began a cycle: its outcome is counted by the cycle's end, not by a failed attempt. */
   const cycleBegun = new Set<string>();
+  /** Per tenant, the revision whose refused begin was warned of (once a revision: it is looked at again often). */
+  const refusedWarned = new Map<string, number>();
   /** Per tenant, when this replica should look again (its local view; Redis decides). */
   const localDue = new Map<string, number>();
   /** Tenants new to this replica (or enabled again) whose stored schedule it has not read yet. */
@@ -145,6 +147,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         log.info('tenant deleted or disabled: no longer polled', { tenantId, deleted: record === null });
       localDue.delete(tenantId);
       unread.delete(tenantId);
+      refusedWarned.delete(tenantId);
       failures.forget(tenantId);
       const running = active.get(tenantId);
       if (running) {
@@ -205,11 +208,20 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         // The lease lost, or the tenant's record in Redis gone or disabled: this replica has not read its
         // deletion (or disabling) yet, or the registrar has not stored a record Kafka already has (it writes
         // Kafka first). Looked at again after URS_POLL_RECHECK_MS, not at every tick.
-        log.debug('cycle not begun: the lease lost, or the tenant not enabled in Redis', { tenantId });
+        // Told once a revision: a record Kafka has and Redis never gets (its write failed after the send) is
+        // otherwise never polled without a word.
+        const warn = refusedWarned.get(tenantId) !== record.revision;
+        refusedWarned.set(tenantId, record.revision);
+        const message =
+          "cycle not begun: the lease lost, or the tenant's record in Redis missing or disabled; looked at again";
+        const fields = { tenantId, revision: record.revision, recheckMs: deps.recheckMs };
+        if (warn) log.warn(message, fields);
+        else log.debug(message, fields);
         if (localDue.has(tenantId)) localDue.set(tenantId, now() + deps.recheckMs);
         return;
       }
       cycleBegun.add(tenantId);
+      refusedWarned.delete(tenantId);
       log.debug('cycle started', { tenantId, cycleId, holderId: deps.holderId });
       // A tenant due at once (never polled, a cycle taken over, new settings) has no due time to be late for.
       if (due > 0) startDelaySeconds.observe((startedAt - due) / 1000);

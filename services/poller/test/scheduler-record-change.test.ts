@@ -1,6 +1,6 @@
 import { DefenderError, DefenderErrorCode } from '@urs/defender';
 import type { TenantRecord } from '@urs/contracts';
-import { waitFor } from '@urs/testkit';
+import { capturingLogger, waitFor, type LogLine } from '@urs/testkit';
 import type { Scheduler } from '../src/scheduler';
 import { feed, memorySchedules, memoryStatus, record, replica, type Run } from './support/scheduler';
 
@@ -93,7 +93,10 @@ describe('createScheduler: a cycle its store refuses to begin', () => {
       return false;
     };
     const runs: Run[] = [];
-    const made = replica(0, schedules, memoryStatus(), runs, async () => undefined);
+    const lines: LogLine[] = [];
+    const made = replica(0, schedules, memoryStatus(), runs, async () => undefined, {
+      logger: capturingLogger(lines),
+    });
     scheduler = made.scheduler;
     await feed(made.table, [record('a')]);
     scheduler.start();
@@ -104,5 +107,12 @@ describe('createScheduler: a cycle its store refuses to begin', () => {
     // Once per URS_POLL_RECHECK_MS (20 ms) at most, not again as soon as the refused attempt returned.
     expect(begins).toBeLessThanOrEqual(Math.ceil(elapsed / 20) + 1);
     expect(runs).toEqual([]);
+    // Said once at warn for the record's revision, not at every look.
+    expect(begins).toBeGreaterThan(1);
+    const warned = lines.filter(
+      (line) => line.level === 'warn' && line.message.startsWith('cycle not begun'),
+    );
+    expect(warned).toHaveLength(1);
+    expect(warned[0]).toMatchObject({ tenantId: 'a', revision: 1 });
   });
 });

@@ -1,5 +1,5 @@
 import type { TenantRecord } from '@urs/contracts';
-import { silentLogger } from '@urs/logging';
+import { silentLogger, type Logger } from '@urs/logging';
 import type {
   CycleStore,
   PollLease,
@@ -173,6 +173,8 @@ export function replica(
     now?: () => number;
     /** How long a tenant's lease lasts unless renewed, ms (default 200). */
     leaseMs?: number;
+    /** The scheduler's logger (default silent). */
+    logger?: Logger;
   } = {},
 ) {
   const table = createTenantTable();
@@ -201,7 +203,7 @@ export function replica(
     tickMs: 5,
     recheckMs: 20,
     maxBackoffMs: 10_000,
-    logger: silentLogger,
+    logger: options.logger ?? silentLogger,
     metrics: options.metrics ?? new Registry(),
     ...(options.now === undefined ? {} : { now: options.now }),
   });
