@@ -60,6 +60,7 @@ export interface EnrichHandlerDeps {
     | 'addCorrections'
     | 'enriched'
     | 'enrichedOrLostBatches'
+    | 'get'
     | 'notInSnapshot'
     | 'holdOpen'
     | 'claimBatch'
