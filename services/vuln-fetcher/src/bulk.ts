@@ -54,6 +54,11 @@ export interface BulkCycle {
    * first of them to wait, so that the cycle waits once, not once per batch.
    */
   previousWaitUntil?: number;
+  /**
+   * The latest export pinned for the cycle (`latestOf`), once a batch here got it: a pin never changes, so
+   * the cycle's later batches here take it without asking Redis.
+   */
+  pinned?: LatestExport;
 }
 
 /** Bulk enrichment: one export per tenant and cycle, read by one replica, its batches enriched from it. */
@@ -159,11 +164,17 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
    * move while the cycle runs: the previous cycle's last batch failed and, tried again (here or on another
    * replica) after one of this cycle's batches was enriched from the latest before it, made its own export
    * the latest. Compared with that newer one, a device whose summary changed between the two would get no
-   * correction and keep the older export's vulnerabilities.
+   * correction and keep the older export's vulnerabilities. Once pinned, the cycle's later batches here
+   * take it from `BulkCycle.pinned`: no more round trips.
    */
   async function latestOf(batch: DeviceBatch, app: ExportApp): Promise<LatestExport | null> {
+    const current = bulkCycles.get(batch.tenantId);
+    const cycle = [current, current?.previous].find((entry) => entry?.cycleId === batch.cycleId);
+    if (cycle?.pinned) return usable(batch, app, cycle.pinned);
     const latest = usable(batch, app, await deps.bulkCache.latest(batch.tenantId));
-    return usable(batch, app, await deps.bulkCache.pinLatest(batch.tenantId, batch.cycleId, latest));
+    const pinned = await deps.bulkCache.pinLatest(batch.tenantId, batch.cycleId, latest);
+    if (cycle && pinned !== null) cycle.pinned = pinned;
+    return usable(batch, app, pinned);
   }
 
   async function bulk(

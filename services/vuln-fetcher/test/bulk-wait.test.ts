@@ -1,6 +1,6 @@
 import type { DeviceBatch } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
-import type { CycleState } from '@urs/store';
+import type { CycleState, LatestExport } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { createBulkEnrichment, type BulkDeps } from '../src/bulk';
 import { batch, memoryBulkCache } from './handler-support';
@@ -17,7 +17,10 @@ const bulkBatch = (cycleId: string, batchIndex: number, totalBatches: number): D
     vulnerabilityMode: 'bulk',
   });
 
-function enrichment(previous: CycleState | null = { published: undefined } as CycleState) {
+function enrichment(
+  previous: CycleState | null = { published: undefined } as CycleState,
+  bulkCache = memoryBulkCache(),
+) {
   const asked: string[] = [];
   const metrics = new Registry({ processMetrics: false });
   const cycles: BulkDeps['cycles'] = {
@@ -33,7 +36,7 @@ function enrichment(previous: CycleState | null = { published: undefined } as Cy
     },
   };
   const bulk = createBulkEnrichment({
-    bulkCache: memoryBulkCache(),
+    bulkCache,
     tenants: { updatePollingStatus: async () => true },
     exportLast: true,
     metrics,
@@ -97,5 +100,41 @@ describe("a bulk cycle's batches behind the previous cycle's failed last batch",
     if (!cycle) throw new Error('no bulk cycle');
     await bulk.afterPrevious(first, cycle, silentLogger, undefined);
     expect(asked.filter((cycleId) => cycleId === 'get c1')).toHaveLength(1);
+  });
+});
+
+describe("a bulk cycle's batches enriched from the tenant's latest export", () => {
+  it('should ask Redis for the export pinned for the cycle once, not again for each later batch', async () => {
+    const bulkCache = memoryBulkCache();
+    await bulkCache.save('t1', 'c1', [['d1', null]], '2026-01-01T10:00:30.000Z');
+    const c1: LatestExport = {
+      cycleId: 'c1',
+      collectedAt: '2026-01-01T10:00:30.000Z',
+      cvssThreshold: 9,
+      azureTenantId: 'dir',
+      cloud: 'commercial',
+    };
+    const asked: string[] = [];
+    bulkCache.latest = async () => {
+      asked.push('latest');
+      return c1;
+    };
+    bulkCache.pinLatest = async (_tenantId, _cycleId, latest) => {
+      asked.push('pinLatest');
+      return latest;
+    };
+    const { bulk } = enrichment(undefined, bulkCache);
+    const app = { azureTenantId: 'DIR', cloud: 'commercial' } as const;
+    const source = { machineVulnerabilities: async () => [], bulkVulnerabilities: async () => undefined };
+    const batches = [bulkBatch('c2', 0, 3), bulkBatch('c2', 1, 3)];
+    for (const b of batches) {
+      const cycle = bulk.cycleOf(b);
+      if (!cycle) throw new Error('no bulk cycle');
+      const enriched = await bulk.enrich(b, app, source, async () => undefined, silentLogger, undefined);
+      expect(enriched.collectedAt).toEqual(new Date(c1.collectedAt));
+    }
+    // Enriched from c1's export, the cycle's own not read.
+    expect(await bulkCache.state('t1', 'c2')).toEqual({ state: 'absent' });
+    expect(asked).toEqual(['latest', 'pinLatest']);
   });
 });
