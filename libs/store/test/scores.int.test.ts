@@ -822,6 +822,43 @@ describe('createBulkVulnerabilityCache', () => {
     expect(await cache.pinLatest('t', 'c3', null)).toBeNull();
   });
 
+  it('keepLatest should let an export go once the cycles that pinned it are done, and pinLatest renew the pin', async () => {
+    const cache = createBulkVulnerabilityCache(redis.client, redis.prefix, 60_000);
+    const summary = { criticalCveCount: 0, totalCveCount: 0, maxCvss: null, cvssThreshold: 9, topCveIds: [] };
+    const day = 24 * 60 * 60 * 1000;
+    const exportKey = (cycleId: string) => `${redis.prefix}vuln-bulk:t:${cycleId}`;
+    const of = { ...app, cvssThreshold: 9 };
+    await cache.save('t', 'c1', new Map([['d1', summary]]), '2026-01-01T10:00:00.000Z');
+    await cache.keepLatest('t', 'c1', of, day);
+    const c1 = await cache.latest('t');
+    // c2 and c3 pin c1 and find the snapshot unchanged: each keeps c1 as the latest, and is done with it.
+    for (const cycleId of ['c2', 'c3']) {
+      expect(await cache.pinLatest('t', cycleId, c1)).toEqual(c1);
+      await cache.keepLatest('t', 'c1', of, day, 5_000, cycleId);
+    }
+    // The pin is renewed by each batch that takes it.
+    await redis.client.pexpire(`${redis.prefix}vuln-bulk-pin:t:c4`, 1_000);
+    expect(await cache.pinLatest('t', 'c4', c1)).toEqual(c1);
+    await redis.client.pexpire(`${redis.prefix}vuln-bulk-pin:t:c4`, 1_000);
+    expect(await cache.pinLatest('t', 'c4', null)).toEqual(c1);
+    expect(await redis.client.pttl(`${redis.prefix}vuln-bulk-pin:t:c4`)).toBeGreaterThan(1_000);
+    // c4 reads its own export: c1, pinned by no cycle still running, goes after one interval.
+    await cache.save('t', 'c4', new Map([['d1', summary]]), '2026-01-01T10:30:00.000Z');
+    await cache.keepLatest('t', 'c4', of, day, 5_000);
+    expect(await redis.client.pttl(exportKey('c1'))).toBeLessThanOrEqual(5_000);
+    // c6 pins c4; c5's last batch, late, replaces c4, kept while c6 runs. c6's own export goes after it: c4,
+    // no longer the latest and pinned by no cycle, goes after one interval too.
+    expect(await cache.pinLatest('t', 'c6', await cache.latest('t'))).toMatchObject({ cycleId: 'c4' });
+    await cache.save('t', 'c5', new Map([['d1', summary]]), '2026-01-01T10:40:00.000Z');
+    await cache.keepLatest('t', 'c5', of, day, 5_000);
+    expect(await redis.client.pttl(exportKey('c4'))).toBeGreaterThan(5_000);
+    await cache.save('t', 'c6', new Map([['d1', summary]]), '2026-01-01T10:50:00.000Z');
+    await cache.keepLatest('t', 'c6', of, day, 5_000);
+    expect(await redis.client.pttl(exportKey('c5'))).toBeLessThanOrEqual(5_000);
+    expect(await redis.client.pttl(exportKey('c4'))).toBeLessThanOrEqual(5_000);
+    expect((await cache.latest('t'))?.cycleId).toBe('c6');
+  });
+
   it("save should keep the snapshot's generatedTime with the export, keepLatest carry it to the latest, and renew the latest it names", async () => {
     const cache = createBulkVulnerabilityCache(redis.client, redis.prefix, 60_000);
     const summary = {

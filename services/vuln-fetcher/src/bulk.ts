@@ -21,9 +21,10 @@ export interface BulkDeps extends Omit<ExportReaderDeps, 'owner'> {
   bulkPollMs?: number;
   /**
    * Where a cycle whose export is read here is held open past its deadline (`CycleStore.holdOpen`), and
-   * where a cycle's last batch is found enriched or recorded lost (the next cycle waits for it).
+   * where a cycle's last batch is found enriched or recorded lost, or the cycle published or gone (the next
+   * cycle waits for it until then).
    */
-  cycles: Pick<CycleStore, 'holdOpen' | 'enrichedOrLostBatches'>;
+  cycles: Pick<CycleStore, 'holdOpen' | 'enrichedOrLostBatches' | 'get'>;
   /**
    * Longest a bulk cycle is held open while its export is read, from the cycle's start, in milliseconds;
    * batches waiting for the read wait up to then too. Default BULK_CYCLE_MAX_MS.
@@ -48,6 +49,16 @@ export interface BulkCycle {
    * bus tries it again in place, and only its success makes the cycle's export the tenant's latest.
    */
   lastFailed?: DeviceBatch;
+  /**
+   * Until when (epoch ms) the cycle's batches wait for the previous cycle's failed last batch: set by the
+   * first of them to wait, so that the cycle waits once, not once per batch.
+   */
+  previousWaitUntil?: number;
+  /**
+   * The latest export pinned for the cycle (`latestOf`), once a batch here got it: a pin never changes, so
+   * the cycle's later batches here take it without asking Redis.
+   */
+  pinned?: LatestExport;
 }
 
 /** Bulk enrichment: one export per tenant and cycle, read by one replica, its batches enriched from it. */
@@ -153,11 +164,17 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
    * move while the cycle runs: the previous cycle's last batch failed and, tried again (here or on another
    * replica) after one of this cycle's batches was enriched from the latest before it, made its own export
    * the latest. Compared with that newer one, a device whose summary changed between the two would get no
-   * correction and keep the older export's vulnerabilities.
+   * correction and keep the older export's vulnerabilities. Once pinned, the cycle's later batches here
+   * take it from `BulkCycle.pinned`: no more round trips.
    */
   async function latestOf(batch: DeviceBatch, app: ExportApp): Promise<LatestExport | null> {
+    const current = bulkCycles.get(batch.tenantId);
+    const cycle = [current, current?.previous].find((entry) => entry?.cycleId === batch.cycleId);
+    if (cycle?.pinned) return usable(batch, app, cycle.pinned);
     const latest = usable(batch, app, await deps.bulkCache.latest(batch.tenantId));
-    return usable(batch, app, await deps.bulkCache.pinLatest(batch.tenantId, batch.cycleId, latest));
+    const pinned = await deps.bulkCache.pinLatest(batch.tenantId, batch.cycleId, latest);
+    if (cycle && pinned !== null) cycle.pinned = pinned;
+    return usable(batch, app, pinned);
   }
 
   async function bulk(
@@ -286,13 +303,17 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
     return cycle;
   }
 
-  /** The batch enriched and produced (on any replica), or recorded lost: dead-lettered, never to come again. */
+  /**
+   * The batch enriched and produced (on any replica), or recorded lost (dead-lettered, never to come again),
+   * or its cycle published or gone: a batch dead-lettered after its cycle was closed is never recorded lost.
+   */
   async function enrichedOrLost(batch: DeviceBatch): Promise<boolean> {
-    const [upTo, before] = await Promise.all([
+    const [upTo, before, state] = await Promise.all([
       deps.cycles.enrichedOrLostBatches(batch.tenantId, batch.cycleId, batch.batchIndex + 1),
       deps.cycles.enrichedOrLostBatches(batch.tenantId, batch.cycleId, batch.batchIndex),
+      deps.cycles.get(batch.tenantId, batch.cycleId),
     ]);
-    return upTo > before;
+    return upTo > before || state === null || state.published !== undefined;
   }
 
   /**
@@ -301,7 +322,8 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
    * tenant's latest export is the one before (a batch enriched from it now is corrected from it, see
    * `latestOf`, but scored with older vulnerabilities). Until that batch succeeds here, is found enriched
    * (another replica took it over) or recorded lost (dead-lettered: the tenant's cycles go on without it),
-   * for at most URS_BULK_WAIT_MS.
+   * or its cycle is published or gone, for at most URS_BULK_WAIT_MS from when the cycle's first batch began
+   * to wait: then the cycle's batches wait for it no more.
    */
   async function previousLastSettled(
     batch: DeviceBatch,
@@ -309,17 +331,25 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
     log: Logger,
     signal: AbortSignal | undefined,
   ): Promise<void> {
-    const deadline = Date.now() + deps.bulkWaitMs;
     for (;;) {
-      const last = cycle.previous?.lastFailed;
-      if (last === undefined || (await enrichedOrLost(last))) return;
-      if (Date.now() >= deadline) {
-        log.warn("the previous bulk cycle's last batch failed and has not succeeded since: going on", {
-          tenantId: batch.tenantId,
-          cycleId: batch.cycleId,
-          previousCycleId: last.cycleId,
-          waitedMs: deps.bulkWaitMs,
-        });
+      const previous = cycle.previous;
+      const last = previous?.lastFailed;
+      if (previous === undefined || last === undefined) return;
+      cycle.previousWaitUntil ??= Date.now() + deps.bulkWaitMs;
+      if (await enrichedOrLost(last)) {
+        if (previous.lastFailed === last) delete previous.lastFailed;
+        return;
+      }
+      if (Date.now() >= cycle.previousWaitUntil) {
+        if (previous.lastFailed === last) {
+          delete previous.lastFailed;
+          log.warn("the previous bulk cycle's last batch failed and has not succeeded since: going on", {
+            tenantId: batch.tenantId,
+            cycleId: batch.cycleId,
+            previousCycleId: last.cycleId,
+            waitedMs: deps.bulkWaitMs,
+          });
+        }
         return;
       }
       await sleepUntil(deps.bulkPollMs ?? 200, signal);

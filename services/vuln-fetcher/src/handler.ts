@@ -60,6 +60,7 @@ export interface EnrichHandlerDeps {
     | 'addCorrections'
     | 'enriched'
     | 'enrichedOrLostBatches'
+    | 'get'
     | 'notInSnapshot'
     | 'holdOpen'
     | 'claimBatch'
@@ -427,7 +428,8 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       // Only now the next cycle reads from this export: a crash before it redoes the corrections. The
       // export it replaces goes after one poll interval, not after the cache's expiry (an export of a
       // 100,000-device fleet holds ~16 MB of Redis); a batch of the cycle before that comes again after
-      // that is enriched from this one. A cycle that read nothing keeps the latest one longer.
+      // that is enriched from this one. A cycle that read nothing keeps the latest one longer. The cycle is
+      // done with the export it pinned: one replaced already goes after one poll interval too.
       await deps.bulkCache.keepLatest(
         batch.tenantId,
         enrichment.unchangedFrom ?? batch.cycleId,
@@ -438,6 +440,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         },
         latestKeepMs(record),
         record.defender.pollIntervalMinutes * 60_000,
+        batch.cycleId,
       );
     }
     // Recorded last, once everything the batch does is done: a crash or a fault before it leaves the batch to

@@ -171,6 +171,8 @@ describe("bulk cycles and the export's snapshot", () => {
     const second = outcome(sent);
     expect(second).toEqual({ ...first, [n1]: 'NOT_IN_EXPORT_SNAPSHOT', [n2]: 'NOT_IN_EXPORT_SNAPSHOT' });
     expect(sent.some((batch) => batch.corrections !== undefined)).toBe(false);
+    // c2 is done with c1's export, which it pinned: the next export replacing it lets it go after an interval.
+    expect(await redis.client.smembers(`${redis.prefix}vuln-bulk-pinned:snap-tenant:c1`)).toEqual([]);
   });
 
   it("should correct a device passed on as not in the latest export's snapshot once the cycle's own snapshot lists it, with or without CVEs", async () => {

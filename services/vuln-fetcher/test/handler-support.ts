@@ -3,7 +3,13 @@ import type { DeviceBatch, EnrichedBatch, TenantRecord, VulnerabilitySummary } f
 import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
 import type { SecretSealer } from '@urs/secrets';
-import type { AnsweredCalls, BulkExportState, BulkVulnerabilityCache, TenantStatus } from '@urs/store';
+import type {
+  AnsweredCalls,
+  BulkExportState,
+  BulkVulnerabilityCache,
+  CycleState,
+  TenantStatus,
+} from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { inboundMessage } from '@urs/testkit';
 import { createEnrichHandler, type EnrichHandlerDeps } from '../src/handler';
@@ -161,6 +167,8 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
       enrichedOrLostBatches: async () => 0,
       notInSnapshot: async () => [],
       holdOpen: async () => false,
+      // Every cycle is begun and open: a cycle published or gone is tested in bulk-wait.test.ts.
+      get: async () => ({}) as CycleState,
       // Batches claimed as two replicas share them are tested against Redis (batch-claim.int.test.ts).
       claimBatch: async () => 'claimed',
       renewBatchClaim: async () => true,

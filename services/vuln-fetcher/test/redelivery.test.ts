@@ -21,6 +21,7 @@ function memoryCycles(): EnrichHandlerDeps['cycles'] {
     enrichedOrLostBatches: async () => enriched.size,
     notInSnapshot: async () => [],
     holdOpen: async () => false,
+    get: async () => ({}) as Awaited<ReturnType<CycleStore['get']>>,
     claimBatch: async (tenantId, cycleId, batchIndex) =>
       enriched.has(key(tenantId, cycleId, batchIndex)) ? 'enriched' : 'claimed',
     renewBatchClaim: async () => true,
