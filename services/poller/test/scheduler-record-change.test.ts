@@ -2,6 +2,7 @@ import { DefenderError, DefenderErrorCode } from '@urs/defender';
 import type { TenantRecord } from '@urs/contracts';
 import { capturingLogger, waitFor, type LogLine } from '@urs/testkit';
 import type { Scheduler } from '../src/scheduler';
+import type { TenantTable } from '../src/tenant-table';
 import { feed, memorySchedules, memoryStatus, record, replica, type Run } from './support/scheduler';
 
 // A tenant's record changed while its cycle ran on the only replica (an admin fixing the secret the cycle
@@ -16,11 +17,16 @@ describe('createScheduler: a record changed during a failing cycle', () => {
     await scheduler?.close(100);
   });
 
-  it("should try the new record at once, not after the backoff of the old one's failure", async () => {
+  /**
+   * The only replica polling tenant a daily, whose cycles on revision 1 fail on the secret (a setup error: it
+   * backs the tenant off a "day" of 1,440 "minutes" of 1 s); `beforeFailing` runs before that failure.
+   */
+  function failingOnRevisionOne(
+    beforeFailing: (table: TenantTable) => Promise<unknown> = async () => undefined,
+  ) {
     const schedules = memorySchedules();
     const runs: Run[] = [];
     const revisions: number[] = [];
-    const offset = { n: 0 };
     const made = replica(
       0,
       schedules,
@@ -29,50 +35,39 @@ describe('createScheduler: a record changed during a failing cycle', () => {
       async (input) => {
         revisions.push(input.record.revision);
         if (input.record.revision !== 1) return;
-        // The admin registers the fixed secret while the cycle still runs on the old one.
-        await waitFor(() => made.table.get('a')?.revision === 2);
+        await beforeFailing(made.table);
         throw new DefenderError(DefenderErrorCode.INVALID_SECRET, 'the secret does not match');
       },
-      // A "day" of 1,440 "minutes" of 1 s: the setup error backs the tenant off a day.
       { intervalUnitMs: 1_000 },
     );
     scheduler = made.scheduler;
-    await feed(made.table, [daily(1)], offset);
-    scheduler.start();
-    await waitFor(() => revisions.length === 1);
-    await feed(made.table, [daily(2)], offset);
-    await waitFor(() => runs.length === 1, { timeoutMs: 5_000 });
-    expect(revisions).toEqual([1, 2]);
-    expect(await schedules.get('a')).toMatchObject({ failures: 0 });
+    return { schedules, runs, revisions, table: made.table, scheduler: made.scheduler, offset: { n: 0 } };
+  }
+
+  it("should try the new record at once, not after the backoff of the old one's failure", async () => {
+    // The admin registers the fixed secret while the cycle still runs on the old one.
+    const run = failingOnRevisionOne((table) => waitFor(() => table.get('a')?.revision === 2));
+    await feed(run.table, [daily(1)], run.offset);
+    run.scheduler.start();
+    await waitFor(() => run.revisions.length === 1);
+    await feed(run.table, [daily(2)], run.offset);
+    await waitFor(() => run.runs.length === 1, { timeoutMs: 5_000 });
+    expect(run.revisions).toEqual([1, 2]);
+    expect(await run.schedules.get('a')).toMatchObject({ failures: 0 });
   });
+
   it('should try the new record at once also when it comes while the old one is beginning its cycle', async () => {
-    const schedules = memorySchedules();
-    const runs: Run[] = [];
-    const revisions: number[] = [];
-    const offset = { n: 0 };
-    const made = replica(
-      0,
-      schedules,
-      memoryStatus(),
-      runs,
-      async (input) => {
-        revisions.push(input.record.revision);
-        if (input.record.revision === 1)
-          throw new DefenderError(DefenderErrorCode.INVALID_SECRET, 'the secret does not match');
-      },
-      { intervalUnitMs: 1_000 },
-    );
-    const begin = schedules.begin.bind(schedules);
+    const run = failingOnRevisionOne();
+    const begin = run.schedules.begin.bind(run.schedules);
     // The fixed secret arrives between the attempt's read of the table and its cycle's begin.
-    schedules.begin = async (...args) => {
-      if (revisions.length === 0) await feed(made.table, [daily(2)], offset);
+    run.schedules.begin = async (...args) => {
+      if (run.revisions.length === 0) await feed(run.table, [daily(2)], run.offset);
       return begin(...args);
     };
-    scheduler = made.scheduler;
-    await feed(made.table, [daily(1)], offset);
-    scheduler.start();
-    await waitFor(() => runs.length === 1, { timeoutMs: 5_000 });
-    expect(revisions).toEqual([1, 2]);
+    await feed(run.table, [daily(1)], run.offset);
+    run.scheduler.start();
+    await waitFor(() => run.runs.length === 1, { timeoutMs: 5_000 });
+    expect(run.revisions).toEqual([1, 2]);
   });
 });
 
