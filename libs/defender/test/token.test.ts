@@ -178,11 +178,21 @@ describe('createTokenSource while Entra is down', () => {
     return logger;
   }
 
-  /** A tenant of its own, so that its Entra faults touch no other test. */
-  function ownTenant(): TestApp {
+  /**
+   * Runs `test` with a tenant of its own, so that its Entra faults touch no other test, and an agent trusting
+   * the simulator; both let go afterwards, and the simulator's token lifetime set back.
+   */
+  async function withOwnTenant(test: (own: TestApp, agent: Agent) => Promise<void>): Promise<void> {
     const own = newApp();
     sim.addTenant({ azureTenantId: own.azureTenantId, apps: [own], fleet: { size: 1, seed: 7 } });
-    return own;
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    try {
+      await test(own, agent);
+    } finally {
+      sim.setTokenLifetime(3599);
+      sim.removeTenant(own.azureTenantId);
+      agent.destroy();
+    }
   }
 
   /** A token source of `own`'s whose token is due for renewal (5 minutes before expiry), and that token. */
@@ -207,10 +217,8 @@ describe('createTokenSource while Entra is down', () => {
   }
 
   it("getToken should keep a token still valid when its renewal meets Entra's 503, without asking again at every call", async () => {
-    const own = ownTenant();
-    const agent = createHttpsAgent({ extraCa: sim.caPem });
-    const logger = warnings();
-    try {
+    await withOwnTenant(async (own, agent) => {
+      const logger = warnings();
       const { tokens, first } = await dueForRenewal(own, logger, agent);
       sim.setFaults(own.azureTenantId, { status5xxRate: 1, tokenEndpoint: true });
       sim.resetStats();
@@ -228,17 +236,12 @@ describe('createTokenSource while Entra is down', () => {
       // Not asked again at every call: the next ones meanwhile keep the token without a request.
       await expect(tokens.getToken()).resolves.toMatchObject({ token: first.token });
       expect(sim.stats().calls.token).toBe(asked);
-    } finally {
-      sim.removeTenant(own.azureTenantId);
-      agent.destroy();
-    }
+    });
   }, 20_000);
 
   it('getToken should keep a token still valid while Entra cannot be reached, and renew it at a later call once it can', async () => {
-    const own = ownTenant();
-    const agent = createHttpsAgent({ extraCa: sim.caPem });
-    const logger = warnings();
-    try {
+    await withOwnTenant(async (own, agent) => {
+      const logger = warnings();
       const { tokens, first } = await dueForRenewal(own, logger, agent);
       sim.setFaults(own.azureTenantId, { resetRate: 1, tokenEndpoint: true });
       await expect(tokens.getToken()).resolves.toMatchObject({ token: first.token });
@@ -251,18 +254,13 @@ describe('createTokenSource while Entra is down', () => {
       expect(renewed.token).not.toBe(first.token);
       expect(sim.stats().calls.token).toBe(1);
       await expect(tokens.getToken()).resolves.toMatchObject({ token: renewed.token });
-    } finally {
-      sim.removeTenant(own.azureTenantId);
-      agent.destroy();
-    }
+    });
   }, 20_000);
 
   it('getToken should fail when the renewal meets an Entra outage and the token has a minute or less left', async () => {
-    const own = ownTenant();
-    const agent = createHttpsAgent({ extraCa: sim.caPem });
-    const tokens = createTokenSource({ endpoints: endpoints(), credentials: own, httpsAgent: agent });
-    sim.setTokenLifetime(30);
-    try {
+    await withOwnTenant(async (own, agent) => {
+      const tokens = createTokenSource({ endpoints: endpoints(), credentials: own, httpsAgent: agent });
+      sim.setTokenLifetime(30);
       await tokens.getToken();
       sim.setTokenLifetime(3599);
       sim.setFaults(own.azureTenantId, { status5xxRate: 1, tokenEndpoint: true });
@@ -270,33 +268,23 @@ describe('createTokenSource while Entra is down', () => {
         code: DefenderErrorCode.UNAVAILABLE,
         canRetry: true,
       });
-    } finally {
-      sim.setTokenLifetime(3599);
-      sim.removeTenant(own.azureTenantId);
-      agent.destroy();
-    }
+    });
   });
 
   it('refreshToken should fail, not hand back the refused token, when Entra is down', async () => {
-    const own = ownTenant();
-    const agent = createHttpsAgent({ extraCa: sim.caPem });
-    const tokens = createTokenSource({ endpoints: endpoints(), credentials: own, httpsAgent: agent });
-    try {
+    await withOwnTenant(async (own, agent) => {
+      const tokens = createTokenSource({ endpoints: endpoints(), credentials: own, httpsAgent: agent });
       const first = await tokens.getToken();
       sim.setFaults(own.azureTenantId, { status5xxRate: 1, tokenEndpoint: true });
       await expect(tokens.refreshToken(undefined, first.token)).rejects.toMatchObject({
         code: DefenderErrorCode.UNAVAILABLE,
       });
-    } finally {
-      sim.removeTenant(own.azureTenantId);
-      agent.destroy();
-    }
+    });
   });
+
   it('getToken should not hand out a kept token again once the API refused it', async () => {
-    const own = ownTenant();
-    const agent = createHttpsAgent({ extraCa: sim.caPem });
-    const logger = warnings();
-    try {
+    await withOwnTenant(async (own, agent) => {
+      const logger = warnings();
       const { tokens, first } = await dueForRenewal(own, logger, agent);
       sim.setFaults(own.azureTenantId, { resetRate: 1, tokenEndpoint: true });
       await expect(tokens.getToken()).resolves.toMatchObject({ token: first.token });
@@ -305,9 +293,6 @@ describe('createTokenSource while Entra is down', () => {
         code: DefenderErrorCode.UNAVAILABLE,
       });
       await expect(tokens.getToken()).rejects.toMatchObject({ code: DefenderErrorCode.UNAVAILABLE });
-    } finally {
-      sim.removeTenant(own.azureTenantId);
-      agent.destroy();
-    }
+    });
   }, 20_000);
 });
