@@ -525,18 +525,26 @@ describe('a bulk cycle that reads its export last', () => {
     return final;
   }
 
+  /**
+   * c1 with d1 critical; c2, where d2 gets a critical CVE instead, its first batch enriched and its last
+   * batch failing to send (the bus tries it again later); and c3's batches, not handled yet.
+   */
+  async function lastOfC2Failed(context: ReturnType<typeof setup>) {
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    context.exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
+    const [c2First, c2Last] = await nextCycle(context);
+    await context.handle(c2First);
+    context.failing.sends = 1;
+    await expect(context.handle(c2Last)).rejects.toThrow('the broker is unreachable');
+    const [c3First, c3Last] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
+    return { c2Last, c3First, c3Last };
+  }
+
   it("should correct against the latest export the cycle's batches were enriched from, when the cycle before made its own the latest since", async () => {
     const context = setup();
-    const { handle, another, sent, exported, bulkCache, failing } = context;
-    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
-    // c2: d2 gets a critical CVE. Its last batch fails to send, and is tried again later.
-    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
-    const [c2First, c2Last] = await nextCycle(context);
-    await handle(c2First);
-    failing.sends = 1;
-    await expect(handle(c2Last)).rejects.toThrow('the broker is unreachable');
+    const { handle, another, sent, bulkCache } = context;
+    const { c2Last, c3First, c3Last } = await lastOfC2Failed(context);
     // Meanwhile another replica (the tenant's partition moved) enriches c3's first batch from c1.
-    const [c3First, c3Last] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
     const elsewhere = another();
     await elsewhere(c3First);
     expect(critical(sent.find((batch) => batch.cycleId === 'c3'))).toEqual({ d1: 1, d2: 0, d3: 0 });
@@ -553,15 +561,9 @@ describe('a bulk cycle that reads its export last', () => {
 
   it("should enrich the next cycle's batches from the cycle before's export once its failed last batch, tried again, succeeds", async () => {
     const context = setup();
-    const { handle, sent, exported, failing } = context;
-    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
-    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
-    const [c2First, c2Last] = await nextCycle(context);
-    await handle(c2First);
-    failing.sends = 1;
-    await expect(handle(c2Last)).rejects.toThrow('the broker is unreachable');
+    const { handle, sent } = context;
+    const { c2Last, c3First } = await lastOfC2Failed(context);
     // The bus tries the last batch again in place; c3's first batch comes meanwhile, on the same replica.
-    const [c3First] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
     const c3 = handle(c3First);
     try {
       await new Promise((resolve) => setTimeout(resolve, 50));
@@ -576,14 +578,8 @@ describe('a bulk cycle that reads its export last', () => {
   it("should enrich the next cycle's batches from the latest export there is once the cycle before's last batch is recorded lost", async () => {
     // Longer than the test may run: only the lost record ends the wait.
     const context = setup({ bulkWaitMs: 10 * 60_000 });
-    const { handle, sent, exported, cycles, failing } = context;
-    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
-    exported.rows = new Map([['d2', [cve('CVE-2', 9.9)]]]);
-    const [c2First, c2Last] = await nextCycle(context);
-    await handle(c2First);
-    failing.sends = 1;
-    await expect(handle(c2Last)).rejects.toThrow('the broker is unreachable');
-    const [c3First] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
+    const { handle, sent, cycles } = context;
+    const { c2Last, c3First } = await lastOfC2Failed(context);
     const c3 = handle(c3First);
     // Its tries used up, the bus dead-letters it: the tenant's next cycles go on.
     await cycles.lost('t1', c2Last.cycleId, c2Last.batchIndex, c2Last.devices.length, Date.now());
