@@ -7,17 +7,7 @@ import {
   slotUtilisation,
   span,
 } from '../src/analysis';
-import type { StatsSample } from '../src/simulator';
-
-const sample = (t: number, vulnerabilities: number, inFlight: number): StatsSample => ({
-  t,
-  vulnerabilities,
-  inFlight,
-  machines: 0,
-  bulk: 0,
-  token: 0,
-  throttled: 0,
-});
+import { sample } from './samples';
 
 describe('percentile', () => {
   it('percentile should take the nearest rank', () => {

@@ -3,17 +3,7 @@ import type { CycleLatency } from '../src/report';
 import { fleetResult, latencyPercentiles, peakRssGrowth, renderMarkdown, timelineOf } from '../src/report';
 import { buildResults, type Speed } from '../src/results';
 import type { RunContext, ScenarioResult } from '../src/scenario';
-import type { StatsSample } from '../src/simulator';
-
-const sample = (t: number, vulnerabilities: number, inFlight: number): StatsSample => ({
-  t,
-  vulnerabilities,
-  inFlight,
-  machines: 0,
-  bulk: 0,
-  token: 0,
-  throttled: 0,
-});
+import { sample } from './samples';
 
 /**
  * A per-device fleet whose 190 calls ran from 1,050 (their first arrival) to 2,050 (the last response): 190
