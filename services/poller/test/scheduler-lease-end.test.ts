@@ -2,8 +2,6 @@ import { ReplyError } from 'ioredis';
 import { Registry } from '@urs/telemetry';
 import { type LogLine, capturingLogger, waitFor } from '@urs/testkit';
 import { CycleAbortedError, type CycleInput, type CycleResult } from '../src/cycle';
-import { createScheduler } from '../src/scheduler';
-import { createTenantTable } from '../src/tenant-table';
 import {
   feed,
   memorySchedules,
@@ -12,6 +10,7 @@ import {
   sampleOf,
   sleep,
   oneDeviceListed,
+  testScheduler,
 } from './support/scheduler';
 
 // A cycle the lease ended (renewals failing until it may have lapsed, or the lease lost) on the only
@@ -27,13 +26,9 @@ function onlyReplica(renew: (held: () => Promise<boolean>) => Promise<boolean>, 
   schedules.renew = (lease, ms) => renew(() => renewHeld(lease, ms));
   const attempts: number[] = [];
   const metrics = new Registry({ processMetrics: false });
-  const table = createTenantTable();
-  table.expectEnd(new Map());
-  const scheduler = createScheduler({
-    table,
+  const { table, scheduler } = testScheduler({
     schedules,
     tenants: memoryStatus(),
-    cycles: { get: async () => null, abandon: async () => false },
     runCycle: async (input: CycleInput): Promise<CycleResult> => {
       attempts.push(Date.now());
       if (attempts.length === 1) {
@@ -43,13 +38,8 @@ function onlyReplica(renew: (held: () => Promise<boolean>) => Promise<boolean>, 
       }
       return oneDeviceListed(input.startedAt);
     },
-    holderId: 'only-replica',
     intervalUnitMs: UNIT_MS,
     leaseMs: LEASE_MS,
-    maxConcurrentCycles: 8,
-    tickMs: 5,
-    recheckMs: 20,
-    maxBackoffMs: 10_000,
     logger: capturingLogger(lines),
     metrics,
   });

@@ -3,8 +3,6 @@ import type { CycleState, CycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { type LogLine, capturingLogger, waitFor } from '@urs/testkit';
 import type { CycleInput, CycleResult } from '../src/cycle';
-import { createScheduler } from '../src/scheduler';
-import { createTenantTable } from '../src/tenant-table';
 import {
   feed,
   memorySchedules,
@@ -13,6 +11,7 @@ import {
   record,
   sampleOf,
   sleep,
+  testScheduler,
 } from './support/scheduler';
 
 // A cycle listed in full whose end could not be recorded (Redis failing over under the status's or the
@@ -43,10 +42,7 @@ function onlyReplica(failing: { store: 'tenants' | 'schedules'; left: number }, 
   };
   const runs: number[] = [];
   const metrics = new Registry({ processMetrics: false });
-  const table = createTenantTable();
-  table.expectEnd(new Map());
-  const scheduler = createScheduler({
-    table,
+  const { table, scheduler } = testScheduler({
     schedules,
     tenants,
     cycles,
@@ -66,12 +62,8 @@ function onlyReplica(failing: { store: 'tenants' | 'schedules'; left: number }, 
       });
       return result;
     },
-    holderId: 'only-replica',
     intervalUnitMs: UNIT_MS,
     leaseMs: 1_000,
-    maxConcurrentCycles: 8,
-    tickMs: 5,
-    recheckMs: 20,
     maxBackoffMs: 60_000,
     logger: capturingLogger(lines),
     metrics,

@@ -4,9 +4,16 @@ import type { PollScheduleStore, TenantStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { type LogLine, capturingLogger, waitFor } from '@urs/testkit';
 import type { CycleResult } from '../src/cycle';
-import { type Scheduler, createScheduler } from '../src/scheduler';
-import { createTenantTable } from '../src/tenant-table';
-import { feed, memorySchedules, memoryStatus, record, sampleOf, oneDeviceListed } from './support/scheduler';
+import type { Scheduler } from '../src/scheduler';
+import {
+  feed,
+  memorySchedules,
+  memoryStatus,
+  record,
+  sampleOf,
+  oneDeviceListed,
+  testScheduler,
+} from './support/scheduler';
 
 // A Redis refusing writes (out of memory): every tenant's attempt fails alike, on every try.
 
@@ -53,13 +60,9 @@ function outageReplica(options: {
   lines: LogLine[];
   metrics: Registry;
 }) {
-  const table = createTenantTable();
-  table.expectEnd(new Map());
-  const scheduler = createScheduler({
-    table,
+  return testScheduler({
     schedules: options.schedules,
     tenants: options.tenants,
-    cycles: { get: async () => null, abandon: async () => false },
     runCycle: async (input): Promise<CycleResult> => {
       await options.runCycle?.();
       return oneDeviceListed(input.startedAt);
@@ -68,7 +71,6 @@ function outageReplica(options: {
     intervalUnitMs: UNIT_MS,
     leaseMs: 1_000,
     maxConcurrentCycles: 32,
-    tickMs: 5,
     recheckMs: RECHECK_MS,
     maxBackoffMs: 60_000,
     logger: capturingLogger(options.lines),
@@ -77,7 +79,6 @@ function outageReplica(options: {
     // Math.random the largest of 20 tenants' counts passed 20 about once in a thousand runs).
     random: () => 0.5,
   });
-  return { table, scheduler };
 }
 
 describe('createScheduler while Redis refuses writes', () => {

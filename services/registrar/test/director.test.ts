@@ -6,24 +6,21 @@ import { createRegistrationHandler } from '../src/director';
 import { TENANT_GENERATION_HEADER as GENERATION_HEADER } from '@urs/contracts';
 import { Registry } from '@urs/telemetry';
 import { UrsError } from '@urs/resilience';
-import { createTenantRegistry, type TenantRegistry } from '../src/registry';
-import { memoryPublisher, memoryStateStore, memoryTenantStore, registrationBody } from './fakes';
-import { testSealer } from './fakes';
+import type { TenantRegistry } from '../src/registry';
+import {
+  memoryPublisher,
+  memoryStateStore,
+  memoryTenantStore,
+  registrationBody,
+  testRegistry,
+} from './fakes';
 
 /** `setup`'s registry, as the push handler sees it: `wrap` stands between them (a tenant's write failing). */
 function setup(wrap: (registry: TenantRegistry) => TenantRegistry = (registry) => registry) {
   const tenants = memoryTenantStore();
   const state = memoryStateStore();
   const publisher = memoryPublisher();
-  const registry = createTenantRegistry({
-    tenants,
-    state,
-    publisher,
-    tenantsTopic: 'urs.tenants',
-    sealer: testSealer(),
-    schedules: { clear: async () => undefined, carryFailure: async () => true },
-    logger: silentLogger,
-  });
+  const registry = testRegistry({ tenants, state, publisher });
   let rebuilt = 0;
   const metrics = new Registry();
   const director = createRegistrationHandler({

@@ -1,7 +1,9 @@
 import type { OutboundMessage, Publisher } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import { createSecretSealer } from '@urs/secrets';
+import { silentLogger } from '@urs/logging';
 import type { RegistrarStateStore, TenantStatus, TenantStore } from '@urs/store';
+import { createTenantRegistry, type TenantRegistryDeps } from '../src/registry';
 
 /** A TenantStore in memory, with the same newest-revision-wins rule as the Redis one. */
 export function memoryTenantStore(): TenantStore & {
@@ -169,6 +171,23 @@ export function memoryPublisher(): Publisher & { sent: SentMessage[] } {
 
 export const testSealer = () =>
   createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 7)]]) });
+
+/**
+ * A registry over memory fakes (its tenants' store, state, publisher, the test sealer, no schedules, a silent
+ * logger), `deps` replacing any of them.
+ */
+export function testRegistry(deps: Partial<TenantRegistryDeps> = {}) {
+  return createTenantRegistry({
+    tenants: memoryTenantStore(),
+    state: memoryStateStore(),
+    publisher: memoryPublisher(),
+    tenantsTopic: 'urs.tenants',
+    sealer: testSealer(),
+    schedules: { clear: async () => undefined, carryFailure: async () => true },
+    logger: silentLogger,
+    ...deps,
+  });
+}
 
 export const GUID_A = '11111111-2222-3333-4444-555555555555';
 export const GUID_B = '66666666-7777-8888-9999-000000000000';

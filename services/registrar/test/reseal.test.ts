@@ -3,9 +3,8 @@ import { UrsError } from '@urs/resilience';
 import { createSecretSealer } from '@urs/secrets';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine } from '@urs/testkit';
-import { createTenantRegistry } from '../src/registry';
 import { createSecretResealer } from '../src/reseal';
-import { memoryPublisher, memoryStateStore, memoryTenantStore, tenantRecord } from './fakes';
+import { memoryPublisher, memoryTenantStore, tenantRecord, testRegistry } from './fakes';
 
 describe('createSecretResealer', () => {
   it('pass should count a secret of a key this registrar does not hold, warn of it once and write nothing', async () => {
@@ -17,15 +16,7 @@ describe('createSecretResealer', () => {
       defender: { ...tenantRecord('acme', 1).defender, clientSecret: retired.seal('Plain~acme', 'acme') },
     });
     const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 7)]]) });
-    const registry = createTenantRegistry({
-      tenants,
-      state: memoryStateStore(),
-      publisher,
-      tenantsTopic: 'urs.tenants',
-      sealer,
-      schedules: { clear: async () => undefined, carryFailure: async () => true },
-      logger: silentLogger,
-    });
+    const registry = testRegistry({ tenants, publisher, sealer });
     const lines: LogLine[] = [];
     const metrics = new Registry({ processMetrics: false });
     const resealer = createSecretResealer({

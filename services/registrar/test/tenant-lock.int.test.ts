@@ -1,10 +1,8 @@
 import type { TenantRecord } from '@urs/contracts';
-import { silentLogger } from '@urs/logging';
 import { createRegistrarStateStore } from '@urs/store';
 import { testRedisPerTest } from '@urs/testkit';
-import { createTenantRegistry } from '../src/registry';
 import { createTenantLock } from '../src/tenant-lock';
-import { memoryPublisher, memoryTenantStore, registrationBody, testSealer } from './fakes';
+import { memoryPublisher, memoryTenantStore, registrationBody, testRegistry } from './fakes';
 
 const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -27,16 +25,7 @@ describe('createTenantLock over Redis', () => {
       await overrides.get?.();
       return get(tenantId);
     };
-    const registry = createTenantRegistry({
-      tenants,
-      state,
-      publisher,
-      tenantsTopic: 'urs.tenants',
-      sealer: testSealer(),
-      schedules: { clear: async () => undefined, carryFailure: async () => true },
-      logger: silentLogger,
-      writeLock,
-    });
+    const registry = testRegistry({ tenants, state, publisher, writeLock });
     const records = () =>
       publisher.sent.filter((s) => s.topic === 'urs.tenants').map((s) => s.message.value as TenantRecord);
     return { registry, tenants, state, records };

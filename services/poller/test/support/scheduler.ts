@@ -11,7 +11,7 @@ import type {
 import { Registry } from '@urs/telemetry';
 import { inboundMessage } from '@urs/testkit';
 import type { CycleInput, CycleResult } from '../../src/cycle';
-import { createScheduler } from '../../src/scheduler';
+import { createScheduler, type SchedulerDeps } from '../../src/scheduler';
 import { createTenantTable, type TenantTable } from '../../src/tenant-table';
 
 // The scheduler's stores in memory and a replica over them, for the unit tests of the scheduler.
@@ -177,13 +177,10 @@ export function replica(
     logger?: Logger;
   } = {},
 ) {
-  const table = createTenantTable();
-  table.expectEnd(new Map());
-  const scheduler = createScheduler({
-    table,
+  return testScheduler({
     schedules,
     tenants: status,
-    cycles: options.cycles ?? { get: async () => null, abandon: async () => false },
+    ...(options.cycles === undefined ? {} : { cycles: options.cycles }),
     runCycle: async (input): Promise<CycleResult> => {
       const start = input.startedAt;
       await behaviour(input);
@@ -200,12 +197,35 @@ export function replica(
     intervalUnitMs: options.intervalUnitMs ?? UNIT_MS,
     leaseMs: options.leaseMs ?? 200,
     maxConcurrentCycles: options.maxConcurrentCycles ?? 8,
+    ...(options.logger === undefined ? {} : { logger: options.logger }),
+    ...(options.metrics === undefined ? {} : { metrics: options.metrics }),
+    ...(options.now === undefined ? {} : { now: options.now }),
+  });
+}
+
+/**
+ * A scheduler over a fresh tenant table (its end expected at once), `deps` over the tests' defaults: no
+ * cycles left running, a 10 ms unit, 200 ms leases, 8 cycles at once, ticks of 5 ms, rechecks of 20 ms, waits
+ * of at most 10 s, a silent logger.
+ */
+export function testScheduler(
+  deps: Pick<SchedulerDeps, 'schedules' | 'tenants' | 'runCycle'> & Partial<Omit<SchedulerDeps, 'table'>>,
+) {
+  const table = createTenantTable();
+  table.expectEnd(new Map());
+  const scheduler = createScheduler({
+    table,
+    cycles: { get: async () => null, abandon: async () => false },
+    holderId: 'only-replica',
+    intervalUnitMs: UNIT_MS,
+    leaseMs: 200,
+    maxConcurrentCycles: 8,
     tickMs: 5,
     recheckMs: 20,
     maxBackoffMs: 10_000,
-    logger: options.logger ?? silentLogger,
-    metrics: options.metrics ?? new Registry(),
-    ...(options.now === undefined ? {} : { now: options.now }),
+    logger: silentLogger,
+    metrics: new Registry({ processMetrics: false }),
+    ...deps,
   });
   return { table, scheduler };
 }

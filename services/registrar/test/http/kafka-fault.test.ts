@@ -2,8 +2,7 @@ import { BusError, type Publisher } from '@urs/bus';
 import { capturingLogger, type LogLine } from '@urs/testkit';
 import { startApiServer, type ApiServer } from '../../src/http/server';
 import { tenantRoutes } from '../../src/http/tenants';
-import { createTenantRegistry } from '../../src/registry';
-import { memoryStateStore, memoryTenantStore, registrationBody, testSealer } from '../fakes';
+import { memoryTenantStore, registrationBody, testRegistry, testSealer } from '../fakes';
 
 const TOKEN = 'test-token-0123456789abcdef';
 
@@ -51,13 +50,10 @@ describe('the registrar API with its publisher failing', () => {
       const tenants = memoryTenantStore();
       const sealer = testSealer();
       const lines: LogLine[] = [];
-      const registry = createTenantRegistry({
+      const registry = testRegistry({
         tenants,
-        state: memoryStateStore(),
         publisher: failingPublisher(fault),
-        tenantsTopic: 'urs.tenants',
         sealer,
-        schedules: { clear: async () => undefined, carryFailure: async () => true },
         logger: capturingLogger(lines),
       });
       const routes = tenantRoutes({

@@ -14,8 +14,7 @@ import {
 } from '@urs/testkit';
 import { createRegistrationHandler } from '../../src/director';
 import { tenantRoutes } from '../../src/http/tenants';
-import { createTenantRegistry } from '../../src/registry';
-import { registrationBody, testSealer } from '../fakes';
+import { registrationBody, testRegistry, testSealer } from '../fakes';
 import { routeCaller } from './call';
 
 // The REST routes over the registry as main.ts wires them, writing to a real `urs.tenants` and Redis.
@@ -49,15 +48,7 @@ describe('tenantRoutes over Kafka and Redis', () => {
     const tenants = createTenantStore(redis.client, redis.prefix);
     const sealer = testSealer();
     const state = createRegistrarStateStore(redis.client, redis.prefix);
-    const registry = createTenantRegistry({
-      tenants,
-      state,
-      publisher,
-      tenantsTopic: topic,
-      sealer,
-      schedules: { clear: async () => undefined, carryFailure: async () => true },
-      logger: silentLogger,
-    });
+    const registry = testRegistry({ tenants, state, publisher, tenantsTopic: topic, sealer });
     const call = routeCaller(
       tenantRoutes({
         registry,

@@ -3,17 +3,15 @@ import {
   type SealedSecretRecord,
   type TenantRecord,
 } from '@urs/contracts';
-import { silentLogger } from '@urs/logging';
 import { createSecretSealer, type SecretSealer } from '@urs/secrets';
 import { rebuiltGate } from '../../src/http/rebuilt';
 import { tenantRoutes, type AccessCheckResult, type AccessCheckTenant } from '../../src/http/tenants';
-import { createTenantRegistry } from '../../src/registry';
 import {
   GUID_A,
   memoryPublisher,
-  memoryStateStore,
   memoryTenantStore,
   registrationBody,
+  testRegistry,
   testSealer,
 } from '../fakes';
 import { routeCaller } from './call';
@@ -46,17 +44,14 @@ function setup(
   const tenants = memoryTenantStore();
   const publisher = memoryPublisher();
   const cleared: string[] = [];
-  const registry = createTenantRegistry({
+  const registry = testRegistry({
     tenants,
-    state: memoryStateStore(),
     publisher,
-    tenantsTopic: 'urs.tenants',
     sealer,
     schedules: {
       clear: async (tenantId) => void cleared.push(tenantId),
       carryFailure: async () => true,
     },
-    logger: silentLogger,
   });
   const checked: AccessCheckTenant[] = [];
   const signals: AbortSignal[] = [];
