@@ -10,6 +10,13 @@ export interface KeptAnswers {
   collectedAt: string;
 }
 
+/** One device's answered call: its summary, and when the call was answered (ISO 8601). */
+export interface AnsweredCall {
+  deviceId: string;
+  summary: VulnerabilitySummary;
+  at: string;
+}
+
 /**
  * The Defender calls a per-device batch has had answered, kept until the batch is sent, so that its next
  * try (after a fault of Redis or Kafka, a stop, a crash, on any replica) asks only for the other devices.
@@ -21,17 +28,10 @@ export interface AnsweredCalls {
    */
   read(tenantId: string, cycleId: string, batchIndex: number): Promise<KeptAnswers | null>;
   /**
-   * Keeps one device's answered call, `at` the time it was answered (ISO 8601): the batch's `collectedAt`
-   * becomes the latest such time kept. Its expiry starts again.
+   * Keeps devices' answered calls, in one round trip: the batch's `collectedAt` becomes the latest `at` kept.
+   * Its expiry starts again.
    */
-  keep(
-    tenantId: string,
-    cycleId: string,
-    batchIndex: number,
-    deviceId: string,
-    summary: VulnerabilitySummary,
-    at: string,
-  ): Promise<void>;
+  keep(tenantId: string, cycleId: string, batchIndex: number, calls: readonly AnsweredCall[]): Promise<void>;
   /** Lets go of the batch's answers (it was sent). */
   forget(tenantId: string, cycleId: string, batchIndex: number): Promise<void>;
 }
@@ -80,11 +80,20 @@ export function createAnsweredCalls(
       }
       return summaries.size > 0 ? { summaries, collectedAt } : null;
     },
-    async keep(tenantId, cycleId, batchIndex, deviceId, summary, at) {
+    async keep(tenantId, cycleId, batchIndex, calls) {
+      if (calls.length === 0) return;
       const key = batchKey(tenantId, cycleId, batchIndex);
-      const answer: StoredAnswer = { at, summary };
-      // The expiry goes with every answer, so the answers of a batch never tried again end.
-      await replies(redis.pipeline().hset(key, deviceId, JSON.stringify(answer)).pexpire(key, ttlMs));
+      const fields = calls.flatMap(({ deviceId, summary, at }) => {
+        const answer: StoredAnswer = { at, summary };
+        return [deviceId, JSON.stringify(answer)];
+      });
+      // The expiry goes with every write, so the answers of a batch never tried again end.
+      await replies(
+        redis
+          .pipeline()
+          .hset(key, ...fields)
+          .pexpire(key, ttlMs),
+      );
     },
     async forget(tenantId, cycleId, batchIndex) {
       await redis.del(batchKey(tenantId, cycleId, batchIndex));

@@ -36,4 +36,4 @@ export type { RegistrarStateStore } from './registrar-state';
 export { createDeadLetterLedger } from './dead-letters';
 export type { DeadLetterLedgerOptions } from './dead-letters';
 export { createAnsweredCalls } from './answered-calls';
-export type { AnsweredCalls, KeptAnswers } from './answered-calls';
+export type { AnsweredCall, AnsweredCalls, KeptAnswers } from './answered-calls';

@@ -100,14 +100,16 @@ export function memoryAnswers(): AnsweredCalls {
       const kept = batches.get(key(tenantId, cycleId, batchIndex));
       return kept ? { summaries: new Map(kept.summaries), collectedAt: kept.collectedAt } : null;
     },
-    async keep(tenantId, cycleId, batchIndex, deviceId, summary, at) {
-      const kept = batches.get(key(tenantId, cycleId, batchIndex)) ?? {
-        summaries: new Map(),
-        collectedAt: at,
-      };
-      kept.summaries.set(deviceId, summary);
-      if (kept.collectedAt < at) kept.collectedAt = at;
-      batches.set(key(tenantId, cycleId, batchIndex), kept);
+    async keep(tenantId, cycleId, batchIndex, calls) {
+      for (const { deviceId, summary, at } of calls) {
+        const kept = batches.get(key(tenantId, cycleId, batchIndex)) ?? {
+          summaries: new Map(),
+          collectedAt: at,
+        };
+        kept.summaries.set(deviceId, summary);
+        if (kept.collectedAt < at) kept.collectedAt = at;
+        batches.set(key(tenantId, cycleId, batchIndex), kept);
+      }
     },
     async forget(tenantId, cycleId, batchIndex) {
       batches.delete(key(tenantId, cycleId, batchIndex));
