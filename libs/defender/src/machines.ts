@@ -100,22 +100,26 @@ function machineEntry(raw: unknown): { parsed: ParseResult<MachineRecord>; id: s
   return { parsed: parseMachine(raw), id: typeof id === 'string' ? id : undefined };
 }
 
-/** A 404 for a page after the first of a paged read: the read failed, retryably (it did not end). */
-export function lostPage(path: string, index: number, azureTenantId: string): DefenderError {
+/**
+ * A page after the first of a paged read answered 404, or 200 with no record (`status` 200) where more were
+ * expected: the read failed, retryably (it did not end).
+ */
+export function lostPage(path: string, index: number, azureTenantId: string, status = 404): DefenderError {
+  const answer = status === 404 ? '404' : `an empty ${status}`;
   return new DefenderError(
     DefenderErrorCode.UNAVAILABLE,
-    `The Defender API answered 404 for page ${index + 1} of ${path} after answering the first: the read is tried again rather than cut short`,
-    { canRetry: true, details: { azureTenantId, path, status: 404, page: index + 1 } },
+    `The Defender API answered ${answer} for page ${index + 1} of ${path} after answering the first: the read is tried again rather than cut short`,
+    { canRetry: true, details: { azureTenantId, path, status, page: index + 1 } },
   );
 }
 
 /**
  * Walks `/api/machines` with `$top`/`$skip` (the API gives no next link with `$top`), one page at a time,
  * so a caller can emit batches without holding the fleet. Stops on a short page (confirmed, see
- * `confirmShortPage`) or an empty one (404, Microsoft's answer when no machine is found, where a page may be
- * empty; a failure behind a full page it overlaps). Records are de-duplicated on `id` across
- * the walk (only the ids are kept), validated one by one (an invalid record is reported and skipped,
- * never the page) and flagged when merged or excluded.
+ * `confirmShortPage`) or an empty one (404, Microsoft's answer when no machine is found, or 200 with no
+ * record) where a page may be empty; a failure behind a full page it overlaps. Records are de-duplicated on
+ * `id` across the walk (only the ids are kept), validated one by one (an invalid record is reported and
+ * skipped, never the page) and flagged when merged or excluded.
  */
 export async function* walkMachines(
   deps: MachineWalkDeps,
@@ -157,17 +161,19 @@ export async function* walkMachines(
   let skip = 0;
   let staleFullPages = 0;
   // Whether this page may be empty: it confirms a short page, or, pages not overlapping, it follows a full
-  // one (a fleet an exact multiple of the page size). Microsoft answers a page with no machine in it 404.
+  // one (a fleet an exact multiple of the page size).
   let mayBeEmpty = false;
   for (let index = 0; ; index++) {
     const result = await readPage(skip);
-    // A 404 is an empty page (Microsoft's answer when no machine is found): the end of the fleet on the
-    // first page, or where the page was expected to be empty. Elsewhere (behind a full page whose last
-    // devices this page overlaps) the walk would end early and the devices not listed would be tombstoned
-    // after a few cycles: the listing fails instead and is tried again.
-    if (result.status === 404 && index > 0 && !mayBeEmpty)
-      throw lostPage('/api/machines', index, deps.azureTenantId);
     const entries = result.status === 404 ? [] : result.rows;
+    // An empty page, 404 (Microsoft's answer when no machine is found) or 200 with no record (which
+    // Microsoft does not rule out for a $skip past the end), is the end of the fleet on the first page, or
+    // where the page was expected to be empty. Elsewhere (behind a full page whose last devices this page
+    // overlaps: devices left meanwhile and the rest moved before its $skip) the walk would end early and
+    // the devices not listed would be tombstoned after a few cycles: the listing fails instead and is
+    // tried again.
+    if (entries.length === 0 && index > 0 && !mayBeEmpty)
+      throw lostPage('/api/machines', index, deps.azureTenantId, result.status);
     const page: MachinePage = {
       index,
       skip,

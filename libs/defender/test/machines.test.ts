@@ -39,48 +39,59 @@ function records(
   return sim.machines(donor.azureTenantId);
 }
 
+/** The simulator's answers to a `$skip` past the last device: 404 (Microsoft's documented one) or an empty 200. */
+const PAST_END_ANSWERS = ['notFound', 'empty'] as const;
+
 function ids(pages: MachinePage[]): string[] {
   return pages.flatMap((p) => p.machines.map((m) => m.record.id));
 }
 
 describe('listMachinePages', () => {
-  it('listMachinePages should read every device page by page and confirm the short last page', async () => {
-    const app = tenantWith({ size: 25 });
-    const { client, close } = simClient(sim, app);
-    try {
-      sim.resetStats();
-      const pages: MachinePage[] = [];
-      for await (const page of client.listMachinePages({ pageSize: 10 })) pages.push(page);
-      expect(pages.map((p) => [p.skip, p.machines.length])).toEqual([
-        [0, 10],
-        [10, 10],
-        [20, 5],
-      ]);
-      expect(ids(pages).sort()).toEqual(
-        sim
-          .machines(app.azureTenantId)
-          .map((m) => m.id)
-          .sort(),
-      );
-      // 3 pages and the probe behind the short one.
-      expect(sim.stats().callsByTenant[app.azureTenantId]?.machines).toBe(4);
-    } finally {
-      await close();
-    }
-  });
+  it.each(PAST_END_ANSWERS)(
+    'listMachinePages should read every device page by page and confirm the short last page (past the end: %s)',
+    async (pastEndPage) => {
+      const app = tenantWith({ size: 25 });
+      sim.setFaults(app.azureTenantId, { pastEndPage });
+      const { client, close } = simClient(sim, app);
+      try {
+        sim.resetStats();
+        const pages: MachinePage[] = [];
+        for await (const page of client.listMachinePages({ pageSize: 10 })) pages.push(page);
+        expect(pages.map((p) => [p.skip, p.machines.length])).toEqual([
+          [0, 10],
+          [10, 10],
+          [20, 5],
+        ]);
+        expect(ids(pages).sort()).toEqual(
+          sim
+            .machines(app.azureTenantId)
+            .map((m) => m.id)
+            .sort(),
+        );
+        // 3 pages and the probe behind the short one.
+        expect(sim.stats().callsByTenant[app.azureTenantId]?.machines).toBe(4);
+      } finally {
+        await close();
+      }
+    },
+  );
 
-  it('listMachinePages should stop on the empty page behind a fleet that is an exact multiple of the page size', async () => {
-    const app = tenantWith({ size: 30 });
-    const { client, close } = simClient(sim, app);
-    try {
-      sim.resetStats();
-      const machines = await client.listMachines({ pageSize: 10, pageOverlap: 0 });
-      expect(machines).toHaveLength(30);
-      expect(sim.stats().callsByTenant[app.azureTenantId]?.machines).toBe(4);
-    } finally {
-      await close();
-    }
-  });
+  it.each(PAST_END_ANSWERS)(
+    'listMachinePages should stop on the empty page behind a fleet that is an exact multiple of the page size (past the end: %s)',
+    async (pastEndPage) => {
+      const app = tenantWith({ size: 30 });
+      sim.setFaults(app.azureTenantId, { pastEndPage });
+      const { client, close } = simClient(sim, app);
+      try {
+        sim.resetStats();
+        const machines = await client.listMachines({ pageSize: 10, pageOverlap: 0 });
+        expect(machines).toHaveLength(30);
+        expect(sim.stats().callsByTenant[app.azureTenantId]?.machines).toBe(4);
+      } finally {
+        await close();
+      }
+    },
+  );
 
   it('listMachines should read an empty fleet (404) as no devices', async () => {
     const app = tenantWith({});
@@ -94,29 +105,44 @@ describe('listMachinePages', () => {
     }
   });
 
-  it('listMachinePages should fail retryably, not end, when a page overlapping a full one answers 404', async () => {
-    const app = tenantWith({ size: 25 });
-    const { client, close } = simClient(sim, app);
-    try {
-      const pages: MachinePage[] = [];
-      const walk = (async () => {
-        for await (const page of client.listMachinePages({ pageSize: 10, pageOverlap: 2 })) {
-          pages.push(page);
-          // Every device gone after the first page: the simulator answers the next one 404.
-          if (page.index === 0)
-            for (const m of sim.machines(app.azureTenantId)) sim.removeMachine(app.azureTenantId, m.id);
-        }
-      })();
-      await expect(walk).rejects.toMatchObject({
-        code: 'DEFENDER_UNAVAILABLE',
-        canRetry: true,
-        message: expect.stringContaining('404 for page 2 of /api/machines'),
-      });
-      expect(pages).toHaveLength(1);
-    } finally {
-      await close();
-    }
-  });
+  it.each([
+    ['404', 'notFound', '404 for page 2 of /api/machines'],
+    ['200 with no device', 'empty', 'an empty 200 for page 2 of /api/machines'],
+  ] as const)(
+    'listMachinePages should fail retryably, not end, when a page overlapping a full one answers %s',
+    async (_answer, pastEndPage, message) => {
+      const app = tenantWith({ size: 25 });
+      sim.setFaults(app.azureTenantId, { pastEndPage });
+      const { client, close } = simClient(sim, app);
+      try {
+        const pages: MachinePage[] = [];
+        const walk = (async () => {
+          for await (const page of client.listMachinePages({ pageSize: 10, pageOverlap: 2 })) {
+            pages.push(page);
+            // The first page's devices and 7 more leave: the 8 left move before the next page's $skip of 8,
+            // which finds none of them.
+            if (page.index === 0)
+              for (const m of sim.machines(app.azureTenantId).slice(0, 17))
+                sim.removeMachine(app.azureTenantId, m.id);
+          }
+        })();
+        await expect(walk).rejects.toMatchObject({
+          code: 'DEFENDER_UNAVAILABLE',
+          canRetry: true,
+          message: expect.stringContaining(message),
+        });
+        expect(pages).toHaveLength(1);
+        // Tried again, the listing finds the devices that moved.
+        const left = sim.machines(app.azureTenantId).map((m) => m.id);
+        expect(left).toHaveLength(8);
+        expect((await client.listMachines({ pageSize: 10, pageOverlap: 2 })).map((m) => m.record.id)).toEqual(
+          left,
+        );
+      } finally {
+        await close();
+      }
+    },
+  );
 
   it('listMachinePages should not miss a device when devices are removed during the walk', async () => {
     const app = tenantWith({ size: 100 });

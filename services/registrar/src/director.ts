@@ -23,11 +23,15 @@ import {
   type Violation,
 } from './validation';
 
-/** A refused tenant of a push (its dead letter's error). Never carries a value, only fields and rules. */
+/**
+ * A refused tenant of a push (its dead letter's error). Never carries a value, only fields and rules.
+ * `replacedBy`: the index of a later valid entry of the same tenant that counts in its place.
+ */
 export class RegistrationRejectedError extends UrsError {
-  constructor(violations: Violation[]) {
-    super('REGISTRATION_INVALID', `registration refused: ${describeViolations(violations)}`, {
-      details: { violations },
+  constructor(violations: Violation[], replacedBy?: number) {
+    const replaced = replacedBy === undefined ? '' : `, replaced by tenants[${replacedBy}] of the same push`;
+    super('REGISTRATION_INVALID', `registration refused${replaced}: ${describeViolations(violations)}`, {
+      details: { violations, ...(replacedBy === undefined ? {} : { replacedBy }) },
     });
   }
 }
@@ -94,6 +98,7 @@ interface Refusal {
 export interface PushOutcome {
   applied: number;
   unchanged: number;
+  /** Entries refused (dead-lettered `REGISTRATION_INVALID`), those a later valid entry replaces too. */
   rejected: number;
   /** Valid entries whose write failed for the tenant's own reason: dead-lettered, in their status. */
   failed: number;
@@ -288,19 +293,35 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
         accepted.delete(known);
       }
     }
+    /** The later valid entry of the same tenant that counts in place of a refused one: the tenant's last. */
+    const replacing = (known: string | null): number | undefined =>
+      known !== null && accepted.has(known) ? entries.get(known)?.index : undefined;
     // Written each time the push is handled: a push handled again writes its dead letters again.
     await deadLetters(
       message,
       refusals.map(({ item, known, inPush }) => ({
         item,
         known,
-        error: new RegistrationRejectedError(inPush),
+        error: new RegistrationRejectedError(inPush, replacing(known)),
       })),
     );
     await heartbeat();
     // Tenants concurrently, the refused entries of one tenant in their order (its last one stays in its status).
+    // One that a later valid entry replaces is only dead-lettered and logged: the tenant is registered as that
+    // entry says, so its status does not take the refusal, nor does the count.
     const byTenant = new Map<string, Refusal[]>();
     for (const refusal of refusals) {
+      const replacedBy = replacing(refusal.known);
+      if (replacedBy !== undefined) {
+        log.warn('tenant registration refused and replaced by a later entry of the push', {
+          tenantId: refusal.known,
+          index: refusal.index,
+          replacedBy,
+          generation: push.generation,
+          reason: describeViolations(refusal.inPush),
+        });
+        continue;
+      }
       const key = refusal.known ?? `#${refusal.index}`;
       const ofTenant = byTenant.get(key);
       if (ofTenant) ofTenant.push(refusal);

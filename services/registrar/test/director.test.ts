@@ -255,6 +255,39 @@ describe('createRegistrationHandler', () => {
     expect((await tenants.get('a'))?.defender.pollIntervalMinutes).toBe(30);
   });
 
+  it('handle should neither count nor put in its status the refused entry of a tenant that a later valid entry replaces', async () => {
+    const { push, tenants, letters, refusedCount } = setup();
+    const outcome = await push(1, 'full', [
+      item('a', { clientId: 'nope' }),
+      item('b'),
+      item('a', { pollIntervalMinutes: 30 }),
+    ]);
+    expect(outcome).toMatchObject({ applied: 2, rejected: 1 });
+    expect(refusedCount()).toBe(0);
+    expect((await tenants.get('a'))?.defender.pollIntervalMinutes).toBe(30);
+    const status = await tenants.getStatus('a');
+    expect(status.state).toBe('active');
+    expect(status.registrationError ?? null).toBeNull();
+    // Still dead-lettered, saying which entry took its place.
+    expect(letters().map((letter) => [letter.key, letter.error.message])).toEqual([
+      [
+        'a',
+        'registration refused, replaced by tenants[2] of the same push: tenants[0].defender.clientId must be a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)',
+      ],
+    ]);
+    // Replaced by an entry the tenant is registered as already: unchanged, and still not refused.
+    expect(
+      await push(2, 'delta', [item('a', { clientId: 'nope' }), item('a', { pollIntervalMinutes: 30 })]),
+    ).toMatchObject({ unchanged: 1, rejected: 1 });
+    expect(refusedCount()).toBe(0);
+    expect((await tenants.getStatus('a')).registrationError ?? null).toBeNull();
+    // A refused entry after the valid one is the last: it counts, and the record stays as it was.
+    await push(3, 'delta', [item('a', { pollIntervalMinutes: 40 }), item('a', { clientId: 'nope' })]);
+    expect(refusedCount()).toBe(1);
+    expect(await tenants.getStatus('a')).toMatchObject({ registrationError: { generation: 3 } });
+    expect((await tenants.get('a'))?.defender.pollIntervalMinutes).toBe(30);
+  });
+
   it('handle should ignore an older generation and apply the same one again', async () => {
     const { push, state, tenants } = setup();
     await push(5, 'delta', [item('a')]);

@@ -212,7 +212,8 @@ export function createMdeRoute(
     // The origin the paged answers' links name (see FaultSpec.nextLinkOrigin).
     const linkBase = f.nextLinkOrigin ?? deps.baseUrl();
     let reply: Reply;
-    if (kind === 'machines') reply = listMachines(linkBase, tenant, url.searchParams, shortPage);
+    if (kind === 'machines')
+      reply = listMachines(linkBase, tenant, url.searchParams, shortPage, f.pastEndPage);
     else if (kind === 'machine')
       reply = getMachine(deps.baseUrl(), tenant, decodeURIComponent(segments[2] as string));
     else if (kind === 'vulnerabilities')

@@ -3,7 +3,7 @@ import type { ServerResponse } from 'node:http';
 import { compileFilter, FilterError } from './filter';
 import { jsonArrayParts, sendParts, sendRaw } from './http';
 import { hash32, hashString } from './rng';
-import type { TenantState } from './state';
+import type { PastEndPage, TenantState } from './state';
 import type { CveEntryView } from './fleet';
 import type { AffectedSoftware, MachineRecord, VulnerabilityRecord } from './types';
 
@@ -108,7 +108,7 @@ export const MACHINES_PER_PART = 200;
 /**
  * `GET /api/machines`. With `$top` there is never an `@odata.nextLink` (real behaviour); without it
  * a page holds 10,000 devices and a `$skip` next link. A page with no device in it answers 404 (an empty
- * fleet, no match, or a `$skip` past the end).
+ * fleet, no match, or a `$skip` past the end; the last answers 200 with no device when `pastEnd` is 'empty').
  * `shortPage` drops the second half of a full page while more devices remain.
  */
 export function listMachines(
@@ -116,6 +116,7 @@ export function listMachines(
   tenant: TenantState,
   query: URLSearchParams,
   shortPage: boolean,
+  pastEnd: PastEndPage = 'notFound',
 ): Reply {
   const window = pageWindow(query);
   if ('status' in window) return window;
@@ -153,7 +154,8 @@ export function listMachines(
   }
   // Microsoft answers a listing with no machine in it 404 (get-machines: "404 Not Found when there are no
   // recent machines"): an empty fleet, a filter nothing matches, and a `$skip` past the last device alike.
-  if (count === 0) return mdeError(404, 'ResourceNotFound', 'No machines were found for the tenant.');
+  if (count === 0 && !(pastEnd === 'empty' && window.skip > 0))
+    return mdeError(404, 'ResourceNotFound', 'No machines were found for the tenant.');
   if (shortPage && more && count > 1) count = Math.ceil(count / 2);
   let nextLink = '';
   if (window.top === undefined && more) {

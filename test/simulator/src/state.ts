@@ -86,6 +86,13 @@ export interface FaultSpec {
   /** /api/machines: return only part of a full page although more devices remain. */
   shortPageRate?: number;
   /**
+   * How /api/machines answers a `$skip` past its last device: 'notFound' (default) 404 `ResourceNotFound`,
+   * as for any listing with no machine in it; 'empty' 200 with `"value": []`, which Microsoft does not rule
+   * out (it documents the 404 only for a tenant with no recent machines). A listing at `$skip` 0 with no
+   * machine answers 404 either way.
+   */
+  pastEndPage?: PastEndPage;
+  /**
    * The tenant's next this many requests for its OpenID metadata document (what a client reads before its
    * first token) have their connection reset, then it is served again: a passing failure, on demand.
    * Counted down as they happen.
@@ -108,6 +115,8 @@ export interface FaultSpec {
 export type GatewayBody = 'empty' | 'html';
 export type FiveXxBody = 'mde' | GatewayBody;
 export type RetryAfterStyle = 'seconds' | 'httpDate' | 'none';
+
+export type PastEndPage = 'notFound' | 'empty';
 
 export interface TenantState {
   id: string;
@@ -180,6 +189,8 @@ export function validateFaults(faults: FaultSpec): FaultSpec {
   if (gateway403) out.gateway403 = gateway403;
   const retryAfter = oneOf(faults.retryAfter, 'retryAfter', ['seconds', 'httpDate', 'none'] as const);
   if (retryAfter) out.retryAfter = retryAfter;
+  const pastEndPage = oneOf(faults.pastEndPage, 'pastEndPage', ['notFound', 'empty'] as const);
+  if (pastEndPage) out.pastEndPage = pastEndPage;
   if (faults.nextLinkOrigin !== undefined) {
     let origin: string;
     try {

@@ -1,6 +1,6 @@
 import { startSimulator, type Simulator } from '@urs/simulator';
 import { waitFor } from '@urs/testkit';
-import { CLIENT_ID, getToken, request, SECRET, TENANT } from './helpers';
+import { CLIENT_ID, EMPTY_TENANT, getToken, request, SECRET, TENANT } from './helpers';
 
 const CALM_TENANT = 'aaaaaaaa-aaaa-4bbb-8ccc-00000000000a';
 
@@ -20,6 +20,7 @@ describe('fault injection', () => {
       apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
       fleet: { size: 5 },
     });
+    sim.addTenant({ azureTenantId: EMPTY_TENANT, apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }] });
     token = await getToken(sim);
   });
 
@@ -128,6 +129,18 @@ describe('fault injection', () => {
     const last = await request(sim, '/api/machines?$top=10&$skip=30', { token });
     expect(last.json.value).toHaveLength(10);
     expect(sim.stats().faultsByKind.shortPage).toBeGreaterThanOrEqual(1);
+  });
+
+  test("pastEndPage 'empty' should answer a $skip past the last device 200 with no device, an empty fleet still 404", async () => {
+    const past = '/api/machines?$top=10&$skip=40';
+    expect((await request(sim, past, { token })).status).toBe(404);
+    sim.setFaults('*', { pastEndPage: 'empty' });
+    const reply = await request(sim, past, { token });
+    expect(reply.status).toBe(200);
+    expect(reply.json.value).toEqual([]);
+    expect((await request(sim, '/api/machines?$top=10&$skip=30', { token })).json.value).toHaveLength(10);
+    const none = await request(sim, '/api/machines?$top=10', { token: await getToken(sim, EMPTY_TENANT) });
+    expect(none.status).toBe(404);
   });
 
   test('tokenEndpoint should extend 5xx faults to the token endpoint with an Entra error body', async () => {

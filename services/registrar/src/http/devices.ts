@@ -1,12 +1,10 @@
 import { BANDS, type Band } from '@urs/contracts';
-import type { ScoreStore, StoredScore, TenantStore } from '@urs/store';
+import type { ScoreStore, StoredScore } from '@urs/store';
 import { tenantIdOf } from './params';
+import { registeredTenant, type RegisteredTenantDeps } from './registered';
 import { ApiError, type ApiRequest, type ApiResponse, type Route } from './router';
 
-export interface DeviceRoutesDeps {
-  tenants: Pick<TenantStore, 'get'>;
-  /** Resolves once Redis holds the tenants of `urs.tenants` (see rebuiltGate): a tenant is looked up there. */
-  ensureRebuilt: () => Promise<void>;
+export interface DeviceRoutesDeps extends RegisteredTenantDeps {
   scores: Pick<ScoreStore, 'getDeviceScore' | 'listDeviceScores' | 'history'>;
 }
 
@@ -91,20 +89,13 @@ function listItem(stored: StoredScore): Record<string, unknown> {
  * vulnerability summary, the profile hash) and its recent history.
  */
 export function deviceRoutes(deps: DeviceRoutesDeps): Route[] {
-  async function requireTenant(tenantId: string): Promise<void> {
-    await deps.ensureRebuilt();
-    if ((await deps.tenants.get(tenantId)) === null) {
-      throw new ApiError(404, 'TENANT_NOT_FOUND', `tenant ${tenantId} has no Defender registration`);
-    }
-  }
-
   async function list(request: ApiRequest): Promise<ApiResponse> {
     const tenantId = tenantIdOf(request);
     checkQuery(request, LIST_PARAMETERS);
     const band = bandOf(request);
     const limit = integerOf(request, 'limit', DEFAULT_LIMIT, MAX_LIMIT);
     const offset = integerOf(request, 'offset', 0, Number.MAX_SAFE_INTEGER);
-    await requireTenant(tenantId);
+    await registeredTenant(deps, tenantId);
     const page = await deps.scores.listDeviceScores(tenantId, { ...(band ? { band } : {}), limit, offset });
     return {
       status: 200,
@@ -122,7 +113,7 @@ export function deviceRoutes(deps: DeviceRoutesDeps): Route[] {
   async function one(request: ApiRequest): Promise<ApiResponse> {
     const tenantId = tenantIdOf(request);
     const deviceId = request.params['deviceId'] ?? '';
-    await requireTenant(tenantId);
+    await registeredTenant(deps, tenantId);
     const stored = await deps.scores.getDeviceScore(tenantId, deviceId);
     if (stored === null) {
       throw new ApiError(

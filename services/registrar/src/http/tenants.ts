@@ -6,6 +6,7 @@ import { SecretForOtherAppError, TenantGoneError, switchesApp } from '../record-
 import type { TenantRegistry } from '../registry';
 import { renameFields, validateRegistration, type Violation } from '../validation';
 import { tenantIdOf } from './params';
+import { registeredTenant } from './registered';
 import { ApiError, type ApiRequest, type ApiResponse, type Route } from './router';
 
 /** What the `/defender/test` check needs of a tenant (the secret in clear, only in this process's memory). */
@@ -108,22 +109,7 @@ function appNamed(
 }
 
 export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
-  async function load(tenantId: string): Promise<TenantRecord> {
-    await deps.ensureRebuilt();
-    const record = await deps.tenants.get(tenantId);
-    if (record) return record;
-    const status = await deps.tenants.getStatus(tenantId);
-    // `lastErrorMessage`: a refusal stored before it had fields of its own.
-    const refusal = status.registrationError?.message ?? status.lastErrorMessage;
-    if (status.state === 'registration-rejected' && refusal) {
-      throw new ApiError(
-        404,
-        'TENANT_NOT_REGISTERED',
-        `tenant ${tenantId} has no accepted registration; the last one was refused: ${refusal}`,
-      );
-    }
-    throw new ApiError(404, 'TENANT_NOT_FOUND', `tenant ${tenantId} has no Defender registration`);
-  }
+  const load = (tenantId: string): Promise<TenantRecord> => registeredTenant(deps, tenantId);
 
   async function put(request: ApiRequest): Promise<ApiResponse> {
     const tenantId = tenantIdOf(request);

@@ -1,5 +1,5 @@
 import type { ScoredDevice, TenantRecord } from '@urs/contracts';
-import type { StoredScore } from '@urs/store';
+import type { StoredScore, TenantStatus } from '@urs/store';
 import { scoredDevice } from '@urs/testkit';
 import { deviceRoutes } from '../../src/http/devices';
 import type { ApiResponse } from '../../src/http/router';
@@ -23,9 +23,24 @@ function stored(deviceId: string, score: number, band: ScoredDevice['band'], cyc
 }
 
 const scores = [stored('a', 85, 'High Risk'), stored('b', 10, 'Trustworthy')];
+const refusedStatus: TenantStatus = {
+  state: 'registration-rejected',
+  registrationError: {
+    code: 'REGISTRATION_INVALID',
+    message: 'registration refused: defender.clientId must be a GUID',
+    violations: [{ field: 'defender.clientId', rule: 'must be a GUID' }],
+    at: '2026-01-01T10:00:00.000Z',
+    source: 'director',
+    generation: 3,
+  },
+};
 const routes = deviceRoutes({
   ensureRebuilt: async () => undefined,
-  tenants: { get: async (tenantId) => (tenantId === 't1' ? ({ tenantId } as TenantRecord) : null) },
+  tenants: {
+    get: async (tenantId) => (tenantId === 't1' ? ({ tenantId } as TenantRecord) : null),
+    // t2 has no record: its only registration was refused.
+    getStatus: async (tenantId) => (tenantId === 't2' ? refusedStatus : {}),
+  },
   scores: {
     getDeviceScore: async (_tenantId, deviceId) => scores.find((s) => s.device.deviceId === deviceId) ?? null,
     listDeviceScores: async (_tenantId, options = {}) => {
@@ -156,5 +171,20 @@ describe('deviceRoutes', () => {
       error: { code: 'TENANT_NOT_FOUND' },
     });
     expect((await call('/v1/tenants/t1/devices/zzz')).status).toBe(404);
+  });
+
+  it('GET should answer a tenant whose every registration was refused 404 TENANT_NOT_REGISTERED with the refusal, as GET defender does', async () => {
+    for (const path of ['/v1/tenants/t2/devices', '/v1/tenants/t2/devices/a']) {
+      expect(await call(path)).toMatchObject({
+        status: 404,
+        body: {
+          error: {
+            code: 'TENANT_NOT_REGISTERED',
+            message:
+              'tenant t2 has no accepted registration; the last one was refused: registration refused: defender.clientId must be a GUID',
+          },
+        },
+      });
+    }
   });
 });
