@@ -38,7 +38,9 @@ export async function closeAll(
  * until the returned function is called. `renew` answering false means the key lapsed (`onLost`); a
  * failed call is passed to `onError`, and the next tick tries again. One renewal at a time: a tick that
  * finds the last one still waiting (a slow or absent Redis) sends none, and the next goes as soon as it
- * answers, so renewals never overlap and a late answer never follows a newer one. `immediately`: the
+ * answers, so renewals never overlap and a late answer never follows a newer one. A renewal that answers
+ * after the returned function was called calls no handler: the work ended (its key given back, or about to
+ * be), and a late "lost" or failure would report a lapse of work that ended cleanly. `immediately`: the
  * first renewal goes at once (the key was taken a while ago), not `everyMs` from now.
  */
 export function keepRenewing(
@@ -61,9 +63,11 @@ export function keepRenewing(
     missed = false;
     renew()
       .then((held) => {
-        if (!held) handlers.onLost?.();
+        if (!held && !stopped) handlers.onLost?.();
       })
-      .catch(handlers.onError)
+      .catch((error: unknown) => {
+        if (!stopped) handlers.onError(error);
+      })
       .finally(() => {
         waiting = false;
         if (missed) once();

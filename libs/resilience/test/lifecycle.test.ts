@@ -95,6 +95,23 @@ describe('keepRenewing with a slow store', () => {
     expect(pending).toHaveLength(1);
   });
 
+  it('should call nothing when a renewal sent before it was stopped answers after', async () => {
+    const pending: { resolve: (held: boolean) => void; reject: (error: Error) => void }[] = [];
+    const renew = () => new Promise<boolean>((resolve, reject) => pending.push({ resolve, reject }));
+    const events: string[] = [];
+    const handlers = { onLost: () => events.push('lost'), onError: () => events.push('error') };
+    // The work ended while its renewal waited on Redis: the key is given back, the late answer means nothing.
+    const stopLost = keepRenewing(renew, 100, handlers, { immediately: true });
+    const stopFailed = keepRenewing(renew, 100, handlers, { immediately: true });
+    expect(pending).toHaveLength(2);
+    stopLost();
+    stopFailed();
+    pending[0]?.resolve(false);
+    pending[1]?.reject(new Error('redis timeout'));
+    await jest.advanceTimersByTimeAsync(0);
+    expect(events).toEqual([]);
+  });
+
   it('should renew at once when asked to, then every interval', async () => {
     const { renew, pending } = controllable();
     const stop = keepRenewing(renew, 100, { onError: () => {} }, { immediately: true });

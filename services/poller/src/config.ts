@@ -1,3 +1,4 @@
+import type { Logger } from '@urs/logging';
 import {
   defenderSettings,
   readInt,
@@ -12,8 +13,9 @@ import {
 export interface PollerConfig extends DefenderSettings {
   /**
    * Milliseconds in one "minute" of `pollIntervalMinutes`. Env `URS_POLL_INTERVAL_UNIT_MS`, default 60000.
-   * An operator and test setting only: tests shorten every interval with it (10 minutes of 300 ms = 3 s)
-   * while registrations keep the 10–1440 minute rule.
+   * A setting for tests, the demo and the benchmark, not production: they shorten every interval with it (10
+   * minutes of 300 ms = 3 s) while registrations keep the 10–1440 minute rule. Below a minute the start
+   * warns (`warnOfShortIntervalUnit`).
    */
   intervalUnitMs: number;
   /**
@@ -63,9 +65,12 @@ export interface PollerConfig extends DefenderSettings {
   secretKeys: SecretKeyConfig;
 }
 
+/** A minute, ms: the unit of registrations' `pollIntervalMinutes`, and `URS_POLL_INTERVAL_UNIT_MS`'s default. */
+const MINUTE_MS = 60_000;
+
 export function pollerConfig(env: Env): PollerConfig {
   return {
-    intervalUnitMs: readInt(env, 'URS_POLL_INTERVAL_UNIT_MS', { fallback: 60_000, min: 1 }),
+    intervalUnitMs: readInt(env, 'URS_POLL_INTERVAL_UNIT_MS', { fallback: MINUTE_MS, min: 1 }),
     leaseMs: readInt(env, 'URS_POLL_LEASE_MS', { fallback: 30_000, min: 300 }),
     maxCycleMs: readInt(env, 'URS_CYCLE_MAX_MS', { fallback: 3_600_000, min: 1_000 }),
     maxConcurrentCycles: readInt(env, 'URS_POLL_MAX_CONCURRENT', { fallback: 32, min: 1, max: 10_000 }),
@@ -85,4 +90,23 @@ export function pollerConfig(env: Env): PollerConfig {
     secretKeys: secretKeyConfig(env),
     ...defenderSettings(env),
   };
+}
+
+/**
+ * Warns, at the poller's start, of an interval unit below a minute. It shrinks every interval below the 10
+ * minutes a registration may ask for: a unit of 1000 polls every tenant 60 times as often as registered,
+ * against Microsoft's quotas for the tenant.
+ */
+export function warnOfShortIntervalUnit(
+  settings: Pick<PollerConfig, 'intervalUnitMs'>,
+  logger: Logger,
+): void {
+  const { intervalUnitMs } = settings;
+  if (intervalUnitMs >= MINUTE_MS) return;
+  const timesAsOften = Number((MINUTE_MS / intervalUnitMs).toFixed(1));
+  logger.warn(
+    `URS_POLL_INTERVAL_UNIT_MS is below a minute: tenants are polled ${timesAsOften} times as often as ` +
+      "registered (a setting for tests and demos, not production: it spends the tenants' Defender API quotas)",
+    { intervalUnitMs, timesAsOften },
+  );
 }

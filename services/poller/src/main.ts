@@ -9,7 +9,7 @@ import {
   createPollScheduleStore,
   createTenantStore,
 } from '@urs/store';
-import { pollerConfig } from './config';
+import { pollerConfig, warnOfShortIntervalUnit } from './config';
 import { runCycle } from './cycle';
 import { createDefenderGateway } from './defender';
 import { createScheduler } from './scheduler';
@@ -119,6 +119,7 @@ void runService({
       leaseMs: settings.leaseMs,
       intervalUnitMs: settings.intervalUnitMs,
     });
+    warnOfShortIntervalUnit(settings, logger);
 
     let catchUpTimer: NodeJS.Timeout | undefined;
     return {

@@ -321,7 +321,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
    * table first fills and then for the tenants that appear. Right after a start every tenant is new:
    * counted as due at 0 until this replica had looked at each once, they would start in the table's order
    * rather than the most overdue first. The statuses of those with a stored backoff are read side by side
-   * (`STATUS_READS_AT_ONCE`). A failed read leaves them due at 0 (each attempt reads its
+   * (`STATUS_READS_AT_ONCE`); a tenant whose record changed meanwhile keeps the placement its change set. A
+   * failed read leaves them due at 0 (each attempt reads its
    * schedule under the lease anyway): the order is a preference, not worth holding polling back for.
    */
   async function readSchedules(): Promise<void> {
@@ -335,7 +336,10 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         const stored = schedules.get(tenantId);
         if (!record?.enabled || !stored || !localDue.has(tenantId)) return;
         const schedule = await honouredBackoff(tenantId, stored, false);
-        if (!localDue.has(tenantId)) return;
+        // Left as it is when its record changed while its status was read (`onChange` made the new revision
+        // due at once) or went: placed by the older record's backoff, a secret an admin just fixed would wait
+        // out the old secret's failure.
+        if (!localDue.has(tenantId) || deps.table.get(tenantId)?.revision !== record.revision) return;
         localDue.set(tenantId, dueAt(schedule, intervalOf(record), record.revision));
       };
       await atMostAtOnce(tenantIds, STATUS_READS_AT_ONCE, place);

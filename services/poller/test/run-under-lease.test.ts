@@ -1,15 +1,43 @@
 import { silentLogger } from '@urs/logging';
+import { capturingLogger, type LogLine } from '@urs/testkit';
 import { Registry } from '@urs/telemetry';
 import type { PollLease } from '@urs/store';
 import type { CycleInput } from '../src/cycle';
 import type { CycleEnd } from '../src/cycle-end';
 import { createLeaseClock } from '../src/lease-clock';
-import { createRunUnderLease } from '../src/run-under-lease';
+import { createRunUnderLease, type RunUnderLeaseDeps } from '../src/run-under-lease';
 import { oneDeviceListed, record } from './support/scheduler';
 
-// A begun cycle's lease: renewed right after the cycle began, not a third of the lease later.
+// A begun cycle's lease: renewed right after the cycle began, not a third of the lease later, and silent once it ended.
 
 const LEASE_MS = 60_000;
+
+/** A runUnderLease of a 60 s lease over `deps` (a lease always renewed, a cycle listing one device otherwise). */
+function underLease(deps: Partial<RunUnderLeaseDeps> & Pick<RunUnderLeaseDeps, 'now'>) {
+  const metrics = new Registry({ processMetrics: false });
+  const ends: CycleEnd = {
+    endListed: async () => true,
+    endListedCycle: async () => true,
+    endFailed: async () => {},
+  };
+  return createRunUnderLease({
+    schedules: { renew: async () => true },
+    tenants: { updatePollingStatus: async () => true },
+    runCycle: async () => oneDeviceListed(deps.now()),
+    leaseMs: LEASE_MS,
+    recheckMs: 20,
+    ends,
+    log: silentLogger,
+    cyclesTotal: metrics.counter('cycles_total', 'cycles'),
+    cycleSeconds: metrics.histogram('cycle_seconds', 'seconds'),
+    stop: new AbortController().signal,
+    placeAt: () => {},
+    releaseQuietly: async () => {},
+    ...deps,
+  });
+}
+
+const lease: PollLease = { tenantId: 'a', token: '1:replica' };
 
 describe('runUnderLease', () => {
   it('should renew the lease at once, so a cycle begun late in its lease (a slow Redis) still holds it', async () => {
@@ -17,20 +45,13 @@ describe('runUnderLease', () => {
     const now = () => clock;
     const renewals: number[] = [];
     const listed: boolean[] = [];
-    const metrics = new Registry({ processMetrics: false });
-    const ends: CycleEnd = {
-      endListed: async () => true,
-      endListedCycle: async () => true,
-      endFailed: async () => {},
-    };
-    const runUnderLease = createRunUnderLease({
+    const runUnderLease = underLease({
       schedules: {
         renew: async () => {
           renewals.push(clock);
           return true;
         },
       },
-      tenants: { updatePollingStatus: async () => true },
       runCycle: async (input: CycleInput) => {
         // The renewal sent as the cycle began has been answered; the listing goes on past the acquisition's
         // lease, well within a third of a lease after the cycle began.
@@ -39,23 +60,34 @@ describe('runUnderLease', () => {
         listed.push(input.leaseHeld());
         return oneDeviceListed(clock);
       },
-      leaseMs: LEASE_MS,
-      recheckMs: 20,
-      ends,
-      log: silentLogger,
-      cyclesTotal: metrics.counter('cycles_total', 'cycles'),
-      cycleSeconds: metrics.histogram('cycle_seconds', 'seconds'),
-      stop: new AbortController().signal,
-      placeAt: () => {},
-      releaseQuietly: async () => {},
       now,
     });
-    const lease: PollLease = { tenantId: 'a', token: '1:replica' };
     // Acquired at 0; the schedule's reads and the cycle's begin took most of the lease.
     const held = { lease, clock: createLeaseClock(0, LEASE_MS, now) };
     clock = LEASE_MS - 5_000;
     await runUnderLease(record('a'), held, 'a:cycle', clock, 600_000, { failures: 0 }, new AbortController());
     expect(renewals).toEqual([LEASE_MS - 5_000]);
     expect(listed).toEqual([true]);
+  });
+
+  it('should say nothing of its lease when a renewal sent during a cycle that ended answers after it', async () => {
+    const now = () => 0;
+    const lines: LogLine[] = [];
+    const placed: number[] = [];
+    /** Answers the renewal sent as the cycle began. */
+    let answer: ((held: boolean) => void) | undefined;
+    const runUnderLease = underLease({
+      schedules: { renew: () => new Promise<boolean>((resolve) => (answer = resolve)) },
+      log: capturingLogger(lines),
+      placeAt: (_tenantId, at) => placed.push(at),
+      now,
+    });
+    const held = { lease, clock: createLeaseClock(0, LEASE_MS, now) };
+    await runUnderLease(record('a'), held, 'a:cycle', 0, 600_000, { failures: 0 }, new AbortController());
+    // The lease was given back after the cycle ended: a renewal arriving after it finds none.
+    answer?.(false);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(lines.filter((line) => line.level === 'warn')).toEqual([]);
+    expect(placed).toEqual([]);
   });
 });

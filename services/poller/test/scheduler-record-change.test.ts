@@ -3,7 +3,16 @@ import type { TenantRecord } from '@urs/contracts';
 import { capturingLogger, waitFor, type LogLine } from '@urs/testkit';
 import type { Scheduler } from '../src/scheduler';
 import type { TenantTable } from '../src/tenant-table';
-import { feed, memorySchedules, memoryStatus, record, replica, type Run } from './support/scheduler';
+import {
+  INTERVAL_MS,
+  feed,
+  memorySchedules,
+  memoryStatus,
+  record,
+  replica,
+  storeBackoff,
+  type Run,
+} from './support/scheduler';
 
 // A tenant's record changed while its cycle ran on the only replica (an admin fixing the secret the cycle
 // fails on): the new record is tried at once, not after the failed cycle's backoff.
@@ -109,5 +118,41 @@ describe('createScheduler: a cycle its store refuses to begin', () => {
     );
     expect(warned).toHaveLength(1);
     expect(warned[0]).toMatchObject({ tenantId: 'a', revision: 1 });
+  });
+});
+
+describe('createScheduler: a record changed while its stored backoff is read after a start', () => {
+  let scheduler: Scheduler | undefined;
+  afterEach(async () => {
+    await scheduler?.close(100);
+  });
+
+  it("should keep the new record due at once, not place it by the old record's backoff", async () => {
+    const schedules = memorySchedules();
+    // Revision 1 failed and backed the tenant off for a thousand intervals.
+    await storeBackoff(schedules, 'a', Date.now() + 1_000 * INTERVAL_MS);
+    const status = memoryStatus();
+    const read = status.getStatus.bind(status);
+    /** Answers the first status read (the start's, of revision 1) when called. */
+    let answerFirst: (() => void) | undefined;
+    status.getStatus = async (tenantId) => {
+      if (answerFirst === undefined) await new Promise<void>((resolve) => (answerFirst = resolve));
+      return read(tenantId);
+    };
+    const runs: Run[] = [];
+    const revisions: number[] = [];
+    const made = replica(0, schedules, status, runs, async (input) => {
+      revisions.push(input.record.revision);
+    });
+    scheduler = made.scheduler;
+    const offset = { n: 0 };
+    await feed(made.table, [record('a', 1)], offset);
+    scheduler.start();
+    await waitFor(() => answerFirst !== undefined);
+    // The admin fixes the secret while the status of revision 1 is read.
+    await feed(made.table, [record('a', 2)], offset);
+    answerFirst?.();
+    await waitFor(() => runs.length === 1, { timeoutMs: 2_000 });
+    expect(revisions).toEqual([2]);
   });
 });

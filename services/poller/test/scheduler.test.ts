@@ -18,6 +18,7 @@ import {
   replica,
   sampleOf,
   sleep,
+  storeBackoff,
   type Run,
 } from './support/scheduler';
 
@@ -155,12 +156,7 @@ describe('createScheduler', () => {
   async function backedOff(count: number) {
     const schedules = memorySchedules();
     const tenantIds = Array.from({ length: count }, (_, index) => `t${index}`);
-    for (const tenantId of tenantIds) {
-      const lease = (await schedules.acquire(tenantId, 'earlier', 1_000)) as PollLease;
-      await schedules.begin(lease, cycleIdOf(tenantId, 1), Date.now() - 20 * INTERVAL_MS);
-      await schedules.end(lease, { failures: 1, notBefore: Date.now() - INTERVAL_MS, failedRevision: 1 });
-      await schedules.release(lease);
-    }
+    for (const tenantId of tenantIds) await storeBackoff(schedules, tenantId, Date.now() - INTERVAL_MS);
     return { schedules, tenantIds };
   }
 

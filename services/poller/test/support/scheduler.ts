@@ -10,7 +10,7 @@ import type {
 } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { inboundMessage } from '@urs/testkit';
-import type { CycleInput, CycleResult } from '../../src/cycle';
+import { cycleIdOf, type CycleInput, type CycleResult } from '../../src/cycle';
 import { createScheduler, type SchedulerDeps } from '../../src/scheduler';
 import { createTenantTable, type TenantTable } from '../../src/tenant-table';
 
@@ -90,6 +90,21 @@ export function memorySchedules(): PollScheduleStore {
       return true;
     },
   };
+}
+
+/**
+ * Stores what an earlier poller left for `tenantId`: a cycle of revision 1 started 20 intervals ago that failed,
+ * the tenant backed off until `notBefore` (epoch ms).
+ */
+export async function storeBackoff(
+  schedules: PollScheduleStore,
+  tenantId: string,
+  notBefore: number,
+): Promise<void> {
+  const lease = (await schedules.acquire(tenantId, 'earlier', 1_000)) as PollLease;
+  await schedules.begin(lease, cycleIdOf(tenantId, 1), Date.now() - 20 * INTERVAL_MS);
+  await schedules.end(lease, { failures: 1, notBefore, failedRevision: 1 });
+  await schedules.release(lease);
 }
 
 export function memoryStatus(): TenantStore & { statuses: Map<string, TenantStatus> } {
