@@ -1,5 +1,5 @@
 import type { Registry } from '@urs/telemetry';
-import type { DefenderEndpointClass } from './quota';
+import { MICROSOFT_QUOTAS, type DefenderEndpointClass } from './quota';
 
 /** Buckets of the waits before a call, in seconds: a tenant out of its hourly quota may wait most of an hour. */
 const WAIT_BUCKETS = [0.001, 0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600];
@@ -34,6 +34,9 @@ export function createCallMetrics(registry: Registry): CallMetrics {
     "Time a Defender API call waited before it was sent, in seconds, by endpoint and for what (quota: the tenant's quota or a 429's Retry-After; slot: one of the shared calls in flight).",
     WAIT_BUCKETS,
   );
+  // Served at 0 from the start: a process's first hold-back of an endpoint would otherwise bring its series
+  // with it, and increase() (UrsDefenderCallsHeldBack) counts nothing before a series' first sample.
+  for (const endpoint of Object.keys(MICROSOFT_QUOTAS)) calls.init({ endpoint, status: 'held-back' });
   return {
     called(endpoint, status, took) {
       calls.inc({ endpoint, status: String(status) });

@@ -217,6 +217,16 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   }
 
   /**
+   * The error that ends a call of `endpoint` while the tenant's calls are held back (see CallHealth.heldBack),
+   * counted in the call metrics; none when they are not.
+   */
+  function heldBackNow(endpoint: DefenderEndpointClass, cause?: unknown): DefenderError | undefined {
+    const heldBack = health.heldBack(cause);
+    if (heldBack) metrics?.heldBack(endpoint);
+    return heldBack;
+  }
+
+  /**
    * Retries a call on transient failures and waits out 429s (shared with every process via the quota); a
    * call that ran out of its own time only when `onTimeout` is 'retry'.
    */
@@ -234,19 +244,18 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     for (;;) {
       try {
         // Held back: the call ends before it takes a token, a quota claim or a slot.
-        const heldBack = health.heldBack();
-        if (heldBack) {
-          metrics?.heldBack(endpoint);
-          throw heldBack;
-        }
+        const heldBack = heldBackNow(endpoint);
+        if (heldBack) throw heldBack;
         return await once();
       } catch (error) {
         if (signal?.aborted) throw stoppedWith(error, signal, url, since);
         if (!(error instanceof DefenderError) || !error.canRetry) throw error;
         if (CallHealth.isHeldBack(error)) throw error;
         if (onTimeout === 'throw' && timedOut(error)) throw error;
-        // The tenant's calls failed too often in a row: this one ends too, without waiting to be retried.
-        const heldBack = health.heldBack(error);
+        // The tenant's calls failed too often in a row: this one ends too, without waiting to be retried, and
+        // counts as held back (also the call whose failure starts the hold-back: a poller's listing, asked
+        // again minutes later, is never refused during the hold-back itself).
+        const heldBack = heldBackNow(endpoint, error);
         if (heldBack) throw heldBack;
         let delayMs: number;
         if (error.code === DefenderErrorCode.THROTTLED) {

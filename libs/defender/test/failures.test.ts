@@ -269,3 +269,48 @@ describe('createDefenderClient logging', () => {
     }
   });
 });
+
+describe("createDefenderClient when its tenant's calls are held back", () => {
+  // A tenant of its own, so the quotas the other tests spend leave its calls to go at once; last in the file,
+  // so its fault rolls leave the simulator's seeded draws of the other tests as they were.
+  const held = newApp();
+  beforeAll(() => {
+    sim.addTenant({ azureTenantId: held.azureTenantId, apps: [held], fleet: { size: 1, seed: 23 } });
+  });
+  afterEach(() => {
+    sim.setFaults(held.azureTenantId, {});
+  });
+
+  it("should serve each endpoint's held-back count at 0 before any call is held back", async () => {
+    const metrics = new Registry({ processMetrics: false });
+    const { close } = simClient(sim, held, { metrics });
+    try {
+      // Present before the first hold-back: increase() counts nothing before a series' first sample.
+      const exposed = metrics.expose();
+      for (const endpoint of ['machines', 'vulnerabilities', 'bulk', 'exportFiles'])
+        expect(exposed).toContain(`urs_defender_calls_total{endpoint="${endpoint}",status="held-back"} 0`);
+    } finally {
+      await close();
+    }
+  });
+
+  it('getMachineVulnerabilities whose failure starts a hold-back should count the call held back', async () => {
+    // Every answer a 503, each failure slow enough to count, the first one holding the tenant's calls back.
+    sim.setFaults(held.azureTenantId, { status5xxRate: 1 });
+    const metrics = new Registry({ processMetrics: false });
+    const { client, close } = simClient(sim, held, { metrics, health: { holdBackAfter: 1, slowCallMs: 0 } });
+    try {
+      const [id] = sim.machines(held.azureTenantId).map((m) => m.id);
+      await expect(client.getMachineVulnerabilities(id as string)).rejects.toMatchObject({
+        details: { heldBackUntil: expect.any(Number) },
+      });
+      // Sent once, its retry not made: the hold-back it started shows from this call on.
+      expect(sim.stats().callsByTenant[held.azureTenantId]?.vulnerabilities).toBe(1);
+      expect(metrics.expose()).toContain(
+        'urs_defender_calls_total{endpoint="vulnerabilities",status="held-back"} 1',
+      );
+    } finally {
+      await close();
+    }
+  });
+});

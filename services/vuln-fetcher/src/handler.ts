@@ -162,6 +162,13 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     'urs_vulnerability_fetches_total',
     'Device vulnerability lookups, by mode and outcome (ok, failed, skipped; reused: a per-device answer an earlier try of the batch had, not asked for again; not-held: a device excluded from vulnerability management, not asked for or not taken from the export; not-in-snapshot: a device first seen after the bulk export was generated).',
   );
+  // Served at 0 from the start: UrsVulnerabilityFetchesFailing's share of failed and skipped devices would
+  // otherwise miss a process's first batch of them (increase() counts nothing before a series' first sample).
+  for (const [mode, outcomes] of [
+    ['per-device', ['ok', 'failed', 'skipped']],
+    ['bulk', ['ok', 'failed']],
+  ] as const)
+    for (const outcome of outcomes) fetches.init({ mode, outcome });
   const batches = deps.metrics.counter('urs_enriched_batches_total', 'Device batches enriched, by mode.');
   const redelivered = deps.metrics.counter(
     'urs_enriched_batches_skipped_total',

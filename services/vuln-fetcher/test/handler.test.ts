@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { EnrichedBatch, TenantRecord } from '@urs/contracts';
 import { CallHealth, DefenderError, DefenderErrorCode } from '@urs/defender';
 import { createSecretSealer } from '@urs/secrets';
+import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine, waitFor } from '@urs/testkit';
 import { VulnerabilityFolder } from '../src/summarise';
 import { batch, cve, localSources, message, record, setup } from './handler-support';
@@ -158,6 +159,20 @@ describe('createEnrichHandler', () => {
         /^The Defender API of tenant azure-t1 failed 1 calls in a row \(last: no answer within 30 s\)/,
       ),
     });
+  });
+
+  it('should serve the lookups UrsVulnerabilityFetchesFailing divides at 0 from its start, so the first failures are an increase', () => {
+    const metrics = new Registry({ processMetrics: false });
+    setup({}, { metrics });
+    const exposed = metrics.expose();
+    for (const series of [
+      '{mode="per-device",outcome="ok"}',
+      '{mode="per-device",outcome="failed"}',
+      '{mode="per-device",outcome="skipped"}',
+      '{mode="bulk",outcome="ok"}',
+      '{mode="bulk",outcome="failed"}',
+    ])
+      expect(exposed).toContain(`urs_vulnerability_fetches_total${series} 0\n`);
   });
 
   it('should stop calling for a tenant whose credentials fail, say so in its status, and let its client go', async () => {
