@@ -37,6 +37,8 @@ describe('createProfileCache after a start, against the real Kafka', () => {
   let topics: [string, string];
   let publisher: Publisher;
   let runner: ConsumerRunner | undefined;
+  /** Lets the held profile reader go on (a failed test must not leave it holding its runner's close). */
+  let release: () => void = () => undefined;
 
   beforeAll(() => {
     kafka = createTestKafka();
@@ -51,6 +53,7 @@ describe('createProfileCache after a start, against the real Kafka', () => {
   });
 
   afterEach(async () => {
+    release();
     await runner?.close();
     runner = undefined;
     await publisher.close();
@@ -96,7 +99,6 @@ describe('createProfileCache after a start, against the real Kafka', () => {
     const profiles = createProfileCache({ tenants, logger: silentLogger });
     const onTenant = createTenantsHandler(profiles);
     // The reader held after the first revision: the moment a batch meets an out-of-date profile in memory.
-    let release!: () => void;
     const held = new Promise<void>((resolve) => (release = resolve));
     const metrics = new Registry({ processMetrics: false });
     runner = createConsumerRunner({
