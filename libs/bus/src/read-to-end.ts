@@ -18,6 +18,52 @@ export function lastOffsets(offsets: readonly PartitionOffsetRange[]): Map<numbe
 }
 
 /**
+ * How far a reader of a topic from its beginning (a consumer group of its own, at every start) got towards
+ * the end the topic had when it started: what it holds is complete once every partition was read up to
+ * that end. Told each offset read (`read`) and the end to reach (`expectEnd`, from `lastOffsets`), in
+ * either order: what was read before the end was known counts.
+ */
+export interface CatchUp {
+  /** An offset of `partition` was read (handled, or skipped as of no use). */
+  read(partition: number, offset: string): void;
+  /** The last offset of each partition when the reader started (`lastOffsets`): what must be read. */
+  expectEnd(lastOffsets: Map<number, bigint>): void;
+  /** Every partition was read up to its expected end; false until that end is known. */
+  caughtUp(): boolean;
+  /**
+   * Stops waiting for the offsets still missing (a last message that was dead-lettered never reaches
+   * the handler); returns how many partitions were still behind.
+   */
+  stopWaiting(): number;
+}
+
+export function createCatchUp(): CatchUp {
+  let remaining: Map<number, bigint> | undefined;
+  const seen = new Map<number, bigint>();
+  return {
+    read(partition, offset) {
+      const current = seen.get(partition);
+      if (current === undefined || BigInt(offset) > current) seen.set(partition, BigInt(offset));
+      const target = remaining?.get(partition);
+      if (target !== undefined && BigInt(offset) >= target) remaining?.delete(partition);
+    },
+    expectEnd(lastOffsets) {
+      remaining = new Map(
+        [...lastOffsets].filter(
+          ([partition, offset]) => offset >= 0n && (seen.get(partition) ?? -1n) < offset,
+        ),
+      );
+    },
+    caughtUp: () => remaining !== undefined && remaining.size === 0,
+    stopWaiting() {
+      const behind = remaining?.size ?? 0;
+      remaining = new Map();
+      return behind;
+    },
+  };
+}
+
+/**
  * Reads `topic` from its beginning up to `targets` (per partition, the last offset to read; a partition
  * without one is not read) with a consumer group of its own (KafkaJS has no manual assignment), which is
  * deleted afterwards, and hands the messages of each fetched batch to `onBatch`, in order within their

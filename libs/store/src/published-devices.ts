@@ -1,5 +1,6 @@
 import type { ChainableCommander, default as Redis } from 'ioredis';
 import { scoreStamp } from './scores';
+import { isTombstonedSince, TOMBSTONED_SINCE_LUA, tombstonedKeyOf } from './tombstoned-devices';
 
 /*
  * What the publisher last published of each device, and the cycle it was last seen in: written by
@@ -39,7 +40,8 @@ export interface PublishOptions {
   correction?: boolean;
 }
 
-// KEYS[1] published hash, KEYS[2] seen zset (deviceId by the start of the newest cycle it was in);
+// KEYS[1] published hash, KEYS[2] seen zset (deviceId by the start of the newest cycle it was in), KEYS[3]
+// tombstoned zset (see tombstonedKeyOf: a device tombstoned by the batch's cycle or a newer one is left out);
 // ARGV[1] cycle ms, ARGV[2] the scores' stamp (the cycle ms, half a millisecond later for a correction);
 // then per device: id, score, band, digest.
 // Values are "score|band|publishedCycleAt|seenCycleAt|digest" (band labels and digests contain no "|");
@@ -47,7 +49,7 @@ export interface PublishOptions {
 // four fields.
 // Devices are read and written with one call per kind per slice of 200 (not one per device): the calls,
 // not the bytes, are what a batch of 500 costs Redis.
-const COMMIT = `
+const COMMIT = `${TOMBSTONED_SINCE_LUA}
 local at = tonumber(ARGV[1])
 local stamp = tonumber(ARGV[2])
 local n = (#ARGV - 2) / 4
@@ -59,34 +61,36 @@ end
 for first = 1, n, slice do
   local last = math.min(n, first + slice - 1)
   local ids, seen = {}, {}
-  for i = first, last do
-    local id = ARGV[3 + (i - 1) * 4]
-    ids[#ids + 1] = id
-    seen[#seen + 1] = ARGV[1]
-    seen[#seen + 1] = id
-  end
-  redis.call('ZADD', KEYS[2], 'GT', unpack(seen))
+  for i = first, last do ids[#ids + 1] = ARGV[3 + (i - 1) * 4] end
+  local gone = tombstonedSince(KEYS[3], ids, stamp)
   local current = redis.call('HMGET', KEYS[1], unpack(ids))
   local values = {}
   for i = first, last do
     local base = 3 + (i - 1) * 4
     local id, score, band, digest = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
-    local value
     local stored = current[i - first + 1]
-    if not stored then
-      value = score .. '|' .. band .. '|' .. ms(stamp) .. '|' .. ARGV[1] .. '|' .. digest
-    else
-      local s, b, p, was, d = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|?([^|]*)$')
-      p = tonumber(p)
-      was = tonumber(was)
-      if was < at then was = at end
-      if p <= stamp then s = score; b = band; p = stamp; d = digest end
-      value = s .. '|' .. b .. '|' .. ms(p) .. '|' .. ms(was) .. '|' .. d
+    if not gone[i - first + 1] then
+      local value
+      if not stored then
+        value = score .. '|' .. band .. '|' .. ms(stamp) .. '|' .. ARGV[1] .. '|' .. digest
+      else
+        local s, b, p, was, d = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|?([^|]*)$')
+        p = tonumber(p)
+        was = tonumber(was)
+        if was < at then was = at end
+        if p <= stamp then s = score; b = band; p = stamp; d = digest end
+        value = s .. '|' .. b .. '|' .. ms(p) .. '|' .. ms(was) .. '|' .. d
+      end
+      seen[#seen + 1] = ARGV[1]
+      seen[#seen + 1] = id
+      values[#values + 1] = id
+      values[#values + 1] = value
     end
-    values[#values + 1] = id
-    values[#values + 1] = value
   end
-  redis.call('HSET', KEYS[1], unpack(values))
+  if #values > 0 then
+    redis.call('ZADD', KEYS[2], 'GT', unpack(seen))
+    redis.call('HSET', KEYS[1], unpack(values))
+  end
 end
 return 1`;
 
@@ -105,7 +109,7 @@ export function commitIn(
   options: PublishOptions = {},
 ): ChainableCommander {
   if (devices.length === 0) return transaction;
-  return transaction.eval(COMMIT, 2, ...commitArgs(prefix, tenantId, cycleAt, devices, options));
+  return transaction.eval(COMMIT, 3, ...commitArgs(prefix, tenantId, cycleAt, devices, options));
 }
 
 /** `PublishedStore.commit`: `commitIn` on its own. */
@@ -118,7 +122,7 @@ export async function commitOn(
   options: PublishOptions = {},
 ): Promise<void> {
   if (devices.length === 0) return;
-  await redis.eval(COMMIT, 2, ...commitArgs(prefix, tenantId, cycleAt, devices, options));
+  await redis.eval(COMMIT, 3, ...commitArgs(prefix, tenantId, cycleAt, devices, options));
 }
 
 /** COMMIT's keys and arguments. */
@@ -132,6 +136,7 @@ function commitArgs(
   return [
     publishedKeyOf(prefix, tenantId),
     seenKeyOf(prefix, tenantId),
+    tombstonedKeyOf(prefix, tenantId),
     String(cycleAt),
     String(scoreStamp(cycleAt, options.correction)),
     ...devices.flatMap((device) => [device.deviceId, String(device.score), device.band, device.digest ?? '']),
@@ -153,13 +158,19 @@ export function decode(value: string | null | undefined): PublishedDevice | null
   };
 }
 
-/** The devices to publish (see `PublishedStore.changed`), given what was last published of each. */
+/**
+ * The devices to publish (see `PublishedStore.changed`), given what was last published of each and when
+ * each was tombstoned (`tombstonedAt`, see `tombstonedKeyOf`): never one tombstoned by the batch's cycle or
+ * a newer one.
+ */
 export function stillToPublish(
   devices: DeviceScoreRef[],
   current: (string | null)[],
+  tombstonedAt: (string | null)[],
   stamp: number,
 ): DeviceScoreRef[] {
   return devices.filter((device, index) => {
+    if (isTombstonedSince(tombstonedAt[index], stamp)) return false;
     const last = decode(current[index]);
     if (last === null) return true;
     if (last.publishedCycleAt > stamp) return false;

@@ -15,6 +15,7 @@ import {
 import { replies } from './replies';
 import { scoreStamp } from './scores';
 import { tenantDeletionKey } from './tenant-deletion';
+import { TOMBSTONE_MARKER_TTL_MS, tombstonedKeyOf } from './tombstoned-devices';
 import { tenantRecordKey } from './tenants';
 
 /**
@@ -35,8 +36,9 @@ export interface PublishedStore extends TenantDeletions, PublishedRebuild {
   /**
    * Which of these devices (scored in the cycle that started at `cycleAt`, epoch ms) must be published:
    * never published, or a score, band or digest other than the last published one. A device whose last
-   * published score is of a newer cycle is never returned (a late or redelivered batch). Read once the
-   * tenant's lease is taken (`takeTenantLease`), in the same round trip: the batch holds it until
+   * published score is of a newer cycle, or that this cycle's completion or a newer one's tombstoned (see
+   * `forget`), is never returned (a late or redelivered batch). Read once the tenant's lease is taken
+   * (`takeTenantLease`), in the same round trip: the batch holds it until
    * `CycleStore.recordBatch` gives it back. Null, nothing read or taken, while another replica holds it;
    * 'deleted', the lease given back, when the cycle is of a deleted tenant (`ofDeletedTenant`).
    * Call `commit` once the records are on the topic.
@@ -47,7 +49,10 @@ export interface PublishedStore extends TenantDeletions, PublishedRebuild {
     devices: DeviceScoreRef[],
     options?: PublishOptions,
   ): Promise<DeviceScoreRef[] | 'deleted' | null>;
-  /** Records the devices as seen in the cycle and, unless a newer one is recorded, their published score. */
+  /**
+   * Records the devices as seen in the cycle and, unless a newer one is recorded, their published score;
+   * not a device tombstoned by this cycle's completion or a newer one's (see `forget`).
+   */
   commit(
     tenantId: string,
     cycleAt: number,
@@ -78,8 +83,14 @@ export interface PublishedStore extends TenantDeletions, PublishedRebuild {
    * every device it names.
    */
   seenSince(tenantId: string, cycleAt: number): Promise<string[]>;
-  /** Forgets devices (after their tombstone was published). */
-  forget(tenantId: string, deviceIds: string[]): Promise<void>;
+  /**
+   * Forgets devices (after their tombstone was published). With `tombstonedAt`, the start (epoch ms) of the
+   * completed cycle that tombstoned them: a batch of that cycle or an older one coming late or again then
+   * neither publishes nor records them (`changed`, `commit`), nor does the score store store them
+   * (`tombstonedKeyOf`), for `TOMBSTONE_MARKER_TTL_MS` of cycles. A deleted tenant's devices need none: its
+   * deletion's marker covers its cycles.
+   */
+  forget(tenantId: string, deviceIds: string[], tombstonedAt?: number): Promise<void>;
   get(tenantId: string, deviceId: string): Promise<PublishedDevice | null>;
   /**
    * Takes the right to send a cycle's summary for `ttlMs`. True for one caller at a time; false once the
@@ -216,9 +227,11 @@ const DELETION_MARKER_TTL_MS = SUMMARY_MARKER_TTL_MS;
  * completed cycles by start) with `{prefix}published-seq:{tenantId}` / `…-counter:{tenantId}` numbering them (and counting each one's tombstones),
  * the tenant's lease `{prefix}publish-lease:{tenantId}` (string, PX), and once the tenant was deleted
  * `{prefix}published-deleted:{tenantId}` (hash: `deletedAt`, `registeredAt` once registered again, the
- * deletion's `revision`, and the `cutoff` of its tombstones; PX). `{prefix}published-rebuilt` (string, the
- * time) says the record was rebuilt from `vms.risk-scores` since Redis last came up without it, and
- * `{prefix}published-rebuild-lock` (string, PX) is held by the replica rebuilding it (`PublishedRebuild`).
+ * deletion's `revision`, and the `cutoff` of its tombstones; PX), the devices tombstoned by the tenant's
+ * last cycles `{prefix}published-tombstoned:{tenantId}` (zset, PX, see `forget`).
+ * `{prefix}published-rebuilt` (string, the time) says the record was rebuilt from `vms.risk-scores` since
+ * Redis last came up without it, and `{prefix}published-rebuild-lock` (string, PX) is held by the replica
+ * rebuilding it (`PublishedRebuild`).
  */
 export function createPublishedStore(redis: Redis, prefix: string): PublishedStore {
   const publishedKey = (tenantId: string): string => publishedKeyOf(prefix, tenantId);
@@ -227,6 +240,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
   const sequenceKey = (tenantId: string): string => `${prefix}published-seq:${tenantId}`;
   const counterKey = (tenantId: string): string => `${prefix}published-counter:${tenantId}`;
   const deletedKey = (tenantId: string): string => tenantDeletionKey(prefix, tenantId);
+  const tombstonedKey = (tenantId: string): string => tombstonedKeyOf(prefix, tenantId);
   const recordKey = (tenantId: string): string => tenantRecordKey(prefix, tenantId);
   const sentKey = (tenantId: string, cycleId: string): string =>
     `${prefix}summary-sent:${tenantId}:${cycleId}`;
@@ -266,8 +280,12 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
         lease.holder,
         lease.ttlMs,
       ).eval(OF_DELETED_TENANT, 2, deletedKey(lease.tenantId), recordKey(lease.tenantId), String(cycleAt));
-      if (devices.length > 0)
-        transaction.hmget(publishedKey(lease.tenantId), ...devices.map((device) => device.deviceId));
+      if (devices.length > 0) {
+        const ids = devices.map((device) => device.deviceId);
+        transaction
+          .hmget(publishedKey(lease.tenantId), ...ids)
+          .zmscore(tombstonedKey(lease.tenantId), ...ids);
+      }
       const results = await replies(transaction);
       if (results[0] !== 1) return null;
       if (results[1] === 1) {
@@ -275,7 +293,8 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
         return 'deleted';
       }
       const current = (results[2] ?? []) as (string | null)[];
-      return stillToPublish(devices, current, scoreStamp(cycleAt, options.correction));
+      const tombstonedAt = (results[3] ?? []) as (string | null)[];
+      return stillToPublish(devices, current, tombstonedAt, scoreStamp(cycleAt, options.correction));
     },
     commit(tenantId, cycleAt, devices, options) {
       return commitOn(redis, prefix, tenantId, cycleAt, devices, options);
@@ -307,13 +326,22 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     async seenSince(tenantId, cycleAt) {
       return (await redis.zrangebyscore(seenKey(tenantId), cycleAt, '+inf')).sort();
     },
-    async forget(tenantId, deviceIds) {
+    async forget(tenantId, deviceIds, tombstonedAt) {
       if (deviceIds.length === 0) return;
-      await redis
+      const forgetting = redis
         .multi()
         .hdel(publishedKey(tenantId), ...deviceIds)
-        .zrem(seenKey(tenantId), ...deviceIds)
-        .exec();
+        .zrem(seenKey(tenantId), ...deviceIds);
+      if (tombstonedAt !== undefined) {
+        const key = tombstonedKey(tenantId);
+        // Markers of cycles more than the TTL older than this one go: the zset stays bounded while the tenant
+        // lives, and goes with the TTL once it no longer completes cycles.
+        forgetting
+          .zadd(key, 'GT', ...deviceIds.flatMap((id) => [tombstonedAt, id]))
+          .zremrangebyscore(key, '-inf', `(${tombstonedAt - TOMBSTONE_MARKER_TTL_MS}`)
+          .pexpire(key, TOMBSTONE_MARKER_TTL_MS);
+      }
+      await replies(forgetting);
     },
     async get(tenantId, deviceId) {
       return decode(await redis.hget(publishedKey(tenantId), deviceId));

@@ -4,6 +4,7 @@ import type { Band, ScoredDevice } from '@urs/contracts';
 import { REMOVE_TENANT } from './score-removal';
 import { DELETED_BEFORE_LUA, tenantDeletionKey } from './tenant-deletion';
 import { tenantRecordKey } from './tenants';
+import { TOMBSTONED_SINCE_LUA, tombstonedKeyOf } from './tombstoned-devices';
 
 /** A device's score as stored: the scored device and the cycle it belongs to. */
 export interface StoredScore {
@@ -45,7 +46,10 @@ type StoredHistoryEntry = Omit<ScoreHistoryEntry, 'cycleId' | 'cycleStartedAt'>;
 export interface SaveScoresResult {
   /** Devices whose score was written (newer than the stored one). */
   written: number;
-  /** Devices left alone because the stored score is of the same or a newer cycle (redelivery, late message). */
+  /**
+   * Devices left alone because the stored score is of the same or a newer cycle, or the device was
+   * tombstoned since (redelivery, late message).
+   */
   skipped: string[];
   /**
    * Set when nothing was stored because the batch is of a deleted tenant (see
@@ -65,7 +69,9 @@ export interface ListScoresOptions {
 export interface ScoreStore {
   /**
    * Stores each device's score unless the stored one is of the same or a newer cycle (compared by
-   * `cycleStartedAt`), and adds it to its cycle's history. Idempotent: saving the same batch again
+   * `cycleStartedAt`), or the publisher tombstoned the device at the completion of this cycle or a newer
+   * one (`tombstonedKeyOf`: its score was removed then, and a late batch would store it again), and adds it
+   * to its cycle's history. Idempotent: saving the same batch again
    * changes nothing. `deviceJson`, when the caller has it, is each device's `JSON.stringify` (in the
    * order of `devices`), as text or UTF-8 bytes: the stored record is built around it instead of
    * serialising the device again. A `correction` (devices of the cycle scored again with its own bulk
@@ -140,8 +146,9 @@ export interface ScoreStoreOptions {
 
 // KEYS[1] scores hash (deviceId → json), KEYS[2] stamps hash (deviceId → cycle start ms),
 // KEYS[3] bands hash (deviceId → band), KEYS[4] the tenant's history cycles (sorted set: cycle id by start
-// ms), KEYS[5] this cycle's history hash (deviceId → entry json).
-// With onlyRegisteredTenants, KEYS[6] the tenant's record hash and KEYS[7] its deletion marker: the script
+// ms), KEYS[5] this cycle's history hash (deviceId → entry json), KEYS[6] the tenant's tombstoned devices
+// (zset, see tombstonedKeyOf: a device tombstoned by this cycle or a newer one is skipped).
+// With onlyRegisteredTenants, KEYS[7] the tenant's record hash and KEYS[8] its deletion marker: the script
 // writes nothing (and answers a third element, 1) when the record is gone or the marker says the cycle is
 // of a deleted tenant (`deletedBefore`: deleted, and not registered again before the cycle started).
 // ARGV[1] stamp, ARGV[2] history length, ARGV[3] history ttl ms, ARGV[4] cycle id, then per device: id,
@@ -152,13 +159,13 @@ export interface ScoreStoreOptions {
 // time). Only the last `history length` cycles keep a history hash: the script answers the skipped devices
 // and the cycles it dropped from the set, whose hashes the caller deletes. A late batch of a cycle older
 // than those writes no history.
-const SAVE_IF_NEWER = `${DELETED_BEFORE_LUA}
+const SAVE_IF_NEWER = `${DELETED_BEFORE_LUA}${TOMBSTONED_SINCE_LUA}
 local stamp = tonumber(ARGV[1])
 local keep = tonumber(ARGV[2])
 local n = (#ARGV - 4) / 4
-if #KEYS > 5 then
-  if redis.call('EXISTS', KEYS[6]) == 0 then return {{}, {}, 1} end
-  local cut = deletedBefore(KEYS[7], KEYS[6])
+if #KEYS > 6 then
+  if redis.call('EXISTS', KEYS[7]) == 0 then return {{}, {}, 1} end
+  local cut = deletedBefore(KEYS[8], KEYS[7])
   if cut and stamp < cut then return {{}, {}, 1} end
 end
 redis.call('ZADD', KEYS[4], stamp, ARGV[4])
@@ -176,11 +183,12 @@ for first = 1, n, slice do
   local ids = {}
   for i = first, last do ids[#ids + 1] = ARGV[4 + (i - 1) * 4 + 1] end
   local current = redis.call('HMGET', KEYS[2], unpack(ids))
+  local gone = tombstonedSince(KEYS[6], ids, stamp)
   local scores, stamps, bands, history = {}, {}, {}, {}
   for i = first, last do
     local at = 4 + (i - 1) * 4
     local id = ARGV[at + 1]
-    if tonumber(current[i - first + 1] or '-1') >= stamp then
+    if gone[i - first + 1] or tonumber(current[i - first + 1] or '-1') >= stamp then
       table.insert(skipped, id)
     else
       scores[#scores + 1] = id
@@ -250,6 +258,7 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
         bandsKey(tenantId),
         cyclesKey(tenantId),
         cycleHistoryKey(tenantId, cycle.cycleId),
+        tombstonedKeyOf(prefix, tenantId),
         ...(onlyRegistered ? [tenantRecordKey(prefix, tenantId), tenantDeletionKey(prefix, tenantId)] : []),
       ];
       const args: (string | Buffer)[] = [

@@ -127,6 +127,36 @@ describe('createScoreStore', () => {
     });
   });
 
+  it('saveScores should not store again a device tombstoned by a cycle as new as the batch, and store it from a newer cycle', async () => {
+    const scores = scoreStoreFor(redis.client, { keyPrefix: redis.prefix, scoreHistoryCycles: 10 });
+    await createTenantStore(redis.client, redis.prefix).put(tenantRecord('t'));
+    const c1 = cycle('c1', '2026-01-01T10:00:00.000Z');
+    await scores.saveScores('t', c1, [device('d1', 10, 'Trustworthy')]);
+    // The cycle of 10:30 completed with d1 absent: its tombstone sent, the publisher forgets it, then its score.
+    await createPublishedStore(redis.client, redis.prefix).forget(
+      't',
+      ['d1'],
+      Date.parse('2026-01-01T10:30:00.000Z'),
+    );
+    await scores.remove('t', ['d1']);
+    // A batch of c1 delivered late, and its correction: d1 is not stored again, d2 (never tombstoned) is.
+    expect(
+      await scores.saveScores('t', c1, [device('d1', 10, 'Trustworthy'), device('d2', 30, 'Low Risk')]),
+    ).toEqual({ written: 1, skipped: ['d1'] });
+    expect(
+      await scores.saveScores('t', { ...c1, correction: true }, [device('d1', 40, 'Moderate Risk')]),
+    ).toEqual({ written: 0, skipped: ['d1'] });
+    expect(await scores.getDeviceScore('t', 'd1')).toBeNull();
+    expect(await scores.history('t', 'd1')).toEqual([]);
+    // Listed again by a newer cycle: stored.
+    const c4 = cycle('c4', '2026-01-01T10:40:00.000Z');
+    expect(await scores.saveScores('t', c4, [device('d1', 20, 'Trustworthy')])).toEqual({
+      written: 1,
+      skipped: [],
+    });
+    expect((await scores.getDeviceScore('t', 'd1'))?.cycleId).toBe('c4');
+  });
+
   it('history should keep the newest scores first up to its length', async () => {
     const scores = createScoreStore(redis.client, redis.prefix, { historyLength: 2 });
     for (let minute = 0; minute < 4; minute++) {
@@ -497,6 +527,38 @@ describe('createPublishedStore', () => {
     expect((await published.seenSince('t', 2000)).length).toBe(450);
     expect((await published.seenSince('t', 3000)).length).toBe(65);
     expect(await published.changed(lease('t'), 2000, refs(20))).toEqual([]);
+  });
+
+  it('changed and commit should skip a device tombstoned by a cycle as new as the batch, and take it back from a newer cycle', async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    await published.commit('t', 1000, [d('gone'), d('stay')]);
+    // Tombstoned when the cycle that started at 4000 completed (the device absent from it and the two before).
+    await published.forget('t', ['gone'], 4000);
+    // A batch of the cycle of 1000 delivered again, and a correction of it: not published, not recorded.
+    expect(await published.changed(lease('t'), 1000, [d('gone'), { ...d('stay'), score: 11 }])).toEqual([
+      { ...d('stay'), score: 11 },
+    ]);
+    expect(await published.changed(lease('t'), 1000, [d('gone')], { correction: true })).toEqual([]);
+    await published.commit('t', 1000, [d('gone'), d('stay')]);
+    await published.commit('t', 1000, [d('gone')], { correction: true });
+    expect(await published.get('t', 'gone')).toBeNull();
+    expect(await published.seenSince('t', 0)).toEqual(['stay']);
+    // Listed again by a newer cycle: published and recorded.
+    expect(await published.changed(lease('t'), 5000, [d('gone')])).toEqual([d('gone')]);
+    await published.commit('t', 5000, [d('gone')]);
+    expect(await published.get('t', 'gone')).toMatchObject({ publishedCycleAt: 5000, seenCycleAt: 5000 });
+  });
+
+  it("forget should keep a tombstoned device's marker for two days of cycles, and nothing for a deleted tenant's", async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const markers = `${redis.prefix}published-tombstoned:t`;
+    const day = 24 * 60 * 60 * 1000;
+    await published.forget('t', ['old'], 1000);
+    await published.forget('t', ['deleted']);
+    await published.forget('t', ['new'], 1000 + 2 * day + 1);
+    expect(await redis.client.zrange(markers, 0, -1)).toEqual(['new']);
+    expect(await redis.client.pttl(markers)).toBeGreaterThan(day);
+    expect(await published.changed(lease('t'), 1000, [d('old')])).toEqual([d('old')]);
   });
 
   it('completeCycle should number a cycle once and name devices absent from the last N completed cycles', async () => {

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { createConsumerRunner, deleteOwnGroup, topicOffsets } from '@urs/bus';
+import { createConsumerRunner, deleteOwnGroup, lastOffsets, topicOffsets } from '@urs/bus';
 import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { checkSecretKey, createReplicaKeyCheck, createSecretSealer } from '@urs/secrets';
@@ -129,13 +129,7 @@ void runService({
       async start() {
         // Right after the topic was created its leaders may not answer yet (KRaft): retried while it settles.
         const offsets = await topicOffsets(kafka, config.topics.tenants, { logger });
-        table.expectEnd(
-          new Map(
-            offsets
-              .filter((o) => BigInt(o.high) > BigInt(o.low))
-              .map((o) => [o.partition, BigInt(o.high) - 1n]),
-          ),
-        );
+        table.expectEnd(lastOffsets(offsets));
         scheduler.start();
         catchUpTimer = setTimeout(() => {
           const behind = table.stopWaiting();

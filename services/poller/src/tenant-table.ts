@@ -1,4 +1,4 @@
-import type { InboundMessage } from '@urs/bus';
+import { createCatchUp, type InboundMessage } from '@urs/bus';
 import { TENANT_REVISION_HEADER, numericHeader, type TenantRecord } from '@urs/contracts';
 
 export type TenantChangeListener = (tenantId: string, record: TenantRecord | null) => void;
@@ -32,22 +32,14 @@ export interface TenantTable {
 export function createTenantTable(): TenantTable {
   const records = new Map<string, TenantRecord>();
   const listeners: TenantChangeListener[] = [];
-  let remaining: Map<number, bigint> | undefined;
-  const seen = new Map<number, bigint>();
+  const catchUp = createCatchUp();
   /** The revision of each deletion seen (tombstone header), so a late older record does not bring a tenant back. */
   const deletedAt = new Map<string, number>();
-
-  function progress(partition: number, offset: string): void {
-    const current = seen.get(partition);
-    if (current === undefined || BigInt(offset) > current) seen.set(partition, BigInt(offset));
-    const target = remaining?.get(partition);
-    if (target !== undefined && BigInt(offset) >= target) remaining?.delete(partition);
-  }
 
   return {
     async handle(message) {
       const tenantId = message.key ?? message.value?.tenantId;
-      progress(message.partition, message.offset);
+      catchUp.read(message.partition, message.offset);
       if (!tenantId) return;
       const current = records.get(tenantId);
       if (message.value === null) {
@@ -69,18 +61,8 @@ export function createTenantTable(): TenantTable {
     onChange(listener) {
       listeners.push(listener);
     },
-    expectEnd(lastOffsets) {
-      remaining = new Map(
-        [...lastOffsets].filter(
-          ([partition, offset]) => offset >= 0n && (seen.get(partition) ?? -1n) < offset,
-        ),
-      );
-    },
-    caughtUp: () => remaining !== undefined && remaining.size === 0,
-    stopWaiting() {
-      const behind = remaining?.size ?? 0;
-      remaining = new Map();
-      return behind;
-    },
+    expectEnd: (lastOffsets) => catchUp.expectEnd(lastOffsets),
+    caughtUp: () => catchUp.caughtUp(),
+    stopWaiting: () => catchUp.stopWaiting(),
   };
 }

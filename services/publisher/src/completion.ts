@@ -284,7 +284,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
           },
         );
       }
-      await tombstone(tenantId, gone);
+      await tombstone(tenantId, gone, cycleAt);
       // Counted at the cycle's first completion: a summary sent again after its tombstones went out (and
       // their devices were forgotten) still says how many.
       tombstones = completed.tombstones;

@@ -12,8 +12,13 @@ export interface TombstonesDeps {
   metrics: Registry;
 }
 
-/** Sends devices' tombstones to VMS, then forgets them; counted in `urs_vms_records_total{kind="tombstone"}`. */
-export type Tombstones = (tenantId: string, deviceIds: string[]) => Promise<void>;
+/**
+ * Sends devices' tombstones to VMS, then forgets them; counted in `urs_vms_records_total{kind="tombstone"}`.
+ * `tombstonedAt`: the start (epoch ms) of the completed cycle that tombstones them, kept so that a batch of
+ * that cycle or an older one, late or delivered again, does not bring them back (see `PublishedStore.forget`);
+ * none for a deleted tenant's devices.
+ */
+export type Tombstones = (tenantId: string, deviceIds: string[], tombstonedAt?: number) => Promise<void>;
 
 /**
  * Tombstones go out before the devices are forgotten: a failure in between is retried with the devices
@@ -24,14 +29,14 @@ export function createTombstones(deps: TombstonesDeps): Tombstones {
     'urs_vms_records_total',
     'Records produced to vms.risk-scores, by kind.',
   );
-  return async (tenantId, deviceIds) => {
+  return async (tenantId, deviceIds, tombstonedAt) => {
     if (deviceIds.length === 0) return;
     await deps.publisher.send(
       deps.topic,
       'urs/vms-risk-score',
       deviceIds.map((deviceId) => ({ key: vmsRecordKey(tenantId, deviceId), value: null })),
     );
-    await deps.published.forget(tenantId, deviceIds);
+    await deps.published.forget(tenantId, deviceIds, tombstonedAt);
     await deps.scores.remove(tenantId, deviceIds);
     records.inc({ kind: 'tombstone' }, deviceIds.length);
   };

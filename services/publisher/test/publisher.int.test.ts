@@ -387,6 +387,30 @@ describe('the publisher', () => {
     expect(records().filter((m) => m.key === 't1/a')).toHaveLength(2);
   });
 
+  it('createCycleCompletion should keep a tombstoned device gone when a batch of an older cycle comes again, and publish it from a newer cycle', async () => {
+    const { handler, begin } = build({ tombstoneAfterCycles: 2 });
+    const scores = createScoreStore(redis.client, redis.prefix);
+    const late = scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('gone', 30, 'Low Risk')], 1);
+    await begin(1);
+    await handler(late);
+    for (const cycle of [2, 3]) {
+      await begin(cycle);
+      await handler(scoreBatch(cycle, 0, [device('a', 10, 'Trustworthy')], 1));
+    }
+    const tombstones = () => records().filter((m) => m.value === null);
+    expect(tombstones().map((m) => m.key)).toEqual(['t1/gone']);
+    // Cycle 1's batch delivered again after the tombstone: its record not sent again, its score not stored.
+    const sentOfCycle1 = records('c1').length;
+    await handler(late);
+    expect(records('c1')).toHaveLength(sentOfCycle1);
+    expect(await scores.getDeviceScore('t1', 'gone')).toBeNull();
+    // Listed again by cycle 4: published, and not tombstoned again by its completion.
+    await begin(4);
+    await handler(scoreBatch(4, 0, [device('a', 10, 'Trustworthy'), device('gone', 30, 'Low Risk')], 1));
+    expect(records('c4').map((m) => m.key)).toEqual(['t1/gone']);
+    expect(tombstones()).toHaveLength(1);
+  });
+
   it("createCycleCompletion should send in a cycle's snapshot the devices a later cycle recorded before the cycle completed", async () => {
     const { handler, begin } = build({ snapshotEveryCycles: 1 });
     await begin(1);

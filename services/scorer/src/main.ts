@@ -1,4 +1,4 @@
-import { createConsumerRunner, deleteOwnGroup } from '@urs/bus';
+import { createConsumerRunner, deleteOwnGroup, lastOffsets, topicOffsets } from '@urs/bus';
 import { runService } from '@urs/runtime';
 import {
   createCycleStore,
@@ -27,6 +27,11 @@ void runService({
     const prefix = config.redis.keyPrefix;
     const profiles = createProfileCache({ tenants: createTenantStore(redis, prefix), logger });
     metrics.gauge('urs_scorer_profiles', 'Tenant profiles held in memory.', () => profiles.size());
+    metrics.gauge(
+      'urs_scorer_profiles_caught_up',
+      '1 once urs.tenants was read to the end it had at the start; until then profiles are read from Redis.',
+      () => (profiles.caughtUp() ? 1 : 0),
+    );
     const common = {
       kafka,
       service: 'scorer',
@@ -86,6 +91,14 @@ void runService({
     });
     return {
       runners: [profileRunner, scoreRunner],
+      // Once the runners started: where urs.tenants ends now is what the profiles must read before they are
+      // used from memory (what was read before counts). Until then, and should a record dead-lettered be a
+      // partition's last (the next record on it ends the wait), each batch reads its tenant's profile from
+      // the tenant store: scoring does not wait, and readiness does not depend on it.
+      async start() {
+        // Right after the topic was created its leaders may not answer yet (KRaft): retried while it settles.
+        profiles.expectEnd(lastOffsets(await topicOffsets(kafka, config.topics.tenants, { logger })));
+      },
       closers: [
         {
           // The profiles group is this process's alone (it reads urs.tenants whole); leaving it would clutter the cluster.

@@ -1,4 +1,4 @@
-import type { MessageHandler } from '@urs/bus';
+import { createCatchUp, type CatchUp, type MessageHandler } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorMessage } from '@urs/resilience';
@@ -7,9 +7,11 @@ import type { TenantStore } from '@urs/store';
 
 export class ScorerError extends UrsError {}
 
-export interface ProfileCache {
+export interface ProfileCache extends Omit<CatchUp, 'stopWaiting'> {
   /**
-   * The tenant's compiled profile: from memory, else from the tenant store (a tenant not yet read). With
+   * The tenant's compiled profile: from memory, else from the tenant store (a tenant not yet read, or one
+   * whose record in memory is older than the store's while `urs.tenants` is still read to the end it had
+   * at the start: its revisions come one by one then, the first long out of date). With
    * `cvssThreshold` (the one the cycle's CVEs were counted at, when it started), the profile before the
    * latest when only that one counts CVEs so: the tenant changed its threshold during the cycle, and the
    * cycle is scored with the profile it started with, as its counts were made for it. Null when the tenant
@@ -35,8 +37,10 @@ const REMEMBERED_DELETIONS = 10_000;
 
 /**
  * The tenants' risk profiles in memory, refreshed from `urs.tenants`. A disabled or deleted tenant is
- * dropped. A batch of a tenant not (yet) in memory, e.g. right after a start while `urs.tenants` is
- * still being read, takes the profile from the tenant store in Redis, which the registrar writes first.
+ * dropped. A batch of a tenant not (yet) in memory takes the profile from the tenant store in Redis, which
+ * the registrar writes first. So does every batch until `urs.tenants` was read to the end it had at the
+ * start (`expectEnd`): a compacted topic's active segment still holds a tenant's every revision, replayed
+ * one by one, and a batch scored with the first would carry out-of-date weights and profile hash.
  */
 export function createProfileCache(deps: {
   tenants: Pick<TenantStore, 'get'>;
@@ -44,22 +48,17 @@ export function createProfileCache(deps: {
 }): ProfileCache {
   const entries = new Map<string, Entry>();
   const deleted = new Set<string>();
+  const catchUp = createCatchUp();
   const compile = (record: TenantRecord): CompiledProfile =>
     compileProfile(parseProfile(record.defender.riskProfile));
   return {
     async get(tenantId, cvssThreshold) {
       const entry = entries.get(tenantId);
-      if (entry) {
-        const { profile, previous } = entry;
-        const startedWithPrevious =
-          cvssThreshold !== undefined &&
-          profile.cvssThreshold !== cvssThreshold &&
-          previous?.cvssThreshold === cvssThreshold;
-        return startedWithPrevious ? previous : profile;
-      }
+      if (entry && catchUp.caughtUp()) return profileOf(entry, cvssThreshold);
       const record = await deps.tenants.get(tenantId);
       if (record === null) {
-        if (deleted.has(tenantId)) return null;
+        // Held in memory and gone from the store: deleted, its tombstone not read yet.
+        if (entry || deleted.has(tenantId)) return null;
         throw new ScorerError(
           'TENANT_UNKNOWN',
           `tenant ${tenantId} is not registered: no risk profile to score with`,
@@ -68,7 +67,9 @@ export function createProfileCache(deps: {
           },
         );
       }
-      // Not cached: the record may be a disabled tenant finishing its last cycle, which is still scored.
+      if (entry && entry.revision >= record.revision) return profileOf(entry, cvssThreshold);
+      // Not cached, or cached older: the record may be a disabled tenant finishing its last cycle, which is
+      // still scored.
       return compile(record);
     },
     apply(tenantId, record) {
@@ -104,15 +105,31 @@ export function createProfileCache(deps: {
         });
       }
     },
+    read: (partition, offset) => catchUp.read(partition, offset),
+    expectEnd: (lastOffsets) => catchUp.expectEnd(lastOffsets),
+    caughtUp: () => catchUp.caughtUp(),
     size: () => entries.size,
   };
 }
 
-/** The `urs.tenants` handler: keeps the profile cache current. */
+/**
+ * The entry's profile, or the one before it when the cycle's CVEs were counted at that one's threshold
+ * (`cvssThreshold`: the tenant changed its threshold during the cycle).
+ */
+function profileOf(entry: Entry, cvssThreshold: number | undefined): CompiledProfile {
+  const { profile, previous } = entry;
+  const startedWithPrevious =
+    cvssThreshold !== undefined &&
+    profile.cvssThreshold !== cvssThreshold &&
+    previous?.cvssThreshold === cvssThreshold;
+  return startedWithPrevious ? previous : profile;
+}
+
+/** The `urs.tenants` handler: keeps the profile cache current, and says how far the topic was read. */
 export function createTenantsHandler(profiles: ProfileCache): MessageHandler<TenantRecord> {
   return async (message) => {
     const tenantId = message.value?.tenantId ?? message.key;
-    if (!tenantId) return;
-    profiles.apply(tenantId, message.value);
+    if (tenantId) profiles.apply(tenantId, message.value);
+    profiles.read(message.partition, message.offset);
   };
 }

@@ -3,6 +3,7 @@ import type { EnrichedBatch, ScoreBatch, ScoredDevice, TenantRecord } from '@urs
 import type { StoredScore } from '@urs/store';
 import { silentLogger } from '@urs/logging';
 import { Registry } from '@urs/telemetry';
+import { compileProfile, parseProfile } from '@urs/scoring';
 import { inboundMessage } from '@urs/testkit';
 import { createScoreHandler } from '../src/handler';
 import { createProfileCache, createTenantsHandler } from '../src/profiles';
@@ -80,7 +81,11 @@ function enriched(overrides: Partial<EnrichedBatch> = {}): EnrichedBatch {
   };
 }
 
-function setup(records: TenantRecord[] = []) {
+/**
+ * `end`: the last offset of each partition of `urs.tenants` when the scorer started, for its profiles to
+ * read before they are used from memory (default: the topic was empty).
+ */
+function setup(records: TenantRecord[] = [], end = new Map<number, bigint>()) {
   const sent: ScoreBatch[] = [];
   const sentJson: (string | Buffer | undefined)[] = [];
   const saved: {
@@ -102,10 +107,17 @@ function setup(records: TenantRecord[] = []) {
     close: async () => undefined,
   };
   const stored = new Map(records.map((record) => [record.tenantId, record]));
+  let storeReads = 0;
   const profiles = createProfileCache({
-    tenants: { get: async (id) => stored.get(id) ?? null },
+    tenants: {
+      get: async (id) => {
+        storeReads += 1;
+        return stored.get(id) ?? null;
+      },
+    },
     logger: silentLogger,
   });
+  profiles.expectEnd(end);
   const handler = createScoreHandler({
     profiles,
     scores: {
@@ -127,7 +139,16 @@ function setup(records: TenantRecord[] = []) {
     metrics: new Registry({ processMetrics: false }),
     now: () => new Date('2026-01-21T10:00:31.000Z'),
   });
-  return { handler, profiles, sent, sentJson, saved, tenantsHandler: createTenantsHandler(profiles) };
+  return {
+    handler,
+    profiles,
+    sent,
+    sentJson,
+    saved,
+    stored,
+    storeReads: () => storeReads,
+    tenantsHandler: createTenantsHandler(profiles),
+  };
 }
 
 /** Three critical CVEs: they move d2 from Trustworthy to Low Risk. */
@@ -264,6 +285,37 @@ describe('createScoreHandler', () => {
     await tenantsHandler(inbound<TenantRecord>(null, 't1'));
     await expect(handler(inbound(enriched()))).resolves.toBeUndefined();
     expect(sent).toHaveLength(1);
+  });
+
+  it("should score with the tenant store's latest profile while urs.tenants replays older revisions after a start", async () => {
+    const heavy = (criticalRisk: number) => ({ weights: { criticalRisk, operational: 100 - criticalRisk } });
+    const latest = compileProfile(parseProfile(heavy(100))).hash;
+    // Revisions 1..3 still on the topic's active segment; the tenant store holds the latest, 3.
+    const { handler, profiles, sent, stored, storeReads, tenantsHandler } = setup(
+      [tenantRecord('t1', 3, heavy(100))],
+      new Map([[0, 2n]]),
+    );
+    await tenantsHandler(inboundMessage(tenantRecord('t1', 1, heavy(0)), { offset: '0' }));
+    await handler(inbound(enriched()));
+    expect(sent[0]?.devices[0]?.profileHash).toBe(latest);
+    await tenantsHandler(inboundMessage(tenantRecord('t1', 2, heavy(0)), { offset: '1' }));
+    expect(profiles.caughtUp()).toBe(false);
+    await tenantsHandler(inboundMessage(tenantRecord('t1', 3, heavy(100)), { offset: '2' }));
+    expect(profiles.caughtUp()).toBe(true);
+    // Read to its end: from memory, the store no longer asked.
+    const reads = storeReads();
+    stored.clear();
+    await handler(inbound(enriched()));
+    expect(sent[1]?.devices[0]?.profileHash).toBe(latest);
+    expect(storeReads()).toBe(reads);
+  });
+
+  it('should drop a batch of a tenant held in memory and gone from the tenant store while urs.tenants replays', async () => {
+    const { handler, sent, tenantsHandler } = setup([], new Map([[0, 5n]]));
+    // Its tombstone is further on the topic, not read yet; the registrar removed its record.
+    await tenantsHandler(inbound(tenantRecord('t1', 1, null)));
+    await expect(handler(inbound(enriched()))).resolves.toBeUndefined();
+    expect(sent).toEqual([]);
   });
 
   it('should fail a batch of a tenant neither registered nor known deleted as TENANT_UNKNOWN', async () => {
