@@ -746,6 +746,10 @@ describe('createBulkVulnerabilityCache', () => {
     );
     await cache.fail('t', 'c2', { code: 'X', message: 'no' });
     expect(await cache.state('t', 'c2')).toEqual({ state: 'failed', code: 'X', message: 'no' });
+    // An export that is not there (evicted, flushed, or not done) is no export whose devices are all absent.
+    expect(await cache.read('t', 'c2', ['d1'])).toBeNull();
+    await redis.client.del(`${redis.prefix}vuln-bulk:t:c1`);
+    expect(await cache.read('t', 'c1', ['d1'])).toBeNull();
   });
 
   it("keepLatest should keep a done export as the tenant's latest past the cache's expiry, and let the one it replaces expire", async () => {
@@ -1043,7 +1047,8 @@ describe('createBulkVulnerabilityCache', () => {
     expect(await cache.state('t', 'c1')).toEqual({ state: 'ready', collectedAt: '2026-01-01T10:00:00.000Z' });
     const ids = Array.from({ length: 2_500 }, (_, index) => `d${index}`);
     const read = await cache.read('t', 'c1', [...ids, 'absent']);
-    ids.forEach((id, index) => expect(read.get(id)).toEqual(summaryOf(index)));
-    expect(read.get('absent')).toBeUndefined();
+    ids.forEach((id, index) => expect(read?.get(id)).toEqual(summaryOf(index)));
+    expect(read?.has('absent')).toBe(true);
+    expect(read?.get('absent')).toBeUndefined();
   });
 });

@@ -6,6 +6,7 @@ import {
   type VulnerabilitySummary,
 } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
+import { UrsError } from '@urs/resilience';
 import type { BulkVulnerabilityCache, CycleStore, LatestExport } from '@urs/store';
 import { unreadableInExport, type Corrections } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
@@ -33,7 +34,17 @@ export async function storedCorrections(
   const stored = bulkCache.scan(batch.tenantId, batch.cycleId);
   return {
     changed: await changedDevices(bulkCache.compare(batch.tenantId, latest.cycleId, stored)),
-    summaries: (deviceIds) => bulkCache.read(batch.tenantId, batch.cycleId, deviceIds),
+    async summaries(deviceIds) {
+      const summaries = await bulkCache.read(batch.tenantId, batch.cycleId, deviceIds);
+      if (summaries !== null) return summaries;
+      // Each device would be corrected to no vulnerabilities. Tried again, the batch reads the export anew.
+      throw new UrsError(
+        'BULK_EXPORT_GONE',
+        "the cycle's bulk export is gone from Redis (evicted, flushed or expired) while its corrections " +
+          'were sent: the last batch is tried again and reads it anew',
+        { canRetry: true },
+      );
+    },
   };
 }
 

@@ -6,6 +6,7 @@ import {
   listedSince,
   notInSnapshot,
   sendCorrections,
+  storedCorrections,
 } from '../src/corrections';
 import { unreadableInExport } from '../src/enrichment';
 import { emptySummary } from '../src/summarise';
@@ -21,6 +22,29 @@ describe('changedDevices', () => {
     expect(await changedDevices(slices(changed.slice(0, 700), [], changed.slice(700)))).toEqual(
       changed.map(([id]) => id),
     );
+  });
+});
+
+describe('storedCorrections', () => {
+  it("storedCorrections should fail retryably, correcting no device, when the cycle's stored export is gone", async () => {
+    const latest = { cycleId: 'c1', collectedAt: '2026-01-01T10:00:00.000Z', cvssThreshold: 7 };
+    const corrections = await storedCorrections(
+      {
+        async *scan() {},
+        async *compare() {
+          yield [['d1', '{}']];
+        },
+        // Evicted since its devices were compared.
+        read: async () => null,
+      },
+      batch({ cycleId: 'c2' }),
+      latest,
+    );
+    expect(corrections.changed).toEqual(['d1']);
+    await expect(corrections.summaries(['d1'])).rejects.toMatchObject({
+      code: 'BULK_EXPORT_GONE',
+      canRetry: true,
+    });
   });
 });
 
