@@ -1,3 +1,4 @@
+import { MAX_SEND_BYTES, recordBytes } from '@urs/bus';
 import {
   cycleBatchHeader,
   type DeviceBatch,
@@ -80,24 +81,39 @@ function correctionOf(
 }
 
 /**
- * Sends the corrections of `deviceIds` in batches of CORRECTIONS_PER_BATCH, in order, each made (its
- * summaries looked up) only once the one before was sent: what is held at once is one batch, however many
- * devices changed. `send` gets each batch with its position among them (0 on).
+ * Sends the corrections of `deviceIds` in batches of CORRECTIONS_PER_BATCH, in order, several batches a send:
+ * each batch made (its summaries looked up, its message built by `message`, which gets its position among
+ * them, 0 on) once the one before was, and the batches made so far sent once the next would take them past
+ * MAX_SEND_BYTES of keys and JSON values. The publisher produces such a send in one request, on the tenant's
+ * partition in its order (a batch larger than that goes alone); a 300,000-device fleet's corrections take ~12
+ * sends, not 300. What is held at once is one send's batches and the next one, however many devices changed.
  */
-export async function sendCorrections(
+export async function sendCorrections<M extends { key: string; json: string | Buffer }>(
   deviceIds: readonly string[],
   summaries: Corrections['summaries'],
   cvssThreshold: number,
-  send: (corrections: VulnerabilityCorrection[], index: number) => Promise<void>,
+  message: (corrections: VulnerabilityCorrection[], index: number) => M,
+  send: (messages: M[]) => Promise<void>,
 ): Promise<void> {
+  let messages: M[] = [];
+  let bytes = 0;
   for (let at = 0, index = 0; at < deviceIds.length; at += CORRECTIONS_PER_BATCH, index++) {
     const ids = deviceIds.slice(at, at + CORRECTIONS_PER_BATCH);
     const found = await summaries(ids);
-    await send(
+    const next = message(
       ids.map((id) => correctionOf(id, found.get(id), cvssThreshold)),
       index,
     );
+    const size = recordBytes({ key: next.key, value: next.json });
+    if (messages.length > 0 && bytes + size > MAX_SEND_BYTES) {
+      await send(messages);
+      messages = [];
+      bytes = 0;
+    }
+    messages.push(next);
+    bytes += size;
   }
+  if (messages.length > 0) await send(messages);
 }
 
 /**
