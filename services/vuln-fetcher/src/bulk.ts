@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { DeviceBatch, EnrichedDevice, TenantRecord } from '@urs/contracts';
+import type { DeviceBatch, EnrichedDevice } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { canRetry, errorMessage, isInfrastructureFault, keepRenewing } from '@urs/resilience';
 import type { CycleStore, LatestExport } from '@urs/store';
@@ -7,10 +7,8 @@ import { countBulkFetches, createExportReader, readsExportLast, type ExportReade
 import { storedCorrections } from './corrections';
 import { missing, type FetchError, type TenantEnrichment } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
+import { usable, type ExportApp } from './latest-export';
 import { isTenantWideCode, type VulnerabilitySource } from './sources';
-
-/** The app a tenant's batch is handled with: its Entra directory and cloud name the Defender read. */
-export type ExportApp = Pick<TenantRecord['defender'], 'azureTenantId' | 'cloud'>;
 
 export interface BulkDeps extends Omit<ExportReaderDeps, 'owner'> {
   /** How long a batch waits for another replica's bulk export of its cycle, in milliseconds. */
@@ -92,23 +90,6 @@ export interface BulkEnrichment {
   tried(batch: DeviceBatch, cycle: BulkCycle, error?: unknown): void;
   /** The batch ended, sent or not: an export claim it held is no longer held by a batch here. */
   ended(batch: DeviceBatch): void;
-}
-
-/**
- * The tenant's latest export if the batch may be enriched from it: another cycle's, counted at the
- * batch's CVSS threshold (after a change of threshold the cycle reads its own export first, instead of
- * correcting every device with a CVE), and read with an app of the Entra directory and cloud the batch is
- * handled with. After the tenant's app moved to another directory or cloud (the registrar allows it, and a
- * tenant deleted and registered again under its id may name another app) the latest export is another
- * Defender's: none of the tenant's devices is in it, and each would go on with no vulnerabilities. A
- * latest kept without them (by an earlier version) is not used either: the cycle reads its own export
- * first, once.
- */
-function usable(batch: DeviceBatch, app: ExportApp, latest: LatestExport | null): LatestExport | null {
-  if (latest === null || latest.cycleId === batch.cycleId) return null;
-  if (latest.cvssThreshold !== batch.cvssThreshold) return null;
-  const sameApp = latest.azureTenantId === app.azureTenantId.toLowerCase() && latest.cloud === app.cloud;
-  return sameApp ? latest : null;
 }
 
 export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
