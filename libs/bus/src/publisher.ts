@@ -55,6 +55,11 @@ function encode(contract: ContractId, value: unknown, json: string | Buffer | un
  */
 export const MAX_SEND_BYTES = 4 * 1024 * 1024;
 
+/** A message's bytes of key and value, as `sizedGroups` counts them against `MAX_SEND_BYTES`. */
+export const recordBytes = (message: { key: string | null; value: string | Buffer | null }): number =>
+  (message.key === null ? 0 : Buffer.byteLength(message.key)) +
+  (message.value === null ? 0 : Buffer.byteLength(message.value));
+
 /**
  * The messages in consecutive groups of at most `maxBytes` of keys and values (a message larger than that
  * alone), in their order: sent one group after the other, a key's messages keep their order.
@@ -67,9 +72,7 @@ export function sizedGroups<M extends { key: string | null; value: string | Buff
   let group: M[] = [];
   let bytes = 0;
   for (const message of messages) {
-    const size =
-      (message.key === null ? 0 : Buffer.byteLength(message.key)) +
-      (message.value === null ? 0 : Buffer.byteLength(message.value));
+    const size = recordBytes(message);
     if (group.length > 0 && bytes + size > maxBytes) {
       groups.push(group);
       group = [];

@@ -808,6 +808,10 @@ describe('createBulkVulnerabilityCache', () => {
     );
     await cache.fail('t', 'c2', { code: 'X', message: 'no' });
     expect(await cache.state('t', 'c2')).toEqual({ state: 'failed', code: 'X', message: 'no' });
+    // An export that is not there (evicted, flushed, or not done) is no export whose devices are all absent.
+    expect(await cache.read('t', 'c2', ['d1'])).toBeNull();
+    await redis.client.del(`${redis.prefix}vuln-bulk:t:c1`);
+    expect(await cache.read('t', 'c1', ['d1'])).toBeNull();
   });
 
   it("keepLatest should keep a done export as the tenant's latest past the cache's expiry, and let the one it replaces expire", async () => {
@@ -882,6 +886,26 @@ describe('createBulkVulnerabilityCache', () => {
     // A pinned export that is gone is none.
     await redis.client.del(exportKey('c1'));
     expect(await cache.pinLatest('t', 'c3', null)).toBeNull();
+  });
+
+  it('pinLatest should pin the latest export and keep it, and its cycle among those that pinned it, in one round trip', async () => {
+    const cache = createBulkVulnerabilityCache(redis.client, redis.prefix, 60_000);
+    const summary = { criticalCveCount: 0, totalCveCount: 0, maxCvss: null, cvssThreshold: 9, topCveIds: [] };
+    await cache.save('t', 'c1', new Map([['d1', summary]]), '2026-01-01T10:00:00.000Z');
+    await cache.keepLatest('t', 'c1', { ...app, cvssThreshold: 9 }, 1_000);
+    const c1 = await cache.latest('t');
+    const commands = jest.spyOn(redis.client, 'sendCommand');
+    try {
+      expect(await cache.pinLatest('t', 'c2', c1)).toEqual(c1);
+      expect(commands).toHaveBeenCalledTimes(1);
+    } finally {
+      commands.mockRestore();
+    }
+    expect(await redis.client.smembers(`${redis.prefix}vuln-bulk-pinned:t:c1`)).toEqual(['c2']);
+    expect(await redis.client.pttl(`${redis.prefix}vuln-bulk-pinned:t:c1`)).toBeGreaterThan(1_000);
+    // Kept as long as the pin, past the 1 s it was kept as the latest for.
+    expect(await redis.client.pttl(`${redis.prefix}vuln-bulk:t:c1`)).toBeGreaterThan(1_000);
+    expect(await redis.client.pttl(`${redis.prefix}vuln-bulk-pin:t:c2`)).toBeGreaterThan(1_000);
   });
 
   it('keepLatest should let an export go once the cycles that pinned it are done, and pinLatest renew the pin', async () => {
@@ -1105,7 +1129,8 @@ describe('createBulkVulnerabilityCache', () => {
     expect(await cache.state('t', 'c1')).toEqual({ state: 'ready', collectedAt: '2026-01-01T10:00:00.000Z' });
     const ids = Array.from({ length: 2_500 }, (_, index) => `d${index}`);
     const read = await cache.read('t', 'c1', [...ids, 'absent']);
-    ids.forEach((id, index) => expect(read.get(id)).toEqual(summaryOf(index)));
-    expect(read.get('absent')).toBeUndefined();
+    ids.forEach((id, index) => expect(read?.get(id)).toEqual(summaryOf(index)));
+    expect(read?.has('absent')).toBe(true);
+    expect(read?.get('absent')).toBeUndefined();
   });
 });

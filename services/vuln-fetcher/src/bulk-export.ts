@@ -31,14 +31,15 @@ export interface ExportReaderDeps {
 export interface ExportReader {
   /**
    * The batch enriched from a done export: the cycle's own, or the tenant's latest, read at `collectedAt`
-   * from the snapshot of `generatedTime` (when it was known).
+   * from the snapshot of `generatedTime` (when it was known). Null when the export is gone (evicted,
+   * flushed, expired): its devices are not taken as absent from it.
    */
   fromExport(
     batch: DeviceBatch,
     cycleId: string,
     collectedAt: string,
     generatedTime: string | undefined,
-  ): Promise<Enrichment>;
+  ): Promise<Enrichment | null>;
   /** Reads and stores the cycle's export; a failure of it is stored for the cycle's batches to find. */
   runBulkExport(
     batch: DeviceBatch,
@@ -298,12 +299,15 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
   ): Promise<Enrichment | null> {
     const started = Date.now();
     const { generatedTime, unchanged } = await snapshotOf(batch, source, latest, log, signal);
-    if (unchanged) {
-      // The snapshot the latest export was read from: the cycle's export would be the same, read again.
+    // The snapshot the latest export was read from: the cycle's export would be the same, read again. Unless
+    // that export is gone: then the cycle's own is read.
+    const fromLatest = unchanged
+      ? await fromExport(batch, latest.cycleId, now().toISOString(), generatedTime)
+      : null;
+    if (fromLatest !== null) {
       log.info('bulk export unchanged, not read', { generatedTime, latestCycleId: latest.cycleId });
       await deps.bulkCache.release(batch.tenantId, batch.cycleId, owner);
-      const enrichment = await fromExport(batch, latest.cycleId, now().toISOString(), generatedTime);
-      return { ...enrichment, unchangedFrom: latest.cycleId };
+      return { ...fromLatest, unchangedFrom: latest.cycleId };
     }
     const folder = await readExport(batch, source, log, signal);
     if (folder === null) return null;
@@ -336,15 +340,16 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
     };
   }
 
-  /** The batch enriched from a done export: the cycle's own, or the tenant's latest. */
+  /** The batch enriched from a done export: the cycle's own, or the tenant's latest; null when it is gone. */
   async function fromExport(
     batch: DeviceBatch,
     cycleId: string,
     collectedAt: string,
     generatedTime: string | undefined,
-  ): Promise<Enrichment> {
+  ): Promise<Enrichment | null> {
     const ids = batch.devices.map((machine) => machine.id);
     const summaries = await deps.bulkCache.read(batch.tenantId, cycleId, ids);
+    if (summaries === null) return null;
     const snapshot = { generatedTime, collectedAt };
     const devices = batch.devices.map((machine) =>
       fromSnapshot(machine, summaries.get(machine.id), snapshot, batch.cvssThreshold),

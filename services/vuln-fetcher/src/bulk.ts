@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { DeviceBatch, EnrichedDevice, TenantRecord } from '@urs/contracts';
+import type { DeviceBatch, EnrichedDevice } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { canRetry, errorMessage, isInfrastructureFault, keepRenewing } from '@urs/resilience';
 import type { CycleStore, LatestExport } from '@urs/store';
@@ -7,10 +7,8 @@ import { countBulkFetches, createExportReader, readsExportLast, type ExportReade
 import { storedCorrections } from './corrections';
 import { missing, type FetchError, type TenantEnrichment } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
+import { usable, type ExportApp } from './latest-export';
 import { isTenantWideCode, type VulnerabilitySource } from './sources';
-
-/** The app a tenant's batch is handled with: its Entra directory and cloud name the Defender read. */
-export type ExportApp = Pick<TenantRecord['defender'], 'azureTenantId' | 'cloud'>;
 
 export interface BulkDeps extends Omit<ExportReaderDeps, 'owner'> {
   /** How long a batch waits for another replica's bulk export of its cycle, in milliseconds. */
@@ -94,23 +92,6 @@ export interface BulkEnrichment {
   ended(batch: DeviceBatch): void;
 }
 
-/**
- * The tenant's latest export if the batch may be enriched from it: another cycle's, counted at the
- * batch's CVSS threshold (after a change of threshold the cycle reads its own export first, instead of
- * correcting every device with a CVE), and read with an app of the Entra directory and cloud the batch is
- * handled with. After the tenant's app moved to another directory or cloud (the registrar allows it, and a
- * tenant deleted and registered again under its id may name another app) the latest export is another
- * Defender's: none of the tenant's devices is in it, and each would go on with no vulnerabilities. A
- * latest kept without them (by an earlier version) is not used either: the cycle reads its own export
- * first, once.
- */
-function usable(batch: DeviceBatch, app: ExportApp, latest: LatestExport | null): LatestExport | null {
-  if (latest === null || latest.cycleId === batch.cycleId) return null;
-  if (latest.cvssThreshold !== batch.cvssThreshold) return null;
-  const sameApp = latest.azureTenantId === app.azureTenantId.toLowerCase() && latest.cloud === app.cloud;
-  return sameApp ? latest : null;
-}
-
 export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
   const { now, fetches } = deps;
   const owner = randomUUID();
@@ -165,16 +146,35 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
    * replica) after one of this cycle's batches was enriched from the latest before it, made its own export
    * the latest. Compared with that newer one, a device whose summary changed between the two would get no
    * correction and keep the older export's vulnerabilities. Once pinned, the cycle's later batches here
-   * take it from `BulkCycle.pinned`: no more round trips.
+   * take it from `BulkCycle.pinned`: no more round trips (`forgetPinned` once a read finds its export gone).
    */
   async function latestOf(batch: DeviceBatch, app: ExportApp): Promise<LatestExport | null> {
-    const current = bulkCycles.get(batch.tenantId);
-    const cycle = [current, current?.previous].find((entry) => entry?.cycleId === batch.cycleId);
+    const cycle = cycleHere(batch);
     if (cycle?.pinned) return usable(batch, app, cycle.pinned);
     const latest = usable(batch, app, await deps.bulkCache.latest(batch.tenantId));
     const pinned = await deps.bulkCache.pinLatest(batch.tenantId, batch.cycleId, latest);
     if (cycle && pinned !== null) cycle.pinned = pinned;
     return usable(batch, app, pinned);
+  }
+
+  /** The batch's cycle as this process handles it, if it does: the tenant's current one or the one before. */
+  function cycleHere(batch: DeviceBatch): BulkCycle | undefined {
+    const current = bulkCycles.get(batch.tenantId);
+    return [current, current?.previous].find((entry) => entry?.cycleId === batch.cycleId);
+  }
+
+  /**
+   * The export the batch's cycle pinned is gone (evicted under Redis's maxmemory, flushed, expired): read as
+   * it is, each device would be absent from it, sent on with no vulnerabilities. Forgotten here, the pin is
+   * asked of Redis again, which names none once its export is gone: the batch goes on as in a cycle without
+   * a usable latest export, from the cycle's own.
+   */
+  function forgetPinned(batch: DeviceBatch, latest: LatestExport, log: Logger): void {
+    const cycle = cycleHere(batch);
+    if (cycle?.pinned?.cycleId === latest.cycleId) delete cycle.pinned;
+    log.warn("the latest export the cycle was enriched from is gone from Redis: reading the cycle's own", {
+      latestCycleId: latest.cycleId,
+    });
   }
 
   async function bulk(
@@ -196,6 +196,8 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
       const state = await deps.bulkCache.state(batch.tenantId, batch.cycleId);
       if (state.state === 'ready') {
         const enrichment = await fromExport(batch, batch.cycleId, state.collectedAt, state.generatedTime);
+        // Gone since the look at its state: the next one finds it absent.
+        if (enrichment === null) continue;
         if (readLast === null) return enrichment;
         const corrections = await storedCorrections(deps.bulkCache, batch, readLast);
         const snapshot = { generatedTime: state.generatedTime, collectedAt: state.collectedAt };
@@ -208,8 +210,17 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
         !batch.lastBatch
       ) {
         const latest = await latestOf(batch, app);
-        if (latest !== null)
-          return fromExport(batch, latest.cycleId, latest.collectedAt, latest.generatedTime);
+        if (latest !== null) {
+          const enrichment = await fromExport(
+            batch,
+            latest.cycleId,
+            latest.collectedAt,
+            latest.generatedTime,
+          );
+          if (enrichment !== null) return enrichment;
+          forgetPinned(batch, latest, log);
+          continue;
+        }
       }
       if (state.state === 'failed') {
         const fetchError = { code: state.code, message: state.message };

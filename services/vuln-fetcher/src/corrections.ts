@@ -1,3 +1,4 @@
+import { MAX_SEND_BYTES, recordBytes } from '@urs/bus';
 import {
   cycleBatchHeader,
   type DeviceBatch,
@@ -6,6 +7,7 @@ import {
   type VulnerabilitySummary,
 } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
+import { UrsError } from '@urs/resilience';
 import type { BulkVulnerabilityCache, CycleStore, LatestExport } from '@urs/store';
 import { unreadableInExport, type Corrections } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
@@ -33,7 +35,17 @@ export async function storedCorrections(
   const stored = bulkCache.scan(batch.tenantId, batch.cycleId);
   return {
     changed: await changedDevices(bulkCache.compare(batch.tenantId, latest.cycleId, stored)),
-    summaries: (deviceIds) => bulkCache.read(batch.tenantId, batch.cycleId, deviceIds),
+    async summaries(deviceIds) {
+      const summaries = await bulkCache.read(batch.tenantId, batch.cycleId, deviceIds);
+      if (summaries !== null) return summaries;
+      // Each device would be corrected to no vulnerabilities. Tried again, the batch reads the export anew.
+      throw new UrsError(
+        'BULK_EXPORT_GONE',
+        "the cycle's bulk export is gone from Redis (evicted, flushed or expired) while its corrections " +
+          'were sent: the last batch is tried again and reads it anew',
+        { canRetry: true },
+      );
+    },
   };
 }
 
@@ -69,24 +81,39 @@ function correctionOf(
 }
 
 /**
- * Sends the corrections of `deviceIds` in batches of CORRECTIONS_PER_BATCH, in order, each made (its
- * summaries looked up) only once the one before was sent: what is held at once is one batch, however many
- * devices changed. `send` gets each batch with its position among them (0 on).
+ * Sends the corrections of `deviceIds` in batches of CORRECTIONS_PER_BATCH, in order, several batches a send:
+ * each batch made (its summaries looked up, its message built by `message`, which gets its position among
+ * them, 0 on) once the one before was, and the batches made so far sent once the next would take them past
+ * MAX_SEND_BYTES of keys and JSON values. The publisher produces such a send in one request, on the tenant's
+ * partition in its order (a batch larger than that goes alone); a 300,000-device fleet's corrections take ~12
+ * sends, not 300. What is held at once is one send's batches and the next one, however many devices changed.
  */
-export async function sendCorrections(
+export async function sendCorrections<M extends { key: string; json: string | Buffer }>(
   deviceIds: readonly string[],
   summaries: Corrections['summaries'],
   cvssThreshold: number,
-  send: (corrections: VulnerabilityCorrection[], index: number) => Promise<void>,
+  message: (corrections: VulnerabilityCorrection[], index: number) => M,
+  send: (messages: M[]) => Promise<void>,
 ): Promise<void> {
+  let messages: M[] = [];
+  let bytes = 0;
   for (let at = 0, index = 0; at < deviceIds.length; at += CORRECTIONS_PER_BATCH, index++) {
     const ids = deviceIds.slice(at, at + CORRECTIONS_PER_BATCH);
     const found = await summaries(ids);
-    await send(
+    const next = message(
       ids.map((id) => correctionOf(id, found.get(id), cvssThreshold)),
       index,
     );
+    const size = recordBytes({ key: next.key, value: next.json });
+    if (messages.length > 0 && bytes + size > MAX_SEND_BYTES) {
+      await send(messages);
+      messages = [];
+      bytes = 0;
+    }
+    messages.push(next);
+    bytes += size;
   }
+  if (messages.length > 0) await send(messages);
 }
 
 /**

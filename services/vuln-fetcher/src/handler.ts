@@ -411,19 +411,19 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       deviceBatchMessage(batch.tenantId, header, enrichment.devices),
     ]);
     if (enrichment.corrections) {
-      // One correction batch made and sent at a time, after the last batch, on the tenant's partition.
+      // The correction batches made and sent a send's worth at a time, after the last batch, on the tenant's
+      // partition.
       await sendCorrections(
         toCorrect,
         enrichment.corrections.summaries,
         batch.cvssThreshold,
         (corrections, index) =>
-          deps.publisher.send(deps.topic, 'urs/enriched-batch', [
-            deviceBatchMessage(
-              batch.tenantId,
-              correctionHeader(batch, poller + index, header.collectedAt, corrections),
-              [],
-            ),
-          ]),
+          deviceBatchMessage(
+            batch.tenantId,
+            correctionHeader(batch, poller + index, header.collectedAt, corrections),
+            [],
+          ),
+        (messages) => deps.publisher.send(deps.topic, 'urs/enriched-batch', messages),
       );
     }
     await enrichment.afterSend?.();

@@ -1,4 +1,5 @@
-import type { DeviceBatch } from '@urs/contracts';
+import { MAX_SEND_BYTES } from '@urs/bus';
+import type { DeviceBatch, VulnerabilityCorrection } from '@urs/contracts';
 import {
   changedDevices,
   correctionBatchCount,
@@ -6,6 +7,7 @@ import {
   listedSince,
   notInSnapshot,
   sendCorrections,
+  storedCorrections,
 } from '../src/corrections';
 import { unreadableInExport } from '../src/enrichment';
 import { emptySummary } from '../src/summarise';
@@ -24,16 +26,46 @@ describe('changedDevices', () => {
   });
 });
 
+describe('storedCorrections', () => {
+  it("storedCorrections should fail retryably, correcting no device, when the cycle's stored export is gone", async () => {
+    const latest = { cycleId: 'c1', collectedAt: '2026-01-01T10:00:00.000Z', cvssThreshold: 7 };
+    const corrections = await storedCorrections(
+      {
+        async *scan() {},
+        async *compare() {
+          yield [['d1', '{}']];
+        },
+        // Evicted since its devices were compared.
+        read: async () => null,
+      },
+      batch({ cycleId: 'c2' }),
+      latest,
+    );
+    expect(corrections.changed).toEqual(['d1']);
+    await expect(corrections.summaries(['d1'])).rejects.toMatchObject({
+      code: 'BULK_EXPORT_GONE',
+      canRetry: true,
+    });
+  });
+});
+
 describe('sendCorrections', () => {
   const summary = { ...emptySummary(7), totalCveCount: 2, topCveIds: ['CVE-2024-1'] };
 
-  it('sendCorrections should make each batch of 1000 devices only once the one before was sent', async () => {
-    const ids = Array.from({ length: 4_500 }, (_, i) => `d${i}`);
-    /** Corrections made (their summaries looked up) but not sent yet, at most, and all sent. */
+  /** Each correction batch as a message of `bytes` bytes of JSON, its index and corrections kept to check. */
+  const messageOf = (bytes: number) => (corrections: VulnerabilityCorrection[], index: number) => ({
+    key: 't1',
+    json: 'x'.repeat(bytes),
+    index,
+    corrections,
+  });
+
+  it('sendCorrections should send several batches of 1000 devices a send, each send at most MAX_SEND_BYTES, in order', async () => {
+    const ids = Array.from({ length: 9_500 }, (_, i) => `d${i}`);
+    /** Devices looked up but not sent yet, at most. */
     let unsent = 0;
     let most = 0;
-    const sent: string[] = [];
-    const indexes: number[] = [];
+    const sends: { index: number; corrections: VulnerabilityCorrection[] }[][] = [];
     await sendCorrections(
       ids,
       async (some) => {
@@ -42,15 +74,37 @@ describe('sendCorrections', () => {
         return new Map(some.map((id) => [id, summary]));
       },
       7,
-      async (part, index) => {
-        unsent -= part.length;
-        indexes.push(index);
-        sent.push(...part.map((item) => item.deviceId));
+      // A quarter of a send less a little: four batches fill a send.
+      messageOf(Math.floor(MAX_SEND_BYTES / 4) - 100),
+      async (messages) => {
+        for (const message of messages) unsent -= message.corrections.length;
+        sends.push(messages);
       },
     );
-    expect(most).toBe(1_000);
-    expect(indexes).toEqual([0, 1, 2, 3, 4]);
-    expect(sent).toEqual(ids);
+    expect(sends.map((messages) => messages.map((message) => message.index))).toEqual([
+      [0, 1, 2, 3],
+      [4, 5, 6, 7],
+      [8, 9],
+    ]);
+    expect(sends.flat().flatMap((message) => message.corrections.map((item) => item.deviceId))).toEqual(ids);
+    expect(sends.flat().map((message) => message.corrections.length)).toEqual([
+      ...Array.from({ length: 9 }, () => 1_000),
+      500,
+    ]);
+    // One send's batches, and the one made next, held at once, however many devices changed.
+    expect(most).toBe(5_000);
+  });
+
+  it('sendCorrections should send a batch larger than MAX_SEND_BYTES alone', async () => {
+    const sends: number[][] = [];
+    await sendCorrections(
+      Array.from({ length: 2_500 }, (_, i) => `d${i}`),
+      async (some) => new Map(some.map((id) => [id, summary])),
+      7,
+      messageOf(MAX_SEND_BYTES),
+      async (messages) => void sends.push(messages.map((message) => message.index)),
+    );
+    expect(sends).toEqual([[0], [1], [2]]);
   });
 
   it('sendCorrections should give a device the export does not list an empty summary, and one it could not read none', async () => {
@@ -63,7 +117,8 @@ describe('sendCorrections', () => {
           ['unreadable', null],
         ]),
       7,
-      async (part) => void sent.push(part),
+      messageOf(100),
+      async (messages) => void sent.push(...messages.map((message) => message.corrections)),
     );
     expect(sent).toEqual([
       [
@@ -76,7 +131,7 @@ describe('sendCorrections', () => {
 
   it('sendCorrections should send nothing when nothing changed', async () => {
     const send = jest.fn(async () => undefined);
-    await sendCorrections([], async () => new Map(), 9, send);
+    await sendCorrections([], async () => new Map(), 9, messageOf(100), send);
     expect(send).not.toHaveBeenCalled();
     expect(correctionBatchCount(0)).toBe(0);
   });

@@ -559,6 +559,36 @@ describe('a bulk cycle that reads its export last', () => {
     expect((await bulkCache.latest('t1'))?.cycleId).toBe('c3');
   });
 
+  it("should read the cycle's own export, not take its devices as absent, once the export it pinned is gone", async () => {
+    const context = setup();
+    const { handle, sent, exported, bulkCache } = context;
+    await firstCycle(context, [
+      ['d1', [cve('CVE-1', 9.8)]],
+      ['d4', [cve('CVE-4', 9.1)]],
+    ]);
+    exported.rows = new Map([
+      ['d1', [cve('CVE-1', 9.8)]],
+      ['d4', [cve('CVE-4', 9.1)]],
+    ]);
+    const [next0, next2] = await nextCycle(context);
+    await handle(next0);
+    expect(critical(sent[0])).toEqual({ d1: 1, d2: 0, d3: 0 });
+    // Redis evicts c1 (maxmemory), or an operator flushes it, while c2 runs: its pin is still cached here.
+    await redis.client.del(`${redis.prefix}vuln-bulk:t1:c1`);
+    const next1 = { ...next0, batchIndex: 1, devices: [{ id: 'd4' }] };
+    await handle(next1);
+    expect(critical(sent[1])).toEqual({ d4: 1 });
+    expect(exported.calls).toBe(2);
+    await handle({ ...next2, batchIndex: 2, totalBatches: 3, devices: [{ id: 'd5' }] });
+    expect(exported.calls).toBe(2);
+    expect(sent.map((batch) => [batch.batchIndex, batch.corrections])).toEqual([
+      [0, undefined],
+      [1, undefined],
+      [2, undefined],
+    ]);
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
+  });
+
   it("should enrich the next cycle's batches from the cycle before's export once its failed last batch, tried again, succeeds", async () => {
     const context = setup();
     const { handle, sent } = context;
@@ -587,7 +617,7 @@ describe('a bulk cycle that reads its export last', () => {
     expect(critical(sent.find((batch) => batch.cycleId === 'c3'))).toEqual({ d1: 1, d2: 0, d3: 0 });
   });
 
-  it('should send the corrections of many changed devices one batch at a time, after the last batch', async () => {
+  it('should send the corrections of many changed devices in batches of 1000, together in one send, after the last batch', async () => {
     const context = setup();
     const { handle, sent, sends, forgetSent, exported, cycles } = context;
     // Microsoft rescored a CVE every device has: every device of the export changes.
@@ -601,8 +631,8 @@ describe('a bulk cycle that reads its export last', () => {
     await handle(next0);
     forgetSent();
     await handle(next1);
-    // Each correction batch made, sent and let go before the next is made.
-    expect(sends()).toEqual([[1], [2], [3], [4]]);
+    // The three correction batches together in one produce request (well under 4 MiB), after the last batch's.
+    expect(sends()).toEqual([[1], [2, 3, 4]]);
     expect(sent[0]).toMatchObject({ batchIndex: 1, lastBatch: true, totalBatches: 5 });
     expect(sent.slice(1).map((batch) => batch.corrections?.length)).toEqual([1_000, 1_000, 500]);
     const corrected = sent.flatMap((batch) => batch.corrections ?? []);
@@ -722,6 +752,22 @@ describe('a bulk cycle that reads its export last', () => {
       cycleId: 'c3',
       generatedTime: '2026-01-01T12:00:00Z',
     });
+  });
+
+  it('should read the export though Microsoft serves the same snapshot when the latest export is gone', async () => {
+    const context = setup({ skipUnchanged: true });
+    const { handle, sent, exported, bulkCache } = context;
+    exported.generatedTime = '2026-01-01T06:00:00Z';
+    await firstCycle(context, [['d4', [cve('CVE-4', 9.1)]]]);
+    const [next0, next1] = await nextCycle(context);
+    await handle(next0);
+    await redis.client.del(`${redis.prefix}vuln-bulk:t1:c1`);
+    await handle(next1);
+    expect(critical(sent[1])).toEqual({ d4: 1, d5: 0 });
+    expect(exported.calls).toBe(2);
+    // Nothing to compare with: every device the export holds is corrected.
+    expect(correctedIds(sent)).toEqual(['d4']);
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
   });
 
   it('should read the export again once the latest export was read over 6 hours ago, though Microsoft serves the same snapshot', async () => {

@@ -76,7 +76,7 @@ export function memoryBulkCache(renewals: string[] = []): BulkVulnerabilityCache
     },
     async read(tenantId, cycleId, ids) {
       const summaries = data.get(`${tenantId}/${cycleId}`);
-      return new Map(ids.map((id) => [id, summaries?.get(id)]));
+      return summaries ? new Map(ids.map((id) => [id, summaries.get(id)])) : null;
     },
     // Reading the export last is tested against Redis (export-last.int.test.ts): here no export is kept.
     latest: async () => null,
