@@ -38,6 +38,7 @@ export { callHealthOfApp } from './app-health';
 export type { AppCallHealth, DefenderApp } from './app-health';
 export { parseRetryAfterMs } from './answers';
 export { createApiCaller } from './http';
+export { createCallMetrics } from './call-metrics';
 export { environmentHasProxy } from './requests';
 export type { ApiCaller, ApiCallerOptions, ApiResult, RowsScan } from './http';
 export {

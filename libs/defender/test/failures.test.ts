@@ -15,18 +15,16 @@ import { type TestApp, newApp, simClient } from './support';
 let sim: Simulator;
 let app: TestApp;
 
-beforeAll(async () => {
+// A simulator of each test's own: its fault rolls start from the same seed and its quotas are whole, whichever
+// tests ran before.
+beforeEach(async () => {
   sim = await startSimulator({ quotas: true });
   app = newApp();
   sim.addTenant({ azureTenantId: app.azureTenantId, apps: [app], fleet: { size: 60, seed: 13 } });
 });
 
-afterAll(async () => {
+afterEach(async () => {
   await sim.close();
-});
-
-afterEach(() => {
-  sim.setFaults(app.azureTenantId, {});
 });
 
 describe('createDefenderClient when retries run out', () => {
@@ -93,9 +91,9 @@ describe('createDefenderClient when retries run out', () => {
 });
 
 describe('createDefenderClient when an answer outlasts its call slot', () => {
-  // A tenant of its own, so the calls of the other tests leave its quotas whole.
+  // Six devices, every answer slow.
   const slow = newApp();
-  beforeAll(() => {
+  beforeEach(() => {
     sim.addTenant({ azureTenantId: slow.azureTenantId, apps: [slow], fleet: { size: 6, seed: 19 } });
     sim.setFaults(slow.azureTenantId, { slowBodyRate: 1 });
   });
@@ -271,14 +269,10 @@ describe('createDefenderClient logging', () => {
 });
 
 describe("createDefenderClient when its tenant's calls are held back", () => {
-  // A tenant of its own, so the quotas the other tests spend leave its calls to go at once; last in the file,
-  // so its fault rolls leave the simulator's seeded draws of the other tests as they were.
+  // A single device: one call to hold back.
   const held = newApp();
-  beforeAll(() => {
+  beforeEach(() => {
     sim.addTenant({ azureTenantId: held.azureTenantId, apps: [held], fleet: { size: 1, seed: 23 } });
-  });
-  afterEach(() => {
-    sim.setFaults(held.azureTenantId, {});
   });
 
   it("should serve each endpoint's held-back count at 0 before any call is held back", async () => {

@@ -10,6 +10,7 @@ import {
   DefenderErrorCode,
   environmentHasProxy,
   parseRetryAfterMs,
+  type ApiCallerOptions,
 } from '../src';
 
 describe('parseRetryAfterMs', () => {
@@ -51,6 +52,26 @@ describe('environmentHasProxy', () => {
   });
 });
 
+/** An API caller of tenant `t1` at `apiBase`: a token that never expires, three attempts, no throttle wait. */
+function callerAt(apiBase: string, overrides: Partial<ApiCallerOptions> = {}) {
+  return createApiCaller({
+    azureTenantId: 't1',
+    apiBase,
+    tokens: {
+      getToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
+      refreshToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
+    },
+    limiter: createLocalLimiter(),
+    quota: createLocalQuotaGate(),
+    httpsAgent: createHttpsAgent(),
+    retryPolicy: retryPolicy({ maxAttempts: 3, initialDelayMs: 10, maxDelayMs: 100 }),
+    requestTimeoutMs: 2_000,
+    maxThrottleWaitMs: 0,
+    logger: silentLogger,
+    ...overrides,
+  });
+}
+
 describe('createApiCaller', () => {
   it('should follow next links under the path of an API base that has one', async () => {
     const asked: string[] = [];
@@ -63,21 +84,7 @@ describe('createApiCaller', () => {
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const { port } = server.address() as AddressInfo;
-    const api = createApiCaller({
-      azureTenantId: 't1',
-      apiBase: `http://127.0.0.1:${port}/mde`,
-      tokens: {
-        getToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
-        refreshToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
-      },
-      limiter: createLocalLimiter(),
-      quota: createLocalQuotaGate(),
-      httpsAgent: createHttpsAgent(),
-      retryPolicy: retryPolicy({ maxAttempts: 1 }),
-      requestTimeoutMs: 2_000,
-      maxThrottleWaitMs: 0,
-      logger: silentLogger,
-    });
+    const api = callerAt(`http://127.0.0.1:${port}/mde`, { retryPolicy: retryPolicy({ maxAttempts: 1 }) });
     try {
       const first = await api.get('machines', '/api/machines/x');
       const next = (first as { body: Record<string, string> }).body['@odata.nextLink'] as string;
@@ -103,22 +110,7 @@ describe('createApiCaller', () => {
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const { port } = server.address() as AddressInfo;
-    const api = createApiCaller({
-      azureTenantId: 't1',
-      apiBase: `http://127.0.0.1:${port}`,
-      tokens: {
-        getToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
-        refreshToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
-      },
-      limiter: createLocalLimiter(),
-      quota: createLocalQuotaGate(),
-      httpsAgent: createHttpsAgent(),
-      retryPolicy: retryPolicy({ maxAttempts: 3, initialDelayMs: 10, maxDelayMs: 100 }),
-      requestTimeoutMs: 2_000,
-      maxThrottleWaitMs: 200,
-      maxQuotaWaitMs: 200,
-      logger: silentLogger,
-    });
+    const api = callerAt(`http://127.0.0.1:${port}`, { maxThrottleWaitMs: 200, maxQuotaWaitMs: 200 });
     try {
       const started = Date.now();
       await expect(api.get('machines', '/api/machines')).rejects.toMatchObject({
@@ -146,24 +138,13 @@ describe('createApiCaller', () => {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const { port } = server.address() as AddressInfo;
     const generous = [{ limit: 10_000, windowMs: 60_000 }];
-    const api = createApiCaller({
-      azureTenantId: 't1',
-      apiBase: `http://127.0.0.1:${port}`,
-      tokens: {
-        getToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
-        refreshToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
-      },
-      limiter: createLocalLimiter(),
+    const api = callerAt(`http://127.0.0.1:${port}`, {
       quota: createLocalQuotaGate({
         limits: { machines: generous, vulnerabilities: generous, bulk: generous, exportFiles: generous },
       }),
-      httpsAgent: createHttpsAgent(),
-      retryPolicy: retryPolicy({ maxAttempts: 3, initialDelayMs: 10, maxDelayMs: 100 }),
-      requestTimeoutMs: 2_000,
       maxThrottleWaitMs: 500,
       // The top of each backoff's full jitter, so the count below does not depend on the draw.
       random: () => 0.99,
-      logger: silentLogger,
     });
     try {
       await expect(api.get('machines', '/api/machines')).rejects.toMatchObject({

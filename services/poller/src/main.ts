@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { createConsumerRunner, deleteOwnGroup, lastOffsets, topicOffsets } from '@urs/bus';
-import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
+import { createCallMetrics, createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { checkSecretKey, createReplicaKeyCheck, createSecretSealer } from '@urs/secrets';
 import {
@@ -38,6 +38,8 @@ void runService({
       metrics,
       logger,
     });
+    // The Defender calls' series from the start (held-back at 0 per endpoint), not from the first client made.
+    createCallMetrics(metrics);
     const httpsAgent = createHttpsAgent(settings.extraCa ? { extraCa: settings.extraCa } : {});
     const defender = createDefenderGateway({
       limiter,

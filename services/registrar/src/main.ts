@@ -1,5 +1,5 @@
 import { createConsumerRunner } from '@urs/bus';
-import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
+import { createCallMetrics, createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { sleep } from '@urs/resilience';
 import { checkSecretKey, createSecretSealer } from '@urs/secrets';
@@ -61,6 +61,8 @@ void runService({
       metrics,
       logger,
     });
+    // The Defender calls' series from the start (held-back at 0 per endpoint), not from the first client made.
+    createCallMetrics(metrics);
     const quota = quotaGateFor(settings.quotas, redis, prefix);
     const httpsAgent = createHttpsAgent(settings.extraCa ? { extraCa: settings.extraCa } : {});
     const checkAccess = createAccessChecker({

@@ -1,5 +1,5 @@
 import { createConsumerRunner } from '@urs/bus';
-import { createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
+import { createCallMetrics, createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { checkSecretKey, createReplicaKeyCheck, createSecretSealer } from '@urs/secrets';
 import {
@@ -36,6 +36,8 @@ void runService({
       metrics,
       logger,
     });
+    // The Defender calls' series from the start (held-back at 0 per endpoint), not from the first client made.
+    createCallMetrics(metrics);
     const httpsAgent = createHttpsAgent(own.extraCa ? { extraCa: own.extraCa } : {});
     const sources = createDefenderSources({
       sealer,
