@@ -28,6 +28,7 @@ export type {
   BulkExportState,
   LatestExport,
   LatestExportOf,
+  PinnedExport,
 } from './vulnerability-cache';
 export { createPollScheduleStore } from './poll-schedule';
 export type { PollScheduleStore, PollLease, PollSchedule } from './poll-schedule';

@@ -883,9 +883,9 @@ describe('createBulkVulnerabilityCache', () => {
     await cache.save('t', 'c4', new Map([['d1', summary]]), '2026-01-01T10:30:00.000Z');
     await cache.keepLatest('t', 'c4', { ...app, cvssThreshold: 9 }, day, 5_000);
     expect(await redis.client.pttl(exportKey('c2'))).toBeLessThanOrEqual(5_000);
-    // A pinned export that is gone is none.
+    // A pinned export that is gone is named as gone: batches of c3 were enriched from it.
     await redis.client.del(exportKey('c1'));
-    expect(await cache.pinLatest('t', 'c3', null)).toBeNull();
+    expect(await cache.pinLatest('t', 'c3', null)).toEqual({ ...c1, gone: true });
   });
 
   it('pinLatest should pin the latest export and keep it, and its cycle among those that pinned it, in one round trip', async () => {

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { DeviceBatch, EnrichedDevice } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { canRetry, errorMessage, isInfrastructureFault, keepRenewing } from '@urs/resilience';
-import type { CycleStore, LatestExport } from '@urs/store';
+import type { CycleStore, LatestExport, PinnedExport } from '@urs/store';
 import { countBulkFetches, createExportReader, readsExportLast, type ExportReaderDeps } from './bulk-export';
 import { storedCorrections } from './corrections';
 import { missing, type FetchError, type TenantEnrichment } from './enrichment';
@@ -147,14 +147,22 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
    * the latest. Compared with that newer one, a device whose summary changed between the two would get no
    * correction and keep the older export's vulnerabilities. Once pinned, the cycle's later batches here
    * take it from `BulkCycle.pinned`: no more round trips (`forgetPinned` once a read finds its export gone).
+   * A pin whose export is gone comes back `gone`: nothing to enrich from, but what the last batch compares
+   * with (every device corrected, as earlier batches may have been enriched from it).
    */
-  async function latestOf(batch: DeviceBatch, app: ExportApp): Promise<LatestExport | null> {
+  async function pinnedOf(batch: DeviceBatch, app: ExportApp): Promise<PinnedExport | null> {
     const cycle = cycleHere(batch);
     if (cycle?.pinned) return usable(batch, app, cycle.pinned);
     const latest = usable(batch, app, await deps.bulkCache.latest(batch.tenantId));
     const pinned = await deps.bulkCache.pinLatest(batch.tenantId, batch.cycleId, latest);
-    if (cycle && pinned !== null) cycle.pinned = pinned;
+    if (cycle && pinned !== null && !pinned.gone) cycle.pinned = pinned;
     return usable(batch, app, pinned);
+  }
+
+  /** The latest export the batch is enriched from (`pinnedOf`), null when none is pinned or it is gone. */
+  async function latestOf(batch: DeviceBatch, app: ExportApp): Promise<LatestExport | null> {
+    const pinned = await pinnedOf(batch, app);
+    return pinned?.gone ? null : pinned;
   }
 
   /** The batch's cycle as this process handles it, if it does: the tenant's current one or the one before. */
@@ -166,8 +174,8 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
   /**
    * The export the batch's cycle pinned is gone (evicted under Redis's maxmemory, flushed, expired): read as
    * it is, each device would be absent from it, sent on with no vulnerabilities. Forgotten here, the pin is
-   * asked of Redis again, which names none once its export is gone: the batch goes on as in a cycle without
-   * a usable latest export, from the cycle's own.
+   * asked of Redis again, which names it gone: the batch goes on as in a cycle without a usable latest
+   * export, from the cycle's own, and the cycle's last batch corrects every device.
    */
   function forgetPinned(batch: DeviceBatch, latest: LatestExport, log: Logger): void {
     const cycle = cycleHere(batch);
@@ -190,7 +198,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
     // The cycle's last batch reads the export itself when the earlier ones were enriched from the latest.
     const readLast =
       readsExportLast(deps.exportLast, batch) && batch.lastBatch && batch.batchIndex > 0
-        ? await latestOf(batch, app)
+        ? await pinnedOf(batch, app)
         : null;
     for (;;) {
       const state = await deps.bulkCache.state(batch.tenantId, batch.cycleId);

@@ -16,7 +16,11 @@ export type ExportApp = Pick<TenantRecord['defender'], 'azureTenantId' | 'cloud'
  * latest kept without them (by an earlier version) is not used either: the cycle reads its own export
  * first, once.
  */
-export function usable(batch: DeviceBatch, app: ExportApp, latest: LatestExport | null): LatestExport | null {
+export function usable<T extends LatestExport>(
+  batch: DeviceBatch,
+  app: ExportApp,
+  latest: T | null,
+): T | null {
   if (latest === null || latest.cycleId === batch.cycleId) return null;
   if (latest.cvssThreshold !== batch.cvssThreshold) return null;
   const sameApp = latest.azureTenantId === app.azureTenantId.toLowerCase() && latest.cloud === app.cloud;
