@@ -1,16 +1,8 @@
-import { execFileSync } from 'node:child_process';
-import { join } from 'node:path';
-import { testInfra, uniqueId, waitFor } from '@urs/testkit';
+import { waitFor } from '@urs/testkit';
 // The process harness of the poller's and the registrar's end-to-end suites.
-import {
-  freePort,
-  health,
-  secretKey,
-  spawnService,
-  type ServiceProcess,
-} from '../../services/poller/test/support/services';
+import { health, startStages, type ServiceProcess } from '../../services/poller/test/support/services';
+import { buildServices } from '../../services/poller/test/support/stack';
 
-const ROOT = join(__dirname, '..', '..');
 const STAGES = ['registrar', 'poller', 'vuln-fetcher'] as const;
 
 // The stages that call Defender, started with no tenant: UrsDefenderCallsHeldBack (increase() over the
@@ -18,37 +10,14 @@ const STAGES = ['registrar', 'poller', 'vuln-fetcher'] as const;
 describe('registrar, poller, vuln-fetcher: Defender call metrics at start', () => {
   const started: ServiceProcess[] = [];
 
-  beforeAll(() => {
-    execFileSync(
-      process.execPath,
-      [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-b', ...STAGES.map((s) => `services/${s}`)],
-      { cwd: ROOT, stdio: 'pipe' },
-    );
-  }, 180_000);
+  beforeAll(() => buildServices(STAGES), 180_000);
 
   afterAll(async () => {
     await Promise.all(started.map((stage) => stage.kill()));
   });
 
   it("should serve each endpoint's held-back count at 0 once ready, before any Defender client is made", async () => {
-    const stages = await Promise.all(
-      STAGES.map(async (name) => {
-        const port = await freePort();
-        const stage = spawnService(name, {
-          KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
-          REDIS_URL: testInfra().redisUrl,
-          URS_REDIS_PREFIX: `${uniqueId('defender-metrics')}:`,
-          URS_TOPIC_PREFIX: `${uniqueId('dm')}.`,
-          URS_METRICS_PORT: String(port),
-          URS_HTTP_PORT: String(await freePort()),
-          URS_API_TOKENS: 'token-of-the-defender-metrics-test',
-          URS_SECRET_KEY: secretKey(),
-          URS_SHUTDOWN_TIMEOUT_MS: '15000',
-        });
-        started.push(stage);
-        return { stage, port };
-      }),
-    );
+    const stages = await startStages(STAGES, 'defender-metrics', {}, started);
     for (const { stage, port } of stages) {
       await waitFor(async () => (await health(port, '/readyz'))?.status === 200, {
         timeoutMs: 60_000,

@@ -16,10 +16,9 @@ import {
   secretKey,
   spawnService,
   type ServiceProcess,
+  type Stage,
 } from '../../services/poller/test/support/services';
 import { buildServices } from '../../services/poller/test/support/stack';
-
-type Stage = 'registrar' | 'poller' | 'vuln-fetcher' | 'scorer' | 'publisher';
 
 const TOKEN = 'token-of-the-kafka-away-test';
 
@@ -75,7 +74,7 @@ describe('every stage: Kafka away at start', () => {
   let publisher: Started;
 
   beforeAll(async () => {
-    buildServices();
+    buildServices(['registrar', 'poller', 'vuln-fetcher', 'scorer', 'publisher']);
     broker = await startPrivateKafka();
     await broker.stop();
   }, 180_000);

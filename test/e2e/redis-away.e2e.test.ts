@@ -1,19 +1,13 @@
-import { execFileSync } from 'node:child_process';
-import { join } from 'node:path';
-import { testInfra, uniqueId, waitFor } from '@urs/testkit';
+import { waitFor } from '@urs/testkit';
 // The process harness of the poller's and the registrar's end-to-end suites.
 import {
   freePort,
   health,
   notReady,
-  secretKey,
-  spawnService,
+  startStages,
   type ServiceProcess,
 } from '../../services/poller/test/support/services';
-
-type Stage = 'registrar' | 'poller' | 'vuln-fetcher';
-
-const ROOT = join(__dirname, '..', '..');
+import { buildServices } from '../../services/poller/test/support/stack';
 
 /** A gauge's value in the text of /metrics. */
 async function gauge(port: number, name: string): Promise<string | undefined> {
@@ -27,19 +21,7 @@ async function gauge(port: number, name: string): Promise<string | undefined> {
 describe('registrar, poller, vuln-fetcher: Redis away at start', () => {
   const started: ServiceProcess[] = [];
 
-  beforeAll(() => {
-    execFileSync(
-      process.execPath,
-      [
-        join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'),
-        '-b',
-        'services/registrar',
-        'services/poller',
-        'services/vuln-fetcher',
-      ],
-      { cwd: ROOT, stdio: 'pipe' },
-    );
-  }, 180_000);
+  beforeAll(() => buildServices(['registrar', 'poller', 'vuln-fetcher']), 180_000);
 
   afterAll(async () => {
     await Promise.all(started.map((stage) => stage.kill()));
@@ -48,24 +30,11 @@ describe('registrar, poller, vuln-fetcher: Redis away at start', () => {
   it('should answer /healthz, /readyz 503 naming Redis and urs_ready 0, warn that it waits, and stop at once with exit 0', async () => {
     // Nothing listens on Redis's port.
     const redisPort = await freePort();
-    const stages = await Promise.all(
-      (['registrar', 'poller', 'vuln-fetcher'] as const).map(async (name: Stage) => {
-        const port = await freePort();
-        const stage = spawnService(name, {
-          KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
-          REDIS_URL: `redis://127.0.0.1:${redisPort}`,
-          URS_REDIS_PREFIX: `${uniqueId('redis-away')}:`,
-          URS_TOPIC_PREFIX: `${uniqueId('ra')}.`,
-          URS_METRICS_PORT: String(port),
-          URS_HTTP_PORT: String(await freePort()),
-          URS_API_TOKENS: 'token-of-the-redis-away-test',
-          URS_SECRET_KEY: secretKey(),
-          URS_SHUTDOWN_TIMEOUT_MS: '15000',
-          URS_LOG_LEVEL: 'info',
-        });
-        started.push(stage);
-        return { stage, port };
-      }),
+    const stages = await startStages(
+      ['registrar', 'poller', 'vuln-fetcher'],
+      'redis-away',
+      { REDIS_URL: `redis://127.0.0.1:${redisPort}`, URS_LOG_LEVEL: 'info' },
+      started,
     );
     for (const { stage, port } of stages) {
       await waitFor(async () => (await health(port, '/healthz'))?.status === 200, {

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { waitFor } from '@urs/testkit';
+import { freePort, testInfra, uniqueId, waitFor } from '@urs/testkit';
 
 const ROOT = join(__dirname, '..', '..', '..', '..');
 
@@ -19,10 +19,9 @@ export interface ServiceProcess {
   kill(): Promise<void>;
 }
 
-export function spawnService(
-  name: 'registrar' | 'poller' | 'vuln-fetcher' | 'scorer' | 'publisher',
-  env: Record<string, string>,
-): ServiceProcess {
+export type Stage = 'registrar' | 'poller' | 'vuln-fetcher' | 'scorer' | 'publisher';
+
+export function spawnService(name: Stage, env: Record<string, string>): ServiceProcess {
   const child = spawn(process.execPath, [join(ROOT, 'services', name, 'dist', 'main.js')], {
     cwd: ROOT,
     env: { PATH: process.env['PATH'] ?? '', ...env },
@@ -64,6 +63,40 @@ export function spawnService(
 }
 
 export { freePort } from '@urs/testkit';
+
+/**
+ * Starts `stages` on the shared Kafka and Redis, with a Redis and a topic prefix of their own (named after
+ * `tag`), metrics and the registrar's REST API on free ports, `env` over those settings; each is pushed on
+ * `started` (to be killed after the test) and given back with its metrics port.
+ */
+export async function startStages(
+  stages: readonly Stage[],
+  tag: string,
+  env: Record<string, string>,
+  started: ServiceProcess[],
+): Promise<{ stage: ServiceProcess; port: number }[]> {
+  const redisPrefix = `${uniqueId(tag)}:`;
+  const topicPrefix = `${uniqueId(tag)}.`;
+  return Promise.all(
+    stages.map(async (name) => {
+      const port = await freePort();
+      const stage = spawnService(name, {
+        KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
+        REDIS_URL: testInfra().redisUrl,
+        URS_REDIS_PREFIX: redisPrefix,
+        URS_TOPIC_PREFIX: topicPrefix,
+        URS_METRICS_PORT: String(port),
+        URS_HTTP_PORT: String(await freePort()),
+        URS_API_TOKENS: `token-of-the-${tag}-test`,
+        URS_SECRET_KEY: secretKey(),
+        URS_SHUTDOWN_TIMEOUT_MS: '15000',
+        ...env,
+      });
+      started.push(stage);
+      return { stage, port };
+    }),
+  );
+}
 
 /** A fresh 32-byte key, base64, for URS_SECRET_KEY. */
 export function secretKey(): string {

@@ -12,22 +12,26 @@ import {
   uniqueId,
   type TestRedis,
 } from '@urs/testkit';
-import { freePort, secretKey, spawnService, type ServiceProcess } from './services';
+import { freePort, secretKey, spawnService, type ServiceProcess, type Stage } from './services';
 
 const ROOT = join(__dirname, '..', '..', '..', '..');
 
 /** The pollers' URS_POLL_RECHECK_MS: how long one waits before it tries again a tenant another one holds. */
 export const POLL_RECHECK_MS = 200;
 
-/** Builds the two services (incremental: quick when nothing changed), so the processes run the current code. */
-export function buildServices(): void {
+/**
+ * Builds the services (by default the registrar and the poller; incremental: quick when nothing changed), so
+ * the processes run the current code.
+ */
+export function buildServices(stages: readonly Stage[] = ['registrar', 'poller']): void {
   execFileSync(
     process.execPath,
-    [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-b', 'services/registrar', 'services/poller'],
-    {
-      cwd: ROOT,
-      stdio: 'pipe',
-    },
+    [
+      join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'),
+      '-b',
+      ...stages.map((stage) => `services/${stage}`),
+    ],
+    { cwd: ROOT, stdio: 'pipe' },
   );
 }
 
