@@ -75,6 +75,9 @@ export interface TopicSubscription<K extends ContractId> {
 /** A message about to be dead-lettered, as a topic's `deadLettering` is told of it. */
 export interface DeadLetteringMessage {
   topic: string;
+  partition: number;
+  /** The message's place in its partition: read, though never handled (see `readWhenDeadLettered`). */
+  offset: string;
   key: string | null;
   /**
    * The decoded value, or its bytes parsed as JSON when it did not decode; undefined when not JSON. Not
@@ -347,6 +350,8 @@ export function createMessageProcessor(
     if (!deadLettering) return true;
     const message: DeadLetteringMessage = {
       topic: work.topic,
+      partition: work.partition,
+      offset: work.message.offset,
       key: work.message.key === null ? null : work.message.key.toString('utf8'),
       payload: payloadOf(work, payload),
       code,

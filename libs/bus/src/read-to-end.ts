@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { Kafka, KafkaMessage } from 'kafkajs';
 import { errorMessage, sleep } from '@urs/resilience';
 import { crashHeals } from './crash';
+import type { DeadLetteringMessage } from './handle';
 import { BusError } from './publisher';
 import type { PartitionOffsetRange } from './settle';
 
@@ -31,8 +32,8 @@ export interface CatchUp {
   /** Every partition was read up to its expected end; false until that end is known. */
   caughtUp(): boolean;
   /**
-   * Stops waiting for the offsets still missing (a last message that was dead-lettered never reaches
-   * the handler); returns how many partitions were still behind.
+   * Stops waiting for the offsets still missing (a reader that no longer moves: a message held while its
+   * dead letter cannot be written); returns how many partitions were still behind.
    */
   stopWaiting(): number;
 }
@@ -61,6 +62,17 @@ export function createCatchUp(): CatchUp {
       return behind;
     },
   };
+}
+
+/**
+ * The `deadLettering` of a topic whose reader tells `catchUp` each offset its handler reads: a message
+ * dead-lettered (invalid, or failed for good) never reaches the handler, yet it was read; were it its
+ * partition's last, the reader would otherwise never catch up.
+ */
+export function readWhenDeadLettered(
+  catchUp: Pick<CatchUp, 'read'>,
+): (message: DeadLetteringMessage) => Promise<void> {
+  return async (message) => catchUp.read(message.partition, message.offset);
 }
 
 /**

@@ -65,6 +65,7 @@ function processor(
   const runner = new AbortController();
   const work = messageWork({
     topic: TOPIC,
+    partition: 2,
     offset: '7',
     key: 'tenant',
     value: of.value ?? '{}',
@@ -139,7 +140,16 @@ describe("createMessageProcessor with a topic's deadLettering", () => {
       deadLettering: async (m) => void told.push(m),
     });
     await expect(run.settle()).resolves.toBe(true);
-    expect(told).toEqual([{ topic: TOPIC, key: 'tenant', payload: undefined, code: 'MESSAGE_NOT_JSON' }]);
+    expect(told).toEqual([
+      {
+        topic: TOPIC,
+        partition: 2,
+        offset: '7',
+        key: 'tenant',
+        payload: undefined,
+        code: 'MESSAGE_NOT_JSON',
+      },
+    ]);
     expect(run.sent).toEqual(['dlq']);
   });
 

@@ -389,6 +389,8 @@ describe('createCycleStore', () => {
     const header = { schemaVersion: 1, tenantId: 'acme', cycleId: 'c1' };
     const letter = (key: string | null, payload: unknown) => ({
       topic: 'urs.device-batches',
+      partition: 0,
+      offset: '0',
       key,
       payload,
       code: 'X',

@@ -43,7 +43,7 @@ export interface PollerConfig extends DefenderSettings {
   maxBackoffMs: number;
   /**
    * Longest wait at start for the tenant table to read `urs.tenants` to its end before polling anyway, in ms
-   * (a dead-lettered last record never arrives). Env `URS_POLL_CATCHUP_TIMEOUT_MS`, default 30000.
+   * (a record whose dead letter cannot be written holds the reader). Env `URS_POLL_CATCHUP_TIMEOUT_MS`, default 30000.
    */
   catchUpTimeoutMs: number;
   /** Devices per `urs.device-batches` message. Env `URS_POLL_BATCH_SIZE`, default 500 (the maximum). */

@@ -81,15 +81,7 @@ void runService({
       // Read from the beginning at every start: nothing to commit, and a killed poller's group (which its
       // close would have deleted) then leaves no offsets behind to keep it for the offsets' retention.
       commitOffsets: false,
-      subscriptions: [
-        {
-          topic: config.topics.tenants,
-          contract: 'urs/tenant-record',
-          tombstones: true,
-          fromBeginning: true,
-          handler: (message) => table.handle(message),
-        },
-      ],
+      subscriptions: [table.subscription(config.topics.tenants)],
       publisher,
       dlqTopic: config.topics.dlq,
       // Every start of every replica meets an invalid record again: its dead letter is written once.

@@ -1,4 +1,4 @@
-import { createCatchUp, type InboundMessage } from '@urs/bus';
+import { createCatchUp, readWhenDeadLettered, type InboundMessage, type TopicSubscription } from '@urs/bus';
 import { TENANT_REVISION_HEADER, numericHeader, type TenantRecord } from '@urs/contracts';
 
 export type TenantChangeListener = (tenantId: string, record: TenantRecord | null) => void;
@@ -11,6 +11,12 @@ export type TenantChangeListener = (tenantId: string, record: TenantRecord | nul
 export interface TenantTable {
   /** The bus handler of `urs.tenants`. */
   handle(message: InboundMessage<TenantRecord>): Promise<void>;
+  /**
+   * The table's subscription of `urs.tenants` (`topic`): the whole topic, tombstones included, from its
+   * beginning. A record dead-lettered counts as read: the last of its partition, it would otherwise hold
+   * the table short of its end until `stopWaiting`.
+   */
+  subscription(topic: string): TopicSubscription<'urs/tenant-record'>;
   get(tenantId: string): TenantRecord | undefined;
   enabled(): TenantRecord[];
   size(): number;
@@ -23,8 +29,8 @@ export interface TenantTable {
   expectEnd(lastOffsets: Map<number, bigint>): void;
   caughtUp(): boolean;
   /**
-   * Stops waiting for the offsets still missing (a last message that was dead-lettered never reaches
-   * the handler); returns how many partitions were still behind.
+   * Stops waiting for the offsets still missing (a reader that no longer moves: a message held while its
+   * dead letter cannot be written); returns how many partitions were still behind.
    */
   stopWaiting(): number;
 }
@@ -36,7 +42,7 @@ export function createTenantTable(): TenantTable {
   /** The revision of each deletion seen (tombstone header), so a late older record does not bring a tenant back. */
   const deletedAt = new Map<string, number>();
 
-  return {
+  const table: TenantTable = {
     async handle(message) {
       const tenantId = message.key ?? message.value?.tenantId;
       catchUp.read(message.partition, message.offset);
@@ -55,6 +61,14 @@ export function createTenantTable(): TenantTable {
       records.set(tenantId, message.value);
       for (const listener of listeners) listener(tenantId, message.value);
     },
+    subscription: (topic) => ({
+      topic,
+      contract: 'urs/tenant-record',
+      tombstones: true,
+      fromBeginning: true,
+      handler: (message) => table.handle(message),
+      deadLettering: readWhenDeadLettered(catchUp),
+    }),
     get: (tenantId) => records.get(tenantId),
     enabled: () => [...records.values()].filter((record) => record.enabled),
     size: () => records.size,
@@ -65,4 +79,5 @@ export function createTenantTable(): TenantTable {
     caughtUp: () => catchUp.caughtUp(),
     stopWaiting: () => catchUp.stopWaiting(),
   };
+  return table;
 }

@@ -67,4 +67,21 @@ describe('createTenantTable', () => {
     empty.expectEnd(new Map());
     expect(empty.caughtUp()).toBe(true);
   });
+
+  it("subscription should count a record dead-lettered as read, so that a partition's last does not hold the table", async () => {
+    const table = createTenantTable();
+    const subscription = table.subscription('urs.tenants');
+    await subscription.handler(message('a', record('a', 1), 0));
+    table.expectEnd(new Map([[0, 1n]]));
+    // Offset 1 failed validation: the runner dead-letters it, its handler never sees it.
+    await subscription.deadLettering?.({
+      topic: 'urs.tenants',
+      partition: 0,
+      offset: '1',
+      key: 'b',
+      payload: undefined,
+      code: 'MESSAGE_NOT_JSON',
+    });
+    expect(table.caughtUp()).toBe(true);
+  });
 });

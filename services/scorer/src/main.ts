@@ -9,7 +9,7 @@ import {
 } from '@urs/store';
 import { scorerConfig } from './config';
 import { createScoreHandler } from './handler';
-import { createProfileCache, createTenantsHandler } from './profiles';
+import { createProfileCache, tenantsSubscription } from './profiles';
 
 /**
  * Enriched batches of a partition accepted and not yet scored (ordering 'key'): enough to keep every
@@ -50,15 +50,7 @@ void runService({
       commitOffsets: false,
       // Every start of every replica meets an invalid record again: its dead letter is written once.
       deadLetters: createDeadLetterLedger(redis, prefix),
-      subscriptions: [
-        {
-          topic: config.topics.tenants,
-          contract: 'urs/tenant-record',
-          tombstones: true,
-          fromBeginning: true,
-          handler: createTenantsHandler(profiles),
-        },
-      ],
+      subscriptions: [tenantsSubscription(config.topics.tenants, profiles)],
     });
     const scoreRunner = createConsumerRunner({
       ...common,
@@ -92,9 +84,9 @@ void runService({
     return {
       runners: [profileRunner, scoreRunner],
       // Once the runners started: where urs.tenants ends now is what the profiles must read before they are
-      // used from memory (what was read before counts). Until then, and should a record dead-lettered be a
-      // partition's last (the next record on it ends the wait), each batch reads its tenant's profile from
-      // the tenant store: scoring does not wait, and readiness does not depend on it.
+      // used from memory (what was read before counts, and so do records dead-lettered). Until then each
+      // batch reads its tenant's profile from the tenant store: scoring does not wait, and readiness does
+      // not depend on it.
       async start() {
         // Right after the topic was created its leaders may not answer yet (KRaft): retried while it settles.
         profiles.expectEnd(lastOffsets(await topicOffsets(kafka, config.topics.tenants, { logger })));

@@ -1,4 +1,10 @@
-import { createCatchUp, type CatchUp, type MessageHandler } from '@urs/bus';
+import {
+  createCatchUp,
+  readWhenDeadLettered,
+  type CatchUp,
+  type MessageHandler,
+  type TopicSubscription,
+} from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorMessage } from '@urs/resilience';
@@ -131,5 +137,24 @@ export function createTenantsHandler(profiles: ProfileCache): MessageHandler<Ten
     const tenantId = message.value?.tenantId ?? message.key;
     if (tenantId) profiles.apply(tenantId, message.value);
     profiles.read(message.partition, message.offset);
+  };
+}
+
+/**
+ * The subscription of the profiles' reader of `urs.tenants` (`topic`): the whole topic, tombstones
+ * included, from its beginning. A record dead-lettered counts as read: the last of its partition, it
+ * would otherwise keep every batch reading its profile from Redis.
+ */
+export function tenantsSubscription(
+  topic: string,
+  profiles: ProfileCache,
+): TopicSubscription<'urs/tenant-record'> {
+  return {
+    topic,
+    contract: 'urs/tenant-record',
+    tombstones: true,
+    fromBeginning: true,
+    handler: createTenantsHandler(profiles),
+    deadLettering: readWhenDeadLettered(profiles),
   };
 }

@@ -127,7 +127,7 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
   const { now, fetches, owner } = deps;
   const snapshots = deps.metrics.counter(
     'urs_bulk_export_snapshots_total',
-    "Bulk cycles that asked which export snapshot Microsoft serves before reading it, by outcome (unchanged: the latest export's, not read again; stale: the latest export's, but that one was read over 6 hours ago, read again; changed; unknown: no answer in time, read anyway).",
+    "Bulk cycles that asked which export snapshot Microsoft serves before reading it, by outcome (unchanged: the latest export's, not read again; stale: the latest export's, but that one was read over 6 hours ago, read again; gone: the latest export's, but that one is gone from Redis, read again; changed; unknown: no answer in time, read anyway).",
   );
 
   /** The export folded row by row on this thread: only each device's CVEs and their best CVSS stay in memory. */
@@ -192,7 +192,8 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
    * snapshot regenerated during the read is then taken for an older one, never the other way round: its
    * devices first seen since are taken as absent from it, and a later cycle reads it again), and, for a
    * cycle that may skip an unchanged snapshot, whether it is the one `latest` was read from; counted by
-   * outcome. Asked whenever the source can: it tells which devices the export cannot list yet
+   * outcome, but for unchanged: the caller counts it once it knows `latest` is still there to read instead
+   * (else `gone`). Asked whenever the source can: it tells which devices the export cannot list yet
    * (`fromSnapshot`). No time when no answer came within `snapshotProbeMs`: the export is then read and
    * stored without one.
    */
@@ -214,7 +215,7 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
       // latest export was read a regeneration (every 6 hours) ago, it is read again whatever the time says.
       const stale = same && now().getTime() - Date.parse(latest?.collectedAt ?? '') > UNCHANGED_AT_MOST_MS;
       const unchanged = same && !stale;
-      snapshots.inc({ outcome: unchanged ? 'unchanged' : stale ? 'stale' : 'changed' });
+      if (!unchanged) snapshots.inc({ outcome: stale ? 'stale' : 'changed' });
       return { generatedTime, unchanged };
     } catch (error) {
       throwIfStopping(signal);
@@ -304,6 +305,7 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
     const fromLatest = unchanged
       ? await fromExport(batch, latest.cycleId, now().toISOString(), generatedTime)
       : null;
+    if (unchanged) snapshots.inc({ outcome: fromLatest === null ? 'gone' : 'unchanged' });
     if (fromLatest !== null) {
       log.info('bulk export unchanged, not read', { generatedTime, latestCycleId: latest.cycleId });
       await deps.bulkCache.release(batch.tenantId, batch.cycleId, owner);

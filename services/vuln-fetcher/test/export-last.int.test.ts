@@ -765,6 +765,8 @@ describe('a bulk cycle that reads its export last', () => {
     await handle(next1);
     expect(critical(sent[1])).toEqual({ d4: 1, d5: 0 });
     expect(exported.calls).toBe(2);
+    // Counted as read, not as unchanged: the same snapshot, but the export it was read into is gone.
+    expect([context.snapshots('unchanged'), context.snapshots('gone')]).toEqual([0, 1]);
     // Nothing to compare with: every device the export holds is corrected.
     expect(correctedIds(sent)).toEqual(['d4']);
     expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
