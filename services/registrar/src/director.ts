@@ -77,7 +77,8 @@ export interface RegistrationHandlerDeps {
   logger: Logger;
   /**
    * Counts the refused entries (`urs_registrations_refused_total`), once per tenant and generation: the push
-   * itself is handled.
+   * itself is handled; and the tenants a full push left out and could not disable
+   * (`urs_full_push_tenants_left_enabled_total`).
    */
   metrics: Registry;
   service?: string;
@@ -160,6 +161,12 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
   // Served at 0 from the start: UrsRegistrationsRefused counts its increase, which a first refusal alone
   // (the series appearing at 1) would not show.
   refused.init();
+  const leftEnabled = deps.metrics.counter(
+    'urs_full_push_tenants_left_enabled_total',
+    "Director's enabled tenants a full push left out and could not disable (held by another writer through every attempt, or failed for the tenant's own reason): each stays enabled until a later full push disables it. Counted each time a full push's handling leaves one enabled.",
+  );
+  // Served at 0 from the start, as `refused`: UrsTenantsLeftEnabled counts its increase.
+  leftEnabled.init();
   /**
    * The highest generation this process applied. A rebuilt Redis learns the last applied generation from
    * the pushes before the group's committed offset; one applied here and not yet committed (offsets are
@@ -416,8 +423,12 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
             (record) => record.source === 'director',
           ),
         );
-        if (!result.ok) leftAsItWas(tenantId, 'tenant missing from a full push not disabled', result.error);
-        else if (result.value) outcome.disabled++;
+        if (!result.ok) {
+          leftAsItWas(tenantId, 'tenant missing from a full push not disabled', result.error);
+          // Counted when it was Director's to disable and is enabled, as the disable would have found it.
+          const record = await deps.tenants.get(tenantId);
+          if (record?.source === 'director' && record.enabled) leftEnabled.inc();
+        } else if (result.value) outcome.disabled++;
         await heartbeat();
       });
       // The tenants whose every registration was refused have no record, so the diff above does not see

@@ -10,7 +10,13 @@ import { canonicalJson } from '@urs/scoring';
 import type { SecretSealer } from '@urs/secrets';
 import type { PollScheduleStore, RegistrarStateStore, TenantStore } from '@urs/store';
 import { openKeptSecret, sameSecret, secretToWrite } from './record-secret';
-import { createTenantLock, throwIfCut, throwIfLost, type TenantLockOptions } from './tenant-lock';
+import {
+  createTenantLock,
+  throwIfCut,
+  throwIfLost,
+  throwIfLostAfterSend,
+  type TenantLockOptions,
+} from './tenant-lock';
 import { describeViolations, type Violation } from './validation';
 
 export interface RegistrationOrigin {
@@ -188,15 +194,21 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
 
   /**
    * The record to Kafka, then to Redis, each while the tenant's lock is `held`: a write whose lock was lost
-   * stops before its next step (`TenantLockLostError`), so it lands no older revision after a newer one.
+   * stops before its next step (`TenantLockLostError`), so it lands no older revision after a newer one. Lost
+   * once the record was sent, the error says the change may have been applied (`lostAfterSend`).
    */
   async function write(record: TenantRecord, held: AbortSignal): Promise<void> {
     throwIfLost(held);
     await deps.publisher.send(deps.tenantsTopic, 'urs/tenant-record', [
       { key: record.tenantId, value: record },
     ]);
-    throwIfLost(held);
+    lostAfterSend(record.tenantId, held);
     await deps.tenants.put(record);
+  }
+
+  /** `throwIfLost` once the tenant's record (or tombstone) is on `urs.tenants`, where it cannot be recalled. */
+  function lostAfterSend(tenantId: string, held: AbortSignal): void {
+    throwIfLostAfterSend(held, tenantId, deps.tenantsTopic);
   }
 
   /**
@@ -347,7 +359,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     };
     throwIfCut(tenantId, options.signal);
     await write(record, held);
-    throwIfLost(held);
+    lostAfterSend(tenantId, held);
     if (!record.enabled) await deps.schedules.clear(tenantId);
     await deps.tenants.updateStatus(tenantId, {
       state: record.enabled ? 'active' : 'disabled',
@@ -398,7 +410,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       disabledReason: reason,
     };
     await write(record, held);
-    throwIfLost(held);
+    lostAfterSend(tenantId, held);
     await deps.schedules.clear(tenantId);
     await deps.tenants.updateStatus(tenantId, {
       state: 'disabled',
@@ -446,7 +458,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         },
       },
     ]);
-    throwIfLost(held);
+    lostAfterSend(tenantId, held);
     if (generation >= 0) await deps.state.observeDeletion(tenantId, generation);
     await deps.tenants.remove(tenantId, revision);
     await deps.schedules.clear(tenantId);

@@ -34,13 +34,18 @@ export class RequestCutError extends UrsError {
  * The write's lock lapsed before the write was done: its renewal found another holder (or none), or could
  * not reach Redis for the lock's length (then `cause` is Redis's error, an infrastructure fault). Another
  * writer may be writing the tenant: the write stopped before its next step, so it writes nothing of an older
- * revision after a newer one. Retryable: written again, it gets a newer revision.
+ * revision after a newer one. Retryable: written again, it gets a newer revision. `sentTo`: the topic its
+ * record already went to (it cannot be recalled), so the message says the change may have been applied.
  */
 export class TenantLockLostError extends UrsError {
-  constructor(tenantId: string, cause?: unknown) {
+  constructor(tenantId: string, cause?: unknown, sentTo?: string) {
+    const lapsed = `the write lock of tenant ${tenantId} lapsed before its write was done`;
     super(
       'TENANT_LOCK_LOST',
-      `the write lock of tenant ${tenantId} lapsed before its write was done; try again`,
+      sentTo === undefined
+        ? `${lapsed}; try again`
+        : `${lapsed}, its record already sent to ${sentTo}, where it cannot be recalled: the change may ` +
+            'have been applied; read the tenant back before trying again',
       { canRetry: true, ...(cause === undefined ? {} : { cause }) },
     );
   }
@@ -57,6 +62,14 @@ export function throwIfCut(tenantId: string, signal: AbortSignal | undefined): v
  */
 export function throwIfLost(held: AbortSignal): void {
   if (held.aborted) throw held.reason;
+}
+
+/**
+ * `throwIfLost` once the write's record went to `topic`: the `TenantLockLostError` (its cause kept) then says
+ * the change may have been applied.
+ */
+export function throwIfLostAfterSend(held: AbortSignal, tenantId: string, topic: string): void {
+  if (held.aborted) throw new TenantLockLostError(tenantId, (held.reason as Error).cause, topic);
 }
 
 /**

@@ -52,6 +52,8 @@ function setup(wrap: (registry: TenantRegistry) => TenantRegistry = (registry) =
     publisher.sent.filter((s) => s.topic === 'urs.dlq').map((s) => s.message.value as DeadLetter);
   /** The refused entries counted, as /metrics would show them. */
   const refusedCount = () => metrics.counter('urs_registrations_refused_total', '').get();
+  /** The tenants a full push left out and could not disable, as /metrics would show them. */
+  const leftEnabledCount = () => metrics.counter('urs_full_push_tenants_left_enabled_total', '').get();
   return {
     tenants,
     state,
@@ -62,6 +64,7 @@ function setup(wrap: (registry: TenantRegistry) => TenantRegistry = (registry) =
     letters,
     rebuilt: () => rebuilt,
     refusedCount,
+    leftEnabledCount,
   };
 }
 
@@ -71,7 +74,7 @@ const item = (tenantId: string, overrides: Record<string, unknown> = {}) => ({
 });
 
 describe('createRegistrationHandler', () => {
-  it('should serve urs_registrations_refused_total at 0 before the first refusal, so that the alert sees it', () => {
+  it('should serve its counters at 0 before their first event, so that the alerts see it', () => {
     const metrics = new Registry({ processMetrics: false });
     createRegistrationHandler({
       ...({} as Parameters<typeof createRegistrationHandler>[0]),
@@ -79,6 +82,7 @@ describe('createRegistrationHandler', () => {
       metrics,
     });
     expect(metrics.expose()).toMatch(/^urs_registrations_refused_total 0$/m);
+    expect(metrics.expose()).toMatch(/^urs_full_push_tenants_left_enabled_total 0$/m);
   });
 
   it('handle should apply valid tenants and dead-letter an invalid one, secret redacted, with its status', async () => {
@@ -777,5 +781,39 @@ describe('createRegistrationHandler', () => {
     expect((await tenants.get('b'))?.enabled).toBe(true);
     expect((await tenants.get('c'))?.enabled).toBe(false);
     expect(state.generation).toBe(2);
+  });
+
+  it('handle should count each tenant a full push leaves out and leaves enabled, held by another writer through every attempt', async () => {
+    const busy = () =>
+      new UrsError('TENANT_BUSY', 'tenant b is being written by another request; try again', {
+        canRetry: true,
+      });
+    // Busy once: the next attempt disables it, nothing counted.
+    const once = setup(failingFor('b', (attempt) => (attempt === 2 ? busy() : undefined)));
+    await once.push(1, 'full', [item('a'), item('b')]);
+    expect(await once.push(2, 'full', [item('a')])).toMatchObject({ disabled: 1 });
+    expect(once.leftEnabledCount()).toBe(0);
+    // Busy through every attempt: left enabled, and counted.
+    const always = setup(failingFor('b', (attempt) => (attempt > 1 ? busy() : undefined)));
+    await always.push(1, 'full', [item('a'), item('b'), item('c')]);
+    expect(always.leftEnabledCount()).toBe(0);
+    expect(await always.push(2, 'full', [item('a')])).toMatchObject({ disabled: 1 });
+    expect((await always.tenants.get('b'))?.enabled).toBe(true);
+    expect(always.leftEnabledCount()).toBe(1);
+    // The next full push that still cannot disable it counts it again: it is still enabled against Director.
+    await always.push(3, 'full', [item('a')]);
+    expect(always.leftEnabledCount()).toBe(2);
+    // A delta push disables nobody, and counts nothing.
+    await always.push(4, 'delta', [item('a')]);
+    expect(always.leftEnabledCount()).toBe(2);
+    // Not counted when it was not Director's to disable (an administrator's) or was disabled already.
+    for (const record of [{ source: 'rest' as const }, { enabled: false }]) {
+      const other = setup(failingFor('b', (attempt) => (attempt > 1 ? busy() : undefined)));
+      await other.push(1, 'full', [item('a'), item('b')]);
+      const stored = (await other.tenants.get('b')) as TenantRecord;
+      await other.tenants.put({ ...stored, ...record, revision: stored.revision + 1 });
+      await other.push(2, 'full', [item('a')]);
+      expect([record, other.leftEnabledCount()]).toEqual([record, 0]);
+    }
   });
 });

@@ -87,4 +87,25 @@ describe('createTenantLock over Redis', () => {
     // The other writer's lock is left to it.
     expect(await redis.client.get(`${redis.prefix}tenant-write-lock:acme`)).toBe('another-writer');
   });
+
+  it('register should say the change may have been applied when its lock was lost while its record was sent', async () => {
+    // The produce stalls while another writer takes the lock: the record reaches urs.tenants all the same.
+    const { registry, records, tenants } = registryWith({
+      send: async () => {
+        await redis.client.set(`${redis.prefix}tenant-write-lock:acme`, 'another-writer');
+        await pause(400);
+      },
+    });
+    await expect(registry.register(registration(10), { source: 'rest' })).rejects.toMatchObject({
+      code: 'TENANT_LOCK_LOST',
+      canRetry: true,
+      message:
+        'the write lock of tenant acme lapsed before its write was done, its record already sent to ' +
+        'urs.tenants, where it cannot be recalled: the change may have been applied; read the tenant back ' +
+        'before trying again',
+    });
+    expect(records()).toMatchObject([{ tenantId: 'acme', defender: { pollIntervalMinutes: 10 } }]);
+    // Not in Redis: the write stopped after the send, before its next step.
+    expect(await tenants.get('acme')).toBeNull();
+  });
 });

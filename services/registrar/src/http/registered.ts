@@ -10,21 +10,22 @@ export interface RegisteredTenantDeps {
 
 /**
  * The tenant's record, for the routes of a registered tenant. Without one, a 404 that says why:
- * `TENANT_NOT_REGISTERED` with the refusal (its fields and rules) when every registration of the tenant was
- * refused, `TENANT_NOT_FOUND` when it has none.
+ * `TENANT_NOT_REGISTERED` with the refusal when every registration of the tenant was refused (its message, and
+ * its fields and rules as the 400's `violations`, never a value), `TENANT_NOT_FOUND` when it has none.
  */
 export async function registeredTenant(deps: RegisteredTenantDeps, tenantId: string): Promise<TenantRecord> {
   await deps.ensureRebuilt();
   const record = await deps.tenants.get(tenantId);
   if (record) return record;
   const status = await deps.tenants.getStatus(tenantId);
-  // `lastErrorMessage`: a refusal stored before it had fields of its own.
+  // `lastErrorMessage`: a refusal stored before it had fields of its own (its message alone).
   const refusal = status.registrationError?.message ?? status.lastErrorMessage;
   if (status.state === 'registration-rejected' && refusal) {
     throw new ApiError(
       404,
       'TENANT_NOT_REGISTERED',
       `tenant ${tenantId} has no accepted registration; the last one was refused: ${refusal}`,
+      (status.registrationError?.violations ?? []).map(({ field, rule }) => ({ field, rule })),
     );
   }
   throw new ApiError(404, 'TENANT_NOT_FOUND', `tenant ${tenantId} has no Defender registration`);

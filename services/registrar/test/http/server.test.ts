@@ -2,6 +2,7 @@ import { silentLogger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
 import { ApiError, type Route } from '../../src/http/router';
 import { startApiServer, type ApiServer } from '../../src/http/server';
+import { TenantLockLostError } from '../../src/tenant-lock';
 
 const TOKEN = 'test-token-0123456789abcdef';
 
@@ -38,6 +39,8 @@ describe('startApiServer', () => {
               canRetry: true,
             },
           );
+        if (request.params['id'] === 'lock-lost-sent')
+          throw new TenantLockLostError('x', undefined, 'urs.tenants');
         // Text from elsewhere (a tenant's status note, a stored refusal) that quotes a secret.
         if (request.params['id'] === 'quoting')
           return {
@@ -207,6 +210,18 @@ describe('startApiServer', () => {
       error: {
         code: 'TENANT_LOCK_LOST',
         message: 'the write lock of tenant x lapsed before its write was done; try again',
+      },
+    });
+    // Lost once its record was on urs.tenants: the answer says the change may be in force.
+    const sent = await request('GET', '/v1/things/lock-lost-sent');
+    expect(sent.status).toBe(503);
+    expect(sent.headers.get('retry-after')).toBe('5');
+    expect(sent.body).toEqual({
+      error: {
+        code: 'TENANT_LOCK_LOST',
+        message:
+          'the write lock of tenant x lapsed before its write was done, its record already sent to urs.tenants, ' +
+          'where it cannot be recalled: the change may have been applied; read the tenant back before trying again',
       },
     });
   });
