@@ -14,7 +14,7 @@ import type { Registry } from '@urs/telemetry';
 import type { RefusalRecord, TenantRegistry } from './registry';
 import { forEachLimit } from './concurrency';
 import { redactTenantPayload } from './dead-letter';
-import { isTenantContention } from './tenant-lock';
+import { isTenantContention, notApplied } from './tenant-lock';
 import {
   describeViolations,
   isTenantId,
@@ -42,7 +42,7 @@ export class RegistrationRejectedError extends UrsError {
  */
 export class RegistrationFailedError extends UrsError {
   constructor(index: number, error: unknown) {
-    super(errorCode(error), `tenants[${index}] not applied: ${errorMessage(error)}`, {
+    super(errorCode(error), `tenants[${index}] ${notApplied(error)}: ${errorMessage(error)}`, {
       canRetry: canRetry(error),
     });
   }
@@ -394,7 +394,10 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     await forEachLimit(failures, concurrency, async ({ tenantId, index, error }) => {
       // Its earlier record stays as it was, as a refused entry's does; the status says why. A tenant still
       // held by another writer may not take this either: the dead letter and the log line then say it.
-      const failure = { code: errorCode(error), message: `registration not applied: ${errorMessage(error)}` };
+      const failure = {
+        code: errorCode(error),
+        message: `registration ${notApplied(error)}: ${errorMessage(error)}`,
+      };
       const result = await ofTenant(tenantId, () =>
         deps.registry.reject(tenantId, failure, origin, { keepRestRecord: repeated }),
       );

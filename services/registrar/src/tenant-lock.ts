@@ -38,6 +38,8 @@ export class RequestCutError extends UrsError {
  * record already went to (it cannot be recalled), so the message says the change may have been applied.
  */
 export class TenantLockLostError extends UrsError {
+  /** Whether the write's record was already sent (to `sentTo`): then it may have been applied. */
+  readonly sent: boolean;
   constructor(tenantId: string, cause?: unknown, sentTo?: string) {
     const lapsed = `the write lock of tenant ${tenantId} lapsed before its write was done`;
     super(
@@ -48,7 +50,13 @@ export class TenantLockLostError extends UrsError {
             'have been applied; read the tenant back before trying again',
       { canRetry: true, ...(cause === undefined ? {} : { cause }) },
     );
+    this.sent = sentTo !== undefined;
   }
+}
+
+/** How a failed write is said to have ended: not applied, unless its record was already sent. */
+export function notApplied(error: unknown): string {
+  return error instanceof TenantLockLostError && error.sent ? 'perhaps applied' : 'not applied';
 }
 
 /** Throws `RequestCutError` once `signal` aborted: called right before a write starts. */

@@ -3,6 +3,7 @@ import type { InboundMessage } from '@urs/bus';
 import { silentLogger } from '@urs/logging';
 import { inboundMessage } from '@urs/testkit';
 import { createRegistrationHandler } from '../src/director';
+import { TenantLockLostError } from '../src/tenant-lock';
 import { TENANT_GENERATION_HEADER as GENERATION_HEADER } from '@urs/contracts';
 import { Registry } from '@urs/telemetry';
 import { UrsError } from '@urs/resilience';
@@ -763,6 +764,31 @@ describe('createRegistrationHandler', () => {
     expect(await always.push(1, 'full', [item('a'), item('b')])).toMatchObject({ applied: 1, failed: 1 });
     expect(always.letters()).toMatchObject([{ key: 'b', error: { code: 'TENANT_BUSY' } }]);
     expect(always.state.generation).toBe(1);
+  });
+
+  it('handle should say a tenant whose lock lapsed once its record was sent is perhaps applied, not "not applied"', async () => {
+    const { push, letters, tenants } = setup(
+      failingFor('b', () => new TenantLockLostError('b', undefined, 'urs.tenants')),
+    );
+    expect(await push(1, 'full', [item('a'), item('b')])).toMatchObject({ applied: 1, failed: 1 });
+    expect(letters()).toMatchObject([
+      {
+        key: 'b',
+        error: {
+          code: 'TENANT_LOCK_LOST',
+          message: expect.stringMatching(/^tenants\[1\] perhaps applied: /),
+        },
+      },
+    ]);
+    expect((await tenants.getStatus('b')).registrationError?.message).toMatch(
+      /^registration perhaps applied: /,
+    );
+    // Lost before its record was sent: not applied.
+    const before = setup(failingFor('b', () => new TenantLockLostError('b')));
+    await before.push(1, 'full', [item('a'), item('b')]);
+    expect(before.letters()).toMatchObject([
+      { key: 'b', error: { message: expect.stringMatching(/^tenants\[1\] not applied: /) } },
+    ]);
   });
 
   it('handle should disable the other tenants a full push leaves out when one of them cannot be', async () => {
