@@ -410,6 +410,23 @@ describe('createScoreHandler', () => {
     }
   });
 
+  it("should hold a tenant's last 4 profiles: a cycle started before more changes than that is scored with the latest", async () => {
+    const { handler, sent, tenantsHandler } = setup();
+    const weighted = (operational: number) => ({ weights: { criticalRisk: 100 - operational, operational } });
+    const started = compileProfile(parseProfile(weighted(100)));
+    await tenantsHandler(inbound(tenantRecord('t1', 1, weighted(100))));
+    for (const [revision, operational] of [90, 80, 70].entries()) {
+      await tenantsHandler(inbound(tenantRecord('t1', revision + 2, weighted(operational))));
+    }
+    await handler(inbound(enriched({ profileHash: started.hash })));
+    await tenantsHandler(inbound(tenantRecord('t1', 5, weighted(60))));
+    await handler(inbound(enriched({ profileHash: started.hash })));
+    expect(sent.map((batch) => batch.devices[0]?.profileHash)).toEqual([
+      started.hash,
+      compileProfile(parseProfile(weighted(60))).hash,
+    ]);
+  });
+
   it("should score a bulk cycle's correction batch, counted at the threshold the cycle started with, with that profile", async () => {
     const { handler, sent, tenantsHandler } = setup();
     const at = (cvssThreshold: number) => ({
