@@ -33,6 +33,9 @@ const deviceRecord = {
   },
 } as const;
 
+/** The hash of the risk profile the cycle started with (optional: an older poller sends none). */
+const profileHash = { type: 'string', minLength: 1 } as const;
+
 const cycleHeader = {
   schemaVersion: { const: 1 },
   tenantId,
@@ -66,6 +69,7 @@ export const deviceBatchSchema = {
     ...cycleHeader,
     vulnerabilityMode: { enum: ['per-device', 'bulk'] },
     cvssThreshold: { type: 'number', minimum: 0, maximum: 10 },
+    profileHash,
     devices: { type: 'array', maxItems: 10_000, items: deviceRecord },
   },
   ...lastBatchCarriesTotals,
@@ -100,6 +104,7 @@ export const enrichedBatchSchema = {
     ...cycleHeader,
     vulnerabilityMode: { enum: ['per-device', 'bulk'] },
     collectedAt: isoTime,
+    profileHash,
     devices: {
       type: 'array',
       maxItems: 10_000,
@@ -160,7 +165,7 @@ export const scoredDeviceProperties = {
   },
   missing: { type: 'array', items: { type: 'string' } },
   signals: { type: 'object' },
-  profileHash: { type: 'string', minLength: 1 },
+  profileHash,
   vulnerabilities: { anyOf: [vulnerabilitySummary, { type: 'null' }] },
 } as const;
 export const scoredDeviceRequired = [

@@ -152,6 +152,11 @@ export interface DeviceBatch extends CycleBatchHeader {
   vulnerabilityMode: 'per-device' | 'bulk';
   /** The tenant's CVSS threshold when the cycle started (criticalCves counts at or above it). */
   cvssThreshold: number;
+  /**
+   * The hash of the tenant's risk profile when the cycle started (the `profileHash` its devices are scored
+   * with). Absent from the batches of an older poller.
+   */
+  profileHash?: string;
   devices: DeviceRecord[];
 }
 
@@ -180,6 +185,8 @@ export interface EnrichedBatch extends CycleBatchHeader {
   vulnerabilityMode: 'per-device' | 'bulk';
   /** When the batch's last vulnerability response arrived. */
   collectedAt: string;
+  /** The device batch's `profileHash`: the risk profile the cycle started with. */
+  profileHash?: string;
   devices: EnrichedDevice[];
   /**
    * Devices of earlier batches of the cycle with their vulnerabilities as the cycle's own bulk export

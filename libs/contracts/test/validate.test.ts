@@ -66,6 +66,31 @@ describe('validateMessage', () => {
       validateMessage('urs/device-batch', { ...batch, totalBatches: 1, totalDevices: 1 }).devices,
     ).toHaveLength(1);
   });
+
+  it("should take the hash of the cycle's profile on a device batch and an enriched batch, and go without it", () => {
+    const header = {
+      schemaVersion: 1,
+      tenantId: 'acme',
+      cycleId: 'c1',
+      cycleStartedAt: new Date().toISOString(),
+      batchIndex: 0,
+      lastBatch: false,
+      vulnerabilityMode: 'per-device',
+      devices: [],
+    };
+    const deviceBatch = { ...header, cvssThreshold: 9 };
+    const enrichedBatch = { ...header, collectedAt: new Date().toISOString() };
+    for (const [contract, batch] of [
+      ['urs/device-batch', deviceBatch],
+      ['urs/enriched-batch', enrichedBatch],
+    ] as const) {
+      expect(checkMessage(contract, batch)).toEqual([]);
+      expect(checkMessage(contract, { ...batch, profileHash: 'a1b2' })).toEqual([]);
+      expect(checkMessage(contract, { ...batch, profileHash: '' })).toEqual([
+        { field: 'profileHash', rule: 'must not be empty' },
+      ]);
+    }
+  });
 });
 
 describe('validateMessage of a bulk correction', () => {

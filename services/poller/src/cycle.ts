@@ -2,7 +2,7 @@ import { deviceBatchMessage, type Publisher } from '@urs/bus';
 import { toDeviceRecord, vulnerabilitiesNotHeld, type DeviceRecord, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage } from '@urs/resilience';
-import { parseProfile } from '@urs/scoring';
+import { parseProfile, profileHash } from '@urs/scoring';
 import { secretRecordUnreadable, type ReplicaKeyCheck, type SecretSealer } from '@urs/secrets';
 import type { CycleStore } from '@urs/store';
 import { isSetupErrorCode, type DefenderGateway } from './defender';
@@ -121,7 +121,13 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   const { record, cycleId, startedAt, signal } = input;
   const tenantId = record.tenantId;
   const log = deps.logger.child({ tenantId, cycleId });
-  const cvssThreshold = parseProfile(record.defender.riskProfile).operational.criticalCves.cvssThreshold;
+  // The profile the cycle starts with: its batches' counts are made at its threshold, and the scorer scores
+  // the whole cycle with it (by its hash) though the tenant changes its profile before the cycle ends.
+  const profile = parseProfile(record.defender.riskProfile);
+  const cycleProfile = {
+    cvssThreshold: profile.operational.criticalCves.cvssThreshold,
+    profileHash: profileHash(profile),
+  };
   // Per-device calls must end within the cycle's deadline (its interval, at most URS_CYCLE_MAX_MS), not
   // within the interval: a daily tenant of 28,800 devices fitted a day's quota, took ~10 hours of calls,
   // and every one of its cycles was closed partial after an hour. Minutes of the interval's own unit.
@@ -163,7 +169,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       lastBatch: last,
       ...(last ? { totalBatches: batchIndex + 1, totalDevices } : {}),
       vulnerabilityMode: mode ?? 'per-device',
-      cvssThreshold,
+      ...cycleProfile,
     };
     // Asked again: the cycle store's answer may have come after the lease's end.
     stopIfAborted();

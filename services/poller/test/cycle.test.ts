@@ -3,6 +3,7 @@ import { toDeviceRecord, type DeviceBatch, type Machine, type TenantRecord } fro
 import { silentLogger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
 import { createSecretSealer } from '@urs/secrets';
+import { parseProfile, profileHash } from '@urs/scoring';
 import type { CycleStore } from '@urs/store';
 import { CycleAbortedError, cycleIdOf, runCycle, type CycleDeps } from '../src/cycle';
 import type { DefenderGateway, DevicePage, TenantCredentials } from '../src/defender';
@@ -226,16 +227,15 @@ describe('runCycle', () => {
     expect(events.at(-1)).toBe('listed 1/0 per-device');
   });
 
-  it('runCycle should leave out merged records and take the CVSS threshold from the profile', async () => {
+  it("runCycle should leave out merged records and take the CVSS threshold and the profile's hash from the profile", async () => {
     const listing = pages(4);
     (listing[0]?.devices[1] as { merged: boolean }).merged = true;
     const { deps, sent } = setup(listing);
-    const result = await runCycle(
-      deps,
-      input(undefined, { operational: { criticalCves: { cvssThreshold: 7.5 } } }),
-    );
+    const profile = { operational: { criticalCves: { cvssThreshold: 7.5 } } };
+    const result = await runCycle(deps, input(undefined, profile));
     expect(sent[0]?.devices.map((d) => d.id)).toEqual(['m0', 'm2', 'm3']);
     expect(sent[0]?.cvssThreshold).toBe(7.5);
+    expect(sent[0]?.profileHash).toBe(profileHash(parseProfile(profile)));
     expect(result).toMatchObject({ totalDevices: 3, merged: 1 });
   });
 

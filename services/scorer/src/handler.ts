@@ -61,13 +61,17 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
       cycleId: batch.cycleId,
       batchIndex: batch.batchIndex,
     });
-    // The summaries were counted at the threshold of the cycle's start: the profile they were counted
-    // for scores them (the one before the latest, when the tenant changed its threshold since). A bulk
-    // cycle's correction batch has no devices of its own, only its corrections' summaries.
+    // The cycle is scored with the profile it started with (`profileHash`), an earlier one when the tenant
+    // changed its profile since. A batch without it is scored with the profile its summaries were counted
+    // for: at the threshold of the cycle's start. A bulk cycle's correction batch has no devices of its
+    // own, only its corrections' summaries.
     const countedAt =
       batch.devices.find((device) => device.vulnerabilities)?.vulnerabilities?.cvssThreshold ??
       batch.corrections?.find((correction) => correction.vulnerabilities)?.vulnerabilities?.cvssThreshold;
-    const profile = await deps.profiles.get(batch.tenantId, countedAt);
+    const profile = await deps.profiles.get(batch.tenantId, {
+      ...(batch.profileHash !== undefined ? { profileHash: batch.profileHash } : {}),
+      ...(countedAt !== undefined ? { cvssThreshold: countedAt } : {}),
+    });
     if (profile === null) return dropDeleted(log, batch.devices.length);
     const cycleStartMs = Date.parse(batch.cycleStartedAt);
     const score = (device: EnrichedBatch['devices'][number]): ScoredDevice => {

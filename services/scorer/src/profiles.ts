@@ -13,18 +13,25 @@ import type { TenantStore } from '@urs/store';
 
 export class ScorerError extends UrsError {}
 
+/** What a batch says of the profile its cycle started with. */
+export interface CycleProfile {
+  /** The hash of the profile the cycle started with (absent from the batches of an older poller). */
+  profileHash?: string;
+  /** The threshold the batch's CVEs were counted at: the cycle's, when it started. */
+  cvssThreshold?: number;
+}
+
 export interface ProfileCache extends Omit<CatchUp, 'stopWaiting'> {
   /**
    * The tenant's compiled profile: from memory, else from the tenant store (a tenant not yet read, or one
    * whose record in memory is older than the store's while `urs.tenants` is still read to the end it had
-   * at the start: its revisions come one by one then, the first long out of date). With
-   * `cvssThreshold` (the one the cycle's CVEs were counted at, when it started), the profile before the
-   * latest when only that one counts CVEs so: the tenant changed its threshold during the cycle, and the
-   * cycle is scored with the profile it started with, as its counts were made for it. Null when the tenant
-   * was deleted (its tombstone read, its record gone from the tenant store): its batches still on their way
+   * at the start: its revisions come one by one then, the first long out of date). With `cycle`, the
+   * profile the cycle started with when it is held (see `profileOf`): the tenant changed its profile
+   * during the cycle, and the cycle is scored with the one it started with. Null when the tenant was
+   * deleted (its tombstone read, its record gone from the tenant store): its batches still on their way
    * are expected, not poison. Throws TENANT_UNKNOWN for a tenant neither registered nor known deleted.
    */
-  get(tenantId: string, cvssThreshold?: number): Promise<CompiledProfile | null>;
+  get(tenantId: string, cycle?: CycleProfile): Promise<CompiledProfile | null>;
   /** Applies one `urs.tenants` record (null: the tenant was deleted). */
   apply(tenantId: string, record: TenantRecord | null): void;
   /** Tenants held in memory. */
@@ -33,10 +40,17 @@ export interface ProfileCache extends Omit<CatchUp, 'stopWaiting'> {
 
 interface Entry {
   revision: number;
-  profile: CompiledProfile;
-  /** The profile this one replaced, for the cycles that started before it came. */
-  previous?: CompiledProfile;
+  /** The latest profile first, then the ones it replaced, newest first: for the cycles started before. */
+  profiles: HeldProfiles;
 }
+
+/**
+ * Profiles held per tenant, the latest included: a cycle started before more changes than that is scored
+ * as a batch without the profile's hash is.
+ */
+const PROFILES_HELD = 4;
+
+type HeldProfiles = readonly [CompiledProfile, ...CompiledProfile[]];
 
 /** Deleted tenants remembered, so their late batches are told apart from batches of unknown tenants. */
 const REMEMBERED_DELETIONS = 10_000;
@@ -58,9 +72,9 @@ export function createProfileCache(deps: {
   const compile = (record: TenantRecord): CompiledProfile =>
     compileProfile(parseProfile(record.defender.riskProfile));
   return {
-    async get(tenantId, cvssThreshold) {
+    async get(tenantId, cycle = {}) {
       const entry = entries.get(tenantId);
-      if (entry && catchUp.caughtUp()) return profileOf(entry, cvssThreshold);
+      if (entry && catchUp.caughtUp()) return profileOf(entry.profiles, cycle);
       const record = await deps.tenants.get(tenantId);
       if (record === null) {
         // Held in memory and gone from the store: deleted, its tombstone not read yet.
@@ -73,7 +87,7 @@ export function createProfileCache(deps: {
           },
         );
       }
-      if (entry && entry.revision >= record.revision) return profileOf(entry, cvssThreshold);
+      if (entry && entry.revision >= record.revision) return profileOf(entry.profiles, cycle);
       // Not cached, or cached older: the record may be a disabled tenant finishing its last cycle, which is
       // still scored.
       return compile(record);
@@ -99,9 +113,13 @@ export function createProfileCache(deps: {
       if (current && current.revision >= record.revision) return;
       try {
         const profile = compile(record);
-        // A record that leaves the profile as it was (a new secret, say) keeps the one before it.
-        const previous = current?.profile.hash === profile.hash ? current.previous : current?.profile;
-        entries.set(tenantId, { revision: record.revision, profile, ...(previous ? { previous } : {}) });
+        // A record that leaves the profile as it was (a new secret, say) keeps the ones before it; one that
+        // brings an earlier profile back holds it once.
+        const earlier = (current?.profiles ?? []).filter((held) => held.hash !== profile.hash);
+        entries.set(tenantId, {
+          revision: record.revision,
+          profiles: [profile, ...earlier.slice(0, PROFILES_HELD - 1)],
+        });
       } catch (error) {
         // The registrar validates profiles; a record that still fails keeps the last good profile.
         deps.logger.error('risk profile rejected', {
@@ -119,16 +137,16 @@ export function createProfileCache(deps: {
 }
 
 /**
- * The entry's profile, or the one before it when the cycle's CVEs were counted at that one's threshold
- * (`cvssThreshold`: the tenant changed its threshold during the cycle).
+ * Of the profiles held (the latest first), the one with the cycle's `profileHash`; else (a batch of an
+ * older poller, or a cycle started before more changes than are held) the newest that counts CVEs at the
+ * cycle's `cvssThreshold`, as the batch's counts were made for it; else the latest.
  */
-function profileOf(entry: Entry, cvssThreshold: number | undefined): CompiledProfile {
-  const { profile, previous } = entry;
-  const startedWithPrevious =
-    cvssThreshold !== undefined &&
-    profile.cvssThreshold !== cvssThreshold &&
-    previous?.cvssThreshold === cvssThreshold;
-  return startedWithPrevious ? previous : profile;
+function profileOf(profiles: HeldProfiles, cycle: CycleProfile): CompiledProfile {
+  return (
+    profiles.find((profile) => profile.hash === cycle.profileHash) ??
+    profiles.find((profile) => profile.cvssThreshold === cycle.cvssThreshold) ??
+    profiles[0]
+  );
 }
 
 /** The `urs.tenants` handler: keeps the profile cache current, and says how far the topic was read. */

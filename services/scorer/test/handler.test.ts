@@ -356,6 +356,77 @@ describe('createScoreHandler', () => {
     expect(hashOf(3)).not.toBe(hashOf(0));
   });
 
+  it('should score a cycle whose tenant changed only its weights since its start with the profile it started with', async () => {
+    const { handler, sent, tenantsHandler } = setup();
+    const operationalOnly = { weights: { criticalRisk: 0, operational: 100 } };
+    const halfAndHalf = { weights: { criticalRisk: 50, operational: 50 } };
+    const started = compileProfile(parseProfile(operationalOnly));
+    const next = compileProfile(parseProfile(halfAndHalf));
+    // No critical risk, 20 days unseen: its score is the operational weight's.
+    const batchOf = (cycleId: string, profileHash: string) =>
+      enriched({
+        cycleId,
+        profileHash,
+        devices: [
+          {
+            machine: { id: 'd1', riskScore: 'None', exposureLevel: 'None', lastSeen: '2026-01-01T09:00:00Z' },
+            vulnerabilities: { ...threeCves, criticalCveCount: 0, topCveIds: [] },
+          },
+        ],
+      });
+    const scored = (index: number) => sent[index]?.devices[0];
+    await tenantsHandler(inbound(tenantRecord('t1', 1, operationalOnly)));
+    await handler(inbound(batchOf('c1', started.hash)));
+    // The tenant changes its weights during the cycle: the cycle's batches keep the profile it started with.
+    await tenantsHandler(inbound(tenantRecord('t1', 2, halfAndHalf)));
+    await handler(inbound(batchOf('c1', started.hash)));
+    // The next cycle starts with the new profile.
+    await handler(inbound(batchOf('c2', next.hash)));
+    expect([0, 1, 2].map((index) => [scored(index)?.profileHash, scored(index)?.score])).toEqual([
+      [started.hash, 100],
+      [started.hash, 100],
+      [next.hash, 50],
+    ]);
+  });
+
+  it('should score a cycle counted at the threshold it started with by that profile, though the tenant changed its threshold and then its weights since', async () => {
+    const { handler, sent, tenantsHandler } = setup();
+    const profile = (cvssThreshold: number, operational: number) => ({
+      weights: { criticalRisk: 100 - operational, operational },
+      operational: { criticalCves: { cvssThreshold, pointsPerCve: 10, maxPoints: 100 } },
+    });
+    const started = compileProfile(parseProfile(profile(9, 100)));
+    await tenantsHandler(inbound(tenantRecord('t1', 1, profile(9, 100))));
+    await tenantsHandler(inbound(tenantRecord('t1', 2, profile(7, 100))));
+    await tenantsHandler(inbound(tenantRecord('t1', 3, profile(7, 60))));
+    await handler(inbound(enriched({ profileHash: started.hash })));
+    // A batch of an older poller, without the profile's hash: the newest profile held that counts at 9.
+    await handler(inbound(enriched()));
+    for (const batch of sent) {
+      expect(batch.devices[0]?.profileHash).toBe(started.hash);
+      expect(batch.devices[0]?.contributions).toContainEqual(
+        expect.objectContaining({ signal: 'criticalCves', value: 2, points: 20 }),
+      );
+    }
+  });
+
+  it("should hold a tenant's last 4 profiles: a cycle started before more changes than that is scored with the latest", async () => {
+    const { handler, sent, tenantsHandler } = setup();
+    const weighted = (operational: number) => ({ weights: { criticalRisk: 100 - operational, operational } });
+    const started = compileProfile(parseProfile(weighted(100)));
+    await tenantsHandler(inbound(tenantRecord('t1', 1, weighted(100))));
+    for (const [revision, operational] of [90, 80, 70].entries()) {
+      await tenantsHandler(inbound(tenantRecord('t1', revision + 2, weighted(operational))));
+    }
+    await handler(inbound(enriched({ profileHash: started.hash })));
+    await tenantsHandler(inbound(tenantRecord('t1', 5, weighted(60))));
+    await handler(inbound(enriched({ profileHash: started.hash })));
+    expect(sent.map((batch) => batch.devices[0]?.profileHash)).toEqual([
+      started.hash,
+      compileProfile(parseProfile(weighted(60))).hash,
+    ]);
+  });
+
   it("should score a bulk cycle's correction batch, counted at the threshold the cycle started with, with that profile", async () => {
     const { handler, sent, tenantsHandler } = setup();
     const at = (cvssThreshold: number) => ({

@@ -144,6 +144,19 @@ export function listedSince(corrections: Corrections, unlisted: [string, string]
   return [...corrections.changed, ...listed];
 }
 
+/**
+ * The header of the enriched batch made of a device batch: its cycle header, its vulnerability mode and the
+ * hash of the profile its cycle started with (when the poller sent one), and when it was collected.
+ */
+export function enrichedHeader(batch: DeviceBatch, collectedAt: string) {
+  return {
+    ...cycleBatchHeader(batch),
+    vulnerabilityMode: batch.vulnerabilityMode,
+    collectedAt,
+    ...(batch.profileHash !== undefined ? { profileHash: batch.profileHash } : {}),
+  };
+}
+
 /** A correction batch's header: after the poller's batches, without totals (the last batch has them). */
 export function correctionHeader(
   batch: DeviceBatch,
@@ -152,12 +165,7 @@ export function correctionHeader(
   corrections: VulnerabilityCorrection[],
 ) {
   const position = { batchIndex, lastBatch: false, totalBatches: undefined, totalDevices: undefined };
-  return {
-    ...cycleBatchHeader({ ...batch, ...position }),
-    vulnerabilityMode: batch.vulnerabilityMode,
-    collectedAt,
-    corrections,
-  };
+  return { ...enrichedHeader({ ...batch, ...position }, collectedAt), corrections };
 }
 
 export interface CorrectionWaitDeps {

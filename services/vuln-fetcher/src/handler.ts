@@ -1,5 +1,5 @@
 import { deviceBatchMessage, type MessageHandler, type Publisher } from '@urs/bus';
-import { cycleBatchHeader, type DeviceBatch, type TenantRecord } from '@urs/contracts';
+import type { DeviceBatch, TenantRecord } from '@urs/contracts';
 import { isSetupErrorCode } from '@urs/defender';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage } from '@urs/resilience';
@@ -13,6 +13,7 @@ import {
   correctionBatchCount,
   correctionHeader,
   createCorrectionWait,
+  enrichedHeader,
   listedSince,
   notInSnapshot,
   sendCorrections,
@@ -376,11 +377,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       }
       enrichment = result;
     }
-    const header = {
-      ...cycleBatchHeader(batch),
-      vulnerabilityMode: batch.vulnerabilityMode,
-      collectedAt: enrichment.collectedAt.toISOString(),
-    };
+    const header = enrichedHeader(batch, enrichment.collectedAt.toISOString());
     let toCorrect: string[] = [];
     const poller = header.totalBatches ?? batch.batchIndex + 1;
     if (enrichment.corrections) {

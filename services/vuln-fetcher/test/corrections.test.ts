@@ -194,8 +194,13 @@ describe('notInSnapshot', () => {
 });
 
 describe('correctionHeader', () => {
-  it('correctionHeader should place a correction batch after the last batch, without totals', () => {
-    const last: DeviceBatch = batch({ vulnerabilityMode: 'bulk', batchIndex: 2, totalBatches: 3 });
+  it("correctionHeader should place a correction batch after the last batch, without totals, with the cycle's profile hash", () => {
+    const last: DeviceBatch = batch({
+      vulnerabilityMode: 'bulk',
+      batchIndex: 2,
+      totalBatches: 3,
+      profileHash: 'p1',
+    });
     const header = correctionHeader(last, 4, '2026-01-01T10:00:00.000Z', []);
     expect(header).toMatchObject({
       tenantId: 't1',
@@ -204,6 +209,7 @@ describe('correctionHeader', () => {
       lastBatch: false,
       vulnerabilityMode: 'bulk',
       collectedAt: '2026-01-01T10:00:00.000Z',
+      profileHash: 'p1',
       corrections: [],
     });
     expect(header.totalBatches).toBeUndefined();

@@ -8,7 +8,7 @@ import { VulnerabilityFolder } from '../src/summarise';
 import { batch, cve, localSources, message, record, setup } from './handler-support';
 
 describe('createEnrichHandler', () => {
-  it('should summarise each device at the batch threshold and keep the cycle header', async () => {
+  it("should summarise each device at the batch threshold and keep the cycle header and the cycle's profile hash", async () => {
     let inFlight = 0;
     let peak = 0;
     const { handler, sent } = setup({
@@ -20,7 +20,7 @@ describe('createEnrichHandler', () => {
         return id === 'd1' ? [cve('CVE-1', 9.8), cve('CVE-1', 7), cve('CVE-2', 9.0), cve('CVE-3', 5)] : [];
       },
     });
-    await handler(message(batch()));
+    await handler(message(batch({ profileHash: 'p1' })));
     expect(peak).toBe(2);
     expect(sent).toHaveLength(1);
     const out = sent[0] as EnrichedBatch;
@@ -31,6 +31,7 @@ describe('createEnrichHandler', () => {
       lastBatch: true,
       totalBatches: 1,
       totalDevices: 3,
+      profileHash: 'p1',
     });
     expect(out.devices[0]).toEqual({
       machine: { id: 'd1' },
