@@ -69,6 +69,11 @@ export interface TokenSourceOptions {
    * asked again, in milliseconds. Default 30 seconds.
    */
   renewalRetryMs?: number;
+  /**
+   * How long one shared token request may take, in milliseconds, before the calls waiting for it fail
+   * UNAVAILABLE (retryable). Default 60 seconds.
+   */
+  tokenRequestTimeoutMs?: number;
 }
 
 /**
@@ -193,31 +198,38 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
   // After a renewal failed while the token was still usable: until when it is used without asking again.
   let renewalRetryAt = 0;
   const renewalRetryMs = options.renewalRetryMs ?? TOKEN_RENEWAL_RETRY_MS;
+  const requestTimeoutMs = options.tokenRequestTimeoutMs ?? TOKEN_REQUEST_TIMEOUT_MS;
 
   // The one request to Entra in flight, shared by every call that needs a token meanwhile: MSAL does not
   // merge concurrent requests, so the first calls of a cycle would otherwise each fetch a token.
   let flight: { promise: Promise<AccessToken>; refresh: boolean } | undefined;
   // Bumped by every request started: an older request that ends late must not replace a newer token.
   let generation = 0;
+  // Whether a request through `credential` failed: the next one then asks a new credential. MSAL answers a
+  // request whose answer was a 5xx or a 429 (or carried a Retry-After) itself, with that error and without
+  // asking Entra, for 60 seconds or the Retry-After (its throttling cache, kept in the credential): the
+  // tenant would stay failed that long after Entra is back, whatever our own waits.
+  let stale = false;
 
   function start(refresh: boolean): Promise<AccessToken> {
     const mine = ++generation;
     const promise = (async () => {
-      // A refresh asks a new credential, whose cache is empty; the shared request follows no single
-      // caller's signal (the others still wait for it), but it cannot hang them forever.
-      const from = refresh ? makeCredential() : credential;
-      const timeout = AbortSignal.timeout(TOKEN_REQUEST_TIMEOUT_MS);
+      // A refresh, or a request after a failed one, asks a new credential, whose caches are empty. The shared
+      // request follows no single caller's signal (the others still wait for it), but it cannot hang them
+      // forever: @azure/identity does not pass a client secret credential's abort signal on to MSAL's
+      // requests, so the wait ends at the timeout while a request Entra never answers stays with its credential.
+      const from = refresh || stale ? makeCredential() : credential;
+      const timeout = AbortSignal.timeout(requestTimeoutMs);
       const held = current;
       let token: AccessToken;
       try {
-        token = await fetchToken(from, timeout);
+        token = await join(fetchToken(from, timeout), timeout);
       } catch (caught) {
-        const error = timeout.aborted ? noAnswer(TOKEN_REQUEST_TIMEOUT_MS) : caught;
+        if (from === credential) stale = true;
+        const error = timeout.aborted ? noAnswer(requestTimeoutMs) : caught;
         // A renewal before expiry (MSAL's, from its refresh time or 5 minutes before expiry, waits for
         // Entra) that meets a passing outage: the token held is still accepted, so the calls keep it rather
         // than fail, and Entra is asked again after a short wait. Never after a 401: that token was refused.
-        // (After a 5xx or 429, MSAL itself answers the same request with that error, without asking Entra,
-        // for 60 seconds or the Retry-After: the token is kept until then, while it has over a minute left.)
         if (
           !refresh &&
           held !== undefined &&
@@ -243,7 +255,8 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
         throw error;
       }
       if (mine === generation) {
-        if (refresh) credential = from;
+        credential = from;
+        stale = false;
         current = token;
         renewalRetryAt = 0;
       }

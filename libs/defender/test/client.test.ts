@@ -63,15 +63,33 @@ afterAll(async () => {
   await sim.close();
 });
 
-/** The tenant's export read in pages of 50 rows, each row as "device CVE" ("-" for none), and what the read counted. */
-async function exportRows(client: DefenderClient): Promise<{ rows: string[]; read: BulkExportRead }> {
+/** The tenant's export read in pages of `pageSize` rows, each row as "device CVE" ("-" for none), and what the read counted. */
+async function exportRows(
+  client: DefenderClient,
+  pageSize = 50,
+): Promise<{ rows: string[]; read: BulkExportRead }> {
   const rows: string[] = [];
   const read = await client.readVulnerabilitiesByMachine(
     (deviceId, vulnerability) => rows.push(`${deviceId} ${vulnerability?.id ?? '-'}`),
-    { pageSize: 50 },
+    { pageSize },
   );
   return { rows, read };
 }
+
+/**
+ * For a read under `malformedRate: 0.3`, whose faults the simulator rolls from the generator it shares with every
+ * earlier call: pages of 10 rows (over 30 pages, so some answer fails whatever the generator's state, but for a
+ * chance of 0.7^30), 12 attempts per call (so no call gives up, but for 0.3^12), and room in the bulk quota for
+ * those calls.
+ */
+const FAULTY_PAGE_SIZE = 10;
+const faultyReadClient = () =>
+  simClient(sim, app, {
+    retryPolicy: retryPolicy({ maxAttempts: 12, initialDelayMs: 10, maxDelayMs: 100 }),
+    quota: createLocalQuotaGate({
+      limits: { ...MICROSOFT_QUOTAS, bulk: [{ limit: 1_000, windowMs: 60_000 }] },
+    }),
+  });
 
 const failure = (from: TestApp, run: (client: DefenderClient) => Promise<unknown>): Promise<DefenderError> =>
   failureOf(sim, from, run);
@@ -643,15 +661,19 @@ describe('createDefenderClient vulnerabilities', () => {
   });
 
   it('readVulnerabilitiesByMachine should hand out the rows of a page cut midway again when it is retried', async () => {
-    const { client, close } = simClient(sim, app);
+    const { client, close } = faultyReadClient();
     try {
-      const { rows: clean, read } = await exportRows(client);
-      expect(read).toEqual({ pages: Math.ceil(clean.length / 50), rows: clean.length, invalid: 0 });
+      const { rows: clean, read } = await exportRows(client, FAULTY_PAGE_SIZE);
+      expect(read).toEqual({
+        pages: Math.ceil(clean.length / FAULTY_PAGE_SIZE),
+        rows: clean.length,
+        invalid: 0,
+      });
 
       // A third of the answers end halfway through: their first rows come once per attempt.
       sim.setFaults(app.azureTenantId, { malformedRate: 0.3 });
       sim.resetStats();
-      const { rows: cut, read: retried } = await exportRows(client);
+      const { rows: cut, read: retried } = await exportRows(client, FAULTY_PAGE_SIZE);
       expect(retried.pages).toBe(read.pages);
       expect(sim.stats().calls.bulk).toBeGreaterThan(read.pages);
       expect(retried.rows).toBe(cut.length);
@@ -668,9 +690,9 @@ describe('createDefenderClient vulnerabilities', () => {
   });
 
   it('scanVulnerabilitiesByMachine should give each answer, retried ones again, to a sink of its own', async () => {
-    const { client, close } = simClient(sim, app);
+    const { client, close } = faultyReadClient();
     try {
-      const { rows: expected, read } = await exportRows(client);
+      const { rows: expected, read } = await exportRows(client, FAULTY_PAGE_SIZE);
       sim.setFaults(app.azureTenantId, { malformedRate: 0.3 });
       sim.resetStats();
       const rows: string[] = [];
@@ -682,7 +704,7 @@ describe('createDefenderClient vulnerabilities', () => {
             if (!('invalid' in row)) rows.push(`${row.deviceId} ${row.vulnerability?.id ?? '-'}`);
           }, bulkRowEntry);
         },
-        { pageSize: 50 },
+        { pageSize: FAULTY_PAGE_SIZE },
       );
       expect(scanned.pages).toBe(read.pages);
       // One sink per call, the retried ones included; the rows are the same set.

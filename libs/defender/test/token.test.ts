@@ -257,6 +257,62 @@ describe('createTokenSource while Entra is down', () => {
     });
   }, 20_000);
 
+  it("getToken should renew a kept token once Entra is back after a 503, at the source's own wait, not MSAL's minute", async () => {
+    await withOwnTenant(async (own, agent) => {
+      const logger = warnings();
+      const { tokens, first } = await dueForRenewal(own, logger, agent);
+      sim.setFaults(own.azureTenantId, { status5xxRate: 1, tokenEndpoint: true });
+      await expect(tokens.getToken()).resolves.toMatchObject({ token: first.token });
+      const keptAt = Date.now();
+      sim.setFaults(own.azureTenantId, {});
+      sim.resetStats();
+      // Entra back: once the source's wait (200 ms here) is over, the next call renews the token.
+      await until(() => Date.now() >= keptAt + 250, 'the wait after the failed renewal');
+      const renewed = await tokens.getToken();
+      expect(renewed.token).not.toBe(first.token);
+      expect(sim.stats().calls.token).toBe(1);
+    });
+  }, 20_000);
+
+  it('getToken should ask Entra again at the next call after a 503, once Entra is back', async () => {
+    await withOwnTenant(async (own, agent) => {
+      const tokens = createTokenSource({ endpoints: endpoints(), credentials: own, httpsAgent: agent });
+      sim.setFaults(own.azureTenantId, { status5xxRate: 1, tokenEndpoint: true });
+      await expect(tokens.getToken()).rejects.toMatchObject({ code: DefenderErrorCode.UNAVAILABLE });
+      sim.setFaults(own.azureTenantId, {});
+      sim.resetStats();
+      await expect(tokens.getToken()).resolves.toMatchObject({ token: expect.any(String) });
+      expect(sim.stats().calls.token).toBe(1);
+    });
+  });
+
+  it('getToken should fail UNAVAILABLE, naming Entra and the wait, when the token request hangs, and recover after', async () => {
+    await withOwnTenant(async (own, agent) => {
+      const tokens = createTokenSource({
+        endpoints: endpoints(),
+        credentials: own,
+        httpsAgent: agent,
+        tokenRequestTimeoutMs: 300,
+      });
+      sim.setFaults(own.azureTenantId, { timeoutRate: 1, tokenEndpoint: true });
+      // Callers without a signal of their own: only the shared request's bound ends their wait.
+      const waiting = [tokens.getToken(), tokens.getToken()];
+      for (const call of waiting) {
+        await expect(call).rejects.toMatchObject({
+          code: DefenderErrorCode.UNAVAILABLE,
+          canRetry: true,
+          message: expect.stringMatching(
+            new RegExp(
+              `^Entra ID \\(127\\.0\\.0\\.1:\\d+\\) did not answer the token request for tenant ${own.azureTenantId} within 300 ms`,
+            ),
+          ),
+        });
+      }
+      sim.setFaults(own.azureTenantId, {});
+      await expect(tokens.getToken()).resolves.toMatchObject({ token: expect.any(String) });
+    });
+  }, 10_000);
+
   it('getToken should fail when the renewal meets an Entra outage and the token has a minute or less left', async () => {
     await withOwnTenant(async (own, agent) => {
       const tokens = createTokenSource({ endpoints: endpoints(), credentials: own, httpsAgent: agent });
