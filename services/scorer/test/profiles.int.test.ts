@@ -6,6 +6,7 @@ import {
   topicOffsets,
   type ConsumerRunner,
   type Publisher,
+  type TopicSubscription,
 } from '@urs/bus';
 import type { EnrichedBatch, ScoreBatch, TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
@@ -17,19 +18,21 @@ import {
   createUniqueTopics,
   deleteTopics,
   inboundMessage,
+  readDeadLetters,
   tenantRecord,
   testRedisPerTest,
   uniqueId,
   waitFor,
 } from '@urs/testkit';
 import { createScoreHandler } from '../src/handler';
-import { createProfileCache, createTenantsHandler } from '../src/profiles';
+import {
+  createProfileCache,
+  createTenantsHandler,
+  tenantsSubscription,
+  type ProfileCache,
+} from '../src/profiles';
 
-/**
- * A scorer started again while `urs.tenants` still holds every revision of a tenant (a compacted topic's
- * active segment is never compacted): its profiles replay them one by one, and a batch scored meanwhile
- * must carry the tenant's latest profile, not the first revision read.
- */
+/** The scorer's risk profiles read from `urs.tenants` after a start, as its profile reader reads them. */
 describe('createProfileCache after a start, against the real Kafka', () => {
   const redis = testRedisPerTest();
   const tenantId = 't1';
@@ -45,10 +48,10 @@ describe('createProfileCache after a start, against the real Kafka', () => {
   });
 
   beforeEach(async () => {
-    topics = (await createUniqueTopics(kafka, [{ prefix: 'tenants' }, { prefix: 'dlq' }])) as [
-      string,
-      string,
-    ];
+    topics = (await createUniqueTopics(kafka, [
+      { prefix: 'tenants', numPartitions: 2 },
+      { prefix: 'dlq' },
+    ])) as [string, string];
     publisher = await createPublisher(kafka);
   });
 
@@ -65,6 +68,24 @@ describe('createProfileCache after a start, against the real Kafka', () => {
     ...tenantRecord(tenantId, { revision: number }),
     defender: { ...tenantRecord(tenantId).defender, riskProfile: weighted(criticalRisk) },
   });
+
+  /** Reads `urs.tenants` from its beginning through `subscription`, and tells `profiles` where it ends. */
+  async function startReader(profiles: ProfileCache, subscription: TopicSubscription<'urs/tenant-record'>) {
+    runner = createConsumerRunner({
+      kafka,
+      service: 'scorer',
+      groupId: uniqueId('profiles'),
+      commitOffsets: false,
+      deadLetters: createDeadLetterLedger(redis.client, redis.prefix),
+      subscriptions: [subscription],
+      publisher,
+      dlqTopic: topics[1],
+      logger: silentLogger,
+      metrics: new Registry({ processMetrics: false }),
+    });
+    await runner.start();
+    profiles.expectEnd(lastOffsets(await topicOffsets(kafka, topics[0])));
+  }
 
   function enriched(): EnrichedBatch {
     const cycleStartedAt = new Date().toISOString();
@@ -86,7 +107,7 @@ describe('createProfileCache after a start, against the real Kafka', () => {
   }
 
   it('should score with the latest revision while older ones are still being read, and from memory once read', async () => {
-    const [tenantsTopic, dlq] = topics;
+    const [tenantsTopic] = topics;
     const tenants = createTenantStore(redis.client, redis.prefix);
     const revisions = [revision(1, 0), revision(2, 30), revision(3, 100)];
     // The registrar writes the tenant store first, then the topic: the store holds the latest.
@@ -100,32 +121,16 @@ describe('createProfileCache after a start, against the real Kafka', () => {
     const onTenant = createTenantsHandler(profiles);
     // The reader held after the first revision: the moment a batch meets an out-of-date profile in memory.
     const held = new Promise<void>((resolve) => (release = resolve));
-    const metrics = new Registry({ processMetrics: false });
-    runner = createConsumerRunner({
-      kafka,
-      service: 'scorer',
-      groupId: uniqueId('profiles'),
-      commitOffsets: false,
-      deadLetters: createDeadLetterLedger(redis.client, redis.prefix),
-      subscriptions: [
-        {
-          topic: tenantsTopic,
-          contract: 'urs/tenant-record',
-          tombstones: true,
-          fromBeginning: true,
-          handler: async (message) => {
-            await onTenant(message);
-            if (message.value?.revision === 1) await held;
-          },
-        },
-      ],
-      publisher,
-      dlqTopic: dlq,
-      logger: silentLogger,
-      metrics,
+    await startReader(profiles, {
+      topic: tenantsTopic,
+      contract: 'urs/tenant-record',
+      tombstones: true,
+      fromBeginning: true,
+      handler: async (message) => {
+        await onTenant(message);
+        if (message.value?.revision === 1) await held;
+      },
     });
-    await runner.start();
-    profiles.expectEnd(lastOffsets(await topicOffsets(kafka, tenantsTopic)));
     await waitFor(() => profiles.size() === 1);
 
     const sent: ScoreBatch[] = [];
@@ -139,7 +144,7 @@ describe('createProfileCache after a start, against the real Kafka', () => {
       },
       topic: 'urs.device-scores',
       logger: silentLogger,
-      metrics,
+      metrics: new Registry({ processMetrics: false }),
     });
     const latest = compileProfile(parseProfile(weighted(100))).hash;
     const score = () => handler(inboundMessage(enriched(), { key: tenantId }));
@@ -154,5 +159,35 @@ describe('createProfileCache after a start, against the real Kafka', () => {
     await tenants.put(revision(4, 50));
     await score();
     expect(sent[1]?.devices[0]?.profileHash).toBe(latest);
+  });
+
+  // A record the runner dead-letters never reaches the profiles' handler: as its partition's last, it must
+  // still count as read, or every profile would be read from Redis until the next record on that partition.
+  it("should catch up when a partition's last record is dead-lettered", async () => {
+    const [tenantsTopic, dlq] = topics;
+    const producer = kafka.producer();
+    await producer.connect();
+    try {
+      await producer.send({
+        topic: tenantsTopic,
+        messages: [
+          { key: 't1', value: JSON.stringify(tenantRecord('t1')), partition: 0 },
+          { key: 't2', value: '{"not": "closed"', partition: 0 },
+          { key: 't3', value: JSON.stringify(tenantRecord('t3')), partition: 1 },
+        ],
+      });
+    } finally {
+      await producer.disconnect();
+    }
+    const profiles = createProfileCache({
+      tenants: createTenantStore(redis.client, redis.prefix),
+      logger: silentLogger,
+    });
+    await startReader(profiles, tenantsSubscription(tenantsTopic, profiles));
+
+    const letters = await readDeadLetters(kafka, dlq, 1);
+    expect(letters.map((letter) => [letter.key, letter.error.code])).toEqual([['t2', 'MESSAGE_NOT_JSON']]);
+    await waitFor(() => profiles.caughtUp(), { timeoutMs: 30_000 });
+    expect(profiles.size()).toBe(2);
   });
 });
