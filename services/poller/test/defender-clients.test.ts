@@ -18,7 +18,7 @@ const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buf
 describe('poller: a tenant keeps its Defender client across cycles', () => {
   let sim: Simulator;
   let gateway: DefenderGateway;
-  const limiter = createLocalLimiter();
+  let limiter: ReturnType<typeof createLocalLimiter>;
   let agent: ReturnType<typeof createHttpsAgent>;
   const azureTenantId = randomUUID();
   const clientId = randomUUID();
@@ -80,7 +80,9 @@ describe('poller: a tenant keeps its Defender client across cycles', () => {
       leaseHeld: () => true,
     });
 
-  beforeAll(async () => {
+  // A simulator and a gateway of each test's own: its token count starts at 0 and its tenant's app and the
+  // gateway's clients are as below, whichever tests ran before.
+  beforeEach(async () => {
     sim = await startSimulator({ quotas: false });
     sim.addTenant({
       azureTenantId,
@@ -88,6 +90,7 @@ describe('poller: a tenant keeps its Defender client across cycles', () => {
       fleet: { size: 3, seed: 7 },
     });
     agent = createHttpsAgent({ extraCa: sim.caPem });
+    limiter = createLocalLimiter();
     gateway = createDefenderGateway({
       limiter,
       quota: createLocalQuotaGate(),
@@ -99,7 +102,7 @@ describe('poller: a tenant keeps its Defender client across cycles', () => {
     });
   });
 
-  afterAll(async () => {
+  afterEach(async () => {
     gateway?.close();
     await limiter.close();
     agent?.destroy();
@@ -116,6 +119,7 @@ describe('poller: a tenant keeps its Defender client across cycles', () => {
   });
 
   it('a new record of the tenant (its secret changed) should get a new client, and a new token', async () => {
+    await cycle(deps(0), record(1, secrets[0] as string));
     // The app's secret rotated: Entra takes only the new one, so the old client (and its token) must go.
     sim.removeTenant(azureTenantId);
     sim.addTenant({
@@ -130,9 +134,11 @@ describe('poller: a tenant keeps its Defender client across cycles', () => {
   });
 
   it('a tenant forgotten (deleted or disabled) should get a new client at its next cycle', async () => {
+    const tenant = record(1, secrets[0] as string);
+    await cycle(deps(0), tenant);
     const before = tokenRequests();
     gateway.forget('acme');
-    await cycle(deps(0), record(2, secrets[1] as string));
+    await cycle(deps(0), tenant);
     expect(tokenRequests()).toBe(before + 1);
   });
 

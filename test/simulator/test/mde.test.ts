@@ -8,7 +8,8 @@ describe('MDE API simulation', () => {
   let sim: Simulator;
   let token: string;
 
-  beforeAll(async () => {
+  // A simulator of each test's own: the fleet and CVEs some tests change are as seeded, whichever tests ran before.
+  beforeEach(async () => {
     sim = await simWithTenant(250, 7, [
       { clientId: NO_ROLES_CLIENT, roles: [] },
       { clientId: MACHINES_ONLY_CLIENT, roles: ['Machine.Read.All'] },
@@ -16,7 +17,7 @@ describe('MDE API simulation', () => {
     token = await getToken(sim);
   }, 30_000);
 
-  afterAll(() => sim.close());
+  afterEach(() => sim.close());
 
   const get = (path: string, bearer = token) => request(sim, path, { token: bearer });
 

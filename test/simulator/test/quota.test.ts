@@ -28,7 +28,8 @@ describe('SlidingWindow', () => {
 describe('quota enforcement', () => {
   let sim: Simulator;
 
-  beforeAll(async () => {
+  // A simulator of each test's own: its quotas are whole and its throttled count 0, whichever tests ran before.
+  beforeEach(async () => {
     sim = await startSimulator();
     sim.addTenant({
       azureTenantId: TENANT,
@@ -42,7 +43,7 @@ describe('quota enforcement', () => {
     });
   });
 
-  afterAll(() => sim.close());
+  afterEach(() => sim.close());
 
   test('per-device vulnerabilities should answer 429 with Retry-After after 50 calls in a minute, per tenant', async () => {
     const token = await getToken(sim);
