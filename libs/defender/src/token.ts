@@ -205,11 +205,13 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
   let flight: { promise: Promise<AccessToken>; refresh: boolean } | undefined;
   // Bumped by every request started: an older request that ends late must not replace a newer token.
   let generation = 0;
-  // Whether a request through `credential` failed: the next one then asks a new credential. MSAL answers a
-  // request whose answer was a 5xx or a 429 (or carried a Retry-After) itself, with that error and without
-  // asking Entra, for 60 seconds or the Retry-After (its throttling cache, kept in the credential): the
-  // tenant would stay failed that long after Entra is back, whatever our own waits.
-  let stale = false;
+  // When a request through `credential` failed: once `renewalRetryMs` have passed since, the next request asks
+  // a new credential. MSAL answers a request whose answer was a 5xx or a 429 (or carried a Retry-After)
+  // itself, with that error and without asking Entra, for 60 seconds or the Retry-After (its throttling
+  // cache, kept in the credential): the tenant would stay failed that long after Entra is back. Until the
+  // wait is over the credential is kept, so retries meanwhile are answered by that cache, not sent to Entra
+  // (each new credential also fetches the tenant's OpenID metadata).
+  let failedAt: number | undefined;
 
   function start(refresh: boolean): Promise<AccessToken> {
     const mine = ++generation;
@@ -218,6 +220,7 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
       // request follows no single caller's signal (the others still wait for it), but it cannot hang them
       // forever: @azure/identity does not pass a client secret credential's abort signal on to MSAL's
       // requests, so the wait ends at the timeout while a request Entra never answers stays with its credential.
+      const stale = failedAt !== undefined && Date.now() - failedAt >= renewalRetryMs;
       const from = refresh || stale ? makeCredential() : credential;
       const timeout = AbortSignal.timeout(requestTimeoutMs);
       const held = current;
@@ -225,7 +228,7 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
       try {
         token = await join(fetchToken(from, timeout), timeout);
       } catch (caught) {
-        if (from === credential) stale = true;
+        if (from === credential) failedAt ??= Date.now();
         const error = timeout.aborted ? noAnswer(requestTimeoutMs) : caught;
         // A renewal before expiry (MSAL's, from its refresh time or 5 minutes before expiry, waits for
         // Entra) that meets a passing outage: the token held is still accepted, so the calls keep it rather
@@ -256,7 +259,7 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
       }
       if (mine === generation) {
         credential = from;
-        stale = false;
+        failedAt = undefined;
         current = token;
         renewalRetryAt = 0;
       }

@@ -274,13 +274,24 @@ describe('createTokenSource while Entra is down', () => {
     });
   }, 20_000);
 
-  it('getToken should ask Entra again at the next call after a 503, once Entra is back', async () => {
+  it("getToken should not ask Entra again within the source's wait after a 503, and ask it after, once Entra is back", async () => {
     await withOwnTenant(async (own, agent) => {
-      const tokens = createTokenSource({ endpoints: endpoints(), credentials: own, httpsAgent: agent });
+      const tokens = createTokenSource({
+        endpoints: endpoints(),
+        credentials: own,
+        httpsAgent: agent,
+        renewalRetryMs: 300,
+      });
       sim.setFaults(own.azureTenantId, { status5xxRate: 1, tokenEndpoint: true });
       await expect(tokens.getToken()).rejects.toMatchObject({ code: DefenderErrorCode.UNAVAILABLE });
+      const failedAt = Date.now();
       sim.setFaults(own.azureTenantId, {});
       sim.resetStats();
+      // A caller's retries within the wait: answered without Entra (no new credential per try).
+      await expect(tokens.getToken()).rejects.toMatchObject({ code: DefenderErrorCode.UNAVAILABLE });
+      await expect(tokens.getToken()).rejects.toMatchObject({ code: DefenderErrorCode.UNAVAILABLE });
+      expect(sim.stats().calls.token ?? 0).toBe(0);
+      await until(() => Date.now() >= failedAt + 350, 'the wait after the failed request');
       await expect(tokens.getToken()).resolves.toMatchObject({ token: expect.any(String) });
       expect(sim.stats().calls.token).toBe(1);
     });
