@@ -11,7 +11,14 @@ export { createConsumerRunner, PoisonMessageError, DEFAULT_RUNNER_RESTART } from
 export { DEFAULT_RUNNER_RETRY } from './runner-options';
 export { crashHeals } from './crash';
 export { deleteOwnGroup } from './groups';
-export { createCatchUp, lastOffsets, readTopicUpTo, readWhenDeadLettered, type CatchUp } from './read-to-end';
+export {
+  createCatchUp,
+  lastOffsets,
+  readToEndSubscription,
+  readTopicUpTo,
+  readWhenDeadLettered,
+  type CatchUp,
+} from './read-to-end';
 export { settledWithin } from './drain';
 export type {
   ConsumerRunner,

@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto';
 import type { Kafka, KafkaMessage } from 'kafkajs';
 import { errorMessage, sleep } from '@urs/resilience';
 import { crashHeals } from './crash';
-import type { DeadLetteringMessage } from './handle';
+import type { ContractId } from '@urs/contracts';
+import type { DeadLetteringMessage, TopicSubscription } from './handle';
 import { BusError } from './publisher';
 import type { PartitionOffsetRange } from './settle';
 
@@ -73,6 +74,27 @@ export function readWhenDeadLettered(
   catchUp: Pick<CatchUp, 'read'>,
 ): (message: DeadLetteringMessage) => Promise<void> {
   return async (message) => catchUp.read(message.partition, message.offset);
+}
+
+/**
+ * The subscription of a topic read whole from its beginning at every start, tombstones included, by a reader
+ * that tells `catchUp` each offset `handler` reads: the ones dead-lettered are told too
+ * (`readWhenDeadLettered`).
+ */
+export function readToEndSubscription<K extends ContractId>(
+  topic: string,
+  contract: K,
+  handler: TopicSubscription<K>['handler'],
+  catchUp: Pick<CatchUp, 'read'>,
+): TopicSubscription<K> {
+  return {
+    topic,
+    contract,
+    tombstones: true,
+    fromBeginning: true,
+    handler,
+    deadLettering: readWhenDeadLettered(catchUp),
+  };
 }
 
 /**

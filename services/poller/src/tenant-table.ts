@@ -1,4 +1,4 @@
-import { createCatchUp, readWhenDeadLettered, type InboundMessage, type TopicSubscription } from '@urs/bus';
+import { createCatchUp, readToEndSubscription, type InboundMessage, type TopicSubscription } from '@urs/bus';
 import { TENANT_REVISION_HEADER, numericHeader, type TenantRecord } from '@urs/contracts';
 
 export type TenantChangeListener = (tenantId: string, record: TenantRecord | null) => void;
@@ -61,14 +61,8 @@ export function createTenantTable(): TenantTable {
       records.set(tenantId, message.value);
       for (const listener of listeners) listener(tenantId, message.value);
     },
-    subscription: (topic) => ({
-      topic,
-      contract: 'urs/tenant-record',
-      tombstones: true,
-      fromBeginning: true,
-      handler: (message) => table.handle(message),
-      deadLettering: readWhenDeadLettered(catchUp),
-    }),
+    subscription: (topic) =>
+      readToEndSubscription(topic, 'urs/tenant-record', (message) => table.handle(message), catchUp),
     get: (tenantId) => records.get(tenantId),
     enabled: () => [...records.values()].filter((record) => record.enabled),
     size: () => records.size,

@@ -1,6 +1,6 @@
 import {
   createCatchUp,
-  readWhenDeadLettered,
+  readToEndSubscription,
   type CatchUp,
   type MessageHandler,
   type TopicSubscription,
@@ -167,12 +167,5 @@ export function tenantsSubscription(
   topic: string,
   profiles: ProfileCache,
 ): TopicSubscription<'urs/tenant-record'> {
-  return {
-    topic,
-    contract: 'urs/tenant-record',
-    tombstones: true,
-    fromBeginning: true,
-    handler: createTenantsHandler(profiles),
-    deadLettering: readWhenDeadLettered(profiles),
-  };
+  return readToEndSubscription(topic, 'urs/tenant-record', createTenantsHandler(profiles), profiles);
 }
