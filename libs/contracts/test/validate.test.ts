@@ -23,6 +23,19 @@ const registration: TenantRegistration = {
   },
 };
 
+/** A batch's header: batch 0 (not the last) of acme's per-device cycle c1, no devices; `overrides` replace fields. */
+const batchHeader = (overrides: Record<string, unknown> = {}) => ({
+  schemaVersion: 1,
+  tenantId: 'acme',
+  cycleId: 'c1',
+  cycleStartedAt: new Date().toISOString(),
+  batchIndex: 0,
+  lastBatch: false,
+  vulnerabilityMode: 'per-device',
+  devices: [],
+  ...overrides,
+});
+
 describe('validateMessage', () => {
   it('should accept a valid registration and return it typed', () => {
     expect(validateMessage('urs/tenant-registration', registration).tenantId).toBe('acme');
@@ -68,16 +81,7 @@ describe('validateMessage', () => {
   });
 
   it("should take the hash of the cycle's profile on a device batch and an enriched batch, and go without it", () => {
-    const header = {
-      schemaVersion: 1,
-      tenantId: 'acme',
-      cycleId: 'c1',
-      cycleStartedAt: new Date().toISOString(),
-      batchIndex: 0,
-      lastBatch: false,
-      vulnerabilityMode: 'per-device',
-      devices: [],
-    };
+    const header = batchHeader();
     const deviceBatch = { ...header, cvssThreshold: 9 };
     const enrichedBatch = { ...header, collectedAt: new Date().toISOString() };
     for (const [contract, batch] of [
@@ -230,17 +234,7 @@ describe('checkMessage rules', () => {
     expect(() => validateMessage('urs/registration-push', { ...push, generation: -1 })).toThrow(
       'urs/registration-push: generation must be a whole number from 0 to 9007199254740991',
     );
-    const batch = {
-      schemaVersion: 1,
-      tenantId: 'acme',
-      cycleId: 'c1',
-      cycleStartedAt: new Date().toISOString(),
-      batchIndex: 0,
-      lastBatch: false,
-      vulnerabilityMode: 'per-device',
-      cvssThreshold: 10.5,
-      devices: [],
-    };
+    const batch = batchHeader({ cvssThreshold: 10.5 });
     expect(checkMessage('urs/device-batch', batch)).toEqual([
       { field: 'cvssThreshold', rule: 'must be a number from 0 to 10' },
     ]);
@@ -277,18 +271,12 @@ describe('checkMessage rules', () => {
   });
 
   it("should name the missing total of a last batch once, without the schema's if/then", () => {
-    const batch = {
-      schemaVersion: 1,
-      tenantId: 'acme',
-      cycleId: 'c1',
+    const batch = batchHeader({
       cycleStartedAt: 'yesterday',
-      batchIndex: 0,
       lastBatch: true,
-      vulnerabilityMode: 'per-device',
       cvssThreshold: 9,
-      devices: [],
       totalDevices: 0,
-    };
+    });
     expect(checkMessage('urs/device-batch', batch)).toEqual([
       { field: 'totalBatches', rule: 'is required' },
       { field: 'cycleStartedAt', rule: 'must be a date and time (RFC 3339, e.g. 2026-01-31T12:00:00Z)' },
