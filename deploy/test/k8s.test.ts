@@ -78,7 +78,15 @@ interface Manifest {
     maxUnavailable?: number;
     minAvailable?: number;
     ports?: { name?: string; port: number; targetPort?: number | string }[];
+    podSelector?: { matchLabels?: Record<string, string> };
+    policyTypes?: string[];
+    ingress?: IngressRule[];
   };
+}
+
+interface IngressRule {
+  from?: { namespaceSelector?: { matchLabels?: Record<string, string> }; podSelector?: unknown }[];
+  ports?: { protocol?: string; port?: number | string }[];
 }
 
 /** Every document of a YAML file, and its syntax errors (the first test fails on any). */
@@ -235,7 +243,14 @@ describe('deploy/k8s', () => {
       expect([file, parsed.length > 0]).toEqual([file, true]);
       for (const manifest of parsed) {
         // No custom resources: only kinds every cluster serves.
-        const kinds = ['Namespace', 'ConfigMap', 'Deployment', 'Service', 'PodDisruptionBudget'];
+        const kinds = [
+          'Namespace',
+          'ConfigMap',
+          'Deployment',
+          'Service',
+          'PodDisruptionBudget',
+          'NetworkPolicy',
+        ];
         expect([file, manifest.kind, kinds.includes(manifest.kind)]).toEqual([file, manifest.kind, true]);
         expect([file, typeof manifest.apiVersion, typeof manifest.metadata?.name]).toEqual([
           file,
@@ -506,4 +521,34 @@ describe('deploy/k8s', () => {
     expect(portNumber(container, ports[0]?.targetPort)).toBe(httpPort);
     expect(ofKind('Service').map((candidate) => candidate.metadata.name)).toEqual(['registrar']);
   });
+
+  test.each(stages)(
+    'NetworkPolicies should let into %s only its own ports, from namespaces an operator labels',
+    (stage) => {
+      const labels = named('Deployment', stage)?.spec?.template?.metadata.labels ?? {};
+      const selecting = ofKind('NetworkPolicy').filter((policy) =>
+        Object.entries(policy.spec?.podSelector?.matchLabels ?? {}).every(
+          ([key, value]) => labels[key] === value,
+        ),
+      );
+      // Selected by a policy at all, the pods take in only what some policy's rule lets in.
+      expect(selecting.some((policy) => policy.spec?.policyTypes?.includes('Ingress'))).toBe(true);
+      const container = containerOf(stage);
+      const rules = selecting.flatMap((policy) => policy.spec?.ingress ?? []);
+      for (const rule of rules) {
+        // A rule without sources, or with a source that names no label, would let in every pod of the cluster.
+        expect((rule.from ?? []).length).toBeGreaterThan(0);
+        for (const source of rule.from ?? [])
+          expect(Object.keys(source.namespaceSelector?.matchLabels ?? {}).length).toBeGreaterThan(0);
+        // Each port a rule names is one the stage serves (a misspelt name would let nothing in).
+        expect((rule.ports ?? []).length).toBeGreaterThan(0);
+        for (const port of rule.ports ?? [])
+          expect([stage, portNumber(container, port.port)]).not.toEqual([stage, undefined]);
+      }
+      const admitted = rules.flatMap((rule) =>
+        (rule.ports ?? []).map((port) => portNumber(container, port.port)),
+      );
+      expect(new Set(admitted)).toEqual(new Set((container.ports ?? []).map((port) => port.containerPort)));
+    },
+  );
 });
