@@ -8,7 +8,7 @@ import type { AnsweredCalls, BulkVulnerabilityCache, CycleStore, TenantStore } f
 import type { Registry } from '@urs/telemetry';
 import { createBatchClaims } from './batch-claim';
 import { createBulkEnrichment } from './bulk';
-import { readsExportLast } from './bulk-export';
+import { countBulkFetches, readsExportLast } from './bulk-export';
 import {
   correctionBatchCount,
   correctionHeader,
@@ -18,7 +18,7 @@ import {
   notInSnapshot,
   sendCorrections,
 } from './corrections';
-import { missing, type Enrichment, type TenantEnrichment } from './enrichment';
+import { missing, type Enrichment, type FetchError, type TenantEnrichment } from './enrichment';
 import { createBatchInterruptions, type BatchInterruption } from './interruption';
 import { createPerDeviceEnrichment } from './per-device';
 import {
@@ -67,6 +67,7 @@ export interface EnrichHandlerDeps {
     | 'claimBatch'
     | 'renewBatchClaim'
     | 'releaseBatchClaim'
+    | 'lost'
   >;
   /**
    * Bulk cycles read their export last: a batch is enriched at once from the tenant's latest export, and
@@ -150,18 +151,20 @@ const latestKeepMs = (record: TenantRecord): number =>
 /**
  * Enriches a device batch with each device's vulnerability summary and emits it, keeping the batch's
  * shape and cycle header. A device whose vulnerabilities cannot be fetched goes on with
- * `vulnerabilities: null` and the reason: a missing signal never holds the cycle back. A failure of the
- * tenant as a whole (credentials, consent) stops its calls for the cycle and is written to its status.
- * A fault of Redis or Kafka (`isInfrastructureFault`: the shared call limiter, the quota counters, the
- * export cache) is neither: the batch fails with it, nothing of it is sent and no status is written, and
- * the bus holds it until the dependency is back; sent on, its devices would be scored without their
- * vulnerabilities and their scores published over their real ones.
+ * `vulnerabilities: null` and the reason: a missing signal never holds the cycle back; a device deleted since
+ * the listing is left out. A failure of the tenant as a whole (credentials, consent) stops its calls for the
+ * cycle, an outage of its API for `OUTAGE_HOLD_BACK_MS`, and is written to its status; a tenant disabled
+ * during its cycle is not called, and its batches are recorded lost. A fault of Redis or Kafka
+ * (`isInfrastructureFault`: the shared call limiter, the quota counters, the export cache) is neither: the
+ * batch fails with it, nothing of it is sent and no status is written, and the bus holds it until the
+ * dependency is back; sent on, its devices would be scored without their vulnerabilities and their scores
+ * published over their real ones.
  */
 export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<DeviceBatch> {
   const now = deps.now ?? (() => new Date());
   const fetches = deps.metrics.counter(
     'urs_vulnerability_fetches_total',
-    'Device vulnerability lookups, by mode and outcome (ok, failed, skipped; reused: a per-device answer an earlier try of the batch had, not asked for again; not-held: a device excluded from vulnerability management, not asked for or not taken from the export; not-in-snapshot: a device first seen after the bulk export was generated).',
+    'Device vulnerability lookups, by mode and outcome (ok, failed, skipped; reused: a per-device answer an earlier try of the batch had, not asked for again; not-held: a device excluded from vulnerability management, not asked for or not taken from the export; not-in-snapshot: a device first seen after the bulk export was generated; gone: a per-device device deleted since the listing, left out of its batch).',
   );
   // Served at 0 from the start: UrsVulnerabilityFetchesFailing's share of failed and skipped devices would
   // otherwise miss a process's first batch of them (increase() counts nothing before a series' first sample).
@@ -305,78 +308,15 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     signal: AbortSignal,
   ): Promise<void> {
     const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
-    let enrichment: Enrichment;
+    const { record, waitedMs } = await tenant.record(batch, cycleKey, log, signal);
+    if (record === null) throw tenantUnknown(batch, waitedMs, log);
+    if (record.enabled === false) return disabledTenant(batch, log);
     const remembered = tenant.failureOf(cycleKey);
-    const lookup = remembered ? null : await tenant.record(batch, cycleKey, log, signal);
-    const record: TenantRecord | null = lookup?.record ?? null;
-    if (remembered) {
-      enrichment = { devices: missing(batch.devices, remembered), collectedAt: now() };
-    } else if (record === null) {
-      // Not sent on without vulnerabilities: scored so (0 points for them under the default profile) and
-      // published, the devices' scores would drop below their last ones over VMS, and the cycle's summary
-      // would say `complete`, for a fault of ours (or a tenant deleted since). The summary contract has no
-      // reason field; its way to say "not complete" is `partial`, with the devices never scored counted as
-      // `failed`: the batch dead-lettered is recorded lost, the publisher closes the cycle so once its other
-      // batches are scored, and VMS keeps the devices' last scores.
-      const error = new UrsError(
-        'TENANT_UNKNOWN',
-        `no record of tenant ${batch.tenantId} in Redis after ${lookup?.waitedMs ?? 0} ms: ` +
-          'deleted during the cycle, or Redis lost its data and the registrar has not rebuilt it from ' +
-          'urs.tenants (is the registrar running? its log says when the rebuild ends); the batch is not ' +
-          'enriched, and its cycle is closed as partial once its other batches are scored',
-        { canRetry: false, details: { waitedMs: lookup?.waitedMs ?? 0 } },
-      );
-      log.warn('tenant record still missing: batch dead-lettered, not sent on without vulnerabilities', {
-        code: error.code,
-        reason: error.message,
-        devices: batch.devices.length,
-      });
-      throw error;
-    } else {
-      let result: TenantEnrichment;
-      try {
-        const source = deps.sources.forTenant(record);
-        result =
-          batch.vulnerabilityMode === 'bulk'
-            ? await bulk.enrich(batch, record.defender, source, heartbeat, log, signal)
-            : await perDevice.enrich(batch, source, log, signal);
-      } catch (caught) {
-        let error = caught;
-        if (error instanceof ReplicaSecretKeyError) {
-          if (await deps.replicaKey?.opensOthers(batch.tenantId)) {
-            // This key opens other tenants' secrets: the tenant's stored record is bad, not the key.
-            const bad = secretRecordUnreadable({
-              tenantId: batch.tenantId,
-              revision: record.revision,
-              service: 'vuln-fetcher',
-              cause: error,
-            });
-            error = new TenantAccessError(bad.code, bad.message, error);
-          } else {
-            // Not the tenant's failure: its status, its cycle and the cycle's other batches are left alone.
-            const fields = { code: error.code, reason: error.message, variables: error.details['variables'] };
-            const line =
-              "batch held: this vuln-fetcher's URS_SECRET_KEY does not open the tenant's secret, and opens no " +
-              "other tenant's";
-            if (keyHeldOnce(cycleKey)) log.error(line, fields);
-            else log.debug(line, fields);
-            throw error;
-          }
-        }
-        if (!isTenantWideFailure(error)) throw error;
-        const fetchError = { code: errorCode(error), message: errorMessage(error) };
-        result = {
-          devices: missing(batch.devices, fetchError),
-          collectedAt: now(),
-          tenantFailure: fetchError,
-        };
-      }
-      if (result.tenantFailure) {
-        if (isSetupErrorCode(result.tenantFailure.code)) deps.sources.forget(batch.tenantId);
-        await tenant.failed(batch, cycleKey, result.tenantFailure, log);
-      }
-      enrichment = result;
-    }
+    /** The record the batch's vulnerabilities were asked for with: none after a failure remembered. */
+    const askedWith = remembered ? null : record;
+    const enrichment: Enrichment = remembered
+      ? await withoutCalls(batch, remembered, log, signal)
+      : await enrichFrom(record, batch, cycleKey, heartbeat, log, signal);
     const header = enrichedHeader(batch, enrichment.collectedAt.toISOString());
     let toCorrect: string[] = [];
     const poller = header.totalBatches ?? batch.batchIndex + 1;
@@ -424,7 +364,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       );
     }
     await enrichment.afterSend?.();
-    if (readsLast(batch) && batch.lastBatch && record !== null) {
+    if (readsLast(batch) && batch.lastBatch && askedWith !== null) {
       if (toCorrect.length > 0) {
         corrected.inc({}, toCorrect.length);
         log.info('bulk cycle corrected', { devices: toCorrect.length, batches: correctionBatches });
@@ -439,11 +379,11 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         enrichment.unchangedFrom ?? batch.cycleId,
         {
           cvssThreshold: batch.cvssThreshold,
-          azureTenantId: record.defender.azureTenantId,
-          cloud: record.defender.cloud,
+          azureTenantId: askedWith.defender.azureTenantId,
+          cloud: askedWith.defender.cloud,
         },
-        latestKeepMs(record),
-        record.defender.pollIntervalMinutes * 60_000,
+        latestKeepMs(askedWith),
+        askedWith.defender.pollIntervalMinutes * 60_000,
         batch.cycleId,
       );
     }
@@ -458,6 +398,140 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     batches.inc({ mode: batch.vulnerabilityMode });
     const failed = enrichment.devices.filter((device) => device.vulnerabilities === null).length;
     log.info('batch enriched', { devices: enrichment.devices.length, failed, mode: batch.vulnerabilityMode });
+  }
+
+  /**
+   * The batch enriched from its tenant's source; a failure of the tenant as a whole (its credentials, its
+   * consent, its stored secret, an outage of its API) written to its status and remembered for the cycle's
+   * later batches (see `TenantState.failed`).
+   */
+  async function enrichFrom(
+    record: TenantRecord,
+    batch: DeviceBatch,
+    cycleKey: string,
+    heartbeat: () => Promise<void>,
+    log: Logger,
+    signal: AbortSignal,
+  ): Promise<TenantEnrichment> {
+    let result: TenantEnrichment;
+    try {
+      const source = deps.sources.forTenant(record);
+      result =
+        batch.vulnerabilityMode === 'bulk'
+          ? await bulk.enrich(batch, record.defender, source, heartbeat, log, signal)
+          : await perDevice.enrich(batch, source, log, signal);
+    } catch (caught) {
+      const error = await tenantFailureOf(caught, record, batch, cycleKey, log);
+      if (!isTenantWideFailure(error)) throw error;
+      const fetchError = { code: errorCode(error), message: errorMessage(error) };
+      result = { ...(await withoutCalls(batch, fetchError, log, signal)), tenantFailure: fetchError };
+    }
+    if (result.tenantFailure) {
+      if (isSetupErrorCode(result.tenantFailure.code)) deps.sources.forget(batch.tenantId);
+      await tenant.failed(batch, cycleKey, result.tenantFailure, log);
+    }
+    return result;
+  }
+
+  /**
+   * What a failure to enrich the batch is: a secret this replica's key does not open is the tenant's failure
+   * when the key opens other tenants' secrets (its stored record is bad), else it is this replica's and the
+   * batch is held (thrown here); any other error is returned as it is.
+   */
+  async function tenantFailureOf(
+    error: unknown,
+    record: TenantRecord,
+    batch: DeviceBatch,
+    cycleKey: string,
+    log: Logger,
+  ): Promise<unknown> {
+    if (!(error instanceof ReplicaSecretKeyError)) return error;
+    if (await deps.replicaKey?.opensOthers(batch.tenantId)) {
+      // This key opens other tenants' secrets: the tenant's stored record is bad, not the key.
+      const bad = secretRecordUnreadable({
+        tenantId: batch.tenantId,
+        revision: record.revision,
+        service: 'vuln-fetcher',
+        cause: error,
+      });
+      return new TenantAccessError(bad.code, bad.message, error);
+    }
+    // Not the tenant's failure: its status, its cycle and the cycle's other batches are left alone.
+    const fields = { code: error.code, reason: error.message, variables: error.details['variables'] };
+    const line =
+      "batch held: this vuln-fetcher's URS_SECRET_KEY does not open the tenant's secret, and opens no " +
+      "other tenant's";
+    if (keyHeldOnce(cycleKey)) log.error(line, fields);
+    else log.debug(line, fields);
+    throw error;
+  }
+
+  /**
+   * The batch's devices sent on without a call, their tenant having failed as a whole (`failure`), each
+   * counted as the batch that met the failure counts the devices it no longer asks for: per device, the
+   * answers an earlier try of the batch had are sent (`reused`), the others `skipped`; in bulk, `failed`
+   * (the export never came). A device Microsoft holds no vulnerabilities of is `not-held` in either mode.
+   */
+  async function withoutCalls(
+    batch: DeviceBatch,
+    failure: FetchError,
+    log: Logger,
+    signal: AbortSignal,
+  ): Promise<Enrichment> {
+    if (batch.vulnerabilityMode === 'per-device') return perDevice.withoutCalls(batch, failure, log, signal);
+    const devices = missing(batch.devices, failure);
+    countBulkFetches(fetches, devices);
+    return { devices, collectedAt: now() };
+  }
+
+  /**
+   * The error of a batch whose tenant record stays missing, logged. Not sent on without vulnerabilities:
+   * scored so (0 points for them under the default profile) and published, the devices' scores would drop
+   * below their last ones over VMS, and the cycle's summary would say `complete`, for a fault of ours (or a
+   * tenant deleted since). The summary contract has no reason field; its way to say "not complete" is
+   * `partial`, with the devices never scored counted as `failed`: the batch dead-lettered is recorded lost,
+   * the publisher closes the cycle so once its other batches are scored, and VMS keeps the devices' last
+   * scores.
+   */
+  function tenantUnknown(batch: DeviceBatch, waitedMs: number, log: Logger): UrsError {
+    const error = new UrsError(
+      'TENANT_UNKNOWN',
+      `no record of tenant ${batch.tenantId} in Redis after ${waitedMs} ms: ` +
+        'deleted during the cycle, or Redis lost its data and the registrar has not rebuilt it from ' +
+        'urs.tenants (is the registrar running? its log says when the rebuild ends); the batch is not ' +
+        'enriched, and its cycle is closed as partial once its other batches are scored',
+      { canRetry: false, details: { waitedMs } },
+    );
+    log.warn('tenant record still missing: batch dead-lettered, not sent on without vulnerabilities', {
+      code: error.code,
+      reason: error.message,
+      devices: batch.devices.length,
+    });
+    return error;
+  }
+
+  /**
+   * A batch of a tenant disabled since its cycle began: no call is made with its credentials (its client,
+   * with its secret, is let go of), and nothing is sent. As for a batch whose tenant record is missing, its
+   * devices are not sent on without vulnerabilities (the scorer still scores a disabled tenant's last cycle,
+   * and their scores would drop over VMS); the batch is recorded lost, as its dead letter would be, without
+   * one (disabling a tenant is no fault): the publisher counts its devices as failed and closes the cycle as
+   * partial once its other batches are scored, and VMS keeps the devices' last scores. A later delivery of
+   * the batch does the same, or, the tenant enabled again meanwhile, enriches it (its scored batch is then
+   * no longer lost).
+   */
+  async function disabledTenant(batch: DeviceBatch, log: Logger): Promise<void> {
+    deps.sources.forget(batch.tenantId);
+    await deps.cycles.lost(
+      batch.tenantId,
+      batch.cycleId,
+      batch.batchIndex,
+      batch.devices.length,
+      now().getTime(),
+    );
+    log.info('tenant disabled during its cycle: batch not enriched, recorded lost', {
+      devices: batch.devices.length,
+    });
   }
 
   /** Counts and logs a batch not enriched again, its enriched batch produced already. */

@@ -6,6 +6,7 @@ import type { AnsweredCall, AnsweredCalls } from '@urs/store';
 import type { Counter } from '@urs/telemetry';
 import { notHeld, type FetchError, type TenantEnrichment } from './enrichment';
 import { throwIfStopping } from './interruption';
+import { OUTAGE_HOLD_BACK_MS } from './tenant';
 import { isTenantWideFailure, type VulnerabilitySource } from './sources';
 import { summariseVulnerabilities } from '@urs/contracts/vulnerabilities';
 
@@ -36,6 +37,18 @@ export interface PerDeviceEnrichment {
     log: Logger,
     signal: AbortSignal | undefined,
   ): Promise<TenantEnrichment>;
+  /**
+   * The batch without a call, its tenant having failed as a whole (`failure`, met by an earlier batch of the
+   * cycle, or by this one as its source was made): the answers its earlier tries had are sent (counted
+   * `reused`), its other devices go on without vulnerabilities with `failure` as the reason (counted
+   * `skipped`, or `not-held`). A fault of Redis reading the answers fails the batch.
+   */
+  withoutCalls(
+    batch: DeviceBatch,
+    failure: FetchError,
+    log: Logger,
+    signal: AbortSignal | undefined,
+  ): Promise<TenantEnrichment>;
   /** Lets the batch's answered calls go once it is sent (a failure only logged: they expire). */
   sent(batch: DeviceBatch, log: Logger): Promise<void>;
 }
@@ -43,10 +56,12 @@ export interface PerDeviceEnrichment {
 /**
  * Device calls of a batch failing in a row because Defender is down, throttles for longer than a call
  * waits, or something in front of it (a proxy, a firewall, a gateway) refuses them (REQUEST_REJECTED: its
- * 403 without MDE's error body, or another 4xx every device draws): the tenant's outage, not the devices'. After this many the cycle's other devices are not asked
- * for (the rest of the batch, and the cycle's later batches, as after a credentials failure), so one
- * tenant's outage does not hold the 10 shared slots for each of its devices' retries and timeouts. The
- * Defender client counts its attempts too (CallHealth): a call it holds back stops the cycle's calls at once.
+ * 403 without MDE's error body, or another 4xx every device draws): the tenant's outage, not the devices'.
+ * After this many the batch's other devices are not asked for, nor the cycle's later batches' for
+ * `OUTAGE_HOLD_BACK_MS` (then they ask again: a passing outage does not cost the tenant its cycle's
+ * vulnerabilities), so one tenant's outage does not hold the 10 shared slots for each of its devices' retries
+ * and timeouts. The Defender client counts its attempts too (CallHealth): a call it holds back stops the
+ * batch's calls at once.
  */
 const OUTAGE_AFTER_FAILURES = 10;
 const OUTAGE_CODES: ReadonlySet<string> = new Set([
@@ -62,6 +77,19 @@ const OUTAGE_CODES: ReadonlySet<string> = new Set([
  */
 const KEEP_EVERY_MS = 100;
 
+/** The source of a batch that makes no call (`withoutCalls`): its tenant's failure is set from the start. */
+const NO_CALLS: VulnerabilitySource = {
+  machineVulnerabilities: () => Promise.reject(new Error('no device call is made for a tenant that failed')),
+  bulkVulnerabilities: () => Promise.reject(new Error('no export is read for a tenant that failed')),
+};
+
+/**
+ * Whether a device call failed because the device is gone: deleted from Defender (or offboarded and purged)
+ * between the cycle's listing and its call (404). Its vulnerabilities are no missing signal of a device that
+ * is there: the device is left out of its batch (see `createPerDeviceEnrichment`).
+ */
+const isGone = (error: unknown): boolean => errorCode(error) === DefenderErrorCode.NOT_FOUND;
+
 export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichment {
   const { answers, now, fetches } = deps;
 
@@ -70,8 +98,10 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
     source: VulnerabilitySource,
     log: Logger,
     signal: AbortSignal | undefined,
+    remembered?: FetchError,
   ): Promise<TenantEnrichment> {
-    const devices: EnrichedDevice[] = new Array(batch.devices.length);
+    // A device gone since the listing keeps no place (`isGone`).
+    const devices: (EnrichedDevice | undefined)[] = new Array(batch.devices.length);
     const { tenantId, cycleId, batchIndex } = batch;
     // A fault of Redis reading them fails the batch (held): going on without them would ask Defender again
     // for every device an earlier try had answered, and the calls need Redis (the shared limiter) anyway.
@@ -112,7 +142,7 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
       unwritten.push({ deviceId, summary, at: at.toISOString() });
       writeTimer ??= setTimeout(writeKept, KEEP_EVERY_MS).unref();
     }
-    let tenantFailure: FetchError | undefined;
+    let tenantFailure: FetchError | undefined = remembered;
     /** A fault of Redis or Kafka met by a call: the batch stops, and fails with it. */
     let fault: { error: unknown } | undefined;
     let next = 0;
@@ -155,8 +185,17 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
             fault ??= { error };
             return;
           }
+          if (isGone(error)) {
+            // Not scored as a device that is there without its vulnerabilities: the next cycle's listing
+            // leaves it out, and the publisher tombstones it once it is missing from enough cycles.
+            log.debug('device gone since the listing: left out of the batch', { deviceId: machine.id });
+            fetches.inc({ mode: 'per-device', outcome: 'gone' });
+            outageRun = 0;
+            collectedAt = now();
+            continue;
+          }
           const fetchError = { code: errorCode(error), message: errorMessage(error) };
-          // A hold-back speaks for the tenant's calls, not this device's: the cycle asks for no more of them.
+          // A hold-back speaks for the tenant's calls, not this device's: the batch asks for no more of them.
           if (isTenantWideFailure(error) || CallHealth.isHeldBack(error)) tenantFailure ??= fetchError;
           else
             log.warn('device vulnerabilities not fetched', {
@@ -170,7 +209,8 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
               code: fetchError.code,
               message:
                 `Microsoft Defender failed ${outageRun} device calls in a row (${fetchError.message}); ` +
-                `the tenant's other devices of this cycle are not asked for, the next cycle tries again`,
+                `the batch's other devices are not asked for, and the cycle's next batches ask again after ` +
+                `${OUTAGE_HOLD_BACK_MS / 1000} s`,
             };
           devices[index] = { machine, vulnerabilities: null, fetchError };
           fetches.inc({ mode: 'per-device', outcome: 'failed' });
@@ -198,11 +238,13 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
       });
       throw fault.error;
     }
-    return { devices, collectedAt, ...(tenantFailure ? { tenantFailure } : {}) };
+    const present = devices.filter((device): device is EnrichedDevice => device !== undefined);
+    return { devices: present, collectedAt, ...(tenantFailure ? { tenantFailure } : {}) };
   }
 
   return {
     enrich: perDevice,
+    withoutCalls: (batch, failure, log, signal) => perDevice(batch, NO_CALLS, log, signal, failure),
     async sent(batch, log) {
       await answers.forget(batch.tenantId, batch.cycleId, batch.batchIndex).catch((error: unknown) =>
         log.debug('answered device calls of the sent batch not let go: they expire', {

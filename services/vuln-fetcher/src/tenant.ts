@@ -3,6 +3,7 @@ import type { Logger } from '@urs/logging';
 import type { TenantStore } from '@urs/store';
 import type { FetchError } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
+import { isTenantWideCode } from './sources';
 
 export interface TenantStateDeps {
   tenants: Pick<TenantStore, 'get' | 'updatePollingStatus'>;
@@ -25,11 +26,18 @@ export interface TenantState {
     log: Logger,
     signal: AbortSignal | undefined,
   ): Promise<{ record: TenantRecord | null; waitedMs: number }>;
-  /** The failure of the whole tenant an earlier batch of the cycle (`tenantId/cycleId`) met, if any. */
+  /**
+   * The failure of the whole tenant an earlier batch of the cycle (`tenantId/cycleId`) met, if any, while it
+   * holds: for the rest of the cycle when it is the tenant's setup's, for `OUTAGE_HOLD_BACK_MS` when it is an
+   * outage of its API.
+   */
   failureOf(cycleKey: string): FetchError | undefined;
   /**
    * Writes a failure of the whole tenant to its status, then remembers it for the cycle's later batches (not
-   * when the write fails: the batch fails with it, and its next try meets the failure again).
+   * when the write fails: the batch fails with it, and its next try meets the failure again): a failure of
+   * its setup (`isTenantWideCode`: credentials, consent, its stored secret) for the rest of the cycle, which
+   * no call mends until an administrator acts; an outage (calls failing in a row, throttled, held back by the
+   * Defender client) for `OUTAGE_HOLD_BACK_MS`, after which the cycle's next batch asks again.
    */
   failed(batch: DeviceBatch, cycleKey: string, error: FetchError, log: Logger): Promise<void>;
 }
@@ -37,9 +45,24 @@ export interface TenantState {
 /** Tenant-wide failures remembered per cycle, so later batches of the cycle do not call again. */
 const REMEMBERED_FAILURES = 1000;
 
+/**
+ * How long an outage of a tenant's Defender API stops its cycle's calls, in milliseconds: the Defender
+ * client's own hold-back of a tenant whose calls keep failing (CallHealth's `holdBackMs`), sooner than which
+ * a call would only meet it. Not a wait: the batches that come meanwhile go on without vulnerabilities at
+ * once, so the tenant's partition (other tenants' batches too) is not held up; the first batch after it
+ * calls again, and a cycle whose outage passed gets the vulnerabilities of its later batches.
+ */
+export const OUTAGE_HOLD_BACK_MS = 30_000;
+
+/** A failure of the whole tenant remembered for its cycle: until `until` (epoch ms) when it is an outage. */
+interface RememberedFailure {
+  error: FetchError;
+  until?: number;
+}
+
 export function createTenantState(deps: TenantStateDeps): TenantState {
   const { now } = deps;
-  const failedCycles = new Map<string, FetchError>();
+  const failedCycles = new Map<string, RememberedFailure>();
   /**
    * The cycles (`tenantId/cycleId`) whose tenant record stayed missing for a whole `tenantWaitMs`: their
    * later batches look once and do not wait again (a deleted tenant's cycle would wait once per batch).
@@ -78,7 +101,8 @@ export function createTenantState(deps: TenantStateDeps): TenantState {
   }
 
   function rememberFailure(key: string, error: FetchError): void {
-    failedCycles.set(key, error);
+    const setup = isTenantWideCode(error.code);
+    failedCycles.set(key, setup ? { error } : { error, until: now().getTime() + OUTAGE_HOLD_BACK_MS });
     if (failedCycles.size > REMEMBERED_FAILURES) {
       const oldest = failedCycles.keys().next().value;
       if (oldest !== undefined) failedCycles.delete(oldest);
@@ -97,9 +121,18 @@ export function createTenantState(deps: TenantStateDeps): TenantState {
     });
   }
 
+  function failureOf(cycleKey: string): FetchError | undefined {
+    const remembered = failedCycles.get(cycleKey);
+    if (remembered?.until !== undefined && now().getTime() >= remembered.until) {
+      failedCycles.delete(cycleKey);
+      return undefined;
+    }
+    return remembered?.error;
+  }
+
   return {
     record: tenantRecord,
-    failureOf: (cycleKey) => failedCycles.get(cycleKey),
+    failureOf,
     async failed(batch, cycleKey, error, log) {
       // Remembered only once written: a write Redis refuses (READONLY, OOM) fails the batch, held by the bus,
       // and its next try must meet the failure again and write it. Remembered first, the next try would send

@@ -151,6 +151,8 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
   };
   let clock = Date.parse('2026-01-01T10:00:05.000Z');
   const renewals: string[] = [];
+  /** The batches recorded lost, with their devices. */
+  const lostBatches: { batchIndex: number; devices: number | undefined }[] = [];
   const bulkCache = memoryBulkCache(renewals);
   const handler = createEnrichHandler({
     tenants: {
@@ -175,6 +177,10 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
       claimBatch: async () => 'claimed',
       renewBatchClaim: async () => true,
       releaseBatchClaim: async () => undefined,
+      lost: async (_tenantId, _cycleId, batchIndex, devices) => {
+        lostBatches.push({ batchIndex, devices });
+        return true;
+      },
     },
     publisher,
     topic: 'urs.devices-enriched',
@@ -187,7 +193,18 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
     now: () => new Date((clock += 1000)),
     ...overrides,
   });
-  return { handler, sent, statuses, bulkCache, renewals, forgotten };
+  return { handler, sent, statuses, bulkCache, renewals, forgotten, lostBatches };
+}
+
+/** A count of `urs_vulnerability_fetches_total` as `metrics` serves it (0 for a series not served). */
+export function fetched(metrics: Registry, mode: 'per-device' | 'bulk', outcome: string): number {
+  const line = metrics
+    .expose()
+    .split('\n')
+    .find((served) =>
+      served.startsWith(`urs_vulnerability_fetches_total{mode="${mode}",outcome="${outcome}"} `),
+    );
+  return line === undefined ? 0 : Number(line.split(' ').pop());
 }
 
 export const cve = (id: string, cvssV3: number | null): VulnerabilityLike => ({ id, cvssV3 });

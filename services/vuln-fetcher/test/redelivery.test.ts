@@ -26,6 +26,7 @@ function memoryCycles(): EnrichHandlerDeps['cycles'] {
       enriched.has(key(tenantId, cycleId, batchIndex)) ? 'enriched' : 'claimed',
     renewBatchClaim: async () => true,
     releaseBatchClaim: async () => undefined,
+    lost: async () => true,
   };
 }
 

@@ -1,0 +1,221 @@
+import type { EnrichedBatch, TenantRecord } from '@urs/contracts';
+import { DefenderError, DefenderErrorCode } from '@urs/defender';
+import { silentLogger } from '@urs/logging';
+import { Registry } from '@urs/telemetry';
+import { capturingLogger, type LogLine } from '@urs/testkit';
+import { TenantAccessError, type SourceProvider } from '../src/sources';
+import { batch, capturingPublisher, cve, fetched, message, record, setup } from './handler-support';
+
+// What a batch does when its tenant fails as a whole, or its devices are gone: the devices it counts, the calls
+// it makes, and what it sends on.
+
+/** Not part of the cycle's first batch: its totals come with the last one. */
+const firstOf = (devices: { id: string }[]) =>
+  batch({ devices, lastBatch: false, totalBatches: undefined, totalDevices: undefined });
+
+const devicesOf = (count: number, from = 0): { id: string }[] =>
+  Array.from({ length: count }, (_, i) => ({ id: `d${from + i}` }));
+
+/** A clock the test moves: `now` reads it, `pass` moves it on. */
+function testClock(): { now: () => Date; pass: (ms: number) => void } {
+  let at = Date.parse('2026-01-01T10:00:05.000Z');
+  return { now: () => new Date(at), pass: (ms) => void (at += ms) };
+}
+
+/** Sources whose `forTenant` fails as a stored secret sealed with a key id no longer held does. */
+const unopenedSecret = (): SourceProvider => ({
+  forTenant: () => {
+    throw new TenantAccessError('SECRET_KEY_UNKNOWN', 'the stored client secret is sealed with key id k0');
+  },
+  forget: () => undefined,
+  close: () => undefined,
+});
+
+describe('a tenant failing as a whole', () => {
+  it('should count every device of the later batches of the cycle as skipped, or not held', async () => {
+    const metrics = new Registry({ processMetrics: false });
+    let calls = 0;
+    const { handler, sent } = setup(
+      {
+        machineVulnerabilities: async () => {
+          calls++;
+          throw new DefenderError(DefenderErrorCode.CONSENT_MISSING, 'the app lacks Vulnerability.Read.All');
+        },
+      },
+      { concurrency: 1, metrics },
+    );
+    await handler(message(firstOf(devicesOf(3))));
+    const later = [{ id: 'd3' }, { id: 'd4', isExcluded: true }, { id: 'd5' }];
+    await handler(message(batch({ batchIndex: 1, devices: later })));
+    expect(calls).toBe(1);
+    expect(sent).toHaveLength(2);
+    expect(fetched(metrics, 'per-device', 'failed')).toBe(1);
+    expect(fetched(metrics, 'per-device', 'skipped')).toBe(2 + 2);
+    expect(fetched(metrics, 'per-device', 'not-held')).toBe(1);
+  });
+
+  it.each(['per-device', 'bulk'] as const)(
+    'should count every %s device of a tenant whose secret cannot be opened, in every batch of the cycle',
+    async (mode) => {
+      const metrics = new Registry({ processMetrics: false });
+      const { handler, sent, statuses } = setup({}, { metrics, sources: unopenedSecret() });
+      await handler(message({ ...firstOf(devicesOf(3)), vulnerabilityMode: mode }));
+      await handler(message(batch({ batchIndex: 1, devices: devicesOf(2, 3), vulnerabilityMode: mode })));
+      expect(sent.flatMap((out) => out.devices).every((device) => device.vulnerabilities === null)).toBe(
+        true,
+      );
+      expect(statuses[0]).toMatchObject({ state: 'error', lastErrorCode: 'SECRET_KEY_UNKNOWN' });
+      // The per-device side's devices not asked for are `skipped`; the bulk side's without an export `failed`.
+      expect(fetched(metrics, mode, mode === 'bulk' ? 'failed' : 'skipped')).toBe(5);
+    },
+  );
+});
+
+describe("a tenant whose Defender API fails for its own reasons (an outage, not the tenant's setup)", () => {
+  it("should hold the cycle's calls back for a while, then ask again in its later batches", async () => {
+    const clock = testClock();
+    let down = true;
+    const asked: string[] = [];
+    const { handler, sent, statuses } = setup(
+      {
+        machineVulnerabilities: async (id) => {
+          asked.push(id);
+          if (down) throw new DefenderError(DefenderErrorCode.UNAVAILABLE, 'the API answered 503 six times');
+          return [cve('CVE-1', 9.8)];
+        },
+      },
+      { concurrency: 1, now: clock.now },
+    );
+    await handler(message(firstOf(devicesOf(12))));
+    expect(asked).toHaveLength(10);
+    expect(statuses[0]).toMatchObject({ state: 'error', lastErrorCode: 'DEFENDER_UNAVAILABLE' });
+    // Within the hold-back the cycle's next batch asks for none of its devices.
+    clock.pass(5_000);
+    await handler(message(batch({ batchIndex: 1, lastBatch: false, devices: devicesOf(3, 12) })));
+    expect(asked).toHaveLength(10);
+    // Defender is back, and the hold-back over: the cycle's later batches are enriched.
+    down = false;
+    clock.pass(60_000);
+    await handler(message(batch({ batchIndex: 2, devices: devicesOf(3, 15) })));
+    expect(asked.slice(10)).toEqual(['d15', 'd16', 'd17']);
+    expect(sent[2]?.devices.every((device) => device.vulnerabilities?.criticalCveCount === 1)).toBe(true);
+  });
+
+  it("should keep a failure of the tenant's setup for the whole cycle", async () => {
+    const clock = testClock();
+    let calls = 0;
+    const { handler } = setup(
+      {
+        machineVulnerabilities: async () => {
+          calls++;
+          throw new DefenderError(DefenderErrorCode.INVALID_SECRET, 'The client secret is not valid');
+        },
+      },
+      { concurrency: 1, now: clock.now },
+    );
+    await handler(message(firstOf(devicesOf(3))));
+    clock.pass(30 * 60_000);
+    await handler(message(batch({ batchIndex: 1, devices: devicesOf(3, 3) })));
+    expect(calls).toBe(1);
+  });
+
+  it('should send the answers an earlier try of a batch had when the batch is tried again within the hold-back', async () => {
+    const clock = testClock();
+    const asked: string[] = [];
+    let sends = 0;
+    const { sent, publisher } = capturingPublisher(() => {
+      // Kafka refuses the batch's first send: the bus tries the batch again.
+      if (++sends === 1) throw new Error('KafkaJSNumberOfRetriesExceeded');
+    });
+    const { handler } = setup(
+      {
+        machineVulnerabilities: async (id) => {
+          asked.push(id);
+          if (['d0', 'd1', 'd2'].includes(id)) return [cve('CVE-1', 9.8)];
+          throw new DefenderError(DefenderErrorCode.UNAVAILABLE, 'the API answered 503 six times');
+        },
+      },
+      { concurrency: 1, now: clock.now, publisher },
+    );
+    const devices = devicesOf(15);
+    await expect(handler(message(firstOf(devices)))).rejects.toThrow('KafkaJSNumberOfRetriesExceeded');
+    expect(asked).toHaveLength(13);
+    clock.pass(1_000);
+    await handler(message(firstOf(devices)));
+    expect(asked).toHaveLength(13);
+    const out = sent[0] as EnrichedBatch;
+    expect(out.devices.map((device) => device.vulnerabilities?.criticalCveCount ?? null)).toEqual([
+      1,
+      1,
+      1,
+      ...Array.from({ length: 12 }, () => null),
+    ]);
+  });
+});
+
+describe('a device deleted since it was listed', () => {
+  it('should be left out of its enriched batch, counted gone, not failed, and logged without a warning', async () => {
+    const metrics = new Registry({ processMetrics: false });
+    const lines: LogLine[] = [];
+    const { handler, sent } = setup(
+      {
+        machineVulnerabilities: async (id) => {
+          if (id === 'd2')
+            throw new DefenderError(DefenderErrorCode.NOT_FOUND, 'Device d2 is not known (404)');
+          return [cve('CVE-1', 9.8)];
+        },
+      },
+      { metrics, logger: capturingLogger(lines) },
+    );
+    await handler(message(batch()));
+    const out = sent[0] as EnrichedBatch;
+    expect(out.devices.map((device) => device.machine.id)).toEqual(['d1', 'd3']);
+    // The cycle's header is the poller's: its batches and devices as listed.
+    expect(out).toMatchObject({ batchIndex: 0, lastBatch: true, totalBatches: 1, totalDevices: 3 });
+    expect(fetched(metrics, 'per-device', 'gone')).toBe(1);
+    expect(fetched(metrics, 'per-device', 'failed')).toBe(0);
+    expect(lines.filter((line) => line.level === 'warn')).toEqual([]);
+  });
+});
+
+describe('a tenant disabled during its cycle', () => {
+  const disabled = { ...record, enabled: false, disabledReason: 'missing from Director full push 42' };
+
+  it("should make no call with its credentials, send nothing, and record the batch lost for the cycle's close", async () => {
+    let calls = 0;
+    let opened = 0;
+    const forgotten: string[] = [];
+    const { handler, sent, statuses, lostBatches } = setup(
+      {},
+      {
+        tenants: {
+          get: async () => disabled as TenantRecord,
+          updatePollingStatus: async () => true,
+        },
+        sources: {
+          forTenant: () => {
+            opened++;
+            return {
+              machineVulnerabilities: async () => {
+                calls++;
+                return [];
+              },
+              bulkVulnerabilities: async () => undefined,
+            };
+          },
+          forget: (tenantId) => void forgotten.push(tenantId),
+          close: () => undefined,
+        },
+        logger: silentLogger,
+      },
+    );
+    await handler(message(batch({ batchIndex: 3, devices: devicesOf(4) })));
+    expect(opened).toBe(0);
+    expect(calls).toBe(0);
+    expect(sent).toEqual([]);
+    expect(statuses).toEqual([]);
+    expect(lostBatches).toEqual([{ batchIndex: 3, devices: 4 }]);
+    // Its secret is not kept in memory for a tenant no longer polled.
+    expect(forgotten).toEqual(['t1']);
+  });
+});
