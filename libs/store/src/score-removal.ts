@@ -60,3 +60,43 @@ for i = 7, #KEYS do
   end
 end
 return answer`;
+
+/**
+ * The score store's removal of devices (ScoreStore.remove), in one script with the save's stamp compare, so
+ * that a score the scorer stores meanwhile is either removed whole or kept whole.
+ *
+ * KEYS[1] scores hash, KEYS[2] stamps hash, KEYS[3] bands hash, KEYS[4] the tenant's history cycles (sorted
+ * set by start), then the history hash of each cycle the caller read from KEYS[4]. ARGV[1] the cut (the
+ * start, epoch ms, of the cycle that tombstoned the devices; empty: none, everything goes), ARGV[2] how many
+ * cycles, then those cycles' ids in the order of their hashes, then the devices' ids.
+ *
+ * A score stamped after the cut (`scoreStamp`: a newer cycle listed the device again, its batch stored before
+ * the older cycle's completion tombstoned it) stays, and so do the device's history entries of cycles after
+ * the cut: the rule the save skips a tombstoned device by (`tombstonedSince`), the other way round. A cycle
+ * added between the caller's read and this script is one the save let through, hence newer than the cut.
+ */
+export const REMOVE_DEVICES = `
+local cut = math.huge
+if ARGV[1] ~= '' then cut = tonumber(ARGV[1]) end
+local cycles = tonumber(ARGV[2])
+local first = 3 + cycles
+local slice = 200
+for from = first, #ARGV, slice do
+  local to = math.min(#ARGV, from + slice - 1)
+  local ids = {unpack(ARGV, from, to)}
+  local stamps = redis.call('HMGET', KEYS[2], unpack(ids))
+  local gone = {}
+  for i = 1, #ids do
+    if stamps[i] and tonumber(stamps[i]) <= cut then gone[#gone + 1] = ids[i] end
+  end
+  if #gone > 0 then
+    redis.call('HDEL', KEYS[1], unpack(gone))
+    redis.call('HDEL', KEYS[2], unpack(gone))
+    redis.call('HDEL', KEYS[3], unpack(gone))
+  end
+  for i = 1, cycles do
+    local at = redis.call('ZSCORE', KEYS[4], ARGV[2 + i])
+    if at and tonumber(at) <= cut then redis.call('HDEL', KEYS[4 + i], unpack(ids)) end
+  end
+end
+return 1`;

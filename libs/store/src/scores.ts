@@ -1,7 +1,7 @@
 import type Redis from 'ioredis';
 import type { RedisConfig } from '@urs/config';
 import type { Band, ScoredDevice } from '@urs/contracts';
-import { REMOVE_TENANT } from './score-removal';
+import { REMOVE_DEVICES, REMOVE_TENANT } from './score-removal';
 import { DELETED_BEFORE_LUA, tenantDeletionKey } from './tenant-deletion';
 import { tenantRecordKey } from './tenants';
 import { TOMBSTONED_SINCE_LUA, tombstonedKeyOf } from './tombstoned-devices';
@@ -101,8 +101,13 @@ export interface ScoreStore {
   ): Promise<{ total: number; items: StoredScore[] }>;
   /** The device's scores in the tenant's last cycles (at most the history length), newest first. */
   history(tenantId: string, deviceId: string): Promise<ScoreHistoryEntry[]>;
-  /** Forgets devices (gone for good): their score, band and history. */
-  remove(tenantId: string, deviceIds: string[]): Promise<void>;
+  /**
+   * Forgets devices (gone for good): their score, band and history. With `tombstonedAt`, the start (epoch
+   * ms) of the completed cycle that tombstoned them, only what is of that cycle or an older one: a newer
+   * cycle that listed a device again may have stored its score before the older cycle completed, and its
+   * score and history entries stay (the save refuses the others by the same rule, see `tombstonedKeyOf`).
+   */
+  remove(tenantId: string, deviceIds: string[], tombstonedAt?: number): Promise<void>;
   /**
    * Forgets what a deleted tenant left, once the publisher has recorded its deletion (its marker, see
    * `tenantDeletionKey`): every score, band and history of its devices, published or not, and its cycles;
@@ -346,16 +351,25 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
       }
       return entries;
     },
-    async remove(tenantId, deviceIds) {
+    async remove(tenantId, deviceIds, tombstonedAt) {
       if (deviceIds.length === 0) return;
       const cycles = await redis.zrange(cyclesKey(tenantId), 0, -1);
-      const removal = redis
-        .multi()
-        .hdel(scoresKey(tenantId), ...deviceIds)
-        .hdel(stampsKey(tenantId), ...deviceIds)
-        .hdel(bandsKey(tenantId), ...deviceIds);
-      for (const cycleId of cycles) removal.hdel(cycleHistoryKey(tenantId, cycleId), ...deviceIds);
-      await removal.exec();
+      const keys = [
+        scoresKey(tenantId),
+        stampsKey(tenantId),
+        bandsKey(tenantId),
+        cyclesKey(tenantId),
+        ...cycles.map((cycleId) => cycleHistoryKey(tenantId, cycleId)),
+      ];
+      await redis.eval(
+        REMOVE_DEVICES,
+        keys.length,
+        ...keys,
+        tombstonedAt === undefined ? '' : String(tombstonedAt),
+        String(cycles.length),
+        ...cycles,
+        ...deviceIds,
+      );
     },
     async removeTenant(tenantId, deletion = {}) {
       const cycles = await redis.zrange(cyclesKey(tenantId), 0, -1);

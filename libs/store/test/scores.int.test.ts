@@ -157,6 +157,22 @@ describe('createScoreStore', () => {
     expect((await scores.getDeviceScore('t', 'd1'))?.cycleId).toBe('c4');
   });
 
+  it("remove with the tombstoning cycle's start should keep the score and history of a newer cycle stored before it", async () => {
+    const scores = createScoreStore(redis.client, redis.prefix);
+    await scores.saveScores('t', cycle('c1', '2026-01-01T10:00:00.000Z'), [
+      device('d1', 10, 'Trustworthy'),
+      device('d2', 30, 'Low Risk'),
+    ]);
+    // Cycle c4 lists d1 again and is stored before the completion of c3 (10:30), which tombstones both.
+    await scores.saveScores('t', cycle('c4', '2026-01-01T10:40:00.000Z'), [device('d1', 20, 'Trustworthy')]);
+    await scores.remove('t', ['d1', 'd2'], Date.parse('2026-01-01T10:30:00.000Z'));
+    expect((await scores.getDeviceScore('t', 'd1'))?.cycleId).toBe('c4');
+    expect((await scores.history('t', 'd1')).map((entry) => entry.cycleId)).toEqual(['c4']);
+    expect(await scores.getDeviceScore('t', 'd2')).toBeNull();
+    expect(await scores.history('t', 'd2')).toEqual([]);
+    expect((await scores.listDeviceScores('t')).items.map((item) => item.device.deviceId)).toEqual(['d1']);
+  });
+
   it('history should keep the newest scores first up to its length', async () => {
     const scores = createScoreStore(redis.client, redis.prefix, { historyLength: 2 });
     for (let minute = 0; minute < 4; minute++) {

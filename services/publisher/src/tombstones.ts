@@ -15,7 +15,8 @@ export interface TombstonesDeps {
 /**
  * Sends devices' tombstones to VMS, then forgets them; counted in `urs_vms_records_total{kind="tombstone"}`.
  * `tombstonedAt`: the start (epoch ms) of the completed cycle that tombstones them, kept so that a batch of
- * that cycle or an older one, late or delivered again, does not bring them back (see `PublishedStore.forget`);
+ * that cycle or an older one, late or delivered again, does not bring them back (see `PublishedStore.forget`),
+ * and so that the score of a newer cycle, stored before this one completed, stays (see `ScoreStore.remove`);
  * none for a deleted tenant's devices.
  */
 export type Tombstones = (tenantId: string, deviceIds: string[], tombstonedAt?: number) => Promise<void>;
@@ -37,7 +38,7 @@ export function createTombstones(deps: TombstonesDeps): Tombstones {
       deviceIds.map((deviceId) => ({ key: vmsRecordKey(tenantId, deviceId), value: null })),
     );
     await deps.published.forget(tenantId, deviceIds, tombstonedAt);
-    await deps.scores.remove(tenantId, deviceIds);
+    await deps.scores.remove(tenantId, deviceIds, tombstonedAt);
     records.inc({ kind: 'tombstone' }, deviceIds.length);
   };
 }

@@ -411,6 +411,29 @@ describe('the publisher', () => {
     expect(tombstones()).toHaveLength(1);
   });
 
+  it("createCycleCompletion should keep the score a newer cycle stored for a device an older cycle's completion, coming after it, tombstones", async () => {
+    const { handler, begin } = build({ tombstoneAfterCycles: 2 });
+    const scores = createScoreStore(redis.client, redis.prefix);
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('back', 30, 'Low Risk')], 1));
+    await begin(2);
+    await handler(scoreBatch(2, 0, [device('a', 10, 'Trustworthy')], 1));
+    await begin(3);
+    await begin(4);
+    // Cycle 4 lists the device again: its score is stored, its batch not yet published, when cycle 3
+    // completes without the device and tombstones it.
+    const newer = scoreBatch(4, 0, [device('back', 50, 'Moderate Risk')]);
+    const { cycleId, cycleStartedAt, collectedAt, scoredAt } = newer;
+    await scores.saveScores('t1', { cycleId, cycleStartedAt, collectedAt, scoredAt }, newer.devices);
+    await handler(scoreBatch(3, 0, [device('a', 10, 'Trustworthy')], 1));
+    expect(
+      records()
+        .filter((m) => m.value === null)
+        .map((m) => m.key),
+    ).toEqual(['t1/back']);
+    expect((await scores.getDeviceScore('t1', 'back'))?.cycleId).toBe('c4');
+  });
+
   it("createCycleCompletion should send in a cycle's snapshot the devices a later cycle recorded before the cycle completed", async () => {
     const { handler, begin } = build({ snapshotEveryCycles: 1 });
     await begin(1);

@@ -77,6 +77,14 @@ export function renameFields(violations: Violation[], rename: (field: string) =>
   return violations.map((violation) => ({ field: rename(violation.field), rule: violation.rule }));
 }
 
+/**
+ * Violations named as a REST body names its fields (`clientId`, not the stored `defender.clientId`): how
+ * every REST answer names them, a PUT's 400 and a refused registration's 404 alike.
+ */
+export function restViolations(violations: Violation[]): Violation[] {
+  return renameFields(violations, (field) => field.replace(/^defender\./, ''));
+}
+
 /** One line listing every violation, for a status or a dead letter. */
 export function describeViolations(violations: Violation[]): string {
   return violations.map((violation) => `${violation.field} ${violation.rule}`).join('; ');

@@ -27,7 +27,8 @@ export interface ProfileCache extends Omit<CatchUp, 'stopWaiting'> {
    * whose record in memory is older than the store's while `urs.tenants` is still read to the end it had
    * at the start: its revisions come one by one then, the first long out of date). With `cycle`, the
    * profile the cycle started with when it is held (see `profileOf`): the tenant changed its profile
-   * during the cycle, and the cycle is scored with the one it started with. Null when the tenant was
+   * during the cycle, and the cycle is scored with the one it started with. From the tenant store, the
+   * store's profile counts as the latest and the ones in memory as the ones it replaced. Null when the tenant was
    * deleted (its tombstone read, its record gone from the tenant store): its batches still on their way
    * are expected, not poison. Throws TENANT_UNKNOWN for a tenant neither registered nor known deleted.
    */
@@ -89,8 +90,9 @@ export function createProfileCache(deps: {
       }
       if (entry && entry.revision >= record.revision) return profileOf(entry.profiles, cycle);
       // Not cached, or cached older: the record may be a disabled tenant finishing its last cycle, which is
-      // still scored.
-      return compile(record);
+      // still scored. Its profile is the latest, and the ones held before it are still the cycles' that
+      // started with them: chosen among as memory will hold them once the record is read.
+      return profileOf(heldWith(compile(record), entry?.profiles ?? []), cycle);
     },
     apply(tenantId, record) {
       if (record === null) {
@@ -112,13 +114,9 @@ export function createProfileCache(deps: {
       const current = entries.get(tenantId);
       if (current && current.revision >= record.revision) return;
       try {
-        const profile = compile(record);
-        // A record that leaves the profile as it was (a new secret, say) keeps the ones before it; one that
-        // brings an earlier profile back holds it once.
-        const earlier = (current?.profiles ?? []).filter((held) => held.hash !== profile.hash);
         entries.set(tenantId, {
           revision: record.revision,
-          profiles: [profile, ...earlier.slice(0, PROFILES_HELD - 1)],
+          profiles: heldWith(compile(record), current?.profiles ?? []),
         });
       } catch (error) {
         // The registrar validates profiles; a record that still fails keeps the last good profile.
@@ -134,6 +132,15 @@ export function createProfileCache(deps: {
     caughtUp: () => catchUp.caughtUp(),
     size: () => entries.size,
   };
+}
+
+/**
+ * The profiles held once `latest` comes after `earlier` (newest first). A record that leaves the profile as
+ * it was (a new secret, say) keeps the ones before it; one that brings an earlier profile back holds it once.
+ */
+function heldWith(latest: CompiledProfile, earlier: readonly CompiledProfile[]): HeldProfiles {
+  const before = earlier.filter((held) => held.hash !== latest.hash);
+  return [latest, ...before.slice(0, PROFILES_HELD - 1)];
 }
 
 /**

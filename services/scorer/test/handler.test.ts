@@ -310,6 +310,45 @@ describe('createScoreHandler', () => {
     expect(storeReads()).toBe(reads);
   });
 
+  it('should score a cycle with the profile it started with while urs.tenants replays, though the tenant store holds a newer one', async () => {
+    const weighted = (operational: number) => ({ weights: { criticalRisk: 100 - operational, operational } });
+    const started = compileProfile(parseProfile(weighted(100)));
+    // The tenant changed its profile during the cycle: the tenant store holds revision 2, memory revision 1.
+    const { handler, sent, tenantsHandler } = setup(
+      [tenantRecord('t1', 2, weighted(50))],
+      new Map([[0, 1n]]),
+    );
+    await tenantsHandler(inboundMessage(tenantRecord('t1', 1, weighted(100)), { offset: '0' }));
+    await handler(inbound(enriched({ profileHash: started.hash })));
+    expect(sent[0]?.devices[0]?.profileHash).toBe(started.hash);
+    // The next cycle, started with revision 2, is scored with the tenant store's.
+    const next = compileProfile(parseProfile(weighted(50)));
+    await handler(inbound(enriched({ cycleId: 'c2', profileHash: next.hash })));
+    expect(sent[1]?.devices[0]?.profileHash).toBe(next.hash);
+  });
+
+  it('should score a cycle whose profile is not held while urs.tenants replays as it would from memory: the newest at its threshold', async () => {
+    const at = (cvssThreshold: number) => ({
+      weights: { criticalRisk: 0, operational: 100 },
+      operational: { criticalCves: { cvssThreshold, pointsPerCve: 10, maxPoints: 100 } },
+    });
+    const gone = compileProfile(parseProfile({ ...at(9), weights: { criticalRisk: 50, operational: 50 } }));
+    const countedAtNine = compileProfile(parseProfile(at(9)));
+    const latest = compileProfile(parseProfile(at(7)));
+    const { handler, sent, tenantsHandler } = setup([tenantRecord('t1', 2, at(7))], new Map([[0, 1n]]));
+    await tenantsHandler(inboundMessage(tenantRecord('t1', 1, at(9)), { offset: '0' }));
+    // Counted at 9 (enriched()'s threshold), its own profile neither in memory nor in the tenant store.
+    await handler(inbound(enriched({ profileHash: gone.hash })));
+    expect(sent[0]?.devices[0]?.profileHash).toBe(countedAtNine.hash);
+    // Counted at a threshold no profile held counts at: the latest, the tenant store's.
+    const countedAtFive = enriched({ profileHash: gone.hash });
+    for (const device of countedAtFive.devices) {
+      if (device.vulnerabilities) device.vulnerabilities.cvssThreshold = 5;
+    }
+    await handler(inbound(countedAtFive));
+    expect(sent[1]?.devices[0]?.profileHash).toBe(latest.hash);
+  });
+
   it('should drop a batch of a tenant held in memory and gone from the tenant store while urs.tenants replays', async () => {
     const { handler, sent, tenantsHandler } = setup([], new Map([[0, 5n]]));
     // Its tombstone is further on the topic, not read yet; the registrar removed its record.

@@ -1,5 +1,6 @@
 import type { TenantRecord } from '@urs/contracts';
 import type { TenantStore } from '@urs/store';
+import { restViolations } from '../validation';
 import { ApiError } from './router';
 
 export interface RegisteredTenantDeps {
@@ -11,7 +12,8 @@ export interface RegisteredTenantDeps {
 /**
  * The tenant's record, for the routes of a registered tenant. Without one, a 404 that says why:
  * `TENANT_NOT_REGISTERED` with the refusal when every registration of the tenant was refused (its message, and
- * its fields and rules as the 400's `violations`, never a value), `TENANT_NOT_FOUND` when it has none.
+ * its fields and rules as the 400's `violations`: named as the REST body names them, never a value),
+ * `TENANT_NOT_FOUND` when it has none.
  */
 export async function registeredTenant(deps: RegisteredTenantDeps, tenantId: string): Promise<TenantRecord> {
   await deps.ensureRebuilt();
@@ -25,7 +27,7 @@ export async function registeredTenant(deps: RegisteredTenantDeps, tenantId: str
       404,
       'TENANT_NOT_REGISTERED',
       `tenant ${tenantId} has no accepted registration; the last one was refused: ${refusal}`,
-      (status.registrationError?.violations ?? []).map(({ field, rule }) => ({ field, rule })),
+      restViolations(status.registrationError?.violations ?? []),
     );
   }
   throw new ApiError(404, 'TENANT_NOT_FOUND', `tenant ${tenantId} has no Defender registration`);

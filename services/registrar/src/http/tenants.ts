@@ -4,7 +4,7 @@ import { SecretError, type SecretSealer } from '@urs/secrets';
 import type { TenantStatus, TenantStore } from '@urs/store';
 import { SecretForOtherAppError, TenantGoneError, switchesApp } from '../record-secret';
 import type { TenantRegistry } from '../registry';
-import { renameFields, validateRegistration, type Violation } from '../validation';
+import { restViolations, validateRegistration, type Violation } from '../validation';
 import { tenantIdOf } from './params';
 import { registeredTenant } from './registered';
 import { ApiError, type ApiRequest, type ApiResponse, type Route } from './router';
@@ -131,9 +131,7 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
       omitted && switchesApp(current, appNamed(current, body, validated.ok ? [] : validated.violations));
     const keepSecret = omitted && !switched;
     if (!validated.ok || switched) {
-      const violations = validated.ok
-        ? []
-        : renameFields(validated.violations, (field) => field.replace(/^defender\./, ''));
+      const violations = validated.ok ? [] : restViolations(validated.violations);
       if (switched) violations.push(SECRET_FOR_NEW_APP);
       throw new ApiError(
         400,

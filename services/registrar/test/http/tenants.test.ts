@@ -6,6 +6,7 @@ import {
 import { createSecretSealer, type SecretSealer } from '@urs/secrets';
 import { rebuiltGate } from '../../src/http/rebuilt';
 import { tenantRoutes, type AccessCheckResult, type AccessCheckTenant } from '../../src/http/tenants';
+import { validateRegistration } from '../../src/validation';
 import {
   GUID_A,
   memoryPublisher,
@@ -462,7 +463,7 @@ describe('tenantRoutes', () => {
         error: {
           code: 'TENANT_NOT_REGISTERED',
           message: expect.stringMatching(/refused: registration refused: defender\.clientId must be a GUID$/),
-          violations,
+          violations: [{ field: 'clientId', rule: 'must be a GUID' }],
         },
       },
     });
@@ -474,6 +475,26 @@ describe('tenantRoutes', () => {
     expect(await call('GET', '/v1/tenants/acme/defender')).toEqual({
       status: 404,
       body: { error: { code: 'TENANT_NOT_REGISTERED', message: expect.stringMatching(/refused: x$/) } },
+    });
+  });
+
+  it("GET should name a refused registration's fields in TENANT_NOT_REGISTERED as a PUT's 400 names them", async () => {
+    const { call, registry } = setup();
+    const body = registrationBody({ clientId: 'not-a-guid', pollIntervalMinutes: 5, cloud: 'mars' });
+    const refusedPut = await call('PUT', '/v1/tenants/acme/defender', body);
+    expect(refusedPut.status).toBe(400);
+    const { violations } = (refusedPut.body as { error: { violations: unknown[] } }).error;
+    expect(violations).toHaveLength(3);
+    // The same settings refused in a Director push: stored with the push's field names.
+    const validated = validateRegistration({ tenantId: 'acme', defender: body });
+    expect(validated.ok).toBe(false);
+    await registry.reject('acme', validated.ok ? [] : validated.violations, {
+      source: 'director',
+      generation: 3,
+    });
+    expect(await call('GET', '/v1/tenants/acme/defender')).toMatchObject({
+      status: 404,
+      body: { error: { code: 'TENANT_NOT_REGISTERED', violations } },
     });
   });
 
