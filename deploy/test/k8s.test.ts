@@ -263,6 +263,12 @@ describe('deploy/k8s', () => {
     expect(text).toContain('openssl rand -hex 16');
   });
 
+  test("the Secret example applied as it is should stop the registrar's start, naming URS_API_TOKENS", () => {
+    // A placeholder token would otherwise be a valid bearer token anyone reading the example knows.
+    const env = { ...envOf('registrar'), ...secret?.stringData };
+    expect(() => registrarConfig(env)).toThrow(/^URS_API_TOKENS is required/);
+  });
+
   test('every stage of services/ should have a Deployment, and every Deployment should be a stage', () => {
     expect(stages.length).toBe(5);
     expect(
