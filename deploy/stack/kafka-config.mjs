@@ -62,6 +62,17 @@ export function serverProperties({ port, controllerPort, dataDir, partitions }) 
   ].join('\n');
 }
 
+/**
+ * The client port a server.properties of `serverProperties` listens on (its PLAINTEXT listener), or undefined
+ * when it names none.
+ * @param {string} properties
+ * @returns {number | undefined}
+ */
+export function listenerPort(properties) {
+  const port = /^listeners=(?:.*,)?PLAINTEXT:\/\/[^,]*:(\d+)(?:,|$)/m.exec(properties)?.[1];
+  return port === undefined ? undefined : Number(port);
+}
+
 /** log4j2.properties of the broker: warnings and worse on stdout. */
 export const LOG4J_PROPERTIES = [
   'status = warn',

@@ -12,6 +12,7 @@ import {
   brokerArgs,
   formatArgs,
   kafkaJars,
+  listenerPort,
   randomClusterId,
   serverProperties,
 } from './kafka-config.mjs';
@@ -188,6 +189,15 @@ export async function kafkaUp(cfg) {
   const brokers = brokersOf(cfg);
   const running = ownedPid(p.pidFile, marker(cfg));
   if (running !== undefined) {
+    // This stack directory's broker, started for other ports: not the one wanted here. Adopted, it was waited
+    // for on a port it never answers, and the stop after the failure took a running broker down.
+    const configured = listenerPort(readOr(p.config, ''));
+    if (configured !== cfg.kafkaPort) {
+      throw new Error(
+        `the broker of ${cfg.stackDir} (pid ${running}) listens on 127.0.0.1:${configured ?? '(unknown)'}, ` +
+          `not 127.0.0.1:${cfg.kafkaPort}: give a stack on other ports a URS_STACK_DIR of its own`,
+      );
+    }
     await waitReady(cfg, running);
     return { state: 'running', brokers, pid: running, ready: true };
   }

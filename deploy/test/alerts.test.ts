@@ -119,6 +119,25 @@ describe('deploy/prometheus/alerts.yml', () => {
     },
   );
 
+  test("README's Alerts table should have a runbook row for every rule, and none for a rule there is not", () => {
+    const readme = read('README.md');
+    const start = readme.indexOf('\n### Alerts\n');
+    expect(start).toBeGreaterThan(0);
+    const section = readme.slice(start + 1, readme.indexOf('\n### ', start + 1));
+    const rows = section.split('\n').filter((line) => line.startsWith('| `'));
+    const documented = rows.map((row) => /^\| `(\w+)`/.exec(row)?.[1] ?? row);
+    expect([...documented].sort()).toEqual(rules.map((rule) => rule.alert).sort());
+    // Each row: the alert, its severity as the rule sets it, what it means and what to do.
+    for (const rule of rules) {
+      const cells = rows[documented.indexOf(rule.alert)]?.split('|').map((cell) => cell.trim()) ?? [];
+      expect([rule.alert, cells[2], cells.slice(3, 5).every(Boolean)]).toEqual([
+        rule.alert,
+        rule.labels?.['severity'],
+        true,
+      ]);
+    }
+  });
+
   test('the memory rules should cover each stage once, firing above its heap cap and below its limit in deploy/k8s', () => {
     const memoryRules = rules.filter((rule) => rule.expr.includes('process_resident_memory_bytes'));
     expect(memoryRules.length).toBeGreaterThan(0);

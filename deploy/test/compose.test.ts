@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parse } from 'yaml';
+import { validateMessage } from '@urs/contracts';
 import { read, root, sourceOf, stages } from './repo';
 
 interface ComposeService {
@@ -19,6 +20,7 @@ interface ComposeService {
   ports?: string[];
   healthcheck?: { test: string[] };
   stop_grace_period?: string;
+  restart?: string;
 }
 
 interface Compose {
@@ -126,6 +128,28 @@ describe('docker-compose.yml', () => {
     }
   });
 
+  test("README's Docker steps should register the simulator's demo tenant over REST, as the registrar takes it", () => {
+    const readme = read('README.md');
+    const start = readme.indexOf('\n## Docker\n');
+    expect(start).toBeGreaterThan(0);
+    const section = readme.slice(start, readme.indexOf('\n## ', start + 1));
+    const put =
+      /curl [^\n]*-X PUT http:\/\/127\.0\.0\.1:8080\/v1\/tenants\/([^/\s]+)\/defender[^\n]*? -d '([^']*)'/.exec(
+        section,
+      );
+    expect(put).not.toBeNull();
+    const [, tenantId = '', body = ''] = put ?? [];
+    const defender = validateMessage('urs/tenant-registration', {
+      tenantId,
+      defender: JSON.parse(body),
+    }).defender;
+    // The tenant the compose file starts the simulator with, unless URS_SIM_TENANTS says otherwise.
+    const tenants = String(compose.services['sim']?.environment?.['URS_SIM_TENANTS']);
+    const [azureTenantId, clientId, clientSecret] =
+      /^\$\{URS_SIM_TENANTS:-([^}]*)\}$/.exec(tenants)?.[1]?.split(':') ?? [];
+    expect(defender).toMatchObject({ enabled: true, azureTenantId, clientId, clientSecret });
+  });
+
   test('kafka service should run the Kafka version of deploy/kafka/pom.xml with auto-create off', () => {
     const version = /<kafka\.version>([^<]+)<\/kafka\.version>/.exec(read('deploy/kafka/pom.xml'))?.[1];
     const kafka = compose.services['kafka'];
@@ -140,6 +164,13 @@ describe('docker-compose.yml', () => {
     const logDirs = String(kafka?.environment?.['KAFKA_LOG_DIRS']);
     expect(kafka?.volumes).toContain(`kafka-data:${logDirs}`);
     expect(compose.services['redis']?.volumes).toContain('redis-data:/data');
+  });
+
+  test('every service should be started again after a crash or a Docker restart, as the stages are', () => {
+    // A Kafka, Redis or simulator left down after the host restarts holds every stage not ready.
+    expect(services.map(([name, service]) => [name, service.restart])).toEqual(
+      services.map(([name]) => [name, 'unless-stopped']),
+    );
   });
 
   test('every stage should be given longer to stop than its own graceful stop takes', () => {

@@ -278,6 +278,42 @@ describe('deploy/k8s', () => {
     expect(text).toContain('openssl rand -hex 16');
   });
 
+  test('the ConfigMap should name, and not set, the variables that must stay per Deployment', () => {
+    const configMap = named('ConfigMap', 'defender-urs');
+    // What each Deployment sets in its own env, not from the Secret (the pod's name as URS_INSTANCE_ID), and the
+    // settings whose default is each stage's own: its metrics port (its probes', containerPort's and
+    // prometheus.io/port's), its consumer groups, the registrar's REST port (its Service's).
+    const ownEnv = stages.flatMap((stage) =>
+      (containerOf(stage).env ?? [])
+        .filter((variable) => variable.valueFrom?.secretKeyRef === undefined)
+        .map((variable) => variable.name),
+    );
+    expect(ownEnv).toContain('URS_INSTANCE_ID');
+    const perDeployment = [
+      ...new Set([
+        ...ownEnv,
+        'URS_METRICS_PORT',
+        'URS_CONSUMER_GROUP',
+        'URS_PROFILES_GROUP',
+        'URS_HTTP_PORT',
+      ]),
+    ];
+    const comments = read(`${dir}/configmap.yaml`)
+      .split('\n')
+      .filter((line) => line.trimStart().startsWith('#'))
+      .join('\n');
+    for (const name of perDeployment) {
+      expect([name, name in (configMap?.data ?? {})]).toEqual([name, false]);
+      expect([name, comments.includes(name)]).toEqual([name, true]);
+    }
+  });
+
+  test("the Secret example applied as it is should stop the registrar's start, naming URS_API_TOKENS", () => {
+    // A placeholder token would otherwise be a valid bearer token anyone reading the example knows.
+    const env = { ...envOf('registrar'), ...secret?.stringData };
+    expect(() => registrarConfig(env)).toThrow(/^URS_API_TOKENS is required/);
+  });
+
   test('every stage of services/ should have a Deployment, and every Deployment should be a stage', () => {
     expect(stages.length).toBe(5);
     expect(

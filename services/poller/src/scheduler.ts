@@ -9,7 +9,7 @@ import { cycleIdOf, type CycleInput, type CycleResult } from './cycle';
 import { createCycleEnd } from './cycle-end';
 import { createLeaseClock } from './lease-clock';
 import { createRunUnderLease } from './run-under-lease';
-import { dueAt, withoutLocalBackoff } from './schedule';
+import { dueAt, type FailureKind, withoutLocalBackoff } from './schedule';
 import type { TenantTable } from './tenant-table';
 
 export interface SchedulerDeps {
@@ -80,10 +80,24 @@ const START_DELAY_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1_800, 3_600, 7_20
  * Cycles run concurrently (at most `maxConcurrentCycles`), each on its own: one tenant's slow or
  * failing cycle never delays another's. When more are due than may start, the most overdue go first.
  */
+/** How a cycle ends in `urs_poll_cycles_total`: listed in full, aborted (its lease lost), or its failure's kind. */
+const CYCLE_OUTCOMES: readonly ('listed' | 'aborted' | FailureKind)[] = [
+  'listed',
+  'aborted',
+  'setup',
+  'throttled',
+  'transient',
+  'local',
+  'infrastructure',
+];
+
 export function createScheduler(deps: SchedulerDeps): Scheduler {
   const now = deps.now ?? Date.now;
   const log = deps.logger.child({ component: 'scheduler' });
   const cyclesTotal = deps.metrics.counter('urs_poll_cycles_total', 'Polling cycles, by outcome.');
+  // Every outcome from the start: the alerts on the share of failing cycles divide by all of them, and
+  // increase() counts nothing before a series' first sample.
+  for (const outcome of CYCLE_OUTCOMES) cyclesTotal.init({ outcome });
   const cycleSeconds = deps.metrics.histogram(
     'urs_poll_cycle_seconds',
     'Duration of a polling cycle (listing and emitting), in seconds.',

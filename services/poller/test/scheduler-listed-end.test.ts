@@ -95,8 +95,8 @@ describe('createScheduler: a listed cycle whose end fails to be recorded', () =>
         expect(tenants.statuses.get('a')).toMatchObject({ state: 'active', deviceCount: 1 });
         expect(tenants.statuses.get('a')?.lastCycleEndedAt).toBeDefined();
         expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="listed"}')).toBe(1);
-        expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="infrastructure"}')).toBeUndefined();
-        expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="transient"}')).toBeUndefined();
+        expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="infrastructure"}')).toBe(0);
+        expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="transient"}')).toBe(0);
       } finally {
         await scheduler.close(1_000);
       }

@@ -85,6 +85,16 @@ describe('createScheduler', () => {
       expect(runs.filter((r) => r.tenantId === tenantId).length).toBeGreaterThanOrEqual(2);
   });
 
+  it('createScheduler should serve every cycle outcome at 0 before any cycle ends', () => {
+    const metrics = new Registry();
+    replica(0, memorySchedules(), memoryStatus(), [], async () => {}, { metrics });
+    // Present from the start: increase() and rate() count nothing before a series' first sample, and the
+    // alerts divide the failing outcomes by all of them.
+    const exposed = metrics.expose();
+    for (const outcome of ['listed', 'aborted', 'setup', 'throttled', 'transient', 'local', 'infrastructure'])
+      expect(exposed).toContain(`urs_poll_cycles_total{outcome="${outcome}"} 0`);
+  });
+
   it('createScheduler should count the tenants due that find no free place, and how late cycles start', async () => {
     const runs: Run[] = [];
     const metrics = new Registry();

@@ -62,12 +62,26 @@ function readHttpPort(env: Env): number {
   return httpPort;
 }
 
+/** How the example Secret's placeholders begin: a token left so is known to anyone who read the example. */
+const PLACEHOLDER_PREFIX = 'REPLACE';
+
+function isPlaceholderToken(token: string): boolean {
+  return token.startsWith(PLACEHOLDER_PREFIX);
+}
+
 export function registrarConfig(env: Env): RegistrarConfig {
   const apiTokens = readList(env, 'URS_API_TOKENS');
   if (apiTokens.length === 0)
     throw new ConfigError('URS_API_TOKENS', 'is required (comma-separated bearer tokens)');
   if (apiTokens.some((token) => token.length < 16)) {
     throw new ConfigError('URS_API_TOKENS', 'must list tokens of at least 16 characters each');
+  }
+  if (apiTokens.some(isPlaceholderToken)) {
+    throw new ConfigError(
+      'URS_API_TOKENS',
+      `lists a placeholder (a token starting with ${PLACEHOLDER_PREFIX}, as an example Secret writes it): ` +
+        'replace it with a random one (openssl rand -hex 16)',
+    );
   }
   return {
     httpPort: readHttpPort(env),

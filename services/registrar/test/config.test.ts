@@ -8,6 +8,22 @@ const REQUIRED = {
 };
 
 describe('registrarConfig', () => {
+  test('registrarConfig should refuse a placeholder token left as an example wrote it, naming the variable and not the token', () => {
+    const placeholder = 'REPLACE-WITH-openssl-rand-hex-16';
+    const refused = () =>
+      registrarConfig({ ...REQUIRED, URS_API_TOKENS: `${REQUIRED.URS_API_TOKENS},${placeholder}` });
+    expect(refused).toThrow(ConfigError);
+    expect(refused).toThrow(/^URS_API_TOKENS /);
+    expect(refused).toThrow(/placeholder/);
+    expect(refused).not.toThrow(placeholder);
+    expect(refused).not.toThrow(REQUIRED.URS_API_TOKENS);
+  });
+
+  test('registrarConfig should take tokens that only contain the word, not start with it', () => {
+    const token = `token-REPLACE-${'0'.repeat(16)}`;
+    expect(registrarConfig({ ...REQUIRED, URS_API_TOKENS: token }).apiTokens).toEqual([token]);
+  });
+
   test('registrarConfig should refuse a REST port equal to the metrics port, naming URS_HTTP_PORT and the rule', () => {
     const refused = () => registrarConfig({ ...REQUIRED, URS_HTTP_PORT: '9200', URS_METRICS_PORT: '9200' });
     expect(refused).toThrow(ConfigError);

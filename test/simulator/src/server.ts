@@ -1,10 +1,10 @@
-import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { createTlsMaterial } from './certs';
+import { type CaMaterial, createCa, createTlsMaterial, isUsableCa } from './certs';
 import { handleControl, type ControlTarget } from './control';
 import type { EntraDeps } from './entra';
 import { createEntraRoute } from './entra-route';
@@ -20,14 +20,43 @@ import { StatsTracker } from './tracker';
 import { TokenSigner } from './tokens';
 import { EXPORT_PATH_PREFIX, handleExportDownload, SasSigner, type DownloadDeps } from './tvmexport';
 
+/**
+ * The CA of `caDir`: the one an earlier start wrote there (ca.pem and ca-key.pem), while it is usable, so that
+ * clients that trusted its ca.pem (Docker stages started earlier, NODE_EXTRA_CA_CERTS) keep reaching a
+ * simulator started again; else a new one, written there (the key readable by its owner only).
+ */
+function caOf(caDir: string): CaMaterial {
+  const caFile = join(caDir, 'ca.pem');
+  const keyFile = join(caDir, 'ca-key.pem');
+  const kept = readCa(caFile, keyFile);
+  if (kept !== undefined && isUsableCa(kept)) return kept;
+  const ca = createCa();
+  mkdirSync(caDir, { recursive: true });
+  // Removed first, as a file that exists keeps its mode; the key before ca.pem: a start cut between the two
+  // leaves a pair the next start refuses and replaces.
+  rmSync(keyFile, { force: true });
+  writeFileSync(keyFile, ca.caKeyPem, { mode: 0o600 });
+  writeFileSync(caFile, ca.caPem);
+  return ca;
+}
+
+function readCa(caFile: string, keyFile: string): CaMaterial | undefined {
+  try {
+    return { caPem: readFileSync(caFile, 'utf8'), caKeyPem: readFileSync(keyFile, 'utf8') };
+  } catch {
+    return undefined;
+  }
+}
+
 export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
   const publicUrl = options.publicUrl === undefined ? undefined : checkedPublicUrl(options.publicUrl);
-  // An IPv6 host comes bracketed from the URL; the certificate names the address itself.
-  const tls = createTlsMaterial(publicUrl ? [publicUrl.hostname.replace(/^\[(.*)\]$/, '$1')] : []);
   const caDir = resolve(options.caDir ?? mkdtempSync(join(tmpdir(), 'urs-sim-')));
-  mkdirSync(caDir, { recursive: true });
   const caFile = join(caDir, 'ca.pem');
-  writeFileSync(caFile, tls.caPem);
+  // An IPv6 host comes bracketed from the URL; the certificate names the address itself.
+  const tls = createTlsMaterial(
+    publicUrl ? [publicUrl.hostname.replace(/^\[(.*)\]$/, '$1')] : [],
+    caOf(caDir),
+  );
 
   const signer = new TokenSigner();
   // Signs the export files' SAS URLs; a new key per server, so URLs of another run never validate.
