@@ -113,8 +113,9 @@ async function openSecret(deps: CycleDeps, record: TenantRecord): Promise<string
  * Only the devices the vuln-fetcher will ask for count: one excluded from vulnerability management costs
  * no call (`vulnerabilitiesNotHeld`).
  * The cycle is begun in the cycle store with its first batch, so a cycle that never emitted (bad secret)
- * leaves no open cycle for the publisher to close; one that stops after a batch and before its last is
- * recorded as abandoned, for the publisher to close it as partial at once (see `abandon` below).
+ * leaves no open cycle for the publisher to close, nor does one whose first send failed (withdrawn); one that
+ * stops after a batch and before its last is recorded as abandoned, for the publisher to close it as partial at
+ * once (see `abandon` below).
  */
 export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<CycleResult> {
   const now = deps.now ?? Date.now;
@@ -184,8 +185,11 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
    * A cycle that stops after it emitted batches and before its last one is never listed in full: its poller
    * (or another) lists the tenant again in a new cycle. Recorded as abandoned, it is closed as partial within
    * seconds, with the devices it listed and never got scored counted as failed, instead of at its deadline (up
-   * to an hour later, after the new cycle's summary, and as if nothing had failed). A Redis that fails here
-   * leaves it to its deadline.
+   * to an hour later, after the new cycle's summary, and as if nothing had failed). One begun whose first batch
+   * was never sent (Kafka away past the producer's retries, the lease lost meanwhile) is withdrawn instead: it
+   * owes VMS no summary, and a partial one with every device failed came for each retry of an outage. A batch
+   * of it recorded already (its send failed only in its answer) makes it abandoned after all. A Redis that fails
+   * here leaves it to its deadline.
    */
   async function abandon(error: unknown): Promise<void> {
     if (!begun || emittedLast) return;
@@ -198,6 +202,10 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
         code,
         at: new Date(at).toISOString(),
       };
+      if (batchIndex === 0 && (await deps.cycles.withdraw(tenantId, cycleId, abandonment))) {
+        log.info('cycle withdrawn: none of its batches was sent', { code, totalDevices });
+        return;
+      }
       await deps.cycles.abandon(tenantId, cycleId, abandonment, at + ABANDONED_CYCLE_GRACE_MS);
       log.info('cycle abandoned before its listing ended', {
         code,

@@ -38,8 +38,11 @@ function pages(...sizes: number[]): DevicePage[] {
   }));
 }
 
-/** `failAfter`: thrown by the listing once its pages are listed (a listing that fails midway). */
-function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Error) {
+/**
+ * `failAfter`: thrown by the listing once its pages are listed (a listing that fails midway). `withdrawn`: what
+ * the cycle store answers a withdrawal (false: a batch of the cycle was recorded already).
+ */
+function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Error, withdrawn = true) {
   const sent: DeviceBatch[] = [];
   const events: string[] = [];
   const credentials: TenantCredentials[] = [];
@@ -73,6 +76,10 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Erro
         `abandon ${abandonment.batches}/${abandonment.devices} ${abandonment.code} ${abandonment.at} ${closeAt}`,
       );
       return true;
+    },
+    async withdraw(_t: string, _c: string, abandonment: Parameters<CycleStore['withdraw']>[2]) {
+      events.push(`withdraw ${abandonment.devices} ${abandonment.code} ${abandonment.at}`);
+      return withdrawn;
     },
   } as unknown as CycleStore;
   const defender: DefenderGateway = {
@@ -336,8 +343,28 @@ describe('runCycle', () => {
       ),
     ).rejects.toBeInstanceOf(CycleAbortedError);
     expect(sent).toEqual([]);
-    expect(events.slice(1)).toEqual([
-      `abandon 0/600 CYCLE_ABORTED ${new Date(1_000).toISOString()} ${1_000 + 60_000}`,
+    expect(events.slice(1)).toEqual([`withdraw 600 CYCLE_ABORTED ${new Date(1_000).toISOString()}`]);
+  });
+
+  it('runCycle should withdraw a begun cycle whose first batch could not be sent, so that no summary is owed for it', async () => {
+    const kafkaAway = new UrsError('KAFKA_UNAVAILABLE', 'the broker is not reachable', { canRetry: true });
+    const failingSend = async (): Promise<never> => {
+      throw kafkaAway;
+    };
+    const { deps, events } = setup(pages(600, 600), 10);
+    await expect(
+      runCycle({ ...deps, publisher: { ...deps.publisher, send: failingSend } }, input()),
+    ).rejects.toBe(kafkaAway);
+    expect(events.slice(1)).toEqual([`withdraw 600 KAFKA_UNAVAILABLE ${new Date(1_000).toISOString()}`]);
+
+    // The send failed only in its answer and its batch is recorded already: abandoned, closed as its batches say.
+    const landed = setup(pages(600, 600), 10, undefined, false);
+    await expect(
+      runCycle({ ...landed.deps, publisher: { ...landed.deps.publisher, send: failingSend } }, input()),
+    ).rejects.toBe(kafkaAway);
+    expect(landed.events.slice(1)).toEqual([
+      `withdraw 600 KAFKA_UNAVAILABLE ${new Date(1_000).toISOString()}`,
+      `abandon 0/600 KAFKA_UNAVAILABLE ${new Date(1_000).toISOString()} ${1_000 + 60_000}`,
     ]);
   });
 
