@@ -1,11 +1,17 @@
 import type { OutboundMessage, Publisher } from '@urs/bus';
 import { toDeviceRecord, type DeviceBatch, type Machine, type TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
-import { UrsError } from '@urs/resilience';
+import { UrsError, retryPolicy } from '@urs/resilience';
 import { createSecretSealer } from '@urs/secrets';
 import { parseProfile, profileHash } from '@urs/scoring';
 import type { CycleStore } from '@urs/store';
-import { CycleAbortedError, cycleIdOf, runCycle, type CycleDeps } from '../src/cycle';
+import {
+  CycleAbortedError,
+  CycleListedNotRecordedError,
+  cycleIdOf,
+  runCycle,
+  type CycleDeps,
+} from '../src/cycle';
 import type { DefenderGateway, DevicePage, TenantCredentials } from '../src/defender';
 
 const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 3)]]) });
@@ -373,7 +379,37 @@ describe('runCycle', () => {
     deps.cycles.listed = async () => {
       throw new Error('Connection is closed.');
     };
-    await expect(runCycle(deps, input())).rejects.toThrow('Connection is closed.');
+    const noWait = { ...deps, listedRetry: retryPolicy({ maxAttempts: 2, initialDelayMs: 0 }) };
+    await expect(runCycle(noWait, input())).rejects.toThrow('Connection is closed.');
     expect(events.filter((event) => event.startsWith('abandon'))).toEqual([]);
+  });
+
+  it('runCycle should record a listing Redis failed in place, while the lease holds, and say the cycle was listed when it cannot', async () => {
+    const { deps, events } = setup(pages(10));
+    const listed = deps.cycles.listed.bind(deps.cycles);
+    let failures = 1;
+    deps.cycles.listed = async (...args) => {
+      if (failures-- > 0) throw new Error('Connection is closed.');
+      return listed(...args);
+    };
+    const noWait = { ...deps, listedRetry: retryPolicy({ maxAttempts: 3, initialDelayMs: 0 }) };
+    await expect(runCycle(noWait, input())).resolves.toMatchObject({ totalDevices: 10, totalBatches: 1 });
+    expect(events.at(-1)).toBe('listed 1/10 per-device');
+
+    // Failing for longer than the lease holds: the error says every batch went out.
+    let held = true;
+    let tries = 0;
+    deps.cycles.listed = async () => {
+      tries++;
+      held = false;
+      throw new Error('Connection is closed.');
+    };
+    const failed = runCycle(
+      noWait,
+      input(undefined, null, () => held),
+    );
+    await expect(failed).rejects.toBeInstanceOf(CycleListedNotRecordedError);
+    await expect(failed).rejects.toThrow('Connection is closed.');
+    expect(tries).toBe(1);
   });
 });
