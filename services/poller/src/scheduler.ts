@@ -92,7 +92,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   deps.metrics.gauge('urs_poll_tenants', 'Tenants known to this poller.', () => deps.table.size());
   deps.metrics.gauge(
     'urs_poll_overdue_tenants',
-    'Tenants due by this poller that its last tick could not start: every cycle place was taken.',
+    'Tenants due by this poller that its last tick could not start: every cycle place was taken ' +
+      '(those another replica held the lease of when last tried not counted).',
     () => overdue,
   );
   const startDelaySeconds = deps.metrics.histogram(
@@ -127,6 +128,13 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   const localDue = new Map<string, number>();
   /** Tenants new to this replica (or enabled again) whose stored schedule it has not read yet. */
   const unread = new Set<string>();
+  /**
+   * Tenants whose lease another replica held when this one last tried (running their cycle, most often): due
+   * again by this replica's view every URS_POLL_RECHECK_MS, they wait for nothing here, and counted in
+   * `urs_poll_overdue_tenants` they made an install exactly at capacity fire UrsPollTenantsOverdue. Counted
+   * again once this replica holds the lease or reads their schedule again.
+   */
+  const leasedElsewhere = new Set<string>();
   let reading: Promise<void> | undefined;
   const active = new Map<string, Running>();
   const stop = new AbortController();
@@ -147,6 +155,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         log.info('tenant deleted or disabled: no longer polled', { tenantId, deleted: record === null });
       localDue.delete(tenantId);
       unread.delete(tenantId);
+      leasedElsewhere.delete(tenantId);
       refusedWarned.delete(tenantId);
       failures.forget(tenantId);
       const running = active.get(tenantId);
@@ -176,8 +185,10 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     const lease = await deps.schedules.acquire(tenantId, deps.holderId, deps.leaseMs);
     if (!lease) {
       localDue.set(tenantId, now() + deps.recheckMs);
+      leasedElsewhere.add(tenantId);
       return;
     }
+    leasedElsewhere.delete(tenantId);
     let released = false;
     try {
       const record = deps.table.get(tenantId);
@@ -341,6 +352,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         // out the old secret's failure.
         if (!localDue.has(tenantId) || deps.table.get(tenantId)?.revision !== record.revision) return;
         localDue.set(tenantId, dueAt(schedule, intervalOf(record), record.revision));
+        leasedElsewhere.delete(tenantId);
       };
       await atMostAtOnce(tenantIds, STATUS_READS_AT_ONCE, place);
     } catch (error) {
@@ -383,7 +395,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     }
     const due = dueTenants(now());
     const starting = due.slice(0, Math.max(deps.maxConcurrentCycles - active.size, 0));
-    overdue = due.length - starting.length;
+    overdue = due.slice(starting.length).filter((tenantId) => !leasedElsewhere.has(tenantId)).length;
     for (const tenantId of starting) {
       const abort = new AbortController();
       const done = attempt(tenantId, abort)
