@@ -69,7 +69,7 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
     let lost = false;
     let renewalError: unknown;
     const renew = async (): Promise<boolean> => {
-      const sentAt = now();
+      const sentAt = clock.reading();
       const held = await deps.schedules.renew(lease, deps.leaseMs);
       if (held) {
         clock.confirmed(sentAt);

@@ -14,7 +14,7 @@ import type {
 import { createAttemptFailures } from './attempt-failures';
 import { cycleIdOf, type CycleInput, type CycleResult } from './cycle';
 import { createCycleEnd } from './cycle-end';
-import { createLeaseClock } from './lease-clock';
+import { createLeaseClock, leaseTime } from './lease-clock';
 import { createRunUnderLease } from './run-under-lease';
 import { dueAt, withoutLocalBackoff } from './schedule';
 import type { TenantTable } from './tenant-table';
@@ -205,7 +205,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   }
 
   async function attempt(tenantId: string, abort: AbortController): Promise<void> {
-    const acquiredAt = now();
+    // By the lease's own clock, not the schedule's (`now`): a step of the wall clock is not time passed.
+    const acquiredAt = leaseTime();
     const lease = await deps.schedules.acquire(tenantId, deps.holderId, deps.leaseMs);
     if (!lease) {
       localDue.set(tenantId, now() + deps.recheckMs);
@@ -261,7 +262,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
               ...(schedule.failedKind === undefined ? {} : { kind: schedule.failedKind }),
             }
           : { failures: 0 };
-      const clock = createLeaseClock(acquiredAt, deps.leaseMs, now);
+      const clock = createLeaseClock(acquiredAt, deps.leaseMs);
       await runUnderLease(record, { lease, clock }, cycleId, startedAt, intervalMs, previous, abort);
       released = true;
     } finally {
