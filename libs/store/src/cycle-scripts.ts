@@ -51,6 +51,22 @@ if closeAt < tonumber(deadline) then
 end
 return 1`;
 
+// KEYS[1] cycle hash, KEYS[2] batches hash, KEYS[3] open zset, KEYS[4] lost hash; ARGV: member, devices ('' when
+// not known), code, at. Only on a begun cycle not listed, not published, with no batch recorded (scored or
+// lost) and no emitted batches recorded yet. Recorded as abandoned after no batch, out of the open cycles:
+// no close, no summary. A batch of it that comes after all (a send that failed only in its answer) finds the
+// abandonment and completes it as the publisher completes any abandoned cycle.
+export const WITHDRAW = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for _, field in ipairs({ 'totalBatches', 'published', 'abandonedBatches' }) do
+  if redis.call('HEXISTS', KEYS[1], field) == 1 then return 0 end
+end
+if redis.call('HLEN', KEYS[2]) + redis.call('HLEN', KEYS[4]) > 0 then return 0 end
+redis.call('HSET', KEYS[1], 'abandonedCode', ARGV[3], 'abandonedAt', ARGV[4], 'abandonedBatches', '0')
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'abandonedDevices', ARGV[2]) end
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1`;
+
 // KEYS[1] cycle hash, KEYS[2] batches hash, KEYS[3] open zset, KEYS[4] lost hash; ARGV: member, now ms,
 // then the totals' field/value pairs. A cycle abandoned and not yet published gets the close its
 // abandonment brought forward back (ZADD XX: only while still open). A cycle whose batches are all recorded

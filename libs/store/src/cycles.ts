@@ -13,6 +13,7 @@ import {
   HOLD_OPEN,
   LISTED,
   LOST,
+  WITHDRAW,
 } from './cycle-scripts';
 
 /** What the poller knew of a cycle whose listing stopped before its end (`CycleStore.abandon`). */
@@ -121,6 +122,16 @@ export interface CycleStore {
     abandonment: CycleAbandonment,
     closeAt: number,
   ): Promise<boolean>;
+  /**
+   * The poller's listing of a begun cycle stopped before any batch of it was sent (the first send failed, the
+   * lease was lost before it): nothing of it reached the scorer, and no summary is owed. Records it as
+   * abandoned after no batch (`abandonment.batches` is not read) and takes it out of the open cycles, so
+   * that the publisher never closes it. A batch whose send failed only in its answer and that is scored after
+   * all still finds the cycle and completes it (partial, or complete when it was the last). False, nothing
+   * written, for a cycle never begun, listed, published, recorded abandoned by its poller already, or with a
+   * batch recorded (scored or lost): then `abandon` records it.
+   */
+  withdraw(tenantId: string, cycleId: string, abandonment: CycleAbandonment): Promise<boolean>;
   /**
    * The vuln-fetcher has produced this enriched batch of the cycle (idempotent), with the devices it sent as
    * not in their bulk export's snapshot, each with its `firstSeen` (the cycle's own export may list them), in
@@ -355,6 +366,21 @@ export function createCycleStore(
         String(closeAt),
       );
       return recorded === 1;
+    },
+    async withdraw(tenantId, cycleId, abandonment) {
+      const withdrawn = await redis.eval(
+        WITHDRAW,
+        4,
+        cycleKey(tenantId, cycleId),
+        batchesKey(tenantId, cycleId),
+        openKey,
+        lostKey(tenantId, cycleId),
+        `${tenantId}/${cycleId}`,
+        abandonment.devices === undefined ? '' : String(abandonment.devices),
+        abandonment.code,
+        abandonment.at,
+      );
+      return withdrawn === 1;
     },
     async enriched(tenantId, cycleId, batchIndex, notInSnapshot = []) {
       const key = enrichedKey(tenantId, cycleId);

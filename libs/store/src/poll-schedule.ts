@@ -1,6 +1,6 @@
 import type Redis from 'ioredis';
 import { releaseOwnedKey, renewOwnedKey } from './owned-key';
-import { IF_ENABLED, tenantRecordKey } from './tenants';
+import { tenantRecordKey } from './tenants';
 
 /**
  * A poller's hold on one tenant while it runs a cycle. `token` is the fencing token: unique per
@@ -36,6 +36,15 @@ export interface PollSchedule {
   retryAt?: number;
 }
 
+/**
+ * Why `begin` wrote nothing: the lease was lost, or the tenant's record in Redis is not there (`record-missing`:
+ * deleted, or not stored by the registrar yet, which writes Kafka first) or not enabled (`record-disabled`,
+ * with the revision stored when it has one: older than the poller's, the registrar has not stored the newer
+ * record yet).
+ */
+export type CycleBeginRefusal =
+  { reason: 'lease-lost' | 'record-missing' } | { reason: 'record-disabled'; storedRevision?: number };
+
 export interface PollScheduleStore {
   /** Takes the tenant's lease for `leaseMs` unless someone holds it; null when taken. */
   acquire(tenantId: string, holderId: string, leaseMs: number): Promise<PollLease | null>;
@@ -50,9 +59,9 @@ export interface PollScheduleStore {
    * Records a cycle's start, fenced: false (and nothing written) when the lease was lost, or when the tenant's
    * record in Redis is gone or disabled. A poller that has not read the tenant's deletion (or disabling) yet
    * must not begin a cycle of it: its schedule, cleared by the registrar, would be written again with a cycle
-   * marked running that never ends, and stay without expiry.
+   * marked running that never ends, and stay without expiry. True when begun, else why not.
    */
-  begin(lease: PollLease, cycleId: string, startedAt: number): Promise<boolean>;
+  begin(lease: PollLease, cycleId: string, startedAt: number): Promise<true | CycleBeginRefusal>;
   /**
    * Records a cycle's end, fenced: clears the running cycle, sets the failure count, the backoff
    * (`notBefore` null clears it) and the early retry (`retryAt`, cleared when left out or null). A schedule
@@ -91,9 +100,18 @@ redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
 return token`;
 
 // KEYS[1] lease, KEYS[2] the tenant's record hash, KEYS[3] schedule hash; ARGV: token, started at, cycle id.
+// Begins only while the record is there and enabled (as `IF_ENABLED`), and answers why not: 'lease-lost',
+// 'record-missing' (absent or unreadable), or 'record-disabled' with the stored revision ('' when none).
 const BEGIN = `
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-${IF_ENABLED}
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lease-lost' end
+local json = redis.call('HGET', KEYS[2], 'record')
+if not json then return 'record-missing' end
+local ok, record = pcall(cjson.decode, json)
+if not ok or type(record) ~= 'table' then return 'record-missing' end
+if record.enabled ~= true then
+  local revision = tonumber(record.revision)
+  return { 'record-disabled', revision and tostring(revision) or '' }
+end
 redis.call('HSET', KEYS[3], 'lastStartedAt', ARGV[2], 'runningCycleId', ARGV[3])
 return 1`;
 
@@ -136,6 +154,17 @@ function parseSchedule(fields: Record<string, string>): PollSchedule {
   if (fields['retryAt'] !== undefined) schedule.retryAt = Number(fields['retryAt']);
   if (fields['failedKind'] !== undefined) schedule.failedKind = fields['failedKind'];
   return schedule;
+}
+
+/** `begin`'s answer from its script's reply. */
+function beginAnswer(reply: unknown): true | CycleBeginRefusal {
+  if (reply === 1) return true;
+  if (reply === 'lease-lost' || reply === 'record-missing') return { reason: reply };
+  const [, stored] = Array.isArray(reply) ? (reply as unknown[]) : [];
+  const storedRevision = Number(stored);
+  return typeof stored === 'string' && stored !== '' && Number.isFinite(storedRevision)
+    ? { reason: 'record-disabled', storedRevision }
+    : { reason: 'record-disabled' };
 }
 
 /**
@@ -211,7 +240,7 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
         String(startedAt),
         cycleId,
       );
-      return begun === 1;
+      return beginAnswer(begun);
     },
     end(lease, outcome) {
       const set: Record<string, string> = { failures: String(outcome.failures) };

@@ -137,7 +137,7 @@ end
 // Ends the script, writing nothing, unless the record in KEYS[2] is there and enabled. The registrar stores a
 // disabled record before it writes the status `disabled` (and deletes both at once): a polling write that
 // comes after the record changed leaves its status alone, one that came before is overwritten by it. The
-// poll schedule's `begin` is guarded by it too.
+// poll schedule's `begin` makes the same check, and answers why it refused.
 export const IF_ENABLED = `
 local json = redis.call('HGET', KEYS[2], 'record')
 if not json then return 0 end

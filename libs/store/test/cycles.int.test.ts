@@ -434,6 +434,47 @@ describe('createCycleStore', () => {
     expect(await cycles.enrichedOrLostBatches('acme', 'c1', 2)).toBe(2);
   });
 
+  it('withdraw should take a cycle that sent no batch out of the open cycles, and a batch of it scored after all still settles it', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await cycles.begin(begin);
+    await cycles.begin({ ...begin, cycleId: 'c2' });
+    const at = new Date(startedMs + 60_000).toISOString();
+    const stopped = { batches: 0, devices: 600, code: 'KAFKA_UNAVAILABLE', at };
+    expect(await cycles.withdraw('acme', 'c1', stopped)).toBe(true);
+    expect(await cycles.overdue(afterDeadline)).toEqual([{ tenantId: 'acme', cycleId: 'c2' }]);
+    expect((await cycles.get('acme', 'c1'))?.abandoned).toEqual(stopped);
+    // Withdrawn once: neither a second withdrawal nor a poller taking the tenant over brings it back.
+    expect(await cycles.withdraw('acme', 'c1', stopped)).toBe(false);
+    expect(await cycles.abandon('acme', 'c1', { code: 'POLLER_GONE', at }, startedMs + 120_000)).toBe(false);
+    expect(await cycles.overdue(afterDeadline)).toEqual([{ tenantId: 'acme', cycleId: 'c2' }]);
+    // The first send failed only in its answer: its batch is scored, and every batch the cycle emitted is in.
+    const { state } = await cycles.recordBatch('acme', 'c1', 0, { devices: 500 });
+    expect(state).toMatchObject({ scoredBatches: 1, abandoned: { batches: 0, devices: 600 } });
+    expect(await cycles.claimPublication('acme', 'c1', 'partial', startedMs)).toBe(true);
+  });
+
+  it('withdraw should leave a cycle with a batch recorded, listed, published or never begun to abandon', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const at = new Date(startedMs + 60_000).toISOString();
+    const stopped = { batches: 0, devices: 1, code: 'KAFKA_UNAVAILABLE', at };
+    expect(await cycles.withdraw('acme', 'never', stopped)).toBe(false);
+    expect(await redis.client.exists(`${redis.prefix}cycle:acme:never`)).toBe(0);
+    for (const cycleId of ['scored', 'lost', 'listed', 'published'])
+      await cycles.begin({ ...begin, cycleId });
+    await cycles.recordBatch('acme', 'scored', 0, { devices: 1 });
+    await cycles.lost('acme', 'lost', 0, 1, startedMs);
+    await cycles.listed('acme', 'listed', { totalBatches: 1, totalDevices: 1, listedAt: at });
+    await cycles.claimPublication('acme', 'published', 'partial', startedMs);
+    for (const cycleId of ['scored', 'lost', 'listed', 'published'])
+      expect(await cycles.withdraw('acme', cycleId, stopped)).toBe(false);
+    expect((await cycles.get('acme', 'scored'))?.abandoned).toBeUndefined();
+    expect((await cycles.overdue(afterDeadline)).map(({ cycleId }) => cycleId).sort()).toEqual([
+      'listed',
+      'lost',
+      'scored',
+    ]);
+  });
+
   it('abandon should leave a listed, a published or a never begun cycle as it is', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     const abandonment = { batches: 1, devices: 1, code: 'CYCLE_ABORTED', at: begin.startedAt };

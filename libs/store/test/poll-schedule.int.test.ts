@@ -38,7 +38,7 @@ describe('createPollScheduleStore', () => {
     // The stale holder can neither renew, release nor write the schedule.
     expect(await store.renew(first!, 5_000)).toBe(false);
     expect(await store.release(first!)).toBe(false);
-    expect(await store.begin(first!, 'c-stale', 1)).toBe(false);
+    expect(await store.begin(first!, 'c-stale', 1)).toEqual({ reason: 'lease-lost' });
     expect((await store.get('acme')).runningCycleId).toBeUndefined();
     expect(await store.renew(second!, 5_000)).toBe(true);
   });
@@ -86,11 +86,15 @@ describe('createPollScheduleStore', () => {
     // Deleted: the registrar removed its record and cleared its schedule.
     await redis.client.del(`${redis.prefix}tenant:acme`);
     const lease = (await store.acquire('acme', 'a', 5_000))!;
-    expect(await store.begin(lease, 'acme-1', 1_000)).toBe(false);
+    // Each refusal says why: a poller tells a record the registrar has not stored yet from one it disabled.
+    expect(await store.begin(lease, 'acme-1', 1_000)).toEqual({ reason: 'record-missing' });
     expect(await redis.client.exists(`${redis.prefix}poll-schedule:acme`)).toBe(0);
     // Disabled.
     await tenants.put(recordOf('acme', 2, false));
-    expect(await store.begin(lease, 'acme-2', 2_000)).toBe(false);
+    expect(await store.begin(lease, 'acme-2', 2_000)).toEqual({
+      reason: 'record-disabled',
+      storedRevision: 2,
+    });
     expect(await redis.client.exists(`${redis.prefix}poll-schedule:acme`)).toBe(0);
     // Enabled again.
     await tenants.put(recordOf('acme', 3, true));

@@ -1,7 +1,7 @@
 import { deviceBatchMessage, type Publisher } from '@urs/bus';
 import { toDeviceRecord, vulnerabilitiesNotHeld, type DeviceRecord, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { UrsError, errorCode, errorMessage } from '@urs/resilience';
+import { UrsError, errorCode, errorMessage, retryPolicy, withRetry, type RetryPolicy } from '@urs/resilience';
 import { parseProfile, profileHash } from '@urs/scoring';
 import { secretRecordUnreadable, type ReplicaKeyCheck, type SecretSealer } from '@urs/secrets';
 import type { CycleStore } from '@urs/store';
@@ -26,6 +26,8 @@ export interface CycleDeps {
   maxCycleMs: number;
   logger: Logger;
   now?: () => number;
+  /** How a listing Redis fails to record is tried again while the lease holds. Default: `LISTED_RETRY`. */
+  listedRetry?: RetryPolicy;
 }
 
 export interface CycleInput {
@@ -62,6 +64,26 @@ export class CycleAbortedError extends UrsError {
     });
   }
 }
+
+/**
+ * Every batch of the cycle went out, and the cycle store did not record its listing (Redis away or failing
+ * over, past `LISTED_RETRY` or the lease's end). Not a failed cycle: its batches are on their way, and the
+ * last one tells the publisher its totals. Its `cause` is Redis's error.
+ */
+export class CycleListedNotRecordedError extends UrsError {
+  constructor(cause: unknown) {
+    super('CYCLE_LISTED_NOT_RECORDED', `cycle listed, its totals not recorded: ${errorMessage(cause)}`, {
+      canRetry: true,
+      cause,
+    });
+  }
+}
+
+/**
+ * How the record of a cycle's listing is tried again in place (it is idempotent): up to ~15 s, the time of a
+ * Redis failover, and only while the lease surely holds.
+ */
+export const LISTED_RETRY = retryPolicy({ maxAttempts: 8, initialDelayMs: 250, maxDelayMs: 4_000 });
 
 /**
  * How long after a cycle's listing stopped its batches already emitted may take to be scored before the
@@ -113,8 +135,9 @@ async function openSecret(deps: CycleDeps, record: TenantRecord): Promise<string
  * Only the devices the vuln-fetcher will ask for count: one excluded from vulnerability management costs
  * no call (`vulnerabilitiesNotHeld`).
  * The cycle is begun in the cycle store with its first batch, so a cycle that never emitted (bad secret)
- * leaves no open cycle for the publisher to close; one that stops after a batch and before its last is
- * recorded as abandoned, for the publisher to close it as partial at once (see `abandon` below).
+ * leaves no open cycle for the publisher to close, nor does one whose first send failed (withdrawn); one that
+ * stops after a batch and before its last is recorded as abandoned, for the publisher to close it as partial at
+ * once (see `abandon` below).
  */
 export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<CycleResult> {
   const now = deps.now ?? Date.now;
@@ -184,8 +207,11 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
    * A cycle that stops after it emitted batches and before its last one is never listed in full: its poller
    * (or another) lists the tenant again in a new cycle. Recorded as abandoned, it is closed as partial within
    * seconds, with the devices it listed and never got scored counted as failed, instead of at its deadline (up
-   * to an hour later, after the new cycle's summary, and as if nothing had failed). A Redis that fails here
-   * leaves it to its deadline.
+   * to an hour later, after the new cycle's summary, and as if nothing had failed). One begun whose first batch
+   * was never sent (Kafka away past the producer's retries, the lease lost meanwhile) is withdrawn instead: it
+   * owes VMS no summary, and a partial one with every device failed came for each retry of an outage. A batch
+   * of it recorded already (its send failed only in its answer) makes it abandoned after all. A Redis that fails
+   * here leaves it to its deadline.
    */
   async function abandon(error: unknown): Promise<void> {
     if (!begun || emittedLast) return;
@@ -198,6 +224,10 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
         code,
         at: new Date(at).toISOString(),
       };
+      if (batchIndex === 0 && (await deps.cycles.withdraw(tenantId, cycleId, abandonment))) {
+        log.info('cycle withdrawn: none of its batches was sent', { code, totalDevices });
+        return;
+      }
       await deps.cycles.abandon(tenantId, cycleId, abandonment, at + ABANDONED_CYCLE_GRACE_MS);
       log.info('cycle abandoned before its listing ended', {
         code,
@@ -286,13 +316,30 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   // The mode and note too: a poller that stops before recording the cycle's end leaves them to the next.
   // Recorded even if the lease lapsed since the last batch: every batch went out under it, and the totals are
   // true (a cycle recorded abandoned by a poller that took the tenant over meanwhile gets its deadline back).
-  await deps.cycles.listed(tenantId, cycleId, {
+  // Tried again in place while the lease holds: failed at once, the cycle was ended as failed, listed again
+  // minutes later, and closed partial.
+  const totals = {
     totalBatches: batchIndex,
     totalDevices,
     listedAt: new Date(listedAt).toISOString(),
     vulnerabilityMode,
     note,
-  });
+  };
+  try {
+    await withRetry(() => deps.cycles.listed(tenantId, cycleId, totals), {
+      policy: deps.listedRetry ?? LISTED_RETRY,
+      signal,
+      shouldRetry: () => input.leaseHeld(),
+      onRetry: (error, attempt, delayMs) =>
+        log.debug('cycle listing not recorded: tried again', {
+          attempt,
+          delayMs,
+          reason: errorMessage(error),
+        }),
+    });
+  } catch (error) {
+    throw new CycleListedNotRecordedError(error);
+  }
   log.info('cycle listed', { totalDevices, totalBatches: batchIndex, merged, vulnerabilityMode });
   return { totalDevices, totalBatches: batchIndex, merged, vulnerabilityMode, note, listedAt };
 }

@@ -6,16 +6,33 @@
  * must emit no more batches then, or they come after the cycle was taken over and closed as partial.
  */
 export interface LeaseClock {
-  /** Redis confirmed an acquisition or renewal sent at `sentAt` (epoch ms). */
+  /** This clock's time now, ms: what a renewal about to be sent is confirmed with. */
+  reading(): number;
+  /** Redis confirmed an acquisition or renewal sent at `sentAt` (a `reading()`). */
   confirmed(sentAt: number): void;
   /** Whether the lease surely still stands now. */
   held(): boolean;
 }
 
-/** `acquiredAt`: when the acquisition was sent (epoch ms). `leaseMs`: the lease's length, ms. */
-export function createLeaseClock(acquiredAt: number, leaseMs: number, now: () => number): LeaseClock {
+/**
+ * The clock leases are held by: monotonic, never stepped. By the wall clock (`Date.now()`), an NTP step of
+ * ~20 s forward made every lease of the replica look lapsed and aborted all its cycles, and one backward let a
+ * cycle send batches past its lease's end. Schedule times stay on the wall clock: they are shared by replicas.
+ */
+export const leaseTime = (): number => performance.now();
+
+/**
+ * `acquiredAt`: when the acquisition was sent, by `now`. `leaseMs`: the lease's length, ms. `now`: the clock,
+ * `leaseTime` unless a test gives its own.
+ */
+export function createLeaseClock(
+  acquiredAt: number,
+  leaseMs: number,
+  now: () => number = leaseTime,
+): LeaseClock {
   let heldUntil = acquiredAt + leaseMs;
   return {
+    reading: now,
     confirmed(sentAt) {
       heldUntil = Math.max(heldUntil, sentAt + leaseMs);
     },

@@ -5,7 +5,7 @@ import type { Logger } from '@urs/logging';
 import { errorMessage, keepRenewing } from '@urs/resilience';
 import type { Counter, Histogram } from '@urs/telemetry';
 import type { PollLease, PollScheduleStore, TenantStore } from '@urs/store';
-import { CycleAbortedError, type CycleInput, type CycleResult } from './cycle';
+import { CycleAbortedError, CycleListedNotRecordedError, type CycleInput, type CycleResult } from './cycle';
 import type { CycleEnd } from './cycle-end';
 import type { LeaseClock } from './lease-clock';
 import type { FailureStreak } from './schedule';
@@ -69,7 +69,7 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
     let lost = false;
     let renewalError: unknown;
     const renew = async (): Promise<boolean> => {
-      const sentAt = now();
+      const sentAt = clock.reading();
       const held = await deps.schedules.renew(lease, deps.leaseMs);
       if (held) {
         clock.confirmed(sentAt);
@@ -134,8 +134,12 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
       // it was listed again within minutes (the tenant's quota spent twice, a second summary for the VMS), its
       // status never showed the listing, and a fault of Redis counted as the tenant's failure. It is left marked
       // running; the attempt fails (tried again after the attempts' backoff, a fault of Redis warned of once per
-      // outage), and the next holder of the lease ends it as listed (`endListedCycle`).
-      if (result !== undefined) {
+      // outage), and the next holder of the lease ends it as listed (`endListedCycle`). So is one whose every
+      // batch went out and whose listing the cycle store could not record, though tried again in place while
+      // the lease held (`CycleListedNotRecordedError`): ended as failed, it was listed again ~2 minutes later,
+      // counted as an infrastructure failure. Its batches are on their way, the last with the totals the
+      // publisher completes it by; the next holder, finding no listing recorded, takes it over.
+      if (result !== undefined || error instanceof CycleListedNotRecordedError) {
         log.warn('listed cycle not ended: the next try ends it', {
           tenantId,
           cycleId,

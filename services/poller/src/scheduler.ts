@@ -3,11 +3,18 @@ import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorMessage, sleep } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
-import type { CycleStore, PollLease, PollSchedule, PollScheduleStore, TenantStore } from '@urs/store';
+import type {
+  CycleBeginRefusal,
+  CycleStore,
+  PollLease,
+  PollSchedule,
+  PollScheduleStore,
+  TenantStore,
+} from '@urs/store';
 import { createAttemptFailures } from './attempt-failures';
 import { cycleIdOf, type CycleInput, type CycleResult } from './cycle';
 import { createCycleEnd } from './cycle-end';
-import { createLeaseClock } from './lease-clock';
+import { createLeaseClock, leaseTime } from './lease-clock';
 import { createRunUnderLease } from './run-under-lease';
 import { dueAt, type FailureKind, withoutLocalBackoff } from './schedule';
 import type { TenantTable } from './tenant-table';
@@ -30,6 +37,13 @@ export interface SchedulerDeps {
   maxConcurrentCycles: number;
   tickMs: number;
   recheckMs: number;
+  /**
+   * How long a cycle whose begin finds the tenant's record in Redis older than this replica's (missing, or
+   * disabled at an older revision) is tried again at every tick, at debug level, before it is warned of and
+   * looked at after `recheckMs` only: the registrar writes Kafka first, then Redis. Default
+   * `REGISTRAR_WRITE_WAIT_MS`.
+   */
+  registrarWaitMs?: number;
   maxBackoffMs: number;
   logger: Logger;
   metrics: Registry;
@@ -62,6 +76,9 @@ interface Running {
  */
 export const STATUS_READS_AT_ONCE = 100;
 
+/** `SchedulerDeps.registrarWaitMs`'s default: a few seconds, far more than the registrar's two writes take. */
+export const REGISTRAR_WRITE_WAIT_MS = 5_000;
+
 /** Buckets of `urs_poll_cycle_start_delay_seconds`: from a tick's delay to two hours, in seconds. */
 const START_DELAY_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1_800, 3_600, 7_200];
 
@@ -93,6 +110,7 @@ const CYCLE_OUTCOMES: readonly ('listed' | 'aborted' | FailureKind)[] = [
 
 export function createScheduler(deps: SchedulerDeps): Scheduler {
   const now = deps.now ?? Date.now;
+  const registrarWaitMs = deps.registrarWaitMs ?? REGISTRAR_WRITE_WAIT_MS;
   const log = deps.logger.child({ component: 'scheduler' });
   const cyclesTotal = deps.metrics.counter('urs_poll_cycles_total', 'Polling cycles, by outcome.');
   // Every outcome from the start: the alerts on the share of failing cycles divide by all of them, and
@@ -106,7 +124,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   deps.metrics.gauge('urs_poll_tenants', 'Tenants known to this poller.', () => deps.table.size());
   deps.metrics.gauge(
     'urs_poll_overdue_tenants',
-    'Tenants due by this poller that its last tick could not start: every cycle place was taken.',
+    'Tenants due by this poller that its last tick could not start: every cycle place was taken ' +
+      '(those another replica held the lease of when last tried not counted).',
     () => overdue,
   );
   const startDelaySeconds = deps.metrics.histogram(
@@ -137,10 +156,22 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   const cycleBegun = new Set<string>();
   /** Per tenant, the revision whose refused begin was warned of (once a revision: it is looked at again often). */
   const refusedWarned = new Map<string, number>();
+  /**
+   * Per tenant, the revision whose record the registrar has not stored in Redis yet, and when a begin first
+   * found so: looked for at every tick until `registrarWaitMs` has passed.
+   */
+  const awaitingRegistrar = new Map<string, { revision: number; since: number }>();
   /** Per tenant, when this replica should look again (its local view; Redis decides). */
   const localDue = new Map<string, number>();
   /** Tenants new to this replica (or enabled again) whose stored schedule it has not read yet. */
   const unread = new Set<string>();
+  /**
+   * Tenants whose lease another replica held when this one last tried (running their cycle, most often): due
+   * again by this replica's view every URS_POLL_RECHECK_MS, they wait for nothing here, and counted in
+   * `urs_poll_overdue_tenants` they made an install exactly at capacity fire UrsPollTenantsOverdue. Counted
+   * again once this replica holds the lease or reads their schedule again.
+   */
+  const leasedElsewhere = new Set<string>();
   let reading: Promise<void> | undefined;
   const active = new Map<string, Running>();
   const stop = new AbortController();
@@ -161,7 +192,9 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         log.info('tenant deleted or disabled: no longer polled', { tenantId, deleted: record === null });
       localDue.delete(tenantId);
       unread.delete(tenantId);
+      leasedElsewhere.delete(tenantId);
       refusedWarned.delete(tenantId);
+      awaitingRegistrar.delete(tenantId);
       failures.forget(tenantId);
       const running = active.get(tenantId);
       if (running) {
@@ -186,12 +219,15 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   }
 
   async function attempt(tenantId: string, abort: AbortController): Promise<void> {
-    const acquiredAt = now();
+    // By the lease's own clock, not the schedule's (`now`): a step of the wall clock is not time passed.
+    const acquiredAt = leaseTime();
     const lease = await deps.schedules.acquire(tenantId, deps.holderId, deps.leaseMs);
     if (!lease) {
       localDue.set(tenantId, now() + deps.recheckMs);
+      leasedElsewhere.add(tenantId);
       return;
     }
+    leasedElsewhere.delete(tenantId);
     let released = false;
     try {
       const record = deps.table.get(tenantId);
@@ -218,24 +254,14 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       // Disabled or deleted, or the scheduler stopping, while its schedule was read: no cycle of it begins.
       if (abort.signal.aborted || stop.signal.aborted) return;
       const cycleId = cycleIdOf(tenantId, startedAt);
-      if (!(await deps.schedules.begin(lease, cycleId, startedAt))) {
-        // The lease lost, or the tenant's record in Redis gone or disabled: this replica has not read its
-        // deletion (or disabling) yet, or the registrar has not stored a record Kafka already has (it writes
-        // Kafka first). Looked at again after URS_POLL_RECHECK_MS, not at every tick.
-        // Told once a revision: a record Kafka has and Redis never gets (its write failed after the send) is
-        // otherwise never polled without a word.
-        const warn = refusedWarned.get(tenantId) !== record.revision;
-        refusedWarned.set(tenantId, record.revision);
-        const message =
-          "cycle not begun: the lease lost, or the tenant's record in Redis missing or disabled; looked at again";
-        const fields = { tenantId, revision: record.revision, recheckMs: deps.recheckMs };
-        if (warn) log.warn(message, fields);
-        else log.debug(message, fields);
-        if (localDue.has(tenantId)) localDue.set(tenantId, now() + deps.recheckMs);
+      const begun = await deps.schedules.begin(lease, cycleId, startedAt);
+      if (begun !== true) {
+        refusedBegin(record, begun);
         return;
       }
       cycleBegun.add(tenantId);
       refusedWarned.delete(tenantId);
+      awaitingRegistrar.delete(tenantId);
       log.debug('cycle started', { tenantId, cycleId, holderId: deps.holderId });
       // A tenant due at once (never polled, a cycle taken over, new settings) has no due time to be late for.
       if (due > 0) startDelaySeconds.observe((startedAt - due) / 1000);
@@ -250,12 +276,50 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
               ...(schedule.failedKind === undefined ? {} : { kind: schedule.failedKind }),
             }
           : { failures: 0 };
-      const clock = createLeaseClock(acquiredAt, deps.leaseMs, now);
+      const clock = createLeaseClock(acquiredAt, deps.leaseMs);
       await runUnderLease(record, { lease, clock }, cycleId, startedAt, intervalMs, previous, abort);
       released = true;
     } finally {
       if (!released) await releaseQuietly(lease);
     }
+  }
+
+  /**
+   * A cycle the schedule refused to begin. A record Redis holds older than this replica's (missing, or disabled
+   * at an older revision: a new registration or a re-enabling whose Kafka record came first, the registrar
+   * writing Redis second) is looked for again at the next tick, at debug level, for `registrarWaitMs`: the
+   * first cycle starts as soon as the write lands, not a recheck wait later with a warning. Otherwise (the
+   * lease lost, this replica not having read the tenant's deletion or disabling yet, or the wait over) it is
+   * looked at again after URS_POLL_RECHECK_MS, not at every tick, and told once a revision at warn: a record
+   * Kafka has and Redis never gets (its write failed after the send) is otherwise never polled without a word.
+   */
+  function refusedBegin(record: TenantRecord, refusal: CycleBeginRefusal): void {
+    const { tenantId, revision } = record;
+    const fields = { tenantId, revision, reason: refusal.reason };
+    const redisBehind =
+      refusal.reason === 'record-missing' ||
+      (refusal.reason === 'record-disabled' && (refusal.storedRevision ?? 0) < revision);
+    if (redisBehind && localDue.has(tenantId)) {
+      const waiting = awaitingRegistrar.get(tenantId);
+      const since = waiting?.revision === revision ? waiting.since : now();
+      awaitingRegistrar.set(tenantId, { revision, since });
+      if (now() - since < registrarWaitMs) {
+        log.debug(
+          "cycle not begun: the tenant's record not in Redis yet; looked for again at the next tick",
+          fields,
+        );
+        localDue.set(tenantId, now() + deps.tickMs);
+        return;
+      }
+    }
+    const warn = refusedWarned.get(tenantId) !== revision;
+    refusedWarned.set(tenantId, revision);
+    const message =
+      "cycle not begun: the lease lost, or the tenant's record in Redis missing or disabled; looked at again";
+    const recheck = { ...fields, recheckMs: deps.recheckMs };
+    if (warn) log.warn(message, recheck);
+    else log.debug(message, recheck);
+    if (localDue.has(tenantId)) localDue.set(tenantId, now() + deps.recheckMs);
   }
 
   /**
@@ -355,6 +419,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         // out the old secret's failure.
         if (!localDue.has(tenantId) || deps.table.get(tenantId)?.revision !== record.revision) return;
         localDue.set(tenantId, dueAt(schedule, intervalOf(record), record.revision));
+        leasedElsewhere.delete(tenantId);
       };
       await atMostAtOnce(tenantIds, STATUS_READS_AT_ONCE, place);
     } catch (error) {
@@ -397,7 +462,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     }
     const due = dueTenants(now());
     const starting = due.slice(0, Math.max(deps.maxConcurrentCycles - active.size, 0));
-    overdue = due.length - starting.length;
+    overdue = due.slice(starting.length).filter((tenantId) => !leasedElsewhere.has(tenantId)).length;
     for (const tenantId of starting) {
       const abort = new AbortController();
       const done = attempt(tenantId, abort)

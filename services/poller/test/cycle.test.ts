@@ -1,11 +1,17 @@
 import type { OutboundMessage, Publisher } from '@urs/bus';
 import { toDeviceRecord, type DeviceBatch, type Machine, type TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
-import { UrsError } from '@urs/resilience';
+import { UrsError, retryPolicy } from '@urs/resilience';
 import { createSecretSealer } from '@urs/secrets';
 import { parseProfile, profileHash } from '@urs/scoring';
 import type { CycleStore } from '@urs/store';
-import { CycleAbortedError, cycleIdOf, runCycle, type CycleDeps } from '../src/cycle';
+import {
+  CycleAbortedError,
+  CycleListedNotRecordedError,
+  cycleIdOf,
+  runCycle,
+  type CycleDeps,
+} from '../src/cycle';
 import type { DefenderGateway, DevicePage, TenantCredentials } from '../src/defender';
 
 const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 3)]]) });
@@ -38,8 +44,11 @@ function pages(...sizes: number[]): DevicePage[] {
   }));
 }
 
-/** `failAfter`: thrown by the listing once its pages are listed (a listing that fails midway). */
-function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Error) {
+/**
+ * `failAfter`: thrown by the listing once its pages are listed (a listing that fails midway). `withdrawn`: what
+ * the cycle store answers a withdrawal (false: a batch of the cycle was recorded already).
+ */
+function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Error, withdrawn = true) {
   const sent: DeviceBatch[] = [];
   const events: string[] = [];
   const credentials: TenantCredentials[] = [];
@@ -73,6 +82,10 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Erro
         `abandon ${abandonment.batches}/${abandonment.devices} ${abandonment.code} ${abandonment.at} ${closeAt}`,
       );
       return true;
+    },
+    async withdraw(_t: string, _c: string, abandonment: Parameters<CycleStore['withdraw']>[2]) {
+      events.push(`withdraw ${abandonment.devices} ${abandonment.code} ${abandonment.at}`);
+      return withdrawn;
     },
   } as unknown as CycleStore;
   const defender: DefenderGateway = {
@@ -336,8 +349,28 @@ describe('runCycle', () => {
       ),
     ).rejects.toBeInstanceOf(CycleAbortedError);
     expect(sent).toEqual([]);
-    expect(events.slice(1)).toEqual([
-      `abandon 0/600 CYCLE_ABORTED ${new Date(1_000).toISOString()} ${1_000 + 60_000}`,
+    expect(events.slice(1)).toEqual([`withdraw 600 CYCLE_ABORTED ${new Date(1_000).toISOString()}`]);
+  });
+
+  it('runCycle should withdraw a begun cycle whose first batch could not be sent, so that no summary is owed for it', async () => {
+    const kafkaAway = new UrsError('KAFKA_UNAVAILABLE', 'the broker is not reachable', { canRetry: true });
+    const failingSend = async (): Promise<never> => {
+      throw kafkaAway;
+    };
+    const { deps, events } = setup(pages(600, 600), 10);
+    await expect(
+      runCycle({ ...deps, publisher: { ...deps.publisher, send: failingSend } }, input()),
+    ).rejects.toBe(kafkaAway);
+    expect(events.slice(1)).toEqual([`withdraw 600 KAFKA_UNAVAILABLE ${new Date(1_000).toISOString()}`]);
+
+    // The send failed only in its answer and its batch is recorded already: abandoned, closed as its batches say.
+    const landed = setup(pages(600, 600), 10, undefined, false);
+    await expect(
+      runCycle({ ...landed.deps, publisher: { ...landed.deps.publisher, send: failingSend } }, input()),
+    ).rejects.toBe(kafkaAway);
+    expect(landed.events.slice(1)).toEqual([
+      `withdraw 600 KAFKA_UNAVAILABLE ${new Date(1_000).toISOString()}`,
+      `abandon 0/600 KAFKA_UNAVAILABLE ${new Date(1_000).toISOString()} ${1_000 + 60_000}`,
     ]);
   });
 
@@ -346,7 +379,37 @@ describe('runCycle', () => {
     deps.cycles.listed = async () => {
       throw new Error('Connection is closed.');
     };
-    await expect(runCycle(deps, input())).rejects.toThrow('Connection is closed.');
+    const noWait = { ...deps, listedRetry: retryPolicy({ maxAttempts: 2, initialDelayMs: 0 }) };
+    await expect(runCycle(noWait, input())).rejects.toThrow('Connection is closed.');
     expect(events.filter((event) => event.startsWith('abandon'))).toEqual([]);
+  });
+
+  it('runCycle should record a listing Redis failed in place, while the lease holds, and say the cycle was listed when it cannot', async () => {
+    const { deps, events } = setup(pages(10));
+    const listed = deps.cycles.listed.bind(deps.cycles);
+    let failures = 1;
+    deps.cycles.listed = async (...args) => {
+      if (failures-- > 0) throw new Error('Connection is closed.');
+      return listed(...args);
+    };
+    const noWait = { ...deps, listedRetry: retryPolicy({ maxAttempts: 3, initialDelayMs: 0 }) };
+    await expect(runCycle(noWait, input())).resolves.toMatchObject({ totalDevices: 10, totalBatches: 1 });
+    expect(events.at(-1)).toBe('listed 1/10 per-device');
+
+    // Failing for longer than the lease holds: the error says every batch went out.
+    let held = true;
+    let tries = 0;
+    deps.cycles.listed = async () => {
+      tries++;
+      held = false;
+      throw new Error('Connection is closed.');
+    };
+    const failed = runCycle(
+      noWait,
+      input(undefined, null, () => held),
+    );
+    await expect(failed).rejects.toBeInstanceOf(CycleListedNotRecordedError);
+    await expect(failed).rejects.toThrow('Connection is closed.');
+    expect(tries).toBe(1);
   });
 });

@@ -2,7 +2,8 @@ import { silentLogger } from '@urs/logging';
 import { capturingLogger, type LogLine } from '@urs/testkit';
 import { Registry } from '@urs/telemetry';
 import type { PollLease } from '@urs/store';
-import type { CycleInput } from '../src/cycle';
+import { ReplyError } from 'ioredis';
+import { CycleListedNotRecordedError, type CycleInput } from '../src/cycle';
 import type { CycleEnd } from '../src/cycle-end';
 import { createLeaseClock } from '../src/lease-clock';
 import { createRunUnderLease, type RunUnderLeaseDeps } from '../src/run-under-lease';
@@ -39,7 +40,50 @@ function underLease(deps: Partial<RunUnderLeaseDeps> & Pick<RunUnderLeaseDeps, '
 
 const lease: PollLease = { tenantId: 'a', token: '1:replica' };
 
+/** Ends that record which of them were called. */
+function recordedEnds(called: string[]): CycleEnd {
+  return {
+    endListed: async () => {
+      called.push('endListed');
+      return true;
+    },
+    endListedCycle: async () => true,
+    endFailed: async () => {
+      called.push('endFailed');
+    },
+  };
+}
+
 describe('runUnderLease', () => {
+  it('should leave a cycle whose every batch went out and whose listing Redis did not record running, not failed', async () => {
+    const now = () => 0;
+    const called: string[] = [];
+    const placed: number[] = [];
+    const readonly = new ReplyError("READONLY You can't write against a read only replica.");
+    const runUnderLease = underLease({
+      runCycle: async () => {
+        throw new CycleListedNotRecordedError(readonly);
+      },
+      ends: recordedEnds(called),
+      placeAt: (_tenantId, at) => placed.push(at),
+      now,
+    });
+    const held = { lease, clock: createLeaseClock(0, LEASE_MS, now) };
+    const run = runUnderLease(
+      record('a'),
+      held,
+      'a:cycle',
+      0,
+      600_000,
+      { failures: 0 },
+      new AbortController(),
+    );
+    await expect(run).rejects.toBeInstanceOf(CycleListedNotRecordedError);
+    // Not ended as failed: neither listed again within minutes nor counted as the tenant's failure.
+    expect(called).toEqual([]);
+    expect(placed).toEqual([]);
+  });
+
   it('should renew the lease at once, so a cycle begun late in its lease (a slow Redis) still holds it', async () => {
     let clock = 0;
     const now = () => clock;

@@ -89,12 +89,12 @@ describe('createScheduler: a cycle its store refuses to begin', () => {
   it('should look at the tenant again after the recheck wait, not as soon as its attempt returned, while its record in Redis is not enabled', async () => {
     const schedules = memorySchedules();
     let begins = 0;
-    // The registrar has not stored the record Kafka already has (or this replica missed its deletion).
+    // This replica has not read the record's disabling yet: Redis holds it disabled at the same revision.
     schedules.begin = async () => {
       begins++;
       // Answered as Redis answers, after the event loop's turn.
       await new Promise((resolve) => setImmediate(resolve));
-      return false;
+      return { reason: 'record-disabled', storedRevision: 1 };
     };
     const runs: Run[] = [];
     const lines: LogLine[] = [];
@@ -118,6 +118,60 @@ describe('createScheduler: a cycle its store refuses to begin', () => {
     );
     expect(warned).toHaveLength(1);
     expect(warned[0]).toMatchObject({ tenantId: 'a', revision: 1 });
+  });
+
+  it("should begin a new tenant's first cycle as soon as the registrar's write lands, not after the recheck wait, and warn only once it took long", async () => {
+    const schedules = memorySchedules();
+    const begin = schedules.begin.bind(schedules);
+    /** The registrar has sent the record to Kafka and not stored it in Redis yet (it writes Kafka first). */
+    let stored = false;
+    let refused = 0;
+    schedules.begin = async (...args) => {
+      if (stored) return begin(...args);
+      refused++;
+      await new Promise((resolve) => setImmediate(resolve));
+      return { reason: 'record-missing' };
+    };
+    const runs: Run[] = [];
+    const lines: LogLine[] = [];
+    // A recheck wait far past the test's: only a look at the next tick begins the cycle in time.
+    const made = replica(0, schedules, memoryStatus(), runs, async () => undefined, {
+      logger: capturingLogger(lines),
+      recheckMs: 60_000,
+    });
+    scheduler = made.scheduler;
+    await feed(made.table, [record('a')]);
+    scheduler.start();
+    await waitFor(() => refused >= 2, { timeoutMs: 5_000, description: 'the record looked for again' });
+    stored = true;
+    await waitFor(() => runs.length === 1, { timeoutMs: 5_000, description: 'the first cycle' });
+    expect(lines.filter((line) => line.level === 'warn')).toEqual([]);
+    expect(lines.find((line) => line.message.startsWith('cycle not begun'))).toMatchObject({
+      level: 'debug',
+      reason: 'record-missing',
+    });
+
+    // A record Redis never gets (the registrar's write failed after the send): warned of once the wait is over.
+    const never = memorySchedules();
+    never.begin = async () => {
+      await new Promise((resolve) => setImmediate(resolve));
+      return { reason: 'record-missing' };
+    };
+    const neverLines: LogLine[] = [];
+    const other = replica(0, never, memoryStatus(), [], async () => undefined, {
+      logger: capturingLogger(neverLines),
+      registrarWaitMs: 50,
+    });
+    await feed(other.table, [record('b')]);
+    other.scheduler.start();
+    try {
+      await waitFor(() => neverLines.some((line) => line.level === 'warn'), { timeoutMs: 5_000 });
+      expect(neverLines.filter((line) => line.level === 'warn')).toEqual([
+        expect.objectContaining({ tenantId: 'b', revision: 1, reason: 'record-missing' }),
+      ]);
+    } finally {
+      await other.scheduler.close(100);
+    }
   });
 });
 

@@ -6,7 +6,7 @@ import { createSecretSealer } from '@urs/secrets';
 import type { CycleAbandonment, CycleState, PollLease, PollScheduleStore, TenantStatus } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { inboundMessage, waitFor } from '@urs/testkit';
-import { cycleIdOf } from '../src/cycle';
+import { cycleIdOf, type CycleInput } from '../src/cycle';
 import { STATUS_READS_AT_ONCE, type Scheduler } from '../src/scheduler';
 import {
   INTERVAL_MS,
@@ -116,6 +116,35 @@ describe('createScheduler', () => {
     // The first cycles were due at once (never polled): only the later ones, due by their schedule, count.
     expect(sampleOf(metrics, 'urs_poll_cycle_start_delay_seconds_count')).toBeGreaterThan(0);
     expect(sampleOf(metrics, 'urs_poll_cycle_start_delay_seconds_sum')).toBeGreaterThan(0);
+  });
+
+  it('createScheduler should not count overdue a tenant whose lease another replica holds', async () => {
+    const schedules = memorySchedules();
+    const metrics = new Registry();
+    // Another replica runs a's cycle all along; this one has one place, taken by b's long cycle.
+    expect(await schedules.acquire('a', 'replica-other', 60_000)).not.toBeNull();
+    const attempted: string[] = [];
+    const cycle = async (input: CycleInput): Promise<void> => {
+      attempted.push(input.record.tenantId);
+      await sleep(10 * INTERVAL_MS);
+    };
+    const { table, scheduler } = replica(0, schedules, memoryStatus(), [], cycle, {
+      maxConcurrentCycles: 1,
+      metrics,
+    });
+    await feed(table, [record('a'), record('b')]);
+    scheduler.start();
+    started.push(scheduler);
+    await waitFor(() => attempted.includes('b'), {
+      timeoutMs: 5_000,
+      intervalMs: 2,
+      description: "b's cycle",
+    });
+    let mostOverdue = -1;
+    for (const until = Date.now() + 3 * INTERVAL_MS; Date.now() < until; await sleep(2))
+      mostOverdue = Math.max(mostOverdue, sampleOf(metrics, 'urs_poll_overdue_tenants') ?? -1);
+    // Nothing waits for this replica: a runs elsewhere.
+    expect(mostOverdue).toBe(0);
   });
 
   it('createScheduler should count no tenant overdue while it has free places', async () => {

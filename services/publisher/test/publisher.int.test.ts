@@ -1005,6 +1005,40 @@ describe('the publisher', () => {
     expect(summaries()[0]).toMatchObject({ status: 'partial', devices: { total: 3, scored: 2, failed: 1 } });
   });
 
+  it('closeOverdue should send no summary for a cycle its poller withdrew, and a batch of it scored after all should settle it', async () => {
+    const { handler, begin, completion, cycles } = build();
+    await tenantStore().updateStatus('t1', { deviceCount: 3 });
+    // Its first batch never sent (Kafka away): withdrawn, nothing owed, at no sweep.
+    await begin(1);
+    now = new Date(minute(11));
+    const stopped = { batches: 0, devices: 3, code: 'KAFKA_UNAVAILABLE', at: minute(11) };
+    expect(await cycles.withdraw('t1', 'c1', stopped)).toBe(true);
+    now = new Date(minute(30));
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(summaries()).toEqual([]);
+    // A first batch whose send failed only in its answer: scored after all, the cycle closes as abandoned.
+    await begin(2);
+    now = new Date(minute(21));
+    expect(await cycles.withdraw('t1', 'c2', { ...stopped, at: minute(21) })).toBe(true);
+    await handler(scoreBatch(2, 0, [device('a', 10, 'Trustworthy')]));
+    // Its only batch, the last one: complete.
+    await begin(3);
+    now = new Date(minute(31));
+    expect(await cycles.withdraw('t1', 'c3', { ...stopped, at: minute(31) })).toBe(true);
+    await handler(
+      scoreBatch(
+        3,
+        0,
+        [device('a', 10, 'Trustworthy'), device('b', 90, 'High Risk'), device('c', 50, 'Moderate Risk')],
+        1,
+      ),
+    );
+    expect(summaries().map((s) => [s.cycleId, s.status, s.devices])).toEqual([
+      ['c2', 'partial', { total: 3, scored: 1, incomplete: 0, failed: 2 }],
+      ['c3', 'complete', { total: 3, scored: 3, incomplete: 0, failed: 0 }],
+    ]);
+  });
+
   it('createPublishHandler should leave a cycle whose poller died, its emitted batches not known, to the close it was given', async () => {
     const { handler, begin, completion, cycles } = build();
     await tenantStore().updateStatus('t1', { deviceCount: 3 });

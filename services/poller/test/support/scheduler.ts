@@ -50,7 +50,7 @@ export function memorySchedules(): PollScheduleStore {
       return new Map(tenantIds.map((id) => [id, { ...(schedules.get(id) ?? { failures: 0 }) }]));
     },
     async begin(lease, cycleId, startedAt) {
-      if (!holds(lease)) return false;
+      if (!holds(lease)) return { reason: 'lease-lost' };
       schedules.set(lease.tenantId, {
         ...(schedules.get(lease.tenantId) ?? { failures: 0 }),
         lastStartedAt: startedAt,
@@ -190,6 +190,10 @@ export function replica(
     leaseMs?: number;
     /** The scheduler's logger (default silent). */
     logger?: Logger;
+    /** URS_POLL_RECHECK_MS (default 20). */
+    recheckMs?: number;
+    /** How long a record the registrar has not stored yet is looked for at every tick (default the scheduler's). */
+    registrarWaitMs?: number;
   } = {},
 ) {
   return testScheduler({
@@ -215,6 +219,8 @@ export function replica(
     ...(options.logger === undefined ? {} : { logger: options.logger }),
     ...(options.metrics === undefined ? {} : { metrics: options.metrics }),
     ...(options.now === undefined ? {} : { now: options.now }),
+    ...(options.recheckMs === undefined ? {} : { recheckMs: options.recheckMs }),
+    ...(options.registrarWaitMs === undefined ? {} : { registrarWaitMs: options.registrarWaitMs }),
   });
 }
 
