@@ -211,8 +211,8 @@ export function createMessageProcessor(
   }
 
   /**
-   * The message held for `error`, a fault waiting may mend: held now, or failed again while held already
-   * (`hold`), and counted as held.
+   * The message held for `error`, a fault waiting may mend: held now (counted as held, once per hold, not once
+   * per attempt), or failed again while held already (`hold`).
    */
   function heldFor(
     hold: Hold | undefined,
@@ -220,8 +220,10 @@ export function createMessageProcessor(
     error: unknown,
     fields: Record<string, unknown>,
   ): Hold {
-    handled.inc({ topic, outcome: 'held' });
-    if (!hold) return options.held.hold(error, fields);
+    if (!hold) {
+      handled.inc({ topic, outcome: 'held' });
+      return options.held.hold(error, fields);
+    }
     hold.failedAgain(error, fields);
     return hold;
   }
