@@ -32,14 +32,16 @@ export interface InboundMessage<T> {
   timestamp: number;
   /**
    * Keeps the consumer's group membership alive during a long handler (KafkaJS heartbeats only when
-   * asked). Cheap to call often: KafkaJS sends at most one heartbeat per heartbeat interval. With
-   * ordering 'key' the runner keeps heartbeating on its own; calling it is harmless.
+   * asked). Cheap to call often: KafkaJS sends at most one heartbeat per heartbeat interval. Never rejects:
+   * with ordering 'partition', a heartbeat that finds the group rebalancing aborts `signal` instead (the
+   * message is given up, unfinished, as on close); with ordering 'key' the runner keeps heartbeating on its
+   * own, and calling it is harmless.
    */
   heartbeat?: () => Promise<void>;
   /**
    * Aborted when the runner gives the message up: the runner is closing and the drain time passed
-   * (ConsumerRunnerOptions.drainTimeoutMs), or, with ordering 'key', its partition went to another
-   * consumer in a rebalance. A handler that stops early should throw: the message is then neither
+   * (ConsumerRunnerOptions.drainTimeoutMs); with ordering 'key', its partition went to another consumer in
+   * a rebalance; with ordering 'partition', a heartbeat of its batch found the group rebalancing. A handler that stops early should throw: the message is then neither
    * retried nor dead-lettered, and its offset is not committed (it is handled again by whoever owns the
    * partition next).
    */
@@ -99,6 +101,7 @@ export interface MessageWork {
   topic: string;
   partition: number;
   message: KafkaMessage;
+  /** Handed to the handler (see InboundMessage.heartbeat): never rejects. */
   heartbeat: () => Promise<void>;
   /** Handed to the handler (see InboundMessage.signal). */
   signal?: AbortSignal;
@@ -109,7 +112,7 @@ export interface MessageWork {
    * or the partition is no longer its own) gives the message up, unfinished.
    */
   shouldStop: () => boolean;
-  /** Runs after the pause, before the next attempt. */
+  /** Runs after the pause, before the next attempt (then shouldStop is asked again). Never rejects. */
   beforeRetry: () => Promise<void>;
 }
 
@@ -348,13 +351,13 @@ export function createMessageProcessor(
 
   /**
    * The pause before a held message's next attempt, and what the runner does before one (a heartbeat, with
-   * ordering 'partition'); false when the work was stopped meanwhile.
+   * ordering 'partition', which may find the group rebalancing); false when the work was stopped meanwhile.
    */
   async function pauseBeforeRetry(work: MessageWork, delayMs: number): Promise<boolean> {
     await sleep(delayMs, work.stopSignal);
     if (work.stopSignal.aborted || work.shouldStop()) return false;
     await work.beforeRetry();
-    return true;
+    return !work.stopSignal.aborted && !work.shouldStop();
   }
 
   /**
