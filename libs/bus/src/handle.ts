@@ -32,14 +32,16 @@ export interface InboundMessage<T> {
   timestamp: number;
   /**
    * Keeps the consumer's group membership alive during a long handler (KafkaJS heartbeats only when
-   * asked). Cheap to call often: KafkaJS sends at most one heartbeat per heartbeat interval. With
-   * ordering 'key' the runner keeps heartbeating on its own; calling it is harmless.
+   * asked). Cheap to call often: KafkaJS sends at most one heartbeat per heartbeat interval. Never rejects:
+   * with ordering 'partition', a heartbeat that finds the group rebalancing aborts `signal` instead (the
+   * message is given up, unfinished, as on close); with ordering 'key' the runner keeps heartbeating on its
+   * own, and calling it is harmless.
    */
   heartbeat?: () => Promise<void>;
   /**
    * Aborted when the runner gives the message up: the runner is closing and the drain time passed
-   * (ConsumerRunnerOptions.drainTimeoutMs), or, with ordering 'key', its partition went to another
-   * consumer in a rebalance. A handler that stops early should throw: the message is then neither
+   * (ConsumerRunnerOptions.drainTimeoutMs); with ordering 'key', its partition went to another consumer in
+   * a rebalance; with ordering 'partition', a heartbeat of its batch found the group rebalancing. A handler that stops early should throw: the message is then neither
    * retried nor dead-lettered, and its offset is not committed (it is handled again by whoever owns the
    * partition next).
    */
@@ -99,6 +101,7 @@ export interface MessageWork {
   topic: string;
   partition: number;
   message: KafkaMessage;
+  /** Handed to the handler (see InboundMessage.heartbeat): never rejects. */
   heartbeat: () => Promise<void>;
   /** Handed to the handler (see InboundMessage.signal). */
   signal?: AbortSignal;
@@ -109,7 +112,7 @@ export interface MessageWork {
    * or the partition is no longer its own) gives the message up, unfinished.
    */
   shouldStop: () => boolean;
-  /** Runs after the pause, before the next attempt. */
+  /** Runs after the pause, before the next attempt (then shouldStop is asked again). Never rejects. */
   beforeRetry: () => Promise<void>;
 }
 
@@ -174,10 +177,9 @@ function messageLogFields(work: MessageWork, payload: unknown): Record<string, u
  * backoff for as long as it lasts, the message held (counted in `held`), never dead-lettered for it.
  * Resolves true when settled (handled or dead-lettered), false when the work was given up first (stop,
  * revocation), whatever the handler threw once it was: a failure while stopping is not the message's. A
- * dead letter the dead-letter topic refuses on a Kafka fault, or that another process has claimed and not yet
- * written, holds the message, its letter written again in place (see `deadLetter`): the handler never runs
- * again once the message's attempts are spent. Rejects only when the letter is refused for a reason waiting
- * does not mend: then the message is not settled.
+ * dead letter the dead-letter topic refuses (on a Kafka fault, or for a reason only an operator mends), or that
+ * another process has claimed and not yet written, holds the message, its letter written again in place (see
+ * `deadLetter`): the handler never runs again once the message's attempts are spent.
  */
 export function createMessageProcessor(
   options: MessageProcessorOptions,
@@ -212,8 +214,8 @@ export function createMessageProcessor(
   }
 
   /**
-   * The message held for `error`, a fault waiting may mend: held now, or failed again while held already
-   * (`hold`), and counted as held.
+   * The message held for `error`, a fault waiting may mend: held now (counted as held, once per hold, not once
+   * per attempt), or failed again while held already (`hold`).
    */
   function heldFor(
     hold: Hold | undefined,
@@ -221,8 +223,10 @@ export function createMessageProcessor(
     error: unknown,
     fields: Record<string, unknown>,
   ): Hold {
-    handled.inc({ topic, outcome: 'held' });
-    if (!hold) return options.held.hold(error, fields);
+    if (!hold) {
+      handled.inc({ topic, outcome: 'held' });
+      return options.held.hold(error, fields);
+    }
     hold.failedAgain(error, fields);
     return hold;
   }
@@ -230,12 +234,13 @@ export function createMessageProcessor(
   /**
    * `payload`: the decoded value, when the message decoded (see messageLogFields). Resolves true when the
    * message is settled (its letter written, now or before). The letter is made once and written again in
-   * place, never the handler again (the message's attempts are spent), while waiting may get it written: the
-   * dead-letter topic refusing it on a fault of Kafka (a leader moving, the broker away, past the publisher's
-   * retries), or another process holding the letter's claim (until that process writes the letter or its
-   * claim lapses). Meanwhile the message is held (counted as held, as on a Kafka fault in its handler), the
-   * attempts paced by the retry policy. Resolves false when the work is stopped first: the message is left
-   * unsettled. Rejects only when the letter is refused for a reason waiting does not mend.
+   * place, never the handler again (the message's attempts are spent), until it is written: the dead-letter
+   * topic refusing it on a fault of Kafka (a leader moving, the broker away, past the publisher's retries), or
+   * for a reason only an operator mends (an ACL refusing the topic, a letter larger than the topic takes:
+   * logged at error and counted `dead-letter-refused` once per hold), or another process holding the letter's
+   * claim (until that process writes the letter or its claim lapses). Meanwhile the message is held (counted as
+   * held, as on a Kafka fault in its handler), the attempts paced by the retry policy. Resolves false when the
+   * work is stopped first: the message is left unsettled.
    */
   async function deadLetter(work: MessageWork, error: unknown, payload?: unknown): Promise<boolean> {
     const letter = toDeadLetter(
@@ -272,6 +277,16 @@ export function createMessageProcessor(
       log.debug(message, { ...fields, attempt, delayMs, code: letter.error.code, ...extra });
       return pauseBeforeRetry(work, delayMs);
     };
+    /** Whether this hold's refusal was told: at error and counted once per hold, not once per attempt. */
+    let refusalTold = false;
+    const tellRefused = (reason: Record<string, unknown>): void => {
+      handled.inc({ topic: work.topic, outcome: 'dead-letter-refused' });
+      log.error('dead letter refused by Kafka, holding the message until it takes it', {
+        ...messageLogFields(work, payload),
+        code: letter.error.code,
+        ...reason,
+      });
+    };
     try {
       for (let attempt = 1; ; attempt++) {
         let outcome: DeadLetterOutcome;
@@ -288,10 +303,17 @@ export function createMessageProcessor(
         } catch (failure) {
           // The publisher closed under a stop: the message is left unsettled, as any failure while stopping.
           if (work.stopSignal.aborted || work.shouldStop()) return false;
-          // The dead letter itself must not be lost: refused for good, the message is not settled.
-          if (!isInfrastructureFault(failure) && !isTransientKafkaError(failure)) throw failure;
-          const message = 'dead letter not written on a dependency, holding the message';
           const reason = { failure: errorCode(failure), reason: errorMessage(failure) };
+          if (!isInfrastructureFault(failure) && !isTransientKafkaError(failure)) {
+            // Refused for a reason waiting alone does not mend (an ACL, a letter too large for the topic): the
+            // letter must not be lost, nor the handler run again for it, so it is written again in place until
+            // an operator mends the cause, the message held meanwhile.
+            if (!refusalTold) tellRefused(reason);
+            refusalTold = true;
+          }
+          const message = refusalTold
+            ? 'dead letter refused, holding the message'
+            : 'dead letter not written on a dependency, holding the message';
           if (!(await holdBeforeRetry(failure, attempt, message, reason))) return false;
           continue;
         }
@@ -329,13 +351,13 @@ export function createMessageProcessor(
 
   /**
    * The pause before a held message's next attempt, and what the runner does before one (a heartbeat, with
-   * ordering 'partition'); false when the work was stopped meanwhile.
+   * ordering 'partition', which may find the group rebalancing); false when the work was stopped meanwhile.
    */
   async function pauseBeforeRetry(work: MessageWork, delayMs: number): Promise<boolean> {
     await sleep(delayMs, work.stopSignal);
     if (work.stopSignal.aborted || work.shouldStop()) return false;
     await work.beforeRetry();
-    return true;
+    return !work.stopSignal.aborted && !work.shouldStop();
   }
 
   /**
@@ -468,11 +490,10 @@ export function createMessageProcessor(
 }
 
 /**
- * Settles one message, trying again (paced by `retry`) while settle rejects, which it does only when the
- * dead-letter topic refuses the message's letter for a reason waiting does not mend (a fault of Kafka is
- * waited out inside settle): the message stays unfinished, and what is ordered behind it (its key) waits, as
- * its partition would in partition ordering, each try logged at error. Resolves as settle does: true when
- * settled, false when the work was stopped first.
+ * Settles one message, trying again (paced by `retry`) should settle reject, which it does not by design (a
+ * dead letter refused is written again inside settle, never the handler run again for it): a bug, then, and
+ * the message stays unfinished, what is ordered behind it (its key) waiting, each try logged at error.
+ * Resolves as settle does: true when settled, false when the work was stopped first.
  */
 export async function settleUntilDone(
   settle: (work: MessageWork) => Promise<boolean>,

@@ -226,7 +226,11 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
         topic: work.topic,
         partition: work.partition,
         message: entry.message,
-        heartbeat: () => heartbeat(),
+        // Harmless, as documented: a rebalance it meets is seen by the group's own events, which revoke.
+        heartbeat: () =>
+          heartbeat().catch((error: unknown) => {
+            log.debug('heartbeat failed', { topic: work.topic, reason: errorMessage(error) });
+          }),
         signal: work.controller.signal,
         stopSignal: work.stopSignal,
         shouldStop: () => closing.signal.aborted || work.revoked,

@@ -28,6 +28,27 @@ export interface PartitionOrderedConsumption {
 }
 
 /**
+ * Group coordinator answers that the member's generation is over: the group rebalances, or no longer knows
+ * the member or its generation. KafkaJS rejoins on them; a batch under way is stale.
+ */
+const GROUP_MOVED_TYPES: ReadonlySet<string> = new Set([
+  'REBALANCE_IN_PROGRESS',
+  'UNKNOWN_MEMBER_ID',
+  'ILLEGAL_GENERATION',
+]);
+
+/** Causes followed at most this deep (a cause chain is short; a cycle must not loop). */
+const MAX_CAUSE_DEPTH = 5;
+
+/** Whether `error`, or one of its causes, is one of GROUP_MOVED_TYPES. */
+function groupMovedOn(error: unknown, depth = 0): boolean {
+  if (typeof error !== 'object' || error === null || depth > MAX_CAUSE_DEPTH) return false;
+  const e = error as { type?: unknown; cause?: unknown };
+  if (typeof e.type === 'string' && GROUP_MOVED_TYPES.has(e.type)) return true;
+  return e.cause !== error && groupMovedOn(e.cause, depth + 1);
+}
+
+/**
  * Ordering 'partition': each batch's messages handled one after the other, each offset resolved (and
  * committed, at KafkaJS's autoCommit pace) once its message is settled. A message given up (the runner
  * stopping, the partition revoked) ends the batch there, so nothing after it is resolved.
@@ -50,28 +71,62 @@ export function createPartitionOrderedConsumption(
   /** Batches in eachBatch. */
   let handling = 0;
 
+  /**
+   * A heartbeat of the batch, for the bus's own use and its handlers': it never rejects. An answer that the
+   * group moves on without this member's batch (a rebalance, a generation or member it no longer knows)
+   * aborts `moved`, which gives the message under way up, unfinished, and ends the batch: KafkaJS rejoins
+   * once it returns. Any other failure (the broker away) leaves the message going: should the group move the
+   * partition meanwhile, the next heartbeat says so.
+   */
+  function heartbeatOf(payload: EachBatchPayload, moved: AbortController): () => Promise<void> {
+    return () =>
+      payload.heartbeat().catch((error: unknown) => {
+        const where = { topic: payload.batch.topic, partition: payload.batch.partition };
+        if (!groupMovedOn(error)) {
+          log.debug('heartbeat failed', { ...where, reason: errorMessage(error) });
+          return;
+        }
+        if (!moved.signal.aborted) {
+          log.info('group rebalancing: the message under way is given up, unfinished, to its next owner', {
+            ...where,
+            reason: errorMessage(error),
+          });
+        }
+        moved.abort();
+      });
+  }
+
   /** Handles one message; resolves true when done (handled or dead-lettered), false when stopped first. */
-  function handleOne(payload: EachBatchPayload, message: KafkaMessage): Promise<boolean> {
+  function handleOne(
+    payload: EachBatchPayload,
+    message: KafkaMessage,
+    moved: AbortController,
+  ): Promise<boolean> {
+    const heartbeat = heartbeatOf(payload, moved);
     return options.settle({
       topic: payload.batch.topic,
       partition: payload.batch.partition,
       message,
-      heartbeat: () => payload.heartbeat(),
-      signal: aborted.signal,
-      stopSignal: stopping.signal,
-      shouldStop: () => stopping.signal.aborted || !payload.isRunning() || payload.isStale(),
-      // A heartbeat that fails (the broker away) must not end a message's hold on a Kafka fault: it goes on being
-      // tried; should the group move the partition meanwhile, shouldStop gives it up to the new owner.
-      beforeRetry: () =>
-        payload.heartbeat().catch((error: unknown) => {
-          log.debug('heartbeat failed before a retry', { reason: errorMessage(error) });
-        }),
+      heartbeat,
+      signal: AbortSignal.any([aborted.signal, moved.signal]),
+      stopSignal: AbortSignal.any([stopping.signal, moved.signal]),
+      shouldStop: () => moved.signal.aborted || batchOver(payload),
+      beforeRetry: heartbeat,
     });
   }
 
+  /** Whether the batch is to end: the runner stopping, or KafkaJS's run or the batch's generation over. */
+  function batchOver(payload: EachBatchPayload): boolean {
+    return stopping.signal.aborted || !payload.isRunning() || payload.isStale();
+  }
+
   /** handleOne, or false once close let go of the message; what it does after that is not waited for. */
-  async function settled(payload: EachBatchPayload, message: KafkaMessage): Promise<boolean> {
-    const settling = handleOne(payload, message);
+  async function settled(
+    payload: EachBatchPayload,
+    message: KafkaMessage,
+    moved: AbortController,
+  ): Promise<boolean> {
+    const settling = handleOne(payload, message, moved);
     running.add(settling);
     let release: (done: false) => void = () => undefined;
     try {
@@ -111,9 +166,11 @@ export function createPartitionOrderedConsumption(
   }
 
   async function eachBatch(payload: EachBatchPayload): Promise<void> {
+    /** Aborted when a heartbeat of this batch meets the group moving on (see heartbeatOf). */
+    const moved = new AbortController();
     for (const message of payload.batch.messages) {
-      if (stopping.signal.aborted || !payload.isRunning() || payload.isStale()) break;
-      const done = await settled(payload, message);
+      if (moved.signal.aborted || batchOver(payload)) break;
+      const done = await settled(payload, message, moved);
       if (!done) break;
       payload.resolveOffset(message.offset);
       if (commit) await payload.commitOffsetsIfNecessary();

@@ -91,10 +91,13 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     logIntervalMs: positiveInt('heldLogIntervalMs', options.heldLogIntervalMs, 60_000),
   });
   const handled = options.metrics.counter('urs_messages_total', 'Messages consumed, by topic and outcome.');
-  // Each topic's dead letters served at 0 from the start: UrsMessagesDeadLettered counts their increase,
-  // which a topic's first dead letter alone (the series appearing at 1) would not show.
-  for (const subscription of options.subscriptions)
+  // Each topic's dead letters, and those Kafka refused, served at 0 from the start: UrsMessagesDeadLettered and
+  // UrsDeadLetterRefused count their increase, which a topic's first one alone (the series appearing at 1)
+  // would not show.
+  for (const subscription of options.subscriptions) {
     handled.init({ topic: subscription.topic, outcome: 'dead-lettered' });
+    handled.init({ topic: subscription.topic, outcome: 'dead-letter-refused' });
+  }
   const settle = createMessageProcessor({
     service: options.service,
     subscriptions: new Map(options.subscriptions.map((subscription) => [subscription.topic, subscription])),

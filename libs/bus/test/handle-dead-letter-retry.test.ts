@@ -40,6 +40,28 @@ const refusedForGood = (): Error =>
     ),
   );
 
+/** What a produce rejects with when the client may not write to the topic (an ACL): only an operator mends it. */
+const topicNotAuthorised = (): Error =>
+  new KafkaJSProtocolError(
+    protocolError(
+      'TOPIC_AUTHORIZATION_FAILED',
+      29,
+      false,
+      'Not authorized to access topics: [Topic authorization failed]',
+    ),
+  );
+
+/** What a produce rejects with when the record is larger than the topic takes (max.message.bytes). */
+const tooLarge = (): Error =>
+  new KafkaJSProtocolError(
+    protocolError(
+      'MESSAGE_TOO_LARGE',
+      10,
+      false,
+      'The request included a message larger than the max message size the server will accept',
+    ),
+  );
+
 /**
  * A processor of TOPIC whose handler fails the message every time (its own fault, retryable), and a publisher
  * whose sends to the dead-letter topic fail with `failure()` `failures` times, then succeed. `events` tells the
@@ -148,7 +170,7 @@ describe('dead-lettering a message whose attempts are spent, while the dead-lett
     expect(run.held.count).toBe(0);
     const metrics = run.metrics.expose();
     expect(metrics).toContain('held_messages 0');
-    expect(metrics).toContain(`handled_total{outcome="held",topic="${TOPIC}"} 3`);
+    expect(metrics).toContain(`handled_total{outcome="held",topic="${TOPIC}"} 1`);
     expect(metrics).toContain(`handled_total{outcome="dead-lettered",topic="${TOPIC}"} 1`);
     // Told once per outage (its start and its end), not at error on each attempt.
     expect(run.lines.filter((line) => line.level === 'error')).toEqual([]);
@@ -185,14 +207,59 @@ describe('dead-lettering a message whose attempts are spent, while the dead-lett
     expect(run.held.count).toBe(0);
   });
 
-  it('should reject, the message unsettled, when the broker refuses the letter for a reason waiting does not mend', async () => {
-    const run = processor(1, refusedForGood);
-    const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant' });
-    await expect(run.settle(work)).rejects.toMatchObject({ type: 'INVALID_RECORD' });
+  it.each([
+    ['topic authorisation', topicNotAuthorised],
+    ['record validation', refusedForGood],
+  ])(
+    'should hold the message while the broker refuses its letter (%s), writing only the letter again, never the handler (ordering key)',
+    async (_name, refusal) => {
+      const run = processor(3, refusal);
+      const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant' });
+      await expect(settleUntilDone(run.settle, work, { retry: run.retry, log: run.log })).resolves.toBe(true);
+      expect(run.handlerCalls()).toBe(MAX_ATTEMPTS);
+      expect(run.sendAttempts()).toBe(4);
+      expect(run.written).toHaveLength(1);
+      expect(run.heldAtSend).toEqual([0, 1, 1, 1]);
+      expect(run.held.count).toBe(0);
+      const metrics = run.metrics.expose();
+      expect(metrics).toContain(`handled_total{outcome="dead-letter-refused",topic="${TOPIC}"} 1`);
+      expect(metrics).toContain(`handled_total{outcome="dead-lettered",topic="${TOPIC}"} 1`);
+      // Told once per hold, at error: waiting alone does not mend it.
+      const errors = run.lines.filter((line) => line.level === 'error');
+      expect(errors.map((line) => line.message)).toEqual([
+        'dead letter refused by Kafka, holding the message until it takes it',
+      ]);
+      expect(errors[0]).toMatchObject({ offset: '7', tenantId: 'tenant', code: 'RETRIES_EXHAUSTED' });
+    },
+  );
+
+  it('should resolve and commit the offset once a letter the broker refused as too large is written, never crashing (ordering partition)', async () => {
+    const run = processor(2, tooLarge);
+    await expect(eachBatchOfOne(run)).resolves.toBeUndefined();
     expect(run.handlerCalls()).toBe(MAX_ATTEMPTS);
-    expect(run.sendAttempts()).toBe(1);
+    expect(run.written).toHaveLength(1);
+    expect(run.events).toEqual([
+      ...Array<string>(MAX_ATTEMPTS).fill('handler'),
+      ...Array<string>(3).fill('send dlq'),
+      'resolve 7',
+      'commit',
+      'commit',
+    ]);
+  });
+
+  it('should leave the message unsettled and no longer held, its letter unwritten, when the runner stops while the broker refuses it', async () => {
+    const run = processor(Infinity, topicNotAuthorised);
+    const stop = new AbortController();
+    const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant', stop });
+    const settled = settleUntilDone(run.settle, work, { retry: run.retry, log: run.log });
+    await waitFor(() => run.held.count === 1);
+    stop.abort();
+    await expect(settled).resolves.toBe(false);
+    expect(run.handlerCalls()).toBe(MAX_ATTEMPTS);
+    expect(run.written).toEqual([]);
     expect(run.held.count).toBe(0);
   });
+
   it('should heartbeat while what a written letter stands for waits on Redis (ordering partition)', async () => {
     let refusals = 2;
     const redisDown = async (): Promise<void> => {

@@ -91,7 +91,7 @@ describe('createMessageProcessor with a dead-letter ledger', () => {
     expect(run.held.count).toBe(0);
     const metrics = run.metrics.expose();
     expect(metrics).toContain('handled_total{outcome="dead-lettered",topic="tenants"} 1');
-    expect(metrics).toContain('handled_total{outcome="held",topic="tenants"} 2');
+    expect(metrics).toContain('handled_total{outcome="held",topic="tenants"} 1');
     expect(metrics).not.toContain('dead-lettered-before');
   });
 
@@ -167,7 +167,7 @@ describe("createMessageProcessor with a topic's deadLettering", () => {
     expect(run.held.count).toBe(0);
     const metrics = run.metrics.expose();
     expect(metrics).toContain('handled_total{outcome="dead-lettered",topic="tenants"} 1');
-    expect(metrics).toContain('handled_total{outcome="held",topic="tenants"} 2');
+    expect(metrics).toContain('handled_total{outcome="held",topic="tenants"} 1');
   });
 
   it('should leave the message unsettled, its letter written, when the runner stops while Redis fails it', async () => {

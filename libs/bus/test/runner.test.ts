@@ -60,6 +60,11 @@ describe('createConsumerRunner', () => {
     const text = metrics.expose();
     expect(text).toMatch(/^urs_messages_total\{outcome="dead-lettered",topic="urs.devices-enriched"\} 0$/m);
     expect(text).toMatch(/^urs_messages_total\{outcome="dead-lettered",topic="urs.tenants"\} 0$/m);
+    // Its refused dead letters alike (UrsDeadLetterRefused).
+    expect(text).toMatch(
+      /^urs_messages_total\{outcome="dead-letter-refused",topic="urs.devices-enriched"\} 0$/m,
+    );
+    expect(text).toMatch(/^urs_messages_total\{outcome="dead-letter-refused",topic="urs.tenants"\} 0$/m);
   });
 
   it('should fetch up to 4 MiB of a partition at once unless told otherwise', () => {

@@ -141,6 +141,48 @@ describe('redactText', () => {
     );
   });
 
+  it.each([
+    [
+      'a number',
+      '{"client_secret": 12345678, "clientId": "c1"}',
+      '{"client_secret": "[redacted]", "clientId": "c1"}',
+    ],
+    [
+      'an array',
+      '{"clientSecret":["abc],x"],"clientId":"c1"}',
+      '{"clientSecret":"[redacted]","clientId":"c1"}',
+    ],
+    ['an object', '{"secret":{"value":"abc}"},"clientId":"c1"}', '{"secret":"[redacted]","clientId":"c1"}'],
+    [
+      'a JSON string holding an object',
+      '{\\"secret\\":{\\"value\\":\\"abc\\"},\\"id\\":1}',
+      '{\\"secret\\":\\"[redacted]\\",\\"id\\":1}',
+    ],
+  ])('should redact the value of a secret field when it is %s, not a string', (_kind, text, redacted) => {
+    expect(redactText(text)).toBe(redacted);
+  });
+
+  it('should redact the secret fields of an object as util.inspect writes it', () => {
+    expect(redactText("failed for { clientId: 'c1', clientSecret: 'abc123', tries: 3 }")).toBe(
+      "failed for { clientId: 'c1', clientSecret: '[redacted]', tries: 3 }",
+    );
+    expect(redactText('{ password: "it\'s-me", pin: 1 }')).toBe('{ password: "[redacted]", pin: 1 }');
+    expect(redactText("{ apiKeys: [ 'k1', 'k2' ], id: 7 }")).toBe("{ apiKeys: '[redacted]', id: 7 }");
+    expect(redactText('{ client_secret: 12345678 }')).toBe("{ client_secret: '[redacted]' }");
+    // Prose with a colon is no object.
+    expect(redactText('secret: rotate it yearly')).toBe('secret: rotate it yearly');
+  });
+
+  it("should redact the password of a URL's user information", () => {
+    expect(redactText('connect to redis://:supersecret@redis:6379 failed')).toBe(
+      'connect to redis://:[redacted]@redis:6379 failed',
+    );
+    expect(redactText('amqp://urs:p%40ss:w0rd@mq/vhost')).toBe('amqp://urs:[redacted]@mq/vhost');
+    expect(redactText('http://redis:6379/0 and https://example.com:443/a@b')).toBe(
+      'http://redis:6379/0 and https://example.com:443/a@b',
+    );
+  });
+
   it('should redact the secrets of a form-encoded token request and keep its other fields', () => {
     const body =
       'client_id=c1&client_secret=Sup3r%2Bs3cret&client_assertion=eyJx.eyJy.zz&password=hunter2&grant_type=client_credentials';
@@ -189,6 +231,12 @@ describe('redactText', () => {
       'a'.repeat(mb) + '=',
       'authorization: '.repeat(mb / 15),
       ' '.repeat(mb) + '"a"',
+      '"password": ['.repeat(mb / 13),
+      '{ secret: ['.repeat(mb / 11),
+      `{${' '.repeat(mb)}a`,
+      '{a:'.repeat(mb / 3),
+      'a://b:'.repeat(mb / 6),
+      `a://:${'b'.repeat(mb)}`,
     ];
     for (const text of inputs) expect(redactText(text).length).toBeGreaterThan(0);
     expect(redactText(`{"clientSecret": "${'x'.repeat(mb)}"}`)).toBe('{"clientSecret": "[redacted]"}');

@@ -1,5 +1,5 @@
-import type { Logger } from '@urs/logging';
-import { untilShutdownSignal } from '@urs/resilience';
+import { redactText, type Logger } from '@urs/logging';
+import { errorMessage, untilShutdownSignal } from '@urs/resilience';
 import { ServiceStoppedError, serviceBasics, startWith } from './service';
 import type { RunningService, ServiceBasics, ServiceOptions } from './service-types';
 
@@ -80,13 +80,19 @@ function exit(logger: Logger, code: number, message: string): never {
 }
 
 /**
- * Exits 1 with the reason, straight to stderr (the logger may not exist yet): a half-built service may hold
- * sockets or timers (a Kafka client mid-reconnect) that would keep the process alive, and an orchestrator
- * must see the failure to restart it.
+ * Exits 1 with the reason, straight to stderr (the logger may not exist yet), its secrets redacted as the
+ * logger's would be (a setting's error quotes the value it got): a half-built service may hold sockets or
+ * timers (a Kafka client mid-reconnect) that would keep the process alive, and an orchestrator must see the
+ * failure to restart it.
  */
 function startFailed(name: string, error: unknown): never {
+  const reason = {
+    name: (error as Error).name,
+    code: (error as { code?: unknown }).code,
+    message: redactText(errorMessage(error)),
+  };
   process.stderr.write(
-    `${JSON.stringify({ level: 'error', service: name, message: 'start failed', error: { name: (error as Error).name, code: (error as { code?: unknown }).code, message: (error as Error).message } })}\n`,
+    `${JSON.stringify({ level: 'error', service: name, message: 'start failed', error: reason })}\n`,
   );
   process.exit(1);
 }

@@ -133,6 +133,27 @@ describe('runService', () => {
     expect(run.logs).toEqual([]);
   });
 
+  it('should exit 1 with the reason redacted when the failure quotes a secret', async () => {
+    const port = await freePort();
+    // A setting's error quotes the value it got: here, a form-encoded secret pasted in the wrong variable.
+    const run = runFixture('client_secret=s3cr3t-Value', `${uniqueId('run')}.`, {
+      KAFKA_BROKERS: `127.0.0.1:${port}`,
+      REDIS_URL: `redis://127.0.0.1:${port}`,
+    });
+    const exit = await exitWithin(run, 20_000);
+    expect(exit).toMatchObject({ code: 1, signal: null });
+    expect(run.said).toEqual([
+      expect.objectContaining({
+        message: 'start failed',
+        error: expect.objectContaining({
+          code: 'CONFIG_INVALID',
+          message: expect.stringContaining('(got "client_secret=[redacted]")'),
+        }),
+      }),
+    ]);
+    expect(JSON.stringify(run.said)).not.toContain('s3cr3t-Value');
+  });
+
   it('should stop with exit code 0, without starting, when SIGTERM comes during setup', async () => {
     const prefix = `${uniqueId('run')}.`;
     const run = runFixture('signal-in-setup', prefix);
