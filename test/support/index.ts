@@ -7,7 +7,7 @@ export { createTestKafka, createUniqueTopics, deleteTopics, readDeadLetters, typ
 export { createTestRedis, deleteKeysMatching, testRedisPerTest, type TestRedis } from './redis';
 export { startRedis, stopRedis } from './own-redis';
 export { startRedisFailover, type RedisFailover } from './failover';
-export { freePort } from './ports';
+export { freePort, watchedPort, type WatchedPort } from './ports';
 export { markPublishedRebuilt, scoredDevice, tenantRecord, type TenantRecordOptions } from './records';
 export { inboundMessage } from './messages';
 export { capturingLogger, type LogLine } from './logs';

@@ -59,3 +59,33 @@ export async function freePort(): Promise<number> {
   }
   throw new Error(`no free port in ${slice.from}..${slice.to}`);
 }
+
+/** A port of 127.0.0.1 listened on only to count who connects to it (see `watchedPort`). */
+export interface WatchedPort {
+  port: number;
+  /** The connections made to it so far (each closed at once). */
+  connections(): number;
+  close(): Promise<void>;
+}
+
+/**
+ * A free port (`freePort`) listened on, each connection counted and closed at once: named as a Kafka or a
+ * Redis, it tells whether a process tried to connect, which nothing listening would not.
+ */
+export async function watchedPort(): Promise<WatchedPort> {
+  const port = await freePort();
+  let connections = 0;
+  const server = createServer((socket) => {
+    connections++;
+    socket.destroy();
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => resolve());
+  });
+  return {
+    port,
+    connections: () => connections,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}

@@ -228,6 +228,12 @@ describe('per-device calls of two tenants sharing the call slots', () => {
       sim.setFaults(failing.azureTenantId, { timeoutRate: 1 });
       // A call whose 5 attempts run out of time: the tenant's calls now go one at a time (not held back yet).
       await expect(a.getMachineVulnerabilities('device-0')).rejects.toThrow(/within 1 s \(ECONNABORTED\)$/);
+      // Its last attempt's request ended at the simulator too (its socket's close comes after the client gave
+      // up): the call in flight below is device-3's, not that one.
+      await until(
+        () => (sim.stats().inFlightByTenant[failing.azureTenantId] ?? 0) === 0,
+        'the attempts closed',
+      );
       sim.resetStats();
       const inFlight = a.getMachineVulnerabilities('device-3').catch((error: Error) => error);
       await until(() => sim.stats().inFlightByTenant[failing.azureTenantId] === 1, 'the call in flight');

@@ -22,6 +22,9 @@ import {
   type Run,
 } from './support/scheduler';
 
+/** The longest wait after a first transient failure: 2 "minutes" +20 % (see `transientRetryAt`). */
+const FIRST_RETRY_AT_MOST_MS = 2 * UNIT_MS * 1.2;
+
 describe('createScheduler', () => {
   const started: Scheduler[] = [];
   afterEach(async () => {
@@ -110,11 +113,15 @@ describe('createScheduler', () => {
     scheduler.start();
     started.push(scheduler);
     let mostOverdue = 0;
-    for (const until = Date.now() + 5 * INTERVAL_MS; Date.now() < until; await sleep(2))
-      mostOverdue = Math.max(mostOverdue, sampleOf(metrics, 'urs_poll_overdue_tenants') ?? -1);
-    expect(mostOverdue).toBe(2);
     // The first cycles were due at once (never polled): only the later ones, due by their schedule, count.
-    expect(sampleOf(metrics, 'urs_poll_cycle_start_delay_seconds_count')).toBeGreaterThan(0);
+    await waitFor(
+      () => {
+        mostOverdue = Math.max(mostOverdue, sampleOf(metrics, 'urs_poll_overdue_tenants') ?? -1);
+        return mostOverdue >= 2 && (sampleOf(metrics, 'urs_poll_cycle_start_delay_seconds_count') ?? 0) > 0;
+      },
+      { intervalMs: 1, description: 'two tenants overdue and a cycle started late' },
+    );
+    expect(mostOverdue).toBe(2);
     expect(sampleOf(metrics, 'urs_poll_cycle_start_delay_seconds_sum')).toBeGreaterThan(0);
   });
 
@@ -149,16 +156,28 @@ describe('createScheduler', () => {
 
   it('createScheduler should count no tenant overdue while it has free places', async () => {
     const metrics = new Registry();
+    let mostOverdue = -1;
+    const sampleOverdue = (): void => {
+      mostOverdue = Math.max(mostOverdue, sampleOf(metrics, 'urs_poll_overdue_tenants') ?? -1);
+    };
+    // Read as each cycle starts, when the tick that started it has just counted.
     const cycle = async (): Promise<void> => {
+      sampleOverdue();
       await sleep(0.6 * INTERVAL_MS);
     };
-    const { table, scheduler } = replica(0, memorySchedules(), memoryStatus(), [], cycle, { metrics });
+    const runs: Run[] = [];
+    const { table, scheduler } = replica(0, memorySchedules(), memoryStatus(), runs, cycle, { metrics });
     await feed(table, [record('a'), record('b'), record('c')]);
     scheduler.start();
     started.push(scheduler);
-    let mostOverdue = -1;
-    for (const until = Date.now() + 3 * INTERVAL_MS; Date.now() < until; await sleep(2))
-      mostOverdue = Math.max(mostOverdue, sampleOf(metrics, 'urs_poll_overdue_tenants') ?? -1);
+    // Counted, not timed: two cycles of each tenant, however late a loaded machine runs them.
+    await waitFor(
+      () => {
+        sampleOverdue();
+        return ['a', 'b', 'c'].every((id) => runs.filter((r) => r.tenantId === id).length >= 2);
+      },
+      { intervalMs: 1, description: 'two cycles of each tenant' },
+    );
     expect(mostOverdue).toBe(0);
   });
 
@@ -186,7 +205,7 @@ describe('createScheduler', () => {
     await feed(table, [record('a'), record('b'), record('c'), record('d')]);
     scheduler.start();
     started.push(scheduler);
-    await waitFor(() => runs.length >= 3, { timeoutMs: 2_000, intervalMs: 1 });
+    await waitFor(() => runs.length >= 3, { intervalMs: 1 });
     // In the table's order (every tenant due at 0 until this replica had looked at it) a would go first.
     expect(runs.slice(0, 3).map((r) => r.tenantId)).toEqual(['b', 'c', 'a']);
   });
@@ -223,7 +242,6 @@ describe('createScheduler', () => {
     scheduler.start();
     started.push(scheduler);
     await waitFor(() => new Set(runs.map((run) => run.tenantId)).size === tenantIds.length, {
-      timeoutMs: 2_000,
       intervalMs: 1,
     });
   });
@@ -251,7 +269,7 @@ describe('createScheduler', () => {
     );
     scheduler.start();
     started.push(scheduler);
-    await waitFor(() => runs.length >= 1, { timeoutMs: 5_000, intervalMs: 1 });
+    await waitFor(() => runs.length >= 1, { intervalMs: 1 });
     expect(mostAtOnce).toBe(STATUS_READS_AT_ONCE);
   });
 
@@ -311,20 +329,34 @@ describe('createScheduler', () => {
     const schedules = memorySchedules();
     const status = memoryStatus();
     const runs: Run[] = [];
-    const tries: { at: number; status: TenantStatus | undefined }[] = [];
-    const { table, scheduler } = replica(0, schedules, status, runs, async () => {
-      tries.push({ at: Date.now(), status: status.statuses.get('daily') });
-      if (tries.length === 1) throw new UrsError('DEFENDER_UNAVAILABLE', 'Microsoft Defender answered 503');
-    });
+    const tries: (TenantStatus | undefined)[] = [];
+    // The scheduler's clock, moved on by the test only: the try 2 "minutes" later comes once the clock says so,
+    // however late a loaded machine runs the ticks, and the day's cycle never.
+    let clock = Date.now();
+    const { table, scheduler } = replica(
+      0,
+      schedules,
+      status,
+      runs,
+      async () => {
+        tries.push(status.statuses.get('daily'));
+        if (tries.length === 1) throw new UrsError('DEFENDER_UNAVAILABLE', 'Microsoft Defender answered 503');
+      },
+      { now: () => clock },
+    );
     // Polled once a "day" (1440 "minutes" of 10 ms: 14.4 s).
     await feed(table, [{ ...record('daily'), defender: { pollIntervalMinutes: 1440 } } as TenantRecord]);
     scheduler.start();
     started.push(scheduler);
-    await sleep(300);
-    // Tried again 2 "minutes" (20 ms ±20 %) after the failure, the status saying why meanwhile.
+    await waitFor(() => tries.length === 1 && scheduler.running() === 0, { intervalMs: 1 });
+    // Tried again once 2 "minutes" (20 ms ±20 %) passed after the failure, the status saying why meanwhile.
+    clock += FIRST_RETRY_AT_MOST_MS;
+    await waitFor(() => runs.length === 1 && scheduler.running() === 0, {
+      intervalMs: 1,
+      description: 'the second try, 2 "minutes" after the first',
+    });
     expect(tries).toHaveLength(2);
-    expect((tries[1]?.at ?? 0) - (tries[0]?.at ?? 0)).toBeLessThan(300);
-    expect(tries[1]?.status).toMatchObject({ state: 'error', lastErrorCode: 'DEFENDER_UNAVAILABLE' });
+    expect(tries[1]).toMatchObject({ state: 'error', lastErrorCode: 'DEFENDER_UNAVAILABLE' });
     expect(runs.filter((r) => r.tenantId === 'daily')).toHaveLength(1);
     expect(status.statuses.get('daily')?.state).toBe('active');
     expect((await schedules.get('daily')).retryAt).toBeUndefined();
@@ -334,16 +366,25 @@ describe('createScheduler', () => {
     const schedules = memorySchedules();
     const status = memoryStatus();
     const runs: Run[] = [];
-    const tries: { at: number; status: TenantStatus | undefined; failures: number }[] = [];
-    const { table, scheduler } = replica(0, schedules, status, runs, async () => {
-      tries.push({
-        at: Date.now(),
-        status: status.statuses.get('daily'),
-        failures: (await schedules.get('daily')).failures,
-      });
-      // The shared call limiter's Redis out of memory, as Bottleneck passes it on.
-      if (tries.length <= 2) throw new ReplyError("OOM command not allowed when used memory > 'maxmemory'.");
-    });
+    const tries: { status: TenantStatus | undefined; failures: number }[] = [];
+    // The scheduler's clock, moved on by the test only (see the test above).
+    let clock = Date.now();
+    const { table, scheduler } = replica(
+      0,
+      schedules,
+      status,
+      runs,
+      async () => {
+        tries.push({
+          status: status.statuses.get('daily'),
+          failures: (await schedules.get('daily')).failures,
+        });
+        // The shared call limiter's Redis out of memory, as Bottleneck passes it on.
+        if (tries.length <= 2)
+          throw new ReplyError("OOM command not allowed when used memory > 'maxmemory'.");
+      },
+      { now: () => clock },
+    );
     // A tenant whose last cycle failed on Defender (a streak of one), polled once a "day" (14.4 s).
     const lastStartedAt = Date.now() - 2 * 1440 * UNIT_MS;
     const lease = await schedules.acquire('daily', 'earlier', 1_000);
@@ -358,12 +399,18 @@ describe('createScheduler', () => {
     await feed(table, [{ ...record('daily'), defender: { pollIntervalMinutes: 1440 } } as TenantRecord]);
     scheduler.start();
     started.push(scheduler);
-    await waitFor(() => runs.length === 1, { timeoutMs: 2_000, intervalMs: 1 });
+    // Each tried again as after a first transient failure: once 2 "minutes" (20 ms ±20 %) passed, not 4.
+    for (const failed of [1, 2]) {
+      await waitFor(() => tries.length === failed && scheduler.running() === 0, { intervalMs: 1 });
+      clock += FIRST_RETRY_AT_MOST_MS;
+    }
+    await waitFor(() => runs.length === 1 && scheduler.running() === 0, {
+      intervalMs: 1,
+      description: 'the third try, 2 "minutes" after the second',
+    });
     expect(tries).toHaveLength(3);
     // The streak stays the tenant's own (a transient one would have grown to 3, waiting 2, then 4 "minutes").
     expect(tries.map((t) => t.failures)).toEqual([1, 1, 1]);
-    // Tried again as after a first transient failure: 2 "minutes" (20 ms ±20 %) later, not 4.
-    expect((tries[2]?.at ?? 0) - (tries[1]?.at ?? 0)).toBeLessThan(60);
     for (const t of tries.slice(1)) expect(t.status?.state).not.toBe('error');
     expect(tries[1]?.status?.lastErrorCode).toBeUndefined();
     expect(status.statuses.get('daily')?.state).toBe('active');
@@ -386,7 +433,7 @@ describe('createScheduler', () => {
     await feed(table, [{ ...record('daily'), defender: { pollIntervalMinutes: 1440 } } as TenantRecord]);
     scheduler.start();
     started.push(scheduler);
-    await waitFor(() => tries.length >= 2, { timeoutMs: 1_000, intervalMs: 1 });
+    await waitFor(() => tries.length >= 2, { intervalMs: 1 });
     const schedule = await schedules.get('daily');
     expect(schedule.failures).toBe(0);
     expect(schedule.notBefore).toBeUndefined();
@@ -396,7 +443,7 @@ describe('createScheduler', () => {
       lastErrorMessage: expect.stringMatching(/^poller replica-0: .*URS_SECRET_KEY\b/),
     });
     // Once the key is right the tenant is polled at once, not days later.
-    await waitFor(() => runs.length === 1, { timeoutMs: 1_000, intervalMs: 1 });
+    await waitFor(() => runs.length === 1, { intervalMs: 1 });
     expect(tries).toHaveLength(4);
     expect(status.statuses.get('daily')?.state).toBe('active');
   });
@@ -405,7 +452,8 @@ describe('createScheduler', () => {
     const schedules = memorySchedules();
     const status = memoryStatus();
     const runs: Run[] = [];
-    // What an earlier poller with the wrong URS_SECRET_KEY left: 4 failures counted, backed off 8 intervals.
+    // What an earlier poller with the wrong URS_SECRET_KEY left: 4 failures counted, backed off a thousand
+    // intervals.
     for (const [tenantId, code] of [
       ['key-fault', 'SECRET_UNREADABLE'],
       ['bad-secret', 'DEFENDER_INVALID_SECRET'],
@@ -414,7 +462,7 @@ describe('createScheduler', () => {
       await schedules.begin(lease, 'old-cycle', Date.now() - 2 * INTERVAL_MS);
       await schedules.end(lease, {
         failures: 4,
-        notBefore: Date.now() + 8 * INTERVAL_MS,
+        notBefore: Date.now() + 1_000 * INTERVAL_MS,
         failedRevision: 1,
       });
       await schedules.release(lease);
@@ -424,11 +472,13 @@ describe('createScheduler', () => {
     await feed(table, [record('key-fault'), record('bad-secret')]);
     scheduler.start();
     started.push(scheduler);
-    await waitFor(() => runs.some((run) => run.tenantId === 'key-fault'), { timeoutMs: 2 * INTERVAL_MS });
+    await waitFor(() => runs.some((run) => run.tenantId === 'key-fault') && scheduler.running() === 0);
     expect(await schedules.get('key-fault')).toMatchObject({ failures: 0 });
     expect((await schedules.get('key-fault')).notBefore).toBeUndefined();
-    // A backoff for the tenant's own failure still holds.
-    await sleep(INTERVAL_MS);
+    // A backoff for the tenant's own failure still holds: key-fault polled again an interval later, not it.
+    await waitFor(() => runs.filter((run) => run.tenantId === 'key-fault').length >= 2, {
+      description: 'the second cycle of key-fault',
+    });
     expect(runs.filter((run) => run.tenantId === 'bad-secret')).toEqual([]);
   });
 
@@ -444,10 +494,11 @@ describe('createScheduler', () => {
         lastErrorCycleId: input.cycleId,
       });
     });
-    await feed(table, [record('bulky')]);
+    // Polled once a "day" (14.4 s): the cycle's end is the last word on its status.
+    await feed(table, [{ ...record('bulky'), defender: { pollIntervalMinutes: 1440 } } as TenantRecord]);
     scheduler.start();
     started.push(scheduler);
-    await sleep(50);
+    await waitFor(() => runs.length === 1 && scheduler.running() === 0, { description: 'the cycle ended' });
     expect(runs).toHaveLength(1);
     expect(status.statuses.get('bulky')).toMatchObject({
       state: 'error',
@@ -472,8 +523,7 @@ describe('createScheduler', () => {
     await feed(table, [record('listed')]);
     scheduler.start();
     started.push(scheduler);
-    await sleep(50);
-    expect(ends).toBeGreaterThanOrEqual(1);
+    await waitFor(() => ends >= 1, { description: "the schedule's end" });
     expect(status.statuses.get('listed')).toMatchObject({ deviceCount: 1, vulnerabilityMode: 'per-device' });
   });
 
@@ -517,11 +567,17 @@ describe('createScheduler', () => {
         return { tenantId, cycleId, ...begun, ...totals, note };
       },
     };
-    const { table, scheduler } = replica(0, schedules, status, runs, async () => {}, { cycles });
+    // The scheduler's clock, moved on by the test only: nothing comes due while the takeover is looked at,
+    // however late a loaded machine runs the ticks.
+    let clock = startedAt + UNIT_MS;
+    const { table, scheduler } = replica(0, schedules, status, runs, async () => {}, {
+      cycles,
+      now: () => clock,
+    });
     await feed(table, [record('listed'), record('listing')]);
     scheduler.start();
     started.push(scheduler);
-    await sleep(INTERVAL_MS / 2);
+    await waitFor(() => runs.length >= 1 && scheduler.running() === 0, { description: 'the takeover' });
     expect(runs.map((r) => r.tenantId)).toEqual(['listing']);
     // The one redone is closed as partial a grace after the takeover, not at its deadline an hour later.
     expect(abandoned.map(({ cycleId, abandonment }) => [cycleId, abandonment.code])).toEqual([
@@ -540,11 +596,13 @@ describe('createScheduler', () => {
       state: 'error',
       lastErrorCode: 'DEFENDER_CONSENT_MISSING',
     });
-    // Its next cycle comes one interval after the start of the one ended for it.
-    await sleep(INTERVAL_MS);
-    const next = runs.filter((r) => r.tenantId === 'listed');
-    expect(next).toHaveLength(1);
-    expect(next[0]?.start).toBeGreaterThanOrEqual(startedAt + INTERVAL_MS);
+    // Its next cycle comes one interval after the start of the one ended for it (not before: it did not run
+    // above).
+    clock = startedAt + INTERVAL_MS;
+    const listed = () => runs.filter((r) => r.tenantId === 'listed');
+    await waitFor(() => listed().length >= 1 && scheduler.running() === 0, { description: 'its next cycle' });
+    expect(listed()).toHaveLength(1);
+    expect(listed()[0]?.start).toBe(startedAt + INTERVAL_MS);
   });
 
   it('createScheduler should stop polling a disabled or deleted tenant and abort its running cycle', async () => {
@@ -552,24 +610,42 @@ describe('createScheduler', () => {
     const status = memoryStatus();
     const runs: Run[] = [];
     const aborted: string[] = [];
+    /** The cycles' starts, as each began (`Date.now`, the scheduler's clock). */
+    const starts: { tenantId: string; at: number }[] = [];
     const { table, scheduler } = replica(0, schedules, status, runs, async (input) => {
-      await sleep(input.record.tenantId === 'long' ? 60 : 1);
+      starts.push({ tenantId: input.record.tenantId, at: Date.now() });
+      // The long cycle runs until it is stopped.
+      if (input.record.tenantId === 'long') await waitFor(() => input.signal.aborted, { intervalMs: 1 });
+      else await sleep(1);
       if (input.signal.aborted) {
         aborted.push(input.record.tenantId);
         throw new UrsError('CYCLE_ABORTED', 'stopped', { canRetry: true });
       }
     });
     const offset = { n: 0 };
-    await feed(table, [record('long'), record('off'), record('gone')], offset);
+    // `kept` stays enabled: its cycles tell how long the scheduler went on after the others stopped.
+    const tenantIds = ['long', 'off', 'gone', 'kept'];
+    await feed(
+      table,
+      tenantIds.map((tenantId) => record(tenantId)),
+      offset,
+    );
     scheduler.start();
     started.push(scheduler);
-    await sleep(20);
+    await waitFor(() => tenantIds.every((id) => starts.some((start) => start.tenantId === id)), {
+      description: 'a cycle of each tenant',
+    });
     await feed(table, [record('long', 2, false), record('off', 2, false)], offset);
     await table.handle(inboundMessage<TenantRecord>(null, { offset: String(offset.n++), key: 'gone' }));
     const stoppedAt = Date.now();
-    await sleep(3 * INTERVAL_MS);
+    // Two cycles of kept begun an interval after the stop: off and gone, polled with it before, were due
+    // before them.
+    await waitFor(
+      () => starts.filter((s) => s.tenantId === 'kept' && s.at >= stoppedAt + INTERVAL_MS).length >= 2,
+      { description: 'two cycles of kept an interval after the stop' },
+    );
     expect(aborted).toEqual(['long']);
-    expect(runs.filter((r) => r.start > stoppedAt)).toEqual([]);
+    expect(starts.filter((s) => s.tenantId !== 'kept' && s.at > stoppedAt)).toEqual([]);
   });
 
   it('createScheduler should begin no cycle of a tenant disabled while its schedule is read under the lease', async () => {
@@ -615,17 +691,13 @@ describe('createScheduler', () => {
     await feed(table, [withInterval(1, 1000)], offset);
     scheduler.start();
     started.push(scheduler);
-    await waitFor(() => runs.length === 1, { timeoutMs: 2_000, intervalMs: 1 });
+    await waitFor(() => runs.length === 1, { intervalMs: 1 });
     const lastStartedAt = (runs[0] as Run).start;
-    await waitFor(() => status.statuses.get('t')?.nextPollAt !== undefined, {
-      timeoutMs: 2_000,
-      intervalMs: 1,
-    });
+    await waitFor(() => status.statuses.get('t')?.nextPollAt !== undefined, { intervalMs: 1 });
     expect(Date.parse(String(status.statuses.get('t')?.nextPollAt))).toBe(lastStartedAt + 1000 * UNIT_MS);
     await feed(table, [withInterval(2, 1440)], offset);
     const changed = new Date(lastStartedAt + 1440 * UNIT_MS).toISOString();
     await waitFor(() => status.statuses.get('t')?.nextPollAt === changed, {
-      timeoutMs: 2_000,
       intervalMs: 1,
       description: "the status's nextPollAt one new interval after the last start",
     });

@@ -143,6 +143,8 @@ export function memoryStatus(): TenantStore & { statuses: Map<string, TenantStat
 
 export const UNIT_MS = 10; // 10 "minutes" = 100 ms
 export const INTERVAL_MS = 10 * UNIT_MS;
+/** The test scheduler's URS_POLL_RECHECK_MS (see `testScheduler`). */
+export const RECHECK_MS = 20;
 
 export const record = (tenantId: string, revision = 1, enabled = true): TenantRecord =>
   ({ tenantId, revision, enabled, defender: { pollIntervalMinutes: 10 } }) as unknown as TenantRecord;
@@ -242,7 +244,7 @@ export function testScheduler(
     leaseMs: 200,
     maxConcurrentCycles: 8,
     tickMs: 5,
-    recheckMs: 20,
+    recheckMs: RECHECK_MS,
     maxBackoffMs: 10_000,
     logger: silentLogger,
     metrics: new Registry({ processMetrics: false }),
