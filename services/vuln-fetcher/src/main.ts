@@ -44,6 +44,7 @@ void runService({
       limiter,
       quota: quotaGateFor(own.quotas, redis, prefix),
       requestTimeoutMs: own.requestTimeoutMs,
+      maxQuotaWaitMs: own.maxQuotaWaitMs,
       bulkPageSize: own.bulkPageSize,
       foldThread: own.bulkFoldThread,
       httpsAgent,
