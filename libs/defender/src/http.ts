@@ -182,7 +182,15 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       // The quota's wait can outlast the token (a tenant that spent its hourly quota waits up to an hour):
       // sent expired, it would spend a call of the quota on a 401, and a second expiry would fail the call.
       // So after a wait the token is asked for again (the same one unless it is due for renewal).
-      if (quotaSeconds >= TOKEN_RECHECK_AFTER_QUOTA_WAIT_S) token = (await tokens.getToken(signal)).token;
+      if (quotaSeconds >= TOKEN_RECHECK_AFTER_QUOTA_WAIT_S) {
+        try {
+          token = (await tokens.getToken(signal)).token;
+        } catch (error) {
+          // Not sent: its place in the quota goes back (inSlot gives it back on its own paths).
+          claim.release();
+          throw error;
+        }
+      }
       const current = token;
       const response = await call(current, (run, wholeSlot) =>
         slots.inSlot(endpoint, claim, quotaSeconds, signal, run, wholeSlot),
