@@ -169,7 +169,9 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
               request.done();
             }
           },
-          { wholeSlot },
+          // Stopped while it waits for a slot: it leaves the queue at once (a stop need not wait for a slot
+          // other processes hold, up to a minute for a bulk export page).
+          { wholeSlot, signal },
         );
         if (response === NOT_NOW) continue;
         return response;
@@ -180,6 +182,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
         } else {
           if (CallHealth.isHeldBack(error)) metrics?.heldBack(endpoint);
           health.passTurn();
+          if (signal?.aborted && error === signal.reason) throw notSent(endpoint, queued, signal);
         }
         throw slotExpired(error, endpoint, slotEnded, sentAt) ?? error;
       }

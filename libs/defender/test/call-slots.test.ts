@@ -310,3 +310,56 @@ describe('createCallSlots and the quota of calls never sent', () => {
     }
   });
 });
+
+describe('createCallSlots and a call stopped while every slot is busy', () => {
+  it.each([
+    ['a limiter of its own', () => createLocalLimiter({ maxConcurrent: 1 })],
+    ['slots handed from call to call', () => withSlotHandOff(createLocalLimiter({ maxConcurrent: 1 }))],
+  ])(
+    'inSlot over %s should end a call stopped while it waits for a slot at once, not sent',
+    async (_, makeLimiter) => {
+      const limiter = makeLimiter();
+      const slots = createCallSlots({
+        azureTenantId: 'tenant-a',
+        limiter,
+        health: new CallHealth('tenant-a'),
+        metrics: undefined,
+        requestTimeoutMs: 1_000,
+      });
+      let free: () => void = () => undefined;
+      let held: () => void = () => undefined;
+      const slotHeld = new Promise<void>((resolve) => (held = resolve));
+      // Another process's call (a bulk export page) holds the only slot for up to a minute.
+      const busy = limiter.schedule(
+        () =>
+          new Promise<void>((resolve) => {
+            free = resolve;
+            held();
+          }),
+      );
+      await slotHeld;
+      let sent = false;
+      try {
+        const stop = new AbortController();
+        const call = slots.inSlot('vulnerabilities', claim, 0, stop.signal, async () => {
+          sent = true;
+          return { status: 200 };
+        });
+        // Stopped once it waits for the slot (past its tenant's turn).
+        await new Promise((resolve) => setImmediate(resolve));
+        stop.abort(new Error('the service stops'));
+        // Settles while the slot is still held.
+        await expect(call).rejects.toMatchObject({
+          code: 'DEFENDER_UNAVAILABLE',
+          message: expect.stringMatching(/stopped before it was sent/),
+        });
+        free();
+        await busy;
+        expect(sent).toBe(false);
+      } finally {
+        free();
+        await limiter.close();
+      }
+    },
+  );
+});
