@@ -1,5 +1,9 @@
 import type { Agent } from 'node:https';
-import { ClientSecretCredential, type AccessToken } from '@azure/identity';
+import {
+  ClientSecretCredential,
+  type AccessToken,
+  type ClientSecretCredentialOptions,
+} from '@azure/identity';
 import axios from 'axios';
 import { type Logger, redactText } from '@urs/logging';
 import type { DefenderEndpoints } from './endpoints';
@@ -24,6 +28,24 @@ const TOKEN_MIN_LIFETIME_MS = 60_000;
 
 /** After such a failed renewal, how long before Entra is asked again, in milliseconds. */
 const TOKEN_RENEWAL_RETRY_MS = 30_000;
+
+/** A policy of the pipeline @azure/identity sends its Entra requests through. */
+type EntraPolicy = NonNullable<ClientSecretCredentialOptions['additionalPolicies']>[number]['policy'];
+
+/**
+ * Gives each request to Entra a time limit of `timeoutMs`: @azure/identity does not pass the caller's abort
+ * signal on to MSAL's requests, so a request Entra never answers would keep its socket open after its caller
+ * gave up (`tokenRequestTimeoutMs`); timed out, the pipeline aborts it and the socket is closed.
+ */
+function entraRequestTimeout(timeoutMs: number): EntraPolicy {
+  return {
+    name: 'ursEntraRequestTimeout',
+    sendRequest(request, next) {
+      request.timeout = timeoutMs;
+      return next(request);
+    },
+  };
+}
 
 /** The app registration of one tenant. The secret lives only in this object and in the credential. */
 export interface DefenderCredentials {
@@ -107,6 +129,7 @@ export function decodeTokenClaims(token: string): TokenClaims | undefined {
  */
 export function createTokenSource(options: TokenSourceOptions): TokenSource {
   const { endpoints, credentials } = options;
+  const requestTimeoutMs = options.tokenRequestTimeoutMs ?? TOKEN_REQUEST_TIMEOUT_MS;
   const makeCredential = (): ClientSecretCredential => {
     // Read with each credential, as axios reads the proxy with each request.
     const agent = agentThroughProxy(`${endpoints.authorityHost}/`, options.httpsAgent);
@@ -126,6 +149,7 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
         ...(agent ? { agent } : {}),
         // The pipeline's own retries would hide an Entra outage behind minutes of waiting; ours decide.
         retryOptions: { maxRetries: 1 },
+        additionalPolicies: [{ policy: entraRequestTimeout(requestTimeoutMs), position: 'perRetry' }],
       },
     );
   };
@@ -198,7 +222,6 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
   // After a renewal failed while the token was still usable: until when it is used without asking again.
   let renewalRetryAt = 0;
   const renewalRetryMs = options.renewalRetryMs ?? TOKEN_RENEWAL_RETRY_MS;
-  const requestTimeoutMs = options.tokenRequestTimeoutMs ?? TOKEN_REQUEST_TIMEOUT_MS;
 
   // The one request to Entra in flight, shared by every call that needs a token meanwhile: MSAL does not
   // merge concurrent requests, so the first calls of a cycle would otherwise each fetch a token.
@@ -219,7 +242,8 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
       // A refresh, or a request after a failed one, asks a new credential, whose caches are empty. The shared
       // request follows no single caller's signal (the others still wait for it), but it cannot hang them
       // forever: @azure/identity does not pass a client secret credential's abort signal on to MSAL's
-      // requests, so the wait ends at the timeout while a request Entra never answers stays with its credential.
+      // requests, so the wait ends at the timeout; the request itself is closed at the same time limit
+      // (entraRequestTimeout).
       const stale = failedAt !== undefined && Date.now() - failedAt >= renewalRetryMs;
       const from = refresh || stale ? makeCredential() : credential;
       const timeout = AbortSignal.timeout(requestTimeoutMs);

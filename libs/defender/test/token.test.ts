@@ -324,6 +324,22 @@ describe('createTokenSource while Entra is down', () => {
     });
   }, 10_000);
 
+  it('getToken should close the connection of a token request Entra never answers once its time is up', async () => {
+    await withOwnTenant(async (own, agent) => {
+      const tokens = createTokenSource({
+        endpoints: endpoints(),
+        credentials: own,
+        httpsAgent: agent,
+        tokenRequestTimeoutMs: 300,
+      });
+      sim.setFaults(own.azureTenantId, { timeoutRate: 1, tokenEndpoint: true });
+      await expect(tokens.getToken()).rejects.toMatchObject({ code: DefenderErrorCode.UNAVAILABLE });
+      // No socket left waiting for the answer that never comes.
+      await until(() => Object.keys(agent.sockets).length === 0, 'the unanswered request to be closed');
+      sim.setFaults(own.azureTenantId, {});
+    });
+  }, 20_000);
+
   it('getToken should fail when the renewal meets an Entra outage and the token has a minute or less left', async () => {
     await withOwnTenant(async (own, agent) => {
       const tokens = createTokenSource({ endpoints: endpoints(), credentials: own, httpsAgent: agent });

@@ -45,6 +45,7 @@ void runService({
       quota: quotaGateFor(own.quotas, redis, prefix),
       requestTimeoutMs: own.requestTimeoutMs,
       maxQuotaWaitMs: own.maxQuotaWaitMs,
+      tokenRequestTimeoutMs: own.tokenRequestTimeoutMs,
       bulkPageSize: own.bulkPageSize,
       foldThread: own.bulkFoldThread,
       httpsAgent,

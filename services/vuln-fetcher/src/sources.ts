@@ -113,6 +113,8 @@ export interface DefenderSourceDeps {
   metrics: Registry;
   /** How long a call may go without an answer, in milliseconds; default the client's (30,000). */
   requestTimeoutMs?: number;
+  /** How long a token request to Entra ID may take, in milliseconds; default the client's (60,000). */
+  tokenRequestTimeoutMs?: number;
   /** Rows per page of the bulk export; default the client's (50,000). */
   bulkPageSize?: number;
   /**
@@ -225,6 +227,9 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
         callHealth: callHealth.health,
         onInvalidRecord,
         ...(deps.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: deps.requestTimeoutMs }),
+        ...(deps.tokenRequestTimeoutMs === undefined
+          ? {}
+          : { tokenRequestTimeoutMs: deps.tokenRequestTimeoutMs }),
         // Waiting out 429s no longer than the quota's wait: the call that drew one would otherwise wait
         // while the tenant's other calls, held back by the same block, fail at once.
         maxQuotaWaitMs,
