@@ -277,7 +277,9 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
           // Every process holds this tenant's endpoint back, not only this call; also when this call gives
           // up on a wait longer than it may take (an hourly quota's 429 asks for up to an hour): otherwise
           // each of the tenant's other calls would go out and draw a 429 of its own.
-          await quota.block(azureTenantId, endpoint, delayMs);
+          // Not when Entra ID throttled the token request: the API's quota is not spent, and the token
+          // source itself asks Entra again only after its wait.
+          if (error.details['tokenRequest'] !== true) await quota.block(azureTenantId, endpoint, delayMs);
           if (throttledMs + delayMs > options.maxThrottleWaitMs) throw error;
           if (options.deadline !== undefined && Date.now() + delayMs > options.deadline) throw error;
           throttledMs += delayMs;
