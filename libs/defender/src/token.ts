@@ -62,18 +62,41 @@ function entraRetryAfterMs(status: number, retryAfter: string | undefined): numb
 }
 
 /**
- * Gives each request to Entra a time limit of `timeoutMs`: @azure/identity does not pass the caller's abort
- * signal on to MSAL's requests, so a request Entra never answers would keep its socket open after its caller
- * gave up (`tokenRequestTimeoutMs`); timed out, the pipeline aborts it and the socket is closed. Tells
- * `onThrottled` the wait a throttling answer asks for (MSAL's errors keep no `Retry-After`), and takes its
- * `Retry-After` off: the pipeline would otherwise sleep it out (up to the request's time limit, the callers'
- * wait with it) and ask again; the token source waits it out itself, asking nothing meanwhile.
+ * Gives each request to Entra a time limit of `timeoutMs`, its retries included: @azure/identity does not pass
+ * the caller's abort signal on to MSAL's requests, so a request Entra never answers would keep its socket open
+ * after its caller gave up (`tokenRequestTimeoutMs`). Aborted, the pipeline closes the socket and does not
+ * try again (a request's own `timeout` would be retried, with a socket of its own).
  */
-function entraPolicy(timeoutMs: number, onThrottled: (waitMs: number) => void): EntraPolicy {
+function entraTimeLimit(timeoutMs: number): EntraPolicy {
   return {
-    name: 'ursEntraRequests',
+    name: 'ursEntraTimeLimit',
     async sendRequest(request, next) {
-      request.timeout = timeoutMs;
+      const limit = new AbortController();
+      const outer = request.abortSignal;
+      const stop = (): void => limit.abort();
+      if (outer?.aborted) stop();
+      outer?.addEventListener('abort', stop);
+      const timer = setTimeout(stop, timeoutMs);
+      request.abortSignal = limit.signal;
+      try {
+        return await next(request);
+      } finally {
+        clearTimeout(timer);
+        outer?.removeEventListener('abort', stop);
+      }
+    },
+  };
+}
+
+/**
+ * Tells `onThrottled` the wait a throttling answer of Entra's asks for (MSAL's errors keep no `Retry-After`),
+ * and takes its `Retry-After` off: the pipeline would otherwise sleep it out (up to the request's time limit,
+ * the callers' wait with it) and ask again; the token source waits it out itself, asking nothing meanwhile.
+ */
+function entraThrottling(onThrottled: (waitMs: number) => void): EntraPolicy {
+  return {
+    name: 'ursEntraThrottling',
+    async sendRequest(request, next) {
       const response = await next(request);
       const waitMs = entraRetryAfterMs(response.status, response.headers.get('retry-after'));
       if (waitMs !== undefined) {
@@ -192,10 +215,8 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
         // The pipeline's own retries would hide an Entra outage behind minutes of waiting; ours decide.
         retryOptions: { maxRetries: 1 },
         additionalPolicies: [
-          {
-            policy: entraPolicy(requestTimeoutMs, (waitMs) => (entraAskedMs = waitMs)),
-            position: 'perRetry',
-          },
+          { policy: entraTimeLimit(requestTimeoutMs), position: 'perCall' },
+          { policy: entraThrottling((waitMs) => (entraAskedMs = waitMs)), position: 'perRetry' },
         ],
       },
     );
@@ -293,7 +314,7 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
       // request follows no single caller's signal (the others still wait for it), but it cannot hang them
       // forever: @azure/identity does not pass a client secret credential's abort signal on to MSAL's
       // requests, so the wait ends at the timeout; the request itself is closed at the same time limit
-      // (entraRequestTimeout).
+      // (entraTimeLimit).
       // Once Entra's wait is over, too: MSAL would answer a throttled credential from its cache for a minute.
       const stale = failedAt !== undefined && (Date.now() - failedAt >= renewalRetryMs || throttledUntil > 0);
       const from = refresh || stale ? makeCredential() : credential;
