@@ -286,6 +286,11 @@ export interface DefenderSettings {
    * slot's hand-off lease stays below the limiter's 60 s job expiration.
    */
   requestTimeoutMs: number;
+  /**
+   * How long one request to Entra ID for a token may take, in ms, 5000–300000, before the calls waiting for
+   * it fail (retryably) and the request's connection is closed. Env `URS_TOKEN_REQUEST_TIMEOUT_MS`, default 60000.
+   */
+  tokenRequestTimeoutMs: number;
 }
 
 export function defenderSettings(env: Env): DefenderSettings {
@@ -298,6 +303,11 @@ export function defenderSettings(env: Env): DefenderSettings {
       fallback: 30_000,
       min: 1_000,
       max: 30_000,
+    }),
+    tokenRequestTimeoutMs: readInt(env, 'URS_TOKEN_REQUEST_TIMEOUT_MS', {
+      fallback: 60_000,
+      min: 5_000,
+      max: 300_000,
     }),
   };
 }

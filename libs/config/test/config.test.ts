@@ -328,6 +328,7 @@ describe('defenderSettings', () => {
       maxInFlight: 10,
       quotas: 'microsoft',
       requestTimeoutMs: 30_000,
+      tokenRequestTimeoutMs: 60_000,
     });
   });
 
@@ -349,6 +350,7 @@ describe('defenderSettings', () => {
       maxInFlight: 4,
       quotas: 'off',
       requestTimeoutMs: 10_000,
+      tokenRequestTimeoutMs: 60_000,
     });
   });
 
@@ -419,6 +421,17 @@ describe('defenderSettings', () => {
     );
     expect(() => defenderSettings({ URS_DEFENDER_MAX_IN_FLIGHT: '0' })).toThrow(/URS_DEFENDER_MAX_IN_FLIGHT/);
     expect(() => defenderSettings({ URS_DEFENDER_QUOTAS: 'none' })).toThrow(/URS_DEFENDER_QUOTAS/);
+  });
+
+  it('defenderSettings should read the token request timeout, a minute by default, and refuse one outside 5000–300000 ms naming the variable', () => {
+    expect(defenderSettings({}).tokenRequestTimeoutMs).toBe(60_000);
+    expect(defenderSettings({ URS_TOKEN_REQUEST_TIMEOUT_MS: '20000' }).tokenRequestTimeoutMs).toBe(20_000);
+    expect(() => defenderSettings({ URS_TOKEN_REQUEST_TIMEOUT_MS: '1000' })).toThrow(
+      /URS_TOKEN_REQUEST_TIMEOUT_MS must be ≥ 5000/,
+    );
+    expect(() => defenderSettings({ URS_TOKEN_REQUEST_TIMEOUT_MS: '600000' })).toThrow(
+      /URS_TOKEN_REQUEST_TIMEOUT_MS must be ≤ 300000/,
+    );
   });
 
   it('defenderSettings should refuse a request timeout outside 1000–30000 ms, naming the variable', () => {

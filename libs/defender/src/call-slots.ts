@@ -80,7 +80,9 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
 
   /**
    * Runs `call` in one of the shared slots. The call counts against the tenant's quota from when it is sent,
-   * as Microsoft counts it, and its waits (`quotaSeconds` before, the slot's here) and outcome go to the metrics.
+   * as Microsoft counts it, and its waits (`quotaSeconds` before, the slot's here) and outcome go to the metrics;
+   * a call that fails before it is sent (stopped while it waited, refused by the tenant's hold-back, given no
+   * slot by the limiter) gives its place in the quota back.
    * The tenant's health decides, once the slot is held, whether the call may go now; one that may not gives
    * the slot back at once and asks for one again at its turn. A `wholeSlot` call (no deadline of its own)
    * takes a slot of its own (ScheduleOptions).
@@ -92,6 +94,31 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
     signal: AbortSignal | undefined,
     call: (abortOn: AbortSignal) => Promise<T>,
     wholeSlot = false,
+  ): Promise<T> {
+    let sent = false;
+    const sending: QuotaClaim = {
+      sent: () => {
+        sent = true;
+        claim.sent();
+      },
+      release: () => claim.release(),
+    };
+    try {
+      return await sendInSlot(endpoint, sending, quotaSeconds, signal, call, wholeSlot);
+    } catch (error) {
+      if (!sent) claim.release();
+      throw error;
+    }
+  }
+
+  /** `inSlot`'s call, its claim told when it is sent. */
+  async function sendInSlot<T extends { status: number }>(
+    endpoint: DefenderEndpointClass,
+    claim: QuotaClaim,
+    quotaSeconds: number,
+    signal: AbortSignal | undefined,
+    call: (abortOn: AbortSignal) => Promise<T>,
+    wholeSlot: boolean,
   ): Promise<T> {
     const queued = performance.now();
     for (;;) {
@@ -142,7 +169,9 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
               request.done();
             }
           },
-          { wholeSlot },
+          // Stopped while it waits for a slot: it leaves the queue at once (a stop need not wait for a slot
+          // other processes hold, up to a minute for a bulk export page).
+          { wholeSlot, signal },
         );
         if (response === NOT_NOW) continue;
         return response;
@@ -153,6 +182,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
         } else {
           if (CallHealth.isHeldBack(error)) metrics?.heldBack(endpoint);
           health.passTurn();
+          if (signal?.aborted && error === signal.reason) throw notSent(endpoint, queued, signal);
         }
         throw slotExpired(error, endpoint, slotEnded, sentAt) ?? error;
       }

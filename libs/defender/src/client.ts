@@ -63,6 +63,11 @@ export interface DefenderClientDeps {
    */
   requestTimeoutMs?: number;
   /**
+   * How long one token request to Entra ID may take, in milliseconds, before its callers fail (retryably) and
+   * its connection is closed. Default 60000 (see TokenSourceOptions.tokenRequestTimeoutMs).
+   */
+  tokenRequestTimeoutMs?: number;
+  /**
    * When the tenant's calls are limited after slow calls in a row, go one at a time or are held back after
    * failures in a row. Default CallHealth's.
    */
@@ -243,7 +248,15 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
     clientSecret: tenant.clientSecret,
   };
   const logger = deps.logger.child({ azureTenantId: tenant.azureTenantId });
-  const tokens = createTokenSource({ endpoints, credentials, httpsAgent, logger });
+  const tokens = createTokenSource({
+    endpoints,
+    credentials,
+    httpsAgent,
+    logger,
+    ...(deps.tokenRequestTimeoutMs === undefined
+      ? {}
+      : { tokenRequestTimeoutMs: deps.tokenRequestTimeoutMs }),
+  });
   const api = createApiCaller({
     azureTenantId: tenant.azureTenantId,
     apiBase: endpoints.apiBase,

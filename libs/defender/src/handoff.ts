@@ -4,7 +4,10 @@ interface Slots {
    * `slotEnds` aborts when the slot must go back: the task's call must stop then. A `wholeSlot` task (one
    * with no deadline of its own, running until its slot ends) starts only in a slot no call held before it.
    */
-  schedule<T>(task: (slotEnds: AbortSignal) => Promise<T>, options?: { wholeSlot?: boolean }): Promise<T>;
+  schedule<T>(
+    task: (slotEnds: AbortSignal) => Promise<T>,
+    options?: { wholeSlot?: boolean; signal?: AbortSignal | undefined },
+  ): Promise<T>;
   close(): Promise<void>;
   /**
    * Whether this process may keep a slot whose lease ended: no other process waits for one, and the shared
@@ -159,10 +162,37 @@ export function withSlotHandOff(inner: Slots, options: SlotHandOffOptions = {}):
   }
 
   return {
-    schedule<T>(task: (slotEnds: AbortSignal) => Promise<T>, options?: { wholeSlot?: boolean }): Promise<T> {
+    schedule<T>(
+      task: (slotEnds: AbortSignal) => Promise<T>,
+      options?: { wholeSlot?: boolean; signal?: AbortSignal | undefined },
+    ): Promise<T> {
+      const signal = options?.signal;
+      if (signal?.aborted) return Promise.reject(signal.reason);
       return new Promise<T>((resolve, reject) => {
         const wholeSlot = options?.wholeSlot ?? false;
-        waiting.push({ task, wholeSlot, resolve: resolve as (value: unknown) => void, reject });
+        // A call stopped while it waits leaves the queue at once; a slot asked for it serves the next one.
+        const stop = (): void => {
+          const index = waiting.indexOf(waiter);
+          if (index >= 0) waiting.splice(index, 1);
+          reject(signal?.reason);
+        };
+        const settled =
+          <V>(settle: (value: V) => void) =>
+          (value: V): void => {
+            signal?.removeEventListener('abort', stop);
+            settle(value);
+          };
+        const waiter: Waiter = {
+          task: (slotEnds) => {
+            signal?.removeEventListener('abort', stop);
+            return task(slotEnds);
+          },
+          wholeSlot,
+          resolve: settled(resolve as (value: unknown) => void),
+          reject: settled(reject),
+        };
+        signal?.addEventListener('abort', stop, { once: true });
+        waiting.push(waiter);
         if (waiting.length > requested) requestSlot();
       });
     },

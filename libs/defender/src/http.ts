@@ -182,7 +182,15 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       // The quota's wait can outlast the token (a tenant that spent its hourly quota waits up to an hour):
       // sent expired, it would spend a call of the quota on a 401, and a second expiry would fail the call.
       // So after a wait the token is asked for again (the same one unless it is due for renewal).
-      if (quotaSeconds >= TOKEN_RECHECK_AFTER_QUOTA_WAIT_S) token = (await tokens.getToken(signal)).token;
+      if (quotaSeconds >= TOKEN_RECHECK_AFTER_QUOTA_WAIT_S) {
+        try {
+          token = (await tokens.getToken(signal)).token;
+        } catch (error) {
+          // Not sent: its place in the quota goes back (inSlot gives it back on its own paths).
+          claim.release();
+          throw error;
+        }
+      }
       const current = token;
       const response = await call(current, (run, wholeSlot) =>
         slots.inSlot(endpoint, claim, quotaSeconds, signal, run, wholeSlot),
@@ -269,7 +277,9 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
           // Every process holds this tenant's endpoint back, not only this call; also when this call gives
           // up on a wait longer than it may take (an hourly quota's 429 asks for up to an hour): otherwise
           // each of the tenant's other calls would go out and draw a 429 of its own.
-          await quota.block(azureTenantId, endpoint, delayMs);
+          // Not when Entra ID throttled the token request: the API's quota is not spent, and the token
+          // source itself asks Entra again only after its wait.
+          if (error.details['tokenRequest'] !== true) await quota.block(azureTenantId, endpoint, delayMs);
           if (throttledMs + delayMs > options.maxThrottleWaitMs) throw error;
           if (options.deadline !== undefined && Date.now() + delayMs > options.deadline) throw error;
           throttledMs += delayMs;

@@ -13,6 +13,11 @@ export interface ScheduleOptions {
    * slot's whole time.
    */
   wholeSlot?: boolean;
+  /**
+   * The caller stops waiting: while the task waits for its slot, its promise rejects at once with the
+   * signal's reason and the task never runs (a stop does not wait for a slot other processes hold).
+   */
+  signal?: AbortSignal | undefined;
 }
 
 /** The slots of MDE calls in flight. */
@@ -327,12 +332,38 @@ function slotEndMarginMs(jobExpirationMs: number): number {
   return Math.min(1_000, Math.floor(jobExpirationMs / 10));
 }
 
+/**
+ * Schedules `task` in Bottleneck, leaving the wait when `signal` aborts: Bottleneck cannot take a queued job
+ * back, so the job, once it gets its slot, gives it straight back without running the task.
+ */
+function scheduleUnlessStopped<T>(
+  limiter: Bottleneck,
+  jobExpirationMs: number,
+  task: (slotEnds: AbortSignal) => Promise<T>,
+  signal: AbortSignal | undefined,
+): Promise<T> {
+  const endsAfterMs = jobExpirationMs - slotEndMarginMs(jobExpirationMs);
+  if (!signal)
+    return limiter.schedule({ expiration: jobExpirationMs }, () => untilSlotEnds(task, endsAfterMs));
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const stop = (): void => reject(signal.reason);
+    signal.addEventListener('abort', stop, { once: true });
+    limiter
+      .schedule({ expiration: jobExpirationMs }, async () => {
+        if (signal.aborted) return undefined;
+        signal.removeEventListener('abort', stop);
+        return untilSlotEnds(task, endsAfterMs);
+      })
+      .then(resolve as (value: T | undefined) => void, reject)
+      .finally(() => signal.removeEventListener('abort', stop));
+  });
+}
+
 function wrap(limiter: Bottleneck, jobExpirationMs: number, release: () => Promise<void>): CallLimiter {
   let closing: Promise<void> | undefined;
-  const endsAfterMs = jobExpirationMs - slotEndMarginMs(jobExpirationMs);
   return {
-    schedule: (task) =>
-      limiter.schedule({ expiration: jobExpirationMs }, () => untilSlotEnds(task, endsAfterMs)),
+    schedule: (task, options) => scheduleUnlessStopped(limiter, jobExpirationMs, task, options?.signal),
     close() {
       closing ??= release();
       return closing;

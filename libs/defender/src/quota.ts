@@ -61,6 +61,13 @@ export interface QuotaClaim {
    * be told, the call counts as sent one window after `acquire`.
    */
   sent(): void;
+  /**
+   * The call was never sent (stopped while it waited for a slot, refused by the tenant's hold-back, given no
+   * slot by the limiter): its place in every window goes back at once, instead of counting as a call still to
+   * come for two windows (two minutes of a per-minute window, two hours of the hourly one). Never throws and
+   * is not awaited; if Redis cannot be told, the place frees two windows after `acquire`. Nothing after `sent`.
+   */
+  release(): void;
 }
 
 /**
@@ -150,6 +157,12 @@ for i = 1, #KEYS do
   redis.call('ZADD', KEYS[i], now, ARGV[1])
   redis.call('PEXPIRE', KEYS[i], 2 * tonumber(ARGV[1 + i]))
 end
+return 0
+`;
+
+/** Takes a call never sent out of every window (KEYS). */
+const RELEASE_SCRIPT = `
+for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 0
 `;
 
@@ -334,19 +347,16 @@ export function createRedisQuotaGate(
         );
       await queue(quotaId(azureTenantId, endpoint), waiter, wait);
       const taken = member;
+      /** Runs a claim's script once, sent or released, whichever comes first; a failing Redis is shrugged off. */
+      let settled = false;
+      const settle = (script: string, ...args: string[]): void => {
+        if (settled || windowKeys.length === 0) return;
+        settled = true;
+        redis.eval(script, windowKeys.length, ...windowKeys, taken, ...args).catch(() => undefined);
+      };
       return {
-        sent() {
-          if (windowKeys.length === 0) return;
-          redis
-            .eval(
-              SENT_SCRIPT,
-              windowKeys.length,
-              ...windowKeys,
-              taken,
-              ...windows.map((w) => String(w.windowMs)),
-            )
-            .catch(() => undefined);
-        },
+        sent: () => settle(SENT_SCRIPT, ...windows.map((w) => String(w.windowMs))),
+        release: () => settle(RELEASE_SCRIPT),
       };
     },
     async block(azureTenantId, endpoint, durationMs) {
@@ -421,12 +431,23 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
       await queue(id, waiter, (onWait) =>
         waitForRoom(async () => tryAcquire(id, limits[endpoint], taken), maxPollMs, waiter, onWait),
       );
+      let settled = false;
       return {
         sent() {
+          if (settled) return;
+          settled = true;
           taken.sentAt = now();
           const log = calls.get(id) ?? [];
           if (!log.includes(taken)) log.push(taken);
           calls.set(id, log);
+        },
+        release() {
+          if (settled) return;
+          settled = true;
+          calls.set(
+            id,
+            (calls.get(id) ?? []).filter((call) => call !== taken),
+          );
         },
       };
     },
@@ -438,7 +459,7 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
 }
 
 /** The claim of a gate that counts nothing. */
-const NOTHING_TO_MOVE: QuotaClaim = Object.freeze({ sent: () => undefined });
+const NOTHING_TO_MOVE: QuotaClaim = Object.freeze({ sent: () => undefined, release: () => undefined });
 
 /** A gate that never waits: for an API without quotas (the simulator with its quotas off). */
 export const UNLIMITED_QUOTA_GATE: QuotaGate = Object.freeze({

@@ -1,5 +1,9 @@
 import type { Agent } from 'node:https';
-import { ClientSecretCredential, type AccessToken } from '@azure/identity';
+import {
+  ClientSecretCredential,
+  type AccessToken,
+  type ClientSecretCredentialOptions,
+} from '@azure/identity';
 import axios from 'axios';
 import { type Logger, redactText } from '@urs/logging';
 import type { DefenderEndpoints } from './endpoints';
@@ -24,6 +28,85 @@ const TOKEN_MIN_LIFETIME_MS = 60_000;
 
 /** After such a failed renewal, how long before Entra is asked again, in milliseconds. */
 const TOKEN_RENEWAL_RETRY_MS = 30_000;
+
+/**
+ * The longest wait a throttling Entra ID is taken at its word for, in milliseconds: a `Retry-After` beyond it
+ * (a date far off, a typo of Entra's) would stop the tenant's calls for that long.
+ */
+const ENTRA_MAX_RETRY_AFTER_MS = 600_000;
+
+/** A 429 of Entra's without a `Retry-After`: MSAL's own wait for it (its throttling cache), in milliseconds. */
+const ENTRA_THROTTLE_WITHOUT_RETRY_AFTER_MS = 60_000;
+
+/** A policy of the pipeline @azure/identity sends its Entra requests through. */
+type EntraPolicy = NonNullable<ClientSecretCredentialOptions['additionalPolicies']>[number]['policy'];
+
+/**
+ * The wait Entra asks for in an answer, in milliseconds: a 429's `Retry-After` (seconds or an HTTP date; a
+ * minute without one), or a 503's when it gives one; at most ENTRA_MAX_RETRY_AFTER_MS. Undefined otherwise.
+ */
+function entraRetryAfterMs(status: number, retryAfter: string | undefined): number | undefined {
+  if (status !== 429 && status !== 503) return undefined;
+  const seconds = Number(retryAfter);
+  let ms =
+    retryAfter === undefined || retryAfter.trim() === ''
+      ? Number.NaN
+      : Number.isFinite(seconds)
+        ? seconds * 1000
+        : Date.parse(retryAfter) - Date.now();
+  if (Number.isNaN(ms)) {
+    if (status !== 429) return undefined;
+    ms = ENTRA_THROTTLE_WITHOUT_RETRY_AFTER_MS;
+  }
+  return Math.min(Math.max(0, Math.ceil(ms)), ENTRA_MAX_RETRY_AFTER_MS);
+}
+
+/**
+ * Gives each request to Entra a time limit of `timeoutMs`, its retries included: @azure/identity does not pass
+ * the caller's abort signal on to MSAL's requests, so a request Entra never answers would keep its socket open
+ * after its caller gave up (`tokenRequestTimeoutMs`). Aborted, the pipeline closes the socket and does not
+ * try again (a request's own `timeout` would be retried, with a socket of its own).
+ */
+function entraTimeLimit(timeoutMs: number): EntraPolicy {
+  return {
+    name: 'ursEntraTimeLimit',
+    async sendRequest(request, next) {
+      const limit = new AbortController();
+      const outer = request.abortSignal;
+      const stop = (): void => limit.abort();
+      if (outer?.aborted) stop();
+      outer?.addEventListener('abort', stop);
+      const timer = setTimeout(stop, timeoutMs);
+      request.abortSignal = limit.signal;
+      try {
+        return await next(request);
+      } finally {
+        clearTimeout(timer);
+        outer?.removeEventListener('abort', stop);
+      }
+    },
+  };
+}
+
+/**
+ * Tells `onThrottled` the wait a throttling answer of Entra's asks for (MSAL's errors keep no `Retry-After`),
+ * and takes its `Retry-After` off: the pipeline would otherwise sleep it out (up to the request's time limit,
+ * the callers' wait with it) and ask again; the token source waits it out itself, asking nothing meanwhile.
+ */
+function entraThrottling(onThrottled: (waitMs: number) => void): EntraPolicy {
+  return {
+    name: 'ursEntraThrottling',
+    async sendRequest(request, next) {
+      const response = await next(request);
+      const waitMs = entraRetryAfterMs(response.status, response.headers.get('retry-after'));
+      if (waitMs !== undefined) {
+        onThrottled(waitMs);
+        response.headers.delete('retry-after');
+      }
+      return response;
+    },
+  };
+}
 
 /** The app registration of one tenant. The secret lives only in this object and in the credential. */
 export interface DefenderCredentials {
@@ -107,6 +190,11 @@ export function decodeTokenClaims(token: string): TokenClaims | undefined {
  */
 export function createTokenSource(options: TokenSourceOptions): TokenSource {
   const { endpoints, credentials } = options;
+  const requestTimeoutMs = options.tokenRequestTimeoutMs ?? TOKEN_REQUEST_TIMEOUT_MS;
+  /** The wait the answer to the token request under way asked for, when Entra throttled it. */
+  let entraAskedMs: number | undefined;
+  /** Until when (a `Date.now()`) Entra is not asked again, as a throttling answer of its asked. */
+  let throttledUntil = 0;
   const makeCredential = (): ClientSecretCredential => {
     // Read with each credential, as axios reads the proxy with each request.
     const agent = agentThroughProxy(`${endpoints.authorityHost}/`, options.httpsAgent);
@@ -126,6 +214,10 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
         ...(agent ? { agent } : {}),
         // The pipeline's own retries would hide an Entra outage behind minutes of waiting; ours decide.
         retryOptions: { maxRetries: 1 },
+        additionalPolicies: [
+          { policy: entraTimeLimit(requestTimeoutMs), position: 'perCall' },
+          { policy: entraThrottling((waitMs) => (entraAskedMs = waitMs)), position: 'perRetry' },
+        ],
       },
     );
   };
@@ -198,7 +290,6 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
   // After a renewal failed while the token was still usable: until when it is used without asking again.
   let renewalRetryAt = 0;
   const renewalRetryMs = options.renewalRetryMs ?? TOKEN_RENEWAL_RETRY_MS;
-  const requestTimeoutMs = options.tokenRequestTimeoutMs ?? TOKEN_REQUEST_TIMEOUT_MS;
 
   // The one request to Entra in flight, shared by every call that needs a token meanwhile: MSAL does not
   // merge concurrent requests, so the first calls of a cycle would otherwise each fetch a token.
@@ -216,20 +307,26 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
   function start(refresh: boolean): Promise<AccessToken> {
     const mine = ++generation;
     const promise = (async () => {
+      // Entra asked for a wait: nobody asks it again before it is over (a new credential would).
+      const throttledForMs = throttledUntil - Date.now();
+      if (throttledForMs > 0) throw entraThrottled(throttledForMs);
       // A refresh, or a request after a failed one, asks a new credential, whose caches are empty. The shared
       // request follows no single caller's signal (the others still wait for it), but it cannot hang them
       // forever: @azure/identity does not pass a client secret credential's abort signal on to MSAL's
-      // requests, so the wait ends at the timeout while a request Entra never answers stays with its credential.
-      const stale = failedAt !== undefined && Date.now() - failedAt >= renewalRetryMs;
+      // requests, so the wait ends at the timeout; the request itself is closed at the same time limit
+      // (entraTimeLimit).
+      // Once Entra's wait is over, too: MSAL would answer a throttled credential from its cache for a minute.
+      const stale = failedAt !== undefined && (Date.now() - failedAt >= renewalRetryMs || throttledUntil > 0);
       const from = refresh || stale ? makeCredential() : credential;
       const timeout = AbortSignal.timeout(requestTimeoutMs);
       const held = current;
       let token: AccessToken;
+      entraAskedMs = undefined;
       try {
         token = await join(fetchToken(from, timeout), timeout);
       } catch (caught) {
         if (from === credential) failedAt ??= Date.now();
-        const error = timeout.aborted ? noAnswer(requestTimeoutMs) : caught;
+        const error = timeout.aborted ? noAnswer(requestTimeoutMs) : throttledBy(caught, entraAskedMs);
         // A renewal before expiry (MSAL's, from its refresh time or 5 minutes before expiry, waits for
         // Entra) that meets a passing outage: the token held is still accepted, so the calls keep it rather
         // than fail, and Entra is asked again after a short wait. Never after a 401: that token was refused.
@@ -242,7 +339,7 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
           error.canRetry &&
           usable(held)
         ) {
-          renewalRetryAt = Date.now() + renewalRetryMs;
+          renewalRetryAt = Date.now() + Math.max(renewalRetryMs, error.retryAfterMs ?? 0);
           options.logger?.warn(
             'defender: Entra ID did not renew the token; the current one is kept meanwhile',
             {
@@ -260,6 +357,7 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
       if (mine === generation) {
         credential = from;
         failedAt = undefined;
+        throttledUntil = 0;
         current = token;
         renewalRetryAt = 0;
       }
@@ -272,6 +370,33 @@ export function createTokenSource(options: TokenSourceOptions): TokenSource {
     };
     promise.then(settle, settle);
     return promise;
+  }
+
+  /**
+   * A failure of a request Entra answered asking for a wait (a 429, a 503 with `Retry-After`): THROTTLED with
+   * that wait, and no request to Entra before it is over. Other failures as they are.
+   */
+  function throttledBy(error: unknown, askedMs: number | undefined): unknown {
+    if (askedMs === undefined || !(error instanceof DefenderError) || !error.canRetry) return error;
+    throttledUntil = Date.now() + askedMs;
+    return entraThrottled(askedMs);
+  }
+
+  /**
+   * Entra ID throttles the tenant's token requests for another `waitMs`: THROTTLED, tried again after it. Its
+   * `tokenRequest` detail tells the API's throttling (which holds the tenant's endpoint back) from Entra's.
+   */
+  function entraThrottled(waitMs: number): DefenderError {
+    return new DefenderError(
+      DefenderErrorCode.THROTTLED,
+      `Entra ID (${hostOf(endpoints.authorityHost)}) throttles the token requests of tenant ` +
+        `${credentials.azureTenantId}: it asks to be asked again in ${Math.ceil(waitMs / 1000)} s`,
+      {
+        canRetry: true,
+        retryAfterMs: waitMs,
+        details: { azureTenantId: credentials.azureTenantId, tokenRequest: true },
+      },
+    );
   }
 
   /**

@@ -1,15 +1,19 @@
 import { AxiosError } from 'axios';
 import {
   CallHealth,
+  type CallLimiter,
   type CallOutcome,
   createLocalLimiter,
+  createLocalQuotaGate,
   type DefenderEndpointClass,
+  MICROSOFT_QUOTAS,
   type QuotaClaim,
+  type QuotaGate,
   withSlotHandOff,
 } from '../src';
 import { createCallSlots } from '../src/call-slots';
 
-const claim: QuotaClaim = { sent: () => undefined };
+const claim: QuotaClaim = { sent: () => undefined, release: () => undefined };
 
 /** Tenant a's call slots over `limiter` (one whose slots are handed from call to call). */
 function handedOffSlots(limiter: ReturnType<typeof withSlotHandOff>) {
@@ -202,4 +206,160 @@ describe('createCallSlots', () => {
       await limiter.close();
     }
   });
+});
+
+describe('createCallSlots and the quota of calls never sent', () => {
+  const oneAMinute = { ...MICROSOFT_QUOTAS, vulnerabilities: [{ limit: 1, windowMs: 60_000 }] };
+
+  /** Whether the tenant's quota of one call a minute has room at once (a wait of 0 ms allowed). */
+  async function hasRoom(gate: QuotaGate): Promise<boolean> {
+    try {
+      (await gate.acquire('tenant-a', 'vulnerabilities', undefined, 0)).sent();
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  function slotsOver(limiter: CallLimiter, health = new CallHealth('tenant-a')) {
+    return createCallSlots({
+      azureTenantId: 'tenant-a',
+      limiter,
+      health,
+      metrics: undefined,
+      requestTimeoutMs: 1_000,
+    });
+  }
+
+  it('inSlot should give its claim back when its caller stops it while it waits for a slot', async () => {
+    const gate = createLocalQuotaGate({ limits: oneAMinute });
+    const limiter = createLocalLimiter({ maxConcurrent: 1 });
+    const slots = slotsOver(limiter);
+    let free: () => void = () => undefined;
+    let held: () => void = () => undefined;
+    const slotHeld = new Promise<void>((resolve) => (held = resolve));
+    // Another call holds the only slot.
+    const busy = limiter.schedule(
+      () =>
+        new Promise<void>((resolve) => {
+          free = resolve;
+          held();
+        }),
+    );
+    await slotHeld;
+    try {
+      const stop = new AbortController();
+      const claim = await gate.acquire('tenant-a', 'vulnerabilities');
+      const call = slots.inSlot('vulnerabilities', claim, 0, stop.signal, async () => ({ status: 200 }));
+      call.catch(() => undefined);
+      stop.abort();
+      free();
+      await expect(call).rejects.toMatchObject({ code: 'DEFENDER_UNAVAILABLE' });
+      expect(await hasRoom(gate)).toBe(true);
+    } finally {
+      free();
+      await busy;
+      await limiter.close();
+    }
+  });
+
+  it('inSlot should give its claim back when the tenant’s calls are held back', async () => {
+    const gate = createLocalQuotaGate({ limits: oneAMinute });
+    const health = new CallHealth('tenant-a', { oneAtATimeAfter: 1, holdBackAfter: 1 });
+    health.start();
+    health.leave('failed', 'ECONNRESET');
+    const limiter = createLocalLimiter();
+    try {
+      const claim = await gate.acquire('tenant-a', 'vulnerabilities');
+      const call = slotsOver(limiter, health).inSlot('vulnerabilities', claim, 0, undefined, async () => ({
+        status: 200,
+      }));
+      expect(CallHealth.isHeldBack(await call.catch((error: unknown) => error))).toBe(true);
+      expect(await hasRoom(gate)).toBe(true);
+    } finally {
+      await limiter.close();
+    }
+  });
+
+  it('inSlot should give its claim back when the limiter fails to give it a slot', async () => {
+    const gate = createLocalQuotaGate({ limits: oneAMinute });
+    const failing: CallLimiter = {
+      schedule: () => Promise.reject(new Error('Connection is closed.')),
+      close: async () => undefined,
+    };
+    const claim = await gate.acquire('tenant-a', 'vulnerabilities');
+    const call = slotsOver(failing).inSlot('vulnerabilities', claim, 0, undefined, async () => ({
+      status: 200,
+    }));
+    await expect(call).rejects.toThrow('Connection is closed.');
+    expect(await hasRoom(gate)).toBe(true);
+  });
+
+  it('inSlot should keep the claim of a call that was sent', async () => {
+    const gate = createLocalQuotaGate({ limits: oneAMinute });
+    const limiter = createLocalLimiter();
+    try {
+      const claim = await gate.acquire('tenant-a', 'vulnerabilities');
+      const call = slotsOver(limiter).inSlot('vulnerabilities', claim, 0, undefined, async () => {
+        throw new AxiosError('socket hang up', 'ECONNRESET');
+      });
+      await expect(call).rejects.toThrow('socket hang up');
+      expect(await hasRoom(gate)).toBe(false);
+    } finally {
+      await limiter.close();
+    }
+  });
+});
+
+describe('createCallSlots and a call stopped while every slot is busy', () => {
+  it.each([
+    ['a limiter of its own', () => createLocalLimiter({ maxConcurrent: 1 })],
+    ['slots handed from call to call', () => withSlotHandOff(createLocalLimiter({ maxConcurrent: 1 }))],
+  ])(
+    'inSlot over %s should end a call stopped while it waits for a slot at once, not sent',
+    async (_, makeLimiter) => {
+      const limiter = makeLimiter();
+      const slots = createCallSlots({
+        azureTenantId: 'tenant-a',
+        limiter,
+        health: new CallHealth('tenant-a'),
+        metrics: undefined,
+        requestTimeoutMs: 1_000,
+      });
+      let free: () => void = () => undefined;
+      let held: () => void = () => undefined;
+      const slotHeld = new Promise<void>((resolve) => (held = resolve));
+      // Another process's call (a bulk export page) holds the only slot for up to a minute.
+      const busy = limiter.schedule(
+        () =>
+          new Promise<void>((resolve) => {
+            free = resolve;
+            held();
+          }),
+      );
+      await slotHeld;
+      let sent = false;
+      try {
+        const stop = new AbortController();
+        const call = slots.inSlot('vulnerabilities', claim, 0, stop.signal, async () => {
+          sent = true;
+          return { status: 200 };
+        });
+        // Stopped once it waits for the slot (past its tenant's turn).
+        await new Promise((resolve) => setImmediate(resolve));
+        stop.abort(new Error('the service stops'));
+        // Settles while the slot is still held.
+        await expect(call).rejects.toMatchObject({
+          code: 'DEFENDER_UNAVAILABLE',
+          message: expect.stringMatching(/stopped before it was sent/),
+        });
+        free();
+        await busy;
+        expect(sent).toBe(false);
+      } finally {
+        free();
+        await limiter.close();
+      }
+    },
+  );
 });

@@ -533,6 +533,7 @@ describe('createDefenderClient vulnerabilities', () => {
             events.push('sent');
             claim.sent();
           },
+          release: () => claim.release(),
         };
       },
       block: (...args) => local.block(...args),

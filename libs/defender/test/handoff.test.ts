@@ -186,3 +186,42 @@ describe('withSlotHandOff', () => {
     await expect(limiter.schedule(async () => 1)).rejects.toThrow('limiter unavailable');
   });
 });
+
+describe('withSlotHandOff and a waiting call whose signal aborts', () => {
+  it('withSlotHandOff should reject a waiting call when its signal aborts and never run it', async () => {
+    const limiter = withSlotHandOff(createLocalLimiter({ maxConcurrent: 1 }));
+    let free: () => void = () => undefined;
+    let held: () => void = () => undefined;
+    const slotHeld = new Promise<void>((resolve) => (held = resolve));
+    const busy = limiter.schedule(
+      () =>
+        new Promise<void>((resolve) => {
+          free = resolve;
+          held();
+        }),
+    );
+    await slotHeld;
+    const ran: string[] = [];
+    const stop = new AbortController();
+    const stopped = limiter.schedule(async () => void ran.push('stopped'), { signal: stop.signal });
+    const next = limiter.schedule(async () => void ran.push('next'));
+    const reason = new Error('the service stops');
+    stop.abort(reason);
+    await expect(stopped).rejects.toBe(reason);
+    free();
+    await Promise.all([busy, next]);
+    expect(ran).toEqual(['next']);
+    await limiter.close();
+  });
+
+  it('withSlotHandOff should reject at once a call whose signal already aborted', async () => {
+    const limiter = withSlotHandOff(createLocalLimiter({ maxConcurrent: 1 }));
+    const reason = new Error('the service stops');
+    let ran = false;
+    await expect(
+      limiter.schedule(async () => (ran = true), { signal: AbortSignal.abort(reason) }),
+    ).rejects.toBe(reason);
+    expect(ran).toBe(false);
+    await limiter.close();
+  });
+});

@@ -300,3 +300,16 @@ describe('planVulnerabilityMode', () => {
     });
   });
 });
+
+describe('createLocalQuotaGate releases', () => {
+  it('release should give back at once the place of a call never sent', async () => {
+    const oneAMinute = { ...MICROSOFT_QUOTAS, vulnerabilities: [{ limit: 1, windowMs: 60_000 }] };
+    const gate = createLocalQuotaGate({ limits: oneAMinute });
+    const claim = await gate.acquire('t1', 'vulnerabilities');
+    claim.release();
+    (await atOnce(gate.acquire('t1', 'vulnerabilities', undefined, 0))).sent();
+    await expect(gate.acquire('t1', 'vulnerabilities', undefined, 0)).rejects.toMatchObject({
+      code: 'DEFENDER_THROTTLED',
+    });
+  });
+});

@@ -26,6 +26,18 @@ afterEach(async () => {
   await redis.close();
 });
 
+/** `acquire` once the release sent before it reached Redis (it is not awaited), a few tries at most. */
+async function waitForRoom<T>(acquire: () => Promise<T>): Promise<T> {
+  for (let tries = 1; ; tries++) {
+    try {
+      return await acquire();
+    } catch (error) {
+      if (tries >= 20) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  }
+}
+
 describe('createRedisQuotaGate', () => {
   it('acquire should share the window between gates and wait until it frees', async () => {
     const limits = { ...MICROSOFT_QUOTAS, vulnerabilities: [{ limit: 4, windowMs: 1_000 }] };
@@ -94,6 +106,26 @@ describe('createRedisQuotaGate', () => {
     const sent = Date.now();
     await next;
     expect(Date.now() - sent).toBeGreaterThanOrEqual(windowMs - 50);
+  });
+
+  it('release should give back, in every window and for every gate, the place of a call never sent', async () => {
+    const limits = {
+      ...MICROSOFT_QUOTAS,
+      vulnerabilities: [
+        { limit: 1, windowMs: 60_000 },
+        { limit: 1, windowMs: 3_600_000 },
+      ],
+    };
+    const a = createRedisQuotaGate(redis.client, redis.prefix, { limits });
+    const b = createRedisQuotaGate(redis.client, redis.prefix, { limits });
+    const claim = await a.acquire('t1', 'vulnerabilities', undefined, 0);
+    claim.release();
+    // A wait of 0 ms allowed: it fails unless the place was given back.
+    const next = await waitForRoom(() => b.acquire('t1', 'vulnerabilities', undefined, 0));
+    next.sent();
+    await expect(b.acquire('t1', 'vulnerabilities', undefined, 0)).rejects.toMatchObject({
+      code: DefenderErrorCode.THROTTLED,
+    });
   });
 
   it('block should hold every gate of the tenant back', async () => {

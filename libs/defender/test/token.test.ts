@@ -324,6 +324,72 @@ describe('createTokenSource while Entra is down', () => {
     });
   }, 10_000);
 
+  it("getToken should fail THROTTLED with Entra's Retry-After for a 429, and not ask Entra again before it is over", async () => {
+    await withOwnTenant(async (own, agent) => {
+      const tokens = createTokenSource({
+        endpoints: endpoints(),
+        credentials: own,
+        httpsAgent: agent,
+        renewalRetryMs: 100,
+      });
+      sim.setFaults(own.azureTenantId, { tokenThrottleRetryAfterSec: 2 });
+      await expect(tokens.getToken()).rejects.toMatchObject({
+        code: DefenderErrorCode.THROTTLED,
+        canRetry: true,
+        retryAfterMs: expect.any(Number),
+        message: expect.stringMatching(/Entra ID .* asks .* 2 s/),
+      });
+      const throttledAt = Date.now();
+      sim.setFaults(own.azureTenantId, {});
+      sim.resetStats();
+      // Past the source's own wait after a failure, within Entra's: Entra is not asked.
+      await sleepMs(300);
+      const early = await tokens.getToken().catch((error: unknown) => error);
+      expect(early).toMatchObject({ code: DefenderErrorCode.THROTTLED, retryAfterMs: expect.any(Number) });
+      expect((early as { retryAfterMs: number }).retryAfterMs).toBeLessThanOrEqual(2_000);
+      expect(sim.stats().calls.token ?? 0).toBe(0);
+      await until(() => Date.now() >= throttledAt + 2_100, "the end of Entra's Retry-After");
+      await expect(tokens.getToken()).resolves.toMatchObject({ token: expect.any(String) });
+      expect(sim.stats().calls.token).toBe(1);
+    });
+  }, 20_000);
+
+  it("a call should fail THROTTLED when Entra throttles its token request for longer than it may wait, leaving the API's quota free", async () => {
+    const own = newApp();
+    sim.addTenant({ azureTenantId: own.azureTenantId, apps: [own], fleet: { size: 1, seed: 7 } });
+    const { client, quota, close } = simClient(sim, own, { maxThrottleWaitMs: 1_000 });
+    try {
+      sim.setFaults(own.azureTenantId, { tokenThrottleRetryAfterSec: 120 });
+      const id = sim.machines(own.azureTenantId)[0]!.id;
+      await expect(client.getMachineVulnerabilities(id)).rejects.toMatchObject({
+        code: DefenderErrorCode.THROTTLED,
+        retryAfterMs: expect.any(Number),
+      });
+      // Entra's wait holds no call of the tenant's API back (a wait of 0 ms allowed).
+      await expect(quota.acquire(own.azureTenantId, 'vulnerabilities', undefined, 0)).resolves.toBeDefined();
+    } finally {
+      sim.setFaults(own.azureTenantId, {});
+      sim.removeTenant(own.azureTenantId);
+      await close();
+    }
+  }, 20_000);
+
+  it('getToken should close the connection of a token request Entra never answers once its time is up', async () => {
+    await withOwnTenant(async (own, agent) => {
+      const tokens = createTokenSource({
+        endpoints: endpoints(),
+        credentials: own,
+        httpsAgent: agent,
+        tokenRequestTimeoutMs: 300,
+      });
+      sim.setFaults(own.azureTenantId, { timeoutRate: 1, tokenEndpoint: true });
+      await expect(tokens.getToken()).rejects.toMatchObject({ code: DefenderErrorCode.UNAVAILABLE });
+      // No socket left waiting for the answer that never comes.
+      await until(() => Object.keys(agent.sockets).length === 0, 'the unanswered request to be closed');
+      sim.setFaults(own.azureTenantId, {});
+    });
+  }, 20_000);
+
   it('getToken should fail when the renewal meets an Entra outage and the token has a minute or less left', async () => {
     await withOwnTenant(async (own, agent) => {
       const tokens = createTokenSource({ endpoints: endpoints(), credentials: own, httpsAgent: agent });

@@ -72,6 +72,8 @@ export interface DefenderGatewayDeps {
   metrics: Registry;
   /** How long a call may go without an answer, in milliseconds (`URS_DEFENDER_REQUEST_TIMEOUT_MS`). */
   requestTimeoutMs?: number;
+  /** How long a token request to Entra ID may take, in milliseconds (`URS_TOKEN_REQUEST_TIMEOUT_MS`). */
+  tokenRequestTimeoutMs?: number;
   /** Devices per page of a listing (`URS_POLL_PAGE_SIZE`). Default the client's (10,000). */
   pageSize?: number;
   /**
@@ -118,6 +120,9 @@ export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGatewa
       metrics: deps.metrics,
       callHealth: callHealth.health,
       ...(deps.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: deps.requestTimeoutMs }),
+      ...(deps.tokenRequestTimeoutMs === undefined
+        ? {}
+        : { tokenRequestTimeoutMs: deps.tokenRequestTimeoutMs }),
       ...(deps.maxQuotaWaitMs === undefined
         ? {}
         : { maxQuotaWaitMs: deps.maxQuotaWaitMs, maxThrottleWaitMs: deps.maxQuotaWaitMs }),

@@ -49,6 +49,7 @@ void runService({
       httpsAgent,
       metrics,
       requestTimeoutMs: settings.requestTimeoutMs,
+      tokenRequestTimeoutMs: settings.tokenRequestTimeoutMs,
       maxQuotaWaitMs: settings.maxQuotaWaitMs,
       pageSize: settings.pageSize,
     });

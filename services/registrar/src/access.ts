@@ -10,7 +10,8 @@ export type AccessCheckerDeps = Required<
     DefenderClientDeps,
     'limiter' | 'quota' | 'logger' | 'overrides' | 'httpsAgent' | 'metrics' | 'requestTimeoutMs'
   >
->;
+> &
+  Pick<DefenderClientDeps, 'tokenRequestTimeoutMs'>;
 
 /**
  * The `/defender/test` check against Microsoft: a Defender client of the tenant's, for the check only,

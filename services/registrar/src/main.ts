@@ -73,6 +73,7 @@ void runService({
       httpsAgent,
       metrics,
       requestTimeoutMs: settings.requestTimeoutMs,
+      tokenRequestTimeoutMs: settings.tokenRequestTimeoutMs,
     });
 
     const runner = createConsumerRunner({

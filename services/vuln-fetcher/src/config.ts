@@ -9,6 +9,7 @@ import {
   type Env,
   type SecretKeyConfig,
 } from '@urs/config';
+import { DEFAULT_MAX_QUOTA_WAIT_MS } from './sources';
 
 /**
  * The vuln-fetcher's own settings, how it reaches Defender (`defenderSettings`) and how its group takes
@@ -92,6 +93,14 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
    * once the shared count no longer holds this process's slots).
    */
   slotHandOffMs: number;
+  /**
+   * Longest a Defender call waits for its tenant's quota (a window's room, or the block of a 429's
+   * Retry-After, shared by every process), and in all for its own 429s, in ms: a longer wait fails the call
+   * THROTTLED at once, counted towards the tenant's outage (its batch's other calls end as quickly, its
+   * status is written), instead of waiting up to an hour past the cycle's deadline. Env
+   * `URS_VULN_MAX_QUOTA_WAIT_MS`, default 180000, at most 3600000.
+   */
+  maxQuotaWaitMs: number;
 }
 
 export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
@@ -120,5 +129,10 @@ export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
       max: 600_000,
     }),
     slotHandOffMs: readInt(env, 'URS_DEFENDER_SLOT_HANDOFF_MS', { fallback: 1_000, min: 0, max: 20_000 }),
+    maxQuotaWaitMs: readInt(env, 'URS_VULN_MAX_QUOTA_WAIT_MS', {
+      fallback: DEFAULT_MAX_QUOTA_WAIT_MS,
+      min: 0,
+      max: 3_600_000,
+    }),
   };
 }

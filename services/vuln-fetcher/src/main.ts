@@ -44,6 +44,8 @@ void runService({
       limiter,
       quota: quotaGateFor(own.quotas, redis, prefix),
       requestTimeoutMs: own.requestTimeoutMs,
+      maxQuotaWaitMs: own.maxQuotaWaitMs,
+      tokenRequestTimeoutMs: own.tokenRequestTimeoutMs,
       bulkPageSize: own.bulkPageSize,
       foldThread: own.bulkFoldThread,
       httpsAgent,

@@ -113,14 +113,29 @@ export interface DefenderSourceDeps {
   metrics: Registry;
   /** How long a call may go without an answer, in milliseconds; default the client's (30,000). */
   requestTimeoutMs?: number;
+  /** How long a token request to Entra ID may take, in milliseconds; default the client's (60,000). */
+  tokenRequestTimeoutMs?: number;
   /** Rows per page of the bulk export; default the client's (50,000). */
   bulkPageSize?: number;
+  /**
+   * Longest a call waits for its tenant's quota, and in all for 429s, in milliseconds
+   * (`URS_VULN_MAX_QUOTA_WAIT_MS`). Default DEFAULT_MAX_QUOTA_WAIT_MS.
+   */
+  maxQuotaWaitMs?: number;
   /** Scan and fold the bulk export on a thread of its own. */
   foldThread?: boolean;
   /** A tenant's client is let go of after this long without a batch. Default an hour. */
   idleMs?: number;
   now?: () => number;
 }
+
+/**
+ * How long a device call waits for its tenant's quota (a window's room, or the block of a 429's Retry-After)
+ * by default, in milliseconds. A longer wait fails the call THROTTLED at once, not retried within the call:
+ * the batch's other calls end as quickly, count towards the tenant's outage and its status is written,
+ * instead of each waiting up to an hour (an hourly quota spent) past the cycle's deadline.
+ */
+export const DEFAULT_MAX_QUOTA_WAIT_MS = 180_000;
 
 /** A tenant's source, kept with the client it calls through (closed with it). */
 interface KeptSource {
@@ -155,6 +170,7 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
     ...(signal ? { signal } : {}),
     ...(deps.bulkPageSize === undefined ? {} : { pageSize: deps.bulkPageSize }),
   });
+  const maxQuotaWaitMs = deps.maxQuotaWaitMs ?? DEFAULT_MAX_QUOTA_WAIT_MS;
   // The source is built with its client and kept with it: the same tenant's batches get the same one.
   const clients = createTenantClientCache<KeptSource>({
     ...(deps.idleMs === undefined ? {} : { idleMs: deps.idleMs }),
@@ -211,6 +227,13 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
         callHealth: callHealth.health,
         onInvalidRecord,
         ...(deps.requestTimeoutMs === undefined ? {} : { requestTimeoutMs: deps.requestTimeoutMs }),
+        ...(deps.tokenRequestTimeoutMs === undefined
+          ? {}
+          : { tokenRequestTimeoutMs: deps.tokenRequestTimeoutMs }),
+        // Waiting out 429s no longer than the quota's wait: the call that drew one would otherwise wait
+        // while the tenant's other calls, held back by the same block, fail at once.
+        maxQuotaWaitMs,
+        maxThrottleWaitMs: maxQuotaWaitMs,
       },
     );
     const source: VulnerabilitySource = {

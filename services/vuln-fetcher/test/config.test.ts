@@ -33,6 +33,16 @@ describe('vulnFetcherConfig', () => {
     );
   });
 
+  it('vulnFetcherConfig should bound the quota wait of a call to a few minutes unless told otherwise, naming the variable of a bad value', () => {
+    expect(vulnFetcherConfig({ URS_SECRET_KEY: KEY }).maxQuotaWaitMs).toBe(180_000);
+    expect(
+      vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_VULN_MAX_QUOTA_WAIT_MS: '600000' }).maxQuotaWaitMs,
+    ).toBe(600_000);
+    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_VULN_MAX_QUOTA_WAIT_MS: '7200000' })).toThrow(
+      /URS_VULN_MAX_QUOTA_WAIT_MS must be ≤ 3600000/,
+    );
+  });
+
   it('vulnFetcherConfig should read the quota switch and the bulk page size', () => {
     const config = vulnFetcherConfig({
       URS_SECRET_KEY: KEY,

@@ -6,7 +6,12 @@ import { isInfrastructureFault } from '@urs/resilience';
 import { createSecretSealer, type SecretSealer } from '@urs/secrets';
 import { startSimulator } from '@urs/simulator';
 import { Registry } from '@urs/telemetry';
-import { ReplicaSecretKeyError, createDefenderSources, isTenantWideFailure } from '../src/sources';
+import {
+  ReplicaSecretKeyError,
+  type SourceProvider,
+  createDefenderSources,
+  isTenantWideFailure,
+} from '../src/sources';
 import { localSources } from './handler-support';
 
 describe('createDefenderSources', () => {
@@ -235,5 +240,79 @@ describe('createDefenderSources and vulnerabilities whose CVSS score cannot be r
       agent.destroy();
       await sim.close();
     }
+  }, 20_000);
+});
+
+describe('createDefenderSources and a tenant held back by its quota', () => {
+  const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+  const azureTenantId = randomUUID();
+  const app = { clientId: randomUUID(), clientSecret: `Zx8Q~${randomUUID()}Sec` };
+  const tenant = {
+    tenantId: 'a',
+    revision: 1,
+    defender: {
+      azureTenantId,
+      clientId: app.clientId,
+      clientSecret: sealer.seal(app.clientSecret, 'a'),
+      cloud: 'commercial',
+      region: null,
+    },
+  } as unknown as TenantRecord;
+
+  async function withHeldBackTenant(
+    blockMs: number,
+    maxQuotaWaitMs: number | undefined,
+    run: (source: ReturnType<SourceProvider['forTenant']>, id: string) => Promise<void>,
+  ) {
+    const sim = await startSimulator({ quotas: false });
+    sim.addTenant({ azureTenantId, apps: [app], fleet: { size: 1, seed: 7 } });
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const quota = createLocalQuotaGate();
+    // Another call of the tenant drew a 429 whose Retry-After holds every call of the endpoint back.
+    await quota.block(azureTenantId, 'vulnerabilities', blockMs);
+    const sources = createDefenderSources({
+      sealer,
+      limiter: createLocalLimiter(),
+      quota,
+      httpsAgent: agent,
+      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
+      logger: silentLogger,
+      metrics: new Registry({ processMetrics: false }),
+      ...(maxQuotaWaitMs === undefined ? {} : { maxQuotaWaitMs }),
+    });
+    try {
+      await run(sources.forTenant(tenant), sim.machines(azureTenantId)[0]!.id);
+    } finally {
+      sources.close();
+      agent.destroy();
+      await sim.close();
+    }
+  }
+
+  it('machineVulnerabilities should fail THROTTLED at once, not retried in the call, when the quota holds it back for longer than a few minutes', async () => {
+    await withHeldBackTenant(3_600_000, undefined, async (source, id) => {
+      // The signal only ends a call that would wait for the block: it must fail before, on its own.
+      await expect(source.machineVulnerabilities(id, AbortSignal.timeout(5_000))).rejects.toMatchObject({
+        code: 'DEFENDER_THROTTLED',
+        canRetry: false,
+        retryAfterMs: expect.any(Number),
+        details: expect.objectContaining({ quotaWaitMs: expect.any(Number) }),
+      });
+    });
+  }, 20_000);
+
+  it('machineVulnerabilities should fail THROTTLED at once when the quota holds it back for longer than the wait it is given', async () => {
+    await withHeldBackTenant(60_000, 1_000, async (source, id) => {
+      await expect(source.machineVulnerabilities(id, AbortSignal.timeout(5_000))).rejects.toMatchObject({
+        code: 'DEFENDER_THROTTLED',
+        canRetry: false,
+      });
+    });
+  }, 20_000);
+
+  it('machineVulnerabilities should wait out a block shorter than the wait it is given', async () => {
+    await withHeldBackTenant(300, 1_000, async (source, id) => {
+      await expect(source.machineVulnerabilities(id)).resolves.toEqual(expect.any(Array));
+    });
   }, 20_000);
 });

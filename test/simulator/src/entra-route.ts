@@ -47,6 +47,20 @@ export function createEntraRoute(
     await delay();
     const f = faultsFor(faults, tenant?.id);
     if (kind === 'token' || kind === 'tokenV1') {
+      if (f?.tokenThrottleRetryAfterSec !== undefined) {
+        fault('429');
+        sendAadError(
+          entra,
+          req,
+          res,
+          429,
+          'temporarily_unavailable',
+          50196,
+          'The server terminated an operation because it encountered a client request loop.',
+          { 'Retry-After': String(f.tokenThrottleRetryAfterSec) },
+        );
+        return true;
+      }
       if (f?.tokenEndpoint && injectTransportFault(req, res, { ...f, slowBodyRate: 0 })) return true;
       if (f?.tokenEndpoint && roll(f.status5xxRate)) {
         fault('5xx');

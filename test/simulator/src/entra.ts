@@ -30,6 +30,7 @@ export function sendAadError(
   error: string,
   code: number,
   message: string,
+  headers: Record<string, string> = {},
 ): void {
   const now = new Date();
   const traceId = randomUUID();
@@ -52,6 +53,7 @@ export function sendAadError(
       Pragma: 'no-cache',
       'x-ms-request-id': traceId,
       'client-request-id': correlationId,
+      ...headers,
     },
   );
 }

@@ -49,6 +49,11 @@ export interface FaultSpec {
   /** The wait throttledCalls' 429s ask for, in seconds (see retryAfter for how). Default 1. */
   throttleRetryAfterSec?: number;
   /**
+   * Entra answers the tenant's token requests 429 (`temporarily_unavailable`, AADSTS50196) with
+   * `Retry-After` of this many seconds, every one while set. Default none.
+   */
+  tokenThrottleRetryAfterSec?: number;
+  /**
    * How every 429 of the tenant (its quota's and throttledCalls') carries its wait: 'seconds' (default,
    * `Retry-After: 12` as MDE sends it), 'httpDate' (`Retry-After: <HTTP date>`, which RFC 9110 allows too)
    * or 'none' (no Retry-After at all, as some gateways answer).
@@ -164,7 +169,7 @@ export function validateFaults(faults: FaultSpec): FaultSpec {
       throw new Error(`faults.bodyBytesPerSec must be a positive integer, got ${String(rate)}`);
     out.bodyBytesPerSec = rate;
   }
-  for (const key of ['throttledCalls', 'throttleRetryAfterSec'] as const) {
+  for (const key of ['throttledCalls', 'throttleRetryAfterSec', 'tokenThrottleRetryAfterSec'] as const) {
     const n = faults[key];
     if (n === undefined) continue;
     if (!Number.isInteger(n) || n < 0)
