@@ -25,9 +25,10 @@ export interface SchedulerDeps {
   tenants: TenantStore;
   /**
    * The cycles' totals, read to tell whether a cycle left running had been listed in full; one that had not
-   * is recorded as abandoned (see `endListedCycle`).
+   * is recorded as abandoned (see `endListedCycle`). A listing this replica could not record is recorded at
+   * the tenant's next try.
    */
-  cycles: Pick<CycleStore, 'get' | 'abandon'>;
+  cycles: Pick<CycleStore, 'get' | 'abandon' | 'listed'>;
   /** Runs one cycle (runCycle bound to its deps). */
   runCycle: (input: CycleInput) => Promise<CycleResult>;
   /** This replica's lease holder id (unique per process). */
@@ -196,6 +197,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       refusedWarned.delete(tenantId);
       awaitingRegistrar.delete(tenantId);
       failures.forget(tenantId);
+      if (record === null) ends.forget(tenantId);
       const running = active.get(tenantId);
       if (running) {
         log.info('tenant disabled or deleted: stopping its cycle', { tenantId });

@@ -566,6 +566,7 @@ describe('createScheduler', () => {
         };
         return { tenantId, cycleId, ...begun, ...totals, note };
       },
+      async listed() {},
     };
     // The scheduler's clock, moved on by the test only: nothing comes due while the takeover is looked at,
     // however late a loaded machine runs the ticks.
