@@ -3,7 +3,7 @@ import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage } from '@urs/resilience';
 import type { Counter } from '@urs/telemetry';
 import type { CycleStore, PollLease, PollScheduleStore, TenantStore } from '@urs/store';
-import { ABANDONED_CYCLE_GRACE_MS } from './cycle';
+import { ABANDONED_CYCLE_GRACE_MS, type CycleTotals } from './cycle';
 import { backoffUntil, failureKindOf, type FailureStreak, nextStreak, transientRetryAt } from './schedule';
 
 export interface CycleEndDeps {
@@ -15,9 +15,9 @@ export interface CycleEndDeps {
   tenants: Pick<TenantStore, 'cycleListed' | 'updatePollingStatus'>;
   /**
    * The cycles' totals, read to tell whether a cycle left running had been listed in full; one that had not
-   * is recorded as abandoned.
+   * is recorded as abandoned. A listing this replica could not record is recorded at the next try.
    */
-  cycles: Pick<CycleStore, 'get' | 'abandon'>;
+  cycles: Pick<CycleStore, 'get' | 'abandon' | 'listed'>;
   /** This replica's lease holder id, named in the status of a cycle its own URS_SECRET_KEY failed. */
   holderId: string;
   intervalUnitMs: number;
@@ -51,9 +51,16 @@ export interface CycleEnd {
   ): Promise<boolean>;
   /**
    * Ends a cycle left marked running whose listing had ended; false when it must be redone, after recording
-   * it as abandoned.
+   * it as abandoned. A listing of it this replica kept (`listedNotRecorded`) is recorded first.
    */
   endListedCycle(lease: PollLease, cycleId: string): Promise<boolean>;
+  /**
+   * Keeps the totals of a cycle of the tenant whose every batch went out and whose listing the cycle store did
+   * not record, until the next try under the tenant's lease records them (`endListedCycle`).
+   */
+  listedNotRecorded(tenantId: string, cycleId: string, totals: CycleTotals): void;
+  /** The tenant is deleted: a listing kept for it is dropped. */
+  forget(tenantId: string): void;
   /**
    * A failed cycle: the tenant's failure streak, backoff and retry in the schedule, then its status.
    * `placeAt` gets when this replica should look at the tenant again, as soon as the schedule is written:
@@ -64,6 +71,8 @@ export interface CycleEnd {
 
 export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
   const { log, now, cyclesTotal } = deps;
+  /** Per tenant, the listing of its last cycle that the cycle store did not record (`listedNotRecorded`). */
+  const unrecorded = new Map<string, { cycleId: string; totals: CycleTotals }>();
 
   /**
    * Records a listed cycle's end: the tenant's status (its error kept when the vuln-fetcher reported it for
@@ -89,6 +98,7 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
    * ended (it is redone, see `abandonTakenOver`) or the lease was lost.
    */
   async function endListedCycle(lease: PollLease, cycleId: string): Promise<boolean> {
+    await recordListing(lease.tenantId, cycleId);
     const cycle = await deps.cycles.get(lease.tenantId, cycleId);
     if (cycle === null) return false;
     if (cycle.listedAt === undefined) {
@@ -106,6 +116,32 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
       // A bulk cycle's note, else none (a cycle listed by an older poller, which kept no mode, leaves both).
       note: cycle.vulnerabilityMode === undefined ? undefined : (cycle.note ?? null),
     });
+  }
+
+  /**
+   * Records the listing this replica kept for the tenant's cycle left running (`listedNotRecorded`): every
+   * batch of it went out, and Redis failed only the record of its totals. Found without it, the cycle was taken
+   * for one its poller left mid-listing: recorded as abandoned (`POLLER_GONE`, closed partial a minute later)
+   * and the tenant listed again at once, its quota spent twice and a second summary sent. A Redis that fails
+   * here again fails the attempt (tried again after the attempts' backoff), the listing still kept. One kept for
+   * another cycle (ended or taken over by another replica since) is dropped.
+   */
+  async function recordListing(tenantId: string, cycleId: string): Promise<void> {
+    const kept = unrecorded.get(tenantId);
+    if (kept === undefined) return;
+    if (kept.cycleId === cycleId) {
+      await deps.cycles.listed(tenantId, cycleId, kept.totals);
+      log.info('listing of a cycle recorded at the next try', { tenantId, cycleId });
+    }
+    unrecorded.delete(tenantId);
+  }
+
+  function listedNotRecorded(tenantId: string, cycleId: string, totals: CycleTotals): void {
+    unrecorded.set(tenantId, { cycleId, totals });
+  }
+
+  function forget(tenantId: string): void {
+    unrecorded.delete(tenantId);
   }
 
   /**
@@ -228,5 +264,5 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
     });
   }
 
-  return { endListed, endListedCycle, endFailed };
+  return { endListed, endListedCycle, listedNotRecorded, forget, endFailed };
 }

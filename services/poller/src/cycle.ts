@@ -65,13 +65,20 @@ export class CycleAbortedError extends UrsError {
   }
 }
 
+/** A cycle's totals as the cycle store records them once its listing ended (`CycleStore.listed`). */
+export type CycleTotals = Parameters<CycleStore['listed']>[2];
+
 /**
  * Every batch of the cycle went out, and the cycle store did not record its listing (Redis away or failing
  * over, past `LISTED_RETRY` or the lease's end). Not a failed cycle: its batches are on their way, and the
- * last one tells the publisher its totals. Its `cause` is Redis's error.
+ * last one tells the publisher its totals. Its `cause` is Redis's error; its `totals` are recorded at the
+ * tenant's next try (see `CycleEnd.listedNotRecorded`).
  */
 export class CycleListedNotRecordedError extends UrsError {
-  constructor(cause: unknown) {
+  constructor(
+    cause: unknown,
+    readonly totals: CycleTotals,
+  ) {
     super('CYCLE_LISTED_NOT_RECORDED', `cycle listed, its totals not recorded: ${errorMessage(cause)}`, {
       canRetry: true,
       cause,
@@ -318,7 +325,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   // true (a cycle recorded abandoned by a poller that took the tenant over meanwhile gets its deadline back).
   // Tried again in place while the lease holds: failed at once, the cycle was ended as failed, listed again
   // minutes later, and closed partial.
-  const totals = {
+  const totals: CycleTotals = {
     totalBatches: batchIndex,
     totalDevices,
     listedAt: new Date(listedAt).toISOString(),
@@ -338,7 +345,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
         }),
     });
   } catch (error) {
-    throw new CycleListedNotRecordedError(error);
+    throw new CycleListedNotRecordedError(error, totals);
   }
   log.info('cycle listed', { totalDevices, totalBatches: batchIndex, merged, vulnerabilityMode });
   return { totalDevices, totalBatches: batchIndex, merged, vulnerabilityMode, note, listedAt };

@@ -98,6 +98,11 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
       },
       { immediately: true },
     );
+    /** Counts the cycle as listed in full, with its duration. */
+    const countListed = (): void => {
+      cyclesTotal.inc({ outcome: 'listed' });
+      cycleSeconds.observe((now() - startedAt) / 1000);
+    };
     /** What runCycle answered: once it has, the cycle was listed in full and never fails (see below). */
     let result: CycleResult | undefined;
     try {
@@ -119,8 +124,7 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
         leaseHeld: clock.held,
       });
       stopRenewing();
-      cyclesTotal.inc({ outcome: 'listed' });
-      cycleSeconds.observe((now() - startedAt) / 1000);
+      countListed();
       await ends.endListed(lease, cycleId, {
         lastCycleEndedAt: new Date(result.listedAt).toISOString(),
         deviceCount: result.totalDevices,
@@ -138,7 +142,14 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
       // batch went out and whose listing the cycle store could not record, though tried again in place while
       // the lease held (`CycleListedNotRecordedError`): ended as failed, it was listed again ~2 minutes later,
       // counted as an infrastructure failure. Its batches are on their way, the last with the totals the
-      // publisher completes it by; the next holder, finding no listing recorded, takes it over.
+      // publisher completes it by. It is counted as listed, and its totals kept on this replica: its next try
+      // under the lease records them first (`endListedCycle`), then ends it as listed. Found without them, it
+      // was taken for a cycle left mid-listing, abandoned (closed partial) and the tenant listed again at once.
+      // Another replica taking the tenant over meanwhile still does so.
+      if (error instanceof CycleListedNotRecordedError) {
+        countListed();
+        ends.listedNotRecorded(tenantId, cycleId, error.totals);
+      }
       if (result !== undefined || error instanceof CycleListedNotRecordedError) {
         log.warn('listed cycle not ended: the next try ends it', {
           tenantId,

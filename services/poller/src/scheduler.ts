@@ -25,9 +25,10 @@ export interface SchedulerDeps {
   tenants: TenantStore;
   /**
    * The cycles' totals, read to tell whether a cycle left running had been listed in full; one that had not
-   * is recorded as abandoned (see `endListedCycle`).
+   * is recorded as abandoned (see `endListedCycle`). A listing this replica could not record is recorded at
+   * the tenant's next try.
    */
-  cycles: Pick<CycleStore, 'get' | 'abandon'>;
+  cycles: Pick<CycleStore, 'get' | 'abandon' | 'listed'>;
   /** Runs one cycle (runCycle bound to its deps). */
   runCycle: (input: CycleInput) => Promise<CycleResult>;
   /** This replica's lease holder id (unique per process). */
@@ -125,7 +126,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   deps.metrics.gauge(
     'urs_poll_overdue_tenants',
     'Tenants due by this poller that its last tick could not start: every cycle place was taken ' +
-      '(those another replica held the lease of when last tried not counted).',
+      '(those another replica held the lease of when last tried, within a lease and a recheck, not counted).',
     () => overdue,
   );
   const startDelaySeconds = deps.metrics.histogram(
@@ -166,12 +167,14 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   /** Tenants new to this replica (or enabled again) whose stored schedule it has not read yet. */
   const unread = new Set<string>();
   /**
-   * Tenants whose lease another replica held when this one last tried (running their cycle, most often): due
-   * again by this replica's view every URS_POLL_RECHECK_MS, they wait for nothing here, and counted in
-   * `urs_poll_overdue_tenants` they made an install exactly at capacity fire UrsPollTenantsOverdue. Counted
-   * again once this replica holds the lease or reads their schedule again.
+   * Tenants whose lease another replica held when this one last tried (running their cycle, most often), each
+   * with until when that is trusted: due again by this replica's view every URS_POLL_RECHECK_MS, they wait for
+   * nothing here, and counted in `urs_poll_overdue_tenants` they made an install exactly at capacity fire
+   * UrsPollTenantsOverdue. Counted again once this replica holds the lease or reads their schedule again, and a
+   * lease and a recheck after that try: the other holder may be gone since (its lease expired), and a replica
+   * with no free place tries no tenant again, so with every replica full such a tenant was never counted.
    */
-  const leasedElsewhere = new Set<string>();
+  const leasedElsewhere = new Map<string, number>();
   let reading: Promise<void> | undefined;
   const active = new Map<string, Running>();
   const stop = new AbortController();
@@ -196,6 +199,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       refusedWarned.delete(tenantId);
       awaitingRegistrar.delete(tenantId);
       failures.forget(tenantId);
+      if (record === null) ends.forget(tenantId);
       const running = active.get(tenantId);
       if (running) {
         log.info('tenant disabled or deleted: stopping its cycle', { tenantId });
@@ -224,7 +228,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     const lease = await deps.schedules.acquire(tenantId, deps.holderId, deps.leaseMs);
     if (!lease) {
       localDue.set(tenantId, now() + deps.recheckMs);
-      leasedElsewhere.add(tenantId);
+      leasedElsewhere.set(tenantId, now() + deps.leaseMs + deps.recheckMs);
       return;
     }
     leasedElsewhere.delete(tenantId);
@@ -451,6 +455,11 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     return due.sort((a, b) => a.dueAt - b.dueAt).map(({ tenantId }) => tenantId);
   }
 
+  /** Whether the tenant's lease was held by another replica at this one's last try, recently enough to trust. */
+  function heldElsewhere(tenantId: string, at: number): boolean {
+    return (leasedElsewhere.get(tenantId) ?? 0) > at;
+  }
+
   function tick(): void {
     if (stop.signal.aborted || !deps.table.caughtUp()) return;
     // In the background: the tenants already placed keep starting, and a stop does not wait for Redis.
@@ -460,9 +469,10 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         wake?.();
       });
     }
-    const due = dueTenants(now());
+    const at = now();
+    const due = dueTenants(at);
     const starting = due.slice(0, Math.max(deps.maxConcurrentCycles - active.size, 0));
-    overdue = due.slice(starting.length).filter((tenantId) => !leasedElsewhere.has(tenantId)).length;
+    overdue = due.slice(starting.length).filter((tenantId) => !heldElsewhere(tenantId, at)).length;
     for (const tenantId of starting) {
       const abort = new AbortController();
       const done = attempt(tenantId, abort)

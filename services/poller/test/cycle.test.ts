@@ -410,6 +410,10 @@ describe('runCycle', () => {
     );
     await expect(failed).rejects.toBeInstanceOf(CycleListedNotRecordedError);
     await expect(failed).rejects.toThrow('Connection is closed.');
+    // With the totals the scheduler records at the tenant's next try.
+    await expect(failed).rejects.toMatchObject({
+      totals: { totalBatches: 1, totalDevices: 10, vulnerabilityMode: 'per-device', note: null },
+    });
     expect(tries).toBe(1);
   });
 });

@@ -43,7 +43,7 @@ describe('a tenant disabled or deleted while its cycle ends', () => {
       table,
       schedules,
       tenants,
-      cycles: { get: async () => null, abandon: async () => false },
+      cycles: { get: async () => null, abandon: async () => false, listed: async () => {} },
       runCycle: async (_input: CycleInput): Promise<CycleResult> => {
         reached();
         await ended;

@@ -7,7 +7,7 @@ import { CycleListedNotRecordedError, type CycleInput } from '../src/cycle';
 import type { CycleEnd } from '../src/cycle-end';
 import { createLeaseClock } from '../src/lease-clock';
 import { createRunUnderLease, type RunUnderLeaseDeps } from '../src/run-under-lease';
-import { oneDeviceListed, record } from './support/scheduler';
+import { oneDeviceListed, record, sampleOf } from './support/scheduler';
 
 // A begun cycle's lease: renewed right after the cycle began, not a third of the lease later, and silent once it ended.
 
@@ -19,6 +19,8 @@ function underLease(deps: Partial<RunUnderLeaseDeps> & Pick<RunUnderLeaseDeps, '
   const ends: CycleEnd = {
     endListed: async () => true,
     endListedCycle: async () => true,
+    listedNotRecorded: () => {},
+    forget: () => {},
     endFailed: async () => {},
   };
   return createRunUnderLease({
@@ -48,6 +50,10 @@ function recordedEnds(called: string[]): CycleEnd {
       return true;
     },
     endListedCycle: async () => true,
+    listedNotRecorded: (_tenantId, cycleId) => {
+      called.push(`listedNotRecorded ${cycleId}`);
+    },
+    forget: () => {},
     endFailed: async () => {
       called.push('endFailed');
     },
@@ -60,12 +66,18 @@ describe('runUnderLease', () => {
     const called: string[] = [];
     const placed: number[] = [];
     const readonly = new ReplyError("READONLY You can't write against a read only replica.");
+    const metrics = new Registry({ processMetrics: false });
     const runUnderLease = underLease({
       runCycle: async () => {
-        throw new CycleListedNotRecordedError(readonly);
+        throw new CycleListedNotRecordedError(readonly, {
+          totalBatches: 1,
+          totalDevices: 1,
+          listedAt: new Date(0).toISOString(),
+        });
       },
       ends: recordedEnds(called),
       placeAt: (_tenantId, at) => placed.push(at),
+      cyclesTotal: metrics.counter('cycles_total', 'cycles'),
       now,
     });
     const held = { lease, clock: createLeaseClock(0, LEASE_MS, now) };
@@ -79,9 +91,11 @@ describe('runUnderLease', () => {
       new AbortController(),
     );
     await expect(run).rejects.toBeInstanceOf(CycleListedNotRecordedError);
-    // Not ended as failed: neither listed again within minutes nor counted as the tenant's failure.
-    expect(called).toEqual([]);
+    // Not ended as failed: neither listed again within minutes nor counted as the tenant's failure. Its
+    // totals are kept for the next try to record, and it counts as listed.
+    expect(called).toEqual(['listedNotRecorded a:cycle']);
     expect(placed).toEqual([]);
+    expect(sampleOf(metrics, 'cycles_total{outcome="listed"}')).toBe(1);
   });
 
   it('should renew the lease at once, so a cycle begun late in its lease (a slow Redis) still holds it', async () => {

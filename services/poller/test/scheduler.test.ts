@@ -135,9 +135,11 @@ describe('createScheduler', () => {
       attempted.push(input.record.tenantId);
       await sleep(10 * INTERVAL_MS);
     };
+    // Its own leases of a minute: the other replica's, seen held, is taken as held that long (see below).
     const { table, scheduler } = replica(0, schedules, memoryStatus(), [], cycle, {
       maxConcurrentCycles: 1,
       metrics,
+      leaseMs: 60_000,
     });
     await feed(table, [record('a'), record('b')]);
     scheduler.start();
@@ -152,6 +154,39 @@ describe('createScheduler', () => {
       mostOverdue = Math.max(mostOverdue, sampleOf(metrics, 'urs_poll_overdue_tenants') ?? -1);
     // Nothing waits for this replica: a runs elsewhere.
     expect(mostOverdue).toBe(0);
+  });
+
+  it('createScheduler should count overdue again a tenant whose lease another replica held, once that lease may have ended', async () => {
+    const schedules = memorySchedules();
+    const metrics = new Registry();
+    // Another replica took a's lease (and may have died since); this one has one place, taken for good by b's
+    // cycle, so it never tries a again.
+    expect(await schedules.acquire('a', 'replica-other', 60_000)).not.toBeNull();
+    const attempted: string[] = [];
+    const cycle = async (input: CycleInput): Promise<void> => {
+      attempted.push(input.record.tenantId);
+      await new Promise((resolve) => input.signal.addEventListener('abort', resolve));
+    };
+    const { table, scheduler } = replica(0, schedules, memoryStatus(), [], cycle, {
+      maxConcurrentCycles: 1,
+      metrics,
+    });
+    await feed(table, [record('a'), record('b')]);
+    scheduler.start();
+    started.push(scheduler);
+    await waitFor(() => attempted.includes('b'), {
+      timeoutMs: 5_000,
+      intervalMs: 2,
+      description: "b's cycle",
+    });
+    // Past a lease and a recheck since a was seen held elsewhere: a is due by this replica's view, and waits
+    // for its place like any other (every replica full fires UrsPollTenantsOverdue).
+    await waitFor(() => sampleOf(metrics, 'urs_poll_overdue_tenants') === 1, {
+      timeoutMs: 5_000,
+      intervalMs: 2,
+      description: 'a counted overdue',
+    });
+    expect(attempted).toEqual(['b']);
   });
 
   it('createScheduler should count no tenant overdue while it has free places', async () => {
@@ -566,6 +601,7 @@ describe('createScheduler', () => {
         };
         return { tenantId, cycleId, ...begun, ...totals, note };
       },
+      async listed() {},
     };
     // The scheduler's clock, moved on by the test only: nothing comes due while the takeover is looked at,
     // however late a loaded machine runs the ticks.

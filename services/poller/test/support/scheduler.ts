@@ -182,7 +182,7 @@ export function replica(
   behaviour: (input: CycleInput) => Promise<void>,
   options: {
     maxConcurrentCycles?: number;
-    cycles?: Pick<CycleStore, 'get' | 'abandon'>;
+    cycles?: Pick<CycleStore, 'get' | 'abandon' | 'listed'>;
     metrics?: Registry;
     /** The poll interval's unit, in ms (default `UNIT_MS`). */
     intervalUnitMs?: number;
@@ -238,7 +238,7 @@ export function testScheduler(
   table.expectEnd(new Map());
   const scheduler = createScheduler({
     table,
-    cycles: { get: async () => null, abandon: async () => false },
+    cycles: { get: async () => null, abandon: async () => false, listed: async () => {} },
     holderId: 'only-replica',
     intervalUnitMs: UNIT_MS,
     leaseMs: 200,
