@@ -180,6 +180,23 @@ async function waitReady(cfg, pid) {
 }
 
 /**
+ * The port this stack directory's broker was configured for, when it is not the port asked for (`cfg.kafkaPort`),
+ * and the broker so described; undefined when they match.
+ * @param {StackConfig} cfg
+ * @returns {{ port: number | undefined, broker: (pid: number) => string } | undefined}
+ */
+function otherPortOf(cfg) {
+  const port = listenerPort(readOr(paths(cfg).config, ''));
+  if (port === cfg.kafkaPort) return undefined;
+  return {
+    port,
+    broker: (pid) =>
+      `the broker of ${cfg.stackDir} (pid ${pid}) listens on 127.0.0.1:${port ?? '(unknown)'}, ` +
+      `not 127.0.0.1:${cfg.kafkaPort}`,
+  };
+}
+
+/**
  * Starts the broker unless ours is already running or another broker already answers on the port.
  * @param {StackConfig} cfg
  * @returns {Promise<KafkaStatus>}
@@ -191,12 +208,9 @@ export async function kafkaUp(cfg) {
   if (running !== undefined) {
     // This stack directory's broker, started for other ports: not the one wanted here. Adopted, it was waited
     // for on a port it never answers, and the stop after the failure took a running broker down.
-    const configured = listenerPort(readOr(p.config, ''));
-    if (configured !== cfg.kafkaPort) {
-      throw new Error(
-        `the broker of ${cfg.stackDir} (pid ${running}) listens on 127.0.0.1:${configured ?? '(unknown)'}, ` +
-          `not 127.0.0.1:${cfg.kafkaPort}: give a stack on other ports a URS_STACK_DIR of its own`,
-      );
+    const otherPort = otherPortOf(cfg);
+    if (otherPort !== undefined) {
+      throw new Error(`${otherPort.broker(running)}: give a stack on other ports a URS_STACK_DIR of its own`);
     }
     await waitReady(cfg, running);
     return { state: 'running', brokers, pid: running, ready: true };
@@ -242,13 +256,22 @@ export async function kafkaUp(cfg) {
 }
 
 /**
- * Stops the broker this checkout's stack started; leaves any other broker alone.
+ * Stops the broker this checkout's stack started for this port; leaves any other broker alone. The stack
+ * directory's broker started for another port is someone else's stack (a developer's, run with other ports
+ * than this one): refused, it keeps running and its pid file.
  * @param {StackConfig} cfg
  * @returns {Promise<string>} what happened
  */
 export async function kafkaDown(cfg) {
   const p = paths(cfg);
   const pid = ownedPid(p.pidFile, marker(cfg));
+  const otherPort = pid === undefined ? undefined : otherPortOf(cfg);
+  if (pid !== undefined && otherPort !== undefined) {
+    throw new Error(
+      `${otherPort.broker(pid)}: left running; stop it with URS_STACK_KAFKA_PORT=${otherPort.port ?? '(its port)'} ` +
+        'and this URS_STACK_DIR',
+    );
+  }
   fs.rmSync(p.pidFile, { force: true });
   if (pid === undefined) return 'not running (nothing started by stack:up)';
   // A controlled shutdown takes a few seconds; after 30 s the broker is killed (recovery on next start).

@@ -1,6 +1,6 @@
 import type { EachBatchPayload, KafkaMessage } from 'kafkajs';
 import type { Logger } from '@urs/logging';
-import { errorMessage } from '@urs/resilience';
+import { anyAborted, errorMessage, type Interruption } from '@urs/resilience';
 import { drainWithin } from './drain';
 import type { MessageWork } from './handle';
 
@@ -96,20 +96,47 @@ export function createPartitionOrderedConsumption(
       });
   }
 
+  /**
+   * What ends a batch's messages, shared by all of them: `moved` (the group moved on without the batch), and
+   * `signal` (the handlers': close's drain time passed, or moved) and `stopSignal` (close started, or moved).
+   * Made once per batch and released when it ends: not AbortSignal.any per message, which Node keeps in the
+   * runner-long signals' dependants (nodejs/node#55351).
+   */
+  interface BatchSignals {
+    moved: AbortController;
+    signal: Interruption;
+    stopSignal: Interruption;
+  }
+
+  function batchSignals(): BatchSignals {
+    const moved = new AbortController();
+    return {
+      moved,
+      signal: anyAborted([aborted.signal, moved.signal]),
+      stopSignal: anyAborted([stopping.signal, moved.signal]),
+    };
+  }
+
+  function releaseSignals(signals: BatchSignals): void {
+    signals.signal.release();
+    signals.stopSignal.release();
+  }
+
   /** Handles one message; resolves true when done (handled or dead-lettered), false when stopped first. */
   function handleOne(
     payload: EachBatchPayload,
     message: KafkaMessage,
-    moved: AbortController,
+    signals: BatchSignals,
   ): Promise<boolean> {
+    const { moved } = signals;
     const heartbeat = heartbeatOf(payload, moved);
     return options.settle({
       topic: payload.batch.topic,
       partition: payload.batch.partition,
       message,
       heartbeat,
-      signal: AbortSignal.any([aborted.signal, moved.signal]),
-      stopSignal: AbortSignal.any([stopping.signal, moved.signal]),
+      signal: signals.signal.signal,
+      stopSignal: signals.stopSignal.signal,
       shouldStop: () => moved.signal.aborted || batchOver(payload),
       beforeRetry: heartbeat,
     });
@@ -124,9 +151,9 @@ export function createPartitionOrderedConsumption(
   async function settled(
     payload: EachBatchPayload,
     message: KafkaMessage,
-    moved: AbortController,
+    signals: BatchSignals,
   ): Promise<boolean> {
-    const settling = handleOne(payload, message, moved);
+    const settling = handleOne(payload, message, signals);
     running.add(settling);
     let release: (done: false) => void = () => undefined;
     try {
@@ -166,17 +193,20 @@ export function createPartitionOrderedConsumption(
   }
 
   async function eachBatch(payload: EachBatchPayload): Promise<void> {
-    /** Aborted when a heartbeat of this batch meets the group moving on (see heartbeatOf). */
-    const moved = new AbortController();
-    for (const message of payload.batch.messages) {
-      if (moved.signal.aborted || batchOver(payload)) break;
-      const done = await settled(payload, message, moved);
-      if (!done) break;
-      payload.resolveOffset(message.offset);
+    const signals = batchSignals();
+    try {
+      for (const message of payload.batch.messages) {
+        if (signals.moved.signal.aborted || batchOver(payload)) break;
+        const done = await settled(payload, message, signals);
+        if (!done) break;
+        payload.resolveOffset(message.offset);
+        if (commit) await payload.commitOffsetsIfNecessary();
+        await payload.heartbeat();
+      }
       if (commit) await payload.commitOffsetsIfNecessary();
-      await payload.heartbeat();
+    } finally {
+      releaseSignals(signals);
     }
-    if (commit) await payload.commitOffsetsIfNecessary();
   }
 
   return {

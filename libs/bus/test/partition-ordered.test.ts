@@ -132,3 +132,87 @@ describe('createPartitionOrderedConsumption during a rebalance', () => {
     expect(run.handled.get({ topic: 'tenants', outcome: 'retried' })).toBe(0);
   });
 });
+
+/** A batch of `offsets` of partition 0 of `batches` whose heartbeats answer; what it resolves goes to `resolved`. */
+function batchOf(offsets: string[], resolved: string[] = []): EachBatchPayload {
+  return {
+    batch: {
+      topic: 'batches',
+      partition: 0,
+      messages: offsets.map((offset) => ({ offset }) as KafkaMessage),
+    },
+    isRunning: () => true,
+    isStale: () => false,
+    resolveOffset: (offset: string) => void resolved.push(offset),
+    commitOffsetsIfNecessary: async () => undefined,
+    heartbeat: async () => undefined,
+  } as unknown as EachBatchPayload;
+}
+
+/** Resolves once `signal` is aborted. */
+const abortOf = (signal: AbortSignal): Promise<void> =>
+  new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+
+// The handlers' signals follow the runner's close, which lives as long as the runner, and the batch's move to
+// another member. Made once per batch, not per message, and let go of when the batch ends: Node keeps every
+// AbortSignal.any made from a long-lived signal (nodejs/node#55351).
+describe("createPartitionOrderedConsumption's handler signals", () => {
+  it('should give every message of a batch the same signals, and let go of them when the batch ends', async () => {
+    const given: { batch: number; signal: AbortSignal; stopSignal: AbortSignal }[] = [];
+    let batch = 0;
+    const consumption = createPartitionOrderedConsumption({
+      settle: async (work) => {
+        if (!work.signal) throw new Error('a message without a signal');
+        given.push({ batch, signal: work.signal, stopSignal: work.stopSignal });
+        return true;
+      },
+      commit: false,
+      drainTimeoutMs: 1_000,
+      log: silentLogger,
+    });
+    const resolved: string[] = [];
+    batch = 1;
+    await consumption.eachBatch(batchOf(['0', '1', '2'], resolved));
+    batch = 2;
+    await consumption.eachBatch(batchOf(['3', '4'], resolved));
+    await consumption.drain();
+
+    expect(resolved).toEqual(['0', '1', '2', '3', '4']);
+    const signalsOf = (n: number, which: 'signal' | 'stopSignal'): Set<AbortSignal> =>
+      new Set(given.filter((one) => one.batch === n).map((one) => one[which]));
+    for (const which of ['signal', 'stopSignal'] as const) {
+      expect([signalsOf(1, which).size, signalsOf(2, which).size]).toEqual([1, 1]);
+      expect([...signalsOf(1, which)][0]).not.toBe([...signalsOf(2, which)][0]);
+    }
+    // Close came after both batches ended: it no longer reaches their signals.
+    expect(given.map((one) => [one.signal.aborted, one.stopSignal.aborted])).toEqual(
+      Array(5).fill([false, false]),
+    );
+  });
+
+  it("should stop the batch in flight on close, then abort its handler's signal once the drain time passed", async () => {
+    let stoppedFirst: boolean | undefined;
+    let handling = (): void => undefined;
+    const started = new Promise<void>((resolve) => (handling = resolve));
+    const consumption = createPartitionOrderedConsumption({
+      // A handler that ignores the stop and returns only once its signal aborts.
+      settle: async (work) => {
+        if (!work.signal) throw new Error('a message without a signal');
+        handling();
+        await abortOf(work.signal);
+        stoppedFirst = work.stopSignal.aborted;
+        return false;
+      },
+      commit: false,
+      drainTimeoutMs: 10,
+      log: silentLogger,
+    });
+    const resolved: string[] = [];
+    const ended = consumption.eachBatch(batchOf(['0', '1'], resolved));
+    await started;
+    await consumption.drain();
+    await ended;
+    expect(stoppedFirst).toBe(true);
+    expect(resolved).toEqual([]);
+  });
+});

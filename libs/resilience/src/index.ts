@@ -7,3 +7,5 @@ export { untilShutdownSignal, closeAll, keepRenewing } from './lifecycle';
 export type { Closer } from './lifecycle';
 export { OUTAGE_RETRY, retryThroughOutage, unlessAborted } from './outage';
 export type { OutageLog, OutageRetryOptions } from './outage';
+export { anyAborted } from './any-aborted';
+export type { Interruption } from './any-aborted';

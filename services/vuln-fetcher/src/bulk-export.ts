@@ -1,11 +1,11 @@
 import type { DeviceBatch, DeviceRecord, EnrichedDevice, VulnerabilitySummary } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { errorCode, errorMessage, isInfrastructureFault } from '@urs/resilience';
+import { anyAborted, errorCode, errorMessage, isInfrastructureFault } from '@urs/resilience';
 import type { BulkVulnerabilityCache, LatestExport, TenantStore } from '@urs/store';
 import type { Counter, Registry } from '@urs/telemetry';
 import { changedDevices } from './corrections';
 import { notHeld, unreadableInExport, type Enrichment } from './enrichment';
-import { anyAborted, throwIfStopping } from './interruption';
+import { throwIfStopping } from './interruption';
 import type { VulnerabilitySource } from './sources';
 import { NOT_IN_EXPORT_SNAPSHOT, generatedAt, listedBy, type ExportSnapshot } from './snapshot';
 import { VulnerabilityFolder, emptySummary, summaryJsonSlices } from './summarise';

@@ -1,37 +1,11 @@
 import { defaultMaxListeners, setMaxListeners } from 'node:events';
-import { UrsError, sleep } from '@urs/resilience';
+import { UrsError, anyAborted, sleep, type Interruption } from '@urs/resilience';
 
 // How a batch's waits end early: the process stopping, the runner giving the batch up, an export ending.
-
-/** A signal aborted when what it follows is, and `release` to stop following its sources. */
-export interface Interruption {
-  signal: AbortSignal;
-  release: () => void;
-}
 
 /** A batch's interruption, which the handler may also abort itself (its claim on the batch was lost). */
 export interface BatchInterruption extends Interruption {
   abort: () => void;
-}
-
-/**
- * A signal aborted once any of `signals` is (at once when one already is), and `release` to stop following
- * them. Not AbortSignal.any: Node keeps every signal made from a long-lived one, such as the process's stop
- * signal (nodejs/node#55351).
- */
-export function anyAborted(signals: (AbortSignal | undefined)[]): Interruption {
-  const any = new AbortController();
-  const abort = (): void => any.abort();
-  for (const one of signals) {
-    if (one?.aborted) abort();
-    one?.addEventListener('abort', abort, { once: true });
-  }
-  return {
-    signal: any.signal,
-    release: () => {
-      for (const one of signals) one?.removeEventListener('abort', abort);
-    },
-  };
 }
 
 /**
