@@ -153,8 +153,8 @@ describe("a tenant whose Defender API fails for its own reasons (an outage, not 
   });
 });
 
-describe('a device deleted since it was listed', () => {
-  it('should be left out of its enriched batch, counted gone, not failed, and logged without a warning', async () => {
+describe('a device whose vulnerabilities call answers 404', () => {
+  it('should stay in its enriched batch without vulnerabilities, counted not-found, not failed, and logged without a warning', async () => {
     const metrics = new Registry({ processMetrics: false });
     const lines: LogLine[] = [];
     const { handler, sent } = setup(
@@ -169,12 +169,38 @@ describe('a device deleted since it was listed', () => {
     );
     await handler(message(batch()));
     const out = sent[0] as EnrichedBatch;
-    expect(out.devices.map((device) => device.machine.id)).toEqual(['d1', 'd3']);
-    // The cycle's header is the poller's: its batches and devices as listed.
+    // Still listed, the device is seen by the publisher: only the listing decides when it is tombstoned.
+    expect(out.devices.map((device) => device.machine.id)).toEqual(['d1', 'd2', 'd3']);
+    expect(out.devices[1]).toMatchObject({
+      vulnerabilities: null,
+      fetchError: { code: DefenderErrorCode.NOT_FOUND },
+    });
     expect(out).toMatchObject({ batchIndex: 0, lastBatch: true, totalBatches: 1, totalDevices: 3 });
-    expect(fetched(metrics, 'per-device', 'gone')).toBe(1);
+    expect(fetched(metrics, 'per-device', 'not-found')).toBe(1);
     expect(fetched(metrics, 'per-device', 'failed')).toBe(0);
     expect(lines.filter((line) => line.level === 'warn')).toEqual([]);
+  });
+
+  it("should make an outage of the tenant's calls when every call answers 404, its status written", async () => {
+    const metrics = new Registry({ processMetrics: false });
+    let calls = 0;
+    const { handler, sent, statuses } = setup(
+      {
+        machineVulnerabilities: async () => {
+          calls++;
+          throw new DefenderError(DefenderErrorCode.NOT_FOUND, 'Resource not found (404)');
+        },
+      },
+      { concurrency: 1, metrics },
+    );
+    await handler(message(firstOf(devicesOf(12))));
+    expect(calls).toBe(10);
+    expect(statuses).toEqual([
+      expect.objectContaining({ state: 'error', lastErrorCode: DefenderErrorCode.NOT_FOUND }),
+    ]);
+    expect(sent[0]?.devices).toHaveLength(12);
+    expect(fetched(metrics, 'per-device', 'not-found')).toBe(10);
+    expect(fetched(metrics, 'per-device', 'skipped')).toBe(2);
   });
 });
 
