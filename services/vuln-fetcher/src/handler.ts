@@ -8,7 +8,7 @@ import type { AnsweredCalls, BulkVulnerabilityCache, CycleStore, TenantStore } f
 import type { Registry } from '@urs/telemetry';
 import { createBatchClaims } from './batch-claim';
 import { createBulkEnrichment } from './bulk';
-import { countBulkFetches, readsExportLast } from './bulk-export';
+import { bulkFetchOutcomes, readsExportLast } from './bulk-export';
 import {
   correctionBatchCount,
   correctionHeader,
@@ -392,6 +392,9 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     // export's snapshot go in the same write, for the cycle's corrections.
     const unlisted = readsLast(batch) && !batch.lastBatch ? notInSnapshot(enrichment.devices) : [];
     await deps.cycles.enriched(batch.tenantId, batch.cycleId, batch.batchIndex, unlisted);
+    // Once per batch, not per try: a batch held (Kafka down) is tried again up to every few seconds.
+    for (const [outcome, count] of enrichment.unasked ?? [])
+      fetches.inc({ mode: batch.vulnerabilityMode, outcome }, count);
     // Only now its answered calls go: a fault recording it leaves them for its next try, which asks Defender
     // for none of them again.
     if (batch.vulnerabilityMode === 'per-device') await perDevice.sent(batch, log);
@@ -468,9 +471,10 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
 
   /**
    * The batch's devices sent on without a call, their tenant having failed as a whole (`failure`), each
-   * counted as the batch that met the failure counts the devices it no longer asks for: per device, the
-   * answers an earlier try of the batch had are sent (`reused`), the others `skipped`; in bulk, `failed`
-   * (the export never came). A device Microsoft holds no vulnerabilities of is `not-held` in either mode.
+   * counted (`unasked`, once the batch is recorded enriched) as the batch that met the failure counts the
+   * devices it no longer asks for: per device, the answers an earlier try of the batch had are sent
+   * (`reused`), the others `skipped`; in bulk, `failed` (the export never came). A device Microsoft holds no
+   * vulnerabilities of is `not-held` in either mode.
    */
   async function withoutCalls(
     batch: DeviceBatch,
@@ -480,8 +484,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   ): Promise<Enrichment> {
     if (batch.vulnerabilityMode === 'per-device') return perDevice.withoutCalls(batch, failure, log, signal);
     const devices = missing(batch.devices, failure);
-    countBulkFetches(fetches, devices);
-    return { devices, collectedAt: now() };
+    return { devices, collectedAt: now(), unasked: bulkFetchOutcomes(devices) };
   }
 
   /**

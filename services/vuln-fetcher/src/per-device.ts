@@ -145,6 +145,9 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
       unwritten.push({ deviceId, summary, at: at.toISOString() });
       writeTimer ??= setTimeout(writeKept, KEEP_EVERY_MS).unref();
     }
+    /** The devices of this try no call was made for, by outcome: counted once the batch is sent. */
+    const unasked = new Map<string, number>();
+    const notAsked = (outcome: string): void => void unasked.set(outcome, (unasked.get(outcome) ?? 0) + 1);
     let tenantFailure: FetchError | undefined = remembered;
     /** A fault of Redis or Kafka met by a call: the batch stops, and fails with it. */
     let fault: { error: unknown } | undefined;
@@ -159,18 +162,18 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
         const unheld = notHeld(machine);
         if (unheld) {
           devices[index] = { machine, vulnerabilities: null, fetchError: unheld };
-          fetches.inc({ mode: 'per-device', outcome: 'not-held' });
+          notAsked('not-held');
           continue;
         }
         const had = summaries.get(machine.id);
         if (had) {
           devices[index] = { machine, vulnerabilities: had };
-          fetches.inc({ mode: 'per-device', outcome: 'reused' });
+          notAsked('reused');
           continue;
         }
         if (tenantFailure) {
           devices[index] = { machine, vulnerabilities: null, fetchError: tenantFailure };
-          fetches.inc({ mode: 'per-device', outcome: 'skipped' });
+          notAsked('skipped');
           continue;
         }
         let summary: VulnerabilitySummary | undefined;
@@ -232,7 +235,7 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
       });
       throw fault.error;
     }
-    return { devices, collectedAt, ...(tenantFailure ? { tenantFailure } : {}) };
+    return { devices, collectedAt, unasked, ...(tenantFailure ? { tenantFailure } : {}) };
   }
 
   return {

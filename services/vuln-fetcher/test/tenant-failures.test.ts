@@ -71,6 +71,29 @@ describe('a tenant failing as a whole', () => {
   );
 });
 
+describe('a batch sent on without calls, tried again while Kafka refuses it', () => {
+  it.each(['per-device', 'bulk'] as const)(
+    'should count its %s devices once, when it is sent, not once per try',
+    async (mode) => {
+      const metrics = new Registry({ processMetrics: false });
+      let sends = 0;
+      const { publisher } = capturingPublisher(() => {
+        // The cycle's first batch is sent; Kafka refuses the second batch's first three tries.
+        if (++sends >= 2 && sends <= 4) throw new Error('KafkaJSNumberOfRetriesExceeded');
+      });
+      const { handler } = setup({}, { metrics, sources: unopenedSecret(), publisher });
+      await handler(message({ ...firstOf(devicesOf(3)), vulnerabilityMode: mode }));
+      const later = [{ id: 'd3' }, { id: 'd4', isExcluded: true }, { id: 'd5' }];
+      const second = batch({ batchIndex: 1, devices: later, vulnerabilityMode: mode });
+      for (let tries = 0; tries < 3; tries++)
+        await expect(handler(message(second))).rejects.toThrow('KafkaJSNumberOfRetriesExceeded');
+      await handler(message(second));
+      expect(fetched(metrics, mode, mode === 'bulk' ? 'failed' : 'skipped')).toBe(3 + 2);
+      expect(fetched(metrics, mode, 'not-held')).toBe(1);
+    },
+  );
+});
+
 describe("a tenant whose Defender API fails for its own reasons (an outage, not the tenant's setup)", () => {
   it("should hold the cycle's calls back for a while, then ask again in its later batches", async () => {
     const clock = testClock();
