@@ -1,8 +1,10 @@
 import type { EnrichedBatch, TenantRecord } from '@urs/contracts';
+import type { TenantStatus } from '@urs/store';
 import { DefenderError, DefenderErrorCode } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine } from '@urs/testkit';
+import type { EnrichHandlerDeps } from '../src/handler';
 import { TenantAccessError, type SourceProvider } from '../src/sources';
 import { batch, capturingPublisher, cve, fetched, message, record, setup } from './handler-support';
 
@@ -230,17 +232,33 @@ describe('a device whose vulnerabilities call answers 404', () => {
 describe('a tenant disabled during its cycle', () => {
   const disabled = { ...record, enabled: false, disabledReason: 'missing from Director full push 42' };
 
+  /** Tenants whose record is `current()`, their status writes kept in `written`. */
+  function tenantsOf(current: () => TenantRecord): {
+    tenants: EnrichHandlerDeps['tenants'];
+    written: Partial<TenantStatus>[];
+  } {
+    const written: Partial<TenantStatus>[] = [];
+    return {
+      written,
+      tenants: {
+        get: async () => current(),
+        updatePollingStatus: async (_tenantId, status) => {
+          written.push(status as Partial<TenantStatus>);
+          return true;
+        },
+      },
+    };
+  }
+
   it("should make no call with its credentials, send nothing, and record the batch lost for the cycle's close", async () => {
     let calls = 0;
     let opened = 0;
     const forgotten: string[] = [];
-    const { handler, sent, statuses, lostBatches } = setup(
+    const { tenants, written } = tenantsOf(() => disabled as TenantRecord);
+    const { handler, sent, lostBatches } = setup(
       {},
       {
-        tenants: {
-          get: async () => disabled as TenantRecord,
-          updatePollingStatus: async () => true,
-        },
+        tenants,
         sources: {
           forTenant: () => {
             opened++;
@@ -262,9 +280,28 @@ describe('a tenant disabled during its cycle', () => {
     expect(opened).toBe(0);
     expect(calls).toBe(0);
     expect(sent).toEqual([]);
-    expect(statuses).toEqual([]);
+    // Disabling a tenant is no failure of it: its status is left alone.
+    expect(written).toEqual([]);
     expect(lostBatches).toEqual([{ batchIndex: 3, devices: 4 }]);
     // Its secret is not kept in memory for a tenant no longer polled.
     expect(forgotten).toEqual(['t1']);
+  });
+
+  it('should enrich a batch recorded lost while the tenant was disabled when it comes again after the tenant is enabled', async () => {
+    let current = disabled as TenantRecord;
+    const { tenants, written } = tenantsOf(() => current);
+    const { handler, sent, lostBatches, enrichedBatches } = setup(
+      { machineVulnerabilities: async () => [cve('CVE-1', 9.8)] },
+      { tenants, logger: silentLogger },
+    );
+    const lost = batch({ batchIndex: 3, devices: devicesOf(4) });
+    await handler(message(lost));
+    current = { ...record, enabled: true, revision: 2 } as TenantRecord;
+    await handler(message(lost));
+    expect(lostBatches).toEqual([{ batchIndex: 3, devices: 4 }]);
+    expect(enrichedBatches).toEqual([3]);
+    expect(sent).toHaveLength(1);
+    expect(sent[0]?.devices.every((device) => device.vulnerabilities?.criticalCveCount === 1)).toBe(true);
+    expect(written).toEqual([]);
   });
 });
