@@ -311,7 +311,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const { record, waitedMs } = await tenant.record(batch, cycleKey, log, signal);
     if (record === null) throw tenantUnknown(batch, waitedMs, log);
     if (record.enabled === false) return disabledTenant(batch, log);
-    const remembered = tenant.failureOf(cycleKey);
+    const remembered = tenant.failureOf(cycleKey, record.revision);
     /** The record the batch's vulnerabilities were asked for with: none after a failure remembered. */
     const askedWith = remembered ? null : record;
     const enrichment: Enrichment = remembered
@@ -431,7 +431,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     }
     if (result.tenantFailure) {
       if (isSetupErrorCode(result.tenantFailure.code)) deps.sources.forget(batch.tenantId);
-      await tenant.failed(batch, cycleKey, result.tenantFailure, log);
+      await tenant.failed(batch, cycleKey, record.revision, result.tenantFailure, log);
     }
     return result;
   }

@@ -144,6 +144,33 @@ describe("a tenant whose Defender API fails for its own reasons (an outage, not 
     expect(calls).toBe(1);
   });
 
+  it("should ask again in the cycle's next batch once an administrator has fixed the tenant's record", async () => {
+    let current = record;
+    let fixed = false;
+    let calls = 0;
+    const { handler, sent } = setup(
+      {
+        machineVulnerabilities: async () => {
+          calls++;
+          if (!fixed)
+            throw new DefenderError(DefenderErrorCode.INVALID_SECRET, 'The client secret is not valid');
+          return [cve('CVE-1', 9.8)];
+        },
+      },
+      {
+        concurrency: 1,
+        tenants: { get: async () => current, updatePollingStatus: async () => true },
+      },
+    );
+    await handler(message(firstOf(devicesOf(3))));
+    // The record is given a new secret: a newer revision.
+    current = { ...record, revision: record.revision + 1 } as TenantRecord;
+    fixed = true;
+    await handler(message(batch({ batchIndex: 1, devices: devicesOf(3, 3) })));
+    expect(calls).toBe(1 + 3);
+    expect(sent[1]?.devices.every((device) => device.vulnerabilities?.criticalCveCount === 1)).toBe(true);
+  });
+
   it('should send the answers an earlier try of a batch had when the batch is tried again within the hold-back', async () => {
     const clock = testClock();
     const asked: string[] = [];
