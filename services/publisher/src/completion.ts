@@ -135,12 +135,14 @@ async function sideBySide<T extends { tenantId: string }>(
 
 /**
  * Why a cycle is partial, as far as its state tells: its listing stopped (the error's code), batches of it
- * were dead-lettered on the way. Undefined when it does not tell (its deadline passed with batches missing).
+ * were lost on the way (dead-lettered, or not enriched as their tenant was disabled during the cycle).
+ * Undefined when it does not tell (its deadline passed with batches missing).
  */
 function partialReason(state: CycleState | null): string | undefined {
   const reasons: string[] = [];
   if (state?.abandoned) reasons.push(`listing failed: ${state.abandoned.code}`);
-  if (state?.lostBatches) reasons.push(`batches dead-lettered: ${state.lostBatches}`);
+  if (state?.lostBatches)
+    reasons.push(`batches lost (dead-lettered, or the tenant disabled): ${state.lostBatches}`);
   return reasons.length > 0 ? reasons.join('; ') : undefined;
 }
 

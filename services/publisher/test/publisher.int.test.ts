@@ -1069,7 +1069,11 @@ describe('the publisher', () => {
       ['c1', 'partial', { total: 3, scored: 2, incomplete: 0, failed: 1 }],
     ]);
     expect(lines.filter((line) => line.message === 'cycle published')).toEqual([
-      expect.objectContaining({ cycleId: 'c1', status: 'partial', reason: 'batches dead-lettered: 1' }),
+      expect.objectContaining({
+        cycleId: 'c1',
+        status: 'partial',
+        reason: 'batches lost (dead-lettered, or the tenant disabled): 1',
+      }),
     ]);
     // Batch 1 redelivered and scored after all: its device goes to VMS, the published cycle is left alone.
     await handler(scoreBatch(1, 1, [device('b', 30, 'Low Risk')]));

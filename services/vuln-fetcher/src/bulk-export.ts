@@ -103,14 +103,19 @@ function fetchOutcome(device: EnrichedDevice): 'ok' | 'not-held' | 'not-in-snaps
   return notHeld(device.machine) ? 'not-held' : 'failed';
 }
 
-/** Counts a bulk batch's devices in `fetches` (`urs_vulnerability_fetches_total`), by `fetchOutcome`. */
-export function countBulkFetches(fetches: Counter, devices: EnrichedDevice[]): void {
+/** A bulk batch's devices counted by `fetchOutcome`. */
+export function bulkFetchOutcomes(devices: EnrichedDevice[]): Map<string, number> {
   const counts = new Map<string, number>();
   for (const device of devices) {
     const outcome = fetchOutcome(device);
     counts.set(outcome, (counts.get(outcome) ?? 0) + 1);
   }
-  for (const [outcome, count] of counts) fetches.inc({ mode: 'bulk', outcome }, count);
+  return counts;
+}
+
+/** Counts a bulk batch's devices in `fetches` (`urs_vulnerability_fetches_total`), by `fetchOutcome`. */
+export function countBulkFetches(fetches: Counter, devices: EnrichedDevice[]): void {
+  for (const [outcome, count] of bulkFetchOutcomes(devices)) fetches.inc({ mode: 'bulk', outcome }, count);
 }
 
 /**

@@ -39,6 +39,12 @@ export interface Enrichment {
    * cycle, kept as the latest instead of the cycle's own (which was not read).
    */
   unchangedFrom?: string;
+  /**
+   * The devices no call was made for, by their outcome in `urs_vulnerability_fetches_total` (`not-held`,
+   * `reused`, `skipped`; in bulk, `failed` after the tenant's failure): counted once the batch is recorded
+   * enriched, so that the tries of a batch held (Kafka down) do not count them once each.
+   */
+  unasked?: ReadonlyMap<string, number>;
 }
 
 /** An enrichment that may have met a failure of the tenant as a whole (credentials, consent, an outage). */

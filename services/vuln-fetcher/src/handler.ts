@@ -8,7 +8,7 @@ import type { AnsweredCalls, BulkVulnerabilityCache, CycleStore, TenantStore } f
 import type { Registry } from '@urs/telemetry';
 import { createBatchClaims } from './batch-claim';
 import { createBulkEnrichment } from './bulk';
-import { countBulkFetches, readsExportLast } from './bulk-export';
+import { bulkFetchOutcomes, readsExportLast } from './bulk-export';
 import {
   correctionBatchCount,
   correctionHeader,
@@ -164,7 +164,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   const now = deps.now ?? (() => new Date());
   const fetches = deps.metrics.counter(
     'urs_vulnerability_fetches_total',
-    'Device vulnerability lookups, by mode and outcome (ok, failed, skipped; reused: a per-device answer an earlier try of the batch had, not asked for again; not-held: a device excluded from vulnerability management, not asked for or not taken from the export; not-in-snapshot: a device first seen after the bulk export was generated; gone: a per-device device deleted since the listing, left out of its batch).',
+    'Device vulnerability lookups, by mode and outcome (ok, failed, skipped; reused: a per-device answer an earlier try of the batch had, not asked for again; not-held: a device excluded from vulnerability management, not asked for or not taken from the export; not-in-snapshot: a device first seen after the bulk export was generated; not-found: a per-device call answered 404, the device sent on without vulnerabilities).',
   );
   // Served at 0 from the start: UrsVulnerabilityFetchesFailing's share of failed and skipped devices would
   // otherwise miss a process's first batch of them (increase() counts nothing before a series' first sample).
@@ -311,7 +311,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const { record, waitedMs } = await tenant.record(batch, cycleKey, log, signal);
     if (record === null) throw tenantUnknown(batch, waitedMs, log);
     if (record.enabled === false) return disabledTenant(batch, log);
-    const remembered = tenant.failureOf(cycleKey);
+    const remembered = tenant.failureOf(cycleKey, record.revision);
     /** The record the batch's vulnerabilities were asked for with: none after a failure remembered. */
     const askedWith = remembered ? null : record;
     const enrichment: Enrichment = remembered
@@ -392,6 +392,9 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     // export's snapshot go in the same write, for the cycle's corrections.
     const unlisted = readsLast(batch) && !batch.lastBatch ? notInSnapshot(enrichment.devices) : [];
     await deps.cycles.enriched(batch.tenantId, batch.cycleId, batch.batchIndex, unlisted);
+    // Once per batch, not per try: a batch held (Kafka down) is tried again up to every few seconds.
+    for (const [outcome, count] of enrichment.unasked ?? [])
+      fetches.inc({ mode: batch.vulnerabilityMode, outcome }, count);
     // Only now its answered calls go: a fault recording it leaves them for its next try, which asks Defender
     // for none of them again.
     if (batch.vulnerabilityMode === 'per-device') await perDevice.sent(batch, log);
@@ -428,7 +431,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     }
     if (result.tenantFailure) {
       if (isSetupErrorCode(result.tenantFailure.code)) deps.sources.forget(batch.tenantId);
-      await tenant.failed(batch, cycleKey, result.tenantFailure, log);
+      await tenant.failed(batch, cycleKey, record.revision, result.tenantFailure, log);
     }
     return result;
   }
@@ -468,9 +471,10 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
 
   /**
    * The batch's devices sent on without a call, their tenant having failed as a whole (`failure`), each
-   * counted as the batch that met the failure counts the devices it no longer asks for: per device, the
-   * answers an earlier try of the batch had are sent (`reused`), the others `skipped`; in bulk, `failed`
-   * (the export never came). A device Microsoft holds no vulnerabilities of is `not-held` in either mode.
+   * counted (`unasked`, once the batch is recorded enriched) as the batch that met the failure counts the
+   * devices it no longer asks for: per device, the answers an earlier try of the batch had are sent
+   * (`reused`), the others `skipped`; in bulk, `failed` (the export never came). A device Microsoft holds no
+   * vulnerabilities of is `not-held` in either mode.
    */
   async function withoutCalls(
     batch: DeviceBatch,
@@ -480,8 +484,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   ): Promise<Enrichment> {
     if (batch.vulnerabilityMode === 'per-device') return perDevice.withoutCalls(batch, failure, log, signal);
     const devices = missing(batch.devices, failure);
-    countBulkFetches(fetches, devices);
-    return { devices, collectedAt: now() };
+    return { devices, collectedAt: now(), unasked: bulkFetchOutcomes(devices) };
   }
 
   /**

@@ -56,7 +56,8 @@ export interface PerDeviceEnrichment {
 /**
  * Device calls of a batch failing in a row because Defender is down, throttles for longer than a call
  * waits, or something in front of it (a proxy, a firewall, a gateway) refuses them (REQUEST_REJECTED: its
- * 403 without MDE's error body, or another 4xx every device draws): the tenant's outage, not the devices'.
+ * 403 without MDE's error body, or another 4xx every device draws), or every device answers 404 (a path
+ * Microsoft does not serve, a gateway routing it wrong: `isNotFound`): the tenant's outage, not the devices'.
  * After this many the batch's other devices are not asked for, nor the cycle's later batches' for
  * `OUTAGE_HOLD_BACK_MS` (then they ask again: a passing outage does not cost the tenant its cycle's
  * vulnerabilities), so one tenant's outage does not hold the 10 shared slots for each of its devices' retries
@@ -66,6 +67,7 @@ export interface PerDeviceEnrichment {
 const OUTAGE_AFTER_FAILURES = 10;
 const OUTAGE_CODES: ReadonlySet<string> = new Set([
   DefenderErrorCode.UNAVAILABLE,
+  DefenderErrorCode.NOT_FOUND,
   DefenderErrorCode.THROTTLED,
   DefenderErrorCode.REQUEST_REJECTED,
 ]);
@@ -84,11 +86,13 @@ const NO_CALLS: VulnerabilitySource = {
 };
 
 /**
- * Whether a device call failed because the device is gone: deleted from Defender (or offboarded and purged)
- * between the cycle's listing and its call (404). Its vulnerabilities are no missing signal of a device that
- * is there: the device is left out of its batch (see `createPerDeviceEnrichment`).
+ * Whether a device call answered 404 (DEFENDER_NOT_FOUND): the device deleted since the listing, one Microsoft
+ * has not begun to assess yet (newly onboarded, discovered but not onboarded), or every call's path wrong. Its
+ * vulnerabilities are a missing signal, not the device's failure: it stays in its batch without them (the
+ * listing alone decides when it is tombstoned), counted `not-found`, not warned of; and such answers in a row
+ * are an outage of the tenant's calls as the others are (a path every call misses is seen in its status).
  */
-const isGone = (error: unknown): boolean => errorCode(error) === DefenderErrorCode.NOT_FOUND;
+const isNotFound = (error: unknown): boolean => errorCode(error) === DefenderErrorCode.NOT_FOUND;
 
 export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichment {
   const { answers, now, fetches } = deps;
@@ -100,8 +104,7 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
     signal: AbortSignal | undefined,
     remembered?: FetchError,
   ): Promise<TenantEnrichment> {
-    // A device gone since the listing keeps no place (`isGone`).
-    const devices: (EnrichedDevice | undefined)[] = new Array(batch.devices.length);
+    const devices: EnrichedDevice[] = new Array(batch.devices.length);
     const { tenantId, cycleId, batchIndex } = batch;
     // A fault of Redis reading them fails the batch (held): going on without them would ask Defender again
     // for every device an earlier try had answered, and the calls need Redis (the shared limiter) anyway.
@@ -142,11 +145,14 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
       unwritten.push({ deviceId, summary, at: at.toISOString() });
       writeTimer ??= setTimeout(writeKept, KEEP_EVERY_MS).unref();
     }
+    /** The devices of this try no call was made for, by outcome: counted once the batch is sent. */
+    const unasked = new Map<string, number>();
+    const notAsked = (outcome: string): void => void unasked.set(outcome, (unasked.get(outcome) ?? 0) + 1);
     let tenantFailure: FetchError | undefined = remembered;
     /** A fault of Redis or Kafka met by a call: the batch stops, and fails with it. */
     let fault: { error: unknown } | undefined;
     let next = 0;
-    // Calls failing one after the other for Defender's own reasons, not the device's.
+    // Calls failing one after the other for Defender's own reasons (or answering 404), not the device's.
     let outageRun = 0;
     async function worker(): Promise<void> {
       for (let index = next++; index < batch.devices.length; index = next++) {
@@ -156,18 +162,18 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
         const unheld = notHeld(machine);
         if (unheld) {
           devices[index] = { machine, vulnerabilities: null, fetchError: unheld };
-          fetches.inc({ mode: 'per-device', outcome: 'not-held' });
+          notAsked('not-held');
           continue;
         }
         const had = summaries.get(machine.id);
         if (had) {
           devices[index] = { machine, vulnerabilities: had };
-          fetches.inc({ mode: 'per-device', outcome: 'reused' });
+          notAsked('reused');
           continue;
         }
         if (tenantFailure) {
           devices[index] = { machine, vulnerabilities: null, fetchError: tenantFailure };
-          fetches.inc({ mode: 'per-device', outcome: 'skipped' });
+          notAsked('skipped');
           continue;
         }
         let summary: VulnerabilitySummary | undefined;
@@ -185,19 +191,10 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
             fault ??= { error };
             return;
           }
-          if (isGone(error)) {
-            // Not scored as a device that is there without its vulnerabilities: the next cycle's listing
-            // leaves it out, and the publisher tombstones it once it is missing from enough cycles.
-            log.debug('device gone since the listing: left out of the batch', { deviceId: machine.id });
-            fetches.inc({ mode: 'per-device', outcome: 'gone' });
-            outageRun = 0;
-            collectedAt = now();
-            continue;
-          }
           const fetchError = { code: errorCode(error), message: errorMessage(error) };
           // A hold-back speaks for the tenant's calls, not this device's: the batch asks for no more of them.
           if (isTenantWideFailure(error) || CallHealth.isHeldBack(error)) tenantFailure ??= fetchError;
-          else
+          else if (!isNotFound(error))
             log.warn('device vulnerabilities not fetched', {
               deviceId: machine.id,
               code: fetchError.code,
@@ -213,7 +210,7 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
                 `${OUTAGE_HOLD_BACK_MS / 1000} s`,
             };
           devices[index] = { machine, vulnerabilities: null, fetchError };
-          fetches.inc({ mode: 'per-device', outcome: 'failed' });
+          fetches.inc({ mode: 'per-device', outcome: isNotFound(error) ? 'not-found' : 'failed' });
         }
         // No heartbeat here: the batch's own interval heartbeats, and waiting on the broker's answer between
         // two calls would keep this worker's next call from its slot.
@@ -238,8 +235,7 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
       });
       throw fault.error;
     }
-    const present = devices.filter((device): device is EnrichedDevice => device !== undefined);
-    return { devices: present, collectedAt, ...(tenantFailure ? { tenantFailure } : {}) };
+    return { devices, collectedAt, unasked, ...(tenantFailure ? { tenantFailure } : {}) };
   }
 
   return {

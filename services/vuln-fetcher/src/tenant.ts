@@ -29,9 +29,10 @@ export interface TenantState {
   /**
    * The failure of the whole tenant an earlier batch of the cycle (`tenantId/cycleId`) met, if any, while it
    * holds: for the rest of the cycle when it is the tenant's setup's, for `OUTAGE_HOLD_BACK_MS` when it is an
-   * outage of its API.
+   * outage of its API; and only while the tenant's record (`revision`, the batch's) is the one it was met
+   * with: a record an administrator has changed since (a new secret, consent granted) is asked with again.
    */
-  failureOf(cycleKey: string): FetchError | undefined;
+  failureOf(cycleKey: string, revision: number): FetchError | undefined;
   /**
    * Writes a failure of the whole tenant to its status, then remembers it for the cycle's later batches (not
    * when the write fails: the batch fails with it, and its next try meets the failure again): a failure of
@@ -39,7 +40,13 @@ export interface TenantState {
    * no call mends until an administrator acts; an outage (calls failing in a row, throttled, held back by the
    * Defender client) for `OUTAGE_HOLD_BACK_MS`, after which the cycle's next batch asks again.
    */
-  failed(batch: DeviceBatch, cycleKey: string, error: FetchError, log: Logger): Promise<void>;
+  failed(
+    batch: DeviceBatch,
+    cycleKey: string,
+    revision: number,
+    error: FetchError,
+    log: Logger,
+  ): Promise<void>;
 }
 
 /** Tenant-wide failures remembered per cycle, so later batches of the cycle do not call again. */
@@ -54,9 +61,13 @@ const REMEMBERED_FAILURES = 1000;
  */
 export const OUTAGE_HOLD_BACK_MS = 30_000;
 
-/** A failure of the whole tenant remembered for its cycle: until `until` (epoch ms) when it is an outage. */
+/**
+ * A failure of the whole tenant remembered for its cycle, met with the tenant record's `revision`: until
+ * `until` (epoch ms) when it is an outage.
+ */
 interface RememberedFailure {
   error: FetchError;
+  revision: number;
   until?: number;
 }
 
@@ -100,9 +111,12 @@ export function createTenantState(deps: TenantStateDeps): TenantState {
     return { record: null, waitedMs: Date.now() - started };
   }
 
-  function rememberFailure(key: string, error: FetchError): void {
+  function rememberFailure(key: string, revision: number, error: FetchError): void {
     const setup = isTenantWideCode(error.code);
-    failedCycles.set(key, setup ? { error } : { error, until: now().getTime() + OUTAGE_HOLD_BACK_MS });
+    failedCycles.set(
+      key,
+      setup ? { error, revision } : { error, revision, until: now().getTime() + OUTAGE_HOLD_BACK_MS },
+    );
     if (failedCycles.size > REMEMBERED_FAILURES) {
       const oldest = failedCycles.keys().next().value;
       if (oldest !== undefined) failedCycles.delete(oldest);
@@ -121,25 +135,27 @@ export function createTenantState(deps: TenantStateDeps): TenantState {
     });
   }
 
-  function failureOf(cycleKey: string): FetchError | undefined {
+  function failureOf(cycleKey: string, revision: number): FetchError | undefined {
     const remembered = failedCycles.get(cycleKey);
-    if (remembered?.until !== undefined && now().getTime() >= remembered.until) {
+    if (remembered === undefined) return undefined;
+    const over = remembered.until !== undefined && now().getTime() >= remembered.until;
+    if (over || revision > remembered.revision) {
       failedCycles.delete(cycleKey);
       return undefined;
     }
-    return remembered?.error;
+    return remembered.error;
   }
 
   return {
     record: tenantRecord,
     failureOf,
-    async failed(batch, cycleKey, error, log) {
+    async failed(batch, cycleKey, revision, error, log) {
       // Remembered only once written: a write Redis refuses (READONLY, OOM) fails the batch, held by the bus,
       // and its next try must meet the failure again and write it. Remembered first, the next try would send
       // the devices on without vulnerabilities and the status would never say why (a bulk export refused for
       // missing consent is seen by no other stage).
       await reportTenantFailure(batch, error, log);
-      rememberFailure(cycleKey, error);
+      rememberFailure(cycleKey, revision, error);
     },
   };
 }

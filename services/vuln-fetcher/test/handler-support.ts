@@ -153,6 +153,8 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
   const renewals: string[] = [];
   /** The batches recorded lost, with their devices. */
   const lostBatches: { batchIndex: number; devices: number | undefined }[] = [];
+  /** The batches recorded enriched. */
+  const enrichedBatches: number[] = [];
   const bulkCache = memoryBulkCache(renewals);
   const handler = createEnrichHandler({
     tenants: {
@@ -167,7 +169,7 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
     answers: memoryAnswers(),
     cycles: {
       addCorrections: async () => undefined,
-      enriched: async () => undefined,
+      enriched: async (_tenantId, _cycleId, batchIndex) => void enrichedBatches.push(batchIndex),
       enrichedOrLostBatches: async () => 0,
       notInSnapshot: async () => [],
       holdOpen: async () => false,
@@ -193,7 +195,7 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
     now: () => new Date((clock += 1000)),
     ...overrides,
   });
-  return { handler, sent, statuses, bulkCache, renewals, forgotten, lostBatches };
+  return { handler, sent, statuses, bulkCache, renewals, forgotten, lostBatches, enrichedBatches };
 }
 
 /** A count of `urs_vulnerability_fetches_total` as `metrics` serves it (0 for a series not served). */

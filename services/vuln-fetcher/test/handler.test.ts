@@ -103,7 +103,7 @@ describe('createEnrichHandler', () => {
         {
           machineVulnerabilities: async (id) => {
             calls++;
-            // A device gone since the listing breaks no run; Defender down does.
+            // A device Defender answers 404 for, then one answered: no run yet; Defender down makes one.
             if (id === 'd0') throw new DefenderError(DefenderErrorCode.NOT_FOUND, 'no such machine');
             if (id === 'd1') return [];
             throw new DefenderError(code, reason);
@@ -117,9 +117,12 @@ describe('createEnrichHandler', () => {
       await handler(message(batch({ batchIndex: 1, devices: devices.slice(0, 5) })));
       expect(calls).toBe(12);
       const first = (sent[0] as EnrichedBatch).devices;
-      // The device gone is left out of the batch; of the other 39, d1 was answered.
-      expect(first.map((d) => d.machine.id)).not.toContain('d0');
-      expect(first.filter((d) => d.vulnerabilities === null)).toHaveLength(38);
+      // The device answered 404 stays in the batch without vulnerabilities; of the 40, d1 was answered.
+      expect(first[0]).toMatchObject({
+        vulnerabilities: null,
+        fetchError: { code: DefenderErrorCode.NOT_FOUND },
+      });
+      expect(first.filter((d) => d.vulnerabilities === null)).toHaveLength(39);
       expect(first[20]?.fetchError?.message).toMatch(/^Microsoft Defender failed 10 device calls in a row/);
       expect((sent[1] as EnrichedBatch).devices.every((d) => d.fetchError?.code === code)).toBe(true);
       expect(statuses[0]).toMatchObject({ state: 'error', lastErrorCode: code });

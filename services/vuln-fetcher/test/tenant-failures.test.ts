@@ -1,8 +1,10 @@
 import type { EnrichedBatch, TenantRecord } from '@urs/contracts';
+import type { TenantStatus } from '@urs/store';
 import { DefenderError, DefenderErrorCode } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine } from '@urs/testkit';
+import type { EnrichHandlerDeps } from '../src/handler';
 import { TenantAccessError, type SourceProvider } from '../src/sources';
 import { batch, capturingPublisher, cve, fetched, message, record, setup } from './handler-support';
 
@@ -71,6 +73,29 @@ describe('a tenant failing as a whole', () => {
   );
 });
 
+describe('a batch sent on without calls, tried again while Kafka refuses it', () => {
+  it.each(['per-device', 'bulk'] as const)(
+    'should count its %s devices once, when it is sent, not once per try',
+    async (mode) => {
+      const metrics = new Registry({ processMetrics: false });
+      let sends = 0;
+      const { publisher } = capturingPublisher(() => {
+        // The cycle's first batch is sent; Kafka refuses the second batch's first three tries.
+        if (++sends >= 2 && sends <= 4) throw new Error('KafkaJSNumberOfRetriesExceeded');
+      });
+      const { handler } = setup({}, { metrics, sources: unopenedSecret(), publisher });
+      await handler(message({ ...firstOf(devicesOf(3)), vulnerabilityMode: mode }));
+      const later = [{ id: 'd3' }, { id: 'd4', isExcluded: true }, { id: 'd5' }];
+      const second = batch({ batchIndex: 1, devices: later, vulnerabilityMode: mode });
+      for (let tries = 0; tries < 3; tries++)
+        await expect(handler(message(second))).rejects.toThrow('KafkaJSNumberOfRetriesExceeded');
+      await handler(message(second));
+      expect(fetched(metrics, mode, mode === 'bulk' ? 'failed' : 'skipped')).toBe(3 + 2);
+      expect(fetched(metrics, mode, 'not-held')).toBe(1);
+    },
+  );
+});
+
 describe("a tenant whose Defender API fails for its own reasons (an outage, not the tenant's setup)", () => {
   it("should hold the cycle's calls back for a while, then ask again in its later batches", async () => {
     const clock = testClock();
@@ -119,6 +144,33 @@ describe("a tenant whose Defender API fails for its own reasons (an outage, not 
     expect(calls).toBe(1);
   });
 
+  it("should ask again in the cycle's next batch once an administrator has fixed the tenant's record", async () => {
+    let current = record;
+    let fixed = false;
+    let calls = 0;
+    const { handler, sent } = setup(
+      {
+        machineVulnerabilities: async () => {
+          calls++;
+          if (!fixed)
+            throw new DefenderError(DefenderErrorCode.INVALID_SECRET, 'The client secret is not valid');
+          return [cve('CVE-1', 9.8)];
+        },
+      },
+      {
+        concurrency: 1,
+        tenants: { get: async () => current, updatePollingStatus: async () => true },
+      },
+    );
+    await handler(message(firstOf(devicesOf(3))));
+    // The record is given a new secret: a newer revision.
+    current = { ...record, revision: record.revision + 1 } as TenantRecord;
+    fixed = true;
+    await handler(message(batch({ batchIndex: 1, devices: devicesOf(3, 3) })));
+    expect(calls).toBe(1 + 3);
+    expect(sent[1]?.devices.every((device) => device.vulnerabilities?.criticalCveCount === 1)).toBe(true);
+  });
+
   it('should send the answers an earlier try of a batch had when the batch is tried again within the hold-back', async () => {
     const clock = testClock();
     const asked: string[] = [];
@@ -153,8 +205,8 @@ describe("a tenant whose Defender API fails for its own reasons (an outage, not 
   });
 });
 
-describe('a device deleted since it was listed', () => {
-  it('should be left out of its enriched batch, counted gone, not failed, and logged without a warning', async () => {
+describe('a device whose vulnerabilities call answers 404', () => {
+  it('should stay in its enriched batch without vulnerabilities, counted not-found, not failed, and logged without a warning', async () => {
     const metrics = new Registry({ processMetrics: false });
     const lines: LogLine[] = [];
     const { handler, sent } = setup(
@@ -169,29 +221,71 @@ describe('a device deleted since it was listed', () => {
     );
     await handler(message(batch()));
     const out = sent[0] as EnrichedBatch;
-    expect(out.devices.map((device) => device.machine.id)).toEqual(['d1', 'd3']);
-    // The cycle's header is the poller's: its batches and devices as listed.
+    // Still listed, the device is seen by the publisher: only the listing decides when it is tombstoned.
+    expect(out.devices.map((device) => device.machine.id)).toEqual(['d1', 'd2', 'd3']);
+    expect(out.devices[1]).toMatchObject({
+      vulnerabilities: null,
+      fetchError: { code: DefenderErrorCode.NOT_FOUND },
+    });
     expect(out).toMatchObject({ batchIndex: 0, lastBatch: true, totalBatches: 1, totalDevices: 3 });
-    expect(fetched(metrics, 'per-device', 'gone')).toBe(1);
+    expect(fetched(metrics, 'per-device', 'not-found')).toBe(1);
     expect(fetched(metrics, 'per-device', 'failed')).toBe(0);
     expect(lines.filter((line) => line.level === 'warn')).toEqual([]);
+  });
+
+  it("should make an outage of the tenant's calls when every call answers 404, its status written", async () => {
+    const metrics = new Registry({ processMetrics: false });
+    let calls = 0;
+    const { handler, sent, statuses } = setup(
+      {
+        machineVulnerabilities: async () => {
+          calls++;
+          throw new DefenderError(DefenderErrorCode.NOT_FOUND, 'Resource not found (404)');
+        },
+      },
+      { concurrency: 1, metrics },
+    );
+    await handler(message(firstOf(devicesOf(12))));
+    expect(calls).toBe(10);
+    expect(statuses).toEqual([
+      expect.objectContaining({ state: 'error', lastErrorCode: DefenderErrorCode.NOT_FOUND }),
+    ]);
+    expect(sent[0]?.devices).toHaveLength(12);
+    expect(fetched(metrics, 'per-device', 'not-found')).toBe(10);
+    expect(fetched(metrics, 'per-device', 'skipped')).toBe(2);
   });
 });
 
 describe('a tenant disabled during its cycle', () => {
   const disabled = { ...record, enabled: false, disabledReason: 'missing from Director full push 42' };
 
+  /** Tenants whose record is `current()`, their status writes kept in `written`. */
+  function tenantsOf(current: () => TenantRecord): {
+    tenants: EnrichHandlerDeps['tenants'];
+    written: Partial<TenantStatus>[];
+  } {
+    const written: Partial<TenantStatus>[] = [];
+    return {
+      written,
+      tenants: {
+        get: async () => current(),
+        updatePollingStatus: async (_tenantId, status) => {
+          written.push(status as Partial<TenantStatus>);
+          return true;
+        },
+      },
+    };
+  }
+
   it("should make no call with its credentials, send nothing, and record the batch lost for the cycle's close", async () => {
     let calls = 0;
     let opened = 0;
     const forgotten: string[] = [];
-    const { handler, sent, statuses, lostBatches } = setup(
+    const { tenants, written } = tenantsOf(() => disabled as TenantRecord);
+    const { handler, sent, lostBatches } = setup(
       {},
       {
-        tenants: {
-          get: async () => disabled as TenantRecord,
-          updatePollingStatus: async () => true,
-        },
+        tenants,
         sources: {
           forTenant: () => {
             opened++;
@@ -213,9 +307,28 @@ describe('a tenant disabled during its cycle', () => {
     expect(opened).toBe(0);
     expect(calls).toBe(0);
     expect(sent).toEqual([]);
-    expect(statuses).toEqual([]);
+    // Disabling a tenant is no failure of it: its status is left alone.
+    expect(written).toEqual([]);
     expect(lostBatches).toEqual([{ batchIndex: 3, devices: 4 }]);
     // Its secret is not kept in memory for a tenant no longer polled.
     expect(forgotten).toEqual(['t1']);
+  });
+
+  it('should enrich a batch recorded lost while the tenant was disabled when it comes again after the tenant is enabled', async () => {
+    let current = disabled as TenantRecord;
+    const { tenants, written } = tenantsOf(() => current);
+    const { handler, sent, lostBatches, enrichedBatches } = setup(
+      { machineVulnerabilities: async () => [cve('CVE-1', 9.8)] },
+      { tenants, logger: silentLogger },
+    );
+    const lost = batch({ batchIndex: 3, devices: devicesOf(4) });
+    await handler(message(lost));
+    current = { ...record, enabled: true, revision: 2 } as TenantRecord;
+    await handler(message(lost));
+    expect(lostBatches).toEqual([{ batchIndex: 3, devices: 4 }]);
+    expect(enrichedBatches).toEqual([3]);
+    expect(sent).toHaveLength(1);
+    expect(sent[0]?.devices.every((device) => device.vulnerabilities?.criticalCveCount === 1)).toBe(true);
+    expect(written).toEqual([]);
   });
 });

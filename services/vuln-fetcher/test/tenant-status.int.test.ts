@@ -14,7 +14,7 @@ describe('createTenantState failed', () => {
     const tenants = createTenantStore(redis.client, redis.prefix);
     await tenants.put(tenantRecord('t1'));
     const state = createTenantState({ tenants, now: () => new Date('2026-01-01T00:00:00Z') });
-    await state.failed(batch({ tenantId: 't1', cycleId: 'c1' }), 't1/c1', failure, silentLogger);
+    await state.failed(batch({ tenantId: 't1', cycleId: 'c1' }), 't1/c1', 1, failure, silentLogger);
     expect(await tenants.getStatus('t1')).toMatchObject({
       state: 'error',
       lastErrorCode: 'DEFENDER_CONSENT_MISSING',
@@ -27,7 +27,7 @@ describe('createTenantState failed', () => {
     await tenants.put({ ...tenantRecord('t2', { revision: 2 }), enabled: false });
     await tenants.updateStatus('t2', { state: 'disabled', nextPollAt: null });
     const state = createTenantState({ tenants, now: () => new Date() });
-    await state.failed(batch({ tenantId: 't2', cycleId: 'c1' }), 't2/c1', failure, silentLogger);
+    await state.failed(batch({ tenantId: 't2', cycleId: 'c1' }), 't2/c1', 2, failure, silentLogger);
     expect(await tenants.getStatus('t2')).toEqual({ state: 'disabled', updatedAt: expect.any(String) });
   });
 });
