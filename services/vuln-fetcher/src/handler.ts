@@ -151,8 +151,8 @@ const latestKeepMs = (record: TenantRecord): number =>
 /**
  * Enriches a device batch with each device's vulnerability summary and emits it, keeping the batch's
  * shape and cycle header. A device whose vulnerabilities cannot be fetched goes on with
- * `vulnerabilities: null` and the reason: a missing signal never holds the cycle back; a device deleted since
- * the listing is left out. A failure of the tenant as a whole (credentials, consent) stops its calls for the
+ * `vulnerabilities: null` and the reason (a 404 too: the listing alone decides when a device is gone): a
+ * missing signal never holds the cycle back. A failure of the tenant as a whole (credentials, consent) stops its calls for the
  * cycle, an outage of its API for `OUTAGE_HOLD_BACK_MS`, and is written to its status; a tenant disabled
  * during its cycle is not called, and its batches are recorded lost. A fault of Redis or Kafka
  * (`isInfrastructureFault`: the shared call limiter, the quota counters, the export cache) is neither: the
