@@ -80,6 +80,17 @@ export const STATUS_READS_AT_ONCE = 100;
 /** `SchedulerDeps.registrarWaitMs`'s default: a few seconds, far more than the registrar's two writes take. */
 export const REGISTRAR_WRITE_WAIT_MS = 5_000;
 
+/** How a cycle ends in `urs_poll_cycles_total`: listed in full, aborted (its lease lost), or its failure's kind. */
+const CYCLE_OUTCOMES: readonly ('listed' | 'aborted' | FailureKind)[] = [
+  'listed',
+  'aborted',
+  'setup',
+  'throttled',
+  'transient',
+  'local',
+  'infrastructure',
+];
+
 /** Buckets of `urs_poll_cycle_start_delay_seconds`: from a tick's delay to two hours, in seconds. */
 const START_DELAY_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1_800, 3_600, 7_200];
 
@@ -98,17 +109,6 @@ const START_DELAY_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1_800, 3_600, 7_20
  * Cycles run concurrently (at most `maxConcurrentCycles`), each on its own: one tenant's slow or
  * failing cycle never delays another's. When more are due than may start, the most overdue go first.
  */
-/** How a cycle ends in `urs_poll_cycles_total`: listed in full, aborted (its lease lost), or its failure's kind. */
-const CYCLE_OUTCOMES: readonly ('listed' | 'aborted' | FailureKind)[] = [
-  'listed',
-  'aborted',
-  'setup',
-  'throttled',
-  'transient',
-  'local',
-  'infrastructure',
-];
-
 export function createScheduler(deps: SchedulerDeps): Scheduler {
   const now = deps.now ?? Date.now;
   const registrarWaitMs = deps.registrarWaitMs ?? REGISTRAR_WRITE_WAIT_MS;
