@@ -12,6 +12,7 @@ import {
   withSlotHandOff,
 } from '../src';
 import { createCallSlots } from '../src/call-slots';
+import { holdOnlySlot } from './support';
 
 const claim: QuotaClaim = { sent: () => undefined, release: () => undefined };
 
@@ -235,18 +236,8 @@ describe('createCallSlots and the quota of calls never sent', () => {
     const gate = createLocalQuotaGate({ limits: oneAMinute });
     const limiter = createLocalLimiter({ maxConcurrent: 1 });
     const slots = slotsOver(limiter);
-    let free: () => void = () => undefined;
-    let held: () => void = () => undefined;
-    const slotHeld = new Promise<void>((resolve) => (held = resolve));
     // Another call holds the only slot.
-    const busy = limiter.schedule(
-      () =>
-        new Promise<void>((resolve) => {
-          free = resolve;
-          held();
-        }),
-    );
-    await slotHeld;
+    const { free, busy } = await holdOnlySlot(limiter);
     try {
       const stop = new AbortController();
       const claim = await gate.acquire('tenant-a', 'vulnerabilities');
@@ -326,18 +317,8 @@ describe('createCallSlots and a call stopped while every slot is busy', () => {
         metrics: undefined,
         requestTimeoutMs: 1_000,
       });
-      let free: () => void = () => undefined;
-      let held: () => void = () => undefined;
-      const slotHeld = new Promise<void>((resolve) => (held = resolve));
       // Another process's call (a bulk export page) holds the only slot for up to a minute.
-      const busy = limiter.schedule(
-        () =>
-          new Promise<void>((resolve) => {
-            free = resolve;
-            held();
-          }),
-      );
-      await slotHeld;
+      const { free, busy } = await holdOnlySlot(limiter);
       let sent = false;
       try {
         const stop = new AbortController();

@@ -1,5 +1,6 @@
 import { withSlotHandOff } from '../src/handoff';
 import { createLocalLimiter, type CallLimiter } from '../src/limiter';
+import { holdOnlySlot } from './support';
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -190,17 +191,7 @@ describe('withSlotHandOff', () => {
 describe('withSlotHandOff and a waiting call whose signal aborts', () => {
   it('withSlotHandOff should reject a waiting call when its signal aborts and never run it', async () => {
     const limiter = withSlotHandOff(createLocalLimiter({ maxConcurrent: 1 }));
-    let free: () => void = () => undefined;
-    let held: () => void = () => undefined;
-    const slotHeld = new Promise<void>((resolve) => (held = resolve));
-    const busy = limiter.schedule(
-      () =>
-        new Promise<void>((resolve) => {
-          free = resolve;
-          held();
-        }),
-    );
-    await slotHeld;
+    const { free, busy } = await holdOnlySlot(limiter);
     const ran: string[] = [];
     const stop = new AbortController();
     const stopped = limiter.schedule(async () => void ran.push('stopped'), { signal: stop.signal });

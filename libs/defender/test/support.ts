@@ -85,3 +85,22 @@ export async function failureOf(
   }
   throw new Error('expected a DefenderError');
 }
+
+/**
+ * Another call holding the limiter's only slot until `free()` (a bulk export page of another process, say);
+ * `busy` settles once it has given the slot back. Resolves once the slot is held.
+ */
+export async function holdOnlySlot(limiter: CallLimiter): Promise<{ free: () => void; busy: Promise<void> }> {
+  let free: () => void = () => undefined;
+  let held: () => void = () => undefined;
+  const slotHeld = new Promise<void>((resolve) => (held = resolve));
+  const busy = limiter.schedule(
+    () =>
+      new Promise<void>((resolve) => {
+        free = resolve;
+        held();
+      }),
+  );
+  await slotHeld;
+  return { free: () => free(), busy };
+}
