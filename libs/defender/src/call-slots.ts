@@ -95,18 +95,11 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
     call: (abortOn: AbortSignal) => Promise<T>,
     wholeSlot = false,
   ): Promise<T> {
-    let sent = false;
-    const sending: QuotaClaim = {
-      sent: () => {
-        sent = true;
-        claim.sent();
-      },
-      release: () => claim.release(),
-    };
     try {
-      return await sendInSlot(endpoint, sending, quotaSeconds, signal, call, wholeSlot);
+      return await sendInSlot(endpoint, claim, quotaSeconds, signal, call, wholeSlot);
     } catch (error) {
-      if (!sent) claim.release();
+      // Nothing once the call was sent (a claim settles once).
+      claim.release();
       throw error;
     }
   }
