@@ -15,7 +15,7 @@ import {
 import type { Counter, Histogram } from '@urs/telemetry';
 import { notJsonReason, toDeadLetter, type PayloadRedactor } from './dead-letter';
 import { writeDeadLetterOnce, type DeadLetterLedger, type DeadLetterOutcome } from './dead-letter-once';
-import type { Hold, HeldMessages } from './held';
+import type { Hold, HeldMessages, HoldReason } from './held';
 import { parseJsonBytes } from './json-bytes';
 import type { Publisher } from './publisher';
 import { isTransientKafkaError } from './transient';
@@ -214,20 +214,21 @@ export function createMessageProcessor(
   }
 
   /**
-   * The message held for `error`, a fault waiting may mend: held now (counted as held, once per hold, not once
-   * per attempt), or failed again while held already (`hold`).
+   * The message held for `error` (`reason`, default a dependency's fault): held now (counted as held, once per
+   * hold, not once per attempt), or failed again while held already (`hold`).
    */
   function heldFor(
     hold: Hold | undefined,
     topic: string,
     error: unknown,
     fields: Record<string, unknown>,
+    reason: HoldReason = 'dependency',
   ): Hold {
     if (!hold) {
       handled.inc({ topic, outcome: 'held' });
-      return options.held.hold(error, fields);
+      return options.held.hold(error, fields, reason);
     }
-    hold.failedAgain(error, fields);
+    hold.failedAgain(error, fields, reason);
     return hold;
   }
 
@@ -266,12 +267,13 @@ export function createMessageProcessor(
     /** Holds the message while `failure` keeps the letter unwritten, then waits for the next attempt. */
     const holdBeforeRetry = async (
       failure: unknown,
+      reason: HoldReason,
       attempt: number,
       message: string,
       extra: Record<string, unknown> = {},
     ): Promise<boolean> => {
       const fields = messageLogFields(work, payload);
-      hold = heldFor(hold, work.topic, failure, fields);
+      hold = heldFor(hold, work.topic, failure, fields, reason);
       const delayMs = retryDelayMs(retry, attempt);
       // Warned of once per outage by `held`; each attempt only at debug.
       log.debug(message, { ...fields, attempt, delayMs, code: letter.error.code, ...extra });
@@ -304,7 +306,8 @@ export function createMessageProcessor(
           // The publisher closed under a stop: the message is left unsettled, as any failure while stopping.
           if (work.stopSignal.aborted || work.shouldStop()) return false;
           const reason = { failure: errorCode(failure), reason: errorMessage(failure) };
-          if (!isInfrastructureFault(failure) && !isTransientKafkaError(failure)) {
+          const refused = !isInfrastructureFault(failure) && !isTransientKafkaError(failure);
+          if (refused) {
             // Refused for a reason waiting alone does not mend (an ACL, a letter too large for the topic): the
             // letter must not be lost, nor the handler run again for it, so it is written again in place until
             // an operator mends the cause, the message held meanwhile.
@@ -314,7 +317,8 @@ export function createMessageProcessor(
           const message = refusalTold
             ? 'dead letter refused, holding the message'
             : 'dead letter not written on a dependency, holding the message';
-          if (!(await holdBeforeRetry(failure, attempt, message, reason))) return false;
+          const holdReason = refused ? 'dead-letter-refused' : 'dependency';
+          if (!(await holdBeforeRetry(failure, holdReason, attempt, message, reason))) return false;
           continue;
         }
         if (outcome === 'written-before') {
@@ -342,7 +346,7 @@ export function createMessageProcessor(
           { canRetry: true, infrastructure: true },
         );
         const message = 'dead letter being written by another process, holding the message';
-        if (!(await holdBeforeRetry(busy, attempt, message))) return false;
+        if (!(await holdBeforeRetry(busy, 'dead-letter-busy', attempt, message))) return false;
       }
     } finally {
       hold?.release();

@@ -233,6 +233,33 @@ describe('dead-lettering a message whose attempts are spent, while the dead-lett
     },
   );
 
+  it('should warn that messages are held because Kafka refused their dead letter, not because a dependency failed', async () => {
+    const run = processor(3, topicNotAuthorised);
+    const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant' });
+    await expect(settleUntilDone(run.settle, work, { retry: run.retry, log: run.log })).resolves.toBe(true);
+    const warnings = run.lines.filter(
+      (line) => line.level === 'warn' && line.message.startsWith('messages held'),
+    );
+    expect(warnings.map((line) => line.message)).toEqual([
+      'messages held: Kafka refused their dead letter; written again until it takes it, their handler not run again',
+    ]);
+    expect(warnings[0]).toMatchObject({ offset: '7', held: 1, holdReason: 'dead-letter-refused' });
+  });
+
+  it('should warn that messages are held because a dependency failed when the dead-letter topic is away, then say Kafka refused the letter when it does', async () => {
+    let sends = 0;
+    const run = processor(3, () => (++sends === 1 ? leaderMoving() : tooLarge()));
+    const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant' });
+    await expect(settleUntilDone(run.settle, work, { retry: run.retry, log: run.log })).resolves.toBe(true);
+    const warnings = run.lines.filter(
+      (line) => line.level === 'warn' && line.message.startsWith('messages held'),
+    );
+    expect(warnings.map((line) => line.holdReason)).toEqual(['dependency', 'dead-letter-refused']);
+    expect(warnings[0]?.message).toBe(
+      'messages held: a dependency failed; retried until it is back, not dead-lettered',
+    );
+  });
+
   it('should resolve and commit the offset once a letter the broker refused as too large is written, never crashing (ordering partition)', async () => {
     const run = processor(2, tooLarge);
     await expect(eachBatchOfOne(run)).resolves.toBeUndefined();
