@@ -15,9 +15,10 @@ import {
 import type { Counter, Histogram } from '@urs/telemetry';
 import { notJsonReason, toDeadLetter, type PayloadRedactor } from './dead-letter';
 import { writeDeadLetterOnce, type DeadLetterLedger, type DeadLetterOutcome } from './dead-letter-once';
-import type { Hold, HeldMessages } from './held';
+import type { Hold, HeldMessages, HoldReason } from './held';
 import { parseJsonBytes } from './json-bytes';
 import type { Publisher } from './publisher';
+import { createSpentMessages } from './spent';
 import { isTransientKafkaError } from './transient';
 
 /** A consumed message, decoded and validated. `value` is null for a tombstone. */
@@ -68,8 +69,9 @@ export interface TopicSubscription<K extends ContractId> {
    * Runs once each dead letter of this topic is written (again for one found written before: it must be
    * idempotent), so that what the message stood for is recorded as never coming. A Redis or Kafka fault
    * holds the message and tries it again in place (never the handler: the letter is written); a stop
-   * meanwhile leaves the message unsettled, and its next delivery is handled as any other (should it fail
-   * again, its letter is found written and this runs again).
+   * meanwhile leaves the message unsettled, and this runs again at its next delivery: to the same runner, its
+   * letter written again (found written, with a ledger), not its handler (see SpentMessages); to another
+   * process, after its handler (should it fail again, its letter is found written).
    */
   deadLettering?: (message: DeadLetteringMessage) => Promise<void>;
 }
@@ -179,12 +181,15 @@ function messageLogFields(work: MessageWork, payload: unknown): Record<string, u
  * revocation), whatever the handler threw once it was: a failure while stopping is not the message's. A
  * dead letter the dead-letter topic refuses (on a Kafka fault, or for a reason only an operator mends), or that
  * another process has claimed and not yet written, holds the message, its letter written again in place (see
- * `deadLetter`): the handler never runs again once the message's attempts are spent.
+ * `deadLetter`): the handler never runs again once the message's attempts are spent, neither there nor when the
+ * message, given up meanwhile (a stop, a restart of the consumer, a revocation), is delivered again to this
+ * processor (see SpentMessages). Another process (a restart of the process, another replica) runs it again.
  */
 export function createMessageProcessor(
   options: MessageProcessorOptions,
 ): (work: MessageWork) => Promise<boolean> {
   const { log, retry, handled, seconds } = options;
+  const spent = createSpentMessages();
 
   function decode(topic: string, message: KafkaMessage): InboundMessage<unknown> {
     const subscription = options.subscriptions.get(topic);
@@ -214,20 +219,21 @@ export function createMessageProcessor(
   }
 
   /**
-   * The message held for `error`, a fault waiting may mend: held now (counted as held, once per hold, not once
-   * per attempt), or failed again while held already (`hold`).
+   * The message held for `error` (`reason`, default a dependency's fault): held now (counted as held, once per
+   * hold, not once per attempt), or failed again while held already (`hold`).
    */
   function heldFor(
     hold: Hold | undefined,
     topic: string,
     error: unknown,
     fields: Record<string, unknown>,
+    reason: HoldReason = 'dependency',
   ): Hold {
     if (!hold) {
       handled.inc({ topic, outcome: 'held' });
-      return options.held.hold(error, fields);
+      return options.held.hold(error, fields, reason);
     }
-    hold.failedAgain(error, fields);
+    hold.failedAgain(error, fields, reason);
     return hold;
   }
 
@@ -266,12 +272,13 @@ export function createMessageProcessor(
     /** Holds the message while `failure` keeps the letter unwritten, then waits for the next attempt. */
     const holdBeforeRetry = async (
       failure: unknown,
+      reason: HoldReason,
       attempt: number,
       message: string,
       extra: Record<string, unknown> = {},
     ): Promise<boolean> => {
       const fields = messageLogFields(work, payload);
-      hold = heldFor(hold, work.topic, failure, fields);
+      hold = heldFor(hold, work.topic, failure, fields, reason);
       const delayMs = retryDelayMs(retry, attempt);
       // Warned of once per outage by `held`; each attempt only at debug.
       log.debug(message, { ...fields, attempt, delayMs, code: letter.error.code, ...extra });
@@ -304,7 +311,8 @@ export function createMessageProcessor(
           // The publisher closed under a stop: the message is left unsettled, as any failure while stopping.
           if (work.stopSignal.aborted || work.shouldStop()) return false;
           const reason = { failure: errorCode(failure), reason: errorMessage(failure) };
-          if (!isInfrastructureFault(failure) && !isTransientKafkaError(failure)) {
+          const refused = !isInfrastructureFault(failure) && !isTransientKafkaError(failure);
+          if (refused) {
             // Refused for a reason waiting alone does not mend (an ACL, a letter too large for the topic): the
             // letter must not be lost, nor the handler run again for it, so it is written again in place until
             // an operator mends the cause, the message held meanwhile.
@@ -314,7 +322,8 @@ export function createMessageProcessor(
           const message = refusalTold
             ? 'dead letter refused, holding the message'
             : 'dead letter not written on a dependency, holding the message';
-          if (!(await holdBeforeRetry(failure, attempt, message, reason))) return false;
+          const holdReason = refused ? 'dead-letter-refused' : 'dependency';
+          if (!(await holdBeforeRetry(failure, holdReason, attempt, message, reason))) return false;
           continue;
         }
         if (outcome === 'written-before') {
@@ -342,7 +351,7 @@ export function createMessageProcessor(
           { canRetry: true, infrastructure: true },
         );
         const message = 'dead letter being written by another process, holding the message';
-        if (!(await holdBeforeRetry(busy, attempt, message))) return false;
+        if (!(await holdBeforeRetry(busy, 'dead-letter-busy', attempt, message))) return false;
       }
     } finally {
       hold?.release();
@@ -402,6 +411,17 @@ export function createMessageProcessor(
     }
   }
 
+  /**
+   * Dead-letters a message whose handler's attempts are spent (`error`): remembered until its letter is written,
+   * so that delivered again to this processor meanwhile (see SpentMessages) its handler is not run again.
+   */
+  async function deadLetterSpent(work: MessageWork, error: unknown, payload: unknown): Promise<boolean> {
+    spent.remember(work.topic, work.partition, work.message, error);
+    const settled = await deadLetter(work, error, payload);
+    if (settled) spent.forget(work.topic, work.partition, work.message);
+    return settled;
+  }
+
   return async function settle(work: MessageWork): Promise<boolean> {
     const { topic, message } = work;
     const started = process.hrtime.bigint();
@@ -415,6 +435,17 @@ export function createMessageProcessor(
       };
     } catch (error) {
       return await deadLetter(work, error);
+    }
+    const metAgain = spent.errorOf(topic, work.partition, message);
+    if (metAgain) {
+      log.info(
+        'message met again after its attempts were spent, its dead letter unwritten: its handler is not run again',
+        {
+          ...messageLogFields(work, inbound.value),
+          code: errorCode(metAgain.error),
+        },
+      );
+      return await deadLetterSpent(work, metAgain.error, inbound.value);
     }
     const subscription = options.subscriptions.get(topic) as TopicSubscription<ContractId>;
     // The message's own failures, counted against maxAttempts; those of a dependency (Redis, Kafka) are not:
@@ -438,7 +469,7 @@ export function createMessageProcessor(
           // default) is still no fault of the message.
           const infrastructure = isInfrastructureFault(error);
           if (!infrastructure && !canRetry(error)) {
-            return await deadLetter(work, error, inbound.value);
+            return await deadLetterSpent(work, error, inbound.value);
           }
           let delayMs: number;
           if (infrastructure) {
@@ -460,7 +491,7 @@ export function createMessageProcessor(
             infrastructureFailures = 0;
             ownFailures++;
             if (ownFailures >= retry.maxAttempts) {
-              return await deadLetter(
+              return await deadLetterSpent(
                 work,
                 new PoisonMessageError(
                   'RETRIES_EXHAUSTED',

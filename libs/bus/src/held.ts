@@ -3,15 +3,34 @@ import { errorCode, errorMessage } from '@urs/resilience';
 import type { Gauge } from '@urs/telemetry';
 
 /**
- * The messages a runner holds because a dependency every message needs (Redis, Kafka) failed them
- * (`isInfrastructureFault`): retried for as long as it stays down, never dead-lettered for it. One outage
- * makes every message fail alike, so it is told once: how many are held (a gauge), whether they have been
- * held long enough for the service to stop saying it is ready, and a warning at most every `logIntervalMs`
- * instead of one per attempt of each message.
+ * Why a message is held, each told in its own words:
+ * - `dependency`: a dependency every message needs (Redis, Kafka) failed it (`isInfrastructureFault`), its
+ *   handler, its dead letter or what the letter stands for: retried for as long as it stays down;
+ * - `dead-letter-refused`: its attempts are spent, and Kafka refuses its dead letter for a reason only an
+ *   operator mends (an ACL, a letter too large): the letter written again until Kafka takes it;
+ * - `dead-letter-busy`: another process claimed its dead letter and has not written it yet.
+ */
+export type HoldReason = 'dependency' | 'dead-letter-refused' | 'dead-letter-busy';
+
+/** The warning of each reason: what holds the messages, and what becomes of them. */
+const HELD_WARNINGS: Record<HoldReason, string> = {
+  dependency: 'messages held: a dependency failed; retried until it is back, not dead-lettered',
+  'dead-letter-refused':
+    'messages held: Kafka refused their dead letter; written again until it takes it, their handler not run again',
+  'dead-letter-busy':
+    'messages held: another process is writing their dead letter; held until it is written or its claim lapses',
+};
+
+/**
+ * The messages a runner holds (see HoldReason): never dead-lettered for a dependency's fault, nor their
+ * handler run again once their attempts are spent. One outage makes every message fail alike, so it is told
+ * once: how many are held (a gauge), whether they have been held long enough for the service to stop saying
+ * it is ready, and a warning of each reason at most every `logIntervalMs` instead of one per attempt of each
+ * message (one reason's warnings do not hide another's).
  */
 export interface HeldMessages {
-  /** A message failed on an infrastructure fault: it is held until its hold is released. */
-  hold(error: unknown, fields: Record<string, unknown>): Hold;
+  /** A message failed for `reason` (default `dependency`): it is held until its hold is released. */
+  hold(error: unknown, fields: Record<string, unknown>, reason?: HoldReason): Hold;
   /** Messages held now. */
   readonly count: number;
   /** Whether messages have been held without a pause for longer than `notReadyAfterMs`. */
@@ -19,8 +38,8 @@ export interface HeldMessages {
 }
 
 export interface Hold {
-  /** The held message failed again (on an infrastructure fault). */
-  failedAgain(error: unknown, fields: Record<string, unknown>): void;
+  /** The held message failed again, for `reason` (default `dependency`). */
+  failedAgain(error: unknown, fields: Record<string, unknown>, reason?: HoldReason): void;
   /** The message is no longer held (handled, dead-lettered for its own fault, or given up). Idempotent. */
   release(): void;
 }
@@ -44,7 +63,8 @@ export function createHeldMessages(options: HeldMessagesOptions): HeldMessages {
   let count = 0;
   /** When messages began to be held without a pause (the outage, as the runner sees it). */
   let since: number | undefined;
-  let lastWarnedAt = -Infinity;
+  /** When each reason was last warned of. */
+  const lastWarnedAt = new Map<HoldReason, number>();
   /** Whether this outage was warned of: then its end is told too. */
   let warned = false;
 
@@ -53,14 +73,18 @@ export function createHeldMessages(options: HeldMessagesOptions): HeldMessages {
     options.gauge.set(count, options.labels);
   }
 
-  /** A warning, unless one was logged less than logIntervalMs ago (of this outage or the one before). */
-  function warn(error: unknown, fields: Record<string, unknown>): void {
+  /**
+   * A warning, unless one of the same reason was logged less than logIntervalMs ago (of this outage or the one
+   * before).
+   */
+  function warn(error: unknown, fields: Record<string, unknown>, reason: HoldReason): void {
     const at = now();
-    if (at - lastWarnedAt < options.logIntervalMs) return;
-    lastWarnedAt = at;
+    if (at - (lastWarnedAt.get(reason) ?? -Infinity) < options.logIntervalMs) return;
+    lastWarnedAt.set(reason, at);
     warned = true;
-    log.warn('messages held: a dependency failed; retried until it is back, not dead-lettered', {
+    log.warn(HELD_WARNINGS[reason], {
       ...fields,
+      holdReason: reason,
       held: count,
       heldForMs: at - (since ?? at),
       code: errorCode(error),
@@ -69,13 +93,14 @@ export function createHeldMessages(options: HeldMessagesOptions): HeldMessages {
   }
 
   return {
-    hold(error, fields) {
+    hold(error, fields, reason = 'dependency') {
       if (count === 0) since = now();
       setCount(1);
-      warn(error, fields);
+      warn(error, fields, reason);
       let released = false;
       return {
-        failedAgain: (again, againFields) => warn(again, againFields),
+        failedAgain: (again, againFields, againReason = 'dependency') =>
+          warn(again, againFields, againReason),
         release() {
           if (released) return;
           released = true;

@@ -1,6 +1,6 @@
 import type { EachBatchPayload, KafkaMessage } from 'kafkajs';
 import type { Logger } from '@urs/logging';
-import { anyAborted, errorMessage, type Interruption } from '@urs/resilience';
+import { errorMessage } from '@urs/resilience';
 import { drainWithin } from './drain';
 import type { MessageWork } from './handle';
 
@@ -99,27 +99,44 @@ export function createPartitionOrderedConsumption(
   /**
    * What ends a batch's messages, shared by all of them: `moved` (the group moved on without the batch), and
    * `signal` (the handlers': close's drain time passed, or moved) and `stopSignal` (close started, or moved).
-   * Made once per batch and released when it ends: not AbortSignal.any per message, which Node keeps in the
-   * runner-long signals' dependants (nodejs/node#55351).
+   * Made once per batch and let go of when it ends. The runner-long signals carry one listener each, whatever
+   * the batches in flight (see `batches`): not one per batch (AbortSignal.any, which Node keeps in their
+   * dependants, nodejs/node#55351; nor a listener each, past Node's 10 with as many partitions consumed at once).
    */
   interface BatchSignals {
     moved: AbortController;
-    signal: Interruption;
-    stopSignal: Interruption;
+    signal: AbortController;
+    stopSignal: AbortController;
   }
 
+  /** The batches in eachBatch, so that close reaches each of them from the one listener of its signals. */
+  const batches = new Set<BatchSignals>();
+  stopping.signal.addEventListener('abort', () => {
+    for (const batch of batches) batch.stopSignal.abort();
+  });
+  aborted.signal.addEventListener('abort', () => {
+    for (const batch of batches) batch.signal.abort();
+  });
+
   function batchSignals(): BatchSignals {
-    const moved = new AbortController();
-    return {
-      moved,
-      signal: anyAborted([aborted.signal, moved.signal]),
-      stopSignal: anyAborted([stopping.signal, moved.signal]),
+    const signals: BatchSignals = {
+      moved: new AbortController(),
+      signal: new AbortController(),
+      stopSignal: new AbortController(),
     };
+    // Short-lived, as the batch: its listener goes with it.
+    signals.moved.signal.addEventListener('abort', () => {
+      signals.signal.abort();
+      signals.stopSignal.abort();
+    });
+    if (stopping.signal.aborted) signals.stopSignal.abort();
+    if (aborted.signal.aborted) signals.signal.abort();
+    batches.add(signals);
+    return signals;
   }
 
   function releaseSignals(signals: BatchSignals): void {
-    signals.signal.release();
-    signals.stopSignal.release();
+    batches.delete(signals);
   }
 
   /** Handles one message; resolves true when done (handled or dead-lettered), false when stopped first. */

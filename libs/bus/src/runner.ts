@@ -84,7 +84,7 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     log,
     gauge: options.metrics.gauge(
       'urs_consumer_held_messages',
-      'Messages held, retried and not dead-lettered, because a dependency (Redis, Kafka) failed them, by consumer group.',
+      'Messages held, by consumer group: retried while a dependency (Redis, Kafka) fails them, or their dead letter written again while Kafka refuses it or another process writes it.',
     ),
     labels: { group: options.groupId },
     notReadyAfterMs: positiveInt('heldNotReadyAfterMs', options.heldNotReadyAfterMs, 30_000),

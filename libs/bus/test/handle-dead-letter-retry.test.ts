@@ -64,12 +64,13 @@ const tooLarge = (): Error =>
 
 /**
  * A processor of TOPIC whose handler fails the message every time (its own fault, retryable), and a publisher
- * whose sends to the dead-letter topic fail with `failure()` `failures` times, then succeed. `events` tells the
+ * whose sends to the dead-letter topic fail with `failure()` `failures` times (succeeding when it gives no
+ * error), then succeed. `events` tells the
  * order of what happened: each handler call, send attempt (with the messages held then), and written letter.
  */
 function processor(
   failures: number,
-  failure: () => Error = leaderMoving,
+  failure: () => Error | undefined = leaderMoving,
   deadLettering?: () => Promise<void>,
 ) {
   const events: string[] = [];
@@ -85,7 +86,8 @@ function processor(
       sendAttempts++;
       heldAtSend.push(held.count);
       events.push(`send ${topic}`);
-      if (sendAttempts <= failures) throw failure();
+      const error = sendAttempts <= failures ? failure() : undefined;
+      if (error) throw error;
       written.push(...messages);
     },
   } as unknown as Publisher;
@@ -233,6 +235,33 @@ describe('dead-lettering a message whose attempts are spent, while the dead-lett
     },
   );
 
+  it('should warn that messages are held because Kafka refused their dead letter, not because a dependency failed', async () => {
+    const run = processor(3, topicNotAuthorised);
+    const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant' });
+    await expect(settleUntilDone(run.settle, work, { retry: run.retry, log: run.log })).resolves.toBe(true);
+    const warnings = run.lines.filter(
+      (line) => line.level === 'warn' && line.message.startsWith('messages held'),
+    );
+    expect(warnings.map((line) => line.message)).toEqual([
+      'messages held: Kafka refused their dead letter; written again until it takes it, their handler not run again',
+    ]);
+    expect(warnings[0]).toMatchObject({ offset: '7', held: 1, holdReason: 'dead-letter-refused' });
+  });
+
+  it('should warn that messages are held because a dependency failed when the dead-letter topic is away, then say Kafka refused the letter when it does', async () => {
+    let sends = 0;
+    const run = processor(3, () => (++sends === 1 ? leaderMoving() : tooLarge()));
+    const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant' });
+    await expect(settleUntilDone(run.settle, work, { retry: run.retry, log: run.log })).resolves.toBe(true);
+    const warnings = run.lines.filter(
+      (line) => line.level === 'warn' && line.message.startsWith('messages held'),
+    );
+    expect(warnings.map((line) => line.holdReason)).toEqual(['dependency', 'dead-letter-refused']);
+    expect(warnings[0]?.message).toBe(
+      'messages held: a dependency failed; retried until it is back, not dead-lettered',
+    );
+  });
+
   it('should resolve and commit the offset once a letter the broker refused as too large is written, never crashing (ordering partition)', async () => {
     const run = processor(2, tooLarge);
     await expect(eachBatchOfOne(run)).resolves.toBeUndefined();
@@ -273,5 +302,53 @@ describe('dead-lettering a message whose attempts are spent, while the dead-lett
     // Before each of the two tries again: the group does not take the partition away meanwhile.
     const afterLetter = run.events.slice(run.events.indexOf('send dlq'), run.events.indexOf('resolve 7') + 1);
     expect(afterLetter).toEqual(['send dlq', 'heartbeat', 'heartbeat', 'resolve 7']);
+  });
+});
+
+// A message given up while its letter is refused (a consumer restarted after a crash, its partition revoked and
+// assigned back) is delivered again to the same processor: its attempts were spent, its handler calls (the
+// vuln-fetcher's to Defender) are not made again.
+describe('a message met again after its attempts were spent, its dead letter unwritten', () => {
+  /** `run`'s message at offset 7, settled until held with its letter refused, then given up by a stop. */
+  async function givenUpWhileRefused(run: ReturnType<typeof processor>): Promise<void> {
+    const stop = new AbortController();
+    const work = messageWork({ topic: TOPIC, offset: '7', key: 'tenant', stop });
+    const settled = settleUntilDone(run.settle, work, { retry: run.retry, log: run.log });
+    await waitFor(() => run.held.count === 1);
+    stop.abort();
+    await expect(settled).resolves.toBe(false);
+  }
+
+  it('should write its letter without running its handler again, and say so', async () => {
+    const refusal = { on: true };
+    const run = processor(Infinity, () => (refusal.on ? topicNotAuthorised() : undefined));
+    await givenUpWhileRefused(run);
+    expect(run.handlerCalls()).toBe(MAX_ATTEMPTS);
+    refusal.on = false;
+
+    const again = messageWork({ topic: TOPIC, offset: '7', key: 'tenant' });
+    await expect(settleUntilDone(run.settle, again, { retry: run.retry, log: run.log })).resolves.toBe(true);
+    expect(run.handlerCalls()).toBe(MAX_ATTEMPTS);
+    expect(run.written).toHaveLength(1);
+    expect(run.written[0]).toMatchObject({ value: { offset: '7', error: { code: 'RETRIES_EXHAUSTED' } } });
+    const metAgain = run.lines.filter((line) => line.message.startsWith('message met again'));
+    expect(metAgain).toHaveLength(1);
+    expect(metAgain[0]).toMatchObject({ level: 'info', offset: '7', code: 'RETRIES_EXHAUSTED' });
+
+    // Settled: delivered once more (a replay), it is handled as any message.
+    const replay = messageWork({ topic: TOPIC, offset: '7', key: 'tenant' });
+    await settleUntilDone(run.settle, replay, { retry: run.retry, log: run.log });
+    expect(run.handlerCalls()).toBe(2 * MAX_ATTEMPTS);
+  });
+
+  it('should run the handler of another record at the same offset (its topic made again)', async () => {
+    const refusal = { on: true };
+    const run = processor(Infinity, () => (refusal.on ? topicNotAuthorised() : undefined));
+    await givenUpWhileRefused(run);
+    refusal.on = false;
+    const other = messageWork({ topic: TOPIC, offset: '7', key: 'tenant' });
+    other.message.timestamp = '1';
+    await expect(settleUntilDone(run.settle, other, { retry: run.retry, log: run.log })).resolves.toBe(true);
+    expect(run.handlerCalls()).toBe(2 * MAX_ATTEMPTS);
   });
 });

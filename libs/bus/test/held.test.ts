@@ -64,4 +64,25 @@ describe('createHeldMessages', () => {
     expect(lines[1]).toMatchObject({ heldForMs: 60_000 });
     expect(lines[2]).toMatchObject({ heldForMs: 60_000 });
   });
+
+  it("should warn of each reason in its own words, one reason's warning not hiding another's", () => {
+    const { held, clock, lines } = heldMessages();
+    const refused = held.hold(oom(), { offset: '1' }, 'dead-letter-refused');
+    clock.at += 1_000;
+    refused.failedAgain(oom(), { offset: '1' }, 'dead-letter-refused');
+    const dependency = held.hold(oom(), { offset: '2' });
+    const busy = held.hold(oom(), { offset: '3' }, 'dead-letter-busy');
+    expect(lines.map((line) => [line.message, line['holdReason']])).toEqual([
+      [
+        'messages held: Kafka refused their dead letter; written again until it takes it, their handler not run again',
+        'dead-letter-refused',
+      ],
+      ['messages held: a dependency failed; retried until it is back, not dead-lettered', 'dependency'],
+      [
+        'messages held: another process is writing their dead letter; held until it is written or its claim lapses',
+        'dead-letter-busy',
+      ],
+    ]);
+    for (const hold of [refused, dependency, busy]) hold.release();
+  });
 });

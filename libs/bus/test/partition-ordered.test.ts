@@ -1,8 +1,10 @@
+import { getEventListeners } from 'node:events';
 import type { EachBatchPayload, KafkaMessage } from 'kafkajs';
 import { KafkaJSProtocolError } from 'kafkajs';
 import { silentLogger } from '@urs/logging';
 import { UrsError, retryPolicy } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
+import { waitFor } from '@urs/testkit';
 import { createMessageProcessor, type MessageHandler } from '../src/handle';
 import { createPartitionOrderedConsumption } from '../src/partition-ordered';
 import type { Publisher } from '../src/publisher';
@@ -214,5 +216,62 @@ describe("createPartitionOrderedConsumption's handler signals", () => {
     await ended;
     expect(stoppedFirst).toBe(true);
     expect(resolved).toEqual([]);
+  });
+});
+
+/**
+ * Runs `run`, which may ask `mostOnOne`: the most abort listeners any AbortSignal given one since `run` began
+ * holds now (the runner's long-lived signals among them).
+ */
+async function abortListenersDuring(run: (mostOnOne: () => number) => Promise<void>): Promise<void> {
+  const original = EventTarget.prototype.addEventListener;
+  const signals = new Set<AbortSignal>();
+  const spy = jest.spyOn(EventTarget.prototype, 'addEventListener').mockImplementation(function (
+    this: EventTarget,
+    ...args: Parameters<EventTarget['addEventListener']>
+  ) {
+    if (this instanceof AbortSignal && args[0] === 'abort') signals.add(this);
+    original.apply(this, args);
+  });
+  try {
+    await run(() => Math.max(0, ...[...signals].map((signal) => getEventListeners(signal, 'abort').length)));
+  } finally {
+    spy.mockRestore();
+  }
+}
+
+describe("createPartitionOrderedConsumption's close signals under concurrent batches", () => {
+  it('should add a constant number of listeners to its close signals whatever the number of batches in flight, and abort each on close', async () => {
+    const BATCHES = 20;
+    await abortListenersDuring(async (mostOnOne) => {
+      const signals: AbortSignal[] = [];
+      const stopSignals: AbortSignal[] = [];
+      const consumption = createPartitionOrderedConsumption({
+        // A handler that ignores the stop and returns only once its signal aborts.
+        settle: async (work) => {
+          if (!work.signal) throw new Error('a message without a signal');
+          signals.push(work.signal);
+          stopSignals.push(work.stopSignal);
+          await new Promise<void>((resolve) => work.signal?.addEventListener('abort', () => resolve()));
+          return false;
+        },
+        commit: false,
+        drainTimeoutMs: 10,
+        log: silentLogger,
+      });
+      const ended = Array.from({ length: BATCHES }, (_, partition) =>
+        consumption.eachBatch({
+          ...batchOf([String(partition)]),
+          batch: { ...batchOf(['0']).batch, partition },
+        }),
+      );
+      await waitFor(() => signals.length === BATCHES);
+      // The batches' own signals carry one listener each (their handler's); the runner-long ones, a few at most.
+      expect(mostOnOne()).toBeLessThanOrEqual(2);
+      await consumption.drain();
+      await Promise.all(ended);
+      expect(signals.filter((signal) => signal.aborted)).toHaveLength(BATCHES);
+      expect(stopSignals.filter((signal) => signal.aborted)).toHaveLength(BATCHES);
+    });
   });
 });
