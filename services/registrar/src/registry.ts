@@ -17,7 +17,7 @@ import {
   throwIfLostAfterSend,
   type TenantLockOptions,
 } from './tenant-lock';
-import { describeViolations, type Violation } from './validation';
+import { refusalMessage, type Violation } from './validation';
 
 export interface RegistrationOrigin {
   source: 'director' | 'rest';
@@ -517,7 +517,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       ...(Array.isArray(reason)
         ? {
             code: 'REGISTRATION_INVALID',
-            message: `registration refused: ${describeViolations(reason)}`,
+            message: refusalMessage(reason),
             violations: reason.map(({ field, rule }) => ({ field, rule })),
           }
         : { code: reason.code, message: reason.message, violations: [] }),
