@@ -1,14 +1,24 @@
 import type { DeadLetter } from '@urs/contracts';
-import { REDACTED, redact, redactText } from '@urs/logging';
+import { REDACTED, namesSecret, redact, redactText } from '@urs/logging';
 import { errorCode, errorMessage } from '@urs/resilience';
 
 /** A dead letter keeps at most this much of the original payload. */
 const MAX_PAYLOAD_CHARS = 256 * 1024;
+/** A run of the characters a key is spelled with (`x-api-key`, `client_secret`, `defender.clientSecret`). */
+const WORD = /[\w.-]+/g;
+
 /**
- * Words that may name a secret, in text that cannot be read field by field. A `\u` escape may spell
- * any key (`"client\u0053ecret"`), so it counts as one.
+ * Whether text that cannot be read field by field may hold a secret: a word of it, or a part of one between
+ * `.`, `-` and `_` (`access_token-abc`), names a secret as a key would (`namesSecret`, the rule the log's
+ * redaction keeps to). A `\u` escape may spell any key (`"client\u0053ecret"`), so it counts as one.
  */
-const SECRET_WORD = /secret|password|passwd|authorization|bearer|token|ciphertext|\\u/i;
+function mayHoldSecret(text: string): boolean {
+  if (text.includes('\\u')) return true;
+  for (const [word] of text.matchAll(WORD)) {
+    if (namesSecret(word) || word.split(/[._-]/).some(namesSecret)) return true;
+  }
+  return false;
+}
 
 /**
  * A dead letter's payload from the failed message's text: the text without anything that may be a secret.
@@ -37,7 +47,7 @@ export function redactPayload(text: string): string {
 }
 
 function withheldIfSecret(text: string): string {
-  return SECRET_WORD.test(text) ? withheldPayload(text) : text;
+  return mayHoldSecret(text) ? withheldPayload(text) : text;
 }
 
 /** What a dead letter keeps of a payload that cannot be read field by field and may hold a secret: its length. */
@@ -46,7 +56,7 @@ export function withheldPayload(text: string): string {
 }
 
 function redactStrings(value: unknown): unknown {
-  if (typeof value === 'string') return SECRET_WORD.test(value) ? REDACTED : value;
+  if (typeof value === 'string') return mayHoldSecret(value) ? REDACTED : value;
   if (Array.isArray(value)) return value.map(redactStrings);
   if (value === null || typeof value !== 'object') return value;
   return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, redactStrings(item)]));

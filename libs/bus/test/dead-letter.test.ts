@@ -1,6 +1,6 @@
 import { DEFAULT_RUNNER_RETRY, notJsonReason, redactPayload, toDeadLetter, type Publisher } from '@urs/bus';
 import type { DeadLetter } from '@urs/contracts';
-import { silentLogger } from '@urs/logging';
+import { namesSecret, silentLogger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
 import { createMessageProcessor } from '../src/handle';
@@ -43,6 +43,31 @@ describe('redactPayload', () => {
     const nested = redactPayload(JSON.stringify({ note: 'kept', tenants: push }));
     expect(nested).not.toContain('Zx9~real');
     expect(JSON.parse(nested)).toEqual({ note: 'kept', tenants: '[redacted]' });
+  });
+});
+
+describe('redactPayload and the log agree on what names a secret', () => {
+  const secretKeys = ['clientSecret', 'x-api-key', 'sharedKey', 'privateKey', 'sas', 'signature', 'cookie'];
+  const keptKeys = ['clientSecretKeyId', 'tokenIssued', 'saslMechanism', 'deviceCount'];
+
+  it.each([...secretKeys, 'credential', 'client_assertion', 'api_key'])(
+    'should withhold text cut short whose key %s names a secret, as the log redacts its field',
+    (key) => {
+      expect(namesSecret(key)).toBe(true);
+      const text = `{"${key}":"Zx9~real-secret`;
+      expect(redactPayload(text)).toMatch(/^\[withheld: \d+ bytes/);
+    },
+  );
+
+  it.each(keptKeys)('should keep text cut short whose only key %s names no secret', (key) => {
+    expect(namesSecret(key)).toBe(false);
+    const text = `{"${key}":"k1`;
+    expect(redactPayload(text)).toBe(text);
+  });
+
+  it.each(secretKeys)('should redact a string value that names %s', (key) => {
+    const payload = JSON.stringify({ note: 'kept', raw: `${key}=Zx9~real-secret` });
+    expect(JSON.parse(redactPayload(payload))).toEqual({ note: 'kept', raw: '[redacted]' });
   });
 });
 

@@ -1,3 +1,3 @@
 export { createLogger, silentLogger } from './logger';
 export type { Logger, LoggerOptions, LogLevel } from './logger';
-export { redact, redactText, REDACTED } from './redact';
+export { namesSecret, redact, redactText, REDACTED } from './redact';

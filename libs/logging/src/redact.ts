@@ -1,11 +1,21 @@
 /**
  * A key (lower case, without `-`, `_`, `.` and spaces, so `client_secret`, `Client-Secret` and `clientSecret`
- * alike) whose value is a secret: client secrets and assertions, passwords, API keys, authorization headers
- * and cookies, tokens (`x-ms-token-aad-access-token`, `refresh_token`, `apiTokens`), and the encrypted secret
- * envelope (no reason to spread ciphertext through logs either).
+ * alike) whose value is a secret: client secrets and assertions, passwords, credentials, API, access, account,
+ * shared, private and signing keys (`x-api-key`, `SharedAccessKey`, `privateKey`), authorization headers and
+ * cookies, tokens (`x-ms-token-aad-access-token`, `refresh_token`, `apiTokens`, `tokenValue`), signatures and
+ * shared access signatures (`sas`, `sasUrl`, `blobSas`, a SAS URL's `sig`), and the encrypted secret envelope
+ * (no reason to spread ciphertext through logs either). `token` only at the end (`tokenIssued`, `tokenType`
+ * and `tokenEndpoint` say how a token went, not what it is); `sas` only at either end, never before an `l`
+ * (`saslMechanism`, `disasterRecovery` are no secrets).
  */
-const SECRET_NAME =
-  /secret|password|passwd|authorization|bearer|ciphertext|cookie|assertion|tokens?$|apikeys?$/;
+const SECRET_NAME = new RegExp(
+  [
+    'secret|password|passwd|credential|authorization|bearer|ciphertext|cookie|assertion|signature',
+    '(?:api|access|account|shared|private|signing)keys?',
+    'token(?:s|value)?$',
+    '^sas(?!l)|sas$|^sig$',
+  ].join('|'),
+);
 /**
  * ...unless the key names a fact about the secret rather than the secret itself: which one (`secretName`,
  * `clientSecretKeyId`), whether one is set (`clientSecretSet`), its kind (`client_assertion_type`), when it
@@ -15,8 +25,11 @@ const ABOUT_A_SECRET = /(?:name|id|set|type|expires|expiresat|expireson|version)
 
 export const REDACTED = '[redacted]';
 
-/** Whether the value of the field named `key` is a secret (see SECRET_NAME and ABOUT_A_SECRET). */
-function namesSecret(key: string): boolean {
+/**
+ * Whether the value of the field named `key` is a secret (see SECRET_NAME and ABOUT_A_SECRET): the one rule
+ * for every redaction, of a log line's fields and text here and of a dead letter's payload (`@urs/bus`).
+ */
+export function namesSecret(key: string): boolean {
   const name = key.toLowerCase().replace(/[\s_.-]/g, '');
   return SECRET_NAME.test(name) && !ABOUT_A_SECRET.test(name);
 }

@@ -1,5 +1,5 @@
 import { PassThrough } from 'node:stream';
-import { createLogger, redact, redactText } from '@urs/logging';
+import { createLogger, namesSecret, redact, redactText } from '@urs/logging';
 
 function capture(): { stream: PassThrough; lines: () => Record<string, unknown>[] } {
   const stream = new PassThrough();
@@ -120,6 +120,77 @@ describe('redact', () => {
     const redacted = redact({ ...headers, ...kept }) as Record<string, unknown>;
     for (const key of Object.keys(headers)) expect([key, redacted[key]]).toEqual([key, '[redacted]']);
     expect(redacted).toMatchObject(kept);
+  });
+});
+
+/** Keys whose value is a secret however they are spelled, and keys that only say something about one. */
+const SECRET_KEYS = [
+  'clientSecret',
+  'client_secret',
+  'Client-Secret',
+  'password',
+  'passwd',
+  'apiKey',
+  'api_key',
+  'x-api-key',
+  'sharedKey',
+  'SharedAccessKey',
+  'accountKey',
+  'privateKey',
+  'private_key',
+  'signingKey',
+  'sas',
+  'sasToken',
+  'sasUrl',
+  'blobSas',
+  'sig',
+  'signature',
+  'cookie',
+  'Set-Cookie',
+  'credential',
+  'credentials',
+  'clientCredential',
+  'client_assertion',
+  'authorization',
+  'Proxy-Authorization',
+  'bearer',
+  'accessToken',
+  'refresh_token',
+  'x-ms-token-aad-access-token',
+  'apiTokens',
+  'tokenValue',
+  'ciphertext',
+];
+const NOT_SECRET_KEYS = [
+  'tenantId',
+  'clientId',
+  'secretName',
+  'clientSecretKeyId',
+  'clientSecretSet',
+  'client_assertion_type',
+  'secretExpiresAt',
+  'credentialType',
+  'privateKeyId',
+  'signatureVersion',
+  'tokenIssued',
+  'tokenType',
+  'token_type',
+  'tokenEndpoint',
+  'saslMechanism',
+  'disasterRecovery',
+  'publicKey',
+  'keyId',
+  'signal',
+  'message',
+];
+
+describe('namesSecret', () => {
+  it.each(SECRET_KEYS)('should name %s a secret', (key) => {
+    expect(namesSecret(key)).toBe(true);
+  });
+
+  it.each(NOT_SECRET_KEYS)('should not name %s a secret', (key) => {
+    expect(namesSecret(key)).toBe(false);
   });
 });
 

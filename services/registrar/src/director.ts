@@ -11,7 +11,8 @@ import {
 } from '@urs/resilience';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
-import type { RefusalRecord, TenantRegistry } from './registry';
+import type { RefusalRecord } from './refusals';
+import type { TenantRegistry } from './registry';
 import { forEachLimit } from './concurrency';
 import { redactTenantPayload } from './dead-letter';
 import { isTenantContention, notApplied } from './tenant-lock';

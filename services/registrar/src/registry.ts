@@ -10,6 +10,7 @@ import { canonicalJson } from '@urs/scoring';
 import type { SecretSealer } from '@urs/secrets';
 import type { PollScheduleStore, RegistrarStateStore, TenantStore } from '@urs/store';
 import { openKeptSecret, sameSecret, secretToWrite } from './record-secret';
+import { createTenantRefusals, type RefusalRecord, type RegistrationFailure } from './refusals';
 import {
   createTenantLock,
   throwIfCut,
@@ -17,7 +18,7 @@ import {
   throwIfLostAfterSend,
   type TenantLockOptions,
 } from './tenant-lock';
-import { describeViolations, type Violation } from './validation';
+import type { Violation } from './validation';
 
 export interface RegistrationOrigin {
   source: 'director' | 'rest';
@@ -51,23 +52,6 @@ export interface RegisterOptions {
    * does not start (`RequestCutError`). Checked under the tenant's lock, before the record goes to Kafka.
    */
   signal?: AbortSignal;
-}
-
-/**
- * What a refused registration did to the tenant's status: `recorded`, a refusal new to it; `recorded-before`,
- * the status held this refusal already (the same source and generation: the same push handled again);
- * `not-recorded`, the status was left alone (see `TenantRegistry.reject`).
- */
-export type RefusalRecord = 'recorded' | 'recorded-before' | 'not-recorded';
-
-/**
- * Why a valid registration was not applied (a Director push's entry whose write failed for the tenant's own
- * reason: its lock held by another writer past every attempt, a secret that could not be sealed): its status
- * says so as it says a refusal, with the failure's code and message and no violations. Never a value.
- */
-export interface RegistrationFailure {
-  code: string;
-  message: string;
 }
 
 export interface TenantRegistry {
@@ -191,6 +175,8 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
   const now = deps.now ?? (() => new Date());
   const log = deps.logger.child({ component: 'registry' });
   const locked = createTenantLock(deps.state, deps.writeLock);
+  const { deletedByAdministrator, clearRefusal, clearDirectorRefusal, reject, endRefusal } =
+    createTenantRefusals({ tenants: deps.tenants, state: deps.state, log, now });
 
   /**
    * The record to Kafka, then to Redis, each while the tenant's lock is `held`: a write whose lock was lost
@@ -209,56 +195,6 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
   /** `throwIfLost` once the tenant's record (or tombstone) is on `urs.tenants`, where it cannot be recalled. */
   function lostAfterSend(tenantId: string, held: AbortSignal): void {
     throwIfLostAfterSend(held, tenantId, deps.tenantsTopic);
-  }
-
-  /**
-   * A registration refused before, now sent again as the record already has it: the status no longer
-   * says it was refused (the registration in force is the one sent). A status that still says so as its
-   * state (written before the refusal had fields of its own) gets the record's state back.
-   */
-  async function clearRefusal(current: TenantRecord, held: AbortSignal): Promise<void> {
-    const status = await deps.tenants.getStatus(current.tenantId);
-    const stateSaysRefused = status.state === 'registration-rejected';
-    if (!status.registrationError && !stateSaysRefused) return;
-    throwIfLost(held);
-    await deps.tenants.updateStatus(current.tenantId, {
-      registrationError: null,
-      ...(stateSaysRefused
-        ? {
-            state: current.enabled ? 'active' : 'disabled',
-            lastErrorCode: null,
-            lastErrorMessage: null,
-            lastErrorAt: null,
-            lastErrorCycleId: null,
-          }
-        : {}),
-    });
-  }
-
-  /**
-   * Clears a refusal of Director's from the tenant's status, unless a newer push than `generation` (handled
-   * meanwhile on another replica) refused it: that refusal stands.
-   */
-  async function clearDirectorRefusal(
-    current: TenantRecord,
-    generation: number | undefined,
-    held: AbortSignal,
-  ): Promise<void> {
-    const refusal = (await deps.tenants.getStatus(current.tenantId)).registrationError;
-    if (refusal?.source !== 'director') return;
-    if (generation !== undefined && (refusal.generation ?? -1) > generation) return;
-    await clearRefusal(current, held);
-  }
-
-  /**
-   * Whether an administrator deleted the tenant over REST while Director's `generation` or a newer one was in
-   * force, and nothing registered it since: that generation must not bring it back.
-   */
-  async function deletedByAdministrator(tenantId: string, generation: number): Promise<boolean> {
-    return (
-      (await deps.state.deletionGeneration(tenantId)) >= generation &&
-      (await deps.tenants.get(tenantId)) === null
-    );
   }
 
   return {
@@ -498,59 +434,5 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       keyId: clientSecret.keyId,
     });
     return { outcome: 'resealed', record, fromKeyId };
-  }
-
-  async function reject(
-    tenantId: string,
-    reason: Violation[] | RegistrationFailure,
-    origin: RegistrationOrigin,
-    options: Pick<RegisterOptions, 'keepRestRecord'>,
-    held: AbortSignal,
-  ): Promise<RefusalRecord> {
-    if (origin.generation !== undefined && (await deletedByAdministrator(tenantId, origin.generation)))
-      return 'not-recorded';
-    const current = await deps.tenants.get(tenantId);
-    if (options.keepRestRecord && current?.source === 'rest') return 'not-recorded';
-    // Fields of its own: the poller's cycle bookkeeping rewrites `state` and `lastError*` after each cycle,
-    // and a refused update (a rotated secret refused, the old one still polling) must stay in sight.
-    const registrationError = {
-      ...(Array.isArray(reason)
-        ? {
-            code: 'REGISTRATION_INVALID',
-            message: `registration refused: ${describeViolations(reason)}`,
-            violations: reason.map(({ field, rule }) => ({ field, rule })),
-          }
-        : { code: reason.code, message: reason.message, violations: [] }),
-      at: now().toISOString(),
-      source: origin.source,
-      ...(origin.generation === undefined ? {} : { generation: origin.generation }),
-    };
-    throwIfLost(held);
-    const isNew = await deps.tenants.recordRefusal(tenantId, registrationError, {
-      rejected: current === null,
-    });
-    return isNew ? 'recorded' : 'recorded-before';
-  }
-
-  async function endRefusal(
-    tenantId: string,
-    origin: RegistrationOrigin & { generation: number },
-    held: AbortSignal,
-  ): Promise<boolean> {
-    if ((await deps.tenants.get(tenantId)) !== null) return false;
-    const status = await deps.tenants.getStatus(tenantId);
-    const refusal = status.registrationError;
-    if (status.state !== 'registration-rejected' || refusal?.source !== 'director') return false;
-    // Refused by a newer push than this one (handled meanwhile on another replica): that refusal stands.
-    if ((refusal.generation ?? -1) > origin.generation) return false;
-    // No record: nothing on urs.tenants to end, only the status in Redis.
-    throwIfLost(held);
-    await deps.tenants.remove(tenantId);
-    log.info('refused tenant left out of a full push: its status ended', {
-      tenantId,
-      generation: origin.generation,
-      refusedIn: refusal.generation,
-    });
-    return true;
   }
 }

@@ -89,3 +89,20 @@ export function restViolations(violations: Violation[]): Violation[] {
 export function describeViolations(violations: Violation[]): string {
   return violations.map((violation) => `${violation.field} ${violation.rule}`).join('; ');
 }
+
+/** A refused registration's message, as its status stores it: every violation in one line. */
+export function refusalMessage(violations: Violation[]): string {
+  return `registration refused: ${describeViolations(violations)}`;
+}
+
+/**
+ * A stored refusal as a REST answer shows it: its violations named as `restViolations` names them, and the
+ * message of a refusal of violations (made of them, `refusalMessage`) made again of the renamed ones. Stored
+ * with the names of the registration as Director sends it (`defender.clientId`), a tenant admin would
+ * otherwise read other names than a PUT's 400 gives. A failure's message (no violations) stays as it is.
+ */
+export function restRefusal<T extends { message: string; violations: Violation[] }>(refusal: T): T {
+  if (refusal.violations.length === 0) return refusal;
+  const violations = restViolations(refusal.violations);
+  return { ...refusal, message: refusalMessage(violations), violations };
+}

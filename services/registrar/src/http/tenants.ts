@@ -4,7 +4,7 @@ import { SecretError, type SecretSealer } from '@urs/secrets';
 import type { TenantStatus, TenantStore } from '@urs/store';
 import { SecretForOtherAppError, TenantGoneError, switchesApp } from '../record-secret';
 import type { TenantRegistry } from '../registry';
-import { restViolations, validateRegistration, type Violation } from '../validation';
+import { restRefusal, restViolations, validateRegistration, type Violation } from '../validation';
 import { tenantIdOf } from './params';
 import { registeredTenant } from './registered';
 import { ApiError, type ApiRequest, type ApiResponse, type Route } from './router';
@@ -76,9 +76,13 @@ function secretUnavailable(tenantId: string, error: SecretError): string {
   );
 }
 
-/** The tenant's configuration as an admin may see it: everything but the secret, and the polling status. */
+/**
+ * The tenant's configuration as an admin may see it: everything but the secret, and the polling status (a
+ * refused update in it naming fields as the REST body does, `restRefusal`).
+ */
 export function tenantView(record: TenantRecord, status: TenantStatus): Record<string, unknown> {
   const { clientSecret, ...defender } = record.defender;
+  const { registrationError } = status;
   return {
     tenantId: record.tenantId,
     revision: record.revision,
@@ -88,7 +92,7 @@ export function tenantView(record: TenantRecord, status: TenantStatus): Record<s
     enabled: record.enabled,
     ...(record.disabledReason === undefined ? {} : { disabledReason: record.disabledReason }),
     defender: { ...defender, clientSecretSet: true, clientSecretKeyId: clientSecret.keyId },
-    status,
+    status: registrationError ? { ...status, registrationError: restRefusal(registrationError) } : status,
   };
 }
 

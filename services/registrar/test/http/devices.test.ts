@@ -181,7 +181,7 @@ describe('deviceRoutes', () => {
           error: {
             code: 'TENANT_NOT_REGISTERED',
             message:
-              'tenant t2 has no accepted registration; the last one was refused: registration refused: defender.clientId must be a GUID',
+              'tenant t2 has no accepted registration; the last one was refused: registration refused: clientId must be a GUID',
             violations: [{ field: 'clientId', rule: 'must be a GUID' }],
           },
         },

@@ -462,7 +462,7 @@ describe('tenantRoutes', () => {
       body: {
         error: {
           code: 'TENANT_NOT_REGISTERED',
-          message: expect.stringMatching(/refused: registration refused: defender\.clientId must be a GUID$/),
+          message: expect.stringMatching(/refused: registration refused: clientId must be a GUID$/),
           violations: [{ field: 'clientId', rule: 'must be a GUID' }],
         },
       },
@@ -495,6 +495,50 @@ describe('tenantRoutes', () => {
     expect(await call('GET', '/v1/tenants/acme/defender')).toMatchObject({
       status: 404,
       body: { error: { code: 'TENANT_NOT_REGISTERED', violations } },
+    });
+  });
+
+  it("GET should name a refused update's fields in status.registrationError as a PUT's 400 names them", async () => {
+    const { call, registry } = setup();
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    await registry.reject(
+      'acme',
+      [
+        { field: 'defender.clientSecret', rule: "must be the secret's Value" },
+        { field: 'defender.pollIntervalMinutes', rule: 'must be >= 10' },
+      ],
+      { source: 'director', generation: 4 },
+    );
+    const answer = await call('GET', '/v1/tenants/acme/defender');
+    expect(answer).toMatchObject({
+      status: 200,
+      body: {
+        status: {
+          registrationError: {
+            code: 'REGISTRATION_INVALID',
+            message:
+              "registration refused: clientSecret must be the secret's Value; pollIntervalMinutes must be >= 10",
+            violations: [
+              { field: 'clientSecret', rule: "must be the secret's Value" },
+              { field: 'pollIntervalMinutes', rule: 'must be >= 10' },
+            ],
+            source: 'director',
+            generation: 4,
+          },
+        },
+      },
+    });
+    expect(JSON.stringify(answer.body)).not.toContain('defender.');
+  });
+
+  it("GET should keep a failed registration's message as it is in status.registrationError", async () => {
+    const { call, registry } = setup();
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    const failure = { code: 'TENANT_BUSY', message: 'tenant acme is being written by another request' };
+    await registry.reject('acme', failure, { source: 'director', generation: 4 });
+    expect(await call('GET', '/v1/tenants/acme/defender')).toMatchObject({
+      status: 200,
+      body: { status: { registrationError: { ...failure, violations: [] } } },
     });
   });
 
