@@ -55,7 +55,7 @@ return 1`;
 // not known), code, at. Only on a begun cycle not listed, not published, with no batch recorded (scored or
 // lost) and no emitted batches recorded yet. Recorded as abandoned after no batch, out of the open cycles:
 // no close, no summary. A batch of it that comes after all (a send that failed only in its answer) finds the
-// abandonment and completes it as the publisher completes any abandoned cycle.
+// abandonment and completes it as the publisher completes any abandoned cycle; dead-lettered, LOST closes it.
 export const WITHDRAW = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 for _, field in ipairs({ 'totalBatches', 'published', 'abandonedBatches' }) do
@@ -94,20 +94,30 @@ return 1`;
 // index, devices ('' when not known), now ms, retention ms (of the lost hash, as of the batches hash). Only
 // on a cycle begun and not published, for a batch not scored (recordBatch takes a scored batch out of the
 // lost hash in the same step: a batch is never both) and within the cycle's batches when they are known.
-// Once every batch is scored or lost (of an abandoned cycle: every batch it emitted), the close is now.
+// Once every batch is scored or lost (of an abandoned cycle: every batch it emitted), the close is now. A
+// cycle abandoned after no batch (withdrawn: out of the open cycles) whose first send failed only in its
+// answer did emit its first batch: lost, it is put back among the open cycles to close now, as its batch
+// scored completes it (else it stayed without a summary, never closed).
 export const LOST = `
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'published') == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
 local total = tonumber(redis.call('HGET', KEYS[1], 'totalBatches') or '')
+local afterNoBatch = false
 if total then
   total = total + tonumber(redis.call('HGET', KEYS[1], 'correctionBatches') or '0')
 else
   total = tonumber(redis.call('HGET', KEYS[1], 'abandonedBatches') or '')
+  if total == 0 then
+    total = 1
+    afterNoBatch = true
+  end
 end
 if total and tonumber(ARGV[2]) >= total then return 0 end
 if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then return 0 end
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
-if total and redis.call('HLEN', KEYS[2]) + redis.call('HLEN', KEYS[3]) >= total then
+if afterNoBatch then
+  redis.call('ZADD', KEYS[4], 'LT', ARGV[4], ARGV[1])
+elseif total and redis.call('HLEN', KEYS[2]) + redis.call('HLEN', KEYS[3]) >= total then
   redis.call('ZADD', KEYS[4], 'XX', 'LT', ARGV[4], ARGV[1])
 end
 return 1`;

@@ -127,7 +127,8 @@ export interface CycleStore {
    * lease was lost before it): nothing of it reached the scorer, and no summary is owed. Records it as
    * abandoned after no batch (`abandonment.batches` is not read) and takes it out of the open cycles, so
    * that the publisher never closes it. A batch whose send failed only in its answer and that is scored after
-   * all still finds the cycle and completes it (partial, or complete when it was the last). False, nothing
+   * all still finds the cycle and completes it (partial, or complete when it was the last); dead-lettered
+   * instead, it is recorded lost and the cycle closed (`lost`). False, nothing
    * written, for a cycle never begun, listed, published, recorded abandoned by its poller already, or with a
    * batch recorded (scored or lost): then `abandon` records it.
    */
@@ -180,8 +181,10 @@ export interface CycleStore {
    * not yet published, a batch not scored already, and within the cycle's batches when those are known. The
    * publisher counts a lost batch as settled and its devices as failed; once every batch of the cycle is
    * scored or lost (of an abandoned cycle: every batch it emitted), its close is brought forward to `nowMs`
-   * (epoch ms), so the sweep closes it then when no scored batch completes it first. A lost batch scored
-   * after all (`recordBatch`) is no longer lost. True when this call recorded it.
+   * (epoch ms), so the sweep closes it then when no scored batch completes it first. The first batch of a
+   * cycle withdrawn (`withdraw`), whose send failed only in its answer, is recorded too, the cycle put back
+   * among the open ones to close at `nowMs`. A lost batch scored after all (`recordBatch`) is no longer lost.
+   * True when this call recorded it.
    */
   lost(
     tenantId: string,

@@ -31,7 +31,13 @@ export type {
   PinnedExport,
 } from './vulnerability-cache';
 export { createPollScheduleStore } from './poll-schedule';
-export type { CycleBeginRefusal, PollScheduleStore, PollLease, PollSchedule } from './poll-schedule';
+export type {
+  CycleBeginRefusal,
+  PollScheduleStore,
+  PollLease,
+  PollSchedule,
+  UnrecordedListing,
+} from './poll-schedule';
 export { createRegistrarStateStore } from './registrar-state';
 export type { RegistrarStateStore } from './registrar-state';
 export { createDeadLetterLedger } from './dead-letters';

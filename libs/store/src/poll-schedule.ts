@@ -1,4 +1,5 @@
 import type Redis from 'ioredis';
+import type { CycleStore } from './cycles';
 import { releaseOwnedKey, renewOwnedKey } from './owned-key';
 import { tenantRecordKey } from './tenants';
 
@@ -34,6 +35,20 @@ export interface PollSchedule {
    * before the next interval.
    */
   retryAt?: number;
+  /**
+   * The listing of the running cycle whose every batch went out and whose totals the cycle store did not record
+   * (`keepListing`): the next holder of the lease records it before ending the cycle, whichever replica it is.
+   */
+  unrecordedListing?: UnrecordedListing;
+}
+
+/** A cycle's totals as the cycle store records them once its listing ended (`CycleStore.listed`). */
+export type ListedTotals = Parameters<CycleStore['listed']>[2];
+
+/** A running cycle's listing the cycle store did not record: its cycle and totals. */
+export interface UnrecordedListing {
+  cycleId: string;
+  totals: ListedTotals;
 }
 
 /**
@@ -78,6 +93,12 @@ export interface PollScheduleStore {
       failedKind?: string;
     },
   ): Promise<boolean>;
+  /**
+   * Keeps, fenced, the listing of the running cycle `cycleId` whose every batch went out and whose totals the cycle
+   * store did not record (`PollSchedule.unrecordedListing`, cleared by the cycle's `end` and the next `begin`):
+   * false (nothing written) when the lease was lost or the schedule cleared since the cycle began.
+   */
+  keepListing(lease: PollLease, cycleId: string, totals: ListedTotals): Promise<boolean>;
   /** Forgets a deleted tenant's schedule (a re-registration then polls at once). */
   clear(tenantId: string): Promise<void>;
   /**
@@ -113,6 +134,7 @@ if record.enabled ~= true then
   return { 'record-disabled', revision and tostring(revision) or '' }
 end
 redis.call('HSET', KEYS[3], 'lastStartedAt', ARGV[2], 'runningCycleId', ARGV[3])
+redis.call('HDEL', KEYS[3], 'unrecordedListing')
 return 1`;
 
 // KEYS[1] lease, KEYS[2] schedule hash; ARGV: token, '1' to write only a schedule that exists (else '0'), then
@@ -153,7 +175,24 @@ function parseSchedule(fields: Record<string, string>): PollSchedule {
   if (fields['failedRevision'] !== undefined) schedule.failedRevision = Number(fields['failedRevision']);
   if (fields['retryAt'] !== undefined) schedule.retryAt = Number(fields['retryAt']);
   if (fields['failedKind'] !== undefined) schedule.failedKind = fields['failedKind'];
+  const listing = parseListing(fields['unrecordedListing']);
+  if (listing !== undefined) schedule.unrecordedListing = listing;
   return schedule;
+}
+
+/** A kept listing from its JSON; none when absent or unreadable (the cycle is then taken over as abandoned). */
+function parseListing(json: string | undefined): UnrecordedListing | undefined {
+  if (json === undefined) return undefined;
+  try {
+    const listing = JSON.parse(json) as Partial<UnrecordedListing> | null;
+    return typeof listing?.cycleId === 'string' &&
+      typeof listing.totals === 'object' &&
+      listing.totals !== null
+      ? { cycleId: listing.cycleId, totals: listing.totals }
+      : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** `begin`'s answer from its script's reply. */
@@ -244,7 +283,7 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
     },
     end(lease, outcome) {
       const set: Record<string, string> = { failures: String(outcome.failures) };
-      const del = ['runningCycleId'];
+      const del = ['runningCycleId', 'unrecordedListing'];
       if (outcome.notBefore === null) del.push('notBefore');
       else set['notBefore'] = String(outcome.notBefore);
       if (outcome.failedRevision === undefined) del.push('failedRevision');
@@ -257,6 +296,10 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
       // during the cycle), and writing the end back would leave a deleted tenant's schedule for ever and
       // a disabled one's backoff to its re-enabling.
       return fencedWrite(lease, set, del, true);
+    },
+    keepListing(lease, cycleId, totals) {
+      const listing: UnrecordedListing = { cycleId, totals };
+      return fencedWrite(lease, { unrecordedListing: JSON.stringify(listing) }, [], true);
     },
     async clear(tenantId) {
       await redis.del(scheduleKey(tenantId));

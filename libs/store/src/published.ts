@@ -267,6 +267,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     seen: seenKey,
     deleted: deletedKey,
     record: recordKey,
+    tombstoned: tombstonedKey,
   });
   return {
     ...deletions,

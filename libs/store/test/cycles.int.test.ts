@@ -453,6 +453,29 @@ describe('createCycleStore', () => {
     expect(await cycles.claimPublication('acme', 'c1', 'partial', startedMs)).toBe(true);
   });
 
+  it('lost should record the first batch of a withdrawn cycle, dead-lettered after all, and bring the cycle back to close now', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await cycles.begin(begin);
+    const at = new Date(startedMs + 60_000).toISOString();
+    expect(
+      await cycles.withdraw('acme', 'c1', { batches: 0, devices: 600, code: 'KAFKA_UNAVAILABLE', at }),
+    ).toBe(true);
+    // The first send failed only in its answer: its batch reached Kafka, and a consumer dead-lettered it.
+    const closeAt = startedMs + 90_000;
+    expect(await cycles.lost('acme', 'c1', 0, 500, closeAt)).toBe(true);
+    expect(await cycles.get('acme', 'c1')).toMatchObject({
+      lostBatches: 1,
+      lostDevices: 500,
+      abandoned: { batches: 0, devices: 600 },
+    });
+    // Every batch the cycle emitted is in: the sweep closes it (partial) at once, not never.
+    expect(await cycles.overdue(new Date(closeAt))).toEqual([{ tenantId: 'acme', cycleId: 'c1' }]);
+    // Recorded once: the dead letter of a later consumer changes nothing.
+    expect(await cycles.lost('acme', 'c1', 0, 500, closeAt + 1_000)).toBe(false);
+    // No other batch of it was ever emitted.
+    expect(await cycles.lost('acme', 'c1', 1, 500, closeAt)).toBe(false);
+  });
+
   it('withdraw should leave a cycle with a batch recorded, listed, published or never begun to abandon', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     const at = new Date(startedMs + 60_000).toISOString();

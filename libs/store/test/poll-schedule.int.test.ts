@@ -112,6 +112,25 @@ describe('createPollScheduleStore', () => {
     expect(await redis.client.exists(`${redis.prefix}poll-schedule:acme`)).toBe(0);
   });
 
+  it("keepListing should keep a running cycle's listing under its lease for the next holder, until the next end or begin", async () => {
+    const store = createPollScheduleStore(redis.client, redis.prefix);
+    const totals = { totalBatches: 2, totalDevices: 3, listedAt: '2026-01-01T10:00:00.000Z', note: null };
+    const lease = (await store.acquire('acme', 'a', 5_000))!;
+    expect(await store.begin(lease, 'c1', 1_000)).toBe(true);
+    expect(await store.keepListing(lease, 'c1', totals)).toBe(true);
+    await store.release(lease);
+    // Read by whichever holder comes next.
+    expect((await store.get('acme')).unrecordedListing).toEqual({ cycleId: 'c1', totals });
+    // A lease no longer held keeps nothing.
+    expect(await store.keepListing(lease, 'c1', { ...totals, totalBatches: 9 })).toBe(false);
+    const next = (await store.acquire('acme', 'b', 5_000))!;
+    expect(await store.end(next, { failures: 0, notBefore: null })).toBe(true);
+    expect((await store.get('acme')).unrecordedListing).toBeUndefined();
+    expect(await store.keepListing(next, 'c1', totals)).toBe(true);
+    expect(await store.begin(next, 'c2', 2_000)).toBe(true);
+    expect((await store.get('acme')).unrecordedListing).toBeUndefined();
+  });
+
   it('getMany should read the schedules of many tenants, a tenant never polled with none', async () => {
     const store = createPollScheduleStore(redis.client, redis.prefix);
     const tenantIds = Array.from({ length: 1500 }, (_, i) => `tenant-${i}`);

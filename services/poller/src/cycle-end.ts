@@ -2,12 +2,13 @@ import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage } from '@urs/resilience';
 import type { Counter } from '@urs/telemetry';
-import type { CycleStore, PollLease, PollScheduleStore, TenantStore } from '@urs/store';
+import type { CycleStore, PollLease, PollScheduleStore, TenantStore, UnrecordedListing } from '@urs/store';
 import { ABANDONED_CYCLE_GRACE_MS, type CycleTotals } from './cycle';
 import { backoffUntil, failureKindOf, type FailureStreak, nextStreak, transientRetryAt } from './schedule';
 
 export interface CycleEndDeps {
-  schedules: Pick<PollScheduleStore, 'end'>;
+  /** Where a cycle's end is recorded, and a listing the cycle store did not record kept (`keepListing`). */
+  schedules: Pick<PollScheduleStore, 'end' | 'keepListing'>;
   /**
    * The status is written only while the tenant's record is there and enabled, checked in Redis: a tenant
    * disabled or deleted while its cycle ends keeps the status the registrar wrote (`updatePollingStatus`).
@@ -51,14 +52,17 @@ export interface CycleEnd {
   ): Promise<boolean>;
   /**
    * Ends a cycle left marked running whose listing had ended; false when it must be redone, after recording
-   * it as abandoned. A listing of it this replica kept (`listedNotRecorded`) is recorded first.
+   * it as abandoned. A listing of it kept (`listedNotRecorded`), here or in its schedule (`kept`, by any
+   * replica), is recorded first.
    */
-  endListedCycle(lease: PollLease, cycleId: string): Promise<boolean>;
+  endListedCycle(lease: PollLease, cycleId: string, kept?: UnrecordedListing): Promise<boolean>;
   /**
    * Keeps the totals of a cycle of the tenant whose every batch went out and whose listing the cycle store did
-   * not record, until the next try under the tenant's lease records them (`endListedCycle`).
+   * not record, until the next try under the tenant's lease records them (`endListedCycle`): in the tenant's
+   * schedule, under the cycle's lease, for whichever replica holds the lease next; on this replica too, for
+   * when Redis refuses that write as well.
    */
-  listedNotRecorded(tenantId: string, cycleId: string, totals: CycleTotals): void;
+  listedNotRecorded(lease: PollLease, cycleId: string, totals: CycleTotals): Promise<void>;
   /** The tenant is deleted: a listing kept for it is dropped. */
   forget(tenantId: string): void;
   /**
@@ -97,8 +101,12 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
    * ended it, and the next cycle is due one interval after its start. False when its listing had not
    * ended (it is redone, see `abandonTakenOver`) or the lease was lost.
    */
-  async function endListedCycle(lease: PollLease, cycleId: string): Promise<boolean> {
-    await recordListing(lease.tenantId, cycleId);
+  async function endListedCycle(
+    lease: PollLease,
+    cycleId: string,
+    kept?: UnrecordedListing,
+  ): Promise<boolean> {
+    await recordListing(lease.tenantId, cycleId, kept);
     const cycle = await deps.cycles.get(lease.tenantId, cycleId);
     if (cycle === null) return false;
     if (cycle.listedAt === undefined) {
@@ -119,25 +127,47 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
   }
 
   /**
-   * Records the listing this replica kept for the tenant's cycle left running (`listedNotRecorded`): every
-   * batch of it went out, and Redis failed only the record of its totals. Found without it, the cycle was taken
-   * for one its poller left mid-listing: recorded as abandoned (`POLLER_GONE`, closed partial a minute later)
-   * and the tenant listed again at once, its quota spent twice and a second summary sent. A Redis that fails
-   * here again fails the attempt (tried again after the attempts' backoff), the listing still kept. One kept for
-   * another cycle (ended or taken over by another replica since) is dropped.
+   * Records the listing kept for the tenant's cycle left running (`listedNotRecorded`), by this replica or, in
+   * the cycle's schedule (`inSchedule`), by whichever replica ran it: every batch of it went out, and Redis
+   * failed only the record of its totals. Found without it, the cycle was taken for one its poller left
+   * mid-listing: recorded as abandoned (`POLLER_GONE`, closed partial a minute later) and the tenant listed
+   * again at once, its quota spent twice and a second summary sent. A Redis that fails here again fails the
+   * attempt (tried again after the attempts' backoff), the listing still kept. One kept for another cycle
+   * (ended or taken over by another replica since) is dropped.
    */
-  async function recordListing(tenantId: string, cycleId: string): Promise<void> {
-    const kept = unrecorded.get(tenantId);
-    if (kept === undefined) return;
-    if (kept.cycleId === cycleId) {
+  async function recordListing(
+    tenantId: string,
+    cycleId: string,
+    inSchedule: UnrecordedListing | undefined,
+  ): Promise<void> {
+    const here = unrecorded.get(tenantId);
+    const kept = [here, inSchedule].find((listing) => listing?.cycleId === cycleId);
+    if (kept !== undefined) {
       await deps.cycles.listed(tenantId, cycleId, kept.totals);
       log.info('listing of a cycle recorded at the next try', { tenantId, cycleId });
     }
     unrecorded.delete(tenantId);
   }
 
-  function listedNotRecorded(tenantId: string, cycleId: string, totals: CycleTotals): void {
+  async function listedNotRecorded(lease: PollLease, cycleId: string, totals: CycleTotals): Promise<void> {
+    const tenantId = lease.tenantId;
     unrecorded.set(tenantId, { cycleId, totals });
+    // Kept in Redis too: a replica that takes the tenant over (this one stopped, or its lease lapsed) ends the
+    // cycle as listed instead of abandoning it and listing the tenant again. Refused (Redis still away, the
+    // lease lost), the copy here is what the next try of this replica records.
+    try {
+      if (!(await deps.schedules.keepListing(lease, cycleId, totals)))
+        log.debug('unrecorded listing not kept in the schedule, the lease lost: kept on this replica only', {
+          tenantId,
+          cycleId,
+        });
+    } catch (error) {
+      log.debug('unrecorded listing not kept in the schedule: kept on this replica only', {
+        tenantId,
+        cycleId,
+        reason: errorMessage(error),
+      });
+    }
   }
 
   function forget(tenantId: string): void {

@@ -142,13 +142,13 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
       // batch went out and whose listing the cycle store could not record, though tried again in place while
       // the lease held (`CycleListedNotRecordedError`): ended as failed, it was listed again ~2 minutes later,
       // counted as an infrastructure failure. Its batches are on their way, the last with the totals the
-      // publisher completes it by. It is counted as listed, and its totals kept on this replica: its next try
-      // under the lease records them first (`endListedCycle`), then ends it as listed. Found without them, it
-      // was taken for a cycle left mid-listing, abandoned (closed partial) and the tenant listed again at once.
-      // Another replica taking the tenant over meanwhile still does so.
+      // publisher completes it by. It is counted as listed, and its totals kept in its schedule (and on this
+      // replica, for a Redis refusing that write too): the next try under the lease, on whichever replica,
+      // records them first (`endListedCycle`), then ends it as listed. Found without them, it was taken for a
+      // cycle left mid-listing, abandoned (closed partial) and the tenant listed again at once.
       if (error instanceof CycleListedNotRecordedError) {
         countListed();
-        ends.listedNotRecorded(tenantId, cycleId, error.totals);
+        await ends.listedNotRecorded(lease, cycleId, error.totals);
       }
       if (result !== undefined || error instanceof CycleListedNotRecordedError) {
         log.warn('listed cycle not ended: the next try ends it', {

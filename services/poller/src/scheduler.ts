@@ -241,7 +241,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       let schedule = await deps.schedules.get(tenantId);
       if (
         schedule.runningCycleId !== undefined &&
-        (await ends.endListedCycle(lease, schedule.runningCycleId))
+        (await ends.endListedCycle(lease, schedule.runningCycleId, schedule.unrecordedListing))
       )
         schedule = await deps.schedules.get(tenantId);
       schedule = await honouredBackoff(tenantId, schedule, true);

@@ -19,7 +19,7 @@ function underLease(deps: Partial<RunUnderLeaseDeps> & Pick<RunUnderLeaseDeps, '
   const ends: CycleEnd = {
     endListed: async () => true,
     endListedCycle: async () => true,
-    listedNotRecorded: () => {},
+    listedNotRecorded: async () => {},
     forget: () => {},
     endFailed: async () => {},
   };
@@ -50,7 +50,7 @@ function recordedEnds(called: string[]): CycleEnd {
       return true;
     },
     endListedCycle: async () => true,
-    listedNotRecorded: (_tenantId, cycleId) => {
+    listedNotRecorded: async (_lease, cycleId) => {
       called.push(`listedNotRecorded ${cycleId}`);
     },
     forget: () => {},

@@ -17,10 +17,12 @@ import {
 } from '@urs/resilience';
 import type { PublishedRebuild, VmsKeyState } from '@urs/store';
 
-/** One record's key on `vms.risk-scores` (`{tenantId}/{deviceId}`) and whether it is a tombstone. */
+/** One record's key on `vms.risk-scores` (`{tenantId}/{deviceId}`), whether it is a tombstone, and when written. */
 export interface VmsKey {
   key: string;
   live: boolean;
+  /** The record's timestamp (epoch ms): a tombstone's dates the device's tombstone marker. */
+  at?: number;
 }
 
 /**
@@ -32,6 +34,12 @@ export type VmsKeysReader = (
   onKeys: (keys: VmsKey[]) => Promise<void>,
   signal?: AbortSignal,
 ) => Promise<number>;
+
+/** Whether a record of `vms.risk-scores` is live, and its timestamp when Kafka gives a readable one. */
+function keyState(message: { value: Buffer | null; timestamp: string }): Omit<VmsKey, 'key'> {
+  const at = Number(message.timestamp);
+  return { live: message.value !== null, ...(Number.isFinite(at) && at > 0 ? { at } : {}) };
+}
 
 /** `VmsKeysReader` on Kafka: a consumer group of its own (`{groupPrefix}.rebuild.…`), deleted afterwards. */
 export function vmsKeysReader(
@@ -55,7 +63,7 @@ export function vmsKeysReader(
         records += messages.length;
         await onKeys(
           messages.flatMap((message) =>
-            message.key ? [{ key: message.key.toString('utf8'), live: message.value !== null }] : [],
+            message.key ? [{ key: message.key.toString('utf8'), ...keyState(message) }] : [],
           ),
         );
       },
@@ -120,7 +128,8 @@ const lost = (): UrsError =>
  * cycle each was last seen in). A marker key says the copy is whole: when it is missing (a new Redis, a
  * flush, a failover to an empty replica), one rebuild at a time (a lock holding its token, renewed) reads
  * the keys of `vms.risk-scores` to its end and writes back, a fetched batch at a time, every device whose
- * last record is not a tombstone (`PublishedRebuild.restore`), then sets the marker. A rebuild whose lock
+ * last record is not a tombstone, and the tombstone marker of a device whose last record is a recent tombstone
+ * (`PublishedRebuild.restore`), then sets the marker. A rebuild whose lock
  * lapsed (Redis wiped again meanwhile) stops reading and writes nothing more; the next starts over with a
  * new token. Restored devices count as seen in no cycle: absent from `URS_TOMBSTONE_AFTER_CYCLES` completed
  * cycles (with the hold), they are tombstoned as any device gone from the fleet; listed again, they are
@@ -144,16 +153,17 @@ export function createPublishedRebuilder(deps: PublishedRebuilderDeps): Publishe
     keys: VmsKey[],
     counts: { restored: number; ofDeletedTenants: number },
   ): Promise<void> {
-    const byTenant = new Map<string, Map<string, boolean>>();
-    for (const { key, live } of keys) {
+    const byTenant = new Map<string, Map<string, VmsKeyState>>();
+    for (const { key, live, at } of keys) {
       const parts = vmsRecordKeyParts(key);
       if (parts === null) continue;
-      const devices = byTenant.get(parts.tenantId) ?? new Map<string, boolean>();
-      byTenant.set(parts.tenantId, devices.set(parts.deviceId, live));
+      const { tenantId, deviceId } = parts;
+      const devices = byTenant.get(tenantId) ?? new Map<string, VmsKeyState>();
+      byTenant.set(tenantId, devices.set(deviceId, { deviceId, live, ...(at === undefined ? {} : { at }) }));
     }
     await Promise.all(
       [...byTenant].map(async ([tenantId, devices]) => {
-        const states: VmsKeyState[] = [...devices].map(([deviceId, live]) => ({ deviceId, live }));
+        const states = [...devices.values()];
         const restored = await deps.published.restore(token, tenantId, states);
         if (restored === null) counts.ofDeletedTenants += states.length;
         else counts.restored += restored;

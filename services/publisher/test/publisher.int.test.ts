@@ -495,6 +495,23 @@ describe('the publisher', () => {
     expect(summaries()).toHaveLength(1);
   });
 
+  it('closeOverdue should publish a withdrawn cycle whose first batch reached Kafka after all and was dead-lettered, as partial', async () => {
+    const { completion, cycles, begin } = build();
+    await begin(1);
+    // The poller's first send failed only in its answer: it withdrew the cycle, its batch went on and was lost.
+    const at = minute(11);
+    expect(await cycles.withdraw('t1', 'c1', { devices: 2, code: 'KAFKA_UNAVAILABLE', at })).toBe(true);
+    expect(await cycles.lost('t1', 'c1', 0, 2, Date.parse(minute(12)))).toBe(true);
+    now = new Date(minute(12));
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(summaries()).toHaveLength(1);
+    expect(summaries()[0]).toMatchObject({
+      cycleId: 'c1',
+      status: 'partial',
+      devices: { scored: 0, failed: 2 },
+    });
+  });
+
   it('closeOverdue should send no summary of a cycle open when its tenant was deleted', async () => {
     const { handler, begin, completion, cycles, deleteTenant } = build();
     await begin(1);

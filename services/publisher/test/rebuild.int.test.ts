@@ -218,6 +218,25 @@ describe('the publisher after its Redis was wiped', () => {
     expect(await one.published.isRebuilt()).toBe(true);
   });
 
+  it('should keep a device a completed cycle tombstoned before the wipe out of VMS when a batch of an older cycle comes late', async () => {
+    const one = replica();
+    await one.runCycle(1, ['a', 'b', 'c']);
+    for (const cycle of [2, 3, 4]) await one.runCycle(cycle, ['a', 'b']);
+    expect(tombstoned()).toEqual(['t1/c']);
+    await redis.cleanup();
+
+    await one.rebuild.ensure();
+    const before = sent.length;
+    // The first cycle's batch, delivered again (or late) after the wipe, still lists c.
+    await one.runCycle(1, ['a', 'b', 'c']);
+    const republished = sent.slice(before).filter((m) => m.topic === topics.vmsRiskScores && !m.deleted);
+    expect(republished.map((m) => m.key).sort()).toEqual(['t1/a', 't1/b']);
+    expect(await seen('t1')).not.toContain('c');
+    // A cycle that started after its tombstone (written now, the test's cycles started earlier) lists it again.
+    await one.runCycle(13, ['a', 'b', 'c']);
+    expect(sent.slice(before).some((m) => m.key === 't1/c' && !m.deleted)).toBe(true);
+  });
+
   it('should rebuild once for replicas that find the marker missing at the same time', async () => {
     const reads = { count: 0 };
     const one = replica(counted(reader(), reads));

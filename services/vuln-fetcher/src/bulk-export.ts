@@ -2,7 +2,7 @@ import type { DeviceBatch, DeviceRecord, EnrichedDevice, VulnerabilitySummary } 
 import type { Logger } from '@urs/logging';
 import { anyAborted, errorCode, errorMessage, isInfrastructureFault } from '@urs/resilience';
 import type { BulkVulnerabilityCache, LatestExport, TenantStore } from '@urs/store';
-import type { Counter, Registry } from '@urs/telemetry';
+import type { Registry } from '@urs/telemetry';
 import { changedDevices } from './corrections';
 import { notHeld, unreadableInExport, type Enrichment } from './enrichment';
 import { throwIfStopping } from './interruption';
@@ -20,8 +20,6 @@ export interface ExportReaderDeps {
   /** How long that question may take, in milliseconds. Default 30000. */
   snapshotProbeMs?: number;
   metrics: Registry;
-  /** `urs_vulnerability_fetches_total`, shared with the per-device side. */
-  fetches: Counter;
   now: () => Date;
   /** The claim holder id of this process, whose claim a read runs under. */
   owner: string;
@@ -103,7 +101,10 @@ function fetchOutcome(device: EnrichedDevice): 'ok' | 'not-held' | 'not-in-snaps
   return notHeld(device.machine) ? 'not-held' : 'failed';
 }
 
-/** A bulk batch's devices counted by `fetchOutcome`. */
+/**
+ * A bulk batch's devices counted by `fetchOutcome`: counted in `urs_vulnerability_fetches_total` once the
+ * batch is recorded enriched (`Enrichment.unasked`), not at each try of a batch held.
+ */
 export function bulkFetchOutcomes(devices: EnrichedDevice[]): Map<string, number> {
   const counts = new Map<string, number>();
   for (const device of devices) {
@@ -111,11 +112,6 @@ export function bulkFetchOutcomes(devices: EnrichedDevice[]): Map<string, number
     counts.set(outcome, (counts.get(outcome) ?? 0) + 1);
   }
   return counts;
-}
-
-/** Counts a bulk batch's devices in `fetches` (`urs_vulnerability_fetches_total`), by `fetchOutcome`. */
-export function countBulkFetches(fetches: Counter, devices: EnrichedDevice[]): void {
-  for (const [outcome, count] of bulkFetchOutcomes(devices)) fetches.inc({ mode: 'bulk', outcome }, count);
 }
 
 /**
@@ -129,7 +125,7 @@ export const readsExportLast = (exportLast: boolean | undefined, batch: DeviceBa
   exportLast === true && batch.vulnerabilityMode === 'bulk';
 
 export function createExportReader(deps: ExportReaderDeps): ExportReader {
-  const { now, fetches, owner } = deps;
+  const { now, owner } = deps;
   const snapshots = deps.metrics.counter(
     'urs_bulk_export_snapshots_total',
     "Bulk cycles that asked which export snapshot Microsoft serves before reading it, by outcome (unchanged: the latest export's, not read again; stale: the latest export's, but that one was read over 6 hours ago, read again; gone: the latest export's, but that one is gone from Redis, read again; changed; unknown: no answer in time, read anyway).",
@@ -328,7 +324,6 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
         threshold,
       ),
     );
-    countBulkFetches(fetches, devices);
     const changed = deps.bulkCache.compare(
       batch.tenantId,
       latest.cycleId,
@@ -337,6 +332,7 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
     return {
       devices,
       collectedAt,
+      unasked: bulkFetchOutcomes(devices),
       corrections: {
         changed: await changedDevices(changed),
         // The fold stays in memory until the export is stored, after the corrections are sent.
@@ -361,8 +357,7 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
     const devices = batch.devices.map((machine) =>
       fromSnapshot(machine, summaries.get(machine.id), snapshot, batch.cvssThreshold),
     );
-    countBulkFetches(fetches, devices);
-    return { devices, collectedAt: new Date(collectedAt) };
+    return { devices, collectedAt: new Date(collectedAt), unasked: bulkFetchOutcomes(devices) };
   }
 
   return { fromExport, runBulkExport, lastFromExport };

@@ -1,11 +1,11 @@
 import { randomUUID } from 'node:crypto';
-import type { DeviceBatch, EnrichedDevice } from '@urs/contracts';
+import type { DeviceBatch } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { canRetry, errorMessage, isInfrastructureFault, keepRenewing } from '@urs/resilience';
 import type { CycleStore, LatestExport, PinnedExport } from '@urs/store';
-import { countBulkFetches, createExportReader, readsExportLast, type ExportReaderDeps } from './bulk-export';
+import { bulkFetchOutcomes, createExportReader, readsExportLast, type ExportReaderDeps } from './bulk-export';
 import { storedCorrections } from './corrections';
-import { missing, type FetchError, type TenantEnrichment } from './enrichment';
+import { missing, type Enrichment, type FetchError, type TenantEnrichment } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
 import { usable, type ExportApp } from './latest-export';
 import { isTenantWideCode, type VulnerabilitySource } from './sources';
@@ -93,7 +93,7 @@ export interface BulkEnrichment {
 }
 
 export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
-  const { now, fetches } = deps;
+  const { now } = deps;
   const owner = randomUUID();
   const { fromExport, runBulkExport, lastFromExport } = createExportReader({ ...deps, owner });
   /**
@@ -114,11 +114,14 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
    */
   const bulkCycles = new Map<string, BulkCycle>();
 
-  /** The batch's devices gone on without the export, which failed or never came (`error`), counted. */
-  function withoutExport(batch: DeviceBatch, error: FetchError): EnrichedDevice[] {
+  /**
+   * The batch's devices gone on without the export, which failed or never came (`error`): counted once the
+   * batch is recorded enriched (`unasked`), as the per-device side counts the devices it does not ask for,
+   * so that the tries of a batch held (Kafka down) do not count them `failed` once each.
+   */
+  function withoutExport(batch: DeviceBatch, error: FetchError): Enrichment {
     const devices = missing(batch.devices, error);
-    countBulkFetches(fetches, devices);
-    return devices;
+    return { devices, collectedAt: now(), unasked: bulkFetchOutcomes(devices) };
   }
 
   const renewEveryMs = Math.max(10, Math.floor(deps.bulkClaimMs / 3));
@@ -233,8 +236,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
       if (state.state === 'failed') {
         const fetchError = { code: state.code, message: state.message };
         return {
-          devices: withoutExport(batch, fetchError),
-          collectedAt: now(),
+          ...withoutExport(batch, fetchError),
           ...(isTenantWideCode(state.code) ? { tenantFailure: fetchError } : {}),
         };
       }
@@ -290,7 +292,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
           code: 'BULK_EXPORT_TIMEOUT',
           message: `the cycle's bulk export was not ready within ${deps.bulkWaitMs} ms`,
         };
-        return { devices: withoutExport(batch, fetchError), collectedAt: now() };
+        return withoutExport(batch, fetchError);
       }
       await heartbeat();
       await sleepUntil(deps.bulkPollMs ?? 200, signal, runningExports.get(cycleKey)?.signal);

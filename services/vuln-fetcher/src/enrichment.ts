@@ -41,7 +41,7 @@ export interface Enrichment {
   unchangedFrom?: string;
   /**
    * The devices no call was made for, by their outcome in `urs_vulnerability_fetches_total` (`not-held`,
-   * `reused`, `skipped`; in bulk, `failed` after the tenant's failure): counted once the batch is recorded
+   * `reused`, `skipped`; in bulk, every device, by `bulkFetchOutcomes`): counted once the batch is recorded
    * enriched, so that the tries of a batch held (Kafka down) do not count them once each.
    */
   unasked?: ReadonlyMap<string, number>;

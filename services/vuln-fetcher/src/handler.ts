@@ -202,7 +202,6 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     cycles: deps.cycles,
     bulkCycleMaxMs: deps.bulkCycleMaxMs,
     metrics: deps.metrics,
-    fetches,
     now,
   });
   const corrected = deps.metrics.counter(

@@ -40,7 +40,6 @@ function enrichment(
     tenants: { updatePollingStatus: async () => true },
     exportLast: true,
     metrics,
-    fetches: metrics.counter('test_fetches_total', 'fetches'),
     now: () => new Date(),
     bulkWaitMs: 50,
     bulkClaimMs: 1_000,

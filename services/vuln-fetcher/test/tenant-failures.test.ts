@@ -96,6 +96,52 @@ describe('a batch sent on without calls, tried again while Kafka refuses it', ()
   );
 });
 
+describe('a bulk batch whose export failed, tried again while Kafka refuses it', () => {
+  it('should count its devices failed once, when it is sent, not once per try', async () => {
+    const metrics = new Registry({ processMetrics: false });
+    let sends = 0;
+    const { publisher } = capturingPublisher(() => {
+      // Kafka refuses the batch's first three tries.
+      if (++sends <= 3) throw new Error('KafkaJSNumberOfRetriesExceeded');
+    });
+    const { handler, bulkCache } = setup({}, { metrics, publisher });
+    await bulkCache.fail('t1', 'c1', { code: 'DEFENDER_UNAVAILABLE', message: 'the export failed' });
+    const devices = [{ id: 'd1' }, { id: 'd2', isExcluded: true }, { id: 'd3' }];
+    const held = batch({ devices, vulnerabilityMode: 'bulk' });
+    for (let tries = 0; tries < 3; tries++)
+      await expect(handler(message(held))).rejects.toThrow('KafkaJSNumberOfRetriesExceeded');
+    await handler(message(held));
+    expect(fetched(metrics, 'bulk', 'failed')).toBe(2);
+    expect(fetched(metrics, 'bulk', 'not-held')).toBe(1);
+  });
+
+  it('should count the devices of a batch enriched from a done export once, not once per try', async () => {
+    const metrics = new Registry({ processMetrics: false });
+    let sends = 0;
+    const { publisher } = capturingPublisher(() => {
+      if (++sends <= 3) throw new Error('KafkaJSNumberOfRetriesExceeded');
+    });
+    const { handler, bulkCache } = setup({}, { metrics, publisher });
+    const summary = { criticalCveCount: 0, totalCveCount: 0, maxCvss: null, cvssThreshold: 9, topCveIds: [] };
+    await bulkCache.save(
+      't1',
+      'c1',
+      [
+        ['d1', summary],
+        ['d3', summary],
+      ],
+      '2026-01-01T10:00:01.000Z',
+    );
+    const devices = [{ id: 'd1' }, { id: 'd2', isExcluded: true }, { id: 'd3' }];
+    const held = batch({ devices, vulnerabilityMode: 'bulk' });
+    for (let tries = 0; tries < 3; tries++)
+      await expect(handler(message(held))).rejects.toThrow('KafkaJSNumberOfRetriesExceeded');
+    await handler(message(held));
+    expect(fetched(metrics, 'bulk', 'ok')).toBe(2);
+    expect(fetched(metrics, 'bulk', 'not-held')).toBe(1);
+  });
+});
+
 describe("a tenant whose Defender API fails for its own reasons (an outage, not the tenant's setup)", () => {
   it("should hold the cycle's calls back for a while, then ask again in its later batches", async () => {
     const clock = testClock();

@@ -51,11 +51,14 @@ export function memorySchedules(): PollScheduleStore {
     },
     async begin(lease, cycleId, startedAt) {
       if (!holds(lease)) return { reason: 'lease-lost' };
-      schedules.set(lease.tenantId, {
-        ...(schedules.get(lease.tenantId) ?? { failures: 0 }),
-        lastStartedAt: startedAt,
-        runningCycleId: cycleId,
-      });
+      const { unrecordedListing: _kept, ...before } = schedules.get(lease.tenantId) ?? { failures: 0 };
+      schedules.set(lease.tenantId, { ...before, lastStartedAt: startedAt, runningCycleId: cycleId });
+      return true;
+    },
+    async keepListing(lease, cycleId, totals) {
+      const schedule = schedules.get(lease.tenantId);
+      if (!holds(lease) || schedule === undefined) return false;
+      schedules.set(lease.tenantId, { ...schedule, unrecordedListing: { cycleId, totals } });
       return true;
     },
     async end(lease, outcome) {
@@ -66,6 +69,7 @@ export function memorySchedules(): PollScheduleStore {
         failedRevision: _fr,
         retryAt: _ra,
         failedKind: _fk,
+        unrecordedListing: _kept,
         ...rest
       } = schedules.get(lease.tenantId) ?? { failures: 0 };
       schedules.set(lease.tenantId, {

@@ -1,0 +1,128 @@
+import { ReplyError } from 'ioredis';
+import { silentLogger } from '@urs/logging';
+import {
+  createCycleStore,
+  createPollScheduleStore,
+  createTenantStore,
+  type CycleStore,
+  type PollScheduleStore,
+  type TenantStore,
+} from '@urs/store';
+import { Registry } from '@urs/telemetry';
+import { inboundMessage, tenantRecord, testRedisPerTest, waitFor } from '@urs/testkit';
+import { CycleListedNotRecordedError, type CycleInput, type CycleResult } from '../src/cycle';
+import { createScheduler, type Scheduler } from '../src/scheduler';
+import { createTenantTable } from '../src/tenant-table';
+import { oneDeviceListed } from './support/scheduler';
+
+// Two pollers over the real Redis. The first one's cycle sends every batch, and Redis refuses the record of its
+// listing (the cycle store's write); the first poller then stops. The second one takes the tenant over: it must
+// record the listing the first one kept and end the cycle as listed, not abandon it and list the tenant again.
+
+describe('a cycle listed in full whose listing the cycle store did not record, taken over by another poller', () => {
+  const redis = testRedisPerTest();
+  const schedulers: Scheduler[] = [];
+
+  afterEach(async () => {
+    await Promise.all(schedulers.splice(0).map((scheduler) => scheduler.close(100)));
+  });
+
+  function poller(
+    holderId: string,
+    stores: { schedules: PollScheduleStore; tenants: TenantStore },
+    cycles: Pick<CycleStore, 'get' | 'abandon' | 'listed'>,
+    runCycle: (input: CycleInput) => Promise<CycleResult>,
+  ): Scheduler {
+    const table = createTenantTable();
+    table.expectEnd(new Map());
+    void table.handle(
+      inboundMessage(tenantRecord('acme', { revision: 1, pollIntervalMinutes: 10 }), {
+        offset: '0',
+        key: 'acme',
+      }),
+    );
+    const scheduler = createScheduler({
+      table,
+      ...stores,
+      cycles,
+      runCycle,
+      holderId,
+      intervalUnitMs: 60_000,
+      leaseMs: 5_000,
+      maxConcurrentCycles: 1,
+      tickMs: 10,
+      recheckMs: 50,
+      maxBackoffMs: 60_000,
+      logger: silentLogger,
+      metrics: new Registry({ processMetrics: false }),
+    });
+    schedulers.push(scheduler);
+    return scheduler;
+  }
+
+  it('should record the first poller’s listing and end its cycle as listed, without listing the tenant again', async () => {
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    const schedules = createPollScheduleStore(redis.client, redis.prefix);
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await tenants.put(tenantRecord('acme', { revision: 1, pollIntervalMinutes: 10 }));
+    const readonly = () => new ReplyError("READONLY You can't write against a read only replica.");
+
+    // The first poller: its cycle begins and sends its batch; the record of its listing is refused.
+    let listedCycleId: string | undefined;
+    const first = poller(
+      'first',
+      { schedules, tenants },
+      {
+        ...cycles,
+        listed: async () => {
+          throw readonly();
+        },
+      },
+      async (input) => {
+        const { cycleId, startedAt } = input;
+        await cycles.begin({
+          tenantId: 'acme',
+          cycleId,
+          startedAt: new Date(startedAt).toISOString(),
+          deadlineAt: new Date(startedAt + 600_000).toISOString(),
+        });
+        const result = oneDeviceListed(Date.now());
+        listedCycleId = cycleId;
+        throw new CycleListedNotRecordedError(readonly(), {
+          totalBatches: result.totalBatches,
+          totalDevices: result.totalDevices,
+          listedAt: new Date(result.listedAt).toISOString(),
+          vulnerabilityMode: result.vulnerabilityMode,
+          note: result.note,
+        });
+      },
+    );
+    first.start();
+    await waitFor(() => listedCycleId !== undefined && first.running() === 0, {
+      timeoutMs: 10_000,
+      description: "the first poller's cycle to end",
+    });
+    await first.close(1_000);
+    const cycleId = listedCycleId as string;
+    expect((await schedules.get('acme')).runningCycleId).toBe(cycleId);
+
+    // The second poller takes the tenant over.
+    const listings: string[] = [];
+    const second = poller('second', { schedules, tenants }, cycles, async (input) => {
+      listings.push(input.cycleId);
+      return oneDeviceListed(Date.now());
+    });
+    second.start();
+    await waitFor(
+      async () => listings.length > 0 || (await schedules.get('acme')).runningCycleId === undefined,
+      { timeoutMs: 10_000, description: 'the second poller to end or redo the cycle' },
+    );
+    expect(listings).toEqual([]);
+    const state = await cycles.get('acme', cycleId);
+    expect(state).toMatchObject({ totalBatches: 1, totalDevices: 1 });
+    expect(state?.listedAt).toBeDefined();
+    expect(state?.abandoned).toBeUndefined();
+    expect(await tenants.getStatus('acme')).toMatchObject({ lastCycleId: cycleId, deviceCount: 1 });
+    expect((await schedules.get('acme')).unrecordedListing).toBeUndefined();
+  }, 30_000);
+});
