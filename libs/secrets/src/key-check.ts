@@ -139,18 +139,19 @@ async function fingerprintMatches(
 }
 
 /**
- * Up to `sample` stored secrets of each held key id: the key ids one of them opened, and those none did.
+ * Up to `sample` stored secrets of each held key id: the key ids one of them opened, and those none did (with
+ * how many were tried).
  * Every record is read unless every key id is settled
  * first: a key id whose secrets come late in the list is checked all the same.
  */
 async function trySecretsPerKey(
   deps: SecretKeyCheckDeps,
-): Promise<{ opened: Set<string>; refused: Set<string>; tenants: number }> {
+): Promise<{ opened: Set<string>; refused: Map<string, number>; tenants: number }> {
   const sample = deps.sample ?? 5;
   const ids = await deps.tenants.ids();
   const opened = new Set<string>();
   const tried = new Map<string, number>();
-  const refused = new Set<string>();
+  const refused = new Map<string, number>();
   for (const tenantId of ids) {
     if (opened.size === deps.keyIds.size) break;
     const sealed = (await deps.tenants.get(tenantId))?.defender.clientSecret;
@@ -164,7 +165,7 @@ async function trySecretsPerKey(
       refused.delete(sealed.keyId);
     } catch (error) {
       if (errorCode(error) !== 'SECRET_UNREADABLE') throw error;
-      refused.add(sealed.keyId);
+      refused.set(sealed.keyId, count + 1);
     }
   }
   return { opened, refused, tenants: ids.length };
@@ -183,14 +184,17 @@ async function trySecretsPerKey(
  */
 export async function checkSecretKey(deps: SecretKeyCheckDeps): Promise<SecretKeyCheck> {
   const { opened, refused, tenants } = await trySecretsPerKey(deps);
-  const [keyId] = refused;
-  if (keyId !== undefined)
+  const [refusal] = refused;
+  if (refusal !== undefined) {
+    const [keyId, tried] = refusal;
+    const variable = variableOf(deps.sealer, keyId);
     throw new ConfigError(
-      variableOf(deps.sealer, keyId),
-      `does not open any of the stored tenant secrets tried that are sealed with key ${keyId}: ` +
-        `it differs from the key the registrar sealed them with under that key id`,
+      variable,
+      `does not open any of the ${tried} stored tenant secrets tried (sealed with key ${keyId}): it differs ` +
+        `from the key the registrar sealed them with under that ${variable === 'URS_SECRET_KEY' ? 'URS_SECRET_KEY_ID' : 'key id'}`,
     );
-  if (opened.size === 0 && deps.fingerprints === undefined)
+  }
+  if (opened.size === 0)
     deps.logger.info('no stored tenant secret to check URS_SECRET_KEY against', { tenants });
   const proven = new Set(opened);
   if (deps.fingerprints === undefined) return { proven };
