@@ -140,9 +140,8 @@ async function fingerprintMatches(
 
 /**
  * Up to `sample` stored secrets of each held key id: the key ids one of them opened, and those none did (with
- * how many were tried).
- * Every record is read unless every key id is settled
- * first: a key id whose secrets come late in the list is checked all the same.
+ * how many were tried). Every record is read unless every key id opened first: a key id whose secrets come
+ * late in the list is checked all the same.
  */
 async function trySecretsPerKey(
   deps: SecretKeyCheckDeps,
