@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { createSecretSealer } from '@urs/secrets';
-import { createTenantStore } from '@urs/store';
+import { createKeyFingerprintStore, createTenantStore } from '@urs/store';
 import {
   createTestKafka,
   createTestRedis,
@@ -23,9 +23,10 @@ const stages: [string, Record<string, string>][] = [
 describe('stages that open tenant secrets: start', () => {
   const redis = createTestRedis(uniqueId('secret-key'));
   const topicPrefix = `${uniqueId('sk')}.`;
+  const registrarKey = randomBytes(32);
 
   beforeAll(async () => {
-    const registrar = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+    const registrar = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', registrarKey]]) });
     const tenants = createTenantStore(redis.client, redis.prefix);
     for (const tenantId of ['key-a', 'key-b']) {
       const record = tenantRecord(tenantId);
@@ -68,6 +69,40 @@ describe('stages that open tenant secrets: start', () => {
             code: 'CONFIG_INVALID',
             message: expect.stringMatching(
               /^URS_SECRET_KEY does not open any of the 2 stored tenant secrets/,
+            ),
+          }),
+        }),
+      );
+    },
+  );
+
+  test.each(stages)(
+    '%s main should refuse to start naming URS_SECRET_KEY when its new key differs from the one recorded under its id',
+    async (stage, env) => {
+      // A new key no stored secret uses yet, recorded by a stage that holds the right one; this one is mistyped.
+      const right = createSecretSealer({ activeKeyId: 'k2', keys: new Map([['k2', randomBytes(32)]]) });
+      await createKeyFingerprintStore(redis.client, redis.prefix).claim('k2', right.fingerprint('k2'));
+      const run = runMain(join(__dirname, '..', '..', 'services', stage, 'src', 'main.ts'), {
+        KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
+        REDIS_URL: testInfra().redisUrl,
+        URS_TOPIC_PREFIX: topicPrefix,
+        URS_REDIS_PREFIX: redis.prefix,
+        URS_METRICS_PORT: '0',
+        URS_LOG_LEVEL: 'info',
+        URS_SECRET_KEY: randomBytes(32).toString('base64'),
+        URS_SECRET_KEY_ID: 'k2',
+        // The right previous key, which opens the stored secrets.
+        URS_SECRET_KEYS_PREVIOUS: `k1:${registrarKey.toString('base64')}`,
+        ...env,
+      });
+      expect(await run.exitWithin(45_000)).toBe(1);
+      expect(run.lines).toContainEqual(
+        expect.objectContaining({
+          message: 'start failed',
+          error: expect.objectContaining({
+            code: 'CONFIG_INVALID',
+            message: expect.stringMatching(
+              /^URS_SECRET_KEY differs from the key other processes hold under key id k2/,
             ),
           }),
         }),

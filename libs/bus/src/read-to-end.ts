@@ -174,8 +174,15 @@ export async function readTopicUpTo(
         finished.then(() => undefined),
         stopped,
         aborted,
+        // Kafka slow or away (a rebuild during an outage): no fault of the message that asked for the read,
+        // which the bus then holds instead of dead-lettering it.
         sleep(timeoutMs, timer.signal).then(
-          () => new Error(`reading ${topic} did not reach its end within ${timeoutMs} ms`),
+          () =>
+            new BusError('READ_TIMEOUT', `reading ${topic} did not reach its end within ${timeoutMs} ms`, {
+              canRetry: true,
+              infrastructure: true,
+              details: { topic },
+            }),
         ),
       ]);
       timer.abort();

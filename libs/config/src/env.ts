@@ -31,6 +31,12 @@ export interface IntRule {
   max?: number;
 }
 
+/**
+ * The longest delay Node's timers run (2^31 - 1 ms, ~24.8 days): a longer one fires at once (a timer loop
+ * turns busy) and AbortSignal.timeout throws. Every millisecond setting (`*_MS`) is capped at it.
+ */
+export const MAX_TIMER_MS = 2_147_483_647;
+
 export function readInt(env: Env, name: string, rule: IntRule = {}): number {
   const text = raw(env, name);
   if (text === undefined) {
@@ -43,6 +49,11 @@ export function readInt(env: Env, name: string, rule: IntRule = {}): number {
     throw new ConfigError(name, `must be ≥ ${rule.min} (got ${value})`);
   if (rule.max !== undefined && value > rule.max)
     throw new ConfigError(name, `must be ≤ ${rule.max} (got ${value})`);
+  if (name.endsWith('_MS') && value > MAX_TIMER_MS)
+    throw new ConfigError(
+      name,
+      `must be ≤ ${MAX_TIMER_MS} (the longest timer Node runs, ~24.8 days; a longer one fires at once) (got ${value})`,
+    );
   return value;
 }
 

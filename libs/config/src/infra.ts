@@ -29,6 +29,17 @@ export function kafkaConfig(env: Env, clientId: string): KafkaConfig {
   }
   const config: KafkaConfig = { brokers, clientId, ssl: readBool(env, 'KAFKA_SSL', false) };
   const mechanism = readOptionalString(env, 'KAFKA_SASL_MECHANISM');
+  // Credentials without a mechanism were dropped, and the client connected without SASL: a broker that needs
+  // it refused every connection with no word of the variables. Their values are never quoted.
+  const credentials = ['KAFKA_SASL_USERNAME', 'KAFKA_SASL_PASSWORD'].filter(
+    (name) => readOptionalString(env, name) !== undefined,
+  );
+  if (mechanism === undefined && credentials.length > 0)
+    throw new ConfigError(
+      'KAFKA_SASL_MECHANISM',
+      `is required when ${credentials.join(' and ')} ${credentials.length > 1 ? 'are' : 'is'} set ` +
+        '(plain, scram-sha-256 or scram-sha-512); without it the client would connect without SASL',
+    );
   if (mechanism !== undefined) {
     config.sasl = {
       mechanism: readEnum(
@@ -189,13 +200,27 @@ export function readDefenderScope(env: Env, name: string): string {
   return value;
 }
 
+/**
+ * A Defender override URL: https only. The token endpoint is sent the tenants' client secrets, and the API
+ * their tokens: over http they would cross the network in clear.
+ */
+function readHttpsUrl(env: Env, name: string): string {
+  const value = readUrl(env, name);
+  if (new URL(value).protocol !== 'https:')
+    throw new ConfigError(
+      name,
+      'must be an https:// URL: client secrets and tokens are sent to it, and would cross the network in clear',
+    );
+  return value;
+}
+
 export function defenderOverrides(env: Env): DefenderOverrides {
   const overrides: DefenderOverrides = {};
   if (readOptionalString(env, 'URS_DEFENDER_AUTHORITY_HOST') !== undefined) {
-    overrides.authorityHost = readUrl(env, 'URS_DEFENDER_AUTHORITY_HOST');
+    overrides.authorityHost = readHttpsUrl(env, 'URS_DEFENDER_AUTHORITY_HOST');
   }
   if (readOptionalString(env, 'URS_DEFENDER_API_BASE') !== undefined) {
-    overrides.apiBase = readUrl(env, 'URS_DEFENDER_API_BASE');
+    overrides.apiBase = readHttpsUrl(env, 'URS_DEFENDER_API_BASE');
   }
   const scopes: Partial<Record<GovernmentCloud, string>> = {};
   for (const [cloud, variable] of Object.entries(SCOPE_VARIABLES) as [GovernmentCloud, string][]) {

@@ -27,6 +27,18 @@ describe('readInt', () => {
   it('should use the fallback when unset or blank', () => {
     expect(readInt({ X: ' ' }, 'X', { fallback: 7 })).toBe(7);
   });
+
+  it('readInt should cap a millisecond setting at the longest Node timer, naming the variable and the rule', () => {
+    expect(readInt({ X_MS: '2147483647' }, 'X_MS')).toBe(2_147_483_647);
+    expect(() => readInt({ X_MS: '2147483648' }, 'X_MS', { max: 10_000_000_000 })).toThrow(
+      /^X_MS must be ≤ 2147483647 \(the longest timer Node runs.*\(got 2147483648\)$/,
+    );
+    expect(() => serviceConfig({ URS_SHUTDOWN_TIMEOUT_MS: '9999999999' }, 'scorer')).toThrow(
+      /^URS_SHUTDOWN_TIMEOUT_MS must be ≤ 2147483647/,
+    );
+    // Not a duration: no cap of its own.
+    expect(readInt({ X: '9999999999' }, 'X')).toBe(9_999_999_999);
+  });
 });
 
 describe('redisConfig', () => {
@@ -91,6 +103,21 @@ describe('kafkaConfig', () => {
 
   it('should reject a broker without a port', () => {
     expect(() => kafkaConfig({ KAFKA_BROKERS: 'kafka' }, 'c')).toThrow(/KAFKA_BROKERS/);
+  });
+
+  it('kafkaConfig should refuse SASL credentials without KAFKA_SASL_MECHANISM, never quoting them', () => {
+    for (const env of [
+      { KAFKA_SASL_USERNAME: 'urs-user', KAFKA_SASL_PASSWORD: 'Pa55-word' },
+      { KAFKA_SASL_PASSWORD: 'Pa55-word' },
+      { KAFKA_SASL_USERNAME: 'urs-user' },
+    ]) {
+      expect(() => kafkaConfig(env, 'c')).toThrow(/^KAFKA_SASL_MECHANISM is required/);
+      try {
+        kafkaConfig(env, 'c');
+      } catch (error) {
+        expect(String(error)).not.toMatch(/urs-user|Pa55-word/);
+      }
+    }
   });
 
   it('should require SASL credentials once a mechanism is set', () => {
@@ -330,6 +357,15 @@ describe('defenderSettings', () => {
       requestTimeoutMs: 30_000,
       tokenRequestTimeoutMs: 60_000,
     });
+  });
+
+  it('defenderSettings should refuse an override URL that is not https (client secrets would go in clear), naming the variable', () => {
+    for (const variable of ['URS_DEFENDER_AUTHORITY_HOST', 'URS_DEFENDER_API_BASE']) {
+      expect(() => defenderSettings({ [variable]: 'http://login.example.com' })).toThrow(
+        new RegExp(`^${variable} must be an https:// URL`),
+      );
+      expect(defenderSettings({ [variable]: 'https://login.example.com' }).defender).toBeDefined();
+    }
   });
 
   it('defenderSettings should read the overrides, the CA file, the call slots and the quota switch', () => {

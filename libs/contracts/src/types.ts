@@ -56,7 +56,10 @@ export interface TenantRecord {
   revision: number;
   updatedAt: string;
   source: 'director' | 'rest';
-  /** The Director generation that last wrote this tenant, when it came from Director. */
+  /**
+   * The generation of Director's last write of this tenant, kept by REST writes over it (a full push leaving
+   * the tenant out disables it); absent for a tenant only ever registered over REST.
+   */
   generation?: number;
   enabled: boolean;
   /** Why the tenant is disabled, when it is (e.g. "missing from Director full push 42"). */

@@ -18,11 +18,13 @@ export interface ReplicaKeyCheckDeps {
 /** Whose fault a stored secret this replica's key does not open (SECRET_UNREADABLE) is. */
 export interface ReplicaKeyCheck {
   /**
-   * Whether this replica's key opens another tenant's stored secret than `tenantId`'s: then its key is
-   * right and `tenantId`'s record is bad (the tenant's failure). False when it opens none of them, or there
-   * is no other secret to try: the replica's key is taken to be wrong. A fault of Redis is thrown as it is.
+   * Whether this replica's key of `keyId` (the key id `tenantId`'s secret is sealed with) opens another
+   * tenant's stored secret sealed under that same key id: then that key is right and `tenantId`'s record is
+   * bad (the tenant's failure). Secrets of other key ids say nothing of it (a right previous key beside a
+   * wrong active one). False when it opens none of them, or there is no other secret of that key id to try:
+   * the replica's key is taken to be wrong. A fault of Redis is thrown as it is.
    */
-  opensOthers(tenantId: string): Promise<boolean>;
+  opensOthers(tenantId: string, keyId: string): Promise<boolean>;
 }
 
 /**
@@ -37,21 +39,24 @@ export interface ReplicaKeyCheck {
 export function createReplicaKeyCheck(deps: ReplicaKeyCheckDeps): ReplicaKeyCheck {
   const now = deps.now ?? Date.now;
   const verdictMs = deps.verdictMs ?? 60_000;
-  /** The last verdict: the tenant whose secret opened (undefined: none did), and when it was had. */
-  let verdict: { openedBy: string | undefined; at: number } | undefined;
+  /** The last verdict per key id: the tenant whose secret opened (undefined: none did), and when. */
+  const verdicts = new Map<string, { openedBy: string | undefined; at: number }>();
   return {
-    async opensOthers(tenantId) {
+    async opensOthers(tenantId, keyId) {
+      if (!deps.keyIds.has(keyId)) return false;
       const at = now();
+      let verdict = verdicts.get(keyId);
       // A verdict resting on this very tenant's secret (it opened then, not now) says nothing of it.
       if (verdict === undefined || at - verdict.at > verdictMs || verdict.openedBy === tenantId) {
         const probe = await probeSecretKey({
           sealer: deps.sealer,
           tenants: deps.secrets,
-          keyIds: deps.keyIds,
+          keyIds: new Set([keyId]),
           except: new Set([tenantId]),
           ...(deps.sample === undefined ? {} : { sample: deps.sample }),
         });
         verdict = { openedBy: probe.openedBy, at };
+        verdicts.set(keyId, verdict);
       }
       return verdict.openedBy !== undefined;
     },

@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
 import { UrsError } from '@urs/resilience';
 
 /** A client secret at rest: AES-256-GCM, with the id of the key that sealed it (keys rotate). */
@@ -29,11 +29,20 @@ export class SecretError extends UrsError {
 }
 
 export interface SecretSealer {
+  /** The key id new secrets are sealed with (URS_SECRET_KEY_ID). */
+  readonly activeKeyId: string;
   seal(plain: string, context: string): SealedSecret;
   open(sealed: SealedSecret, context: string): string;
   /** Whether the secret was sealed with a key other than the active one (re-seal it on the next write). */
   isStale(sealed: SealedSecret): boolean;
+  /**
+   * An HMAC-SHA256 of a constant under the key of `keyId`, base64: compared across processes, it says whether
+   * they hold the same key under that id without revealing it. SECRET_KEY_UNKNOWN when the id is not held.
+   */
+  fingerprint(keyId: string): string;
 }
+
+const FINGERPRINT_INPUT = 'urs secret key fingerprint v1';
 
 export interface SealerKeys {
   activeKeyId: string;
@@ -50,6 +59,7 @@ export function createSecretSealer(config: SealerKeys): SecretSealer {
   if (!active)
     throw new SecretError('SECRET_KEY_UNKNOWN', `the active key ${config.activeKeyId} is not configured`);
   return {
+    activeKeyId: config.activeKeyId,
     seal(plain, context) {
       const iv = randomBytes(12);
       const cipher = createCipheriv('aes-256-gcm', active, iv);
@@ -99,6 +109,11 @@ export function createSecretSealer(config: SealerKeys): SecretSealer {
     },
     isStale(sealed) {
       return sealed.keyId !== config.activeKeyId;
+    },
+    fingerprint(keyId) {
+      const key = config.keys.get(keyId);
+      if (!key) throw new SecretError('SECRET_KEY_UNKNOWN', `the key ${keyId} is not configured`);
+      return createHmac('sha256', key).update(FINGERPRINT_INPUT).digest('base64');
     },
   };
 }

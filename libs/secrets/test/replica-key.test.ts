@@ -39,17 +39,47 @@ describe('createReplicaKeyCheck', () => {
       keyIds: new Set(['k1']),
       now: () => clock,
     });
-    expect(await check.opensOthers('b')).toBe(true);
+    // A k1 secret that does not open is its tenant's record: the other k1 secret opens.
+    expect(await check.opensOthers('x', 'k1')).toBe(true);
     clock = 59_000;
-    expect(await check.opensOthers('b')).toBe(true);
+    // A k1 secret that does not open is its tenant's record: the other k1 secret opens.
+    expect(await check.opensOthers('x', 'k1')).toBe(true);
     expect(reads).toBe(1);
     // It opened a's secret: asked about a, it looks again, without a.
-    expect(await check.opensOthers('a')).toBe(true);
+    expect(await check.opensOthers('a', 'k1')).toBe(true);
     expect(reads).toBe(2);
     stored.set('b', recordOf('b', sealerOf(randomBytes(32))));
     clock = 59_000 + 61_000;
-    expect(await check.opensOthers('a')).toBe(false);
+    expect(await check.opensOthers('a', 'k1')).toBe(false);
     expect(reads).toBe(3);
+  });
+
+  it("should count only other secrets sealed under the failing secret's key id", async () => {
+    const previous = randomBytes(32);
+    const wrongActive = createSecretSealer({
+      activeKeyId: 'k2',
+      keys: new Map([
+        ['k2', randomBytes(32)],
+        ['k1', previous],
+      ]),
+    });
+    const right = createSecretSealer({ activeKeyId: 'k2', keys: new Map([['k2', randomBytes(32)]]) });
+    const stored = new Map([
+      ['a', recordOf('a', right)],
+      ['b', recordOf('b', right)],
+      ['old', recordOf('old', createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', previous]]) }))],
+    ]);
+    const check = createReplicaKeyCheck({
+      sealer: wrongActive,
+      secrets: { ids: async () => [...stored.keys()], get: async (tenantId) => stored.get(tenantId) ?? null },
+      keyIds: new Set(['k1', 'k2']),
+    });
+    // Its k2 opens no other k2 secret: its key is wrong, whatever its k1 opens.
+    expect(await check.opensOthers('a', 'k2')).toBe(false);
+    stored.set('b', recordOf('b', wrongActive));
+    expect(await check.opensOthers('a', 'k2')).toBe(false);
+    // A k1 secret that does not open is its tenant's record: the other k1 secret opens.
+    expect(await check.opensOthers('x', 'k1')).toBe(true);
   });
 });
 

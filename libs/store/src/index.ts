@@ -44,3 +44,5 @@ export { createDeadLetterLedger } from './dead-letters';
 export type { DeadLetterLedgerOptions } from './dead-letters';
 export { createAnsweredCalls } from './answered-calls';
 export type { AnsweredCall, AnsweredCalls, KeptAnswers } from './answered-calls';
+export { createKeyFingerprintStore } from './key-fingerprints';
+export type { KeyFingerprintStore } from './key-fingerprints';

@@ -118,7 +118,11 @@ async function openSecret(deps: CycleDeps, record: TenantRecord): Promise<string
   try {
     return deps.sealer.open(record.defender.clientSecret, record.tenantId);
   } catch (error) {
-    if (errorCode(error) !== 'SECRET_UNREADABLE' || !(await deps.replicaKey?.opensOthers(record.tenantId)))
+    const sealed = record.defender.clientSecret;
+    if (
+      errorCode(error) !== 'SECRET_UNREADABLE' ||
+      !(await deps.replicaKey?.opensOthers(record.tenantId, sealed.keyId))
+    )
       throw error;
     throw secretRecordUnreadable({
       tenantId: record.tenantId,

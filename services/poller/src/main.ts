@@ -7,6 +7,7 @@ import {
   createCycleStore,
   createDeadLetterLedger,
   createPollScheduleStore,
+  createKeyFingerprintStore,
   createTenantStore,
 } from '@urs/store';
 import { pollerConfig, warnOfShortIntervalUnit } from './config';
@@ -30,7 +31,9 @@ void runService({
     // A replica with the wrong key stays out (the start fails naming URS_SECRET_KEY) instead of failing
     // every tenant's cycle while it reports ready.
     const keyIds = new Set(settings.secretKeys.keys.keys());
-    await checkSecretKey({ sealer, tenants, keyIds, logger });
+    // Rolled out first with a new key, they write its fingerprint: the registrar re-seals with it once it matches.
+    const fingerprints = createKeyFingerprintStore(redis, prefix);
+    await checkSecretKey({ sealer, tenants, keyIds, logger, fingerprints, claimNewKeys: true });
     const limiter = await createSharedLimiter({
       redis,
       keyPrefix: prefix,

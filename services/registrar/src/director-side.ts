@@ -2,7 +2,7 @@ import type { Kafka } from 'kafkajs';
 import type { Publisher } from '@urs/bus';
 import type { Logger } from '@urs/logging';
 import { UrsError, canRetry } from '@urs/resilience';
-import { checkSecretKey, type SecretSealer } from '@urs/secrets';
+import { checkSecretKey, type KeyFingerprints, type SecretKeyCheck, type SecretSealer } from '@urs/secrets';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import { createRegistrationHandler } from './director';
@@ -17,6 +17,8 @@ export interface DirectorSideDeps {
   sealer: SecretSealer;
   /** The key ids `sealer` holds (URS_SECRET_KEY_ID and URS_SECRET_KEYS_PREVIOUS): what `ready` checks. */
   keyIds: ReadonlySet<string>;
+  /** The key ids' fingerprints (checkSecretKey): a new active key no stored secret uses is proven by them. */
+  fingerprints?: KeyFingerprints;
   schedules: TenantRegistryDeps['schedules'];
   topics: { registration: string; tenants: string; dlq: string };
   /** The registrar's consumer group: the rebuild reads the registration topic's offsets it committed. */
@@ -43,6 +45,12 @@ export interface DirectorSide {
    * away at start), and the REST API answers what depends on them 503 at once rather than wait on Kafka.
    */
   isRebuilt: () => boolean;
+  /**
+   * Whether the active key is proven right (after `ready`): a stored secret sealed with it opened at the
+   * check, or its fingerprint, written by a poller or vuln-fetcher holding it, matches. The re-sealer seals
+   * with nothing else: a mistyped new key would make every tenant's secret unreadable to the other stages.
+   */
+  activeKeyProven: () => Promise<boolean>;
   /** The bus handler of Director's pushes on the registration topic. */
   handler: ReturnType<typeof createRegistrationHandler>['handler'];
 }
@@ -76,19 +84,32 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
   // Redis, and a registrar with the wrong key would seal new secrets no poller or vuln-fetcher can open. So
   // the key is checked (again) once the first rebuild finished, before anything is sealed: by the start's
   // first rebuild, and by a push the consumer handles meanwhile. Once: the key does not change.
-  let keyChecked: Promise<void> | undefined;
+  let keyChecked: Promise<SecretKeyCheck> | undefined;
   let rebuilt = false;
   async function ready(): Promise<void> {
     await rebuilder.ensure();
-    keyChecked ??= checkSecretKey({ sealer: deps.sealer, tenants, keyIds: deps.keyIds, logger }).catch(
-      (error: unknown) => {
-        // A Redis outage is tried again by the next caller; a refused key stays refused.
-        if (canRetry(error)) keyChecked = undefined;
-        throw error;
-      },
-    );
+    keyChecked ??= checkSecretKey({
+      sealer: deps.sealer,
+      tenants,
+      keyIds: deps.keyIds,
+      logger,
+      ...(deps.fingerprints === undefined ? {} : { fingerprints: deps.fingerprints }),
+    }).catch((error: unknown) => {
+      // A Redis outage is tried again by the next caller; a refused key stays refused.
+      if (canRetry(error)) keyChecked = undefined;
+      throw error;
+    });
     await keyChecked;
     rebuilt = true;
+  }
+
+  async function activeKeyProven(): Promise<boolean> {
+    await ready();
+    const active = deps.sealer.activeKeyId;
+    if ((await keyChecked)?.proven.has(active)) return true;
+    // Rolled out before the stages that claim a new key's fingerprint: proven once one of them did.
+    const stored = await deps.fingerprints?.get(active);
+    return stored === deps.sealer.fingerprint(active);
   }
 
   const director = createRegistrationHandler({
@@ -115,5 +136,12 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
     logger,
     metrics: deps.metrics,
   });
-  return { registry, rebuilder, ready, isRebuilt: () => rebuilt, handler: director.handler };
+  return {
+    registry,
+    rebuilder,
+    ready,
+    isRebuilt: () => rebuilt,
+    activeKeyProven,
+    handler: director.handler,
+  };
 }

@@ -1,5 +1,5 @@
 import { toDeadLetter, type InboundMessage, type Publisher } from '@urs/bus';
-import type { RegistrationPush, TenantRegistration } from '@urs/contracts';
+import type { RegistrationPush, TenantRecord, TenantRegistration } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import {
   UrsError,
@@ -139,6 +139,14 @@ function jsonOrUndefined(item: unknown): string | undefined {
  */
 /** Kafka's refusals of one record for what it holds (too large, malformed): the tenant's, not the topic's. */
 const RECORD_REFUSALS = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE', 'INVALID_RECORD']);
+
+/**
+ * Whether Director has registered the tenant (any generation): its last write, or one before a REST write
+ * (which keeps Director's generation on the record). A tenant only ever registered over REST has none.
+ */
+function registeredByDirector(record: TenantRecord): boolean {
+  return record.source === 'director' || record.generation !== undefined;
+}
 
 /**
  * Whether a failure of one tenant's step is the tenant's own (its secret not sealed, another writer holding
@@ -416,22 +424,24 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     if (push.mode === 'full') {
       const missing = (await deps.tenants.ids()).filter((tenantId) => !present.has(tenantId));
       await forEachLimit(missing, concurrency, async (tenantId) => {
-        // Checked under the tenant's write lock: an administrator's PUT meanwhile makes it theirs. Theirs, it
-        // stays enabled; a refusal of Director's in its status ends all the same. One that cannot be disabled
-        // (held by another writer past every attempt) stays enabled until the next full push.
+        // Checked under the tenant's write lock. A tenant Director registered is disabled whatever wrote it
+        // last (an administrator's secret rotation must not keep an offboarded customer polled); one only
+        // ever registered over REST stays enabled, and a refusal of Director's in its status ends all the
+        // same. One that cannot be disabled (held by another writer past every attempt) stays enabled until
+        // the next full push.
         const result = await ofTenant(tenantId, () =>
           deps.registry.disable(
             tenantId,
             `missing from Director full push ${push.generation}`,
             origin,
-            (record) => record.source === 'director',
+            registeredByDirector,
           ),
         );
         if (!result.ok) {
           leftAsItWas(tenantId, 'tenant missing from a full push not disabled', result.error);
           // Counted when it was Director's to disable and is enabled, as the disable would have found it.
           const record = await deps.tenants.get(tenantId);
-          if (record?.source === 'director' && record.enabled) leftEnabled.inc();
+          if (record && registeredByDirector(record) && record.enabled) leftEnabled.inc();
         } else if (result.value) outcome.disabled++;
         await heartbeat();
       });

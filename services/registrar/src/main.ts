@@ -4,6 +4,7 @@ import { runService } from '@urs/runtime';
 import { sleep } from '@urs/resilience';
 import { checkSecretKey, createSecretSealer } from '@urs/secrets';
 import {
+  createKeyFingerprintStore,
   createPollScheduleStore,
   createRegistrarStateStore,
   scoreStoreFor,
@@ -38,14 +39,16 @@ void runService({
     // Redis was rebuilt from urs.tenants (`ready`, awaited by the start (`started`), the pushes and the REST
     // writes), which after a wipe is the first time there is anything to check against.
     const keyIds = new Set(settings.secretKeys.keys.keys());
-    await checkSecretKey({ sealer, tenants, keyIds, logger });
-    const { registry, rebuilder, ready, isRebuilt, handler } = createDirectorSide({
+    const fingerprints = createKeyFingerprintStore(redis, prefix);
+    await checkSecretKey({ sealer, tenants, keyIds, logger, fingerprints });
+    const { registry, rebuilder, ready, isRebuilt, activeKeyProven, handler } = createDirectorSide({
       kafka,
       publisher,
       tenants,
       state,
       sealer,
       keyIds,
+      fingerprints,
       schedules: createPollScheduleStore(redis, prefix),
       topics: config.topics,
       groupId: settings.groupId,
@@ -104,6 +107,7 @@ void runService({
       sealer,
       keyIds,
       ready,
+      activeKeyProven,
       metrics,
       logger,
       batch: settings.resealBatch,

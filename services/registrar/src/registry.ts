@@ -282,13 +282,16 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       }
     }
     const sealed = secretToWrite(deps.sealer, tenantId, current, defender.clientSecret, kept);
+    // A REST write keeps the generation of Director's last write: the tenant stays Director's, and a full
+    // push leaving it out disables it (`registeredByDirector`).
+    const generation = origin.generation ?? current?.generation;
     const record: TenantRecord = {
       schemaVersion: 1,
       tenantId,
       revision: await deps.state.nextRevision(tenantId, current?.revision ?? 0),
       updatedAt: now().toISOString(),
       source: origin.source,
-      ...(origin.generation === undefined ? {} : { generation: origin.generation }),
+      ...(generation === undefined ? {} : { generation }),
       enabled: defender.enabled,
       ...(disabledReason === undefined ? {} : { disabledReason }),
       defender: { ...settings, clientSecret: sealed },

@@ -10,11 +10,13 @@ import { isTenantContention } from './tenant-lock';
 export interface SecretResealerDeps {
   tenants: Pick<TenantStore, 'ids' | 'get'>;
   registry: Pick<TenantRegistry, 'reseal'>;
-  sealer: Pick<SecretSealer, 'isStale'>;
+  sealer: Pick<SecretSealer, 'isStale' | 'activeKeyId'>;
   /** The key ids `sealer` holds (URS_SECRET_KEY_ID and URS_SECRET_KEYS_PREVIOUS): the secrets it can re-seal. */
   keyIds: ReadonlySet<string>;
   /** Resolves once Redis holds the tenants of `urs.tenants` (the registrar's `ready`): awaited by each pass. */
   ready: () => Promise<void>;
+  /** Whether the active key is proven right (`DirectorSide.activeKeyProven`): nothing is re-sealed until it is. */
+  activeKeyProven: () => Promise<boolean>;
   metrics: Registry;
   logger: Logger;
   /** Records re-sealed at most per pass. */
@@ -65,6 +67,22 @@ export function createSecretResealer(deps: SecretResealerDeps): SecretResealer {
     log.warn(message, { tenantId, keyId, ...fields });
   }
 
+  /** Whether the active key being unproven was logged (once until it is proven). */
+  let unprovenWarned = false;
+
+  function warnUnproven(): void {
+    if (unprovenWarned) return;
+    unprovenWarned = true;
+    // A mistyped URS_SECRET_KEY under a new URS_SECRET_KEY_ID opens no stored secret yet, so nothing
+    // refused it: re-sealed with it, every tenant's secret would be unreadable to the poller and vuln-fetcher.
+    log.warn('stored secrets not re-sealed: the active key is not proven yet', {
+      keyId: deps.sealer.activeKeyId,
+      action:
+        'roll out the poller or the vuln-fetcher with this URS_SECRET_KEY first (they record its fingerprint), ' +
+        'or check URS_SECRET_KEY against theirs',
+    });
+  }
+
   async function pass(signal?: AbortSignal): Promise<ResealPass> {
     await deps.ready();
     const retired: { tenantId: string; keyId: string }[] = [];
@@ -84,6 +102,12 @@ export function createSecretResealer(deps: SecretResealerDeps): SecretResealer {
       );
       return false;
     });
+    if (resealable.length > 0 && !(await deps.activeKeyProven())) {
+      gauge.set(retired.length);
+      warnUnproven();
+      return { retired: retired.length, resealed: {} };
+    }
+    unprovenWarned = false;
     const start = Math.floor(random() * resealable.length);
     const batch = [...resealable.slice(start), ...resealable.slice(0, start)].slice(0, deps.batch);
     const resealed: Record<string, number> = {};

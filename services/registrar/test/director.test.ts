@@ -346,6 +346,24 @@ describe('createRegistrationHandler', () => {
     });
   });
 
+  it('handle should disable a tenant Director registered and an administrator then edited when a full push leaves it out, and keep a REST-only tenant', async () => {
+    const { push, tenants, registry } = setup();
+    await push(1, 'full', [item('a'), item('b')]);
+    // Its secret rotated over REST: the record is the administrator's now, but the tenant is still Director's.
+    await registry.register(
+      { tenantId: 'a', defender: registrationBody({ clientSecret: 'rotated~secret' }) as never },
+      { source: 'rest' },
+    );
+    await registry.register({ tenantId: 'own', defender: registrationBody() as never }, { source: 'rest' });
+    expect(await tenants.get('a')).toMatchObject({ source: 'rest', enabled: true });
+    expect(await push(2, 'full', [item('b')])).toMatchObject({ disabled: 1 });
+    expect(await tenants.get('a')).toMatchObject({
+      enabled: false,
+      disabledReason: 'missing from Director full push 2',
+    });
+    expect(await tenants.get('own')).toMatchObject({ source: 'rest', enabled: true });
+  });
+
   it('handle should leave a tenant an administrator deleted deleted when the last generation comes again', async () => {
     const { push, tenants, registry, publisher } = setup();
     await push(5, 'full', [item('a'), item('b')]);
@@ -369,7 +387,7 @@ describe('createRegistrationHandler', () => {
     expect((await tenants.get('a'))?.defender.pollIntervalMinutes).toBe(15);
   });
 
-  it('handle should not disable, nor write over, a tenant an administrator changes while a full push leaves it out', async () => {
+  it('handle should not write over the settings of an administrator who changes a tenant while a full push leaves it out', async () => {
     const { push, tenants, registry } = setup();
     await push(1, 'full', [item('a'), item('b')]);
     // The push reads a to disable it; an administrator's PUT of a comes right then (here or on another
@@ -391,7 +409,7 @@ describe('createRegistrationHandler', () => {
     };
     await push(2, 'full', [item('b')]);
     await put;
-    // Either order gives the same: the administrator's settings, enabled.
+    // The PUT takes the lock once the push disabled the tenant: the administrator's newer write stands.
     expect(await get('a')).toMatchObject({
       source: 'rest',
       enabled: true,
@@ -832,12 +850,13 @@ describe('createRegistrationHandler', () => {
     // A delta push disables nobody, and counts nothing.
     await always.push(4, 'delta', [item('a')]);
     expect(always.leftEnabledCount()).toBe(2);
-    // Not counted when it was not Director's to disable (an administrator's) or was disabled already.
+    // Not counted when it was not Director's to disable (only ever an administrator's) or was disabled already.
     for (const record of [{ source: 'rest' as const }, { enabled: false }]) {
       const other = setup(failingFor('b', (attempt) => (attempt > 1 ? busy() : undefined)));
       await other.push(1, 'full', [item('a'), item('b')]);
-      const stored = (await other.tenants.get('b')) as TenantRecord;
-      await other.tenants.put({ ...stored, ...record, revision: stored.revision + 1 });
+      const { generation, ...stored } = (await other.tenants.get('b')) as TenantRecord;
+      const kept = record.source === 'rest' || generation === undefined ? {} : { generation };
+      await other.tenants.put({ ...stored, ...kept, ...record, revision: stored.revision + 1 });
       await other.push(2, 'full', [item('a')]);
       expect([record, other.leftEnabledCount()]).toEqual([record, 0]);
     }

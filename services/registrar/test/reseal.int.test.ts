@@ -2,7 +2,12 @@ import type { Kafka } from 'kafkajs';
 import { createPublisher, topicOffsets, type Publisher } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import { createSecretSealer, type SecretSealer } from '@urs/secrets';
-import { createPollScheduleStore, createRegistrarStateStore, createTenantStore } from '@urs/store';
+import {
+  createKeyFingerprintStore,
+  createPollScheduleStore,
+  createRegistrarStateStore,
+  createTenantStore,
+} from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import {
   capturingLogger,
@@ -66,6 +71,7 @@ describe('createSecretResealer over Kafka and Redis', () => {
       state: createRegistrarStateStore(redis.client, redis.prefix),
       sealer,
       keyIds: new Set(keyIds),
+      fingerprints: createKeyFingerprintStore(redis.client, redis.prefix),
       schedules,
       topics: { registration, tenants: tenantsTopic, dlq },
       groupId: uniqueId('registrar'),
@@ -131,6 +137,8 @@ describe('createSecretResealer over Kafka and Redis', () => {
         ['k0', K0],
       ]),
     });
+    // The pollers, rolled out first with k1, recorded its fingerprint: it proves the registrar's k1.
+    await createKeyFingerprintStore(redis.client, redis.prefix).claim('k1', sealer.fingerprint('k1'));
     const after = registrar(sealer, ['k1', 'k0']);
     const metrics = new Registry({ processMetrics: false });
     const resealer = createSecretResealer({
@@ -139,6 +147,7 @@ describe('createSecretResealer over Kafka and Redis', () => {
       sealer,
       keyIds: new Set(['k1', 'k0']),
       ready: after.ready,
+      activeKeyProven: after.activeKeyProven,
       metrics,
       logger: capturingLogger(lines),
       batch: 2,

@@ -25,6 +25,7 @@ describe('createSecretResealer', () => {
       sealer,
       keyIds: new Set(['k1']),
       ready: async () => undefined,
+      activeKeyProven: async () => true,
       metrics,
       logger: capturingLogger(lines),
       batch: 10,
@@ -41,6 +42,50 @@ describe('createSecretResealer', () => {
       }),
     ]);
     expect(JSON.stringify(lines)).not.toContain('Plain~acme');
+  });
+
+  it('pass should re-seal nothing with an active key not proven, and say so once', async () => {
+    const tenants = memoryTenantStore();
+    const publisher = memoryPublisher();
+    const old = createSecretSealer({ activeKeyId: 'k0', keys: new Map([['k0', Buffer.alloc(32, 5)]]) });
+    const record = tenantRecord('acme', 1);
+    await tenants.put({
+      ...record,
+      defender: { ...record.defender, clientSecret: old.seal('Plain~acme', 'acme') },
+    });
+    const sealer = createSecretSealer({
+      activeKeyId: 'k1',
+      keys: new Map([
+        ['k1', Buffer.alloc(32, 7)],
+        ['k0', Buffer.alloc(32, 5)],
+      ]),
+    });
+    let proven = false;
+    const lines: LogLine[] = [];
+    const metrics = new Registry({ processMetrics: false });
+    const resealer = createSecretResealer({
+      tenants,
+      registry: testRegistry({ tenants, publisher, sealer }),
+      sealer,
+      keyIds: new Set(['k1', 'k0']),
+      ready: async () => undefined,
+      activeKeyProven: async () => proven,
+      metrics,
+      logger: capturingLogger(lines),
+      batch: 10,
+    });
+    expect(await resealer.pass()).toEqual({ retired: 1, resealed: {} });
+    expect(await resealer.pass()).toEqual({ retired: 1, resealed: {} });
+    expect(publisher.sent).toEqual([]);
+    expect(metrics.expose()).toMatch(/^urs_secrets_on_retired_keys 1$/m);
+    expect(lines.filter((line) => line.level === 'warn')).toEqual([
+      expect.objectContaining({
+        message: 'stored secrets not re-sealed: the active key is not proven yet',
+        keyId: 'k1',
+      }),
+    ]);
+    proven = true;
+    expect(await resealer.pass()).toEqual({ retired: 0, resealed: { k0: 1 } });
   });
 
   it('pass should leave a tenant whose lock stays held, or is lost, to a later pass and re-seal the others', async () => {
@@ -81,6 +126,7 @@ describe('createSecretResealer', () => {
       sealer,
       keyIds: new Set(['k0', 'k1']),
       ready: async () => undefined,
+      activeKeyProven: async () => true,
       metrics,
       logger: silentLogger,
       batch: 10,

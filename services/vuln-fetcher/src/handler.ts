@@ -448,7 +448,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     log: Logger,
   ): Promise<unknown> {
     if (!(error instanceof ReplicaSecretKeyError)) return error;
-    if (await deps.replicaKey?.opensOthers(batch.tenantId)) {
+    if (await deps.replicaKey?.opensOthers(batch.tenantId, record.defender.clientSecret.keyId)) {
       // This key opens other tenants' secrets: the tenant's stored record is bad, not the key.
       const bad = secretRecordUnreadable({
         tenantId: batch.tenantId,

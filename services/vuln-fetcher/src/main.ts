@@ -6,6 +6,7 @@ import {
   createAnsweredCalls,
   createBulkVulnerabilityCache,
   createCycleStore,
+  createKeyFingerprintStore,
   createTenantStore,
   recordLostBatches,
 } from '@urs/store';
@@ -27,7 +28,9 @@ void runService({
     // A replica with the wrong key stays out (the start fails naming URS_SECRET_KEY) instead of taking
     // batches whose secrets it cannot open while it reports ready.
     const keyIds = new Set(own.secretKeys.keys.keys());
-    await checkSecretKey({ sealer, tenants, keyIds, logger });
+    // Rolled out first with a new key, they write its fingerprint: the registrar re-seals with it once it matches.
+    const fingerprints = createKeyFingerprintStore(redis, prefix);
+    await checkSecretKey({ sealer, tenants, keyIds, logger, fingerprints, claimNewKeys: true });
     const limiter = await createSharedLimiter({
       redis,
       keyPrefix: prefix,

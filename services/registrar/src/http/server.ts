@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { type Logger, redact } from '@urs/logging';
-import { canRetry, errorCode, errorMessage } from '@urs/resilience';
+import { errorCode, errorMessage, isInfrastructureFault, isUrsError } from '@urs/resilience';
 import { listenHttp, type Registry } from '@urs/telemetry';
 import { isTenantContention } from '../tenant-lock';
 import { createBearerCheck } from './auth';
@@ -125,6 +125,16 @@ function parseJson(raw: Buffer, contentType: string | undefined): unknown {
 }
 
 /**
+ * Whether a failure is answered 503 (retry shortly): Redis or Kafka away (`isInfrastructureFault`, or a KafkaJS
+ * error the publisher gave up on after its tries), or one of the project's own retryable errors. A foreign
+ * error (a TypeError, a corrupt stored hash's SyntaxError) is a defect a retry meets again: 500.
+ */
+function isUnavailable(error: unknown): boolean {
+  if (isUrsError(error)) return error.canRetry;
+  return isInfrastructureFault(error) || (error instanceof Error && error.name.startsWith('KafkaJS'));
+}
+
+/**
  * The REST server: node `http`, a route table, bearer-token auth on every route, JSON bodies up to a
  * size limit, JSON errors `{error: {code, message, violations}}`. Unexpected failures answer 500 (or 503
  * when retrying may help) with a generic message: their text is logged, never returned.
@@ -237,7 +247,7 @@ export async function startApiServer(options: ApiServerOptions): Promise<ApiServ
             body: { error: { code: errorCode(error), message: errorMessage(error) } },
             headers: { 'retry-after': '5' },
           };
-        const retryable = canRetry(error);
+        const retryable = isUnavailable(error);
         log.error('request failed', {
           method: request.method,
           code: errorCode(error),

@@ -27,6 +27,11 @@ describe('startApiServer', () => {
         if (request.params['id'] === 'flaky')
           throw new UrsError('REDIS_DOWN', 'connect ECONNREFUSED', { canRetry: true });
         if (request.params['id'] === 'broken') throw new UrsError('BUG', 'internal detail with a value');
+        if (request.params['id'] === 'type-error')
+          throw new TypeError("Cannot read properties of undefined (reading 'defender')");
+        if (request.params['id'] === 'corrupt')
+          return JSON.parse('{"clientSecret": "internal detail') as never;
+        if (request.params['id'] === 'redis-closed') throw new Error('Connection is closed.');
         if (request.params['id'] === 'busy')
           throw new UrsError('TENANT_BUSY', 'tenant busy is being written by another request; try again', {
             canRetry: true,
@@ -234,6 +239,19 @@ describe('startApiServer', () => {
     const broken = await request('GET', '/v1/things/broken');
     expect(broken.status).toBe(500);
     expect(broken.text).not.toContain('internal detail');
+  });
+
+  it('startApiServer should answer a foreign error 500, and 503 only when it is a fault of Redis or Kafka', async () => {
+    for (const id of ['type-error', 'corrupt']) {
+      const answer = await request('GET', `/v1/things/${id}`);
+      expect(answer.status).toBe(500);
+      expect(answer.headers.get('retry-after')).toBeNull();
+      expect(answer.body.error.code).toBe('INTERNAL');
+      expect(answer.text).not.toContain('internal detail');
+    }
+    const closed = await request('GET', '/v1/things/redis-closed');
+    expect(closed.status).toBe(503);
+    expect(closed.body.error.code).toBe('UNAVAILABLE');
   });
 });
 
