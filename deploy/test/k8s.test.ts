@@ -314,6 +314,19 @@ describe('deploy/k8s', () => {
     expect(() => registrarConfig(env)).toThrow(/^URS_API_TOKENS is required/);
   });
 
+  test.each(['registrar', 'poller', 'vuln-fetcher'])(
+    "the Secret example's URS_SECRET_KEY applied as it is should stop the %s's start, naming it",
+    (stage) => {
+      const placeholder = secret?.stringData?.['URS_SECRET_KEY'] ?? '';
+      expect(placeholder).toMatch(/^REPLACE/);
+      // The API tokens set, as the example says: its empty URS_API_TOKENS would stop the registrar first.
+      const env = { ...envOf(stage), ...secret?.stringData, URS_API_TOKENS: randomBytes(16).toString('hex') };
+      const start = (): unknown => stageConfigs[stage]?.(env);
+      expect(start).toThrow(/^URS_SECRET_KEY holds a placeholder/);
+      expect(start).not.toThrow(placeholder);
+    },
+  );
+
   test('every stage of services/ should have a Deployment, and every Deployment should be a stage', () => {
     expect(stages.length).toBe(5);
     expect(
