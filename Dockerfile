@@ -26,7 +26,8 @@ WORKDIR /app
 # Owned by root: node reads and runs the code but cannot rewrite it (the stages write no files, as deploy/k8s's
 # read-only root filesystem holds them to).
 COPY --from=build /app /app
-# The simulator writes its CA certificate here; a named volume mounted on /sim starts with this owner.
-RUN mkdir -p /sim && chown node:node /sim
+# The simulator writes its CA certificate to /sim and the CA's key to /sim-key (a volume of its own, which the
+# stages do not mount); a named volume mounted on either starts with this owner and mode.
+RUN mkdir -p /sim /sim-key && chown node:node /sim /sim-key && chmod 700 /sim-key
 USER node
 CMD ["node", "services/registrar/dist/main.js"]

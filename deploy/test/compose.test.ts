@@ -106,6 +106,34 @@ describe('docker-compose.yml', () => {
     }
   });
 
+  test("the simulator's CA key should be on a volume only the simulator mounts, not beside the ca.pem the stages read", () => {
+    const sim = compose.services['sim'];
+    const command = sim?.command ?? [];
+    const flag = (name: string): string | undefined => command[command.indexOf(name) + 1];
+    const caDir = flag('--ca-dir');
+    const keyDir = flag('--ca-key-dir');
+    expect(command).toContain('--ca-key-dir');
+    expect(keyDir).not.toBe(caDir);
+    /** The volume mounted at `dir` (or above it) in a service. */
+    const volumeAt = (service: ComposeService | undefined, dir: string | undefined): string | undefined =>
+      (service?.volumes ?? []).find((volume) => {
+        const target = (volume.split(':')[1] ?? '').replace(/\/$/, '');
+        return dir === target || (dir ?? '').startsWith(`${target}/`);
+      });
+    const keyVolume = volumeAt(sim, keyDir)?.split(':')[0];
+    const caVolume = volumeAt(sim, caDir)?.split(':')[0];
+    expect(keyVolume).toBeDefined();
+    expect(keyVolume).not.toBe(caVolume);
+    for (const [name, service] of services) {
+      if (name === 'sim') continue;
+      const mounted = (service.volumes ?? []).map((volume) => volume.split(':')[0]);
+      expect([name, mounted.includes(keyVolume ?? '')]).toEqual([name, false]);
+      // What they do mount of the simulator's, they mount read-only.
+      for (const volume of service.volumes ?? [])
+        if (volume.startsWith(`${caVolume}:`)) expect([name, volume.endsWith(':ro')]).toEqual([name, true]);
+    }
+  });
+
   test('references should name services and volumes that exist', () => {
     const volumeNames = Object.keys(compose.volumes ?? {});
     for (const [name, service] of services) {
@@ -218,16 +246,18 @@ describe('Dockerfile', () => {
     for (const dir of [...workspaces, ...references]) expect([dir, isCopied(dir)]).toEqual([dir, true]);
   });
 
-  test("the running user should not own the code it runs: only /sim, where the simulator writes, is node's", () => {
+  test("the running user should not own the code it runs: only the simulator's CA directories, where it writes, are node's", () => {
     const runtime = dockerfile.slice(dockerfile.search(/^FROM\s+\S+\s+AS\s+runtime$/m));
     const copies = [...runtime.matchAll(/^COPY .+$/gm)].map((m) => m[0]);
     expect(copies.length).toBeGreaterThan(0);
     // Copied as root's (the build stage's owner): readable by node, not writable.
     for (const copy of copies) expect([copy, /--chown|--chmod/.test(copy)]).toEqual([copy, false]);
-    const chowned = [...runtime.matchAll(/\bchown\s+(?:-\S+\s+)*\S+\s+(\S+)/g)].map((m) => m[1]);
-    expect(chowned).toEqual(['/sim']);
-    // The simulator's CA directory in docker-compose.yml is that one.
-    expect(compose.services['sim']?.volumes).toEqual(['sim-ca:/sim']);
+    const chowned = [...runtime.matchAll(/\bchown\s+(?:-\S+\s+)*\S+\s+([^&\n]+)/g)].flatMap((m) =>
+      (m[1] ?? '').trim().split(/\s+/),
+    );
+    expect(chowned).toEqual(['/sim', '/sim-key']);
+    // The simulator's CA directories in docker-compose.yml are those.
+    expect(compose.services['sim']?.volumes).toEqual(['sim-ca:/sim', 'sim-ca-key:/sim-key']);
   });
 
   test('.dockerignore should keep local installs, builds and stack data out of the context', () => {

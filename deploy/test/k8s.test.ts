@@ -2,6 +2,7 @@
 // kustomization lists parses, every stage has a Deployment running a script compiled from this repository with
 // its Node flags, the environment it gets is what the stage's own configuration reads (and accepts), its probes
 // name the paths and the port the runtime serves, and it is given longer to stop than its own graceful stop.
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -314,6 +315,19 @@ describe('deploy/k8s', () => {
     expect(() => registrarConfig(env)).toThrow(/^URS_API_TOKENS is required/);
   });
 
+  test.each(['registrar', 'poller', 'vuln-fetcher'])(
+    "the Secret example's URS_SECRET_KEY applied as it is should stop the %s's start, naming it",
+    (stage) => {
+      const placeholder = secret?.stringData?.['URS_SECRET_KEY'] ?? '';
+      expect(placeholder).toMatch(/^REPLACE/);
+      // The API tokens set, as the example says: its empty URS_API_TOKENS would stop the registrar first.
+      const env = { ...envOf(stage), ...secret?.stringData, URS_API_TOKENS: randomBytes(16).toString('hex') };
+      const start = (): unknown => stageConfigs[stage]?.(env);
+      expect(start).toThrow(/^URS_SECRET_KEY holds a placeholder/);
+      expect(start).not.toThrow(placeholder);
+    },
+  );
+
   test('every stage of services/ should have a Deployment, and every Deployment should be a stage', () => {
     expect(stages.length).toBe(5);
     expect(
@@ -503,6 +517,29 @@ describe('deploy/k8s', () => {
         .map((flag) => /^--max-old-space-size=(\d+)$/.exec(flag)?.[1])
         .find(Boolean);
       if (cap !== undefined) expect(limit).toBeGreaterThan(Number(cap) * 2 ** 20);
+    },
+  );
+
+  test.each(stages)(
+    "%s should cap V8's heap below its memory limit, leaving a third to memory outside the heap",
+    (stage) => {
+      const container = containerOf(stage);
+      const limit = bytes(container.resources?.limits?.['memory']);
+      const flags = (container.command ?? []).slice(1).filter((arg) => arg.startsWith('--'));
+      expect(flags.some((flag) => /^--max-old-space-size=\d+$/.test(flag))).toBe(true);
+      // What V8 makes of the flags (the old space and the young generation), as the container's node runs them.
+      const heapLimit = Number(
+        execFileSync(process.execPath, [
+          ...flags,
+          '-e',
+          "process.stdout.write(String(require('v8').getHeapStatistics().heap_size_limit))",
+        ]).toString(),
+      );
+      expect(heapLimit).toBeGreaterThan(0);
+      // Buffers (Kafka batches, HTTP bodies, Redis replies), code and the runtime live outside the heap.
+      expect(heapLimit).toBeLessThanOrEqual(0.7 * limit);
+      // Room for what the stage was measured to hold: peak RSS under 300 MB at 100,000 devices.
+      expect(heapLimit).toBeGreaterThanOrEqual(300e6);
     },
   );
 

@@ -1,6 +1,7 @@
 export { createKafka, PUBLISHER_RETRY_MS, type CreateKafkaOptions } from './kafka';
 export { connectAdminThroughSeeds, seedClients, seedsFrom } from './seeds';
 export { topicSpecs, bootstrapTopics } from './topics';
+export type { StageTopics, TopicAccess, TopicName } from './topics';
 export type { TopicSpec, BootstrapOptions } from './topics';
 export { isTransientKafkaError } from './transient';
 export { retryWhileSettling, topicOffsets, SETTLE_RETRY, DEFAULT_SETTLE_TIMEOUT_MS } from './settle';

@@ -13,21 +13,34 @@ export interface TopicSpec {
 /** Internal batches can carry up to 500 full machine records; allow 8 MiB per message. */
 const MAX_MESSAGE_BYTES = String(8 * 1024 * 1024);
 
+/** A topic of the pipeline by its key in Topics (`tenants`, `dlq`, …). */
+export type TopicName = keyof Topics;
+
+/** What a stage does with a topic: the Kafka ACL operations it needs follow from it (README, "Kafka ACLs"). */
+export type TopicAccess = 'read' | 'write' | 'read-write';
+
+/** The topics a stage reads or writes, its dead-letter topic included, and how. */
+export type StageTopics = Readonly<Partial<Record<TopicName, TopicAccess>>>;
+
 /**
- * Every topic of the pipeline with its partitions and cleanup policy. `urs.registration` has one
- * partition so Director's generations stay in order; keyed topics spread tenants over partitions.
+ * The topics of the pipeline with their partitions and cleanup policy: every one, or those of `only` (a
+ * stage's own, so that it needs Kafka's permission on no other). `urs.registration` has one partition so
+ * Director's generations stay in order; keyed topics spread tenants over partitions.
  */
-export function topicSpecs(topics: Topics, partitions = 6): TopicSpec[] {
-  return [
-    { topic: topics.registration, numPartitions: 1, compacted: false },
-    { topic: topics.tenants, numPartitions: partitions, compacted: true },
-    { topic: topics.deviceBatches, numPartitions: partitions * 2, compacted: false },
-    { topic: topics.devicesEnriched, numPartitions: partitions, compacted: false },
-    { topic: topics.deviceScores, numPartitions: partitions, compacted: false },
-    { topic: topics.dlq, numPartitions: 1, compacted: false },
-    { topic: topics.vmsRiskScores, numPartitions: partitions, compacted: true },
-    { topic: topics.vmsRiskSummary, numPartitions: partitions, compacted: false },
-  ];
+export function topicSpecs(topics: Topics, partitions = 6, only?: StageTopics): TopicSpec[] {
+  const all: Record<TopicName, TopicSpec> = {
+    registration: { topic: topics.registration, numPartitions: 1, compacted: false },
+    tenants: { topic: topics.tenants, numPartitions: partitions, compacted: true },
+    deviceBatches: { topic: topics.deviceBatches, numPartitions: partitions * 2, compacted: false },
+    devicesEnriched: { topic: topics.devicesEnriched, numPartitions: partitions, compacted: false },
+    deviceScores: { topic: topics.deviceScores, numPartitions: partitions, compacted: false },
+    dlq: { topic: topics.dlq, numPartitions: 1, compacted: false },
+    vmsRiskScores: { topic: topics.vmsRiskScores, numPartitions: partitions, compacted: true },
+    vmsRiskSummary: { topic: topics.vmsRiskSummary, numPartitions: partitions, compacted: false },
+  };
+  return (Object.keys(all) as TopicName[])
+    .filter((name) => only === undefined || only[name] !== undefined)
+    .map((name) => all[name]);
 }
 
 /**

@@ -106,7 +106,17 @@ export interface SecretKeyConfig {
   keys: Map<string, Buffer>;
 }
 
+/** How an example's placeholder key begins (deploy/k8s/secret.example.yaml): known to anyone who read it. */
+const PLACEHOLDER_PREFIX = 'REPLACE';
+
 function decodeKey(variable: string, text: string): Buffer {
+  // Named as a placeholder, not as a malformed key, and never echoed: the value is a key's place.
+  if (text.startsWith(PLACEHOLDER_PREFIX))
+    throw new ConfigError(
+      variable,
+      `holds a placeholder (a value starting with ${PLACEHOLDER_PREFIX}, as the example Secret writes it): ` +
+        'replace it with a random key (openssl rand -base64 32)',
+    );
   const key = Buffer.from(text, 'base64');
   if (key.length !== 32 || key.toString('base64').replace(/=+$/, '') !== text.replace(/=+$/, '')) {
     throw new ConfigError(variable, 'must be 32 bytes in base64 (e.g. `openssl rand -base64 32`)');

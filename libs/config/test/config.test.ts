@@ -199,6 +199,24 @@ describe('secretKeyConfig', () => {
     );
   });
 
+  it("should refuse the example Secret's placeholder, naming the variable and not the value", () => {
+    const placeholder = 'REPLACE-WITH-openssl-rand-base64-32';
+    const refusal = (): unknown => secretKeyConfig({ URS_SECRET_KEY: placeholder });
+    expect(refusal).toThrow(/^URS_SECRET_KEY holds a placeholder/);
+    expect(refusal).not.toThrow(placeholder);
+    // Also one of the length a real key has, which would otherwise decode as 32 bytes.
+    const keyLong = `REPLACE${'A'.repeat(36)}=`;
+    expect(Buffer.from(keyLong, 'base64').length).toBe(32);
+    expect(() => secretKeyConfig({ URS_SECRET_KEY: keyLong })).toThrow(/^URS_SECRET_KEY holds a placeholder/);
+    expect(() =>
+      secretKeyConfig({
+        URS_SECRET_KEY: randomBytes(32).toString('base64'),
+        URS_SECRET_KEY_ID: 'k2',
+        URS_SECRET_KEYS_PREVIOUS: `k1:${keyLong}`,
+      }),
+    ).toThrow(/^URS_SECRET_KEYS_PREVIOUS holds a placeholder/);
+  });
+
   it('should keep previous keys for decryption', () => {
     const active = randomBytes(32).toString('base64');
     const old = randomBytes(32).toString('base64');

@@ -2,7 +2,7 @@
 // running service startService gives back.
 import type Redis from 'ioredis';
 import type { Kafka } from 'kafkajs';
-import type { ConsumerRunner, Publisher } from '@urs/bus';
+import type { ConsumerRunner, Publisher, StageTopics } from '@urs/bus';
 import type { Env, ServiceConfig } from '@urs/config';
 import type { Logger } from '@urs/logging';
 import type { Closer } from '@urs/resilience';
@@ -82,6 +82,12 @@ export interface ServiceOptions<S = undefined> {
    */
   defaultMetricsPort?: number;
   env?: Env;
+  /**
+   * The topics the service reads or writes, its dead-letter topic included (a stage's `topics.ts`): only these
+   * are made at start (those missing) and described, so that a cluster's ACLs may allow each stage its own
+   * topics alone. Default: every topic of the pipeline.
+   */
+  topics?: StageTopics;
   /**
    * Reads the service's own settings (its `config.ts`) from the env. Called with the shared config before
    * any client is made, so a bad or missing variable fails the start at once, naming it, rather than

@@ -54,7 +54,7 @@ export function serviceBasics<S>(options: ServiceOptions<S>): ServiceBasics<S> {
 }
 
 /**
- * Starts the health endpoints, builds the shared clients, makes sure every topic exists, waits for Redis,
+ * Starts the health endpoints, builds the shared clients, makes sure its topics exist, waits for Redis,
  * runs the service's setup and starts its runners. The order of close is the reverse of dependency: runners (stop
  * intake, finish in-flight work, commit), the service's own closers, the publisher, Redis, health.
  */
@@ -97,7 +97,7 @@ export async function startWith<S>(
   const waitForKafka = options.waitForKafka === true;
   // Whether the topics exist and the publisher is connected: from the start, unless waitForKafka.
   let kafkaConnected = false;
-  /** The steps of the start that need Kafka: every topic made, the publisher connected. */
+  /** The steps of the start that need Kafka: its topics made, the publisher connected. */
   const connectKafka = async (): Promise<Publisher> => {
     step('topics');
     // Waiting for Kafka, through the first seed broker that answers (its index in KAFKA_BROKERS).
@@ -108,7 +108,8 @@ export async function startWith<S>(
       // Inside: a connect that failed is disconnected too.
       if (!waitForKafka) await admin.connect();
       const layout = config.topicLayout;
-      const created = await bootstrapTopics(admin, topicSpecs(config.topics, layout.partitions), {
+      const specs = topicSpecs(config.topics, layout.partitions, options.topics);
+      const created = await bootstrapTopics(admin, specs, {
         logger,
         replicationFactor: layout.replicationFactor,
       });

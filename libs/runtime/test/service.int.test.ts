@@ -93,6 +93,33 @@ describe('startService', () => {
     await expect(fetch(`http://127.0.0.1:${service.health.port}/healthz`)).rejects.toThrow();
   });
 
+  it('should make and describe only the topics the service names, so that ACLs may allow it those alone', async () => {
+    const prefix = `${uniqueId('svc')}.`;
+    const service = await startService({
+      name: 'test-service',
+      defaultMetricsPort: 0,
+      env: serviceEnv(prefix),
+      topics: { tenants: 'read', dlq: 'write' },
+      setup: async (context) => ({ runners: [tenantsRunner(context, async () => undefined)] }),
+    });
+    const kafka = createTestKafka();
+    try {
+      const admin = kafka.admin();
+      await admin.connect();
+      const topics = (await admin.listTopics()).filter((topic) => topic.startsWith(prefix)).sort();
+      const config = await admin.describeConfigs({
+        includeSynonyms: false,
+        resources: [{ type: 2, name: `${prefix}urs.tenants`, configNames: ['cleanup.policy'] }],
+      });
+      await admin.disconnect();
+      expect(topics).toEqual([`${prefix}urs.dlq`, `${prefix}urs.tenants`]);
+      expect(config.resources[0]?.configEntries[0]?.configValue).toBe('compact');
+    } finally {
+      expect(await service.close()).toBe(true);
+      await deleteTopicsOf(kafka, prefix);
+    }
+  });
+
   it('should say it failed when a runner stops consuming for good, and still stop cleanly', async () => {
     const prefix = `${uniqueId('svc')}.`;
     const env = serviceEnv(prefix);

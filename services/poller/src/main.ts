@@ -15,9 +15,11 @@ import { runCycle } from './cycle';
 import { createDefenderGateway } from './defender';
 import { createScheduler } from './scheduler';
 import { createTenantTable } from './tenant-table';
+import { stageTopics } from './topics';
 
 void runService({
   name: 'poller',
+  topics: stageTopics,
   settings: pollerConfig,
   // Kafka away at start: up and answering /readyz 503 (`waiting for Kafka`) until it answers, then reading
   // urs.tenants and polling, instead of exiting 1 after KafkaJS's retries and restarting in a loop.

@@ -17,12 +17,14 @@ import { tenantLeasing } from './lease';
 import { createPublishedRebuilder, vmsKeysReader } from './rebuild';
 import { createTenantsHandler } from './tenants';
 import { createTombstones } from './tombstones';
+import { stageTopics } from './topics';
 
 /** Scored batches of a partition accepted and not yet published (ordering 'key'); one is ~0.7 MB. */
 const SCORE_BATCHES_BUFFERED = 20;
 
 void runService({
   name: 'publisher',
+  topics: stageTopics,
   settings: publisherConfig,
   // Kafka away at start: up and answering /readyz 503 (`waiting for Kafka`) until it answers, then consuming,
   // instead of exiting 1 after KafkaJS's retries and restarting in a loop behind the orchestrator's backoff.

@@ -19,9 +19,11 @@ import { rebuiltGate } from './http/rebuilt';
 import { startApiServer, type ApiServer } from './http/server';
 import { tenantRoutes } from './http/tenants';
 import { createSecretResealer } from './reseal';
+import { stageTopics } from './topics';
 
 void runService({
   name: 'registrar',
+  topics: stageTopics,
   settings: registrarConfig,
   // Kafka away at start: the process still starts, /readyz says it waits for Kafka and the REST API answers
   // 503 at once, instead of exiting 1 after a minute and being restarted in a loop.

@@ -10,6 +10,7 @@ import {
 import { scorerConfig } from './config';
 import { createScoreHandler } from './handler';
 import { createProfileCache, tenantsSubscription } from './profiles';
+import { stageTopics } from './topics';
 
 /**
  * Enriched batches of a partition accepted and not yet scored (ordering 'key'): enough to keep every
@@ -19,6 +20,7 @@ const ENRICHED_BATCHES_BUFFERED = 20;
 
 void runService({
   name: 'scorer',
+  topics: stageTopics,
   settings: (env) => scorerConfig(env),
   // Kafka away at start: up and answering /readyz 503 (`waiting for Kafka`) until it answers, then consuming,
   // instead of exiting 1 after KafkaJS's retries and restarting in a loop behind the orchestrator's backoff.

@@ -13,9 +13,11 @@ import {
 import { vulnFetcherConfig } from './config';
 import { createEnrichHandler } from './handler';
 import { createDefenderSources } from './sources';
+import { stageTopics } from './topics';
 
 void runService({
   name: 'vuln-fetcher',
+  topics: stageTopics,
   settings: vulnFetcherConfig,
   // Kafka away at start: up and answering /readyz 503 (`waiting for Kafka`) until it answers, then consuming,
   // instead of exiting 1 after KafkaJS's retries and restarting in a loop behind the orchestrator's backoff.

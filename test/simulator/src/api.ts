@@ -22,6 +22,12 @@ export interface SimulatorOptions {
   publicUrl?: string;
   /** Directory where `ca.pem` is written. Default: a fresh temp directory. */
   caDir?: string;
+  /**
+   * Directory where the CA's key, `ca-key.pem`, is written: apart from `caDir` when clients read that one (a
+   * volume the Docker stages mount), so that they get the certificate to trust and never the key that would
+   * sign any certificate they trust. Default: `caDir`.
+   */
+  caKeyDir?: string;
   /** `expires_in` of issued tokens, in seconds. Default 3599 (Entra's one hour). */
   tokenLifetimeSec?: number;
   /** Delay added to every Entra/MDE answer. Default none. */

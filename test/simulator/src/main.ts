@@ -9,6 +9,7 @@ import type { TenantSpec } from './state';
 //   --public-url U      URS_SIM_PUBLIC_URL      what clients call it by, when not https://<host>:<port>
 //                                               (https://sim:8443 in a container network); default none
 //   --ca-dir D          URS_SIM_CA_DIR          default .sim (ca.pem is written there)
+//   --ca-key-dir D      URS_SIM_CA_KEY_DIR      default the --ca-dir (ca-key.pem is written there)
 //   --seed N            URS_SIM_SEED            default 1
 //   --token-lifetime S  URS_SIM_TOKEN_LIFETIME  seconds, default 3599
 //   --latency M[:J]     URS_SIM_LATENCY         mean and jitter in ms, default 0
@@ -21,6 +22,7 @@ interface CliOptions {
   host: string;
   publicUrl: string | undefined;
   caDir: string;
+  caKeyDir: string;
   seed: number;
   tokenLifetimeSec: number;
   latency: { meanMs: number; jitterMs: number };
@@ -72,6 +74,7 @@ export function parseArgs(argv: readonly string[], env: NodeJS.ProcessEnv): CliO
     'host',
     'public-url',
     'ca-dir',
+    'ca-key-dir',
     'seed',
     'token-lifetime',
     'latency',
@@ -89,11 +92,13 @@ export function parseArgs(argv: readonly string[], env: NodeJS.ProcessEnv): CliO
     ...(env.URS_SIM_TENANTS ? env.URS_SIM_TENANTS.split(',').filter((t) => t) : []),
     ...(flags.get('tenant') ?? []),
   ];
+  const caDir = one('ca-dir', 'URS_SIM_CA_DIR') ?? '.sim';
   return {
     port: integer(one('port', 'URS_SIM_PORT') ?? '8443', '--port', 0),
     host: one('host', 'URS_SIM_HOST') ?? '127.0.0.1',
     publicUrl: one('public-url', 'URS_SIM_PUBLIC_URL'),
-    caDir: one('ca-dir', 'URS_SIM_CA_DIR') ?? '.sim',
+    caDir,
+    caKeyDir: one('ca-key-dir', 'URS_SIM_CA_KEY_DIR') ?? caDir,
     seed: integer(one('seed', 'URS_SIM_SEED') ?? '1', '--seed', 0),
     tokenLifetimeSec: integer(
       one('token-lifetime', 'URS_SIM_TOKEN_LIFETIME') ?? '3599',
@@ -115,6 +120,7 @@ async function main(): Promise<void> {
       host: options.host,
       ...(options.publicUrl === undefined ? {} : { publicUrl: options.publicUrl }),
       caDir: options.caDir,
+      caKeyDir: options.caKeyDir,
       seed: options.seed,
       tokenLifetimeSec: options.tokenLifetimeSec,
       latency: options.latency,

@@ -21,17 +21,21 @@ import { TokenSigner } from './tokens';
 import { EXPORT_PATH_PREFIX, handleExportDownload, SasSigner, type DownloadDeps } from './tvmexport';
 
 /**
- * The CA of `caDir`: the one an earlier start wrote there (ca.pem and ca-key.pem), while it is usable, so that
- * clients that trusted its ca.pem (Docker stages started earlier, NODE_EXTRA_CA_CERTS) keep reaching a
- * simulator started again; else a new one, written there (the key readable by its owner only).
+ * The CA of `caDir` and `keyDir`: the one an earlier start wrote there (ca.pem, and ca-key.pem in `keyDir`),
+ * while it is usable, so that clients that trusted its ca.pem (Docker stages started earlier,
+ * NODE_EXTRA_CA_CERTS) keep reaching a simulator started again; else a new one, written there (the key
+ * readable by its owner only).
  */
-function caOf(caDir: string): CaMaterial {
+function caOf(caDir: string, keyDir: string): CaMaterial {
   const caFile = join(caDir, 'ca.pem');
-  const keyFile = join(caDir, 'ca-key.pem');
+  const keyFile = join(keyDir, 'ca-key.pem');
+  // A key an earlier start left beside ca.pem, where clients read: it goes once the key is kept elsewhere.
+  if (keyDir !== caDir) rmSync(join(caDir, 'ca-key.pem'), { force: true });
   const kept = readCa(caFile, keyFile);
   if (kept !== undefined && isUsableCa(kept)) return kept;
   const ca = createCa();
   mkdirSync(caDir, { recursive: true });
+  mkdirSync(keyDir, { recursive: true, mode: 0o700 });
   // Removed first, as a file that exists keeps its mode; the key before ca.pem: a start cut between the two
   // leaves a pair the next start refuses and replaces.
   rmSync(keyFile, { force: true });
@@ -51,11 +55,12 @@ function readCa(caFile: string, keyFile: string): CaMaterial | undefined {
 export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
   const publicUrl = options.publicUrl === undefined ? undefined : checkedPublicUrl(options.publicUrl);
   const caDir = resolve(options.caDir ?? mkdtempSync(join(tmpdir(), 'urs-sim-')));
+  const caKeyDir = options.caKeyDir === undefined ? caDir : resolve(options.caKeyDir);
   const caFile = join(caDir, 'ca.pem');
   // An IPv6 host comes bracketed from the URL; the certificate names the address itself.
   const tls = createTlsMaterial(
     publicUrl ? [publicUrl.hostname.replace(/^\[(.*)\]$/, '$1')] : [],
-    caOf(caDir),
+    caOf(caDir, caKeyDir),
   );
 
   const signer = new TokenSigner();

@@ -48,6 +48,29 @@ describe('simulator --ca-dir', () => {
     expect(fs.statSync(key).mode & 0o077).toBe(0);
   });
 
+  test('with a key directory of its own, the key should be written there alone, and kept across starts', async () => {
+    const keyDir = fs.mkdtempSync(path.join(os.tmpdir(), 'urs-sim-ca-key-'));
+    try {
+      // A key an earlier start wrote beside ca.pem, where the stages read.
+      fs.writeFileSync(path.join(dir, 'ca-key.pem'), 'an earlier key\n');
+      const first = await startSimulator({ quotas: false, caDir: dir, caKeyDir: keyDir });
+      started.push(first);
+      expect(fs.readdirSync(dir)).toEqual(['ca.pem']);
+      const key = path.join(keyDir, 'ca-key.pem');
+      expect(fs.readFileSync(key, 'utf8')).toMatch(/^-----BEGIN PRIVATE KEY-----/);
+      expect(fs.statSync(key).mode & 0o077).toBe(0);
+      await first.close();
+
+      const second = await startSimulator({ quotas: false, caDir: dir, caKeyDir: keyDir });
+      started.push(second);
+      expect(second.caPem).toBe(first.caPem);
+      expect(fs.readdirSync(dir)).toEqual(['ca.pem']);
+      expect((await reachWith(second, first.caPem)).status).toBe(200);
+    } finally {
+      fs.rmSync(keyDir, { recursive: true, force: true });
+    }
+  });
+
   /** What spoils the CA of `dir`, given `other`, the directory of another simulator's CA. */
   const spoilers: [string, (other: string) => void][] = [
     ['a ca.pem without its key', () => fs.rmSync(path.join(dir, 'ca-key.pem'))],

@@ -1,6 +1,17 @@
 import { parseArgs } from '../src/main';
 
 describe('parseArgs', () => {
+  test('parseArgs should read the CA key directory apart from the CA directory, from a flag or the env', () => {
+    expect(parseArgs(['--ca-dir', '/sim', '--ca-key-dir', '/sim-key'], {})).toMatchObject({
+      caDir: '/sim',
+      caKeyDir: '/sim-key',
+    });
+    expect(parseArgs([], { URS_SIM_CA_DIR: '/sim', URS_SIM_CA_KEY_DIR: '/k' })).toMatchObject({
+      caKeyDir: '/k',
+    });
+    expect(parseArgs(['--ca-dir', '/sim'], {})).toMatchObject({ caKeyDir: '/sim' });
+  });
+
   test('parseArgs should apply defaults and read repeatable tenants from flags and env', () => {
     const options = parseArgs(
       ['--tenant', 't1:c1:s1:10', '--tenant=t2:c2:s2:0', '--latency', '20:5', '--quotas', 'off'],
@@ -13,6 +24,7 @@ describe('parseArgs', () => {
       port: 9443,
       host: '127.0.0.1',
       caDir: '.sim',
+      caKeyDir: '.sim',
       seed: 1,
       tokenLifetimeSec: 3599,
       quotas: false,
