@@ -86,6 +86,13 @@ export interface CycleCompletion {
 /** How long one sender holds a cycle's summary; a summary owed longer than this is sent again. */
 const DEFAULT_SUMMARY_LOCK_MS = 30_000;
 
+/**
+ * The longest an owed summary whose send keeps failing (an ACL missing on vms.risk-summary, say) waits for
+ * its next try; the wait starts at the summary lock and doubles. Below UrsSummarySweepFailing's 15-minute
+ * window, so the alert keeps firing while it fails.
+ */
+const OWED_RETRY_MAX_MS = 5 * 60_000;
+
 const ms = (later: number, earlier: number): number => Math.max(0, Math.round(later - earlier));
 
 /** Buckets of collect → summary, in seconds: per-device cycles take well under a second, a large first bulk cycle ~10 s. */
@@ -189,7 +196,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
   );
   const sweepFailures = deps.metrics.counter(
     'urs_summary_sweep_failures_total',
-    'Overdue or owed cycle summaries the deadline sweep could not send (tried again at the next sweep).',
+    'Overdue or owed cycle summaries the deadline sweep could not send (tried again by a later sweep, an owed one after a wait growing to 5 minutes).',
   );
   // Served at 0 from the start: UrsTombstonesHeld and UrsSummarySweepFailing count their increase, which the
   // first event alone (the series appearing at 1) would not show.
@@ -272,7 +279,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         deps.tombstoneAfterCycles,
         deps.tombstoneHold,
       );
-      const { sequence, gone, held, knownDevices } = completed;
+      const { sequence, gone, held, knownDevices, snapshotSent } = completed;
       if (held > 0) {
         tombstonesHeld.inc({}, held);
         log.warn(
@@ -286,12 +293,20 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
           },
         );
       }
-      await tombstone(tenantId, gone, cycleAt);
+      // Kept as sent with the cycle's counts: a summary sent again (its send failed) sends neither its
+      // tombstones nor its snapshot again, which for a large fleet's snapshot would be every record.
+      if (gone.length > 0) {
+        await tombstone(tenantId, gone, cycleAt);
+        await deps.published.markCycleSent(tenantId, cycleId, 'tombstones');
+      }
       // Counted at the cycle's first completion: a summary sent again after its tombstones went out (and
       // their devices were forgotten) still says how many.
       tombstones = completed.tombstones;
       if (sequence % deps.snapshotEveryCycles === 0) {
-        await snapshot(tenantId, cycleAt);
+        if (!snapshotSent) {
+          await snapshot(tenantId, cycleAt);
+          await deps.published.markCycleSent(tenantId, cycleId, 'snapshot');
+        }
         snapshotted = true;
       }
     }
@@ -435,7 +450,12 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       // Each cycle on its own: one that cannot be sent is logged and tried again at the next sweep,
       // and never holds back another tenant's summary behind it (nor does a tenant whose queue is busy:
       // tenants are swept side by side, a few at a time; nor one another replica holds: it is skipped).
-      const each = async (tenantId: string, cycleId: string, send: () => Promise<boolean>) => {
+      const each = async (
+        tenantId: string,
+        cycleId: string,
+        send: () => Promise<boolean>,
+        onFailure?: () => Promise<void>,
+      ) => {
         try {
           if (await deps.inOrder(tenantId, () => underLease(tenantId, send))) closed++;
         } catch (error) {
@@ -454,6 +474,13 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
             code: errorCode(error),
             reason: errorMessage(error),
           });
+          await onFailure?.().catch((deferError: unknown) =>
+            deps.logger.warn('owed cycle summary not deferred, tried again at the next sweep', {
+              tenantId,
+              cycleId,
+              reason: errorMessage(deferError),
+            }),
+          );
         }
       };
       /**
@@ -485,16 +512,27 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         }),
       );
       // Summaries claimed but never sent (a crash or a failed send after the claim): sent late, not lost.
-      const owed = await deps.published.summariesOwed(now().getTime() - summaryLockMs);
-      await sideBySide(owed, (summary) =>
-        each(summary.tenantId, summary.cycleId, async () => {
-          const { tenantId, cycleId, status } = summary;
-          const state = await deps.cycles.get(tenantId, cycleId);
-          if (state === null) return dropExpired(tenantId, cycleId, status);
-          const hint = { cycleStartedAt: state.startedAt };
-          return sendOwed(state, tenantId, cycleId, status, hint, withoutWaitingForRebuild());
-        }),
-      );
+      // One whose send fails again waits longer each time (every replica's sweep would try it every
+      // sweep otherwise): listed again once its lock would have lapsed, from a wait growing to a cap.
+      const owedBefore = now().getTime() - summaryLockMs;
+      const owed = await deps.published.summariesOwed(owedBefore);
+      await sideBySide(owed, (summary) => {
+        const { tenantId, cycleId, status } = summary;
+        return each(
+          tenantId,
+          cycleId,
+          async () => {
+            const state = await deps.cycles.get(tenantId, cycleId);
+            if (state === null) return dropExpired(tenantId, cycleId, status);
+            const hint = { cycleStartedAt: state.startedAt };
+            return sendOwed(state, tenantId, cycleId, status, hint, withoutWaitingForRebuild());
+          },
+          async () => {
+            const backoff = { firstMs: summaryLockMs, maxMs: Math.max(summaryLockMs, OWED_RETRY_MAX_MS) };
+            await deps.published.deferOwedSummary(tenantId, cycleId, status, owedBefore, backoff);
+          },
+        );
+      });
       return closed;
     },
   };

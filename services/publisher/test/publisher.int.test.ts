@@ -591,6 +591,51 @@ describe('the publisher', () => {
     expect(summaries()[0]?.status).toBe('partial');
   });
 
+  it("closeOverdue should send a snapshot cycle's snapshot and tombstones once while its summary cannot be sent, trying it less and less often", async () => {
+    const { handler, begin, completion, metrics } = build({
+      snapshotEveryCycles: 1,
+      tombstoneAfterCycles: 1,
+      failSummaries: 4,
+    });
+    // Device gone was last seen in a cycle before c1: c1's completion tombstones it.
+    await createPublishedStore(redis.client, redis.prefix).commit('t1', Date.parse(minute(0)), [
+      { deviceId: 'gone', score: 10, band: 'Trustworthy' },
+    ]);
+    now = new Date(minute(13));
+    await begin(1);
+    const last = scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')], 1);
+    await expect(handler(last)).rejects.toThrow('the broker is unavailable');
+    // The batch's two records, the tombstone, and the snapshot's two records.
+    expect(records()).toHaveLength(5);
+    const failures = () => Number(/^urs_summary_sweep_failures_total (\d+)$/m.exec(metrics.expose())?.[1]);
+    const sweepAt = async (seconds: number) => {
+      now = new Date(Date.parse(minute(13)) + seconds * 1000);
+      await completion.closeOverdue();
+    };
+    // Owed once the summary lock (30 s) would have lapsed: tried, and refused again.
+    await sweepAt(31);
+    expect(failures()).toBe(1);
+    expect(records()).toHaveLength(5);
+    // Tried again 30 s later, then 60 s, then 120 s: not at every sweep.
+    await sweepAt(33);
+    expect(failures()).toBe(1);
+    await sweepAt(62);
+    expect(failures()).toBe(2);
+    await sweepAt(90);
+    await sweepAt(121);
+    expect(failures()).toBe(2);
+    await sweepAt(123);
+    expect(failures()).toBe(3);
+    await sweepAt(240);
+    expect(summaries()).toEqual([]);
+    await sweepAt(244);
+    expect(failures()).toBe(3);
+    expect(records()).toHaveLength(5);
+    expect(summaries()).toHaveLength(1);
+    expect(summaries()[0]?.published).toEqual({ changed: 2, snapshot: true, tombstones: 1 });
+    expect(await owed()).toEqual([]);
+  });
+
   it('createPublishHandler should not publish the score a correction replaced when its first batch comes again', async () => {
     const { handler, begin } = build();
     await begin(1);
