@@ -1,6 +1,6 @@
 import type { Publisher } from '@urs/bus';
 import type { Topics } from '@urs/config';
-import { vmsRecord, type VmsRiskSummary } from '@urs/contracts';
+import { vmsRecord, type VmsRiskScore, type VmsRiskSummary } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage, keepRenewing, UrsError } from '@urs/resilience';
 import type { CycleState, CycleStore, PublishedStore, ScoreStore, TombstoneHold } from '@urs/store';
@@ -115,6 +115,9 @@ const withoutWaitingForRebuild = (): AbortSignal =>
     ),
   );
 
+/** Devices a snapshot reads, makes records of and sends at a time. */
+const SNAPSHOT_CHUNK = 500;
+
 /** Tenants a sweep serves at once: each summary may snapshot a large fleet, so not every overdue tenant. */
 const SWEEP_CONCURRENCY = 8;
 
@@ -203,19 +206,30 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
   tombstonesHeld.init();
   sweepFailures.init();
 
+  /**
+   * Sends every device the cycle names, in device id order, SNAPSHOT_CHUNK records a send. Only the ids are
+   * held whole: each chunk's scores are read, made records and sent before the next is read (a fleet's
+   * scores and records at once took ~86 MB at 100,000 devices, and several tenants may snapshot at once).
+   */
   async function snapshot(tenantId: string, cycleAt: number): Promise<number> {
     const ids = await deps.published.seenSince(tenantId, cycleAt);
-    const stored = await deps.scores.getDeviceScores(tenantId, ids);
-    const messages = stored.map((score) => vmsRecord(tenantId, score.cycleId, score.scoredAt, score.device));
-    for (let start = 0; start < messages.length; start += 500) {
-      await deps.publisher.send(
-        deps.topics.vmsRiskScores,
-        'urs/vms-risk-score',
-        messages.slice(start, start + 500),
-      );
+    let pending: { key: string; value: VmsRiskScore }[] = [];
+    let sent = 0;
+    const flush = async (): Promise<void> => {
+      await deps.publisher.send(deps.topics.vmsRiskScores, 'urs/vms-risk-score', pending);
+      sent += pending.length;
+      pending = [];
+    };
+    for (let start = 0; start < ids.length; start += SNAPSHOT_CHUNK) {
+      const stored = await deps.scores.getDeviceScores(tenantId, ids.slice(start, start + SNAPSHOT_CHUNK));
+      for (const score of stored) {
+        pending.push(vmsRecord(tenantId, score.cycleId, score.scoredAt, score.device));
+        if (pending.length === SNAPSHOT_CHUNK) await flush();
+      }
     }
-    records.inc({ kind: 'snapshot' }, messages.length);
-    return messages.length;
+    if (pending.length > 0) await flush();
+    records.inc({ kind: 'snapshot' }, sent);
+    return sent;
   }
 
   async function publish(

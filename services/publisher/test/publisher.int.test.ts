@@ -133,6 +133,8 @@ describe('the publisher', () => {
       afterScoresSent?: () => Promise<void>;
       /** Where the cycle completion logs; silent by default. */
       completionLogger?: Logger;
+      /** Called as the cycle completion reads stored scores (a snapshot), with the ids asked. */
+      onScoresRead?: (deviceIds: string[]) => void;
     } = {},
   ) {
     let failures = options.failSummaries ?? 0;
@@ -184,7 +186,13 @@ describe('the publisher', () => {
     const completion = createCycleCompletion({
       cycles,
       published,
-      scores: createScoreStore(redis.client, redis.prefix),
+      scores: {
+        ...createScoreStore(redis.client, redis.prefix),
+        getDeviceScores: (tenantId, deviceIds) => {
+          options.onScoresRead?.(deviceIds);
+          return createScoreStore(redis.client, redis.prefix).getDeviceScores(tenantId, deviceIds);
+        },
+      },
       publisher,
       topics,
       logger: options.completionLogger ?? silentLogger,
@@ -450,6 +458,36 @@ describe('the publisher', () => {
       .map((m) => m.key)
       .sort();
     expect(snapshotted).toEqual(['t1/a', 't1/b', 't1/c']);
+  });
+
+  it("createCycleCompletion should read, build and send a large fleet's snapshot 500 devices at a time, in device id order", async () => {
+    const reads: { ids: number; sentBefore: number }[] = [];
+    const { handler, begin } = build({
+      snapshotEveryCycles: 1,
+      onScoresRead: (deviceIds) => reads.push({ ids: deviceIds.length, sentBefore: records().length }),
+    });
+    await begin(1);
+    const ids = Array.from({ length: 1_201 }, (_, n) => `d${(n * 7919) % 1_201}`);
+    await handler(
+      scoreBatch(
+        1,
+        0,
+        ids.map((id) => device(id, 10, 'Trustworthy')),
+        1,
+      ),
+    );
+    // The batch's 1,201 records first; then each 500 devices' scores read once the previous 500 records went out.
+    expect(reads).toEqual([
+      { ids: 500, sentBefore: 1_201 },
+      { ids: 500, sentBefore: 1_701 },
+      { ids: 201, sentBefore: 2_201 },
+    ]);
+    expect(
+      records()
+        .slice(1_201)
+        .map((m) => m.key),
+    ).toEqual(ids.sort().map((id) => `t1/${id}`));
+    expect(summaries()[0]?.published).toMatchObject({ snapshot: true });
   });
 
   it('createCycleCompletion should hold the tombstones of most of a fleet gone at once until they were absent for the hold cycles', async () => {
