@@ -175,7 +175,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
   );
   const lag = deps.metrics.histogram(
     'urs_score_to_publish_seconds',
-    "From a cycle's last score to its summary, in seconds.",
+    "From a cycle's last score to its summary, in seconds, by status: a partial cycle's includes its wait for the batches that never came.",
   );
   const collectToSummary = deps.metrics.histogram(
     'urs_collect_to_summary_seconds',
@@ -346,7 +346,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       { key: tenantId, value: summary },
     ]);
     summaries.inc({ status });
-    if (lastScoredMs > 0) lag.observe(summary.timings.scoreToPublishMs / 1000);
+    if (lastScoredMs > 0) lag.observe(summary.timings.scoreToPublishMs / 1000, { status });
     if (collectedAt !== null)
       collectToSummary.observe(ms(publishedAt.getTime(), Date.parse(collectedAt)) / 1000, { status });
     const reason = status === 'partial' ? partialReason(state) : undefined;

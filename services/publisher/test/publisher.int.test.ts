@@ -614,6 +614,27 @@ describe('the publisher', () => {
     expect(line('_sum{status="partial"}')).toMatch(/ 270$/);
   });
 
+  it("createCycleCompletion should time each summary from its cycle's last score in urs_score_to_publish_seconds, by status", async () => {
+    const { handler, begin, completion, cycles, metrics } = build();
+    await begin(1);
+    // Scored at minute 12, sent 2 s later.
+    now = new Date(Date.parse(minute(12)) + 2_000);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')], 1));
+    await begin(2);
+    await cycles.listed('t1', 'c2', { totalBatches: 2, totalDevices: 2, listedAt: minute(21) });
+    await handler(scoreBatch(2, 0, [device('a', 10, 'Trustworthy')]));
+    // Scored at minute 22, closed as partial at its deadline (minute 25) 30 s on: its wait for a batch that
+    // never came, kept apart from the complete cycles'.
+    now = new Date(Date.parse(minute(25)) + 30_000);
+    expect(await completion.closeOverdue()).toBe(1);
+    const exposed = metrics.expose();
+    const line = (labels: string): string | undefined =>
+      exposed.split('\n').find((text) => text.startsWith(`urs_score_to_publish_seconds${labels}`));
+    expect(line('_sum{status="complete"}')).toMatch(/ 2$/);
+    expect(line('_count{status="complete"}')).toMatch(/ 1$/);
+    expect(line('_sum{status="partial"}')).toMatch(/ 210$/);
+  });
+
   it('closeOverdue should send a partial summary whose first send failed, on a later sweep', async () => {
     const { handler, begin, completion, metrics } = build({ failSummaries: 1 });
     await begin(1);
