@@ -417,6 +417,22 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
   }
 
   /**
+   * The total a cycle's last batch carried, for a correction batch (which carries none) of a cycle whose
+   * poller's listing is missing: the corrections come after the last batch, and nothing else would complete
+   * the cycle before its deadline closed it as partial. Read only for a cycle that has corrections.
+   */
+  async function carriedTotal(
+    state: CycleState | null,
+    tenantId: string,
+    cycleId: string,
+  ): Promise<number | undefined> {
+    if (state?.correctionBatches === undefined) return undefined;
+    const stats = await deps.cycles.batchStats<BatchStats>(tenantId, cycleId);
+    const carried = [...stats.values()].flatMap((batch) => batch.totalBatches ?? []);
+    return carried.length > 0 ? Math.max(...carried) : undefined;
+  }
+
+  /**
    * What a cycle owes once a batch of it is recorded, as `state` says: its summary, claimed already or
    * to claim, with this status; null when nothing is due yet.
    */
@@ -430,7 +446,8 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     if (state?.published) return { status: state.published, claimed: true };
     // Dead-lettered on the way: never scored, as settled as the scored ones.
     const lost = state?.lostBatches ?? 0;
-    const totalBatches = state?.totalBatches ?? hint.totalBatches;
+    const totalBatches =
+      state?.totalBatches ?? hint.totalBatches ?? (await carriedTotal(state, tenantId, cycleId));
     if (totalBatches === undefined) {
       // Abandoned by its poller: partial once every batch it emitted is in (or at the close it was given,
       // the only close of a cycle whose poller died: how many batches it emitted is not known).

@@ -10,6 +10,11 @@ export interface BatchStats {
   scoredAt: string;
   /** Device records published for this batch because their score or band changed. */
   changed: number;
+  /**
+   * The cycle's batches as its last batch says (the poller's, plus the vuln-fetcher's corrections after it):
+   * what a correction batch completes the cycle by when the poller's listing is missing.
+   */
+  totalBatches?: number;
 }
 
 export function emptyBands(): Record<Band, number> {
@@ -38,6 +43,7 @@ export function batchStats(batch: ScoreBatch, changed: number): BatchStats {
     collectedAt: batch.collectedAt,
     scoredAt: batch.scoredAt,
     changed,
+    ...(batch.totalBatches === undefined ? {} : { totalBatches: batch.totalBatches }),
   };
 }
 

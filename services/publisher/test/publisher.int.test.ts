@@ -723,6 +723,21 @@ describe('the publisher', () => {
     expect(records('c2').map((m) => m.key)).toEqual(['t1/x']);
   });
 
+  it("createPublishHandler should complete a bulk cycle whose poller's listing is missing only once its correction batches are in", async () => {
+    const { handler, begin, cycles } = build();
+    await begin(1);
+    // The vuln-fetcher added one correction batch after the poller's one, and the last batch's total with it.
+    await cycles.addCorrections('t1', 'c1', 1);
+    await handler(scoreBatch(1, 0, [device('x', 0, 'Trustworthy'), device('w', 0, 'Trustworthy')], 2));
+    expect(summaries()).toEqual([]);
+    await handler({
+      ...scoreBatch(1, 1, [device('x', 30, 'Low Risk')]),
+      replaces: { bands: { Trustworthy: 1 }, incomplete: 0 },
+    });
+    expect(summaries()).toHaveLength(1);
+    expect(summaries()[0]).toMatchObject({ status: 'complete', bands: { Trustworthy: 1, 'Low Risk': 1 } });
+  });
+
   it('createPublishHandler should publish a device again when its addresses change with its score', async () => {
     const { handler, begin } = build();
     const at = (ip: string) => scoredDevice('m', 10, 'Trustworthy', { lastIpAddress: ip });
