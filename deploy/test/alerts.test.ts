@@ -119,6 +119,14 @@ describe('deploy/prometheus/alerts.yml', () => {
     },
   );
 
+  test.each(rules.map((rule) => [rule.alert, rule] as const))(
+    'rule %s should quote log texts with a value ("reason: <value>") as the code writes them',
+    (_name, rule) => {
+      const quoted = [...(rule.annotations?.['description'] ?? '').matchAll(/"([^"<]+): <[^>"]+>"/g)];
+      for (const [, text] of quoted) expect([text, code.includes(`${text}: `)]).toEqual([text, true]);
+    },
+  );
+
   test("README's Alerts table should have a runbook row for every rule, and none for a rule there is not", () => {
     const readme = read('README.md');
     const start = readme.indexOf('\n### Alerts\n');

@@ -51,6 +51,11 @@ export interface CycleState {
    * vuln-fetcher adds to a bulk cycle enriched from the tenant's latest export (`addCorrections`).
    */
   totalBatches?: number;
+  /**
+   * The correction batches the vuln-fetcher added (`addCorrections`), known before the cycle's last batch
+   * goes on, also when the poller's listing (`totalBatches`) is missing.
+   */
+  correctionBatches?: number;
   totalDevices?: number;
   listedAt?: string;
   /**
@@ -257,6 +262,8 @@ function toState(
   };
   if (fields['totalBatches'] !== undefined)
     state.totalBatches = Number(fields['totalBatches']) + Number(fields['correctionBatches'] ?? 0);
+  if (fields['correctionBatches'] !== undefined)
+    state.correctionBatches = Number(fields['correctionBatches']);
   if (fields['totalDevices'] !== undefined) state.totalDevices = Number(fields['totalDevices']);
   if (fields['listedAt'] !== undefined) state.listedAt = fields['listedAt'];
   const mode = fields['vulnerabilityMode'];

@@ -67,7 +67,10 @@ export interface PublishedStore extends TenantDeletions, PublishedRebuild {
    * With `hold`, when those devices are at least `hold.minDevices` and more than `hold.maxSharePercent` of
    * the devices known (`knownDevices`: a listing that lost most of the fleet, as an empty answer of
    * Microsoft's would), only those absent from the last `hold.cycles` completed cycles are listed; `held`
-   * counts the others. Decided at the first call, as the counts are.
+   * counts the others. Decided at the first call, as the counts are. A repeat lists nothing once the
+   * tombstones were sent (`markCycleSent`; a first call that listed none sent them at once): the devices the
+   * cycles after it lack are theirs to tombstone, under their own hold. One before that lists the devices
+   * absent as the first call did, under the same hold test. `snapshotSent`: the cycle's snapshot was sent.
    */
   completeCycle(
     tenantId: string,
@@ -75,7 +78,13 @@ export interface PublishedStore extends TenantDeletions, PublishedRebuild {
     cycleAt: number,
     absentCycles: number,
     hold?: TombstoneHold,
-  ): Promise<{ sequence: number; gone: string[]; tombstones: number; held: number; knownDevices: number }>;
+  ): Promise<CompletedCycle>;
+  /**
+   * Keeps with a completed cycle's counts (`completeCycle`) that its tombstones or its snapshot went out: a
+   * summary sent again (its first send failed) sends them no more. Nothing for a cycle not completed, or
+   * one let go of.
+   */
+  markCycleSent(tenantId: string, cycleId: string, part: 'tombstones' | 'snapshot'): Promise<void>;
   /**
    * Devices seen in the cycle that started at `cycleAt` or in a later one: a device keeps only its newest
    * cycle, so one a later cycle has recorded already (its summary may come after that cycle's batches) is
@@ -112,10 +121,35 @@ export interface PublishedStore extends TenantDeletions, PublishedRebuild {
   renewTenantLease(lease: TenantLease): Promise<boolean>;
   /** Gives the tenant's lease back, if this holder still has it. */
   releaseTenantLease(lease: TenantLease): Promise<void>;
-  /** Cycles whose summary was claimed at or before `before` (epoch ms) but never sent (a crash, a failed send). */
+  /**
+   * Cycles whose summary was claimed at or before `before` (epoch ms), or deferred to then
+   * (`deferOwedSummary`), but never sent (a crash, a failed send).
+   */
   summariesOwed(
     before: number,
   ): Promise<{ tenantId: string; cycleId: string; status: 'complete' | 'partial' }[]>;
+  /**
+   * An owed summary's send failed again: listed by `summariesOwed` from `fromMs` plus a delay that starts at
+   * `backoff.firstMs` and doubles at each failure up to `backoff.maxMs`; resolves that delay. A summary sent
+   * (or no longer owed) meanwhile stays so, and resolves 0.
+   */
+  deferOwedSummary(
+    tenantId: string,
+    cycleId: string,
+    status: 'complete' | 'partial',
+    fromMs: number,
+    backoff: { firstMs: number; maxMs: number },
+  ): Promise<number>;
+}
+
+/** What `PublishedStore.completeCycle` answers. */
+export interface CompletedCycle {
+  sequence: number;
+  gone: string[];
+  tombstones: number;
+  held: number;
+  knownDevices: number;
+  snapshotSent: boolean;
 }
 
 /**
@@ -132,22 +166,28 @@ export interface TombstoneHold {
 /** No brake: every device absent long enough is tombstoned. */
 const NO_HOLD: TombstoneHold = { maxSharePercent: 100, minDevices: 1, cycles: 1 };
 
-// KEYS[1] sequence hash (cycleId → `n:tombstones:held`, `n:tombstones` or `n` as written before the counts were
-// kept), KEYS[2] counter, KEYS[3] completed zset (cycleId by start ms), KEYS[4] seen zset. ARGV: cycleId, cycle
-// ms, absentCycles, the largest share of the devices known tombstoned at once (percent), the fewest devices
-// held, the cycles a device is held for beyond them. The hold is decided at the cycle's first call and kept
-// with its counts, so a repeat (a summary sent again) holds what the first held. Returns {sequence,
-// tombstones, held, devices known, gone ids...}: ranges of the seen zset, so a large fleet costs only its
-// absent devices.
+/** A completed cycle's parts sent, as flags kept with its counts (`PublishedStore.markCycleSent`). */
+const SENT_FLAGS = { tombstones: 1, snapshot: 2 } as const;
+
+// KEYS[1] sequence hash (cycleId → `n:tombstones:held:sent`, the flags of SENT_FLAGS; `n:tombstones:held`,
+// `n:tombstones` or `n` as written before), KEYS[2] counter, KEYS[3] completed zset (cycleId by start ms),
+// KEYS[4] seen zset. ARGV: cycleId, cycle ms, absentCycles, the largest share of the devices known tombstoned
+// at once (percent), the fewest devices held, the cycles a device is held for beyond them. The hold is
+// decided at the cycle's first call and kept with its counts, so a repeat (a summary sent again) holds what
+// the first held; a repeat before the tombstones were sent lists the absent devices under the same test (the
+// cycles since may lack most of the fleet), one after them nothing. A first call that lists none has sent
+// them. Returns {sequence, tombstones, held, devices known, sent flags, gone ids...}: ranges of the seen
+// zset, so a large fleet costs only its absent devices.
 const COMPLETE = `
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
-local sequence, counted, held
+local sequence, counted, held, sent
 if stored then
-  sequence, counted, held = string.match(stored, '^(%d+):?(%d*):?(%d*)$')
+  sequence, counted, held, sent = string.match(stored, '^(%d+):?(%d*):?(%d*):?(%d*)$')
 else
   sequence = redis.call('INCR', KEYS[2])
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 end
+sent = tonumber(sent) or 0
 local n = tonumber(ARGV[3])
 local hold = tonumber(ARGV[6])
 local function absentFrom(cycles)
@@ -156,20 +196,28 @@ local function absentFrom(cycles)
   return redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. oldest[2])
 end
 local known = redis.call('ZCARD', KEYS[4])
-local gone = absentFrom(n)
-if counted == nil or counted == '' then
-  held = 0
+local function braked()
+  local gone = absentFrom(n)
   if #gone >= tonumber(ARGV[5]) and #gone * 100 > tonumber(ARGV[4]) * known then
     local released = absentFrom(hold)
-    held = #gone - #released
-    gone = released
+    return released, #gone - #released
   end
+  return gone, 0
+end
+local gone
+if counted == nil or counted == '' then
+  gone, held = braked()
   counted = #gone
-  redis.call('HSET', KEYS[1], ARGV[1], sequence .. ':' .. counted .. ':' .. held)
+  if counted == 0 then sent = sent + ${SENT_FLAGS.tombstones} end
+  redis.call('HSET', KEYS[1], ARGV[1], sequence .. ':' .. counted .. ':' .. held .. ':' .. sent)
+elseif sent % 2 == ${SENT_FLAGS.tombstones} then
+  gone = {}
 elseif held ~= nil and held ~= '' and tonumber(held) > 0 then
   gone = absentFrom(hold)
+else
+  gone = braked()
 end
-local result = {tonumber(sequence), tonumber(counted), tonumber(held) or 0, known}
+local result = {tonumber(sequence), tonumber(counted), tonumber(held) or 0, known, sent}
 for i = 1, #gone do table.insert(result, gone[i]) end
 -- Only the last cycles matter for absence; keep a few more for diagnosis. A cycle let go of takes its
 -- sequence number with it (the hash would grow by one field per cycle, for ever).
@@ -181,21 +229,44 @@ if #old > 0 then
 end
 return result`;
 
-// KEYS[1] sent marker, KEYS[2] lock, KEYS[3] owed zset; ARGV ttl ms, the cycle's owed members. A sent
-// summary still listed as owed is taken out of the list.
+// KEYS[1] sequence hash; ARGV cycleId, the flag (SENT_FLAGS) to set in its counts (see COMPLETE).
+const MARK_SENT = `
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if not stored then return 0 end
+local sequence, counted, held, sent = string.match(stored, '^(%d+):?(%d*):?(%d*):?(%d*)$')
+if not sequence or counted == '' then return 0 end
+sent = tonumber(sent) or 0
+local flag = tonumber(ARGV[2])
+if math.floor(sent / flag) % 2 == 0 then sent = sent + flag end
+redis.call('HSET', KEYS[1], ARGV[1], sequence .. ':' .. counted .. ':' .. (held ~= '' and held or '0') .. ':' .. sent)
+return 1`;
+
+// KEYS[1] sent marker, KEYS[2] lock, KEYS[3] owed zset, KEYS[4] owed failures hash; ARGV ttl ms, the cycle's
+// owed members. A sent summary still listed as owed is taken out of the list.
 const LOCK_SUMMARY = `
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('ZREM', KEYS[3], ARGV[2], ARGV[3])
+  redis.call('HDEL', KEYS[4], ARGV[2], ARGV[3])
   return 0
 end
 if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 0 end
 return 1`;
 
 /**
- * The zset of cycles whose summary was claimed and not yet sent, by the time of the claim. The cycle
- * store's claim lists a cycle in it (see `owedSummary`), `summarySent` takes it out.
+ * The zset of cycles whose summary was claimed and not yet sent, by the time of the claim (moved later at
+ * each failed send of the sweep, see `deferOwedSummary`; `{prefix}summaries-owed-failures` counts them). The
+ * cycle store's claim lists a cycle in it (see `owedSummary`), `summarySent` takes it out.
  */
 export const summariesOwedKey = (prefix: string): string => `${prefix}summaries-owed`;
+
+// KEYS[1] owed zset, KEYS[2] owed failures hash (member → failed sends); ARGV the member, from (epoch ms), the
+// first delay and the largest (ms). Returns the delay, 0 when the member is owed no more.
+const DEFER_OWED = `
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local failures = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+local delay = math.min(tonumber(ARGV[4]), tonumber(ARGV[3]) * 2 ^ math.min(failures - 1, 40))
+redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[2]) + delay, ARGV[1])
+return delay`;
 
 /** A cycle's member in the owed zset: what the sweep needs to send its summary. */
 export const owedSummary = (tenantId: string, cycleId: string, status: 'complete' | 'partial'): string =>
@@ -247,6 +318,8 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
   const summaryLockKey = (tenantId: string, cycleId: string): string =>
     `${prefix}summary-lock:${tenantId}:${cycleId}`;
   const owedKey = summariesOwedKey(prefix);
+  // How many times each owed summary's send failed (`deferOwedSummary`): fields go with their owed entry.
+  const owedFailuresKey = `${prefix}summaries-owed-failures`;
   const rebuiltKey = `${prefix}published-rebuilt`;
   const deletions = createTenantDeletions(
     redis,
@@ -314,15 +387,19 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
         String(hold.maxSharePercent),
         String(Math.max(1, hold.minDevices)),
         String(Math.max(1, absentCycles, hold.cycles)),
-      )) as [number, number, number, number, ...string[]];
-      const [sequence, tombstones, held, known, ...gone] = result;
+      )) as [number, number, number, number, number, ...string[]];
+      const [sequence, tombstones, held, known, sent, ...gone] = result;
       return {
         sequence: Number(sequence),
         gone,
         tombstones: Number(tombstones),
         held: Number(held),
         knownDevices: Number(known),
+        snapshotSent: Math.floor(Number(sent) / SENT_FLAGS.snapshot) % 2 === 1,
       };
+    },
+    async markCycleSent(tenantId, cycleId, part) {
+      await redis.eval(MARK_SENT, 1, sequenceKey(tenantId), cycleId, String(SENT_FLAGS[part]));
     },
     async seenSince(tenantId, cycleAt) {
       return (await redis.zrangebyscore(seenKey(tenantId), cycleAt, '+inf')).sort();
@@ -350,10 +427,11 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     async lockSummary(tenantId, cycleId, ttlMs) {
       const locked = await redis.eval(
         LOCK_SUMMARY,
-        3,
+        4,
         sentKey(tenantId, cycleId),
         summaryLockKey(tenantId, cycleId),
         owedKey,
+        owedFailuresKey,
         String(ttlMs),
         ...owedSummaries(tenantId, cycleId),
       );
@@ -382,11 +460,17 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
           .multi()
           .set(sentKey(tenantId, cycleId), '1', 'PX', SUMMARY_MARKER_TTL_MS)
           .del(summaryLockKey(tenantId, cycleId))
-          .zrem(owedKey, ...owedSummaries(tenantId, cycleId)),
+          .zrem(owedKey, ...owedSummaries(tenantId, cycleId))
+          .hdel(owedFailuresKey, ...owedSummaries(tenantId, cycleId)),
       );
     },
     async dropOwedSummary(tenantId, cycleId) {
-      await redis.zrem(owedKey, ...owedSummaries(tenantId, cycleId));
+      await replies(
+        redis
+          .multi()
+          .zrem(owedKey, ...owedSummaries(tenantId, cycleId))
+          .hdel(owedFailuresKey, ...owedSummaries(tenantId, cycleId)),
+      );
     },
     async summariesOwed(before) {
       const members = await redis.zrangebyscore(owedKey, '-inf', before);
@@ -394,6 +478,19 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
         const [tenantId, cycleId, status] = JSON.parse(member) as [string, string, 'complete' | 'partial'];
         return { tenantId, cycleId, status };
       });
+    },
+    async deferOwedSummary(tenantId, cycleId, status, fromMs, backoff) {
+      const delay = await redis.eval(
+        DEFER_OWED,
+        2,
+        owedKey,
+        owedFailuresKey,
+        owedSummary(tenantId, cycleId, status),
+        String(fromMs),
+        String(backoff.firstMs),
+        String(backoff.maxMs),
+      );
+      return Number(delay);
     },
   };
 }

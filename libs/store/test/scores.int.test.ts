@@ -706,10 +706,31 @@ describe('createPublishedStore', () => {
       await published.commit('t', cycle * 1000, [d('stay')]);
       return published.completeCycle('t', `c${cycle}`, cycle * 1000, 2, hold);
     };
-    expect(await next(2)).toEqual({ sequence: 2, gone: [], tombstones: 0, held: 0, knownDevices: 4 });
+    expect(await next(2)).toEqual({
+      sequence: 2,
+      gone: [],
+      tombstones: 0,
+      held: 0,
+      knownDevices: 4,
+      snapshotSent: false,
+    });
     // Absent from two cycles: three of four devices, more than half of them, are held.
-    expect(await next(3)).toEqual({ sequence: 3, gone: [], tombstones: 0, held: 3, knownDevices: 4 });
-    expect(await next(4)).toEqual({ sequence: 4, gone: [], tombstones: 0, held: 3, knownDevices: 4 });
+    expect(await next(3)).toEqual({
+      sequence: 3,
+      gone: [],
+      tombstones: 0,
+      held: 3,
+      knownDevices: 4,
+      snapshotSent: false,
+    });
+    expect(await next(4)).toEqual({
+      sequence: 4,
+      gone: [],
+      tombstones: 0,
+      held: 3,
+      knownDevices: 4,
+      snapshotSent: false,
+    });
     // Absent from four: sent.
     expect(await next(5)).toMatchObject({ sequence: 5, gone: ['a', 'b', 'c'], tombstones: 3, held: 0 });
   });
@@ -722,7 +743,14 @@ describe('createPublishedStore', () => {
     for (const cycle of [2, 3]) await published.commit('t', cycle * 1000, [d('stay')]);
     await published.completeCycle('t', 'c2', 2000, 2, hold);
     const first = await published.completeCycle('t', 'c3', 3000, 2, hold);
-    expect(first).toEqual({ sequence: 3, gone: [], tombstones: 0, held: 3, knownDevices: 4 });
+    expect(first).toEqual({
+      sequence: 3,
+      gone: [],
+      tombstones: 0,
+      held: 3,
+      knownDevices: 4,
+      snapshotSent: false,
+    });
     // Asked again (the summary sent again) after one held device was forgotten: still held, as first decided.
     await published.forget('t', ['a']);
     expect(await published.completeCycle('t', 'c3', 3000, 2, hold)).toEqual({
@@ -731,6 +759,7 @@ describe('createPublishedStore', () => {
       tombstones: 0,
       held: 3,
       knownDevices: 3,
+      snapshotSent: false,
     });
     // Fewer than minDevices absent: sent as without a hold, whatever their share.
     const small = { ...hold, minDevices: 3 };
@@ -744,7 +773,103 @@ describe('createPublishedStore', () => {
       tombstones: 2,
       held: 0,
       knownDevices: 3,
+      snapshotSent: false,
     });
+  });
+
+  it('completeCycle asked again for a cycle that listed nothing should list nothing, however many devices the cycles after it lack', async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const hold = { maxSharePercent: 50, minDevices: 1, cycles: 4 };
+    await published.commit('t', 1000, ['a', 'b', 'c', 'stay'].map(d));
+    expect(await published.completeCycle('t', 'c1', 1000, 2, hold)).toMatchObject({
+      gone: [],
+      tombstones: 0,
+    });
+    // Then the listing answers one device of four: the hold keeps the others.
+    for (const cycle of [2, 3]) {
+      await published.commit('t', cycle * 1000, [d('stay')]);
+      await published.completeCycle('t', `c${cycle}`, cycle * 1000, 2, hold);
+    }
+    // c1's summary sent again (its first send failed): what it tombstoned was decided at its completion.
+    expect(await published.completeCycle('t', 'c1', 1000, 2, hold)).toMatchObject({
+      sequence: 1,
+      gone: [],
+      tombstones: 0,
+      held: 0,
+    });
+  });
+
+  it('completeCycle asked again before its tombstones were sent should list them under the same hold', async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const hold = { maxSharePercent: 50, minDevices: 1, cycles: 4 };
+    await published.commit('t', 1000, ['a', 'b', 'c', 'd'].map(d));
+    await published.completeCycle('t', 'c1', 1000, 2, hold);
+    for (const cycle of [2, 3]) await published.commit('t', cycle * 1000, ['b', 'c', 'd'].map(d));
+    await published.completeCycle('t', 'c2', 2000, 2, hold);
+    expect(await published.completeCycle('t', 'c3', 3000, 2, hold)).toMatchObject({
+      gone: ['a'],
+      tombstones: 1,
+    });
+    // Its tombstones not sent yet when the fleet's listing lost all but one device for two more cycles.
+    for (const cycle of [4, 5]) {
+      await published.commit('t', cycle * 1000, [d('d')]);
+      await published.completeCycle('t', `c${cycle}`, cycle * 1000, 2, hold);
+    }
+    expect(await published.completeCycle('t', 'c3', 3000, 2, hold)).toMatchObject({
+      gone: ['a'],
+      tombstones: 1,
+    });
+  });
+
+  it('markCycleSent should keep, with the completed cycle, that its tombstones and snapshot were sent, for its repeats', async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    await published.commit('t', 1000, ['a', 'b'].map(d));
+    await published.completeCycle('t', 'c1', 1000, 1);
+    await published.commit('t', 2000, [d('b')]);
+    expect(await published.completeCycle('t', 'c2', 2000, 1)).toMatchObject({
+      gone: ['a'],
+      snapshotSent: false,
+    });
+    await published.markCycleSent('t', 'c2', 'tombstones');
+    await published.markCycleSent('t', 'c2', 'snapshot');
+    // Not forgotten (say, a failure before it was): listed no more all the same.
+    expect(await published.completeCycle('t', 'c2', 2000, 1)).toMatchObject({
+      sequence: 2,
+      gone: [],
+      tombstones: 1,
+      snapshotSent: true,
+    });
+    // A cycle not completed has nothing to mark.
+    await published.markCycleSent('t', 'c9', 'snapshot');
+    expect(await redis.client.hexists(`${redis.prefix}published-seq:t`, 'c9')).toBe(0);
+  });
+
+  it('deferOwedSummary should move an owed summary later by a delay doubling at each failure up to its cap, until it is sent', async () => {
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await cycles.begin({
+      tenantId: 't',
+      cycleId: 'c1',
+      startedAt: new Date(Date.now() - 60_000).toISOString(),
+      deadlineAt: new Date(Date.now() + 60_000).toISOString(),
+    });
+    expect(await cycles.claimPublication('t', 'c1', 'partial', 1000)).toBe(true);
+    const backoff = { firstMs: 100, maxMs: 300 };
+    expect(await published.deferOwedSummary('t', 'c1', 'partial', 5000, backoff)).toBe(100);
+    expect(await published.summariesOwed(5099)).toEqual([]);
+    expect(await published.summariesOwed(5100)).toEqual([
+      { tenantId: 't', cycleId: 'c1', status: 'partial' },
+    ]);
+    expect(await published.deferOwedSummary('t', 'c1', 'partial', 6000, backoff)).toBe(200);
+    expect(await published.deferOwedSummary('t', 'c1', 'partial', 7000, backoff)).toBe(300);
+    expect(await published.summariesOwed(7299)).toEqual([]);
+    expect(await published.summariesOwed(7300)).toHaveLength(1);
+    await published.summarySent('t', 'c1');
+    expect(await published.summariesOwed(Number.MAX_SAFE_INTEGER)).toEqual([]);
+    // Sent: neither listed again by a deferral nor left counting its failures.
+    expect(await published.deferOwedSummary('t', 'c1', 'partial', 8000, backoff)).toBe(0);
+    expect(await published.summariesOwed(Number.MAX_SAFE_INTEGER)).toEqual([]);
+    expect(await redis.client.exists(`${redis.prefix}summaries-owed-failures`)).toBe(0);
   });
 
   it('completeCycle with a hold should send the tombstones of up to its share of the fleet at once', async () => {

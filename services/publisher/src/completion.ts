@@ -1,6 +1,6 @@
 import type { Publisher } from '@urs/bus';
 import type { Topics } from '@urs/config';
-import { vmsRecord, type VmsRiskSummary } from '@urs/contracts';
+import { vmsRecord, type VmsRiskScore, type VmsRiskSummary } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage, keepRenewing, UrsError } from '@urs/resilience';
 import type { CycleState, CycleStore, PublishedStore, ScoreStore, TombstoneHold } from '@urs/store';
@@ -86,6 +86,13 @@ export interface CycleCompletion {
 /** How long one sender holds a cycle's summary; a summary owed longer than this is sent again. */
 const DEFAULT_SUMMARY_LOCK_MS = 30_000;
 
+/**
+ * The longest an owed summary whose send keeps failing (an ACL missing on vms.risk-summary, say) waits for
+ * its next try; the wait starts at the summary lock and doubles. Below UrsSummarySweepFailing's 15-minute
+ * window, so the alert keeps firing while it fails.
+ */
+const OWED_RETRY_MAX_MS = 5 * 60_000;
+
 const ms = (later: number, earlier: number): number => Math.max(0, Math.round(later - earlier));
 
 /** Buckets of collect → summary, in seconds: per-device cycles take well under a second, a large first bulk cycle ~10 s. */
@@ -107,6 +114,9 @@ const withoutWaitingForRebuild = (): AbortSignal =>
       { canRetry: true },
     ),
   );
+
+/** Devices a snapshot reads, makes records of and sends at a time. */
+const SNAPSHOT_CHUNK = 500;
 
 /** Tenants a sweep serves at once: each summary may snapshot a large fleet, so not every overdue tenant. */
 const SWEEP_CONCURRENCY = 8;
@@ -165,7 +175,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
   );
   const lag = deps.metrics.histogram(
     'urs_score_to_publish_seconds',
-    "From a cycle's last score to its summary, in seconds.",
+    "From a cycle's last score to its summary, in seconds, by status: a partial cycle's includes its wait for the batches that never came.",
   );
   const collectToSummary = deps.metrics.histogram(
     'urs_collect_to_summary_seconds',
@@ -189,26 +199,37 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
   );
   const sweepFailures = deps.metrics.counter(
     'urs_summary_sweep_failures_total',
-    'Overdue or owed cycle summaries the deadline sweep could not send (tried again at the next sweep).',
+    'Overdue or owed cycle summaries the deadline sweep could not send (tried again by a later sweep, an owed one after a wait growing to 5 minutes).',
   );
   // Served at 0 from the start: UrsTombstonesHeld and UrsSummarySweepFailing count their increase, which the
   // first event alone (the series appearing at 1) would not show.
   tombstonesHeld.init();
   sweepFailures.init();
 
+  /**
+   * Sends every device the cycle names, in device id order, SNAPSHOT_CHUNK records a send. Only the ids are
+   * held whole: each chunk's scores are read, made records and sent before the next is read (a fleet's
+   * scores and records at once took ~86 MB at 100,000 devices, and several tenants may snapshot at once).
+   */
   async function snapshot(tenantId: string, cycleAt: number): Promise<number> {
     const ids = await deps.published.seenSince(tenantId, cycleAt);
-    const stored = await deps.scores.getDeviceScores(tenantId, ids);
-    const messages = stored.map((score) => vmsRecord(tenantId, score.cycleId, score.scoredAt, score.device));
-    for (let start = 0; start < messages.length; start += 500) {
-      await deps.publisher.send(
-        deps.topics.vmsRiskScores,
-        'urs/vms-risk-score',
-        messages.slice(start, start + 500),
-      );
+    let pending: { key: string; value: VmsRiskScore }[] = [];
+    let sent = 0;
+    const flush = async (): Promise<void> => {
+      await deps.publisher.send(deps.topics.vmsRiskScores, 'urs/vms-risk-score', pending);
+      sent += pending.length;
+      pending = [];
+    };
+    for (let start = 0; start < ids.length; start += SNAPSHOT_CHUNK) {
+      const stored = await deps.scores.getDeviceScores(tenantId, ids.slice(start, start + SNAPSHOT_CHUNK));
+      for (const score of stored) {
+        pending.push(vmsRecord(tenantId, score.cycleId, score.scoredAt, score.device));
+        if (pending.length === SNAPSHOT_CHUNK) await flush();
+      }
     }
-    records.inc({ kind: 'snapshot' }, messages.length);
-    return messages.length;
+    if (pending.length > 0) await flush();
+    records.inc({ kind: 'snapshot' }, sent);
+    return sent;
   }
 
   async function publish(
@@ -272,7 +293,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         deps.tombstoneAfterCycles,
         deps.tombstoneHold,
       );
-      const { sequence, gone, held, knownDevices } = completed;
+      const { sequence, gone, held, knownDevices, snapshotSent } = completed;
       if (held > 0) {
         tombstonesHeld.inc({}, held);
         log.warn(
@@ -286,12 +307,20 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
           },
         );
       }
-      await tombstone(tenantId, gone, cycleAt);
+      // Kept as sent with the cycle's counts: a summary sent again (its send failed) sends neither its
+      // tombstones nor its snapshot again, which for a large fleet's snapshot would be every record.
+      if (gone.length > 0) {
+        await tombstone(tenantId, gone, cycleAt);
+        await deps.published.markCycleSent(tenantId, cycleId, 'tombstones');
+      }
       // Counted at the cycle's first completion: a summary sent again after its tombstones went out (and
       // their devices were forgotten) still says how many.
       tombstones = completed.tombstones;
       if (sequence % deps.snapshotEveryCycles === 0) {
-        await snapshot(tenantId, cycleAt);
+        if (!snapshotSent) {
+          await snapshot(tenantId, cycleAt);
+          await deps.published.markCycleSent(tenantId, cycleId, 'snapshot');
+        }
         snapshotted = true;
       }
     }
@@ -317,7 +346,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       { key: tenantId, value: summary },
     ]);
     summaries.inc({ status });
-    if (lastScoredMs > 0) lag.observe(summary.timings.scoreToPublishMs / 1000);
+    if (lastScoredMs > 0) lag.observe(summary.timings.scoreToPublishMs / 1000, { status });
     if (collectedAt !== null)
       collectToSummary.observe(ms(publishedAt.getTime(), Date.parse(collectedAt)) / 1000, { status });
     const reason = status === 'partial' ? partialReason(state) : undefined;
@@ -388,6 +417,22 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
   }
 
   /**
+   * The total a cycle's last batch carried, for a correction batch (which carries none) of a cycle whose
+   * poller's listing is missing: the corrections come after the last batch, and nothing else would complete
+   * the cycle before its deadline closed it as partial. Read only for a cycle that has corrections.
+   */
+  async function carriedTotal(
+    state: CycleState | null,
+    tenantId: string,
+    cycleId: string,
+  ): Promise<number | undefined> {
+    if (state?.correctionBatches === undefined) return undefined;
+    const stats = await deps.cycles.batchStats<BatchStats>(tenantId, cycleId);
+    const carried = [...stats.values()].flatMap((batch) => batch.totalBatches ?? []);
+    return carried.length > 0 ? Math.max(...carried) : undefined;
+  }
+
+  /**
    * What a cycle owes once a batch of it is recorded, as `state` says: its summary, claimed already or
    * to claim, with this status; null when nothing is due yet.
    */
@@ -401,7 +446,8 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     if (state?.published) return { status: state.published, claimed: true };
     // Dead-lettered on the way: never scored, as settled as the scored ones.
     const lost = state?.lostBatches ?? 0;
-    const totalBatches = state?.totalBatches ?? hint.totalBatches;
+    const totalBatches =
+      state?.totalBatches ?? hint.totalBatches ?? (await carriedTotal(state, tenantId, cycleId));
     if (totalBatches === undefined) {
       // Abandoned by its poller: partial once every batch it emitted is in (or at the close it was given,
       // the only close of a cycle whose poller died: how many batches it emitted is not known).
@@ -435,7 +481,12 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       // Each cycle on its own: one that cannot be sent is logged and tried again at the next sweep,
       // and never holds back another tenant's summary behind it (nor does a tenant whose queue is busy:
       // tenants are swept side by side, a few at a time; nor one another replica holds: it is skipped).
-      const each = async (tenantId: string, cycleId: string, send: () => Promise<boolean>) => {
+      const each = async (
+        tenantId: string,
+        cycleId: string,
+        send: () => Promise<boolean>,
+        onFailure?: () => Promise<void>,
+      ) => {
         try {
           if (await deps.inOrder(tenantId, () => underLease(tenantId, send))) closed++;
         } catch (error) {
@@ -454,6 +505,13 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
             code: errorCode(error),
             reason: errorMessage(error),
           });
+          await onFailure?.().catch((deferError: unknown) =>
+            deps.logger.warn('owed cycle summary not deferred, tried again at the next sweep', {
+              tenantId,
+              cycleId,
+              reason: errorMessage(deferError),
+            }),
+          );
         }
       };
       /**
@@ -485,16 +543,27 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         }),
       );
       // Summaries claimed but never sent (a crash or a failed send after the claim): sent late, not lost.
-      const owed = await deps.published.summariesOwed(now().getTime() - summaryLockMs);
-      await sideBySide(owed, (summary) =>
-        each(summary.tenantId, summary.cycleId, async () => {
-          const { tenantId, cycleId, status } = summary;
-          const state = await deps.cycles.get(tenantId, cycleId);
-          if (state === null) return dropExpired(tenantId, cycleId, status);
-          const hint = { cycleStartedAt: state.startedAt };
-          return sendOwed(state, tenantId, cycleId, status, hint, withoutWaitingForRebuild());
-        }),
-      );
+      // One whose send fails again waits longer each time (every replica's sweep would try it every
+      // sweep otherwise): listed again once its lock would have lapsed, from a wait growing to a cap.
+      const owedBefore = now().getTime() - summaryLockMs;
+      const owed = await deps.published.summariesOwed(owedBefore);
+      await sideBySide(owed, (summary) => {
+        const { tenantId, cycleId, status } = summary;
+        return each(
+          tenantId,
+          cycleId,
+          async () => {
+            const state = await deps.cycles.get(tenantId, cycleId);
+            if (state === null) return dropExpired(tenantId, cycleId, status);
+            const hint = { cycleStartedAt: state.startedAt };
+            return sendOwed(state, tenantId, cycleId, status, hint, withoutWaitingForRebuild());
+          },
+          async () => {
+            const backoff = { firstMs: summaryLockMs, maxMs: Math.max(summaryLockMs, OWED_RETRY_MAX_MS) };
+            await deps.published.deferOwedSummary(tenantId, cycleId, status, owedBefore, backoff);
+          },
+        );
+      });
       return closed;
     },
   };

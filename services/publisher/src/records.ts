@@ -10,6 +10,11 @@ export interface BatchStats {
   scoredAt: string;
   /** Device records published for this batch because their score or band changed. */
   changed: number;
+  /**
+   * The cycle's batches as its last batch says (the poller's, plus the vuln-fetcher's corrections after it):
+   * what a correction batch completes the cycle by when the poller's listing is missing.
+   */
+  totalBatches?: number;
 }
 
 export function emptyBands(): Record<Band, number> {
@@ -38,17 +43,18 @@ export function batchStats(batch: ScoreBatch, changed: number): BatchStats {
     collectedAt: batch.collectedAt,
     scoredAt: batch.scoredAt,
     changed,
+    ...(batch.totalBatches === undefined ? {} : { totalBatches: batch.totalBatches }),
   };
 }
 
 /**
  * A digest of what a device's record says besides its score and band: the identity VMS enforces on (the
- * device's names, addresses, tags and group) and the explanation (the profile used, each indicator's points,
- * the missing signals). A device whose addresses change keeps its score, and VMS would otherwise keep
- * enforcing on the old ones until the next snapshot (up to 24 cycles); one whose signal went missing, or
- * whose tenant changed its profile, would keep explaining its score by what no longer holds. Signal values
- * that move within their indicator (lastSeen, a CVE count) are not in it: they would send every device
- * every cycle. 53 bits of two 32-bit FNV-1a passes over the fields (each ended by a separator no text holds),
+ * device's names, addresses, tags and group) and the explanation (the profile used, each indicator's level
+ * and points, the missing signals). A device whose addresses change keeps its score, and VMS would otherwise
+ * keep enforcing on the old ones until the next snapshot (up to 24 cycles); one whose signal went missing,
+ * whose level changed to one worth the same points, or whose tenant changed its profile, would keep
+ * explaining its score by what no longer holds. Signal values that move within their indicator (lastSeen, a
+ * CVE count: a contribution's number) are not in it: they would send every device every cycle. 53 bits of two 32-bit FNV-1a passes over the fields (each ended by a separator no text holds),
  * in base 36: a missed change by collision is ~1 in 10^16. Hashed field by field, without building their text.
  */
 export function recordDigest(device: ScoredDevice): string {
@@ -70,6 +76,8 @@ export function recordDigest(device: ScoredDevice): string {
   mix(hash, device.profileHash);
   for (const contribution of device.contributions) {
     mix(hash, contribution.signal);
+    // A level (exposureLevel's Medium, inactivity's 1to3d): two of a profile may be worth the same points.
+    mix(hash, typeof contribution.value === 'string' ? contribution.value : null);
     mix(hash, String(contribution.points));
   }
   mix(hash, null);

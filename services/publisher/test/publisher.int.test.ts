@@ -133,6 +133,8 @@ describe('the publisher', () => {
       afterScoresSent?: () => Promise<void>;
       /** Where the cycle completion logs; silent by default. */
       completionLogger?: Logger;
+      /** Called as the cycle completion reads stored scores (a snapshot), with the ids asked. */
+      onScoresRead?: (deviceIds: string[]) => void;
     } = {},
   ) {
     let failures = options.failSummaries ?? 0;
@@ -184,7 +186,13 @@ describe('the publisher', () => {
     const completion = createCycleCompletion({
       cycles,
       published,
-      scores: createScoreStore(redis.client, redis.prefix),
+      scores: {
+        ...createScoreStore(redis.client, redis.prefix),
+        getDeviceScores: (tenantId, deviceIds) => {
+          options.onScoresRead?.(deviceIds);
+          return createScoreStore(redis.client, redis.prefix).getDeviceScores(tenantId, deviceIds);
+        },
+      },
       publisher,
       topics,
       logger: options.completionLogger ?? silentLogger,
@@ -452,6 +460,36 @@ describe('the publisher', () => {
     expect(snapshotted).toEqual(['t1/a', 't1/b', 't1/c']);
   });
 
+  it("createCycleCompletion should read, build and send a large fleet's snapshot 500 devices at a time, in device id order", async () => {
+    const reads: { ids: number; sentBefore: number }[] = [];
+    const { handler, begin } = build({
+      snapshotEveryCycles: 1,
+      onScoresRead: (deviceIds) => reads.push({ ids: deviceIds.length, sentBefore: records().length }),
+    });
+    await begin(1);
+    const ids = Array.from({ length: 1_201 }, (_, n) => `d${(n * 7919) % 1_201}`);
+    await handler(
+      scoreBatch(
+        1,
+        0,
+        ids.map((id) => device(id, 10, 'Trustworthy')),
+        1,
+      ),
+    );
+    // The batch's 1,201 records first; then each 500 devices' scores read once the previous 500 records went out.
+    expect(reads).toEqual([
+      { ids: 500, sentBefore: 1_201 },
+      { ids: 500, sentBefore: 1_701 },
+      { ids: 201, sentBefore: 2_201 },
+    ]);
+    expect(
+      records()
+        .slice(1_201)
+        .map((m) => m.key),
+    ).toEqual(ids.sort().map((id) => `t1/${id}`));
+    expect(summaries()[0]?.published).toMatchObject({ snapshot: true });
+  });
+
   it('createCycleCompletion should hold the tombstones of most of a fleet gone at once until they were absent for the hold cycles', async () => {
     const { handler, begin, metrics } = build({
       tombstoneAfterCycles: 2,
@@ -593,6 +631,27 @@ describe('the publisher', () => {
     expect(line('_sum{status="partial"}')).toMatch(/ 270$/);
   });
 
+  it("createCycleCompletion should time each summary from its cycle's last score in urs_score_to_publish_seconds, by status", async () => {
+    const { handler, begin, completion, cycles, metrics } = build();
+    await begin(1);
+    // Scored at minute 12, sent 2 s later.
+    now = new Date(Date.parse(minute(12)) + 2_000);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')], 1));
+    await begin(2);
+    await cycles.listed('t1', 'c2', { totalBatches: 2, totalDevices: 2, listedAt: minute(21) });
+    await handler(scoreBatch(2, 0, [device('a', 10, 'Trustworthy')]));
+    // Scored at minute 22, closed as partial at its deadline (minute 25) 30 s on: its wait for a batch that
+    // never came, kept apart from the complete cycles'.
+    now = new Date(Date.parse(minute(25)) + 30_000);
+    expect(await completion.closeOverdue()).toBe(1);
+    const exposed = metrics.expose();
+    const line = (labels: string): string | undefined =>
+      exposed.split('\n').find((text) => text.startsWith(`urs_score_to_publish_seconds${labels}`));
+    expect(line('_sum{status="complete"}')).toMatch(/ 2$/);
+    expect(line('_count{status="complete"}')).toMatch(/ 1$/);
+    expect(line('_sum{status="partial"}')).toMatch(/ 210$/);
+  });
+
   it('closeOverdue should send a partial summary whose first send failed, on a later sweep', async () => {
     const { handler, begin, completion, metrics } = build({ failSummaries: 1 });
     await begin(1);
@@ -606,6 +665,51 @@ describe('the publisher', () => {
     expect(await completion.closeOverdue()).toBe(0);
     expect(summaries()).toHaveLength(1);
     expect(summaries()[0]?.status).toBe('partial');
+  });
+
+  it("closeOverdue should send a snapshot cycle's snapshot and tombstones once while its summary cannot be sent, trying it less and less often", async () => {
+    const { handler, begin, completion, metrics } = build({
+      snapshotEveryCycles: 1,
+      tombstoneAfterCycles: 1,
+      failSummaries: 4,
+    });
+    // Device gone was last seen in a cycle before c1: c1's completion tombstones it.
+    await createPublishedStore(redis.client, redis.prefix).commit('t1', Date.parse(minute(0)), [
+      { deviceId: 'gone', score: 10, band: 'Trustworthy' },
+    ]);
+    now = new Date(minute(13));
+    await begin(1);
+    const last = scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')], 1);
+    await expect(handler(last)).rejects.toThrow('the broker is unavailable');
+    // The batch's two records, the tombstone, and the snapshot's two records.
+    expect(records()).toHaveLength(5);
+    const failures = () => Number(/^urs_summary_sweep_failures_total (\d+)$/m.exec(metrics.expose())?.[1]);
+    const sweepAt = async (seconds: number) => {
+      now = new Date(Date.parse(minute(13)) + seconds * 1000);
+      await completion.closeOverdue();
+    };
+    // Owed once the summary lock (30 s) would have lapsed: tried, and refused again.
+    await sweepAt(31);
+    expect(failures()).toBe(1);
+    expect(records()).toHaveLength(5);
+    // Tried again 30 s later, then 60 s, then 120 s: not at every sweep.
+    await sweepAt(33);
+    expect(failures()).toBe(1);
+    await sweepAt(62);
+    expect(failures()).toBe(2);
+    await sweepAt(90);
+    await sweepAt(121);
+    expect(failures()).toBe(2);
+    await sweepAt(123);
+    expect(failures()).toBe(3);
+    await sweepAt(240);
+    expect(summaries()).toEqual([]);
+    await sweepAt(244);
+    expect(failures()).toBe(3);
+    expect(records()).toHaveLength(5);
+    expect(summaries()).toHaveLength(1);
+    expect(summaries()[0]?.published).toEqual({ changed: 2, snapshot: true, tombstones: 1 });
+    expect(await owed()).toEqual([]);
   });
 
   it('createPublishHandler should not publish the score a correction replaced when its first batch comes again', async () => {
@@ -634,6 +738,21 @@ describe('the publisher', () => {
     await begin(2);
     await handler(scoreBatch(2, 0, [device('x', 0, 'Trustworthy'), device('w', 0, 'Trustworthy')], 1));
     expect(records('c2').map((m) => m.key)).toEqual(['t1/x']);
+  });
+
+  it("createPublishHandler should complete a bulk cycle whose poller's listing is missing only once its correction batches are in", async () => {
+    const { handler, begin, cycles } = build();
+    await begin(1);
+    // The vuln-fetcher added one correction batch after the poller's one, and the last batch's total with it.
+    await cycles.addCorrections('t1', 'c1', 1);
+    await handler(scoreBatch(1, 0, [device('x', 0, 'Trustworthy'), device('w', 0, 'Trustworthy')], 2));
+    expect(summaries()).toEqual([]);
+    await handler({
+      ...scoreBatch(1, 1, [device('x', 30, 'Low Risk')]),
+      replaces: { bands: { Trustworthy: 1 }, incomplete: 0 },
+    });
+    expect(summaries()).toHaveLength(1);
+    expect(summaries()[0]).toMatchObject({ status: 'complete', bands: { Trustworthy: 1, 'Low Risk': 1 } });
   });
 
   it('createPublishHandler should publish a device again when its addresses change with its score', async () => {

@@ -82,7 +82,7 @@ describe('recordDigest', () => {
     expect(new Set(digests).size).toBe(digests.length);
   });
 
-  it('should change with the explanation of the same score: the profile, the points of an indicator, a missing signal', () => {
+  it('should change with the explanation of the same score: the profile, the level or the points of an indicator, a missing signal', () => {
     const [first, second] = device.contributions as [Contribution, Contribution];
     const digests = [
       device,
@@ -96,6 +96,8 @@ describe('recordDigest', () => {
         ],
       },
       { ...device, contributions: [first] },
+      // Another level worth the same points (a profile with exposureLevel Medium = High): another explanation.
+      { ...device, contributions: [{ ...first, value: 'High' }, second] },
       { ...device, missing: ['inactivity'] },
       { ...device, missing: ['inactivity', 'criticalCves'] },
       { ...device, missing: ['criticalCves'] },
