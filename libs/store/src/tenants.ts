@@ -1,5 +1,6 @@
 import type Redis from 'ioredis';
 import type { TenantRecord } from '@urs/contracts';
+import { StoreError } from './client';
 import { replies } from './replies';
 
 /**
@@ -215,6 +216,20 @@ export function tenantRecordKey(prefix: string, tenantId: string): string {
  */
 export function tenantsRebuiltKey(prefix: string): string {
   return `${prefix}tenants-rebuilt`;
+}
+
+/**
+ * The failure of a step that needs a tenant's record Redis does not have while the tenant store is not
+ * rebuilt (TenantStore.lookup): Redis lost its data and the registrar has not written the records back, so
+ * the tenant may well be registered, and nothing tells whether it was deleted. An infrastructure fault
+ * (retryable): the bus holds the message and tries it again until the rebuild is done.
+ */
+export function tenantsNotRebuilt(tenantId: string): StoreError {
+  return new StoreError(
+    'TENANTS_NOT_REBUILT',
+    `no record of tenant ${tenantId} in Redis, and the registrar has not rebuilt the tenants from ` +
+      'urs.tenants since Redis lost its data: held until it has',
+  );
 }
 
 /** The tenant's status hash; the cycle store reads its device count when a cycle begins. */

@@ -2,9 +2,9 @@ import { deviceBatchMessage, type MessageHandler, type Publisher } from '@urs/bu
 import { cycleBatchHeader, type EnrichedBatch, type ScoreBatch, type ScoredDevice } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { scoreDevice } from '@urs/scoring';
-import type { ReplacedScore, ScoreStore } from '@urs/store';
+import { tenantsNotRebuilt, type ReplacedScore, type ScoreStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
-import { notRebuilt, type ProfileCache } from './profiles';
+import type { ProfileCache } from './profiles';
 import { deviceRecordOf, toScoredDevice } from './scored-device';
 
 export interface ScoreHandlerDeps {
@@ -110,7 +110,7 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
     // Checked in the save's own Redis step: the tenant may be deleted while its profile is still in memory.
     if (saved.tenantDeleted) return dropDeleted(log, batch.devices.length);
     // Its record missing because Redis lost its data, not because it was deleted: held until the rebuild.
-    if (saved.tenantsNotRebuilt) throw notRebuilt(batch.tenantId);
+    if (saved.tenantsNotRebuilt) throw tenantsNotRebuilt(batch.tenantId);
     const header = {
       ...cycleBatchHeader(batch),
       collectedAt: batch.collectedAt,

@@ -9,7 +9,7 @@ import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorMessage } from '@urs/resilience';
 import { compileProfile, parseProfile, type CompiledProfile } from '@urs/scoring';
-import type { TenantStore } from '@urs/store';
+import { tenantsNotRebuilt, type TenantStore } from '@urs/store';
 
 export class ScorerError extends UrsError {}
 
@@ -81,7 +81,7 @@ export function createProfileCache(deps: {
       const { record, rebuilt } = await deps.tenants.lookup(tenantId);
       if (record === null) {
         if (deleted.has(tenantId)) return null;
-        if (!rebuilt) throw notRebuilt(tenantId);
+        if (!rebuilt) throw tenantsNotRebuilt(tenantId);
         // Held in memory and gone from the store: deleted, its tombstone not read yet.
         if (entry) return null;
         throw new ScorerError(
@@ -136,20 +136,6 @@ export function createProfileCache(deps: {
     caughtUp: () => catchUp.caughtUp(),
     size: () => entries.size,
   };
-}
-
-/**
- * The failure of a batch whose tenant Redis does not know while the registrar has not rebuilt the tenant
- * store (Redis lost its data): not a deletion, the record is on its way back. An infrastructure fault, so
- * the bus holds the batch and tries it again (never dead-lettered for it) until the rebuild is done.
- */
-export function notRebuilt(tenantId: string): ScorerError {
-  return new ScorerError(
-    'TENANTS_NOT_REBUILT',
-    `no record of tenant ${tenantId} in Redis, and the registrar has not rebuilt the tenants from ` +
-      'urs.tenants since Redis lost its data: the batch is held until it has',
-    { canRetry: true, infrastructure: true },
-  );
 }
 
 /**
