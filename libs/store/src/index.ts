@@ -1,7 +1,7 @@
 export { createRedis, closeRedis, StoreError } from './client';
 export type { RedisClientOptions } from './client';
-export { createTenantStore } from './tenants';
-export type { RegistrationRefusal, TenantStore, TenantStatus } from './tenants';
+export { createTenantStore, tenantsNotRebuilt } from './tenants';
+export type { RegistrationRefusal, TenantLookup, TenantStore, TenantStatus } from './tenants';
 export { createCycleStore } from './cycles';
 export type { BatchClaimAnswer, CycleStore, CycleState, CycleAbandonment } from './cycles';
 export { lostBatchOf, recordLostBatches } from './lost-batches';

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type Redis from 'ioredis';
 import { releaseOwnedKey, renewOwnedKey } from './owned-key';
+import { tenantsRebuiltKey } from './tenants';
 
 /**
  * The registrar's own bookkeeping: tenant revisions, Director's last generation, the generation in force
@@ -83,7 +84,7 @@ export function createRegistrarStateStore(redis: Redis, prefix: string): Registr
   const lockKey = (tenantId: string): string => `${prefix}tenant-write-lock:${tenantId}`;
   const deletedKey = (tenantId: string): string => `${prefix}tenant-deleted:${tenantId}`;
   const generationKey = `${prefix}director-generation`;
-  const rebuiltKey = `${prefix}tenants-rebuilt`;
+  const rebuiltKey = tenantsRebuiltKey(prefix);
   return {
     async nextRevision(tenantId, floor = 0) {
       return Number(

@@ -3,7 +3,7 @@ import type { RedisConfig } from '@urs/config';
 import type { Band, ScoredDevice } from '@urs/contracts';
 import { REMOVE_DEVICES, REMOVE_TENANT } from './score-removal';
 import { DELETED_BEFORE_LUA, tenantDeletionKey } from './tenant-deletion';
-import { tenantRecordKey } from './tenants';
+import { tenantRecordKey, tenantsRebuiltKey } from './tenants';
 import { TOMBSTONED_SINCE_LUA, tombstonedKeyOf } from './tombstoned-devices';
 
 /** A device's score as stored: the scored device and the cycle it belongs to. */
@@ -56,6 +56,13 @@ export interface SaveScoresResult {
    * ScoreStoreOptions.onlyRegisteredTenants).
    */
   tenantDeleted?: true;
+  /**
+   * Set when nothing was stored because the tenant's record is missing while the tenant store is not rebuilt
+   * (`tenantsRebuiltKey`: Redis lost its data and the registrar has not written the records back yet): the
+   * tenant may well be registered, and the batch must wait for the records, not be taken for a deleted
+   * tenant's (see ScoreStoreOptions.onlyRegisteredTenants).
+   */
+  tenantsNotRebuilt?: true;
 }
 
 export interface ListScoresOptions {
@@ -143,7 +150,9 @@ export interface ScoreStoreOptions {
    * cycle one the publisher's deletion marker says is of a deleted tenant. Checked in the same Redis step
    * as the write: the publisher removes a deleted tenant's scores once, and a batch still on its way
    * stored after that would stay for ever. The marker closes the window the record leaves open (the
-   * registrar removes it just after the tombstone goes out). Default false; the deployment's store
+   * registrar removes it just after the tombstone goes out). A record missing while the registrar's
+   * `tenants-rebuilt` marker is missing too (Redis wiped, not rebuilt yet) is no deletion: nothing is stored
+   * and the answer says so (`tenantsNotRebuilt`), for the caller to try again. Default false; the deployment's store
    * (`scoreStoreFor`) sets it.
    */
   onlyRegisteredTenants?: boolean;
@@ -153,9 +162,11 @@ export interface ScoreStoreOptions {
 // KEYS[3] bands hash (deviceId → band), KEYS[4] the tenant's history cycles (sorted set: cycle id by start
 // ms), KEYS[5] this cycle's history hash (deviceId → entry json), KEYS[6] the tenant's tombstoned devices
 // (zset, see tombstonedKeyOf: a device tombstoned by this cycle or a newer one is skipped).
-// With onlyRegisteredTenants, KEYS[7] the tenant's record hash and KEYS[8] its deletion marker: the script
-// writes nothing (and answers a third element, 1) when the record is gone or the marker says the cycle is
-// of a deleted tenant (`deletedBefore`: deleted, and not registered again before the cycle started).
+// With onlyRegisteredTenants, KEYS[7] the tenant's record hash, KEYS[8] its deletion marker and KEYS[9] the
+// registrar's rebuild marker: the script writes nothing, and answers a third element, 1 when the marker says
+// the cycle is of a deleted tenant (`deletedBefore`: deleted, and not registered again before the cycle
+// started) or the record is gone from rebuilt records; 2 when the record is missing and the records are not
+// rebuilt (Redis wiped: a deletion is not told from a record not written back yet).
 // ARGV[1] stamp, ARGV[2] history length, ARGV[3] history ttl ms, ARGV[4] cycle id, then per device: id,
 // band, json, history entry json. The stamp compare and the writes happen in one script, so two writers of
 // different cycles never interleave; an equal stamp is a redelivery and is skipped. The hashes are read and
@@ -169,9 +180,12 @@ local stamp = tonumber(ARGV[1])
 local keep = tonumber(ARGV[2])
 local n = (#ARGV - 4) / 4
 if #KEYS > 6 then
-  if redis.call('EXISTS', KEYS[7]) == 0 then return {{}, {}, 1} end
   local cut = deletedBefore(KEYS[8], KEYS[7])
   if cut and stamp < cut then return {{}, {}, 1} end
+  if redis.call('EXISTS', KEYS[7]) == 0 then
+    if redis.call('EXISTS', KEYS[9]) == 1 then return {{}, {}, 1} end
+    return {{}, {}, 2}
+  end
 end
 redis.call('ZADD', KEYS[4], stamp, ARGV[4])
 local recent = redis.call('ZREVRANK', KEYS[4], ARGV[4]) < keep
@@ -264,7 +278,13 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
         cyclesKey(tenantId),
         cycleHistoryKey(tenantId, cycle.cycleId),
         tombstonedKeyOf(prefix, tenantId),
-        ...(onlyRegistered ? [tenantRecordKey(prefix, tenantId), tenantDeletionKey(prefix, tenantId)] : []),
+        ...(onlyRegistered
+          ? [
+              tenantRecordKey(prefix, tenantId),
+              tenantDeletionKey(prefix, tenantId),
+              tenantsRebuiltKey(prefix),
+            ]
+          : []),
       ];
       const args: (string | Buffer)[] = [
         String(stamp),
@@ -302,6 +322,7 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
         ...args,
       )) as [string[], string[], number?];
       if (deleted === 1) return { written: 0, skipped: [], tenantDeleted: true };
+      if (deleted === 2) return { written: 0, skipped: [], tenantsNotRebuilt: true };
       if (dropped.length > 0) await redis.unlink(...dropped.map((id) => cycleHistoryKey(tenantId, id)));
       return { written: devices.length - skipped.length, skipped };
     },

@@ -1,5 +1,7 @@
 import type Redis from 'ioredis';
 import type { TenantRecord } from '@urs/contracts';
+import { StoreError } from './client';
+import { replies } from './replies';
 
 /**
  * A registration of the tenant that was refused (a Director push's entry that broke the contract): the
@@ -55,6 +57,13 @@ export interface TenantStore {
    */
   put(record: TenantRecord): Promise<boolean>;
   get(tenantId: string): Promise<TenantRecord | null>;
+  /**
+   * The tenant's record, read at once with whether the store was filled from `urs.tenants` since Redis last
+   * came up empty (`rebuilt`, the registrar's marker `tenantsRebuiltKey`). A record missing while the store
+   * is not rebuilt says nothing of the tenant: Redis lost its data (it keeps nothing on disk) and the
+   * registrar has not written the records back yet.
+   */
+  lookup(tenantId: string): Promise<TenantLookup>;
   /** Every stored tenant id. */
   ids(): Promise<string[]>;
   /** Removes the record (and its status) unless a newer revision than `revision` exists. */
@@ -116,6 +125,12 @@ export interface TenantStore {
   ): Promise<boolean>;
   /** Whether the store holds any tenant at all (an empty store after a Redis wipe triggers a rebuild). */
   isEmpty(): Promise<boolean>;
+}
+
+/** A tenant's record and whether the tenant store is whole (see TenantStore.lookup). */
+export interface TenantLookup {
+  record: TenantRecord | null;
+  rebuilt: boolean;
 }
 
 // KEYS[1] record hash, KEYS[2] index set; ARGV: tenantId, revision, json.
@@ -195,6 +210,28 @@ export function tenantRecordKey(prefix: string, tenantId: string): string {
   return `${prefix}tenant:${tenantId}`;
 }
 
+/**
+ * The registrar's marker that the tenant store was filled from `urs.tenants` since Redis last came up empty
+ * (see RegistrarStateStore.isRebuilt). Without it a missing record is no sign of a deletion.
+ */
+export function tenantsRebuiltKey(prefix: string): string {
+  return `${prefix}tenants-rebuilt`;
+}
+
+/**
+ * The failure of a step that needs a tenant's record Redis does not have while the tenant store is not
+ * rebuilt (TenantStore.lookup): Redis lost its data and the registrar has not written the records back, so
+ * the tenant may well be registered, and nothing tells whether it was deleted. An infrastructure fault
+ * (retryable): the bus holds the message and tries it again until the rebuild is done.
+ */
+export function tenantsNotRebuilt(tenantId: string): StoreError {
+  return new StoreError(
+    'TENANTS_NOT_REBUILT',
+    `no record of tenant ${tenantId} in Redis, and the registrar has not rebuilt the tenants from ` +
+      'urs.tenants since Redis lost its data: held until it has',
+  );
+}
+
 /** The tenant's status hash; the cycle store reads its device count when a cycle begins. */
 export function tenantStatusKey(prefix: string, tenantId: string): string {
   return `${prefix}tenant-status:${tenantId}`;
@@ -236,6 +273,16 @@ export function createTenantStore(redis: Redis, prefix: string): TenantStore {
     async get(tenantId) {
       const json = await redis.hget(recordKey(tenantId), 'record');
       return json === null ? null : (JSON.parse(json) as TenantRecord);
+    },
+    async lookup(tenantId) {
+      // One transaction: a wipe, or the rebuild's end, between two reads would pass a wiped record for a deletion.
+      const [json, marker] = await replies(
+        redis.multi().hget(recordKey(tenantId), 'record').exists(tenantsRebuiltKey(prefix)),
+      );
+      return {
+        record: typeof json === 'string' ? (JSON.parse(json) as TenantRecord) : null,
+        rebuilt: marker === 1,
+      };
     },
     async ids() {
       return (await redis.smembers(indexKey)).sort();

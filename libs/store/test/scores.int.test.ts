@@ -2,6 +2,7 @@ import type { ScoredDevice } from '@urs/contracts';
 import {
   createCycleStore,
   createPublishedStore,
+  createRegistrarStateStore,
   createScoreStore,
   createBulkVulnerabilityCache,
   createTenantStore,
@@ -203,6 +204,7 @@ describe('createScoreStore', () => {
     const tenants = createTenantStore(redis.client, redis.prefix);
     const published = createPublishedStore(redis.client, redis.prefix);
     await markPublishedRebuilt(published);
+    await createRegistrarStateStore(redis.client, redis.prefix).markRebuilt(new Date());
     const before = cycle('c1', '2026-01-01T10:00:00.000Z');
     const after = cycle('c2', '2026-01-01T10:20:00.000Z');
     const refused = { written: 0, skipped: [], tenantDeleted: true };
@@ -220,11 +222,42 @@ describe('createScoreStore', () => {
     expect(await scores.getDeviceScore('t', 'd1')).toMatchObject({ cycleId: 'c2' });
   });
 
+  it('saveScores with onlyRegisteredTenants should wait for the rebuild, not refuse as deleted, a tenant without a record after a Redis wipe', async () => {
+    const scores = createScoreStore(redis.client, redis.prefix, { onlyRegisteredTenants: true });
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    const state = createRegistrarStateStore(redis.client, redis.prefix);
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const c1 = cycle('c1', '2026-01-01T10:00:00.000Z');
+    const c2 = cycle('c2', '2026-01-01T10:20:00.000Z');
+    // Redis came back empty: no record, no rebuild marker. Nothing stored, and not taken for a deletion.
+    const waits = { written: 0, skipped: [], tenantsNotRebuilt: true };
+    expect(await scores.saveScores('t', c1, [device('d1', 1, 'Trustworthy')])).toEqual(waits);
+    expect(await scores.getDeviceScore('t', 'd1')).toBeNull();
+    expect(await redis.client.exists(redis.key('score-cycles:t'))).toBe(0);
+    // A deletion marker still says so, rebuilt or not.
+    await markPublishedRebuilt(published);
+    await published.markDeleted('t', Date.parse('2026-01-01T10:10:00.000Z'));
+    expect(await scores.saveScores('t', c1, [device('d1', 1, 'Trustworthy')])).toEqual({
+      written: 0,
+      skipped: [],
+      tenantDeleted: true,
+    });
+    // Registered again at 10:15, and rebuilt with its record: its cycle from then on is stored.
+    await published.registeredAgain('t', Date.parse('2026-01-01T10:15:00.000Z'));
+    await tenants.put(tenantRecord('t'));
+    await state.markRebuilt(new Date());
+    expect(await scores.saveScores('t', c2, [device('d1', 2, 'Trustworthy')])).toEqual({
+      written: 1,
+      skipped: [],
+    });
+  });
+
   it('saveScores with onlyRegisteredTenants should store the cycles of a tenant registered again from its deletion on, before the publisher records the registration', async () => {
     const scores = createScoreStore(redis.client, redis.prefix, { onlyRegisteredTenants: true });
     const tenants = createTenantStore(redis.client, redis.prefix);
     const published = createPublishedStore(redis.client, redis.prefix);
     await markPublishedRebuilt(published);
+    await createRegistrarStateStore(redis.client, redis.prefix).markRebuilt(new Date());
     const refused = { written: 0, skipped: [], tenantDeleted: true };
     const written = { written: 1, skipped: [] };
     const deletedAt = Date.parse('2026-01-01T10:10:00.000Z');

@@ -1,5 +1,5 @@
 import type { TenantRecord } from '@urs/contracts';
-import { createTenantStore } from '@urs/store';
+import { createRegistrarStateStore, createTenantStore } from '@urs/store';
 import { tenantRecord, testRedisPerTest } from '@urs/testkit';
 
 const record = (tenantId: string, revision: number, pollIntervalMinutes = 60): TenantRecord =>
@@ -25,6 +25,16 @@ describe('createTenantStore', () => {
     expect(await store.remove('acme', 5)).toBe(true);
     expect(await store.get('acme')).toBeNull();
     expect(await store.isEmpty()).toBe(true);
+  });
+
+  it("lookup should say whether the registrar's rebuild marker is there with the record", async () => {
+    const store = createTenantStore(redis.client, redis.prefix);
+    expect(await store.lookup('acme')).toEqual({ record: null, rebuilt: false });
+    await store.put(record('acme', 1));
+    expect(await store.lookup('acme')).toMatchObject({ record: { tenantId: 'acme' }, rebuilt: false });
+    await createRegistrarStateStore(redis.client, redis.prefix).markRebuilt(new Date());
+    expect(await store.lookup('acme')).toMatchObject({ record: { revision: 1 }, rebuilt: true });
+    expect(await store.lookup('other')).toEqual({ record: null, rebuilt: true });
   });
 
   it('updateStatus should merge fields and clear the ones set to null', async () => {

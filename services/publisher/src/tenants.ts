@@ -1,7 +1,7 @@
 import type { MessageHandler } from '@urs/bus';
 import { TENANT_REVISION_HEADER, numericHeader, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import type { PublishedStore, ScoreStore, TenantStore } from '@urs/store';
+import { tenantsNotRebuilt, type PublishedStore, type ScoreStore, type TenantStore } from '@urs/store';
 import type { InOrder } from './in-order';
 import { withTenantLease, type TenantLeasing } from './lease';
 import type { PublishedRebuilder } from './rebuild';
@@ -17,8 +17,11 @@ export interface TenantsHandlerDeps {
     | 'renewTenantLease'
     | 'releaseTenantLease'
   >;
-  /** The tenants' records as the registrar keeps them: a deletion older than the record is not acted on. */
-  tenants: Pick<TenantStore, 'get'>;
+  /**
+   * The tenants' records as the registrar keeps them: a deletion older than the record is not acted on, nor
+   * one read while Redis lost the records and the registrar has not rebuilt them (`lookup`).
+   */
+  tenants: Pick<TenantStore, 'lookup'>;
   /** Sends to `vms.risk-scores` and forgets, as a complete cycle's tombstones do. */
   tombstones: Tombstones;
   /** The deleted tenant's scores, the published devices' and the others', are removed there. */
@@ -69,7 +72,11 @@ export function createTenantsHandler(deps: TenantsHandlerDeps): MessageHandler<T
       // read again from the topic's beginning (this group's first start, an offset reset) while the
       // registration after it is not compacted away yet. Acted on, it would tombstone a live tenant's devices.
       const revision = numericHeader(message.headers, TENANT_REVISION_HEADER);
-      const current = revision === undefined ? null : await deps.tenants.get(tenantId);
+      const found = revision === undefined ? undefined : await deps.tenants.lookup(tenantId);
+      // No record in a Redis that lost its data (not rebuilt yet) tells nothing of a registration after the
+      // deletion: held until the registrar has written the records back.
+      if (found && found.record === null && !found.rebuilt) throw tenantsNotRebuilt(tenantId);
+      const current = found?.record;
       if (current && revision !== undefined && current.revision > revision) {
         // Its devices published before stay for the registration's cycles to keep or tombstone; a score
         // of a cycle that started before the deletion is the deleted registration's all the same, and one

@@ -11,14 +11,17 @@ import { silentLogger, type Logger } from '@urs/logging';
 import {
   createCycleStore,
   createPublishedStore,
+  createRegistrarStateStore,
   createScoreStore,
   createTenantStore,
   type TombstoneHold,
 } from '@urs/store';
+import { isInfrastructureFault } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
 import {
   capturingLogger,
   createTestRedis,
+  deleteKeysMatching,
   inboundMessage,
   type LogLine,
   scoredDevice,
@@ -594,6 +597,31 @@ describe('the publisher', () => {
         .filter((m) => m.value === null)
         .map((m) => m.key),
     ).toEqual(['t1/a', 't1/b']);
+  });
+
+  it('a deletion read while Redis lost the tenant records should be held until the registrar rebuilds them, and tombstone nothing of a tenant registered again since', async () => {
+    const { handler, begin, deleteTenant } = build();
+    // Deleted at revision 3 and registered again at revision 5; the publisher, behind on urs.tenants, has
+    // read neither when Redis comes back empty. Its own rebuild restores what VMS holds (here: the cycle
+    // published again since).
+    await deleteKeysMatching(redis.client, `${redis.prefix}*`);
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')], 1));
+    // A batch is not taken for a deleted tenant's for its missing record: only a deletion marker says so.
+    expect(records('c1').map((m) => m.key)).toEqual(['t1/a', 't1/b']);
+    const failure = await deleteTenant(minute(12), 3).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(failure).toMatchObject({ code: 'TENANTS_NOT_REBUILT', canRetry: true });
+    expect(isInfrastructureFault(failure)).toBe(true);
+    expect(records().filter((m) => m.value === null)).toEqual([]);
+
+    // The registrar wrote the records back: the deletion is older than the tenant's record.
+    await tenantStore().put(tenantRecord('t1', { revision: 5 }));
+    await createRegistrarStateStore(redis.client, redis.prefix).markRebuilt(new Date());
+    await deleteTenant(minute(12), 3);
+    expect(records().filter((m) => m.value === null)).toEqual([]);
   });
 
   it('createCycleCompletion should send a summary whose first send failed on the redelivery, once', async () => {

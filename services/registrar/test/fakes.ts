@@ -26,6 +26,10 @@ export function memoryTenantStore(): TenantStore & {
       const record = records.get(tenantId);
       return record ? structuredClone(record) : null;
     },
+    async lookup(tenantId) {
+      const record = records.get(tenantId);
+      return { record: record ? structuredClone(record) : null, rebuilt: true };
+    },
     async ids() {
       return [...records.keys()].sort();
     },

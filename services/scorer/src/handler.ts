@@ -2,7 +2,7 @@ import { deviceBatchMessage, type MessageHandler, type Publisher } from '@urs/bu
 import { cycleBatchHeader, type EnrichedBatch, type ScoreBatch, type ScoredDevice } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { scoreDevice } from '@urs/scoring';
-import type { ReplacedScore, ScoreStore } from '@urs/store';
+import { tenantsNotRebuilt, type ReplacedScore, type ScoreStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { ProfileCache } from './profiles';
 import { deviceRecordOf, toScoredDevice } from './scored-device';
@@ -31,7 +31,9 @@ export interface ScoreHandlerDeps {
  * corrected score is stored with what it replaced, so the same correction handled again (the scorer
  * stopped before emitting it) says the same.
  *
- * A batch of a deleted tenant (see `dropDeleted`) is dropped.
+ * A batch of a deleted tenant (see `dropDeleted`) is dropped. A batch whose tenant Redis does not know
+ * because it lost its data (the registrar has not rebuilt the tenant records yet) is not taken for one: it
+ * fails with TENANTS_NOT_REBUILT, which the bus holds and tries again until the records are back.
  */
 export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<EnrichedBatch> {
   const now = deps.now ?? (() => new Date());
@@ -107,6 +109,8 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
     );
     // Checked in the save's own Redis step: the tenant may be deleted while its profile is still in memory.
     if (saved.tenantDeleted) return dropDeleted(log, batch.devices.length);
+    // Its record missing because Redis lost its data, not because it was deleted: held until the rebuild.
+    if (saved.tenantsNotRebuilt) throw tenantsNotRebuilt(batch.tenantId);
     const header = {
       ...cycleBatchHeader(batch),
       collectedAt: batch.collectedAt,

@@ -9,7 +9,7 @@ import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorMessage } from '@urs/resilience';
 import { compileProfile, parseProfile, type CompiledProfile } from '@urs/scoring';
-import type { TenantStore } from '@urs/store';
+import { tenantsNotRebuilt, type TenantStore } from '@urs/store';
 
 export class ScorerError extends UrsError {}
 
@@ -29,8 +29,10 @@ export interface ProfileCache extends Omit<CatchUp, 'stopWaiting'> {
    * profile the cycle started with when it is held (see `profileOf`): the tenant changed its profile
    * during the cycle, and the cycle is scored with the one it started with. From the tenant store, the
    * store's profile counts as the latest and the ones in memory as the ones it replaced. Null when the tenant was
-   * deleted (its tombstone read, its record gone from the tenant store): its batches still on their way
-   * are expected, not poison. Throws TENANT_UNKNOWN for a tenant neither registered nor known deleted.
+   * deleted (its tombstone read, or its record gone from the rebuilt tenant store): its batches still on their
+   * way are expected, not poison. Throws TENANT_UNKNOWN for a tenant neither registered nor known deleted, and
+   * TENANTS_NOT_REBUILT (retryable, an infrastructure fault: the bus holds the batch and tries it again) when
+   * its record is missing from a tenant store the registrar has not rebuilt since Redis lost its data.
    */
   get(tenantId: string, cycle?: CycleProfile): Promise<CompiledProfile | null>;
   /** Applies one `urs.tenants` record (null: the tenant was deleted). */
@@ -64,7 +66,7 @@ const REMEMBERED_DELETIONS = 10_000;
  * one by one, and a batch scored with the first would carry out-of-date weights and profile hash.
  */
 export function createProfileCache(deps: {
-  tenants: Pick<TenantStore, 'get'>;
+  tenants: Pick<TenantStore, 'lookup'>;
   logger: Logger;
 }): ProfileCache {
   const entries = new Map<string, Entry>();
@@ -76,10 +78,12 @@ export function createProfileCache(deps: {
     async get(tenantId, cycle = {}) {
       const entry = entries.get(tenantId);
       if (entry && catchUp.caughtUp()) return profileOf(entry.profiles, cycle);
-      const record = await deps.tenants.get(tenantId);
+      const { record, rebuilt } = await deps.tenants.lookup(tenantId);
       if (record === null) {
+        if (deleted.has(tenantId)) return null;
+        if (!rebuilt) throw tenantsNotRebuilt(tenantId);
         // Held in memory and gone from the store: deleted, its tombstone not read yet.
-        if (entry || deleted.has(tenantId)) return null;
+        if (entry) return null;
         throw new ScorerError(
           'TENANT_UNKNOWN',
           `tenant ${tenantId} is not registered: no risk profile to score with`,

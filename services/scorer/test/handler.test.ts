@@ -110,9 +110,9 @@ function setup(records: TenantRecord[] = [], end = new Map<number, bigint>()) {
   let storeReads = 0;
   const profiles = createProfileCache({
     tenants: {
-      get: async (id) => {
+      lookup: async (id) => {
         storeReads += 1;
-        return stored.get(id) ?? null;
+        return { record: stored.get(id) ?? null, rebuilt: true };
       },
     },
     logger: silentLogger,

@@ -1,7 +1,12 @@
 import type { Publisher } from '@urs/bus';
 import type { EnrichedBatch, TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
-import { createPublishedStore, createTenantStore, scoreStoreFor } from '@urs/store';
+import {
+  createPublishedStore,
+  createRegistrarStateStore,
+  createTenantStore,
+  scoreStoreFor,
+} from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { inboundMessage, markPublishedRebuilt, tenantRecord, testRedisPerTest } from '@urs/testkit';
 import { createScoreHandler } from '../src/handler';
@@ -39,6 +44,7 @@ describe('createScoreHandler and a deleted tenant', () => {
 
   function setup() {
     const tenants = createTenantStore(redis.client, redis.prefix);
+    const state = createRegistrarStateStore(redis.client, redis.prefix);
     const published = createPublishedStore(redis.client, redis.prefix);
     const scores = scoreStoreFor(redis.client, { keyPrefix: redis.prefix, scoreHistoryCycles: 10 });
     const sent: unknown[] = [];
@@ -61,8 +67,12 @@ describe('createScoreHandler and a deleted tenant', () => {
     const score = (batch: EnrichedBatch) => handler(inboundMessage(batch, { key: tenantId }));
     const stored = async () => (await scores.listDeviceScores(tenantId)).total;
     const dropped = () => metrics.counter('urs_batches_of_deleted_tenants_total', '').get();
-    /** The tenant registered, in the tenant store first and then on `urs.tenants`, as the registrar does. */
+    /**
+     * The tenant registered, in the tenant store first and then on `urs.tenants`, as the registrar does; the
+     * tenant store whole (the registrar's marker, set at its start): a missing record is then a deletion.
+     */
     const register = async (record: TenantRecord) => {
+      await state.markRebuilt(new Date());
       await tenants.put(record);
       await tenantsHandler(inboundMessage(record, { key: tenantId }));
     };
