@@ -10,7 +10,8 @@ import { decodeTokenClaims } from './token';
  * administrator can act on, naming the tenant and the path, never the token.
  */
 
-export type ApiResult = { status: 200; body: unknown } | { status: 404 };
+/** 200 with the parsed body, or MDE's own 404 with its error's code and message (`api`, may be ''). */
+export type ApiResult = { status: 200; body: unknown } | { status: 404; api?: string };
 
 /** Which call an answer or a failure belongs to. */
 export interface CallOf {
@@ -176,8 +177,8 @@ export function notJson(call: CallOf, error: Error): DefenderError {
 }
 
 /**
- * An answer read whole: 200 with its parsed body, or 404; any other status throws the DefenderError it means
- * (`token`, the one sent, names the roles a 403 lacked).
+ * An answer read whole: 200 with its parsed body, or MDE's 404; any other status throws the DefenderError it
+ * means (`token`, the one sent, names the roles a 403 lacked).
  */
 export function classify(
   response: AxiosResponse<string>,
@@ -201,12 +202,15 @@ export function classify(
       );
     }
   }
-  if (status === 404) return { status: 404 };
   const api = mdeErrorOf(response.data ?? '');
   const apiText = mdeErrorText(api);
   const requestId = requestIdOf(response, api, token);
   /** The call's facts, with Microsoft's id of it when there is one. */
   const failed: FailedCall = requestId ? { ...details, requestId } : details;
+  if (status === 404) {
+    if (api.code) return { status: 404, api: apiText };
+    return throwError(notFoundInFront(response.data ?? '', failed, token));
+  }
   if (status === 429) {
     const retryAfter: unknown = response.headers['retry-after'];
     const retryAfterMs = parseRetryAfterMs(retryAfter);
@@ -268,6 +272,29 @@ export function classify(
         details: { ...failed, api: apiText },
       },
     ),
+  );
+}
+
+/**
+ * A 404 without Microsoft's error body (an HTML page, an empty body): not MDE's answer, which always carries
+ * `{"error":{"code",…}}` (its "no machines" for an empty device list included), but a gateway or proxy in
+ * front of it, or an API base address with a wrong path, that did not route the call. Taken for MDE's, a
+ * device listing would read as an empty fleet and every device be tombstoned; it is tried again instead,
+ * and its error gives the start of that answer's text.
+ */
+function notFoundInFront(body: string, call: FailedCall, token: string): DefenderError {
+  const { azureTenantId, path, requestId } = call;
+  const text = pageText(body, token);
+  return new DefenderError(
+    DefenderErrorCode.UNAVAILABLE,
+    withRequestId(
+      `The Defender API answered 404 for tenant ${azureTenantId} on ${path} without Microsoft's error body: ` +
+        'a proxy or gateway in front of it, or a wrong API base address, did not find the call; it is tried ' +
+        'again rather than taken for a resource that does not exist ' +
+        `(${text ? `the answer begins: ${text}` : 'the answer was empty'})`,
+      requestId,
+    ),
+    { canRetry: true, details: { ...call, body: text } },
   );
 }
 

@@ -166,7 +166,8 @@ export async function* walkMachines(
   for (let index = 0; ; index++) {
     const result = await readPage(skip);
     const entries = result.status === 404 ? [] : result.rows;
-    // An empty page, 404 (Microsoft's answer when no machine is found) or 200 with no record (which
+    // An empty page, 404 (Microsoft's answer when no machine is found; a 404 without its error body, a front
+    // end's, never gets here: see answers.ts) or 200 with no record (which
     // Microsoft does not rule out for a $skip past the end), is the end of the fleet on the first page, or
     // where the page was expected to be empty. Elsewhere (behind a full page whose last devices this page
     // overlaps: devices left meanwhile and the rest moved before its $skip) the walk would end early and
