@@ -3,7 +3,7 @@ import { redactText } from '@urs/logging';
 import { DefenderError, DefenderErrorCode, isDefenderError, scrubSecret } from './errors';
 import type { CallOutcome } from './call-health';
 import { type DefenderEndpointClass, LONGEST_QUOTA_WINDOW_MS } from './quota';
-import { decodeTokenClaims } from './token';
+import { decodeTokenClaims, grantsPermission } from './token';
 
 /*
  * What the Defender API's answers and failures mean: each becomes a result or a DefenderError in words an
@@ -356,6 +356,21 @@ function forbidden(
   }
   const roles = decodeTokenClaims(token)?.roles ?? [];
   const needed = endpoint === 'machines' ? 'Machine.Read.All' : 'Vulnerability.Read.All';
+  const held = roles.find((role) => grantsPermission([role], needed));
+  if (held !== undefined) {
+    // Asking to grant what the token carries would send the administrator round in circles.
+    return new DefenderError(
+      DefenderErrorCode.ACCESS_REFUSED,
+      withRequestId(
+        `${refused}, although the token carries ${held}, the permission this call needs: Microsoft refused it ` +
+          'for the reason it gives, not for a missing permission. If admin consent was withdrawn after the token ' +
+          "was issued, the next token (within the hour) shows it; otherwise check the app's API access in the " +
+          'Microsoft Defender portal.',
+        requestId,
+      ),
+      { details: { ...details, roles, needed } },
+    );
+  }
   return new DefenderError(
     DefenderErrorCode.CONSENT_MISSING,
     withRequestId(

@@ -19,7 +19,13 @@ import type { ODataSink } from './odata-rows';
 import type { QuotaGate } from './quota';
 import type { Vulnerability } from './schema';
 import { createHttpsAgent } from './tls';
-import { type DefenderCredentials, type TokenClaims, createTokenSource, decodeTokenClaims } from './token';
+import {
+  type DefenderCredentials,
+  type TokenClaims,
+  createTokenSource,
+  decodeTokenClaims,
+  grantsPermission,
+} from './token';
 import {
   type BulkExportRead,
   type BulkOptions,
@@ -176,14 +182,9 @@ export interface DefenderClient {
   close(): void;
 }
 
-function grants(roles: string[], permission: RequiredPermission): boolean {
-  const write = permission.replace('.Read.', '.ReadWrite.');
-  return roles.includes(permission) || roles.includes(write);
-}
-
 /** Whether a role grants one of the required permissions. */
 function used(role: string): boolean {
-  return REQUIRED_PERMISSIONS.some((permission) => grants([role], permission));
+  return REQUIRED_PERMISSIONS.some((permission) => grantsPermission([role], permission));
 }
 
 /**
@@ -343,7 +344,7 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
       report.tokenIssued = true;
       report.roles = decodeTokenClaims(token.token)?.roles ?? [];
       for (const permission of REQUIRED_PERMISSIONS)
-        report.permissions[permission] = grants(report.roles, permission);
+        report.permissions[permission] = grantsPermission(report.roles, permission);
       report.unusedRoles = report.roles.filter((role) => !used(role));
       const page = await api.get('machines', '/api/machines', { $top: 1 }, signal);
       report.machinesReadable = true;
