@@ -13,7 +13,7 @@ function exportOf(fleet: FleetSpec): { rows: SoftwareVulnerabilityRow[][]; text:
   const text: string[] = [];
   const rows: SoftwareVulnerabilityRow[][] = [];
   for (let ordinal = 0; ordinal < tenant.fleet.size(); ordinal++) {
-    const device = deviceRowsJson(tenant, tenant.fleet.at(ordinal) as MachineRecord);
+    const device = deviceRowsJson(tenant.fleet, tenant.fleet.at(ordinal) as MachineRecord);
     text.push(...device);
     rows.push(device.map((row) => JSON.parse(row) as SoftwareVulnerabilityRow));
   }
@@ -71,7 +71,7 @@ describe('export volume per device', () => {
     let base = 0;
     for (let ordinal = 0; ordinal < 500; ordinal++) {
       const record = tenant.fleet.at(ordinal) as MachineRecord;
-      const exported = deviceRowsJson(tenant, record)
+      const exported = deviceRowsJson(tenant.fleet, record)
         .map((row) => (JSON.parse(row) as SoftwareVulnerabilityRow).cveId)
         .filter((id): id is string => id !== null);
       const listed = (tenant.fleet.vulnerabilities(record.id) ?? []).map((v) => v.id);
