@@ -22,6 +22,14 @@ export interface FleetSpec extends ExportVolumeSpec {
    * page was of (see Fleet.exportView).
    */
   exportSnapshotMs?: number;
+  /**
+   * List a CVE that affects several products or versions (about one catalog CVE in eight, see
+   * CatalogEntry.otherProducts) on one export row per product and version, as Microsoft's export has one
+   * row per device × software × version × CVE: a device then has the same CVE on two or three rows. The
+   * per-device endpoint still lists it once. Default false: one row per CVE, the light mix the benchmark
+   * was taken with.
+   */
+  multiProductCves?: boolean;
 }
 
 export interface CveEntryView {
@@ -99,7 +107,8 @@ export interface ExportView {
   size(): number;
   /** The device's export rows (see Fleet.rowsAt). */
   rowsAt(ordinal: number, render: (record: MachineRecord, view: ExportView) => string[]): RenderedRows;
-  cveEntries(id: string): CveEntryView[] | undefined;
+  /** The device's CVEs as its export rows list them (see FleetSpec.multiProductCves). */
+  exportEntries(id: string): CveEntryView[] | undefined;
   softwareOnly(id: string): AffectedSoftware[] | undefined;
 }
 
@@ -119,6 +128,8 @@ export class Fleet {
   private readonly snapshotMs: number;
   /** The export's volume per device; undefined: the light mix. */
   private readonly volume: ExportVolume | undefined;
+  /** See FleetSpec.multiProductCves. */
+  private readonly multiProductCves: boolean;
   /** A change waits for the next generation (`exportSnapshotMs`). */
   private changedSinceSnapshot = false;
   /** The fleet as it is now: the listing, the per-device calls and the control API read it. */
@@ -156,6 +167,7 @@ export class Fleet {
     this.generatedAt = epochMs;
     this.snapshotMs = Math.max(0, spec?.exportSnapshotMs ?? 0);
     this.volume = exportVolumeOf(spec);
+    this.multiProductCves = spec?.multiProductCves === true;
     for (const record of records ?? []) this.insertRecord(record);
     this.snapshots.set(epochMs, frozenCopy(this.live));
   }
@@ -210,7 +222,7 @@ export class Fleet {
       generation,
       size: () => this.sizeOf(state),
       rowsAt: (ordinal, render) => this.rowsOf(state, view, ordinal, render),
-      cveEntries: (id) => this.cveEntriesOf(state, id),
+      exportEntries: (id) => this.exportEntriesOf(state, id),
       softwareOnly: (id) => this.softwareOnlyOf(state, id),
     };
     return view;
@@ -434,6 +446,18 @@ export class Fleet {
   /** CVEs with the software they affect; undefined when the device is unknown. */
   cveEntries(id: string): CveEntryView[] | undefined {
     return this.cveEntriesOf(this.live, id);
+  }
+
+  /** The device's CVEs as its export rows list them now (see FleetSpec.multiProductCves). */
+  exportEntries(id: string): CveEntryView[] | undefined {
+    return this.exportEntriesOf(this.live, id);
+  }
+
+  private exportEntriesOf(state: FleetState, id: string): CveEntryView[] | undefined {
+    const entries = this.cveEntriesOf(state, id);
+    if (!entries || !this.multiProductCves) return entries;
+    // A generated device's entries are the catalog's own; an override's are not and keep one row each.
+    return entries.flatMap((entry) => [entry, ...((entry as Partial<CatalogEntry>).otherProducts ?? [])]);
   }
 
   private cveEntriesOf(state: FleetState, id: string): CveEntryView[] | undefined {

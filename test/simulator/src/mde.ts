@@ -284,10 +284,10 @@ function inventoryTail(software: AffectedSoftware, isWindows: boolean): string {
  * ~900 bytes a row).
  */
 export function deviceRowsJson(
-  view: Pick<ExportView, 'cveEntries' | 'softwareOnly'>,
+  view: Pick<ExportView, 'exportEntries' | 'softwareOnly'>,
   record: MachineRecord,
 ): string[] {
-  const entries = view.cveEntries(record.id) ?? [];
+  const entries = view.exportEntries(record.id) ?? [];
   const inventory = view.softwareOnly(record.id);
   if (entries.length === 0 && !inventory?.length) return [];
   const isWindows = (record.osPlatform ?? '').startsWith('Windows');

@@ -268,6 +268,9 @@ export function createTenant(
   const snapshotMs = spec.fleet?.exportSnapshotMs ?? 0;
   if (typeof snapshotMs !== 'number' || !Number.isFinite(snapshotMs) || snapshotMs < 0)
     throw new Error(`fleet.exportSnapshotMs must be a number of milliseconds ≥ 0, got ${String(snapshotMs)}`);
+  const multiProductCves: unknown = spec.fleet?.multiProductCves;
+  if (multiProductCves !== undefined && typeof multiProductCves !== 'boolean')
+    throw new Error(`fleet.multiProductCves must be a boolean, got ${String(multiProductCves)}`);
   return {
     id: spec.azureTenantId.toLowerCase(),
     apps,

@@ -92,3 +92,34 @@ describe('export volume per device', () => {
     expect(tenant({ size: 1, exportSoftwareOnlyShare: -0.1 })).toThrow(/exportSoftwareOnlyShare/);
   });
 });
+
+describe('CVEs affecting several products', () => {
+  /** Per device, its CVEs listed on more than one row, with the products of those rows. */
+  const repeated = (rows: SoftwareVulnerabilityRow[][]) =>
+    rows.flatMap((device) => {
+      const byCve = new Map<string, string[]>();
+      for (const row of device)
+        if (row.cveId !== null)
+          byCve.set(row.cveId, [
+            ...(byCve.get(row.cveId) ?? []),
+            `${row.softwareVendor}/${row.softwareName}/${row.softwareVersion}`,
+          ]);
+      return [...byCve.values()].filter((products) => products.length > 1);
+    });
+
+  test('multiProductCves should list such a CVE once per product and version, as Microsoft does', () => {
+    const plain = exportOf({ size: 300, seed: 7 });
+    const multi = exportOf({ size: 300, seed: 7, multiProductCves: true });
+    expect(repeated(plain.rows)).toEqual([]);
+    const found = repeated(multi.rows);
+    expect(found.length).toBeGreaterThan(10);
+    for (const products of found) {
+      expect(products.length).toBeLessThanOrEqual(3);
+      expect(new Set(products).size).toBe(products.length);
+    }
+    // Only rows are added: every row of the plain export is still there, ids unique.
+    const ids = multi.rows.flat().map((row) => row.id);
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(ids).toEqual(expect.arrayContaining(plain.rows.flat().map((row) => row.id)));
+  });
+});
