@@ -3,14 +3,15 @@ import { redactText } from '@urs/logging';
 import { DefenderError, DefenderErrorCode, isDefenderError, scrubSecret } from './errors';
 import type { CallOutcome } from './call-health';
 import { type DefenderEndpointClass, LONGEST_QUOTA_WINDOW_MS } from './quota';
-import { decodeTokenClaims } from './token';
+import { decodeTokenClaims, grantsPermission } from './token';
 
 /*
  * What the Defender API's answers and failures mean: each becomes a result or a DefenderError in words an
  * administrator can act on, naming the tenant and the path, never the token.
  */
 
-export type ApiResult = { status: 200; body: unknown } | { status: 404 };
+/** 200 with the parsed body, or MDE's own 404 with its error's code and message (`api`, may be ''). */
+export type ApiResult = { status: 200; body: unknown } | { status: 404; api?: string };
 
 /** Which call an answer or a failure belongs to. */
 export interface CallOf {
@@ -176,8 +177,8 @@ export function notJson(call: CallOf, error: Error): DefenderError {
 }
 
 /**
- * An answer read whole: 200 with its parsed body, or 404; any other status throws the DefenderError it means
- * (`token`, the one sent, names the roles a 403 lacked).
+ * An answer read whole: 200 with its parsed body, or MDE's 404; any other status throws the DefenderError it
+ * means (`token`, the one sent, names the roles a 403 lacked).
  */
 export function classify(
   response: AxiosResponse<string>,
@@ -201,12 +202,15 @@ export function classify(
       );
     }
   }
-  if (status === 404) return { status: 404 };
   const api = mdeErrorOf(response.data ?? '');
   const apiText = mdeErrorText(api);
   const requestId = requestIdOf(response, api, token);
   /** The call's facts, with Microsoft's id of it when there is one. */
   const failed: FailedCall = requestId ? { ...details, requestId } : details;
+  if (status === 404) {
+    if (api.code) return { status: 404, api: apiText };
+    return throwError(notFoundInFront(response.data ?? '', failed, token));
+  }
   if (status === 429) {
     const retryAfter: unknown = response.headers['retry-after'];
     const retryAfterMs = parseRetryAfterMs(retryAfter);
@@ -272,6 +276,29 @@ export function classify(
 }
 
 /**
+ * A 404 without Microsoft's error body (an HTML page, an empty body): not MDE's answer, which always carries
+ * `{"error":{"code",…}}` (its "no machines" for an empty device list included), but a gateway or proxy in
+ * front of it, or an API base address with a wrong path, that did not route the call. Taken for MDE's, a
+ * device listing would read as an empty fleet and every device be tombstoned; it is tried again instead,
+ * and its error gives the start of that answer's text.
+ */
+function notFoundInFront(body: string, call: FailedCall, token: string): DefenderError {
+  const { azureTenantId, path, requestId } = call;
+  const text = pageText(body, token);
+  return new DefenderError(
+    DefenderErrorCode.UNAVAILABLE,
+    withRequestId(
+      `The Defender API answered 404 for tenant ${azureTenantId} on ${path} without Microsoft's error body: ` +
+        'a proxy or gateway in front of it, or a wrong API base address, did not find the call; it is tried ' +
+        'again rather than taken for a resource that does not exist ' +
+        `(${text ? `the answer begins: ${text}` : 'the answer was empty'})`,
+      requestId,
+    ),
+    { canRetry: true, details: { ...call, body: text } },
+  );
+}
+
+/**
  * A 403, by the code of Microsoft's error body (api/common-errors.md): `DisabledFeature` ("Tenant feature
  * isn't enabled") is a licence the tenant lacks, which no permission fixes; `DisallowedOperation` carries
  * Microsoft's reason; `Forbidden` (and another code) is a permission the token lacks. A 403 without a code
@@ -329,6 +356,21 @@ function forbidden(
   }
   const roles = decodeTokenClaims(token)?.roles ?? [];
   const needed = endpoint === 'machines' ? 'Machine.Read.All' : 'Vulnerability.Read.All';
+  const held = roles.find((role) => grantsPermission([role], needed));
+  if (held !== undefined) {
+    // Asking to grant what the token carries would send the administrator round in circles.
+    return new DefenderError(
+      DefenderErrorCode.ACCESS_REFUSED,
+      withRequestId(
+        `${refused}, although the token carries ${held}, the permission this call needs: Microsoft refused it ` +
+          'for the reason it gives, not for a missing permission. If admin consent was withdrawn after the token ' +
+          "was issued, the next token (within the hour) shows it; otherwise check the app's API access in the " +
+          'Microsoft Defender portal.',
+        requestId,
+      ),
+      { details: { ...details, roles, needed } },
+    );
+  }
   return new DefenderError(
     DefenderErrorCode.CONSENT_MISSING,
     withRequestId(

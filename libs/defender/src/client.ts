@@ -2,7 +2,7 @@ import type { Agent } from 'node:https';
 import type { Logger } from '@urs/logging';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
-import { withRequestId } from './answers';
+import { type ApiResult, withRequestId } from './answers';
 import type { CallHealth, CallHealthOptions } from './call-health';
 import { type DefenderEndpointOverrides, type DefenderEndpoints, resolveEndpoints } from './endpoints';
 import { DefenderError, DefenderErrorCode, isSetupErrorCode } from './errors';
@@ -19,7 +19,13 @@ import type { ODataSink } from './odata-rows';
 import type { QuotaGate } from './quota';
 import type { Vulnerability } from './schema';
 import { createHttpsAgent } from './tls';
-import { type DefenderCredentials, type TokenClaims, createTokenSource, decodeTokenClaims } from './token';
+import {
+  type DefenderCredentials,
+  type TokenClaims,
+  createTokenSource,
+  decodeTokenClaims,
+  grantsPermission,
+} from './token';
 import {
   type BulkExportRead,
   type BulkOptions,
@@ -176,14 +182,19 @@ export interface DefenderClient {
   close(): void;
 }
 
-function grants(roles: string[], permission: RequiredPermission): boolean {
-  const write = permission.replace('.Read.', '.ReadWrite.');
-  return roles.includes(permission) || roles.includes(write);
-}
-
 /** Whether a role grants one of the required permissions. */
 function used(role: string): boolean {
-  return REQUIRED_PERMISSIONS.some((permission) => grants([role], permission));
+  return REQUIRED_PERMISSIONS.some((permission) => grantsPermission([role], permission));
+}
+
+/**
+ * Why a `/api/machines?$top=1` answer lists no device (MDE's 404, or 200 with none), in words; undefined
+ * when it lists one.
+ */
+function emptyListing(page: ApiResult): string | undefined {
+  if (page.status === 404) return `the Defender API answered 404${page.api ? ` ${page.api}` : ''}`;
+  const value = (page.body as { value?: unknown } | null)?.value;
+  return Array.isArray(value) && value.length > 0 ? undefined : 'the Defender API listed no device';
 }
 
 /** The id of the first device of a `/api/machines` page, if it has one. */
@@ -204,7 +215,12 @@ const ADD_PERMISSIONS = 'add these WindowsDefenderATP application permissions an
  * The check's one line. A call refused for a permission names every permission the token lacks, not only the
  * one that call needs, so that one change in Entra ID mends them all; another failure names them too.
  */
-function accessVerdict(report: AccessReport, missing: RequiredPermission[], failure?: DefenderError): string {
+function accessVerdict(
+  report: AccessReport,
+  missing: RequiredPermission[],
+  failure?: DefenderError,
+  noDevices?: string,
+): string {
   const lacks = missing.join(', ');
   if (failure) {
     const message = failure.message;
@@ -230,8 +246,14 @@ function accessVerdict(report: AccessReport, missing: RequiredPermission[], fail
   }
   if (missing.length > 0) return `FAIL: credentials work, but the token lacks ${lacks}: ${ADD_PERMISSIONS}.`;
   const unused = report.unusedRoles;
+  // An empty device list is MDE's answer for a tenant without recent devices: access works, but a tenant
+  // with onboarded devices may be the wrong one.
+  const empty = noDevices
+    ? `, but the device list is empty: ${sentence(noDevices)} If the tenant has onboarded devices, check ` +
+      'that this is their tenant and that they reported to Defender for Endpoint recently.'
+    : '.';
   return (
-    `OK: credentials and consent work; the token carries ${REQUIRED_PERMISSIONS.join(', ')}.` +
+    `OK: credentials and consent work; the token carries ${REQUIRED_PERMISSIONS.join(', ')}${empty}` +
     (unused.length > 0
       ? ` ${unused.join(', ')} ${unused.length === 1 ? 'is' : 'are'} not needed and may be removed.`
       : '')
@@ -316,15 +338,17 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
       verdict: '',
     };
     let failure: DefenderError | undefined;
+    let noDevices: string | undefined;
     try {
       const token = await tokens.getToken(signal);
       report.tokenIssued = true;
       report.roles = decodeTokenClaims(token.token)?.roles ?? [];
       for (const permission of REQUIRED_PERMISSIONS)
-        report.permissions[permission] = grants(report.roles, permission);
+        report.permissions[permission] = grantsPermission(report.roles, permission);
       report.unusedRoles = report.roles.filter((role) => !used(role));
       const page = await api.get('machines', '/api/machines', { $top: 1 }, signal);
       report.machinesReadable = true;
+      noDevices = emptyListing(page);
       // A token without the role would be refused: the verdict names the permission, no call is spent on it.
       if (report.permissions['Vulnerability.Read.All']) {
         const first = page.status === 200 ? firstMachineId(page.body) : undefined;
@@ -339,7 +363,7 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
     const missing = REQUIRED_PERMISSIONS.filter((p) => !report.permissions[p]);
     report.ok =
       report.tokenIssued && report.machinesReadable && report.vulnerabilitiesReadable && missing.length === 0;
-    report.verdict = accessVerdict(report, missing, failure);
+    report.verdict = accessVerdict(report, missing, failure, noDevices);
     return report;
   }
 

@@ -19,6 +19,12 @@ export const DefenderErrorCode = {
   /** 403 `Forbidden` from the API (or another of its codes), or a token without the needed application roles. */
   CONSENT_MISSING: 'DEFENDER_CONSENT_MISSING',
   /**
+   * 403 `Forbidden` (or another of the API's codes) although the token carries the permission the call needs:
+   * not a permission to grant, but a refusal for Microsoft's reason (consent withdrawn since the token was
+   * issued, an access setting of the tenant); an administrator must look into it.
+   */
+  ACCESS_REFUSED: 'DEFENDER_ACCESS_REFUSED',
+  /**
    * 403 `DisabledFeature`: the tenant lacks the licence a call needs (vulnerability data without Defender
    * Vulnerability Management); no permission fixes it.
    */
@@ -99,6 +105,7 @@ const SETUP_ERROR_CODES: ReadonlySet<string> = new Set<string>([
   DefenderErrorCode.UNKNOWN_TENANT,
   DefenderErrorCode.NOT_PROVISIONED,
   DefenderErrorCode.CONSENT_MISSING,
+  DefenderErrorCode.ACCESS_REFUSED,
   DefenderErrorCode.FEATURE_DISABLED,
   DefenderErrorCode.OPERATION_DISALLOWED,
   DefenderErrorCode.AUTH_FAILED,

@@ -47,9 +47,9 @@ export interface MachinePage {
   machines: Machine[];
   /** Records on the wire. */
   received: number;
-  /** Records already returned by an earlier page of the same walk. */
+  /** Records already returned (or reported invalid) by an earlier page of the same walk. */
   duplicates: number;
-  /** Records skipped as invalid. */
+  /** Records skipped as invalid, not met before in the walk. */
   invalid: number;
 }
 
@@ -114,12 +114,27 @@ export function lostPage(path: string, index: number, azureTenantId: string, sta
 }
 
 /**
+ * Two full pages in a row brought no record the walk had not read: the API is ignoring `$skip`. Taking what
+ * was read for the fleet would tombstone the rest, and going on would loop for ever on the quota; the listing
+ * fails, retryably, as any answer that cannot be the whole fleet does.
+ */
+export function repeatedPages(path: string, index: number, azureTenantId: string): DefenderError {
+  return new DefenderError(
+    DefenderErrorCode.UNAVAILABLE,
+    `The Defender API answered pages ${index} and ${index + 1} of ${path} with only devices of earlier pages: ` +
+      'it seems to ignore $skip; the read is tried again rather than cut short',
+    { canRetry: true, details: { azureTenantId, path, page: index + 1 } },
+  );
+}
+
+/**
  * Walks `/api/machines` with `$top`/`$skip` (the API gives no next link with `$top`), one page at a time,
  * so a caller can emit batches without holding the fleet. Stops on a short page (confirmed, see
  * `confirmShortPage`) or an empty one (404, Microsoft's answer when no machine is found, or 200 with no
- * record) where a page may be empty; a failure behind a full page it overlaps. Records are de-duplicated on
- * `id` across the walk (only the ids are kept), validated one by one (an invalid record is reported and
- * skipped, never the page) and flagged when merged or excluded.
+ * record) where a page may be empty; a failure behind a full page it overlaps, or behind two full pages with
+ * nothing new (see repeatedPages). Records are de-duplicated on `id` across the walk (only the ids are kept),
+ * validated one by one (an invalid record is reported and skipped, never the page, and once per walk when it
+ * has a readable id) and flagged when merged or excluded.
  */
 export async function* walkMachines(
   deps: MachineWalkDeps,
@@ -158,6 +173,11 @@ export async function* walkMachines(
   };
   const confirm = options.confirmShortPage ?? true;
   const seen = new Set<string>();
+  /**
+   * Readable ids of the invalid records met: one read again (a page overlap, an API repeating itself) is
+   * neither reported nor new again. Apart from `seen`, so a record fixed meanwhile is still listed.
+   */
+  const rejected = new Set<string>();
   let skip = 0;
   let staleFullPages = 0;
   // Whether this page may be empty: it confirms a short page, or, pages not overlapping, it follows a full
@@ -166,9 +186,10 @@ export async function* walkMachines(
   for (let index = 0; ; index++) {
     const result = await readPage(skip);
     const entries = result.status === 404 ? [] : result.rows;
-    // An empty page, 404 (Microsoft's answer when no machine is found) or 200 with no record (which
-    // Microsoft does not rule out for a $skip past the end), is the end of the fleet on the first page, or
-    // where the page was expected to be empty. Elsewhere (behind a full page whose last devices this page
+    // An empty page, 404 (Microsoft's answer when no machine is found; a front end's 404, without its error
+    // body, never gets here: see answers.ts) or 200 with no record (which Microsoft does not rule out for a
+    // $skip past the end), is the end of the fleet on the first page, or where the page was expected to be
+    // empty. Elsewhere (behind a full page whose last devices this page
     // overlaps: devices left meanwhile and the rest moved before its $skip) the walk would end early and
     // the devices not listed would be tombstoned after a few cycles: the listing fails instead and is
     // tried again.
@@ -182,8 +203,15 @@ export async function* walkMachines(
       duplicates: 0,
       invalid: 0,
     };
+    let unreadable = 0;
     for (const { parsed, id } of entries) {
       if (!parsed.ok) {
+        if (id && rejected.has(id)) {
+          page.duplicates++;
+          continue;
+        }
+        if (id) rejected.add(id);
+        else unreadable++;
         page.invalid++;
         const invalid: InvalidRecord = { kind: 'machine', reason: parsed.reason, ...(id ? { id } : {}) };
         deps.logger.warn('defender: skipped an invalid machine record', {
@@ -204,8 +232,10 @@ export async function* walkMachines(
         flags: { merged: Boolean(record.mergedIntoMachineId), excluded: record.isExcluded === true },
       });
     }
-    const fresh = page.machines.length + page.invalid;
-    if (fresh > 0) yield page;
+    // An invalid record without a readable id cannot be told from one read before: not counted as new, so a
+    // repeated page of them cannot keep the walk going.
+    const fresh = page.machines.length + page.invalid - unreadable;
+    if (page.machines.length + page.invalid > 0) yield page;
     if (page.received === 0) return;
     if (page.received < pageSize) {
       // Short page: the end, unless confirming it finds more (then it was short by accident).
@@ -215,14 +245,7 @@ export async function* walkMachines(
       continue;
     }
     mayBeEmpty = overlap === 0;
-    if (fresh === 0 && ++staleFullPages >= 2) {
-      // Two full pages with nothing new: the API is ignoring $skip; stop rather than loop forever.
-      deps.logger.warn('defender: /api/machines repeats itself; stopping the walk', {
-        azureTenantId: deps.azureTenantId,
-        skip,
-      });
-      return;
-    }
+    if (fresh === 0 && ++staleFullPages >= 2) throw repeatedPages('/api/machines', index, deps.azureTenantId);
     if (fresh > 0) staleFullPages = 0;
     skip += pageSize - overlap;
   }

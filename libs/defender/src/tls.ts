@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { Agent, type AgentOptions } from 'node:https';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -42,6 +43,24 @@ export interface HttpsAgentOptions {
   extraCa?: string | string[];
   /** Sockets per host kept open. Default 16 (more than the 10 calls in flight). */
   maxSockets?: number;
+  /** Where `NODE_EXTRA_CA_CERTS` is read when `extraCa` is given (see nodeExtraCa). Default `process.env`. */
+  env?: Record<string, string | undefined>;
+}
+
+/**
+ * The PEM of the file `NODE_EXTRA_CA_CERTS` names: Node adds it to its default trust store at start, and an
+ * agent given its own `ca` would drop it (Node 20 has no `tls.getCACertificates` to ask for the store as it
+ * is). None when it is unset, or when the file cannot be read: Node then ignores it too, with a warning of
+ * its own at start.
+ */
+function nodeExtraCa(env: Record<string, string | undefined>): string[] {
+  const file = env['NODE_EXTRA_CA_CERTS'];
+  if (!file) return [];
+  try {
+    return [readFileSync(file, 'utf8')];
+  } catch {
+    return [];
+  }
 }
 
 /**
@@ -56,11 +75,16 @@ export function createHttpsAgent(options: HttpsAgentOptions = {}): Agent {
     keepAliveMsecs: TCP_KEEPALIVE_DELAY_MS,
     maxSockets: options.maxSockets ?? 16,
     maxFreeSockets: options.maxSockets ?? 16,
-    // A `ca` option replaces the default trust store, so the system roots go along with the extras. They
-    // are parsed into one secure context here, once per agent: given as `ca`, the ~150 roots would be
-    // joined into the agent's connection-pool key on every request and parsed again on every connection.
+    // A `ca` option replaces the default trust store, so the system roots and NODE_EXTRA_CA_CERTS's CAs go
+    // along with the extras. They are parsed into one secure context here, once per agent: given as `ca`,
+    // the ~150 roots would be joined into the agent's connection-pool key on every request and parsed again
+    // on every connection.
     ...(extra.length > 0
-      ? { secureContext: createSecureContext({ ca: [...rootCertificates, ...extra] }) }
+      ? {
+          secureContext: createSecureContext({
+            ca: [...rootCertificates, ...nodeExtraCa(options.env ?? process.env), ...extra],
+          }),
+        }
       : {}),
   };
   return new KeepAliveOnceAgent(agentOptions);

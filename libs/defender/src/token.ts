@@ -159,6 +159,11 @@ export interface TokenSourceOptions {
   tokenRequestTimeoutMs?: number;
 }
 
+/** Whether `roles` grant `permission` (`Machine.Read.All`): itself, or its ReadWrite form, which includes it. */
+export function grantsPermission(roles: readonly string[], permission: string): boolean {
+  return roles.includes(permission) || roles.includes(permission.replace('.Read.', '.ReadWrite.'));
+}
+
 /**
  * Decodes the payload of a JWT without verifying it: the API verifies tokens; we only read the `roles`
  * claim to tell an administrator which permission lacks consent. Returns undefined for opaque tokens.

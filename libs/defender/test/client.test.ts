@@ -661,6 +661,43 @@ describe('createDefenderClient vulnerabilities', () => {
     }
   });
 
+  it('getVulnerabilitiesByMachine should keep a CVE listed on several products once per device', async () => {
+    const multi = newApp();
+    sim.addTenant({
+      azureTenantId: multi.azureTenantId,
+      apps: [multi],
+      fleet: { size: 60, seed: 13, multiProductCves: true },
+    });
+    const { client, close } = simClient(sim, multi);
+    try {
+      const rows: { machineId: string; cveId: string }[] = [];
+      await client.readVulnerabilitiesByMachine(
+        (machineId, vulnerability) => {
+          if (vulnerability) rows.push({ machineId, cveId: vulnerability.id });
+        },
+        { pageSize: 50 },
+      );
+      const distinct = new Set(rows.map((r) => `${r.machineId}/${r.cveId}`));
+      // The export does list CVEs more than once per device: the merge below has something to merge.
+      expect(rows.length).toBeGreaterThan(distinct.size);
+      const { devices, invalid } = await client.getVulnerabilitiesByMachine({ pageSize: 50 });
+      expect(invalid).toBe(0);
+      for (const machine of sim.machines(multi.azureTenantId)) {
+        const listed = (devices.get(machine.id) ?? []).map((v) => v.id);
+        expect(listed).toHaveLength(new Set(listed).size);
+        expect(listed.sort()).toEqual(
+          sim
+            .vulnerabilities(multi.azureTenantId, machine.id)
+            .map((v) => v.id)
+            .sort(),
+        );
+      }
+    } finally {
+      await close();
+      sim.removeTenant(multi.azureTenantId);
+    }
+  });
+
   it('readVulnerabilitiesByMachine should hand out the rows of a page cut midway again when it is retried', async () => {
     const { client, close } = faultyReadClient();
     try {

@@ -224,6 +224,30 @@ describe('classify on 403', () => {
   });
 
   it.each([
+    ['Machine.Read.All', 'machines', '/api/machines'],
+    ['Machine.ReadWrite.All', 'machines', '/api/machines'],
+    ['Vulnerability.Read.All', 'vulnerabilities', '/api/machines/m1/vulnerabilities'],
+  ] as const)(
+    'should not ask for a permission the token carries (%s), quoting Microsoft’s reason instead',
+    (role, endpoint, path) => {
+      const message = 'The application does not have any of the required application permissions.';
+      const error = thrownBy(() =>
+        classify(
+          answer403('Forbidden', message),
+          { ...CALL, path },
+          tokenWith([role, 'Alert.Read.All']),
+          endpoint,
+        ),
+      );
+      expect(error).toMatchObject({ code: DefenderErrorCode.ACCESS_REFUSED, canRetry: false });
+      expect(isSetupErrorCode(error.code)).toBe(true);
+      expect(error.message).toContain(`403 Forbidden: ${message}`);
+      expect(error.message).toContain(`the token carries ${role}`);
+      expect(error.message).not.toMatch(/grant the WindowsDefenderATP application permission/);
+    },
+  );
+
+  it.each([
     ['an empty body', '', 'the answer was empty'],
     [
       'JSON without an error code',

@@ -236,6 +236,73 @@ describe('createDefenderClient when something in front of the API answers 403 wi
   });
 });
 
+describe('createDefenderClient when something in front of the API answers 404 without MDE’s error body', () => {
+  it.each([
+    [
+      'an HTML page',
+      'html',
+      'the answer begins: 404 Not Found 404 Not Found Microsoft-Azure-Application-Gateway/v2',
+    ],
+    ['an empty body', 'empty', 'the answer was empty'],
+  ] as const)(
+    'listMachines should fail retryably on a first page answered 404 with %s, not read it as no devices',
+    async (_what, body, shown) => {
+      sim.setFaults(app.azureTenantId, { gateway404: body });
+      const { client, close } = simClient(sim, app);
+      try {
+        sim.resetStats();
+        const error = await client.listMachines().then(
+          () => undefined,
+          (e: unknown) => e as DefenderError,
+        );
+        expect(error).toMatchObject({ code: DefenderErrorCode.UNAVAILABLE, canRetry: true });
+        expect(error?.message).toBe(
+          `The Defender API answered 404 for tenant ${app.azureTenantId} on /api/machines without Microsoft's ` +
+            'error body: a proxy or gateway in front of it, or a wrong API base address, did not find the ' +
+            `call; it is tried again rather than taken for a resource that does not exist (${shown})`,
+        );
+        // Retried as a passing failure: 1 call and 5 retries.
+        expect(sim.stats().calls.machines).toBe(6);
+        expect(JSON.stringify(error?.details)).not.toMatch(/<|html/i);
+      } finally {
+        await close();
+      }
+    },
+  );
+
+  it('checkAccess should fail on a device list answered 404 without MDE’s error body', async () => {
+    sim.setFaults(app.azureTenantId, { gateway404: 'html' });
+    const { client, close } = simClient(sim, app);
+    try {
+      const report = await client.checkAccess();
+      expect(report).toMatchObject({
+        ok: false,
+        machinesReadable: false,
+        error: { code: DefenderErrorCode.UNAVAILABLE },
+      });
+      expect(report.verdict).toMatch(
+        /^FAIL: The Defender API answered 404 .* without Microsoft's error body/,
+      );
+    } finally {
+      await close();
+    }
+  });
+
+  it('checkAccess should say in its verdict that the device list is empty when MDE answers 404 for it', async () => {
+    const empty = newApp();
+    sim.addTenant({ azureTenantId: empty.azureTenantId, apps: [empty] });
+    const { client, close } = simClient(sim, empty);
+    try {
+      const report = await client.checkAccess();
+      expect(report).toMatchObject({ ok: true, machinesReadable: true, vulnerabilitiesReadable: true });
+      expect(report.verdict).toMatch(/^OK: credentials and consent work; .* but the device list is empty:/);
+      expect(report.verdict).toContain('404 ResourceNotFound');
+    } finally {
+      await close();
+    }
+  });
+});
+
 describe('createDefenderClient on MDE’s error answers', () => {
   const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 

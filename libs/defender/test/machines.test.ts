@@ -1,7 +1,15 @@
 import { retryPolicy } from '@urs/resilience';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { capturingLogger, type LogLine } from '@urs/testkit';
-import { DefenderErrorCode, type InvalidRecord, type MachinePage, isScorable } from '../src';
+import { silentLogger } from '@urs/logging';
+import {
+  type ApiCaller,
+  DefenderErrorCode,
+  type InvalidRecord,
+  type MachinePage,
+  isScorable,
+  walkMachines,
+} from '../src';
 import { type TestApp, newApp, simClient } from './support';
 
 let sim: Simulator;
@@ -312,5 +320,66 @@ describe('listMachinePages', () => {
     } finally {
       await close();
     }
+  });
+});
+
+/**
+ * An ApiCaller whose `/api/machines` ignores `$skip`: every request answers `rows`, as read by the walk's
+ * own `toRow`; it fails after `limit` requests, so a walk that would never end shows as that failure.
+ */
+function skipIgnoringApi(rows: unknown[], limit = 10): { api: ApiCaller; asked: () => number } {
+  let asked = 0;
+  const getRows = async (
+    _endpoint: string,
+    _path: string,
+    _params: unknown,
+    toRow: (row: unknown) => unknown,
+  ) => {
+    if (++asked > limit) throw new Error(`asked ${asked} times`);
+    return { status: 200, rows: rows.map((row) => toRow(row)), members: {} };
+  };
+  return { api: { getRows } as unknown as ApiCaller, asked: () => asked };
+}
+
+describe('walkMachines on an API that ignores $skip', () => {
+  const walk = async (api: ApiCaller, onInvalidRecord?: (r: InvalidRecord) => void) => {
+    const pages: MachinePage[] = [];
+    const deps = {
+      api,
+      logger: silentLogger,
+      azureTenantId: 't1',
+      ...(onInvalidRecord ? { onInvalidRecord } : {}),
+    };
+    for await (const page of walkMachines(deps, { pageSize: 10, pageOverlap: 0 })) pages.push(page);
+    return pages;
+  };
+
+  it('walkMachines should fail retryably, not end as if the first page were the whole fleet, when full pages repeat', async () => {
+    const { api, asked } = skipIgnoringApi(records(10, 41));
+    const pages: MachinePage[] = [];
+    const walked = (async () => {
+      const deps = { api, logger: silentLogger, azureTenantId: 't1' };
+      for await (const page of walkMachines(deps, { pageSize: 10, pageOverlap: 0 })) pages.push(page);
+    })();
+    await expect(walked).rejects.toMatchObject({
+      code: DefenderErrorCode.UNAVAILABLE,
+      canRetry: true,
+      message: expect.stringContaining('ignore $skip'),
+    });
+    expect(pages.map((p) => p.machines.length)).toEqual([10]);
+    expect(asked()).toBe(3);
+  });
+
+  it('walkMachines should count a repeated invalid record once and stop on repeated pages holding one', async () => {
+    const rows: unknown[] = records(10, 43);
+    rows[4] = { ...(rows[4] as object), machineTags: 'not-a-list' };
+    const invalid: InvalidRecord[] = [];
+    const { api, asked } = skipIgnoringApi(rows);
+    await expect(walk(api, (r) => invalid.push(r))).rejects.toMatchObject({
+      code: DefenderErrorCode.UNAVAILABLE,
+      canRetry: true,
+    });
+    expect(asked()).toBe(3);
+    expect(invalid).toHaveLength(1);
   });
 });

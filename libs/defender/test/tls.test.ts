@@ -1,4 +1,7 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { get } from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Agent } from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -48,12 +51,38 @@ describe('createHttpsAgent', () => {
 
   it('createHttpsAgent should still trust the system roots beside the extra CA', () => {
     const contexts = jest.spyOn(tls, 'createSecureContext');
-    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const agent = createHttpsAgent({ extraCa: sim.caPem, env: {} });
     try {
       const ca = (contexts.mock.calls[0]?.[0] as tls.SecureContextOptions | undefined)?.ca;
       expect(ca).toEqual([...tls.rootCertificates, sim.caPem]);
     } finally {
       contexts.mockRestore();
+      agent.destroy();
+    }
+  });
+
+  it('createHttpsAgent should keep trusting the CAs of NODE_EXTRA_CA_CERTS beside the extra CA', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'urs-tls-'));
+    const file = join(dir, 'extra.pem');
+    writeFileSync(file, sim.caPem);
+    // Another CA given as the extra one: the simulator's is trusted only through NODE_EXTRA_CA_CERTS.
+    const agent = createHttpsAgent({ extraCa: tls.rootCertificates[0]!, env: { NODE_EXTRA_CA_CERTS: file } });
+    try {
+      expect(await fetchInfo(agent, `${sim.baseUrl}/_sim/info`)).toBe(200);
+    } finally {
+      agent.destroy();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('createHttpsAgent should skip a NODE_EXTRA_CA_CERTS file it cannot read, as Node does', async () => {
+    const agent = createHttpsAgent({
+      extraCa: sim.caPem,
+      env: { NODE_EXTRA_CA_CERTS: join(tmpdir(), 'urs-tls-absent', 'none.pem') },
+    });
+    try {
+      expect(await fetchInfo(agent, `${sim.baseUrl}/_sim/info`)).toBe(200);
+    } finally {
       agent.destroy();
     }
   });

@@ -1,7 +1,17 @@
 import { writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MalformedODataError, type ODataSink } from '@urs/defender';
+import { randomUUID } from 'node:crypto';
+import {
+  MalformedODataError,
+  type ODataSink,
+  createDefenderClient,
+  createHttpsAgent,
+  createLocalLimiter,
+  createLocalQuotaGate,
+} from '@urs/defender';
+import { silentLogger } from '@urs/logging';
+import { type Simulator, startSimulator } from '@urs/simulator';
 import { WorkerExportFold } from '../src/export-fold';
 import { VulnerabilityFolder } from '../src/summarise';
 
@@ -47,6 +57,55 @@ function chunks(bytes: Buffer): Buffer[] {
   }
   return out;
 }
+
+describe('foldExportOnThread on an export listing CVEs once per product', () => {
+  let sim: Simulator;
+
+  beforeAll(async () => {
+    sim = await startSimulator({ quotas: false });
+  });
+
+  afterAll(async () => {
+    await sim.close();
+  });
+
+  it('should fold a device’s CVE listed on several rows as the per-device CVEs, counted once', async () => {
+    const { foldExportOnThread } = (await import(
+      join(__dirname, '../dist/export-fold.js')
+    )) as typeof import('../src/export-fold');
+    const app = { azureTenantId: randomUUID(), clientId: randomUUID(), clientSecret: `Zx8Q~${randomUUID()}` };
+    sim.addTenant({ ...app, apps: [app], fleet: { size: 80, seed: 21, multiProductCves: true } });
+    const httpsAgent = createHttpsAgent({ extraCa: sim.caPem });
+    const limiter = createLocalLimiter();
+    const client = createDefenderClient(app, {
+      limiter,
+      quota: createLocalQuotaGate(),
+      logger: silentLogger,
+      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
+      httpsAgent,
+    });
+    try {
+      let rows = 0;
+      await client.readVulnerabilitiesByMachine((_device, vulnerability) => (rows += vulnerability ? 1 : 0));
+      const perDevice = new VulnerabilityFolder();
+      let distinct = 0;
+      for (const machine of sim.machines(app.azureTenantId)) {
+        const cves = sim.vulnerabilities(app.azureTenantId, machine.id);
+        distinct += cves.length;
+        for (const cve of cves) perDevice.add(machine.id, { id: cve.id, cvssV3: cve.cvssV3 });
+      }
+      // The export repeats CVEs across products: more rows than the devices' CVEs.
+      expect(rows).toBeGreaterThan(distinct);
+      const folded = await foldExportOnThread(client);
+      const summaries = new Map(folded.summaries(7));
+      for (const [device, summary] of perDevice.summaries(7)) expect(summaries.get(device)).toEqual(summary);
+    } finally {
+      client.close();
+      await limiter.close();
+      httpsAgent.destroy();
+    }
+  });
+});
 
 function foldedHere(rows: readonly Row[]): VulnerabilityFolder {
   const folder = new VulnerabilityFolder();

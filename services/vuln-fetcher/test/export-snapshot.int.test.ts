@@ -215,6 +215,8 @@ describe("bulk cycles and the export's snapshot", () => {
     sim.setVulnerabilities(AZURE_TENANT, m0, [scored('CVE-2024-1', 11), scored('CVE-2024-2', 11)]);
     sim.setVulnerabilities(AZURE_TENANT, m1, [scored('CVE-2024-1', 11), scored('CVE-2024-3', 9.8)]);
     sim.setVulnerabilities(AZURE_TENANT, m2, []);
+    // The snapshot the cycles read holds them (changes wait for the next one).
+    sim.generateExport(AZURE_TENANT);
     const expected = { [m0]: 'DEFENDER_UNREADABLE_RECORDS', [m1]: 1, [m2]: 0 };
     // The tenant's first bulk cycle reads its export first: both batches read it back from Redis.
     expect(outcome(await cycle('c1', [[m0], [m1, m2]]))).toEqual(expected);
@@ -227,6 +229,7 @@ describe("bulk cycles and the export's snapshot", () => {
     const { cycle } = setup(snapshotMs);
     const [m0, m1, m2] = sim.machines(AZURE_TENANT).map((m) => m.id) as [string, string, string];
     sim.setVulnerabilities(AZURE_TENANT, m0, [scored('CVE-2024-3', 9.8)]);
+    sim.generateExport(AZURE_TENANT);
     expect(outcome(await cycle('c1', [[m0], [m1, m2]]))[m0]).toBe(1);
 
     sim.setVulnerabilities(AZURE_TENANT, m0, [scored('CVE-2024-3', 11)]);

@@ -72,6 +72,12 @@ export interface Simulator {
   /** Adds `count` generated devices, or the given records; returns the new ids. */
   addMachines(azureTenantId: string, countOrRecords: number | MachineRecord[]): string[];
   setVulnerabilities(azureTenantId: string, machineId: string, vulns: VulnerabilityRecord[]): void;
+  /**
+   * Generates the tenant's export snapshot now, with the changes `fleet.exportSnapshotMs` was holding back
+   * (as Microsoft's next regeneration would); returns its generation time (epoch ms). A fleet with nothing
+   * held back keeps its snapshot.
+   */
+  generateExport(azureTenantId: string): number;
   machines(azureTenantId: string): MachineRecord[];
   machineCount(azureTenantId: string): number;
   vulnerabilities(azureTenantId: string, machineId: string): VulnerabilityRecord[];

@@ -9,7 +9,16 @@ export interface CatalogEntry {
   software: AffectedSoftware;
   /** `vulnerability` serialised once, so per-device answers are string joins. */
   json: string;
+  /**
+   * The same CVE on other products or versions (none for most; one or two for about one in eight), each
+   * an entry of its own: a device with the CVE has one export row per product and version with
+   * FleetSpec.multiProductCves.
+   */
+  otherProducts: CatalogEntry[];
 }
+
+/** Share of catalog CVEs that affect more than one product or version. */
+const MULTI_PRODUCT_SHARE = 0.125;
 
 const CATALOG_SIZE = 3000;
 const CATALOG_SEED = 0x5eed_cafe;
@@ -111,10 +120,41 @@ function buildCatalog(): CatalogEntry[] {
         recommendedSecurityUpdateId: kb,
       },
       json: '',
+      otherProducts: [],
     });
   }
-  for (const entry of entries) entry.json = JSON.stringify(entry.vulnerability);
+  entries.forEach((entry, index) => {
+    entry.json = JSON.stringify(entry.vulnerability);
+    entry.otherProducts = otherProducts(entry, index);
+  });
   return entries;
+}
+
+/**
+ * The other products or versions `entry`'s CVE affects, drawn from a stream of their own (stream 1), so
+ * every other value of the catalog stays as it was.
+ */
+function otherProducts(entry: CatalogEntry, index: number): CatalogEntry[] {
+  const rng = new Rng(CATALOG_SEED, index, 1);
+  if (!rng.chance(MULTI_PRODUCT_SHARE)) return [];
+  const { vendor, name, version } = entry.software;
+  const same = PRODUCTS.find(([v, p]) => v === vendor && p === name);
+  // Another version of the same product where it has one (Chrome 124 and 119), else other products of its vendor.
+  const candidates: [string, string, string][] = [
+    ...(same?.[2] ?? [])
+      .filter((other) => other !== version)
+      .map((other) => [vendor, name, other] as [string, string, string]),
+    ...PRODUCTS.filter(([v, p]) => v === vendor && p !== name).map(
+      ([v, p, versions]) => [v, p, versions[0] as string] as [string, string, string],
+    ),
+  ];
+  const count = Math.min(candidates.length, rng.chance(0.5) ? 1 : 2);
+  return candidates.slice(0, count).map(([v, p, other]) => ({
+    vulnerability: entry.vulnerability,
+    software: { ...entry.software, vendor: v, name: p, version: other },
+    json: entry.json,
+    otherProducts: [],
+  }));
 }
 
 let catalog: CatalogEntry[] | undefined;

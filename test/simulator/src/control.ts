@@ -11,6 +11,7 @@ import type { MachineRecord, VulnerabilityRecord } from './types';
 //   GET    /_sim/tenants                                tenants with device counts
 //   POST   /_sim/tenants                                body TenantSpec → 201
 //   DELETE /_sim/tenants/{tenant}
+//   POST   /_sim/tenants/{tenant}/export                the export snapshot held back, made now → { generatedAtMs }
 //   GET    /_sim/tenants/{tenant}/machines?skip=&top=   { count, value }  (top default: all)
 //   POST   /_sim/tenants/{tenant}/machines              body { count } | { records: MachineRecord[] } → { ids }
 //   PATCH  /_sim/tenants/{tenant}/machines/{id}         body partial MachineRecord
@@ -38,6 +39,8 @@ export interface ControlTarget {
   /** Each machine of the page as its JSON. */
   machinesPageJson(tenant: string, skip: number, top: number): string[];
   vulnerabilities(tenant: string, id: string): VulnerabilityRecord[];
+  /** See Simulator.generateExport. */
+  generateExport(tenant: string): number;
   tenants(): unknown[];
   stats(): SimStats;
   resetStats(): void;
@@ -124,6 +127,8 @@ async function route(target: ControlTarget, req: IncomingMessage, url: URL): Pro
       return target.removeTenant(tenant)
         ? [200, { ok: true }]
         : [404, { error: `unknown tenant '${tenant}'` }];
+  } else if (sub === 'export' && !id && method === 'POST') {
+    return [200, { generatedAtMs: target.generateExport(tenant) }];
   } else if (sub === 'machines' && !id) {
     if (method === 'GET') {
       const total = target.machineCount(tenant);

@@ -15,12 +15,21 @@ export interface FleetSpec extends ExportVolumeSpec {
   /** Seed for generation; default derived from the tenant id so every tenant differs. */
   seed?: number;
   /**
-   * The export snapshot is generated at most once in this many milliseconds: a device added within it is
-   * not in the export (both ways of reading it) until the next generation, which the first read after it
-   * makes, as Microsoft serves a snapshot up to 6 hours old. Its other changes show at once. Default 0:
-   * regenerated at every change.
+   * The export snapshot is generated at most once in this many milliseconds: a change within it (a device
+   * added, removed or patched, its CVEs set) is not in the export (both ways of reading it) until the next
+   * generation, which the first read after it makes, as Microsoft serves a snapshot up to 6 hours old.
+   * Default 0: regenerated at every change. Either way a read of the export keeps to the snapshot its first
+   * page was of (see Fleet.exportView).
    */
   exportSnapshotMs?: number;
+  /**
+   * List a CVE that affects several products or versions (about one catalog CVE in eight, see
+   * CatalogEntry.otherProducts) on one export row per product and version, as Microsoft's export has one
+   * row per device × software × version × CVE: a device then has the same CVE on two or three rows. The
+   * per-device endpoint still lists it once. Default false: one row per CVE, the light mix the benchmark
+   * was taken with.
+   */
+  multiProductCves?: boolean;
 }
 
 export interface CveEntryView {
@@ -63,6 +72,46 @@ const UNKNOWN_SOFTWARE: AffectedSoftware = {
   recommendedSecurityUpdateId: null,
 };
 
+/**
+ * What a fleet holds besides its seed: the live one, changed by every call, and a frozen copy of it per
+ * export snapshot. Copies share the records and patches, which are replaced on change, never mutated.
+ */
+interface FleetState {
+  generatedCount: number;
+  removed: Set<number>;
+  patches: Map<number, Partial<MachineRecord>>;
+  explicit: MachineRecord[];
+  vulnOverrides: Map<string, VulnerabilityRecord[]>;
+  /** Ordinal → generated index, only materialised once something was removed. */
+  liveIndex: Int32Array | null;
+}
+
+function frozenCopy(state: FleetState): FleetState {
+  return {
+    generatedCount: state.generatedCount,
+    removed: new Set(state.removed),
+    patches: new Map(state.patches),
+    explicit: [...state.explicit],
+    vulnOverrides: new Map(state.vulnOverrides),
+    liveIndex: state.liveIndex,
+  };
+}
+
+/** Export snapshots kept for the reads still paging through them: a $skiptoken of an older one answers 404. */
+export const KEPT_SNAPSHOTS = 8;
+
+/** The devices, rows and CVEs of one export snapshot, as a read of it pages through them. */
+export interface ExportView {
+  /** When the snapshot was generated (epoch ms): a read's next link names it. */
+  readonly generation: number;
+  size(): number;
+  /** The device's export rows (see Fleet.rowsAt). */
+  rowsAt(ordinal: number, render: (record: MachineRecord, view: ExportView) => string[]): RenderedRows;
+  /** The device's CVEs as its export rows list them (see FleetSpec.multiProductCves). */
+  exportEntries(id: string): CveEntryView[] | undefined;
+  softwareOnly(id: string): AffectedSoftware[] | undefined;
+}
+
 export class Fleet {
   readonly seed: number;
   /** Reference time of generated lastSeen/firstSeen values (fleet creation), so pages are stable. */
@@ -79,19 +128,14 @@ export class Fleet {
   private readonly snapshotMs: number;
   /** The export's volume per device; undefined: the light mix. */
   private readonly volume: ExportVolume | undefined;
-  /** Generated devices when the snapshot was generated: the ones after them are not in it. */
-  private snapshotGenerated: number;
-  /** Explicit records added since the snapshot was generated: not in it. */
-  private readonly addedSinceSnapshot = new Set<string>();
+  /** See FleetSpec.multiProductCves. */
+  private readonly multiProductCves: boolean;
   /** A change waits for the next generation (`exportSnapshotMs`). */
   private changedSinceSnapshot = false;
-  private generatedCount: number;
-  private readonly removed = new Set<number>();
-  private readonly patches = new Map<number, Partial<MachineRecord>>();
-  private readonly explicit: MachineRecord[] = [];
-  private readonly vulnOverrides = new Map<string, VulnerabilityRecord[]>();
-  /** Ordinal → generated index, only materialised once something was removed. */
-  private liveIndex: Int32Array | null = null;
+  /** The fleet as it is now: the listing, the per-device calls and the control API read it. */
+  private readonly live: FleetState;
+  /** The fleet as of each kept export snapshot, by generation time, oldest first. */
+  private readonly snapshots = new Map<number, FleetState>();
   /** Generated index → its JSON, for unpatched devices while the budget lasts. */
   private readonly jsonCache = new Map<number, string>();
   private readonly budget: JsonCacheBudget;
@@ -110,14 +154,22 @@ export class Fleet {
     this.budget = budget;
     this.rowsBudget = rowsBudget;
     this.seed = spec?.seed ?? hashString(tenantId);
-    this.generatedCount = Math.max(0, Math.floor(spec?.size ?? 0));
+    this.live = {
+      generatedCount: Math.max(0, Math.floor(spec?.size ?? 0)),
+      removed: new Set(),
+      patches: new Map(),
+      explicit: [],
+      vulnOverrides: new Map(),
+      liveIndex: null,
+    };
     this.epochMs = epochMs;
     // The records the fleet starts with are part of its first generation.
     this.generatedAt = epochMs;
     this.snapshotMs = Math.max(0, spec?.exportSnapshotMs ?? 0);
     this.volume = exportVolumeOf(spec);
-    this.snapshotGenerated = this.generatedCount;
+    this.multiProductCves = spec?.multiProductCves === true;
     for (const record of records ?? []) this.insertRecord(record);
+    this.snapshots.set(epochMs, frozenCopy(this.live));
   }
 
   /** The generation time of the export snapshot (see `generatedAt`). */
@@ -138,52 +190,83 @@ export class Fleet {
     this.generate();
   }
 
-  private generate(): void {
-    this.generatedAt = Math.max(Date.now(), this.generatedAt + 1);
-    this.snapshotGenerated = this.generatedCount;
-    this.addedSinceSnapshot.clear();
-    this.changedSinceSnapshot = false;
+  /**
+   * The snapshot with the changes `exportSnapshotMs` holds back, made now rather than at the first read
+   * after it; its generation time.
+   */
+  generateHeldBack(): number {
+    if (this.changedSinceSnapshot) this.generate();
+    return this.generatedAt;
   }
 
-  /** Whether the device at `ordinal` is in the export snapshot served now (see `exportSnapshotMs`). */
-  private inSnapshot(ordinal: number, record: MachineRecord): boolean {
-    if (this.snapshotMs === 0) return true;
-    void this.generatedAtMs;
-    if (ordinal < this.liveGenerated()) return this.generatedIndexAt(ordinal) < this.snapshotGenerated;
-    return !this.addedSinceSnapshot.has(record.id);
+  /** A new export snapshot of the fleet as it is now; the oldest beyond KEPT_SNAPSHOTS is dropped. */
+  private generate(): void {
+    this.generatedAt = Math.max(Date.now(), this.generatedAt + 1);
+    this.changedSinceSnapshot = false;
+    this.snapshots.set(this.generatedAt, frozenCopy(this.live));
+    for (const generation of this.snapshots.keys()) {
+      if (this.snapshots.size <= KEPT_SNAPSHOTS) break;
+      this.snapshots.delete(generation);
+    }
+  }
+
+  /**
+   * The export snapshot of `generation` (default: the one served now), or undefined when it is no longer
+   * kept. A read pages through the snapshot of its first page: Microsoft's export is a file generated every
+   * few hours, which a change of the fleet does not alter under a read (nor move its $skiptoken ordinals).
+   */
+  exportView(generation: number = this.generatedAtMs): ExportView | undefined {
+    const state = this.snapshots.get(generation);
+    if (!state) return undefined;
+    const view: ExportView = {
+      generation,
+      size: () => this.sizeOf(state),
+      rowsAt: (ordinal, render) => this.rowsOf(state, view, ordinal, render),
+      exportEntries: (id) => this.exportEntriesOf(state, id),
+      softwareOnly: (id) => this.softwareOnlyOf(state, id),
+    };
+    return view;
   }
 
   size(): number {
-    return this.generatedCount - this.removed.size + this.explicit.length;
+    return this.sizeOf(this.live);
   }
 
-  private liveGenerated(): number {
-    return this.generatedCount - this.removed.size;
+  private sizeOf(state: FleetState): number {
+    return state.generatedCount - state.removed.size + state.explicit.length;
   }
 
-  private generatedIndexAt(ordinal: number): number {
-    if (this.removed.size === 0) return ordinal;
-    if (!this.liveIndex) {
-      const live = new Int32Array(this.liveGenerated());
+  private liveGenerated(state: FleetState = this.live): number {
+    return state.generatedCount - state.removed.size;
+  }
+
+  private generatedIndexAt(ordinal: number, state: FleetState = this.live): number {
+    if (state.removed.size === 0) return ordinal;
+    if (!state.liveIndex) {
+      const live = new Int32Array(this.liveGenerated(state));
       let at = 0;
-      for (let i = 0; i < this.generatedCount; i++) if (!this.removed.has(i)) live[at++] = i;
-      this.liveIndex = live;
+      for (let i = 0; i < state.generatedCount; i++) if (!state.removed.has(i)) live[at++] = i;
+      state.liveIndex = live;
     }
-    return this.liveIndex[ordinal] as number;
+    return state.liveIndex[ordinal] as number;
   }
 
-  private generated(index: number): MachineRecord {
+  private generated(index: number, state: FleetState = this.live): MachineRecord {
     const record = generateMachine(this.seed, index, this.epochMs);
-    const patch = this.patches.get(index);
+    const patch = state.patches.get(index);
     return patch ? { ...record, ...patch, id: record.id } : record;
   }
 
   /** The device at position `ordinal` of the current listing order. */
   at(ordinal: number): MachineRecord | undefined {
-    if (ordinal < 0 || ordinal >= this.size()) return undefined;
-    const liveGenerated = this.liveGenerated();
-    if (ordinal < liveGenerated) return this.generated(this.generatedIndexAt(ordinal));
-    return this.explicit[ordinal - liveGenerated];
+    return this.atOf(this.live, ordinal);
+  }
+
+  private atOf(state: FleetState, ordinal: number): MachineRecord | undefined {
+    if (ordinal < 0 || ordinal >= this.sizeOf(state)) return undefined;
+    const liveGenerated = this.liveGenerated(state);
+    if (ordinal < liveGenerated) return this.generated(this.generatedIndexAt(ordinal, state), state);
+    return state.explicit[ordinal - liveGenerated];
   }
 
   slice(skip: number, top: number): MachineRecord[] {
@@ -198,9 +281,9 @@ export class Fleet {
   jsonAt(ordinal: number): string | undefined {
     if (ordinal < 0 || ordinal >= this.size()) return undefined;
     const liveGenerated = this.liveGenerated();
-    if (ordinal >= liveGenerated) return JSON.stringify(this.explicit[ordinal - liveGenerated]);
+    if (ordinal >= liveGenerated) return JSON.stringify(this.live.explicit[ordinal - liveGenerated]);
     const index = this.generatedIndexAt(ordinal);
-    if (this.patches.has(index)) return JSON.stringify(this.generated(index));
+    if (this.live.patches.has(index)) return JSON.stringify(this.generated(index));
     const cached = this.jsonCache.get(index);
     if (cached !== undefined) return cached;
     const json = JSON.stringify(generateMachine(this.seed, index, this.epochMs));
@@ -219,19 +302,28 @@ export class Fleet {
   }
 
   /**
-   * The export rows of the device at `ordinal`, rendered by `render`; kept for unpatched generated
-   * devices without a vulnerability override while the budget lasts. None for a device the snapshot
-   * served now does not hold.
+   * The export rows of the device at `ordinal` of the snapshot served now, rendered by `render` (with the
+   * snapshot's view, for its CVEs); none past its end. Kept for unpatched generated devices without a
+   * vulnerability override while the budget lasts: their rows are the same in every snapshot.
    */
-  rowsAt(ordinal: number, render: (record: MachineRecord) => string[]): RenderedRows {
-    const record = this.at(ordinal);
-    if (!record || !this.inSnapshot(ordinal, record)) return toRenderedRows([]);
-    const index = ordinal < this.liveGenerated() ? this.generatedIndexAt(ordinal) : -1;
-    if (index < 0 || this.patches.has(index) || this.vulnOverrides.has(record.id))
-      return toRenderedRows(render(record));
+  rowsAt(ordinal: number, render: (record: MachineRecord, view: ExportView) => string[]): RenderedRows {
+    return (this.exportView() as ExportView).rowsAt(ordinal, render);
+  }
+
+  private rowsOf(
+    state: FleetState,
+    view: ExportView,
+    ordinal: number,
+    render: (record: MachineRecord, view: ExportView) => string[],
+  ): RenderedRows {
+    const record = this.atOf(state, ordinal);
+    if (!record) return toRenderedRows([]);
+    const index = ordinal < this.liveGenerated(state) ? this.generatedIndexAt(ordinal, state) : -1;
+    if (index < 0 || state.patches.has(index) || state.vulnOverrides.has(record.id))
+      return toRenderedRows(render(record, view));
     const cached = this.rowsCache.get(index);
     if (cached !== undefined) return cached;
-    const rows = toRenderedRows(render(record));
+    const rows = toRenderedRows(render(record, view));
     if (this.rowsBudget.remaining > 0) {
       this.rowsBudget.remaining--;
       this.rowsCache.set(index, rows);
@@ -240,7 +332,7 @@ export class Fleet {
   }
 
   /** Serialises every device and renders its export rows now, while the budgets last. */
-  warm(render: (record: MachineRecord) => string[]): void {
+  warm(render: (record: MachineRecord, view: ExportView) => string[]): void {
     const size = this.size();
     for (let ordinal = 0; ordinal < size; ordinal++) {
       if (this.budget.remaining <= 0 && this.rowsBudget.remaining <= 0) return;
@@ -266,17 +358,20 @@ export class Fleet {
     return this.slice(0, this.size());
   }
 
-  private locate(id: string): { index: number } | { explicitAt: number } | undefined {
+  private locate(
+    id: string,
+    state: FleetState = this.live,
+  ): { index: number } | { explicitAt: number } | undefined {
     const index = indexOfMachineId(this.seed, id);
-    if (index >= 0 && index < this.generatedCount && !this.removed.has(index)) return { index };
-    const explicitAt = this.explicit.findIndex((r) => r.id === id);
+    if (index >= 0 && index < state.generatedCount && !state.removed.has(index)) return { index };
+    const explicitAt = state.explicit.findIndex((r) => r.id === id);
     return explicitAt >= 0 ? { explicitAt } : undefined;
   }
 
   get(id: string): MachineRecord | undefined {
     const where = this.locate(id);
     if (!where) return undefined;
-    return 'index' in where ? this.generated(where.index) : this.explicit[where.explicitAt];
+    return 'index' in where ? this.generated(where.index) : this.live.explicit[where.explicitAt];
   }
 
   /** Shallow-merges `patch` into a device; returns false when the id is unknown. */
@@ -285,9 +380,13 @@ export class Fleet {
     if (!where) return false;
     const { id: _ignored, ...rest } = patch;
     if ('index' in where) {
-      this.patches.set(where.index, { ...this.patches.get(where.index), ...rest });
+      this.live.patches.set(where.index, { ...this.live.patches.get(where.index), ...rest });
       this.uncache(where.index);
-    } else Object.assign(this.explicit[where.explicitAt] as MachineRecord, rest);
+    } else {
+      // Replaced, not changed in place: the export snapshots hold the record as it was.
+      const at = where.explicitAt;
+      this.live.explicit[at] = { ...(this.live.explicit[at] as MachineRecord), ...rest };
+    }
     this.regenerate();
     return true;
   }
@@ -296,13 +395,12 @@ export class Fleet {
     const where = this.locate(id);
     if (!where) return false;
     if ('index' in where) {
-      this.removed.add(where.index);
-      this.patches.delete(where.index);
+      this.live.removed.add(where.index);
+      this.live.patches.delete(where.index);
       this.uncache(where.index);
-      this.liveIndex = null;
-    } else this.explicit.splice(where.explicitAt, 1);
-    this.addedSinceSnapshot.delete(id);
-    this.vulnOverrides.delete(id);
+      this.live.liveIndex = null;
+    } else this.live.explicit.splice(where.explicitAt, 1);
+    this.live.vulnOverrides.delete(id);
     this.regenerate();
     return true;
   }
@@ -311,10 +409,10 @@ export class Fleet {
   addGenerated(count: number): string[] {
     const ids: string[] = [];
     for (let i = 0; i < count; i++) {
-      const index = this.generatedCount++;
+      const index = this.live.generatedCount++;
       ids.push(generateMachine(this.seed, index, this.epochMs).id);
     }
-    this.liveIndex = null;
+    this.live.liveIndex = null;
     if (ids.length > 0) this.regenerate();
     // Explicit records keep their place after generated ones; ordinals beyond generated shift.
     return ids;
@@ -322,7 +420,6 @@ export class Fleet {
 
   addRecord(record: MachineRecord): void {
     this.insertRecord(record);
-    this.addedSinceSnapshot.add(record.id);
     this.regenerate();
   }
 
@@ -331,14 +428,14 @@ export class Fleet {
     if (!/^[0-9a-f]{40}$/i.test(record.id))
       throw new Error(`machine id must be 40 hex characters, got '${record.id}'`);
     if (this.locate(record.id)) throw new Error(`machine '${record.id}' already exists`);
-    this.explicit.push({ ...record });
+    this.live.explicit.push({ ...record });
   }
 
   setVulnerabilities(id: string, vulns: readonly VulnerabilityRecord[]): boolean {
     const where = this.locate(id);
     if (!where) return false;
     if ('index' in where) this.uncache(where.index);
-    this.vulnOverrides.set(
+    this.live.vulnOverrides.set(
       id,
       vulns.map((v) => ({ ...v })),
     );
@@ -348,9 +445,25 @@ export class Fleet {
 
   /** CVEs with the software they affect; undefined when the device is unknown. */
   cveEntries(id: string): CveEntryView[] | undefined {
-    const where = this.locate(id);
+    return this.cveEntriesOf(this.live, id);
+  }
+
+  /** The device's CVEs as its export rows list them now (see FleetSpec.multiProductCves). */
+  exportEntries(id: string): CveEntryView[] | undefined {
+    return this.exportEntriesOf(this.live, id);
+  }
+
+  private exportEntriesOf(state: FleetState, id: string): CveEntryView[] | undefined {
+    const entries = this.cveEntriesOf(state, id);
+    if (!entries || !this.multiProductCves) return entries;
+    // A generated device's entries are the catalog's own; an override's are not and keep one row each.
+    return entries.flatMap((entry) => [entry, ...((entry as Partial<CatalogEntry>).otherProducts ?? [])]);
+  }
+
+  private cveEntriesOf(state: FleetState, id: string): CveEntryView[] | undefined {
+    const where = this.locate(id, state);
     if (!where) return undefined;
-    const override = this.vulnOverrides.get(id);
+    const override = state.vulnOverrides.get(id);
     if (override) {
       const byId = catalogById();
       return override.map((v) => ({
@@ -359,7 +472,7 @@ export class Fleet {
       }));
     }
     if ('explicitAt' in where) return [];
-    return generateCveEntries(this.seed, where.index, this.onboardingOf(where.index), this.volume);
+    return generateCveEntries(this.seed, where.index, this.onboardingOf(where.index, state), this.volume);
   }
 
   /**
@@ -367,15 +480,19 @@ export class Fleet {
    * export then gives one device in ten such a row, see deviceRowsJson).
    */
   softwareOnly(id: string): AffectedSoftware[] | undefined {
+    return this.softwareOnlyOf(this.live, id);
+  }
+
+  private softwareOnlyOf(state: FleetState, id: string): AffectedSoftware[] | undefined {
     if (!this.volume) return undefined;
-    const where = this.locate(id);
+    const where = this.locate(id, state);
     if (!where || 'explicitAt' in where) return [];
-    const onboarded = (this.onboardingOf(where.index) ?? '').toLowerCase() === 'onboarded';
+    const onboarded = (this.onboardingOf(where.index, state) ?? '').toLowerCase() === 'onboarded';
     return softwareOnlyEntries(this.seed, where.index, onboarded, this.volume);
   }
 
-  private onboardingOf(index: number): string | undefined {
-    const patch = this.patches.get(index);
+  private onboardingOf(index: number, state: FleetState): string | undefined {
+    const patch = state.patches.get(index);
     return patch && 'onboardingStatus' in patch
       ? patch.onboardingStatus
       : generatedOnboarding(this.seed, index);

@@ -156,6 +156,11 @@ export function createMdeRoute(
       send(res, gatewayAnswer(403, f.gateway403), false, gzip);
       return;
     }
+    if (f.gateway404) {
+      fault('gateway404');
+      send(res, gatewayAnswer(404, f.gateway404), false, gzip);
+      return;
+    }
     const required = REQUIRED_ROLES[quota];
     if (!required.some((role) => auth.roles?.includes(role))) {
       answer(

@@ -4,7 +4,7 @@ import { compileFilter, FilterError } from './filter';
 import { jsonArrayParts, sendParts, sendRaw } from './http';
 import { hash32, hashString } from './rng';
 import type { PastEndPage, TenantState } from './state';
-import type { CveEntryView } from './fleet';
+import type { CveEntryView, ExportView } from './fleet';
 import type { AffectedSoftware, MachineRecord, VulnerabilityRecord } from './types';
 
 // Microsoft Defender for Endpoint API handlers. They run after authentication, authorisation,
@@ -192,6 +192,8 @@ export function machineVulnerabilities(base: string, tenant: TenantState, id: st
 interface SkipToken {
   LastSeenOrdinal: number;
   RowOffset: number;
+  /** The export snapshot the read is of (its generation time, epoch ms): its pages keep to it. */
+  Generation?: number;
 }
 
 function encodeSkipToken(token: SkipToken): string {
@@ -205,7 +207,8 @@ function decodeSkipToken(raw: string): SkipToken | undefined {
       Number.isInteger(parsed.LastSeenOrdinal) &&
       Number.isInteger(parsed.RowOffset) &&
       parsed.LastSeenOrdinal >= 0 &&
-      parsed.RowOffset >= 0
+      parsed.RowOffset >= 0 &&
+      (parsed.Generation === undefined || Number.isInteger(parsed.Generation))
     )
       return parsed;
   } catch {
@@ -280,9 +283,12 @@ function inventoryTail(software: AffectedSoftware, isWindows: boolean): string {
  * serialising row objects: the export is the largest answer by far (~5 KB per device under the light mix,
  * ~900 bytes a row).
  */
-export function deviceRowsJson(tenant: TenantState, record: MachineRecord): string[] {
-  const entries = tenant.fleet.cveEntries(record.id) ?? [];
-  const inventory = tenant.fleet.softwareOnly(record.id);
+export function deviceRowsJson(
+  view: Pick<ExportView, 'exportEntries' | 'softwareOnly'>,
+  record: MachineRecord,
+): string[] {
+  const entries = view.exportEntries(record.id) ?? [];
+  const inventory = view.softwareOnly(record.id);
   if (entries.length === 0 && !inventory?.length) return [];
   const isWindows = (record.osPlatform ?? '').startsWith('Windows');
   const device =
@@ -321,15 +327,14 @@ const COMMA = Buffer.from(',');
  */
 function* bulkPageParts(
   base: string,
-  tenant: TenantState,
+  view: ExportView,
   pageSize: number,
   cursor: SkipToken,
   withNextLink: boolean,
 ): Generator<Buffer> {
   const context = `${base}/api/$metadata#Collection(microsoft.windowsDefenderATP.api.AssetVulnerability)`;
   yield Buffer.from(`{"@odata.context":${JSON.stringify(context)},"value":[`);
-  const fleet = tenant.fleet;
-  const total = fleet.size();
+  const total = view.size();
   let ordinal = cursor.LastSeenOrdinal;
   let offset = cursor.RowOffset;
   let taken = 0;
@@ -342,7 +347,7 @@ function* bulkPageParts(
     return bytes;
   };
   while (ordinal < total && taken < pageSize) {
-    const rows = fleet.rowsAt(ordinal, (record) => deviceRowsJson(tenant, record));
+    const rows = view.rowsAt(ordinal, (record, of) => deviceRowsJson(of, record));
     const count = Math.min(rows.starts.length - offset, pageSize - taken);
     if (count > 0) {
       const from = rows.starts[offset] as number;
@@ -362,7 +367,7 @@ function* bulkPageParts(
   }
   let tail = ']';
   if (withNextLink && ordinal < total) {
-    const next = `${base}/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=${pageSize}&$skiptoken=${encodeSkipToken({ LastSeenOrdinal: ordinal, RowOffset: offset })}`;
+    const next = `${base}/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=${pageSize}&$skiptoken=${encodeSkipToken({ LastSeenOrdinal: ordinal, RowOffset: offset, Generation: view.generation })}`;
     tail += `,"@odata.nextLink":${JSON.stringify(next)}`;
   }
   part.push(Buffer.from(`${tail}}`));
@@ -393,9 +398,17 @@ export function bulkVulnerabilities(base: string, tenant: TenantState, query: UR
     if (!decoded) return mdeError(400, 'InvalidInput', `Invalid input $skiptoken.`);
     cursor = decoded;
   }
+  // A read keeps to the snapshot of its first page; one whose snapshot is no longer kept has lapsed.
+  const view = tenant.fleet.exportView(cursor.Generation);
+  if (!view)
+    return mdeError(
+      404,
+      'ResourceNotFound',
+      'The export snapshot of this $skiptoken is no longer available.',
+    );
   return {
     status: 200,
     body: undefined,
-    parts: () => bulkPageParts(base, tenant, pageSize, cursor, topRaw === undefined),
+    parts: () => bulkPageParts(base, view, pageSize, cursor, topRaw === undefined),
   };
 }

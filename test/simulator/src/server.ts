@@ -198,7 +198,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     addTenant(spec) {
       const tenant = createTenant(spec, Date.now(), cacheBudget, exportBudget, quotaMinuteMs);
       if (tenants.has(tenant.id)) throw new Error(`tenant '${spec.azureTenantId}' already exists`);
-      tenant.fleet.warm((record) => deviceRowsJson(tenant, record));
+      tenant.fleet.warm((record, view) => deviceRowsJson(view, record));
       tenants.set(tenant.id, tenant);
     },
     removeTenant(id) {
@@ -242,6 +242,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       if (!tenantOrThrow(t).fleet.setVulnerabilities(id.toLowerCase(), vulns))
         throw new Error(`unknown machine '${id}' in tenant '${t}'`);
     },
+    generateExport: (t) => tenantOrThrow(t).fleet.generateHeldBack(),
     machines: (t) => tenantOrThrow(t).fleet.all(),
     machineCount: (t) => tenantOrThrow(t).fleet.size(),
     vulnerabilities(t, id) {

@@ -41,6 +41,12 @@ export interface FaultSpec {
    */
   gateway403?: GatewayBody;
   /**
+   * Answer every MDE API call of the tenant 404 with a body that is not MDE's error JSON, as a gateway or
+   * proxy in front of the service that does not route the call (a wrong base path): 'empty' none at all,
+   * 'html' a gateway's HTML page (`text/html`). Checked where gateway403 is, after it. Default none.
+   */
+  gateway404?: GatewayBody;
+  /**
    * The tenant's next this many MDE API calls (after the role and licence checks) are answered 429
    * `TooManyRequests` whatever the quota's room, as a front end throttling before the service; counted
    * down as they happen.
@@ -192,6 +198,8 @@ export function validateFaults(faults: FaultSpec): FaultSpec {
   if (body) out.status5xxBody = body;
   const gateway403 = oneOf(faults.gateway403, 'gateway403', ['empty', 'html'] as const);
   if (gateway403) out.gateway403 = gateway403;
+  const gateway404 = oneOf(faults.gateway404, 'gateway404', ['empty', 'html'] as const);
+  if (gateway404) out.gateway404 = gateway404;
   const retryAfter = oneOf(faults.retryAfter, 'retryAfter', ['seconds', 'httpDate', 'none'] as const);
   if (retryAfter) out.retryAfter = retryAfter;
   const pastEndPage = oneOf(faults.pastEndPage, 'pastEndPage', ['notFound', 'empty'] as const);
@@ -260,6 +268,9 @@ export function createTenant(
   const snapshotMs = spec.fleet?.exportSnapshotMs ?? 0;
   if (typeof snapshotMs !== 'number' || !Number.isFinite(snapshotMs) || snapshotMs < 0)
     throw new Error(`fleet.exportSnapshotMs must be a number of milliseconds ≥ 0, got ${String(snapshotMs)}`);
+  const multiProductCves: unknown = spec.fleet?.multiProductCves;
+  if (multiProductCves !== undefined && typeof multiProductCves !== 'boolean')
+    throw new Error(`fleet.multiProductCves must be a boolean, got ${String(multiProductCves)}`);
   return {
     id: spec.azureTenantId.toLowerCase(),
     apps,

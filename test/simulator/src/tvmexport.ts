@@ -6,6 +6,7 @@ import { createGzip } from 'node:zlib';
 import { sendRaw } from './http';
 import { deviceRowsJson, intParam, mdeError, type Reply } from './mde';
 import type { TenantState } from './state';
+import type { ExportView, Fleet } from './fleet';
 import type { MachineRecord } from './types';
 
 // Microsoft's "Export software vulnerabilities assessment: via files": `GET
@@ -77,7 +78,7 @@ export function exportFilesList(
   const generation = fleet.generatedAtMs;
   const expiry = sasTime(nowMs + (hoursRaw ?? 1) * 3_600_000);
   const files: string[] = [];
-  for (let part = 0; part < exportFileCount(fleet.size()); part++) {
+  for (let part = 0; part < exportFileCount(exportSize(fleet)); part++) {
     const path = filePath(tenant.id, generation, part);
     const sas = new URLSearchParams({
       sv: SAS_VERSION,
@@ -149,6 +150,11 @@ const blobNotFound = (res: ServerResponse): void =>
 /** The snapshot changed while one of its files was being written: the file no longer exists. */
 class SnapshotReplaced extends Error {}
 
+/** Devices in the export snapshot served now (the fleet's listing may have moved on since). */
+function exportSize(fleet: Fleet): number {
+  return (fleet.exportView() as ExportView).size();
+}
+
 /** Uncompressed bytes handed to gzip at a time. */
 const CHUNK_BYTES = 256 * 1024;
 const NEWLINE = 0x0a;
@@ -160,7 +166,7 @@ const NEWLINE = 0x0a;
  */
 function* fileLines(tenant: TenantState, first: number, end: number, generation: number): Generator<Buffer> {
   const fleet = tenant.fleet;
-  const render = (record: MachineRecord): string[] => deviceRowsJson(tenant, record);
+  const render = (record: MachineRecord, view: ExportView): string[] => deviceRowsJson(view, record);
   const chunk: Buffer[] = [];
   let size = 0;
   for (let ordinal = first; ordinal < end; ordinal++) {
@@ -235,7 +241,7 @@ export async function handleExportDownload(
   const part = FILE_NAME.exec(fileName);
   const index = part ? Number(part[1]) : -1;
   if (rest.length > 0 || generationText !== String(generation) || index < 0) return blobNotFound(res);
-  if (index >= exportFileCount(fleet.size())) return blobNotFound(res);
+  if (index >= exportFileCount(exportSize(fleet))) return blobNotFound(res);
 
   const first = index * DEVICES_PER_EXPORT_FILE;
   const end = Math.min(fleet.size(), first + DEVICES_PER_EXPORT_FILE);

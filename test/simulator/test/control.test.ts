@@ -74,6 +74,19 @@ describe('control API', () => {
       tokenLifetimeSec: 30,
     });
     expect((await control(sim, 'GET', 'nope')).status).toBe(404);
+
+    // The export snapshot a change waits for (fleet.exportSnapshotMs), made at once.
+    const held = '6b2f6d7a-0c1e-4a5b-9d8c-7e6f5a4b3c2d';
+    await control(sim, 'POST', 'tenants', {
+      azureTenantId: held,
+      apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
+      fleet: { size: 2, seed: 3, exportSnapshotMs: 3_600_000 },
+    });
+    const first = (await control(sim, 'POST', `tenants/${held}/export`)).json.generatedAtMs as number;
+    sim.removeMachine(held, sim.machines(held)[0]?.id as string);
+    const generated = await control(sim, 'POST', `tenants/${held}/export`);
+    expect(generated.status).toBe(200);
+    expect(generated.json.generatedAtMs).toBeGreaterThan(first);
     expect((await control(sim, 'POST', 'tenants', { apps: [] })).json.error).toBe(
       'azureTenantId must be a non-empty string',
     );

@@ -115,6 +115,32 @@ describe('front-end faults', () => {
     },
   );
 
+  test.each([['empty'], ['html']] as const)(
+    'gateway404 %s should answer every call 404 with that body, not MDE’s error JSON',
+    async (body) => {
+      sim.setFaults(TENANT, { gateway404: body });
+      const id = sim.machines(TENANT)[0]?.id as string;
+      for (const path of ['/api/machines?$top=1', `/api/machines/${id}/vulnerabilities`]) {
+        const reply = await request(sim, path, { token });
+        expect(reply.status).toBe(404);
+        expect(reply.json).toBeUndefined();
+        if (body === 'html') {
+          expect(reply.headers['content-type']).toBe('text/html');
+          expect(reply.text).toContain('<title>404 Not Found</title>');
+        } else expect(reply.text).toBe('');
+      }
+      expect(sim.stats().faultsByKind.gateway404).toBe(2);
+      sim.setFaults(TENANT, {});
+      expect((await request(sim, '/api/machines?$top=1', { token })).status).toBe(200);
+    },
+  );
+
+  test('setFaults should reject a gateway404 that is not empty or html', () => {
+    expect(() => sim.setFaults(TENANT, { gateway404: 'mde' as never })).toThrow(
+      'faults.gateway404 must be one of empty, html',
+    );
+  });
+
   test('setFaults should reject a gateway403 that is not empty or html', () => {
     expect(() => sim.setFaults(TENANT, { gateway403: 'mde' as never })).toThrow(
       'faults.gateway403 must be one of empty, html',

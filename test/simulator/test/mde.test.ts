@@ -1,4 +1,5 @@
 import { startSimulator, type Simulator } from '@urs/simulator';
+import { KEPT_SNAPSHOTS } from '../src/fleet';
 import { CLIENT_ID, EMPTY_TENANT, getToken, request, SECRET, simWithTenant, TENANT } from './helpers';
 
 const NO_ROLES_CLIENT = '77777777-aaaa-4bbb-8ccc-000000000007';
@@ -183,6 +184,58 @@ describe('MDE API simulation', () => {
     const unknown = await get(`/api/machines/${'0'.repeat(40)}/vulnerabilities`);
     expect(unknown.status).toBe(404);
     expect(unknown.json.error.code).toBe('ResourceNotFound');
+  });
+
+  test('SoftwareVulnerabilitiesByMachine should read the snapshot its first page was of, whatever changes meanwhile', async () => {
+    type Row = { deviceId: string; cveId: string | null };
+    const key = (r: Row) => `${r.deviceId}/${r.cveId ?? ''}`;
+    /** Every row of one read, `between` run after its first page. */
+    const readAll = async (between: () => void = () => undefined): Promise<Row[]> => {
+      const rows: Row[] = [];
+      let url: string | undefined = '/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=50';
+      while (url) {
+        const reply = await get(url);
+        expect(reply.status).toBe(200);
+        rows.push(...(reply.json.value as Row[]));
+        if (rows.length === reply.json.value.length) between();
+        url = (reply.json['@odata.nextLink'] as string | undefined)?.slice(sim.baseUrl.length);
+      }
+      return rows;
+    };
+    const before = (await readAll()).map(key);
+    const machines = sim.machines(TENANT);
+    const [first, later, patched] = [machines[0]!.id, machines[200]!.id, machines[150]!.id];
+    const during = await readAll(() => {
+      // A device already read leaves (every later ordinal moves back one), another's CVEs and OS change.
+      sim.removeMachine(TENANT, first);
+      sim.setVulnerabilities(TENANT, later, []);
+      sim.updateMachine(TENANT, patched, { osPlatform: 'Linux' });
+    });
+    expect(during.map(key)).toEqual(before);
+    expect(
+      during.filter((r) => r.deviceId === patched).map((r) => (r as { osPlatform?: string }).osPlatform),
+    ).not.toContain('Linux');
+    // The next read is of the new snapshot.
+    const after = await readAll();
+    expect(after.some((r) => r.deviceId === first || r.deviceId === later)).toBe(false);
+    expect(
+      after
+        .filter((r) => r.deviceId === patched)
+        .every((r) => (r as { osPlatform?: string }).osPlatform === 'Linux'),
+    ).toBe(true);
+  });
+
+  test('SoftwareVulnerabilitiesByMachine should answer 404 for the next link of a snapshot no longer kept', async () => {
+    const first = await get('/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=50');
+    const next = (first.json['@odata.nextLink'] as string).slice(sim.baseUrl.length);
+    const ids = sim.machines(TENANT).map((m) => m.id);
+    // The snapshot served now and the ones before it, KEPT_SNAPSHOTS in all.
+    for (const id of ids.slice(0, KEPT_SNAPSHOTS - 1)) sim.updateMachine(TENANT, id, { osPlatform: 'Linux' });
+    expect((await get(next)).status).toBe(200);
+    sim.updateMachine(TENANT, ids[KEPT_SNAPSHOTS - 1]!, { osPlatform: 'Linux' });
+    const lapsed = await get(next);
+    expect(lapsed.status).toBe(404);
+    expect(lapsed.json.error.code).toBe('ResourceNotFound');
   });
 
   test('SoftwareVulnerabilitiesByMachine should page through every row by nextLink', async () => {

@@ -13,7 +13,7 @@ function exportOf(fleet: FleetSpec): { rows: SoftwareVulnerabilityRow[][]; text:
   const text: string[] = [];
   const rows: SoftwareVulnerabilityRow[][] = [];
   for (let ordinal = 0; ordinal < tenant.fleet.size(); ordinal++) {
-    const device = deviceRowsJson(tenant, tenant.fleet.at(ordinal) as MachineRecord);
+    const device = deviceRowsJson(tenant.fleet, tenant.fleet.at(ordinal) as MachineRecord);
     text.push(...device);
     rows.push(device.map((row) => JSON.parse(row) as SoftwareVulnerabilityRow));
   }
@@ -71,7 +71,7 @@ describe('export volume per device', () => {
     let base = 0;
     for (let ordinal = 0; ordinal < 500; ordinal++) {
       const record = tenant.fleet.at(ordinal) as MachineRecord;
-      const exported = deviceRowsJson(tenant, record)
+      const exported = deviceRowsJson(tenant.fleet, record)
         .map((row) => (JSON.parse(row) as SoftwareVulnerabilityRow).cveId)
         .filter((id): id is string => id !== null);
       const listed = (tenant.fleet.vulnerabilities(record.id) ?? []).map((v) => v.id);
@@ -90,5 +90,36 @@ describe('export volume per device', () => {
     expect(tenant({ size: 1, exportRowsPerDevice: 5_000 })).toThrow(/exportRowsPerDevice/);
     expect(tenant({ size: 1, exportSoftwareOnlyShare: 1 })).toThrow(/exportSoftwareOnlyShare/);
     expect(tenant({ size: 1, exportSoftwareOnlyShare: -0.1 })).toThrow(/exportSoftwareOnlyShare/);
+  });
+});
+
+describe('CVEs affecting several products', () => {
+  /** Per device, its CVEs listed on more than one row, with the products of those rows. */
+  const repeated = (rows: SoftwareVulnerabilityRow[][]) =>
+    rows.flatMap((device) => {
+      const byCve = new Map<string, string[]>();
+      for (const row of device)
+        if (row.cveId !== null)
+          byCve.set(row.cveId, [
+            ...(byCve.get(row.cveId) ?? []),
+            `${row.softwareVendor}/${row.softwareName}/${row.softwareVersion}`,
+          ]);
+      return [...byCve.values()].filter((products) => products.length > 1);
+    });
+
+  test('multiProductCves should list such a CVE once per product and version, as Microsoft does', () => {
+    const plain = exportOf({ size: 300, seed: 7 });
+    const multi = exportOf({ size: 300, seed: 7, multiProductCves: true });
+    expect(repeated(plain.rows)).toEqual([]);
+    const found = repeated(multi.rows);
+    expect(found.length).toBeGreaterThan(10);
+    for (const products of found) {
+      expect(products.length).toBeLessThanOrEqual(3);
+      expect(new Set(products).size).toBe(products.length);
+    }
+    // Only rows are added: every row of the plain export is still there, ids unique.
+    const ids = multi.rows.flat().map((row) => row.id);
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(ids).toEqual(expect.arrayContaining(plain.rows.flat().map((row) => row.id)));
   });
 });

@@ -208,6 +208,7 @@ async function devices(
       if (!(error instanceof DefenderError)) throw error;
       if (
         error.code === DefenderErrorCode.CONSENT_MISSING ||
+        error.code === DefenderErrorCode.ACCESS_REFUSED ||
         error.code === DefenderErrorCode.FEATURE_DISABLED ||
         error.code === DefenderErrorCode.OPERATION_DISALLOWED ||
         error.code === DefenderErrorCode.UNAUTHORIZED
