@@ -42,6 +42,8 @@ describe('every stage: Kafka away at start', () => {
   const topicPrefix = `${uniqueId('ka')}.`;
   let broker: PrivateKafka;
   const started: ServiceProcess[] = [];
+  // One key for every stage, as in production: a stage holding another key under the same key id refuses.
+  const key = secretKey();
 
   interface Started {
     stage: ServiceProcess;
@@ -58,7 +60,7 @@ describe('every stage: Kafka away at start', () => {
       URS_REDIS_PREFIX: redis.prefix,
       URS_TOPIC_PREFIX: topicPrefix,
       URS_METRICS_PORT: String(port),
-      URS_SECRET_KEY: secretKey(),
+      URS_SECRET_KEY: key,
       URS_SHUTDOWN_TIMEOUT_MS: '15000',
       URS_LOG_LEVEL: 'info',
       ...(stage === 'registrar' ? { URS_HTTP_PORT: String(httpPort), URS_API_TOKENS: TOKEN } : {}),

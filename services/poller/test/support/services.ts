@@ -67,7 +67,8 @@ export { freePort } from '@urs/testkit';
 /**
  * Starts `stages` on the shared Kafka and Redis, with a Redis and a topic prefix of their own (named after
  * `tag`), metrics and the registrar's REST API on free ports, `env` over those settings; each is pushed on
- * `started` (to be killed after the test) and given back with its metrics port.
+ * `started` (to be killed after the test) and given back with its metrics port. The stages share one
+ * URS_SECRET_KEY, as in production: a stage holding another key under the same key id refuses to start.
  */
 export async function startStages(
   stages: readonly Stage[],
@@ -77,6 +78,7 @@ export async function startStages(
 ): Promise<{ stage: ServiceProcess; port: number }[]> {
   const redisPrefix = `${uniqueId(tag)}:`;
   const topicPrefix = `${uniqueId(tag)}.`;
+  const key = secretKey();
   return Promise.all(
     stages.map(async (name) => {
       const port = await freePort();
@@ -88,7 +90,7 @@ export async function startStages(
         URS_METRICS_PORT: String(port),
         URS_HTTP_PORT: String(await freePort()),
         URS_API_TOKENS: `token-of-the-${tag}-test`,
-        URS_SECRET_KEY: secretKey(),
+        URS_SECRET_KEY: key,
         URS_SHUTDOWN_TIMEOUT_MS: '15000',
         ...env,
       });
