@@ -10,16 +10,6 @@ export interface StoredSecrets {
   get(tenantId: string): Promise<{ defender: { clientSecret: SealedSecret } } | null>;
 }
 
-export interface SecretKeyCheckDeps {
-  sealer: SecretSealer;
-  tenants: StoredSecrets;
-  /** The key ids this process holds (URS_SECRET_KEY_ID and URS_SECRET_KEYS_PREVIOUS). */
-  keyIds: ReadonlySet<string>;
-  logger: Logger;
-  /** Records tried at most. Default 5. */
-  sample?: number;
-}
-
 /** What `probeSecretKey` found: whether a stored secret opened, and how many were tried. */
 export interface SecretKeyProbe {
   /** The tenant whose secret this process's keys opened; undefined when none of those tried opened. */
@@ -41,6 +31,8 @@ export interface SecretKeyProbeDeps {
   sample?: number;
   /** Tenants whose secret is not tried (the one whose secret did not open, when asking whose fault it is). */
   except?: ReadonlySet<string>;
+  /** Records read at most, whatever their key id. Default: every stored record. */
+  maxReads?: number;
 }
 
 /**
@@ -51,11 +43,14 @@ export interface SecretKeyProbeDeps {
 export async function probeSecretKey(deps: SecretKeyProbeDeps): Promise<SecretKeyProbe> {
   const sample = deps.sample ?? 5;
   const ids = await deps.tenants.ids();
+  const maxReads = deps.maxReads ?? ids.length;
   let tried = 0;
+  let reads = 0;
   let keyId: string | undefined;
   for (const tenantId of ids) {
-    if (tried >= sample) break;
+    if (tried >= sample || reads >= maxReads) break;
     if (deps.except?.has(tenantId)) continue;
+    reads++;
     const record = await deps.tenants.get(tenantId);
     const sealed = record?.defender.clientSecret;
     if (!sealed || !deps.keyIds.has(sealed.keyId)) continue;
@@ -79,6 +74,8 @@ export interface KeyFingerprints {
   get(keyId: string): Promise<string | null>;
   /** Writes `fingerprint` unless one is stored; answers the one stored afterwards. */
   claim(keyId: string, fingerprint: string): Promise<string>;
+  /** Where the fingerprint of `keyId` is kept (its Redis key), named when a key is refused. */
+  where(keyId: string): string;
 }
 
 export interface SecretKeyCheckDeps {
@@ -110,95 +107,122 @@ function variableOf(sealer: SecretSealer, keyId: string): string {
   return keyId === sealer.activeKeyId ? 'URS_SECRET_KEY' : 'URS_SECRET_KEYS_PREVIOUS';
 }
 
+/** A previous key id's secrets are looked for in this many records per secret of the sample at most. */
+const PREVIOUS_KEY_READS_PER_SAMPLE = 20;
+
+/** Refuses the key of `keyId`: its fingerprint is not the one stored, with how to recover from a mistyped one. */
+function fingerprintDiffers(
+  deps: SecretKeyCheckDeps,
+  fingerprints: KeyFingerprints,
+  keyId: string,
+): ConfigError {
+  return new ConfigError(
+    variableOf(deps.sealer, keyId),
+    `differs from the key other processes hold under key id ${keyId} (it does not match the key's fingerprint ` +
+      `stored at ${fingerprints.where(keyId)}). When that fingerprint is a mistyped key's and no stored secret ` +
+      `is sealed under key id ${keyId} yet, delete that Redis key and start again; otherwise give the new key ` +
+      'a new key id',
+  );
+}
+
 /**
- * Whether the key of `keyId` is proven by its fingerprint. One stored secrets proved writes its fingerprint
- * when none is stored; one they did not is compared with the stored fingerprint, or claimed (`claimNewKeys`),
- * or left unproven. A stored fingerprint it does not match refuses the start.
+ * Whether the key of `keyId` is proven by its fingerprint, given what its stored secrets said (`opened`: one
+ * opened; `failed`: some were tried, none opened). A stored fingerprint it does not match refuses the start,
+ * even when secrets opened: they may be ones this very key sealed. None stored: one the stored secrets proved
+ * writes its own; one no stored secret uses is claimed (`claimNewKeys`) or left unproven; one whose secrets
+ * all failed writes nothing (it may be wrong).
  */
 async function fingerprintMatches(
   deps: SecretKeyCheckDeps,
   fingerprints: KeyFingerprints,
   keyId: string,
-  openedSecrets: boolean,
+  secrets: { opened: boolean; failed: boolean },
 ): Promise<boolean> {
   const own = deps.sealer.fingerprint(keyId);
-  if (openedSecrets) {
-    await fingerprints.claim(keyId, own);
-    return true;
-  }
-  const stored =
-    (await fingerprints.get(keyId)) ?? (deps.claimNewKeys ? await fingerprints.claim(keyId, own) : null);
+  const claims = secrets.opened || (!secrets.failed && deps.claimNewKeys === true);
+  const stored = claims ? await fingerprints.claim(keyId, own) : await fingerprints.get(keyId);
   if (stored === null) return false;
-  if (stored !== own)
-    throw new ConfigError(
-      variableOf(deps.sealer, keyId),
-      `differs from the key other processes hold under key id ${keyId} (it does not match the key's stored ` +
-        'fingerprint)',
-    );
+  if (stored !== own) throw fingerprintDiffers(deps, fingerprints, keyId);
   return true;
 }
 
-/**
- * Up to `sample` stored secrets of each held key id: the key ids one of them opened, and those none did (with
- * how many were tried). Every record is read unless every key id opened first: a key id whose secrets come
- * late in the list is checked all the same.
- */
-async function trySecretsPerKey(
-  deps: SecretKeyCheckDeps,
-): Promise<{ opened: Set<string>; refused: Map<string, number>; tenants: number }> {
-  const sample = deps.sample ?? 5;
-  const ids = await deps.tenants.ids();
-  const opened = new Set<string>();
-  const tried = new Map<string, number>();
-  const refused = new Map<string, number>();
-  for (const tenantId of ids) {
-    if (opened.size === deps.keyIds.size) break;
-    const sealed = (await deps.tenants.get(tenantId))?.defender.clientSecret;
-    if (!sealed || !deps.keyIds.has(sealed.keyId) || opened.has(sealed.keyId)) continue;
-    const count = tried.get(sealed.keyId) ?? 0;
-    if (count >= sample) continue;
-    tried.set(sealed.keyId, count + 1);
-    try {
-      deps.sealer.open(sealed, tenantId);
-      opened.add(sealed.keyId);
-      refused.delete(sealed.keyId);
-    } catch (error) {
-      if (errorCode(error) !== 'SECRET_UNREADABLE') throw error;
-      refused.set(sealed.keyId, count + 1);
-    }
-  }
-  return { opened, refused, tenants: ids.length };
+/** What the stored secrets of one held key id said. */
+interface KeySecrets {
+  keyId: string;
+  /** Whether one of them opened. */
+  opened: boolean;
+  /** How many were tried (0: none is stored, or none within the records read). */
+  tried: number;
 }
 
 /**
- * Refuses the start when one of this process's keys opens none of the stored secrets sealed under its key id:
- * a replica given another URS_SECRET_KEY under the same URS_SECRET_KEY_ID stayed ready and failed every
- * tenant's work (a poller's cycles, a vuln-fetcher's batches), or, in the registrar, sealed new secrets with a
- * key the other stages do not hold. Each held key id is checked on its own: a right previous key opening its
- * secrets says nothing of a mistyped new one, which the registrar would re-seal every secret with. Up to
- * `sample` records per key id are tried; one that opens is enough (a single altered record is that tenant's
- * fault, and its cycles say so). A key id no stored secret uses is compared with its fingerprint instead,
- * written by the first process that proved or claimed it. Nothing to try lets the start go on; the key ids
- * left unproven are not in `proven` (the registrar re-seals nothing with an unproven active key).
+ * Up to `sample` stored secrets of each held key id (`probeSecretKey` per key id). The active key id's are
+ * looked for in every record: a new key's secrets may come late in the list. A previous key id's only in the
+ * first records: at the end of a rotation none is left, and each start would otherwise read every record;
+ * its fingerprint checks it all the same.
+ */
+async function trySecretsPerKey(deps: SecretKeyCheckDeps): Promise<{ keys: KeySecrets[]; tenants: number }> {
+  const sample = deps.sample ?? 5;
+  const keys: KeySecrets[] = [];
+  let tenants = 0;
+  for (const keyId of deps.keyIds) {
+    const probe = await probeSecretKey({
+      sealer: deps.sealer,
+      tenants: deps.tenants,
+      keyIds: new Set([keyId]),
+      sample,
+      ...(keyId === deps.sealer.activeKeyId ? {} : { maxReads: sample * PREVIOUS_KEY_READS_PER_SAMPLE }),
+    });
+    tenants = probe.tenants;
+    keys.push({ keyId, opened: probe.openedBy !== undefined, tried: probe.tried });
+  }
+  return { keys, tenants };
+}
+
+/**
+ * Refuses the start when the active key opens none of the stored secrets sealed under its key id: a replica
+ * given another URS_SECRET_KEY under the same URS_SECRET_KEY_ID stayed ready and failed every tenant's work (a
+ * poller's cycles, a vuln-fetcher's batches), or, in the registrar, sealed new secrets with a key the other
+ * stages do not hold. Each held key id is checked on its own: a right previous key opening its secrets says
+ * nothing of a mistyped new one, which the registrar would re-seal every secret with. Up to `sample` records
+ * per key id are tried; one that opens is enough (a single altered record is that tenant's fault, and its
+ * cycles say so). A previous key id none of whose secrets opens is only warned about: late in a rotation the
+ * records left on it are the damaged ones the re-sealer could not open, and one tenant's record must not stop
+ * every stage; its fingerprint, when stored, still refuses a wrong key. Every held key id is compared with its
+ * fingerprint, written by the first process that proved or claimed it. Nothing to try lets the start go on;
+ * the key ids left unproven are not in `proven` (the registrar re-seals nothing with an unproven active key).
  */
 export async function checkSecretKey(deps: SecretKeyCheckDeps): Promise<SecretKeyCheck> {
-  const { opened, refused, tenants } = await trySecretsPerKey(deps);
-  const [refusal] = refused;
-  if (refusal !== undefined) {
-    const [keyId, tried] = refusal;
-    const variable = variableOf(deps.sealer, keyId);
+  const { keys, tenants } = await trySecretsPerKey(deps);
+  const active = keys.find((key) => key.keyId === deps.sealer.activeKeyId);
+  if (active !== undefined && !active.opened && active.tried > 0)
     throw new ConfigError(
-      variable,
-      `does not open any of the ${tried} stored tenant secrets tried (sealed with key ${keyId}): it differs ` +
-        `from the key the registrar sealed them with under that ${variable === 'URS_SECRET_KEY' ? 'URS_SECRET_KEY_ID' : 'key id'}`,
+      'URS_SECRET_KEY',
+      `does not open any of the ${active.tried} stored tenant secrets tried (sealed with key ${active.keyId}): ` +
+        'it differs from the key the registrar sealed them with under that URS_SECRET_KEY_ID',
     );
-  }
-  if (opened.size === 0)
+  if (keys.every((key) => key.tried === 0))
     deps.logger.info('no stored tenant secret to check URS_SECRET_KEY against', { tenants });
-  const proven = new Set(opened);
-  if (deps.fingerprints === undefined) return { proven };
-  for (const id of deps.keyIds) {
-    if (await fingerprintMatches(deps, deps.fingerprints, id, opened.has(id))) proven.add(id);
+  const proven = new Set(keys.filter((key) => key.opened).map((key) => key.keyId));
+  for (const key of keys) {
+    const failed = !key.opened && key.tried > 0;
+    const fingerprints = deps.fingerprints;
+    if (
+      fingerprints !== undefined &&
+      (await fingerprintMatches(deps, fingerprints, key.keyId, { ...key, failed }))
+    )
+      proven.add(key.keyId);
+    if (failed)
+      deps.logger.warn(
+        'URS_SECRET_KEYS_PREVIOUS opens none of the stored secrets tried under one of its key ids',
+        {
+          keyId: key.keyId,
+          tried: key.tried,
+          action:
+            'check that key against the other stages; the records are damaged when it is right: register those ' +
+            "tenants' client secrets again",
+        },
+      );
   }
   return { proven };
 }

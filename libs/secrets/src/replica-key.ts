@@ -1,4 +1,4 @@
-import { probeSecretKey, type StoredSecrets } from './key-check';
+import { probeSecretKey, type KeyFingerprints, type StoredSecrets } from './key-check';
 import { SecretError, type SecretSealer } from './sealer';
 
 export interface ReplicaKeyCheckDeps {
@@ -7,6 +7,8 @@ export interface ReplicaKeyCheckDeps {
   secrets: StoredSecrets;
   /** The key ids this process holds (URS_SECRET_KEY_ID and URS_SECRET_KEYS_PREVIOUS). */
   keyIds: ReadonlySet<string>;
+  /** The key ids' fingerprints: what settles it when no other secret is sealed under the key id. */
+  fingerprints?: KeyFingerprints;
   /** How long a verdict is kept before the stored secrets are tried again, in milliseconds. Default 60000. */
   verdictMs?: number;
   /** Other tenants' secrets tried at most. Default 5. */
@@ -21,8 +23,10 @@ export interface ReplicaKeyCheck {
    * Whether this replica's key of `keyId` (the key id `tenantId`'s secret is sealed with) opens another
    * tenant's stored secret sealed under that same key id: then that key is right and `tenantId`'s record is
    * bad (the tenant's failure). Secrets of other key ids say nothing of it (a right previous key beside a
-   * wrong active one). False when it opens none of them, or there is no other secret of that key id to try:
-   * the replica's key is taken to be wrong. A fault of Redis is thrown as it is.
+   * wrong active one). False when it opens none of them. When no other secret of that key id is stored, the
+   * key id's stored fingerprint settles it (matched: the record is bad; differs: the replica's key is wrong);
+   * with none stored, a secret of another key id this replica's keys open says the record is bad. A fault of
+   * Redis is thrown as it is.
    */
   opensOthers(tenantId: string, keyId: string): Promise<boolean>;
 }
@@ -39,8 +43,33 @@ export interface ReplicaKeyCheck {
 export function createReplicaKeyCheck(deps: ReplicaKeyCheckDeps): ReplicaKeyCheck {
   const now = deps.now ?? Date.now;
   const verdictMs = deps.verdictMs ?? 60_000;
-  /** The last verdict per key id: the tenant whose secret opened (undefined: none did), and when. */
-  const verdicts = new Map<string, { openedBy: string | undefined; at: number }>();
+  /** The last verdict per key id: whether the record is at fault, the tenant whose secret said so, and when. */
+  const verdicts = new Map<string, { recordBad: boolean; openedBy: string | undefined; at: number }>();
+
+  /** Whose fault it is, from the other stored secrets and the key id's fingerprint. */
+  async function judge(
+    tenantId: string,
+    keyId: string,
+  ): Promise<{ recordBad: boolean; openedBy: string | undefined }> {
+    const probe = (keyIds: ReadonlySet<string>) =>
+      probeSecretKey({
+        sealer: deps.sealer,
+        tenants: deps.secrets,
+        keyIds,
+        except: new Set([tenantId]),
+        ...(deps.sample === undefined ? {} : { sample: deps.sample }),
+      });
+    const sameKey = await probe(new Set([keyId]));
+    if (sameKey.tried > 0) return { recordBad: sameKey.openedBy !== undefined, openedBy: sameKey.openedBy };
+    // The tenant's secret is the only one sealed under its key id (early in a rotation): blamed on the key,
+    // a damaged record would be tried again without backoff, or held, for as long as it stays.
+    const stored = await deps.fingerprints?.get(keyId);
+    if (stored !== undefined && stored !== null)
+      return { recordBad: stored === deps.sealer.fingerprint(keyId), openedBy: undefined };
+    const otherKeys = await probe(deps.keyIds);
+    return { recordBad: otherKeys.openedBy !== undefined, openedBy: otherKeys.openedBy };
+  }
+
   return {
     async opensOthers(tenantId, keyId) {
       if (!deps.keyIds.has(keyId)) return false;
@@ -48,17 +77,10 @@ export function createReplicaKeyCheck(deps: ReplicaKeyCheckDeps): ReplicaKeyChec
       let verdict = verdicts.get(keyId);
       // A verdict resting on this very tenant's secret (it opened then, not now) says nothing of it.
       if (verdict === undefined || at - verdict.at > verdictMs || verdict.openedBy === tenantId) {
-        const probe = await probeSecretKey({
-          sealer: deps.sealer,
-          tenants: deps.secrets,
-          keyIds: new Set([keyId]),
-          except: new Set([tenantId]),
-          ...(deps.sample === undefined ? {} : { sample: deps.sample }),
-        });
-        verdict = { openedBy: probe.openedBy, at };
+        verdict = { ...(await judge(tenantId, keyId)), at };
         verdicts.set(keyId, verdict);
       }
-      return verdict.openedBy !== undefined;
+      return verdict.recordBad;
     },
   };
 }

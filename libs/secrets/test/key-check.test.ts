@@ -76,6 +76,7 @@ describe('checkSecretKey per key id', () => {
       ]),
     });
   const fingerprintStore = (stored: Map<string, string>) => ({
+    where: (keyId: string) => `urs:secret-key-fingerprint:${keyId}`,
     get: async (keyId: string) => stored.get(keyId) ?? null,
     claim: async (keyId: string, fingerprint: string) => {
       if (!stored.has(keyId)) stored.set(keyId, fingerprint);
@@ -101,8 +102,7 @@ describe('checkSecretKey per key id', () => {
     });
   });
 
-  it('checkSecretKey should refuse a wrong previous key naming URS_SECRET_KEYS_PREVIOUS, the active one opening its own', async () => {
-    const right = sealerWith(rightK2);
+  it('checkSecretKey should only warn of a previous key none of whose secrets opens, unless its fingerprint differs', async () => {
     const wrongPrevious = createSecretSealer({
       activeKeyId: 'k2',
       keys: new Map([
@@ -110,19 +110,100 @@ describe('checkSecretKey per key id', () => {
         ['k1', randomBytes(32)],
       ]),
     });
+    // Late in a rotation: the records left on k1 are the damaged ones (here: ones it does not open).
     const secrets: [string, SealedSecret][] = [
-      ['a', right.seal('s', 'a')],
+      ['a', sealerWith(rightK2).seal('s', 'a')],
       ['b', sealerWith(rightK2).seal('s', 'b')],
       ['c', createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', k1]]) }).seal('s', 'c')],
     ];
-    await expect(
+    const warns: [string, Record<string, unknown> | undefined][] = [];
+    const logger = {
+      ...silentLogger,
+      warn: (message: string, fields?: Record<string, unknown>) => warns.push([message, fields]),
+    };
+    const stored = new Map<string, string>();
+    const check = () =>
       checkSecretKey({
         sealer: wrongPrevious,
         tenants: store(secrets),
         keyIds: new Set(['k1', 'k2']),
+        logger,
+        fingerprints: fingerprintStore(stored),
+        claimNewKeys: true,
+      });
+    // No fingerprint of k1 stored: a warning naming the key id and how many were tried; nothing written for k1.
+    await expect(check()).resolves.toEqual({ proven: new Set(['k2']) });
+    expect(warns).toEqual([
+      [
+        expect.stringMatching(/^URS_SECRET_KEYS_PREVIOUS opens none/),
+        expect.objectContaining({ keyId: 'k1', tried: 1 }),
+      ],
+    ]);
+    expect(stored.has('k1')).toBe(false);
+    // Its fingerprint stored and matching: the key is right, the records are damaged.
+    stored.set('k1', wrongPrevious.fingerprint('k1'));
+    await expect(check()).resolves.toEqual({ proven: new Set(['k1', 'k2']) });
+    // Its fingerprint stored and differing: the key is wrong.
+    stored.set('k1', sealerWith(rightK2).fingerprint('k1'));
+    await expect(check()).rejects.toMatchObject({
+      code: 'CONFIG_INVALID',
+      message: expect.stringMatching(/^URS_SECRET_KEYS_PREVIOUS differs .*key id k1/),
+    });
+  });
+
+  it('checkSecretKey should refuse a key whose stored fingerprint differs even when secrets sealed under it open', async () => {
+    // A registrar with a mistyped k2 sealed these itself; the pollers hold the right k2 and claimed it.
+    const mistyped = sealerWith(k2);
+    const secrets: [string, SealedSecret][] = [['a', mistyped.seal('s', 'a')]];
+    const stored = new Map([['k2', sealerWith(rightK2).fingerprint('k2')]]);
+    await expect(
+      checkSecretKey({
+        sealer: mistyped,
+        tenants: store(secrets),
+        keyIds: new Set(['k1', 'k2']),
         logger: silentLogger,
+        fingerprints: fingerprintStore(stored),
       }),
-    ).rejects.toMatchObject({ message: expect.stringMatching(/^URS_SECRET_KEYS_PREVIOUS .*key k1/) });
+    ).rejects.toMatchObject({ message: expect.stringMatching(/^URS_SECRET_KEY differs .*key id k2/) });
+  });
+
+  it("checkSecretKey should name the fingerprint's Redis key and how to recover when it refuses a key by it", async () => {
+    const stored = new Map([['k2', sealerWith(rightK2).fingerprint('k2')]]);
+    const error: unknown = await checkSecretKey({
+      sealer: sealerWith(k2),
+      tenants: store([]),
+      keyIds: new Set(['k1', 'k2']),
+      logger: silentLogger,
+      fingerprints: fingerprintStore(stored),
+    }).catch((refusal: unknown) => refusal);
+    expect((error as Error).message).toMatch(/stored at urs:secret-key-fingerprint:k2/);
+    expect((error as Error).message).toMatch(
+      /no stored secret is sealed under key id k2 yet, delete that Redis key/,
+    );
+    expect((error as Error).message).toMatch(/a new key id/);
+  });
+
+  it('checkSecretKey should not read every record for a previous key id no stored secret uses any more', async () => {
+    const right = sealerWith(rightK2);
+    const records = new Map(
+      Array.from({ length: 1000 }, (_, i) => [
+        `t${i}`,
+        { defender: { clientSecret: right.seal('s', `t${i}`) } },
+      ]),
+    );
+    let reads = 0;
+    const tenants = {
+      ids: async () => [...records.keys()],
+      get: async (id: string) => {
+        reads++;
+        return records.get(id) ?? null;
+      },
+    };
+    await expect(
+      checkSecretKey({ sealer: right, tenants, keyIds: new Set(['k1', 'k2']), logger: silentLogger }),
+    ).resolves.toEqual({ proven: new Set(['k2']) });
+    // The active key id's first record, then at most 20 records per secret of the sample for k1.
+    expect(reads).toBeLessThanOrEqual(1 + 5 * 20);
   });
 
   it('checkSecretKey should prove a key no stored secret uses only by its stored fingerprint', async () => {

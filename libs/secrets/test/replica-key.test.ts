@@ -83,6 +83,47 @@ describe('createReplicaKeyCheck', () => {
   });
 });
 
+describe('createReplicaKeyCheck with no other secret of the key id', () => {
+  const previous = randomBytes(32);
+  const active = randomBytes(32);
+  const replica = createSecretSealer({
+    activeKeyId: 'k2',
+    keys: new Map([
+      ['k2', active],
+      ['k1', previous],
+    ]),
+  });
+  // The only k2 secret is the failing one (early in a rotation); another tenant's is on k1.
+  const stored = new Map([
+    ['new', recordOf('new', replica)],
+    ['old', recordOf('old', createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', previous]]) }))],
+  ]);
+  const checkWith = (fingerprint: string | null) =>
+    createReplicaKeyCheck({
+      sealer: replica,
+      secrets: { ids: async () => [...stored.keys()], get: async (tenantId) => stored.get(tenantId) ?? null },
+      keyIds: new Set(['k1', 'k2']),
+      fingerprints: {
+        get: async () => fingerprint,
+        claim: async (_keyId, own) => fingerprint ?? own,
+        where: (keyId) => `secret-key-fingerprint:${keyId}`,
+      },
+    });
+
+  it("should take the record for damaged when the key id's stored fingerprint matches this replica's key", async () => {
+    expect(await checkWith(replica.fingerprint('k2')).opensOthers('new', 'k2')).toBe(true);
+  });
+
+  it("should blame this replica's key when the key id's stored fingerprint differs", async () => {
+    const other = createSecretSealer({ activeKeyId: 'k2', keys: new Map([['k2', randomBytes(32)]]) });
+    expect(await checkWith(other.fingerprint('k2')).opensOthers('new', 'k2')).toBe(false);
+  });
+
+  it('should take the record for damaged, with no fingerprint stored, when a secret of another key id opens', async () => {
+    expect(await checkWith(null).opensOthers('new', 'k2')).toBe(true);
+  });
+});
+
 describe('secretRecordUnreadable', () => {
   it("should be the tenant's own code, with what its admin can do", () => {
     const cause = new Error('unable to authenticate data');

@@ -14,4 +14,11 @@ describe('createKeyFingerprintStore', () => {
     expect(await store.claim('k2', 'later')).toBe(claims[0]);
     expect(await store.get('k1')).toBeNull();
   });
+
+  it("where should name the Redis key that holds a key id's fingerprint, for an operator to delete", async () => {
+    const store = createKeyFingerprintStore(redis.client, redis.prefix);
+    await store.claim('k2', 'fingerprint');
+    expect(store.where('k2')).toBe(`${redis.prefix}secret-key-fingerprint:k2`);
+    expect(await redis.client.get(store.where('k2'))).toBe('fingerprint');
+  });
 });

@@ -63,7 +63,7 @@ void runService({
       defender,
       sealer,
       // A secret this key does not open: the tenant's bad record when the key opens other tenants' secrets.
-      replicaKey: createReplicaKeyCheck({ sealer, secrets: tenants, keyIds }),
+      replicaKey: createReplicaKeyCheck({ sealer, secrets: tenants, keyIds, fingerprints }),
       publisher,
       cycles,
       deviceBatchesTopic: config.topics.deviceBatches,

@@ -66,7 +66,7 @@ void runService({
       tenants,
       sources,
       // A secret this key does not open: the tenant's bad record when the key opens other tenants' secrets.
-      replicaKey: createReplicaKeyCheck({ sealer, secrets: tenants, keyIds }),
+      replicaKey: createReplicaKeyCheck({ sealer, secrets: tenants, keyIds, fingerprints }),
       bulkCache: createBulkVulnerabilityCache(redis, prefix, own.bulkCacheTtlMs),
       // On the cycle store's client: an answer kept reaches Redis before the batch's claim is given back.
       answers: createAnsweredCalls(redis, prefix),
