@@ -68,6 +68,7 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
     publisher,
     tenantsTopic: topics.tenants,
     sealer: deps.sealer,
+    activeKeyProven: () => activeKeyProvenSoFar(),
     schedules: deps.schedules,
     logger,
   });
@@ -80,10 +81,10 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
     logger,
   });
 
-  // The check at setup reads Redis as it is: after a wipe it has nothing to try until the rebuild refilled
-  // Redis, and a registrar with the wrong key would seal new secrets no poller or vuln-fetcher can open. So
-  // the key is checked (again) once the first rebuild finished, before anything is sealed: by the start's
-  // first rebuild, and by a push the consumer handles meanwhile. Once: the key does not change.
+  // Redis as it is at setup may hold nothing to try (after a wipe, until the rebuild refilled it), and a
+  // registrar with the wrong key would seal new secrets no poller or vuln-fetcher can open. So the key is
+  // checked once the first rebuild finished, before anything is sealed: by the start's first rebuild, and by
+  // a push the consumer handles meanwhile. Once: the key does not change.
   let keyChecked: Promise<SecretKeyCheck> | undefined;
   let rebuilt = false;
   async function ready(): Promise<void> {
@@ -105,8 +106,13 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
 
   async function activeKeyProven(): Promise<boolean> {
     await ready();
+    return activeKeyProvenSoFar();
+  }
+
+  /** `activeKeyProven` without waiting for `ready`: what the registry asks under a tenant's lock. */
+  async function activeKeyProvenSoFar(): Promise<boolean> {
     const active = deps.sealer.activeKeyId;
-    if ((await keyChecked)?.proven.has(active)) return true;
+    if ((await keyChecked?.catch(() => undefined))?.proven.has(active)) return true;
     // Rolled out before the stages that claim a new key's fingerprint: proven once one of them did.
     const stored = await deps.fingerprints?.get(active);
     return stored === deps.sealer.fingerprint(active);

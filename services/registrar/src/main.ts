@@ -2,7 +2,7 @@ import { createConsumerRunner } from '@urs/bus';
 import { createCallMetrics, createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { sleep } from '@urs/resilience';
-import { checkSecretKey, createSecretSealer } from '@urs/secrets';
+import { createSecretSealer } from '@urs/secrets';
 import {
   createKeyFingerprintStore,
   createPollScheduleStore,
@@ -37,12 +37,11 @@ void runService({
     // The registrar opens stored secrets (an unchanged push is told by its secret, a kept one is re-sealed,
     // the access test) and seals new ones every other stage must open: with another URS_SECRET_KEY under the
     // same URS_SECRET_KEY_ID it would take every push for a change and re-seal each secret with a key no
-    // poller or vuln-fetcher holds. Checked before anything is consumed, against Redis as it is; and again once
-    // Redis was rebuilt from urs.tenants (`ready`, awaited by the start (`started`), the pushes and the REST
-    // writes), which after a wipe is the first time there is anything to check against.
+    // poller or vuln-fetcher holds. Checked once Redis was rebuilt from urs.tenants (`ready`, awaited by the
+    // start (`started`), the pushes and the REST writes): before then, after a wipe, there is nothing to check
+    // against.
     const keyIds = new Set(settings.secretKeys.keys.keys());
     const fingerprints = createKeyFingerprintStore(redis, prefix);
-    await checkSecretKey({ sealer, tenants, keyIds, logger, fingerprints });
     const { registry, rebuilder, ready, isRebuilt, activeKeyProven, handler } = createDirectorSide({
       kafka,
       publisher,

@@ -70,8 +70,8 @@ export function openKeptSecret(
 
 /**
  * Whether `current` already holds the secret a registration brings: `sent`, or the stored one when it is
- * `kept`. A secret sealed with a retired key is never the same: the write re-seals it (key rotation). One no
- * key here opens is not the same either.
+ * `kept`. A secret sealed with a retired key is never the same when the active key may re-seal it
+ * (`reseals`, key rotation): the write re-seals it. One no key here opens is not the same either.
  */
 export function sameSecret(
   sealer: SecretSealer,
@@ -79,19 +79,32 @@ export function sameSecret(
   current: TenantRecord,
   sent: string,
   kept: string | undefined,
+  reseals = true,
 ): boolean {
-  if (sealer.isStale(current.defender.clientSecret)) return false;
+  if (reseals && sealer.isStale(current.defender.clientSecret)) return false;
   if (kept !== undefined) return true;
+  return opensTo(sealer, tenantId, current.defender.clientSecret, sent);
+}
+
+/** Whether `sealed` opens to `secret` with a key here. */
+function opensTo(
+  sealer: SecretSealer,
+  tenantId: string,
+  sealed: SealedSecretRecord,
+  secret: string,
+): boolean {
   try {
-    return sealer.open(current.defender.clientSecret, tenantId) === sent;
+    return sealer.open(sealed, tenantId) === secret;
   } catch {
     return false;
   }
 }
 
 /**
- * The sealed secret of the tenant's next record: `current`'s when it is `kept` (sealed again with the active
- * key when its own is retired: key rotation), else `sent`, sealed.
+ * The sealed secret of the tenant's next record: `current`'s when it is `kept`, else `sent`, sealed. A stored
+ * secret sealed with a retired key is sealed again with the active one (key rotation) only when the active
+ * key may re-seal (`reseals`: it is proven right); until then the stored secret stays as it is when the
+ * registration brings it unchanged, so that a mistyped new key seals nothing but new secrets.
  */
 export function secretToWrite(
   sealer: SecretSealer,
@@ -99,9 +112,12 @@ export function secretToWrite(
   current: TenantRecord | null,
   sent: string,
   kept: string | undefined,
+  reseals = true,
 ): SealedSecretRecord {
-  if (kept === undefined || !current) return sealer.seal(sent, tenantId);
-  return sealer.isStale(current.defender.clientSecret)
-    ? sealer.seal(kept, tenantId)
-    : current.defender.clientSecret;
+  if (!current) return sealer.seal(sent, tenantId);
+  const stored = current.defender.clientSecret;
+  const stale = sealer.isStale(stored);
+  if (kept !== undefined) return stale && reseals ? sealer.seal(kept, tenantId) : stored;
+  if (stale && !reseals && opensTo(sealer, tenantId, stored, sent)) return stored;
+  return sealer.seal(sent, tenantId);
 }

@@ -140,6 +140,11 @@ export interface TenantRegistryDeps {
   tenantsTopic: string;
   sealer: SecretSealer;
   /**
+   * Whether the active key is proven right (`DirectorSide.activeKeyProven`): until it is, a write that brings
+   * a secret sealed with a retired key unchanged keeps it sealed as it is. Default: always.
+   */
+  activeKeyProven?: () => Promise<boolean>;
+  /**
    * The pollers' schedules: forgotten when a tenant is disabled or deleted, so that enabling or
    * registering it again polls at once instead of one interval after its last cycle. A re-sealed
    * secret carries the tenant's failure onto the new revision instead (`reseal`).
@@ -264,8 +269,13 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     // full push leaving it out no longer disables it; taken back by a newer Director generation (a REST
     // record not kept, see `keepRestRecord`), it does again.
     const changesHands = current !== null && current.source !== origin.source;
+    // Asked only of a secret a write would re-seal: it reads Redis.
+    const reseals =
+      current === null || !deps.sealer.isStale(current.defender.clientSecret)
+        ? true
+        : await (deps.activeKeyProven?.() ?? Promise.resolve(true));
     if (options.skipIfUnchanged && current && !changesHands) {
-      const secretMatches = sameSecret(deps.sealer, tenantId, current, defender.clientSecret, kept);
+      const secretMatches = sameSecret(deps.sealer, tenantId, current, defender.clientSecret, kept, reseals);
       const candidate = {
         schemaVersion: 1 as const,
         tenantId,
@@ -281,7 +291,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         return { record: current, changed: false, created: false };
       }
     }
-    const sealed = secretToWrite(deps.sealer, tenantId, current, defender.clientSecret, kept);
+    const sealed = secretToWrite(deps.sealer, tenantId, current, defender.clientSecret, kept, reseals);
     // A REST write keeps the generation of Director's last write: the tenant stays Director's, and a full
     // push leaving it out disables it (`registeredByDirector`).
     const generation = origin.generation ?? current?.generation;

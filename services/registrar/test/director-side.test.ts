@@ -1,8 +1,10 @@
+import { randomBytes } from 'node:crypto';
 import { ReplyError } from 'ioredis';
 import type { Kafka } from 'kafkajs';
 import type { RegistrationPush } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { canRetry, isInfrastructureFault } from '@urs/resilience';
+import { createSecretSealer } from '@urs/secrets';
 import { inboundMessage } from '@urs/testkit';
 import { Registry } from '@urs/telemetry';
 import { createDirectorSide } from '../src/director-side';
@@ -103,5 +105,73 @@ describe('createDirectorSide', () => {
     await side.ready();
     await push();
     expect(await tenants.get('new')).not.toBeNull();
+  });
+});
+
+describe('createDirectorSide during a key rotation', () => {
+  /**
+   * A registrar given a new active key k2 beside k1, over a Redis holding one tenant whose secret is sealed
+   * with k1; `fingerprint`: what Redis holds for k2 (a poller's claim), if anything.
+   */
+  async function rotating(fingerprint: 'none' | 'matching') {
+    const tenants = memoryTenantStore();
+    const k1 = testSealer();
+    const sealer = createSecretSealer({
+      activeKeyId: 'k2',
+      keys: new Map([
+        ['k2', randomBytes(32)],
+        ['k1', Buffer.alloc(32, 7)],
+      ]),
+    });
+    const stored = tenantRecord('old', 1);
+    await tenants.put({
+      ...stored,
+      defender: {
+        ...stored.defender,
+        pollIntervalMinutes: 15,
+        clientSecret: k1.seal(String(registrationBody()['clientSecret']), 'old'),
+      },
+    });
+    const fingerprints = new Map<string, string>(
+      fingerprint === 'matching' ? [['k2', sealer.fingerprint('k2')]] : [],
+    );
+    const side = createDirectorSide({
+      kafka: {} as Kafka,
+      publisher: memoryPublisher(),
+      tenants,
+      state: memoryStateStore(),
+      sealer,
+      keyIds: new Set(['k1', 'k2']),
+      fingerprints: {
+        get: async (keyId) => fingerprints.get(keyId) ?? null,
+        claim: async (keyId, own) => fingerprints.get(keyId) ?? own,
+        where: (keyId) => `secret-key-fingerprint:${keyId}`,
+      },
+      schedules: { clear: async () => undefined, carryFailure: async () => true },
+      topics: { registration: 'urs.registration', tenants: 'urs.tenants', dlq: 'urs.dlq' },
+      groupId: 'urs.registrar',
+      logger: silentLogger,
+      metrics: new Registry(),
+    });
+    await side.handler(
+      inboundMessage<RegistrationPush>(
+        {
+          schemaVersion: 1,
+          generation: 2,
+          mode: 'full',
+          tenants: [{ tenantId: 'old', defender: registrationBody() }],
+        },
+        { topic: 'urs.registration', offset: '0', timestamp: Date.now() },
+      ),
+    );
+    return (await tenants.get('old'))?.defender.clientSecret.keyId;
+  }
+
+  it('a full push should keep a secret sealed with a retired key as it is while the active key is unproven', async () => {
+    expect(await rotating('none')).toBe('k1');
+  });
+
+  it('a full push should re-seal a secret of a retired key once the active key is proven', async () => {
+    expect(await rotating('matching')).toBe('k2');
   });
 });

@@ -86,3 +86,17 @@ describe('secretToWrite', () => {
     expect(sealer.open(resealed, 'acme')).toBe(SECRET);
   });
 });
+
+describe("a retired key's secret while the active key is unproven", () => {
+  it('sameSecret should find the unchanged secret of a retired key the same, and secretToWrite keep it sealed as it is', () => {
+    const retired = stored(retiredSealer.seal(SECRET, 'acme'));
+    expect(sameSecret(sealer, 'acme', retired, SECRET, undefined, false)).toBe(true);
+    expect(sameSecret(sealer, 'acme', retired, 'another', undefined, false)).toBe(false);
+    expect(secretToWrite(sealer, 'acme', retired, SECRET, undefined, false)).toBe(
+      retired.defender.clientSecret,
+    );
+    expect(secretToWrite(sealer, 'acme', retired, SECRET, SECRET, false)).toBe(retired.defender.clientSecret);
+    // A new secret is sealed with the active key all the same: there is no other to seal it with.
+    expect(secretToWrite(sealer, 'acme', retired, 'another', undefined, false).keyId).toBe('k1');
+  });
+});
