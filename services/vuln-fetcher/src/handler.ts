@@ -30,7 +30,7 @@ import {
 import { createTenantState } from './tenant';
 
 export interface EnrichHandlerDeps {
-  tenants: Pick<TenantStore, 'get' | 'updatePollingStatus'>;
+  tenants: Pick<TenantStore, 'lookup' | 'updatePollingStatus'>;
   sources: SourceProvider;
   /**
    * Asked, when this replica's key does not open a tenant's stored secret (SECRET_UNREADABLE), whether it
@@ -117,10 +117,13 @@ export interface EnrichHandlerDeps {
   /** Pause between two looks at a batch another replica holds, in milliseconds. Default 1000. */
   batchClaimPollMs?: number;
   /**
-   * How long a batch waits for its tenant's record to come back to Redis before it fails (TENANT_UNKNOWN, not
-   * retryable: dead-lettered, never sent on without vulnerabilities), in milliseconds. Default 30000. After
-   * Redis lost its data the poller (its tenants in memory) emits batches before the registrar has rebuilt
-   * Redis from `urs.tenants`, which takes seconds. The wait is in the handler, heartbeating.
+   * How long a batch waits for its tenant's record missing from the rebuilt tenant store before it fails
+   * (TENANT_UNKNOWN, not retryable: dead-lettered, never sent on without vulnerabilities), in milliseconds.
+   * Default 30000. The registrar sends a record to `urs.tenants` before it writes it to Redis, and the poller
+   * polls the tenants it reads from `urs.tenants`: a new tenant's first batch may come before its record is in
+   * Redis. The wait is in the handler, heartbeating. While the store is not rebuilt
+   * (Redis lost its data, the registrar has not written the records back) the batch does not wait: it fails
+   * with TENANTS_NOT_REBUILT and the bus holds it until the rebuild is done.
    */
   tenantWaitMs?: number;
   /** Pause between two looks for a missing tenant record, in milliseconds. Default 1000. */
@@ -499,8 +502,8 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const error = new UrsError(
       'TENANT_UNKNOWN',
       `no record of tenant ${batch.tenantId} in Redis after ${waitedMs} ms: ` +
-        'deleted during the cycle, or Redis lost its data and the registrar has not rebuilt it from ' +
-        'urs.tenants (is the registrar running? its log says when the rebuild ends); the batch is not ' +
+        'deleted during the cycle, or its record on urs.tenants was never written to Redis by the registrar ' +
+        '(its log says why); the batch is not ' +
         'enriched, and its cycle is closed as partial once its other batches are scored',
       { canRetry: false, details: { waitedMs } },
     );
