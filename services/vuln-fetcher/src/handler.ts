@@ -18,7 +18,7 @@ import {
   notInSnapshot,
   sendCorrections,
 } from './corrections';
-import { missing, type Enrichment, type FetchError, type TenantEnrichment } from './enrichment';
+import { withoutExport, type Enrichment, type FetchError, type TenantEnrichment } from './enrichment';
 import { createBatchInterruptions, type BatchInterruption } from './interruption';
 import { createPerDeviceEnrichment } from './per-device';
 import {
@@ -394,9 +394,11 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     // export's snapshot go in the same write, for the cycle's corrections.
     const unlisted = readsLast(batch) && !batch.lastBatch ? notInSnapshot(enrichment.devices) : [];
     await deps.cycles.enriched(batch.tenantId, batch.cycleId, batch.batchIndex, unlisted);
-    // Once per batch, not per try: a batch held (Kafka down) is tried again up to every few seconds.
-    for (const [outcome, count] of enrichment.unasked ?? [])
-      fetches.inc({ mode: batch.vulnerabilityMode, outcome }, count);
+    // Once per batch, not per try: a batch held (Kafka down) is tried again up to every few seconds. In bulk
+    // every device (no call is made per device), per device those no call was made for.
+    const uncounted =
+      batch.vulnerabilityMode === 'bulk' ? bulkFetchOutcomes(enrichment.devices) : (enrichment.unasked ?? []);
+    for (const [outcome, count] of uncounted) fetches.inc({ mode: batch.vulnerabilityMode, outcome }, count);
     // Only now its answered calls go: a fault recording it leaves them for its next try, which asks Defender
     // for none of them again.
     if (batch.vulnerabilityMode === 'per-device') await perDevice.sent(batch, log);
@@ -473,7 +475,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
 
   /**
    * The batch's devices sent on without a call, their tenant having failed as a whole (`failure`), each
-   * counted (`unasked`, once the batch is recorded enriched) as the batch that met the failure counts the
+   * counted (once the batch is recorded enriched) as the batch that met the failure counts the
    * devices it no longer asks for: per device, the answers an earlier try of the batch had are sent
    * (`reused`), the others `skipped`; in bulk, `failed` (the export never came). A device Microsoft holds no
    * vulnerabilities of is `not-held` in either mode.
@@ -485,8 +487,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     signal: AbortSignal,
   ): Promise<Enrichment> {
     if (batch.vulnerabilityMode === 'per-device') return perDevice.withoutCalls(batch, failure, log, signal);
-    const devices = missing(batch.devices, failure);
-    return { devices, collectedAt: now(), unasked: bulkFetchOutcomes(devices) };
+    return withoutExport(batch, failure, now());
   }
 
   /**
