@@ -146,6 +146,15 @@ describe('deploy/prometheus/alerts.yml', () => {
     }
   });
 
+  test("UrsMessagesHeld's description and runbook row should name the hold on tenant records not rebuilt", () => {
+    const held = rules.find((rule) => rule.alert === 'UrsMessagesHeld');
+    expect(held?.annotations?.['description']).toMatch(/registrar has not rebuilt.*TENANTS_NOT_REBUILT/s);
+    const row = read('README.md')
+      .split('\n')
+      .find((line) => line.startsWith('| `UrsMessagesHeld`'));
+    expect(row).toMatch(/TENANTS_NOT_REBUILT/);
+  });
+
   test('the memory rules should cover each stage once, firing above its heap cap and below its limit in deploy/k8s', () => {
     const memoryRules = rules.filter((rule) => rule.expr.includes('process_resident_memory_bytes'));
     expect(memoryRules.length).toBeGreaterThan(0);

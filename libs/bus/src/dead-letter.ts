@@ -4,20 +4,31 @@ import { errorCode, errorMessage } from '@urs/resilience';
 
 /** A dead letter keeps at most this much of the original payload. */
 const MAX_PAYLOAD_CHARS = 256 * 1024;
-/** A run of the characters a key is spelled with (`x-api-key`, `client_secret`, `defender.clientSecret`). */
-const WORD = /[\w.-]+/g;
+/**
+ * A key inside text, and what follows it: a run of the characters a key is spelled with (`x-api-key`,
+ * `client_secret`, `defender.clientSecret`), closed by a quote at any depth of escaping or none, then `:` or
+ * `=` (`"password":`, `\"clientSecret\":`, `'credential':`, `{ clientSecret: `, `sig=`, `password: `). The key
+ * starts where a run of its characters does, so no stretch of the text is tried more than twice.
+ */
+const KEY_IN_TEXT = /(?<![\w.-])([\w.-]+)\\*["'`]?\s*[:=]/g;
+
+/** `Bearer <credentials>` anywhere (the log's redaction keeps a short one as prose; a dead letter does not). */
+const BEARER = /(?<![\w-])bearer\s+[^\s"'\\<>,;]/i;
 
 /**
- * Whether text that cannot be read field by field may hold a secret: a word of it, or a part of one between
- * `.`, `-` and `_` (`access_token-abc`), names a secret as a key would (`namesSecret`, the rule the log's
- * redaction keeps to). A `\u` escape may spell any key (`"client\u0053ecret"`), so it counts as one.
+ * Whether text that cannot be read field by field may hold a secret: a key inside it names a secret as a key
+ * of a field would (`namesSecret`, the rule the log's redaction keeps to), or the log's redaction finds a
+ * secret in it (a URL's password, an authorization header, a JWT), or it holds `Bearer` credentials. Only
+ * keys, not every word: device names and prose hold what a key naming a secret would (`KANSAS-WS-01`,
+ * `sig-lab-01`, `Credential Guard`) and carry no secret. A `\u` escape may spell any key
+ * (`"client\u0053ecret"`), so it counts as one.
  */
 function mayHoldSecret(text: string): boolean {
-  if (text.includes('\\u')) return true;
-  for (const [word] of text.matchAll(WORD)) {
-    if (namesSecret(word) || word.split(/[._-]/).some(namesSecret)) return true;
+  if (text.includes('\\u') || BEARER.test(text)) return true;
+  for (const [, key] of text.matchAll(KEY_IN_TEXT)) {
+    if (namesSecret(key as string)) return true;
   }
-  return false;
+  return redactText(text) !== text;
 }
 
 /**

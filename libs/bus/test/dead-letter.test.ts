@@ -71,6 +71,48 @@ describe('redactPayload and the log agree on what names a secret', () => {
   });
 });
 
+describe('redactPayload of device data in text', () => {
+  // Words that contain what a key naming a secret would (`sas`, `sig`, `credential`), not followed by a value.
+  const kept = [
+    'KANSAS-WS-01',
+    'arkansas.contoso.com',
+    'SASHA-LAPTOP',
+    'sig-lab-01',
+    'Credential Guard',
+    'Windows Defender Credential Guard is running',
+    'sig-lab-01.contoso.com:443',
+    'the token endpoint answered 503',
+  ];
+  // Text that carries a secret under a key, in a header or a URL.
+  const withheld = [
+    'https://acct.blob.core.windows.net/c/b?sv=2022-11-02&sig=Zx9realsecret%3D',
+    'sas=Zx9realsecret',
+    'client_secret=Zx9realsecret&grant_type=client_credentials',
+    '{"password":"Zx9realsecret"',
+    '{\\"password\\":\\"Zx9realsecret\\"}',
+    "{ clientSecret: 'Zx9realsecret' }",
+    "'credential': 'Zx9realsecret'",
+    'password: Zx9realsecret',
+    'Authorization: Basic Zx9realsecret',
+    'Bearer Zx9realsecretZx9realsecret',
+    'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.Zx9realsecret',
+    'redis://:Zx9realsecret@cache:6379',
+  ];
+
+  it.each(kept)('should keep %s, as text and as a string value', (text) => {
+    expect(redactPayload(text)).toBe(text);
+    const payload = JSON.stringify({ computerDnsName: text });
+    expect(JSON.parse(redactPayload(payload))).toEqual({ computerDnsName: text });
+  });
+
+  it.each(withheld)('should withhold %s as text and redact its secret as a string value', (text) => {
+    expect(redactPayload(text)).toMatch(/^\[withheld: \d+ bytes/);
+    const redacted = redactPayload(JSON.stringify({ note: 'kept', raw: text }));
+    expect(redacted).not.toContain('Zx9realsecret');
+    expect(JSON.parse(redacted)).toMatchObject({ note: 'kept' });
+  });
+});
+
 describe('toDeadLetter of a payload nested too deep', () => {
   it('should withhold the payload, whichever redaction the topic has, and keep the reason', () => {
     const value = deeplyNested(20_000);

@@ -1,6 +1,6 @@
 import type { Publisher } from '@urs/bus';
 import type { Topics } from '@urs/config';
-import { vmsRecord, type VmsRiskScore, type VmsRiskSummary } from '@urs/contracts';
+import { vmsRecord, type VmsRiskSummary } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage, keepRenewing, UrsError } from '@urs/resilience';
 import type { CycleState, CycleStore, PublishedStore, ScoreStore, TombstoneHold } from '@urs/store';
@@ -213,21 +213,14 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
    */
   async function snapshot(tenantId: string, cycleAt: number): Promise<number> {
     const ids = await deps.published.seenSince(tenantId, cycleAt);
-    let pending: { key: string; value: VmsRiskScore }[] = [];
     let sent = 0;
-    const flush = async (): Promise<void> => {
-      await deps.publisher.send(deps.topics.vmsRiskScores, 'urs/vms-risk-score', pending);
-      sent += pending.length;
-      pending = [];
-    };
     for (let start = 0; start < ids.length; start += SNAPSHOT_CHUNK) {
       const stored = await deps.scores.getDeviceScores(tenantId, ids.slice(start, start + SNAPSHOT_CHUNK));
-      for (const score of stored) {
-        pending.push(vmsRecord(tenantId, score.cycleId, score.scoredAt, score.device));
-        if (pending.length === SNAPSHOT_CHUNK) await flush();
-      }
+      const chunk = stored.map((score) => vmsRecord(tenantId, score.cycleId, score.scoredAt, score.device));
+      if (chunk.length === 0) continue;
+      await deps.publisher.send(deps.topics.vmsRiskScores, 'urs/vms-risk-score', chunk);
+      sent += chunk.length;
     }
-    if (pending.length > 0) await flush();
     records.inc({ kind: 'snapshot' }, sent);
     return sent;
   }
@@ -545,8 +538,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       // Summaries claimed but never sent (a crash or a failed send after the claim): sent late, not lost.
       // One whose send fails again waits longer each time (every replica's sweep would try it every
       // sweep otherwise): listed again once its lock would have lapsed, from a wait growing to a cap.
-      const owedBefore = now().getTime() - summaryLockMs;
-      const owed = await deps.published.summariesOwed(owedBefore);
+      const owed = await deps.published.summariesOwed(now().getTime() - summaryLockMs);
       await sideBySide(owed, (summary) => {
         const { tenantId, cycleId, status } = summary;
         return each(
@@ -559,8 +551,11 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
             return sendOwed(state, tenantId, cycleId, status, hint, withoutWaitingForRebuild());
           },
           async () => {
+            // The wait counts from the failure, not from the start of the sweep: a send failing minutes
+            // into a slow sweep would otherwise be listed again at the next one.
+            const listedFrom = now().getTime() - summaryLockMs;
             const backoff = { firstMs: summaryLockMs, maxMs: Math.max(summaryLockMs, OWED_RETRY_MAX_MS) };
-            await deps.published.deferOwedSummary(tenantId, cycleId, status, owedBefore, backoff);
+            await deps.published.deferOwedSummary(tenantId, cycleId, status, listedFrom, backoff);
           },
         );
       });

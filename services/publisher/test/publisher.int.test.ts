@@ -124,6 +124,8 @@ describe('the publisher', () => {
       tombstoneAfterCycles?: number;
       tombstoneHold?: TombstoneHold;
       failSummaries?: number;
+      /** Called as a summary send fails, before it throws (a send that took long moves the clock on). */
+      onSummaryFailure?: () => void;
       summaryLockMs?: number;
       summaryDelayMs?: number;
       /** Summary locks that fail as a Redis error would, after the claim. */
@@ -148,6 +150,7 @@ describe('the publisher', () => {
       send: async (topic, _contract, messages) => {
         if (topic === topics.vmsRiskSummary && failures > 0) {
           failures--;
+          options.onSummaryFailure?.();
           throw new Error('the broker is unavailable');
         }
         if (topic === topics.vmsRiskSummary && options.summaryDelayMs)
@@ -738,6 +741,34 @@ describe('the publisher', () => {
     expect(summaries()).toHaveLength(1);
     expect(summaries()[0]?.published).toEqual({ changed: 2, snapshot: true, tombstones: 1 });
     expect(await owed()).toEqual([]);
+  });
+
+  it('closeOverdue should wait before trying again an owed summary from the time its send failed, not from the start of the sweep', async () => {
+    const at = (seconds: number) => new Date(Date.parse(minute(16)) + seconds * 1000);
+    // The second send fails five minutes into its sweep (a slow broker, many tenants before it).
+    let sends = 0;
+    const { handler, begin, completion, metrics } = build({
+      failSummaries: 3,
+      onSummaryFailure: () => {
+        if (++sends === 2) now = at(31 + 300);
+      },
+    });
+    const failures = () => Number(/^urs_summary_sweep_failures_total (\d+)$/m.exec(metrics.expose())?.[1]);
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    now = at(0);
+    await completion.closeOverdue();
+    expect(failures()).toBe(1);
+    now = at(31);
+    await completion.closeOverdue();
+    expect(failures()).toBe(2);
+    // The next sweep, a second after the failure: the 30 s wait has not passed since the send failed.
+    now = at(31 + 301);
+    await completion.closeOverdue();
+    expect(failures()).toBe(2);
+    now = at(31 + 300 + 31);
+    await completion.closeOverdue();
+    expect(failures()).toBe(3);
   });
 
   it('createPublishHandler should not publish the score a correction replaced when its first batch comes again', async () => {

@@ -103,7 +103,7 @@ function fetchOutcome(device: EnrichedDevice): 'ok' | 'not-held' | 'not-in-snaps
 
 /**
  * A bulk batch's devices counted by `fetchOutcome`: counted in `urs_vulnerability_fetches_total` once the
- * batch is recorded enriched (`Enrichment.unasked`), not at each try of a batch held.
+ * batch is recorded enriched (by the handler), not at each try of a batch held.
  */
 export function bulkFetchOutcomes(devices: EnrichedDevice[]): Map<string, number> {
   const counts = new Map<string, number>();
@@ -332,7 +332,6 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
     return {
       devices,
       collectedAt,
-      unasked: bulkFetchOutcomes(devices),
       corrections: {
         changed: await changedDevices(changed),
         // The fold stays in memory until the export is stored, after the corrections are sent.
@@ -357,7 +356,7 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
     const devices = batch.devices.map((machine) =>
       fromSnapshot(machine, summaries.get(machine.id), snapshot, batch.cvssThreshold),
     );
-    return { devices, collectedAt: new Date(collectedAt), unasked: bulkFetchOutcomes(devices) };
+    return { devices, collectedAt: new Date(collectedAt) };
   }
 
   return { fromExport, runBulkExport, lastFromExport };

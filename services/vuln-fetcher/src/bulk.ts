@@ -3,9 +3,9 @@ import type { DeviceBatch } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { canRetry, errorMessage, isInfrastructureFault, keepRenewing } from '@urs/resilience';
 import type { CycleStore, LatestExport, PinnedExport } from '@urs/store';
-import { bulkFetchOutcomes, createExportReader, readsExportLast, type ExportReaderDeps } from './bulk-export';
+import { createExportReader, readsExportLast, type ExportReaderDeps } from './bulk-export';
 import { storedCorrections } from './corrections';
-import { missing, type Enrichment, type FetchError, type TenantEnrichment } from './enrichment';
+import { withoutExport, type TenantEnrichment } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
 import { usable, type ExportApp } from './latest-export';
 import { isTenantWideCode, type VulnerabilitySource } from './sources';
@@ -113,16 +113,6 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
    * at once, so the two cycles could overlap. One entry per bulk tenant, replaced by its next cycle.
    */
   const bulkCycles = new Map<string, BulkCycle>();
-
-  /**
-   * The batch's devices gone on without the export, which failed or never came (`error`): counted once the
-   * batch is recorded enriched (`unasked`), as the per-device side counts the devices it does not ask for,
-   * so that the tries of a batch held (Kafka down) do not count them `failed` once each.
-   */
-  function withoutExport(batch: DeviceBatch, error: FetchError): Enrichment {
-    const devices = missing(batch.devices, error);
-    return { devices, collectedAt: now(), unasked: bulkFetchOutcomes(devices) };
-  }
 
   const renewEveryMs = Math.max(10, Math.floor(deps.bulkClaimMs / 3));
   const cycleCapOf = (batch: DeviceBatch): number =>
@@ -236,7 +226,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
       if (state.state === 'failed') {
         const fetchError = { code: state.code, message: state.message };
         return {
-          ...withoutExport(batch, fetchError),
+          ...withoutExport(batch, fetchError, now()),
           ...(isTenantWideCode(state.code) ? { tenantFailure: fetchError } : {}),
         };
       }
@@ -292,7 +282,7 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
           code: 'BULK_EXPORT_TIMEOUT',
           message: `the cycle's bulk export was not ready within ${deps.bulkWaitMs} ms`,
         };
-        return withoutExport(batch, fetchError);
+        return withoutExport(batch, fetchError, now());
       }
       await heartbeat();
       await sleepUntil(deps.bulkPollMs ?? 200, signal, runningExports.get(cycleKey)?.signal);

@@ -37,8 +37,9 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
   /** How long a batch waits for its cycle's bulk export, ms. Env `URS_BULK_WAIT_MS`, default 600000. */
   bulkWaitMs: number;
   /**
-   * How long a batch waits for its tenant's record to be back in Redis (rebuilt by the registrar after a
-   * wipe) before the batch fails for the dead-letter topic, ms. Env `URS_TENANT_RECORD_WAIT_MS`, default 30000.
+   * How long a batch waits for its tenant's record missing from the rebuilt tenant store (sent on `urs.tenants`,
+   * not yet written to Redis by the registrar) before the batch fails for the dead-letter topic, ms. Env
+   * `URS_TENANT_RECORD_WAIT_MS`, default 30000. While the store is not rebuilt the batch is held instead.
    */
   tenantWaitMs: number;
   /** How long a bulk export claim holds if its holder dies, ms. Env `URS_BULK_CLAIM_MS`, default 300000. */

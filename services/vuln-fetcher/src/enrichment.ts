@@ -1,5 +1,6 @@
 import {
   vulnerabilitiesNotHeld,
+  type DeviceBatch,
   type DeviceRecord,
   type EnrichedDevice,
   type VulnerabilitySummary,
@@ -40,9 +41,10 @@ export interface Enrichment {
    */
   unchangedFrom?: string;
   /**
-   * The devices no call was made for, by their outcome in `urs_vulnerability_fetches_total` (`not-held`,
-   * `reused`, `skipped`; in bulk, every device, by `bulkFetchOutcomes`): counted once the batch is recorded
-   * enriched, so that the tries of a batch held (Kafka down) do not count them once each.
+   * Per device, the devices no call was made for, by their outcome in `urs_vulnerability_fetches_total`
+   * (`not-held`, `reused`, `skipped`): counted once the batch is recorded enriched, so that the tries of a
+   * batch held (Kafka down) do not count them once each. In bulk no call is made per device: the handler
+   * counts every device (`bulkFetchOutcomes`) at the same point.
    */
   unasked?: ReadonlyMap<string, number>;
 }
@@ -56,6 +58,15 @@ export type TenantEnrichment = Enrichment & { tenantFailure?: FetchError };
  */
 export const missing = (machines: DeviceRecord[], error: FetchError): EnrichedDevice[] =>
   machines.map((machine) => ({ machine, vulnerabilities: null, fetchError: notHeld(machine) ?? error }));
+
+/**
+ * A bulk batch gone on without its export, which failed, never came, or was not asked for after its tenant
+ * failed as a whole (`error`): each device `missing`, collected `at`.
+ */
+export const withoutExport = (batch: DeviceBatch, error: FetchError, at: Date): Enrichment => ({
+  devices: missing(batch.devices, error),
+  collectedAt: at,
+});
 
 /**
  * Why a device's vulnerabilities are not asked for, in either mode: Microsoft holds none of them

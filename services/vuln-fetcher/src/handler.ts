@@ -18,7 +18,7 @@ import {
   notInSnapshot,
   sendCorrections,
 } from './corrections';
-import { missing, type Enrichment, type FetchError, type TenantEnrichment } from './enrichment';
+import { withoutExport, type Enrichment, type FetchError, type TenantEnrichment } from './enrichment';
 import { createBatchInterruptions, type BatchInterruption } from './interruption';
 import { createPerDeviceEnrichment } from './per-device';
 import {
@@ -30,7 +30,7 @@ import {
 import { createTenantState } from './tenant';
 
 export interface EnrichHandlerDeps {
-  tenants: Pick<TenantStore, 'get' | 'updatePollingStatus'>;
+  tenants: Pick<TenantStore, 'lookup' | 'updatePollingStatus'>;
   sources: SourceProvider;
   /**
    * Asked, when this replica's key does not open a tenant's stored secret (SECRET_UNREADABLE), whether it
@@ -117,10 +117,13 @@ export interface EnrichHandlerDeps {
   /** Pause between two looks at a batch another replica holds, in milliseconds. Default 1000. */
   batchClaimPollMs?: number;
   /**
-   * How long a batch waits for its tenant's record to come back to Redis before it fails (TENANT_UNKNOWN, not
-   * retryable: dead-lettered, never sent on without vulnerabilities), in milliseconds. Default 30000. After
-   * Redis lost its data the poller (its tenants in memory) emits batches before the registrar has rebuilt
-   * Redis from `urs.tenants`, which takes seconds. The wait is in the handler, heartbeating.
+   * How long a batch waits for its tenant's record missing from the rebuilt tenant store before it fails
+   * (TENANT_UNKNOWN, not retryable: dead-lettered, never sent on without vulnerabilities), in milliseconds.
+   * Default 30000. The registrar sends a record to `urs.tenants` before it writes it to Redis, and the poller
+   * polls the tenants it reads from `urs.tenants`: a new tenant's first batch may come before its record is in
+   * Redis. The wait is in the handler, heartbeating. While the store is not rebuilt
+   * (Redis lost its data, the registrar has not written the records back) the batch does not wait: it fails
+   * with TENANTS_NOT_REBUILT and the bus holds it until the rebuild is done.
    */
   tenantWaitMs?: number;
   /** Pause between two looks for a missing tenant record, in milliseconds. Default 1000. */
@@ -391,9 +394,11 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     // export's snapshot go in the same write, for the cycle's corrections.
     const unlisted = readsLast(batch) && !batch.lastBatch ? notInSnapshot(enrichment.devices) : [];
     await deps.cycles.enriched(batch.tenantId, batch.cycleId, batch.batchIndex, unlisted);
-    // Once per batch, not per try: a batch held (Kafka down) is tried again up to every few seconds.
-    for (const [outcome, count] of enrichment.unasked ?? [])
-      fetches.inc({ mode: batch.vulnerabilityMode, outcome }, count);
+    // Once per batch, not per try: a batch held (Kafka down) is tried again up to every few seconds. In bulk
+    // every device (no call is made per device), per device those no call was made for.
+    const uncounted =
+      batch.vulnerabilityMode === 'bulk' ? bulkFetchOutcomes(enrichment.devices) : (enrichment.unasked ?? []);
+    for (const [outcome, count] of uncounted) fetches.inc({ mode: batch.vulnerabilityMode, outcome }, count);
     // Only now its answered calls go: a fault recording it leaves them for its next try, which asks Defender
     // for none of them again.
     if (batch.vulnerabilityMode === 'per-device') await perDevice.sent(batch, log);
@@ -470,7 +475,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
 
   /**
    * The batch's devices sent on without a call, their tenant having failed as a whole (`failure`), each
-   * counted (`unasked`, once the batch is recorded enriched) as the batch that met the failure counts the
+   * counted (once the batch is recorded enriched) as the batch that met the failure counts the
    * devices it no longer asks for: per device, the answers an earlier try of the batch had are sent
    * (`reused`), the others `skipped`; in bulk, `failed` (the export never came). A device Microsoft holds no
    * vulnerabilities of is `not-held` in either mode.
@@ -482,8 +487,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     signal: AbortSignal,
   ): Promise<Enrichment> {
     if (batch.vulnerabilityMode === 'per-device') return perDevice.withoutCalls(batch, failure, log, signal);
-    const devices = missing(batch.devices, failure);
-    return { devices, collectedAt: now(), unasked: bulkFetchOutcomes(devices) };
+    return withoutExport(batch, failure, now());
   }
 
   /**
@@ -499,8 +503,8 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const error = new UrsError(
       'TENANT_UNKNOWN',
       `no record of tenant ${batch.tenantId} in Redis after ${waitedMs} ms: ` +
-        'deleted during the cycle, or Redis lost its data and the registrar has not rebuilt it from ' +
-        'urs.tenants (is the registrar running? its log says when the rebuild ends); the batch is not ' +
+        'deleted during the cycle, or its record on urs.tenants was never written to Redis by the registrar ' +
+        '(its log says why); the batch is not ' +
         'enriched, and its cycle is closed as partial once its other batches are scored',
       { canRetry: false, details: { waitedMs } },
     );

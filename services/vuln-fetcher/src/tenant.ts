@@ -1,12 +1,12 @@
 import type { DeviceBatch, TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import type { TenantStore } from '@urs/store';
+import { tenantsNotRebuilt, type TenantStore } from '@urs/store';
 import type { FetchError } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
 import { isTenantWideCode } from './sources';
 
 export interface TenantStateDeps {
-  tenants: Pick<TenantStore, 'get' | 'updatePollingStatus'>;
+  tenants: Pick<TenantStore, 'lookup' | 'updatePollingStatus'>;
   /** How long a batch waits for a missing tenant record, in milliseconds (see EnrichHandlerDeps). Default 30000. */
   tenantWaitMs?: number;
   /** Pause between two looks for a missing tenant record, in milliseconds. Default 1000. */
@@ -17,8 +17,11 @@ export interface TenantStateDeps {
 /** What the handler knows of a batch's tenant beyond its batch. */
 export interface TenantState {
   /**
-   * The batch's tenant record, waited for up to `tenantWaitMs` when Redis does not hold it. Null when it is
-   * still missing: the tenant was deleted during the cycle, or Redis was wiped and not rebuilt.
+   * The batch's tenant record, waited for up to `tenantWaitMs` when the rebuilt tenant store does not hold it
+   * (the registrar sends a record to `urs.tenants` before it writes it to Redis). Null when it is still missing:
+   * the tenant was deleted during the cycle. Fails with TENANTS_NOT_REBUILT (retryable, an infrastructure
+   * fault: the bus holds the batch) when the record is missing while the store is not rebuilt (`lookup`): Redis
+   * lost its data and the registrar has not written the records back, which says nothing of the tenant.
    */
   record(
     batch: DeviceBatch,
@@ -80,24 +83,31 @@ export function createTenantState(deps: TenantStateDeps): TenantState {
    */
   const missingRecords = new Set<string>();
 
+  /** The tenant's record, null when missing from a rebuilt store; TENANTS_NOT_REBUILT when it is not rebuilt. */
+  async function lookup(tenantId: string): Promise<TenantRecord | null> {
+    const { record, rebuilt } = await deps.tenants.lookup(tenantId);
+    if (record === null && !rebuilt) throw tenantsNotRebuilt(tenantId);
+    return record;
+  }
+
   async function tenantRecord(
     batch: DeviceBatch,
     cycleKey: string,
     log: Logger,
     signal: AbortSignal | undefined,
   ): Promise<{ record: TenantRecord | null; waitedMs: number }> {
-    const found = await deps.tenants.get(batch.tenantId);
+    const found = await lookup(batch.tenantId);
     if (found !== null || missingRecords.has(cycleKey)) return { record: found, waitedMs: 0 };
     const waitMs = deps.tenantWaitMs ?? 30_000;
     const started = Date.now();
-    log.warn('tenant record missing from Redis: waiting for the registrar to restore it', {
+    log.warn('tenant record missing from Redis: waiting for the registrar to write it', {
       code: 'TENANT_UNKNOWN',
       waitMs,
     });
     while (Date.now() - started < waitMs) {
       await sleepUntil(Math.min(deps.tenantPollMs ?? 1_000, waitMs - (Date.now() - started)), signal);
       throwIfStopping(signal);
-      const record = await deps.tenants.get(batch.tenantId);
+      const record = await lookup(batch.tenantId);
       if (record !== null) {
         log.info('tenant record back in Redis', { waitedMs: Date.now() - started });
         return { record, waitedMs: Date.now() - started };

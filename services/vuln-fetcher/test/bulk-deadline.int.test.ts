@@ -54,7 +54,7 @@ describe('a bulk cycle whose export read outlasts its deadline', () => {
     };
     const cycles = createCycleStore(redis.client, redis.prefix);
     const handler = createEnrichHandler({
-      tenants: { get: async () => record, updatePollingStatus: async () => true },
+      tenants: { lookup: async () => ({ record, rebuilt: true }), updatePollingStatus: async () => true },
       sources,
       bulkCache: createBulkVulnerabilityCache(redis.client, redis.prefix),
       answers: createAnsweredCalls(redis.client, redis.prefix),

@@ -110,7 +110,7 @@ describe('a bulk cycle that reads its export last', () => {
     const replica = () =>
       createEnrichHandler({
         tenants: {
-          get: async () => tenant.record,
+          lookup: async () => ({ record: tenant.record, rebuilt: true }),
           updatePollingStatus: async (_tenantId, status) => {
             notes.push(status.note ?? '');
             return true;

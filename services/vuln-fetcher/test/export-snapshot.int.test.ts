@@ -68,7 +68,7 @@ describe("bulk cycles and the export's snapshot", () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     // As the vuln-fetcher runs by default: the export read last, an unchanged snapshot not read again.
     const handler = createEnrichHandler({
-      tenants: { get: async () => record, updatePollingStatus: async () => true },
+      tenants: { lookup: async () => ({ record, rebuilt: true }), updatePollingStatus: async () => true },
       sources,
       bulkCache: createBulkVulnerabilityCache(redis.client, redis.prefix),
       answers: createAnsweredCalls(redis.client, redis.prefix),

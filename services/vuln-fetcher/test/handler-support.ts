@@ -158,7 +158,7 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
   const bulkCache = memoryBulkCache(renewals);
   const handler = createEnrichHandler({
     tenants: {
-      get: async (tenantId) => (tenantId === 't1' ? record : null),
+      lookup: async (tenantId) => ({ record: tenantId === 't1' ? record : null, rebuilt: true }),
       updatePollingStatus: async (_tenantId, status) => {
         statuses.push(status as Partial<TenantStatus>);
         return true;

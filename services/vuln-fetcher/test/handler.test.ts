@@ -318,7 +318,7 @@ describe('createEnrichHandler', () => {
     ).toBe(1);
   });
 
-  it('should wait for a tenant record missing from Redis and enrich the batch once the registrar restores it', async () => {
+  it('should wait for a tenant record missing from the rebuilt store and enrich the batch once the registrar writes it', async () => {
     const lines: LogLine[] = [];
     let looks = 0;
     const { handler, sent } = setup(
@@ -326,7 +326,8 @@ describe('createEnrichHandler', () => {
       {
         // Redis was wiped: the record is back on the third look (the registrar's rebuild).
         tenants: {
-          get: async () => (++looks >= 3 ? record : null),
+          // Rebuilt: a new tenant's record sent on urs.tenants, not yet written to Redis.
+          lookup: async () => ({ record: ++looks >= 3 ? record : null, rebuilt: true }),
           updatePollingStatus: async () => true,
         },
         logger: capturingLogger(lines),
@@ -353,9 +354,9 @@ describe('createEnrichHandler', () => {
       {},
       {
         tenants: {
-          get: async () => {
+          lookup: async () => {
             lookups++;
-            return null;
+            return { record: null, rebuilt: true };
           },
           updatePollingStatus: async () => true,
         },
@@ -409,6 +410,35 @@ describe('createEnrichHandler', () => {
     expect(sent).toEqual([]);
   });
 
+  it('should hold, not wait for nor dead-letter, a batch whose tenant record is missing while the registrar has not rebuilt the records', async () => {
+    const lines: LogLine[] = [];
+    let restored = false;
+    const lookup = async () => ({ record: restored ? record : null, rebuilt: restored });
+    const { handler, sent, lostBatches } = setup(
+      { machineVulnerabilities: async () => [cve('CVE-1', 9.8)] },
+      {
+        // Redis was wiped: no record, and no `tenants-rebuilt` marker, until the registrar's rebuild.
+        tenants: { lookup, updatePollingStatus: async () => true },
+        logger: capturingLogger(lines),
+        tenantWaitMs: 50,
+        tenantPollMs: 5,
+      },
+    );
+    // Retryable and an infrastructure fault: the bus holds the batch as on a Redis outage, however long the rebuild takes.
+    await expect(handler(message(batch()))).rejects.toMatchObject({
+      code: 'TENANTS_NOT_REBUILT',
+      canRetry: true,
+      infrastructure: true,
+    });
+    await expect(handler(message(batch()))).rejects.toMatchObject({ code: 'TENANTS_NOT_REBUILT' });
+    expect(sent).toEqual([]);
+    expect(lostBatches).toEqual([]);
+    expect(lines.filter((line) => /waiting for the registrar/.test(line.message))).toEqual([]);
+    restored = true;
+    await handler(message(batch()));
+    expect(sent[0]?.devices.every((d) => d.vulnerabilities?.criticalCveCount === 1)).toBe(true);
+  });
+
   it("should leave a batch whose secret this replica's key does not open for a retry, never the tenant's failure", async () => {
     const registrar = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
     // A replica started with another URS_SECRET_KEY under the same URS_SECRET_KEY_ID.
@@ -429,7 +459,10 @@ describe('createEnrichHandler', () => {
       {},
       {
         sources,
-        tenants: { get: async () => sealed, updatePollingStatus: async () => true },
+        tenants: {
+          lookup: async () => ({ record: sealed, rebuilt: true }),
+          updatePollingStatus: async () => true,
+        },
         logger: capturingLogger(lines),
       },
     );

@@ -196,7 +196,7 @@ describe('createEnrichHandler on a fault of Redis', () => {
       {
         concurrency: 1,
         tenants: {
-          get: async () => record,
+          lookup: async () => ({ record, rebuilt: true }),
           updatePollingStatus: async (_tenantId, status) => {
             if (refusing) throw new ReplyError("READONLY You can't write against a read only replica.");
             statuses.push(status as Partial<TenantStatus>);

@@ -84,9 +84,16 @@ describe('createEnrichHandler with its Redis out of memory', () => {
     });
     const { sent, publisher } = capturingPublisher();
     const cycles = createCycleStore(redis, 'oom:');
+    // The tenant lookup's transaction is refused under OOM too (EXECABORT, the OOM replies its previous errors:
+    // an infrastructure fault, held alike, checked below); read plainly here so that the limiter's reply and the
+    // claim's are what is looked at.
+    const plainLookup: EnrichHandlerDeps['tenants'] = {
+      ...tenants,
+      lookup: async (tenantId) => ({ record: await tenants.get(tenantId), rebuilt: true }),
+    };
     const handlerOver = (store: EnrichHandlerDeps['cycles']) =>
       createEnrichHandler({
-        tenants,
+        tenants: plainLookup,
         sources,
         bulkCache: createBulkVulnerabilityCache(redis, 'oom:', 60_000),
         answers: createAnsweredCalls(redis, 'oom:'),
@@ -141,6 +148,8 @@ describe('createEnrichHandler with its Redis out of memory', () => {
     expect(isInfrastructureFault(error)).toBe(true);
     expect(sent).toHaveLength(1);
     expect((await tenants.getStatus(record.tenantId)).state).not.toBe('error');
+    const lookupError: unknown = await tenants.lookup(record.tenantId).catch((thrown: unknown) => thrown);
+    expect(isInfrastructureFault(lookupError)).toBe(true);
 
     // Redis back: the batch comes again and is enriched.
     await admin.config('SET', 'maxmemory', '0');

@@ -45,7 +45,7 @@ function replica(replicaKey: Buffer, records: TenantRecord[]) {
       sources: local.sources,
       replicaKey: createReplicaKeyCheck({ sealer, secrets, keyIds: new Set(['k1']) }),
       tenants: {
-        get: secrets.get,
+        lookup: async (tenantId) => ({ record: await secrets.get(tenantId), rebuilt: true }),
         updatePollingStatus: async (_tenantId, status) => {
           statuses.push(status as Partial<TenantStatus>);
           return true;

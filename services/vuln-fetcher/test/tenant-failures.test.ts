@@ -205,7 +205,10 @@ describe("a tenant whose Defender API fails for its own reasons (an outage, not 
       },
       {
         concurrency: 1,
-        tenants: { get: async () => current, updatePollingStatus: async () => true },
+        tenants: {
+          lookup: async () => ({ record: current, rebuilt: true }),
+          updatePollingStatus: async () => true,
+        },
       },
     );
     await handler(message(firstOf(devicesOf(3))));
@@ -314,7 +317,7 @@ describe('a tenant disabled during its cycle', () => {
     return {
       written,
       tenants: {
-        get: async () => current(),
+        lookup: async () => ({ record: current(), rebuilt: true }),
         updatePollingStatus: async (_tenantId, status) => {
           written.push(status as Partial<TenantStatus>);
           return true;
