@@ -1,12 +1,7 @@
-import type { Publisher } from '@urs/bus';
-import type { EnrichedBatch, TenantRecord } from '@urs/contracts';
-import { silentLogger } from '@urs/logging';
+import type { TenantRecord } from '@urs/contracts';
 import { canRetry, isInfrastructureFault } from '@urs/resilience';
-import { createRegistrarStateStore, createTenantStore, scoreStoreFor } from '@urs/store';
-import { Registry } from '@urs/telemetry';
 import { deleteKeysMatching, inboundMessage, tenantRecord, testRedisPerTest } from '@urs/testkit';
-import { createScoreHandler } from '../src/handler';
-import { createProfileCache, createTenantsHandler } from '../src/profiles';
+import { enrichedBatch, scorerOnRedis } from './support/scorer-on-redis';
 
 /**
  * The scorer against the real Redis after Redis lost its data (this project's Redis keeps nothing on disk):
@@ -18,63 +13,23 @@ describe('createScoreHandler after a Redis wipe', () => {
   const redis = testRedisPerTest();
   const tenantId = 't1';
 
-  function enriched(cycleId: string, cycleStartedAt: string): EnrichedBatch {
-    return {
-      schemaVersion: 1,
-      tenantId,
-      cycleId,
-      cycleStartedAt,
-      batchIndex: 0,
-      lastBatch: true,
-      totalBatches: 1,
-      totalDevices: 2,
-      vulnerabilityMode: 'per-device',
-      collectedAt: cycleStartedAt,
-      devices: ['d1', 'd2'].map((id) => ({
-        machine: { id, riskScore: 'High', lastSeen: cycleStartedAt },
-        vulnerabilities: null,
-        fetchError: { code: 'X', message: 'y' },
-      })),
-    };
-  }
+  const enriched = (cycleId: string, cycleStartedAt: string) =>
+    enrichedBatch(tenantId, cycleId, cycleStartedAt);
 
   /** A scorer; `caughtUp`: its profiles read `urs.tenants` to the end (else they come from Redis). */
   function scorer(caughtUp: boolean) {
-    const tenants = createTenantStore(redis.client, redis.prefix);
-    const state = createRegistrarStateStore(redis.client, redis.prefix);
-    const scores = scoreStoreFor(redis.client, { keyPrefix: redis.prefix, scoreHistoryCycles: 10 });
-    const sent: unknown[] = [];
-    const publisher: Publisher = {
-      send: async (_topic, _contract, messages) => void sent.push(...messages.map((m) => m.value)),
-      sendRaw: async () => undefined,
-      close: async () => undefined,
-    };
-    const metrics = new Registry({ processMetrics: false });
-    const profiles = createProfileCache({ tenants, logger: silentLogger });
-    if (caughtUp) profiles.expectEnd(new Map());
-    const handler = createScoreHandler({
-      profiles,
-      scores,
-      publisher,
-      topic: 'urs.device-scores',
-      logger: silentLogger,
-      metrics,
-    });
-    const tenantsHandler = createTenantsHandler(profiles);
-    const score = (batch: EnrichedBatch) => handler(inboundMessage(batch, { key: tenantId }));
-    const stored = async () => (await scores.listDeviceScores(tenantId)).total;
-    const dropped = () => metrics.counter('urs_batches_of_deleted_tenants_total', '').get();
+    const scorer = scorerOnRedis(redis, tenantId, { caughtUp });
     /** The registrar's rebuild: the records written back from `urs.tenants`, then its marker. */
     const rebuild = async (...records: TenantRecord[]) => {
-      for (const record of records) await tenants.put(record);
-      await state.markRebuilt(new Date());
+      for (const record of records) await scorer.tenants.put(record);
+      await scorer.state.markRebuilt(new Date());
     };
     /** Redis comes back empty: every key of this test's prefix gone (never FLUSHALL: Redis is shared). */
     const wipe = async () => {
       await deleteKeysMatching(redis.client, `${redis.prefix}*`);
       expect(await redis.client.exists(`${redis.prefix}tenant:${tenantId}`)).toBe(0);
     };
-    return { tenants, state, sent, score, stored, dropped, rebuild, wipe, tenantsHandler };
+    return { ...scorer, rebuild, wipe };
   }
 
   /** The batch's failure: the bus holds it and tries again (a dependency's fault), never dead-letters it. */

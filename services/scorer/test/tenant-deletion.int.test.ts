@@ -1,16 +1,7 @@
-import type { Publisher } from '@urs/bus';
-import type { EnrichedBatch, TenantRecord } from '@urs/contracts';
-import { silentLogger } from '@urs/logging';
-import {
-  createPublishedStore,
-  createRegistrarStateStore,
-  createTenantStore,
-  scoreStoreFor,
-} from '@urs/store';
-import { Registry } from '@urs/telemetry';
+import type { TenantRecord } from '@urs/contracts';
+import { createPublishedStore } from '@urs/store';
 import { inboundMessage, markPublishedRebuilt, tenantRecord, testRedisPerTest } from '@urs/testkit';
-import { createScoreHandler } from '../src/handler';
-import { createProfileCache, createTenantsHandler } from '../src/profiles';
+import { enrichedBatch, scorerOnRedis } from './support/scorer-on-redis';
 
 /**
  * The scorer against the real Redis while its tenant is deleted: the registrar sends the tombstone, then
@@ -22,61 +13,22 @@ describe('createScoreHandler and a deleted tenant', () => {
   const redis = testRedisPerTest();
   const tenantId = 't1';
 
-  function enriched(cycleId: string, cycleStartedAt: string): EnrichedBatch {
-    return {
-      schemaVersion: 1,
-      tenantId,
-      cycleId,
-      cycleStartedAt,
-      batchIndex: 0,
-      lastBatch: true,
-      totalBatches: 1,
-      totalDevices: 2,
-      vulnerabilityMode: 'per-device',
-      collectedAt: cycleStartedAt,
-      devices: ['d1', 'd2'].map((id) => ({
-        machine: { id, riskScore: 'High', lastSeen: cycleStartedAt },
-        vulnerabilities: null,
-        fetchError: { code: 'X', message: 'y' },
-      })),
-    };
-  }
+  const enriched = (cycleId: string, cycleStartedAt: string) =>
+    enrichedBatch(tenantId, cycleId, cycleStartedAt);
 
   function setup() {
-    const tenants = createTenantStore(redis.client, redis.prefix);
-    const state = createRegistrarStateStore(redis.client, redis.prefix);
+    const scorer = scorerOnRedis(redis, tenantId);
     const published = createPublishedStore(redis.client, redis.prefix);
-    const scores = scoreStoreFor(redis.client, { keyPrefix: redis.prefix, scoreHistoryCycles: 10 });
-    const sent: unknown[] = [];
-    const publisher: Publisher = {
-      send: async (_topic, _contract, messages) => void sent.push(...messages.map((m) => m.value)),
-      sendRaw: async () => undefined,
-      close: async () => undefined,
-    };
-    const metrics = new Registry({ processMetrics: false });
-    const profiles = createProfileCache({ tenants, logger: silentLogger });
-    const handler = createScoreHandler({
-      profiles,
-      scores,
-      publisher,
-      topic: 'urs.device-scores',
-      logger: silentLogger,
-      metrics,
-    });
-    const tenantsHandler = createTenantsHandler(profiles);
-    const score = (batch: EnrichedBatch) => handler(inboundMessage(batch, { key: tenantId }));
-    const stored = async () => (await scores.listDeviceScores(tenantId)).total;
-    const dropped = () => metrics.counter('urs_batches_of_deleted_tenants_total', '').get();
     /**
      * The tenant registered, in the tenant store first and then on `urs.tenants`, as the registrar does; the
      * tenant store whole (the registrar's marker, set at its start): a missing record is then a deletion.
      */
     const register = async (record: TenantRecord) => {
-      await state.markRebuilt(new Date());
-      await tenants.put(record);
-      await tenantsHandler(inboundMessage(record, { key: tenantId }));
+      await scorer.state.markRebuilt(new Date());
+      await scorer.tenants.put(record);
+      await scorer.tenantsHandler(inboundMessage(record, { key: tenantId }));
     };
-    return { tenants, published, scores, sent, score, stored, dropped, register, tenantsHandler };
+    return { ...scorer, published, register };
   }
 
   it('should store no score of a batch that comes after the deletion, in any order of its steps, and count it dropped', async () => {
