@@ -1,6 +1,12 @@
 import type { AxiosResponse } from 'axios';
 import { redactText } from '@urs/logging';
-import { DefenderError, DefenderErrorCode, isDefenderError, scrubSecret } from './errors';
+import {
+  DefenderError,
+  DefenderErrorCode,
+  type DefenderErrorCodeValue,
+  isDefenderError,
+  scrubSecret,
+} from './errors';
 import type { CallOutcome } from './call-health';
 import { type DefenderEndpointClass, LONGEST_QUOTA_WINDOW_MS } from './quota';
 import { decodeTokenClaims, grantsPermission } from './token';
@@ -283,18 +289,39 @@ export function classify(
  * and its error gives the start of that answer's text.
  */
 function notFoundInFront(body: string, call: FailedCall, token: string): DefenderError {
+  return answeredInFront(
+    404,
+    'a proxy or gateway in front of it, or a wrong API base address, did not find the call; it is tried again ' +
+      'rather than taken for a resource that does not exist',
+    DefenderErrorCode.UNAVAILABLE,
+    body,
+    call,
+    token,
+  );
+}
+
+/**
+ * An answer of `status` without Microsoft's error body, so not the API's own: `why` says what answered it
+ * instead; the error gives the start of that answer's text (the token never, see pageText).
+ */
+function answeredInFront(
+  status: number,
+  why: string,
+  code: DefenderErrorCodeValue,
+  body: string,
+  call: FailedCall,
+  token: string,
+): DefenderError {
   const { azureTenantId, path, requestId } = call;
   const text = pageText(body, token);
   return new DefenderError(
-    DefenderErrorCode.UNAVAILABLE,
+    code,
     withRequestId(
-      `The Defender API answered 404 for tenant ${azureTenantId} on ${path} without Microsoft's error body: ` +
-        'a proxy or gateway in front of it, or a wrong API base address, did not find the call; it is tried ' +
-        'again rather than taken for a resource that does not exist ' +
-        `(${text ? `the answer begins: ${text}` : 'the answer was empty'})`,
+      `The Defender API answered ${status} for tenant ${azureTenantId} on ${path} without Microsoft's error body: ` +
+        `${why} (${text ? `the answer begins: ${text}` : 'the answer was empty'})`,
       requestId,
     ),
-    { canRetry: true, details: { ...call, body: text } },
+    { canRetry: code === DefenderErrorCode.UNAVAILABLE, details: { ...call, body: text } },
   );
 }
 
@@ -314,18 +341,16 @@ function forbidden(
 ): DefenderError {
   const { azureTenantId, path, requestId } = call;
   if (!api.code) {
-    const text = pageText(body, token);
-    return new DefenderError(
+    return answeredInFront(
+      403,
+      'a proxy, firewall or gateway in front of it refused the call, not a missing permission',
       DefenderErrorCode.REQUEST_REJECTED,
-      withRequestId(
-        `The Defender API answered 403 for tenant ${azureTenantId} on ${path} without Microsoft's error body: ` +
-          'a proxy, firewall or gateway in front of it refused the call, not a missing permission ' +
-          `(${text ? `the answer begins: ${text}` : 'the answer was empty'})`,
-        requestId,
-      ),
-      { details: { ...call, body: text } },
+      body,
+      call,
+      token,
     );
   }
+
   const apiText = mdeErrorText(api);
   const details = { ...call, api: apiText };
   const refused = `The Defender API refused ${path} for tenant ${azureTenantId} (403${apiText ? ` ${apiText}` : ''})`;
