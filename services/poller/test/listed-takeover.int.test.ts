@@ -1,5 +1,4 @@
 import { ReplyError } from 'ioredis';
-import { silentLogger } from '@urs/logging';
 import {
   createCycleStore,
   createPollScheduleStore,
@@ -8,12 +7,10 @@ import {
   type PollScheduleStore,
   type TenantStore,
 } from '@urs/store';
-import { Registry } from '@urs/telemetry';
 import { inboundMessage, tenantRecord, testRedisPerTest, waitFor } from '@urs/testkit';
 import { CycleListedNotRecordedError, type CycleInput, type CycleResult } from '../src/cycle';
-import { createScheduler, type Scheduler } from '../src/scheduler';
-import { createTenantTable } from '../src/tenant-table';
-import { oneDeviceListed } from './support/scheduler';
+import type { Scheduler } from '../src/scheduler';
+import { oneDeviceListed, testScheduler } from './support/scheduler';
 
 // Two pollers over the real Redis. The first one's cycle sends every batch, and Redis refuses the record of its
 // listing (the cycle store's write); the first poller then stops. The second one takes the tenant over: it must
@@ -33,16 +30,7 @@ describe('a cycle listed in full whose listing the cycle store did not record, t
     cycles: Pick<CycleStore, 'get' | 'abandon' | 'listed'>,
     runCycle: (input: CycleInput) => Promise<CycleResult>,
   ): Scheduler {
-    const table = createTenantTable();
-    table.expectEnd(new Map());
-    void table.handle(
-      inboundMessage(tenantRecord('acme', { revision: 1, pollIntervalMinutes: 10 }), {
-        offset: '0',
-        key: 'acme',
-      }),
-    );
-    const scheduler = createScheduler({
-      table,
+    const { table, scheduler } = testScheduler({
       ...stores,
       cycles,
       runCycle,
@@ -53,9 +41,13 @@ describe('a cycle listed in full whose listing the cycle store did not record, t
       tickMs: 10,
       recheckMs: 50,
       maxBackoffMs: 60_000,
-      logger: silentLogger,
-      metrics: new Registry({ processMetrics: false }),
     });
+    void table.handle(
+      inboundMessage(tenantRecord('acme', { revision: 1, pollIntervalMinutes: 10 }), {
+        offset: '0',
+        key: 'acme',
+      }),
+    );
     schedulers.push(scheduler);
     return scheduler;
   }

@@ -640,18 +640,27 @@ describe('the publisher', () => {
     expect(summaries()[0]).toMatchObject({ status: 'complete', devices: { scored: 1 } });
   });
 
-  it("createCycleCompletion should time each summary from its cycle's last vulnerability response in urs_collect_to_summary_seconds, by status", async () => {
+  /**
+   * c1 complete, its summary sent at `c1SentAt`; c2 one batch of two in, closed as partial 30 s past its
+   * deadline (minute 25). Answers the metrics exposed then.
+   */
+  async function oneCompleteOnePartial(c1SentAt: Date): Promise<string> {
     const { handler, begin, completion, cycles, metrics } = build();
     await begin(1);
-    now = new Date(Date.parse(minute(11)) + 1_500);
+    now = c1SentAt;
     await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')], 1));
     await begin(2);
     await cycles.listed('t1', 'c2', { totalBatches: 2, totalDevices: 2, listedAt: minute(21) });
     await handler(scoreBatch(2, 0, [device('a', 10, 'Trustworthy')]));
-    // Past c2's deadline (minute 25), 4.5 minutes after its collectedAt (minute 21): closed as partial.
     now = new Date(Date.parse(minute(25)) + 30_000);
     expect(await completion.closeOverdue()).toBe(1);
-    const exposed = metrics.expose();
+    return metrics.expose();
+  }
+
+  it("createCycleCompletion should time each summary from its cycle's last vulnerability response in urs_collect_to_summary_seconds, by status", async () => {
+    // c1 sent 1.5 s after its last vulnerability response (minute 11); c2 past its deadline (minute 25), 4.5
+    // minutes after its collectedAt (minute 21): closed as partial.
+    const exposed = await oneCompleteOnePartial(new Date(Date.parse(minute(11)) + 1_500));
     const line = (labels: string): string | undefined =>
       exposed.split('\n').find((text) => text.startsWith(`urs_collect_to_summary_seconds${labels}`));
     expect(line('_bucket{status="complete",le="1"}')).toMatch(/ 0$/);
@@ -663,19 +672,9 @@ describe('the publisher', () => {
   });
 
   it("createCycleCompletion should time each summary from its cycle's last score in urs_score_to_publish_seconds, by status", async () => {
-    const { handler, begin, completion, cycles, metrics } = build();
-    await begin(1);
-    // Scored at minute 12, sent 2 s later.
-    now = new Date(Date.parse(minute(12)) + 2_000);
-    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')], 1));
-    await begin(2);
-    await cycles.listed('t1', 'c2', { totalBatches: 2, totalDevices: 2, listedAt: minute(21) });
-    await handler(scoreBatch(2, 0, [device('a', 10, 'Trustworthy')]));
-    // Scored at minute 22, closed as partial at its deadline (minute 25) 30 s on: its wait for a batch that
-    // never came, kept apart from the complete cycles'.
-    now = new Date(Date.parse(minute(25)) + 30_000);
-    expect(await completion.closeOverdue()).toBe(1);
-    const exposed = metrics.expose();
+    // c1 scored at minute 12, sent 2 s later; c2 scored at minute 22, closed as partial at its deadline (minute
+    // 25) 30 s on: its wait for a batch that never came, kept apart from the complete cycles'.
+    const exposed = await oneCompleteOnePartial(new Date(Date.parse(minute(12)) + 2_000));
     const line = (labels: string): string | undefined =>
       exposed.split('\n').find((text) => text.startsWith(`urs_score_to_publish_seconds${labels}`));
     expect(line('_sum{status="complete"}')).toMatch(/ 2$/);
