@@ -74,6 +74,10 @@ describe('the pipeline end to end', () => {
     return expected;
   };
 
+  /** A record's inactivity level, as its explanation gives it. */
+  const inactivityOf = (record: VmsRiskScore | null | undefined): unknown =>
+    record?.contributions.find((contribution) => contribution.signal === 'inactivity')?.value ?? null;
+
   const scoresOf = (tenantId: string, cycleId?: string): (VmsRiskScore | null)[] =>
     pipeline.watch
       .of<VmsRiskScore | null>(pipeline.topics.vmsRiskScores)
@@ -134,7 +138,7 @@ describe('the pipeline end to end', () => {
     expect([...published.keys()].sort()).toEqual([...expected.keys()].sort());
     const mismatches = [...expected].filter(([id, want]) => {
       const got = published.get(id);
-      return got?.score !== want.score || got.band !== want.band;
+      return got?.score !== want.score || got.band !== want.band || inactivityOf(got) !== want.inactivity;
     });
     expect(mismatches).toEqual([]);
     for (const record of published.values()) {
@@ -210,11 +214,29 @@ describe('the pipeline end to end', () => {
     const changed = candidates.find((machine) => (current(machine.id)?.score ?? 100) < 50) as { id: string };
     const removed = candidates.find((machine) => machine.id !== changed.id) as { id: string };
     const changedAt = Date.now();
+    // A device last seen in another inactivity level at an equal score (its operational points stay at
+    // 100): its explanation changed, so VMS is sent it again. An hour clear of a day boundary.
+    const relevelled = candidates
+      .filter((machine) => machine.id !== changed.id && machine.id !== removed.id)
+      .flatMap((machine) => {
+        const record = machine as Record<string, unknown>;
+        const cves = criticalCves(sim.vulnerabilities(big.azureTenantId, machine.id));
+        const was = expectedScore(record, cves, changedAt);
+        return [2, 5, 10, 20]
+          .map((days) => new Date(changedAt - days * 86_400_000 - 3_600_000).toISOString())
+          .filter((lastSeen) => {
+            const now = expectedScore({ ...record, lastSeen }, cves, changedAt);
+            return now.score === was.score && now.inactivity !== was.inactivity;
+          })
+          .map((lastSeen) => ({ id: machine.id, lastSeen }));
+      })[0] as { id: string; lastSeen: string };
+    expect(relevelled).toBeDefined();
     sim.updateMachine(big.azureTenantId, changed.id, {
       riskScore: 'High',
       exposureLevel: 'High',
       healthStatus: 'Inactive',
     });
+    sim.updateMachine(big.azureTenantId, relevelled.id, { lastSeen: relevelled.lastSeen });
     sim.removeMachine(big.azureTenantId, removed.id);
 
     const summary = await nextComplete(big.tenantId, changedAt);
@@ -232,13 +254,19 @@ describe('the pipeline end to end', () => {
       all.slice(0, firstOfCycle < 0 ? all.length : firstOfCycle).map((r) => [r.key, r.value]),
     );
     const heldOf = (id: string): VmsRiskScore | null | undefined => held.get(`${big.tenantId}/${id}`);
-    // Exactly the devices whose score or band differs from what VMS held (the changed one, and any
-    // device whose inactivity crossed a day boundary since the last cycle).
+    // Exactly the devices whose score, band or inactivity level differs from what VMS held (the changed
+    // one, and any device whose inactivity crossed a day boundary since the last cycle, at equal score
+    // too: its explanation changed).
     const shouldChange = [...expected]
-      .filter(([id, want]) => heldOf(id)?.score !== want.score || heldOf(id)?.band !== want.band)
+      .filter(([id, want]) => {
+        const got = heldOf(id);
+        return got?.score !== want.score || got.band !== want.band || inactivityOf(got) !== want.inactivity;
+      })
       .map(([id]) => id)
       .sort();
     expect(shouldChange).toContain(changed.id);
+    expect(shouldChange).toContain(relevelled.id);
+    expect(republished.get(relevelled.id)?.score).toBe(heldOf(relevelled.id)?.score);
     expect([...republished.keys()].sort()).toEqual(shouldChange);
     const want = expected.get(changed.id) as Expected;
     expect(republished.get(changed.id)).toMatchObject({ score: want.score, band: want.band });

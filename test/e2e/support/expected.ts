@@ -25,11 +25,18 @@ export interface Expected {
   band: string;
   /** At least one signal was missing. */
   incomplete: boolean;
+  /**
+   * The inactivity level (`lt1d` … `gt14d`), null when lastSeen is missing: the one part of a device's
+   * explanation that moves with time alone. A device can change level at equal score (its operational
+   * points already at 100), and VMS is sent the new explanation.
+   */
+  inactivity: string | null;
 }
 
 interface Lookup {
   points: number;
   missing: boolean;
+  level?: string;
 }
 
 function lookup(value: unknown, table: Table, known: string[]): Lookup {
@@ -51,8 +58,17 @@ function inactivityPoints(lastSeen: unknown, cycleStartMs: number): Lookup {
   const seen = Date.parse(lastSeen.replace(/(\.\d{3})\d+/, '$1'));
   if (Number.isNaN(seen)) return { points: 0, missing: true };
   const days = Math.max(0, Math.floor((cycleStartMs - seen) / 3_600_000 / 24));
-  const points = days === 0 ? 0 : days <= 3 ? 20 : days <= 7 ? 40 : days <= 14 ? 70 : 100;
-  return { points, missing: false };
+  const [level, points]: [string, number] =
+    days === 0
+      ? ['lt1d', 0]
+      : days <= 3
+        ? ['1to3d', 20]
+        : days <= 7
+          ? ['4to7d', 40]
+          : days <= 14
+            ? ['8to14d', 70]
+            : ['gt14d', 100];
+  return { points, missing: false, level };
 }
 
 /** Distinct CVE ids with cvssV3 ≥ 9.0. */
@@ -79,10 +95,8 @@ export function expectedScore(
     lookup(machine['defenderAvStatus'], AV, AV_KNOWN),
     onboarding(machine['onboardingStatus']),
   ];
-  const operational = [
-    lookup(machine['healthStatus'], HEALTH, HEALTH_KNOWN),
-    inactivityPoints(machine['lastSeen'], cycleStartMs),
-  ];
+  const inactivity = inactivityPoints(machine['lastSeen'], cycleStartMs);
+  const operational = [lookup(machine['healthStatus'], HEALTH, HEALTH_KNOWN), inactivity];
   const c = Math.min(
     100,
     critical.reduce((sum, l) => sum + l.points, 0),
@@ -95,7 +109,7 @@ export function expectedScore(
   const score = Math.floor((70 * c + 30 * o + 50) / 100);
   const band = (BANDS.find(([max]) => score <= max) as [number, string])[1];
   const incomplete = cves === null || [...critical, ...operational].some((l) => l.missing);
-  return { score, band, incomplete };
+  return { score, band, incomplete, inactivity: inactivity.level ?? null };
 }
 
 /** Whether the pipeline scores the device (merged devices are not: their surviving record is). */
