@@ -19,7 +19,12 @@ export type TopicName = keyof Topics;
 /** What a stage does with a topic: the Kafka ACL operations it needs follow from it (README, "Kafka ACLs"). */
 export type TopicAccess = 'read' | 'write' | 'read-write';
 
-/** The topics a stage reads or writes, its dead-letter topic included, and how. */
+/**
+ * The topics a stage reads or writes, its dead-letter topic included, and how: each stage's `stageTopics`
+ * (services/<stage>/src/topics.ts) names the only ones it makes at start and describes, so that Kafka's
+ * ACLs may allow it these alone (README, "Kafka ACLs"; deploy/test/topics.test.ts checks each against the
+ * topics its stage's code names).
+ */
 export type StageTopics = Readonly<Partial<Record<TopicName, TopicAccess>>>;
 
 /**

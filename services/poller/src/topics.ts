@@ -1,10 +1,8 @@
 import type { StageTopics } from '@urs/bus';
 
 /**
- * The topics the poller reads or writes, its dead letters' included: the only ones it makes at start and
- * describes, so that Kafka's ACLs may allow it these alone (README, "Kafka ACLs", and
- * deploy/test/topics.test.ts, which checks them against the topics this stage's code names). The tenants'
- * records in (every replica reads them all), device batches out.
+ * The poller's topics (see `StageTopics`): the tenants' records in (every replica reads them all), device
+ * batches out.
  */
 export const stageTopics: StageTopics = {
   tenants: 'read',
