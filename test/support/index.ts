@@ -8,7 +8,13 @@ export { createTestRedis, deleteKeysMatching, testRedisPerTest, type TestRedis }
 export { startRedis, stopRedis } from './own-redis';
 export { startRedisFailover, type RedisFailover } from './failover';
 export { freePort, watchedPort, type WatchedPort } from './ports';
-export { markPublishedRebuilt, scoredDevice, tenantRecord, type TenantRecordOptions } from './records';
+export {
+  markPublishedRebuilt,
+  scoredDevice,
+  storedSecretsOf,
+  tenantRecord,
+  type TenantRecordOptions,
+} from './records';
 export { inboundMessage } from './messages';
 export { capturingLogger, type LogLine } from './logs';
 export { RUN_TS, runMain, type MainRun } from './processes';

@@ -35,6 +35,27 @@ export function tenantRecord(tenantId: string, options: TenantRecordOptions = {}
 }
 
 /**
+ * The stored secrets (`StoredSecrets`, libs/secrets) of the tenant records in `records`, by tenant id, as the
+ * tenant store reads them: ids in the map's order, none for a tenant with no record. Reads the map as it is
+ * at each call.
+ */
+export function storedSecretsOf<R>(records: ReadonlyMap<string, R>): {
+  ids: () => Promise<string[]>;
+  getMany: (tenantIds: readonly string[]) => Promise<Map<string, R>>;
+} {
+  return {
+    ids: async () => [...records.keys()],
+    getMany: async (tenantIds) =>
+      new Map(
+        tenantIds.flatMap((tenantId) => {
+          const record = records.get(tenantId);
+          return record === undefined ? [] : [[tenantId, record] as const];
+        }),
+      ),
+  };
+}
+
+/**
  * A scored device with no identity beyond its id, no contributions, signals or vulnerabilities, and
  * profile hash `h`; `overrides` replaces any field.
  */

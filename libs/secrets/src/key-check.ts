@@ -7,7 +7,45 @@ import type { SealedSecret, SecretSealer } from './sealer';
 export interface StoredSecrets {
   /** Every stored tenant id. */
   ids(): Promise<string[]>;
-  get(tenantId: string): Promise<{ defender: { clientSecret: SealedSecret } } | null>;
+  /** The records of `tenantIds` at once (pipelined), by tenant id; none for a tenant with none. */
+  getMany(
+    tenantIds: readonly string[],
+  ): Promise<ReadonlyMap<string, { defender: { clientSecret: SealedSecret } }>>;
+}
+
+/** Records read by the first round trip of `sealedSecrets`, and by the biggest: each reads twice the one before. */
+const READS = { first: 16, most: 1000 };
+
+/**
+ * The stored secrets of `tenantIds`, in that order, read a chunk at a time, pipelined: the first chunk small,
+ * as the first records mostly settle what is asked, each next one twice as big up to 1000 records, so that
+ * reading every record (for a key id no stored secret uses) takes a few round trips, not one per tenant. A
+ * caller that stops early reads no further chunk.
+ */
+async function* sealedSecrets(
+  tenants: StoredSecrets,
+  tenantIds: readonly string[],
+): AsyncGenerator<[tenantId: string, sealed: SealedSecret]> {
+  let size = READS.first;
+  for (let start = 0; start < tenantIds.length; start += size, size = Math.min(size * 2, READS.most)) {
+    const chunk = tenantIds.slice(start, start + size);
+    const records = await tenants.getMany(chunk);
+    for (const tenantId of chunk) {
+      const sealed = records.get(tenantId)?.defender.clientSecret;
+      if (sealed) yield [tenantId, sealed];
+    }
+  }
+}
+
+/** Whether `sealed` opens with this process's key of its key id. A fault other than an unreadable secret is thrown. */
+function opens(sealer: SecretSealer, sealed: SealedSecret, tenantId: string): boolean {
+  try {
+    sealer.open(sealed, tenantId);
+    return true;
+  } catch (error) {
+    if (errorCode(error) !== 'SECRET_UNREADABLE') throw error;
+    return false;
+  }
 }
 
 /** What `probeSecretKey` found: whether a stored secret opened, and how many were tried. */
@@ -31,8 +69,6 @@ export interface SecretKeyProbeDeps {
   sample?: number;
   /** Tenants whose secret is not tried (the one whose secret did not open, when asking whose fault it is). */
   except?: ReadonlySet<string>;
-  /** Records read at most, whatever their key id. Default: every stored record. */
-  maxReads?: number;
 }
 
 /**
@@ -43,25 +79,16 @@ export interface SecretKeyProbeDeps {
 export async function probeSecretKey(deps: SecretKeyProbeDeps): Promise<SecretKeyProbe> {
   const sample = deps.sample ?? 5;
   const ids = await deps.tenants.ids();
-  const maxReads = deps.maxReads ?? ids.length;
+  const toRead = deps.except === undefined ? ids : ids.filter((tenantId) => !deps.except?.has(tenantId));
   let tried = 0;
-  let reads = 0;
   let keyId: string | undefined;
-  for (const tenantId of ids) {
-    if (tried >= sample || reads >= maxReads) break;
-    if (deps.except?.has(tenantId)) continue;
-    reads++;
-    const record = await deps.tenants.get(tenantId);
-    const sealed = record?.defender.clientSecret;
-    if (!sealed || !deps.keyIds.has(sealed.keyId)) continue;
+  for await (const [tenantId, sealed] of sealedSecrets(deps.tenants, toRead)) {
+    if (!deps.keyIds.has(sealed.keyId)) continue;
     tried++;
     keyId = sealed.keyId;
-    try {
-      deps.sealer.open(sealed, tenantId);
+    if (opens(deps.sealer, sealed, tenantId))
       return { openedBy: tenantId, tried, keyId, tenants: ids.length };
-    } catch (error) {
-      if (errorCode(error) !== 'SECRET_UNREADABLE') throw error;
-    }
+    if (tried >= sample) break;
   }
   return { openedBy: undefined, tried, keyId, tenants: ids.length };
 }
@@ -107,9 +134,6 @@ function variableOf(sealer: SecretSealer, keyId: string): string {
   return keyId === sealer.activeKeyId ? 'URS_SECRET_KEY' : 'URS_SECRET_KEYS_PREVIOUS';
 }
 
-/** A previous key id's secrets are looked for in this many records per secret of the sample at most. */
-const PREVIOUS_KEY_READS_PER_SAMPLE = 20;
-
 /** Refuses the key of `keyId`: its fingerprint is not the one stored, with how to recover from a mistyped one. */
 function fingerprintDiffers(
   deps: SecretKeyCheckDeps,
@@ -151,32 +175,33 @@ interface KeySecrets {
   keyId: string;
   /** Whether one of them opened. */
   opened: boolean;
-  /** How many were tried (0: none is stored, or none within the records read). */
+  /** How many were tried (0: none is stored). */
   tried: number;
 }
 
 /**
- * Up to `sample` stored secrets of each held key id (`probeSecretKey` per key id). The active key id's are
- * looked for in every record: a new key's secrets may come late in the list. A previous key id's only in the
- * first records: at the end of a rotation none is left, and each start would otherwise read every record;
- * its fingerprint checks it all the same.
+ * Up to `sample` stored secrets of each held key id, looked for wherever they are in one pass over the
+ * records, which stops once every held key id is settled (one of its secrets opened, or `sample` were tried).
+ * The first records mostly settle them all; a key id no stored secret uses (a new active key before anything
+ * is sealed with it, a previous one once none is left) is only settled by reading every record, which the
+ * pipelined reads of `sealedSecrets` keep to a few round trips. Searching the first records only took a
+ * previous key id whose last secrets came later for one no secret uses: a mistyped key of it was not warned of,
+ * and with no fingerprint stored (after a Redis wipe) a poller or vuln-fetcher claimed it as a new key, so that
+ * every stage holding the right one was refused at its next start.
  */
 async function trySecretsPerKey(deps: SecretKeyCheckDeps): Promise<{ keys: KeySecrets[]; tenants: number }> {
   const sample = deps.sample ?? 5;
-  const keys: KeySecrets[] = [];
-  let tenants = 0;
-  for (const keyId of deps.keyIds) {
-    const probe = await probeSecretKey({
-      sealer: deps.sealer,
-      tenants: deps.tenants,
-      keyIds: new Set([keyId]),
-      sample,
-      ...(keyId === deps.sealer.activeKeyId ? {} : { maxReads: sample * PREVIOUS_KEY_READS_PER_SAMPLE }),
-    });
-    tenants = probe.tenants;
-    keys.push({ keyId, opened: probe.openedBy !== undefined, tried: probe.tried });
+  const keys = new Map([...deps.keyIds].map((keyId) => [keyId, { keyId, opened: false, tried: 0 }]));
+  const settled = (key: KeySecrets) => key.opened || key.tried >= sample;
+  const ids = await deps.tenants.ids();
+  for await (const [tenantId, sealed] of sealedSecrets(deps.tenants, ids)) {
+    const key = keys.get(sealed.keyId);
+    if (key === undefined || settled(key)) continue;
+    key.tried++;
+    key.opened = opens(deps.sealer, sealed, tenantId);
+    if ([...keys.values()].every(settled)) break;
   }
-  return { keys, tenants };
+  return { keys: [...keys.values()], tenants: ids.length };
 }
 
 /**

@@ -1,16 +1,21 @@
 import { randomBytes } from 'node:crypto';
 import { silentLogger } from '@urs/logging';
-import { checkSecretKey, createSecretSealer, probeSecretKey, type SealedSecret } from '../src';
+import {
+  checkSecretKey,
+  createSecretSealer,
+  probeSecretKey,
+  type SealedSecret,
+  type SecretSealer,
+} from '../src';
+import { storedSecretsOf } from '@urs/testkit';
 
 const registrarKey = randomBytes(32);
 const registrar = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', registrarKey]]) });
 
-function store(secrets: [string, SealedSecret][]) {
-  const records = new Map(
-    secrets.map(([tenantId, clientSecret]) => [tenantId, { defender: { clientSecret } }]),
+const store = (secrets: [string, SealedSecret][]) =>
+  storedSecretsOf(
+    new Map(secrets.map(([tenantId, clientSecret]) => [tenantId, { defender: { clientSecret } }])),
   );
-  return { ids: async () => [...records.keys()], get: async (id: string) => records.get(id) ?? null };
-}
 
 const check = (key: Buffer, secrets: [string, SealedSecret][]) =>
   checkSecretKey({
@@ -183,27 +188,102 @@ describe('checkSecretKey per key id', () => {
     expect((error as Error).message).toMatch(/a new key id/);
   });
 
-  it('checkSecretKey should not read every record for a previous key id no stored secret uses any more', async () => {
-    const right = sealerWith(rightK2);
+  /** `count` records, `t0000`… in id order, each sealed by `sealerAt(i)`; the store counts its round trips. */
+  const manyRecords = (count: number, sealerAt: (i: number) => SecretSealer) => {
+    const id = (i: number) => `t${String(i).padStart(4, '0')}`;
     const records = new Map(
-      Array.from({ length: 1000 }, (_, i) => [
-        `t${i}`,
-        { defender: { clientSecret: right.seal('s', `t${i}`) } },
+      Array.from({ length: count }, (_, i) => [
+        id(i),
+        { defender: { clientSecret: sealerAt(i).seal('s', id(i)) } },
       ]),
     );
-    let reads = 0;
-    const tenants = {
-      ids: async () => [...records.keys()],
-      get: async (id: string) => {
-        reads++;
-        return records.get(id) ?? null;
+    const stored = storedSecretsOf(records);
+    const reads = { roundTrips: 0 };
+    return {
+      reads,
+      ids: stored.ids,
+      getMany: (tenantIds: readonly string[]) => {
+        reads.roundTrips++;
+        return stored.getMany(tenantIds);
       },
     };
+  };
+
+  it("checkSecretKey should find a previous key id's secrets past the first 100 records", async () => {
+    // Late in a rotation: the records left on k1 come after 250 re-sealed ones.
+    const onK1 = (i: number) => i >= 250 && i % 10 === 0;
+    const k1Only = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', k1]]) });
+    const tenants = manyRecords(400, (i) => (onK1(i) ? k1Only : sealerWith(rightK2)));
+    const stored = new Map<string, string>();
+    const warns: [string, Record<string, unknown> | undefined][] = [];
+    const logger = {
+      ...silentLogger,
+      warn: (message: string, fields?: Record<string, unknown>) => warns.push([message, fields]),
+    };
+    // A poller given a mistyped k1 after a Redis wipe (no fingerprint of k1 stored): its k1 opens none of
+    // them; warned about, and k1's fingerprint is not written with it.
+    const mistypedK1 = createSecretSealer({
+      activeKeyId: 'k2',
+      keys: new Map([
+        ['k2', rightK2],
+        ['k1', randomBytes(32)],
+      ]),
+    });
     await expect(
-      checkSecretKey({ sealer: right, tenants, keyIds: new Set(['k1', 'k2']), logger: silentLogger }),
+      checkSecretKey({
+        sealer: mistypedK1,
+        tenants,
+        keyIds: new Set(['k1', 'k2']),
+        logger,
+        fingerprints: fingerprintStore(stored),
+        claimNewKeys: true,
+      }),
     ).resolves.toEqual({ proven: new Set(['k2']) });
-    // The active key id's first record, then at most 20 records per secret of the sample for k1.
-    expect(reads).toBeLessThanOrEqual(1 + 5 * 20);
+    expect(warns).toEqual([
+      [
+        expect.stringMatching(/^URS_SECRET_KEYS_PREVIOUS opens none/),
+        expect.objectContaining({ keyId: 'k1', tried: 5 }),
+      ],
+    ]);
+    expect(stored.has('k1')).toBe(false);
+    // The right k1 is proven by them, and its fingerprint written, even by a registrar (which claims no key).
+    await expect(
+      checkSecretKey({
+        sealer: sealerWith(rightK2),
+        tenants,
+        keyIds: new Set(['k1', 'k2']),
+        logger: silentLogger,
+        fingerprints: fingerprintStore(stored),
+      }),
+    ).resolves.toEqual({ proven: new Set(['k1', 'k2']) });
+    expect(stored.get('k1')).toBe(sealerWith(rightK2).fingerprint('k1'));
+  });
+
+  it('checkSecretKey should read the records in a few round trips when a held key id has none', async () => {
+    // The first start of a rotation: k2, the new active key, seals only the last record (one the registrar
+    // sealed meanwhile); a mistyped k2 is refused on it all the same.
+    const k1Only = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', k1]]) });
+    const start = manyRecords(2000, (i) => (i === 1999 ? sealerWith(rightK2) : k1Only));
+    await expect(
+      checkSecretKey({
+        sealer: sealerWith(k2),
+        tenants: start,
+        keyIds: new Set(['k1', 'k2']),
+        logger: silentLogger,
+      }),
+    ).rejects.toMatchObject({ message: expect.stringMatching(/^URS_SECRET_KEY .*key k2/) });
+    expect(start.reads.roundTrips).toBeLessThanOrEqual(10);
+    // The end of a rotation: no record left on k1, still held.
+    const end = manyRecords(2000, () => sealerWith(rightK2));
+    await expect(
+      checkSecretKey({
+        sealer: sealerWith(rightK2),
+        tenants: end,
+        keyIds: new Set(['k1', 'k2']),
+        logger: silentLogger,
+      }),
+    ).resolves.toEqual({ proven: new Set(['k2']) });
+    expect(end.reads.roundTrips).toBeLessThanOrEqual(10);
   });
 
   it('checkSecretKey should prove a key no stored secret uses only by its stored fingerprint', async () => {

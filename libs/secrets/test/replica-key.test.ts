@@ -6,6 +6,7 @@ import {
   type SealedSecret,
   type SecretSealer,
 } from '../src';
+import { storedSecretsOf } from '@urs/testkit';
 
 // The verdict on whose fault a stored secret this process's key does not open is: shared by the poller and
 // the vuln-fetcher (their own tests cover what each does with it).
@@ -30,11 +31,11 @@ describe('createReplicaKeyCheck', () => {
     const check = createReplicaKeyCheck({
       sealer,
       secrets: {
+        ...storedSecretsOf(stored),
         ids: async () => {
           reads++;
           return [...stored.keys()];
         },
-        get: async (tenantId) => stored.get(tenantId) ?? null,
       },
       keyIds: new Set(['k1']),
       now: () => clock,
@@ -71,7 +72,7 @@ describe('createReplicaKeyCheck', () => {
     ]);
     const check = createReplicaKeyCheck({
       sealer: wrongActive,
-      secrets: { ids: async () => [...stored.keys()], get: async (tenantId) => stored.get(tenantId) ?? null },
+      secrets: storedSecretsOf(stored),
       keyIds: new Set(['k1', 'k2']),
     });
     // Its k2 opens no other k2 secret: its key is wrong, whatever its k1 opens.
@@ -101,7 +102,7 @@ describe('createReplicaKeyCheck with no other secret of the key id', () => {
   const checkWith = (fingerprint: string | null) =>
     createReplicaKeyCheck({
       sealer: replica,
-      secrets: { ids: async () => [...stored.keys()], get: async (tenantId) => stored.get(tenantId) ?? null },
+      secrets: storedSecretsOf(stored),
       keyIds: new Set(['k1', 'k2']),
       fingerprints: {
         get: async () => fingerprint,

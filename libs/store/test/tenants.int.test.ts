@@ -17,6 +17,17 @@ describe('createTenantStore', () => {
     expect(await store.ids()).toEqual(['acme']);
   });
 
+  it('getMany should read the records of many tenants at once, a tenant with no record left out', async () => {
+    const store = createTenantStore(redis.client, redis.prefix);
+    const tenantIds = Array.from({ length: 1200 }, (_, i) => `t${i}`);
+    for (const tenantId of tenantIds.slice(0, 1100)) await store.put(record(tenantId, 2));
+    const records = await store.getMany(tenantIds);
+    expect(records.size).toBe(1100);
+    expect(records.get('t1099')).toMatchObject({ tenantId: 't1099', revision: 2 });
+    expect(records.has('t1100')).toBe(false);
+    expect(await store.getMany([])).toEqual(new Map());
+  });
+
   it('remove should not delete a record newer than the deletion', async () => {
     const store = createTenantStore(redis.client, redis.prefix);
     await store.put(record('acme', 5));

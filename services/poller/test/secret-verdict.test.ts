@@ -4,7 +4,7 @@ import type { TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createReplicaKeyCheck, createSecretSealer, type SecretSealer } from '@urs/secrets';
 import type { CycleStore } from '@urs/store';
-import { waitFor } from '@urs/testkit';
+import { storedSecretsOf, waitFor } from '@urs/testkit';
 import { cycleIdOf, runCycle, type CycleDeps } from '../src/cycle';
 import type { DefenderGateway } from '../src/defender';
 import type { Scheduler } from '../src/scheduler';
@@ -49,7 +49,7 @@ function cycleDeps(key: Buffer, records: TenantRecord[]) {
     sealer,
     replicaKey: createReplicaKeyCheck({
       sealer,
-      secrets: { ids: async () => [...stored.keys()], get: async (id) => stored.get(id) ?? null },
+      secrets: storedSecretsOf(stored),
       keyIds: new Set(['k1']),
     }),
     publisher: {} as Publisher,

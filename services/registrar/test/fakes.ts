@@ -26,6 +26,14 @@ export function memoryTenantStore(): TenantStore & {
       const record = records.get(tenantId);
       return record ? structuredClone(record) : null;
     },
+    async getMany(tenantIds) {
+      const copies = new Map<string, TenantRecord>();
+      for (const tenantId of tenantIds) {
+        const record = records.get(tenantId);
+        if (record) copies.set(tenantId, structuredClone(record));
+      }
+      return copies;
+    },
     async lookup(tenantId) {
       const record = records.get(tenantId);
       return { record: record ? structuredClone(record) : null, rebuilt: true };

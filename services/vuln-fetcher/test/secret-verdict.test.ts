@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { TenantRecord } from '@urs/contracts';
 import { createReplicaKeyCheck, createSecretSealer, type SecretSealer } from '@urs/secrets';
 import type { TenantStatus } from '@urs/store';
-import { capturingLogger, type LogLine } from '@urs/testkit';
+import { capturingLogger, storedSecretsOf, type LogLine } from '@urs/testkit';
 import { batch, localSources, message, setup } from './handler-support';
 
 // Whose fault a stored secret the replica's key does not open is: the tenant's bad record when the key opens
@@ -29,11 +29,11 @@ function replica(replicaKey: Buffer, records: TenantRecord[]) {
   const stored = new Map(records.map((each) => [each.tenantId, each]));
   const reads = { ids: 0 };
   const secrets = {
+    ...storedSecretsOf(stored),
     ids: async () => {
       reads.ids++;
       return [...stored.keys()];
     },
-    get: async (tenantId: string) => stored.get(tenantId) ?? null,
   };
   const sealer = sealerOf(replicaKey);
   const local = localSources(sealer);
@@ -45,7 +45,7 @@ function replica(replicaKey: Buffer, records: TenantRecord[]) {
       sources: local.sources,
       replicaKey: createReplicaKeyCheck({ sealer, secrets, keyIds: new Set(['k1']) }),
       tenants: {
-        lookup: async (tenantId) => ({ record: await secrets.get(tenantId), rebuilt: true }),
+        lookup: async (tenantId) => ({ record: stored.get(tenantId) ?? null, rebuilt: true }),
         updatePollingStatus: async (_tenantId, status) => {
           statuses.push(status as Partial<TenantStatus>);
           return true;
