@@ -3,12 +3,11 @@ import { errorCode, errorMessage, sleep } from '@urs/resilience';
 import { SecretError, type SecretSealer } from '@urs/secrets';
 import type { TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
-import { forEachLimit } from './concurrency';
 import type { TenantRegistry } from './registry';
 import { isTenantContention } from './tenant-lock';
 
 export interface SecretResealerDeps {
-  tenants: Pick<TenantStore, 'ids' | 'get'>;
+  tenants: Pick<TenantStore, 'ids' | 'getMany'>;
   registry: Pick<TenantRegistry, 'reseal'>;
   sealer: Pick<SecretSealer, 'isStale' | 'activeKeyId'>;
   /** The key ids `sealer` holds (URS_SECRET_KEY_ID and URS_SECRET_KEYS_PREVIOUS): the secrets it can re-seal. */
@@ -86,10 +85,10 @@ export function createSecretResealer(deps: SecretResealerDeps): SecretResealer {
   async function pass(signal?: AbortSignal): Promise<ResealPass> {
     await deps.ready();
     const retired: { tenantId: string; keyId: string }[] = [];
-    await forEachLimit(await deps.tenants.ids(), 32, async (tenantId) => {
-      const sealed = (await deps.tenants.get(tenantId))?.defender.clientSecret;
+    for (const [tenantId, record] of await deps.tenants.getMany(await deps.tenants.ids())) {
+      const sealed = record.defender.clientSecret;
       if (sealed && deps.sealer.isStale(sealed)) retired.push({ tenantId, keyId: sealed.keyId });
-    });
+    }
     const resealable = retired.filter(({ tenantId, keyId }) => {
       if (deps.keyIds.has(keyId)) return true;
       warnOnce(
