@@ -298,6 +298,7 @@ describe('createDefenderClient when something in front of the API answers 404 wi
       expect(report).toMatchObject({
         ok: false,
         machinesReadable: false,
+        noDevices: false,
         error: { code: DefenderErrorCode.UNAVAILABLE },
       });
       expect(report.verdict).toMatch(
@@ -314,7 +315,12 @@ describe('createDefenderClient when something in front of the API answers 404 wi
     const { client, close } = simClient(sim, empty);
     try {
       const report = await client.checkAccess();
-      expect(report).toMatchObject({ ok: true, machinesReadable: true, vulnerabilitiesReadable: true });
+      expect(report).toMatchObject({
+        ok: true,
+        machinesReadable: true,
+        vulnerabilitiesReadable: true,
+        noDevices: true,
+      });
       expect(report.verdict).toMatch(/^OK: credentials and consent work; .* but the device list is empty:/);
       expect(report.verdict).toContain('404 ResourceNotFound');
     } finally {
