@@ -136,10 +136,25 @@ export function withRequestId(message: string, requestId: unknown): string {
     : `${text} (Microsoft request id ${requestId})${stop}`;
 }
 
-/** An answer, for the tenant's health: 5xx and 408 are the API failing, a 429 is its quota, not its health. */
-export function outcomeOf(status: number): CallOutcome {
+/**
+ * Whether an answer of `status` came from something in front of the API, not from the API: a 403 or a 404
+ * without Microsoft's error body (see notFoundInFront and forbidden), which MDE's own always carry.
+ */
+function inFront(status: number, api: MdeError): boolean {
+  return (status === 403 || status === 404) && !api.code;
+}
+
+/**
+ * An answer, for the tenant's health: 5xx and 408 are the API failing, a 429 is its quota, not its health. A
+ * 403 or 404 a front end answered (`inFront`) is not the API's answer either: it counts as a 5xx does, so it
+ * neither lifts a hold-back nor frees the tenant's calls, as a call that reached Microsoft would.
+ */
+export function outcomeOf({ status, data }: { status: number; data?: unknown }): CallOutcome {
   if (status === 429) return 'neither';
-  return status >= 500 || status === 408 ? 'failed' : 'answered';
+  if (status >= 500 || status === 408) return 'failed';
+  // Only a 403's or a 404's body is read: a 200's may be a whole page of devices.
+  if (status !== 403 && status !== 404) return 'answered';
+  return inFront(status, mdeErrorOf(typeof data === 'string' ? data : '')) ? 'failed' : 'answered';
 }
 
 /**
@@ -214,7 +229,7 @@ export function classify(
   /** The call's facts, with Microsoft's id of it when there is one. */
   const failed: FailedCall = requestId ? { ...details, requestId } : details;
   if (status === 404) {
-    if (api.code) return { status: 404, api: apiText };
+    if (!inFront(status, api)) return { status: 404, api: apiText };
     return throwError(notFoundInFront(response.data ?? '', failed, token));
   }
   if (status === 429) {
@@ -340,7 +355,7 @@ function forbidden(
   endpoint: DefenderEndpointClass,
 ): DefenderError {
   const { azureTenantId, path, requestId } = call;
-  if (!api.code) {
+  if (inFront(403, api)) {
     return answeredInFront(
       403,
       'a proxy, firewall or gateway in front of it refused the call, not a missing permission',

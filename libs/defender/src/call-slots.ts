@@ -129,7 +129,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
         told = true;
         if ('response' in result) {
           const { status } = result.response;
-          health.leave(answered(endpoint, status, sentAt), `answered ${status}`);
+          health.leave(answered(endpoint, result.response, sentAt), `answered ${status}`);
           metrics?.called(endpoint, status, (performance.now() - sentAt) / 1000);
           return;
         }
@@ -182,9 +182,13 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
     }
   }
 
-  /** What an answer sent at `sentAt` shows of the tenant's health. */
-  function answered(endpoint: DefenderEndpointClass, status: number, sentAt: number): CallOutcome {
-    const outcome = outcomeOf(status);
+  /** What an answer (its status, and its body when read whole) sent at `sentAt` shows of the tenant's health. */
+  function answered(
+    endpoint: DefenderEndpointClass,
+    response: { status: number; data?: unknown },
+    sentAt: number,
+  ): CallOutcome {
+    const outcome = outcomeOf(response);
     if (outcome === 'failed') return failedSlowly(endpoint, sentAt) ? 'failed' : 'neither';
     if (outcome === 'answered' && endpoint !== 'bulk' && performance.now() - sentAt >= slowCallMs)
       return 'answeredSlowly';

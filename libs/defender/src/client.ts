@@ -125,6 +125,12 @@ export interface AccessReport {
    * refused or not asked (the device list failed, or the token lacks Vulnerability.Read.All).
    */
   vulnerabilitiesReadable: boolean;
+  /**
+   * The device list was read and listed no device (MDE's 404, or a page without one): access works, but the
+   * tenant has no device that reported recently, or is not the tenant of its devices (an app registered in
+   * another Entra tenant, Defender for Endpoint not onboarded). False when it listed one or was not read.
+   */
+  noDevices: boolean;
   /** Roles in the token. */
   roles: string[];
   /** Whether each required permission is in the token (a ReadWrite role counts for its Read). */
@@ -332,6 +338,7 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
       tokenIssued: false,
       machinesReadable: false,
       vulnerabilitiesReadable: false,
+      noDevices: false,
       roles: [],
       permissions: { 'Machine.Read.All': false, 'Vulnerability.Read.All': false },
       unusedRoles: [],
@@ -349,6 +356,7 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
       const page = await api.get('machines', '/api/machines', { $top: 1 }, signal);
       report.machinesReadable = true;
       noDevices = emptyListing(page);
+      report.noDevices = noDevices !== undefined;
       // A token without the role would be refused: the verdict names the permission, no call is spent on it.
       if (report.permissions['Vulnerability.Read.All']) {
         const first = page.status === 200 ? firstMachineId(page.body) : undefined;

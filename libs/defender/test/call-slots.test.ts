@@ -27,12 +27,20 @@ function handedOffSlots(limiter: ReturnType<typeof withSlotHandOff>) {
   });
 }
 
-/** The outcome `createCallSlots` gives CallHealth for a call of `endpoint` answered `status` after `afterMs`. */
+/** MDE's own 404, with its error body. */
+const MDE_NOT_FOUND = JSON.stringify({
+  error: { code: 'ResourceNotFound', message: 'No machines were found for the tenant.' },
+});
+
+/**
+ * The outcome `createCallSlots` gives CallHealth for a call of `endpoint` answered `status` after `afterMs`,
+ * with `body` when given.
+ */
 async function outcomeOf(
   endpoint: DefenderEndpointClass,
   status: number,
   afterMs: number,
-  options: { requestTimeoutMs?: number; slowCallMs?: number } = {},
+  options: { requestTimeoutMs?: number; slowCallMs?: number; body?: string } = {},
 ): Promise<CallOutcome> {
   const health = new CallHealth('tenant-a');
   const leave = jest.spyOn(health, 'leave');
@@ -48,7 +56,7 @@ async function outcomeOf(
   try {
     await slots.inSlot(endpoint, claim, 0, undefined, async () => {
       await new Promise((resolve) => setTimeout(resolve, afterMs));
-      return { status };
+      return options.body === undefined ? { status } : { status, data: options.body };
     });
     expect(leave).toHaveBeenCalledTimes(1);
     return leave.mock.calls[0]?.[0] as CallOutcome;
@@ -60,7 +68,9 @@ async function outcomeOf(
 describe('createCallSlots', () => {
   it('inSlot should tell the tenant’s health of a call answered after slowCallMs as answered slowly', async () => {
     expect(await outcomeOf('vulnerabilities', 200, 120, { slowCallMs: 100 })).toBe('answeredSlowly');
-    expect(await outcomeOf('machines', 404, 120, { slowCallMs: 100 })).toBe('answeredSlowly');
+    expect(await outcomeOf('machines', 404, 120, { slowCallMs: 100, body: MDE_NOT_FOUND })).toBe(
+      'answeredSlowly',
+    );
     expect(await outcomeOf('vulnerabilities', 200, 0, { slowCallMs: 100 })).toBe('answered');
   });
 
@@ -68,6 +78,17 @@ describe('createCallSlots', () => {
     expect(await outcomeOf('vulnerabilities', 503, 120, { slowCallMs: 100 })).toBe('failed');
     expect(await outcomeOf('vulnerabilities', 503, 0, { slowCallMs: 100 })).toBe('neither');
     expect(await outcomeOf('vulnerabilities', 429, 120, { slowCallMs: 100 })).toBe('neither');
+  });
+
+  it('inSlot should count a 404 or 403 without Microsoft’s error body as a front end’s failure, not as the API’s answer', async () => {
+    const page = '<html><head><title>404 Not Found</title></head><body>Application Gateway</body></html>';
+    expect(await outcomeOf('machines', 404, 120, { slowCallMs: 100, body: page })).toBe('failed');
+    expect(await outcomeOf('machines', 404, 0, { slowCallMs: 100, body: '' })).toBe('neither');
+    expect(await outcomeOf('vulnerabilities', 403, 120, { slowCallMs: 100, body: '' })).toBe('failed');
+    // Microsoft's own answers, its error body with them.
+    expect(await outcomeOf('machines', 404, 0, { slowCallMs: 100, body: MDE_NOT_FOUND })).toBe('answered');
+    const forbidden = JSON.stringify({ error: { code: 'Forbidden', message: 'Missing application roles.' } });
+    expect(await outcomeOf('vulnerabilities', 403, 0, { slowCallMs: 100, body: forbidden })).toBe('answered');
   });
 
   it('slowCallMs should default to a quarter of the request timeout, at most 2 s', async () => {

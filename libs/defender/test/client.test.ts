@@ -220,6 +220,7 @@ describe('createDefenderClient consent', () => {
         tokenIssued: true,
         machinesReadable: true,
         vulnerabilitiesReadable: true,
+        noDevices: false,
       });
       // The listed device's vulnerabilities were asked for, as a per-device cycle asks.
       expect(sim.stats().calls).toMatchObject({ machines: 1, vulnerabilities: 1 });

@@ -270,6 +270,26 @@ describe('createDefenderClient when something in front of the API answers 404 wi
     },
   );
 
+  it('listMachines should count 404s without MDE’s error body as failures of the tenant’s API, held back as 5xx are', async () => {
+    sim.setFaults(app.azureTenantId, { gateway404: 'html' });
+    // Every call counts as slow: 3 failures in a row hold the tenant's calls back.
+    const { client, close } = simClient(sim, app, { health: { slowCallMs: 0, holdBackAfter: 3 } });
+    try {
+      sim.resetStats();
+      const error = await client.listMachines().then(
+        () => undefined,
+        (e: unknown) => e as DefenderError,
+      );
+      expect(error).toMatchObject({ code: DefenderErrorCode.UNAVAILABLE });
+      expect(error?.message).toMatch(
+        /failed 3 calls in a row \(last: answered 404\); its calls are held back/,
+      );
+      expect(sim.stats().calls.machines).toBe(3);
+    } finally {
+      await close();
+    }
+  });
+
   it('checkAccess should fail on a device list answered 404 without MDE’s error body', async () => {
     sim.setFaults(app.azureTenantId, { gateway404: 'html' });
     const { client, close } = simClient(sim, app);
@@ -278,6 +298,7 @@ describe('createDefenderClient when something in front of the API answers 404 wi
       expect(report).toMatchObject({
         ok: false,
         machinesReadable: false,
+        noDevices: false,
         error: { code: DefenderErrorCode.UNAVAILABLE },
       });
       expect(report.verdict).toMatch(
@@ -294,7 +315,12 @@ describe('createDefenderClient when something in front of the API answers 404 wi
     const { client, close } = simClient(sim, empty);
     try {
       const report = await client.checkAccess();
-      expect(report).toMatchObject({ ok: true, machinesReadable: true, vulnerabilitiesReadable: true });
+      expect(report).toMatchObject({
+        ok: true,
+        machinesReadable: true,
+        vulnerabilitiesReadable: true,
+        noDevices: true,
+      });
       expect(report.verdict).toMatch(/^OK: credentials and consent work; .* but the device list is empty:/);
       expect(report.verdict).toContain('404 ResourceNotFound');
     } finally {

@@ -29,6 +29,8 @@ export interface AccessCheckResult {
   machinesReadable: boolean;
   /** A vulnerability call as the tenant's cycles make them was answered, not refused. */
   vulnerabilitiesReadable: boolean;
+  /** The device list was read and listed no device: access works, but no device is seen (see AccessReport). */
+  noDevices: boolean;
   roles: string[];
   permissions: Record<string, boolean>;
   error?: { code: string; message: string };
@@ -206,6 +208,7 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
         tokenIssued: false,
         machinesReadable: false,
         vulnerabilitiesReadable: false,
+        noDevices: false,
         roles: [],
         permissions: Object.fromEntries(REQUIRED_PERMISSIONS.map((permission) => [permission, false])),
         error: { code: 'SECRET_UNAVAILABLE', message },
@@ -234,6 +237,7 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
         tokenIssued: result.tokenIssued,
         machinesReadable: result.machinesReadable,
         vulnerabilitiesReadable: result.vulnerabilitiesReadable,
+        noDevices: result.noDevices,
         roles: result.roles,
         permissions: result.permissions,
         ...(result.error ? { error: result.error } : {}),

@@ -32,6 +32,7 @@ const WRONG_SECRET: AccessCheckResult = {
   tokenIssued: false,
   machinesReadable: false,
   vulnerabilitiesReadable: false,
+  noDevices: false,
   roles: [],
   permissions: { 'Machine.Read.All': false },
   error: { code: 'DEFENDER_INVALID_SECRET', message: 'the client secret is wrong' },
@@ -693,6 +694,7 @@ describe('tenantRoutes', () => {
       tokenIssued: true,
       machinesReadable: true,
       vulnerabilitiesReadable: false,
+      noDevices: false,
       roles: ['Machine.Read.All', 'Vulnerability.Read.All'],
       permissions: { 'Machine.Read.All': true, 'Vulnerability.Read.All': true },
       error: { code: 'DEFENDER_FEATURE_DISABLED', message: refused },
@@ -714,6 +716,28 @@ describe('tenantRoutes', () => {
     });
   });
 
+  it('POST test should answer whether the device list was read empty, so that OK with no devices is told from OK', async () => {
+    const empty =
+      'OK: credentials and consent work; the token carries Machine.Read.All, Vulnerability.Read.All, but the ' +
+      'device list is empty: the Defender API answered 404 ResourceNotFound: No machines were found for the tenant.';
+    const { call } = setup(testSealer(), async () => undefined, {
+      ok: true,
+      verdict: empty,
+      tokenIssued: true,
+      machinesReadable: true,
+      vulnerabilitiesReadable: true,
+      noDevices: true,
+      roles: ['Machine.Read.All', 'Vulnerability.Read.All'],
+      permissions: { 'Machine.Read.All': true, 'Vulnerability.Read.All': true },
+    });
+    await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    const answer = await call('POST', '/v1/tenants/acme/defender/test');
+    expect(answer).toMatchObject({
+      status: 200,
+      body: { tenantId: 'acme', ok: true, machinesReadable: true, noDevices: true, verdict: empty },
+    });
+  });
+
   it('POST test should answer a FAIL verdict, asking Microsoft nothing, when the stored secret does not open', async () => {
     const { tenants, call, checked } = setup();
     await call('PUT', '/v1/tenants/acme/defender', registrationBody());
@@ -732,6 +756,7 @@ describe('tenantRoutes', () => {
         tokenIssued: false,
         machinesReadable: false,
         vulnerabilitiesReadable: false,
+        noDevices: false,
         roles: [],
         permissions: { 'Machine.Read.All': false, 'Vulnerability.Read.All': false },
         error: { code: 'SECRET_UNAVAILABLE', message: expect.stringContaining('PUT the tenant') },
