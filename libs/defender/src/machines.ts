@@ -63,9 +63,11 @@ export interface ListMachinesOptions {
    */
   pageSize?: number;
   /**
-   * Records each full page re-reads of the previous one, default min(100, pageSize/20). `$skip` paging is
-   * positional: a device removed between two requests shifts the rest back, and without the overlap the
-   * device at the page edge would be missed for the cycle (and look deleted). Duplicates are dropped.
+   * Records each page re-reads of the previous one, default min(100, pageSize/20) (behind a short page, at most
+   * all of it but one). `$skip` paging is positional: a device removed between two requests shifts the rest
+   * back, and without the overlap the device at the page edge would be missed for the cycle (and look
+   * deleted). A page holding none of the records it re-reads (as many devices as the overlap, or more, left
+   * meanwhile) fails the walk, retryably (see shiftedPage). Duplicates are dropped.
    */
   pageOverlap?: number;
   /**
@@ -114,6 +116,20 @@ export function lostPage(path: string, index: number, azureTenantId: string, sta
 }
 
 /**
+ * A page holding none of the records it should re-read of the previous one: as many devices as the overlap, or
+ * more, left between the two requests, and the rest moved before its `$skip`, so devices between the two pages
+ * may not be listed. Taking the walk's end for the fleet would tombstone them: the listing fails, retryably.
+ */
+export function shiftedPage(path: string, index: number, azureTenantId: string): DefenderError {
+  return new DefenderError(
+    DefenderErrorCode.UNAVAILABLE,
+    `Page ${index + 1} of ${path} holds none of the devices it re-reads of page ${index}: devices left between ` +
+      'the two requests and some may have been passed over; the read is tried again rather than cut short',
+    { canRetry: true, details: { azureTenantId, path, page: index + 1 } },
+  );
+}
+
+/**
  * Two full pages in a row brought no record the walk had not read: the API is ignoring `$skip`. Taking what
  * was read for the fleet would tombstone the rest, and going on would loop for ever on the quota; the listing
  * fails, retryably, as any answer that cannot be the whole fleet does.
@@ -131,10 +147,11 @@ export function repeatedPages(path: string, index: number, azureTenantId: string
  * Walks `/api/machines` with `$top`/`$skip` (the API gives no next link with `$top`), one page at a time,
  * so a caller can emit batches without holding the fleet. Stops on a short page (confirmed, see
  * `confirmShortPage`) or an empty one (404, Microsoft's answer when no machine is found, or 200 with no
- * record) where a page may be empty; a failure behind a full page it overlaps, or behind two full pages with
- * nothing new (see repeatedPages). Records are de-duplicated on `id` across the walk (only the ids are kept),
- * validated one by one (an invalid record is reported and skipped, never the page, and once per walk when it
- * has a readable id) and flagged when merged or excluded.
+ * record) where a page may be empty; a failure behind a page it overlaps, on a page holding none of the
+ * records it overlaps (see shiftedPage), or behind two full pages with nothing new (see repeatedPages).
+ * Records are de-duplicated on `id` across the walk (only the ids are kept), validated one by one (an invalid
+ * record is reported and skipped, never the page, and once per walk when it has a readable id) and flagged
+ * when merged or excluded.
  */
 export async function* walkMachines(
   deps: MachineWalkDeps,
@@ -180,21 +197,25 @@ export async function* walkMachines(
   const rejected = new Set<string>();
   let skip = 0;
   let staleFullPages = 0;
-  // Whether this page may be empty: it confirms a short page, or, pages not overlapping, it follows a full
-  // one (a fleet an exact multiple of the page size).
+  // Whether this page may be empty: it re-reads nothing of the previous one (pages not overlapping: behind a
+  // full page, a fleet an exact multiple of the page size; or confirming a short page of one record).
   let mayBeEmpty = false;
+  /** Readable ids of the records this page re-reads of the previous one: it must hold one of them. */
+  let overlapped = new Set<string>();
   for (let index = 0; ; index++) {
     const result = await readPage(skip);
     const entries = result.status === 404 ? [] : result.rows;
     // An empty page, 404 (Microsoft's answer when no machine is found; a front end's 404, without its error
     // body, never gets here: see answers.ts) or 200 with no record (which Microsoft does not rule out for a
     // $skip past the end), is the end of the fleet on the first page, or where the page was expected to be
-    // empty. Elsewhere (behind a full page whose last devices this page
-    // overlaps: devices left meanwhile and the rest moved before its $skip) the walk would end early and
-    // the devices not listed would be tombstoned after a few cycles: the listing fails instead and is
-    // tried again.
+    // empty. Elsewhere (behind a page whose last devices this page overlaps: devices left meanwhile and the
+    // rest moved before its $skip) the walk would end early and the devices not listed would be tombstoned
+    // after a few cycles: the listing fails instead and is tried again. So does a page holding none of the
+    // devices it overlaps: as many as the overlap or more left, and it may start past devices never read.
     if (entries.length === 0 && index > 0 && !mayBeEmpty)
       throw lostPage('/api/machines', index, deps.azureTenantId, result.status);
+    if (entries.length > 0 && overlapped.size > 0 && !entries.some(({ id }) => id && overlapped.has(id)))
+      throw shiftedPage('/api/machines', index, deps.azureTenantId);
     const page: MachinePage = {
       index,
       skip,
@@ -237,16 +258,18 @@ export async function* walkMachines(
     const fresh = page.machines.length + page.invalid - unreadable;
     if (page.machines.length + page.invalid > 0) yield page;
     if (page.received === 0) return;
-    if (page.received < pageSize) {
+    const full = page.received >= pageSize;
+    if (!full) {
       // Short page: the end, unless confirming it finds more (then it was short by accident).
       if (!confirm || fresh === 0) return;
-      skip += page.received;
-      mayBeEmpty = true;
-      continue;
+    } else {
+      if (fresh === 0 && ++staleFullPages >= 2)
+        throw repeatedPages('/api/machines', index, deps.azureTenantId);
+      if (fresh > 0) staleFullPages = 0;
     }
-    mayBeEmpty = overlap === 0;
-    if (fresh === 0 && ++staleFullPages >= 2) throw repeatedPages('/api/machines', index, deps.azureTenantId);
-    if (fresh > 0) staleFullPages = 0;
-    skip += pageSize - overlap;
+    const reread = full ? overlap : Math.min(overlap, page.received - 1);
+    overlapped = new Set(entries.slice(entries.length - reread).flatMap(({ id }) => (id ? [id] : [])));
+    mayBeEmpty = reread === 0;
+    skip += (full ? pageSize : page.received) - reread;
   }
 }

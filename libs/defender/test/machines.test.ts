@@ -152,21 +152,81 @@ describe('listMachinePages', () => {
     },
   );
 
-  it('listMachinePages should not miss a device when devices are removed during the walk', async () => {
+  it('listMachinePages should not miss a device when fewer devices than the overlap are removed during the walk', async () => {
     const app = tenantWith({ size: 100 });
     const { client, close } = simClient(sim, app);
     try {
       const pages: MachinePage[] = [];
       for await (const page of client.listMachinePages({ pageSize: 20, pageOverlap: 3 })) {
         pages.push(page);
-        // Remove three devices already read: the rest shifts back by three positions.
+        // Remove two devices already read: the rest shifts back by two positions, within the overlap.
         if (page.index === 1)
-          for (const m of page.machines.slice(0, 3)) sim.removeMachine(app.azureTenantId, m.record.id);
+          for (const m of page.machines.slice(0, 2)) sim.removeMachine(app.azureTenantId, m.record.id);
       }
       const listed = new Set(ids(pages));
       for (const m of sim.machines(app.azureTenantId)) expect(listed.has(m.id)).toBe(true);
       expect(listed.size).toBe(100);
     } finally {
+      await close();
+    }
+  });
+
+  it.each([
+    ['first', 0],
+    ['last', 15],
+  ])(
+    'listMachinePages should fail retryably, not end short, when more devices than the overlap leave between two pages (the %s of the page)',
+    async (_which, from) => {
+      const app = tenantWith({ size: 45 });
+      const { client, close } = simClient(sim, app);
+      try {
+        const pages: MachinePage[] = [];
+        const walk = (async () => {
+          for await (const page of client.listMachinePages({ pageSize: 20, pageOverlap: 3 })) {
+            pages.push(page);
+            // Five devices of the first page leave: the next page's $skip of 17 now starts two devices past
+            // the first page's end, and holds none of the first page's.
+            if (page.index === 0)
+              for (const m of page.machines.slice(from, from + 5))
+                sim.removeMachine(app.azureTenantId, m.record.id);
+          }
+        })();
+        await expect(walk).rejects.toMatchObject({
+          code: DefenderErrorCode.UNAVAILABLE,
+          canRetry: true,
+          message: expect.stringContaining('Page 2 of /api/machines holds none of the devices it re-reads'),
+        });
+        expect(pages).toHaveLength(1);
+        // Tried again, the listing finds every device left.
+        const left = sim.machines(app.azureTenantId).map((m) => m.id);
+        expect(left).toHaveLength(40);
+        expect(
+          (await client.listMachines({ pageSize: 20, pageOverlap: 3 })).map((m) => m.record.id).sort(),
+        ).toEqual([...left].sort());
+      } finally {
+        await close();
+      }
+    },
+  );
+
+  it('listMachinePages should not miss a device when devices leave between a short page and its confirming request', async () => {
+    const app = tenantWith({ size: 60 });
+    sim.setFaults(app.azureTenantId, { shortPageRate: 1 });
+    const { client, close } = simClient(sim, app);
+    try {
+      const pages: MachinePage[] = [];
+      for await (const page of client.listMachinePages({ pageSize: 20, pageOverlap: 3 })) {
+        pages.push(page);
+        // The first page comes back half full; two of its devices leave before the request confirming it.
+        if (page.index === 0)
+          for (const m of page.machines.slice(0, 2)) sim.removeMachine(app.azureTenantId, m.record.id);
+      }
+      expect(pages[0]?.received).toBe(10);
+      const listed = new Set(ids(pages));
+      for (const m of sim.machines(app.azureTenantId)) expect(listed.has(m.id)).toBe(true);
+      expect(listed.size).toBe(60);
+    } finally {
+      sim.setFaults(app.azureTenantId, {});
       await close();
     }
   });
