@@ -1,7 +1,7 @@
 import type Redis from 'ioredis';
 import type { CycleStore } from './cycles';
 import { releaseOwnedKey, renewOwnedKey } from './owned-key';
-import { tenantRecordKey } from './tenants';
+import { tenantRecordKey, tenantsRebuiltKey } from './tenants';
 
 /**
  * A poller's hold on one tenant while it runs a cycle. `token` is the fencing token: unique per
@@ -109,6 +109,13 @@ export interface PollScheduleStore {
    * back; the caller tries again later.
    */
   carryFailure(tenantId: string, fromRevision: number, toRevision: number): Promise<boolean>;
+  /**
+   * When the registrar last wrote the tenants back from `urs.tenants` after Redis came up empty (its marker
+   * `tenantsRebuiltKey`), epoch ms; undefined until it has. Redis keeps nothing on disk: the schedules are
+   * lost with the records, so a tenant with no schedule and an older record was polled before that, and
+   * Redis lost when.
+   */
+  tenantsRebuiltAt(): Promise<number | undefined>;
 }
 
 // KEYS[1] lease, KEYS[2] fence counter; ARGV: holder id, lease ms, fence counter ttl ms.
@@ -314,6 +321,10 @@ export function createPollScheduleStore(redis: Redis, prefix: string): PollSched
         String(toRevision),
       );
       return carried === 1;
+    },
+    async tenantsRebuiltAt() {
+      const at = Date.parse((await redis.get(tenantsRebuiltKey(prefix))) ?? '');
+      return Number.isFinite(at) ? at : undefined;
     },
   };
 }

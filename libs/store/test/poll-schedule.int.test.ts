@@ -1,5 +1,5 @@
 import type { TenantRecord } from '@urs/contracts';
-import { createPollScheduleStore, createTenantStore } from '@urs/store';
+import { createPollScheduleStore, createRegistrarStateStore, createTenantStore } from '@urs/store';
 import { testRedisPerTest } from '@urs/testkit';
 
 const recordOf = (tenantId: string, revision: number, enabled: boolean): TenantRecord =>
@@ -171,5 +171,13 @@ describe('createPollScheduleStore', () => {
     expect((await store.get('acme')).failedRevision).toBe(9);
     expect(await store.carryFailure('never-polled', 1, 2)).toBe(true);
     expect(await store.get('never-polled')).toEqual({ failures: 0 });
+  });
+
+  it('tenantsRebuiltAt should read when the registrar last rebuilt the tenants, none until it has', async () => {
+    const store = createPollScheduleStore(redis.client, redis.prefix);
+    expect(await store.tenantsRebuiltAt()).toBeUndefined();
+    const rebuiltAt = Date.parse('2026-12-07T03:00:00.000Z');
+    await createRegistrarStateStore(redis.client, redis.prefix).markRebuilt(new Date(rebuiltAt));
+    expect(await store.tenantsRebuiltAt()).toBe(rebuiltAt);
   });
 });

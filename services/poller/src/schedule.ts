@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+import type { TenantRecord } from '@urs/contracts';
 import { errorCode, isInfrastructureFault } from '@urs/resilience';
 import type { PollSchedule } from '@urs/store';
 import { DefenderErrorCode, isSetupErrorCode, LONGEST_QUOTA_WINDOW_MS } from './defender';
@@ -5,11 +7,12 @@ import { DefenderErrorCode, isSetupErrorCode, LONGEST_QUOTA_WINDOW_MS } from './
 /**
  * When a tenant's next cycle is due, read under the tenant's lease: one interval after the last cycle
  * started, with the interval in force now (a changed interval applies from the next cycle), and not
- * before a backoff's end. A tenant never polled is due at once. A cycle still marked running (under a
- * lease that is now ours) was abandoned by a poller that died or stopped mid-cycle: due at once, so the
- * tenant is not skipped for a whole interval. After a failure, a newer record is due at once.
+ * before a backoff's end. A tenant with no cycle started in the schedule is due at `firstDue` (see
+ * `firstDueAt`). A cycle still marked running (under a lease that is now ours) was abandoned by a poller that
+ * died or stopped mid-cycle: due at once, so the tenant is not skipped for a whole interval. After a failure,
+ * a newer record is due at once.
  */
-export function dueAt(schedule: PollSchedule, intervalMs: number, revision: number): number {
+export function dueAt(schedule: PollSchedule, intervalMs: number, revision: number, firstDue = 0): number {
   if (schedule.runningCycleId !== undefined) return 0;
   // The last cycle failed with an older record (an admin just fixed the secret): try the new one at once.
   // Not when the failure is of a newer record than this one: this replica has not read it yet, and the
@@ -17,11 +20,36 @@ export function dueAt(schedule: PollSchedule, intervalMs: number, revision: numb
   // writes before the pollers read it (`carryFailure`), so that it does not make the tenant due at once.
   if (schedule.failures > 0 && schedule.failedRevision !== undefined && schedule.failedRevision < revision)
     return 0;
-  const next = schedule.lastStartedAt === undefined ? 0 : schedule.lastStartedAt + intervalMs;
+  const next = schedule.lastStartedAt === undefined ? firstDue : schedule.lastStartedAt + intervalMs;
   // A transient failure is tried again before the next interval (see `transientRetryAt`), a throttled one
   // when its quota frees (`retryAt` its backoff's end, see `backoffUntil`).
   const due = schedule.retryAt === undefined ? next : Math.min(next, schedule.retryAt);
   return Math.max(due, schedule.notBefore ?? 0);
+}
+
+/**
+ * Whether a tenant with no schedule is due at once: its record changed less than an interval ago (`updatedAt`:
+ * registered, enabled again, new settings; a re-sealed secret keeps it), or does not say when. An older record
+ * was polled before, and Redis lost when (`firstDueAt`).
+ */
+export function changedWithin(
+  record: Pick<TenantRecord, 'updatedAt'>,
+  intervalMs: number,
+  now: number,
+): boolean {
+  return !(now - Date.parse(record.updatedAt) >= intervalMs);
+}
+
+/**
+ * When a tenant whose schedule Redis lost (its record older than its interval, see `changedWithin`) is first
+ * due: at its place in the interval that follows `lostAt` (the tenants' rebuild), a share of the interval from
+ * a hash of its id. Every replica places it alike, and the tenants spread evenly over the interval instead of
+ * all polling at once (their backoffs and quota counters lost too). Long after the rebuild that place is
+ * past: due at once.
+ */
+export function firstDueAt(tenantId: string, intervalMs: number, lostAt: number): number {
+  const share = createHash('sha256').update(tenantId).digest().readUInt32BE(0) / 2 ** 32;
+  return lostAt + Math.floor(share * intervalMs);
 }
 
 /**

@@ -16,7 +16,7 @@ import { cycleIdOf, type CycleInput, type CycleResult } from './cycle';
 import { createCycleEnd } from './cycle-end';
 import { createLeaseClock, leaseTime } from './lease-clock';
 import { createRunUnderLease } from './run-under-lease';
-import { dueAt, type FailureKind, withoutLocalBackoff } from './schedule';
+import { changedWithin, dueAt, type FailureKind, firstDueAt, withoutLocalBackoff } from './schedule';
 import type { TenantTable } from './tenant-table';
 
 export interface SchedulerDeps {
@@ -245,7 +245,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       )
         schedule = await deps.schedules.get(tenantId);
       schedule = await honouredBackoff(tenantId, schedule, true);
-      const due = dueAt(schedule, intervalMs, record.revision);
+      const first = await firstDue(record, schedule, intervalMs, () => deps.schedules.tenantsRebuiltAt());
+      const due = dueAt(schedule, intervalMs, record.revision, first);
       const startedAt = now();
       if (due > startedAt) {
         localDue.set(tenantId, due);
@@ -267,7 +268,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       refusedWarned.delete(tenantId);
       awaitingRegistrar.delete(tenantId);
       log.debug('cycle started', { tenantId, cycleId, holderId: deps.holderId });
-      // A tenant due at once (never polled, a cycle taken over, new settings) has no due time to be late for.
+      // A tenant due at once (new, a cycle taken over, new settings) has no due time to be late for.
       if (due > 0) startDelaySeconds.observe((startedAt - due) / 1000);
       // A record changed since it was read (new settings, due at once) keeps the due time its change set.
       if (deps.table.get(tenantId)?.revision === record.revision)
@@ -370,6 +371,22 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   }
 
   /**
+   * The first due time of a tenant with no cycle started in its schedule (`dueAt`'s `firstDue`): at once when
+   * its record changed within an interval, else at its place in the interval that follows the tenants' rebuild
+   * (`firstDueAt`): it was polled before, and Redis lost its schedule. `rebuiltAt` is read only then; while
+   * the registrar has not rebuilt the tenants, the place follows now (no record is in Redis to begin with).
+   */
+  async function firstDue(
+    record: TenantRecord,
+    schedule: PollSchedule,
+    intervalMs: number,
+    rebuiltAt: () => Promise<number | undefined>,
+  ): Promise<number> {
+    if (schedule.lastStartedAt !== undefined || changedWithin(record, intervalMs, now())) return 0;
+    return firstDueAt(record.tenantId, intervalMs, (await rebuiltAt()) ?? now());
+  }
+
+  /**
    * Sets when this replica looks at the tenant again after a cycle of the record's `revision`. A record changed
    * while the cycle ran stays due at once (as its change made it): Redis decides, and a failure of the older
    * record does not hold the new one back (`dueAt`); placed by the failed cycle's backoff instead, a secret an
@@ -411,6 +428,9 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     const tenantIds = [...unread];
     try {
       const schedules = await deps.schedules.getMany(tenantIds);
+      let rebuiltAt: Promise<number | undefined> | undefined;
+      /** Tenants whose schedule Redis lost, placed later in their interval. */
+      let spread = 0;
       /** Places the tenant by its stored schedule, as honoured (its status read when it holds a backoff). */
       const place = async (tenantId: string): Promise<void> => {
         // The record now, not when the read began: it may have changed or been disabled meanwhile.
@@ -418,14 +438,27 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         const stored = schedules.get(tenantId);
         if (!record?.enabled || !stored || !localDue.has(tenantId)) return;
         const schedule = await honouredBackoff(tenantId, stored, false);
+        const intervalMs = intervalOf(record);
+        const first = await firstDue(
+          record,
+          schedule,
+          intervalMs,
+          () => (rebuiltAt ??= deps.schedules.tenantsRebuiltAt()),
+        );
         // Left as it is when its record changed while its status was read (`onChange` made the new revision
         // due at once) or went: placed by the older record's backoff, a secret an admin just fixed would wait
         // out the old secret's failure.
         if (!localDue.has(tenantId) || deps.table.get(tenantId)?.revision !== record.revision) return;
-        localDue.set(tenantId, dueAt(schedule, intervalOf(record), record.revision));
+        localDue.set(tenantId, dueAt(schedule, intervalMs, record.revision, first));
         leasedElsewhere.delete(tenantId);
+        if (first > now()) spread++;
       };
       await atMostAtOnce(tenantIds, STATUS_READS_AT_ONCE, place);
+      if (spread > 0)
+        log.info('poll schedules lost with Redis: the tenants polled before spread over their interval', {
+          tenants: spread,
+          rebuiltAt: new Date((await rebuiltAt) ?? now()).toISOString(),
+        });
     } catch (error) {
       if (!stop.signal.aborted) {
         log.warn('stored schedules not read: these tenants start in the table order', {

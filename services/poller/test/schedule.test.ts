@@ -3,9 +3,11 @@ import { DefenderError, DefenderErrorCode } from '@urs/defender';
 import { UrsError } from '@urs/resilience';
 import {
   backoffUntil,
+  changedWithin,
   classifyFailure,
   dueAt,
   failureKindOf,
+  firstDueAt,
   nextStreak,
   transientRetryAt,
   withoutLocalBackoff,
@@ -39,6 +41,43 @@ describe('dueAt', () => {
 
   it('dueAt should make an abandoned cycle due at once', () => {
     expect(dueAt({ failures: 0, lastStartedAt: 1_000, runningCycleId: 'acme-1' }, 600_000, 1)).toBe(0);
+  });
+
+  it('dueAt should make a tenant with no cycle started due at its first due time, and only such a tenant', () => {
+    expect(dueAt({ failures: 0 }, 600_000, 1, 300_000)).toBe(300_000);
+    expect(dueAt({ failures: 0, lastStartedAt: 1_000 }, 600_000, 1, 300_000)).toBe(601_000);
+  });
+});
+
+describe('first due time of a tenant with no schedule', () => {
+  const INTERVAL_MS = 600_000;
+  const NOW = Date.parse('2026-12-07T03:00:00.000Z');
+  const at = (ms: number): { updatedAt: string } => ({ updatedAt: new Date(ms).toISOString() });
+
+  it('changedWithin should tell a record changed within its interval, or not saying when, from an older one', () => {
+    expect(changedWithin(at(NOW - 60_000), INTERVAL_MS, NOW)).toBe(true);
+    expect(changedWithin(at(NOW + 5_000), INTERVAL_MS, NOW)).toBe(true);
+    expect(changedWithin({ updatedAt: 'not a time' }, INTERVAL_MS, NOW)).toBe(true);
+    expect(changedWithin(at(NOW - INTERVAL_MS), INTERVAL_MS, NOW)).toBe(false);
+    expect(changedWithin(at(NOW - 30 * 86_400_000), INTERVAL_MS, NOW)).toBe(false);
+  });
+
+  it('firstDueAt should place each tenant at the same point of the interval after the rebuild, the tenants spread evenly over it', () => {
+    const tenants = Array.from({ length: 1_000 }, (_, i) => `tenant-${i}`);
+    const tenths = new Array<number>(10).fill(0);
+    for (const tenantId of tenants) {
+      const due = firstDueAt(tenantId, INTERVAL_MS, NOW);
+      expect(due).toBeGreaterThanOrEqual(NOW);
+      expect(due).toBeLessThan(NOW + INTERVAL_MS);
+      // The same on every replica, and at any later look.
+      expect(firstDueAt(tenantId, INTERVAL_MS, NOW)).toBe(due);
+      const tenth = Math.floor(((due - NOW) / INTERVAL_MS) * 10);
+      tenths[tenth] = (tenths[tenth] ?? 0) + 1;
+    }
+    for (const count of tenths) {
+      expect(count).toBeGreaterThan(50);
+      expect(count).toBeLessThan(150);
+    }
   });
 });
 

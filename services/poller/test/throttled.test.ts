@@ -11,7 +11,7 @@ import { waitFor } from '@urs/testkit';
 import { runCycle, type CycleDeps } from '../src/cycle';
 import { createDefenderGateway, type DefenderGateway } from '../src/defender';
 import type { Scheduler } from '../src/scheduler';
-import { feed, memorySchedules, memoryStatus, replica, sampleOf, type Run } from './support/scheduler';
+import { feed, memorySchedules, memoryStatus, replica, sampleOf, sleep, type Run } from './support/scheduler';
 
 const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 5)]]) });
 
@@ -34,6 +34,14 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
   // Polled once a day, its poll interval's unit a real minute.
   const daily = {
     tenantId: 'daily',
+    azureTenantId: randomUUID(),
+    clientId: randomUUID(),
+    secret: `Zx8Q~${randomUUID().replace(/-/g, '')}`,
+  };
+
+  // Its quota counters gone with a wiped Redis (a gate counting nothing), while Microsoft still counts its calls.
+  const counted = {
+    tenantId: 'counted',
     azureTenantId: randomUUID(),
     clientId: randomUUID(),
     secret: `Zx8Q~${randomUUID().replace(/-/g, '')}`,
@@ -70,7 +78,7 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
 
   beforeAll(async () => {
     sim = await startSimulator({ quotas: false });
-    for (const tenant of [...tenants, daily])
+    for (const tenant of [...tenants, daily, counted])
       sim.addTenant({
         azureTenantId: tenant.azureTenantId,
         apps: [{ clientId: tenant.clientId, clientSecret: tenant.secret }],
@@ -168,6 +176,56 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
       skewMs = 91_000;
       await waitFor(() => attempts.length === 2, { timeoutMs: 5_000 });
       expect((attempts[1] as number) - (attempts[0] as number)).toBeLessThan(120_000);
+    } finally {
+      await made.scheduler.close(100);
+    }
+  }, 30_000);
+
+  it("a tenant Microsoft answers 429 with Retry-After, its quota counters lost, should be held back until the Retry-After's end", async () => {
+    // The gate has no count of the tenant's calls (Redis wiped): only Microsoft's 429 says its quota is spent.
+    sim.setFaults(counted.azureTenantId, { throttledCalls: 1, throttleRetryAfterSec: 600 });
+    const schedules = memorySchedules();
+    const status = memoryStatus();
+    const attempts: number[] = [];
+    const metrics = new Registry();
+    let skewMs = 0;
+    const now = () => Date.now() + skewMs;
+    const made = replica(
+      0,
+      schedules,
+      status,
+      [],
+      async (input) => {
+        attempts.push(now());
+        await runCycle(cycleDeps(), input);
+      },
+      { metrics, intervalUnitMs: 60_000, now, leaseMs: 10_000 },
+    );
+    try {
+      await feed(made.table, [recordOf(counted, 5)]);
+      const started = Date.now();
+      made.scheduler.start();
+      await waitFor(() => sampleOf(metrics, 'urs_poll_cycles_total{outcome="throttled"}') === 1, {
+        timeoutMs: 10_000,
+      });
+      // The 429's wait holds back the tenant's next cycle, past its 5-minute interval...
+      const schedule = await schedules.get('counted');
+      expect(schedule.notBefore).toBeGreaterThanOrEqual(started + 599_000);
+      expect(schedule.notBefore).toBeLessThanOrEqual(Date.now() + 600_000);
+      // ... and every call of the tenant, in every process sharing the gate, for as long.
+      const held = await quota
+        .acquire(counted.azureTenantId, 'machines', undefined, 0)
+        .catch((error: unknown) => error);
+      expect(held).toMatchObject({ code: 'DEFENDER_THROTTLED' });
+      expect((held as { retryAfterMs: number }).retryAfterMs).toBeGreaterThan(590_000);
+      // One call drew the 429, and no cycle came before the wait was over: at its interval's end, none.
+      skewMs = 6 * 60_000;
+      await sleep(300);
+      expect(attempts).toHaveLength(1);
+      expect(sim.stats().callsByTenant[counted.azureTenantId]?.['machines']).toBe(1);
+      // Once it is over, tried again.
+      skewMs = 601_000;
+      await waitFor(() => attempts.length === 2, { timeoutMs: 5_000 });
     } finally {
       await made.scheduler.close(100);
     }

@@ -16,8 +16,12 @@ import { createTenantTable, type TenantTable } from '../../src/tenant-table';
 
 // The scheduler's stores in memory and a replica over them, for the unit tests of the scheduler.
 
-/** The lease and schedule semantics of the Redis store, in memory (shared by the "replicas" of a test). */
-export function memorySchedules(): PollScheduleStore {
+/**
+ * The lease and schedule semantics of the Redis store, in memory (shared by the "replicas" of a test).
+ * `tenantsRebuiltAt`: when the registrar last rebuilt the tenants after Redis came up empty (default 0: long
+ * before any tenant's record, no schedule lost lately).
+ */
+export function memorySchedules(options: { tenantsRebuiltAt?: number } = {}): PollScheduleStore {
   const leases = new Map<string, { token: string; until: number }>();
   const schedules = new Map<string, PollSchedule>();
   let fence = 0;
@@ -84,6 +88,9 @@ export function memorySchedules(): PollScheduleStore {
     },
     async clear(tenantId) {
       schedules.delete(tenantId);
+    },
+    async tenantsRebuiltAt() {
+      return options.tenantsRebuiltAt ?? 0;
     },
     async carryFailure(tenantId, fromRevision, toRevision) {
       const held = leases.get(tenantId);

@@ -1,0 +1,66 @@
+import type { TenantRecord } from '@urs/contracts';
+import { waitFor } from '@urs/testkit';
+import { feed, memorySchedules, memoryStatus, record, replica, sleep, type Run } from './support/scheduler';
+
+// Redis keeps nothing on disk: wiped, it loses every poll schedule, and the registrar writes the tenants back
+// from urs.tenants. The tenants polled before must not then all be polled at once.
+describe('createScheduler after Redis lost the poll schedules', () => {
+  /** Real minutes: nothing comes due by itself while the test runs, only as the test moves the clock on. */
+  const MINUTE_MS = 60_000;
+  const INTERVAL_MS = 10 * MINUTE_MS;
+  const TENANTS = 200;
+
+  const changedAt = (tenant: TenantRecord, at: number): TenantRecord => ({
+    ...tenant,
+    updatedAt: new Date(at).toISOString(),
+  });
+
+  it('should spread the tenants polled before over their interval, and poll a new registration at once', async () => {
+    let skewMs = 0;
+    const now = (): number => Date.now() + skewMs;
+    const rebuiltAt = now();
+    const runs: Run[] = [];
+    const made = replica(
+      0,
+      memorySchedules({ tenantsRebuiltAt: rebuiltAt }),
+      memoryStatus(),
+      runs,
+      async () => undefined,
+      { intervalUnitMs: MINUTE_MS, now },
+    );
+    // Registered long before the wipe (polled every interval since), and one registered a minute before it.
+    const polledBefore = Array.from({ length: TENANTS }, (_, i) =>
+      changedAt(record(`tenant-${i}`), rebuiltAt - 30 * INTERVAL_MS),
+    );
+    await feed(made.table, [...polledBefore, changedAt(record('new'), rebuiltAt - MINUTE_MS)]);
+    const polled = (): Run[] => runs.filter((run) => run.tenantId !== 'new');
+    try {
+      made.scheduler.start();
+      await waitFor(() => runs.some((run) => run.tenantId === 'new'), {
+        description: 'the new tenant polled',
+      });
+      // Ticks enough for every tenant due at once to start.
+      await sleep(200);
+      expect(polled().length).toBeLessThan(TENANTS / 10);
+
+      // Half an interval on, about half of them.
+      skewMs = INTERVAL_MS / 2;
+      await waitFor(() => polled().length >= TENANTS * 0.3, { description: 'a part polled' });
+      await sleep(200);
+      expect(polled().length).toBeLessThanOrEqual(TENANTS * 0.7);
+
+      // A whole interval on, every one of them, none before the rebuild nor twice within an interval.
+      skewMs = INTERVAL_MS;
+      const polledIds = (): Set<string> => new Set(polled().map((run) => run.tenantId));
+      await waitFor(() => polledIds().size === TENANTS, { description: 'every tenant polled' });
+      for (const tenant of polledBefore) {
+        const starts = runs.filter((run) => run.tenantId === tenant.tenantId).map((run) => run.start);
+        expect(starts[0]).toBeGreaterThanOrEqual(rebuiltAt);
+        for (let i = 1; i < starts.length; i++)
+          expect((starts[i] as number) - (starts[i - 1] as number)).toBeGreaterThanOrEqual(INTERVAL_MS);
+      }
+    } finally {
+      await made.scheduler.close(100);
+    }
+  });
+});
