@@ -265,17 +265,21 @@ function deadlineOf(maxWaitMs: number | undefined): number | undefined {
  * Runs the waits of one tenant's endpoint one after another in this process: only the oldest waiter
  * polls the window, so thousands of queued calls do not each poll Redis while a quota is exhausted, and
  * they are served in order. A waiter whose signal aborts leaves at once, told how long the quota last said
- * the endpoint is held back (also when it was still queued behind the waiter that asked).
+ * the endpoint is held back (also when it was still queued behind the waiter that asked). A wait that takes
+ * its place after its waiter left (the take already sent: ioredis queues it while Redis fails over) gives
+ * it back (`giveBack`): nobody would send or release the call, and it would hold one of the tenant's places
+ * in every window for two windows (two hours of the hourly quota).
  */
 function createWaitQueue(): (
   key: string,
   waiter: Waiter,
   wait: (onWait: OnWait) => Promise<void>,
+  giveBack: () => void,
 ) => Promise<void> {
   const tails = new Map<string, Promise<void>>();
   /** Per key, until when (a `Date.now()`) the quota last said its calls wait. */
   const heldUntil = new Map<string, number>();
-  return (key, waiter, wait) => {
+  return (key, waiter, wait, giveBack) => {
     const since = Date.now();
     const onWait: OnWait = (waitMs) => heldUntil.set(key, Date.now() + waitMs);
     const turn = (tails.get(key) ?? Promise.resolve()).then(() => wait(onWait));
@@ -292,7 +296,10 @@ function createWaitQueue(): (
     return new Promise<void>((resolve, reject) => {
       const onAbort = (): void => reject(stopped(waiter, since, heldUntil.get(key)));
       signal.addEventListener('abort', onAbort, { once: true });
-      turn.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+      // Aborted, the waiter was told so at once (`onAbort`): the place is nobody's.
+      turn
+        .then(() => (signal.aborted ? giveBack() : resolve()), reject)
+        .finally(() => signal.removeEventListener('abort', onAbort));
     });
   };
 }
@@ -345,19 +352,19 @@ export function createRedisQuotaGate(
           waiter,
           onWait,
         );
-      await queue(quotaId(azureTenantId, endpoint), waiter, wait);
-      const taken = member;
-      /** Runs a claim's script once, sent or released, whichever comes first; a failing Redis is shrugged off. */
+      /**
+       * Runs a claim's script once for the member its wait took, sent or released, whichever comes first; a
+       * failing Redis is shrugged off.
+       */
       let settled = false;
       const settle = (script: string, ...args: string[]): void => {
         if (settled || windowKeys.length === 0) return;
         settled = true;
-        redis.eval(script, windowKeys.length, ...windowKeys, taken, ...args).catch(() => undefined);
+        redis.eval(script, windowKeys.length, ...windowKeys, member, ...args).catch(() => undefined);
       };
-      return {
-        sent: () => settle(SENT_SCRIPT, ...windows.map((w) => String(w.windowMs))),
-        release: () => settle(RELEASE_SCRIPT),
-      };
+      const release = (): void => settle(RELEASE_SCRIPT);
+      await queue(quotaId(azureTenantId, endpoint), waiter, wait, release);
+      return { sent: () => settle(SENT_SCRIPT, ...windows.map((w) => String(w.windowMs))), release };
     },
     async block(azureTenantId, endpoint, durationMs) {
       if (durationMs <= 0) return;
@@ -428,10 +435,22 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
       const id = quotaId(azureTenantId, endpoint);
       const taken: Call = { takenAt: 0 };
       const waiter = { azureTenantId, endpoint, signal, waitUntil: deadlineOf(maxWaitMs) };
-      await queue(id, waiter, (onWait) =>
-        waitForRoom(async () => tryAcquire(id, limits[endpoint], taken), maxPollMs, waiter, onWait),
-      );
       let settled = false;
+      const release = (): void => {
+        if (settled) return;
+        settled = true;
+        calls.set(
+          id,
+          (calls.get(id) ?? []).filter((call) => call !== taken),
+        );
+      };
+      await queue(
+        id,
+        waiter,
+        (onWait) =>
+          waitForRoom(async () => tryAcquire(id, limits[endpoint], taken), maxPollMs, waiter, onWait),
+        release,
+      );
       return {
         sent() {
           if (settled) return;
@@ -441,14 +460,7 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
           if (!log.includes(taken)) log.push(taken);
           calls.set(id, log);
         },
-        release() {
-          if (settled) return;
-          settled = true;
-          calls.set(
-            id,
-            (calls.get(id) ?? []).filter((call) => call !== taken),
-          );
-        },
+        release,
       };
     },
     async block(azureTenantId, endpoint, durationMs) {

@@ -280,6 +280,22 @@ describe('createLocalQuotaGate waiters', () => {
   });
 });
 
+describe('createLocalQuotaGate waiters stopped as they take their place', () => {
+  it('acquire should give back the place taken after its caller stopped it', async () => {
+    const gate = createLocalQuotaGate({
+      limits: { ...MICROSOFT_QUOTAS, machines: [{ limit: 1, windowMs: 60_000 }] },
+    });
+    const controller = new AbortController();
+    const acquiring = gate.acquire('t1', 'machines', controller.signal);
+    // Stopped after the window gave the call its place, before the caller has it.
+    queueMicrotask(() => controller.abort());
+    await expect(acquiring).rejects.toMatchObject({ code: 'DEFENDER_THROTTLED' });
+    await new Promise((resolve) => setImmediate(resolve));
+    // A wait of 0 ms allowed: it fails unless the place was given back.
+    (await atOnce(gate.acquire('t1', 'machines', undefined, 0))).sent();
+  });
+});
+
 describe('planVulnerabilityMode', () => {
   it('planVulnerabilityMode should take per-device calls while they fit the quota with headroom', () => {
     // 10 min: min(50 × 10, 1,500 × 10/60) = 250, × 0.8 = 200.

@@ -128,6 +128,42 @@ describe('createRedisQuotaGate', () => {
     });
   });
 
+  it("should give back the place an acquire took after its caller stopped it, the take in flight (a failover's offline queue)", async () => {
+    const limits = {
+      ...MICROSOFT_QUOTAS,
+      vulnerabilities: [
+        { limit: 1, windowMs: 60_000 },
+        { limit: 1, windowMs: 3_600_000 },
+      ],
+    };
+    // A client whose commands reach Redis once it is back, as ioredis's offline queue sends them.
+    let back!: () => void;
+    const failover = new Promise<void>((resolve) => (back = resolve));
+    const evals: Promise<unknown>[] = [];
+    const queued = {
+      eval: (...args: Parameters<typeof redis.client.eval>) => {
+        const sent = failover.then(() => redis.client.eval(...args));
+        evals.push(sent);
+        return sent;
+      },
+    };
+    const a = createRedisQuotaGate(queued as never, redis.prefix, { limits });
+    const controller = new AbortController();
+    const acquiring = a.acquire('t1', 'vulnerabilities', controller.signal);
+    while (evals.length === 0) await new Promise((resolve) => setImmediate(resolve));
+    controller.abort();
+    await expect(acquiring).rejects.toMatchObject({ code: DefenderErrorCode.THROTTLED });
+    back();
+    await evals[0];
+    await new Promise((resolve) => setImmediate(resolve));
+    await Promise.all(evals);
+    for (const { windowMs } of limits.vulnerabilities)
+      expect(await redis.client.zcard(redis.key(`defender:quota:t1:vulnerabilities:${windowMs}`))).toBe(0);
+    // Another call has the place: a wait of 0 ms allowed, it fails unless the place was given back.
+    const b = createRedisQuotaGate(redis.client, redis.prefix, { limits });
+    (await b.acquire('t1', 'vulnerabilities', undefined, 0)).sent();
+  });
+
   it('block should hold every gate of the tenant back', async () => {
     const a = createRedisQuotaGate(redis.client, redis.prefix, { maxPollMs: 50 });
     const b = createRedisQuotaGate(redis.client, redis.prefix, { maxPollMs: 50 });

@@ -6,7 +6,7 @@ import type { AnsweredCall, AnsweredCalls } from '@urs/store';
 import type { Counter } from '@urs/telemetry';
 import { notHeld, type FetchError, type TenantEnrichment } from './enrichment';
 import { throwIfStopping } from './interruption';
-import { OUTAGE_HOLD_BACK_MS } from './tenant';
+import { forgetOldestCycle, OUTAGE_HOLD_BACK_MS } from './tenant';
 import { isTenantWideFailure, type VulnerabilitySource } from './sources';
 import { summariseVulnerabilities } from '@urs/contracts/vulnerabilities';
 
@@ -56,8 +56,9 @@ export interface PerDeviceEnrichment {
 /**
  * Device calls of a batch failing in a row because Defender is down, throttles for longer than a call
  * waits, or something in front of it (a proxy, a firewall, a gateway) refuses them (REQUEST_REJECTED: its
- * 403 without MDE's error body, or another 4xx every device draws), or every device answers 404 (a path
- * Microsoft does not serve, a gateway routing it wrong: `isNotFound`): the tenant's outage, not the devices'.
+ * 403 without MDE's error body, or another 4xx every device draws), or every device answers 404 while no
+ * call of the tenant's cycle has been answered (a path Microsoft does not serve: `isNotFound`): the tenant's
+ * outage, not the devices'.
  * After this many the batch's other devices are not asked for, nor the cycle's later batches' for
  * `OUTAGE_HOLD_BACK_MS` (then they ask again: a passing outage does not cost the tenant its cycle's
  * vulnerabilities), so one tenant's outage does not hold the 10 shared slots for each of its devices' retries
@@ -89,13 +90,17 @@ const NO_CALLS: VulnerabilitySource = {
  * Whether a device call answered 404 (DEFENDER_NOT_FOUND): the device deleted since the listing, one Microsoft
  * has not begun to assess yet (newly onboarded, discovered but not onboarded), or every call's path wrong. Its
  * vulnerabilities are a missing signal, not the device's failure: it stays in its batch without them (the
- * listing alone decides when it is tombstoned), counted `not-found`, not warned of; and such answers in a row
- * are an outage of the tenant's calls as the others are (a path every call misses is seen in its status).
+ * listing alone decides when it is tombstoned), counted `not-found`, not warned of. Such answers in a row are
+ * an outage of the tenant's calls as the others are (a path every call misses is seen in its status) only
+ * while none of its cycle's calls has been answered: once one has, the path is right, and a 404 is its
+ * device's, of which a batch may hold many in a row (devices not onboarded are asked for as any other).
  */
 const isNotFound = (error: unknown): boolean => errorCode(error) === DefenderErrorCode.NOT_FOUND;
 
 export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichment {
   const { answers, now, fetches } = deps;
+  /** The cycles (`tenantId/cycleId`) a device call of which was answered here: their 404s are the devices'. */
+  const answeredCycles = new Set<string>();
 
   async function perDevice(
     batch: DeviceBatch,
@@ -110,6 +115,9 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
     // for every device an earlier try had answered, and the calls need Redis (the shared limiter) anyway.
     const kept = await answers.read(tenantId, cycleId, batchIndex);
     const summaries = kept?.summaries ?? new Map<string, VulnerabilitySummary>();
+    const cycleKey = `${tenantId}/${cycleId}`;
+    /** Whether a call of the tenant's cycle has been answered (by this try, an earlier one, or another batch). */
+    let answered = summaries.size > 0 || answeredCycles.has(cycleKey);
     let collectedAt = kept ? new Date(kept.collectedAt) : now();
     /** Whether Redis failed to keep an answer of this try (warned of once). */
     let unkept = false;
@@ -152,7 +160,8 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
     /** A fault of Redis or Kafka met by a call: the batch stops, and fails with it. */
     let fault: { error: unknown } | undefined;
     let next = 0;
-    // Calls failing one after the other for Defender's own reasons (or answering 404), not the device's.
+    // Calls failing one after the other for Defender's own reasons (or answering 404 while none was
+    // answered), not the device's.
     let outageRun = 0;
     async function worker(): Promise<void> {
       for (let index = next++; index < batch.devices.length; index = next++) {
@@ -184,6 +193,9 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
           summaries.set(machine.id, summary);
           fetches.inc({ mode: 'per-device', outcome: 'ok' });
           outageRun = 0;
+          answered = true;
+          answeredCycles.add(cycleKey);
+          forgetOldestCycle(answeredCycles);
         } catch (error) {
           // Redis or Kafka failed the call (the shared call limiter, the tenant's quota counters): neither
           // the device's failure nor the tenant's. The batch's other calls stop, and the batch fails with it.
@@ -200,7 +212,8 @@ export function createPerDeviceEnrichment(deps: PerDeviceDeps): PerDeviceEnrichm
               code: fetchError.code,
               reason: fetchError.message,
             });
-          outageRun = OUTAGE_CODES.has(fetchError.code) ? outageRun + 1 : 0;
+          const outage = OUTAGE_CODES.has(fetchError.code) && !(answered && isNotFound(error));
+          outageRun = outage ? outageRun + 1 : 0;
           if (outageRun >= OUTAGE_AFTER_FAILURES)
             tenantFailure ??= {
               code: fetchError.code,

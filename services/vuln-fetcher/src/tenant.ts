@@ -52,8 +52,18 @@ export interface TenantState {
   ): Promise<void>;
 }
 
-/** Tenant-wide failures remembered per cycle, so later batches of the cycle do not call again. */
-const REMEMBERED_FAILURES = 1000;
+/**
+ * The cycles (`tenantId/cycleId`) remembered of each kind (tenant-wide failures, so later batches of the
+ * cycle do not call again; records missing; calls answered), the oldest let go beyond it.
+ */
+const REMEMBERED_CYCLES = 1000;
+
+/** Lets the oldest of `cycles` go once they are more than `REMEMBERED_CYCLES`. */
+export function forgetOldestCycle(cycles: Map<string, unknown> | Set<string>): void {
+  if (cycles.size <= REMEMBERED_CYCLES) return;
+  const oldest = cycles.keys().next().value;
+  if (oldest !== undefined) cycles.delete(oldest);
+}
 
 /**
  * How long an outage of a tenant's Defender API stops its cycle's calls, in milliseconds: the Defender
@@ -114,10 +124,7 @@ export function createTenantState(deps: TenantStateDeps): TenantState {
       }
     }
     missingRecords.add(cycleKey);
-    if (missingRecords.size > REMEMBERED_FAILURES) {
-      const oldest = missingRecords.values().next().value;
-      if (oldest !== undefined) missingRecords.delete(oldest);
-    }
+    forgetOldestCycle(missingRecords);
     return { record: null, waitedMs: Date.now() - started };
   }
 
@@ -127,10 +134,7 @@ export function createTenantState(deps: TenantStateDeps): TenantState {
       key,
       setup ? { error, revision } : { error, revision, until: now().getTime() + OUTAGE_HOLD_BACK_MS },
     );
-    if (failedCycles.size > REMEMBERED_FAILURES) {
-      const oldest = failedCycles.keys().next().value;
-      if (oldest !== undefined) failedCycles.delete(oldest);
-    }
+    forgetOldestCycle(failedCycles);
   }
 
   async function reportTenantFailure(batch: DeviceBatch, error: FetchError, log: Logger): Promise<void> {

@@ -6,7 +6,16 @@ import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine } from '@urs/testkit';
 import type { EnrichHandlerDeps } from '../src/handler';
 import { TenantAccessError, type SourceProvider } from '../src/sources';
-import { batch, capturingPublisher, cve, fetched, message, record, setup } from './handler-support';
+import {
+  batch,
+  capturingPublisher,
+  cve,
+  fetched,
+  memoryAnswers,
+  message,
+  record,
+  setup,
+} from './handler-support';
 
 // What a batch does when its tenant fails as a whole, or its devices are gone: the devices it counts, the calls
 // it makes, and what it sends on.
@@ -302,6 +311,64 @@ describe('a device whose vulnerabilities call answers 404', () => {
     expect(sent[0]?.devices).toHaveLength(12);
     expect(fetched(metrics, 'per-device', 'not-found')).toBe(10);
     expect(fetched(metrics, 'per-device', 'skipped')).toBe(2);
+  });
+
+  /** A source whose devices `notOnboarded` answer 404 (not assessed by Microsoft), the others one critical CVE. */
+  const answeringBut = (notOnboarded: Set<string>, asked: string[] = []) => ({
+    machineVulnerabilities: async (id: string) => {
+      asked.push(id);
+      if (notOnboarded.has(id))
+        throw new DefenderError(DefenderErrorCode.NOT_FOUND, `Device ${id} is not known (404)`);
+      return [cve('CVE-1', 9.8)];
+    },
+  });
+  const criticalCves = (out: EnrichedBatch | undefined) =>
+    out?.devices.map((device) => device.vulnerabilities?.criticalCveCount ?? null);
+
+  it("should take 404s in a row after answered calls of the batch for the devices' own, not an outage", async () => {
+    const metrics = new Registry({ processMetrics: false });
+    const asked: string[] = [];
+    // Devices not onboarded, 12 in a row, between devices Microsoft answers for.
+    const notOnboarded = new Set(devicesOf(12, 5).map((device) => device.id));
+    const { handler, sent, statuses } = setup(answeringBut(notOnboarded, asked), { concurrency: 1, metrics });
+    await handler(message(firstOf(devicesOf(25))));
+    expect(asked).toHaveLength(25);
+    expect(statuses).toEqual([]);
+    expect(criticalCves(sent[0])).toEqual(
+      devicesOf(25).map((device) => (notOnboarded.has(device.id) ? null : 1)),
+    );
+    expect(sent[0]?.devices[5]).toMatchObject({ fetchError: { code: DefenderErrorCode.NOT_FOUND } });
+    expect(fetched(metrics, 'per-device', 'not-found')).toBe(12);
+    expect(fetched(metrics, 'per-device', 'skipped')).toBe(0);
+  });
+
+  it("should take 404s in a row for the devices' own once an earlier batch of the cycle had calls answered", async () => {
+    const asked: string[] = [];
+    const notOnboarded = new Set(devicesOf(12, 3).map((device) => device.id));
+    const { handler, sent, statuses } = setup(answeringBut(notOnboarded, asked), { concurrency: 1 });
+    await handler(message(firstOf(devicesOf(3))));
+    await handler(message(batch({ batchIndex: 1, devices: devicesOf(14, 3) })));
+    expect(asked).toHaveLength(3 + 14);
+    expect(statuses).toEqual([]);
+    expect(criticalCves(sent[1])).toEqual([...Array.from({ length: 12 }, () => null), 1, 1]);
+  });
+
+  it("should take 404s in a row for the devices' own when an earlier try of the batch had calls answered", async () => {
+    const answers = memoryAnswers();
+    const notOnboarded = new Set(devicesOf(12, 3).map((device) => device.id));
+    const devices = devicesOf(16);
+    // Kafka refuses the batch's send; another replica, which has not seen the cycle, tries it again.
+    const { publisher } = capturingPublisher(() => {
+      throw new Error('KafkaJSNumberOfRetriesExceeded');
+    });
+    const first = setup(answeringBut(notOnboarded), { concurrency: 1, answers, publisher });
+    await expect(first.handler(message(firstOf(devices)))).rejects.toThrow('KafkaJSNumberOfRetriesExceeded');
+    const asked: string[] = [];
+    const other = setup(answeringBut(notOnboarded, asked), { concurrency: 1, answers });
+    await other.handler(message(firstOf(devices)));
+    expect(asked).toEqual([...notOnboarded]);
+    expect(other.statuses).toEqual([]);
+    expect(criticalCves(other.sent[0])).toEqual([1, 1, 1, ...Array.from({ length: 12 }, () => null), 1]);
   });
 });
 
