@@ -1,7 +1,7 @@
 import { settledWithin } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { errorMessage, sleep } from '@urs/resilience';
+import { errorMessage } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
 import type {
   CycleBeginRefusal,
@@ -527,9 +527,14 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   async function run(): Promise<void> {
     while (!stop.signal.aborted) {
       tick();
+      // Woken early (a cycle ended, a record changed, the stop), the wait leaves no timer behind: with
+      // thousands of tenants many cycles end within one tick.
       await new Promise<void>((resolve) => {
-        wake = resolve;
-        void sleep(deps.tickMs, stop.signal).then(resolve);
+        const timer = setTimeout(resolve, deps.tickMs);
+        wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
       });
       wake = undefined;
     }

@@ -1,5 +1,14 @@
 import { waitFor } from '@urs/testkit';
-import { feed, memorySchedules, memoryStatus, record, replica, type Run } from './support/scheduler';
+import {
+  feed,
+  memorySchedules,
+  memoryStatus,
+  oneDeviceListed,
+  record,
+  replica,
+  testScheduler,
+  type Run,
+} from './support/scheduler';
 
 // A stop (SIGTERM) while an attempt waits on Redis: the attempt begins no cycle the drain would then cut.
 
@@ -34,5 +43,42 @@ describe('createScheduler: an attempt under way at a stop', () => {
     expect(runs).toEqual([]);
     // The lease was given back: another replica takes the tenant at once.
     expect(await acquire('a', 'other', 1_000)).not.toBeNull();
+  });
+});
+
+describe('createScheduler: woken early by cycles that end', () => {
+  it('should keep no timer nor stop listener per early wake-up (many cycles ending within one tick)', async () => {
+    const timers = (): number => process.getActiveResourcesInfo().filter((name) => name === 'Timeout').length;
+    const runs: Run[] = [];
+    // A tick far longer than the test: every wake-up of the loop is an early one, by a cycle's end.
+    const { table, scheduler } = testScheduler({
+      schedules: memorySchedules(),
+      tenants: memoryStatus(),
+      tickMs: 60_000,
+      maxConcurrentCycles: 1,
+      runCycle: async (input) => {
+        runs.push({
+          tenantId: input.record.tenantId,
+          replica: 0,
+          start: input.startedAt,
+          end: Date.now(),
+          leaseHeld: true,
+        });
+        return oneDeviceListed(Date.now());
+      },
+    });
+    await feed(
+      table,
+      Array.from({ length: 30 }, (_, i) => record(`tenant-${i}`)),
+    );
+    const before = timers();
+    try {
+      scheduler.start();
+      await waitFor(() => runs.length === 30, { description: 'every tenant polled, one after the other' });
+      // Each wait of a tick ended early must not leave its tick's timer (and its listener on the stop) behind.
+      expect(timers() - before).toBeLessThan(10);
+    } finally {
+      await scheduler.close(100);
+    }
   });
 });
