@@ -52,6 +52,13 @@ export interface SaveScoresResult {
    */
   skipped: string[];
   /**
+   * The stored scores of the skipped devices whose score is of the batch's own stamp (its cycle, a
+   * correction's half millisecond included): the batch came again, and what the store holds is what the
+   * cycle scored them, though the batch was scored again since (by a scorer holding a newer profile).
+   * Present only when there are any; read in the same Redis step.
+   */
+  alreadyStored?: StoredScore[];
+  /**
    * Set when nothing was stored because the batch is of a deleted tenant (see
    * ScoreStoreOptions.onlyRegisteredTenants).
    */
@@ -78,12 +85,12 @@ export interface ScoreStore {
    * Stores each device's score unless the stored one is of the same or a newer cycle (compared by
    * `cycleStartedAt`), or the publisher tombstoned the device at the completion of this cycle or a newer
    * one (`tombstonedKeyOf`: its score was removed then, and a late batch would store it again), and adds it
-   * to its cycle's history. Idempotent: saving the same batch again
-   * changes nothing. `deviceJson`, when the caller has it, is each device's `JSON.stringify` (in the
-   * order of `devices`), as text or UTF-8 bytes: the stored record is built around it instead of
-   * serialising the device again. A `correction` (devices of the cycle scored again with its own bulk
-   * export, see the scorer) is newer than the cycle's first scores and older than the next cycle's, and
-   * keeps with each score what it replaced (`replaced`, in the order of `devices`).
+   * to its cycle's history. Idempotent: saving the same batch again changes nothing, and answers the
+   * scores stored the first time (`alreadyStored`). `deviceJson`, when the caller has it, is each device's
+   * `JSON.stringify` (in the order of `devices`), as text or UTF-8 bytes: the stored record is built around
+   * it instead of serialising the device again. A `correction` (devices of the cycle scored again with its
+   * own bulk export, see the scorer) is newer than the cycle's first scores and older than the next cycle's,
+   * and keeps with each score what it replaced (`replaced`, in the order of `devices`).
    */
   saveScores(
     tenantId: string,
@@ -169,12 +176,14 @@ export interface ScoreStoreOptions {
 // rebuilt (Redis wiped: a deletion is not told from a record not written back yet).
 // ARGV[1] stamp, ARGV[2] history length, ARGV[3] history ttl ms, ARGV[4] cycle id, then per device: id,
 // band, json, history entry json. The stamp compare and the writes happen in one script, so two writers of
-// different cycles never interleave; an equal stamp is a redelivery and is skipped. The hashes are read and
-// written with one call each per slice of devices (not one per device): the calls, not the bytes, are what
-// a batch of 500 costs Redis (a history list per device took three calls per device, half the script's
-// time). Only the last `history length` cycles keep a history hash: the script answers the skipped devices
-// and the cycles it dropped from the set, whose hashes the caller deletes. A late batch of a cycle older
-// than those writes no history.
+// different cycles never interleave; an equal stamp is a redelivery and is skipped, and the script answers
+// the stored records of those devices (fourth element; the third is 0), read with one more call per slice
+// that has any: a batch seen for the first time pays nothing for it. The hashes are read and written with
+// one call each per slice of devices (not one per device): the calls, not the bytes, are what a batch of
+// 500 costs Redis (a history list per device took three calls per device, half the script's time). Only
+// the last `history length` cycles keep a history hash: the script answers the skipped devices and the
+// cycles it dropped from the set, whose hashes the caller deletes. A late batch of a cycle older than those
+// writes no history.
 const SAVE_IF_NEWER = `${DELETED_BEFORE_LUA}${TOMBSTONED_SINCE_LUA}
 local stamp = tonumber(ARGV[1])
 local keep = tonumber(ARGV[2])
@@ -195,7 +204,7 @@ if redis.call('ZCARD', KEYS[4]) > keep then
   redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(keep + 1))
 end
 redis.call('PEXPIRE', KEYS[4], ARGV[3])
-local skipped = {}
+local skipped, stored = {}, {}
 local slice = 200
 for first = 1, n, slice do
   local last = math.min(n, first + slice - 1)
@@ -203,12 +212,14 @@ for first = 1, n, slice do
   for i = first, last do ids[#ids + 1] = ARGV[4 + (i - 1) * 4 + 1] end
   local current = redis.call('HMGET', KEYS[2], unpack(ids))
   local gone = tombstonedSince(KEYS[6], ids, stamp)
-  local scores, stamps, bands, history = {}, {}, {}, {}
+  local scores, stamps, bands, history, again = {}, {}, {}, {}, {}
   for i = first, last do
     local at = 4 + (i - 1) * 4
     local id = ARGV[at + 1]
-    if gone[i - first + 1] or tonumber(current[i - first + 1] or '-1') >= stamp then
+    local was = tonumber(current[i - first + 1] or '-1')
+    if gone[i - first + 1] or was >= stamp then
       table.insert(skipped, id)
+      if was == stamp and not gone[i - first + 1] then again[#again + 1] = id end
     else
       scores[#scores + 1] = id
       scores[#scores + 1] = ARGV[at + 3]
@@ -229,8 +240,13 @@ for first = 1, n, slice do
       redis.call('PEXPIRE', KEYS[5], ARGV[3])
     end
   end
+  if #again > 0 then
+    for _, json in ipairs(redis.call('HMGET', KEYS[1], unpack(again))) do
+      if json then stored[#stored + 1] = json end
+    end
+  end
 end
-return {skipped, dropped}`;
+return {skipped, dropped, 0, stored}`;
 
 const CLOSE_BRACE = Buffer.from('}');
 
@@ -315,16 +331,18 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
         ]);
         args.push(device.deviceId, device.band, stored, JSON.stringify(entry));
       }
-      const [skipped, dropped, deleted] = (await redis.eval(
+      const [skipped, dropped, deleted, again] = (await redis.eval(
         SAVE_IF_NEWER,
         keys.length,
         ...keys,
         ...args,
-      )) as [string[], string[], number?];
+      )) as [string[], string[], number, string[]?];
       if (deleted === 1) return { written: 0, skipped: [], tenantDeleted: true };
       if (deleted === 2) return { written: 0, skipped: [], tenantsNotRebuilt: true };
       if (dropped.length > 0) await redis.unlink(...dropped.map((id) => cycleHistoryKey(tenantId, id)));
-      return { written: devices.length - skipped.length, skipped };
+      const written = devices.length - skipped.length;
+      if (!again?.length) return { written, skipped };
+      return { written, skipped, alreadyStored: again.map((json) => JSON.parse(json) as StoredScore) };
     },
     async getDeviceScore(tenantId, deviceId) {
       return parse(await redis.hget(scoresKey(tenantId), deviceId));

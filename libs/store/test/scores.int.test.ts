@@ -23,7 +23,7 @@ const cycle = (cycleId: string, startedAt: string) => ({
 describe('createScoreStore', () => {
   const redis = testRedisPerTest();
 
-  it('saveScores should never let an older or redelivered cycle overwrite a newer score', async () => {
+  it('saveScores should never let an older or redelivered cycle overwrite a newer score, and answer what a redelivered one stored', async () => {
     const scores = createScoreStore(redis.client, redis.prefix, { historyLength: 3 });
     const newer = cycle('c2', '2026-01-01T10:10:00.000Z');
     const older = cycle('c1', '2026-01-01T10:00:00.000Z');
@@ -37,9 +37,12 @@ describe('createScoreStore', () => {
       written: 1,
       skipped: ['d1'],
     });
-    expect(await scores.saveScores('t', newer, [device('d1', 70, 'Suspicious')])).toEqual({
+    // Delivered again and scored again with another score (a newer profile): the first one stays, and is
+    // answered. An older cycle's batch (above) is answered none.
+    expect(await scores.saveScores('t', newer, [device('d1', 75, 'Suspicious')])).toEqual({
       written: 0,
       skipped: ['d1'],
+      alreadyStored: [{ tenantId: 't', ...newer, device: device('d1', 70, 'Suspicious') }],
     });
     expect((await scores.getDeviceScore('t', 'd1'))?.device.score).toBe(70);
     expect((await scores.getDeviceScore('t', 'd1'))?.cycleId).toBe('c2');
@@ -59,14 +62,18 @@ describe('createScoreStore', () => {
       skipped: [],
     });
     expect((await scores.getDeviceScore('t', 'd1'))?.replaced).toEqual(replaced[0]);
-    // Redelivered: the cycle's first score and the correction again both leave the correction stored.
+    // Redelivered: the cycle's first score and the correction again both leave the correction stored; the
+    // correction again is answered it, with what it replaced.
     expect(await scores.saveScores('t', first, [device('d1', 10, 'Trustworthy')])).toEqual({
       written: 0,
       skipped: ['d1'],
     });
-    expect(await scores.saveScores('t', correction, [device('d1', 55, 'Moderate Risk')])).toEqual({
+    expect(await scores.saveScores('t', correction, [device('d1', 50, 'Moderate Risk')])).toEqual({
       written: 0,
       skipped: ['d1'],
+      alreadyStored: [
+        { tenantId: 't', ...first, device: device('d1', 55, 'Moderate Risk'), replaced: replaced[0] },
+      ],
     });
     const stored = await scores.getDeviceScore('t', 'd1');
     expect(stored).toMatchObject({ cycleId: 'c1', device: { score: 55 } });
@@ -139,6 +146,11 @@ describe('createScoreStore', () => {
       ['d1'],
       Date.parse('2026-01-01T10:30:00.000Z'),
     );
+    // Delivered again before its score is removed: not stored, nor answered as stored (it is gone).
+    expect(await scores.saveScores('t', c1, [device('d1', 10, 'Trustworthy')])).toEqual({
+      written: 0,
+      skipped: ['d1'],
+    });
     await scores.remove('t', ['d1']);
     // A batch of c1 delivered late, and its correction: d1 is not stored again, d2 (never tombstoned) is.
     expect(

@@ -2,7 +2,7 @@ import { deviceBatchMessage, type MessageHandler, type Publisher } from '@urs/bu
 import { cycleBatchHeader, type EnrichedBatch, type ScoreBatch, type ScoredDevice } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { scoreDevice } from '@urs/scoring';
-import { tenantsNotRebuilt, type ReplacedScore, type ScoreStore } from '@urs/store';
+import { tenantsNotRebuilt, type ReplacedScore, type ScoreStore, type StoredScore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { ProfileCache } from './profiles';
 import { deviceRecordOf, toScoredDevice } from './scored-device';
@@ -22,7 +22,8 @@ export interface ScoreHandlerDeps {
  * Scores an enriched batch with the tenant's profile (inactivity aged against the cycle's start),
  * stores each device's score (a redelivered or older batch never overwrites a newer score) and emits
  * the scored batch with the same cycle header. The batch is emitted even when its scores were already
- * stored, so a redelivery after a crash still reaches the publisher, which counts each batch once.
+ * stored, so a redelivery after a crash still reaches the publisher, which counts each batch once; it then
+ * carries the scores stored the first time (see `putStored`), which the store answers with the save.
  *
  * A correction batch (a bulk cycle's devices whose vulnerabilities its own export changed) scores each
  * device again from the score it has in the cycle (`deviceRecordOf`), stores it over that one, and says
@@ -111,6 +112,8 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
     if (saved.tenantDeleted) return dropDeleted(log, batch.devices.length);
     // Its record missing because Redis lost its data, not because it was deleted: held until the rebuild.
     if (saved.tenantsNotRebuilt) throw tenantsNotRebuilt(batch.tenantId);
+    // The batch came again, its scores stored the first time: those go on, not the ones scored now.
+    const sentAsStored = putStored(devices, deviceJson, saved.alreadyStored);
     const header = {
       ...cycleBatchHeader(batch),
       collectedAt: batch.collectedAt,
@@ -126,8 +129,34 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
       devices: devices.length,
       stored: saved.written,
       notStored: saved.skipped.length,
+      ...(sentAsStored > 0 ? { sentAsStored } : {}),
     });
   };
+
+  /**
+   * Puts in place of each device scored now the score the store kept of it for the cycle (`alreadyStored`),
+   * device and JSON alike; answers how many. The store holds what the cycle scored: a batch delivered again
+   * (its scorer stopped after sending it, before committing it) may be scored again by a scorer that holds a
+   * newer profile of the tenant (one started since), and its scores, sent on, would reach VMS while the
+   * cycle's summary, the devices API and a snapshot keep the first ones.
+   */
+  function putStored(
+    devices: ScoredDevice[],
+    deviceJson: Buffer[],
+    alreadyStored: readonly StoredScore[] | undefined,
+  ): number {
+    if (!alreadyStored?.length) return 0;
+    const byId = new Map(alreadyStored.map((item) => [item.device.deviceId, item.device]));
+    let replaced = 0;
+    devices.forEach((device, index) => {
+      const stored = byId.get(device.deviceId);
+      if (stored === undefined) return;
+      devices[index] = stored;
+      deviceJson[index] = Buffer.from(JSON.stringify(stored));
+      replaced += 1;
+    });
+    return replaced;
+  }
 
   /** A correction batch's devices scored again from their scores of the cycle, and what those counted. */
   async function corrected(

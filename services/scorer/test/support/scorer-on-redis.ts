@@ -29,8 +29,8 @@ export function enrichedBatch(tenantId: string, cycleId: string, cycleStartedAt:
 }
 
 /**
- * A scorer on the test's own Redis prefix, its batches of `tenantId`: what it sent on, how many scores it
- * stored, how many batches it dropped as a deleted tenant's. `caughtUp`: its profiles have read `urs.tenants`
+ * A scorer on the test's own Redis prefix, its batches of `tenantId`: what it sent on (the values, and the
+ * JSON bytes produced: `sentJson`), how many scores it stored, how many batches it dropped as a deleted tenant's. `caughtUp`: its profiles have read `urs.tenants`
  * to the end (else they come from the tenant store).
  */
 export function scorerOnRedis(
@@ -42,8 +42,12 @@ export function scorerOnRedis(
   const state = createRegistrarStateStore(redis.client, redis.prefix);
   const scores = scoreStoreFor(redis.client, { keyPrefix: redis.prefix, scoreHistoryCycles: 10 });
   const sent: unknown[] = [];
+  const sentJson: (string | Buffer | undefined)[] = [];
   const publisher: Publisher = {
-    send: async (_topic, _contract, messages) => void sent.push(...messages.map((m) => m.value)),
+    send: async (_topic, _contract, messages) => {
+      sent.push(...messages.map((m) => m.value));
+      sentJson.push(...messages.map((m) => m.json));
+    },
     sendRaw: async () => undefined,
     close: async () => undefined,
   };
@@ -62,5 +66,5 @@ export function scorerOnRedis(
   const score = (batch: EnrichedBatch) => handler(inboundMessage(batch, { key: tenantId }));
   const stored = async () => (await scores.listDeviceScores(tenantId)).total;
   const dropped = () => metrics.counter('urs_batches_of_deleted_tenants_total', '').get();
-  return { tenants, state, scores, sent, score, stored, dropped, tenantsHandler };
+  return { tenants, state, scores, sent, sentJson, score, stored, dropped, tenantsHandler };
 }
