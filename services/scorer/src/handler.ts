@@ -41,7 +41,7 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
   const scored = deps.metrics.counter('urs_devices_scored_total', 'Devices scored, by band.');
   const stale = deps.metrics.counter(
     'urs_scores_not_stored_total',
-    'Scores not stored because a newer one was there, or the device was tombstoned since.',
+    'Scores not stored because one of the same cycle or a newer one was there (a repeated or late batch: sent on as stored), or the device was tombstoned since.',
   );
   const ofDeleted = deps.metrics.counter(
     'urs_batches_of_deleted_tenants_total',
