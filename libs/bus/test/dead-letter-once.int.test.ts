@@ -128,7 +128,7 @@ describe('createConsumerRunner with deadLetters', () => {
 });
 
 describe('writeDeadLetterOnce with Redis away', () => {
-  it('should write the letter within a bound when the ledger gets no answer, its client queueing the claim', async () => {
+  it('should write the letter once the ledger has not answered within its timeout, its client queueing the claim', async () => {
     // Nothing listens there: the client queues its commands, as while the service's Redis is away.
     const redis = createRedis({ url: `redis://127.0.0.1:${await freePort()}` });
     redis.on('error', () => undefined);
@@ -142,20 +142,20 @@ describe('writeDeadLetterOnce with Redis away', () => {
         code: 'CONTRACT_INVALID',
       };
       const writes: string[] = [];
-      const started = Date.now();
       const outcome = writeDeadLetterOnce(
         ledger,
         source,
         async () => void writes.push('letter'),
         silentLogger,
+        200,
       );
+      // The claim is never answered: without the ledger's timeout the letter would wait for ever.
       const settled = await Promise.race([
         outcome,
-        new Promise<string>((resolve) => setTimeout(() => resolve('still waiting'), 5_000).unref()),
+        new Promise<string>((resolve) => setTimeout(() => resolve('still waiting'), 10_000).unref()),
       ]);
       expect(settled).toBe('written');
       expect(writes).toEqual(['letter']);
-      expect(Date.now() - started).toBeLessThan(5_000);
     } finally {
       await closeRedis(redis, 100);
     }

@@ -162,15 +162,15 @@ describe('createDefenderClient when an answer outlasts its call slot', () => {
     });
     try {
       sim.resetStats();
-      const started = Date.now();
       // Pages of 500, the smallest a page that times out is halved to: each attempt times out as it is.
+      // Stopped by the request timeout (its message), not at the slot's end ("was stopped when its call slot
+      // ended"), which would come only a minute in.
       await expect(client.listMachines({ pageSize: 500 })).rejects.toMatchObject({
         code: DefenderErrorCode.UNAVAILABLE,
         canRetry: true,
         message: `The Defender API did not answer tenant ${slow.azureTenantId} on /api/machines within 0.3 s (ECONNABORTED)`,
       });
-      // Two attempts of 0.3 s each, not two slots of a minute.
-      expect(Date.now() - started).toBeLessThan(5_000);
+      // Two attempts, each stopped so.
       expect(sim.stats().faultsByKind).toMatchObject({ slowBody: 2 });
       expect(await noCallOpen()).toBe(0);
     } finally {

@@ -51,10 +51,9 @@ describe('startService with Redis away at the start', () => {
       expect(gauge(metrics, 'urs_ready')).toBe('0');
       expect(gauge(metrics, 'urs_redis_up')).toBe('0');
       expect(setUp).toBe(false);
-      const asked = Date.now();
+      // Redis never answers here: only the stop can end the start's wait for it.
       stop.abort();
       await expect(starting).rejects.toMatchObject({ code: 'SERVICE_STOPPED', closedCleanly: true });
-      expect(Date.now() - asked).toBeLessThan(5_000);
       expect(setUp).toBe(false);
       // Closed: the port answers nothing any more.
       expect(await get(metricsPort, '/healthz')).toBeUndefined();

@@ -7,7 +7,7 @@ interface Run {
   /** The service's log lines (stdout) and the fixture's own lines (stderr), as parsed JSON. */
   logs: Record<string, unknown>[];
   said: Record<string, unknown>[];
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; afterMs: number }>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   kill(signal: NodeJS.Signals): void;
 }
 
@@ -41,9 +41,8 @@ function runFixture(mode: string, prefix: string, env: Record<string, string> = 
   const said: Record<string, unknown>[] = [];
   child.stdout.on('data', lines(logs));
   child.stderr.on('data', lines(said));
-  const started = Date.now();
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; afterMs: number }>(
-    (resolve) => child.on('exit', (code, signal) => resolve({ code, signal, afterMs: Date.now() - started })),
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('exit', (code, signal) => resolve({ code, signal })),
   );
   return { logs, said, exited, kill: (signal) => child.kill(signal) };
 }
@@ -83,12 +82,12 @@ describe('runService', () => {
       await waitFor(() => run.said.filter((line) => line.fixture === 'handling').length === 2, {
         timeoutMs: 20_000,
       });
-      const signalled = Date.now();
       run.kill('SIGTERM');
       const exit = await exitWithin(run, 20_000);
+      // Within the shutdown timeout by the service's own clock: past it, the process exits 1 saying so.
       expect(exit).toMatchObject({ code: 0, signal: null });
-      expect(Date.now() - signalled).toBeLessThan(3_000);
       expect(messages(run)).not.toContain('graceful stop timed out, exiting');
+      expect(run.logs).toContainEqual(expect.objectContaining({ message: 'stopped', exitCode: 0 }));
       expect(run.said).toContainEqual({ fixture: 'handled', key: '300' });
       expect(run.said).not.toContainEqual({ fixture: 'handled', key: '60000' });
       // The first message's offset is committed, the second's is left for the next owner.
@@ -113,10 +112,10 @@ describe('runService', () => {
       KAFKA_BROKERS: `127.0.0.1:${port}`,
       REDIS_URL: `redis://127.0.0.1:${port}`,
     });
-    // KafkaJS would retry an unreachable broker for ~30 s before giving up: the setting is read before.
+    // KafkaJS would retry an unreachable broker for ~30 s before giving up, then fail on it: the setting is read
+    // before anything connects, so the failure names it.
     const exit = await exitWithin(run, 20_000);
     expect(exit).toMatchObject({ code: 1, signal: null });
-    expect(exit?.afterMs).toBeLessThan(10_000);
     // One line, on stderr, naming the variable and its rule; nothing was built, so nothing else logged.
     expect(run.said).toEqual([
       expect.objectContaining({
@@ -198,11 +197,10 @@ describe('runService', () => {
         status: 'not-ready',
         reason: 'starting: waiting for Redis (REDIS_URL) to answer',
       });
-      const signalled = Date.now();
       run.kill('SIGTERM');
+      // Redis never answers: a stop that waited for it would run into the shutdown timeout and exit 1.
       const exit = await exitWithin(run, 20_000);
       expect(exit).toMatchObject({ code: 0, signal: null });
-      expect(Date.now() - signalled).toBeLessThan(5_000);
       expect(messages(run)).not.toContain('graceful stop timed out, exiting');
       expect(run.logs).toContainEqual(
         expect.objectContaining({ message: 'stopped while starting', exitCode: 0 }),
@@ -251,11 +249,11 @@ describe('runService', () => {
     const run = runFixture('open-handle', prefix, { URS_SHUTDOWN_TIMEOUT_MS: '30000' });
     try {
       await waitFor(() => messages(run).includes('started'), { timeoutMs: 40_000 });
-      const signalled = Date.now();
       run.kill('SIGTERM');
+      // The open socket would hold a process left to end on its own until the shutdown timeout (30 s, past this
+      // wait), which then exits 1.
       const exit = await exitWithin(run, 20_000);
       expect(exit).toMatchObject({ code: 0, signal: null });
-      expect(Date.now() - signalled).toBeLessThan(15_000);
       expect(messages(run)).toEqual(expect.arrayContaining(['stopping', 'stopped']));
       expect(messages(run)).not.toContain('graceful stop timed out, exiting');
     } finally {

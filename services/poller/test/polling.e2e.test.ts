@@ -13,9 +13,11 @@ import {
 } from './support/stack';
 
 // Registrar and two pollers as separate processes, real Kafka and Redis, Microsoft simulated.
-// One "minute" of pollIntervalMinutes lasts 300 ms here (URS_POLL_INTERVAL_UNIT_MS), so the smallest
-// valid interval, 10 minutes, is 3 s; the lease is 1.5 s.
-const UNIT_MS = 300;
+// One "minute" of pollIntervalMinutes lasts 600 ms here (URS_POLL_INTERVAL_UNIT_MS), so the smallest
+// valid interval, 10 minutes, is 6 s; the lease is 1.5 s. The interval bounds what a broken schedule would
+// show (a start an interval late): an abandoned cycle is redone after up to a lease, a recheck and the
+// process's own lateness, which on a loaded machine must stay well inside it.
+const UNIT_MS = 600;
 const INTERVAL_MS = 10 * UNIT_MS;
 const LEASE_MS = 1_500;
 /**

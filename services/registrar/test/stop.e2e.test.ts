@@ -51,14 +51,13 @@ describe('registrar: stopping', () => {
     const exited = new Promise<number | null>((resolve) =>
       registrar.process.once('exit', (code) => resolve(code)),
     );
-    const stoppedAt = Date.now();
     registrar.process.kill('SIGTERM');
     const code = await exited;
-    const tookMs = Date.now() - stoppedAt;
     const answer = await test;
 
+    // Within URS_SHUTDOWN_TIMEOUT_MS by the registrar's own clock: past it, it exits 1 saying so.
     expect({ code, lines: code === 0 ? [] : registrar.lines.slice(-20) }).toEqual({ code: 0, lines: [] });
-    expect(tookMs).toBeLessThan(SHUTDOWN_TIMEOUT_MS);
+    expect(registrar.lines.filter((line) => line.includes('graceful stop timed out'))).toEqual([]);
     expect(answer.status).toBe(503);
     expect(answer.body).toMatchObject({ error: { code: 'SHUTTING_DOWN' } });
   });
