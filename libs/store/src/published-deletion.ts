@@ -6,11 +6,15 @@ import { DELETED_BEFORE_LUA } from './tenant-deletion';
 export interface TenantDeletions {
   /**
    * Records that the tenant was deleted at `deletedAt` (epoch ms), with the deletion's `revision` (its
-   * tombstone's), and lists its devices to tombstone: every device published and not tombstoned yet. From
-   * then on the tenant's cycles are of a deleted tenant (`ofDeletedTenant`) until it is registered again: a
+   * tombstone's), and lists its devices to tombstone: every device published and not tombstoned yet, and every
+   * device the score store holds a score of (`scoreStampsKey`). The scorer stores a score before the publisher
+   * can produce its record, so a record produced and never recorded as published (the publisher stopped
+   * between the send and `CycleStore.recordBatch`, a send that failed part way and whose batch is now of a
+   * deleted tenant) is listed too; read in the same Redis step as the marker is written, after which the score
+   * store stores no score of the tenant's cycles. From then on the tenant's cycles are of a deleted tenant (`ofDeletedTenant`) until it is registered again: a
    * record of it newer than `revision` in the tenant store, or `registeredAgain`. A deletion older than a
    * registration already recorded (delivered again, or read again from the topic's beginning) lists only
-   * the devices last seen in a cycle that started before that registration. Rejects with `REBUILD_NEEDED`
+   * the devices last seen, or scored, in a cycle that started before that registration. Rejects with `REBUILD_NEEDED`
    * (an infrastructure fault: the deletion is held and tried again), nothing written, while the record of
    * what VMS holds is not whole (`PublishedRebuild.isRebuilt`): Redis wiped since the caller made sure of it
    * would list nothing, and the deletion's marker would then keep the rebuild from restoring the tenant's
@@ -35,12 +39,15 @@ export interface TenantDeletions {
   ofDeletedTenant(tenantId: string, cycleAt: number): Promise<boolean>;
 }
 
-// KEYS[1] deletion marker hash, KEYS[2] seen zset, KEYS[3] the rebuild's marker; ARGV: deletion ms, marker
-// ttl ms, deletion revision (empty: none). Returns the devices to tombstone, or -1 (nothing written) when the
-// record of what VMS holds is not whole. The marker keeps the newest deletion with its revision, and the
-// cutoff: the start before which a device's last cycle must be to be tombstoned ('inf' unless a
-// registration newer than this deletion was recorded).
-const MARK_DELETED = `
+// KEYS[1] deletion marker hash, KEYS[2] seen zset, KEYS[3] the rebuild's marker, KEYS[4] the score store's
+// stamps hash, KEYS[5] the tenant's record hash; ARGV: deletion ms, marker ttl ms, deletion revision (empty:
+// none). Returns the devices to tombstone, or -1 (nothing written) when the record of what VMS holds is not
+// whole. The marker keeps the newest deletion with its revision, and the cutoff: the start before which a
+// device's last cycle must be to be tombstoned ('inf' unless a registration newer than this deletion was
+// recorded). A device with a stored score is listed when the score's stamp is before the marker's cut
+// (`deletedBefore`), the one the score store removes the tenant's scores by (`REMOVE_TENANT`): a registration
+// landing meanwhile keeps its cycles' devices.
+const MARK_DELETED = `${DELETED_BEFORE_LUA}
 if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
 local at = tonumber(ARGV[1])
 local deleted = tonumber(redis.call('HGET', KEYS[1], 'deletedAt') or '-1')
@@ -55,7 +62,15 @@ elseif at > deleted then
 end
 redis.call('HSET', KEYS[1], 'cutoff', cutoff)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)`;
+local devices = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)
+local listed = {}
+for i = 1, #devices do listed[devices[i]] = true end
+local scored = redis.call('HGETALL', KEYS[4])
+local before = deletedBefore(KEYS[1], KEYS[5])
+for i = 1, #scored, 2 do
+  if not listed[scored[i]] and tonumber(scored[i + 1]) < before then devices[#devices + 1] = scored[i] end
+end
+return devices`;
 
 // KEYS[1] deletion marker hash, KEYS[2] sequence hash, KEYS[3] counter, KEYS[4] completed zset.
 const FORGET_DELETED = `
@@ -98,6 +113,8 @@ export interface DeletionKeys {
   record: (tenantId: string) => string;
   /** Devices by the start of the newest cycle they were in (zset). */
   seen: (tenantId: string) => string;
+  /** The score store's stamps hash (read only, see `scoreStampsKey`). */
+  scored: (tenantId: string) => string;
   /** Completed cycles by start (zset). */
   cycles: (tenantId: string) => string;
   /** Completed cycles' sequence numbers (hash). */
@@ -121,10 +138,12 @@ export function createTenantDeletions(
     async markDeleted(tenantId, deletedAt, revision) {
       const devices = (await redis.eval(
         MARK_DELETED,
-        3,
+        5,
         keys.deleted(tenantId),
         keys.seen(tenantId),
         keys.rebuilt,
+        keys.scored(tenantId),
+        keys.record(tenantId),
         String(deletedAt),
         String(markerTtlMs),
         revision === undefined ? '' : String(revision),

@@ -13,7 +13,7 @@ import {
   type PublishOptions,
 } from './published-devices';
 import { replies } from './replies';
-import { scoreStamp } from './scores';
+import { scoreStamp, scoreStampsKey } from './scores';
 import { tenantDeletionKey } from './tenant-deletion';
 import { TOMBSTONE_MARKER_TTL_MS, tombstonedKeyOf } from './tombstoned-devices';
 import { tenantRecordKey } from './tenants';
@@ -328,6 +328,7 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
       deleted: deletedKey,
       record: recordKey,
       seen: seenKey,
+      scored: (tenantId) => scoreStampsKey(prefix, tenantId),
       cycles: cyclesKey,
       sequence: sequenceKey,
       counter: counterKey,

@@ -244,6 +244,14 @@ export function scoreStamp(cycleAt: number, correction: boolean | undefined): nu
 }
 
 /**
+ * A tenant's score stamps hash (deviceId → `scoreStamp` of its stored score): every device the score store holds
+ * a score of. The publisher's deletion of the tenant reads it (see TenantDeletions.markDeleted).
+ */
+export function scoreStampsKey(prefix: string, tenantId: string): string {
+  return `${prefix}score-stamps:${tenantId}`;
+}
+
+/**
  * Latest score per device and a short history, under `{prefix}scores:{tenantId}` (hash of JSON),
  * `{prefix}score-stamps:{tenantId}`, `{prefix}score-bands:{tenantId}`, and for the history the tenant's
  * last cycles `{prefix}score-cycles:{tenantId}` (sorted set by start) with one hash per cycle
@@ -258,7 +266,7 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
   const historyTtlMs = options.historyTtlMs ?? 30 * 24 * 60 * 60 * 1000;
   const onlyRegistered = options.onlyRegisteredTenants ?? false;
   const scoresKey = (tenantId: string): string => `${prefix}scores:${tenantId}`;
-  const stampsKey = (tenantId: string): string => `${prefix}score-stamps:${tenantId}`;
+  const stampsKey = (tenantId: string): string => scoreStampsKey(prefix, tenantId);
   const bandsKey = (tenantId: string): string => `${prefix}score-bands:${tenantId}`;
   const cyclesKey = (tenantId: string): string => `${prefix}score-cycles:${tenantId}`;
   const cycleHistoryKey = (tenantId: string, cycleId: string): string =>
