@@ -1,6 +1,7 @@
 import type { default as Redis } from 'ioredis';
 import { UrsError } from '@urs/resilience';
-import { DELETED_BEFORE_LUA } from './tenant-deletion';
+import { DELETED_BEFORE_LUA, TENANT_GONE_LUA } from './tenant-deletion';
+import { tenantsNotRebuilt } from './tenants';
 
 /** A tenant's deletion as the published store records it (see `createTenantDeletions`). */
 export interface TenantDeletions {
@@ -32,9 +33,12 @@ export interface TenantDeletions {
    */
   registeredAgain(tenantId: string, registeredAt: number): Promise<void>;
   /**
-   * Whether the cycle that started at `cycleAt` (epoch ms) is of a deleted tenant: the tenant was deleted
-   * and not registered again before the cycle started (`DELETED_BEFORE_LUA`, the rule the score store
-   * stores scores by). Its batches and summary are not published.
+   * Whether the cycle that started at `cycleAt` (epoch ms) is of a deleted tenant, by the rule the score store
+   * stores scores by (`TENANT_GONE_LUA`): the tenant was deleted and not registered again before the cycle
+   * started (`DELETED_BEFORE_LUA`), or, with `onlyRegisteredTenants`, its record is gone from the rebuilt
+   * tenant store (Redis wiped since the deletion took its marker). Its batches and summary are not published.
+   * With `onlyRegisteredTenants`, rejects with TENANTS_NOT_REBUILT (retryable, an infrastructure fault) while the
+   * record is missing and the registrar has not rebuilt the records (`tenantsNotRebuilt`).
    */
   ofDeletedTenant(tenantId: string, cycleAt: number): Promise<boolean>;
 }
@@ -97,13 +101,29 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1`;
 
 /**
- * KEYS[1] deletion marker hash, KEYS[2] the tenant's record hash; ARGV[1] a cycle's start (epoch ms). 1 when
- * the cycle is of a deleted tenant (`ofDeletedTenant`).
+ * KEYS[1] deletion marker hash, KEYS[2] the tenant's record hash, KEYS[3] (with `onlyRegisteredTenants`) the
+ * registrar's rebuild marker; ARGV[1] a cycle's start (epoch ms). `tenantGone`'s answer (`ofDeletedTenant`).
  */
-export const OF_DELETED_TENANT = `${DELETED_BEFORE_LUA}
-local cut = deletedBefore(KEYS[1], KEYS[2])
-if cut and tonumber(ARGV[1]) < cut then return 1 end
-return 0`;
+export const OF_DELETED_TENANT = `${TENANT_GONE_LUA}
+return tenantGone(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]))`;
+
+/**
+ * `OF_DELETED_TENANT`'s keys for the tenant: with `tenantsRebuilt` (`onlyRegisteredTenants`), a record gone
+ * counts too.
+ */
+export function ofDeletedTenantKeys(keys: DeletionKeys, tenantId: string): string[] {
+  return [
+    keys.deleted(tenantId),
+    keys.record(tenantId),
+    ...(keys.tenantsRebuilt === undefined ? [] : [keys.tenantsRebuilt]),
+  ];
+}
+
+/** `OF_DELETED_TENANT`'s answer: whether the cycle is of a deleted tenant; TENANTS_NOT_REBUILT thrown for 2. */
+export function ofDeletedTenantAnswer(answer: unknown, tenantId: string): boolean {
+  if (answer === 2) throw tenantsNotRebuilt(tenantId);
+  return answer === 1;
+}
 
 /** The keys of a tenant's publisher state its deletion reads, writes or forgets (`createPublishedStore`). */
 export interface DeletionKeys {
@@ -123,6 +143,11 @@ export interface DeletionKeys {
   counter: (tenantId: string) => string;
   /** The rebuild's marker (see `RebuildKeys.rebuilt`). */
   rebuilt: string;
+  /**
+   * The registrar's marker that the tenant records are whole (`tenantsRebuiltKey`), read only, with
+   * `onlyRegisteredTenants`: a tenant whose record is gone is then a deleted one (`OF_DELETED_TENANT`).
+   */
+  tenantsRebuilt?: string;
 }
 
 /**
@@ -176,14 +201,9 @@ export function createTenantDeletions(
       );
     },
     async ofDeletedTenant(tenantId, cycleAt) {
-      const deleted = await redis.eval(
-        OF_DELETED_TENANT,
-        2,
-        keys.deleted(tenantId),
-        keys.record(tenantId),
-        String(cycleAt),
-      );
-      return deleted === 1;
+      const of = ofDeletedTenantKeys(keys, tenantId);
+      const answer = await redis.eval(OF_DELETED_TENANT, of.length, ...of, String(cycleAt));
+      return ofDeletedTenantAnswer(answer, tenantId);
     },
   };
 }

@@ -2,7 +2,7 @@ import type Redis from 'ioredis';
 import type { RedisConfig } from '@urs/config';
 import type { Band, ScoredDevice } from '@urs/contracts';
 import { REMOVE_DEVICES, REMOVE_TENANT } from './score-removal';
-import { DELETED_BEFORE_LUA, tenantDeletionKey } from './tenant-deletion';
+import { TENANT_GONE_LUA, tenantDeletionKey } from './tenant-deletion';
 import { tenantRecordKey, tenantsRebuiltKey } from './tenants';
 import { TOMBSTONED_SINCE_LUA, tombstonedKeyOf } from './tombstoned-devices';
 
@@ -163,10 +163,8 @@ export interface ScoreStoreOptions {
 // ms), KEYS[5] this cycle's history hash (deviceId → entry json), KEYS[6] the tenant's tombstoned devices
 // (zset, see tombstonedKeyOf: a device tombstoned by this cycle or a newer one is skipped).
 // With onlyRegisteredTenants, KEYS[7] the tenant's record hash, KEYS[8] its deletion marker and KEYS[9] the
-// registrar's rebuild marker: the script writes nothing, and answers a third element, 1 when the marker says
-// the cycle is of a deleted tenant (`deletedBefore`: deleted, and not registered again before the cycle
-// started) or the record is gone from rebuilt records; 2 when the record is missing and the records are not
-// rebuilt (Redis wiped: a deletion is not told from a record not written back yet).
+// registrar's rebuild marker: the script writes nothing, and answers a third element, `tenantGone`'s answer
+// when not 0 (1: the cycle is of a deleted tenant; 2: the record is missing and the records are not rebuilt).
 // ARGV[1] stamp, ARGV[2] history length, ARGV[3] history ttl ms, ARGV[4] cycle id, then per device: id,
 // band, json, history entry json. The stamp compare and the writes happen in one script, so two writers of
 // different cycles never interleave; an equal stamp is a redelivery and is skipped. The hashes are read and
@@ -175,17 +173,13 @@ export interface ScoreStoreOptions {
 // time). Only the last `history length` cycles keep a history hash: the script answers the skipped devices
 // and the cycles it dropped from the set, whose hashes the caller deletes. A late batch of a cycle older
 // than those writes no history.
-const SAVE_IF_NEWER = `${DELETED_BEFORE_LUA}${TOMBSTONED_SINCE_LUA}
+const SAVE_IF_NEWER = `${TENANT_GONE_LUA}${TOMBSTONED_SINCE_LUA}
 local stamp = tonumber(ARGV[1])
 local keep = tonumber(ARGV[2])
 local n = (#ARGV - 4) / 4
 if #KEYS > 6 then
-  local cut = deletedBefore(KEYS[8], KEYS[7])
-  if cut and stamp < cut then return {{}, {}, 1} end
-  if redis.call('EXISTS', KEYS[7]) == 0 then
-    if redis.call('EXISTS', KEYS[9]) == 1 then return {{}, {}, 1} end
-    return {{}, {}, 2}
-  end
+  local gone = tenantGone(KEYS[8], KEYS[7], KEYS[9], stamp)
+  if gone > 0 then return {{}, {}, gone} end
 end
 redis.call('ZADD', KEYS[4], stamp, ARGV[4])
 local recent = redis.call('ZREVRANK', KEYS[4], ARGV[4]) < keep

@@ -151,6 +151,8 @@ describe('publisher main: a deleted tenant', () => {
 
   it('should tombstone its devices, forget its state, drop its late batches, and publish it again once registered again', async () => {
     // Cycle c1 complete (its summary out), then c2 open: one batch of two published before the deletion.
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    await tenants.put(tenantRecord(tenantId, { revision: 1 }));
     const startedAt = Date.now() - 120_000;
     await sendBatch(scoreBatch('c1', startedAt, 0, [device('a', 10), device('b', 80), device('c', 20)], 1));
     await sendBatch(scoreBatch('c2', startedAt + 60_000, 0, [device('a', 90), device('d', 30)], 2));
@@ -159,11 +161,13 @@ describe('publisher main: a deleted tenant', () => {
     // tells the publisher that its record did not go out: it is tombstoned too (harmless for a key VMS lacks).
     await storeScores(scoreBatch('c2', startedAt + 60_000, 1, [device('g', 60)], 2));
 
-    // Deleted as the registrar deletes: a null value under the tenant's key, with the deletion's revision.
+    // Deleted as the registrar deletes: a null value under the tenant's key, with the deletion's revision,
+    // then the record removed.
     await producer?.send({
       topic: topic('urs.tenants'),
       messages: [{ key: tenantId, value: null, headers: { 'urs-revision': '2' } }],
     });
+    await tenants.remove(tenantId, 2);
     await waitFor(() => scores().filter((m) => m.value === null).length >= 5, { timeoutMs: 30_000 });
     const tombstones = scores().slice(5);
     expect(tombstones.map((m) => m.key).sort()).toEqual(
@@ -199,6 +203,7 @@ describe('publisher main: a deleted tenant', () => {
     });
 
     // Registered again: a cycle that started after the registration publishes every device and its summary.
+    await tenants.put(tenantRecord(tenantId, { revision: 3 }));
     await producer?.send({
       topic: topic('urs.tenants'),
       messages: [{ key: tenantId, value: JSON.stringify(tenantRecord(tenantId, { revision: 3 })) }],
@@ -310,6 +315,7 @@ describe('publisher main: a deleted tenant', () => {
 
   it('should read back the devices VMS holds from vms.risk-scores when its Redis is wiped while it runs', async () => {
     const wiped = 'tenant-wiped';
+    await createTenantStore(redis.client, redis.prefix).put(tenantRecord(wiped, { revision: 1 }));
     await sendBatch(scoreBatch('c1', Date.now() - 60_000, 0, [device('a', 10), device('b', 80)], 1, wiped));
     await waitFor(() => summaries().some((summary) => summary.tenantId === wiped), { timeoutMs: 30_000 });
     const rebuilds = (): Record<string, unknown>[] =>
