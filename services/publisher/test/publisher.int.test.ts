@@ -681,6 +681,28 @@ describe('the publisher', () => {
     expect(await owed()).toEqual([]);
   });
 
+  it('with the deployment store, closeOverdue should leave a summary to a later sweep, not count it failed, while the registrar has not rebuilt the tenant records', async () => {
+    const { handler, begin, completion, cycles, metrics } = build({ onlyRegisteredTenants: true });
+    // A cycle under way when Redis lost the tenant records (a wipe), and the registrar has not written them
+    // back when its deadline passes.
+    await tenantStore().put(tenantRecord('t1', { revision: 1 }));
+    await createRegistrarStateStore(redis.client, redis.prefix).markRebuilt(new Date());
+    await begin(1);
+    await cycles.listed('t1', 'c1', { totalBatches: 2, totalDevices: 3, listedAt: minute(11) });
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    await deleteKeysMatching(redis.client, `${redis.prefix}tenant*`);
+    now = new Date(minute(16));
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(summaries()).toEqual([]);
+    expect(metrics.expose()).toMatch(/^urs_summary_sweep_failures_total 0$/m);
+    // The registrar wrote the records back: a later sweep sends it (as owed, once its lock would have lapsed).
+    await tenantStore().put(tenantRecord('t1', { revision: 1 }));
+    await createRegistrarStateStore(redis.client, redis.prefix).markRebuilt(new Date());
+    now = new Date(minute(20));
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(summaries()).toMatchObject([{ cycleId: 'c1', status: 'partial' }]);
+  });
+
   it('createCycleCompletion should send a summary whose first send failed on the redelivery, once', async () => {
     const { handler, begin } = build({ failSummaries: 1 });
     now = new Date(minute(13));
