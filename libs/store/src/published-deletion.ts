@@ -7,19 +7,21 @@ import { tenantsNotRebuilt } from './tenants';
 export interface TenantDeletions {
   /**
    * Records that the tenant was deleted at `deletedAt` (epoch ms), with the deletion's `revision` (its
-   * tombstone's), and lists its devices to tombstone: every device published and not tombstoned yet, and every
-   * device the score store holds a score of (`scoreStampsKey`). The scorer stores a score before the publisher
-   * can produce its record, so a record produced and never recorded as published (the publisher stopped
-   * between the send and `CycleStore.recordBatch`, a send that failed part way and whose batch is now of a
-   * deleted tenant) is listed too; read in the same Redis step as the marker is written, after which the score
-   * store stores no score of the tenant's cycles. From then on the tenant's cycles are of a deleted tenant (`ofDeletedTenant`) until it is registered again: a
-   * record of it newer than `revision` in the tenant store, or `registeredAgain`. A deletion older than a
-   * registration already recorded (delivered again, or read again from the topic's beginning) lists only
-   * the devices last seen, or scored, in a cycle that started before that registration. Rejects with `REBUILD_NEEDED`
-   * (an infrastructure fault: the deletion is held and tried again), nothing written, while the record of
-   * what VMS holds is not whole (`PublishedRebuild.isRebuilt`): Redis wiped since the caller made sure of it
-   * would list nothing, and the deletion's marker would then keep the rebuild from restoring the tenant's
-   * devices, leaving them in VMS for good.
+   * tombstone's), and lists its devices to tombstone: every device published and not tombstoned yet, and
+   * every device the score store holds a score of from before the deletion's cut (`scoreStampsKey`; the
+   * scores `ScoreStore.removeTenant` removes, not those of a registration landing meanwhile). The scorer
+   * stores a score before the publisher can produce its record, so a record produced and never recorded as
+   * published (the publisher stopped between the send and `CycleStore.recordBatch`, or a send failed part
+   * way, and the batch comes again as a deleted tenant's) is listed too; read in the same Redis step as the
+   * marker is written, after which the score store stores no score of the tenant's cycles. From then on the
+   * tenant's cycles are of a deleted tenant (`ofDeletedTenant`) until it is registered again: a record of it
+   * newer than `revision` in the tenant store, or `registeredAgain`. A deletion older than a registration
+   * already recorded (delivered again, or read again from the topic's beginning) lists only the devices last
+   * seen, or scored, in a cycle that started before that registration. Rejects with `REBUILD_NEEDED` (an
+   * infrastructure fault: the deletion is held and tried again), nothing written, while the record of what
+   * VMS holds is not whole (`PublishedRebuild.isRebuilt`): Redis wiped since the caller made sure of it would
+   * list nothing, and the deletion's marker would then keep the rebuild from restoring the tenant's devices,
+   * leaving them in VMS for good.
    */
   markDeleted(tenantId: string, deletedAt: number, revision?: number): Promise<string[]>;
   /**

@@ -46,9 +46,9 @@ export interface TenantsHandlerDeps {
  * scores for ever. Its deletion tombstones every device published and not tombstoned yet, and every device
  * with a stored score (a record sent by a batch that was not recorded yet, the publisher stopped in between
  * or its send failed part way, is known only there: the batch comes again as a deleted tenant's and is
- * dropped), then forgets the tenant's state and every score of its devices, published or not. A disabled tenant is a record like
- * any other: nothing is sent for it (Director's full push disables a tenant it leaves out, it never
- * deletes it).
+ * dropped), then forgets the tenant's state and every score of its devices, published or not. A disabled
+ * tenant is a record like any other: nothing is sent for it (Director's full push disables a tenant it leaves
+ * out, it never deletes it).
  *
  * The deletion is recorded first, with its time (the tombstone's timestamp) and revision: batches of the
  * tenant's cycles still on their way are then dropped, and so are the summaries of its open cycles, until
