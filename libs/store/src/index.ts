@@ -18,7 +18,13 @@ export type {
   TenantScoresRemoval,
 } from './scores';
 export { createPublishedStore } from './published';
-export type { CompletedCycle, PublishedStore, TenantLease, TombstoneHold } from './published';
+export type {
+  CompletedCycle,
+  PublishedStore,
+  PublishedStoreOptions,
+  TenantLease,
+  TombstoneHold,
+} from './published';
 export type { PublishedDevice, DeviceScoreRef, PublishOptions } from './published-devices';
 export { RESTORED_SEEN_AT } from './published-rebuild';
 export type { PublishedRebuild, VmsKeyState } from './published-rebuild';

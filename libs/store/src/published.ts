@@ -1,6 +1,13 @@
 import type Redis from 'ioredis';
 import { releaseOwnedKey, renewOwnedKey, takeOwnedKey, takeOwnedKeyIn } from './owned-key';
-import { createTenantDeletions, OF_DELETED_TENANT, type TenantDeletions } from './published-deletion';
+import {
+  createTenantDeletions,
+  OF_DELETED_TENANT,
+  ofDeletedTenantAnswer,
+  ofDeletedTenantKeys,
+  type DeletionKeys,
+  type TenantDeletions,
+} from './published-deletion';
 import { createPublishedRebuild, type PublishedRebuild } from './published-rebuild';
 import {
   commitOn,
@@ -13,10 +20,10 @@ import {
   type PublishOptions,
 } from './published-devices';
 import { replies } from './replies';
-import { scoreStamp } from './scores';
+import { scoreStamp, scoreStampsKey } from './scores';
 import { tenantDeletionKey } from './tenant-deletion';
 import { TOMBSTONE_MARKER_TTL_MS, tombstonedKeyOf } from './tombstoned-devices';
-import { tenantRecordKey } from './tenants';
+import { tenantRecordKey, tenantsRebuiltKey } from './tenants';
 
 /**
  * One publisher replica's hold on a tenant: while it lasts, no other replica records a batch of the tenant
@@ -40,8 +47,9 @@ export interface PublishedStore extends TenantDeletions, PublishedRebuild {
    * `forget`), is never returned (a late or redelivered batch). Read once the tenant's lease is taken
    * (`takeTenantLease`), in the same round trip: the batch holds it until
    * `CycleStore.recordBatch` gives it back. Null, nothing read or taken, while another replica holds it;
-   * 'deleted', the lease given back, when the cycle is of a deleted tenant (`ofDeletedTenant`).
-   * Call `commit` once the records are on the topic.
+   * 'deleted', the lease given back, when the cycle is of a deleted tenant (`ofDeletedTenant`, which says
+   * when it rejects with TENANTS_NOT_REBUILT, the lease given back too). Call `commit` once the records are on
+   * the topic.
    */
   changed(
     lease: TenantLease,
@@ -140,6 +148,18 @@ export interface PublishedStore extends TenantDeletions, PublishedRebuild {
     fromMs: number,
     backoff: { firstMs: number; maxMs: number },
   ): Promise<number>;
+}
+
+export interface PublishedStoreOptions {
+  /**
+   * A tenant whose record is gone from the tenant store, once the registrar has rebuilt it since Redis last
+   * came up empty, is a deleted one (`ofDeletedTenant`, `changed`), as the score store's save has it
+   * (`ScoreStoreOptions.onlyRegisteredTenants`): a wipe takes the deletion's marker with it, and the batches of
+   * the tenant's cycles still queued would bring its devices back to VMS. A record missing while the records
+   * are not rebuilt holds them (TENANTS_NOT_REBUILT). Default false (only the deletion's marker counts); the
+   * publisher's deployment sets it.
+   */
+  onlyRegisteredTenants?: boolean;
 }
 
 /** What `PublishedStore.completeCycle` answers. */
@@ -304,7 +324,11 @@ const DELETION_MARKER_TTL_MS = SUMMARY_MARKER_TTL_MS;
  * Redis last came up without it, and `{prefix}published-rebuild-lock` (string, PX) is held by the replica
  * rebuilding it (`PublishedRebuild`).
  */
-export function createPublishedStore(redis: Redis, prefix: string): PublishedStore {
+export function createPublishedStore(
+  redis: Redis,
+  prefix: string,
+  options: PublishedStoreOptions = {},
+): PublishedStore {
   const publishedKey = (tenantId: string): string => publishedKeyOf(prefix, tenantId);
   const seenKey = (tenantId: string): string => seenKeyOf(prefix, tenantId);
   const cyclesKey = (tenantId: string): string => `${prefix}published-cycles:${tenantId}`;
@@ -321,19 +345,18 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
   // How many times each owed summary's send failed (`deferOwedSummary`): fields go with their owed entry.
   const owedFailuresKey = `${prefix}summaries-owed-failures`;
   const rebuiltKey = `${prefix}published-rebuilt`;
-  const deletions = createTenantDeletions(
-    redis,
-    {
-      rebuilt: rebuiltKey,
-      deleted: deletedKey,
-      record: recordKey,
-      seen: seenKey,
-      cycles: cyclesKey,
-      sequence: sequenceKey,
-      counter: counterKey,
-    },
-    DELETION_MARKER_TTL_MS,
-  );
+  const deletionKeys: DeletionKeys = {
+    rebuilt: rebuiltKey,
+    deleted: deletedKey,
+    record: recordKey,
+    seen: seenKey,
+    scored: (tenantId) => scoreStampsKey(prefix, tenantId),
+    cycles: cyclesKey,
+    sequence: sequenceKey,
+    counter: counterKey,
+    ...(options.onlyRegisteredTenants ? { tenantsRebuilt: tenantsRebuiltKey(prefix) } : {}),
+  };
+  const deletions = createTenantDeletions(redis, deletionKeys, DELETION_MARKER_TTL_MS);
   const rebuild = createPublishedRebuild(redis, {
     rebuilt: rebuiltKey,
     lock: `${prefix}published-rebuild-lock`,
@@ -348,12 +371,13 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
     async changed(lease, cycleAt, devices, options = {}) {
       // One transaction: the read comes after the take, never before a sweep (or a tenant's deletion) that
       // held the lease is done.
+      const of = ofDeletedTenantKeys(deletionKeys, lease.tenantId);
       const transaction = takeOwnedKeyIn(
         redis.multi(),
         tenantLeaseKey(prefix, lease.tenantId),
         lease.holder,
         lease.ttlMs,
-      ).eval(OF_DELETED_TENANT, 2, deletedKey(lease.tenantId), recordKey(lease.tenantId), String(cycleAt));
+      ).eval(OF_DELETED_TENANT, of.length, ...of, String(cycleAt));
       if (devices.length > 0) {
         const ids = devices.map((device) => device.deviceId);
         transaction
@@ -362,8 +386,10 @@ export function createPublishedStore(redis: Redis, prefix: string): PublishedSto
       }
       const results = await replies(transaction);
       if (results[0] !== 1) return null;
-      if (results[1] === 1) {
+      if (results[1] !== 0) {
         await releaseOwnedKey(redis, tenantLeaseKey(prefix, lease.tenantId), lease.holder);
+        // TENANTS_NOT_REBUILT thrown, the lease given back, while the tenant records are not rebuilt.
+        ofDeletedTenantAnswer(results[1], lease.tenantId);
         return 'deleted';
       }
       const current = (results[2] ?? []) as (string | null)[];

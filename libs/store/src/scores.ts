@@ -2,7 +2,7 @@ import type Redis from 'ioredis';
 import type { RedisConfig } from '@urs/config';
 import type { Band, ScoredDevice } from '@urs/contracts';
 import { REMOVE_DEVICES, REMOVE_TENANT } from './score-removal';
-import { DELETED_BEFORE_LUA, tenantDeletionKey } from './tenant-deletion';
+import { TENANT_GONE_LUA, tenantDeletionKey } from './tenant-deletion';
 import { tenantRecordKey, tenantsRebuiltKey } from './tenants';
 import { TOMBSTONED_SINCE_LUA, tombstonedKeyOf } from './tombstoned-devices';
 
@@ -170,10 +170,8 @@ export interface ScoreStoreOptions {
 // ms), KEYS[5] this cycle's history hash (deviceId → entry json), KEYS[6] the tenant's tombstoned devices
 // (zset, see tombstonedKeyOf: a device tombstoned by this cycle or a newer one is skipped).
 // With onlyRegisteredTenants, KEYS[7] the tenant's record hash, KEYS[8] its deletion marker and KEYS[9] the
-// registrar's rebuild marker: the script writes nothing, and answers a third element, 1 when the marker says
-// the cycle is of a deleted tenant (`deletedBefore`: deleted, and not registered again before the cycle
-// started) or the record is gone from rebuilt records; 2 when the record is missing and the records are not
-// rebuilt (Redis wiped: a deletion is not told from a record not written back yet).
+// registrar's rebuild marker: the script writes nothing, and answers a third element, `tenantGone`'s answer
+// when not 0 (1: the cycle is of a deleted tenant; 2: the record is missing and the records are not rebuilt).
 // ARGV[1] stamp, ARGV[2] history length, ARGV[3] history ttl ms, ARGV[4] cycle id, then per device: id,
 // band, json, history entry json. The stamp compare and the writes happen in one script, so two writers of
 // different cycles never interleave; an equal stamp is a redelivery and is skipped, and the script answers
@@ -184,17 +182,13 @@ export interface ScoreStoreOptions {
 // the last `history length` cycles keep a history hash: the script answers the skipped devices and the
 // cycles it dropped from the set, whose hashes the caller deletes. A late batch of a cycle older than those
 // writes no history.
-const SAVE_IF_NEWER = `${DELETED_BEFORE_LUA}${TOMBSTONED_SINCE_LUA}
+const SAVE_IF_NEWER = `${TENANT_GONE_LUA}${TOMBSTONED_SINCE_LUA}
 local stamp = tonumber(ARGV[1])
 local keep = tonumber(ARGV[2])
 local n = (#ARGV - 4) / 4
 if #KEYS > 6 then
-  local cut = deletedBefore(KEYS[8], KEYS[7])
-  if cut and stamp < cut then return {{}, {}, 1} end
-  if redis.call('EXISTS', KEYS[7]) == 0 then
-    if redis.call('EXISTS', KEYS[9]) == 1 then return {{}, {}, 1} end
-    return {{}, {}, 2}
-  end
+  local gone = tenantGone(KEYS[8], KEYS[7], KEYS[9], stamp)
+  if gone > 0 then return {{}, {}, gone} end
 end
 redis.call('ZADD', KEYS[4], stamp, ARGV[4])
 local recent = redis.call('ZREVRANK', KEYS[4], ARGV[4]) < keep
@@ -260,6 +254,14 @@ export function scoreStamp(cycleAt: number, correction: boolean | undefined): nu
 }
 
 /**
+ * A tenant's score stamps hash (deviceId → `scoreStamp` of its stored score): every device the score store holds
+ * a score of. The publisher's deletion of the tenant reads it (see TenantDeletions.markDeleted).
+ */
+export function scoreStampsKey(prefix: string, tenantId: string): string {
+  return `${prefix}score-stamps:${tenantId}`;
+}
+
+/**
  * Latest score per device and a short history, under `{prefix}scores:{tenantId}` (hash of JSON),
  * `{prefix}score-stamps:{tenantId}`, `{prefix}score-bands:{tenantId}`, and for the history the tenant's
  * last cycles `{prefix}score-cycles:{tenantId}` (sorted set by start) with one hash per cycle
@@ -274,7 +276,7 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
   const historyTtlMs = options.historyTtlMs ?? 30 * 24 * 60 * 60 * 1000;
   const onlyRegistered = options.onlyRegisteredTenants ?? false;
   const scoresKey = (tenantId: string): string => `${prefix}scores:${tenantId}`;
-  const stampsKey = (tenantId: string): string => `${prefix}score-stamps:${tenantId}`;
+  const stampsKey = (tenantId: string): string => scoreStampsKey(prefix, tenantId);
   const bandsKey = (tenantId: string): string => `${prefix}score-bands:${tenantId}`;
   const cyclesKey = (tenantId: string): string => `${prefix}score-cycles:${tenantId}`;
   const cycleHistoryKey = (tenantId: string, cycleId: string): string =>

@@ -39,3 +39,24 @@ local function deletedBefore(markerKey, recordKey, revision)
   return math.huge, false
 end
 `;
+
+/**
+ * Lua: `tenantGone(markerKey, recordKey, rebuiltKey, stamp)`, the one rule by which the score store's save
+ * refuses a batch and the publisher drops a batch or a summary (`ofDeletedTenant`, `changed`): whether the
+ * cycle that started at `stamp` (epoch ms) is of a deleted tenant. 1 when the deletion marker says so
+ * (`deletedBefore`), or, given `rebuiltKey` (the registrar's `tenantsRebuiltKey`), when the tenant's record is
+ * gone from records rebuilt since Redis last came up empty (a wipe took the marker with it); 2 when the record
+ * is missing and the records are not rebuilt (Redis wiped: a deletion is not told from a record not written
+ * back yet, and the caller waits); 0 otherwise. Without `rebuiltKey` only the marker counts.
+ */
+export const TENANT_GONE_LUA = `${DELETED_BEFORE_LUA}
+local function tenantGone(markerKey, recordKey, rebuiltKey, stamp)
+  local cut = deletedBefore(markerKey, recordKey)
+  if cut and stamp < cut then return 1 end
+  if rebuiltKey and redis.call('EXISTS', recordKey) == 0 then
+    if redis.call('EXISTS', rebuiltKey) == 1 then return 1 end
+    return 2
+  end
+  return 0
+end
+`;

@@ -322,6 +322,33 @@ describe('createScoreStore', () => {
     expect(await published.ofDeletedTenant('t', Date.parse('2026-01-01T11:10:00.000Z'))).toBe(true);
   });
 
+  it('markDeleted should list the devices with a stored score beside the published ones, not those of a registration landing meanwhile', async () => {
+    const scores = scoreStoreFor(redis.client, { keyPrefix: redis.prefix, scoreHistoryCycles: 10 });
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    const published = createPublishedStore(redis.client, redis.prefix);
+    await markPublishedRebuilt(published);
+    await createRegistrarStateStore(redis.client, redis.prefix).markRebuilt(new Date());
+    await tenants.put(tenantRecord('t', { revision: 5 }));
+    // Cycle c1: d0 published and recorded; d1 scored, its record sent and the batch not recorded yet.
+    const c1 = cycle('c1', '2026-01-01T10:00:00.000Z');
+    await scores.saveScores('t', c1, [device('d0', 10, 'Trustworthy'), device('d1', 20, 'Trustworthy')]);
+    await published.commit('t', Date.parse(c1.cycleStartedAt), [
+      { deviceId: 'd0', score: 10, band: 'Trustworthy' },
+    ]);
+    // Deleted at 10:10 (revision 6) and registered again (revision 7) before the publisher reads the deletion:
+    // the registration's first cycle stores d2.
+    await tenants.put(tenantRecord('t', { revision: 7 }));
+    await scores.saveScores('t', cycle('c2', '2026-01-01T10:20:00.000Z'), [device('d2', 30, 'Low Risk')]);
+
+    const listed = await published.markDeleted('t', Date.parse('2026-01-01T10:10:00.000Z'), 6);
+    expect(listed.sort()).toEqual(['d0', 'd1']);
+    // Listed again on a deletion handled again, until the tombstones forget them.
+    expect((await published.markDeleted('t', Date.parse('2026-01-01T10:10:00.000Z'), 6)).sort()).toEqual([
+      'd0',
+      'd1',
+    ]);
+  });
+
   it('removeTenant should forget every score, band, cycle and history of a deleted tenant, and only the cycles from before a registration again', async () => {
     const scores = createScoreStore(redis.client, redis.prefix);
     const published = createPublishedStore(redis.client, redis.prefix);

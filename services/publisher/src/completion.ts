@@ -491,6 +491,15 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
             });
             return;
           }
+          // Nor one waiting for the registrar to write the tenant records back after Redis lost them
+          // (`ofDeletedTenant`): the held messages' alert names it already.
+          if (errorCode(error) === 'TENANTS_NOT_REBUILT') {
+            deps.logger.info('cycle summary waits for the tenant records, sent by a later sweep', {
+              tenantId,
+              cycleId,
+            });
+            return;
+          }
           sweepFailures.inc();
           deps.logger.warn('cycle summary not sent, tried again at the next sweep', {
             tenantId,

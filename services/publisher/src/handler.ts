@@ -63,7 +63,9 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
    * Which devices changed, read once the tenant's lease is this replica's: another replica's sweep holds
    * it while it sends one of the tenant's summaries, for a summary's length (a snapshot's at most), and
    * the replica that handles the tenant's deletion while it sends its tombstones. 'deleted', the lease
-   * not held, when the batch's cycle is of a deleted tenant.
+   * not held, when the batch's cycle is of a deleted tenant (`PublishedStore.ofDeletedTenant`: also a record
+   * the registrar removed, the deletion's marker lost with a wiped Redis); TENANTS_NOT_REBUILT, the batch held,
+   * while the record is missing and the registrar has not rebuilt the records.
    */
   async function changedUnderLease(
     lease: TenantLease,
@@ -114,7 +116,8 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     const toPublish = await changedUnderLease(lease, cycleAt, refs, options, signal);
     if (toPublish === 'deleted') {
       // Its tenant was deleted since the cycle started: the tenant's devices were tombstoned (or are being
-      // tombstoned, by the replica that holds the lease) and must not come back to VMS. Neither recorded
+      // tombstoned, by the replica that holds the lease, or will be once it reads the deletion) and must not
+      // come back to VMS. Neither recorded
       // nor completed: the cycle owes VMS no summary (the sweep drops it, see `sendOwed`).
       log.info('batch of a deleted tenant not published', { devices: batch.devices.length });
       return;

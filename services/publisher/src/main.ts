@@ -32,7 +32,9 @@ void runService({
   async setup({ settings: own, config, logger, metrics, redis, kafka, publisher, drainTimeoutMs }) {
     const prefix = config.redis.keyPrefix;
     const cycles = createCycleStore(redis, prefix);
-    const published = createPublishedStore(redis, prefix);
+    // A tenant whose record the registrar removed is deleted, as the scorer has it: after a wipe that took the
+    // deletion's marker, its queued batches are dropped once the records are rebuilt, held until then.
+    const published = createPublishedStore(redis, prefix, { onlyRegisteredTenants: true });
     const inOrder = createInOrder();
     const leasing = tenantLeasing();
     const scores = scoreStoreFor(redis, config.redis);

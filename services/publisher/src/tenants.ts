@@ -43,10 +43,12 @@ export interface TenantsHandlerDeps {
  *
  * A deleted tenant (a tombstone, as the registrar writes on `DELETE /v1/tenants/{id}/defender`) has no
  * more cycles, so no complete cycle would ever tombstone its devices: VMS would enforce on their last
- * scores for ever. Its deletion tombstones every device published and not tombstoned yet, then forgets
- * the tenant's state and every score of its devices, published or not. A disabled tenant is a record like
- * any other: nothing is sent for it (Director's full push disables a tenant it leaves out, it never
- * deletes it).
+ * scores for ever. Its deletion tombstones every device published and not tombstoned yet, and every device
+ * with a stored score (a record sent by a batch that was not recorded yet, the publisher stopped in between
+ * or its send failed part way, is known only there: the batch comes again as a deleted tenant's and is
+ * dropped), then forgets the tenant's state and every score of its devices, published or not. A disabled
+ * tenant is a record like any other: nothing is sent for it (Director's full push disables a tenant it leaves
+ * out, it never deletes it).
  *
  * The deletion is recorded first, with its time (the tombstone's timestamp) and revision: batches of the
  * tenant's cycles still on their way are then dropped, and so are the summaries of its open cycles, until
@@ -100,9 +102,9 @@ export function createTenantsHandler(deps: TenantsHandlerDeps): MessageHandler<T
           const gone = await deps.published.markDeleted(tenantId, at, revision);
           await deps.tombstones(tenantId, gone);
           await deps.published.forgetDeleted(tenantId);
-          // The tombstones removed the published devices' scores; the devices scored and never published
-          // (a batch not published yet, a tenant deleted in its first cycle) would stay for ever: no cycle
-          // of the tenant will tombstone them, and the registrar's API would show them again were the
+          // The tombstones removed the listed devices' scores; what else the tenant's cycles left (their
+          // histories, a score stored after a registration the deletion is older than) would stay for ever:
+          // no cycle of the tenant will remove it, and the registrar's API would show it again were the
           // tenant registered again. A registration landing meanwhile keeps its cycles' scores.
           const whole = await deps.scores.removeTenant(tenantId, { deletedRevision: revision });
           return { tombstones: gone.length, ...(whole ? {} : { registeredMeanwhile: true }) };

@@ -140,6 +140,8 @@ describe('the publisher', () => {
       completionLogger?: Logger;
       /** Called as the cycle completion reads stored scores (a snapshot), with the ids asked. */
       onScoresRead?: (deviceIds: string[]) => void;
+      /** The deployment's published store: a tenant whose record is gone is a deleted one. */
+      onlyRegisteredTenants?: boolean;
     } = {},
   ) {
     let failures = options.failSummaries ?? 0;
@@ -163,7 +165,9 @@ describe('the publisher', () => {
       close: async () => undefined,
     };
     const cycles = createCycleStore(redis.client, redis.prefix);
-    const store = createPublishedStore(redis.client, redis.prefix);
+    const store = createPublishedStore(redis.client, redis.prefix, {
+      onlyRegisteredTenants: options.onlyRegisteredTenants ?? false,
+    });
     const published: typeof store = {
       ...store,
       lockSummary: async (...args) => {
@@ -603,15 +607,15 @@ describe('the publisher', () => {
   });
 
   it('a deletion read while Redis lost the tenant records should be held until the registrar rebuilds them, and tombstone nothing of a tenant registered again since', async () => {
-    const { handler, begin, deleteTenant } = build();
+    const { handler, begin, deleteTenant } = build({ onlyRegisteredTenants: true });
     // Deleted at revision 3 and registered again at revision 5; the publisher, behind on urs.tenants, has
-    // read neither when Redis comes back empty. Its own rebuild restores what VMS holds (here: the cycle
-    // published again since).
+    // read neither when Redis comes back empty.
     await deleteKeysMatching(redis.client, `${redis.prefix}*`);
     await begin(1);
-    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')], 1));
-    // A batch is not taken for a deleted tenant's for its missing record: only a deletion marker says so.
-    expect(records('c1').map((m) => m.key)).toEqual(['t1/a', 't1/b']);
+    const batch = scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')], 1);
+    // A batch is neither published nor dropped for its missing record: it waits for the records too.
+    await expect(handler(batch)).rejects.toMatchObject({ code: 'TENANTS_NOT_REBUILT', canRetry: true });
+    expect(records()).toEqual([]);
     const failure = await deleteTenant(minute(12), 3).then(
       () => undefined,
       (error: unknown) => error,
@@ -625,6 +629,78 @@ describe('the publisher', () => {
     await createRegistrarStateStore(redis.client, redis.prefix).markRebuilt(new Date());
     await deleteTenant(minute(12), 3);
     expect(records().filter((m) => m.value === null)).toEqual([]);
+    // The batch, tried again, is the registration's.
+    await handler(batch);
+    expect(records('c1').map((m) => m.key)).toEqual(['t1/a', 't1/b']);
+  });
+
+  it('with the deployment store, a batch of a deleted tenant queued while Redis lost its data should be held until the registrar rebuilds the tenants, then dropped', async () => {
+    const { handler, begin, deleteTenant } = build({ onlyRegisteredTenants: true });
+    const registrar = createRegistrarStateStore(redis.client, redis.prefix);
+    await registrar.markRebuilt(new Date());
+    await tenantStore().put(tenantRecord('t1', { revision: 1 }));
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    // Deleted (revision 2): the registrar removes the record, the publisher tombstones a.
+    await tenantStore().remove('t1', 2);
+    await deleteTenant(minute(12), 2);
+    expect(records().map((m) => [m.key, m.value === null])).toEqual([
+      ['t1/a', false],
+      ['t1/a', true],
+    ]);
+
+    // Redis comes back empty: the deletion's marker is gone with the rest. The cycle's last batch, scored
+    // before the deletion, is still on urs.device-scores.
+    await deleteKeysMatching(redis.client, `${redis.prefix}*`);
+    const last = scoreBatch(1, 1, [device('b', 30, 'Low Risk')], 2);
+    const failure = await handler(last).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(failure).toMatchObject({ code: 'TENANTS_NOT_REBUILT', canRetry: true });
+    expect(isInfrastructureFault(failure)).toBe(true);
+    // The registrar rebuilt the records, the tenant not among them: the batch is a deleted tenant's.
+    await registrar.markRebuilt(new Date());
+    await handler(last);
+    expect(records()).toHaveLength(2);
+    expect(summaries()).toEqual([]);
+  });
+
+  it('with the deployment store, closeOverdue should send no summary of a tenant whose record the registrar removed', async () => {
+    const { handler, begin, completion, cycles } = build({ onlyRegisteredTenants: true });
+    await createRegistrarStateStore(redis.client, redis.prefix).markRebuilt(new Date());
+    await tenantStore().put(tenantRecord('t1', { revision: 1 }));
+    await begin(1);
+    await cycles.listed('t1', 'c1', { totalBatches: 2, totalDevices: 3, listedAt: minute(11) });
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    // Deleted: the record removed, the deletion not read by the publisher yet; the cycle's deadline passes.
+    await tenantStore().remove('t1', 2);
+    now = new Date(minute(16));
+    await completion.closeOverdue();
+    expect(summaries()).toEqual([]);
+    expect(await owed()).toEqual([]);
+  });
+
+  it('with the deployment store, closeOverdue should leave a summary to a later sweep, not count it failed, while the registrar has not rebuilt the tenant records', async () => {
+    const { handler, begin, completion, cycles, metrics } = build({ onlyRegisteredTenants: true });
+    // A cycle under way when Redis lost the tenant records (a wipe), and the registrar has not written them
+    // back when its deadline passes.
+    await tenantStore().put(tenantRecord('t1', { revision: 1 }));
+    await createRegistrarStateStore(redis.client, redis.prefix).markRebuilt(new Date());
+    await begin(1);
+    await cycles.listed('t1', 'c1', { totalBatches: 2, totalDevices: 3, listedAt: minute(11) });
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')]));
+    await deleteKeysMatching(redis.client, `${redis.prefix}tenant*`);
+    now = new Date(minute(16));
+    expect(await completion.closeOverdue()).toBe(0);
+    expect(summaries()).toEqual([]);
+    expect(metrics.expose()).toMatch(/^urs_summary_sweep_failures_total 0$/m);
+    // The registrar wrote the records back: a later sweep sends it (as owed, once its lock would have lapsed).
+    await tenantStore().put(tenantRecord('t1', { revision: 1 }));
+    await createRegistrarStateStore(redis.client, redis.prefix).markRebuilt(new Date());
+    now = new Date(minute(20));
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(summaries()).toMatchObject([{ cycleId: 'c1', status: 'partial' }]);
   });
 
   it('createCycleCompletion should send a summary whose first send failed on the redelivery, once', async () => {

@@ -1,6 +1,12 @@
 import { join } from 'node:path';
 import type { Consumer, Producer } from 'kafkajs';
-import { checkMessage, type ScoreBatch, type ScoredDevice, type VmsRiskSummary } from '@urs/contracts';
+import {
+  checkMessage,
+  vmsRecord,
+  type ScoreBatch,
+  type ScoredDevice,
+  type VmsRiskSummary,
+} from '@urs/contracts';
 import {
   createPublishedStore,
   createRegistrarStateStore,
@@ -145,28 +151,33 @@ describe('publisher main: a deleted tenant', () => {
 
   it('should tombstone its devices, forget its state, drop its late batches, and publish it again once registered again', async () => {
     // Cycle c1 complete (its summary out), then c2 open: one batch of two published before the deletion.
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    await tenants.put(tenantRecord(tenantId, { revision: 1 }));
     const startedAt = Date.now() - 120_000;
     await sendBatch(scoreBatch('c1', startedAt, 0, [device('a', 10), device('b', 80), device('c', 20)], 1));
     await sendBatch(scoreBatch('c2', startedAt + 60_000, 0, [device('a', 90), device('d', 30)], 2));
     await waitFor(() => scores().length === 5 && summaries().length === 1, { timeoutMs: 30_000 });
-    // A device of c2 scored before the deletion, its batch not sent yet: stored, never published.
+    // A device of c2 scored before the deletion, its batch not sent yet: stored, never published. Nothing
+    // tells the publisher that its record did not go out: it is tombstoned too (harmless for a key VMS lacks).
     await storeScores(scoreBatch('c2', startedAt + 60_000, 1, [device('g', 60)], 2));
 
-    // Deleted as the registrar deletes: a null value under the tenant's key, with the deletion's revision.
+    // Deleted as the registrar deletes: a null value under the tenant's key, with the deletion's revision,
+    // then the record removed.
     await producer?.send({
       topic: topic('urs.tenants'),
       messages: [{ key: tenantId, value: null, headers: { 'urs-revision': '2' } }],
     });
-    await waitFor(() => scores().filter((m) => m.value === null).length >= 4, { timeoutMs: 30_000 });
+    await tenants.remove(tenantId, 2);
+    await waitFor(() => scores().filter((m) => m.value === null).length >= 5, { timeoutMs: 30_000 });
     const tombstones = scores().slice(5);
     expect(tombstones.map((m) => m.key).sort()).toEqual(
-      ['a', 'b', 'c', 'd'].map((deviceId) => `${tenantId}/${deviceId}`),
+      ['a', 'b', 'c', 'd', 'g'].map((deviceId) => `${tenantId}/${deviceId}`),
     );
     expect(tombstones.every((m) => m.value === null)).toBe(true);
     await waitFor(() => logged('tenant deleted, its devices tombstoned').length === 1, {
       timeoutMs: 10_000,
     });
-    expect(logged('tenant deleted, its devices tombstoned')[0]).toMatchObject({ tenantId, tombstones: 4 });
+    expect(logged('tenant deleted, its devices tombstoned')[0]).toMatchObject({ tenantId, tombstones: 5 });
 
     // Its publisher state is gone: what was published and seen, its completed cycles, its devices' scores
     // (the one never published too) with their histories.
@@ -192,6 +203,7 @@ describe('publisher main: a deleted tenant', () => {
     });
 
     // Registered again: a cycle that started after the registration publishes every device and its summary.
+    await tenants.put(tenantRecord(tenantId, { revision: 3 }));
     await producer?.send({
       topic: topic('urs.tenants'),
       messages: [{ key: tenantId, value: JSON.stringify(tenantRecord(tenantId, { revision: 3 })) }],
@@ -203,7 +215,7 @@ describe('publisher main: a deleted tenant', () => {
     });
     await sendBatch(scoreBatch('c3', Date.now(), 0, [device('a', 90), device('f', 40)], 1));
     await waitFor(() => summaries().some((summary) => summary.cycleId === 'c3'), { timeoutMs: 30_000 });
-    const after = scores().slice(9);
+    const after = scores().slice(10);
     expect(after.map((m) => m.key).sort()).toEqual([`${tenantId}/a`, `${tenantId}/f`]);
     expect(after.every((m) => (m.value as { cycleId: string }).cycleId === 'c3')).toBe(true);
     expect(summaries().map((summary) => summary.cycleId)).toEqual(['c1', 'c3']);
@@ -252,8 +264,58 @@ describe('publisher main: a deleted tenant', () => {
     ).toEqual([`${again}/a`, `${again}/c`]);
   }, 120_000);
 
+  it('should tombstone a device whose record went out before its batch was recorded, the batch dropped after the deletion', async () => {
+    const crashed = 'tenant-crashed';
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    const ofCrashed = (): VmsMessage[] => scores().filter((m) => m.key.startsWith(`${crashed}/`));
+    const last = (deviceId: string): VmsMessage | undefined =>
+      ofCrashed()
+        .filter((m) => m.key === `${crashed}/${deviceId}`)
+        .at(-1);
+    const logs = (message: string): Record<string, unknown>[] =>
+      logged(message).filter((line) => line['tenantId'] === crashed);
+    await tenants.put(tenantRecord(crashed, { revision: 1 }));
+    const startedAt = Date.now() - 60_000;
+    await sendBatch(scoreBatch('c1', startedAt, 0, [device('a', 10)], 2, crashed));
+    await waitFor(() => ofCrashed().length === 1, { timeoutMs: 30_000 });
+
+    // The cycle's second batch brings device d, never published before: scored and stored, its record
+    // produced, and the publisher stopped before recording the batch (a crash, or a send that failed part way
+    // through a broker outage), so the batch comes again.
+    const second = scoreBatch('c1', startedAt, 1, [device('d', 80)], 2, crashed);
+    await storeScores(second);
+    const [record] = second.devices.map((scored) => vmsRecord(crashed, 'c1', second.scoredAt, scored));
+    await producer?.send({
+      topic: topic('vms.risk-scores'),
+      messages: [{ key: record?.key ?? '', value: JSON.stringify(record?.value) }],
+    });
+    await waitFor(() => last('d') !== undefined, { timeoutMs: 30_000 });
+
+    // Deleted before the batch comes again, as the registrar deletes: the tombstone, then the record removed.
+    await producer?.send({
+      topic: topic('urs.tenants'),
+      messages: [{ key: crashed, value: null, headers: { 'urs-revision': '2' } }],
+    });
+    await tenants.remove(crashed, 2);
+    await waitFor(() => logs('tenant deleted, its devices tombstoned').length === 1, { timeoutMs: 30_000 });
+    await producer?.send({
+      topic: topic('urs.device-scores'),
+      messages: [{ key: crashed, value: JSON.stringify(second) }],
+    });
+    await waitFor(() => logs('batch of a deleted tenant not published').length === 1, { timeoutMs: 30_000 });
+
+    // Both devices leave VMS: the one recorded as published and the one only the score store knew of.
+    await waitFor(() => last('a')?.value === null && last('d')?.value === null, { timeoutMs: 10_000 }).catch(
+      () => undefined,
+    );
+    expect({ a: last('a')?.value, d: last('d')?.value }).toEqual({ a: null, d: null });
+    expect(logs('tenant deleted, its devices tombstoned')[0]).toMatchObject({ tombstones: 2 });
+    expect(await redis.client.exists(`${redis.prefix}scores:${crashed}`)).toBe(0);
+  }, 120_000);
+
   it('should read back the devices VMS holds from vms.risk-scores when its Redis is wiped while it runs', async () => {
     const wiped = 'tenant-wiped';
+    await createTenantStore(redis.client, redis.prefix).put(tenantRecord(wiped, { revision: 1 }));
     await sendBatch(scoreBatch('c1', Date.now() - 60_000, 0, [device('a', 10), device('b', 80)], 1, wiped));
     await waitFor(() => summaries().some((summary) => summary.tenantId === wiped), { timeoutMs: 30_000 });
     const rebuilds = (): Record<string, unknown>[] =>
