@@ -11,7 +11,7 @@ import {
 } from '@urs/resilience';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
-import type { RefusalRecord } from './refusals';
+import { restRecordKept, type RefusalRecord } from './refusals';
 import type { TenantRegistry } from './registry';
 import { forEachLimit } from './concurrency';
 import { redactTenantPayload } from './dead-letter';
@@ -234,8 +234,17 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     const origin = { source: 'director' as const, generation: push.generation };
     // The last applied generation again: a redelivery (the registrar stopped before committing it). What
     // an administrator changed over REST since it was applied stays, a tenant deleted stays deleted
-    // (registerUnlessDeleted); the rest is applied again.
+    // (registerUnlessDeleted); the rest is applied again. A push handled again before it was applied (held
+    // midway for a fault, or its registrar stopped midway) keeps, tenant by tenant, the REST records written
+    // since it reached them (`restRecordKept`).
     const repeated = push.generation === last;
+    /**
+     * Whether a `full` push leaving the tenant out disables it: Director registered it, and no administrator
+     * wrote it over REST since this generation reached it (`restRecordKept`: enabled again after this push
+     * disabled it, then the push came again).
+     */
+    const toDisable = (record: TenantRecord): boolean =>
+      registeredByDirector(record) && !restRecordKept(record, origin, repeated);
     const present = new Set<string>();
     // KafkaJS heartbeats only between messages, and only when asked: a push of thousands of tenants keeps
     // asking, or the group drops this member before the push is done and it comes back, to take as long
@@ -425,23 +434,24 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
       const missing = (await deps.tenants.ids()).filter((tenantId) => !present.has(tenantId));
       await forEachLimit(missing, concurrency, async (tenantId) => {
         // Checked under the tenant's write lock. A tenant Director registered is disabled whatever wrote it
-        // last (an administrator's secret rotation must not keep an offboarded customer polled); one only
-        // ever registered over REST stays enabled, and a refusal of Director's in its status ends all the
-        // same. One that cannot be disabled (held by another writer past every attempt) stays enabled until
-        // the next full push.
+        // last (an administrator's secret rotation must not keep an offboarded customer polled), unless an
+        // administrator wrote it over REST since this generation reached it (`toDisable`); one only ever
+        // registered over REST stays enabled, and a refusal of Director's in its status ends all the same.
+        // One that cannot be disabled (held by another writer past every attempt) stays enabled until the
+        // next full push.
         const result = await ofTenant(tenantId, () =>
           deps.registry.disable(
             tenantId,
             `missing from Director full push ${push.generation}`,
             origin,
-            registeredByDirector,
+            toDisable,
           ),
         );
         if (!result.ok) {
           leftAsItWas(tenantId, 'tenant missing from a full push not disabled', result.error);
           // Counted when it was Director's to disable and is enabled, as the disable would have found it.
           const record = await deps.tenants.get(tenantId);
-          if (record && registeredByDirector(record) && record.enabled) leftEnabled.inc();
+          if (record && toDisable(record) && record.enabled) leftEnabled.inc();
         } else if (result.value) outcome.disabled++;
         await heartbeat();
       });

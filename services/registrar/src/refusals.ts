@@ -39,6 +39,24 @@ export interface TenantRefusalsDeps {
   now: () => Date;
 }
 
+/**
+ * Whether a Director write of `origin` leaves the tenant's record `current` as it is: an administrator wrote it
+ * over REST after Director's `origin.generation` (or a newer one) reached the tenant (a REST write keeps the
+ * `generation` of Director's last write), or after that generation was applied (`keepRestRecord`: the last
+ * applied generation delivered again). A push handled again, held midway for a fault or delivered again after a
+ * restart, must not undo what was changed since. Decided per tenant: a push held midway reached some tenants
+ * and not others.
+ */
+export function restRecordKept(
+  current: TenantRecord | null,
+  origin: RegistrationOrigin,
+  keepRestRecord = false,
+): boolean {
+  if (current?.source !== 'rest' || origin.source !== 'director') return false;
+  if (keepRestRecord) return true;
+  return origin.generation !== undefined && (current.generation ?? -1) >= origin.generation;
+}
+
 /** What the registry asks of a tenant's refusals; each is documented where it is made, below. */
 export interface TenantRefusals {
   deletedByAdministrator(tenantId: string, generation: number): Promise<boolean>;
@@ -129,7 +147,7 @@ export function createTenantRefusals(deps: TenantRefusalsDeps): TenantRefusals {
     if (origin.generation !== undefined && (await deletedByAdministrator(tenantId, origin.generation)))
       return 'not-recorded';
     const current = await deps.tenants.get(tenantId);
-    if (options.keepRestRecord && current?.source === 'rest') return 'not-recorded';
+    if (restRecordKept(current, origin, options.keepRestRecord)) return 'not-recorded';
     // Fields of its own: the poller's cycle bookkeeping rewrites `state` and `lastError*` after each cycle,
     // and a refused update (a rotated secret refused, the old one still polling) must stay in sight.
     const registrationError = {

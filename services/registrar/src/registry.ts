@@ -10,7 +10,12 @@ import { canonicalJson } from '@urs/scoring';
 import type { SecretSealer } from '@urs/secrets';
 import type { PollScheduleStore, RegistrarStateStore, TenantStore } from '@urs/store';
 import { openKeptSecret, sameSecret, secretToWrite } from './record-secret';
-import { createTenantRefusals, type RefusalRecord, type RegistrationFailure } from './refusals';
+import {
+  createTenantRefusals,
+  restRecordKept,
+  type RefusalRecord,
+  type RegistrationFailure,
+} from './refusals';
 import {
   createTenantLock,
   throwIfCut,
@@ -39,12 +44,14 @@ export interface RegisterOptions {
    * Write nothing when the tenant's record already says the same (Director's repeated full pushes, a REST
    * client retrying its PUT): no new revision, and the tenant's status (its last error) stays. A write of
    * the other source than the record's is always a change: REST over Director's makes the tenant the
-   * administrator's, Director over REST (`keepRestRecord` unset) makes it Director's again.
+   * administrator's, Director over REST (a REST record not kept, see `keepRestRecord`) makes it Director's again.
    */
   skipIfUnchanged?: boolean;
   /**
    * Write nothing over a record an administrator wrote over REST: Director's last generation delivered
-   * again (its offset not committed before a restart) must not undo what was changed since.
+   * again (its offset not committed before a restart) must not undo what was changed since. A Director
+   * write never goes over a REST record written after its generation reached the tenant, with this set or
+   * not (`restRecordKept`).
    */
   keepRestRecord?: boolean;
   /**
@@ -262,7 +269,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       : origin.source === 'director'
         ? 'disabled by Director'
         : 'disabled by an administrator';
-    if (options.keepRestRecord && current?.source === 'rest')
+    if (current && restRecordKept(current, origin, options.keepRestRecord))
       return { record: current, changed: false, created: false };
     const kept = options.keepSecret ? openKeptSecret(deps.sealer, tenantId, current, defender) : undefined;
     // A tenant changing hands is a change even with the same settings: taken over by an administrator, a

@@ -328,6 +328,29 @@ describe('createRegistrationHandler', () => {
     });
   });
 
+  it('handle should leave enabled the tenants a full push left out that an administrator enabled again over REST, when that generation comes again', async () => {
+    const { push, tenants, registry } = setup();
+    await push(4, 'full', [item('a'), item('b'), item('kept')]);
+    await push(5, 'full', [item('a'), item('kept')]);
+    // b: disabled by generation 5 itself. a: disabled before generation 5 came, which finds it disabled.
+    await push(6, 'full', [item('kept')]);
+    expect(await tenants.get('a')).toMatchObject({ enabled: false, generation: 6 });
+    expect(await tenants.get('b')).toMatchObject({ enabled: false, generation: 5 });
+    // Generation 6 is applied; an administrator enables a and b again, then generation 6 is delivered again.
+    for (const tenantId of ['a', 'b'])
+      await registry.register({ tenantId, defender: registrationBody() as never }, { source: 'rest' });
+    expect(await push(6, 'full', [item('kept')])).toMatchObject({ disabled: 0 });
+    for (const tenantId of ['a', 'b'])
+      expect(await tenants.get(tenantId)).toMatchObject({ source: 'rest', enabled: true });
+    // A newer full push leaving them out disables them: Director registered them.
+    expect(await push(7, 'full', [item('kept')])).toMatchObject({ disabled: 2 });
+    for (const tenantId of ['a', 'b'])
+      expect(await tenants.get(tenantId)).toMatchObject({
+        enabled: false,
+        disabledReason: 'missing from Director full push 7',
+      });
+  });
+
   it("handle should make a REST tenant Director's when a newer generation lists it as it is, so a later full push leaving it out disables it", async () => {
     const { push, tenants, registry } = setup();
     await push(1, 'full', [item('a')]);
@@ -768,6 +791,32 @@ describe('createRegistrationHandler', () => {
       expect(letters()).toEqual([]);
       expect(state.generation).toBe(1);
     }
+  });
+
+  it('handle should keep what an administrator changed over REST while a push held for a fault was waiting to be handled again', async () => {
+    const down = new UrsError('STORE_DOWN', 'Redis refused the write', { infrastructure: true });
+    const { push, tenants, registry } = setup(
+      failingFor('b', (attempt) => (attempt === 2 ? down : undefined)),
+    );
+    await push(1, 'full', [item('a'), item('b'), item('gone'), item('left')]);
+    const second = [item('a', { pollIntervalMinutes: 30 }), item('b', { pollIntervalMinutes: 30 })];
+    // b's write fails for Redis: the push is held, a written already, the tenants left out not disabled yet.
+    await expect(push(2, 'full', second)).rejects.toBe(down);
+    expect(await tenants.get('a')).toMatchObject({ generation: 2, defender: { pollIntervalMinutes: 30 } });
+    // While the push is held, an administrator changes a.
+    await registry.register(
+      { tenantId: 'a', defender: registrationBody({ pollIntervalMinutes: 120 }) as never },
+      { source: 'rest' },
+    );
+    expect(await push(2, 'full', second)).toMatchObject({ applied: 1, unchanged: 1, disabled: 2 });
+    expect(await tenants.get('a')).toMatchObject({ source: 'rest', defender: { pollIntervalMinutes: 120 } });
+    expect(await tenants.get('b')).toMatchObject({ generation: 2, defender: { pollIntervalMinutes: 30 } });
+    // A newer generation is Director's again.
+    expect(await push(3, 'full', second)).toMatchObject({ applied: 1, unchanged: 1 });
+    expect(await tenants.get('a')).toMatchObject({
+      source: 'director',
+      defender: { pollIntervalMinutes: 30 },
+    });
   });
 
   it('handle should try a busy tenant again within the push, and dead-letter it once it stays busy', async () => {
