@@ -1,6 +1,6 @@
 import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import type { RegistrarStateStore, TenantStore } from '@urs/store';
+import type { RegistrarStateStore, TenantStatus, TenantStore } from '@urs/store';
 import { throwIfLost } from './tenant-lock';
 import { refusalMessage, type Violation } from './validation';
 
@@ -60,7 +60,7 @@ export function restRecordKept(
 /** What the registry asks of a tenant's refusals; each is documented where it is made, below. */
 export interface TenantRefusals {
   deletedByAdministrator(tenantId: string, generation: number): Promise<boolean>;
-  clearRefusal(current: TenantRecord, held: AbortSignal): Promise<void>;
+  clearRefusal(current: TenantRecord, held: AbortSignal, status?: TenantStatus): Promise<void>;
   clearDirectorRefusal(
     current: TenantRecord,
     generation: number | undefined,
@@ -90,10 +90,11 @@ export function createTenantRefusals(deps: TenantRefusalsDeps): TenantRefusals {
   /**
    * A registration refused before, now sent again as the record already has it: the status no longer
    * says it was refused (the registration in force is the one sent). A status that still says so as its
-   * state (written before the refusal had fields of its own) gets the record's state back.
+   * state (written before the refusal had fields of its own) gets the record's state back. `read`: the
+   * tenant's status when the caller read it already.
    */
-  async function clearRefusal(current: TenantRecord, held: AbortSignal): Promise<void> {
-    const status = await deps.tenants.getStatus(current.tenantId);
+  async function clearRefusal(current: TenantRecord, held: AbortSignal, read?: TenantStatus): Promise<void> {
+    const status = read ?? (await deps.tenants.getStatus(current.tenantId));
     const stateSaysRefused = status.state === 'registration-rejected';
     if (!status.registrationError && !stateSaysRefused) return;
     throwIfLost(held);

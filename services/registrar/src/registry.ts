@@ -163,6 +163,25 @@ export interface TenantRegistryDeps {
   writeLock?: TenantLockOptions;
 }
 
+type StatusUpdate = Parameters<TenantStore['updateStatus']>[1];
+
+/** The status a disabled tenant gets from `disable`: not polled, no next poll time, no refusal pending. */
+const DISABLED_STATUS: StatusUpdate = { state: 'disabled', nextPollAt: null, registrationError: null };
+
+/** The status a record written by `register` starts: no error, no refusal pending. */
+function writtenStatus(record: TenantRecord): StatusUpdate {
+  return {
+    state: record.enabled ? 'active' : 'disabled',
+    // A disabled tenant is not polled: no next poll time in its status, as `disable` leaves it.
+    ...(record.enabled ? {} : { nextPollAt: null }),
+    lastErrorCode: null,
+    lastErrorMessage: null,
+    lastErrorAt: null,
+    lastErrorCycleId: null,
+    registrationError: null,
+  };
+}
+
 /** Whether two records say the same thing (ignoring revision, time, origin; the secrets compared opened). */
 function sameSettings(
   current: TenantRecord,
@@ -294,7 +313,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         defender: settings,
       };
       if (sameSettings(current, candidate, secretMatches)) {
-        await clearRefusal(current, held);
+        await settle(current, writtenStatus(current), held);
         return { record: current, changed: false, created: false };
       }
     }
@@ -317,16 +336,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     await write(record, held);
     lostAfterSend(tenantId, held);
     if (!record.enabled) await deps.schedules.clear(tenantId);
-    await deps.tenants.updateStatus(tenantId, {
-      state: record.enabled ? 'active' : 'disabled',
-      // A disabled tenant is not polled: no next poll time in its status, as `disable` leaves it.
-      ...(record.enabled ? {} : { nextPollAt: null }),
-      lastErrorCode: null,
-      lastErrorMessage: null,
-      lastErrorAt: null,
-      lastErrorCycleId: null,
-      registrationError: null,
-    });
+    await deps.tenants.updateStatus(tenantId, writtenStatus(record));
     log.info('tenant registered', {
       tenantId,
       revision: record.revision,
@@ -335,6 +345,27 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       enabled: record.enabled,
     });
     return { record, changed: true, created: current === null };
+  }
+
+  /**
+   * A write that finds the record as it would write it (nothing to write), with the status `update` the write
+   * leaves: the record's write tried again, say, after Redis failed on the steps after it (the schedule's
+   * clear, the status's update), which a record already written would otherwise never see again. A status
+   * that disagrees with the record (a disabled tenant not `disabled` or with a next poll time, an enabled one
+   * `disabled`) is brought in line, the schedule of a disabled tenant cleared first as the write does; one
+   * that agrees only loses a refusal the registration in force overtakes (`clearRefusal`).
+   */
+  async function settle(current: TenantRecord, update: StatusUpdate, held: AbortSignal): Promise<void> {
+    const { tenantId } = current;
+    const status = await deps.tenants.getStatus(tenantId);
+    const disagrees = current.enabled
+      ? status.state === 'disabled'
+      : status.state !== 'disabled' || status.nextPollAt !== undefined;
+    if (!disagrees) return clearRefusal(current, held, status);
+    throwIfLost(held);
+    if (!current.enabled) await deps.schedules.clear(tenantId);
+    await deps.tenants.updateStatus(tenantId, update);
+    log.info('tenant status brought in line with its record', { tenantId, enabled: current.enabled });
   }
 
   async function disable(
@@ -353,7 +384,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       return null;
     }
     if (!current.enabled) {
-      await clearRefusal(current, held);
+      await settle(current, DISABLED_STATUS, held);
       return null;
     }
     const record: TenantRecord = {
@@ -368,11 +399,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     await write(record, held);
     lostAfterSend(tenantId, held);
     await deps.schedules.clear(tenantId);
-    await deps.tenants.updateStatus(tenantId, {
-      state: 'disabled',
-      nextPollAt: null,
-      registrationError: null,
-    });
+    await deps.tenants.updateStatus(tenantId, DISABLED_STATUS);
     log.info('tenant disabled', { tenantId, revision: record.revision, reason });
     return record;
   }

@@ -1,0 +1,112 @@
+import { UrsError } from '@urs/resilience';
+import { memoryStateStore, memoryTenantStore, registrationBody, testRegistry } from './fakes';
+
+/**
+ * A registry whose Redis fails once on the step after the record's write (`failing`: the schedule's clear or
+ * the status's update), as a Redis outage between the steps does: the write is then tried again.
+ */
+function setup(failing: 'clear' | 'updateStatus') {
+  const tenants = memoryTenantStore();
+  const cleared: string[] = [];
+  let fail = false;
+  const down = () => new UrsError('STORE_DOWN', 'Redis refused the write', { infrastructure: true });
+  const updateStatus = tenants.updateStatus.bind(tenants);
+  tenants.updateStatus = async (tenantId, status) => {
+    if (fail && failing === 'updateStatus') {
+      fail = false;
+      throw down();
+    }
+    return updateStatus(tenantId, status);
+  };
+  const schedules = {
+    clear: async (tenantId: string) => {
+      if (fail && failing === 'clear') {
+        fail = false;
+        throw down();
+      }
+      cleared.push(tenantId);
+    },
+    carryFailure: async () => true,
+  };
+  const registry = testRegistry({ tenants, state: memoryStateStore(), schedules });
+  return { tenants, registry, cleared, failNext: () => void (fail = true) };
+}
+
+const rest = { source: 'rest' as const };
+const body = (overrides: Record<string, unknown> = {}) => registrationBody(overrides) as never;
+
+describe('createTenantRegistry', () => {
+  const polled = { state: 'active' as const, nextPollAt: '2026-12-07T18:00:00.000Z' };
+
+  it.each(['clear', 'updateStatus'] as const)(
+    'register tried again after Redis failed on the %s of a disabling write should bring the status and schedule in line with the record',
+    async (failing) => {
+      const { tenants, registry, cleared, failNext } = setup(failing);
+      await registry.register({ tenantId: 'a', defender: body() }, rest);
+      await tenants.updateStatus('a', polled);
+      failNext();
+      await expect(
+        registry.register({ tenantId: 'a', defender: body({ enabled: false }) }, rest, {
+          skipIfUnchanged: true,
+        }),
+      ).rejects.toMatchObject({ code: 'STORE_DOWN' });
+      expect((await tenants.get('a'))?.enabled).toBe(false);
+      const again = await registry.register({ tenantId: 'a', defender: body({ enabled: false }) }, rest, {
+        skipIfUnchanged: true,
+      });
+      expect(again.changed).toBe(false);
+      const status = await tenants.getStatus('a');
+      expect(status.state).toBe('disabled');
+      expect(status).not.toHaveProperty('nextPollAt');
+      expect(cleared).toContain('a');
+    },
+  );
+
+  it.each(['clear', 'updateStatus'] as const)(
+    'disable tried again after Redis failed on the %s should bring the status and schedule in line with the record',
+    async (failing) => {
+      const { tenants, registry, cleared, failNext } = setup(failing);
+      await registry.register({ tenantId: 'a', defender: body() }, rest);
+      await tenants.updateStatus('a', polled);
+      const director = { source: 'director' as const, generation: 3 };
+      failNext();
+      await expect(registry.disable('a', 'missing', director)).rejects.toMatchObject({ code: 'STORE_DOWN' });
+      expect((await tenants.get('a'))?.enabled).toBe(false);
+      expect(await registry.disable('a', 'missing', director)).toBeNull();
+      const status = await tenants.getStatus('a');
+      expect(status.state).toBe('disabled');
+      expect(status).not.toHaveProperty('nextPollAt');
+      expect(cleared).toContain('a');
+    },
+  );
+
+  it('register tried again after Redis failed on the status of an enabling write should no longer say the tenant is disabled', async () => {
+    const { tenants, registry, failNext } = setup('updateStatus');
+    await registry.register({ tenantId: 'a', defender: body({ enabled: false }) }, rest);
+    expect((await tenants.getStatus('a')).state).toBe('disabled');
+    failNext();
+    await expect(
+      registry.register({ tenantId: 'a', defender: body() }, rest, { skipIfUnchanged: true }),
+    ).rejects.toMatchObject({ code: 'STORE_DOWN' });
+    await registry.register({ tenantId: 'a', defender: body() }, rest, { skipIfUnchanged: true });
+    expect((await tenants.getStatus('a')).state).toBe('active');
+  });
+
+  it('register and disable of a tenant whose status is in line with its record should not write it again', async () => {
+    const { tenants, registry, cleared } = setup('updateStatus');
+    await registry.register({ tenantId: 'a', defender: body({ enabled: false }) }, rest);
+    expect(cleared).toEqual(['a']);
+    let writes = 0;
+    const updateStatus = tenants.updateStatus.bind(tenants);
+    tenants.updateStatus = async (tenantId, status) => {
+      writes++;
+      return updateStatus(tenantId, status);
+    };
+    await registry.register({ tenantId: 'a', defender: body({ enabled: false }) }, rest, {
+      skipIfUnchanged: true,
+    });
+    expect(await registry.disable('a', 'missing', { source: 'director', generation: 1 })).toBeNull();
+    expect(writes).toBe(0);
+    expect(cleared).toEqual(['a']);
+  });
+});
