@@ -1,4 +1,5 @@
 import { isUrsError } from '@urs/resilience';
+import { KAFKA_AUTHORIZATION_TYPES } from './transient';
 
 /*
  * Why a crashed consumer is judged here rather than by KafkaJS's `restart` flag (KafkaJS 2.2.4,
@@ -19,11 +20,7 @@ import { isUrsError } from '@urs/resilience';
  * refuses (group id, session timeout, protocol, versions), a group that is full or fenced this member.
  */
 const FOR_GOOD_TYPES: ReadonlySet<string> = new Set([
-  'TOPIC_AUTHORIZATION_FAILED',
-  'GROUP_AUTHORIZATION_FAILED',
-  'CLUSTER_AUTHORIZATION_FAILED',
-  'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
-  'DELEGATION_TOKEN_AUTHORIZATION_FAILED',
+  ...KAFKA_AUTHORIZATION_TYPES,
   'SASL_AUTHENTICATION_FAILED',
   'UNSUPPORTED_SASL_MECHANISM',
   'ILLEGAL_SASL_STATE',

@@ -19,7 +19,7 @@ import type { Hold, HeldMessages, HoldReason } from './held';
 import { parseJsonBytes } from './json-bytes';
 import type { Publisher } from './publisher';
 import { createSpentMessages } from './spent';
-import { isTransientKafkaError } from './transient';
+import { isKafkaAuthorizationRefusal, isTransientKafkaError } from './transient';
 
 /** A consumed message, decoded and validated. `value` is null for a tombstone. */
 export interface InboundMessage<T> {
@@ -466,17 +466,20 @@ export function createMessageProcessor(
           // dead-lettered, and left uncommitted for whoever handles the partition next.
           if (work.signal?.aborted || work.shouldStop()) return false;
           // A fault of Redis or Kafka first: one wrapped in an error that says nothing of retrying (a UrsError's
-          // default) is still no fault of the message.
+          // default) is still no fault of the message. Nor is Kafka refusing the handler for want of an ACL
+          // (the stage's Write on its output topic missing): every message would be refused alike, and
+          // dead-lettering them would lose them all; held, they are handled once an operator grants it.
           const infrastructure = isInfrastructureFault(error);
-          if (!infrastructure && !canRetry(error)) {
+          const notAuthorized = !infrastructure && isKafkaAuthorizationRefusal(error);
+          if (!infrastructure && !notAuthorized && !canRetry(error)) {
             return await deadLetterSpent(work, error, inbound.value);
           }
           let delayMs: number;
-          if (infrastructure) {
+          if (infrastructure || notAuthorized) {
             infrastructureFailures++;
             delayMs = retryDelayMs(retry, infrastructureFailures);
             const fields = messageLogFields(work, inbound.value);
-            hold = heldFor(hold, topic, error, fields);
+            hold = heldFor(hold, topic, error, fields, notAuthorized ? 'not-authorized' : 'dependency');
             // Warned of once per outage by `held`; each attempt only at debug.
             log.debug('handler failed on a dependency, holding the message', {
               ...fields,

@@ -6,15 +6,19 @@ import type { Gauge } from '@urs/telemetry';
  * Why a message is held, each told in its own words:
  * - `dependency`: a dependency every message needs (Redis, Kafka) failed it (`isInfrastructureFault`), its
  *   handler, its dead letter or what the letter stands for: retried for as long as it stays down;
+ * - `not-authorized`: Kafka refused its handler a request for want of an ACL (`isKafkaAuthorizationRefusal`):
+ *   retried until an operator grants it;
  * - `dead-letter-refused`: its attempts are spent, and Kafka refuses its dead letter for a reason only an
  *   operator mends (an ACL, a letter too large): the letter written again until Kafka takes it;
  * - `dead-letter-busy`: another process claimed its dead letter and has not written it yet.
  */
-export type HoldReason = 'dependency' | 'dead-letter-refused' | 'dead-letter-busy';
+export type HoldReason = 'dependency' | 'not-authorized' | 'dead-letter-refused' | 'dead-letter-busy';
 
 /** The warning of each reason: what holds the messages, and what becomes of them. */
 const HELD_WARNINGS: Record<HoldReason, string> = {
   dependency: 'messages held: a dependency failed; retried until it is back, not dead-lettered',
+  'not-authorized':
+    'messages held: Kafka refused a request for want of an ACL; retried until it is granted, not dead-lettered',
   'dead-letter-refused':
     'messages held: Kafka refused their dead letter; written again until it takes it, their handler not run again',
   'dead-letter-busy':

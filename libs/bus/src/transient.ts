@@ -58,3 +58,28 @@ export function isTransientKafkaError(error: unknown, depth = 0): boolean {
   if (typeof e.name === 'string' && WRAPPERS.has(e.name)) return isTransientKafkaError(e.cause, depth + 1);
   return typeof e.name === 'string' && e.name.startsWith('KafkaJS') && e.retriable === true;
 }
+
+/**
+ * Kafka's refusals for want of an ACL: the principal may not use the topic, the group, the cluster or the
+ * transactional id. Neither the request nor what it carries is at fault, and waiting alone does not mend them:
+ * an operator granting the operation does.
+ */
+export const KAFKA_AUTHORIZATION_TYPES: ReadonlySet<string> = new Set([
+  'TOPIC_AUTHORIZATION_FAILED',
+  'GROUP_AUTHORIZATION_FAILED',
+  'CLUSTER_AUTHORIZATION_FAILED',
+  'TRANSACTIONAL_ID_AUTHORIZATION_FAILED',
+  'DELEGATION_TOKEN_AUTHORIZATION_FAILED',
+]);
+
+/**
+ * Whether `error` is Kafka refusing a request for want of an ACL (KAFKA_AUTHORIZATION_TYPES), as it is or as
+ * the cause (or one of the errors) of what wraps it: KafkaJS's wrappers, an error of ours.
+ */
+export function isKafkaAuthorizationRefusal(error: unknown, depth = 0): boolean {
+  if (typeof error !== 'object' || error === null || depth > MAX_CAUSE_DEPTH) return false;
+  const e = error as KafkaLikeError;
+  if (typeof e.type === 'string' && KAFKA_AUTHORIZATION_TYPES.has(e.type)) return true;
+  const inner = [e.cause, ...(Array.isArray(e.errors) ? (e.errors as unknown[]) : [])];
+  return inner.some((next) => next !== error && isKafkaAuthorizationRefusal(next, depth + 1));
+}

@@ -1,5 +1,10 @@
 import { ReplyError } from 'ioredis';
-import { KafkaJSConnectionError, KafkaJSNumberOfRetriesExceeded } from 'kafkajs';
+import {
+  KafkaJSConnectionError,
+  KafkaJSNonRetriableError,
+  KafkaJSNumberOfRetriesExceeded,
+  KafkaJSProtocolError,
+} from 'kafkajs';
 import { UrsError, retryPolicy } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine } from '@urs/testkit';
@@ -24,6 +29,22 @@ const kafkaAway = (): Error =>
     new KafkaJSConnectionError('Connection error: connect ECONNREFUSED 127.0.0.1:9092'),
     { retryCount: 8, retryTime: 5_000 },
   );
+
+/**
+ * What a handler's produce rejects with when the stage's principal may not write the topic (an ACL missing):
+ * KafkaJS marks it not retriable, and only an operator mends it.
+ */
+const topicNotAuthorised = (): Error => {
+  const refused = new KafkaJSProtocolError(
+    Object.assign(new Error('Not authorized to access topics: [Topic authorization failed]'), {
+      type: 'TOPIC_AUTHORIZATION_FAILED',
+      code: 29,
+      retriable: false,
+    }),
+  );
+  // As KafkaJS's retrier bails out on it.
+  return Object.assign(new KafkaJSNonRetriableError(refused), { cause: refused });
+};
 
 /**
  * A processor of TOPIC (tombstones accepted) whose handler is `handler`, a publisher that notes the topics
@@ -140,6 +161,38 @@ describe('createMessageProcessor', () => {
     expect(run.held.count).toBe(0);
     expect(run.lines.filter((line) => line.message === 'handler failed, retrying')).toHaveLength(2);
   });
+
+  it.each([
+    ['as KafkaJS throws it', topicNotAuthorised],
+    [
+      'wrapped in an error of ours',
+      () => new UrsError('SEND_STEP', 'could not send', { cause: topicNotAuthorised() }),
+    ],
+  ])(
+    'should hold a message whose handler Kafka refuses for want of an ACL (%s) past maxAttempts, and handle it once the ACL is granted, never dead-lettered',
+    async (_name, refusal) => {
+      let calls = 0;
+      const run = processor(async () => {
+        calls++;
+        if (calls <= 10) throw refusal();
+      }, 3);
+      await expect(run.settle()).resolves.toBe(true);
+      expect(calls).toBe(11);
+      expect(run.sent).toEqual([]);
+      expect(run.held.count).toBe(0);
+      expect(run.metrics.expose()).toContain(`handled_total{outcome="held",topic="${TOPIC}"} 1\n`);
+      expect(run.lines.filter((line) => line.level !== 'debug').map((line) => line.message)).toEqual([
+        'messages held: Kafka refused a request for want of an ACL; retried until it is granted, not dead-lettered',
+        'no message held any more',
+      ]);
+      expect(run.lines[0]).toMatchObject({
+        tenantId: 'tenant',
+        offset: '7',
+        held: 1,
+        holdReason: 'not-authorized',
+      });
+    },
+  );
 
   it('should give a held message up, unfinished and not dead-lettered, when the runner stops', async () => {
     let calls = 0;
