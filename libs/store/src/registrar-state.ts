@@ -25,7 +25,8 @@ export interface RegistrarStateStore {
   observeGeneration(generation: number): Promise<void>;
   /**
    * Records that an administrator deleted the tenant while Director's `generation` was in force (raised,
-   * never lowered): that generation delivered again must not register it again.
+   * never lowered; forgotten 30 days after the last call, see `DELETION_TTL_MS`): that generation delivered
+   * again must not register it again.
    */
   observeDeletion(tenantId: string, generation: number): Promise<void>;
   /** The Director generation in force when the tenant was last deleted, or -1. */
@@ -58,11 +59,14 @@ local nextRevision = math.max(now, current + 1, floor + 1)
 redis.call('SET', KEYS[1], string.format('%.0f', nextRevision), 'PX', ARGV[2])
 return string.format('%.0f', nextRevision)`;
 
-// KEYS[1] counter; ARGV: value, and a ttl ms if it has one. Sets the counter to max(counter, value).
+// KEYS[1] counter; ARGV: value, and a ttl ms if it has one. Sets the counter to max(counter, value); a ttl
+// counts from this call, the value raised or not.
 const RAISE = `
 local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if tonumber(ARGV[1]) > current then
   if ARGV[2] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) else redis.call('SET', KEYS[1], ARGV[1]) end
+elseif ARGV[2] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 1`;
 
@@ -74,9 +78,21 @@ return 1`;
 const REVISION_TTL_MS = 30 * 24 * 60 * 60 * 1000;
 
 /**
+ * A deleted tenant's generation (`observeDeletion`) lasts this long after its last deletion. It matters only
+ * while that generation may be handled again: a push redelivered after a restart before its offset was
+ * committed (offsets are committed every second), or held through an outage of Redis or Kafka, or delivered
+ * again after the registrar's group lost its committed offsets (Kafka drops them 7 days after the group has
+ * no member, by default `offsets.retention.minutes`). Thirty days is well past all of these; a newer
+ * generation applied meanwhile makes it moot anyway (older generations are ignored). Kept for good, every
+ * tenant ever deleted left a key behind.
+ */
+const DELETION_TTL_MS = 30 * 24 * 60 * 60 * 1000;
+
+/**
  * Keys: `{prefix}tenant-revision:{id}` (PX: `REVISION_TTL_MS` from its last revision),
- * `{prefix}tenant-write-lock:{id}`, `{prefix}tenant-deleted:{id}` (kept: a deleted tenant's, while the
- * generation it names is Director's last, stops that generation delivered again from registering it again),
+ * `{prefix}tenant-write-lock:{id}`, `{prefix}tenant-deleted:{id}` (PX: `DELETION_TTL_MS` from the tenant's
+ * last deletion: while the generation it names is Director's last, it stops that generation delivered again
+ * from registering the tenant again),
  * `{prefix}director-generation`, `{prefix}tenants-rebuilt`.
  */
 export function createRegistrarStateStore(redis: Redis, prefix: string): RegistrarStateStore {
@@ -102,7 +118,7 @@ export function createRegistrarStateStore(redis: Redis, prefix: string): Registr
       await redis.eval(RAISE, 1, generationKey, String(generation));
     },
     async observeDeletion(tenantId, generation) {
-      await redis.eval(RAISE, 1, deletedKey(tenantId), String(generation));
+      await redis.eval(RAISE, 1, deletedKey(tenantId), String(generation), String(DELETION_TTL_MS));
     },
     async deletionGeneration(tenantId) {
       const value = await redis.get(deletedKey(tenantId));

@@ -67,11 +67,26 @@ describe('createRegistrarStateStore', () => {
     await redis.client.persist(`${redis.prefix}tenant-revision:acme`);
     await store.observeRevision('acme', revision + 1);
     expect(await ttl()).toBeGreaterThan(week);
-    // A generation and a deletion's generation stay: they are not the tenant's revision.
+    // Director's generation stays: it is not the tenant's.
     await store.observeGeneration(3);
-    await store.observeDeletion('acme', 3);
     expect(await redis.client.pttl(`${redis.prefix}director-generation`)).toBe(-1);
-    expect(await redis.client.pttl(`${redis.prefix}tenant-deleted:acme`)).toBe(-1);
+  });
+
+  it("observeDeletion should let a deleted tenant's generation expire long after its last deletion", async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    const week = 7 * 24 * 60 * 60 * 1000;
+    const key = `${redis.prefix}tenant-deleted:acme`;
+    await store.observeDeletion('acme', 3);
+    expect(await redis.client.pttl(key)).toBeGreaterThan(week);
+    // Deleted again (registered again since) while the same generation is in force, or a lower one
+    // observed (a rebuild): the generation stays, and its expiry counts from then.
+    await redis.client.pexpire(key, 1_000_000);
+    await store.observeDeletion('acme', 3);
+    expect(await redis.client.pttl(key)).toBeGreaterThan(week);
+    await redis.client.pexpire(key, 1_000_000);
+    await store.observeDeletion('acme', 2);
+    expect(await redis.client.pttl(key)).toBeGreaterThan(week);
+    expect(await store.deletionGeneration('acme')).toBe(3);
   });
 
   it('observeGeneration should keep the highest generation', async () => {
