@@ -183,7 +183,6 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     log,
     restart: options.restart ?? DEFAULT_RUNNER_RESTART,
     run: () => consumer.run(runConfig),
-    busy: () => partitioned?.busy() ?? false,
   });
   consumer.on(consumer.events.GROUP_JOIN, (event) => {
     keeper.joined();

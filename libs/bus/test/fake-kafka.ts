@@ -59,6 +59,8 @@ export function fakeKafka(options: { holdFirstJoin?: boolean } = {}) {
     members,
     /** Runs waiting to join (restarts, and the first with holdFirstJoin). */
     restarts: () => joins.length,
+    /** The broker answering one of the consumer's requests (KafkaJS's REQUEST event). */
+    answer: () => emit('request', { apiName: 'Heartbeat', duration: 1 }),
     /** Lets the oldest run waiting join its group. */
     join: () => joins.shift()?.(),
     /**

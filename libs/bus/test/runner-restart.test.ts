@@ -123,3 +123,35 @@ describe('createConsumerRunner with ordering by key, its consumer crashing', () 
     }
   });
 });
+
+describe('createConsumerRunner with ordering by partition, a handler waiting', () => {
+  beforeEach(() => jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick'] }));
+  afterEach(() => jest.useRealTimers());
+
+  it('should heartbeat meanwhile, and say it is not ready once its broker answered nothing for 10 s', async () => {
+    const fake = fakeKafka();
+    let release: () => void = () => undefined;
+    const consumer = runner(fake.kafka, () => new Promise<void>((resolve) => (release = resolve)), {
+      drainTimeoutMs: 100,
+    });
+    await consumer.start();
+    const { asked, done } = fake.batch([message('0')]);
+    try {
+      await jest.advanceTimersByTimeAsync(9_000);
+      fake.answer();
+      await jest.advanceTimersByTimeAsync(9_000);
+      expect(consumer.isReady()).toBe(true);
+      // Asked every second; KafkaJS sends one per heartbeat interval.
+      expect(asked.filter((call) => call === 'heartbeat').length).toBeGreaterThanOrEqual(17);
+      await jest.advanceTimersByTimeAsync(2_000);
+      expect(consumer.isReady()).toBe(false);
+      fake.answer();
+      expect(consumer.isReady()).toBe(true);
+    } finally {
+      release();
+      await done;
+      await consumer.close();
+    }
+    expect(asked).toContain('resolve 0');
+  });
+});
