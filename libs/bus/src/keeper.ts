@@ -40,11 +40,6 @@ export interface ConsumerKeeperOptions {
    * loop anew (the subscriptions are kept).
    */
   run: () => Promise<void>;
-  /**
-   * Whether the consumer is handling a batch now (ordering 'partition'): KafkaJS's fetch loop waits for it, so
-   * nothing is asked of the broker meanwhile, and that says nothing of the broker.
-   */
-  busy: () => boolean;
 }
 
 /**
@@ -81,7 +76,8 @@ export interface ConsumerKeeper {
   crashed(error: Error): void;
   /**
    * Joined its group, and its broker answered within the last 10 s, plus the time its slowest answer of the
-   * last minute took (at most 30 s more), or a batch is being handled. False from a crash until the restarted
+   * last minute took (at most 30 s more). A batch handled however long still heartbeats (partition-ordered.ts),
+   * so the broker keeps answering while the member is in its group. False from a crash until the restarted
    * consumer joined again.
    */
   isUp(): boolean;
@@ -108,8 +104,8 @@ export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKe
   const { log } = options;
   let stopped = false;
   let joined = false;
-  // Proof that the broker answers: a member fetches every maxWaitTimeInMs and heartbeats every 3 s while it
-  // has nothing to do. A broker that went away stops these long before KafkaJS gives up on it.
+  // Proof that the broker answers: a member fetches every maxWaitTimeInMs and heartbeats every 3 s, also while
+  // it handles a batch. A broker that went away stops these long before KafkaJS gives up on it.
   let answeredAt = Date.now();
   /** The slowest recent answer's time (ms) and when it came: a slow broker's answers come as far apart. */
   let slowest = { tookMs: 0, at: answeredAt };
@@ -198,7 +194,7 @@ export function createConsumerKeeper(options: ConsumerKeeperOptions): ConsumerKe
     crashed,
     isUp() {
       const barMs = UNANSWERED_NOT_UP_MS + slowest.tookMs;
-      return joined && (options.busy() || Date.now() - answeredAt < barMs);
+      return joined && Date.now() - answeredAt < barMs;
     },
     failed() {
       return failure;

@@ -25,6 +25,15 @@ import { createPartitionFetch, type FetchedPartition } from './partition-fetch';
  *   A new member id means the group forgot this member (session expired, as when the broker stalls past
  *   it): its commits since were refused, and nothing of before is kept but the finished watermark of each
  *   partition assigned back, so the messages finished here are not handled again (skipFinishedBefore).
+ *   KafkaJS rejoins from inside one broker's fetch (consumerGroup.recoverFromFetch, on a partition's leader
+ *   moving or its topic's metadata going stale) while the other brokers' fetchers run on: a batch of a
+ *   partition assigned back, fetched before the rejoin from where it was read to here, may be handed over
+ *   after it, past messages unfinished or deferred here, which would never be read again. So the rejoin also
+ *   moves the partition's next fetch back to its finished watermark (consumer.seek): KafkaJS drops what was
+ *   fetched of it before (a batch already queued comes stale, and is not read), and its fetching starts
+ *   there. A seek KafkaJS applies later (the partition moved again before its next fetch, and came back)
+ *   moves its fetch to that watermark then: what the owner of meanwhile committed past it is handled again,
+ *   and what it skips of before it was finished here.
  * - A crash (CRASH) stops the consumer: KafkaJS disconnects it, which leaves the group when the broker answers
  *   (its runner.stop, consumerGroup.leave), so the member is gone and its partitions go to others at once; when
  *   the broker does not answer, the member id is kept (kafkajs-fixes.ts) but the group forgets it once its
@@ -116,12 +125,13 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
    * which every message read of the partition was finished here, until the partition's first batch since.
    */
   const finishedBefore = new Map<string, bigint>();
-  const { pause, pauseAgain, resume, readPastLater, stopReadingPast, readAgainIfDue } = createPartitionFetch({
-    consumer,
-    log,
-    readPastAfterMs: options.readPastAfterMs,
-    closing: closing.signal,
-  });
+  const { pause, pauseAgain, resume, readPastLater, stopReadingPast, readAgainIfDue, seek } =
+    createPartitionFetch({
+      consumer,
+      log,
+      readPastAfterMs: options.readPastAfterMs,
+      closing: closing.signal,
+    });
   const commits = createWatermarkCommits<PartitionWork>({
     log,
     intervalMs: options.commitIntervalMs,
@@ -188,12 +198,16 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
     });
   }
 
-  /** Keeps the finished watermark of a partition assigned back by a rejoin that forgot this member. */
-  function keepFinished(work: PartitionWork): void {
+  /**
+   * Keeps the finished watermark of a partition assigned back by a rejoin that forgot this member; `seekBack`
+   * (a rejoin, its consumer running on) also moves the partition's next fetch back to it (see the notes above).
+   */
+  function keepFinished(work: PartitionWork, seekBack: boolean): void {
     const id = partitionId(work.topic, work.partition);
     const finished = work.lanes.offsets.watermark();
     if (!assigned.has(id) || finished === undefined) return;
     finishedBefore.set(id, finished);
+    if (seekBack) seek(work, finished, 'partition assigned back not read again from its finished watermark');
     log.info('partition assigned back after the group forgot this member; its finished messages are kept', {
       topic: work.topic,
       partition: work.partition,
@@ -291,6 +305,8 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
       // Fetched before a rebalance and handed over after it, of a partition that moved: its new owner
       // reads it. Taken in here, it would leave offsets behind that skip messages were it assigned back.
       if (memberId !== undefined && !assigned.has(partitionId(batch.topic, batch.partition))) return;
+      // Fetched before a seek (KafkaJS's hasSeekOffset): the partition's next fetch starts where it moved.
+      if (payload.isStale()) return;
       const work = workFor(batch.topic, batch.partition);
       skipFinishedBefore(work, batch.messages[0]);
       const { lanes } = work;
@@ -340,7 +356,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
       for (const work of [...partitions.values()]) {
         if (forgotten) {
           revoke(work, 'the group forgot this member');
-          keepFinished(work);
+          keepFinished(work, true);
         } else if (!assigned.has(partitionId(work.topic, work.partition))) {
           revoke(work, 'assigned to another consumer');
         } else pauseAgain(work);
@@ -352,7 +368,8 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
         // The stopped consumer's paused partitions went with it: the one restarted has none to resume.
         work.paused = false;
         revoke(work, 'the consumer crashed');
-        keepFinished(work);
+        // The restarted consumer fetches from the committed offset: nothing of before is handed over.
+        keepFinished(work, false);
       }
     },
 

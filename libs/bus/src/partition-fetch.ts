@@ -20,7 +20,9 @@ import type { KeyLanes } from './key-lanes';
  *   it whenever the partition is assigned here again, maybe much later: a seek past the offset committed
  *   then would skip what the partition's other owner left. So the runner seeks only to the partition's
  *   last committed offset (or where its reading started), and the offset it resolves after the batch read
- *   from there moves on to the deferred message (resolved offsets do not outlive a rebalance).
+ *   from there moves on to the deferred message (resolved offsets do not outlive a rebalance); or, at a
+ *   rejoin that forgot the member, to the finished watermark, below which everything was finished here
+ *   (key-ordered.ts).
  */
 
 /** A partition of ordering 'key' as its fetching sees it. */
@@ -66,6 +68,11 @@ export interface PartitionFetch {
   readPastLater(work: FetchedPartition): void;
   stopReadingPast(work: FetchedPartition): void;
   readAgainIfDue(work: FetchedPartition): void;
+  /**
+   * Moves the partition's next fetch to `offset` (consumer.seek): KafkaJS drops, or marks stale, what was
+   * fetched of it before. False when refused (not running), logged with `failure`.
+   */
+  seek(work: FetchedPartition, offset: bigint, failure: string): boolean;
 }
 
 export function createPartitionFetch(options: PartitionFetchOptions): PartitionFetch {
@@ -142,21 +149,26 @@ export function createPartitionFetch(options: PartitionFetchOptions): PartitionF
     const safe = work.committed ?? work.readSince;
     if (from === undefined || safe === undefined) return;
     if (work.position === undefined || from < work.position) {
-      try {
-        consumer.seek({ topic: work.topic, partition: work.partition, offset: safe.toString() });
-        work.position = safe;
-      } catch (error) {
-        log.warn('partition not read again from a deferred message', {
-          topic: work.topic,
-          partition: work.partition,
-          offset: safe.toString(),
-          reason: errorMessage(error),
-        });
-        return;
-      }
+      if (!seek(work, safe, 'partition not read again from a deferred message')) return;
     }
     resume(work);
   }
 
-  return { pause, pauseAgain, resume, readPastLater, stopReadingPast, readAgainIfDue };
+  function seek(work: FetchedPartition, offset: bigint, failure: string): boolean {
+    try {
+      consumer.seek({ topic: work.topic, partition: work.partition, offset: offset.toString() });
+      work.position = offset;
+      return true;
+    } catch (error) {
+      log.warn(failure, {
+        topic: work.topic,
+        partition: work.partition,
+        offset: offset.toString(),
+        reason: errorMessage(error),
+      });
+      return false;
+    }
+  }
+
+  return { pause, pauseAgain, resume, readPastLater, stopReadingPast, readAgainIfDue, seek };
 }

@@ -14,10 +14,11 @@ export interface PartitionOrderedOptions {
 }
 
 export interface PartitionOrderedConsumption {
-  /** KafkaJS's eachBatch: one message of the partition at a time, in offset order. */
+  /**
+   * KafkaJS's eachBatch: one message of the partition at a time, in offset order, heartbeating every second
+   * while it is handled (see HEARTBEAT_EVERY_MS).
+   */
   eachBatch(payload: EachBatchPayload): Promise<void>;
-  /** Whether a batch is being handled: KafkaJS's fetch loop waits for it, so nothing is asked meanwhile. */
-  busy(): boolean;
   /**
    * Stops intake at once (a message failing from now on is given up, uncommitted), then lets the messages in
    * flight finish within drainTimeoutMs, aborts their handlers' `signal`, and waits as long again. A message
@@ -36,6 +37,14 @@ const GROUP_MOVED_TYPES: ReadonlySet<string> = new Set([
   'UNKNOWN_MEMBER_ID',
   'ILLEGAL_GENERATION',
 ]);
+
+/**
+ * How often a batch heartbeats while it is handled, ms. KafkaJS heartbeats only when asked, and its fetch loop
+ * waits for the batch: a handler waiting longer than the session timeout would get the member evicted, and its
+ * message handled again after the rejoin (or by another member at once). KafkaJS sends a heartbeat at most once
+ * per heartbeat interval (3 s by default), so asking more often costs nothing.
+ */
+const HEARTBEAT_EVERY_MS = 1_000;
 
 /** Causes followed at most this deep (a cause chain is short; a cycle must not loop). */
 const MAX_CAUSE_DEPTH = 5;
@@ -68,8 +77,6 @@ export function createPartitionOrderedConsumption(
   const letGo = new Set<(done: false) => void>();
   /** The messages being handled, so drain can wait for them. */
   const running = new Set<Promise<boolean>>();
-  /** Batches in eachBatch. */
-  let handling = 0;
 
   /**
    * A heartbeat of the batch, for the bus's own use and its handlers': it never rejects. An answer that the
@@ -144,9 +151,9 @@ export function createPartitionOrderedConsumption(
     payload: EachBatchPayload,
     message: KafkaMessage,
     signals: BatchSignals,
+    heartbeat: () => Promise<void>,
   ): Promise<boolean> {
     const { moved } = signals;
-    const heartbeat = heartbeatOf(payload, moved);
     return options.settle({
       topic: payload.batch.topic,
       partition: payload.batch.partition,
@@ -169,8 +176,9 @@ export function createPartitionOrderedConsumption(
     payload: EachBatchPayload,
     message: KafkaMessage,
     signals: BatchSignals,
+    heartbeat: () => Promise<void>,
   ): Promise<boolean> {
-    const settling = handleOne(payload, message, signals);
+    const settling = handleOne(payload, message, signals, heartbeat);
     running.add(settling);
     let release: (done: false) => void = () => undefined;
     try {
@@ -211,10 +219,14 @@ export function createPartitionOrderedConsumption(
 
   async function eachBatch(payload: EachBatchPayload): Promise<void> {
     const signals = batchSignals();
+    const heartbeat = heartbeatOf(payload, signals.moved);
+    // The group is told the member lives however long a handler takes; one that meets a rebalance gives the
+    // message under way up (see heartbeatOf).
+    const heartbeating = setInterval(() => void heartbeat(), HEARTBEAT_EVERY_MS);
     try {
       for (const message of payload.batch.messages) {
         if (signals.moved.signal.aborted || batchOver(payload)) break;
-        const done = await settled(payload, message, signals);
+        const done = await settled(payload, message, signals, heartbeat);
         if (!done) break;
         payload.resolveOffset(message.offset);
         if (commit) await payload.commitOffsetsIfNecessary();
@@ -222,20 +234,13 @@ export function createPartitionOrderedConsumption(
       }
       if (commit) await payload.commitOffsetsIfNecessary();
     } finally {
+      clearInterval(heartbeating);
       releaseSignals(signals);
     }
   }
 
   return {
-    async eachBatch(payload) {
-      handling++;
-      try {
-        await eachBatch(payload);
-      } finally {
-        handling--;
-      }
-    },
-    busy: () => handling > 0,
+    eachBatch,
     async drain() {
       stopping.abort();
       const returned = await drainWithin({

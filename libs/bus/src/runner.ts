@@ -19,6 +19,11 @@ export interface ConsumerRunner {
   readonly state: RunnerState;
   /** Whether start() was ever called: a runner closed before it never joined its group. */
   readonly startedOnce: boolean;
+  /**
+   * Connects, subscribes and joins the group. A start whose connect or subscribe failed (Kafka away: KafkaJS
+   * gives up after ~1 min of retries) leaves the runner as created, to be started again; one closed meanwhile
+   * disconnects what it connected and joins nothing.
+   */
   start(): Promise<void>;
   /**
    * Joined the group and consuming. False while its broker has answered nothing for 10 s more than its answers
@@ -183,7 +188,6 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
     log,
     restart: options.restart ?? DEFAULT_RUNNER_RESTART,
     run: () => consumer.run(runConfig),
-    busy: () => partitioned?.busy() ?? false,
   });
   consumer.on(consumer.events.GROUP_JOIN, (event) => {
     keeper.joined();
@@ -241,12 +245,24 @@ export function createConsumerRunner(options: ConsumerRunnerOptions): ConsumerRu
       if (state !== 'created') throw new UrsError('RUNNER_STATE', `cannot start a runner that is ${state}`);
       state = 'starting';
       startedOnce = true;
-      await consumer.connect();
-      for (const subscription of options.subscriptions) {
-        await consumer.subscribe({
-          topic: subscription.topic,
-          fromBeginning: subscription.fromBeginning ?? true,
-        });
+      try {
+        await consumer.connect();
+        for (const subscription of options.subscriptions) {
+          await consumer.subscribe({
+            topic: subscription.topic,
+            fromBeginning: subscription.fromBeginning ?? true,
+          });
+        }
+      } catch (error) {
+        // Kafka away (KafkaJS's connect gives up after ~1 min of retries): started again later, afresh.
+        if (state === 'starting') state = 'created';
+        await consumer.disconnect().catch(() => undefined);
+        throw error;
+      }
+      // Closed meanwhile (a start given up on a stop): close disconnected before this connect was done.
+      if (state !== 'starting') {
+        await consumer.disconnect();
+        return;
       }
       const run = consumer.run(runConfig);
       // A close while it joins waits for it (see ConsumerKeeper.stop).

@@ -19,7 +19,9 @@ interface FakeRun {
  * joined: one that is still joining is dropped unstopped, and joins afterwards (KafkaJS's runner.stop returns
  * at once when not running yet). `members` are the runs that joined and were not stopped.
  */
-export function fakeKafka(options: { holdFirstJoin?: boolean } = {}) {
+export function fakeKafka(
+  options: { holdFirstJoin?: boolean; failedConnects?: number; holdConnect?: boolean } = {},
+) {
   const listeners = new Map<string, Array<(event: { payload: unknown }) => void>>();
   const emit = (name: string, payload: unknown): void => {
     for (const listener of listeners.get(name) ?? []) listener({ payload });
@@ -29,12 +31,20 @@ export function fakeKafka(options: { holdFirstJoin?: boolean } = {}) {
   let config: ConsumerRunConfig | undefined;
   let runs = 0;
   const joins: Array<() => void> = [];
+  let failedConnects = options.failedConnects ?? 0;
+  let connected = false;
+  const connects: Array<() => void> = [];
   const consumer = {
     events: { GROUP_JOIN: 'join', CRASH: 'crash', REQUEST: 'request' },
     on: (name: string, listener: (event: { payload: unknown }) => void) => {
       listeners.set(name, [...(listeners.get(name) ?? []), listener]);
     },
-    connect: async () => undefined,
+    connect: async () => {
+      // KafkaJS's connect giving up on a broker away.
+      if (failedConnects-- > 0) throw outage;
+      if (options.holdConnect) await new Promise<void>((resolve) => connects.push(resolve));
+      connected = true;
+    },
     subscribe: async () => undefined,
     pause: () => undefined,
     async run(runConfig: ConsumerRunConfig) {
@@ -47,6 +57,7 @@ export function fakeKafka(options: { holdFirstJoin?: boolean } = {}) {
       emit('join', { memberId: 'member', memberAssignment: { batches: [0] } });
     },
     async disconnect() {
+      connected = false;
       if (current?.running) {
         current.running = false;
         members.delete(current);
@@ -57,8 +68,16 @@ export function fakeKafka(options: { holdFirstJoin?: boolean } = {}) {
   return {
     kafka: { consumer: () => consumer } as unknown as Kafka,
     members,
+    /** Whether the consumer is connected (connect() succeeded, disconnect() not called since). */
+    connected: () => connected,
+    /** Lets the oldest connect waiting (holdConnect) succeed. */
+    connect: () => connects.shift()?.(),
+    /** Connects waiting (holdConnect). */
+    connecting: () => connects.length,
     /** Runs waiting to join (restarts, and the first with holdFirstJoin). */
     restarts: () => joins.length,
+    /** The broker answering one of the consumer's requests (KafkaJS's REQUEST event). */
+    answer: () => emit('request', { apiName: 'Heartbeat', duration: 1 }),
     /** Lets the oldest run waiting join its group. */
     join: () => joins.shift()?.(),
     /**

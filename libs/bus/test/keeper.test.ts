@@ -17,7 +17,6 @@ function keeper(run: () => Promise<void>) {
     log: silentLogger,
     restart: retryPolicy({ maxAttempts: Infinity, initialDelayMs: 100, maxDelayMs: 100 }),
     run,
-    busy: () => false,
   });
 }
 

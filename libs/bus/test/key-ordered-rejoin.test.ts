@@ -1,4 +1,4 @@
-import type { EachBatchPayload, KafkaMessage, Offsets } from 'kafkajs';
+import type { Consumer, EachBatchPayload, KafkaMessage, Offsets } from 'kafkajs';
 import type { MessageWork } from '../src/handle';
 import { createKeyOrderedConsumption, type KeyOrderedConsumption } from '../src/key-ordered';
 import { TOPIC, joinedAs as joined, keyOrderedOptions } from './key-ordered-support';
@@ -135,6 +135,98 @@ describe('createKeyOrderedConsumption after the group forgot this member', () =>
     await settled();
     await keyed.drain();
     expect(handled).toEqual(['1@0', '1@1', '1@0', '1@1']);
+  });
+});
+
+/**
+ * Partition 0 fetched as KafkaJS 2.2.4 fetches it: from the offset the last batch resolved, or, after a
+ * rebalance (a new offset manager), from the committed offset, here 0 as the tests commit only on drain; a
+ * seek moves the next fetch, and a batch fetched before it is stale until then (KafkaJS's hasSeekOffset).
+ * Each fetch brings the messages from its offset up to `end`.
+ */
+function fetchedAsKafkaJs(hold: (work: MessageWork) => Promise<void>) {
+  const handled: string[] = [];
+  const commits: string[] = [];
+  let resolved: number | undefined;
+  let sought: number | undefined;
+  const consumer = {
+    pause: () => undefined,
+    resume: () => undefined,
+    seek: ({ offset }: { offset: string }) => void (sought = Number(offset)),
+  } as unknown as Consumer;
+  const keyed = createKeyOrderedConsumption(
+    keyOrderedOptions(
+      async (work) => {
+        handled.push(`${work.partition}@${work.message.offset}`);
+        await hold(work);
+        return true;
+      },
+      { consumer },
+    ),
+  );
+  return {
+    keyed,
+    handled,
+    commits,
+    /** GROUP_JOIN under `memberId`: KafkaJS built a new offset manager, which forgot the resolved offsets. */
+    join(memberId: string): void {
+      resolved = undefined;
+      keyed.onGroupJoin(joined(memberId, [0]));
+    },
+    fetch(end: number): EachBatchPayload {
+      if (sought !== undefined) resolved = sought;
+      sought = undefined;
+      const from = resolved ?? 0;
+      return {
+        batch: {
+          topic: TOPIC,
+          partition: 0,
+          messages: Array.from(
+            { length: end - from },
+            (_, i) => ({ key: Buffer.from(`k${from + i}`), offset: String(from + i) }) as KafkaMessage,
+          ),
+          lastOffset: () => String(end - 1),
+        },
+        resolveOffset: (offset: string) => void (resolved = Number(offset) + 1),
+        isRunning: () => true,
+        isStale: () => sought !== undefined,
+        heartbeat: async () => undefined,
+        commitOffsetsIfNecessary: async (offsets: Offsets) => {
+          for (const topic of offsets.topics) {
+            for (const { partition, offset } of topic.partitions) commits.push(`${partition}@${offset}`);
+          }
+        },
+      } as unknown as EachBatchPayload;
+    },
+  };
+}
+
+describe('createKeyOrderedConsumption after the group forgot this member from inside a fetch', () => {
+  it('should hand a message unfinished at the rejoin to the handler again when a batch fetched before the rejoin is handed over after it', async () => {
+    let heldOnce = false;
+    // Offset 1 runs until its partition is given up.
+    const { keyed, handled, commits, join, fetch } = fetchedAsKafkaJs(async (work) => {
+      if (work.message.offset !== '1' || heldOnce) return;
+      heldOnce = true;
+      await new Promise<void>((resolve) => work.signal?.addEventListener('abort', () => resolve()));
+    });
+    join('member-1');
+    await keyed.eachBatch(fetch(3));
+    await settled();
+    // Another broker's fetcher fetched the partition from where it was read to, 3; its batch is handed over
+    // after the rejoin (KafkaJS rejoins from inside a fetch, the other fetchers running on), which assigns the
+    // partition back under a new member id.
+    const fetchedBeforeTheRejoin = fetch(5);
+    join('member-2');
+    await settled();
+    await keyed.eachBatch(fetchedBeforeTheRejoin);
+    await settled();
+    await keyed.eachBatch(fetch(7));
+    await settled();
+    await keyed.drain();
+    expect(handled.filter((offset) => offset === '0@1')).toHaveLength(2);
+    expect([...new Set(handled)].sort()).toEqual(['0@0', '0@1', '0@2', '0@3', '0@4', '0@5', '0@6']);
+    expect(commits).toEqual(['0@7']);
   });
 });
 

@@ -93,6 +93,40 @@ describe('createConsumerRunner closing while it starts', () => {
   });
 });
 
+describe('createConsumerRunner starting while Kafka is away', () => {
+  it('should be started again once a start failed to connect, and consume', async () => {
+    const fake = fakeKafka({ failedConnects: 1 });
+    const seen: string[] = [];
+    const consumer = runner(fake.kafka, async (inbound) => void seen.push(inbound.value?.tenantId ?? ''));
+    await expect(consumer.start()).rejects.toThrow('ECONNREFUSED');
+    expect(consumer.state).toBe('created');
+    expect(fake.connected()).toBe(false);
+    await consumer.start();
+    try {
+      expect(consumer.state).toBe('running');
+      expect(fake.members.size).toBe(1);
+      await fake.batch([message('0')]).done;
+      expect(seen).toEqual(['tenant']);
+    } finally {
+      await consumer.close();
+    }
+  });
+
+  it('should not join its group when closed while it connects, and leave its consumer disconnected', async () => {
+    const fake = fakeKafka({ holdConnect: true });
+    const consumer = runner(fake.kafka, async () => undefined, { drainTimeoutMs: 100 });
+    const starting = consumer.start();
+    await waitFor(() => fake.connecting() === 1, { timeoutMs: 2_000, description: 'the start connecting' });
+    // A start given up on a stop: the service closes the runner while its connect goes on.
+    await consumer.close();
+    fake.connect();
+    await starting;
+    expect(consumer.state).toBe('closed');
+    expect(fake.members.size).toBe(0);
+    expect(fake.connected()).toBe(false);
+  });
+});
+
 describe('createConsumerRunner with ordering by key, its consumer crashing', () => {
   it('should abort the handlers under way at the crash: the stopped consumer may be out of its group', async () => {
     const fake = fakeKafka();
@@ -121,5 +155,37 @@ describe('createConsumerRunner with ordering by key, its consumer crashing', () 
     } finally {
       await consumer.close().catch(() => undefined);
     }
+  });
+});
+
+describe('createConsumerRunner with ordering by partition, a handler waiting', () => {
+  beforeEach(() => jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick'] }));
+  afterEach(() => jest.useRealTimers());
+
+  it('should heartbeat meanwhile, and say it is not ready once its broker answered nothing for 10 s', async () => {
+    const fake = fakeKafka();
+    let release: () => void = () => undefined;
+    const consumer = runner(fake.kafka, () => new Promise<void>((resolve) => (release = resolve)), {
+      drainTimeoutMs: 100,
+    });
+    await consumer.start();
+    const { asked, done } = fake.batch([message('0')]);
+    try {
+      await jest.advanceTimersByTimeAsync(9_000);
+      fake.answer();
+      await jest.advanceTimersByTimeAsync(9_000);
+      expect(consumer.isReady()).toBe(true);
+      // Asked every second; KafkaJS sends one per heartbeat interval.
+      expect(asked.filter((call) => call === 'heartbeat').length).toBeGreaterThanOrEqual(17);
+      await jest.advanceTimersByTimeAsync(2_000);
+      expect(consumer.isReady()).toBe(false);
+      fake.answer();
+      expect(consumer.isReady()).toBe(true);
+    } finally {
+      release();
+      await done;
+      await consumer.close();
+    }
+    expect(asked).toContain('resolve 0');
   });
 });

@@ -249,6 +249,32 @@ describe('createConsumerRunner', () => {
     expect(second).toEqual(['three']);
   });
 
+  it('should keep its member in the group while a handler waits past the session timeout, handling the message once', async () => {
+    const [topic] = topics as [string, string];
+    const sessionTimeoutMs = 6_000;
+    const seen: string[] = [];
+    const runner = start(
+      uniqueId('group'),
+      async (message) => {
+        const id = message.value?.tenantId ?? '';
+        seen.push(id);
+        // Its first delivery waits twice the session timeout, as a push waiting for a slow rebuild.
+        if (id === 'slow' && seen.length === 1) {
+          await new Promise((resolve) => setTimeout(resolve, 2 * sessionTimeoutMs));
+        }
+      },
+      { sessionTimeoutMs },
+    );
+    await runner.start();
+    await publisher.send(topic, 'urs/tenant-record', [
+      { key: 'k', value: tenantRecord('slow') },
+      { key: 'k', value: tenantRecord('next') },
+    ]);
+    // Of the same partition: were the member evicted meanwhile, 'slow' would be handled again before 'next'.
+    await waitFor(() => seen.includes('next'), { timeoutMs: 45_000 });
+    expect(seen).toEqual(['slow', 'next']);
+  }, 90_000);
+
   it('should close within twice drainTimeoutMs when a handler ignores its stop, leaving its message uncommitted', async () => {
     const [topic] = topics as [string, string];
     const groupId = uniqueId('group');

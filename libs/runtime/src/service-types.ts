@@ -46,7 +46,10 @@ export interface ServiceParts {
    * must answer while Kafka is away (the registrar's REST API). Called once.
    */
   serve?: () => Promise<void>;
-  /** Started after the runners, so with Kafka connected (e.g. a scheduler, a sweep); called once. */
+  /**
+   * Started after the runners, so with Kafka connected (e.g. a scheduler, a sweep); called once, or again after
+   * it failed on Kafka away (see ServiceOptions.waitForKafka).
+   */
   start?: () => Promise<void>;
   /** Closed after the runners and before the shared clients, in this order. */
   closers?: Closer[];
@@ -108,7 +111,10 @@ export interface ServiceOptions<S = undefined> {
    * answers 503 `waiting for Kafka` from then on, `serve` is called, and only then are the
    * topics made and the publisher and the runners connected, tried again with capped backoff (one warning per
    * outage) for as long as Kafka's failures may heal; a stop meanwhile exits 0, and the placeholder
-   * publisher's sends then fail. `start` and `started` come after the runners, as without it. Default false.
+   * publisher's sends then fail. `start` and `started` come after the runners, as without it. Each runner's
+   * start and `start` are tried again likewise when Kafka fails them (lost again since it answered), /readyz
+   * 503 `waiting for Kafka` meanwhile: what `start` does before it fails must bear being done again. Default
+   * false.
    */
   waitForKafka?: boolean;
   /**
@@ -117,7 +123,8 @@ export interface ServiceOptions<S = undefined> {
    * under way (the topics) returns, at once during the wait for Redis and during setup (setup is left
    * unfinished: its Redis commands wait where no stop reaches them while Redis is lost again, and fail once
    * Redis is closed): what the runtime built is closed and startService rejects with a ServiceStoppedError.
-   * Once the runners start, stopping is close()'s: call it (runService does).
+   * Once the runners start, stopping is close()'s: call it (runService does); until then, with waitForKafka, a
+   * stop also gives up a runner's start or `start` tried again (the runners started are closed first).
    */
   stop?: AbortSignal;
   /**

@@ -97,6 +97,17 @@ export async function startWith<S>(
   const waitForKafka = options.waitForKafka === true;
   // Whether the topics exist and the publisher is connected: from the start, unless waitForKafka.
   let kafkaConnected = false;
+  /** Whether a step of the start that needs Kafka failed on its absence and waits to be tried again. */
+  let kafkaAway = false;
+  /** Tries `attempt` again while it fails on what may heal by waiting (Kafka away), until `signal`. */
+  const throughOutage = <T>(what: string, signal: AbortSignal, attempt: () => Promise<T>): Promise<T> =>
+    retryThroughOutage(attempt, {
+      what,
+      log: logger,
+      signal,
+      shouldRetry: (error) => !signal.aborted && isInfrastructureFault(error),
+      onOutage: (down) => (kafkaAway = down),
+    });
   /** The steps of the start that need Kafka: its topics made, the publisher connected. */
   const connectKafka = async (): Promise<Publisher> => {
     step('topics');
@@ -158,6 +169,8 @@ export async function startWith<S>(
   const notReadyReason = (): string | undefined => {
     const shared = sharedNotReadyReason();
     if (shared !== undefined) return shared;
+    // A runner, or `start`, that Kafka failed again since it answered (not a part's: the REST API answers on).
+    if (kafkaAway) return 'waiting for Kafka (KAFKA_BROKERS) to answer';
     if (!runners.every((runner) => runner.isReady()))
       return 'a consumer has not joined its group, lost its broker, or holds messages on a fault';
     if (!(parts.isReady?.() ?? true)) return parts.notReadyReason?.() ?? 'starting';
@@ -225,27 +238,29 @@ export async function startWith<S>(
     }
     if (waitForKafka) {
       // Until the runners start nothing is consumed: a stop (passed on to `stopping`) ends the wait at once.
-      const reached = await retryThroughOutage(connectKafka, {
-        what: 'reaching Kafka to start',
-        log: logger,
-        signal: stopping.signal,
-        shouldRetry: (error) => !stopping.signal.aborted && isInfrastructureFault(error),
-      }).catch((error: unknown) => {
-        // Sends waiting on the placeholder (a REST write) fail rather than hang through the close.
-        connected.reject(error);
-        throwIfStopped();
-        throw error;
-      });
+      const reached = await throughOutage('reaching Kafka to start', stopping.signal, connectKafka).catch(
+        (error: unknown) => {
+          // Sends waiting on the placeholder (a REST write) fail rather than hang through the close.
+          connected.reject(error);
+          throwIfStopped();
+          throw error;
+        },
+      );
       connected.resolve(reached);
       throwIfStopped();
     }
     stop?.removeEventListener('abort', passOn);
+    // Waiting for Kafka, a runner's start or `start` that fails on Kafka gone again since it answered is tried
+    // again too, /readyz 503 `waiting for Kafka` meanwhile; a stop gives it up (and the start), with the runners
+    // started closed first, as on close.
+    const withKafka = (what: string, start: () => Promise<void>): Promise<void> =>
+      waitForKafka ? throughOutage(what, stop ?? new AbortController().signal, start) : start();
     for (const [index, runner] of runners.entries()) {
       step(`start runner-${index}`);
-      await runner.start();
+      await withKafka(`start runner-${index}`, () => runner.start());
     }
     step('start');
-    await parts.start?.();
+    if (parts.start) await withKafka('start', async () => parts.start?.());
     if (parts.started) {
       step('started');
       if (!(await startedUnlessStopped(parts.started(), stop))) throw new ServiceStoppedError(true);

@@ -1,5 +1,6 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { Kafka } from 'kafkajs';
+import type { ConsumerRunner, RunnerState } from '@urs/bus';
 import { OUTAGE_RETRY } from '@urs/resilience';
 import { startService } from '@urs/runtime';
 import { capturingLogger, createTestKafka, uniqueId, waitFor, type LogLine } from '@urs/testkit';
@@ -64,6 +65,39 @@ async function switchingProxy(target: string) {
   };
 }
 
+/** KafkaJS giving up on a broker away. */
+const kafkaAway = (): Error =>
+  Object.assign(new Error('Connection error: connect ECONNREFUSED 127.0.0.1:9092'), {
+    name: 'KafkaJSConnectionError',
+    code: 'ECONNREFUSED',
+    retriable: true,
+  });
+
+/** A runner whose start fails as with Kafka away while `away` says so; counts its starts. */
+function runnerFailingWhile(away: () => boolean): { runner: ConsumerRunner; starts: () => number } {
+  let state: RunnerState = 'created';
+  let starts = 0;
+  const runner: ConsumerRunner = {
+    get state() {
+      return state;
+    },
+    get startedOnce() {
+      return starts > 0;
+    },
+    async start() {
+      starts++;
+      if (away()) throw kafkaAway();
+      state = 'running';
+    },
+    isReady: () => state === 'running',
+    failed: () => new Promise<Error>(() => undefined),
+    async close() {
+      state = 'closed';
+    },
+  };
+  return { runner, starts: () => starts };
+}
+
 describe('startService with waitForKafka', () => {
   it('should serve, start nothing that needs Kafka, say /readyz waits for it, fail waiting sends and stop cleanly', async () => {
     const [kafkaPort, metricsPort] = [await freePort(), await freePort()];
@@ -121,6 +155,70 @@ describe('startService with waitForKafka', () => {
     await expect(send).rejects.toThrow(
       new RegExp(`ECONNREFUSED 127\\.0\\.0\\.1:${kafkaPort}$|^This operation was aborted$`),
     );
+  });
+
+  it('should start its runners and its own start again while Kafka fails them after it answered, /readyz waiting for Kafka', async () => {
+    const prefix = `${uniqueId('wait')}.`;
+    const metricsPort = await freePort();
+    let away = true;
+    let ownStarts = 0;
+    const failing = runnerFailingWhile(() => away);
+    const lines: LogLine[] = [];
+    const options = {
+      name: 'test-service',
+      env: { ...serviceEnv(prefix), URS_METRICS_PORT: String(metricsPort) },
+      waitForKafka: true,
+      setup: async () => ({
+        runners: [failing.runner],
+        // A part's start reading Kafka (the scorer's, the poller's offsets of urs.tenants), failing once.
+        start: async () => {
+          if (++ownStarts === 1) throw kafkaAway();
+        },
+      }),
+    };
+    const starting = startWith(options, { ...serviceBasics(options), logger: capturingLogger(lines) });
+    starting.catch(() => undefined);
+    try {
+      // Kafka answered (the topics, the publisher), then went away as the runner connects.
+      const answer = await waitFor(async () => (failing.starts() >= 2 ? notReady(metricsPort) : undefined), {
+        timeoutMs: 15_000,
+      });
+      expect(answer).toEqual({ status: 'not-ready', reason: expect.stringContaining('waiting for Kafka') });
+      away = false;
+      const service = await starting;
+      expect(ownStarts).toBe(2);
+      expect(lines.map((line) => line.message)).toEqual(
+        expect.arrayContaining([
+          'start runner-0 failed; retrying until it succeeds',
+          'start failed; retrying until it succeeds',
+        ]),
+      );
+      expect(await service.close()).toBe(true);
+    } finally {
+      await deleteTopicsOf(createTestKafka(), prefix);
+    }
+  });
+
+  it("should stop cleanly while it tries a runner's start again", async () => {
+    const prefix = `${uniqueId('wait')}.`;
+    const stop = new AbortController();
+    const failing = runnerFailingWhile(() => true);
+    const starting = startService({
+      name: 'test-service',
+      env: serviceEnv(prefix),
+      waitForKafka: true,
+      stop: stop.signal,
+      setup: async () => ({ runners: [failing.runner] }),
+    });
+    starting.catch(() => undefined);
+    try {
+      await waitFor(() => failing.starts() >= 2, { timeoutMs: 15_000 });
+      stop.abort();
+      await expect(starting).rejects.toMatchObject({ code: 'SERVICE_STOPPED', closedCleanly: true });
+      expect(failing.runner.state).toBe('closed');
+    } finally {
+      await deleteTopicsOf(createTestKafka(), prefix);
+    }
   });
 
   it('should leave no connection attempt to Kafka running once stopped', async () => {
