@@ -134,10 +134,29 @@ export interface TenantState {
   apps: Map<string, Required<AppSpec>>;
   fleet: Fleet;
   defenderProvisioned: boolean;
-  quotas: Map<QuotaKind, SlidingWindow>;
+  /**
+   * Per app (its client id in lower case, the token's `appid`), its quotas: Microsoft counts them per
+   * application and tenant. Made at the app's first call.
+   */
+  quotas: Map<string, Map<QuotaKind, SlidingWindow>>;
+  /** The length of the quotas' per-minute window (see SimulatorOptions.quotaMinuteMs). */
+  quotaMinuteMs: number | undefined;
 }
 
 const QUOTA_KINDS: readonly QuotaKind[] = ['machines', 'vulnerabilities', 'bulk', 'exportFiles'];
+
+/** The window of `kind` of app `appId` in `tenant`, made at the app's first call. */
+export function quotaOf(tenant: TenantState, appId: string, kind: QuotaKind): SlidingWindow {
+  const id = appId.toLowerCase();
+  let quotas = tenant.quotas.get(id);
+  if (!quotas) {
+    quotas = new Map(
+      QUOTA_KINDS.map((k) => [k, new SlidingWindow(MDE_QUOTAS[k], tenant.quotaMinuteMs)] as const),
+    );
+    tenant.quotas.set(id, quotas);
+  }
+  return quotas.get(kind) as SlidingWindow;
+}
 
 export function validateFaults(faults: FaultSpec): FaultSpec {
   const out: FaultSpec = {};
@@ -283,12 +302,8 @@ export function createTenant(
       exportBudget,
     ),
     defenderProvisioned: spec.defenderProvisioned ?? true,
-    quotas: new Map(
-      Object.entries(MDE_QUOTAS).map(([kind, limit]) => [
-        kind as QuotaKind,
-        new SlidingWindow(limit, quotaMinuteMs),
-      ]),
-    ),
+    quotas: new Map(),
+    quotaMinuteMs,
   };
 }
 
