@@ -208,6 +208,17 @@ export function createMdeRoute(
         return;
       }
     }
+    if (takeCounted(f, 'notFoundCalls', tenantId)) {
+      fault('notFound');
+      answer(
+        mdeError(
+          404,
+          'ResourceNotFound',
+          kind === 'machines' ? 'No machines were found for the tenant.' : `Resource ${path} was not found.`,
+        ),
+      );
+      return;
+    }
     if (injectTransportFault(req, res, f)) return;
     if (roll(f.status5xxRate)) {
       fault('5xx');

@@ -52,6 +52,12 @@ export interface FaultSpec {
    * down as they happen.
    */
   throttledCalls?: number;
+  /**
+   * The tenant's next this many MDE API calls (after the quota) are answered 404 `ResourceNotFound` with
+   * MDE's error body whatever exists, as Microsoft has been seen answering calls that succeed when asked
+   * again (a listing's: as for a tenant with no machine); counted down as they happen.
+   */
+  notFoundCalls?: number;
   /** The wait throttledCalls' 429s ask for, in seconds (see retryAfter for how). Default 1. */
   throttleRetryAfterSec?: number;
   /**
@@ -194,7 +200,12 @@ export function validateFaults(faults: FaultSpec): FaultSpec {
       throw new Error(`faults.bodyBytesPerSec must be a positive integer, got ${String(rate)}`);
     out.bodyBytesPerSec = rate;
   }
-  for (const key of ['throttledCalls', 'throttleRetryAfterSec', 'tokenThrottleRetryAfterSec'] as const) {
+  for (const key of [
+    'throttledCalls',
+    'notFoundCalls',
+    'throttleRetryAfterSec',
+    'tokenThrottleRetryAfterSec',
+  ] as const) {
     const n = faults[key];
     if (n === undefined) continue;
     if (!Number.isInteger(n) || n < 0)
