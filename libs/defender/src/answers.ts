@@ -32,9 +32,9 @@ type FailedCall = CallOf & { status: number; requestId?: string };
 /**
  * `Retry-After` in seconds or as an HTTP date, in whole milliseconds; undefined when absent or unreadable.
  * At most Microsoft's longest quota window (an hour): no quota of the tenant holds longer, and the wait
- * becomes a block of the tenant's calls in Redis, kept by its Azure tenant id (so re-registering does not
- * clear it). Unclamped, a date years away held the tenant back for years, and `1e18` seconds made a block
- * Redis refused as not an integer.
+ * becomes a block of the app's calls in Redis, kept by its Azure tenant id and client id (so re-registering
+ * with the same app does not clear it). Unclamped, a date years away held the tenant back for years, and
+ * `1e18` seconds made a block Redis refused as not an integer.
  */
 export function parseRetryAfterMs(value: unknown, now: number = Date.now()): number | undefined {
   if (typeof value !== 'string' || value.trim() === '') return undefined;

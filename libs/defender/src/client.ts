@@ -287,6 +287,7 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
   });
   const api = createApiCaller({
     azureTenantId: tenant.azureTenantId,
+    clientId: tenant.clientId,
     apiBase: endpoints.apiBase,
     tokens,
     limiter: deps.limiter,

@@ -16,6 +16,8 @@ import { duration, endedAtDeadline, hostOf, type TokenSource } from './token';
 
 export interface ApiCallerOptions {
   azureTenantId: string;
+  /** The application the calls are made as: Microsoft's quotas count per application and tenant. */
+  clientId: string;
   /** MDE API base URL, no trailing slash. */
   apiBase: string;
   tokens: TokenSource;
@@ -142,6 +144,8 @@ const TOKEN_RECHECK_AFTER_QUOTA_WAIT_S = 1;
  */
 export function createApiCaller(options: ApiCallerOptions): ApiCaller {
   const { azureTenantId, apiBase, tokens, limiter, quota, logger } = options;
+  /** Whose quota the calls count in (no secret: the ids alone). */
+  const app = { azureTenantId, clientId: options.clientId };
   const metrics = options.metrics ? createCallMetrics(options.metrics) : undefined;
   const health = options.callHealth ?? new CallHealth(azureTenantId, options.health);
   const { resolveUrl, send, sendRows, malformed } = createRequests(options);
@@ -177,7 +181,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     for (;;) {
       // Quota first, then the slot: a tenant waiting for its quota must not hold one of the shared slots.
       const asked = performance.now();
-      const claim = await quota.acquire(azureTenantId, endpoint, signal, maxQuotaWaitMs());
+      const claim = await quota.acquire(app, endpoint, signal, maxQuotaWaitMs());
       const quotaSeconds = (performance.now() - asked) / 1000;
       // The quota's wait can outlast the token (a tenant that spent its hourly quota waits up to an hour):
       // sent expired, it would spend a call of the quota on a 401, and a second expiry would fail the call.
@@ -274,12 +278,12 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
             error.retryAfterMs ?? options.throttleWaitWithoutRetryAfterMs ?? 5_000,
             retryDelayMs(options.retryPolicy, throttles, options.random),
           );
-          // Every process holds this tenant's endpoint back, not only this call; also when this call gives
+          // Every process holds this app's endpoint back, not only this call; also when this call gives
           // up on a wait longer than it may take (an hourly quota's 429 asks for up to an hour): otherwise
-          // each of the tenant's other calls would go out and draw a 429 of its own.
+          // each of its other calls would go out and draw a 429 of its own.
           // Not when Entra ID throttled the token request: the API's quota is not spent, and the token
           // source itself asks Entra again only after its wait.
-          if (error.details['tokenRequest'] !== true) await quota.block(azureTenantId, endpoint, delayMs);
+          if (error.details['tokenRequest'] !== true) await quota.block(app, endpoint, delayMs);
           if (throttledMs + delayMs > options.maxThrottleWaitMs) throw error;
           if (options.deadline !== undefined && Date.now() + delayMs > options.deadline) throw error;
           throttledMs += delayMs;

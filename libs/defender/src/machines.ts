@@ -146,8 +146,8 @@ export function repeatedPages(path: string, index: number, azureTenantId: string
 /**
  * Walks `/api/machines` with `$top`/`$skip` (the API gives no next link with `$top`), one page at a time,
  * so a caller can emit batches without holding the fleet. Stops on a short page (confirmed, see
- * `confirmShortPage`) or an empty one (404, Microsoft's answer when no machine is found, or 200 with no
- * record) where a page may be empty; a failure behind a page it overlaps, on a page holding none of the
+ * `confirmShortPage`) or an empty one (404, Microsoft's answer when no machine is found, on the first page
+ * confirmed by one more request, or 200 with no record) where a page may be empty; a failure behind a page it overlaps, on a page holding none of the
  * records it overlaps (see shiftedPage), or behind two full pages with nothing new (see repeatedPages).
  * Records are de-duplicated on `id` across the walk (only the ids are kept), validated one by one (an invalid
  * record is reported and skipped, never the page, and once per walk when it has a readable id) and flagged
@@ -203,7 +203,17 @@ export async function* walkMachines(
   /** Readable ids of the records this page re-reads of the previous one: it must hold one of them. */
   let overlapped = new Set<string>();
   for (let index = 0; ; index++) {
-    const result = await readPage(skip);
+    let result = await readPage(skip);
+    // Microsoft's 404 on the first page (no machine found) has been seen answered to listings that succeed
+    // when asked again: taken at its word, the cycle would end with no device, a step towards tombstoning the
+    // whole fleet. So it is asked once more, and the fleet is empty only if that answer lists no device too.
+    if (index === 0 && result.status === 404) {
+      result = await readPage(skip);
+      if (result.status === 200 && result.rows.length > 0)
+        deps.logger.warn('defender: /api/machines answered 404 for its first page, then listed devices', {
+          azureTenantId: deps.azureTenantId,
+        });
+    }
     const entries = result.status === 404 ? [] : result.rows;
     // An empty page, 404 (Microsoft's answer when no machine is found; a front end's 404, without its error
     // body, never gets here: see answers.ts) or 200 with no record (which Microsoft does not rule out for a

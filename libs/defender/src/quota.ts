@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { sleep } from '@urs/resilience';
+import type { DefenderApp } from './app-health';
 import { DefenderError, DefenderErrorCode } from './errors';
 import { duration, endedAtDeadline } from './token';
 
@@ -17,7 +18,7 @@ export interface QuotaWindow {
 export type QuotaLimits = Record<DefenderEndpointClass, readonly QuotaWindow[]>;
 
 /**
- * Microsoft's documented per-tenant limits (defender-api.md §1–3): machines 100/min and 1,500/h,
+ * Microsoft's documented limits per application and tenant (defender-api.md §1–3): machines 100/min and 1,500/h,
  * per-device vulnerabilities 50/min and 1,500/h, the bulk export 30/min and 1,000/h, the export's files
  * (`SoftwareVulnerabilitiesExport`, asked only for the snapshot's `generatedTime`) 5/min and 20/h.
  */
@@ -41,7 +42,7 @@ export const MICROSOFT_QUOTAS: QuotaLimits = Object.freeze({
 });
 
 /**
- * Microsoft's longest quota window (an hour): no wait a tenant's quota asks for, and so no `Retry-After`
+ * Microsoft's longest quota window (an hour): no wait an app's quota asks for, and so no `Retry-After`
  * of a 429, is longer.
  */
 export const LONGEST_QUOTA_WINDOW_MS = Math.max(
@@ -71,25 +72,28 @@ export interface QuotaClaim {
 }
 
 /**
- * A tenant's API quota, shared by every process. `acquire` is called BEFORE taking one of the 10 call
- * slots, so a tenant waiting for its quota never holds a slot another tenant could use; the claim's `sent`
- * is called once the slot is held, right before the request.
+ * A tenant's API quota, shared by every process. Microsoft counts it per application and tenant: each app
+ * (`clientId`) registered in one Entra tenant has a quota of its own, and a 429 to one holds back none of
+ * the others. `acquire` is called BEFORE taking one of the 10 call slots, so a tenant waiting for its quota
+ * never holds a slot another tenant could use; the claim's `sent` is called once the slot is held, right
+ * before the request.
  */
 export interface QuotaGate {
   /**
-   * Takes one call from the tenant's quota for `endpoint`, waiting until every window has room. With
+   * Takes one call from the quota of `app` (its Entra tenant and application) for `endpoint`, waiting until
+   * every window has room. With
    * `maxWaitMs`, a wait that would end later than that after the call (a block of a 429's Retry-After, an
    * hourly window spent) is not waited for: the call fails THROTTLED at once, not to be retried by itself,
    * its `retryAfterMs` the wait the quota asked for.
    */
   acquire(
-    azureTenantId: string,
+    app: DefenderApp,
     endpoint: DefenderEndpointClass,
     signal?: AbortSignal,
     maxWaitMs?: number,
   ): Promise<QuotaClaim>;
-  /** Holds every call of the tenant's `endpoint` back for `durationMs` (a 429's Retry-After), in every process. */
-  block(azureTenantId: string, endpoint: DefenderEndpointClass, durationMs: number): Promise<void>;
+  /** Holds every call of `app`'s `endpoint` back for `durationMs` (a 429's Retry-After), in every process. */
+  block(app: DefenderApp, endpoint: DefenderEndpointClass, durationMs: number): Promise<void>;
 }
 
 export interface QuotaGateOptions {
@@ -262,7 +266,7 @@ function deadlineOf(maxWaitMs: number | undefined): number | undefined {
 }
 
 /**
- * Runs the waits of one tenant's endpoint one after another in this process: only the oldest waiter
+ * Runs the waits of one app's endpoint one after another in this process: only the oldest waiter
  * polls the window, so thousands of queued calls do not each poll Redis while a quota is exhausted, and
  * they are served in order. A waiter whose signal aborts leaves at once, told how long the quota last said
  * the endpoint is held back (also when it was still queued behind the waiter that asked). A wait that takes
@@ -305,14 +309,18 @@ function createWaitQueue(): (
 }
 
 /**
- * Microsoft counts a tenant's calls by its directory, whatever case its id is written in: two registrations
- * of one directory, one in upper case, share one quota.
+ * Microsoft counts calls per application and tenant, whatever case their ids are written in: two
+ * registrations of one directory and app, one in upper case, share one quota; another app of the directory
+ * has its own.
  */
-function quotaId(azureTenantId: string, endpoint: DefenderEndpointClass): string {
-  return `${azureTenantId.toLowerCase()}:${endpoint}`;
+function quotaId({ azureTenantId, clientId }: DefenderApp, endpoint: DefenderEndpointClass): string {
+  return `${azureTenantId.toLowerCase()}:${clientId.toLowerCase()}:${endpoint}`;
 }
 
-/** The quota kept in Redis (keys `<prefix>defender:quota:<tenant>:<endpoint>:<windowMs>`), shared by every process. */
+/**
+ * The quota kept in Redis (keys `<prefix>defender:quota:<tenant>:<clientId>:<endpoint>:<windowMs>`), shared
+ * by every process.
+ */
 export function createRedisQuotaGate(
   redis: Redis,
   keyPrefix: string,
@@ -323,15 +331,15 @@ export function createRedisQuotaGate(
   const owner = randomUUID();
   const queue = createWaitQueue();
   let sequence = 0;
-  const key = (tenant: string, endpoint: DefenderEndpointClass, suffix: string): string =>
-    `${keyPrefix}defender:quota:${quotaId(tenant, endpoint)}:${suffix}`;
+  const key = (app: DefenderApp, endpoint: DefenderEndpointClass, suffix: string): string =>
+    `${keyPrefix}defender:quota:${quotaId(app, endpoint)}:${suffix}`;
 
   return {
-    async acquire(azureTenantId, endpoint, signal, maxWaitMs) {
-      const waiter = { azureTenantId, endpoint, signal, waitUntil: deadlineOf(maxWaitMs) };
+    async acquire(app, endpoint, signal, maxWaitMs) {
+      const waiter = { azureTenantId: app.azureTenantId, endpoint, signal, waitUntil: deadlineOf(maxWaitMs) };
       const windows = limits[endpoint];
-      const windowKeys = windows.map((w) => key(azureTenantId, endpoint, String(w.windowMs)));
-      const keys = [key(azureTenantId, endpoint, 'blocked'), ...windowKeys];
+      const windowKeys = windows.map((w) => key(app, endpoint, String(w.windowMs)));
+      const keys = [key(app, endpoint, 'blocked'), ...windowKeys];
       const args = windows.flatMap((w) => [String(w.limit), String(w.windowMs)]);
       let member = '';
       const wait = (onWait: OnWait): Promise<void> =>
@@ -363,17 +371,12 @@ export function createRedisQuotaGate(
         redis.eval(script, windowKeys.length, ...windowKeys, member, ...args).catch(() => undefined);
       };
       const release = (): void => settle(RELEASE_SCRIPT);
-      await queue(quotaId(azureTenantId, endpoint), waiter, wait, release);
+      await queue(quotaId(app, endpoint), waiter, wait, release);
       return { sent: () => settle(SENT_SCRIPT, ...windows.map((w) => String(w.windowMs))), release };
     },
-    async block(azureTenantId, endpoint, durationMs) {
+    async block(app, endpoint, durationMs) {
       if (durationMs <= 0) return;
-      await redis.eval(
-        BLOCK_SCRIPT,
-        1,
-        key(azureTenantId, endpoint, 'blocked'),
-        String(Math.ceil(durationMs)),
-      );
+      await redis.eval(BLOCK_SCRIPT, 1, key(app, endpoint, 'blocked'), String(Math.ceil(durationMs)));
     },
   };
 }
@@ -392,7 +395,7 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
   const limits = options.limits ?? MICROSOFT_QUOTAS;
   const maxPollMs = options.maxPollMs ?? 5_000;
   const now = options.now ?? Date.now;
-  /** Per tenant and endpoint: its calls, when each was taken and, once it went out, sent. */
+  /** Per app (tenant and client id) and endpoint: its calls, when each was taken and, once it went out, sent. */
   const calls = new Map<string, Call[]>();
   const blockedUntil = new Map<string, number>();
   const queue = createWaitQueue();
@@ -431,10 +434,10 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
   }
 
   return {
-    async acquire(azureTenantId, endpoint, signal, maxWaitMs) {
-      const id = quotaId(azureTenantId, endpoint);
+    async acquire(app, endpoint, signal, maxWaitMs) {
+      const id = quotaId(app, endpoint);
       const taken: Call = { takenAt: 0 };
-      const waiter = { azureTenantId, endpoint, signal, waitUntil: deadlineOf(maxWaitMs) };
+      const waiter = { azureTenantId: app.azureTenantId, endpoint, signal, waitUntil: deadlineOf(maxWaitMs) };
       let settled = false;
       const release = (): void => {
         if (settled) return;
@@ -463,8 +466,8 @@ export function createLocalQuotaGate(options: QuotaGateOptions & { now?: () => n
         release,
       };
     },
-    async block(azureTenantId, endpoint, durationMs) {
-      const id = quotaId(azureTenantId, endpoint);
+    async block(app, endpoint, durationMs) {
+      const id = quotaId(app, endpoint);
       blockedUntil.set(id, Math.max(blockedUntil.get(id) ?? 0, now() + durationMs));
     },
   };
@@ -480,7 +483,7 @@ export const UNLIMITED_QUOTA_GATE: QuotaGate = Object.freeze({
 });
 
 /**
- * The gate of a service's Defender calls: Microsoft's per-tenant quotas kept in Redis (shared by every
+ * The gate of a service's Defender calls: Microsoft's quotas per application and tenant kept in Redis (shared by every
  * replica), or none when the API answering is a simulator with its quotas off (`URS_DEFENDER_QUOTAS=off`).
  */
 export function quotaGateFor(mode: 'microsoft' | 'off', redis: Redis, keyPrefix: string): QuotaGate {

@@ -12,7 +12,7 @@ import {
   withSlotHandOff,
 } from '../src';
 import { createCallSlots } from '../src/call-slots';
-import { holdOnlySlot } from './support';
+import { appOf, holdOnlySlot } from './support';
 
 const claim: QuotaClaim = { sent: () => undefined, release: () => undefined };
 
@@ -236,7 +236,7 @@ describe('createCallSlots and the quota of calls never sent', () => {
   /** Whether the tenant's quota of one call a minute has room at once (a wait of 0 ms allowed). */
   async function hasRoom(gate: QuotaGate): Promise<boolean> {
     try {
-      (await gate.acquire('tenant-a', 'vulnerabilities', undefined, 0)).sent();
+      (await gate.acquire(appOf('tenant-a'), 'vulnerabilities', undefined, 0)).sent();
       return true;
     } catch {
       return false;
@@ -261,7 +261,7 @@ describe('createCallSlots and the quota of calls never sent', () => {
     const { free, busy } = await holdOnlySlot(limiter);
     try {
       const stop = new AbortController();
-      const claim = await gate.acquire('tenant-a', 'vulnerabilities');
+      const claim = await gate.acquire(appOf('tenant-a'), 'vulnerabilities');
       const call = slots.inSlot('vulnerabilities', claim, 0, stop.signal, async () => ({ status: 200 }));
       call.catch(() => undefined);
       stop.abort();
@@ -282,7 +282,7 @@ describe('createCallSlots and the quota of calls never sent', () => {
     health.leave('failed', 'ECONNRESET');
     const limiter = createLocalLimiter();
     try {
-      const claim = await gate.acquire('tenant-a', 'vulnerabilities');
+      const claim = await gate.acquire(appOf('tenant-a'), 'vulnerabilities');
       const call = slotsOver(limiter, health).inSlot('vulnerabilities', claim, 0, undefined, async () => ({
         status: 200,
       }));
@@ -299,7 +299,7 @@ describe('createCallSlots and the quota of calls never sent', () => {
       schedule: () => Promise.reject(new Error('Connection is closed.')),
       close: async () => undefined,
     };
-    const claim = await gate.acquire('tenant-a', 'vulnerabilities');
+    const claim = await gate.acquire(appOf('tenant-a'), 'vulnerabilities');
     const call = slotsOver(failing).inSlot('vulnerabilities', claim, 0, undefined, async () => ({
       status: 200,
     }));
@@ -311,7 +311,7 @@ describe('createCallSlots and the quota of calls never sent', () => {
     const gate = createLocalQuotaGate({ limits: oneAMinute });
     const limiter = createLocalLimiter();
     try {
-      const claim = await gate.acquire('tenant-a', 'vulnerabilities');
+      const claim = await gate.acquire(appOf('tenant-a'), 'vulnerabilities');
       const call = slotsOver(limiter).inSlot('vulnerabilities', claim, 0, undefined, async () => {
         throw new AxiosError('socket hang up', 'ECONNRESET');
       });

@@ -387,6 +387,7 @@ describe('createDefenderClient tokens', () => {
     };
     const api = createApiCaller({
       azureTenantId: app.azureTenantId,
+      clientId: app.clientId,
       apiBase: sim.baseUrl,
       tokens,
       limiter: createLocalLimiter(),
@@ -413,6 +414,7 @@ describe('createDefenderClient tokens', () => {
     const bad = { token: 'not-a-token', expiresOnTimestamp: Date.now() + 3_600_000 };
     const api = createApiCaller({
       azureTenantId: app.azureTenantId,
+      clientId: app.clientId,
       apiBase: sim.baseUrl,
       tokens: { getToken: async () => bad, refreshToken: async () => bad },
       limiter: createLocalLimiter(),
@@ -462,6 +464,7 @@ describe('createApiCaller next links', () => {
     });
     const api = createApiCaller({
       azureTenantId: app.azureTenantId,
+      clientId: app.clientId,
       apiBase: sim.baseUrl,
       tokens: createTokenSource({ endpoints, credentials: app, httpsAgent: agent }),
       limiter: createLocalLimiter(),

@@ -5,6 +5,7 @@ import { retryPolicy } from '@urs/resilience';
 import { capturingLogger, type LogLine } from '@urs/testkit';
 import {
   DefenderErrorCode,
+  MICROSOFT_QUOTAS,
   type QuotaGate,
   createLocalLimiter,
   createLocalQuotaGate,
@@ -236,6 +237,53 @@ describe('createDefenderClient when a 429 asks for more than a call may wait', (
         { endpoint: 'vulnerabilities', ms: (error as { retryAfterMs: number }).retryAfterMs },
       ]);
       expect(blocks[0]?.ms).toBeGreaterThan(0);
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe('createDefenderClient with two apps of one tenant', () => {
+  /** A second app registered in `app`'s tenant, and a client of each sharing `quota`. */
+  function twoApps(quota: QuotaGate, deps: Parameters<typeof simClient>[2] = {}) {
+    const other = { ...newApp(), azureTenantId: app.azureTenantId };
+    sim.removeTenant(app.azureTenantId);
+    sim.addTenant({ azureTenantId: app.azureTenantId, apps: [app, other], fleet: { size: 60, seed: 13 } });
+    const a = simClient(sim, app, { quota, ...deps });
+    const b = simClient(sim, other, { quota, ...deps });
+    return { a, b, close: () => Promise.all([a.close(), b.close()]) };
+  }
+
+  it("each app should have its tenant's quota of its own, as Microsoft counts per application and tenant", async () => {
+    const quota = createLocalQuotaGate({
+      limits: { ...MICROSOFT_QUOTAS, vulnerabilities: [{ limit: 3, windowMs: 60_000 }] },
+    });
+    const { a, b, close } = twoApps(quota, { maxQuotaWaitMs: 0 });
+    try {
+      const id = sim.machines(app.azureTenantId)[0]?.id as string;
+      for (let i = 0; i < 3; i++) await a.client.getMachineVulnerabilities(id);
+      await expect(a.client.getMachineVulnerabilities(id)).rejects.toMatchObject({
+        code: DefenderErrorCode.THROTTLED,
+      });
+      // The first app's quota spent, the second's is whole.
+      for (let i = 0; i < 3; i++) await b.client.getMachineVulnerabilities(id);
+    } finally {
+      await close();
+    }
+  });
+
+  it("a 429 to one app should not hold back the tenant's other app", async () => {
+    const quota = createLocalQuotaGate();
+    const { a, b, close } = twoApps(quota, { maxThrottleWaitMs: 0, maxQuotaWaitMs: 0 });
+    try {
+      sim.setFaults(app.azureTenantId, { throttledCalls: 1, throttleRetryAfterSec: 600 });
+      await expect(a.client.listMachines()).rejects.toMatchObject({ code: DefenderErrorCode.THROTTLED });
+      // The first app is held back for the 429's Retry-After; the second goes on.
+      await expect(a.client.listMachines()).rejects.toMatchObject({
+        code: DefenderErrorCode.THROTTLED,
+        retryAfterMs: expect.any(Number),
+      });
+      expect((await b.client.listMachines()).length).toBe(60);
     } finally {
       await close();
     }

@@ -57,6 +57,7 @@ describe('environmentHasProxy', () => {
 function callerAt(apiBase: string, overrides: Partial<ApiCallerOptions> = {}) {
   return createApiCaller({
     azureTenantId: 't1',
+    clientId: 'app',
     apiBase,
     tokens: {
       getToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),

@@ -107,7 +107,32 @@ describe('listMachinePages', () => {
     try {
       sim.resetStats();
       await expect(client.listMachines()).resolves.toEqual([]);
-      expect(sim.stats().callsByTenant[app.azureTenantId]?.machines).toBe(1);
+      // Its first page's 404 confirmed by one more request.
+      expect(sim.stats().callsByTenant[app.azureTenantId]?.machines).toBe(2);
+    } finally {
+      await close();
+    }
+  });
+
+  it("listMachines should ask a first page answered Microsoft's 404 once more, and list the devices it then lists", async () => {
+    const app = tenantWith({ size: 25 });
+    // Microsoft's 404 `ResourceNotFound` once, as seen answered to listings that succeed when asked again.
+    sim.setFaults(app.azureTenantId, { notFoundCalls: 1 });
+    const lines: LogLine[] = [];
+    const { client, close } = simClient(sim, app, { logger: capturingLogger(lines) });
+    try {
+      sim.resetStats();
+      const machines = await client.listMachines({ pageSize: 10, pageOverlap: 2 });
+      expect(machines.map((m) => m.record.id).sort()).toEqual(
+        sim
+          .machines(app.azureTenantId)
+          .map((m) => m.id)
+          .sort(),
+      );
+      expect(sim.stats().faultsByKind['notFound']).toBe(1);
+      expect(
+        lines.filter((l) => /answered 404 for its first page, then listed devices/.test(l.message)),
+      ).toHaveLength(1);
     } finally {
       await close();
     }

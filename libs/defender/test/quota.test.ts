@@ -1,4 +1,5 @@
 import {
+  DefenderErrorCode,
   MICROSOFT_QUOTAS,
   UNLIMITED_QUOTA_GATE,
   createLocalQuotaGate,
@@ -7,6 +8,7 @@ import {
   quotaGateFor,
   type QuotaClaim,
 } from '../src';
+import { appOf } from './support';
 
 /**
  * `promise` if it settles without waiting: the local gates answer a call that has room through promise
@@ -33,8 +35,8 @@ describe('createLocalQuotaGate', () => {
       now: () => clock,
       maxPollMs: 5,
     });
-    for (let i = 0; i < 3; i++) (await atOnce(gate.acquire('t1', 'vulnerabilities'))).sent();
-    const fourth = gate.acquire('t1', 'vulnerabilities');
+    for (let i = 0; i < 3; i++) (await atOnce(gate.acquire(appOf('t1'), 'vulnerabilities'))).sent();
+    const fourth = gate.acquire(appOf('t1'), 'vulnerabilities');
     clock = 299;
     expect(await stillWaiting(fourth)).toBe(true);
     clock = 300;
@@ -51,20 +53,45 @@ describe('createLocalQuotaGate', () => {
       },
       now: () => 0,
     });
-    await atOnce(gate.acquire('t1', 'machines'));
-    await atOnce(gate.acquire('t2', 'machines'));
-    await atOnce(gate.acquire('t1', 'vulnerabilities'));
+    await atOnce(gate.acquire(appOf('t1'), 'machines'));
+    await atOnce(gate.acquire(appOf('t2'), 'machines'));
+    await atOnce(gate.acquire(appOf('t1'), 'vulnerabilities'));
   });
 
-  it('acquire should count a tenant written in two cases as one tenant, as Microsoft does', async () => {
+  it('acquire should count each app of one tenant on its own, as Microsoft counts per application and tenant', async () => {
+    const gate = createLocalQuotaGate({
+      limits: { ...MICROSOFT_QUOTAS, machines: [{ limit: 1, windowMs: 60_000 }] },
+      now: () => 0,
+    });
+    (await atOnce(gate.acquire({ azureTenantId: 't1', clientId: 'a' }, 'machines'))).sent();
+    (await atOnce(gate.acquire({ azureTenantId: 't1', clientId: 'b' }, 'machines'))).sent();
+    await expect(
+      gate.acquire({ azureTenantId: 't1', clientId: 'a' }, 'machines', undefined, 0),
+    ).rejects.toMatchObject({ code: DefenderErrorCode.THROTTLED });
+  });
+
+  it("block should hold back only the app it is for, not the tenant's other apps", async () => {
+    const gate = createLocalQuotaGate({ now: () => 0 });
+    await gate.block({ azureTenantId: 't1', clientId: 'a' }, 'machines', 600_000);
+    await atOnce(gate.acquire({ azureTenantId: 't1', clientId: 'b' }, 'machines'));
+    await expect(
+      gate.acquire({ azureTenantId: 't1', clientId: 'a' }, 'machines', undefined, 0),
+    ).rejects.toMatchObject({ code: DefenderErrorCode.THROTTLED, retryAfterMs: 600_000 });
+  });
+
+  it('acquire should count a tenant and app written in two cases as one, as Microsoft does', async () => {
     let clock = 0;
     const gate = createLocalQuotaGate({
       limits: { ...MICROSOFT_QUOTAS, vulnerabilities: [{ limit: 1, windowMs: 300 }] },
       now: () => clock,
       maxPollMs: 5,
     });
-    (await gate.acquire('5f2d6a9e-aaaa-bbbb-cccc-0123456789ab', 'vulnerabilities')).sent();
-    const upper = gate.acquire('5F2D6A9E-AAAA-BBBB-CCCC-0123456789AB', 'vulnerabilities');
+    const lower = { azureTenantId: '5f2d6a9e-aaaa-bbbb-cccc-0123456789ab', clientId: '0d8f6b4e-1c2a-4e3b' };
+    (await gate.acquire(lower, 'vulnerabilities')).sent();
+    const upper = gate.acquire(
+      { azureTenantId: lower.azureTenantId.toUpperCase(), clientId: lower.clientId.toUpperCase() },
+      'vulnerabilities',
+    );
     clock = 299;
     expect(await stillWaiting(upper)).toBe(true);
     clock = 300;
@@ -74,8 +101,8 @@ describe('createLocalQuotaGate', () => {
   it('block should hold the endpoint back for the given time', async () => {
     let clock = 0;
     const gate = createLocalQuotaGate({ now: () => clock, maxPollMs: 5 });
-    await gate.block('t1', 'machines', 200);
-    const acquire = gate.acquire('t1', 'machines');
+    await gate.block(appOf('t1'), 'machines', 200);
+    const acquire = gate.acquire(appOf('t1'), 'machines');
     clock = 199;
     expect(await stillWaiting(acquire)).toBe(true);
     clock = 200;
@@ -86,10 +113,10 @@ describe('createLocalQuotaGate', () => {
     const gate = createLocalQuotaGate({
       limits: { ...MICROSOFT_QUOTAS, bulk: [{ limit: 1, windowMs: 60_000 }] },
     });
-    await gate.acquire('t1', 'bulk');
+    await gate.acquire(appOf('t1'), 'bulk');
     const controller = new AbortController();
     setTimeout(() => controller.abort(), 50);
-    await expect(gate.acquire('t1', 'bulk', controller.signal)).rejects.toMatchObject({
+    await expect(gate.acquire(appOf('t1'), 'bulk', controller.signal)).rejects.toMatchObject({
       code: 'DEFENDER_THROTTLED',
     });
   });
@@ -99,9 +126,9 @@ describe('createLocalQuotaGate at a deadline', () => {
   it("acquire stopped at its caller's deadline should say the tenant is held back by its quota, and for how long", async () => {
     const gate = createLocalQuotaGate({ maxPollMs: 20 });
     // A 429's Retry-After of 10 minutes, recorded by another call of the tenant.
-    await gate.block('t1', 'machines', 600_000);
+    await gate.block(appOf('t1'), 'machines', 600_000);
     const error = await gate
-      .acquire('t1', 'machines', AbortSignal.timeout(100))
+      .acquire(appOf('t1'), 'machines', AbortSignal.timeout(100))
       .catch((caught: unknown) => caught);
     expect(error).toMatchObject({ code: 'DEFENDER_THROTTLED', canRetry: true });
     expect((error as Error).message).toMatch(
@@ -112,11 +139,11 @@ describe('createLocalQuotaGate at a deadline', () => {
 
   it('acquire queued behind another waiter and stopped at its deadline should say for how long the quota holds back', async () => {
     const gate = createLocalQuotaGate({ maxPollMs: 20 });
-    await gate.block('t1', 'machines', 600_000);
+    await gate.block(appOf('t1'), 'machines', 600_000);
     const firstStops = new AbortController();
-    const first = gate.acquire('t1', 'machines', firstStops.signal).catch(() => undefined);
+    const first = gate.acquire(appOf('t1'), 'machines', firstStops.signal).catch(() => undefined);
     const error = await gate
-      .acquire('t1', 'machines', AbortSignal.timeout(100))
+      .acquire(appOf('t1'), 'machines', AbortSignal.timeout(100))
       .catch((caught: unknown) => caught);
     expect((error as Error).message).toMatch(
       /^Tenant t1's machines calls are held back by its API quota \(Microsoft's limits, or a 429's Retry-After\) for another (600|599) s: the call was not sent within the time allowed/,
@@ -127,10 +154,12 @@ describe('createLocalQuotaGate at a deadline', () => {
 
   it('acquire stopped otherwise than at a deadline should say it was stopped, naming the tenant', async () => {
     const gate = createLocalQuotaGate({ maxPollMs: 20 });
-    await gate.block('t1', 'machines', 600_000);
+    await gate.block(appOf('t1'), 'machines', 600_000);
     const controller = new AbortController();
     setTimeout(() => controller.abort(), 50);
-    const error = await gate.acquire('t1', 'machines', controller.signal).catch((caught: unknown) => caught);
+    const error = await gate
+      .acquire(appOf('t1'), 'machines', controller.signal)
+      .catch((caught: unknown) => caught);
     expect((error as Error).message).toBe(
       "A machines call of tenant t1 was stopped while waiting for the tenant's API quota",
     );
@@ -143,12 +172,12 @@ describe('createLocalQuotaGate claims', () => {
   it('sent should count the call from when it went out, not from when it was taken', async () => {
     let clock = 0;
     const gate = createLocalQuotaGate({ limits: oneAMinute, now: () => clock, maxPollMs: 5 });
-    const claim = await gate.acquire('t1', 'vulnerabilities');
+    const claim = await gate.acquire(appOf('t1'), 'vulnerabilities');
     // The call waited 20 s for a slot: Microsoft counts it from its arrival, and so does the gate.
     clock = 20_000;
     claim.sent();
     clock = 60_001;
-    const next = gate.acquire('t1', 'vulnerabilities');
+    const next = gate.acquire(appOf('t1'), 'vulnerabilities');
     let done = false;
     void next.then(() => (done = true));
     await new Promise((resolve) => setTimeout(resolve, 30));
@@ -160,10 +189,10 @@ describe('createLocalQuotaGate claims', () => {
   it('a call waiting for its slot should keep its place in the window until it is sent', async () => {
     let clock = 0;
     const gate = createLocalQuotaGate({ limits: oneAMinute, now: () => clock, maxPollMs: 5 });
-    const waiting = await gate.acquire('t1', 'vulnerabilities');
+    const waiting = await gate.acquire(appOf('t1'), 'vulnerabilities');
     // A minute on, the first call still waits for a slot: it will count when it goes out.
     clock = 61_000;
-    const next = gate.acquire('t1', 'vulnerabilities');
+    const next = gate.acquire(appOf('t1'), 'vulnerabilities');
     expect(await stillWaiting(next)).toBe(true);
     clock = 61_500;
     waiting.sent();
@@ -176,9 +205,9 @@ describe('createLocalQuotaGate claims', () => {
   it('a call never sent should free its place two windows after it was taken', async () => {
     let clock = 0;
     const gate = createLocalQuotaGate({ limits: oneAMinute, now: () => clock, maxPollMs: 5 });
-    await gate.acquire('t1', 'vulnerabilities'); // its process stops before the call goes out
+    await gate.acquire(appOf('t1'), 'vulnerabilities'); // its process stops before the call goes out
     clock = 119_000;
-    const next = gate.acquire('t1', 'vulnerabilities');
+    const next = gate.acquire(appOf('t1'), 'vulnerabilities');
     expect(await stillWaiting(next)).toBe(true);
     clock = 120_001;
     await next;
@@ -190,9 +219,9 @@ describe('quotaGateFor', () => {
     const gate = quotaGateFor('off', {} as never, 'p:');
     expect(gate).toBe(UNLIMITED_QUOTA_GATE);
     // Far more than Microsoft's 50 per-device calls a minute: none of them waits.
-    for (let i = 0; i < 1_000; i++) (await atOnce(gate.acquire('tenant', 'vulnerabilities'))).sent();
-    await gate.block('tenant', 'vulnerabilities', 60_000);
-    await atOnce(gate.acquire('tenant', 'vulnerabilities'));
+    for (let i = 0; i < 1_000; i++) (await atOnce(gate.acquire(appOf('tenant'), 'vulnerabilities'))).sent();
+    await gate.block(appOf('tenant'), 'vulnerabilities', 60_000);
+    await atOnce(gate.acquire(appOf('tenant'), 'vulnerabilities'));
   });
 
   it('quotaGateFor should keep the Redis quota gate for Microsoft quotas', async () => {
@@ -201,9 +230,9 @@ describe('quotaGateFor', () => {
     const redis = { eval: async (...args: unknown[]) => (calls.push(args), 0) };
     const gate = quotaGateFor('microsoft', redis as never, 'p:');
     expect(gate).not.toBe(UNLIMITED_QUOTA_GATE);
-    await gate.acquire('tenant', 'vulnerabilities');
+    await gate.acquire(appOf('tenant'), 'vulnerabilities');
     expect(calls).toHaveLength(1);
-    expect(calls[0]).toContain('p:defender:quota:tenant:vulnerabilities:60000');
+    expect(calls[0]).toContain('p:defender:quota:tenant:app:vulnerabilities:60000');
   });
 });
 
@@ -223,15 +252,15 @@ describe('createRedisQuotaGate claims', () => {
     try {
       const gate = createRedisQuotaGate(redis as never, 'p:');
       // Keyed by the tenant's id in lower case, however it was registered.
-      const claim = await gate.acquire('Tenant', 'bulk');
+      const claim = await gate.acquire(appOf('Tenant'), 'bulk');
       const member = (calls[0] as unknown[])[5];
       expect(() => claim.sent()).not.toThrow();
       await new Promise((resolve) => setImmediate(resolve));
       // KEYS: both windows of the endpoint; ARGV: the member acquire added, then each window's length.
       expect(calls[1]?.slice(1)).toEqual([
         2,
-        'p:defender:quota:tenant:bulk:60000',
-        'p:defender:quota:tenant:bulk:3600000',
+        'p:defender:quota:tenant:app:bulk:60000',
+        'p:defender:quota:tenant:app:bulk:3600000',
         member,
         '60000',
         '3600000',
@@ -251,7 +280,7 @@ describe('createLocalQuotaGate waiters', () => {
       now: () => clock,
       maxPollMs: 5,
     });
-    (await gate.acquire('t1', 'machines')).sent();
+    (await gate.acquire(appOf('t1'), 'machines')).sent();
     const order: number[] = [];
     const controller = new AbortController();
     const sent = (turn: number) => (claim: QuotaClaim) => {
@@ -260,9 +289,9 @@ describe('createLocalQuotaGate waiters', () => {
     };
     // Stops the waiters a failed test leaves polling a clock that no longer moves.
     const ending = new AbortController();
-    const first = gate.acquire('t1', 'machines', ending.signal).then(sent(1));
-    const aborted = gate.acquire('t1', 'machines', controller.signal);
-    const second = gate.acquire('t1', 'machines', ending.signal).then(sent(2));
+    const first = gate.acquire(appOf('t1'), 'machines', ending.signal).then(sent(1));
+    const aborted = gate.acquire(appOf('t1'), 'machines', controller.signal);
+    const second = gate.acquire(appOf('t1'), 'machines', ending.signal).then(sent(2));
     try {
       controller.abort();
       await expect(atOnce(aborted)).rejects.toMatchObject({ code: 'DEFENDER_THROTTLED' });
@@ -286,13 +315,13 @@ describe('createLocalQuotaGate waiters stopped as they take their place', () => 
       limits: { ...MICROSOFT_QUOTAS, machines: [{ limit: 1, windowMs: 60_000 }] },
     });
     const controller = new AbortController();
-    const acquiring = gate.acquire('t1', 'machines', controller.signal);
+    const acquiring = gate.acquire(appOf('t1'), 'machines', controller.signal);
     // Stopped after the window gave the call its place, before the caller has it.
     queueMicrotask(() => controller.abort());
     await expect(acquiring).rejects.toMatchObject({ code: 'DEFENDER_THROTTLED' });
     await new Promise((resolve) => setImmediate(resolve));
     // A wait of 0 ms allowed: it fails unless the place was given back.
-    (await atOnce(gate.acquire('t1', 'machines', undefined, 0))).sent();
+    (await atOnce(gate.acquire(appOf('t1'), 'machines', undefined, 0))).sent();
   });
 });
 
@@ -321,10 +350,10 @@ describe('createLocalQuotaGate releases', () => {
   it('release should give back at once the place of a call never sent', async () => {
     const oneAMinute = { ...MICROSOFT_QUOTAS, vulnerabilities: [{ limit: 1, windowMs: 60_000 }] };
     const gate = createLocalQuotaGate({ limits: oneAMinute });
-    const claim = await gate.acquire('t1', 'vulnerabilities');
+    const claim = await gate.acquire(appOf('t1'), 'vulnerabilities');
     claim.release();
-    (await atOnce(gate.acquire('t1', 'vulnerabilities', undefined, 0))).sent();
-    await expect(gate.acquire('t1', 'vulnerabilities', undefined, 0)).rejects.toMatchObject({
+    (await atOnce(gate.acquire(appOf('t1'), 'vulnerabilities', undefined, 0))).sent();
+    await expect(gate.acquire(appOf('t1'), 'vulnerabilities', undefined, 0)).rejects.toMatchObject({
       code: 'DEFENDER_THROTTLED',
     });
   });

@@ -14,7 +14,7 @@ import {
   createRedisQuotaGate,
   createSharedLimiter,
 } from '../src';
-import { newApp, simClient } from './support';
+import { appOf, newApp, simClient } from './support';
 
 let redis: TestRedis;
 
@@ -46,16 +46,16 @@ describe('createRedisQuotaGate', () => {
     const started = Date.now();
     // A wait of 0 ms allowed: each of these fails unless it finds room at once.
     const claims = await Promise.all([
-      a.acquire('t1', 'vulnerabilities', undefined, 0),
-      a.acquire('t1', 'vulnerabilities', undefined, 0),
-      b.acquire('t1', 'vulnerabilities', undefined, 0),
-      b.acquire('t1', 'vulnerabilities', undefined, 0),
+      a.acquire(appOf('t1'), 'vulnerabilities', undefined, 0),
+      a.acquire(appOf('t1'), 'vulnerabilities', undefined, 0),
+      b.acquire(appOf('t1'), 'vulnerabilities', undefined, 0),
+      b.acquire(appOf('t1'), 'vulnerabilities', undefined, 0),
     ]);
     for (const claim of claims) claim.sent();
-    await b.acquire('t1', 'vulnerabilities');
+    await b.acquire(appOf('t1'), 'vulnerabilities');
     expect(Date.now() - started).toBeGreaterThanOrEqual(980);
     // Another tenant has its own window.
-    await a.acquire('t2', 'vulnerabilities', undefined, 0);
+    await a.acquire(appOf('t2'), 'vulnerabilities', undefined, 0);
   });
 
   it('sent should move the call to when it went out, for every gate', async () => {
@@ -68,18 +68,18 @@ describe('createRedisQuotaGate', () => {
     };
     const a = createRedisQuotaGate(redis.client, redis.prefix, { limits, maxPollMs: 20 });
     const b = createRedisQuotaGate(redis.client, redis.prefix, { limits, maxPollMs: 20 });
-    const claim = await a.acquire('t1', 'vulnerabilities');
+    const claim = await a.acquire(appOf('t1'), 'vulnerabilities');
     const taken = Date.now();
     // The call waits 500 ms for a slot before it goes out.
     await new Promise((resolve) => setTimeout(resolve, 500));
     claim.sent();
     const sent = Date.now();
-    (await b.acquire('t1', 'vulnerabilities')).sent();
+    (await b.acquire(appOf('t1'), 'vulnerabilities')).sent();
     expect(Date.now() - sent).toBeGreaterThanOrEqual(950);
     expect(Date.now() - taken).toBeGreaterThanOrEqual(1_400);
     await new Promise((resolve) => setTimeout(resolve, 20));
     // The minute window holds both calls at their sending, and its key lives two windows on.
-    const minute = `${redis.prefix}defender:quota:t1:vulnerabilities:60000`;
+    const minute = `${redis.prefix}defender:quota:t1:app:vulnerabilities:60000`;
     const entries = await redis.client.zrange(minute, 0, -1, 'WITHSCORES');
     expect(entries).toHaveLength(4);
     expect(Number(entries[3]) - Number(entries[1])).toBeGreaterThanOrEqual(950);
@@ -95,11 +95,11 @@ describe('createRedisQuotaGate', () => {
     const limits = { ...MICROSOFT_QUOTAS, machines: [{ limit: 1, windowMs }] };
     const a = createRedisQuotaGate(redis.client, redis.prefix, { limits, maxPollMs: 20 });
     const b = createRedisQuotaGate(redis.client, redis.prefix, { limits, maxPollMs: 20 });
-    const waiting = await a.acquire('t1', 'machines');
+    const waiting = await a.acquire(appOf('t1'), 'machines');
     // Longer than the window without a slot: the call still counts, as one to come.
     await new Promise((resolve) => setTimeout(resolve, windowMs + 1_000));
     let done = false;
-    const next = b.acquire('t1', 'machines').then(() => (done = true));
+    const next = b.acquire(appOf('t1'), 'machines').then(() => (done = true));
     await new Promise((resolve) => setTimeout(resolve, 500));
     expect(done).toBe(false);
     waiting.sent();
@@ -118,12 +118,12 @@ describe('createRedisQuotaGate', () => {
     };
     const a = createRedisQuotaGate(redis.client, redis.prefix, { limits });
     const b = createRedisQuotaGate(redis.client, redis.prefix, { limits });
-    const claim = await a.acquire('t1', 'vulnerabilities', undefined, 0);
+    const claim = await a.acquire(appOf('t1'), 'vulnerabilities', undefined, 0);
     claim.release();
     // A wait of 0 ms allowed: it fails unless the place was given back.
-    const next = await waitForRoom(() => b.acquire('t1', 'vulnerabilities', undefined, 0));
+    const next = await waitForRoom(() => b.acquire(appOf('t1'), 'vulnerabilities', undefined, 0));
     next.sent();
-    await expect(b.acquire('t1', 'vulnerabilities', undefined, 0)).rejects.toMatchObject({
+    await expect(b.acquire(appOf('t1'), 'vulnerabilities', undefined, 0)).rejects.toMatchObject({
       code: DefenderErrorCode.THROTTLED,
     });
   });
@@ -149,7 +149,7 @@ describe('createRedisQuotaGate', () => {
     };
     const a = createRedisQuotaGate(queued as never, redis.prefix, { limits });
     const controller = new AbortController();
-    const acquiring = a.acquire('t1', 'vulnerabilities', controller.signal);
+    const acquiring = a.acquire(appOf('t1'), 'vulnerabilities', controller.signal);
     while (evals.length === 0) await new Promise((resolve) => setImmediate(resolve));
     controller.abort();
     await expect(acquiring).rejects.toMatchObject({ code: DefenderErrorCode.THROTTLED });
@@ -158,19 +158,43 @@ describe('createRedisQuotaGate', () => {
     await new Promise((resolve) => setImmediate(resolve));
     await Promise.all(evals);
     for (const { windowMs } of limits.vulnerabilities)
-      expect(await redis.client.zcard(redis.key(`defender:quota:t1:vulnerabilities:${windowMs}`))).toBe(0);
+      expect(await redis.client.zcard(redis.key(`defender:quota:t1:app:vulnerabilities:${windowMs}`))).toBe(
+        0,
+      );
     // Another call has the place: a wait of 0 ms allowed, it fails unless the place was given back.
     const b = createRedisQuotaGate(redis.client, redis.prefix, { limits });
-    (await b.acquire('t1', 'vulnerabilities', undefined, 0)).sent();
+    (await b.acquire(appOf('t1'), 'vulnerabilities', undefined, 0)).sent();
   });
 
   it('block should hold every gate of the tenant back', async () => {
     const a = createRedisQuotaGate(redis.client, redis.prefix, { maxPollMs: 50 });
     const b = createRedisQuotaGate(redis.client, redis.prefix, { maxPollMs: 50 });
-    await a.block('t1', 'machines', 300);
+    await a.block(appOf('t1'), 'machines', 300);
     const started = Date.now();
-    await b.acquire('t1', 'machines');
+    await b.acquire(appOf('t1'), 'machines');
     expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+  });
+
+  it('acquire and block should keep each app of one tenant apart, as Microsoft counts per application and tenant', async () => {
+    const limits = { ...MICROSOFT_QUOTAS, machines: [{ limit: 1, windowMs: 60_000 }] };
+    const a = { azureTenantId: 'T1', clientId: 'App-A' };
+    const b = { azureTenantId: 't1', clientId: 'app-b' };
+    const gate = createRedisQuotaGate(redis.client, redis.prefix, { limits });
+    (await gate.acquire(a, 'machines', undefined, 0)).sent();
+    (await gate.acquire(b, 'machines', undefined, 0)).sent();
+    await expect(gate.acquire(a, 'machines', undefined, 0)).rejects.toMatchObject({
+      code: DefenderErrorCode.THROTTLED,
+    });
+    await gate.block(a, 'vulnerabilities', 600_000);
+    await gate.acquire(b, 'vulnerabilities', undefined, 0);
+    await expect(gate.acquire(a, 'vulnerabilities', undefined, 0)).rejects.toMatchObject({
+      code: DefenderErrorCode.THROTTLED,
+    });
+    // Keyed by the tenant and app ids, in lower case.
+    expect(
+      await redis.client.pttl(redis.key('defender:quota:t1:app-a:vulnerabilities:blocked')),
+    ).toBeGreaterThan(0);
+    expect(await redis.client.exists(redis.key('defender:quota:t1:app-b:vulnerabilities:blocked'))).toBe(0);
   });
 
   it.each(['Fri, 01 Jan 2100 00:00:00 GMT', '86400000', '1e18'])(
@@ -183,6 +207,7 @@ describe('createRedisQuotaGate', () => {
       await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
       const api = createApiCaller({
         azureTenantId: 't1',
+        clientId: 'app',
         apiBase: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
         tokens: {
           getToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),
@@ -204,7 +229,7 @@ describe('createRedisQuotaGate', () => {
           retryAfterMs: 3_600_000,
           details: { retryAfter },
         });
-        const blockedMs = await redis.client.pttl(redis.key('defender:quota:t1:machines:blocked'));
+        const blockedMs = await redis.client.pttl(redis.key('defender:quota:t1:app:machines:blocked'));
         expect(blockedMs).toBeGreaterThan(3_500_000);
         expect(blockedMs).toBeLessThanOrEqual(3_600_000);
       } finally {
@@ -215,37 +240,37 @@ describe('createRedisQuotaGate', () => {
 
   it('acquire should fail THROTTLED at once, with the block left, when the tenant is blocked longer than it may wait', async () => {
     const gate = createRedisQuotaGate(redis.client, redis.prefix, { maxPollMs: 50 });
-    await gate.block('t1', 'machines', 1_800_000);
+    await gate.block(appOf('t1'), 'machines', 1_800_000);
     // A gate that waited instead would be stopped by the signal, which says so: a THROTTLED that may be retried.
     const failed = await gate
-      .acquire('t1', 'machines', AbortSignal.timeout(20_000), 600_000)
+      .acquire(appOf('t1'), 'machines', AbortSignal.timeout(20_000), 600_000)
       .catch((error: unknown) => error);
     expect(failed).toMatchObject({ code: DefenderErrorCode.THROTTLED, canRetry: false });
     expect((failed as DefenderError).retryAfterMs).toBeGreaterThan(1_790_000);
     expect((failed as DefenderError).retryAfterMs).toBeLessThanOrEqual(1_800_000);
     // A shorter block is waited out as before.
-    await gate.block('t2', 'machines', 200);
-    await gate.acquire('t2', 'machines', undefined, 1_000);
+    await gate.block(appOf('t2'), 'machines', 200);
+    await gate.acquire(appOf('t2'), 'machines', undefined, 1_000);
   });
 
   it('acquire should cut a block longer than the longest window down to that window', async () => {
     // As a poller that did not cap Retry-After left it: 26,689 days.
-    await redis.client.set(redis.key('defender:quota:t1:machines:blocked'), '1', 'PX', 2_305_929_600_000);
+    await redis.client.set(redis.key('defender:quota:t1:app:machines:blocked'), '1', 'PX', 2_305_929_600_000);
     const gate = createRedisQuotaGate(redis.client, redis.prefix);
-    const failed = await gate.acquire('t1', 'machines', undefined, 0).catch((error: unknown) => error);
+    const failed = await gate.acquire(appOf('t1'), 'machines', undefined, 0).catch((error: unknown) => error);
     expect((failed as DefenderError).retryAfterMs).toBeLessThanOrEqual(3_600_000);
-    expect(await redis.client.pttl(redis.key('defender:quota:t1:machines:blocked'))).toBeLessThanOrEqual(
+    expect(await redis.client.pttl(redis.key('defender:quota:t1:app:machines:blocked'))).toBeLessThanOrEqual(
       3_600_000,
     );
   });
 
   it('acquire should keep its keys under the injected prefix', async () => {
     const gate = createRedisQuotaGate(redis.client, redis.prefix);
-    await gate.acquire('t1', 'bulk');
+    await gate.acquire(appOf('t1'), 'bulk');
     const keys = await redis.client.keys(`${redis.prefix}*`);
     expect(keys.sort()).toEqual([
-      `${redis.prefix}defender:quota:t1:bulk:3600000`,
-      `${redis.prefix}defender:quota:t1:bulk:60000`,
+      `${redis.prefix}defender:quota:t1:app:bulk:3600000`,
+      `${redis.prefix}defender:quota:t1:app:bulk:60000`,
     ]);
   });
 });

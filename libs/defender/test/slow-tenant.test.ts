@@ -136,6 +136,7 @@ function callersSharingSlots(served: Served) {
   const caller = (tenant: 'slow' | 'healthy'): ApiCaller =>
     createApiCaller({
       azureTenantId: tenant,
+      clientId: 'app',
       apiBase: served.apiBase(tenant),
       tokens: {
         getToken: async () => ({ token: 'x', expiresOnTimestamp: Date.now() + 3_600_000 }),

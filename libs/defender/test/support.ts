@@ -8,6 +8,7 @@ import {
   type DefenderClient,
   DefenderError,
   type DefenderClientDeps,
+  type DefenderApp,
   type QuotaGate,
   createDefenderClient,
   createHttpsAgent,
@@ -28,6 +29,11 @@ export function newApp(): TestApp {
     clientId: randomUUID(),
     clientSecret: `Zx8Q~${randomUUID().replace(/-/g, '')}Sec`,
   };
+}
+
+/** The app `app` of tenant `azureTenantId`: whose quota a call counts in. */
+export function appOf(azureTenantId: string): DefenderApp {
+  return { azureTenantId, clientId: 'app' };
 }
 
 /** A client of the simulator's tenant, trusting the simulator's CA through the https agent. */

@@ -366,7 +366,7 @@ describe('createTokenSource while Entra is down', () => {
         retryAfterMs: expect.any(Number),
       });
       // Entra's wait holds no call of the tenant's API back (a wait of 0 ms allowed).
-      await expect(quota.acquire(own.azureTenantId, 'vulnerabilities', undefined, 0)).resolves.toBeDefined();
+      await expect(quota.acquire(own, 'vulnerabilities', undefined, 0)).resolves.toBeDefined();
     } finally {
       sim.setFaults(own.azureTenantId, {});
       sim.removeTenant(own.azureTenantId);

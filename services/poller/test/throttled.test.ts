@@ -107,7 +107,7 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
 
   it("a blocked tenant's cycle should end at once as throttled, freeing its place for another tenant, and be tried again when the block ends", async () => {
     const blocked = tenants[0] as (typeof tenants)[number];
-    await quota.block(blocked.azureTenantId, 'machines', 3_600_000);
+    await quota.block(blocked, 'machines', 3_600_000);
     const schedules = memorySchedules();
     const status = memoryStatus();
     const runs: Run[] = [];
@@ -140,7 +140,7 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
 
   it('a tenant throttled for less than its interval should be tried again when its quota frees, not at its next interval', async () => {
     // A daily tenant whose quota is blocked for 90 s: longer than the cycle may wait for it, far shorter than a day.
-    await quota.block(daily.azureTenantId, 'machines', 90_000);
+    await quota.block(daily, 'machines', 90_000);
     const schedules = memorySchedules();
     const status = memoryStatus();
     const attempts: number[] = [];
@@ -213,9 +213,7 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
       expect(schedule.notBefore).toBeGreaterThanOrEqual(started + 599_000);
       expect(schedule.notBefore).toBeLessThanOrEqual(Date.now() + 600_000);
       // ... and every call of the tenant, in every process sharing the gate, for as long.
-      const held = await quota
-        .acquire(counted.azureTenantId, 'machines', undefined, 0)
-        .catch((error: unknown) => error);
+      const held = await quota.acquire(counted, 'machines', undefined, 0).catch((error: unknown) => error);
       expect(held).toMatchObject({ code: 'DEFENDER_THROTTLED' });
       expect((held as { retryAfterMs: number }).retryAfterMs).toBeGreaterThan(590_000);
       // One call drew the 429, and no cycle came before the wait was over: at its interval's end, none.

@@ -65,7 +65,7 @@ describe('createAccessChecker', () => {
   it('the check of a tenant whose quota is held back past its time limit should say so before the limit, and for how long', async () => {
     const tenant = newTenant();
     // A 429's Retry-After of 10 minutes, recorded by a poller's call.
-    await quota.block(tenant.azureTenantId, 'machines', 600_000);
+    await quota.block(tenant, 'machines', 600_000);
     const { result, stoppedAtTimeLimit } = await checkWithin(tenant, 3_000);
     expect(stoppedAtTimeLimit).toBe(false);
     expect(result).toMatchObject({ ok: false, tokenIssued: true, machinesReadable: false });
@@ -77,7 +77,7 @@ describe('createAccessChecker', () => {
 
   it('the check should wait out a hold-back of the quota that ends within its time limit', async () => {
     const tenant = newTenant();
-    await quota.block(tenant.azureTenantId, 'machines', 300);
+    await quota.block(tenant, 'machines', 300);
     const { result } = await checkWithin(tenant, 10_000);
     expect(result).toMatchObject({ ok: true, machinesReadable: true, vulnerabilitiesReadable: true });
   });
@@ -101,7 +101,7 @@ describe('createAccessChecker', () => {
     const tenant = newTenant();
     // Most of the time limit goes to waiting out the quota; the 429 that follows asks for less than the whole
     // limit but more than what is left of it.
-    await quota.block(tenant.azureTenantId, 'machines', 1_800);
+    await quota.block(tenant, 'machines', 1_800);
     sim.setFaults(tenant.azureTenantId, { throttledCalls: 1, throttleRetryAfterSec: 2 });
     const { result, stoppedAtTimeLimit } = await checkWithin(tenant, 3_000);
     expect(stoppedAtTimeLimit).toBe(false);

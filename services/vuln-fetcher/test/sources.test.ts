@@ -269,7 +269,7 @@ describe('createDefenderSources and a tenant held back by its quota', () => {
     const agent = createHttpsAgent({ extraCa: sim.caPem });
     const quota = createLocalQuotaGate();
     // Another call of the tenant drew a 429 whose Retry-After holds every call of the endpoint back.
-    await quota.block(azureTenantId, 'vulnerabilities', blockMs);
+    await quota.block({ azureTenantId, clientId: app.clientId }, 'vulnerabilities', blockMs);
     const sources = createDefenderSources({
       sealer,
       limiter: createLocalLimiter(),

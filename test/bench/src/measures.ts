@@ -11,7 +11,7 @@ import type { TimelineInput } from './timeline';
 
 export { snapshotOutcomes, snapshotOutcomesSince } from './window-counters';
 
-/** Microsoft's per-tenant quota of the per-device vulnerability endpoint (defender-api.md). */
+/** Microsoft's quota (per app and tenant) of the per-device vulnerability endpoint (defender-api.md). */
 export const PER_DEVICE_QUOTA = [
   { limit: 50, windowMs: 60_000 },
   { limit: 1_500, windowMs: 3_600_000 },

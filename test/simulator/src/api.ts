@@ -32,7 +32,7 @@ export interface SimulatorOptions {
   tokenLifetimeSec?: number;
   /** Delay added to every Entra/MDE answer. Default none. */
   latency?: LatencySpec;
-  /** Enforce Microsoft's per-tenant quotas (429 + Retry-After). Default true. */
+  /** Enforce Microsoft's quotas, per app and tenant (429 + Retry-After). Default true. */
   quotas?: boolean;
   /**
    * Length of the quotas' per-minute window, in milliseconds (the hourly one stays an hour): shorter for

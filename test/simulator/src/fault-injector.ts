@@ -15,7 +15,7 @@ export function faultsFor(
 }
 
 /** The faults a setting gives a number of, each tenant's next n requests of a kind. */
-export type CountedFault = 'throttledCalls' | 'openIdFailures';
+export type CountedFault = 'throttledCalls' | 'notFoundCalls' | 'openIdFailures';
 
 export interface FaultInjector {
   /** True with the given probability, never when it is absent or 0. */

@@ -12,7 +12,14 @@ import {
 } from './mde';
 import type { QuotaKind } from './quota';
 import type { Rng } from './rng';
-import type { FaultSpec, FiveXxBody, GatewayBody, RetryAfterStyle, TenantState } from './state';
+import {
+  type FaultSpec,
+  type FiveXxBody,
+  type GatewayBody,
+  type RetryAfterStyle,
+  type TenantState,
+  quotaOf,
+} from './state';
 import type { StatsTracker } from './tracker';
 import { API_AUDIENCES, type AccessClaims, type TokenSigner } from './tokens';
 import { exportFilesList, type SasSigner } from './tvmexport';
@@ -193,14 +200,24 @@ export function createMdeRoute(
       return;
     }
     if (deps.quotasOn()) {
-      const waitSec = (tenant.quotas.get(quota) as { tryAcquire(now: number): number }).tryAcquire(
-        Date.now(),
-      );
+      // Counted per application and tenant, as Microsoft does: the token's tid and appid.
+      const waitSec = quotaOf(tenant, auth.appid, quota).tryAcquire(Date.now());
       if (waitSec > 0) {
         tracker.throttled(tenantId);
         throttle(waitSec);
         return;
       }
+    }
+    if (takeCounted(f, 'notFoundCalls', tenantId)) {
+      fault('notFound');
+      answer(
+        mdeError(
+          404,
+          'ResourceNotFound',
+          kind === 'machines' ? 'No machines were found for the tenant.' : `Resource ${path} was not found.`,
+        ),
+      );
+      return;
     }
     if (injectTransportFault(req, res, f)) return;
     if (roll(f.status5xxRate)) {

@@ -1,4 +1,4 @@
-// Microsoft's documented per-tenant, per-API quotas, enforced as sliding windows.
+// Microsoft's documented quotas per application and tenant, per API, enforced as sliding windows.
 
 export type QuotaKind = 'machines' | 'vulnerabilities' | 'bulk' | 'exportFiles';
 
@@ -21,7 +21,7 @@ export const MDE_QUOTAS: Readonly<Record<QuotaKind, QuotaLimit>> = {
 const MINUTE_MS = 60_000;
 const HOUR_MS = 3_600_000;
 
-/** Accepted-call timestamps of one tenant and one API, oldest first (at most perHour entries). */
+/** Accepted-call timestamps of one app of a tenant and one API, oldest first (at most perHour entries). */
 export class SlidingWindow {
   private readonly stamps: number[] = [];
   private head = 0;

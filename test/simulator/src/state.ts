@@ -52,6 +52,12 @@ export interface FaultSpec {
    * down as they happen.
    */
   throttledCalls?: number;
+  /**
+   * The tenant's next this many MDE API calls (after the quota) are answered 404 `ResourceNotFound` with
+   * MDE's error body whatever exists, as Microsoft has been seen answering calls that succeed when asked
+   * again (a listing's: as for a tenant with no machine); counted down as they happen.
+   */
+  notFoundCalls?: number;
   /** The wait throttledCalls' 429s ask for, in seconds (see retryAfter for how). Default 1. */
   throttleRetryAfterSec?: number;
   /**
@@ -134,10 +140,29 @@ export interface TenantState {
   apps: Map<string, Required<AppSpec>>;
   fleet: Fleet;
   defenderProvisioned: boolean;
-  quotas: Map<QuotaKind, SlidingWindow>;
+  /**
+   * Per app (its client id in lower case, the token's `appid`), its quotas: Microsoft counts them per
+   * application and tenant. Made at the app's first call.
+   */
+  quotas: Map<string, Map<QuotaKind, SlidingWindow>>;
+  /** The length of the quotas' per-minute window (see SimulatorOptions.quotaMinuteMs). */
+  quotaMinuteMs: number | undefined;
 }
 
 const QUOTA_KINDS: readonly QuotaKind[] = ['machines', 'vulnerabilities', 'bulk', 'exportFiles'];
+
+/** The window of `kind` of app `appId` in `tenant`, made at the app's first call. */
+export function quotaOf(tenant: TenantState, appId: string, kind: QuotaKind): SlidingWindow {
+  const id = appId.toLowerCase();
+  let quotas = tenant.quotas.get(id);
+  if (!quotas) {
+    quotas = new Map(
+      QUOTA_KINDS.map((k) => [k, new SlidingWindow(MDE_QUOTAS[k], tenant.quotaMinuteMs)] as const),
+    );
+    tenant.quotas.set(id, quotas);
+  }
+  return quotas.get(kind) as SlidingWindow;
+}
 
 export function validateFaults(faults: FaultSpec): FaultSpec {
   const out: FaultSpec = {};
@@ -175,7 +200,12 @@ export function validateFaults(faults: FaultSpec): FaultSpec {
       throw new Error(`faults.bodyBytesPerSec must be a positive integer, got ${String(rate)}`);
     out.bodyBytesPerSec = rate;
   }
-  for (const key of ['throttledCalls', 'throttleRetryAfterSec', 'tokenThrottleRetryAfterSec'] as const) {
+  for (const key of [
+    'throttledCalls',
+    'notFoundCalls',
+    'throttleRetryAfterSec',
+    'tokenThrottleRetryAfterSec',
+  ] as const) {
     const n = faults[key];
     if (n === undefined) continue;
     if (!Number.isInteger(n) || n < 0)
@@ -283,12 +313,8 @@ export function createTenant(
       exportBudget,
     ),
     defenderProvisioned: spec.defenderProvisioned ?? true,
-    quotas: new Map(
-      Object.entries(MDE_QUOTAS).map(([kind, limit]) => [
-        kind as QuotaKind,
-        new SlidingWindow(limit, quotaMinuteMs),
-      ]),
-    ),
+    quotas: new Map(),
+    quotaMinuteMs,
   };
 }
 

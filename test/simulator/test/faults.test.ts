@@ -99,6 +99,17 @@ describe('fault injection', () => {
     expect((await request(sim, '/api/machines?$top=1', { token: calm })).status).toBe(200);
   });
 
+  test("notFoundCalls should answer the tenant's next n calls 404 ResourceNotFound, MDE's error body, then as ever", async () => {
+    sim.setFaults(TENANT, { notFoundCalls: 1 });
+    const missing = await request(sim, '/api/machines?$top=1', { token });
+    expect(missing.status).toBe(404);
+    expect(missing.json.error.code).toBe('ResourceNotFound');
+    expect(sim.stats().faultsByKind['notFound']).toBe(1);
+    const listed = await request(sim, '/api/machines?$top=1', { token });
+    expect(listed.status).toBe(200);
+    expect(listed.json.value).toHaveLength(1);
+  });
+
   test("a counted fault set again for '*' should count from n again", async () => {
     sim.setFaults('*', { throttledCalls: 1 });
     expect((await request(sim, '/api/machines?$top=1', { token })).status).toBe(429);

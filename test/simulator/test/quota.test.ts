@@ -3,6 +3,8 @@ import { SlidingWindow } from '../src/quota';
 import { CLIENT_ID, getToken, request, SECRET, TENANT } from './helpers';
 
 const OTHER_TENANT = '99999999-aaaa-4bbb-8ccc-000000000009';
+/** A second application registered in TENANT. */
+const OTHER_APP = '77777777-aaaa-4bbb-8ccc-000000000007';
 
 describe('SlidingWindow', () => {
   test('tryAcquire should allow perMinute calls, then name the wait until the oldest leaves the minute', () => {
@@ -33,7 +35,10 @@ describe('quota enforcement', () => {
     sim = await startSimulator();
     sim.addTenant({
       azureTenantId: TENANT,
-      apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
+      apps: [
+        { clientId: CLIENT_ID, clientSecret: SECRET },
+        { clientId: OTHER_APP, clientSecret: SECRET },
+      ],
       fleet: { size: 20 },
     });
     sim.addTenant({
@@ -72,6 +77,20 @@ describe('quota enforcement', () => {
         })
       ).status,
     ).toBe(200);
+  });
+
+  test('two apps of one tenant should each have the quota of their own, as Microsoft counts per application and tenant', async () => {
+    const token = await getToken(sim);
+    const id = sim.machines(TENANT)[0]?.id as string;
+    const path = `/api/machines/${id}/vulnerabilities`;
+    for (let i = 0; i < MDE_QUOTAS.vulnerabilities.perMinute; i++)
+      expect((await request(sim, path, { token })).status).toBe(200);
+    expect((await request(sim, path, { token })).status).toBe(429);
+
+    // The other app's token (its `appid`) counts in a window of its own; the first app's stays spent.
+    const other = await getToken(sim, TENANT, OTHER_APP);
+    expect((await request(sim, path, { token: other })).status).toBe(200);
+    expect((await request(sim, path, { token })).status).toBe(429);
   });
 
   test('quotaMinuteMs should shorten the minute window and the Retry-After it names', async () => {

@@ -78,8 +78,8 @@ describe('urs defender with Redis', () => {
     const keys = await redis.client.keys(`*${redis.prefix}*`);
     expect(keys).toEqual(
       expect.arrayContaining([
-        `${redis.prefix}defender:quota:${app.azureTenantId}:machines:60000`,
-        `${redis.prefix}defender:quota:${app.azureTenantId}:vulnerabilities:60000`,
+        `${redis.prefix}defender:quota:${app.azureTenantId}:${app.clientId}:machines:60000`,
+        `${redis.prefix}defender:quota:${app.azureTenantId}:${app.clientId}:vulnerabilities:60000`,
         `b_${redis.prefix}defender-api_settings`,
       ]),
     );
@@ -90,7 +90,7 @@ describe('urs defender with Redis', () => {
   it('defenderCommand check of a tenant the pipeline’s quota holds back should say so at once, and for how long', async () => {
     const app = newTenant(3);
     // A 429's Retry-After of 10 minutes, recorded in Redis by a poller's call.
-    await createRedisQuotaGate(redis.client, redis.prefix).block(app.azureTenantId, 'machines', 600_000);
+    await createRedisQuotaGate(redis.client, redis.prefix).block(app, 'machines', 600_000);
     const { code, stdout, stderr } = await defender(app, ['check']);
     expect(stderr).not.toContain('not reachable');
     expect(code).toBe(1);

@@ -26,7 +26,7 @@ describe('openBackend through a Redis failover', () => {
     const warnings: string[] = [];
     backend = await openBackend(env, true, (line) => void warnings.push(line));
     expect(backend.kind).toBe('redis');
-    const tenant = randomUUID();
+    const tenant = { azureTenantId: randomUUID(), clientId: randomUUID() };
     (await backend.quota.acquire(tenant, 'machines')).sent();
     await failover.failover();
     // The old connection still answers PING; only a reconnect reaches the new primary.
