@@ -26,7 +26,8 @@ export const DEVICE_RECORD_FIELDS = [
   'onboardingStatus',
   'healthStatus',
   'lastSeen',
-  // Whether the bulk export's snapshot can list the device (it lists no device first seen after it).
+  // Whether the bulk export's snapshot can list the device (not one first seen after it, or less than a day
+  // before).
   'firstSeen',
   // Whether Microsoft holds the device's vulnerabilities (`vulnerabilitiesNotHeld`).
   'isExcluded',

@@ -60,13 +60,14 @@ export const TIMED_OUT = new Set(['ECONNABORTED', 'ETIMEDOUT']);
 
 /**
  * Whether a call failed for running out of its own time (no answer, or not all of it, within the request
- * timeout), not because its caller stopped it.
+ * timeout; or, for a call whose only deadline is its call slot's end, a bulk export page, its answer still
+ * arriving when the slot ended: `ranOutOfSlot`), not because its caller stopped it.
  */
 export function timedOut(error: unknown): boolean {
   return (
     isDefenderError(error, DefenderErrorCode.UNAVAILABLE) &&
     error.canRetry &&
-    TIMED_OUT.has(String(error.details['networkCode']))
+    (TIMED_OUT.has(String(error.details['networkCode'])) || error.details['ranOutOfSlot'] === true)
   );
 }
 

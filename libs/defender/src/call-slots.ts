@@ -177,7 +177,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
           health.passTurn();
           if (signal?.aborted && error === signal.reason) throw notSent(endpoint, queued, signal);
         }
-        throw slotExpired(error, endpoint, slotEnded, sentAt) ?? error;
+        throw slotExpired(error, endpoint, slotEnded, sentAt, wholeSlot) ?? error;
       }
     }
   }
@@ -240,12 +240,15 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
    * a job may), so it was stopped, or the limiter gave the slot up: a failure of this read, tried again like an
    * outage, in words an operator can act on, not the limiter's own "This job timed out". It says how long the
    * call itself ran (from `sentAt`): a call handed a slot by another (withSlotHandOff) had less than the slot.
+   * A `wholeSlot` call, whose only deadline is its slot's end, ran out of its own time (`ranOutOfSlot`, see
+   * `timedOut`); any other call may have had only the rest of a slot.
    */
   function slotExpired(
     error: unknown,
     endpoint: DefenderEndpointClass,
     slotEnds: AbortSignal | undefined,
     sentAt: number,
+    wholeSlot: boolean,
   ): DefenderError | undefined {
     let held: string;
     if (slotEnds?.reason instanceof SlotEndedError) held = duration(slotEnds.reason.heldMs);
@@ -258,7 +261,11 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
         (sentAt > 0 ? `ran ${duration(performance.now() - sentAt)} and ` : '') +
         `was stopped when its call slot ended (held ${held}, as long as the limiter allows): its answer came too slowly` +
         (endpoint === 'bulk' ? '; a smaller URS_BULK_PAGE_SIZE makes each page shorter' : ''),
-      { canRetry: true, cause: error, details: { azureTenantId, endpoint } },
+      {
+        canRetry: true,
+        cause: error,
+        details: { azureTenantId, endpoint, ...(wholeSlot ? { ranOutOfSlot: true } : {}) },
+      },
     );
   }
 

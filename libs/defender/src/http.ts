@@ -110,7 +110,9 @@ export interface ApiCaller {
    * Like `getRows`, but each row goes to `onRow` as soon as it is read and none is kept here, so what a
    * large page leaves behind is only what `onRow` keeps. A retried call hands out its rows again, and the
    * rows an attempt gave before it failed are not taken back: `onRow` must be idempotent (a row given
-   * twice changes nothing), as folding distinct CVEs and their highest score is.
+   * twice changes nothing), as folding distinct CVEs and their highest score is. Its answer has no deadline
+   * but its call slot's end; `onTimeout` 'throw' fails the call at the first answer cut there (or silent
+   * past the request timeout), not tried again as is (the bulk export asks for a smaller page instead).
    */
   scanRows<T>(
     endpoint: DefenderEndpointClass,
@@ -120,6 +122,7 @@ export interface ApiCaller {
     toRow: (row: unknown) => T,
     signal?: AbortSignal,
     reader?: RowReader<T>,
+    onTimeout?: 'retry' | 'throw',
   ): Promise<RowsScan>;
   /**
    * Like `scanRows`, but the answer's bytes go to a sink of the caller's as they arrive (a new one per
@@ -131,6 +134,7 @@ export interface ApiCaller {
     params: Record<string, string | number> | undefined,
     sink: () => ODataSink,
     signal?: AbortSignal,
+    onTimeout?: 'retry' | 'throw',
   ): Promise<RowsScan>;
 }
 
@@ -350,9 +354,15 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     params: Record<string, string | number> | undefined,
     sink: () => ODataSink,
     signal?: AbortSignal,
+    onTimeout?: 'retry' | 'throw',
   ): Promise<RowsScan> {
-    return scan(endpoint, pathOrUrl, signal, undefined, (url, token, abortOn, deadlineMs) =>
-      sendRows(url, token, params, sink, signal, abortOn, deadlineMs),
+    return scan(
+      endpoint,
+      pathOrUrl,
+      signal,
+      undefined,
+      (url, token, abortOn, deadlineMs) => sendRows(url, token, params, sink, signal, abortOn, deadlineMs),
+      onTimeout,
     );
   }
 
@@ -389,9 +399,9 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
       );
       return result.status === 404 ? result : { status: 200, rows, members: result.members };
     },
-    scanRows(endpoint, pathOrUrl, params, onRow, toRow, signal, reader) {
+    scanRows(endpoint, pathOrUrl, params, onRow, toRow, signal, reader, onTimeout) {
       const sink = (): ODataSink => new ODataRowScanner(onRow, toRow, reader);
-      return scanInto(endpoint, pathOrUrl, params, sink, signal);
+      return scanInto(endpoint, pathOrUrl, params, sink, signal, onTimeout);
     },
     scanInto,
   };

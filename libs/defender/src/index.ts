@@ -54,6 +54,7 @@ export type { Machine, MachineFlags, MachinePage, InvalidRecord, ListMachinesOpt
 export {
   MAX_BULK_PAGE_SIZE,
   DEFAULT_BULK_PAGE_SIZE,
+  MIN_HALVED_BULK_PAGE_SIZE,
   fetchExportGeneration,
   fetchMachineVulnerabilities,
   readVulnerabilitiesByMachine,

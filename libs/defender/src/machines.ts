@@ -1,7 +1,7 @@
 import type { Logger } from '@urs/logging';
-import { timedOut } from './answers';
 import { DefenderError, DefenderErrorCode } from './errors';
 import type { ApiCaller } from './http';
+import { readHalvingOnTimeout } from './page-halving';
 import { type MachineRecord, type ParseResult, parseMachine } from './schema';
 
 /** Largest `$top` of `/api/machines`. */
@@ -163,31 +163,30 @@ export async function* walkMachines(
     Math.min(options.pageOverlap ?? Math.min(100, Math.floor(pageSize / 20)), pageSize - 1),
   );
   /** The page at `skip`, at half the `$top` from now on while it does not arrive within the timeout. */
-  const readPage = async (skip: number) => {
-    for (;;) {
-      const halvable = pageSize > MIN_HALVED_PAGE_SIZE;
-      try {
-        // Read row by row: only the normalised records stay, not the page's body and raw objects too.
-        return await deps.api.getRows(
+  const readPage = (skip: number) =>
+    readHalvingOnTimeout(
+      pageSize,
+      MIN_HALVED_PAGE_SIZE,
+      // Read row by row: only the normalised records stay, not the page's body and raw objects too.
+      (top, onTimeout) =>
+        deps.api.getRows(
           'machines',
           '/api/machines',
-          { $top: pageSize, $skip: skip },
+          { $top: top, $skip: skip },
           machineEntry,
           options.signal,
           undefined,
-          halvable ? 'throw' : 'retry',
-        );
-      } catch (error) {
-        if (!halvable || !timedOut(error)) throw error;
-        pageSize = Math.max(MIN_HALVED_PAGE_SIZE, Math.floor(pageSize / 2));
+          onTimeout,
+        ),
+      (halved) => {
+        pageSize = halved;
         overlap = Math.min(overlap, pageSize - 1);
         deps.logger.warn(
           'defender: a page of /api/machines did not arrive within the request timeout; asking for smaller pages',
           { azureTenantId: deps.azureTenantId, skip, pageSize },
         );
-      }
-    }
-  };
+      },
+    );
   const confirm = options.confirmShortPage ?? true;
   const seen = new Set<string>();
   /**

@@ -4,6 +4,7 @@ import { odataValue } from './answers';
 import type { ApiCaller, RowsScan } from './http';
 import type { ODataSink } from './odata-rows';
 import { type InvalidRecord, lostPage } from './machines';
+import { readHalvingOnTimeout } from './page-halving';
 import { MICROSOFT_QUOTAS, type QuotaWindow } from './quota';
 import { BulkRowReader, type BulkRowEntry, bulkRowEntry } from './bulk-rows';
 import { parseVulnerability, type Vulnerability } from './schema';
@@ -12,6 +13,11 @@ import { parseVulnerability, type Vulnerability } from './schema';
 export const MAX_BULK_PAGE_SIZE = 200_000;
 /** Microsoft's default `pageSize` of the bulk export; about 1 KB per row, so ~50 MB of JSON per page. */
 export const DEFAULT_BULK_PAGE_SIZE = 50_000;
+/**
+ * Smallest `pageSize` a bulk page cut at its call slot's end is asked again with (see BulkOptions.pageSize):
+ * ~5 MB, which a link of ~1 Mbit/s brings within a slot.
+ */
+export const MIN_HALVED_BULK_PAGE_SIZE = 5_000;
 
 export interface VulnerabilityDeps {
   api: ApiCaller;
@@ -145,7 +151,13 @@ function validBulkPageSize(pageSize = DEFAULT_BULK_PAGE_SIZE): number {
 }
 
 export interface BulkOptions {
-  /** Rows per page, 1–200,000. Default 50,000. */
+  /**
+   * Rows per page, 1–200,000. Default 50,000 (~50 MB). A page cut at its call slot's end (~a minute: below
+   * ~7 Mbit/s for 50,000 rows) is asked for again at once, from the same position, with half the rows, not
+   * below MIN_HALVED_BULK_PAGE_SIZE, and the rest of the read keeps the smaller page; one of
+   * MIN_HALVED_BULK_PAGE_SIZE rows or fewer is retried as any call is. Otherwise every attempt would be cut
+   * alike, each holding a shared slot for a minute and a call of the quota, and the export never be read.
+   */
   pageSize?: number;
   signal?: AbortSignal;
 }
@@ -178,10 +190,8 @@ export async function readVulnerabilitiesByMachine(
   };
   const reader = new BulkRowReader();
   // Rows of the usual shape are read straight from their bytes; the others are parsed and checked whole.
-  read.pages = await walkExportPages(
-    pageSize,
-    (next, params) => deps.api.scanRows('bulk', next, params, entry, bulkRowEntry, options.signal, reader),
-    deps.azureTenantId,
+  read.pages = await walkExportPages(deps, pageSize, (next, params, onTimeout) =>
+    deps.api.scanRows('bulk', next, params, entry, bulkRowEntry, options.signal, reader, onTimeout),
   );
   return read;
 }
@@ -243,10 +253,8 @@ export async function scanVulnerabilitiesByMachine(
   options: BulkOptions = {},
 ): Promise<{ pages: number }> {
   const reportInvalid = (reason: string): void => reportInvalidRow(deps, reason);
-  const pages = await walkExportPages(
-    validBulkPageSize(options.pageSize),
-    (next, params) => deps.api.scanInto('bulk', next, params, () => sink(reportInvalid), options.signal),
-    deps.azureTenantId,
+  const pages = await walkExportPages(deps, validBulkPageSize(options.pageSize), (next, params, onTimeout) =>
+    deps.api.scanInto('bulk', next, params, () => sink(reportInvalid), options.signal, onTimeout),
   );
   return { pages };
 }
@@ -260,20 +268,54 @@ function noExport(path: string, azureTenantId: string): DefenderError {
   );
 }
 
-/** Follows the export's next links from its first page; the pages read. */
+/**
+ * A next link asking for `pageSize` rows: its `pageSize` parameter (any case: Microsoft's links say `pagesize`)
+ * rewritten, the rest kept as given. Its `$skiptoken` holds the position (Microsoft's a file and a line in it,
+ * the simulator's a device and a row), not the page's size, so the page starts where the link's would.
+ */
+export function withPageSize(link: string, pageSize: number): string {
+  const param = /([?&])(pagesize)=[^&#]*/i;
+  if (param.test(link)) return link.replace(param, `$1$2=${pageSize}`);
+  return `${link}${link.includes('?') ? '&' : '?'}pageSize=${pageSize}`;
+}
+
+/**
+ * Follows the export's next links from its first page, at half the page size from a page cut at its slot's
+ * end on (see BulkOptions.pageSize); the pages read.
+ */
 async function walkExportPages(
-  pageSize: number,
-  scanPage: (next: string, params: Record<string, number> | undefined) => Promise<RowsScan>,
-  azureTenantId: string,
+  deps: VulnerabilityDeps,
+  requested: number,
+  scanPage: (
+    next: string,
+    params: Record<string, number> | undefined,
+    onTimeout: 'retry' | 'throw',
+  ) => Promise<RowsScan>,
 ): Promise<number> {
+  const { azureTenantId } = deps;
   const path = '/api/machines/SoftwareVulnerabilitiesByMachine';
+  let pageSize = requested;
   let pages = 0;
   let next: string | undefined = path;
   const followed = new Set<string>([path]);
-  let params: Record<string, number> | undefined = { pageSize };
   while (next) {
-    const result = await scanPage(next, params);
-    params = undefined; // the next link carries every parameter
+    const link: string = next;
+    const result = await readHalvingOnTimeout(
+      pageSize,
+      MIN_HALVED_BULK_PAGE_SIZE,
+      (size, onTimeout) =>
+        pages === 0
+          ? scanPage(path, { pageSize: size }, onTimeout)
+          : // The next link carries every parameter, the page size it was asked with too.
+            scanPage(size === requested ? link : withPageSize(link, size), undefined, onTimeout),
+      (halved) => {
+        pageSize = halved;
+        deps.logger.warn(
+          'defender: a page of the bulk export did not arrive within its call slot; asking for smaller pages',
+          { azureTenantId, page: pages + 1, pageSize },
+        );
+      },
+    );
     // A 404 leaves the export unread, on the first page as on a later one (its next link lapsed): the
     // devices of the pages not read would be taken for devices without CVEs. (An export with no rows
     // answers 200 and an empty page.)

@@ -3,7 +3,7 @@ import { inspect } from 'node:util';
 import { silentLogger } from '@urs/logging';
 import { retryPolicy } from '@urs/resilience';
 import { type Simulator, startSimulator } from '@urs/simulator';
-import { waitFor } from '@urs/testkit';
+import { capturingLogger, type LogLine, waitFor } from '@urs/testkit';
 import {
   DefenderError,
   DefenderErrorCode,
@@ -16,6 +16,7 @@ import {
   isSetupErrorCode,
   resolveEndpoints,
   MICROSOFT_QUOTAS,
+  MIN_HALVED_BULK_PAGE_SIZE,
   type BulkExportRead,
   type CallLimiter,
   type DefenderClient,
@@ -730,6 +731,40 @@ describe('createDefenderClient vulnerabilities', () => {
       await close();
     }
   });
+
+  it('readVulnerabilitiesByMachine should ask a page cut at its slot’s end again with half the page size, and read every row', async () => {
+    // ~13,700 rows of ~1 KB at 1.6 MB/s, in slots that end after 4.5 s: a page of 10,000 rows (~6 s) is cut
+    // however fast the machine; one of 5,000 (~3 s) arrives within the slot also on a loaded one.
+    const slow = newApp();
+    sim.addTenant({
+      azureTenantId: slow.azureTenantId,
+      apps: [slow],
+      fleet: { size: 300, seed: 5, exportRowsPerDevice: 40 },
+    });
+    const lines: LogLine[] = [];
+    const { client, close } = simClient(sim, slow, {
+      limiter: createLocalLimiter({ jobExpirationMs: 5_000 }),
+      retryPolicy: retryPolicy({ maxAttempts: 3, initialDelayMs: 10, maxDelayMs: 10 }),
+      logger: capturingLogger(lines),
+    });
+    try {
+      const { rows: clean } = await exportRows(client, 200_000);
+      expect(clean.length).toBeGreaterThan(2 * MIN_HALVED_BULK_PAGE_SIZE);
+      sim.setFaults(slow.azureTenantId, { bodyBytesPerSec: 1_600_000 });
+      const { rows, read } = await exportRows(client, 2 * MIN_HALVED_BULK_PAGE_SIZE);
+      expect(new Set(rows)).toEqual(new Set(clean));
+      // Every page after the first cut one is asked with the smaller size too.
+      expect(read.pages).toBe(Math.ceil(clean.length / MIN_HALVED_BULK_PAGE_SIZE));
+      const halved = lines.filter((line) => line.level === 'warn' && line['pageSize'] !== undefined);
+      expect(halved).toMatchObject([
+        { azureTenantId: slow.azureTenantId, page: 1, pageSize: MIN_HALVED_BULK_PAGE_SIZE },
+      ]);
+    } finally {
+      sim.setFaults(slow.azureTenantId, {});
+      await close();
+      sim.removeTenant(slow.azureTenantId);
+    }
+  }, 60_000);
 
   it('scanVulnerabilitiesByMachine should give each answer, retried ones again, to a sink of its own', async () => {
     const { client, close } = faultyReadClient();

@@ -1,6 +1,9 @@
 import { silentLogger } from '@urs/logging';
+import { capturingLogger, type LogLine } from '@urs/testkit';
 import {
   type ApiCaller,
+  DefenderError,
+  DefenderErrorCode,
   fetchMachineVulnerabilities,
   readVulnerabilitiesByMachine,
   type RowsScan,
@@ -61,6 +64,99 @@ describe('readVulnerabilitiesByMachine', () => {
   it('should read every page to the one without a next link', async () => {
     const { api } = exportApi(['next', 'last']);
     expect(await readVulnerabilitiesByMachine(deps(api), () => undefined)).toMatchObject({ pages: 2 });
+  });
+});
+
+describe('readVulnerabilitiesByMachine and a page that does not arrive in time', () => {
+  const base = 'https://api.security.microsoft.com/api/machines/SoftwareVulnerabilitiesByMachine';
+  /** Microsoft's next links: `pagesize` in lower case, the position in `$skiptoken`. */
+  const link = (size: number, token: string) => `${base}?pagesize=${size}&$skiptoken=${token}`;
+
+  /**
+   * An export of three pages whose second one (at `$skiptoken` p2) runs out of time above `fastUpTo` rows
+   * when its call is not to be retried as is; each call as [what it asked, the page size, its onTimeout].
+   */
+  function slowSecondPage(fastUpTo: number) {
+    const asked: [string, number, string][] = [];
+    const scanRows = async (
+      _endpoint: string,
+      next: string,
+      params: Record<string, number> | undefined,
+      _onRow: unknown,
+      _toRow: unknown,
+      _signal: unknown,
+      _reader: unknown,
+      onTimeout = 'retry',
+    ): Promise<RowsScan> => {
+      const size = params?.['pageSize'] ?? Number(/pagesize=(\d+)/i.exec(next)?.[1]);
+      asked.push([
+        next.replace(base, '').replace('/api/machines/SoftwareVulnerabilitiesByMachine', ''),
+        size,
+        onTimeout,
+      ]);
+      if (next.includes('$skiptoken=p2') && size > fastUpTo) {
+        throw new DefenderError(DefenderErrorCode.UNAVAILABLE, 'no answer within 30 s', {
+          canRetry: true,
+          details: { networkCode: 'ECONNABORTED' },
+        });
+      }
+      const token = params ? 'p2' : next.includes('$skiptoken=p2') ? 'p3' : undefined;
+      return { status: 200, members: token ? { '@odata.nextLink': link(size, token) } : {} };
+    };
+    return { api: { scanRows } as unknown as ApiCaller, asked };
+  }
+
+  it('should ask for the same position again with half the page size, down to 5,000, and keep it for the rest of the read', async () => {
+    const { api, asked } = slowSecondPage(5_000);
+    const lines: LogLine[] = [];
+    const read = await readVulnerabilitiesByMachine(
+      { api, logger: capturingLogger(lines), azureTenantId: 't1' },
+      () => undefined,
+      { pageSize: 20_000 },
+    );
+    expect(read.pages).toBe(3);
+    expect(asked).toEqual([
+      ['', 20_000, 'throw'],
+      ['?pagesize=20000&$skiptoken=p2', 20_000, 'throw'],
+      ['?pagesize=10000&$skiptoken=p2', 10_000, 'throw'],
+      // At the floor a page is retried as any call is.
+      ['?pagesize=5000&$skiptoken=p2', 5_000, 'retry'],
+      ['?pagesize=5000&$skiptoken=p3', 5_000, 'retry'],
+    ]);
+    expect(lines.filter((line) => line.level === 'warn')).toMatchObject([
+      { azureTenantId: 't1', page: 2, pageSize: 10_000 },
+      { azureTenantId: 't1', page: 2, pageSize: 5_000 },
+    ]);
+  });
+
+  it('should ask for the first page again with half the page size as its parameter', async () => {
+    const { api, asked } = slowSecondPage(Infinity);
+    const scanRows = api.scanRows.bind(api);
+    let first = true;
+    const slowFirst = {
+      scanRows: (...args: Parameters<ApiCaller['scanRows']>) => {
+        if (first) {
+          first = false;
+          asked.push(['', Number(args[2]?.['pageSize']), String(args[7])]);
+          return Promise.reject(
+            new DefenderError(DefenderErrorCode.UNAVAILABLE, 'stopped when its call slot ended', {
+              canRetry: true,
+              details: { ranOutOfSlot: true },
+            }),
+          );
+        }
+        return scanRows(...args);
+      },
+    } as unknown as ApiCaller;
+    await readVulnerabilitiesByMachine(
+      { api: slowFirst, logger: silentLogger, azureTenantId: 't1' },
+      () => undefined,
+    );
+    expect(asked.slice(0, 3)).toEqual([
+      ['', 50_000, 'throw'],
+      ['', 25_000, 'throw'],
+      ['?pagesize=25000&$skiptoken=p2', 25_000, 'throw'],
+    ]);
   });
 });
 

@@ -7,7 +7,13 @@ import { changedDevices } from './corrections';
 import { notHeld, unreadableInExport, type Enrichment } from './enrichment';
 import { throwIfStopping } from './interruption';
 import type { VulnerabilitySource } from './sources';
-import { NOT_IN_EXPORT_SNAPSHOT, generatedAt, listedBy, type ExportSnapshot } from './snapshot';
+import {
+  ASSESSMENT_MARGIN_MS,
+  NOT_IN_EXPORT_SNAPSHOT,
+  generatedAt,
+  listedBy,
+  type ExportSnapshot,
+} from './snapshot';
 import { VulnerabilityFolder, emptySummary, summaryJsonSlices } from './summarise';
 
 export interface ExportReaderDeps {
@@ -58,9 +64,10 @@ export interface ExportReader {
 /**
  * A device of a batch as an export gives it. A device the export lists only in rows that could not be read
  * (its summary null) has none known, as per device. A device the export does not list has no vulnerability, if
- * the snapshot could list it (`listedBy`): one first seen after the snapshot was generated is not in it,
- * so its criticalCves is missing until the next snapshot (the cycle's own export, read after its last
- * batch, corrects it when that snapshot lists it).
+ * the snapshot could list it (`listedBy`): one first seen after the snapshot was generated, or less than a day
+ * before (Microsoft's assessment of a new device takes hours), may not be in it, so its criticalCves is missing
+ * until a snapshot that can list it (the cycle's own export, read after its last batch, corrects it when that
+ * snapshot can).
  */
 function fromSnapshot(
   machine: DeviceRecord,
@@ -83,8 +90,9 @@ function fromSnapshot(
     fetchError: {
       code: NOT_IN_EXPORT_SNAPSHOT,
       message:
-        `the device was first seen at ${String(machine.firstSeen)}, after the bulk export's snapshot (${of}): ` +
-        'its vulnerabilities come with the next snapshot, which Microsoft generates every 6 hours',
+        `the device was first seen at ${String(machine.firstSeen)}, after the bulk export's snapshot (${of}) ` +
+        `or less than ${ASSESSMENT_MARGIN_MS / 3_600_000} hours before it, too recently for the snapshot to ` +
+        'hold its assessment: its vulnerabilities come with a later snapshot, which Microsoft generates every 6 hours',
     },
   };
 }
@@ -92,8 +100,8 @@ function fromSnapshot(
 /**
  * What a bulk device is counted as in `urs_vulnerability_fetches_total`: `ok` with its vulnerabilities;
  * without them, why, as the per-device side counts a device it does not ask for (`not-held`: excluded from
- * vulnerability management; `not-in-snapshot`: first seen after the export's snapshot was generated), or
- * `failed` (the export failed, or never came).
+ * vulnerability management; `not-in-snapshot`: first seen after the export's snapshot was generated, or less
+ * than a day before), or `failed` (the export failed, or never came).
  */
 function fetchOutcome(device: EnrichedDevice): 'ok' | 'not-held' | 'not-in-snapshot' | 'failed' {
   if (device.vulnerabilities !== null) return 'ok';

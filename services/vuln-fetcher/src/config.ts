@@ -70,8 +70,8 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
   bulkExportLast: boolean;
   /**
    * A bulk cycle first asks which snapshot Microsoft serves (`SoftwareVulnerabilitiesExport`'s
-   * `generatedTime`, 5 calls/min and 20/h; asked in any case: a device first seen after it is not in the
-   * export), and, when it reads its export last, reads nothing when it is the snapshot of the tenant's latest
+   * `generatedTime`, 5 calls/min and 20/h; asked in any case: a device first seen after it, or less than a day
+   * before, may not be in the export), and, when it reads its export last, reads nothing when it is the snapshot of the tenant's latest
    * export and that was read at most 6 hours ago: Microsoft regenerates it every 6 hours, so most cycles would read the same ~250 MB (100,000
    * devices) again. Env `URS_BULK_SKIP_UNCHANGED`, default true.
    */

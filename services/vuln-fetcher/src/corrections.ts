@@ -117,8 +117,8 @@ export async function sendCorrections<M extends { key: string; json: string | Bu
 }
 
 /**
- * The devices of a batch sent as not in their export's snapshot (first seen after it), with their
- * `firstSeen`: the cycle's own export, read after its last batch, may list them.
+ * The devices of a batch sent as not in their export's snapshot (first seen after it, or less than a day
+ * before), with their `firstSeen`: the cycle's own export, read after its last batch, may list them.
  */
 export function notInSnapshot(devices: EnrichedDevice[]): [string, string][] {
   return devices.flatMap(({ machine, fetchError }): [string, string][] =>

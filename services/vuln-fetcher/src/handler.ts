@@ -167,7 +167,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
   const now = deps.now ?? (() => new Date());
   const fetches = deps.metrics.counter(
     'urs_vulnerability_fetches_total',
-    'Device vulnerability lookups, by mode and outcome (ok, failed, skipped; reused: a per-device answer an earlier try of the batch had, not asked for again; not-held: a device excluded from vulnerability management, not asked for or not taken from the export; not-in-snapshot: a device first seen after the bulk export was generated; not-found: a per-device call answered 404, the device sent on without vulnerabilities).',
+    'Device vulnerability lookups, by mode and outcome (ok, failed, skipped; reused: a per-device answer an earlier try of the batch had, not asked for again; not-held: a device excluded from vulnerability management, not asked for or not taken from the export; not-in-snapshot: a device first seen after the bulk export was generated, or less than a day before; not-found: a per-device call answered 404, the device sent on without vulnerabilities).',
   );
   // Served at 0 from the start: UrsVulnerabilityFetchesFailing's share of failed and skipped devices would
   // otherwise miss a process's first batch of them (increase() counts nothing before a series' first sample).

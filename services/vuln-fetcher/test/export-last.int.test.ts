@@ -822,12 +822,13 @@ describe('a bulk cycle that reads its export last', () => {
     const { handle, sent, exported, bulkCache } = context;
     exported.generatedTime = '2026-01-01T06:00:00Z';
     await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
-    // d2 onboarded before the next snapshot (12:00), d3 after it; neither has a vulnerability.
+    // d2 onboarded less than a day before the first snapshot (06:00), over a day before the next one (12:00);
+    // d3 after it; neither has a vulnerability.
     exported.generatedTime = '2026-01-01T12:00:00Z';
     const [next0, next1] = await nextCycle(context);
     next0.devices = [
       { id: 'd1' },
-      { id: 'd2', firstSeen: '2026-01-01T08:00:00Z' },
+      { id: 'd2', firstSeen: '2025-12-31T08:00:00Z' },
       { id: 'd3', firstSeen: '2026-01-01T13:00:00Z' },
     ];
     await handle(next0);

@@ -9,6 +9,7 @@ import { createAnsweredCalls, createBulkVulnerabilityCache, createCycleStore } f
 import { Registry } from '@urs/telemetry';
 import { inboundMessage, tenantRecord, testRedisPerTest } from '@urs/testkit';
 import { createEnrichHandler } from '../src/handler';
+import { ASSESSMENT_MARGIN_MS } from '../src/snapshot';
 import { createDefenderSources, type SourceProvider } from '../src/sources';
 import { capturingPublisher } from './handler-support';
 
@@ -181,11 +182,14 @@ describe("bulk cycles and the export's snapshot", () => {
     const [m0, m1, m2] = sim.machines(AZURE_TENANT).map((m) => m.id) as [string, string, string];
     const first = outcome(await cycle('c1', [[m0, m1], [m2]]));
 
-    // Onboarded since c1's snapshot: one without vulnerabilities, one with a critical CVE.
+    // Onboarded since c1's snapshot, one with a critical CVE; one without vulnerabilities, first seen a day
+    // before now: less than a day before c1's snapshot (maybe not assessed in it), a day or more before the next.
     if (!critical) throw new Error('the catalog has no critical CVE');
-    const firstSeen = new Date().toISOString();
+    const now = Date.now();
+    const firstSeen = new Date(now).toISOString();
+    const aDayAgo = new Date(now - ASSESSMENT_MARGIN_MS).toISOString();
     const [clear, exposed] = sim.addMachines(AZURE_TENANT, [
-      { id: 'c'.repeat(40), onboardingStatus: 'Onboarded', firstSeen, lastSeen: firstSeen },
+      { id: 'c'.repeat(40), onboardingStatus: 'Onboarded', firstSeen: aDayAgo, lastSeen: firstSeen },
       { id: 'd'.repeat(40), onboardingStatus: 'Onboarded', firstSeen, lastSeen: firstSeen },
     ]) as [string, string];
     sim.setVulnerabilities(AZURE_TENANT, exposed, [critical]);

@@ -109,8 +109,8 @@ describe('createEnrichHandler: vulnerabilities not held', () => {
 describe("createEnrichHandler: devices newer than the bulk export's snapshot", () => {
   const devices: DeviceBatch['devices'] = [
     { id: 'd1', firstSeen: '2026-01-01T09:00:00Z' },
-    // Absent from the export, known to its snapshot: no vulnerability.
-    { id: 'd2', firstSeen: '2026-01-01T05:59:59.9999999Z' },
+    // Absent from the export, known to its snapshot for over a day: no vulnerability.
+    { id: 'd2', firstSeen: '2025-12-31T05:59:59.9999999Z' },
     // Onboarded after the snapshot was generated: not in it, whatever its vulnerabilities.
     { id: 'd3', firstSeen: '2026-01-01T06:00:00.1234567Z' },
     { id: 'd4' },
@@ -135,13 +135,41 @@ describe("createEnrichHandler: devices newer than the bulk export's snapshot", (
     expect(outcome(sent[0])).toEqual({ d1: 1, d2: 0, d3: 'NOT_IN_EXPORT_SNAPSHOT' });
     expect(outcome(sent[1])).toEqual({ d1: 1, d2: 0, d3: 'NOT_IN_EXPORT_SNAPSHOT', d4: 0, d5: 0 });
     expect(sent[1]?.devices[2]?.fetchError?.message).toContain(
-      "first seen at 2026-01-01T06:00:00.1234567Z, after the bulk export's snapshot (of 2026-01-01T06:00:00Z)",
+      "first seen at 2026-01-01T06:00:00.1234567Z, after the bulk export's snapshot (of 2026-01-01T06:00:00Z) or less than 24 hours before it",
     );
     expect(bulkFetches(metrics)).toEqual({ ok: 6, 'not-in-snapshot': 2 });
   });
 
+  it('should pass a device first seen less than a day before the snapshot it was absent from on without vulnerabilities: Microsoft may not have assessed it yet', async () => {
+    const metrics = new Registry({ processMetrics: false });
+    const { handler, sent } = setup(
+      { bulkVulnerabilities: rows, exportGeneratedTime: async () => '2026-01-01T06:00:00Z' },
+      { metrics },
+    );
+    const recent: DeviceBatch['devices'] = [
+      { id: 'd1', firstSeen: '2025-12-01T00:00:00Z' },
+      // A day and a second before the snapshot: assessed in it, so absent means no vulnerability.
+      { id: 'n1', firstSeen: '2025-12-31T05:59:59Z' },
+      // Onboarded two hours, or a second less than a day, before the snapshot: maybe not assessed in it.
+      { id: 'n2', firstSeen: '2026-01-01T04:00:00Z' },
+      { id: 'n3', firstSeen: '2025-12-31T06:00:01Z' },
+    ];
+    await handler(message(bulkBatch(recent)));
+    expect(outcome(sent[0])).toEqual({
+      d1: 1,
+      n1: 0,
+      n2: 'NOT_IN_EXPORT_SNAPSHOT',
+      n3: 'NOT_IN_EXPORT_SNAPSHOT',
+    });
+    expect(sent[0]?.devices[2]?.fetchError?.message).toContain(
+      "first seen at 2026-01-01T04:00:00Z, after the bulk export's snapshot (of 2026-01-01T06:00:00Z) or less than 24 hours before it",
+    );
+    expect(bulkFetches(metrics)).toEqual({ ok: 2, 'not-in-snapshot': 2 });
+  });
+
   it('should take the oldest the snapshot can be when its generatedTime is not known', async () => {
-    // The handler's clock reads 10:00:06 and on: the snapshot is no older than 03:00.
+    // The handler's clock reads 10:00:06 and on: the snapshot is no older than 03:00, a device first seen a day
+    // before that is known to it.
     const { handler, sent } = setup({
       bulkVulnerabilities: rows,
       exportGeneratedTime: async () => {
@@ -150,8 +178,8 @@ describe("createEnrichHandler: devices newer than the bulk export's snapshot", (
     });
     const unknown: DeviceBatch['devices'] = [
       ...devices,
-      { id: 'd6', firstSeen: '2026-01-01T02:59:00Z' },
-      { id: 'd7', firstSeen: '2026-01-01T03:01:00Z' },
+      { id: 'd6', firstSeen: '2025-12-31T02:59:00Z' },
+      { id: 'd7', firstSeen: '2025-12-31T03:01:00Z' },
     ];
     await handler(message(bulkBatch(unknown)));
     expect(outcome(sent[0])).toMatchObject({
