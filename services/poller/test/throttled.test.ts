@@ -138,27 +138,34 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
     expect(runs.filter((run) => run.tenantId === 'blocked')).toEqual([]);
   }, 20_000);
 
-  it('a tenant throttled for less than its interval should be tried again when its quota frees, not at its next interval', async () => {
-    // A daily tenant whose quota is blocked for 90 s: longer than the cycle may wait for it, far shorter than a day.
-    await quota.block(daily, 'machines', 90_000);
+  /**
+   * One replica with the real cycle, its poll interval's unit a real minute, on a clock the test moves on
+   * (`clock.skewMs`; the quota's blocks keep to the real one): when each attempt began, by that clock.
+   */
+  function skewedReplica() {
     const schedules = memorySchedules();
     const status = memoryStatus();
     const attempts: number[] = [];
     const metrics = new Registry();
-    // The scheduler's clock, moved on by the test; the quota's block keeps to the real one.
-    let skewMs = 0;
-    const now = () => Date.now() + skewMs;
+    const clock = { skewMs: 0, now: (): number => Date.now() + clock.skewMs };
     const made = replica(
       0,
       schedules,
       status,
       [],
       async (input) => {
-        attempts.push(now());
+        attempts.push(clock.now());
         await runCycle(cycleDeps(), input);
       },
-      { metrics, intervalUnitMs: 60_000, now, leaseMs: 10_000 },
+      { metrics, intervalUnitMs: 60_000, now: clock.now, leaseMs: 10_000 },
     );
+    return { made, schedules, status, attempts, metrics, clock };
+  }
+
+  it('a tenant throttled for less than its interval should be tried again when its quota frees, not at its next interval', async () => {
+    // A daily tenant whose quota is blocked for 90 s: longer than the cycle may wait for it, far shorter than a day.
+    await quota.block(daily, 'machines', 90_000);
+    const { made, status, attempts, metrics, clock } = skewedReplica();
     try {
       await feed(made.table, [recordOf(daily, 1440)]);
       const started = Date.now();
@@ -173,7 +180,7 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
       expect(nextPollAt).toBeLessThanOrEqual(Date.now() + 90_000);
       expect(attempts).toHaveLength(1);
       // Once the block's 90 s are over by the scheduler's clock, the tenant is tried again.
-      skewMs = 91_000;
+      clock.skewMs = 91_000;
       await waitFor(() => attempts.length === 2, { timeoutMs: 5_000 });
       expect((attempts[1] as number) - (attempts[0] as number)).toBeLessThan(120_000);
     } finally {
@@ -184,23 +191,7 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
   it("a tenant Microsoft answers 429 with Retry-After, its quota counters lost, should be held back until the Retry-After's end", async () => {
     // The gate has no count of the tenant's calls (Redis wiped): only Microsoft's 429 says its quota is spent.
     sim.setFaults(counted.azureTenantId, { throttledCalls: 1, throttleRetryAfterSec: 600 });
-    const schedules = memorySchedules();
-    const status = memoryStatus();
-    const attempts: number[] = [];
-    const metrics = new Registry();
-    let skewMs = 0;
-    const now = () => Date.now() + skewMs;
-    const made = replica(
-      0,
-      schedules,
-      status,
-      [],
-      async (input) => {
-        attempts.push(now());
-        await runCycle(cycleDeps(), input);
-      },
-      { metrics, intervalUnitMs: 60_000, now, leaseMs: 10_000 },
-    );
+    const { made, schedules, attempts, metrics, clock } = skewedReplica();
     try {
       await feed(made.table, [recordOf(counted, 5)]);
       const started = Date.now();
@@ -217,12 +208,12 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
       expect(held).toMatchObject({ code: 'DEFENDER_THROTTLED' });
       expect((held as { retryAfterMs: number }).retryAfterMs).toBeGreaterThan(590_000);
       // One call drew the 429, and no cycle came before the wait was over: at its interval's end, none.
-      skewMs = 6 * 60_000;
+      clock.skewMs = 6 * 60_000;
       await sleep(300);
       expect(attempts).toHaveLength(1);
       expect(sim.stats().callsByTenant[counted.azureTenantId]?.['machines']).toBe(1);
       // Once it is over, tried again.
-      skewMs = 601_000;
+      clock.skewMs = 601_000;
       await waitFor(() => attempts.length === 2, { timeoutMs: 5_000 });
     } finally {
       await made.scheduler.close(100);
