@@ -196,8 +196,8 @@ export async function* walkMachines(
   const rejected = new Set<string>();
   let skip = 0;
   let staleFullPages = 0;
-  // Whether this page may be empty: it re-reads nothing of the previous one (pages not overlapping: behind a
-  // full page, a fleet an exact multiple of the page size; or confirming a short page of one record).
+  // Whether this page may be empty: it re-reads nothing of the previous one (pages not overlapping, behind a
+  // full page: a fleet an exact multiple of the page size).
   let mayBeEmpty = false;
   /** Readable ids of the records this page re-reads of the previous one: it must hold one of them. */
   let overlapped = new Set<string>();
@@ -276,7 +276,9 @@ export async function* walkMachines(
         throw repeatedPages('/api/machines', index, deps.azureTenantId);
       if (fresh > 0) staleFullPages = 0;
     }
-    const reread = full ? overlap : Math.min(overlap, page.received - 1);
+    // A short page is confirmed from within it too (all of it when no longer than the overlap): a small fleet
+    // that lost a device meanwhile still answers the records left, and ends; only one that lost them all fails.
+    const reread = full ? overlap : Math.min(overlap, page.received);
     overlapped = new Set(entries.slice(entries.length - reread).flatMap(({ id }) => (id ? [id] : [])));
     mayBeEmpty = reread === 0;
     skip += (full ? pageSize : page.received) - reread;

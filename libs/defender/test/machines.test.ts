@@ -256,6 +256,23 @@ describe('listMachinePages', () => {
     }
   });
 
+  it('listMachinePages should end a small fleet whose devices leave before the request confirming its one short page', async () => {
+    const app = tenantWith({ size: 2 });
+    const { client, close } = simClient(sim, app);
+    try {
+      const pages: MachinePage[] = [];
+      for await (const page of client.listMachinePages({ pageSize: 20, pageOverlap: 3 })) {
+        pages.push(page);
+        // One of the fleet's two devices is offboarded before the request confirming the short page.
+        if (page.index === 0) sim.removeMachine(app.azureTenantId, page.machines[0]?.record.id as string);
+      }
+      expect(pages.map((page) => page.received)).toEqual([2]);
+      expect(ids(pages)).toHaveLength(2);
+    } finally {
+      await close();
+    }
+  });
+
   it('listMachinePages should drop the duplicates that devices added during the walk cause', async () => {
     const app = tenantWith({ size: 30, machines: records(30, 99) });
     const before = sim.machines(app.azureTenantId).map((m) => m.id);
