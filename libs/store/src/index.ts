@@ -1,6 +1,6 @@
 export { createRedis, closeRedis, StoreError } from './client';
 export type { RedisClientOptions } from './client';
-export { createTenantStore, tenantsNotRebuilt } from './tenants';
+export { createTenantStore, TENANTS_NOT_REBUILT, tenantsNotRebuilt } from './tenants';
 export type { RegistrationRefusal, TenantLookup, TenantStore, TenantStatus } from './tenants';
 export { createCycleStore } from './cycles';
 export type { BatchClaimAnswer, CycleStore, CycleState, CycleAbandonment } from './cycles';

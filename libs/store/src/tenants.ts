@@ -220,6 +220,9 @@ export function tenantsRebuiltKey(prefix: string): string {
   return `${prefix}tenants-rebuilt`;
 }
 
+/** The code of `tenantsNotRebuilt`. */
+export const TENANTS_NOT_REBUILT = 'TENANTS_NOT_REBUILT';
+
 /**
  * The failure of a step that needs a tenant's record Redis does not have while the tenant store is not
  * rebuilt (TenantStore.lookup): Redis lost its data and the registrar has not written the records back, so
@@ -228,7 +231,7 @@ export function tenantsRebuiltKey(prefix: string): string {
  */
 export function tenantsNotRebuilt(tenantId: string): StoreError {
   return new StoreError(
-    'TENANTS_NOT_REBUILT',
+    TENANTS_NOT_REBUILT,
     `no record of tenant ${tenantId} in Redis, and the registrar has not rebuilt the tenants from ` +
       'urs.tenants since Redis lost its data: held until it has',
   );

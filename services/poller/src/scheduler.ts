@@ -182,6 +182,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   let wake: (() => void) | undefined;
   /** Tenants due at the last tick and not started for want of a free place (`urs_poll_overdue_tenants`). */
   let overdue = 0;
+  /** The tenants' rebuild (`tenantsRebuiltAt`, none before the registrar's) whose spread this replica logged. */
+  let spreadLogged: { rebuiltAt: number | undefined } | undefined;
 
   deps.table.onChange((tenantId, record) => {
     if (record !== null && record.enabled) {
@@ -245,10 +247,18 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       )
         schedule = await deps.schedules.get(tenantId);
       schedule = await honouredBackoff(tenantId, schedule, true);
-      const first = await firstDue(record, schedule, intervalMs, () => deps.schedules.tenantsRebuiltAt());
+      let rebuiltAt: number | undefined;
+      const first = await firstDue(
+        record,
+        schedule,
+        intervalMs,
+        async () => (rebuiltAt = await deps.schedules.tenantsRebuiltAt()),
+      );
       const due = dueAt(schedule, intervalMs, record.revision, first);
       const startedAt = now();
       if (due > startedAt) {
+        // Its schedule lost with Redis while this replica ran: the first tenant placed so tells the spread.
+        if (first > startedAt) logSpread(rebuiltAt, { tenantId });
         localDue.set(tenantId, due);
         await statusDueAt(tenantId, due);
         return;
@@ -387,6 +397,21 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   }
 
   /**
+   * Logs that Redis lost the poll schedules and the tenants polled before are spread over their interval
+   * (`firstDue`), once per rebuild of the tenants: by `readSchedules` with the count of the tenants it placed
+   * (a replica started after the wipe), else by `attempt` with the first tenant placed so (a replica that ran
+   * through it places each tenant when its due time comes).
+   */
+  function logSpread(rebuiltAt: number | undefined, fields: Record<string, unknown>): void {
+    if (spreadLogged !== undefined && spreadLogged.rebuiltAt === rebuiltAt) return;
+    spreadLogged = { rebuiltAt };
+    log.info('poll schedules lost with Redis: the tenants polled before spread over their interval', {
+      ...fields,
+      rebuiltAt: new Date(rebuiltAt ?? now()).toISOString(),
+    });
+  }
+
+  /**
    * Sets when this replica looks at the tenant again after a cycle of the record's `revision`. A record changed
    * while the cycle ran stays due at once (as its change made it): Redis decides, and a failure of the older
    * record does not hold the new one back (`dueAt`); placed by the failed cycle's backoff instead, a secret an
@@ -454,11 +479,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         if (first > now()) spread++;
       };
       await atMostAtOnce(tenantIds, STATUS_READS_AT_ONCE, place);
-      if (spread > 0)
-        log.info('poll schedules lost with Redis: the tenants polled before spread over their interval', {
-          tenants: spread,
-          rebuiltAt: new Date((await rebuiltAt) ?? now()).toISOString(),
-        });
+      if (spread > 0) logSpread(await rebuiltAt, { tenants: spread });
     } catch (error) {
       if (!stop.signal.aborted) {
         log.warn('stored schedules not read: these tenants start in the table order', {

@@ -3,7 +3,14 @@ import type { Topics } from '@urs/config';
 import { vmsRecord, type VmsRiskSummary } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage, keepRenewing, UrsError } from '@urs/resilience';
-import type { CycleState, CycleStore, PublishedStore, ScoreStore, TombstoneHold } from '@urs/store';
+import {
+  TENANTS_NOT_REBUILT,
+  type CycleState,
+  type CycleStore,
+  type PublishedStore,
+  type ScoreStore,
+  type TombstoneHold,
+} from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { InOrder } from './in-order';
 import { withTenantLease, type TenantLeasing } from './lease';
@@ -114,6 +121,18 @@ const withoutWaitingForRebuild = (): AbortSignal =>
       { canRetry: true },
     ),
   );
+
+/**
+ * The codes of a complete summary the sweep leaves to a later sweep, not a failure to send (not counted in
+ * `urs_summary_sweep_failures_total`), each with what it waits for: the rebuild of what VMS holds, or the
+ * registrar writing the tenant records back after Redis lost them (`ofDeletedTenant`). UrsMessagesHeld pages for
+ * the latter only while batches are held for it: with none in flight (the pollers begin no cycle without the
+ * records), this line at each sweep and the registrar's log (`tenants rebuilt from urs.tenants` once done) tell it.
+ */
+const SWEEP_WAITS: ReadonlyMap<string, string> = new Map([
+  [REBUILD_PENDING, 'cycle summary waits for the rebuild, sent by a later sweep'],
+  [TENANTS_NOT_REBUILT, 'cycle summary waits for the tenant records, sent by a later sweep'],
+]);
 
 /** Devices a snapshot reads, makes records of and sends at a time. */
 const SNAPSHOT_CHUNK = 500;
@@ -483,21 +502,9 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         try {
           if (await deps.inOrder(tenantId, () => underLease(tenantId, send))) closed++;
         } catch (error) {
-          // A complete summary waiting for the rebuild of what VMS holds is not a failure to send.
-          if (errorCode(error) === REBUILD_PENDING) {
-            deps.logger.info('cycle summary waits for the rebuild, sent by a later sweep', {
-              tenantId,
-              cycleId,
-            });
-            return;
-          }
-          // Nor one waiting for the registrar to write the tenant records back after Redis lost them
-          // (`ofDeletedTenant`): the held messages' alert names it already.
-          if (errorCode(error) === 'TENANTS_NOT_REBUILT') {
-            deps.logger.info('cycle summary waits for the tenant records, sent by a later sweep', {
-              tenantId,
-              cycleId,
-            });
+          const waits = SWEEP_WAITS.get(errorCode(error));
+          if (waits !== undefined) {
+            deps.logger.info(waits, { tenantId, cycleId });
             return;
           }
           sweepFailures.inc();
