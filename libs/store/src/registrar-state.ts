@@ -32,6 +32,12 @@ export interface RegistrarStateStore {
   /** The Director generation in force when the tenant was last deleted, or -1. */
   deletionGeneration(tenantId: string): Promise<number>;
   /**
+   * When Director's push of `generation` was first handled: records `at` unless a time is recorded already
+   * (forgotten 30 days after it was recorded, see `PUSH_STARTED_TTL_MS`), and returns the time recorded. A
+   * push handled again keeps what an administrator wrote over REST since then.
+   */
+  pushStarted(generation: number, at: Date): Promise<Date>;
+  /**
    * Takes the tenant's write lock for `ttlMs` unless another writer holds it: a token to give it back
    * with, or null. Every registrar replica writes a tenant's record under it (a Director push and a REST
    * call of the same tenant read, compare and write one after the other).
@@ -88,11 +94,23 @@ const REVISION_TTL_MS = 30 * 24 * 60 * 60 * 1000;
  */
 const DELETION_TTL_MS = 30 * 24 * 60 * 60 * 1000;
 
+// KEYS[1] marker; ARGV: value, ttl ms. Sets the marker unless it is set; returns its value.
+const SET_ONCE = `
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return ARGV[1] end
+return redis.call('GET', KEYS[1])`;
+
+/**
+ * When a push was first handled (`pushStarted`) lasts this long: as a deleted tenant's generation
+ * (`DELETION_TTL_MS`), it matters only while that generation may be handled again.
+ */
+const PUSH_STARTED_TTL_MS = DELETION_TTL_MS;
+
 /**
  * Keys: `{prefix}tenant-revision:{id}` (PX: `REVISION_TTL_MS` from its last revision),
  * `{prefix}tenant-write-lock:{id}`, `{prefix}tenant-deleted:{id}` (PX: `DELETION_TTL_MS` from the tenant's
  * last deletion: while the generation it names is Director's last, it stops that generation delivered again
  * from registering the tenant again),
+ * `{prefix}director-push-started:{generation}` (PX: `PUSH_STARTED_TTL_MS` from the push's first handling),
  * `{prefix}director-generation`, `{prefix}tenants-rebuilt`.
  */
 export function createRegistrarStateStore(redis: Redis, prefix: string): RegistrarStateStore {
@@ -100,6 +118,7 @@ export function createRegistrarStateStore(redis: Redis, prefix: string): Registr
   const lockKey = (tenantId: string): string => `${prefix}tenant-write-lock:${tenantId}`;
   const deletedKey = (tenantId: string): string => `${prefix}tenant-deleted:${tenantId}`;
   const generationKey = `${prefix}director-generation`;
+  const pushStartedKey = (generation: number): string => `${prefix}director-push-started:${generation}`;
   const rebuiltKey = tenantsRebuiltKey(prefix);
   return {
     async nextRevision(tenantId, floor = 0) {
@@ -123,6 +142,16 @@ export function createRegistrarStateStore(redis: Redis, prefix: string): Registr
     async deletionGeneration(tenantId) {
       const value = await redis.get(deletedKey(tenantId));
       return value === null ? -1 : Number(value);
+    },
+    async pushStarted(generation, at) {
+      const recorded = await redis.eval(
+        SET_ONCE,
+        1,
+        pushStartedKey(generation),
+        at.toISOString(),
+        String(PUSH_STARTED_TTL_MS),
+      );
+      return new Date(String(recorded));
     },
     async lockTenant(tenantId, ttlMs) {
       const token = randomUUID();

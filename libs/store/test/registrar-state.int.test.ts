@@ -109,6 +109,21 @@ describe('createRegistrarStateStore', () => {
     expect(await store.deletionGeneration('other')).toBe(9);
   });
 
+  it('pushStarted should keep the time a generation was first handled, for a month, each generation its own', async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    const first = new Date('2026-03-01T10:00:00.000Z');
+    const again = new Date('2026-03-01T10:05:00.000Z');
+    expect(await store.pushStarted(7, first)).toEqual(first);
+    expect(await store.pushStarted(7, again)).toEqual(first);
+    expect(await store.pushStarted(8, again)).toEqual(again);
+    expect(await redis.client.pttl(`${redis.prefix}director-push-started:7`)).toBeGreaterThan(
+      7 * 24 * 60 * 60 * 1000,
+    );
+    // Redis wiped: the generation handled again from then on starts anew.
+    await redis.cleanup();
+    expect(await store.pushStarted(7, again)).toEqual(again);
+  });
+
   it('markRebuilt should be remembered until Redis is wiped', async () => {
     const store = createRegistrarStateStore(redis.client, redis.prefix);
     expect(await store.isRebuilt()).toBe(false);

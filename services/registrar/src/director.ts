@@ -85,6 +85,8 @@ export interface RegistrationHandlerDeps {
   service?: string;
   /** Tenants written at once. Default 32. */
   concurrency?: number;
+  /** The registry's clock: when a push is first handled is compared with the records' `updatedAt`. */
+  now?: () => Date;
 }
 
 /** A refused entry of a push: where it is, its tenant when it names a valid one, and why. */
@@ -163,6 +165,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
   const log = deps.logger.child({ component: 'director' });
   const service = deps.service ?? 'registrar';
   const concurrency = deps.concurrency ?? 32;
+  const now = deps.now ?? (() => new Date());
   const refused = deps.metrics.counter(
     'urs_registrations_refused_total',
     "Director's tenant entries refused, or failed for the tenant's own reason (dead-lettered, the tenant kept as it was), once per tenant and generation (a push handled again counts none again; an entry without a tenant id counts again only when its push's handling was cut before it finished): the push itself counts as handled.",
@@ -231,20 +234,24 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
       });
       return { ...outcome, ignored: true };
     }
-    const origin = { source: 'director' as const, generation: push.generation };
-    // The last applied generation again: a redelivery (the registrar stopped before committing it). What
-    // an administrator changed over REST since it was applied stays, a tenant deleted stays deleted
-    // (registerUnlessDeleted); the rest is applied again. A push handled again before it was applied (held
-    // midway for a fault, or its registrar stopped midway) keeps, tenant by tenant, the REST records written
-    // since it reached them (`restRecordKept`).
+    // A push handled again (held midway for a fault, or delivered again after its registrar stopped before
+    // committing it) leaves as they are the records an administrator wrote over REST since it was first
+    // handled (`restRecordKept`), and a tenant deleted stays deleted (registerUnlessDeleted); the rest is
+    // applied again, as its first handling would have.
+    const origin = {
+      source: 'director' as const,
+      generation: push.generation,
+      pushStartedAt: await deps.state.pushStarted(push.generation, now()),
+    };
+    // The last applied generation again: a redelivery.
     const repeated = push.generation === last;
     /**
      * Whether a `full` push leaving the tenant out disables it: Director registered it, and no administrator
-     * wrote it over REST since this generation reached it (`restRecordKept`: enabled again after this push
+     * wrote it over REST since this push was first handled (`restRecordKept`: enabled again after this push
      * disabled it, then the push came again).
      */
     const toDisable = (record: TenantRecord): boolean =>
-      registeredByDirector(record) && !restRecordKept(record, origin, repeated);
+      registeredByDirector(record) && !restRecordKept(record, origin);
     const present = new Set<string>();
     // KafkaJS heartbeats only between messages, and only when asked: a push of thousands of tenants keeps
     // asking, or the group drops this member before the push is done and it comes back, to take as long
@@ -356,19 +363,17 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     await forEachLimit([...byTenant.values()], concurrency, async (ofThisTenant) => {
       for (const { index, known, violations, inPush } of ofThisTenant) {
         // Present but refused: its earlier record stays as it was (not disabled), the status says why,
-        // unless the entry would not have applied to the tenant (see `keepRestRecord`).
+        // unless the entry would not have applied to the tenant (see `restRecordKept`).
         let recorded: RefusalRecord = 'not-recorded';
         if (known !== null) {
-          const result = await ofTenant(known, () =>
-            deps.registry.reject(known, violations, origin, { keepRestRecord: repeated }),
-          );
+          const result = await ofTenant(known, () => deps.registry.reject(known, violations, origin));
           if (result.ok) recorded = result.value;
           else leftAsItWas(known, 'refusal not recorded in the tenant status', result.error);
         }
         // Counted once per tenant and generation, so that the alert's increase() does not fire on a push
         // handled again (redelivered after a rebalance, or a restart before its offset was committed): the
         // status tells whether this generation's refusal of the tenant is recorded already. An entry the
-        // status leaves alone would not have applied: its generation was applied before, and counted then.
+        // status leaves alone would not have applied: what an administrator changed since the push began stands.
         // An entry without a tenant id has no status: counted when its generation is newer than the last
         // applied.
         if (recorded === 'recorded' || (known === null && !repeated)) refused.inc();
@@ -388,10 +393,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     await forEachLimit([...accepted.values()], concurrency, async (registration) => {
       const { tenantId } = registration;
       const result = await ofTenant(tenantId, () =>
-        deps.registry.registerUnlessDeleted(registration, origin, {
-          skipIfUnchanged: true,
-          keepRestRecord: repeated,
-        }),
+        deps.registry.registerUnlessDeleted(registration, origin, { skipIfUnchanged: true }),
       );
       if (!result.ok) {
         outcome.failed++;
@@ -416,9 +418,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
         code: errorCode(error),
         message: `registration ${notApplied(error)}: ${errorMessage(error)}`,
       };
-      const result = await ofTenant(tenantId, () =>
-        deps.registry.reject(tenantId, failure, origin, { keepRestRecord: repeated }),
-      );
+      const result = await ofTenant(tenantId, () => deps.registry.reject(tenantId, failure, origin));
       if (result.ok && result.value === 'recorded') refused.inc();
       log.warn('tenant registration failed', {
         tenantId,
@@ -435,7 +435,7 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
       await forEachLimit(missing, concurrency, async (tenantId) => {
         // Checked under the tenant's write lock. A tenant Director registered is disabled whatever wrote it
         // last (an administrator's secret rotation must not keep an offboarded customer polled), unless an
-        // administrator wrote it over REST since this generation reached it (`toDisable`); one only ever
+        // administrator wrote it over REST since this push was first handled (`toDisable`); one only ever
         // registered over REST stays enabled, and a refusal of Director's in its status ends all the same.
         // One that cannot be disabled (held by another writer past every attempt) stays enabled until the
         // next full push.

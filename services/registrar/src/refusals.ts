@@ -28,8 +28,11 @@ export interface RegistrationFailure {
   message: string;
 }
 
-/** Who sent the registration (the registry's `RegistrationOrigin`): a record's source and generation. */
-type RegistrationOrigin = Pick<TenantRecord, 'source' | 'generation'>;
+/**
+ * Who sent the registration (the registry's `RegistrationOrigin`): a record's source and generation, and when
+ * Director's push of that generation was first handled.
+ */
+type RegistrationOrigin = Pick<TenantRecord, 'source' | 'generation'> & { pushStartedAt?: Date };
 
 export interface TenantRefusalsDeps {
   tenants: TenantStore;
@@ -41,19 +44,17 @@ export interface TenantRefusalsDeps {
 
 /**
  * Whether a Director write of `origin` leaves the tenant's record `current` as it is: an administrator wrote it
- * over REST after Director's `origin.generation` (or a newer one) reached the tenant (a REST write keeps the
- * `generation` of Director's last write), or after that generation was applied (`keepRestRecord`: the last
- * applied generation delivered again). A push handled again, held midway for a fault or delivered again after a
- * restart, must not undo what was changed since. Decided per tenant: a push held midway reached some tenants
- * and not others.
+ * over REST after the push of `origin.generation` was first handled (`updatedAt` at or after
+ * `origin.pushStartedAt`), or after that generation (or a newer one) wrote the tenant (a REST write keeps the
+ * `generation` of Director's last write: what tells it when the push's start is not known, say Redis was
+ * wiped since). A push handled again, held midway for a fault or delivered again after a restart, must not
+ * undo what was changed since it began; a REST record written before, it writes over (or disables) as the
+ * first handling would have. Decided per tenant, each time the push reaches it.
  */
-export function restRecordKept(
-  current: TenantRecord | null,
-  origin: RegistrationOrigin,
-  keepRestRecord = false,
-): boolean {
+export function restRecordKept(current: TenantRecord | null, origin: RegistrationOrigin): boolean {
   if (current?.source !== 'rest' || origin.source !== 'director') return false;
-  if (keepRestRecord) return true;
+  const { pushStartedAt } = origin;
+  if (pushStartedAt !== undefined && Date.parse(current.updatedAt) >= pushStartedAt.getTime()) return true;
   return origin.generation !== undefined && (current.generation ?? -1) >= origin.generation;
 }
 
@@ -71,7 +72,6 @@ export interface TenantRefusals {
     tenantId: string,
     reason: Violation[] | RegistrationFailure,
     origin: RegistrationOrigin,
-    options: { keepRestRecord?: boolean },
     held: AbortSignal,
   ): Promise<RefusalRecord>;
   /** `TenantRegistry.endRefusal`, under the tenant's lock `held`. */
@@ -142,13 +142,12 @@ export function createTenantRefusals(deps: TenantRefusalsDeps): TenantRefusals {
     tenantId: string,
     reason: Violation[] | RegistrationFailure,
     origin: RegistrationOrigin,
-    options: { keepRestRecord?: boolean },
     held: AbortSignal,
   ): Promise<RefusalRecord> {
     if (origin.generation !== undefined && (await deletedByAdministrator(tenantId, origin.generation)))
       return 'not-recorded';
     const current = await deps.tenants.get(tenantId);
-    if (restRecordKept(current, origin, options.keepRestRecord)) return 'not-recorded';
+    if (restRecordKept(current, origin)) return 'not-recorded';
     // Fields of its own: the poller's cycle bookkeeping rewrites `state` and `lastError*` after each cycle,
     // and a refused update (a rotated secret refused, the old one still polling) must stay in sight.
     const registrationError = {

@@ -29,6 +29,11 @@ export interface RegistrationOrigin {
   source: 'director' | 'rest';
   /** Director's generation, for pushes. */
   generation?: number;
+  /**
+   * When Director's push of `generation` was first handled (`RegistrarStateStore.pushStarted`): a REST record
+   * written since is left as it is (`restRecordKept`).
+   */
+  pushStartedAt?: Date;
 }
 
 export interface RegisterOptions {
@@ -44,16 +49,9 @@ export interface RegisterOptions {
    * Write nothing when the tenant's record already says the same (Director's repeated full pushes, a REST
    * client retrying its PUT): no new revision, and the tenant's status (its last error) stays. A write of
    * the other source than the record's is always a change: REST over Director's makes the tenant the
-   * administrator's, Director over REST (a REST record not kept, see `keepRestRecord`) makes it Director's again.
+   * administrator's, Director over REST (a REST record not kept, see `restRecordKept`) makes it Director's again.
    */
   skipIfUnchanged?: boolean;
-  /**
-   * Write nothing over a record an administrator wrote over REST: Director's last generation delivered
-   * again (its offset not committed before a restart) must not undo what was changed since. A Director
-   * write never goes over a REST record written after its generation reached the tenant, with this set or
-   * not (`restRecordKept`).
-   */
-  keepRestRecord?: boolean;
   /**
    * The REST request's signal: once it aborted (the stop cut the request and answered it 503), the write
    * does not start (`RequestCutError`). Checked under the tenant's lock, before the record goes to Kafka.
@@ -72,7 +70,7 @@ export interface TenantRegistry {
    * Director's registration of a tenant of the push of `origin.generation`: `register`, unless an
    * administrator deleted the tenant over REST while that generation or a newer one was in force. Then
    * nothing is written (`record` null): the generation delivered again must not undo the deletion, as
-   * it does not undo a REST update (`keepRestRecord`). A newer generation listing it registers it again.
+   * it does not undo a REST update (`restRecordKept`). A newer generation listing it registers it again.
    */
   registerUnlessDeleted(
     registration: TenantRegistration,
@@ -104,7 +102,7 @@ export interface TenantRegistry {
    * its polling state; one without a record is `registration-rejected`. Under the tenant's write lock, so
    * a registration written meanwhile is not marked refused. Nothing is reported (`not-recorded`) where the
    * registration, had it been valid, would have left the tenant as it is: a record an administrator wrote
-   * over REST (`keepRestRecord`), a tenant an administrator deleted (see `registerUnlessDeleted`).
+   * over REST since the push began (`restRecordKept`), a tenant an administrator deleted (see `registerUnlessDeleted`).
    * `recorded-before`: the status held the refusal of this source and generation already. `reason`: the
    * violations, or the failure of a valid registration (`RegistrationFailure`), reported the same way.
    */
@@ -112,7 +110,6 @@ export interface TenantRegistry {
     tenantId: string,
     reason: Violation[] | RegistrationFailure,
     origin: RegistrationOrigin,
-    options?: Pick<RegisterOptions, 'keepRestRecord'>,
   ): Promise<RefusalRecord>;
   /**
    * Ends the status of a tenant with no record whose registration Director refused (`registration-rejected`):
@@ -254,8 +251,8 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     remove(tenantId, options = {}) {
       return locked(tenantId, options.signal, (held) => remove(tenantId, options.signal, held));
     },
-    reject(tenantId, reason, origin, options = {}) {
-      return locked(tenantId, undefined, (held) => reject(tenantId, reason, origin, options, held));
+    reject(tenantId, reason, origin) {
+      return locked(tenantId, undefined, (held) => reject(tenantId, reason, origin, held));
     },
     endRefusal(tenantId, origin) {
       return locked(tenantId, undefined, (held) => endRefusal(tenantId, origin, held));
@@ -288,12 +285,12 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       : origin.source === 'director'
         ? 'disabled by Director'
         : 'disabled by an administrator';
-    if (current && restRecordKept(current, origin, options.keepRestRecord))
+    if (current && restRecordKept(current, origin))
       return { record: current, changed: false, created: false };
     const kept = options.keepSecret ? openKeptSecret(deps.sealer, tenantId, current, defender) : undefined;
     // A tenant changing hands is a change even with the same settings: taken over by an administrator, a
     // full push leaving it out no longer disables it; taken back by a newer Director generation (a REST
-    // record not kept, see `keepRestRecord`), it does again.
+    // record not kept, see `restRecordKept`), it does again.
     const changesHands = current !== null && current.source !== origin.source;
     // Asked only of a secret a write would re-seal: it reads Redis.
     const reseals =

@@ -21,7 +21,11 @@ function setup(wrap: (registry: TenantRegistry) => TenantRegistry = (registry) =
   const tenants = memoryTenantStore();
   const state = memoryStateStore();
   const publisher = memoryPublisher();
-  const registry = testRegistry({ tenants, state, publisher });
+  // One clock for the registry and the handler, a millisecond later at each reading: what happened first
+  // has the earlier time.
+  let time = Date.now();
+  const now = () => new Date(time++);
+  const registry = testRegistry({ tenants, state, publisher, now });
   let rebuilt = 0;
   const metrics = new Registry();
   const director = createRegistrationHandler({
@@ -33,6 +37,7 @@ function setup(wrap: (registry: TenantRegistry) => TenantRegistry = (registry) =
     ensureRebuilt: async () => void rebuilt++,
     logger: silentLogger,
     metrics,
+    now,
   });
   let offset = 0;
   const push = (
@@ -332,7 +337,7 @@ describe('createRegistrationHandler', () => {
     const { push, tenants, registry } = setup();
     await push(4, 'full', [item('a'), item('b'), item('kept')]);
     await push(5, 'full', [item('a'), item('kept')]);
-    // b: disabled by generation 5 itself. a: disabled before generation 5 came, which finds it disabled.
+    // a: disabled by generation 6 itself; b: disabled by generation 5, which 6 finds disabled.
     await push(6, 'full', [item('kept')]);
     expect(await tenants.get('a')).toMatchObject({ enabled: false, generation: 6 });
     expect(await tenants.get('b')).toMatchObject({ enabled: false, generation: 5 });
@@ -817,6 +822,78 @@ describe('createRegistrationHandler', () => {
       source: 'director',
       defender: { pollIntervalMinutes: 30 },
     });
+  });
+
+  it('handle should keep a REST record written after a held push wrote the tenant, when Redis lost the time the push began', async () => {
+    const down = new UrsError('STORE_DOWN', 'Redis refused the write', { infrastructure: true });
+    const { push, tenants, registry, state } = setup(
+      failingFor('b', (attempt) => (attempt === 2 ? down : undefined)),
+    );
+    await push(1, 'full', [item('a'), item('b')]);
+    const second = [item('a', { pollIntervalMinutes: 30 }), item('b', { pollIntervalMinutes: 30 })];
+    await expect(push(2, 'full', second)).rejects.toBe(down);
+    await registry.register(
+      { tenantId: 'a', defender: registrationBody({ pollIntervalMinutes: 120 }) as never },
+      { source: 'rest' },
+    );
+    // Redis wiped while the push was held: its next handling counts as its first.
+    state.pushStarted = async (_generation, at) => at;
+    expect(await push(2, 'full', second)).toMatchObject({ applied: 1, unchanged: 1 });
+    // a's record keeps generation 2: the administrator wrote it after this push did.
+    expect(await tenants.get('a')).toMatchObject({ source: 'rest', defender: { pollIntervalMinutes: 120 } });
+  });
+
+  it('handle should disable a tenant an administrator edited over REST before a full push left it out, when that push comes again after leaving it enabled', async () => {
+    const busy = new UrsError('TENANT_BUSY', 'tenant t is being written by another request; try again', {
+      canRetry: true,
+    });
+    let held = false;
+    const { push, tenants, registry, state, leftEnabledCount } = setup(
+      failingFor('t', () => (held ? busy : undefined)),
+    );
+    await push(3, 'full', [item('t'), item('other')]);
+    // An administrator rotates t's secret: its record is the administrator's, of Director's generation 3.
+    await registry.register(
+      { tenantId: 't', defender: registrationBody({ clientSecret: 'rotated~secret' }) as never },
+      { source: 'rest' },
+    );
+    expect(await tenants.get('t')).toMatchObject({ source: 'rest', generation: 3, enabled: true });
+    // Generation 9 leaves t out, and t stays held by another writer through every attempt: left enabled.
+    held = true;
+    expect(await push(9, 'full', [item('other')])).toMatchObject({ disabled: 0 });
+    expect(leftEnabledCount()).toBe(1);
+    expect(state.generation).toBe(9);
+    // The registrar stops before committing it: generation 9 is delivered again, and disables t.
+    held = false;
+    expect(await push(9, 'full', [item('other')])).toMatchObject({ disabled: 1 });
+    expect(await tenants.get('t')).toMatchObject({
+      enabled: false,
+      disabledReason: 'missing from Director full push 9',
+    });
+  });
+
+  it('handle should keep what an administrator changed over REST, while a push held for a fault was waiting, of a tenant the push found unchanged', async () => {
+    const down = new UrsError('STORE_DOWN', 'Redis refused the write', { infrastructure: true });
+    const { push, tenants, registry } = setup(
+      failingFor('b', (attempt) => (attempt === 2 ? down : undefined)),
+    );
+    await push(3, 'full', [item('t'), item('b')]);
+    const seventh = [item('t'), item('b', { pollIntervalMinutes: 30 })];
+    // t is unchanged (its record keeps generation 3); b's write fails for Redis: the push is held.
+    await expect(push(7, 'full', seventh)).rejects.toBe(down);
+    expect(await tenants.get('t')).toMatchObject({ source: 'director', generation: 3 });
+    // While the push is held, an administrator changes t.
+    await registry.register(
+      { tenantId: 't', defender: registrationBody({ pollIntervalMinutes: 120 }) as never },
+      { source: 'rest' },
+    );
+    expect(await push(7, 'full', seventh)).toMatchObject({ applied: 1, unchanged: 1 });
+    expect(await tenants.get('t')).toMatchObject({
+      source: 'rest',
+      generation: 3,
+      defender: { pollIntervalMinutes: 120 },
+    });
+    expect(await tenants.get('b')).toMatchObject({ generation: 7, defender: { pollIntervalMinutes: 30 } });
   });
 
   it('handle should try a busy tenant again within the push, and dead-letter it once it stays busy', async () => {

@@ -111,6 +111,7 @@ export function memoryStateStore(): RegistrarStateStore & { generation: number }
   const revisions = new Map<string, number>();
   const locks = new Map<string, string>();
   const deletions = new Map<string, number>();
+  const pushesStarted = new Map<number, Date>();
   let clock = 1_000;
   const state = {
     generation: -1,
@@ -134,6 +135,10 @@ export function memoryStateStore(): RegistrarStateStore & { generation: number }
     },
     async deletionGeneration(tenantId: string) {
       return deletions.get(tenantId) ?? -1;
+    },
+    async pushStarted(generation: number, at: Date) {
+      if (!pushesStarted.has(generation)) pushesStarted.set(generation, at);
+      return pushesStarted.get(generation) as Date;
     },
     async lockTenant(tenantId: string) {
       if (locks.has(tenantId)) return null;

@@ -85,10 +85,14 @@ describe('startApiServer: stopping', () => {
       method: 'PUT',
       path: '/v1/write',
       // A write already under way when the stop cuts its request (a Kafka send, then Redis): it does not
-      // listen to its signal, and takes `writeMs`.
-      handler: async () => {
+      // listen to its signal, and takes `writeMs`, or until the test releases it (`writeMs` null).
+      handler: async (request) => {
         writes.push('started');
-        await new Promise((resolve) => setTimeout(resolve, writeMs));
+        writeSignals.push(request.signal);
+        await new Promise<void>((resolve) => {
+          if (writeMs === null) release.push(resolve);
+          else setTimeout(resolve, writeMs);
+        });
         writes.push('done');
         return { status: 200, body: { done: true } };
       },
@@ -96,13 +100,16 @@ describe('startApiServer: stopping', () => {
   ];
   /** What the write route did, in order. */
   let writes: string[];
-  /** How long the write route's write takes, ms. */
-  let writeMs: number;
+  /** Signals of the requests the write route received, in order. */
+  let writeSignals: AbortSignal[];
+  /** How long the write route's write takes, ms; null: until the test releases it. */
+  let writeMs: number | null;
 
   const start = async (drainTimeoutMs: number): Promise<ApiServer> => {
     slow = [];
     release = [];
     writes = [];
+    writeSignals = [];
     writeMs = 0;
     server = await startApiServer({
       port: 0,
@@ -167,15 +174,18 @@ describe('startApiServer: stopping', () => {
 
   it('close should wait for a request it cut at most drainTimeoutMs more', async () => {
     const api = await start(200);
-    writeMs = 3_000;
-    void sendWith(api.port, 'PUT', '/v1/write');
+    // A write that finishes only once released (after the close): a close that waited for it never resolves.
+    writeMs = null;
+    const answer = sendWith(api.port, 'PUT', '/v1/write');
     await until(() => writes.length === 1);
     const started = Date.now();
     await api.close();
     // Both waits ran (the drain time, then as long again for the cut handler)...
     expect(Date.now() - started).toBeGreaterThanOrEqual(350);
-    // ...and close resolved before the write: it did not wait for the handler to finish.
+    // ...the request was cut (its signal aborted, answered 503), and close resolved with its handler pending.
+    expect(writeSignals[0]?.aborted).toBe(true);
     expect(writes).toEqual(['started']);
+    expect(await answer).toMatchObject({ status: 503, body: { error: { code: 'SHUTTING_DOWN' } } });
   });
 
   it('close should end idle keep-alive connections at once, while a request in flight still drains', async () => {
