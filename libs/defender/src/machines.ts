@@ -62,6 +62,8 @@ export interface ListMachinesOptions {
    * call is. Otherwise every attempt would time out alike, each a call of the quota, and the walk never end.
    */
   pageSize?: number;
+  /** Told each smaller `$top` the walk goes on with after a page timed out (see pageSize). */
+  onPageSizeHalved?: (pageSize: number) => void;
   /**
    * Records each page re-reads of the previous one, default min(100, pageSize/20) (behind a short page, at most
    * all of it but one). `$skip` paging is positional: a device removed between two requests shifts the rest
@@ -185,6 +187,7 @@ export async function* walkMachines(
           'defender: a page of /api/machines did not arrive within the request timeout; asking for smaller pages',
           { azureTenantId: deps.azureTenantId, skip, pageSize },
         );
+        options.onPageSizeHalved?.(pageSize);
       },
     );
   const confirm = options.confirmShortPage ?? true;

@@ -7,6 +7,7 @@ import {
   DefenderErrorCode,
   isSetupErrorCode,
   LONGEST_QUOTA_WINDOW_MS,
+  MAX_MACHINE_PAGE_SIZE,
   planVulnerabilityMode,
   resolveEndpoints,
   type AppCallHealth,
@@ -88,6 +89,38 @@ export interface DefenderGatewayDeps {
   health?: CallHealthOptions;
 }
 
+/**
+ * Listings in a row, whole and with no page halved, after which a tenant's listings start at twice the page
+ * size again (up to the configured one).
+ */
+export const CLEAN_LISTINGS_TO_GROW = 5;
+
+/**
+ * The page size a tenant's listings start at: the configured one until a page times out, then the size the
+ * listing halved to, so the next cycle does not pay the timeouts again (each a call of its quota and a slow
+ * failure in its call health, holding a shared slot up to the request timeout). It doubles back after
+ * CLEAN_LISTINGS_TO_GROW clean listings: a larger size that still times out halves back at once and waits as
+ * long again, so at most one listing in CLEAN_LISTINGS_TO_GROW + 1 pays a timeout, never one every cycle.
+ */
+function listingPageSize(configured: number) {
+  let size = configured;
+  let clean = 0;
+  return {
+    get size() {
+      return size;
+    },
+    halved(pageSize: number) {
+      size = pageSize;
+      clean = 0;
+    },
+    listed() {
+      if (++clean < CLEAN_LISTINGS_TO_GROW) return;
+      size = Math.min(configured, size * 2);
+      clean = 0;
+    },
+  };
+}
+
 /** A tenant's client, kept with its CallHealth (closed with it). */
 interface KeptClient extends TenantDefender {
   /** What the client's calls showed of the tenant's API, handed on to the next client of the same app. */
@@ -127,10 +160,20 @@ export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGatewa
         ? {}
         : { maxQuotaWaitMs: deps.maxQuotaWaitMs, maxThrottleWaitMs: deps.maxQuotaWaitMs }),
     });
-    const listing = deps.pageSize === undefined ? {} : { pageSize: deps.pageSize };
+    // Kept with the client: a new one (the tenant's record changed, or the process restarted) starts over.
+    const pageSize = listingPageSize(deps.pageSize ?? MAX_MACHINE_PAGE_SIZE);
     return {
       async *listDevicePages(signal) {
-        for await (const page of client.listMachinePages({ ...listing, signal })) {
+        let halved = false;
+        const pages = client.listMachinePages({
+          pageSize: pageSize.size,
+          signal,
+          onPageSizeHalved: (size) => {
+            halved = true;
+            pageSize.halved(size);
+          },
+        });
+        for await (const page of pages) {
           yield {
             devices: page.machines.map((entry) => ({
               machine: entry.record as unknown as Machine,
@@ -138,6 +181,8 @@ export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGatewa
             })),
           };
         }
+        // Reached only when the listing ended whole (not failed, nor stopped by its caller).
+        if (!halved) pageSize.listed();
       },
       callHealth,
       close: () => client.close(),

@@ -3,7 +3,7 @@ import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs
 import { silentLogger } from '@urs/logging';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { Registry } from '@urs/telemetry';
-import { createDefenderGateway } from '../src/defender';
+import { CLEAN_LISTINGS_TO_GROW, createDefenderGateway } from '../src/defender';
 
 describe('createDefenderGateway', () => {
   let sim: Simulator;
@@ -21,14 +21,18 @@ describe('createDefenderGateway', () => {
     await sim?.close();
   });
 
-  it("createDefenderGateway should list a tenant's devices in pages of its pageSize", async () => {
-    const credentials = {
+  function newCredentials() {
+    return {
       azureTenantId: randomUUID(),
       clientId: randomUUID(),
       clientSecret: `Zx8Q~${randomUUID().replace(/-/g, '')}One`,
       cloud: 'commercial',
       region: null,
     };
+  }
+
+  it("createDefenderGateway should list a tenant's devices in pages of its pageSize", async () => {
+    const credentials = newCredentials();
     sim.addTenant({
       azureTenantId: credentials.azureTenantId,
       apps: [{ clientId: credentials.clientId, clientSecret: credentials.clientSecret }],
@@ -54,5 +58,57 @@ describe('createDefenderGateway', () => {
     } finally {
       gateway.close();
     }
+  });
+
+  describe('when a page outlasts the request timeout', () => {
+    // ~1 KB a device at 1 MB/s: a page of 2,000 takes ~2 s, past the 1.5 s timeout however fast the machine;
+    // one of 500 ~0.5 s, within it also on a loaded machine (a page of 1,000 may go either way).
+    const credentials = newCredentials();
+    let gateway: ReturnType<typeof createDefenderGateway>;
+
+    beforeEach(() => {
+      sim.addTenant({
+        azureTenantId: credentials.azureTenantId,
+        apps: [{ clientId: credentials.clientId, clientSecret: credentials.clientSecret }],
+        fleet: { size: 2_100, seed: 11 },
+      });
+      gateway = createDefenderGateway({
+        limiter,
+        quota: createLocalQuotaGate(),
+        logger: silentLogger,
+        overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
+        httpsAgent: agent,
+        metrics: new Registry(),
+        requestTimeoutMs: 1_500,
+        pageSize: 2_000,
+      });
+    });
+
+    afterEach(() => {
+      sim.setFaults(credentials.azureTenantId, {});
+      gateway.close();
+    });
+
+    /** One cycle's listing of the tenant: the devices of each page. */
+    async function listing(): Promise<number[]> {
+      const sizes: number[] = [];
+      const pages = gateway
+        .forTenant({ tenantId: 'slow', revision: 1 }, () => credentials)
+        .listDevicePages(new AbortController().signal);
+      for await (const page of pages) sizes.push(page.devices.length);
+      return sizes;
+    }
+
+    it("the tenant's next listing should start at the page size its last one halved to, then twice that after clean listings", async () => {
+      sim.setFaults(credentials.azureTenantId, { bodyBytesPerSec: 1_000_000 });
+      const slow = await listing();
+      const halved = slow[0] as number;
+      expect(halved).toBeLessThanOrEqual(1_000);
+      // The link is fast again: the next listings still start at the smaller page, not at 2,000 first.
+      sim.setFaults(credentials.azureTenantId, {});
+      for (let cycle = 0; cycle < CLEAN_LISTINGS_TO_GROW; cycle++) expect((await listing())[0]).toBe(halved);
+      // Then twice as large.
+      expect((await listing())[0]).toBe(2 * halved);
+    }, 60_000);
   });
 });
