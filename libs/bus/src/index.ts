@@ -3,7 +3,7 @@ export { connectAdminThroughSeeds, seedClients, seedsFrom } from './seeds';
 export { topicSpecs, bootstrapTopics } from './topics';
 export type { StageTopics, TopicAccess, TopicName } from './topics';
 export type { TopicSpec, BootstrapOptions } from './topics';
-export { isTransientKafkaError } from './transient';
+export { isKafkaAuthorizationRefusal, isTransientKafkaError } from './transient';
 export { retryWhileSettling, topicOffsets, SETTLE_RETRY, DEFAULT_SETTLE_TIMEOUT_MS } from './settle';
 export type { SettleOptions, TopicOffsetsOptions, PartitionOffsetRange } from './settle';
 export { createPublisher, BusError, MAX_SEND_BYTES, recordBytes, sizedGroups } from './publisher';

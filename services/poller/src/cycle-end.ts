@@ -1,3 +1,4 @@
+import { isKafkaAuthorizationRefusal } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage } from '@urs/resilience';
@@ -255,13 +256,14 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
     placeAt(next);
     if (infrastructure) {
       await deps.tenants.updatePollingStatus(tenantId, { nextPollAt: new Date(next).toISOString() });
-      log.warn("cycle failed on Redis or Kafka, not on the tenant's side: tried again soon", {
-        tenantId,
-        cycleId,
-        code,
-        reason: message,
-        nextPollAt: new Date(next).toISOString(),
-      });
+      const fields = { tenantId, cycleId, code, reason: message, nextPollAt: new Date(next).toISOString() };
+      // Waiting does not mend a missing ACL: an operator grants it.
+      if (isKafkaAuthorizationRefusal(error))
+        log.error(
+          "cycle failed: Kafka refused the poller for want of an ACL (grant its principal Write on the batches' topic), not on the tenant's side: tried again soon",
+          fields,
+        );
+      else log.warn("cycle failed on Redis or Kafka, not on the tenant's side: tried again soon", fields);
       return;
     }
     await deps.tenants.updatePollingStatus(tenantId, {

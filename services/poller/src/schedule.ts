@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { isKafkaAuthorizationRefusal } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import { errorCode, isInfrastructureFault } from '@urs/resilience';
 import type { PollSchedule } from '@urs/store';
@@ -85,13 +86,16 @@ export function classifyFailure(code: string): FailureKind {
 /**
  * What kind of failure a cycle's error is: by its code (`classifyFailure`), unless it is a fault of Redis or
  * Kafka (`isInfrastructureFault`: the shared call limiter's or the quota counters' Redis refusing writes or
- * away, the cycle store's, the batches' topic unreachable). That fault is the replica's, not the tenant's:
- * counted as a transient failure of the tenant it grew the tenant's retry wait (2, 4, 8, … minutes) and
- * wrote the tenant's status as an error for an outage of ours.
+ * away, the cycle store's, the batches' topic unreachable) or Kafka refusing the batches for want of an ACL
+ * (`isKafkaAuthorizationRefusal`: the poller's principal may not write `urs.device-batches`). That fault is
+ * the replica's, not the tenant's: counted as a transient failure of the tenant it grew the tenant's retry
+ * wait (2, 4, 8, … minutes) and wrote the tenant's status as an error for an outage of ours, or for one
+ * missing ACL every tenant's in turn.
  */
 export function failureKindOf(error: unknown): FailureKind {
   const kind = classifyFailure(errorCode(error));
-  return kind !== 'local' && isInfrastructureFault(error) ? 'infrastructure' : kind;
+  if (kind === 'local') return kind;
+  return isInfrastructureFault(error) || isKafkaAuthorizationRefusal(error) ? 'infrastructure' : kind;
 }
 
 /** A tenant's failed cycles in a row, of one kind, with the settings (record revision) in force now. */

@@ -1,4 +1,5 @@
 import { ReplyError } from 'ioredis';
+import { KafkaJSNonRetriableError, KafkaJSProtocolError } from 'kafkajs';
 import { UrsError, sleep } from '@urs/resilience';
 import type { PollScheduleStore, TenantStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
@@ -177,5 +178,64 @@ describe('createScheduler while Redis refuses writes', () => {
     expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="transient"}')).toBe(1);
     // The cycle was counted: its end not being recorded is not counted again.
     expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="infrastructure"}')).toBe(0);
+  });
+});
+
+/**
+ * What the batches' send rejects with when the poller's principal may not write `urs.device-batches` (an ACL
+ * missing): KafkaJS marks it not retriable, and only an operator mends it.
+ */
+const batchesNotAuthorised = (): Error => {
+  const refused = new KafkaJSProtocolError(
+    Object.assign(new Error('Not authorized to access topics: [Topic authorization failed]'), {
+      type: 'TOPIC_AUTHORIZATION_FAILED',
+      code: 29,
+      retriable: false,
+    }),
+  );
+  return Object.assign(new KafkaJSNonRetriableError(refused), { cause: refused });
+};
+
+describe('createScheduler while Kafka refuses the batches for want of an ACL', () => {
+  const started: Scheduler[] = [];
+  afterEach(async () => {
+    await Promise.all(started.splice(0).map((s) => s.close(100)));
+  });
+
+  it("should end each tenant's cycle as the replica's infrastructure failure, not the tenant's: no error status, no streak", async () => {
+    const lines: LogLine[] = [];
+    const metrics = new Registry();
+    const schedules = memorySchedules();
+    const tenants = memoryStatus();
+    const { table, scheduler } = outageReplica({
+      schedules,
+      tenants,
+      runCycle: async () => {
+        throw batchesNotAuthorised();
+      },
+      lines,
+      metrics,
+    });
+    await feed(table, [record('a'), record('b')]);
+    scheduler.start();
+    started.push(scheduler);
+    const ended = (outcome: string) => sampleOf(metrics, `urs_poll_cycles_total{outcome="${outcome}"}`) ?? 0;
+    // Each tenant's cycle failed at least twice.
+    await waitFor(() => ended('infrastructure') + ended('transient') >= 4, { timeoutMs: 5_000 });
+    expect(ended('transient')).toBe(0);
+    expect(ended('infrastructure')).toBeGreaterThanOrEqual(4);
+    for (const tenantId of ['a', 'b']) {
+      const status = await tenants.getStatus(tenantId);
+      expect(status).not.toHaveProperty('state', 'error');
+      expect(status).not.toHaveProperty('lastErrorCode');
+      expect(await schedules.get(tenantId)).toMatchObject({ failures: 0 });
+    }
+    expect(lines).toContainEqual(
+      expect.objectContaining({
+        level: 'error',
+        message: expect.stringContaining('for want of an ACL'),
+        reason: expect.stringContaining('Topic authorization failed'),
+      }),
+    );
   });
 });
