@@ -3,7 +3,14 @@
 // share a topic, a consumer group or a Redis key.
 export { uniqueId, waitFor, type WaitForOptions } from './wait';
 export { testInfra, type TestInfra } from './infra';
-export { createTestKafka, createUniqueTopics, deleteTopics, readDeadLetters, type TopicSpec } from './kafka';
+export {
+  createTestKafka,
+  createUniqueTopics,
+  deleteTopics,
+  readDeadLetters,
+  topicNotAuthorised,
+  type TopicSpec,
+} from './kafka';
 export { createTestRedis, deleteKeysMatching, testRedisPerTest, type TestRedis } from './redis';
 export { startRedis, stopRedis } from './own-redis';
 export { startRedisFailover, type RedisFailover } from './failover';

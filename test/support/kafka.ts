@@ -1,4 +1,4 @@
-import { Kafka, logLevel, type ITopicConfig } from 'kafkajs';
+import { Kafka, KafkaJSNonRetriableError, KafkaJSProtocolError, logLevel, type ITopicConfig } from 'kafkajs';
 import { retryWhileSettling, topicOffsets } from '@urs/bus';
 import type { DeadLetter } from '@urs/contracts';
 import { testInfra } from './infra';
@@ -90,4 +90,19 @@ export async function readDeadLetters(kafka: Kafka, topic: string, expected: num
     await consumer.disconnect();
   }
   return letters;
+}
+
+/**
+ * What a produce rejects with when the principal may not write the topic (an ACL missing): KafkaJS marks it
+ * not retriable (its retrier bails out on it, the refusal its cause), and only an operator mends it.
+ */
+export function topicNotAuthorised(): Error {
+  const refused = new KafkaJSProtocolError(
+    Object.assign(new Error('Not authorized to access topics: [Topic authorization failed]'), {
+      type: 'TOPIC_AUTHORIZATION_FAILED',
+      code: 29,
+      retriable: false,
+    }),
+  );
+  return Object.assign(new KafkaJSNonRetriableError(refused), { cause: refused });
 }

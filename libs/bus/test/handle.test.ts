@@ -1,13 +1,8 @@
 import { ReplyError } from 'ioredis';
-import {
-  KafkaJSConnectionError,
-  KafkaJSNonRetriableError,
-  KafkaJSNumberOfRetriesExceeded,
-  KafkaJSProtocolError,
-} from 'kafkajs';
+import { KafkaJSConnectionError, KafkaJSNumberOfRetriesExceeded } from 'kafkajs';
 import { UrsError, retryPolicy } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
-import { capturingLogger, type LogLine } from '@urs/testkit';
+import { capturingLogger, topicNotAuthorised, type LogLine } from '@urs/testkit';
 import { createMessageProcessor } from '../src/handle';
 import { heldMessages, messageWork } from './work';
 import type { Publisher } from '../src/publisher';
@@ -29,22 +24,6 @@ const kafkaAway = (): Error =>
     new KafkaJSConnectionError('Connection error: connect ECONNREFUSED 127.0.0.1:9092'),
     { retryCount: 8, retryTime: 5_000 },
   );
-
-/**
- * What a handler's produce rejects with when the stage's principal may not write the topic (an ACL missing):
- * KafkaJS marks it not retriable, and only an operator mends it.
- */
-const topicNotAuthorised = (): Error => {
-  const refused = new KafkaJSProtocolError(
-    Object.assign(new Error('Not authorized to access topics: [Topic authorization failed]'), {
-      type: 'TOPIC_AUTHORIZATION_FAILED',
-      code: 29,
-      retriable: false,
-    }),
-  );
-  // As KafkaJS's retrier bails out on it.
-  return Object.assign(new KafkaJSNonRetriableError(refused), { cause: refused });
-};
 
 /**
  * A processor of TOPIC (tombstones accepted) whose handler is `handler`, a publisher that notes the topics

@@ -1,15 +1,15 @@
 import { randomUUID } from 'node:crypto';
 import type { Publisher } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
-import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
+import { createHttpsAgent, createLocalLimiter } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
 import { UrsError } from '@urs/resilience';
 import { createSecretSealer } from '@urs/secrets';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import type { CycleStore } from '@urs/store';
-import { Registry } from '@urs/telemetry';
 import { runCycle, type CycleDeps } from '../src/cycle';
-import { createDefenderGateway, type DefenderGateway } from '../src/defender';
+import { type DefenderGateway } from '../src/defender';
+import { simGateway } from './support/sim-gateway';
 import { failureKindOf } from '../src/schedule';
 
 const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 5)]]) });
@@ -91,13 +91,7 @@ describe('poller: a tenant keeps its Defender client across cycles', () => {
     });
     agent = createHttpsAgent({ extraCa: sim.caPem });
     limiter = createLocalLimiter();
-    gateway = createDefenderGateway({
-      limiter,
-      quota: createLocalQuotaGate(),
-      logger: silentLogger,
-      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
-      httpsAgent: agent,
-      metrics: new Registry(),
+    gateway = simGateway(sim, agent, limiter, {
       requestTimeoutMs: 5_000,
     });
   });

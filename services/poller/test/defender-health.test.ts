@@ -1,15 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import {
-  CallHealth,
-  createHttpsAgent,
-  createLocalLimiter,
-  createLocalQuotaGate,
-  type CallLimiter,
-} from '@urs/defender';
-import { silentLogger } from '@urs/logging';
+import { CallHealth, createHttpsAgent, createLocalLimiter, type CallLimiter } from '@urs/defender';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { Registry } from '@urs/telemetry';
-import { createDefenderGateway, type DefenderGateway, type TenantCredentials } from '../src/defender';
+import { type DefenderGateway, type TenantCredentials } from '../src/defender';
+import { simGateway } from './support/sim-gateway';
 
 // The poller's gateway against the simulator: what a tenant's calls showed of its API outlives its client.
 describe('createDefenderGateway and a tenant whose API stops answering', () => {
@@ -45,12 +39,7 @@ describe('createDefenderGateway and a tenant whose API stops answering', () => {
     sim.addTenant({ azureTenantId, apps, fleet: { size: 3, seed: 7 } });
     limiter = createLocalLimiter();
     agent = createHttpsAgent({ extraCa: sim.caPem });
-    gateway = createDefenderGateway({
-      limiter,
-      quota: createLocalQuotaGate(),
-      logger: silentLogger,
-      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
-      httpsAgent: agent,
+    gateway = simGateway(sim, agent, limiter, {
       metrics: new Registry({ processMetrics: false }),
       // A call unanswered for 400 ms is a slow failure, and the first one holds the tenant's calls back.
       requestTimeoutMs: 400,

@@ -1,9 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
-import { silentLogger } from '@urs/logging';
+import { createHttpsAgent, createLocalLimiter } from '@urs/defender';
 import { type Simulator, startSimulator } from '@urs/simulator';
-import { Registry } from '@urs/telemetry';
 import { CLEAN_LISTINGS_TO_GROW, createDefenderGateway } from '../src/defender';
+import { simGateway } from './support/sim-gateway';
 
 describe('createDefenderGateway', () => {
   let sim: Simulator;
@@ -38,13 +37,7 @@ describe('createDefenderGateway', () => {
       apps: [{ clientId: credentials.clientId, clientSecret: credentials.clientSecret }],
       fleet: { size: 250, seed: 7 },
     });
-    const gateway = createDefenderGateway({
-      limiter,
-      quota: createLocalQuotaGate(),
-      logger: silentLogger,
-      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
-      httpsAgent: agent,
-      metrics: new Registry(),
+    const gateway = simGateway(sim, agent, limiter, {
       pageSize: 100,
     });
     try {
@@ -72,13 +65,7 @@ describe('createDefenderGateway', () => {
         apps: [{ clientId: credentials.clientId, clientSecret: credentials.clientSecret }],
         fleet: { size: 2_100, seed: 11 },
       });
-      gateway = createDefenderGateway({
-        limiter,
-        quota: createLocalQuotaGate(),
-        logger: silentLogger,
-        overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
-        httpsAgent: agent,
-        metrics: new Registry(),
+      gateway = simGateway(sim, agent, limiter, {
         requestTimeoutMs: 1_500,
         pageSize: 2_000,
       });

@@ -1,9 +1,8 @@
 import { ReplyError } from 'ioredis';
-import { KafkaJSNonRetriableError, KafkaJSProtocolError } from 'kafkajs';
 import { UrsError, sleep } from '@urs/resilience';
 import type { PollScheduleStore, TenantStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { type LogLine, capturingLogger, waitFor } from '@urs/testkit';
+import { type LogLine, capturingLogger, topicNotAuthorised, waitFor } from '@urs/testkit';
 import type { CycleResult } from '../src/cycle';
 import type { Scheduler } from '../src/scheduler';
 import {
@@ -181,21 +180,6 @@ describe('createScheduler while Redis refuses writes', () => {
   });
 });
 
-/**
- * What the batches' send rejects with when the poller's principal may not write `urs.device-batches` (an ACL
- * missing): KafkaJS marks it not retriable, and only an operator mends it.
- */
-const batchesNotAuthorised = (): Error => {
-  const refused = new KafkaJSProtocolError(
-    Object.assign(new Error('Not authorized to access topics: [Topic authorization failed]'), {
-      type: 'TOPIC_AUTHORIZATION_FAILED',
-      code: 29,
-      retriable: false,
-    }),
-  );
-  return Object.assign(new KafkaJSNonRetriableError(refused), { cause: refused });
-};
-
 describe('createScheduler while Kafka refuses the batches for want of an ACL', () => {
   const started: Scheduler[] = [];
   afterEach(async () => {
@@ -211,7 +195,7 @@ describe('createScheduler while Kafka refuses the batches for want of an ACL', (
       schedules,
       tenants,
       runCycle: async () => {
-        throw batchesNotAuthorised();
+        throw topicNotAuthorised();
       },
       lines,
       metrics,

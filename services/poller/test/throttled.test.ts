@@ -9,7 +9,8 @@ import type { CycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { waitFor } from '@urs/testkit';
 import { runCycle, type CycleDeps } from '../src/cycle';
-import { createDefenderGateway, type DefenderGateway } from '../src/defender';
+import type { DefenderGateway } from '../src/defender';
+import { simGateway } from './support/sim-gateway';
 import type { Scheduler } from '../src/scheduler';
 import { feed, memorySchedules, memoryStatus, replica, sampleOf, sleep, type Run } from './support/scheduler';
 
@@ -85,13 +86,8 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
         fleet: { size: 3, seed: 7 },
       });
     agent = createHttpsAgent({ extraCa: sim.caPem });
-    gateway = createDefenderGateway({
-      limiter,
+    gateway = simGateway(sim, agent, limiter, {
       quota,
-      logger: silentLogger,
-      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
-      httpsAgent: agent,
-      metrics: new Registry(),
       requestTimeoutMs: 5_000,
       maxQuotaWaitMs: 200,
     });
