@@ -65,8 +65,8 @@ export interface ListMachinesOptions {
   /** Told each smaller `$top` the walk goes on with after a page timed out (see pageSize). */
   onPageSizeHalved?: (pageSize: number) => void;
   /**
-   * Records each page re-reads of the previous one, default min(100, pageSize/20) (behind a short page, at most
-   * all of it but one). `$skip` paging is positional: a device removed between two requests shifts the rest
+   * Records each page re-reads of the previous one, default min(100, pageSize/20) (behind a short page, as
+   * many, all of it when no longer than that). `$skip` paging is positional: a device removed between two requests shifts the rest
    * back, and without the overlap the device at the page edge would be missed for the cycle (and look
    * deleted). A page holding none of the records it re-reads (as many devices as the overlap, or more, left
    * meanwhile) fails the walk, retryably (see shiftedPage). Duplicates are dropped.
@@ -149,8 +149,9 @@ export function repeatedPages(path: string, index: number, azureTenantId: string
  * Walks `/api/machines` with `$top`/`$skip` (the API gives no next link with `$top`), one page at a time,
  * so a caller can emit batches without holding the fleet. Stops on a short page (confirmed, see
  * `confirmShortPage`) or an empty one (404, Microsoft's answer when no machine is found, on the first page
- * confirmed by one more request, or 200 with no record) where a page may be empty; a failure behind a page it overlaps, on a page holding none of the
- * records it overlaps (see shiftedPage), or behind two full pages with nothing new (see repeatedPages).
+ * confirmed by one more request, or 200 with no record) where a page may be empty; a failure behind a page it
+ * overlaps, on a page holding none of the records it overlaps (see shiftedPage), or behind two full pages
+ * with nothing new (see repeatedPages).
  * Records are de-duplicated on `id` across the walk (only the ids are kept), validated one by one (an invalid
  * record is reported and skipped, never the page, and once per walk when it has a readable id) and flagged
  * when merged or excluded.
