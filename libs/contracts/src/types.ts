@@ -54,6 +54,10 @@ export interface TenantRecord {
   tenantId: string;
   /** Increases with every change of this tenant; consumers ignore a record older than the one they hold. */
   revision: number;
+  /**
+   * When the registration last changed (ISO): Redis's time when the revision was assigned, one clock for every
+   * registrar replica (a re-seal keeps it).
+   */
   updatedAt: string;
   source: 'director' | 'rest';
   /**

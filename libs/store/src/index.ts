@@ -45,7 +45,7 @@ export type {
   UnrecordedListing,
 } from './poll-schedule';
 export { createRegistrarStateStore } from './registrar-state';
-export type { RegistrarStateStore } from './registrar-state';
+export type { RegistrarStateStore, RevisionStamp } from './registrar-state';
 export { createDeadLetterLedger } from './dead-letters';
 export type { DeadLetterLedgerOptions } from './dead-letters';
 export { createAnsweredCalls } from './answered-calls';

@@ -17,6 +17,12 @@ export interface RegistrarStateStore {
    * 1970 stay below 2^53, so the numbers are exact in JSON and in Lua.)
    */
   nextRevision(tenantId: string, floor?: number): Promise<number>;
+  /**
+   * `nextRevision`, with Redis's time when it was assigned (milliseconds): a record's `updatedAt`. Every
+   * replica's writes then carry one clock, Redis's, the one `pushStarted` reads too, so whether a write came
+   * before or after a push began does not hang on the clocks of the replicas that made them.
+   */
+  nextRevisionStamp(tenantId: string, floor?: number): Promise<RevisionStamp>;
   /** Raises the tenant's revision counter to at least `revision` (rebuild from urs.tenants). */
   observeRevision(tenantId: string, revision: number): Promise<void>;
   /** The last Director generation applied, or -1. */
@@ -32,11 +38,12 @@ export interface RegistrarStateStore {
   /** The Director generation in force when the tenant was last deleted, or -1. */
   deletionGeneration(tenantId: string): Promise<number>;
   /**
-   * When Director's push of `generation` was first handled: records `at` unless a time is recorded already
-   * (forgotten 30 days after it was recorded, see `PUSH_STARTED_TTL_MS`), and returns the time recorded. A
-   * push handled again keeps what an administrator wrote over REST since then.
+   * When Director's push of `generation` was first handled: records Redis's time now unless a time is
+   * recorded already (forgotten 30 days after it was recorded, see `PUSH_STARTED_TTL_MS`), and returns the
+   * time recorded. A push handled again keeps what an administrator wrote over REST since then: records whose
+   * `updatedAt` (`nextRevisionStamp`, Redis's clock too) is at or after it.
    */
-  pushStarted(generation: number, at: Date): Promise<Date>;
+  pushStarted(generation: number): Promise<Date>;
   /**
    * Takes the tenant's write lock for `ttlMs` unless another writer holds it: a token to give it back
    * with, or null. Every registrar replica writes a tenant's record under it (a Director push and a REST
@@ -55,7 +62,13 @@ export interface RegistrarStateStore {
   markRebuilt(at: Date): Promise<void>;
 }
 
-// KEYS[1] revision counter; ARGV: floor, counter ttl ms.
+/** A revision and Redis's time when it was assigned (`RegistrarStateStore.nextRevisionStamp`). */
+export interface RevisionStamp {
+  revision: number;
+  at: Date;
+}
+
+// KEYS[1] revision counter; ARGV: floor, counter ttl ms. Returns the revision and Redis's time in ms.
 const NEXT_REVISION = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -63,7 +76,7 @@ local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 local floor = tonumber(ARGV[1])
 local nextRevision = math.max(now, current + 1, floor + 1)
 redis.call('SET', KEYS[1], string.format('%.0f', nextRevision), 'PX', ARGV[2])
-return string.format('%.0f', nextRevision)`;
+return {string.format('%.0f', nextRevision), string.format('%.0f', math.floor(now / 1000))}`;
 
 // KEYS[1] counter; ARGV: value, and a ttl ms if it has one. Sets the counter to max(counter, value); a ttl
 // counts from this call, the value raised or not.
@@ -94,10 +107,20 @@ const REVISION_TTL_MS = 30 * 24 * 60 * 60 * 1000;
  */
 const DELETION_TTL_MS = 30 * 24 * 60 * 60 * 1000;
 
-// KEYS[1] marker; ARGV: value, ttl ms. Sets the marker unless it is set; returns its value.
-const SET_ONCE = `
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return ARGV[1] end
+// KEYS[1] marker; ARGV: ttl ms. Sets the marker to Redis's time in ms unless it is set; returns its value.
+const SET_TIME_ONCE = `
+local t = redis.call('TIME')
+local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+if redis.call('SET', KEYS[1], now, 'NX', 'PX', ARGV[1]) then return now end
 return redis.call('GET', KEYS[1])`;
+
+/**
+ * A push-start marker's time: milliseconds since 1970 (Redis's clock), or an ISO time, as markers set before
+ * Redis's clock was read for them hold (set by the replica handling the push, by its own clock).
+ */
+function markerTime(value: string): Date {
+  return /^\d+$/.test(value) ? new Date(Number(value)) : new Date(value);
+}
 
 /**
  * When a push was first handled (`pushStarted`) lasts this long: as a deleted tenant's generation
@@ -110,7 +133,8 @@ const PUSH_STARTED_TTL_MS = DELETION_TTL_MS;
  * `{prefix}tenant-write-lock:{id}`, `{prefix}tenant-deleted:{id}` (PX: `DELETION_TTL_MS` from the tenant's
  * last deletion: while the generation it names is Director's last, it stops that generation delivered again
  * from registering the tenant again),
- * `{prefix}director-push-started:{generation}` (PX: `PUSH_STARTED_TTL_MS` from the push's first handling),
+ * `{prefix}director-push-started:{generation}` (Redis's time in ms when the push was first handled; PX:
+ * `PUSH_STARTED_TTL_MS` from then),
  * `{prefix}director-generation`, `{prefix}tenants-rebuilt`.
  */
 export function createRegistrarStateStore(redis: Redis, prefix: string): RegistrarStateStore {
@@ -120,12 +144,21 @@ export function createRegistrarStateStore(redis: Redis, prefix: string): Registr
   const generationKey = `${prefix}director-generation`;
   const pushStartedKey = (generation: number): string => `${prefix}director-push-started:${generation}`;
   const rebuiltKey = tenantsRebuiltKey(prefix);
+  async function nextRevisionStamp(tenantId: string, floor = 0): Promise<RevisionStamp> {
+    const [revision, at] = (await redis.eval(
+      NEXT_REVISION,
+      1,
+      revisionKey(tenantId),
+      String(floor),
+      String(REVISION_TTL_MS),
+    )) as [string, string];
+    return { revision: Number(revision), at: new Date(Number(at)) };
+  }
   return {
     async nextRevision(tenantId, floor = 0) {
-      return Number(
-        await redis.eval(NEXT_REVISION, 1, revisionKey(tenantId), String(floor), String(REVISION_TTL_MS)),
-      );
+      return (await nextRevisionStamp(tenantId, floor)).revision;
     },
+    nextRevisionStamp,
     async observeRevision(tenantId, revision) {
       await redis.eval(RAISE, 1, revisionKey(tenantId), String(revision), String(REVISION_TTL_MS));
     },
@@ -143,15 +176,14 @@ export function createRegistrarStateStore(redis: Redis, prefix: string): Registr
       const value = await redis.get(deletedKey(tenantId));
       return value === null ? -1 : Number(value);
     },
-    async pushStarted(generation, at) {
+    async pushStarted(generation) {
       const recorded = await redis.eval(
-        SET_ONCE,
+        SET_TIME_ONCE,
         1,
         pushStartedKey(generation),
-        at.toISOString(),
         String(PUSH_STARTED_TTL_MS),
       );
-      return new Date(String(recorded));
+      return markerTime(String(recorded));
     },
     async lockTenant(tenantId, ttlMs) {
       const token = randomUUID();

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { createRegistrarStateStore } from '@urs/store';
 import { testRedisPerTest } from '@urs/testkit';
 
@@ -109,19 +110,48 @@ describe('createRegistrarStateStore', () => {
     expect(await store.deletionGeneration('other')).toBe(9);
   });
 
-  it('pushStarted should keep the time a generation was first handled, for a month, each generation its own', async () => {
+  /** Redis's clock, in milliseconds. */
+  async function redisTime(): Promise<number> {
+    const [seconds, micros] = await redis.client.time();
+    return Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);
+  }
+
+  it('nextRevisionStamp should give the revision with the time Redis assigned it at', async () => {
     const store = createRegistrarStateStore(redis.client, redis.prefix);
-    const first = new Date('2026-03-01T10:00:00.000Z');
-    const again = new Date('2026-03-01T10:05:00.000Z');
-    expect(await store.pushStarted(7, first)).toEqual(first);
-    expect(await store.pushStarted(7, again)).toEqual(first);
-    expect(await store.pushStarted(8, again)).toEqual(again);
+    const before = await redisTime();
+    const { revision, at } = await store.nextRevisionStamp('acme');
+    const after = await redisTime();
+    expect(at.getTime()).toBeGreaterThanOrEqual(before);
+    expect(at.getTime()).toBeLessThanOrEqual(after);
+    // The same counter as nextRevision's: µs of the same clock reading, above a floor.
+    expect(Math.floor(revision / 1000)).toBe(at.getTime());
+    expect(await store.nextRevision('acme')).toBeGreaterThan(revision);
+    const far = revision + 10_000_000_000;
+    expect(await store.nextRevisionStamp('acme', far)).toEqual({ revision: far + 1, at: expect.any(Date) });
+  });
+
+  it("pushStarted should keep Redis's time when a generation was first handled, for a month, each generation its own", async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    const before = await redisTime();
+    const first = await store.pushStarted(7);
+    expect(first.getTime()).toBeGreaterThanOrEqual(before);
+    expect(first.getTime()).toBeLessThanOrEqual(await redisTime());
+    await sleep(5);
+    expect(await store.pushStarted(7)).toEqual(first);
+    const eighth = await store.pushStarted(8);
+    expect(eighth.getTime()).toBeGreaterThan(first.getTime());
     expect(await redis.client.pttl(`${redis.prefix}director-push-started:7`)).toBeGreaterThan(
       7 * 24 * 60 * 60 * 1000,
     );
     // Redis wiped: the generation handled again from then on starts anew.
     await redis.cleanup();
-    expect(await store.pushStarted(7, again)).toEqual(again);
+    expect((await store.pushStarted(7)).getTime()).toBeGreaterThan(first.getTime());
+  });
+
+  it('pushStarted should read a time a registrar recorded as an ISO time', async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    await redis.client.set(`${redis.prefix}director-push-started:7`, '2026-03-01T10:00:00.000Z');
+    expect(await store.pushStarted(7)).toEqual(new Date('2026-03-01T10:00:00.000Z'));
   });
 
   it('markRebuilt should be remembered until Redis is wiped', async () => {

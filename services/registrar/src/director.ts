@@ -85,8 +85,6 @@ export interface RegistrationHandlerDeps {
   service?: string;
   /** Tenants written at once. Default 32. */
   concurrency?: number;
-  /** The registry's clock: when a push is first handled is compared with the records' `updatedAt`. */
-  now?: () => Date;
 }
 
 /** A refused entry of a push: where it is, its tenant when it names a valid one, and why. */
@@ -165,7 +163,6 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
   const log = deps.logger.child({ component: 'director' });
   const service = deps.service ?? 'registrar';
   const concurrency = deps.concurrency ?? 32;
-  const now = deps.now ?? (() => new Date());
   const refused = deps.metrics.counter(
     'urs_registrations_refused_total',
     "Director's tenant entries refused, or failed for the tenant's own reason (dead-lettered, the tenant kept as it was), once per tenant and generation (a push handled again counts none again; an entry without a tenant id counts again only when its push's handling was cut before it finished): the push itself counts as handled.",
@@ -237,11 +234,12 @@ export function createRegistrationHandler(deps: RegistrationHandlerDeps) {
     // A push handled again (held midway for a fault, or delivered again after its registrar stopped before
     // committing it) leaves as they are the records an administrator wrote over REST since it was first
     // handled (`restRecordKept`), and a tenant deleted stays deleted (registerUnlessDeleted); the rest is
-    // applied again, as its first handling would have.
+    // applied again, as its first handling would have. When it began is Redis's time, as the records'
+    // `updatedAt` is: one clock, whichever replicas handled the push and wrote the records.
     const origin = {
       source: 'director' as const,
       generation: push.generation,
-      pushStartedAt: await deps.state.pushStarted(push.generation, now()),
+      pushStartedAt: await deps.state.pushStarted(push.generation),
     };
     // The last applied generation again: a redelivery.
     const repeated = push.generation === last;

@@ -45,11 +45,12 @@ export interface TenantRefusalsDeps {
 /**
  * Whether a Director write of `origin` leaves the tenant's record `current` as it is: an administrator wrote it
  * over REST after the push of `origin.generation` was first handled (`updatedAt` at or after
- * `origin.pushStartedAt`), or after that generation (or a newer one) wrote the tenant (a REST write keeps the
- * `generation` of Director's last write: what tells it when the push's start is not known, say Redis was
- * wiped since). A push handled again, held midway for a fault or delivered again after a restart, must not
- * undo what was changed since it began; a REST record written before, it writes over (or disables) as the
- * first handling would have. Decided per tenant, each time the push reaches it.
+ * `origin.pushStartedAt`, both read from Redis's clock, so the replicas' own clocks do not enter), or after
+ * that generation (or a newer one) wrote the tenant (a REST write keeps the `generation` of Director's last
+ * write: what tells it when the push's start is not known, say Redis was wiped since). A push handled again,
+ * held midway for a fault or delivered again after a restart, must not undo what was changed since it began;
+ * a REST record written before, it writes over (or disables) as the first handling would have. Decided per
+ * tenant, each time the push reaches it.
  */
 export function restRecordKept(current: TenantRecord | null, origin: RegistrationOrigin): boolean {
   if (current?.source !== 'rest' || origin.source !== 'director') return false;

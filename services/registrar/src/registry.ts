@@ -155,6 +155,11 @@ export interface TenantRegistryDeps {
    */
   schedules: Pick<PollScheduleStore, 'clear' | 'carryFailure'>;
   logger: Logger;
+  /**
+   * The time a refusal is recorded at (`registrationError.at`). Not a record's `updatedAt`: that is Redis's
+   * time when its revision is assigned (`RegistrarStateStore.nextRevisionStamp`), one clock for every
+   * replica, as it is compared with when a push began (`restRecordKept`).
+   */
   now?: () => Date;
   /** The tenants' write lock's length and wait (see `createTenantLock`). */
   writeLock?: TenantLockOptions;
@@ -318,11 +323,12 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     // A REST write keeps the generation of Director's last write: the tenant stays Director's, and a full
     // push leaving it out disables it (`registeredByDirector`).
     const generation = origin.generation ?? current?.generation;
+    const { revision, at } = await deps.state.nextRevisionStamp(tenantId, current?.revision ?? 0);
     const record: TenantRecord = {
       schemaVersion: 1,
       tenantId,
-      revision: await deps.state.nextRevision(tenantId, current?.revision ?? 0),
-      updatedAt: now().toISOString(),
+      revision,
+      updatedAt: at.toISOString(),
       source: origin.source,
       ...(generation === undefined ? {} : { generation }),
       enabled: defender.enabled,
@@ -384,10 +390,11 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       await settle(current, DISABLED_STATUS, held);
       return null;
     }
+    const { revision, at } = await deps.state.nextRevisionStamp(tenantId, current.revision);
     const record: TenantRecord = {
       ...current,
-      revision: await deps.state.nextRevision(tenantId, current.revision),
-      updatedAt: now().toISOString(),
+      revision,
+      updatedAt: at.toISOString(),
       source: origin.source,
       ...(origin.generation === undefined ? {} : { generation: origin.generation }),
       enabled: false,

@@ -21,11 +21,9 @@ function setup(wrap: (registry: TenantRegistry) => TenantRegistry = (registry) =
   const tenants = memoryTenantStore();
   const state = memoryStateStore();
   const publisher = memoryPublisher();
-  // One clock for the registry and the handler, a millisecond later at each reading: what happened first
-  // has the earlier time.
-  let time = Date.now();
-  const now = () => new Date(time++);
-  const registry = testRegistry({ tenants, state, publisher, now });
+  // The records' times and the pushes' starts come from the state store's clock (Redis's), a millisecond
+  // later at each reading: what happened first has the earlier time.
+  const registry = testRegistry({ tenants, state, publisher });
   let rebuilt = 0;
   const metrics = new Registry();
   const director = createRegistrationHandler({
@@ -37,7 +35,6 @@ function setup(wrap: (registry: TenantRegistry) => TenantRegistry = (registry) =
     ensureRebuilt: async () => void rebuilt++,
     logger: silentLogger,
     metrics,
-    now,
   });
   let offset = 0;
   const push = (
@@ -837,7 +834,7 @@ describe('createRegistrationHandler', () => {
       { source: 'rest' },
     );
     // Redis wiped while the push was held: its next handling counts as its first.
-    state.pushStarted = async (_generation, at) => at;
+    state.pushStarted = async () => state.time();
     expect(await push(2, 'full', second)).toMatchObject({ applied: 1, unchanged: 1 });
     // a's record keeps generation 2: the administrator wrote it after this push did.
     expect(await tenants.get('a')).toMatchObject({ source: 'rest', defender: { pollIntervalMinutes: 120 } });

@@ -107,19 +107,27 @@ export function memoryTenantStore(): TenantStore & {
   };
 }
 
-export function memoryStateStore(): RegistrarStateStore & { generation: number } {
+/** `time`: the store's clock (Redis's), which stamps the revisions and the pushes' starts. */
+export function memoryStateStore(): RegistrarStateStore & { generation: number; time: () => Date } {
   const revisions = new Map<string, number>();
   const locks = new Map<string, string>();
   const deletions = new Map<string, number>();
   const pushesStarted = new Map<number, Date>();
   let clock = 1_000;
+  /** Redis's clock, as the store reads it: a millisecond later at each reading. */
+  const startedAt = Date.now();
+  const time = (): Date => new Date(startedAt + clock++);
   const state = {
     generation: -1,
+    time,
     async nextRevision(tenantId: string, floor = 0) {
-      clock++;
+      return (await state.nextRevisionStamp(tenantId, floor)).revision;
+    },
+    async nextRevisionStamp(tenantId: string, floor = 0) {
+      const at = time();
       const next = Math.max(clock, (revisions.get(tenantId) ?? 0) + 1, floor + 1);
       revisions.set(tenantId, next);
-      return next;
+      return { revision: next, at };
     },
     async observeRevision(tenantId: string, revision: number) {
       revisions.set(tenantId, Math.max(revisions.get(tenantId) ?? 0, revision));
@@ -136,8 +144,8 @@ export function memoryStateStore(): RegistrarStateStore & { generation: number }
     async deletionGeneration(tenantId: string) {
       return deletions.get(tenantId) ?? -1;
     },
-    async pushStarted(generation: number, at: Date) {
-      if (!pushesStarted.has(generation)) pushesStarted.set(generation, at);
+    async pushStarted(generation: number) {
+      if (!pushesStarted.has(generation)) pushesStarted.set(generation, time());
       return pushesStarted.get(generation) as Date;
     },
     async lockTenant(tenantId: string) {
