@@ -13,6 +13,7 @@ import {
   type ListMachinesOptions,
   type Machine,
   type MachinePage,
+  readFirstMachinesPage,
   walkMachines,
 } from './machines';
 import type { ODataSink } from './odata-rows';
@@ -117,7 +118,10 @@ export interface AccessReport {
   /** Token issued, device list and vulnerabilities readable, every required permission granted. */
   ok: boolean;
   tokenIssued: boolean;
-  /** One page of `/api/machines?$top=1` was read (an empty fleet counts). */
+  /**
+   * One page of `/api/machines?$top=1` was read (an empty fleet counts; a 404 is asked once more, as the
+   * listing asks it, see readFirstMachinesPage).
+   */
   machinesReadable: boolean;
   /**
    * A vulnerability call of the kind the tenant's cycles make was answered, not refused (see AccessCheckOptions):
@@ -126,9 +130,10 @@ export interface AccessReport {
    */
   vulnerabilitiesReadable: boolean;
   /**
-   * The device list was read and listed no device (MDE's 404, or a page without one): access works, but the
-   * tenant has no device that reported recently, or is not the tenant of its devices (an app registered in
-   * another Entra tenant, Defender for Endpoint not onboarded). False when it listed one or was not read.
+   * The device list was read and listed no device (MDE's 404 twice in a row, or a page without one): access
+   * works, but the tenant has no device that reported recently, or is not the tenant of its devices (an app
+   * registered in another Entra tenant, Defender for Endpoint not onboarded). False when it listed one or was
+   * not read.
    */
   noDevices: boolean;
   /** Roles in the token. */
@@ -354,7 +359,12 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
       for (const permission of REQUIRED_PERMISSIONS)
         report.permissions[permission] = grantsPermission(report.roles, permission);
       report.unusedRoles = report.roles.filter((role) => !used(role));
-      const page = await api.get('machines', '/api/machines', { $top: 1 }, signal);
+      // MDE's 404 is asked again as the listing asks it: a passing one would tell of an empty fleet.
+      const page = await readFirstMachinesPage(
+        walkDeps,
+        () => api.get('machines', '/api/machines', { $top: 1 }, signal),
+        (answer) => emptyListing(answer) === undefined,
+      );
       report.machinesReadable = true;
       noDevices = emptyListing(page);
       report.noDevices = noDevices !== undefined;

@@ -146,6 +146,28 @@ export function repeatedPages(path: string, index: number, azureTenantId: string
 }
 
 /**
+ * The first page of `/api/machines` (`read`), asked once more when it answers 404. Microsoft's 404 there (no
+ * machine found) has been seen answered for tenants with devices, to calls that succeed when asked again:
+ * taken at its word, a listing would end with no device (a step towards tombstoning the whole fleet) and the
+ * access test would tell an administrator the device list is empty. The fleet is empty only if the second
+ * answer lists no device either (`listsDevices`); the second answer is the one kept.
+ */
+export async function readFirstMachinesPage<R extends { status: number }>(
+  deps: Pick<MachineWalkDeps, 'logger' | 'azureTenantId'>,
+  read: () => Promise<R>,
+  listsDevices: (page: R) => boolean,
+): Promise<R> {
+  const first = await read();
+  if (first.status !== 404) return first;
+  const again = await read();
+  if (listsDevices(again))
+    deps.logger.warn('defender: /api/machines answered 404 for its first page, then listed devices', {
+      azureTenantId: deps.azureTenantId,
+    });
+  return again;
+}
+
+/**
  * Walks `/api/machines` with `$top`/`$skip` (the API gives no next link with `$top`), one page at a time,
  * so a caller can emit batches without holding the fleet. Stops on a short page (confirmed, see
  * `confirmShortPage`) or an empty one (404, Microsoft's answer when no machine is found, on the first page
@@ -206,17 +228,14 @@ export async function* walkMachines(
   /** Readable ids of the records this page re-reads of the previous one: it must hold one of them. */
   let overlapped = new Set<string>();
   for (let index = 0; ; index++) {
-    let result = await readPage(skip);
-    // Microsoft's 404 on the first page (no machine found) has been seen answered to listings that succeed
-    // when asked again: taken at its word, the cycle would end with no device, a step towards tombstoning the
-    // whole fleet. So it is asked once more, and the fleet is empty only if that answer lists no device too.
-    if (index === 0 && result.status === 404) {
-      result = await readPage(skip);
-      if (result.status === 200 && result.rows.length > 0)
-        deps.logger.warn('defender: /api/machines answered 404 for its first page, then listed devices', {
-          azureTenantId: deps.azureTenantId,
-        });
-    }
+    const result =
+      index === 0
+        ? await readFirstMachinesPage(
+            deps,
+            () => readPage(skip),
+            (page) => page.status === 200 && page.rows.length > 0,
+          )
+        : await readPage(skip);
     const entries = result.status === 404 ? [] : result.rows;
     // An empty page, 404 (Microsoft's answer when no machine is found; a front end's 404, without its error
     // body, never gets here: see answers.ts) or 200 with no record (which Microsoft does not rule out for a

@@ -327,6 +327,48 @@ describe('createDefenderClient when something in front of the API answers 404 wi
       await close();
     }
   });
+
+  it('checkAccess should ask the device list once more after MDE’s 404, and not call a fleet that lists devices then empty', async () => {
+    sim.setFaults(app.azureTenantId, { notFoundCalls: 1 });
+    const lines: LogLine[] = [];
+    const { client, close } = simClient(sim, app, { logger: capturingLogger(lines) });
+    try {
+      sim.resetStats();
+      const report = await client.checkAccess();
+      expect(report).toMatchObject({
+        ok: true,
+        machinesReadable: true,
+        vulnerabilitiesReadable: true,
+        noDevices: false,
+      });
+      expect(report.verdict).not.toContain('empty');
+      // The 404, then the page that lists a device, whose vulnerabilities are asked for as a per-device cycle does.
+      expect(sim.stats().calls).toMatchObject({ machines: 2, vulnerabilities: 1 });
+      expect(sim.stats().faultsByKind).toMatchObject({ notFound: 1 });
+      expect(lines).toContainEqual(
+        expect.objectContaining({
+          level: 'warn',
+          message: 'defender: /api/machines answered 404 for its first page, then listed devices',
+        }),
+      );
+    } finally {
+      await close();
+    }
+  });
+
+  it('checkAccess should say the device list is empty when MDE answers 404 for it twice in a row', async () => {
+    sim.setFaults(app.azureTenantId, { notFoundCalls: 2 });
+    const { client, close } = simClient(sim, app);
+    try {
+      sim.resetStats();
+      const report = await client.checkAccess();
+      expect(report).toMatchObject({ ok: true, machinesReadable: true, noDevices: true });
+      expect(report.verdict).toMatch(/^OK: credentials and consent work; .* but the device list is empty:/);
+      expect(sim.stats().calls.machines).toBe(2);
+    } finally {
+      await close();
+    }
+  });
 });
 
 describe('createDefenderClient on MDE’s error answers', () => {
