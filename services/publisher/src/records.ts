@@ -55,8 +55,10 @@ export function batchStats(batch: ScoreBatch, changed: number): BatchStats {
  * signal went missing, or is missing for another reason (not yet in the export's snapshot, then failing to be
  * fetched), whose level changed to one worth the same points, or whose tenant changed its profile, would keep
  * explaining its score by what no longer holds. A reason is one of a few codes, every fetch failure one of
- * them, so a tenant whose calls fail one way and then another is not published again for it. Signal values that move within their indicator (lastSeen, a
- * CVE count: a contribution's number) are not in it: they would send every device every cycle. 53 bits of two 32-bit FNV-1a passes over the fields (each ended by a separator no text holds),
+ * them, so a tenant whose calls fail one way and then another is not published again for it. Signal values
+ * that move within their indicator (lastSeen, a CVE count: a contribution's number) are not in it: they would
+ * send every device every cycle. 53 bits of two 32-bit FNV-1a passes over the fields (each ended by a
+ * separator no text holds),
  * in base 36: a missed change by collision is ~1 in 10^16. Hashed field by field, without building their text.
  */
 export function recordDigest(device: ScoredDevice): string {
