@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import type { VmsRiskScore, VmsRiskSummary } from '@urs/contracts';
 import { startSimulator, type Simulator } from '@urs/simulator';
 import { createCycleStore } from '@urs/store';
@@ -138,7 +139,12 @@ describe('the pipeline end to end', () => {
     expect([...published.keys()].sort()).toEqual([...expected.keys()].sort());
     const mismatches = [...expected].filter(([id, want]) => {
       const got = published.get(id);
-      return got?.score !== want.score || got.band !== want.band || inactivityOf(got) !== want.inactivity;
+      return (
+        got?.score !== want.score ||
+        got.band !== want.band ||
+        inactivityOf(got) !== want.inactivity ||
+        !isDeepStrictEqual(got.missingReasons, want.missingReasons)
+      );
     });
     expect(mismatches).toEqual([]);
     for (const record of published.values()) {

@@ -1,4 +1,5 @@
 import { VMS_IDENTITY_FIELDS } from './device-record';
+import { MISSING_REASONS } from './missing-reasons';
 import { BAND_NAMES, isoTime, nullableString, tenantId } from './schema-rules';
 
 /** The schemas of a cycle's batches: devices collected, enriched with their vulnerabilities, scored. */
@@ -167,6 +168,8 @@ export const scoredDeviceProperties = {
   signals: { type: 'object' },
   profileHash,
   vulnerabilities: { anyOf: [vulnerabilitySummary, { type: 'null' }] },
+  // Optional: absent when nothing is missing, and from the records of an older scorer.
+  missingReasons: { type: 'object', additionalProperties: { enum: MISSING_REASONS } },
 } as const;
 export const scoredDeviceRequired = [
   'deviceId',

@@ -56,3 +56,5 @@ export { cycleBatchHeader } from './header';
 export { DEVICE_RECORD_FIELDS, toDeviceRecord, vulnerabilitiesNotHeld } from './device-record';
 export type { VulnerabilitiesNotHeld } from './device-record';
 export { vmsRecord, vmsRecordHead, vmsRecordKey, vmsRecordKeyParts } from './vms-record';
+export { MISSING_REASONS, missingReasonsOf, vulnerabilitiesMissingReason } from './missing-reasons';
+export type { MissingReason } from './missing-reasons';

@@ -1,3 +1,5 @@
+import type { MissingReason } from './missing-reasons';
+
 /**
  * The messages on every topic. Each has a JSON Schema in ./schemas (the source of truth, validated on
  * produce and on consume) and the TypeScript shape here. Times are ISO-8601 UTC strings.
@@ -253,6 +255,11 @@ export interface ScoredDevice extends DeviceIdentity {
   signals: Record<string, SignalValue>;
   profileHash: string;
   vulnerabilities: VulnerabilitySummary | null;
+  /**
+   * Why each signal of `missing` is missing, by signal (see MISSING_REASONS): a code, never an error's text.
+   * Absent when nothing is missing, and from the records of an older scorer.
+   */
+  missingReasons?: Record<string, MissingReason>;
 }
 
 /** `urs.device-scores` (key tenantId): a scored batch. */

@@ -50,11 +50,15 @@ export function batchStats(batch: ScoreBatch, changed: number): BatchStats {
 /**
  * A digest of what a device's record says besides its score and band: the identity VMS enforces on (the
  * device's names, addresses, tags and group) and the explanation (the profile used, each indicator's level
- * and points, the missing signals). A device whose addresses change keeps its score, and VMS would otherwise
- * keep enforcing on the old ones until the next snapshot (up to 24 cycles); one whose signal went missing,
- * whose level changed to one worth the same points, or whose tenant changed its profile, would keep
- * explaining its score by what no longer holds. Signal values that move within their indicator (lastSeen, a
- * CVE count: a contribution's number) are not in it: they would send every device every cycle. 53 bits of two 32-bit FNV-1a passes over the fields (each ended by a separator no text holds),
+ * and points, the missing signals and why each is missing). A device whose addresses change keeps its score,
+ * and VMS would otherwise keep enforcing on the old ones until the next snapshot (up to 24 cycles); one whose
+ * signal went missing, or is missing for another reason (not yet in the export's snapshot, then failing to be
+ * fetched), whose level changed to one worth the same points, or whose tenant changed its profile, would keep
+ * explaining its score by what no longer holds. A reason is one of a few codes, every fetch failure one of
+ * them, so a tenant whose calls fail one way and then another is not published again for it. Signal values
+ * that move within their indicator (lastSeen, a CVE count: a contribution's number) are not in it: they would
+ * send every device every cycle. 53 bits of two 32-bit FNV-1a passes over the fields (each ended by a
+ * separator no text holds),
  * in base 36: a missed change by collision is ~1 in 10^16. Hashed field by field, without building their text.
  */
 export function recordDigest(device: ScoredDevice): string {
@@ -82,6 +86,13 @@ export function recordDigest(device: ScoredDevice): string {
   }
   mix(hash, null);
   for (const signal of device.missing) mix(hash, signal);
+  // Why each is missing, in the order of `missing`. Left out when there are none (nothing missing, or an older
+  // scorer's record), so a device missing nothing keeps the digest it had before the reasons were kept.
+  const reasons = device.missingReasons;
+  if (reasons !== undefined) {
+    mix(hash, null);
+    for (const signal of device.missing) mix(hash, reasons[signal] ?? null);
+  }
   return (((hash.high >>> 0) % 0x200000) * 0x100000000 + (hash.low >>> 0)).toString(36);
 }
 

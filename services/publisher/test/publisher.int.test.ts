@@ -1,6 +1,7 @@
 import { deviceBatchMessage, parseJsonBytes, type InboundMessage, type Publisher } from '@urs/bus';
 import {
   TENANT_REVISION_HEADER,
+  validateMessage,
   type ScoreBatch,
   type ScoredDevice,
   type TenantRecord,
@@ -925,6 +926,33 @@ describe('the publisher', () => {
       ['c2', ['inactivity', 'criticalCves']],
     ]);
     expect(summaries().map((summary) => summary.published.changed)).toEqual([1, 1, 0]);
+  });
+
+  it('createPublishHandler should publish a device again when only why its signal is missing changes, the reasons on its record', async () => {
+    const { handler, begin } = build();
+    const device = (missingReasons?: ScoredDevice['missingReasons']) =>
+      scoredDevice('m', 10, 'Trustworthy', {
+        missing: missingReasons ? Object.keys(missingReasons) : [],
+        ...(missingReasons ? { missingReasons } : {}),
+      });
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device({ criticalCves: 'FETCH_FAILED' })], 1));
+    await begin(2);
+    await handler(scoreBatch(2, 0, [device({ criticalCves: 'FETCH_FAILED' })], 1));
+    await begin(3);
+    await handler(scoreBatch(3, 0, [device({ criticalCves: 'NOT_IN_EXPORT_SNAPSHOT' })], 1));
+    await begin(4);
+    await handler(scoreBatch(4, 0, [device()], 1));
+    const published = records().filter((m) => m.key === 't1/m');
+    const values = published.map((m) => validateMessage('urs/vms-risk-score', m.value));
+    expect(values.map((record) => [record.cycleId, record.missingReasons])).toEqual([
+      ['c1', { criticalCves: 'FETCH_FAILED' }],
+      ['c3', { criticalCves: 'NOT_IN_EXPORT_SNAPSHOT' }],
+      ['c4', undefined],
+    ]);
+    // The bytes VMS reads carry them as the scored batch brought them.
+    expect(published.map((m) => (m.json ? JSON.parse(m.json.toString()) : m.value))).toEqual(values);
+    expect(summaries().map((summary) => summary.published.changed)).toEqual([1, 0, 1, 1]);
   });
 
   it("createCycleCompletion should hold a summary's lock while it is sent, so another replica's sweep sends it once", async () => {

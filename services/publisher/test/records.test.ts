@@ -104,4 +104,29 @@ describe('recordDigest', () => {
     ].map(recordDigest);
     expect(new Set(digests).size).toBe(digests.length);
   });
+
+  it('should change with why a missing signal is missing alone, whatever the order the reasons are kept in', () => {
+    const missing = ['inactivity', 'criticalCves'];
+    const because = (missingReasons: ScoredDevice['missingReasons']) => ({
+      ...device,
+      missing,
+      missingReasons,
+    });
+    const failed = because({ inactivity: 'NOT_REPORTED', criticalCves: 'FETCH_FAILED' });
+    const digests = [
+      // An older scorer's record, without reasons: the upgraded one is published once, to carry them.
+      { ...device, missing },
+      failed,
+      because({ inactivity: 'NOT_REPORTED', criticalCves: 'NOT_IN_EXPORT_SNAPSHOT' }),
+      because({ inactivity: 'NOT_REPORTED', criticalCves: 'EXCLUDED' }),
+    ].map(recordDigest);
+    expect(new Set(digests).size).toBe(digests.length);
+    expect(recordDigest(because({ criticalCves: 'FETCH_FAILED', inactivity: 'NOT_REPORTED' }))).toBe(
+      recordDigest(failed),
+    );
+  });
+
+  it('should be what it was before reasons were kept for a device missing nothing: no republication of the fleet', () => {
+    expect(recordDigest(device)).toBe('kd09j0b9x9');
+  });
 });

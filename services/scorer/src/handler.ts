@@ -179,7 +179,7 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
     const devices: ScoredDevice[] = [];
     const replaced: ReplacedScore[] = [];
     const seen = new Set<string>();
-    for (const { deviceId, vulnerabilities } of corrections) {
+    for (const { deviceId, vulnerabilities, fetchError } of corrections) {
       const earlier = ofCycle.get(deviceId);
       if (earlier === undefined || seen.has(deviceId)) continue;
       seen.add(deviceId);
@@ -188,7 +188,8 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
         earlier.replaced !== undefined && earlier.collectedAt === batch.collectedAt
           ? earlier.replaced
           : { band: earlier.device.band, incomplete: earlier.device.missing.length > 0 };
-      devices.push(score({ machine: deviceRecordOf(earlier.device), vulnerabilities }));
+      // With the correction's own fetch error: why its vulnerabilities are missing now, if they are.
+      devices.push(score({ machine: deviceRecordOf(earlier.device), vulnerabilities, fetchError }));
       replaced.push(was);
       replaces.bands[was.band] = (replaces.bands[was.band] ?? 0) + 1;
       if (was.incomplete) replaces.incomplete += 1;

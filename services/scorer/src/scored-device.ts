@@ -1,10 +1,21 @@
-import type { Contribution, DeviceRecord, EnrichedDevice, ScoredDevice, SignalValue } from '@urs/contracts';
+import {
+  missingReasonsOf,
+  type Contribution,
+  type DeviceRecord,
+  type EnrichedDevice,
+  type ScoredDevice,
+  type SignalValue,
+} from '@urs/contracts';
 import type { ScoreResult } from '@urs/scoring';
 
 const text = (value: unknown): string | null =>
   typeof value === 'string' && value.length > 0 ? value : null;
 
-/** A scoring result as the pipeline carries it: the device identity VMS enforces on, and the explanation. */
+/**
+ * A scoring result as the pipeline carries it: the device identity VMS enforces on, and the explanation,
+ * with why each missing signal is missing (`missingReasons`: codes, never the fetch error's text, which may
+ * quote Microsoft). A device missing nothing, most of them, gets no `missingReasons` at all.
+ */
 export function toScoredDevice(enriched: EnrichedDevice, result: ScoreResult): ScoredDevice {
   const machine = enriched.machine;
   const contributions = result.contributions.map((contribution): Contribution & { assumed: boolean } => ({
@@ -18,7 +29,7 @@ export function toScoredDevice(enriched: EnrichedDevice, result: ScoreResult): S
   for (const [name, observation] of Object.entries(result.signals)) {
     signals[name] = { value: observation.value, at: observation.at };
   }
-  return {
+  const device: ScoredDevice = {
     deviceId: machine.id,
     computerDnsName: text(machine.computerDnsName),
     aadDeviceId: text(machine.aadDeviceId),
@@ -37,6 +48,10 @@ export function toScoredDevice(enriched: EnrichedDevice, result: ScoreResult): S
     profileHash: result.profileHash,
     vulnerabilities: enriched.vulnerabilities,
   };
+  // Set after the literal, not spread into it: a spread would build every device as a slower object.
+  const reasons = missingReasonsOf(result.missing, enriched.fetchError);
+  if (reasons !== undefined) device.missingReasons = reasons;
+  return device;
 }
 
 /** The scored signals that are the machine record's own fields, by the record's field name. */

@@ -1,5 +1,11 @@
 import type { InboundMessage, Publisher } from '@urs/bus';
-import type { EnrichedBatch, ScoreBatch, ScoredDevice, TenantRecord } from '@urs/contracts';
+import {
+  validateMessage,
+  type EnrichedBatch,
+  type ScoreBatch,
+  type ScoredDevice,
+  type TenantRecord,
+} from '@urs/contracts';
 import type { StoredScore } from '@urs/store';
 import { silentLogger } from '@urs/logging';
 import { Registry } from '@urs/telemetry';
@@ -213,6 +219,40 @@ describe('createScoreHandler', () => {
     expect(first.replaces).toEqual({ bands: counted, incomplete: 1 });
     expect(again.replaces).toEqual(first.replaces);
     expect(again.devices).toEqual(first.devices);
+  });
+
+  it("should say why each missing signal is missing by a code, never the fetch error's text, and nothing when none is", async () => {
+    const { handler, sent, saved } = setup([tenantRecord('t1', 1, null)]);
+    const batch = enriched();
+    const message = 'Microsoft said: device d2 of contoso.com could not be read (correlation 42)';
+    (batch.devices[1] as EnrichedBatch['devices'][number]).fetchError = {
+      code: 'DEFENDER_UNAVAILABLE',
+      message,
+    };
+    await handler(inbound(batch));
+    const out = validateMessage('urs/score-batch', sent[0]);
+    const [d1, d2] = out.devices as [ScoredDevice, ScoredDevice];
+    expect(d2.missing).toEqual([
+      'riskScore',
+      'exposureLevel',
+      'avStatus',
+      'onboarding',
+      'healthStatus',
+      'criticalCves',
+    ]);
+    expect(d2.missingReasons).toEqual({
+      riskScore: 'NOT_REPORTED',
+      exposureLevel: 'NOT_REPORTED',
+      avStatus: 'NOT_REPORTED',
+      onboarding: 'NOT_REPORTED',
+      healthStatus: 'NOT_REPORTED',
+      criticalCves: 'FETCH_FAILED',
+    });
+    // What the REST device answer reads: the stored score, with the same reasons.
+    expect(saved[0]?.devices[1]?.missingReasons).toEqual(d2.missingReasons);
+    expect(JSON.stringify(sent[0])).not.toContain('correlation');
+    expect(d1.missing).toEqual([]);
+    expect(Object.keys(d1)).not.toContain('missingReasons');
   });
 
   it('should serialise each device once: the stored and the emitted JSON are exactly the values', async () => {
@@ -498,6 +538,8 @@ describe('createScoreHandler', () => {
     const [d2, d1] = (sent[1] as ScoreBatch).devices as [ScoredDevice, ScoredDevice];
     expect(d2.deviceId).toBe('d2');
     expect(d2.missing).toContain('criticalCves');
+    // Why, from the correction's own fetch error (the batch scored it as failed to fetch before).
+    expect(d2.missingReasons?.['criticalCves']).toBe('DEFENDER_UNREADABLE_RECORDS');
     expect(d1.missing).not.toContain('criticalCves');
     expect(d1.contributions).toContainEqual(expect.objectContaining({ signal: 'criticalCves', value: 3 }));
   });

@@ -31,6 +31,12 @@ export interface Expected {
    * points already at 100), and VMS is sent the new explanation.
    */
   inactivity: string | null;
+  /**
+   * Why each missing signal is missing, as the record says it: `NOT_REPORTED` for a value the device list
+   * does not give, `EXCLUDED` for the CVEs of a device excluded from vulnerability management; undefined when
+   * nothing is missing (the record then has none).
+   */
+  missingReasons: Record<string, string> | undefined;
 }
 
 interface Lookup {
@@ -88,7 +94,8 @@ export function expectedScore(
   listed: number | null,
   cycleStartMs: number,
 ): Expected {
-  const cves = machine['isExcluded'] === true ? null : listed;
+  const excluded = machine['isExcluded'] === true;
+  const cves = excluded ? null : listed;
   const critical = [
     lookup(machine['riskScore'], RISK, RISK_KNOWN),
     lookup(machine['exposureLevel'], EXPOSURE, EXPOSURE_KNOWN),
@@ -109,7 +116,20 @@ export function expectedScore(
   const score = Math.floor((70 * c + 30 * o + 50) / 100);
   const band = (BANDS.find(([max]) => score <= max) as [number, string])[1];
   const incomplete = cves === null || [...critical, ...operational].some((l) => l.missing);
-  return { score, band, incomplete, inactivity: inactivity.level ?? null };
+  const reasons: Record<string, string> = {};
+  const signals: [string, Lookup][] = [
+    ['riskScore', critical[0] as Lookup],
+    ['exposureLevel', critical[1] as Lookup],
+    ['avStatus', critical[2] as Lookup],
+    ['onboarding', critical[3] as Lookup],
+    ['healthStatus', operational[0] as Lookup],
+    ['inactivity', inactivity],
+  ];
+  for (const [signal, found] of signals) if (found.missing) reasons[signal] = 'NOT_REPORTED';
+  // The simulator answers every call: CVEs are missing only for a device not asked for.
+  if (cves === null) reasons['criticalCves'] = excluded ? 'EXCLUDED' : 'FETCH_FAILED';
+  const missingReasons = Object.keys(reasons).length > 0 ? reasons : undefined;
+  return { score, band, incomplete, inactivity: inactivity.level ?? null, missingReasons };
 }
 
 /** Whether the pipeline scores the device (merged devices are not: their surviving record is). */

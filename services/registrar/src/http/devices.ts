@@ -85,8 +85,8 @@ function listItem(stored: StoredScore): Record<string, unknown> {
 /**
  * `GET /v1/tenants/{tenantId}/devices?band=&limit=&offset=`: the tenant's devices with their latest score,
  * sorted by device id (another query parameter, or one given twice, is a 400); `GET /v1/tenants/{tenantId}/devices/{deviceId}`: one device's latest score with its
- * explanation (every matched indicator and its points, the missing signals, the signal values, the
- * vulnerability summary, the profile hash) and its recent history.
+ * explanation (every matched indicator and its points, the missing signals and why each is missing, the
+ * signal values, the vulnerability summary, the profile hash) and its recent history.
  */
 export function deviceRoutes(deps: DeviceRoutesDeps): Route[] {
   async function list(request: ApiRequest): Promise<ApiResponse> {
