@@ -38,7 +38,8 @@ export interface CycleCompletionDeps {
   /**
    * The queue the handler runs each tenant's batches in. The sweep sends a tenant's summaries (their
    * tombstones and snapshot too) in it, never beside one of the tenant's batches: a tombstone computed
-   * before a batch of the next cycle records a device as seen would take that device from VMS.
+   * before a batch of the next cycle records a device as seen would take that device from VMS. The sweep
+   * waits for a tenant's turn at most `sweepQueueWaitMs`, then leaves the tenant to the next sweep.
    */
   inOrder: InOrder;
   /**
@@ -59,6 +60,8 @@ export interface CycleCompletionDeps {
   rebuild: Pick<PublishedRebuilder, 'ensure'>;
   /** How long one sender holds a cycle's summary, renewed while it sends (default 30 s). */
   summaryLockMs?: number;
+  /** How long the sweep waits for a tenant's turn in its queue (default 1 s). */
+  sweepQueueWaitMs?: number;
   now?: () => Date;
 }
 
@@ -85,13 +88,23 @@ export interface CycleCompletion {
   ): Promise<boolean>;
   /**
    * Publishes every cycle past its deadline as partial, and every summary owed longer than the summary
-   * lock, each in its tenant's queue; resolves how many.
+   * lock, each in its tenant's queue; resolves how many. A tenant whose queue stays busy (its batch or its
+   * deletion waiting for the published devices' rebuild, say) is left to the next sweep.
    */
   closeOverdue(): Promise<number>;
 }
 
 /** How long one sender holds a cycle's summary; a summary owed longer than this is sent again. */
 const DEFAULT_SUMMARY_LOCK_MS = 30_000;
+
+/**
+ * How long the sweep waits for a tenant's turn in its queue. A batch takes well under a second, so a tenant
+ * with a backlog of batches gets its turn after the one or two under way; a queue held longer (a batch
+ * completing its cycle or a deletion waits for the rebuild of what VMS holds, up to 10 minutes) would hold
+ * one of the sweep's SWEEP_CONCURRENCY workers, and the next sweep, for as long: the tenant is left to the
+ * next sweep instead, and the other tenants' summaries go on.
+ */
+const DEFAULT_SWEEP_QUEUE_WAIT_MS = 1_000;
 
 /**
  * The longest an owed summary whose send keeps failing (an ACL missing on vms.risk-summary, say) waits for
@@ -142,7 +155,8 @@ const SWEEP_CONCURRENCY = 8;
 
 /**
  * Runs `send` for every item, the items of one tenant one after another in the list's order, SWEEP_CONCURRENCY
- * tenants at a time: a tenant whose queue is busy (a backlog of batches) holds back only its own summaries.
+ * tenants at a time: a tenant whose queue is busy holds back only its own summaries (and a worker for at most
+ * the sweep's wait for its turn).
  */
 async function sideBySide<T extends { tenantId: string }>(
   items: readonly T[],
@@ -188,6 +202,7 @@ function partialReason(state: CycleState | null): string | undefined {
 export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletion {
   const now = deps.now ?? (() => new Date());
   const summaryLockMs = deps.summaryLockMs ?? DEFAULT_SUMMARY_LOCK_MS;
+  const sweepQueueWaitMs = deps.sweepQueueWaitMs ?? DEFAULT_SWEEP_QUEUE_WAIT_MS;
   const summaries = deps.metrics.counter(
     'urs_cycle_summaries_total',
     'Cycle summaries published, by status.',
@@ -490,17 +505,32 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     },
     async closeOverdue() {
       let closed = 0;
+      // Tenants whose queue stayed busy past the wait for their turn: their other cycles are not waited for
+      // again in this sweep. Still listed (not claimed, not deferred), they are looked at again by the next.
+      const busy = new Set<string>();
       // Each cycle on its own: one that cannot be sent is logged and tried again at the next sweep,
       // and never holds back another tenant's summary behind it (nor does a tenant whose queue is busy:
-      // tenants are swept side by side, a few at a time; nor one another replica holds: it is skipped).
+      // tenants are swept side by side, a few at a time, and one whose turn does not come within the wait
+      // is left to the next sweep; nor one another replica holds: it is skipped).
       const each = async (
         tenantId: string,
         cycleId: string,
         send: () => Promise<boolean>,
         onFailure?: () => Promise<void>,
       ) => {
+        if (busy.has(tenantId)) return;
         try {
-          if (await deps.inOrder(tenantId, () => underLease(tenantId, send))) closed++;
+          const sent = await deps.inOrder.within(tenantId, sweepQueueWaitMs, () =>
+            underLease(tenantId, send),
+          );
+          if (sent === undefined) {
+            busy.add(tenantId);
+            deps.logger.debug("tenant's queue busy, its summaries left to the next sweep", {
+              tenantId,
+              cycleId,
+              waitedMs: sweepQueueWaitMs,
+            });
+          } else if (sent) closed++;
         } catch (error) {
           const waits = SWEEP_WAITS.get(errorCode(error));
           if (waits !== undefined) {

@@ -55,4 +55,58 @@ describe('createInOrder', () => {
     await expect(failed).rejects.toThrow('boom');
     await expect(next).resolves.toBe('next');
   });
+
+  it('within should take its place in line and run once the tasks before it are done, before those asked after it', async () => {
+    const inOrder = createInOrder();
+    const events: string[] = [];
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const first = inOrder('t1', async () => {
+      await held;
+      events.push('first');
+    });
+    const waiting = inOrder.within('t1', 60_000, async () => {
+      events.push('within');
+      return 'ran';
+    });
+    const after = inOrder('t1', async () => {
+      events.push('after');
+    });
+    await tick();
+    expect(events).toEqual([]);
+    release();
+    await Promise.all([first, after]);
+    await expect(waiting).resolves.toBe('ran');
+    expect(events).toEqual(['first', 'within', 'after']);
+  });
+
+  it('within should run at once on a free key', async () => {
+    const inOrder = createInOrder();
+    await expect(inOrder.within('t1', 0, async () => 'ran')).resolves.toBe('ran');
+  });
+
+  it('within should give up, its task not run, when its turn does not come within the wait, those after it still waiting for the tasks before', async () => {
+    const inOrder = createInOrder();
+    const events: string[] = [];
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const first = inOrder('t1', async () => {
+      await held;
+      events.push('first');
+    });
+    const given = inOrder.within('t1', 10, async () => {
+      events.push('within');
+    });
+    const after = inOrder('t1', async () => {
+      events.push('after');
+    });
+    await expect(given).resolves.toBeUndefined();
+    await tick();
+    expect(events).toEqual([]);
+    release();
+    await Promise.all([first, after]);
+    expect(events).toEqual(['first', 'after']);
+    // The key is free again: the next task runs at once.
+    await expect(inOrder.within('t1', 0, async () => 'free')).resolves.toBe('free');
+  });
 });

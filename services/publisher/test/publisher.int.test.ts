@@ -128,6 +128,8 @@ describe('the publisher', () => {
       /** Called as a summary send fails, before it throws (a send that took long moves the clock on). */
       onSummaryFailure?: () => void;
       summaryLockMs?: number;
+      /** How long the sweep waits for a tenant's turn in its queue; the default's 1 s when not given. */
+      sweepQueueWaitMs?: number;
       summaryDelayMs?: number;
       /** Summary locks that fail as a Redis error would, after the claim. */
       failLocks?: number;
@@ -212,6 +214,7 @@ describe('the publisher', () => {
       tombstoneAfterCycles: options.tombstoneAfterCycles ?? 3,
       ...(options.tombstoneHold ? { tombstoneHold: options.tombstoneHold } : {}),
       ...(options.summaryLockMs === undefined ? {} : { summaryLockMs: options.summaryLockMs }),
+      ...(options.sweepQueueWaitMs === undefined ? {} : { sweepQueueWaitMs: options.sweepQueueWaitMs }),
       inOrder,
       leasing,
       rebuild,
@@ -1171,9 +1174,13 @@ describe('the publisher', () => {
     expect(during).toBe(0);
   });
 
-  it("closeOverdue should send another tenant's summary while a tenant's batch holds its queue", async () => {
+  it("closeOverdue should send another tenant's summary while a tenant's batch holds its queue, and the tenant's once its turn comes", async () => {
     const hold = holdOnce();
-    const { handler, begin, completion, cycles } = build({ afterScoresSent: hold.point });
+    // The sweep waits for t1's turn for longer than the test holds t1's queue.
+    const { handler, begin, completion, cycles } = build({
+      afterScoresSent: hold.point,
+      sweepQueueWaitMs: 60_000,
+    });
     // t1's cycle 2 is overdue first (deadline minute 25); t2's cycle, overdue after it (minute 26).
     await begin(2);
     await handler(scoreBatch(2, 0, [device('a', 10, 'Trustworthy')]));
@@ -1199,6 +1206,76 @@ describe('the publisher', () => {
         .map((summary) => `${summary.tenantId}/${summary.cycleId}`)
         .sort(),
     ).toEqual(['t1/c2', 't2/c1']);
+  });
+
+  it("closeOverdue should leave a tenant whose queue stays held to a later sweep, other tenants' summaries going out at each sweep", async () => {
+    const hold = holdOnce();
+    const lines: LogLine[] = [];
+    const { handler, begin, completion, cycles } = build({
+      afterScoresSent: hold.point,
+      sweepQueueWaitMs: 20,
+      completionLogger: capturingLogger(lines),
+    });
+    // t1's cycle 2 is overdue from minute 25.
+    await begin(2);
+    await handler(scoreBatch(2, 0, [device('a', 10, 'Trustworthy')]));
+    // A batch of t1's next cycle holds t1's queue for longer than several sweeps (as one completing its
+    // cycle, or the tenant's deletion, waits for the published devices' rebuild after Redis lost them).
+    await begin(3);
+    hold.arm();
+    const batch = handler(scoreBatch(3, 0, [device('a', 10, 'Trustworthy')]));
+    await hold.reached;
+    const closedBySweep: number[] = [];
+    let sweep: Promise<number> = Promise.resolve(0);
+    try {
+      for (const n of [1, 2, 3]) {
+        // Another of t2's cycles is past its deadline at each sweep.
+        await cycles.begin({
+          tenantId: 't2',
+          cycleId: `c${n}`,
+          startedAt: minute(20 + n),
+          deadlineAt: minute(26 + n),
+        });
+        await handler({
+          ...scoreBatch(1, 0, [device('b', 10, 'Trustworthy')]),
+          tenantId: 't2',
+          cycleId: `c${n}`,
+          cycleStartedAt: minute(20 + n),
+        });
+        now = new Date(minute(30 + n));
+        let closed: number | undefined;
+        sweep = completion.closeOverdue();
+        void sweep.then((count) => (closed = count));
+        // The sweep ends with t1's queue still held: the next one starts.
+        await waitFor(() => closed !== undefined, { timeoutMs: 5_000 });
+        closedBySweep.push(closed as number);
+      }
+    } finally {
+      hold.release();
+      await batch;
+      await sweep;
+    }
+    expect(closedBySweep).toEqual([1, 1, 1]);
+    // Each sweep waited for t1's turn, gave up and went on.
+    expect(
+      lines.filter((line) => line.message === "tenant's queue busy, its summaries left to the next sweep"),
+    ).toEqual(
+      [1, 2, 3].map(() => expect.objectContaining({ level: 'debug', tenantId: 't1', cycleId: 'c2' })),
+    );
+    expect(summaries().map((summary) => `${summary.tenantId}/${summary.cycleId}`)).toEqual([
+      't2/c1',
+      't2/c2',
+      't2/c3',
+    ]);
+    // Left out, not forgotten: the first sweep after its queue is free sends t1's summary.
+    now = new Date(minute(34));
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(summaries().map((summary) => `${summary.tenantId}/${summary.cycleId}`)).toEqual([
+      't2/c1',
+      't2/c2',
+      't2/c3',
+      't1/c2',
+    ]);
   });
 
   it("closeOverdue should send every other tenant's summary when one cannot be sent", async () => {
