@@ -1,7 +1,11 @@
 // deploy/prometheus/alerts.yml names metrics and label values the services serve: checked here against the
 // code, so a metric renamed or a label value changed cannot leave an alert that never fires.
-import { parse } from 'yaml';
+import { parse, parseAllDocuments } from 'yaml';
 import { read, registeredMetrics, sourcesOf, stages } from './repo';
+
+interface PodMetadata {
+  labels?: Record<string, string>;
+}
 
 interface Rule {
   alert: string;
@@ -19,6 +23,30 @@ const rules = (
 
 const code = sourcesOf('libs', 'services').join('\n');
 const registered = registeredMetrics();
+
+/** The app.kubernetes.io/part-of label of each stage's pods in deploy/k8s. */
+const partOfs = stages.map((stage) => {
+  const deployment = parseAllDocuments(read(`deploy/k8s/${stage}.yaml`))
+    .map((document) => document.toJS() as { kind?: string; spec?: { template?: { metadata?: PodMetadata } } })
+    .find((manifest) => manifest.kind === 'Deployment');
+  return deployment?.spec?.template?.metadata?.labels?.['app.kubernetes.io/part-of'];
+});
+const partOf = partOfs[0] ?? '';
+
+/** The target label deploy/prometheus/scrape.yml copies a discovered label into, if it does. */
+function scrapeCopies(source: string): string | undefined {
+  const scrape = parse(read('deploy/prometheus/scrape.yml')) as {
+    scrape_configs: {
+      relabel_configs: { source_labels?: string[]; target_label?: string; action?: string }[];
+    }[];
+  };
+  return scrape.scrape_configs[0]?.relabel_configs.find(
+    (config) =>
+      (config.action ?? 'replace') === 'replace' &&
+      config.source_labels?.length === 1 &&
+      config.source_labels[0] === source,
+  )?.target_label;
+}
 
 /** The metrics an expression reads, a histogram's series by the histogram's name. */
 function metricsOf(expr: string): string[] {
@@ -73,17 +101,25 @@ describe('deploy/prometheus/alerts.yml', () => {
     }
   });
 
-  test('a scrape target of the stages that stopped answering should alert, only in the jobs that scrape them', () => {
-    const down = rules.filter((rule) => /^up == 0\b/.test(rule.expr));
+  test("a scrape target of the stages that stopped answering should alert, by the label scrape.yml copies from the pods' part-of", () => {
+    // One value for the five stages' pods, which the scrape job keeps.
+    expect(partOfs).toEqual(stages.map(() => 'defender-urs'));
+    const down = rules.filter((rule) => /^up\b.* == 0$/.test(rule.expr));
     expect(down.map((rule) => rule.alert)).toEqual(['UrsTargetDown']);
-    // `up` is every target's: the rule keeps the jobs whose targets served the stages' own urs_ready.
-    expect(down[0]?.expr).toMatch(/ and on \([^)]*\) .*\burs_ready\b/);
-    // A stage of one install (its namespace): a Prometheus that scrapes two installs with the same job
-    // names alerts for each on its own. Not per replica (pod, instance): a replaced pod's target is new.
-    const expr = down[0]?.expr ?? '';
-    const joined = labelsOf(/ and on \(([^)]*)\)/.exec(expr)?.[1]);
-    expect(joined).toEqual(['job', 'namespace']);
-    expect(aggregationsOf(expr).map((aggregation) => aggregation.by)).toEqual([joined]);
+    // Every target of the stages' job and no other job's, with no condition on what a target served before: a
+    // stage that never started, or has been down for days, alerts all the same.
+    expect(down[0]?.expr).toBe(`up{part_of="${partOf}"} == 0`);
+    expect(scrapeCopies('__meta_kubernetes_pod_label_app_kubernetes_io_part_of')).toBe('part_of');
+  });
+
+  test('a stage without a ready replica should alert, for each of the stages deploy/k8s runs', () => {
+    const rule = rules.find((candidate) => candidate.alert === 'UrsStageNoReadyReplica');
+    const named = [...(rule?.expr ?? '').matchAll(/"job", "([a-z-]+)"/g)].map((match) => match[1]);
+    expect(named).toEqual(stages);
+    expect(rule?.expr).toContain(`up{part_of="${partOf}"}`);
+    expect(rule?.expr).toMatch(
+      /unless on \(namespace, job\) group by \(namespace, job\) \(urs_ready == 1\)$/,
+    );
   });
 
   test.each(rules.map((rule) => [rule.alert, rule] as const))(
@@ -103,7 +139,8 @@ describe('deploy/prometheus/alerts.yml', () => {
     'rule %s should read only metrics the services register',
     (_name, rule) => {
       const metrics = metricsOf(rule.expr);
-      expect(metrics.length).toBeGreaterThan(0);
+      // Prometheus' own `up` of a target is the one metric a rule may read besides the stages'.
+      expect([rule.alert, metrics.length > 0 || /^up\{/.test(rule.expr)]).toEqual([rule.alert, true]);
       for (const metric of metrics) expect([metric, registered.has(metric)]).toEqual([metric, true]);
     },
   );
@@ -112,8 +149,10 @@ describe('deploy/prometheus/alerts.yml', () => {
     'rule %s should match only label values the code writes',
     (_name, rule) => {
       for (const { label, value } of labelValuesOf(rule.expr)) {
-        // An HTTP status is written as the number it is (urs_defender_calls_total's status).
-        const written = /^\d{3}$/.test(value) || code.includes(`'${value}'`);
+        // An HTTP status is written as the number it is (urs_defender_calls_total's status); `part_of` is the
+        // pods' label in deploy/k8s, copied by scrape.yml.
+        const written =
+          /^\d{3}$/.test(value) || code.includes(`'${value}'`) || (label === 'part_of' && value === partOf);
         expect([label, value, written]).toEqual([label, value, true]);
       }
     },

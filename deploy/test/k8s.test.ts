@@ -461,15 +461,17 @@ describe('deploy/k8s', () => {
       ];
       for (const { ip, addresses, scraped } of pods) {
         for (const address of addresses) {
-          const target = relabel(scrapeJob.relabel_configs, {
+          const discovered = {
             __address__: address,
             __metrics_path__: '/metrics',
             __meta_kubernetes_pod_ip: ip,
             __meta_kubernetes_pod_name: `${stage}-0`,
+            __meta_kubernetes_pod_phase: 'Running',
             __meta_kubernetes_namespace: 'urs',
             ...Object.fromEntries(meta('label', template?.metadata.labels ?? {})),
             ...Object.fromEntries(meta('annotation', template?.metadata.annotations ?? {})),
-          });
+          };
+          const target = relabel(scrapeJob.relabel_configs, discovered);
           expect([address, target]).toMatchObject([
             address,
             {
@@ -478,8 +480,15 @@ describe('deploy/k8s', () => {
               __metrics_path__: '/metrics',
               pod: `${stage}-0`,
               namespace: 'urs',
+              part_of: 'defender-urs',
             },
           ]);
+          // The same pod once it has ended (evicted, or done) is no target.
+          for (const phase of ['Failed', 'Succeeded'])
+            expect([
+              phase,
+              relabel(scrapeJob.relabel_configs, { ...discovered, __meta_kubernetes_pod_phase: phase }),
+            ]).toEqual([phase, null]);
         }
       }
       // A pod of something else in the namespace is not scraped.

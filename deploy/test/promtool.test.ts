@@ -138,10 +138,17 @@ function podTarget(stage: string, ip: string, address: string, name: string): Re
       __meta_kubernetes_namespace: 'defender-urs',
       __meta_kubernetes_pod_name: name,
       __meta_kubernetes_pod_ip: ip,
+      __meta_kubernetes_pod_phase: 'Running',
       ...Object.fromEntries(meta('label', labels)),
       ...Object.fromEntries(meta('annotation', annotations)),
     },
   };
+}
+
+/** A pod's target group as discovery gives it once the pod has ended (evicted: phase Failed). */
+function failed(target: Record<string, unknown>): Record<string, unknown> {
+  const labels = target['labels'] as Record<string, string>;
+  return { ...target, labels: { ...labels, __meta_kubernetes_pod_phase: 'Failed' } };
 }
 
 /** A metric's label names as README's Metrics table gives them (values in parentheses left out). */
@@ -171,7 +178,7 @@ describe('deploy/prometheus through promtool', () => {
     expectSuccess(run, 'is valid prometheus config file syntax');
   });
 
-  test("the scrape job should relabel each stage's pod into its job, address, pod and namespace", () => {
+  test("the scrape job should relabel each stage's pod into its job, address, pod, namespace and part_of", () => {
     const pods = stages.flatMap((stage) => [
       { stage, ip: '10.1.2.3', address: '10.1.2.3:8080', name: `${stage}-0` },
       { stage, ip: 'fd00:10:1::3', address: '[fd00:10:1::3]:8080', name: `${stage}-1` },
@@ -183,6 +190,8 @@ describe('deploy/prometheus through promtool', () => {
         ...pods.map(({ stage, ip, address, name }) => podTarget(stage, ip, address, name)),
         // Another pod of the namespace, not asking to be scraped.
         { targets: ['10.1.2.4:80'], labels: { __meta_kubernetes_namespace: 'defender-urs' } },
+        // A stage's pod that was evicted: ended, it keeps its object, and here its IP.
+        failed(podTarget(stages[0] ?? '', '10.1.2.5', '10.1.2.5:8080', `${stages[0] ?? ''}-2`)),
       ]),
     );
     const config = path.join(dir, 'discovery.yml');
@@ -197,7 +206,7 @@ describe('deploy/prometheus through promtool', () => {
     );
     expectSuccess(run, '"labels"');
     // The scraped labels of each target (none for a target dropped), in no particular order.
-    const keys = ['job', '__address__', 'instance', '__metrics_path__', 'pod', 'namespace'];
+    const keys = ['job', '__address__', 'instance', '__metrics_path__', 'pod', 'namespace', 'part_of'];
     const scraped = (labels: Record<string, string>) =>
       JSON.stringify(keys.filter((key) => key in labels).map((key) => [key, labels[key]]));
     const targets = (JSON.parse(run.stdout) as { labels: Record<string, string> }[]).map((target) =>
@@ -213,9 +222,11 @@ describe('deploy/prometheus through promtool', () => {
         __metrics_path__: '/metrics',
         pod: name,
         namespace: 'defender-urs',
+        part_of: 'defender-urs',
       });
     });
-    expect(targets.sort()).toEqual([...expected, scraped({})].sort());
+    // The other pod and the evicted one are dropped: no labels.
+    expect(targets.sort()).toEqual([...expected, scraped({}), scraped({})].sort());
   });
 
   test('promtool test rules should pass deploy/prometheus/alerts.test.yml', () => {
@@ -244,7 +255,7 @@ describe('deploy/prometheus through promtool', () => {
     const registered = registeredMetrics();
     const documented = documentedLabels();
     // What deploy/prometheus/scrape.yml adds to every series, and Prometheus' own `up`.
-    const scraped = ['job', 'instance', 'pod', 'namespace'];
+    const scraped = ['job', 'instance', 'pod', 'namespace', 'part_of'];
     const series = rulesTest.tests.flatMap((testCase) => testCase.input_series.map((input) => input.series));
     expect(series.length).toBeGreaterThan(0);
     for (const text of series) {
