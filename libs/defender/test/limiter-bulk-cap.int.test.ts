@@ -1,6 +1,7 @@
 import { type LogLine, type TestRedis, capturingLogger, createTestRedis, waitFor } from '@urs/testkit';
 import { Registry } from '@urs/telemetry';
 import { type CallLimiter, type SharedLimiterOptions, createSharedLimiter } from '../src';
+import { SlotEndedError } from '../src/limiter';
 
 // A bulk export page (`wholeSlot`) holds its shared slot until the page ends, a minute at most: without a cap,
 // a few large bulk tenants read at once hold every slot, and a per-device tenant's calls wait behind them.
@@ -206,5 +207,47 @@ describe('createSharedLimiter with a cap on whole-slot (bulk export) calls', () 
     await waitFor(async () => (await bulkRunning()) === '0' && (await mainRunning()) === '0', {
       description: 'the cap and the slots given back',
     });
+  });
+});
+
+describe('createSharedLimiter when a place under the bulk cap ends', () => {
+  /** A per-device call that holds the only slot until its job expires (it ignores its slot's end). */
+  function holdUntilExpired(capped: CallLimiter): { settled: Promise<unknown>; end: () => void } {
+    const held = gate();
+    const settled = capped.schedule(() => held.opened).catch((error: unknown) => error);
+    return { settled, end: held.open };
+  }
+
+  it('a whole-slot call running when its place ends is stopped then, as at its slot end', async () => {
+    // A place lasts two job expirations: 6 s, its end told at 5.4 s; the call gets its slot at ~3 s, once the
+    // per-device call's job expired, and that slot would end at ~5.7 s.
+    const capped = await limiter(1, 1, { jobExpirationMs: 3_000 });
+    const perDevice = holdUntilExpired(capped);
+    const bulk = capped.schedule(
+      (slotEnds) =>
+        new Promise((resolve) => slotEnds.addEventListener('abort', () => resolve(slotEnds.reason))),
+      { wholeSlot: true },
+    );
+    const reason = await bulk;
+    perDevice.end();
+    await perDevice.settled;
+    expect(reason).toBeInstanceOf(SlotEndedError);
+    expect((reason as SlotEndedError).heldMs).toBe(5_400);
+    await waitFor(async () => (await bulkRunning()) === '0', { description: 'the cap given back' });
+  });
+
+  it('a whole-slot call still waiting for its slot when its place ends asks for a place again, then runs', async () => {
+    // Two per-device calls hold the only slot one after the other, each until its job expires (2 s): the
+    // whole-slot call's first place (4 s, its end told at 3.6 s) ends before the slot is free.
+    const capped = await limiter(1, 1, { jobExpirationMs: 2_000 });
+    const first = holdUntilExpired(capped);
+    const second = holdUntilExpired(capped);
+    const bulk = capped.schedule(async () => 'read', { wholeSlot: true });
+    await expect(bulk).resolves.toBe('read');
+    for (const perDevice of [first, second]) perDevice.end();
+    await Promise.all([first.settled, second.settled]);
+    // Two places under the cap: the one that ended while the call waited, and the one it ran in.
+    expect(await redis.client.hget(`b_${redis.prefix}defender-bulk_settings`, 'done')).toBe('2');
+    await waitFor(async () => (await bulkRunning()) === '0', { description: 'the cap given back' });
   });
 });
