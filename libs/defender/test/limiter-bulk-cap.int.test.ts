@@ -210,6 +210,14 @@ describe('createSharedLimiter with a cap on whole-slot (bulk export) calls', () 
   });
 });
 
+describe('createSharedLimiter given a cap on whole-slot calls it cannot keep', () => {
+  it.each([0, 5, 1.5])('refuses a cap of %s for 4 slots, naming the rule', async (bulkMaxSlots) => {
+    await expect(limiter(4, bulkMaxSlots)).rejects.toThrow(
+      `bulkMaxSlots must be a whole number from 1 to maxConcurrent (4), got ${bulkMaxSlots}`,
+    );
+  });
+});
+
 describe('createSharedLimiter when a place under the bulk cap ends', () => {
   /** A per-device call that holds the only slot until its job expires (it ignores its slot's end). */
   function holdUntilExpired(capped: CallLimiter): { settled: Promise<unknown>; end: () => void } {
