@@ -268,11 +268,10 @@ return {running, total, settings[2] or ''}
 
 type ReconcileSlots = (...keys: string[]) => Promise<[number, number, string] | null>;
 
-/** The gauges of one shared limiter's count and limit, and the word its reconcile's warning names it by. */
+/** The gauges of one shared limiter's count and limit. */
 interface SlotGauges {
   running: Gauge;
   max: Gauge;
-  what: string;
 }
 
 function mainSlotGauges(metrics: Registry): SlotGauges {
@@ -285,7 +284,6 @@ function mainSlotGauges(metrics: Registry): SlotGauges {
       'urs_defender_slots_max',
       'The limit of Defender API calls in flight across every process (the stored maxConcurrent).',
     ),
-    what: 'running',
   };
 }
 
@@ -299,7 +297,6 @@ function bulkSlotGauges(metrics: Registry): SlotGauges {
       'urs_defender_bulk_slots_max',
       'The most shared slots bulk export pages may hold at once across every process (the stored bulk cap).',
     ),
-    what: 'bulk',
   };
 }
 
@@ -312,6 +309,7 @@ function slotsReconciler(
   keyOf: (name: string) => string,
   logger: Logger,
   gauges: SlotGauges | undefined,
+  what = 'running',
 ): () => void {
   client.defineCommand('ursReconcileSlots', { numberOfKeys: 4, lua: RECONCILE_SLOTS_LUA });
   const reconcile = (client as unknown as { ursReconcileSlots: ReconcileSlots }).ursReconcileSlots.bind(
@@ -332,7 +330,7 @@ function slotsReconciler(
         const [before, after, max] = reply;
         if (before !== after) {
           logger.warn(
-            `defender limiter: the shared ${gauges?.what ?? 'running'} count was ${before} for jobs of ${after}; gave back the difference`,
+            `defender limiter: the shared ${what} count was ${before} for jobs of ${after}; gave back the difference`,
             {
               slots: before - after,
             },
@@ -457,7 +455,13 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
   if (bulkCap) {
     const bulkKeyOf = (name: string): string => `b_${options.keyPrefix}defender-bulk_${name}`;
     reconcilers.push(
-      slotsReconciler(client, bulkKeyOf, options.logger, options.metrics && bulkSlotGauges(options.metrics)),
+      slotsReconciler(
+        client,
+        bulkKeyOf,
+        options.logger,
+        options.metrics && bulkSlotGauges(options.metrics),
+        'bulk',
+      ),
     );
   }
   const timer = setInterval(() => {
