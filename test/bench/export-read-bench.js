@@ -8,11 +8,15 @@
 // compared; variants run in rotating order, medians reported.
 // Runs against the compiled packages (`npx tsc -b` first).
 //
-//   node test/bench/export-read-bench.js [--read export|export-thread|machines] [--page-size N] [--limiter local|none]
+//   node test/bench/export-read-bench.js [--read export|export-thread|machines] [--page-size N]
+//                                        [--limiter local|none|shared|shared-bulk-cap]
 //                                        [--devices N] [--rounds R] [--variant 'name=--node-flag …' …]
 //     --read     what is read (default export; export-thread: on two threads, as the vuln-fetcher reads it)
 //     --page-size  machines per listing request (default the poller's, 10000; --read machines only)
-//     --limiter  local (default: a Bottleneck limiter of 10 calls, as the services have) or none
+//     --limiter  local (default: a Bottleneck limiter of 10 calls, as the services have) or none; shared: the
+//                services' limiter of 10 calls in Redis (REDIS_URL, keys under a prefix of the read's own,
+//                expiring a minute after), with the vuln-fetcher's hand-off; shared-bulk-cap: the same with the
+//                vuln-fetcher's cap on bulk export pages (5 of the 10 slots)
 //     --devices  fleet size (default 50000; about half the devices have vulnerabilities)
 //     --rounds   reads per variant (default 3)
 //     --variant  a name and the Node flags of its processes (default: base=--single-threaded-gc, the
@@ -46,7 +50,7 @@ const { values } = parseArgs({
 
 for (const [option, allowed] of [
   ['read', ['export', 'export-thread', 'machines']],
-  ['limiter', ['local', 'none']],
+  ['limiter', ['local', 'none', 'shared', 'shared-bulk-cap']],
 ]) {
   if (values[option] !== undefined && !allowed.includes(values[option])) {
     console.error(`--${option} must be one of ${allowed.join(', ')} (got ${values[option]})`);
@@ -78,14 +82,16 @@ async function read() {
     for (const entry of list.getEntries()) gcMs += entry.duration;
   }).observe({ entryTypes: ['gc'] });
   const base = process.env.SIM_BASE;
+  const shared = process.env.LIMITER.startsWith('shared') ? await sharedLimiter(silentLogger) : undefined;
   const client = createDefenderClient(
     { azureTenantId: TENANT, ...APP },
     {
       // `none`: each call runs at once, outside any limiter, to compare with the Bottleneck limiter.
       limiter:
-        process.env.LIMITER === 'none'
+        shared?.limiter ??
+        (process.env.LIMITER === 'none'
           ? { schedule: (task) => task(), close: async () => undefined }
-          : createLocalLimiter(),
+          : createLocalLimiter()),
       quota: UNLIMITED_QUOTA_GATE,
       logger: silentLogger,
       overrides: { authorityHost: base, apiBase: base },
@@ -99,6 +105,7 @@ async function read() {
   const used = process.cpuUsage(cpu);
   const wallMs = performance.now() - started;
   client.close();
+  await shared?.close();
   console.log(
     JSON.stringify({
       cpuMs: Math.round((used.user + used.system) / 1000),
@@ -109,6 +116,32 @@ async function read() {
       rssMb: Math.round(process.memoryUsage().rss / 1048576),
     }),
   );
+}
+
+/**
+ * The services' limiter in Redis (`--limiter shared`, `shared-bulk-cap`), as the vuln-fetcher makes it, under a
+ * key prefix of this read's own whose keys expire a minute after the read.
+ */
+async function sharedLimiter(logger) {
+  const { createSharedLimiter } = require(join(root, 'libs/defender/dist'));
+  const { closeRedis, createRedis } = require(join(root, 'libs/store/dist'));
+  const redis = createRedis({ url: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379' });
+  const limiter = await createSharedLimiter({
+    redis,
+    keyPrefix: `export-read-bench-${process.pid}-${Date.now().toString(36)}:`,
+    maxConcurrent: 10,
+    ...(process.env.LIMITER === 'shared-bulk-cap' ? { bulkMaxSlots: 5 } : {}),
+    handOff: { maxLeaseMs: 1_000 },
+    keyTtlMs: 60_000,
+    logger,
+  });
+  return {
+    limiter,
+    async close() {
+      await limiter.close();
+      await closeRedis(redis);
+    },
+  };
 }
 
 /** The export folded as the vuln-fetcher folds it: its rows, and the devices with vulnerabilities. */

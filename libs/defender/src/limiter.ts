@@ -2,7 +2,8 @@ import Bottleneck from 'bottleneck';
 import type { Redis } from 'ioredis';
 import type { Logger } from '@urs/logging';
 import { closeRedis } from '@urs/store';
-import type { Registry } from '@urs/telemetry';
+import type { Gauge, Registry } from '@urs/telemetry';
+import { withBulkCap } from './bulk-cap';
 import { withSlotHandOff, type SlotHandOffOptions } from './handoff';
 import { redisClock } from './redis-clock';
 
@@ -53,6 +54,16 @@ export interface SharedLimiterOptions {
   /** Calls in flight across every process sharing the limiter. Default 10. */
   maxConcurrent?: number;
   /**
+   * At most this many of the `maxConcurrent` slots held by whole-slot calls (bulk export pages, each holding
+   * its slot until the page ends) at once, across every process that sets it (withBulkCap: a second shared
+   * limiter, Bottleneck's keys `b_<prefix>defender-bulk_*`), so that tenants read in bulk never hold every
+   * slot and the per-device calls of other tenants always have `maxConcurrent - bulkMaxSlots`. 1 to
+   * `maxConcurrent`. Unset, whole-slot calls are not capped here (a process making none: the poller, the
+   * registrar), and the stored cap is left as it is. Written to Redis like `maxConcurrent` (unless
+   * `joinStoredSettings`): every process that sets it must set the same.
+   */
+  bulkMaxSlots?: number;
+  /**
    * How long a job may hold a slot, in milliseconds, default 60000. A crashed process's slots come back only
    * through this expiration, so it is always set. A call still running when its slot ends (an answer that
    * keeps arriving, too slowly for the request's idle timeout to fire) is stopped just before, so a slot is
@@ -82,7 +93,11 @@ export interface SharedLimiterOptions {
    * Default 5000.
    */
   reconcileEveryMs?: number;
-  /** Where the gauges of the shared slots go (`urs_defender_slots_running`, `urs_defender_slots_max`). */
+  /**
+   * Where the gauges of the shared slots go (`urs_defender_slots_running`, `urs_defender_slots_max`; with
+   * `bulkMaxSlots`, `urs_defender_bulk_slots_running`, `urs_defender_bulk_slots_max` and
+   * `urs_defender_bulk_slots_waiting`).
+   */
   metrics?: Registry;
   logger: Logger;
 }
@@ -253,6 +268,38 @@ return {running, total, settings[2] or ''}
 
 type ReconcileSlots = (...keys: string[]) => Promise<[number, number, string] | null>;
 
+/** The gauges of one shared limiter's count and limit. */
+interface SlotGauges {
+  running: Gauge;
+  max: Gauge;
+}
+
+function mainSlotGauges(metrics: Registry): SlotGauges {
+  return {
+    running: metrics.gauge(
+      'urs_defender_slots_running',
+      'Defender API calls in flight across every process sharing the limiter, as its Redis count says.',
+    ),
+    max: metrics.gauge(
+      'urs_defender_slots_max',
+      'The limit of Defender API calls in flight across every process (the stored maxConcurrent).',
+    ),
+  };
+}
+
+function bulkSlotGauges(metrics: Registry): SlotGauges {
+  return {
+    running: metrics.gauge(
+      'urs_defender_bulk_slots_running',
+      "Bulk export pages holding one of the shared slots across every process, as the bulk cap's Redis count says.",
+    ),
+    max: metrics.gauge(
+      'urs_defender_bulk_slots_max',
+      'The most shared slots bulk export pages may hold at once across every process (the stored bulk cap).',
+    ),
+  };
+}
+
 /**
  * Returns what reconciles the shared running count (RECONCILE_SLOTS_LUA) once and logs the slots it gave
  * back. Waiting calls see them at the next heartbeat (every process's publishes the capacity).
@@ -261,20 +308,15 @@ function slotsReconciler(
   client: Redis,
   keyOf: (name: string) => string,
   logger: Logger,
-  metrics: Registry | undefined,
+  gauges: SlotGauges | undefined,
+  what = 'running',
 ): () => void {
   client.defineCommand('ursReconcileSlots', { numberOfKeys: 4, lua: RECONCILE_SLOTS_LUA });
   const reconcile = (client as unknown as { ursReconcileSlots: ReconcileSlots }).ursReconcileSlots.bind(
     client,
   );
-  const runningGauge = metrics?.gauge(
-    'urs_defender_slots_running',
-    'Defender API calls in flight across every process sharing the limiter, as its Redis count says.',
-  );
-  const maxGauge = metrics?.gauge(
-    'urs_defender_slots_max',
-    'The limit of Defender API calls in flight across every process (the stored maxConcurrent).',
-  );
+  const runningGauge = gauges?.running;
+  const maxGauge = gauges?.max;
   /** The gauges left out until the count is read again: their last value would show slots as they were. */
   const forget = (): void => {
     runningGauge?.remove();
@@ -288,7 +330,7 @@ function slotsReconciler(
         const [before, after, max] = reply;
         if (before !== after) {
           logger.warn(
-            `defender limiter: the shared running count was ${before} for jobs of ${after}; gave back the difference`,
+            `defender limiter: the shared ${what} count was ${before} for jobs of ${after}; gave back the difference`,
             {
               slots: before - after,
             },
@@ -391,31 +433,39 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
   const clock = redisClock(client);
   await clock.measure();
   runBottleneckScriptsOnClock(connection, clock.now, options.logger);
-  const limiter = new Bottleneck({
-    id: `${options.keyPrefix}defender-api`,
+  if (options.bulkMaxSlots !== undefined) validBulkMaxSlots(options.bulkMaxSlots, maxConcurrent);
+  const joined = {
     connection,
-    maxConcurrent,
-    timeout: options.keyTtlMs ?? 3_600_000,
-    clearDatastore: false,
-  });
-  limiter.on('error', (error: Error) =>
-    options.logger.error('defender limiter error', { error: error.message }),
-  );
-  await limiter.ready();
+    client,
+    keyPrefix: options.keyPrefix,
+    keyTtlMs: options.keyTtlMs ?? 3_600_000,
+    joinStoredSettings: options.joinStoredSettings ?? false,
+    logger: options.logger,
+  };
+  const limiter = await sharedBottleneck(joined, 'defender-api', maxConcurrent, 'calls in flight');
   const keyOf = (name: string): string => `b_${options.keyPrefix}defender-api_${name}`;
-  if (!options.joinStoredSettings) {
-    const stored = await client.hget(keyOf('settings'), 'maxConcurrent');
-    if (stored !== null && stored !== String(maxConcurrent)) {
-      options.logger.warn(
-        `defender limiter: the shared limit of calls in flight changes from ${stored} to ${maxConcurrent}, for every process`,
-        { previous: Number(stored), maxConcurrent },
-      );
-    }
-    await limiter.updateSettings({ maxConcurrent });
+  const reconcilers = [
+    slotsReconciler(client, keyOf, options.logger, options.metrics && mainSlotGauges(options.metrics)),
+  ];
+  // Whole-slot calls take a place under the cap, a limiter of its own on the same connection, before a slot.
+  const bulkCap =
+    options.bulkMaxSlots === undefined
+      ? undefined
+      : await sharedBottleneck(joined, 'defender-bulk', options.bulkMaxSlots, 'slots of bulk export pages');
+  if (bulkCap) {
+    const bulkKeyOf = (name: string): string => `b_${options.keyPrefix}defender-bulk_${name}`;
+    reconcilers.push(
+      slotsReconciler(
+        client,
+        bulkKeyOf,
+        options.logger,
+        options.metrics && bulkSlotGauges(options.metrics),
+        'bulk',
+      ),
+    );
   }
-  const reconcile = slotsReconciler(client, keyOf, options.logger, options.metrics);
   const timer = setInterval(() => {
-    reconcile();
+    for (const reconcile of reconcilers) reconcile();
     void clock.measure();
   }, options.reconcileEveryMs ?? 5_000);
   timer.unref();
@@ -424,7 +474,7 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
     // Stops the heartbeat and leaves the limiter's channels. Bottleneck's own disconnect(true) would then
     // QUIT both connections with no bound: while Redis is away the QUIT waits in ioredis's offline queue, and
     // the service's stop with it, until the stop times out. closeRedis bounds the QUIT.
-    await limiter.disconnect(false);
+    await Promise.all([limiter.disconnect(false), bulkCap?.disconnect(false)]);
     await Promise.all(bottleneckClients(connection).map((redis) => closeRedis(redis)));
     // Marks the connection ended (its clients are): Bottleneck sends nothing more on it.
     await connection.disconnect(false);
@@ -450,7 +500,75 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
   } else if (options.handOff) {
     options.logger.warn('defender limiter: Bottleneck has no client id; hand-off leases are never renewed');
   }
-  return options.handOff ? withSlotHandOff(shared, options.handOff) : shared;
+  const slots = options.handOff ? withSlotHandOff(shared, options.handOff) : shared;
+  if (!bulkCap) return slots;
+  // The cap's place is held while its call waits for a slot, then for the slot's whole time: it lasts longer.
+  const cap = wrap(bulkCap, BULK_CAP_EXPIRATION_SLOTS * jobExpirationMs, async () => undefined);
+  const waiting = options.metrics?.gauge(
+    'urs_defender_bulk_slots_waiting',
+    'Bulk export pages of this process waiting for a place under the bulk cap (URS_BULK_MAX_SLOTS) before they ask for a shared slot.',
+  );
+  waiting?.set(0);
+  return withBulkCap(slots, cap, waiting && { waiting: (by) => waiting.inc({}, by) });
+}
+
+/**
+ * How many job expirations of the shared slots a place under the bulk cap lasts: its call's wait for a slot
+ * (other calls' slots end within one), then the slot's own.
+ */
+const BULK_CAP_EXPIRATION_SLOTS = 2;
+
+/** Refuses a cap on whole-slot calls outside 1 to `maxConcurrent`, naming the rule. */
+function validBulkMaxSlots(bulkMaxSlots: number, maxConcurrent: number): void {
+  if (!Number.isInteger(bulkMaxSlots) || bulkMaxSlots < 1 || bulkMaxSlots > maxConcurrent) {
+    throw new RangeError(
+      `bulkMaxSlots must be a whole number from 1 to maxConcurrent (${maxConcurrent}), got ${bulkMaxSlots}`,
+    );
+  }
+}
+
+/** What the shared Bottleneck limiters of one process have in common. */
+interface JoinedLimiters {
+  connection: Bottleneck.IORedisConnection;
+  client: Redis;
+  keyPrefix: string;
+  keyTtlMs: number;
+  joinStoredSettings: boolean;
+  logger: Logger;
+}
+
+/**
+ * One Bottleneck limiter in Redis under `<prefix><name>`, shared by every process that uses the same id, on
+ * the process's connection. Its `maxConcurrent` is written back once it is ready (the stored one wins over the
+ * code's at creation), with a warning when that changes the stored one, unless `joinStoredSettings`.
+ */
+async function sharedBottleneck(
+  joined: JoinedLimiters,
+  name: string,
+  maxConcurrent: number,
+  what: string,
+): Promise<Bottleneck> {
+  const limiter = new Bottleneck({
+    id: `${joined.keyPrefix}${name}`,
+    connection: joined.connection,
+    maxConcurrent,
+    timeout: joined.keyTtlMs,
+    clearDatastore: false,
+  });
+  limiter.on('error', (error: Error) =>
+    joined.logger.error('defender limiter error', { error: error.message }),
+  );
+  await limiter.ready();
+  if (joined.joinStoredSettings) return limiter;
+  const stored = await joined.client.hget(`b_${joined.keyPrefix}${name}_settings`, 'maxConcurrent');
+  if (stored !== null && stored !== String(maxConcurrent)) {
+    joined.logger.warn(
+      `defender limiter: the shared limit of ${what} changes from ${stored} to ${maxConcurrent}, for every process`,
+      { previous: Number(stored), maxConcurrent },
+    );
+  }
+  await limiter.updateSettings({ maxConcurrent });
+  return limiter;
 }
 
 /** A limiter of this process only (the CLI without Redis, unit tests). */

@@ -1,4 +1,5 @@
 import {
+  ConfigError,
   consumerSettings,
   defenderSettings,
   readBool,
@@ -95,6 +96,14 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
    */
   slotHandOffMs: number;
   /**
+   * At most this many of the shared call slots (`URS_DEFENDER_MAX_IN_FLIGHT`) held by bulk export pages at once,
+   * across every vuln-fetcher: a page holds its slot until it ends (up to a minute), so without a cap a few
+   * tenants read in bulk at once would hold every slot and keep the per-device calls of other tenants waiting.
+   * Env `URS_BULK_MAX_SLOTS`, from 1 to `URS_DEFENDER_MAX_IN_FLIGHT`, default half of it rounded up (5 of 10);
+   * every vuln-fetcher must be given the same (the last one to start writes it to the shared cap).
+   */
+  bulkMaxSlots: number;
+  /**
    * Longest a Defender call waits for its tenant's quota (a window's room, or the block of a 429's
    * Retry-After, shared by every process), and in all for its own 429s, in ms: a longer wait fails the call
    * THROTTLED at once, counted towards the tenant's outage (its batch's other calls end as quickly, its
@@ -104,11 +113,25 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
   maxQuotaWaitMs: number;
 }
 
+/** `URS_BULK_MAX_SLOTS`: 1 to the shared slots, default half of them rounded up. */
+function readBulkMaxSlots(env: Env, maxInFlight: number): number {
+  const value = readInt(env, 'URS_BULK_MAX_SLOTS', { fallback: Math.ceil(maxInFlight / 2), min: 1 });
+  if (value > maxInFlight) {
+    throw new ConfigError(
+      'URS_BULK_MAX_SLOTS',
+      `must be ≤ URS_DEFENDER_MAX_IN_FLIGHT (${maxInFlight}): bulk export pages can hold no more than the shared call slots (got ${value})`,
+    );
+  }
+  return value;
+}
+
 export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
+  const defender = defenderSettings(env);
   return {
     ...consumerSettings(env, 'vuln-fetcher', 16),
     secretKeys: secretKeyConfig(env),
-    ...defenderSettings(env),
+    ...defender,
+    bulkMaxSlots: readBulkMaxSlots(env, defender.maxInFlight),
     concurrency: readInt(env, 'URS_VULN_CONCURRENCY', { fallback: 10, min: 1, max: 100 }),
     maxBufferedPerPartition: readInt(env, 'URS_MAX_BUFFERED_PER_PARTITION', {
       fallback: 50,

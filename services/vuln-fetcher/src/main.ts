@@ -37,6 +37,7 @@ void runService({
       redis,
       keyPrefix: prefix,
       maxConcurrent: own.maxInFlight,
+      bulkMaxSlots: own.bulkMaxSlots,
       ...(own.slotHandOffMs > 0 ? { handOff: { maxLeaseMs: own.slotHandOffMs } } : {}),
       metrics,
       logger,

@@ -33,6 +33,19 @@ describe('vulnFetcherConfig', () => {
     );
   });
 
+  it('vulnFetcherConfig should let bulk export pages hold half the shared slots unless told otherwise, refusing a cap outside 1 to the slots', () => {
+    expect(vulnFetcherConfig({ URS_SECRET_KEY: KEY }).bulkMaxSlots).toBe(5);
+    expect(vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_DEFENDER_MAX_IN_FLIGHT: '3' }).bulkMaxSlots).toBe(2);
+    expect(vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_DEFENDER_MAX_IN_FLIGHT: '1' }).bulkMaxSlots).toBe(1);
+    expect(vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_BULK_MAX_SLOTS: '10' }).bulkMaxSlots).toBe(10);
+    expect(() => vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_BULK_MAX_SLOTS: '0' })).toThrow(
+      /URS_BULK_MAX_SLOTS must be ≥ 1/,
+    );
+    expect(() =>
+      vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_BULK_MAX_SLOTS: '5', URS_DEFENDER_MAX_IN_FLIGHT: '4' }),
+    ).toThrow(/URS_BULK_MAX_SLOTS must be ≤ URS_DEFENDER_MAX_IN_FLIGHT \(4\)/);
+  });
+
   it('vulnFetcherConfig should bound the quota wait of a call to a few minutes unless told otherwise, naming the variable of a bad value', () => {
     expect(vulnFetcherConfig({ URS_SECRET_KEY: KEY }).maxQuotaWaitMs).toBe(180_000);
     expect(

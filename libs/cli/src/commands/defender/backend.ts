@@ -86,11 +86,14 @@ export async function openBackend(
   }
   // The run joins the pipeline's stored limit and never writes it: a run without the deployment's
   // URS_DEFENDER_MAX_IN_FLIGHT would set every running service's limit to its own. Its own is used only
-  // when the limiter has no stored settings yet.
+  // when the limiter has no stored settings yet; so with the vuln-fetchers' cap on bulk export pages, whose
+  // own default (half the slots) is used only when none is stored.
+  const { maxInFlight } = defenderSettings(env);
   const limiter = await createSharedLimiter({
     redis,
     keyPrefix: config.keyPrefix,
-    maxConcurrent: defenderSettings(env).maxInFlight,
+    maxConcurrent: maxInFlight,
+    bulkMaxSlots: Math.ceil(maxInFlight / 2),
     joinStoredSettings: true,
     logger: silentLogger,
   });

@@ -1,0 +1,261 @@
+import { type LogLine, type TestRedis, capturingLogger, createTestRedis, waitFor } from '@urs/testkit';
+import { Registry } from '@urs/telemetry';
+import { type CallLimiter, type SharedLimiterOptions, createSharedLimiter } from '../src';
+import { SlotEndedError } from '../src/limiter';
+
+// A bulk export page (`wholeSlot`) holds its shared slot until the page ends, a minute at most: without a cap,
+// a few large bulk tenants read at once hold every slot, and a per-device tenant's calls wait behind them.
+
+/** A promise the test settles when it likes. */
+function gate(): { opened: Promise<void>; open: () => void } {
+  let open = (): void => undefined;
+  const opened = new Promise<void>((resolve) => (open = resolve));
+  return { opened, open };
+}
+
+/**
+ * Whole-slot tasks that each hold their slot until the test opens their gate, counting how many run at once.
+ * A task that starts with `cap` already running (one over the cap) opens every gate, so that a limiter
+ * without the cap ends its tasks instead of holding the test until its timeout.
+ */
+function bulkProbe(cap: number): {
+  task: (name: string) => () => Promise<string>;
+  open: (name: string) => void;
+  started: string[];
+  peak: () => number;
+} {
+  const gates = new Map<string, ReturnType<typeof gate>>();
+  const started: string[] = [];
+  let running = 0;
+  let peak = 0;
+  /** One ran over the cap: every task, started or not, ends at once. */
+  let over = false;
+  const gateOf = (name: string): ReturnType<typeof gate> => {
+    let named = gates.get(name);
+    if (!named) gates.set(name, (named = gate()));
+    return named;
+  };
+  return {
+    task: (name) => async () => {
+      started.push(name);
+      running++;
+      peak = Math.max(peak, running);
+      if (running > cap) {
+        over = true;
+        for (const each of gates.values()) each.open();
+      }
+      try {
+        if (!over) await gateOf(name).opened;
+        return name;
+      } finally {
+        running--;
+      }
+    },
+    open: (name) => gateOf(name).open(),
+    started,
+    peak: () => peak,
+  };
+}
+
+let redis: TestRedis;
+let limiters: CallLimiter[];
+let lines: LogLine[];
+
+beforeEach(() => {
+  redis = createTestRedis();
+  limiters = [];
+  lines = [];
+});
+
+afterEach(async () => {
+  await Promise.all(limiters.map((limiter) => limiter.close()));
+  await redis.close();
+});
+
+/** A shared limiter of `maxConcurrent` slots, at most `bulkMaxSlots` of them held by whole-slot calls. */
+async function limiter(
+  maxConcurrent: number,
+  bulkMaxSlots: number,
+  more: Partial<SharedLimiterOptions> = {},
+): Promise<CallLimiter> {
+  const options = {
+    redis: redis.client,
+    keyPrefix: redis.prefix,
+    maxConcurrent,
+    bulkMaxSlots,
+    logger: capturingLogger(lines),
+    ...more,
+  };
+  const made = await createSharedLimiter(options);
+  limiters.push(made);
+  return made;
+}
+
+/** The shared count of whole-slot calls holding the cap, as Redis keeps it. */
+async function bulkRunning(): Promise<string | null> {
+  return redis.client.hget(`b_${redis.prefix}defender-bulk_settings`, 'running');
+}
+
+async function mainRunning(): Promise<string | null> {
+  return redis.client.hget(`b_${redis.prefix}defender-api_settings`, 'running');
+}
+
+describe('createSharedLimiter with a cap on whole-slot (bulk export) calls', () => {
+  it('a per-device call gets a slot while whole-slot calls beyond the cap wait, across processes; the next one goes when one ends', async () => {
+    const registry = new Registry();
+    // One process hands slots from call to call (as the vuln-fetcher does), the other asks Redis for each.
+    const first = await limiter(4, 2, { handOff: { maxLeaseMs: 1_000 }, metrics: registry });
+    const second = await limiter(4, 2);
+    const probe = bulkProbe(2);
+    const bulk = [
+      first.schedule(probe.task('a'), { wholeSlot: true }),
+      second.schedule(probe.task('b'), { wholeSlot: true }),
+      first.schedule(probe.task('c'), { wholeSlot: true }),
+      second.schedule(probe.task('d'), { wholeSlot: true }),
+    ];
+    await waitFor(() => probe.started.length >= 2, { description: 'two whole-slot calls started' });
+
+    // Two of the four slots are free of bulk calls: a per-device call of either process runs now.
+    const startedWhenPerDeviceRan = await first.schedule(async () => probe.started.length);
+    expect(startedWhenPerDeviceRan).toBe(2);
+    await expect(second.schedule(async () => probe.started.length)).resolves.toBe(2);
+    expect(probe.peak()).toBe(2);
+    await waitFor(() => registry.expose().includes('urs_defender_bulk_slots_waiting 1'), {
+      description: "the first process's bulk call counted as waiting for the cap",
+    });
+
+    // One ends: one of the two waiting takes its place, and still no more than two run.
+    probe.open(probe.started[0] as string);
+    await waitFor(() => probe.started.length === 3, { description: 'a waiting whole-slot call started' });
+    expect(probe.peak()).toBe(2);
+
+    for (const name of ['a', 'b', 'c', 'd']) probe.open(name);
+    await expect(Promise.all(bulk)).resolves.toEqual(['a', 'b', 'c', 'd']);
+    expect(probe.peak()).toBe(2);
+    await waitFor(async () => (await bulkRunning()) === '0', { description: 'the cap given back' });
+  });
+
+  it('a whole-slot call stopped while it waits for the cap, and one that fails, give the cap back', async () => {
+    const registry = new Registry();
+    const capped = await limiter(3, 2, { metrics: registry });
+    const probe = bulkProbe(2);
+    const a = capped.schedule(probe.task('a'), { wholeSlot: true });
+    const b = capped.schedule(probe.task('b'), { wholeSlot: true });
+    await waitFor(() => probe.started.length === 2, { description: 'two whole-slot calls started' });
+
+    const stop = new AbortController();
+    const stopped = capped.schedule(probe.task('stopped'), { wholeSlot: true, signal: stop.signal });
+    await waitFor(() => registry.expose().includes('urs_defender_bulk_slots_waiting 1'), {
+      description: 'the third whole-slot call waiting for the cap',
+    });
+    const reason = new Error('stopping');
+    stop.abort(reason);
+    await expect(stopped).rejects.toBe(reason);
+    expect(registry.expose()).toContain('urs_defender_bulk_slots_waiting 0');
+
+    probe.open('a');
+    await expect(a).resolves.toBe('a');
+    const failure = new Error('the page failed');
+    await expect(
+      capped.schedule(
+        async () => {
+          throw failure;
+        },
+        { wholeSlot: true },
+      ),
+    ).rejects.toBe(failure);
+    // Neither the stopped call nor the failed one kept a place under the cap.
+    probe.open('c');
+    await expect(capped.schedule(probe.task('c'), { wholeSlot: true })).resolves.toBe('c');
+    probe.open('b');
+    await expect(b).resolves.toBe('b');
+    expect(probe.started).not.toContain('stopped');
+    expect(probe.peak()).toBe(2);
+    await waitFor(async () => (await bulkRunning()) === '0' && (await mainRunning()) === '0', {
+      description: 'the cap and the slots given back',
+    });
+  });
+
+  it('a whole-slot call stopped while it holds the cap and waits for a slot gives the cap back', async () => {
+    const capped = await limiter(2, 2);
+    const probe = bulkProbe(2);
+    const perDevice = gate();
+    const busy = capped.schedule(() => perDevice.opened);
+    const a = capped.schedule(probe.task('a'), { wholeSlot: true });
+    await waitFor(() => probe.started.length === 1, { description: 'a whole-slot call started' });
+
+    const stop = new AbortController();
+    const stopped = capped.schedule(probe.task('stopped'), { wholeSlot: true, signal: stop.signal });
+    await waitFor(async () => (await bulkRunning()) === '2', {
+      description: 'the second whole-slot call holding the cap, waiting for a slot',
+    });
+    const reason = new Error('stopping');
+    stop.abort(reason);
+    await expect(stopped).rejects.toBe(reason);
+    await waitFor(async () => (await bulkRunning()) === '1', {
+      description: "the stopped call's cap given back",
+    });
+
+    const c = capped.schedule(probe.task('c'), { wholeSlot: true });
+    perDevice.open();
+    await busy;
+    probe.open('c');
+    await expect(c).resolves.toBe('c');
+    probe.open('a');
+    await expect(a).resolves.toBe('a');
+    expect(probe.started).toEqual(['a', 'c']);
+    await waitFor(async () => (await bulkRunning()) === '0' && (await mainRunning()) === '0', {
+      description: 'the cap and the slots given back',
+    });
+  });
+});
+
+describe('createSharedLimiter given a cap on whole-slot calls it cannot keep', () => {
+  it.each([0, 5, 1.5])('refuses a cap of %s for 4 slots, naming the rule', async (bulkMaxSlots) => {
+    await expect(limiter(4, bulkMaxSlots)).rejects.toThrow(
+      `bulkMaxSlots must be a whole number from 1 to maxConcurrent (4), got ${bulkMaxSlots}`,
+    );
+  });
+});
+
+describe('createSharedLimiter when a place under the bulk cap ends', () => {
+  /** A per-device call that holds the only slot until its job expires (it ignores its slot's end). */
+  function holdUntilExpired(capped: CallLimiter): { settled: Promise<unknown>; end: () => void } {
+    const held = gate();
+    const settled = capped.schedule(() => held.opened).catch((error: unknown) => error);
+    return { settled, end: held.open };
+  }
+
+  it('a whole-slot call running when its place ends is stopped then, as at its slot end', async () => {
+    // A place lasts two job expirations: 6 s, its end told at 5.4 s; the call gets its slot at ~3 s, once the
+    // per-device call's job expired, and that slot would end at ~5.7 s.
+    const capped = await limiter(1, 1, { jobExpirationMs: 3_000 });
+    const perDevice = holdUntilExpired(capped);
+    const bulk = capped.schedule(
+      (slotEnds) =>
+        new Promise((resolve) => slotEnds.addEventListener('abort', () => resolve(slotEnds.reason))),
+      { wholeSlot: true },
+    );
+    const reason = await bulk;
+    perDevice.end();
+    await perDevice.settled;
+    expect(reason).toBeInstanceOf(SlotEndedError);
+    expect((reason as SlotEndedError).heldMs).toBe(5_400);
+    await waitFor(async () => (await bulkRunning()) === '0', { description: 'the cap given back' });
+  });
+
+  it('a whole-slot call still waiting for its slot when its place ends asks for a place again, then runs', async () => {
+    // Two per-device calls hold the only slot one after the other, each until its job expires (2 s): the
+    // whole-slot call's first place (4 s, its end told at 3.6 s) ends before the slot is free.
+    const capped = await limiter(1, 1, { jobExpirationMs: 2_000 });
+    const first = holdUntilExpired(capped);
+    const second = holdUntilExpired(capped);
+    const bulk = capped.schedule(async () => 'read', { wholeSlot: true });
+    await expect(bulk).resolves.toBe('read');
+    for (const perDevice of [first, second]) perDevice.end();
+    await Promise.all([first.settled, second.settled]);
+    // Two places under the cap: the one that ended while the call waited, and the one it ran in.
+    expect(await redis.client.hget(`b_${redis.prefix}defender-bulk_settings`, 'done')).toBe('2');
+    await waitFor(async () => (await bulkRunning()) === '0', { description: 'the cap given back' });
+  });
+});
