@@ -43,6 +43,12 @@ export interface CycleInput {
    * abandoned and started listing it again, so no batch of it may follow.
    */
   leaseHeld: () => boolean;
+  /**
+   * Told each time Kafka takes one of the cycle's batches: the scheduler resumes the cycles it held while
+   * Kafka refused them for want of an ACL (`BatchesRefused`) at the first batch taken, not at the end of a
+   * cycle that may list for an hour.
+   */
+  batchTaken?: () => void;
 }
 
 export interface CycleResult {
@@ -210,6 +216,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     await deps.publisher.send(deps.deviceBatchesTopic, 'urs/device-batch', [
       deviceBatchMessage(tenantId, header, devices),
     ]);
+    input.batchTaken?.();
     batchIndex++;
     emittedLast = last;
   }
