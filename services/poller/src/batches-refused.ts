@@ -1,5 +1,5 @@
 import type { Logger } from '@urs/logging';
-import { errorMessage } from '@urs/resilience';
+import { UrsError, errorCode, errorMessage } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
 
 export interface BatchesRefusedOptions {
@@ -36,12 +36,25 @@ export interface BatchesRefused {
   refused(tenantId: string, error: unknown): void;
   /** A batch was taken: cycles resume. */
   taken(): void;
+  /**
+   * While cycles are held, the error a cycle of `tenantId` begun before the hold stops its listing with
+   * (`CycleInput.batchesRefused`, `BATCHES_REFUSED`, the refusal its cause); none for the probe's.
+   */
+  stopping(tenantId: string): Error | undefined;
+}
+
+/** The code of a cycle stopped by the hold, not refused by Kafka itself: it does not put the next probe off. */
+export const BATCHES_REFUSED = 'BATCHES_REFUSED';
+
+/** Whether `error` stopped a cycle for the hold (`BatchesRefused.stopping`), not a send Kafka refused. */
+export function stoppedForRefusal(error: unknown): boolean {
+  return errorCode(error) === BATCHES_REFUSED;
 }
 
 export function createBatchesRefused(options: BatchesRefusedOptions): BatchesRefused {
   const { log, now } = options;
   /** Since when cycles are held, and how many refusals came since; undefined while batches are taken. */
-  let hold: { since: number; refusals: number } | undefined;
+  let hold: { since: number; refusals: number; stop: Error } | undefined;
   let probe: string | undefined;
   let nextProbeAt = 0;
   options.metrics.gauge(
@@ -68,7 +81,13 @@ export function createBatchesRefused(options: BatchesRefusedOptions): BatchesRef
         hold.refusals++;
         return;
       }
-      hold = { since: now(), refusals: 1 };
+      const stop = new UrsError(
+        BATCHES_REFUSED,
+        "Kafka refuses the poller's batches for want of an ACL: the cycle stopped listing, its send would be " +
+          `refused too (${errorMessage(error)})`,
+        { canRetry: true, cause: error },
+      );
+      hold = { since: now(), refusals: 1, stop };
       // Waiting does not mend a missing ACL: an operator grants it (alert UrsPollerBatchesRefused).
       log.error(
         "cycles held: Kafka refuses the poller's batches for want of an ACL (grant its principal Write on the " +
@@ -85,5 +104,6 @@ export function createBatchesRefused(options: BatchesRefusedOptions): BatchesRef
       hold = undefined;
       nextProbeAt = 0;
     },
+    stopping: (tenantId) => (hold === undefined || tenantId === probe ? undefined : hold.stop),
   };
 }

@@ -49,6 +49,13 @@ export interface CycleInput {
    * cycle that may list for an hour.
    */
   batchTaken?: () => void;
+  /**
+   * Asked before each page of the listing: while Kafka refuses this replica's batches for want of an ACL
+   * (another tenant's cycle met the refusal), the error the cycle stops with. Its own send would be refused
+   * too, and each page spends the tenant's quota. Never for the cycle that finds out whether Kafka takes them
+   * again (`BatchesRefused`).
+   */
+  batchesRefused?: () => Error | undefined;
 }
 
 export interface CycleResult {
@@ -194,6 +201,12 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     if (signal.aborted || !input.leaseHeld()) throw new CycleAbortedError();
   }
 
+  /** Throws when Kafka refuses the replica's batches: the listing stops before its next page. */
+  function stopIfRefused(): void {
+    const refused = input.batchesRefused?.();
+    if (refused !== undefined) throw refused;
+  }
+
   async function emit(devices: DeviceRecord[], last: boolean): Promise<void> {
     stopIfAborted();
     if (!begun) {
@@ -276,6 +289,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     try {
       for await (const page of client.listDevicePages(signal)) {
         stopIfAborted();
+        stopIfRefused();
         for (const device of page.devices) {
           if (device.merged) {
             merged++;

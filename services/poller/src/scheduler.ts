@@ -12,7 +12,7 @@ import type {
   TenantStore,
 } from '@urs/store';
 import { createAttemptFailures } from './attempt-failures';
-import { createBatchesRefused } from './batches-refused';
+import { createBatchesRefused, stoppedForRefusal } from './batches-refused';
 import { CycleListedNotRecordedError, cycleIdOf, type CycleInput, type CycleResult } from './cycle';
 import { createCycleEnd } from './cycle-end';
 import { createLeaseClock, leaseTime } from './lease-clock';
@@ -446,16 +446,22 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   /**
    * Runs a cycle, telling `refusal` what Kafka answered its batches: a batch taken (as it is sent, or the
    * cycle listed in full: every batch of it went out) resumes the cycles held; one refused for want of an ACL
-   * holds them.
+   * holds them. A cycle begun before the hold stops listing once it began (`batchesRefused`).
    */
   async function runWatched(input: CycleInput): Promise<CycleResult> {
     try {
-      const result = await deps.runCycle({ ...input, batchTaken: () => refusal.taken() });
+      const tenantId = input.record.tenantId;
+      const result = await deps.runCycle({
+        ...input,
+        batchTaken: () => refusal.taken(),
+        batchesRefused: () => refusal.stopping(tenantId),
+      });
       refusal.taken();
       return result;
     } catch (error) {
       if (error instanceof CycleListedNotRecordedError) refusal.taken();
-      else if (isKafkaAuthorizationRefusal(error)) refusal.refused(input.record.tenantId, error);
+      else if (isKafkaAuthorizationRefusal(error) && !stoppedForRefusal(error))
+        refusal.refused(input.record.tenantId, error);
       throw error;
     }
   }

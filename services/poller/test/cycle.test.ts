@@ -398,6 +398,33 @@ describe('runCycle', () => {
     expect(taken).toBe(1);
   });
 
+  it("runCycle should stop listing at the next page once the replica's batches are refused, sending nothing", async () => {
+    const { deps, sent, events } = setup(pages(10, 10, 10, 10), 5);
+    let listed = 0;
+    const listing = deps.defender.forTenant.bind(deps.defender);
+    deps.defender = {
+      ...deps.defender,
+      forTenant: (tenant, credentialsOf) => {
+        const client = listing(tenant, credentialsOf);
+        return {
+          async *listDevicePages(signal: AbortSignal) {
+            for await (const page of client.listDevicePages(signal)) {
+              listed++;
+              yield page;
+            }
+          },
+        };
+      },
+    };
+    const refused = new UrsError('BATCHES_REFUSED', 'refused', { cause: topicNotAuthorised() });
+    // Refused once another tenant's cycle met the refusal, while this one lists its first page.
+    const batchesRefused = () => (listed >= 1 ? refused : undefined);
+    await expect(runCycle(deps, { ...input(), batchesRefused })).rejects.toBe(refused);
+    expect(listed).toBe(1);
+    expect(sent).toEqual([]);
+    expect(events).toEqual([]);
+  });
+
   it('runCycle should not record a cycle whose every batch went out as abandoned', async () => {
     const { deps, events } = setup(pages(10));
     deps.cycles.listed = async () => {

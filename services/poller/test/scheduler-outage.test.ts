@@ -272,6 +272,46 @@ describe('createScheduler while Kafka refuses the batches for want of an ACL', (
     );
   });
 
+  it('should stop the cycles running when a batch is refused before their next page, not the probe', async () => {
+    const pagesOf = new Map<string, number>();
+    let granted = false;
+    const lines: LogLine[] = [];
+    const metrics = new Registry();
+    const { table, scheduler } = outageReplica({
+      schedules: memorySchedules(),
+      tenants: memoryStatus(),
+      runCycle: async (input) => {
+        const tenantId = input.record.tenantId;
+        if (granted) return;
+        // Tenant a's batch is refused at once; b and c list 50 pages, 10 ms apart, before their first send.
+        if (tenantId === 'a') throw topicNotAuthorised();
+        for (let page = 0; page < 50; page++) {
+          const refused = input.batchesRefused?.();
+          if (refused !== undefined) throw refused;
+          pagesOf.set(tenantId, (pagesOf.get(tenantId) ?? 0) + 1);
+          await sleep(10);
+        }
+        throw topicNotAuthorised();
+      },
+      lines,
+      metrics,
+      maxConcurrentCycles: 8,
+    });
+    await feed(table, [record('b'), record('c')]);
+    scheduler.start();
+    started.push(scheduler);
+    await waitFor(() => (pagesOf.get('b') ?? 0) > 0 && (pagesOf.get('c') ?? 0) > 0);
+    await feed(table, [record('a')], { n: 2 });
+    const ended = () => sampleOf(metrics, 'urs_poll_cycles_total{outcome="infrastructure"}') ?? 0;
+    await waitFor(() => ended() >= 3, { timeoutMs: 2_000 });
+    expect(pagesOf.get('b')).toBeLessThan(50);
+    expect(pagesOf.get('c')).toBeLessThan(50);
+    // Stopped by the hold, not refused by Kafka: they neither count as refusals nor put the probe off.
+    granted = true;
+    await waitFor(() => lines.find((line) => line.message.includes('cycles resume')), { timeoutMs: 2_000 });
+    expect(lines.find((line) => line.message.includes('cycles resume'))).toMatchObject({ refusals: 1 });
+  });
+
   it("should resume the held cycles at the probe's first batch taken, not at the end of its cycle", async () => {
     let refusing = true;
     let release: () => void = () => undefined;
