@@ -43,6 +43,19 @@ export interface CycleInput {
    * abandoned and started listing it again, so no batch of it may follow.
    */
   leaseHeld: () => boolean;
+  /**
+   * Told each time Kafka takes one of the cycle's batches: the scheduler resumes the cycles it held while
+   * Kafka refused them for want of an ACL (`BatchesRefused`) at the first batch taken, not at the end of a
+   * cycle that may list for an hour.
+   */
+  batchTaken?: () => void;
+  /**
+   * Asked before each page of the listing: while Kafka refuses this replica's batches for want of an ACL
+   * (another tenant's cycle met the refusal), the error the cycle stops with. Its own send would be refused
+   * too, and each page spends the tenant's quota. Never for the cycle that finds out whether Kafka takes them
+   * again (`BatchesRefused`).
+   */
+  batchesRefused?: () => Error | undefined;
 }
 
 export interface CycleResult {
@@ -188,6 +201,12 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     if (signal.aborted || !input.leaseHeld()) throw new CycleAbortedError();
   }
 
+  /** Throws when Kafka refuses the replica's batches: the listing stops before its next page. */
+  function stopIfRefused(): void {
+    const refused = input.batchesRefused?.();
+    if (refused !== undefined) throw refused;
+  }
+
   async function emit(devices: DeviceRecord[], last: boolean): Promise<void> {
     stopIfAborted();
     if (!begun) {
@@ -210,6 +229,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     await deps.publisher.send(deps.deviceBatchesTopic, 'urs/device-batch', [
       deviceBatchMessage(tenantId, header, devices),
     ]);
+    input.batchTaken?.();
     batchIndex++;
     emittedLast = last;
   }
@@ -269,6 +289,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     try {
       for await (const page of client.listDevicePages(signal)) {
         stopIfAborted();
+        stopIfRefused();
         for (const device of page.devices) {
           if (device.merged) {
             merged++;

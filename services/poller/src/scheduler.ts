@@ -1,4 +1,4 @@
-import { settledWithin } from '@urs/bus';
+import { isKafkaAuthorizationRefusal, settledWithin } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorMessage } from '@urs/resilience';
@@ -12,7 +12,8 @@ import type {
   TenantStore,
 } from '@urs/store';
 import { createAttemptFailures } from './attempt-failures';
-import { cycleIdOf, type CycleInput, type CycleResult } from './cycle';
+import { createBatchesRefused, stoppedForRefusal } from './batches-refused';
+import { CycleListedNotRecordedError, cycleIdOf, type CycleInput, type CycleResult } from './cycle';
 import { createCycleEnd } from './cycle-end';
 import { createLeaseClock, leaseTime } from './lease-clock';
 import { createRunUnderLease } from './run-under-lease';
@@ -46,6 +47,11 @@ export interface SchedulerDeps {
    */
   registrarWaitMs?: number;
   maxBackoffMs: number;
+  /**
+   * While Kafka refuses this replica's batches for want of an ACL, how long after a cycle that finds out (the
+   * probe) the next may begin, ms. Default `BATCHES_PROBE_UNITS` of `intervalUnitMs`.
+   */
+  batchesProbeWaitMs?: number;
   logger: Logger;
   metrics: Registry;
   now?: () => number;
@@ -79,6 +85,13 @@ export const STATUS_READS_AT_ONCE = 100;
 
 /** `SchedulerDeps.registrarWaitMs`'s default: a few seconds, far more than the registrar's two writes take. */
 export const REGISTRAR_WRITE_WAIT_MS = 5_000;
+
+/**
+ * `SchedulerDeps.batchesProbeWaitMs`'s default, in the poll interval's unit: as long as a cycle Kafka refused
+ * waits before its tenant is tried again (`transientRetryAt`), so a probe comes as often as each refused
+ * tenant's retry did.
+ */
+export const BATCHES_PROBE_UNITS = 2;
 
 /** How a cycle ends in `urs_poll_cycles_total`: listed in full, aborted (its lease lost), or its failure's kind. */
 const CYCLE_OUTCOMES: readonly ('listed' | 'aborted' | FailureKind)[] = [
@@ -143,6 +156,12 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     maxBackoffMs: deps.maxBackoffMs,
     log,
     cyclesTotal,
+    now,
+  });
+  const refusal = createBatchesRefused({
+    log,
+    metrics: deps.metrics,
+    probeWaitMs: deps.batchesProbeWaitMs ?? BATCHES_PROBE_UNITS * deps.intervalUnitMs,
     now,
   });
   const failures = createAttemptFailures({
@@ -424,10 +443,33 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     localDue.set(tenantId, at);
   }
 
+  /**
+   * Runs a cycle, telling `refusal` what Kafka answered its batches: a batch taken (as it is sent, or the
+   * cycle listed in full: every batch of it went out) resumes the cycles held; one refused for want of an ACL
+   * holds them. A cycle begun before the hold stops listing once it began (`batchesRefused`).
+   */
+  async function runWatched(input: CycleInput): Promise<CycleResult> {
+    try {
+      const tenantId = input.record.tenantId;
+      const result = await deps.runCycle({
+        ...input,
+        batchTaken: () => refusal.taken(),
+        batchesRefused: () => refusal.stopping(tenantId),
+      });
+      refusal.taken();
+      return result;
+    } catch (error) {
+      if (error instanceof CycleListedNotRecordedError) refusal.taken();
+      else if (isKafkaAuthorizationRefusal(error) && !stoppedForRefusal(error))
+        refusal.refused(input.record.tenantId, error);
+      throw error;
+    }
+  }
+
   const runUnderLease = createRunUnderLease({
     schedules: deps.schedules,
     tenants: deps.tenants,
-    runCycle: deps.runCycle,
+    runCycle: runWatched,
     leaseMs: deps.leaseMs,
     recheckMs: deps.recheckMs,
     ends,
@@ -525,24 +567,39 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     }
     const at = now();
     const due = dueTenants(at);
-    const starting = due.slice(0, Math.max(deps.maxConcurrentCycles - active.size, 0));
-    overdue = due.slice(starting.length).filter((tenantId) => !heldElsewhere(tenantId, at)).length;
-    for (const tenantId of starting) {
-      const abort = new AbortController();
-      const done = attempt(tenantId, abort)
-        .then(
-          () => failures.succeeded(tenantId),
-          (error: unknown) => {
-            localDue.set(tenantId, now() + failures.failed(tenantId, error, cycleBegun.has(tenantId)));
-          },
-        )
-        .finally(() => {
-          cycleBegun.delete(tenantId);
-          active.delete(tenantId);
-          wake?.();
-        });
-      active.set(tenantId, { abort, done });
+    const free = Math.max(deps.maxConcurrentCycles - active.size, 0);
+    if (refusal.held()) {
+      // Kafka refuses this replica's batches: only the probe begins (see `BatchesRefused`). The tenants it
+      // holds wait for no place, so they are not counted as overdue (UrsPollerBatchesRefused pages instead).
+      overdue = 0;
+      const probe = refusal.probeDue(at) && free > 0 ? due[0] : undefined;
+      if (probe !== undefined) {
+        refusal.probeStarted(probe);
+        startAttempt(probe);
+      }
+      return;
     }
+    const starting = due.slice(0, free);
+    overdue = due.slice(starting.length).filter((tenantId) => !heldElsewhere(tenantId, at)).length;
+    for (const tenantId of starting) startAttempt(tenantId);
+  }
+
+  function startAttempt(tenantId: string): void {
+    const abort = new AbortController();
+    const done = attempt(tenantId, abort)
+      .then(
+        () => failures.succeeded(tenantId),
+        (error: unknown) => {
+          localDue.set(tenantId, now() + failures.failed(tenantId, error, cycleBegun.has(tenantId)));
+        },
+      )
+      .finally(() => {
+        refusal.attemptEnded(tenantId, cycleBegun.has(tenantId));
+        cycleBegun.delete(tenantId);
+        active.delete(tenantId);
+        wake?.();
+      });
+    active.set(tenantId, { abort, done });
   }
 
   async function run(): Promise<void> {

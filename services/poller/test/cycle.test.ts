@@ -5,6 +5,7 @@ import { UrsError, retryPolicy } from '@urs/resilience';
 import { createSecretSealer } from '@urs/secrets';
 import { parseProfile, profileHash } from '@urs/scoring';
 import type { CycleStore } from '@urs/store';
+import { topicNotAuthorised } from '@urs/testkit';
 import {
   CycleAbortedError,
   CycleListedNotRecordedError,
@@ -372,6 +373,56 @@ describe('runCycle', () => {
       `withdraw 600 KAFKA_UNAVAILABLE ${new Date(1_000).toISOString()}`,
       `abandon 0/600 KAFKA_UNAVAILABLE ${new Date(1_000).toISOString()} ${1_000 + 60_000}`,
     ]);
+  });
+
+  it('runCycle should tell batchTaken of each batch Kafka took, and of none it refused', async () => {
+    let taken = 0;
+    const { deps } = setup(pages(600, 600), 10);
+    await runCycle(deps, { ...input(), batchTaken: () => taken++ });
+    expect(taken).toBe(3);
+
+    taken = 0;
+    let sends = 0;
+    const refusedAfterOne = setup(pages(600, 600), 10);
+    const send = refusedAfterOne.deps.publisher.send.bind(refusedAfterOne.deps.publisher);
+    const publisher = {
+      ...refusedAfterOne.deps.publisher,
+      send: async (...args: Parameters<Publisher['send']>) => {
+        if (++sends > 1) throw topicNotAuthorised();
+        await send(...args);
+      },
+    } as Publisher;
+    await expect(
+      runCycle({ ...refusedAfterOne.deps, publisher }, { ...input(), batchTaken: () => taken++ }),
+    ).rejects.toThrow('Topic authorization failed');
+    expect(taken).toBe(1);
+  });
+
+  it("runCycle should stop listing at the next page once the replica's batches are refused, sending nothing", async () => {
+    const { deps, sent, events } = setup(pages(10, 10, 10, 10), 5);
+    let listed = 0;
+    const listing = deps.defender.forTenant.bind(deps.defender);
+    deps.defender = {
+      ...deps.defender,
+      forTenant: (tenant, credentialsOf) => {
+        const client = listing(tenant, credentialsOf);
+        return {
+          async *listDevicePages(signal: AbortSignal) {
+            for await (const page of client.listDevicePages(signal)) {
+              listed++;
+              yield page;
+            }
+          },
+        };
+      },
+    };
+    const refused = new UrsError('BATCHES_REFUSED', 'refused', { cause: topicNotAuthorised() });
+    // Refused once another tenant's cycle met the refusal, while this one lists its first page.
+    const batchesRefused = () => (listed >= 1 ? refused : undefined);
+    await expect(runCycle(deps, { ...input(), batchesRefused })).rejects.toBe(refused);
+    expect(listed).toBe(1);
+    expect(sent).toEqual([]);
+    expect(events).toEqual([]);
   });
 
   it('runCycle should not record a cycle whose every batch went out as abandoned', async () => {

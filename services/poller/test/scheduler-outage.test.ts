@@ -3,7 +3,7 @@ import { UrsError, sleep } from '@urs/resilience';
 import type { PollScheduleStore, TenantStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { type LogLine, capturingLogger, topicNotAuthorised, waitFor } from '@urs/testkit';
-import type { CycleResult } from '../src/cycle';
+import type { CycleInput, CycleResult } from '../src/cycle';
 import type { Scheduler } from '../src/scheduler';
 import {
   feed,
@@ -56,21 +56,22 @@ const UNIT_MS = 200;
 function outageReplica(options: {
   schedules: PollScheduleStore;
   tenants: TenantStore;
-  runCycle?: () => Promise<void>;
+  runCycle?: (input: CycleInput) => Promise<void>;
   lines: LogLine[];
   metrics: Registry;
+  maxConcurrentCycles?: number;
 }) {
   return testScheduler({
     schedules: options.schedules,
     tenants: options.tenants,
     runCycle: async (input): Promise<CycleResult> => {
-      await options.runCycle?.();
+      await options.runCycle?.(input);
       return oneDeviceListed(input.startedAt);
     },
     holderId: 'outage',
     intervalUnitMs: UNIT_MS,
     leaseMs: 1_000,
-    maxConcurrentCycles: 32,
+    maxConcurrentCycles: options.maxConcurrentCycles ?? 32,
     recheckMs: RECHECK_MS,
     maxBackoffMs: 60_000,
     logger: capturingLogger(options.lines),
@@ -204,7 +205,7 @@ describe('createScheduler while Kafka refuses the batches for want of an ACL', (
     scheduler.start();
     started.push(scheduler);
     const ended = (outcome: string) => sampleOf(metrics, `urs_poll_cycles_total{outcome="${outcome}"}`) ?? 0;
-    // Each tenant's cycle failed at least twice.
+    // Four cycles failed: each tenant's first, then the probes of the hold (one tenant's at a time).
     await waitFor(() => ended('infrastructure') + ended('transient') >= 4, { timeoutMs: 5_000 });
     expect(ended('transient')).toBe(0);
     expect(ended('infrastructure')).toBeGreaterThanOrEqual(4);
@@ -221,5 +222,131 @@ describe('createScheduler while Kafka refuses the batches for want of an ACL', (
         reason: expect.stringContaining('Topic authorization failed'),
       }),
     );
+  });
+
+  it("should hold this replica's cycle starts once a batch is refused, one tenant's cycle trying again per probe wait, and resume every tenant once a batch is taken", async () => {
+    let refusing = true;
+    const cyclesOf = new Map<string, number>();
+    let cycles = 0;
+    const lines: LogLine[] = [];
+    const metrics = new Registry();
+    const tenantIds = Array.from({ length: 20 }, (_, i) => `t${i}`);
+    const { table, scheduler } = outageReplica({
+      schedules: memorySchedules(),
+      tenants: memoryStatus(),
+      runCycle: async (input) => {
+        cycles++;
+        cyclesOf.set(input.record.tenantId, (cyclesOf.get(input.record.tenantId) ?? 0) + 1);
+        if (refusing) throw topicNotAuthorised();
+      },
+      lines,
+      metrics,
+      maxConcurrentCycles: 1,
+    });
+    await feed(
+      table,
+      tenantIds.map((id) => record(id)),
+    );
+    scheduler.start();
+    started.push(scheduler);
+    await sleep(1_500);
+    // Without the hold every tenant's cycle ran and was refused, each tried again ~2 "minutes" (400 ms) later:
+    // about 20 cycles a wait, each spending the tenant's Defender calls before its send. With it, the first
+    // refusal holds the others: one cycle per probe wait (2 "minutes"), about 4 in the 1.5 s.
+    expect(cycles).toBeLessThanOrEqual(6);
+    expect(sampleOf(metrics, 'urs_poll_batches_refused')).toBe(1);
+    // Held, not waiting for a place: not counted as overdue (its own alert pages).
+    expect(sampleOf(metrics, 'urs_poll_overdue_tenants')).toBe(0);
+    expect(lines.filter((line) => line.message.startsWith('cycles held'))).toEqual([
+      expect.objectContaining({
+        level: 'error',
+        reason: expect.stringContaining('Topic authorization failed'),
+      }),
+    ]);
+
+    refusing = false;
+    await waitFor(() => tenantIds.every((id) => (cyclesOf.get(id) ?? 0) > 0), { timeoutMs: 5_000 });
+    expect(sampleOf(metrics, 'urs_poll_batches_refused')).toBe(0);
+    expect(lines).toContainEqual(
+      expect.objectContaining({ level: 'info', message: expect.stringContaining('cycles resume') }),
+    );
+  });
+
+  it('should stop the cycles running when a batch is refused before their next page, not the probe', async () => {
+    const pagesOf = new Map<string, number>();
+    let granted = false;
+    const lines: LogLine[] = [];
+    const metrics = new Registry();
+    const { table, scheduler } = outageReplica({
+      schedules: memorySchedules(),
+      tenants: memoryStatus(),
+      runCycle: async (input) => {
+        const tenantId = input.record.tenantId;
+        if (granted) return;
+        // Tenant a's batch is refused at once; b and c list 50 pages, 10 ms apart, before their first send.
+        if (tenantId === 'a') throw topicNotAuthorised();
+        for (let page = 0; page < 50; page++) {
+          const refused = input.batchesRefused?.();
+          if (refused !== undefined) throw refused;
+          pagesOf.set(tenantId, (pagesOf.get(tenantId) ?? 0) + 1);
+          await sleep(10);
+        }
+        throw topicNotAuthorised();
+      },
+      lines,
+      metrics,
+      maxConcurrentCycles: 8,
+    });
+    await feed(table, [record('b'), record('c')]);
+    scheduler.start();
+    started.push(scheduler);
+    await waitFor(() => (pagesOf.get('b') ?? 0) > 0 && (pagesOf.get('c') ?? 0) > 0);
+    await feed(table, [record('a')], { n: 2 });
+    const ended = () => sampleOf(metrics, 'urs_poll_cycles_total{outcome="infrastructure"}') ?? 0;
+    await waitFor(() => ended() >= 3, { timeoutMs: 2_000 });
+    expect(pagesOf.get('b')).toBeLessThan(50);
+    expect(pagesOf.get('c')).toBeLessThan(50);
+    // Stopped by the hold, not refused by Kafka: they neither count as refusals nor put the probe off.
+    granted = true;
+    await waitFor(() => lines.find((line) => line.message.includes('cycles resume')), { timeoutMs: 2_000 });
+    expect(lines.find((line) => line.message.includes('cycles resume'))).toMatchObject({ refusals: 1 });
+  });
+
+  it("should resume the held cycles at the probe's first batch taken, not at the end of its cycle", async () => {
+    let refusing = true;
+    let release: () => void = () => undefined;
+    const probeGoesOn = new Promise<void>((resolve) => (release = resolve));
+    const begun: string[] = [];
+    const metrics = new Registry();
+    const { table, scheduler } = outageReplica({
+      schedules: memorySchedules(),
+      tenants: memoryStatus(),
+      runCycle: async (input) => {
+        begun.push(input.record.tenantId);
+        if (refusing) throw topicNotAuthorised();
+        // A long cycle (a bulk tenant's): its first batch taken, the rest of its listing still to come.
+        input.batchTaken?.();
+        await probeGoesOn;
+      },
+      lines: [],
+      metrics,
+      maxConcurrentCycles: 8,
+    });
+    await feed(table, [record('a')]);
+    scheduler.start();
+    started.push(scheduler);
+    // Released however the test ends: a cycle left running renews its lease, and the run would never end.
+    try {
+      await waitFor(() => sampleOf(metrics, 'urs_poll_batches_refused') === 1);
+      refusing = false;
+      // The probe takes its first batch and goes on listing: the cycles held begin meanwhile.
+      await waitFor(() => begun.length === 2, { timeoutMs: 2_000 });
+      await feed(table, [record('b'), record('c')], { n: 1 });
+      await waitFor(() => begun.length === 4, { timeoutMs: 1_000 });
+      expect(sampleOf(metrics, 'urs_poll_batches_refused')).toBe(0);
+      expect(scheduler.running()).toBe(3);
+    } finally {
+      release();
+    }
   });
 });

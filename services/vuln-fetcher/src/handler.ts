@@ -346,24 +346,29 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       await deps.cycles.addCorrections(batch.tenantId, batch.cycleId, correctionBatches);
       header.totalBatches = poller + correctionBatches;
     }
-    await deps.publisher.send(deps.topic, 'urs/enriched-batch', [
-      deviceBatchMessage(batch.tenantId, header, enrichment.devices),
-    ]);
-    if (enrichment.corrections) {
-      // The correction batches made and sent a send's worth at a time, after the last batch, on the tenant's
-      // partition.
-      await sendCorrections(
-        toCorrect,
-        enrichment.corrections.summaries,
-        batch.cvssThreshold,
-        (corrections, index) =>
-          deviceBatchMessage(
-            batch.tenantId,
-            correctionHeader(batch, poller + index, header.collectedAt, corrections),
-            [],
-          ),
-        (messages) => deps.publisher.send(deps.topic, 'urs/enriched-batch', messages),
-      );
+    try {
+      await deps.publisher.send(deps.topic, 'urs/enriched-batch', [
+        deviceBatchMessage(batch.tenantId, header, enrichment.devices),
+      ]);
+      if (enrichment.corrections) {
+        // The correction batches made and sent a send's worth at a time, after the last batch, on the
+        // tenant's partition.
+        await sendCorrections(
+          toCorrect,
+          enrichment.corrections.summaries,
+          batch.cvssThreshold,
+          (corrections, index) =>
+            deviceBatchMessage(
+              batch.tenantId,
+              correctionHeader(batch, poller + index, header.collectedAt, corrections),
+              [],
+            ),
+          (messages) => deps.publisher.send(deps.topic, 'urs/enriched-batch', messages),
+        );
+      }
+    } catch (error) {
+      await keepReadExport(enrichment, error, log);
+      throw error;
     }
     await enrichment.afterSend?.();
     if (readsLast(batch) && batch.lastBatch && askedWith !== null) {
@@ -405,6 +410,27 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     batches.inc({ mode: batch.vulnerabilityMode });
     const failed = enrichment.devices.filter((device) => device.vulnerabilities === null).length;
     log.info('batch enriched', { devices: enrichment.devices.length, failed, mode: batch.vulnerabilityMode });
+  }
+
+  /**
+   * Stores the export a bulk cycle's last batch read (`afterSend`) when Kafka did not take the batch or its
+   * corrections: the bus holds the batch and tries it again every few seconds for as long as Kafka is away or
+   * refuses it (an ACL missing, until an operator grants it), and each try read the whole export from
+   * Microsoft again (its calls, its quota, minutes of folding). Stored, the tries correct from it, as after
+   * CORRECTIONS_WAITING; it becomes the tenant's latest only once they are sent. Not stored (Redis failing
+   * too), the next try reads it again, as before.
+   */
+  async function keepReadExport(enrichment: Enrichment, sendError: unknown, log: Logger): Promise<void> {
+    if (enrichment.afterSend === undefined) return;
+    try {
+      await enrichment.afterSend();
+    } catch (error) {
+      log.warn('bulk export not stored after its batch was not sent: the next try reads it again', {
+        code: errorCode(error),
+        reason: errorMessage(error),
+        sendReason: errorMessage(sendError),
+      });
+    }
   }
 
   /**

@@ -2,7 +2,7 @@ import type { DeviceBatch, EnrichedBatch, TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createAnsweredCalls, createBulkVulnerabilityCache, createCycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { inboundMessage, testRedisPerTest, waitFor } from '@urs/testkit';
+import { inboundMessage, testRedisPerTest, topicNotAuthorised, waitFor } from '@urs/testkit';
 import { createEnrichHandler } from '../src/handler';
 import type { SourceProvider } from '../src/sources';
 import type { VulnerabilityLike } from '../src/summarise';
@@ -52,14 +52,21 @@ describe('a bulk cycle that reads its export last', () => {
 
   function setup(options: { correctionWaitMs?: number; skipUnchanged?: boolean; bulkWaitMs?: number } = {}) {
     /** Sends that fail before they reach the topic, from the next one on. */
-    const failing = { sends: 0 };
+    const failing = {
+      sends: 0,
+      /** Sends that go through before those fail. */
+      after: 0,
+      /** What a failing send throws (default: the broker unreachable). */
+      error: undefined as (() => Error) | undefined,
+    };
     /** Where each send began in `sent`. */
     const sendStarts: number[] = [];
     const { sent, publisher } = capturingPublisher(() => {
       sendStarts.push(sent.length);
-      if (failing.sends > 0) {
+      if (failing.after > 0) failing.after--;
+      else if (failing.sends > 0) {
         failing.sends--;
-        throw new Error('the broker is unreachable');
+        throw failing.error?.() ?? new Error('the broker is unreachable');
       }
     });
     /** The rows the next export answers, by device. */
@@ -418,24 +425,43 @@ describe('a bulk cycle that reads its export last', () => {
   const correctedIds = (sent: EnrichedBatch[]): string[] =>
     sent.flatMap((batch) => (batch.corrections ?? []).map((item) => item.deviceId)).sort();
 
-  it('should store the export only once the batch and its corrections are produced, and try again whole when they are not', async () => {
+  it('should store the export when the batch or its corrections are not produced, and correct from it when tried again, not read it again', async () => {
     const context = setup();
     const { handle, sent, exported, bulkCache, failing } = context;
     const last = await twoCycles(context);
     sent.length = 0;
-    failing.sends = 1;
-    await expect(handle(last)).rejects.toThrow('the broker is unreachable');
+    // Kafka refusing the produce for want of an ACL: the bus holds the batch and tries it again every few
+    // seconds until the ACL is granted. Each try read the whole export from Microsoft again.
+    failing.sends = 3;
+    failing.error = topicNotAuthorised;
+    for (let held = 0; held < 3; held++)
+      await expect(handle(last)).rejects.toThrow('Topic authorization failed');
     expect(exported.calls).toBe(2);
-    // Nothing was stored: the next cycle would still read the latest export, and this batch's claim is
-    // still held, by this process.
-    expect(await bulkCache.state('t1', 'c2')).toMatchObject({ state: 'pending' });
+    // Stored, not made the latest: the next cycle's batches are still enriched from c1's, which its
+    // corrections compare with.
+    expect(await bulkCache.state('t1', 'c2')).toMatchObject({ state: 'ready' });
     expect((await bulkCache.latest('t1'))?.cycleId).toBe('c1');
     await handle(last);
-    expect(exported.calls).toBe(3);
+    expect(exported.calls).toBe(2);
     expect(sent.map((batch) => batch.batchIndex)).toEqual([1, 2]);
     expect(correctedIds(sent)).toEqual(['d1', 'd2', 'd4']);
-    expect(await bulkCache.state('t1', 'c2')).toMatchObject({ state: 'ready' });
     expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
+  });
+
+  it('should store the export when its corrections are not produced, and send them from it when tried again', async () => {
+    const context = setup();
+    const { handle, sent, sends, forgetSent, exported, failing } = context;
+    const last = await twoCycles(context);
+    forgetSent();
+    // The batch is taken, its corrections' send fails (a broker lost in between).
+    failing.after = 1;
+    failing.sends = 1;
+    await expect(handle(last)).rejects.toThrow('the broker is unreachable');
+    await handle(last);
+    expect(exported.calls).toBe(2);
+    // Sent again whole (at least once), its corrections from the stored export.
+    expect(sends()).toEqual([[1], [1], [2]]);
+    expect(correctedIds(sent)).toEqual(['d1', 'd2', 'd4']);
   });
 
   it('should correct from the stored export when the last batch comes again after the export was stored', async () => {

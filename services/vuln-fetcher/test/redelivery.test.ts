@@ -1,9 +1,11 @@
 import { ReplyError } from 'ioredis';
+import { isKafkaAuthorizationRefusal } from '@urs/bus';
 import { isInfrastructureFault } from '@urs/resilience';
 import type { CycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
+import { topicNotAuthorised } from '@urs/testkit';
 import type { EnrichHandlerDeps } from '../src/handler';
-import { batch, cve, message, setup } from './handler-support';
+import { batch, capturingPublisher, cve, message, setup } from './handler-support';
 
 // A device batch delivered to the vuln-fetcher again after its enriched batch was produced: not enriched
 // again (no second round of Defender calls, no duplicate downstream), unless that produce never finished.
@@ -103,6 +105,38 @@ describe('createEnrichHandler on a batch delivered again', () => {
     await handler(message(batch()));
     expect(sends).toBe(2);
     expect(asked.sort()).toEqual(['d1', 'd2', 'd3']);
+  });
+
+  it('should fail a batch whose produce Kafka refuses for want of an ACL with the refusal, and ask Defender for none of its devices again while it is held', async () => {
+    const asked: string[] = [];
+    let refusing = true;
+    const kafka = capturingPublisher(() => {
+      if (refusing) throw topicNotAuthorised();
+    });
+    const { handler } = setup(
+      {
+        machineVulnerabilities: async (id) => {
+          asked.push(id);
+          return [];
+        },
+      },
+      {
+        cycles: memoryCycles(),
+        publisher: kafka.publisher,
+      },
+    );
+    // The bus holds what fails so (holdReason not-authorized), never dead-letters it, and tries it again.
+    for (let held = 0; held < 3; held++) {
+      const refusal = await handler(message(batch())).then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      expect(isKafkaAuthorizationRefusal(refusal)).toBe(true);
+    }
+    refusing = false;
+    await handler(message(batch()));
+    expect(asked.sort()).toEqual(['d1', 'd2', 'd3']);
+    expect(kafka.sent).toHaveLength(1);
   });
 
   it('should keep the answered calls for the next try when recording the sent batch fails', async () => {
