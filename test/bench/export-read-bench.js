@@ -23,10 +23,12 @@
 //                vuln-fetcher's deployed collector setting); repeat to compare
 //
 // Reported per read: process CPU and wall time of the read, the garbage collector's pauses (perf_hooks
-// 'gc' entries: pauses only, not the incremental marking between them), rows, devices, RSS afterwards.
+// 'gc' entries: pauses only, not the incremental marking between them), rows, devices, RSS afterwards; with
+// --read export-thread also the fold thread's peak heap in use and held, its peak memory outside the heap,
+// and its heap limit, in MiB (fold-heap-worker.js).
 
 const { spawn, spawnSync } = require('node:child_process');
-const { readFileSync } = require('node:fs');
+const { readFileSync, rmSync } = require('node:fs');
 const { request } = require('node:https');
 const { tmpdir } = require('node:os');
 const { join } = require('node:path');
@@ -101,7 +103,7 @@ async function read() {
   const cpu = process.cpuUsage();
   const started = performance.now();
   const reads = { machines: listMachines, export: readExport, 'export-thread': readExportOnThread };
-  const { rows, devices } = await reads[process.env.READ](client);
+  const { rows, devices, ...fold } = await reads[process.env.READ](client);
   const used = process.cpuUsage(cpu);
   const wallMs = performance.now() - started;
   client.close();
@@ -114,6 +116,7 @@ async function read() {
       rows,
       devices,
       rssMb: Math.round(process.memoryUsage().rss / 1048576),
+      ...fold,
     }),
   );
 }
@@ -160,9 +163,28 @@ async function readExport(client) {
  * pauses are this thread's.
  */
 async function readExportOnThread(client) {
-  const { foldExportOnThread } = require(join(root, 'services/vuln-fetcher/dist/export-fold'));
+  const { WorkerExportFold } = require(join(root, 'services/vuln-fetcher/dist/export-fold'));
+  // As foldExportOnThread, on the fold thread with its heap's peak sampled (fold-heap-worker.js).
+  const heapFile = join(tmpdir(), `export-read-bench-fold-heap-${process.pid}.json`);
+  process.env.FOLD_HEAP_FILE = heapFile;
+  const fold = new WorkerExportFold(join(__dirname, 'fold-heap-worker.js'));
+  let devices;
+  try {
+    await client.scanVulnerabilitiesByMachine(fold.sink);
+    devices = (await fold.fold()).size;
+  } finally {
+    await fold.close();
+  }
+  const heap = JSON.parse(readFileSync(heapFile, 'utf8'));
+  rmSync(heapFile, { force: true });
   // The rows are counted on the fold thread, which does not report them.
-  return { devices: (await foldExportOnThread(client)).size };
+  return {
+    devices,
+    foldHeapUsedMb: heap.usedMb,
+    foldHeapTotalMb: heap.totalMb,
+    foldExternalMb: heap.externalMb,
+    foldHeapLimitMb: heap.limitMb,
+  };
 }
 
 /** The device listing as the poller takes it: machines read, and the device records made of them. */

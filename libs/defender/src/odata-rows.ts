@@ -36,7 +36,8 @@ export interface RowReader<T> {
 
 /**
  * Takes an OData answer's bytes as they arrive (`ODataRowScanner` is one); `end` says what the answer held
- * besides its rows, or throws MalformedODataError when it was not a whole OData object.
+ * besides its rows, or throws MalformedODataError when it was not a whole OData object. Any other failure of
+ * `end` is the sink's own: the call fails with it as it is, not retried as an answer Microsoft got wrong.
  */
 export interface ODataSink {
   /**

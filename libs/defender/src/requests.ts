@@ -270,7 +270,10 @@ export function createRequests(options: RequestsOptions): Requests {
     try {
       rest = await scanner.end();
     } catch (error) {
-      throw notJson(path, error as Error);
+      // Any other failure is the sink's own (its reader gone: a fold thread at its heap limit), not a body
+      // Microsoft got wrong: asked again, the page would only fail again, and count against the tenant's calls.
+      if (error instanceof MalformedODataError) throw notJson(path, error);
+      throw error;
     }
     if (!rest.hasValue) throw malformed(path, `The Defender API answered ${path} without a "value" array`);
     return { status: 200, members: rest.members };

@@ -1,7 +1,7 @@
 import { getEventListeners } from 'node:events';
 import { inspect } from 'node:util';
 import { silentLogger } from '@urs/logging';
-import { retryPolicy } from '@urs/resilience';
+import { UrsError, retryPolicy } from '@urs/resilience';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { capturingLogger, type LogLine, waitFor } from '@urs/testkit';
 import {
@@ -826,6 +826,32 @@ describe('createDefenderClient vulnerabilities', () => {
       expect(waits).toBeGreaterThan(0);
       expect(early).toBe(0);
       expect(new Set(rows)).toEqual(new Set(expected));
+    } finally {
+      await close();
+    }
+  });
+
+  it("scanVulnerabilitiesByMachine should fail with the sink's own failure at an answer's end, not retry it as Microsoft's", async () => {
+    const { client, close } = simClient(sim, app);
+    // The sink's reader gone (the fold thread at its heap limit): not a body that is not JSON, and the page,
+    // asked again, would only fail again.
+    const gone = new UrsError(
+      'EXPORT_FOLD_OUT_OF_MEMORY',
+      "the export's fold thread reached its heap limit",
+      {
+        canRetry: true,
+      },
+    );
+    try {
+      sim.resetStats();
+      let sinks = 0;
+      const scanned = client.scanVulnerabilitiesByMachine(() => {
+        sinks++;
+        return { push: () => undefined, end: () => Promise.reject(gone) };
+      });
+      await expect(scanned).rejects.toBe(gone);
+      expect(sinks).toBe(1);
+      expect(sim.stats().calls.bulk).toBe(1);
     } finally {
       await close();
     }

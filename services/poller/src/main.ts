@@ -14,6 +14,7 @@ import { pollerConfig, warnOfShortIntervalUnit } from './config';
 import { runCycle } from './cycle';
 import { createDefenderGateway } from './defender';
 import { createScheduler } from './scheduler';
+import { schedulerCloser } from './scheduler-closer';
 import { createTenantTable } from './tenant-table';
 import { stageTopics } from './topics';
 
@@ -24,7 +25,7 @@ void runService({
   // Kafka away at start: up and answering /readyz 503 (`waiting for Kafka`) until it answers, then reading
   // urs.tenants and polling, instead of exiting 1 after KafkaJS's retries and restarting in a loop.
   waitForKafka: true,
-  async setup({ settings, config, logger, metrics, redis, kafka, publisher, drainTimeoutMs }) {
+  async setup({ settings, config, logger, metrics, redis, kafka, publisher, stopping, drainTimeoutMs }) {
     const prefix = config.redis.keyPrefix;
     // Unique per process even when two replicas share a pid (containers): leases and the group depend on it.
     const holderId = `${settings.instanceId}-${randomBytes(4).toString('hex')}`;
@@ -122,6 +123,12 @@ void runService({
     warnOfShortIntervalUnit(settings, logger);
 
     let catchUpTimer: NodeJS.Timeout | undefined;
+    // From the stop's first instant, while the consumer of urs.tenants still leaves its group: a poller begins
+    // no cycle once stopping. A third to finish and a third to return once aborted, as a runner's batches get
+    // (stopTimes): the last third closes the rest.
+    const closeScheduler = schedulerCloser(scheduler, stopping, drainTimeoutMs, () =>
+      clearTimeout(catchUpTimer),
+    );
     return {
       runners: [runner],
       // Once Kafka answered and the consumer of urs.tenants started: where the topic ends now is what the
@@ -142,15 +149,7 @@ void runService({
       },
       isReady: () => table.caughtUp(),
       closers: [
-        {
-          name: 'scheduler',
-          close: () => {
-            clearTimeout(catchUpTimer);
-            // A third to finish and a third to return once aborted, as a runner's batches get (stopTimes):
-            // the last third closes the rest.
-            return scheduler.close(Math.max(1, Math.floor(config.shutdownTimeoutMs / 3)));
-          },
-        },
+        closeScheduler,
         {
           // The group is this process's alone; leaving it behind would only clutter the cluster.
           name: 'tenants-group',

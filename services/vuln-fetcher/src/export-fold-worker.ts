@@ -1,4 +1,4 @@
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 // The row readers alone, not the package's index, which loads the client too.
 import {
   BulkRowReader,
@@ -9,6 +9,7 @@ import {
 } from '@urs/defender/rows';
 import { VulnerabilityFolder } from './summarise';
 import type { FoldReply, FoldRequest } from './export-fold';
+import { HEAP_BUDGET_EXIT_CODE, pastHeapBudget, type FoldThreadData } from './fold-heap';
 
 /**
  * The thread that reads a bulk export's rows and folds them (see WorkerExportFold): it is given each page's
@@ -17,6 +18,7 @@ import type { FoldReply, FoldRequest } from './export-fold';
  */
 const port = parentPort;
 if (!port) throw new Error('export-fold-worker runs as a worker thread');
+const { heapBudgetMb } = workerData as FoldThreadData;
 
 const folder = new VulnerabilityFolder();
 const reader = new BulkRowReader();
@@ -48,6 +50,8 @@ port.on('message', (request: FoldRequest) => {
           failure = (error as Error).message;
         }
       }
+      // Past its budget the thread ends itself, its heap with it: the main thread fails the read.
+      if (pastHeapBudget(heapBudgetMb)) process.exit(HEAP_BUDGET_EXIT_CODE);
       // Every part is acknowledged, scanned or not: the main thread reads on only as the parts are taken.
       port.postMessage({ type: 'took' } satisfies FoldReply);
       return;

@@ -7,7 +7,11 @@ import {
   type ODataRest,
   type ODataSink,
 } from '@urs/defender';
+import { UrsError } from '@urs/resilience';
+import { FOLD_THREAD_RESOURCE_LIMITS, HEAP_BUDGET_EXIT_CODE, type FoldThreadData } from './fold-heap';
 import { VulnerabilityFolder, type FoldState } from './summarise';
+
+export { FOLD_THREAD_RESOURCE_LIMITS } from './fold-heap';
 
 /** Bytes handed to the fold thread at once. */
 const PART_BYTES = 1024 * 1024;
@@ -17,6 +21,28 @@ const PART_BYTES = 1024 * 1024;
  * page would otherwise queue up for the thread.
  */
 const PARTS_AHEAD = 8;
+
+/**
+ * The fold thread reached its heap limit and was ended (by Node, or by itself past its budget: see
+ * `pastHeapBudget`): the export's read fails, retryably (the tenant's next cycle reads it again), and the
+ * process goes on.
+ */
+export class ExportFoldMemoryError extends UrsError {
+  constructor(heapMb: number, cause?: Error) {
+    super(
+      'EXPORT_FOLD_OUT_OF_MEMORY',
+      `the bulk export's fold thread reached its heap limit (${heapMb} MiB) and was ended: the export was ` +
+        'not read, and is read again at the next cycle; URS_BULK_FOLD_THREAD=false folds it on the main ' +
+        'thread, under its own heap cap',
+      { canRetry: true, ...(cause ? { cause } : {}), details: { heapMb } },
+    );
+  }
+}
+
+/** Node's error for a worker ended at its resource limits. */
+function outOfMemory(error: Error): boolean {
+  return (error as { code?: unknown }).code === 'ERR_WORKER_OUT_OF_MEMORY';
+}
 
 /** What the main thread asks of the export's fold thread. */
 export type FoldRequest =
@@ -49,14 +75,21 @@ export class WorkerExportFold {
   private ahead = 0;
   private caughtUp: (() => void) | undefined;
 
-  constructor(workerPath = join(__dirname, 'export-fold-worker.js')) {
-    // A small young generation: the thread's garbage is the rows it scans, each dead once folded in.
-    this.worker = new Worker(workerPath, { resourceLimits: { maxYoungGenerationSizeMb: 12 } });
+  /** `heapMb`: the thread's old space, and the heap it may use (FOLD_THREAD_RESOURCE_LIMITS by default). */
+  constructor(
+    workerPath = join(__dirname, 'export-fold-worker.js'),
+    heapMb: number = FOLD_THREAD_RESOURCE_LIMITS.maxOldGenerationSizeMb,
+  ) {
+    this.worker = new Worker(workerPath, {
+      resourceLimits: { ...FOLD_THREAD_RESOURCE_LIMITS, maxOldGenerationSizeMb: heapMb },
+      workerData: { heapBudgetMb: heapMb } satisfies FoldThreadData,
+    });
     const fail = (error: Error): void => {
-      this.failed ??= error;
+      this.failed ??= outOfMemory(error) ? new ExportFoldMemoryError(heapMb, error) : error;
+      const failed = this.failed;
       // A push waiting for the thread goes on: the answer's end reports the failure.
       this.resume();
-      for (const { reject } of this.waiting.values()) reject(error);
+      for (const { reject } of this.waiting.values()) reject(failed);
       this.waiting.clear();
     };
     this.worker.on('message', (reply: FoldReply) => {
@@ -70,7 +103,13 @@ export class WorkerExportFold {
       waiter?.resolve(reply);
     });
     this.worker.on('error', fail);
-    this.worker.on('exit', (code) => fail(new Error(`the export's fold thread ended (exit code ${code})`)));
+    this.worker.on('exit', (code) =>
+      fail(
+        code === HEAP_BUDGET_EXIT_CODE
+          ? new ExportFoldMemoryError(heapMb)
+          : new Error(`the export's fold thread ended (exit code ${code})`),
+      ),
+    );
   }
 
   /**

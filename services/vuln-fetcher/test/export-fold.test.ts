@@ -1,4 +1,5 @@
-import { writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -12,7 +13,7 @@ import {
 } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
 import { type Simulator, startSimulator } from '@urs/simulator';
-import { WorkerExportFold } from '../src/export-fold';
+import { FOLD_THREAD_RESOURCE_LIMITS, WorkerExportFold } from '../src/export-fold';
 import { VulnerabilityFolder } from '../src/summarise';
 
 // The thread runs compiled code: the package is built before its tests (`npm run build`, as CI does).
@@ -228,6 +229,125 @@ describe('WorkerExportFold', () => {
     const closed = new WorkerExportFold(WORKER);
     await closed.close();
     await expect(closed.fold()).rejects.toThrow(/closed/);
+  });
+
+  /** A thread of `source`'s, in a file of its own (removed after the test). */
+  function threadFile(name: string, source: string): string {
+    const file = join(tmpdir(), `export-fold-${name}-${process.pid}.js`);
+    writeFileSync(file, source);
+    return file;
+  }
+
+  /** What a fold thread of `source`'s answers an answer's end, as `members`. */
+  async function endOf(fold: WorkerExportFold): Promise<Record<string, unknown>> {
+    const sink = fold.sink(() => undefined);
+    sink.push(Buffer.from('{"value":['));
+    return (await sink.end()).members;
+  }
+
+  it("should cap the thread's heap, so that the process's heaps fit its memory limit", async () => {
+    // A thread that answers an answer's end with its limits, as the thread itself sees them.
+    const file = threadFile(
+      'limits',
+      `const { parentPort, resourceLimits, workerData } = require('node:worker_threads');
+const { getHeapStatistics } = require('node:v8');
+parentPort.on('message', (request) => {
+  if (request.type === 'chunk') parentPort.postMessage({ type: 'took' });
+  if (request.type !== 'end') return;
+  const members = { resourceLimits, workerData, heapSizeLimit: getHeapStatistics().heap_size_limit };
+  parentPort.postMessage({ id: request.id, type: 'end', rest: { members, hasValue: true }, invalid: [] });
+});
+`,
+    );
+    const fold = new WorkerExportFold(file);
+    try {
+      const members = await endOf(fold);
+      expect(members['resourceLimits']).toMatchObject(FOLD_THREAD_RESOURCE_LIMITS);
+      // The budget the thread keeps to itself, where the process's --max-old-space-size overrides the above.
+      expect(members['workerData']).toEqual({
+        heapBudgetMb: FOLD_THREAD_RESOURCE_LIMITS.maxOldGenerationSizeMb,
+      });
+      // V8's whole heap of the thread: its old space and its young generation.
+      const { maxOldGenerationSizeMb, maxYoungGenerationSizeMb } = FOLD_THREAD_RESOURCE_LIMITS;
+      expect(members['heapSizeLimit']).toBeLessThanOrEqual(
+        (maxOldGenerationSizeMb + maxYoungGenerationSizeMb) * 2 ** 20,
+      );
+    } finally {
+      await fold.close();
+      rmSync(file, { force: true });
+    }
+  });
+
+  it('should fail the answer retryably, naming the limit, when the thread reaches its heap limit', async () => {
+    // A thread that keeps what it makes up to twice the fold thread's old space: under that cap it dies
+    // on the way, without it (a worker's default, the process's own) it answers.
+    const file = threadFile(
+      'hungry',
+      `const { parentPort } = require('node:worker_threads');
+const { getHeapStatistics } = require('node:v8');
+const kept = [];
+parentPort.on('message', (request) => {
+  if (request.type === 'chunk') {
+    while (getHeapStatistics().used_heap_size < ${2 * FOLD_THREAD_RESOURCE_LIMITS.maxOldGenerationSizeMb} * 2 ** 20)
+      kept.push(Array.from({ length: 10000 }, (_, i) => ({ i })));
+    parentPort.postMessage({ type: 'took' });
+  }
+  if (request.type === 'end')
+    parentPort.postMessage({ id: request.id, type: 'end', rest: { members: {}, hasValue: true }, invalid: [] });
+});
+`,
+    );
+    const fold = new WorkerExportFold(file);
+    try {
+      await expect(endOf(fold)).rejects.toMatchObject({
+        code: 'EXPORT_FOLD_OUT_OF_MEMORY',
+        canRetry: true,
+        message: expect.stringContaining(`${FOLD_THREAD_RESOURCE_LIMITS.maxOldGenerationSizeMb} MiB`),
+      });
+      // What is asked of it afterwards fails alike.
+      await expect(fold.fold()).rejects.toMatchObject({ code: 'EXPORT_FOLD_OUT_OF_MEMORY' });
+    } finally {
+      await fold.close();
+      rmSync(file, { force: true });
+    }
+  });
+
+  it('should fail the answer retryably past its heap budget under the deployed flags, which override its limit', () => {
+    // The vuln-fetcher's flags, with --max-old-space-size: V8 takes it for the thread's old space too, over
+    // the worker's resourceLimits. An export of 150,000 devices folded (~14 MB of ids) by a thread of 16 MiB.
+    const flags = (
+      JSON.parse(readFileSync(join(__dirname, '../../../deploy/node-flags.json'), 'utf8')) as Record<
+        string,
+        string[]
+      >
+    )['vuln-fetcher'];
+    expect(flags).toContainEqual(expect.stringMatching(/^--max-old-space-size=/));
+    const script = `
+const { WorkerExportFold } = require(${JSON.stringify(join(__dirname, '../dist/export-fold.js'))});
+const fold = new WorkerExportFold(undefined, 16);
+const rows = Array.from({ length: 150000 }, (_, i) =>
+  JSON.stringify({ deviceId: i.toString(16).padStart(40, 'a'), cveId: 'CVE-2026-1', cvssScore: 5 }));
+const body = Buffer.from('{"value":[' + rows.join(',') + ']}');
+const sink = fold.sink(() => undefined);
+(async () => {
+  for (let at = 0; at < body.length; at += 65536) await sink.push(body.subarray(at, at + 65536));
+  await sink.end();
+  return (await fold.fold()).size;
+})().then(
+  (size) => process.stdout.write(JSON.stringify({ folded: size })),
+  (error) => process.stdout.write(JSON.stringify({ code: error.code, canRetry: error.canRetry, message: error.message })),
+).finally(() => fold.close());
+`;
+    const outcome = JSON.parse(
+      execFileSync(process.execPath, [...(flags ?? []), '-e', script]).toString(),
+    ) as {
+      code?: string;
+    };
+    expect(outcome).toMatchObject({
+      code: 'EXPORT_FOLD_OUT_OF_MEMORY',
+      canRetry: true,
+      message: expect.stringContaining('(16 MiB)'),
+    });
   });
 
   it('foldExportOnThread should fold what the client scans, and fail as its scan does', async () => {
