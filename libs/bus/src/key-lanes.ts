@@ -98,6 +98,13 @@ export class KeyLanes {
    * the reading stops at it and nothing is deferred.
    */
   readPast = false;
+  /**
+   * Whether one key held the buffer when it was last full: all of it but at most `window` messages of other
+   * keys (see mostHeldByOneKey). Such a key may be streaming a backlog through the partition, whose keys
+   * behind it are not read while its messages refill the buffer however fast they finish (see
+   * partition-fetch.ts).
+   */
+  heldByOneKey = false;
   private heldCount = 0;
   private deferredCount = 0;
   private readonly readAgainAt: number;
@@ -300,6 +307,19 @@ export class KeyLanes {
     lane.entries.push(entry);
     lane.held++;
     this.heldCount++;
+    if (this.heldCount >= this.limits.maxHeld) this.heldByOneKey = this.mostHeldByOneKey();
+  }
+
+  /**
+   * Whether one key holds all of the buffer but at most `window` messages, and more than half of it and more
+   * than its window: messages of its own wait in it (in a buffer of two windows or less, a key running its
+   * window fills it without holding up anything of its own).
+   */
+  private mostHeldByOneKey(): boolean {
+    let most = 0;
+    for (const lane of this.byKey.values()) most = Math.max(most, lane.held);
+    const { maxHeld, window } = this.limits;
+    return most >= maxHeld - window && most > Math.max(window, this.readAgainAt);
   }
 
   /**

@@ -6,7 +6,7 @@ import { drainWithin } from './drain';
 import { settleUntilDone, type MessageWork } from './handle';
 import { createWatermarkCommits, type CommittedPartition } from './key-commits';
 import { KeyLanes, type Entry, type Lane } from './key-lanes';
-import { createPartitionFetch, type FetchedPartition } from './partition-fetch';
+import { createPartitionFetch, readToEnd, type FetchedPartition } from './partition-fetch';
 
 /*
  * Ordering per key within a partition, on KafkaJS 2.2.4 (its consumer/runner.js, consumerGroup.js and
@@ -125,7 +125,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
    * which every message read of the partition was finished here, until the partition's first batch since.
    */
   const finishedBefore = new Map<string, bigint>();
-  const { pause, pauseAgain, resume, readPastLater, stopReadingPast, readAgainIfDue, seek } =
+  const { pause, pauseAgain, resume, readPastLater, halfEmpty, stopReadingPast, readAgainIfDue, seek } =
     createPartitionFetch({
       consumer,
       log,
@@ -169,6 +169,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
         revoked: false,
         paused: false,
         readPastTimer: undefined,
+        readToEnd: false,
         position: undefined,
         readSince: undefined,
         committed: undefined,
@@ -260,10 +261,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
       if (!(await settleEntry(work, entry)) || work.revoked) return;
       work.lanes.finished(lane, entry);
       countBuffered(-1);
-      if (work.lanes.isHalfEmpty && !closing.signal.aborted) {
-        stopReadingPast(work);
-        resume(work);
-      }
+      if (work.lanes.isHalfEmpty && !closing.signal.aborted) halfEmpty(work);
       readAgainIfDue(work);
       commits.schedule();
     } finally {
@@ -336,6 +334,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
         work.position = read.next;
         work.readSince ??= BigInt(batch.messages[0]?.offset ?? read.next);
       }
+      work.readToEnd = readToEnd(lanes, batch.highWatermark);
       // Not reading past, a full buffer pauses the partition at once, not once a later fetch brings a message
       // that finds no room: that fetch would be made for nothing, and its messages fetched again.
       if (read.stopped || (!lanes.readPast && lanes.isFull)) {
