@@ -71,9 +71,10 @@ const keyOf = (message: KafkaMessage): string | null =>
  * The messages of one partition by key, and what a full buffer does: a key's waiting messages must not keep
  * other keys' messages from being taken, while memory stays bounded.
  * - Up to `maxHeld` messages are held in memory. Until the partition reads past a full buffer (`readPast`, set
- *   by the runner once the partition has stayed full a while), a message that finds no room stops the read
- *   there, as a paused partition's fetching did, and nothing is deferred: a key streaming through a busy
- *   partition is read once, where deferring would read most of its messages twice with nothing behind them.
+ *   by the runner once the partition has stayed full a while, or one key has held it a while: `heldByOneKey`,
+ *   see partition-fetch.ts), a message that finds no room stops the read there, as a paused partition's
+ *   fetching did, and nothing is deferred: a key streaming through a busy partition for less than that while
+ *   is read once, where deferring would read most of its messages twice with nothing behind them.
  * - Reading past a full buffer, a message of a key holding at least two fewer than the key holding the most
  *   takes the place of that key's newest message not started, which is deferred: only its offset is kept, and
  *   the partition is read again from it later. So a key whose messages all wait (a tenant's batches waiting for

@@ -42,8 +42,8 @@ import { createPartitionFetch, readToEnd, type FetchedPartition } from './partit
  *   forgot this member: its handlers aborted, its finished watermark kept for the partitions assigned back.
  * - eachBatch only accepts and returns, so KafkaJS's fetch loop keeps heartbeating; a full buffer
  *   never blocks eachBatch (which would block the fetches of every partition of the broker): it pauses
- *   the partition's fetching, which resumes once the buffer is half empty, or is read past later
- *   (partition-fetch.ts).
+ *   the partition's fetching, which resumes once the buffer is half empty, or is read past later, also
+ *   when one key refills it as fast as it halves (partition-fetch.ts).
  * - A key's messages start in offset order, at most `inFlightPerKey` of them at once (a sliding window
  *   over its unfinished messages), so they may finish out of order; the committed watermark still never
  *   passes an unfinished one.
