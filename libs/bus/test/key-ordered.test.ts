@@ -377,7 +377,7 @@ describe('createKeyOrderedConsumption', () => {
         readPastAfterMs: 100,
       });
       const finished = new Set<string>();
-      // Each round: two fetches, if KafkaJS would make them, then t's oldest message running finishes and
+      // Each round: two fetches, if KafkaJS would make them, then the oldest message running finishes and
       // 10 ms pass: the buffer is half empty every other round, long before the 100 ms.
       for (let round = 0; finished.size < keys.length && round < 1_000; round++) {
         for (let fetch = 0; fetch < 2; fetch++) {
@@ -391,6 +391,7 @@ describe('createKeyOrderedConsumption', () => {
         }
         jest.advanceTimersByTime(10);
       }
+      const calls = [...partition.calls];
       await keyed.drain();
 
       const started = handler.started();
@@ -399,6 +400,12 @@ describe('createKeyOrderedConsumption', () => {
       expect(started.indexOf('40')).toBeLessThan(started.indexOf('20'));
       // t's messages in offset order, each handed to the handler once.
       expect(started.filter((offset) => offset !== '40')).toEqual(keys.slice(0, 40).map((_, i) => String(i)));
+      // Read to its end, the partition was read again from where its reading started once, and no longer read
+      // past: it paused when full, and resumed when half empty, as before.
+      const sinceReadAgain = calls.slice(calls.lastIndexOf('seek@0') + 1);
+      expect(calls.filter((call) => call.startsWith('seek'))).toEqual(['seek@0']);
+      expect(new Set(sinceReadAgain)).toEqual(new Set(['pause', 'resume']));
+      expect(sinceReadAgain.filter((call) => call === 'pause').length).toBeGreaterThan(3);
     } finally {
       jest.useRealTimers();
     }
