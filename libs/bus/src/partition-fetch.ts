@@ -166,13 +166,14 @@ export function createPartitionFetch(options: PartitionFetchOptions): PartitionF
   }
 
   /**
-   * Reading past the key that held the buffer, with more of the partition to read: the partition is fetched
-   * on, and the offset resolved after its next batch moves back to a deferred message that is due
+   * Reading past the key that held the buffer, with more of the partition to read and its fetching not
+   * paused: a batch comes, and the offset resolved after it moves back to a deferred message that is due
    * (KeyLanes.readFrom), without a seek back to the last committed offset, which would fetch again what lies
-   * between at every half-empty buffer.
+   * between at every half-empty buffer. Paused (as many offsets deferred as are kept), no batch comes: the
+   * seek moves the fetch back.
    */
   function readingOnToEnd(work: FetchedPartition): boolean {
-    return work.lanes.readPast && work.lanes.heldByOneKey && !work.readToEnd;
+    return work.lanes.readPast && work.lanes.heldByOneKey && !work.readToEnd && !work.paused;
   }
 
   function halfEmpty(work: FetchedPartition): void {
