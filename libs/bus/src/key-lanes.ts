@@ -283,6 +283,16 @@ export class KeyLanes {
     return from;
   }
 
+  /** The oldest deferred offset, if any: a read of the partition from there meets every deferred message. */
+  oldestDeferred(): bigint | undefined {
+    let oldest: bigint | undefined;
+    for (const lane of this.byKey.values()) {
+      const first = lane.deferred[0];
+      if (first !== undefined && (oldest === undefined || first < oldest)) oldest = first;
+    }
+    return oldest;
+  }
+
   /** The oldest deferred offset of the keys that want theirs read again now, if any. */
   readAgainFrom(): bigint | undefined {
     if (this.deferredCount === 0) return undefined;

@@ -125,13 +125,14 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
    * which every message read of the partition was finished here, until the partition's first batch since.
    */
   const finishedBefore = new Map<string, bigint>();
+  const fetching = createPartitionFetch({
+    consumer,
+    log,
+    readPastAfterMs: options.readPastAfterMs,
+    closing: closing.signal,
+  });
   const { pause, pauseAgain, resume, readPastLater, halfEmpty, stopReadingPast, readAgainIfDue, seek } =
-    createPartitionFetch({
-      consumer,
-      log,
-      readPastAfterMs: options.readPastAfterMs,
-      closing: closing.signal,
-    });
+    fetching;
   const commits = createWatermarkCommits<PartitionWork>({
     log,
     intervalMs: options.commitIntervalMs,
@@ -329,12 +330,13 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
         });
         commits.schedule();
       }
+      work.readToEnd = readToEnd(lanes, batch.highWatermark);
       if (read.next !== undefined) {
-        payload.resolveOffset((read.next - 1n).toString());
-        work.position = read.next;
+        const next = fetching.readBackFromEnd(work, read.next);
+        payload.resolveOffset((next - 1n).toString());
+        work.position = next;
         work.readSince ??= BigInt(batch.messages[0]?.offset ?? read.next);
       }
-      work.readToEnd = readToEnd(lanes, batch.highWatermark);
       // Not reading past, a full buffer pauses the partition at once, not once a later fetch brings a message
       // that finds no room: that fetch would be made for nothing, and its messages fetched again.
       if (read.stopped || (!lanes.readPast && lanes.isFull)) {

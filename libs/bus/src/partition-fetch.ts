@@ -81,6 +81,11 @@ export interface PartitionFetch {
   readPastLater(work: FetchedPartition): void;
   /** The partition's buffer is half empty: its fetching resumes, and its reading past ends or goes on. */
   halfEmpty(work: FetchedPartition): void;
+  /**
+   * After a batch read (`readToEnd` set), where the partition's next fetch starts instead of `next`: see
+   * readBackFromEnd.
+   */
+  readBackFromEnd(work: FetchedPartition, next: bigint): bigint;
   stopReadingPast(work: FetchedPartition): void;
   readAgainIfDue(work: FetchedPartition): void;
   /**
@@ -176,6 +181,21 @@ export function createPartitionFetch(options: PartitionFetchOptions): PartitionF
     return work.lanes.readPast && work.lanes.heldByOneKey && !work.readToEnd && !work.paused;
   }
 
+  /**
+   * Read past the key that held the buffer to the partition's end, every key behind it reached: reading past
+   * ends, and the next fetch moves back to the oldest deferred message at once, by the offset resolved after
+   * this batch (not by a seek to the last committed offset once the buffer is half empty, which would fetch
+   * again all that lies between while the key's messages wait to be read back). Full, the partition pauses
+   * there until half empty, as a partition not read past.
+   */
+  function readBackFromEnd(work: FetchedPartition, next: bigint): bigint {
+    const { lanes } = work;
+    if (!lanes.readPast || !lanes.heldByOneKey || !work.readToEnd) return next;
+    stopReadingPast(work);
+    const oldest = lanes.oldestDeferred();
+    return oldest !== undefined && oldest < next ? oldest : next;
+  }
+
   function halfEmpty(work: FetchedPartition): void {
     const { lanes } = work;
     if (!lanes.heldByOneKey || (lanes.readPast && work.readToEnd)) stopReadingPast(work);
@@ -221,5 +241,15 @@ export function createPartitionFetch(options: PartitionFetchOptions): PartitionF
     }
   }
 
-  return { pause, pauseAgain, resume, readPastLater, halfEmpty, stopReadingPast, readAgainIfDue, seek };
+  return {
+    pause,
+    pauseAgain,
+    resume,
+    readPastLater,
+    halfEmpty,
+    readBackFromEnd,
+    stopReadingPast,
+    readAgainIfDue,
+    seek,
+  };
 }
