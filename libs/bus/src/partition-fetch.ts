@@ -21,8 +21,10 @@ import type { KeyLanes } from './key-lanes';
  *   a backlog (a bulk tenant's hundreds of batches) refills it with its own messages as fast as they finish,
  *   and the keys behind its backlog would wait for all of it, the buffer never full for long. Reading past
  *   then goes on, also once half empty, until it has read the partition to its end (its high watermark at the
- *   last fetch): every key behind the backlog is let through. The cost: the messages of the key read past are
- *   fetched twice (deferred, then read again), as for a key whose messages wait; a key streaming for less
+ *   last fetch): every key behind the backlog is let through, and the next fetch moves back to the oldest
+ *   deferred message at once (readBackFromEnd). Meanwhile a half-empty buffer is refilled by the offset
+ *   resolved after the next batch, not by a seek (readingOnToEnd). The cost: the messages of the key read past
+ *   are fetched twice (deferred, then read again), as for a key whose messages wait; a key streaming for less
  *   than `readPastAfterMs` is read once.
  * - KafkaJS keeps a seek it has not applied yet through a rebalance (consumerGroup.seekOffset) and applies
  *   it whenever the partition is assigned here again, maybe much later: a seek past the offset committed
