@@ -71,9 +71,10 @@ const keyOf = (message: KafkaMessage): string | null =>
  * The messages of one partition by key, and what a full buffer does: a key's waiting messages must not keep
  * other keys' messages from being taken, while memory stays bounded.
  * - Up to `maxHeld` messages are held in memory. Until the partition reads past a full buffer (`readPast`, set
- *   by the runner once the partition has stayed full a while), a message that finds no room stops the read
- *   there, as a paused partition's fetching did, and nothing is deferred: a key streaming through a busy
- *   partition is read once, where deferring would read most of its messages twice with nothing behind them.
+ *   by the runner once the partition has stayed full a while, or one key has held it a while: `heldByOneKey`,
+ *   see partition-fetch.ts), a message that finds no room stops the read there, as a paused partition's
+ *   fetching did, and nothing is deferred: a key streaming through a busy partition for less than that while
+ *   is read once, where deferring would read most of its messages twice with nothing behind them.
  * - Reading past a full buffer, a message of a key holding at least two fewer than the key holding the most
  *   takes the place of that key's newest message not started, which is deferred: only its offset is kept, and
  *   the partition is read again from it later. So a key whose messages all wait (a tenant's batches waiting for
@@ -98,6 +99,13 @@ export class KeyLanes {
    * the reading stops at it and nothing is deferred.
    */
   readPast = false;
+  /**
+   * Whether one key held the buffer when it was last full: all of it but at most `window` messages of other
+   * keys (see mostHeldByOneKey). Such a key may be streaming a backlog through the partition, whose keys
+   * behind it are not read while its messages refill the buffer however fast they finish (see
+   * partition-fetch.ts).
+   */
+  heldByOneKey = false;
   private heldCount = 0;
   private deferredCount = 0;
   private readonly readAgainAt: number;
@@ -275,6 +283,16 @@ export class KeyLanes {
     return from;
   }
 
+  /** The oldest deferred offset, if any: a read of the partition from there meets every deferred message. */
+  oldestDeferred(): bigint | undefined {
+    let oldest: bigint | undefined;
+    for (const lane of this.byKey.values()) {
+      const first = lane.deferred[0];
+      if (first !== undefined && (oldest === undefined || first < oldest)) oldest = first;
+    }
+    return oldest;
+  }
+
   /** The oldest deferred offset of the keys that want theirs read again now, if any. */
   readAgainFrom(): bigint | undefined {
     if (this.deferredCount === 0) return undefined;
@@ -300,6 +318,19 @@ export class KeyLanes {
     lane.entries.push(entry);
     lane.held++;
     this.heldCount++;
+    if (this.heldCount >= this.limits.maxHeld) this.heldByOneKey = this.mostHeldByOneKey();
+  }
+
+  /**
+   * Whether one key holds all of the buffer but at most `window` messages, and more than half of it and more
+   * than its window: messages of its own wait in it (in a buffer of two windows or less, a key running its
+   * window fills it without holding up anything of its own).
+   */
+  private mostHeldByOneKey(): boolean {
+    let most = 0;
+    for (const lane of this.byKey.values()) most = Math.max(most, lane.held);
+    const { maxHeld, window } = this.limits;
+    return most >= maxHeld - window && most > Math.max(window, this.readAgainAt);
   }
 
   /**

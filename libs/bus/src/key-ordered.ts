@@ -6,7 +6,7 @@ import { drainWithin } from './drain';
 import { settleUntilDone, type MessageWork } from './handle';
 import { createWatermarkCommits, type CommittedPartition } from './key-commits';
 import { KeyLanes, type Entry, type Lane } from './key-lanes';
-import { createPartitionFetch, type FetchedPartition } from './partition-fetch';
+import { createPartitionFetch, readToEnd, type FetchedPartition } from './partition-fetch';
 
 /*
  * Ordering per key within a partition, on KafkaJS 2.2.4 (its consumer/runner.js, consumerGroup.js and
@@ -42,8 +42,8 @@ import { createPartitionFetch, type FetchedPartition } from './partition-fetch';
  *   forgot this member: its handlers aborted, its finished watermark kept for the partitions assigned back.
  * - eachBatch only accepts and returns, so KafkaJS's fetch loop keeps heartbeating; a full buffer
  *   never blocks eachBatch (which would block the fetches of every partition of the broker): it pauses
- *   the partition's fetching, which resumes once the buffer is half empty, or is read past later
- *   (partition-fetch.ts).
+ *   the partition's fetching, which resumes once the buffer is half empty, or is read past later, also
+ *   when one key refills it as fast as it halves (partition-fetch.ts).
  * - A key's messages start in offset order, at most `inFlightPerKey` of them at once (a sliding window
  *   over its unfinished messages), so they may finish out of order; the committed watermark still never
  *   passes an unfinished one.
@@ -125,13 +125,14 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
    * which every message read of the partition was finished here, until the partition's first batch since.
    */
   const finishedBefore = new Map<string, bigint>();
-  const { pause, pauseAgain, resume, readPastLater, stopReadingPast, readAgainIfDue, seek } =
-    createPartitionFetch({
-      consumer,
-      log,
-      readPastAfterMs: options.readPastAfterMs,
-      closing: closing.signal,
-    });
+  const fetching = createPartitionFetch({
+    consumer,
+    log,
+    readPastAfterMs: options.readPastAfterMs,
+    closing: closing.signal,
+  });
+  const { pause, pauseAgain, resume, readPastLater, halfEmpty, stopReadingPast, readAgainIfDue, seek } =
+    fetching;
   const commits = createWatermarkCommits<PartitionWork>({
     log,
     intervalMs: options.commitIntervalMs,
@@ -169,6 +170,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
         revoked: false,
         paused: false,
         readPastTimer: undefined,
+        readToEnd: false,
         position: undefined,
         readSince: undefined,
         committed: undefined,
@@ -260,10 +262,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
       if (!(await settleEntry(work, entry)) || work.revoked) return;
       work.lanes.finished(lane, entry);
       countBuffered(-1);
-      if (work.lanes.isHalfEmpty && !closing.signal.aborted) {
-        stopReadingPast(work);
-        resume(work);
-      }
+      if (work.lanes.isHalfEmpty && !closing.signal.aborted) halfEmpty(work);
       readAgainIfDue(work);
       commits.schedule();
     } finally {
@@ -331,9 +330,11 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
         });
         commits.schedule();
       }
+      work.readToEnd = readToEnd(lanes, batch.highWatermark);
       if (read.next !== undefined) {
-        payload.resolveOffset((read.next - 1n).toString());
-        work.position = read.next;
+        const next = fetching.readBackFromEnd(work, read.next);
+        payload.resolveOffset((next - 1n).toString());
+        work.position = next;
         work.readSince ??= BigInt(batch.messages[0]?.offset ?? read.next);
       }
       // Not reading past, a full buffer pauses the partition at once, not once a later fetch brings a message

@@ -16,6 +16,16 @@ import type { KeyLanes } from './key-lanes';
  *   next fetch's offset, and drops a batch fetched before it). Offsets already accepted and read again are
  *   skipped, as after a rebalance. Reading past, the partition's fetching pauses only when the deferred
  *   offsets reach their bound, until the buffer is half empty.
+ * - A key that held the buffer when it was last full (all of it but a window of other keys' messages, see
+ *   KeyLanes.heldByOneKey) keeps the wait running while the buffer is half empty and refilled: a key streaming
+ *   a backlog (a bulk tenant's hundreds of batches) refills it with its own messages as fast as they finish,
+ *   and the keys behind its backlog would wait for all of it, the buffer never full for long. Reading past
+ *   then goes on, also once half empty, until it has read the partition to its end (its high watermark at the
+ *   last fetch): every key behind the backlog is let through, and the next fetch moves back to the oldest
+ *   deferred message at once (readBackFromEnd). Meanwhile a half-empty buffer is refilled by the offset
+ *   resolved after the next batch, not by a seek (readingOnToEnd). The cost: the messages of the key read past
+ *   are fetched twice (deferred, then read again), as for a key whose messages wait; a key streaming for less
+ *   than `readPastAfterMs` is read once.
  * - KafkaJS keeps a seek it has not applied yet through a rebalance (consumerGroup.seekOffset) and applies
  *   it whenever the partition is assigned here again, maybe much later: a seek past the offset committed
  *   then would skip what the partition's other owner left. So the runner seeks only to the partition's
@@ -32,8 +42,13 @@ export interface FetchedPartition {
   readonly lanes: KeyLanes;
   revoked: boolean;
   paused: boolean;
-  /** Set while the partition is full and not read past yet: reading past starts when it fires. */
+  /**
+   * Set while the partition is full (or held by one key, see the top of this file) and not read past yet:
+   * reading past starts when it fires.
+   */
   readPastTimer: NodeJS.Timeout | undefined;
+  /** Whether the last batch read the partition to its end (nothing behind what was read, then). */
+  readToEnd: boolean;
   /** Where the partition's next fetch starts, as last resolved or sought here; undefined before. */
   position: bigint | undefined;
   /**
@@ -66,6 +81,13 @@ export interface PartitionFetch {
   /** Resumes a paused partition; a refusal (not running) is logged, and the partition stays paused. */
   resume(work: FetchedPartition): void;
   readPastLater(work: FetchedPartition): void;
+  /** The partition's buffer is half empty: its fetching resumes, and its reading past ends or goes on. */
+  halfEmpty(work: FetchedPartition): void;
+  /**
+   * After a batch read (`readToEnd` set), where the partition's next fetch starts instead of `next`: see
+   * readBackFromEnd.
+   */
+  readBackFromEnd(work: FetchedPartition, next: bigint): bigint;
   stopReadingPast(work: FetchedPartition): void;
   readAgainIfDue(work: FetchedPartition): void;
   /**
@@ -73,6 +95,12 @@ export interface PartitionFetch {
    * fetched of it before. False when refused (not running), logged with `failure`.
    */
   seek(work: FetchedPartition, offset: bigint, failure: string): boolean;
+}
+
+/** Whether everything in the partition up to its high watermark, as a batch of it saw it, was read. */
+export function readToEnd(lanes: KeyLanes, highWatermark: string): boolean {
+  const end = lanes.offsets.end;
+  return end !== undefined && end >= BigInt(highWatermark);
 }
 
 export function createPartitionFetch(options: PartitionFetchOptions): PartitionFetch {
@@ -113,22 +141,67 @@ export function createPartitionFetch(options: PartitionFetchOptions): PartitionF
     }
   }
 
-  /** Starts the wait after which a partition that stays full is read past its full buffer. */
+  /**
+   * Starts the wait after which a partition that stays full, or held by one key, is read past its full
+   * buffer.
+   */
   function readPastLater(work: FetchedPartition): void {
     if (work.lanes.readPast || work.readPastTimer) return;
     work.readPastTimer = setTimeout(() => {
       work.readPastTimer = undefined;
-      if (closing.aborted || work.revoked || work.lanes.isHalfEmpty) return;
+      if (closing.aborted || work.revoked || !stillHeld(work)) return;
       work.lanes.readPast = true;
-      log.info('partition full for a while; reading on past the messages waiting in it', {
+      log.info('partition full, or refilled by one key, for a while; reading on past the messages in it', {
         topic: work.topic,
         partition: work.partition,
         held: work.lanes.held,
+        heldByOneKey: work.lanes.heldByOneKey,
         readPastAfterMs: readPastAfterMs,
       });
       resume(work);
     }, readPastAfterMs);
     work.readPastTimer.unref();
+  }
+
+  /**
+   * Whether the partition still holds up what is behind its buffer: full, or half empty between refills by
+   * the key that held it, with more of the partition to read (read to its end, nothing waits behind it).
+   */
+  function stillHeld(work: FetchedPartition): boolean {
+    const { lanes } = work;
+    return !lanes.isHalfEmpty || (lanes.heldByOneKey && !work.readToEnd);
+  }
+
+  /**
+   * Reading past the key that held the buffer, with more of the partition to read and its fetching not
+   * paused: a batch comes, and the offset resolved after it moves back to a deferred message that is due
+   * (KeyLanes.readFrom), without a seek back to the last committed offset, which would fetch again what lies
+   * between at every half-empty buffer. Paused (as many offsets deferred as are kept), no batch comes: the
+   * seek moves the fetch back.
+   */
+  function readingOnToEnd(work: FetchedPartition): boolean {
+    return work.lanes.readPast && work.lanes.heldByOneKey && !work.readToEnd && !work.paused;
+  }
+
+  /**
+   * Read past the key that held the buffer to the partition's end, every key behind it reached: reading past
+   * ends, and the next fetch moves back to the oldest deferred message at once, by the offset resolved after
+   * this batch (not by a seek to the last committed offset once the buffer is half empty, which would fetch
+   * again all that lies between while the key's messages wait to be read back). Full, the partition pauses
+   * there until half empty, as a partition not read past.
+   */
+  function readBackFromEnd(work: FetchedPartition, next: bigint): bigint {
+    const { lanes } = work;
+    if (!lanes.readPast || !lanes.heldByOneKey || !work.readToEnd) return next;
+    stopReadingPast(work);
+    const oldest = lanes.oldestDeferred();
+    return oldest !== undefined && oldest < next ? oldest : next;
+  }
+
+  function halfEmpty(work: FetchedPartition): void {
+    const { lanes } = work;
+    if (!lanes.heldByOneKey || (lanes.readPast && work.readToEnd)) stopReadingPast(work);
+    resume(work);
   }
 
   /** Half empty, revoked or closing: the partition is no longer read past its buffer, nor waits to be. */
@@ -144,7 +217,7 @@ export function createPartitionFetch(options: PartitionFetchOptions): PartitionF
    * past it (see the top of this file).
    */
   function readAgainIfDue(work: FetchedPartition): void {
-    if (closing.aborted || work.revoked) return;
+    if (closing.aborted || work.revoked || readingOnToEnd(work)) return;
     const from = work.lanes.readAgainFrom();
     const safe = work.committed ?? work.readSince;
     if (from === undefined || safe === undefined) return;
@@ -170,5 +243,15 @@ export function createPartitionFetch(options: PartitionFetchOptions): PartitionF
     }
   }
 
-  return { pause, pauseAgain, resume, readPastLater, stopReadingPast, readAgainIfDue, seek };
+  return {
+    pause,
+    pauseAgain,
+    resume,
+    readPastLater,
+    halfEmpty,
+    readBackFromEnd,
+    stopReadingPast,
+    readAgainIfDue,
+    seek,
+  };
 }

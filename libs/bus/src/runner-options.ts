@@ -77,20 +77,29 @@ export interface ConsumerRunnerOptions {
    * for longer: a message that finds no room is deferred (its offset kept, the message let go of, and
    * read again once there is room), and a key holding at least two fewer than the key holding the most
    * takes the place of that key's newest waiting message, which is deferred instead; once half of the
-   * buffer is left, the partition pauses again when full. Default 100.
+   * buffer is left, the partition pauses again when full. A key that held the buffer when it was last full
+   * (all of it but two messages of other keys) holds up the keys behind it even while its own messages
+   * finish: streaming a backlog (a bulk tenant's hundreds of batches), it refills the buffer as fast as it
+   * halves. So the wait goes on while the buffer is half empty and refilled by it, and reading past, once
+   * begun, goes on until the partition was read to its end: the keys behind the backlog are reached
+   * readPastAfterMs after it filled the buffer, not after the whole backlog. Default 100.
    */
   maxBufferedPerPartition?: number;
   /**
    * Ordering 'key': how long a partition whose buffer is full stays paused, without becoming half empty,
-   * before it is read past its full buffer (see maxBufferedPerPartition), ms. A key streaming through a busy
-   * partition fills the buffer too, and reading past it would fetch most of its messages twice, so this is
-   * longer than half a buffer takes to finish while its messages progress: the 10 batches of 500 devices of
-   * half the scorer's or the publisher's buffer (20) take 0.3–0.6 s at the pipeline's pace (30–55 ms apart),
-   * 0.9 s at ~91 ms each, ~1.5 s on the machine's slow days (test/bench/FINDINGS.md), and 25 bulk batches
-   * enriched from an export in memory less. And it is short against what a waiting key kept the keys behind
-   * it waiting before (an export, seconds to minutes; a quota, minutes). Messages that each take seconds
-   * (per-device enrichment) are read past after it anyway: the keys behind them would wait as long.
-   * Default 2000.
+   * before it is read past its full buffer (see maxBufferedPerPartition), ms; also how long one key may hold
+   * the buffer, half empty and refilled by its own messages, before the partition is read past it. A key
+   * streaming through a busy partition fills the buffer too, and reading past it fetches its messages past
+   * the buffer twice (read past, then read again), so this is longer than half a buffer takes to finish
+   * while its messages progress: the 10 batches of 500 devices of half the scorer's or the publisher's
+   * buffer (20) take 0.3–0.6 s at the pipeline's pace (30–55 ms apart), 0.9 s at ~91 ms each, ~1.5 s on the
+   * machine's slow days (test/bench/FINDINGS.md), and 25 bulk batches enriched from an export in memory
+   * less: a key whose stream ends within it is read once. And it is short against what a waiting key kept the
+   * keys behind it waiting before (an export, seconds to minutes; a quota, minutes), and against a bulk
+   * tenant's backlog streaming through the scorer (200 batches of a 100,000-device tenant, ~12 s): a longer
+   * stream is read past after it, its batches from then on fetched twice, and the tenants behind it wait
+   * this long instead of the whole backlog. Messages that each take seconds (per-device enrichment) are read
+   * past after it anyway: the keys behind them would wait as long. Default 2000.
    */
   readPastAfterMs?: number;
   /**

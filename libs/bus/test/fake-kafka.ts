@@ -103,6 +103,7 @@ export function fakeKafka(
           partition: 0,
           messages,
           lastOffset: () => messages[messages.length - 1]?.offset ?? '-1',
+          highWatermark: String(Number(messages[messages.length - 1]?.offset ?? '-1') + 1),
         },
         isRunning: () => run?.running ?? false,
         isStale: () => false,

@@ -205,6 +205,22 @@ describe('KeyLanes', () => {
     expect(lanes.readFrom(3n, 4n)).toBe(3n);
   });
 
+  it('should tell whether one key held the buffer when it was last full: all of it but a window of other keys, and more than its own window', () => {
+    const lanes = new KeyLanes(limits({ maxHeld: 6 }));
+    readNew(lanes, ['a', 'a', 'a', 'a', 'b', 'b']);
+    expect(lanes.heldByOneKey).toBe(true);
+    // Half empty and refilling: as it was until it is full again, shared then.
+    for (let i = 0; i < 3; i++) finishOldest(lanes, 'a');
+    readNew(lanes, ['b', 'c'], 6);
+    expect(lanes.heldByOneKey).toBe(true);
+    readNew(lanes, ['c'], 8);
+    expect(lanes.heldByOneKey).toBe(false);
+    // A buffer of two windows: a key running its window fills it without any message of its own waiting.
+    const small = new KeyLanes(limits({ maxHeld: 2 }));
+    readNew(small, ['a', 'a']);
+    expect(small.heldByOneKey).toBe(false);
+  });
+
   it('should forget deferred offsets a read found missing from the partition', () => {
     const lanes = readingPast({ maxHeld: 1 });
     readNew(lanes, ['a', 'a', 'a', 'b']);

@@ -314,7 +314,7 @@ describe('createConsumerRunner with ordering by key', () => {
     await waitFor(async () => (await committed(groupId)) === '12', { timeoutMs: 10_000 });
   });
 
-  it('should read a key streaming through a full buffer once while its messages progress, deferring none', async () => {
+  it('should read a key streaming through a full buffer for less than readPastAfterMs once while its messages progress, deferring none', async () => {
     const groupId = uniqueId('group');
     const metrics = new Registry({ processMetrics: false });
     // The runner takes this gauge by its name: every count of deferred messages it sets is noted.
@@ -338,7 +338,8 @@ describe('createConsumerRunner with ordering by key', () => {
         seen.push(seenAs(message));
         await sleep(5);
       },
-      { maxBufferedPerPartition: 6, metrics },
+      // The stream takes ~2 s, its fetches waiting for the broker: well within the wait.
+      { maxBufferedPerPartition: 6, readPastAfterMs: 10_000, metrics },
     ).start();
     await waitFor(async () => (await committed(groupId)) === '30', {
       timeoutMs: 20_000,
@@ -346,6 +347,36 @@ describe('createConsumerRunner with ordering by key', () => {
     });
     expect(seen).toEqual(Array.from({ length: 30 }, (_, i) => `a${i}@${i}`));
     expect(deferredSeen.filter((count) => count > 0)).toEqual([]);
+  });
+
+  it("should handle another key's message behind a key streaming through a full buffer before the stream ends, once the key held the buffer readPastAfterMs", async () => {
+    const groupId = uniqueId('group');
+    const seen: Seen = [];
+    // A hundred messages of A, then B's, waiting in the partition: the buffer of 6 is half empty and refilled
+    // with A's messages every few tens of ms, far more often than the 200 ms after which it is read past.
+    await produce(0, [
+      ...Array.from({ length: 100 }, (_, i): [string, string] => ['A', `a${i}`]),
+      ['B', 'b1'],
+    ]);
+    await start(
+      groupId,
+      async (message) => {
+        seen.push(seenAs(message));
+        if (message.key === 'A') await sleep(20);
+      },
+      { maxBufferedPerPartition: 6, readPastAfterMs: 200 },
+    ).start();
+    await waitFor(async () => (await committed(groupId)) === '101', {
+      timeoutMs: 30_000,
+      description: 'every message handled and committed',
+    });
+    // B's message was handled while A's stream went on: before the second half of it.
+    expect(seen.indexOf('b1@100')).toBeGreaterThanOrEqual(0);
+    expect(seen.indexOf('b1@100')).toBeLessThan(seen.indexOf('a50@50'));
+    // A's in offset order, none twice: those read past were read again.
+    expect(seen.filter((s) => s.startsWith('a'))).toEqual(
+      Array.from({ length: 100 }, (_, i) => `a${i}@${i}`),
+    );
   });
 
   it('should abort the work of a partition that moves to another member and leave its commit to the new owner', async () => {

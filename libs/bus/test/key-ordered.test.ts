@@ -21,7 +21,8 @@ const joined = (partitions: number[]): ConsumerGroupJoinEvent['payload'] => join
 /**
  * One fetched batch holding messages with these keys, at offsets `from`, `from + 1`, ... (a key of null
  * leaves its offset out, as a message no longer in the partition); what is committed through it goes to
- * `commits` as "partition@offset", and what is resolved to `resolved`.
+ * `commits` as "partition@offset", and what is resolved to `resolved`. The partition ends after it, unless
+ * `highWatermark` says where.
  */
 function fetchedBatch(
   keys: (string | null)[],
@@ -29,6 +30,7 @@ function fetchedBatch(
   partition = 0,
   from = 0,
   resolved: string[] = [],
+  highWatermark = from + keys.length,
 ): EachBatchPayload {
   const messages = keys.flatMap((key, i) =>
     key === null ? [] : [{ key: Buffer.from(key), offset: String(from + i) } as KafkaMessage],
@@ -39,6 +41,7 @@ function fetchedBatch(
       partition,
       messages,
       lastOffset: () => String(from + keys.length - 1),
+      highWatermark: String(highWatermark),
     },
     resolveOffset: (offset: string) => void resolved.push(offset),
     isRunning: () => true,
@@ -115,7 +118,7 @@ function fetchedPartition(keys: string[], perFetch: number) {
       fetchedFrom.push(from);
       slice.forEach((_, i) => (fetched[from + i] = (fetched[from + i] ?? 0) + 1));
       return {
-        ...fetchedBatch(slice, [], 0, from),
+        ...fetchedBatch(slice, [], 0, from, [], keys.length),
         resolveOffset: (offset: string) => void (position = Number(offset) + 1),
       } as EachBatchPayload;
     },
@@ -360,6 +363,62 @@ describe('createKeyOrderedConsumption', () => {
       if (perFetch === 1) expect(partition.fetched).toEqual(keys.map(() => 1));
     },
   );
+
+  it("should read past a key streaming through a full buffer to another key's message behind its stream once the key held the buffer readPastAfterMs, though it was half empty and refilled meanwhile", async () => {
+    jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask'] });
+    try {
+      // Forty messages of t, then one of u: t's stream is ten buffers long.
+      const keys = [...Array.from({ length: 40 }, () => 't'), 'u'];
+      const partition = fetchedPartition(keys, 3);
+      const handler = heldHandler();
+      const { keyed } = consumption(handler.settle, {
+        consumer: partition.consumer,
+        maxBufferedPerPartition: 4,
+        readPastAfterMs: 100,
+      });
+      const finished = new Set<string>();
+      let pausesSinceU: number | undefined;
+      partition.consumer.pause = (
+        (pause) =>
+        (...args: Parameters<Consumer['pause']>) => {
+          if (pausesSinceU !== undefined) pausesSinceU++;
+          pause(...args);
+        }
+      )(partition.consumer.pause.bind(partition.consumer));
+      // Each round: two fetches, if KafkaJS would make them, then the oldest message running finishes and
+      // 10 ms pass: the buffer is half empty every other round, long before the 100 ms.
+      for (let round = 0; finished.size < keys.length && round < 1_000; round++) {
+        for (let fetch = 0; fetch < 2; fetch++) {
+          const batch = partition.fetch();
+          if (batch) await keyed.eachBatch(batch);
+        }
+        const oldest = handler.started().find((offset) => !finished.has(offset));
+        if (oldest !== undefined) {
+          finished.add(oldest);
+          await handler.finish(oldest);
+        }
+        jest.advanceTimersByTime(10);
+        if (pausesSinceU === undefined && handler.started().includes('40')) pausesSinceU = 0;
+      }
+      const calls = [...partition.calls];
+      await keyed.drain();
+
+      const started = handler.started();
+      // u's message started while t's stream went on: before the second half of it.
+      expect(started.indexOf('40')).toBeGreaterThanOrEqual(0);
+      expect(started.indexOf('40')).toBeLessThan(started.indexOf('20'));
+      // t's messages in offset order, each handed to the handler once.
+      expect(started.filter((offset) => offset !== '40')).toEqual(keys.slice(0, 40).map((_, i) => String(i)));
+      // Read to its end (u's message), the partition's next fetch went back to t's oldest message read past,
+      // by the offset resolved, without a seek; no longer read past, it paused again when full.
+      const end = partition.fetchedFrom.findIndex((from) => from + 3 > 40);
+      expect(partition.fetchedFrom[end + 1]).toBeLessThan(40 - 4);
+      expect(calls.filter((call) => call.startsWith('seek'))).toEqual([]);
+      expect(pausesSinceU).toBeGreaterThan(3);
+    } finally {
+      jest.useRealTimers();
+    }
+  });
 
   it('should stop waiting to read a full partition past its buffer once it is revoked or closed', async () => {
     jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask'] });

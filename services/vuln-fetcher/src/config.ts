@@ -32,7 +32,11 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
    * offset kept, up to 10,000 a partition) and read again once there is room, and a tenant holding at least
    * two batches fewer than the tenant holding the most takes the place of that tenant's newest batch not
    * started. Not at once: a tenant whose batches stream through fills the partition too, and letting its
-   * batches go would read most of them twice. Env `URS_MAX_BUFFERED_PER_PARTITION`, default 50.
+   * batches go would read most of them twice. A tenant that held the partition when it was last full (all of
+   * it but two batches) and keeps refilling it with its own batches is read past 2 s after it filled it all
+   * the same, though the partition was half empty meanwhile: the tenants behind a backlog of its batches wait
+   * 2 s, not the whole backlog (its batches read past from then on are read twice). Env
+   * `URS_MAX_BUFFERED_PER_PARTITION`, default 50.
    */
   maxBufferedPerPartition: number;
   /** How long a batch waits for its cycle's bulk export, ms. Env `URS_BULK_WAIT_MS`, default 600000. */
