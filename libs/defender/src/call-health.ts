@@ -1,5 +1,89 @@
 import { DefenderError, DefenderErrorCode } from './errors';
 
+/**
+ * Calls in flight, in one process, of all its degraded tenants together (see DegradedCalls). Two of the 10
+ * shared slots: the process's healthy tenants keep the other 8 however many tenants fail at once.
+ */
+export const DEGRADED_CALLS_LIMIT = 2;
+
+interface Waiter {
+  wake: () => void;
+}
+
+/**
+ * The calls in flight of one process's degraded tenants (those whose last call failed slowly, see
+ * CallHealth), all tenants together: at most `limit` at once. Each tenant's own limits do not bound several
+ * tenants failing together (a regional Defender host, or the egress path to it, that stops answering for
+ * all of them): 10 tenants held to one call at a time each would still keep all 10 shared slots, each call
+ * for a whole request timeout, over and over until each was held back, and a healthy tenant's calls would
+ * each wait for one of those timeouts. A tenant's calls count here from its first slow failure until a call
+ * is answered, those already in flight then included; a call that may not go waits for a place before it
+ * asks for a slot, so it holds none meanwhile (nor a bulk export page's place under the bulk cap, taken
+ * with the slot).
+ */
+export class DegradedCalls {
+  private inFlight = 0;
+  private readonly waiting: { owner: object; waiter: Waiter }[] = [];
+
+  constructor(readonly limit = DEGRADED_CALLS_LIMIT) {}
+
+  /** Whether one more call of a degraded tenant may be in flight now. */
+  hasPlace(): boolean {
+    return this.inFlight < this.limit;
+  }
+
+  /** `count` calls of degraded tenants more in flight (fewer when negative: their places go to waiting calls). */
+  add(count: number): void {
+    this.inFlight += count;
+    if (count < 0) this.wakeFree();
+  }
+
+  /** Resolves when a place may be free (`hasPlace` decides), `owner` wakes its own calls, or `signal` aborts. */
+  wait(owner: object, signal: AbortSignal | undefined): Promise<void> {
+    return waitIn(this.waiting, signal, (waiter) => ({ owner, waiter }));
+  }
+
+  /** Wakes as many waiting calls as places are free, the longest waiting first. */
+  wakeFree(): void {
+    const free = Math.max(0, this.limit - this.inFlight);
+    for (const { waiter } of this.waiting.splice(0, free)) waiter.wake();
+  }
+
+  /** Wakes every call of `owner` (its tenant answered again, or is held back): none of them waits for a place. */
+  wakeOf(owner: object): void {
+    const own = this.waiting.filter((entry) => entry.owner === owner);
+    if (own.length === 0) return;
+    this.waiting.splice(0, this.waiting.length, ...this.waiting.filter((entry) => entry.owner !== owner));
+    for (const { waiter } of own) waiter.wake();
+  }
+}
+
+/** Every process's tenants share this one by default (CallHealthOptions.degradedCalls). */
+const processDegradedCalls = new DegradedCalls();
+
+/**
+ * Waits in `queue` (as `entry` makes it) until woken or `signal` aborts: an aborted wait leaves the queue,
+ * a woken one stops listening to `signal`.
+ */
+function waitIn<E>(queue: E[], signal: AbortSignal | undefined, entry: (waiter: Waiter) => E): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (signal?.aborted) return resolve();
+    const stopped = (): void => {
+      const index = queue.indexOf(queued);
+      if (index >= 0) queue.splice(index, 1);
+      resolve();
+    };
+    const queued = entry({
+      wake: () => {
+        signal?.removeEventListener('abort', stopped);
+        resolve();
+      },
+    });
+    signal?.addEventListener('abort', stopped, { once: true });
+    queue.push(queued);
+  });
+}
+
 export interface CallHealthOptions {
   /**
    * Slow failures in a row (see CallHealth) after which the tenant's calls go one at a time: a tenant whose
@@ -20,13 +104,27 @@ export interface CallHealthOptions {
    */
   freeAbove?: number;
   /**
-   * How long a call may hold its slot, in milliseconds, before it shows the tenant's API to be slow, whether
-   * it was answered or failed (createCallSlots measures it). Default `min(2000, requestTimeoutMs / 4)`: far
+   * How long an answered call may hold its slot, in milliseconds, before it shows the tenant's API to be slow
+   * (createCallSlots measures it). Default `min(2000, requestTimeoutMs / 4)`: far
    * below the request timeout, so an API that answers every call just in time is seen as slow too, and 40
    * times a call at the benchmark's 50 ms. A full page of the device list may take longer; the listing asks
    * for its pages one after the other, so a limit on its calls in flight never slows it.
    */
   slowCallMs?: number;
+  /**
+   * How long a failed call (no answer in time, a connection lost, a 5xx) may hold its slot, in milliseconds,
+   * before it counts as a slow failure. Default `min(250, slowCallMs)`: a failure costs the slots what it held
+   * them for, answered or not, and a tenant whose API fails every call just under `slowCallMs` (a 503 after
+   * 1.9 s) would otherwise hold ~2 of the 10 slots, its 5 attempts of every call made, without its health ever
+   * stepping in. Only failures that come at once (a reset, a quick 503: a passing blip) do not count.
+   */
+  slowFailureMs?: number;
+  /**
+   * The calls in flight of this process's degraded tenants (see DegradedCalls), which this tenant's count in
+   * from its first slow failure until a call is answered. Default the process's own, of DEGRADED_CALLS_LIMIT
+   * (2) places.
+   */
+  degradedCalls?: DegradedCalls;
   /**
    * Slow calls in a row (answered or failed) after which the tenant has at most `slowLimit` calls in flight.
    * Default 3.
@@ -48,10 +146,6 @@ export interface CallHealthOptions {
  */
 export type CallOutcome = 'answered' | 'answeredSlowly' | 'failed' | 'neither';
 
-interface Waiter {
-  wake: () => void;
-}
-
 /**
  * One tenant's Defender calls: how many may be in flight, from what the last ones showed. While its calls
  * are answered the tenant is not held back at all (the shared slots and its quota are its only limits). A
@@ -65,6 +159,8 @@ interface Waiter {
  * just as well (its two batches queue 20 calls, the slots are given in turn): after `slowAfter` slow calls in
  * a row, answered or failed, it has at most `slowLimit` calls in flight; its answers still count as answers
  * (they lift a hold-back), and the first call answered fast lets its calls out again, doubling at each one.
+ * Several tenants failing together are bounded as a whole: from its first slow failure until a call is
+ * answered, a tenant's calls share the process's few places for degraded tenants (DegradedCalls).
  * Of this process only: a tenant's batches go to one vuln-fetcher (they are keyed by tenant).
  */
 export class CallHealth {
@@ -75,6 +171,7 @@ export class CallHealth {
   private readonly slowAfter: number;
   private readonly slowLimit: number;
   private readonly now: () => number;
+  private readonly degradedCalls: DegradedCalls;
   private failuresInARow = 0;
   /** Slow calls in a row, answered or failed. */
   private slowInARow = 0;
@@ -98,6 +195,7 @@ export class CallHealth {
     this.slowAfter = options.slowAfter ?? 3;
     this.slowLimit = options.slowLimit ?? Math.max(1, Math.round(this.freeAbove / 5));
     this.now = options.now ?? Date.now;
+    this.degradedCalls = options.degradedCalls ?? processDegradedCalls;
   }
 
   /**
@@ -110,40 +208,35 @@ export class CallHealth {
   start(): boolean {
     const heldBack = this.heldBack();
     if (heldBack) throw heldBack;
-    if (this.freePlaces() === 0) return false;
+    if (!this.mayStart()) return false;
     this.inFlight++;
+    if (this.degraded()) this.degradedCalls.add(1);
     return true;
   }
 
   /**
    * Resolves when one more of the tenant's calls may go, or must end held back: at once while its calls are
-   * free or a place is free, else when a call in flight ends and leaves its place to this one (the calls that
-   * waited longest first), or `signal` aborts. `start` decides, once the call holds its slot: another call
-   * may have taken the place meanwhile, and this one then waits again.
+   * free or a place is free (and, the tenant degraded, one of the process's places for degraded tenants),
+   * else when a call in flight ends and leaves its place to this one (the calls that waited longest first),
+   * or `signal` aborts. `start` decides, once the call holds its slot: another call may have taken the place
+   * meanwhile, and this one then waits again. It waits here, before it asks for a slot, so it holds none.
    */
-  turn(signal?: AbortSignal): Promise<void> {
-    if (this.freePlaces() > 0 || this.holdingBack()) return Promise.resolve();
-    return new Promise<void>((resolve) => {
-      if (signal?.aborted) return resolve();
-      const stopped = (): void => {
-        const index = this.waiting.indexOf(waiter);
-        if (index >= 0) this.waiting.splice(index, 1);
-        resolve();
-      };
-      const waiter: Waiter = {
-        wake: () => {
-          signal?.removeEventListener('abort', stopped);
-          resolve();
-        },
-      };
-      signal?.addEventListener('abort', stopped, { once: true });
-      this.waiting.push(waiter);
-    });
+  async turn(signal?: AbortSignal): Promise<void> {
+    for (;;) {
+      if (this.holdingBack() || signal?.aborted) return;
+      if (this.freePlaces() === 0) await waitIn(this.waiting, signal, (waiter) => waiter);
+      else if (this.degraded() && !this.degradedCalls.hasPlace()) await this.degradedCalls.wait(this, signal);
+      else return;
+    }
   }
 
-  /** A call given a turn did not take it (its caller stopped it): the place goes to the next waiting call. */
+  /**
+   * A call given a turn did not take it (its caller stopped it, or the tenant is held back): the place goes to
+   * the next waiting call, the tenant's own or, among the degraded tenants', the next one's.
+   */
   passTurn(): void {
     this.wake(this.freePlaces());
+    this.degradedCalls.wakeFree();
   }
 
   /**
@@ -151,7 +244,9 @@ export class CallHealth {
    * (`failure` says how, for the message of a hold-back), or neither.
    */
   leave(outcome: CallOutcome, failure = ''): void {
+    const wasDegraded = this.degraded();
     this.inFlight--;
+    if (wasDegraded) this.degradedCalls.add(-1);
     if (outcome === 'answered' || outcome === 'answeredSlowly') {
       this.failuresInARow = 0;
       this.heldBackUntil = 0;
@@ -170,8 +265,20 @@ export class CallHealth {
         this.limit = 1; // once the hold-back ends, one call tries the API again
       }
     }
+    this.countDegraded(wasDegraded);
     // As many waiting calls look again as may go now; all of them when they are held back (each then ends).
     this.wake(this.holdingBack() ? this.waiting.length : this.freePlaces());
+  }
+
+  /**
+   * Its calls in flight join the degraded tenants' (its first slow failure) or leave them (a call answered):
+   * then its calls waiting for a place among them go (they need none), as they do held back (each then ends).
+   */
+  private countDegraded(wasDegraded: boolean): void {
+    const degraded = this.degraded();
+    if (degraded && !wasDegraded) this.degradedCalls.add(this.inFlight);
+    if (!degraded && wasDegraded) this.degradedCalls.add(-this.inFlight);
+    if (!degraded || this.holdingBack()) this.degradedCalls.wakeOf(this);
   }
 
   /**
@@ -193,6 +300,19 @@ export class CallHealth {
   /** Whether `error` is one `heldBack` gave: the call is over, retrying it now cannot help. */
   static isHeldBack(error: unknown): boolean {
     return error instanceof DefenderError && error.details['heldBackUntil'] !== undefined;
+  }
+
+  /**
+   * Whether the tenant is degraded: its last call ended in a slow failure (see DegradedCalls). A call
+   * answered, slowly or not, ends it; a fast failure or a 429 changes nothing.
+   */
+  private degraded(): boolean {
+    return this.failuresInARow > 0;
+  }
+
+  /** Whether one more call may start now: a place of the tenant's, and one among the degraded tenants'. */
+  private mayStart(): boolean {
+    return this.freePlaces() > 0 && (!this.degraded() || this.degradedCalls.hasPlace());
   }
 
   /** Calls that may start now besides those in flight (Infinity while the tenant's calls are free). */

@@ -49,6 +49,8 @@ export interface CallSlotsOptions {
   requestTimeoutMs: number;
   /** See CallHealthOptions.slowCallMs. */
   slowCallMs?: number | undefined;
+  /** See CallHealthOptions.slowFailureMs. */
+  slowFailureMs?: number | undefined;
 }
 
 export interface CallSlots {
@@ -66,17 +68,23 @@ export interface CallSlots {
 export function createCallSlots(options: CallSlotsOptions): CallSlots {
   const { azureTenantId, limiter, health, metrics } = options;
   /**
-   * An attempt that held its slot this long shows the tenant's API to be slow: answered, it limits the
-   * tenant's calls in flight; failed, it counts for the tenant's health, where a reset or a 503 that came at
-   * once never does. Below the request timeout, so a call that ran out of time always counts.
+   * An attempt answered after holding its slot this long shows the tenant's API to be slow: it limits the
+   * tenant's calls in flight.
    */
   const slowCallMs = options.slowCallMs ?? Math.min(2_000, options.requestTimeoutMs / 4);
+  /**
+   * An attempt that failed after holding its slot this long counts for the tenant's health, where a reset or a
+   * 503 that came at once never does. Far below `slowCallMs`: a failure answers nothing, so a tenant failing
+   * every call just under `slowCallMs` would hold the slots as long as a slow one, unseen. Below the request
+   * timeout, so a call that ran out of time always counts.
+   */
+  const slowFailureMs = options.slowFailureMs ?? Math.min(250, slowCallMs);
   /**
    * A bulk export page is read in its slot as it arrives, and a page of 50,000 rows takes many seconds from a
    * healthy API: its answer never shows the API slow, and its failure counts only after half the request
    * timeout.
    */
-  const slowBulkFailureMs = Math.max(slowCallMs, options.requestTimeoutMs / 2);
+  const slowBulkFailureMs = Math.max(slowFailureMs, options.requestTimeoutMs / 2);
 
   /**
    * Runs `call` in one of the shared slots. The call counts against the tenant's quota from when it is sent,
@@ -84,7 +92,10 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
    * a call that fails before it is sent (stopped while it waited, refused by the tenant's hold-back, given no
    * slot by the limiter) gives its place in the quota back.
    * The tenant's health decides, once the slot is held, whether the call may go now; one that may not gives
-   * the slot back at once and asks for one again at its turn. A `wholeSlot` call (no deadline of its own)
+   * the slot back at once and asks for one again at its turn. Its turn (a place of the tenant's and, the tenant
+   * degraded, one of the process's places for degraded tenants) is waited for before the slot and before a
+   * bulk export page's place under the bulk cap (withBulkCap, which takes it with the slot): a call waiting for
+   * its turn holds neither, and once in the slot it never waits for its turn, so none of them wait in a circle. A `wholeSlot` call (no deadline of its own)
    * takes a slot of its own (ScheduleOptions).
    */
   async function inSlot<T extends { status: number }>(
@@ -197,7 +208,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
 
   /** Whether a call sent at `sentAt` that failed now held its slot long enough to count. */
   function failedSlowly(endpoint: DefenderEndpointClass, sentAt: number): boolean {
-    return performance.now() - sentAt >= (endpoint === 'bulk' ? slowBulkFailureMs : slowCallMs);
+    return performance.now() - sentAt >= (endpoint === 'bulk' ? slowBulkFailureMs : slowFailureMs);
   }
 
   /**

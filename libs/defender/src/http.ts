@@ -160,6 +160,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     metrics,
     requestTimeoutMs: options.requestTimeoutMs,
     slowCallMs: options.health?.slowCallMs,
+    slowFailureMs: options.health?.slowFailureMs,
   });
 
   /** The longest a call may wait for the quota now: its own limit, and no later than the deadline. */

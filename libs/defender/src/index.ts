@@ -32,7 +32,7 @@ export { createSharedLimiter, createLocalLimiter } from './limiter';
 export { withSlotHandOff } from './handoff';
 export type { SlotHandOffOptions } from './handoff';
 export type { CallLimiter, SharedLimiterOptions } from './limiter';
-export { CallHealth } from './call-health';
+export { CallHealth, DEGRADED_CALLS_LIMIT, DegradedCalls } from './call-health';
 export type { CallHealthOptions, CallOutcome } from './call-health';
 export { callHealthOfApp } from './app-health';
 export type { AppCallHealth, DefenderApp } from './app-health';

@@ -1,9 +1,16 @@
-import { CallHealth, DefenderErrorCode } from '../src';
+import { CallHealth, DefenderErrorCode, DegradedCalls } from '../src';
 
-/** A tenant's health on a clock the test moves. */
+/**
+ * A tenant's health on a clock the test moves, with places for degraded tenants of its own (no limit unless
+ * `options` shares some), so that only its own limits are seen.
+ */
 function healthAt(options: ConstructorParameters<typeof CallHealth>[1] = {}) {
   const clock = { now: 1_000_000 };
-  const health = new CallHealth('tenant-a', { now: () => clock.now, ...options });
+  const health = new CallHealth('tenant-a', {
+    now: () => clock.now,
+    degradedCalls: new DegradedCalls(Infinity),
+    ...options,
+  });
   return { health, clock };
 }
 
@@ -254,5 +261,87 @@ describe('CallHealth', () => {
     expect(startAll(health, 10)).toBe(2);
     health.leave('answeredSlowly');
     expect(startAll(health, 10)).toBe(1);
+  });
+});
+
+describe('CallHealth of several tenants sharing the places for degraded tenants', () => {
+  /** Tenants `ids`, their health sharing `places` places for degraded tenants. */
+  function tenants(places: number, ...ids: string[]) {
+    const degradedCalls = new DegradedCalls(places);
+    return ids.map((id) => new CallHealth(id, { degradedCalls, oneAtATimeAfter: 3 }));
+  }
+
+  /** One call of `health` failing slowly: its tenant is degraded from then on. */
+  function failOnce(health: CallHealth): void {
+    expect(health.start()).toBe(true);
+    health.leave('failed', 'no answer within 30 s');
+  }
+
+  it('degraded tenants should have the places between them, however few calls each has in flight, and a healthy one all it asks for', () => {
+    const [a, b, c, healthy] = tenants(2, 'a', 'b', 'c', 'healthy') as [
+      CallHealth,
+      CallHealth,
+      CallHealth,
+      CallHealth,
+    ];
+    for (const health of [a, b, c]) failOnce(health);
+    expect(a.start()).toBe(true);
+    expect(b.start()).toBe(true);
+    // Each of them alone may have 2 more in flight (one at a time only after 3 failures): the places are taken.
+    expect(a.start()).toBe(false);
+    expect(b.start()).toBe(false);
+    expect(c.start()).toBe(false);
+    expect(startAll(healthy, 20)).toBe(20);
+    a.leave('failed', 'no answer within 30 s');
+    expect(c.start()).toBe(true);
+    expect(a.start()).toBe(false);
+  });
+
+  it('a tenant’s calls in flight at its first slow failure should take places, and give them back at its first answer', () => {
+    const [a, b] = tenants(2, 'a', 'b') as [CallHealth, CallHealth];
+    failOnce(b);
+    expect(startAll(a, 4)).toBe(4);
+    a.leave('failed', 'no answer within 30 s');
+    // a's 3 calls still in flight are a degraded tenant's now: b waits though a started them healthy.
+    expect(b.start()).toBe(false);
+    a.leave('answered');
+    expect(b.start()).toBe(true);
+    expect(b.start()).toBe(true);
+    expect(b.start()).toBe(false);
+  });
+
+  it('a call waiting for a place should be woken when a degraded tenant’s call ends, or when its signal aborts', async () => {
+    const [a, b] = tenants(1, 'a', 'b') as [CallHealth, CallHealth];
+    for (const health of [a, b]) failOnce(health);
+    expect(a.start()).toBe(true);
+    let bWoke = false;
+    const bTurn = b.turn().then(() => (bWoke = true));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(bWoke).toBe(false);
+    a.leave('failed', 'no answer within 30 s');
+    await bTurn;
+    expect(b.start()).toBe(true);
+
+    const stop = new AbortController();
+    const stopped = a.turn(stop.signal);
+    stop.abort();
+    await expect(stopped).resolves.toBeUndefined();
+  });
+
+  it('a call waiting for a place should be woken when its own tenant answers again, the places still taken', async () => {
+    const [a, c] = tenants(1, 'a', 'c') as [CallHealth, CallHealth];
+    // c's call started while it was healthy, still in flight.
+    expect(c.start()).toBe(true);
+    failOnce(a);
+    expect(a.start()).toBe(true);
+    failOnce(c);
+    let cWoke = false;
+    const cTurn = c.turn().then(() => (cWoke = true));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(cWoke).toBe(false);
+    c.leave('answered');
+    await cTurn;
+    expect(c.start()).toBe(true);
+    expect(a.start()).toBe(false);
   });
 });

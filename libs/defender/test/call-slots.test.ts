@@ -1,6 +1,7 @@
 import { AxiosError } from 'axios';
 import {
   CallHealth,
+  DegradedCalls,
   type CallLimiter,
   type CallOutcome,
   createLocalLimiter,
@@ -11,6 +12,7 @@ import {
   type QuotaGate,
   withSlotHandOff,
 } from '../src';
+import { withBulkCap } from '../src/bulk-cap';
 import { createCallSlots } from '../src/call-slots';
 import { appOf, holdOnlySlot } from './support';
 
@@ -78,6 +80,55 @@ describe('createCallSlots', () => {
     expect(await outcomeOf('vulnerabilities', 503, 120, { slowCallMs: 100 })).toBe('failed');
     expect(await outcomeOf('vulnerabilities', 503, 0, { slowCallMs: 100 })).toBe('neither');
     expect(await outcomeOf('vulnerabilities', 429, 120, { slowCallMs: 100 })).toBe('neither');
+  });
+
+  it('inSlot should count a failure after 250 ms as a slow failure, far below slowCallMs, its answer not slow', async () => {
+    const timeouts = { slowCallMs: 2_000, requestTimeoutMs: 10_000 };
+    expect(await outcomeOf('vulnerabilities', 503, 300, timeouts)).toBe('failed');
+    expect(await outcomeOf('vulnerabilities', 200, 300, timeouts)).toBe('answered');
+    expect(await outcomeOf('vulnerabilities', 503, 0, timeouts)).toBe('neither');
+  });
+
+  it('inSlot should have a degraded tenant’s bulk export page wait for its place among the degraded tenants’ before the bulk cap and a slot', async () => {
+    const degradedCalls = new DegradedCalls(1);
+    const a = new CallHealth('tenant-a', { degradedCalls });
+    const b = new CallHealth('tenant-b', { degradedCalls });
+    for (const health of [a, b]) {
+      health.start();
+      health.leave('failed', 'no answer within 30 s');
+    }
+    // b's call in flight takes the only place.
+    expect(b.start()).toBe(true);
+    const asked = { slots: 0, cap: 0 };
+    const counted = (limiter: CallLimiter, kind: 'slots' | 'cap'): CallLimiter => ({
+      schedule: (task, options) => {
+        asked[kind]++;
+        return limiter.schedule(task, options);
+      },
+      close: () => limiter.close(),
+    });
+    const inner = createLocalLimiter({ maxConcurrent: 2 });
+    const cap = createLocalLimiter({ maxConcurrent: 1 });
+    const limiter = withBulkCap(counted(inner, 'slots'), counted(cap, 'cap'));
+    try {
+      const slots = createCallSlots({
+        azureTenantId: 'tenant-a',
+        limiter,
+        health: a,
+        metrics: undefined,
+        requestTimeoutMs: 1_000,
+      });
+      const page = slots.inSlot('bulk', claim, 0, undefined, async () => ({ status: 200 }), true);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      // Waiting for its place, it holds neither the cap's nor a slot.
+      expect(asked).toEqual({ slots: 0, cap: 0 });
+      b.leave('failed', 'no answer within 30 s');
+      await expect(page).resolves.toEqual({ status: 200 });
+      expect(asked).toEqual({ slots: 1, cap: 1 });
+    } finally {
+      await cap.close();
+      await limiter.close();
+    }
   });
 
   it('inSlot should count a 404 or 403 without Microsoft’s error body as a front end’s failure, not as the API’s answer', async () => {
