@@ -163,9 +163,10 @@ describe('calls of several failing tenants beside a healthy one, sharing the cal
       expect(served.hangingAtHealthy).toHaveLength(HEALTHY_DEVICES);
       // The failing tenants' calls together held 2 slots at most while the healthy tenant's calls came.
       expect(Math.max(...served.hangingAtHealthy.map((seen) => seen.inFlight))).toBeLessThanOrEqual(2);
-      // The healthy batch did not wait for the hanging calls' timeouts, one slot freed by each (a count, not a
-      // time: two places of 1 s timeouts run out a few times while a loaded machine answers 100 calls).
-      expect(timedOutDuring).toBeLessThan(30);
+      // The healthy batch did not wait for the hanging calls' timeouts, one slot freed by each, as it did when
+      // they kept every slot (30 to 47 of them ran out meanwhile). A count, not a time: the 2 places' 1 s
+      // timeouts may run out a few times while a loaded machine answers 100 calls.
+      expect(timedOutDuring).toBeLessThan(10);
     } finally {
       stop.abort();
       await close();
