@@ -107,16 +107,44 @@ const REVISION_TTL_MS = 30 * 24 * 60 * 60 * 1000;
  */
 const DELETION_TTL_MS = 30 * 24 * 60 * 60 * 1000;
 
-// KEYS[1] marker; ARGV: ttl ms. Sets the marker to Redis's time in ms unless it is set; returns its value.
-const SET_TIME_ONCE = `
+/**
+ * A Lua function `isoTime(seconds, microseconds)`: an instant of Redis's TIME as `Date.prototype.toISOString`
+ * writes it (`2026-03-01T10:00:00.000Z`, milliseconds truncated). Redis's Lua has no `os.date`, so the day is
+ * turned into a date by integer arithmetic (days since 1970 to a proleptic Gregorian year, month and day, in
+ * 400-year eras of 146,097 days whose years begin on 1 March). Exported for its tests only.
+ */
+export const ISO_TIME_LUA = `
+local function isoTime(seconds, microseconds)
+  local secs = tonumber(seconds)
+  local days = math.floor(secs / 86400)
+  local inDay = secs - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local dayOfEra = z - era * 146097
+  local yearOfEra = math.floor((dayOfEra - math.floor(dayOfEra / 1460) + math.floor(dayOfEra / 36524)
+    - math.floor(dayOfEra / 146096)) / 365)
+  local dayOfYear = dayOfEra - (365 * yearOfEra + math.floor(yearOfEra / 4) - math.floor(yearOfEra / 100))
+  local monthFromMarch = math.floor((5 * dayOfYear + 2) / 153)
+  local day = dayOfYear - math.floor((153 * monthFromMarch + 2) / 5) + 1
+  local month = monthFromMarch < 10 and monthFromMarch + 3 or monthFromMarch - 9
+  local year = yearOfEra + era * 400
+  if month <= 2 then year = year + 1 end
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', year, month, day, math.floor(inDay / 3600),
+    math.floor(inDay % 3600 / 60), inDay % 60, math.floor(tonumber(microseconds) / 1000))
+end`;
+
+// KEYS[1] marker; ARGV: ttl ms. Sets the marker to Redis's time unless it is set; returns its value. The time
+// is written as an ISO time: a registrar of an earlier version, mid rolling upgrade, reads the marker with
+// `new Date(value)`, to which milliseconds as digits are an invalid date.
+const SET_TIME_ONCE = `${ISO_TIME_LUA}
 local t = redis.call('TIME')
-local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local now = isoTime(t[1], t[2])
 if redis.call('SET', KEYS[1], now, 'NX', 'PX', ARGV[1]) then return now end
 return redis.call('GET', KEYS[1])`;
 
 /**
- * A push-start marker's time: milliseconds since 1970 (Redis's clock), or an ISO time, as markers set before
- * Redis's clock was read for them hold (set by the replica handling the push, by its own clock).
+ * A push-start marker's time: an ISO time (Redis's clock, or the clock of an earlier registrar that set it),
+ * or milliseconds since 1970 of Redis's clock, as markers of one earlier version hold.
  */
 function markerTime(value: string): Date {
   return /^\d+$/.test(value) ? new Date(Number(value)) : new Date(value);
@@ -133,7 +161,7 @@ const PUSH_STARTED_TTL_MS = DELETION_TTL_MS;
  * `{prefix}tenant-write-lock:{id}`, `{prefix}tenant-deleted:{id}` (PX: `DELETION_TTL_MS` from the tenant's
  * last deletion: while the generation it names is Director's last, it stops that generation delivered again
  * from registering the tenant again),
- * `{prefix}director-push-started:{generation}` (Redis's time in ms when the push was first handled; PX:
+ * `{prefix}director-push-started:{generation}` (Redis's time, as an ISO time, when the push was first handled; PX:
  * `PUSH_STARTED_TTL_MS` from then),
  * `{prefix}director-generation`, `{prefix}tenants-rebuilt`.
  */

@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createRegistrarStateStore } from '@urs/store';
 import { testRedisPerTest } from '@urs/testkit';
+import { ISO_TIME_LUA } from '../src/registrar-state';
 
 describe('createRegistrarStateStore', () => {
   const redis = testRedisPerTest();
@@ -152,6 +153,49 @@ describe('createRegistrarStateStore', () => {
     const store = createRegistrarStateStore(redis.client, redis.prefix);
     await redis.client.set(`${redis.prefix}director-push-started:7`, '2026-03-01T10:00:00.000Z');
     expect(await store.pushStarted(7)).toEqual(new Date('2026-03-01T10:00:00.000Z'));
+  });
+
+  it("pushStarted should record Redis's time as an ISO time, which a registrar of an earlier version reads", async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    const started = await store.pushStarted(7);
+    const stored = (await redis.client.get(`${redis.prefix}director-push-started:7`)) as string;
+    // An earlier registrar (mid rolling upgrade) reads the marker with `new Date(value)` and writes its own
+    // marker with toISOString(): the same text, the same instant.
+    expect(stored).toBe(started.toISOString());
+    expect(new Date(stored).getTime()).toBe(started.getTime());
+  });
+
+  it("pushStarted should still read a marker recorded as milliseconds of Redis's clock", async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    await redis.client.set(`${redis.prefix}director-push-started:7`, '1772359200000');
+    expect(await store.pushStarted(7)).toEqual(new Date(1772359200000));
+  });
+
+  it("the marker's ISO time should be toISOString()'s for any instant of Redis's clock", async () => {
+    const instants = [
+      0,
+      Date.UTC(1999, 11, 31, 23, 59, 59, 999),
+      Date.UTC(2000, 1, 29, 12, 0, 0, 1),
+      Date.UTC(2000, 2, 1),
+      Date.UTC(2024, 1, 29, 23, 59, 59, 999),
+      Date.UTC(2026, 11, 31, 23, 59, 59, 999),
+      Date.UTC(2027, 0, 1),
+      Date.UTC(2100, 1, 28, 6, 7, 8, 9),
+      Date.UTC(2100, 2, 1),
+      Date.UTC(2400, 1, 29),
+      Date.UTC(9999, 11, 31, 23, 59, 59, 999),
+      ...Array.from({ length: 200 }, (_, i) => Date.UTC(2026, 0, 1) + i * 1_234_567_891_011),
+    ];
+    // Redis's TIME answers seconds and microseconds, as strings.
+    const formatted = (await redis.client.eval(
+      `${ISO_TIME_LUA}
+local out = {}
+for i = 1, #ARGV, 2 do out[#out + 1] = isoTime(ARGV[i], ARGV[i + 1]) end
+return out`,
+      0,
+      ...instants.flatMap((ms) => [String(Math.floor(ms / 1000)), String((ms % 1000) * 1000 + 999)]),
+    )) as string[];
+    expect(formatted).toEqual(instants.map((ms) => new Date(ms).toISOString()));
   });
 
   it('markRebuilt should be remembered until Redis is wiped', async () => {

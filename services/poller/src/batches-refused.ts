@@ -23,7 +23,11 @@ export interface BatchesRefusedOptions {
 export interface BatchesRefused {
   /** Whether cycles are held: a batch was refused for want of an ACL, and none taken since. */
   held(): boolean;
-  /** Whether a probe may begin at `at`: cycles held, none running, and the wait since the last one over. */
+  /**
+   * Whether a probe may begin at `at`: cycles held, no probe running, and the wait since the last one over.
+   * Cycles begun before the hold do not put it off: they may still be running, and stop before their next
+   * listing page (`stopping`), so a probe can begin alongside them.
+   */
   probeDue(at: number): boolean;
   /** The tenant whose attempt the scheduler starts as the probe. */
   probeStarted(tenantId: string): void;
