@@ -87,7 +87,7 @@ export class WorkerExportFold {
     const fail = (error: Error): void => {
       this.failed ??= outOfMemory(error) ? new ExportFoldMemoryError(heapMb, error) : error;
       const failed = this.failed;
-      // A push waiting for the thread goes on: the answer's end reports the failure.
+      // A push waiting for the thread fails with it at once (see `behind`).
       this.resume();
       for (const { reject } of this.waiting.values()) reject(failed);
       this.waiting.clear();
@@ -130,6 +130,9 @@ export class WorkerExportFold {
     };
     return {
       push: (chunk) => {
+        // The thread gone, the answer is read no further: the rest of the page (up to ~50 MB, most of a
+        // minute) would hold its call slot and bulk-cap place only for the end to fail.
+        if (this.failed) throw this.failed;
         if (used + chunk.length > part.length) handOver();
         if (chunk.length > part.length) this.send(new Uint8Array(chunk));
         else {
@@ -169,11 +172,11 @@ export class WorkerExportFold {
     this.worker.postMessage({ type: 'chunk', bytes } satisfies FoldRequest, [bytes.buffer]);
   }
 
-  /** Undefined while the thread keeps up; else settles once it has caught up (or failed). */
+  /** Undefined while the thread keeps up; else resolves once it has caught up, or rejects when it fails. */
   private behind(): Promise<void> | undefined {
-    if (this.ahead < PARTS_AHEAD || this.failed) return undefined;
-    return new Promise((resolve) => {
-      this.caughtUp = resolve;
+    if (this.ahead < PARTS_AHEAD) return undefined;
+    return new Promise((resolve, reject) => {
+      this.caughtUp = () => (this.failed ? reject(this.failed) : resolve());
     });
   }
 
