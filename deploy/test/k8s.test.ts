@@ -13,7 +13,7 @@ import { publisherConfig } from '../../services/publisher/src/config';
 import { registrarConfig } from '../../services/registrar/src/config';
 import { scorerConfig } from '../../services/scorer/src/config';
 import { vulnFetcherConfig } from '../../services/vuln-fetcher/src/config';
-import { FOLD_THREAD_RESOURCE_LIMITS } from '../../services/vuln-fetcher/src/export-fold';
+import { FOLD_THREADS, FOLD_THREAD_RESOURCE_LIMITS } from '../../services/vuln-fetcher/src/export-fold';
 import { read, root, sourceOf, sourcesOf } from './repo';
 
 const dir = 'deploy/k8s';
@@ -120,13 +120,16 @@ const stages = fs
 const nodeFlags = JSON.parse(read('deploy/node-flags.json')) as Record<string, string[]>;
 
 /**
- * The heaps a stage's process holds beside its main thread's, MiB: the vuln-fetcher's export fold thread,
- * its old space and young generation. Not as V8 reports them under the flags: the process's
- * --max-old-space-size overrides a worker's own old space, and the thread keeps to its budget itself.
+ * The heaps a stage's process holds beside its main thread's, MiB: the vuln-fetcher's export fold threads,
+ * as many as it runs at once (FOLD_THREADS; the exports read meanwhile fold on the main thread), each its old
+ * space and young generation. Not as V8 reports them under the flags: the process's --max-old-space-size
+ * overrides a worker's own old space, and each thread keeps to its budget itself.
  */
 const threadHeapsMb: Record<string, number> = {
   'vuln-fetcher':
-    FOLD_THREAD_RESOURCE_LIMITS.maxOldGenerationSizeMb + FOLD_THREAD_RESOURCE_LIMITS.maxYoungGenerationSizeMb,
+    FOLD_THREADS *
+    (FOLD_THREAD_RESOURCE_LIMITS.maxOldGenerationSizeMb +
+      FOLD_THREAD_RESOURCE_LIMITS.maxYoungGenerationSizeMb),
 };
 
 const secretExample = manifestsIn('secret.example.yaml');

@@ -3,7 +3,6 @@ import { validateMessage, type ContractId, type ContractTypes } from '@urs/contr
 import type { Logger } from '@urs/logging';
 import {
   UrsError,
-  canRetry,
   errorCode,
   errorMessage,
   isInfrastructureFault,
@@ -19,7 +18,8 @@ import type { Hold, HeldMessages, HoldReason } from './held';
 import { parseJsonBytes } from './json-bytes';
 import type { Publisher } from './publisher';
 import { createSpentMessages } from './spent';
-import { isKafkaAuthorizationRefusal, isTransientKafkaError } from './transient';
+import { handlerFailureOf } from './handler-failure';
+import { isTransientKafkaError } from './transient';
 
 /** A consumed message, decoded and validated. `value` is null for a tombstone. */
 export interface InboundMessage<T> {
@@ -465,15 +465,13 @@ export function createMessageProcessor(
           // the service's stop aborted), not the message's. Unfinished: neither counted as an attempt nor
           // dead-lettered, and left uncommitted for whoever handles the partition next.
           if (work.signal?.aborted || work.shouldStop()) return false;
-          // A fault of Redis or Kafka first: one wrapped in an error that says nothing of retrying (a UrsError's
-          // default) is still no fault of the message. Nor is Kafka refusing the handler for want of an ACL
-          // (the stage's Write on its output topic missing): every message would be refused alike, and
+          // A fault of Redis or Kafka is no fault of the message. Nor is Kafka refusing the handler for want of
+          // an ACL (the stage's Write on its output topic missing): every message would be refused alike, and
           // dead-lettering them would lose them all; held, they are handled once an operator grants it.
-          const infrastructure = isInfrastructureFault(error);
-          const notAuthorized = !infrastructure && isKafkaAuthorizationRefusal(error);
-          if (!infrastructure && !notAuthorized && !canRetry(error)) {
-            return await deadLetterSpent(work, error, inbound.value);
-          }
+          const failure = handlerFailureOf(error);
+          if (failure === 'final') return await deadLetterSpent(work, error, inbound.value);
+          const infrastructure = failure === 'dependency';
+          const notAuthorized = failure === 'not-authorized';
           let delayMs: number;
           if (infrastructure || notAuthorized) {
             infrastructureFailures++;

@@ -4,6 +4,7 @@ export { topicSpecs, bootstrapTopics } from './topics';
 export type { StageTopics, TopicAccess, TopicName } from './topics';
 export type { TopicSpec, BootstrapOptions } from './topics';
 export { isKafkaAuthorizationRefusal, isTransientKafkaError } from './transient';
+export { handlerFailureOf, isHandledAgain, type HandlerFailure } from './handler-failure';
 export { retryWhileSettling, topicOffsets, SETTLE_RETRY, DEFAULT_SETTLE_TIMEOUT_MS } from './settle';
 export type { SettleOptions, TopicOffsetsOptions, PartitionOffsetRange } from './settle';
 export { createPublisher, BusError, MAX_SEND_BYTES, recordBytes, sizedGroups } from './publisher';

@@ -251,16 +251,27 @@ export function createRequests(options: RequestsOptions): Requests {
     const scanner = makeSink();
     const ok = response.status >= 200 && response.status < 300;
     const chunks: Buffer[] = [];
+    /** What the sink's push failed with: the sink's own failure, passed on as it is (as at its end below). */
+    let sinkFailure: { error: unknown } | undefined;
+    const push = async (chunk: Buffer): Promise<void> => {
+      try {
+        const behind = scanner.push(chunk);
+        if (behind) await behind;
+      } catch (error) {
+        sinkFailure = { error };
+        throw error;
+      }
+    };
     try {
       for await (const chunk of response.data) {
         if (!ok) chunks.push(chunk as Buffer);
-        else {
-          const behind = scanner.push(chunk as Buffer);
-          if (behind) await behind;
-        }
+        else await push(chunk as Buffer);
       }
     } catch (error) {
       if (error instanceof MalformedODataError) throw notJson(path, error);
+      // The sink's reader gone midway (a fold thread at its heap limit): the answer is read no further,
+      // and its failure is not one of the call's, to be retried.
+      if (sinkFailure !== undefined && error === sinkFailure.error) throw error;
       throw unreachable(error, url, signal);
     } finally {
       response.data.destroy();

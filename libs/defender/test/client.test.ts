@@ -857,6 +857,47 @@ describe('createDefenderClient vulnerabilities', () => {
     }
   });
 
+  it("scanVulnerabilitiesByMachine should fail with the sink's own failure from a push at once: the rest of the answer is not read, nor the page asked again", async () => {
+    const { client, close } = simClient(sim, app);
+    // The sink's reader gone midway (the fold thread at its heap limit): the answer is read no further,
+    // and the failure is the sink's, not Microsoft's or the network's.
+    const gone = new UrsError(
+      'EXPORT_FOLD_OUT_OF_MEMORY',
+      "the export's fold thread reached its heap limit",
+      {
+        canRetry: true,
+      },
+    );
+    try {
+      sim.resetStats();
+      let sinks = 0;
+      let pushes = 0;
+      let ends = 0;
+      const scanned = client.scanVulnerabilitiesByMachine(() => {
+        sinks++;
+        return {
+          push: () => {
+            pushes++;
+            throw gone;
+          },
+          end: () => {
+            ends++;
+            return Promise.reject(new Error('the answer was read to its end'));
+          },
+        };
+      });
+      await expect(scanned).rejects.toBe(gone);
+      expect({ sinks, pushes, ends, calls: sim.stats().calls.bulk }).toEqual({
+        sinks: 1,
+        pushes: 1,
+        ends: 0,
+        calls: 1,
+      });
+    } finally {
+      await close();
+    }
+  });
+
   it("getExportGeneration should name the export's snapshot, the same until the tenant's data changes", async () => {
     const { client, close } = simClient(sim, app);
     try {

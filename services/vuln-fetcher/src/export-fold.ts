@@ -8,10 +8,16 @@ import {
   type ODataSink,
 } from '@urs/defender';
 import { UrsError } from '@urs/resilience';
-import { FOLD_THREAD_RESOURCE_LIMITS, HEAP_BUDGET_EXIT_CODE, type FoldThreadData } from './fold-heap';
+import type { Registry } from '@urs/telemetry';
+import {
+  FOLD_THREADS,
+  FOLD_THREAD_RESOURCE_LIMITS,
+  HEAP_BUDGET_EXIT_CODE,
+  type FoldThreadData,
+} from './fold-heap';
 import { VulnerabilityFolder, type FoldState } from './summarise';
 
-export { FOLD_THREAD_RESOURCE_LIMITS } from './fold-heap';
+export { FOLD_THREADS, FOLD_THREAD_RESOURCE_LIMITS } from './fold-heap';
 
 /** Bytes handed to the fold thread at once. */
 const PART_BYTES = 1024 * 1024;
@@ -87,7 +93,7 @@ export class WorkerExportFold {
     const fail = (error: Error): void => {
       this.failed ??= outOfMemory(error) ? new ExportFoldMemoryError(heapMb, error) : error;
       const failed = this.failed;
-      // A push waiting for the thread goes on: the answer's end reports the failure.
+      // A push waiting for the thread fails with it at once (see `behind`).
       this.resume();
       for (const { reject } of this.waiting.values()) reject(failed);
       this.waiting.clear();
@@ -130,6 +136,9 @@ export class WorkerExportFold {
     };
     return {
       push: (chunk) => {
+        // The thread gone, the answer is read no further: the rest of the page (up to ~50 MB, most of a
+        // minute) would hold its call slot and bulk-cap place only for the end to fail.
+        if (this.failed) throw this.failed;
         if (used + chunk.length > part.length) handOver();
         if (chunk.length > part.length) this.send(new Uint8Array(chunk));
         else {
@@ -169,11 +178,11 @@ export class WorkerExportFold {
     this.worker.postMessage({ type: 'chunk', bytes } satisfies FoldRequest, [bytes.buffer]);
   }
 
-  /** Undefined while the thread keeps up; else settles once it has caught up (or failed). */
+  /** Undefined while the thread keeps up; else resolves once it has caught up, or rejects when it fails. */
   private behind(): Promise<void> | undefined {
-    if (this.ahead < PARTS_AHEAD || this.failed) return undefined;
-    return new Promise((resolve) => {
-      this.caughtUp = resolve;
+    if (this.ahead < PARTS_AHEAD) return undefined;
+    return new Promise((resolve, reject) => {
+      this.caughtUp = () => (this.failed ? reject(this.failed) : resolve());
     });
   }
 
@@ -204,4 +213,53 @@ export async function foldExportOnThread(
   } finally {
     await fold.close();
   }
+}
+
+/** A tenant's bulk export read by `client` and folded row by row on this thread (as URS_BULK_FOLD_THREAD=false). */
+export async function foldExportHere(
+  client: Pick<DefenderClient, 'readVulnerabilitiesByMachine'>,
+  options?: BulkOptions,
+): Promise<VulnerabilityFolder> {
+  const folder = new VulnerabilityFolder();
+  await client.readVulnerabilitiesByMachine(
+    (deviceId, vulnerability) => folder.add(deviceId, vulnerability),
+    options,
+  );
+  return folder;
+}
+
+/** Folds a tenant's bulk export on a fold thread when one is free, else on the main thread. */
+export type ExportFolds = (
+  client: Pick<DefenderClient, 'readVulnerabilitiesByMachine' | 'scanVulnerabilitiesByMachine'>,
+  options?: BulkOptions,
+) => Promise<VulnerabilityFolder>;
+
+/**
+ * The process's fold threads: at most `threads` (FOLD_THREADS) at once, the heaps its memory limit is sized
+ * for. One replica reads the exports of every tenant whose partition it holds (16 partitions), several at
+ * once: an export read while every thread is busy folds on the main thread at once, under the main heap's
+ * cap, rather than wait for one. So a large tenant's export (minutes) never holds a small one's back; it is
+ * only read on one core instead of two. A thread is taken before the read's first call asks for its slot,
+ * and none is ever waited for: a read holds no call slot (nor bulk-cap place) waiting for a thread.
+ */
+export function createExportFolds(metrics: Registry, threads: number = FOLD_THREADS): ExportFolds {
+  const folds = metrics.counter(
+    'urs_bulk_export_folds_total',
+    "Bulk exports read and folded, by thread (fold: on a fold thread; main: on the main thread, the process's fold threads all busy with other tenants' exports).",
+  );
+  for (const thread of ['fold', 'main']) folds.init({ thread });
+  let busy = 0;
+  return async (client, options) => {
+    if (busy >= threads) {
+      folds.inc({ thread: 'main' });
+      return foldExportHere(client, options);
+    }
+    busy++;
+    folds.inc({ thread: 'fold' });
+    try {
+      return await foldExportOnThread(client, options);
+    } finally {
+      busy--;
+    }
+  };
 }

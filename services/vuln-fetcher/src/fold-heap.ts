@@ -12,6 +12,13 @@ export const FOLD_THREAD_RESOURCE_LIMITS = {
   maxOldGenerationSizeMb: 128,
 } as const;
 
+/**
+ * Fold threads a process runs at once: the pod's memory limit is sized for the main heap and this many
+ * threads' heaps (deploy/k8s/vuln-fetcher.yaml; deploy/test/k8s.test.ts checks it). An export read while
+ * they are all busy is folded on the main thread instead (see `createExportFolds`).
+ */
+export const FOLD_THREADS = 1;
+
 /** What the fold thread is started with (its `workerData`). */
 export interface FoldThreadData {
   /** The heap the thread may use, MiB: past it, it ends itself with HEAP_BUDGET_EXIT_CODE. */

@@ -18,7 +18,7 @@ import type { Logger } from '@urs/logging';
 import type { Registry } from '@urs/telemetry';
 import { UrsError, errorCode, errorMessage } from '@urs/resilience';
 import type { SecretSealer } from '@urs/secrets';
-import { foldExportOnThread } from './export-fold';
+import { createExportFolds } from './export-fold';
 import type { VulnerabilityFolder, VulnerabilityLike } from './summarise';
 
 /** Where one tenant's vulnerabilities come from (the Defender API; a fake in unit tests). */
@@ -122,7 +122,10 @@ export interface DefenderSourceDeps {
    * (`URS_VULN_MAX_QUOTA_WAIT_MS`). Default DEFAULT_MAX_QUOTA_WAIT_MS.
    */
   maxQuotaWaitMs?: number;
-  /** Scan and fold the bulk export on a thread of its own. */
+  /**
+   * Scan and fold the bulk export on a thread of its own, at most FOLD_THREADS at once in the process (the
+   * exports read meanwhile fold on the main thread).
+   */
   foldThread?: boolean;
   /** A tenant's client is let go of after this long without a batch. Default an hour. */
   idleMs?: number;
@@ -171,6 +174,8 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
     ...(deps.bulkPageSize === undefined ? {} : { pageSize: deps.bulkPageSize }),
   });
   const maxQuotaWaitMs = deps.maxQuotaWaitMs ?? DEFAULT_MAX_QUOTA_WAIT_MS;
+  // The process's fold threads, shared by every tenant's source (see createExportFolds).
+  const foldExport = deps.foldThread ? createExportFolds(deps.metrics) : undefined;
   // The source is built with its client and kept with it: the same tenant's batches get the same one.
   const clients = createTenantClientCache<KeptSource>({
     ...(deps.idleMs === undefined ? {} : { idleMs: deps.idleMs }),
@@ -242,10 +247,8 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
         await client.readVulnerabilitiesByMachine(onRow, exportOptions(signal));
       },
       exportGeneratedTime: async (signal) => (await client.getExportGeneration(signal)).generatedTime,
-      ...(deps.foldThread
-        ? {
-            bulkFold: (signal?: AbortSignal) => foldExportOnThread(client, exportOptions(signal)),
-          }
+      ...(foldExport
+        ? { bulkFold: (signal?: AbortSignal) => foldExport(client, exportOptions(signal)) }
         : {}),
     };
     return { source, callHealth, close: () => client.close() };

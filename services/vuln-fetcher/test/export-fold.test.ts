@@ -312,6 +312,52 @@ parentPort.on('message', (request) => {
     }
   });
 
+  /** A thread that ends itself past its heap budget once it has been handed `parts` parts, answering none. */
+  function endingThread(parts: number): string {
+    return threadFile(
+      `ending-${parts}`,
+      `const { parentPort } = require('node:worker_threads');
+let handed = 0;
+parentPort.on('message', (request) => {
+  if (request.type === 'chunk' && ++handed >= ${parts}) process.exit(70);
+});
+`,
+    );
+  }
+
+  /** Bytes a push hands over to the thread whole, as a part of their own. */
+  const part = (): Buffer => Buffer.alloc(1024 * 1024 + 1, 0x20);
+
+  it("should throw the thread's failure from a push at once, so the rest of the answer is not read", async () => {
+    const file = endingThread(1);
+    const fold = new WorkerExportFold(file);
+    try {
+      const sink = fold.sink(() => undefined);
+      expect(sink.push(part())).toBeUndefined();
+      // The thread ended past its budget (asked for the fold, which it never answers).
+      await expect(fold.fold()).rejects.toMatchObject({ code: 'EXPORT_FOLD_OUT_OF_MEMORY' });
+      expect(() => sink.push(part())).toThrow(expect.objectContaining({ code: 'EXPORT_FOLD_OUT_OF_MEMORY' }));
+    } finally {
+      await fold.close();
+      rmSync(file, { force: true });
+    }
+  });
+
+  it("should fail a push waiting for the thread to catch up with the thread's failure", async () => {
+    // The thread never catches up: the eighth part handed over leaves the push waiting, and ends it.
+    const file = endingThread(8);
+    const fold = new WorkerExportFold(file);
+    try {
+      const sink = fold.sink(() => undefined);
+      const pushes = Array.from({ length: 8 }, () => sink.push(part()));
+      expect(pushes.slice(0, 7)).toEqual(Array.from({ length: 7 }, () => undefined));
+      await expect(pushes[7]).rejects.toMatchObject({ code: 'EXPORT_FOLD_OUT_OF_MEMORY' });
+    } finally {
+      await fold.close();
+      rmSync(file, { force: true });
+    }
+  });
+
   it('should fail the answer retryably past its heap budget under the deployed flags, which override its limit', () => {
     // The vuln-fetcher's flags, with --max-old-space-size: V8 takes it for the thread's old space too, over
     // the worker's resourceLimits. An export of 150,000 devices folded (~14 MB of ids) by a thread of 16 MiB.

@@ -1,7 +1,8 @@
-import type { DeviceBatch, EnrichedBatch, TenantRecord } from '@urs/contracts';
+import { ContractError, type DeviceBatch, type EnrichedBatch, type TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createAnsweredCalls, createBulkVulnerabilityCache, createCycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
+import { isHandledAgain } from '@urs/bus';
 import { inboundMessage, testRedisPerTest, topicNotAuthorised, waitFor } from '@urs/testkit';
 import { createEnrichHandler } from '../src/handler';
 import type { SourceProvider } from '../src/sources';
@@ -446,6 +447,21 @@ describe('a bulk cycle that reads its export last', () => {
     expect(sent.map((batch) => batch.batchIndex)).toEqual([1, 2]);
     expect(correctedIds(sent)).toEqual(['d1', 'd2', 'd4']);
     expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
+  });
+
+  it('should not store the export when the batch fails to be sent for a reason never tried again (dead-lettered at once)', async () => {
+    const context = setup();
+    const { handle, bulkCache, failing } = context;
+    const last = await twoCycles(context);
+    // A batch its topic's contract refuses: the bus dead-letters it at once, and no try reads from a stored
+    // export; stored, it would be marked ready (~16 MB of Redis at 100,000 devices) and never become the latest.
+    failing.sends = 1;
+    failing.error = () => new ContractError('urs/enriched-batch', [{ field: 'devices', rule: 'invalid' }]);
+    const error = (await handle(last).catch((caught: unknown) => caught)) as Error;
+    expect(error).toBeInstanceOf(ContractError);
+    expect(isHandledAgain(error)).toBe(false);
+    expect(await bulkCache.state('t1', 'c2')).not.toMatchObject({ state: 'ready' });
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c1');
   });
 
   it('should store the export when its corrections are not produced, and send them from it when tried again', async () => {

@@ -1,4 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import { join } from 'node:path';
 import type { TenantRecord } from '@urs/contracts';
 import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
@@ -9,9 +10,12 @@ import { Registry } from '@urs/telemetry';
 import {
   ReplicaSecretKeyError,
   type SourceProvider,
+  type VulnerabilitySource,
   createDefenderSources,
   isTenantWideFailure,
 } from '../src/sources';
+import { FOLD_THREADS } from '../src/export-fold';
+import { VulnerabilityFolder } from '../src/summarise';
 import { localSources } from './handler-support';
 
 describe('createDefenderSources', () => {
@@ -235,6 +239,71 @@ describe('createDefenderSources and vulnerabilities whose CVSS score cannot be r
       expect(unreadable('per-device')).toBe(2);
       await source.bulkVulnerabilities(() => undefined);
       expect(unreadable('bulk')).toBe(2);
+    } finally {
+      sources.close();
+      agent.destroy();
+      await sim.close();
+    }
+  }, 20_000);
+});
+
+describe('createDefenderSources with the export folded on a thread', () => {
+  it('should fold exports read at once on one thread, the others on the main thread without waiting for it', async () => {
+    const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+    const sim = await startSimulator({ quotas: false });
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const metrics = new Registry({ processMetrics: false });
+    // Compiled, as the process runs it: the fold thread loads compiled code (`npm run build` comes first).
+    const compiled = (await import(join(__dirname, '../dist/sources.js'))) as typeof import('../src/sources');
+    const sources = compiled.createDefenderSources({
+      sealer,
+      limiter: createLocalLimiter(),
+      quota: createLocalQuotaGate(),
+      httpsAgent: agent,
+      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
+      logger: silentLogger,
+      metrics,
+      foldThread: true,
+    });
+    const tenant = (tenantId: string, size: number): VulnerabilitySource => {
+      const azureTenantId = randomUUID();
+      const app = { clientId: randomUUID(), clientSecret: `Zx8Q~${randomUUID()}Sec` };
+      sim.addTenant({ azureTenantId, apps: [app], fleet: { size, seed: 3 } });
+      return sources.forTenant({
+        tenantId,
+        revision: 1,
+        defender: {
+          azureTenantId,
+          clientId: app.clientId,
+          clientSecret: sealer.seal(app.clientSecret, tenantId),
+          cloud: 'commercial',
+          region: null,
+        },
+      } as unknown as TenantRecord);
+    };
+    const folds = (thread: string): number =>
+      metrics.counter('urs_bulk_export_folds_total', '').get({ thread });
+    try {
+      const tenants = [tenant('a', 40), tenant('b', 30), tenant('c', 20)];
+      /** Each tenant's export folded row by row, as without a fold thread. */
+      const expected = await Promise.all(
+        tenants.map(async (source) => {
+          const folder = new VulnerabilityFolder();
+          await source.bulkVulnerabilities((device, vulnerability) => folder.add(device, vulnerability));
+          return [...folder.summaries(7)];
+        }),
+      );
+      // Three tenants' exports read at once (their partitions on one replica): the process's heaps are sized
+      // for one fold thread (deploy/k8s/vuln-fetcher.yaml), so the others fold on the main thread at once.
+      const folded = await Promise.all(tenants.map((source) => source.bulkFold!()));
+      expect(folded.map((fold) => [...fold.summaries(7)])).toEqual(expected);
+      expect({ fold: folds('fold'), main: folds('main') }).toEqual({
+        fold: FOLD_THREADS,
+        main: 3 - FOLD_THREADS,
+      });
+      // The thread given back: the next export read alone folds on it again.
+      expect([...(await tenants[2]!.bulkFold!()).summaries(7)]).toEqual(expected[2]);
+      expect(folds('fold')).toBe(FOLD_THREADS + 1);
     } finally {
       sources.close();
       agent.destroy();

@@ -1,0 +1,35 @@
+import { KafkaJSConnectionError, KafkaJSNumberOfRetriesExceeded } from 'kafkajs';
+import { ContractError } from '@urs/contracts';
+import { UrsError } from '@urs/resilience';
+import { topicNotAuthorised } from '@urs/testkit';
+import { handlerFailureOf, isHandledAgain } from '../src/handler-failure';
+
+describe('handlerFailureOf', () => {
+  /** What a produce rejects with when the broker is away, after KafkaJS's own retries. */
+  const brokerAway = (): Error =>
+    new KafkaJSNumberOfRetriesExceeded(new KafkaJSConnectionError('Connection error: ECONNREFUSED'), {
+      retryCount: 8,
+      retryTime: 5_000,
+    });
+
+  it('should tell a dependency, a missing ACL, a retryable and a final failure apart', () => {
+    expect(handlerFailureOf(brokerAway())).toBe('dependency');
+    // Wrapped in an error of ours that says nothing of retrying, a fault of Kafka is still one.
+    expect(handlerFailureOf(new UrsError('SEND_FAILED', 'not sent', { cause: brokerAway() }))).toBe(
+      'dependency',
+    );
+    expect(handlerFailureOf(topicNotAuthorised())).toBe('not-authorized');
+    expect(handlerFailureOf(new UrsError('BUSY', 'try later', { canRetry: true }))).toBe('retryable');
+    expect(handlerFailureOf(new Error('a driver error'))).toBe('retryable');
+    expect(handlerFailureOf(new ContractError('urs/enriched-batch', [{ field: 'devices', rule: 'x' }]))).toBe(
+      'final',
+    );
+  });
+
+  it('should say a message is handled again unless it is dead-lettered at once', () => {
+    expect(isHandledAgain(brokerAway())).toBe(true);
+    expect(isHandledAgain(topicNotAuthorised())).toBe(true);
+    expect(isHandledAgain(new UrsError('BUSY', 'try later', { canRetry: true }))).toBe(true);
+    expect(isHandledAgain(new UrsError('BAD', 'for good', { canRetry: false }))).toBe(false);
+  });
+});
