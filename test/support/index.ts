@@ -2,7 +2,7 @@
 // Every name they hand out is unique per call, so parallel jest workers and parallel test runs never
 // share a topic, a consumer group or a Redis key.
 export { uniqueId, waitFor, type WaitForOptions } from './wait';
-export { testInfra, type TestInfra } from './infra';
+export { serviceEnv, testInfra, type TestInfra } from './infra';
 export {
   createTestKafka,
   createUniqueTopics,

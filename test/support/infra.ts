@@ -17,3 +17,16 @@ export function testInfra(env: NodeJS.ProcessEnv = process.env): TestInfra {
   }
   return { kafkaBrokers: brokers.split(',').map((b) => b.trim()), redisUrl };
 }
+
+/** What a service of its own reads: the test's Kafka and Redis, its own topics and keys. */
+export function serviceEnv(prefix: string, logLevel = 'error'): Record<string, string> {
+  return {
+    KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
+    REDIS_URL: testInfra().redisUrl,
+    URS_TOPIC_PREFIX: prefix,
+    URS_REDIS_PREFIX: `${prefix}:`,
+    URS_METRICS_PORT: '0',
+    URS_TOPIC_PARTITIONS: '1',
+    URS_LOG_LEVEL: logLevel,
+  };
+}

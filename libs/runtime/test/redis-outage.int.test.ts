@@ -1,6 +1,6 @@
 import { startService } from '@urs/runtime';
-import { createTestKafka, deleteTopics, testInfra, uniqueId, waitFor } from '@urs/testkit';
-import { freePort, startRedis, stopRedis } from './support';
+import { createTestKafka, deleteTopics, uniqueId, waitFor } from '@urs/testkit';
+import { freePort, serviceEnv, startRedis, stopRedis } from './support';
 
 describe('startService with Redis away', () => {
   it('should answer /readyz 503 and urs_redis_up 0 while its Redis is down, log no ioredis text, and be ready again once Redis is back', async () => {
@@ -11,15 +11,7 @@ describe('startService with Redis away', () => {
     const service = await startService({
       name: 'test-service',
       defaultMetricsPort: 0,
-      env: {
-        KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
-        REDIS_URL: `redis://127.0.0.1:${port}`,
-        URS_TOPIC_PREFIX: prefix,
-        URS_REDIS_PREFIX: `${prefix}:`,
-        URS_METRICS_PORT: '0',
-        URS_TOPIC_PARTITIONS: '1',
-        URS_LOG_LEVEL: 'error',
-      },
+      env: { ...serviceEnv(prefix), REDIS_URL: `redis://127.0.0.1:${port}` },
       setup: async () => ({}),
     });
     const base = `http://127.0.0.1:${service.health.port}`;

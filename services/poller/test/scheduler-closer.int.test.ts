@@ -1,6 +1,6 @@
 import type { ConsumerRunner, RunnerState } from '@urs/bus';
 import { startService } from '@urs/runtime';
-import { createTestKafka, deleteTopics, uniqueId, testInfra, waitFor } from '@urs/testkit';
+import { createTestKafka, deleteTopics, serviceEnv, uniqueId, waitFor } from '@urs/testkit';
 import { schedulerCloser } from '../src/scheduler-closer';
 import { stageTopics } from '../src/topics';
 import {
@@ -45,19 +45,6 @@ function slowClosingRunner(): { runner: ConsumerRunner; closing: () => boolean; 
   return { runner, closing: () => closing, closed: () => closed() };
 }
 
-/** The env of a poller of its own: the test's Kafka and Redis, its own topics and keys. */
-function ownEnv(prefix: string): Record<string, string> {
-  return {
-    KAFKA_BROKERS: testInfra().kafkaBrokers.join(','),
-    REDIS_URL: testInfra().redisUrl,
-    URS_TOPIC_PREFIX: prefix,
-    URS_REDIS_PREFIX: `${prefix}:`,
-    URS_METRICS_PORT: '0',
-    URS_TOPIC_PARTITIONS: '1',
-    URS_LOG_LEVEL: 'error',
-  };
-}
-
 describe('schedulerCloser', () => {
   it('should begin no cycle from the instant the service stops, while its runners still close', async () => {
     const prefix = `${uniqueId('poll-stop')}.`;
@@ -85,7 +72,7 @@ describe('schedulerCloser', () => {
     };
     const service = await startService({
       name: 'poller',
-      env: ownEnv(prefix),
+      env: serviceEnv(prefix),
       topics: stageTopics,
       setup: async (context) => {
         stopping = context.stopping;
