@@ -14,7 +14,7 @@ import {
   listedBy,
   type ExportSnapshot,
 } from './snapshot';
-import { VulnerabilityFolder, emptySummary, summaryJsonSlices } from './summarise';
+import { VulnerabilityFolder, emptySummary, foldRows, summaryJsonSlices } from './summarise';
 
 export interface ExportReaderDeps {
   bulkCache: BulkVulnerabilityCache;
@@ -139,19 +139,6 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
     "Bulk cycles that asked which export snapshot Microsoft serves before reading it, by outcome (unchanged: the latest export's, not read again; stale: the latest export's, but that one was read over 6 hours ago, read again; gone: the latest export's, but that one is gone from Redis, read again; changed; unknown: no answer in time, read anyway).",
   );
 
-  /** The export folded row by row on this thread: only each device's CVEs and their best CVSS stay in memory. */
-  async function foldHere(
-    source: VulnerabilitySource,
-    signal: AbortSignal | undefined,
-  ): Promise<VulnerabilityFolder> {
-    const folder = new VulnerabilityFolder();
-    await source.bulkVulnerabilities(
-      (deviceId, vulnerability) => folder.add(deviceId, vulnerability),
-      signal,
-    );
-    return folder;
-  }
-
   /**
    * Reads the cycle's export under this process's claim. Null when it failed: then the cycle's batches
    * find it failed in the cache, and go on without vulnerabilities.
@@ -163,7 +150,9 @@ export function createExportReader(deps: ExportReaderDeps): ExportReader {
     signal: AbortSignal | undefined,
   ): Promise<VulnerabilityFolder | null> {
     try {
-      return source.bulkFold ? await source.bulkFold(signal) : await foldHere(source, signal);
+      return source.bulkFold
+        ? await source.bulkFold(signal)
+        : await foldRows((onRow) => source.bulkVulnerabilities(onRow, signal));
     } catch (error) {
       await exportFailed(batch, error, log, signal);
       return null;

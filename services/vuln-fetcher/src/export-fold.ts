@@ -15,7 +15,7 @@ import {
   HEAP_BUDGET_EXIT_CODE,
   type FoldThreadData,
 } from './fold-heap';
-import { VulnerabilityFolder, type FoldState } from './summarise';
+import { foldRows, VulnerabilityFolder, type FoldState } from './summarise';
 
 export { FOLD_THREADS, FOLD_THREAD_RESOURCE_LIMITS } from './fold-heap';
 
@@ -220,12 +220,7 @@ export async function foldExportHere(
   client: Pick<DefenderClient, 'readVulnerabilitiesByMachine'>,
   options?: BulkOptions,
 ): Promise<VulnerabilityFolder> {
-  const folder = new VulnerabilityFolder();
-  await client.readVulnerabilitiesByMachine(
-    (deviceId, vulnerability) => folder.add(deviceId, vulnerability),
-    options,
-  );
-  return folder;
+  return foldRows((onRow) => client.readVulnerabilitiesByMachine(onRow, options));
 }
 
 /** Folds a tenant's bulk export on a fold thread when one is free, else on the main thread. */

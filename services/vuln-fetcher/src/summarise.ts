@@ -194,6 +194,17 @@ export class VulnerabilityFolder {
   }
 }
 
+/** Rows of an export read by `read` folded row by row on this thread: only each device's CVEs and best CVSS stay. */
+export async function foldRows(
+  read: (
+    onRow: (deviceId: string, vulnerability: VulnerabilityLike | null | undefined) => void,
+  ) => Promise<unknown>,
+): Promise<VulnerabilityFolder> {
+  const folder = new VulnerabilityFolder();
+  await read((deviceId, vulnerability) => folder.add(deviceId, vulnerability));
+  return folder;
+}
+
 /**
  * The fold's summaries as JSON (as the bulk cache stores them), in slices of `size` devices: what the
  * cache compares with a stored export without the fold's summaries all existing at once.
