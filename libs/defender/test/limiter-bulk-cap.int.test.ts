@@ -250,26 +250,32 @@ describe('createSharedLimiter when a whole-slot call waits long for its slot', (
     await waitFor(async () => (await bulkRunning()) === '0', { description: 'the cap given back' });
   });
 
-  it('a page that waited long for its slot and needs nearly all of it is read in full, not cut', async () => {
-    // The page waits ~4 s for the only slot, then needs 3.5 s of the 3.6 s its slot gives it.
-    const capped = await limiter(1, 1, { jobExpirationMs: 4_000 });
-    const perDevice = holdUntilExpired(capped);
-    const page = capped.schedule(
-      (slotEnds) =>
-        new Promise((resolve) => {
-          const read = setTimeout(() => resolve('read in full'), 3_500);
-          slotEnds.addEventListener('abort', () => {
-            clearTimeout(read);
-            resolve(slotEnds.reason);
-          });
-        }),
-      { wholeSlot: true },
-    );
-    await expect(page).resolves.toBe('read in full');
-    perDevice.end();
-    await perDevice.settled;
-    expect(await placesTaken()).toBe('1');
-  });
+  it.each([
+    ['asking Redis for each slot', {}],
+    ['handing slots from call to call', { handOff: { maxLeaseMs: 1_000 } }],
+  ])(
+    'a page that waited long for its slot and needs nearly all of it is read in full, not cut (%s)',
+    async (_, more) => {
+      // The page waits ~4 s for the only slot, then needs 3.5 s of the 3.6 s its slot gives it.
+      const capped = await limiter(1, 1, { jobExpirationMs: 4_000, ...more });
+      const perDevice = holdUntilExpired(capped);
+      const page = capped.schedule(
+        (slotEnds) =>
+          new Promise((resolve) => {
+            const read = setTimeout(() => resolve('read in full'), 3_500);
+            slotEnds.addEventListener('abort', () => {
+              clearTimeout(read);
+              resolve(slotEnds.reason);
+            });
+          }),
+        { wholeSlot: true },
+      );
+      await expect(page).resolves.toBe('read in full');
+      perDevice.end();
+      await perDevice.settled;
+      expect(await placesTaken()).toBe('1');
+    },
+  );
 
   it('a whole-slot call that waits two slot expirations for its slot keeps its place', async () => {
     // Two per-device calls hold the only slot one after the other, each until its job expires (2 s).
