@@ -8,7 +8,10 @@ interface Slots {
   mayKeep?(held: number): Promise<boolean>;
 }
 
-/** What a whole-slot call answers when its place under the cap ended before it had a slot: it asks again. */
+/**
+ * What a whole-slot call answers when its place under the cap ran short (less than a whole slot left) before it
+ * had a slot: it asks again.
+ */
 const CAP_ENDED_BEFORE_SLOT = Symbol('cap ended before the slot');
 
 /** How the cap's waits are shown: one more whole-slot call of this process waiting for it, or one less. */
@@ -17,11 +20,41 @@ export interface BulkCapWaits {
 }
 
 /**
- * A signal that aborts when either of two short-lived ones does (a slot's end, the cap's end), with its reason.
- * Both live no longer than one call, so AbortSignal.any's hold on its sources (nodejs/node#55351) costs nothing.
+ * A signal that aborts when either of two short-lived ones does (the caller's stop, the place's last moment to
+ * start a slot), with its reason. Both live no longer than one wait for a slot, so AbortSignal.any's hold on its
+ * sources (nodejs/node#55351) costs nothing.
  */
 function eitherEnds(first: AbortSignal, second: AbortSignal): AbortSignal {
   return AbortSignal.any([first, second]);
+}
+
+/** How long a place under the cap and a slot of `inner` last, in milliseconds. */
+export interface BulkCapTimes {
+  /** From a place's start to its end told (the cap's `slotEnds`). */
+  placeMs: number;
+  /** A slot's job expiration: a whole-slot call started in a slot runs this long at most. */
+  slotMs: number;
+}
+
+/** Why a call waiting for its slot left the wait: its place could no longer hold a whole slot. */
+class PlaceTooShortError extends Error {
+  constructor(slotMs: number) {
+    super(`the place under the bulk cap has less than a slot (${slotMs} ms) left`);
+    this.name = 'PlaceTooShortError';
+  }
+}
+
+/**
+ * A signal that aborts once a place started now has less than a whole slot left (`placeMs - slotMs` from now):
+ * a slot started later could outlast the place. `done` clears its timer.
+ */
+function lastSlotStart(times: BulkCapTimes): { late: AbortSignal; done: () => void } {
+  const late = new AbortController();
+  const timer = setTimeout(
+    () => late.abort(new PlaceTooShortError(times.slotMs)),
+    Math.max(0, times.placeMs - times.slotMs),
+  );
+  return { late: late.signal, done: () => clearTimeout(timer) };
 }
 
 /**
@@ -33,13 +66,15 @@ function eitherEnds(first: AbortSignal, second: AbortSignal): AbortSignal {
  * of `inner` alone and never wait for the cap, so whole-slot calls can never hold more than the cap's share
  * of the slots, however many tenants read their export at once.
  *
- * The cap's place is held while the call waits for its slot, so it must outlast that wait and the slot: `cap`'s
- * jobs are given a longer expiration than `inner`'s. Should the cap's place end all the same, the call is
- * stopped as at its slot's end (a place given back while its call still runs would let one whole-slot call
- * more in than the cap); one still waiting for its slot gives both back and asks for the cap again.
+ * The cap's place is held while the call waits for its slot (behind other calls, with no bound), then for the
+ * slot's whole time, so `cap`'s jobs last many of `inner`'s (`times`). A call started in a slot runs until that
+ * slot ends (its `slotEnds`, never the place's): its page must not be cut short, and counted as too slow an
+ * answer, for the time it waited. So a slot must start while the place still has a whole slot left: a call
+ * whose place has less leaves the wait (a slot reaching it that late goes back unused), gives the place back
+ * and asks for a place again.
  */
-export function withBulkCap(inner: Slots, cap: Slots, waits?: BulkCapWaits): Slots {
-  /** A whole-slot call, under the cap: its place ended while it waited for a slot when this rejects so. */
+export function withBulkCap(inner: Slots, cap: Slots, times: BulkCapTimes, waits?: BulkCapWaits): Slots {
+  /** A whole-slot call, under the cap: its place had too little left when this answers so. */
   async function underCap<T>(
     task: (slotEnds: AbortSignal) => Promise<T>,
     signal: AbortSignal | undefined,
@@ -53,21 +88,26 @@ export function withBulkCap(inner: Slots, cap: Slots, waits?: BulkCapWaits): Slo
     };
     try {
       return await cap.schedule(
-        async (capEnds) => {
+        async () => {
           stopWaiting();
+          const { late, done } = lastSlotStart(times);
           let started = false;
           try {
-            return await inner.schedule(
+            return await inner.schedule<T | typeof CAP_ENDED_BEFORE_SLOT>(
               (slotEnds) => {
+                // The slot came as the place ran short: it goes back unused.
+                if (late.aborted) return Promise.resolve(CAP_ENDED_BEFORE_SLOT);
                 started = true;
-                return task(eitherEnds(slotEnds, capEnds));
+                return task(slotEnds);
               },
-              // The caller's stop, or the cap's end, leaves the wait for a slot at once.
-              { wholeSlot: true, signal: signal ? eitherEnds(signal, capEnds) : capEnds },
+              // The caller's stop, or the place running short, leaves the wait for a slot at once.
+              { wholeSlot: true, signal: signal ? eitherEnds(signal, late) : late },
             );
           } catch (error) {
-            if (!started && capEnds.aborted && !signal?.aborted) return CAP_ENDED_BEFORE_SLOT;
+            if (!started && late.aborted && !signal?.aborted) return CAP_ENDED_BEFORE_SLOT;
             throw error;
+          } finally {
+            done();
           }
         },
         { signal },

@@ -291,7 +291,7 @@ function bulkSlotGauges(metrics: Registry): SlotGauges {
   return {
     running: metrics.gauge(
       'urs_defender_bulk_slots_running',
-      "Bulk export pages holding one of the shared slots across every process, as the bulk cap's Redis count says.",
+      "Places under the bulk cap held across every process, as the bulk cap's Redis count says: bulk export pages holding a shared slot, and those holding a place while they wait for one.",
     ),
     max: metrics.gauge(
       'urs_defender_bulk_slots_max',
@@ -374,6 +374,11 @@ function slotEndMarginMs(jobExpirationMs: number): number {
   return Math.min(1_000, Math.floor(jobExpirationMs / 10));
 }
 
+/** How long after its start a task is told its slot ends (`slotEnds`). */
+function slotEndsAfterMs(jobExpirationMs: number): number {
+  return jobExpirationMs - slotEndMarginMs(jobExpirationMs);
+}
+
 /**
  * Schedules `task` in Bottleneck, leaving the wait when `signal` aborts: Bottleneck cannot take a queued job
  * back, so the job, once it gets its slot, gives it straight back without running the task.
@@ -384,7 +389,7 @@ function scheduleUnlessStopped<T>(
   task: (slotEnds: AbortSignal) => Promise<T>,
   signal: AbortSignal | undefined,
 ): Promise<T> {
-  const endsAfterMs = jobExpirationMs - slotEndMarginMs(jobExpirationMs);
+  const endsAfterMs = slotEndsAfterMs(jobExpirationMs);
   if (!signal)
     return limiter.schedule({ expiration: jobExpirationMs }, () => untilSlotEnds(task, endsAfterMs));
   if (signal.aborted) return Promise.reject(signal.reason);
@@ -503,20 +508,25 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
   const slots = options.handOff ? withSlotHandOff(shared, options.handOff) : shared;
   if (!bulkCap) return slots;
   // The cap's place is held while its call waits for a slot, then for the slot's whole time: it lasts longer.
-  const cap = wrap(bulkCap, BULK_CAP_EXPIRATION_SLOTS * jobExpirationMs, async () => undefined);
+  const placeExpirationMs = BULK_CAP_EXPIRATION_SLOTS * jobExpirationMs;
+  const cap = wrap(bulkCap, placeExpirationMs, async () => undefined);
   const waiting = options.metrics?.gauge(
     'urs_defender_bulk_slots_waiting',
     'Bulk export pages of this process waiting for a place under the bulk cap (URS_BULK_MAX_SLOTS) before they ask for a shared slot.',
   );
   waiting?.set(0);
-  return withBulkCap(slots, cap, waiting && { waiting: (by) => waiting.inc({}, by) });
+  const times = { placeMs: slotEndsAfterMs(placeExpirationMs), slotMs: jobExpirationMs };
+  return withBulkCap(slots, cap, times, waiting && { waiting: (by) => waiting.inc({}, by) });
 }
 
 /**
- * How many job expirations of the shared slots a place under the bulk cap lasts: its call's wait for a slot
- * (other calls' slots end within one), then the slot's own.
+ * How many job expirations of the shared slots a place under the bulk cap lasts: its call's wait for a slot,
+ * then the slot's own. The wait has no bound of its own (the call queues in this process behind per-device
+ * calls), and a call whose place has less than a slot left when its slot comes asks for a place again, at the
+ * back of the queue: a place long enough for most waits spares those turns. The price: a crashed process's
+ * places come back only when they expire, this many slot expirations later.
  */
-const BULK_CAP_EXPIRATION_SLOTS = 2;
+const BULK_CAP_EXPIRATION_SLOTS = 10;
 
 /** Refuses a cap on whole-slot calls outside 1 to `maxConcurrent`, naming the rule. */
 function validBulkMaxSlots(bulkMaxSlots: number, maxConcurrent: number): void {

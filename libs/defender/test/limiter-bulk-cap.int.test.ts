@@ -218,7 +218,7 @@ describe('createSharedLimiter given a cap on whole-slot calls it cannot keep', (
   });
 });
 
-describe('createSharedLimiter when a place under the bulk cap ends', () => {
+describe('createSharedLimiter when a whole-slot call waits long for its slot', () => {
   /** A per-device call that holds the only slot until its job expires (it ignores its slot's end). */
   function holdUntilExpired(capped: CallLimiter): { settled: Promise<unknown>; end: () => void } {
     const held = gate();
@@ -226,9 +226,14 @@ describe('createSharedLimiter when a place under the bulk cap ends', () => {
     return { settled, end: held.open };
   }
 
-  it('a whole-slot call running when its place ends is stopped then, as at its slot end', async () => {
-    // A place lasts two job expirations: 6 s, its end told at 5.4 s; the call gets its slot at ~3 s, once the
-    // per-device call's job expired, and that slot would end at ~5.7 s.
+  /** The place under the cap a whole-slot call took, counted as Bottleneck counts jobs done. */
+  async function placesTaken(): Promise<string | null> {
+    return redis.client.hget(`b_${redis.prefix}defender-bulk_settings`, 'done');
+  }
+
+  it('a whole-slot call that waited a slot expiration for its slot runs until its own slot ends, not its place', async () => {
+    // The call gets its slot at ~3 s, once the per-device call's job expired; its slot's end is told 2.7 s later.
+    // A place lasting two job expirations (its end told at 5.4 s) would cut it at ~2.4 s, as its slot's end.
     const capped = await limiter(1, 1, { jobExpirationMs: 3_000 });
     const perDevice = holdUntilExpired(capped);
     const bulk = capped.schedule(
@@ -240,13 +245,40 @@ describe('createSharedLimiter when a place under the bulk cap ends', () => {
     perDevice.end();
     await perDevice.settled;
     expect(reason).toBeInstanceOf(SlotEndedError);
-    expect((reason as SlotEndedError).heldMs).toBe(5_400);
+    expect((reason as SlotEndedError).heldMs).toBe(2_700);
+    expect(await placesTaken()).toBe('1');
     await waitFor(async () => (await bulkRunning()) === '0', { description: 'the cap given back' });
   });
 
-  it('a whole-slot call still waiting for its slot when its place ends asks for a place again, then runs', async () => {
-    // Two per-device calls hold the only slot one after the other, each until its job expires (2 s): the
-    // whole-slot call's first place (4 s, its end told at 3.6 s) ends before the slot is free.
+  it.each([
+    ['asking Redis for each slot', {}],
+    ['handing slots from call to call', { handOff: { maxLeaseMs: 1_000 } }],
+  ])(
+    'a page that waited long for its slot and needs nearly all of it is read in full, not cut (%s)',
+    async (_, more) => {
+      // The page waits ~4 s for the only slot, then needs 3.5 s of the 3.6 s its slot gives it.
+      const capped = await limiter(1, 1, { jobExpirationMs: 4_000, ...more });
+      const perDevice = holdUntilExpired(capped);
+      const page = capped.schedule(
+        (slotEnds) =>
+          new Promise((resolve) => {
+            const read = setTimeout(() => resolve('read in full'), 3_500);
+            slotEnds.addEventListener('abort', () => {
+              clearTimeout(read);
+              resolve(slotEnds.reason);
+            });
+          }),
+        { wholeSlot: true },
+      );
+      await expect(page).resolves.toBe('read in full');
+      perDevice.end();
+      await perDevice.settled;
+      expect(await placesTaken()).toBe('1');
+    },
+  );
+
+  it('a whole-slot call that waits two slot expirations for its slot keeps its place', async () => {
+    // Two per-device calls hold the only slot one after the other, each until its job expires (2 s).
     const capped = await limiter(1, 1, { jobExpirationMs: 2_000 });
     const first = holdUntilExpired(capped);
     const second = holdUntilExpired(capped);
@@ -254,8 +286,21 @@ describe('createSharedLimiter when a place under the bulk cap ends', () => {
     await expect(bulk).resolves.toBe('read');
     for (const perDevice of [first, second]) perDevice.end();
     await Promise.all([first.settled, second.settled]);
-    // Two places under the cap: the one that ended while the call waited, and the one it ran in.
-    expect(await redis.client.hget(`b_${redis.prefix}defender-bulk_settings`, 'done')).toBe('2');
+    expect(await placesTaken()).toBe('1');
+    await waitFor(async () => (await bulkRunning()) === '0', { description: 'the cap given back' });
+  });
+
+  it('a whole-slot call whose place has less than a slot left before it has one asks for a place again, then runs', async () => {
+    // Nine per-device calls hold the only slot one after the other, each until its job expires (1 s): the
+    // whole-slot call's first place (10 s, its end told at 9 s) has less than a slot left after 8 s.
+    const capped = await limiter(1, 1, { jobExpirationMs: 1_000 });
+    const perDevice = Array.from({ length: 9 }, () => holdUntilExpired(capped));
+    const bulk = capped.schedule(async () => 'read', { wholeSlot: true });
+    await expect(bulk).resolves.toBe('read');
+    for (const each of perDevice) each.end();
+    await Promise.all(perDevice.map((each) => each.settled));
+    // Two places under the cap: the one that ran short while the call waited, and the one it ran in.
+    expect(await placesTaken()).toBe('2');
     await waitFor(async () => (await bulkRunning()) === '0', { description: 'the cap given back' });
   });
 });
