@@ -171,6 +171,8 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
         paused: false,
         readPastTimer: undefined,
         readToEnd: false,
+        refilledByOneKey: false,
+        readBackTimer: undefined,
         position: undefined,
         readSince: undefined,
         committed: undefined,
@@ -262,8 +264,9 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
       if (!(await settleEntry(work, entry)) || work.revoked) return;
       work.lanes.finished(lane, entry);
       countBuffered(-1);
-      if (work.lanes.isHalfEmpty && !closing.signal.aborted) halfEmpty(work);
+      // Before the half-empty buffer resumes the partition: one paused is moved back by a seek (readAgainIfDue).
       readAgainIfDue(work);
+      if (work.lanes.isHalfEmpty && !closing.signal.aborted) halfEmpty(work);
       commits.schedule();
     } finally {
       lane.running--;
@@ -307,6 +310,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
       // Fetched before a seek (KafkaJS's hasSeekOffset): the partition's next fetch starts where it moved.
       if (payload.isStale()) return;
       const work = workFor(batch.topic, batch.partition);
+      fetching.batchCame(work);
       skipFinishedBefore(work, batch.messages[0]);
       const { lanes } = work;
       const [heldBefore, deferredBefore] = [lanes.held, lanes.deferred];

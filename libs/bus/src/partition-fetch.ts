@@ -22,10 +22,14 @@ import type { KeyLanes } from './key-lanes';
  *   and the keys behind its backlog would wait for all of it, the buffer never full for long. Reading past
  *   then goes on, also once half empty, until it has read the partition to its end (its high watermark at the
  *   last fetch): every key behind the backlog is let through, and the next fetch moves back to the oldest
- *   deferred message at once (readBackFromEnd). Meanwhile a half-empty buffer is refilled by the offset
- *   resolved after the next batch, not by a seek (readingOnToEnd). The cost: the messages of the key read past
- *   are fetched twice (deferred, then read again), as for a key whose messages wait; a key streaming for less
- *   than `readPastAfterMs` is read once.
+ *   deferred message at once (readBackFromEnd), when the key refilled the buffer since it was last half empty;
+ *   a key whose messages wait keeps it full, and its messages read back would fill it again at once, the
+ *   partition read past it over and over: its fetch stays at the end until the buffer is half empty, as for a
+ *   partition full with several keys. Meanwhile a half-empty buffer is refilled by the offset resolved after
+ *   the next batch, not by a seek (readingOnToEnd); when no batch comes (the partition's end is no message a
+ *   batch hands over, readToEndUnseen), by a seek `readPastAfterMs` later. The cost: the messages of the key
+ *   read past are fetched twice (deferred, then read again), as for a key whose messages wait; a key streaming
+ *   for less than `readPastAfterMs` is read once.
  * - KafkaJS keeps a seek it has not applied yet through a rebalance (consumerGroup.seekOffset) and applies
  *   it whenever the partition is assigned here again, maybe much later: a seek past the offset committed
  *   then would skip what the partition's other owner left. So the runner seeks only to the partition's
@@ -47,8 +51,22 @@ export interface FetchedPartition {
    * reading past starts when it fires.
    */
   readPastTimer: NodeJS.Timeout | undefined;
-  /** Whether the last batch read the partition to its end (nothing behind what was read, then). */
+  /**
+   * Whether the last batch read the partition to its end (nothing behind what was read, then), or no batch came
+   * for `readPastAfterMs` while it was fetched on past the key that held it (see readToEndUnseen).
+   */
   readToEnd: boolean;
+  /**
+   * Whether the key that held the buffer refilled it since it was last half empty: it streams (its messages
+   * finish), where a key whose messages wait keeps the buffer full. Only then is the fetch moved back at the
+   * partition's end (readBackFromEnd): a waiting key's messages read back would fill the buffer again at once.
+   */
+  refilledByOneKey: boolean;
+  /**
+   * Set while the partition is fetched on past the key that held it with deferred messages due (readingOnToEnd):
+   * fires when no batch came meanwhile (see readToEndUnseen).
+   */
+  readBackTimer: NodeJS.Timeout | undefined;
   /** Where the partition's next fetch starts, as last resolved or sought here; undefined before. */
   position: bigint | undefined;
   /**
@@ -88,6 +106,8 @@ export interface PartitionFetch {
    * readBackFromEnd.
    */
   readBackFromEnd(work: FetchedPartition, next: bigint): bigint;
+  /** A batch of the partition came: the fetch moves back by the offset resolved after it, not by readToEndUnseen. */
+  batchCame(work: FetchedPartition): void;
   stopReadingPast(work: FetchedPartition): void;
   readAgainIfDue(work: FetchedPartition): void;
   /**
@@ -177,7 +197,7 @@ export function createPartitionFetch(options: PartitionFetchOptions): PartitionF
    * paused: a batch comes, and the offset resolved after it moves back to a deferred message that is due
    * (KeyLanes.readFrom), without a seek back to the last committed offset, which would fetch again what lies
    * between at every half-empty buffer. Paused (as many offsets deferred as are kept), no batch comes: the
-   * seek moves the fetch back.
+   * seek moves the fetch back (readAgainIfDue runs before a half-empty buffer resumes the partition).
    */
   function readingOnToEnd(work: FetchedPartition): boolean {
     return work.lanes.readPast && work.lanes.heldByOneKey && !work.readToEnd && !work.paused;
@@ -192,14 +212,16 @@ export function createPartitionFetch(options: PartitionFetchOptions): PartitionF
    */
   function readBackFromEnd(work: FetchedPartition, next: bigint): bigint {
     const { lanes } = work;
-    if (!lanes.readPast || !lanes.heldByOneKey || !work.readToEnd) return next;
+    if (!lanes.readPast || !lanes.heldByOneKey || !work.readToEnd || !work.refilledByOneKey) return next;
     stopReadingPast(work);
+    work.refilledByOneKey = false;
     const oldest = lanes.oldestDeferred();
     return oldest !== undefined && oldest < next ? oldest : next;
   }
 
   function halfEmpty(work: FetchedPartition): void {
     const { lanes } = work;
+    if (lanes.heldByOneKey) work.refilledByOneKey = true;
     if (!lanes.heldByOneKey || (lanes.readPast && work.readToEnd)) stopReadingPast(work);
     resume(work);
   }
@@ -208,7 +230,39 @@ export function createPartitionFetch(options: PartitionFetchOptions): PartitionF
   function stopReadingPast(work: FetchedPartition): void {
     if (work.readPastTimer) clearTimeout(work.readPastTimer);
     work.readPastTimer = undefined;
+    batchCame(work);
     work.lanes.readPast = false;
+  }
+
+  function batchCame(work: FetchedPartition): void {
+    if (work.readBackTimer) clearTimeout(work.readBackTimer);
+    work.readBackTimer = undefined;
+  }
+
+  /**
+   * Fetched on past the key that held the buffer, a deferred message due, and no batch came for
+   * `readPastAfterMs`: the partition's end is not a message a batch hands over (a transaction's marker, aborted
+   * messages: KafkaJS resolves such a batch itself), or lies past what a fetch may read yet (an open
+   * transaction), so the last batch never read it to its end and no offset resolved moves the fetch back. Taken
+   * as read to its end (all there is to read now): the fetch moves back by a seek (readAgainIfDue).
+   */
+  function readBackLater(work: FetchedPartition): void {
+    if (work.readBackTimer) return;
+    work.readBackTimer = setTimeout(() => readToEndUnseen(work), readPastAfterMs);
+    work.readBackTimer.unref();
+  }
+
+  function readToEndUnseen(work: FetchedPartition): void {
+    work.readBackTimer = undefined;
+    if (closing.aborted || work.revoked || !readingOnToEnd(work)) return;
+    work.readToEnd = true;
+    log.info('partition read past a key gave no batch for a while; reading its deferred messages again', {
+      topic: work.topic,
+      partition: work.partition,
+      deferred: work.lanes.deferred,
+      readPastAfterMs: readPastAfterMs,
+    });
+    readAgainIfDue(work);
   }
 
   /**
@@ -217,10 +271,14 @@ export function createPartitionFetch(options: PartitionFetchOptions): PartitionF
    * past it (see the top of this file).
    */
   function readAgainIfDue(work: FetchedPartition): void {
-    if (closing.aborted || work.revoked || readingOnToEnd(work)) return;
+    if (closing.aborted || work.revoked) return;
     const from = work.lanes.readAgainFrom();
     const safe = work.committed ?? work.readSince;
     if (from === undefined || safe === undefined) return;
+    if (readingOnToEnd(work)) {
+      readBackLater(work);
+      return;
+    }
     if (work.position === undefined || from < work.position) {
       if (!seek(work, safe, 'partition not read again from a deferred message')) return;
     }
@@ -250,6 +308,7 @@ export function createPartitionFetch(options: PartitionFetchOptions): PartitionF
     readPastLater,
     halfEmpty,
     readBackFromEnd,
+    batchCame,
     stopReadingPast,
     readAgainIfDue,
     seek,

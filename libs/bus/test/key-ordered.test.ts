@@ -83,9 +83,10 @@ const tick = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 2
 /**
  * One partition holding messages of `keys` at offsets 0, 1, ..., fetched as KafkaJS fetches it: while the
  * consumer has not paused it, up to `perFetch` messages from where the last batch resolved or the last seek
- * moved it. Counts each offset's fetches and notes where each fetch started, and the consumer's calls.
+ * moved it. Counts each offset's fetches and notes where each fetch started, and the consumer's calls. Offsets
+ * from the last message's up to `highWatermark` hold what no batch hands over (a transaction's marker).
  */
-function fetchedPartition(keys: string[], perFetch: number) {
+function fetchedPartition(keys: string[], perFetch: number, highWatermark = keys.length) {
   const calls: string[] = [];
   const fetched = keys.map(() => 0);
   const fetchedFrom: number[] = [];
@@ -118,7 +119,7 @@ function fetchedPartition(keys: string[], perFetch: number) {
       fetchedFrom.push(from);
       slice.forEach((_, i) => (fetched[from + i] = (fetched[from + i] ?? 0) + 1));
       return {
-        ...fetchedBatch(slice, [], 0, from, [], keys.length),
+        ...fetchedBatch(slice, [], 0, from, [], highWatermark),
         resolveOffset: (offset: string) => void (position = Number(offset) + 1),
       } as EachBatchPayload;
     },
@@ -301,7 +302,7 @@ describe('createKeyOrderedConsumption', () => {
 
     // Half empty: read again from the start, no longer past a full buffer. t2 fills it: u3 waits, paused.
     await handler.finish('0');
-    expect(calls).toEqual(['pause', 'resume', 'pause', 'resume', 'seek@0']);
+    expect(calls).toEqual(['pause', 'resume', 'pause', 'seek@0', 'resume']);
     await keyed.eachBatch(readFrom(0, ['t', 't', 't', 'u']));
     expect(handler.started()).toEqual(['0', '1', '2']);
     expect(resolved).toEqual(['1', '2', '2']);
@@ -418,6 +419,111 @@ describe('createKeyOrderedConsumption', () => {
     } finally {
       jest.useRealTimers();
     }
+  });
+
+  it('should read a partition past a key whose messages wait once, to its end, and fetch it no more while the buffer stays full', async () => {
+    jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask'] });
+    try {
+      // t's messages all wait (none finishes), twelve of them behind its window, then one of u.
+      const keys = [...Array.from({ length: 14 }, () => 't'), 'u'];
+      const partition = fetchedPartition(keys, 3);
+      const handler = heldHandler();
+      const { keyed } = consumption(handler.settle, {
+        consumer: partition.consumer,
+        maxBufferedPerPartition: 4,
+        readPastAfterMs: 100,
+      });
+      const fetchAll = async (): Promise<void> => {
+        for (
+          let fetch = 0, batch = partition.fetch();
+          batch && fetch < 100;
+          fetch++, batch = partition.fetch()
+        ) {
+          await keyed.eachBatch(batch);
+        }
+      };
+      await fetchAll();
+      jest.advanceTimersByTime(100);
+      await fetchAll();
+      // Read past t to its end: u's message started.
+      expect(handler.started()).toEqual(['0', '1', '14']);
+      const fetches = partition.fetchedFrom.length;
+
+      for (let wait = 0; wait < 10; wait++) {
+        jest.advanceTimersByTime(100);
+        await fetchAll();
+      }
+      expect(partition.fetchedFrom.length).toBe(fetches);
+      expect(partition.calls.filter((call) => call.startsWith('seek'))).toEqual([]);
+    } finally {
+      jest.useRealTimers();
+    }
+  });
+
+  it("should move the fetch back to a key's deferred messages, read past it to where no batch comes, once readPastAfterMs passes without a batch: the partition ends in a transaction's marker", async () => {
+    jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask'] });
+    try {
+      // Forty messages of t, then one of u, then a marker at offset 41 that no batch hands over.
+      const keys = [...Array.from({ length: 40 }, () => 't'), 'u'];
+      const partition = fetchedPartition(keys, 3, keys.length + 1);
+      const handler = heldHandler();
+      const { keyed } = consumption(handler.settle, {
+        consumer: partition.consumer,
+        maxBufferedPerPartition: 4,
+        readPastAfterMs: 100,
+      });
+      const finished = new Set<string>();
+      for (let round = 0; finished.size < keys.length && round < 1_000; round++) {
+        for (let fetch = 0; fetch < 2; fetch++) {
+          const batch = partition.fetch();
+          if (batch) await keyed.eachBatch(batch);
+        }
+        const oldest = handler.started().find((offset) => !finished.has(offset));
+        if (oldest !== undefined) {
+          finished.add(oldest);
+          await handler.finish(oldest);
+        }
+        jest.advanceTimersByTime(10);
+      }
+      await keyed.drain();
+
+      // Every message handled, t's in offset order: its deferred ones read again by a seek once no batch came.
+      expect(finished.size).toBe(keys.length);
+      expect(handler.started().filter((offset) => offset !== '40')).toEqual(
+        keys.slice(0, 40).map((_, i) => String(i)),
+      );
+      expect(partition.calls.filter((call) => call.startsWith('seek')).length).toBeGreaterThan(0);
+    } finally {
+      jest.useRealTimers();
+    }
+  });
+
+  it('should move the fetch back by a seek when a partition read past a key that held it, paused at its deferred bound, is half empty', async () => {
+    const handler = heldHandler();
+    const { consumer, calls } = notingConsumer();
+    const { keyed, resolved, readFrom } = consumption(handler.settle, {
+      consumer,
+      maxBufferedPerPartition: 4,
+      maxDeferredPerPartition: 1,
+      readPastAfterMs: 1,
+    });
+    // t holds the whole buffer; t4 finds it full: paused, then read past.
+    await keyed.eachBatch(readFrom(0, ['t', 't', 't', 't', 't', 'u', 'u']));
+    await tick();
+    expect(calls).toEqual(['pause', 'resume']);
+    // t4 deferred; u5 finds no room and no deferred place left: paused at the bound, before the end.
+    await keyed.eachBatch(readFrom(4, ['t', 'u', 'u']));
+    expect(resolved).toEqual(['3', '4']);
+    expect(calls).toEqual(['pause', 'resume', 'pause']);
+
+    // Half empty: read again from the start by a seek, before the partition resumes.
+    await handler.finish('0');
+    await handler.finish('1');
+    expect(calls).toEqual(['pause', 'resume', 'pause', 'seek@0', 'resume']);
+    await keyed.eachBatch(readFrom(0, ['t', 't', 't', 't', 't', 'u', 'u']));
+    expect(handler.started()).toEqual(['0', '1', '2', '3', '5', '6']);
+    for (const offset of ['2', '3', '5', '6']) await handler.finish(offset);
+    await keyed.drain();
   });
 
   it('should stop waiting to read a full partition past its buffer once it is revoked or closed', async () => {
