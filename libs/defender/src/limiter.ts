@@ -427,6 +427,8 @@ function wrap(limiter: Bottleneck, jobExpirationMs: number, release: () => Promi
 export async function createSharedLimiter(options: SharedLimiterOptions): Promise<CallLimiter> {
   const maxConcurrent = options.maxConcurrent ?? 10;
   const jobExpirationMs = options.jobExpirationMs ?? 60_000;
+  // Before any connection is made: a refused cap leaves nothing open.
+  if (options.bulkMaxSlots !== undefined) validBulkMaxSlots(options.bulkMaxSlots, maxConcurrent);
   // Not lazy: Bottleneck duplicates this client again for pub/sub and waits for both to be ready.
   const client = options.redis.duplicate({ lazyConnect: false });
   const connection = new Bottleneck.IORedisConnection({ client });
@@ -438,7 +440,6 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
   const clock = redisClock(client);
   await clock.measure();
   runBottleneckScriptsOnClock(connection, clock.now, options.logger);
-  if (options.bulkMaxSlots !== undefined) validBulkMaxSlots(options.bulkMaxSlots, maxConcurrent);
   const joined = {
     connection,
     client,

@@ -211,11 +211,17 @@ describe('createSharedLimiter with a cap on whole-slot (bulk export) calls', () 
 });
 
 describe('createSharedLimiter given a cap on whole-slot calls it cannot keep', () => {
-  it.each([0, 5, 1.5])('refuses a cap of %s for 4 slots, naming the rule', async (bulkMaxSlots) => {
-    await expect(limiter(4, bulkMaxSlots)).rejects.toThrow(
-      `bulkMaxSlots must be a whole number from 1 to maxConcurrent (4), got ${bulkMaxSlots}`,
-    );
-  });
+  it.each([0, 5, 1.5])(
+    'refuses a cap of %s for 4 slots, naming the rule, before it opens a connection',
+    async (bulkMaxSlots) => {
+      const duplicate = jest.spyOn(redis.client, 'duplicate');
+      await expect(limiter(4, bulkMaxSlots)).rejects.toThrow(
+        `bulkMaxSlots must be a whole number from 1 to maxConcurrent (4), got ${bulkMaxSlots}`,
+      );
+      // A connection opened for a limiter never made would be left open, with nothing to close it.
+      expect(duplicate).not.toHaveBeenCalled();
+    },
+  );
 });
 
 describe('createSharedLimiter when a whole-slot call waits long for its slot', () => {
