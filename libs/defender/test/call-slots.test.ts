@@ -109,7 +109,10 @@ describe('createCallSlots', () => {
     });
     const inner = createLocalLimiter({ maxConcurrent: 2 });
     const cap = createLocalLimiter({ maxConcurrent: 1 });
-    const limiter = withBulkCap(counted(inner, 'slots'), counted(cap, 'cap'));
+    const limiter = withBulkCap(counted(inner, 'slots'), counted(cap, 'cap'), {
+      placeMs: 600_000,
+      slotMs: 60_000,
+    });
     try {
       const slots = createCallSlots({
         azureTenantId: 'tenant-a',
