@@ -224,10 +224,21 @@ export class CallHealth {
   async turn(signal?: AbortSignal): Promise<void> {
     for (;;) {
       if (this.holdingBack() || signal?.aborted) return;
-      if (this.freePlaces() === 0) await waitIn(this.waiting, signal, (waiter) => waiter);
+      if (this.freePlaces() === 0) await this.waitForOwnPlace(signal);
       else if (this.degraded() && !this.degradedCalls.hasPlace()) await this.degradedCalls.wait(this, signal);
       else return;
     }
+  }
+
+  /**
+   * Waits for a place of the tenant's own. A call woken for a place among the degraded tenants' may come here
+   * instead of taking it (its tenant's limit dropped meanwhile, or it lost its place at `start` to another of
+   * the tenant's calls): the place then goes to the next waiting call, or that call would wait, a place free,
+   * until another degraded call ends (up to a whole request timeout).
+   */
+  private waitForOwnPlace(signal: AbortSignal | undefined): Promise<void> {
+    this.degradedCalls.wakeFree();
+    return waitIn(this.waiting, signal, (waiter) => waiter);
   }
 
   /**

@@ -177,6 +177,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
           // other processes hold, up to a minute for a bulk export page).
           { wholeSlot, signal },
         );
+        // Its turn passes on in `turn`, where the call waits again (see CallHealth.waitForOwnPlace).
         if (response === NOT_NOW) continue;
         return response;
       } catch (error) {

@@ -344,4 +344,28 @@ describe('CallHealth of several tenants sharing the places for degraded tenants'
     expect(c.start()).toBe(true);
     expect(a.start()).toBe(false);
   });
+
+  it('a call woken for a place that its own tenant’s limit no longer lets go should pass the place to the next waiting call', async () => {
+    const [a, b] = tenants(2, 'a', 'b') as [CallHealth, CallHealth];
+    failOnce(a);
+    failOnce(a);
+    expect(a.start()).toBe(true);
+    expect(a.start()).toBe(true);
+    failOnce(b);
+    let aWoke = false;
+    let bWoke = false;
+    const aTurn = a.turn().then(() => (aWoke = true));
+    void b.turn().then(() => (bWoke = true));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect([aWoke, bWoke]).toEqual([false, false]);
+    // a's third slow failure in a row: its calls go one at a time, and its other call is still in flight.
+    a.leave('failed', 'no answer within 30 s');
+    await new Promise((resolve) => setImmediate(resolve));
+    // a's call woken for the freed place waits for its own tenant's place; b's call has the place at once,
+    // not when a's other call ends (up to a whole request timeout).
+    expect([aWoke, bWoke]).toEqual([false, true]);
+    expect(b.start()).toBe(true);
+    a.leave('answered');
+    await aTurn;
+  });
 });
