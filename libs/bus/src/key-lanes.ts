@@ -105,7 +105,12 @@ export class KeyLanes {
    * behind it are not read while its messages refill the buffer however fast they finish (see
    * partition-fetch.ts).
    */
-  heldByOneKey = false;
+  get heldByOneKey(): boolean {
+    return this.heldBy !== undefined;
+  }
+
+  /** The key that held the buffer when it was last full (see heldByOneKey); undefined when no one key did. */
+  heldBy: string | null | undefined = undefined;
   private heldCount = 0;
   private deferredCount = 0;
   private readonly readAgainAt: number;
@@ -318,19 +323,22 @@ export class KeyLanes {
     lane.entries.push(entry);
     lane.held++;
     this.heldCount++;
-    if (this.heldCount >= this.limits.maxHeld) this.heldByOneKey = this.mostHeldByOneKey();
+    if (this.heldCount >= this.limits.maxHeld) this.heldBy = this.keyHoldingMost();
   }
 
   /**
-   * Whether one key holds all of the buffer but at most `window` messages, and more than half of it and more
+   * The key that holds all of the buffer but at most `window` messages, and more than half of it and more
    * than its window: messages of its own wait in it (in a buffer of two windows or less, a key running its
-   * window fills it without holding up anything of its own).
+   * window fills it without holding up anything of its own). Undefined when no key does.
    */
-  private mostHeldByOneKey(): boolean {
+  private keyHoldingMost(): string | null | undefined {
     let most = 0;
-    for (const lane of this.byKey.values()) most = Math.max(most, lane.held);
+    let holder: string | null | undefined;
+    for (const [key, lane] of this.byKey) {
+      if (lane.held > most) [most, holder] = [lane.held, key];
+    }
     const { maxHeld, window } = this.limits;
-    return most >= maxHeld - window && most > Math.max(window, this.readAgainAt);
+    return most >= maxHeld - window && most > Math.max(window, this.readAgainAt) ? holder : undefined;
   }
 
   /**

@@ -171,7 +171,7 @@ export function createKeyOrderedConsumption(options: KeyOrderedOptions): KeyOrde
         paused: false,
         readPastTimer: undefined,
         readToEnd: false,
-        refilledByOneKey: false,
+        refilledBy: undefined,
         readBackTimer: undefined,
         position: undefined,
         readSince: undefined,

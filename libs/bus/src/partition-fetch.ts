@@ -57,11 +57,14 @@ export interface FetchedPartition {
    */
   readToEnd: boolean;
   /**
-   * Whether the key that held the buffer refilled it since it was last half empty: it streams (its messages
-   * finish), where a key whose messages wait keeps the buffer full. Only then is the fetch moved back at the
-   * partition's end (readBackFromEnd): a waiting key's messages read back would fill the buffer again at once.
+   * The key that held the buffer when it was last half empty (KeyLanes.heldBy), undefined when none did. The
+   * key that holds it now refilled it since when it is that key: it streams (its messages finish), where a key
+   * whose messages wait keeps the buffer full. Only then is the fetch moved back at the partition's end
+   * (readBackFromEnd): a waiting key's messages read back would fill the buffer again at once. A key, not a
+   * flag: a key streaming through the buffer before another key's messages came to wait in it would otherwise
+   * have the waiting key read past, then read back, once more.
    */
-  refilledByOneKey: boolean;
+  refilledBy: string | null | undefined;
   /**
    * Set while the partition is fetched on past the key that held it with deferred messages due (readingOnToEnd):
    * fires when no batch came meanwhile (see readToEndUnseen).
@@ -212,16 +215,21 @@ export function createPartitionFetch(options: PartitionFetchOptions): PartitionF
    */
   function readBackFromEnd(work: FetchedPartition, next: bigint): bigint {
     const { lanes } = work;
-    if (!lanes.readPast || !lanes.heldByOneKey || !work.readToEnd || !work.refilledByOneKey) return next;
+    if (!lanes.readPast || !work.readToEnd || !refilledByItsHolder(work)) return next;
     stopReadingPast(work);
-    work.refilledByOneKey = false;
+    work.refilledBy = undefined;
     const oldest = lanes.oldestDeferred();
     return oldest !== undefined && oldest < next ? oldest : next;
   }
 
+  /** Whether the key that holds the buffer refilled it since it was last half empty: it streams. */
+  function refilledByItsHolder(work: FetchedPartition): boolean {
+    return work.lanes.heldByOneKey && work.refilledBy === work.lanes.heldBy;
+  }
+
   function halfEmpty(work: FetchedPartition): void {
     const { lanes } = work;
-    if (lanes.heldByOneKey) work.refilledByOneKey = true;
+    work.refilledBy = lanes.heldBy;
     if (!lanes.heldByOneKey || (lanes.readPast && work.readToEnd)) stopReadingPast(work);
     resume(work);
   }

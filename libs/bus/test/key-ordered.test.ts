@@ -460,6 +460,65 @@ describe('createKeyOrderedConsumption', () => {
     }
   });
 
+  // Seven: t still holds the buffer when it was last full before w's messages fill it; eight: t and w share it.
+  it.each([7, 8])(
+    'should read past a key whose messages wait once, to its end, after another key streamed %i messages through the partition',
+    async (streamed) => {
+      jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask'] });
+      try {
+        // Messages of t, which finish steadily (it streams), then fourteen of w, which all wait, then one of u.
+        const keys = [
+          ...Array.from({ length: streamed }, () => 't'),
+          ...Array.from({ length: 14 }, () => 'w'),
+          'u',
+        ];
+        const partition = fetchedPartition(keys, 3);
+        const handler = heldHandler();
+        const { keyed } = consumption(handler.settle, {
+          consumer: partition.consumer,
+          maxBufferedPerPartition: 4,
+          readPastAfterMs: 100,
+        });
+        const fetchAll = async (): Promise<void> => {
+          for (
+            let fetch = 0, batch = partition.fetch();
+            batch && fetch < 100;
+            fetch++, batch = partition.fetch()
+          ) {
+            await keyed.eachBatch(batch);
+          }
+        };
+        const finished = new Set<string>();
+        for (let round = 0; finished.size < streamed && round < 1_000; round++) {
+          await fetchAll();
+          const oldest = handler
+            .started()
+            .find((offset) => !finished.has(offset) && Number(offset) < streamed);
+          if (oldest !== undefined) {
+            finished.add(oldest);
+            await handler.finish(oldest);
+          }
+        }
+        expect(finished.size).toBe(streamed);
+        await fetchAll();
+        jest.advanceTimersByTime(100);
+        await fetchAll();
+        // Read past w to its end: u's message started.
+        expect(handler.started()).toContain(String(keys.length - 1));
+        const fetches = partition.fetchedFrom.length;
+
+        // w's messages read back would fill the buffer again at once: the fetch stays at the end.
+        for (let wait = 0; wait < 10; wait++) {
+          jest.advanceTimersByTime(100);
+          await fetchAll();
+        }
+        expect(partition.fetchedFrom.slice(fetches)).toEqual([]);
+      } finally {
+        jest.useRealTimers();
+      }
+    },
+  );
+
   it("should move the fetch back to a key's deferred messages, read past it to where no batch comes, once readPastAfterMs passes without a batch: the partition ends in a transaction's marker", async () => {
     jest.useFakeTimers({ doNotFake: ['setImmediate', 'nextTick', 'queueMicrotask'] });
     try {
