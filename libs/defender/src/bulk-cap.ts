@@ -1,12 +1,4 @@
-/** The slots of calls in flight (the shape of limiter.ts's CallLimiter, restated as handoff.ts does). */
-interface Slots {
-  schedule<T>(
-    task: (slotEnds: AbortSignal) => Promise<T>,
-    options?: { wholeSlot?: boolean; signal?: AbortSignal | undefined },
-  ): Promise<T>;
-  close(): Promise<void>;
-  mayKeep?(held: number): Promise<boolean>;
-}
+import type { Slots } from './slots';
 
 /**
  * What a whole-slot call answers when its place under the cap ran short (less than a whole slot left) before it

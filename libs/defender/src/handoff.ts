@@ -1,21 +1,4 @@
-/** The slots of calls in flight (the shape of limiter.ts's CallLimiter, restated so the two files do not import each other). */
-interface Slots {
-  /**
-   * `slotEnds` aborts when the slot must go back: the task's call must stop then. A `wholeSlot` task (one
-   * with no deadline of its own, running until its slot ends) starts only in a slot no call held before it.
-   */
-  schedule<T>(
-    task: (slotEnds: AbortSignal) => Promise<T>,
-    options?: { wholeSlot?: boolean; signal?: AbortSignal | undefined },
-  ): Promise<T>;
-  close(): Promise<void>;
-  /**
-   * Whether this process may keep a slot whose lease ended: no other process waits for one, and the shared
-   * count still holds the `held` slots this process has (after a loss of the limiter's keys it does not).
-   * Without it, a lease always goes back when it ends.
-   */
-  mayKeep?(held: number): Promise<boolean>;
-}
+import type { Slots } from './slots';
 
 export interface SlotHandOffOptions {
   /**
