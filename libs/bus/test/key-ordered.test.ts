@@ -123,7 +123,30 @@ function fetchedPartition(keys: string[], perFetch: number, highWatermark = keys
         resolveOffset: (offset: string) => void (position = Number(offset) + 1),
       } as EachBatchPayload;
     },
+    /** Hands `keyed` the batches of up to `fetches` fetches, as KafkaJS fetches on: none once `fetch` brings none. */
+    async deliverTo(
+      keyed: { eachBatch(batch: EachBatchPayload): Promise<void> },
+      fetches = 100,
+    ): Promise<void> {
+      for (let fetch = 0; fetch < fetches; fetch++) {
+        const batch = this.fetch();
+        if (!batch) return;
+        await keyed.eachBatch(batch);
+      }
+    },
   };
+}
+
+/** Finishes the oldest message `handler` started that is not in `finished` (and that `of` takes), if any. */
+async function finishOldest(
+  handler: ReturnType<typeof heldHandler>,
+  finished: Set<string>,
+  of: (offset: string) => boolean = () => true,
+): Promise<void> {
+  const oldest = handler.started().find((offset) => !finished.has(offset) && of(offset));
+  if (oldest === undefined) return;
+  finished.add(oldest);
+  await handler.finish(oldest);
 }
 
 /** A key-ordered consumption of a member assigned partition 0; `fetched` hands it a batch of `partition`. */
@@ -337,15 +360,8 @@ describe('createKeyOrderedConsumption', () => {
       const finished = new Set<string>();
       // Each round: two fetches, if KafkaJS would make them, then the oldest message running finishes.
       for (let round = 0; finished.size < keys.length && round < 1_000; round++) {
-        for (let fetch = 0; fetch < 2; fetch++) {
-          const batch = partition.fetch();
-          if (batch) await keyed.eachBatch(batch);
-        }
-        const oldest = handler.started().find((offset) => !finished.has(offset));
-        if (oldest !== undefined) {
-          finished.add(oldest);
-          await handler.finish(oldest);
-        }
+        await partition.deliverTo(keyed, 2);
+        await finishOldest(handler, finished);
       }
       const calls = [...partition.calls];
       await keyed.drain();
@@ -389,15 +405,8 @@ describe('createKeyOrderedConsumption', () => {
       // Each round: two fetches, if KafkaJS would make them, then the oldest message running finishes and
       // 10 ms pass: the buffer is half empty every other round, long before the 100 ms.
       for (let round = 0; finished.size < keys.length && round < 1_000; round++) {
-        for (let fetch = 0; fetch < 2; fetch++) {
-          const batch = partition.fetch();
-          if (batch) await keyed.eachBatch(batch);
-        }
-        const oldest = handler.started().find((offset) => !finished.has(offset));
-        if (oldest !== undefined) {
-          finished.add(oldest);
-          await handler.finish(oldest);
-        }
+        await partition.deliverTo(keyed, 2);
+        await finishOldest(handler, finished);
         jest.advanceTimersByTime(10);
         if (pausesSinceU === undefined && handler.started().includes('40')) pausesSinceU = 0;
       }
@@ -433,25 +442,16 @@ describe('createKeyOrderedConsumption', () => {
         maxBufferedPerPartition: 4,
         readPastAfterMs: 100,
       });
-      const fetchAll = async (): Promise<void> => {
-        for (
-          let fetch = 0, batch = partition.fetch();
-          batch && fetch < 100;
-          fetch++, batch = partition.fetch()
-        ) {
-          await keyed.eachBatch(batch);
-        }
-      };
-      await fetchAll();
+      await partition.deliverTo(keyed);
       jest.advanceTimersByTime(100);
-      await fetchAll();
+      await partition.deliverTo(keyed);
       // Read past t to its end: u's message started.
       expect(handler.started()).toEqual(['0', '1', '14']);
       const fetches = partition.fetchedFrom.length;
 
       for (let wait = 0; wait < 10; wait++) {
         jest.advanceTimersByTime(100);
-        await fetchAll();
+        await partition.deliverTo(keyed);
       }
       expect(partition.fetchedFrom.length).toBe(fetches);
       expect(partition.calls.filter((call) => call.startsWith('seek'))).toEqual([]);
@@ -479,30 +479,15 @@ describe('createKeyOrderedConsumption', () => {
           maxBufferedPerPartition: 4,
           readPastAfterMs: 100,
         });
-        const fetchAll = async (): Promise<void> => {
-          for (
-            let fetch = 0, batch = partition.fetch();
-            batch && fetch < 100;
-            fetch++, batch = partition.fetch()
-          ) {
-            await keyed.eachBatch(batch);
-          }
-        };
         const finished = new Set<string>();
         for (let round = 0; finished.size < streamed && round < 1_000; round++) {
-          await fetchAll();
-          const oldest = handler
-            .started()
-            .find((offset) => !finished.has(offset) && Number(offset) < streamed);
-          if (oldest !== undefined) {
-            finished.add(oldest);
-            await handler.finish(oldest);
-          }
+          await partition.deliverTo(keyed);
+          await finishOldest(handler, finished, (offset) => Number(offset) < streamed);
         }
         expect(finished.size).toBe(streamed);
-        await fetchAll();
+        await partition.deliverTo(keyed);
         jest.advanceTimersByTime(100);
-        await fetchAll();
+        await partition.deliverTo(keyed);
         // Read past w to its end: u's message started.
         expect(handler.started()).toContain(String(keys.length - 1));
         const fetches = partition.fetchedFrom.length;
@@ -510,7 +495,7 @@ describe('createKeyOrderedConsumption', () => {
         // w's messages read back would fill the buffer again at once: the fetch stays at the end.
         for (let wait = 0; wait < 10; wait++) {
           jest.advanceTimersByTime(100);
-          await fetchAll();
+          await partition.deliverTo(keyed);
         }
         expect(partition.fetchedFrom.slice(fetches)).toEqual([]);
       } finally {
@@ -533,15 +518,8 @@ describe('createKeyOrderedConsumption', () => {
       });
       const finished = new Set<string>();
       for (let round = 0; finished.size < keys.length && round < 1_000; round++) {
-        for (let fetch = 0; fetch < 2; fetch++) {
-          const batch = partition.fetch();
-          if (batch) await keyed.eachBatch(batch);
-        }
-        const oldest = handler.started().find((offset) => !finished.has(offset));
-        if (oldest !== undefined) {
-          finished.add(oldest);
-          await handler.finish(oldest);
-        }
+        await partition.deliverTo(keyed, 2);
+        await finishOldest(handler, finished);
         jest.advanceTimersByTime(10);
       }
       await keyed.drain();
