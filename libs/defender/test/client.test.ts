@@ -831,17 +831,17 @@ describe('createDefenderClient vulnerabilities', () => {
     }
   });
 
+  /** A sink's own failure: its reader gone (the fold thread at its heap limit). */
+  const foldThreadGone = (): UrsError =>
+    new UrsError('EXPORT_FOLD_OUT_OF_MEMORY', "the export's fold thread reached its heap limit", {
+      canRetry: true,
+    });
+
   it("scanVulnerabilitiesByMachine should fail with the sink's own failure at an answer's end, not retry it as Microsoft's", async () => {
     const { client, close } = simClient(sim, app);
     // The sink's reader gone (the fold thread at its heap limit): not a body that is not JSON, and the page,
     // asked again, would only fail again.
-    const gone = new UrsError(
-      'EXPORT_FOLD_OUT_OF_MEMORY',
-      "the export's fold thread reached its heap limit",
-      {
-        canRetry: true,
-      },
-    );
+    const gone = foldThreadGone();
     try {
       sim.resetStats();
       let sinks = 0;
@@ -861,13 +861,7 @@ describe('createDefenderClient vulnerabilities', () => {
     const { client, close } = simClient(sim, app);
     // The sink's reader gone midway (the fold thread at its heap limit): the answer is read no further,
     // and the failure is the sink's, not Microsoft's or the network's.
-    const gone = new UrsError(
-      'EXPORT_FOLD_OUT_OF_MEMORY',
-      "the export's fold thread reached its heap limit",
-      {
-        canRetry: true,
-      },
-    );
+    const gone = foldThreadGone();
     try {
       sim.resetStats();
       let sinks = 0;
