@@ -16,6 +16,22 @@ const item = (tenantId: string, overrides: Record<string, unknown> = {}) => ({
 /** The machine's own time: `performance` is left real while `Date` is faked. */
 const realNow = (): number => performance.timeOrigin + performance.now();
 
+/** Redis's clock, in milliseconds: the one the records' `updatedAt` and the push-start marker are read from. */
+async function redisMs(redis: TestRedis): Promise<number> {
+  const [seconds, microseconds] = await redis.client.time();
+  return Number(seconds) * 1000 + Math.floor(Number(microseconds) / 1000);
+}
+
+/**
+ * Resolves once Redis's clock has left the millisecond it reads now. A REST write and a push that begins in the
+ * same millisecond are one instant to the rule, which keeps the administrator's write (`restRecordKept`): a push
+ * meant to begin after a write waits for this.
+ */
+async function nextRedisMillisecond(redis: TestRedis): Promise<void> {
+  const now = await redisMs(redis);
+  while ((await redisMs(redis)) === now);
+}
+
 // Two registrar replicas over one real Redis, whose machines' clocks disagree: each step runs with the
 // process's `Date` set to the clock of the replica taking it. Whether a push handled again keeps an
 // administrator's REST write must follow the order the writes were made in, not the replicas' clocks.
@@ -118,6 +134,7 @@ describe('a Director push handled again over registrar replicas with skewed cloc
     // An administrator edits both over REST, on the replica whose clock is right...
     await right.put('t', { pollIntervalMinutes: 120 });
     await right.put('left-out', { pollIntervalMinutes: 120 });
+    await nextRedisMillisecond(redis);
     // ...and then the push of generation 2 is first handled by the replica an hour behind: it writes t over, and
     // disables the Director tenant it leaves out, as it would any REST edit made before it.
     await behind.push(2, 'full', [item('t', { pollIntervalMinutes: 30 })]);
