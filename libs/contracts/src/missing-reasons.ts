@@ -4,8 +4,8 @@
  * codes are kept where they tell VMS something it can act on; every other failure to fetch is one code, so
  * that a tenant whose calls fail one way this cycle and another the next does not republish its devices.
  *
- * - `NOT_REPORTED`: the device list gave no usable value (absent, empty or `Unknown`; for inactivity, a
- *   `lastSeen` absent or unreadable).
+ * - `NOT_REPORTED`: the device list gave no value the model reads (absent, empty or `Unknown`, or a value the
+ *   model does not know, such as a new enum value; for inactivity, a `lastSeen` absent or unreadable).
  * - `EXCLUDED`: the device is excluded from vulnerability management (`isExcluded`): no CVE list is kept.
  * - `NOT_IN_EXPORT_SNAPSHOT`: bulk mode, the device was first seen too recently for the export's snapshot
  *   to hold its assessment; a later snapshot brings it.
