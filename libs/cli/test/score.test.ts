@@ -109,6 +109,58 @@ describe('scoreCommand', () => {
     expect(result.lines.map((l) => l.missing)).toEqual([['criticalCves'], ['criticalCves']]);
   });
 
+  it('should say why each missing signal is missing, with the codes of the pipeline, and nothing of reasons when none is', async () => {
+    const result = await run(
+      ['--now', NOW],
+      ndjson(
+        // Vulnerabilities not given, no reason either; the device list gave no health status.
+        { id: 'a', ...clean, healthStatus: 'Unknown', vulnerabilities: null },
+        // The reason `urs defender devices` writes beside a null list (a code; any text beside it is not shown).
+        {
+          id: 'b',
+          ...clean,
+          vulnerabilities: null,
+          fetchError: { code: 'DEFENDER_NOT_FOUND', message: 'Microsoft answered 404' },
+        },
+        { id: 'c', ...clean, vulnerabilities: null, fetchError: { code: 'DEFENDER_THROTTLED' } },
+        // Rows given, none of them readable.
+        { id: 'd', ...clean, lastSeen: 'yesterday', vulnerabilities: [{ id: 'CVE-1', cvssV3: 'n/a' }] },
+        { id: 'e', ...clean, vulnerabilities: [] },
+      ),
+    );
+    expect(result.code).toBe(0);
+    expect(result.lines.map((l) => [l.deviceId, l.missing, l.missingReasons])).toEqual([
+      ['a', ['healthStatus', 'criticalCves'], { healthStatus: 'NOT_REPORTED', criticalCves: 'UNKNOWN' }],
+      ['b', ['criticalCves'], { criticalCves: 'DEFENDER_NOT_FOUND' }],
+      ['c', ['criticalCves'], { criticalCves: 'FETCH_FAILED' }],
+      [
+        'd',
+        ['inactivity', 'criticalCves'],
+        { inactivity: 'NOT_REPORTED', criticalCves: 'DEFENDER_UNREADABLE_RECORDS' },
+      ],
+      ['e', [], undefined],
+    ]);
+    expect(result.lines[4]).not.toHaveProperty('missingReasons');
+    expect(result.stdout).not.toContain('Microsoft answered 404');
+  });
+
+  it('should name a line whose fetchError has no code, and score the others', async () => {
+    const result = await run(
+      ['--now', NOW],
+      ndjson(
+        { id: 'a', ...clean, vulnerabilities: null, fetchError: 'throttled' },
+        { id: 'b', ...clean, vulnerabilities: null, fetchError: null },
+      ),
+    );
+    expect(result.code).toBe(1);
+    expect(result.stderr).toBe(
+      'urs score: line 1: fetchError: must be an object with a code (why the vulnerabilities are missing), or null\n',
+    );
+    expect(result.lines).toEqual([
+      expect.objectContaining({ deviceId: 'b', missingReasons: { criticalCves: 'UNKNOWN' } }),
+    ]);
+  });
+
   it('should read CVSS scores as the pipeline does: numeric text counts, an unreadable row is skipped', async () => {
     const result = await run(
       ['--now', NOW],

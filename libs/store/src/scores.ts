@@ -1,6 +1,6 @@
 import type Redis from 'ioredis';
 import type { RedisConfig } from '@urs/config';
-import type { Band, ScoredDevice } from '@urs/contracts';
+import type { Band, MissingReason, ScoredDevice } from '@urs/contracts';
 import { REMOVE_DEVICES, REMOVE_TENANT } from './score-removal';
 import { TENANT_GONE_LUA, tenantDeletionKey } from './tenant-deletion';
 import { tenantRecordKey, tenantsRebuiltKey } from './tenants';
@@ -38,6 +38,11 @@ export interface ScoreHistoryEntry {
   criticalScore: number;
   operationalScore: number;
   missing: string[];
+  /**
+   * Why each signal of `missing` is missing, as the score says it (`ScoredDevice.missingReasons`): absent
+   * when nothing is missing, and from entries stored before history entries kept it (or of an older scorer).
+   */
+  missingReasons?: Record<string, MissingReason>;
 }
 
 /** A history entry as its cycle's hash holds it: the cycle's id and start are the hash's. */
@@ -323,6 +328,8 @@ export function createScoreStore(redis: Redis, prefix: string, options: ScoreSto
           criticalScore: device.criticalScore,
           operationalScore: device.operationalScore,
           missing: device.missing,
+          // Only a device missing a signal has reasons, most have none: nothing is written for them.
+          ...(device.missingReasons !== undefined ? { missingReasons: device.missingReasons } : {}),
         };
         const json = deviceJson?.[index] ?? JSON.stringify(device);
         const before = replaced?.[index];

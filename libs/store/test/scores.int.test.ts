@@ -487,6 +487,41 @@ describe('createScoreStore', () => {
     expect(JSON.parse(stored ?? '{}')).not.toHaveProperty('cycleStartedAt');
   });
 
+  it('history entries should say why each missing signal is missing, as the score does, and read older entries without reasons', async () => {
+    const scores = createScoreStore(redis.client, redis.prefix);
+    const lacking = scoredDevice('d1', 60, 'Moderate Risk', {
+      missing: ['criticalCves', 'healthStatus'],
+      missingReasons: { criticalCves: 'DEFENDER_NOT_FOUND', healthStatus: 'NOT_REPORTED' },
+    });
+    await scores.saveScores('t', cycle('c1', '2026-01-01T10:00:00.000Z'), [
+      lacking,
+      device('d2', 5, 'Trustworthy'),
+    ]);
+    // An entry stored before entries kept reasons: its signal is missing, and no reason is made up for it.
+    const older = {
+      scoredAt: '2026-01-01T09:50:05.000Z',
+      score: 40,
+      band: 'Low Risk',
+      criticalScore: 20,
+      operationalScore: 20,
+      missing: ['criticalCves'],
+    };
+    await redis.client.zadd(`${redis.prefix}score-cycles:t`, Date.parse('2026-01-01T09:50:00.000Z'), 'c0');
+    await redis.client.hset(`${redis.prefix}score-cycle-history:t:c0`, 'd1', JSON.stringify(older));
+    expect(await scores.history('t', 'd1')).toEqual([
+      expect.objectContaining({
+        cycleId: 'c1',
+        missing: ['criticalCves', 'healthStatus'],
+        missingReasons: { criticalCves: 'DEFENDER_NOT_FOUND', healthStatus: 'NOT_REPORTED' },
+      }),
+      { cycleId: 'c0', cycleStartedAt: '2026-01-01T09:50:00.000Z', ...older },
+    ]);
+    // A device missing nothing keeps no reasons at all.
+    const [complete] = await scores.history('t', 'd2');
+    expect(complete).toMatchObject({ cycleId: 'c1', missing: [] });
+    expect(complete).not.toHaveProperty('missingReasons');
+  });
+
   it("history should be the device's entries in the tenant's last cycles, and keep no hash of a dropped cycle", async () => {
     const scores = createScoreStore(redis.client, redis.prefix, { historyLength: 2 });
     const at = (minute: number) => cycle(`c${minute}`, `2026-01-01T10:0${minute}:00.000Z`);

@@ -32,7 +32,8 @@ check     says in one line whether the credentials and the consent work, whether
   --cloud X                  commercial (default), gcc, gcc-high, dod
   --region R                 us, eu, uk, au, swa, ina, aea; default the global host
   --page-size N              devices per request, 1–10000 (default 10000)
-  --with-vulnerabilities     add "vulnerabilities" to each record: an array, or null where they could not be fetched
+  --with-vulnerabilities     add "vulnerabilities" to each record: an array, or null where they could not be
+                             fetched, then with "fetchError": {"code"} saying why (urs score reads it)
   --vulnerabilities-mode M   per-device, bulk or auto (default): auto takes the bulk export when the tenant
                              has more than 250 devices (per-device calls, 50/min, would take over 5 minutes)
   --include-flagged          also write devices merged into another one or excluded (skipped by default)
@@ -195,13 +196,13 @@ async function devices(
   let bulk: Map<string, Vulnerability[] | null> | undefined;
   let perDeviceStopped: DefenderError | undefined;
 
-  const vulnerabilitiesOf = async (machine: Machine): Promise<Vulnerability[] | null> => {
+  const vulnerabilitiesOf = async (machine: Machine): Promise<Vulnerability[] | { code: string }> => {
     // null: the export listed the device in rows none of which could be read (its CVEs unknown, not none).
     if (bulk) {
       const listed = bulk.get(machine.record.id);
-      return listed === undefined ? [] : listed;
+      return listed === undefined ? [] : (listed ?? { code: DefenderErrorCode.UNREADABLE_RECORDS });
     }
-    if (perDeviceStopped) return null;
+    if (perDeviceStopped) return { code: perDeviceStopped.code };
     try {
       return await client.getMachineVulnerabilities(machine.record.id);
     } catch (error) {
@@ -219,7 +220,7 @@ async function devices(
       } else {
         note(`vulnerabilities of ${machine.record.id} unavailable: ${error.message}`);
       }
-      return null;
+      return { code: error.code };
     }
   };
 
@@ -243,9 +244,14 @@ async function devices(
     for (let i = 0; i < selected.length; i++) {
       const record = (selected[i] as Machine).record;
       if (options.withVulnerabilities) {
-        const list = vulnerabilities[i] ?? null;
-        if (list === null) counts.vulnerabilitiesMissing++;
-        await write(JSON.stringify({ ...record, vulnerabilities: list }));
+        const list = vulnerabilities[i] as Vulnerability[] | { code: string };
+        if (Array.isArray(list)) {
+          await write(JSON.stringify({ ...record, vulnerabilities: list }));
+        } else {
+          // Why they are missing, by its code only (the error's text went to stderr): urs score reads it.
+          counts.vulnerabilitiesMissing++;
+          await write(JSON.stringify({ ...record, vulnerabilities: null, fetchError: { code: list.code } }));
+        }
       } else {
         await write(JSON.stringify(record));
       }

@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
+import { missingReasonsOf } from '@urs/contracts';
 import { errorMessage } from '@urs/resilience';
 import { BANDS, compileProfile, parseTimestampMs, scoreDevice } from '@urs/scoring';
 import type { Band, CompiledProfile, ScoreResult } from '@urs/scoring';
@@ -9,12 +10,16 @@ import type { Command, CommandIo } from '../command';
 const USAGE = `usage: urs score [--profile FILE] [--now ISO] [--summary] [--compare OTHER_PROFILE]
 
 Reads MDE machine records as NDJSON on stdin, one per line, each optionally with "vulnerabilities":
-an array of MDE vulnerability records, or null/absent when they could not be fetched. A record that is
+an array of MDE vulnerability records, or null/absent when they could not be fetched, and then
+optionally "fetchError": {"code"} saying why (as urs defender devices writes it). A record that is
 not an object, has no id, or whose cvssV3 is neither a number from 0 to 10, numeric text of one (digits,
 an optional fraction), nor null is skipped (named on stderr, counted in the summary line), as the
 pipeline skips it; a device none of whose records could be read has criticalCves missing. Writes one
 NDJSON result per device: deviceId, score, band, criticalScore, operationalScore, contributions, missing,
-signals (each value scored and when the device reported it), profileHash.
+signals (each value scored and when the device reported it), profileHash, and missingReasons when a
+signal is missing: why, by signal, with the pipeline's codes (NOT_REPORTED: the device list gave no
+usable value; for criticalCves the fetchError's code as the pipeline keeps it, DEFENDER_UNREADABLE_RECORDS
+when rows were given and none could be read, UNKNOWN when no reason was given).
 
   --profile FILE    the tenant's risk profile (JSON); default: the vendor's default profile
   --now ISO         the cycle's start, against which lastSeen is aged; default: now
@@ -132,14 +137,23 @@ async function run(options: Options, io: CommandIo): Promise<number> {
     let deviceId: string;
     let result: ScoreResult;
     let other: ScoreResult | undefined;
+    let vulnerabilitiesError: { code: string } | undefined;
     try {
       const record = parseRecord(line);
       deviceId = record.deviceId;
+      vulnerabilitiesError = record.fetchError;
       const skipped: string[] = [];
       result = scoreDevice(record.machine, record.vulnerabilities, profile, nowMs, (index, reason) =>
         skipped.push(`urs score: line ${lineNumber}: vulnerabilities[${index}] skipped: ${reason}\n`),
       );
       if (compare) other = scoreDevice(record.machine, record.vulnerabilities, compare, nowMs);
+      // Rows given: criticalCves is missing only when none of them could be read (each named above).
+      if (
+        vulnerabilitiesError === undefined &&
+        Array.isArray(record.vulnerabilities) &&
+        record.vulnerabilities.length > 0
+      )
+        vulnerabilitiesError = { code: UNREADABLE_RECORDS };
       // Told only for a line that is scored: a line that fails is named once, with its reason.
       for (const note of skipped) io.stderr.write(note);
       skippedVulnerabilities += skipped.length;
@@ -163,8 +177,16 @@ async function run(options: Options, io: CommandIo): Promise<number> {
       }
     } else if (!summary) {
       // The whole result, as the pipeline's record carries it: the signal values and their timestamps show
-      // what put a device in its inactivity bucket, the hash which profile scored it.
-      await out.write(JSON.stringify({ deviceId, ...result }));
+      // what put a device in its inactivity bucket, the hash which profile scored it, and why each missing
+      // signal is missing (nothing of it for a device missing none, most of them).
+      const reasons = missingReasonsOf(result.missing, vulnerabilitiesError);
+      await out.write(
+        JSON.stringify({
+          deviceId,
+          ...result,
+          ...(reasons !== undefined ? { missingReasons: reasons } : {}),
+        }),
+      );
     }
   }
 
@@ -185,7 +207,12 @@ interface InputRecord {
   deviceId: string;
   machine: Record<string, unknown>;
   vulnerabilities: Parameters<typeof scoreDevice>[1];
+  /** Why the vulnerabilities are null, when the record says it: its code only. */
+  fetchError: { code: string } | undefined;
 }
+
+/** The code of a device whose vulnerability rows were answered, none of them readable (as the pipeline's). */
+const UNREADABLE_RECORDS = 'DEFENDER_UNREADABLE_RECORDS';
 
 /** One input line: a machine record with an `id`, its `vulnerabilities` riding along. Throws naming the field. */
 function parseRecord(line: string): InputRecord {
@@ -208,7 +235,22 @@ function parseRecord(line: string): InputRecord {
       'vulnerabilities: must be an array of MDE vulnerability records, or null when not fetched',
     );
   }
-  return { deviceId: id, machine, vulnerabilities: vulnerabilities as InputRecord['vulnerabilities'] };
+  const fetchError = machine.fetchError;
+  let code: unknown;
+  if (fetchError !== undefined && fetchError !== null) {
+    code = typeof fetchError === 'object' ? (fetchError as { code?: unknown }).code : undefined;
+    if (typeof code !== 'string' || code.length === 0)
+      throw new Error(
+        'fetchError: must be an object with a code (why the vulnerabilities are missing), or null',
+      );
+  }
+  return {
+    deviceId: id,
+    machine,
+    vulnerabilities: vulnerabilities as InputRecord['vulnerabilities'],
+    // The code only: the error's text (Microsoft's answer) is not the result's.
+    fetchError: typeof code === 'string' ? { code } : undefined,
+  };
 }
 
 function emptyCounts(): BandCounts {

@@ -61,6 +61,8 @@ async function run(
   });
 }
 
+const ids = (from: App): string[] => sim.machines(from.azureTenantId).map((m) => m.id);
+
 function lines(text: string): Record<string, unknown>[] {
   return text
     .split('\n')
@@ -157,7 +159,51 @@ describe('urs defender devices', () => {
     expect(
       result.stderr.match(/vulnerabilities unavailable for every device: .*Vulnerability\.Read\.All/g),
     ).toHaveLength(1);
+    // Why, beside each null list: the error's code, never its text (that went to stderr once).
+    const codes = new Set(records.map((r) => JSON.stringify(r.fetchError)));
+    expect([...codes]).toEqual([JSON.stringify({ code: 'DEFENDER_CONSENT_MISSING' })]);
+    // urs score reads it: criticalCves is missing for want of a fetch, as the pipeline says it.
+    const scored = await run([], {}, scoreCommand, Readable.from([result.stdout]));
+    expect(scored.code).toBe(0);
+    const reasons = lines(scored.stdout).map(
+      (r) => (r.missingReasons as Record<string, string>).criticalCves,
+    );
+    expect(new Set(reasons)).toEqual(new Set(['FETCH_FAILED']));
   });
+
+  it.each(['per-device', 'bulk'])(
+    'defenderCommand should say beside a null list that none of the rows could be read, for urs score to say so (%s)',
+    async (mode) => {
+      const unreadable = newApp();
+      sim.addTenant({
+        azureTenantId: unreadable.azureTenantId,
+        apps: [unreadable],
+        fleet: { size: 4, seed: 8 },
+      });
+      const [m0, m1] = sim.machines(unreadable.azureTenantId).map((m) => m.id) as [string, string];
+      const row = sim.vulnerabilities(app.azureTenantId, ids(app)[1] as string)[0];
+      if (!row) throw new Error('the fleet has no vulnerability to copy');
+      // m0's rows all have a score out of range; m1 has none.
+      sim.setVulnerabilities(unreadable.azureTenantId, m0, [{ ...row, id: 'CVE-2024-1', cvssV3: 11 }]);
+      sim.setVulnerabilities(unreadable.azureTenantId, m1, []);
+      sim.generateExport(unreadable.azureTenantId);
+      const result = await run(
+        args('devices', unreadable, '--with-vulnerabilities', '--vulnerabilities-mode', mode, '--no-redis'),
+      );
+      expect(result.code).toBe(0);
+      const records = new Map(lines(result.stdout).map((r) => [r.id, r]));
+      expect(records.get(m0)).toMatchObject({
+        vulnerabilities: null,
+        fetchError: { code: 'DEFENDER_UNREADABLE_RECORDS' },
+      });
+      expect(records.get(m1)).toMatchObject({ vulnerabilities: [] });
+      expect(records.get(m1)).not.toHaveProperty('fetchError');
+      const scored = await run([], {}, scoreCommand, Readable.from([result.stdout]));
+      const results = new Map(lines(scored.stdout).map((r) => [r.deviceId, r]));
+      expect(results.get(m0)?.missingReasons).toEqual({ criticalCves: 'DEFENDER_UNREADABLE_RECORDS' });
+      expect(results.get(m1)?.missing).not.toContain('criticalCves');
+    },
+  );
 
   it('defenderCommand should exit 1 with the typed error’s message, and never the secret, when sign-in fails', async () => {
     const wrong = { ...app, clientSecret: 'totally-wrong-secret-value-42' };

@@ -67,7 +67,11 @@ function integerOf(request: ApiRequest, name: string, fallback: number, max: num
   return Number(raw);
 }
 
-/** One line of the list: enough to find a device and see where it stands. */
+/**
+ * One line of the list: enough to find a device and see where it stands, with why each missing signal is
+ * missing (`missingReasons`, as the device's own answer says it; absent when nothing is missing, and from a
+ * score stored by an older scorer).
+ */
 function listItem(stored: StoredScore): Record<string, unknown> {
   const device = stored.device;
   return {
@@ -76,6 +80,7 @@ function listItem(stored: StoredScore): Record<string, unknown> {
     score: device.score,
     band: device.band,
     missing: device.missing,
+    ...(device.missingReasons !== undefined ? { missingReasons: device.missingReasons } : {}),
     cycleId: stored.cycleId,
     cycleStartedAt: stored.cycleStartedAt,
     scoredAt: stored.scoredAt,
@@ -86,7 +91,8 @@ function listItem(stored: StoredScore): Record<string, unknown> {
  * `GET /v1/tenants/{tenantId}/devices?band=&limit=&offset=`: the tenant's devices with their latest score,
  * sorted by device id (another query parameter, or one given twice, is a 400); `GET /v1/tenants/{tenantId}/devices/{deviceId}`: one device's latest score with its
  * explanation (every matched indicator and its points, the missing signals and why each is missing, the
- * signal values, the vulnerability summary, the profile hash) and its recent history.
+ * signal values, the vulnerability summary, the profile hash) and its recent history (each entry's missing
+ * signals with their reasons too, where the entry kept them).
  */
 export function deviceRoutes(deps: DeviceRoutesDeps): Route[] {
   async function list(request: ApiRequest): Promise<ApiResponse> {

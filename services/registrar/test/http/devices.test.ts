@@ -5,24 +5,40 @@ import { deviceRoutes } from '../../src/http/devices';
 import type { ApiResponse } from '../../src/http/router';
 import { routeCaller } from './call';
 
-function stored(deviceId: string, score: number, band: ScoredDevice['band'], cycleId = 'c2'): StoredScore {
+function stored(
+  deviceId: string,
+  score: number,
+  band: ScoredDevice['band'],
+  cycleId = 'c2',
+  overrides: Partial<ScoredDevice> = {},
+): StoredScore {
+  const device = scoredDevice(deviceId, score, band, {
+    computerDnsName: `${deviceId}.contoso.com`,
+    criticalScore: 1,
+    contributions: [{ group: 'critical', signal: 'riskScore', value: 'High', points: 100 }],
+    missing: ['criticalCves'],
+    signals: { riskScore: { value: 'High', at: null } },
+    missingReasons: { criticalCves: 'FETCH_FAILED' },
+    ...overrides,
+  });
+  // `missingReasons: undefined` in overrides: a record without the field (missing nothing, or an older scorer's).
+  if (!device.missingReasons) delete device.missingReasons;
   return {
     tenantId: 't1',
     cycleId,
     cycleStartedAt: '2026-01-01T10:00:00.000Z',
     collectedAt: '2026-01-01T10:00:05.000Z',
     scoredAt: '2026-01-01T10:00:06.000Z',
-    device: scoredDevice(deviceId, score, band, {
-      computerDnsName: `${deviceId}.contoso.com`,
-      criticalScore: 1,
-      contributions: [{ group: 'critical', signal: 'riskScore', value: 'High', points: 100 }],
-      missing: ['criticalCves'],
-      signals: { riskScore: { value: 'High', at: null } },
-    }),
+    device,
   };
 }
 
-const scores = [stored('a', 85, 'High Risk'), stored('b', 10, 'Trustworthy')];
+const scores = [
+  stored('a', 85, 'High Risk'),
+  stored('b', 10, 'Trustworthy', 'c2', { missing: [], missingReasons: undefined }),
+  // Stored by an older scorer: its signal is missing, with no reason.
+  stored('c', 30, 'Low Risk', 'c1', { missingReasons: undefined }),
+];
 const refusedStatus: TenantStatus = {
   state: 'registration-rejected',
   registrationError: {
@@ -83,11 +99,25 @@ describe('deviceRoutes', () => {
     expect(all.status).toBe(200);
     expect(all.body).toMatchObject({
       tenantId: 't1',
-      total: 2,
-      devices: [{ deviceId: 'a', score: 85, band: 'High Risk' }, { deviceId: 'b' }],
+      total: 3,
+      devices: [{ deviceId: 'a', score: 85, band: 'High Risk' }, { deviceId: 'b' }, { deviceId: 'c' }],
     });
     const high = await call('/v1/tenants/t1/devices?band=high-risk');
     expect(high.body).toMatchObject({ band: 'High Risk', total: 1, devices: [{ deviceId: 'a' }] });
+  });
+
+  it('GET devices should say why each missing signal is missing, and nothing of reasons where none is missing or none was stored', async () => {
+    const answer = await call('/v1/tenants/t1/devices');
+    const [a, b, c] = (answer.body as { devices: Record<string, unknown>[] }).devices;
+    expect(a).toMatchObject({
+      deviceId: 'a',
+      missing: ['criticalCves'],
+      missingReasons: { criticalCves: 'FETCH_FAILED' },
+    });
+    expect(b).toMatchObject({ deviceId: 'b', missing: [] });
+    expect(b).not.toHaveProperty('missingReasons');
+    expect(c).toMatchObject({ deviceId: 'c', missing: ['criticalCves'] });
+    expect(c).not.toHaveProperty('missingReasons');
   });
 
   it('GET devices should refuse an unknown band or limit naming the field and the rule', async () => {
