@@ -1,7 +1,7 @@
 // deploy/prometheus/alerts.yml names metrics and label values the services serve: checked here against the
 // code, so a metric renamed or a label value changed cannot leave an alert that never fires.
 import { parse, parseAllDocuments } from 'yaml';
-import { read, registeredMetrics, sourcesOf, stages } from './repo';
+import { kubeStateMetrics, read, registeredMetrics, sourcesOf, stages } from './repo';
 
 interface PodMetadata {
   labels?: Record<string, string>;
@@ -50,7 +50,7 @@ function scrapeCopies(source: string): string | undefined {
 
 /** The metrics an expression reads, a histogram's series by the histogram's name. */
 function metricsOf(expr: string): string[] {
-  return [...expr.matchAll(/\b((?:urs|process|nodejs)_[a-z_]+)\b/g)].map((match) =>
+  return [...expr.matchAll(/\b((?:urs|process|nodejs|kube)_[a-z_]+)\b/g)].map((match) =>
     (match[1] as string).replace(/_(bucket|sum|count)$/, ''),
   );
 }
@@ -120,6 +120,16 @@ describe('deploy/prometheus/alerts.yml', () => {
     expect(rule?.expr).toMatch(
       /unless on \(namespace, job\) group by \(namespace, job\) \(urs_ready == 1\)$/,
     );
+    // A stage whose Deployment, named as the stage, asks for no replica is left out.
+    expect(rule?.expr).toContain(
+      'unless on (namespace, job) (max by (namespace, job) (label_replace(kube_deployment_spec_replicas, "job", "$1", "deployment", "(.+)")) == 0)',
+    );
+    for (const stage of stages) {
+      const deployment = parseAllDocuments(read(`deploy/k8s/${stage}.yaml`))
+        .map((document) => document.toJS() as { kind?: string; metadata?: { name?: string } })
+        .find((manifest) => manifest.kind === 'Deployment');
+      expect(deployment?.metadata?.name).toBe(stage);
+    }
   });
 
   test.each(rules.map((rule) => [rule.alert, rule] as const))(
@@ -139,11 +149,36 @@ describe('deploy/prometheus/alerts.yml', () => {
     'rule %s should read only metrics the services register',
     (_name, rule) => {
       const metrics = metricsOf(rule.expr);
-      // Prometheus' own `up` of a target is the one metric a rule may read besides the stages'.
-      expect([rule.alert, metrics.length > 0 || /^up\{/.test(rule.expr)]).toEqual([rule.alert, true]);
-      for (const metric of metrics) expect([metric, registered.has(metric)]).toEqual([metric, true]);
+      // Prometheus' own `up` of a target is the one metric a rule may read besides the stages' and the few of
+      // kube-state-metrics' that README's Alerts names.
+      expect([
+        rule.alert,
+        metrics.some((metric) => registered.has(metric)) || /^up\{/.test(rule.expr),
+      ]).toEqual([rule.alert, true]);
+      for (const metric of metrics)
+        expect([metric, registered.has(metric) || metric in kubeStateMetrics]).toEqual([metric, true]);
     },
   );
+
+  test("README's Alerts should name each kube-state-metrics series the rules read, and the rules that need it", () => {
+    const readme = read('README.md');
+    const start = readme.indexOf('\n### Alerts\n');
+    const section = readme.slice(start + 1, readme.indexOf('\n### ', start + 1));
+    const reading = rules.filter((rule) =>
+      Object.keys(kubeStateMetrics).some((name) => rule.expr.includes(name)),
+    );
+    expect(reading.map((rule) => rule.alert).sort()).toEqual([
+      'UrsStageNoReadyReplica',
+      'UrsStageUnderReplicated',
+    ]);
+    for (const name of Object.keys(kubeStateMetrics))
+      expect([name, section.includes(`\`${name}\``)]).toEqual([name, true]);
+    for (const rule of reading)
+      expect([
+        rule.alert,
+        section.includes(`**kube-state-metrics.**`) && section.includes(`\`${rule.alert}\``),
+      ]).toEqual([rule.alert, true]);
+  });
 
   test.each(rules.map((rule) => [rule.alert, rule] as const))(
     'rule %s should match only label values the code writes',

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parse, parseAllDocuments, stringify } from 'yaml';
-import { read, registeredMetrics, root, stages } from './repo';
+import { kubeStateMetrics, read, registeredMetrics, root, stages } from './repo';
 
 const INSTALL = 'npm run promtool:install (bash deploy/prometheus/install-promtool.sh)';
 
@@ -264,8 +264,16 @@ describe('deploy/prometheus through promtool', () => {
       const labels = [...(match?.[2] ?? '').matchAll(/(\w+)="[^"]*"/g)].map((label) => label[1] as string);
       const bucket = /^(.+)_bucket$/.exec(name)?.[1];
       const metric = bucket !== undefined && registered.has(bucket) ? bucket : name;
-      expect([text, metric === 'up' || registered.has(metric)]).toEqual([text, true]);
-      const allowed = [...scraped, ...(documented.get(metric) ?? []), ...(bucket === metric ? ['le'] : [])];
+      const kubeState = kubeStateMetrics[metric];
+      expect([text, metric === 'up' || registered.has(metric) || kubeState !== undefined]).toEqual([
+        text,
+        true,
+      ]);
+      const allowed = [
+        ...scraped,
+        ...(documented.get(metric) ?? kubeState ?? []),
+        ...(bucket === metric ? ['le'] : []),
+      ];
       expect([text, labels.filter((label) => !allowed.includes(label))]).toEqual([text, []]);
       expect([text, labels.includes('namespace') && labels.includes('job')]).toEqual([text, true]);
     }

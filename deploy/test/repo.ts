@@ -7,6 +7,13 @@ export const root = path.resolve(__dirname, '..', '..');
 
 export const read = (file: string): string => fs.readFileSync(path.join(root, file), 'utf8');
 
+/**
+ * The kube-state-metrics series deploy/prometheus/alerts.yml reads (README, Alerts, says which rules need it),
+ * each with the labels kube-state-metrics gives it besides those of its scrape: how many replicas each
+ * Deployment asks for.
+ */
+export const kubeStateMetrics: Record<string, string[]> = { kube_deployment_spec_replicas: ['deployment'] };
+
 /** The five pipeline stages, each a directory of services/. */
 export const stages = ['registrar', 'poller', 'vuln-fetcher', 'scorer', 'publisher'];
 

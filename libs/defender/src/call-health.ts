@@ -23,6 +23,8 @@ interface Waiter {
  */
 export class DegradedCalls {
   private inFlight = 0;
+  /** The calls in flight of each degraded tenant (its CallHealth) that has any. */
+  private readonly inFlightOf = new Map<object, number>();
   private readonly waiting: { owner: object; waiter: Waiter }[] = [];
 
   constructor(readonly limit = DEGRADED_CALLS_LIMIT) {}
@@ -32,10 +34,37 @@ export class DegradedCalls {
     return this.inFlight < this.limit;
   }
 
-  /** `count` calls of degraded tenants more in flight (fewer when negative: their places go to waiting calls). */
-  add(count: number): void {
+  /**
+   * `count` calls of `owner`, a degraded tenant, more in flight (fewer when negative: their places go to
+   * waiting calls).
+   */
+  add(owner: object, count: number): void {
     this.inFlight += count;
+    const own = (this.inFlightOf.get(owner) ?? 0) + count;
+    if (own > 0) this.inFlightOf.set(owner, own);
+    else this.inFlightOf.delete(owner);
     if (count < 0) this.wakeFree();
+  }
+
+  /** Calls of degraded tenants in flight (`urs_defender_degraded_calls_running`). */
+  running(): number {
+    return this.inFlight;
+  }
+
+  /** Calls of degraded tenants waiting for a place (`urs_defender_degraded_calls_waiting`). */
+  waitingCalls(): number {
+    return this.waiting.length;
+  }
+
+  /**
+   * Degraded tenants with calls in flight or waiting for a place (`urs_defender_degraded_tenants`): those
+   * sharing the places now. A degraded tenant that calls nothing (between its cycles) is not counted: it
+   * takes no place, and its client may be let go of before it calls again.
+   */
+  tenants(): number {
+    const owners = new Set(this.inFlightOf.keys());
+    for (const { owner } of this.waiting) owners.add(owner);
+    return owners.size;
   }
 
   /** Resolves when a place may be free (`hasPlace` decides), `owner` wakes its own calls, or `signal` aborts. */
@@ -58,8 +87,11 @@ export class DegradedCalls {
   }
 }
 
-/** Every process's tenants share this one by default (CallHealthOptions.degradedCalls). */
-const processDegradedCalls = new DegradedCalls();
+/**
+ * Every process's tenants share this one by default (CallHealthOptions.degradedCalls); createCallMetrics serves
+ * its gauges.
+ */
+export const processDegradedCalls = new DegradedCalls();
 
 /**
  * Waits in `queue` (as `entry` makes it) until woken or `signal` aborts: an aborted wait leaves the queue,
@@ -83,6 +115,12 @@ function waitIn<E>(queue: E[], signal: AbortSignal | undefined, entry: (waiter: 
     queue.push(queued);
   });
 }
+
+/**
+ * What a call waited for before it could ask for a slot (CallHealth.turn): a place of its tenant's own, or one
+ * of the process's places for degraded tenants.
+ */
+export type TurnWait = 'tenant' | 'degraded';
 
 export interface CallHealthOptions {
   /**
@@ -210,7 +248,7 @@ export class CallHealth {
     if (heldBack) throw heldBack;
     if (!this.mayStart()) return false;
     this.inFlight++;
-    if (this.degraded()) this.degradedCalls.add(1);
+    if (this.degraded()) this.degradedCalls.add(this, 1);
     return true;
   }
 
@@ -220,14 +258,29 @@ export class CallHealth {
    * else when a call in flight ends and leaves its place to this one (the calls that waited longest first),
    * or `signal` aborts. `start` decides, once the call holds its slot: another call may have taken the place
    * meanwhile, and this one then waits again. It waits here, before it asks for a slot, so it holds none.
+   * Resolves to what the call last waited for, if it waited (a call stopped meanwhile says so, see `waitText`).
    */
-  async turn(signal?: AbortSignal): Promise<void> {
+  async turn(signal?: AbortSignal): Promise<TurnWait | undefined> {
+    let waited: TurnWait | undefined;
     for (;;) {
-      if (this.holdingBack() || signal?.aborted) return;
-      if (this.freePlaces() === 0) await this.waitForOwnPlace(signal);
-      else if (this.degraded() && !this.degradedCalls.hasPlace()) await this.degradedCalls.wait(this, signal);
-      else return;
+      if (this.holdingBack() || signal?.aborted) return waited;
+      if (this.freePlaces() === 0) {
+        waited = 'tenant';
+        await this.waitForOwnPlace(signal);
+      } else if (this.degraded() && !this.degradedCalls.hasPlace()) {
+        waited = 'degraded';
+        await this.degradedCalls.wait(this, signal);
+      } else return waited;
     }
+  }
+
+  /** What a call that waited for `wait` (see `turn`) waited for, in words for its error. */
+  waitText(wait: TurnWait): string {
+    return wait === 'degraded'
+      ? `one of the ${this.degradedCalls.limit} places this process keeps for tenants whose last call failed ` +
+          "slowly (this tenant's did), all taken by their calls"
+      : "its tenant's turn: slow calls or failures of the tenant's API have limited its calls in flight " +
+          `(${this.limit} now), all taken`;
   }
 
   /**
@@ -257,7 +310,7 @@ export class CallHealth {
   leave(outcome: CallOutcome, failure = ''): void {
     const wasDegraded = this.degraded();
     this.inFlight--;
-    if (wasDegraded) this.degradedCalls.add(-1);
+    if (wasDegraded) this.degradedCalls.add(this, -1);
     if (outcome === 'answered' || outcome === 'answeredSlowly') {
       this.failuresInARow = 0;
       this.heldBackUntil = 0;
@@ -287,8 +340,8 @@ export class CallHealth {
    */
   private countDegraded(wasDegraded: boolean): void {
     const degraded = this.degraded();
-    if (degraded && !wasDegraded) this.degradedCalls.add(this.inFlight);
-    if (!degraded && wasDegraded) this.degradedCalls.add(-this.inFlight);
+    if (degraded && !wasDegraded) this.degradedCalls.add(this, this.inFlight);
+    if (!degraded && wasDegraded) this.degradedCalls.add(this, -this.inFlight);
     if (!degraded || this.holdingBack()) this.degradedCalls.wakeOf(this);
   }
 

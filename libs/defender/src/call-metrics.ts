@@ -1,4 +1,5 @@
 import type { Registry } from '@urs/telemetry';
+import { type DegradedCalls, processDegradedCalls } from './call-health';
 import { MICROSOFT_QUOTAS, type DefenderEndpointClass } from './quota';
 
 /** Buckets of the waits before a call, in seconds: a tenant out of its hourly quota may wait most of an hour. */
@@ -18,9 +19,34 @@ export interface CallMetrics {
  * `urs_defender_calls_total{endpoint,status}`, `urs_defender_call_seconds{endpoint}` and
  * `urs_defender_wait_seconds{endpoint,for}` in `registry` (shared by every client of the process): whether
  * Microsoft throttles (status 429), how fast it answers, and whether calls queue for the tenants' quotas
- * (`for="quota"`, which includes a 429's Retry-After) or for the 10 shared slots (`for="slot"`).
+ * (`for="quota"`, which includes a 429's Retry-After) or for the 10 shared slots (`for="slot"`). With them,
+ * the gauges of `degradedCalls` (the process's own by default): `urs_defender_degraded_tenants`,
+ * `urs_defender_degraded_calls_running`, `…_waiting` and `…_max`.
  */
-export function createCallMetrics(registry: Registry): CallMetrics {
+export function createCallMetrics(
+  registry: Registry,
+  degradedCalls: DegradedCalls = processDegradedCalls,
+): CallMetrics {
+  registry.gauge(
+    'urs_defender_degraded_tenants',
+    "Tenants of this process whose last Defender API call failed slowly (degraded) and that have calls in flight or waiting for one of the degraded tenants' places.",
+    () => degradedCalls.tenants(),
+  );
+  registry.gauge(
+    'urs_defender_degraded_calls_running',
+    "Calls of this process's degraded tenants in flight, all of them together (at most urs_defender_degraded_calls_max).",
+    () => degradedCalls.running(),
+  );
+  registry.gauge(
+    'urs_defender_degraded_calls_waiting',
+    "Calls of this process's degraded tenants waiting for one of their places before they ask for a shared slot.",
+    () => degradedCalls.waitingCalls(),
+  );
+  registry.gauge(
+    'urs_defender_degraded_calls_max',
+    "The places this process keeps for its degraded tenants' calls in flight, all of them together.",
+    () => degradedCalls.limit,
+  );
   const calls = registry.counter(
     'urs_defender_calls_total',
     "Defender API calls, by endpoint (machines, vulnerabilities, bulk, exportFiles) and HTTP status (error: no answer read; held-back: not sent, the tenant's calls failed too often in a row).",

@@ -126,10 +126,10 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
   ): Promise<T> {
     const queued = performance.now();
     for (;;) {
-      await health.turn(signal);
+      const waited = await health.turn(signal);
       if (signal?.aborted) {
         health.passTurn();
-        throw notSent(endpoint, queued, signal);
+        throw notSent(endpoint, queued, signal, waited && health.waitText(waited));
       }
       let sentAt = 0;
       let slotEnded: AbortSignal | undefined;
@@ -213,16 +213,21 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
   }
 
   /**
-   * A call its caller stopped before it was sent: it waited for one of the shared slots (or its tenant's
-   * turn) all that time, so at a deadline (the access test's time limit) the API is not to blame.
+   * A call its caller stopped before it was sent: it waited all that time for one of the shared slots, or for
+   * `waitedFor` (its tenant's turn, see CallHealth.waitText) when it was stopped there, so at a deadline (the
+   * access test's time limit) the API is not to blame.
    */
-  function notSent(endpoint: DefenderEndpointClass, queued: number, signal: AbortSignal): DefenderError {
+  function notSent(
+    endpoint: DefenderEndpointClass,
+    queued: number,
+    signal: AbortSignal,
+    waitedFor = 'one of the shared call slots, all busy with other calls',
+  ): DefenderError {
     return new DefenderError(
       DefenderErrorCode.UNAVAILABLE,
       endedAtDeadline(signal)
         ? `A ${endpoint} call to the Defender API of tenant ${azureTenantId} was not sent within the time ` +
-            `allowed: it waited ${duration(performance.now() - queued)} for one of the shared call slots, ` +
-            'all busy with other calls'
+            `allowed: it waited ${duration(performance.now() - queued)} for ${waitedFor}`
         : `A ${endpoint} call to the Defender API of tenant ${azureTenantId} was stopped before it was sent`,
       { canRetry: false, details: { azureTenantId, endpoint } },
     );

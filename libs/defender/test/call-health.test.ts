@@ -1,4 +1,5 @@
-import { CallHealth, DefenderErrorCode, DegradedCalls } from '../src';
+import { Registry } from '@urs/telemetry';
+import { CallHealth, createCallMetrics, DefenderErrorCode, DegradedCalls } from '../src';
 
 /**
  * A tenant's health on a clock the test moves, with places for degraded tenants of its own (no limit unless
@@ -325,7 +326,8 @@ describe('CallHealth of several tenants sharing the places for degraded tenants'
     const stop = new AbortController();
     const stopped = a.turn(stop.signal);
     stop.abort();
-    await expect(stopped).resolves.toBeUndefined();
+    // What it waited for when it was stopped, for the call's error.
+    await expect(stopped).resolves.toBe('degraded');
   });
 
   it('a call waiting for a place should be woken when its own tenant answers again, the places still taken', async () => {
@@ -367,5 +369,73 @@ describe('CallHealth of several tenants sharing the places for degraded tenants'
     expect(b.start()).toBe(true);
     a.leave('answered');
     await aTurn;
+  });
+});
+
+describe('the gauges of the places for degraded tenants', () => {
+  /** The values of the degraded tenants' gauges `registry` serves. */
+  function served(registry: Registry): Record<string, number> {
+    const names = [
+      'urs_defender_degraded_tenants',
+      'urs_defender_degraded_calls_running',
+      'urs_defender_degraded_calls_waiting',
+      'urs_defender_degraded_calls_max',
+    ];
+    const lines = registry.expose().split('\n');
+    return Object.fromEntries(
+      names.map((name) => [name, Number(lines.find((line) => line.startsWith(`${name} `))?.split(' ')[1])]),
+    );
+  }
+
+  it('should serve the degraded tenants calling, their calls in flight and waiting for a place, and the places', async () => {
+    const degradedCalls = new DegradedCalls(2);
+    const registry = new Registry({ processMetrics: false });
+    createCallMetrics(registry, degradedCalls);
+    const [a, b, c, healthy] = ['a', 'b', 'c', 'healthy'].map(
+      (id) => new CallHealth(id, { degradedCalls, oneAtATimeAfter: 3 }),
+    ) as [CallHealth, CallHealth, CallHealth, CallHealth];
+    expect(served(registry)).toEqual({
+      urs_defender_degraded_tenants: 0,
+      urs_defender_degraded_calls_running: 0,
+      urs_defender_degraded_calls_waiting: 0,
+      urs_defender_degraded_calls_max: 2,
+    });
+    for (const health of [a, b, c]) {
+      expect(health.start()).toBe(true);
+      health.leave('failed', 'no answer within 30 s');
+    }
+    expect(startAll(healthy, 5)).toBe(5);
+    expect(a.start()).toBe(true);
+    expect(a.start()).toBe(true);
+    let cWoke = false;
+    const cTurn = c.turn().then(() => (cWoke = true));
+    const bTurn = b.turn();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(cWoke).toBe(false);
+    // a's 2 calls hold both places, c's and b's wait; the healthy tenant's calls are no degraded tenant's.
+    expect(served(registry)).toEqual({
+      urs_defender_degraded_tenants: 3,
+      urs_defender_degraded_calls_running: 2,
+      urs_defender_degraded_calls_waiting: 2,
+      urs_defender_degraded_calls_max: 2,
+    });
+    // a's call answered: a is no longer degraded, its other call leaves the places, and both waiting go.
+    a.leave('answered');
+    await Promise.all([cTurn, bTurn]);
+    expect(c.start()).toBe(true);
+    expect(served(registry)).toEqual({
+      urs_defender_degraded_tenants: 1,
+      urs_defender_degraded_calls_running: 1,
+      urs_defender_degraded_calls_waiting: 0,
+      urs_defender_degraded_calls_max: 2,
+    });
+    c.leave('answered');
+    a.leave('answered');
+    expect(served(registry)).toEqual({
+      urs_defender_degraded_tenants: 0,
+      urs_defender_degraded_calls_running: 0,
+      urs_defender_degraded_calls_waiting: 0,
+      urs_defender_degraded_calls_max: 2,
+    });
   });
 });

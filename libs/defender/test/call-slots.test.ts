@@ -419,3 +419,94 @@ describe('createCallSlots and a call stopped while every slot is busy', () => {
     },
   );
 });
+
+describe('createCallSlots and a call that runs out of its time before it is sent', () => {
+  /** A call of `health`'s tenant over `limiter` with 50 ms to be sent; what it failed with. */
+  async function timedOut(health: CallHealth, limiter: CallLimiter): Promise<unknown> {
+    const slots = createCallSlots({
+      azureTenantId: 'tenant-a',
+      limiter,
+      health,
+      metrics: undefined,
+      requestTimeoutMs: 1_000,
+    });
+    return slots
+      .inSlot('machines', claim, 0, AbortSignal.timeout(50), async () => ({ status: 200 }))
+      .then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+  }
+
+  /** A call of tenant a, slow failures in a row behind it, its health sharing `degradedCalls`. */
+  function degraded(degradedCalls: DegradedCalls, id = 'tenant-a'): CallHealth {
+    const health = new CallHealth(id, { degradedCalls });
+    expect(health.start()).toBe(true);
+    health.leave('failed', 'no answer within 30 s');
+    return health;
+  }
+
+  it('inSlot should say a call waited for a shared call slot when every slot was busy', async () => {
+    const limiter = createLocalLimiter({ maxConcurrent: 1 });
+    const { free, busy } = await holdOnlySlot(limiter);
+    try {
+      const error = await timedOut(new CallHealth('tenant-a'), limiter);
+      expect(error).toMatchObject({
+        code: 'DEFENDER_UNAVAILABLE',
+        message: expect.stringMatching(
+          /was not sent within the time allowed: it waited \d+ ms for one of the shared call slots, all busy with other calls$/,
+        ),
+      });
+    } finally {
+      free();
+      await busy;
+      await limiter.close();
+    }
+  });
+
+  it('inSlot should say a degraded tenant’s call waited for one of the places of degraded tenants, not for a shared slot', async () => {
+    const degradedCalls = new DegradedCalls(1);
+    const a = degraded(degradedCalls);
+    const b = degraded(degradedCalls, 'tenant-b');
+    // b's call in flight takes the only place; the shared slots are free.
+    expect(b.start()).toBe(true);
+    const limiter = createLocalLimiter({ maxConcurrent: 10 });
+    try {
+      const error = await timedOut(a, limiter);
+      expect(error).toMatchObject({
+        code: 'DEFENDER_UNAVAILABLE',
+        message: expect.stringMatching(
+          /was not sent within the time allowed: it waited \d+ ms for one of the 1 places this process keeps for tenants whose last call failed slowly \(this tenant's did\), all taken by their calls$/,
+        ),
+      });
+      expect((error as Error).message).not.toMatch(/shared call slots/);
+    } finally {
+      b.leave('failed', 'no answer within 30 s');
+      await limiter.close();
+    }
+  });
+
+  it('inSlot should say a call waited for its tenant’s own place when the tenant’s calls are limited', async () => {
+    // Degraded, with places to spare among the degraded tenants': its calls go one at a time.
+    const health = new CallHealth('tenant-a', {
+      degradedCalls: new DegradedCalls(Infinity),
+      oneAtATimeAfter: 1,
+    });
+    expect(health.start()).toBe(true);
+    health.leave('failed', 'no answer within 30 s');
+    expect(health.start()).toBe(true);
+    const limiter = createLocalLimiter({ maxConcurrent: 10 });
+    try {
+      const error = await timedOut(health, limiter);
+      expect(error).toMatchObject({
+        code: 'DEFENDER_UNAVAILABLE',
+        message: expect.stringMatching(
+          /was not sent within the time allowed: it waited \d+ ms for its tenant's turn: slow calls or failures of the tenant's API have limited its calls in flight \(1 now\), all taken$/,
+        ),
+      });
+    } finally {
+      health.leave('answered');
+      await limiter.close();
+    }
+  });
+});
