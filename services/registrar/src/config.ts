@@ -24,7 +24,8 @@ export interface RegistrarConfig extends DefenderSettings {
   maxBodyBytes: number;
   /**
    * How often the registrar checks that Redis still holds the tenants (a wiped Redis is refilled from
-   * `urs.tenants`), in milliseconds. Env `URS_REBUILD_CHECK_MS`, default 5000.
+   * `urs.tenants`) and writes again what it sent to `urs.tenants` and Redis failed to take, in milliseconds.
+   * Env `URS_REBUILD_CHECK_MS`, default 5000.
    */
   rebuildCheckMs: number;
   /**

@@ -51,6 +51,14 @@ export interface DirectorSide {
    * with nothing else: a mistyped new key would make every tenant's secret unreadable to the other stages.
    */
   activeKeyProven: () => Promise<boolean>;
+  /**
+   * Redis caught up with `urs.tenants`: once per process, the topic read and what Redis is behind on written
+   * back (`rebuilder.catchUp`: a registrar killed between its send to Kafka and its write to Redis), then what
+   * this registrar sent and Redis failed to take since written again (`registry.catchUpPending`). What the
+   * registrar's watch runs after `ready`, at start and every URS_REBUILD_CHECK_MS. Director's pushes wait for
+   * the first part (they are compared with Redis); readiness and the REST API do not.
+   */
+  catchUp: () => Promise<void>;
   /** The bus handler of Director's pushes on the registration topic. */
   handler: ReturnType<typeof createRegistrationHandler>['handler'];
 }
@@ -79,6 +87,7 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
     tenants,
     state,
     logger,
+    catchUp: (entries) => registry.catchUp(entries),
   });
 
   // Redis as it is at setup may hold nothing to try (after a wipe, until the rebuild refilled it), and a
@@ -125,20 +134,22 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
     publisher,
     dlqTopic: topics.dlq,
     // A refused key stops the registrar (its start fails on it): the push waiting for it is held for the
-    // next registrar, never dead-lettered for it.
+    // next registrar, never dead-lettered for it. The catch-up's failures are retryable (`rebuilder.catchUp`).
     ensureRebuilt: () =>
-      ready().catch((error: unknown) => {
-        if (canRetry(error)) throw error;
-        throw new UrsError(
-          'SECRET_KEY_REFUSED',
-          'the registrar is stopping: its URS_SECRET_KEY was refused',
-          {
-            canRetry: true,
-            infrastructure: true,
-            cause: error,
-          },
-        );
-      }),
+      ready()
+        .then(() => rebuilder.catchUp())
+        .catch((error: unknown) => {
+          if (canRetry(error)) throw error;
+          throw new UrsError(
+            'SECRET_KEY_REFUSED',
+            'the registrar is stopping: its URS_SECRET_KEY was refused',
+            {
+              canRetry: true,
+              infrastructure: true,
+              cause: error,
+            },
+          );
+        }),
     logger,
     metrics: deps.metrics,
   });
@@ -148,6 +159,10 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
     ready,
     isRebuilt: () => rebuilt,
     activeKeyProven,
+    async catchUp() {
+      await rebuilder.catchUp();
+      await registry.catchUpPending();
+    },
     handler: director.handler,
   };
 }

@@ -42,7 +42,7 @@ void runService({
     // against.
     const keyIds = new Set(settings.secretKeys.keys.keys());
     const fingerprints = createKeyFingerprintStore(redis, prefix);
-    const { registry, rebuilder, ready, isRebuilt, activeKeyProven, handler } = createDirectorSide({
+    const { registry, rebuilder, ready, isRebuilt, activeKeyProven, catchUp, handler } = createDirectorSide({
       kafka,
       publisher,
       tenants,
@@ -198,9 +198,13 @@ void runService({
           once: true,
         });
         // The first rebuild, then a check every URS_REBUILD_CHECK_MS: each tried again through an outage.
+        // Each, once ready, catches Redis up with urs.tenants (see DirectorSide.catchUp): the first reads the
+        // topic (Redis rebuilt before: what a registrar killed after its send left behind), every one stores
+        // again what this registrar sent and Redis failed to take.
         watching = rebuilder.watch(settings.rebuildCheckMs, watch.signal, async () => {
           await ready();
           rebuiltOnce();
+          await catchUp();
         });
         resealing = Promise.race([firstRebuild, resealStopped]).then(() =>
           resealer.watch(settings.resealCheckMs, resealStop.signal),

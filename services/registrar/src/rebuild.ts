@@ -135,6 +135,11 @@ export interface RebuilderDeps {
   tenants: TenantStore;
   state: RegistrarStateStore;
   logger: Logger;
+  /**
+   * Brings Redis up to the entries of `urs.tenants` it is behind on (`TenantRegistry.catchUp`): what a
+   * registrar sent to Kafka and was killed before it stored in Redis (see `TenantRebuilder.catchUp`).
+   */
+  catchUp?: (entries: TenantLogEntry[]) => Promise<unknown>;
 }
 
 export interface TenantRebuilder {
@@ -143,6 +148,14 @@ export interface TenantRebuilder {
    * A failure rejects with a retryable error: the push or request waiting on it is not at fault.
    */
   ensure(): Promise<void>;
+  /**
+   * Once per process, unless a rebuild of this process read the topic already: reads `urs.tenants` and
+   * catches Redis up on the tenants it is behind on (`deps.catchUp`), what a registrar killed between its
+   * send and its write to Redis left behind. Single-flight; at once after it succeeded. Not part of `ensure`:
+   * readiness and the REST reads do not wait for Kafka when Redis was rebuilt before. A failure rejects as
+   * `ensure`'s does (one that failed for good is reported through `failed`).
+   */
+  catchUp(): Promise<void>;
   /**
    * Runs `check` (default `ensure`; the registrar's `ready`, which checks URS_SECRET_KEY after the first
    * rebuild) at once, then every `intervalMs` (a Redis wiped while running is refilled). A check that fails
@@ -164,7 +177,8 @@ export interface TenantRebuilder {
  * missing (a new Redis, a flush, an eviction), every tenant is written back from the topic (newest
  * revision wins, so records written meanwhile are kept), the revision counters, the deletions'
  * generations and Director's generation are raised to what Kafka has seen (`urs.tenants` and the
- * handled pushes of `urs.registration`), and the marker is set.
+ * handled pushes of `urs.registration`), and the marker is set. A process that finds the marker there reads
+ * the topic all the same, once (`catchUp`), and writes back only what Redis is behind on.
  */
 export function createTenantRebuilder(deps: RebuilderDeps): TenantRebuilder {
   const log = deps.logger.child({ component: 'rebuild' });
@@ -172,6 +186,31 @@ export function createTenantRebuilder(deps: RebuilderDeps): TenantRebuilder {
   let failedForGood: Error | undefined;
   let fail: (error: Error) => void = () => undefined;
   const failure = new Promise<Error>((resolve) => (fail = resolve));
+
+  /** Whether this process read `urs.tenants` once: rebuilt from it, or caught up with it. */
+  let caughtUp = false;
+  let catchingUp: Promise<void> | undefined;
+
+  async function readAndCatchUp(catchUpWith: NonNullable<RebuilderDeps['catchUp']>): Promise<void> {
+    const started = Date.now();
+    const entries = await deps.readLog();
+    if (caughtUp) return;
+    await catchUpWith(entries);
+    caughtUp = true;
+    log.info('tenants caught up with urs.tenants', { entries: entries.length, ms: Date.now() - started });
+  }
+
+  function catchUp(): Promise<void> {
+    if (caughtUp || !deps.catchUp) return Promise.resolve();
+    catchingUp ??= readAndCatchUp(deps.catchUp)
+      .catch((error: unknown) => {
+        throw reported(error);
+      })
+      .finally(() => {
+        catchingUp = undefined;
+      });
+    return catchingUp;
+  }
 
   async function rebuild(): Promise<void> {
     if (await deps.state.isRebuilt()) return;
@@ -200,6 +239,8 @@ export function createTenantRebuilder(deps: RebuilderDeps): TenantRebuilder {
       }
     });
     await deps.state.markRebuilt(new Date());
+    // Every record newer than Redis's written back: nothing left to catch up.
+    caughtUp = true;
     log.info('tenants rebuilt from urs.tenants', {
       restored,
       entries: entries.length,
@@ -243,6 +284,7 @@ export function createTenantRebuilder(deps: RebuilderDeps): TenantRebuilder {
 
   return {
     ensure,
+    catchUp,
     async watch(intervalMs, signal, check = ensure) {
       while (!signal.aborted && !failedForGood) {
         try {

@@ -6,9 +6,11 @@ import {
   type TenantRegistration,
 } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
+import { errorMessage } from '@urs/resilience';
 import { canonicalJson } from '@urs/scoring';
 import type { SecretSealer } from '@urs/secrets';
 import type { PollScheduleStore, RegistrarStateStore, TenantStore } from '@urs/store';
+import { forEachLimit } from './concurrency';
 import { openKeptSecret, sameSecret, secretToWrite } from './record-secret';
 import {
   createTenantRefusals,
@@ -19,10 +21,12 @@ import {
 import {
   createTenantLock,
   throwIfCut,
+  type TenantLock,
   throwIfLost,
   throwIfLostAfterSend,
   type TenantLockOptions,
 } from './tenant-lock';
+import type { TenantLogEntry } from './rebuild';
 import type { Violation } from './validation';
 
 export interface RegistrationOrigin {
@@ -135,6 +139,26 @@ export interface TenantRegistry {
   ): Promise<
     { outcome: 'resealed'; record: TenantRecord; fromKeyId: string } | { outcome: 'current' | 'polling' }
   >;
+  /**
+   * Brings Redis up to `urs.tenants`: of `entries` (the last word of the topic on each tenant, `readTenantLog`),
+   * each newer than the tenant's record in Redis is applied as its write would have been (`catchUpPending`).
+   * What a write sent to Kafka and could not store (a kill between the two, Redis failing after the send)
+   * is found so at the next start.
+   */
+  catchUp(entries: readonly TenantLogEntry[]): Promise<CatchUpResult>;
+  /**
+   * Stores what this registrar sent to `urs.tenants` and did not get into Redis (and what `catchUp` found
+   * behind), each under its tenant's write lock: a record (or a deletion) newer than Redis's is applied as its
+   * write would have applied it. One that fails stays to catch up, tried again at the next call and before the
+   * next write of its tenant. Never rejects.
+   */
+  catchUpPending(): Promise<CatchUpResult>;
+}
+
+/** What a catch-up of Redis to `urs.tenants` did: entries applied, and those still to catch up. */
+export interface CatchUpResult {
+  applied: number;
+  pending: number;
 }
 
 export interface TenantRegistryDeps {
@@ -201,13 +225,28 @@ function sameSettings(
 
 /**
  * The one way a tenant record is made, for both doors (Director and REST). Kafka first, Redis second:
- * `urs.tenants` is the durable record; a record that reached Kafka but not Redis comes back on the
- * next rebuild, a failed produce leaves nothing behind and the caller is told to retry.
+ * `urs.tenants` is the durable record; a failed produce leaves nothing behind and the caller is told to retry.
+ * A record (or deletion) that reached Kafka but not Redis (Redis failing after the send, the lock lost, the
+ * process killed between the two) is caught up: kept in memory and stored again (`catchUpPending`, before the
+ * tenant's next write and every URS_REBUILD_CHECK_MS), and, for a process that died, by the next start's
+ * read of `urs.tenants` (`catchUp`). Until then the pollers, which read Kafka, and Redis disagree.
  */
 export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
   const now = deps.now ?? (() => new Date());
   const log = deps.logger.child({ component: 'registry' });
-  const locked = createTenantLock(deps.state, deps.writeLock);
+  const lock = createTenantLock(deps.state, deps.writeLock);
+  /**
+   * What this registrar sent to `urs.tenants` and has not stored in Redis yet (and what `catchUp` found Redis
+   * behind on), by tenant: the last entry sent. Dropped once stored, or once Redis holds as new a revision.
+   */
+  const pending = new Map<string, TenantLogEntry>();
+  /** The tenant's write lock, under which its pending entry is stored first: the write reads Redis after it. */
+  const locked: TenantLock = (tenantId, signal, work) =>
+    lock(tenantId, signal, async (held) => {
+      const entry = pending.get(tenantId);
+      if (entry) await catchUpEntry(entry, held);
+      return work(held);
+    });
   const { deletedByAdministrator, clearRefusal, clearDirectorRefusal, reject, endRefusal } =
     createTenantRefusals({ tenants: deps.tenants, state: deps.state, log, now });
 
@@ -221,8 +260,96 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     await deps.publisher.send(deps.tenantsTopic, 'urs/tenant-record', [
       { key: record.tenantId, value: record },
     ]);
+    const sent = sentAhead({ tenantId: record.tenantId, record });
     lostAfterSend(record.tenantId, held);
     await deps.tenants.put(record);
+    stored(sent);
+  }
+
+  /** An entry on `urs.tenants` that Redis does not have yet: to catch up until `stored`. */
+  function sentAhead(entry: TenantLogEntry): TenantLogEntry {
+    pending.set(entry.tenantId, entry);
+    return entry;
+  }
+
+  function stored(entry: TenantLogEntry): void {
+    if (pending.get(entry.tenantId) === entry) pending.delete(entry.tenantId);
+  }
+
+  /**
+   * Applies `entry` of `urs.tenants` to Redis as its write would have, if it is newer than the tenant's record
+   * there (see `catchUpPending`); under the tenant's lock. True when something was written.
+   */
+  async function catchUpEntry(entry: TenantLogEntry, held: AbortSignal): Promise<boolean> {
+    const { tenantId } = entry;
+    const current = await deps.tenants.get(tenantId);
+    if (entry.record === null) {
+      // A deletion: of a record Redis still holds, older than it. (One without a revision is not compared.)
+      const { revision, generation } = entry;
+      if (!current || revision === undefined || current.revision >= revision) return settled(entry);
+      throwIfLost(held);
+      await deps.state.observeRevision(tenantId, revision);
+      if (generation !== undefined) await deps.state.observeDeletion(tenantId, generation);
+      await deps.tenants.remove(tenantId, revision);
+      await deps.schedules.clear(tenantId);
+      settled(entry);
+      log.warn('tenant deletion on urs.tenants caught up in Redis', {
+        tenantId,
+        revision,
+        ...(generation === undefined ? {} : { generation }),
+      });
+      return true;
+    }
+    const record = entry.record;
+    if (current && current.revision >= record.revision) return settled(entry);
+    throwIfLost(held);
+    await deps.state.observeRevision(tenantId, record.revision);
+    await deps.tenants.put(record);
+    // The status its write leaves: a re-seal (`updatedAt` kept) none; a disabled record `disable`'s, its
+    // schedule forgotten; an enabled one `register`'s.
+    const resealed = current !== null && current.updatedAt === record.updatedAt;
+    if (!resealed) {
+      if (!record.enabled) await deps.schedules.clear(tenantId);
+      await deps.tenants.updateStatus(tenantId, record.enabled ? writtenStatus(record) : DISABLED_STATUS);
+    }
+    settled(entry);
+    log.warn('tenant record on urs.tenants caught up in Redis', {
+      tenantId,
+      revision: record.revision,
+      ...(current ? { redisRevision: current.revision } : {}),
+      enabled: record.enabled,
+    });
+    return true;
+  }
+
+  function logRevision(entry: TenantLogEntry): number {
+    return entry.record === null ? (entry.revision ?? 0) : entry.record.revision;
+  }
+
+  /** `stored`, false: nothing to write, Redis holds as new a revision. */
+  function settled(entry: TenantLogEntry): false {
+    stored(entry);
+    return false;
+  }
+
+  async function catchUpPending(): Promise<CatchUpResult> {
+    let applied = 0;
+    await forEachLimit([...pending.values()], 32, async (entry) => {
+      try {
+        // The tenant's entry then: a write meanwhile may have stored it, or sent a newer one.
+        const written = await lock(entry.tenantId, undefined, async (held) => {
+          const current = pending.get(entry.tenantId);
+          return current ? catchUpEntry(current, held) : false;
+        });
+        if (written) applied++;
+      } catch (error) {
+        log.warn('tenant on urs.tenants not caught up in Redis yet; tried again', {
+          tenantId: entry.tenantId,
+          reason: errorMessage(error),
+        });
+      }
+    });
+    return { applied, pending: pending.size };
   }
 
   /** `throwIfLost` once the tenant's record (or tombstone) is on `urs.tenants`, where it cannot be recalled. */
@@ -265,6 +392,28 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     reseal(tenantId) {
       return locked(tenantId, undefined, (held) => reseal(tenantId, held));
     },
+    async catchUp(entries) {
+      // Compared without the lock first (a rebuild's worth of tenants, read 1000 to a round trip): only the
+      // entries newer than Redis's are taken up, each under its lock.
+      const inRedis = await deps.tenants.getMany(entries.map((entry) => entry.tenantId));
+      let behind = 0;
+      for (const entry of entries) {
+        const redisRevision = inRedis.get(entry.tenantId)?.revision;
+        const ahead =
+          entry.record === null
+            ? entry.revision !== undefined && redisRevision !== undefined && redisRevision < entry.revision
+            : redisRevision === undefined || redisRevision < entry.record.revision;
+        if (!ahead) continue;
+        behind++;
+        // One this registrar sent since is newer: kept.
+        const mine = pending.get(entry.tenantId);
+        if (!mine || logRevision(mine) < logRevision(entry)) pending.set(entry.tenantId, entry);
+      }
+      if (behind === 0) return { applied: 0, pending: pending.size };
+      log.warn('Redis behind urs.tenants: catching its tenants up', { tenants: behind });
+      return catchUpPending();
+    },
+    catchUpPending,
   };
 
   async function register(
@@ -445,10 +594,17 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
         },
       },
     ]);
+    const sent = sentAhead({
+      tenantId,
+      record: null,
+      revision,
+      ...(generation < 0 ? {} : { generation }),
+    });
     lostAfterSend(tenantId, held);
     if (generation >= 0) await deps.state.observeDeletion(tenantId, generation);
     await deps.tenants.remove(tenantId, revision);
     await deps.schedules.clear(tenantId);
+    stored(sent);
     log.info('tenant deleted', { tenantId, revision, ...(generation < 0 ? {} : { generation }) });
     return true;
   }

@@ -69,6 +69,30 @@ describe('createTenantRebuilder', () => {
     expect(await state.nextRevision('gone')).toBeGreaterThan(12);
   });
 
+  it('catchUp should hand the log to catchUp once per process, and not after a rebuild of the process', async () => {
+    const entries: TenantLogEntry[] = [{ tenantId: 'a', record: record('a', 7) }];
+    const caughtUp: TenantLogEntry[][] = [];
+    const rebuilder = (rebuilt: boolean) =>
+      createTenantRebuilder({
+        readLog: async () => entries,
+        readGeneration: async () => -1,
+        tenants: memoryTenantStore(),
+        state: { ...memoryStateStore(), isRebuilt: async () => rebuilt, markRebuilt: async () => undefined },
+        logger: silentLogger,
+        catchUp: async (read) => void caughtUp.push(read),
+      });
+    const restarted = rebuilder(true);
+    await restarted.ensure();
+    await Promise.all([restarted.catchUp(), restarted.catchUp()]);
+    await restarted.catchUp();
+    expect(caughtUp).toEqual([entries]);
+    // A rebuild wrote back every record newer than Redis's: nothing to catch up after it.
+    const wiped = rebuilder(false);
+    await wiped.ensure();
+    await wiped.catchUp();
+    expect(caughtUp).toHaveLength(1);
+  });
+
   it('ensure should restore the generation in force at each deletion', async () => {
     const { state, rebuilder } = setup([
       { tenantId: 'a', record: record('a', 7) },

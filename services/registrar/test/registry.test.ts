@@ -110,3 +110,92 @@ describe('createTenantRegistry', () => {
     expect(cleared).toEqual(['a']);
   });
 });
+
+describe('createTenantRegistry catchUp', () => {
+  const failed = {
+    state: 'error' as const,
+    lastErrorCode: 'AUTH_FAILED',
+    lastErrorMessage: 'secret refused',
+  };
+
+  async function registered() {
+    const { tenants, registry, cleared } = setup('clear');
+    const { record } = await registry.register({ tenantId: 'a', defender: body() }, rest);
+    await tenants.updateStatus('a', failed);
+    return { tenants, registry, cleared, record };
+  }
+
+  it('should store a newer record with the status its write leaves: an enabled one active, its error cleared', async () => {
+    const { tenants, registry, record } = await registered();
+    const newer = { ...record, revision: record.revision + 1, updatedAt: '2030-01-01T00:00:00.000Z' };
+    expect(await registry.catchUp([{ tenantId: 'a', record: newer }])).toEqual({ applied: 1, pending: 0 });
+    expect(await tenants.get('a')).toEqual(newer);
+    expect(await tenants.getStatus('a')).toMatchObject({ state: 'active' });
+    expect((await tenants.getStatus('a')).lastErrorCode).toBeUndefined();
+  });
+
+  it('should store a disabled record as disable leaves it, its schedule cleared', async () => {
+    const { tenants, registry, cleared, record } = await registered();
+    const newer = {
+      ...record,
+      revision: record.revision + 1,
+      updatedAt: '2030-01-01T00:00:00.000Z',
+      enabled: false,
+      disabledReason: 'disabled by an administrator',
+    };
+    await registry.catchUp([{ tenantId: 'a', record: newer }]);
+    expect(await tenants.get('a')).toEqual(newer);
+    expect(await tenants.getStatus('a')).toMatchObject({ state: 'disabled' });
+    expect(cleared).toEqual(['a']);
+  });
+
+  it('should leave the status of a re-sealed record (its updatedAt kept) as it is', async () => {
+    const { tenants, registry, record } = await registered();
+    const resealed = { ...record, revision: record.revision + 1 };
+    await registry.catchUp([{ tenantId: 'a', record: resealed }]);
+    expect(await tenants.get('a')).toEqual(resealed);
+    expect(await tenants.getStatus('a')).toMatchObject(failed);
+  });
+
+  it('should change nothing for a record or a deletion no newer than Redis', async () => {
+    const { tenants, registry, cleared, record } = await registered();
+    expect(
+      await registry.catchUp([
+        { tenantId: 'a', record: { ...record, enabled: false } },
+        { tenantId: 'a', record: null, revision: record.revision },
+        { tenantId: 'b', record: null, revision: record.revision + 1 },
+      ]),
+    ).toEqual({ applied: 0, pending: 0 });
+    expect(await tenants.get('a')).toEqual(record);
+    expect(await tenants.getStatus('a')).toMatchObject(failed);
+    expect(cleared).toEqual([]);
+  });
+
+  it('should store a record whose write lost its lock after the send', async () => {
+    const tenants = memoryTenantStore();
+    const state = memoryStateStore();
+    // The lock found lost at a renewal during the send: the write stops before Redis.
+    let losing = true;
+    const registry = testRegistry({
+      tenants,
+      state: {
+        ...state,
+        renewTenantLock: async (tenantId, token, ms) => !losing && state.renewTenantLock(tenantId, token, ms),
+      },
+      writeLock: { lockMs: 30 },
+      publisher: {
+        async send() {
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        },
+        async close() {},
+      } as never,
+    });
+    await expect(registry.register({ tenantId: 'a', defender: body() }, rest)).rejects.toMatchObject({
+      code: 'TENANT_LOCK_LOST',
+    });
+    expect(await tenants.get('a')).toBeNull();
+    losing = false;
+    expect(await registry.catchUpPending()).toEqual({ applied: 1, pending: 0 });
+    expect(await tenants.get('a')).toMatchObject({ tenantId: 'a', enabled: true });
+  });
+});
