@@ -47,6 +47,14 @@ export interface InboundMessage<T> {
    * partition next).
    */
   signal?: AbortSignal;
+  /**
+   * Whether the runner handles this message again should this attempt's handler fail with `error`: as
+   * `isHandledAgain` says, and for a failure of the message's own that may go away (`retryable`) only while its
+   * attempts are not spent (the runner's retry policy): on the last one it is dead-lettered instead. What a
+   * handler keeps for its next try is worth keeping only then. Set by the consumer runner; a handler called
+   * otherwise falls back on `isHandledAgain`.
+   */
+  handledAgainAfter?: (error: unknown) => boolean;
 }
 
 export type MessageHandler<T> = (message: InboundMessage<T>) => Promise<void>;
@@ -453,6 +461,10 @@ export function createMessageProcessor(
     let ownFailures = 0;
     let infrastructureFailures = 0;
     let hold: Hold | undefined;
+    inbound.handledAgainAfter = (error) => {
+      const failure = handlerFailureOf(error);
+      return failure !== 'final' && (failure !== 'retryable' || ownFailures + 1 < retry.maxAttempts);
+    };
     try {
       for (;;) {
         try {

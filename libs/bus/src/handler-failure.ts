@@ -1,5 +1,5 @@
 import { canRetry, isInfrastructureFault } from '@urs/resilience';
-import { isKafkaAuthorizationRefusal } from './transient';
+import { isKafkaAuthorizationRefusal, isKafkaRecordRefusal } from './transient';
 
 /**
  * What the consumer runner makes of a handler's failure:
@@ -9,7 +9,9 @@ import { isKafkaAuthorizationRefusal } from './transient';
  *   every message would be refused alike, so it is held too, until an operator grants it;
  * - `retryable`: the message's own failure, which may go away (`canRetry`): handled again, up to the retry
  *   policy's attempts, then dead-lettered;
- * - `final`: the message's own failure, for good: dead-lettered at once.
+ * - `final`: the message's own failure, for good: dead-lettered at once. Kafka refusing a record the handler
+ *   produced for what it holds (`isKafkaRecordRefusal`: larger than the topic takes, invalid) is one, however it
+ *   is wrapped, even in an error that says it may be retried: sent again, the same record is refused again.
  */
 export type HandlerFailure = 'dependency' | 'not-authorized' | 'retryable' | 'final';
 
@@ -19,6 +21,7 @@ export function handlerFailureOf(error: unknown): HandlerFailure {
   // default) is still no fault of the message.
   if (isInfrastructureFault(error)) return 'dependency';
   if (isKafkaAuthorizationRefusal(error)) return 'not-authorized';
+  if (isKafkaRecordRefusal(error)) return 'final';
   return canRetry(error) ? 'retryable' : 'final';
 }
 

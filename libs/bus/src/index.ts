@@ -3,7 +3,13 @@ export { connectAdminThroughSeeds, seedClients, seedsFrom } from './seeds';
 export { topicSpecs, bootstrapTopics } from './topics';
 export type { StageTopics, TopicAccess, TopicName } from './topics';
 export type { TopicSpec, BootstrapOptions } from './topics';
-export { isKafkaAuthorizationRefusal, isTransientKafkaError } from './transient';
+export {
+  KAFKA_RECORD_REFUSAL_TYPES,
+  isKafkaAuthorizationRefusal,
+  isKafkaRecordRefusal,
+  isKafkaRecordTooLarge,
+  isTransientKafkaError,
+} from './transient';
 export { handlerFailureOf, isHandledAgain, type HandlerFailure } from './handler-failure';
 export { retryWhileSettling, topicOffsets, SETTLE_RETRY, DEFAULT_SETTLE_TIMEOUT_MS } from './settle';
 export type { SettleOptions, TopicOffsetsOptions, PartitionOffsetRange } from './settle';

@@ -2,7 +2,7 @@ import type { IHeaders, Kafka, Producer } from 'kafkajs';
 import { validateMessage, type ContractId, type ContractTypes } from '@urs/contracts';
 import { UrsError, retryPolicy, sleep, withRetry, type RetryPolicy } from '@urs/resilience';
 import { JavaCompatiblePartitioner } from './partitioner';
-import { isTransientKafkaError } from './transient';
+import { isSizeRefusal, isTransientKafkaError, kafkaRecordRefusalOf } from './transient';
 
 export interface OutboundMessage<T> {
   key: string;
@@ -100,14 +100,52 @@ function isUnknownTopic(error: unknown, depth = 0): boolean {
  * (bootstrapTopics), so a topic deleted since is not made again, and every send to it fails until it is:
  * the error names the topic and what to do. It stays retryable and an infrastructure fault (its cause, the
  * broker's answer, is one): a consumer holds its message, and its warning that messages are held (at most one
- * a minute, not one per retry) carries this code and message. Anything else is passed on as it is.
+ * a minute, not one per retry) carries this code and message. Kafka refusing a record of `group`, the request
+ * that failed, for what it holds is said so (recordRefused). Anything else is passed on as it is.
  */
-function produceFailure(topic: string, error: unknown): unknown {
+function produceFailure(topic: string, group: OutboundRecord[], error: unknown): unknown {
+  const refusal = kafkaRecordRefusalOf(error);
+  if (refusal !== undefined) return recordRefused(topic, group, refusal, error);
   if (!isUnknownTopic(error)) return error;
   return new BusError(
     'TOPIC_MISSING',
     `topic ${topic} not found on the broker after the producer's retries: deleted (recreate it, or restart the service: topics are created at start), or the broker's metadata still lags after a restart`,
     { canRetry: true, infrastructure: true, cause: error, details: { topic } },
+  );
+}
+
+/**
+ * Kafka refusing what a request carried (kafkaRecordRefusalOf): for good, sent again it is refused again, so not
+ * retryable (the consumer runner dead-letters the message at once, its handler not run again). Too large
+ * (`RECORD_TOO_LARGE`): the message names the topic, the largest record's bytes and the request's, for an
+ * operator to tell a record too large alone from one request's too many. Invalid otherwise (`RECORD_REFUSED`).
+ */
+function recordRefused(topic: string, group: OutboundRecord[], type: string, error: unknown): BusError {
+  // A request may hold tens of thousands of records: no spread into Math.max's arguments.
+  const sizes = group.map(recordBytes);
+  const largest = sizes.reduce((most, size) => Math.max(most, size), 0);
+  const total = sizes.reduce((sum, size) => sum + size, 0);
+  const details = {
+    topic,
+    refusal: type,
+    largestRecordBytes: largest,
+    records: group.length,
+    requestBytes: total,
+  };
+  if (isSizeRefusal(type)) {
+    return new BusError(
+      'RECORD_TOO_LARGE',
+      `topic ${topic} refused a record as too large (${type}): the largest record ${largest} bytes of key and ` +
+        `value, the request's ${group.length} records ${total} bytes; a partition's records in one request ` +
+        "must fit the topic's max.message.bytes. Refused again if sent again: not retried",
+      { canRetry: false, cause: error, details },
+    );
+  }
+  return new BusError(
+    'RECORD_REFUSED',
+    `topic ${topic} refused a record as invalid (${type}): ${error instanceof Error ? error.message : String(error)}. ` +
+      'Refused again if sent again: not retried',
+    { canRetry: false, cause: error, details },
   );
 }
 
@@ -182,10 +220,12 @@ export async function createPublisher(kafka: Kafka, options: PublisherOptions = 
    */
   async function produce(topic: string, messages: OutboundRecord[]): Promise<void> {
     const deadline = Date.now() + retryForMs;
-    try {
-      for (const group of sizedGroups(messages)) await sendGroup(topic, group, deadline);
-    } catch (error) {
-      throw produceFailure(topic, error);
+    for (const group of sizedGroups(messages)) {
+      try {
+        await sendGroup(topic, group, deadline);
+      } catch (error) {
+        throw produceFailure(topic, group, error);
+      }
     }
   }
   /**

@@ -83,3 +83,54 @@ export function isKafkaAuthorizationRefusal(error: unknown, depth = 0): boolean 
   const inner = [e.cause, ...(Array.isArray(e.errors) ? (e.errors as unknown[]) : [])];
   return inner.some((next) => next !== error && isKafkaAuthorizationRefusal(next, depth + 1));
 }
+
+/**
+ * Kafka's refusals of what a produce carried, for good: a record (or the records of one partition in one
+ * request, a record batch) larger than the topic's `max.message.bytes` (MESSAGE_TOO_LARGE), a batch larger than
+ * a log segment (RECORD_LIST_TOO_LARGE), a record the broker's validation refuses (INVALID_RECORD: a null key on
+ * a compacted topic). KafkaJS does not retry them, and sent again they are refused again: neither the broker nor
+ * the topic is at fault, only what was sent.
+ */
+export const KAFKA_RECORD_REFUSAL_TYPES: ReadonlySet<string> = new Set([
+  'MESSAGE_TOO_LARGE',
+  'RECORD_LIST_TOO_LARGE',
+  'INVALID_RECORD',
+]);
+
+/** Kafka's refusals of a record for its size (see KAFKA_RECORD_REFUSAL_TYPES). */
+const KAFKA_SIZE_REFUSAL_TYPES: ReadonlySet<string> = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE']);
+
+/**
+ * The type of Kafka's refusal of a record (KAFKA_RECORD_REFUSAL_TYPES) in `error`, as it is or as the cause
+ * (or one of the errors) of what wraps it; undefined when there is none.
+ */
+export function kafkaRecordRefusalOf(error: unknown, depth = 0): string | undefined {
+  if (typeof error !== 'object' || error === null || depth > MAX_CAUSE_DEPTH) return undefined;
+  const e = error as KafkaLikeError;
+  if (typeof e.type === 'string' && KAFKA_RECORD_REFUSAL_TYPES.has(e.type)) return e.type;
+  const inner = [e.cause, ...(Array.isArray(e.errors) ? (e.errors as unknown[]) : [])];
+  for (const next of inner) {
+    const type = next === error ? undefined : kafkaRecordRefusalOf(next, depth + 1);
+    if (type !== undefined) return type;
+  }
+  return undefined;
+}
+
+/** Whether `error` is Kafka refusing what a produce carried, for good (KAFKA_RECORD_REFUSAL_TYPES). */
+export function isKafkaRecordRefusal(error: unknown): boolean {
+  return kafkaRecordRefusalOf(error) !== undefined;
+}
+
+/** Whether `type` (kafkaRecordRefusalOf) refuses a record for its size. */
+export function isSizeRefusal(type: string | undefined): boolean {
+  return type !== undefined && KAFKA_SIZE_REFUSAL_TYPES.has(type);
+}
+
+/**
+ * Whether `error` is Kafka refusing a record for its size (MESSAGE_TOO_LARGE, RECORD_LIST_TOO_LARGE), as it is
+ * or wrapped (the publisher's RECORD_TOO_LARGE): a producer that can send the same content in smaller records
+ * (a batch of devices in two) may do so.
+ */
+export function isKafkaRecordTooLarge(error: unknown): boolean {
+  return isSizeRefusal(kafkaRecordRefusalOf(error));
+}

@@ -3,7 +3,8 @@ import { KafkaJSConnectionError, KafkaJSNumberOfRetriesExceeded } from 'kafkajs'
 import { UrsError, retryPolicy } from '@urs/resilience';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, topicNotAuthorised, type LogLine } from '@urs/testkit';
-import { createMessageProcessor } from '../src/handle';
+import type { TenantRecord } from '@urs/contracts';
+import { createMessageProcessor, type InboundMessage } from '../src/handle';
 import { heldMessages, messageWork } from './work';
 import type { Publisher } from '../src/publisher';
 
@@ -30,7 +31,7 @@ const kafkaAway = (): Error =>
  * it is sent to, and the runner's stop: `stop()` makes the work's `shouldStop` true and aborts its
  * `stopSignal`, as closing a runner does.
  */
-function processor(handler: () => Promise<void>, maxAttempts: number) {
+function processor(handler: (message: InboundMessage<TenantRecord>) => Promise<void>, maxAttempts: number) {
   const sent: string[] = [];
   const lines: LogLine[] = [];
   const publisher = {
@@ -93,6 +94,24 @@ describe('createMessageProcessor', () => {
     expect(calls).toBe(3);
     expect(run.sent).toEqual(['dlq']);
     expect(run.lines.filter((line) => line.message === 'handler failed, retrying')).toHaveLength(2);
+  });
+
+  it('should tell the handler whether a failure of this attempt has its message handled again: not a retryable one on the last attempt, nor one dead-lettered at once', async () => {
+    const retryable = (): UrsError => new UrsError('TENANT_BUSY', 'try again', { canRetry: true });
+    const failures = [retryable, kafkaAway, topicNotAuthorised, () => new UrsError('BAD', 'for good')];
+    const answers: (boolean | undefined)[][] = [];
+    const run = processor(async (message) => {
+      answers.push(failures.map((failure) => message.handledAgainAfter?.(failure())));
+      throw retryable();
+    }, 3);
+    await expect(run.settle()).resolves.toBe(true);
+    expect(answers).toEqual([
+      [true, true, true, false],
+      [true, true, true, false],
+      // The last attempt: a retryable failure now has the message dead-lettered, not handled again.
+      [false, true, true, false],
+    ]);
+    expect(run.sent).toEqual(['dlq']);
   });
 
   it.each([

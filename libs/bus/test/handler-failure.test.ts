@@ -1,4 +1,4 @@
-import { KafkaJSConnectionError, KafkaJSNumberOfRetriesExceeded } from 'kafkajs';
+import { KafkaJSConnectionError, KafkaJSNumberOfRetriesExceeded, KafkaJSProtocolError } from 'kafkajs';
 import { ContractError } from '@urs/contracts';
 import { UrsError } from '@urs/resilience';
 import { topicNotAuthorised } from '@urs/testkit';
@@ -24,6 +24,25 @@ describe('handlerFailureOf', () => {
     expect(handlerFailureOf(new ContractError('urs/enriched-batch', [{ field: 'devices', rule: 'x' }]))).toBe(
       'final',
     );
+  });
+
+  /** What a produce rejects with when the broker refuses a record as larger than the topic takes. */
+  const tooLarge = (type = 'MESSAGE_TOO_LARGE', code = 10): Error =>
+    new KafkaJSProtocolError(
+      Object.assign(new Error('The request included a message larger than the max message size'), {
+        type,
+        code,
+        retriable: false,
+      }),
+    );
+
+  it("should take Kafka refusing a record as too large as the message's own failure for good, however wrapped", () => {
+    expect(handlerFailureOf(tooLarge())).toBe('final');
+    expect(handlerFailureOf(tooLarge('RECORD_LIST_TOO_LARGE', 18))).toBe('final');
+    expect(
+      handlerFailureOf(new UrsError('SEND_FAILED', 'not sent', { canRetry: true, cause: tooLarge() })),
+    ).toBe('final');
+    expect(isHandledAgain(tooLarge())).toBe(false);
   });
 
   it('should say a message is handled again unless it is dead-lettered at once', () => {

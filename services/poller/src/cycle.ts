@@ -1,4 +1,4 @@
-import { deviceBatchMessage, type Publisher } from '@urs/bus';
+import { deviceBatchMessage, isKafkaRecordTooLarge, type Publisher } from '@urs/bus';
 import { toDeviceRecord, vulnerabilitiesNotHeld, type DeviceRecord, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage, retryPolicy, withRetry, type RetryPolicy } from '@urs/resilience';
@@ -226,9 +226,26 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     };
     // Asked again: the cycle store's answer may have come after the lease's end.
     stopIfAborted();
-    await deps.publisher.send(deps.deviceBatchesTopic, 'urs/device-batch', [
-      deviceBatchMessage(tenantId, header, devices),
-    ]);
+    try {
+      await deps.publisher.send(deps.deviceBatchesTopic, 'urs/device-batch', [
+        deviceBatchMessage(tenantId, header, devices),
+      ]);
+    } catch (error) {
+      if (devices.length < 2 || !isKafkaRecordTooLarge(error)) throw error;
+      // Larger than the topic takes: sent in two halves instead, each a batch of its own (the cycle's batches
+      // are numbered as they go, and counted at its last), and so on until they fit. Sent again whole, the
+      // batch would be refused again, and the cycle, and each after it, would fail for good. One device alone
+      // too large fails the cycle (RECORD_TOO_LARGE), the tenant's own: the other tenants' cycles go on.
+      const half = Math.ceil(devices.length / 2);
+      log.warn('device batch refused by Kafka as too large: sent in two', {
+        batchIndex,
+        devices: devices.length,
+        reason: errorMessage(error),
+      });
+      await emit(devices.slice(0, half), false);
+      await emit(devices.slice(half), last);
+      return;
+    }
     input.batchTaken?.();
     batchIndex++;
     emittedLast = last;

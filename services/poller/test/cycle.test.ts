@@ -1,4 +1,5 @@
-import type { OutboundMessage, Publisher } from '@urs/bus';
+import { KafkaJSProtocolError } from 'kafkajs';
+import { BusError, type OutboundMessage, type Publisher } from '@urs/bus';
 import { toDeviceRecord, type DeviceBatch, type Machine, type TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { UrsError, retryPolicy } from '@urs/resilience';
@@ -396,6 +397,80 @@ describe('runCycle', () => {
       runCycle({ ...refusedAfterOne.deps, publisher }, { ...input(), batchTaken: () => taken++ }),
     ).rejects.toThrow('Topic authorization failed');
     expect(taken).toBe(1);
+  });
+
+  /** What the publisher rejects a send with when the broker refuses its record as larger than the topic takes. */
+  const recordTooLarge = (): Error =>
+    new BusError(
+      'RECORD_TOO_LARGE',
+      'topic urs.device-batches refused a record as too large (MESSAGE_TOO_LARGE)',
+      {
+        canRetry: false,
+        cause: new KafkaJSProtocolError(
+          Object.assign(new Error('The request included a message larger than the max message size'), {
+            type: 'MESSAGE_TOO_LARGE',
+            code: 10,
+            retriable: false,
+          }),
+        ),
+      },
+    );
+
+  /** `setup`'s publisher, refusing as too large every batch `tooLarge` says so of. */
+  function refusingPublisher(
+    publisher: Publisher,
+    tooLarge: (batch: DeviceBatch) => boolean,
+  ): { publisher: Publisher; refused: number[] } {
+    const refused: number[] = [];
+    const send = publisher.send.bind(publisher);
+    return {
+      refused,
+      publisher: {
+        ...publisher,
+        send: async (...args: Parameters<Publisher['send']>) => {
+          const batch = args[2][0]?.value as DeviceBatch;
+          if (tooLarge(batch)) {
+            refused.push(batch.devices.length);
+            throw recordTooLarge();
+          }
+          await send(...args);
+        },
+      } as Publisher,
+    };
+  }
+
+  it('runCycle should split a batch Kafka refuses as too large in two, and so on, numbering the halves as batches of their own', async () => {
+    const { deps, sent, events } = setup(pages(600, 600), 10);
+    const { publisher, refused } = refusingPublisher(deps.publisher, (batch) => batch.devices.length > 300);
+    const listed = await runCycle({ ...deps, publisher }, input());
+    expect(refused).toEqual([500, 500]);
+    expect(sent.map((batch) => [batch.batchIndex, batch.devices.length, batch.lastBatch])).toEqual([
+      [0, 250, false],
+      [1, 250, false],
+      [2, 250, false],
+      [3, 250, false],
+      [4, 200, true],
+    ]);
+    // Every device sent once, in the listing's order.
+    expect(sent.flatMap((batch) => batch.devices.map((device) => device.id))).toEqual(
+      Array.from({ length: 1_200 }, (_, n) => `m${n}`),
+    );
+    expect(sent[4]).toMatchObject({ totalBatches: 5, totalDevices: 1_200 });
+    expect(listed).toMatchObject({ totalBatches: 5, totalDevices: 1_200 });
+    expect(events).toContain('listed 5/1200 bulk');
+  });
+
+  it('runCycle should fail the cycle when one device alone is refused as too large, its batches up to it sent', async () => {
+    const { deps, sent } = setup(pages(600), 10);
+    const { publisher, refused } = refusingPublisher(deps.publisher, (batch) =>
+      batch.devices.some((device) => device.id === 'm3'),
+    );
+    await expect(runCycle({ ...deps, publisher }, input())).rejects.toMatchObject({
+      code: 'RECORD_TOO_LARGE',
+    });
+    // Halved down to the device alone: 500, 250, 125, 63, 32, 16, 8, 4, 2, 1.
+    expect(refused).toEqual([500, 250, 125, 63, 32, 16, 8, 4, 2, 1]);
+    expect(sent.flatMap((batch) => batch.devices.map((device) => device.id))).toEqual(['m0', 'm1', 'm2']);
   });
 
   it("runCycle should stop listing at the next page once the replica's batches are refused, sending nothing", async () => {

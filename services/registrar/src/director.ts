@@ -1,4 +1,4 @@
-import { toDeadLetter, type InboundMessage, type Publisher } from '@urs/bus';
+import { isKafkaRecordRefusal, toDeadLetter, type InboundMessage, type Publisher } from '@urs/bus';
 import type { RegistrationPush, TenantRecord, TenantRegistration } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import {
@@ -137,9 +137,6 @@ function jsonOrUndefined(item: unknown): string | undefined {
  * those it leaves out that have no record, every registration of them refused. Tenants an administrator
  * registered over REST are not Director's to disable.
  */
-/** Kafka's refusals of one record for what it holds (too large, malformed): the tenant's, not the topic's. */
-const RECORD_REFUSALS = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE', 'INVALID_RECORD']);
-
 /**
  * Whether Director has registered the tenant (any generation): its last write, or one before a REST write
  * (which keeps Director's generation on the record). A tenant only ever registered over REST has none.
@@ -156,7 +153,9 @@ function registeredByDirector(record: TenantRecord): boolean {
 function isTenantsOwn(error: unknown): boolean {
   if (isInfrastructureFault(error)) return false;
   if (isUrsError(error)) return true;
-  return RECORD_REFUSALS.has(String((error as { type?: unknown } | null)?.type));
+  // Kafka's refusal of one record for what it holds (too large, invalid): the tenant's, not the topic's. The
+  // publisher says it as RECORD_TOO_LARGE or RECORD_REFUSED (an error of ours); as Kafka answered it, too.
+  return isKafkaRecordRefusal(error);
 }
 
 export function createRegistrationHandler(deps: RegistrationHandlerDeps) {

@@ -699,6 +699,14 @@ describe('createRegistrationHandler', () => {
     expect(await push(4, 'full', [item('a'), item('c')])).toMatchObject({ disabled: 0 });
   });
 
+  /** What a produce rejects with when the broker refuses the record as larger than the topic takes. */
+  const kafkaTooLarge = (): Error =>
+    Object.assign(new Error('The request included a message larger than the max message size'), {
+      name: 'KafkaJSProtocolError',
+      type: 'MESSAGE_TOO_LARGE',
+      retriable: false,
+    });
+
   /** A registry whose writes of `tenantId` fail with what `failure` gives, attempt by attempt (undefined: written). */
   const failingFor =
     (tenantId: string, failure: (attempt: number) => unknown) =>
@@ -763,6 +771,32 @@ describe('createRegistrationHandler', () => {
     });
     expect(refusedCount()).toBe(1);
   });
+
+  it.each([
+    ['as Kafka answered it', (): Error => kafkaTooLarge()],
+    [
+      'as the publisher says it',
+      (): Error =>
+        new UrsError(
+          'RECORD_TOO_LARGE',
+          'topic urs.tenants refused a record as too large (MESSAGE_TOO_LARGE)',
+          {
+            cause: kafkaTooLarge(),
+          },
+        ),
+    ],
+  ])(
+    'handle should dead-letter only the tenant whose record Kafka refuses as too large (%s), applying the rest of the push',
+    async (_name, tooLarge) => {
+      const { push, tenants, state, letters } = setup(failingFor('b', () => tooLarge()));
+      const outcome = await push(1, 'full', [item('a'), item('b'), item('c')]);
+      expect(outcome).toMatchObject({ applied: 2, failed: 1 });
+      expect(await tenants.get('a')).not.toBeNull();
+      expect(await tenants.get('c')).not.toBeNull();
+      expect(state.generation).toBe(1);
+      expect(letters().map((letter) => letter.key)).toEqual(['b']);
+    },
+  );
 
   it('handle should hold the whole push when a tenant fails for a fault of Redis or Kafka', async () => {
     const down = new UrsError('STORE_DOWN', 'Redis refused the write', { infrastructure: true });

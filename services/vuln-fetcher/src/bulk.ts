@@ -86,8 +86,11 @@ export interface BulkEnrichment {
     log: Logger,
     signal: AbortSignal | undefined,
   ): Promise<void>;
-  /** A try of the batch ended: `error` when it failed. */
-  tried(batch: DeviceBatch, cycle: BulkCycle, error?: unknown): void;
+  /**
+   * A try of the batch ended: `error` when it failed, and `handledAgain`, whether the bus tries it again (the
+   * message's `handledAgainAfter`; by default whether the failure is one it tries again).
+   */
+  tried(batch: DeviceBatch, cycle: BulkCycle, error?: unknown, handledAgain?: boolean): void;
   /** The batch ended, sent or not: an export claim it held is no longer held by a batch here. */
   ended(batch: DeviceBatch): void;
 }
@@ -388,10 +391,12 @@ export function createBulkEnrichment(deps: BulkDeps): BulkEnrichment {
         stopHolding();
       }
     },
-    tried(batch, cycle, error) {
+    tried(batch, cycle, error, handledAgain) {
       if (!batch.lastBatch) return;
-      // A failure the bus does not try again (dead-lettered at once) leaves nothing to wait for.
-      const again = error !== undefined && (isInfrastructureFault(error) || canRetry(error));
+      // A failure the bus does not try again (dead-lettered at once, or after its last attempt) leaves nothing
+      // to wait for.
+      const again =
+        error !== undefined && (handledAgain ?? (isInfrastructureFault(error) || canRetry(error)));
       if (again) cycle.lastFailed = batch;
       else delete cycle.lastFailed;
     },

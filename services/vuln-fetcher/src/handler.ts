@@ -252,16 +252,20 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     // The process stopping, or the runner giving this batch up (its partition moved to another replica).
     const interrupted = interruption(message.signal);
     const beating = setInterval(() => void heartbeat(), HEARTBEAT_EVERY_MS);
+    // Whether the bus tries the batch again after this try fails so: the runner knows whether this is its last
+    // attempt; outside the runner, only what the failure is tells.
+    const handledAgain = (error: unknown): boolean =>
+      message.handledAgainAfter?.(error) ?? isHandledAgain(error);
     const cycle = bulk.cycleOf(batch);
     const done = (async () => {
-      if (!cycle) return handle(batch, heartbeat, interrupted);
+      if (!cycle) return handle(batch, heartbeat, interrupted, handledAgain);
       await bulk.afterPrevious(batch, cycle, deps.logger, interrupted.signal);
       try {
-        await handle(batch, heartbeat, interrupted);
+        await handle(batch, heartbeat, interrupted, handledAgain);
         bulk.tried(batch, cycle);
       } catch (error) {
         // Noted before the try ends: the next cycle, waiting for it to end, then waits for its next try.
-        if (!interrupted.signal.aborted) bulk.tried(batch, cycle, error);
+        if (!interrupted.signal.aborted) bulk.tried(batch, cycle, error, handledAgain(error));
         throw error;
       }
     })();
@@ -280,6 +284,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     batch: DeviceBatch,
     heartbeat: () => Promise<void>,
     interruption: BatchInterruption,
+    handledAgain: (error: unknown) => boolean,
   ): Promise<void> {
     const log = deps.logger.child({
       tenantId: batch.tenantId,
@@ -294,7 +299,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     const claim = await batchClaims.take(batch, heartbeat, log, interruption);
     if (claim === null) return skipRedelivered(batch, log);
     try {
-      await enrichClaimed(batch, heartbeat, log, interruption.signal);
+      await enrichClaimed(batch, heartbeat, log, interruption.signal, handledAgain);
     } catch (error) {
       throw claim.failure(error);
     } finally {
@@ -308,6 +313,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
     heartbeat: () => Promise<void>,
     log: Logger,
     signal: AbortSignal,
+    handledAgain: (error: unknown) => boolean,
   ): Promise<void> {
     const cycleKey = `${batch.tenantId}/${batch.cycleId}`;
     const { record, waitedMs } = await tenant.record(batch, cycleKey, log, signal);
@@ -367,7 +373,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
         );
       }
     } catch (error) {
-      await keepReadExport(enrichment, error, log);
+      await keepReadExport(enrichment, error, log, handledAgain);
       throw error;
     }
     await enrichment.afterSend?.();
@@ -419,11 +425,17 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
    * Microsoft again (its calls, its quota, minutes of folding). Stored, the tries correct from it, as after
    * CORRECTIONS_WAITING; it becomes the tenant's latest only once they are sent. Not stored (Redis failing
    * too), the next try reads it again, as before. Stored only when the bus tries the batch again
-   * (`isHandledAgain`): one it dead-letters at once (its contract refused) would leave the export marked ready
-   * (~16 MB of Redis at 100,000 devices), never the latest, until the cache's expiry.
+   * (`handledAgain`: the message's `handledAgainAfter`): one it dead-letters instead, at once (its contract or
+   * Kafka refused it for good) or after this, its last attempt, would leave the export marked ready (~16 MB of
+   * Redis at 100,000 devices), never the latest, until the cache's expiry.
    */
-  async function keepReadExport(enrichment: Enrichment, sendError: unknown, log: Logger): Promise<void> {
-    if (enrichment.afterSend === undefined || !isHandledAgain(sendError)) return;
+  async function keepReadExport(
+    enrichment: Enrichment,
+    sendError: unknown,
+    log: Logger,
+    handledAgain: (error: unknown) => boolean,
+  ): Promise<void> {
+    if (enrichment.afterSend === undefined || !handledAgain(sendError)) return;
     try {
       await enrichment.afterSend();
     } catch (error) {

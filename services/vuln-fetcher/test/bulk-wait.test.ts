@@ -20,6 +20,7 @@ const bulkBatch = (cycleId: string, batchIndex: number, totalBatches: number): D
 function enrichment(
   previous: CycleState | null = { published: undefined } as CycleState,
   bulkCache = memoryBulkCache(),
+  lastHandledAgain?: boolean,
 ) {
   const asked: string[] = [];
   const metrics = new Registry({ processMetrics: false });
@@ -50,7 +51,7 @@ function enrichment(
   const last = bulkBatch('c1', 0, 1);
   const c1 = bulk.cycleOf(last);
   if (!c1) throw new Error('no bulk cycle');
-  bulk.tried(last, c1, new Error('produce failed'));
+  bulk.tried(last, c1, new Error('produce failed'), lastHandledAgain);
   return { bulk, asked };
 }
 
@@ -79,6 +80,15 @@ describe("a bulk cycle's batches behind the previous cycle's failed last batch",
     asked.length = 0;
     const third = bulkBatch('c2', 2, 3);
     await bulk.afterPrevious(third, cycle, silentLogger, undefined);
+    expect(asked).toEqual([]);
+  });
+
+  it("should not wait for the previous cycle's last batch when its failed try was its last: the bus dead-letters it", async () => {
+    const { bulk, asked } = enrichment(undefined, undefined, false);
+    const first = bulkBatch('c2', 0, 2);
+    const cycle = bulk.cycleOf(first);
+    if (!cycle) throw new Error('no bulk cycle');
+    await bulk.afterPrevious(first, cycle, silentLogger, undefined);
     expect(asked).toEqual([]);
   });
 

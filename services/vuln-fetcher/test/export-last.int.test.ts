@@ -2,7 +2,7 @@ import { ContractError, type DeviceBatch, type EnrichedBatch, type TenantRecord 
 import { silentLogger } from '@urs/logging';
 import { createAnsweredCalls, createBulkVulnerabilityCache, createCycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { isHandledAgain } from '@urs/bus';
+import { handlerFailureOf, isHandledAgain, type InboundMessage } from '@urs/bus';
 import { inboundMessage, testRedisPerTest, topicNotAuthorised, waitFor } from '@urs/testkit';
 import { createEnrichHandler } from '../src/handler';
 import type { SourceProvider } from '../src/sources';
@@ -141,8 +141,11 @@ describe('a bulk cycle that reads its export last', () => {
         bulkPollMs: 5,
         now: () => new Date((clock += 1000)),
       });
-    const handlerOn = (handler: ReturnType<typeof replica>) => (batch: DeviceBatch) =>
-      handler(inboundMessage(batch, { topic: 'urs.device-batches', key: batch.tenantId }));
+    /** `fields`: what else the runner gives the message (`handledAgainAfter`). */
+    const handlerOn =
+      (handler: ReturnType<typeof replica>) =>
+      (batch: DeviceBatch, fields: Partial<InboundMessage<DeviceBatch>> = {}) =>
+        handler(inboundMessage(batch, { topic: 'urs.device-batches', key: batch.tenantId, ...fields }));
     const handle = handlerOn(replica());
     /** Hands batches to another replica. */
     const another = () => handlerOn(replica());
@@ -460,6 +463,22 @@ describe('a bulk cycle that reads its export last', () => {
     const error = (await handle(last).catch((caught: unknown) => caught)) as Error;
     expect(error).toBeInstanceOf(ContractError);
     expect(isHandledAgain(error)).toBe(false);
+    expect(await bulkCache.state('t1', 'c2')).not.toMatchObject({ state: 'ready' });
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c1');
+  });
+
+  it('should not store the export when the batch fails to be sent on its last attempt: the bus dead-letters it, never trying it again', async () => {
+    const context = setup();
+    const { handle, bulkCache, failing } = context;
+    const last = await twoCycles(context);
+    // A failure of the batch's own that may go away: tried again, unless this was its last attempt.
+    failing.sends = 1;
+    // The runner's answer on the batch's last attempt: such a failure now has the batch dead-lettered.
+    const lastAttempt = (error: unknown): boolean =>
+      isHandledAgain(error) && handlerFailureOf(error) !== 'retryable';
+    await expect(handle(last, { handledAgainAfter: lastAttempt })).rejects.toThrow(
+      'the broker is unreachable',
+    );
     expect(await bulkCache.state('t1', 'c2')).not.toMatchObject({ state: 'ready' });
     expect((await bulkCache.latest('t1'))?.cycleId).toBe('c1');
   });
