@@ -779,6 +779,7 @@ describe('createPublishedStore', () => {
       return published.completeCycle('t', `c${cycle}`, cycle * 1000, 2, hold);
     };
     expect(await next(2)).toEqual({
+      first: true,
       sequence: 2,
       gone: [],
       tombstones: 0,
@@ -788,6 +789,7 @@ describe('createPublishedStore', () => {
     });
     // Absent from two cycles: three of four devices, more than half of them, are held.
     expect(await next(3)).toEqual({
+      first: true,
       sequence: 3,
       gone: [],
       tombstones: 0,
@@ -796,6 +798,7 @@ describe('createPublishedStore', () => {
       snapshotSent: false,
     });
     expect(await next(4)).toEqual({
+      first: true,
       sequence: 4,
       gone: [],
       tombstones: 0,
@@ -816,6 +819,7 @@ describe('createPublishedStore', () => {
     await published.completeCycle('t', 'c2', 2000, 2, hold);
     const first = await published.completeCycle('t', 'c3', 3000, 2, hold);
     expect(first).toEqual({
+      first: true,
       sequence: 3,
       gone: [],
       tombstones: 0,
@@ -826,6 +830,7 @@ describe('createPublishedStore', () => {
     // Asked again (the summary sent again) after one held device was forgotten: still held, as first decided.
     await published.forget('t', ['a']);
     expect(await published.completeCycle('t', 'c3', 3000, 2, hold)).toEqual({
+      first: false,
       sequence: 3,
       gone: [],
       tombstones: 0,
@@ -840,6 +845,7 @@ describe('createPublishedStore', () => {
     for (const cycle of [2, 3]) await published.commit('u', cycle * 1000, [d('stay')]);
     await published.completeCycle('u', 'c2', 2000, 2, small);
     expect(await published.completeCycle('u', 'c3', 3000, 2, small)).toEqual({
+      first: true,
       sequence: 3,
       gone: ['x', 'y'],
       tombstones: 2,

@@ -229,7 +229,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
   });
   const tombstonesHeld = deps.metrics.counter(
     'urs_vms_tombstones_held_total',
-    "Devices absent long enough to be tombstoned whose tombstone a completed cycle held back: they were more than URS_TOMBSTONE_MAX_SHARE_PERCENT of the tenant's devices (counted at each completion that holds them).",
+    "Devices absent long enough to be tombstoned whose tombstone a completed cycle held back: they were more than URS_TOMBSTONE_MAX_SHARE_PERCENT of the tenant's devices (counted once per completed cycle that holds them, however often its summary is sent).",
   );
   const sweepFailures = deps.metrics.counter(
     'urs_summary_sweep_failures_total',
@@ -320,9 +320,11 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         deps.tombstoneAfterCycles,
         deps.tombstoneHold,
       );
-      const { sequence, gone, held, knownDevices, snapshotSent } = completed;
+      const { first, sequence, gone, held, knownDevices, snapshotSent } = completed;
       if (held > 0) {
-        tombstonesHeld.inc({}, held);
+        // A summary sent again (its first send failed) holds what the first call held: counted once, so
+        // UrsTombstonesHeld counts the cycle once.
+        if (first) tombstonesHeld.inc({}, held);
         log.warn(
           "tombstones held: more of the tenant's devices are missing from its last cycles than may go at once; check its Defender listing (an empty or cut answer, a changed app scope) before they are sent",
           {
