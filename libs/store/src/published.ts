@@ -1,4 +1,5 @@
 import type Redis from 'ioredis';
+import { UrsError } from '@urs/resilience';
 import { releaseOwnedKey, renewOwnedKey, takeOwnedKey, takeOwnedKeyIn } from './owned-key';
 import {
   createTenantDeletions,
@@ -37,6 +38,22 @@ export interface TenantLease {
   holder: string;
   /** How long the lease lasts unless renewed or given back, in milliseconds. */
   ttlMs: number;
+}
+
+/**
+ * A tenant's lease (`TenantLease`) was not the holder's any more when its work went to write: it lapsed (its
+ * renewals failed, or Redis did not answer them for its length), and another replica may hold it and have
+ * written the tenant since. Nothing of that step was written. Retryable: the work, handled again, takes the
+ * lease again and reads what it needs anew. `cause`: why the renewals did not hold it, when known (a Redis
+ * fault: the work is then held, as on any fault of Redis, rather than tried a counted number of times).
+ */
+export class TenantLeaseLostError extends UrsError {
+  constructor(tenantId: string, cause?: unknown) {
+    super('TENANT_LEASE_LOST', `the publish lease of tenant ${tenantId} lapsed before its work was done`, {
+      canRetry: true,
+      ...(cause === undefined ? {} : { cause }),
+    });
+  }
 }
 
 export interface PublishedStore extends TenantDeletions, PublishedRebuild {

@@ -702,10 +702,18 @@ describe('createPublishedStore', () => {
     expect(await published.changed(b, 1000, [ref])).toBeNull();
     expect(await published.takeTenantLease(a)).toBe(true);
     expect(await published.takeTenantLease({ ...b, tenantId: 'u' })).toBe(true);
-    // Only its holder gives it back, as it records the batch.
-    await cycles.recordBatch('t', 'c1', 0, {}, b);
+    // Only its holder records the batch, giving it back in the same step: another records nothing.
+    await expect(
+      cycles.recordBatch('t', 'c1', 0, {}, b, { cycleAt: 1000, devices: [ref] }),
+    ).rejects.toMatchObject({ code: 'TENANT_LEASE_LOST', canRetry: true });
+    expect(await cycles.batchStats('t', 'c1')).toEqual(new Map());
+    expect(await published.get('t', 'd1')).toBeNull();
     expect(await published.takeTenantLease(b)).toBe(false);
-    await cycles.recordBatch('t', 'c1', 0, {}, a);
+    expect(await cycles.recordBatch('t', 'c1', 0, {}, a, { cycleAt: 1000, devices: [ref] })).toMatchObject({
+      first: true,
+      scoredBatches: 1,
+    });
+    expect(await published.get('t', 'd1')).toMatchObject({ score: 10 });
     expect(await published.renewTenantLease(a)).toBe(false);
     expect(await published.takeTenantLease(b)).toBe(true);
     await published.releaseTenantLease(a);
