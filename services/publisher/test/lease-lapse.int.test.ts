@@ -1,11 +1,12 @@
 import type { Publisher } from '@urs/bus';
-import type { ScoreBatch, ScoredDevice } from '@urs/contracts';
+import type { ScoreBatch, ScoredDevice, TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { canRetry, errorCode } from '@urs/resilience';
 import {
   createCycleStore,
   createPublishedStore,
   createScoreStore,
+  createTenantStore,
   type PublishedStore,
   type TenantLease,
 } from '@urs/store';
@@ -17,6 +18,8 @@ import { createInOrder } from '../src/in-order';
 import { tenantLeasing, type TenantLeasing } from '../src/lease';
 import { createPublishedRebuilder } from '../src/rebuild';
 import { batchStats } from '../src/records';
+import { createTenantsHandler } from '../src/tenants';
+import { createTombstones } from '../src/tombstones';
 
 const topics = { vmsRiskScores: 'vms.risk-scores', vmsRiskSummary: 'vms.risk-summary' };
 
@@ -272,6 +275,57 @@ describe("a publisher replica whose tenant's lease lapsed", () => {
     expect(canRetry(error)).toBe(true);
     expect(sent).toEqual([]);
     expect(await published.get('t1', 'd')).toBeNull();
+    expect(await leaseHolder()).toBe('b');
+  });
+
+  it('createTenantsHandler should tombstone nothing of a deleted tenant once its lease lapsed while Redis did not answer, and fail the deletion retryably', async () => {
+    await published.commit('t1', Date.parse(at(0)), [{ deviceId: 'd', score: 10, band: 'Trustworthy' }]);
+    // The deletion waits for the rebuild of what VMS holds, holding the lease; its renewals stall meanwhile.
+    const stall = gate();
+    const waiting = gate();
+    const scores = createScoreStore(redis.client, redis.prefix);
+    const publisher = publisherWith();
+    // What VMS holds rebuilt (from a vms.risk-scores without records), as a deletion needs.
+    const rebuilt = createPublishedRebuilder({ published, readKeys: async () => 0, logger: silentLogger });
+    const deletion = createTenantsHandler({
+      published: { ...published, renewTenantLease: renewalsStalledUntil(stall) },
+      tenants: createTenantStore(redis.client, redis.prefix),
+      tombstones: createTombstones({
+        published,
+        scores,
+        publisher,
+        topic: topics.vmsRiskScores,
+        metrics: new Registry({ processMetrics: false }),
+      }),
+      scores,
+      inOrder: createInOrder(),
+      leasing: tenantLeasing(SHORT_LEASE_MS),
+      rebuild: {
+        ensure: async (signal) => {
+          await rebuilt.ensure(signal);
+          waiting.open();
+          await stall.wait;
+        },
+      },
+      logger: silentLogger,
+    });
+    const handled = deletion(
+      inboundMessage<TenantRecord>(null, { topic: 'urs.tenants', key: 't1', timestamp: Date.parse(at(3)) }),
+    ).then(
+      () => 'deleted',
+      (error: unknown) => error,
+    );
+    await waiting.wait;
+    const b = { tenantId: 't1', holder: 'b', ttlMs: 30_000 };
+    await waitFor(() => published.takeTenantLease(b), { timeoutMs: 5_000, intervalMs: 20 });
+    stall.open();
+    const error = await handled;
+    expect(errorCode(error)).toBe('TENANT_LEASE_LOST');
+    expect(canRetry(error)).toBe(true);
+    // Nothing sent nor written: the deletion, handled again, does it all under its own lease.
+    expect(sent).toEqual([]);
+    expect(await published.ofDeletedTenant('t1', Date.parse(at(0)))).toBe(false);
+    expect(await published.get('t1', 'd')).toMatchObject({ score: 10 });
     expect(await leaseHolder()).toBe('b');
   });
 });
