@@ -1,6 +1,12 @@
 import type Redis from 'ioredis';
-import { releaseOwnedKey, releaseOwnedKeyIn, renewOwnedKey, takeOwnedKeyIn } from './owned-key';
-import { owedSummary, summariesOwedKey, tenantLeaseKey, type TenantLease } from './published';
+import { OWNED_LUA, releaseOwnedKey, releaseOwnedKeyIn, renewOwnedKey, takeOwnedKeyIn } from './owned-key';
+import {
+  owedSummary,
+  summariesOwedKey,
+  tenantLeaseKey,
+  TenantLeaseLostError,
+  type TenantLease,
+} from './published';
 import { commitIn, type DeviceScoreRef, type PublishOptions } from './published-devices';
 import { replies } from './replies';
 import { tenantStatusKey } from './tenants';
@@ -15,6 +21,20 @@ import {
   LOST,
   WITHDRAW,
 } from './cycle-scripts';
+
+// KEYS[1] batches hash (batch index → stats), KEYS[2] cycle hash, KEYS[3] lost batches hash, KEYS[4] the
+// tenant's lease when the batch holds it; ARGV: batch index, stats (JSON), the batches' ttl ms, the lease's
+// holder. Records the batch once (a redelivery not counted twice; a batch recorded lost is no longer lost) and
+// answers {recorded now (1) or before (0), batches recorded, the cycle's fields, the lost batches' devices}:
+// 0, nothing written, once the lease is not the holder's any more (see `recordBatch`).
+const RECORD_BATCH = `${OWNED_LUA}
+if KEYS[4] and not owned(KEYS[4], ARGV[4]) then return 0 end
+local added = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+local count = redis.call('HLEN', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local fields = redis.call('HGETALL', KEYS[2])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return {added, count, fields, redis.call('HVALS', KEYS[3])}`;
 
 /** What the poller knew of a cycle whose listing stopped before its end (`CycleStore.abandon`). */
 export interface CycleAbandonment {
@@ -204,8 +224,11 @@ export interface CycleStore {
    * Resolves whether this call recorded it, how many distinct batches are recorded now, and the
    * cycle as `get` would answer right after (read in the same round trip, so the caller deciding
    * whether the cycle is complete need not ask again). With `lease`, gives the tenant's lease the batch
-   * took (`PublishedStore.changed`) back in the same round trip. With `commit`, commits the batch's devices
-   * (`PublishedStore.commit`) in the same step: both, or neither.
+   * took (`PublishedStore.changed`) back in the same round trip, and records nothing (rejects with
+   * `TenantLeaseLostError`, retryable) once the lease is not the batch's any more: it lapsed, and another
+   * replica may have sent a summary or tombstones of the tenant since; handled again, the batch takes it again
+   * and reads what changed anew. With `commit`, commits the batch's devices (`PublishedStore.commit`) in the
+   * same step: both, or neither.
    */
   recordBatch(
     tenantId: string,
@@ -455,27 +478,29 @@ export function createCycleStore(
       return recorded === 1;
     },
     async recordBatch(tenantId, cycleId, batchIndex, stats, lease, commit) {
-      const key = batchesKey(tenantId, cycleId);
-      const lost = lostKey(tenantId, cycleId);
-      const transaction = redis
-        .multi()
-        .hsetnx(key, String(batchIndex), JSON.stringify(stats))
-        .hlen(key)
-        .pexpire(key, retentionMs * 2)
-        .hgetall(cycleKey(tenantId, cycleId))
-        // Scored after all (a redelivery that succeeded): no longer lost, never counted twice.
-        .hdel(lost, String(batchIndex))
-        .hvals(lost);
-      // After the reads above, so their results keep their places.
-      if (commit) commitIn(transaction, prefix, tenantId, commit.cycleAt, commit.devices, commit.options);
-      if (lease) releaseOwnedKeyIn(transaction, tenantLeaseKey(prefix, lease.tenantId), lease.holder);
+      const batches = batchesKey(tenantId, cycleId);
+      const owner = lease && { key: tenantLeaseKey(prefix, lease.tenantId), token: lease.holder };
+      const keys = [batches, cycleKey(tenantId, cycleId), lostKey(tenantId, cycleId)];
+      const args = [String(batchIndex), JSON.stringify(stats), String(retentionMs * 2)];
+      const transaction = owner
+        ? redis.multi().eval(RECORD_BATCH, 4, ...keys, owner.key, ...args, owner.token)
+        : redis.multi().eval(RECORD_BATCH, 3, ...keys, ...args);
+      // In the same transaction, each written only while the lease is still this holder's, as the record is.
+      if (commit)
+        commitIn(transaction, prefix, tenantId, commit.cycleAt, commit.devices, commit.options, owner);
+      if (owner) releaseOwnedKeyIn(transaction, owner.key, owner.token);
       // A step Redis refused inside the transaction (no rollback): the batch is tried again.
-      const results = await replies(transaction);
-      const first = results[0] === 1;
-      const scoredBatches = Number(results[1] ?? 0);
-      const fields = (results[3] ?? {}) as Record<string, string>;
-      const lostDevices = (results[5] ?? []) as string[];
-      return { first, scoredBatches, state: toState(tenantId, cycleId, fields, scoredBatches, lostDevices) };
+      const [recorded] = await replies(transaction);
+      if (recorded === 0 && lease) throw new TenantLeaseLostError(lease.tenantId);
+      const [added, count, flat, lostDevices] = recorded as [number, number, string[], string[]];
+      const fields: Record<string, string> = {};
+      for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i] as string] = flat[i + 1] as string;
+      const scoredBatches = Number(count);
+      return {
+        first: added === 1,
+        scoredBatches,
+        state: toState(tenantId, cycleId, fields, scoredBatches, lostDevices),
+      };
     },
     async batchStats<T>(tenantId: string, cycleId: string) {
       const raw = await redis.hgetall(batchesKey(tenantId, cycleId));

@@ -17,7 +17,7 @@ export type {
   ScoreStoreOptions,
   TenantScoresRemoval,
 } from './scores';
-export { createPublishedStore } from './published';
+export { createPublishedStore, TenantLeaseLostError } from './published';
 export type {
   CompletedCycle,
   PublishedStore,

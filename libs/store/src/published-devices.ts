@@ -1,4 +1,5 @@
 import type { ChainableCommander, default as Redis } from 'ioredis';
+import { OWNED_LUA } from './owned-key';
 import { scoreStamp } from './scores';
 import { isTombstonedSince, TOMBSTONED_SINCE_LUA, tombstonedKeyOf } from './tombstoned-devices';
 
@@ -43,16 +44,20 @@ export interface PublishOptions {
 // KEYS[1] published hash, KEYS[2] seen zset (deviceId by the start of the newest cycle it was in), KEYS[3]
 // tombstoned zset (see tombstonedKeyOf: a device tombstoned by the batch's cycle or a newer one is left out);
 // ARGV[1] cycle ms, ARGV[2] the scores' stamp (the cycle ms, half a millisecond later for a correction);
-// then per device: id, score, band, digest.
+// then per device: id, score, band, digest. Owned (`commitScript(true)`): KEYS[4] the tenant's lease, ARGV[1]
+// its holder, the other ARGV one place later; nothing written, 0 answered, once the lease is not the holder's.
 // Values are "score|band|publishedCycleAt|seenCycleAt|digest" (band labels and digests contain no "|");
 // publishedCycleAt is the stamp, so it may end in ".5". Values written before the digest was kept have
 // four fields.
 // Devices are read and written with one call per kind per slice of 200 (not one per device): the calls,
 // not the bytes, are what a batch of 500 costs Redis.
-const COMMIT = `${TOMBSTONED_SINCE_LUA}
-local at = tonumber(ARGV[1])
-local stamp = tonumber(ARGV[2])
-local n = (#ARGV - 2) / 4
+const commitScript = (owned: boolean): string => `${TOMBSTONED_SINCE_LUA}${owned ? OWNED_LUA : ''}
+${owned ? 'if not owned(KEYS[4], ARGV[1]) then return 0 end' : ''}
+local o = ${owned ? 1 : 0}
+local cycle = ARGV[o + 1]
+local at = tonumber(cycle)
+local stamp = tonumber(ARGV[o + 2])
+local n = (#ARGV - o - 2) / 4
 local slice = 200
 local function ms(value)
   if value == math.floor(value) then return string.format('%d', value) end
@@ -61,18 +66,18 @@ end
 for first = 1, n, slice do
   local last = math.min(n, first + slice - 1)
   local ids, seen = {}, {}
-  for i = first, last do ids[#ids + 1] = ARGV[3 + (i - 1) * 4] end
+  for i = first, last do ids[#ids + 1] = ARGV[o + 3 + (i - 1) * 4] end
   local gone = tombstonedSince(KEYS[3], ids, stamp)
   local current = redis.call('HMGET', KEYS[1], unpack(ids))
   local values = {}
   for i = first, last do
-    local base = 3 + (i - 1) * 4
+    local base = o + 3 + (i - 1) * 4
     local id, score, band, digest = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
     local stored = current[i - first + 1]
     if not gone[i - first + 1] then
       local value
       if not stored then
-        value = score .. '|' .. band .. '|' .. ms(stamp) .. '|' .. ARGV[1] .. '|' .. digest
+        value = score .. '|' .. band .. '|' .. ms(stamp) .. '|' .. cycle .. '|' .. digest
       else
         local s, b, p, was, d = string.match(stored, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|?([^|]*)$')
         p = tonumber(p)
@@ -81,7 +86,7 @@ for first = 1, n, slice do
         if p <= stamp then s = score; b = band; p = stamp; d = digest end
         value = s .. '|' .. b .. '|' .. ms(p) .. '|' .. ms(was) .. '|' .. d
       end
-      seen[#seen + 1] = ARGV[1]
+      seen[#seen + 1] = cycle
       seen[#seen + 1] = id
       values[#values + 1] = id
       values[#values + 1] = value
@@ -93,12 +98,15 @@ for first = 1, n, slice do
   end
 end
 return 1`;
+const COMMIT = commitScript(false);
+const COMMIT_IF_OWNED = commitScript(true);
 
 /**
  * `PublishedStore.commit` added to a transaction, so the cycle store records a batch (`CycleStore.recordBatch`)
  * in the same step as its devices' published scores: a publisher stopped between the two would leave the
  * devices committed and the batch not, and the redelivery, finding nothing changed, would count none of the
- * records the first delivery produced in the cycle's summary.
+ * records the first delivery produced in the cycle's summary. With `owner`, written only while that key holds
+ * that token (the tenant's lease the batch holds; see OWNED_LUA).
  */
 export function commitIn(
   transaction: ChainableCommander,
@@ -107,9 +115,13 @@ export function commitIn(
   cycleAt: number,
   devices: DeviceScoreRef[],
   options: PublishOptions = {},
+  owner?: { key: string; token: string },
 ): ChainableCommander {
   if (devices.length === 0) return transaction;
-  return transaction.eval(COMMIT, 3, ...commitArgs(prefix, tenantId, cycleAt, devices, options));
+  const keysAndArgs = commitArgs(prefix, tenantId, cycleAt, devices, options);
+  if (owner === undefined) return transaction.eval(COMMIT, 3, ...keysAndArgs);
+  const [keys, args] = [keysAndArgs.slice(0, 3), keysAndArgs.slice(3)];
+  return transaction.eval(COMMIT_IF_OWNED, 4, ...keys, owner.key, owner.token, ...args);
 }
 
 /** `PublishedStore.commit`: `commitIn` on its own. */

@@ -1,4 +1,5 @@
 import type Redis from 'ioredis';
+import { UrsError } from '@urs/resilience';
 import { releaseOwnedKey, renewOwnedKey, takeOwnedKey, takeOwnedKeyIn } from './owned-key';
 import {
   createTenantDeletions,
@@ -39,6 +40,22 @@ export interface TenantLease {
   ttlMs: number;
 }
 
+/**
+ * A tenant's lease (`TenantLease`) was not the holder's any more when its work went to write: it lapsed (its
+ * renewals failed, or Redis did not answer them for its length), and another replica may hold it and have
+ * written the tenant since. Nothing of that step was written. Retryable: the work, handled again, takes the
+ * lease again and reads what it needs anew. `cause`: why the renewals did not hold it, when known (a Redis
+ * fault: the work is then held, as on any fault of Redis, rather than tried a counted number of times).
+ */
+export class TenantLeaseLostError extends UrsError {
+  constructor(tenantId: string, cause?: unknown) {
+    super('TENANT_LEASE_LOST', `the publish lease of tenant ${tenantId} lapsed before its work was done`, {
+      canRetry: true,
+      ...(cause === undefined ? {} : { cause }),
+    });
+  }
+}
+
 export interface PublishedStore extends TenantDeletions, PublishedRebuild {
   /**
    * Which of these devices (scored in the cycle that started at `cycleAt`, epoch ms) must be published:
@@ -75,7 +92,8 @@ export interface PublishedStore extends TenantDeletions, PublishedRebuild {
    * With `hold`, when those devices are at least `hold.minDevices` and more than `hold.maxSharePercent` of
    * the devices known (`knownDevices`: a listing that lost most of the fleet, as an empty answer of
    * Microsoft's would), only those absent from the last `hold.cycles` completed cycles are listed; `held`
-   * counts the others. Decided at the first call, as the counts are. A repeat lists nothing once the
+   * counts the others. Decided at the first call, as the counts are (`first` says which call it was). A
+   * repeat lists nothing once the
    * tombstones were sent (`markCycleSent`; a first call that listed none sent them at once): the devices the
    * cycles after it lack are theirs to tombstone, under their own hold. One before that lists the devices
    * absent as the first call did, under the same hold test. `snapshotSent`: the cycle's snapshot was sent.
@@ -164,6 +182,11 @@ export interface PublishedStoreOptions {
 
 /** What `PublishedStore.completeCycle` answers. */
 export interface CompletedCycle {
+  /**
+   * This call decided the cycle's counts (its first): a repeat answers the same `tombstones` and `held`, which
+   * a caller counting them must count only once.
+   */
+  first: boolean;
   sequence: number;
   gone: string[];
   tombstones: number;
@@ -196,8 +219,8 @@ const SENT_FLAGS = { tombstones: 1, snapshot: 2 } as const;
 // decided at the cycle's first call and kept with its counts, so a repeat (a summary sent again) holds what
 // the first held; a repeat before the tombstones were sent lists the absent devices under the same test (the
 // cycles since may lack most of the fleet), one after them nothing. A first call that lists none has sent
-// them. Returns {sequence, tombstones, held, devices known, sent flags, gone ids...}: ranges of the seen
-// zset, so a large fleet costs only its absent devices.
+// them. Returns {sequence, tombstones, held, devices known, sent flags, 1 when this call decided the counts
+// (0 on a repeat), gone ids...}: ranges of the seen zset, so a large fleet costs only its absent devices.
 const COMPLETE = `
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
 local sequence, counted, held, sent
@@ -225,7 +248,9 @@ local function braked()
   return gone, 0
 end
 local gone
+local first = 0
 if counted == nil or counted == '' then
+  first = 1
   gone, held = braked()
   counted = #gone
   if counted == 0 then sent = sent + ${SENT_FLAGS.tombstones} end
@@ -237,7 +262,7 @@ elseif held ~= nil and held ~= '' and tonumber(held) > 0 then
 else
   gone = braked()
 end
-local result = {tonumber(sequence), tonumber(counted), tonumber(held) or 0, known, sent}
+local result = {tonumber(sequence), tonumber(counted), tonumber(held) or 0, known, sent, first}
 for i = 1, #gone do table.insert(result, gone[i]) end
 -- Only the last cycles matter for absence; keep a few more for diagnosis. A cycle let go of takes its
 -- sequence number with it (the hash would grow by one field per cycle, for ever).
@@ -413,9 +438,10 @@ export function createPublishedStore(
         String(hold.maxSharePercent),
         String(Math.max(1, hold.minDevices)),
         String(Math.max(1, absentCycles, hold.cycles)),
-      )) as [number, number, number, number, number, ...string[]];
-      const [sequence, tombstones, held, known, sent, ...gone] = result;
+      )) as [number, number, number, number, number, number, ...string[]];
+      const [sequence, tombstones, held, known, sent, first, ...gone] = result;
       return {
+        first: Number(first) === 1,
         sequence: Number(sequence),
         gone,
         tombstones: Number(tombstones),

@@ -737,10 +737,18 @@ describe('createPublishedStore', () => {
     expect(await published.changed(b, 1000, [ref])).toBeNull();
     expect(await published.takeTenantLease(a)).toBe(true);
     expect(await published.takeTenantLease({ ...b, tenantId: 'u' })).toBe(true);
-    // Only its holder gives it back, as it records the batch.
-    await cycles.recordBatch('t', 'c1', 0, {}, b);
+    // Only its holder records the batch, giving it back in the same step: another records nothing.
+    await expect(
+      cycles.recordBatch('t', 'c1', 0, {}, b, { cycleAt: 1000, devices: [ref] }),
+    ).rejects.toMatchObject({ code: 'TENANT_LEASE_LOST', canRetry: true });
+    expect(await cycles.batchStats('t', 'c1')).toEqual(new Map());
+    expect(await published.get('t', 'd1')).toBeNull();
     expect(await published.takeTenantLease(b)).toBe(false);
-    await cycles.recordBatch('t', 'c1', 0, {}, a);
+    expect(await cycles.recordBatch('t', 'c1', 0, {}, a, { cycleAt: 1000, devices: [ref] })).toMatchObject({
+      first: true,
+      scoredBatches: 1,
+    });
+    expect(await published.get('t', 'd1')).toMatchObject({ score: 10 });
     expect(await published.renewTenantLease(a)).toBe(false);
     expect(await published.takeTenantLease(b)).toBe(true);
     await published.releaseTenantLease(a);
@@ -814,6 +822,7 @@ describe('createPublishedStore', () => {
       return published.completeCycle('t', `c${cycle}`, cycle * 1000, 2, hold);
     };
     expect(await next(2)).toEqual({
+      first: true,
       sequence: 2,
       gone: [],
       tombstones: 0,
@@ -823,6 +832,7 @@ describe('createPublishedStore', () => {
     });
     // Absent from two cycles: three of four devices, more than half of them, are held.
     expect(await next(3)).toEqual({
+      first: true,
       sequence: 3,
       gone: [],
       tombstones: 0,
@@ -831,6 +841,7 @@ describe('createPublishedStore', () => {
       snapshotSent: false,
     });
     expect(await next(4)).toEqual({
+      first: true,
       sequence: 4,
       gone: [],
       tombstones: 0,
@@ -851,6 +862,7 @@ describe('createPublishedStore', () => {
     await published.completeCycle('t', 'c2', 2000, 2, hold);
     const first = await published.completeCycle('t', 'c3', 3000, 2, hold);
     expect(first).toEqual({
+      first: true,
       sequence: 3,
       gone: [],
       tombstones: 0,
@@ -861,6 +873,7 @@ describe('createPublishedStore', () => {
     // Asked again (the summary sent again) after one held device was forgotten: still held, as first decided.
     await published.forget('t', ['a']);
     expect(await published.completeCycle('t', 'c3', 3000, 2, hold)).toEqual({
+      first: false,
       sequence: 3,
       gone: [],
       tombstones: 0,
@@ -875,6 +888,7 @@ describe('createPublishedStore', () => {
     for (const cycle of [2, 3]) await published.commit('u', cycle * 1000, [d('stay')]);
     await published.completeCycle('u', 'c2', 2000, 2, small);
     expect(await published.completeCycle('u', 'c3', 3000, 2, small)).toEqual({
+      first: true,
       sequence: 3,
       gone: ['x', 'y'],
       tombstones: 2,

@@ -13,7 +13,7 @@ import {
 } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { InOrder } from './in-order';
-import { withTenantLease, type TenantLeasing } from './lease';
+import { withTenantLease, type LeaseHeld, type TenantLeasing } from './lease';
 import type { PublishedRebuilder } from './rebuild';
 import { emptyBands, type BatchStats } from './records';
 import { createTombstones } from './tombstones';
@@ -229,7 +229,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
   });
   const tombstonesHeld = deps.metrics.counter(
     'urs_vms_tombstones_held_total',
-    "Devices absent long enough to be tombstoned whose tombstone a completed cycle held back: they were more than URS_TOMBSTONE_MAX_SHARE_PERCENT of the tenant's devices (counted at each completion that holds them).",
+    "Devices absent long enough to be tombstoned whose tombstone a completed cycle held back: they were more than URS_TOMBSTONE_MAX_SHARE_PERCENT of the tenant's devices (counted once per completed cycle that holds them, however often its summary is sent).",
   );
   const sweepFailures = deps.metrics.counter(
     'urs_summary_sweep_failures_total',
@@ -245,13 +245,16 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
    * held whole: each chunk's scores are read, made records and sent before the next is read (a fleet's
    * scores and records at once took ~86 MB at 100,000 devices, and several tenants may snapshot at once).
    */
-  async function snapshot(tenantId: string, cycleAt: number): Promise<number> {
+  async function snapshot(tenantId: string, cycleAt: number, held: LeaseHeld): Promise<number> {
+    held.throwIfLost();
     const ids = await deps.published.seenSince(tenantId, cycleAt);
     let sent = 0;
     for (let start = 0; start < ids.length; start += SNAPSHOT_CHUNK) {
+      held.throwIfLost();
       const stored = await deps.scores.getDeviceScores(tenantId, ids.slice(start, start + SNAPSHOT_CHUNK));
       const chunk = stored.map((score) => vmsRecord(tenantId, score.cycleId, score.scoredAt, score.device));
       if (chunk.length === 0) continue;
+      held.throwIfLost();
       await deps.publisher.send(deps.topics.vmsRiskScores, 'urs/vms-risk-score', chunk);
       sent += chunk.length;
     }
@@ -266,8 +269,10 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     status: 'complete' | 'partial',
     hint: CycleHint,
     signal: AbortSignal | undefined,
+    leased: LeaseHeld,
   ): Promise<void> {
     const log = deps.logger.child({ tenantId, cycleId });
+    leased.throwIfLost();
     const stats = await deps.cycles.batchStats<BatchStats>(tenantId, cycleId);
     const bands = emptyBands();
     let scored = 0;
@@ -313,6 +318,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     let tombstones = 0;
     if (status === 'complete') {
       await deps.rebuild.ensure(signal);
+      leased.throwIfLost();
       const completed = await deps.published.completeCycle(
         tenantId,
         cycleId,
@@ -320,9 +326,11 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         deps.tombstoneAfterCycles,
         deps.tombstoneHold,
       );
-      const { sequence, gone, held, knownDevices, snapshotSent } = completed;
+      const { first, sequence, gone, held, knownDevices, snapshotSent } = completed;
       if (held > 0) {
-        tombstonesHeld.inc({}, held);
+        // A summary sent again (its first send failed) holds what the first call held: counted once, so
+        // UrsTombstonesHeld counts the cycle once.
+        if (first) tombstonesHeld.inc({}, held);
         log.warn(
           "tombstones held: more of the tenant's devices are missing from its last cycles than may go at once; check its Defender listing (an empty or cut answer, a changed app scope) before they are sent",
           {
@@ -336,8 +344,11 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       }
       // Kept as sent with the cycle's counts: a summary sent again (its send failed) sends neither its
       // tombstones nor its snapshot again, which for a large fleet's snapshot would be every record.
+      // Each send goes only while the tenant's lease holds (`leased`): what `completeCycle` listed may be stale
+      // once another replica could hold it (a batch of the next cycle seeing a device again). A part once
+      // sent is kept as sent all the same.
       if (gone.length > 0) {
-        await tombstone(tenantId, gone, cycleAt);
+        await tombstone(tenantId, gone, cycleAt, leased);
         await deps.published.markCycleSent(tenantId, cycleId, 'tombstones');
       }
       // Counted at the cycle's first completion: a summary sent again after its tombstones went out (and
@@ -345,7 +356,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       tombstones = completed.tombstones;
       if (sequence % deps.snapshotEveryCycles === 0) {
         if (!snapshotSent) {
-          await snapshot(tenantId, cycleAt);
+          await snapshot(tenantId, cycleAt, leased);
           await deps.published.markCycleSent(tenantId, cycleId, 'snapshot');
         }
         snapshotted = true;
@@ -369,6 +380,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         cycleMs: ms(publishedAt.getTime(), cycleAt),
       },
     };
+    leased.throwIfLost();
     await deps.publisher.send(deps.topics.vmsRiskSummary, 'urs/vms-risk-summary', [
       { key: tenantId, value: summary },
     ]);
@@ -398,14 +410,18 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     cycleId: string,
     status: 'complete' | 'partial',
     hint: CycleHint,
-    signal?: AbortSignal,
+    signal: AbortSignal | undefined,
+    held: LeaseHeld,
   ): Promise<boolean> {
+    held.throwIfLost();
     if (await deps.published.ofDeletedTenant(tenantId, Date.parse(state?.startedAt ?? hint.cycleStartedAt))) {
       // The tenant was deleted while the cycle was open: VMS gets tombstones for its devices, no summary.
+      held.throwIfLost();
       await deps.published.summarySent(tenantId, cycleId);
       deps.logger.debug('summary of a deleted tenant not sent', { tenantId, cycleId });
       return false;
     }
+    held.throwIfLost();
     if (!(await deps.published.lockSummary(tenantId, cycleId, summaryLockMs))) return false;
     // A complete cycle's snapshot of a large fleet may outlast the lock: held while it goes on, or another
     // publisher's sweep would send the snapshot and the summary a second time.
@@ -418,7 +434,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       },
     );
     try {
-      await publish(state, tenantId, cycleId, status, hint, signal);
+      await publish(state, tenantId, cycleId, status, hint, signal, held);
     } catch (error) {
       await deps.published.unlockSummary(tenantId, cycleId);
       throw error;
@@ -433,7 +449,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
    * Runs one of the sweep's sends holding the tenant's lease (see `CycleCompletionDeps.leasing`); false,
    * nothing sent, while another replica holds it: the next sweep tries again.
    */
-  async function underLease(tenantId: string, send: () => Promise<boolean>): Promise<boolean> {
+  async function underLease(tenantId: string, send: (held: LeaseHeld) => Promise<boolean>): Promise<boolean> {
     const lease = { tenantId, ...deps.leasing };
     const sent = await withTenantLease(deps.published, lease, deps.logger, 'skip', send);
     if (sent === null)
@@ -496,11 +512,12 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       // a deletion of the tenant on another replica must not tombstone the tenant's devices between this
       // send's check that the tenant is not deleted and its snapshot and summary.
       const lease = { tenantId, ...deps.leasing };
-      return withTenantLease(deps.published, lease, deps.logger, { wait: signal }, async () => {
+      return withTenantLease(deps.published, lease, deps.logger, { wait: signal }, async (held) => {
         const { status, claimed } = owed;
+        held.throwIfLost();
         if (!claimed && !(await deps.cycles.claimPublication(tenantId, cycleId, status, now().getTime())))
           return false;
-        return sendOwed(state, tenantId, cycleId, status, hint, signal);
+        return sendOwed(state, tenantId, cycleId, status, hint, signal, held);
       });
     },
     async closeOverdue() {
@@ -515,7 +532,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       const each = async (
         tenantId: string,
         cycleId: string,
-        send: () => Promise<boolean>,
+        send: (held: LeaseHeld) => Promise<boolean>,
         onFailure?: () => Promise<void>,
       ) => {
         if (busy.has(tenantId)) return;
@@ -568,17 +585,19 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       };
       const overdue = await deps.cycles.overdue(now());
       await sideBySide(overdue, ({ tenantId, cycleId }) =>
-        each(tenantId, cycleId, async () => {
+        each(tenantId, cycleId, async (held) => {
+          held.throwIfLost();
           const state = await deps.cycles.get(tenantId, cycleId);
           // Every batch recorded (the publisher stopped before claiming it): complete, not partial.
           const status =
             state?.totalBatches !== undefined && state.scoredBatches >= state.totalBatches
               ? 'complete'
               : 'partial';
+          held.throwIfLost();
           if (!(await deps.cycles.claimPublication(tenantId, cycleId, status, now().getTime()))) return false;
           if (state === null) return dropExpired(tenantId, cycleId, status);
           const hint = { cycleStartedAt: state.startedAt };
-          return sendOwed(state, tenantId, cycleId, status, hint, withoutWaitingForRebuild());
+          return sendOwed(state, tenantId, cycleId, status, hint, withoutWaitingForRebuild(), held);
         }),
       );
       // Summaries claimed but never sent (a crash or a failed send after the claim): sent late, not lost.
@@ -590,11 +609,12 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         return each(
           tenantId,
           cycleId,
-          async () => {
+          async (held) => {
+            held.throwIfLost();
             const state = await deps.cycles.get(tenantId, cycleId);
             if (state === null) return dropExpired(tenantId, cycleId, status);
             const hint = { cycleStartedAt: state.startedAt };
-            return sendOwed(state, tenantId, cycleId, status, hint, withoutWaitingForRebuild());
+            return sendOwed(state, tenantId, cycleId, status, hint, withoutWaitingForRebuild(), held);
           },
           async () => {
             // The wait counts from the failure, not from the start of the sweep: a send failing minutes

@@ -40,7 +40,9 @@ export interface PublishHandlerDeps {
  *
  * From reading what changed to recording the batch, the replica holds the tenant's lease, taken and given
  * back by those two calls (no round trip of its own): another replica's sweep never sends a summary of the
- * tenant in between (see `CycleCompletionDeps.leasing`). A batch that fails leaves the lease to its retry,
+ * tenant in between (see `CycleCompletionDeps.leasing`). A lease that lapsed meanwhile (Redis not answering
+ * its renewals for its length) stops the batch before its send, and one found another's when the batch is
+ * recorded records nothing: either way the batch fails, retryably (`TENANT_LEASE_LOST`), and is handled again. A batch that fails leaves the lease to its retry,
  * which takes it again, or to lapse. A batch that completes its cycle takes the lease again to send the
  * summary (`CycleCompletion.tryComplete`), only then: the other batches pay no round trip for it.
  */
@@ -73,9 +75,15 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     refs: DeviceScoreRef[],
     options: PublishOptions,
     signal: AbortSignal | undefined,
-  ): Promise<DeviceScoreRef[] | 'deleted'> {
+  ): Promise<{ toPublish: DeviceScoreRef[] | 'deleted'; takenAt: number }> {
+    // When the take that held was asked: the lease lasts from then (see `whileHeld`).
+    let takenAt = Date.now();
     // A runner that gives the batch up (a rebalance, a stop) leaves it to whoever owns it next.
-    return onceLeased(() => deps.published.changed(lease, cycleAt, refs, options), signal);
+    const toPublish = await onceLeased(() => {
+      takenAt = Date.now();
+      return deps.published.changed(lease, cycleAt, refs, options);
+    }, signal);
+    return { toPublish, takenAt };
   }
 
   /**
@@ -113,7 +121,7 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     // A correction's scores are newer than its cycle's first ones (see PublishOptions).
     const options = { correction: batch.replaces !== undefined };
     const lease = { tenantId: batch.tenantId, ...deps.leasing };
-    const toPublish = await changedUnderLease(lease, cycleAt, refs, options, signal);
+    const { toPublish, takenAt } = await changedUnderLease(lease, cycleAt, refs, options, signal);
     if (toPublish === 'deleted') {
       // Its tenant was deleted since the cycle started: the tenant's devices were tombstoned (or are being
       // tombstoned, by the replica that holds the lease, or will be once it reads the deletion) and must not
@@ -124,10 +132,15 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     }
     const changed = new Set(toPublish.map((ref) => ref.deviceId));
     const messages = vmsRecords(batch, changed);
-    const { first, state } = await whileHeld(deps.published, lease, log, async () => {
+    const { first, state } = await whileHeld(deps.published, lease, takenAt, log, async (held) => {
+      // A lease lapsed since what changed was read (Redis not answering its renewals): another replica may
+      // have tombstoned or summed up the tenant since; handled again, the batch reads it anew.
+      held.throwIfLost();
       await deps.publisher.send(deps.topic, 'urs/vms-risk-score', messages);
       records.inc({ kind: 'changed' }, messages.length);
-      // The devices committed in the batch's own step (see the order of effects above).
+      // The devices committed in the batch's own step (see the order of effects above), only while the lease
+      // is still this replica's, as Redis tells: otherwise nothing is recorded, and the batch, handled
+      // again, sends its records again after what the other replica sent.
       return deps.cycles.recordBatch(
         batch.tenantId,
         batch.cycleId,

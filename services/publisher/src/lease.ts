@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorMessage, keepRenewing, sleep } from '@urs/resilience';
-import type { PublishedStore, TenantLease } from '@urs/store';
+import { TenantLeaseLostError, type PublishedStore, type TenantLease } from '@urs/store';
 
 /**
  * How long a tenant's lease lasts unless renewed: a replica that dies holding it holds back the tenant's
@@ -20,27 +20,103 @@ export function tenantLeasing(ttlMs = DEFAULT_TENANT_LEASE_MS): TenantLeasing {
 }
 
 /**
- * Runs `work` on a lease already taken, renewing it every third of its length, so work that outlasts it
- * (a broker failing over, a snapshot of a large fleet) keeps it. Gives nothing back: the caller does.
+ * The hold a leased work has on its tenant (see `whileHeld`): it checks it before each send to Kafka and each
+ * Redis step, so that once the lease may be another replica's the work writes nothing more of the tenant.
+ */
+export interface LeaseHeld {
+  /** Aborts, with a `TenantLeaseLostError`, once the lease is lost or may have lapsed. */
+  readonly signal: AbortSignal;
+  /**
+   * Throws that error once the lease is lost, or once its length has passed since the last renewal that held
+   * it (told by the clock too, should the timer that aborts `signal` not have run yet).
+   */
+  throwIfLost(): void;
+}
+
+/**
+ * Runs `work` on a lease already taken (its take asked at `takenAt`, epoch ms), renewing it every third of
+ * its length, so work that outlasts it (a broker failing over, a snapshot of a large fleet) keeps it. Gives
+ * nothing back: the caller does.
+ *
+ * A renewal that finds the lease another's (or none) loses it. So does Redis not answering: a renewal that
+ * fails, or that the client queues while Redis is away, holds nothing, and the lease counts as lost once its
+ * length has passed since the last renewal that held it (or the take): by then another replica may have taken
+ * it. Either way `held` aborts with a `TenantLeaseLostError` (its cause a Redis fault, when Redis did not
+ * answer), and the work, checking it before each step, stops before its next send or write: it would
+ * otherwise send a tombstone or a snapshot of a state another replica has changed since.
  */
 export async function whileHeld<T>(
   published: Pick<PublishedStore, 'renewTenantLease'>,
   lease: TenantLease,
+  takenAt: number,
   logger: Logger,
-  work: () => Promise<T>,
+  work: (held: LeaseHeld) => Promise<T>,
 ): Promise<T> {
+  const lost = new AbortController();
+  const everyMs = Math.max(10, Math.floor(lease.ttlMs / 3));
+  /** When the last renewal that found the lease held was asked: the lease lasts `ttlMs` from then. */
+  let heldSince = takenAt;
+  /** Why the renewals since then did not hold it: the last one's error, if one failed. */
+  let renewalError: unknown;
+  const lose = (cause?: unknown): void => {
+    if (lost.signal.aborted) return;
+    logger.warn('tenant lease lapsed while held: its work stops before its next step', {
+      tenantId: lease.tenantId,
+      ...(cause === undefined ? {} : { reason: errorMessage(cause) }),
+    });
+    lost.abort(new TenantLeaseLostError(lease.tenantId, cause));
+  };
+  const lapsed = (): boolean => Date.now() - heldSince >= lease.ttlMs;
+  const lapse = (): void =>
+    lose(
+      renewalError ??
+        new UrsError(
+          'REDIS_UNAVAILABLE',
+          `Redis answered no renewal of the tenant lease for ${lease.ttlMs} ms`,
+          {
+            canRetry: true,
+            infrastructure: true,
+          },
+        ),
+    );
+  let timer: NodeJS.Timeout | undefined;
+  const watch = (): void => {
+    clearTimeout(timer);
+    timer = setTimeout(lapse, Math.max(0, heldSince + lease.ttlMs - Date.now()));
+  };
   const stopRenewing = keepRenewing(
-    () => published.renewTenantLease(lease),
-    Math.max(10, Math.floor(lease.ttlMs / 3)),
+    async () => {
+      const sentAt = Date.now();
+      const held = await published.renewTenantLease(lease);
+      if (held && !lost.signal.aborted) {
+        heldSince = sentAt;
+        renewalError = undefined;
+        watch();
+      }
+      return held;
+    },
+    everyMs,
     {
-      onLost: () => logger.warn('tenant lease lapsed while held', { tenantId: lease.tenantId }),
-      onError: (error) =>
-        logger.warn('tenant lease not renewed', { tenantId: lease.tenantId, reason: errorMessage(error) }),
+      onLost: () => lose(),
+      // Tried again at the next tick; the lapse decides when the lease may have lapsed meanwhile.
+      onError: (error) => {
+        renewalError = error;
+        logger.warn('tenant lease not renewed', { tenantId: lease.tenantId, reason: errorMessage(error) });
+      },
     },
   );
+  watch();
+  const held: LeaseHeld = {
+    signal: lost.signal,
+    throwIfLost() {
+      if (!lost.signal.aborted && lapsed()) lapse();
+      if (lost.signal.aborted) throw lost.signal.reason;
+    },
+  };
   try {
-    return await work();
+    return await work(held);
   } finally {
+    clearTimeout(timer);
     stopRenewing();
   }
 }
@@ -75,37 +151,43 @@ export type WhenLeased = { wait: AbortSignal | undefined } | 'skip';
 type LeaseCalls = Pick<PublishedStore, 'takeTenantLease' | 'renewTenantLease' | 'releaseTenantLease'>;
 
 /**
- * Takes the tenant's lease, runs `work` while it is held (see `whileHeld`), and gives it back, even when
- * `work` fails. Null, `work` not run, when another replica holds the lease and `whenLeased` is 'skip'.
+ * Takes the tenant's lease, runs `work` while it is held (see `whileHeld`: `work` checks `held` before each
+ * step), and gives it back, if still its own, even when `work` fails. Null, `work` not run, when another
+ * replica holds the lease and `whenLeased` is 'skip'.
  */
 export function withTenantLease<T>(
   published: LeaseCalls,
   lease: TenantLease,
   logger: Logger,
   whenLeased: { wait: AbortSignal | undefined },
-  work: () => Promise<T>,
+  work: (held: LeaseHeld) => Promise<T>,
 ): Promise<T>;
 export function withTenantLease<T>(
   published: LeaseCalls,
   lease: TenantLease,
   logger: Logger,
   whenLeased: WhenLeased,
-  work: () => Promise<T>,
+  work: (held: LeaseHeld) => Promise<T>,
 ): Promise<T | null>;
 export async function withTenantLease<T>(
   published: LeaseCalls,
   lease: TenantLease,
   logger: Logger,
   whenLeased: WhenLeased,
-  work: () => Promise<T>,
+  work: (held: LeaseHeld) => Promise<T>,
 ): Promise<T | null> {
+  let takenAt = Date.now();
+  const take = async (): Promise<true | null> => {
+    takenAt = Date.now();
+    return (await published.takeTenantLease(lease)) ? true : null;
+  };
   if (whenLeased === 'skip') {
-    if (!(await published.takeTenantLease(lease))) return null;
+    if (!(await take())) return null;
   } else {
-    await onceLeased(async () => ((await published.takeTenantLease(lease)) ? true : null), whenLeased.wait);
+    await onceLeased(take, whenLeased.wait);
   }
   try {
-    return await whileHeld(published, lease, logger, work);
+    return await whileHeld(published, lease, takenAt, logger, work);
   } finally {
     await published.releaseTenantLease(lease);
   }

@@ -97,11 +97,15 @@ export function createTenantsHandler(deps: TenantsHandlerDeps): MessageHandler<T
         lease,
         deps.logger,
         { wait: message.signal },
-        async () => {
+        async (held) => {
           await deps.rebuild.ensure(message.signal);
+          // Each step only while the lease holds (see `whileHeld`): a deletion handled again does it all anew.
+          held.throwIfLost();
           const gone = await deps.published.markDeleted(tenantId, at, revision);
-          await deps.tombstones(tenantId, gone);
+          await deps.tombstones(tenantId, gone, undefined, held);
+          held.throwIfLost();
           await deps.published.forgetDeleted(tenantId);
+          held.throwIfLost();
           // The tombstones removed the listed devices' scores; what else the tenant's cycles left (their
           // histories, a score stored after a registration the deletion is older than) would stay for ever:
           // no cycle of the tenant will remove it, and the registrar's API would show it again were the

@@ -125,6 +125,8 @@ describe('the publisher', () => {
       tombstoneAfterCycles?: number;
       tombstoneHold?: TombstoneHold;
       failSummaries?: number;
+      /** A cycle whose first summary send fails (besides `failSummaries`). */
+      failFirstSummaryOf?: string;
       /** Called as a summary send fails, before it throws (a send that took long moves the clock on). */
       onSummaryFailure?: () => void;
       summaryLockMs?: number;
@@ -148,13 +150,16 @@ describe('the publisher', () => {
     } = {},
   ) {
     let failures = options.failSummaries ?? 0;
+    let failFirstOf = options.failFirstSummaryOf;
     let lockFailures = options.failLocks ?? 0;
     let sentFailures = options.failAfterSentMarker ?? 0;
     let recordFailures = options.failRecords ?? 0;
     const publisher: Publisher = {
       send: async (topic, _contract, messages) => {
-        if (topic === topics.vmsRiskSummary && failures > 0) {
-          failures--;
+        const ofCycle = (messages[0]?.value as VmsRiskSummary | undefined)?.cycleId;
+        if (topic === topics.vmsRiskSummary && (failures > 0 || ofCycle === failFirstOf)) {
+          if (ofCycle === failFirstOf) failFirstOf = undefined;
+          else failures--;
           options.onSummaryFailure?.();
           throw new Error('the broker is unavailable');
         }
@@ -529,6 +534,32 @@ describe('the publisher', () => {
         .sort(),
     ).toEqual(['t1/a', 't1/b', 't1/c']);
     expect(summaries()[4]?.published.tombstones).toBe(3);
+  });
+
+  it('createCycleCompletion should count the tombstones a cycle held once, its summary sent again after its first send failed', async () => {
+    const { handler, begin, metrics } = build({
+      tombstoneAfterCycles: 1,
+      tombstoneHold: { maxSharePercent: 50, minDevices: 1, cycles: 4 },
+      failFirstSummaryOf: 'c2',
+    });
+    await begin(1);
+    await handler(
+      scoreBatch(
+        1,
+        0,
+        ['a', 'b', 'c', 'stay'].map((id) => device(id, 10, 'Trustworthy')),
+        1,
+      ),
+    );
+    // Cycle 2 lists one device of four: its completion holds the other three's tombstones.
+    await begin(2);
+    const last = scoreBatch(2, 0, [device('stay', 10, 'Trustworthy')], 1);
+    await expect(handler(last)).rejects.toThrow('the broker is unavailable');
+    // Redelivered: the summary goes out this time, the cycle's hold as the first call decided it.
+    await handler(last);
+    expect(summaries().map((summary) => summary.cycleId)).toEqual(['c1', 'c2']);
+    expect(records().filter((m) => m.value === null)).toEqual([]);
+    expect(metrics.expose()).toMatch(/^urs_vms_tombstones_held_total 3$/m);
   });
 
   it('closeOverdue should publish a cycle past its deadline once, as partial, with the devices never scored as failed', async () => {
