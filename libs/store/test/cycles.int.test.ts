@@ -535,9 +535,38 @@ describe('createCycleStore', () => {
     ]);
     // A second claim changes nothing; the summary sent owes nothing any more.
     expect(await cycles.claimPublication('acme', 'c1', 'complete', startedMs + 1)).toBe(false);
-    expect(await published.lockSummary('acme', 'c1', 30_000)).toBe(true);
-    await published.summarySent('acme', 'c1');
+    expect(await published.lockSummary('acme', 'c1', 'sender', 30_000)).toBe(true);
+    await published.summarySent('acme', 'c1', 'sender');
     expect(await published.summariesOwed(startedMs + 1)).toEqual([]);
+  });
+
+  it('the summary lock should be renewed and given back only by its holder, and held by none once the summary was sent', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const lockKey = `${redis.prefix}summary-lock:acme:c1`;
+    await cycles.begin(begin);
+    expect(await cycles.claimPublication('acme', 'c1', 'complete', startedMs)).toBe(true);
+    expect(await published.lockSummary('acme', 'c1', 'first', 30_000)).toBe(true);
+    expect(await published.lockSummary('acme', 'c1', 'second', 30_000)).toBe(false);
+    expect(await published.renewSummaryLock('acme', 'c1', 'first', 30_000)).toBe(true);
+    // The first sender stalled past its lock: it lapsed, and a second sender took it.
+    await redis.client.del(lockKey);
+    expect(await published.lockSummary('acme', 'c1', 'second', 60_000)).toBe(true);
+    // The first neither extends the second's lock nor gives it back.
+    expect(await published.renewSummaryLock('acme', 'c1', 'first', 1_000)).toBe(false);
+    await published.unlockSummary('acme', 'c1', 'first');
+    expect(await redis.client.get(lockKey)).toBe('second');
+    expect(await redis.client.pttl(lockKey)).toBeGreaterThan(30_000);
+    // Its holder gives it back; sent by the second, the summary is held by none, and taken by none again.
+    await published.unlockSummary('acme', 'c1', 'second');
+    expect(await redis.client.exists(lockKey)).toBe(0);
+    expect(await published.lockSummary('acme', 'c1', 'second', 30_000)).toBe(true);
+    await published.summarySent('acme', 'c1', 'first');
+    expect(await redis.client.get(lockKey)).toBe('second');
+    expect(await published.renewSummaryLock('acme', 'c1', 'second', 30_000)).toBe(false);
+    await published.summarySent('acme', 'c1', 'second');
+    expect(await redis.client.exists(lockKey)).toBe(0);
+    expect(await published.lockSummary('acme', 'c1', 'third', 30_000)).toBe(false);
   });
 
   it('claimPublication should give a cycle hash it makes anew (the first one expired) an expiry', async () => {
