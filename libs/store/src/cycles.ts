@@ -109,9 +109,12 @@ export interface CycleStore {
   /**
    * The vuln-fetcher adds `batches` correction batches after the poller's last one (idempotent: the
    * same call again changes nothing). Called before the last batch goes on, so the publisher never
-   * sees the poller's batches complete without them.
+   * sees the poller's batches complete without them. Never lowers the count: a try of the last batch
+   * stopped after sending its corrections, before the export it read was stored, may have sent more than
+   * the next try (reading a newer export) makes, and the publisher counts each index scored. Answers the
+   * cycle's count, which the try sends as many batches of (`batches` for a cycle never begun).
    */
-  addCorrections(tenantId: string, cycleId: string, batches: number): Promise<void>;
+  addCorrections(tenantId: string, cycleId: string, batches: number): Promise<number>;
   /**
    * The poller's listing of a begun cycle stopped before its last batch (Defender failed, the lease was lost,
    * the poller stops), and a new cycle will list the tenant again. Records what it had emitted and brings the
@@ -357,7 +360,7 @@ export function createCycleStore(
       );
     },
     async addCorrections(tenantId, cycleId, batches) {
-      await redis.eval(ADD_CORRECTIONS, 1, cycleKey(tenantId, cycleId), String(batches));
+      return Number(await redis.eval(ADD_CORRECTIONS, 1, cycleKey(tenantId, cycleId), String(batches)));
     },
     async abandon(tenantId, cycleId, abandonment, closeAt) {
       const recorded = await redis.eval(

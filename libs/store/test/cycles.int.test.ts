@@ -47,6 +47,22 @@ describe('createCycleStore', () => {
     expect(await cycles.get('acme', 'c1')).toMatchObject({ totalBatches: 5, totalDevices: 1200 });
   });
 
+  it("addCorrections should never lower a cycle's correction batches, and answer the count the cycle holds", async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    expect(await cycles.addCorrections('acme', 'never-begun', 2)).toBe(2);
+    await cycles.begin(begin);
+    expect(await cycles.addCorrections('acme', 'c1', 0)).toBe(0);
+    expect(await redis.client.hexists(`${redis.prefix}cycle:acme:c1`, 'correctionBatches')).toBe(0);
+    expect(await cycles.addCorrections('acme', 'c1', 3)).toBe(3);
+    // A later try of the last batch, from a newer export, makes fewer (or none): the count stays.
+    expect(await cycles.addCorrections('acme', 'c1', 2)).toBe(3);
+    expect(await cycles.addCorrections('acme', 'c1', 0)).toBe(3);
+    await cycles.listed('acme', 'c1', { totalBatches: 3, totalDevices: 1200, listedAt: begin.startedAt });
+    expect(await cycles.get('acme', 'c1')).toMatchObject({ totalBatches: 6, correctionBatches: 3 });
+    expect(await cycles.addCorrections('acme', 'c1', 4)).toBe(4);
+    expect((await cycles.get('acme', 'c1'))?.totalBatches).toBe(7);
+  });
+
   it('enriched should count each enriched batch of a cycle once', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     expect(await cycles.enrichedOrLostBatches('acme', 'c1', 10)).toBe(0);
