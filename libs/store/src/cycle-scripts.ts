@@ -74,6 +74,7 @@ return 1`;
 // completed nothing) closes now.
 export const LISTED = `
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HDEL', KEYS[1], 'pendingListing')
 if redis.call('HEXISTS', KEYS[1], 'published') == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'abandonedCode') == 1 then
   redis.call('HDEL', KEYS[1], 'abandonedCode', 'abandonedAt', 'abandonedBatches', 'abandonedDevices')
@@ -145,6 +146,12 @@ local closeAt = tonumber(ARGV[2])
 if not close or tonumber(close) >= closeAt then return 0 end
 redis.call('ZADD', KEYS[2], 'XX', closeAt, ARGV[1])
 redis.call('PEXPIREAT', KEYS[1], closeAt + tonumber(ARGV[3]))
+return 1`;
+
+// KEYS[1] cycle hash; ARGV the totals' JSON. Only on a cycle the poller began and has not listed.
+export const LISTING_PENDING = `
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'listedAt') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'pendingListing', ARGV[1])
 return 1`;
 
 // KEYS[1] cycle hash; ARGV batches. Only on a cycle the poller began: never a hash without its expiry. Never

@@ -12,6 +12,7 @@ import {
   ENRICHED_OR_LOST,
   HOLD_OPEN,
   LISTED,
+  LISTING_PENDING,
   LOST,
   WITHDRAW,
 } from './cycle-scripts';
@@ -71,6 +72,11 @@ export interface CycleState {
   lastKnownDevices?: number;
   /** Set when the poller recorded that the cycle's listing stopped before its end. */
   abandoned?: CycleAbandonment;
+  /**
+   * The totals the poller recorded right before it sent the cycle's last batch (`listingPending`), until it
+   * records the listing (`listed`): a poller that stops in between has sent that batch, or was sending it.
+   */
+  pendingListing?: Parameters<CycleStore['listed']>[2];
   /** Distinct batches recorded as scored so far. */
   scoredBatches: number;
   /**
@@ -105,6 +111,18 @@ export interface CycleStore {
       vulnerabilityMode?: 'per-device' | 'bulk';
       note?: string | null;
     },
+  ): Promise<void>;
+  /**
+   * The poller's totals of a begun cycle, recorded right before it sends the cycle's last batch (the one
+   * carrying them), and dropped by `listed`. A poller that stops after that send and before `listed` (killed,
+   * its lease lost) leaves them to the next holder of the tenant's lease, which records the listing from
+   * them instead of taking the cycle for one left mid-listing. Nothing is written for a cycle never begun or
+   * listed already.
+   */
+  listingPending(
+    tenantId: string,
+    cycleId: string,
+    totals: Parameters<CycleStore['listed']>[2],
   ): Promise<void>;
   /**
    * The vuln-fetcher adds `batches` correction batches after the poller's last one (idempotent: the
@@ -247,6 +265,23 @@ export interface CycleStore {
 /** Cycle keys stay this long after the deadline, for diagnosis. */
 const DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000;
 
+/** The pending totals' JSON (`listingPending`) as written; undefined when absent or not such totals. */
+function parsePendingListing(json: string | undefined): CycleState['pendingListing'] {
+  if (json === undefined) return undefined;
+  try {
+    const totals = JSON.parse(json) as Partial<NonNullable<CycleState['pendingListing']>> | null;
+    if (
+      typeof totals?.totalBatches !== 'number' ||
+      typeof totals.totalDevices !== 'number' ||
+      typeof totals.listedAt !== 'string'
+    )
+      return undefined;
+    return totals as NonNullable<CycleState['pendingListing']>;
+  } catch {
+    return undefined;
+  }
+}
+
 /** A cycle hash's fields as a CycleState; null when the poller never began the cycle (or it expired). */
 function toState(
   tenantId: string,
@@ -285,6 +320,8 @@ function toState(
   }
   if (fields['published'] === 'complete' || fields['published'] === 'partial')
     state.published = fields['published'];
+  const pending = parsePendingListing(fields['pendingListing']);
+  if (pending !== undefined) state.pendingListing = pending;
   if (lostDevices.length > 0) {
     state.lostBatches = lostDevices.length;
     state.lostDevices = lostDevices.reduce((sum, devices) => sum + (Number(devices) || 0), 0);
@@ -358,6 +395,9 @@ export function createCycleStore(
         String(Date.parse(totals.listedAt)),
         ...fields,
       );
+    },
+    async listingPending(tenantId, cycleId, totals) {
+      await redis.eval(LISTING_PENDING, 1, cycleKey(tenantId, cycleId), JSON.stringify(totals));
     },
     async addCorrections(tenantId, cycleId, batches) {
       return Number(await redis.eval(ADD_CORRECTIONS, 1, cycleKey(tenantId, cycleId), String(batches)));

@@ -63,6 +63,31 @@ describe('createCycleStore', () => {
     expect((await cycles.get('acme', 'c1'))?.totalBatches).toBe(7);
   });
 
+  it('listingPending should keep the totals of a begun cycle not yet listed, until listed drops them', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const totals = {
+      totalBatches: 3,
+      totalDevices: 1200,
+      listedAt: begin.startedAt,
+      vulnerabilityMode: 'bulk' as const,
+      note: null,
+    };
+    await cycles.listingPending('acme', 'never-begun', totals);
+    expect(await redis.client.exists(`${redis.prefix}cycle:acme:never-begun`)).toBe(0);
+    await cycles.begin(begin);
+    await cycles.listingPending('acme', 'c1', totals);
+    const pending = await cycles.get('acme', 'c1');
+    expect(pending?.pendingListing).toEqual(totals);
+    expect(pending?.listedAt).toBeUndefined();
+    await cycles.listed('acme', 'c1', { ...totals, totalDevices: 1201 });
+    const listed = await cycles.get('acme', 'c1');
+    expect(listed).toMatchObject({ totalBatches: 3, totalDevices: 1201 });
+    expect(listed?.pendingListing).toBeUndefined();
+    // Listed already: nothing kept as pending again.
+    await cycles.listingPending('acme', 'c1', totals);
+    expect((await cycles.get('acme', 'c1'))?.pendingListing).toBeUndefined();
+  });
+
   it('enriched should count each enriched batch of a cycle once', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     expect(await cycles.enrichedOrLostBatches('acme', 'c1', 10)).toBe(0);
