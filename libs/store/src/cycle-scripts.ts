@@ -74,6 +74,7 @@ return 1`;
 // completed nothing) closes now.
 export const LISTED = `
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HDEL', KEYS[1], 'pendingListing')
 if redis.call('HEXISTS', KEYS[1], 'published') == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'abandonedCode') == 1 then
   redis.call('HDEL', KEYS[1], 'abandonedCode', 'abandonedAt', 'abandonedBatches', 'abandonedDevices')
@@ -147,7 +148,19 @@ redis.call('ZADD', KEYS[2], 'XX', closeAt, ARGV[1])
 redis.call('PEXPIREAT', KEYS[1], closeAt + tonumber(ARGV[3]))
 return 1`;
 
-// KEYS[1] cycle hash; ARGV batches. Only on a cycle the poller began: never a hash without its expiry.
+// KEYS[1] cycle hash; ARGV the totals' JSON. Only on a cycle the poller began and has not listed.
+export const LISTING_PENDING = `
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'listedAt') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'pendingListing', ARGV[1])
+return 1`;
+
+// KEYS[1] cycle hash; ARGV batches. Only on a cycle the poller began: never a hash without its expiry. Never
+// lowers the count (a try of the last batch may have sent more correction batches than the next one makes);
+// 0 writes nothing. Returns the cycle's count, the batches given when the cycle was not begun.
 export const ADD_CORRECTIONS = `
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'correctionBatches', ARGV[1]) end
-return 0`;
+local batches = tonumber(ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return batches end
+local counted = tonumber(redis.call('HGET', KEYS[1], 'correctionBatches') or '0')
+if batches <= counted then return counted end
+redis.call('HSET', KEYS[1], 'correctionBatches', ARGV[1])
+return batches`;

@@ -18,6 +18,7 @@ import {
   ENRICHED_OR_LOST,
   HOLD_OPEN,
   LISTED,
+  LISTING_PENDING,
   LOST,
   WITHDRAW,
 } from './cycle-scripts';
@@ -91,6 +92,11 @@ export interface CycleState {
   lastKnownDevices?: number;
   /** Set when the poller recorded that the cycle's listing stopped before its end. */
   abandoned?: CycleAbandonment;
+  /**
+   * The totals the poller recorded right before it sent the cycle's last batch (`listingPending`), until it
+   * records the listing (`listed`): a poller that stops in between has sent that batch, or was sending it.
+   */
+  pendingListing?: Parameters<CycleStore['listed']>[2];
   /** Distinct batches recorded as scored so far. */
   scoredBatches: number;
   /**
@@ -127,11 +133,26 @@ export interface CycleStore {
     },
   ): Promise<void>;
   /**
+   * The poller's totals of a begun cycle, recorded right before it sends the cycle's last batch (the one
+   * carrying them), and dropped by `listed`. A poller that stops after that send and before `listed` (killed,
+   * its lease lost) leaves them to the next holder of the tenant's lease, which records the listing from
+   * them instead of taking the cycle for one left mid-listing. Nothing is written for a cycle never begun or
+   * listed already.
+   */
+  listingPending(
+    tenantId: string,
+    cycleId: string,
+    totals: Parameters<CycleStore['listed']>[2],
+  ): Promise<void>;
+  /**
    * The vuln-fetcher adds `batches` correction batches after the poller's last one (idempotent: the
    * same call again changes nothing). Called before the last batch goes on, so the publisher never
-   * sees the poller's batches complete without them.
+   * sees the poller's batches complete without them. Never lowers the count: a try of the last batch
+   * stopped after sending its corrections, before the export it read was stored, may have sent more than
+   * the next try (reading a newer export) makes, and the publisher counts each index scored. Answers the
+   * cycle's count, which the try sends as many batches of (`batches` for a cycle never begun).
    */
-  addCorrections(tenantId: string, cycleId: string, batches: number): Promise<void>;
+  addCorrections(tenantId: string, cycleId: string, batches: number): Promise<number>;
   /**
    * The poller's listing of a begun cycle stopped before its last batch (Defender failed, the lease was lost,
    * the poller stops), and a new cycle will list the tenant again. Records what it had emitted and brings the
@@ -267,6 +288,23 @@ export interface CycleStore {
 /** Cycle keys stay this long after the deadline, for diagnosis. */
 const DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000;
 
+/** The pending totals' JSON (`listingPending`) as written; undefined when absent or not such totals. */
+function parsePendingListing(json: string | undefined): CycleState['pendingListing'] {
+  if (json === undefined) return undefined;
+  try {
+    const totals = JSON.parse(json) as Partial<NonNullable<CycleState['pendingListing']>> | null;
+    if (
+      typeof totals?.totalBatches !== 'number' ||
+      typeof totals.totalDevices !== 'number' ||
+      typeof totals.listedAt !== 'string'
+    )
+      return undefined;
+    return totals as NonNullable<CycleState['pendingListing']>;
+  } catch {
+    return undefined;
+  }
+}
+
 /** A cycle hash's fields as a CycleState; null when the poller never began the cycle (or it expired). */
 function toState(
   tenantId: string,
@@ -305,6 +343,8 @@ function toState(
   }
   if (fields['published'] === 'complete' || fields['published'] === 'partial')
     state.published = fields['published'];
+  const pending = parsePendingListing(fields['pendingListing']);
+  if (pending !== undefined) state.pendingListing = pending;
   if (lostDevices.length > 0) {
     state.lostBatches = lostDevices.length;
     state.lostDevices = lostDevices.reduce((sum, devices) => sum + (Number(devices) || 0), 0);
@@ -379,8 +419,11 @@ export function createCycleStore(
         ...fields,
       );
     },
+    async listingPending(tenantId, cycleId, totals) {
+      await redis.eval(LISTING_PENDING, 1, cycleKey(tenantId, cycleId), JSON.stringify(totals));
+    },
     async addCorrections(tenantId, cycleId, batches) {
-      await redis.eval(ADD_CORRECTIONS, 1, cycleKey(tenantId, cycleId), String(batches));
+      return Number(await redis.eval(ADD_CORRECTIONS, 1, cycleKey(tenantId, cycleId), String(batches)));
     },
     async abandon(tenantId, cycleId, abandonment, closeAt) {
       const recorded = await redis.eval(

@@ -1,6 +1,13 @@
 import type Redis from 'ioredis';
 import { UrsError } from '@urs/resilience';
-import { releaseOwnedKey, renewOwnedKey, takeOwnedKey, takeOwnedKeyIn } from './owned-key';
+import {
+  OWNED_LUA,
+  releaseOwnedKey,
+  releaseOwnedKeyIn,
+  renewOwnedKey,
+  takeOwnedKey,
+  takeOwnedKeyIn,
+} from './owned-key';
 import {
   createTenantDeletions,
   OF_DELETED_TENANT,
@@ -128,17 +135,28 @@ export interface PublishedStore extends TenantDeletions, PublishedRebuild {
   forget(tenantId: string, deviceIds: string[], tombstonedAt?: number): Promise<void>;
   get(tenantId: string, deviceId: string): Promise<PublishedDevice | null>;
   /**
-   * Takes the right to send a cycle's summary for `ttlMs`. True for one caller at a time; false once the
-   * summary was sent, and then the cycle owes it no more (`summariesOwed` lists it no longer). The cycle
-   * owes its summary from its claim (`CycleStore.claimPublication`) on.
+   * Takes the right to send a cycle's summary for `ttlMs`, for the holder of `token` (new for each send).
+   * True for one caller at a time; false once the summary was sent, and then the cycle owes it no more
+   * (`summariesOwed` lists it no longer). The cycle owes its summary from its claim
+   * (`CycleStore.claimPublication`) on.
    */
-  lockSummary(tenantId: string, cycleId: string, ttlMs: number): Promise<boolean>;
-  /** Holds the summary lock `ttlMs` longer (a snapshot of a large fleet outlasts it); false when it lapsed. */
-  renewSummaryLock(tenantId: string, cycleId: string, ttlMs: number): Promise<boolean>;
-  /** Gives the summary lock back after a failed send, so a retry need not wait for it to lapse. */
-  unlockSummary(tenantId: string, cycleId: string): Promise<void>;
-  /** The summary is on the topic: the cycle owes nothing any more (its marker and owing it, written at once). */
-  summarySent(tenantId: string, cycleId: string): Promise<void>;
+  lockSummary(tenantId: string, cycleId: string, token: string, ttlMs: number): Promise<boolean>;
+  /**
+   * Holds the summary lock `ttlMs` longer (a snapshot of a large fleet outlasts it) while it holds `token`;
+   * false, nothing extended, when it lapsed (another sender may hold it now) or the summary was sent: the
+   * sender stops before it sends anything more.
+   */
+  renewSummaryLock(tenantId: string, cycleId: string, token: string, ttlMs: number): Promise<boolean>;
+  /**
+   * Gives the summary lock back after a failed send, so a retry need not wait for it to lapse; only while
+   * it holds `token` (a lock another sender took after this one's lapsed stays).
+   */
+  unlockSummary(tenantId: string, cycleId: string, token: string): Promise<void>;
+  /**
+   * The summary is on the topic: the cycle owes nothing any more (its marker and owing it, written at once),
+   * and the lock is given back if it holds `token`.
+   */
+  summarySent(tenantId: string, cycleId: string, token?: string): Promise<void>;
   /** The cycle owes its summary no more, unsent: nothing could tell what it was (its state has expired). */
   dropOwedSummary(tenantId: string, cycleId: string): Promise<void>;
   /** Takes the tenant's lease for `lease.ttlMs`; false while another replica holds it. */
@@ -286,15 +304,22 @@ if math.floor(sent / flag) % 2 == 0 then sent = sent + flag end
 redis.call('HSET', KEYS[1], ARGV[1], sequence .. ':' .. counted .. ':' .. (held ~= '' and held or '0') .. ':' .. sent)
 return 1`;
 
-// KEYS[1] sent marker, KEYS[2] lock, KEYS[3] owed zset, KEYS[4] owed failures hash; ARGV ttl ms, the cycle's
-// owed members. A sent summary still listed as owed is taken out of the list.
+// KEYS[1] sent marker, KEYS[2] lock, KEYS[3] owed zset, KEYS[4] owed failures hash; ARGV token, ttl ms, the
+// cycle's owed members. A sent summary still listed as owed is taken out of the list.
 const LOCK_SUMMARY = `
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('ZREM', KEYS[3], ARGV[2], ARGV[3])
-  redis.call('HDEL', KEYS[4], ARGV[2], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[3], ARGV[4])
+  redis.call('HDEL', KEYS[4], ARGV[3], ARGV[4])
   return 0
 end
-if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+return 1`;
+
+// KEYS[1] sent marker, KEYS[2] lock; ARGV token, ttl ms. Held only while the lock holds the token and the
+// summary is not sent (by a sender whose own lock had lapsed).
+const RENEW_SUMMARY_LOCK = `${OWNED_LUA}
+if redis.call('EXISTS', KEYS[1]) == 1 or not owned(KEYS[2], ARGV[1]) then return 0 end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1`;
 
 /**
@@ -476,7 +501,7 @@ export function createPublishedStore(
     async get(tenantId, deviceId) {
       return decode(await redis.hget(publishedKey(tenantId), deviceId));
     },
-    async lockSummary(tenantId, cycleId, ttlMs) {
+    async lockSummary(tenantId, cycleId, token, ttlMs) {
       const locked = await redis.eval(
         LOCK_SUMMARY,
         4,
@@ -484,16 +509,25 @@ export function createPublishedStore(
         summaryLockKey(tenantId, cycleId),
         owedKey,
         owedFailuresKey,
+        token,
         String(ttlMs),
         ...owedSummaries(tenantId, cycleId),
       );
       return locked === 1;
     },
-    async renewSummaryLock(tenantId, cycleId, ttlMs) {
-      return (await redis.pexpire(summaryLockKey(tenantId, cycleId), ttlMs)) === 1;
+    async renewSummaryLock(tenantId, cycleId, token, ttlMs) {
+      const held = await redis.eval(
+        RENEW_SUMMARY_LOCK,
+        2,
+        sentKey(tenantId, cycleId),
+        summaryLockKey(tenantId, cycleId),
+        token,
+        String(ttlMs),
+      );
+      return held === 1;
     },
-    async unlockSummary(tenantId, cycleId) {
-      await redis.del(summaryLockKey(tenantId, cycleId));
+    async unlockSummary(tenantId, cycleId, token) {
+      await releaseOwnedKey(redis, summaryLockKey(tenantId, cycleId), token);
     },
     takeTenantLease(lease) {
       return takeOwnedKey(redis, tenantLeaseKey(prefix, lease.tenantId), lease.holder, lease.ttlMs);
@@ -504,17 +538,16 @@ export function createPublishedStore(
     async releaseTenantLease(lease) {
       await releaseOwnedKey(redis, tenantLeaseKey(prefix, lease.tenantId), lease.holder);
     },
-    async summarySent(tenantId, cycleId) {
+    async summarySent(tenantId, cycleId, token) {
       // One transaction: a marker written without its owed entry taken out would leave the sweep a cycle to
       // send again once the marker expires.
-      await replies(
-        redis
-          .multi()
-          .set(sentKey(tenantId, cycleId), '1', 'PX', SUMMARY_MARKER_TTL_MS)
-          .del(summaryLockKey(tenantId, cycleId))
-          .zrem(owedKey, ...owedSummaries(tenantId, cycleId))
-          .hdel(owedFailuresKey, ...owedSummaries(tenantId, cycleId)),
-      );
+      const sending = redis
+        .multi()
+        .set(sentKey(tenantId, cycleId), '1', 'PX', SUMMARY_MARKER_TTL_MS)
+        .zrem(owedKey, ...owedSummaries(tenantId, cycleId))
+        .hdel(owedFailuresKey, ...owedSummaries(tenantId, cycleId));
+      if (token !== undefined) releaseOwnedKeyIn(sending, summaryLockKey(tenantId, cycleId), token);
+      await replies(sending);
     },
     async dropOwedSummary(tenantId, cycleId) {
       await replies(

@@ -47,6 +47,47 @@ describe('createCycleStore', () => {
     expect(await cycles.get('acme', 'c1')).toMatchObject({ totalBatches: 5, totalDevices: 1200 });
   });
 
+  it("addCorrections should never lower a cycle's correction batches, and answer the count the cycle holds", async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    expect(await cycles.addCorrections('acme', 'never-begun', 2)).toBe(2);
+    await cycles.begin(begin);
+    expect(await cycles.addCorrections('acme', 'c1', 0)).toBe(0);
+    expect(await redis.client.hexists(`${redis.prefix}cycle:acme:c1`, 'correctionBatches')).toBe(0);
+    expect(await cycles.addCorrections('acme', 'c1', 3)).toBe(3);
+    // A later try of the last batch, from a newer export, makes fewer (or none): the count stays.
+    expect(await cycles.addCorrections('acme', 'c1', 2)).toBe(3);
+    expect(await cycles.addCorrections('acme', 'c1', 0)).toBe(3);
+    await cycles.listed('acme', 'c1', { totalBatches: 3, totalDevices: 1200, listedAt: begin.startedAt });
+    expect(await cycles.get('acme', 'c1')).toMatchObject({ totalBatches: 6, correctionBatches: 3 });
+    expect(await cycles.addCorrections('acme', 'c1', 4)).toBe(4);
+    expect((await cycles.get('acme', 'c1'))?.totalBatches).toBe(7);
+  });
+
+  it('listingPending should keep the totals of a begun cycle not yet listed, until listed drops them', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const totals = {
+      totalBatches: 3,
+      totalDevices: 1200,
+      listedAt: begin.startedAt,
+      vulnerabilityMode: 'bulk' as const,
+      note: null,
+    };
+    await cycles.listingPending('acme', 'never-begun', totals);
+    expect(await redis.client.exists(`${redis.prefix}cycle:acme:never-begun`)).toBe(0);
+    await cycles.begin(begin);
+    await cycles.listingPending('acme', 'c1', totals);
+    const pending = await cycles.get('acme', 'c1');
+    expect(pending?.pendingListing).toEqual(totals);
+    expect(pending?.listedAt).toBeUndefined();
+    await cycles.listed('acme', 'c1', { ...totals, totalDevices: 1201 });
+    const listed = await cycles.get('acme', 'c1');
+    expect(listed).toMatchObject({ totalBatches: 3, totalDevices: 1201 });
+    expect(listed?.pendingListing).toBeUndefined();
+    // Listed already: nothing kept as pending again.
+    await cycles.listingPending('acme', 'c1', totals);
+    expect((await cycles.get('acme', 'c1'))?.pendingListing).toBeUndefined();
+  });
+
   it('enriched should count each enriched batch of a cycle once', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     expect(await cycles.enrichedOrLostBatches('acme', 'c1', 10)).toBe(0);
@@ -535,9 +576,38 @@ describe('createCycleStore', () => {
     ]);
     // A second claim changes nothing; the summary sent owes nothing any more.
     expect(await cycles.claimPublication('acme', 'c1', 'complete', startedMs + 1)).toBe(false);
-    expect(await published.lockSummary('acme', 'c1', 30_000)).toBe(true);
-    await published.summarySent('acme', 'c1');
+    expect(await published.lockSummary('acme', 'c1', 'sender', 30_000)).toBe(true);
+    await published.summarySent('acme', 'c1', 'sender');
     expect(await published.summariesOwed(startedMs + 1)).toEqual([]);
+  });
+
+  it('the summary lock should be renewed and given back only by its holder, and held by none once the summary was sent', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const published = createPublishedStore(redis.client, redis.prefix);
+    const lockKey = `${redis.prefix}summary-lock:acme:c1`;
+    await cycles.begin(begin);
+    expect(await cycles.claimPublication('acme', 'c1', 'complete', startedMs)).toBe(true);
+    expect(await published.lockSummary('acme', 'c1', 'first', 30_000)).toBe(true);
+    expect(await published.lockSummary('acme', 'c1', 'second', 30_000)).toBe(false);
+    expect(await published.renewSummaryLock('acme', 'c1', 'first', 30_000)).toBe(true);
+    // The first sender stalled past its lock: it lapsed, and a second sender took it.
+    await redis.client.del(lockKey);
+    expect(await published.lockSummary('acme', 'c1', 'second', 60_000)).toBe(true);
+    // The first neither extends the second's lock nor gives it back.
+    expect(await published.renewSummaryLock('acme', 'c1', 'first', 1_000)).toBe(false);
+    await published.unlockSummary('acme', 'c1', 'first');
+    expect(await redis.client.get(lockKey)).toBe('second');
+    expect(await redis.client.pttl(lockKey)).toBeGreaterThan(30_000);
+    // Its holder gives it back; sent by the second, the summary is held by none, and taken by none again.
+    await published.unlockSummary('acme', 'c1', 'second');
+    expect(await redis.client.exists(lockKey)).toBe(0);
+    expect(await published.lockSummary('acme', 'c1', 'second', 30_000)).toBe(true);
+    await published.summarySent('acme', 'c1', 'first');
+    expect(await redis.client.get(lockKey)).toBe('second');
+    expect(await published.renewSummaryLock('acme', 'c1', 'second', 30_000)).toBe(false);
+    await published.summarySent('acme', 'c1', 'second');
+    expect(await redis.client.exists(lockKey)).toBe(0);
+    expect(await published.lockSummary('acme', 'c1', 'third', 30_000)).toBe(false);
   });
 
   it('claimPublication should give a cycle hash it makes anew (the first one expired) an expiry', async () => {

@@ -108,8 +108,22 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
     kept?: UnrecordedListing,
   ): Promise<boolean> {
     await recordListing(lease.tenantId, cycleId, kept);
-    const cycle = await deps.cycles.get(lease.tenantId, cycleId);
+    let cycle = await deps.cycles.get(lease.tenantId, cycleId);
     if (cycle === null) return false;
+    if (cycle.listedAt === undefined && cycle.pendingListing !== undefined && cycle.abandoned === undefined) {
+      // Its poller stopped right after sending its last batch (or while sending it), before it recorded the
+      // listing: that batch carries the totals to the publisher, and the cycle is ended as listed from the ones
+      // the poller kept before the send. Redone, the tenant was listed again at once (its quota spent twice, its
+      // bulk export read twice) and the cycle closed partial a minute later, as its last batch was still under
+      // way. A send that failed while the poller lived recorded the cycle abandoned: that one is redone.
+      await deps.cycles.listed(lease.tenantId, cycleId, cycle.pendingListing);
+      log.info('listing of a cycle recorded from the totals kept before its last batch', {
+        tenantId: lease.tenantId,
+        cycleId,
+      });
+      cycle = await deps.cycles.get(lease.tenantId, cycleId);
+      if (cycle === null) return false;
+    }
     if (cycle.listedAt === undefined) {
       await abandonTakenOver(lease.tenantId, cycleId);
       return false;

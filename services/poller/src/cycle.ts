@@ -224,6 +224,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       vulnerabilityMode: mode ?? 'per-device',
       ...cycleProfile,
     };
+    if (last) await keepPending();
     // Asked again: the cycle store's answer may have come after the lease's end.
     stopIfAborted();
     try {
@@ -249,6 +250,50 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     input.batchTaken?.();
     batchIndex++;
     emittedLast = last;
+  }
+
+  /** The cycle's totals as its listing ended (its last batch carries them), at `listedAt`. */
+  function totalsAt(
+    listedAt: number,
+    totalBatches: number,
+  ): CycleTotals & Pick<CycleResult, 'vulnerabilityMode' | 'note'> {
+    const vulnerabilityMode = mode ?? 'per-device';
+    const note =
+      vulnerabilityMode === 'bulk'
+        ? `bulk vulnerability export: ${fetchedDevices} devices exceed the ${perDeviceCapacity} per-device calls ` +
+          `the API quota allows in a ${record.defender.pollIntervalMinutes}-minute interval` +
+          (fetchedDevices < totalDevices
+            ? ` (${totalDevices - fetchedDevices} more, excluded from vulnerability management, cost no call)`
+            : '')
+        : null;
+    return {
+      totalBatches,
+      totalDevices,
+      listedAt: new Date(listedAt).toISOString(),
+      vulnerabilityMode,
+      note,
+    };
+  }
+
+  /**
+   * Records the totals as pending right before the last batch is sent: a poller that stops after the send and
+   * before `listed` (killed, its lease lost) leaves them to the next holder of the lease, which ends the cycle
+   * as listed from them instead of recording it abandoned and listing the tenant again at once (its quota spent
+   * twice, a partial summary a minute later, the export of a bulk cycle read twice). A send that fails while
+   * the poller lives records the cycle abandoned, which the next holder does not take the pending totals over.
+   * A Redis that fails here leaves the cycle as before: the send goes on.
+   */
+  async function keepPending(): Promise<void> {
+    try {
+      await deps.cycles.listingPending(tenantId, cycleId, totalsAt(now(), batchIndex + 1));
+    } catch (error) {
+      log.warn(
+        "cycle's totals not kept before its last batch: a poller taking over before they are recorded lists it again",
+        {
+          reason: errorMessage(error),
+        },
+      );
+    }
   }
 
   /**
@@ -351,29 +396,14 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     await abandon(error);
     throw error;
   }
-  // Set by the listing, which ended.
-  const vulnerabilityMode = mode ?? 'per-device';
-  const note =
-    vulnerabilityMode === 'bulk'
-      ? `bulk vulnerability export: ${fetchedDevices} devices exceed the ${perDeviceCapacity} per-device calls ` +
-        `the API quota allows in a ${record.defender.pollIntervalMinutes}-minute interval` +
-        (fetchedDevices < totalDevices
-          ? ` (${totalDevices - fetchedDevices} more, excluded from vulnerability management, cost no call)`
-          : '')
-      : null;
   const listedAt = now();
   // The mode and note too: a poller that stops before recording the cycle's end leaves them to the next.
   // Recorded even if the lease lapsed since the last batch: every batch went out under it, and the totals are
   // true (a cycle recorded abandoned by a poller that took the tenant over meanwhile gets its deadline back).
   // Tried again in place while the lease holds: failed at once, the cycle was ended as failed, listed again
   // minutes later, and closed partial.
-  const totals: CycleTotals = {
-    totalBatches: batchIndex,
-    totalDevices,
-    listedAt: new Date(listedAt).toISOString(),
-    vulnerabilityMode,
-    note,
-  };
+  const totals = totalsAt(listedAt, batchIndex);
+  const { vulnerabilityMode, note } = totals;
   try {
     await withRetry(() => deps.cycles.listed(tenantId, cycleId, totals), {
       policy: deps.listedRetry ?? LISTED_RETRY,

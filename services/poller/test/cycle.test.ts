@@ -56,6 +56,8 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Erro
   const credentials: TenantCredentials[] = [];
   const plannedMinutes: number[] = [];
   const listedNotes: (string | null | undefined)[] = [];
+  /** The totals kept as pending (`listingPending`), each with the batches sent when it was kept. */
+  const pending: string[] = [];
   const versions: { tenantId: string; revision: number }[] = [];
   const publisher = {
     async send(_topic: string, _contract: string, messages: OutboundMessage<DeviceBatch>[]) {
@@ -69,6 +71,11 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Erro
   const cycles = {
     async begin(cycle: { deadlineAt: string }) {
       events.push(`begin ${cycle.deadlineAt}`);
+    },
+    async listingPending(_t: string, _c: string, totals: Parameters<CycleStore['listed']>[2]) {
+      pending.push(
+        `${totals.totalBatches}/${totals.totalDevices} ${totals.vulnerabilityMode} ${totals.listedAt} after ${sent.length}`,
+      );
     },
     async listed(_t: string, _c: string, totals: Parameters<CycleStore['listed']>[2]) {
       events.push(`listed ${totals.totalBatches}/${totals.totalDevices} ${totals.vulnerabilityMode}`);
@@ -120,7 +127,7 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Erro
     logger: silentLogger,
     now: () => 1_000,
   };
-  return { deps, sent, events, credentials, versions, plannedMinutes, listedNotes };
+  return { deps, sent, events, credentials, versions, plannedMinutes, listedNotes, pending };
 }
 
 const input = (
@@ -188,6 +195,23 @@ describe('runCycle', () => {
     expect(credentials[0]).toMatchObject({ clientSecret: 'Sup3r~secret', region: 'eu', cloud: 'commercial' });
     // The gateway keeps the tenant's client for this revision of its record: the cycle does not close it.
     expect(versions).toEqual([{ tenantId: 'acme', revision: 1 }]);
+  });
+
+  it('runCycle should keep the totals as pending right before it sends the last batch, and only then', async () => {
+    const { deps, pending, events } = setup(pages(300, 300, 403));
+    await runCycle(deps, input());
+    // Kept once its two first batches were sent, before the last one: a poller stopped after that send and
+    // before the listing is recorded leaves the next holder of the lease the cycle's totals.
+    expect(pending).toEqual([`3/1003 bulk ${new Date(1_000).toISOString()} after 2`]);
+    expect(events.at(-1)).toBe('listed 3/1003 bulk');
+    const failing = setup(pages(300, 300, 403));
+    // Redis failing that write: the last batch still goes, and the listing is recorded after it.
+    failing.deps.cycles.listingPending = async () => {
+      throw new Error('Connection is closed.');
+    };
+    await runCycle(failing.deps, input());
+    expect(failing.sent.map((b) => b.batchIndex)).toEqual([0, 1, 2]);
+    expect(failing.events.at(-1)).toBe('listed 3/1003 bulk');
   });
 
   it('runCycle should use per-device mode when the whole fleet fits the quota', async () => {

@@ -8,7 +8,12 @@ import {
   type TenantStore,
 } from '@urs/store';
 import { inboundMessage, tenantRecord, testRedisPerTest, waitFor } from '@urs/testkit';
-import { CycleListedNotRecordedError, type CycleInput, type CycleResult } from '../src/cycle';
+import {
+  CycleAbortedError,
+  CycleListedNotRecordedError,
+  type CycleInput,
+  type CycleResult,
+} from '../src/cycle';
 import type { Scheduler } from '../src/scheduler';
 import { oneDeviceListed, testScheduler } from './support/scheduler';
 
@@ -116,5 +121,102 @@ describe('a cycle listed in full whose listing the cycle store did not record, t
     expect(state?.abandoned).toBeUndefined();
     expect(await tenants.getStatus('acme')).toMatchObject({ lastCycleId: cycleId, deviceCount: 1 });
     expect((await schedules.get('acme')).unrecordedListing).toBeUndefined();
+  }, 30_000);
+
+  /**
+   * The first poller's cycle: begun, its totals kept as pending as `runCycle` keeps them right before its last
+   * batch, and then (`then`) it stops before recording the listing, the cycle left marked running.
+   */
+  async function pendingThenGone(
+    stores: { schedules: PollScheduleStore; tenants: TenantStore },
+    cycles: CycleStore,
+    then: (cycleId: string) => Promise<void> = async () => undefined,
+  ): Promise<{ cycleId: string; startedAt: number }> {
+    let begun: { cycleId: string; startedAt: number } | undefined;
+    const first = poller('first', stores, cycles, async (input) => {
+      const { cycleId, startedAt } = input;
+      await cycles.begin({
+        tenantId: 'acme',
+        cycleId,
+        startedAt: new Date(startedAt).toISOString(),
+        deadlineAt: new Date(startedAt + 600_000).toISOString(),
+      });
+      const result = oneDeviceListed(Date.now());
+      await cycles.listingPending('acme', cycleId, {
+        totalBatches: result.totalBatches,
+        totalDevices: result.totalDevices,
+        listedAt: new Date(result.listedAt).toISOString(),
+        vulnerabilityMode: 'bulk',
+        note: 'bulk vulnerability export',
+      });
+      await then(cycleId);
+      begun = { cycleId, startedAt };
+      // Gone before it records the listing: its lease lost, or killed (no cycle end either way).
+      throw new CycleAbortedError();
+    });
+    first.start();
+    await waitFor(() => begun !== undefined && first.running() === 0, {
+      timeoutMs: 10_000,
+      description: "the first poller's cycle to stop",
+    });
+    await first.close(1_000);
+    const cycle = begun as { cycleId: string; startedAt: number };
+    expect((await stores.schedules.get('acme')).runningCycleId).toBe(cycle.cycleId);
+    return cycle;
+  }
+
+  it('should end as listed, without listing the tenant again, a cycle whose poller stopped after its last batch went and before it recorded the listing', async () => {
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    const schedules = createPollScheduleStore(redis.client, redis.prefix);
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await tenants.put(tenantRecord('acme', { revision: 1, pollIntervalMinutes: 10 }));
+    const { cycleId, startedAt } = await pendingThenGone({ schedules, tenants }, cycles);
+
+    const listings: string[] = [];
+    const second = poller('second', { schedules, tenants }, cycles, async (input) => {
+      listings.push(input.cycleId);
+      return oneDeviceListed(Date.now());
+    });
+    second.start();
+    await waitFor(
+      async () => listings.length > 0 || (await schedules.get('acme')).runningCycleId === undefined,
+      { timeoutMs: 10_000, description: 'the second poller to end or redo the cycle' },
+    );
+    // Neither listed again at once nor abandoned (a partial summary a minute later): ended as listed, the
+    // tenant due one interval after the cycle's start.
+    expect(listings).toEqual([]);
+    const state = await cycles.get('acme', cycleId);
+    expect(state).toMatchObject({ totalBatches: 1, totalDevices: 1, vulnerabilityMode: 'bulk' });
+    expect(state?.listedAt).toBeDefined();
+    expect(state?.abandoned).toBeUndefined();
+    expect(state?.pendingListing).toBeUndefined();
+    expect(await tenants.getStatus('acme')).toMatchObject({ lastCycleId: cycleId, deviceCount: 1 });
+    expect(await schedules.get('acme')).toMatchObject({ lastStartedAt: startedAt });
+  }, 30_000);
+
+  it('should redo a cycle whose poller kept its totals and then recorded it abandoned, its last batch not sent', async () => {
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    const schedules = createPollScheduleStore(redis.client, redis.prefix);
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await tenants.put(tenantRecord('acme', { revision: 1, pollIntervalMinutes: 10 }));
+    // The last batch's send failed: the poller recorded the cycle abandoned, and then stopped.
+    const { cycleId } = await pendingThenGone({ schedules, tenants }, cycles, async (id) => {
+      const at = new Date().toISOString();
+      await cycles.abandon('acme', id, { batches: 0, code: 'KAFKA_UNAVAILABLE', at }, Date.now() + 60_000);
+    });
+
+    const listings: string[] = [];
+    const second = poller('second', { schedules, tenants }, cycles, async (input) => {
+      listings.push(input.cycleId);
+      return oneDeviceListed(Date.now());
+    });
+    second.start();
+    await waitFor(() => listings.length > 0, {
+      timeoutMs: 10_000,
+      description: 'the second poller to redo the cycle',
+    });
+    const state = await cycles.get('acme', cycleId);
+    expect(state?.listedAt).toBeUndefined();
+    expect(state?.abandoned).toMatchObject({ code: 'KAFKA_UNAVAILABLE', batches: 0 });
   }, 30_000);
 });

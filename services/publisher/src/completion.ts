@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import type { Publisher } from '@urs/bus';
 import type { Topics } from '@urs/config';
 import { vmsRecord, type VmsRiskSummary } from '@urs/contracts';
@@ -189,6 +190,21 @@ function partialReason(state: CycleState | null): string | undefined {
   return reasons.length > 0 ? reasons.join('; ') : undefined;
 }
 
+/** A send's summary lock, as the send goes on: `check` what its renewals found, `confirm` with Redis. */
+interface SummaryLock {
+  /** Throws `SummaryLockLost` once a renewal found the lock lapsed (or the summary sent). */
+  check(): void;
+  /** Renews the lock; throws `SummaryLockLost` when it no longer holds this send's token. */
+  confirm(): Promise<void>;
+}
+
+/** The summary lock lapsed during a send: it stops, sending nothing more, and leaves the summary owed. */
+class SummaryLockLost extends Error {
+  constructor() {
+    super('the summary lock lapsed during the send');
+  }
+}
+
 /**
  * Cycle completion: a cycle is complete when its totals are known and every batch was recorded; one
  * publisher wins the claim and publishes the summary (plus the snapshot and tombstones of a complete
@@ -245,12 +261,18 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
    * held whole: each chunk's scores are read, made records and sent before the next is read (a fleet's
    * scores and records at once took ~86 MB at 100,000 devices, and several tenants may snapshot at once).
    */
-  async function snapshot(tenantId: string, cycleAt: number, held: LeaseHeld): Promise<number> {
+  async function snapshot(
+    tenantId: string,
+    cycleAt: number,
+    held: LeaseHeld,
+    lock: SummaryLock,
+  ): Promise<number> {
     held.throwIfLost();
     const ids = await deps.published.seenSince(tenantId, cycleAt);
     let sent = 0;
     for (let start = 0; start < ids.length; start += SNAPSHOT_CHUNK) {
       held.throwIfLost();
+      lock.check();
       const stored = await deps.scores.getDeviceScores(tenantId, ids.slice(start, start + SNAPSHOT_CHUNK));
       const chunk = stored.map((score) => vmsRecord(tenantId, score.cycleId, score.scoredAt, score.device));
       if (chunk.length === 0) continue;
@@ -270,6 +292,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
     hint: CycleHint,
     signal: AbortSignal | undefined,
     leased: LeaseHeld,
+    lock: SummaryLock,
   ): Promise<void> {
     const log = deps.logger.child({ tenantId, cycleId });
     leased.throwIfLost();
@@ -348,6 +371,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       // once another replica could hold it (a batch of the next cycle seeing a device again). A part once
       // sent is kept as sent all the same.
       if (gone.length > 0) {
+        lock.check();
         await tombstone(tenantId, gone, cycleAt, leased);
         await deps.published.markCycleSent(tenantId, cycleId, 'tombstones');
       }
@@ -356,7 +380,7 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       tombstones = completed.tombstones;
       if (sequence % deps.snapshotEveryCycles === 0) {
         if (!snapshotSent) {
-          await snapshot(tenantId, cycleAt, leased);
+          await snapshot(tenantId, cycleAt, leased, lock);
           await deps.published.markCycleSent(tenantId, cycleId, 'snapshot');
         }
         snapshotted = true;
@@ -380,6 +404,9 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         cycleMs: ms(publishedAt.getTime(), cycleAt),
       },
     };
+    // Asked of Redis right before the send: a sender stalled past its lock (a long pause, Redis out of reach)
+    // whose lock another sender took, or whose summary another sent, sends none.
+    await lock.confirm();
     leased.throwIfLost();
     await deps.publisher.send(deps.topics.vmsRiskSummary, 'urs/vms-risk-summary', [
       { key: tenantId, value: summary },
@@ -422,26 +449,47 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
       return false;
     }
     held.throwIfLost();
-    if (!(await deps.published.lockSummary(tenantId, cycleId, summaryLockMs))) return false;
+    // A token new for each send: the lock is this send's only, so a sender whose lock lapsed and was taken
+    // by another neither extends nor gives back the other's, and stops before it sends.
+    const token = randomUUID();
+    if (!(await deps.published.lockSummary(tenantId, cycleId, token, summaryLockMs))) return false;
+    let lost = false;
+    const renew = async (): Promise<boolean> => {
+      const locked = await deps.published.renewSummaryLock(tenantId, cycleId, token, summaryLockMs);
+      if (!locked) lost = true;
+      return locked;
+    };
+    const lock: SummaryLock = {
+      check() {
+        if (lost) throw new SummaryLockLost();
+      },
+      async confirm() {
+        if (!(await renew())) throw new SummaryLockLost();
+      },
+    };
     // A complete cycle's snapshot of a large fleet may outlast the lock: held while it goes on, or another
     // publisher's sweep would send the snapshot and the summary a second time.
-    const stopRenewing = keepRenewing(
-      () => deps.published.renewSummaryLock(tenantId, cycleId, summaryLockMs),
-      summaryLockMs / 3,
-      {
-        onError: (error) =>
-          deps.logger.warn('summary lock not renewed', { tenantId, cycleId, reason: errorMessage(error) }),
-      },
-    );
+    const stopRenewing = keepRenewing(renew, summaryLockMs / 3, {
+      onError: (error) =>
+        deps.logger.warn('summary lock not renewed', { tenantId, cycleId, reason: errorMessage(error) }),
+    });
     try {
-      await publish(state, tenantId, cycleId, status, hint, signal, held);
+      await publish(state, tenantId, cycleId, status, hint, signal, held, lock);
     } catch (error) {
-      await deps.published.unlockSummary(tenantId, cycleId);
+      if (error instanceof SummaryLockLost) {
+        // Not ours to give back, nor to record as sent: its holder sends it, or the sweep once it lapses.
+        deps.logger.warn('summary lock lapsed while sending: summary left to the sender holding it', {
+          tenantId,
+          cycleId,
+        });
+        return false;
+      }
+      await deps.published.unlockSummary(tenantId, cycleId, token);
       throw error;
     } finally {
       stopRenewing();
     }
-    await deps.published.summarySent(tenantId, cycleId);
+    await deps.published.summarySent(tenantId, cycleId, token);
     return true;
   }
 

@@ -185,14 +185,14 @@ describe('the publisher', () => {
         }
         return store.lockSummary(...args);
       },
-      summarySent: async (tenantId, cycleId) => {
+      summarySent: async (tenantId, cycleId, token) => {
         if (sentFailures > 0) {
           sentFailures--;
           await redis.client.set(sentMarker(tenantId, cycleId), '1');
           await redis.client.del(`${redis.prefix}summary-lock:${tenantId}:${cycleId}`);
           throw new Error('Connection is closed.');
         }
-        return store.summarySent(tenantId, cycleId);
+        return store.summarySent(tenantId, cycleId, token);
       },
     };
     const metrics = new Registry({ processMetrics: false });
@@ -1000,6 +1000,53 @@ describe('the publisher', () => {
     expect(await other.completion.closeOverdue()).toBe(0);
     await sending;
     expect(summaries()).toHaveLength(1);
+  });
+
+  it("createCycleCompletion should send no summary from a sender whose lock lapsed during its snapshot and was taken by another replica's sweep", async () => {
+    const hold = holdOnce();
+    // Stops at its snapshot's first send (the snapshot reads the stored scores first).
+    const stalled = build({ snapshotEveryCycles: 1, onScoresRead: hold.arm, afterScoresSent: hold.point });
+    const other = build({ snapshotEveryCycles: 1 });
+    await other.rebuild.ensure();
+    now = new Date(minute(13));
+    await stalled.begin(1);
+    const sending = stalled.handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')], 1));
+    await hold.reached;
+    // The sender stalls past its summary lock and its tenant lease (a long pause, Redis out of reach): both
+    // lapse, and the other replica's sweep takes them and sends the snapshot and the summary.
+    await redis.client.del(`${redis.prefix}summary-lock:t1:c1`, `${redis.prefix}publish-lease:t1`);
+    now = new Date(minute(20));
+    expect(await other.completion.closeOverdue()).toBe(1);
+    expect(summaries()).toHaveLength(1);
+    hold.release();
+    await sending;
+    expect(summaries()).toHaveLength(1);
+    expect(await owed()).toEqual([]);
+  });
+
+  it("createCycleCompletion should stop a send whose lock another sender holds, and neither extend nor give back the other's lock", async () => {
+    const hold = holdOnce();
+    const stalled = build({
+      snapshotEveryCycles: 1,
+      onScoresRead: hold.arm,
+      afterScoresSent: hold.point,
+      failSummaries: 1,
+    });
+    await stalled.rebuild.ensure();
+    now = new Date(minute(13));
+    await stalled.begin(1);
+    const sending = stalled.handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')], 1));
+    await hold.reached;
+    // Its lock lapsed while it stalled, and another sender took it (and is sending still).
+    const lockKey = `${redis.prefix}summary-lock:t1:c1`;
+    await redis.client.set(lockKey, 'another sender', 'PX', 60_000);
+    hold.release();
+    await sending;
+    // Neither a summary, nor a failed send giving the other's lock back; the other's lock is as it was.
+    expect(summaries()).toHaveLength(0);
+    expect(await redis.client.get(lockKey)).toBe('another sender');
+    expect(await redis.client.pttl(lockKey)).toBeGreaterThan(30_000);
+    expect(await owed()).toEqual([{ tenantId: 't1', cycleId: 'c1', status: 'complete' }]);
   });
 
   it('createCycleCompletion should send a summary claimed by a batch whose lock then failed, at a sweep, once', async () => {

@@ -87,6 +87,8 @@ function correctionOf(
  * MAX_SEND_BYTES of keys and JSON values. The publisher produces such a send in one request, on the tenant's
  * partition in its order (a batch larger than that goes alone); a 300,000-device fleet's corrections take ~12
  * sends, not 300. What is held at once is one send's batches and the next one, however many devices changed.
+ * At least `batches` batches go: those past the corrections empty (the cycle counts more, which an earlier
+ * try of its last batch sent, see `CycleStore.addCorrections`).
  */
 export async function sendCorrections<M extends { key: string; json: string | Buffer }>(
   deviceIds: readonly string[],
@@ -94,12 +96,14 @@ export async function sendCorrections<M extends { key: string; json: string | Bu
   cvssThreshold: number,
   message: (corrections: VulnerabilityCorrection[], index: number) => M,
   send: (messages: M[]) => Promise<void>,
+  batches = 0,
 ): Promise<void> {
   let messages: M[] = [];
   let bytes = 0;
-  for (let at = 0, index = 0; at < deviceIds.length; at += CORRECTIONS_PER_BATCH, index++) {
+  const count = Math.max(correctionBatchCount(deviceIds.length), batches);
+  for (let at = 0, index = 0; index < count; at += CORRECTIONS_PER_BATCH, index++) {
     const ids = deviceIds.slice(at, at + CORRECTIONS_PER_BATCH);
-    const found = await summaries(ids);
+    const found = ids.length > 0 ? await summaries(ids) : new Map<string, undefined>();
     const next = message(
       ids.map((id) => correctionOf(id, found.get(id), cvssThreshold)),
       index,

@@ -144,6 +144,9 @@ const LOGGED_KEY_CYCLES = 1000;
 /** How often a running batch heartbeats, in milliseconds (KafkaJS's default heartbeat interval). */
 const HEARTBEAT_EVERY_MS = 3_000;
 
+/** The summaries of a try without corrections of its own: its correction batches go empty, asking none. */
+const noSummaries = async (): Promise<Map<string, undefined>> => new Map();
+
 /**
  * How long a tenant's latest export is kept for its next cycle: two poll intervals (the next cycle may
  * start late and take long) plus the two hours a cycle's own export is kept.
@@ -347,21 +350,25 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       toCorrect = listedSince(enrichment.corrections, unlisted);
     }
     const correctionBatches = correctionBatchCount(toCorrect.length);
-    if (correctionBatches > 0) {
-      // The publisher must count the corrections before the last batch can complete the cycle.
-      await deps.cycles.addCorrections(batch.tenantId, batch.cycleId, correctionBatches);
-      header.totalBatches = poller + correctionBatches;
-    }
+    // The publisher must count the corrections before the last batch can complete the cycle. A try of this
+    // batch stopped after sending its corrections, before the export it read was stored, may have sent more
+    // (this try read a newer export): the cycle keeps the larger count, and this try sends as many batches,
+    // those past its own corrections empty, so that the publisher counts each index once and no more.
+    const counted =
+      correctionBatches > 0 || (readsLast(batch) && batch.lastBatch)
+        ? await deps.cycles.addCorrections(batch.tenantId, batch.cycleId, correctionBatches)
+        : 0;
+    if (counted > 0) header.totalBatches = poller + counted;
     try {
       await deps.publisher.send(deps.topic, 'urs/enriched-batch', [
         deviceBatchMessage(batch.tenantId, header, enrichment.devices),
       ]);
-      if (enrichment.corrections) {
+      if (counted > 0) {
         // The correction batches made and sent a send's worth at a time, after the last batch, on the
         // tenant's partition.
         await sendCorrections(
           toCorrect,
-          enrichment.corrections.summaries,
+          enrichment.corrections?.summaries ?? noSummaries,
           batch.cvssThreshold,
           (corrections, index) =>
             deviceBatchMessage(
@@ -370,6 +377,7 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
               [],
             ),
           (messages) => deps.publisher.send(deps.topic, 'urs/enriched-batch', messages),
+          counted,
         );
       }
     } catch (error) {

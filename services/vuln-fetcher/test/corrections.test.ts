@@ -129,6 +129,29 @@ describe('sendCorrections', () => {
     ]);
   });
 
+  it('sendCorrections should send at least the batches asked, those past the corrections empty, looking none up', async () => {
+    const asked: string[][] = [];
+    const sends: { index: number; corrections: VulnerabilityCorrection[] }[][] = [];
+    await sendCorrections(
+      Array.from({ length: 1_500 }, (_, i) => `d${i}`),
+      async (some) => {
+        asked.push(some);
+        return new Map(some.map((id) => [id, summary]));
+      },
+      7,
+      messageOf(100),
+      async (messages) => void sends.push(messages),
+      4,
+    );
+    expect(sends.flat().map((message) => [message.index, message.corrections.length])).toEqual([
+      [0, 1_000],
+      [1, 500],
+      [2, 0],
+      [3, 0],
+    ]);
+    expect(asked.map((ids) => ids.length)).toEqual([1_000, 500]);
+  });
+
   it('sendCorrections should send nothing when nothing changed', async () => {
     const send = jest.fn(async () => undefined);
     await sendCorrections([], async () => new Map(), 9, messageOf(100), send);

@@ -100,7 +100,19 @@ describe('a bulk cycle that reads its export last', () => {
       forget: () => undefined,
       close: () => undefined,
     };
-    const bulkCache = createBulkVulnerabilityCache(redis.client, redis.prefix);
+    const cache = createBulkVulnerabilityCache(redis.client, redis.prefix);
+    /** Stores of a read export that fail before they write it (the process killed after the batch's sends). */
+    const storing = { fails: 0 };
+    const bulkCache: typeof cache = {
+      ...cache,
+      save: async (...args) => {
+        if (storing.fails > 0) {
+          storing.fails--;
+          throw new Error('the process was killed');
+        }
+        return cache.save(...args);
+      },
+    };
     const cycles = createCycleStore(redis.client, redis.prefix);
     /** The notes the tenant's status was given. */
     const notes: string[] = [];
@@ -169,6 +181,7 @@ describe('a bulk cycle that reads its export last', () => {
       bulkCache,
       cycles,
       failing,
+      storing,
       notes,
       snapshots,
       fetches,
@@ -705,6 +718,42 @@ describe('a bulk cycle that reads its export last', () => {
       listedAt: sent[0]?.collectedAt ?? '',
     });
     expect((await cycles.get('t1', 'c2'))?.totalBatches).toBe(5);
+  });
+
+  it('should keep the correction batches a try sent when the next try, reading a newer export, has fewer', async () => {
+    const context = setup();
+    const { handle, sent, sends, forgetSent, exported, cycles, storing } = context;
+    const fleet = Array.from({ length: 2_500 }, (_, i) => `x${i}`);
+    await firstCycle(
+      context,
+      fleet.map((id): [string, VulnerabilityLike[]] => [id, [cve('CVE-1', 8.1)]]),
+    );
+    exported.rows = new Map(fleet.map((id) => [id, [cve('CVE-1', 9.8)]]));
+    const [next0, next1] = await nextCycle(context);
+    await handle(next0);
+    forgetSent();
+    // The last batch and its three corrections are produced; the process is killed before it stores the
+    // export it read.
+    storing.fails = 1;
+    await expect(handle(next1)).rejects.toThrow('the process was killed');
+    expect(sends()).toEqual([[1], [2, 3, 4]]);
+    forgetSent();
+    // Tried again, it reads the export anew: Microsoft's snapshot changed since, and fewer devices changed.
+    exported.rows = new Map(fleet.map((id, i) => [id, [cve('CVE-1', i < 1_500 ? 9.8 : 8.1)]]));
+    await handle(next1);
+    expect(exported.calls).toBe(3);
+    // The count stays at three, and the correction batch this try has no corrections for goes empty: the
+    // publisher counts three correction batches, each index once, whichever try's comes first.
+    expect(sends()).toEqual([[1], [2, 3, 4]]);
+    expect(sent[0]).toMatchObject({ batchIndex: 1, lastBatch: true, totalBatches: 5 });
+    expect(sent.slice(1).map((batch) => batch.corrections?.length)).toEqual([1_000, 500, 0]);
+    expect(sent[3]).toMatchObject({ batchIndex: 4, lastBatch: false, devices: [] });
+    await cycles.listed('t1', 'c2', {
+      totalBatches: 2,
+      totalDevices: 5,
+      listedAt: sent[0]?.collectedAt ?? '',
+    });
+    expect(await cycles.get('t1', 'c2')).toMatchObject({ totalBatches: 5, correctionBatches: 3 });
   });
 
   it('should fail the last batch, to be tried again, when an earlier batch is not enriched in time, and correct once it is', async () => {

@@ -168,7 +168,7 @@ export function setup(source: Partial<VulnerabilitySource>, overrides: Partial<E
     bulkCache,
     answers: memoryAnswers(),
     cycles: {
-      addCorrections: async () => undefined,
+      addCorrections: async (_tenantId, _cycleId, batches) => batches,
       enriched: async (_tenantId, _cycleId, batchIndex) => void enrichedBatches.push(batchIndex),
       enrichedOrLostBatches: async () => 0,
       notInSnapshot: async () => [],

@@ -18,7 +18,7 @@ function memoryCycles(): EnrichHandlerDeps['cycles'] {
   const key = (tenantId: string, cycleId: string, batchIndex: number): string =>
     `${tenantId}/${cycleId}/${batchIndex}`;
   return {
-    addCorrections: async () => undefined,
+    addCorrections: async (_tenantId, _cycleId, batches) => batches,
     enriched: async (tenantId, cycleId, batchIndex) => void enriched.add(key(tenantId, cycleId, batchIndex)),
     enrichedOrLostBatches: async () => enriched.size,
     notInSnapshot: async () => [],
