@@ -87,7 +87,7 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
    * scored device's as an item of `urs/score-batch` (the contracts' tests hold the two schemas to that), and
    * every device met those when the bus validated the consumed batch; the head is the same in every record
    * of the batch, so checking it in the first record checks it for all of them. Validating each record
-   * again was ~30 % of this handler's CPU.
+   * again cost ~2 µs of CPU per record, a fifth of this handler's own work.
    */
   function vmsRecords(batch: ScoreBatch, changed: ReadonlySet<string>) {
     const lines = batchItemJson(batch, batch.devices);
