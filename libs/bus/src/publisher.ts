@@ -14,12 +14,19 @@ export interface OutboundMessage<T> {
    * value is still validated; the text is sent as it is instead of serialising the value again.
    */
   json?: string | Buffer;
+  /**
+   * Set when `value` is known to meet the contract already: built only of parts that were each validated
+   * under the contract's own rules (a consumed message's items, say, whose rules the contract repeats, with
+   * the rest checked in another message of the same send). It is then sent without being validated again;
+   * everything else about the send is the same.
+   */
+  checked?: true;
   headers?: IHeaders;
 }
 
 export interface Publisher {
   /**
-   * Validates every value against its contract, then produces them all, acknowledged by all in-sync
+   * Validates every value against its contract (but those marked `checked`), then produces them all, acknowledged by all in-sync
    * replicas: in one request, or in consecutive ones of at most `MAX_SEND_BYTES` each, in order.
    */
   send<K extends ContractId>(
@@ -41,9 +48,17 @@ interface OutboundRecord {
   headers?: IHeaders;
 }
 
-/** Validates a value against its contract and answers its JSON (the given text when there is one). */
-function encode(contract: ContractId, value: unknown, json: string | Buffer | undefined): string | Buffer {
-  const valid = validateMessage(contract, value);
+/**
+ * Validates a value against its contract, unless it is `checked` already, and answers its JSON (the given
+ * text when there is one).
+ */
+function encode(
+  contract: ContractId,
+  value: unknown,
+  json: string | Buffer | undefined,
+  checked: true | undefined,
+): string | Buffer {
+  const valid = checked ? value : validateMessage(contract, value);
   return json ?? JSON.stringify(valid);
 }
 
@@ -248,7 +263,7 @@ export async function createPublisher(kafka: Kafka, options: PublisherOptions = 
       if (messages.length === 0) return;
       const encoded = messages.map((message) => ({
         key: message.key,
-        value: message.value === null ? null : encode(contract, message.value, message.json),
+        value: message.value === null ? null : encode(contract, message.value, message.json, message.checked),
         ...(message.headers ? { headers: message.headers } : {}),
       }));
       await produce(topic, encoded);

@@ -88,6 +88,27 @@ describe('createPublisher', () => {
     expect(produced).toEqual([]);
   });
 
+  it('should send a value marked checked without validating it again, and validate the others of the send', async () => {
+    const { kafka, produced } = recordingKafka();
+    const publisher = await createPublisher(kafka);
+    // Invalid, as nothing a caller marks checked would be: it shows that it is not validated again.
+    const value = { ...summary(), status: 'done' } as unknown as VmsRiskSummary;
+    const json = JSON.stringify(value);
+    await publisher.send('vms.risk-summary', 'urs/vms-risk-summary', [
+      { key: 'a', value: summary() },
+      { key: 'b', value, json, checked: true },
+      { key: 'c', value, checked: true },
+    ]);
+    expect(produced[0]?.messages.map((m) => m.value)).toEqual([JSON.stringify(summary()), json, json]);
+    await expect(
+      publisher.send('vms.risk-summary', 'urs/vms-risk-summary', [
+        { key: 'b', value, json, checked: true },
+        { key: 'a', value },
+      ]),
+    ).rejects.toMatchObject({ code: 'CONTRACT_INVALID' });
+    expect(produced).toHaveLength(1);
+  });
+
   it('should send messages beyond MAX_SEND_BYTES in consecutive requests, in their order', async () => {
     const { kafka, produced } = recordingKafka();
     const publisher = await createPublisher(kafka);

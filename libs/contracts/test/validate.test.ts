@@ -7,6 +7,8 @@ import {
   compileContracts,
   type ContractId,
   validateMessage,
+  scoreBatchSchema,
+  vmsRiskScoreSchema,
   type DeviceBatch,
   type DeviceRecord,
   type TenantRegistration,
@@ -314,5 +316,35 @@ describe('compileContracts', () => {
     expect(() => compileContracts(['urs/no-such-contract' as ContractId])).toThrow(
       'no schema urs/no-such-contract',
     );
+  });
+});
+
+describe('the vms.risk-scores record rules', () => {
+  it("should be the record head's and, for the rest, a score batch device's (the publisher validates a batch's records by its first)", () => {
+    const head = ['schemaVersion', 'tenantId', 'cycleId', 'computedAt'];
+    const record = vmsRiskScoreSchema as unknown as {
+      properties: Record<string, unknown>;
+      required: string[];
+      additionalProperties: unknown;
+    };
+    const item = scoreBatchSchema.properties.devices.items as unknown as typeof record;
+    const deviceRules = Object.fromEntries(
+      Object.entries(record.properties).filter(([name]) => !head.includes(name)),
+    );
+    expect(deviceRules).toEqual(item.properties);
+    expect(Object.keys(record.properties).filter((name) => head.includes(name))).toEqual(head);
+    // No member of the head is a device's: a device that met its rules carries none of them.
+    expect(Object.keys(item.properties).filter((name) => head.includes(name))).toEqual([]);
+    expect([...record.required].sort()).toEqual([...head, ...item.required].sort());
+    expect([record.additionalProperties, item.additionalProperties]).toEqual([false, false]);
+    // Nothing else constrains either: no rule over the record as a whole.
+    expect(Object.keys(vmsRiskScoreSchema).sort()).toEqual([
+      '$id',
+      'additionalProperties',
+      'properties',
+      'required',
+      'type',
+    ]);
+    expect(Object.keys(item).sort()).toEqual(['additionalProperties', 'properties', 'required', 'type']);
   });
 });

@@ -90,17 +90,25 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
    * The records of the batch's changed devices. Each is the device with the record's head in front, so
    * its JSON is made of the head's and the device's bytes as the batch brought them, when it brought
    * them: serialising ~1.7 KB per device again was the publisher's largest single cost.
+   *
+   * Only the first record is validated by the send. A record's rules are its head's and, for the rest, the
+   * scored device's as an item of `urs/score-batch` (the contracts' tests hold the two schemas to that), and
+   * every device met those when the bus validated the consumed batch; the head is the same in every record
+   * of the batch, so checking it in the first record checks it for all of them. Validating each record
+   * again cost ~2 µs of CPU per record, a fifth of this handler's own work.
    */
   function vmsRecords(batch: ScoreBatch, changed: ReadonlySet<string>) {
     const lines = batchItemJson(batch, batch.devices);
     const headJson = JSON.stringify(vmsRecordHead(batch.tenantId, batch.cycleId, batch.scoredAt));
-    const messages: (ReturnType<typeof vmsRecord> & { json?: Buffer })[] = [];
+    const messages: (ReturnType<typeof vmsRecord> & { json?: Buffer; checked?: true })[] = [];
     batch.devices.forEach((device, index) => {
       if (!changed.has(device.deviceId)) return;
       const record = vmsRecord(batch.tenantId, batch.cycleId, batch.scoredAt, device);
       const line = lines?.[index];
       const json = line && jsonWithHead(headJson, line);
-      messages.push(json ? { ...record, json } : record);
+      const first = messages.length === 0;
+      if (json) messages.push(first ? { ...record, json } : { ...record, json, checked: true });
+      else messages.push(first ? record : { ...record, checked: true });
     });
     return messages;
   }

@@ -123,7 +123,11 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
     await deps.publisher.send(deps.topic, 'urs/score-batch', [
       deviceBatchMessage(batch.tenantId, header, devices, deviceJson),
     ]);
-    for (const device of devices) scored.inc({ band: device.band });
+    // Counted by band first, then one increment per band: an increment builds its series' key from the
+    // labels (sorted, escaped, joined), ~0.5 µs, which was paid once per device.
+    const byBand = new Map<string, number>();
+    for (const device of devices) byBand.set(device.band, (byBand.get(device.band) ?? 0) + 1);
+    for (const [band, count] of byBand) scored.inc({ band }, count);
     if (saved.skipped.length > 0) stale.inc({}, saved.skipped.length);
     log.info(correction ? 'correction scored' : 'batch scored', {
       devices: devices.length,

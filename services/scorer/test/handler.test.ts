@@ -124,6 +124,7 @@ function setup(records: TenantRecord[] = [], end = new Map<number, bigint>()) {
     logger: silentLogger,
   });
   profiles.expectEnd(end);
+  const metrics = new Registry({ processMetrics: false });
   const handler = createScoreHandler({
     profiles,
     scores: {
@@ -142,11 +143,12 @@ function setup(records: TenantRecord[] = [], end = new Map<number, bigint>()) {
     publisher,
     topic: 'urs.device-scores',
     logger: silentLogger,
-    metrics: new Registry({ processMetrics: false }),
+    metrics,
     now: () => new Date('2026-01-21T10:00:31.000Z'),
   });
   return {
     handler,
+    metrics,
     profiles,
     sent,
     sentJson,
@@ -253,6 +255,32 @@ describe('createScoreHandler', () => {
     expect(JSON.stringify(sent[0])).not.toContain('correlation');
     expect(d1.missing).toEqual([]);
     expect(Object.keys(d1)).not.toContain('missingReasons');
+  });
+
+  it('should count the scored devices by band, every device of the batch once', async () => {
+    const { handler, metrics, sent } = setup([tenantRecord('t1', 1, null)]);
+    const machine = (id: string, riskScore: string) => ({
+      id,
+      riskScore,
+      exposureLevel: 'None',
+      defenderAvStatus: 'Updated',
+      onboardingStatus: 'Onboarded',
+      healthStatus: 'Active',
+      lastSeen: '2026-01-21T09:00:00Z',
+    });
+    const devices = ['High', 'None', 'High', 'Low', 'None', 'High'].map((risk, index) => ({
+      machine: machine(`d${index}`, risk),
+      vulnerabilities: null,
+    }));
+    await handler(inbound(enriched({ devices })));
+    await handler(inbound(enriched({ devices: devices.slice(0, 2), batchIndex: 2, lastBatch: false })));
+    const scored = metrics.counter('urs_devices_scored_total', 'Devices scored, by band.');
+    const bands = sent.flatMap((batch) => batch.devices.map((device) => device.band));
+    expect(bands).toHaveLength(8);
+    const expected = new Map<string, number>();
+    for (const band of bands) expected.set(band, (expected.get(band) ?? 0) + 1);
+    expect(expected.size).toBeGreaterThan(1);
+    for (const [band, count] of expected) expect(scored.get({ band })).toBe(count);
   });
 
   it('should serialise each device once: the stored and the emitted JSON are exactly the values', async () => {
