@@ -52,8 +52,9 @@ export interface TenantStatus {
 
 export interface TenantStore {
   /**
-   * Stores the record unless a record with the same or a higher revision is already there.
-   * Resolves true when written. A redelivered or older record never overwrites a newer one.
+   * Stores the record unless a record with the same or a higher revision is already there, or the tenant was
+   * removed at that revision or a later one (`remove` with a revision). Resolves true when written. A
+   * redelivered or older record never overwrites a newer one, nor brings back a tenant deleted after it.
    */
   put(record: TenantRecord): Promise<boolean>;
   get(tenantId: string): Promise<TenantRecord | null>;
@@ -68,7 +69,12 @@ export interface TenantStore {
   lookup(tenantId: string): Promise<TenantLookup>;
   /** Every stored tenant id. */
   ids(): Promise<string[]>;
-  /** Removes the record (and its status) unless a newer revision than `revision` exists. */
+  /**
+   * Removes the record (and its status) unless a newer revision than `revision` exists. With a revision (a
+   * deletion's, as on `urs.tenants`), remembers it for `TENANT_REMOVED_TTL_MS`: `put` refuses a record at or
+   * below it. A record missing from Redis cannot otherwise be told from one deleted after it: a record of the
+   * tenant read from `urs.tenants` before the deletion, or sent before it and stored late, would come back.
+   */
   remove(tenantId: string, revision?: number): Promise<boolean>;
   /**
    * Merges fields into the tenant's status. `null` clears a field. A `state` other than
@@ -135,10 +141,11 @@ export interface TenantLookup {
   rebuilt: boolean;
 }
 
-// KEYS[1] record hash, KEYS[2] index set; ARGV: tenantId, revision, json.
+// KEYS[1] record hash, KEYS[2] index set, KEYS[3] the tenant's removal marker; ARGV: tenantId, revision, json.
 const PUT_IF_NEWER = `
 local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
 if current >= tonumber(ARGV[2]) then return 0 end
+if tonumber(redis.call('GET', KEYS[3]) or '0') >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'revision', ARGV[2], 'record', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1`;
@@ -179,11 +186,20 @@ else
 end
 return 1`;
 
-// KEYS[1] record hash, KEYS[2] index set, KEYS[3] status hash, KEYS[4] refused index set; ARGV: tenantId,
-// revision (0 = any).
+// KEYS[1] record hash, KEYS[2] index set, KEYS[3] status hash, KEYS[4] refused index set, KEYS[5] the tenant's
+// removal marker; ARGV: tenantId, revision (0 = any, and no marker), the marker's ttl ms. The marker is raised
+// to the revision, never lowered; its ttl counts from this call.
 const REMOVE_IF_NOT_NEWER = `
 local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
-if tonumber(ARGV[2]) > 0 and current > tonumber(ARGV[2]) then return 0 end
+local revision = tonumber(ARGV[2])
+if revision > 0 and current > revision then return 0 end
+if revision > 0 then
+  if revision > tonumber(redis.call('GET', KEYS[5]) or '0') then
+    redis.call('SET', KEYS[5], ARGV[2], 'PX', ARGV[3])
+  else
+    redis.call('PEXPIRE', KEYS[5], ARGV[3])
+  end
+end
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[4], ARGV[1])
@@ -237,6 +253,20 @@ export function tenantsNotRebuilt(tenantId: string): StoreError {
   );
 }
 
+/**
+ * How long a tenant's removal marker (`TenantStore.remove` with a revision) lasts after its last removal: as
+ * the deletion's generation (`DELETION_TTL_MS` of the registrar's state), well past the time a record older
+ * than the deletion may still be written back (a catch-up's read of `urs.tenants`, a write retried after Redis
+ * failed). A registration after the deletion gets a newer revision (Redis's clock, and the tenant's revision
+ * counter above the deletion's), so the marker never refuses it.
+ */
+export const TENANT_REMOVED_TTL_MS = 30 * 24 * 60 * 60 * 1000;
+
+/** The tenant's removal marker: the revision of its last deletion (see `TenantStore.remove`). */
+export function tenantRemovedKey(prefix: string, tenantId: string): string {
+  return `${prefix}tenant-removed:${tenantId}`;
+}
+
 /** The tenant's status hash; the cycle store reads its device count when a cycle begins. */
 export function tenantStatusKey(prefix: string, tenantId: string): string {
   return `${prefix}tenant-status:${tenantId}`;
@@ -254,8 +284,9 @@ function statusFields(status: Record<string, unknown>): string[] {
 
 /**
  * Tenant records (as on `urs.tenants`: the secret stays sealed) and their status, under
- * `{prefix}tenant:{id}`, `{prefix}tenant-status:{id}`, the index `{prefix}tenants` and the index of the
- * tenants with no record whose registration was refused, `{prefix}refused-tenants`.
+ * `{prefix}tenant:{id}`, `{prefix}tenant-status:{id}`, the index `{prefix}tenants`, the index of the
+ * tenants with no record whose registration was refused, `{prefix}refused-tenants`, and the revision of a
+ * tenant's last deletion, `{prefix}tenant-removed:{id}` (PX `TENANT_REMOVED_TTL_MS`).
  */
 export function createTenantStore(redis: Redis, prefix: string): TenantStore {
   const recordKey = (tenantId: string): string => tenantRecordKey(prefix, tenantId);
@@ -266,9 +297,10 @@ export function createTenantStore(redis: Redis, prefix: string): TenantStore {
     async put(record) {
       const written = await redis.eval(
         PUT_IF_NEWER,
-        2,
+        3,
         recordKey(record.tenantId),
         indexKey,
+        tenantRemovedKey(prefix, record.tenantId),
         record.tenantId,
         String(record.revision),
         JSON.stringify(record),
@@ -306,13 +338,15 @@ export function createTenantStore(redis: Redis, prefix: string): TenantStore {
     async remove(tenantId, revision = 0) {
       const removed = await redis.eval(
         REMOVE_IF_NOT_NEWER,
-        4,
+        5,
         recordKey(tenantId),
         indexKey,
         statusKey(tenantId),
         refusedKey,
+        tenantRemovedKey(prefix, tenantId),
         tenantId,
         String(revision),
+        String(TENANT_REMOVED_TTL_MS),
       );
       return removed === 1;
     },

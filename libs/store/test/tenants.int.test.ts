@@ -38,6 +38,28 @@ describe('createTenantStore', () => {
     expect(await store.isEmpty()).toBe(true);
   });
 
+  it('put should not bring back a tenant removed at or after its revision', async () => {
+    const store = createTenantStore(redis.client, redis.prefix);
+    await store.put(record('acme', 5));
+    expect(await store.remove('acme', 7)).toBe(true);
+    // Older than the deletion (read from urs.tenants before it, or sent before it and stored late): refused.
+    expect(await store.put(record('acme', 6))).toBe(false);
+    expect(await store.put(record('acme', 7))).toBe(false);
+    expect(await store.get('acme')).toBeNull();
+    expect(await store.isEmpty()).toBe(true);
+    // A deletion older than the last one does not lower it; a registration after it is stored.
+    expect(await store.remove('acme', 3)).toBe(true);
+    expect(await store.put(record('acme', 6))).toBe(false);
+    expect(await store.put(record('acme', 8))).toBe(true);
+    expect(await store.get('acme')).toMatchObject({ revision: 8 });
+    // Kept as long as a deletion's generation, counted from the last removal.
+    const ttl = await redis.client.pttl(`${redis.prefix}tenant-removed:acme`);
+    expect(ttl).toBeGreaterThan(29 * 24 * 60 * 60 * 1000);
+    // A removal with no revision (a refused tenant's status) leaves no marker.
+    expect(await store.remove('other')).toBe(true);
+    expect(await store.put(record('other', 1))).toBe(true);
+  });
+
   it("lookup should say whether the registrar's rebuild marker is there with the record", async () => {
     const store = createTenantStore(redis.client, redis.prefix);
     expect(await store.lookup('acme')).toEqual({ record: null, rebuilt: false });
