@@ -27,6 +27,11 @@ export interface DirectorSideDeps {
   metrics: Registry;
   /** How long the rebuild may take to read `urs.tenants`, and the handled generation, ms. Default 120000 each. */
   readTimeoutMs?: number;
+  /**
+   * The registrar's stop: a read of `urs.tenants` under way (the rebuild's, the catch-up's) is cut rather than
+   * waited out, failing retryably (a push waiting on it is held for the next registrar).
+   */
+  signal?: AbortSignal;
 }
 
 export interface DirectorSide {
@@ -52,11 +57,12 @@ export interface DirectorSide {
    */
   activeKeyProven: () => Promise<boolean>;
   /**
-   * Redis caught up with `urs.tenants`: once per process, the topic read and what Redis is behind on written
-   * back (`rebuilder.catchUp`: a registrar killed between its send to Kafka and its write to Redis), then what
-   * this registrar sent and Redis failed to take since written again (`registry.catchUpPending`). What the
-   * registrar's watch runs after `ready`, at start and every URS_REBUILD_CHECK_MS. Director's pushes wait for
-   * the first part (they are compared with Redis); readiness and the REST API do not.
+   * Redis caught up with `urs.tenants`: what this registrar sent and Redis failed to take since written again
+   * (`registry.catchUpPending`), then, once per process, the topic read and what Redis is behind on written
+   * back (`rebuilder.catchUp`: a registrar killed between its send to Kafka and its write to Redis). The first
+   * does not wait on the read: a read failing (Kafka away) leaves it to run at every check all the same. What
+   * the registrar's watch runs after `ready`, at start and every URS_REBUILD_CHECK_MS. Director's pushes wait
+   * for the read (they are compared with Redis); readiness and the REST API do not.
    */
   catchUp: () => Promise<void>;
   /** The bus handler of Director's pushes on the registration topic. */
@@ -81,7 +87,17 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
     logger,
   });
   const rebuilder = createTenantRebuilder({
-    readLog: () => readTenantLog(kafka, topics.tenants, groupId, logger, deps.readTimeoutMs),
+    readLog: () =>
+      readTenantLog(kafka, topics.tenants, groupId, logger, deps.readTimeoutMs, deps.signal).catch(
+        (error: unknown) => {
+          if (!deps.signal?.aborted) throw error;
+          throw new UrsError('REGISTRAR_STOPPING', 'the registrar is stopping: urs.tenants not read', {
+            canRetry: true,
+            infrastructure: true,
+            cause: error,
+          });
+        },
+      ),
     readGeneration: () =>
       readHandledGeneration(kafka, topics.registration, groupId, logger, deps.readTimeoutMs),
     tenants,
@@ -160,8 +176,8 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
     isRebuilt: () => rebuilt,
     activeKeyProven,
     async catchUp() {
-      await rebuilder.catchUp();
       await registry.catchUpPending();
+      await rebuilder.catchUp();
     },
     handler: director.handler,
   };

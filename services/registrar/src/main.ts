@@ -55,6 +55,7 @@ void runService({
       groupId: settings.groupId,
       logger,
       metrics,
+      signal: stopping,
     });
 
     // The access check shares the pipeline's call slots and the tenant's quota with the pollers and fetchers.

@@ -20,23 +20,24 @@ export type TenantLogEntry =
   | { tenantId: string; record: TenantRecord }
   | { tenantId: string; record: null; revision?: number; generation?: number };
 
-/** `readTopicUpTo`, handing on one message at a time. */
+/** `readTopicUpTo`, handing on one message at a time; `read.signal` cuts it. */
 function readEach(
   kafka: Kafka,
   topic: string,
   targets: Map<number, bigint>,
-  groupPrefix: string,
-  timeoutMs: number,
+  read: { groupPrefix: string; timeoutMs: number; signal?: AbortSignal | undefined },
   onMessage: (message: KafkaMessage) => void,
 ): Promise<void> {
-  return readTopicUpTo(kafka, topic, targets, groupPrefix, timeoutMs, (messages) => {
+  const each = (messages: KafkaMessage[]): void => {
     for (const message of messages) onMessage(message);
-  });
+  };
+  return readTopicUpTo(kafka, topic, targets, read.groupPrefix, read.timeoutMs, each, read.signal);
 }
 
 /**
  * Reads a compacted topic from the beginning up to the end it had when the read started (see
- * `readTopicUpTo`). Returns the last entry per key.
+ * `readTopicUpTo`). Returns the last entry per key. `signal` (the registrar's stop) cuts the read, rejecting
+ * with its reason.
  */
 export async function readTenantLog(
   kafka: Kafka,
@@ -44,11 +45,12 @@ export async function readTenantLog(
   groupPrefix: string,
   logger: Logger,
   timeoutMs = 120_000,
+  signal?: AbortSignal,
 ): Promise<TenantLogEntry[]> {
   // Right after the topic was created its leaders may not answer yet (KRaft): retried while it settles.
-  const targets = lastOffsets(await topicOffsets(kafka, topic, { logger }));
+  const targets = lastOffsets(await topicOffsets(kafka, topic, { logger, ...(signal ? { signal } : {}) }));
   const entries = new Map<string, TenantLogEntry>();
-  await readEach(kafka, topic, targets, groupPrefix, timeoutMs, (message) => {
+  await readEach(kafka, topic, targets, { groupPrefix, timeoutMs, signal }, (message) => {
     const key = message.key?.toString('utf8');
     if (!key) return;
     if (message.value === null) {
@@ -112,7 +114,7 @@ export async function readHandledGeneration(
       .map(({ partition, next }) => [partition, next - 1n] as const),
   );
   let generation = -1;
-  await readEach(kafka, topic, targets, groupId, timeoutMs, (message) => {
+  await readEach(kafka, topic, targets, { groupPrefix: groupId, timeoutMs }, (message) => {
     if (message.value === null) return;
     try {
       const push = validateMessage('urs/registration-push', JSON.parse(message.value.toString('utf8')));

@@ -149,11 +149,18 @@ export interface TenantRegistry {
   /**
    * Stores what this registrar sent to `urs.tenants` and did not get into Redis (and what `catchUp` found
    * behind), each under its tenant's write lock: a record (or a deletion) newer than Redis's is applied as its
-   * write would have applied it. One that fails stays to catch up, tried again at the next call and before the
-   * next write of its tenant. Never rejects.
+   * write would have applied it, and a record stored whose status or schedule step failed gets those steps. A
+   * record older than the tenant's deletion is not stored (`TenantStore.put`). One that fails stays to catch
+   * up, tried again at the next call and before the next write of its tenant. Never rejects.
    */
   catchUpPending(): Promise<CatchUpResult>;
 }
+
+/**
+ * An entry of `urs.tenants` Redis is behind on. `recordStored`: its record (or its deletion) is in Redis, the
+ * steps its write takes after it (the schedule's clear, the status's update) are not: only those are left.
+ */
+type PendingEntry = TenantLogEntry & { recordStored?: true };
 
 /** What a catch-up of Redis to `urs.tenants` did: entries applied, and those still to catch up. */
 export interface CatchUpResult {
@@ -237,9 +244,10 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
   const lock = createTenantLock(deps.state, deps.writeLock);
   /**
    * What this registrar sent to `urs.tenants` and has not stored in Redis yet (and what `catchUp` found Redis
-   * behind on), by tenant: the last entry sent. Dropped once stored, or once Redis holds as new a revision.
+   * behind on), by tenant: the last entry sent. Dropped once stored with the steps its write takes after it
+   * (the schedule's clear, the status's update), or once Redis holds as new a revision.
    */
-  const pending = new Map<string, TenantLogEntry>();
+  const pending = new Map<string, PendingEntry>();
   /** The tenant's write lock, under which its pending entry is stored first: the write reads Redis after it. */
   const locked: TenantLock = (tenantId, signal, work) =>
     lock(tenantId, signal, async (held) => {
@@ -253,9 +261,10 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
   /**
    * The record to Kafka, then to Redis, each while the tenant's lock is `held`: a write whose lock was lost
    * stops before its next step (`TenantLockLostError`), so it lands no older revision after a newer one. Lost
-   * once the record was sent, the error says the change may have been applied (`lostAfterSend`).
+   * once the record was sent, the error says the change may have been applied (`lostAfterSend`). The entry
+   * returned stays to catch up until the caller's steps after the record (schedule, status) are done: `stored`.
    */
-  async function write(record: TenantRecord, held: AbortSignal): Promise<void> {
+  async function write(record: TenantRecord, held: AbortSignal): Promise<PendingEntry> {
     throwIfLost(held);
     await deps.publisher.send(deps.tenantsTopic, 'urs/tenant-record', [
       { key: record.tenantId, value: record },
@@ -263,36 +272,49 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     const sent = sentAhead({ tenantId: record.tenantId, record });
     lostAfterSend(record.tenantId, held);
     await deps.tenants.put(record);
-    stored(sent);
+    return recordStored(sent);
   }
 
   /** An entry on `urs.tenants` that Redis does not have yet: to catch up until `stored`. */
-  function sentAhead(entry: TenantLogEntry): TenantLogEntry {
+  function sentAhead(entry: PendingEntry): PendingEntry {
     pending.set(entry.tenantId, entry);
     return entry;
   }
 
-  function stored(entry: TenantLogEntry): void {
+  /** The entry's record (or deletion) is in Redis, the steps after it not yet (see `PendingEntry`). */
+  function recordStored(entry: PendingEntry): PendingEntry {
+    const next: PendingEntry = { ...entry, recordStored: true };
+    if (pending.get(entry.tenantId) === entry) pending.set(entry.tenantId, next);
+    return next;
+  }
+
+  function stored(entry: PendingEntry): void {
     if (pending.get(entry.tenantId) === entry) pending.delete(entry.tenantId);
   }
 
   /**
    * Applies `entry` of `urs.tenants` to Redis as its write would have, if it is newer than the tenant's record
-   * there (see `catchUpPending`); under the tenant's lock. True when something was written.
+   * there (see `catchUpPending`); under the tenant's lock, checked again after each write to Redis (as `write`
+   * does): a catch-up that lost its lock stops there, and writes no status over a newer write's. What it
+   * stored stays to catch up (`recordStored`) until the steps after it are done. True when something was written.
    */
-  async function catchUpEntry(entry: TenantLogEntry, held: AbortSignal): Promise<boolean> {
+  async function catchUpEntry(entry: PendingEntry, held: AbortSignal): Promise<boolean> {
     const { tenantId } = entry;
     const current = await deps.tenants.get(tenantId);
     if (entry.record === null) {
-      // A deletion: of a record Redis still holds, older than it. (One without a revision is not compared.)
+      // A deletion: of a record Redis still holds, older than it, or of one it no longer holds (removed, or
+      // never stored): its revision is remembered all the same, so that no older record of the tenant comes
+      // back (`TenantStore.remove`). (One without a revision is not compared.)
       const { revision, generation } = entry;
-      if (!current || revision === undefined || current.revision >= revision) return settled(entry);
+      if (revision === undefined || (current !== null && current.revision >= revision)) return settled(entry);
       throwIfLost(held);
       await deps.state.observeRevision(tenantId, revision);
       if (generation !== undefined) await deps.state.observeDeletion(tenantId, generation);
       await deps.tenants.remove(tenantId, revision);
+      const removed = recordStored(entry);
+      throwIfLost(held);
       await deps.schedules.clear(tenantId);
-      settled(entry);
+      settled(removed);
       log.warn('tenant deletion on urs.tenants caught up in Redis', {
         tenantId,
         revision,
@@ -301,18 +323,40 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       return true;
     }
     const record = entry.record;
+    if (entry.recordStored) {
+      // Stored by its write, whose steps after it failed: those only, while Redis holds that record still.
+      if (current?.revision !== record.revision) return settled(entry);
+      throwIfLost(held);
+      await applyStatus(record);
+      settled(entry);
+      log.warn('tenant status caught up with its record in Redis', {
+        tenantId,
+        revision: record.revision,
+        enabled: record.enabled,
+      });
+      return true;
+    }
     if (current && current.revision >= record.revision) return settled(entry);
     throwIfLost(held);
     await deps.state.observeRevision(tenantId, record.revision);
-    await deps.tenants.put(record);
+    if (!(await deps.tenants.put(record))) {
+      // The tenant was deleted at this revision or after it: it stays deleted.
+      log.info('tenant record on urs.tenants older than its deletion left out of Redis', {
+        tenantId,
+        revision: record.revision,
+      });
+      return settled(entry);
+    }
     // The status its write leaves: a re-seal (`updatedAt` kept) none; a disabled record `disable`'s, its
     // schedule forgotten; an enabled one `register`'s.
     const resealed = current !== null && current.updatedAt === record.updatedAt;
-    if (!resealed) {
-      if (!record.enabled) await deps.schedules.clear(tenantId);
-      await deps.tenants.updateStatus(tenantId, record.enabled ? writtenStatus(record) : DISABLED_STATUS);
+    if (resealed) settled(entry);
+    else {
+      const put = recordStored(entry);
+      throwIfLost(held);
+      await applyStatus(record);
+      settled(put);
     }
-    settled(entry);
     log.warn('tenant record on urs.tenants caught up in Redis', {
       tenantId,
       revision: record.revision,
@@ -322,12 +366,21 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     return true;
   }
 
+  /** The status a record's write leaves (`register`'s, or `disable`'s with the schedule forgotten). */
+  async function applyStatus(record: TenantRecord): Promise<void> {
+    if (!record.enabled) await deps.schedules.clear(record.tenantId);
+    await deps.tenants.updateStatus(
+      record.tenantId,
+      record.enabled ? writtenStatus(record) : DISABLED_STATUS,
+    );
+  }
+
   function logRevision(entry: TenantLogEntry): number {
     return entry.record === null ? (entry.revision ?? 0) : entry.record.revision;
   }
 
   /** `stored`, false: nothing to write, Redis holds as new a revision. */
-  function settled(entry: TenantLogEntry): false {
+  function settled(entry: PendingEntry): false {
     stored(entry);
     return false;
   }
@@ -485,10 +538,11 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       defender: { ...settings, clientSecret: sealed },
     };
     throwIfCut(tenantId, options.signal);
-    await write(record, held);
+    const sent = await write(record, held);
     lostAfterSend(tenantId, held);
     if (!record.enabled) await deps.schedules.clear(tenantId);
     await deps.tenants.updateStatus(tenantId, writtenStatus(record));
+    stored(sent);
     log.info('tenant registered', {
       tenantId,
       revision: record.revision,
@@ -549,10 +603,11 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       enabled: false,
       disabledReason: reason,
     };
-    await write(record, held);
+    const sent = await write(record, held);
     lostAfterSend(tenantId, held);
     await deps.schedules.clear(tenantId);
     await deps.tenants.updateStatus(tenantId, DISABLED_STATUS);
+    stored(sent);
     log.info('tenant disabled', { tenantId, revision: record.revision, reason });
     return record;
   }
@@ -603,8 +658,10 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     lostAfterSend(tenantId, held);
     if (generation >= 0) await deps.state.observeDeletion(tenantId, generation);
     await deps.tenants.remove(tenantId, revision);
+    const removed = recordStored(sent);
+    lostAfterSend(tenantId, held);
     await deps.schedules.clear(tenantId);
-    stored(sent);
+    stored(removed);
     log.info('tenant deleted', { tenantId, revision, ...(generation < 0 ? {} : { generation }) });
     return true;
   }
@@ -633,7 +690,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     throwIfLost(held);
     if (!(await deps.schedules.carryFailure(tenantId, current.revision, record.revision)))
       return { outcome: 'polling' };
-    await write(record, held);
+    stored(await write(record, held));
     log.debug('tenant secret re-sealed with the active key', {
       tenantId,
       revision: record.revision,

@@ -69,13 +69,13 @@ describe('Redis caught up with urs.tenants', () => {
   });
 
   /** A registrar started on the shared Redis and topics, ready (rebuilt or caught up) as main.ts's start. */
-  async function start() {
+  async function start(options: { kafka?: Kafka; caughtUp?: boolean; signal?: AbortSignal } = {}) {
     const [registration, tenantsTopic, dlq] = topics;
     const redisTenants = failingStore(createTenantStore(redis.client, redis.prefix));
     const state = createRegistrarStateStore(redis.client, redis.prefix);
     const cleared: string[] = [];
     const side = createDirectorSide({
-      kafka,
+      kafka: options.kafka ?? kafka,
       publisher,
       tenants: redisTenants.store,
       state,
@@ -90,10 +90,11 @@ describe('Redis caught up with urs.tenants', () => {
       logger: silentLogger,
       metrics: new Registry(),
       readTimeoutMs: 30_000,
+      ...(options.signal ? { signal: options.signal } : {}),
     });
     // As main.ts's watch: ready, then caught up.
     await side.ready();
-    await side.catchUp();
+    if (options.caughtUp !== false) await side.catchUp();
     const tenants = createTenantStore(redis.client, redis.prefix);
     return { ...side, ...redisTenants, tenants, state, cleared };
   }
@@ -176,6 +177,73 @@ describe('Redis caught up with urs.tenants', () => {
     expect((await registrar.tenants.getStatus('b')).state).toBe('disabled');
     expect(registrar.cleared).toContain('b');
     expect(await registrar.registry.catchUpPending()).toEqual({ applied: 0, pending: 0 });
+  });
+
+  it('should not put back a record read from urs.tenants before its tenant was deleted', async () => {
+    const registrar = await start();
+    const { record } = await registrar.registry.register({ tenantId: 'gone', defender: body() }, rest);
+    // The start-up read's entries end where the topic ended when it began: an administrator's DELETE (on any
+    // replica) meanwhile leaves the tenant's record in them, and Redis without one.
+    expect(await registrar.registry.remove('gone')).toBe(true);
+    expect(await registrar.registry.catchUp([{ tenantId: 'gone', record }])).toEqual({
+      applied: 0,
+      pending: 0,
+    });
+    expect(await registrar.tenants.get('gone')).toBeNull();
+    expect(await registrar.tenants.getStatus('gone')).toEqual({});
+    // Registered again: a revision above the deletion's, stored.
+    const again = await registrar.registry.register({ tenantId: 'gone', defender: body() }, rest);
+    expect(again.record.revision).toBeGreaterThan(record.revision);
+    expect(await registrar.tenants.get('gone')).toEqual(again.record);
+    expect((await registrar.tenants.getStatus('gone')).state).toBe('active');
+  });
+
+  it('should not put back a record whose put failed once another replica deleted its tenant', async () => {
+    const first = await start();
+    const second = await start();
+    await first.registry.register({ tenantId: 'gone', defender: body() }, rest);
+    first.failing.put = true;
+    await expect(
+      first.registry.register({ tenantId: 'gone', defender: body({ clientSecret: 'r0tated~secret' }) }, rest),
+    ).rejects.toThrow('Redis connection lost');
+    expect(await second.registry.remove('gone')).toBe(true);
+    first.failing.put = false;
+    expect(await first.registry.catchUpPending()).toEqual({ applied: 0, pending: 0 });
+    expect(await first.tenants.get('gone')).toBeNull();
+    expect(await first.tenants.getStatus('gone')).toEqual({});
+    // A Director full push leaving it out then finds nothing to disable: nothing more on urs.tenants.
+    expect(
+      await first.registry.disable('gone', 'left out', { source: 'director', generation: 1 }),
+    ).toBeNull();
+  });
+
+  it('should store a record whose put failed while the read of urs.tenants keeps failing', async () => {
+    // Redis rebuilt before; this registrar's read of the topic fails (Kafka's admin away), its writes do not.
+    await start();
+    const away = Object.assign(Object.create(kafka) as Kafka, {
+      admin: () => {
+        throw new Error('Kafka admin away');
+      },
+    });
+    const registrar = await start({ kafka: away, caughtUp: false });
+    await registrar.registry.register({ tenantId: 'a', defender: body() }, rest);
+    registrar.failing.put = true;
+    await expect(
+      registrar.registry.register({ tenantId: 'a', defender: body({ enabled: false }) }, rest),
+    ).rejects.toThrow('Redis connection lost');
+    registrar.failing.put = false;
+    await expect(registrar.catchUp()).rejects.toThrow();
+    expect(await registrar.tenants.get('a')).toEqual(registrar.attempted.at(-1));
+    expect((await registrar.tenants.getStatus('a')).state).toBe('disabled');
+  });
+
+  it('should cut its read of urs.tenants once the registrar stops, failing retryably', async () => {
+    const first = await start();
+    await first.registry.register({ tenantId: 'a', defender: body() }, rest);
+    const stop = new AbortController();
+    const registrar = await start({ caughtUp: false, signal: stop.signal });
+    stop.abort(new Error('stopping'));
+    await expect(registrar.catchUp()).rejects.toMatchObject({ code: 'REGISTRAR_STOPPING', canRetry: true });
   });
 
   it('should store a record whose put failed before the next write of its tenant reads it', async () => {

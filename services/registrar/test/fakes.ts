@@ -13,12 +13,15 @@ export function memoryTenantStore(): TenantStore & {
   const records = new Map<string, TenantRecord>();
   const statuses = new Map<string, TenantStatus>();
   const refused = new Set<string>();
+  /** The revision of each tenant's last deletion (`remove` with a revision). */
+  const removed = new Map<string, number>();
   return {
     records,
     statuses,
     async put(record) {
       const current = records.get(record.tenantId);
       if (current && current.revision >= record.revision) return false;
+      if ((removed.get(record.tenantId) ?? 0) >= record.revision) return false;
       records.set(record.tenantId, structuredClone(record));
       return true;
     },
@@ -44,6 +47,7 @@ export function memoryTenantStore(): TenantStore & {
     async remove(tenantId, revision = 0) {
       const current = records.get(tenantId);
       if (revision > 0 && current && current.revision > revision) return false;
+      if (revision > (removed.get(tenantId) ?? 0)) removed.set(tenantId, revision);
       records.delete(tenantId);
       statuses.delete(tenantId);
       refused.delete(tenantId);

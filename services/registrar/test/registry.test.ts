@@ -171,6 +171,68 @@ describe('createTenantRegistry catchUp', () => {
     expect(cleared).toEqual([]);
   });
 
+  it.each(['clear', 'updateStatus'] as const)(
+    'should bring the status in line with a record stored whose %s then failed',
+    async (failing) => {
+      const { tenants, registry, cleared, failNext } = setup(failing);
+      await registry.register({ tenantId: 'a', defender: body() }, rest);
+      await tenants.updateStatus('a', { state: 'active', nextPollAt: '2026-12-07T18:00:00.000Z' });
+      failNext();
+      await expect(
+        registry.disable('a', 'gone from Director', { source: 'director', generation: 1 }),
+      ).rejects.toMatchObject({ code: 'STORE_DOWN' });
+      expect((await tenants.get('a'))?.enabled).toBe(false);
+      // The record is stored, its status and schedule not: still to catch up.
+      expect(await registry.catchUpPending()).toEqual({ applied: 1, pending: 0 });
+      const status = await tenants.getStatus('a');
+      expect(status.state).toBe('disabled');
+      expect(status).not.toHaveProperty('nextPollAt');
+      // Cleared by the catch-up when its clear failed, again (as harmless) when its status's update did.
+      expect(cleared).toContain('a');
+      expect(await registry.catchUpPending()).toEqual({ applied: 0, pending: 0 });
+    },
+  );
+
+  it('should not write the status of a record it caught up once its lock was lost after the put', async () => {
+    const tenants = memoryTenantStore();
+    const state = memoryStateStore();
+    const cleared: string[] = [];
+    let losing = false;
+    const put = tenants.put.bind(tenants);
+    // The lock found lost at a renewal while Redis takes the record: the catch-up stops before the status.
+    tenants.put = async (record) => {
+      if (losing) await new Promise((resolve) => setTimeout(resolve, 100));
+      return put(record);
+    };
+    const registry = testRegistry({
+      tenants,
+      state: {
+        ...state,
+        renewTenantLock: async (tenantId, token, ms) => !losing && state.renewTenantLock(tenantId, token, ms),
+      },
+      writeLock: { lockMs: 30 },
+      schedules: { clear: async (tenantId) => void cleared.push(tenantId), carryFailure: async () => true },
+    });
+    const { record } = await registry.register({ tenantId: 'a', defender: body() }, rest);
+    const disabled = {
+      ...record,
+      revision: record.revision + 1,
+      updatedAt: '2030-01-01T00:00:00.000Z',
+      enabled: false,
+      disabledReason: 'disabled by an administrator',
+    };
+    losing = true;
+    expect(await registry.catchUp([{ tenantId: 'a', record: disabled }])).toEqual({ applied: 0, pending: 1 });
+    expect(await tenants.get('a')).toEqual(disabled);
+    expect((await tenants.getStatus('a')).state).toBe('active');
+    expect(cleared).toEqual([]);
+    // Under the lock again, with Redis still holding that record: its status follows.
+    losing = false;
+    expect(await registry.catchUpPending()).toEqual({ applied: 1, pending: 0 });
+    expect((await tenants.getStatus('a')).state).toBe('disabled');
+    expect(cleared).toEqual(['a']);
+  });
+
   it('should store a record whose write lost its lock after the send', async () => {
     const tenants = memoryTenantStore();
     const state = memoryStateStore();
