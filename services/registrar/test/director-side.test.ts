@@ -17,6 +17,15 @@ import {
   testSealer,
 } from './fakes';
 
+/** A Kafka whose topics hold nothing: the start's read of `urs.tenants` (`DirectorSide.catchUp`) finds no entry. */
+const emptyKafka = {
+  admin: () => ({
+    connect: async () => undefined,
+    fetchTopicOffsets: async () => [],
+    disconnect: async () => undefined,
+  }),
+} as unknown as Kafka;
+
 /**
  * The Director side over an already rebuilt Redis (the memory state says so: no Kafka read) holding one
  * tenant whose secret the test sealer opens, or does not.
@@ -43,7 +52,7 @@ async function setup(opens: boolean, options: { redisFailsOnce?: boolean } = {})
       : stored,
   );
   const side = createDirectorSide({
-    kafka: {} as Kafka,
+    kafka: emptyKafka,
     publisher,
     tenants,
     state: memoryStateStore(),
@@ -136,7 +145,7 @@ describe('createDirectorSide during a key rotation', () => {
       fingerprint === 'matching' ? [['k2', sealer.fingerprint('k2')]] : [],
     );
     const side = createDirectorSide({
-      kafka: {} as Kafka,
+      kafka: emptyKafka,
       publisher: memoryPublisher(),
       tenants,
       state: memoryStateStore(),
