@@ -120,6 +120,7 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
         cycleId,
         startedAt,
         intervalMs,
+        lease,
         signal: abort.signal,
         leaseHeld: clock.held,
       });
