@@ -9,3 +9,5 @@ export { OUTAGE_RETRY, retryThroughOutage, unlessAborted } from './outage';
 export type { OutageLog, OutageRetryOptions } from './outage';
 export { anyAborted } from './any-aborted';
 export type { Interruption } from './any-aborted';
+export { createLeaseClock, leaseTime } from './lease-clock';
+export type { LeaseClock } from './lease-clock';

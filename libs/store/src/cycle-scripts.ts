@@ -1,5 +1,7 @@
 // The cycle store's Lua scripts (see cycles.ts): each does its reads and writes of a cycle in one step.
 
+import { OWNED_LUA } from './owned-key';
+
 // KEYS[1] cycle hash, KEYS[2] open zset, KEYS[3] owed zset; ARGV: member, status, retention ms (for a
 // hash the claim creates), owed member, now ms.
 export const CLAIM = `
@@ -148,9 +150,12 @@ redis.call('ZADD', KEYS[2], 'XX', closeAt, ARGV[1])
 redis.call('PEXPIREAT', KEYS[1], closeAt + tonumber(ARGV[3]))
 return 1`;
 
-// KEYS[1] cycle hash; ARGV the totals' JSON. Only on a cycle the poller began and has not listed.
-export const LISTING_PENDING = `
-if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'listedAt') == 1 then return 0 end
+// KEYS[1] cycle hash, KEYS[2] the tenant's poll lease; ARGV: the totals' JSON, the lease's token. Only while the
+// lease holds the token (0 otherwise), and on a cycle the poller began and has not listed (1, nothing written,
+// otherwise).
+export const LISTING_PENDING = `${OWNED_LUA}
+if not owned(KEYS[2], ARGV[2]) then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'listedAt') == 1 then return 1 end
 redis.call('HSET', KEYS[1], 'pendingListing', ARGV[1])
 return 1`;
 

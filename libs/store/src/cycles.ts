@@ -1,5 +1,6 @@
 import type Redis from 'ioredis';
 import { OWNED_LUA, releaseOwnedKey, releaseOwnedKeyIn, renewOwnedKey, takeOwnedKeyIn } from './owned-key';
+import { pollLeaseKey, type PollLease } from './poll-lease';
 import {
   owedSummary,
   summariesOwedKey,
@@ -136,14 +137,22 @@ export interface CycleStore {
    * The poller's totals of a begun cycle, recorded right before it sends the cycle's last batch (the one
    * carrying them), and dropped by `listed`. A poller that stops after that send and before `listed` (killed,
    * its lease lost) leaves them to the next holder of the tenant's lease, which records the listing from
-   * them instead of taking the cycle for one left mid-listing. Nothing is written for a cycle never begun or
-   * listed already.
+   * them instead of taking the cycle for one left mid-listing. Fenced by the poller's lease on the tenant
+   * (`PollLease`), in the same step: false, nothing written, once the lease is not `lease` any more. A write
+   * the client queued while Redis was away and that lands after the lease ended would otherwise leave the next
+   * holder totals of a batch never sent, and the cycle listed from them instead of redone. Nothing is written
+   * for a cycle never begun or listed already (true all the same).
    */
   listingPending(
-    tenantId: string,
+    lease: PollLease,
     cycleId: string,
     totals: Parameters<CycleStore['listed']>[2],
-  ): Promise<void>;
+  ): Promise<boolean>;
+  /**
+   * Drops the totals `listingPending` kept: the send they were kept for did not carry the cycle's last batch
+   * after all (Kafka refused it as too large, and it goes in halves, the last half with totals of its own).
+   */
+  dropPendingListing(tenantId: string, cycleId: string): Promise<void>;
   /**
    * The vuln-fetcher adds `batches` correction batches after the poller's last one (idempotent: the
    * same call again changes nothing). Called before the last batch goes on, so the publisher never
@@ -419,8 +428,19 @@ export function createCycleStore(
         ...fields,
       );
     },
-    async listingPending(tenantId, cycleId, totals) {
-      await redis.eval(LISTING_PENDING, 1, cycleKey(tenantId, cycleId), JSON.stringify(totals));
+    async listingPending(lease, cycleId, totals) {
+      const kept = await redis.eval(
+        LISTING_PENDING,
+        2,
+        cycleKey(lease.tenantId, cycleId),
+        pollLeaseKey(prefix, lease.tenantId),
+        JSON.stringify(totals),
+        lease.token,
+      );
+      return kept === 1;
+    },
+    async dropPendingListing(tenantId, cycleId) {
+      await redis.hdel(cycleKey(tenantId, cycleId), 'pendingListing');
     },
     async addCorrections(tenantId, cycleId, batches) {
       return Number(await redis.eval(ADD_CORRECTIONS, 1, cycleKey(tenantId, cycleId), String(batches)));

@@ -17,7 +17,7 @@ export type {
   ScoreStoreOptions,
   TenantScoresRemoval,
 } from './scores';
-export { createPublishedStore, TenantLeaseLostError } from './published';
+export { createPublishedStore, TENANT_LEASE_LOST, TenantLeaseLostError } from './published';
 export type {
   CompletedCycle,
   PublishedStore,

@@ -1,17 +1,10 @@
 import type Redis from 'ioredis';
 import type { CycleStore } from './cycles';
 import { releaseOwnedKey, renewOwnedKey } from './owned-key';
+import { pollLeaseKey, type PollLease } from './poll-lease';
 import { tenantRecordKey, tenantsRebuiltKey } from './tenants';
 
-/**
- * A poller's hold on one tenant while it runs a cycle. `token` is the fencing token: unique per
- * acquisition (a per-tenant counter plus the holder's id), so a holder whose lease expired (a long GC
- * pause, a Redis flush) can never renew, release or write the schedule of the next holder.
- */
-export interface PollLease {
-  tenantId: string;
-  token: string;
-}
+export type { PollLease } from './poll-lease';
 
 /** Where a tenant's polling stands, shared by every poller replica. Times are epoch milliseconds. */
 export interface PollSchedule {
@@ -218,7 +211,7 @@ function beginAnswer(reply: unknown): true | CycleBeginRefusal {
  * (counter, PX: `FENCE_TTL_MS` from the last lease) and `{prefix}poll-schedule:{tenantId}` (hash). Every write of the schedule is fenced by the lease.
  */
 export function createPollScheduleStore(redis: Redis, prefix: string): PollScheduleStore {
-  const leaseKey = (tenantId: string): string => `${prefix}poll-lease:${tenantId}`;
+  const leaseKey = (tenantId: string): string => pollLeaseKey(prefix, tenantId);
   const fenceKey = (tenantId: string): string => `${prefix}poll-fence:${tenantId}`;
   const scheduleKey = (tenantId: string): string => `${prefix}poll-schedule:${tenantId}`;
 

@@ -47,6 +47,9 @@ export interface TenantLease {
   ttlMs: number;
 }
 
+/** The code of a `TenantLeaseLostError`. */
+export const TENANT_LEASE_LOST = 'TENANT_LEASE_LOST';
+
 /**
  * A tenant's lease (`TenantLease`) was not the holder's any more when its work went to write: it lapsed (its
  * renewals failed, or Redis did not answer them for its length), and another replica may hold it and have
@@ -56,7 +59,7 @@ export interface TenantLease {
  */
 export class TenantLeaseLostError extends UrsError {
   constructor(tenantId: string, cause?: unknown) {
-    super('TENANT_LEASE_LOST', `the publish lease of tenant ${tenantId} lapsed before its work was done`, {
+    super(TENANT_LEASE_LOST, `the publish lease of tenant ${tenantId} lapsed before its work was done`, {
       canRetry: true,
       ...(cause === undefined ? {} : { cause }),
     });

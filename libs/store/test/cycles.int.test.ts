@@ -72,10 +72,12 @@ describe('createCycleStore', () => {
       vulnerabilityMode: 'bulk' as const,
       note: null,
     };
-    await cycles.listingPending('acme', 'never-begun', totals);
+    const lease = { tenantId: 'acme', token: '1:poller-a' };
+    await redis.client.set(`${redis.prefix}poll-lease:acme`, lease.token);
+    await cycles.listingPending(lease, 'never-begun', totals);
     expect(await redis.client.exists(`${redis.prefix}cycle:acme:never-begun`)).toBe(0);
     await cycles.begin(begin);
-    await cycles.listingPending('acme', 'c1', totals);
+    expect(await cycles.listingPending(lease, 'c1', totals)).toBe(true);
     const pending = await cycles.get('acme', 'c1');
     expect(pending?.pendingListing).toEqual(totals);
     expect(pending?.listedAt).toBeUndefined();
@@ -84,7 +86,24 @@ describe('createCycleStore', () => {
     expect(listed).toMatchObject({ totalBatches: 3, totalDevices: 1201 });
     expect(listed?.pendingListing).toBeUndefined();
     // Listed already: nothing kept as pending again.
-    await cycles.listingPending('acme', 'c1', totals);
+    await cycles.listingPending(lease, 'c1', totals);
+    expect((await cycles.get('acme', 'c1'))?.pendingListing).toBeUndefined();
+  });
+
+  it("listingPending should write nothing once the tenant's poll lease is not the given one, and dropPendingListing drop the kept totals", async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const totals = { totalBatches: 3, totalDevices: 1200, listedAt: begin.startedAt };
+    await cycles.begin(begin);
+    const lease = { tenantId: 'acme', token: '1:poller-a' };
+    // Its lease lapsed (a write the client queued while Redis was away lands late), or another poller's since.
+    expect(await cycles.listingPending(lease, 'c1', totals)).toBe(false);
+    await redis.client.set(`${redis.prefix}poll-lease:acme`, '2:poller-b');
+    expect(await cycles.listingPending(lease, 'c1', totals)).toBe(false);
+    expect((await cycles.get('acme', 'c1'))?.pendingListing).toBeUndefined();
+    await redis.client.set(`${redis.prefix}poll-lease:acme`, lease.token);
+    expect(await cycles.listingPending(lease, 'c1', totals)).toBe(true);
+    expect((await cycles.get('acme', 'c1'))?.pendingListing).toEqual(totals);
+    await cycles.dropPendingListing('acme', 'c1');
     expect((await cycles.get('acme', 'c1'))?.pendingListing).toBeUndefined();
   });
 

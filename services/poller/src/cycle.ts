@@ -4,7 +4,7 @@ import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage, retryPolicy, withRetry, type RetryPolicy } from '@urs/resilience';
 import { parseProfile, profileHash } from '@urs/scoring';
 import { secretRecordUnreadable, type ReplicaKeyCheck, type SecretSealer } from '@urs/secrets';
-import type { CycleStore } from '@urs/store';
+import type { CycleStore, PollLease } from '@urs/store';
 import { isSetupErrorCode, type DefenderGateway } from './defender';
 
 export interface CycleDeps {
@@ -35,6 +35,8 @@ export interface CycleInput {
   cycleId: string;
   startedAt: number;
   intervalMs: number;
+  /** The tenant's lease the cycle runs under: the totals kept before its last batch are written only under it. */
+  lease: PollLease;
   /** Aborted when the lease is lost or the poller stops: nothing more is emitted. */
   signal: AbortSignal;
   /**
@@ -243,6 +245,10 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
         devices: devices.length,
         reason: errorMessage(error),
       });
+      // The totals kept for a last batch count it as the last: its halves are one batch more. Dropped before the
+      // first half goes (the last half keeps its own): a poller that stopped after it left the next holder a
+      // count the publisher found complete without the last half, whose devices were then never sent.
+      if (last) await deps.cycles.dropPendingListing(tenantId, cycleId);
       await emit(devices.slice(0, half), false);
       await emit(devices.slice(half), last);
       return;
@@ -281,11 +287,15 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
    * as listed from them instead of recording it abandoned and listing the tenant again at once (its quota spent
    * twice, a partial summary a minute later, the export of a bulk cycle read twice). A send that fails while
    * the poller lives records the cycle abandoned, which the next holder does not take the pending totals over.
-   * A Redis that fails here leaves the cycle as before: the send goes on.
+   * Written only while Redis holds the lease as this poller's (in the same step): a write that lands after the
+   * lease ended (queued by the client while Redis was away) left the next holder totals of a batch that may
+   * never be sent, and the cycle listed from them instead of redone. A Redis that fails or refuses here leaves
+   * the cycle as before: the send goes on (the lease's clock tells whether it may).
    */
   async function keepPending(): Promise<void> {
     try {
-      await deps.cycles.listingPending(tenantId, cycleId, totalsAt(now(), batchIndex + 1));
+      if (!(await deps.cycles.listingPending(input.lease, cycleId, totalsAt(now(), batchIndex + 1))))
+        log.warn("cycle's totals not kept before its last batch: the lease is not this poller's in Redis");
     } catch (error) {
       log.warn(
         "cycle's totals not kept before its last batch: a poller taking over before they are recorded lists it again",

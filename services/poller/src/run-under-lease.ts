@@ -2,12 +2,11 @@
 // recorded (listed, aborted or failed), the lease released after.
 import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { errorMessage, keepRenewing } from '@urs/resilience';
+import { errorMessage, keepRenewing, type LeaseClock } from '@urs/resilience';
 import type { Counter, Histogram } from '@urs/telemetry';
 import type { PollLease, PollScheduleStore, TenantStore } from '@urs/store';
 import { CycleAbortedError, CycleListedNotRecordedError, type CycleInput, type CycleResult } from './cycle';
 import type { CycleEnd } from './cycle-end';
-import type { LeaseClock } from './lease-clock';
 import type { FailureStreak } from './schedule';
 
 export interface RunUnderLeaseDeps {
@@ -120,6 +119,7 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
         cycleId,
         startedAt,
         intervalMs,
+        lease,
         signal: abort.signal,
         leaseHeld: clock.held,
       });

@@ -1,7 +1,7 @@
 import { isKafkaAuthorizationRefusal, settledWithin } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { errorMessage } from '@urs/resilience';
+import { createLeaseClock, errorMessage, leaseTime } from '@urs/resilience';
 import type { Registry } from '@urs/telemetry';
 import type {
   CycleBeginRefusal,
@@ -15,7 +15,6 @@ import { createAttemptFailures } from './attempt-failures';
 import { createBatchesRefused, stoppedForRefusal } from './batches-refused';
 import { CycleListedNotRecordedError, cycleIdOf, type CycleInput, type CycleResult } from './cycle';
 import { createCycleEnd } from './cycle-end';
-import { createLeaseClock, leaseTime } from './lease-clock';
 import { createRunUnderLease } from './run-under-lease';
 import { changedWithin, dueAt, type FailureKind, firstDueAt, withoutLocalBackoff } from './schedule';
 import type { TenantTable } from './tenant-table';

@@ -78,6 +78,8 @@ describe('a cycle whose device batch the topic refuses as too large', () => {
     const cycles = {
       begin: async () => undefined,
       listed: async () => undefined,
+      listingPending: async () => true,
+      dropPendingListing: async () => undefined,
       abandon: async () => true,
       withdraw: async () => true,
     } as unknown as CycleStore;
@@ -96,6 +98,7 @@ describe('a cycle whose device batch the topic refuses as too large', () => {
       cycleId: cycleIdOf('acme', 0),
       startedAt: Date.now(),
       intervalMs: 600_000,
+      lease: { tenantId: 'acme', token: '1:poller' },
       signal: new AbortController().signal,
       leaseHeld: () => true,
     });

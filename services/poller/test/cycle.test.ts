@@ -58,12 +58,16 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Erro
   const listedNotes: (string | null | undefined)[] = [];
   /** The totals kept as pending (`listingPending`), each with the batches sent when it was kept. */
   const pending: string[] = [];
+  /** The totals kept as pending now (dropped by `dropPendingListing`), and their batch count as each batch was sent. */
+  let pendingNow: Parameters<CycleStore['listed']>[2] | undefined;
+  const pendingAtSend: (number | undefined)[] = [];
   const versions: { tenantId: string; revision: number }[] = [];
   const publisher = {
     async send(_topic: string, _contract: string, messages: OutboundMessage<DeviceBatch>[]) {
       for (const m of messages) {
         expect(m.key).toBe('acme');
         sent.push(m.value as DeviceBatch);
+        pendingAtSend.push(pendingNow?.totalBatches);
         events.push(`batch ${(m.value as DeviceBatch).batchIndex}`);
       }
     },
@@ -72,10 +76,18 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Erro
     async begin(cycle: { deadlineAt: string }) {
       events.push(`begin ${cycle.deadlineAt}`);
     },
-    async listingPending(_t: string, _c: string, totals: Parameters<CycleStore['listed']>[2]) {
+    async listingPending(lease: unknown, _c: string, totals: Parameters<CycleStore['listed']>[2]) {
+      // Under the cycle's lease (see `input`): Redis writes them only while it is this poller's.
+      expect(lease).toEqual({ tenantId: 'acme', token: '1:poller-a' });
       pending.push(
         `${totals.totalBatches}/${totals.totalDevices} ${totals.vulnerabilityMode} ${totals.listedAt} after ${sent.length}`,
       );
+      pendingNow = totals;
+      return true;
+    },
+    async dropPendingListing() {
+      pending.push(`dropped after ${sent.length}`);
+      pendingNow = undefined;
     },
     async listed(_t: string, _c: string, totals: Parameters<CycleStore['listed']>[2]) {
       events.push(`listed ${totals.totalBatches}/${totals.totalDevices} ${totals.vulnerabilityMode}`);
@@ -127,7 +139,17 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Erro
     logger: silentLogger,
     now: () => 1_000,
   };
-  return { deps, sent, events, credentials, versions, plannedMinutes, listedNotes, pending };
+  return {
+    deps,
+    sent,
+    events,
+    credentials,
+    versions,
+    plannedMinutes,
+    listedNotes,
+    pending,
+    pendingAtSend,
+  };
 }
 
 const input = (
@@ -137,6 +159,7 @@ const input = (
 ) => ({
   record: record(profile),
   cycleId: cycleIdOf('acme', 0),
+  lease: { tenantId: 'acme', token: '1:poller-a' },
   startedAt: 0,
   intervalMs: 600_000,
   signal,
@@ -482,6 +505,37 @@ describe('runCycle', () => {
     expect(sent[4]).toMatchObject({ totalBatches: 5, totalDevices: 1_200 });
     expect(listed).toMatchObject({ totalBatches: 5, totalDevices: 1_200 });
     expect(events).toContain('listed 5/1200 bulk');
+  });
+
+  it('runCycle should keep no totals as pending while it sends the halves of a last batch refused as too large, but for the last half', async () => {
+    const { deps, sent, pending, pendingAtSend } = setup(pages(400));
+    const { publisher, refused } = refusingPublisher(deps.publisher, (batch) => batch.devices.length > 100);
+    const listed = await runCycle({ ...deps, publisher }, input());
+    expect(refused).toEqual([400, 200, 200]);
+    // Kept as the one batch of 400 goes, refused: dropped before the first half goes, since a poller that
+    // stopped after it would leave a count of one batch to the next holder, and the cycle close complete
+    // without its other half. The last half's send carries the totals, and they are kept again before it.
+    expect(sent.map((batch) => [batch.batchIndex, batch.lastBatch])).toEqual([
+      [0, false],
+      [1, false],
+      [2, false],
+      [3, true],
+    ]);
+    expect(pendingAtSend).toEqual([undefined, undefined, undefined, 4]);
+    expect(pending.at(-1)).toMatch(/^4\/400 per-device .* after 3$/);
+    expect(listed).toMatchObject({ totalBatches: 4, totalDevices: 400 });
+  });
+
+  it('runCycle should fail the cycle, sending no half, when the totals kept before a last batch refused as too large cannot be dropped', async () => {
+    const { deps, sent, events } = setup(pages(400));
+    const { publisher } = refusingPublisher(deps.publisher, (batch) => batch.devices.length > 100);
+    deps.cycles.dropPendingListing = async () => {
+      throw new Error('Connection is closed.');
+    };
+    await expect(runCycle({ ...deps, publisher }, input())).rejects.toThrow('Connection is closed.');
+    expect(sent).toEqual([]);
+    // Begun and never sent a batch: withdrawn.
+    expect(events.at(-1)).toMatch(/^withdraw /);
   });
 
   it('runCycle should fail the cycle when one device alone is refused as too large, its batches up to it sent', async () => {

@@ -76,6 +76,7 @@ describe('poller: a tenant keeps its Defender client across cycles', () => {
       cycleId: `acme-${Date.now()}`,
       startedAt: Date.now(),
       intervalMs: 3_600_000,
+      lease: { tenantId: tenant.tenantId, token: '1:poller' },
       signal: new AbortController().signal,
       leaseHeld: () => true,
     });

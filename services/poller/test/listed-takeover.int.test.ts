@@ -1,19 +1,30 @@
 import { ReplyError } from 'ioredis';
+import { KafkaJSProtocolError } from 'kafkajs';
+import { BusError, type OutboundMessage, type Publisher } from '@urs/bus';
+import type { DeviceBatch, Machine } from '@urs/contracts';
+import { silentLogger } from '@urs/logging';
+import { createSecretSealer } from '@urs/secrets';
 import {
   createCycleStore,
   createPollScheduleStore,
   createTenantStore,
   type CycleStore,
+  type PollLease,
   type PollScheduleStore,
   type TenantStore,
 } from '@urs/store';
+import { Registry } from '@urs/telemetry';
 import { inboundMessage, tenantRecord, testRedisPerTest, waitFor } from '@urs/testkit';
 import {
   CycleAbortedError,
   CycleListedNotRecordedError,
+  cycleIdOf,
+  runCycle,
+  type CycleDeps,
   type CycleInput,
   type CycleResult,
 } from '../src/cycle';
+import { createCycleEnd } from '../src/cycle-end';
 import type { Scheduler } from '../src/scheduler';
 import { oneDeviceListed, testScheduler } from './support/scheduler';
 
@@ -142,7 +153,7 @@ describe('a cycle listed in full whose listing the cycle store did not record, t
         deadlineAt: new Date(startedAt + 600_000).toISOString(),
       });
       const result = oneDeviceListed(Date.now());
-      await cycles.listingPending('acme', cycleId, {
+      await cycles.listingPending(input.lease, cycleId, {
         totalBatches: result.totalBatches,
         totalDevices: result.totalDevices,
         listedAt: new Date(result.listedAt).toISOString(),
@@ -218,5 +229,109 @@ describe('a cycle listed in full whose listing the cycle store did not record, t
     const state = await cycles.get('acme', cycleId);
     expect(state?.listedAt).toBeUndefined();
     expect(state?.abandoned).toMatchObject({ code: 'KAFKA_UNAVAILABLE', batches: 0 });
+  }, 30_000);
+});
+
+// A poller's last batch refused by Kafka as too large is sent in halves; the poller is killed between the first
+// half and the last one. The poller that takes the tenant over must not list the cycle from totals that count the
+// refused batch as the last (one batch short of the halves): the cycle would close complete without the last half.
+describe('a cycle whose poller was killed while it sent the halves of a last batch refused as too large', () => {
+  const redis = testRedisPerTest();
+  const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 3)]]) });
+
+  const recordTooLarge = (): Error =>
+    new BusError('RECORD_TOO_LARGE', 'topic urs.device-batches refused a record as too large', {
+      canRetry: false,
+      cause: new KafkaJSProtocolError(
+        Object.assign(new Error('The request included a message larger than the max message size'), {
+          type: 'MESSAGE_TOO_LARGE',
+          code: 10,
+          retriable: false,
+        }),
+      ),
+    });
+
+  it('should be taken over as abandoned and redone, not listed from the totals kept before the refused send', async () => {
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    const schedules = createPollScheduleStore(redis.client, redis.prefix);
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const record = { ...tenantRecord('acme', { revision: 1, pollIntervalMinutes: 10 }) };
+    record.defender = { ...record.defender, clientSecret: sealer.seal('Sup3r~secret', 'acme') };
+    await tenants.put(record);
+    const startedAt = Date.now();
+    const cycleId = cycleIdOf('acme', startedAt);
+    const lease = (await schedules.acquire('acme', 'first', 60_000)) as PollLease;
+    expect(await schedules.begin(lease, cycleId, startedAt)).toBe(true);
+
+    const sent: DeviceBatch[] = [];
+    let killed = false;
+    const publisher = {
+      async send(_topic: string, _contract: string, messages: OutboundMessage<DeviceBatch>[]) {
+        const batch = messages[0]?.value as DeviceBatch;
+        if (batch.devices.length > 1) throw recordTooLarge();
+        sent.push(batch);
+      },
+    } as unknown as Publisher;
+    const deps: CycleDeps = {
+      defender: {
+        forTenant: () => ({
+          async *listDevicePages() {
+            yield { devices: ['d0', 'd1'].map((id) => ({ machine: { id } as Machine, merged: false })) };
+          },
+        }),
+        forget: () => undefined,
+        close: () => undefined,
+        planMode: () => ({ mode: 'per-device', perDeviceCapacity: 1_000 }),
+      },
+      sealer,
+      publisher,
+      // Killed once its first half went: whatever it writes next never reaches Redis.
+      cycles: {
+        ...cycles,
+        listingPending: async (...args: Parameters<CycleStore['listingPending']>) => {
+          if (sent.length === 0) return cycles.listingPending(...args);
+          killed = true;
+          return new Promise<never>(() => undefined);
+        },
+      },
+      deviceBatchesTopic: 'urs.device-batches',
+      batchSize: 500,
+      maxCycleMs: 600_000,
+      logger: silentLogger,
+    };
+    void runCycle(deps, {
+      record,
+      cycleId,
+      startedAt,
+      intervalMs: 600_000,
+      lease,
+      signal: new AbortController().signal,
+      leaseHeld: () => true,
+    });
+    await waitFor(() => killed, { timeoutMs: 10_000, description: 'the first half to be sent' });
+    expect(sent.map((batch) => [batch.batchIndex, batch.lastBatch])).toEqual([[0, false]]);
+
+    // Its lease expires; another poller takes the tenant over and finds the cycle still marked running.
+    await redis.client.del(redis.key('poll-lease:acme'));
+    const second = (await schedules.acquire('acme', 'second', 60_000)) as PollLease;
+    const ends = createCycleEnd({
+      schedules,
+      tenants,
+      cycles,
+      holderId: 'second',
+      intervalUnitMs: 60_000,
+      maxBackoffMs: 60_000,
+      log: silentLogger,
+      cyclesTotal: new Registry({ processMetrics: false }).counter('urs_poll_cycles_total', 'cycles'),
+      now: Date.now,
+    });
+    // Not listed in full: redone, and recorded as abandoned, so that it closes partial with the devices it
+    // never sent counted failed. Listed from the kept totals, it counted one batch, and closed complete once
+    // the first half was scored.
+    expect(await ends.endListedCycle(second, cycleId)).toBe(false);
+    const state = await cycles.get('acme', cycleId);
+    expect(state?.listedAt).toBeUndefined();
+    expect(state?.totalBatches).toBeUndefined();
+    expect(state?.abandoned).toMatchObject({ code: 'POLLER_GONE' });
   }, 30_000);
 });

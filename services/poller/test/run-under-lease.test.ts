@@ -5,7 +5,7 @@ import type { PollLease } from '@urs/store';
 import { ReplyError } from 'ioredis';
 import { CycleListedNotRecordedError, type CycleInput } from '../src/cycle';
 import type { CycleEnd } from '../src/cycle-end';
-import { createLeaseClock } from '../src/lease-clock';
+import { createLeaseClock } from '@urs/resilience';
 import { createRunUnderLease, type RunUnderLeaseDeps } from '../src/run-under-lease';
 import { oneDeviceListed, record, sampleOf } from './support/scheduler';
 

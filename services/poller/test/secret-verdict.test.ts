@@ -69,6 +69,7 @@ const input = (record: TenantRecord, startedAt = 0, intervalMs = 600_000) => ({
   cycleId: cycleIdOf(record.tenantId, startedAt),
   startedAt,
   intervalMs,
+  lease: { tenantId: record.tenantId, token: '1:poller' },
   signal: new AbortController().signal,
   leaseHeld: () => true,
 });

@@ -5,6 +5,7 @@ import { vmsRecord, type VmsRiskSummary } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { errorCode, errorMessage, keepRenewing, UrsError } from '@urs/resilience';
 import {
+  TENANT_LEASE_LOST,
   TENANTS_NOT_REBUILT,
   type CycleState,
   type CycleStore,
@@ -137,15 +138,22 @@ const withoutWaitingForRebuild = (): AbortSignal =>
   );
 
 /**
- * The codes of a complete summary the sweep leaves to a later sweep, not a failure to send (not counted in
- * `urs_summary_sweep_failures_total`), each with what it waits for: the rebuild of what VMS holds, or the
- * registrar writing the tenant records back after Redis lost them (`ofDeletedTenant`). UrsMessagesHeld pages for
- * the latter only while batches are held for it: with none in flight (the pollers begin no cycle without the
- * records), this line at each sweep and the registrar's log (`tenants rebuilt from urs.tenants` once done) tell it.
+ * The codes of a summary the sweep leaves to a later sweep, not a failure to send (not counted in
+ * `urs_summary_sweep_failures_total`, whose alert tells of Kafka refusing summaries), each with what it waits
+ * for: the rebuild of what VMS holds, the registrar writing the tenant records back after Redis lost them
+ * (`ofDeletedTenant`), or the tenant's lease, which lapsed while the summary was sent (its renewals refused, or
+ * not answered by Redis for its length: another replica may hold it). UrsMessagesHeld pages for the tenant records
+ * only while batches are held for them: with none in flight (the pollers begin no cycle without the records),
+ * this line at each sweep and the registrar's log (`tenants rebuilt from urs.tenants` once done) tell it. A Redis
+ * away, which loses the lease that way, is told by Redis's own alerts; the line gives its error (`reason`).
  */
 const SWEEP_WAITS: ReadonlyMap<string, string> = new Map([
   [REBUILD_PENDING, 'cycle summary waits for the rebuild, sent by a later sweep'],
   [TENANTS_NOT_REBUILT, 'cycle summary waits for the tenant records, sent by a later sweep'],
+  [
+    TENANT_LEASE_LOST,
+    "cycle summary waits for its tenant's lease, lapsed while it was sent: sent by a later sweep",
+  ],
 ]);
 
 /** Devices a snapshot reads, makes records of and sends at a time. */
@@ -599,7 +607,12 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
         } catch (error) {
           const waits = SWEEP_WAITS.get(errorCode(error));
           if (waits !== undefined) {
-            deps.logger.info(waits, { tenantId, cycleId });
+            const cause = (error as { cause?: unknown }).cause;
+            deps.logger.info(waits, {
+              tenantId,
+              cycleId,
+              ...(cause === undefined ? {} : { reason: errorMessage(cause) }),
+            });
             return;
           }
           sweepFailures.inc();

@@ -1,6 +1,7 @@
 import { batchItemJson, jsonWithHead, type MessageHandler, type Publisher } from '@urs/bus';
 import { vmsRecord, vmsRecordHead, type ScoreBatch } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
+import { leaseTime } from '@urs/resilience';
 import type { CycleStore, DeviceScoreRef, PublishedStore, PublishOptions, TenantLease } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { CycleCompletion } from './completion';
@@ -76,11 +77,11 @@ export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<S
     options: PublishOptions,
     signal: AbortSignal | undefined,
   ): Promise<{ toPublish: DeviceScoreRef[] | 'deleted'; takenAt: number }> {
-    // When the take that held was asked: the lease lasts from then (see `whileHeld`).
-    let takenAt = Date.now();
+    // When the take that held was asked, by the lease clock: the lease lasts from then (see `whileHeld`).
+    let takenAt = leaseTime();
     // A runner that gives the batch up (a rebalance, a stop) leaves it to whoever owns it next.
     const toPublish = await onceLeased(() => {
-      takenAt = Date.now();
+      takenAt = leaseTime();
       return deps.published.changed(lease, cycleAt, refs, options);
     }, signal);
     return { toPublish, takenAt };

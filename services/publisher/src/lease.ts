@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '@urs/logging';
-import { UrsError, errorMessage, keepRenewing, sleep } from '@urs/resilience';
+import { UrsError, createLeaseClock, errorMessage, keepRenewing, leaseTime, sleep } from '@urs/resilience';
 import { TenantLeaseLostError, type PublishedStore, type TenantLease } from '@urs/store';
 
 /**
@@ -34,14 +34,15 @@ export interface LeaseHeld {
 }
 
 /**
- * Runs `work` on a lease already taken (its take asked at `takenAt`, epoch ms), renewing it every third of
- * its length, so work that outlasts it (a broker failing over, a snapshot of a large fleet) keeps it. Gives
- * nothing back: the caller does.
+ * Runs `work` on a lease already taken (its take asked at `takenAt`, a `leaseTime` reading), renewing it every
+ * third of its length, so work that outlasts it (a broker failing over, a snapshot of a large fleet) keeps it.
+ * Gives nothing back: the caller does.
  *
  * A renewal that finds the lease another's (or none) loses it. So does Redis not answering: a renewal that
  * fails, or that the client queues while Redis is away, holds nothing, and the lease counts as lost once its
  * length has passed since the last renewal that held it (or the take): by then another replica may have taken
- * it. Either way `held` aborts with a `TenantLeaseLostError` (its cause a Redis fault, when Redis did not
+ * it. That time is told by a monotonic clock (`createLeaseClock`): by the wall clock, an NTP step forward of the
+ * lease's length failed every batch and summary under way with `TENANT_LEASE_LOST`, blamed on Redis. Either way `held` aborts with a `TenantLeaseLostError` (its cause a Redis fault, when Redis did not
  * answer), and the work, checking it before each step, stops before its next send or write: it would
  * otherwise send a tombstone or a snapshot of a state another replica has changed since.
  */
@@ -54,8 +55,8 @@ export async function whileHeld<T>(
 ): Promise<T> {
   const lost = new AbortController();
   const everyMs = Math.max(10, Math.floor(lease.ttlMs / 3));
-  /** When the last renewal that found the lease held was asked: the lease lasts `ttlMs` from then. */
-  let heldSince = takenAt;
+  /** The lease lasts `ttlMs` from when the last renewal that found it held (or the take) was asked. */
+  const clock = createLeaseClock(takenAt, lease.ttlMs);
   /** Why the renewals since then did not hold it: the last one's error, if one failed. */
   let renewalError: unknown;
   const lose = (cause?: unknown): void => {
@@ -66,7 +67,6 @@ export async function whileHeld<T>(
     });
     lost.abort(new TenantLeaseLostError(lease.tenantId, cause));
   };
-  const lapsed = (): boolean => Date.now() - heldSince >= lease.ttlMs;
   const lapse = (): void =>
     lose(
       renewalError ??
@@ -82,14 +82,14 @@ export async function whileHeld<T>(
   let timer: NodeJS.Timeout | undefined;
   const watch = (): void => {
     clearTimeout(timer);
-    timer = setTimeout(lapse, Math.max(0, heldSince + lease.ttlMs - Date.now()));
+    timer = setTimeout(lapse, clock.remainingMs());
   };
   const stopRenewing = keepRenewing(
     async () => {
-      const sentAt = Date.now();
+      const sentAt = clock.reading();
       const held = await published.renewTenantLease(lease);
       if (held && !lost.signal.aborted) {
-        heldSince = sentAt;
+        clock.confirmed(sentAt);
         renewalError = undefined;
         watch();
       }
@@ -109,7 +109,7 @@ export async function whileHeld<T>(
   const held: LeaseHeld = {
     signal: lost.signal,
     throwIfLost() {
-      if (!lost.signal.aborted && lapsed()) lapse();
+      if (!lost.signal.aborted && !clock.held()) lapse();
       if (lost.signal.aborted) throw lost.signal.reason;
     },
   };
@@ -176,9 +176,9 @@ export async function withTenantLease<T>(
   whenLeased: WhenLeased,
   work: (held: LeaseHeld) => Promise<T>,
 ): Promise<T | null> {
-  let takenAt = Date.now();
+  let takenAt = leaseTime();
   const take = async (): Promise<true | null> => {
-    takenAt = Date.now();
+    takenAt = leaseTime();
     return (await published.takeTenantLease(lease)) ? true : null;
   };
   if (whenLeased === 'skip') {

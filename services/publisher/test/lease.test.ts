@@ -1,5 +1,5 @@
 import { silentLogger } from '@urs/logging';
-import { canRetry, errorCode, isInfrastructureFault } from '@urs/resilience';
+import { canRetry, errorCode, isInfrastructureFault, leaseTime } from '@urs/resilience';
 import type { TenantLease } from '@urs/store';
 import { whileHeld, type LeaseHeld } from '../src/lease';
 
@@ -17,7 +17,7 @@ function thrownBy(held: LeaseHeld): unknown {
 
 /** Runs a work that waits until its lease is lost and answers what its check threw then. */
 const untilLost = (renewTenantLease: () => Promise<boolean>) =>
-  whileHeld({ renewTenantLease }, lease, Date.now(), silentLogger, async (held) => {
+  whileHeld({ renewTenantLease }, lease, leaseTime(), silentLogger, async (held) => {
     expect(thrownBy(held)).toBeUndefined();
     await new Promise((resolve) => held.signal.addEventListener('abort', resolve));
     return thrownBy(held);
@@ -46,5 +46,26 @@ describe('whileHeld', () => {
     });
     expect(errorCode(error)).toBe('TENANT_LEASE_LOST');
     expect((error as Error).cause).toMatchObject({ message: 'Connection is closed.' });
+  });
+
+  it('should not take its lease for lapsed when the wall clock steps forward by more than its length', async () => {
+    const longLease: TenantLease = { tenantId: 't1', holder: 'a', ttlMs: 10_000 };
+    const wall = Date.now();
+    const thrown = await whileHeld(
+      { renewTenantLease: async () => true },
+      longLease,
+      leaseTime(),
+      silentLogger,
+      async (held) => {
+        // NTP steps the clock an hour forward: the lease, taken a moment ago, still holds.
+        const stepped = jest.spyOn(Date, 'now').mockReturnValue(wall + 3_600_000);
+        try {
+          return thrownBy(held);
+        } finally {
+          stepped.mockRestore();
+        }
+      },
+    );
+    expect(thrown).toBeUndefined();
   });
 });
