@@ -340,10 +340,16 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     throwIfLost(held);
     await deps.state.observeRevision(tenantId, record.revision);
     if (!(await deps.tenants.put(record))) {
-      // The tenant was deleted at this revision or after it: it stays deleted.
-      log.info('tenant record on urs.tenants older than its deletion left out of Redis', {
+      // The tenant was deleted at this revision or after it: it stays deleted. The record may be the topic's
+      // last word about it (a write whose lock lapsed while Kafka retried its send lands after the deletion's
+      // tombstone, and compaction drops the tombstone): a new tombstone, so that urs.tenants agrees with
+      // Redis, and no start after the removal marker expires puts the record back.
+      const revision = await deps.state.nextRevision(tenantId, record.revision);
+      await tombstone(tenantId, revision, await deletionGeneration(record), held);
+      log.warn('tenant record on urs.tenants older than its deletion left out of Redis, tombstoned again', {
         tenantId,
         revision: record.revision,
+        tombstoneRevision: revision,
       });
       return settled(entry);
     }
@@ -635,9 +641,31 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       return true;
     }
     const revision = await deps.state.nextRevision(tenantId, current.revision);
-    // The generation in force: the last applied, or the one of a push under way that wrote this record.
-    const generation = Math.max(await deps.state.lastGeneration(), current.generation ?? -1);
+    const generation = await deletionGeneration(current);
     throwIfCut(tenantId, signal);
+    await tombstone(tenantId, revision, generation, held);
+    log.info('tenant deleted', { tenantId, revision, ...(generation < 0 ? {} : { generation }) });
+    return true;
+  }
+
+  /**
+   * The generation in force, sent with a deletion of `record`: the last applied, or the one of a push under
+   * way that wrote it.
+   */
+  async function deletionGeneration(record: TenantRecord): Promise<number> {
+    return Math.max(await deps.state.lastGeneration(), record.generation ?? -1);
+  }
+
+  /**
+   * The tenant's tombstone at `revision` (with `generation`, if any) to `urs.tenants`, then its deletion in
+   * Redis and its schedule forgotten, each while the tenant's lock is `held` (as `write`).
+   */
+  async function tombstone(
+    tenantId: string,
+    revision: number,
+    generation: number,
+    held: AbortSignal,
+  ): Promise<void> {
     throwIfLost(held);
     await deps.publisher.send(deps.tenantsTopic, 'urs/tenant-record', [
       {
@@ -662,8 +690,6 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     lostAfterSend(tenantId, held);
     await deps.schedules.clear(tenantId);
     stored(removed);
-    log.info('tenant deleted', { tenantId, revision, ...(generation < 0 ? {} : { generation }) });
-    return true;
   }
 
   async function reseal(

@@ -217,6 +217,24 @@ describe('Redis caught up with urs.tenants', () => {
     ).toBeNull();
   });
 
+  it('should tombstone again a record older than its deletion that urs.tenants ends with', async () => {
+    const first = await start();
+    const { record } = await first.registry.register({ tenantId: 'gone', defender: body() }, rest);
+    expect(await first.registry.remove('gone')).toBe(true);
+    // A write whose lock lapsed while Kafka retried its send: its record lands after the tombstone.
+    await publisher.send(topics[1], 'urs/tenant-record', [{ key: 'gone', value: record }]);
+
+    const second = await start();
+    expect(second.attempted.map((put) => put.revision)).toEqual([record.revision]);
+    expect(await second.tenants.get('gone')).toBeNull();
+    // Redis's removal marker expired (30 days on): the topic's last word about the tenant is a deletion.
+    await redis.client.del(`${redis.prefix}tenant-removed:gone`);
+    const third = await start();
+    expect(third.attempted).toEqual([]);
+    expect(await third.tenants.get('gone')).toBeNull();
+    expect(await third.tenants.getStatus('gone')).toEqual({});
+  });
+
   it('should store a record whose put failed while the read of urs.tenants keeps failing', async () => {
     // Redis rebuilt before; this registrar's read of the topic fails (Kafka's admin away), its writes do not.
     await start();
