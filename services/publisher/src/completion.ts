@@ -141,9 +141,10 @@ const withoutWaitingForRebuild = (): AbortSignal =>
  * The codes of a summary the sweep leaves to a later sweep, not a failure to send (not counted in
  * `urs_summary_sweep_failures_total`, whose alert tells of Kafka refusing summaries), each with what it waits
  * for: the rebuild of what VMS holds, the registrar writing the tenant records back after Redis lost them
- * (`ofDeletedTenant`), or the tenant's lease, which lapsed while the summary was sent (its renewals refused, or
- * not answered by Redis for its length: another replica may hold it). UrsMessagesHeld pages for the tenant records
- * only while batches are held for them: with none in flight (the pollers begin no cycle without the records),
+ * (`ofDeletedTenant`), or the tenant's lease, which lapsed while the summary was sent (not answered by Redis
+ * for its length: another replica may hold it; one a renewal Redis answered found another's is counted all the
+ * same, as no Redis alert tells of it; an owed summary waits either way, as after a failed send). UrsMessagesHeld
+ * pages for the tenant records only while batches are held for them: with none in flight (the pollers begin no cycle without the records),
  * this line at each sweep and the registrar's log (`tenants rebuilt from urs.tenants` once done) tell it. A Redis
  * away, which loses the lease that way, is told by Redis's own alerts; the line gives its error (`reason`).
  */
@@ -605,14 +606,21 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
             });
           } else if (sent) closed++;
         } catch (error) {
-          const waits = SWEEP_WAITS.get(errorCode(error));
-          if (waits !== undefined) {
-            const cause = (error as { cause?: unknown }).cause;
+          const code = errorCode(error);
+          const waits = SWEEP_WAITS.get(code);
+          const cause = (error as { cause?: unknown }).cause;
+          // A lease lost with no Redis fault as its cause (a renewal Redis answered found it another's, taken
+          // or evicted after a stall) is counted as a failure: no Redis alert tells of it.
+          const leaseLost = code === TENANT_LEASE_LOST;
+          if (waits !== undefined && !(leaseLost && cause === undefined)) {
             deps.logger.info(waits, {
               tenantId,
               cycleId,
               ...(cause === undefined ? {} : { reason: errorMessage(cause) }),
             });
+            // An owed summary waits as after a failed send: every replica's sweep would try it (and send part
+            // of a snapshot again) at every sweep otherwise.
+            if (leaseLost) await deferAfter(tenantId, cycleId, onFailure);
             return;
           }
           sweepFailures.inc();
@@ -622,14 +630,17 @@ export function createCycleCompletion(deps: CycleCompletionDeps): CycleCompletio
             code: errorCode(error),
             reason: errorMessage(error),
           });
-          await onFailure?.().catch((deferError: unknown) =>
-            deps.logger.warn('owed cycle summary not deferred, tried again at the next sweep', {
-              tenantId,
-              cycleId,
-              reason: errorMessage(deferError),
-            }),
-          );
+          await deferAfter(tenantId, cycleId, onFailure);
         }
+      };
+      const deferAfter = async (tenantId: string, cycleId: string, onFailure?: () => Promise<void>) => {
+        await onFailure?.().catch((deferError: unknown) =>
+          deps.logger.warn('owed cycle summary not deferred, tried again at the next sweep', {
+            tenantId,
+            cycleId,
+            reason: errorMessage(deferError),
+          }),
+        );
       };
       /**
        * A cycle whose keys expired (a day past its deadline, no sweep since) owes its summary no more: one now

@@ -226,6 +226,61 @@ describe("a publisher replica whose tenant's lease lapsed", () => {
     expect(await published.get('t1', 'gone')).toMatchObject({ score: 30 });
   });
 
+  /**
+   * Cycle 1's summary owed (claimed a minute ago, never sent), and a sweep of replica A whose lease is lost
+   * while it sends it: its renewals answered by `renew`. What the sweep logged, and the metrics.
+   */
+  async function sweepOwedLosingLease(renew: (lease: TenantLease) => Promise<boolean>) {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await cycles.begin({ tenantId: 't1', cycleId: 'c1', startedAt: at(10), deadlineAt: at(15) });
+    await cycles.listed('t1', 'c1', { totalBatches: 1, totalDevices: 1, listedAt: at(11) });
+    expect(await cycles.claimPublication('t1', 'c1', 'partial', Date.parse(at(16)))).toBe(true);
+    const lines: LogLine[] = [];
+    const a = replica({
+      leasing: tenantLeasing(SHORT_LEASE_MS),
+      now: () => new Date(at(17)),
+      logger: capturingLogger(lines),
+      published: {
+        ...published,
+        renewTenantLease: renew,
+        // The send outlasts the lease.
+        ofDeletedTenant: async (...args) => {
+          await waitFor(() => lines.some((line) => line.message.startsWith('tenant lease lapsed')));
+          return published.ofDeletedTenant(...args);
+        },
+      },
+    });
+    await a.rebuild.ensure(undefined);
+    expect(await a.completion.closeOverdue()).toBe(0);
+    expect(sent).toEqual([]);
+    return { lines, metrics: a.metrics };
+  }
+
+  it("closeOverdue should try an owed summary whose tenant's lease lapsed while Redis did not answer again after a wait, not counted as a failure", async () => {
+    const stall = gate();
+    const { metrics } = await sweepOwedLosingLease(renewalsStalledUntil(stall));
+    stall.open();
+    // Deferred as a failed send is: not listed again by the next sweep, a moment later.
+    expect(await published.summariesOwed(Date.parse(at(17)) - 30_000)).toEqual([]);
+    expect(await published.summariesOwed(Date.parse(at(17)) + 60_000)).toHaveLength(1);
+    expect(metrics.expose()).toMatch(/^urs_summary_sweep_failures_total 0$/m);
+  });
+
+  it("closeOverdue should count an owed summary whose tenant's lease was lost while Redis answered, and try it again after a wait", async () => {
+    // Redis answers the renewal: the lease is no longer this replica's (taken, or evicted).
+    const { lines, metrics } = await sweepOwedLosingLease(async () => false);
+    expect(await published.summariesOwed(Date.parse(at(17)) - 30_000)).toEqual([]);
+    expect(await published.summariesOwed(Date.parse(at(17)) + 60_000)).toHaveLength(1);
+    expect(metrics.expose()).toMatch(/^urs_summary_sweep_failures_total 1$/m);
+    expect(lines).toContainEqual(
+      expect.objectContaining({
+        level: 'warn',
+        message: 'cycle summary not sent, tried again at the next sweep',
+        code: 'TENANT_LEASE_LOST',
+      }),
+    );
+  });
+
   it("createPublishHandler should not record a batch whose records went out after its tenant's lease lapsed, and record it when handled again", async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     await cycles.begin({ tenantId: 't1', cycleId: 'c1', startedAt: at(10), deadlineAt: at(15) });
