@@ -1,7 +1,7 @@
 import type { Kafka } from 'kafkajs';
 import type { Publisher } from '@urs/bus';
 import type { Logger } from '@urs/logging';
-import { UrsError, canRetry } from '@urs/resilience';
+import { UrsError, canRetry, errorMessage } from '@urs/resilience';
 import { checkSecretKey, type KeyFingerprints, type SecretKeyCheck, type SecretSealer } from '@urs/secrets';
 import type { RegistrarStateStore, TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
@@ -59,12 +59,18 @@ export interface DirectorSide {
   /**
    * Redis caught up with `urs.tenants`: what this registrar sent and Redis failed to take since written again
    * (`registry.catchUpPending`), then, once per process, the topic read and what Redis is behind on written
-   * back (`rebuilder.catchUp`: a registrar killed between its send to Kafka and its write to Redis). The first
-   * does not wait on the read: a read failing (Kafka away) leaves it to run at every check all the same. What
-   * the registrar's watch runs after `ready`, at start and every URS_REBUILD_CHECK_MS. Director's pushes wait
-   * for the read (they are compared with Redis); readiness and the REST API do not.
+   * back (`rebuilder.catchUp`: a registrar killed between its send to Kafka and its write to Redis). The read is
+   * started, not awaited (one at a time; a failure is logged, and the next check starts it again): a read that
+   * hangs or fails (Kafka away) leaves the first to run at every check all the same. What the registrar's watch
+   * runs after `ready`, at start and every URS_REBUILD_CHECK_MS. Director's pushes wait for the read (they are
+   * compared with Redis); readiness and the REST API do not. Await `rebuilder.catchUp()` for the read.
    */
   catchUp: () => Promise<void>;
+  /**
+   * Resolves once the read of `urs.tenants` a `catchUp` started, and the writes to Redis it led to, are done (at
+   * once when none is under way; never rejects): what the registrar's stop awaits before Redis closes.
+   */
+  readSettled: () => Promise<void>;
   /** The bus handler of Director's pushes on the registration topic. */
   handler: ReturnType<typeof createRegistrationHandler>['handler'];
 }
@@ -169,6 +175,8 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
     logger,
     metrics: deps.metrics,
   });
+  /** The read of `urs.tenants` (and its catch-up) a `catchUp` started, while under way. */
+  let reading: Promise<void> | undefined;
   return {
     registry,
     rebuilder,
@@ -177,7 +185,23 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
     activeKeyProven,
     async catchUp() {
       await registry.catchUpPending();
-      await rebuilder.catchUp();
+      // Started, not awaited: with Kafka away the read takes its timeout to fail, and the next check's
+      // `catchUpPending` must not wait for it. One at a time (`rebuilder.catchUp` is single-flight); one that
+      // failed is started again by the next check.
+      reading ??= rebuilder
+        .catchUp()
+        .catch((error: unknown) => {
+          if (deps.signal?.aborted) return;
+          logger.warn('urs.tenants not read for the catch-up; read again at the next check', {
+            reason: errorMessage(error),
+          });
+        })
+        .finally(() => {
+          reading = undefined;
+        });
+    },
+    async readSettled() {
+      await reading;
     },
     handler: director.handler,
   };

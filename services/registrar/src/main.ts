@@ -42,21 +42,22 @@ void runService({
     // against.
     const keyIds = new Set(settings.secretKeys.keys.keys());
     const fingerprints = createKeyFingerprintStore(redis, prefix);
-    const { registry, rebuilder, ready, isRebuilt, activeKeyProven, catchUp, handler } = createDirectorSide({
-      kafka,
-      publisher,
-      tenants,
-      state,
-      sealer,
-      keyIds,
-      fingerprints,
-      schedules: createPollScheduleStore(redis, prefix),
-      topics: config.topics,
-      groupId: settings.groupId,
-      logger,
-      metrics,
-      signal: stopping,
-    });
+    const { registry, rebuilder, ready, isRebuilt, activeKeyProven, catchUp, readSettled, handler } =
+      createDirectorSide({
+        kafka,
+        publisher,
+        tenants,
+        state,
+        sealer,
+        keyIds,
+        fingerprints,
+        schedules: createPollScheduleStore(redis, prefix),
+        topics: config.topics,
+        groupId: settings.groupId,
+        logger,
+        metrics,
+        signal: stopping,
+      });
 
     // The access check shares the pipeline's call slots and the tenant's quota with the pollers and fetchers.
     const limiter = await createSharedLimiter({
@@ -200,8 +201,8 @@ void runService({
         });
         // The first rebuild, then a check every URS_REBUILD_CHECK_MS: each tried again through an outage.
         // Each, once ready, catches Redis up with urs.tenants (see DirectorSide.catchUp): the first reads the
-        // topic (Redis rebuilt before: what a registrar killed after its send left behind), every one stores
-        // again what this registrar sent and Redis failed to take.
+        // topic (Redis rebuilt before: what a registrar killed after its send left behind), not waited for, so
+        // that every one stores again what this registrar sent and Redis failed to take every URS_REBUILD_CHECK_MS.
         watching = rebuilder.watch(settings.rebuildCheckMs, watch.signal, async () => {
           await ready();
           rebuiltOnce();
@@ -226,6 +227,8 @@ void runService({
           close: async () => {
             watch.abort();
             await watching;
+            // The read of urs.tenants a check started (cut by the stop) and its writes to Redis.
+            await readSettled();
           },
         },
         { name: 'limiter', close: () => limiter.close() },

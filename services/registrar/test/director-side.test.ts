@@ -30,7 +30,7 @@ const emptyKafka = {
  * The Director side over an already rebuilt Redis (the memory state says so: no Kafka read) holding one
  * tenant whose secret the test sealer opens, or does not.
  */
-async function setup(opens: boolean, options: { redisFailsOnce?: boolean } = {}) {
+async function setup(opens: boolean, options: { redisFailsOnce?: boolean; kafka?: Kafka } = {}) {
   const tenants = memoryTenantStore();
   if (options.redisFailsOnce) {
     // Redis refusing the check's first read, as ioredis says it: no word of retrying on the error.
@@ -52,7 +52,7 @@ async function setup(opens: boolean, options: { redisFailsOnce?: boolean } = {})
       : stored,
   );
   const side = createDirectorSide({
-    kafka: emptyKafka,
+    kafka: options.kafka ?? emptyKafka,
     publisher,
     tenants,
     state: memoryStateStore(),
@@ -114,6 +114,39 @@ describe('createDirectorSide', () => {
     await side.ready();
     await push();
     expect(await tenants.get('new')).not.toBeNull();
+  });
+});
+
+describe('createDirectorSide catching Redis up', () => {
+  it('catchUp should store what Redis failed to take at every check, not waiting on a read of urs.tenants that hangs', async () => {
+    // Kafka's admin does not answer until `answer` (a broker away: the read takes its timeout to fail).
+    let answer!: () => void;
+    const answered = new Promise<void>((resolve) => (answer = resolve));
+    const hangingKafka = {
+      admin: () => ({
+        connect: () => answered,
+        fetchTopicOffsets: async () => [],
+        disconnect: async () => undefined,
+      }),
+    } as unknown as Kafka;
+    const { side, tenants } = await setup(true, { kafka: hangingKafka });
+    await side.ready();
+    // The first check starts the read, and returns with it under way.
+    await side.catchUp();
+    const put = tenants.put.bind(tenants);
+    tenants.put = async () => {
+      throw new Error('Redis connection lost');
+    };
+    await expect(
+      side.registry.register({ tenantId: 'a', defender: registrationBody() as never }, { source: 'rest' }),
+    ).rejects.toThrow('Redis connection lost');
+    tenants.put = put;
+    expect(await tenants.get('a')).toBeNull();
+    // The next check stores it while the read still hangs.
+    await side.catchUp();
+    expect(await tenants.get('a')).toMatchObject({ tenantId: 'a' });
+    answer();
+    await side.readSettled();
   });
 });
 
