@@ -1,4 +1,4 @@
-import { UrsError, errorCode, keepRenewing, sleep } from '@urs/resilience';
+import { UrsError, createLeaseClock, errorCode, keepRenewing, leaseTime, sleep } from '@urs/resilience';
 import type { RegistrarStateStore } from '@urs/store';
 
 /**
@@ -116,7 +116,7 @@ export function createTenantLock(
   ): Promise<T> {
     const deadline = Date.now() + waitMs;
     throwIfCut(tenantId, signal);
-    let askedAt = Date.now();
+    let askedAt = leaseTime();
     let token = await state.lockTenant(tenantId, lockMs);
     while (token === null) {
       throwIfCut(tenantId, signal);
@@ -125,20 +125,24 @@ export function createTenantLock(
         throw new UrsError('TENANT_BUSY', message, { canRetry: true });
       }
       await sleep(5 + Math.floor(Math.random() * 20));
-      askedAt = Date.now();
+      askedAt = leaseTime();
       token = await state.lockTenant(tenantId, lockMs);
     }
     const owned = token;
     const lost = new AbortController();
-    /** When the last renewal that found the lock held was asked: the lock lasts `lockMs` from then. */
-    let heldSince = askedAt;
+    /**
+     * The lock lasts `lockMs` from when the last renewal that found it held (or the take) was asked, told by a
+     * monotonic clock: by the wall clock, an NTP step forward of the lock's length failed every write under way
+     * with `TENANT_LOCK_LOST`, blamed on Redis.
+     */
+    const clock = createLeaseClock(askedAt, lockMs);
     /** Why the renewals since then did not hold it: the last one's error, if one failed. */
     let renewalError: unknown;
     const stopRenewing = keepRenewing(
       async () => {
-        const sentAt = Date.now();
+        const sentAt = clock.reading();
         const held = await state.renewTenantLock(tenantId, owned, lockMs);
-        if (held) heldSince = sentAt;
+        if (held) clock.confirmed(sentAt);
         return held;
       },
       renewEveryMs,
@@ -151,7 +155,7 @@ export function createTenantLock(
     // A renewal that fails, or that Redis does not answer (the client queues it while Redis is away), holds
     // nothing: the lock counts as lost once `lockMs` passed since the last renewal that held it, a fault of Redis.
     const lapse = setInterval(() => {
-      if (Date.now() - heldSince < lockMs) return;
+      if (clock.held()) return;
       const cause =
         renewalError ??
         new UrsError('REDIS_UNAVAILABLE', `Redis answered no renewal of the lock for ${lockMs} ms`, {

@@ -83,4 +83,27 @@ describe('createTenantLock', () => {
     // A push meeting it is held, not dead-lettered: Redis, not the tenant, is at fault.
     expect(isInfrastructureFault(await waited.catch((error: unknown) => error))).toBe(true);
   });
+
+  it('locked should not take its lock for lapsed when the wall clock steps forward by more than its length', async () => {
+    // Redis answers each renewal after a moment, well within the lock's length.
+    const state = memoryStateStore();
+    const renew = state.renewTenantLock.bind(state);
+    state.renewTenantLock = async (...args) => {
+      await new Promise((resolve) => setTimeout(resolve, 60));
+      return renew(...args);
+    };
+    const locked = createTenantLock(state, { lockMs: 300 });
+    const wall = Date.now();
+    const aborted = await locked('acme', undefined, async (held) => {
+      // NTP steps the clock an hour forward; the lock's renewals and its lapse check run meanwhile.
+      const stepped = jest.spyOn(Date, 'now').mockReturnValue(wall + 3_600_000);
+      try {
+        await new Promise((resolve) => setTimeout(resolve, 450));
+        return held.aborted;
+      } finally {
+        stepped.mockRestore();
+      }
+    });
+    expect(aborted).toBe(false);
+  });
 });
