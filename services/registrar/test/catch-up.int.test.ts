@@ -4,16 +4,10 @@ import type { TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createRegistrarStateStore, createTenantStore, type TenantStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import {
-  createTestKafka,
-  createTestRedis,
-  createUniqueTopics,
-  deleteTopics,
-  uniqueId,
-  type TestRedis,
-} from '@urs/testkit';
+import { createTestKafka, createTestRedis, deleteTopics, uniqueId, type TestRedis } from '@urs/testkit';
 import { createDirectorSide } from '../src/director-side';
 import { registrationBody, testSealer } from './fakes';
+import { createRegistrarTopics } from './topics';
 
 const rest = { source: 'rest' as const };
 const body = (overrides: Record<string, unknown> = {}) => registrationBody(overrides) as never;
@@ -52,11 +46,7 @@ describe('Redis caught up with urs.tenants', () => {
   });
 
   beforeEach(async () => {
-    topics = (await createUniqueTopics(kafka, [
-      { prefix: 'registration', numPartitions: 1 },
-      { prefix: 'tenants', numPartitions: 3, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] },
-      { prefix: 'dlq' },
-    ])) as [string, string, string];
+    topics = await createRegistrarTopics(kafka);
     redis = createTestRedis();
     publisher = await createPublisher(kafka);
     groupId = uniqueId('registrar');

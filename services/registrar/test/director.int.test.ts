@@ -6,7 +6,6 @@ import {
   capturingLogger,
   createTestKafka,
   createTestRedis,
-  createUniqueTopics,
   deleteKeysMatching,
   deleteTopics,
   uniqueId,
@@ -16,6 +15,7 @@ import {
 } from '@urs/testkit';
 import { createDirectorSide } from '../src/director-side';
 import { registrationBody, testSealer } from './fakes';
+import { createRegistrarTopics } from './topics';
 
 const item = (tenantId: string, overrides: Record<string, unknown> = {}) => ({
   tenantId,
@@ -39,11 +39,7 @@ describe('createRegistrationHandler over Kafka and Redis', () => {
   });
 
   beforeEach(async () => {
-    topics = (await createUniqueTopics(kafka, [
-      { prefix: 'registration', numPartitions: 1 },
-      { prefix: 'tenants', numPartitions: 3, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] },
-      { prefix: 'dlq' },
-    ])) as [string, string, string];
+    topics = await createRegistrarTopics(kafka);
     redis = createTestRedis();
     publisher = await createPublisher(kafka);
     producer = kafka.producer();

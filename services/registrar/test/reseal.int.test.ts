@@ -13,7 +13,6 @@ import {
   capturingLogger,
   createTestKafka,
   createTestRedis,
-  createUniqueTopics,
   deleteTopics,
   uniqueId,
   waitFor,
@@ -24,6 +23,7 @@ import { createDirectorSide } from '../src/director-side';
 import { readTenantLog } from '../src/rebuild';
 import { createSecretResealer } from '../src/reseal';
 import { registrationBody } from './fakes';
+import { createRegistrarTopics } from './topics';
 
 const K0 = Buffer.alloc(32, 3);
 const K1 = Buffer.alloc(32, 9);
@@ -43,11 +43,7 @@ describe('createSecretResealer over Kafka and Redis', () => {
   });
 
   beforeEach(async () => {
-    topics = (await createUniqueTopics(kafka, [
-      { prefix: 'registration', numPartitions: 1 },
-      { prefix: 'tenants', numPartitions: 3, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] },
-      { prefix: 'dlq' },
-    ])) as [string, string, string];
+    topics = await createRegistrarTopics(kafka);
     redis = createTestRedis();
     publisher = await createPublisher(kafka);
     lines = [];
