@@ -18,6 +18,7 @@ export { freePort, watchedPort, type WatchedPort } from './ports';
 export {
   markPublishedRebuilt,
   scoredDevice,
+  storeHistoryWithoutReasons,
   storedSecretsOf,
   tenantRecord,
   type TenantRecordOptions,

@@ -1,4 +1,5 @@
 import type { ScoredDevice, TenantRecord } from '@urs/contracts';
+import type { TestRedis } from './redis';
 import { uniqueId } from './wait';
 
 export interface TenantRecordOptions {
@@ -85,6 +86,37 @@ export function scoredDevice(
     vulnerabilities: null,
     ...overrides,
   };
+}
+
+/**
+ * Writes into the score store of `redis` a history entry of device `deviceId` as entries were stored before they
+ * kept reasons: cycle c0, started 2026-01-01T09:50:00Z, signal criticalCves missing, no reason for it. Returns
+ * the entry as stored.
+ */
+export async function storeHistoryWithoutReasons(
+  redis: Pick<TestRedis, 'client' | 'prefix'>,
+  tenantId: string,
+  deviceId: string,
+): Promise<Record<string, unknown>> {
+  const older = {
+    scoredAt: '2026-01-01T09:50:05.000Z',
+    score: 40,
+    band: 'Low Risk',
+    criticalScore: 20,
+    operationalScore: 20,
+    missing: ['criticalCves'],
+  };
+  await redis.client.zadd(
+    `${redis.prefix}score-cycles:${tenantId}`,
+    Date.parse('2026-01-01T09:50:00.000Z'),
+    'c0',
+  );
+  await redis.client.hset(
+    `${redis.prefix}score-cycle-history:${tenantId}:c0`,
+    deviceId,
+    JSON.stringify(older),
+  );
+  return older;
 }
 
 /**

@@ -438,6 +438,17 @@ describe('createCallSlots and a call that runs out of its time before it is sent
       );
   }
 
+  /** A call of `health`'s tenant over `limiter` that fails DEFENDER_UNAVAILABLE, its message matching `reason`. */
+  async function failsUnsentSaying(
+    health: CallHealth,
+    limiter: CallLimiter,
+    reason: RegExp,
+  ): Promise<unknown> {
+    const error = await timedOut(health, limiter);
+    expect(error).toMatchObject({ code: 'DEFENDER_UNAVAILABLE', message: expect.stringMatching(reason) });
+    return error;
+  }
+
   /** A call of tenant a, slow failures in a row behind it, its health sharing `degradedCalls`. */
   function degraded(degradedCalls: DegradedCalls, id = 'tenant-a'): CallHealth {
     const health = new CallHealth(id, { degradedCalls });
@@ -450,13 +461,11 @@ describe('createCallSlots and a call that runs out of its time before it is sent
     const limiter = createLocalLimiter({ maxConcurrent: 1 });
     const { free, busy } = await holdOnlySlot(limiter);
     try {
-      const error = await timedOut(new CallHealth('tenant-a'), limiter);
-      expect(error).toMatchObject({
-        code: 'DEFENDER_UNAVAILABLE',
-        message: expect.stringMatching(
-          /was not sent within the time allowed: it waited \d+ ms for one of the shared call slots, all busy with other calls$/,
-        ),
-      });
+      await failsUnsentSaying(
+        new CallHealth('tenant-a'),
+        limiter,
+        /was not sent within the time allowed: it waited \d+ ms for one of the shared call slots, all busy with other calls$/,
+      );
     } finally {
       free();
       await busy;
@@ -472,13 +481,11 @@ describe('createCallSlots and a call that runs out of its time before it is sent
     expect(b.start()).toBe(true);
     const limiter = createLocalLimiter({ maxConcurrent: 10 });
     try {
-      const error = await timedOut(a, limiter);
-      expect(error).toMatchObject({
-        code: 'DEFENDER_UNAVAILABLE',
-        message: expect.stringMatching(
-          /was not sent within the time allowed: it waited \d+ ms for one of the 1 places this process keeps for tenants whose last call failed slowly \(this tenant's did\), all taken by their calls$/,
-        ),
-      });
+      const error = await failsUnsentSaying(
+        a,
+        limiter,
+        /was not sent within the time allowed: it waited \d+ ms for one of the 1 places this process keeps for tenants whose last call failed slowly \(this tenant's did\), all taken by their calls$/,
+      );
       expect((error as Error).message).not.toMatch(/shared call slots/);
     } finally {
       b.leave('failed', 'no answer within 30 s');
@@ -497,13 +504,11 @@ describe('createCallSlots and a call that runs out of its time before it is sent
     expect(health.start()).toBe(true);
     const limiter = createLocalLimiter({ maxConcurrent: 10 });
     try {
-      const error = await timedOut(health, limiter);
-      expect(error).toMatchObject({
-        code: 'DEFENDER_UNAVAILABLE',
-        message: expect.stringMatching(
-          /was not sent within the time allowed: it waited \d+ ms for its tenant's turn: slow calls or failures of the tenant's API have limited its calls in flight \(1 now\), all taken$/,
-        ),
-      });
+      await failsUnsentSaying(
+        health,
+        limiter,
+        /was not sent within the time allowed: it waited \d+ ms for its tenant's turn: slow calls or failures of the tenant's API have limited its calls in flight \(1 now\), all taken$/,
+      );
     } finally {
       health.leave('answered');
       await limiter.close();

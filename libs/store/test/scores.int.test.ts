@@ -8,7 +8,14 @@ import {
   createTenantStore,
   scoreStoreFor,
 } from '@urs/store';
-import { markPublishedRebuilt, scoredDevice, tenantRecord, testRedisPerTest, waitFor } from '@urs/testkit';
+import {
+  markPublishedRebuilt,
+  scoredDevice,
+  storeHistoryWithoutReasons,
+  tenantRecord,
+  testRedisPerTest,
+  waitFor,
+} from '@urs/testkit';
 
 const device = (deviceId: string, score: number, band: ScoredDevice['band']): ScoredDevice =>
   scoredDevice(deviceId, score, band, { computerDnsName: `${deviceId}.example` });
@@ -498,16 +505,7 @@ describe('createScoreStore', () => {
       device('d2', 5, 'Trustworthy'),
     ]);
     // An entry stored before entries kept reasons: its signal is missing, and no reason is made up for it.
-    const older = {
-      scoredAt: '2026-01-01T09:50:05.000Z',
-      score: 40,
-      band: 'Low Risk',
-      criticalScore: 20,
-      operationalScore: 20,
-      missing: ['criticalCves'],
-    };
-    await redis.client.zadd(`${redis.prefix}score-cycles:t`, Date.parse('2026-01-01T09:50:00.000Z'), 'c0');
-    await redis.client.hset(`${redis.prefix}score-cycle-history:t:c0`, 'd1', JSON.stringify(older));
+    const older = await storeHistoryWithoutReasons(redis, 't', 'd1');
     expect(await scores.history('t', 'd1')).toEqual([
       expect.objectContaining({
         cycleId: 'c1',

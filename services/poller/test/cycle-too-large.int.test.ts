@@ -1,35 +1,15 @@
 import type { Kafka } from 'kafkajs';
 import { createPublisher, readTopicUpTo, topicOffsets, type Publisher } from '@urs/bus';
-import type { DeviceBatch, Machine, TenantRecord } from '@urs/contracts';
+import type { DeviceBatch, Machine } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
-import { createSecretSealer } from '@urs/secrets';
 import type { CycleStore } from '@urs/store';
 import { createTestKafka, createUniqueTopics, deleteTopics, uniqueId } from '@urs/testkit';
 import { cycleIdOf, runCycle, type CycleDeps } from '../src/cycle';
 import type { DefenderGateway } from '../src/defender';
+import { sealedRecord as record, sealer } from './support/cycle';
 
 /** The batches topic's limit on a record batch: a batch of 500 devices (~12 KB) is larger. */
 const MAX_MESSAGE_BYTES = 8192;
-
-const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 3)]]) });
-
-const record = (): TenantRecord => ({
-  schemaVersion: 1,
-  tenantId: 'acme',
-  revision: 1,
-  updatedAt: '2026-01-01T00:00:00.000Z',
-  source: 'rest',
-  enabled: true,
-  defender: {
-    azureTenantId: '11111111-2222-3333-4444-555555555555',
-    clientId: '66666666-7777-8888-9999-000000000000',
-    clientSecret: sealer.seal('Sup3r~secret', 'acme'),
-    pollIntervalMinutes: 10,
-    cloud: 'commercial',
-    region: 'eu',
-    riskProfile: null,
-  },
-});
 
 describe('a cycle whose device batch the topic refuses as too large', () => {
   let kafka: Kafka;

@@ -1,9 +1,7 @@
-import { KafkaJSProtocolError } from 'kafkajs';
-import { BusError, type OutboundMessage, type Publisher } from '@urs/bus';
-import { toDeviceRecord, type DeviceBatch, type Machine, type TenantRecord } from '@urs/contracts';
+import type { OutboundMessage, Publisher } from '@urs/bus';
+import { toDeviceRecord, type DeviceBatch, type Machine } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { UrsError, retryPolicy } from '@urs/resilience';
-import { createSecretSealer } from '@urs/secrets';
 import { parseProfile, profileHash } from '@urs/scoring';
 import type { CycleStore } from '@urs/store';
 import { topicNotAuthorised } from '@urs/testkit';
@@ -15,26 +13,7 @@ import {
   type CycleDeps,
 } from '../src/cycle';
 import type { DefenderGateway, DevicePage, TenantCredentials } from '../src/defender';
-
-const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 3)]]) });
-
-const record = (riskProfile: Record<string, unknown> | null = null): TenantRecord => ({
-  schemaVersion: 1,
-  tenantId: 'acme',
-  revision: 1,
-  updatedAt: '2026-01-01T00:00:00.000Z',
-  source: 'rest',
-  enabled: true,
-  defender: {
-    azureTenantId: '11111111-2222-3333-4444-555555555555',
-    clientId: '66666666-7777-8888-9999-000000000000',
-    clientSecret: sealer.seal('Sup3r~secret', 'acme'),
-    pollIntervalMinutes: 10,
-    cloud: 'commercial',
-    region: 'eu',
-    riskProfile,
-  },
-});
+import { recordTooLarge, sealedRecord as record, sealer } from './support/cycle';
 
 function pages(...sizes: number[]): DevicePage[] {
   let n = 0;
@@ -445,23 +424,6 @@ describe('runCycle', () => {
     ).rejects.toThrow('Topic authorization failed');
     expect(taken).toBe(1);
   });
-
-  /** What the publisher rejects a send with when the broker refuses its record as larger than the topic takes. */
-  const recordTooLarge = (): Error =>
-    new BusError(
-      'RECORD_TOO_LARGE',
-      'topic urs.device-batches refused a record as too large (MESSAGE_TOO_LARGE)',
-      {
-        canRetry: false,
-        cause: new KafkaJSProtocolError(
-          Object.assign(new Error('The request included a message larger than the max message size'), {
-            type: 'MESSAGE_TOO_LARGE',
-            code: 10,
-            retriable: false,
-          }),
-        ),
-      },
-    );
 
   /** `setup`'s publisher, refusing as too large every batch `tooLarge` says so of. */
   function refusingPublisher(

@@ -1,9 +1,7 @@
 import { ReplyError } from 'ioredis';
-import { KafkaJSProtocolError } from 'kafkajs';
-import { BusError, type OutboundMessage, type Publisher } from '@urs/bus';
+import type { OutboundMessage, Publisher } from '@urs/bus';
 import type { DeviceBatch, Machine } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
-import { createSecretSealer } from '@urs/secrets';
 import {
   createCycleStore,
   createPollScheduleStore,
@@ -26,6 +24,7 @@ import {
 } from '../src/cycle';
 import { createCycleEnd } from '../src/cycle-end';
 import type { Scheduler } from '../src/scheduler';
+import { recordTooLarge, sealer } from './support/cycle';
 import { oneDeviceListed, testScheduler } from './support/scheduler';
 
 // Two pollers over the real Redis. The first one's cycle sends every batch, and Redis refuses the record of its
@@ -67,6 +66,27 @@ describe('a cycle listed in full whose listing the cycle store did not record, t
     schedulers.push(scheduler);
     return scheduler;
   }
+
+  /** The second poller, started: it takes the tenant over. Returns the cycles it lists itself. */
+  function takeOver(
+    stores: { schedules: PollScheduleStore; tenants: TenantStore },
+    cycles: Pick<CycleStore, 'get' | 'abandon' | 'listed'>,
+  ): string[] {
+    const listings: string[] = [];
+    const second = poller('second', stores, cycles, async (input) => {
+      listings.push(input.cycleId);
+      return oneDeviceListed(Date.now());
+    });
+    second.start();
+    return listings;
+  }
+
+  /** Until the second poller listed the tenant again, or ended the cycle it took over. */
+  const endedOrRedone = (schedules: PollScheduleStore, listings: string[]) =>
+    waitFor(async () => listings.length > 0 || (await schedules.get('acme')).runningCycleId === undefined, {
+      timeoutMs: 10_000,
+      description: 'the second poller to end or redo the cycle',
+    });
 
   it('should record the first poller’s listing and end its cycle as listed, without listing the tenant again', async () => {
     const tenants = createTenantStore(redis.client, redis.prefix);
@@ -115,16 +135,8 @@ describe('a cycle listed in full whose listing the cycle store did not record, t
     expect((await schedules.get('acme')).runningCycleId).toBe(cycleId);
 
     // The second poller takes the tenant over.
-    const listings: string[] = [];
-    const second = poller('second', { schedules, tenants }, cycles, async (input) => {
-      listings.push(input.cycleId);
-      return oneDeviceListed(Date.now());
-    });
-    second.start();
-    await waitFor(
-      async () => listings.length > 0 || (await schedules.get('acme')).runningCycleId === undefined,
-      { timeoutMs: 10_000, description: 'the second poller to end or redo the cycle' },
-    );
+    const listings = takeOver({ schedules, tenants }, cycles);
+    await endedOrRedone(schedules, listings);
     expect(listings).toEqual([]);
     const state = await cycles.get('acme', cycleId);
     expect(state).toMatchObject({ totalBatches: 1, totalDevices: 1 });
@@ -183,16 +195,8 @@ describe('a cycle listed in full whose listing the cycle store did not record, t
     await tenants.put(tenantRecord('acme', { revision: 1, pollIntervalMinutes: 10 }));
     const { cycleId, startedAt } = await pendingThenGone({ schedules, tenants }, cycles);
 
-    const listings: string[] = [];
-    const second = poller('second', { schedules, tenants }, cycles, async (input) => {
-      listings.push(input.cycleId);
-      return oneDeviceListed(Date.now());
-    });
-    second.start();
-    await waitFor(
-      async () => listings.length > 0 || (await schedules.get('acme')).runningCycleId === undefined,
-      { timeoutMs: 10_000, description: 'the second poller to end or redo the cycle' },
-    );
+    const listings = takeOver({ schedules, tenants }, cycles);
+    await endedOrRedone(schedules, listings);
     // Neither listed again at once nor abandoned (a partial summary a minute later): ended as listed, the
     // tenant due one interval after the cycle's start.
     expect(listings).toEqual([]);
@@ -216,12 +220,7 @@ describe('a cycle listed in full whose listing the cycle store did not record, t
       await cycles.abandon('acme', id, { batches: 0, code: 'KAFKA_UNAVAILABLE', at }, Date.now() + 60_000);
     });
 
-    const listings: string[] = [];
-    const second = poller('second', { schedules, tenants }, cycles, async (input) => {
-      listings.push(input.cycleId);
-      return oneDeviceListed(Date.now());
-    });
-    second.start();
+    const listings = takeOver({ schedules, tenants }, cycles);
     await waitFor(() => listings.length > 0, {
       timeoutMs: 10_000,
       description: 'the second poller to redo the cycle',
@@ -237,19 +236,6 @@ describe('a cycle listed in full whose listing the cycle store did not record, t
 // refused batch as the last (one batch short of the halves): the cycle would close complete without the last half.
 describe('a cycle whose poller was killed while it sent the halves of a last batch refused as too large', () => {
   const redis = testRedisPerTest();
-  const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 3)]]) });
-
-  const recordTooLarge = (): Error =>
-    new BusError('RECORD_TOO_LARGE', 'topic urs.device-batches refused a record as too large', {
-      canRetry: false,
-      cause: new KafkaJSProtocolError(
-        Object.assign(new Error('The request included a message larger than the max message size'), {
-          type: 'MESSAGE_TOO_LARGE',
-          code: 10,
-          retriable: false,
-        }),
-      ),
-    });
 
   it('should be taken over as abandoned and redone, not listed from the totals kept before the refused send', async () => {
     const tenants = createTenantStore(redis.client, redis.prefix);

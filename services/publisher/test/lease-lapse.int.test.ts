@@ -154,6 +154,20 @@ describe("a publisher replica whose tenant's lease lapsed", () => {
     return published.renewTenantLease(lease);
   };
 
+  /**
+   * Replica B takes the lease once it lapsed; then Redis answers the stalled replica again, whose work (`handled`,
+   * settled to what it threw) fails TENANT_LEASE_LOST, retryably. Returns B's lease.
+   */
+  async function leaseLostToB(stall: { open: () => void }, handled: Promise<unknown>): Promise<TenantLease> {
+    const b = { tenantId: 't1', holder: 'b', ttlMs: 30_000 };
+    await waitFor(() => published.takeTenantLease(b), { timeoutMs: 5_000, intervalMs: 20 });
+    stall.open();
+    const error = await handled;
+    expect(errorCode(error)).toBe('TENANT_LEASE_LOST');
+    expect(canRetry(error)).toBe(true);
+    return b;
+  }
+
   it("closeOverdue should send no tombstone once its tenant's lease lapsed while Redis did not answer, nor forget the device another replica published meanwhile", async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     // Devices gone and keep were seen in cycle 0; cycle 1 listed keep alone, its one batch recorded.
@@ -301,12 +315,7 @@ describe("a publisher replica whose tenant's lease lapsed", () => {
       (error: unknown) => error,
     );
     await sending.wait;
-    const b = { tenantId: 't1', holder: 'b', ttlMs: 30_000 };
-    await waitFor(() => published.takeTenantLease(b), { timeoutMs: 5_000, intervalMs: 20 });
-    stall.open();
-    const error = await handled;
-    expect(errorCode(error)).toBe('TENANT_LEASE_LOST');
-    expect(canRetry(error)).toBe(true);
+    const b = await leaseLostToB(stall, handled);
     // Neither the batch nor its devices recorded, and B's lease left to B.
     expect((await cycles.get('t1', 'c1'))?.scoredBatches).toBe(0);
     expect(await published.get('t1', 'd')).toBeNull();
@@ -344,12 +353,7 @@ describe("a publisher replica whose tenant's lease lapsed", () => {
       (error: unknown) => error,
     );
     await read.wait;
-    const b = { tenantId: 't1', holder: 'b', ttlMs: 30_000 };
-    await waitFor(() => published.takeTenantLease(b), { timeoutMs: 5_000, intervalMs: 20 });
-    stall.open();
-    const error = await handled;
-    expect(errorCode(error)).toBe('TENANT_LEASE_LOST');
-    expect(canRetry(error)).toBe(true);
+    await leaseLostToB(stall, handled);
     expect(sent).toEqual([]);
     expect(await published.get('t1', 'd')).toBeNull();
     expect(await leaseHolder()).toBe('b');
@@ -393,12 +397,7 @@ describe("a publisher replica whose tenant's lease lapsed", () => {
       (error: unknown) => error,
     );
     await waiting.wait;
-    const b = { tenantId: 't1', holder: 'b', ttlMs: 30_000 };
-    await waitFor(() => published.takeTenantLease(b), { timeoutMs: 5_000, intervalMs: 20 });
-    stall.open();
-    const error = await handled;
-    expect(errorCode(error)).toBe('TENANT_LEASE_LOST');
-    expect(canRetry(error)).toBe(true);
+    await leaseLostToB(stall, handled);
     // Nothing sent nor written: the deletion, handled again, does it all under its own lease.
     expect(sent).toEqual([]);
     expect(await published.ofDeletedTenant('t1', Date.parse(at(0)))).toBe(false);

@@ -219,6 +219,24 @@ describe('a bulk cycle that reads its export last', () => {
       (batch?.devices ?? []).map((device) => [device.machine.id, device.vulnerabilities?.criticalCveCount]),
     );
 
+  /**
+   * 2,500 devices, each with CVE-1 at 8.1 in the first cycle; then Microsoft rescores CVE-1 to 9.8: every device
+   * of the export changes. The next cycle's first batch handled and what it sent forgotten; returns the devices
+   * and the next cycle's last batch.
+   */
+  async function rescoredFleet(context: ReturnType<typeof setup>) {
+    const fleet = Array.from({ length: 2_500 }, (_, i) => `x${i}`);
+    await firstCycle(
+      context,
+      fleet.map((id): [string, VulnerabilityLike[]] => [id, [cve('CVE-1', 8.1)]]),
+    );
+    context.exported.rows = new Map(fleet.map((id) => [id, [cve('CVE-1', 9.8)]]));
+    const [next0, next1] = await nextCycle(context);
+    await context.handle(next0);
+    context.forgetSent();
+    return { fleet, next1 };
+  }
+
   it("should enrich at once from the latest export, then correct the devices the cycle's own export changed", async () => {
     const context = setup();
     const { handle, sent, exported, bulkCache, cycles } = context;
@@ -693,17 +711,8 @@ describe('a bulk cycle that reads its export last', () => {
 
   it('should send the corrections of many changed devices in batches of 1000, together in one send, after the last batch', async () => {
     const context = setup();
-    const { handle, sent, sends, forgetSent, exported, cycles } = context;
-    // Microsoft rescored a CVE every device has: every device of the export changes.
-    const fleet = Array.from({ length: 2_500 }, (_, i) => `x${i}`);
-    await firstCycle(
-      context,
-      fleet.map((id): [string, VulnerabilityLike[]] => [id, [cve('CVE-1', 8.1)]]),
-    );
-    exported.rows = new Map(fleet.map((id) => [id, [cve('CVE-1', 9.8)]]));
-    const [next0, next1] = await nextCycle(context);
-    await handle(next0);
-    forgetSent();
+    const { handle, sent, sends, cycles } = context;
+    const { fleet, next1 } = await rescoredFleet(context);
     await handle(next1);
     // The three correction batches together in one produce request (well under 4 MiB), after the last batch's.
     expect(sends()).toEqual([[1], [2, 3, 4]]);
@@ -723,15 +732,7 @@ describe('a bulk cycle that reads its export last', () => {
   it('should keep the correction batches a try sent when the next try, reading a newer export, has fewer', async () => {
     const context = setup();
     const { handle, sent, sends, forgetSent, exported, cycles, storing } = context;
-    const fleet = Array.from({ length: 2_500 }, (_, i) => `x${i}`);
-    await firstCycle(
-      context,
-      fleet.map((id): [string, VulnerabilityLike[]] => [id, [cve('CVE-1', 8.1)]]),
-    );
-    exported.rows = new Map(fleet.map((id) => [id, [cve('CVE-1', 9.8)]]));
-    const [next0, next1] = await nextCycle(context);
-    await handle(next0);
-    forgetSent();
+    const { fleet, next1 } = await rescoredFleet(context);
     // The last batch and its three corrections are produced; the process is killed before it stores the
     // export it read.
     storing.fails = 1;

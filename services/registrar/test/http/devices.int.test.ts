@@ -1,6 +1,6 @@
 import type { TenantRecord } from '@urs/contracts';
 import { createScoreStore } from '@urs/store';
-import { scoredDevice, testRedisPerTest } from '@urs/testkit';
+import { scoredDevice, storeHistoryWithoutReasons, testRedisPerTest } from '@urs/testkit';
 import { deviceRoutes } from '../../src/http/devices';
 import { routeCaller } from './call';
 
@@ -28,16 +28,7 @@ describe('deviceRoutes over the score store', () => {
       }),
     );
     // An entry stored before entries kept reasons.
-    const older = {
-      scoredAt: '2026-01-01T09:50:05.000Z',
-      score: 40,
-      band: 'Low Risk',
-      criticalScore: 20,
-      operationalScore: 20,
-      missing: ['criticalCves'],
-    };
-    await redis.client.zadd(`${redis.prefix}score-cycles:t1`, Date.parse('2026-01-01T09:50:00.000Z'), 'c0');
-    await redis.client.hset(`${redis.prefix}score-cycle-history:t1:c0`, 'd1', JSON.stringify(older));
+    await storeHistoryWithoutReasons(redis, 't1', 'd1');
     await scores.saveScores('t1', cycle('c1', '2026-01-01T10:00:00.000Z'), [
       scoredDevice('d1', 60, 'Moderate Risk', {
         missing: ['criticalCves'],
