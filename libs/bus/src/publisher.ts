@@ -26,8 +26,9 @@ export interface OutboundMessage<T> {
 
 export interface Publisher {
   /**
-   * Validates every value against its contract (but those marked `checked`), then produces them all, acknowledged by all in-sync
-   * replicas: in one request, or in consecutive ones of at most `MAX_SEND_BYTES` each, in order.
+   * Validates every value against its contract (but those marked `checked`), then produces them all,
+   * acknowledged by all in-sync replicas: in one request, or in consecutive ones of at most `MAX_SEND_BYTES`
+   * each, in order.
    */
   send<K extends ContractId>(
     topic: string,
