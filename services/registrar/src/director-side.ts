@@ -63,7 +63,8 @@ export interface DirectorSide {
    * started, not awaited (one at a time; a failure is logged, and the next check starts it again): a read that
    * hangs or fails (Kafka away) leaves the first to run at every check all the same. What the registrar's watch
    * runs after `ready`, at start and every URS_REBUILD_CHECK_MS. Director's pushes wait for the read (they are
-   * compared with Redis); readiness and the REST API do not. Await `rebuilder.catchUp()` for the read.
+   * compared with Redis); readiness and the REST API do not. Await `rebuilder.catchUp()` for the read. Each
+   * sets `urs_registrar_tenants_behind` to the entries still to store.
    */
   catchUp: () => Promise<void>;
   /**
@@ -92,6 +93,11 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
     schedules: deps.schedules,
     logger,
   });
+  // Unset until the first check counted: a 0 before then would say nothing is behind.
+  const behind = deps.metrics.gauge(
+    'urs_registrar_tenants_behind',
+    'Entries of urs.tenants (records, deletions) this registrar sent or found and has not stored in Redis yet, as of its last catch-up: above 0 for long, pollers and Redis disagree on those tenants.',
+  );
   const rebuilder = createTenantRebuilder({
     readLog: () =>
       readTenantLog(kafka, topics.tenants, groupId, logger, deps.readTimeoutMs, deps.signal).catch(
@@ -109,7 +115,11 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
     tenants,
     state,
     logger,
-    catchUp: (entries) => registry.catchUp(entries),
+    catchUp: async (entries) => {
+      const result = await registry.catchUp(entries);
+      behind.set(result.pending);
+      return result;
+    },
   });
 
   // Redis as it is at setup may hold nothing to try (after a wipe, until the rebuild refilled it), and a
@@ -184,7 +194,7 @@ export function createDirectorSide(deps: DirectorSideDeps): DirectorSide {
     isRebuilt: () => rebuilt,
     activeKeyProven,
     async catchUp() {
-      await registry.catchUpPending();
+      behind.set((await registry.catchUpPending()).pending);
       // Started, not awaited: with Kafka away the read takes its timeout to fail, and the next check's
       // `catchUpPending` must not wait for it. One at a time (`rebuilder.catchUp` is single-flight); one that
       // failed is started again by the next check.

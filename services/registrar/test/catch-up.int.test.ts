@@ -64,6 +64,7 @@ describe('Redis caught up with urs.tenants', () => {
     const redisTenants = failingStore(createTenantStore(redis.client, redis.prefix));
     const state = createRegistrarStateStore(redis.client, redis.prefix);
     const cleared: string[] = [];
+    const metrics = new Registry();
     const side = createDirectorSide({
       kafka: options.kafka ?? kafka,
       publisher,
@@ -78,7 +79,7 @@ describe('Redis caught up with urs.tenants', () => {
       topics: { registration, tenants: tenantsTopic, dlq },
       groupId,
       logger: silentLogger,
-      metrics: new Registry(),
+      metrics,
       readTimeoutMs: 30_000,
       ...(options.signal ? { signal: options.signal } : {}),
     });
@@ -89,7 +90,9 @@ describe('Redis caught up with urs.tenants', () => {
       await side.rebuilder.catchUp();
     }
     const tenants = createTenantStore(redis.client, redis.prefix);
-    return { ...side, ...redisTenants, tenants, state, cleared };
+    /** `urs_registrar_tenants_behind` as served, undefined while unset. */
+    const behind = () => /^urs_registrar_tenants_behind (\d+)$/m.exec(metrics.expose())?.[1];
+    return { ...side, ...redisTenants, tenants, state, cleared, behind };
   }
 
   it('should store at the next start a record sent to urs.tenants whose put failed', async () => {
@@ -113,6 +116,24 @@ describe('Redis caught up with urs.tenants', () => {
     expect(await second.tenants.get('new')).toEqual(sent.get('new'));
     expect(await second.tenants.get('kept')).toEqual(sent.get('kept'));
     expect((await second.tenants.getStatus('new')).state).toBe('active');
+  });
+
+  it('should count at start the entries of urs.tenants it found Redis behind on and could not store yet', async () => {
+    const first = await start();
+    first.failing.put = true;
+    await expect(first.registry.register({ tenantId: 'new', defender: body() }, rest)).rejects.toThrow(
+      'Redis connection lost',
+    );
+
+    // Killed there; the next registrar's read of urs.tenants finds it, while Redis still refuses it.
+    const second = await start({ caughtUp: false });
+    second.failing.put = true;
+    await second.rebuilder.catchUp();
+    expect(second.behind()).toBe('1');
+    second.failing.put = false;
+    await second.catchUp();
+    expect(second.behind()).toBe('0');
+    expect(await second.tenants.get('new')).not.toBeNull();
   });
 
   it('should apply at the next start a deletion sent to urs.tenants whose removal failed', async () => {

@@ -51,6 +51,7 @@ async function setup(opens: boolean, options: { redisFailsOnce?: boolean; kafka?
       ? { ...stored, defender: { ...stored.defender, clientSecret: sealer.seal('s', 'stored') } }
       : stored,
   );
+  const metrics = new Registry();
   const side = createDirectorSide({
     kafka: options.kafka ?? emptyKafka,
     publisher,
@@ -62,7 +63,7 @@ async function setup(opens: boolean, options: { redisFailsOnce?: boolean; kafka?
     topics: { registration: 'urs.registration', tenants: 'urs.tenants', dlq: 'urs.dlq' },
     groupId: 'urs.registrar',
     logger: silentLogger,
-    metrics: new Registry(),
+    metrics,
   });
   const push = () =>
     side.handler(
@@ -76,7 +77,7 @@ async function setup(opens: boolean, options: { redisFailsOnce?: boolean; kafka?
         { topic: 'urs.registration', offset: '0', timestamp: Date.now() },
       ),
     );
-  return { side, tenants, publisher, push };
+  return { side, tenants, publisher, push, metrics };
 }
 
 describe('createDirectorSide', () => {
@@ -147,6 +148,29 @@ describe('createDirectorSide catching Redis up', () => {
     expect(await tenants.get('a')).toMatchObject({ tenantId: 'a' });
     answer();
     await side.readSettled();
+  });
+
+  it('urs_registrar_tenants_behind should count the entries on urs.tenants this registrar has yet to store in Redis, after each check', async () => {
+    const { side, tenants, metrics } = await setup(true);
+    const behind = () => /^urs_registrar_tenants_behind (\d+)$/m.exec(metrics.expose())?.[1];
+    await side.ready();
+    await side.catchUp();
+    await side.readSettled();
+    expect(behind()).toBe('0');
+    const put = tenants.put.bind(tenants);
+    tenants.put = async () => {
+      throw new Error('Redis connection lost');
+    };
+    for (const tenantId of ['a', 'b'])
+      await expect(
+        side.registry.register({ tenantId, defender: registrationBody() as never }, { source: 'rest' }),
+      ).rejects.toThrow('Redis connection lost');
+    // Redis still failing: both stay behind.
+    await side.catchUp();
+    expect(behind()).toBe('2');
+    tenants.put = put;
+    await side.catchUp();
+    expect(behind()).toBe('0');
   });
 });
 
