@@ -10,8 +10,9 @@ import { isKafkaAuthorizationRefusal, isKafkaRecordRefusal } from './transient';
  * - `retryable`: the message's own failure, which may go away (`canRetry`): handled again, up to the retry
  *   policy's attempts, then dead-lettered;
  * - `final`: the message's own failure, for good: dead-lettered at once. Kafka refusing a record the handler
- *   produced for what it holds (`isKafkaRecordRefusal`: larger than the topic takes, invalid) is one, however it
- *   is wrapped, even in an error that says it may be retried: sent again, the same record is refused again.
+ *   produced for what it holds (`isKafkaRecordRefusal`: larger than the topic takes, invalid, corrupt after the
+ *   producer's resends) is one, however it is wrapped, even in an error that says it may be retried: sent
+ *   again, the same record is refused again.
  */
 export type HandlerFailure = 'dependency' | 'not-authorized' | 'retryable' | 'final';
 

@@ -88,13 +88,16 @@ export function isKafkaAuthorizationRefusal(error: unknown, depth = 0): boolean 
  * Kafka's refusals of what a produce carried, for good: a record (or the records of one partition in one
  * request, a record batch) larger than the topic's `max.message.bytes` (MESSAGE_TOO_LARGE), a batch larger than
  * a log segment (RECORD_LIST_TOO_LARGE), a record the broker's validation refuses (INVALID_RECORD: a null key on
- * a compacted topic). KafkaJS does not retry them, and sent again they are refused again: neither the broker nor
- * the topic is at fault, only what was sent.
+ * a compacted topic), a batch the broker cannot read (CORRUPT_MESSAGE). KafkaJS does not retry the first three,
+ * and sent again they are refused again: neither the broker nor the topic is at fault, only what was sent.
  */
 export const KAFKA_RECORD_REFUSAL_TYPES: ReadonlySet<string> = new Set([
   'MESSAGE_TOO_LARGE',
   'RECORD_LIST_TOO_LARGE',
   'INVALID_RECORD',
+  // Retriable to KafkaJS (a checksum broken in transit heals when sent again), so the producer sends it again
+  // first (its retries, or the publisher's retryForMs); refused still after those, it is the batch as encoded.
+  'CORRUPT_MESSAGE',
 ]);
 
 /** Kafka's refusals of a record for its size (see KAFKA_RECORD_REFUSAL_TYPES). */

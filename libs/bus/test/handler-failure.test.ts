@@ -45,6 +45,27 @@ describe('handlerFailureOf', () => {
     expect(isHandledAgain(tooLarge())).toBe(false);
   });
 
+  it("should take Kafka refusing a record as corrupt, after the producer's resends, as the message's own failure for good", () => {
+    // KafkaJS marks it retriable (a checksum broken in transit heals when sent again), so the producer has sent it
+    // again already before a handler sees it: refused at each resend, it is what was sent.
+    const corrupt = new KafkaJSProtocolError(
+      Object.assign(
+        new Error(
+          'This message has failed its CRC checksum, exceeds the valid size, or is otherwise corrupt',
+        ),
+        {
+          type: 'CORRUPT_MESSAGE',
+          code: 2,
+          retriable: true,
+        },
+      ),
+    );
+    expect(
+      handlerFailureOf(new KafkaJSNumberOfRetriesExceeded(corrupt, { retryCount: 5, retryTime: 1_000 })),
+    ).toBe('final');
+    expect(isHandledAgain(corrupt)).toBe(false);
+  });
+
   it('should say a message is handled again unless it is dead-lettered at once', () => {
     expect(isHandledAgain(brokerAway())).toBe(true);
     expect(isHandledAgain(topicNotAuthorised())).toBe(true);

@@ -117,3 +117,57 @@ describe('createPublisher with retryForMs', () => {
     expect(state.disconnects).toBe(1);
   });
 });
+
+describe('createPublisher with a batch the broker answers as corrupt', () => {
+  beforeEach(() => jest.useFakeTimers());
+  afterEach(() => jest.useRealTimers());
+
+  /** KafkaJS's answer when the broker cannot read a batch (its checksum, say): retriable to KafkaJS. */
+  const corrupt = (): Error =>
+    Object.assign(
+      new Error('This message has failed its CRC checksum, exceeds the valid size, or is otherwise corrupt'),
+      {
+        name: 'KafkaJSProtocolError',
+        type: 'CORRUPT_MESSAGE',
+        code: 2,
+        retriable: true,
+      },
+    );
+
+  function corruptingKafka(times: number) {
+    const state = { sends: 0 };
+    const kafka = {
+      producer: () => ({
+        connect: async () => undefined,
+        disconnect: async () => undefined,
+        send: async () => {
+          state.sends++;
+          if (state.sends <= times) throw corrupt();
+        },
+      }),
+    } as unknown as Kafka;
+    return { kafka, state };
+  }
+
+  it('should send it again, as a checksum broken in transit heals when sent again', async () => {
+    const { kafka, state } = corruptingKafka(2);
+    const publisher = await createPublisher(kafka, { retryForMs: 14_000 });
+    const sending = publisher.sendRaw('urs.scores', [{ key: 'a', value: '{}' }]);
+    await jest.advanceTimersByTimeAsync(5_000);
+    await expect(sending).resolves.toBeUndefined();
+    expect(state.sends).toBe(3);
+  });
+
+  it('should give it up as refused for good, not retryable, once refused at every resend', async () => {
+    const { kafka } = corruptingKafka(Infinity);
+    const publisher = await createPublisher(kafka, { retryForMs: 14_000 });
+    const sending = publisher.sendRaw('urs.scores', [{ key: 'a', value: '{}' }]);
+    sending.catch(() => undefined);
+    await jest.advanceTimersByTimeAsync(14_000);
+    await expect(sending).rejects.toMatchObject({
+      code: 'RECORD_REFUSED',
+      canRetry: false,
+      details: { refusal: 'CORRUPT_MESSAGE' },
+    });
+  });
+});

@@ -117,6 +117,10 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
       // bulk export read twice) and the cycle closed partial a minute later, as its last batch was still under
       // way. A send that failed while the poller lived recorded the cycle abandoned: that one is redone.
       await deps.cycles.listed(lease.tenantId, cycleId, cycle.pendingListing);
+      // Counted listed here, once (the listing recorded, the next try takes the branch below): its poller
+      // counted nothing of it (killed), or `aborted` (its lease lost), as before a redo that counted it listed.
+      // Its duration is not observed: only its poller knew when its listing ended.
+      cyclesTotal.inc({ outcome: 'listed' });
       log.info('listing of a cycle recorded from the totals kept before its last batch', {
         tenantId: lease.tenantId,
         cycleId,

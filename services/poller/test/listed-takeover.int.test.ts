@@ -25,7 +25,7 @@ import {
 import { createCycleEnd } from '../src/cycle-end';
 import type { Scheduler } from '../src/scheduler';
 import { recordTooLarge, sealer } from './support/cycle';
-import { oneDeviceListed, testScheduler } from './support/scheduler';
+import { oneDeviceListed, sampleOf, testScheduler } from './support/scheduler';
 
 // Two pollers over the real Redis. The first one's cycle sends every batch, and Redis refuses the record of its
 // listing (the cycle store's write); the first poller then stops. The second one takes the tenant over: it must
@@ -207,6 +207,52 @@ describe('a cycle listed in full whose listing the cycle store did not record, t
     expect(state?.pendingListing).toBeUndefined();
     expect(await tenants.getStatus('acme')).toMatchObject({ lastCycleId: cycleId, deviceCount: 1 });
     expect(await schedules.get('acme')).toMatchObject({ lastStartedAt: startedAt });
+  }, 30_000);
+
+  it('should count a cycle ended as listed from the totals kept before its last batch as listed, once', async () => {
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    const schedules = createPollScheduleStore(redis.client, redis.prefix);
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    await tenants.put(tenantRecord('acme', { revision: 1, pollIntervalMinutes: 10 }));
+    const startedAt = Date.now();
+    const cycleId = cycleIdOf('acme', startedAt);
+    const first = (await schedules.acquire('acme', 'first', 60_000)) as PollLease;
+    expect(await schedules.begin(first, cycleId, startedAt)).toBe(true);
+    await cycles.begin({
+      tenantId: 'acme',
+      cycleId,
+      startedAt: new Date(startedAt).toISOString(),
+      deadlineAt: new Date(startedAt + 600_000).toISOString(),
+    });
+    const result = oneDeviceListed(Date.now());
+    await cycles.listingPending(first, cycleId, {
+      totalBatches: result.totalBatches,
+      totalDevices: result.totalDevices,
+      listedAt: new Date(result.listedAt).toISOString(),
+      vulnerabilityMode: 'bulk',
+      note: 'bulk vulnerability export',
+    });
+    // The first poller is killed while its last batch goes: it counted nothing. Another takes the tenant over.
+    await redis.client.del(redis.key('poll-lease:acme'));
+    const second = (await schedules.acquire('acme', 'second', 60_000)) as PollLease;
+    const metrics = new Registry({ processMetrics: false });
+    const ends = createCycleEnd({
+      schedules,
+      tenants,
+      cycles,
+      holderId: 'second',
+      intervalUnitMs: 60_000,
+      maxBackoffMs: 60_000,
+      log: silentLogger,
+      cyclesTotal: metrics.counter('urs_poll_cycles_total', 'cycles'),
+      now: Date.now,
+    });
+    expect(await ends.endListedCycle(second, cycleId)).toBe(true);
+    // Listed in full, as a cycle its own poller ended: had it been redone, the redo counted it listed.
+    expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="listed"}')).toBe(1);
+    // Ended again (its end's write failed, say): the listing is recorded already, not counted twice.
+    await ends.endListedCycle(second, cycleId);
+    expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="listed"}')).toBe(1);
   }, 30_000);
 
   it('should redo a cycle whose poller kept its totals and then recorded it abandoned, its last batch not sent', async () => {

@@ -336,7 +336,8 @@ export function createEnrichHandler(deps: EnrichHandlerDeps): MessageHandler<Dev
       // batches sent as not in the latest export's snapshot are known once those batches are enriched.
       if (!(await earlierEnriched(batch, heartbeat, log, signal))) {
         // Stored now, the export is not read again when the batch is tried again, and the earlier batches
-        // still to come are enriched from it.
+        // still to come are enriched from it: on the batch's last attempt too (not `keepReadExport`'s
+        // `handledAgain`), since the batch waited for is still to come and reads it.
         await enrichment.afterSend?.();
         throw new UrsError(
           'CORRECTIONS_WAITING',

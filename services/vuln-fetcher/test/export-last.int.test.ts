@@ -783,6 +783,27 @@ describe('a bulk cycle that reads its export last', () => {
     expect((await bulkCache.latest('t1'))?.cycleId).toBe('c2');
   });
 
+  it('should keep the export when the last batch waits for an earlier one on its last attempt: the batch still to come is enriched from it', async () => {
+    const context = setup({ correctionWaitMs: 100 });
+    const { handle, sent, exported, bulkCache } = context;
+    await firstCycle(context, [['d1', [cve('CVE-1', 9.8)]]]);
+    exported.rows = new Map([['d4', [cve('CVE-4', 9.1)]]]);
+    const [next0, next1] = await nextCycle(context);
+    // The runner's answer on the batch's last attempt: the last batch is dead-lettered after this try.
+    const lastAttempt = (error: unknown): boolean =>
+      isHandledAgain(error) && handlerFailureOf(error) !== 'retryable';
+    await expect(handle(next1, { handledAgainAfter: lastAttempt })).rejects.toMatchObject({
+      code: 'CORRECTIONS_WAITING',
+    });
+    // Unlike a send that failed, the wait is for a batch of the cycle not enriched yet, which reads the
+    // cycle's own export once it is stored: not left unused.
+    expect(await bulkCache.state('t1', 'c2')).toMatchObject({ state: 'ready' });
+    await handle(next0);
+    expect(exported.calls).toBe(2);
+    expect(critical(sent[0])).toEqual({ d1: 0, d2: 0, d3: 0 });
+    expect((await bulkCache.latest('t1'))?.cycleId).toBe('c1');
+  });
+
   it('should send the corrections anyway once the last batch was tried 5 times, when an earlier batch never comes', async () => {
     // An earlier batch dead-lettered without the record, say. The handler's default wait (30 s) would outlast the test.
     const context = setup({ correctionWaitMs: 100 });

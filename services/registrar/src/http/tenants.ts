@@ -1,5 +1,7 @@
 import type { TenantRecord } from '@urs/contracts';
+import { isKafkaRecordTooLarge } from '@urs/bus';
 import { REQUIRED_PERMISSIONS } from '@urs/defender';
+import { isUrsError } from '@urs/resilience';
 import { SecretError, type SecretSealer } from '@urs/secrets';
 import type { TenantStatus, TenantStore } from '@urs/store';
 import { SecretForOtherAppError, TenantGoneError, switchesApp } from '../record-secret';
@@ -75,6 +77,24 @@ function secretUnavailable(tenantId: string, error: SecretError): string {
   return (
     `the stored clientSecret of tenant ${tenantId} cannot be opened with this registrar's keys ` +
     `(${error.message}): PUT the tenant's clientSecret again`
+  );
+}
+
+/**
+ * What an administrator is told of a registration whose record Kafka refused as too large (the publisher's
+ * RECORD_TOO_LARGE, or Kafka's answer as it is): the record's bytes when the publisher counted them, and the
+ * part that makes a record large, the riskProfile; never a value of it, nor the secret.
+ */
+function recordTooLarge(tenantId: string, error: unknown): string {
+  let bytes: unknown;
+  for (let e: unknown = error, depth = 0; typeof e === 'object' && e !== null && depth < 5; depth++) {
+    if (isUrsError(e) && e.code === 'RECORD_TOO_LARGE') bytes = e.details['largestRecordBytes'];
+    e = (e as { cause?: unknown }).cause;
+  }
+  const size = typeof bytes === 'number' ? ` (${bytes} bytes of key and value)` : '';
+  return (
+    `the record of tenant ${tenantId}${size} is larger than urs.tenants takes (its max.message.bytes): ` +
+    'make the riskProfile smaller; nothing was written'
   );
 }
 
@@ -164,6 +184,9 @@ export function tenantRoutes(deps: TenantRoutesDeps): Route[] {
       }
       if (keepSecret && error instanceof SecretError)
         throw new ApiError(409, 'SECRET_UNAVAILABLE', secretUnavailable(tenantId, error));
+      // Refused again however often it is sent: the request's to mend, not a fault of the service.
+      if (isKafkaRecordTooLarge(error))
+        throw new ApiError(413, 'RECORD_TOO_LARGE', recordTooLarge(tenantId, error));
       throw error;
     }
     const { record, created } = registered;

@@ -3,6 +3,7 @@ import {
   type SealedSecretRecord,
   type TenantRecord,
 } from '@urs/contracts';
+import { BusError } from '@urs/bus';
 import { createSecretSealer, type SecretSealer } from '@urs/secrets';
 import { rebuiltGate } from '../../src/http/rebuilt';
 import { tenantRoutes, type AccessCheckResult, type AccessCheckTenant } from '../../src/http/tenants';
@@ -402,6 +403,58 @@ describe('tenantRoutes', () => {
     // The clientSecret given again mends it.
     expect((await call('PUT', '/v1/tenants/acme/defender', registrationBody())).status).toBe(200);
     expect(publisher.sent).toHaveLength(2);
+  });
+
+  it("PUT should answer 413 RECORD_TOO_LARGE, naming the riskProfile and never the secret, when Kafka refuses the tenant's record as too large", async () => {
+    const tenants = memoryTenantStore();
+    const sealer = testSealer();
+    const refusal = Object.assign(
+      new Error('The request included a message larger than the max message size'),
+      {
+        name: 'KafkaJSProtocolError',
+        type: 'MESSAGE_TOO_LARGE',
+        code: 10,
+        retriable: false,
+      },
+    );
+    const publisher = {
+      ...memoryPublisher(),
+      send: async () => {
+        throw new BusError(
+          'RECORD_TOO_LARGE',
+          'topic urs.tenants refused a record as too large (MESSAGE_TOO_LARGE)',
+          {
+            canRetry: false,
+            cause: refusal,
+            details: {
+              topic: 'urs.tenants',
+              refusal: 'MESSAGE_TOO_LARGE',
+              largestRecordBytes: 9_000_000,
+              records: 1,
+              requestBytes: 9_000_000,
+            },
+          },
+        );
+      },
+    };
+    const registry = testRegistry({ tenants, publisher, sealer });
+    const call = routeCaller(
+      tenantRoutes({
+        registry,
+        tenants,
+        sealer,
+        ensureRebuilt: async () => undefined,
+        accessTestTimeoutMs: 5_000,
+        checkAccess: async () => WRONG_SECRET,
+      }),
+    );
+    const answer = await call('PUT', '/v1/tenants/acme/defender', registrationBody());
+    expect(answer).toMatchObject({ status: 413, body: { error: { code: 'RECORD_TOO_LARGE' } } });
+    const message = (answer.body as { error: { message: string } }).error.message;
+    expect(message).toContain('riskProfile');
+    expect(message).toContain('9000000 bytes');
+    expect(JSON.stringify(answer.body)).not.toContain('Sup3r');
+    expect(await tenants.get('acme')).toBeNull();
   });
 
   it('PUT should answer every violation naming the body field and the rule', async () => {
