@@ -31,6 +31,15 @@ import { oneDeviceListed, sampleOf, testScheduler } from './support/scheduler';
 // listing (the cycle store's write); the first poller then stops. The second one takes the tenant over: it must
 // record the listing the first one kept and end the cycle as listed, not abandon it and list the tenant again.
 
+/** Begins acme's cycle in the cycle store as a poller begins it, its deadline 10 minutes after its start. */
+async function beginCycle(cycles: CycleStore, cycleId: string, startedAt: number): Promise<void> {
+  await cycles.begin({
+    tenantId: 'acme',
+    cycleId,
+    startedAt: new Date(startedAt).toISOString(),
+    deadlineAt: new Date(startedAt + 600_000).toISOString(),
+  });
+}
 describe('a cycle listed in full whose listing the cycle store did not record, taken over by another poller', () => {
   const redis = testRedisPerTest();
   const schedulers: Scheduler[] = [];
@@ -108,12 +117,7 @@ describe('a cycle listed in full whose listing the cycle store did not record, t
       },
       async (input) => {
         const { cycleId, startedAt } = input;
-        await cycles.begin({
-          tenantId: 'acme',
-          cycleId,
-          startedAt: new Date(startedAt).toISOString(),
-          deadlineAt: new Date(startedAt + 600_000).toISOString(),
-        });
+        await beginCycle(cycles, cycleId, startedAt);
         const result = oneDeviceListed(Date.now());
         listedCycleId = cycleId;
         throw new CycleListedNotRecordedError(readonly(), {
@@ -158,12 +162,7 @@ describe('a cycle listed in full whose listing the cycle store did not record, t
     let begun: { cycleId: string; startedAt: number } | undefined;
     const first = poller('first', stores, cycles, async (input) => {
       const { cycleId, startedAt } = input;
-      await cycles.begin({
-        tenantId: 'acme',
-        cycleId,
-        startedAt: new Date(startedAt).toISOString(),
-        deadlineAt: new Date(startedAt + 600_000).toISOString(),
-      });
+      await beginCycle(cycles, cycleId, startedAt);
       const result = oneDeviceListed(Date.now());
       await cycles.listingPending(input.lease, cycleId, {
         totalBatches: result.totalBatches,
@@ -218,12 +217,7 @@ describe('a cycle listed in full whose listing the cycle store did not record, t
     const cycleId = cycleIdOf('acme', startedAt);
     const first = (await schedules.acquire('acme', 'first', 60_000)) as PollLease;
     expect(await schedules.begin(first, cycleId, startedAt)).toBe(true);
-    await cycles.begin({
-      tenantId: 'acme',
-      cycleId,
-      startedAt: new Date(startedAt).toISOString(),
-      deadlineAt: new Date(startedAt + 600_000).toISOString(),
-    });
+    await beginCycle(cycles, cycleId, startedAt);
     const result = oneDeviceListed(Date.now());
     await cycles.listingPending(first, cycleId, {
       totalBatches: result.totalBatches,
