@@ -139,14 +139,15 @@ const withoutWaitingForRebuild = (): AbortSignal =>
 
 /**
  * The codes of a summary the sweep leaves to a later sweep, not a failure to send (not counted in
- * `urs_summary_sweep_failures_total`, whose alert tells of Kafka refusing summaries), each with what it waits
- * for: the rebuild of what VMS holds, the registrar writing the tenant records back after Redis lost them
- * (`ofDeletedTenant`), or the tenant's lease, which lapsed while the summary was sent (not answered by Redis
- * for its length: another replica may hold it; one a renewal Redis answered found another's is counted all the
- * same, as no Redis alert tells of it; an owed summary waits either way, as after a failed send). UrsMessagesHeld
- * pages for the tenant records only while batches are held for them: with none in flight (the pollers begin no cycle without the records),
- * this line at each sweep and the registrar's log (`tenants rebuilt from urs.tenants` once done) tell it. A Redis
- * away, which loses the lease that way, is told by Redis's own alerts; the line gives its error (`reason`).
+ * `urs_summary_sweep_failures_total`, whose alert tells of Kafka refusing summaries), each with what it waits for:
+ * the rebuild of what VMS holds, the registrar writing the tenant records back after Redis lost them
+ * (`ofDeletedTenant`), or the tenant's lease, which lapsed while the summary was sent (not answered by Redis for
+ * its length: another replica may hold it; one a renewal Redis answered found another's is counted all the same, as
+ * no Redis alert tells of it; an owed summary waits either way, as after a failed send). UrsMessagesHeld pages for
+ * the tenant records only while batches are held for them: with none in flight (the pollers begin no cycle without
+ * the records), this line at each sweep and the registrar's log (`tenants rebuilt from urs.tenants` once done) tell
+ * it. A Redis away, which loses the lease that way, is told by Redis's own alerts; the line gives its error
+ * (`reason`).
  */
 const SWEEP_WAITS: ReadonlyMap<string, string> = new Map([
   [REBUILD_PENDING, 'cycle summary waits for the rebuild, sent by a later sweep'],

@@ -39,13 +39,13 @@ export interface PublishHandlerDeps {
  * it produced (remembered apart, a crash between the two made the redelivery find nothing changed and count
  * none).
  *
- * From reading what changed to recording the batch, the replica holds the tenant's lease, taken and given
- * back by those two calls (no round trip of its own): another replica's sweep never sends a summary of the
- * tenant in between (see `CycleCompletionDeps.leasing`). A lease that lapsed meanwhile (Redis not answering
- * its renewals for its length) stops the batch before its send, and one found another's when the batch is
- * recorded records nothing: either way the batch fails, retryably (`TENANT_LEASE_LOST`), and is handled again. A batch that fails leaves the lease to its retry,
- * which takes it again, or to lapse. A batch that completes its cycle takes the lease again to send the
- * summary (`CycleCompletion.tryComplete`), only then: the other batches pay no round trip for it.
+ * From reading what changed to recording the batch, the replica holds the tenant's lease, taken and given back by
+ * those two calls (no round trip of its own): another replica's sweep never sends a summary of the tenant in
+ * between (see `CycleCompletionDeps.leasing`). A lease that lapsed meanwhile (Redis not answering its renewals for
+ * its length) stops the batch before its send, and one found another's when the batch is recorded records nothing:
+ * either way the batch fails, retryably (`TENANT_LEASE_LOST`), and is handled again. A batch that fails leaves the
+ * lease to its retry, which takes it again, or to lapse. A batch that completes its cycle takes the lease again to
+ * send the summary (`CycleCompletion.tryComplete`), only then: the other batches pay no round trip for it.
  */
 export function createPublishHandler(deps: PublishHandlerDeps): MessageHandler<ScoreBatch> {
   const records = deps.metrics.counter(

@@ -42,9 +42,10 @@ export interface LeaseHeld {
  * fails, or that the client queues while Redis is away, holds nothing, and the lease counts as lost once its
  * length has passed since the last renewal that held it (or the take): by then another replica may have taken
  * it. That time is told by a monotonic clock (`createLeaseClock`): by the wall clock, an NTP step forward of the
- * lease's length failed every batch and summary under way with `TENANT_LEASE_LOST`, blamed on Redis. Either way `held` aborts with a `TenantLeaseLostError` (its cause a Redis fault, when Redis did not
- * answer), and the work, checking it before each step, stops before its next send or write: it would
- * otherwise send a tombstone or a snapshot of a state another replica has changed since.
+ * lease's length failed every batch and summary under way with `TENANT_LEASE_LOST`, blamed on Redis. Either
+ * way `held` aborts with a `TenantLeaseLostError` (its cause a Redis fault, when Redis did not answer), and the
+ * work, checking it before each step, stops before its next send or write: it would otherwise send a tombstone
+ * or a snapshot of a state another replica has changed since.
  */
 export async function whileHeld<T>(
   published: Pick<PublishedStore, 'renewTenantLease'>,
