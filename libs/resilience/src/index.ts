@@ -11,3 +11,5 @@ export { anyAborted } from './any-aborted';
 export type { Interruption } from './any-aborted';
 export { createLeaseClock, leaseTime } from './lease-clock';
 export type { LeaseClock } from './lease-clock';
+export { holdRenewed } from './hold-renewed';
+export type { HoldRenewedOptions, RenewedHold } from './hold-renewed';

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '@urs/logging';
-import { UrsError, createLeaseClock, errorMessage, keepRenewing, leaseTime, sleep } from '@urs/resilience';
+import { UrsError, errorMessage, holdRenewed, leaseTime, sleep } from '@urs/resilience';
 import { TenantLeaseLostError, type PublishedStore, type TenantLease } from '@urs/store';
 
 /**
@@ -41,7 +41,7 @@ export interface LeaseHeld {
  * A renewal that finds the lease another's (or none) loses it. So does Redis not answering: a renewal that
  * fails, or that the client queues while Redis is away, holds nothing, and the lease counts as lost once its
  * length has passed since the last renewal that held it (or the take): by then another replica may have taken
- * it. That time is told by a monotonic clock (`createLeaseClock`): by the wall clock, an NTP step forward of the
+ * it. That time is told by a monotonic clock (see `holdRenewed`): by the wall clock, an NTP step forward of the
  * lease's length failed every batch and summary under way with `TENANT_LEASE_LOST`, blamed on Redis. Either
  * way `held` aborts with a `TenantLeaseLostError` (its cause a Redis fault, when Redis did not answer), and the
  * work, checking it before each step, stops before its next send or write: it would otherwise send a tombstone
@@ -54,71 +54,25 @@ export async function whileHeld<T>(
   logger: Logger,
   work: (held: LeaseHeld) => Promise<T>,
 ): Promise<T> {
-  const lost = new AbortController();
-  const everyMs = Math.max(10, Math.floor(lease.ttlMs / 3));
-  /** The lease lasts `ttlMs` from when the last renewal that found it held (or the take) was asked. */
-  const clock = createLeaseClock(takenAt, lease.ttlMs);
-  /** Why the renewals since then did not hold it: the last one's error, if one failed. */
-  let renewalError: unknown;
-  const lose = (cause?: unknown): void => {
-    if (lost.signal.aborted) return;
-    logger.warn('tenant lease lapsed while held: its work stops before its next step', {
-      tenantId: lease.tenantId,
-      ...(cause === undefined ? {} : { reason: errorMessage(cause) }),
-    });
-    lost.abort(new TenantLeaseLostError(lease.tenantId, cause));
-  };
-  const lapse = (): void =>
-    lose(
-      renewalError ??
-        new UrsError(
-          'REDIS_UNAVAILABLE',
-          `Redis answered no renewal of the tenant lease for ${lease.ttlMs} ms`,
-          {
-            canRetry: true,
-            infrastructure: true,
-          },
-        ),
-    );
-  let timer: NodeJS.Timeout | undefined;
-  const watch = (): void => {
-    clearTimeout(timer);
-    timer = setTimeout(lapse, clock.remainingMs());
-  };
-  const stopRenewing = keepRenewing(
-    async () => {
-      const sentAt = clock.reading();
-      const held = await published.renewTenantLease(lease);
-      if (held && !lost.signal.aborted) {
-        clock.confirmed(sentAt);
-        renewalError = undefined;
-        watch();
-      }
-      return held;
-    },
-    everyMs,
-    {
-      onLost: () => lose(),
-      // Tried again at the next tick; the lapse decides when the lease may have lapsed meanwhile.
-      onError: (error) => {
-        renewalError = error;
-        logger.warn('tenant lease not renewed', { tenantId: lease.tenantId, reason: errorMessage(error) });
-      },
-    },
-  );
-  watch();
-  const held: LeaseHeld = {
-    signal: lost.signal,
-    throwIfLost() {
-      if (!lost.signal.aborted && !clock.held()) lapse();
-      if (lost.signal.aborted) throw lost.signal.reason;
-    },
-  };
+  const hold = holdRenewed({
+    takenAt,
+    leaseMs: lease.ttlMs,
+    renew: () => published.renewTenantLease(lease),
+    lost: (cause) => new TenantLeaseLostError(lease.tenantId, cause),
+    what: 'the tenant lease',
+    onLost: (cause) =>
+      logger.warn('tenant lease lapsed while held: its work stops before its next step', {
+        tenantId: lease.tenantId,
+        ...(cause === undefined ? {} : { reason: errorMessage(cause) }),
+      }),
+    onRenewalError: (error) =>
+      logger.warn('tenant lease not renewed', { tenantId: lease.tenantId, reason: errorMessage(error) }),
+  });
+  const held: LeaseHeld = { signal: hold.signal, throwIfLost: () => hold.throwIfLost() };
   try {
     return await work(held);
   } finally {
-    clearTimeout(timer);
-    stopRenewing();
+    hold.stop();
   }
 }
 

@@ -1,4 +1,4 @@
-import { UrsError, createLeaseClock, errorCode, keepRenewing, leaseTime, sleep } from '@urs/resilience';
+import { UrsError, errorCode, holdRenewed, leaseTime, sleep } from '@urs/resilience';
 import type { RegistrarStateStore } from '@urs/store';
 
 /**
@@ -108,7 +108,6 @@ export function createTenantLock(
 ): TenantLock {
   const lockMs = options.lockMs ?? WRITE_LOCK_MS;
   const waitMs = options.waitMs ?? WRITE_LOCK_WAIT_MS;
-  const renewEveryMs = Math.max(10, Math.floor(lockMs / 3));
   return async function locked<T>(
     tenantId: string,
     signal: AbortSignal | undefined,
@@ -129,46 +128,24 @@ export function createTenantLock(
       token = await state.lockTenant(tenantId, lockMs);
     }
     const owned = token;
-    const lost = new AbortController();
     /**
      * The lock lasts `lockMs` from when the last renewal that found it held (or the take) was asked, told by a
      * monotonic clock: by the wall clock, an NTP step forward of the lock's length failed every write under way
-     * with `TENANT_LOCK_LOST`, blamed on Redis.
+     * with `TENANT_LOCK_LOST`, blamed on Redis. A renewal that fails, or that Redis does not answer (the client
+     * queues it while Redis is away), holds nothing: the lock counts as lost once `lockMs` passed since the last
+     * renewal that held it, a fault of Redis.
      */
-    const clock = createLeaseClock(askedAt, lockMs);
-    /** Why the renewals since then did not hold it: the last one's error, if one failed. */
-    let renewalError: unknown;
-    const stopRenewing = keepRenewing(
-      async () => {
-        const sentAt = clock.reading();
-        const held = await state.renewTenantLock(tenantId, owned, lockMs);
-        if (held) clock.confirmed(sentAt);
-        return held;
-      },
-      renewEveryMs,
-      {
-        onLost: () => lost.abort(new TenantLockLostError(tenantId)),
-        // Tried again at the next tick; `lapse` decides when the lock may have lapsed meanwhile.
-        onError: (error) => (renewalError = error),
-      },
-    );
-    // A renewal that fails, or that Redis does not answer (the client queues it while Redis is away), holds
-    // nothing: the lock counts as lost once `lockMs` passed since the last renewal that held it, a fault of Redis.
-    const lapse = setInterval(() => {
-      if (clock.held()) return;
-      const cause =
-        renewalError ??
-        new UrsError('REDIS_UNAVAILABLE', `Redis answered no renewal of the lock for ${lockMs} ms`, {
-          canRetry: true,
-          infrastructure: true,
-        });
-      lost.abort(new TenantLockLostError(tenantId, cause));
-    }, renewEveryMs);
+    const hold = holdRenewed({
+      takenAt: askedAt,
+      leaseMs: lockMs,
+      renew: () => state.renewTenantLock(tenantId, owned, lockMs),
+      lost: (cause) => new TenantLockLostError(tenantId, cause),
+      what: 'the lock',
+    });
     try {
-      return await work(lost.signal);
+      return await work(hold.signal);
     } finally {
-      clearInterval(lapse);
-      stopRenewing();
+      hold.stop();
       await state.unlockTenant(tenantId, owned);
     }
   };
