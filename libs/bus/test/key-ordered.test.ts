@@ -166,6 +166,21 @@ function consumption(settle: KeyOrderedOptions['settle'], extra: Partial<KeyOrde
   };
 }
 
+/**
+ * A partition of `keys` fetched three messages at a time (see `fetchedPartition`; its end at `highWatermark`),
+ * consumed with a buffer of 4 read past after 100 ms, its messages held until finished (`heldHandler`).
+ */
+function readPastConsumption(keys: string[], highWatermark = keys.length) {
+  const partition = fetchedPartition(keys, 3, highWatermark);
+  const handler = heldHandler();
+  const { keyed } = consumption(handler.settle, {
+    consumer: partition.consumer,
+    maxBufferedPerPartition: 4,
+    readPastAfterMs: 100,
+  });
+  return { partition, handler, keyed };
+}
+
 describe('createKeyOrderedConsumption', () => {
   it("should run a key's next message while the one before it is still handled, two at a time by default", async () => {
     const handler = heldHandler();
@@ -386,13 +401,7 @@ describe('createKeyOrderedConsumption', () => {
     try {
       // Forty messages of t, then one of u: t's stream is ten buffers long.
       const keys = [...Array.from({ length: 40 }, () => 't'), 'u'];
-      const partition = fetchedPartition(keys, 3);
-      const handler = heldHandler();
-      const { keyed } = consumption(handler.settle, {
-        consumer: partition.consumer,
-        maxBufferedPerPartition: 4,
-        readPastAfterMs: 100,
-      });
+      const { partition, handler, keyed } = readPastConsumption(keys);
       const finished = new Set<string>();
       let pausesSinceU: number | undefined;
       partition.consumer.pause = (
@@ -435,13 +444,7 @@ describe('createKeyOrderedConsumption', () => {
     try {
       // t's messages all wait (none finishes), twelve of them behind its window, then one of u.
       const keys = [...Array.from({ length: 14 }, () => 't'), 'u'];
-      const partition = fetchedPartition(keys, 3);
-      const handler = heldHandler();
-      const { keyed } = consumption(handler.settle, {
-        consumer: partition.consumer,
-        maxBufferedPerPartition: 4,
-        readPastAfterMs: 100,
-      });
+      const { partition, handler, keyed } = readPastConsumption(keys);
       await partition.deliverTo(keyed);
       jest.advanceTimersByTime(100);
       await partition.deliverTo(keyed);
@@ -472,13 +475,7 @@ describe('createKeyOrderedConsumption', () => {
           ...Array.from({ length: 14 }, () => 'w'),
           'u',
         ];
-        const partition = fetchedPartition(keys, 3);
-        const handler = heldHandler();
-        const { keyed } = consumption(handler.settle, {
-          consumer: partition.consumer,
-          maxBufferedPerPartition: 4,
-          readPastAfterMs: 100,
-        });
+        const { partition, handler, keyed } = readPastConsumption(keys);
         const finished = new Set<string>();
         for (let round = 0; finished.size < streamed && round < 1_000; round++) {
           await partition.deliverTo(keyed);
@@ -509,13 +506,7 @@ describe('createKeyOrderedConsumption', () => {
     try {
       // Forty messages of t, then one of u, then a marker at offset 41 that no batch hands over.
       const keys = [...Array.from({ length: 40 }, () => 't'), 'u'];
-      const partition = fetchedPartition(keys, 3, keys.length + 1);
-      const handler = heldHandler();
-      const { keyed } = consumption(handler.settle, {
-        consumer: partition.consumer,
-        maxBufferedPerPartition: 4,
-        readPastAfterMs: 100,
-      });
+      const { partition, handler, keyed } = readPastConsumption(keys, keys.length + 1);
       const finished = new Set<string>();
       for (let round = 0; finished.size < keys.length && round < 1_000; round++) {
         await partition.deliverTo(keyed, 2);
