@@ -12,7 +12,7 @@ import {
   type TenantStore,
 } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { inboundMessage, tenantRecord, testRedisPerTest, waitFor } from '@urs/testkit';
+import { inboundMessage, tenantRecord, testRedisPerTest, waitFor, type TestRedis } from '@urs/testkit';
 import {
   CycleAbortedError,
   CycleListedNotRecordedError,
@@ -40,6 +40,31 @@ async function beginCycle(cycles: CycleStore, cycleId: string, startedAt: number
     deadlineAt: new Date(startedAt + 600_000).toISOString(),
   });
 }
+/**
+ * The first poller's lease expired (deleted), the second poller's taken, and its cycle ends (`createCycleEnd`)
+ * with the cycles it counts in `metrics`.
+ */
+async function secondPollerEnds(
+  redis: TestRedis,
+  stores: { schedules: PollScheduleStore; tenants: TenantStore },
+  cycles: CycleStore,
+) {
+  await redis.client.del(redis.key('poll-lease:acme'));
+  const second = (await stores.schedules.acquire('acme', 'second', 60_000)) as PollLease;
+  const metrics = new Registry({ processMetrics: false });
+  const ends = createCycleEnd({
+    ...stores,
+    cycles,
+    holderId: 'second',
+    intervalUnitMs: 60_000,
+    maxBackoffMs: 60_000,
+    log: silentLogger,
+    cyclesTotal: metrics.counter('urs_poll_cycles_total', 'cycles'),
+    now: Date.now,
+  });
+  return { second, ends, metrics };
+}
+
 describe('a cycle listed in full whose listing the cycle store did not record, taken over by another poller', () => {
   const redis = testRedisPerTest();
   const schedulers: Scheduler[] = [];
@@ -227,20 +252,7 @@ describe('a cycle listed in full whose listing the cycle store did not record, t
       note: 'bulk vulnerability export',
     });
     // The first poller is killed while its last batch goes: it counted nothing. Another takes the tenant over.
-    await redis.client.del(redis.key('poll-lease:acme'));
-    const second = (await schedules.acquire('acme', 'second', 60_000)) as PollLease;
-    const metrics = new Registry({ processMetrics: false });
-    const ends = createCycleEnd({
-      schedules,
-      tenants,
-      cycles,
-      holderId: 'second',
-      intervalUnitMs: 60_000,
-      maxBackoffMs: 60_000,
-      log: silentLogger,
-      cyclesTotal: metrics.counter('urs_poll_cycles_total', 'cycles'),
-      now: Date.now,
-    });
+    const { second, ends, metrics } = await secondPollerEnds(redis, { schedules, tenants }, cycles);
     expect(await ends.endListedCycle(second, cycleId)).toBe(true);
     // Listed in full, as a cycle its own poller ended: had it been redone, the redo counted it listed.
     expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="listed"}')).toBe(1);
@@ -338,19 +350,7 @@ describe('a cycle whose poller was killed while it sent the halves of a last bat
     expect(sent.map((batch) => [batch.batchIndex, batch.lastBatch])).toEqual([[0, false]]);
 
     // Its lease expires; another poller takes the tenant over and finds the cycle still marked running.
-    await redis.client.del(redis.key('poll-lease:acme'));
-    const second = (await schedules.acquire('acme', 'second', 60_000)) as PollLease;
-    const ends = createCycleEnd({
-      schedules,
-      tenants,
-      cycles,
-      holderId: 'second',
-      intervalUnitMs: 60_000,
-      maxBackoffMs: 60_000,
-      log: silentLogger,
-      cyclesTotal: new Registry({ processMetrics: false }).counter('urs_poll_cycles_total', 'cycles'),
-      now: Date.now,
-    });
+    const { second, ends } = await secondPollerEnds(redis, { schedules, tenants }, cycles);
     // Not listed in full: redone, and recorded as abandoned, so that it closes partial with the devices it
     // never sent counted failed. Listed from the kept totals, it counted one batch, and closed complete once
     // the first half was scored.
