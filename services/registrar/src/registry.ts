@@ -372,13 +372,17 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     return true;
   }
 
-  /** The status a record's write leaves (`register`'s, or `disable`'s with the schedule forgotten). */
-  async function applyStatus(record: TenantRecord): Promise<void> {
+  /**
+   * The steps after a record's write: a disabled tenant's schedule forgotten, then its status `status`
+   * (`register`'s, `disable`'s; a catch-up, which cannot tell which wrote the record, `disable`'s for a
+   * disabled one).
+   */
+  async function applyStatus(
+    record: TenantRecord,
+    status = record.enabled ? writtenStatus(record) : DISABLED_STATUS,
+  ): Promise<void> {
     if (!record.enabled) await deps.schedules.clear(record.tenantId);
-    await deps.tenants.updateStatus(
-      record.tenantId,
-      record.enabled ? writtenStatus(record) : DISABLED_STATUS,
-    );
+    await deps.tenants.updateStatus(record.tenantId, status);
   }
 
   function logRevision(entry: TenantLogEntry): number {
@@ -546,8 +550,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     throwIfCut(tenantId, options.signal);
     const sent = await write(record, held);
     lostAfterSend(tenantId, held);
-    if (!record.enabled) await deps.schedules.clear(tenantId);
-    await deps.tenants.updateStatus(tenantId, writtenStatus(record));
+    await applyStatus(record, writtenStatus(record));
     stored(sent);
     log.info('tenant registered', {
       tenantId,
@@ -575,8 +578,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       : status.state !== 'disabled' || status.nextPollAt !== undefined;
     if (!disagrees) return clearRefusal(current, held, status);
     throwIfLost(held);
-    if (!current.enabled) await deps.schedules.clear(tenantId);
-    await deps.tenants.updateStatus(tenantId, update);
+    await applyStatus(current, update);
     log.info('tenant status brought in line with its record', { tenantId, enabled: current.enabled });
   }
 
@@ -611,8 +613,7 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
     };
     const sent = await write(record, held);
     lostAfterSend(tenantId, held);
-    await deps.schedules.clear(tenantId);
-    await deps.tenants.updateStatus(tenantId, DISABLED_STATUS);
+    await applyStatus(record);
     stored(sent);
     log.info('tenant disabled', { tenantId, revision: record.revision, reason });
     return record;
