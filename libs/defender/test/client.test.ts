@@ -287,7 +287,7 @@ describe('createDefenderClient consent', () => {
       });
       // Microsoft's id of the refusal, for its support: the error body's target, a UUID in the simulator.
       expect(report.verdict).toMatch(
-        /^FAIL: the Defender API refused \/api\/machines \(403 Forbidden: The application does not have any of the required application permissions \(Machine\.Read\.All, Machine\.ReadWrite\.All\) to access the resource\.\): the token lacks Machine\.Read\.All, Vulnerability\.Read\.All: add these WindowsDefenderATP application permissions and grant admin consent \(the token carries: no roles; Microsoft request id [0-9a-f-]{36}\)\.$/,
+        /^FAIL: the Defender API refused \/api\/machines \(403 Forbidden: Missing application roles\. API required roles: Machine\.Read\.All,Machine\.ReadWrite\.All, application roles: \.\): the token lacks Machine\.Read\.All, Vulnerability\.Read\.All: add these WindowsDefenderATP application permissions and grant admin consent \(the token carries: no roles; Microsoft request id [0-9a-f-]{36}\)\.$/,
       );
     } finally {
       await close();

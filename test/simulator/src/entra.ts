@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { readBody, sendJson } from './http';
 import type { TenantState } from './state';
-import { API_AUDIENCES, MDE_AUDIENCES, type TokenSigner } from './tokens';
+import { GRAPH_RESOURCE, ISSUED_AUDIENCES, MDE_AUDIENCES, type TokenSigner } from './tokens';
 
 // Microsoft Entra ID (login.microsoftonline.com) as msal-node / @azure/identity use it for the
 // client-credentials flow: tenant discovery metadata, JWKS, v2 and v1 token endpoints, and the
@@ -281,7 +281,8 @@ export async function handleToken(
     resource = r;
   }
   const normalised = resource.replace(/\/+$/, '').toLowerCase();
-  if (!API_AUDIENCES.has(normalised) || !tenant.defenderProvisioned) {
+  // Microsoft Graph is in every tenant; the Defender resources only where Defender for Endpoint is.
+  if (!ISSUED_AUDIENCES.has(normalised) || (!tenant.defenderProvisioned && normalised !== GRAPH_RESOURCE)) {
     return fail(
       400,
       'invalid_resource',

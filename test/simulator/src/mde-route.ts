@@ -21,7 +21,7 @@ import {
   quotaOf,
 } from './state';
 import type { StatsTracker } from './tracker';
-import { API_AUDIENCES, type AccessClaims, type TokenSigner } from './tokens';
+import { MDE_AUDIENCES, type AccessClaims, type TokenSigner } from './tokens';
 import { exportFilesList, type SasSigner } from './tvmexport';
 
 export interface MdeRouteDeps {
@@ -98,8 +98,7 @@ export function createMdeRoute(
     if (!header || !/^Bearer /i.test(header))
       return mdeError(401, 'Unauthorized', 'Unauthorized (missing authorization header).');
     const claims = signer.verify(header.slice(7).trim());
-    if (!claims || !API_AUDIENCES.has(claims.aud))
-      return mdeError(401, 'Unauthorized', 'Unauthorized (invalid authorization header).');
+    if (!claims) return mdeError(401, 'Unauthorized', 'Unauthorized (invalid authorization header).');
     if (claims.exp <= Math.floor(Date.now() / 1000))
       return mdeError(401, 'Unauthorized', 'Unauthorized (expired authorization header).');
     if (!tenants.has(claims.tid)) return mdeError(401, 'Unauthorized', 'Unauthorized (unknown tenant).');
@@ -169,12 +168,15 @@ export function createMdeRoute(
       return;
     }
     const required = REQUIRED_ROLES[quota];
-    if (!required.some((role) => auth.roles?.includes(role))) {
+    // A token of another API (Microsoft Graph, Microsoft 365 Defender) carries none of WindowsDefenderATP's
+    // roles: refused 403 like one without them, as Microsoft answers a token of another audience.
+    const roles = MDE_AUDIENCES.has(auth.aud) ? (auth.roles ?? []) : [];
+    if (!required.some((role) => roles.includes(role))) {
       answer(
         mdeError(
           403,
           'Forbidden',
-          `The application does not have any of the required application permissions (${required.join(', ')}) to access the resource.`,
+          `Missing application roles. API required roles: ${required.join(',')}, application roles: ${roles.join(',')}.`,
         ),
       );
       return;

@@ -14,14 +14,15 @@ import {
 export const MDE_RESOURCE = 'https://api.securitycenter.microsoft.com';
 /**
  * The WindowsDefenderATP resource's URIs, whose tokens carry the app's Defender for Endpoint roles
- * (Machine.Read.All, Vulnerability.Read.All, …): the two scopes Microsoft's docs show, and the US Government
- * clouds' API hosts. Microsoft documents no token scope for GCC, GCC High or DoD: those two URIs are the
+ * (Machine.Read.All, Vulnerability.Read.All, …): the two scopes Microsoft's docs show, the resource of their
+ * older samples (`https://api.securitycenter.windows.com`), and the US Government clouds' API hosts. Microsoft documents no token scope for GCC, GCC High or DoD: those two URIs are the
  * client's own reading of its docs (the API host's URI, as in commercial), what it asks for by default. The
  * simulator issuing them shows only that the client asks for what it means to, not that Entra issues them.
  */
 export const MDE_AUDIENCES = new Set([
   MDE_RESOURCE,
   'https://securitycenter.onmicrosoft.com/windowsatpservice',
+  'https://api.securitycenter.windows.com',
   'https://api-gcc.securitycenter.microsoft.us',
   'https://api-gov.securitycenter.microsoft.us',
 ]);
@@ -33,8 +34,18 @@ export const MDE_AUDIENCES = new Set([
  */
 export const THREAT_PROTECTION_RESOURCE = 'https://api.security.microsoft.com';
 
-/** The audiences the MDE API takes a token for: WindowsDefenderATP's and Microsoft 365 Defender's. */
-export const API_AUDIENCES = new Set([...MDE_AUDIENCES, THREAT_PROTECTION_RESOURCE]);
+/**
+ * Microsoft Graph, an API every tenant has: Entra issues an app a token for it whatever the app was granted
+ * (without `roles` when nothing was), as for any API of the tenant.
+ */
+export const GRAPH_RESOURCE = 'https://graph.microsoft.com';
+
+/**
+ * The resources Entra issues the simulated apps tokens for: WindowsDefenderATP's, Microsoft 365 Defender's and
+ * Microsoft Graph. The MDE API refuses every token but WindowsDefenderATP's 403 `Forbidden`: a token of
+ * another API carries none of its roles.
+ */
+export const ISSUED_AUDIENCES = new Set([...MDE_AUDIENCES, THREAT_PROTECTION_RESOURCE, GRAPH_RESOURCE]);
 
 export interface AccessClaims {
   aud: string;

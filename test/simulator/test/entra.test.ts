@@ -128,6 +128,39 @@ describe('Entra ID simulation', () => {
     expect(machines.json.error.code).toBe('Forbidden');
   });
 
+  test('token should accept the WindowsDefenderATP URI of older Microsoft samples (api.securitycenter.windows.com), with its roles', async () => {
+    const reply = await request(
+      sim,
+      `/${TENANT}/oauth2/token`,
+      tokenForm({
+        grant_type: 'client_credentials',
+        client_id: CLIENT_ID,
+        client_secret: SECRET,
+        resource: 'https://api.securitycenter.windows.com',
+      }),
+    );
+    expect(reply.status).toBe(200);
+    const claims = decodeJwt(reply.json.access_token);
+    expect(claims.aud).toBe('https://api.securitycenter.windows.com');
+    expect(claims.roles).toEqual(expect.arrayContaining(['Machine.Read.All', 'Vulnerability.Read.All']));
+    const machines = await request(sim, '/api/machines?$top=1', { token: reply.json.access_token });
+    expect(machines.status).toBe(200);
+  });
+
+  test('token for another API of the tenant (Microsoft Graph) should be issued without roles, and MDE should refuse it 403, not 401', async () => {
+    const reply = await token({ ...valid, scope: 'https://graph.microsoft.com/.default' });
+    expect(reply.status).toBe(200);
+    const claims = decodeJwt(reply.json.access_token);
+    expect(claims.aud).toBe('https://graph.microsoft.com');
+    expect(claims.roles).toBeUndefined();
+    const machines = await request(sim, '/api/machines?$top=1', { token: reply.json.access_token });
+    expect(machines.status).toBe(403);
+    expect(machines.json.error.code).toBe('Forbidden');
+    expect(machines.json.error.message).toBe(
+      'Missing application roles. API required roles: Machine.Read.All,Machine.ReadWrite.All, application roles: .',
+    );
+  });
+
   test('token should accept the US Government scopes, and the API the tokens it issues for them', async () => {
     for (const resource of [
       'https://api-gcc.securitycenter.microsoft.us',
