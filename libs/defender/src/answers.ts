@@ -8,6 +8,7 @@ import {
   scrubSecret,
 } from './errors';
 import type { CallOutcome } from './call-health';
+import { DEFENDER_RESOURCE, isDefenderAudience } from './endpoints';
 import { type DefenderEndpointClass, LONGEST_QUOTA_WINDOW_MS } from './quota';
 import { decodeTokenClaims, grantsPermission } from './token';
 
@@ -395,8 +396,23 @@ function forbidden(
       { details },
     );
   }
-  const roles = decodeTokenClaims(token)?.roles ?? [];
+  const claims = decodeTokenClaims(token);
+  const roles = claims?.roles ?? [];
   const needed = endpoint === 'machines' ? 'Machine.Read.All' : 'Vulnerability.Read.All';
+  const audience = claims?.aud;
+  if (audience !== undefined && !isDefenderAudience(audience)) {
+    // A token of another API (a scope set to Microsoft Graph's, say): asking to grant permissions would not
+    // help, the scope must name WindowsDefenderATP.
+    return new DefenderError(
+      DefenderErrorCode.CONSENT_MISSING,
+      withRequestId(
+        `${refused}: the token was issued for ${audience}, not for WindowsDefenderATP (${DEFENDER_RESOURCE}): ` +
+          'the token scope names another API; permissions and admin consent do not change this.',
+        requestId,
+      ),
+      { details: { ...details, roles, needed, audience } },
+    );
+  }
   const held = roles.find((role) => grantsPermission([role], needed));
   if (held !== undefined) {
     // Asking to grant what the token carries would send the administrator round in circles.

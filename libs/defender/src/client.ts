@@ -242,6 +242,9 @@ function accessVerdict(
         ? `FAIL: credentials work and the device list is readable, but vulnerabilities are not: ${message}`
         : `FAIL: credentials work and the device list is readable, but the vulnerability call failed: ${message}`;
     }
+    // A token of another API: its error names the audience and the scope to fix, not permissions to grant.
+    if (failure.code === DefenderErrorCode.CONSENT_MISSING && typeof failure.details.audience === 'string')
+      return `FAIL: ${message}`;
     if (failure.code === DefenderErrorCode.CONSENT_MISSING) {
       const path = typeof failure.details.path === 'string' ? failure.details.path : 'a call';
       const api =

@@ -97,6 +97,28 @@ function trimSlash(url: string): string {
   return url.replace(/\/+$/, '');
 }
 
+/**
+ * WindowsDefenderATP's resource URIs, the `aud` of a token the Defender API takes: those Microsoft's docs
+ * request (`api.securitycenter.microsoft.com`, `securitycenter.onmicrosoft.com/windowsatpservice`, and in
+ * older samples `api.securitycenter.windows.com`) and each cloud's default scope's (the US Government ones
+ * [inference], see CLOUDS). A token of another audience is another API's: MDE refuses it 403 (Microsoft's
+ * docs issue 9246), which no permission or consent changes.
+ */
+const DEFENDER_AUDIENCES = new Set([
+  'https://api.securitycenter.microsoft.com',
+  'https://securitycenter.onmicrosoft.com/windowsatpservice',
+  'https://api.securitycenter.windows.com',
+  ...Object.values(CLOUDS).map((cloud) => trimSlash(cloud.scope.replace(/\/\.default$/, ''))),
+]);
+
+/** WindowsDefenderATP's URI, named to an administrator whose token is another API's. */
+export const DEFENDER_RESOURCE = 'https://api.securitycenter.microsoft.com';
+
+/** Whether a token's `aud` is one of WindowsDefenderATP's resource URIs (any case, trailing slash or not). */
+export function isDefenderAudience(audience: string): boolean {
+  return DEFENDER_AUDIENCES.has(trimSlash(audience).toLowerCase());
+}
+
 function httpsUrl(field: string, value: string): string {
   let parsed: URL;
   try {

@@ -312,6 +312,37 @@ describe('createDefenderClient consent', () => {
   });
 });
 
+describe('createDefenderClient token of another API', () => {
+  it('checkAccess should name the audience of a token MDE refuses 403 for being another API’s, not ask for permissions', async () => {
+    // A scope naming another API (here Microsoft Graph): Entra issues the token, MDE refuses it 403 Forbidden.
+    const { client, close } = simClient(sim, app, {
+      overrides: {
+        authorityHost: sim.baseUrl,
+        apiBase: sim.baseUrl,
+        scope: 'https://graph.microsoft.com/.default',
+      },
+    });
+    try {
+      const report = await client.checkAccess();
+      expect(report).toMatchObject({
+        ok: false,
+        tokenIssued: true,
+        machinesReadable: false,
+        error: { code: DefenderErrorCode.CONSENT_MISSING },
+      });
+      expect(report.verdict).toMatch(
+        /^FAIL: The Defender API refused \/api\/machines for tenant \S+ \(403 Forbidden: .+\): the token was issued for https:\/\/graph\.microsoft\.com, not for WindowsDefenderATP \(https:\/\/api\.securitycenter\.microsoft\.com\): the token scope names another API; permissions and admin consent do not change this \(Microsoft request id [0-9a-f-]{36}\)\.$/,
+      );
+      await expect(client.listMachines({})).rejects.toMatchObject({
+        code: DefenderErrorCode.CONSENT_MISSING,
+        details: { audience: 'https://graph.microsoft.com' },
+      });
+    } finally {
+      await close();
+    }
+  });
+});
+
 describe('createDefenderClient token endpoint that hangs', () => {
   it('checkAccess should say that Entra ID did not answer within the wait, naming it, without the secret', async () => {
     const own = newApp();

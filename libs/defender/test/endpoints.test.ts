@@ -1,4 +1,5 @@
-import { DefenderErrorCode, resolveEndpoints } from '../src';
+import { DEFENDER_CLOUDS, DefenderErrorCode, resolveEndpoints } from '../src';
+import { isDefenderAudience } from '../src/endpoints';
 
 describe('resolveEndpoints', () => {
   it('resolveEndpoints should default to the commercial cloud and the global host', () => {
@@ -90,5 +91,24 @@ describe('resolveEndpoints', () => {
     expect(() => resolveEndpoints(undefined, undefined, { apiBase: 'not a url' })).toThrow(
       /apiBase must be an absolute https URL/,
     );
+  });
+});
+
+describe('isDefenderAudience', () => {
+  it('isDefenderAudience should take WindowsDefenderATP’s documented URIs and every cloud’s default scope, and no other API', () => {
+    for (const audience of [
+      'https://api.securitycenter.microsoft.com',
+      'https://api.securitycenter.microsoft.com/',
+      'https://securitycenter.onmicrosoft.com/windowsatpservice',
+      'https://API.securitycenter.windows.com',
+    ])
+      expect(isDefenderAudience(audience)).toBe(true);
+    // A US Government tenant's token is of its cloud's default scope: never taken for another API's.
+    for (const cloud of DEFENDER_CLOUDS)
+      expect(isDefenderAudience(resolveEndpoints(cloud, undefined).scope.replace(/\/\.default$/, ''))).toBe(
+        true,
+      );
+    for (const audience of ['https://graph.microsoft.com', 'https://api.security.microsoft.com'])
+      expect(isDefenderAudience(audience)).toBe(false);
   });
 });
