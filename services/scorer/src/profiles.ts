@@ -25,7 +25,8 @@ export interface ProfileCache extends Omit<CatchUp, 'stopWaiting'> {
   /**
    * The tenant's compiled profile: from memory, else from the tenant store (a tenant not yet read, or one
    * whose record in memory is older than the store's while `urs.tenants` is still read to the end it had
-   * at the start: its revisions come one by one then, the first long out of date). With `cycle`, the
+   * at the start: its revisions come one by one then, the first long out of date; or one whose cycle's
+   * profile memory does not hold, which may be the store's newer record, not read from `urs.tenants` yet). With `cycle`, the
    * profile the cycle started with when it is held (see `profileOf`): the tenant changed its profile
    * during the cycle, and the cycle is scored with the one it started with. From the tenant store, the
    * store's profile counts as the latest and the ones in memory as the ones it replaced; a cycle whose own
@@ -79,7 +80,12 @@ export function createProfileCache(deps: {
   return {
     async get(tenantId, cycle = {}) {
       const entry = entries.get(tenantId);
-      if (entry && catchUp.caughtUp()) return profileOf(entry.profiles, cycle);
+      if (entry && catchUp.caughtUp()) {
+        const exact = exactProfileOf(entry.profiles, cycle);
+        if (exact) return exact;
+        // Not held: the cycle started before more changes than are held, or with a revision not read yet
+        // (the registrar writes the tenant store before this scorer reads the record): the store tells.
+      }
       const { record, rebuilt } = await deps.tenants.lookup(tenantId);
       if (record === null) {
         if (deleted.has(tenantId)) return null;

@@ -478,6 +478,26 @@ describe('createScoreHandler', () => {
     expect(counter.get({ outcome: 'other_profile' })).toBe(1);
   });
 
+  it("should score a cycle whose profile memory does not hold yet with the tenant store's newer record, once urs.tenants was read", async () => {
+    const at = (cvssThreshold: number) => ({
+      weights: { criticalRisk: 0, operational: 100 },
+      operational: { criticalCves: { cvssThreshold, pointsPerCve: 10, maxPoints: 100 } },
+    });
+    const { handler, sent, tenantsHandler } = setup([tenantRecord('t1', 2, at(7))]);
+    // Memory holds revision 1 (at 9): revision 2 (at 7), whose cycle this is, is not read from urs.tenants yet.
+    await tenantsHandler(inbound(tenantRecord('t1', 1, at(9))));
+    const next = compileProfile(parseProfile(at(7)));
+    const countedAtSeven = enriched({ profileHash: next.hash });
+    for (const device of countedAtSeven.devices) {
+      if (device.vulnerabilities) device.vulnerabilities.cvssThreshold = 7;
+    }
+    await handler(inbound(countedAtSeven));
+    expect(sent[0]?.devices[0]?.profileHash).toBe(next.hash);
+    expect(sent[0]?.devices[0]?.contributions).toContainEqual(
+      expect.objectContaining({ signal: 'criticalCves', value: 2, points: 20 }),
+    );
+  });
+
   it('should drop a batch of a tenant held in memory and gone from the tenant store while urs.tenants replays', async () => {
     const { handler, sent, tenantsHandler } = setup([], new Map([[0, 5n]]));
     // Its tombstone is further on the topic, not read yet; the registrar removed its record.
@@ -579,15 +599,20 @@ describe('createScoreHandler', () => {
   });
 
   it("should hold a tenant's last 4 profiles: a cycle started before more changes than that is scored with the latest", async () => {
-    const { handler, sent, tenantsHandler } = setup();
+    const { handler, sent, stored, tenantsHandler } = setup();
+    // Each record written to the tenant store, then to urs.tenants, as the registrar does.
+    const change = async (record: TenantRecord) => {
+      stored.set(record.tenantId, record);
+      await tenantsHandler(inbound(record));
+    };
     const weighted = (operational: number) => ({ weights: { criticalRisk: 100 - operational, operational } });
     const started = compileProfile(parseProfile(weighted(100)));
-    await tenantsHandler(inbound(tenantRecord('t1', 1, weighted(100))));
+    await change(tenantRecord('t1', 1, weighted(100)));
     for (const [revision, operational] of [90, 80, 70].entries()) {
-      await tenantsHandler(inbound(tenantRecord('t1', revision + 2, weighted(operational))));
+      await change(tenantRecord('t1', revision + 2, weighted(operational)));
     }
     await handler(inbound(enriched({ profileHash: started.hash })));
-    await tenantsHandler(inbound(tenantRecord('t1', 5, weighted(60))));
+    await change(tenantRecord('t1', 5, weighted(60)));
     await handler(inbound(enriched({ profileHash: started.hash })));
     expect(sent.map((batch) => batch.devices[0]?.profileHash)).toEqual([
       started.hash,
