@@ -14,6 +14,10 @@
  * - `DEFENDER_UNREADABLE_RECORDS`: the device's vulnerabilities were answered, none of them readable.
  * - `FETCH_FAILED`: the vulnerabilities could not be fetched (Defender unavailable, throttled, sign-in or
  *   consent refused, the bulk export failed or never came, a fault of the pipeline).
+ * - `CVSS_THRESHOLD_CHANGED`: the vulnerabilities were fetched, their critical CVEs counted at the CVSS
+ *   threshold the cycle started with, and the profile that scores the device counts at another (the tenant
+ *   changed its threshold during the cycle, and the profile the cycle started with is no longer held): the
+ *   count is not scored with a profile it was not made for. The next cycle counts at the new threshold.
  * - `UNKNOWN`: none given (an enriched batch of an older vuln-fetcher).
  */
 export const MISSING_REASONS = [
@@ -23,6 +27,7 @@ export const MISSING_REASONS = [
   'DEFENDER_NOT_FOUND',
   'DEFENDER_UNREADABLE_RECORDS',
   'FETCH_FAILED',
+  'CVSS_THRESHOLD_CHANGED',
   'UNKNOWN',
 ] as const;
 export type MissingReason = (typeof MISSING_REASONS)[number];

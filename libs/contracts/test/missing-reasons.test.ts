@@ -39,6 +39,15 @@ describe('missingReasons on a scored device and its vms.risk-scores record', () 
     expect(validateMessage('urs/vms-risk-score', record(older)).missingReasons).toBeUndefined();
   });
 
+  it("should take CVSS_THRESHOLD_CHANGED for criticalCves: a count made at another threshold than the scoring profile's", () => {
+    const uncounted = scoredDevice('d1', 30, 'Low Risk', {
+      missing: ['criticalCves'],
+      missingReasons: { criticalCves: 'CVSS_THRESHOLD_CHANGED' },
+    });
+    expect(checkMessage('urs/score-batch', scoreBatch(uncounted))).toEqual([]);
+    expect(checkMessage('urs/vms-risk-score', record(uncounted))).toEqual([]);
+  });
+
   it('should refuse anything but a code of the list: never an error text', () => {
     const withText = {
       ...incomplete,

@@ -1,7 +1,7 @@
 import { deviceBatchMessage, type MessageHandler, type Publisher } from '@urs/bus';
 import { cycleBatchHeader, type EnrichedBatch, type ScoreBatch, type ScoredDevice } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { scoreDevice } from '@urs/scoring';
+import { scoreDevice, type CompiledProfile } from '@urs/scoring';
 import { tenantsNotRebuilt, type ReplacedScore, type ScoreStore, type StoredScore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
 import type { ProfileCache } from './profiles';
@@ -47,6 +47,40 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
     'urs_batches_of_deleted_tenants_total',
     'Batches of a deleted tenant dropped: neither stored nor sent on.',
   );
+  const notHeld = deps.metrics.counter(
+    'urs_scorer_cycle_profile_not_held_total',
+    'Batches scored without the profile their cycle started with, by outcome.',
+  );
+  /**
+   * A batch scored with another profile than its cycle's (`profileHash`: the cycle started before more
+   * changes than the scorer holds, or its profile was compacted away on urs.tenants before this scorer read
+   * it), or whose counts were made at another CVSS threshold than its profile's: counted and logged, as VMS
+   * gets another `profileHash` for it than for the cycle's other batches (`other_profile`), or criticalCves
+   * missing (`cves_not_scored`).
+   */
+  const notTheCyclesProfile = (
+    log: Logger,
+    batch: EnrichedBatch,
+    profile: CompiledProfile,
+    countedAt: number | undefined,
+    cvesNotScored: number,
+  ): void => {
+    const otherProfile = batch.profileHash !== undefined && batch.profileHash !== profile.hash;
+    if (!otherProfile && cvesNotScored === 0) return;
+    notHeld.inc({ outcome: cvesNotScored > 0 ? 'cves_not_scored' : 'other_profile' });
+    log.warn(
+      cvesNotScored > 0
+        ? "batch counted at another CVSS threshold than its profile's: criticalCves not scored"
+        : 'batch scored without the profile its cycle started with',
+      {
+        ...(batch.profileHash !== undefined ? { cycleProfileHash: batch.profileHash } : {}),
+        profileHash: profile.hash,
+        profileCvssThreshold: profile.cvssThreshold,
+        ...(countedAt !== undefined ? { countedAt } : {}),
+        ...(cvesNotScored > 0 ? { cvesNotScored } : {}),
+      },
+    );
+  };
   /**
    * A batch of a tenant deleted while it was on its way: its scores are not stored (the publisher removed
    * the tenant's on deletion, and would not publish them either), nor is it sent on. Expected after every
@@ -77,18 +111,37 @@ export function createScoreHandler(deps: ScoreHandlerDeps): MessageHandler<Enric
     });
     if (profile === null) return dropDeleted(log, batch.devices.length);
     const cycleStartMs = Date.parse(batch.cycleStartedAt);
+    /** Devices whose count was made at another CVSS threshold than the profile's: criticalCves not scored. */
+    let cvesNotScored = 0;
     const score = (device: EnrichedBatch['devices'][number]): ScoredDevice => {
-      // Only the count is handed over, not the threshold to check: a profile this scorer has not seen the
-      // cycle start with (it started since) scores the count as it is, not as an error.
+      const counted = device.vulnerabilities;
+      // A count made at another threshold than the profile's (the cycle's own profile no longer held, the
+      // tenant having changed its threshold since the cycle started) is not scored with it: a count at 9
+      // charged by a profile of 7 would be neither profile's score. criticalCves is missing then, and says why.
+      const otherThreshold = counted !== null && counted.cvssThreshold !== profile.cvssThreshold;
+      // The threshold is handed over with the count, so scoring checks the two agree.
       const vulnerabilities =
-        device.vulnerabilities === null
+        counted === null || otherThreshold
           ? null
-          : { criticalCveCount: device.vulnerabilities.criticalCveCount, fetchedAt: batch.collectedAt };
-      return toScoredDevice(device, scoreDevice(device.machine, vulnerabilities, profile, cycleStartMs));
+          : {
+              criticalCveCount: counted.criticalCveCount,
+              cvssThreshold: counted.cvssThreshold,
+              fetchedAt: batch.collectedAt,
+            };
+      const result = toScoredDevice(
+        device,
+        scoreDevice(device.machine, vulnerabilities, profile, cycleStartMs),
+      );
+      if (otherThreshold) {
+        cvesNotScored += 1;
+        result.missingReasons = { ...result.missingReasons, criticalCves: 'CVSS_THRESHOLD_CHANGED' };
+      }
+      return result;
     };
     const devices = batch.devices.map(score);
     const correction = batch.corrections ? await corrected(batch, score) : undefined;
     if (correction) devices.push(...correction.devices);
+    notTheCyclesProfile(log, batch, profile, countedAt, cvesNotScored);
     // What each corrected score replaced, in the order of `devices` (the batch's own devices first).
     const replaced = correction && [...batch.devices.map(() => undefined), ...correction.replaced];
     const scoredAt = now().toISOString();

@@ -25,10 +25,13 @@ export interface ProfileCache extends Omit<CatchUp, 'stopWaiting'> {
   /**
    * The tenant's compiled profile: from memory, else from the tenant store (a tenant not yet read, or one
    * whose record in memory is older than the store's while `urs.tenants` is still read to the end it had
-   * at the start: its revisions come one by one then, the first long out of date). With `cycle`, the
+   * at the start: its revisions come one by one then, the first long out of date; or one whose cycle's
+   * profile memory does not hold, which may be the store's newer record, not read from `urs.tenants` yet). With `cycle`, the
    * profile the cycle started with when it is held (see `profileOf`): the tenant changed its profile
    * during the cycle, and the cycle is scored with the one it started with. From the tenant store, the
-   * store's profile counts as the latest and the ones in memory as the ones it replaced. Null when the tenant was
+   * store's profile counts as the latest and the ones in memory as the ones it replaced; a cycle whose own
+   * profile is not among them then throws PROFILE_NOT_READ_YET (retryable, held as an infrastructure fault:
+   * one of the revisions still to be read may be it). Null when the tenant was
    * deleted (its tombstone read, or its record gone from the rebuilt tenant store): its batches still on their
    * way are expected, not poison. Throws TENANT_UNKNOWN for a tenant neither registered nor known deleted, and
    * TENANTS_NOT_REBUILT (retryable, an infrastructure fault: the bus holds the batch and tries it again) when
@@ -77,7 +80,12 @@ export function createProfileCache(deps: {
   return {
     async get(tenantId, cycle = {}) {
       const entry = entries.get(tenantId);
-      if (entry && catchUp.caughtUp()) return profileOf(entry.profiles, cycle);
+      if (entry && catchUp.caughtUp()) {
+        const exact = exactProfileOf(entry.profiles, cycle);
+        if (exact) return exact;
+        // Not held: the cycle started before more changes than are held, or with a revision not read yet
+        // (the registrar writes the tenant store before this scorer reads the record): the store tells.
+      }
       const { record, rebuilt } = await deps.tenants.lookup(tenantId);
       if (record === null) {
         if (deleted.has(tenantId)) return null;
@@ -92,11 +100,18 @@ export function createProfileCache(deps: {
           },
         );
       }
+      // As new as the store's: memory read every revision before it, and holds what it will once caught up.
       if (entry && entry.revision >= record.revision) return profileOf(entry.profiles, cycle);
       // Not cached, or cached older: the record may be a disabled tenant finishing its last cycle, which is
       // still scored. Its profile is the latest, and the ones held before it are still the cycles' that
       // started with them: chosen among as memory will hold them once the record is read.
-      return profileOf(heldWith(compile(record), entry?.profiles ?? []), cycle);
+      const held = heldWith(compile(record), entry?.profiles ?? []);
+      // The cycle's own profile not among them while `urs.tenants` is still read: one of the revisions to
+      // come may be it. Held (the bus tries the batch again) rather than scored with another profile, whose
+      // hash VMS would get for this batch and not for the cycle's later ones.
+      if (!catchUp.caughtUp() && exactProfileOf(held, cycle) === undefined)
+        throw profileNotReadYet(tenantId, cycle);
+      return profileOf(held, cycle);
     },
     apply(tenantId, record) {
       if (record === null) {
@@ -150,13 +165,44 @@ function heldWith(latest: CompiledProfile, earlier: readonly CompiledProfile[]):
 /**
  * Of the profiles held (the latest first), the one with the cycle's `profileHash`; else (a batch of an
  * older poller, or a cycle started before more changes than are held) the newest that counts CVEs at the
- * cycle's `cvssThreshold`, as the batch's counts were made for it; else the latest.
+ * cycle's `cvssThreshold`, as the batch's counts were made for it; else the latest, with which the handler
+ * scores no count made at another threshold (criticalCves missing, `CVSS_THRESHOLD_CHANGED`).
  */
 function profileOf(profiles: HeldProfiles, cycle: CycleProfile): CompiledProfile {
   return (
     profiles.find((profile) => profile.hash === cycle.profileHash) ??
     profiles.find((profile) => profile.cvssThreshold === cycle.cvssThreshold) ??
     profiles[0]
+  );
+}
+
+/**
+ * The profile the cycle is scored with by right: the one with its `profileHash`; for a batch without one (an
+ * older poller), the newest counting CVEs at its `cvssThreshold`, or the latest when it has no counts.
+ */
+function exactProfileOf(profiles: HeldProfiles, cycle: CycleProfile): CompiledProfile | undefined {
+  if (cycle.profileHash !== undefined) return profiles.find((profile) => profile.hash === cycle.profileHash);
+  if (cycle.cvssThreshold !== undefined)
+    return profiles.find((profile) => profile.cvssThreshold === cycle.cvssThreshold);
+  return profiles[0];
+}
+
+/**
+ * A batch whose cycle's profile the scorer does not hold yet, while it reads `urs.tenants` to the end it had
+ * at its start: held, as a dependency's fault is (retried until the read ends, never dead-lettered for it).
+ */
+export const PROFILE_NOT_READ_YET = 'PROFILE_NOT_READ_YET';
+
+function profileNotReadYet(tenantId: string, cycle: CycleProfile): ScorerError {
+  const which =
+    cycle.profileHash !== undefined
+      ? `profile ${cycle.profileHash}`
+      : `profile counting CVEs at CVSS ${String(cycle.cvssThreshold)}`;
+  return new ScorerError(
+    PROFILE_NOT_READ_YET,
+    `tenant ${tenantId}: the cycle's ${which} is neither in memory nor the tenant's record in Redis, and ` +
+      'urs.tenants is not read to its end yet: held until it is',
+    { canRetry: true, infrastructure: true },
   );
 }
 

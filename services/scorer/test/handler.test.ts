@@ -395,26 +395,107 @@ describe('createScoreHandler', () => {
     expect(sent[1]?.devices[0]?.profileHash).toBe(next.hash);
   });
 
-  it('should score a cycle whose profile is not held while urs.tenants replays as it would from memory: the newest at its threshold', async () => {
+  it("should hold a batch whose cycle's profile is neither in memory nor in the tenant store while urs.tenants replays, and score it with that profile once read", async () => {
+    const at = (cvssThreshold: number, operational = 100) => ({
+      weights: { criticalRisk: 100 - operational, operational },
+      operational: { criticalCves: { cvssThreshold, pointsPerCve: 10, maxPoints: 100 } },
+    });
+    const started = compileProfile(parseProfile(at(9)));
+    // The cycle started at 9; the tenant moved to 7 (and other weights) since: the tenant store holds that.
+    const { handler, sent, saved, tenantsHandler } = setup(
+      [tenantRecord('t1', 2, at(7, 50))],
+      new Map([[0, 1n]]),
+    );
+    await expect(handler(inbound(enriched({ profileHash: started.hash })))).rejects.toMatchObject({
+      code: 'PROFILE_NOT_READ_YET',
+      canRetry: true,
+      infrastructure: true,
+    });
+    expect(sent).toEqual([]);
+    expect(saved).toEqual([]);
+    // The revision the cycle started with is read: the batch, tried again, is scored with it.
+    await tenantsHandler(inboundMessage(tenantRecord('t1', 1, at(9)), { offset: '0' }));
+    await handler(inbound(enriched({ profileHash: started.hash })));
+    expect(sent[0]?.devices[0]?.profileHash).toBe(started.hash);
+    expect(sent[0]?.devices[0]?.contributions).toContainEqual(
+      expect.objectContaining({ signal: 'criticalCves', value: 2, points: 20 }),
+    );
+  });
+
+  it('should hold a batch of an earlier poller (no profileHash) counted at a threshold no profile read so far counts at, while urs.tenants replays', async () => {
     const at = (cvssThreshold: number) => ({
       weights: { criticalRisk: 0, operational: 100 },
       operational: { criticalCves: { cvssThreshold, pointsPerCve: 10, maxPoints: 100 } },
     });
-    const gone = compileProfile(parseProfile({ ...at(9), weights: { criticalRisk: 50, operational: 50 } }));
-    const countedAtNine = compileProfile(parseProfile(at(9)));
-    const latest = compileProfile(parseProfile(at(7)));
     const { handler, sent, tenantsHandler } = setup([tenantRecord('t1', 2, at(7))], new Map([[0, 1n]]));
+    // Counted at 9 (enriched()'s threshold).
+    await expect(handler(inbound(enriched()))).rejects.toMatchObject({ code: 'PROFILE_NOT_READ_YET' });
     await tenantsHandler(inboundMessage(tenantRecord('t1', 1, at(9)), { offset: '0' }));
-    // Counted at 9 (enriched()'s threshold), its own profile neither in memory nor in the tenant store.
+    await handler(inbound(enriched()));
+    expect(sent[0]?.devices[0]?.profileHash).toBe(compileProfile(parseProfile(at(9))).hash);
+  });
+
+  it('should never score a count made at one CVSS threshold with a profile of another: once urs.tenants is read, a cycle whose profile is gone has criticalCves missing (CVSS_THRESHOLD_CHANGED)', async () => {
+    const at = (cvssThreshold: number, operational = 100) => ({
+      weights: { criticalRisk: 100 - operational, operational },
+      operational: { criticalCves: { cvssThreshold, pointsPerCve: 10, maxPoints: 100 } },
+    });
+    // The profile the cycle started with, at 9, is no longer on urs.tenants (compacted away): only revision 2.
+    const gone = compileProfile(parseProfile(at(9)));
+    const latest = compileProfile(parseProfile(at(7, 50)));
+    const { handler, metrics, sent, tenantsHandler } = setup(
+      [tenantRecord('t1', 2, at(7, 50))],
+      new Map([[0, 0n]]),
+    );
+    await tenantsHandler(inboundMessage(tenantRecord('t1', 2, at(7, 50)), { offset: '0' }));
     await handler(inbound(enriched({ profileHash: gone.hash })));
-    expect(sent[0]?.devices[0]?.profileHash).toBe(countedAtNine.hash);
-    // Counted at a threshold no profile held counts at: the latest, the tenant store's.
-    const countedAtFive = enriched({ profileHash: gone.hash });
-    for (const device of countedAtFive.devices) {
-      if (device.vulnerabilities) device.vulnerabilities.cvssThreshold = 5;
+    const [d1, d2] = sent[0]?.devices ?? [];
+    expect(d1?.profileHash).toBe(latest.hash);
+    // Counted at 9, not at the profile's 7: not scored, said why, the count itself kept for VMS to read.
+    expect(d1?.missing).toContain('criticalCves');
+    expect(d1?.missingReasons).toEqual({ criticalCves: 'CVSS_THRESHOLD_CHANGED' });
+    expect(d1?.contributions.map((contribution) => contribution.signal)).not.toContain('criticalCves');
+    expect(d1?.signals['criticalCves']?.value).toBeNull();
+    expect(d1?.vulnerabilities).toMatchObject({ criticalCveCount: 2, cvssThreshold: 9 });
+    // A device whose vulnerabilities could not be fetched keeps its own reason.
+    expect(d2?.missingReasons?.['criticalCves']).toBe('FETCH_FAILED');
+    const counter = metrics.counter(
+      'urs_scorer_cycle_profile_not_held_total',
+      'Batches scored without the profile their cycle started with, by outcome.',
+    );
+    expect(counter.get({ outcome: 'cves_not_scored' })).toBe(1);
+    validateMessage('urs/score-batch', sent[0]);
+    // A batch counted at the profile's own threshold is scored as it was.
+    const countedAtSeven = enriched({ profileHash: gone.hash });
+    for (const device of countedAtSeven.devices) {
+      if (device.vulnerabilities) device.vulnerabilities.cvssThreshold = 7;
     }
-    await handler(inbound(countedAtFive));
+    await handler(inbound(countedAtSeven));
     expect(sent[1]?.devices[0]?.profileHash).toBe(latest.hash);
+    expect(sent[1]?.devices[0]?.contributions).toContainEqual(
+      expect.objectContaining({ signal: 'criticalCves', value: 2, points: 20 }),
+    );
+    expect(counter.get({ outcome: 'other_profile' })).toBe(1);
+  });
+
+  it("should score a cycle whose profile memory does not hold yet with the tenant store's newer record, once urs.tenants was read", async () => {
+    const at = (cvssThreshold: number) => ({
+      weights: { criticalRisk: 0, operational: 100 },
+      operational: { criticalCves: { cvssThreshold, pointsPerCve: 10, maxPoints: 100 } },
+    });
+    const { handler, sent, tenantsHandler } = setup([tenantRecord('t1', 2, at(7))]);
+    // Memory holds revision 1 (at 9): revision 2 (at 7), whose cycle this is, is not read from urs.tenants yet.
+    await tenantsHandler(inbound(tenantRecord('t1', 1, at(9))));
+    const next = compileProfile(parseProfile(at(7)));
+    const countedAtSeven = enriched({ profileHash: next.hash });
+    for (const device of countedAtSeven.devices) {
+      if (device.vulnerabilities) device.vulnerabilities.cvssThreshold = 7;
+    }
+    await handler(inbound(countedAtSeven));
+    expect(sent[0]?.devices[0]?.profileHash).toBe(next.hash);
+    expect(sent[0]?.devices[0]?.contributions).toContainEqual(
+      expect.objectContaining({ signal: 'criticalCves', value: 2, points: 20 }),
+    );
   });
 
   it('should drop a batch of a tenant held in memory and gone from the tenant store while urs.tenants replays', async () => {
@@ -518,15 +599,20 @@ describe('createScoreHandler', () => {
   });
 
   it("should hold a tenant's last 4 profiles: a cycle started before more changes than that is scored with the latest", async () => {
-    const { handler, sent, tenantsHandler } = setup();
+    const { handler, sent, stored, tenantsHandler } = setup();
+    // Each record written to the tenant store, then to urs.tenants, as the registrar does.
+    const change = async (record: TenantRecord) => {
+      stored.set(record.tenantId, record);
+      await tenantsHandler(inbound(record));
+    };
     const weighted = (operational: number) => ({ weights: { criticalRisk: 100 - operational, operational } });
     const started = compileProfile(parseProfile(weighted(100)));
-    await tenantsHandler(inbound(tenantRecord('t1', 1, weighted(100))));
+    await change(tenantRecord('t1', 1, weighted(100)));
     for (const [revision, operational] of [90, 80, 70].entries()) {
-      await tenantsHandler(inbound(tenantRecord('t1', revision + 2, weighted(operational))));
+      await change(tenantRecord('t1', revision + 2, weighted(operational)));
     }
     await handler(inbound(enriched({ profileHash: started.hash })));
-    await tenantsHandler(inbound(tenantRecord('t1', 5, weighted(60))));
+    await change(tenantRecord('t1', 5, weighted(60)));
     await handler(inbound(enriched({ profileHash: started.hash })));
     expect(sent.map((batch) => batch.devices[0]?.profileHash)).toEqual([
       started.hash,

@@ -6,8 +6,8 @@ import { enrichedBatch, scorerOnRedis } from './support/scorer-on-redis';
 /**
  * The scorer against the real Redis when a batch comes again to another scorer after the tenant changed its
  * profile: a scorer stopped after it stored and sent a batch, before it committed its offset (a rolling deploy,
- * a rebalance), and a scorer started since, which holds only the tenant's newer profile, scores the batch
- * again. The store keeps the first scores (an equal stamp is a redelivery); what the batch sends on must be
+ * a rebalance), and a scorer started since, which holds only the tenant's newer profile (it read `urs.tenants`
+ * to its end, the earlier revision compacted away), scores the batch again. The store keeps the first scores (an equal stamp is a redelivery); what the batch sends on must be
  * those, or VMS would hold the second scores while the cycle's summary, the devices API and a snapshot say
  * the first.
  */
@@ -61,9 +61,11 @@ describe('createScoreHandler and a batch delivered again', () => {
     await first.score(c1);
 
     // The tenant changes its weights; the first scorer stops before committing the batch, and one started
-    // since, with only the tenant store's (newer) profile, scores it again.
-    await first.tenants.put(withProfile(2, halfAndHalf));
-    const second = scorerOnRedis(redis, tenantId);
+    // since, with only the newer profile, scores it again.
+    const after = withProfile(2, halfAndHalf);
+    await first.tenants.put(after);
+    const second = scorerOnRedis(redis, tenantId, { caughtUp: true });
+    await second.tenantsHandler(inboundMessage(after, { key: tenantId }));
     await second.score(c1);
 
     const sentFirst = first.sent as ScoreBatch[];
@@ -115,8 +117,10 @@ describe('createScoreHandler and a batch delivered again', () => {
     delete correction.totalDevices;
     await first.score(correction);
 
-    await first.tenants.put(withProfile(2, halfAndHalf));
-    const second = scorerOnRedis(redis, tenantId);
+    const after = withProfile(2, halfAndHalf);
+    await first.tenants.put(after);
+    const second = scorerOnRedis(redis, tenantId, { caughtUp: true });
+    await second.tenantsHandler(inboundMessage(after, { key: tenantId }));
     await second.score(correction);
 
     const [sentFirst, sentAgain] = [first.sent[1], second.sent[0]] as ScoreBatch[];
