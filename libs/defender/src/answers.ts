@@ -88,7 +88,7 @@ function mdeErrorOf(body: string): MdeError {
     const parsed = JSON.parse(body) as { error?: { code?: unknown; message?: unknown; target?: unknown } };
     return {
       code: text(parsed.error?.code),
-      message: text(parsed.error?.message).slice(0, 200),
+      message: text(parsed.error?.message),
       target: text(parsed.error?.target),
     };
   } catch {
@@ -96,8 +96,12 @@ function mdeErrorOf(body: string): MdeError {
   }
 }
 
-function mdeErrorText({ code, message }: MdeError): string {
-  return [code, message].filter(Boolean).join(': ');
+/**
+ * `code: message` of an MDE error body, fit to keep (see keepable): the message is the answer's text, which a
+ * gateway in front of the API may have filled with the request's headers.
+ */
+function mdeErrorText({ code, message }: MdeError, token: string): string {
+  return keepable([code, message].filter(Boolean).join(': '), token, 240);
 }
 
 /**
@@ -226,7 +230,7 @@ export function classify(
     }
   }
   const api = mdeErrorOf(response.data ?? '');
-  const apiText = mdeErrorText(api);
+  const apiText = mdeErrorText(api, token);
   const requestId = requestIdOf(response, api, token);
   /** The call's facts, with Microsoft's id of it when there is one. */
   const failed: FailedCall = requestId ? { ...details, requestId } : details;
@@ -368,7 +372,7 @@ function forbidden(
     );
   }
 
-  const apiText = mdeErrorText(api);
+  const apiText = mdeErrorText(api, token);
   const details = { ...call, api: apiText };
   const refused = `The Defender API refused ${path} for tenant ${azureTenantId} (403${apiText ? ` ${apiText}` : ''})`;
   if (api.code === 'DisabledFeature') {

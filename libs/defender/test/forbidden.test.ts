@@ -284,6 +284,41 @@ describe('classify on 403', () => {
     expect(JSON.stringify(error)).not.toContain(token);
     expect(error.message).not.toContain('Zx8Q~leaked');
   });
+  it.each([
+    [400, 'BadRequest'],
+    [403, 'Forbidden'],
+    [500, 'InternalServerError'],
+  ])("should keep Microsoft's error message of a %s without the token or a quoted secret", (status, code) => {
+    const token = tokenWith(['Machine.Read.All']);
+    const message = `Invalid header Authorization: Bearer ${token} {"clientSecret": "Zx8Q~leaked"}`;
+    const error = thrownBy(() =>
+      classify({ ...answer403(code, message), status } as AxiosResponse<string>, CALL, token, 'machines'),
+    );
+    expect(error.details['api']).toMatch(
+      new RegExp(
+        `^${code}: Invalid header Authorization: Bearer \\[redacted\\] \\{"clientSecret": "\\[redacted\\]"\\}`,
+      ),
+    );
+    expect(JSON.stringify(error)).not.toContain(token);
+    expect(error.message).not.toContain(token.slice(0, 40));
+    expect(JSON.stringify(error)).not.toContain('Zx8Q~leaked');
+  });
+
+  it("should not keep the start of a token that Microsoft's error message cuts", () => {
+    const token = tokenWith(['Machine.Read.All']);
+    // The token begins where the kept message would end if it were cut before the token was taken out.
+    const message = `${'x'.repeat(180)} Bearer ${token}`;
+    const error = thrownBy(() =>
+      classify(
+        { ...answer403('BadRequest', message), status: 400 } as AxiosResponse<string>,
+        CALL,
+        token,
+        'machines',
+      ),
+    );
+    expect(error.details['api']).toMatch(/Bearer \[redacted\]$/);
+    expect(JSON.stringify(error)).not.toContain(token.slice(0, 12));
+  });
 });
 
 describe('classify keeps Microsoft’s request id', () => {
