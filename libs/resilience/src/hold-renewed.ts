@@ -1,5 +1,5 @@
 import { UrsError } from './errors';
-import { createLeaseClock } from './lease-clock';
+import { createLeaseClock, type LeaseClock } from './lease-clock';
 import { keepRenewing } from './lifecycle';
 
 /** A hold on something renewed in Redis (see `holdRenewed`). */
@@ -11,13 +11,13 @@ export interface RenewedHold {
    * it (told by the clock too, should the timer that aborts `signal` not have run yet).
    */
   throwIfLost(): void;
+  /** Whether it is surely still held now: `throwIfLost` would not throw (and, like it, loses it when it lapsed). */
+  held(): boolean;
   /** Stops renewing and watching: the work under the hold ended. The caller gives the hold back. */
   stop(): void;
 }
 
-export interface HoldRenewedOptions {
-  /** When the take was asked, a `leaseTime` reading: the hold lasts `leaseMs` from then unless renewed. */
-  takenAt: number;
+interface HoldOptions {
   /** The hold's length, ms; renewed every third of it (at least every 10 ms). */
   leaseMs: number;
   /** Renews the hold in Redis: true while it is still held, false once another holds it (or none does). */
@@ -33,7 +33,18 @@ export interface HoldRenewedOptions {
   onLost?: (cause?: unknown) => void;
   /** Called on each renewal that failed (it is tried again at the next tick). */
   onRenewalError?: (error: unknown) => void;
+  /**
+   * The first renewal goes at once, not a third of the hold's length from now: the hold was taken a while ago
+   * (reads and writes under it before its work began, on a slow Redis). Default false.
+   */
+  immediately?: boolean;
 }
+
+/**
+ * `takenAt`: when the take was asked, a `leaseTime` reading: the hold lasts `leaseMs` from then unless renewed.
+ * Or `clock`: the hold's clock, made by the caller when it took the hold (`createLeaseClock(takenAt, leaseMs)`).
+ */
+export type HoldRenewedOptions = HoldOptions & ({ takenAt: number } | { clock: LeaseClock });
 
 /**
  * Holds something taken in Redis (a lock, a lease) while a work runs, renewing it every third of its length,
@@ -51,7 +62,7 @@ export function holdRenewed(options: HoldRenewedOptions): RenewedHold {
   const lost = new AbortController();
   const everyMs = Math.max(10, Math.floor(leaseMs / 3));
   /** The hold lasts `leaseMs` from when the last renewal that found it held (or the take) was asked. */
-  const clock = createLeaseClock(options.takenAt, leaseMs);
+  const clock = 'clock' in options ? options.clock : createLeaseClock(options.takenAt, leaseMs);
   /** Why the renewals since then did not hold it: the last one's error, if one failed. */
   let renewalError: unknown;
   let stopped = false;
@@ -94,14 +105,19 @@ export function holdRenewed(options: HoldRenewedOptions): RenewedHold {
         options.onRenewalError?.(error);
       },
     },
+    { immediately: options.immediately ?? false },
   );
   watch();
+  const held = (): boolean => {
+    if (!lost.signal.aborted && !clock.held()) lapse();
+    return !lost.signal.aborted;
+  };
   return {
     signal: lost.signal,
     throwIfLost() {
-      if (!lost.signal.aborted && !clock.held()) lapse();
-      if (lost.signal.aborted) throw lost.signal.reason;
+      if (!held()) throw lost.signal.reason;
     },
+    held,
     stop() {
       stopped = true;
       clearTimeout(timer);

@@ -1,7 +1,7 @@
 import { UrsError, errorCode } from '../src/errors';
 import { isInfrastructureFault } from '../src/faults';
 import { holdRenewed, type RenewedHold } from '../src/hold-renewed';
-import { leaseTime } from '../src/lease-clock';
+import { createLeaseClock, leaseTime } from '../src/lease-clock';
 
 class LostError extends Error {
   constructor(cause?: unknown) {
@@ -93,6 +93,37 @@ describe('holdRenewed', () => {
       await new Promise((resolve) => setTimeout(resolve, 300));
       expect(hold.signal.aborted).toBe(false);
       expect(thrownBy(hold)).toBeUndefined();
+    } finally {
+      hold.stop();
+    }
+  });
+
+  it('should renew at once when told, on the clock it was given, and say whether it is held without throwing', async () => {
+    let now = 0;
+    const clock = createLeaseClock(0, 60, () => now);
+    const renewals: number[] = [];
+    const hold = holdRenewed({
+      clock,
+      leaseMs: 60,
+      immediately: true,
+      renew: async () => {
+        renewals.push(now);
+        return true;
+      },
+      lost: (cause) => new LostError(cause),
+      what: 'the thing',
+    });
+    try {
+      // Taken a while ago: renewed before a third of its length from now.
+      now = 50;
+      expect(renewals).toEqual([0]);
+      await new Promise((resolve) => setImmediate(resolve));
+      // Held for its length from that renewal, by the clock given.
+      expect(hold.held()).toBe(true);
+      now = 61;
+      expect(hold.held()).toBe(false);
+      expect(hold.signal.aborted).toBe(true);
+      expect(thrownBy(hold)).toBeInstanceOf(LostError);
     } finally {
       hold.stop();
     }

@@ -115,7 +115,9 @@ export function createCycleEnd(deps: CycleEndDeps): CycleEnd {
       // listing: that batch carries the totals to the publisher, and the cycle is ended as listed from the ones
       // the poller kept before the send. Redone, the tenant was listed again at once (its quota spent twice, its
       // bulk export read twice) and the cycle closed partial a minute later, as its last batch was still under
-      // way. A send that failed while the poller lived recorded the cycle abandoned: that one is redone.
+      // way. A send that failed while the poller lived recorded the cycle abandoned: that one is redone. None
+      // are kept before a last batch the topic may refuse as too large (`BatchFit`): refused, it never went, and
+      // nothing here could tell it from one taken.
       await deps.cycles.listed(lease.tenantId, cycleId, cycle.pendingListing);
       // Counted listed here, once (the listing recorded, the next try takes the branch below): its poller
       // counted nothing of it (killed), or `aborted` (its lease lost), as before a redo that counted it listed.

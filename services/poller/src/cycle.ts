@@ -1,10 +1,11 @@
-import { deviceBatchMessage, isKafkaRecordTooLarge, type Publisher } from '@urs/bus';
+import { deviceBatchMessage, isKafkaRecordTooLarge, recordBytes, type Publisher } from '@urs/bus';
 import { toDeviceRecord, vulnerabilitiesNotHeld, type DeviceRecord, type TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage, retryPolicy, withRetry, type RetryPolicy } from '@urs/resilience';
 import { parseProfile, profileHash } from '@urs/scoring';
 import { secretRecordUnreadable, type ReplicaKeyCheck, type SecretSealer } from '@urs/secrets';
 import type { CycleStore, PollLease } from '@urs/store';
+import type { BatchFit } from './batch-fit';
 import { isSetupErrorCode, type DefenderGateway } from './defender';
 
 export interface CycleDeps {
@@ -20,6 +21,11 @@ export interface CycleDeps {
   publisher: Publisher;
   cycles: CycleStore;
   deviceBatchesTopic: string;
+  /**
+   * The batches the topic surely takes, shared by the replica's cycles (`createBatchFit`): a cycle's totals are
+   * kept as pending before its last batch only when it fits (see `keepPending` in `runCycle`).
+   */
+  batchFit: BatchFit;
   /** Devices per batch message (≤ 500). */
   batchSize: number;
   /** Longest a cycle may stay open, ms: its deadline is start + min(interval, this). */
@@ -226,15 +232,17 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       vulnerabilityMode: mode ?? 'per-device',
       ...cycleProfile,
     };
-    if (last) await keepPending();
+    const message = deviceBatchMessage(tenantId, header, devices);
+    const bytes = recordBytes({ key: message.key, value: message.json });
+    const kept = last && (await keepPending(bytes));
     // Asked again: the cycle store's answer may have come after the lease's end.
     stopIfAborted();
     try {
-      await deps.publisher.send(deps.deviceBatchesTopic, 'urs/device-batch', [
-        deviceBatchMessage(tenantId, header, devices),
-      ]);
+      await deps.publisher.send(deps.deviceBatchesTopic, 'urs/device-batch', [message]);
     } catch (error) {
-      if (devices.length < 2 || !isKafkaRecordTooLarge(error)) throw error;
+      if (!isKafkaRecordTooLarge(error)) throw error;
+      deps.batchFit.refused(bytes);
+      if (devices.length < 2) throw error;
       // Larger than the topic takes: sent in two halves instead, each a batch of its own (the cycle's batches
       // are numbered as they go, and counted at its last), and so on until they fit. Sent again whole, the
       // batch would be refused again, and the cycle, and each after it, would fail for good. One device alone
@@ -245,14 +253,16 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
         devices: devices.length,
         reason: errorMessage(error),
       });
-      // The totals kept for a last batch count it as the last: its halves are one batch more. Dropped before the
-      // first half goes (the last half keeps its own): a poller that stopped after it left the next holder a
-      // count the publisher found complete without the last half, whose devices were then never sent.
-      if (last) await deps.cycles.dropPendingListing(tenantId, cycleId);
+      // Totals kept for a last batch the topic had taken one as large as (its limit lowered since) count it as
+      // the last: its halves are one batch more. Dropped before the first half goes (the last half keeps its
+      // own): a poller that stopped after it left the next holder a count the publisher found complete without
+      // the last half, whose devices were then never sent.
+      if (kept) await deps.cycles.dropPendingListing(tenantId, cycleId);
       await emit(devices.slice(0, half), false);
       await emit(devices.slice(half), last);
       return;
     }
+    deps.batchFit.taken(bytes);
     input.batchTaken?.();
     batchIndex++;
     emittedLast = last;
@@ -287,15 +297,28 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
    * as listed from them instead of recording it abandoned and listing the tenant again at once (its quota spent
    * twice, a partial summary a minute later, the export of a bulk cycle read twice). A send that fails while
    * the poller lives records the cycle abandoned, which the next holder does not take the pending totals over.
+   * Kept only for a last batch the topic surely takes (`BatchFit`, of `bytes`): one refused as too large after
+   * them left them to a poller that took the tenant over meanwhile (the lease lapsed during the send) or after
+   * (this one killed before it dropped them), and the cycle was listed from them, its last batch never sent.
+   * Without them, a poller stopping after the send leaves the cycle to be redone, as one stopped mid-listing.
    * Written only while Redis holds the lease as this poller's (in the same step): a write that lands after the
    * lease ended (queued by the client while Redis was away) left the next holder totals of a batch that may
    * never be sent, and the cycle listed from them instead of redone. A Redis that fails or refuses here leaves
-   * the cycle as before: the send goes on (the lease's clock tells whether it may).
+   * the cycle as before: the send goes on (the lease's clock tells whether it may). True when they were
+   * kept (or may have been: a write that failed in its answer).
    */
-  async function keepPending(): Promise<void> {
+  async function keepPending(bytes: number): Promise<boolean> {
+    if (!deps.batchFit.fits(bytes)) {
+      log.debug("cycle's totals not kept before its last batch: larger than any batch the topic took", {
+        bytes,
+      });
+      return false;
+    }
     try {
-      if (!(await deps.cycles.listingPending(input.lease, cycleId, totalsAt(now(), batchIndex + 1))))
-        log.warn("cycle's totals not kept before its last batch: the lease is not this poller's in Redis");
+      if (await deps.cycles.listingPending(input.lease, cycleId, totalsAt(now(), batchIndex + 1)))
+        return true;
+      log.warn("cycle's totals not kept before its last batch: the lease is not this poller's in Redis");
+      return false;
     } catch (error) {
       log.warn(
         "cycle's totals not kept before its last batch: a poller taking over before they are recorded lists it again",
@@ -303,6 +326,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
           reason: errorMessage(error),
         },
       );
+      return true;
     }
   }
 

@@ -10,6 +10,7 @@ import {
   createKeyFingerprintStore,
   createTenantStore,
 } from '@urs/store';
+import { createBatchFit } from './batch-fit';
 import { pollerConfig, warnOfShortIntervalUnit } from './config';
 import { runCycle } from './cycle';
 import { createDefenderGateway } from './defender';
@@ -68,6 +69,7 @@ void runService({
       publisher,
       cycles,
       deviceBatchesTopic: config.topics.deviceBatches,
+      batchFit: createBatchFit(),
       batchSize: settings.batchSize,
       maxCycleMs: settings.maxCycleMs,
       logger,

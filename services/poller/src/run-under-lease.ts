@@ -2,7 +2,7 @@
 // recorded (listed, aborted or failed), the lease released after.
 import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { errorMessage, keepRenewing, type LeaseClock } from '@urs/resilience';
+import { errorMessage, holdRenewed, type LeaseClock } from '@urs/resilience';
 import type { Counter, Histogram } from '@urs/telemetry';
 import type { PollLease, PollScheduleStore, TenantStore } from '@urs/store';
 import { CycleAbortedError, CycleListedNotRecordedError, type CycleInput, type CycleResult } from './cycle';
@@ -48,9 +48,12 @@ export type RunUnderLease = (
 export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
   const { ends, log, cyclesTotal, cycleSeconds, stop, releaseQuietly, now } = deps;
   /**
-   * Runs the cycle while its lease is renewed (at once, then every third of it). A renewal Redis answers false aborts the cycle (the lease was
-   * lost); one that fails with an error is tried again at the next renewal, unless the lease may have lapsed
-   * meanwhile (`LeaseClock`): then the cycle is aborted too, and it emits nothing more in any case.
+   * Runs the cycle while its lease is renewed (`holdRenewed`: at once, then every third of it). A renewal Redis
+   * answers false aborts the cycle (the lease was lost). One that fails with an error, or that Redis does not
+   * answer (the client queues it while Redis is away), is tried again at the next renewal, and once the lease may
+   * have lapsed meanwhile (`LeaseClock`: its length passed since the last renewal that held it) the cycle is
+   * aborted too, then and not only at a renewal that fails: its listing stops, and it emits nothing more in any
+   * case.
    */
   return async function runUnderLease(
     record: TenantRecord,
@@ -63,40 +66,36 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
   ): Promise<void> {
     const tenantId = record.tenantId;
     const nextPollAt = startedAt + intervalMs;
-    const renewEveryMs = Math.max(Math.floor(deps.leaseMs / 3), 10);
-    /** The lease was lost to another holder; the error of the renewals failing since the last one held. */
+    /** The lease was lost to another holder; why it lapsed, when its renewals held nothing for its length. */
     let lost = false;
-    let renewalError: unknown;
-    const renew = async (): Promise<boolean> => {
-      const sentAt = clock.reading();
-      const held = await deps.schedules.renew(lease, deps.leaseMs);
-      if (held) {
-        clock.confirmed(sentAt);
-        renewalError = undefined;
-      }
-      return held;
-    };
+    let lapsed: unknown;
     // Renewed at once: the lease was taken before the schedule's reads and the cycle's begin, and on a slow
     // Redis those may have used much of it.
-    const stopRenewing = keepRenewing(
-      renew,
-      renewEveryMs,
-      {
-        onLost: () => {
+    const hold = holdRenewed({
+      clock,
+      leaseMs: deps.leaseMs,
+      immediately: true,
+      renew: () => deps.schedules.renew(lease, deps.leaseMs),
+      // The cycle is aborted through `abort` (see `onLost`), not through the hold's own signal.
+      lost: () => new CycleAbortedError(),
+      what: `the poll lease of tenant ${tenantId}`,
+      onLost: (cause) => {
+        if (cause === undefined) {
           log.warn('lease lost: aborting the cycle', { tenantId, cycleId });
           lost = true;
-          abort.abort();
-        },
-        onError: (error) => {
-          log.warn('lease renewal failed', { tenantId, cycleId, reason: errorMessage(error) });
-          renewalError = error;
-          if (clock.held()) return;
-          log.warn('lease not renewed before it may have lapsed: aborting the cycle', { tenantId, cycleId });
-          abort.abort();
-        },
+        } else {
+          log.warn('lease not renewed before it may have lapsed: aborting the cycle', {
+            tenantId,
+            cycleId,
+            reason: errorMessage(cause),
+          });
+          lapsed = cause;
+        }
+        abort.abort();
       },
-      { immediately: true },
-    );
+      onRenewalError: (error) =>
+        log.warn('lease renewal failed', { tenantId, cycleId, reason: errorMessage(error) }),
+    });
     /** Counts the cycle as listed in full, with its duration. */
     const countListed = (): void => {
       cyclesTotal.inc({ outcome: 'listed' });
@@ -121,9 +120,9 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
         intervalMs,
         lease,
         signal: abort.signal,
-        leaseHeld: clock.held,
+        leaseHeld: hold.held,
       });
-      stopRenewing();
+      hold.stop();
       countListed();
       await ends.endListed(lease, cycleId, {
         lastCycleEndedAt: new Date(result.listedAt).toISOString(),
@@ -132,7 +131,7 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
         note: result.note,
       });
     } catch (error) {
-      stopRenewing();
+      hold.stop();
       // Listed in full (its totals are in the cycle store), and its end not recorded: Redis failed the status's
       // or the schedule's write (a failover's READONLY, a connection reset). Not a failed cycle: ended as failed,
       // it was listed again within minutes (the tenant's quota spent twice, a second summary for the VMS), its
@@ -165,19 +164,20 @@ export function createRunUnderLease(deps: RunUnderLeaseDeps): RunUnderLease {
         // Ended by its lease: redone soon, by this replica too (its due time stays the interval's end
         // otherwise, and with one replica nobody would redo it before). A lease lost to another holder is
         // looked at again after URS_POLL_RECHECK_MS; one that lapsed while its renewals failed (Redis away or
-        // refusing) fails the attempt with the renewal's error: tried again after the attempts' backoff,
+        // refusing) fails the attempt with the last renewal's error (REDIS_UNAVAILABLE when Redis answered none
+        // since the last that held it): tried again after the attempts' backoff,
         // counted, warned of once per outage. Aborted for a stop, or its tenant disabled or deleted (the lease
         // still held), it is left as it is.
         if (stop.aborted) return;
         if (lost) deps.placeAt(tenantId, now() + deps.recheckMs, record.revision);
-        else if (!clock.held()) throw renewalError ?? error;
+        else if (lapsed !== undefined || !clock.held()) throw lapsed ?? error;
         return;
       }
       await ends.endFailed({ record, lease, cycleId, startedAt, intervalMs, previous, error }, (next) =>
         deps.placeAt(tenantId, next, record.revision),
       );
     } finally {
-      stopRenewing();
+      hold.stop();
       await releaseQuietly(lease);
     }
   };

@@ -4,6 +4,7 @@ import type { DeviceBatch, Machine } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import type { CycleStore } from '@urs/store';
 import { createTestKafka, createUniqueTopics, deleteTopics, uniqueId } from '@urs/testkit';
+import { createBatchFit } from '../src/batch-fit';
 import { cycleIdOf, runCycle, type CycleDeps } from '../src/cycle';
 import type { DefenderGateway } from '../src/defender';
 import { sealedRecord as record, sealer } from './support/cycle';
@@ -69,6 +70,7 @@ describe('a cycle whose device batch the topic refuses as too large', () => {
       publisher,
       cycles,
       deviceBatchesTopic: topic,
+      batchFit: createBatchFit(),
       batchSize: 500,
       maxCycleMs: 300_000,
       logger: silentLogger,

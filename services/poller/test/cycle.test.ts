@@ -12,8 +12,9 @@ import {
   runCycle,
   type CycleDeps,
 } from '../src/cycle';
+import { createBatchFit } from '../src/batch-fit';
 import type { DefenderGateway, DevicePage, TenantCredentials } from '../src/defender';
-import { recordTooLarge, sealedRecord as record, sealer } from './support/cycle';
+import { fitAfterTaking, recordTooLarge, sealedRecord as record, sealer } from './support/cycle';
 
 function pages(...sizes: number[]): DevicePage[] {
   let n = 0;
@@ -113,6 +114,7 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Erro
     publisher,
     cycles,
     deviceBatchesTopic: 'urs.device-batches',
+    batchFit: fitAfterTaking(),
     batchSize: 500,
     maxCycleMs: 300_000,
     logger: silentLogger,
@@ -467,6 +469,45 @@ describe('runCycle', () => {
     expect(sent[4]).toMatchObject({ totalBatches: 5, totalDevices: 1_200 });
     expect(listed).toMatchObject({ totalBatches: 5, totalDevices: 1_200 });
     expect(events).toContain('listed 5/1200 bulk');
+  });
+
+  it('runCycle should keep no totals as pending before a last batch larger than any the topic took, and keep them before one no larger', async () => {
+    // A replica that never sent a batch yet: nothing tells that the topic takes its first cycle's last batch.
+    const batchFit = createBatchFit();
+    const first = setup(pages(100));
+    await runCycle({ ...first.deps, batchFit }, input());
+    expect(first.pending).toEqual([]);
+    expect(first.events.at(-1)).toBe('listed 1/100 per-device');
+    // The same batch once the topic took it: the next cycle keeps its totals before it.
+    const next = setup(pages(100));
+    await runCycle({ ...next.deps, batchFit }, input());
+    expect(next.pending).toEqual([`1/100 per-device ${new Date(1_000).toISOString()} after 0`]);
+    // One device more: larger than any batch taken, no totals kept.
+    const larger = setup(pages(101));
+    await runCycle({ ...larger.deps, batchFit }, input());
+    expect(larger.pending).toEqual([]);
+    expect(larger.events.at(-1)).toBe('listed 1/101 per-device');
+  });
+
+  it('runCycle should keep no totals as pending before a last batch no smaller than one the topic refused as too large since it took a larger one', async () => {
+    const batchFit = fitAfterTaking();
+    const { deps, sent, pending } = setup(pages(400));
+    // The topic's limit lowered: batches of more than 100 devices refused.
+    const { publisher } = refusingPublisher(deps.publisher, (batch) => batch.devices.length > 100);
+    await runCycle({ ...deps, publisher, batchFit }, input());
+    expect(sent.map((batch) => batch.devices.length)).toEqual([100, 100, 100, 100]);
+    // Kept before the batch of 400 (the topic took a larger record), dropped as it was refused, and kept again
+    // before the last half, smaller than the halves refused.
+    expect(pending).toEqual([
+      `1/400 per-device ${new Date(1_000).toISOString()} after 0`,
+      'dropped after 0',
+      `4/400 per-device ${new Date(1_000).toISOString()} after 3`,
+    ]);
+    // A cycle whose last batch is as large as one refused keeps no totals before it.
+    const again = setup(pages(200));
+    const refusing = refusingPublisher(again.deps.publisher, (batch) => batch.devices.length > 100);
+    await runCycle({ ...again.deps, publisher: refusing.publisher, batchFit }, input());
+    expect(again.pending.filter((kept) => kept.startsWith('1/'))).toEqual([]);
   });
 
   it('runCycle should keep no totals as pending while it sends the halves of a last batch refused as too large, but for the last half', async () => {

@@ -9,6 +9,7 @@ import { type Simulator, startSimulator } from '@urs/simulator';
 import type { CycleStore } from '@urs/store';
 import { runCycle, type CycleDeps } from '../src/cycle';
 import { type DefenderGateway } from '../src/defender';
+import { fitAfterTaking } from './support/cycle';
 import { simGateway } from './support/sim-gateway';
 import { failureKindOf } from '../src/schedule';
 
@@ -64,6 +65,7 @@ describe('poller: a tenant keeps its Defender client across cycles', () => {
       publisher,
       cycles,
       deviceBatchesTopic: 'urs.device-batches',
+      batchFit: fitAfterTaking(),
       batchSize: 500,
       maxCycleMs: 3_600_000,
       logger: silentLogger,

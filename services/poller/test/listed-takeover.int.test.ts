@@ -1,5 +1,6 @@
 import { ReplyError } from 'ioredis';
-import type { OutboundMessage, Publisher } from '@urs/bus';
+import type { Kafka } from 'kafkajs';
+import { createPublisher, readTopicUpTo, topicOffsets, type OutboundMessage, type Publisher } from '@urs/bus';
 import type { DeviceBatch, Machine } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import {
@@ -12,7 +13,17 @@ import {
   type TenantStore,
 } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { inboundMessage, tenantRecord, testRedisPerTest, waitFor, type TestRedis } from '@urs/testkit';
+import {
+  createTestKafka,
+  createUniqueTopics,
+  deleteTopics,
+  inboundMessage,
+  tenantRecord,
+  testRedisPerTest,
+  uniqueId,
+  waitFor,
+  type TestRedis,
+} from '@urs/testkit';
 import {
   CycleAbortedError,
   CycleListedNotRecordedError,
@@ -23,8 +34,9 @@ import {
   type CycleResult,
 } from '../src/cycle';
 import { createCycleEnd } from '../src/cycle-end';
+import { createBatchFit } from '../src/batch-fit';
 import type { Scheduler } from '../src/scheduler';
-import { recordTooLarge, sealer } from './support/cycle';
+import { fitAfterTaking, recordTooLarge, sealer } from './support/cycle';
 import { oneDeviceListed, sampleOf, testScheduler } from './support/scheduler';
 
 // Two pollers over the real Redis. The first one's cycle sends every batch, and Redis refuses the record of its
@@ -333,6 +345,8 @@ describe('a cycle whose poller was killed while it sent the halves of a last bat
         },
       },
       deviceBatchesTopic: 'urs.device-batches',
+      // The topic took a larger record before: its limit was lowered since.
+      batchFit: fitAfterTaking(),
       batchSize: 500,
       maxCycleMs: 600_000,
       logger: silentLogger,
@@ -360,4 +374,128 @@ describe('a cycle whose poller was killed while it sent the halves of a last bat
     expect(state?.totalBatches).toBeUndefined();
     expect(state?.abandoned).toMatchObject({ code: 'POLLER_GONE' });
   }, 30_000);
+});
+
+// Over the real Redis and Kafka, a topic that takes records of at most 8 KB. The replica has sent one small cycle
+// of the tenant; its next one lists 500 devices, one last batch the topic refuses as too large. While that send is
+// under way the poller's lease lapses and another poller takes the tenant over. The cycle's last batch never
+// reached Kafka (its halves are never sent: the lease is gone): the takeover must redo the cycle, not end it as
+// listed from totals kept before the send, which left it waiting for a batch that never comes until its deadline.
+describe('a cycle whose last batch the topic refused as too large while its lease lapsed', () => {
+  const redis = testRedisPerTest();
+  let kafka: Kafka;
+  let topic: string;
+  let publisher: Publisher;
+
+  beforeAll(() => {
+    kafka = createTestKafka();
+  });
+
+  beforeEach(async () => {
+    [topic] = (await createUniqueTopics(kafka, [
+      { prefix: 'device-batches', configEntries: [{ name: 'max.message.bytes', value: '8192' }] },
+    ])) as [string];
+    publisher = await createPublisher(kafka);
+  });
+
+  afterEach(async () => {
+    await publisher.close();
+    await deleteTopics(kafka, [topic]);
+  });
+
+  it('should be redone by the poller that takes the tenant over, not ended as listed', async () => {
+    const tenants = createTenantStore(redis.client, redis.prefix);
+    const schedules = createPollScheduleStore(redis.client, redis.prefix);
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const record = { ...tenantRecord('acme', { revision: 1, pollIntervalMinutes: 10 }) };
+    record.defender = { ...record.defender, clientSecret: sealer.seal('Sup3r~secret', 'acme') };
+    await tenants.put(record);
+    const lease = (await schedules.acquire('acme', 'first', 60_000)) as PollLease;
+
+    /** Each cycle's listing: one page of this many devices. */
+    const fleets = [1, 500];
+    let leaseLapsed = false;
+    let takeover: Promise<boolean> | undefined;
+    let cycleId = '';
+    const refusing: Publisher = {
+      ...publisher,
+      send: async (...args: Parameters<Publisher['send']>) => {
+        const batch = args[2][0]?.value as DeviceBatch;
+        if (batch.lastBatch && batch.devices.length === 500) {
+          // The lease lapses while the send is under way, and another poller takes the tenant over.
+          leaseLapsed = true;
+          takeover = secondPollerEnds(redis, { schedules, tenants }, cycles).then(({ second, ends }) =>
+            ends.endListedCycle(second, cycleId),
+          );
+          await takeover;
+        }
+        return publisher.send(...args);
+      },
+    };
+    const deps: CycleDeps = {
+      defender: {
+        forTenant: () => ({
+          async *listDevicePages() {
+            const devices = fleets.shift() ?? 0;
+            yield {
+              devices: Array.from({ length: devices }, (_, n) => ({
+                machine: { id: `device-${String(n).padStart(5, '0')}` } as Machine,
+                merged: false,
+              })),
+            };
+          },
+        }),
+        forget: () => undefined,
+        close: () => undefined,
+        planMode: () => ({ mode: 'per-device', perDeviceCapacity: 1_000 }),
+      },
+      sealer,
+      publisher: refusing,
+      cycles,
+      deviceBatchesTopic: topic,
+      // The replica's: shared by its cycles.
+      batchFit: createBatchFit(),
+      batchSize: 500,
+      maxCycleMs: 600_000,
+      logger: silentLogger,
+    };
+    const cycle = (startedAt: number) => {
+      cycleId = cycleIdOf('acme', startedAt);
+      return runCycle(deps, {
+        record,
+        cycleId,
+        startedAt,
+        intervalMs: 600_000,
+        lease,
+        signal: new AbortController().signal,
+        leaseHeld: () => !leaseLapsed,
+      });
+    };
+    // The small cycle the replica sent before.
+    const startedAt = Date.now();
+    expect(await cycle(startedAt - 600_000)).toMatchObject({ totalBatches: 1, totalDevices: 1 });
+
+    expect(await schedules.begin(lease, cycleIdOf('acme', startedAt), startedAt)).toBe(true);
+    await expect(cycle(startedAt)).rejects.toBeInstanceOf(CycleAbortedError);
+    // Redone: the cycle is recorded abandoned (closed partial a minute later), not listed.
+    expect(await takeover).toBe(false);
+    const state = await cycles.get('acme', cycleId);
+    expect(state?.listedAt).toBeUndefined();
+    expect(state?.totalBatches).toBeUndefined();
+    expect(state?.abandoned).toBeDefined();
+    // Nothing of it reached the topic: its one batch refused, its halves never sent.
+    const [partition] = await topicOffsets(kafka, topic);
+    const sent: DeviceBatch[] = [];
+    await readTopicUpTo(
+      kafka,
+      topic,
+      new Map([[0, BigInt(partition?.high ?? '0') - 1n]]),
+      uniqueId('read'),
+      20_000,
+      (messages) => {
+        for (const message of messages) sent.push(JSON.parse(String(message.value)) as DeviceBatch);
+      },
+    );
+    expect(sent.map((batch) => batch.cycleId)).not.toContain(cycleId);
+  }, 60_000);
 });

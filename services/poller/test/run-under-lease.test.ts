@@ -3,9 +3,9 @@ import { capturingLogger, type LogLine } from '@urs/testkit';
 import { Registry } from '@urs/telemetry';
 import type { PollLease } from '@urs/store';
 import { ReplyError } from 'ioredis';
-import { CycleListedNotRecordedError, type CycleInput } from '../src/cycle';
+import { CycleAbortedError, CycleListedNotRecordedError, type CycleInput } from '../src/cycle';
 import type { CycleEnd } from '../src/cycle-end';
-import { createLeaseClock } from '@urs/resilience';
+import { createLeaseClock, errorCode, leaseTime } from '@urs/resilience';
 import { createRunUnderLease, type RunUnderLeaseDeps } from '../src/run-under-lease';
 import { oneDeviceListed, record, sampleOf } from './support/scheduler';
 
@@ -126,6 +126,41 @@ describe('runUnderLease', () => {
     await runUnderLease(record('a'), held, 'a:cycle', clock, 600_000, { failures: 0 }, new AbortController());
     expect(renewals).toEqual([LEASE_MS - 5_000]);
     expect(listed).toEqual([true]);
+  });
+
+  it('should abort the cycle once its lease may have lapsed while Redis answers no renewal, failing the attempt as a fault of Redis', async () => {
+    const lines: LogLine[] = [];
+    const placed: number[] = [];
+    // Renewals the client queues while Redis is away: never answered, never failed.
+    const runUnderLease = underLease({
+      schedules: { renew: () => new Promise<boolean>(() => undefined) },
+      leaseMs: 60,
+      log: capturingLogger(lines),
+      placeAt: (_tenantId, at) => placed.push(at),
+      // A listing that goes on until its cycle is aborted: it spent the tenant's quota past the lease's end, while
+      // another poller could take the tenant over and list it too.
+      runCycle: (input: CycleInput) =>
+        new Promise((_resolve, reject) =>
+          input.signal.addEventListener('abort', () => reject(new CycleAbortedError()), { once: true }),
+        ),
+      now: Date.now,
+    });
+    const held = { lease, clock: createLeaseClock(leaseTime(), 60) };
+    const run = runUnderLease(
+      record('a'),
+      held,
+      'a:cycle',
+      0,
+      600_000,
+      { failures: 0 },
+      new AbortController(),
+    );
+    const error = await run.catch((failure: unknown) => failure);
+    expect(errorCode(error)).toBe('REDIS_UNAVAILABLE');
+    expect(lines.map((line) => line.message)).toContain(
+      'lease not renewed before it may have lapsed: aborting the cycle',
+    );
+    expect(placed).toEqual([]);
   });
 
   it('should say nothing of its lease when a renewal sent during a cycle that ended answers after it', async () => {

@@ -8,6 +8,7 @@ import { storedSecretsOf, waitFor } from '@urs/testkit';
 import { cycleIdOf, runCycle, type CycleDeps } from '../src/cycle';
 import type { DefenderGateway } from '../src/defender';
 import type { Scheduler } from '../src/scheduler';
+import { fitAfterTaking } from './support/cycle';
 import { feed, memorySchedules, memoryStatus, replica, sleep, type Run } from './support/scheduler';
 
 // Whose fault a stored secret the poller's key does not open is: the tenant's bad record when the key opens
@@ -57,6 +58,7 @@ function cycleDeps(key: Buffer, records: TenantRecord[]) {
       begin: async () => void calls.begun++,
     } as unknown as CycleStore,
     deviceBatchesTopic: 'urs.device-batches',
+    batchFit: fitAfterTaking(),
     batchSize: 500,
     maxCycleMs: 300_000,
     logger: silentLogger,

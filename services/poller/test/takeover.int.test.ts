@@ -19,6 +19,7 @@ import {
   testRedisPerTest,
   waitFor,
 } from '@urs/testkit';
+import { createBatchFit } from '../src/batch-fit';
 import { runCycle, type CycleDeps } from '../src/cycle';
 import type { DefenderGateway, DevicePage } from '../src/defender';
 import { createScheduler, type Scheduler } from '../src/scheduler';
@@ -93,6 +94,7 @@ describe('a tenant taken over from a poller whose lease renewals fail', () => {
       publisher,
       cycles,
       deviceBatchesTopic: topic,
+      batchFit: createBatchFit(),
       batchSize: 2,
       maxCycleMs: 600_000,
       logger: silentLogger,

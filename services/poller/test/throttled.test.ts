@@ -10,6 +10,7 @@ import { Registry } from '@urs/telemetry';
 import { waitFor } from '@urs/testkit';
 import { runCycle, type CycleDeps } from '../src/cycle';
 import type { DefenderGateway } from '../src/defender';
+import { fitAfterTaking } from './support/cycle';
 import { simGateway } from './support/sim-gateway';
 import type { Scheduler } from '../src/scheduler';
 import { feed, memorySchedules, memoryStatus, replica, sampleOf, sleep, type Run } from './support/scheduler';
@@ -72,6 +73,7 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
     publisher: { send: async () => undefined } as unknown as Publisher,
     cycles: { begin: async () => undefined, listed: async () => undefined } as unknown as CycleStore,
     deviceBatchesTopic: 'urs.device-batches',
+    batchFit: fitAfterTaking(),
     batchSize: 500,
     maxCycleMs: 3_600_000,
     logger: silentLogger,

@@ -2,6 +2,7 @@ import { KafkaJSProtocolError } from 'kafkajs';
 import { BusError } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import { createSecretSealer } from '@urs/secrets';
+import { createBatchFit, type BatchFit } from '../../src/batch-fit';
 
 /** The sealer a cycle opens the tenant's client secret with. */
 export const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 3)]]) });
@@ -41,3 +42,13 @@ export const recordTooLarge = (): Error =>
       ),
     },
   );
+
+/**
+ * The batches' topic as a replica knows it once the topic took a record of `bytes` (1 MB unless told): the last
+ * batches of its cycles up to that size keep their totals as pending (`BatchFit`).
+ */
+export function fitAfterTaking(bytes = 1_000_000): BatchFit {
+  const fit = createBatchFit();
+  fit.taken(bytes);
+  return fit;
+}
