@@ -1,8 +1,10 @@
 import { DefenderError, DefenderErrorCode } from './errors';
 
 /**
- * Calls in flight, in one process, of all its degraded tenants together (see DegradedCalls). Two of the 10
- * shared slots: the process's healthy tenants keep the other 8 however many tenants fail at once.
+ * Calls in flight of all degraded tenants together: in one process (see DegradedCalls), and across every
+ * process sharing the call slots (the shared limiter's cap, SharedLimiterOptions.degradedMaxSlots). Two of the
+ * 10 shared slots: the healthy tenants keep the other 8 however many tenants of however many processes fail at
+ * once.
  */
 export const DEGRADED_CALLS_LIMIT = 2;
 
@@ -19,7 +21,10 @@ interface Waiter {
  * each wait for one of those timeouts. A tenant's calls count here from its first slow failure until a call
  * is answered, those already in flight then included; a call that may not go waits for a place before it
  * asks for a slot, so it holds none meanwhile (nor a bulk export page's place under the bulk cap, taken
- * with the slot).
+ * with the slot). The slots are shared by every process: so is a second cap of the same size (ScheduleOptions
+ * .degraded), whose place a degraded call takes after this one's, with its slot (see CallHealth.degradedTurn).
+ * This one counts the calls in flight of a tenant that turned degraded, those already sent included, and keeps
+ * the calls of a process waiting in their order here, not in Redis.
  */
 export class DegradedCalls {
   private inFlight = 0;
@@ -160,7 +165,7 @@ export interface CallHealthOptions {
   /**
    * The calls in flight of this process's degraded tenants (see DegradedCalls), which this tenant's count in
    * from its first slow failure until a call is answered. Default the process's own, of DEGRADED_CALLS_LIMIT
-   * (2) places.
+   * (2) places; the shared limiter caps them across every process as well (`degradedTurn`).
    */
   degradedCalls?: DegradedCalls;
   /**
@@ -198,7 +203,8 @@ export type CallOutcome = 'answered' | 'answeredSlowly' | 'failed' | 'neither';
  * a row, answered or failed, it has at most `slowLimit` calls in flight; its answers still count as answers
  * (they lift a hold-back), and the first call answered fast lets its calls out again, doubling at each one.
  * Several tenants failing together are bounded as a whole: from its first slow failure until a call is
- * answered, a tenant's calls share the process's few places for degraded tenants (DegradedCalls).
+ * answered, a tenant's calls share the process's few places for degraded tenants (DegradedCalls), and as many
+ * shared by every process (`degradedTurn`).
  * Of this process only: a tenant's batches go to one vuln-fetcher (they are keyed by tenant).
  */
 export class CallHealth {
@@ -221,6 +227,8 @@ export class CallHealth {
   /** The failures in a row that began the hold-back, for its message. */
   private heldBackAfterFailures = 0;
   private readonly waiting: Waiter[] = [];
+  /** Aborts when the tenant's present spell of being degraded ends (see `degradedTurn`). */
+  private degradedEnds: AbortController | undefined;
 
   constructor(
     private readonly azureTenantId: string,
@@ -241,12 +249,14 @@ export class CallHealth {
    * counts in flight until `leave`. Called once the call holds its shared slot, so a call that may not go
    * gives the slot straight back and waits for its `turn`: calls queued for a slot before the tenant's
    * trouble showed do not keep the slots from other tenants. Throws UNAVAILABLE while the tenant's calls
-   * are held back (see `heldBack`).
+   * are held back (see `heldBack`). A call of a degraded tenant that asked for its slot as a healthy tenant's
+   * (`tookDegradedPlace` false: its tenant turned degraded while it waited, see `degradedTurn`) may not go: it
+   * asks again, for a place among the degraded tenants' calls of every process first.
    */
-  start(): boolean {
+  start(tookDegradedPlace = true): boolean {
     const heldBack = this.heldBack();
     if (heldBack) throw heldBack;
-    if (!this.mayStart()) return false;
+    if (!this.mayStart() || (this.degraded() && !tookDegradedPlace)) return false;
     this.inFlight++;
     if (this.degraded()) this.degradedCalls.add(this, 1);
     return true;
@@ -259,8 +269,13 @@ export class CallHealth {
    * or `signal` aborts. `start` decides, once the call holds its slot: another call may have taken the place
    * meanwhile, and this one then waits again. It waits here, before it asks for a slot, so it holds none.
    * Resolves to what the call last waited for, if it waited (a call stopped meanwhile says so, see `waitText`).
+   * A wait for a place among the degraded tenants' ends on `degradedWait()`'s signal (default `signal`): the
+   * caller's stop, or the call's time to wait for such a place running out.
    */
-  async turn(signal?: AbortSignal): Promise<TurnWait | undefined> {
+  async turn(
+    signal?: AbortSignal,
+    degradedWait: () => AbortSignal | undefined = () => signal,
+  ): Promise<TurnWait | undefined> {
     let waited: TurnWait | undefined;
     for (;;) {
       if (this.holdingBack() || signal?.aborted) return waited;
@@ -269,15 +284,30 @@ export class CallHealth {
         await this.waitForOwnPlace(signal);
       } else if (this.degraded() && !this.degradedCalls.hasPlace()) {
         waited = 'degraded';
-        await this.degradedCalls.wait(this, signal);
+        const ends = degradedWait();
+        if (ends?.aborted) return waited;
+        await this.degradedCalls.wait(this, ends);
       } else return waited;
     }
+  }
+
+  /**
+   * While the tenant is degraded (and not held back), a signal that aborts when that ends (a call answered, or
+   * the calls held back): its calls ask for their slot with it (ScheduleOptions.degraded), taking one of the
+   * places of degraded tenants' calls shared by every process first, and leave that wait when it aborts (to ask
+   * again as a healthy tenant's calls, or to end held back). None while the tenant is healthy: its calls ask for
+   * a slot alone.
+   */
+  degradedTurn(): AbortSignal | undefined {
+    if (!this.degraded() || this.holdingBack()) return undefined;
+    if (!this.degradedEnds || this.degradedEnds.signal.aborted) this.degradedEnds = new AbortController();
+    return this.degradedEnds.signal;
   }
 
   /** What a call that waited for `wait` (see `turn`) waited for, in words for its error. */
   waitText(wait: TurnWait): string {
     return wait === 'degraded'
-      ? `one of the ${this.degradedCalls.limit} places this process keeps for tenants whose last call failed ` +
+      ? `one of the ${this.degradedCalls.limit} places kept for the calls of tenants whose last call failed ` +
           "slowly (this tenant's did), all taken by their calls"
       : "its tenant's turn: slow calls or failures of the tenant's API have limited its calls in flight " +
           `(${this.limit} now), all taken`;
@@ -336,13 +366,17 @@ export class CallHealth {
 
   /**
    * Its calls in flight join the degraded tenants' (its first slow failure) or leave them (a call answered):
-   * then its calls waiting for a place among them go (they need none), as they do held back (each then ends).
+   * then its calls waiting for a place among them go (they need none), as they do held back (each then ends),
+   * those waiting here and those waiting for a place shared by every process (`degradedTurn`'s signal) alike.
    */
   private countDegraded(wasDegraded: boolean): void {
     const degraded = this.degraded();
     if (degraded && !wasDegraded) this.degradedCalls.add(this, this.inFlight);
     if (!degraded && wasDegraded) this.degradedCalls.add(this, -this.inFlight);
-    if (!degraded || this.holdingBack()) this.degradedCalls.wakeOf(this);
+    if (!degraded || this.holdingBack()) {
+      this.degradedCalls.wakeOf(this);
+      this.degradedEnds?.abort();
+    }
   }
 
   /**

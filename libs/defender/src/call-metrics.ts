@@ -21,7 +21,8 @@ export interface CallMetrics {
  * Microsoft throttles (status 429), how fast it answers, and whether calls queue for the tenants' quotas
  * (`for="quota"`, which includes a 429's Retry-After) or for the 10 shared slots (`for="slot"`). With them,
  * the gauges of `degradedCalls` (the process's own by default): `urs_defender_degraded_tenants`,
- * `urs_defender_degraded_calls_running`, `…_waiting` and `…_max`.
+ * `urs_defender_degraded_calls_running`, `…_waiting` and `…_max`, of this process (the shared limiter serves
+ * the install's, `urs_defender_degraded_slots_*`).
  */
 export function createCallMetrics(
   registry: Registry,
@@ -34,17 +35,17 @@ export function createCallMetrics(
   );
   registry.gauge(
     'urs_defender_degraded_calls_running',
-    "Calls of this process's degraded tenants in flight, all of them together (at most urs_defender_degraded_calls_max).",
+    "Calls of this process's degraded tenants in flight, all of them together (at most urs_defender_degraded_calls_max); per process, urs_defender_degraded_slots_running counts the install's.",
     () => degradedCalls.running(),
   );
   registry.gauge(
     'urs_defender_degraded_calls_waiting',
-    "Calls of this process's degraded tenants waiting for one of their places before they ask for a shared slot.",
+    "Calls of this process's degraded tenants waiting for one of this process's places for them before they ask for an install-wide place (urs_defender_degraded_slots_waiting) and a shared slot.",
     () => degradedCalls.waitingCalls(),
   );
   registry.gauge(
     'urs_defender_degraded_calls_max',
-    "The places this process keeps for its degraded tenants' calls in flight, all of them together.",
+    "The places this process keeps for its degraded tenants' calls in flight, all of them together; the install has as many (urs_defender_degraded_slots_max) for every process's.",
     () => degradedCalls.limit,
   );
   const calls = registry.counter(

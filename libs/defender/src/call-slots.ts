@@ -16,6 +16,90 @@ import { duration, endedAtDeadline } from './token';
 const NOT_NOW = Symbol('not now');
 
 /**
+ * Why a degraded tenant's call left its wait for a place among the degraded tenants' calls of every process: its
+ * tenant is degraded no longer (a call answered) or is held back. It asks again, as its tenant's health says.
+ */
+class DegradedTurnEndedError extends Error {
+  constructor() {
+    super("the tenant's calls no longer wait for a place among the degraded tenants' calls");
+    this.name = 'DegradedTurnEndedError';
+  }
+}
+
+/** Why a call left its wait for a place among the degraded tenants' calls: it waited as long as it may. */
+class DegradedWaitRanOutError extends Error {
+  constructor(maxMs: number) {
+    super(`waited ${maxMs} ms for a place among the degraded tenants' calls`);
+    this.name = 'DegradedWaitRanOutError';
+  }
+}
+
+/**
+ * The time one call may wait for a place among the degraded tenants' calls (CallSlotsOptions.maxDegradedWaitMs),
+ * counted from the first time it asks for one (`signal`), across its turns. `signal` aborts when the time runs
+ * out (a DegradedWaitRanOutError) or the caller stops (its reason); without a limit it is the caller's own.
+ * `done` clears its timer and takes its listener off the caller's signal.
+ */
+function degradedWaitLimit(
+  maxMs: number | undefined,
+  caller: AbortSignal | undefined,
+): { signal: () => AbortSignal | undefined; ranOut: () => boolean; done: () => void } {
+  let ends: AbortController | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  const stopped = (): void => ends?.abort(caller?.reason);
+  return {
+    signal() {
+      if (maxMs === undefined) return caller;
+      if (!ends) {
+        const started = new AbortController();
+        ends = started;
+        timer = setTimeout(() => started.abort(new DegradedWaitRanOutError(maxMs)), maxMs);
+        if (caller?.aborted) stopped();
+        else caller?.addEventListener('abort', stopped, { once: true });
+      }
+      return ends.signal;
+    },
+    ranOut: () => ends?.signal.reason instanceof DegradedWaitRanOutError,
+    done() {
+      clearTimeout(timer);
+      caller?.removeEventListener('abort', stopped);
+    },
+  };
+}
+
+/**
+ * What a degraded tenant's call asks for its slot with (ScheduleOptions.degraded): a signal that aborts when its
+ * tenant's spell of being degraded ends (`turn`, CallHealth.degradedTurn: a DegradedTurnEndedError) or when
+ * `wait` does (the call's time to wait for such a place, or its caller's stop: their reason). `done` takes its
+ * listeners off both.
+ */
+function degradedAsk(
+  turn: AbortSignal,
+  wait: AbortSignal | undefined,
+): { signal: AbortSignal; done: () => void } {
+  const ask = new AbortController();
+  const turnEnded = (): void => {
+    done();
+    ask.abort(new DegradedTurnEndedError());
+  };
+  const waitEnded = (): void => {
+    done();
+    ask.abort(wait?.reason);
+  };
+  const done = (): void => {
+    turn.removeEventListener('abort', turnEnded);
+    wait?.removeEventListener('abort', waitEnded);
+  };
+  if (wait?.aborted) waitEnded();
+  else if (turn.aborted) turnEnded();
+  else {
+    turn.addEventListener('abort', turnEnded);
+    wait?.addEventListener('abort', waitEnded);
+  }
+  return { signal: ask.signal, done };
+}
+
+/**
  * A request's signal: aborted by the caller's, if any, or by the end of its slot. `done` takes its listeners
  * off both, which outlive the request (the caller's signal is often the service's own, for weeks). Not
  * `AbortSignal.any`: on Node 20 every signal it makes stays in the long-lived one's set of dependants
@@ -51,6 +135,13 @@ export interface CallSlotsOptions {
   slowCallMs?: number | undefined;
   /** See CallHealthOptions.slowFailureMs. */
   slowFailureMs?: number | undefined;
+  /**
+   * Longest a call waits, in all, for a place among the degraded tenants' calls (its own process's and those
+   * shared by every process), in milliseconds, from the first time it asks for one: a longer wait fails it
+   * THROTTLED, not sent and not tried again (`canRetry` false), as a wait for the quota longer than the
+   * caller's limit does (ApiCallerOptions.maxQuotaWaitMs). Default: no limit.
+   */
+  maxDegradedWaitMs?: number | undefined;
 }
 
 export interface CallSlots {
@@ -93,10 +184,13 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
    * slot by the limiter) gives its place in the quota back.
    * The tenant's health decides, once the slot is held, whether the call may go now; one that may not gives
    * the slot back at once and asks for one again at its turn. Its turn (a place of the tenant's and, the tenant
-   * degraded, one of the process's places for degraded tenants) is waited for before the slot and before a
-   * bulk export page's place under the bulk cap (withBulkCap, which takes it with the slot): a call waiting for
-   * its turn holds neither, and once in the slot it never waits for its turn, so none of them wait in a circle. A `wholeSlot` call (no deadline of its own)
-   * takes a slot of its own (ScheduleOptions).
+   * degraded, one of the process's places for degraded tenants) is waited for before the slot; the tenant
+   * degraded, the call then takes one of the places of degraded tenants' calls shared by every process
+   * (ScheduleOptions.degraded, withDegradedCap) with its slot, before a bulk export page's place under the bulk
+   * cap (withBulkCap): a call waiting for its turn or a place holds no slot, and once in the slot it never waits
+   * for its turn, so none of them wait in a circle. Its waits for degraded tenants' places end after
+   * `maxDegradedWaitMs` in all (`degradedWaitTooLong`). A `wholeSlot` call (no deadline of its own) takes a slot
+   * of its own (ScheduleOptions).
    */
   async function inSlot<T extends { status: number }>(
     endpoint: DefenderEndpointClass,
@@ -125,12 +219,38 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
     wholeSlot: boolean,
   ): Promise<T> {
     const queued = performance.now();
+    const degradedWait = degradedWaitLimit(options.maxDegradedWaitMs, signal);
+    try {
+      return await sendInTurn(endpoint, claim, quotaSeconds, signal, call, wholeSlot, queued, degradedWait);
+    } finally {
+      degradedWait.done();
+    }
+  }
+
+  /** `sendInSlot`'s turns: the call waits for its turn, then its slot, until it is sent or fails. */
+  async function sendInTurn<T extends { status: number }>(
+    endpoint: DefenderEndpointClass,
+    claim: QuotaClaim,
+    quotaSeconds: number,
+    signal: AbortSignal | undefined,
+    call: (abortOn: AbortSignal) => Promise<T>,
+    wholeSlot: boolean,
+    queued: number,
+    degradedWait: ReturnType<typeof degradedWaitLimit>,
+  ): Promise<T> {
     for (;;) {
-      const waited = await health.turn(signal);
+      const waited = await health.turn(signal, degradedWait.signal);
       if (signal?.aborted) {
         health.passTurn();
         throw notSent(endpoint, queued, signal, waited && health.waitText(waited));
       }
+      if (waited === 'degraded' && degradedWait.ranOut()) {
+        health.passTurn();
+        throw degradedWaitTooLong(endpoint, queued);
+      }
+      // The tenant degraded: a place among the degraded tenants' calls of every process, with the slot.
+      const degradedTurn = health.degradedTurn();
+      const degraded = degradedTurn && degradedAsk(degradedTurn, degradedWait.signal());
       let sentAt = 0;
       let slotEnded: AbortSignal | undefined;
       /** Whether the tenant's health and the metrics were told how the call ended (once, see `ended`). */
@@ -154,7 +274,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
             // Stopped while it waited: not sent (axios would still write a request whose signal already
             // aborted, one call more in flight than the slots).
             if (signal?.aborted) throw notSent(endpoint, queued, signal);
-            if (!health.start()) return NOT_NOW;
+            if (!health.start(degraded !== undefined)) return NOT_NOW;
             slotEnded = slotEnds;
             sentAt = performance.now();
             claim.sent();
@@ -175,7 +295,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
           },
           // Stopped while it waits for a slot: it leaves the queue at once (a stop need not wait for a slot
           // other processes hold, up to a minute for a bulk export page).
-          { wholeSlot, signal },
+          { wholeSlot, signal, ...(degraded ? { degraded: degraded.signal } : {}) },
         );
         // Its turn passes on in `turn`, where the call waits again (see CallHealth.waitForOwnPlace).
         if (response === NOT_NOW) continue;
@@ -187,11 +307,37 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
         } else {
           if (CallHealth.isHeldBack(error)) metrics?.heldBack(endpoint);
           health.passTurn();
-          if (signal?.aborted && error === signal.reason) throw notSent(endpoint, queued, signal);
+          if (signal?.aborted && error === signal.reason)
+            throw notSent(
+              endpoint,
+              queued,
+              signal,
+              degraded && `${health.waitText('degraded')}, or a shared slot`,
+            );
+          // Its tenant answered again, or is held back, while it waited for a place: it asks again.
+          if (error instanceof DegradedTurnEndedError) continue;
+          if (error instanceof DegradedWaitRanOutError) throw degradedWaitTooLong(endpoint, queued);
         }
         throw slotExpired(error, endpoint, slotEnded, sentAt, wholeSlot) ?? error;
+      } finally {
+        degraded?.done();
       }
     }
+  }
+
+  /**
+   * A call that waited longer than it may for a place among the degraded tenants' calls (`maxDegradedWaitMs`):
+   * not sent, THROTTLED like a wait for the quota longer than the caller allows, and not tried again by the call
+   * (`canRetry` false): its caller (the poller's cycle) ends, freeing what it held, and is tried again later.
+   */
+  function degradedWaitTooLong(endpoint: DefenderEndpointClass, queued: number): DefenderError {
+    return new DefenderError(
+      DefenderErrorCode.THROTTLED,
+      `A ${endpoint} call to the Defender API of tenant ${azureTenantId} was not sent: it waited ` +
+        `${duration(performance.now() - queued)} for ${health.waitText('degraded')}, longer than it may ` +
+        `(${duration(options.maxDegradedWaitMs ?? 0)}); it is tried again later`,
+      { canRetry: false, details: { azureTenantId, endpoint, degradedWaitMs: options.maxDegradedWaitMs } },
+    );
   }
 
   /** What an answer (its status, and its body when read whole) sent at `sentAt` shows of the tenant's health. */

@@ -95,6 +95,11 @@ export interface DefenderClientDeps {
    */
   maxQuotaWaitMs?: number;
   /**
+   * How long one call of a degraded tenant may wait, in all, for a place among the degraded tenants' calls, in
+   * milliseconds; a longer wait fails it THROTTLED (see ApiCallerOptions). Default: no limit.
+   */
+  maxDegradedWaitMs?: number;
+  /**
    * When every call must be answered by (epoch ms): a longer wait for the quota or out a 429 fails the call
    * THROTTLED at once (see ApiCallerOptions). Default none.
    */
@@ -305,6 +310,7 @@ export function createDefenderClient(tenant: DefenderTenant, deps: DefenderClien
     requestTimeoutMs: deps.requestTimeoutMs ?? 30_000,
     maxThrottleWaitMs: deps.maxThrottleWaitMs ?? 600_000,
     ...(deps.maxQuotaWaitMs === undefined ? {} : { maxQuotaWaitMs: deps.maxQuotaWaitMs }),
+    ...(deps.maxDegradedWaitMs === undefined ? {} : { maxDegradedWaitMs: deps.maxDegradedWaitMs }),
     ...(deps.deadline === undefined ? {} : { deadline: deps.deadline }),
     ...(deps.throttleWaitWithoutRetryAfterMs === undefined
       ? {}

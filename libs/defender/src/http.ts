@@ -58,6 +58,14 @@ export interface ApiCallerOptions {
    */
   maxQuotaWaitMs?: number;
   /**
+   * Longest one call waits, in all, for a place among the degraded tenants' calls (its tenant's last call
+   * failed slowly, see CallHealth), in milliseconds: a longer wait fails the call THROTTLED, not sent and not
+   * retried (`canRetry` false), as a longer wait for the quota than `maxQuotaWaitMs` does. Those places free
+   * one request timeout at a time while other tenants' calls hang: a caller holding something scarce while its
+   * call waits (a poller's cycle place) lets go of it. Default: no limit.
+   */
+  maxDegradedWaitMs?: number;
+  /**
    * When every call must be answered by (epoch ms; an access check's time limit): a wait for the quota or out
    * a 429 that would end after it fails the call THROTTLED at once, with the wait asked for, rather than run
    * into the limit and say nothing more. Default none.
@@ -161,6 +169,7 @@ export function createApiCaller(options: ApiCallerOptions): ApiCaller {
     requestTimeoutMs: options.requestTimeoutMs,
     slowCallMs: options.health?.slowCallMs,
     slowFailureMs: options.health?.slowFailureMs,
+    maxDegradedWaitMs: options.maxDegradedWaitMs,
   });
 
   /** The longest a call may wait for the quota now: its own limit, and no later than the deadline. */

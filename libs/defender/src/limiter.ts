@@ -3,8 +3,10 @@ import type { Redis } from 'ioredis';
 import type { Logger } from '@urs/logging';
 import { closeRedis } from '@urs/store';
 import type { Gauge, Registry } from '@urs/telemetry';
-import { withBulkCap } from './bulk-cap';
+import { withBulkCap, withDegradedCap } from './bulk-cap';
+import { DEGRADED_CALLS_LIMIT } from './call-health';
 import { withSlotHandOff, type SlotHandOffOptions } from './handoff';
+import type { Slots } from './slots';
 import { redisClock } from './redis-clock';
 
 export interface ScheduleOptions {
@@ -19,6 +21,14 @@ export interface ScheduleOptions {
    * signal's reason and the task never runs (a stop does not wait for a slot other processes hold).
    */
   signal?: AbortSignal | undefined;
+  /**
+   * The task is a call of a degraded tenant (its last call failed slowly, see CallHealth): a shared limiter takes
+   * it a place under the cap on such calls of every process (`degradedMaxSlots`) before its slot, and gives both
+   * back together. While it waits for that place, the signal aborting ends the wait (its promise rejects with the
+   * signal's reason, the task never runs); once it has the place, only `signal` ends its wait for the slot. A
+   * limiter of this process only ignores it.
+   */
+  degraded?: AbortSignal | undefined;
 }
 
 /** The slots of MDE calls in flight. */
@@ -64,6 +74,17 @@ export interface SharedLimiterOptions {
    */
   bulkMaxSlots?: number;
   /**
+   * At most this many of the `maxConcurrent` slots held at once by the calls of degraded tenants (those asking
+   * with ScheduleOptions.degraded: their tenant's last call failed slowly, see CallHealth), across every process
+   * sharing the limiter (withDegradedCap: a third shared limiter, Bottleneck's keys `b_<prefix>defender-degraded_*`):
+   * however many tenants of however many processes fail together, each call holding its slot for a whole
+   * request timeout, the healthy tenants' calls keep the other slots. A call that waits for one of these places
+   * holds no slot meanwhile, and the calls of healthy tenants never ask for one (no round trip to Redis more).
+   * 1 to `maxConcurrent`, default DEGRADED_CALLS_LIMIT (2). Written to Redis like `maxConcurrent` (unless
+   * `joinStoredSettings`): every process must set the same.
+   */
+  degradedMaxSlots?: number;
+  /**
    * How long a job may hold a slot, in milliseconds, default 60000. A crashed process's slots come back only
    * through this expiration, so it is always set. A call still running when its slot ends (an answer that
    * keeps arriving, too slowly for the request's idle timeout to fire) is stopped just before, so a slot is
@@ -94,9 +115,10 @@ export interface SharedLimiterOptions {
    */
   reconcileEveryMs?: number;
   /**
-   * Where the gauges of the shared slots go (`urs_defender_slots_running`, `urs_defender_slots_max`; with
-   * `bulkMaxSlots`, `urs_defender_bulk_slots_running`, `urs_defender_bulk_slots_max` and
-   * `urs_defender_bulk_slots_waiting`).
+   * Where the gauges of the shared slots go (`urs_defender_slots_running`, `urs_defender_slots_max`; those of
+   * the degraded tenants' cap, `urs_defender_degraded_slots_running`, `urs_defender_degraded_slots_max` and
+   * `urs_defender_degraded_slots_waiting`; with `bulkMaxSlots`, `urs_defender_bulk_slots_running`,
+   * `urs_defender_bulk_slots_max` and `urs_defender_bulk_slots_waiting`).
    */
   metrics?: Registry;
   logger: Logger;
@@ -287,6 +309,19 @@ function mainSlotGauges(metrics: Registry): SlotGauges {
   };
 }
 
+function degradedSlotGauges(metrics: Registry): SlotGauges {
+  return {
+    running: metrics.gauge(
+      'urs_defender_degraded_slots_running',
+      "Places of degraded tenants' calls held across every process, as the degraded cap's Redis count says: calls of degraded tenants holding a shared slot, and those holding a place while they wait for one.",
+    ),
+    max: metrics.gauge(
+      'urs_defender_degraded_slots_max',
+      'The most shared slots the calls of degraded tenants may hold at once across every process (the stored degraded cap).',
+    ),
+  };
+}
+
 function bulkSlotGauges(metrics: Registry): SlotGauges {
   return {
     running: metrics.gauge(
@@ -428,7 +463,9 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
   const maxConcurrent = options.maxConcurrent ?? 10;
   const jobExpirationMs = options.jobExpirationMs ?? 60_000;
   // Before any connection is made: a refused cap leaves nothing open.
-  if (options.bulkMaxSlots !== undefined) validBulkMaxSlots(options.bulkMaxSlots, maxConcurrent);
+  if (options.bulkMaxSlots !== undefined) validCap('bulkMaxSlots', options.bulkMaxSlots, maxConcurrent);
+  const degradedMaxSlots = options.degradedMaxSlots ?? Math.min(DEGRADED_CALLS_LIMIT, maxConcurrent);
+  validCap('degradedMaxSlots', degradedMaxSlots, maxConcurrent);
   // Not lazy: Bottleneck duplicates this client again for pub/sub and waits for both to be ready.
   const client = options.redis.duplicate({ lazyConnect: false });
   const connection = new Bottleneck.IORedisConnection({ client });
@@ -470,6 +507,23 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
       ),
     );
   }
+  // So do the calls of degraded tenants, under a cap of their own, before that one.
+  const degradedCap = await sharedBottleneck(
+    joined,
+    'defender-degraded',
+    degradedMaxSlots,
+    "slots of degraded tenants' calls",
+  );
+  const degradedKeyOf = (name: string): string => `b_${options.keyPrefix}defender-degraded_${name}`;
+  reconcilers.push(
+    slotsReconciler(
+      client,
+      degradedKeyOf,
+      options.logger,
+      options.metrics && degradedSlotGauges(options.metrics),
+      'degraded',
+    ),
+  );
   const timer = setInterval(() => {
     for (const reconcile of reconcilers) reconcile();
     void clock.measure();
@@ -480,7 +534,7 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
     // Stops the heartbeat and leaves the limiter's channels. Bottleneck's own disconnect(true) would then
     // QUIT both connections with no bound: while Redis is away the QUIT waits in ioredis's offline queue, and
     // the service's stop with it, until the stop times out. closeRedis bounds the QUIT.
-    await Promise.all([limiter.disconnect(false), bulkCap?.disconnect(false)]);
+    await Promise.all([limiter.disconnect(false), bulkCap?.disconnect(false), degradedCap.disconnect(false)]);
     await Promise.all(bottleneckClients(connection).map((redis) => closeRedis(redis)));
     // Marks the connection ended (its clients are): Bottleneck sends nothing more on it.
     await connection.disconnect(false);
@@ -507,33 +561,59 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
     options.logger.warn('defender limiter: Bottleneck has no client id; hand-off leases are never renewed');
   }
   const slots = options.handOff ? withSlotHandOff(shared, options.handOff) : shared;
-  if (!bulkCap) return slots;
-  // The cap's place is held while its call waits for a slot, then for the slot's whole time: it lasts longer.
-  const placeExpirationMs = BULK_CAP_EXPIRATION_SLOTS * jobExpirationMs;
-  const cap = wrap(bulkCap, placeExpirationMs, async () => undefined);
-  const waiting = options.metrics?.gauge(
-    'urs_defender_bulk_slots_waiting',
-    'Bulk export pages of this process waiting for a place under the bulk cap (URS_BULK_MAX_SLOTS) before they ask for a shared slot.',
-  );
-  waiting?.set(0);
-  const times = { placeMs: slotEndsAfterMs(placeExpirationMs), slotMs: jobExpirationMs };
-  return withBulkCap(slots, cap, times, waiting && { waiting: (by) => waiting.inc({}, by) });
+  const bulkCapped = bulkCap ? withPlaceCap(slots, bulkCap, jobExpirationMs, 'bulk', options.metrics) : slots;
+  return withPlaceCap(bulkCapped, degradedCap, jobExpirationMs, 'degraded', options.metrics);
 }
 
 /**
- * How many job expirations of the shared slots a place under the bulk cap lasts: its call's wait for a slot,
- * then the slot's own. The wait has no bound of its own (the call queues in this process behind per-device
- * calls), and a call whose place has less than a slot left when its slot comes asks for a place again, at the
- * back of the queue: a place long enough for most waits spares those turns. The price: a crashed process's
- * places come back only when they expire, this many slot expirations later.
+ * `slots` with a cap of places taken before a slot (`cap`, a shared limiter): whole-slot calls' (bulk) or degraded
+ * tenants' calls' (degraded), with the gauge of this process's calls waiting for a place.
  */
-const BULK_CAP_EXPIRATION_SLOTS = 10;
+function withPlaceCap(
+  slots: Slots,
+  cap: Bottleneck,
+  jobExpirationMs: number,
+  kind: 'bulk' | 'degraded',
+  metrics: Registry | undefined,
+): Slots {
+  // The cap's place is held while its call waits for a slot, then for the slot's whole time: it lasts longer.
+  const placeExpirationMs = CAP_EXPIRATION_SLOTS[kind] * jobExpirationMs;
+  const places = wrap(cap, placeExpirationMs, async () => undefined);
+  const waiting =
+    kind === 'bulk'
+      ? metrics?.gauge(
+          'urs_defender_bulk_slots_waiting',
+          'Bulk export pages of this process waiting for a place under the bulk cap (URS_BULK_MAX_SLOTS) before they ask for a shared slot.',
+        )
+      : metrics?.gauge(
+          'urs_defender_degraded_slots_waiting',
+          "Calls of this process's degraded tenants waiting for a place under the install-wide cap on degraded tenants' calls before they ask for a shared slot.",
+        );
+  waiting?.set(0);
+  const times = { placeMs: slotEndsAfterMs(placeExpirationMs), slotMs: jobExpirationMs };
+  const waits = waiting && { waiting: (by: 1 | -1) => waiting.inc({}, by) };
+  return kind === 'bulk'
+    ? withBulkCap(slots, places, times, waits)
+    : withDegradedCap(slots, places, times, waits);
+}
 
-/** Refuses a cap on whole-slot calls outside 1 to `maxConcurrent`, naming the rule. */
-function validBulkMaxSlots(bulkMaxSlots: number, maxConcurrent: number): void {
-  if (!Number.isInteger(bulkMaxSlots) || bulkMaxSlots < 1 || bulkMaxSlots > maxConcurrent) {
+/**
+ * How many job expirations of the shared slots a place under a cap lasts: its call's wait for a slot, then the
+ * slot's own. The wait has no bound of its own (the call queues in this process behind per-device calls), and a
+ * call whose place has less than a slot left when its slot comes asks for a place again, at the back of the
+ * queue: a place long enough for most waits spares those turns. The price: a crashed process's places come back
+ * only when they expire, this many slot expirations later. A degraded tenant's call (a call with a request
+ * timeout, never a whole-slot one unless it is a bulk export page of a degraded tenant, which waits for its
+ * place under the bulk cap with this place held) gives back sooner the 2 places that every degraded tenant of
+ * the install shares.
+ */
+const CAP_EXPIRATION_SLOTS = { bulk: 10, degraded: 3 } as const;
+
+/** Refuses a cap (`name`) outside 1 to `maxConcurrent`, naming the rule. */
+function validCap(name: string, slots: number, maxConcurrent: number): void {
+  if (!Number.isInteger(slots) || slots < 1 || slots > maxConcurrent) {
     throw new RangeError(
-      `bulkMaxSlots must be a whole number from 1 to maxConcurrent (${maxConcurrent}), got ${bulkMaxSlots}`,
+      `${name} must be a whole number from 1 to maxConcurrent (${maxConcurrent}), got ${slots}`,
     );
   }
 }

@@ -278,6 +278,23 @@ describe('CallHealth of several tenants sharing the places for degraded tenants'
     health.leave('failed', 'no answer within 30 s');
   }
 
+  it('a degraded tenant’s call that asked for its slot as a healthy one’s may not go; one that took a place may, and its turn ends when the tenant answers', () => {
+    const [a] = tenants(2, 'a') as [CallHealth];
+    expect(a.degradedTurn()).toBeUndefined();
+    expect(a.start(false)).toBe(true);
+    a.leave('failed', 'no answer within 30 s');
+    // Degraded now: a call asking as a healthy tenant's (no place shared by every process) goes back.
+    expect(a.start(false)).toBe(false);
+    const turn = a.degradedTurn();
+    expect(turn?.aborted).toBe(false);
+    expect(a.start(true)).toBe(true);
+    a.leave('answered');
+    // Answered: the degraded turn is over (its calls waiting for a place go), and calls ask as healthy again.
+    expect(turn?.aborted).toBe(true);
+    expect(a.degradedTurn()).toBeUndefined();
+    expect(a.start(false)).toBe(true);
+  });
+
   it('degraded tenants should have the places between them, however few calls each has in flight, and a healthy one all it asks for', () => {
     const [a, b, c, healthy] = tenants(2, 'a', 'b', 'c', 'healthy') as [
       CallHealth,

@@ -484,7 +484,7 @@ describe('createCallSlots and a call that runs out of its time before it is sent
       const error = await failsUnsentSaying(
         a,
         limiter,
-        /was not sent within the time allowed: it waited \d+ ms for one of the 1 places this process keeps for tenants whose last call failed slowly \(this tenant's did\), all taken by their calls$/,
+        /was not sent within the time allowed: it waited \d+ ms for one of the 1 places kept for the calls of tenants whose last call failed slowly \(this tenant's did\), all taken by their calls$/,
       );
       expect((error as Error).message).not.toMatch(/shared call slots/);
     } finally {

@@ -78,9 +78,10 @@ export interface DefenderGatewayDeps {
   /** Devices per page of a listing (`URS_POLL_PAGE_SIZE`). Default the client's (10,000). */
   pageSize?: number;
   /**
-   * Longest a call waits for the tenant's quota, and in all for 429s, in milliseconds
-   * (`URS_POLL_MAX_QUOTA_WAIT_MS`): a longer wait fails it THROTTLED at once, with what is left to wait.
-   * Default: the client's (no limit for the quota, 10 minutes for 429s).
+   * Longest a call waits for the tenant's quota, in all for 429s, and, its tenant degraded, in all for a place
+   * among the degraded tenants' calls, in milliseconds (`URS_POLL_MAX_QUOTA_WAIT_MS`): a longer wait fails it
+   * THROTTLED at once (with what is left to wait, for the quota). Default: the client's (no limit for the quota
+   * nor the degraded tenants' places, 10 minutes for 429s).
    */
   maxQuotaWaitMs?: number;
   /** A tenant's client is let go of after this long without a cycle, ms. Default an hour (a token's life). */
@@ -158,7 +159,11 @@ export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGatewa
         : { tokenRequestTimeoutMs: deps.tokenRequestTimeoutMs }),
       ...(deps.maxQuotaWaitMs === undefined
         ? {}
-        : { maxQuotaWaitMs: deps.maxQuotaWaitMs, maxThrottleWaitMs: deps.maxQuotaWaitMs }),
+        : {
+            maxQuotaWaitMs: deps.maxQuotaWaitMs,
+            maxThrottleWaitMs: deps.maxQuotaWaitMs,
+            maxDegradedWaitMs: deps.maxQuotaWaitMs,
+          }),
     });
     // Kept with the client: a new one (the tenant's record changed, or the process restarted) starts over.
     const pageSize = listingPageSize(deps.pageSize ?? MAX_MACHINE_PAGE_SIZE);

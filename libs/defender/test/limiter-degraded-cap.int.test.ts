@@ -1,0 +1,230 @@
+import { type LogLine, type TestRedis, capturingLogger, createTestRedis, waitFor } from '@urs/testkit';
+import { Registry } from '@urs/telemetry';
+import { CallHealth, type CallLimiter, DegradedCalls, type QuotaClaim, createSharedLimiter } from '../src';
+import { createCallSlots } from '../src/call-slots';
+
+// The calls of degraded tenants (their last call failed slowly: a Defender region that hangs) are capped
+// together, so that the healthy tenants keep the other slots. The slots are shared by every process (the
+// pollers, the vuln-fetchers, the registrars): so must the cap be.
+
+const claim: QuotaClaim = { sent: () => undefined, release: () => undefined };
+
+/** A promise the test settles when it likes. */
+function gate(): { opened: Promise<void>; open: () => void } {
+  let open = (): void => undefined;
+  const opened = new Promise<void>((resolve) => (open = resolve));
+  return { opened, open };
+}
+
+/**
+ * Calls of degraded tenants that each hang until the test releases them (then fail at once, which leaves
+ * their tenant degraded), counting how many are in flight at once. A call that starts with `cap` already in
+ * flight (one over the cap) releases every call, so that calls without the cap end instead of holding the
+ * test until its timeout.
+ */
+function hangingCalls(cap: number): {
+  call: () => Promise<{ status: number }>;
+  releaseOne: () => boolean;
+  started: () => number;
+  peak: () => number;
+} {
+  const waiting: (() => void)[] = [];
+  let started = 0;
+  let running = 0;
+  let peak = 0;
+  let over = false;
+  return {
+    call: async () => {
+      started++;
+      running++;
+      peak = Math.max(peak, running);
+      if (running > cap) {
+        over = true;
+        for (const release of waiting.splice(0)) release();
+      }
+      try {
+        if (!over) {
+          const hang = gate();
+          waiting.push(hang.open);
+          await hang.opened;
+        }
+        throw new Error('released');
+      } finally {
+        running--;
+      }
+    },
+    releaseOne: () => {
+      const release = waiting.shift();
+      release?.();
+      return release !== undefined;
+    },
+    started: () => started,
+    peak: () => peak,
+  };
+}
+
+let redis: TestRedis;
+let limiters: CallLimiter[];
+let lines: LogLine[];
+
+beforeEach(() => {
+  redis = createTestRedis();
+  limiters = [];
+  lines = [];
+});
+
+afterEach(async () => {
+  await Promise.all(limiters.map((limiter) => limiter.close()));
+  await redis.close();
+});
+
+/** One process's shared limiter of 10 slots, and the places of its degraded tenants (its own, as in a process). */
+async function processOf(
+  registry?: Registry,
+): Promise<{ limiter: CallLimiter; degradedCalls: DegradedCalls }> {
+  const limiter = await createSharedLimiter({
+    redis: redis.client,
+    keyPrefix: redis.prefix,
+    logger: capturingLogger(lines),
+    // The shared counts read often: the test waits for them.
+    reconcileEveryMs: 100,
+    ...(registry ? { metrics: registry } : {}),
+  });
+  limiters.push(limiter);
+  return { limiter, degradedCalls: new DegradedCalls() };
+}
+
+/** Tenant `id`'s call slots in `process`, its tenant degraded when `degraded` (one slow failure behind it). */
+function tenantOf(
+  process: { limiter: CallLimiter; degradedCalls: DegradedCalls },
+  id: string,
+  degraded: boolean,
+  more: { health?: CallHealth; maxDegradedWaitMs?: number } = {},
+): ReturnType<typeof createCallSlots> {
+  const health = more.health ?? new CallHealth(id, { degradedCalls: process.degradedCalls });
+  if (degraded) {
+    expect(health.start()).toBe(true);
+    health.leave('failed', 'no answer within 30 s');
+  }
+  return createCallSlots({
+    azureTenantId: id,
+    limiter: process.limiter,
+    health,
+    metrics: undefined,
+    requestTimeoutMs: 30_000,
+    maxDegradedWaitMs: more.maxDegradedWaitMs,
+  });
+}
+
+/** Two calls of degraded tenants of `process` that hang, holding both places, until `release`. */
+async function bothPlacesTaken(
+  process: { limiter: CallLimiter; degradedCalls: DegradedCalls },
+  registry: Registry,
+): Promise<{ release: () => Promise<void> }> {
+  const calls = hangingCalls(2);
+  const held = ['x', 'y'].map((id) =>
+    tenantOf(process, `tenant-${id}`, true)
+      .inSlot('machines', claim, 0, undefined, calls.call)
+      .catch((error: unknown) => error),
+  );
+  await waitFor(() => calls.started() === 2, { description: 'both places taken' });
+  await waitFor(() => registry.expose().includes('urs_defender_degraded_slots_running 2'), {
+    description: 'both places counted in Redis',
+  });
+  return {
+    release: async () => {
+      while (calls.releaseOne());
+      await Promise.all(held);
+    },
+  };
+}
+
+describe('the cap on the calls of degraded tenants, across processes', () => {
+  it('two processes whose degraded tenants call at once hold at most 2 of the shared slots between them; a healthy call still goes', async () => {
+    const registry = new Registry();
+    const processes = [await processOf(registry), await processOf()];
+    const calls = hangingCalls(2);
+    const inFlight: Promise<unknown>[] = [];
+    for (const [index, process] of processes.entries())
+      for (const id of ['a', 'b', 'c']) {
+        const slots = tenantOf(process, `tenant-${id}${index}`, true);
+        for (let n = 0; n < 2; n++)
+          inFlight.push(slots.inSlot('machines', claim, 0, undefined, calls.call).catch((error) => error));
+      }
+    await waitFor(() => calls.started() >= 2, { description: 'two calls of degraded tenants in flight' });
+
+    // A healthy tenant's call, in either process, has a slot while the degraded tenants' calls hang.
+    for (const [index, process] of processes.entries()) {
+      const healthy = tenantOf(process, `tenant-healthy${index}`, false);
+      await expect(
+        healthy.inSlot('machines', claim, 0, undefined, async () => ({ status: 200 })),
+      ).resolves.toEqual({ status: 200 });
+    }
+    expect(calls.peak()).toBe(2);
+    await waitFor(() => registry.expose().includes('urs_defender_degraded_slots_running 2'), {
+      description: 'the install-wide count of degraded calls in flight',
+    });
+
+    // Each call released lets one more go, and never more than 2 at once.
+    let released = 0;
+    while (released < 12) {
+      if (calls.releaseOne()) released++;
+      else await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const errors = await Promise.all(inFlight);
+    expect(errors.every((error) => error instanceof Error && error.message === 'released')).toBe(true);
+    expect(calls.started()).toBe(12);
+    expect(calls.peak()).toBe(2);
+  });
+
+  it('a call waiting for a place goes as a healthy call once its tenant answers again', async () => {
+    const registry = new Registry();
+    const [first, second] = [await processOf(registry), await processOf(registry)];
+    const holders = await bothPlacesTaken(first as Awaited<ReturnType<typeof processOf>>, registry);
+    try {
+      // Tenant z of the second process has a call in flight, sent while it was healthy, when another fails slowly.
+      const health = new CallHealth('tenant-z', { degradedCalls: second?.degradedCalls as DegradedCalls });
+      expect(health.start()).toBe(true);
+      const slots = tenantOf(second as Awaited<ReturnType<typeof processOf>>, 'tenant-z', true, { health });
+      const waiting = slots.inSlot('machines', claim, 0, undefined, async () => ({ status: 200 }));
+      await waitFor(() => registry.expose().includes('urs_defender_degraded_slots_waiting 1'), {
+        description: "tenant z's call waiting for a place",
+      });
+      // The call in flight is answered: the tenant is healthy, and its waiting call needs no place.
+      health.leave('answered');
+      await expect(waiting).resolves.toEqual({ status: 200 });
+      expect(registry.expose()).toContain('urs_defender_degraded_slots_waiting 0');
+    } finally {
+      await holders.release();
+    }
+  });
+
+  it('a call that waits longer than maxDegradedWaitMs for a place fails THROTTLED, not sent', async () => {
+    const registry = new Registry();
+    const [first, second] = [await processOf(registry), await processOf(registry)];
+    const holders = await bothPlacesTaken(first as Awaited<ReturnType<typeof processOf>>, registry);
+    try {
+      const slots = tenantOf(second as Awaited<ReturnType<typeof processOf>>, 'tenant-z', true, {
+        maxDegradedWaitMs: 300,
+      });
+      let sent = false;
+      const error = await slots
+        .inSlot('machines', claim, 0, undefined, async () => {
+          sent = true;
+          return { status: 200 };
+        })
+        .catch((failure: unknown) => failure);
+      expect(error).toMatchObject({
+        code: 'DEFENDER_THROTTLED',
+        canRetry: false,
+        message: expect.stringMatching(
+          /^A machines call to the Defender API of tenant tenant-z was not sent: it waited \d+ ms for one of the 2 places kept for the calls of tenants whose last call failed slowly \(this tenant's did\), all taken by their calls, longer than it may \(300 ms\)/,
+        ),
+      });
+      expect(sent).toBe(false);
+      expect(registry.expose()).toContain('urs_defender_degraded_slots_waiting 0');
+    } finally {
+      await holders.release();
+    }
+  });
+});
