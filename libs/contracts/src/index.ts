@@ -58,3 +58,4 @@ export type { VulnerabilitiesNotHeld } from './device-record';
 export { vmsRecord, vmsRecordHead, vmsRecordKey, vmsRecordKeyParts } from './vms-record';
 export { MISSING_REASONS, missingReasonsOf, vulnerabilitiesMissingReason } from './missing-reasons';
 export type { MissingReason } from './missing-reasons';
+export { parseTimestampMs, subMillisecondOf } from './time';
