@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { missingReasonsOf, toDeviceRecord, type DeviceRecord, type Machine } from '@urs/contracts';
-import { parseMachine, parseVulnerability } from '@urs/defender';
+import { parseMachine, parseVulnerability } from '@urs/defender/records';
 import { errorMessage } from '@urs/resilience';
 import { BANDS, compileProfile, parseTimestampMs, scoreDevice } from '@urs/scoring';
 import type { Band, CompiledProfile, ScoreResult, VulnerabilityRecord } from '@urs/scoring';
