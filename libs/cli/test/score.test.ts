@@ -2,7 +2,10 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Readable, Writable } from 'node:stream';
-import { DEFAULT_PROFILE, profileHash } from '@urs/scoring';
+import { toDeviceRecord } from '@urs/contracts';
+import { summariseVulnerabilities as summarise } from '@urs/contracts/vulnerabilities';
+import { parseMachine, parseVulnerability } from '@urs/defender';
+import { DEFAULT_PROFILE, profileHash, scoreDevice } from '@urs/scoring';
 import { scoreCommand } from '../src/commands/score';
 import { runCommand, type CommandRun } from './support/run';
 
@@ -193,7 +196,7 @@ describe('scoreCommand', () => {
       expect.objectContaining({ signal: 'criticalCves', value: 1, points: 25 }),
     );
     expect(result.stderr).toBe(
-      'urs score: line 1: vulnerabilities[0] skipped: id must be a non-empty string (the CVE id)\n' +
+      "urs score: line 1: vulnerabilities[0] skipped: id must have required property 'id'\n" +
         'urs score: line 1: vulnerabilities[1] skipped: record is not an object\n',
     );
   });
@@ -212,6 +215,58 @@ describe('scoreCommand', () => {
     ]);
     expect(result.stderr).toContain('line 1: vulnerabilities[0] skipped: cvssV3 must be');
     expect(result.stderr).toContain('line 2: vulnerabilities[0] skipped: cvssV3 must be');
+  });
+
+  it('should read a raw record as the pipeline reads it: keys in any case, its lastSeen, a non-text onboardingStatus', async () => {
+    const raw: Record<string, unknown>[] = [
+      {
+        Id: 'upper',
+        riskscore: 'high',
+        EXPOSURELEVEL: 'Medium',
+        DefenderAVStatus: 'disabled',
+        onboardingstatus: 'Onboarded',
+        HEALTHSTATUS: 'Inactive',
+        LASTSEEN: '2024-01-05T11:04:02+05',
+        vulnerabilities: [
+          { ID: 'cve-2024-1', CVSSv3: 9.8 },
+          { Id: 'CVE-2024-1', cvssv3: '7.5' },
+          { id: 'CVE-2024-2', CvssV3: ' 9.1 ' },
+        ],
+      },
+      { id: 'comma', ...clean, lastSeen: '2024-01-02T10:00:00,5Z', vulnerabilities: critical(2) },
+      { id: 'numeric', ...clean, onboardingStatus: 1, vulnerabilities: [] },
+      { id: 'spoken', ...clean, lastSeen: 'Jan 8 2024', vulnerabilities: [] },
+    ];
+    const worst = await profileFile('parity-worst.json', { missingSignals: 'assume-worst' });
+    for (const profile of [
+      DEFAULT_PROFILE,
+      { ...DEFAULT_PROFILE, missingSignals: 'assume-worst' as const },
+    ]) {
+      const args = ['--now', NOW, ...(profile === DEFAULT_PROFILE ? [] : ['--profile', worst])];
+      const result = await run(args, ndjson(...raw));
+      expect(result.code).toBe(0);
+      expect(result.lines.map((line) => line.deviceId)).toEqual(['upper', 'comma', 'numeric', 'spoken']);
+      // The pipeline: the listing's parseMachine cut down to its DeviceRecord, the per-device endpoint's
+      // parseVulnerability summarised by the vuln-fetcher, the scorer's count.
+      raw.forEach((record, index) => {
+        const parsed = parseMachine(structuredClone(record));
+        if (!parsed.ok) throw new Error(parsed.reason);
+        const list = (record.vulnerabilities as unknown[]).flatMap((item) => {
+          const vulnerability = parseVulnerability(structuredClone(item));
+          return vulnerability.ok ? [vulnerability.value] : [];
+        });
+        const threshold = profile.operational.criticalCves.cvssThreshold;
+        const { criticalCveCount } = summarise(list, threshold);
+        const expected = scoreDevice(toDeviceRecord(parsed.value), { criticalCveCount }, profile, NOW);
+        const line = result.lines[index] as Record<string, unknown>;
+        expect({ score: line.score, band: line.band, missing: line.missing }).toEqual({
+          score: expected.score,
+          band: expected.band,
+          missing: expected.missing,
+        });
+        expect(line.contributions).toEqual(expected.contributions);
+      });
+    }
   });
 
   it('should score a device none of whose vulnerabilities could be read with criticalCves missing', async () => {
@@ -251,7 +306,9 @@ describe('scoreCommand', () => {
     expect(errors).toHaveLength(4);
     expect(errors[0]).toMatch(/^urs score: line 2: not valid JSON/);
     expect(errors[1]).toBe('urs score: line 4: must be a JSON object (an MDE machine record)');
-    expect(errors[2]).toBe('urs score: line 5: id: must be a non-empty string (the MDE machine id)');
+    expect(errors[2]).toBe(
+      "urs score: line 5: not a machine record the pipeline reads: id must have required property 'id'",
+    );
     expect(errors[3]).toMatch(/^urs score: line 6: vulnerabilities: must be an array/);
   });
 

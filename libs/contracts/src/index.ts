@@ -58,3 +58,12 @@ export type { VulnerabilitiesNotHeld } from './device-record';
 export { vmsRecord, vmsRecordHead, vmsRecordKey, vmsRecordKeyParts } from './vms-record';
 export { MISSING_REASONS, missingReasonsOf, vulnerabilitiesMissingReason } from './missing-reasons';
 export type { MissingReason } from './missing-reasons';
+export { parseTimestampMs, subMillisecondOf } from './time';
+export {
+  ASSESSMENT_MARGIN_MS,
+  NOT_IN_EXPORT_SNAPSHOT,
+  fromExportSnapshot,
+  generatedAt,
+  listedBy,
+} from './export-snapshot';
+export type { ExportSnapshot, ExportedVulnerabilities } from './export-snapshot';

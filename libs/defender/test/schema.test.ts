@@ -4,6 +4,7 @@ import {
   parseVulnerability,
   vulnerabilityFromRow,
 } from '../src';
+import { DEFAULT_PROFILE, parseTimestampMs, scoreDevice } from '@urs/scoring';
 
 const ID = 'b9c2f1d0e8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3';
 
@@ -110,6 +111,42 @@ describe('parseMachine', () => {
       value: { id: ID, lastSeen: dated },
     });
   });
+
+  it.each([1, 0, true, false])(
+    'parseMachine should take an onboardingStatus of %j for missing, not for a value the model scores as NotOnboarded',
+    (onboardingStatus) => {
+      const result = parseMachine({ id: ID, onboardingStatus });
+      expect(result).toEqual({ ok: true, value: { id: ID, onboardingStatus: null } });
+      const device = result.ok ? result.value : {};
+      const scored = scoreDevice(device, [], DEFAULT_PROFILE, '2024-05-02T00:00:00Z');
+      expect(scored.missing).toContain('onboarding');
+      expect(scored.score).toBe(scoreDevice({ id: ID }, [], DEFAULT_PROFILE, '2024-05-02T00:00:00Z').score);
+    },
+  );
+
+  it.each([
+    '2024-05-01T10:20:30+05',
+    '2024-05-01T10:20:30,5Z',
+    '2024-05-01 10:20:30Z',
+    '0001-01-01T00:00:00Z',
+  ])('parseMachine should keep a lastSeen and firstSeen of %s, which the model reads', (dated) => {
+    expect(parseTimestampMs(dated)).not.toBeNaN();
+    expect(parseMachine({ id: ID, lastSeen: dated, firstSeen: dated })).toEqual({
+      ok: true,
+      value: { id: ID, lastSeen: dated, firstSeen: dated },
+    });
+  });
+
+  it.each(['Jan 8 2024', '2024-05-01T10:20:30.123+0500 UTC', '1 May 2024 10:20 GMT'])(
+    'parseMachine should empty a lastSeen of %s, which the model cannot read',
+    (dated) => {
+      expect(parseTimestampMs(dated)).toBeNaN();
+      expect(parseMachine({ id: ID, lastSeen: dated })).toEqual({
+        ok: true,
+        value: { id: ID, lastSeen: null },
+      });
+    },
+  );
 
   it('parseMachine should reject what is not an object', () => {
     expect(parseMachine(null)).toEqual({ ok: false, reason: 'record is not an object' });

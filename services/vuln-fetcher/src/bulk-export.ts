@@ -1,4 +1,14 @@
-import type { DeviceBatch, DeviceRecord, EnrichedDevice, VulnerabilitySummary } from '@urs/contracts';
+import {
+  ASSESSMENT_MARGIN_MS,
+  NOT_IN_EXPORT_SNAPSHOT,
+  fromExportSnapshot,
+  generatedAt,
+  type DeviceBatch,
+  type DeviceRecord,
+  type EnrichedDevice,
+  type ExportSnapshot,
+  type VulnerabilitySummary,
+} from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import { anyAborted, errorCode, errorMessage, isInfrastructureFault } from '@urs/resilience';
 import type { BulkVulnerabilityCache, LatestExport, TenantStore } from '@urs/store';
@@ -7,13 +17,6 @@ import { changedDevices } from './corrections';
 import { notHeld, unreadableInExport, type Enrichment } from './enrichment';
 import { throwIfStopping } from './interruption';
 import type { VulnerabilitySource } from './sources';
-import {
-  ASSESSMENT_MARGIN_MS,
-  NOT_IN_EXPORT_SNAPSHOT,
-  generatedAt,
-  listedBy,
-  type ExportSnapshot,
-} from './snapshot';
 import { VulnerabilityFolder, emptySummary, foldRows, summaryJsonSlices } from './summarise';
 
 export interface ExportReaderDeps {
@@ -62,12 +65,12 @@ export interface ExportReader {
 }
 
 /**
- * A device of a batch as an export gives it. A device the export lists only in rows that could not be read
- * (its summary null) has none known, as per device. A device the export does not list has no vulnerability, if
- * the snapshot could list it (`listedBy`): one first seen after the snapshot was generated, or less than a day
- * before (Microsoft's assessment of a new device takes hours), may not be in it, so its criticalCves is missing
- * until a snapshot that can list it (the cycle's own export, read after its last batch, corrects it when that
- * snapshot can).
+ * A device of a batch as an export gives it (`fromExportSnapshot`, the rule `urs defender devices` follows too).
+ * A device the export lists only in rows that could not be read (its summary null) has none known, as per
+ * device. A device the export does not list has no vulnerability, if the snapshot could list it: one first seen
+ * after the snapshot was generated, or less than a day before (Microsoft's assessment of a new device takes
+ * hours), may not be in it, so its criticalCves is missing until a snapshot that can list it (the cycle's own
+ * export, read after its last batch, corrects it when that snapshot can).
  */
 function fromSnapshot(
   machine: DeviceRecord,
@@ -77,9 +80,10 @@ function fromSnapshot(
 ): EnrichedDevice {
   const unheld = notHeld(machine);
   if (unheld) return { machine, vulnerabilities: null, fetchError: unheld };
-  if (summary === null) return { machine, vulnerabilities: null, fetchError: unreadableInExport() };
-  if (summary) return { machine, vulnerabilities: summary };
-  if (listedBy(machine.firstSeen, snapshot)) return { machine, vulnerabilities: emptySummary(cvssThreshold) };
+  const exported = fromExportSnapshot(machine, summary, snapshot, () => emptySummary(cvssThreshold));
+  if (exported.code === undefined) return { machine, vulnerabilities: exported.vulnerabilities };
+  if (exported.code !== NOT_IN_EXPORT_SNAPSHOT)
+    return { machine, vulnerabilities: null, fetchError: unreadableInExport() };
   const of =
     snapshot.generatedTime === undefined
       ? `generated no earlier than ${new Date(generatedAt(snapshot)).toISOString()}`

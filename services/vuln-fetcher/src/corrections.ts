@@ -1,6 +1,8 @@
 import { MAX_SEND_BYTES, recordBytes } from '@urs/bus';
 import {
+  NOT_IN_EXPORT_SNAPSHOT,
   cycleBatchHeader,
+  listedBy,
   type DeviceBatch,
   type EnrichedDevice,
   type VulnerabilityCorrection,
@@ -11,7 +13,6 @@ import { UrsError } from '@urs/resilience';
 import type { BulkVulnerabilityCache, CycleStore, LatestExport } from '@urs/store';
 import { unreadableInExport, type Corrections } from './enrichment';
 import { sleepUntil, throwIfStopping } from './interruption';
-import { NOT_IN_EXPORT_SNAPSHOT, listedBy } from './snapshot';
 import { emptySummary } from './summarise';
 
 // The correction batches that follow a bulk cycle's last batch when its earlier batches were enriched from

@@ -1,12 +1,12 @@
 import {
   vulnerabilitiesNotHeld,
   type DeviceBatch,
+  type ExportSnapshot,
   type DeviceRecord,
   type EnrichedDevice,
   type VulnerabilitySummary,
 } from '@urs/contracts';
 import { DefenderErrorCode } from '@urs/defender';
-import type { ExportSnapshot } from './snapshot';
 
 // What enriching a batch gives the handler to send, whichever mode made it.
 

@@ -9,7 +9,7 @@ import { createAnsweredCalls, createBulkVulnerabilityCache, createCycleStore } f
 import { Registry } from '@urs/telemetry';
 import { inboundMessage, tenantRecord, testRedisPerTest } from '@urs/testkit';
 import { createEnrichHandler } from '../src/handler';
-import { ASSESSMENT_MARGIN_MS } from '../src/snapshot';
+import { ASSESSMENT_MARGIN_MS } from '@urs/contracts';
 import { createDefenderSources, type SourceProvider } from '../src/sources';
 import { capturingPublisher } from './handler-support';
 

@@ -1,7 +1,7 @@
 import { DefenderErrorCode } from '@urs/defender';
 import { vulnerabilitiesMissingReason } from '@urs/contracts';
 import { missing, notHeld, unreadableInExport } from '../src/enrichment';
-import { NOT_IN_EXPORT_SNAPSHOT } from '../src/snapshot';
+import { NOT_IN_EXPORT_SNAPSHOT } from '@urs/contracts';
 
 // The codes the scorer keeps on a VMS record (`missingReasons`) are the vuln-fetcher's own: a code renamed
 // here would make every such device `FETCH_FAILED` to VMS.

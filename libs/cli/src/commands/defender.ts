@@ -1,6 +1,13 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import {
+  fromExportSnapshot,
+  toDeviceRecord,
+  vulnerabilitiesNotHeld,
+  type ExportSnapshot,
+  type Machine as ListedMachine,
+} from '@urs/contracts';
+import {
   DEFENDER_CLOUDS,
   DEFENDER_REGIONS,
   DefenderError,
@@ -9,7 +16,6 @@ import {
   type Machine,
   type Vulnerability,
   createDefenderClient,
-  isScorable,
 } from '@urs/defender';
 import { createLogger } from '@urs/logging';
 import { errorMessage } from '@urs/resilience';
@@ -19,7 +25,8 @@ import { type Backend, openBackend } from './defender/backend';
 const USAGE = `usage: urs defender devices --azure-tenant-id T --client-id C --client-secret-file F [options]
        urs defender check   --azure-tenant-id T --client-id C --client-secret-file F [--cloud X] [--region R]
 
-devices   writes the tenant's devices as NDJSON machine records on stdout (pipe into 'urs score');
+devices   writes the tenant's devices as NDJSON machine records on stdout (pipe into 'urs score'), those
+          the pipeline scores: every device but one merged into another (its surviving device is listed);
           progress and errors go to stderr
 check     says in one line whether the credentials and the consent work, whether the devices and
           their vulnerabilities can be read (the licence), and which of Machine.Read.All and
@@ -32,11 +39,13 @@ check     says in one line whether the credentials and the consent work, whether
   --cloud X                  commercial (default), gcc, gcc-high, dod
   --region R                 us, eu, uk, au, swa, ina, aea; default the global host
   --page-size N              devices per request, 1–10000 (default 10000)
-  --with-vulnerabilities     add "vulnerabilities" to each record: an array, or null where they could not be
-                             fetched, then with "fetchError": {"code"} saying why (urs score reads it)
+  --with-vulnerabilities     add "vulnerabilities" to each record: an array, or null where they are not known,
+                             then with "fetchError": {"code"} saying why (urs score reads it), as the pipeline
+                             has them: a device excluded from vulnerability management is not asked for (EXCLUDED);
+                             in bulk mode a device the export does not list has none, unless it was first seen
+                             too recently for the export's snapshot (NOT_IN_EXPORT_SNAPSHOT)
   --vulnerabilities-mode M   per-device, bulk or auto (default): auto takes the bulk export when the tenant
                              has more than 250 devices (per-device calls, 50/min, would take over 5 minutes)
-  --include-flagged          also write devices merged into another one or excluded (skipped by default)
   --no-redis                 do not share the pipeline's limiter and quota through Redis
 
 Environment: URS_DEFENDER_AUTHORITY_HOST, URS_DEFENDER_API_BASE (e.g. the simulator; trust its CA with
@@ -55,6 +64,8 @@ const AUTO_BULK_THRESHOLD = 250;
  * are held back, and for how long.
  */
 const CHECK_MAX_QUOTA_WAIT_MS = 30_000;
+/** Longest wait for the export snapshot's `generatedTime`, in milliseconds (the vuln-fetcher's default). */
+const EXPORT_GENERATION_WAIT_MS = 30_000;
 /** Per-device vulnerability requests started at once by the CLI (the limiter caps calls in flight anyway). */
 const VULNERABILITY_WORKERS = 10;
 
@@ -66,6 +77,7 @@ interface Options {
   pageSize: number | undefined;
   withVulnerabilities: boolean;
   mode: Mode;
+  /** `--include-flagged` was given: it changes nothing now, and is said so. */
   includeFlagged: boolean;
   useRedis: boolean;
 }
@@ -91,6 +103,7 @@ async function readOptions(args: string[]): Promise<Options | 'help'> {
         'page-size': { type: 'string' },
         'with-vulnerabilities': { type: 'boolean' },
         'vulnerabilities-mode': { type: 'string' },
+        // Accepted as before: excluded devices are written anyway, merged ones never (as the pipeline has them).
         'include-flagged': { type: 'boolean' },
         'no-redis': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
@@ -179,11 +192,18 @@ async function useBulk(client: DefenderClient, mode: Mode): Promise<boolean> {
 
 interface Counts {
   written: number;
-  flagged: number;
+  merged: number;
   invalid: number;
   vulnerabilitiesMissing: number;
 }
 
+/** Why a device has no vulnerabilities, by its code only (the error's text goes to stderr). */
+type Missing = { code: string };
+
+/**
+ * Writes the devices the pipeline scores, as its poller lists them: every device but one merged into another,
+ * with, asked for, its vulnerabilities as the vuln-fetcher has them (see USAGE).
+ */
 async function devices(
   client: DefenderClient,
   options: Options,
@@ -191,17 +211,20 @@ async function devices(
   note: (line: string) => void,
 ): Promise<Counts> {
   const write = writer(io.stdout);
-  const counts: Counts = { written: 0, flagged: 0, invalid: 0, vulnerabilitiesMissing: 0 };
+  const counts: Counts = { written: 0, merged: 0, invalid: 0, vulnerabilitiesMissing: 0 };
   const pages = client.listMachinePages(options.pageSize ? { pageSize: options.pageSize } : {});
-  let bulk: Map<string, Vulnerability[] | null> | undefined;
+  let bulk: { devices: Map<string, Vulnerability[] | null>; snapshot: ExportSnapshot } | undefined;
   let perDeviceStopped: DefenderError | undefined;
 
-  const vulnerabilitiesOf = async (machine: Machine): Promise<Vulnerability[] | { code: string }> => {
-    // null: the export listed the device in rows none of which could be read (its CVEs unknown, not none).
+  const vulnerabilitiesOf = async (machine: Machine): Promise<Vulnerability[] | Missing> => {
+    const record = toDeviceRecord(machine.record as unknown as ListedMachine);
     if (bulk) {
-      const listed = bulk.get(machine.record.id);
-      return listed === undefined ? [] : (listed ?? { code: DefenderErrorCode.UNREADABLE_RECORDS });
+      const exported = fromExportSnapshot(record, bulk.devices.get(record.id), bulk.snapshot, () => []);
+      return exported.code === undefined ? exported.vulnerabilities : { code: exported.code };
     }
+    // No call for a device Microsoft holds no vulnerabilities of, as the vuln-fetcher makes none.
+    const notHeld = vulnerabilitiesNotHeld(record);
+    if (notHeld !== null) return { code: notHeld };
     if (perDeviceStopped) return { code: perDeviceStopped.code };
     try {
       return await client.getMachineVulnerabilities(machine.record.id);
@@ -227,7 +250,9 @@ async function devices(
   if (options.withVulnerabilities && (await useBulk(client, options.mode))) {
     note('reading vulnerabilities from the bulk export (SoftwareVulnerabilitiesByMachine)');
     try {
-      bulk = (await client.getVulnerabilitiesByMachine()).devices;
+      const generatedTime = await exportGeneratedTime(client, note);
+      const devices = (await client.getVulnerabilitiesByMachine()).devices;
+      bulk = { devices, snapshot: { generatedTime, collectedAt: new Date() } };
     } catch (error) {
       if (!(error instanceof DefenderError)) throw error;
       note(`bulk export unavailable, vulnerabilities will be null: ${error.message}`);
@@ -236,15 +261,16 @@ async function devices(
   }
   for await (const page of pages) {
     counts.invalid += page.invalid;
-    const selected = page.machines.filter((m) => options.includeFlagged || isScorable(m));
-    counts.flagged += page.machines.length - selected.length;
+    // A merged record's surviving device is listed too: the pipeline scores that one alone.
+    const selected = page.machines.filter((m) => !m.flags.merged);
+    counts.merged += page.machines.length - selected.length;
     const vulnerabilities = options.withVulnerabilities
       ? await mapLimited(selected, VULNERABILITY_WORKERS, vulnerabilitiesOf)
       : [];
     for (let i = 0; i < selected.length; i++) {
       const record = (selected[i] as Machine).record;
       if (options.withVulnerabilities) {
-        const list = vulnerabilities[i] as Vulnerability[] | { code: string };
+        const list = vulnerabilities[i] as Vulnerability[] | Missing;
         if (Array.isArray(list)) {
           await write(JSON.stringify({ ...record, vulnerabilities: list }));
         } else {
@@ -260,6 +286,23 @@ async function devices(
     note(`page ${page.index + 1}: ${selected.length} devices written (${counts.written} so far)`);
   }
   return counts;
+}
+
+/**
+ * The `generatedTime` of the export snapshot Microsoft serves, asked before the export is read as the
+ * vuln-fetcher asks it (which devices the snapshot cannot list yet depends on it); undefined when it cannot be
+ * told within EXPORT_GENERATION_WAIT_MS: the snapshot is then taken for the oldest it can be.
+ */
+async function exportGeneratedTime(
+  client: DefenderClient,
+  note: (line: string) => void,
+): Promise<string | undefined> {
+  try {
+    return (await client.getExportGeneration(AbortSignal.timeout(EXPORT_GENERATION_WAIT_MS))).generatedTime;
+  } catch (error) {
+    note(`export snapshot unknown, taken for one up to 7 hours old: ${errorMessage(error)}`);
+    return undefined;
+  }
 }
 
 /** `urs defender`: see USAGE. */
@@ -311,9 +354,14 @@ export const defenderCommand: Command = async (args, io) => {
       io.stdout.write(`${report.verdict}\n`);
       return report.ok ? 0 : 1;
     }
+    if (options.includeFlagged)
+      note(
+        '--include-flagged is no longer needed: excluded devices are written as the pipeline scores them, ' +
+          'and merged ones never (their surviving device is written)',
+      );
     const counts = await devices(client, options, io, note);
     note(
-      `done: ${counts.written} devices written, ${counts.flagged} merged/excluded skipped, ${counts.invalid} invalid records skipped` +
+      `done: ${counts.written} devices written, ${counts.merged} merged skipped, ${counts.invalid} invalid records skipped` +
         (options.withVulnerabilities
           ? `, ${counts.vulnerabilitiesMissing} without vulnerabilities, ${vulnerabilityRowsSkipped} unreadable vulnerability rows skipped`
           : ''),

@@ -1,19 +1,22 @@
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { missingReasonsOf } from '@urs/contracts';
+import { missingReasonsOf, toDeviceRecord, type DeviceRecord, type Machine } from '@urs/contracts';
+import { parseMachine, parseVulnerability } from '@urs/defender/records';
 import { errorMessage } from '@urs/resilience';
 import { BANDS, compileProfile, parseTimestampMs, scoreDevice } from '@urs/scoring';
-import type { Band, CompiledProfile, ScoreResult } from '@urs/scoring';
+import type { Band, CompiledProfile, ScoreResult, VulnerabilityRecord } from '@urs/scoring';
 import type { Command, CommandIo } from '../command';
 
 const USAGE = `usage: urs score [--profile FILE] [--now ISO] [--summary] [--compare OTHER_PROFILE]
 
 Reads MDE machine records as NDJSON on stdin, one per line, each optionally with "vulnerabilities":
 an array of MDE vulnerability records, or null/absent when they could not be fetched, and then
-optionally "fetchError": {"code"} saying why (as urs defender devices writes it). A record that is
-not an object, has no id, or whose cvssV3 is neither a number from 0 to 10, numeric text of one (digits,
-an optional fraction), nor null is skipped (named on stderr, counted in the summary line), as the
+optionally "fetchError": {"code"} saying why (as urs defender devices writes it). Each record is read as
+the pipeline reads Microsoft's (field names in any case, a signal or date of another shape missing); a
+machine record the pipeline would skip as invalid is a bad line. A vulnerability record that is not an
+object, has no id, or whose cvssV3 is neither a number from 0 to 10, numeric text of one (digits, an
+optional fraction), nor null is skipped (named on stderr, counted in the summary line), as the
 pipeline skips it; a device none of whose records could be read has criticalCves missing. Writes one
 NDJSON result per device: deviceId, score, band, criticalScore, operationalScore, contributions, missing,
 signals (each value scored and when the device reported it), profileHash, and missingReasons when a
@@ -143,16 +146,13 @@ async function run(options: Options, io: CommandIo): Promise<number> {
       deviceId = record.deviceId;
       vulnerabilitiesError = record.fetchError;
       const skipped: string[] = [];
-      result = scoreDevice(record.machine, record.vulnerabilities, profile, nowMs, (index, reason) =>
+      const vulnerabilities = readVulnerabilities(record.vulnerabilities, (index, reason) =>
         skipped.push(`urs score: line ${lineNumber}: vulnerabilities[${index}] skipped: ${reason}\n`),
       );
-      if (compare) other = scoreDevice(record.machine, record.vulnerabilities, compare, nowMs);
+      result = scoreDevice(record.machine, vulnerabilities, profile, nowMs);
+      if (compare) other = scoreDevice(record.machine, vulnerabilities, compare, nowMs);
       // Rows given: criticalCves is missing only when none of them could be read (each named above).
-      if (
-        vulnerabilitiesError === undefined &&
-        Array.isArray(record.vulnerabilities) &&
-        record.vulnerabilities.length > 0
-      )
+      if (vulnerabilitiesError === undefined && vulnerabilities === null && record.vulnerabilities)
         vulnerabilitiesError = { code: UNREADABLE_RECORDS };
       // Told only for a line that is scored: a line that fails is named once, with its reason.
       for (const note of skipped) io.stderr.write(note);
@@ -205,8 +205,10 @@ async function run(options: Options, io: CommandIo): Promise<number> {
 
 interface InputRecord {
   deviceId: string;
-  machine: Record<string, unknown>;
-  vulnerabilities: Parameters<typeof scoreDevice>[1];
+  /** What the pipeline passes on of the machine: the listing's reading, cut down to its DeviceRecord. */
+  machine: DeviceRecord;
+  /** The records as given: an array (each read by `readVulnerabilities`), or null/absent. */
+  vulnerabilities: unknown[] | null | undefined;
   /** Why the vulnerabilities are null, when the record says it: its code only. */
   fetchError: { code: string } | undefined;
 }
@@ -225,17 +227,15 @@ function parseRecord(line: string): InputRecord {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw new Error('must be a JSON object (an MDE machine record)');
   }
-  const machine = value as Record<string, unknown>;
-  const id = machine.id !== undefined ? machine.id : machine.Id;
-  if (typeof id !== 'string' || id.length === 0)
-    throw new Error('id: must be a non-empty string (the MDE machine id)');
-  const vulnerabilities = machine.vulnerabilities;
-  if (vulnerabilities !== undefined && vulnerabilities !== null && typeof vulnerabilities !== 'object') {
+  const { vulnerabilities, fetchError, ...fields } = value as Record<string, unknown>;
+  if (vulnerabilities !== undefined && vulnerabilities !== null && !Array.isArray(vulnerabilities)) {
     throw new Error(
       'vulnerabilities: must be an array of MDE vulnerability records, or null when not fetched',
     );
   }
-  const fetchError = machine.fetchError;
+  // Read as the poller reads the listing: a record it would skip as invalid is named, with the field.
+  const parsed = parseMachine(fields);
+  if (!parsed.ok) throw new Error(`not a machine record the pipeline reads: ${parsed.reason}`);
   let code: unknown;
   if (fetchError !== undefined && fetchError !== null) {
     code = typeof fetchError === 'object' ? (fetchError as { code?: unknown }).code : undefined;
@@ -245,12 +245,32 @@ function parseRecord(line: string): InputRecord {
       );
   }
   return {
-    deviceId: id,
-    machine,
-    vulnerabilities: vulnerabilities as InputRecord['vulnerabilities'],
+    deviceId: parsed.value.id,
+    machine: toDeviceRecord(parsed.value as unknown as Machine),
+    vulnerabilities: vulnerabilities as unknown[] | null | undefined,
     // The code only: the error's text (Microsoft's answer) is not the result's.
     fetchError: typeof code === 'string' ? { code } : undefined,
   };
+}
+
+/**
+ * A device's vulnerability records read as the Defender client reads the per-device endpoint's
+ * (`parseVulnerability`: field names in any case, the CVE id in upper case, the CVSS by `readCvss`), each one
+ * it skips told to `skipped`. Null for null or absent records, and for records none of which could be read
+ * (criticalCves missing, not 0).
+ */
+function readVulnerabilities(
+  records: unknown[] | null | undefined,
+  skipped: (index: number, reason: string) => void,
+): VulnerabilityRecord[] | null {
+  if (records === null || records === undefined) return null;
+  const read: VulnerabilityRecord[] = [];
+  records.forEach((record, index) => {
+    const parsed = parseVulnerability(record);
+    if (parsed.ok) read.push(parsed.value);
+    else skipped(index, parsed.reason);
+  });
+  return read.length === 0 && records.length > 0 ? null : read;
 }
 
 function emptyCounts(): BandCounts {

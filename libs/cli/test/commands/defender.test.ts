@@ -18,8 +18,8 @@ let sim: Simulator;
 let dir: string;
 let app: App;
 let machineOnly: App;
-/** Devices neither merged nor excluded: what `devices` writes by default. */
-let scorable: number;
+/** Devices not merged into another one: what `devices` writes, as the pipeline scores them. */
+let listedCount: number;
 
 function newApp(azureTenantId: string = randomUUID()): App {
   return { azureTenantId, clientId: randomUUID(), clientSecret: `Qx9~${randomUUID().replace(/-/g, '')}` };
@@ -62,6 +62,18 @@ async function run(
 }
 
 const ids = (from: App): string[] => sim.machines(from.azureTenantId).map((m) => m.id);
+/** The devices the pipeline scores: every one not merged into another, excluded ones too. */
+const listed = (from: App): string[] =>
+  sim
+    .machines(from.azureTenantId)
+    .filter((m) => !m.mergedIntoMachineId)
+    .map((m) => m.id);
+/** The devices whose vulnerabilities are asked for: those listed, but for the excluded ones. */
+const asked = (from: App): string[] =>
+  sim
+    .machines(from.azureTenantId)
+    .filter((m) => !m.mergedIntoMachineId && !m.isExcluded)
+    .map((m) => m.id);
 
 function lines(text: string): Record<string, unknown>[] {
   return text
@@ -82,8 +94,8 @@ beforeAll(async () => {
   });
   const ids = sim.machines(app.azureTenantId).map((m) => m.id);
   sim.updateMachine(app.azureTenantId, ids[0] as string, { isExcluded: true });
-  scorable = sim.machines(app.azureTenantId).filter((m) => !m.isExcluded && !m.mergedIntoMachineId).length;
-  expect(scorable).toBeLessThan(30);
+  listedCount = listed(app).length;
+  expect(listedCount).toBeLessThan(30);
 });
 
 afterAll(async () => {
@@ -92,21 +104,90 @@ afterAll(async () => {
 });
 
 describe('urs defender devices', () => {
-  it('defenderCommand should write every scorable device as an NDJSON machine record', async () => {
+  it('defenderCommand should write every device the pipeline scores as an NDJSON machine record', async () => {
     const result = await run(args('devices', app, '--page-size', '7', '--no-redis'));
     expect(result.code).toBe(0);
     const records = lines(result.stdout);
-    const expected = sim.machines(app.azureTenantId).filter((m) => !m.isExcluded && !m.mergedIntoMachineId);
-    expect(records.map((r) => r.id).sort()).toEqual(expected.map((m) => m.id).sort());
+    expect(records.map((r) => r.id).sort()).toEqual(listed(app).sort());
     expect(records.every((r) => !('vulnerabilities' in r))).toBe(true);
     expect(result.stderr).toContain(
-      `done: ${scorable} devices written, ${30 - scorable} merged/excluded skipped, 0 invalid records skipped`,
+      `done: ${listedCount} devices written, ${30 - listedCount} merged skipped, 0 invalid records skipped`,
     );
   });
 
-  it('defenderCommand should include merged and excluded devices with --include-flagged', async () => {
+  it.each(['per-device', 'bulk'])(
+    'defenderCommand should write an excluded device as the pipeline scores it, and no merged one (%s)',
+    async (mode) => {
+      sim.resetStats();
+      const result = await run(
+        args('devices', app, '--with-vulnerabilities', '--vulnerabilities-mode', mode, '--no-redis'),
+      );
+      expect(result.code).toBe(0);
+      const records = new Map(lines(result.stdout).map((r) => [r.id as string, r]));
+      expect([...records.keys()].sort()).toEqual(listed(app).sort());
+      const excluded = sim.machines(app.azureTenantId).filter((m) => m.isExcluded && !m.mergedIntoMachineId);
+      expect(excluded.length).toBeGreaterThan(0);
+      for (const machine of excluded)
+        expect(records.get(machine.id)).toMatchObject({
+          vulnerabilities: null,
+          fetchError: { code: 'EXCLUDED' },
+        });
+      // No call of the tenant's quota for a device Microsoft holds no vulnerabilities of.
+      if (mode === 'per-device')
+        expect(sim.stats().callsByTenant[app.azureTenantId]?.vulnerabilities).toBe(asked(app).length);
+      const scores = await run([], {}, scoreCommand, Readable.from([result.stdout]));
+      const results = new Map(lines(scores.stdout).map((r) => [r.deviceId as string, r]));
+      for (const machine of excluded)
+        expect(results.get(machine.id)?.missingReasons).toMatchObject({ criticalCves: 'EXCLUDED' });
+    },
+  );
+
+  it('defenderCommand should take --include-flagged for what it always does now, merged devices still left out', async () => {
     const result = await run(args('devices', app, '--include-flagged', '--no-redis'));
-    expect(lines(result.stdout).length).toBe(30);
+    expect(result.code).toBe(0);
+    expect(
+      lines(result.stdout)
+        .map((r) => r.id)
+        .sort(),
+    ).toEqual(listed(app).sort());
+    expect(result.stderr).toContain('--include-flagged is no longer needed');
+  });
+
+  it('defenderCommand should write a device first seen too recently for the export snapshot without vulnerabilities, as the pipeline does', async () => {
+    const fresh = newApp();
+    sim.addTenant({ azureTenantId: fresh.azureTenantId, apps: [fresh], fleet: { size: 4, seed: 9 } });
+    try {
+      const [young, old] = ids(fresh) as [string, string];
+      sim.updateMachine(fresh.azureTenantId, young, {
+        firstSeen: new Date(Date.now() - 3_600_000).toISOString(),
+        isExcluded: false,
+        mergedIntoMachineId: null,
+      });
+      sim.updateMachine(fresh.azureTenantId, old, {
+        firstSeen: new Date(Date.now() - 30 * 86_400_000).toISOString(),
+        isExcluded: false,
+        mergedIntoMachineId: null,
+      });
+      sim.setVulnerabilities(fresh.azureTenantId, young, []);
+      sim.setVulnerabilities(fresh.azureTenantId, old, []);
+      sim.generateExport(fresh.azureTenantId);
+      const result = await run(
+        args('devices', fresh, '--with-vulnerabilities', '--vulnerabilities-mode', 'bulk', '--no-redis'),
+      );
+      expect(result.code).toBe(0);
+      const records = new Map(lines(result.stdout).map((r) => [r.id, r]));
+      expect(records.get(young)).toMatchObject({
+        vulnerabilities: null,
+        fetchError: { code: 'NOT_IN_EXPORT_SNAPSHOT' },
+      });
+      expect(records.get(old)).toMatchObject({ vulnerabilities: [] });
+      const scores = await run([], {}, scoreCommand, Readable.from([result.stdout]));
+      const results = new Map(lines(scores.stdout).map((r) => [r.deviceId, r]));
+      expect(results.get(young)?.missingReasons).toMatchObject({ criticalCves: 'NOT_IN_EXPORT_SNAPSHOT' });
+      expect(results.get(old)?.missing).not.toContain('criticalCves');
+    } finally {
+      sim.removeTenant(fresh.azureTenantId);
+    }
   });
 
   it.each(['per-device', 'bulk'])(
@@ -116,7 +197,8 @@ describe('urs defender devices', () => {
         args('devices', app, '--with-vulnerabilities', '--vulnerabilities-mode', mode, '--no-redis'),
       );
       expect(result.code).toBe(0);
-      for (const record of lines(result.stdout)) {
+      const askedFor = new Set(asked(app));
+      for (const record of lines(result.stdout).filter((r) => askedFor.has(r.id as string))) {
         const expected = [
           ...new Set(sim.vulnerabilities(app.azureTenantId, record.id as string).map((v) => v.id)),
         ].sort();
@@ -132,13 +214,17 @@ describe('urs defender devices', () => {
     const small = await run(args('devices', app, '--with-vulnerabilities', '--no-redis'));
     expect(small.code).toBe(0);
     expect(small.stderr).not.toContain('bulk export');
-    expect(sim.stats().callsByTenant[app.azureTenantId]?.vulnerabilities).toBe(scorable);
+    expect(sim.stats().callsByTenant[app.azureTenantId]?.vulnerabilities).toBe(asked(app).length);
     const big = await run(args('devices', large, '--with-vulnerabilities', '--no-redis'));
     expect(big.code).toBe(0);
     expect(big.stderr).toContain('reading vulnerabilities from the bulk export');
     expect(sim.stats().callsByTenant[large.azureTenantId]?.vulnerabilities).toBeUndefined();
+    const askedFor = new Set(asked(large));
     const records = lines(big.stdout);
-    expect(records.every((r) => Array.isArray(r.vulnerabilities))).toBe(true);
+    expect(records.map((r) => r.id).sort()).toEqual(listed(large).sort());
+    for (const record of records)
+      if (askedFor.has(record.id as string)) expect(Array.isArray(record.vulnerabilities)).toBe(true);
+      else expect(record).toMatchObject({ vulnerabilities: null, fetchError: { code: 'EXCLUDED' } });
   });
 
   it('defenderCommand should write null vulnerabilities, once explained, when consent for them is missing', async () => {
@@ -154,21 +240,28 @@ describe('urs defender devices', () => {
     );
     expect(result.code).toBe(0);
     const records = lines(result.stdout);
-    expect(records.length).toBe(scorable);
+    expect(records.length).toBe(listedCount);
     expect(records.every((r) => r.vulnerabilities === null)).toBe(true);
     expect(
       result.stderr.match(/vulnerabilities unavailable for every device: .*Vulnerability\.Read\.All/g),
     ).toHaveLength(1);
-    // Why, beside each null list: the error's code, never its text (that went to stderr once).
-    const codes = new Set(records.map((r) => JSON.stringify(r.fetchError)));
+    // Why, beside each null list: the error's code, never its text (that went to stderr once); an excluded
+    // device keeps its own reason, as in the pipeline.
+    const askedFor = new Set(asked(machineOnly));
+    const codes = new Set(
+      records.filter((r) => askedFor.has(r.id as string)).map((r) => JSON.stringify(r.fetchError)),
+    );
     expect([...codes]).toEqual([JSON.stringify({ code: 'DEFENDER_CONSENT_MISSING' })]);
     // urs score reads it: criticalCves is missing for want of a fetch, as the pipeline says it.
     const scored = await run([], {}, scoreCommand, Readable.from([result.stdout]));
     expect(scored.code).toBe(0);
-    const reasons = lines(scored.stdout).map(
-      (r) => (r.missingReasons as Record<string, string>).criticalCves,
+    const reasons = lines(scored.stdout).map((r) => [
+      r.deviceId,
+      (r.missingReasons as Record<string, string>).criticalCves,
+    ]);
+    expect(reasons).toEqual(
+      listed(machineOnly).map((id) => [id, askedFor.has(id) ? 'FETCH_FAILED' : 'EXCLUDED']),
     );
-    expect(new Set(reasons)).toEqual(new Set(['FETCH_FAILED']));
   });
 
   it.each(['per-device', 'bulk'])(
@@ -220,7 +313,7 @@ describe('urs defender devices', () => {
     const scored = await run([], {}, scoreCommand, Readable.from([devices.stdout]));
     expect(scored.code).toBe(0);
     const results = lines(scored.stdout);
-    expect(results.length).toBe(scorable);
+    expect(results.length).toBe(listedCount);
     expect(results.every((r) => typeof r.score === 'number' && typeof r.band === 'string')).toBe(true);
   });
 
@@ -228,7 +321,7 @@ describe('urs defender devices', () => {
     const result = await run(args('devices', app), { REDIS_URL: 'redis://127.0.0.1:1' });
     expect(result.code).toBe(0);
     expect(result.stderr).toContain('is not reachable: using an in-process limiter and quota');
-    expect(lines(result.stdout).length).toBe(scorable);
+    expect(lines(result.stdout).length).toBe(listedCount);
   });
 });
 

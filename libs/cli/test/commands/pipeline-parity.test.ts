@@ -1,0 +1,256 @@
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import type { OutboundMessage, Publisher } from '@urs/bus';
+import type { DeviceBatch, ScoredDevice, TenantRecord } from '@urs/contracts';
+import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
+import { silentLogger } from '@urs/logging';
+import { DEFAULT_PROFILE, compileProfile, scoreDevice } from '@urs/scoring';
+import { type Simulator, startSimulator } from '@urs/simulator';
+import type { CycleStore } from '@urs/store';
+import { Registry } from '@urs/telemetry';
+import { runCycle } from '../../../../services/poller/src/cycle';
+import { sealer } from '../../../../services/poller/test/support/cycle';
+import { simGateway } from '../../../../services/poller/test/support/sim-gateway';
+import { toScoredDevice } from '../../../../services/scorer/src/scored-device';
+import { createDefenderSources } from '../../../../services/vuln-fetcher/src/sources';
+import { message, setup } from '../../../../services/vuln-fetcher/test/handler-support';
+import { defenderCommand } from '../../src/commands/defender';
+import { scoreCommand } from '../../src/commands/score';
+import { runCommand } from '../support/run';
+
+// The dry run README gives (`urs defender devices --with-vulnerabilities | urs score`) against the pipeline's
+// own steps over the same simulated tenant: the poller's cycle, the vuln-fetcher's enrichment and the scorer's
+// scoring. Each device must get the same score, band, missing signals and reasons both ways.
+
+/** The tenant id the vuln-fetcher's test handler knows (`handler-support`). */
+const TENANT_ID = 't1';
+const ASSUME_WORST = { ...DEFAULT_PROFILE, missingSignals: 'assume-worst' as const };
+
+let sim: Simulator;
+let dir: string;
+const app = {
+  azureTenantId: randomUUID(),
+  clientId: randomUUID(),
+  clientSecret: `Qx9~${randomUUID().replace(/-/g, '')}`,
+};
+
+/** What both ways give each device, by its id. */
+type Outcome = Pick<ScoredDevice, 'score' | 'band' | 'missing' | 'missingReasons' | 'contributions'>;
+
+const outcome = (scored: Outcome): Outcome => ({
+  score: scored.score,
+  band: scored.band,
+  missing: scored.missing,
+  missingReasons: scored.missingReasons,
+  contributions: scored.contributions,
+});
+
+function lines(text: string): Record<string, unknown>[] {
+  return text
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
+}
+
+beforeAll(async () => {
+  sim = await startSimulator({ quotas: false });
+  dir = mkdtempSync(join(tmpdir(), 'urs-cli-parity-'));
+  sim.addTenant({ azureTenantId: app.azureTenantId, apps: [app], fleet: { size: 40, seed: 33 } });
+  const machines = sim.machines(app.azureTenantId).filter((m) => !m.mergedIntoMachineId);
+  const [excluded, young, odd, unreadable, clean, merged] = machines.map((m) => m.id) as string[];
+  if (!excluded || !young || !odd || !unreadable || !clean || !merged)
+    throw new Error('the fleet is too small');
+  sim.updateMachine(app.azureTenantId, merged, { mergedIntoMachineId: clean });
+  sim.updateMachine(app.azureTenantId, excluded, { isExcluded: true });
+  // First seen an hour ago, no vulnerability yet: the export's snapshot cannot list it.
+  sim.updateMachine(app.azureTenantId, young, {
+    firstSeen: new Date(Date.now() - 3_600_000).toISOString(),
+    isExcluded: false,
+  });
+  sim.setVulnerabilities(app.azureTenantId, young, []);
+  // A lastSeen in a shape the model reads and Date.parse does not.
+  sim.updateMachine(app.azureTenantId, odd, {
+    lastSeen: new Date(Date.now() - 2 * 86_400_000).toISOString().replace('Z', '+00'),
+    isExcluded: false,
+  });
+  const row = sim
+    .machines(app.azureTenantId)
+    .flatMap((m) => sim.vulnerabilities(app.azureTenantId, m.id))
+    .find(() => true);
+  if (!row) throw new Error('the fleet has no vulnerability to copy');
+  for (const id of [unreadable, clean]) sim.updateMachine(app.azureTenantId, id, { isExcluded: false });
+  sim.setVulnerabilities(app.azureTenantId, unreadable, [{ ...row, id: 'CVE-2024-9', cvssV3: 11 }]);
+  sim.setVulnerabilities(app.azureTenantId, clean, []);
+  sim.generateExport(app.azureTenantId);
+});
+
+afterAll(async () => {
+  await sim.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** `urs defender devices --with-vulnerabilities | urs score --profile … --now …`, by device. */
+async function throughCli(
+  mode: 'per-device' | 'bulk',
+  profile: object,
+  now: string,
+): Promise<Map<string, Outcome>> {
+  const secret = join(dir, `${randomUUID()}.secret`);
+  writeFileSync(secret, app.clientSecret);
+  const profileFile = join(dir, `${randomUUID()}.json`);
+  writeFileSync(profileFile, JSON.stringify(profile));
+  const env = {
+    URS_DEFENDER_AUTHORITY_HOST: sim.baseUrl,
+    URS_DEFENDER_API_BASE: sim.baseUrl,
+    URS_DEFENDER_CA_FILE: sim.caFile,
+  };
+  const devices = await runCommand(
+    defenderCommand,
+    [
+      'devices',
+      ...['--azure-tenant-id', app.azureTenantId, '--client-id', app.clientId],
+      ...['--client-secret-file', secret, '--with-vulnerabilities', '--vulnerabilities-mode', mode],
+      '--no-redis',
+    ],
+    { env },
+  );
+  expect(devices.code).toBe(0);
+  const scored = await runCommand(scoreCommand, ['--profile', profileFile, '--now', now], {
+    stdin: Readable.from([devices.stdout]),
+  });
+  expect(scored.stderr).toBe('');
+  return new Map(
+    lines(scored.stdout).map((line) => [line.deviceId as string, outcome(line as unknown as Outcome)]),
+  );
+}
+
+/** The poller's cycle, the vuln-fetcher's enrichment and the scorer's scoring, by device; and the cycle's start. */
+async function throughPipeline(
+  mode: 'per-device' | 'bulk',
+  profile: object,
+): Promise<{ scores: Map<string, Outcome>; now: string }> {
+  const agent = createHttpsAgent({ extraCa: sim.caPem });
+  const limiter = createLocalLimiter();
+  const overrides = { authorityHost: sim.baseUrl, apiBase: sim.baseUrl };
+  const gateway = simGateway(sim, agent, limiter);
+  const fetcherLimiter = createLocalLimiter();
+  const sources = createDefenderSources({
+    sealer,
+    limiter: fetcherLimiter,
+    quota: createLocalQuotaGate(),
+    httpsAgent: agent,
+    overrides,
+    logger: silentLogger,
+    metrics: new Registry({ processMetrics: false }),
+  });
+  const record: TenantRecord = {
+    schemaVersion: 1,
+    tenantId: TENANT_ID,
+    revision: 1,
+    updatedAt: '2026-01-01T00:00:00.000Z',
+    source: 'rest',
+    enabled: true,
+    defender: {
+      azureTenantId: app.azureTenantId,
+      clientId: app.clientId,
+      clientSecret: sealer.seal(app.clientSecret, TENANT_ID),
+      pollIntervalMinutes: 10,
+      cloud: 'commercial',
+      region: null,
+      riskProfile: profile as Record<string, unknown>,
+    },
+  } as TenantRecord;
+  try {
+    const batches: DeviceBatch[] = [];
+    const publisher = {
+      async send(_topic: string, _contract: string, messages: OutboundMessage<DeviceBatch>[]) {
+        for (const m of messages) batches.push(m.value as DeviceBatch);
+      },
+    } as unknown as Publisher;
+    const cycles = {
+      begin: async () => undefined,
+      listingPending: async () => true,
+      listed: async () => undefined,
+    } as unknown as CycleStore;
+    const startedAt = Date.now();
+    await runCycle(
+      {
+        // The mode asked for: every device fits the interval's per-device calls, or none does.
+        defender: {
+          ...gateway,
+          planMode: () => ({ mode, perDeviceCapacity: mode === 'bulk' ? 0 : Number.MAX_SAFE_INTEGER }),
+        },
+        sealer,
+        publisher,
+        cycles,
+        deviceBatchesTopic: 'urs.device-batches',
+        batchSize: 500,
+        maxCycleMs: 3_600_000,
+        logger: silentLogger,
+      },
+      {
+        record,
+        cycleId: `${TENANT_ID}-${startedAt}`,
+        startedAt,
+        intervalMs: 600_000,
+        lease: { tenantId: TENANT_ID, token: '1:poller' },
+        signal: new AbortController().signal,
+        leaseHeld: () => true,
+      },
+    );
+    expect(batches.map((batch) => batch.vulnerabilityMode)).toEqual(batches.map(() => mode));
+    const enrich = setup(sources.forTenant(record));
+    for (const batch of batches) await enrich.handler(message(batch));
+    const compiled = compileProfile(profile);
+    const scores = new Map<string, Outcome>();
+    for (const batch of enrich.sent) {
+      // As the scorer's handler scores an enriched batch: the count at the cycle's start.
+      const cycleStartMs = Date.parse(batch.cycleStartedAt);
+      for (const device of batch.devices) {
+        const vulnerabilities =
+          device.vulnerabilities === null
+            ? null
+            : { criticalCveCount: device.vulnerabilities.criticalCveCount, fetchedAt: batch.collectedAt };
+        const scored = toScoredDevice(
+          device,
+          scoreDevice(device.machine, vulnerabilities, compiled, cycleStartMs),
+        );
+        scores.set(scored.deviceId, outcome(scored));
+      }
+    }
+    return { scores, now: new Date(startedAt).toISOString() };
+  } finally {
+    sources.close();
+    gateway.close();
+    await limiter.close();
+    await fetcherLimiter.close();
+    agent.destroy();
+  }
+}
+
+describe('urs defender devices | urs score against the pipeline', () => {
+  it.each([
+    ['per-device', 'ignore', DEFAULT_PROFILE],
+    ['bulk', 'ignore', DEFAULT_PROFILE],
+    ['per-device', 'assume-worst', ASSUME_WORST],
+    ['bulk', 'assume-worst', ASSUME_WORST],
+  ] as const)(
+    'should give every device the score the pipeline gives it (%s, missing signals %s)',
+    async (mode, _missing, profile) => {
+      const pipeline = await throughPipeline(mode, profile);
+      const cli = await throughCli(mode, profile, pipeline.now);
+      expect(pipeline.scores.size).toBe(
+        sim.machines(app.azureTenantId).filter((m) => !m.mergedIntoMachineId).length,
+      );
+      // The kinds of device that went different ways went through: excluded, unreadable (per device), not in
+      // the export's snapshot (bulk).
+      const reasons = new Set([...pipeline.scores.values()].map((s) => s.missingReasons?.criticalCves));
+      expect(reasons).toContain('EXCLUDED');
+      expect(reasons).toContain(mode === 'bulk' ? 'NOT_IN_EXPORT_SNAPSHOT' : 'DEFENDER_UNREADABLE_RECORDS');
+      expect(Object.fromEntries([...cli].sort())).toEqual(Object.fromEntries([...pipeline.scores].sort()));
+    },
+  );
+});
