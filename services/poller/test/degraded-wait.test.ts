@@ -14,6 +14,7 @@ import { type Simulator, startSimulator } from '@urs/simulator';
 import type { CycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { waitFor } from '@urs/testkit';
+import { createBatchFit } from '../src/batch-fit';
 import { runCycle, type CycleDeps } from '../src/cycle';
 import type { DefenderGateway } from '../src/defender';
 import { simGateway } from './support/sim-gateway';
@@ -67,6 +68,7 @@ describe('poller: a degraded tenant waiting for a place among the degraded tenan
     cycles: { begin: async () => undefined, listed: async () => undefined } as unknown as CycleStore,
     deviceBatchesTopic: 'urs.device-batches',
     batchSize: 500,
+    batchFit: createBatchFit(),
     maxCycleMs: 3_600_000,
     logger: silentLogger,
   });

@@ -11,6 +11,7 @@ import { DEFAULT_PROFILE, compileProfile, scoreDevice } from '@urs/scoring';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import type { CycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
+import { createBatchFit } from '../../../../services/poller/src/batch-fit';
 import { runCycle } from '../../../../services/poller/src/cycle';
 import { sealer } from '../../../../services/poller/test/support/cycle';
 import { simGateway } from '../../../../services/poller/test/support/sim-gateway';
@@ -188,6 +189,7 @@ async function throughPipeline(
         cycles,
         deviceBatchesTopic: 'urs.device-batches',
         batchSize: 500,
+        batchFit: createBatchFit(),
         maxCycleMs: 3_600_000,
         logger: silentLogger,
       },
