@@ -94,7 +94,7 @@ function withCap(inner: Slots, cap: Slots, times: CapTimes, rule: CapRule, waits
     task: (slotEnds: AbortSignal) => Promise<T>,
     options: SlotOptions,
   ): Promise<T | typeof CAP_ENDED_BEFORE_SLOT> {
-    const { signal, wholeSlot } = options;
+    const { signal } = options;
     let waiting = true;
     waits?.waiting(1);
     const stopWaiting = (): void => {
@@ -121,7 +121,8 @@ function withCap(inner: Slots, cap: Slots, times: CapTimes, rule: CapRule, waits
                 started = true;
                 return task(slotEnds);
               },
-              { ...(wholeSlot === undefined ? {} : { wholeSlot }), signal: slotWait.signal },
+              // The rest of the call's options go on to `inner` (a degraded call's ask, for the cap inside).
+              { ...options, signal: slotWait.signal },
             );
           } catch (error) {
             if (!started && late.aborted && !signal?.aborted) return CAP_ENDED_BEFORE_SLOT;
@@ -168,8 +169,10 @@ export function withBulkCap(inner: Slots, cap: Slots, times: CapTimes, waits?: C
  * process sharing it: however many tenants of however many processes fail together (a regional Defender host
  * that hangs, each call holding its slot for a whole request timeout), the healthy tenants keep the other slots.
  * A degraded call leaves its wait for a place when its `degraded` signal aborts (its tenant answered again, or
- * its time to wait ran out), rejecting with the signal's reason; a bulk export page of a degraded tenant takes
- * its place here before its place under the bulk cap (`inner`, withBulkCap), always in that order.
+ * its time to wait ran out), rejecting with the signal's reason. A bulk export page of a degraded tenant takes
+ * its place under the bulk cap (withBulkCap, around this one) first and its place here after, always in that
+ * order: it holds one of these few places only while it waits for a slot, not while it waits behind other
+ * tenants' pages for the bulk cap.
  */
 export function withDegradedCap(inner: Slots, cap: Slots, times: CapTimes, waits?: CapWaits): Slots {
   return withCap(

@@ -507,7 +507,7 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
       ),
     );
   }
-  // So do the calls of degraded tenants, under a cap of their own, before that one.
+  // So do the calls of degraded tenants, under a cap of their own, after that one.
   const degradedCap = await sharedBottleneck(
     joined,
     'defender-degraded',
@@ -561,8 +561,12 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
     options.logger.warn('defender limiter: Bottleneck has no client id; hand-off leases are never renewed');
   }
   const slots = options.handOff ? withSlotHandOff(shared, options.handOff) : shared;
-  const bulkCapped = bulkCap ? withPlaceCap(slots, bulkCap, jobExpirationMs, 'bulk', options.metrics) : slots;
-  return withPlaceCap(bulkCapped, degradedCap, jobExpirationMs, 'degraded', options.metrics);
+  // A degraded tenant's bulk export page takes its place under the bulk cap first, then its degraded place: it
+  // holds one of the install's few degraded places only while it waits for a slot, never for the bulk cap.
+  const degradedCapped = withPlaceCap(slots, degradedCap, jobExpirationMs, 'degraded', options.metrics);
+  return bulkCap
+    ? withPlaceCap(degradedCapped, bulkCap, jobExpirationMs, 'bulk', options.metrics)
+    : degradedCapped;
 }
 
 /**
@@ -602,10 +606,9 @@ function withPlaceCap(
  * slot's own. The wait has no bound of its own (the call queues in this process behind per-device calls), and a
  * call whose place has less than a slot left when its slot comes asks for a place again, at the back of the
  * queue: a place long enough for most waits spares those turns. The price: a crashed process's places come back
- * only when they expire, this many slot expirations later. A degraded tenant's call (a call with a request
- * timeout, never a whole-slot one unless it is a bulk export page of a degraded tenant, which waits for its
- * place under the bulk cap with this place held) gives back sooner the 2 places that every degraded tenant of
- * the install shares.
+ * only when they expire, this many slot expirations later. A degraded tenant's call waits only for its slot with
+ * its place held (a bulk export page of a degraded tenant takes its place under the bulk cap first, and this
+ * place only then): it gives back sooner the 2 places that every degraded tenant of the install shares.
  */
 const CAP_EXPIRATION_SLOTS = { bulk: 10, degraded: 3 } as const;
 

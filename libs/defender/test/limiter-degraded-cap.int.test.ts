@@ -228,3 +228,51 @@ describe('the cap on the calls of degraded tenants, across processes', () => {
     }
   });
 });
+
+describe('a degraded tenant’s bulk export page under both caps', () => {
+  it('waits for its place under the bulk cap holding no place of the degraded tenants, whose other calls go meanwhile', async () => {
+    const registry = new Registry();
+    const limiter = await createSharedLimiter({
+      redis: redis.client,
+      keyPrefix: redis.prefix,
+      logger: capturingLogger(lines),
+      bulkMaxSlots: 1,
+      degradedMaxSlots: 1,
+      metrics: registry,
+    });
+    limiters.push(limiter);
+    const degradedRunning = (): Promise<string | null> =>
+      redis.client.hget(`b_${redis.prefix}defender-degraded_settings`, 'running');
+    // A healthy tenant's bulk export page holds the only place under the bulk cap until the test lets it end.
+    const holder = gate();
+    const holding = limiter.schedule(() => holder.opened.then(() => 'healthy page'), { wholeSlot: true });
+    // A degraded tenant's page asks for its slot meanwhile: it waits for the bulk cap.
+    const stillDegraded = new AbortController();
+    let pageRan = false;
+    const page = limiter.schedule(
+      async () => {
+        pageRan = true;
+        return 'degraded page';
+      },
+      { wholeSlot: true, degraded: stillDegraded.signal },
+    );
+    try {
+      await waitFor(() => registry.expose().includes('urs_defender_bulk_slots_waiting 1'), {
+        description: "the degraded tenant's page waiting for the bulk cap",
+      });
+      // It holds no place of the degraded tenants while it waits, so another degraded tenant's call takes the only one.
+      expect(await degradedRunning()).toBe('0');
+      await expect(
+        limiter.schedule(async () => 'other degraded call', { degraded: new AbortController().signal }),
+      ).resolves.toBe('other degraded call');
+      expect(pageRan).toBe(false);
+    } finally {
+      holder.open();
+    }
+    await expect(holding).resolves.toBe('healthy page');
+    await expect(page).resolves.toBe('degraded page');
+    await waitFor(async () => (await degradedRunning()) === '0', {
+      description: 'the degraded place given back',
+    });
+  });
+});
