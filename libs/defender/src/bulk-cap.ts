@@ -71,6 +71,8 @@ interface CapRule {
   takes(options: SlotOptions | undefined): boolean;
   /** What besides the caller's stop ends its wait for a place (not for the slot): it rejects with its reason. */
   leavesOn?(options: SlotOptions): AbortSignal | undefined;
+  /** Told once the call has its place, before it waits for its slot. */
+  placed?(options: SlotOptions): void;
 }
 
 /**
@@ -108,6 +110,7 @@ function withCap(inner: Slots, cap: Slots, times: CapTimes, rule: CapRule, waits
         async () => {
           stopWaiting();
           placeWait.done();
+          rule.placed?.(options);
           const { late, done } = lastSlotStart(times);
           // The caller's stop, or the place running short, leaves the wait for a slot at once.
           const slotWait = eitherEnds(signal, late);
@@ -179,7 +182,11 @@ export function withDegradedCap(inner: Slots, cap: Slots, times: CapTimes, waits
     inner,
     cap,
     times,
-    { takes: (options) => options?.degraded !== undefined, leavesOn: (options) => options.degraded },
+    {
+      takes: (options) => options?.degraded !== undefined,
+      leavesOn: (options) => options.degraded,
+      placed: (options) => options.degradedPlaced?.(),
+    },
     waits,
   );
 }

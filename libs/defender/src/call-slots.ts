@@ -36,32 +36,48 @@ class DegradedWaitRanOutError extends Error {
 
 /**
  * The time one call may wait for a place among the degraded tenants' calls (CallSlotsOptions.maxDegradedWaitMs),
- * counted from the first time it asks for one (`signal`), across its turns. `signal` aborts when the time runs
- * out (a DegradedWaitRanOutError) or the caller stops (its reason); without a limit it is the caller's own.
- * `done` clears its timer and takes its listener off the caller's signal.
+ * counted only while it waits for one (`signal` starts or resumes the count, `pause` stops it: the call has its
+ * place, or waits for something else), summed across its waits. `signal` aborts when the time runs out (a
+ * DegradedWaitRanOutError) or the caller stops (its reason); without a limit it is the caller's own. `done`
+ * clears its timer and takes its listener off the caller's signal.
  */
 function degradedWaitLimit(
   maxMs: number | undefined,
   caller: AbortSignal | undefined,
-): { signal: () => AbortSignal | undefined; ranOut: () => boolean; done: () => void } {
+): { signal: () => AbortSignal | undefined; pause: () => void; ranOut: () => boolean; done: () => void } {
   let ends: AbortController | undefined;
   let timer: NodeJS.Timeout | undefined;
+  let spentMs = 0;
+  let since: number | undefined;
   const stopped = (): void => ends?.abort(caller?.reason);
+  const pause = (): void => {
+    if (since === undefined) return;
+    spentMs += performance.now() - since;
+    since = undefined;
+    clearTimeout(timer);
+  };
   return {
     signal() {
       if (maxMs === undefined) return caller;
       if (!ends) {
-        const started = new AbortController();
-        ends = started;
-        timer = setTimeout(() => started.abort(new DegradedWaitRanOutError(maxMs)), maxMs);
+        ends = new AbortController();
         if (caller?.aborted) stopped();
         else caller?.addEventListener('abort', stopped, { once: true });
       }
-      return ends.signal;
+      const counted = ends;
+      if (since === undefined && !counted.signal.aborted) {
+        since = performance.now();
+        timer = setTimeout(
+          () => counted.abort(new DegradedWaitRanOutError(maxMs)),
+          Math.max(0, maxMs - spentMs),
+        );
+      }
+      return counted.signal;
     },
+    pause,
     ranOut: () => ends?.signal.reason instanceof DegradedWaitRanOutError,
     done() {
-      clearTimeout(timer);
+      pause();
       caller?.removeEventListener('abort', stopped);
     },
   };
@@ -137,7 +153,8 @@ export interface CallSlotsOptions {
   slowFailureMs?: number | undefined;
   /**
    * Longest a call waits, in all, for a place among the degraded tenants' calls (its own process's and those
-   * shared by every process), in milliseconds, from the first time it asks for one: a longer wait fails it
+   * shared by every process), in milliseconds, summed over the times it waits for one (not while it holds one
+   * and waits for a shared slot, or waits for its tenant's own turn): a longer wait fails it
    * THROTTLED, not sent and not tried again (`canRetry` false), as a wait for the quota longer than the
    * caller's limit does (ApiCallerOptions.maxQuotaWaitMs). Default: no limit.
    */
@@ -240,6 +257,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
   ): Promise<T> {
     for (;;) {
       const waited = await health.turn(signal, degradedWait.signal);
+      degradedWait.pause();
       if (signal?.aborted) {
         health.passTurn();
         throw notSent(endpoint, queued, signal, waited && health.waitText(waited));
@@ -271,6 +289,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
       try {
         const response = await limiter.schedule(
           async (slotEnds) => {
+            degradedWait.pause();
             // Stopped while it waited: not sent (axios would still write a request whose signal already
             // aborted, one call more in flight than the slots).
             if (signal?.aborted) throw notSent(endpoint, queued, signal);
@@ -295,7 +314,12 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
           },
           // Stopped while it waits for a slot: it leaves the queue at once (a stop need not wait for a slot
           // other processes hold, up to a minute for a bulk export page).
-          { wholeSlot, signal, ...(degraded ? { degraded: degraded.signal } : {}) },
+          // Its time to wait for a place stops counting once it has one (withDegradedCap tells).
+          {
+            wholeSlot,
+            signal,
+            ...(degraded ? { degraded: degraded.signal, degradedPlaced: degradedWait.pause } : {}),
+          },
         );
         // Its turn passes on in `turn`, where the call waits again (see CallHealth.waitForOwnPlace).
         if (response === NOT_NOW) continue;
@@ -320,6 +344,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
         }
         throw slotExpired(error, endpoint, slotEnded, sentAt, wholeSlot) ?? error;
       } finally {
+        degradedWait.pause();
         degraded?.done();
       }
     }

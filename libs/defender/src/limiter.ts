@@ -29,6 +29,8 @@ export interface ScheduleOptions {
    * limiter of this process only ignores it.
    */
   degraded?: AbortSignal | undefined;
+  /** Told once a `degraded` task has its place under the cap, before it waits for its slot. */
+  degradedPlaced?: (() => void) | undefined;
 }
 
 /** The slots of MDE calls in flight. */

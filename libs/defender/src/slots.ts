@@ -3,6 +3,7 @@ export interface SlotOptions {
   wholeSlot?: boolean;
   signal?: AbortSignal | undefined;
   degraded?: AbortSignal | undefined;
+  degradedPlaced?: (() => void) | undefined;
 }
 
 /**

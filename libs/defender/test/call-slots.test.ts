@@ -515,3 +515,53 @@ describe('createCallSlots and a call that runs out of its time before it is sent
     }
   });
 });
+
+describe('maxDegradedWaitMs', () => {
+  it('counts only the wait for a place among the degraded tenants, not the wait for a slot with the place held', async () => {
+    const degradedCalls = new DegradedCalls();
+    const health = new CallHealth('tenant-w', { degradedCalls });
+    expect(health.start()).toBe(true);
+    health.leave('failed', 'no answer within 30 s');
+    const local = createLocalLimiter();
+    const others = {};
+    let asks = 0;
+    // The install-wide place comes at once. The first time, the slot comes only after far longer than the call
+    // may wait for a place, and by then other degraded calls of the process hold its places: the call gives the
+    // slot back and waits in the process for a place, which frees a moment later.
+    const limiter: CallLimiter = {
+      ...local,
+      schedule: async (task, options) => {
+        options?.degradedPlaced?.();
+        if (++asks > 1) return local.schedule(task, options);
+        await new Promise((resolve) => setTimeout(resolve, 1_000));
+        degradedCalls.add(others, 2);
+        try {
+          return await local.schedule(task, options);
+        } finally {
+          setTimeout(() => degradedCalls.add(others, -2), 50);
+        }
+      },
+    };
+    const slots = createCallSlots({
+      azureTenantId: 'tenant-w',
+      limiter,
+      health,
+      metrics: undefined,
+      requestTimeoutMs: 30_000,
+      maxDegradedWaitMs: 200,
+    });
+    await expect(
+      slots.inSlot(
+        'machines',
+        { sent: () => undefined, release: () => undefined },
+        0,
+        undefined,
+        async () => ({
+          status: 200,
+        }),
+      ),
+    ).resolves.toEqual({ status: 200 });
+    expect(asks).toBe(2);
+    await local.close();
+  });
+});
