@@ -13,7 +13,15 @@ export {
 export { handlerFailureOf, isHandledAgain, type HandlerFailure } from './handler-failure';
 export { retryWhileSettling, topicOffsets, SETTLE_RETRY, DEFAULT_SETTLE_TIMEOUT_MS } from './settle';
 export type { SettleOptions, TopicOffsetsOptions, PartitionOffsetRange } from './settle';
-export { createPublisher, BusError, MAX_SEND_BYTES, recordBytes, sizedGroups } from './publisher';
+export {
+  createPublisher,
+  BusError,
+  MAX_SEND_BYTES,
+  recordBytes,
+  sizedGroups,
+  surelyTakenRecordBytes,
+} from './publisher';
+export { topicMaxMessageBytes } from './topic-limit';
 export type { Publisher, OutboundMessage, PublisherOptions } from './publisher';
 export { createConsumerRunner, PoisonMessageError, DEFAULT_RUNNER_RESTART } from './runner';
 export { DEFAULT_RUNNER_RETRY } from './runner-options';

@@ -71,6 +71,17 @@ function encode(
  */
 export const MAX_SEND_BYTES = 4 * 1024 * 1024;
 
+/** Bytes a record batch of one record takes beyond its key and value, at least: 1 KiB kept below the limit. */
+const RECORD_FRAMING_BYTES = 1024;
+
+/**
+ * The bytes of key and value (`recordBytes`) a record may have for a topic of `maxMessageBytes` (its
+ * `max.message.bytes`) to surely take it alone: half, the room `MAX_SEND_BYTES` leaves of the topics' 8 MiB for
+ * Kafka's own framing, and at least 1 KiB below the limit (a small topic's); 0 for a limit of 2 KiB or less.
+ */
+export const surelyTakenRecordBytes = (maxMessageBytes: number): number =>
+  Math.max(0, Math.min(Math.floor(maxMessageBytes / 2), maxMessageBytes - RECORD_FRAMING_BYTES));
+
 /** A message's bytes of key and value, as `sizedGroups` counts them against `MAX_SEND_BYTES`. */
 export const recordBytes = (message: { key: string | null; value: string | Buffer | null }): number =>
   (message.key === null ? 0 : Buffer.byteLength(message.key)) +

@@ -8,7 +8,7 @@ import {
   scrubSecret,
 } from './errors';
 import type { CallOutcome } from './call-health';
-import { DEFENDER_RESOURCE, isDefenderAudience } from './endpoints';
+import { DEFENDER_RESOURCE, isOtherApiAudience } from './endpoints';
 import { type DefenderEndpointClass, LONGEST_QUOTA_WINDOW_MS } from './quota';
 import { decodeTokenClaims, grantsPermission } from './token';
 
@@ -404,9 +404,10 @@ function forbidden(
   const roles = claims?.roles ?? [];
   const needed = endpoint === 'machines' ? 'Machine.Read.All' : 'Vulnerability.Read.All';
   const audience = claims?.aud;
-  if (audience !== undefined && !isDefenderAudience(audience)) {
+  if (audience !== undefined && isOtherApiAudience(audience)) {
     // A token of another API (a scope set to Microsoft Graph's, say): asking to grant permissions would not
-    // help, the scope must name WindowsDefenderATP.
+    // help, the scope must name WindowsDefenderATP. An audience not known as another API's (WindowsDefenderATP's
+    // app id, an operator's scope override) is read by its roles below.
     return new DefenderError(
       DefenderErrorCode.CONSENT_MISSING,
       withRequestId(

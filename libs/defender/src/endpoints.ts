@@ -97,26 +97,29 @@ function trimSlash(url: string): string {
   return url.replace(/\/+$/, '');
 }
 
-/**
- * WindowsDefenderATP's resource URIs, the `aud` of a token the Defender API takes: those Microsoft's docs
- * request (`api.securitycenter.microsoft.com`, `securitycenter.onmicrosoft.com/windowsatpservice`, and in
- * older samples `api.securitycenter.windows.com`) and each cloud's default scope's (the US Government ones
- * [inference], see CLOUDS). A token of another audience is another API's: MDE refuses it 403 (Microsoft's
- * docs issue 9246), which no permission or consent changes.
- */
-const DEFENDER_AUDIENCES = new Set([
-  'https://api.securitycenter.microsoft.com',
-  'https://securitycenter.onmicrosoft.com/windowsatpservice',
-  'https://api.securitycenter.windows.com',
-  ...Object.values(CLOUDS).map((cloud) => trimSlash(cloud.scope.replace(/\/\.default$/, ''))),
-]);
-
 /** WindowsDefenderATP's URI, named to an administrator whose token is another API's. */
 export const DEFENDER_RESOURCE = 'https://api.securitycenter.microsoft.com';
 
-/** Whether a token's `aud` is one of WindowsDefenderATP's resource URIs (any case, trailing slash or not). */
-export function isDefenderAudience(audience: string): boolean {
-  return DEFENDER_AUDIENCES.has(trimSlash(audience).toLowerCase());
+/**
+ * The `aud` of tokens of APIs known not to be WindowsDefenderATP's, which MDE refuses 403 (Microsoft's docs issue
+ * 9246) whatever permission or consent the app has: Microsoft Graph (its URI in each cloud, and its app id, the
+ * `aud` of a token asked by app id) and Microsoft 365 Defender (`api.security.microsoft.com`, whose tokens carry
+ * none of the Defender for Endpoint roles). Only these are told apart: WindowsDefenderATP's tokens come with more
+ * audiences than any list holds (its resource URIs, its app id `fc780465-2017-40d4-a0c5-307022471b92` when asked
+ * by it, the resource of an operator's scope override, URS_DEFENDER_SCOPE*), and one taken for another API's
+ * would send an administrator to change a scope that is right.
+ */
+const OTHER_API_AUDIENCES = new Set([
+  'https://graph.microsoft.com',
+  'https://graph.microsoft.us',
+  'https://dod-graph.microsoft.us',
+  '00000003-0000-0000-c000-000000000000',
+  'https://api.security.microsoft.com',
+]);
+
+/** Whether a token's `aud` is an API known not to be WindowsDefenderATP (any case, trailing slash or not). */
+export function isOtherApiAudience(audience: string): boolean {
+  return OTHER_API_AUDIENCES.has(trimSlash(audience.trim()).toLowerCase());
 }
 
 function httpsUrl(field: string, value: string): string {

@@ -1,5 +1,5 @@
 import { DEFENDER_CLOUDS, DefenderErrorCode, resolveEndpoints } from '../src';
-import { isDefenderAudience } from '../src/endpoints';
+import { isOtherApiAudience } from '../src/endpoints';
 
 describe('resolveEndpoints', () => {
   it('resolveEndpoints should default to the commercial cloud and the global host', () => {
@@ -94,21 +94,33 @@ describe('resolveEndpoints', () => {
   });
 });
 
-describe('isDefenderAudience', () => {
-  it('isDefenderAudience should take WindowsDefenderATP’s documented URIs and every cloud’s default scope, and no other API', () => {
+describe('isOtherApiAudience', () => {
+  it('isOtherApiAudience should take Microsoft Graph and Microsoft 365 Defender for other APIs, in any case, with a trailing slash or not', () => {
+    for (const audience of [
+      'https://graph.microsoft.com',
+      'https://graph.microsoft.com/',
+      'https://Graph.Microsoft.US',
+      'https://dod-graph.microsoft.us',
+      '00000003-0000-0000-C000-000000000000',
+      'https://api.security.microsoft.com',
+    ])
+      expect(isOtherApiAudience(audience)).toBe(true);
+  });
+
+  it('isOtherApiAudience should take no audience of WindowsDefenderATP, nor one it does not know, for another API', () => {
     for (const audience of [
       'https://api.securitycenter.microsoft.com',
-      'https://api.securitycenter.microsoft.com/',
       'https://securitycenter.onmicrosoft.com/windowsatpservice',
       'https://API.securitycenter.windows.com',
+      'fc780465-2017-40d4-a0c5-307022471b92',
+      'api://fc780465-2017-40d4-a0c5-307022471b92',
+      'https://wdatp.gov.example',
     ])
-      expect(isDefenderAudience(audience)).toBe(true);
+      expect(isOtherApiAudience(audience)).toBe(false);
     // A US Government tenant's token is of its cloud's default scope: never taken for another API's.
     for (const cloud of DEFENDER_CLOUDS)
-      expect(isDefenderAudience(resolveEndpoints(cloud, undefined).scope.replace(/\/\.default$/, ''))).toBe(
-        true,
+      expect(isOtherApiAudience(resolveEndpoints(cloud, undefined).scope.replace(/\/\.default$/, ''))).toBe(
+        false,
       );
-    for (const audience of ['https://graph.microsoft.com', 'https://api.security.microsoft.com'])
-      expect(isDefenderAudience(audience)).toBe(false);
   });
 });

@@ -45,10 +45,10 @@ function forbiddenAnswer(data: string): AxiosResponse<string> {
   return { status: 403, data, headers: {} } as unknown as AxiosResponse<string>;
 }
 
-/** An unsigned token carrying `roles`, as classify reads them. */
-function tokenWith(roles: string[]): string {
+/** An unsigned token carrying `roles` (and `aud` when given), as classify reads them. */
+function tokenWith(roles: string[], aud?: string): string {
   const part = (value: object): string => Buffer.from(JSON.stringify(value)).toString('base64url');
-  return `${part({ alg: 'none' })}.${part({ roles })}.signature`;
+  return `${part({ alg: 'none' })}.${part({ roles, ...(aud !== undefined ? { aud } : {}) })}.signature`;
 }
 
 /** The DefenderError `run` throws. */
@@ -318,6 +318,45 @@ describe('classify on 403', () => {
     );
     expect(error.details['api']).toMatch(/Bearer \[redacted\]$/);
     expect(JSON.stringify(error)).not.toContain(token.slice(0, 12));
+  });
+});
+
+describe("classify on 403 with the token's audience", () => {
+  it.each([
+    'https://graph.microsoft.com',
+    'https://graph.microsoft.com/',
+    '00000003-0000-0000-c000-000000000000',
+    'https://API.Security.Microsoft.com',
+  ])('should name the audience of a token of another API (%s), not ask for permissions', (aud) => {
+    const error = thrownBy(() =>
+      classify(answer403('Forbidden', 'Forbidden'), CALL, tokenWith([], aud), 'machines'),
+    );
+    expect(error).toMatchObject({ code: DefenderErrorCode.CONSENT_MISSING, details: { audience: aud } });
+    expect(error.message).toContain(`the token was issued for ${aud}, not for WindowsDefenderATP`);
+    expect(error.message).not.toMatch(/grant the WindowsDefenderATP application permission/);
+  });
+
+  // WindowsDefenderATP's app id (the `aud` of a token asked with scope `fc780465-…/.default`), its URI in the
+  // app-id form, and the resource of an operator's scope override (URS_DEFENDER_SCOPE*) not among those known.
+  it.each([
+    'fc780465-2017-40d4-a0c5-307022471b92',
+    'api://fc780465-2017-40d4-a0c5-307022471b92',
+    'https://wdatp.gov.example',
+  ])('should not take a token of %s for another API’s, but read its roles', (aud) => {
+    const lacking = thrownBy(() =>
+      classify(answer403('Forbidden', 'Forbidden'), CALL, tokenWith(['Alert.Read.All'], aud), 'machines'),
+    );
+    expect(lacking).toMatchObject({ code: DefenderErrorCode.CONSENT_MISSING });
+    expect(lacking.details).not.toHaveProperty('audience');
+    expect(lacking.message).toContain(
+      'grant the WindowsDefenderATP application permission Machine.Read.All and admin consent',
+    );
+    expect(lacking.message).not.toContain('issued for');
+    const held = thrownBy(() =>
+      classify(answer403('Forbidden', 'Forbidden'), CALL, tokenWith(['Machine.Read.All'], aud), 'machines'),
+    );
+    expect(held).toMatchObject({ code: DefenderErrorCode.ACCESS_REFUSED });
+    expect(held.message).toContain('the token carries Machine.Read.All');
   });
 });
 

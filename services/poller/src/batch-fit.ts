@@ -1,7 +1,9 @@
 /**
  * Which device batches the batches' topic surely takes, as far as this replica has seen: those no larger, in
- * bytes of key and value (`recordBytes`, as the publisher counts them), than one it took, and smaller than any
- * it refused as too large since (its `max.message.bytes` lowered meanwhile). Shared by the replica's cycles.
+ * bytes of key and value (`recordBytes`, as the publisher counts them), than one it took or than the floor its
+ * own `max.message.bytes` gives (`takesUpTo`, read at the replica's start: its first cycles, and each after a
+ * restart, would otherwise know of none), and smaller than any it refused as too large since (its
+ * `max.message.bytes` lowered meanwhile). Shared by the replica's cycles.
  *
  * A cycle keeps its totals as pending right before its last batch only when that batch fits so (`runCycle`):
  * a last batch Kafka refused as too large after its totals were kept left them to a poller taking the tenant
@@ -17,10 +19,15 @@ export interface BatchFit {
   taken(bytes: number): void;
   /** The topic refused a record of `bytes` as too large. */
   refused(bytes: number): void;
+  /**
+   * The topic's own limit takes records of up to `bytes` (`readBatchFloor`, at the replica's start): those fit
+   * as if one as large was taken, until a refusal lowers it. 0 changes nothing.
+   */
+  takesUpTo(bytes: number): void;
 }
 
 export function createBatchFit(): BatchFit {
-  /** The largest record known to fit; 0 before the first one taken. */
+  /** The largest record known to fit; 0 before the first one taken, or the floor of the topic's limit. */
   let largest = 0;
   return {
     fits: (bytes) => bytes <= largest,
@@ -29,6 +36,9 @@ export function createBatchFit(): BatchFit {
     },
     refused(bytes) {
       largest = Math.min(largest, bytes - 1);
+    },
+    takesUpTo(bytes) {
+      largest = Math.max(largest, bytes);
     },
   };
 }

@@ -11,6 +11,7 @@ import {
   createTenantStore,
 } from '@urs/store';
 import { createBatchFit } from './batch-fit';
+import { readBatchFloor } from './batch-floor';
 import { pollerConfig, warnOfShortIntervalUnit } from './config';
 import { runCycle } from './cycle';
 import { createDefenderGateway } from './defender';
@@ -61,6 +62,7 @@ void runService({
       pageSize: settings.pageSize,
     });
     const cycles = createCycleStore(redis, prefix);
+    const batchFit = createBatchFit();
     const cycleDeps = {
       defender,
       sealer,
@@ -69,7 +71,7 @@ void runService({
       publisher,
       cycles,
       deviceBatchesTopic: config.topics.deviceBatches,
-      batchFit: createBatchFit(),
+      batchFit,
       batchSize: settings.batchSize,
       maxCycleMs: settings.maxCycleMs,
       logger,
@@ -139,6 +141,9 @@ void runService({
         // Right after the topic was created its leaders may not answer yet (KRaft): retried while it settles.
         const offsets = await topicOffsets(kafka, config.topics.tenants, { logger });
         table.expectEnd(lastOffsets(offsets));
+        // Before the first cycle: the last batches the topic's own limit surely takes keep their cycle's totals
+        // from the replica's first cycles on (0, none until one as large was taken, when it cannot be read).
+        batchFit.takesUpTo(await readBatchFloor(kafka, config.topics.deviceBatches, logger));
         scheduler.start();
         catchUpTimer = setTimeout(() => {
           const behind = table.stopWaiting();

@@ -1,0 +1,147 @@
+import { ConfigResourceTypes, type Kafka } from 'kafkajs';
+import { createPublisher, surelyTakenRecordBytes, type Publisher } from '@urs/bus';
+import type { Machine } from '@urs/contracts';
+import { silentLogger } from '@urs/logging';
+import type { CycleStore } from '@urs/store';
+import {
+  capturingLogger,
+  createTestKafka,
+  createUniqueTopics,
+  deleteTopics,
+  uniqueId,
+  type LogLine,
+} from '@urs/testkit';
+import { createBatchFit } from '../src/batch-fit';
+import { readBatchFloor } from '../src/batch-floor';
+import { cycleIdOf, runCycle, type CycleDeps } from '../src/cycle';
+import type { DefenderGateway } from '../src/defender';
+import { sealedRecord as record, sealer } from './support/cycle';
+
+/** The small batches topic's limit on a record batch. */
+const MAX_MESSAGE_BYTES = 8192;
+
+/** The broker's own `message.max.bytes`: what a topic without a `max.message.bytes` of its own takes. */
+async function brokerMaxMessageBytes(kafka: Kafka): Promise<number> {
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    const { brokers } = await admin.describeCluster();
+    const described = await admin.describeConfigs({
+      includeSynonyms: false,
+      resources: [
+        {
+          type: ConfigResourceTypes.BROKER,
+          name: String(brokers[0]?.nodeId),
+          configNames: ['message.max.bytes'],
+        },
+      ],
+    });
+    return Number(described.resources[0]?.configEntries[0]?.configValue);
+  } finally {
+    await admin.disconnect();
+  }
+}
+
+describe("a poller's floor of the device batches the topic surely takes, from the topic's max.message.bytes", () => {
+  let kafka: Kafka;
+  let topics: string[];
+  let publisher: Publisher;
+
+  beforeAll(() => {
+    kafka = createTestKafka();
+  });
+
+  beforeEach(async () => {
+    topics = await createUniqueTopics(kafka, [
+      {
+        prefix: 'device-batches',
+        configEntries: [{ name: 'max.message.bytes', value: String(MAX_MESSAGE_BYTES) }],
+      },
+      { prefix: 'device-batches-default' },
+    ]);
+    publisher = await createPublisher(kafka);
+  });
+
+  afterEach(async () => {
+    await publisher.close();
+    await deleteTopics(kafka, topics);
+  });
+
+  it("should be half the topic's own limit, or of the broker's default for a topic without one", async () => {
+    const [small, defaulted] = topics as [string, string];
+    expect(await readBatchFloor(kafka, small, silentLogger)).toBe(MAX_MESSAGE_BYTES / 2);
+    const brokerDefault = await brokerMaxMessageBytes(kafka);
+    expect(brokerDefault).toBeGreaterThan(0);
+    expect(await readBatchFloor(kafka, defaulted, silentLogger)).toBe(surelyTakenRecordBytes(brokerDefault));
+  });
+
+  it('should be 0 (no batch known to fit) with a warning when the limit cannot be read', async () => {
+    const lines: LogLine[] = [];
+    const missing = uniqueId('device-batches-missing');
+    expect(await readBatchFloor(kafka, missing, capturingLogger(lines), { retries: 0 })).toBe(0);
+    expect(lines).toEqual([
+      expect.objectContaining({ level: 'warn', topic: missing, reason: expect.any(String) as unknown }),
+    ]);
+  });
+
+  it("should have a fresh replica's first cycle keep its totals before a single last batch the topic takes", async () => {
+    const [topic] = topics as [string];
+    const pending: number[] = [];
+    const listed: number[] = [];
+    const defender: DefenderGateway = {
+      forTenant: () => ({
+        async *listDevicePages() {
+          yield {
+            devices: Array.from({ length: 10 }, (_, n) => ({
+              machine: { id: `device-${n}` } as Machine,
+              merged: false,
+            })),
+          };
+        },
+      }),
+      forget: () => undefined,
+      close: () => undefined,
+      planMode: () => ({ mode: 'per-device', perDeviceCapacity: 1_000 }),
+    };
+    const cycles = {
+      begin: async () => undefined,
+      listingPending: async (_lease: unknown, _cycleId: string, totals: { totalBatches: number }) => {
+        pending.push(totals.totalBatches);
+        return true;
+      },
+      listed: async (_t: string, _c: string, totals: { totalBatches: number }) => {
+        listed.push(totals.totalBatches);
+      },
+      dropPendingListing: async () => undefined,
+      abandon: async () => true,
+      withdraw: async () => true,
+    } as unknown as CycleStore;
+    // The replica's, as its start makes it: no batch taken yet, the floor read from the topic.
+    const batchFit = createBatchFit();
+    batchFit.takesUpTo(await readBatchFloor(kafka, topic, silentLogger));
+    const deps: CycleDeps = {
+      defender,
+      sealer,
+      publisher,
+      cycles,
+      deviceBatchesTopic: topic,
+      batchFit,
+      batchSize: 500,
+      maxCycleMs: 300_000,
+      logger: silentLogger,
+    };
+    const result = await runCycle(deps, {
+      record: record(),
+      cycleId: cycleIdOf('acme', 0),
+      startedAt: Date.now(),
+      intervalMs: 600_000,
+      lease: { tenantId: 'acme', token: '1:poller' },
+      signal: new AbortController().signal,
+      leaseHeld: () => true,
+    });
+    expect(result).toMatchObject({ totalBatches: 1, totalDevices: 10 });
+    // Kept before the send, which the topic took, then listed.
+    expect(pending).toEqual([1]);
+    expect(listed).toEqual([1]);
+  });
+});
