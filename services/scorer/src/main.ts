@@ -9,7 +9,7 @@ import {
 } from '@urs/store';
 import { scorerConfig } from './config';
 import { createScoreHandler } from './handler';
-import { bindCatchUpTimeout, createProfileCache, tenantsSubscription } from './profiles';
+import { bindCatchUpTimeout, createProfileCache, heldWhileCatchingUp, tenantsSubscription } from './profiles';
 import { stageTopics } from './topics';
 
 /**
@@ -78,6 +78,9 @@ void runService({
             logger,
             metrics,
           }),
+          // Held for a profile not read yet at the start: counted, but not against readiness (bounded by
+          // URS_SCORER_CATCHUP_TIMEOUT_MS).
+          catchingUp: heldWhileCatchingUp,
           // An enriched batch dead-lettered: its cycle does not wait for it.
           deadLettering: recordLostBatches(createCycleStore(redis, prefix)),
         },

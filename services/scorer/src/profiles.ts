@@ -7,7 +7,7 @@ import {
 } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { UrsError, errorMessage } from '@urs/resilience';
+import { UrsError, errorCode, errorMessage } from '@urs/resilience';
 import { compileProfile, parseProfile, type CompiledProfile } from '@urs/scoring';
 import { tenantsNotRebuilt, type TenantStore } from '@urs/store';
 import type { Registry } from '@urs/telemetry';
@@ -213,6 +213,15 @@ function profileNotReadYet(tenantId: string, cycle: CycleProfile): ScorerError {
       'urs.tenants is not read to its end yet: held until it is',
     { canRetry: true, infrastructure: true },
   );
+}
+
+/**
+ * Whether a batch's failure is its hold while `urs.tenants` is read at the start (PROFILE_NOT_READ_YET): the
+ * runner holds it as `catching-up`, counted and warned of but not against readiness (a scorer reading its
+ * topic at start is not broken, and `bindCatchUpTimeout` bounds the wait).
+ */
+export function heldWhileCatchingUp(error: unknown): boolean {
+  return errorCode(error) === PROFILE_NOT_READ_YET;
 }
 
 function tenantNotReadYet(tenantId: string): ScorerError {

@@ -12,7 +12,12 @@ import { Registry } from '@urs/telemetry';
 import { compileProfile, parseProfile } from '@urs/scoring';
 import { inboundMessage } from '@urs/testkit';
 import { createScoreHandler } from '../src/handler';
-import { bindCatchUpTimeout, createProfileCache, createTenantsHandler } from '../src/profiles';
+import {
+  bindCatchUpTimeout,
+  createProfileCache,
+  createTenantsHandler,
+  heldWhileCatchingUp,
+} from '../src/profiles';
 
 function tenantRecord(
   tenantId: string,
@@ -527,6 +532,24 @@ describe('createScoreHandler', () => {
     await expect(handler(inbound(enriched()))).resolves.toBeUndefined();
     expect(sent).toEqual([]);
     expect(saved).toEqual([]);
+  });
+
+  it("should tell the runner a batch held for urs.tenants' read at the start is held while catching up (not against readiness), and no other failure", async () => {
+    const { handler } = setup([], new Map([[0, 5n]]));
+    const held = await handler(inbound(enriched())).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(held).toMatchObject({ code: 'PROFILE_NOT_READ_YET' });
+    expect(heldWhileCatchingUp(held)).toBe(true);
+    const caughtUp = setup();
+    const unknown = await caughtUp.handler(inbound(enriched())).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(unknown).toMatchObject({ code: 'TENANT_UNKNOWN' });
+    expect(heldWhileCatchingUp(unknown)).toBe(false);
+    expect(heldWhileCatchingUp(new Error('ECONNRESET'))).toBe(false);
   });
 
   it('should fail a batch of a tenant neither registered nor known deleted as TENANT_UNKNOWN once urs.tenants was read to its end', async () => {
