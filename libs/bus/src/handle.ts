@@ -82,6 +82,12 @@ export interface TopicSubscription<K extends ContractId> {
    * process, after its handler (should it fail again, its letter is found written).
    */
   deadLettering?: (message: DeadLetteringMessage) => Promise<void>;
+  /**
+   * Whether a handler's failure held as a dependency's fault is the service still reading, at its start,
+   * what the message needs (a topic read to its end, within a bound of the service's own): held as
+   * `catching-up`, counted and warned of, but not counted against readiness (see HoldReason).
+   */
+  catchingUp?: (error: unknown) => boolean;
 }
 
 /** A message about to be dead-lettered, as a topic's `deadLettering` is told of it. */
@@ -489,7 +495,12 @@ export function createMessageProcessor(
             infrastructureFailures++;
             delayMs = retryDelayMs(retry, infrastructureFailures);
             const fields = messageLogFields(work, inbound.value);
-            hold = heldFor(hold, topic, error, fields, notAuthorized ? 'not-authorized' : 'dependency');
+            const reason: HoldReason = notAuthorized
+              ? 'not-authorized'
+              : subscription.catchingUp?.(error) === true
+                ? 'catching-up'
+                : 'dependency';
+            hold = heldFor(hold, topic, error, fields, reason);
             // Warned of once per outage by `held`; each attempt only at debug.
             log.debug('handler failed on a dependency, holding the message', {
               ...fields,

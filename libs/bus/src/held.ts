@@ -10,9 +10,13 @@ import type { Gauge } from '@urs/telemetry';
  *   retried until an operator grants it;
  * - `dead-letter-refused`: its attempts are spent, and Kafka refuses its dead letter for a reason only an
  *   operator mends (an ACL, a letter too large): the letter written again until Kafka takes it;
- * - `dead-letter-busy`: another process claimed its dead letter and has not written it yet.
+ * - `dead-letter-busy`: another process claimed its dead letter and has not written it yet;
+ * - `catching-up`: its handler waits for the service to read, at its start, what it needs to handle it (a
+ *   topic read to its end: `TopicSubscription.catchingUp`): a service at its start is not broken, and waits
+ *   a bounded time, so such messages are counted and warned of but do not make it not ready.
  */
-export type HoldReason = 'dependency' | 'not-authorized' | 'dead-letter-refused' | 'dead-letter-busy';
+export type HoldReason =
+  'dependency' | 'not-authorized' | 'dead-letter-refused' | 'dead-letter-busy' | 'catching-up';
 
 /** The warning of each reason: what holds the messages, and what becomes of them. */
 const HELD_WARNINGS: Record<HoldReason, string> = {
@@ -23,6 +27,8 @@ const HELD_WARNINGS: Record<HoldReason, string> = {
     'messages held: Kafka refused their dead letter; written again until it takes it, their handler not run again',
   'dead-letter-busy':
     'messages held: another process is writing their dead letter; held until it is written or its claim lapses',
+  'catching-up':
+    'messages held: the service has not read what they need since it started; retried until it has, not dead-lettered',
 };
 
 /**
@@ -37,7 +43,10 @@ export interface HeldMessages {
   hold(error: unknown, fields: Record<string, unknown>, reason?: HoldReason): Hold;
   /** Messages held now. */
   readonly count: number;
-  /** Whether messages have been held without a pause for longer than `notReadyAfterMs`. */
+  /**
+   * Whether messages have been held without a pause for longer than `notReadyAfterMs`, for a reason that
+   * counts against readiness (every one but `catching-up`).
+   */
   isStalled(): boolean;
 }
 
@@ -71,6 +80,15 @@ export function createHeldMessages(options: HeldMessagesOptions): HeldMessages {
   const lastWarnedAt = new Map<HoldReason, number>();
   /** Whether this outage was warned of: then its end is told too. */
   let warned = false;
+  /** Messages held for a reason that counts against readiness (all but `catching-up`), and since when. */
+  let stalling = 0;
+  let stallingSince: number | undefined;
+  const countsAgainstReadiness = (reason: HoldReason): boolean => reason !== 'catching-up';
+  function setStalling(change: number): void {
+    if (stalling === 0 && change > 0) stallingSince = now();
+    stalling += change;
+    if (stalling === 0) stallingSince = undefined;
+  }
 
   function setCount(change: number): void {
     count += change;
@@ -100,14 +118,23 @@ export function createHeldMessages(options: HeldMessagesOptions): HeldMessages {
     hold(error, fields, reason = 'dependency') {
       if (count === 0) since = now();
       setCount(1);
+      let counts = countsAgainstReadiness(reason);
+      if (counts) setStalling(1);
       warn(error, fields, reason);
       let released = false;
       return {
-        failedAgain: (again, againFields, againReason = 'dependency') =>
-          warn(again, againFields, againReason),
+        failedAgain(again, againFields, againReason = 'dependency') {
+          const countsNow = countsAgainstReadiness(againReason);
+          if (!released && countsNow !== counts) {
+            counts = countsNow;
+            setStalling(counts ? 1 : -1);
+          }
+          warn(again, againFields, againReason);
+        },
         release() {
           if (released) return;
           released = true;
+          if (counts) setStalling(-1);
           setCount(-1);
           if (count > 0) return;
           if (warned) log.info('no message held any more', { heldForMs: now() - (since ?? now()) });
@@ -120,7 +147,7 @@ export function createHeldMessages(options: HeldMessagesOptions): HeldMessages {
       return count;
     },
     isStalled() {
-      return since !== undefined && now() - since > options.notReadyAfterMs;
+      return stallingSince !== undefined && now() - stallingSince > options.notReadyAfterMs;
     },
   };
 }

@@ -39,7 +39,9 @@ export interface ConsumerRunnerOptions {
    * How long messages may be held on an infrastructure fault (see `retry`) without a pause before the
    * runner stops saying it is ready (and with it the service's /readyz), ms: the service is up but does not
    * get its work done, which an operator should see; a blip of a few seconds (a Redis failover) should not
-   * flap readiness. Ready again as soon as no message is held. Default 30000.
+   * flap readiness. Ready again as soon as no message is held. Messages held as `catching-up` (a
+   * subscription's `catchingUp`: the service still reading at its start what they need) do not count. Default
+   * 30000.
    */
   heldNotReadyAfterMs?: number;
   /**

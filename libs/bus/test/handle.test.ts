@@ -31,7 +31,11 @@ const kafkaAway = (): Error =>
  * it is sent to, and the runner's stop: `stop()` makes the work's `shouldStop` true and aborts its
  * `stopSignal`, as closing a runner does.
  */
-function processor(handler: (message: InboundMessage<TenantRecord>) => Promise<void>, maxAttempts: number) {
+function processor(
+  handler: (message: InboundMessage<TenantRecord>) => Promise<void>,
+  maxAttempts: number,
+  catchingUp?: (error: unknown) => boolean,
+) {
   const sent: string[] = [];
   const lines: LogLine[] = [];
   const publisher = {
@@ -42,7 +46,7 @@ function processor(handler: (message: InboundMessage<TenantRecord>) => Promise<v
   const settle = createMessageProcessor({
     service: 'test',
     subscriptions: new Map([
-      [TOPIC, { topic: TOPIC, contract: 'urs/tenant-record', tombstones: true, handler }],
+      [TOPIC, { topic: TOPIC, contract: 'urs/tenant-record', tombstones: true, handler, catchingUp }],
     ]),
     publisher,
     dlqTopic: 'dlq',
@@ -191,6 +195,28 @@ describe('createMessageProcessor', () => {
       });
     },
   );
+
+  it("should hold a message whose handler waits for the service's start to catch up as catching-up, past maxAttempts, never dead-lettered", async () => {
+    const notReadYet = (): UrsError =>
+      new UrsError('NOT_READ_YET', 'not read yet', { canRetry: true, infrastructure: true });
+    let calls = 0;
+    const run = processor(
+      async () => {
+        calls++;
+        if (calls <= 2) throw notReadYet();
+        if (calls <= 4) throw redisOom();
+      },
+      3,
+      (error) => error instanceof UrsError && error.code === 'NOT_READ_YET',
+    );
+    await expect(run.settle()).resolves.toBe(true);
+    expect(calls).toBe(5);
+    expect(run.sent).toEqual([]);
+    expect(run.lines.filter((line) => line.level === 'warn').map((line) => line.holdReason)).toEqual([
+      'catching-up',
+      'dependency',
+    ]);
+  });
 
   it('should give a held message up, unfinished and not dead-lettered, when the runner stops', async () => {
     let calls = 0;

@@ -85,4 +85,28 @@ describe('createHeldMessages', () => {
     ]);
     for (const hold of [refused, dependency, busy]) hold.release();
   });
+
+  it('should count messages held while the service catches up at its start, and not let them alone make it not ready', () => {
+    const { held, clock, lines, metrics } = heldMessages();
+    const starting = held.hold(oom(), { offset: '1' }, 'catching-up');
+    clock.at += 60_000;
+    expect(held.isStalled()).toBe(false);
+    expect(held.count).toBe(1);
+    expect(metrics.expose()).toContain('urs_consumer_held_messages{group="g"} 1');
+    expect(lines[0]).toMatchObject({ level: 'warn', holdReason: 'catching-up' });
+    // A dependency's fault alongside is timed from its own start.
+    const outage = held.hold(oom(), { offset: '2' });
+    clock.at += 30_001;
+    expect(held.isStalled()).toBe(true);
+    outage.release();
+    expect(held.isStalled()).toBe(false);
+    // The held message failing again on a dependency's fault counts from then; back to catching up, no more.
+    starting.failedAgain(oom(), { offset: '1' });
+    clock.at += 30_001;
+    expect(held.isStalled()).toBe(true);
+    starting.failedAgain(oom(), { offset: '1' }, 'catching-up');
+    expect(held.isStalled()).toBe(false);
+    starting.release();
+    expect(held.count).toBe(0);
+  });
 });

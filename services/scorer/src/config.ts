@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { consumerSettings, readString, type ConsumerSettings, type Env } from '@urs/config';
+import { consumerSettings, readInt, readString, type ConsumerSettings, type Env } from '@urs/config';
 
 /**
  * The scorer's own settings, and how its group takes in `urs.devices-enriched` (`consumerSettings`: group
@@ -16,6 +16,13 @@ export interface ScorerConfig extends ConsumerSettings {
    * scoring the tenants it was not assigned with a stale profile or none.
    */
   profilesGroupId: string;
+  /**
+   * Longest wait at start for `urs.tenants` to be read to the end it had then, in ms, after which the profiles
+   * read so far are used (a record whose dead letter cannot be written holds the reader; the batches held for
+   * a profile not read yet are then scored). Env `URS_SCORER_CATCHUP_TIMEOUT_MS`, default 30000, as the poller's
+   * `URS_POLL_CATCHUP_TIMEOUT_MS`.
+   */
+  catchUpTimeoutMs: number;
 }
 
 /** `suffix`: the part that makes this process's profiles group its own; random unless a test fixes it. */
@@ -23,5 +30,9 @@ export function scorerConfig(env: Env, suffix: string = randomBytes(4).toString(
   const consumer = consumerSettings(env, 'scorer', 6);
   const instance = readString(env, 'URS_INSTANCE_ID', `scorer-${process.pid}`);
   const profilesGroup = readString(env, 'URS_PROFILES_GROUP', `${consumer.groupId}.profiles`);
-  return { ...consumer, profilesGroupId: `${profilesGroup}.${instance}-${suffix}` };
+  return {
+    ...consumer,
+    profilesGroupId: `${profilesGroup}.${instance}-${suffix}`,
+    catchUpTimeoutMs: readInt(env, 'URS_SCORER_CATCHUP_TIMEOUT_MS', { fallback: 30_000, min: 0 }),
+  };
 }

@@ -9,7 +9,7 @@ import {
 } from '@urs/store';
 import { scorerConfig } from './config';
 import { createScoreHandler } from './handler';
-import { createProfileCache, tenantsSubscription } from './profiles';
+import { bindCatchUpTimeout, createProfileCache, heldWhileCatchingUp, tenantsSubscription } from './profiles';
 import { stageTopics } from './topics';
 
 /**
@@ -78,11 +78,15 @@ void runService({
             logger,
             metrics,
           }),
+          // Held for a profile not read yet at the start: counted, but not against readiness (bounded by
+          // URS_SCORER_CATCHUP_TIMEOUT_MS).
+          catchingUp: heldWhileCatchingUp,
           // An enriched batch dead-lettered: its cycle does not wait for it.
           deadLettering: recordLostBatches(createCycleStore(redis, prefix)),
         },
       ],
     });
+    let cancelCatchUpTimeout = (): void => undefined;
     return {
       runners: [profileRunner, scoreRunner],
       // Once the runners started: where urs.tenants ends now is what the profiles must read before they are
@@ -92,8 +96,16 @@ void runService({
       async start() {
         // Right after the topic was created its leaders may not answer yet (KRaft): retried while it settles.
         profiles.expectEnd(lastOffsets(await topicOffsets(kafka, config.topics.tenants, { logger })));
+        // A read that stalls for good (a record whose dead letter Kafka refuses) would hold the batches whose
+        // cycle's profile is not read yet for ever: bounded as the poller bounds its own.
+        cancelCatchUpTimeout = bindCatchUpTimeout(profiles, {
+          timeoutMs: own.catchUpTimeoutMs,
+          logger,
+          metrics,
+        });
       },
       closers: [
+        { name: 'catch-up-timeout', close: async () => cancelCatchUpTimeout() },
         {
           // The profiles group is this process's alone (it reads urs.tenants whole); leaving it would clutter the cluster.
           name: 'profiles-group',

@@ -7,9 +7,10 @@ import {
 } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
-import { UrsError, errorMessage } from '@urs/resilience';
+import { UrsError, errorCode, errorMessage } from '@urs/resilience';
 import { compileProfile, parseProfile, type CompiledProfile } from '@urs/scoring';
 import { tenantsNotRebuilt, type TenantStore } from '@urs/store';
+import type { Registry } from '@urs/telemetry';
 
 export class ScorerError extends UrsError {}
 
@@ -21,7 +22,7 @@ export interface CycleProfile {
   cvssThreshold?: number;
 }
 
-export interface ProfileCache extends Omit<CatchUp, 'stopWaiting'> {
+export interface ProfileCache extends CatchUp {
   /**
    * The tenant's compiled profile: from memory, else from the tenant store (a tenant not yet read, or one
    * whose record in memory is older than the store's while `urs.tenants` is still read to the end it had
@@ -33,7 +34,9 @@ export interface ProfileCache extends Omit<CatchUp, 'stopWaiting'> {
    * profile is not among them then throws PROFILE_NOT_READ_YET (retryable, held as an infrastructure fault:
    * one of the revisions still to be read may be it). Null when the tenant was
    * deleted (its tombstone read, or its record gone from the rebuilt tenant store): its batches still on their
-   * way are expected, not poison. Throws TENANT_UNKNOWN for a tenant neither registered nor known deleted, and
+   * way are expected, not poison. A tenant neither in memory nor in the store while `urs.tenants` is still
+   * read throws PROFILE_NOT_READ_YET too (its tombstone may be still to read). Throws TENANT_UNKNOWN for a
+   * tenant neither registered nor known deleted once the read ended, and
    * TENANTS_NOT_REBUILT (retryable, an infrastructure fault: the bus holds the batch and tries it again) when
    * its record is missing from a tenant store the registrar has not rebuilt since Redis lost its data.
    */
@@ -92,6 +95,10 @@ export function createProfileCache(deps: {
         if (!rebuilt) throw tenantsNotRebuilt(tenantId);
         // Held in memory and gone from the store: deleted, its tombstone not read yet.
         if (entry) return null;
+        // Neither in memory nor in the store while `urs.tenants` is still read: a tenant deleted while its
+        // batch waited, whose tombstone is still to read (then dropped as a deleted tenant's), or one never
+        // registered (then TENANT_UNKNOWN). Held until the read ends rather than dead-lettered now.
+        if (!catchUp.caughtUp()) throw tenantNotReadYet(tenantId);
         throw new ScorerError(
           'TENANT_UNKNOWN',
           `tenant ${tenantId} is not registered: no risk profile to score with`,
@@ -149,6 +156,7 @@ export function createProfileCache(deps: {
     read: (partition, offset) => catchUp.read(partition, offset),
     expectEnd: (lastOffsets) => catchUp.expectEnd(lastOffsets),
     caughtUp: () => catchUp.caughtUp(),
+    stopWaiting: () => catchUp.stopWaiting(),
     size: () => entries.size,
   };
 }
@@ -188,8 +196,9 @@ function exactProfileOf(profiles: HeldProfiles, cycle: CycleProfile): CompiledPr
 }
 
 /**
- * A batch whose cycle's profile the scorer does not hold yet, while it reads `urs.tenants` to the end it had
- * at its start: held, as a dependency's fault is (retried until the read ends, never dead-lettered for it).
+ * A batch whose cycle's profile (or whose tenant) the scorer does not hold yet, while it reads `urs.tenants`
+ * to the end it had at its start: held, as a dependency's fault is (retried until the read ends, or its wait
+ * is given up: `bindCatchUpTimeout`; never dead-lettered for it).
  */
 export const PROFILE_NOT_READ_YET = 'PROFILE_NOT_READ_YET';
 
@@ -202,6 +211,24 @@ function profileNotReadYet(tenantId: string, cycle: CycleProfile): ScorerError {
     PROFILE_NOT_READ_YET,
     `tenant ${tenantId}: the cycle's ${which} is neither in memory nor the tenant's record in Redis, and ` +
       'urs.tenants is not read to its end yet: held until it is',
+    { canRetry: true, infrastructure: true },
+  );
+}
+
+/**
+ * Whether a batch's failure is its hold while `urs.tenants` is read at the start (PROFILE_NOT_READ_YET): the
+ * runner holds it as `catching-up`, counted and warned of but not against readiness (a scorer reading its
+ * topic at start is not broken, and `bindCatchUpTimeout` bounds the wait).
+ */
+export function heldWhileCatchingUp(error: unknown): boolean {
+  return errorCode(error) === PROFILE_NOT_READ_YET;
+}
+
+function tenantNotReadYet(tenantId: string): ScorerError {
+  return new ScorerError(
+    PROFILE_NOT_READ_YET,
+    `tenant ${tenantId} is neither in memory nor in Redis, and urs.tenants is not read to its end yet ` +
+      '(its deletion may be still to read): held until it is',
     { canRetry: true, infrastructure: true },
   );
 }
@@ -225,4 +252,34 @@ export function tenantsSubscription(
   profiles: ProfileCache,
 ): TopicSubscription<'urs/tenant-record'> {
   return readToEndSubscription(topic, 'urs/tenant-record', createTenantsHandler(profiles), profiles);
+}
+
+/**
+ * Stops `profiles` waiting for the rest of `urs.tenants` once `timeoutMs` passed since this call (the
+ * scorer's start) without the read reaching the end it had then: a reader that no longer moves (a record
+ * whose dead letter Kafka refuses) would otherwise hold every batch whose cycle's profile it has not read
+ * for ever. The batches held then are scored as once caught up: with the cycle's profile when memory or the
+ * tenant store holds it, else with the fallback (see `profileOf`), which never scores a count made at
+ * another CVSS threshold. Logged as a warning and counted (`urs_scorer_profiles_catchup_timeouts_total`).
+ * Returns what cancels the timer (at the stop).
+ */
+export function bindCatchUpTimeout(
+  profiles: Pick<ProfileCache, 'stopWaiting' | 'caughtUp'>,
+  options: { timeoutMs: number; logger: Logger; metrics: Registry },
+): () => void {
+  const timeouts = options.metrics.counter(
+    'urs_scorer_profiles_catchup_timeouts_total',
+    'Starts at which urs.tenants was not read to its end within URS_SCORER_CATCHUP_TIMEOUT_MS: profiles then used as read so far.',
+  );
+  const timer = setTimeout(() => {
+    if (profiles.caughtUp()) return;
+    const behind = profiles.stopWaiting();
+    timeouts.inc();
+    options.logger.warn('urs.tenants not read to its end in time; scoring with the profiles read so far', {
+      partitionsBehind: behind,
+      timeoutMs: options.timeoutMs,
+    });
+  }, options.timeoutMs);
+  timer.unref();
+  return () => clearTimeout(timer);
 }

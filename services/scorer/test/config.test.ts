@@ -22,4 +22,9 @@ describe('scorerConfig', () => {
     expect(config.groupId).toBe('test-urs.scorer');
     expect(config.profilesGroupId).toBe(`test-urs.scorer.profiles.scorer-${process.pid}-abcd`);
   });
+
+  test('scorerConfig should wait 30 s at most for urs.tenants to be read at start, as the poller, unless URS_SCORER_CATCHUP_TIMEOUT_MS says', () => {
+    expect(scorerConfig({}).catchUpTimeoutMs).toBe(30_000);
+    expect(scorerConfig({ URS_SCORER_CATCHUP_TIMEOUT_MS: '120000' }).catchUpTimeoutMs).toBe(120_000);
+  });
 });

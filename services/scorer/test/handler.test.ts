@@ -12,7 +12,12 @@ import { Registry } from '@urs/telemetry';
 import { compileProfile, parseProfile } from '@urs/scoring';
 import { inboundMessage } from '@urs/testkit';
 import { createScoreHandler } from '../src/handler';
-import { createProfileCache, createTenantsHandler } from '../src/profiles';
+import {
+  bindCatchUpTimeout,
+  createProfileCache,
+  createTenantsHandler,
+  heldWhileCatchingUp,
+} from '../src/profiles';
 
 function tenantRecord(
   tenantId: string,
@@ -513,6 +518,106 @@ describe('createScoreHandler', () => {
       canRetry: false,
     });
     expect(saved).toEqual([]);
+  });
+
+  it("should hold a batch of a tenant neither in memory nor in the tenant store while urs.tenants replays, and drop it once the tenant's tombstone is read", async () => {
+    // Deleted while the batch waited: its record gone from the tenant store, its tombstone not read yet.
+    const { handler, sent, saved, tenantsHandler } = setup([], new Map([[0, 5n]]));
+    await expect(handler(inbound(enriched()))).rejects.toMatchObject({
+      code: 'PROFILE_NOT_READ_YET',
+      canRetry: true,
+      infrastructure: true,
+    });
+    await tenantsHandler(inboundMessage<TenantRecord>(null, { key: 't1', offset: '5' }));
+    await expect(handler(inbound(enriched()))).resolves.toBeUndefined();
+    expect(sent).toEqual([]);
+    expect(saved).toEqual([]);
+  });
+
+  it("should tell the runner a batch held for urs.tenants' read at the start is held while catching up (not against readiness), and no other failure", async () => {
+    const { handler } = setup([], new Map([[0, 5n]]));
+    const held = await handler(inbound(enriched())).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(held).toMatchObject({ code: 'PROFILE_NOT_READ_YET' });
+    expect(heldWhileCatchingUp(held)).toBe(true);
+    const caughtUp = setup();
+    const unknown = await caughtUp.handler(inbound(enriched())).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(unknown).toMatchObject({ code: 'TENANT_UNKNOWN' });
+    expect(heldWhileCatchingUp(unknown)).toBe(false);
+    expect(heldWhileCatchingUp(new Error('ECONNRESET'))).toBe(false);
+  });
+
+  it('should fail a batch of a tenant neither registered nor known deleted as TENANT_UNKNOWN once urs.tenants was read to its end', async () => {
+    const { handler, tenantsHandler } = setup([], new Map([[0, 0n]]));
+    await expect(handler(inbound(enriched()))).rejects.toMatchObject({ code: 'PROFILE_NOT_READ_YET' });
+    await tenantsHandler(inboundMessage(tenantRecord('t2', 1, null), { offset: '0' }));
+    await expect(handler(inbound(enriched()))).rejects.toMatchObject({
+      code: 'TENANT_UNKNOWN',
+      canRetry: false,
+    });
+  });
+
+  describe('with urs.tenants not read to its end in time (URS_SCORER_CATCHUP_TIMEOUT_MS)', () => {
+    beforeEach(() => jest.useFakeTimers());
+    afterEach(() => jest.useRealTimers());
+
+    const at = (cvssThreshold: number) => ({
+      weights: { criticalRisk: 0, operational: 100 },
+      operational: { criticalCves: { cvssThreshold, pointsPerCve: 10, maxPoints: 100 } },
+    });
+
+    it("should stop waiting, and score a held batch with the fallback (never a count at another threshold's profile), logged and counted", async () => {
+      // The read stalls at offset 3 of 5 (a record whose dead letter Kafka refuses).
+      const { handler, metrics, profiles, sent } = setup([tenantRecord('t1', 2, at(7))], new Map([[0, 5n]]));
+      const warnings: { message: string; fields?: Record<string, unknown> }[] = [];
+      const logger = {
+        ...silentLogger,
+        warn: (message: string, fields?: Record<string, unknown>) => warnings.push({ message, fields }),
+      };
+      const started = compileProfile(parseProfile(at(9)));
+      bindCatchUpTimeout(profiles, { timeoutMs: 30_000, logger, metrics });
+      await expect(handler(inbound(enriched({ profileHash: started.hash })))).rejects.toMatchObject({
+        code: 'PROFILE_NOT_READ_YET',
+      });
+      jest.advanceTimersByTime(29_999);
+      expect(profiles.caughtUp()).toBe(false);
+      jest.advanceTimersByTime(1);
+      expect(profiles.caughtUp()).toBe(true);
+      expect(warnings).toEqual([
+        expect.objectContaining({ fields: expect.objectContaining({ partitionsBehind: 1 }) }),
+      ]);
+      expect(metrics.counter('urs_scorer_profiles_catchup_timeouts_total', 'unused').get()).toBe(1);
+      // Counted at 9; the profile held counts at 7: criticalCves missing rather than scored at another threshold.
+      await handler(inbound(enriched({ profileHash: started.hash })));
+      expect(sent[0]?.devices[0]?.profileHash).toBe(compileProfile(parseProfile(at(7))).hash);
+      expect(sent[0]?.devices[0]?.missingReasons).toEqual({ criticalCves: 'CVSS_THRESHOLD_CHANGED' });
+    });
+
+    it('should neither log nor count a read that reached its end in time, nor stop once cancelled', async () => {
+      const { metrics, profiles, tenantsHandler } = setup([], new Map([[0, 0n]]));
+      const warnings: string[] = [];
+      const logger = { ...silentLogger, warn: (message: string) => warnings.push(message) };
+      bindCatchUpTimeout(profiles, { timeoutMs: 30_000, logger, metrics });
+      await tenantsHandler(inboundMessage(tenantRecord('t1', 1, at(9)), { offset: '0' }));
+      jest.advanceTimersByTime(30_000);
+      expect(warnings).toEqual([]);
+      expect(metrics.counter('urs_scorer_profiles_catchup_timeouts_total', 'unused').get()).toBe(0);
+
+      const stalled = setup([], new Map([[0, 5n]]));
+      const cancel = bindCatchUpTimeout(stalled.profiles, {
+        timeoutMs: 30_000,
+        logger,
+        metrics: stalled.metrics,
+      });
+      cancel();
+      jest.advanceTimersByTime(60_000);
+      expect(stalled.profiles.caughtUp()).toBe(false);
+    });
   });
 
   it("should score a cycle whose tenant changed its CVSS threshold since the cycle's start with the profile its CVEs were counted for", async () => {

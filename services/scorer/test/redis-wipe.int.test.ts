@@ -112,8 +112,8 @@ describe('createScoreHandler after a Redis wipe', () => {
     expect(dropped()).toBe(1);
   });
 
-  it('should still refuse the batch of a tenant the rebuilt records never held (TENANT_UNKNOWN)', async () => {
-    const { score, rebuild, wipe } = scorer(false);
+  it('should still refuse the batch of a tenant the rebuilt records never held (TENANT_UNKNOWN), once urs.tenants was read', async () => {
+    const { score, rebuild, wipe } = scorer(true);
     await wipe();
     await rebuild();
     const failure = await score(c2).then(
@@ -122,5 +122,12 @@ describe('createScoreHandler after a Redis wipe', () => {
     );
     expect(failure).toMatchObject({ code: 'TENANT_UNKNOWN', canRetry: false });
     expect(isInfrastructureFault(failure)).toBe(false);
+  });
+
+  it('should hold the batch of a tenant the rebuilt records never held while urs.tenants is still read (its deletion may be to come)', async () => {
+    const { score, rebuild, wipe } = scorer(false);
+    await wipe();
+    await rebuild();
+    expect(await heldFailure(score(c2))).toMatchObject({ code: 'PROFILE_NOT_READ_YET' });
   });
 });
