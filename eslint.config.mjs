@@ -48,6 +48,24 @@ export default tseslint.config(
     },
   },
   {
+    // A focused or skipped test leaves the others unrun, or itself, while the run passes: none is committed.
+    files: ['**/*.test.ts', '**/test/**/*.ts'],
+    rules: {
+      'no-restricted-syntax': [
+        'error',
+        {
+          selector:
+            'MemberExpression[object.name=/^(describe|it|test)$/][property.name=/^(only|skip|todo)$/]',
+          message: 'No focused, skipped or to-do tests: every test runs.',
+        },
+        {
+          selector: 'Identifier[name=/^(xit|xdescribe|xtest|fit|fdescribe)$/]',
+          message: 'No focused or skipped tests: every test runs.',
+        },
+      ],
+    },
+  },
+  {
     files: ['**/*.mjs'],
     languageOptions: { sourceType: 'module', globals: nodeGlobals },
   },
