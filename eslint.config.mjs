@@ -48,6 +48,27 @@ export default tseslint.config(
     },
   },
   {
+    // A focused or skipped test leaves the others unrun, or itself, while the run passes: none is committed.
+    files: ['**/*.test.ts', '**/test/**/*.ts'],
+    rules: {
+      'no-restricted-syntax': [
+        'error',
+        {
+          selector:
+            'MemberExpression[object.name=/^(describe|it|test)$/][property.name=/^(only|skip|todo)$/]',
+          message: 'No focused, skipped or to-do tests: every test runs.',
+        },
+        {
+          // Called, or `.each` of them: a variable named `fit` (a batch's fit, say) stays allowed.
+          selector:
+            'CallExpression[callee.name=/^(xit|xdescribe|xtest|fit|fdescribe)$/], ' +
+            "MemberExpression[object.name=/^(xit|xdescribe|xtest|fit|fdescribe)$/][property.name='each']",
+          message: 'No focused or skipped tests: every test runs.',
+        },
+      ],
+    },
+  },
+  {
     files: ['**/*.mjs'],
     languageOptions: { sourceType: 'module', globals: nodeGlobals },
   },

@@ -26,6 +26,18 @@ afterEach(async () => {
   await redis.close();
 });
 
+/** The scores of a window's calls, ascending: a call sent at its sending, one not sent yet a window ahead. */
+async function scoresOf(key: string): Promise<number[]> {
+  const entries = await redis.client.zrange(key, 0, -1, 'WITHSCORES');
+  return entries.filter((_, index) => index % 2 === 1).map(Number);
+}
+
+/** Redis's time now, ms: the clock the windows are kept by. */
+async function redisNow(): Promise<number> {
+  const [seconds, micros] = await redis.client.time();
+  return Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);
+}
+
 /** `acquire` once the release sent before it reached Redis (it is not awaited), a few tries at most. */
 async function waitForRoom<T>(acquire: () => Promise<T>): Promise<T> {
   for (let tries = 1; ; tries++) {
@@ -43,7 +55,7 @@ describe('createRedisQuotaGate', () => {
     const limits = { ...MICROSOFT_QUOTAS, vulnerabilities: [{ limit: 4, windowMs: 1_000 }] };
     const a = createRedisQuotaGate(redis.client, redis.prefix, { limits, maxPollMs: 50 });
     const b = createRedisQuotaGate(redis.client, redis.prefix, { limits, maxPollMs: 50 });
-    const started = Date.now();
+    const window = `${redis.prefix}defender:quota:t1:app:vulnerabilities:1000`;
     // A wait of 0 ms allowed: each of these fails unless it finds room at once.
     const claims = await Promise.all([
       a.acquire(appOf('t1'), 'vulnerabilities', undefined, 0),
@@ -52,8 +64,17 @@ describe('createRedisQuotaGate', () => {
       b.acquire(appOf('t1'), 'vulnerabilities', undefined, 0),
     ]);
     for (const claim of claims) claim.sent();
+    // Both gates count the four: a fifth call finds no room at once, on either.
+    for (const gate of [a, b])
+      await expect(gate.acquire(appOf('t1'), 'vulnerabilities', undefined, 0)).rejects.toMatchObject({
+        code: DefenderErrorCode.THROTTLED,
+      });
+    const sent = await scoresOf(window);
+    expect(sent).toHaveLength(4);
     await b.acquire(appOf('t1'), 'vulnerabilities');
-    expect(Date.now() - started).toBeGreaterThanOrEqual(980);
+    // It took its place (scored a window ahead, the highest) once the first of the four had left the window.
+    const taken = ((await scoresOf(window)).at(-1) as number) - 1_000;
+    expect(taken).toBeGreaterThanOrEqual(Math.min(...sent) + 1_000);
     // Another tenant has its own window.
     await a.acquire(appOf('t2'), 'vulnerabilities', undefined, 0);
   });
@@ -69,21 +90,22 @@ describe('createRedisQuotaGate', () => {
     const a = createRedisQuotaGate(redis.client, redis.prefix, { limits, maxPollMs: 20 });
     const b = createRedisQuotaGate(redis.client, redis.prefix, { limits, maxPollMs: 20 });
     const claim = await a.acquire(appOf('t1'), 'vulnerabilities');
-    const taken = Date.now();
     // The call waits 500 ms for a slot before it goes out.
     await new Promise((resolve) => setTimeout(resolve, 500));
+    // Redis's time just before and after the sending (its script runs between them, on the same connection).
+    const sending = await redisNow();
     claim.sent();
-    const sent = Date.now();
+    const sentBy = await redisNow();
     (await b.acquire(appOf('t1'), 'vulnerabilities')).sent();
-    expect(Date.now() - sent).toBeGreaterThanOrEqual(950);
-    expect(Date.now() - taken).toBeGreaterThanOrEqual(1_400);
     await new Promise((resolve) => setTimeout(resolve, 20));
     // The minute window holds both calls at their sending, and its key lives two windows on.
     const minute = `${redis.prefix}defender:quota:t1:app:vulnerabilities:60000`;
-    const entries = await redis.client.zrange(minute, 0, -1, 'WITHSCORES');
-    expect(entries).toHaveLength(4);
-    expect(Number(entries[3]) - Number(entries[1])).toBeGreaterThanOrEqual(950);
-    expect(Number(entries[3]) - Number(entries[1])).toBeLessThan(5_000);
+    const [first, second] = (await scoresOf(minute)) as [number, number];
+    expect(await scoresOf(minute)).toHaveLength(2);
+    expect(first).toBeGreaterThanOrEqual(sending);
+    expect(first).toBeLessThanOrEqual(sentBy);
+    // The second call went out a second window after the first one's sending, not after its taking (500 earlier).
+    expect(second).toBeGreaterThanOrEqual(sending + 1_000);
     expect(await redis.client.pttl(minute)).toBeGreaterThan(119_000);
   });
 
@@ -102,10 +124,13 @@ describe('createRedisQuotaGate', () => {
     const next = b.acquire(appOf('t1'), 'machines').then(() => (done = true));
     await new Promise((resolve) => setTimeout(resolve, 500));
     expect(done).toBe(false);
+    const sending = await redisNow();
     waiting.sent();
-    const sent = Date.now();
     await next;
-    expect(Date.now() - sent).toBeGreaterThanOrEqual(windowMs - 50);
+    // The second took its place (scored a window ahead) a window after the first one's sending.
+    const window = `${redis.prefix}defender:quota:t1:app:machines:${windowMs}`;
+    const taken = ((await scoresOf(window)).at(-1) as number) - windowMs;
+    expect(taken).toBeGreaterThanOrEqual(sending + windowMs);
   });
 
   it('release should give back, in every window and for every gate, the place of a call never sent', async () => {
@@ -170,9 +195,15 @@ describe('createRedisQuotaGate', () => {
     const a = createRedisQuotaGate(redis.client, redis.prefix, { maxPollMs: 50 });
     const b = createRedisQuotaGate(redis.client, redis.prefix, { maxPollMs: 50 });
     await a.block(appOf('t1'), 'machines', 300);
-    const started = Date.now();
+    // Held back for what is left of the block, on the other gate too.
+    const held = b.acquire(appOf('t1'), 'machines', undefined, 0);
+    await expect(held).rejects.toMatchObject({ code: DefenderErrorCode.THROTTLED });
+    const { retryAfterMs } = (await held.catch((error: unknown) => error)) as DefenderError;
+    expect(retryAfterMs).toBeGreaterThan(0);
+    expect(retryAfterMs).toBeLessThanOrEqual(300);
+    // A call that may wait goes out once the block is over: its key gone from Redis.
     await b.acquire(appOf('t1'), 'machines');
-    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+    expect(await redis.client.exists(`${redis.prefix}defender:quota:t1:app:machines:blocked`)).toBe(0);
   });
 
   it('acquire and block should keep each app of one tenant apart, as Microsoft counts per application and tenant', async () => {

@@ -253,7 +253,31 @@ describe('registrar: Director pushes', () => {
     expect(await store().get('bulk-70')).toBeNull();
   });
 
-  it('no secret of a push should appear in a log line, a dead letter or a REST answer', () => {
+  it('no secret of a push should appear in a log line, a dead letter or a REST answer', async () => {
+    // A push of its own, so that there is something to search whichever tests ran before: one tenant applied
+    // and one refused, each read back over REST.
+    const applied = tenant(80);
+    const refused = tenant(81, { pollIntervalMinutes: 5 });
+    const letters = deadLetters().length;
+    await push(10, 'delta', [applied, refused]);
+    await waitFor(async () => (await store().get('bulk-80')) !== null, { timeoutMs: 20_000 });
+    await waitFor(() => deadLetters().length === letters + 1);
+    await registrar.waitForLine(
+      (line) => line.includes('Director push applied') && line.includes('"generation":10'),
+    );
+    const baseUrl = `http://127.0.0.1:${portFrom(registrar.lines, 'REST listening', 'httpPort')}`;
+    const own: string[] = [];
+    for (const tenantId of ['bulk-80', 'bulk-81']) {
+      const answer = await api(baseUrl, stack.apiToken, 'GET', `/v1/tenants/${tenantId}/defender`);
+      own.push(answer.text);
+      answers.push(answer.text);
+    }
+    expect(own[0]).toContain('"tenantId":"bulk-80"');
+    expect(own[1]).toContain('TENANT_NOT_REGISTERED');
+    expect(deadLetters().at(-1)).toMatchObject({ key: 'bulk-81', error: { code: 'REGISTRATION_INVALID' } });
+    expect(secrets.get('bulk-80')).toBe(applied.defender.clientSecret);
+    expect(secrets.get('bulk-81')).toBe(refused.defender.clientSecret);
+
     const texts = [
       ...stack.processes.flatMap((p) => p.lines),
       ...deadLetters().map((d) => JSON.stringify(d)),

@@ -627,11 +627,14 @@ describe('createScoreHandler', () => {
       operational: { criticalCves: { cvssThreshold, pointsPerCve: 10, maxPoints: 100 } },
     });
     const hashOf = (index: number) => sent[index]?.devices[0]?.profileHash;
+    const profileAtNine = compileProfile(parseProfile(at(9)));
+    const profileAtSeven = compileProfile(parseProfile(at(7)));
     await tenantsHandler(inbound(tenantRecord('t1', 1, at(9))));
     await handler(inbound(enriched()));
     // The tenant moves to 7 during a cycle counted at 9: its batches keep the profile of 9.
     await tenantsHandler(inbound(tenantRecord('t1', 2, at(7))));
     await handler(inbound(enriched()));
+    expect(hashOf(0)).toBe(profileAtNine.hash);
     expect(hashOf(1)).toBe(hashOf(0));
     expect(sent[1]?.devices[0]?.contributions).toContainEqual(
       expect.objectContaining({ signal: 'criticalCves', value: 2, points: 20 }),
@@ -646,7 +649,12 @@ describe('createScoreHandler', () => {
       if (device.vulnerabilities) device.vulnerabilities.cvssThreshold = 7;
     }
     await handler(inbound(countedAtSeven));
-    expect(hashOf(3)).not.toBe(hashOf(0));
+    expect(sent).toHaveLength(4);
+    expect(hashOf(3)).toBe(profileAtSeven.hash);
+    expect(sent[3]?.devices[0]?.vulnerabilities?.cvssThreshold).toBe(7);
+    expect(sent[3]?.devices[0]?.contributions).toContainEqual(
+      expect.objectContaining({ signal: 'criticalCves', value: 2, points: 20 }),
+    );
   });
 
   it('should score a cycle whose tenant changed only its weights since its start with the profile it started with', async () => {

@@ -415,7 +415,13 @@ describe('a bulk cycle that reads its export last', () => {
     const [third0] = await nextCycle(context, 9, 'c3', '2026-01-01T10:20:00.000Z');
     await handle(third0);
     expect(exported.calls).toBe(3);
-    expect(sent[0]?.devices.every((device) => device.vulnerabilities === null)).toBe(true);
+    expect(sent).toHaveLength(1);
+    const devices = sent[0]?.devices ?? [];
+    expect(devices.map((device) => device.machine.id)).toEqual(['d1', 'd2', 'd3']);
+    for (const device of devices) {
+      expect(device.vulnerabilities).toBeNull();
+      expect(device.fetchError).toEqual({ code: 'UNEXPECTED', message: 'the export failed' });
+    }
   });
 
   it('should not enrich from a latest export kept without the directory and cloud it was read in', async () => {

@@ -336,7 +336,10 @@ describe('createEnrichHandler', () => {
       },
     );
     await handler(message(batch()));
-    expect(sent[0]?.devices.every((d) => d.vulnerabilities?.criticalCveCount === 1)).toBe(true);
+    expect(sent).toHaveLength(1);
+    const devices = sent[0]?.devices ?? [];
+    expect(devices.map((d) => d.machine.id)).toEqual(['d1', 'd2', 'd3']);
+    for (const device of devices) expect(device.vulnerabilities?.criticalCveCount).toBe(1);
     expect(lines).toContainEqual(
       expect.objectContaining({
         level: 'warn',
@@ -436,7 +439,10 @@ describe('createEnrichHandler', () => {
     expect(lines.filter((line) => /waiting for the registrar/.test(line.message))).toEqual([]);
     restored = true;
     await handler(message(batch()));
-    expect(sent[0]?.devices.every((d) => d.vulnerabilities?.criticalCveCount === 1)).toBe(true);
+    expect(sent).toHaveLength(1);
+    const devices = sent[0]?.devices ?? [];
+    expect(devices.map((d) => d.machine.id)).toEqual(['d1', 'd2', 'd3']);
+    for (const device of devices) expect(device.vulnerabilities?.criticalCveCount).toBe(1);
   });
 
   it("should leave a batch whose secret this replica's key does not open for a retry, never the tenant's failure", async () => {

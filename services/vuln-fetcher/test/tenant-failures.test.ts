@@ -72,9 +72,13 @@ describe('a tenant failing as a whole', () => {
       const { handler, sent, statuses } = setup({}, { metrics, sources: unopenedSecret() });
       await handler(message({ ...firstOf(devicesOf(3)), vulnerabilityMode: mode }));
       await handler(message(batch({ batchIndex: 1, devices: devicesOf(2, 3), vulnerabilityMode: mode })));
-      expect(sent.flatMap((out) => out.devices).every((device) => device.vulnerabilities === null)).toBe(
-        true,
-      );
+      const devices = sent.flatMap((out) => out.devices);
+      // Both batches are sent, every device of each in them, none with vulnerabilities.
+      expect(devices.map((device) => device.machine.id)).toEqual(['d0', 'd1', 'd2', 'd3', 'd4']);
+      for (const device of devices) {
+        expect(device.vulnerabilities).toBeNull();
+        expect(device.fetchError?.code).toBe('SECRET_KEY_UNKNOWN');
+      }
       expect(statuses[0]).toMatchObject({ state: 'error', lastErrorCode: 'SECRET_KEY_UNKNOWN' });
       // The per-device side's devices not asked for are `skipped`; the bulk side's without an export `failed`.
       expect(fetched(metrics, mode, mode === 'bulk' ? 'failed' : 'skipped')).toBe(5);

@@ -61,6 +61,30 @@ async function until(check: () => boolean): Promise<void> {
   while (!check()) await new Promise((resolve) => setTimeout(resolve, 5));
 }
 
+/**
+ * From here on the test's clock: timers are fake, moved by `pass`, so that how long the close waits is told by
+ * them and not by the machine's speed. The sockets' I/O stays real.
+ */
+function fakeClock(): {
+  pass(ms: number): Promise<void>;
+  passUntil(check: () => boolean, maxMs: number): Promise<void>;
+} {
+  jest.useFakeTimers({ doNotFake: ['nextTick', 'setImmediate', 'queueMicrotask'] });
+  // A step of the clock, with a turn of the event loop before it for the I/O under way.
+  const step = async (): Promise<void> => {
+    await new Promise((resolve) => setImmediate(resolve));
+    await jest.advanceTimersByTimeAsync(10);
+  };
+  return {
+    async pass(ms) {
+      for (let moved = 0; moved < ms; moved += 10) await step();
+    },
+    async passUntil(check, maxMs) {
+      for (let moved = 0; !check() && moved < maxMs; moved += 10) await step();
+    },
+  };
+}
+
 describe('startApiServer: stopping', () => {
   let server: ApiServer | undefined;
   /** Signals of the requests the slow route received, in order. */
@@ -124,6 +148,7 @@ describe('startApiServer: stopping', () => {
   };
 
   afterEach(async () => {
+    jest.useRealTimers();
     for (const resolve of release) resolve();
     await server?.close();
     server = undefined;
@@ -146,12 +171,17 @@ describe('startApiServer: stopping', () => {
     const api = await start(300);
     const answer = send(api.port, '/v1/slow');
     await until(() => slow.length === 1);
-    const started = Date.now();
-    // The slow route returns only once released or aborted: a close that waited for it never resolves.
-    expect(await within(api.close(), 10_000)).toBeUndefined();
-    // The request was given its drain time first.
-    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+    const clock = fakeClock();
+    let closed = false;
+    void api.close().then(() => (closed = true));
+    // The request is given its drain time first...
+    await clock.pass(290);
+    expect(slow[0]?.aborted).toBe(false);
+    // ...then cut. The slow route returns only once released or aborted: a close that waited for it never resolves.
+    await clock.pass(10);
     expect(slow[0]?.aborted).toBe(true);
+    await clock.passUntil(() => closed, 10_000);
+    expect(closed).toBe(true);
     const answered = await answer;
     expect(answered).toMatchObject({ status: 503, body: { error: { code: 'SHUTTING_DOWN' } } });
     expect(answered.headers?.['retry-after']).toBe('5');
@@ -178,12 +208,20 @@ describe('startApiServer: stopping', () => {
     writeMs = null;
     const answer = sendWith(api.port, 'PUT', '/v1/write');
     await until(() => writes.length === 1);
-    const started = Date.now();
-    await api.close();
-    // Both waits ran (the drain time, then as long again for the cut handler)...
-    expect(Date.now() - started).toBeGreaterThanOrEqual(350);
-    // ...the request was cut (its signal aborted, answered 503), and close resolved with its handler pending.
+    const clock = fakeClock();
+    let closed = false;
+    void api.close().then(() => (closed = true));
+    // Both waits run: the drain time, the request cut at its end...
+    await clock.pass(190);
+    expect(writeSignals[0]?.aborted).toBe(false);
+    await clock.pass(10);
     expect(writeSignals[0]?.aborted).toBe(true);
+    // ...then as long again for the cut handler, before the close ends.
+    await clock.pass(190);
+    expect(closed).toBe(false);
+    await clock.passUntil(() => closed, 10_000);
+    // The request was cut (its signal aborted, answered 503), and close resolved with its handler pending.
+    expect(closed).toBe(true);
     expect(writes).toEqual(['started']);
     expect(await answer).toMatchObject({ status: 503, body: { error: { code: 'SHUTTING_DOWN' } } });
   });
