@@ -392,6 +392,37 @@ describe('urs defender usage', () => {
     expect(region.stderr).toContain('--region must be one of us, eu, uk, au, swa, ina, aea');
   });
 
+  it('defenderCommand should not echo a secret given where the secret file belongs', async () => {
+    const secret = `Abc8Q~${randomUUID().replace(/-/g, '')}`;
+    const result = await run([
+      'devices',
+      ...['--azure-tenant-id', app.azureTenantId, '--client-id', app.clientId],
+      ...['--client-secret-file', secret, '--no-redis'],
+    ]);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('--client-secret-file: cannot read the file given (ENOENT)');
+    expect(result.stderr).not.toContain(secret);
+    expect(result.stderr).not.toContain('Abc8Q~');
+  });
+
+  it('defenderCommand should not echo a stray argument, naming its position instead', async () => {
+    const secret = `Abc8Q~${randomUUID().replace(/-/g, '')}`;
+    // `urs defender devices <7 arguments> <secret>`: the secret is argument 9 of `urs defender`.
+    const stray = await run(args('devices', app, '--no-redis', secret));
+    expect(stray.code).toBe(2);
+    expect(stray.stderr).toContain('unexpected argument 9 (not shown)');
+    expect(stray.stderr).not.toContain('Abc8Q~');
+    const afterDashes = await run(args('devices', app, '--', secret));
+    expect(afterDashes.code).toBe(2);
+    expect(afterDashes.stderr).toContain('unexpected argument 9 (not shown)');
+    expect(afterDashes.stderr).not.toContain('Abc8Q~');
+    // In the action's place.
+    const action = await run([secret, ...args('devices', app).slice(1)]);
+    expect(action.code).toBe(2);
+    expect(action.stderr).toContain('unknown action (argument 1, not shown): it must be devices or check');
+    expect(action.stderr).not.toContain('Abc8Q~');
+  });
+
   it('defenderCommand should exit 2 for a page size above 10,000', async () => {
     const result = await run(args('devices', app, '--page-size', '20000'));
     expect(result.code).toBe(2);
