@@ -209,24 +209,29 @@ export async function vulnerabilitiesByMachine(
   deps: VulnerabilityDeps,
   options: BulkOptions = {},
 ): Promise<VulnerabilitiesByMachine> {
-  // Per device, its CVEs in first-seen order and where each one is in that list; null while it has only
-  // rows that could not be read (a device all of whose rows were skipped: its CVEs are unknown, not none).
-  const merged = new Map<string, { list: Vulnerability[]; index: Map<string, number> } | null>();
+  // Per device, its CVEs in first-seen order and where each one is in that list.
+  const merged = new Map<string, { list: Vulnerability[]; index: Map<string, number> }>();
+  // The devices with a row that could not be read: null unless a CVE row of theirs could (as per device, a
+  // device whose CVEs were all skipped has unknown CVEs, not none; a row of installed software without a
+  // CVE says nothing of them).
+  const unreadable = new Set<string>();
   const read = await readVulnerabilitiesByMachine(
     deps,
     (machineId, vulnerability) => {
       let device = merged.get(machineId);
-      if (vulnerability === null) {
-        if (device === undefined) merged.set(machineId, null);
-        return;
-      }
       if (!device) merged.set(machineId, (device = { list: [], index: new Map() }));
-      if (vulnerability) mergeVulnerability(device.list, device.index, vulnerability);
+      if (vulnerability === null) unreadable.add(machineId);
+      else if (vulnerability) mergeVulnerability(device.list, device.index, vulnerability);
     },
     options,
   );
   return {
-    devices: new Map([...merged].map(([machineId, device]) => [machineId, device && device.list])),
+    devices: new Map(
+      [...merged].map(([machineId, { list }]) => [
+        machineId,
+        list.length === 0 && unreadable.has(machineId) ? null : list,
+      ]),
+    ),
     invalid: read.invalid,
   };
 }

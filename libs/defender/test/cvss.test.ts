@@ -135,7 +135,7 @@ describe('vulnerabilitiesByMachine and unreadable rows', () => {
     } as unknown as ApiCaller;
   }
 
-  it('should count the rows it skips and give a device whose rows all were unreadable null, not no CVE', async () => {
+  it('should count the rows it skips and give a device whose CVE rows all were unreadable null, not no CVE', async () => {
     const invalid: InvalidRecord[] = [];
     const read = await vulnerabilitiesByMachine({
       api: exporting([
@@ -144,18 +144,28 @@ describe('vulnerabilitiesByMachine and unreadable rows', () => {
         { deviceId: 'd2', cveId: 'CVE-3', cvssScore: 'high' },
         { deviceId: 'd2', cveId: 'cve-4', cvssScore: '9.8' },
         { deviceId: 'd3', cveId: null, cvssScore: null },
+        // Installed software without a CVE beside a CVE row that could not be read: the CVEs are still unknown.
+        { deviceId: 'd4', cveId: null, cvssScore: null },
+        { deviceId: 'd4', cveId: 'CVE-5', cvssScore: 11 },
+        { deviceId: 'd4', cveId: null, cvssScore: null },
+        // ... but known once a CVE row could be read.
+        { deviceId: 'd5', cveId: null, cvssScore: null },
+        { deviceId: 'd5', cveId: 'CVE-6', cvssScore: 11 },
+        { deviceId: 'd5', cveId: 'CVE-7', cvssScore: 7.5 },
       ]),
       logger: silentLogger,
       azureTenantId: 'tenant',
       onInvalidRecord: (record: InvalidRecord) => invalid.push(record),
     });
-    expect(read.invalid).toBe(3);
-    expect(invalid).toHaveLength(3);
+    expect(read.invalid).toBe(5);
+    expect(invalid).toHaveLength(5);
     expect(read.devices).toEqual(
       new Map<string, unknown>([
         ['d1', null],
         ['d2', [expect.objectContaining({ id: 'CVE-4', cvssV3: 9.8 })]],
         ['d3', []],
+        ['d4', null],
+        ['d5', [expect.objectContaining({ id: 'CVE-7', cvssV3: 7.5 })]],
       ]),
     );
   });

@@ -44,7 +44,7 @@ function grown<T extends Int32Array>(array: T, needed: number, make: (length: nu
  * summary, which keeps the highest score. A row folded twice (a retried page) changes nothing.
  * `summaries` gives exactly what `summariseVulnerabilities` (`@urs/contracts/vulnerabilities`) gives for
  * each device's whole list, and null
- * for a device whose rows all were unreadable: as per device, its CVEs are not known, not none.
+ * for a device whose CVE rows all were unreadable: as per device, its CVEs are not known, not none.
  */
 export class VulnerabilityFolder {
   /** CVE id → its number; `cveIds[number]` is the id. */
@@ -68,8 +68,9 @@ export class VulnerabilityFolder {
   private readonly runCves = new Map<number, number>();
 
   /**
-   * Folds one row of a device: one of its CVEs, none (the device is still listed, as all clear), or null for
-   * a row that could not be read (the device is listed, its CVEs unknown unless it has a readable row).
+   * Folds one row of a device: one of its CVEs, none (installed software without a CVE: the device is still
+   * listed, as all clear), or null for a row that could not be read (the device is listed, its CVEs unknown
+   * unless it has a readable CVE row).
    */
   add(deviceId: string, vulnerability: VulnerabilityLike | undefined | null): void {
     if (vulnerability === null) {
@@ -110,7 +111,8 @@ export class VulnerabilityFolder {
    * time, so the caller can write them out in bounded slices instead of holding a summary per device at once.
    */
   *summaries(cvssThreshold: number): IterableIterator<[string, VulnerabilitySummary | null]> {
-    for (const [deviceId, run] of this.lastRun) yield [deviceId, this.summaryFrom(run, cvssThreshold)];
+    for (const [deviceId, run] of this.lastRun)
+      yield [deviceId, this.summaryOfRun(deviceId, run, cvssThreshold)];
     for (const deviceId of this.unreadable) if (!this.lastRun.has(deviceId)) yield [deviceId, null];
   }
 
@@ -120,8 +122,24 @@ export class VulnerabilityFolder {
    */
   summaryOf(deviceId: string, cvssThreshold: number): VulnerabilitySummary | null | undefined {
     const run = this.lastRun.get(deviceId);
-    if (run !== undefined) return this.summaryFrom(run, cvssThreshold);
+    if (run !== undefined) return this.summaryOfRun(deviceId, run, cvssThreshold);
     return this.unreadable.has(deviceId) ? null : undefined;
+  }
+
+  /**
+   * The summary of a device with runs, `run` its latest; null when it had a row that could not be read and no
+   * CVE row that could: rows of installed software without a CVE say nothing of its CVEs.
+   */
+  private summaryOfRun(deviceId: string, run: number, cvssThreshold: number): VulnerabilitySummary | null {
+    if (this.unreadable.has(deviceId) && !this.hasPairs(run)) return null;
+    return this.summaryFrom(run, cvssThreshold);
+  }
+
+  /** Whether any run of the device whose latest run is `run` holds a CVE. */
+  private hasPairs(run: number): boolean {
+    for (; run >= 0; run = this.runBefore[run] as number)
+      if ((this.runEnds[run] as number) > (this.runStarts[run] as number)) return true;
+    return false;
   }
 
   /** The summary of the device whose latest run is `run`, over all its runs. */

@@ -202,23 +202,37 @@ describe('VulnerabilityFolder', () => {
     expect(new Map(taken.summaries(7))).toEqual(summariseWhole([...rows.slice(0, 2000), ...late], 7));
   });
 
-  it('should give null for a device whose rows were all unreadable, and summarise one with a readable row on it', () => {
+  it('should give null for a device whose CVE rows were all unreadable, and summarise one with a readable CVE row on it', () => {
     const folder = new VulnerabilityFolder();
     folder.add('a', null);
     folder.add('b', { id: 'CVE-9', cvssV3: 9.9 });
     folder.add('a', null);
     folder.add('b', null);
+    // Installed software without a CVE says nothing of the CVE row that could not be read, before or after it.
     folder.add('c', null);
     folder.add('c', undefined);
+    folder.add('e', undefined);
+    folder.add('e', null);
+    folder.add('e', undefined);
+    // Software alone: no CVE.
+    folder.add('f', undefined);
+    // A readable CVE row on a later run.
+    folder.add('g', null);
+    folder.add('g', undefined);
+    folder.add('a', null);
+    folder.add('g', { id: 'CVE-8', cvssV3: 8 });
     const expected = new Map([
       ['a', null],
       ['b', summariseVulnerabilities([{ id: 'CVE-9', cvssV3: 9.9 }], 7)],
-      ['c', summariseVulnerabilities([], 7)],
+      ['c', null],
+      ['e', null],
+      ['f', summariseVulnerabilities([], 7)],
+      ['g', summariseVulnerabilities([{ id: 'CVE-8', cvssV3: 8 }], 7)],
     ]);
     expect(new Map(folder.summaries(7))).toEqual(expected);
-    expect(folder.summaryOf('a', 7)).toBeNull();
+    expect(new Map([...expected.keys()].map((id) => [id, folder.summaryOf(id, 7)]))).toEqual(expected);
     expect(folder.summaryOf('d', 7)).toBeUndefined();
-    expect(folder.size).toBe(3);
+    expect(folder.size).toBe(6);
     const taken = VulnerabilityFolder.from(structuredClone(folder.state()));
     expect(new Map(taken.summaries(7))).toEqual(expected);
   });

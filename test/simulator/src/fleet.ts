@@ -1,5 +1,11 @@
 import { cveCatalog, type CatalogEntry } from './catalog';
-import { generateCveEntries, generatedOnboarding, generateMachine, indexOfMachineId } from './generator';
+import {
+  generateCveEntries,
+  generatedOnboarding,
+  generateMachine,
+  indexOfMachineId,
+  isOnboarded,
+} from './generator';
 import { hashString } from './rng';
 import type { AffectedSoftware, MachineRecord, VulnerabilityRecord } from './types';
 import { exportVolumeOf, softwareOnlyEntries, type ExportVolume, type ExportVolumeSpec } from './volume';
@@ -487,11 +493,12 @@ export class Fleet {
     if (!this.volume) return undefined;
     const where = this.locate(id, state);
     if (!where || 'explicitAt' in where) return [];
-    const onboarded = (this.onboardingOf(where.index, state) ?? '').toLowerCase() === 'onboarded';
+    const onboarded = isOnboarded(this.onboardingOf(where.index, state));
     return softwareOnlyEntries(this.seed, where.index, onboarded, this.volume);
   }
 
-  private onboardingOf(index: number, state: FleetState): string | undefined {
+  /** A patch may have set it to anything, a number or a boolean included (see isOnboarded). */
+  private onboardingOf(index: number, state: FleetState): unknown {
     const patch = state.patches.get(index);
     return patch && 'onboardingStatus' in patch
       ? patch.onboardingStatus

@@ -239,16 +239,24 @@ export function generateMachine(seed: number, index: number, epochMs: number): M
 }
 
 /**
+ * Whether a device's onboardingStatus says it is onboarded (in any case). A device patched with one that is not
+ * a string (a number, a boolean, null) is not: it has no CVEs, as a device Defender does not assess.
+ */
+export function isOnboarded(onboardingStatus: unknown): boolean {
+  return typeof onboardingStatus === 'string' && onboardingStatus.toLowerCase() === 'onboarded';
+}
+
+/**
  * The CVEs of generated device `index`, drawn from the shared catalog without repeats; `volume` scales
  * their number (see volume.ts).
  */
 export function generateCveEntries(
   seed: number,
   index: number,
-  onboardingStatus: string | undefined,
+  onboardingStatus: unknown,
   volume?: ExportVolume,
 ): CatalogEntry[] {
-  const onboarded = (onboardingStatus ?? '').toLowerCase() === 'onboarded';
+  const onboarded = isOnboarded(onboardingStatus);
   const count = scaledCveCount(vulnerabilityCount(seed, index, onboarded), volume);
   if (count === 0) return [];
   const catalog = cveCatalog();

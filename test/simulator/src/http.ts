@@ -95,7 +95,8 @@ const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 /**
  * Writes an answer part by part as the parts are rendered (chunked, no Content-Length), yielding to the
  * event loop between parts so the bytes leave while the next part is built; waits while the client is
- * more than MAX_BUFFERED_BYTES behind. Stops when the client goes away.
+ * more than MAX_BUFFERED_BYTES behind. Stops when the client goes away. A part that fails to render cuts the
+ * answer off (and rejects with its error).
  */
 export async function sendParts(
   res: ServerResponse,
@@ -116,13 +117,21 @@ export async function sendParts(
     out.pipe(res);
     res.once('close', () => out.destroy());
   }
-  for (const part of parts) {
-    if (res.destroyed) return;
-    out.write(part);
-    // Either buffer past the bound had its last write refused, so its 'drain' comes.
-    if (res.writableLength > MAX_BUFFERED_BYTES) await drained(res, res);
-    else if (out.writableLength > MAX_BUFFERED_BYTES) await drained(out, res);
-    else await new Promise<void>((resolve) => setImmediate(resolve));
+  try {
+    for (const part of parts) {
+      if (res.destroyed) return;
+      out.write(part);
+      // Either buffer past the bound had its last write refused, so its 'drain' comes.
+      if (res.writableLength > MAX_BUFFERED_BYTES) await drained(res, res);
+      else if (out.writableLength > MAX_BUFFERED_BYTES) await drained(out, res);
+      else await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+  } catch (err) {
+    // A part failed to render after the status went out: the answer is cut off (the connection closed, no
+    // last chunk), as a failing streamed answer is, rather than left open for a client to wait on for ever.
+    if (gzip) out.destroy();
+    res.destroy();
+    throw err;
   }
   if (!res.destroyed) out.end();
 }

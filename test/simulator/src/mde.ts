@@ -217,8 +217,8 @@ function decodeSkipToken(raw: string): SkipToken | undefined {
   return undefined;
 }
 
-function exportTimestamp(iso: string | undefined): string {
-  return (iso ?? '1970-01-01T00:00:00Z').slice(0, 19).replace('T', ' ');
+function exportTimestamp(iso: unknown): string {
+  return (typeof iso === 'string' ? iso : '1970-01-01T00:00:00Z').slice(0, 19).replace('T', ' ');
 }
 
 const text = (value: string | null): string => JSON.stringify(value);
@@ -290,7 +290,8 @@ export function deviceRowsJson(
   const entries = view.exportEntries(record.id) ?? [];
   const inventory = view.softwareOnly(record.id);
   if (entries.length === 0 && !inventory?.length) return [];
-  const isWindows = (record.osPlatform ?? '').startsWith('Windows');
+  // A patch may have set a field to another type than the record's: such a value reads as absent here.
+  const isWindows = typeof record.osPlatform === 'string' && record.osPlatform.startsWith('Windows');
   const device =
     // A device in no RBAC group is "Unassigned" in the export (get-assessment-software-vulnerabilities), where
     // /api/machines gives it null.

@@ -146,9 +146,10 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const url = new URL(req.url ?? '/', 'https://sim.invalid');
     if (url.pathname.startsWith('/_sim/')) {
-      handleControl(control(), req, res, url).catch((err: unknown) =>
-        sendJson(res, 500, { error: String(err) }),
-      );
+      handleControl(control(), req, res, url).catch((err: unknown) => {
+        if (!res.headersSent) sendJson(res, 500, { error: String(err) });
+        else res.destroy();
+      });
       return;
     }
     tracker.enter(res);
@@ -168,6 +169,8 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       });
     work.catch((err: unknown) => {
       if (!res.headersSent) send(res, mdeError(500, 'InternalServerError', String(err)), false);
+      // Failed once the answer had begun: cut off, never left open for the client to wait on.
+      else res.destroy();
     });
   };
 

@@ -321,6 +321,98 @@ describe('export file downloads', () => {
   });
 });
 
+describe('an export with a device whose onboardingStatus is not a string', () => {
+  let sim: Simulator;
+  let token: string;
+  const odd: string[] = [];
+
+  beforeAll(async () => {
+    sim = await simWithTenant(30, 8);
+    // Devices of the export (onboarded, with CVEs) whose onboardingStatus a patch made a number and a boolean.
+    const listed = sim.machines(TENANT).filter((m) => sim.vulnerabilities(TENANT, m.id).length > 0);
+    for (const [m, status] of [
+      [listed[0], 1],
+      [listed[1], true],
+    ] as const) {
+      if (!m) throw new Error('the fleet has too few devices with vulnerabilities');
+      sim.updateMachine(TENANT, m.id, { onboardingStatus: status as unknown as string });
+      odd.push(m.id);
+    }
+    token = await getToken(sim);
+  });
+
+  afterAll(() => sim.close());
+
+  /** A GET that gives up (rejects) after 5 s rather than waiting for an answer that never ends. */
+  const bounded = (url: string, bearer?: string): Promise<{ status: number; body: Buffer }> =>
+    new Promise((resolve, reject) => {
+      const req = https.get(
+        url,
+        { ca: sim.caPem, agent: false, headers: bearer ? { authorization: `Bearer ${bearer}` } : {} },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (chunk: Buffer) => chunks.push(chunk));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
+          res.on('error', reject);
+        },
+      );
+      req.setTimeout(5_000, () => req.destroy(new Error('no complete answer within 5 s')));
+      req.on('error', reject);
+    });
+
+  /** Each device's CVE ids as the rows give them (inventory rows without a CVE left out). */
+  const cvesByDevice = (rows: { deviceId: string; cveId: string | null }[]): Map<string, string[]> => {
+    const out = new Map<string, string[]>();
+    for (const row of rows)
+      if (row.cveId) out.set(row.deviceId, [...(out.get(row.deviceId) ?? []), row.cveId].sort());
+    return out;
+  };
+
+  /** Each device's CVE ids as the per-device endpoint gives them. */
+  const expected = (): Map<string, string[]> =>
+    new Map(
+      sim
+        .machines(TENANT)
+        .map(
+          (m) =>
+            [
+              m.id,
+              sim
+                .vulnerabilities(TENANT, m.id)
+                .map((v) => v.id)
+                .sort(),
+            ] as const,
+        )
+        .filter(([, ids]) => ids.length > 0),
+    );
+
+  test('the JSON export should answer every row and end, reading such a device as not onboarded', async () => {
+    const reply = await bounded(
+      `${sim.baseUrl}/api/machines/SoftwareVulnerabilitiesByMachine?pageSize=100000`,
+      token,
+    );
+    expect(reply.status).toBe(200);
+    const rows = JSON.parse(reply.body.toString('utf8')).value as {
+      deviceId: string;
+      cveId: string | null;
+    }[];
+    expect(cvesByDevice(rows)).toEqual(expected());
+    for (const id of odd) expect(sim.vulnerabilities(TENANT, id)).toEqual([]);
+  });
+
+  test('the export file should be served whole', async () => {
+    const list = await bounded(`${sim.baseUrl}${EXPORT_PATH}`, token);
+    expect(list.status).toBe(200);
+    const [url] = JSON.parse(list.body.toString('utf8')).exportFiles as [string];
+    const file = await bounded(url);
+    expect(file.status).toBe(200);
+    const rows = lines({ status: file.status, headers: {}, body: file.body }).map(
+      (line) => JSON.parse(line) as { deviceId: string; cveId: string | null },
+    );
+    expect(cvesByDevice(rows)).toEqual(expected());
+  });
+});
+
 describe('SoftwareVulnerabilitiesExport quota', () => {
   let sim: Simulator;
 

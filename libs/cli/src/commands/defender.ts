@@ -87,13 +87,19 @@ class UsageError extends Error {}
 async function readOptions(args: string[]): Promise<Options | 'help'> {
   const [action, ...rest] = args;
   if (!action || action === '--help' || action === '-h') return 'help';
-  if (action !== 'devices' && action !== 'check') throw new UsageError(`unknown action '${action}'`);
+  // Arguments are never echoed: a secret pasted in the wrong place would land on stderr (and in logs). They are
+  // named by their position among `urs defender`'s arguments instead.
+  if (action !== 'devices' && action !== 'check')
+    throw new UsageError('unknown action (argument 1, not shown): it must be devices or check');
   let values;
+  let tokens;
   try {
-    ({ values } = parseArgs({
+    ({ values, tokens } = parseArgs({
       args: rest,
       strict: true,
-      allowPositionals: false,
+      // Taken here to be refused below by position: parseArgs' own error quotes the argument.
+      allowPositionals: true,
+      tokens: true,
       options: {
         'azure-tenant-id': { type: 'string' },
         'client-id': { type: 'string' },
@@ -112,6 +118,11 @@ async function readOptions(args: string[]): Promise<Options | 'help'> {
   } catch (error) {
     throw new UsageError(errorMessage(error));
   }
+  const stray = tokens.find((token) => token.kind === 'positional');
+  if (stray)
+    throw new UsageError(
+      `unexpected argument ${stray.index + 2} (not shown): this command takes an action and options only`,
+    );
   if (values.help) return 'help';
   for (const name of ['azure-tenant-id', 'client-id', 'client-secret-file'] as const) {
     if (!values[name]) throw new UsageError(`--${name} is required`);
@@ -120,8 +131,9 @@ async function readOptions(args: string[]): Promise<Options | 'help'> {
   try {
     clientSecret = (await readFile(values['client-secret-file'] as string, 'utf8')).trim();
   } catch (error) {
+    // The path is not shown: it may be the secret itself, given where its file belongs.
     throw new UsageError(
-      `--client-secret-file: cannot read ${values['client-secret-file']}: ${(error as NodeJS.ErrnoException).code ?? 'error'}`,
+      `--client-secret-file: cannot read the file given (${(error as NodeJS.ErrnoException).code ?? 'error'})`,
     );
   }
   if (!clientSecret) throw new UsageError('--client-secret-file: the file is empty');

@@ -75,6 +75,24 @@ const asked = (from: App): string[] =>
     .filter((m) => !m.mergedIntoMachineId && !m.isExcluded)
     .map((m) => m.id);
 
+/**
+ * The records with a vulnerability list are exactly the devices asked for (not merged, not excluded), one each,
+ * and each lists the CVEs the simulator holds for it.
+ */
+function expectEachDeviceCves(records: Record<string, unknown>[], from: App): void {
+  const scorable = asked(from).sort();
+  expect(scorable.length).toBeGreaterThan(0);
+  const withList = records.filter((r) => Array.isArray(r.vulnerabilities));
+  expect(withList.map((r) => r.id as string).sort()).toEqual(scorable);
+  expect(withList).toHaveLength(scorable.length);
+  const cves = (list: { id: string }[]): string[] => [...new Set(list.map((v) => v.id))].sort();
+  expect(
+    Object.fromEntries(withList.map((r) => [r.id as string, cves(r.vulnerabilities as { id: string }[])])),
+  ).toEqual(
+    Object.fromEntries(scorable.map((id) => [id, cves(sim.vulnerabilities(from.azureTenantId, id))])),
+  );
+}
+
 function lines(text: string): Record<string, unknown>[] {
   return text
     .split('\n')
@@ -197,13 +215,7 @@ describe('urs defender devices', () => {
         args('devices', app, '--with-vulnerabilities', '--vulnerabilities-mode', mode, '--no-redis'),
       );
       expect(result.code).toBe(0);
-      const askedFor = new Set(asked(app));
-      for (const record of lines(result.stdout).filter((r) => askedFor.has(r.id as string))) {
-        const expected = [
-          ...new Set(sim.vulnerabilities(app.azureTenantId, record.id as string).map((v) => v.id)),
-        ].sort();
-        expect((record.vulnerabilities as { id: string }[]).map((v) => v.id).sort()).toEqual(expected);
-      }
+      expectEachDeviceCves(lines(result.stdout), app);
     },
   );
 
@@ -215,16 +227,19 @@ describe('urs defender devices', () => {
     expect(small.code).toBe(0);
     expect(small.stderr).not.toContain('bulk export');
     expect(sim.stats().callsByTenant[app.azureTenantId]?.vulnerabilities).toBe(asked(app).length);
+    expectEachDeviceCves(lines(small.stdout), app);
     const big = await run(args('devices', large, '--with-vulnerabilities', '--no-redis'));
     expect(big.code).toBe(0);
     expect(big.stderr).toContain('reading vulnerabilities from the bulk export');
     expect(sim.stats().callsByTenant[large.azureTenantId]?.vulnerabilities).toBeUndefined();
-    const askedFor = new Set(asked(large));
     const records = lines(big.stdout);
     expect(records.map((r) => r.id).sort()).toEqual(listed(large).sort());
-    for (const record of records)
-      if (askedFor.has(record.id as string)) expect(Array.isArray(record.vulnerabilities)).toBe(true);
-      else expect(record).toMatchObject({ vulnerabilities: null, fetchError: { code: 'EXCLUDED' } });
+    expectEachDeviceCves(records, large);
+    const askedFor = new Set(asked(large));
+    const excluded = records.filter((r) => !askedFor.has(r.id as string));
+    expect(excluded).toHaveLength(listed(large).length - askedFor.size);
+    for (const record of excluded)
+      expect(record).toMatchObject({ vulnerabilities: null, fetchError: { code: 'EXCLUDED' } });
   });
 
   it('defenderCommand should write null vulnerabilities, once explained, when consent for them is missing', async () => {
@@ -390,6 +405,37 @@ describe('urs defender usage', () => {
     const region = await run(args('devices', app, '--region', 'moon', '--no-redis'));
     expect(region.code).toBe(2);
     expect(region.stderr).toContain('--region must be one of us, eu, uk, au, swa, ina, aea');
+  });
+
+  it('defenderCommand should not echo a secret given where the secret file belongs', async () => {
+    const secret = `Abc8Q~${randomUUID().replace(/-/g, '')}`;
+    const result = await run([
+      'devices',
+      ...['--azure-tenant-id', app.azureTenantId, '--client-id', app.clientId],
+      ...['--client-secret-file', secret, '--no-redis'],
+    ]);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('--client-secret-file: cannot read the file given (ENOENT)');
+    expect(result.stderr).not.toContain(secret);
+    expect(result.stderr).not.toContain('Abc8Q~');
+  });
+
+  it('defenderCommand should not echo a stray argument, naming its position instead', async () => {
+    const secret = `Abc8Q~${randomUUID().replace(/-/g, '')}`;
+    // `urs defender devices <7 arguments> <secret>`: the secret is argument 9 of `urs defender`.
+    const stray = await run(args('devices', app, '--no-redis', secret));
+    expect(stray.code).toBe(2);
+    expect(stray.stderr).toContain('unexpected argument 9 (not shown)');
+    expect(stray.stderr).not.toContain('Abc8Q~');
+    const afterDashes = await run(args('devices', app, '--', secret));
+    expect(afterDashes.code).toBe(2);
+    expect(afterDashes.stderr).toContain('unexpected argument 9 (not shown)');
+    expect(afterDashes.stderr).not.toContain('Abc8Q~');
+    // In the action's place.
+    const action = await run([secret, ...args('devices', app).slice(1)]);
+    expect(action.code).toBe(2);
+    expect(action.stderr).toContain('unknown action (argument 1, not shown): it must be devices or check');
+    expect(action.stderr).not.toContain('Abc8Q~');
   });
 
   it('defenderCommand should exit 2 for a page size above 10,000', async () => {
