@@ -1,17 +1,11 @@
-import { type LogLine, type TestRedis, capturingLogger, createTestRedis, waitFor } from '@urs/testkit';
+import { waitFor } from '@urs/testkit';
 import { Registry } from '@urs/telemetry';
-import { type CallLimiter, type SharedLimiterOptions, createSharedLimiter } from '../src';
+import { type CallLimiter, type SharedLimiterOptions } from '../src';
 import { SlotEndedError } from '../src/limiter';
+import { gate, sharedLimitersPerTest } from './support';
 
 // A bulk export page (`wholeSlot`) holds its shared slot until the page ends, a minute at most: without a cap,
 // a few large bulk tenants read at once hold every slot, and a per-device tenant's calls wait behind them.
-
-/** A promise the test settles when it likes. */
-function gate(): { opened: Promise<void>; open: () => void } {
-  let open = (): void => undefined;
-  const opened = new Promise<void>((resolve) => (open = resolve));
-  return { opened, open };
-}
 
 /**
  * Whole-slot tasks that each hold their slot until the test opens their gate, counting how many run at once.
@@ -57,20 +51,7 @@ function bulkProbe(cap: number): {
   };
 }
 
-let redis: TestRedis;
-let limiters: CallLimiter[];
-let lines: LogLine[];
-
-beforeEach(() => {
-  redis = createTestRedis();
-  limiters = [];
-  lines = [];
-});
-
-afterEach(async () => {
-  await Promise.all(limiters.map((limiter) => limiter.close()));
-  await redis.close();
-});
+const shared = sharedLimitersPerTest();
 
 /** A shared limiter of `maxConcurrent` slots, at most `bulkMaxSlots` of them held by whole-slot calls. */
 async function limiter(
@@ -78,26 +59,16 @@ async function limiter(
   bulkMaxSlots: number,
   more: Partial<SharedLimiterOptions> = {},
 ): Promise<CallLimiter> {
-  const options = {
-    redis: redis.client,
-    keyPrefix: redis.prefix,
-    maxConcurrent,
-    bulkMaxSlots,
-    logger: capturingLogger(lines),
-    ...more,
-  };
-  const made = await createSharedLimiter(options);
-  limiters.push(made);
-  return made;
+  return shared.create({ maxConcurrent, bulkMaxSlots, ...more });
 }
 
 /** The shared count of whole-slot calls holding the cap, as Redis keeps it. */
 async function bulkRunning(): Promise<string | null> {
-  return redis.client.hget(`b_${redis.prefix}defender-bulk_settings`, 'running');
+  return shared.redis.client.hget(`b_${shared.redis.prefix}defender-bulk_settings`, 'running');
 }
 
 async function mainRunning(): Promise<string | null> {
-  return redis.client.hget(`b_${redis.prefix}defender-api_settings`, 'running');
+  return shared.redis.client.hget(`b_${shared.redis.prefix}defender-api_settings`, 'running');
 }
 
 describe('createSharedLimiter with a cap on whole-slot (bulk export) calls', () => {
@@ -214,7 +185,7 @@ describe('createSharedLimiter given a cap on whole-slot calls it cannot keep', (
   it.each([0, 5, 1.5])(
     'refuses a cap of %s for 4 slots, naming the rule, before it opens a connection',
     async (bulkMaxSlots) => {
-      const duplicate = jest.spyOn(redis.client, 'duplicate');
+      const duplicate = jest.spyOn(shared.redis.client, 'duplicate');
       await expect(limiter(4, bulkMaxSlots)).rejects.toThrow(
         `bulkMaxSlots must be a whole number from 1 to maxConcurrent (4), got ${bulkMaxSlots}`,
       );
@@ -234,7 +205,7 @@ describe('createSharedLimiter when a whole-slot call waits long for its slot', (
 
   /** The place under the cap a whole-slot call took, counted as Bottleneck counts jobs done. */
   async function placesTaken(): Promise<string | null> {
-    return redis.client.hget(`b_${redis.prefix}defender-bulk_settings`, 'done');
+    return shared.redis.client.hget(`b_${shared.redis.prefix}defender-bulk_settings`, 'done');
   }
 
   it('a whole-slot call that waited a slot expiration for its slot runs until its own slot ends, not its place', async () => {

@@ -1,20 +1,14 @@
-import { type LogLine, type TestRedis, capturingLogger, createTestRedis, waitFor } from '@urs/testkit';
+import { waitFor } from '@urs/testkit';
 import { Registry } from '@urs/telemetry';
-import { CallHealth, type CallLimiter, DegradedCalls, type QuotaClaim, createSharedLimiter } from '../src';
+import { CallHealth, type CallLimiter, DegradedCalls, type QuotaClaim } from '../src';
 import { createCallSlots } from '../src/call-slots';
+import { gate, sharedLimitersPerTest } from './support';
 
 // The calls of degraded tenants (their last call failed slowly: a Defender region that hangs) are capped
 // together, so that the healthy tenants keep the other slots. The slots are shared by every process (the
 // pollers, the vuln-fetchers, the registrars): so must the cap be.
 
 const claim: QuotaClaim = { sent: () => undefined, release: () => undefined };
-
-/** A promise the test settles when it likes. */
-function gate(): { opened: Promise<void>; open: () => void } {
-  let open = (): void => undefined;
-  const opened = new Promise<void>((resolve) => (open = resolve));
-  return { opened, open };
-}
 
 /**
  * Calls of degraded tenants that each hang until the test releases them (then fail at once, which leaves
@@ -63,34 +57,17 @@ function hangingCalls(cap: number): {
   };
 }
 
-let redis: TestRedis;
-let limiters: CallLimiter[];
-let lines: LogLine[];
-
-beforeEach(() => {
-  redis = createTestRedis();
-  limiters = [];
-  lines = [];
-});
-
-afterEach(async () => {
-  await Promise.all(limiters.map((limiter) => limiter.close()));
-  await redis.close();
-});
+const shared = sharedLimitersPerTest();
 
 /** One process's shared limiter of 10 slots, and the places of its degraded tenants (its own, as in a process). */
 async function processOf(
   registry?: Registry,
 ): Promise<{ limiter: CallLimiter; degradedCalls: DegradedCalls }> {
-  const limiter = await createSharedLimiter({
-    redis: redis.client,
-    keyPrefix: redis.prefix,
-    logger: capturingLogger(lines),
+  const limiter = await shared.create({
     // The shared counts read often: the test waits for them.
     reconcileEveryMs: 100,
     ...(registry ? { metrics: registry } : {}),
   });
-  limiters.push(limiter);
   return { limiter, degradedCalls: new DegradedCalls() };
 }
 
@@ -232,17 +209,9 @@ describe('the cap on the calls of degraded tenants, across processes', () => {
 describe('a degraded tenant’s bulk export page under both caps', () => {
   it('waits for its place under the bulk cap holding no place of the degraded tenants, whose other calls go meanwhile', async () => {
     const registry = new Registry();
-    const limiter = await createSharedLimiter({
-      redis: redis.client,
-      keyPrefix: redis.prefix,
-      logger: capturingLogger(lines),
-      bulkMaxSlots: 1,
-      degradedMaxSlots: 1,
-      metrics: registry,
-    });
-    limiters.push(limiter);
+    const limiter = await shared.create({ bulkMaxSlots: 1, degradedMaxSlots: 1, metrics: registry });
     const degradedRunning = (): Promise<string | null> =>
-      redis.client.hget(`b_${redis.prefix}defender-degraded_settings`, 'running');
+      shared.redis.client.hget(`b_${shared.redis.prefix}defender-degraded_settings`, 'running');
     // A healthy tenant's bulk export page holds the only place under the bulk cap until the test lets it end.
     const holder = gate();
     const holding = limiter.schedule(() => holder.opened.then(() => 'healthy page'), { wholeSlot: true });

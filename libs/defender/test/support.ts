@@ -3,6 +3,7 @@ import type { Agent } from 'node:https';
 import { silentLogger } from '@urs/logging';
 import { retryPolicy } from '@urs/resilience';
 import type { Simulator } from '@urs/simulator';
+import { type LogLine, type TestRedis, capturingLogger, createTestRedis } from '@urs/testkit';
 import {
   type CallLimiter,
   type DefenderClient,
@@ -10,10 +11,12 @@ import {
   type DefenderClientDeps,
   type DefenderApp,
   type QuotaGate,
+  type SharedLimiterOptions,
   createDefenderClient,
   createHttpsAgent,
   createLocalLimiter,
   createLocalQuotaGate,
+  createSharedLimiter,
 } from '../src';
 
 export interface TestApp {
@@ -109,4 +112,59 @@ export async function holdOnlySlot(limiter: CallLimiter): Promise<{ free: () => 
   );
   await slotHeld;
   return { free: () => free(), busy };
+}
+
+/** A promise the test settles when it likes. */
+export function gate(): { opened: Promise<void>; open: () => void } {
+  let open = (): void => undefined;
+  const opened = new Promise<void>((resolve) => (open = resolve));
+  return { opened, open };
+}
+
+/**
+ * For the calling file or `describe` block: a fresh test Redis before each test, and the shared limiters
+ * `create` makes over it, each logging into `lines` (emptied before each test); after each test the limiters
+ * are closed, then the Redis (its keys deleted). The returned object stands for the current test's ones.
+ */
+export function sharedLimitersPerTest(): {
+  readonly redis: TestRedis;
+  readonly lines: LogLine[];
+  create: (options?: Omit<SharedLimiterOptions, 'redis' | 'keyPrefix' | 'logger'>) => Promise<CallLimiter>;
+} {
+  let redis: TestRedis | undefined;
+  let limiters: CallLimiter[] = [];
+  let lines: LogLine[] = [];
+  beforeEach(() => {
+    redis = createTestRedis();
+    limiters = [];
+    lines = [];
+  });
+  afterEach(async () => {
+    await Promise.all(limiters.map((limiter) => limiter.close()));
+    await redis?.close();
+    redis = undefined;
+  });
+  const current = (): TestRedis => {
+    if (redis === undefined)
+      throw new Error('sharedLimitersPerTest: the test Redis exists only while a test runs');
+    return redis;
+  };
+  return {
+    get redis() {
+      return current();
+    },
+    get lines() {
+      return lines;
+    },
+    create: async (options = {}) => {
+      const made = await createSharedLimiter({
+        redis: current().client,
+        keyPrefix: current().prefix,
+        logger: capturingLogger(lines),
+        ...options,
+      });
+      limiters.push(made);
+      return made;
+    },
+  };
 }
