@@ -1,6 +1,3 @@
-import { randomUUID } from 'node:crypto';
-import type { Publisher } from '@urs/bus';
-import type { TenantRecord } from '@urs/contracts';
 import {
   CallHealth,
   DegradedCalls,
@@ -8,20 +5,15 @@ import {
   createLocalLimiter,
   createLocalQuotaGate,
 } from '@urs/defender';
-import { silentLogger } from '@urs/logging';
-import { createSecretSealer } from '@urs/secrets';
 import { type Simulator, startSimulator } from '@urs/simulator';
-import type { CycleStore } from '@urs/store';
-import { Registry } from '@urs/telemetry';
 import { waitFor } from '@urs/testkit';
 import { createBatchFit } from '../src/batch-fit';
-import { runCycle, type CycleDeps } from '../src/cycle';
+import { runCycle } from '../src/cycle';
 import type { DefenderGateway } from '../src/defender';
-import { simGateway } from './support/sim-gateway';
+import { unsentCycleDeps } from './support/cycle';
+import { addSimTenants, simGateway, simRecord, simTenant } from './support/sim-gateway';
 import type { Scheduler } from '../src/scheduler';
-import { feed, memorySchedules, memoryStatus, replica, sampleOf, type Run } from './support/scheduler';
-
-const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 5)]]) });
+import { sampleOf, startOnePlaceReplica } from './support/scheduler';
 
 // The scheduler with the real cycle and Defender client against the simulator: a degraded tenant (its last call
 // failed slowly) whose listing waits for one of the places of degraded tenants' calls, all taken by other
@@ -36,51 +28,11 @@ describe('poller: a degraded tenant waiting for a place among the degraded tenan
   const degradedCalls = new DegradedCalls(1);
   const elsewhere = new CallHealth('elsewhere', { degradedCalls });
   let agent: ReturnType<typeof createHttpsAgent>;
-  const tenants = ['failing', 'healthy'].map((tenantId) => ({
-    tenantId,
-    azureTenantId: randomUUID(),
-    clientId: randomUUID(),
-    secret: `Zx8Q~${randomUUID().replace(/-/g, '')}`,
-  }));
-
-  const recordOf = (tenant: (typeof tenants)[number]): TenantRecord => ({
-    schemaVersion: 1,
-    tenantId: tenant.tenantId,
-    revision: 1,
-    updatedAt: '2026-01-01T00:00:00.000Z',
-    source: 'rest',
-    enabled: true,
-    defender: {
-      azureTenantId: tenant.azureTenantId,
-      clientId: tenant.clientId,
-      clientSecret: sealer.seal(tenant.secret, tenant.tenantId),
-      pollIntervalMinutes: 10,
-      cloud: 'commercial',
-      region: null,
-      riskProfile: null,
-    },
-  });
-
-  const cycleDeps = (): CycleDeps => ({
-    defender: gateway,
-    sealer,
-    publisher: { send: async () => undefined } as unknown as Publisher,
-    cycles: { begin: async () => undefined, listed: async () => undefined } as unknown as CycleStore,
-    deviceBatchesTopic: 'urs.device-batches',
-    batchSize: 500,
-    batchFit: createBatchFit(),
-    maxCycleMs: 3_600_000,
-    logger: silentLogger,
-  });
+  const tenants = ['failing', 'healthy'].map(simTenant);
 
   beforeAll(async () => {
     sim = await startSimulator({ quotas: false });
-    for (const tenant of tenants)
-      sim.addTenant({
-        azureTenantId: tenant.azureTenantId,
-        apps: [{ clientId: tenant.clientId, clientSecret: tenant.secret }],
-        fleet: { size: 3, seed: 7 },
-      });
+    addSimTenants(sim, tenants);
     // The failing tenant's API never answers: its first call, out of time, makes it degraded, and the retry
     // waits for the one place among the degraded tenants' calls.
     sim.setFaults((tenants[0] as (typeof tenants)[number]).azureTenantId, { timeoutRate: 1 });
@@ -106,23 +58,13 @@ describe('poller: a degraded tenant waiting for a place among the degraded tenan
   });
 
   it('its cycle should end as throttled once it waited URS_POLL_MAX_QUOTA_WAIT_MS, freeing its place for a healthy tenant', async () => {
-    const schedules = memorySchedules();
-    const status = memoryStatus();
-    const runs: Run[] = [];
-    const metrics = new Registry();
     // One place: the failing tenant, first in the table, takes it first.
-    const made = replica(
-      0,
-      schedules,
-      status,
-      runs,
-      async (input) => void (await runCycle(cycleDeps(), input)),
-      { maxConcurrentCycles: 1, metrics, leaseMs: 10_000 },
+    const made = await startOnePlaceReplica(
+      tenants.map((tenant) => simRecord(tenant)),
+      async (input) => void (await runCycle(unsentCycleDeps(gateway, createBatchFit()), input)),
     );
-    scheduler = made.scheduler;
-    await feed(made.table, tenants.map(recordOf));
-    const started = Date.now();
-    scheduler.start();
+    ({ scheduler } = made);
+    const { schedules, status, runs, metrics, started } = made;
     // The place among the degraded tenants' calls stays taken: the healthy tenant gets the one cycle place only
     // if the failing tenant's cycle gave it up.
     await waitFor(() => runs.some((run) => run.tenantId === 'healthy'), { timeoutMs: 15_000 });

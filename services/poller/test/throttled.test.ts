@@ -1,21 +1,21 @@
-import { randomUUID } from 'node:crypto';
-import type { Publisher } from '@urs/bus';
-import type { TenantRecord } from '@urs/contracts';
 import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
-import { silentLogger } from '@urs/logging';
-import { createSecretSealer } from '@urs/secrets';
 import { type Simulator, startSimulator } from '@urs/simulator';
-import type { CycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
 import { waitFor } from '@urs/testkit';
-import { runCycle, type CycleDeps } from '../src/cycle';
+import { runCycle } from '../src/cycle';
 import type { DefenderGateway } from '../src/defender';
-import { fitAfterTaking } from './support/cycle';
-import { simGateway } from './support/sim-gateway';
+import { fitAfterTaking, unsentCycleDeps } from './support/cycle';
+import { addSimTenants, simGateway, simRecord, simTenant } from './support/sim-gateway';
 import type { Scheduler } from '../src/scheduler';
-import { feed, memorySchedules, memoryStatus, replica, sampleOf, sleep, type Run } from './support/scheduler';
-
-const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 5)]]) });
+import {
+  feed,
+  memorySchedules,
+  memoryStatus,
+  replica,
+  sampleOf,
+  sleep,
+  startOnePlaceReplica,
+} from './support/scheduler';
 
 // The scheduler with the real cycle and Defender client against the simulator: a tenant whose quota is
 // blocked for an hour (a 429's Retry-After of 3600, seen by any process) must not keep a cycle place.
@@ -26,67 +26,19 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
   const limiter = createLocalLimiter();
   const quota = createLocalQuotaGate();
   let agent: ReturnType<typeof createHttpsAgent>;
-  const tenants = ['blocked', 'healthy'].map((tenantId) => ({
-    tenantId,
-    azureTenantId: randomUUID(),
-    clientId: randomUUID(),
-    secret: `Zx8Q~${randomUUID().replace(/-/g, '')}`,
-  }));
+  const tenants = ['blocked', 'healthy'].map(simTenant);
 
   // Polled once a day, its poll interval's unit a real minute.
-  const daily = {
-    tenantId: 'daily',
-    azureTenantId: randomUUID(),
-    clientId: randomUUID(),
-    secret: `Zx8Q~${randomUUID().replace(/-/g, '')}`,
-  };
+  const daily = simTenant('daily');
 
   // Its quota counters gone with a wiped Redis (a gate counting nothing), while Microsoft still counts its calls.
-  const counted = {
-    tenantId: 'counted',
-    azureTenantId: randomUUID(),
-    clientId: randomUUID(),
-    secret: `Zx8Q~${randomUUID().replace(/-/g, '')}`,
-  };
+  const counted = simTenant('counted');
 
-  const recordOf = (tenant: (typeof tenants)[number], pollIntervalMinutes = 10): TenantRecord => ({
-    schemaVersion: 1,
-    tenantId: tenant.tenantId,
-    revision: 1,
-    updatedAt: '2026-01-01T00:00:00.000Z',
-    source: 'rest',
-    enabled: true,
-    defender: {
-      azureTenantId: tenant.azureTenantId,
-      clientId: tenant.clientId,
-      clientSecret: sealer.seal(tenant.secret, tenant.tenantId),
-      pollIntervalMinutes,
-      cloud: 'commercial',
-      region: null,
-      riskProfile: null,
-    },
-  });
-
-  const cycleDeps = (): CycleDeps => ({
-    defender: gateway,
-    sealer,
-    publisher: { send: async () => undefined } as unknown as Publisher,
-    cycles: { begin: async () => undefined, listed: async () => undefined } as unknown as CycleStore,
-    deviceBatchesTopic: 'urs.device-batches',
-    batchFit: fitAfterTaking(),
-    batchSize: 500,
-    maxCycleMs: 3_600_000,
-    logger: silentLogger,
-  });
+  const cycleDeps = () => unsentCycleDeps(gateway, fitAfterTaking());
 
   beforeAll(async () => {
     sim = await startSimulator({ quotas: false });
-    for (const tenant of [...tenants, daily, counted])
-      sim.addTenant({
-        azureTenantId: tenant.azureTenantId,
-        apps: [{ clientId: tenant.clientId, clientSecret: tenant.secret }],
-        fleet: { size: 3, seed: 7 },
-      });
+    addSimTenants(sim, [...tenants, daily, counted]);
     agent = createHttpsAgent({ extraCa: sim.caPem });
     gateway = simGateway(sim, agent, limiter, {
       quota,
@@ -106,24 +58,14 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
   it("a blocked tenant's cycle should end at once as throttled, freeing its place for another tenant, and be tried again when the block ends", async () => {
     const blocked = tenants[0] as (typeof tenants)[number];
     await quota.block(blocked, 'machines', 3_600_000);
-    const schedules = memorySchedules();
-    const status = memoryStatus();
-    const runs: Run[] = [];
-    const metrics = new Registry();
-    // One place: the blocked tenant, first in the table, takes it first.
-    const made = replica(
-      0,
-      schedules,
-      status,
-      runs,
+    // One place: the blocked tenant, first in the table, takes it first. Its lease no slower process can lose
+    // while the cycle meets the block (a lost lease frees the place too).
+    const made = await startOnePlaceReplica(
+      tenants.map((tenant) => simRecord(tenant)),
       async (input) => void (await runCycle(cycleDeps(), input)),
-      // A lease no slower process can lose while the cycle meets the block (a lost lease frees the place too).
-      { maxConcurrentCycles: 1, metrics, leaseMs: 10_000 },
     );
-    scheduler = made.scheduler;
-    await feed(made.table, tenants.map(recordOf));
-    const started = Date.now();
-    scheduler.start();
+    ({ scheduler } = made);
+    const { schedules, status, runs, metrics, started } = made;
     // The block lasts an hour: the healthy tenant gets the one place only if the blocked cycle gave it up.
     await waitFor(() => runs.some((run) => run.tenantId === 'healthy'), { timeoutMs: 10_000 });
     expect(sampleOf(metrics, 'urs_poll_cycles_total{outcome="throttled"}')).toBe(1);
@@ -165,7 +107,7 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
     await quota.block(daily, 'machines', 90_000);
     const { made, status, attempts, metrics, clock } = skewedReplica();
     try {
-      await feed(made.table, [recordOf(daily, 1440)]);
+      await feed(made.table, [simRecord(daily, 1440)]);
       const started = Date.now();
       made.scheduler.start();
       await waitFor(() => sampleOf(metrics, 'urs_poll_cycles_total{outcome="throttled"}') === 1, {
@@ -191,7 +133,7 @@ describe('poller: a tenant throttled for longer than a cycle may wait', () => {
     sim.setFaults(counted.azureTenantId, { throttledCalls: 1, throttleRetryAfterSec: 600 });
     const { made, schedules, attempts, metrics, clock } = skewedReplica();
     try {
-      await feed(made.table, [recordOf(counted, 5)]);
+      await feed(made.table, [simRecord(counted, 5)]);
       const started = Date.now();
       made.scheduler.start();
       await waitFor(() => sampleOf(metrics, 'urs_poll_cycles_total{outcome="throttled"}') === 1, {

@@ -1,8 +1,12 @@
 import { KafkaJSProtocolError } from 'kafkajs';
-import { BusError } from '@urs/bus';
+import { BusError, type Publisher } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
+import { silentLogger } from '@urs/logging';
 import { createSecretSealer } from '@urs/secrets';
+import type { CycleStore } from '@urs/store';
 import { createBatchFit, type BatchFit } from '../../src/batch-fit';
+import type { CycleDeps } from '../../src/cycle';
+import type { DefenderGateway } from '../../src/defender';
 
 /** The sealer a cycle opens the tenant's client secret with. */
 export const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 3)]]) });
@@ -52,3 +56,19 @@ export function fitAfterTaking(bytes = 1_000_000): BatchFit {
   fit.taken(bytes);
   return fit;
 }
+
+/**
+ * The deps of cycles listing from `defender` (secrets opened by `sealer`) whose batches and cycle records go
+ * nowhere: batches of 500 under `batchFit`, an hour at most.
+ */
+export const unsentCycleDeps = (defender: DefenderGateway, batchFit: BatchFit): CycleDeps => ({
+  defender,
+  sealer,
+  publisher: { send: async () => undefined } as unknown as Publisher,
+  cycles: { begin: async () => undefined, listed: async () => undefined } as unknown as CycleStore,
+  deviceBatchesTopic: 'urs.device-batches',
+  batchSize: 500,
+  batchFit,
+  maxCycleMs: 3_600_000,
+  logger: silentLogger,
+});

@@ -274,3 +274,27 @@ export function sampleOf(registry: Registry, series: string): number | undefined
     .find((candidate) => candidate.startsWith(`${series} `));
   return line === undefined ? undefined : Number(line.slice(series.length + 1));
 }
+
+/**
+ * One replica with a single cycle place (leases of 10 s, which no slow cycle loses), each cycle `behaviour`, fed
+ * `records` (the first in the table takes the place first) and started: its stores, the runs that ended, its
+ * metrics and when it started. The caller closes `scheduler`.
+ */
+export async function startOnePlaceReplica(
+  records: TenantRecord[],
+  behaviour: (input: CycleInput) => Promise<void>,
+) {
+  const schedules = memorySchedules();
+  const status = memoryStatus();
+  const runs: Run[] = [];
+  const metrics = new Registry();
+  const { scheduler, table } = replica(0, schedules, status, runs, behaviour, {
+    maxConcurrentCycles: 1,
+    metrics,
+    leaseMs: 10_000,
+  });
+  await feed(table, records);
+  const started = Date.now();
+  scheduler.start();
+  return { scheduler, schedules, status, runs, metrics, started };
+}

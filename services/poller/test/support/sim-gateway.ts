@@ -1,9 +1,12 @@
+import { randomUUID } from 'node:crypto';
 import type { Agent } from 'node:https';
+import type { TenantRecord } from '@urs/contracts';
 import { createLocalQuotaGate, type CallLimiter } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
 import type { Simulator } from '@urs/simulator';
 import { Registry } from '@urs/telemetry';
 import { createDefenderGateway, type DefenderGateway, type DefenderGatewayDeps } from '../../src/defender';
+import { sealer } from './cycle';
 
 /**
  * The poller's Defender gateway against the simulator `sim` (its CA trusted by `agent`), calling under
@@ -25,3 +28,48 @@ export function simGateway(
     ...deps,
   });
 }
+
+/** A tenant of the simulator: its app's credentials, unique to the test. */
+export interface SimTenant {
+  tenantId: string;
+  azureTenantId: string;
+  clientId: string;
+  secret: string;
+}
+
+/** Tenant `tenantId`, with an Azure tenant, an app and a secret of its own. */
+export const simTenant = (tenantId: string): SimTenant => ({
+  tenantId,
+  azureTenantId: randomUUID(),
+  clientId: randomUUID(),
+  secret: `Zx8Q~${randomUUID().replace(/-/g, '')}`,
+});
+
+/** Adds each of `tenants` to `sim`, with its app and a fleet of 3 devices. */
+export function addSimTenants(sim: Simulator, tenants: readonly SimTenant[]): void {
+  for (const tenant of tenants)
+    sim.addTenant({
+      azureTenantId: tenant.azureTenantId,
+      apps: [{ clientId: tenant.clientId, clientSecret: tenant.secret }],
+      fleet: { size: 3, seed: 7 },
+    });
+}
+
+/** `tenant`'s record, polled every `pollIntervalMinutes` (10 unless told), its secret sealed by `sealer`. */
+export const simRecord = (tenant: SimTenant, pollIntervalMinutes = 10): TenantRecord => ({
+  schemaVersion: 1,
+  tenantId: tenant.tenantId,
+  revision: 1,
+  updatedAt: '2026-01-01T00:00:00.000Z',
+  source: 'rest',
+  enabled: true,
+  defender: {
+    azureTenantId: tenant.azureTenantId,
+    clientId: tenant.clientId,
+    clientSecret: sealer.seal(tenant.secret, tenant.tenantId),
+    pollIntervalMinutes,
+    cloud: 'commercial',
+    region: null,
+    riskProfile: null,
+  },
+});
