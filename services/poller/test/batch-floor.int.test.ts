@@ -1,6 +1,5 @@
 import { ConfigResourceTypes, type Kafka } from 'kafkajs';
 import { createPublisher, surelyTakenRecordBytes, type Publisher } from '@urs/bus';
-import type { Machine } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import type { CycleStore } from '@urs/store';
 import {
@@ -13,12 +12,15 @@ import {
 } from '@urs/testkit';
 import { createBatchFit } from '../src/batch-fit';
 import { readBatchFloor } from '../src/batch-floor';
-import { cycleIdOf, runCycle, type CycleDeps } from '../src/cycle';
-import type { DefenderGateway } from '../src/defender';
-import { sealedRecord as record, sealer } from './support/cycle';
-
-/** The small batches topic's limit on a record batch. */
-const MAX_MESSAGE_BYTES = 8192;
+import { runCycle, type CycleDeps } from '../src/cycle';
+import {
+  SMALL_MAX_MESSAGE_BYTES,
+  acmeCycle,
+  listedDevices,
+  pagesGateway,
+  sealer,
+  smallBatchesTopic,
+} from './support/cycle';
 
 /** The broker's own `message.max.bytes`: what a topic without a `max.message.bytes` of its own takes. */
 async function brokerMaxMessageBytes(kafka: Kafka): Promise<number> {
@@ -52,13 +54,7 @@ describe("a poller's floor of the device batches the topic surely takes, from th
   });
 
   beforeEach(async () => {
-    topics = await createUniqueTopics(kafka, [
-      {
-        prefix: 'device-batches',
-        configEntries: [{ name: 'max.message.bytes', value: String(MAX_MESSAGE_BYTES) }],
-      },
-      { prefix: 'device-batches-default' },
-    ]);
+    topics = await createUniqueTopics(kafka, [smallBatchesTopic, { prefix: 'device-batches-default' }]);
     publisher = await createPublisher(kafka);
   });
 
@@ -69,7 +65,7 @@ describe("a poller's floor of the device batches the topic surely takes, from th
 
   it("should be half the topic's own limit, or of the broker's default for a topic without one", async () => {
     const [small, defaulted] = topics as [string, string];
-    expect(await readBatchFloor(kafka, small, silentLogger)).toBe(MAX_MESSAGE_BYTES / 2);
+    expect(await readBatchFloor(kafka, small, silentLogger)).toBe(SMALL_MAX_MESSAGE_BYTES / 2);
     const brokerDefault = await brokerMaxMessageBytes(kafka);
     expect(brokerDefault).toBeGreaterThan(0);
     expect(await readBatchFloor(kafka, defaulted, silentLogger)).toBe(surelyTakenRecordBytes(brokerDefault));
@@ -88,21 +84,9 @@ describe("a poller's floor of the device batches the topic surely takes, from th
     const [topic] = topics as [string];
     const pending: number[] = [];
     const listed: number[] = [];
-    const defender: DefenderGateway = {
-      forTenant: () => ({
-        async *listDevicePages() {
-          yield {
-            devices: Array.from({ length: 10 }, (_, n) => ({
-              machine: { id: `device-${n}` } as Machine,
-              merged: false,
-            })),
-          };
-        },
-      }),
-      forget: () => undefined,
-      close: () => undefined,
-      planMode: () => ({ mode: 'per-device', perDeviceCapacity: 1_000 }),
-    };
+    const defender = pagesGateway(async function* () {
+      yield { devices: listedDevices(10, 0, false) };
+    });
     const cycles = {
       begin: async () => undefined,
       listingPending: async (_lease: unknown, _cycleId: string, totals: { totalBatches: number }) => {
@@ -130,15 +114,7 @@ describe("a poller's floor of the device batches the topic surely takes, from th
       maxCycleMs: 300_000,
       logger: silentLogger,
     };
-    const result = await runCycle(deps, {
-      record: record(),
-      cycleId: cycleIdOf('acme', 0),
-      startedAt: Date.now(),
-      intervalMs: 600_000,
-      lease: { tenantId: 'acme', token: '1:poller' },
-      signal: new AbortController().signal,
-      leaseHeld: () => true,
-    });
+    const result = await runCycle(deps, acmeCycle());
     expect(result).toMatchObject({ totalBatches: 1, totalDevices: 10 });
     // Kept before the send, which the topic took, then listed.
     expect(pending).toEqual([1]);

@@ -1,7 +1,7 @@
 import { ReplyError } from 'ioredis';
 import type { Kafka } from 'kafkajs';
-import { createPublisher, readTopicUpTo, topicOffsets, type OutboundMessage, type Publisher } from '@urs/bus';
-import type { DeviceBatch, Machine } from '@urs/contracts';
+import { createPublisher, type OutboundMessage, type Publisher } from '@urs/bus';
+import type { DeviceBatch } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import {
   createCycleStore,
@@ -20,7 +20,6 @@ import {
   inboundMessage,
   tenantRecord,
   testRedisPerTest,
-  uniqueId,
   waitFor,
   type TestRedis,
 } from '@urs/testkit';
@@ -36,7 +35,15 @@ import {
 import { createCycleEnd } from '../src/cycle-end';
 import { createBatchFit } from '../src/batch-fit';
 import type { Scheduler } from '../src/scheduler';
-import { fitAfterTaking, recordTooLarge, sealer } from './support/cycle';
+import {
+  fitAfterTaking,
+  listedDevices,
+  pagesGateway,
+  readDeviceBatches,
+  recordTooLarge,
+  sealer,
+  smallBatchesTopic,
+} from './support/cycle';
 import { oneDeviceListed, sampleOf, testScheduler } from './support/scheduler';
 
 // Two pollers over the real Redis. The first one's cycle sends every batch, and Redis refuses the record of its
@@ -52,6 +59,21 @@ async function beginCycle(cycles: CycleStore, cycleId: string, startedAt: number
     deadlineAt: new Date(startedAt + 600_000).toISOString(),
   });
 }
+/**
+ * Acme's stores over `redis`, its record stored (its client secret sealed by `sealer`, for a real cycle), and
+ * the lease the first poller took.
+ */
+async function acmeLeasedByFirst(redis: TestRedis) {
+  const tenants = createTenantStore(redis.client, redis.prefix);
+  const schedules = createPollScheduleStore(redis.client, redis.prefix);
+  const cycles = createCycleStore(redis.client, redis.prefix);
+  const record = { ...tenantRecord('acme', { revision: 1, pollIntervalMinutes: 10 }) };
+  record.defender = { ...record.defender, clientSecret: sealer.seal('Sup3r~secret', 'acme') };
+  await tenants.put(record);
+  const lease = (await schedules.acquire('acme', 'first', 60_000)) as PollLease;
+  return { tenants, schedules, cycles, record, lease };
+}
+
 /**
  * The first poller's lease expired (deleted), the second poller's taken, and its cycle ends (`createCycleEnd`)
  * with the cycles it counts in `metrics`.
@@ -302,15 +324,9 @@ describe('a cycle whose poller was killed while it sent the halves of a last bat
   const redis = testRedisPerTest();
 
   it('should be taken over as abandoned and redone, not listed from the totals kept before the refused send', async () => {
-    const tenants = createTenantStore(redis.client, redis.prefix);
-    const schedules = createPollScheduleStore(redis.client, redis.prefix);
-    const cycles = createCycleStore(redis.client, redis.prefix);
-    const record = { ...tenantRecord('acme', { revision: 1, pollIntervalMinutes: 10 }) };
-    record.defender = { ...record.defender, clientSecret: sealer.seal('Sup3r~secret', 'acme') };
-    await tenants.put(record);
+    const { tenants, schedules, cycles, record, lease } = await acmeLeasedByFirst(redis);
     const startedAt = Date.now();
     const cycleId = cycleIdOf('acme', startedAt);
-    const lease = (await schedules.acquire('acme', 'first', 60_000)) as PollLease;
     expect(await schedules.begin(lease, cycleId, startedAt)).toBe(true);
 
     const sent: DeviceBatch[] = [];
@@ -323,16 +339,9 @@ describe('a cycle whose poller was killed while it sent the halves of a last bat
       },
     } as unknown as Publisher;
     const deps: CycleDeps = {
-      defender: {
-        forTenant: () => ({
-          async *listDevicePages() {
-            yield { devices: ['d0', 'd1'].map((id) => ({ machine: { id } as Machine, merged: false })) };
-          },
-        }),
-        forget: () => undefined,
-        close: () => undefined,
-        planMode: () => ({ mode: 'per-device', perDeviceCapacity: 1_000 }),
-      },
+      defender: pagesGateway(async function* () {
+        yield { devices: listedDevices(2) };
+      }),
       sealer,
       publisher,
       // Killed once its first half went: whatever it writes next never reaches Redis.
@@ -392,9 +401,7 @@ describe('a cycle whose last batch the topic refused as too large while its leas
   });
 
   beforeEach(async () => {
-    [topic] = (await createUniqueTopics(kafka, [
-      { prefix: 'device-batches', configEntries: [{ name: 'max.message.bytes', value: '8192' }] },
-    ])) as [string];
+    [topic] = (await createUniqueTopics(kafka, [smallBatchesTopic])) as [string];
     publisher = await createPublisher(kafka);
   });
 
@@ -404,13 +411,7 @@ describe('a cycle whose last batch the topic refused as too large while its leas
   });
 
   it('should be redone by the poller that takes the tenant over, not ended as listed', async () => {
-    const tenants = createTenantStore(redis.client, redis.prefix);
-    const schedules = createPollScheduleStore(redis.client, redis.prefix);
-    const cycles = createCycleStore(redis.client, redis.prefix);
-    const record = { ...tenantRecord('acme', { revision: 1, pollIntervalMinutes: 10 }) };
-    record.defender = { ...record.defender, clientSecret: sealer.seal('Sup3r~secret', 'acme') };
-    await tenants.put(record);
-    const lease = (await schedules.acquire('acme', 'first', 60_000)) as PollLease;
+    const { tenants, schedules, cycles, record, lease } = await acmeLeasedByFirst(redis);
 
     /** Each cycle's listing: one page of this many devices. */
     const fleets = [1, 500];
@@ -433,22 +434,9 @@ describe('a cycle whose last batch the topic refused as too large while its leas
       },
     };
     const deps: CycleDeps = {
-      defender: {
-        forTenant: () => ({
-          async *listDevicePages() {
-            const devices = fleets.shift() ?? 0;
-            yield {
-              devices: Array.from({ length: devices }, (_, n) => ({
-                machine: { id: `device-${String(n).padStart(5, '0')}` } as Machine,
-                merged: false,
-              })),
-            };
-          },
-        }),
-        forget: () => undefined,
-        close: () => undefined,
-        planMode: () => ({ mode: 'per-device', perDeviceCapacity: 1_000 }),
-      },
+      defender: pagesGateway(async function* () {
+        yield { devices: listedDevices(fleets.shift() ?? 0) };
+      }),
       sealer,
       publisher: refusing,
       cycles,
@@ -484,18 +472,7 @@ describe('a cycle whose last batch the topic refused as too large while its leas
     expect(state?.totalBatches).toBeUndefined();
     expect(state?.abandoned).toBeDefined();
     // Nothing of it reached the topic: its one batch refused, its halves never sent.
-    const [partition] = await topicOffsets(kafka, topic);
-    const sent: DeviceBatch[] = [];
-    await readTopicUpTo(
-      kafka,
-      topic,
-      new Map([[0, BigInt(partition?.high ?? '0') - 1n]]),
-      uniqueId('read'),
-      20_000,
-      (messages) => {
-        for (const message of messages) sent.push(JSON.parse(String(message.value)) as DeviceBatch);
-      },
-    );
+    const sent = await readDeviceBatches(kafka, topic);
     expect(sent.map((batch) => batch.cycleId)).not.toContain(cycleId);
   }, 60_000);
 });

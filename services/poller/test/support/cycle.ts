@@ -1,12 +1,13 @@
-import { KafkaJSProtocolError } from 'kafkajs';
-import { BusError, type Publisher } from '@urs/bus';
-import type { TenantRecord } from '@urs/contracts';
+import { KafkaJSProtocolError, type Kafka } from 'kafkajs';
+import { BusError, readTopicUpTo, topicOffsets, type Publisher } from '@urs/bus';
+import type { DeviceBatch, Machine, TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createSecretSealer } from '@urs/secrets';
 import type { CycleStore } from '@urs/store';
+import { uniqueId } from '@urs/testkit';
 import { createBatchFit, type BatchFit } from '../../src/batch-fit';
-import type { CycleDeps } from '../../src/cycle';
-import type { DefenderGateway } from '../../src/defender';
+import { cycleIdOf, type CycleDeps, type CycleInput } from '../../src/cycle';
+import type { DefenderGateway, DevicePage } from '../../src/defender';
 
 /** The sealer a cycle opens the tenant's client secret with. */
 export const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', Buffer.alloc(32, 3)]]) });
@@ -72,3 +73,58 @@ export const unsentCycleDeps = (defender: DefenderGateway, batchFit: BatchFit): 
   maxCycleMs: 3_600_000,
   logger: silentLogger,
 });
+
+/** A device batches topic's limit on a record batch: a batch of 500 devices (~12 KB) is larger. */
+export const SMALL_MAX_MESSAGE_BYTES = 8192;
+
+/** For createUniqueTopics: a device batches topic taking records of at most SMALL_MAX_MESSAGE_BYTES. */
+export const smallBatchesTopic = {
+  prefix: 'device-batches',
+  configEntries: [{ name: 'max.message.bytes', value: String(SMALL_MAX_MESSAGE_BYTES) }],
+};
+
+/** `count` devices listed as not merged, their ids `device-<n>` (n from 0, padded to 5 digits when `padded`). */
+export const listedDevices = (count: number, from = 0, padded = true): DevicePage['devices'] =>
+  Array.from({ length: count }, (_, n) => ({
+    machine: { id: `device-${padded ? String(from + n).padStart(5, '0') : from + n}` } as Machine,
+    merged: false,
+  }));
+
+/** A gateway whose every tenant lists `pages`, planned as `plan` (per-device, room for 1,000, unless told). */
+export const pagesGateway = (
+  pages: () => AsyncIterable<DevicePage>,
+  plan: ReturnType<DefenderGateway['planMode']> = { mode: 'per-device', perDeviceCapacity: 1_000 },
+): DefenderGateway => ({
+  forTenant: () => ({ listDevicePages: pages }),
+  forget: () => undefined,
+  close: () => undefined,
+  planMode: () => plan,
+});
+
+/** The first cycle of tenant acme (`sealedRecord()`), its lease held throughout. */
+export const acmeCycle = (): CycleInput => ({
+  record: sealedRecord(),
+  cycleId: cycleIdOf('acme', 0),
+  startedAt: Date.now(),
+  intervalMs: 600_000,
+  lease: { tenantId: 'acme', token: '1:poller' },
+  signal: new AbortController().signal,
+  leaseHeld: () => true,
+});
+
+/** Every device batch on `topic` (one partition) up to its end now, in order. */
+export async function readDeviceBatches(kafka: Kafka, topic: string): Promise<DeviceBatch[]> {
+  const [partition] = await topicOffsets(kafka, topic);
+  const batches: DeviceBatch[] = [];
+  await readTopicUpTo(
+    kafka,
+    topic,
+    new Map([[0, BigInt(partition?.high ?? '0') - 1n]]),
+    uniqueId('read'),
+    20_000,
+    (messages) => {
+      for (const message of messages) batches.push(JSON.parse(String(message.value)) as DeviceBatch);
+    },
+  );
+  return batches;
+}
