@@ -117,15 +117,24 @@ describe('Entra ID simulation', () => {
     expect(v1.json.expires_in).toBe('120');
   });
 
-  test('token for Microsoft 365 Defender (api.security.microsoft.com) should carry no Defender for Endpoint roles, so the API answers 403', async () => {
-    const reply = await token({ ...valid, scope: 'https://api.security.microsoft.com/.default' });
+  /**
+   * A token for the API `audience` (its `.default` scope): issued for it, with no roles, and refused 403
+   * Forbidden by the device list. Returns that answer.
+   */
+  async function machinesWithRolelessToken(audience: string) {
+    const reply = await token({ ...valid, scope: `${audience}/.default` });
     expect(reply.status).toBe(200);
     const claims = decodeJwt(reply.json.access_token);
-    expect(claims.aud).toBe('https://api.security.microsoft.com');
+    expect(claims.aud).toBe(audience);
     expect(claims.roles).toBeUndefined();
     const machines = await request(sim, '/api/machines?$top=1', { token: reply.json.access_token });
     expect(machines.status).toBe(403);
     expect(machines.json.error.code).toBe('Forbidden');
+    return machines;
+  }
+
+  test('token for Microsoft 365 Defender (api.security.microsoft.com) should carry no Defender for Endpoint roles, so the API answers 403', async () => {
+    await machinesWithRolelessToken('https://api.security.microsoft.com');
   });
 
   test('token should accept the WindowsDefenderATP URI of older Microsoft samples (api.securitycenter.windows.com), with its roles', async () => {
@@ -148,14 +157,7 @@ describe('Entra ID simulation', () => {
   });
 
   test('token for another API of the tenant (Microsoft Graph) should be issued without roles, and MDE should refuse it 403, not 401', async () => {
-    const reply = await token({ ...valid, scope: 'https://graph.microsoft.com/.default' });
-    expect(reply.status).toBe(200);
-    const claims = decodeJwt(reply.json.access_token);
-    expect(claims.aud).toBe('https://graph.microsoft.com');
-    expect(claims.roles).toBeUndefined();
-    const machines = await request(sim, '/api/machines?$top=1', { token: reply.json.access_token });
-    expect(machines.status).toBe(403);
-    expect(machines.json.error.code).toBe('Forbidden');
+    const machines = await machinesWithRolelessToken('https://graph.microsoft.com');
     expect(machines.json.error.message).toBe(
       'Missing application roles. API required roles: Machine.Read.All,Machine.ReadWrite.All, application roles: .',
     );
