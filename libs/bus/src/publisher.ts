@@ -77,7 +77,8 @@ const RECORD_FRAMING_BYTES = 1024;
 /**
  * The bytes of key and value (`recordBytes`) a record may have for a topic of `maxMessageBytes` (its
  * `max.message.bytes`) to surely take it alone: half, the room `MAX_SEND_BYTES` leaves of the topics' 8 MiB for
- * Kafka's own framing, and at least 1 KiB below the limit (a small topic's); 0 for a limit of 2 KiB or less.
+ * Kafka's own framing, and at least 1 KiB below the limit (a small topic's): the limit less 1 KiB for a limit
+ * of 2 KiB or less, 0 for a limit of 1 KiB or less.
  */
 export const surelyTakenRecordBytes = (maxMessageBytes: number): number =>
   Math.max(0, Math.min(Math.floor(maxMessageBytes / 2), maxMessageBytes - RECORD_FRAMING_BYTES));

@@ -212,7 +212,12 @@ describe('createConsumerRunner through a broker outage', () => {
       expect([...before, ...after].filter((id) => !w.handled.has(id))).toEqual([]);
     }
     // Each runner's consumer rejoined its group as the member it was before the outage (see
-    // keepMemberIdAcrossRestarts): a new member's join would be held until the old one's session (30 s) ran out.
+    // keepMemberIdAcrossRestarts), which is what shows that it did not wait out the old member's session (30 s),
+    // without a clock: the coordinator holds a join only for a known member that has not joined yet, and each
+    // group had one member, this one. A join as a new member (no id) is what was held: it gets a new id, which the
+    // consumer keeps from then on, so it would be the group's member now. An old member whose session ran out is
+    // removed, its id answered UNKNOWN_MEMBER_ID, and the consumer joins afresh with a new id again. The same one
+    // member now: every join after the outage was that member's, of a group with no other member to wait for.
     expect(membersBefore.map((ids) => ids.length)).toEqual([1, 1]);
     expect(await members()).toEqual(membersBefore);
   }, 150_000);

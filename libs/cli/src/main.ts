@@ -28,7 +28,10 @@ export async function main(argv: string[]): Promise<number> {
   }
   const load = commands[name];
   if (!load) {
-    process.stderr.write(`urs: unknown command '${name}'\n${USAGE}\n`);
+    // Never quoted: a secret pasted in its place would land on stderr (and in logs).
+    process.stderr.write(
+      `urs: unknown command (argument 1, not shown): it must be ${Object.keys(commands).join(' or ')}\n${USAGE}\n`,
+    );
     return 2;
   }
   const command = await load();

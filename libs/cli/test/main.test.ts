@@ -21,4 +21,14 @@ describe('urs', () => {
       expect(result.stderr).toMatch(/usage: urs <command>/);
     }
   });
+
+  it('should not echo an unknown command, as a secret pasted in its place would be', () => {
+    const secret = 'S3cr3tV4lue-of-a-client';
+    const result = urs(secret, '--help');
+    expect(result.status).toBe(2);
+    expect(result.stderr).toMatch(
+      /^urs: unknown command \(argument 1, not shown\): it must be score or defender/,
+    );
+    expect(result.stderr).not.toContain(secret);
+  });
 });

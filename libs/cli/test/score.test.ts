@@ -1,4 +1,5 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Readable, Writable } from 'node:stream';
@@ -435,6 +436,28 @@ describe('scoreCommand', () => {
     const summaryOnly = await run(['--now', NOW, '--compare', proposed, '--summary'], input);
     expect(summaryOnly.lines).toEqual([result.lines[2]]);
   });
+
+  it.each([
+    ['a long option', (secret: string) => [`--${secret}`]],
+    ['a long option with a value', (secret: string) => ['--summary', `--${secret}=x`]],
+    ['a short option', (secret: string) => ['--summary', `-${secret}`]],
+    ['a stray argument', (secret: string) => ['--summary', secret]],
+    ['an argument after --', (secret: string) => ['--summary', '--', secret]],
+  ])(
+    'should not echo an unknown option or a stray argument, naming its position instead (%s)',
+    async (_, given) => {
+      const secret = `S3cr3t${randomUUID().replace(/-/g, '')}`;
+      const argv = given(secret);
+      const result = await run(argv, '');
+      expect(result.code).toBe(2);
+      const position = argv.findIndex((arg) => arg.includes(secret)) + 1;
+      expect(result.stderr).toMatch(
+        new RegExp(`^urs score: (unknown option|unexpected argument) \\(argument ${position}, not shown\\)`),
+      );
+      expect(result.stderr).not.toMatch(/'-/);
+      expect(result.stderr).not.toContain(secret);
+    },
+  );
 
   it('should exit 2 when the --compare profile is invalid', async () => {
     const bad = await profileFile('bad-compare.json', { missingSignals: 'never' });

@@ -208,7 +208,7 @@ export interface EnrichedBatch extends CycleBatchHeader {
 /** A device's vulnerabilities as its cycle's bulk export gives them, in place of the ones it was scored with. */
 export interface VulnerabilityCorrection {
   deviceId: string;
-  /** null when the export gives none (its rows of the device could not be read), as for `EnrichedDevice`. */
+  /** null when the export gives none (none of its CVE rows could be read), as for `EnrichedDevice`. */
   vulnerabilities: VulnerabilitySummary | null;
   /** Why `vulnerabilities` is null. */
   fetchError?: { code: string; message: string };

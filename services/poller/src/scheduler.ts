@@ -295,7 +295,14 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       cycleBegun.add(tenantId);
       refusedWarned.delete(tenantId);
       awaitingRegistrar.delete(tenantId);
-      log.debug('cycle started', { tenantId, cycleId, holderId: deps.holderId });
+      // `due`: when the schedule had it due, `at once` for a tenant due as soon as seen (new, new settings, a cycle
+      // taken over).
+      log.debug('cycle started', {
+        tenantId,
+        cycleId,
+        holderId: deps.holderId,
+        due: due > 0 ? new Date(due).toISOString() : 'at once',
+      });
       // A tenant due at once (new, a cycle taken over, new settings) has no due time to be late for.
       if (due > 0) startDelaySeconds.observe((startedAt - due) / 1000);
       // A record changed since it was read (new settings, due at once) keeps the due time its change set.

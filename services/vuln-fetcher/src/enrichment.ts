@@ -84,15 +84,16 @@ export function notHeld(machine: DeviceRecord): FetchError | undefined {
 }
 
 /**
- * Why a device the bulk export lists only in rows that could not be read has no vulnerabilities (its
- * summary null, stored as the JSON `null`): the per-device path's code for a device none of whose
- * vulnerabilities could be read. Its criticalCves is missing, not 0.
+ * Why a device none of whose CVE rows in the bulk export could be read has no vulnerabilities (its summary
+ * null, stored as the JSON `null`), whether or not it also has readable rows of installed software without a
+ * CVE: the per-device path's code for a device none of whose vulnerabilities could be read. Its criticalCves is
+ * missing, not 0.
  */
 export function unreadableInExport(): FetchError {
   return {
     code: DefenderErrorCode.UNREADABLE_RECORDS,
     message:
-      "none of the bulk export's rows of the device could be read (urs_vulnerability_rows_unreadable_total): " +
+      'none of its CVE rows in the bulk export could be read (urs_vulnerability_rows_unreadable_total): ' +
       'its critical CVEs are not known',
   };
 }

@@ -13,6 +13,13 @@ describe("the vuln-fetcher's fetch errors as the reasons VMS is given", () => {
     expect(vulnerabilitiesMissingReason(unreadableInExport())).toBe('DEFENDER_UNREADABLE_RECORDS');
   });
 
+  it('should say of an unreadable device that none of its CVE rows could be read, not none of its rows', () => {
+    // Its rows of installed software without a CVE may have been read: only its CVE rows all were not.
+    const { message } = unreadableInExport();
+    expect(message).toMatch(/none of its CVE rows in the bulk export could be read/);
+    expect(message).not.toMatch(/rows of the device/);
+  });
+
   it("should give a batch gone on without its vulnerabilities the failure's reason, an excluded device its own", () => {
     const devices = missing([{ id: 'd1' }, { id: 'd2', isExcluded: true }], {
       code: DefenderErrorCode.THROTTLED,

@@ -19,6 +19,7 @@ import {
 } from '@urs/defender';
 import { createLogger } from '@urs/logging';
 import { errorMessage } from '@urs/resilience';
+import { argumentsError } from '../args';
 import type { Command, CommandIo } from '../command';
 import { type Backend, openBackend } from './defender/backend';
 
@@ -91,6 +92,20 @@ async function readOptions(args: string[]): Promise<Options | 'help'> {
   // named by their position among `urs defender`'s arguments instead.
   if (action !== 'devices' && action !== 'check')
     throw new UsageError('unknown action (argument 1, not shown): it must be devices or check');
+  const options = {
+    'azure-tenant-id': { type: 'string' },
+    'client-id': { type: 'string' },
+    'client-secret-file': { type: 'string' },
+    cloud: { type: 'string' },
+    region: { type: 'string' },
+    'page-size': { type: 'string' },
+    'with-vulnerabilities': { type: 'boolean' },
+    'vulnerabilities-mode': { type: 'string' },
+    // Accepted as before: excluded devices are written anyway, merged ones never (as the pipeline has them).
+    'include-flagged': { type: 'boolean' },
+    'no-redis': { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  } as const;
   let values;
   let tokens;
   try {
@@ -100,23 +115,10 @@ async function readOptions(args: string[]): Promise<Options | 'help'> {
       // Taken here to be refused below by position: parseArgs' own error quotes the argument.
       allowPositionals: true,
       tokens: true,
-      options: {
-        'azure-tenant-id': { type: 'string' },
-        'client-id': { type: 'string' },
-        'client-secret-file': { type: 'string' },
-        cloud: { type: 'string' },
-        region: { type: 'string' },
-        'page-size': { type: 'string' },
-        'with-vulnerabilities': { type: 'boolean' },
-        'vulnerabilities-mode': { type: 'string' },
-        // Accepted as before: excluded devices are written anyway, merged ones never (as the pipeline has them).
-        'include-flagged': { type: 'boolean' },
-        'no-redis': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
+      options,
     }));
   } catch (error) {
-    throw new UsageError(errorMessage(error));
+    throw new UsageError(argumentsError(error, rest, options, 2));
   }
   const stray = tokens.find((token) => token.kind === 'positional');
   if (stray)

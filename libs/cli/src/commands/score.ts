@@ -7,6 +7,7 @@ import { errorMessage } from '@urs/resilience';
 import { BANDS, compileProfile, parseTimestampMs, scoreDevice } from '@urs/scoring';
 import type { Band, CompiledProfile, ScoreResult, VulnerabilityRecord } from '@urs/scoring';
 import type { Command, CommandIo } from '../command';
+import { argumentsError } from '../args';
 
 const USAGE = `usage: urs score [--profile FILE] [--now ISO] [--summary] [--compare OTHER_PROFILE]
 
@@ -66,22 +67,19 @@ export const scoreCommand: Command = async (args, io) => {
 class UsageError extends Error {}
 
 async function readOptions(args: string[]): Promise<Options | 'help'> {
+  const options = {
+    profile: { type: 'string' },
+    now: { type: 'string' },
+    summary: { type: 'boolean' },
+    compare: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  } as const;
   let values;
   try {
-    ({ values } = parseArgs({
-      args,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        profile: { type: 'string' },
-        now: { type: 'string' },
-        summary: { type: 'boolean' },
-        compare: { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
+    ({ values } = parseArgs({ args, strict: true, allowPositionals: false, options }));
   } catch (error) {
-    throw new UsageError(`${errorMessage(error)}\n${USAGE}`);
+    // Never quoting the argument: a secret pasted in the wrong place would land on stderr.
+    throw new UsageError(`${argumentsError(error, args, options, 1)}\n${USAGE}`);
   }
   if (values.help) return 'help';
   let nowMs = Date.now();

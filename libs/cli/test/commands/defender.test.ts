@@ -438,6 +438,25 @@ describe('urs defender usage', () => {
     expect(action.stderr).not.toContain('Abc8Q~');
   });
 
+  it.each([
+    ['a long option', (secret: string) => `--${secret}`],
+    ['a long option with a value', (secret: string) => `--${secret}=x`],
+    ['a short option', (secret: string) => `-${secret}`],
+    ['a short option after -h', (secret: string) => `-h${secret}`],
+  ])(
+    'defenderCommand should not echo an unknown option, naming its position instead (%s)',
+    async (_, given) => {
+      const secret = `S3cr3t${randomUUID().replace(/-/g, '')}`;
+      // `urs defender devices <7 arguments> <secret>`: the secret is argument 9 of `urs defender`.
+      const result = await run(args('devices', app, '--no-redis', given(secret)));
+      expect(result.code).toBe(2);
+      expect(result.stderr).toContain('unknown option (argument 9, not shown)');
+      // Not even its first letter, as parseArgs names a short option.
+      expect(result.stderr).not.toMatch(/'-/);
+      expect(result.stderr).not.toContain(secret);
+    },
+  );
+
   it('defenderCommand should exit 2 for a page size above 10,000', async () => {
     const result = await run(args('devices', app, '--page-size', '20000'));
     expect(result.code).toBe(2);
