@@ -83,8 +83,9 @@ interface CapRule {
  * take a slot of `inner` alone and never wait for the cap (nor pay it a round trip to Redis), so the calls it
  * takes can never hold more than the cap's share of the slots, however many of them ask at once.
  *
- * The cap's place is held while the call waits for its slot (behind other calls, with no bound), then for the
- * slot's whole time, so `cap`'s jobs last many of `inner`'s (`times`). A call started in a slot runs until that
+ * The cap's place is held while the call waits for its slot (behind other calls, with no bound; `inner` may be
+ * capped too, the degraded cap's inner being the bulk cap's), then for the slot's whole time, so `cap`'s jobs last
+ * many of `inner`'s (`times`). A call started in a slot runs until that
  * slot ends (its `slotEnds`, never the place's): a bulk export page must not be cut short, and counted as too
  * slow an answer, for the time it waited. So a slot must start while the place still has a whole slot left: a
  * call whose place has less leaves the wait (a slot reaching it that late goes back unused), gives the place
@@ -96,7 +97,7 @@ function withCap(inner: Slots, cap: Slots, times: CapTimes, rule: CapRule, waits
     task: (slotEnds: AbortSignal) => Promise<T>,
     options: SlotOptions,
   ): Promise<T | typeof CAP_ENDED_BEFORE_SLOT> {
-    const { signal } = options;
+    const { signal, wholeSlot } = options;
     let waiting = true;
     waits?.waiting(1);
     const stopWaiting = (): void => {
@@ -124,8 +125,9 @@ function withCap(inner: Slots, cap: Slots, times: CapTimes, rule: CapRule, waits
                 started = true;
                 return task(slotEnds);
               },
-              // The rest of the call's options go on to `inner` (a degraded call's ask, for the cap inside).
-              { ...options, signal: slotWait.signal },
+              // Its degraded ask stays here: the call has its place, and `inner` (the bulk cap, then the slots)
+              // must not end its wait when the tenant answers again or its time to wait for a place runs out.
+              { ...(wholeSlot === undefined ? {} : { wholeSlot }), signal: slotWait.signal },
             );
           } catch (error) {
             if (!started && late.aborted && !signal?.aborted) return CAP_ENDED_BEFORE_SLOT;
@@ -172,10 +174,13 @@ export function withBulkCap(inner: Slots, cap: Slots, times: CapTimes, waits?: C
  * process sharing it: however many tenants of however many processes fail together (a regional Defender host
  * that hangs, each call holding its slot for a whole request timeout), the healthy tenants keep the other slots.
  * A degraded call leaves its wait for a place when its `degraded` signal aborts (its tenant answered again, or
- * its time to wait ran out), rejecting with the signal's reason. A bulk export page of a degraded tenant takes
- * its place under the bulk cap (withBulkCap, around this one) first and its place here after, always in that
- * order: it holds one of these few places only while it waits for a slot, not while it waits behind other
- * tenants' pages for the bulk cap.
+ * its time to wait ran out), rejecting with the signal's reason; once it has its place, it waits for what is
+ * inside (`inner`) whatever that signal does, and its ask stays here. A bulk export page of a degraded tenant
+ * takes its place here first, then its place under the bulk cap (`inner`, withBulkCap), then its slot, always in
+ * that order: while it waits for one of these few places it holds no place under the bulk cap and no slot, so
+ * healthy tenants' pages never wait behind degraded tenants' pages that wait for a place here. Its place here is
+ * held through its wait for the bulk cap, so it lasts at least as long as a place under the bulk cap
+ * (limiter.ts, CAP_EXPIRATION_SLOTS).
  */
 export function withDegradedCap(inner: Slots, cap: Slots, times: CapTimes, waits?: CapWaits): Slots {
   return withCap(

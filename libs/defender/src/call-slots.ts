@@ -203,10 +203,11 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
    * the slot back at once and asks for one again at its turn. Its turn (a place of the tenant's and, the tenant
    * degraded, one of the process's places for degraded tenants) is waited for before the slot; the tenant
    * degraded, the call then takes one of the places of degraded tenants' calls shared by every process
-   * (ScheduleOptions.degraded, withDegradedCap) with its slot, after a bulk export page's place under the bulk
-   * cap (withBulkCap): a call waiting for its turn or a place holds no slot, and once in the slot it never waits
-   * for its turn, so none of them wait in a circle. Its waits for degraded tenants' places end after
-   * `maxDegradedWaitMs` in all (`degradedWaitTooLong`). A `wholeSlot` call (no deadline of its own) takes a slot
+   * (ScheduleOptions.degraded, withDegradedCap) with its slot, before a bulk export page's place under the bulk
+   * cap (withBulkCap): a call waiting for its turn or a place holds no slot (nor, waiting for a degraded place, a
+   * place under the bulk cap), and once in the slot it never waits for its turn, so none of them wait in a
+   * circle. Its waits for degraded tenants' places end after `maxDegradedWaitMs` in all (`degradedWaitTooLong`);
+   * its wait for the bulk cap, its degraded place held, does not count. A `wholeSlot` call (no deadline of its own) takes a slot
    * of its own (ScheduleOptions).
    */
   async function inSlot<T extends { status: number }>(

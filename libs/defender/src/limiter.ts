@@ -509,7 +509,7 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
       ),
     );
   }
-  // So do the calls of degraded tenants, under a cap of their own, after that one.
+  // So do the calls of degraded tenants, under a cap of their own, before that one.
   const degradedCap = await sharedBottleneck(
     joined,
     'defender-degraded',
@@ -563,12 +563,10 @@ export async function createSharedLimiter(options: SharedLimiterOptions): Promis
     options.logger.warn('defender limiter: Bottleneck has no client id; hand-off leases are never renewed');
   }
   const slots = options.handOff ? withSlotHandOff(shared, options.handOff) : shared;
-  // A degraded tenant's bulk export page takes its place under the bulk cap first, then its degraded place: it
-  // holds one of the install's few degraded places only while it waits for a slot, never for the bulk cap.
-  const degradedCapped = withPlaceCap(slots, degradedCap, jobExpirationMs, 'degraded', options.metrics);
-  return bulkCap
-    ? withPlaceCap(degradedCapped, bulkCap, jobExpirationMs, 'bulk', options.metrics)
-    : degradedCapped;
+  // A degraded tenant's call takes its degraded place first, then (a bulk export page) its place under the bulk
+  // cap, then its slot: while it waits for its degraded place it holds neither of the others.
+  const bulkCapped = bulkCap ? withPlaceCap(slots, bulkCap, jobExpirationMs, 'bulk', options.metrics) : slots;
+  return withPlaceCap(bulkCapped, degradedCap, jobExpirationMs, 'degraded', options.metrics);
 }
 
 /**
@@ -582,18 +580,19 @@ function withPlaceCap(
   kind: 'bulk' | 'degraded',
   metrics: Registry | undefined,
 ): Slots {
-  // The cap's place is held while its call waits for a slot, then for the slot's whole time: it lasts longer.
+  // The cap's place is held while its call waits for what is inside it (a degraded call's: the bulk cap, then a
+  // slot), then for the slot's whole time: it lasts longer.
   const placeExpirationMs = CAP_EXPIRATION_SLOTS[kind] * jobExpirationMs;
   const places = wrap(cap, placeExpirationMs, async () => undefined);
   const waiting =
     kind === 'bulk'
       ? metrics?.gauge(
           'urs_defender_bulk_slots_waiting',
-          'Bulk export pages of this process waiting for a place under the bulk cap (URS_BULK_MAX_SLOTS) before they ask for a shared slot.',
+          "Bulk export pages of this process waiting for a place under the bulk cap (URS_BULK_MAX_SLOTS) before they ask for a shared slot; a degraded tenant's page waits here with its place among the degraded tenants' calls held.",
         )
       : metrics?.gauge(
           'urs_defender_degraded_slots_waiting',
-          "Calls of this process's degraded tenants waiting for a place under the install-wide cap on degraded tenants' calls before they ask for a shared slot.",
+          "Calls of this process's degraded tenants waiting for a place under the install-wide cap on degraded tenants' calls before they ask for a shared slot (a bulk export page, before it asks for its place under the bulk cap).",
         );
   waiting?.set(0);
   const times = { placeMs: slotEndsAfterMs(placeExpirationMs), slotMs: jobExpirationMs };
@@ -604,15 +603,18 @@ function withPlaceCap(
 }
 
 /**
- * How many job expirations of the shared slots a place under a cap lasts: its call's wait for a slot, then the
- * slot's own. The wait has no bound of its own (the call queues in this process behind per-device calls), and a
- * call whose place has less than a slot left when its slot comes asks for a place again, at the back of the
- * queue: a place long enough for most waits spares those turns. The price: a crashed process's places come back
- * only when they expire, this many slot expirations later. A degraded tenant's call waits only for its slot with
- * its place held (a bulk export page of a degraded tenant takes its place under the bulk cap first, and this
- * place only then): it gives back sooner the 2 places that every degraded tenant of the install shares.
+ * How many job expirations of the shared slots a place under a cap lasts: its call's waits inside it, then the
+ * slot's own. The waits have no bound of their own (the call queues in this process behind per-device calls), and
+ * a call whose place has less than a slot left when its slot comes asks for a place again, at the back of the
+ * queue: a place long enough for most waits spares those turns. A degraded tenant's place is taken outermost
+ * (degraded, then bulk, then slot: withDegradedCap), so a degraded tenant's bulk export page holds it through its
+ * wait for a place under the bulk cap and that place's own time: it lasts at least as long as a bulk place, or
+ * a page queued behind other tenants' pages would give it back and queue again for ever. The price: a crashed
+ * process's places come back only when they expire, this many slot expirations later (ten minutes at a minute's
+ * slot), the 2 places that every degraded tenant of the install shares included.
  */
-const CAP_EXPIRATION_SLOTS = { bulk: 10, degraded: 3 } as const;
+const BULK_PLACE_SLOTS = 10;
+const CAP_EXPIRATION_SLOTS = { bulk: BULK_PLACE_SLOTS, degraded: BULK_PLACE_SLOTS } as const;
 
 /** Refuses a cap (`name`) outside 1 to `maxConcurrent`, naming the rule. */
 function validCap(name: string, slots: number, maxConcurrent: number): void {

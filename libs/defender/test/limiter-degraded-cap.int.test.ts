@@ -207,41 +207,148 @@ describe('the cap on the calls of degraded tenants, across processes', () => {
 });
 
 describe('a degraded tenant’s bulk export page under both caps', () => {
-  it('waits for its place under the bulk cap holding no place of the degraded tenants, whose other calls go meanwhile', async () => {
+  /** A limiter with one place under the bulk cap and one among the degraded tenants' calls. */
+  const oneOfEach = (registry: Registry, jobExpirationMs?: number): Promise<CallLimiter> =>
+    shared.create({
+      bulkMaxSlots: 1,
+      degradedMaxSlots: 1,
+      metrics: registry,
+      ...(jobExpirationMs === undefined ? {} : { jobExpirationMs }),
+    });
+  const running = async (cap: 'bulk' | 'degraded'): Promise<string | null> =>
+    shared.redis.client.hget(`b_${shared.redis.prefix}defender-${cap}_settings`, 'running');
+
+  it('waits for its degraded place holding no place under the bulk cap: a healthy tenant’s page goes at once', async () => {
     const registry = new Registry();
-    const limiter = await shared.create({ bulkMaxSlots: 1, degradedMaxSlots: 1, metrics: registry });
-    const degradedRunning = (): Promise<string | null> =>
-      shared.redis.client.hget(`b_${shared.redis.prefix}defender-degraded_settings`, 'running');
-    // A healthy tenant's bulk export page holds the only place under the bulk cap until the test lets it end.
+    const limiter = await oneOfEach(registry);
+    // A degraded tenant's call (a hanging one) holds the only place among the degraded tenants' calls.
     const holder = gate();
-    const holding = limiter.schedule(() => holder.opened.then(() => 'healthy page'), { wholeSlot: true });
-    // A degraded tenant's page asks for its slot meanwhile: it waits for the bulk cap.
-    const stillDegraded = new AbortController();
-    let pageRan = false;
-    const page = limiter.schedule(
-      async () => {
-        pageRan = true;
-        return 'degraded page';
-      },
-      { wholeSlot: true, degraded: stillDegraded.signal },
-    );
+    const holding = limiter.schedule(() => holder.opened.then(() => 'degraded call'), {
+      degraded: new AbortController().signal,
+    });
+    await waitFor(async () => (await running('degraded')) === '1', {
+      description: 'the degraded place held',
+    });
+    // Another degraded tenant's bulk export page waits for that place.
+    const page = limiter.schedule(async () => 'degraded page', {
+      wholeSlot: true,
+      degraded: new AbortController().signal,
+    });
+    let healthy: Promise<string> | undefined;
     try {
-      await waitFor(() => registry.expose().includes('urs_defender_bulk_slots_waiting 1'), {
-        description: "the degraded tenant's page waiting for the bulk cap",
+      await waitFor(() => registry.expose().includes('urs_defender_degraded_slots_waiting 1'), {
+        description: "the degraded tenant's page waiting for a degraded place",
       });
-      // It holds no place of the degraded tenants while it waits, so another degraded tenant's call takes the only one.
-      expect(await degradedRunning()).toBe('0');
-      await expect(
-        limiter.schedule(async () => 'other degraded call', { degraded: new AbortController().signal }),
-      ).resolves.toBe('other degraded call');
-      expect(pageRan).toBe(false);
+      // It holds no place under the bulk cap while it waits: a healthy tenant's page takes the only one and runs.
+      expect(await running('bulk')).toBe('0');
+      let healthyRan = false;
+      healthy = limiter.schedule(
+        async () => {
+          healthyRan = true;
+          return 'healthy page';
+        },
+        { wholeSlot: true },
+      );
+      await waitFor(() => healthyRan, {
+        description: "the healthy tenant's page run while the degraded page waits for its place",
+      });
+      await expect(healthy).resolves.toBe('healthy page');
+      expect(registry.expose()).toContain('urs_defender_degraded_slots_waiting 1');
     } finally {
       holder.open();
+      await Promise.allSettled([holding, page, healthy]);
     }
-    await expect(holding).resolves.toBe('healthy page');
+    await expect(holding).resolves.toBe('degraded call');
     await expect(page).resolves.toBe('degraded page');
-    await waitFor(async () => (await degradedRunning()) === '0', {
+  });
+
+  it('queued behind the bulk cap for longer than 3 slot lengths, keeps its degraded place and runs once the bulk place frees', async () => {
+    const registry = new Registry();
+    const slotMs = 400;
+    const limiter = await oneOfEach(registry, slotMs);
+    // Healthy tenants' pages hold the only place under the bulk cap one after another, each until its slot ends:
+    // the degraded page queued behind the five waits about five slot lengths for its place under the bulk cap.
+    let healthyEnded = 0;
+    const healthy = Array.from({ length: 5 }, (_, n) =>
+      limiter.schedule(
+        (slotEnds) =>
+          new Promise<string>((resolve) =>
+            slotEnds.addEventListener(
+              'abort',
+              () => {
+                healthyEnded++;
+                resolve(`healthy page ${n}`);
+              },
+              { once: true },
+            ),
+          ),
+        { wholeSlot: true },
+      ),
+    );
+    await waitFor(() => registry.expose().includes('urs_defender_bulk_slots_waiting 4'), {
+      description: "the healthy tenants' pages queued behind the bulk cap",
+    });
+    let placed = 0;
+    let endedBeforeIt = -1;
+    const page = limiter.schedule(
+      async () => {
+        endedBeforeIt = healthyEnded;
+        return 'degraded page';
+      },
+      {
+        wholeSlot: true,
+        degraded: new AbortController().signal,
+        degradedPlaced: () => {
+          placed++;
+        },
+      },
+    );
+    await expect(page).resolves.toBe('degraded page');
+    // It ran after the five pages, each of which held the bulk place for most of a slot length...
+    expect(endedBeforeIt).toBe(5);
+    // ...and took its degraded place once: it never gave it back to queue again.
+    expect(placed).toBe(1);
+    await expect(Promise.all(healthy)).resolves.toHaveLength(5);
+    await waitFor(async () => (await running('degraded')) === '0', {
       description: 'the degraded place given back',
     });
+  });
+
+  it('the wait for the bulk cap does not count against maxDegradedWaitMs', async () => {
+    const registry = new Registry();
+    const limiter = await oneOfEach(registry);
+    const process = { limiter, degradedCalls: new DegradedCalls() };
+    // A healthy tenant's bulk export page holds the only place under the bulk cap until the test lets it end.
+    const holder = gate();
+    let held = false;
+    const holding = limiter.schedule(
+      () => {
+        held = true;
+        return holder.opened.then(() => 'healthy page');
+      },
+      { wholeSlot: true },
+    );
+    await waitFor(() => held, { description: 'the bulk place held' });
+    const slots = tenantOf(process, 'tenant-z', true, { maxDegradedWaitMs: 300 });
+    let settled = false;
+    const page = slots
+      .inSlot('bulk', claim, 0, undefined, async () => ({ status: 200 }), true)
+      .finally(() => {
+        settled = true;
+      });
+    try {
+      await waitFor(() => registry.expose().includes('urs_defender_bulk_slots_waiting 1'), {
+        description: "the degraded tenant's page waiting for the bulk cap, its degraded place held",
+      });
+      expect(await running('degraded')).toBe('1');
+      // It waits for the bulk cap well past its time to wait for a degraded place, and still waits.
+      await new Promise((resolve) => setTimeout(resolve, 900));
+      expect(settled).toBe(false);
+    } finally {
+      holder.open();
+      await Promise.allSettled([holding, page]);
+    }
+    await expect(holding).resolves.toBe('healthy page');
+    await expect(page).resolves.toEqual({ status: 200 });
   });
 });
