@@ -360,8 +360,8 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
     return new DefenderError(
       DefenderErrorCode.THROTTLED,
       `A ${endpoint} call to the Defender API of tenant ${azureTenantId} was not sent: it waited ` +
-        `${duration(performance.now() - queued)} for ${health.waitText('degraded')}, longer than it may ` +
-        `(${duration(options.maxDegradedWaitMs ?? 0)}); it is tried again later`,
+        `${duration(options.maxDegradedWaitMs ?? 0)} in all, as long as it may, for ` +
+        `${health.waitText('degraded')} (queued ${duration(performance.now() - queued)} ago); it is tried again later`,
       { canRetry: false, details: { azureTenantId, endpoint, degradedWaitMs: options.maxDegradedWaitMs } },
     );
   }
