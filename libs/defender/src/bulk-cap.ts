@@ -1,3 +1,4 @@
+import { eitherEnds } from './either-ends';
 import type { SlotOptions, Slots } from './slots';
 
 /**
@@ -9,31 +10,6 @@ const CAP_ENDED_BEFORE_SLOT = Symbol('cap ended before the slot');
 /** How the cap's waits are shown: one more call of this process waiting for a place under it, or one less. */
 export interface CapWaits {
   waiting(by: 1 | -1): void;
-}
-
-/**
- * A signal that aborts when either of two does (the caller's stop, the place's last moment to start a slot, a
- * degraded call's end of its wait for a place), with its reason; `done` takes its listeners off both once the
- * wait it bounds is over. Not AbortSignal.any: the caller's signal may be the service's own, for weeks, and on
- * Node 20 every signal `any` makes stays in its set of dependants (nodejs/node#55351), one per call.
- */
-function eitherEnds(
-  first: AbortSignal | undefined,
-  second: AbortSignal | undefined,
-): { signal: AbortSignal | undefined; done: () => void } {
-  if (!first || !second) return { signal: first ?? second, done: () => undefined };
-  const either = new AbortController();
-  const sources = [first, second];
-  const abort = (): void => {
-    done();
-    either.abort((first.aborted ? first : second).reason);
-  };
-  const done = (): void => {
-    for (const source of sources) source.removeEventListener('abort', abort);
-  };
-  if (first.aborted || second.aborted) abort();
-  else for (const source of sources) source.addEventListener('abort', abort);
-  return { signal: either.signal, done };
 }
 
 /** How long a place under the cap and a slot of `inner` last, in milliseconds. */

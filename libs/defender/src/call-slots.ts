@@ -3,6 +3,7 @@ import Bottleneck from 'bottleneck';
 import { TIMED_OUT, outcomeOf } from './answers';
 import { CallHealth, type CallOutcome } from './call-health';
 import type { CallMetrics } from './call-metrics';
+import { eitherEnds } from './either-ends';
 import { DefenderError, DefenderErrorCode, isDefenderError } from './errors';
 import { type CallLimiter, SlotEndedError } from './limiter';
 import type { DefenderEndpointClass, QuotaClaim } from './quota';
@@ -113,31 +114,6 @@ function degradedAsk(
     wait?.addEventListener('abort', waitEnded);
   }
   return { signal: ask.signal, done };
-}
-
-/**
- * A request's signal: aborted by the caller's, if any, or by the end of its slot. `done` takes its listeners
- * off both, which outlive the request (the caller's signal is often the service's own, for weeks). Not
- * `AbortSignal.any`: on Node 20 every signal it makes stays in the long-lived one's set of dependants
- * (nodejs/node#55351), one per call.
- */
-function requestSignal(
-  signal: AbortSignal | undefined,
-  slotEnds: AbortSignal,
-): { signal: AbortSignal; done: () => void } {
-  if (!signal) return { signal: slotEnds, done: () => undefined };
-  const request = new AbortController();
-  const sources = [signal, slotEnds];
-  const abort = (): void => {
-    done();
-    request.abort((signal.aborted ? signal : slotEnds).reason);
-  };
-  const done = (): void => {
-    for (const source of sources) source.removeEventListener('abort', abort);
-  };
-  if (signal.aborted || slotEnds.aborted) abort();
-  else for (const source of sources) source.addEventListener('abort', abort);
-  return { signal: request.signal, done };
 }
 
 export interface CallSlotsOptions {
@@ -299,7 +275,8 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
             sentAt = performance.now();
             claim.sent();
             metrics?.waited(endpoint, quotaSeconds, (sentAt - queued) / 1000);
-            const request = requestSignal(signal, slotEnds);
+            // Aborted by the caller's stop or the end of its slot.
+            const request = eitherEnds(signal, slotEnds);
             // The tenant's health is told in the slot, before the slot serves its next call: told after, a
             // round of calls failing together would each have sent the next queued call of the same tenant.
             try {
