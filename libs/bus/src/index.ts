@@ -33,6 +33,7 @@ export {
   readToEndSubscription,
   readTopicUpTo,
   readWhenDeadLettered,
+  stopWaitingAfter,
   type CatchUp,
 } from './read-to-end';
 export { settledWithin } from './drain';

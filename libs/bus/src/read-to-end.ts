@@ -66,6 +66,24 @@ export function createCatchUp(): CatchUp {
 }
 
 /**
+ * Stops `catchUp` waiting once `timeoutMs` passed from this call without it reaching the end it expects (a reader
+ * that no longer moves would otherwise keep its service waiting for ever): `gaveUp` is told how many partitions
+ * were still behind. Returns what cancels the timer (at the stop); the timer keeps no process alive.
+ */
+export function stopWaitingAfter(
+  catchUp: Pick<CatchUp, 'stopWaiting'>,
+  timeoutMs: number,
+  gaveUp: (behind: number) => void,
+): () => void {
+  const timer = setTimeout(() => {
+    const behind = catchUp.stopWaiting();
+    if (behind > 0) gaveUp(behind);
+  }, timeoutMs);
+  timer.unref();
+  return () => clearTimeout(timer);
+}
+
+/**
  * The `deadLettering` of a topic whose reader tells `catchUp` each offset its handler reads: a message
  * dead-lettered (invalid, or failed for good) never reaches the handler, yet it was read; were it its
  * partition's last, the reader would otherwise never catch up.

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { createConsumerRunner, deleteOwnGroup, lastOffsets, topicOffsets } from '@urs/bus';
+import { createConsumerRunner, deleteOwnGroup, lastOffsets, stopWaitingAfter, topicOffsets } from '@urs/bus';
 import { createCallMetrics, createHttpsAgent, createSharedLimiter, quotaGateFor } from '@urs/defender';
 import { runService } from '@urs/runtime';
 import { checkSecretKey, createReplicaKeyCheck, createSecretSealer } from '@urs/secrets';
@@ -126,13 +126,11 @@ void runService({
     });
     warnOfShortIntervalUnit(settings, logger);
 
-    let catchUpTimer: NodeJS.Timeout | undefined;
+    let cancelCatchUpTimeout = (): void => undefined;
     // From the stop's first instant, while the consumer of urs.tenants still leaves its group: a poller begins
     // no cycle once stopping. A third to finish and a third to return once aborted, as a runner's batches get
     // (stopTimes): the last third closes the rest.
-    const closeScheduler = schedulerCloser(scheduler, stopping, drainTimeoutMs, () =>
-      clearTimeout(catchUpTimer),
-    );
+    const closeScheduler = schedulerCloser(scheduler, stopping, drainTimeoutMs, () => cancelCatchUpTimeout());
     return {
       runners: [runner],
       // Once Kafka answered and the consumer of urs.tenants started: where the topic ends now is what the
@@ -145,14 +143,11 @@ void runService({
         // from the replica's first cycles on (0, none until one as large was taken, when it cannot be read).
         batchFit.takesUpTo(await readBatchFloor(kafka, config.topics.deviceBatches, logger));
         scheduler.start();
-        catchUpTimer = setTimeout(() => {
-          const behind = table.stopWaiting();
-          if (behind > 0)
-            logger.warn('urs.tenants not read to its end in time; polling anyway', {
-              partitionsBehind: behind,
-            });
-        }, settings.catchUpTimeoutMs);
-        catchUpTimer.unref();
+        cancelCatchUpTimeout = stopWaitingAfter(table, settings.catchUpTimeoutMs, (behind) =>
+          logger.warn('urs.tenants not read to its end in time; polling anyway', {
+            partitionsBehind: behind,
+          }),
+        );
       },
       isReady: () => table.caughtUp(),
       closers: [

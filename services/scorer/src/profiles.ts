@@ -1,6 +1,7 @@
 import {
   createCatchUp,
   readToEndSubscription,
+  stopWaitingAfter,
   type CatchUp,
   type MessageHandler,
   type TopicSubscription,
@@ -264,22 +265,18 @@ export function tenantsSubscription(
  * Returns what cancels the timer (at the stop).
  */
 export function bindCatchUpTimeout(
-  profiles: Pick<ProfileCache, 'stopWaiting' | 'caughtUp'>,
+  profiles: Pick<ProfileCache, 'stopWaiting'>,
   options: { timeoutMs: number; logger: Logger; metrics: Registry },
 ): () => void {
   const timeouts = options.metrics.counter(
     'urs_scorer_profiles_catchup_timeouts_total',
     'Starts at which urs.tenants was not read to its end within URS_SCORER_CATCHUP_TIMEOUT_MS: profiles then used as read so far.',
   );
-  const timer = setTimeout(() => {
-    if (profiles.caughtUp()) return;
-    const behind = profiles.stopWaiting();
+  return stopWaitingAfter(profiles, options.timeoutMs, (behind) => {
     timeouts.inc();
     options.logger.warn('urs.tenants not read to its end in time; scoring with the profiles read so far', {
       partitionsBehind: behind,
       timeoutMs: options.timeoutMs,
     });
-  }, options.timeoutMs);
-  timer.unref();
-  return () => clearTimeout(timer);
+  });
 }
