@@ -42,6 +42,7 @@ export { createCallMetrics } from './call-metrics';
 export { environmentHasProxy } from './requests';
 export type { ApiCaller, ApiCallerOptions, ApiResult, RowsScan } from './http';
 export {
+  listedMachine,
   parseMachine,
   parseVulnerability,
   parseSoftwareVulnerabilityRow,

@@ -3,5 +3,5 @@
  * `urs score`, which reads its input as the pipeline reads the API's answers. The package's index also loads
  * the client (its token source and HTTP client take ~0.2–0.4 s of CPU to load), which `urs score` never uses.
  */
-export { parseMachine, parseVulnerability } from './schema';
+export { listedMachine, parseMachine, parseVulnerability } from './schema';
 export type { MachineRecord, ParseResult, Vulnerability } from './schema';

@@ -1,4 +1,5 @@
 import Ajv, { type ValidateFunction } from 'ajv';
+import type { Machine } from '@urs/contracts';
 import { readCvss, unreadableScore } from '@urs/contracts/vulnerabilities';
 import { BULK_UNSCORED, VULNERABILITY_UNSCORED, softenSignals, softenUnscored } from './soften';
 
@@ -323,6 +324,15 @@ export function parseMachine(raw: unknown): ParseResult<MachineRecord> {
   }
   if (!validateMachineSchema(record)) return { ok: false, reason: describe(validateMachineSchema) };
   return { ok: true, value: record as MachineRecord };
+}
+
+/**
+ * A machine record read by `parseMachine` as the pipeline's contracts type a listed device (`Machine`): the same
+ * documented fields, normalised and schema-checked here, which the two types spell apart. The one place that
+ * says so, for the poller's listing and the CLI's alike.
+ */
+export function listedMachine(record: MachineRecord): Machine {
+  return record as unknown as Machine;
 }
 
 /**

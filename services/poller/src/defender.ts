@@ -6,6 +6,7 @@ import {
   createTenantClientCache,
   DefenderErrorCode,
   isSetupErrorCode,
+  listedMachine,
   LONGEST_QUOTA_WINDOW_MS,
   MAX_MACHINE_PAGE_SIZE,
   planVulnerabilityMode,
@@ -181,7 +182,7 @@ export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGatewa
         for await (const page of pages) {
           yield {
             devices: page.machines.map((entry) => ({
-              machine: entry.record as unknown as Machine,
+              machine: listedMachine(entry.record),
               merged: entry.flags.merged,
             })),
           };

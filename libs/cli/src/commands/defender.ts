@@ -5,7 +5,6 @@ import {
   toDeviceRecord,
   vulnerabilitiesNotHeld,
   type ExportSnapshot,
-  type Machine as ListedMachine,
 } from '@urs/contracts';
 import {
   DEFENDER_CLOUDS,
@@ -16,6 +15,7 @@ import {
   type Machine,
   type Vulnerability,
   createDefenderClient,
+  listedMachine,
 } from '@urs/defender';
 import { createLogger } from '@urs/logging';
 import { errorMessage } from '@urs/resilience';
@@ -231,7 +231,7 @@ async function devices(
   let perDeviceStopped: DefenderError | undefined;
 
   const vulnerabilitiesOf = async (machine: Machine): Promise<Vulnerability[] | Missing> => {
-    const record = toDeviceRecord(machine.record as unknown as ListedMachine);
+    const record = toDeviceRecord(listedMachine(machine.record));
     if (bulk) {
       const exported = fromExportSnapshot(record, bulk.devices.get(record.id), bulk.snapshot, () => []);
       return exported.code === undefined ? exported.vulnerabilities : { code: exported.code };

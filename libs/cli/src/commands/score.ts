@@ -1,8 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { missingReasonsOf, toDeviceRecord, type DeviceRecord, type Machine } from '@urs/contracts';
-import { parseMachine, parseVulnerability } from '@urs/defender/records';
+import { missingReasonsOf, toDeviceRecord, type DeviceRecord } from '@urs/contracts';
+import { listedMachine, parseMachine, parseVulnerability } from '@urs/defender/records';
 import { errorMessage } from '@urs/resilience';
 import { BANDS, compileProfile, parseTimestampMs, scoreDevice } from '@urs/scoring';
 import type { Band, CompiledProfile, ScoreResult, VulnerabilityRecord } from '@urs/scoring';
@@ -244,7 +244,7 @@ function parseRecord(line: string): InputRecord {
   }
   return {
     deviceId: parsed.value.id,
-    machine: toDeviceRecord(parsed.value as unknown as Machine),
+    machine: toDeviceRecord(listedMachine(parsed.value)),
     vulnerabilities: vulnerabilities as unknown[] | null | undefined,
     // The code only: the error's text (Microsoft's answer) is not the result's.
     fetchError: typeof code === 'string' ? { code } : undefined,
