@@ -73,8 +73,10 @@ return 1`;
 // then the totals' field/value pairs. A cycle abandoned and not yet published gets the close its
 // abandonment brought forward back (ZADD XX: only while still open). A cycle whose batches are all recorded
 // (scored or lost) already (before the listing was recorded: the publisher, told of no total by them,
-// completed nothing) closes now.
+// completed nothing) closes now. A cycle Redis does not hold (never begun, or lost with a wiped Redis) is
+// left unwritten: its totals alone would make a hash no sweep closes and no claim gives an expiry.
 export const LISTED = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('HDEL', KEYS[1], 'pendingListing')
 if redis.call('HEXISTS', KEYS[1], 'published') == 1 then return 0 end

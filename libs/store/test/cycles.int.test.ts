@@ -316,6 +316,14 @@ describe('createCycleStore', () => {
     ]);
   });
 
+  it('listed should write nothing for a cycle Redis does not hold (never begun, or lost with a wipe)', async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const listedAt = new Date(startedMs + 30_000).toISOString();
+    await cycles.listed('acme', 'never', { totalBatches: 2, totalDevices: 4, listedAt });
+    expect(await redis.client.exists(`${redis.prefix}cycle:acme:never`)).toBe(0);
+    expect(await cycles.get('acme', 'never')).toBeNull();
+  });
+
   it('listed should undo the abandonment of a cycle taken over from a poller alive after all, and give it its close back', async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     await cycles.begin(begin);
