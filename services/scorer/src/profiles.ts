@@ -28,7 +28,9 @@ export interface ProfileCache extends CatchUp {
    * The tenant's compiled profile: from memory, else from the tenant store (a tenant not yet read, or one
    * whose record in memory is older than the store's while `urs.tenants` is still read to the end it had
    * at the start: its revisions come one by one then, the first long out of date; or one whose cycle's
-   * profile memory does not hold, which may be the store's newer record, not read from `urs.tenants` yet). With `cycle`, the
+   * profile memory does not hold, which may be the store's newer record, not read from `urs.tenants` yet; or a
+   * batch without the cycle's hash once the wait for that read was given up short of its end: memory's latest may
+   * be a revision long replaced, and the store's is the tenant's profile now). With `cycle`, the
    * profile the cycle started with when it is held (see `profileOf`): the tenant changed its profile
    * during the cycle, and the cycle is scored with the one it started with. From the tenant store, the
    * store's profile counts as the latest and the ones in memory as the ones it replaced; a cycle whose own
@@ -79,6 +81,11 @@ export function createProfileCache(deps: {
   const entries = new Map<string, Entry>();
   const deleted = new Set<string>();
   const catchUp = createCatchUp();
+  /**
+   * The same read, never given up (`stopWaiting`): whether `urs.tenants` was in fact read to its end. Past the
+   * catch-up timeout short of it, memory's latest may be a revision the tenant has long replaced.
+   */
+  const readToEnd = createCatchUp();
   const compile = (record: TenantRecord): CompiledProfile =>
     compileProfile(parseProfile(record.defender.riskProfile));
   return {
@@ -86,7 +93,9 @@ export function createProfileCache(deps: {
       const entry = entries.get(tenantId);
       if (entry && catchUp.caughtUp()) {
         const exact = exactProfileOf(entry.profiles, cycle);
-        if (exact) return exact;
+        // A batch without the cycle's hash (an older poller) is scored with the tenant's profile as it is
+        // now: after the wait for the read was given up, memory's may be older than the store's.
+        if (exact && (cycle.profileHash !== undefined || readToEnd.caughtUp())) return exact;
         // Not held: the cycle started before more changes than are held, or with a revision not read yet
         // (the registrar writes the tenant store before this scorer reads the record): the store tells.
       }
@@ -154,8 +163,14 @@ export function createProfileCache(deps: {
         });
       }
     },
-    read: (partition, offset) => catchUp.read(partition, offset),
-    expectEnd: (lastOffsets) => catchUp.expectEnd(lastOffsets),
+    read(partition, offset) {
+      catchUp.read(partition, offset);
+      readToEnd.read(partition, offset);
+    },
+    expectEnd(lastOffsets) {
+      catchUp.expectEnd(lastOffsets);
+      readToEnd.expectEnd(lastOffsets);
+    },
     caughtUp: () => catchUp.caughtUp(),
     stopWaiting: () => catchUp.stopWaiting(),
     size: () => entries.size,
@@ -261,7 +276,8 @@ export function tenantsSubscription(
  * whose dead letter Kafka refuses) would otherwise hold every batch whose cycle's profile it has not read
  * for ever. The batches held then are scored as once caught up: with the cycle's profile when memory or the
  * tenant store holds it, else with the fallback (see `profileOf`), which never scores a count made at
- * another CVSS threshold. Logged as a warning and counted (`urs_scorer_profiles_catchup_timeouts_total`).
+ * another CVSS threshold. A batch without the cycle's hash (an older poller) takes the tenant store's record
+ * until the read does reach its end, as one does before the timeout. Logged as a warning and counted (`urs_scorer_profiles_catchup_timeouts_total`).
  * Returns what cancels the timer (at the stop).
  */
 export function bindCatchUpTimeout(

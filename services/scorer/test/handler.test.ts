@@ -534,6 +534,41 @@ describe('createScoreHandler', () => {
     expect(saved).toEqual([]);
   });
 
+  it("should drop a batch held for its cycle's profile once its tenant is deleted while it waits: at once when memory holds the tenant, once its tombstone is read when not", async () => {
+    const at = (cvssThreshold: number) => ({
+      weights: { criticalRisk: 0, operational: 100 },
+      operational: { criticalCves: { cvssThreshold, pointsPerCve: 10, maxPoints: 100 } },
+    });
+    // The cycle started with revision 2 (at 8), read neither into memory nor in the tenant store (revision 3).
+    const started = compileProfile(parseProfile(at(8)));
+    const held = setup([tenantRecord('t1', 3, at(7))], new Map([[0, 5n]]));
+    await held.tenantsHandler(inboundMessage(tenantRecord('t1', 1, at(9)), { offset: '0' }));
+    await expect(held.handler(inbound(enriched({ profileHash: started.hash })))).rejects.toMatchObject({
+      code: 'PROFILE_NOT_READ_YET',
+    });
+    // Deleted while it waits: the registrar removed the record; the tombstone is further on, not read yet.
+    held.stored.delete('t1');
+    await expect(held.handler(inbound(enriched({ profileHash: started.hash })))).resolves.toBeUndefined();
+    expect([held.sent, held.saved]).toEqual([[], []]);
+    const dropped = (metrics: Registry) =>
+      metrics.counter('urs_batches_of_deleted_tenants_total', 'unused').get();
+    expect(dropped(held.metrics)).toBe(1);
+
+    // Not in memory: held until the tombstone is read (the tenant might as well never have been registered).
+    const unread = setup([tenantRecord('t1', 3, at(7))], new Map([[0, 5n]]));
+    await expect(unread.handler(inbound(enriched({ profileHash: started.hash })))).rejects.toMatchObject({
+      code: 'PROFILE_NOT_READ_YET',
+    });
+    unread.stored.delete('t1');
+    await expect(unread.handler(inbound(enriched({ profileHash: started.hash })))).rejects.toMatchObject({
+      code: 'PROFILE_NOT_READ_YET',
+    });
+    await unread.tenantsHandler(inboundMessage<TenantRecord>(null, { key: 't1', offset: '5' }));
+    await expect(unread.handler(inbound(enriched({ profileHash: started.hash })))).resolves.toBeUndefined();
+    expect([unread.sent, unread.saved]).toEqual([[], []]);
+    expect(dropped(unread.metrics)).toBe(1);
+  });
+
   it("should tell the runner a batch held for urs.tenants' read at the start is held while catching up (not against readiness), and no other failure", async () => {
     const { handler } = setup([], new Map([[0, 5n]]));
     const held = await handler(inbound(enriched())).then(
@@ -596,6 +631,56 @@ describe('createScoreHandler', () => {
       await handler(inbound(enriched({ profileHash: started.hash })));
       expect(sent[0]?.devices[0]?.profileHash).toBe(compileProfile(parseProfile(at(7))).hash);
       expect(sent[0]?.devices[0]?.missingReasons).toEqual({ criticalCves: 'CVSS_THRESHOLD_CHANGED' });
+    });
+
+    it("should score a batch of an earlier poller (no profileHash) with the tenant store's current profile, not memory's older one, until the read does reach its end", async () => {
+      const weighted = (operational: number) => ({
+        weights: { criticalRisk: 100 - operational, operational },
+        operational: { criticalCves: { cvssThreshold: 9, pointsPerCve: 10, maxPoints: 100 } },
+      });
+      const older = compileProfile(parseProfile(weighted(100)));
+      const current = compileProfile(parseProfile(weighted(50)));
+      // The read stalls after revision 1 (offset 0 of 5); the tenant store holds revision 2, the current one.
+      const { handler, metrics, profiles, sent, stored, storeReads, tenantsHandler } = setup(
+        [tenantRecord('t1', 2, weighted(50))],
+        new Map([[0, 5n]]),
+      );
+      await tenantsHandler(inboundMessage(tenantRecord('t1', 1, weighted(100)), { offset: '0' }));
+      bindCatchUpTimeout(profiles, { timeoutMs: 30_000, logger: silentLogger, metrics });
+      jest.advanceTimersByTime(30_000);
+      expect(profiles.caughtUp()).toBe(true);
+      // Counted at 9, as both profiles count: the current one, not the latest memory read before the stall.
+      await handler(inbound(enriched()));
+      expect(sent[0]?.devices[0]?.profileHash).toBe(current.hash);
+      // Without counts: the current one too.
+      const uncounted = enriched();
+      for (const device of uncounted.devices) device.vulnerabilities = null;
+      await handler(inbound(uncounted));
+      expect(sent[1]?.devices[0]?.profileHash).toBe(current.hash);
+      // A batch with its cycle's profileHash held in memory is scored from memory, as before.
+      const reads = storeReads();
+      await handler(inbound(enriched({ profileHash: older.hash })));
+      expect(sent[2]?.devices[0]?.profileHash).toBe(older.hash);
+      expect(storeReads()).toBe(reads);
+      // The read reaches its end after all: memory holds the current profile, the tenant store no longer asked.
+      await tenantsHandler(inboundMessage(tenantRecord('t1', 2, weighted(50)), { offset: '5' }));
+      stored.clear();
+      await handler(inbound(enriched()));
+      expect(sent[3]?.devices[0]?.profileHash).toBe(current.hash);
+      expect(storeReads()).toBe(reads);
+    });
+
+    it('should drop a batch of an earlier poller (no profileHash) whose tenant is gone from the tenant store, its tombstone not read', async () => {
+      const { handler, metrics, profiles, saved, sent, stored, tenantsHandler } = setup(
+        [tenantRecord('t1', 1, at(9))],
+        new Map([[0, 5n]]),
+      );
+      await tenantsHandler(inboundMessage(tenantRecord('t1', 1, at(9)), { offset: '0' }));
+      bindCatchUpTimeout(profiles, { timeoutMs: 30_000, logger: silentLogger, metrics });
+      jest.advanceTimersByTime(30_000);
+      stored.delete('t1');
+      await expect(handler(inbound(enriched()))).resolves.toBeUndefined();
+      expect([sent, saved]).toEqual([[], []]);
     });
 
     it('should neither log nor count a read that reached its end in time, nor stop once cancelled', async () => {
