@@ -1,24 +1,18 @@
 import { ConfigResourceTypes, type Kafka } from 'kafkajs';
-import { createPublisher, surelyTakenRecordBytes, type Publisher } from '@urs/bus';
+import { surelyTakenRecordBytes } from '@urs/bus';
 import { silentLogger } from '@urs/logging';
-import type { CycleStore } from '@urs/store';
-import {
-  capturingLogger,
-  createTestKafka,
-  createUniqueTopics,
-  deleteTopics,
-  uniqueId,
-  type LogLine,
-} from '@urs/testkit';
+import { capturingLogger, uniqueId, type LogLine } from '@urs/testkit';
 import { createBatchFit } from '../src/batch-fit';
 import { readBatchFloor } from '../src/batch-floor';
-import { runCycle, type CycleDeps } from '../src/cycle';
+import { runCycle } from '../src/cycle';
 import {
   SMALL_MAX_MESSAGE_BYTES,
   acmeCycle,
+  batchesTopicsPerTest,
+  countingCycles,
+  cycleDepsSending,
   listedDevices,
   pagesGateway,
-  sealer,
   smallBatchesTopic,
 } from './support/cycle';
 
@@ -45,75 +39,40 @@ async function brokerMaxMessageBytes(kafka: Kafka): Promise<number> {
 }
 
 describe("a poller's floor of the device batches the topic surely takes, from the topic's max.message.bytes", () => {
-  let kafka: Kafka;
-  let topics: string[];
-  let publisher: Publisher;
-
-  beforeAll(() => {
-    kafka = createTestKafka();
-  });
-
-  beforeEach(async () => {
-    topics = await createUniqueTopics(kafka, [smallBatchesTopic, { prefix: 'device-batches-default' }]);
-    publisher = await createPublisher(kafka);
-  });
-
-  afterEach(async () => {
-    await publisher.close();
-    await deleteTopics(kafka, topics);
-  });
+  const bus = batchesTopicsPerTest([smallBatchesTopic, { prefix: 'device-batches-default' }]);
 
   it("should be half the topic's own limit, or of the broker's default for a topic without one", async () => {
-    const [small, defaulted] = topics as [string, string];
-    expect(await readBatchFloor(kafka, small, silentLogger)).toBe(SMALL_MAX_MESSAGE_BYTES / 2);
-    const brokerDefault = await brokerMaxMessageBytes(kafka);
+    const [small, defaulted] = bus.topics as [string, string];
+    expect(await readBatchFloor(bus.kafka, small, silentLogger)).toBe(SMALL_MAX_MESSAGE_BYTES / 2);
+    const brokerDefault = await brokerMaxMessageBytes(bus.kafka);
     expect(brokerDefault).toBeGreaterThan(0);
-    expect(await readBatchFloor(kafka, defaulted, silentLogger)).toBe(surelyTakenRecordBytes(brokerDefault));
+    expect(await readBatchFloor(bus.kafka, defaulted, silentLogger)).toBe(
+      surelyTakenRecordBytes(brokerDefault),
+    );
   });
 
   it('should be 0 (no batch known to fit) with a warning when the limit cannot be read', async () => {
     const lines: LogLine[] = [];
     const missing = uniqueId('device-batches-missing');
-    expect(await readBatchFloor(kafka, missing, capturingLogger(lines), { retries: 0 })).toBe(0);
+    expect(await readBatchFloor(bus.kafka, missing, capturingLogger(lines), { retries: 0 })).toBe(0);
     expect(lines).toEqual([
       expect.objectContaining({ level: 'warn', topic: missing, reason: expect.any(String) as unknown }),
     ]);
   });
 
   it("should have a fresh replica's first cycle keep its totals before a single last batch the topic takes", async () => {
-    const [topic] = topics as [string];
-    const pending: number[] = [];
-    const listed: number[] = [];
     const defender = pagesGateway(async function* () {
       yield { devices: listedDevices(10, 0, false) };
     });
-    const cycles = {
-      begin: async () => undefined,
-      listingPending: async (_lease: unknown, _cycleId: string, totals: { totalBatches: number }) => {
-        pending.push(totals.totalBatches);
-        return true;
-      },
-      listed: async (_t: string, _c: string, totals: { totalBatches: number }) => {
-        listed.push(totals.totalBatches);
-      },
-      dropPendingListing: async () => undefined,
-      abandon: async () => true,
-      withdraw: async () => true,
-    } as unknown as CycleStore;
+    const { cycles, pending, listed } = countingCycles();
     // The replica's, as its start makes it: no batch taken yet, the floor read from the topic.
     const batchFit = createBatchFit();
-    batchFit.takesUpTo(await readBatchFloor(kafka, topic, silentLogger));
-    const deps: CycleDeps = {
-      defender,
-      sealer,
-      publisher,
+    batchFit.takesUpTo(await readBatchFloor(bus.kafka, bus.topic, silentLogger));
+    const deps = cycleDepsSending(defender, batchFit, {
+      publisher: bus.publisher,
       cycles,
-      deviceBatchesTopic: topic,
-      batchFit,
-      batchSize: 500,
-      maxCycleMs: 300_000,
-      logger: silentLogger,
-    };
+      deviceBatchesTopic: bus.topic,
+    });
     const result = await runCycle(deps, acmeCycle());
     expect(result).toMatchObject({ totalBatches: 1, totalDevices: 10 });
     // Kept before the send, which the topic took, then listed.

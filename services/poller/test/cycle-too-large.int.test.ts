@@ -1,41 +1,20 @@
-import type { Kafka } from 'kafkajs';
-import { createPublisher, type Publisher } from '@urs/bus';
-import { silentLogger } from '@urs/logging';
-import type { CycleStore } from '@urs/store';
-import { createTestKafka, createUniqueTopics, deleteTopics } from '@urs/testkit';
 import { createBatchFit } from '../src/batch-fit';
-import { runCycle, type CycleDeps } from '../src/cycle';
+import { runCycle } from '../src/cycle';
 import {
   acmeCycle,
+  batchesTopicsPerTest,
+  countingCycles,
+  cycleDepsSending,
   listedDevices,
   pagesGateway,
   readDeviceBatches,
-  sealer,
-  smallBatchesTopic,
 } from './support/cycle';
 
 describe('a cycle whose device batch the topic refuses as too large', () => {
-  let kafka: Kafka;
-  let topics: string[];
-  let publisher: Publisher;
-
-  beforeAll(() => {
-    kafka = createTestKafka();
-  });
-
-  beforeEach(async () => {
-    // A batch of 500 devices is larger than the topic takes.
-    topics = await createUniqueTopics(kafka, [smallBatchesTopic]);
-    publisher = await createPublisher(kafka);
-  });
-
-  afterEach(async () => {
-    await publisher.close();
-    await deleteTopics(kafka, topics);
-  });
+  // A batch of 500 devices is larger than the topic takes.
+  const bus = batchesTopicsPerTest();
 
   it('should send it in smaller batches the topic takes, every device once, numbered as the cycle goes', async () => {
-    const [topic] = topics as [string];
     const devices = 1_200;
     const defender = pagesGateway(
       async function* () {
@@ -43,28 +22,14 @@ describe('a cycle whose device batch the topic refuses as too large', () => {
       },
       { mode: 'bulk', perDeviceCapacity: 0 },
     );
-    const cycles = {
-      begin: async () => undefined,
-      listed: async () => undefined,
-      listingPending: async () => true,
-      dropPendingListing: async () => undefined,
-      abandon: async () => true,
-      withdraw: async () => true,
-    } as unknown as CycleStore;
-    const deps: CycleDeps = {
-      defender,
-      sealer,
-      publisher,
-      cycles,
-      deviceBatchesTopic: topic,
-      batchFit: createBatchFit(),
-      batchSize: 500,
-      maxCycleMs: 300_000,
-      logger: silentLogger,
-    };
+    const deps = cycleDepsSending(defender, createBatchFit(), {
+      publisher: bus.publisher,
+      cycles: countingCycles().cycles,
+      deviceBatchesTopic: bus.topic,
+    });
     const listed = await runCycle(deps, acmeCycle());
 
-    const batches = await readDeviceBatches(kafka, topic);
+    const batches = await readDeviceBatches(bus.kafka, bus.topic);
     // More batches than the three of 500, 500 and 200 listed, each within the topic's limit.
     expect(listed.totalBatches).toBeGreaterThan(3);
     expect(batches.map((batch) => batch.batchIndex)).toEqual(

@@ -1,6 +1,5 @@
 import type { OutboundMessage, Publisher } from '@urs/bus';
 import { toDeviceRecord, type DeviceBatch, type Machine } from '@urs/contracts';
-import { silentLogger } from '@urs/logging';
 import { UrsError, retryPolicy } from '@urs/resilience';
 import { parseProfile, profileHash } from '@urs/scoring';
 import type { CycleStore } from '@urs/store';
@@ -14,7 +13,7 @@ import {
 } from '../src/cycle';
 import { createBatchFit } from '../src/batch-fit';
 import type { DefenderGateway, DevicePage, TenantCredentials } from '../src/defender';
-import { fitAfterTaking, recordTooLarge, sealedRecord as record, sealer } from './support/cycle';
+import { cycleDepsSending, fitAfterTaking, recordTooLarge, sealedRecord as record } from './support/cycle';
 
 function pages(...sizes: number[]): DevicePage[] {
   let n = 0;
@@ -109,15 +108,11 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Erro
     },
   };
   const deps: CycleDeps = {
-    defender,
-    sealer,
-    publisher,
-    cycles,
-    deviceBatchesTopic: 'urs.device-batches',
-    batchFit: fitAfterTaking(),
-    batchSize: 500,
-    maxCycleMs: 300_000,
-    logger: silentLogger,
+    ...cycleDepsSending(defender, fitAfterTaking(), {
+      publisher,
+      cycles,
+      deviceBatchesTopic: 'urs.device-batches',
+    }),
     now: () => 1_000,
   };
   return {

@@ -1,6 +1,5 @@
 import { ReplyError } from 'ioredis';
-import type { Kafka } from 'kafkajs';
-import { createPublisher, type OutboundMessage, type Publisher } from '@urs/bus';
+import type { OutboundMessage, Publisher } from '@urs/bus';
 import type { DeviceBatch } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import {
@@ -13,22 +12,12 @@ import {
   type TenantStore,
 } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import {
-  createTestKafka,
-  createUniqueTopics,
-  deleteTopics,
-  inboundMessage,
-  tenantRecord,
-  testRedisPerTest,
-  waitFor,
-  type TestRedis,
-} from '@urs/testkit';
+import { inboundMessage, tenantRecord, testRedisPerTest, waitFor, type TestRedis } from '@urs/testkit';
 import {
   CycleAbortedError,
   CycleListedNotRecordedError,
   cycleIdOf,
   runCycle,
-  type CycleDeps,
   type CycleInput,
   type CycleResult,
 } from '../src/cycle';
@@ -36,13 +25,14 @@ import { createCycleEnd } from '../src/cycle-end';
 import { createBatchFit } from '../src/batch-fit';
 import type { Scheduler } from '../src/scheduler';
 import {
+  batchesTopicsPerTest,
+  cycleDepsSending,
   fitAfterTaking,
   listedDevices,
   pagesGateway,
   readDeviceBatches,
   recordTooLarge,
   sealer,
-  smallBatchesTopic,
 } from './support/cycle';
 import { oneDeviceListed, sampleOf, testScheduler } from './support/scheduler';
 
@@ -338,28 +328,27 @@ describe('a cycle whose poller was killed while it sent the halves of a last bat
         sent.push(batch);
       },
     } as unknown as Publisher;
-    const deps: CycleDeps = {
-      defender: pagesGateway(async function* () {
+    const deps = cycleDepsSending(
+      pagesGateway(async function* () {
         yield { devices: listedDevices(2) };
       }),
-      sealer,
-      publisher,
-      // Killed once its first half went: whatever it writes next never reaches Redis.
-      cycles: {
-        ...cycles,
-        listingPending: async (...args: Parameters<CycleStore['listingPending']>) => {
-          if (sent.length === 0) return cycles.listingPending(...args);
-          killed = true;
-          return new Promise<never>(() => undefined);
-        },
-      },
-      deviceBatchesTopic: 'urs.device-batches',
       // The topic took a larger record before: its limit was lowered since.
-      batchFit: fitAfterTaking(),
-      batchSize: 500,
-      maxCycleMs: 600_000,
-      logger: silentLogger,
-    };
+      fitAfterTaking(),
+      {
+        publisher,
+        // Killed once its first half went: whatever it writes next never reaches Redis.
+        cycles: {
+          ...cycles,
+          listingPending: async (...args: Parameters<CycleStore['listingPending']>) => {
+            if (sent.length === 0) return cycles.listingPending(...args);
+            killed = true;
+            return new Promise<never>(() => undefined);
+          },
+        },
+        deviceBatchesTopic: 'urs.device-batches',
+      },
+      600_000,
+    );
     void runCycle(deps, {
       record,
       cycleId,
@@ -392,23 +381,7 @@ describe('a cycle whose poller was killed while it sent the halves of a last bat
 // listed from totals kept before the send, which left it waiting for a batch that never comes until its deadline.
 describe('a cycle whose last batch the topic refused as too large while its lease lapsed', () => {
   const redis = testRedisPerTest();
-  let kafka: Kafka;
-  let topic: string;
-  let publisher: Publisher;
-
-  beforeAll(() => {
-    kafka = createTestKafka();
-  });
-
-  beforeEach(async () => {
-    [topic] = (await createUniqueTopics(kafka, [smallBatchesTopic])) as [string];
-    publisher = await createPublisher(kafka);
-  });
-
-  afterEach(async () => {
-    await publisher.close();
-    await deleteTopics(kafka, [topic]);
-  });
+  const bus = batchesTopicsPerTest();
 
   it('should be redone by the poller that takes the tenant over, not ended as listed', async () => {
     const { tenants, schedules, cycles, record, lease } = await acmeLeasedByFirst(redis);
@@ -419,7 +392,7 @@ describe('a cycle whose last batch the topic refused as too large while its leas
     let takeover: Promise<boolean> | undefined;
     let cycleId = '';
     const refusing: Publisher = {
-      ...publisher,
+      ...bus.publisher,
       send: async (...args: Parameters<Publisher['send']>) => {
         const batch = args[2][0]?.value as DeviceBatch;
         if (batch.lastBatch && batch.devices.length === 500) {
@@ -430,23 +403,18 @@ describe('a cycle whose last batch the topic refused as too large while its leas
           );
           await takeover;
         }
-        return publisher.send(...args);
+        return bus.publisher.send(...args);
       },
     };
-    const deps: CycleDeps = {
-      defender: pagesGateway(async function* () {
+    const deps = cycleDepsSending(
+      pagesGateway(async function* () {
         yield { devices: listedDevices(fleets.shift() ?? 0) };
       }),
-      sealer,
-      publisher: refusing,
-      cycles,
-      deviceBatchesTopic: topic,
       // The replica's: shared by its cycles.
-      batchFit: createBatchFit(),
-      batchSize: 500,
-      maxCycleMs: 600_000,
-      logger: silentLogger,
-    };
+      createBatchFit(),
+      { publisher: refusing, cycles, deviceBatchesTopic: bus.topic },
+      600_000,
+    );
     const cycle = (startedAt: number) => {
       cycleId = cycleIdOf('acme', startedAt);
       return runCycle(deps, {
@@ -472,7 +440,7 @@ describe('a cycle whose last batch the topic refused as too large while its leas
     expect(state?.totalBatches).toBeUndefined();
     expect(state?.abandoned).toBeDefined();
     // Nothing of it reached the topic: its one batch refused, its halves never sent.
-    const sent = await readDeviceBatches(kafka, topic);
+    const sent = await readDeviceBatches(bus.kafka, bus.topic);
     expect(sent.map((batch) => batch.cycleId)).not.toContain(cycleId);
   }, 60_000);
 });

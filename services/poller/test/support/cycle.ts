@@ -1,10 +1,10 @@
 import { KafkaJSProtocolError, type Kafka } from 'kafkajs';
-import { BusError, readTopicUpTo, topicOffsets, type Publisher } from '@urs/bus';
+import { BusError, createPublisher, readTopicUpTo, topicOffsets, type Publisher } from '@urs/bus';
 import type { DeviceBatch, Machine, TenantRecord } from '@urs/contracts';
 import { silentLogger } from '@urs/logging';
 import { createSecretSealer } from '@urs/secrets';
 import type { CycleStore } from '@urs/store';
-import { uniqueId } from '@urs/testkit';
+import { createTestKafka, createUniqueTopics, deleteTopics, uniqueId, type TopicSpec } from '@urs/testkit';
 import { createBatchFit, type BatchFit } from '../../src/batch-fit';
 import { cycleIdOf, type CycleDeps, type CycleInput } from '../../src/cycle';
 import type { DefenderGateway, DevicePage } from '../../src/defender';
@@ -59,20 +59,64 @@ export function fitAfterTaking(bytes = 1_000_000): BatchFit {
 }
 
 /**
+ * The deps of cycles listing from `defender` (secrets opened by `sealer`) whose batches `to.publisher` sends to
+ * `to.deviceBatchesTopic`, their records kept by `to.cycles`: batches of 500 under `batchFit`, `maxCycleMs` at
+ * most (5 minutes unless told).
+ */
+export const cycleDepsSending = (
+  defender: DefenderGateway,
+  batchFit: BatchFit,
+  to: Pick<CycleDeps, 'publisher' | 'cycles' | 'deviceBatchesTopic'>,
+  maxCycleMs = 300_000,
+): CycleDeps => ({
+  defender,
+  sealer,
+  ...to,
+  batchSize: 500,
+  batchFit,
+  maxCycleMs,
+  logger: silentLogger,
+});
+
+/**
  * The deps of cycles listing from `defender` (secrets opened by `sealer`) whose batches and cycle records go
  * nowhere: batches of 500 under `batchFit`, an hour at most.
  */
-export const unsentCycleDeps = (defender: DefenderGateway, batchFit: BatchFit): CycleDeps => ({
-  defender,
-  sealer,
-  publisher: { send: async () => undefined } as unknown as Publisher,
-  cycles: { begin: async () => undefined, listed: async () => undefined } as unknown as CycleStore,
-  deviceBatchesTopic: 'urs.device-batches',
-  batchSize: 500,
-  batchFit,
-  maxCycleMs: 3_600_000,
-  logger: silentLogger,
-});
+export const unsentCycleDeps = (defender: DefenderGateway, batchFit: BatchFit): CycleDeps =>
+  cycleDepsSending(
+    defender,
+    batchFit,
+    {
+      publisher: { send: async () => undefined } as unknown as Publisher,
+      cycles: { begin: async () => undefined, listed: async () => undefined } as unknown as CycleStore,
+      deviceBatchesTopic: 'urs.device-batches',
+    },
+    3_600_000,
+  );
+
+/**
+ * A cycle store that keeps nothing and refuses nothing: its cycles begin, keep their totals as pending, list,
+ * are abandoned or withdrawn. `pending` and `listed`: the batch counts of the totals kept as pending and listed,
+ * in order.
+ */
+export function countingCycles(): { cycles: CycleStore; pending: number[]; listed: number[] } {
+  const pending: number[] = [];
+  const listed: number[] = [];
+  const cycles = {
+    begin: async () => undefined,
+    listingPending: async (_lease: unknown, _cycleId: string, totals: { totalBatches: number }) => {
+      pending.push(totals.totalBatches);
+      return true;
+    },
+    listed: async (_tenantId: string, _cycleId: string, totals: { totalBatches: number }) => {
+      listed.push(totals.totalBatches);
+    },
+    dropPendingListing: async () => undefined,
+    abandon: async () => true,
+    withdraw: async () => true,
+  } as unknown as CycleStore;
+  return { cycles, pending, listed };
+}
 
 /** A device batches topic's limit on a record batch: a batch of 500 devices (~12 KB) is larger. */
 export const SMALL_MAX_MESSAGE_BYTES = 8192;
@@ -82,6 +126,48 @@ export const smallBatchesTopic = {
   prefix: 'device-batches',
   configEntries: [{ name: 'max.message.bytes', value: String(SMALL_MAX_MESSAGE_BYTES) }],
 };
+
+/**
+ * For each test of the calling `describe`, over the test Kafka: fresh topics made from `specs` (one
+ * `smallBatchesTopic` unless told), in their order, and a publisher, closed and deleted after the test.
+ */
+export function batchesTopicsPerTest(specs: TopicSpec[] = [smallBatchesTopic]) {
+  let kafka: Kafka | undefined;
+  let topics: string[] = [];
+  let publisher: Publisher | undefined;
+  beforeAll(() => {
+    kafka = createTestKafka();
+  });
+  beforeEach(async () => {
+    topics = await createUniqueTopics(kafka as Kafka, specs);
+    publisher = await createPublisher(kafka as Kafka);
+  });
+  afterEach(async () => {
+    await publisher?.close();
+    publisher = undefined;
+    await deleteTopics(kafka as Kafka, topics.splice(0));
+  });
+  const now = <T>(value: T | undefined): T => {
+    if (value === undefined) throw new Error('batchesTopicsPerTest: the topics exist only while a test runs');
+    return value;
+  };
+  return {
+    get kafka() {
+      return now(kafka);
+    },
+    /** The topics, one a spec. */
+    get topics() {
+      return now(topics.length === 0 ? undefined : topics);
+    },
+    /** The first topic. */
+    get topic() {
+      return now(topics[0]);
+    },
+    get publisher() {
+      return now(publisher);
+    },
+  };
+}
 
 /** `count` devices listed as not merged, their ids `device-<n>` (n from 0, padded to 5 digits when `padded`). */
 export const listedDevices = (count: number, from = 0, padded = true): DevicePage['devices'] =>
