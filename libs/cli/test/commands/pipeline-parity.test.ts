@@ -18,7 +18,7 @@ import { simGateway } from '../../../../services/poller/test/support/sim-gateway
 import { toScoredDevice } from '../../../../services/scorer/src/scored-device';
 import { createDefenderSources } from '../../../../services/vuln-fetcher/src/sources';
 import { message, setup } from '../../../../services/vuln-fetcher/test/handler-support';
-import { defenderCommand } from '../../src/commands/defender';
+import { AUTO_BULK_THRESHOLD, defenderCommand } from '../../src/commands/defender';
 import { scoreCommand } from '../../src/commands/score';
 import { runCommand } from '../support/run';
 
@@ -32,11 +32,20 @@ const ASSUME_WORST = { ...DEFAULT_PROFILE, missingSignals: 'assume-worst' as con
 
 let sim: Simulator;
 let dir: string;
-const app = {
+type App = { azureTenantId: string; clientId: string; clientSecret: string };
+const newApp = (): App => ({
   azureTenantId: randomUUID(),
   clientId: randomUUID(),
   clientSecret: `Qx9~${randomUUID().replace(/-/g, '')}`,
-};
+});
+const app = newApp();
+/**
+ * A tenant with more devices than `auto`'s threshold, all but a few of them excluded from vulnerability
+ * management: the few left cost a call each, well within the threshold; counting the excluded ones, they do not.
+ */
+const large = newApp();
+/** The large tenant's devices not excluded (few: a local quota lets 50 per-device calls a minute). */
+const CALLED_FOR = 5;
 
 /** What both ways give each device, by its id. */
 type Outcome = Pick<ScoredDevice, 'score' | 'band' | 'missing' | 'missingReasons' | 'contributions'>;
@@ -97,6 +106,24 @@ beforeAll(async () => {
       isExcluded: false,
     });
   sim.generateExport(app.azureTenantId);
+
+  sim.addTenant({
+    azureTenantId: large.azureTenantId,
+    apps: [large],
+    fleet: { size: AUTO_BULK_THRESHOLD + 60, seed: 34 },
+  });
+  const listed = sim.machines(large.azureTenantId).filter((m) => !m.mergedIntoMachineId);
+  if (listed.length <= AUTO_BULK_THRESHOLD) throw new Error('the large fleet is too small');
+  listed.forEach((m, index) =>
+    sim.updateMachine(large.azureTenantId, m.id, { isExcluded: index < listed.length - CALLED_FOR }),
+  );
+  // One device the export's snapshot cannot list yet: its score tells the bulk export from per-device calls.
+  const newest = listed.at(-1) as (typeof listed)[number];
+  sim.updateMachine(large.azureTenantId, newest.id, {
+    firstSeen: new Date(Date.now() - 3_600_000).toISOString(),
+  });
+  sim.setVulnerabilities(large.azureTenantId, newest.id, []);
+  sim.generateExport(large.azureTenantId);
 });
 
 afterAll(async () => {
@@ -106,12 +133,13 @@ afterAll(async () => {
 
 /** `urs defender devices --with-vulnerabilities | urs score --profile … --now …`, by device. */
 async function throughCli(
-  mode: 'per-device' | 'bulk',
+  mode: 'per-device' | 'bulk' | 'auto',
   profile: object,
   now: string,
-): Promise<Map<string, Outcome>> {
+  tenant: App = app,
+): Promise<{ scores: Map<string, Outcome>; bulk: boolean }> {
   const secret = join(dir, `${randomUUID()}.secret`);
-  writeFileSync(secret, app.clientSecret);
+  writeFileSync(secret, tenant.clientSecret);
   const profileFile = join(dir, `${randomUUID()}.json`);
   writeFileSync(profileFile, JSON.stringify(profile));
   const env = {
@@ -123,7 +151,7 @@ async function throughCli(
     defenderCommand,
     [
       'devices',
-      ...['--azure-tenant-id', app.azureTenantId, '--client-id', app.clientId],
+      ...['--azure-tenant-id', tenant.azureTenantId, '--client-id', tenant.clientId],
       ...['--client-secret-file', secret, '--with-vulnerabilities', '--vulnerabilities-mode', mode],
       '--no-redis',
     ],
@@ -134,16 +162,23 @@ async function throughCli(
     stdin: Readable.from([devices.stdout]),
   });
   expect(scored.stderr).toBe('');
-  return new Map(
-    lines(scored.stdout).map((line) => [line.deviceId as string, outcome(line as unknown as Outcome)]),
-  );
+  return {
+    scores: new Map(
+      lines(scored.stdout).map((line) => [line.deviceId as string, outcome(line as unknown as Outcome)]),
+    ),
+    bulk: devices.stderr.includes('reading vulnerabilities from the bulk export'),
+  };
 }
 
-/** The poller's cycle, the vuln-fetcher's enrichment and the scorer's scoring, by device; and the cycle's start. */
+/**
+ * The poller's cycle, the vuln-fetcher's enrichment and the scorer's scoring, by device; the cycle's start and
+ * its vulnerability mode. `auto`: the cycle chooses, its per-device capacity `urs defender`'s threshold.
+ */
 async function throughPipeline(
-  mode: 'per-device' | 'bulk',
+  mode: 'per-device' | 'bulk' | 'auto',
   profile: object,
-): Promise<{ scores: Map<string, Outcome>; now: string }> {
+  tenant: App = app,
+): Promise<{ scores: Map<string, Outcome>; now: string; bulk: boolean }> {
   const agent = createHttpsAgent({ extraCa: sim.caPem });
   const limiter = createLocalLimiter();
   const overrides = { authorityHost: sim.baseUrl, apiBase: sim.baseUrl };
@@ -166,9 +201,9 @@ async function throughPipeline(
     source: 'rest',
     enabled: true,
     defender: {
-      azureTenantId: app.azureTenantId,
-      clientId: app.clientId,
-      clientSecret: sealer.seal(app.clientSecret, TENANT_ID),
+      azureTenantId: tenant.azureTenantId,
+      clientId: tenant.clientId,
+      clientSecret: sealer.seal(tenant.clientSecret, TENANT_ID),
       pollIntervalMinutes: 10,
       cloud: 'commercial',
       region: null,
@@ -190,10 +225,15 @@ async function throughPipeline(
     const startedAt = Date.now();
     await runCycle(
       {
-        // The mode asked for: every device fits the interval's per-device calls, or none does.
+        // The mode asked for: every device fits the interval's per-device calls, or none does; or, in auto, as
+        // many as `urs defender`'s threshold.
         defender: {
           ...gateway,
-          planMode: () => ({ mode, perDeviceCapacity: mode === 'bulk' ? 0 : Number.MAX_SAFE_INTEGER }),
+          planMode: () => ({
+            mode: 'per-device',
+            perDeviceCapacity:
+              mode === 'auto' ? AUTO_BULK_THRESHOLD : mode === 'bulk' ? 0 : Number.MAX_SAFE_INTEGER,
+          }),
         },
         sealer,
         publisher,
@@ -214,7 +254,9 @@ async function throughPipeline(
         leaseHeld: () => true,
       },
     );
-    expect(batches.map((batch) => batch.vulnerabilityMode)).toEqual(batches.map(() => mode));
+    const cycleMode = batches[0]?.vulnerabilityMode;
+    expect(batches.map((batch) => batch.vulnerabilityMode)).toEqual(batches.map(() => cycleMode));
+    if (mode !== 'auto') expect(cycleMode).toBe(mode);
     const enrich = setup(sources.forTenant(record));
     for (const batch of batches) await enrich.handler(message(batch));
     const compiled = compileProfile(profile);
@@ -234,7 +276,7 @@ async function throughPipeline(
         scores.set(scored.deviceId, outcome(scored));
       }
     }
-    return { scores, now: new Date(startedAt).toISOString() };
+    return { scores, now: new Date(startedAt).toISOString(), bulk: cycleMode === 'bulk' };
   } finally {
     sources.close();
     gateway.close();
@@ -264,7 +306,22 @@ describe('urs defender devices | urs score against the pipeline', () => {
       expect(reasons).toContain('EXCLUDED');
       expect(reasons).toContain('DEFENDER_UNREADABLE_RECORDS');
       if (mode === 'bulk') expect(reasons).toContain('NOT_IN_EXPORT_SNAPSHOT');
-      expect(Object.fromEntries([...cli].sort())).toEqual(Object.fromEntries([...pipeline.scores].sort()));
+      expect(cli.bulk).toBe(mode === 'bulk');
+      expect(Object.fromEntries([...cli.scores].sort())).toEqual(
+        Object.fromEntries([...pipeline.scores].sort()),
+      );
     },
   );
+
+  it('should choose the vulnerability mode in auto as the pipeline does, not counting excluded devices', async () => {
+    const pipeline = await throughPipeline('auto', DEFAULT_PROFILE, large);
+    const cli = await throughCli('auto', DEFAULT_PROFILE, pipeline.now, large);
+    // CALLED_FOR devices cost a call each: per-device calls both ways.
+    expect(pipeline.bulk).toBe(false);
+    expect(cli.bulk).toBe(pipeline.bulk);
+    expect(pipeline.scores.size).toBeGreaterThan(AUTO_BULK_THRESHOLD);
+    expect(Object.fromEntries([...cli.scores].sort())).toEqual(
+      Object.fromEntries([...pipeline.scores].sort()),
+    );
+  });
 });
