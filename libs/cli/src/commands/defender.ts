@@ -113,24 +113,11 @@ async function readOptions(args: string[]): Promise<Options | 'help'> {
     help: { type: 'boolean', short: 'h' },
   } as const;
   let values;
-  let tokens;
   try {
-    ({ values, tokens } = parseArgs({
-      args: rest,
-      strict: true,
-      // Taken here to be refused below by position: parseArgs' own error quotes the argument.
-      allowPositionals: true,
-      tokens: true,
-      options,
-    }));
+    ({ values } = parseArgs({ args: rest, strict: true, allowPositionals: false, options }));
   } catch (error) {
     throw new UsageError(argumentsError(error, rest, options, 2));
   }
-  const stray = tokens.find((token) => token.kind === 'positional');
-  if (stray)
-    throw new UsageError(
-      `unexpected argument ${stray.index + 2} (not shown): this command takes an action and options only`,
-    );
   if (values.help) return 'help';
   for (const name of ['azure-tenant-id', 'client-id', 'client-secret-file'] as const) {
     if (!values[name]) throw new UsageError(`--${name} is required`);
