@@ -40,11 +40,13 @@ const newApp = (): App => ({
 });
 const app = newApp();
 /**
- * A tenant with more devices than `auto`'s threshold, all but a few of them excluded from vulnerability
- * management: the few left cost a call each, well within the threshold; counting the excluded ones, they do not.
+ * Tenants with more devices than `auto`'s threshold. `large`: all but CALLED_FOR of them excluded from
+ * vulnerability management, the few left costing a call each, well within the threshold (counting the excluded
+ * ones, they do not fit). `busy`: CALLED_FOR of them excluded, more than the threshold left.
  */
 const large = newApp();
-/** The large tenant's devices not excluded (few: a local quota lets 50 per-device calls a minute). */
+const busy = newApp();
+/** Devices of `large` not excluded, of `busy` excluded (few: a local quota lets 50 per-device calls a minute). */
 const CALLED_FOR = 5;
 
 /** What both ways give each device, by its id. */
@@ -107,23 +109,30 @@ beforeAll(async () => {
     });
   sim.generateExport(app.azureTenantId);
 
-  sim.addTenant({
-    azureTenantId: large.azureTenantId,
-    apps: [large],
-    fleet: { size: AUTO_BULK_THRESHOLD + 60, seed: 34 },
-  });
-  const listed = sim.machines(large.azureTenantId).filter((m) => !m.mergedIntoMachineId);
-  if (listed.length <= AUTO_BULK_THRESHOLD) throw new Error('the large fleet is too small');
-  listed.forEach((m, index) =>
-    sim.updateMachine(large.azureTenantId, m.id, { isExcluded: index < listed.length - CALLED_FOR }),
-  );
-  // One device the export's snapshot cannot list yet: its score tells the bulk export from per-device calls.
-  const newest = listed.at(-1) as (typeof listed)[number];
-  sim.updateMachine(large.azureTenantId, newest.id, {
-    firstSeen: new Date(Date.now() - 3_600_000).toISOString(),
-  });
-  sim.setVulnerabilities(large.azureTenantId, newest.id, []);
-  sim.generateExport(large.azureTenantId);
+  for (const [tenant, seed] of [
+    [large, 34],
+    [busy, 35],
+  ] as const) {
+    sim.addTenant({
+      azureTenantId: tenant.azureTenantId,
+      apps: [tenant],
+      fleet: { size: AUTO_BULK_THRESHOLD + 60, seed },
+    });
+    const listed = sim.machines(tenant.azureTenantId).filter((m) => !m.mergedIntoMachineId);
+    if (listed.length <= AUTO_BULK_THRESHOLD + CALLED_FOR) throw new Error('the fleet is too small');
+    listed.forEach((m, index) =>
+      sim.updateMachine(tenant.azureTenantId, m.id, {
+        isExcluded: tenant === large ? index < listed.length - CALLED_FOR : index < CALLED_FOR,
+      }),
+    );
+    // One device the export's snapshot cannot list yet: its score tells the bulk export from per-device calls.
+    const newest = listed.at(-1) as (typeof listed)[number];
+    sim.updateMachine(tenant.azureTenantId, newest.id, {
+      firstSeen: new Date(Date.now() - 3_600_000).toISOString(),
+    });
+    sim.setVulnerabilities(tenant.azureTenantId, newest.id, []);
+    sim.generateExport(tenant.azureTenantId);
+  }
 });
 
 afterAll(async () => {
@@ -313,15 +322,20 @@ describe('urs defender devices | urs score against the pipeline', () => {
     },
   );
 
-  it('should choose the vulnerability mode in auto as the pipeline does, not counting excluded devices', async () => {
-    const pipeline = await throughPipeline('auto', DEFAULT_PROFILE, large);
-    const cli = await throughCli('auto', DEFAULT_PROFILE, pipeline.now, large);
-    // CALLED_FOR devices cost a call each: per-device calls both ways.
-    expect(pipeline.bulk).toBe(false);
-    expect(cli.bulk).toBe(pipeline.bulk);
-    expect(pipeline.scores.size).toBeGreaterThan(AUTO_BULK_THRESHOLD);
-    expect(Object.fromEntries([...cli.scores].sort())).toEqual(
-      Object.fromEntries([...pipeline.scores].sort()),
-    );
-  });
+  it.each([
+    ['per-device', large],
+    ['bulk', busy],
+  ] as const)(
+    'should choose the vulnerability mode in auto as the pipeline does, not counting excluded devices (%s)',
+    async (mode, tenant) => {
+      const pipeline = await throughPipeline('auto', DEFAULT_PROFILE, tenant);
+      const cli = await throughCli('auto', DEFAULT_PROFILE, pipeline.now, tenant);
+      expect(pipeline.bulk).toBe(mode === 'bulk');
+      expect(cli.bulk).toBe(pipeline.bulk);
+      expect(pipeline.scores.size).toBeGreaterThan(AUTO_BULK_THRESHOLD);
+      expect(Object.fromEntries([...cli.scores].sort())).toEqual(
+        Object.fromEntries([...pipeline.scores].sort()),
+      );
+    },
+  );
 });
