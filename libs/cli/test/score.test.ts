@@ -343,24 +343,24 @@ describe('scoreCommand', () => {
       'profile.critical.riskScore.High: must be an integer from 0 to 100 (got 120)',
     ],
     ['unknown.json', { critical: { riskscore: {} } }, 'profile.critical.riskscore: unknown key'],
-    ['syntax.json', '{"weights":', 'not valid JSON'],
+    ['syntax.json', '{"weights":', 'the file given is not valid JSON'],
   ])('should exit 2 with the reason for an invalid profile (%s)', async (name, content, reason) => {
     const file = await profileFile(name, content);
     const result = await run(['--profile', file], ndjson({ id: 'a', ...clean }));
     expect(result.code).toBe(2);
     expect(result.stdout).toBe('');
-    expect(result.stderr).toContain(`urs score: --profile ${file}: `);
+    expect(result.stderr).toContain('urs score: --profile: ');
     expect(result.stderr).toContain(reason);
   });
 
   it('should exit 2 for a profile file that cannot be read, a bad --now or an unknown option', async () => {
     expect((await run(['--profile', join(dir, 'absent.json')], '')).stderr).toMatch(
-      /cannot read the profile/,
+      /^urs score: --profile: cannot read the file given \(ENOENT\)/,
     );
     const badNow = await run(['--now', 'yesterday'], '');
     expect(badNow.code).toBe(2);
     expect(badNow.stderr).toContain(
-      "--now: must be an ISO 8601 time such as 2024-01-08T11:04:02Z (got 'yesterday')",
+      '--now: must be an ISO 8601 time such as 2024-01-08T11:04:02Z (not shown)',
     );
     expect((await run(['--verbose'], '')).code).toBe(2);
     expect((await run(['stray'], '')).code).toBe(2);
@@ -456,6 +456,28 @@ describe('scoreCommand', () => {
       );
       expect(result.stderr).not.toMatch(/'-/);
       expect(result.stderr).not.toContain(secret);
+    },
+  );
+
+  it.each([
+    ['--now', (secret: string) => ['--now', secret]],
+    ['--now=', (secret: string) => [`--now=${secret}`]],
+    ['a --profile file that is not there', (secret: string) => ['--profile', join(dir, secret)]],
+    ['a --compare file that is not there', (secret: string) => ['--compare', join(dir, secret)]],
+    ['a --profile file holding no JSON', (secret: string) => ['--profile', join(dir, `${secret}.txt`)]],
+  ])(
+    'should not echo a value given as a time or a path, naming the option and the rule instead (%s)',
+    async (_, given) => {
+      const secret = `S3cr3t${randomUUID().replace(/-/g, '')}`;
+      // A secret's file given where the profile belongs: its text must not be echoed either.
+      await writeFile(join(dir, `${secret}.txt`), secret);
+      const argv = given(secret);
+      const result = await run(argv, '');
+      expect(result.code).toBe(2);
+      const option = (argv[0] as string).replace(/=.*/, '');
+      expect(result.stderr).toMatch(new RegExp(`^urs score: ${option}: `));
+      expect(result.stderr).not.toContain(secret);
+      expect(result.stdout).not.toContain(secret);
     },
   );
 

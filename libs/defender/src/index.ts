@@ -73,6 +73,8 @@ export type {
   VulnerabilityMode,
   VulnerabilityPlan,
 } from './vulnerabilities';
+export { chooseVulnerabilityMode } from './vulnerability-mode';
+export type { VulnerabilityModeChoice } from './vulnerability-mode';
 export { REQUIRED_PERMISSIONS, createDefenderClient } from './client';
 export type {
   DefenderTenant,

@@ -1,5 +1,6 @@
 import { deviceBatchMessage, isKafkaRecordTooLarge, recordBytes, type Publisher } from '@urs/bus';
-import { toDeviceRecord, vulnerabilitiesNotHeld, type DeviceRecord, type TenantRecord } from '@urs/contracts';
+import { toDeviceRecord, type DeviceRecord, type TenantRecord } from '@urs/contracts';
+import { chooseVulnerabilityMode } from '@urs/defender';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage, retryPolicy, withRetry, type RetryPolicy } from '@urs/resilience';
 import { parseProfile, profileHash } from '@urs/scoring';
@@ -165,7 +166,7 @@ async function openSecret(deps: CycleDeps, record: TenantRecord): Promise<string
  * held back until either the listing ends (the exact count; then per-device if it fits) or the count
  * passes what per-device calls can serve in one interval (then bulk, and batches flow from there on).
  * Only the devices the vuln-fetcher will ask for count: one excluded from vulnerability management costs
- * no call (`vulnerabilitiesNotHeld`).
+ * no call (`chooseVulnerabilityMode`, which `urs defender devices` chooses by too).
  * The cycle is begun in the cycle store with its first batch, so a cycle that never emitted (bad secret)
  * leaves no open cycle for the publisher to close, nor does one whose first send failed (withdrawn); one that
  * stops after a batch and before its last is recorded as abandoned, for the publisher to close it as partial at
@@ -194,13 +195,11 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   const cycleStartedAt = new Date(startedAt).toISOString();
   const deadlineAt = new Date(startedAt + cycleMs).toISOString();
 
-  let mode: 'per-device' | 'bulk' | undefined;
+  const choice = chooseVulnerabilityMode(perDeviceCapacity);
   let begun = false;
   let emittedLast = false;
   let batchIndex = 0;
   let totalDevices = 0;
-  /** The devices whose vulnerabilities a per-device cycle calls for (see above). */
-  let fetchedDevices = 0;
   let merged = 0;
   let pending: DeviceRecord[] = [];
 
@@ -229,7 +228,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       batchIndex,
       lastBatch: last,
       ...(last ? { totalBatches: batchIndex + 1, totalDevices } : {}),
-      vulnerabilityMode: mode ?? 'per-device',
+      vulnerabilityMode: choice.mode ?? 'per-device',
       ...cycleProfile,
     };
     const message = deviceBatchMessage(tenantId, header, devices);
@@ -273,7 +272,8 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     listedAt: number,
     totalBatches: number,
   ): CycleTotals & Pick<CycleResult, 'vulnerabilityMode' | 'note'> {
-    const vulnerabilityMode = mode ?? 'per-device';
+    const vulnerabilityMode = choice.mode ?? 'per-device';
+    const fetchedDevices = choice.calledFor;
     const note =
       vulnerabilityMode === 'bulk'
         ? `bulk vulnerability export: ${fetchedDevices} devices exceed the ${perDeviceCapacity} per-device calls ` +
@@ -395,10 +395,9 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
           const deviceRecord = toDeviceRecord(device.machine);
           pending.push(deviceRecord);
           totalDevices++;
-          if (vulnerabilitiesNotHeld(deviceRecord) === null) fetchedDevices++;
+          choice.count(deviceRecord);
         }
-        if (mode === undefined && fetchedDevices > perDeviceCapacity) mode = 'bulk';
-        if (mode !== undefined) await flushFull();
+        if (choice.mode !== undefined) await flushFull();
       }
     } catch (error) {
       // What an administrator fixes without changing the record (consent granted in Entra, the app's roles)
@@ -407,7 +406,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       throw error;
     }
     stopIfAborted();
-    mode ??= 'per-device';
+    choice.end();
     await flushFull();
     await emit(pending, true);
   }

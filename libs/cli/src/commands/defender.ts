@@ -13,7 +13,9 @@ import {
   DefenderErrorCode,
   type DefenderClient,
   type Machine,
+  type MachinePage,
   type Vulnerability,
+  chooseVulnerabilityMode,
   createDefenderClient,
   listedMachine,
 } from '@urs/defender';
@@ -45,8 +47,9 @@ check     says in one line whether the credentials and the consent work, whether
                              has them: a device excluded from vulnerability management is not asked for (EXCLUDED);
                              in bulk mode a device the export does not list has none, unless it was first seen
                              too recently for the export's snapshot (NOT_IN_EXPORT_SNAPSHOT)
-  --vulnerabilities-mode M   per-device, bulk or auto (default): auto takes the bulk export when the tenant
-                             has more than 250 devices (per-device calls, 50/min, would take over 5 minutes)
+  --vulnerabilities-mode M   per-device, bulk or auto (default): auto takes the bulk export when more than 250
+                             devices would each cost a per-device call (50/min: over 5 minutes), one excluded
+                             from vulnerability management costing none, as the pipeline chooses
   --no-redis                 do not share the pipeline's limiter and quota through Redis
 
 Environment: URS_DEFENDER_AUTHORITY_HOST, URS_DEFENDER_API_BASE (e.g. the simulator; trust its CA with
@@ -56,8 +59,11 @@ REDIS_URL, URS_REDIS_PREFIX, URS_DEFENDER_MAX_IN_FLIGHT (set it as the services 
 their limiter writes it there, default 10).
 Exit status: 0 done; 1 the tenant could not be read (the error says what to fix); 2 bad usage.`;
 
-/** Above this many devices `auto` uses the bulk export (per-device calls: 50/min per tenant). */
-const AUTO_BULK_THRESHOLD = 250;
+/**
+ * Above this many devices that would each cost a per-device call (50/min per tenant) `auto` uses the bulk export,
+ * chosen as the poller chooses (`chooseVulnerabilityMode`).
+ */
+export const AUTO_BULK_THRESHOLD = 250;
 /**
  * Longest wait of `check` for the tenant's quota, or out a 429, in milliseconds (the registrar's access test's
  * default time limit). Sharing the pipeline's quota, a tenant the pollers left held back (a 429's Retry-After,
@@ -107,24 +113,11 @@ async function readOptions(args: string[]): Promise<Options | 'help'> {
     help: { type: 'boolean', short: 'h' },
   } as const;
   let values;
-  let tokens;
   try {
-    ({ values, tokens } = parseArgs({
-      args: rest,
-      strict: true,
-      // Taken here to be refused below by position: parseArgs' own error quotes the argument.
-      allowPositionals: true,
-      tokens: true,
-      options,
-    }));
+    ({ values } = parseArgs({ args: rest, strict: true, allowPositionals: false, options }));
   } catch (error) {
     throw new UsageError(argumentsError(error, rest, options, 2));
   }
-  const stray = tokens.find((token) => token.kind === 'positional');
-  if (stray)
-    throw new UsageError(
-      `unexpected argument ${stray.index + 2} (not shown): this command takes an action and options only`,
-    );
   if (values.help) return 'help';
   for (const name of ['azure-tenant-id', 'client-id', 'client-secret-file'] as const) {
     if (!values[name]) throw new UsageError(`--${name} is required`);
@@ -192,18 +185,6 @@ async function mapLimited<T, R>(items: T[], workers: number, task: (item: T) => 
   return results;
 }
 
-/**
- * auto: one request of AUTO_BULK_THRESHOLD + 1 devices tells whether the fleet is larger than the
- * threshold, before any per-device call is spent.
- */
-async function useBulk(client: DefenderClient, mode: Mode): Promise<boolean> {
-  if (mode !== 'auto') return mode === 'bulk';
-  const probe = client.listMachinePages({ pageSize: AUTO_BULK_THRESHOLD + 1, confirmShortPage: false });
-  const first = await probe.next();
-  await probe.return(undefined);
-  return !first.done && first.value.received > AUTO_BULK_THRESHOLD;
-}
-
 interface Counts {
   written: number;
   merged: number;
@@ -261,7 +242,7 @@ async function devices(
     }
   };
 
-  if (options.withVulnerabilities && (await useBulk(client, options.mode))) {
+  const readExport = async (): Promise<void> => {
     note('reading vulnerabilities from the bulk export (SoftwareVulnerabilitiesByMachine)');
     try {
       const generatedTime = await exportGeneratedTime(client, note);
@@ -272,8 +253,9 @@ async function devices(
       note(`bulk export unavailable, vulnerabilities will be null: ${error.message}`);
       perDeviceStopped = error;
     }
-  }
-  for await (const page of pages) {
+  };
+
+  const writePage = async (page: MachinePage): Promise<void> => {
     counts.invalid += page.invalid;
     // A merged record's surviving device is listed too: the pipeline scores that one alone.
     const selected = page.machines.filter((m) => !m.flags.merged);
@@ -298,7 +280,32 @@ async function devices(
       counts.written++;
     }
     note(`page ${page.index + 1}: ${selected.length} devices written (${counts.written} so far)`);
+  };
+
+  if (!options.withVulnerabilities || options.mode !== 'auto') {
+    if (options.withVulnerabilities && options.mode === 'bulk') await readExport();
+    for await (const page of pages) await writePage(page);
+    return counts;
   }
+  // auto: pages are held back until the mode is chosen, as the poller holds its devices back, and no
+  // per-device call is spent before.
+  const choice = chooseVulnerabilityMode(AUTO_BULK_THRESHOLD);
+  const held: MachinePage[] = [];
+  const writeHeld = async (): Promise<void> => {
+    if (choice.end() === 'bulk') await readExport();
+    for (const page of held.splice(0)) await writePage(page);
+  };
+  for await (const page of pages) {
+    if (choice.mode !== undefined) {
+      await writePage(page);
+      continue;
+    }
+    held.push(page);
+    for (const machine of page.machines)
+      if (!machine.flags.merged) choice.count(listedMachine(machine.record));
+    if (choice.mode !== undefined) await writeHeld();
+  }
+  if (choice.mode === undefined) await writeHeld();
   return counts;
 }
 

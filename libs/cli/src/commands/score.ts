@@ -85,10 +85,9 @@ async function readOptions(args: string[]): Promise<Options | 'help'> {
   let nowMs = Date.now();
   if (values.now !== undefined) {
     nowMs = parseTimestampMs(values.now);
+    // The value is not shown: it may be a secret, given where the time belongs.
     if (Number.isNaN(nowMs))
-      throw new UsageError(
-        `--now: must be an ISO 8601 time such as 2024-01-08T11:04:02Z (got '${values.now}')`,
-      );
+      throw new UsageError('--now: must be an ISO 8601 time such as 2024-01-08T11:04:02Z (not shown)');
   }
   return {
     profile: await loadProfile('--profile', values.profile),
@@ -98,24 +97,32 @@ async function readOptions(args: string[]): Promise<Options | 'help'> {
   };
 }
 
+/**
+ * The profile in `file`, given as `option`. Its errors name the option, never the path nor the text: a secret, or
+ * a secret's file, given where the profile belongs would land on stderr (and in logs). Node's own messages quote
+ * both (`ENOENT: …, open '<path>'`, `Unexpected token 'S', "S3cr3t…" is not valid JSON`): only the error's code,
+ * and where the JSON breaks, are kept of them.
+ */
 async function loadProfile(option: string, file: string | undefined): Promise<CompiledProfile> {
   if (file === undefined) return compileProfile(undefined);
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch (error) {
-    throw new UsageError(`${option} ${file}: cannot read the profile (${errorMessage(error)})`);
+    const code = (error as NodeJS.ErrnoException).code ?? 'error';
+    throw new UsageError(`${option}: cannot read the file given (${code})`);
   }
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (error) {
-    throw new UsageError(`${option} ${file}: not valid JSON (${errorMessage(error)})`);
+    const at = /at position \d+(?: \(line \d+ column \d+\))?/.exec(errorMessage(error))?.[0];
+    throw new UsageError(`${option}: the file given is not valid JSON${at ? ` (${at})` : ''}`);
   }
   try {
     return compileProfile(json as object);
   } catch (error) {
-    throw new UsageError(`${option} ${file}: ${errorMessage(error)}`);
+    throw new UsageError(`${option}: ${errorMessage(error)}`);
   }
 }
 

@@ -425,11 +425,14 @@ describe('urs defender usage', () => {
     // `urs defender devices <7 arguments> <secret>`: the secret is argument 9 of `urs defender`.
     const stray = await run(args('devices', app, '--no-redis', secret));
     expect(stray.code).toBe(2);
-    expect(stray.stderr).toContain('unexpected argument 9 (not shown)');
+    // Worded as every command of urs words it (`argumentsError`).
+    expect(stray.stderr).toContain(
+      'urs defender: unexpected argument (argument 9, not shown): this command takes options only',
+    );
     expect(stray.stderr).not.toContain('Abc8Q~');
     const afterDashes = await run(args('devices', app, '--', secret));
     expect(afterDashes.code).toBe(2);
-    expect(afterDashes.stderr).toContain('unexpected argument 9 (not shown)');
+    expect(afterDashes.stderr).toContain('urs defender: unexpected argument (argument 9, not shown)');
     expect(afterDashes.stderr).not.toContain('Abc8Q~');
     // In the action's place.
     const action = await run([secret, ...args('devices', app).slice(1)]);

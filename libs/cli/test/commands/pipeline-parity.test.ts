@@ -18,7 +18,7 @@ import { simGateway } from '../../../../services/poller/test/support/sim-gateway
 import { toScoredDevice } from '../../../../services/scorer/src/scored-device';
 import { createDefenderSources } from '../../../../services/vuln-fetcher/src/sources';
 import { message, setup } from '../../../../services/vuln-fetcher/test/handler-support';
-import { defenderCommand } from '../../src/commands/defender';
+import { AUTO_BULK_THRESHOLD, defenderCommand } from '../../src/commands/defender';
 import { scoreCommand } from '../../src/commands/score';
 import { runCommand } from '../support/run';
 
@@ -32,11 +32,22 @@ const ASSUME_WORST = { ...DEFAULT_PROFILE, missingSignals: 'assume-worst' as con
 
 let sim: Simulator;
 let dir: string;
-const app = {
+type App = { azureTenantId: string; clientId: string; clientSecret: string };
+const newApp = (): App => ({
   azureTenantId: randomUUID(),
   clientId: randomUUID(),
   clientSecret: `Qx9~${randomUUID().replace(/-/g, '')}`,
-};
+});
+const app = newApp();
+/**
+ * Tenants with more devices than `auto`'s threshold. `large`: all but CALLED_FOR of them excluded from
+ * vulnerability management, the few left costing a call each, well within the threshold (counting the excluded
+ * ones, they do not fit). `busy`: CALLED_FOR of them excluded, more than the threshold left.
+ */
+const large = newApp();
+const busy = newApp();
+/** Devices of `large` not excluded, of `busy` excluded (few: a local quota lets 50 per-device calls a minute). */
+const CALLED_FOR = 5;
 
 /** What both ways give each device, by its id. */
 type Outcome = Pick<ScoredDevice, 'score' | 'band' | 'missing' | 'missingReasons' | 'contributions'>;
@@ -97,6 +108,31 @@ beforeAll(async () => {
       isExcluded: false,
     });
   sim.generateExport(app.azureTenantId);
+
+  for (const [tenant, seed] of [
+    [large, 34],
+    [busy, 35],
+  ] as const) {
+    sim.addTenant({
+      azureTenantId: tenant.azureTenantId,
+      apps: [tenant],
+      fleet: { size: AUTO_BULK_THRESHOLD + 60, seed },
+    });
+    const listed = sim.machines(tenant.azureTenantId).filter((m) => !m.mergedIntoMachineId);
+    if (listed.length <= AUTO_BULK_THRESHOLD + CALLED_FOR) throw new Error('the fleet is too small');
+    listed.forEach((m, index) =>
+      sim.updateMachine(tenant.azureTenantId, m.id, {
+        isExcluded: tenant === large ? index < listed.length - CALLED_FOR : index < CALLED_FOR,
+      }),
+    );
+    // One device the export's snapshot cannot list yet: its score tells the bulk export from per-device calls.
+    const newest = listed.at(-1) as (typeof listed)[number];
+    sim.updateMachine(tenant.azureTenantId, newest.id, {
+      firstSeen: new Date(Date.now() - 3_600_000).toISOString(),
+    });
+    sim.setVulnerabilities(tenant.azureTenantId, newest.id, []);
+    sim.generateExport(tenant.azureTenantId);
+  }
 });
 
 afterAll(async () => {
@@ -106,12 +142,13 @@ afterAll(async () => {
 
 /** `urs defender devices --with-vulnerabilities | urs score --profile … --now …`, by device. */
 async function throughCli(
-  mode: 'per-device' | 'bulk',
+  mode: 'per-device' | 'bulk' | 'auto',
   profile: object,
   now: string,
-): Promise<Map<string, Outcome>> {
+  tenant: App = app,
+): Promise<{ scores: Map<string, Outcome>; bulk: boolean }> {
   const secret = join(dir, `${randomUUID()}.secret`);
-  writeFileSync(secret, app.clientSecret);
+  writeFileSync(secret, tenant.clientSecret);
   const profileFile = join(dir, `${randomUUID()}.json`);
   writeFileSync(profileFile, JSON.stringify(profile));
   const env = {
@@ -123,7 +160,7 @@ async function throughCli(
     defenderCommand,
     [
       'devices',
-      ...['--azure-tenant-id', app.azureTenantId, '--client-id', app.clientId],
+      ...['--azure-tenant-id', tenant.azureTenantId, '--client-id', tenant.clientId],
       ...['--client-secret-file', secret, '--with-vulnerabilities', '--vulnerabilities-mode', mode],
       '--no-redis',
     ],
@@ -134,16 +171,23 @@ async function throughCli(
     stdin: Readable.from([devices.stdout]),
   });
   expect(scored.stderr).toBe('');
-  return new Map(
-    lines(scored.stdout).map((line) => [line.deviceId as string, outcome(line as unknown as Outcome)]),
-  );
+  return {
+    scores: new Map(
+      lines(scored.stdout).map((line) => [line.deviceId as string, outcome(line as unknown as Outcome)]),
+    ),
+    bulk: devices.stderr.includes('reading vulnerabilities from the bulk export'),
+  };
 }
 
-/** The poller's cycle, the vuln-fetcher's enrichment and the scorer's scoring, by device; and the cycle's start. */
+/**
+ * The poller's cycle, the vuln-fetcher's enrichment and the scorer's scoring, by device; the cycle's start and
+ * its vulnerability mode. `auto`: the cycle chooses, its per-device capacity `urs defender`'s threshold.
+ */
 async function throughPipeline(
-  mode: 'per-device' | 'bulk',
+  mode: 'per-device' | 'bulk' | 'auto',
   profile: object,
-): Promise<{ scores: Map<string, Outcome>; now: string }> {
+  tenant: App = app,
+): Promise<{ scores: Map<string, Outcome>; now: string; bulk: boolean }> {
   const agent = createHttpsAgent({ extraCa: sim.caPem });
   const limiter = createLocalLimiter();
   const overrides = { authorityHost: sim.baseUrl, apiBase: sim.baseUrl };
@@ -166,9 +210,9 @@ async function throughPipeline(
     source: 'rest',
     enabled: true,
     defender: {
-      azureTenantId: app.azureTenantId,
-      clientId: app.clientId,
-      clientSecret: sealer.seal(app.clientSecret, TENANT_ID),
+      azureTenantId: tenant.azureTenantId,
+      clientId: tenant.clientId,
+      clientSecret: sealer.seal(tenant.clientSecret, TENANT_ID),
       pollIntervalMinutes: 10,
       cloud: 'commercial',
       region: null,
@@ -190,10 +234,15 @@ async function throughPipeline(
     const startedAt = Date.now();
     await runCycle(
       {
-        // The mode asked for: every device fits the interval's per-device calls, or none does.
+        // The mode asked for: every device fits the interval's per-device calls, or none does; or, in auto, as
+        // many as `urs defender`'s threshold.
         defender: {
           ...gateway,
-          planMode: () => ({ mode, perDeviceCapacity: mode === 'bulk' ? 0 : Number.MAX_SAFE_INTEGER }),
+          planMode: () => ({
+            mode: 'per-device',
+            perDeviceCapacity:
+              mode === 'auto' ? AUTO_BULK_THRESHOLD : mode === 'bulk' ? 0 : Number.MAX_SAFE_INTEGER,
+          }),
         },
         sealer,
         publisher,
@@ -214,7 +263,9 @@ async function throughPipeline(
         leaseHeld: () => true,
       },
     );
-    expect(batches.map((batch) => batch.vulnerabilityMode)).toEqual(batches.map(() => mode));
+    const cycleMode = batches[0]?.vulnerabilityMode;
+    expect(batches.map((batch) => batch.vulnerabilityMode)).toEqual(batches.map(() => cycleMode));
+    if (mode !== 'auto') expect(cycleMode).toBe(mode);
     const enrich = setup(sources.forTenant(record));
     for (const batch of batches) await enrich.handler(message(batch));
     const compiled = compileProfile(profile);
@@ -234,7 +285,7 @@ async function throughPipeline(
         scores.set(scored.deviceId, outcome(scored));
       }
     }
-    return { scores, now: new Date(startedAt).toISOString() };
+    return { scores, now: new Date(startedAt).toISOString(), bulk: cycleMode === 'bulk' };
   } finally {
     sources.close();
     gateway.close();
@@ -264,7 +315,27 @@ describe('urs defender devices | urs score against the pipeline', () => {
       expect(reasons).toContain('EXCLUDED');
       expect(reasons).toContain('DEFENDER_UNREADABLE_RECORDS');
       if (mode === 'bulk') expect(reasons).toContain('NOT_IN_EXPORT_SNAPSHOT');
-      expect(Object.fromEntries([...cli].sort())).toEqual(Object.fromEntries([...pipeline.scores].sort()));
+      expect(cli.bulk).toBe(mode === 'bulk');
+      expect(Object.fromEntries([...cli.scores].sort())).toEqual(
+        Object.fromEntries([...pipeline.scores].sort()),
+      );
+    },
+  );
+
+  it.each([
+    ['per-device', large],
+    ['bulk', busy],
+  ] as const)(
+    'should choose the vulnerability mode in auto as the pipeline does, not counting excluded devices (%s)',
+    async (mode, tenant) => {
+      const pipeline = await throughPipeline('auto', DEFAULT_PROFILE, tenant);
+      const cli = await throughCli('auto', DEFAULT_PROFILE, pipeline.now, tenant);
+      expect(pipeline.bulk).toBe(mode === 'bulk');
+      expect(cli.bulk).toBe(pipeline.bulk);
+      expect(pipeline.scores.size).toBeGreaterThan(AUTO_BULK_THRESHOLD);
+      expect(Object.fromEntries([...cli.scores].sort())).toEqual(
+        Object.fromEntries([...pipeline.scores].sort()),
+      );
     },
   );
 });
