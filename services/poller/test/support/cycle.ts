@@ -66,7 +66,11 @@ export const unsentCycleDeps = (defender: DefenderGateway, batchFit: BatchFit): 
   defender,
   sealer,
   publisher: { send: async () => undefined } as unknown as Publisher,
-  cycles: { begin: async () => undefined, listed: async () => undefined } as unknown as CycleStore,
+  cycles: {
+    begin: async () => undefined,
+    mergedDevices: async () => undefined,
+    listed: async () => undefined,
+  } as unknown as CycleStore,
   deviceBatchesTopic: 'urs.device-batches',
   batchSize: 500,
   batchFit,
