@@ -141,8 +141,9 @@ for _, index in ipairs(redis.call('HKEYS', KEYS[2])) do
 end
 return count`;
 
-// KEYS[1] cycle hash, KEYS[2] open zset; ARGV: member, close-at ms, retention ms. The cycle's hash outlives
-// the later close by the retention, as it outlived the deadline.
+// KEYS[1] cycle hash, KEYS[2] open zset, KEYS[3] merged devices set; ARGV: member, close-at ms, retention ms.
+// The cycle's hash, and its merged devices once recorded, outlive the later close by the retention, as they
+// outlived the deadline.
 export const HOLD_OPEN = `
 if redis.call('HEXISTS', KEYS[1], 'abandonedCode') == 1 then return 0 end
 local close = redis.call('ZSCORE', KEYS[2], ARGV[1])
@@ -150,6 +151,19 @@ local closeAt = tonumber(ARGV[2])
 if not close or tonumber(close) >= closeAt then return 0 end
 redis.call('ZADD', KEYS[2], 'XX', closeAt, ARGV[1])
 redis.call('PEXPIREAT', KEYS[1], closeAt + tonumber(ARGV[3]))
+redis.call('PEXPIREAT', KEYS[3], closeAt + tonumber(ARGV[3]))
+return 1`;
+
+// KEYS[1] cycle hash, KEYS[2] merged devices set; ARGV the device ids. Only on a begun cycle (0, nothing
+// written, otherwise): the set takes the hash's expiry, never none. Added a thousand at a time (Lua unpacks
+// only so many at once).
+export const MERGED_DEVICES = `
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl <= 0 then return 0 end
+for i = 1, #ARGV, 1000 do
+  redis.call('SADD', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+redis.call('PEXPIRE', KEYS[2], ttl)
 return 1`;
 
 // KEYS[1] cycle hash, KEYS[2] the tenant's poll lease; ARGV: the totals' JSON, the lease's token. Only while the

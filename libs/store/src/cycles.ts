@@ -21,8 +21,10 @@ import {
   LISTED,
   LISTING_PENDING,
   LOST,
+  MERGED_DEVICES,
   WITHDRAW,
 } from './cycle-scripts';
+import { mergedDevicesKey } from './merged-devices';
 
 // KEYS[1] batches hash (batch index → stats), KEYS[2] cycle hash, KEYS[3] lost batches hash, KEYS[4] the
 // tenant's lease when the batch holds it; ARGV: batch index, stats (JSON), the batches' ttl ms, the lease's
@@ -148,6 +150,14 @@ export interface CycleStore {
     cycleId: string,
     totals: Parameters<CycleStore['listed']>[2],
   ): Promise<boolean>;
+  /**
+   * The devices the cycle's listing saw merged into another one, recorded by the poller before it sends the
+   * cycle's last batch, so that the publisher's completion of the cycle, complete, tombstones those VMS holds
+   * at once (`PublishedStore.completeCycle`). Added to, never removed (a device recorded twice is one), and kept
+   * as long as the cycle's hash; nothing written for a cycle Redis does not hold (never begun, or lost with a
+   * wipe).
+   */
+  mergedDevices(tenantId: string, cycleId: string, deviceIds: string[]): Promise<void>;
   /**
    * Drops the totals `listingPending` kept: the send they were kept for did not carry the cycle's last batch
    * after all (Kafka refused it as too large, and it goes in halves, the last half with totals of its own).
@@ -366,7 +376,8 @@ function toState(
  * (hash batchIndex → stats JSON), `{prefix}cycle-lost:{tenantId}:{cycleId}` (hash batchIndex → devices,
  * '' when not known), `{prefix}cycle-enriched:{tenantId}:{cycleId}` (set of batch indexes),
  * `{prefix}cycle-not-in-snapshot:{tenantId}:{cycleId}` (hash deviceId → firstSeen),
- * `{prefix}cycle-batch-claim:{tenantId}:{cycleId}:{batchIndex}` (the holder of a batch being enriched)
+ * `{prefix}cycle-batch-claim:{tenantId}:{cycleId}:{batchIndex}` (the holder of a batch being enriched),
+ * `{prefix}cycle-merged:{tenantId}:{cycleId}` (set of the devices listed merged, `mergedDevicesKey`)
  * and `{prefix}cycles-open` (zset of `tenantId/cycleId` by deadline, or by an abandoned cycle's earlier
  * close, or by the later close of a bulk cycle held open while its export is read). A claim also writes the published store's owed summaries (`summariesOwedKey`); `begin` reads the
  * tenant's status (`tenantStatusKey`) for its last listed device count.
@@ -438,6 +449,16 @@ export function createCycleStore(
         lease.token,
       );
       return kept === 1;
+    },
+    async mergedDevices(tenantId, cycleId, deviceIds) {
+      if (deviceIds.length === 0) return;
+      await redis.eval(
+        MERGED_DEVICES,
+        2,
+        cycleKey(tenantId, cycleId),
+        mergedDevicesKey(prefix, tenantId, cycleId),
+        ...deviceIds,
+      );
     },
     async dropPendingListing(tenantId, cycleId) {
       await redis.hdel(cycleKey(tenantId, cycleId), 'pendingListing');
@@ -597,9 +618,10 @@ export function createCycleStore(
     async holdOpen(tenantId, cycleId, closeAtMs) {
       const moved = await redis.eval(
         HOLD_OPEN,
-        2,
+        3,
         cycleKey(tenantId, cycleId),
         openKey,
+        mergedDevicesKey(prefix, tenantId, cycleId),
         `${tenantId}/${cycleId}`,
         String(Math.round(closeAtMs)),
         String(retentionMs),

@@ -27,6 +27,7 @@ import {
   type PublishedDevice,
   type PublishOptions,
 } from './published-devices';
+import { mergedDevicesKey } from './merged-devices';
 import { replies } from './replies';
 import { scoreStamp, scoreStampsKey } from './scores';
 import { tenantDeletionKey } from './tenant-deletion';
@@ -107,6 +108,9 @@ export interface PublishedStore extends TenantDeletions, PublishedRebuild {
    * tombstones were sent (`markCycleSent`; a first call that listed none sent them at once): the devices the
    * cycles after it lack are theirs to tombstone, under their own hold. One before that lists the devices
    * absent as the first call did, under the same hold test. `snapshotSent`: the cycle's snapshot was sent.
+   * The devices the cycle's listing saw merged into another one (`CycleStore.mergedDevices`) are listed too,
+   * those known and not seen in this cycle or a newer one: gone for good, they wait neither for `absentCycles`
+   * nor for the hold, which neither weighs nor holds them.
    */
   completeCycle(
     tenantId: string,
@@ -242,6 +246,8 @@ const SENT_FLAGS = { tombstones: 1, snapshot: 2 } as const;
 // cycles since may lack most of the fleet), one after them nothing. A first call that lists none has sent
 // them. Returns {sequence, tombstones, held, devices known, sent flags, 1 when this call decided the counts
 // (0 on a repeat), gone ids...}: ranges of the seen zset, so a large fleet costs only its absent devices.
+// KEYS[5] the cycle's merged devices (`mergedDevicesKey`): those VMS holds and no batch of this cycle or a newer
+// one saw are gone with the absent ones, whatever the hold, and neither weighed by it nor counted as held.
 const COMPLETE = `
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
 local sequence, counted, held, sent
@@ -254,10 +260,28 @@ end
 sent = tonumber(sent) or 0
 local n = tonumber(ARGV[3])
 local hold = tonumber(ARGV[6])
+local merged, isMerged = {}, {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+  local seen = redis.call('ZSCORE', KEYS[4], id)
+  if seen and tonumber(seen) < tonumber(ARGV[2]) then
+    table.insert(merged, id)
+    isMerged[id] = true
+  end
+end
 local function absentFrom(cycles)
   local oldest = redis.call('ZREVRANGE', KEYS[3], cycles - 1, cycles - 1, 'WITHSCORES')
   if #oldest < 2 then return {} end
-  return redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. oldest[2])
+  local absent = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. oldest[2])
+  if #merged == 0 then return absent end
+  local kept = {}
+  for _, id in ipairs(absent) do
+    if not isMerged[id] then table.insert(kept, id) end
+  end
+  return kept
+end
+local function withMerged(gone)
+  for _, id in ipairs(merged) do table.insert(gone, id) end
+  return gone
 end
 local known = redis.call('ZCARD', KEYS[4])
 local function braked()
@@ -273,15 +297,16 @@ local first = 0
 if counted == nil or counted == '' then
   first = 1
   gone, held = braked()
+  gone = withMerged(gone)
   counted = #gone
   if counted == 0 then sent = sent + ${SENT_FLAGS.tombstones} end
   redis.call('HSET', KEYS[1], ARGV[1], sequence .. ':' .. counted .. ':' .. held .. ':' .. sent)
 elseif sent % 2 == ${SENT_FLAGS.tombstones} then
   gone = {}
 elseif held ~= nil and held ~= '' and tonumber(held) > 0 then
-  gone = absentFrom(hold)
+  gone = withMerged(absentFrom(hold))
 else
-  gone = braked()
+  gone = withMerged((braked()))
 end
 local result = {tonumber(sequence), tonumber(counted), tonumber(held) or 0, known, sent, first}
 for i = 1, #gone do table.insert(result, gone[i]) end
@@ -455,11 +480,12 @@ export function createPublishedStore(
     async completeCycle(tenantId, cycleId, cycleAt, absentCycles, hold = NO_HOLD) {
       const result = (await redis.eval(
         COMPLETE,
-        4,
+        5,
         sequenceKey(tenantId),
         counterKey(tenantId),
         cyclesKey(tenantId),
         seenKey(tenantId),
+        mergedDevicesKey(prefix, tenantId, cycleId),
         cycleId,
         String(cycleAt),
         String(Math.max(1, absentCycles)),

@@ -650,6 +650,27 @@ describe('createCycleStore', () => {
     expect(await redis.client.pttl(`${redis.prefix}cycle:acme:c1`)).toBeLessThanOrEqual(before);
   });
 
+  it("mergedDevices should record a begun cycle's merged devices once each, expiring with the cycle, and nothing for a cycle Redis does not hold", async () => {
+    const cycles = createCycleStore(redis.client, redis.prefix);
+    const merged = `${redis.prefix}cycle-merged:acme:c1`;
+    await cycles.mergedDevices('acme', 'c1', ['m1']);
+    expect(await redis.client.exists(merged)).toBe(0);
+    await cycles.begin(begin);
+    // Thousands at once (Lua unpacks only so many), and a try again adding the same ones.
+    const ids = Array.from({ length: 9_000 }, (_, n) => `m${n}`);
+    await cycles.mergedDevices('acme', 'c1', ids);
+    await cycles.mergedDevices('acme', 'c1', ['m1', 'm2']);
+    expect(await redis.client.scard(merged)).toBe(9_000);
+    const hashTtl = await redis.client.pttl(`${redis.prefix}cycle:acme:c1`);
+    const ttl = await redis.client.pttl(merged);
+    expect(ttl).toBeLessThanOrEqual(hashTtl);
+    expect(ttl).toBeGreaterThan(hashTtl - 60_000);
+    // Held open later, it outlives the later close as the hash does.
+    const deadlineMs = startedMs + 10 * 60_000;
+    expect(await cycles.holdOpen('acme', 'c1', deadlineMs + 60 * 60_000)).toBe(true);
+    expect(await redis.client.pttl(merged)).toBeGreaterThan(hashTtl + 59 * 60_000);
+  });
+
   it("holdOpen should move an open cycle's close later only, and never an abandoned or published one's", async () => {
     const cycles = createCycleStore(redis.client, redis.prefix);
     await cycles.begin(begin);

@@ -157,7 +157,8 @@ async function openSecret(deps: CycleDeps, record: TenantRecord): Promise<string
 
 /**
  * One polling cycle: the tenant's devices page by page (the Defender client gets the token), merged
- * records dropped (their surviving device is listed too, and must not be scored twice), each device cut
+ * records dropped (their surviving device is listed too, and must not be scored twice) and recorded for the
+ * publisher to tombstone (`CycleStore.mergedDevices`, before the last batch), each device cut
  * down to its DeviceRecord (`toDeviceRecord`), batches of at most `batchSize` devices to
  * `urs.device-batches` keyed by tenant, the last one with the totals (an empty fleet is one empty last
  * batch), then the cycle's totals for the publisher.
@@ -200,7 +201,9 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   let emittedLast = false;
   let batchIndex = 0;
   let totalDevices = 0;
-  let merged = 0;
+  /** The devices listed merged into another one, recorded before the last batch goes (see `emit`). */
+  const merged: string[] = [];
+  let mergedRecorded = false;
   let pending: DeviceRecord[] = [];
 
   /** Throws when the cycle must emit nothing more: aborted, or its lease may have lapsed. */
@@ -219,6 +222,13 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     if (!begun) {
       await deps.cycles.begin({ tenantId, cycleId, startedAt: cycleStartedAt, deadlineAt });
       begun = true;
+    }
+    // Before the last batch, which may complete the cycle before its listing is recorded: its completion
+    // tombstones the merged devices VMS holds. Not recorded (Redis failing), the cycle stops as abandoned,
+    // never completes without them. Once: the last batch refused as too large goes in halves.
+    if (last && merged.length > 0 && !mergedRecorded) {
+      await deps.cycles.mergedDevices(tenantId, cycleId, merged);
+      mergedRecorded = true;
     }
     const header = {
       schemaVersion: 1 as const,
@@ -388,7 +398,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
         stopIfRefused();
         for (const device of page.devices) {
           if (device.merged) {
-            merged++;
+            merged.push(device.machine.id);
             continue;
           }
           // Only what the scorer and VMS read travels on: the rest of the record stays here.
@@ -452,6 +462,11 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   } catch (error) {
     throw new CycleListedNotRecordedError(error, totals);
   }
-  log.info('cycle listed', { totalDevices, totalBatches: batchIndex, merged, vulnerabilityMode });
-  return { totalDevices, totalBatches: batchIndex, merged, vulnerabilityMode, note, listedAt };
+  log.info('cycle listed', {
+    totalDevices,
+    totalBatches: batchIndex,
+    merged: merged.length,
+    vulnerabilityMode,
+  });
+  return { totalDevices, totalBatches: batchIndex, merged: merged.length, vulnerabilityMode, note, listedAt };
 }

@@ -64,6 +64,9 @@ function setup(listing: DevicePage[] | Error, capacity = 1_000, failAfter?: Erro
       pendingNow = totals;
       return true;
     },
+    async mergedDevices(_t: string, _c: string, deviceIds: string[]) {
+      events.push(`merged ${deviceIds.join(',')}`);
+    },
     async dropPendingListing() {
       pending.push(`dropped after ${sent.length}`);
       pendingNow = undefined;
@@ -275,6 +278,45 @@ describe('runCycle', () => {
     expect(sent[0]?.cvssThreshold).toBe(7.5);
     expect(sent[0]?.profileHash).toBe(profileHash(parseProfile(profile)));
     expect(result).toMatchObject({ totalDevices: 3, merged: 1 });
+  });
+
+  it('runCycle should record the devices listed merged before it sends the last batch, once, and nothing when none is', async () => {
+    // Bulk from the first page on (capacity 10): batches flow as the listing goes, merged devices on both pages.
+    const listing = pages(600, 600);
+    for (const n of [3, 700, 1_199])
+      (listing.flatMap((page) => page.devices)[n] as { merged: boolean }).merged = true;
+    const { deps, events } = setup(listing, 10);
+    // The last batch refused once as too large goes in halves: the devices are recorded before the first.
+    const { publisher } = refusingPublisher(
+      deps.publisher,
+      (batch) => batch.lastBatch && batch.devices.length > 100,
+    );
+    const result = await runCycle({ ...deps, publisher }, input());
+    expect(events.slice(1)).toEqual([
+      'batch 0',
+      'batch 1',
+      'merged m3,m700,m1199',
+      'batch 2',
+      'batch 3',
+      'listed 4/1197 bulk',
+    ]);
+    expect(result).toMatchObject({ totalDevices: 1_197, merged: 3 });
+
+    const none = setup(pages(600), 10);
+    await runCycle(none.deps, input());
+    expect(none.events.filter((event) => event.startsWith('merged'))).toEqual([]);
+  });
+
+  it('runCycle should send no last batch, and record the cycle abandoned, when the devices listed merged cannot be recorded', async () => {
+    const listing = pages(600, 600);
+    (listing[1]?.devices[0] as { merged: boolean }).merged = true;
+    const { deps, events, sent } = setup(listing, 10);
+    deps.cycles.mergedDevices = async () => {
+      throw new Error('Connection is closed.');
+    };
+    await expect(runCycle(deps, input())).rejects.toThrow('Connection is closed.');
+    expect(sent.map((batch) => batch.lastBatch)).toEqual([false, false]);
+    expect(events.at(-1)).toMatch(/^abandon 2\/1199 /);
   });
 
   it('runCycle should send each device as its device record, not the whole listed machine', async () => {

@@ -562,6 +562,82 @@ describe('the publisher', () => {
     expect(metrics.expose()).toMatch(/^urs_vms_tombstones_held_total 3$/m);
   });
 
+  it('createCycleCompletion should tombstone a device VMS holds at the first complete cycle that lists it merged, and publish it again once listed unmerged', async () => {
+    const { handler, begin, cycles } = build();
+    const tombstones = () =>
+      records()
+        .filter((m) => m.value === null)
+        .map((m) => m.key);
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')], 1));
+    // Cycle 2 lists a merged into b (and a device merged before VMS ever held it): a goes with its summary.
+    await begin(2);
+    await cycles.mergedDevices('t1', 'c2', ['a', 'never-published']);
+    await handler(scoreBatch(2, 0, [device('b', 30, 'Low Risk')], 1));
+    expect(tombstones()).toEqual(['t1/a']);
+    expect(summaries()[1]).toMatchObject({ cycleId: 'c2', published: { tombstones: 1 } });
+    // Listed again unmerged (split back out): published again, as any device after its tombstone.
+    await begin(3);
+    await handler(scoreBatch(3, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')], 1));
+    expect(records('c3').map((m) => m.key)).toEqual(['t1/a']);
+    expect(tombstones()).toEqual(['t1/a']);
+  });
+
+  it('createCycleCompletion should send the tombstone of a device listed merged once, its summary sent again after its first send failed', async () => {
+    const { handler, begin, cycles } = build({ failFirstSummaryOf: 'c2' });
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')], 1));
+    await begin(2);
+    await cycles.mergedDevices('t1', 'c2', ['a']);
+    const last = scoreBatch(2, 0, [device('b', 30, 'Low Risk')], 1);
+    await expect(handler(last)).rejects.toThrow('the broker is unavailable');
+    await handler(last);
+    expect(
+      records()
+        .filter((m) => m.value === null)
+        .map((m) => m.key),
+    ).toEqual(['t1/a']);
+    expect(summaries().map((summary) => [summary.cycleId, summary.published.tombstones])).toEqual([
+      ['c1', 0],
+      ['c2', 1],
+    ]);
+  });
+
+  it('closeOverdue should tombstone no device a partial cycle lists merged', async () => {
+    const { handler, begin, cycles, completion } = build();
+    await begin(1);
+    await handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy'), device('b', 30, 'Low Risk')], 1));
+    await begin(2);
+    await cycles.mergedDevices('t1', 'c2', ['a']);
+    await cycles.listed('t1', 'c2', { totalBatches: 2, totalDevices: 2, listedAt: minute(21) });
+    await handler(scoreBatch(2, 0, [device('b', 30, 'Low Risk')]));
+    now = new Date(minute(26));
+    expect(await completion.closeOverdue()).toBe(1);
+    expect(summaries()[1]).toMatchObject({ cycleId: 'c2', status: 'partial', published: { tombstones: 0 } });
+    expect(records().filter((m) => m.value === null)).toEqual([]);
+  });
+
+  it('createCycleCompletion should send the tombstone of a device listed merged while the brake holds those of devices gone at once', async () => {
+    const { handler, begin, cycles, metrics } = build({
+      tombstoneAfterCycles: 1,
+      tombstoneHold: { maxSharePercent: 50, minDevices: 1, cycles: 4 },
+    });
+    await begin(1);
+    const fleet = ['a', 'b', 'c', 'd', 'stay'].map((id) => device(id, 10, 'Trustworthy'));
+    await handler(scoreBatch(1, 0, fleet, 1));
+    // Cycle 2 lists a merged into stay, and lacks b, c and d: three of five devices, held.
+    await begin(2);
+    await cycles.mergedDevices('t1', 'c2', ['a']);
+    await handler(scoreBatch(2, 0, [device('stay', 10, 'Trustworthy')], 1));
+    expect(
+      records()
+        .filter((m) => m.value === null)
+        .map((m) => m.key),
+    ).toEqual(['t1/a']);
+    expect(summaries()[1]?.published.tombstones).toBe(1);
+    expect(metrics.expose()).toMatch(/^urs_vms_tombstones_held_total 3$/m);
+  });
+
   it('closeOverdue should publish a cycle past its deadline once, as partial, with the devices never scored as failed', async () => {
     const { handler, begin, completion, cycles } = build();
     await begin(1);

@@ -88,7 +88,11 @@ export const unsentCycleDeps = (defender: DefenderGateway, batchFit: BatchFit): 
     batchFit,
     {
       publisher: { send: async () => undefined } as unknown as Publisher,
-      cycles: { begin: async () => undefined, listed: async () => undefined } as unknown as CycleStore,
+      cycles: {
+        begin: async () => undefined,
+        mergedDevices: async () => undefined,
+        listed: async () => undefined,
+      } as unknown as CycleStore,
       deviceBatchesTopic: 'urs.device-batches',
     },
     3_600_000,
@@ -104,6 +108,7 @@ export function countingCycles(): { cycles: CycleStore; pending: number[]; liste
   const listed: number[] = [];
   const cycles = {
     begin: async () => undefined,
+    mergedDevices: async () => undefined,
     listingPending: async (_lease: unknown, _cycleId: string, totals: { totalBatches: number }) => {
       pending.push(totals.totalBatches);
       return true;
