@@ -2,10 +2,19 @@
 // kustomization lists parses, every stage has a Deployment running a script compiled from this repository with
 // its Node flags, the environment it gets is what the stage's own configuration reads (and accepts), its probes
 // name the paths and the port the runtime serves, and it is given longer to stop than its own graceful stop.
+// Each object also keeps to Kubernetes' own API schemas (kubernetes-models' validators, built from Kubernetes
+// 1.33's OpenAPI), as strictly as `kubectl apply --validate=strict`: a field the schema does not have fails too.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { Deployment } from 'kubernetes-models/apps/v1/Deployment';
+import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy';
+import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
+import { ConfigMap } from 'kubernetes-models/v1/ConfigMap';
+import { Namespace } from 'kubernetes-models/v1/Namespace';
+import { Secret } from 'kubernetes-models/v1/Secret';
+import { Service } from 'kubernetes-models/v1/Service';
 import { parse, parseAllDocuments } from 'yaml';
 import { serviceConfig, type Env } from '@urs/config';
 import { pollerConfig } from '../../services/poller/src/config';
@@ -103,6 +112,56 @@ function parseManifests(file: string): { manifests: Manifest[]; errors: string[]
   };
 }
 const manifestsIn = (file: string): Manifest[] => parseManifests(file).manifests;
+
+/** The API schema of each kind the manifests hold, by `apiVersion kind`. */
+const schemas: Record<string, { prototype: { validate(): void } }> = {
+  'v1 Namespace': Namespace,
+  'v1 ConfigMap': ConfigMap,
+  'v1 Secret': Secret,
+  'v1 Service': Service,
+  'apps/v1 Deployment': Deployment,
+  'policy/v1 PodDisruptionBudget': PodDisruptionBudget,
+  'networking.k8s.io/v1 NetworkPolicy': NetworkPolicy,
+};
+
+/**
+ * What the API server would refuse in a manifest: values its schema does not allow, and fields it does not have.
+ * The schemas let unknown fields through, but their validator reads every field a schema names and every key
+ * of a map, so a field it never reads is one the schema does not have. It runs on the manifest itself, not on a
+ * model (whose constructor copies it), so that its reads can be watched.
+ */
+function schemaErrors(manifest: Manifest): string[] {
+  const schema = schemas[`${manifest.apiVersion} ${manifest.kind}`];
+  if (schema === undefined) return [`no schema for ${manifest.apiVersion} ${manifest.kind}`];
+  const unread = new Set<string>();
+  const watched = new Map<string, unknown>();
+  /** The value at a path, each of its fields unread until the validator reads it. */
+  const watch = (value: unknown, at: string): unknown => {
+    if (value === null || typeof value !== 'object') return value;
+    if (!watched.has(at)) {
+      for (const key of Object.keys(value)) unread.add(`${at}/${key}`);
+      watched.set(
+        at,
+        new Proxy(value, {
+          get: (target, key, receiver) => {
+            const field: unknown = Reflect.get(target, key, receiver);
+            if (typeof key !== 'string' || !Object.hasOwn(target, key)) return field;
+            unread.delete(`${at}/${key}`);
+            return watch(field, `${at}/${key}`);
+          },
+        }),
+      );
+    }
+    return watched.get(at);
+  };
+  const errors: string[] = [];
+  try {
+    schema.prototype.validate.call(watch(manifest, ''));
+  } catch (error) {
+    errors.push((error as Error).message);
+  }
+  return [...errors, ...[...unread].map((field) => `${field} is not a field of the schema`)];
+}
 
 const kustomization = parseAllDocuments(read(`${dir}/kustomization.yaml`))
   .at(0)
@@ -278,6 +337,57 @@ describe('deploy/k8s', () => {
     expect(ofKind('Namespace').map((namespace) => namespace.metadata.name)).toEqual([
       kustomization.namespace,
     ]);
+  });
+
+  test.each(listed)("%s should keep to Kubernetes' API schemas, with no field they do not have", (file) => {
+    const parsed = manifestsIn(file);
+    expect(parsed.length).toBeGreaterThan(0);
+    for (const manifest of parsed)
+      expect([manifest.kind, manifest.metadata.name, schemaErrors(manifest)]).toEqual([
+        manifest.kind,
+        manifest.metadata.name,
+        [],
+      ]);
+  });
+
+  test('the Secret example should keep to the API schema of a Secret', () => {
+    expect(secretExample.map(schemaErrors)).toEqual([[]]);
+  });
+
+  test.each<[string, (container: Record<string, unknown>) => void, string]>([
+    [
+      'a misspelt field',
+      (container) => {
+        container['readinesProbe'] = container['readinessProbe'];
+        delete container['readinessProbe'];
+      },
+      '/spec/template/spec/containers/0/readinesProbe is not a field of the schema',
+    ],
+    [
+      'a port number as a string',
+      (container) => {
+        const [port] = container['ports'] as { containerPort: unknown }[];
+        if (port) port.containerPort = String(port.containerPort);
+      },
+      'data/spec/template/spec/containers/0/ports/0/containerPort must be integer',
+    ],
+    [
+      'a misspelt field of a field',
+      (container) => {
+        const resources = container['resources'] as Record<string, unknown>;
+        resources['limit'] = resources['limits'];
+        delete resources['limits'];
+      },
+      '/spec/template/spec/containers/0/resources/limit is not a field of the schema',
+    ],
+  ])('a Deployment with %s should not keep to the API schema', (_, change, error) => {
+    const deployment = structuredClone(named('Deployment', 'registrar'));
+    const container = deployment?.spec?.template?.spec.containers[0];
+    expect(deployment === undefined || container === undefined).toBe(false);
+    if (deployment === undefined || container === undefined) return;
+    expect(schemaErrors(deployment)).toEqual([]);
+    change(container as unknown as Record<string, unknown>);
+    expect(schemaErrors(deployment)).toEqual([error]);
   });
 
   test('the Secret example should not be listed, so an apply never overwrites the real Secret', () => {
