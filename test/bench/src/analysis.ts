@@ -46,7 +46,8 @@ export function meanServiceMs(
  * server (Little's law); with the configured latency, timer lateness at the server counts against it too.
  * `endMs` is the last vulnerability response (the cycle's largest `collectedAt`), which the fetcher
  * records exactly; the start is `firstCallAtMs`, the first call's arrival as the simulator recorded it
- * (`firstCallAtByKind`), or else estimated from its counters, sampled (±half a sampling period: ±0.5 %
+ * (`firstCallAtByKind`; both ends by `Date.now()`, so a step of the wall clock since the simulator started
+ * does not shift the window), or else estimated from its counters, sampled (±half a sampling period: ±0.5 %
  * of a 5 s window at 50 ms).
  */
 export function slotUtilisation(

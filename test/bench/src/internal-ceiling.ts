@@ -3,6 +3,7 @@
 import { percentile, round, span } from './analysis';
 import type { CycleRecord, ScenarioResult } from './scenario';
 import { costPerDevice, usageEach, type CostPerDevice } from './scenario-cost';
+import { completeness, cycleFault, type CycleCompleteness } from './scenario-records';
 
 /** Scenarios of the internal ceiling are named `internal-<run>`. */
 export const INTERNAL = 'internal';
@@ -31,6 +32,8 @@ export interface InternalRun {
   pipelineCpuMicrosPerDevice: number;
   peakRssMb: Record<string, number>;
   cost: CostPerDevice;
+  /** The cycle's summary status and devices: a run with a fault (see cycleFault) gets no verdict. */
+  completeness: CycleCompleteness;
 }
 
 /** The internal ceiling over its runs: the run at the (nearest-rank) median, with every run's result beside it. */
@@ -40,7 +43,10 @@ export interface InternalCeiling extends InternalRun {
     devicesPerSec: number;
     cpuMicrosPerDevice: number;
     pipelineCpuMicrosPerDevice: number;
+    completeness: CycleCompleteness;
   }[];
+  /** Runs whose cycle had a fault (see cycleFault): the ceiling then gets no verdict. */
+  unsoundRuns: number;
   devicesPerSecMin: number;
   devicesPerSecMax: number;
 }
@@ -78,7 +84,8 @@ export function pipelineCpuMicrosPerDevice(cpuSec: Record<string, number>, devic
   return cpuMicrosPerDevice(pipeline, devices);
 }
 
-export function internalThroughput(result: ScenarioResult): InternalRun {
+/** `privateRedis`: whether the run's Redis was the bench's own (a shared one's commands are not counted). */
+export function internalThroughput(result: ScenarioResult, privateRedis: boolean): InternalRun {
   const cycle = result.cycles[0] as CycleRecord;
   const firstBatch = Math.min(...cycle.listed.map((event) => event.t));
   const devicesPerSec = (cycle.summary.devices.total * 1000) / Math.max(1, cycle.summaryAtMs - firstBatch);
@@ -105,7 +112,8 @@ export function internalThroughput(result: ScenarioResult): InternalRun {
       pipelineCpuMicrosPerDevice(result.windowCpuSec, cycle.summary.devices.total),
     ),
     peakRssMb: usageEach(result, 'peakRssMb'),
-    cost: costPerDevice(result, true),
+    cost: costPerDevice(result, privateRedis),
+    completeness: completeness(cycle),
   };
 }
 
@@ -114,9 +122,12 @@ export function internalThroughput(result: ScenarioResult): InternalRun {
  * median (a real run, so its stage rates, CPU and cost belong together), with the spread of all runs.
  * Null without runs.
  */
-export function internalCeiling(results: readonly ScenarioResult[]): InternalCeiling | null {
+export function internalCeiling(
+  results: readonly ScenarioResult[],
+  privateRedis: boolean,
+): InternalCeiling | null {
   if (results.length === 0) return null;
-  const runs = results.map(internalThroughput);
+  const runs = results.map((result) => internalThroughput(result, privateRedis));
   const rates = runs.map((run) => run.devicesPerSec);
   const median = percentile(rates, 50);
   const atMedian = runs.find((run) => run.devicesPerSec === median) as InternalRun;
@@ -127,7 +138,9 @@ export function internalCeiling(results: readonly ScenarioResult[]): InternalCei
       devicesPerSec: run.devicesPerSec,
       cpuMicrosPerDevice: run.cpuMicrosPerDevice,
       pipelineCpuMicrosPerDevice: run.pipelineCpuMicrosPerDevice,
+      completeness: run.completeness,
     })),
+    unsoundRuns: runs.filter((run) => cycleFault(run.completeness) !== null).length,
     devicesPerSecMin: Math.min(...rates),
     devicesPerSecMax: Math.max(...rates),
   };

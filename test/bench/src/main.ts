@@ -6,7 +6,7 @@ import { ensureStack, startPrivateRedis, stopStack } from './infra';
 import { createBenchKafka, deleteTopics } from './kafka';
 import { ProcessGroup } from './procs';
 import { renderMarkdown, timelineOf } from './report';
-import { buildResults, machineSpeedText, writeResults, type Speed } from './results';
+import { buildResults, clearPictures, machineSpeedText, writeResults, type Speed } from './results';
 import { runScenario, type RunContext, type ScenarioResult } from './scenario';
 import { scenarioSpecs } from './scenario-specs';
 import { startSimulatorProcess } from './simulator';
@@ -34,6 +34,8 @@ async function main(): Promise<number> {
   const outDir = resolve(ROOT, options.outDir);
   const runDir = join(outDir, 'logs', startedAt.replace(/:/g, '-'));
   mkdirSync(runDir, { recursive: true });
+  // An earlier run's pictures would stand next to this run's numbers (a scenario that fails draws none).
+  clearPictures(outDir);
   const group = new ProcessGroup();
   let stackStarted = false;
   let interrupted = false;
@@ -131,7 +133,8 @@ async function main(): Promise<number> {
           }),
         );
         const cycle = [...result.cycles].sort((a, b) => b.summary.devices.total - a.summary.devices.total)[0];
-        if (cycle) pictures.set(`timeline-${spec.name}.svg`, renderTimeline(timelineOf(result, cycle)));
+        if (cycle)
+          pictures.set(`timeline-${spec.name}.svg`, renderTimeline(timelineOf(result, cycle, startedAt)));
         log(`  ${spec.name}: ${result.devices} devices in ${(result.durationMs / 1000).toFixed(1)} s`);
       } catch (error) {
         const message = `${spec.name}: ${(error as Error).message}`;

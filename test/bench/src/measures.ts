@@ -6,6 +6,7 @@ import type { MemorySpeed } from './calibrate';
 import type { InternalCeiling } from './internal-ceiling';
 import type { CycleRecord, ScenarioResult } from './scenario';
 import { curves } from './scenario';
+import { completeness, cycleFault, type CycleCompleteness } from './scenario-records';
 import { costPerDevice, usageEach, type CostPerDevice } from './scenario-cost';
 import type { TimelineInput } from './timeline';
 
@@ -51,6 +52,8 @@ export interface FleetResult {
   cost: CostPerDevice;
   deadLetters: number;
   throttled: number;
+  /** The cycle's summary status and devices: a cycle with a fault (see cycleFault) gets no verdict. */
+  completeness: CycleCompleteness;
 }
 
 export interface CycleLatency {
@@ -73,6 +76,8 @@ export interface CycleLatency {
   asClaimed?: boolean | null;
   /** The snapshot outcomes the vuln-fetcher counted over the cycle (a next cycle only). */
   snapshotOutcomes?: Record<string, number>;
+  /** The cycle's summary status and devices (absent in older results): see cycleFault. */
+  completeness?: CycleCompleteness;
 }
 
 export interface BenchResults {
@@ -148,6 +153,13 @@ export interface BenchResults {
       windowSystemCpuSec: Record<string, number>;
       /** Minor page faults of the same processes within windowMs. */
       windowMinorFaults: Record<string, number>;
+      /**
+       * ms the services took to go idle after the last summary, before their memory was read; null when they
+       * were still busy at the wait's end (read anyway). Absent in older results.
+       */
+      idleMs?: number | null;
+      /** The same after the warm-up cycle, whose trailing work then lands in the window (absent without one). */
+      warmupIdleMs?: number | null;
       sim: unknown;
     }
   >;
@@ -188,7 +200,23 @@ export function fleetResult(result: ScenarioResult, privateRedis: boolean): Flee
     cost: costPerDevice(result, privateRedis),
     deadLetters: result.deadLetters,
     throttled: result.sim.throttled,
+    completeness: completeness(cycle),
   };
+}
+
+/**
+ * One error per measured cycle with a fault (see cycleFault): its numbers are from a failed or partial run,
+ * and count toward no verdict.
+ */
+export function cycleFaults(results: readonly ScenarioResult[]): string[] {
+  return results.flatMap((result) =>
+    result.cycles.flatMap((cycle) => {
+      const fault = cycleFault(completeness(cycle));
+      return fault === null
+        ? []
+        : [`${result.spec.name}: cycle of ${cycle.tenantId} not sound: ${fault}; its numbers get no verdict`];
+    }),
+  );
 }
 
 /** A cycle's mode in the report: a bulk tenant's next cycle is `bulk-next`, or `bulk-same` when nothing changed. */
@@ -227,6 +255,7 @@ export function cycleLatencies(results: ScenarioResult[]): CycleLatency[] {
         collectToVmsMs: cycle.collectToVmsMs,
         cycleMs: cycle.summaryAtMs - cycle.cycleStartedAtMs,
         asClaimed: claimedModeHeld(mode, cycle.snapshotOutcomes),
+        completeness: completeness(cycle),
         ...(cycle.snapshotOutcomes ? { snapshotOutcomes: cycle.snapshotOutcomes } : {}),
       };
     }),
@@ -273,7 +302,8 @@ export interface PeakRssGrowth {
 
 /**
  * The flatness of the fleets' memory: the peak RSS of the service largest at the largest fleet, there ÷ at
- * the smallest fleet. Null with fewer than two fleet sizes, or when that service was not measured at both.
+ * the smallest fleet. Null with fewer than two fleet sizes, when a service at the largest fleet was not read
+ * (the largest is then unknown), or when that service was not measured at both.
  */
 export function peakRssGrowth(bySize: Record<string, Record<string, number>>): PeakRssGrowth | null {
   const sizes = Object.keys(bySize)
@@ -282,7 +312,9 @@ export function peakRssGrowth(bySize: Record<string, Record<string, number>>): P
   if (sizes.length < 2) return null;
   const fromDevices = sizes[0] as number;
   const toDevices = sizes.at(-1) as number;
-  const largest = Object.entries(bySize[String(toDevices)] ?? {}).reduce<[string, number] | null>(
+  const atLargest = Object.entries(bySize[String(toDevices)] ?? {});
+  if (atLargest.some(([, mb]) => !Number.isFinite(mb))) return null;
+  const largest = atLargest.reduce<[string, number] | null>(
     (best, entry) => (best === null || entry[1] > best[1] ? entry : best),
     null,
   );
@@ -303,14 +335,14 @@ export function bulkResult(result: ScenarioResult): Record<string, unknown> {
     perDeviceCalls: result.sim.calls['vulnerabilities'] ?? 0,
     machinesCalls: result.sim.calls['machines'] ?? 0,
     throttled: result.sim.throttled,
-    status: cycle.summary.status,
-    incomplete: cycle.summary.devices.incomplete,
+    ...completeness(cycle),
+    fault: cycleFault(completeness(cycle)),
     latencyMs: result.spec.latencyMs,
   };
 }
 
-/** The picture input of one cycle. */
-export function timelineOf(result: ScenarioResult, cycle: CycleRecord): TimelineInput {
+/** The picture input of one cycle; its title names the run (its start) and the scenario. */
+export function timelineOf(result: ScenarioResult, cycle: CycleRecord, runStartedAt: string): TimelineInput {
   const { enriched, scored, published } = curves(cycle);
   // A loop, not a spread: Math.max(...list) throws RangeError past ~125,000 arguments on Node 20.
   let last = cycle.summaryAtMs;
@@ -318,7 +350,7 @@ export function timelineOf(result: ScenarioResult, cycle: CycleRecord): Timeline
   const end = last + 50;
   const seconds = (ms: number): string => (ms / 1000).toFixed(2);
   return {
-    title: `${result.spec.name}: one cycle of ${cycle.summary.devices.total} devices (${result.spec.mode}, simulator latency ${result.spec.latencyMs} ms)`,
+    title: `${result.spec.name}, run of ${runStartedAt}: one cycle of ${cycle.summary.devices.total} devices (${result.spec.mode}, simulator latency ${result.spec.latencyMs} ms)`,
     subtitle:
       `cycle ${seconds(cycle.summaryAtMs - cycle.cycleStartedAtMs)} s; last vulnerability response → vms.risk-summary ${seconds(cycle.collectToVmsMs)} s; ` +
       `peak concurrency ${result.sim.peakConcurrency}; ${result.spec.driver === 'inject' ? 'device batches injected by the bench' : 'devices listed by the poller'}`,

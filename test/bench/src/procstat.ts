@@ -46,3 +46,25 @@ export function processUsage(pid: number): ProcessUsage | null {
     return null;
   }
 }
+
+/** A process whose usage could not be read: unknown, not absent (it stays in every table, as "–"). */
+const UNREAD: ProcessUsage = {
+  peakRssMb: NaN,
+  rssMb: NaN,
+  cpuSec: NaN,
+  systemCpuSec: NaN,
+  minorFaults: NaN,
+};
+
+/**
+ * Each service's usage once it went idle after the cycles. A service that died during the scenario fails it:
+ * its peak memory and CPU are not known, and its work was not all done.
+ */
+export function usageAfterIdle(
+  pipeline: { children: Map<string, { pid: number }>; crashed: () => string | undefined },
+  read: (pid: number) => ProcessUsage | null = processUsage,
+): Record<string, ProcessUsage> {
+  const crash = pipeline.crashed();
+  if (crash !== undefined) throw new Error(`a service died before its usage was read: ${crash}`);
+  return Object.fromEntries([...pipeline.children].map(([name, child]) => [name, read(child.pid) ?? UNREAD]));
+}

@@ -7,8 +7,9 @@ import {
   totalCpuSec,
   withReplicas,
 } from './internal-ceiling';
-import type { BenchResults, FleetResult } from './measures';
+import type { BenchResults, CycleLatency, FleetResult } from './measures';
 import { costRowLabel, type CostPerDevice } from './scenario-cost';
+import { cycleFault } from './scenario-records';
 
 export {
   INTERNAL,
@@ -23,6 +24,7 @@ export {
 export {
   PER_DEVICE_QUOTA,
   bulkResult,
+  cycleFaults,
   cycleLatencies,
   claimedModeHeld,
   cycleMode,
@@ -75,6 +77,26 @@ const POLLER_NOT_RUN = 'the poller is not run in the per-device fleets; its RSS 
 
 function verdict(ok: boolean | null): string {
   return ok === null ? '–' : ok ? 'met' : '**missed**';
+}
+
+/** A number as read, or "–" where it was not (a process whose usage could not be read is NaN, null in JSON). */
+function readCell(value: number | null | undefined): string {
+  return typeof value === 'number' && Number.isFinite(value) ? String(value) : '–';
+}
+
+/** Cycles with a fault (see cycleFault): the numbers they feed get no verdict. */
+function unsound(cycles: readonly CycleLatency[]): number {
+  return cycles.filter((cycle) => cycle.completeness && cycleFault(cycle.completeness) !== null).length;
+}
+
+/** Said beside a measure fed by `count` unsound cycles. */
+function unsoundNote(count: number, of: string): string {
+  return count > 0 ? `; **${count} ${of} not sound**, no verdict` : '';
+}
+
+/** How long the services took to go idle before their usage was read. */
+function idleCell(idleMs: number | null | undefined): string {
+  return idleMs === null ? '**still busy**' : ms(idleMs);
 }
 
 /** The machine's speed as the report states it: its range over the run, and before each scenario. */
@@ -141,28 +163,33 @@ export function renderMarkdown(results: BenchResults): string {
   for (const size of sizes) {
     const value = results.slotUtilisation[size] as number;
     const fleet = results.fleets[size] as FleetResult;
+    const fault = cycleFault(fleet.completeness);
     lines.push(
-      `| slot utilisation, ${Number(size).toLocaleString('en-US')} devices (vuln calls/s ÷ (10 ÷ the configured ${results.options['latencyMs'] as number} ms); at the simulator's measured mean latency ${fleet.meanLatencyMs} ms: ${fleet.slotUtilisationAtMeasuredLatency.toFixed(3)}) | ${value.toFixed(3)} | ≥ 0.95 | ${verdict(value >= 0.95)} |`,
+      `| slot utilisation, ${Number(size).toLocaleString('en-US')} devices (vuln calls/s ÷ (10 ÷ the configured ${results.options['latencyMs'] as number} ms); at the simulator's measured mean latency ${fleet.meanLatencyMs} ms: ${fleet.slotUtilisationAtMeasuredLatency.toFixed(3)}${fault === null ? '' : `; **cycle not sound: ${fault}**`}) | ${value.toFixed(3)} | ≥ 0.95 | ${verdict(fault === null ? value >= 0.95 : null)} |`,
     );
   }
   const p99 = results.publishLatencyP99Ms;
   const counted = results.publishLatencyCycleCount;
+  const unsoundCycles = unsound(results.publishLatencyCycles);
   lines.push(`| last vuln response → vms.risk-summary p50 | ${ms(results.publishLatencyP50Ms)} | | |`);
   lines.push(
-    `| last vuln response → vms.risk-summary p99 (${counted} cycles${p99Note(counted, true)}) | ${ms(p99)} | ≤ 2 s | ${verdict(p99 === null ? null : p99 <= 2000)} |`,
+    `| last vuln response → vms.risk-summary p99 (${counted} cycles${p99Note(counted, true)}${unsoundNote(unsoundCycles, 'cycles')}) | ${ms(p99)} | ≤ 2 s | ${verdict(p99 === null || unsoundCycles > 0 ? null : p99 <= 2000)} |`,
   );
-  for (const [mode, latency] of Object.entries(results.publishLatencyByMode))
+  for (const [mode, latency] of Object.entries(results.publishLatencyByMode)) {
+    const unsoundOfMode = unsound(results.publishLatencyCycles.filter((cycle) => cycle.mode === mode));
     lines.push(
-      `| … ${mode} cycles only (${latency.cycles}${p99Note(latency.cycles, false)}): p50 / p99 | ${ms(latency.p50Ms)} / ${ms(latency.p99Ms)} | ≤ 2 s | ${verdict(latency.p99Ms === null ? null : latency.p99Ms <= 2000)} |`,
+      `| … ${mode} cycles only (${latency.cycles}${p99Note(latency.cycles, false)}${unsoundNote(unsoundOfMode, 'cycles')}): p50 / p99 | ${ms(latency.p50Ms)} / ${ms(latency.p99Ms)} | ≤ 2 s | ${verdict(latency.p99Ms === null || unsoundOfMode > 0 ? null : latency.p99Ms <= 2000)} |`,
     );
+  }
   const internal = results.internal;
   const runs =
     internal && internal.runs.length > 1
       ? `; median of ${internal.runs.length} runs, ${internal.devicesPerSecMin}–${internal.devicesPerSecMax}`
       : '';
   const warm = internal?.warmupDevices ? `, after a warm-up cycle of ${internal.warmupDevices} devices` : '';
+  const unsoundRuns = internal?.unsoundRuns ?? 0;
   lines.push(
-    `| internal ceiling (devices/s, latency 0${warm}${runs}) | ${internal?.devicesPerSec ?? '–'} | ≥ 10,000 | ${verdict(internal === null ? null : internal.devicesPerSec >= 10_000)} |`,
+    `| internal ceiling (devices/s, latency 0${warm}${runs}${unsoundNote(unsoundRuns, 'runs')}) | ${internal?.devicesPerSec ?? '–'} | ≥ 10,000 | ${verdict(internal === null || unsoundRuns > 0 ? null : internal.devicesPerSec >= 10_000)} |`,
   );
   if (internal) {
     lines.push(
@@ -171,14 +198,16 @@ export function renderMarkdown(results: BenchResults): string {
   }
   for (const size of sizes) {
     const rss = results.peakRssMbByService[size] ?? {};
+    // NaN when a service was not read, -Infinity when none was: the largest is then not known.
     const max = Math.max(...Object.values(rss));
-    const largest = Object.keys(rss).find((service) => rss[service] === max);
+    const known = Number.isFinite(max);
+    const largest = known ? Object.keys(rss).find((service) => rss[service] === max) : undefined;
     const notes = [
       ...(largest ? [`the ${largest}`] : []),
       ...(rss['poller'] === undefined ? [POLLER_NOT_RUN] : []),
     ];
     lines.push(
-      `| largest peak RSS, ${Number(size).toLocaleString('en-US')} devices${notes.length > 0 ? ` (${notes.join('; ')})` : ''} | ${round(max)} MB | ≤ 300 MB at 100k, flat | ${Number(size) >= 100_000 ? verdict(max <= 300) : ''} |`,
+      `| largest peak RSS, ${Number(size).toLocaleString('en-US')} devices${notes.length > 0 ? ` (${notes.join('; ')})` : ''} | ${known ? `${round(max)} MB` : '–'} | ≤ 300 MB at 100k, flat | ${Number(size) >= 100_000 ? verdict(known ? max <= 300 : null) : ''} |`,
     );
   }
   const growth = results.peakRssGrowth;
@@ -197,9 +226,11 @@ export function renderMarkdown(results: BenchResults): string {
       devices: number;
       bulkCalls: number;
       throttled: number;
+      fault?: string | null;
     };
+    const fault = bulk.fault ?? null;
     lines.push(
-      `| bulk export refresh of ${bulk.devices.toLocaleString('en-US')} devices, quotas on | ${ms(bulk.cycleMs)} | measured (${bulk.bulkCalls} bulk calls, ${bulk.throttled} throttled) | |`,
+      `| bulk export refresh of ${bulk.devices.toLocaleString('en-US')} devices, quotas on | ${ms(bulk.cycleMs)} | measured (${bulk.bulkCalls} bulk calls, ${bulk.throttled} throttled${fault === null ? '' : `; **cycle not sound: ${fault}**`}) | ${fault === null ? '' : '–'} |`,
     );
   }
   lines.push('');
@@ -223,7 +254,7 @@ export function renderMarkdown(results: BenchResults): string {
     for (const size of sizes) {
       const fleet = results.fleets[size] as FleetResult;
       lines.push(
-        `| ${size} | ${services.map((name) => `${fleet.peakRssMb[name] ?? '–'} MB / ${fleet.cpuSec[name] ?? '–'} s`).join(' | ')} |`,
+        `| ${size} | ${services.map((name) => `${readCell(fleet.peakRssMb[name])} MB / ${readCell(fleet.cpuSec[name])} s`).join(' | ')} |`,
       );
     }
     if (!services.includes('poller')) lines.push('', `No poller column: ${POLLER_NOT_RUN}.`);
@@ -268,12 +299,17 @@ export function renderMarkdown(results: BenchResults): string {
       '',
       '## Peak RSS (MB) / CPU (s) per scenario',
       '',
-      `| scenario | devices | ${services.join(' | ')} |`,
-      `|---|---|${services.map(() => '---').join('|')}|`,
+      'Read once the services went idle after the last summary ("idle after"; **still busy**: not within ' +
+        '120 s, read anyway). "–": not run, or its usage could not be read.',
+      '',
+      `| scenario | devices | idle after | ${services.join(' | ')} |`,
+      `|---|---|---|${services.map(() => '---').join('|')}|`,
     );
     for (const [name, scenario] of scenarios) {
+      const warmup =
+        scenario.warmupIdleMs === undefined ? '' : ` (warm-up: ${idleCell(scenario.warmupIdleMs)})`;
       lines.push(
-        `| ${name} | ${scenario.devices} | ${services.map((service) => (scenario.peakRssMb[service] === undefined ? '–' : `${scenario.peakRssMb[service]} / ${scenario.cpuSec[service]}`)).join(' | ')} |`,
+        `| ${name} | ${scenario.devices} | ${idleCell(scenario.idleMs)}${warmup} | ${services.map((service) => (scenario.peakRssMb[service] === undefined ? '–' : `${readCell(scenario.peakRssMb[service])} / ${readCell(scenario.cpuSec[service])}`)).join(' | ')} |`,
       );
     }
     const processes = [...services, 'kafka', 'redis', SIMULATOR];
@@ -316,13 +352,25 @@ export function renderMarkdown(results: BenchResults): string {
       '',
       '## Cycles (collect → VMS)',
       '',
-      '| scenario | tenant | mode | devices | cycle | last vuln response → summary |',
-      '|---|---|---|---|---|---|',
+      '| scenario | tenant | mode | devices | cycle | last vuln response → summary | status | incomplete | failed | without vulnerabilities (fetch failed) |',
+      '|---|---|---|---|---|---|---|---|---|---|',
     );
-    for (const cycle of results.publishLatencyCycles)
+    for (const cycle of results.publishLatencyCycles) {
+      const counts = cycle.completeness;
+      const status = counts
+        ? `${counts.status === 'partial' ? '**partial**' : counts.status} | ${counts.incomplete} | ${counts.failed} | ${counts.unfetched}`
+        : '– | – | – | –';
       lines.push(
-        `| ${cycle.scenario} | ${cycle.tenantId} | ${cycle.mode}${cycle.asClaimed === false ? ' (**not as claimed**)' : ''} | ${cycle.devices} | ${ms(cycle.cycleMs)} | ${ms(cycle.collectToVmsMs)} |`,
+        `| ${cycle.scenario} | ${cycle.tenantId} | ${cycle.mode}${cycle.asClaimed === false ? ' (**not as claimed**)' : ''} | ${cycle.devices} | ${ms(cycle.cycleMs)} | ${ms(cycle.collectToVmsMs)} | ${status} |`,
       );
+    }
+    lines.push(
+      '',
+      'Incomplete devices lack a signal: in a sound cycle only those the device list leaves unknown or ' +
+        'absent, excluded devices and those Defender does not assess. A partial cycle, a failed device or a ' +
+        'device without its vulnerabilities (fetch failed) makes the cycle unsound: an error of the run, and ' +
+        'no verdict on the measures it feeds.',
+    );
     const otherwise = results.publishLatencyCycles.filter((cycle) => cycle.asClaimed === false);
     if (otherwise.length > 0)
       lines.push(

@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import type { BenchOptions } from './args';
@@ -8,6 +8,7 @@ import {
   PER_DEVICE_QUOTA,
   bulkResult,
   costPerDevice,
+  cycleFaults,
   cycleLatencies,
   fleetResult,
   INTERNAL,
@@ -53,11 +54,15 @@ export function buildResults(
       return [];
     }
   });
+  errors.push(...cycleFaults(results));
   const fleetMap = Object.fromEntries(fleetEntries);
   const latencies = cycleLatencies(results);
   const { p50, p99, cycles: latencyCycles } = latencyPercentiles(latencies);
   const peakRssMbByService = Object.fromEntries(fleetEntries.map(([size, fleet]) => [size, fleet.peakRssMb]));
-  const internal = internalCeiling(results.filter((result) => result.spec.name.startsWith(`${INTERNAL}-`)));
+  const internal = internalCeiling(
+    results.filter((result) => result.spec.name.startsWith(`${INTERNAL}-`)),
+    ctx.privateRedis,
+  );
   const bulk = results.find((result) => result.spec.name === 'bulk-quotas');
   const refresh = perDeviceRefreshHours(100_000, PER_DEVICE_QUOTA);
   return {
@@ -115,6 +120,8 @@ export function buildResults(
           windowCpuSec: roundEach(result.windowCpuSec, 2),
           windowSystemCpuSec: roundEach(result.windowSystemCpuSec, 2),
           windowMinorFaults: result.windowMinorFaults,
+          idleMs: result.idleMs,
+          ...(result.warmupIdleMs === undefined ? {} : { warmupIdleMs: result.warmupIdleMs }),
           sim: {
             calls: result.sim.calls,
             peakConcurrency: result.sim.peakConcurrency,
@@ -134,4 +141,12 @@ export function writeResults(outDir: string, results: BenchResults, pictures: Ma
   writeFileSync(join(outDir, `${results.startedAt.replace(/:/g, '-')}.json`), json);
   writeFileSync(join(outDir, 'latest.md'), renderMarkdown(results));
   for (const [name, svg] of pictures) writeFileSync(join(outDir, name), svg);
+}
+
+/** An earlier run's pictures (`latest.svg`, `timeline-*.svg`): removed at a run's start, so none outlives its numbers. */
+export function clearPictures(outDir: string): void {
+  if (!existsSync(outDir)) return;
+  for (const name of readdirSync(outDir))
+    if (name === 'latest.svg' || (name.startsWith('timeline-') && name.endsWith('.svg')))
+      rmSync(join(outDir, name), { force: true });
 }

@@ -10,7 +10,7 @@ import { injectCycle } from './inject';
 import { deleteTopics, watchSummaries, type SummaryRecord, type TopicTotals } from './kafka';
 import { startPipeline, SERVICES, type Pipeline, type ServiceName } from './pipeline';
 import type { ProcessGroup } from './procs';
-import { processUsage, type ProcessUsage } from './procstat';
+import { processUsage, usageAfterIdle, type ProcessUsage } from './procstat';
 import { collect, cycleRecord, type CycleRecord } from './scenario-records';
 import type { SimStats, SimulatorProcess, StatsSample } from './simulator';
 import {
@@ -128,6 +128,13 @@ export interface ScenarioResult {
   /** Dead letters written during the scenario (should be 0). */
   deadLetters: number;
   durationMs: number;
+  /**
+   * ms the services took to go idle after the last summary, before their usage was read; null when they
+   * were still busy after IDLE_TIMEOUT_MS (read anyway).
+   */
+  idleMs: number | null;
+  /** The same after the warm-up cycle (absent without one): null, its trailing work landed in the window. */
+  warmupIdleMs?: number | null;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -146,7 +153,8 @@ const REDIS_IDLE_MS = 10_000;
  * A warm-up before the measured window: its cycle up to its summary, then until no service holds a message it
  * has not finished (`Pipeline.idle`: a bulk cycle's export is stored after its last batch is sent), so none of
  * its trailing work lands in the window. `idle` gives up at `idleTimeoutMs` (or when a process crashed, which
- * the window's first wait then reports), so this cannot hang.
+ * the window's first wait then reports), so this cannot hang. The ms it took to go idle, or null when it
+ * did not.
  */
 export async function warmUp(
   steps: {
@@ -155,7 +163,7 @@ export async function warmUp(
     log: (line: string) => void;
   },
   idleTimeoutMs: number,
-): Promise<void> {
+): Promise<number | null> {
   await steps.cycle();
   const idleMs = await steps.idle(idleTimeoutMs);
   steps.log(
@@ -163,6 +171,7 @@ export async function warmUp(
       ? `  services still busy ${idleTimeoutMs / 1000} s after the warm-up summary; measured anyway`
       : `  services idle ${(idleMs / 1000).toFixed(1)} s after the warm-up summary`,
   );
+  return idleMs ?? null;
 }
 
 /**
@@ -252,10 +261,11 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
       });
       return { injected };
     };
+    let warmupIdleMs: number | null | undefined;
     if (warmup) {
       const warmed = Date.now();
       const summaries = watcher;
-      await warmUp(
+      warmupIdleMs = await warmUp(
         {
           cycle: async () => {
             await ctx.sim.addTenant({ ...warmup, seed: 999 });
@@ -362,12 +372,8 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
         ? `  services still busy ${IDLE_TIMEOUT_MS / 1000} s after the last summary; measured anyway`
         : `  services idle ${(idleMs / 1000).toFixed(1)} s after the last summary`,
     );
+    const usage = usageAfterIdle(pipeline);
     const sim = await ctx.sim.stats();
-    const usage: Record<string, ProcessUsage> = {};
-    for (const [name, child] of pipeline.children) {
-      const measured = processUsage(child.pid);
-      if (measured) usage[name] = measured;
-    }
     const redisCalls = ctx.privateRedis
       ? commandsCalledSince(await commandStats(ctx.redisUrl), redisBefore)
       : {};
@@ -407,6 +413,8 @@ export async function runScenario(ctx: RunContext, spec: ScenarioSpec): Promise<
       ...(redisIdle ? { redisIdle } : {}),
       deadLetters: events.totals[topics.dlq]?.messages ?? 0,
       durationMs: Date.now() - started,
+      idleMs: idleMs ?? null,
+      ...(warmupIdleMs === undefined ? {} : { warmupIdleMs }),
     };
   } finally {
     clearInterval(cpuSampler);

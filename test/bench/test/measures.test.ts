@@ -1,7 +1,17 @@
 import type { BenchOptions } from '../src/args';
 import type { CycleLatency } from '../src/report';
-import { fleetResult, latencyPercentiles, peakRssGrowth, renderMarkdown, timelineOf } from '../src/report';
-import { buildResults, type Speed } from '../src/results';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  bulkResult,
+  fleetResult,
+  latencyPercentiles,
+  peakRssGrowth,
+  renderMarkdown,
+  timelineOf,
+} from '../src/report';
+import { buildResults, clearPictures, type Speed } from '../src/results';
 import type { RunContext, ScenarioResult } from '../src/scenario';
 import { sample } from './samples';
 
@@ -95,6 +105,121 @@ describe('buildResults', () => {
     const results = buildResults(options, ctx, 'start', [fleet(1_000, {}), broken], [], speed);
     expect(results.publishLatencyCycles).toHaveLength(2);
     expect(results.publishLatencyCycleCount).toBe(1);
+  });
+});
+
+/** `run`'s cycle summarised as the vuln-fetcher's failed export leaves it: every device without its vulnerabilities. */
+function exportFailed(run: ScenarioResult): ScenarioResult {
+  const cycle = run.cycles[0] as { summary: unknown; unfetchedDevices?: number };
+  const total = run.devices;
+  cycle.summary = { status: 'complete', devices: { total, scored: total, incomplete: total, failed: 0 } };
+  cycle.unfetchedDevices = total;
+  return run;
+}
+
+describe('unsound cycles', () => {
+  it('fleetResult should carry the summary status and its incomplete, failed and unfetched devices', () => {
+    expect(fleetResult(exportFailed(fleet(1_000, {})), true).completeness).toEqual({
+      status: 'complete',
+      incomplete: 1_000,
+      failed: 0,
+      unfetched: 1_000,
+    });
+  });
+
+  it('buildResults should record an error for a cycle whose vulnerabilities were not fetched, partial or with failed devices', () => {
+    const partial = fleet(10_000, {});
+    (partial.cycles[0] as { summary: unknown }).summary = {
+      status: 'partial',
+      devices: { total: 10_000, scored: 9_000, incomplete: 0, failed: 1_000 },
+    };
+    const errors: string[] = [];
+    buildResults(
+      options,
+      ctx,
+      'start',
+      [fleet(100, {}), exportFailed(fleet(1_000, {})), partial],
+      errors,
+      speed,
+    );
+    expect(errors).toEqual([
+      expect.stringMatching(
+        /^fleet-1000: cycle of t-1000 .*1000 devices scored without their vulnerabilities/,
+      ),
+      expect.stringMatching(/^fleet-10000: cycle of t-10000 .*partial.*1000 devices failed/),
+    ]);
+  });
+
+  it('bulkResult should carry the failed and unfetched devices beside the status', () => {
+    const run = exportFailed(fleet(1_000, {}));
+    expect(bulkResult(run)).toMatchObject({
+      status: 'complete',
+      incomplete: 1_000,
+      failed: 0,
+      unfetched: 1_000,
+    });
+  });
+
+  it('renderMarkdown should give no verdict on the utilisation, latency and bulk refresh of an unsound cycle, and show its counts', () => {
+    const run = exportFailed(fleet(1_000, {}));
+    const bulk = exportFailed(fleet(2_000, {}));
+    bulk.spec.name = 'bulk-quotas';
+    const markdown = renderMarkdown(buildResults(options, ctx, 'start', [run, bulk], [], speed));
+    expect(markdown).toMatch(/\| slot utilisation, 1,000 devices .*\| 0\.950 \| ≥ 0\.95 \| – \|/);
+    expect(markdown).toMatch(/\| last vuln response → vms\.risk-summary p99 .*\| 250 ms \| ≤ 2 s \| – \|/);
+    expect(markdown).toMatch(
+      /\| bulk export refresh of 2,000 devices.*2000 devices scored without their vulnerabilities.* \| – \|/,
+    );
+    expect(markdown).toContain(
+      '| fleet-1000 | t-1000 | per-device | 1000 | 1300 ms | 250 ms | complete | 1000 | 0 | 1000 |',
+    );
+  });
+});
+
+describe('unread usage', () => {
+  it('renderMarkdown should show a service whose usage was not read as – and give no verdict on its largest peak', () => {
+    const unread = { registrar: 90, 'vuln-fetcher': Number.NaN };
+    const markdown = renderMarkdown(
+      buildResults(options, ctx, 'start', [fleet(1_000, unread), fleet(100_000, unread)], [], speed),
+    );
+    expect(markdown).toMatch(/\| largest peak RSS, 100,000 devices.*\| – \| ≤ 300 MB at 100k, flat \| – \|/);
+    expect(markdown).toContain('| 100000 | 90 MB / 1 s | – MB / 1 s |');
+    expect(markdown).toMatch(/\| fleet-100000 \| 100000 \| – \| 90 \/ 1 \| – \| – \/ 1 \|/);
+  });
+
+  it('renderMarkdown should give no verdict on the largest peak of a fleet with no service measured', () => {
+    const markdown = renderMarkdown(buildResults(options, ctx, 'start', [fleet(100_000, {})], [], speed));
+    expect(markdown).toMatch(/\| largest peak RSS, 100,000 devices.*\| – \| ≤ 300 MB at 100k, flat \| – \|/);
+  });
+
+  it('peakRssGrowth should be null when a service at the largest fleet was not read', () => {
+    expect(
+      peakRssGrowth({
+        '1000': { scorer: 140, publisher: 100 },
+        '10000': { scorer: 150, publisher: Number.NaN },
+      }),
+    ).toBeNull();
+  });
+
+  it('renderMarkdown should say how long the services took to go idle, and that they did not', () => {
+    const slow = fleet(10_000, {});
+    Object.assign(slow, { idleMs: null });
+    const quick = fleet(1_000, {});
+    Object.assign(quick, { idleMs: 1_500 });
+    const markdown = renderMarkdown(buildResults(options, ctx, 'start', [quick, slow], [], speed));
+    expect(markdown).toMatch(/\| fleet-1000 \| 1000 \| 1500 ms \|/);
+    expect(markdown).toMatch(/\| fleet-10000 \| 10000 \| \*\*still busy\*\* \|/);
+  });
+});
+
+describe('clearPictures', () => {
+  it("clearPictures should remove an earlier run's latest.svg and timelines and nothing else", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bench-pictures-'));
+    for (const name of ['latest.svg', 'timeline-fleet-1000.svg', 'latest.json', 'latest.md', 'other.svg'])
+      writeFileSync(join(dir, name), 'x');
+    clearPictures(dir);
+    expect(readdirSync(dir).sort()).toEqual(['latest.json', 'latest.md', 'other.svg']);
+    clearPictures(join(dir, 'absent'));
   });
 });
 
@@ -227,7 +352,17 @@ describe('renderMarkdown', () => {
 describe('timelineOf', () => {
   it('timelineOf should end after the last published record of a fleet of 200,000 devices', () => {
     const published = Array.from({ length: 200_000 }, (_, index) => ({ t: 2_000 + index / 100, n: 1 }));
-    const input = timelineOf(fleet(200_000, {}, published), fleet(200_000, {}, published).cycles[0]!);
+    const input = timelineOf(
+      fleet(200_000, {}, published),
+      fleet(200_000, {}, published).cycles[0]!,
+      '2026-01-02T03:04:05.000Z',
+    );
     expect(input.endMs).toBeCloseTo(2_000 + 199_999 / 100 + 50);
+  });
+
+  it("timelineOf should name the run's start and the scenario in the title", () => {
+    const run = fleet(1_000, {});
+    const input = timelineOf(run, run.cycles[0]!, '2026-01-02T03:04:05.000Z');
+    expect(input.title).toMatch(/^fleet-1000, run of 2026-01-02T03:04:05\.000Z: one cycle of 1000 devices/);
   });
 });

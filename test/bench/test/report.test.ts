@@ -95,11 +95,14 @@ function internalRun(name: string, devices: number, ms: number, cpuSec: number):
 
 describe('internalCeiling', () => {
   it('internalCeiling should report the run at the median with the spread of all runs', () => {
-    const ceiling = internalCeiling([
-      internalRun('internal-1', 10_000, 4_000, 3),
-      internalRun('internal-2', 10_000, 2_000, 1),
-      internalRun('internal-3', 10_000, 2_500, 2),
-    ]);
+    const ceiling = internalCeiling(
+      [
+        internalRun('internal-1', 10_000, 4_000, 3),
+        internalRun('internal-2', 10_000, 2_000, 1),
+        internalRun('internal-3', 10_000, 2_500, 2),
+      ],
+      true,
+    );
     expect(ceiling).toMatchObject({
       scenario: 'internal-3',
       devicesPerSec: 4_000,
@@ -133,13 +136,27 @@ describe('internalCeiling', () => {
   });
 
   it('internalCeiling should take the lower middle run of an even number and be null without runs', () => {
-    const ceiling = internalCeiling([
-      internalRun('internal-1', 10_000, 2_000, 1),
-      internalRun('internal-2', 10_000, 4_000, 2),
-    ]);
+    const ceiling = internalCeiling(
+      [internalRun('internal-1', 10_000, 2_000, 1), internalRun('internal-2', 10_000, 4_000, 2)],
+      true,
+    );
     expect(ceiling?.scenario).toBe('internal-2');
     expect(ceiling?.devicesPerSec).toBe(2_500);
-    expect(internalCeiling([])).toBeNull();
+    expect(internalCeiling([], true)).toBeNull();
+  });
+
+  it('internalCeiling should give Redis commands per device only with a private Redis', () => {
+    const run = internalRun('internal-1', 10_000, 2_000, 1);
+    expect(internalCeiling([run], false)?.cost.redisCommands).toBeNull();
+    expect(internalCeiling([run], true)?.cost.redisCommands).toBe(0);
+  });
+
+  it('internalCeiling should count the runs whose cycle was not sound', () => {
+    const failed = internalRun('internal-2', 10_000, 500, 1);
+    (failed.cycles[0] as { unfetchedDevices?: number }).unfetchedDevices = 10_000;
+    const ceiling = internalCeiling([internalRun('internal-1', 10_000, 2_000, 1), failed], true);
+    expect(ceiling?.unsoundRuns).toBe(1);
+    expect(ceiling?.runs.map((run) => run.completeness.unfetched)).toEqual([0, 10_000]);
   });
 });
 

@@ -342,7 +342,10 @@ export interface SimStats {
    * `totalMs / answered` is the mean latency clients actually saw from the server.
    */
   serviceTimeByKind: Record<string, { answered: number; totalMs: number }>;
-  /** Per endpoint kind, when its first call (since the statistics were last reset) arrived: epoch ms, fractional. */
+  /**
+   * Per endpoint kind, when its first call (since the statistics were last reset) arrived: epoch ms by
+   * `Date.now()`, the clock of the pipeline's own timestamps.
+   */
   firstCallAtByKind: Record<string, number>;
 }
 

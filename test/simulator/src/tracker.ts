@@ -13,13 +13,18 @@ function bump(record: Record<string, number>, key: string): number {
 export class StatsTracker {
   private stats: SimStats = emptyStats();
   private readonly doneHooks = new WeakMap<ServerResponse, (() => void)[]>();
-  private readonly arrivedAt = new WeakMap<ServerResponse, number>();
+  /**
+   * Each request's arrival: by the monotonic clock for its service time, and by the wall clock (`Date.now()`)
+   * for `firstCallAtByKind`, which the bench compares with the pipeline's own `Date.now()` timestamps
+   * (`performance.timeOrigin + performance.now()` drifts from it after a step of the wall clock).
+   */
+  private readonly arrivedAt = new WeakMap<ServerResponse, { monoMs: number; wallMs: number }>();
 
   /** Marks a request in flight until it is answered or dropped. */
   enter(res: ServerResponse): void {
     const hooks: (() => void)[] = [];
     this.doneHooks.set(res, hooks);
-    this.arrivedAt.set(res, performance.now());
+    this.arrivedAt.set(res, { monoMs: performance.now(), wallMs: Date.now() });
     let done = false;
     const finish = (): void => {
       if (done) return;
@@ -55,13 +60,12 @@ export class StatsTracker {
     bump(this.stats.calls, kind);
     if (tenantId) bump((this.stats.callsByTenant[tenantId] ??= {}), kind);
     const arrived = res && this.arrivedAt.get(res);
-    this.stats.firstCallAtByKind[kind] ??=
-      arrived === undefined ? Date.now() : performance.timeOrigin + arrived;
+    this.stats.firstCallAtByKind[kind] ??= arrived === undefined ? Date.now() : arrived.wallMs;
     if (arrived === undefined) return;
     this.doneHooks.get(res as ServerResponse)?.push(() => {
       const served = (this.stats.serviceTimeByKind[kind] ??= { answered: 0, totalMs: 0 });
       served.answered++;
-      served.totalMs += performance.now() - arrived;
+      served.totalMs += performance.now() - arrived.monoMs;
     });
   }
 
