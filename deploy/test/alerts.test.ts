@@ -80,6 +80,32 @@ function aggregationsOf(expr: string): { operator: string; by: string[] | undefi
   ].map((match) => ({ operator: match[0], by: match[2] === undefined ? undefined : labelsOf(match[2]) }));
 }
 
+/**
+ * The codes of the errors the code makes infrastructure faults: made with `infrastructure: true`, or of a class
+ * that makes every error of its one (StoreError). A message whose handler fails with one is held by the
+ * consumer runner (handlerFailureOf: `dependency`), never dead-lettered for it, and the log line `messages
+ * held` names its code: `UrsMessagesHeld`'s runbook says what each means.
+ */
+function holdCodes(): Set<string> {
+  const constants = new Map(
+    [...code.matchAll(/\bconst ([A-Z][A-Z0-9_]+) = '([A-Z][A-Z0-9_]+)'/g)].map(
+      (match) => [match[1] as string, match[2] as string] as const,
+    ),
+  );
+  const alwaysHeld = [
+    ...code.matchAll(
+      /\bclass (\w+) extends \w+ \{\s*constructor\(code: string(?:(?!\bclass )[^])*?super\(code,[^;]*?infrastructure: true/g,
+    ),
+  ].map((match) => match[1] as string);
+  const made = [
+    ...code.matchAll(/\b(?:new \w+|super)\(\s*'?([A-Z][A-Z0-9_]+)'?,[^;]*?infrastructure: true/g),
+    ...alwaysHeld.flatMap((name) => [
+      ...code.matchAll(new RegExp(`\\bnew ${name}\\(\\s*'?([A-Z][A-Z0-9_]+)'?,`, 'g')),
+    ]),
+  ].map((match) => match[1] as string);
+  return new Set(made.map((name) => constants.get(name) ?? name));
+}
+
 describe('deploy/prometheus/alerts.yml', () => {
   test('the code should register metrics, or the rules have nothing to check', () => {
     expect(registered).toContain('urs_ready');
@@ -220,13 +246,25 @@ describe('deploy/prometheus/alerts.yml', () => {
     }
   });
 
-  test("UrsMessagesHeld's description and runbook row should name the hold on tenant records not rebuilt", () => {
+  test("UrsMessagesHeld's description should name the holds on Redis's data not rebuilt, and its runbook row every code a message is held for", () => {
     const held = rules.find((rule) => rule.alert === 'UrsMessagesHeld');
-    expect(held?.annotations?.['description']).toMatch(/registrar has not rebuilt.*TENANTS_NOT_REBUILT/s);
-    const row = read('README.md')
-      .split('\n')
-      .find((line) => line.startsWith('| `UrsMessagesHeld`'));
-    expect(row).toMatch(/TENANTS_NOT_REBUILT/);
+    const description = held?.annotations?.['description'];
+    expect(description).toMatch(/registrar has not rebuilt.*TENANTS_NOT_REBUILT/s);
+    expect(description).toMatch(/publisher has not rebuilt.*REBUILD_FAILED, REBUILD_NEEDED/s);
+    const codes = holdCodes();
+    // The collection finds what it should: a code made with the option, one through a constant, one of a class.
+    for (const known of [
+      'REBUILD_FAILED',
+      'PROFILE_NOT_READ_YET',
+      'TENANTS_NOT_REBUILT',
+      'SECRET_UNREADABLE',
+    ])
+      expect([known, codes.has(known)]).toEqual([known, true]);
+    const row =
+      read('README.md')
+        .split('\n')
+        .find((line) => line.startsWith('| `UrsMessagesHeld`')) ?? '';
+    expect([...codes].filter((name) => !row.includes(`\`${name}\``))).toEqual([]);
   });
 
   test('the memory rules should cover each stage once, firing above its heap cap and below its limit in deploy/k8s', () => {

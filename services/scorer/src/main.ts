@@ -9,7 +9,13 @@ import {
 } from '@urs/store';
 import { scorerConfig } from './config';
 import { createScoreHandler } from './handler';
-import { bindCatchUpTimeout, createProfileCache, heldWhileCatchingUp, tenantsSubscription } from './profiles';
+import {
+  bindCatchUpTimeout,
+  createProfileCache,
+  heldWhileCatchingUp,
+  registerProfileMetrics,
+  tenantsSubscription,
+} from './profiles';
 import { stageTopics } from './topics';
 
 /**
@@ -28,12 +34,7 @@ void runService({
   async setup({ settings: own, config, logger, metrics, redis, kafka, publisher, drainTimeoutMs }) {
     const prefix = config.redis.keyPrefix;
     const profiles = createProfileCache({ tenants: createTenantStore(redis, prefix), logger });
-    metrics.gauge('urs_scorer_profiles', 'Tenant profiles held in memory.', () => profiles.size());
-    metrics.gauge(
-      'urs_scorer_profiles_caught_up',
-      '1 once urs.tenants was read to the end it had at the start; until then profiles are read from Redis.',
-      () => (profiles.caughtUp() ? 1 : 0),
-    );
+    registerProfileMetrics(profiles, metrics);
     const common = {
       kafka,
       service: 'scorer',

@@ -11,7 +11,7 @@ import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage } from '@urs/resilience';
 import { compileProfile, parseProfile, type CompiledProfile } from '@urs/scoring';
 import { tenantsNotRebuilt, type TenantStore } from '@urs/store';
-import type { Registry } from '@urs/telemetry';
+import type { Counter, Registry } from '@urs/telemetry';
 
 export class ScorerError extends UrsError {}
 
@@ -48,6 +48,12 @@ export interface ProfileCache extends CatchUp {
   apply(tenantId: string, record: TenantRecord | null): void;
   /** Tenants held in memory. */
   size(): number;
+  /**
+   * Whether `urs.tenants` was in fact read to the end it had at the start. `caughtUp` is true as well once the
+   * wait for it was given up (`stopWaiting`: `bindCatchUpTimeout`); this, only once the reader, which goes on
+   * reading after that, gets there.
+   */
+  readToEnd(): boolean;
 }
 
 interface Entry {
@@ -85,7 +91,7 @@ export function createProfileCache(deps: {
    * The same read, never given up (`stopWaiting`): whether `urs.tenants` was in fact read to its end. Past the
    * catch-up timeout short of it, memory's latest may be a revision the tenant has long replaced.
    */
-  const readToEnd = createCatchUp();
+  const wholeRead = createCatchUp();
   const compile = (record: TenantRecord): CompiledProfile =>
     compileProfile(parseProfile(record.defender.riskProfile));
   return {
@@ -95,7 +101,7 @@ export function createProfileCache(deps: {
         const exact = exactProfileOf(entry.profiles, cycle);
         // A batch without the cycle's hash (an older poller) is scored with the tenant's profile as it is
         // now: after the wait for the read was given up, memory's may be older than the store's.
-        if (exact && (cycle.profileHash !== undefined || readToEnd.caughtUp())) return exact;
+        if (exact && (cycle.profileHash !== undefined || wholeRead.caughtUp())) return exact;
         // Not held: the cycle started before more changes than are held, or with a revision not read yet
         // (the registrar writes the tenant store before this scorer reads the record): the store tells.
       }
@@ -165,15 +171,16 @@ export function createProfileCache(deps: {
     },
     read(partition, offset) {
       catchUp.read(partition, offset);
-      readToEnd.read(partition, offset);
+      wholeRead.read(partition, offset);
     },
     expectEnd(lastOffsets) {
       catchUp.expectEnd(lastOffsets);
-      readToEnd.expectEnd(lastOffsets);
+      wholeRead.expectEnd(lastOffsets);
     },
     caughtUp: () => catchUp.caughtUp(),
     stopWaiting: () => catchUp.stopWaiting(),
     size: () => entries.size,
+    readToEnd: () => wholeRead.caughtUp(),
   };
 }
 
@@ -271,23 +278,48 @@ export function tenantsSubscription(
 }
 
 /**
+ * The profiles' metrics, registered at the start: how many are held, whether `urs.tenants` was in fact read to
+ * its end (0 also once its wait was given up short of it, until the reader gets there), and the catch-up
+ * timeouts, served at 0 from the start: an alert or a dashboard counts their increase, which the first
+ * timeout alone (the series appearing at 1) would not show.
+ */
+export function registerProfileMetrics(
+  profiles: Pick<ProfileCache, 'size' | 'readToEnd'>,
+  metrics: Registry,
+): void {
+  metrics.gauge('urs_scorer_profiles', 'Tenant profiles held in memory.', () => profiles.size());
+  metrics.gauge(
+    'urs_scorer_profiles_caught_up',
+    '1 once urs.tenants was read to the end it had at the start; 0 until then, also after URS_SCORER_CATCHUP_TIMEOUT_MS stopped the wait for it.',
+    () => (profiles.readToEnd() ? 1 : 0),
+  );
+  catchUpTimeouts(metrics).init();
+}
+
+function catchUpTimeouts(metrics: Registry): Counter {
+  return metrics.counter(
+    'urs_scorer_profiles_catchup_timeouts_total',
+    'Starts at which urs.tenants was not read to its end within URS_SCORER_CATCHUP_TIMEOUT_MS: profiles then used as read so far.',
+  );
+}
+
+/**
  * Stops `profiles` waiting for the rest of `urs.tenants` once `timeoutMs` passed since this call (the
  * scorer's start) without the read reaching the end it had then: a reader that no longer moves (a record
  * whose dead letter Kafka refuses) would otherwise hold every batch whose cycle's profile it has not read
  * for ever. The batches held then are scored as once caught up: with the cycle's profile when memory or the
  * tenant store holds it, else with the fallback (see `profileOf`), which never scores a count made at
  * another CVSS threshold. A batch without the cycle's hash (an older poller) takes the tenant store's record
- * until the read does reach its end, as one does before the timeout. Logged as a warning and counted (`urs_scorer_profiles_catchup_timeouts_total`).
+ * until the read does reach its end, as one does before the timeout. Logged as a warning and counted
+ * (`urs_scorer_profiles_catchup_timeouts_total`); `urs_scorer_profiles_caught_up` stays 0 until the reader,
+ * which goes on, reaches the end.
  * Returns what cancels the timer (at the stop).
  */
 export function bindCatchUpTimeout(
   profiles: Pick<ProfileCache, 'stopWaiting'>,
   options: { timeoutMs: number; logger: Logger; metrics: Registry },
 ): () => void {
-  const timeouts = options.metrics.counter(
-    'urs_scorer_profiles_catchup_timeouts_total',
-    'Starts at which urs.tenants was not read to its end within URS_SCORER_CATCHUP_TIMEOUT_MS: profiles then used as read so far.',
-  );
+  const timeouts = catchUpTimeouts(options.metrics);
   return stopWaitingAfter(profiles, options.timeoutMs, (behind) => {
     timeouts.inc();
     options.logger.warn('urs.tenants not read to its end in time; scoring with the profiles read so far', {

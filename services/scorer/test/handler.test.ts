@@ -17,6 +17,7 @@ import {
   createProfileCache,
   createTenantsHandler,
   heldWhileCatchingUp,
+  registerProfileMetrics,
 } from '../src/profiles';
 
 function tenantRecord(
@@ -681,6 +682,30 @@ describe('createScoreHandler', () => {
       stored.delete('t1');
       await expect(handler(inbound(enriched()))).resolves.toBeUndefined();
       expect([sent, saved]).toEqual([[], []]);
+    });
+
+    it('should serve urs_scorer_profiles_catchup_timeouts_total at 0 from the start, before any timeout', () => {
+      const { metrics, profiles } = setup([], new Map([[0, 5n]]));
+      registerProfileMetrics(profiles, metrics);
+      expect(metrics.expose()).toMatch(/^urs_scorer_profiles_catchup_timeouts_total 0$/m);
+      bindCatchUpTimeout(profiles, { timeoutMs: 30_000, logger: silentLogger, metrics });
+      jest.advanceTimersByTime(30_000);
+      expect(metrics.expose()).toMatch(/^urs_scorer_profiles_catchup_timeouts_total 1$/m);
+    });
+
+    it('should serve urs_scorer_profiles_caught_up 0 once the wait was given up short of the end, and 1 once the read goes on to reach it', async () => {
+      const { metrics, profiles, tenantsHandler } = setup([], new Map([[0, 5n]]));
+      registerProfileMetrics(profiles, metrics);
+      bindCatchUpTimeout(profiles, { timeoutMs: 30_000, logger: silentLogger, metrics });
+      await tenantsHandler(inboundMessage(tenantRecord('t1', 1, at(9)), { offset: '3' }));
+      expect(metrics.expose()).toMatch(/^urs_scorer_profiles_caught_up 0$/m);
+      jest.advanceTimersByTime(30_000);
+      // Batches are no longer held for the read, yet it did not reach its end.
+      expect(profiles.caughtUp()).toBe(true);
+      expect(metrics.expose()).toMatch(/^urs_scorer_profiles_caught_up 0$/m);
+      // The reader goes on after the timeout: the record it was stuck behind is read at last.
+      await tenantsHandler(inboundMessage(tenantRecord('t2', 1, at(9)), { offset: '5' }));
+      expect(metrics.expose()).toMatch(/^urs_scorer_profiles_caught_up 1$/m);
     });
 
     it('should neither log nor count a read that reached its end in time, nor stop once cancelled', async () => {
