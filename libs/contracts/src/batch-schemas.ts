@@ -1,6 +1,7 @@
 import { VMS_IDENTITY_FIELDS } from './device-record';
 import { MISSING_REASONS } from './missing-reasons';
-import { BAND_NAMES, isoTime, nullableString, tenantId } from './schema-rules';
+import { BAND_SCORES, BANDS, SIGNALS } from './model-terms';
+import { isoTime, nullableString, tenantId } from './schema-rules';
 
 /** The schemas of a cycle's batches: devices collected, enriched with their vulnerabilities, scored. */
 
@@ -148,29 +149,44 @@ export const scoredDeviceProperties = {
   machineTags: { type: 'array', items: { type: 'string' } },
   rbacGroupName: nullableString,
   score: { type: 'integer', minimum: 0, maximum: 100 },
-  band: { enum: BAND_NAMES },
+  // The band of `score`: see scoredDeviceRules.
+  band: { enum: BANDS },
   criticalScore: { type: 'number', minimum: 0, maximum: 1 },
   operationalScore: { type: 'number', minimum: 0, maximum: 1 },
   contributions: {
     type: 'array',
     items: {
       type: 'object',
+      additionalProperties: false,
       required: ['group', 'signal', 'value', 'points'],
       properties: {
         group: { enum: ['critical', 'operational'] },
-        signal: { type: 'string' },
+        signal: { enum: SIGNALS },
         value: { type: ['string', 'number'] },
         points: { type: 'integer', minimum: 0, maximum: 100 },
+        // Points charged for a missing signal under `assume-worst`. Optional: an older scorer writes none.
+        assumed: { type: 'boolean' },
       },
     },
   },
-  missing: { type: 'array', items: { type: 'string' } },
+  missing: { type: 'array', items: { enum: SIGNALS } },
   signals: { type: 'object' },
   profileHash,
   vulnerabilities: { anyOf: [vulnerabilitySummary, { type: 'null' }] },
   // Optional: absent when nothing is missing, and from the records of an older scorer.
-  missingReasons: { type: 'object', additionalProperties: { enum: MISSING_REASONS } },
+  missingReasons: {
+    type: 'object',
+    propertyNames: { enum: SIGNALS },
+    additionalProperties: { enum: MISSING_REASONS },
+  },
 } as const;
+/** The rules over a scored device as a whole: its `band` is the one its `score` falls in. */
+export const scoredDeviceRules = {
+  allOf: BAND_SCORES.map(({ band, min, max }) => ({
+    if: { required: ['score'], properties: { score: { type: 'integer', minimum: min, maximum: max } } },
+    then: { properties: { band: { const: band } } },
+  })),
+};
 export const scoredDeviceRequired = [
   'deviceId',
   ...VMS_IDENTITY_FIELDS,
@@ -202,7 +218,7 @@ export const scoreBatchSchema = {
         bands: {
           type: 'object',
           additionalProperties: false,
-          properties: Object.fromEntries(BAND_NAMES.map((band) => [band, { type: 'integer', minimum: 0 }])),
+          properties: Object.fromEntries(BANDS.map((band) => [band, { type: 'integer', minimum: 0 }])),
         },
         incomplete: { type: 'integer', minimum: 0 },
       },
@@ -215,6 +231,7 @@ export const scoreBatchSchema = {
         additionalProperties: false,
         required: scoredDeviceRequired,
         properties: scoredDeviceProperties,
+        ...scoredDeviceRules,
       },
     },
   },

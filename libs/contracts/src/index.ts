@@ -1,7 +1,7 @@
-export { BANDS } from './types';
+export { BAND_SCORES, BANDS, SIGNALS } from './model-terms';
+export type { Band, SignalName } from './model-terms';
 export { TENANT_GENERATION_HEADER, TENANT_REVISION_HEADER, numericHeader } from './tenant-headers';
 export type {
-  Band,
   Cloud,
   Region,
   DefenderRegistration,

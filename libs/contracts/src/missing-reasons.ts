@@ -1,3 +1,5 @@
+import type { SignalName } from './model-terms';
+
 /**
  * Why a scored device's signal is missing, as its record says it (`missingReasons`): a code from a short,
  * fixed list, never an error's text (that may quote Microsoft's answer). The vulnerability fetch's own
@@ -47,18 +49,18 @@ export function vulnerabilitiesMissingReason(fetchError: { code: string } | unde
 }
 
 /** The signal whose value comes from the device's vulnerabilities; every other one from the device list. */
-const VULNERABILITY_SIGNAL = 'criticalCves';
+const VULNERABILITY_SIGNAL: SignalName = 'criticalCves';
 
 /**
  * Each missing signal's reason, or undefined when none is missing (most devices: nothing is built for them).
  * `fetchError` is the enriched device's, read only when criticalCves is missing.
  */
 export function missingReasonsOf(
-  missing: readonly string[],
+  missing: readonly SignalName[],
   fetchError: { code: string } | undefined,
-): Record<string, MissingReason> | undefined {
+): Partial<Record<SignalName, MissingReason>> | undefined {
   if (missing.length === 0) return undefined;
-  const reasons: Record<string, MissingReason> = {};
+  const reasons: Partial<Record<SignalName, MissingReason>> = {};
   for (const signal of missing) {
     reasons[signal] =
       signal === VULNERABILITY_SIGNAL ? vulnerabilitiesMissingReason(fetchError) : 'NOT_REPORTED';

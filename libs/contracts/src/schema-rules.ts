@@ -31,7 +31,6 @@ export const PATTERN_RULES: ReadonlyMap<string, string> = new Map([
 ]);
 export const CLOUDS = ['commercial', 'gcc', 'gcc-high', 'dod'] as const;
 export const REGIONS = ['us', 'eu', 'uk', 'au', 'swa', 'ina', 'aea'] as const;
-export const BAND_NAMES = ['Trustworthy', 'Low Risk', 'Moderate Risk', 'Suspicious', 'High Risk'];
 
 export const isoTime = { type: 'string', format: 'date-time' } as const;
 export const nullableString = { type: ['string', 'null'] } as const;

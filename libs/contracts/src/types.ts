@@ -1,4 +1,5 @@
 import type { MissingReason } from './missing-reasons';
+import type { Band, SignalName } from './model-terms';
 
 /**
  * The messages on every topic. Each has a JSON Schema in ./schemas (the source of truth, validated on
@@ -7,8 +8,6 @@ import type { MissingReason } from './missing-reasons';
 
 export type Cloud = 'commercial' | 'gcc' | 'gcc-high' | 'dod';
 export type Region = 'us' | 'eu' | 'uk' | 'au' | 'swa' | 'ina' | 'aea';
-export type Band = 'Trustworthy' | 'Low Risk' | 'Moderate Risk' | 'Suspicious' | 'High Risk';
-export const BANDS: readonly Band[] = ['Trustworthy', 'Low Risk', 'Moderate Risk', 'Suspicious', 'High Risk'];
 
 /** One tenant's Defender settings as Director or an admin gives them (secret in clear, input only). */
 export interface DefenderRegistration {
@@ -232,9 +231,14 @@ export interface DeviceIdentity {
 
 export interface Contribution {
   group: 'critical' | 'operational';
-  signal: string;
+  signal: SignalName;
   value: string | number;
   points: number;
+  /**
+   * True when the points are charged for a missing signal under `assume-worst`, not observed. Absent from the
+   * records of an older scorer.
+   */
+  assumed?: boolean;
 }
 
 export interface SignalValue {
@@ -251,7 +255,7 @@ export interface ScoredDevice extends DeviceIdentity {
   criticalScore: number;
   operationalScore: number;
   contributions: Contribution[];
-  missing: string[];
+  missing: SignalName[];
   signals: Record<string, SignalValue>;
   profileHash: string;
   vulnerabilities: VulnerabilitySummary | null;
@@ -259,7 +263,7 @@ export interface ScoredDevice extends DeviceIdentity {
    * Why each signal of `missing` is missing, by signal (see MISSING_REASONS): a code, never an error's text.
    * Absent when nothing is missing, and from the records of an older scorer.
    */
-  missingReasons?: Record<string, MissingReason>;
+  missingReasons?: Partial<Record<SignalName, MissingReason>>;
 }
 
 /** `urs.device-scores` (key tenantId): a scored batch. */

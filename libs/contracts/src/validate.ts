@@ -84,7 +84,7 @@ export function fieldOf(error: ErrorObject): string {
     error.keyword === 'additionalProperties'
       ? (error.params as { additionalProperty?: string }).additionalProperty
       : undefined;
-  const leaf = missing ?? extra;
+  const leaf = missing ?? extra ?? error.propertyName;
   if (leaf) return path ? `${path}.${leaf}` : leaf;
   return path || '(message)';
 }
@@ -107,6 +107,8 @@ const TYPE_WORDS: Readonly<Record<string, string>> = {
  */
 export function ruleOf(error: ErrorObject): string {
   const params = error.params as Record<string, unknown>;
+  // A rule over an object's keys (`propertyNames`), broken by the key `fieldOf` names.
+  if (error.propertyName !== undefined) return 'is not a known field';
   switch (error.keyword) {
     case 'required':
       return 'is required';
@@ -186,11 +188,14 @@ const ALTERNATIVE = /^(.*?\/anyOf\/\d+)(?:\/|$)/;
 /**
  * One violation per failed rule. An `if`/`then` failure is left out: it only says that the `then` part failed,
  * whose own violations (a required field) are listed; so is an `anyOf` failure ("must match a schema in
- * anyOf"), whose alternatives are listed, each marked as one.
+ * anyOf"), whose alternatives are listed, each marked as one, and a `propertyNames` failure, whose key's own
+ * violation is listed.
  */
 function violationsOf(errors: readonly ErrorObject[]): RuleViolation[] {
   return errors
-    .filter((error) => error.keyword !== 'if' && error.keyword !== 'anyOf')
+    .filter(
+      (error) => error.keyword !== 'if' && error.keyword !== 'anyOf' && error.keyword !== 'propertyNames',
+    )
     .map((error) => {
       const alternative = ALTERNATIVE.exec(error.schemaPath)?.[1];
       return {

@@ -1,5 +1,6 @@
-import { scoredDeviceProperties, scoredDeviceRequired } from './batch-schemas';
-import { BAND_NAMES, isoTime, tenantId } from './schema-rules';
+import { scoredDeviceProperties, scoredDeviceRequired, scoredDeviceRules } from './batch-schemas';
+import { BANDS } from './model-terms';
+import { isoTime, tenantId } from './schema-rules';
 
 /** The schemas of what is published to VMS: a device's risk score and a cycle's summary. */
 
@@ -15,6 +16,7 @@ export const vmsRiskScoreSchema = {
     computedAt: isoTime,
     ...scoredDeviceProperties,
   },
+  ...scoredDeviceRules,
 } as const;
 
 const count = { type: 'integer', minimum: 0 } as const;
@@ -53,8 +55,8 @@ export const vmsRiskSummarySchema = {
     bands: {
       type: 'object',
       additionalProperties: false,
-      required: BAND_NAMES,
-      properties: Object.fromEntries(BAND_NAMES.map((band) => [band, count])),
+      required: BANDS,
+      properties: Object.fromEntries(BANDS.map((band) => [band, count])),
     },
     published: {
       type: 'object',

@@ -337,14 +337,22 @@ describe('the vms.risk-scores record rules', () => {
     expect(Object.keys(item.properties).filter((name) => head.includes(name))).toEqual([]);
     expect([...record.required].sort()).toEqual([...head, ...item.required].sort());
     expect([record.additionalProperties, item.additionalProperties]).toEqual([false, false]);
-    // Nothing else constrains either: no rule over the record as a whole.
+    // Nothing else constrains either but the same rules over a device as a whole (its band is its score's).
     expect(Object.keys(vmsRiskScoreSchema).sort()).toEqual([
       '$id',
       'additionalProperties',
+      'allOf',
       'properties',
       'required',
       'type',
     ]);
-    expect(Object.keys(item).sort()).toEqual(['additionalProperties', 'properties', 'required', 'type']);
+    expect(Object.keys(item).sort()).toEqual([
+      'additionalProperties',
+      'allOf',
+      'properties',
+      'required',
+      'type',
+    ]);
+    expect(vmsRiskScoreSchema.allOf).toEqual(scoreBatchSchema.properties.devices.items.allOf);
   });
 });

@@ -1,20 +1,8 @@
+import type { SignalName } from '@urs/contracts';
 import { parseProfile, profileHash } from './profile';
 import type { Profile, ProfileInput } from './profile';
 
-export type SignalName =
-  'riskScore' | 'exposureLevel' | 'avStatus' | 'onboarding' | 'healthStatus' | 'inactivity' | 'criticalCves';
 export type SignalGroup = 'critical' | 'operational';
-
-/** The signals in the order they are evaluated and listed. */
-export const SIGNALS: readonly SignalName[] = [
-  'riskScore',
-  'exposureLevel',
-  'avStatus',
-  'onboarding',
-  'healthStatus',
-  'inactivity',
-  'criticalCves',
-];
 
 /**
  * One matched indicator: the explanation an admin reads. `value` is the indicator as the profile names it

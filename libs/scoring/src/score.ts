@@ -1,7 +1,7 @@
+import type { Band, SignalName } from '@urs/contracts';
 import { bandOf } from './band';
-import type { Band } from './band';
 import { CompiledProfile, compileProfile } from './compile';
-import type { Contribution, EnumSignal, SignalName } from './compile';
+import type { Contribution, EnumSignal } from './compile';
 import { ScoringError } from './errors';
 import type { Profile, ProfileInput } from './profile';
 import { parseTimestampMs, subMillisecondOf } from './time';

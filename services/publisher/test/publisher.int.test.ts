@@ -4,6 +4,7 @@ import {
   validateMessage,
   type ScoreBatch,
   type ScoredDevice,
+  type SignalName,
   type TenantRecord,
   type VmsRiskScore,
   type VmsRiskSummary,
@@ -45,7 +46,7 @@ const device = (
   deviceId: string,
   score: number,
   band: ScoredDevice['band'],
-  missing: string[] = [],
+  missing: SignalName[] = [],
 ): ScoredDevice => scoredDevice(deviceId, score, band, { missing });
 
 // Recent times: the cycle store expires a cycle a day after its deadline.
@@ -1021,7 +1022,7 @@ describe('the publisher', () => {
 
   it('createPublishHandler should publish a device again when its score stays and a signal goes missing', async () => {
     const { handler, begin } = build();
-    const device = (missing: string[]) => scoredDevice('m', 10, 'Trustworthy', { missing });
+    const device = (missing: SignalName[]) => scoredDevice('m', 10, 'Trustworthy', { missing });
     await begin(1);
     await handler(scoreBatch(1, 0, [device([])], 1));
     await begin(2);
@@ -1042,7 +1043,7 @@ describe('the publisher', () => {
     const { handler, begin } = build();
     const device = (missingReasons?: ScoredDevice['missingReasons']) =>
       scoredDevice('m', 10, 'Trustworthy', {
-        missing: missingReasons ? Object.keys(missingReasons) : [],
+        missing: missingReasons ? (Object.keys(missingReasons) as SignalName[]) : [],
         ...(missingReasons ? { missingReasons } : {}),
       });
     await begin(1);

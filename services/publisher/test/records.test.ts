@@ -1,4 +1,4 @@
-import type { Contribution, ScoreBatch, ScoredDevice } from '@urs/contracts';
+import type { Contribution, ScoreBatch, ScoredDevice, SignalName } from '@urs/contracts';
 import { scoredDevice } from '@urs/testkit';
 import { batchStats, recordDigest } from '../src/records';
 
@@ -16,7 +16,7 @@ const batch = (devices: ScoredDevice[], replaces?: ScoreBatch['replaces']): Scor
 });
 
 describe('batchStats', () => {
-  const devices = [
+  const devices: ScoredDevice[] = [
     scoredDevice('d1', 10, 'Trustworthy'),
     { ...scoredDevice('d2', 85, 'High Risk'), missing: ['riskScore'] },
     scoredDevice('d3', 90, 'High Risk'),
@@ -84,7 +84,7 @@ describe('recordDigest', () => {
 
   it('should change with the explanation of the same score: the profile, the level or the points of an indicator, a missing signal', () => {
     const [first, second] = device.contributions as [Contribution, Contribution];
-    const digests = [
+    const explained: ScoredDevice[] = [
       device,
       { ...device, profileHash: 'h2' },
       { ...device, contributions: [first, { ...second, points: 20 }] },
@@ -101,12 +101,13 @@ describe('recordDigest', () => {
       { ...device, missing: ['inactivity'] },
       { ...device, missing: ['inactivity', 'criticalCves'] },
       { ...device, missing: ['criticalCves'] },
-    ].map(recordDigest);
+    ];
+    const digests = explained.map(recordDigest);
     expect(new Set(digests).size).toBe(digests.length);
   });
 
   it('should change with why a missing signal is missing alone, whatever the order the reasons are kept in', () => {
-    const missing = ['inactivity', 'criticalCves'];
+    const missing: SignalName[] = ['inactivity', 'criticalCves'];
     const because = (missingReasons: ScoredDevice['missingReasons']) => ({
       ...device,
       missing,

@@ -7,6 +7,7 @@ import {
   type ScoredDevice,
   type VmsRiskSummary,
 } from '@urs/contracts';
+import { bandOf } from '@urs/scoring';
 import {
   createPublishedStore,
   createRegistrarStateStore,
@@ -63,7 +64,7 @@ describe('publisher main: a deleted tenant', () => {
   });
 
   const device = (deviceId: string, score: number): ScoredDevice =>
-    scoredDevice(deviceId, score, score >= 70 ? 'High Risk' : 'Trustworthy');
+    scoredDevice(deviceId, score, bandOf(score));
 
   function scoreBatch(
     cycleId: string,

@@ -18,7 +18,7 @@ const text = (value: unknown): string | null =>
  */
 export function toScoredDevice(enriched: EnrichedDevice, result: ScoreResult): ScoredDevice {
   const machine = enriched.machine;
-  const contributions = result.contributions.map((contribution): Contribution & { assumed: boolean } => ({
+  const contributions = result.contributions.map((contribution): Contribution => ({
     group: contribution.group,
     signal: contribution.signal,
     value: contribution.value,

@@ -1,7 +1,11 @@
 import {
+  MISSING_REASONS,
+  checkMessage,
   toDeviceRecord,
   vmsRecord,
+  vmsRiskScoreSchema,
   type EnrichedDevice,
+  type ScoredDevice,
   type Machine,
   type VulnerabilitySummary,
 } from '@urs/contracts';
@@ -110,6 +114,33 @@ function summary(i: number): VulnerabilitySummary | null {
   };
 }
 
+/**
+ * Why a device's vulnerabilities are null, across the fleet: each fetch error code a record keeps, one it does
+ * not, none at all, and a count made at another CVSS threshold (`CVSS_THRESHOLD_CHANGED`, set by the handler).
+ */
+const NOT_FETCHED = [
+  { code: 'EXCLUDED', message: 'm' },
+  { code: 'NOT_IN_EXPORT_SNAPSHOT', message: 'm' },
+  { code: 'DEFENDER_NOT_FOUND', message: 'm' },
+  { code: 'DEFENDER_UNREADABLE_RECORDS', message: 'm' },
+  { code: 'DEFENDER_UNAVAILABLE', message: 'm' },
+  undefined,
+  'other threshold',
+] as const;
+
+/** The scored device of the fleet's device `i`, its vulnerabilities missing one of the ways of NOT_FETCHED. */
+function scoredOf(machine: Machine, i: number, profile: ReturnType<typeof compileProfile>): ScoredDevice {
+  const vulnerabilities = summary(i);
+  const notFetched = NOT_FETCHED[Math.floor(i / 9) % NOT_FETCHED.length];
+  const fetchError = vulnerabilities === null && typeof notFetched === 'object' ? notFetched : undefined;
+  const enriched: EnrichedDevice = { machine, vulnerabilities, ...(fetchError ? { fetchError } : {}) };
+  const scored = toScoredDevice(enriched, scoreDevice(machine, vulnerabilities, profile, CYCLE_START));
+  if (vulnerabilities === null && notFetched === 'other threshold') {
+    scored.missingReasons = { ...scored.missingReasons, criticalCves: 'CVSS_THRESHOLD_CHANGED' };
+  }
+  return scored;
+}
+
 /** What the pipeline makes of one enriched device: the scored device, the VMS record, both as JSON. */
 function downstream(enriched: EnrichedDevice, profile: ReturnType<typeof compileProfile>) {
   const result = scoreDevice(enriched.machine, enriched.vulnerabilities, profile, CYCLE_START);
@@ -139,6 +170,39 @@ describe.each([
     expect(new Set(results.map((r) => r.score)).size).toBeGreaterThan(20);
     expect(results.some((r) => r.missing.length > 0)).toBe(true);
     expect(results.some((r) => r.missing.length === 0)).toBe(true);
+  });
+
+  it('should make records the published VMS schema and the score batch schema accept: every band, assumed points, every missing reason', () => {
+    const devices = machines.map((machine, i) => scoredOf(machine, i, profile));
+    const declared = Object.keys(vmsRiskScoreSchema.properties.contributions.items.properties);
+    for (const device of devices) {
+      const record = vmsRecord('acme', 'acme-1', '2026-01-21T10:01:00.000Z', device).value;
+      expect({ deviceId: device.deviceId, violations: checkMessage('urs/vms-risk-score', record) }).toEqual({
+        deviceId: device.deviceId,
+        violations: [],
+      });
+      // Every member the scorer writes is one the schema declares (a model made from it has them all).
+      for (const contribution of device.contributions)
+        expect(declared).toEqual(expect.arrayContaining(Object.keys(contribution)));
+    }
+    const batch = {
+      schemaVersion: 1,
+      tenantId: 'acme',
+      cycleId: 'acme-1',
+      cycleStartedAt: CYCLE_START,
+      batchIndex: 0,
+      lastBatch: false,
+      collectedAt: '2026-01-21T10:00:30.000Z',
+      scoredAt: '2026-01-21T10:01:00.000Z',
+      devices,
+    };
+    expect(checkMessage('urs/score-batch', batch)).toEqual([]);
+    // The fleet covers what the schemas must take.
+    expect(new Set(devices.map((device) => device.band)).size).toBe(5);
+    const reasons = new Set(devices.flatMap((device) => Object.values(device.missingReasons ?? {})));
+    expect([...reasons].sort()).toEqual([...MISSING_REASONS].sort());
+    const assumed = devices.some((device) => device.contributions.some((c) => c.assumed === true));
+    expect(assumed).toBe(profile.assumeWorst);
   });
 
   it('should score again from its scored device alone, with the same or other vulnerabilities', () => {
