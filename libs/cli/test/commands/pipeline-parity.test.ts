@@ -228,6 +228,7 @@ async function throughPipeline(
     } as unknown as Publisher;
     const cycles = {
       begin: async () => undefined,
+      mergedDevices: async () => undefined,
       listingPending: async () => true,
       listed: async () => undefined,
     } as unknown as CycleStore;
