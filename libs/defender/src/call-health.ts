@@ -9,7 +9,17 @@ import { DefenderError, DefenderErrorCode } from './errors';
 export const DEGRADED_CALLS_LIMIT = 2;
 
 interface Waiter {
-  wake: () => void;
+  /** `placed`: a place among the degraded tenants' was handed to the call (DegradedCalls.wakeFree). */
+  wake: (placed: boolean) => void;
+}
+
+/**
+ * One call's turn (CallHealth.turn, `start`, `passTurn`): the places among the degraded tenants' handed to it
+ * while it waited (DegradedCalls.wakeFree), its own until it starts (`start` takes one) or passes its turn
+ * (`passTurn` hands them on). Calls that name no turn of their own share their tenant's.
+ */
+export interface CallTurn {
+  placesHanded: number;
 }
 
 /**
@@ -28,15 +38,28 @@ interface Waiter {
  */
 export class DegradedCalls {
   private inFlight = 0;
+  /** Places handed to woken calls (`wakeFree`) that they have neither taken (`take`) nor handed on (`handOn`). */
+  private handed = 0;
   /** The calls in flight of each degraded tenant (its CallHealth) that has any. */
   private readonly inFlightOf = new Map<object, number>();
   private readonly waiting: { owner: object; waiter: Waiter }[] = [];
 
   constructor(readonly limit = DEGRADED_CALLS_LIMIT) {}
 
-  /** Whether one more call of a degraded tenant may be in flight now. */
+  /** Whether one more call of a degraded tenant may be in flight now: a place neither taken nor handed to a call. */
   hasPlace(): boolean {
-    return this.inFlight < this.limit;
+    return this.inFlight + this.handed < this.limit;
+  }
+
+  /** A call handed a place (`wakeFree`) starts: the place counts in flight (`add`) from now on. */
+  take(): void {
+    this.handed--;
+  }
+
+  /** A call handed a place (`wakeFree`) does not take it: it goes to the next waiting call. */
+  handOn(): void {
+    this.handed--;
+    this.wakeFree();
   }
 
   /**
@@ -72,15 +95,25 @@ export class DegradedCalls {
     return owners.size;
   }
 
-  /** Resolves when a place may be free (`hasPlace` decides), `owner` wakes its own calls, or `signal` aborts. */
-  wait(owner: object, signal: AbortSignal | undefined): Promise<void> {
+  /**
+   * Resolves to true when a place is handed to the call (`wakeFree`: it takes it or hands it on), to false when
+   * `owner` wakes its own calls or `signal` aborts.
+   */
+  wait(owner: object, signal: AbortSignal | undefined): Promise<boolean> {
     return waitIn(this.waiting, signal, (waiter) => ({ owner, waiter }));
   }
 
-  /** Wakes as many waiting calls as places are free, the longest waiting first. */
+  /**
+   * Hands each free place to one waiting call, the longest waiting first: the place is that call's until it
+   * takes it or hands it on, so a place freed lets one call ask for a slot, not every call that looks for a
+   * place before the first one starts (the others would each take a slot only to give it back).
+   */
   wakeFree(): void {
-    const free = Math.max(0, this.limit - this.inFlight);
-    for (const { waiter } of this.waiting.splice(0, free)) waiter.wake();
+    for (let next = this.waiting[0]; next && this.hasPlace(); next = this.waiting[0]) {
+      this.waiting.shift();
+      this.handed++;
+      next.waiter.wake(true);
+    }
   }
 
   /** Wakes every call of `owner` (its tenant answered again, or is held back): none of them waits for a place. */
@@ -88,7 +121,7 @@ export class DegradedCalls {
     const own = this.waiting.filter((entry) => entry.owner === owner);
     if (own.length === 0) return;
     this.waiting.splice(0, this.waiting.length, ...this.waiting.filter((entry) => entry.owner !== owner));
-    for (const { waiter } of own) waiter.wake();
+    for (const { waiter } of own) waiter.wake(false);
   }
 }
 
@@ -99,21 +132,25 @@ export class DegradedCalls {
 export const processDegradedCalls = new DegradedCalls();
 
 /**
- * Waits in `queue` (as `entry` makes it) until woken or `signal` aborts: an aborted wait leaves the queue,
- * a woken one stops listening to `signal`.
+ * Waits in `queue` (as `entry` makes it) until woken (to whether it was handed a place, see Waiter) or `signal`
+ * aborts (to false): an aborted wait leaves the queue, a woken one stops listening to `signal`.
  */
-function waitIn<E>(queue: E[], signal: AbortSignal | undefined, entry: (waiter: Waiter) => E): Promise<void> {
-  return new Promise<void>((resolve) => {
-    if (signal?.aborted) return resolve();
+function waitIn<E>(
+  queue: E[],
+  signal: AbortSignal | undefined,
+  entry: (waiter: Waiter) => E,
+): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
+    if (signal?.aborted) return resolve(false);
     const stopped = (): void => {
       const index = queue.indexOf(queued);
       if (index >= 0) queue.splice(index, 1);
-      resolve();
+      resolve(false);
     };
     const queued = entry({
-      wake: () => {
+      wake: (placed) => {
         signal?.removeEventListener('abort', stopped);
-        resolve();
+        resolve(placed);
       },
     });
     signal?.addEventListener('abort', stopped, { once: true });
@@ -227,6 +264,8 @@ export class CallHealth {
   /** The failures in a row that began the hold-back, for its message. */
   private heldBackAfterFailures = 0;
   private readonly waiting: Waiter[] = [];
+  /** The turn of the calls that name none of their own (see CallTurn). */
+  private readonly sharedTurn: CallTurn = { placesHanded: 0 };
   /** Aborts when the tenant's present spell of being degraded ends (see `degradedTurn`). */
   private degradedEnds: AbortController | undefined;
 
@@ -251,14 +290,22 @@ export class CallHealth {
    * trouble showed do not keep the slots from other tenants. Throws UNAVAILABLE while the tenant's calls
    * are held back (see `heldBack`). A call of a degraded tenant that asked for its slot as a healthy tenant's
    * (`tookDegradedPlace` false: its tenant turned degraded while it waited, see `degradedTurn`) may not go: it
-   * asks again, for a place among the degraded tenants' calls of every process first.
+   * asks again, for a place among the degraded tenants' calls of every process first. A place handed to the call
+   * (`turn`) is the one it takes; its tenant healthy again, it needs none and hands it on.
    */
-  start(tookDegradedPlace = true): boolean {
+  start(tookDegradedPlace = true, turn: CallTurn = this.sharedTurn): boolean {
     const heldBack = this.heldBack();
     if (heldBack) throw heldBack;
-    if (!this.mayStart() || (this.degraded() && !tookDegradedPlace)) return false;
+    if (!this.degraded()) this.handOn(turn);
+    if (!this.mayStart(turn) || (this.degraded() && !tookDegradedPlace)) return false;
     this.inFlight++;
-    if (this.degraded()) this.degradedCalls.add(this, 1);
+    if (this.degraded()) {
+      if (turn.placesHanded > 0) {
+        turn.placesHanded--;
+        this.degradedCalls.take();
+      }
+      this.degradedCalls.add(this, 1);
+    }
     return true;
   }
 
@@ -267,7 +314,9 @@ export class CallHealth {
    * free or a place is free (and, the tenant degraded, one of the process's places for degraded tenants),
    * else when a call in flight ends and leaves its place to this one (the calls that waited longest first),
    * or `signal` aborts. `start` decides, once the call holds its slot: another call may have taken the place
-   * meanwhile, and this one then waits again. It waits here, before it asks for a slot, so it holds none.
+   * meanwhile, and this one then waits again; a place among the degraded tenants' is handed to one waiting call
+   * (`turn`'s own, see CallTurn) and kept for it until it starts or passes its turn, so no other call takes it
+   * meanwhile. It waits here, before it asks for a slot, so it holds none.
    * Resolves to what the call last waited for, if it waited (a call stopped meanwhile says so, see `waitText`).
    * A wait for a place among the degraded tenants' ends on `degradedWait()`'s signal (default `signal`): the
    * caller's stop, or the call's time to wait for such a place running out.
@@ -275,18 +324,19 @@ export class CallHealth {
   async turn(
     signal?: AbortSignal,
     degradedWait: () => AbortSignal | undefined = () => signal,
+    turn: CallTurn = this.sharedTurn,
   ): Promise<TurnWait | undefined> {
     let waited: TurnWait | undefined;
     for (;;) {
       if (this.holdingBack() || signal?.aborted) return waited;
       if (this.freePlaces() === 0) {
         waited = 'tenant';
-        await this.waitForOwnPlace(signal);
-      } else if (this.degraded() && !this.degradedCalls.hasPlace()) {
+        await this.waitForOwnPlace(signal, turn);
+      } else if (this.degraded() && turn.placesHanded === 0 && !this.degradedCalls.hasPlace()) {
         waited = 'degraded';
         const ends = degradedWait();
         if (ends?.aborted) return waited;
-        await this.degradedCalls.wait(this, ends);
+        if (await this.degradedCalls.wait(this, ends)) turn.placesHanded++;
       } else return waited;
     }
   }
@@ -314,23 +364,28 @@ export class CallHealth {
   }
 
   /**
-   * Waits for a place of the tenant's own. A call woken for a place among the degraded tenants' may come here
-   * instead of taking it (its tenant's limit dropped meanwhile, or it lost its place at `start` to another of
-   * the tenant's calls): the place then goes to the next waiting call, or that call would wait, a place free,
+   * Waits for a place of the tenant's own. A call handed a place among the degraded tenants' may come here
+   * instead of taking it (its tenant's limit dropped meanwhile, or it lost its own place at `start` to another
+   * of the tenant's calls): the place then goes to the next waiting call, or that call would wait, a place free,
    * until another degraded call ends (up to a whole request timeout).
    */
-  private waitForOwnPlace(signal: AbortSignal | undefined): Promise<void> {
-    this.degradedCalls.wakeFree();
-    return waitIn(this.waiting, signal, (waiter) => waiter);
+  private async waitForOwnPlace(signal: AbortSignal | undefined, turn: CallTurn): Promise<void> {
+    this.handOn(turn);
+    await waitIn(this.waiting, signal, (waiter) => waiter);
   }
 
   /**
-   * A call given a turn did not take it (its caller stopped it, or the tenant is held back): the place goes to
-   * the next waiting call, the tenant's own or, among the degraded tenants', the next one's.
+   * A call given a turn (`turn`) did not take it (its caller stopped it, or the tenant is held back): the place
+   * goes to the next waiting call, the tenant's own or, among the degraded tenants', the next one's.
    */
-  passTurn(): void {
+  passTurn(turn: CallTurn = this.sharedTurn): void {
     this.wake(this.freePlaces());
-    this.degradedCalls.wakeFree();
+    this.handOn(turn);
+  }
+
+  /** Hands the places among the degraded tenants' handed to `turn` on to the next waiting calls. */
+  private handOn(turn: CallTurn): void {
+    for (; turn.placesHanded > 0; turn.placesHanded--) this.degradedCalls.handOn();
   }
 
   /**
@@ -408,9 +463,14 @@ export class CallHealth {
     return this.failuresInARow > 0;
   }
 
-  /** Whether one more call may start now: a place of the tenant's, and one among the degraded tenants'. */
-  private mayStart(): boolean {
-    return this.freePlaces() > 0 && (!this.degraded() || this.degradedCalls.hasPlace());
+  /**
+   * Whether one more call may start now: a place of the tenant's, and one among the degraded tenants' (handed
+   * to its `turn`, or free).
+   */
+  private mayStart(turn: CallTurn): boolean {
+    return (
+      this.freePlaces() > 0 && (!this.degraded() || turn.placesHanded > 0 || this.degradedCalls.hasPlace())
+    );
   }
 
   /** Calls that may start now besides those in flight (Infinity while the tenant's calls are free). */
@@ -424,6 +484,6 @@ export class CallHealth {
 
   /** Wakes the `count` calls that waited longest. */
   private wake(count: number): void {
-    for (const waiter of this.waiting.splice(0, count)) waiter.wake();
+    for (const waiter of this.waiting.splice(0, count)) waiter.wake(false);
   }
 }

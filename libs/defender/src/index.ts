@@ -33,7 +33,7 @@ export { withSlotHandOff } from './handoff';
 export type { SlotHandOffOptions } from './handoff';
 export type { CallLimiter, SharedLimiterOptions } from './limiter';
 export { CallHealth, DEGRADED_CALLS_LIMIT, DegradedCalls } from './call-health';
-export type { CallHealthOptions, CallOutcome, TurnWait } from './call-health';
+export type { CallHealthOptions, CallOutcome, CallTurn, TurnWait } from './call-health';
 export { callHealthOfApp } from './app-health';
 export type { AppCallHealth, DefenderApp } from './app-health';
 export { parseRetryAfterMs } from './answers';
