@@ -1,7 +1,8 @@
 import axios from 'axios';
 import Bottleneck from 'bottleneck';
 import { TIMED_OUT, outcomeOf } from './answers';
-import { CallHealth, type CallOutcome, type CallTurn } from './call-health';
+import { CallHealth, type CallOutcome } from './call-health';
+import type { CallTurn } from './degraded-calls';
 import type { CallMetrics } from './call-metrics';
 import { eitherEnds } from './either-ends';
 import { DefenderError, DefenderErrorCode, isDefenderError } from './errors';

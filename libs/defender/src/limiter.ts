@@ -4,7 +4,7 @@ import type { Logger } from '@urs/logging';
 import { closeRedis } from '@urs/store';
 import type { Gauge, Registry } from '@urs/telemetry';
 import { withBulkCap, withDegradedCap } from './bulk-cap';
-import { DEGRADED_CALLS_LIMIT } from './call-health';
+import { DEGRADED_CALLS_LIMIT } from './degraded-calls';
 import { withSlotHandOff, type SlotHandOffOptions } from './handoff';
 import type { Slots } from './slots';
 import { redisClock } from './redis-clock';
