@@ -1,125 +1,11 @@
 import { DefenderError, DefenderErrorCode } from './errors';
-
-/**
- * Calls in flight of all degraded tenants together: in one process (see DegradedCalls), and across every
- * process sharing the call slots (the shared limiter's cap, SharedLimiterOptions.degradedMaxSlots). Two of the
- * 10 shared slots: the healthy tenants keep the other 8 however many tenants of however many processes fail at
- * once.
- */
-export const DEGRADED_CALLS_LIMIT = 2;
-
-interface Waiter {
-  wake: () => void;
-}
-
-/**
- * The calls in flight of one process's degraded tenants (those whose last call failed slowly, see
- * CallHealth), all tenants together: at most `limit` at once. Each tenant's own limits do not bound several
- * tenants failing together (a regional Defender host, or the egress path to it, that stops answering for
- * all of them): 10 tenants held to one call at a time each would still keep all 10 shared slots, each call
- * for a whole request timeout, over and over until each was held back, and a healthy tenant's calls would
- * each wait for one of those timeouts. A tenant's calls count here from its first slow failure until a call
- * is answered, those already in flight then included; a call that may not go waits for a place before it
- * asks for a slot, so it holds none meanwhile (nor a bulk export page's place under the bulk cap, taken
- * with the slot). The slots are shared by every process: so is a second cap of the same size (ScheduleOptions
- * .degraded), whose place a degraded call takes after this one's, with its slot (see CallHealth.degradedTurn).
- * This one counts the calls in flight of a tenant that turned degraded, those already sent included, and keeps
- * the calls of a process waiting in their order here, not in Redis.
- */
-export class DegradedCalls {
-  private inFlight = 0;
-  /** The calls in flight of each degraded tenant (its CallHealth) that has any. */
-  private readonly inFlightOf = new Map<object, number>();
-  private readonly waiting: { owner: object; waiter: Waiter }[] = [];
-
-  constructor(readonly limit = DEGRADED_CALLS_LIMIT) {}
-
-  /** Whether one more call of a degraded tenant may be in flight now. */
-  hasPlace(): boolean {
-    return this.inFlight < this.limit;
-  }
-
-  /**
-   * `count` calls of `owner`, a degraded tenant, more in flight (fewer when negative: their places go to
-   * waiting calls).
-   */
-  add(owner: object, count: number): void {
-    this.inFlight += count;
-    const own = (this.inFlightOf.get(owner) ?? 0) + count;
-    if (own > 0) this.inFlightOf.set(owner, own);
-    else this.inFlightOf.delete(owner);
-    if (count < 0) this.wakeFree();
-  }
-
-  /** Calls of degraded tenants in flight (`urs_defender_degraded_calls_running`). */
-  running(): number {
-    return this.inFlight;
-  }
-
-  /** Calls of degraded tenants waiting for a place (`urs_defender_degraded_calls_waiting`). */
-  waitingCalls(): number {
-    return this.waiting.length;
-  }
-
-  /**
-   * Degraded tenants with calls in flight or waiting for a place (`urs_defender_degraded_tenants`): those
-   * sharing the places now. A degraded tenant that calls nothing (between its cycles) is not counted: it
-   * takes no place, and its client may be let go of before it calls again.
-   */
-  tenants(): number {
-    const owners = new Set(this.inFlightOf.keys());
-    for (const { owner } of this.waiting) owners.add(owner);
-    return owners.size;
-  }
-
-  /** Resolves when a place may be free (`hasPlace` decides), `owner` wakes its own calls, or `signal` aborts. */
-  wait(owner: object, signal: AbortSignal | undefined): Promise<void> {
-    return waitIn(this.waiting, signal, (waiter) => ({ owner, waiter }));
-  }
-
-  /** Wakes as many waiting calls as places are free, the longest waiting first. */
-  wakeFree(): void {
-    const free = Math.max(0, this.limit - this.inFlight);
-    for (const { waiter } of this.waiting.splice(0, free)) waiter.wake();
-  }
-
-  /** Wakes every call of `owner` (its tenant answered again, or is held back): none of them waits for a place. */
-  wakeOf(owner: object): void {
-    const own = this.waiting.filter((entry) => entry.owner === owner);
-    if (own.length === 0) return;
-    this.waiting.splice(0, this.waiting.length, ...this.waiting.filter((entry) => entry.owner !== owner));
-    for (const { waiter } of own) waiter.wake();
-  }
-}
-
-/**
- * Every process's tenants share this one by default (CallHealthOptions.degradedCalls); createCallMetrics serves
- * its gauges.
- */
-export const processDegradedCalls = new DegradedCalls();
-
-/**
- * Waits in `queue` (as `entry` makes it) until woken or `signal` aborts: an aborted wait leaves the queue,
- * a woken one stops listening to `signal`.
- */
-function waitIn<E>(queue: E[], signal: AbortSignal | undefined, entry: (waiter: Waiter) => E): Promise<void> {
-  return new Promise<void>((resolve) => {
-    if (signal?.aborted) return resolve();
-    const stopped = (): void => {
-      const index = queue.indexOf(queued);
-      if (index >= 0) queue.splice(index, 1);
-      resolve();
-    };
-    const queued = entry({
-      wake: () => {
-        signal?.removeEventListener('abort', stopped);
-        resolve();
-      },
-    });
-    signal?.addEventListener('abort', stopped, { once: true });
-    queue.push(queued);
-  });
-}
+import {
+  type CallTurn,
+  type DegradedCalls,
+  processDegradedCalls,
+  waitIn,
+  type Waiter,
+} from './degraded-calls';
 
 /**
  * What a call waited for before it could ask for a slot (CallHealth.turn): a place of its tenant's own, or one
@@ -227,6 +113,8 @@ export class CallHealth {
   /** The failures in a row that began the hold-back, for its message. */
   private heldBackAfterFailures = 0;
   private readonly waiting: Waiter[] = [];
+  /** The turn of the calls that name none of their own (see CallTurn). */
+  private readonly sharedTurn: CallTurn = { placesHanded: 0 };
   /** Aborts when the tenant's present spell of being degraded ends (see `degradedTurn`). */
   private degradedEnds: AbortController | undefined;
 
@@ -251,14 +139,22 @@ export class CallHealth {
    * trouble showed do not keep the slots from other tenants. Throws UNAVAILABLE while the tenant's calls
    * are held back (see `heldBack`). A call of a degraded tenant that asked for its slot as a healthy tenant's
    * (`tookDegradedPlace` false: its tenant turned degraded while it waited, see `degradedTurn`) may not go: it
-   * asks again, for a place among the degraded tenants' calls of every process first.
+   * asks again, for a place among the degraded tenants' calls of every process first. A place handed to the call
+   * (`turn`) is the one it takes; its tenant healthy again, it needs none and hands it on.
    */
-  start(tookDegradedPlace = true): boolean {
+  start(tookDegradedPlace = true, turn: CallTurn = this.sharedTurn): boolean {
     const heldBack = this.heldBack();
     if (heldBack) throw heldBack;
-    if (!this.mayStart() || (this.degraded() && !tookDegradedPlace)) return false;
+    if (!this.degraded()) this.handOn(turn);
+    if (!this.mayStart(turn) || (this.degraded() && !tookDegradedPlace)) return false;
     this.inFlight++;
-    if (this.degraded()) this.degradedCalls.add(this, 1);
+    if (this.degraded()) {
+      if (turn.placesHanded > 0) {
+        turn.placesHanded--;
+        this.degradedCalls.take();
+      }
+      this.degradedCalls.add(this, 1);
+    }
     return true;
   }
 
@@ -267,7 +163,9 @@ export class CallHealth {
    * free or a place is free (and, the tenant degraded, one of the process's places for degraded tenants),
    * else when a call in flight ends and leaves its place to this one (the calls that waited longest first),
    * or `signal` aborts. `start` decides, once the call holds its slot: another call may have taken the place
-   * meanwhile, and this one then waits again. It waits here, before it asks for a slot, so it holds none.
+   * meanwhile, and this one then waits again; a place among the degraded tenants' is handed to one waiting call
+   * (`turn`'s own, see CallTurn) and kept for it until it starts or passes its turn, so no other call takes it
+   * meanwhile. It waits here, before it asks for a slot, so it holds none.
    * Resolves to what the call last waited for, if it waited (a call stopped meanwhile says so, see `waitText`).
    * A wait for a place among the degraded tenants' ends on `degradedWait()`'s signal (default `signal`): the
    * caller's stop, or the call's time to wait for such a place running out.
@@ -275,18 +173,19 @@ export class CallHealth {
   async turn(
     signal?: AbortSignal,
     degradedWait: () => AbortSignal | undefined = () => signal,
+    turn: CallTurn = this.sharedTurn,
   ): Promise<TurnWait | undefined> {
     let waited: TurnWait | undefined;
     for (;;) {
       if (this.holdingBack() || signal?.aborted) return waited;
       if (this.freePlaces() === 0) {
         waited = 'tenant';
-        await this.waitForOwnPlace(signal);
-      } else if (this.degraded() && !this.degradedCalls.hasPlace()) {
+        await this.waitForOwnPlace(signal, turn);
+      } else if (this.degraded() && turn.placesHanded === 0 && !this.degradedCalls.hasPlace()) {
         waited = 'degraded';
         const ends = degradedWait();
         if (ends?.aborted) return waited;
-        await this.degradedCalls.wait(this, ends);
+        if (await this.degradedCalls.wait(this, ends)) turn.placesHanded++;
       } else return waited;
     }
   }
@@ -314,23 +213,28 @@ export class CallHealth {
   }
 
   /**
-   * Waits for a place of the tenant's own. A call woken for a place among the degraded tenants' may come here
-   * instead of taking it (its tenant's limit dropped meanwhile, or it lost its place at `start` to another of
-   * the tenant's calls): the place then goes to the next waiting call, or that call would wait, a place free,
+   * Waits for a place of the tenant's own. A call handed a place among the degraded tenants' may come here
+   * instead of taking it (its tenant's limit dropped meanwhile, or it lost its own place at `start` to another
+   * of the tenant's calls): the place then goes to the next waiting call, or that call would wait, a place free,
    * until another degraded call ends (up to a whole request timeout).
    */
-  private waitForOwnPlace(signal: AbortSignal | undefined): Promise<void> {
-    this.degradedCalls.wakeFree();
-    return waitIn(this.waiting, signal, (waiter) => waiter);
+  private async waitForOwnPlace(signal: AbortSignal | undefined, turn: CallTurn): Promise<void> {
+    this.handOn(turn);
+    await waitIn(this.waiting, signal, (waiter) => waiter);
   }
 
   /**
-   * A call given a turn did not take it (its caller stopped it, or the tenant is held back): the place goes to
-   * the next waiting call, the tenant's own or, among the degraded tenants', the next one's.
+   * A call given a turn (`turn`) did not take it (its caller stopped it, or the tenant is held back): the place
+   * goes to the next waiting call, the tenant's own or, among the degraded tenants', the next one's.
    */
-  passTurn(): void {
+  passTurn(turn: CallTurn = this.sharedTurn): void {
     this.wake(this.freePlaces());
-    this.degradedCalls.wakeFree();
+    this.handOn(turn);
+  }
+
+  /** Hands the places among the degraded tenants' handed to `turn` on to the next waiting calls. */
+  private handOn(turn: CallTurn): void {
+    for (; turn.placesHanded > 0; turn.placesHanded--) this.degradedCalls.handOn();
   }
 
   /**
@@ -408,9 +312,14 @@ export class CallHealth {
     return this.failuresInARow > 0;
   }
 
-  /** Whether one more call may start now: a place of the tenant's, and one among the degraded tenants'. */
-  private mayStart(): boolean {
-    return this.freePlaces() > 0 && (!this.degraded() || this.degradedCalls.hasPlace());
+  /**
+   * Whether one more call may start now: a place of the tenant's, and one among the degraded tenants' (handed
+   * to its `turn`, or free).
+   */
+  private mayStart(turn: CallTurn): boolean {
+    return (
+      this.freePlaces() > 0 && (!this.degraded() || turn.placesHanded > 0 || this.degradedCalls.hasPlace())
+    );
   }
 
   /** Calls that may start now besides those in flight (Infinity while the tenant's calls are free). */
@@ -424,6 +333,6 @@ export class CallHealth {
 
   /** Wakes the `count` calls that waited longest. */
   private wake(count: number): void {
-    for (const waiter of this.waiting.splice(0, count)) waiter.wake();
+    for (const waiter of this.waiting.splice(0, count)) waiter.wake(false);
   }
 }

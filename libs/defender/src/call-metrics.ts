@@ -1,5 +1,5 @@
 import type { Registry } from '@urs/telemetry';
-import { type DegradedCalls, processDegradedCalls } from './call-health';
+import { type DegradedCalls, processDegradedCalls } from './degraded-calls';
 import { MICROSOFT_QUOTAS, type DefenderEndpointClass } from './quota';
 
 /** Buckets of the waits before a call, in seconds: a tenant out of its hourly quota may wait most of an hour. */

@@ -2,6 +2,7 @@ import axios from 'axios';
 import Bottleneck from 'bottleneck';
 import { TIMED_OUT, outcomeOf } from './answers';
 import { CallHealth, type CallOutcome } from './call-health';
+import type { CallTurn } from './degraded-calls';
 import type { CallMetrics } from './call-metrics';
 import { eitherEnds } from './either-ends';
 import { DefenderError, DefenderErrorCode, isDefenderError } from './errors';
@@ -214,8 +215,20 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
   ): Promise<T> {
     const queued = performance.now();
     const degradedWait = degradedWaitLimit(options.maxDegradedWaitMs, signal);
+    // The places among the degraded tenants' handed to this call (see CallTurn).
+    const turn: CallTurn = { placesHanded: 0 };
     try {
-      return await sendInTurn(endpoint, claim, quotaSeconds, signal, call, wholeSlot, queued, degradedWait);
+      return await sendInTurn(
+        endpoint,
+        claim,
+        quotaSeconds,
+        signal,
+        call,
+        wholeSlot,
+        queued,
+        degradedWait,
+        turn,
+      );
     } finally {
       degradedWait.done();
     }
@@ -231,16 +244,17 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
     wholeSlot: boolean,
     queued: number,
     degradedWait: ReturnType<typeof degradedWaitLimit>,
+    turn: CallTurn,
   ): Promise<T> {
     for (;;) {
-      const waited = await health.turn(signal, degradedWait.signal);
+      const waited = await health.turn(signal, degradedWait.signal, turn);
       degradedWait.pause();
       if (signal?.aborted) {
-        health.passTurn();
+        health.passTurn(turn);
         throw notSent(endpoint, queued, signal, waited && health.waitText(waited));
       }
       if (waited === 'degraded' && degradedWait.ranOut()) {
-        health.passTurn();
+        health.passTurn(turn);
         throw degradedWaitTooLong(endpoint, queued);
       }
       // The tenant degraded: a place among the degraded tenants' calls of every process, with the slot.
@@ -270,7 +284,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
             // Stopped while it waited: not sent (axios would still write a request whose signal already
             // aborted, one call more in flight than the slots).
             if (signal?.aborted) throw notSent(endpoint, queued, signal);
-            if (!health.start(degraded !== undefined)) return NOT_NOW;
+            if (!health.start(degraded !== undefined, turn)) return NOT_NOW;
             slotEnded = slotEnds;
             sentAt = performance.now();
             claim.sent();
@@ -308,7 +322,7 @@ export function createCallSlots(options: CallSlotsOptions): CallSlots {
           ended({ error });
         } else {
           if (CallHealth.isHeldBack(error)) metrics?.heldBack(endpoint);
-          health.passTurn();
+          health.passTurn(turn);
           if (signal?.aborted && error === signal.reason)
             throw notSent(
               endpoint,

@@ -4,7 +4,7 @@ import type { Logger } from '@urs/logging';
 import { closeRedis } from '@urs/store';
 import type { Gauge, Registry } from '@urs/telemetry';
 import { withBulkCap, withDegradedCap } from './bulk-cap';
-import { DEGRADED_CALLS_LIMIT } from './call-health';
+import { DEGRADED_CALLS_LIMIT } from './degraded-calls';
 import { withSlotHandOff, type SlotHandOffOptions } from './handoff';
 import type { Slots } from './slots';
 import { redisClock } from './redis-clock';
@@ -611,7 +611,10 @@ function withPlaceCap(
  * wait for a place under the bulk cap and that place's own time: it lasts at least as long as a bulk place, or
  * a page queued behind other tenants' pages would give it back and queue again for ever. The price: a crashed
  * process's places come back only when they expire, this many slot expirations later (ten minutes at a minute's
- * slot), the 2 places that every degraded tenant of the install shares included.
+ * slot), the 2 places that every degraded tenant of the install shares included. Bottleneck frees a dead client's
+ * running jobs only so (its `clientTimeout` drops from its bookkeeping only a client with none running), and when
+ * a client was last seen does not tell a dead process from a live one cut off from Redis, its calls still in
+ * flight (README, Isolation).
  */
 const BULK_PLACE_SLOTS = 10;
 const CAP_EXPIRATION_SLOTS = { bulk: BULK_PLACE_SLOTS, degraded: BULK_PLACE_SLOTS } as const;

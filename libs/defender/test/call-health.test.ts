@@ -387,6 +387,56 @@ describe('CallHealth of several tenants sharing the places for degraded tenants'
     a.leave('answered');
     await aTurn;
   });
+
+  it('a freed place should let one waiting call go, the longest waiting, however many look for a place before it starts', async () => {
+    const [a, b, c, d, e] = tenants(1, 'a', 'b', 'c', 'd', 'e') as [
+      CallHealth,
+      CallHealth,
+      CallHealth,
+      CallHealth,
+      CallHealth,
+    ];
+    // a's calls go one at a time (3 slow failures in a row); its call in flight holds the place.
+    for (let i = 0; i < 3; i++) failOnce(a);
+    expect(a.start()).toBe(true);
+    for (const health of [b, c, d, e]) failOnce(health);
+    /** The calls let go, in order: each would take a shared slot. */
+    const went: string[] = [];
+    const turnOf = (health: CallHealth, name: string, signal?: AbortSignal): Promise<void> =>
+      health.turn(signal).then(() => void went.push(name));
+    // a's next call waits for a's own place; b's, c's and d's for the place.
+    const waits = [turnOf(a, 'a'), turnOf(b, 'b'), turnOf(c, 'c'), turnOf(d, 'd')];
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(went).toEqual([]);
+    // a's call ends: a's own place and the one place for degraded tenants free together.
+    a.leave('failed', 'no answer within 30 s');
+    await new Promise((resolve) => setImmediate(resolve));
+    // A call that comes meanwhile, and another that stops waiting, do not let a second one through either.
+    const stop = new AbortController();
+    const stopped = e.turn(stop.signal);
+    stop.abort();
+    await stopped;
+    e.passTurn();
+    const late = turnOf(e, 'e');
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(went).toEqual(['b']);
+    expect(b.start()).toBe(true);
+    b.leave('failed', 'no answer within 30 s');
+    await new Promise((resolve) => setImmediate(resolve));
+    // a's call, back in line behind the place's other calls, and each of them in turn.
+    expect(went).toEqual(['b', 'c']);
+    for (const [health, next] of [
+      [c, 'd'],
+      [d, 'a'],
+      [a, 'e'],
+    ] as const) {
+      expect(health.start()).toBe(true);
+      health.leave('failed', 'no answer within 30 s');
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(went.at(-1)).toBe(next);
+    }
+    await Promise.all([...waits, late]);
+  });
 });
 
 describe('the gauges of the places for degraded tenants', () => {

@@ -134,6 +134,69 @@ describe('createCallSlots', () => {
     }
   });
 
+  it('inSlot should have a freed place among the degraded tenants’ take one shared slot, not one for each call that looks for it', async () => {
+    const degradedCalls = new DegradedCalls(1);
+    const [a, b, c, d] = ['a', 'b', 'c', 'd'].map((id) => new CallHealth(id, { degradedCalls })) as [
+      CallHealth,
+      CallHealth,
+      CallHealth,
+      CallHealth,
+    ];
+    // a's calls go one at a time (3 slow failures in a row); b, c and d are degraded too.
+    for (const [health, failures] of [
+      [a, 3],
+      [b, 1],
+      [c, 1],
+      [d, 1],
+    ] as const)
+      for (let i = 0; i < failures; i++) {
+        health.start();
+        health.leave('failed', 'no answer within 30 s');
+      }
+    // a's call in flight holds the only place.
+    expect(a.start()).toBe(true);
+    let slotsTaken = 0;
+    const inner = createLocalLimiter();
+    const limiter: CallLimiter = {
+      schedule: (task, options) => {
+        slotsTaken++;
+        return inner.schedule(task, options);
+      },
+      close: () => inner.close(),
+    };
+    let answer: () => void = () => undefined;
+    const answered = new Promise<void>((resolve) => (answer = resolve));
+    try {
+      // a's next call waits for a's own place, b's, c's and d's for the place among the degraded tenants'.
+      const calls = [a, b, c, d].map((health) =>
+        createCallSlots({
+          azureTenantId: 'tenant',
+          limiter,
+          health,
+          metrics: undefined,
+          requestTimeoutMs: 1_000,
+        }).inSlot('vulnerabilities', claim, 0, undefined, async () => {
+          await answered;
+          return { status: 200 };
+        }),
+      );
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(slotsTaken).toBe(0);
+      // a's call ends: a's own place and the place among the degraded tenants' free together.
+      a.leave('failed', 'no answer within 30 s');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      // One call took a slot for the freed place, and kept it: b's, the longest waiting for the place, not a's too.
+      expect(slotsTaken).toBe(1);
+      // The answers free the place for the next call, one call and one slot at a time.
+      answer();
+      await Promise.all(calls);
+      expect(slotsTaken).toBe(4);
+    } finally {
+      answer();
+      await limiter.close();
+    }
+  });
+
   it('inSlot should count a 404 or 403 without Microsoft’s error body as a front end’s failure, not as the API’s answer', async () => {
     const page = '<html><head><title>404 Not Found</title></head><body>Application Gateway</body></html>';
     expect(await outcomeOf('machines', 404, 120, { slowCallMs: 100, body: page })).toBe('failed');

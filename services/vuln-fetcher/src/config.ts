@@ -10,7 +10,7 @@ import {
   type Env,
   type SecretKeyConfig,
 } from '@urs/config';
-import { DEFAULT_MAX_QUOTA_WAIT_MS } from './sources';
+import { DEFAULT_MAX_DEGRADED_WAIT_MS, DEFAULT_MAX_QUOTA_WAIT_MS } from './sources';
 
 /**
  * The vuln-fetcher's own settings, how it reaches Defender (`defenderSettings`) and how its group takes
@@ -115,6 +115,14 @@ export interface VulnFetcherConfig extends DefenderSettings, ConsumerSettings {
    * `URS_VULN_MAX_QUOTA_WAIT_MS`, default 180000, at most 3600000.
    */
   maxQuotaWaitMs: number;
+  /**
+   * Longest a Defender call of a degraded tenant (its last call failed slowly) waits, in all, for one of the
+   * install's 2 places of degraded tenants' calls, in ms: a longer wait fails the call THROTTLED at once, as a
+   * wait for the quota does (counted towards the tenant's outage, its status written), instead of its batch
+   * waiting behind every other degraded tenant's calls until the cycle's deadline. Not the wait for a shared slot
+   * or for the bulk cap with the place held. Env `URS_VULN_MAX_DEGRADED_WAIT_MS`, default 60000, at most 3600000.
+   */
+  maxDegradedWaitMs: number;
 }
 
 /** `URS_BULK_MAX_SLOTS`: 1 to the shared slots, default half of them rounded up. */
@@ -159,6 +167,11 @@ export function vulnFetcherConfig(env: Env): VulnFetcherConfig {
     slotHandOffMs: readInt(env, 'URS_DEFENDER_SLOT_HANDOFF_MS', { fallback: 1_000, min: 0, max: 20_000 }),
     maxQuotaWaitMs: readInt(env, 'URS_VULN_MAX_QUOTA_WAIT_MS', {
       fallback: DEFAULT_MAX_QUOTA_WAIT_MS,
+      min: 0,
+      max: 3_600_000,
+    }),
+    maxDegradedWaitMs: readInt(env, 'URS_VULN_MAX_DEGRADED_WAIT_MS', {
+      fallback: DEFAULT_MAX_DEGRADED_WAIT_MS,
       min: 0,
       max: 3_600_000,
     }),

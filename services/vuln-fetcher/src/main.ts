@@ -51,6 +51,7 @@ void runService({
       quota: quotaGateFor(own.quotas, redis, prefix),
       requestTimeoutMs: own.requestTimeoutMs,
       maxQuotaWaitMs: own.maxQuotaWaitMs,
+      maxDegradedWaitMs: own.maxDegradedWaitMs,
       tokenRequestTimeoutMs: own.tokenRequestTimeoutMs,
       bulkPageSize: own.bulkPageSize,
       foldThread: own.bulkFoldThread,

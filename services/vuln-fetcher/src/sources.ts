@@ -123,6 +123,11 @@ export interface DefenderSourceDeps {
    */
   maxQuotaWaitMs?: number;
   /**
+   * Longest a call of a degraded tenant waits, in all, for one of the places of degraded tenants' calls, in
+   * milliseconds (`URS_VULN_MAX_DEGRADED_WAIT_MS`). Default DEFAULT_MAX_DEGRADED_WAIT_MS.
+   */
+  maxDegradedWaitMs?: number;
+  /**
    * Scan and fold the bulk export on a thread of its own, at most FOLD_THREADS at once in the process (the
    * exports read meanwhile fold on the main thread).
    */
@@ -139,6 +144,17 @@ export interface DefenderSourceDeps {
  * instead of each waiting up to an hour (an hourly quota spent) past the cycle's deadline.
  */
 export const DEFAULT_MAX_QUOTA_WAIT_MS = 180_000;
+
+/**
+ * How long a device call of a degraded tenant (its last call failed slowly, see CallHealth) waits, in all, for
+ * one of the install's places of degraded tenants' calls by default, in milliseconds. Each place frees only when
+ * a call of a degraded tenant ends, up to a request timeout (30 s) after it started, and every degraded tenant's
+ * calls queue for the same 2: without a bound a batch of such a tenant sits until its cycle's deadline closes it
+ * partial. A longer wait fails the call THROTTLED at once, as a wait for the quota does: it counts towards the
+ * tenant's outage, and 10 in a row end the batch's device calls, its status written. Two request timeouts: a
+ * call waits out the calls holding the places and those queued just before it, not a backlog of them.
+ */
+export const DEFAULT_MAX_DEGRADED_WAIT_MS = 60_000;
 
 /** A tenant's source, kept with the client it calls through (closed with it). */
 interface KeptSource {
@@ -174,6 +190,7 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
     ...(deps.bulkPageSize === undefined ? {} : { pageSize: deps.bulkPageSize }),
   });
   const maxQuotaWaitMs = deps.maxQuotaWaitMs ?? DEFAULT_MAX_QUOTA_WAIT_MS;
+  const maxDegradedWaitMs = deps.maxDegradedWaitMs ?? DEFAULT_MAX_DEGRADED_WAIT_MS;
   // The process's fold threads, shared by every tenant's source (see createExportFolds).
   const foldExport = deps.foldThread ? createExportFolds(deps.metrics) : undefined;
   // The source is built with its client and kept with it: the same tenant's batches get the same one.
@@ -239,6 +256,7 @@ export function createDefenderSources(deps: DefenderSourceDeps): SourceProvider 
         // while the tenant's other calls, held back by the same block, fail at once.
         maxQuotaWaitMs,
         maxThrottleWaitMs: maxQuotaWaitMs,
+        maxDegradedWaitMs,
       },
     );
     const source: VulnerabilitySource = {

@@ -56,6 +56,16 @@ describe('vulnFetcherConfig', () => {
     );
   });
 
+  it('vulnFetcherConfig should bound the wait of a degraded tenant’s call for a place to a minute unless told otherwise, naming the variable of a bad value', () => {
+    expect(vulnFetcherConfig({ URS_SECRET_KEY: KEY }).maxDegradedWaitMs).toBe(60_000);
+    expect(
+      vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_VULN_MAX_DEGRADED_WAIT_MS: '120000' }).maxDegradedWaitMs,
+    ).toBe(120_000);
+    expect(() =>
+      vulnFetcherConfig({ URS_SECRET_KEY: KEY, URS_VULN_MAX_DEGRADED_WAIT_MS: '7200000' }),
+    ).toThrow(/URS_VULN_MAX_DEGRADED_WAIT_MS must be ≤ 3600000/);
+  });
+
   it('vulnFetcherConfig should read the quota switch and the bulk page size', () => {
     const config = vulnFetcherConfig({
       URS_SECRET_KEY: KEY,

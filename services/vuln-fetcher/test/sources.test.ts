@@ -1,9 +1,9 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import type { TenantRecord } from '@urs/contracts';
-import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
+import { CallHealth, createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
-import { isInfrastructureFault } from '@urs/resilience';
+import { errorMessage, isInfrastructureFault } from '@urs/resilience';
 import { createSecretSealer, type SecretSealer } from '@urs/secrets';
 import { startSimulator } from '@urs/simulator';
 import { Registry } from '@urs/telemetry';
@@ -383,5 +383,71 @@ describe('createDefenderSources and a tenant held back by its quota', () => {
     await withHeldBackTenant(300, 1_000, async (source, id) => {
       await expect(source.machineVulnerabilities(id)).resolves.toEqual(expect.any(Array));
     });
+  }, 20_000);
+});
+
+describe('createDefenderSources and a degraded tenant waiting for a place among the degraded tenants’ calls', () => {
+  const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+  const azureTenantId = randomUUID();
+  const app = { clientId: randomUUID(), clientSecret: `Zx8Q~${randomUUID()}Sec` };
+  const tenant = {
+    tenantId: 'failing',
+    revision: 1,
+    defender: {
+      azureTenantId,
+      clientId: app.clientId,
+      clientSecret: sealer.seal(app.clientSecret, 'failing'),
+      cloud: 'commercial',
+      region: null,
+    },
+  } as unknown as TenantRecord;
+
+  it('machineVulnerabilities should fail THROTTLED, not retried in the call, once it waited maxDegradedWaitMs for a place, naming the places', async () => {
+    const sim = await startSimulator({ quotas: false });
+    sim.addTenant({ azureTenantId, apps: [app], fleet: { size: 1, seed: 7 } });
+    // The tenant's API never answers: its first call, out of time, makes it degraded, and its retry waits for
+    // one of the process's 2 places, both held by other degraded tenants' calls that hang for the whole test.
+    sim.setFaults(azureTenantId, { timeoutRate: 1 });
+    const elsewhere = ['x', 'y'].map((id) => new CallHealth(id));
+    for (const health of elsewhere) {
+      expect(health.start()).toBe(true);
+      health.leave('failed', 'no answer within 30 s');
+      expect(health.start()).toBe(true);
+    }
+    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const sources = createDefenderSources({
+      sealer,
+      limiter: createLocalLimiter(),
+      quota: createLocalQuotaGate(),
+      httpsAgent: agent,
+      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
+      logger: silentLogger,
+      metrics: new Registry({ processMetrics: false }),
+      requestTimeoutMs: 1_000,
+      maxDegradedWaitMs: 200,
+    });
+    try {
+      const id = sim.machines(azureTenantId)[0]!.id;
+      // The signal only ends a call that would wait on: it must fail before, on its own.
+      const failed = await source(sources)
+        .machineVulnerabilities(id, AbortSignal.timeout(8_000))
+        .then(
+          () => undefined,
+          (error: unknown) => error,
+        );
+      expect(failed).toMatchObject({ code: 'DEFENDER_THROTTLED', canRetry: false });
+      expect(errorMessage(failed)).toMatch(
+        /was not sent: it waited 200 ms in all, as long as it may, for one of the 2 places kept for the calls of tenants whose last call failed slowly/,
+      );
+    } finally {
+      for (const health of elsewhere) health.leave('answered');
+      sources.close();
+      agent.destroy();
+      await sim.close();
+    }
+
+    function source(provider: SourceProvider): VulnerabilitySource {
+      return provider.forTenant(tenant);
+    }
   }, 20_000);
 });
