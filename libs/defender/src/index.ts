@@ -16,6 +16,7 @@ export {
   LONGEST_QUOTA_WINDOW_MS,
   MICROSOFT_QUOTAS,
   UNLIMITED_QUOTA_GATE,
+  appQuotaId,
   createRedisQuotaGate,
   createLocalQuotaGate,
   quotaGateFor,
@@ -74,6 +75,7 @@ export type {
   VulnerabilitiesByMachine,
   VulnerabilityMode,
   VulnerabilityPlan,
+  VulnerabilityPlanOptions,
 } from './vulnerabilities';
 export { chooseVulnerabilityMode } from './vulnerability-mode';
 export type { VulnerabilityModeChoice } from './vulnerability-mode';

@@ -311,10 +311,14 @@ function createWaitQueue(): (
 /**
  * Microsoft counts calls per application and tenant, whatever case their ids are written in: two
  * registrations of one directory and app, one in upper case, share one quota; another app of the directory
- * has its own.
+ * has its own. `<azureTenantId>:<clientId>`, in lower case.
  */
-function quotaId({ azureTenantId, clientId }: DefenderApp, endpoint: DefenderEndpointClass): string {
-  return `${azureTenantId.toLowerCase()}:${clientId.toLowerCase()}:${endpoint}`;
+export function appQuotaId({ azureTenantId, clientId }: DefenderApp): string {
+  return `${azureTenantId.toLowerCase()}:${clientId.toLowerCase()}`;
+}
+
+function quotaId(app: DefenderApp, endpoint: DefenderEndpointClass): string {
+  return `${appQuotaId(app)}:${endpoint}`;
 }
 
 /**

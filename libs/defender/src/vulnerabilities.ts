@@ -380,23 +380,37 @@ export type VulnerabilityMode = 'per-device' | 'bulk';
 
 export interface VulnerabilityPlan {
   mode: VulnerabilityMode;
-  /** Per-device calls the tenant's quota allows in one poll interval, after the headroom. */
+  /** Per-device calls the tenant's share of its quota allows in one poll interval, after the headroom. */
   perDeviceCapacity: number;
 }
 
+export interface VulnerabilityPlanOptions {
+  /**
+   * The tenants registered with the app the quota is counted for (`appQuotaId`), this one included: each plans
+   * with its share of the quota. Default 1.
+   */
+  sharers?: number;
+  /** Default Microsoft's per-device quota (`MICROSOFT_QUOTAS.vulnerabilities`). */
+  quota?: readonly QuotaWindow[];
+  /** The share of the quota per-device calls may plan on; default 0.8. */
+  headroom?: number;
+}
+
 /**
- * Per-device calls fit when `deviceCount ≤ headroom × min(perMinute × interval, perHour × interval / 60)`;
- * otherwise the bulk export is used. `headroom` (default 0.8) leaves room for retries and the listing.
+ * Per-device calls fit when `deviceCount ≤ headroom × min(perMinute × interval, perHour × interval / 60) /
+ * sharers`; otherwise the bulk export is used. `headroom` leaves room for retries and the listing. Microsoft
+ * counts the quota per app and Entra tenant, so tenants registered with one app share it: each planning with
+ * the whole of it, two tenants of 1,000 devices polled hourly each chose per-device calls (1,200 fit), together
+ * asked for 2,000 against 1,500 an hour, and their calls failed THROTTLED every cycle.
  */
 export function planVulnerabilityMode(
   deviceCount: number,
   pollIntervalMinutes: number,
-  quota: readonly QuotaWindow[] = MICROSOFT_QUOTAS.vulnerabilities,
-  headroom = 0.8,
+  { sharers = 1, quota = MICROSOFT_QUOTAS.vulnerabilities, headroom = 0.8 }: VulnerabilityPlanOptions = {},
 ): VulnerabilityPlan {
   const intervalMs = pollIntervalMinutes * 60_000;
   let capacity = Infinity;
   for (const window of quota) capacity = Math.min(capacity, (window.limit * intervalMs) / window.windowMs);
-  const perDeviceCapacity = Math.floor(capacity * headroom);
+  const perDeviceCapacity = Math.floor((capacity * headroom) / Math.max(1, sharers));
   return { mode: deviceCount <= perDeviceCapacity ? 'per-device' : 'bulk', perDeviceCapacity };
 }

@@ -339,10 +339,23 @@ describe('planVulnerabilityMode', () => {
   });
 
   it('planVulnerabilityMode should accept another quota and headroom', () => {
-    expect(planVulnerabilityMode(100, 1, [{ limit: 100, windowMs: 60_000 }], 1)).toEqual({
-      mode: 'per-device',
-      perDeviceCapacity: 100,
+    expect(planVulnerabilityMode(100, 1, { quota: [{ limit: 100, windowMs: 60_000 }], headroom: 1 })).toEqual(
+      {
+        mode: 'per-device',
+        perDeviceCapacity: 100,
+      },
+    );
+  });
+
+  it('planVulnerabilityMode should plan each tenant sharing an app with its share of the quota', () => {
+    // acme and acme-eu on one Entra app, hourly: min(3,000, 1,500) × 0.8 = 1,200 alone, 600 each.
+    expect(planVulnerabilityMode(1_000, 60)).toEqual({ mode: 'per-device', perDeviceCapacity: 1_200 });
+    expect(planVulnerabilityMode(1_000, 60, { sharers: 2 })).toEqual({
+      mode: 'bulk',
+      perDeviceCapacity: 600,
     });
+    expect(planVulnerabilityMode(600, 60, { sharers: 2 }).mode).toBe('per-device');
+    expect(planVulnerabilityMode(1_000, 60, { sharers: 0 }).perDeviceCapacity).toBe(1_200);
   });
 });
 

@@ -35,6 +35,12 @@ export interface CycleDeps {
   now?: () => number;
   /** How a listing Redis fails to record is tried again while the lease holds. Default: `LISTED_RETRY`. */
   listedRetry?: RetryPolicy;
+  /**
+   * How many enabled tenants, the cycle's own included, are registered with the tenant's Entra app
+   * (`TenantTable.quotaSharers`): Microsoft counts the quota per app and Entra tenant, so the cycle plans its
+   * vulnerability mode with its share of it. Default: the tenant alone.
+   */
+  quotaSharers?: (record: TenantRecord) => number;
 }
 
 export interface CycleInput {
@@ -189,9 +195,12 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   // within the interval: a daily tenant of 28,800 devices fitted a day's quota, took ~10 hours of calls,
   // and every one of its cycles was closed partial after an hour. Minutes of the interval's own unit.
   const cycleMs = Math.min(input.intervalMs, deps.maxCycleMs);
+  // Tenants registered with one Entra app share its quota: the cycle plans with its share (`planVulnerabilityMode`).
+  const sharers = deps.quotaSharers?.(record) ?? 1;
   const { perDeviceCapacity } = deps.defender.planMode(
     Number.MAX_SAFE_INTEGER,
     record.defender.pollIntervalMinutes * (cycleMs / input.intervalMs),
+    sharers,
   );
   const cycleStartedAt = new Date(startedAt).toISOString();
   const deadlineAt = new Date(startedAt + cycleMs).toISOString();
@@ -288,6 +297,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       vulnerabilityMode === 'bulk'
         ? `bulk vulnerability export: ${fetchedDevices} devices exceed the ${perDeviceCapacity} per-device calls ` +
           `the API quota allows in a ${record.defender.pollIntervalMinutes}-minute interval` +
+          (sharers > 1 ? `, the quota of its Entra app being shared by ${sharers} registrations` : '') +
           (fetchedDevices < totalDevices
             ? ` (${totalDevices - fetchedDevices} more, excluded from vulnerability management, cost no call)`
             : '')

@@ -57,10 +57,15 @@ export interface DefenderGateway {
   forget(tenantId: string): void;
   /** Closes every tenant's client. */
   close(): void;
-  /** Per-device vulnerability calls when the fleet fits the interval within the quota, else the bulk export. */
+  /**
+   * Per-device vulnerability calls when the fleet fits the interval within the tenant's share of its app's
+   * quota (shared by `sharers` tenants registered with the app, the tenant included; default 1), else the bulk
+   * export.
+   */
   planMode(
     deviceCount: number,
     pollIntervalMinutes: number,
+    sharers?: number,
   ): { mode: 'per-device' | 'bulk'; perDeviceCapacity: number };
 }
 
@@ -200,6 +205,7 @@ export function createDefenderGateway(deps: DefenderGatewayDeps): DefenderGatewa
       clients.get(tenant.tenantId, tenant.revision, (replaced) => clientOf(credentials(), replaced)),
     forget: (tenantId) => clients.forget(tenantId),
     close: () => clients.close(),
-    planMode: (deviceCount, pollIntervalMinutes) => planVulnerabilityMode(deviceCount, pollIntervalMinutes),
+    planMode: (deviceCount, pollIntervalMinutes, sharers) =>
+      planVulnerabilityMode(deviceCount, pollIntervalMinutes, { sharers }),
   };
 }

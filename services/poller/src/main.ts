@@ -13,7 +13,7 @@ import {
 import { createBatchFit } from './batch-fit';
 import { readBatchFloor } from './batch-floor';
 import { pollerConfig, warnOfShortIntervalUnit } from './config';
-import { runCycle } from './cycle';
+import { runCycle, type CycleDeps } from './cycle';
 import { createDefenderGateway } from './defender';
 import { createScheduler } from './scheduler';
 import { schedulerCloser } from './scheduler-closer';
@@ -63,7 +63,9 @@ void runService({
     });
     const cycles = createCycleStore(redis, prefix);
     const batchFit = createBatchFit();
-    const cycleDeps = {
+    // Every replica reads every tenant: a consumer group of its own, from the beginning of the compacted topic.
+    const table = createTenantTable();
+    const cycleDeps: CycleDeps = {
       defender,
       sealer,
       // A secret this key does not open: the tenant's bad record when the key opens other tenants' secrets.
@@ -74,11 +76,11 @@ void runService({
       batchFit,
       batchSize: settings.batchSize,
       maxCycleMs: settings.maxCycleMs,
+      // Tenants registered with one Entra app share its quota: each plans its vulnerability mode with its share.
+      quotaSharers: (record) => table.quotaSharers(record),
       logger,
     };
 
-    // Every replica reads every tenant: a consumer group of its own, from the beginning of the compacted topic.
-    const table = createTenantTable();
     // A tenant deleted or disabled: its client, its token and its secret go at once. A changed record gets a
     // new client at its next cycle (the gateway keeps one per revision).
     table.onChange((tenantId, record) => {

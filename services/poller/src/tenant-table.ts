@@ -1,5 +1,6 @@
 import { createCatchUp, readToEndSubscription, type InboundMessage, type TopicSubscription } from '@urs/bus';
 import { TENANT_REVISION_HEADER, numericHeader, type TenantRecord } from '@urs/contracts';
+import { appQuotaId } from '@urs/defender';
 
 export type TenantChangeListener = (tenantId: string, record: TenantRecord | null) => void;
 
@@ -19,6 +20,11 @@ export interface TenantTable {
   subscription(topic: string): TopicSubscription<'urs/tenant-record'>;
   get(tenantId: string): TenantRecord | undefined;
   enabled(): TenantRecord[];
+  /**
+   * The enabled tenants registered with `record`'s Entra app (`appQuotaId`: its Azure tenant and client ids, in
+   * any case), `record`'s own tenant counted once whatever the table holds of it: they share the app's quota.
+   */
+  quotaSharers(record: TenantRecord): number;
   size(): number;
   onChange(listener: TenantChangeListener): void;
   /**
@@ -65,6 +71,13 @@ export function createTenantTable(): TenantTable {
       readToEndSubscription(topic, 'urs/tenant-record', (message) => table.handle(message), catchUp),
     get: (tenantId) => records.get(tenantId),
     enabled: () => [...records.values()].filter((record) => record.enabled),
+    quotaSharers(record) {
+      const app = appQuotaId(record.defender);
+      let sharers = 1;
+      for (const other of table.enabled())
+        if (other.tenantId !== record.tenantId && appQuotaId(other.defender) === app) sharers++;
+      return sharers;
+    },
     size: () => records.size,
     onChange(listener) {
       listeners.push(listener);

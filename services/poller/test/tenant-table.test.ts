@@ -84,4 +84,21 @@ describe('createTenantTable', () => {
     });
     expect(table.caughtUp()).toBe(true);
   });
+
+  it('quotaSharers should count the enabled tenants of the same Entra app, ids in any case, the tenant itself once', async () => {
+    const app = (tenantId: string, azureTenantId: string, clientId: string, enabled = true) =>
+      ({ tenantId, revision: 1, enabled, defender: { azureTenantId, clientId } }) as unknown as TenantRecord;
+    const table = createTenantTable();
+    const acme = app('acme', 'aaaa-1', 'cccc-1');
+    // Not in the table yet: the tenant alone.
+    expect(table.quotaSharers(acme)).toBe(1);
+    await table.handle(message('acme', acme, 0));
+    await table.handle(message('acme-eu', app('acme-eu', 'AAAA-1', 'CCCC-1'), 1));
+    await table.handle(message('acme-us', app('acme-us', 'aaaa-1', 'cccc-1', false), 2));
+    await table.handle(message('acme-dev', app('acme-dev', 'aaaa-1', 'cccc-2'), 3));
+    await table.handle(message('other', app('other', 'bbbb-1', 'cccc-1'), 4));
+    expect(table.quotaSharers(acme)).toBe(2);
+    // The tenant's own record disabled meanwhile: still counted once.
+    expect(table.quotaSharers({ ...acme, enabled: false })).toBe(2);
+  });
 });
