@@ -134,6 +134,8 @@ describe('the publisher', () => {
       /** How long the sweep waits for a tenant's turn in its queue; the default's 1 s when not given. */
       sweepQueueWaitMs?: number;
       summaryDelayMs?: number;
+      /** Called as a summary is sent, before it is recorded sent (a send held at a chosen moment). */
+      beforeSummarySent?: () => Promise<void>;
       /** Summary locks that fail as a Redis error would, after the claim. */
       failLocks?: number;
       /** Sent summaries whose record writes the sent marker and then fails as a Redis error would. */
@@ -166,6 +168,7 @@ describe('the publisher', () => {
         }
         if (topic === topics.vmsRiskSummary && options.summaryDelayMs)
           await new Promise((resolve) => setTimeout(resolve, options.summaryDelayMs));
+        if (topic === topics.vmsRiskSummary) await options.beforeSummarySent?.();
         for (const m of messages)
           sent.push({ topic, key: m.key, value: m.value, ...(m.json ? { json: m.json } : {}) });
         if (topic === topics.vmsRiskScores) await options.afterScoresSent?.();
@@ -1067,14 +1070,21 @@ describe('the publisher', () => {
   });
 
   it("createCycleCompletion should hold a summary's lock while it is sent, so another replica's sweep sends it once", async () => {
-    const slow = build({ summaryLockMs: 90, summaryDelayMs: 400 });
-    const other = build({ summaryLockMs: 90 });
+    const hold = holdOnce();
+    hold.arm();
+    const slow = build({ summaryLockMs: 300, beforeSummarySent: hold.point });
+    const other = build({ summaryLockMs: 300 });
     await slow.begin(1);
     const sending = slow.handler(scoreBatch(1, 0, [device('a', 10, 'Trustworthy')], 1));
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    await hold.reached;
+    // The tenant's lease gone (lapsed in a pause), only the summary lock keeps the other replica's sweep off;
+    // the send lasts over three lock lengths, the lock renewed meanwhile, not left to lapse.
+    await redis.client.del(`${redis.prefix}publish-lease:t1`);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
     // Long after the claim by the other replica's clock: the summary counts as owed, but its lock holds.
     now = new Date(minute(20));
     expect(await other.completion.closeOverdue()).toBe(0);
+    hold.release();
     await sending;
     expect(summaries()).toHaveLength(1);
   });
