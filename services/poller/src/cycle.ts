@@ -33,7 +33,10 @@ export interface CycleDeps {
   maxCycleMs: number;
   logger: Logger;
   now?: () => number;
-  /** How a listing Redis fails to record is tried again while the lease holds. Default: `LISTED_RETRY`. */
+  /**
+   * How a listing, or the cycle's merged devices, Redis fails to record is tried again while the lease holds.
+   * Default: `LISTED_RETRY`.
+   */
   listedRetry?: RetryPolicy;
   /**
    * How many enabled tenants, the cycle's own included, are registered with the tenant's Entra app
@@ -220,6 +223,17 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
     if (signal.aborted || !input.leaseHeld()) throw new CycleAbortedError();
   }
 
+  /** A write of the cycle's record in Redis, tried again in place while the lease holds (`listedRetry`). */
+  function recordedWhileLeaseHolds(write: () => Promise<void>, what: string): Promise<void> {
+    return withRetry(write, {
+      policy: deps.listedRetry ?? LISTED_RETRY,
+      signal,
+      shouldRetry: () => input.leaseHeld(),
+      onRetry: (error, attempt, delayMs) =>
+        log.debug(`${what} not recorded: tried again`, { attempt, delayMs, reason: errorMessage(error) }),
+    });
+  }
+
   /** Throws when Kafka refuses the replica's batches: the listing stops before its next page. */
   function stopIfRefused(): void {
     const refused = input.batchesRefused?.();
@@ -233,10 +247,14 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       begun = true;
     }
     // Before the last batch, which may complete the cycle before its listing is recorded: its completion
-    // tombstones the merged devices VMS holds. Not recorded (Redis failing), the cycle stops as abandoned,
-    // never completes without them. Once: the last batch refused as too large goes in halves.
+    // tombstones the merged devices VMS holds. Tried again as the listing is (a failure would cost the whole
+    // listing); never recorded, the cycle stops as abandoned, never completes without them. Once: the last
+    // batch refused as too large goes in halves.
     if (last && merged.length > 0 && !mergedRecorded) {
-      await deps.cycles.mergedDevices(tenantId, cycleId, merged);
+      await recordedWhileLeaseHolds(
+        () => deps.cycles.mergedDevices(tenantId, cycleId, merged),
+        'merged devices',
+      );
       mergedRecorded = true;
     }
     const header = {
@@ -458,17 +476,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   const totals = totalsAt(listedAt, batchIndex);
   const { vulnerabilityMode, note } = totals;
   try {
-    await withRetry(() => deps.cycles.listed(tenantId, cycleId, totals), {
-      policy: deps.listedRetry ?? LISTED_RETRY,
-      signal,
-      shouldRetry: () => input.leaseHeld(),
-      onRetry: (error, attempt, delayMs) =>
-        log.debug('cycle listing not recorded: tried again', {
-          attempt,
-          delayMs,
-          reason: errorMessage(error),
-        }),
-    });
+    await recordedWhileLeaseHolds(() => deps.cycles.listed(tenantId, cycleId, totals), 'cycle listing');
   } catch (error) {
     throw new CycleListedNotRecordedError(error, totals);
   }

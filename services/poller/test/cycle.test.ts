@@ -307,13 +307,30 @@ describe('runCycle', () => {
     expect(none.events.filter((event) => event.startsWith('merged'))).toEqual([]);
   });
 
-  it('runCycle should send no last batch, and record the cycle abandoned, when the devices listed merged cannot be recorded', async () => {
+  it('runCycle should try the record of the devices listed merged again, as the listing, and send the last batch once it is kept', async () => {
     const listing = pages(600, 600);
     (listing[1]?.devices[0] as { merged: boolean }).merged = true;
     const { deps, events, sent } = setup(listing, 10);
-    deps.cycles.mergedDevices = async () => {
+    let failures = 1;
+    const record = deps.cycles.mergedDevices.bind(deps.cycles);
+    deps.cycles.mergedDevices = async (...args) => {
+      if (failures-- > 0) throw new Error('Connection is closed.');
+      return record(...args);
+    };
+    const noWait = { ...deps, listedRetry: retryPolicy({ maxAttempts: 3, initialDelayMs: 0 }) };
+    await runCycle(noWait, input());
+    expect(sent.map((batch) => batch.lastBatch)).toEqual([false, false, true]);
+    expect(events.filter((event) => event.startsWith('merged'))).toEqual(['merged m600']);
+  });
+
+  it('runCycle should send no last batch, and record the cycle abandoned, when the devices listed merged cannot be recorded', async () => {
+    const listing = pages(600, 600);
+    (listing[1]?.devices[0] as { merged: boolean }).merged = true;
+    const { deps: failing, events, sent } = setup(listing, 10);
+    failing.cycles.mergedDevices = async () => {
       throw new Error('Connection is closed.');
     };
+    const deps = { ...failing, listedRetry: retryPolicy({ maxAttempts: 2, initialDelayMs: 0 }) };
     await expect(runCycle(deps, input())).rejects.toThrow('Connection is closed.');
     expect(sent.map((batch) => batch.lastBatch)).toEqual([false, false]);
     expect(events.at(-1)).toMatch(/^abandon 2\/1199 /);
