@@ -158,13 +158,13 @@ export const scoredDeviceProperties = {
     items: {
       type: 'object',
       additionalProperties: false,
-      required: ['group', 'signal', 'value', 'points'],
+      required: ['group', 'signal', 'value', 'points', 'assumed'],
       properties: {
         group: { enum: ['critical', 'operational'] },
         signal: { enum: SIGNALS },
         value: { type: ['string', 'number'] },
         points: { type: 'integer', minimum: 0, maximum: 100 },
-        // Points charged for a missing signal under `assume-worst`. Optional: an older scorer writes none.
+        // Points charged for a missing signal under `assume-worst` (true), or observed (false).
         assumed: { type: 'boolean' },
       },
     },

@@ -234,11 +234,8 @@ export interface Contribution {
   signal: SignalName;
   value: string | number;
   points: number;
-  /**
-   * True when the points are charged for a missing signal under `assume-worst`, not observed. Absent from the
-   * records of an older scorer.
-   */
-  assumed?: boolean;
+  /** True when the points are charged for a missing signal under `assume-worst`, not observed. */
+  assumed: boolean;
 }
 
 export interface SignalValue {

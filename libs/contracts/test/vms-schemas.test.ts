@@ -6,7 +6,7 @@ const SIGNAL_RULE = `must be one of ${SIGNALS.join(', ')}`;
 /** A device of 85 points, its avStatus charged as assumed and its exposure level missing. */
 const device: ScoredDevice = scoredDevice('d1', 85, 'High Risk', {
   contributions: [
-    { group: 'critical', signal: 'riskScore', value: 'High', points: 30 },
+    { group: 'critical', signal: 'riskScore', value: 'High', points: 30, assumed: false },
     { group: 'critical', signal: 'avStatus', value: 'Disabled', points: 20, assumed: true },
     { group: 'operational', signal: 'inactivity', value: 'gt14d', points: 10, assumed: false },
   ],
@@ -39,8 +39,15 @@ function violations(scored: unknown): { record: unknown; batch: unknown } {
 const both = (expected: unknown) => ({ record: expected, batch: expected });
 
 describe('a scored device in a vms.risk-scores record and a score batch', () => {
-  it('should be accepted with assumed contributions (true or false) and with contributions without it', () => {
+  it('should be accepted with contributions assumed and observed', () => {
     expect(violations(device)).toEqual(both([]));
+  });
+
+  it('should refuse a contribution that does not say whether it was assumed', () => {
+    const { assumed: _assumed, ...unsaid } = device.contributions[0]!;
+    expect(violations({ ...device, contributions: [unsaid] })).toEqual(
+      both([{ field: 'contributions.0.assumed', rule: 'is required' }]),
+    );
   });
 
   it.each([
@@ -62,7 +69,9 @@ describe('a scored device in a vms.risk-scores record and a score batch', () => 
   });
 
   it('should refuse a signal the model does not score, in a contribution, in missing and in missingReasons', () => {
-    const contributions = [{ group: 'critical', signal: 'osPlatform', value: 'Windows11', points: 5 }];
+    const contributions = [
+      { group: 'critical', signal: 'osPlatform', value: 'Windows11', points: 5, assumed: false },
+    ];
     expect(violations({ ...device, contributions })).toEqual(
       both([{ field: 'contributions.0.signal', rule: SIGNAL_RULE }]),
     );

@@ -49,8 +49,8 @@ describe('recordDigest', () => {
     ipAddresses: [{ ipAddress: '10.0.0.1', macAddress: 'AA' }],
     machineTags: ['tier-1'],
     contributions: [
-      { group: 'critical', signal: 'riskScore', value: 'Medium', points: 50 },
-      { group: 'operational', signal: 'inactivity', value: 2, points: 10 },
+      { group: 'critical', signal: 'riskScore', value: 'Medium', points: 50, assumed: false },
+      { group: 'operational', signal: 'inactivity', value: 2, points: 10, assumed: false },
     ],
   });
 

@@ -15,7 +15,7 @@ function stored(
   const device = scoredDevice(deviceId, score, band, {
     computerDnsName: `${deviceId}.contoso.com`,
     criticalScore: 1,
-    contributions: [{ group: 'critical', signal: 'riskScore', value: 'High', points: 100 }],
+    contributions: [{ group: 'critical', signal: 'riskScore', value: 'High', points: 100, assumed: false }],
     missing: ['criticalCves'],
     signals: { riskScore: { value: 'High', at: null } },
     missingReasons: { criticalCves: 'FETCH_FAILED' },
