@@ -17,6 +17,7 @@ export { startRedisFailover, type RedisFailover } from './failover';
 export { freePort, watchedPort, type WatchedPort } from './ports';
 export {
   markPublishedRebuilt,
+  scoreBatchOf,
   scoredDevice,
   storeHistoryWithoutReasons,
   storedSecretsOf,

@@ -1,4 +1,4 @@
-import type { ScoredDevice, TenantRecord } from '@urs/contracts';
+import type { ScoreBatch, ScoredDevice, TenantRecord } from '@urs/contracts';
 import type { TestRedis } from './redis';
 import { uniqueId } from './wait';
 
@@ -85,6 +85,21 @@ export function scoredDevice(
     profileHash: 'h',
     vulnerabilities: null,
     ...overrides,
+  };
+}
+
+/** A score batch of `devices`: tenant acme's cycle c1, started 2026-01-21T10:00:00Z, its first batch of several. */
+export function scoreBatchOf(devices: ScoredDevice[]): ScoreBatch {
+  return {
+    schemaVersion: 1,
+    tenantId: 'acme',
+    cycleId: 'c1',
+    cycleStartedAt: '2026-01-21T10:00:00.000Z',
+    batchIndex: 0,
+    lastBatch: false,
+    collectedAt: '2026-01-21T10:00:30.000Z',
+    scoredAt: '2026-01-21T10:00:31.000Z',
+    devices,
   };
 }
 

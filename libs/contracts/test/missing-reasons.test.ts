@@ -6,7 +6,7 @@ import {
   vmsRecord,
   type ScoredDevice,
 } from '@urs/contracts';
-import { scoredDevice } from '@urs/testkit';
+import { scoreBatchOf, scoredDevice } from '@urs/testkit';
 
 /** A device scored without its vulnerabilities and its exposure level, with why. */
 const incomplete: ScoredDevice = scoredDevice('d1', 30, 'Low Risk', {
@@ -15,17 +15,7 @@ const incomplete: ScoredDevice = scoredDevice('d1', 30, 'Low Risk', {
 });
 const record = (device: ScoredDevice) =>
   vmsRecord('acme', 'c1', '2026-01-21T10:00:31.000Z', device).value as unknown as Record<string, unknown>;
-const scoreBatch = (device: ScoredDevice) => ({
-  schemaVersion: 1,
-  tenantId: 'acme',
-  cycleId: 'c1',
-  cycleStartedAt: '2026-01-21T10:00:00.000Z',
-  batchIndex: 0,
-  lastBatch: false,
-  collectedAt: '2026-01-21T10:00:30.000Z',
-  scoredAt: '2026-01-21T10:00:31.000Z',
-  devices: [device],
-});
+const scoreBatch = (device: ScoredDevice) => scoreBatchOf([device]);
 
 describe('missingReasons on a scored device and its vms.risk-scores record', () => {
   it('should be accepted on a score batch and a VMS record, and optional (an older record has none)', () => {

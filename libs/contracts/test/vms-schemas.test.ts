@@ -1,5 +1,5 @@
 import { SIGNALS, checkMessage, vmsRecord, type ScoredDevice } from '@urs/contracts';
-import { scoredDevice } from '@urs/testkit';
+import { scoreBatchOf, scoredDevice } from '@urs/testkit';
 
 const SIGNAL_RULE = `must be one of ${SIGNALS.join(', ')}`;
 
@@ -17,17 +17,7 @@ const device: ScoredDevice = scoredDevice('d1', 85, 'High Risk', {
 /** The vms.risk-scores record of `scored`, and the score batch that carries it: their violations. */
 function violations(scored: unknown): { record: unknown; batch: unknown } {
   const record = vmsRecord('acme', 'c1', '2026-01-21T10:00:31.000Z', scored as ScoredDevice).value;
-  const batch = {
-    schemaVersion: 1,
-    tenantId: 'acme',
-    cycleId: 'c1',
-    cycleStartedAt: '2026-01-21T10:00:00.000Z',
-    batchIndex: 0,
-    lastBatch: false,
-    collectedAt: '2026-01-21T10:00:30.000Z',
-    scoredAt: '2026-01-21T10:00:31.000Z',
-    devices: [scored],
-  };
+  const batch = scoreBatchOf([scored as ScoredDevice]);
   const inBatch = checkMessage('urs/score-batch', batch).map(({ field, ...rest }) => ({
     field: field.replace(/^devices\.0\./, ''),
     ...rest,
