@@ -72,6 +72,7 @@ export type {
   BulkOptions,
   BulkRowHandler,
   ExportGeneration,
+  QuotaSharer,
   VulnerabilitiesByMachine,
   VulnerabilityMode,
   VulnerabilityPlan,

@@ -49,7 +49,9 @@ check     says in one line whether the credentials and the consent work, whether
                              too recently for the export's snapshot (NOT_IN_EXPORT_SNAPSHOT)
   --vulnerabilities-mode M   per-device, bulk or auto (default): auto takes the bulk export when more than 250
                              devices would each cost a per-device call (50/min: over 5 minutes), one excluded
-                             from vulnerability management costing none, as the pipeline chooses
+                             from vulnerability management costing none, as the pipeline counts them; the
+                             pipeline's threshold follows the tenant's interval (~1,200 hourly): give its mode
+                             (the tenant's status) for an exact dry run
   --no-redis                 do not share the pipeline's limiter and quota through Redis
 
 Environment: URS_DEFENDER_AUTHORITY_HOST, URS_DEFENDER_API_BASE (e.g. the simulator; trust its CA with
@@ -61,7 +63,8 @@ Exit status: 0 done; 1 the tenant could not be read (the error says what to fix)
 
 /**
  * Above this many devices that would each cost a per-device call (50/min per tenant) `auto` uses the bulk export,
- * chosen as the poller chooses (`chooseVulnerabilityMode`).
+ * counted as the poller counts them (`chooseVulnerabilityMode`). Not the poller's threshold, which follows the
+ * tenant's interval and quota (`planVulnerabilityMode`).
  */
 export const AUTO_BULK_THRESHOLD = 250;
 /**
