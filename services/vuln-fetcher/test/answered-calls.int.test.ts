@@ -1,25 +1,25 @@
-import { randomBytes } from 'node:crypto';
-import type { Agent } from 'node:https';
 import { ReplyError } from 'ioredis';
 import type { DeviceBatch, TenantRecord } from '@urs/contracts';
-import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
-import { silentLogger } from '@urs/logging';
-import { createSecretSealer } from '@urs/secrets';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import { createAnsweredCalls, createCycleStore, createTenantStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { tenantRecord, testRedisPerTest, waitFor } from '@urs/testkit';
+import { testRedisPerTest, waitFor } from '@urs/testkit';
 import type { EnrichHandlerDeps } from '../src/handler';
-import { createDefenderSources, type SourceProvider, type VulnerabilitySource } from '../src/sources';
-import { capturingPublisher, batch as unitBatch, message, setup } from './handler-support';
+import type { SourceProvider, VulnerabilitySource } from '../src/sources';
+import {
+  type OwnSources,
+  capturingPublisher,
+  batch as unitBatch,
+  message,
+  sealedTenant,
+  setup,
+  simSources,
+} from './handler-support';
 
 // A per-device batch's answered calls kept in Redis: the replica that takes a batch over after its holder
 // stopped, or the batch's next try after a fault, asks Microsoft (the simulator, which counts its calls) only
 // for the devices not answered yet.
 
-const AZURE_TENANT = '8f2a3c1e-4b5d-4e6f-9a7b-0c1d2e3f4a5b';
-const CLIENT_ID = '1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9';
-const SECRET = 'Zx8Q~answered-calls-secret';
 const DEVICES = 8;
 
 /** What the sources let a test do to a replica's calls before they reach the simulator. */
@@ -28,20 +28,14 @@ type CallGate = (machineId: string, signal: AbortSignal | undefined) => Promise<
 describe('createEnrichHandler keeping a per-device batch’s answered calls in Redis', () => {
   const redis = testRedisPerTest();
   let sim: Simulator;
-  let agent: Agent;
   let ids: string[];
-  const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
-  const opened: SourceProvider[] = [];
+  const tenant = sealedTenant();
+  const opened: OwnSources[] = [];
 
   beforeAll(async () => {
     sim = await startSimulator({ quotas: false });
-    sim.addTenant({
-      azureTenantId: AZURE_TENANT,
-      apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
-      fleet: { size: DEVICES, seed: 11 },
-    });
-    ids = sim.machines(AZURE_TENANT).map((machine) => machine.id);
-    agent = createHttpsAgent({ extraCa: sim.caPem });
+    tenant.addTo(sim, { size: DEVICES, seed: 11 });
+    ids = sim.machines(tenant.azureTenantId).map((machine) => machine.id);
   });
 
   afterEach(() => {
@@ -49,20 +43,16 @@ describe('createEnrichHandler keeping a per-device batch’s answered calls in R
   });
 
   afterAll(async () => {
-    agent?.destroy();
     await sim?.close();
   });
 
   /** The devices' vulnerability calls the simulator answered since the test began. */
-  const calls = (): number => sim.stats().callsByTenant[AZURE_TENANT]?.['vulnerabilities'] ?? 0;
+  const calls = (): number => sim.stats().callsByTenant[tenant.azureTenantId]?.['vulnerabilities'] ?? 0;
 
   async function registered(): Promise<TenantRecord> {
     sim.resetStats();
-    const record = tenantRecord('answers-tenant');
-    await createTenantStore(redis.client, redis.prefix).put({
-      ...record,
-      defender: { ...record.defender, clientSecret: sealer.seal(SECRET, record.tenantId) },
-    });
+    const record = tenant.record('answers-tenant');
+    await createTenantStore(redis.client, redis.prefix).put(record);
     return record;
   }
 
@@ -77,17 +67,9 @@ describe('createEnrichHandler keeping a per-device batch’s answered calls in R
 
   /** A vuln-fetcher replica over the test's Redis and the simulator, `gate` run before each call. */
   function replica(gate: CallGate = async () => undefined, overrides: Partial<EnrichHandlerDeps> = {}) {
-    const sources = createDefenderSources({
-      sealer,
-      limiter: createLocalLimiter(),
-      quota: createLocalQuotaGate(),
-      httpsAgent: agent,
-      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
-      logger: silentLogger,
-      metrics: new Registry({ processMetrics: false }),
-      requestTimeoutMs: 5_000,
-    });
-    opened.push(sources);
+    const own = simSources(sim, tenant.sealer, { requestTimeoutMs: 5_000 });
+    opened.push(own);
+    const { sources } = own;
     const gated: SourceProvider = {
       ...sources,
       forTenant(record) {

@@ -1,76 +1,47 @@
-import { randomBytes } from 'node:crypto';
-import type { Agent } from 'node:https';
 import { toDeviceRecord, type DeviceBatch, type DeviceRecord, type EnrichedBatch } from '@urs/contracts';
-import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
-import { createSecretSealer } from '@urs/secrets';
 import { cveCatalog, startSimulator, type Simulator } from '@urs/simulator';
 import { createAnsweredCalls, createBulkVulnerabilityCache, createCycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { inboundMessage, tenantRecord, testRedisPerTest } from '@urs/testkit';
+import { inboundMessage, testRedisPerTest } from '@urs/testkit';
 import { createEnrichHandler } from '../src/handler';
 import { ASSESSMENT_MARGIN_MS } from '@urs/contracts';
-import { createDefenderSources, type SourceProvider } from '../src/sources';
-import { capturingPublisher } from './handler-support';
+import { type OwnSources, capturingPublisher, sealedTenant, simSources } from './handler-support';
 
 // Bulk cycles against the simulator, whose export snapshot is kept for an hour as Microsoft keeps one for up to
 // six: a device onboarded since the snapshot was generated is not in it, and is not scored as clear of CVEs.
 
-const AZURE_TENANT = '8f2a3c1e-4b5d-4e6f-9a7b-0c1d2e3f4a5b';
-const CLIENT_ID = '1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9';
-const SECRET = 'Zx8Q~integration-secret-value';
-
 describe("bulk cycles and the export's snapshot", () => {
   const redis = testRedisPerTest();
   let sim: Simulator;
-  let agent: Agent;
-  let sources: SourceProvider | undefined;
+  const tenant = sealedTenant();
+  let sources: OwnSources | undefined;
 
   beforeAll(async () => {
     sim = await startSimulator({ quotas: false });
-    agent = createHttpsAgent({ extraCa: sim.caPem });
   });
 
   afterEach(() => {
     sources?.close();
     sources = undefined;
-    sim.removeTenant(AZURE_TENANT);
+    sim.removeTenant(tenant.azureTenantId);
   });
 
   afterAll(async () => {
-    agent?.destroy();
     await sim?.close();
   });
 
   /** The tenant in the simulator, its export snapshot generated at most once in `exportSnapshotMs`. */
   function setup(exportSnapshotMs = 3_600_000) {
-    sim.addTenant({
-      azureTenantId: AZURE_TENANT,
-      apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
-      fleet: { size: 3, seed: 7, exportSnapshotMs },
-    });
-    const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
-    const base = tenantRecord('snap-tenant', { pollIntervalMinutes: 10 });
-    const record = {
-      ...base,
-      defender: { ...base.defender, clientSecret: sealer.seal(SECRET, base.tenantId) },
-    };
-    sources = createDefenderSources({
-      sealer,
-      limiter: createLocalLimiter(),
-      quota: createLocalQuotaGate(),
-      httpsAgent: agent,
-      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
-      logger: silentLogger,
-      metrics: new Registry({ processMetrics: false }),
-      requestTimeoutMs: 5_000,
-    });
+    tenant.addTo(sim, { size: 3, seed: 7, exportSnapshotMs });
+    const record = tenant.record('snap-tenant', { pollIntervalMinutes: 10 });
+    sources = simSources(sim, tenant.sealer, { requestTimeoutMs: 5_000 });
     const { sent, publisher } = capturingPublisher();
     const cycles = createCycleStore(redis.client, redis.prefix);
     // As the vuln-fetcher runs by default: the export read last, an unchanged snapshot not read again.
     const handler = createEnrichHandler({
       tenants: { lookup: async () => ({ record, rebuilt: true }), updatePollingStatus: async () => true },
-      sources,
+      sources: sources.sources,
       bulkCache: createBulkVulnerabilityCache(redis.client, redis.prefix),
       answers: createAnsweredCalls(redis.client, redis.prefix),
       cycles,
@@ -87,7 +58,7 @@ describe("bulk cycles and the export's snapshot", () => {
     });
     /** Runs a bulk cycle of these batches of devices, as the poller lists them now. */
     async function cycle(cycleId: string, batches: string[][]): Promise<EnrichedBatch[]> {
-      const listed = new Map(sim.machines(AZURE_TENANT).map((m) => [m.id, toDeviceRecord(m)]));
+      const listed = new Map(sim.machines(tenant.azureTenantId).map((m) => [m.id, toDeviceRecord(m)]));
       const startedAt = new Date().toISOString();
       await cycles.begin({
         tenantId: record.tenantId,
@@ -150,19 +121,19 @@ describe("bulk cycles and the export's snapshot", () => {
 
   it('should pass a device onboarded since the snapshot on without vulnerabilities, not as clear', async () => {
     const { cycle } = setup();
-    const [m0, m1, m2] = sim.machines(AZURE_TENANT).map((m) => m.id) as [string, string, string];
+    const [m0, m1, m2] = sim.machines(tenant.azureTenantId).map((m) => m.id) as [string, string, string];
     const first = outcome(await cycle('c1', [[m0, m1], [m2]]));
     expect(Object.keys(first).sort()).toEqual([m0, m1, m2].sort());
 
     // Two devices onboarded since the snapshot, each with a critical CVE Microsoft's next snapshot will list.
     if (!critical) throw new Error('the catalog has no critical CVE');
     const firstSeen = new Date().toISOString();
-    const [n1, n2] = sim.addMachines(AZURE_TENANT, [
+    const [n1, n2] = sim.addMachines(tenant.azureTenantId, [
       { id: 'a'.repeat(40), onboardingStatus: 'Onboarded', firstSeen, lastSeen: firstSeen },
       { id: 'b'.repeat(40), onboardingStatus: 'Onboarded', firstSeen, lastSeen: firstSeen },
     ]) as [string, string];
-    sim.setVulnerabilities(AZURE_TENANT, n1, [critical]);
-    sim.setVulnerabilities(AZURE_TENANT, n2, [critical]);
+    sim.setVulnerabilities(tenant.azureTenantId, n1, [critical]);
+    sim.setVulnerabilities(tenant.azureTenantId, n2, [critical]);
 
     // The first batch from the latest export, the last from the snapshot Microsoft still serves (unchanged).
     const sent = await cycle('c2', [
@@ -179,7 +150,7 @@ describe("bulk cycles and the export's snapshot", () => {
   it("should correct a device passed on as not in the latest export's snapshot once the cycle's own snapshot lists it, with or without CVEs", async () => {
     const snapshotMs = 1_000;
     const { cycle } = setup(snapshotMs);
-    const [m0, m1, m2] = sim.machines(AZURE_TENANT).map((m) => m.id) as [string, string, string];
+    const [m0, m1, m2] = sim.machines(tenant.azureTenantId).map((m) => m.id) as [string, string, string];
     const first = outcome(await cycle('c1', [[m0, m1], [m2]]));
 
     // Onboarded since c1's snapshot, one with a critical CVE; one without vulnerabilities, first seen a day
@@ -188,11 +159,11 @@ describe("bulk cycles and the export's snapshot", () => {
     const now = Date.now();
     const firstSeen = new Date(now).toISOString();
     const aDayAgo = new Date(now - ASSESSMENT_MARGIN_MS).toISOString();
-    const [clear, exposed] = sim.addMachines(AZURE_TENANT, [
+    const [clear, exposed] = sim.addMachines(tenant.azureTenantId, [
       { id: 'c'.repeat(40), onboardingStatus: 'Onboarded', firstSeen: aDayAgo, lastSeen: firstSeen },
       { id: 'd'.repeat(40), onboardingStatus: 'Onboarded', firstSeen, lastSeen: firstSeen },
     ]) as [string, string];
-    sim.setVulnerabilities(AZURE_TENANT, exposed, [critical]);
+    sim.setVulnerabilities(tenant.azureTenantId, exposed, [critical]);
     // Microsoft generates the next snapshot, which the cycle's own export (read after its last batch) is.
     await new Promise((resolve) => setTimeout(resolve, snapshotMs + 100));
 
@@ -214,13 +185,13 @@ describe("bulk cycles and the export's snapshot", () => {
 
   it('should pass a device none of whose export rows could be read on without vulnerabilities, also from the stored and the latest export', async () => {
     const { cycle } = setup();
-    const [m0, m1, m2] = sim.machines(AZURE_TENANT).map((m) => m.id) as [string, string, string];
+    const [m0, m1, m2] = sim.machines(tenant.azureTenantId).map((m) => m.id) as [string, string, string];
     // m0's rows all have a score out of range; m1 has one readable critical CVE besides one unreadable.
-    sim.setVulnerabilities(AZURE_TENANT, m0, [scored('CVE-2024-1', 11), scored('CVE-2024-2', 11)]);
-    sim.setVulnerabilities(AZURE_TENANT, m1, [scored('CVE-2024-1', 11), scored('CVE-2024-3', 9.8)]);
-    sim.setVulnerabilities(AZURE_TENANT, m2, []);
+    sim.setVulnerabilities(tenant.azureTenantId, m0, [scored('CVE-2024-1', 11), scored('CVE-2024-2', 11)]);
+    sim.setVulnerabilities(tenant.azureTenantId, m1, [scored('CVE-2024-1', 11), scored('CVE-2024-3', 9.8)]);
+    sim.setVulnerabilities(tenant.azureTenantId, m2, []);
     // The snapshot the cycles read holds them (changes wait for the next one).
-    sim.generateExport(AZURE_TENANT);
+    sim.generateExport(tenant.azureTenantId);
     const expected = { [m0]: 'DEFENDER_UNREADABLE_RECORDS', [m1]: 1, [m2]: 0 };
     // The tenant's first bulk cycle reads its export first: both batches read it back from Redis.
     expect(outcome(await cycle('c1', [[m0], [m1, m2]]))).toEqual(expected);
@@ -231,19 +202,19 @@ describe("bulk cycles and the export's snapshot", () => {
   it('should correct a device whose export rows can no longer be read to no vulnerabilities, and back', async () => {
     const snapshotMs = 1_000;
     const { cycle } = setup(snapshotMs);
-    const [m0, m1, m2] = sim.machines(AZURE_TENANT).map((m) => m.id) as [string, string, string];
-    sim.setVulnerabilities(AZURE_TENANT, m0, [scored('CVE-2024-3', 9.8)]);
-    sim.generateExport(AZURE_TENANT);
+    const [m0, m1, m2] = sim.machines(tenant.azureTenantId).map((m) => m.id) as [string, string, string];
+    sim.setVulnerabilities(tenant.azureTenantId, m0, [scored('CVE-2024-3', 9.8)]);
+    sim.generateExport(tenant.azureTenantId);
     expect(outcome(await cycle('c1', [[m0], [m1, m2]]))[m0]).toBe(1);
 
-    sim.setVulnerabilities(AZURE_TENANT, m0, [scored('CVE-2024-3', 11)]);
+    sim.setVulnerabilities(tenant.azureTenantId, m0, [scored('CVE-2024-3', 11)]);
     await new Promise((resolve) => setTimeout(resolve, snapshotMs + 100));
     // m0 comes first, from c1's export; the cycle's own export, read by the last batch, corrects it.
     const second = await cycle('c2', [[m0], [m1, m2]]);
     expect(outcome(second)[m0]).toBe(1);
     expect(corrected(second)).toEqual({ [m0]: 'DEFENDER_UNREADABLE_RECORDS' });
 
-    sim.setVulnerabilities(AZURE_TENANT, m0, [scored('CVE-2024-3', 9.8)]);
+    sim.setVulnerabilities(tenant.azureTenantId, m0, [scored('CVE-2024-3', 9.8)]);
     await new Promise((resolve) => setTimeout(resolve, snapshotMs + 100));
     const third = await cycle('c3', [[m0], [m1, m2]]);
     expect(outcome(third)[m0]).toBe('DEFENDER_UNREADABLE_RECORDS');

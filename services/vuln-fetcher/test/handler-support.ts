@@ -1,8 +1,11 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import type { Agent } from 'node:https';
 import type { InboundMessage, Publisher } from '@urs/bus';
 import type { DeviceBatch, EnrichedBatch, TenantRecord, VulnerabilitySummary } from '@urs/contracts';
 import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
-import type { SecretSealer } from '@urs/secrets';
+import { createSecretSealer, type SecretSealer } from '@urs/secrets';
+import type { FleetSpec, Simulator } from '@urs/simulator';
 import type {
   AnsweredCalls,
   BulkExportState,
@@ -11,13 +14,19 @@ import type {
   TenantStatus,
 } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { inboundMessage } from '@urs/testkit';
+import { inboundMessage, tenantRecord } from '@urs/testkit';
 import { createEnrichHandler, type EnrichHandlerDeps } from '../src/handler';
-import { createDefenderSources, type SourceProvider, type VulnerabilitySource } from '../src/sources';
+import {
+  type DefenderSourceDeps,
+  type SourceProvider,
+  type VulnerabilitySource,
+  createDefenderSources,
+} from '../src/sources';
 import type { VulnerabilityLike } from '../src/summarise';
 
 // The enrich handler's unit-test fixtures: a tenant t1, its batches, an export cache in memory, and the
-// handler over a fake source whose sends and status writes are recorded.
+// handler over a fake source whose sends and status writes are recorded; and the real sources, over the
+// simulator and its tenants whose secrets are sealed as the registrar seals them.
 
 export const record = { tenantId: 't1', revision: 1 } as unknown as TenantRecord;
 
@@ -211,30 +220,112 @@ export function fetched(metrics: Registry, mode: 'per-device' | 'bulk', outcome:
 
 export const cve = (id: string, cvssV3: number | null): VulnerabilityLike => ({ id, cvssV3 });
 
+/** A sealer of a random key under key id k1, as a registrar's (another one's key under the same id). */
+export const randomSealer = (): SecretSealer =>
+  createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+
+/** An app of a simulated tenant: its client id and secret, unique to the test. */
+export interface SimApp {
+  clientId: string;
+  clientSecret: string;
+}
+
+/** A tenant of the simulator, with an Azure tenant and apps of its own, and its records. */
+export interface SealedTenant {
+  /** Seals the apps' secrets in the tenant's records. */
+  sealer: SecretSealer;
+  azureTenantId: string;
+  apps: SimApp[];
+  /** Adds the Azure tenant and its apps to `sim`, with `fleet`. */
+  addTo(sim: Simulator, fleet: FleetSpec): void;
+  /**
+   * Tenant `tenantId`'s record of `revision` (1 unless told) for `app` (the first unless told), polled every
+   * `pollIntervalMinutes` (60 unless told), its secret sealed anew (as the registrar re-seals it).
+   */
+  record(
+    tenantId: string,
+    options?: { revision?: number; app?: SimApp; pollIntervalMinutes?: number },
+  ): TenantRecord;
+}
+
+/** A tenant with `apps` apps (1 unless told), their secrets sealed by `sealer` (one of a random key unless told). */
+export function sealedTenant(options: { apps?: number; sealer?: SecretSealer } = {}): SealedTenant {
+  const sealer = options.sealer ?? randomSealer();
+  const azureTenantId = randomUUID();
+  const apps = Array.from({ length: options.apps ?? 1 }, () => ({
+    clientId: randomUUID(),
+    clientSecret: `Zx8Q~${randomUUID()}Sec`,
+  }));
+  return {
+    sealer,
+    azureTenantId,
+    apps,
+    addTo: (sim, fleet) => sim.addTenant({ azureTenantId, apps, fleet }),
+    record(tenantId, { revision, app = apps[0]!, pollIntervalMinutes } = {}) {
+      const base = tenantRecord(tenantId, {
+        ...(revision === undefined ? {} : { revision }),
+        ...(pollIntervalMinutes === undefined ? {} : { pollIntervalMinutes }),
+      });
+      return {
+        ...base,
+        defender: {
+          ...base.defender,
+          azureTenantId,
+          clientId: app.clientId,
+          clientSecret: sealer.seal(app.clientSecret, tenantId),
+        },
+      };
+    },
+  };
+}
+
+/** Sources and what `close` lets go of: the sources and the HTTPS agent made for them. */
+export interface OwnSources {
+  sources: SourceProvider;
+  close: () => void;
+}
+
 /**
- * The real Defender sources over a local limiter and quota gate, opening secrets with `sealer`; `close` lets go
- * of them and their HTTPS agent.
+ * The real Defender sources over a local limiter and quota gate, opening secrets with `sealer`, with a silent
+ * logger and a registry of their own and calling Microsoft's endpoints; `deps` replaces any of these.
  */
 export function localSources(
   sealer: SecretSealer,
-  now?: () => number,
-): { sources: SourceProvider; close: () => void } {
-  const agent = createHttpsAgent();
-  const sources = createDefenderSources({
+  deps: Partial<Omit<DefenderSourceDeps, 'httpsAgent'>> = {},
+): OwnSources {
+  return ownSources(createHttpsAgent(), { sealer, overrides: {}, ...deps });
+}
+
+/** localSources calling the simulator `sim` instead, trusting its CA. */
+export function simSources(
+  sim: Simulator,
+  sealer: SecretSealer,
+  deps: Partial<Omit<DefenderSourceDeps, 'httpsAgent'>> = {},
+): OwnSources {
+  return ownSources(createHttpsAgent({ extraCa: sim.caPem }), {
     sealer,
+    overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
+    ...deps,
+  });
+}
+
+function ownSources(
+  httpsAgent: Agent,
+  deps: Pick<DefenderSourceDeps, 'sealer' | 'overrides'> & Partial<DefenderSourceDeps>,
+): OwnSources {
+  const sources = createDefenderSources({
     limiter: createLocalLimiter(),
     quota: createLocalQuotaGate(),
-    httpsAgent: agent,
-    overrides: {},
     logger: silentLogger,
     metrics: new Registry({ processMetrics: false }),
-    ...(now ? { now } : {}),
+    httpsAgent,
+    ...deps,
   });
   return {
     sources,
     close: () => {
       sources.close();
-      agent.destroy();
+      httpsAgent.destroy();
     },
   };
 }

@@ -1,11 +1,18 @@
-import { randomBytes } from 'node:crypto';
-import type { EnrichedBatch, TenantRecord } from '@urs/contracts';
+import type { EnrichedBatch } from '@urs/contracts';
 import { CallHealth, DefenderError, DefenderErrorCode } from '@urs/defender';
-import { createSecretSealer } from '@urs/secrets';
 import { Registry } from '@urs/telemetry';
 import { capturingLogger, type LogLine, waitFor } from '@urs/testkit';
 import { VulnerabilityFolder } from '../src/summarise';
-import { batch, cve, localSources, message, record, setup } from './handler-support';
+import {
+  batch,
+  cve,
+  localSources,
+  message,
+  randomSealer,
+  record,
+  sealedTenant,
+  setup,
+} from './handler-support';
 
 describe('createEnrichHandler', () => {
   it("should summarise each device at the batch threshold and keep the cycle header and the cycle's profile hash", async () => {
@@ -446,20 +453,9 @@ describe('createEnrichHandler', () => {
   });
 
   it("should leave a batch whose secret this replica's key does not open for a retry, never the tenant's failure", async () => {
-    const registrar = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+    const sealed = sealedTenant().record('t1');
     // A replica started with another URS_SECRET_KEY under the same URS_SECRET_KEY_ID.
-    const wrongKey = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
-    const sealed = {
-      ...record,
-      defender: {
-        azureTenantId: '00000000-0000-0000-0000-000000000001',
-        clientId: '00000000-0000-0000-0000-000000000002',
-        clientSecret: registrar.seal('client-secret', 't1'),
-        cloud: 'commercial',
-        region: null,
-      },
-    } as unknown as TenantRecord;
-    const { sources, close } = localSources(wrongKey);
+    const { sources, close } = localSources(randomSealer());
     const lines: LogLine[] = [];
     const { handler, sent, statuses } = setup(
       {},

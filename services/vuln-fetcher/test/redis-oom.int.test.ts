@@ -1,12 +1,9 @@
 import type { ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import type { Agent } from 'node:https';
 import Redis from 'ioredis';
 import type { DeviceBatch } from '@urs/contracts';
-import { type CallLimiter, createHttpsAgent, createRedisQuotaGate, createSharedLimiter } from '@urs/defender';
+import { type CallLimiter, createRedisQuotaGate, createSharedLimiter } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
 import { isInfrastructureFault } from '@urs/resilience';
-import { createSecretSealer } from '@urs/secrets';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import {
   closeRedis,
@@ -17,17 +14,12 @@ import {
   createTenantStore,
 } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { freePort, inboundMessage, startRedis, stopRedis, tenantRecord } from '@urs/testkit';
+import { freePort, inboundMessage, startRedis, stopRedis } from '@urs/testkit';
 import { createEnrichHandler, type EnrichHandlerDeps } from '../src/handler';
-import { createDefenderSources, type SourceProvider } from '../src/sources';
-import { capturingPublisher } from './handler-support';
+import { type OwnSources, capturingPublisher, sealedTenant, simSources } from './handler-support';
 
 // The real shared call limiter (Bottleneck on ioredis) and quota gate on a Redis of the test's own, turned
 // out of memory (`maxmemory 1`, `noeviction`): the shared Redis's configuration is never changed.
-
-const AZURE_TENANT = '8f2a3c1e-4b5d-4e6f-9a7b-0c1d2e3f4a5b';
-const CLIENT_ID = '1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9';
-const SECRET = 'Zx8Q~integration-secret-value';
 
 describe('createEnrichHandler with its Redis out of memory', () => {
   let server: ChildProcess;
@@ -35,8 +27,8 @@ describe('createEnrichHandler with its Redis out of memory', () => {
   let redis: Redis;
   let admin: Redis;
   let limiter: CallLimiter;
-  let agent: Agent;
-  let sources: SourceProvider;
+  const tenant = sealedTenant();
+  let sources: OwnSources;
 
   beforeAll(async () => {
     const port = await freePort();
@@ -45,19 +37,13 @@ describe('createEnrichHandler with its Redis out of memory', () => {
     redis = createRedis({ url: `redis://127.0.0.1:${port}` });
     admin = new Redis(port, { disableClientInfo: true, maxRetriesPerRequest: 3 });
     sim = await startSimulator({ quotas: false });
-    sim.addTenant({
-      azureTenantId: AZURE_TENANT,
-      apps: [{ clientId: CLIENT_ID, clientSecret: SECRET }],
-      fleet: { size: 4, seed: 7 },
-    });
+    tenant.addTo(sim, { size: 4, seed: 7 });
     limiter = await createSharedLimiter({ redis, keyPrefix: 'oom:', logger: silentLogger });
-    agent = createHttpsAgent({ extraCa: sim.caPem });
   });
 
   afterAll(async () => {
     sources?.close();
     await limiter?.close();
-    agent?.destroy();
     await sim?.close();
     admin?.disconnect();
     if (redis) await closeRedis(redis);
@@ -65,21 +51,12 @@ describe('createEnrichHandler with its Redis out of memory', () => {
   });
 
   it('should fail the batch with the limiter’s OOM reply, or its claim’s, an infrastructure fault, and send nothing', async () => {
-    const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
-    const record = tenantRecord('oom-tenant');
+    const record = tenant.record('oom-tenant');
     const tenants = createTenantStore(redis, 'oom:');
-    await tenants.put({
-      ...record,
-      defender: { ...record.defender, clientSecret: sealer.seal(SECRET, record.tenantId) },
-    });
-    sources = createDefenderSources({
-      sealer,
+    await tenants.put(record);
+    sources = simSources(sim, tenant.sealer, {
       limiter,
       quota: createRedisQuotaGate(redis, 'oom:'),
-      httpsAgent: agent,
-      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
-      logger: silentLogger,
-      metrics: new Registry({ processMetrics: false }),
       requestTimeoutMs: 5_000,
     });
     const { sent, publisher } = capturingPublisher();
@@ -94,7 +71,7 @@ describe('createEnrichHandler with its Redis out of memory', () => {
     const handlerOver = (store: EnrichHandlerDeps['cycles']) =>
       createEnrichHandler({
         tenants: plainLookup,
-        sources,
+        sources: sources.sources,
         bulkCache: createBulkVulnerabilityCache(redis, 'oom:', 60_000),
         answers: createAnsweredCalls(redis, 'oom:'),
         cycles: store,
@@ -113,7 +90,7 @@ describe('createEnrichHandler with its Redis out of memory', () => {
       renewBatchClaim: async () => true,
       releaseBatchClaim: async () => undefined,
     });
-    const ids = sim.machines(AZURE_TENANT).map((machine) => machine.id);
+    const ids = sim.machines(tenant.azureTenantId).map((machine) => machine.id);
     const batch = (cycleId: string): DeviceBatch => ({
       schemaVersion: 1,
       tenantId: record.tenantId,

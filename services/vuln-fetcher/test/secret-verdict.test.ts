@@ -3,7 +3,7 @@ import type { TenantRecord } from '@urs/contracts';
 import { createReplicaKeyCheck, createSecretSealer, type SecretSealer } from '@urs/secrets';
 import type { TenantStatus } from '@urs/store';
 import { capturingLogger, storedSecretsOf, type LogLine } from '@urs/testkit';
-import { batch, localSources, message, setup } from './handler-support';
+import { batch, localSources, message, sealedTenant, setup } from './handler-support';
 
 // Whose fault a stored secret the replica's key does not open is: the tenant's bad record when the key opens
 // other tenants' secrets, the replica's wrong key when it opens none.
@@ -12,17 +12,7 @@ const sealerOf = (key: Buffer): SecretSealer =>
   createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', key]]) });
 
 const tenantRecord = (tenantId: string, sealer: SecretSealer): TenantRecord =>
-  ({
-    tenantId,
-    revision: 2,
-    defender: {
-      azureTenantId: '00000000-0000-0000-0000-000000000001',
-      clientId: '00000000-0000-0000-0000-000000000002',
-      clientSecret: sealer.seal('client-secret', tenantId),
-      cloud: 'commercial',
-      region: null,
-    },
-  }) as unknown as TenantRecord;
+  sealedTenant({ sealer }).record(tenantId, { revision: 2 });
 
 /** The handler of a replica with `replicaKey`, over stored `records`, counting the store's reads. */
 function replica(replicaKey: Buffer, records: TenantRecord[]) {

@@ -1,41 +1,36 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { TenantRecord } from '@urs/contracts';
 import { CallHealth, createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
 import { errorMessage, isInfrastructureFault } from '@urs/resilience';
-import { createSecretSealer, type SecretSealer } from '@urs/secrets';
+import { createSecretSealer } from '@urs/secrets';
 import { startSimulator } from '@urs/simulator';
 import { Registry } from '@urs/telemetry';
 import {
   ReplicaSecretKeyError,
   type SourceProvider,
   type VulnerabilitySource,
-  createDefenderSources,
   isTenantWideFailure,
 } from '../src/sources';
 import { FOLD_THREADS } from '../src/export-fold';
 import { VulnerabilityFolder } from '../src/summarise';
-import { localSources } from './handler-support';
+import {
+  type OwnSources,
+  type SimApp,
+  localSources,
+  randomSealer,
+  sealedTenant,
+  simSources,
+} from './handler-support';
 
 describe('createDefenderSources', () => {
-  const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
-  const record = (tenantId: string, revision: number): TenantRecord =>
-    ({
-      tenantId,
-      revision,
-      defender: {
-        azureTenantId: '00000000-0000-0000-0000-000000000001',
-        clientId: '00000000-0000-0000-0000-000000000002',
-        clientSecret: sealer.seal('Zx9~secret', tenantId),
-        cloud: 'commercial',
-        region: null,
-      },
-    }) as unknown as TenantRecord;
+  const tenant = sealedTenant();
+  const record = (tenantId: string, revision: number): TenantRecord => tenant.record(tenantId, { revision });
 
   it("should keep a tenant's source while its revision holds and it is asked for, and let it go after an idle hour", () => {
     let clock = 0;
-    const { sources, close } = localSources(sealer, () => clock);
+    const { sources, close } = localSources(tenant.sealer, { now: () => clock });
     try {
       const first = sources.forTenant(record('a', 1));
       const other = sources.forTenant(record('b', 1));
@@ -55,8 +50,7 @@ describe('createDefenderSources', () => {
 
   it("forTenant should fail retryably, as this replica's fault, when its key does not open the tenant's secret", () => {
     // Another URS_SECRET_KEY under the same URS_SECRET_KEY_ID as the registrar's.
-    const wrongKey = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
-    const { sources, close } = localSources(wrongKey);
+    const { sources, close } = localSources(randomSealer());
     try {
       let failure: unknown;
       try {
@@ -92,33 +86,22 @@ describe('createDefenderSources', () => {
 });
 
 describe('createDefenderSources and a tenant whose API answers slowly', () => {
-  const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
-  const azureTenantId = randomUUID();
-  const apps = [1, 2].map(() => ({ clientId: randomUUID(), clientSecret: `Zx8Q~${randomUUID()}Sec` }));
+  const tenant = sealedTenant({ apps: 2 });
+  const apps = tenant.apps;
   /** Tenant a's record of `revision`, its secret sealed anew each time (as the registrar re-seals it). */
-  const record = (revision: number, app: { clientId: string; clientSecret: string }): TenantRecord =>
-    ({
-      tenantId: 'a',
-      revision,
-      defender: {
-        azureTenantId,
-        clientId: app.clientId,
-        clientSecret: sealer.seal(app.clientSecret, 'a'),
-        cloud: 'commercial',
-        region: null,
-      },
-    }) as unknown as TenantRecord;
+  const record = (revision: number, app: SimApp): TenantRecord => tenant.record('a', { revision, app });
 
   async function withSimulator(
-    run: (sources: ReturnType<typeof simSources>, ids: string[], peak: () => number) => Promise<void>,
+    run: (sources: OwnSources, ids: string[], peak: () => number) => Promise<void>,
   ) {
     const sim = await startSimulator({ quotas: false, latency: { meanMs: 250 } });
-    sim.addTenant({ azureTenantId, apps, fleet: { size: 10, seed: 7 } });
-    const sources = simSources(sealer, sim.baseUrl, sim.caPem);
+    tenant.addTo(sim, { size: 10, seed: 7 });
+    // Calls slow from 200 ms: a quarter of the request timeout.
+    const sources = simSources(sim, tenant.sealer, { requestTimeoutMs: 800 });
     try {
-      const ids = sim.machines(azureTenantId).map((machine) => machine.id);
+      const ids = sim.machines(tenant.azureTenantId).map((machine) => machine.id);
       await run(sources, ids, () => {
-        const peak = sim.stats().peakConcurrencyByTenant[azureTenantId] ?? 0;
+        const peak = sim.stats().peakConcurrencyByTenant[tenant.azureTenantId] ?? 0;
         sim.resetStats();
         return peak;
       });
@@ -149,57 +132,24 @@ describe('createDefenderSources and a tenant whose API answers slowly', () => {
   }, 20_000);
 });
 
-/** The sources of tenants simulated at `baseUrl`, their calls slow from 200 ms (an 800 ms request timeout). */
-function simSources(sealer: SecretSealer, baseUrl: string, caPem: string) {
-  const agent = createHttpsAgent({ extraCa: caPem });
-  const sources = createDefenderSources({
-    sealer,
-    limiter: createLocalLimiter(),
-    quota: createLocalQuotaGate(),
-    httpsAgent: agent,
-    overrides: { authorityHost: baseUrl, apiBase: baseUrl },
-    logger: silentLogger,
-    metrics: new Registry({ processMetrics: false }),
-    requestTimeoutMs: 800,
-  });
-  return {
-    sources,
-    close: () => {
-      sources.close();
-      agent.destroy();
-    },
-  };
-}
-
 describe('createDefenderSources and vulnerabilities whose CVSS score cannot be read', () => {
   it('should serve the unreadable rows of both modes at 0 from its start, so the first is an increase', () => {
     const metrics = new Registry({ processMetrics: false });
-    const agent = createHttpsAgent();
-    const sources = createDefenderSources({
-      sealer: createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) }),
-      limiter: createLocalLimiter(),
-      quota: createLocalQuotaGate(),
-      httpsAgent: agent,
-      overrides: {},
-      logger: silentLogger,
-      metrics,
-    });
+    const { close } = localSources(randomSealer(), { metrics });
     try {
       const exposed = metrics.expose();
       expect(exposed).toContain('urs_vulnerability_rows_unreadable_total{mode="per-device"} 0\n');
       expect(exposed).toContain('urs_vulnerability_rows_unreadable_total{mode="bulk"} 0\n');
     } finally {
-      sources.close();
-      agent.destroy();
+      close();
     }
   });
 
   it('should count the rows it skips as unreadable, per device and in the export, and fail a device none of whose rows was read', async () => {
-    const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
-    const azureTenantId = randomUUID();
-    const app = { clientId: randomUUID(), clientSecret: `Zx8Q~${randomUUID()}Sec` };
+    const tenant = sealedTenant();
+    const { azureTenantId } = tenant;
     const sim = await startSimulator({ quotas: false });
-    sim.addTenant({ azureTenantId, apps: [app], fleet: { size: 2, seed: 7 } });
+    tenant.addTo(sim, { size: 2, seed: 7 });
     const [id] = sim.machines(azureTenantId).map((machine) => machine.id) as [string];
     const [cve] = sim.vulnerabilities(azureTenantId, id).length
       ? sim.vulnerabilities(azureTenantId, id)
@@ -208,31 +158,12 @@ describe('createDefenderSources and vulnerabilities whose CVSS score cannot be r
       { ...cve!, id: 'CVE-2024-1', cvssV3: 11 },
       { ...cve!, id: 'CVE-2024-2', cvssV3: -1 },
     ]);
-    const agent = createHttpsAgent({ extraCa: sim.caPem });
     const metrics = new Registry({ processMetrics: false });
-    const sources = createDefenderSources({
-      sealer,
-      limiter: createLocalLimiter(),
-      quota: createLocalQuotaGate(),
-      httpsAgent: agent,
-      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
-      logger: silentLogger,
-      metrics,
-    });
+    const { sources, close } = simSources(sim, tenant.sealer, { metrics });
     const unreadable = (mode: string): number =>
       metrics.counter('urs_vulnerability_rows_unreadable_total', '').get({ mode });
     try {
-      const source = sources.forTenant({
-        tenantId: 'a',
-        revision: 1,
-        defender: {
-          azureTenantId,
-          clientId: app.clientId,
-          clientSecret: sealer.seal(app.clientSecret, 'a'),
-          cloud: 'commercial',
-          region: null,
-        },
-      } as unknown as TenantRecord);
+      const source = sources.forTenant(tenant.record('a'));
       await expect(source.machineVulnerabilities(id)).rejects.toMatchObject({
         code: 'DEFENDER_UNREADABLE_RECORDS',
       });
@@ -240,8 +171,7 @@ describe('createDefenderSources and vulnerabilities whose CVSS score cannot be r
       await source.bulkVulnerabilities(() => undefined);
       expect(unreadable('bulk')).toBe(2);
     } finally {
-      sources.close();
-      agent.destroy();
+      close();
       await sim.close();
     }
   }, 20_000);
@@ -249,7 +179,7 @@ describe('createDefenderSources and vulnerabilities whose CVSS score cannot be r
 
 describe('createDefenderSources with the export folded on a thread', () => {
   it('should fold exports read at once on one thread, the others on the main thread without waiting for it', async () => {
-    const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
+    const sealer = randomSealer();
     const sim = await startSimulator({ quotas: false });
     const agent = createHttpsAgent({ extraCa: sim.caPem });
     const metrics = new Registry({ processMetrics: false });
@@ -266,20 +196,9 @@ describe('createDefenderSources with the export folded on a thread', () => {
       foldThread: true,
     });
     const tenant = (tenantId: string, size: number): VulnerabilitySource => {
-      const azureTenantId = randomUUID();
-      const app = { clientId: randomUUID(), clientSecret: `Zx8Q~${randomUUID()}Sec` };
-      sim.addTenant({ azureTenantId, apps: [app], fleet: { size, seed: 3 } });
-      return sources.forTenant({
-        tenantId,
-        revision: 1,
-        defender: {
-          azureTenantId,
-          clientId: app.clientId,
-          clientSecret: sealer.seal(app.clientSecret, tenantId),
-          cloud: 'commercial',
-          region: null,
-        },
-      } as unknown as TenantRecord);
+      const sealed = sealedTenant({ sealer });
+      sealed.addTo(sim, { size, seed: 3 });
+      return sources.forTenant(sealed.record(tenantId));
     };
     const folds = (thread: string): number =>
       metrics.counter('urs_bulk_export_folds_total', '').get({ thread });
@@ -313,20 +232,7 @@ describe('createDefenderSources with the export folded on a thread', () => {
 });
 
 describe('createDefenderSources and a tenant held back by its quota', () => {
-  const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
-  const azureTenantId = randomUUID();
-  const app = { clientId: randomUUID(), clientSecret: `Zx8Q~${randomUUID()}Sec` };
-  const tenant = {
-    tenantId: 'a',
-    revision: 1,
-    defender: {
-      azureTenantId,
-      clientId: app.clientId,
-      clientSecret: sealer.seal(app.clientSecret, 'a'),
-      cloud: 'commercial',
-      region: null,
-    },
-  } as unknown as TenantRecord;
+  const tenant = sealedTenant();
 
   async function withHeldBackTenant(
     blockMs: number,
@@ -334,26 +240,19 @@ describe('createDefenderSources and a tenant held back by its quota', () => {
     run: (source: ReturnType<SourceProvider['forTenant']>, id: string) => Promise<void>,
   ) {
     const sim = await startSimulator({ quotas: false });
-    sim.addTenant({ azureTenantId, apps: [app], fleet: { size: 1, seed: 7 } });
-    const agent = createHttpsAgent({ extraCa: sim.caPem });
+    const { azureTenantId } = tenant;
+    tenant.addTo(sim, { size: 1, seed: 7 });
     const quota = createLocalQuotaGate();
     // Another call of the tenant drew a 429 whose Retry-After holds every call of the endpoint back.
-    await quota.block({ azureTenantId, clientId: app.clientId }, 'vulnerabilities', blockMs);
-    const sources = createDefenderSources({
-      sealer,
-      limiter: createLocalLimiter(),
+    await quota.block({ azureTenantId, clientId: tenant.apps[0]!.clientId }, 'vulnerabilities', blockMs);
+    const { sources, close } = simSources(sim, tenant.sealer, {
       quota,
-      httpsAgent: agent,
-      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
-      logger: silentLogger,
-      metrics: new Registry({ processMetrics: false }),
       ...(maxQuotaWaitMs === undefined ? {} : { maxQuotaWaitMs }),
     });
     try {
-      await run(sources.forTenant(tenant), sim.machines(azureTenantId)[0]!.id);
+      await run(sources.forTenant(tenant.record('a')), sim.machines(azureTenantId)[0]!.id);
     } finally {
-      sources.close();
-      agent.destroy();
+      close();
       await sim.close();
     }
   }
@@ -387,24 +286,12 @@ describe('createDefenderSources and a tenant held back by its quota', () => {
 });
 
 describe('createDefenderSources and a degraded tenant waiting for a place among the degraded tenants’ calls', () => {
-  const sealer = createSecretSealer({ activeKeyId: 'k1', keys: new Map([['k1', randomBytes(32)]]) });
-  const azureTenantId = randomUUID();
-  const app = { clientId: randomUUID(), clientSecret: `Zx8Q~${randomUUID()}Sec` };
-  const tenant = {
-    tenantId: 'failing',
-    revision: 1,
-    defender: {
-      azureTenantId,
-      clientId: app.clientId,
-      clientSecret: sealer.seal(app.clientSecret, 'failing'),
-      cloud: 'commercial',
-      region: null,
-    },
-  } as unknown as TenantRecord;
+  const tenant = sealedTenant();
+  const { azureTenantId } = tenant;
 
   it('machineVulnerabilities should fail THROTTLED, not retried in the call, once it waited maxDegradedWaitMs for a place, naming the places', async () => {
     const sim = await startSimulator({ quotas: false });
-    sim.addTenant({ azureTenantId, apps: [app], fleet: { size: 1, seed: 7 } });
+    tenant.addTo(sim, { size: 1, seed: 7 });
     // The tenant's API never answers: its first call, out of time, makes it degraded, and its retry waits for
     // one of the process's 2 places, both held by other degraded tenants' calls that hang for the whole test.
     sim.setFaults(azureTenantId, { timeoutRate: 1 });
@@ -414,15 +301,7 @@ describe('createDefenderSources and a degraded tenant waiting for a place among 
       health.leave('failed', 'no answer within 30 s');
       expect(health.start()).toBe(true);
     }
-    const agent = createHttpsAgent({ extraCa: sim.caPem });
-    const sources = createDefenderSources({
-      sealer,
-      limiter: createLocalLimiter(),
-      quota: createLocalQuotaGate(),
-      httpsAgent: agent,
-      overrides: { authorityHost: sim.baseUrl, apiBase: sim.baseUrl },
-      logger: silentLogger,
-      metrics: new Registry({ processMetrics: false }),
+    const { sources, close } = simSources(sim, tenant.sealer, {
       requestTimeoutMs: 1_000,
       maxDegradedWaitMs: 200,
     });
@@ -441,13 +320,12 @@ describe('createDefenderSources and a degraded tenant waiting for a place among 
       );
     } finally {
       for (const health of elsewhere) health.leave('answered');
-      sources.close();
-      agent.destroy();
+      close();
       await sim.close();
     }
 
     function source(provider: SourceProvider): VulnerabilitySource {
-      return provider.forTenant(tenant);
+      return provider.forTenant(tenant.record('failing'));
     }
   }, 20_000);
 });
