@@ -402,6 +402,88 @@ describe('createRegistrationHandler', () => {
     expect(await tenants.get('b')).toMatchObject({ source: 'director', generation: 6 });
   });
 
+  /**
+   * `setup`, an administrator's DELETE of `tenantId` coming once `deleteNow` is set and the push reaches the
+   * tenant: after the push began, before it writes (or refuses) the tenant.
+   */
+  function deletedMidway(tenantId: string) {
+    let deleteNow = false;
+    let registry: TenantRegistry | undefined;
+    const deleteFirst = async (id: string): Promise<void> => {
+      if (id !== tenantId || !deleteNow) return;
+      deleteNow = false;
+      expect(await registry?.remove(id)).toBe(true);
+    };
+    const context = setup((inner) => {
+      registry = inner;
+      return {
+        ...inner,
+        registerUnlessDeleted: async (registration, origin, options) => {
+          await deleteFirst(registration.tenantId);
+          return inner.registerUnlessDeleted(registration, origin, options);
+        },
+        reject: async (id, reason, origin) => {
+          await deleteFirst(id);
+          return inner.reject(id, reason, origin);
+        },
+      };
+    });
+    return { ...context, deleteMidway: () => void (deleteNow = true) };
+  }
+
+  it('handle should leave deleted a tenant an administrator deletes while a push listing it is under way', async () => {
+    const { push, tenants, deleteMidway } = deletedMidway('t');
+    await push(1, 'full', [item('t'), item('u')]);
+    deleteMidway();
+    // Left deleted, t counts as unchanged (as a deleted tenant of a push delivered again does).
+    expect(await push(2, 'full', [item('t'), item('u', { pollIntervalMinutes: 30 })])).toMatchObject({
+      applied: 1,
+      unchanged: 1,
+    });
+    expect(await tenants.get('t')).toBeNull();
+    // The same push delivered again leaves it deleted; a newer generation listing it is Director's newer intent.
+    await push(2, 'full', [item('t'), item('u', { pollIntervalMinutes: 30 })]);
+    expect(await tenants.get('t')).toBeNull();
+    expect(await push(3, 'full', [item('t'), item('u')])).toMatchObject({ applied: 2 });
+    expect(await tenants.get('t')).toMatchObject({ source: 'director', generation: 3 });
+  });
+
+  it('handle should leave deleted the refused status an administrator deletes while a push refusing the tenant again is under way', async () => {
+    const { push, tenants, deleteMidway, refusedCount } = deletedMidway('never');
+    const entries = [item('a'), item('never', { clientId: 'nope' })];
+    await push(1, 'full', entries);
+    expect(await tenants.getStatus('never')).toMatchObject({ state: 'registration-rejected' });
+    deleteMidway();
+    await push(2, 'full', entries);
+    expect(await tenants.getStatus('never')).toEqual({});
+    expect(refusedCount()).toBe(1);
+    await push(3, 'full', entries);
+    expect(await tenants.getStatus('never')).toMatchObject({ registrationError: { generation: 3 } });
+  });
+
+  it('handle should leave deleted a tenant an administrator deletes while a push that found it unchanged is held, when that push comes again', async () => {
+    const down = new UrsError('STORE_DOWN', 'Redis refused the write', { infrastructure: true });
+    let held = true;
+    const { push, tenants, registry } = setup((inner) => ({
+      ...inner,
+      registerUnlessDeleted: async (registration, origin, options) => {
+        if (registration.tenantId === 'b' && held) throw down;
+        return inner.registerUnlessDeleted(registration, origin, options);
+      },
+    }));
+    held = false;
+    await push(1, 'full', [item('t'), item('b')]);
+    held = true;
+    const second = [item('t'), item('b', { pollIntervalMinutes: 30 })];
+    // t is unchanged (its record keeps generation 1); b's write fails for Redis: the push is held.
+    await expect(push(2, 'full', second)).rejects.toBe(down);
+    expect(await tenants.get('t')).toMatchObject({ generation: 1 });
+    expect(await registry.remove('t')).toBe(true);
+    held = false;
+    expect(await push(2, 'full', second)).toMatchObject({ applied: 1, unchanged: 1 });
+    expect(await tenants.get('t')).toBeNull();
+  });
+
   it('handle should ignore an older generation after Redis lost the last one this process applied', async () => {
     const { push, state, tenants } = setup();
     await push(7, 'full', [item('a')]);
