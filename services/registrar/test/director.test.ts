@@ -145,6 +145,33 @@ describe('createRegistrationHandler', () => {
     expect(letter?.payload).toBe('[withheld: a tenant entry nested too deep to be written out]');
   });
 
+  it('handle should dead-letter an entry of 50,000 unknown keys within what urs.dlq takes, and apply the others', async () => {
+    const { push, publisher, tenants, letters } = setup();
+    // As Kafka does: urs.dlq (8 MiB, `max.message.bytes`) refuses a larger record, and the push would be held.
+    const dlqBytes = 8 * 1024 * 1024;
+    const send = publisher.send.bind(publisher);
+    publisher.send = async (topic, contract, messages) => {
+      for (const message of messages)
+        if (topic === 'urs.dlq' && Buffer.byteLength(JSON.stringify(message.value)) > dlqBytes)
+          throw new UrsError('RECORD_TOO_LARGE', `topic ${topic} refused a record as too large`);
+      return send(topic, contract, messages);
+    };
+    const defender: Record<string, unknown> = registrationBody();
+    for (let key = 0; key < 50_000; key++) defender[`${'unknownField'.repeat(14)}${key}`] = key;
+    expect(await push(1, 'full', [item('a'), { tenantId: 'big', defender }, item('b')])).toMatchObject({
+      applied: 2,
+      rejected: 1,
+    });
+    expect(await tenants.ids()).toEqual(['a', 'b']);
+    const [letter] = letters();
+    expect(letter).toMatchObject({ key: 'big', error: { code: 'REGISTRATION_INVALID' } });
+    expect(letter?.error.message).toMatch(/is not a known field \(\+49950 more\)$/);
+    // The tenant's status lists as many of the violations, and says how many more there were.
+    const refusal = (await tenants.getStatus('big')).registrationError;
+    expect(refusal?.violations).toHaveLength(50);
+    expect(refusal?.message).toMatch(/\(\+49950 more\)$/);
+  });
+
   it('handle should keep a refused tenant in its dead letter without the values of fields it does not know', async () => {
     const { push, letters } = setup();
     // A mistyped key name no redaction recognises, holding the secret.

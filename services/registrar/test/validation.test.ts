@@ -1,4 +1,4 @@
-import { validateRegistration, describeViolations } from '../src/validation';
+import { validateRegistration, describeViolations, restRefusal } from '../src/validation';
 import { registrationBody } from './fakes';
 
 const registration = (defender: Record<string, unknown>, tenantId: unknown = 'acme') => ({
@@ -215,5 +215,24 @@ describe('validateRegistration', () => {
     if (result.ok) return;
     expect(result.violations.length).toBeGreaterThanOrEqual(3);
     expect(describeViolations(result.violations)).not.toContain('Sup3r');
+  });
+});
+
+describe('restRefusal', () => {
+  it('should name the fields of a stored refusal as a REST body does, and keep the count of the violations it does not list', () => {
+    const violations = Array.from({ length: 50 }, (_, i) => ({
+      field: `defender.unknown${i}`,
+      rule: 'is not a known field',
+    }));
+    const stored = {
+      code: 'REGISTRATION_INVALID',
+      message: `registration refused: ${describeViolations(violations, 70)}`,
+      violations,
+    };
+    expect(stored.message).toMatch(/defender\.unknown49 is not a known field \(\+20 more\)$/);
+    const shown = restRefusal(stored);
+    expect(shown.violations[0]).toEqual({ field: 'unknown0', rule: 'is not a known field' });
+    expect(shown.message).toMatch(/^registration refused: unknown0 is not a known field; /);
+    expect(shown.message).toMatch(/; unknown49 is not a known field \(\+20 more\)$/);
   });
 });
