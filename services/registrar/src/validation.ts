@@ -19,8 +19,8 @@ export function isTenantId(value: unknown): value is string {
 
 /**
  * Validates one tenant's registration, from Director or an admin alike: the contract (tenantId pattern,
- * GUIDs, a non-empty secret without white space at its ends, control characters or unpaired surrogates,
- * whole minutes 10–1440, cloud and region enums, no unknown field) and the risk
+ * GUIDs, a non-empty secret without white space at its ends, control characters, invisible format characters
+ * or unpaired surrogates, whole minutes 10–1440, cloud and region enums, no unknown field) and the risk
  * profile through the scoring model's own rules (a profile the scorer would refuse is refused here, at
  * the door, where someone can still fix it). Every violation is listed.
  */

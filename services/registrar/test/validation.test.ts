@@ -94,7 +94,8 @@ describe('validateRegistration', () => {
             field: 'defender.clientSecret',
             rule:
               "must be the secret's Value as Entra ID shows it: no spaces or line breaks at its start or end, " +
-              'no control characters, no unpaired UTF-16 surrogates',
+              'no control characters, no invisible format characters (a zero-width space, a word joiner), ' +
+              'no unpaired UTF-16 surrogates',
           },
         ],
       });
@@ -187,7 +188,8 @@ describe('validateRegistration', () => {
       'defender.clientSecret',
       'must be at most 1024 characters long and ' +
         "must be the secret's Value as Entra ID shows it: no spaces or line breaks at its start or end, " +
-        'no control characters, no unpaired UTF-16 surrogates',
+        'no control characters, no invisible format characters (a zero-width space, a word joiner), ' +
+        'no unpaired UTF-16 surrogates',
     ],
     [
       'a cloud of neither kind',
