@@ -5,6 +5,18 @@ import { errorCode, errorMessage } from '@urs/resilience';
 /** A dead letter keeps at most this much of the original payload. */
 const MAX_PAYLOAD_CHARS = 256 * 1024;
 /**
+ * A dead letter keeps at most this much of its error's message (redacted first). A reason listing every fault
+ * of a message (a tenant entry with tens of thousands of unknown keys) would otherwise make a letter larger than
+ * `urs.dlq` takes, and a letter Kafka refuses holds its message until an operator mends it.
+ */
+const MAX_ERROR_MESSAGE_CHARS = 16 * 1024;
+
+/** `text` cut after `MAX_ERROR_MESSAGE_CHARS`, saying how long it was. */
+function cutReason(text: string): string {
+  if (text.length <= MAX_ERROR_MESSAGE_CHARS) return text;
+  return `${text.slice(0, MAX_ERROR_MESSAGE_CHARS)}… (cut: ${text.length} characters in all)`;
+}
+/**
  * A key inside text, and what follows it: a run of the characters a key is spelled with (`x-api-key`,
  * `client_secret`, `defender.clientSecret`), closed by a quote at any depth of escaping or none, then `:` or
  * `=` (`"password":`, `\"clientSecret\":`, `'credential':`, `{ clientSecret: `, `sig=`, `password: `). The key
@@ -110,7 +122,8 @@ function redactedOrWithheld(text: string, redactor: PayloadRedactor): string {
 
 /**
  * The dead letter of a message that could not be processed: where it was, why (at `options.now`, default
- * now), and its payload through `options.redactPayload` (default `redactPayload`), cut after 256 Ki characters.
+ * now; cut after 16 Ki characters), and its payload through `options.redactPayload` (default `redactPayload`),
+ * cut after 256 Ki characters.
  */
 export function toDeadLetter(
   message: FailedMessage,
@@ -130,7 +143,7 @@ export function toDeadLetter(
     key: message.key === null ? null : message.key.toString('utf8'),
     error: {
       code: errorCode(error),
-      message: redactText(errorMessage(error)),
+      message: cutReason(redactText(errorMessage(error))),
     },
     payload: payload === null ? null : payload.slice(0, MAX_PAYLOAD_CHARS),
     failedAt: now.toISOString(),

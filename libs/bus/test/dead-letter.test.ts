@@ -191,6 +191,19 @@ describe('toDeadLetter', () => {
     expect(letter.error.message).not.toContain('Zx9');
     expect(letter.error.message).toContain('grant_type=client_credentials');
   });
+
+  it('should cut a reason of a million characters, saying how long it was, so that the letter stays small', () => {
+    const reason = `registration refused: ${'defender.unknownField is not a known field; '.repeat(25_000)}`;
+    const message = { service: 's', topic: 't', partition: 0, offset: '1', key: null, value: null };
+    const letter = toDeadLetter(message, new UrsError('REGISTRATION_INVALID', reason));
+    expect(letter.error.message.length).toBeLessThanOrEqual(17 * 1024);
+    expect(letter.error.message).toMatch(
+      /^registration refused: defender\.unknownField is not a known field; /,
+    );
+    expect(letter.error.message).toMatch(new RegExp(`\\(cut: ${reason.length} characters in all\\)$`));
+    // A short reason stays whole.
+    expect(toDeadLetter(message, new UrsError('X', 'short')).error.message).toBe('short');
+  });
 });
 
 /** A JSON object whose `x` nests `depth` arrays: a few KB that no recursive walk gets to the bottom of. */

@@ -7,15 +7,19 @@ export const GUID_PATTERN = '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a
 export const DIGITS_PATTERN = '^\\d+$';
 /**
  * A client secret as Entra ID shows it: no white space at either end (a pasted line break, a padded cell), no
- * control character (C0, DEL, C1) and no unpaired UTF-16 surrogate (ajv compiles patterns with the `u` flag,
- * where one is a code point of its own). Such a secret is never Entra's: sign-in would fail on it later, and an
+ * control character (C0, DEL, C1), no invisible format character (`\p{Cf}`: a zero-width space or word joiner
+ * a copy from a web page or a chat picks up, a soft hyphen, a direction mark, a byte order mark) anywhere, and
+ * no unpaired UTF-16 surrogate (ajv compiles patterns with the `u` flag, where one is a code point of its own).
+ * Such a secret is never Entra's (its secrets are printable ASCII): sign-in would fail on it later, and an
  * unpaired surrogate does not survive sealing (UTF-8 makes it U+FFFD), so the stored secret never equals the
  * one sent and every identical push would count as a change. Inner spaces and letters beyond ASCII pass.
  */
-export const CLIENT_SECRET_PATTERN = '^(?!\\s)[^\\u0000-\\u001F\\u007F-\\u009F\\uD800-\\uDFFF]*(?<!\\s)$';
+export const CLIENT_SECRET_PATTERN =
+  '^(?!\\s)[^\\u0000-\\u001F\\u007F-\\u009F\\uD800-\\uDFFF\\p{Cf}]*(?<!\\s)$';
 export const CLIENT_SECRET_RULE =
   "must be the secret's Value as Entra ID shows it: no spaces or line breaks at its start or end, " +
-  'no control characters, no unpaired UTF-16 surrogates';
+  'no control characters, no invisible format characters (a zero-width space, a word joiner), ' +
+  'no unpaired UTF-16 surrogates';
 /** The rule of a tenant id in words, wherever one is refused (a push, a REST body or path). */
 export const TENANT_ID_RULE =
   'must be 1–64 letters, digits, dots, dashes or underscores, starting with a letter or digit';

@@ -180,6 +180,11 @@ describe('checkMessage rules', () => {
       ['a tab inside', 'abc\tdef'],
       ['an unpaired high surrogate', 'abc8Q~secret\ud800'],
       ['an unpaired low surrogate', '\udc00abc8Q~secret'],
+      ['a leading zero-width space', '\u200babc8Q~secret'],
+      ['a trailing word joiner', 'abc8Q~secret\u2060'],
+      ['a zero-width space inside', 'abc8Q\u200b~secret'],
+      ['a soft hyphen inside', 'abc8Q~sec\u00adret'],
+      ['a trailing right-to-left mark', 'abc8Q~secret\u200f'],
     ].map(([kind, clientSecret]) => [
       `a secret with ${kind}`,
       defender({ clientSecret }),

@@ -45,6 +45,12 @@ export interface RegistrarStateStore {
    */
   pushStarted(generation: number): Promise<Date>;
   /**
+   * The newest Director generation whose push began to be handled (`pushStarted`, raised, never lowered), or
+   * -1: a push under way, or one applied. A tenant deleted once a push began records that push's generation
+   * (`observeDeletion`), so the push reaching it afterwards, or handled again, does not register it again.
+   */
+  generationStarted(): Promise<number>;
+  /**
    * Takes the tenant's write lock for `ttlMs` unless another writer holds it: a token to give it back
    * with, or null. Every registrar replica writes a tenant's record under it (a Director push and a REST
    * call of the same tenant read, compare and write one after the other).
@@ -133,10 +139,13 @@ local function isoTime(seconds, microseconds)
     math.floor(inDay % 3600 / 60), inDay % 60, math.floor(tonumber(microseconds) / 1000))
 end`;
 
-// KEYS[1] marker; ARGV: ttl ms. Sets the marker to Redis's time unless it is set; returns its value. The time
-// is written as an ISO time: a registrar of an earlier version, mid rolling upgrade, reads the marker with
-// `new Date(value)`, to which milliseconds as digits are an invalid date.
-const SET_TIME_ONCE = `${ISO_TIME_LUA}
+// KEYS[1] marker, KEYS[2] generation started; ARGV: ttl ms, generation. Raises the generation started to the
+// push's, and sets the marker to Redis's time unless it is set; returns its value. The time is written as an ISO
+// time: a registrar of an earlier version, mid rolling upgrade, reads the marker with `new Date(value)`, to
+// which milliseconds as digits are an invalid date.
+const PUSH_STARTED = `${ISO_TIME_LUA}
+local started = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if tonumber(ARGV[2]) > started then redis.call('SET', KEYS[2], ARGV[2]) end
 local t = redis.call('TIME')
 local now = isoTime(t[1], t[2])
 if redis.call('SET', KEYS[1], now, 'NX', 'PX', ARGV[1]) then return now end
@@ -163,13 +172,14 @@ const PUSH_STARTED_TTL_MS = DELETION_TTL_MS;
  * from registering the tenant again),
  * `{prefix}director-push-started:{generation}` (Redis's time, as an ISO time, when the push was first handled; PX:
  * `PUSH_STARTED_TTL_MS` from then),
- * `{prefix}director-generation`, `{prefix}tenants-rebuilt`.
+ * `{prefix}director-generation`, `{prefix}director-generation-started`, `{prefix}tenants-rebuilt`.
  */
 export function createRegistrarStateStore(redis: Redis, prefix: string): RegistrarStateStore {
   const revisionKey = (tenantId: string): string => `${prefix}tenant-revision:${tenantId}`;
   const lockKey = (tenantId: string): string => `${prefix}tenant-write-lock:${tenantId}`;
   const deletedKey = (tenantId: string): string => `${prefix}tenant-deleted:${tenantId}`;
   const generationKey = `${prefix}director-generation`;
+  const generationStartedKey = `${prefix}director-generation-started`;
   const pushStartedKey = (generation: number): string => `${prefix}director-push-started:${generation}`;
   const rebuiltKey = tenantsRebuiltKey(prefix);
   async function nextRevisionStamp(tenantId: string, floor = 0): Promise<RevisionStamp> {
@@ -206,12 +216,18 @@ export function createRegistrarStateStore(redis: Redis, prefix: string): Registr
     },
     async pushStarted(generation) {
       const recorded = await redis.eval(
-        SET_TIME_ONCE,
-        1,
+        PUSH_STARTED,
+        2,
         pushStartedKey(generation),
+        generationStartedKey,
         String(PUSH_STARTED_TTL_MS),
+        String(generation),
       );
       return markerTime(String(recorded));
+    },
+    async generationStarted() {
+      const value = await redis.get(generationStartedKey);
+      return value === null ? -1 : Number(value);
     },
     async lockTenant(tenantId, ttlMs) {
       const token = randomUUID();

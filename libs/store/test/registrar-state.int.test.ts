@@ -149,6 +149,19 @@ describe('createRegistrarStateStore', () => {
     expect((await store.pushStarted(7)).getTime()).toBeGreaterThan(first.getTime());
   });
 
+  it('generationStarted should be the newest generation whose push began, never lowered by an older one', async () => {
+    const store = createRegistrarStateStore(redis.client, redis.prefix);
+    expect(await store.generationStarted()).toBe(-1);
+    await store.pushStarted(7);
+    expect(await store.generationStarted()).toBe(7);
+    await store.pushStarted(5);
+    expect(await store.generationStarted()).toBe(7);
+    await store.pushStarted(8);
+    expect(await store.generationStarted()).toBe(8);
+    // Director's last applied generation is its own.
+    expect(await store.lastGeneration()).toBe(-1);
+  });
+
   it('pushStarted should read a time a registrar recorded as an ISO time', async () => {
     const store = createRegistrarStateStore(redis.client, redis.prefix);
     await redis.client.set(`${redis.prefix}director-push-started:7`, '2026-03-01T10:00:00.000Z');

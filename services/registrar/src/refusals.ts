@@ -2,7 +2,7 @@ import type { TenantRecord } from '@urs/contracts';
 import type { Logger } from '@urs/logging';
 import type { RegistrarStateStore, TenantStatus, TenantStore } from '@urs/store';
 import { throwIfLost } from './tenant-lock';
-import { refusalMessage, type Violation } from './validation';
+import { listedViolations, refusalMessage, type Violation } from './validation';
 
 /**
  * A tenant's refused registrations, as its status keeps them (`registrationError`): recorded when one is refused,
@@ -156,7 +156,8 @@ export function createTenantRefusals(deps: TenantRefusalsDeps): TenantRefusals {
         ? {
             code: 'REGISTRATION_INVALID',
             message: refusalMessage(reason),
-            violations: reason.map(({ field, rule }) => ({ field, rule })),
+            // The first ones, as the message lists them (`MAX_VIOLATIONS_LISTED`): it counts the others.
+            violations: listedViolations(reason).map(({ field, rule }) => ({ field, rule })),
           }
         : { code: reason.code, message: reason.message, violations: [] }),
       at: now().toISOString(),

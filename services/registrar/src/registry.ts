@@ -72,7 +72,8 @@ export interface TenantRegistry {
   ): Promise<{ record: TenantRecord; changed: boolean; created: boolean }>;
   /**
    * Director's registration of a tenant of the push of `origin.generation`: `register`, unless an
-   * administrator deleted the tenant over REST while that generation or a newer one was in force. Then
+   * administrator deleted the tenant over REST while that generation or a newer one was in force (its push
+   * begun, see `generationInForce`), also before this push reached the tenant. Then
    * nothing is written (`record` null): the generation delivered again must not undo the deletion, as
    * it does not undo a REST update (`restRecordKept`). A newer generation listing it registers it again.
    */
@@ -629,12 +630,9 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
       // Every registration of it refused: no record, only the status saying why. Deleting it ends that.
       const status = await deps.tenants.getStatus(tenantId);
       if (status.state !== 'registration-rejected') return false;
-      // Remembered as a deletion of a record is: the generation that refused it, delivered again, must not
-      // put the refusal back (see `reject`).
-      const generation = Math.max(
-        await deps.state.lastGeneration(),
-        status.registrationError?.generation ?? -1,
-      );
+      // Remembered as a deletion of a record is: the generation that refused it, or a push under way, delivered
+      // again or reaching the tenant after this, must not put the refusal back (see `reject`).
+      const generation = Math.max(await generationInForce(), status.registrationError?.generation ?? -1);
       throwIfLost(held);
       if (generation >= 0) await deps.state.observeDeletion(tenantId, generation);
       await deps.tenants.remove(tenantId);
@@ -650,11 +648,22 @@ export function createTenantRegistry(deps: TenantRegistryDeps): TenantRegistry {
   }
 
   /**
-   * The generation in force, sent with a deletion of `record`: the last applied, or the one of a push under
-   * way that wrote it.
+   * The generation in force, sent with a deletion of `record`: the last applied, the one of a push under way
+   * (that wrote it, or begun before the deletion and yet to reach it), whichever is newest.
    */
   async function deletionGeneration(record: TenantRecord): Promise<number> {
-    return Math.max(await deps.state.lastGeneration(), record.generation ?? -1);
+    return Math.max(await generationInForce(), record.generation ?? -1);
+  }
+
+  /**
+   * The last generation applied, or a newer one whose push began (`generationStarted`): a deletion made once a
+   * push began records its generation, so that push, reaching the tenant after the deletion or handled again,
+   * leaves it deleted (`registerUnlessDeleted`), as it keeps a record written over REST since it began
+   * (`restRecordKept`). Redis orders the push's start and the deletion, one clock for every replica.
+   */
+  async function generationInForce(): Promise<number> {
+    const [last, started] = await Promise.all([deps.state.lastGeneration(), deps.state.generationStarted()]);
+    return Math.max(last, started);
   }
 
   /**

@@ -19,8 +19,8 @@ export function isTenantId(value: unknown): value is string {
 
 /**
  * Validates one tenant's registration, from Director or an admin alike: the contract (tenantId pattern,
- * GUIDs, a non-empty secret without white space at its ends, control characters or unpaired surrogates,
- * whole minutes 10–1440, cloud and region enums, no unknown field) and the risk
+ * GUIDs, a non-empty secret without white space at its ends, control characters, invisible format characters
+ * or unpaired surrogates, whole minutes 10–1440, cloud and region enums, no unknown field) and the risk
  * profile through the scoring model's own rules (a profile the scorer would refuse is refused here, at
  * the door, where someone can still fix it). Every violation is listed.
  */
@@ -85,15 +85,36 @@ export function restViolations(violations: Violation[]): Violation[] {
   return renameFields(violations, (field) => field.replace(/^defender\./, ''));
 }
 
-/** One line listing every violation, for a status or a dead letter. */
-export function describeViolations(violations: Violation[]): string {
-  return violations.map((violation) => `${violation.field} ${violation.rule}`).join('; ');
+/**
+ * The violations a status, a dead letter or a log line lists at most; the others are counted, as `ContractError`
+ * counts them. A Director entry with tens of thousands of unknown keys would otherwise make a dead letter larger
+ * than `urs.dlq` takes, and a status and a log line of megabytes.
+ */
+export const MAX_VIOLATIONS_LISTED = 50;
+
+/** The violations a status keeps (`MAX_VIOLATIONS_LISTED`, the first ones). */
+export function listedViolations(violations: Violation[]): Violation[] {
+  return violations.slice(0, MAX_VIOLATIONS_LISTED);
 }
 
-/** A refused registration's message, as its status stores it: every violation in one line. */
-export function refusalMessage(violations: Violation[]): string {
-  return `registration refused: ${describeViolations(violations)}`;
+/**
+ * One line listing the violations, for a status, a dead letter or a log line: the first `MAX_VIOLATIONS_LISTED`,
+ * then how many more of `total` (default: as many as given) there are (`(+49950 more)`).
+ */
+export function describeViolations(violations: Violation[], total = violations.length): string {
+  const listed = listedViolations(violations);
+  const more = total - listed.length;
+  const line = listed.map((violation) => `${violation.field} ${violation.rule}`).join('; ');
+  return more > 0 ? `${line} (+${more} more)` : line;
 }
+
+/** A refused registration's message, as its status stores it: its violations in one line (`describeViolations`). */
+export function refusalMessage(violations: Violation[], total = violations.length): string {
+  return `registration refused: ${describeViolations(violations, total)}`;
+}
+
+/** How many violations a stored refusal's message counts beyond those it lists (`describeViolations`). */
+const MORE_VIOLATIONS = /\(\+(\d+) more\)$/;
 
 /**
  * A stored refusal as a REST answer shows it: its violations named as `restViolations` names them, and the
@@ -104,5 +125,7 @@ export function refusalMessage(violations: Violation[]): string {
 export function restRefusal<T extends { message: string; violations: Violation[] }>(refusal: T): T {
   if (refusal.violations.length === 0) return refusal;
   const violations = restViolations(refusal.violations);
-  return { ...refusal, message: refusalMessage(violations), violations };
+  // A status keeps the first violations only: the message made again counts the others as the stored one did.
+  const more = Number(MORE_VIOLATIONS.exec(refusal.message)?.[1] ?? 0);
+  return { ...refusal, message: refusalMessage(violations, violations.length + more), violations };
 }

@@ -145,6 +145,33 @@ describe('createRegistrationHandler', () => {
     expect(letter?.payload).toBe('[withheld: a tenant entry nested too deep to be written out]');
   });
 
+  it('handle should dead-letter an entry of 50,000 unknown keys within what urs.dlq takes, and apply the others', async () => {
+    const { push, publisher, tenants, letters } = setup();
+    // As Kafka does: urs.dlq (8 MiB, `max.message.bytes`) refuses a larger record, and the push would be held.
+    const dlqBytes = 8 * 1024 * 1024;
+    const send = publisher.send.bind(publisher);
+    publisher.send = async (topic, contract, messages) => {
+      for (const message of messages)
+        if (topic === 'urs.dlq' && Buffer.byteLength(JSON.stringify(message.value)) > dlqBytes)
+          throw new UrsError('RECORD_TOO_LARGE', `topic ${topic} refused a record as too large`);
+      return send(topic, contract, messages);
+    };
+    const defender: Record<string, unknown> = registrationBody();
+    for (let key = 0; key < 50_000; key++) defender[`${'unknownField'.repeat(14)}${key}`] = key;
+    expect(await push(1, 'full', [item('a'), { tenantId: 'big', defender }, item('b')])).toMatchObject({
+      applied: 2,
+      rejected: 1,
+    });
+    expect(await tenants.ids()).toEqual(['a', 'b']);
+    const [letter] = letters();
+    expect(letter).toMatchObject({ key: 'big', error: { code: 'REGISTRATION_INVALID' } });
+    expect(letter?.error.message).toMatch(/is not a known field \(\+49950 more\)$/);
+    // The tenant's status lists as many of the violations, and says how many more there were.
+    const refusal = (await tenants.getStatus('big')).registrationError;
+    expect(refusal?.violations).toHaveLength(50);
+    expect(refusal?.message).toMatch(/\(\+49950 more\)$/);
+  });
+
   it('handle should keep a refused tenant in its dead letter without the values of fields it does not know', async () => {
     const { push, letters } = setup();
     // A mistyped key name no redaction recognises, holding the secret.
@@ -400,6 +427,88 @@ describe('createRegistrationHandler', () => {
     // A newer generation listing it is Director's newer intent.
     expect(await push(6, 'full', [item('a'), item('b')])).toMatchObject({ applied: 1, unchanged: 1 });
     expect(await tenants.get('b')).toMatchObject({ source: 'director', generation: 6 });
+  });
+
+  /**
+   * `setup`, an administrator's DELETE of `tenantId` coming once `deleteNow` is set and the push reaches the
+   * tenant: after the push began, before it writes (or refuses) the tenant.
+   */
+  function deletedMidway(tenantId: string) {
+    let deleteNow = false;
+    let registry: TenantRegistry | undefined;
+    const deleteFirst = async (id: string): Promise<void> => {
+      if (id !== tenantId || !deleteNow) return;
+      deleteNow = false;
+      expect(await registry?.remove(id)).toBe(true);
+    };
+    const context = setup((inner) => {
+      registry = inner;
+      return {
+        ...inner,
+        registerUnlessDeleted: async (registration, origin, options) => {
+          await deleteFirst(registration.tenantId);
+          return inner.registerUnlessDeleted(registration, origin, options);
+        },
+        reject: async (id, reason, origin) => {
+          await deleteFirst(id);
+          return inner.reject(id, reason, origin);
+        },
+      };
+    });
+    return { ...context, deleteMidway: () => void (deleteNow = true) };
+  }
+
+  it('handle should leave deleted a tenant an administrator deletes while a push listing it is under way', async () => {
+    const { push, tenants, deleteMidway } = deletedMidway('t');
+    await push(1, 'full', [item('t'), item('u')]);
+    deleteMidway();
+    // Left deleted, t counts as unchanged (as a deleted tenant of a push delivered again does).
+    expect(await push(2, 'full', [item('t'), item('u', { pollIntervalMinutes: 30 })])).toMatchObject({
+      applied: 1,
+      unchanged: 1,
+    });
+    expect(await tenants.get('t')).toBeNull();
+    // The same push delivered again leaves it deleted; a newer generation listing it is Director's newer intent.
+    await push(2, 'full', [item('t'), item('u', { pollIntervalMinutes: 30 })]);
+    expect(await tenants.get('t')).toBeNull();
+    expect(await push(3, 'full', [item('t'), item('u')])).toMatchObject({ applied: 2 });
+    expect(await tenants.get('t')).toMatchObject({ source: 'director', generation: 3 });
+  });
+
+  it('handle should leave deleted the refused status an administrator deletes while a push refusing the tenant again is under way', async () => {
+    const { push, tenants, deleteMidway, refusedCount } = deletedMidway('never');
+    const entries = [item('a'), item('never', { clientId: 'nope' })];
+    await push(1, 'full', entries);
+    expect(await tenants.getStatus('never')).toMatchObject({ state: 'registration-rejected' });
+    deleteMidway();
+    await push(2, 'full', entries);
+    expect(await tenants.getStatus('never')).toEqual({});
+    expect(refusedCount()).toBe(1);
+    await push(3, 'full', entries);
+    expect(await tenants.getStatus('never')).toMatchObject({ registrationError: { generation: 3 } });
+  });
+
+  it('handle should leave deleted a tenant an administrator deletes while a push that found it unchanged is held, when that push comes again', async () => {
+    const down = new UrsError('STORE_DOWN', 'Redis refused the write', { infrastructure: true });
+    let held = true;
+    const { push, tenants, registry } = setup((inner) => ({
+      ...inner,
+      registerUnlessDeleted: async (registration, origin, options) => {
+        if (registration.tenantId === 'b' && held) throw down;
+        return inner.registerUnlessDeleted(registration, origin, options);
+      },
+    }));
+    held = false;
+    await push(1, 'full', [item('t'), item('b')]);
+    held = true;
+    const second = [item('t'), item('b', { pollIntervalMinutes: 30 })];
+    // t is unchanged (its record keeps generation 1); b's write fails for Redis: the push is held.
+    await expect(push(2, 'full', second)).rejects.toBe(down);
+    expect(await tenants.get('t')).toMatchObject({ generation: 1 });
+    expect(await registry.remove('t')).toBe(true);
+    held = false;
+    expect(await push(2, 'full', second)).toMatchObject({ applied: 1, unchanged: 1 });
+    expect(await tenants.get('t')).toBeNull();
   });
 
   it('handle should ignore an older generation after Redis lost the last one this process applied', async () => {

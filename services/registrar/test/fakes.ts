@@ -160,6 +160,9 @@ export function memoryStateStore(): RegistrarStateStore & { generation: number; 
       if (!pushesStarted.has(generation)) pushesStarted.set(generation, time());
       return pushesStarted.get(generation) as Date;
     },
+    async generationStarted() {
+      return Math.max(-1, ...pushesStarted.keys());
+    },
     async lockTenant(tenantId: string) {
       if (locks.has(tenantId)) return null;
       const token = `lock-${++clock}`;

@@ -1,4 +1,4 @@
-import { validateRegistration, describeViolations } from '../src/validation';
+import { validateRegistration, describeViolations, restRefusal } from '../src/validation';
 import { registrationBody } from './fakes';
 
 const registration = (defender: Record<string, unknown>, tenantId: unknown = 'acme') => ({
@@ -94,7 +94,8 @@ describe('validateRegistration', () => {
             field: 'defender.clientSecret',
             rule:
               "must be the secret's Value as Entra ID shows it: no spaces or line breaks at its start or end, " +
-              'no control characters, no unpaired UTF-16 surrogates',
+              'no control characters, no invisible format characters (a zero-width space, a word joiner), ' +
+              'no unpaired UTF-16 surrogates',
           },
         ],
       });
@@ -187,7 +188,8 @@ describe('validateRegistration', () => {
       'defender.clientSecret',
       'must be at most 1024 characters long and ' +
         "must be the secret's Value as Entra ID shows it: no spaces or line breaks at its start or end, " +
-        'no control characters, no unpaired UTF-16 surrogates',
+        'no control characters, no invisible format characters (a zero-width space, a word joiner), ' +
+        'no unpaired UTF-16 surrogates',
     ],
     [
       'a cloud of neither kind',
@@ -215,5 +217,24 @@ describe('validateRegistration', () => {
     if (result.ok) return;
     expect(result.violations.length).toBeGreaterThanOrEqual(3);
     expect(describeViolations(result.violations)).not.toContain('Sup3r');
+  });
+});
+
+describe('restRefusal', () => {
+  it('should name the fields of a stored refusal as a REST body does, and keep the count of the violations it does not list', () => {
+    const violations = Array.from({ length: 50 }, (_, i) => ({
+      field: `defender.unknown${i}`,
+      rule: 'is not a known field',
+    }));
+    const stored = {
+      code: 'REGISTRATION_INVALID',
+      message: `registration refused: ${describeViolations(violations, 70)}`,
+      violations,
+    };
+    expect(stored.message).toMatch(/defender\.unknown49 is not a known field \(\+20 more\)$/);
+    const shown = restRefusal(stored);
+    expect(shown.violations[0]).toEqual({ field: 'unknown0', rule: 'is not a known field' });
+    expect(shown.message).toMatch(/^registration refused: unknown0 is not a known field; /);
+    expect(shown.message).toMatch(/; unknown49 is not a known field \(\+20 more\)$/);
   });
 });

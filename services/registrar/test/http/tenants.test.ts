@@ -261,6 +261,31 @@ describe('tenantRoutes', () => {
     expect(spaced.status).toBe(201);
   });
 
+  it('PUT should refuse a secret with an invisible format character (a zero-width space pasted with it), naming clientSecret and never the secret', async () => {
+    const { call, publisher } = setup();
+    for (const clientSecret of [
+      '\u200bSup3r~secret-value',
+      'Sup3r~secret-value\u2060',
+      'Sup3r~secret-value\u200b',
+      'Sup3r~secret\u00ad-value',
+    ]) {
+      const answer = await call('PUT', '/v1/tenants/acme/defender', registrationBody({ clientSecret }));
+      expect(answer).toMatchObject({
+        status: 400,
+        body: {
+          error: {
+            code: 'VALIDATION_FAILED',
+            violations: [
+              { field: 'clientSecret', rule: expect.stringMatching(/invisible format characters/) },
+            ],
+          },
+        },
+      });
+      expect(JSON.stringify(answer.body)).not.toContain('Sup3r');
+    }
+    expect(publisher.sent).toHaveLength(0);
+  });
+
   it('PUT without a secret should answer 409 when the tenant is deleted before the update is written', async () => {
     const { tenants, call } = setup();
     await call('PUT', '/v1/tenants/acme/defender', registrationBody());
