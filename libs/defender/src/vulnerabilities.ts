@@ -410,30 +410,20 @@ export interface VulnerabilityPlanOptions {
  * tenant's interval, scaled to this interval (a daily tenant of 1,440 devices costs 60 calls an hour). Split
  * evenly instead, a production tenant of 700 devices and a test registration of 5 each had 600, and the
  * production tenant was read in bulk (older vulnerabilities, none for its newest devices) with 705 of 1,500
- * calls needed. While one of them has no count (never listed), the quota is split evenly among them all. A
- * registration too large for per-device calls even alone (its count above the whole of it at its interval) is
- * read in bulk whatever the others do, and counts for neither: a fleet of 5,000 devices polled hourly would
- * otherwise take every call of the quota from a small tenant sharing it.
+ * calls needed. While one of them has no count (never listed), the quota is split evenly among them all.
  */
 export function planVulnerabilityMode(
   deviceCount: number,
   pollIntervalMinutes: number,
   { sharers = [], quota = MICROSOFT_QUOTAS.vulnerabilities, headroom = 0.8 }: VulnerabilityPlanOptions = {},
 ): VulnerabilityPlan {
-  const alone = (minutes: number): number => {
-    let capacity = Infinity;
-    for (const window of quota)
-      capacity = Math.min(capacity, (window.limit * minutes * 60_000) / window.windowMs);
-    return capacity * headroom;
-  };
-  // One too large for per-device calls even alone is read in bulk whatever the others do: it asks none.
-  const callers = sharers.filter(
-    (sharer) => sharer.deviceCount === undefined || sharer.deviceCount <= alone(sharer.pollIntervalMinutes),
-  );
-  let planned = alone(pollIntervalMinutes);
-  if (callers.some((sharer) => sharer.deviceCount === undefined)) planned /= callers.length + 1;
+  const intervalMs = pollIntervalMinutes * 60_000;
+  let capacity = Infinity;
+  for (const window of quota) capacity = Math.min(capacity, (window.limit * intervalMs) / window.windowMs);
+  let planned = capacity * headroom;
+  if (sharers.some((sharer) => sharer.deviceCount === undefined)) planned /= sharers.length + 1;
   else
-    for (const sharer of callers)
+    for (const sharer of sharers)
       planned -= ((sharer.deviceCount ?? 0) * pollIntervalMinutes) / sharer.pollIntervalMinutes;
   const perDeviceCapacity = Math.max(0, Math.floor(planned));
   return { mode: deviceCount <= perDeviceCapacity ? 'per-device' : 'bulk', perDeviceCapacity };

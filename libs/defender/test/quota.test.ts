@@ -366,27 +366,10 @@ describe('planVulnerabilityMode', () => {
     expect(planVulnerabilityMode(0, 60, { sharers: [daily] }).perDeviceCapacity).toBe(1_140);
     expect(planVulnerabilityMode(0, 10, { sharers: [daily] }).perDeviceCapacity).toBe(190);
     // The others asking for more than the quota: nothing left, an empty fleet alone takes no call.
-    expect(planVulnerabilityMode(1, 60, { sharers: [eu, eu] })).toEqual({
-      mode: 'bulk',
-      perDeviceCapacity: 0,
-    });
-    expect(planVulnerabilityMode(0, 60, { sharers: [eu, eu] }).mode).toBe('per-device');
+    const big = { deviceCount: 5_000, pollIntervalMinutes: 60 };
+    expect(planVulnerabilityMode(1, 60, { sharers: [big] })).toEqual({ mode: 'bulk', perDeviceCapacity: 0 });
+    expect(planVulnerabilityMode(0, 60, { sharers: [big] }).mode).toBe('per-device');
     expect(planVulnerabilityMode(1_000, 60, { sharers: [] }).perDeviceCapacity).toBe(1_200);
-  });
-
-  it('planVulnerabilityMode should leave out a registration too large for per-device calls even alone: it is read in bulk', () => {
-    // 5,000 devices hourly, 50,000 daily (above 28,800): never per-device, they ask the export, not this quota.
-    const hourly = { deviceCount: 5_000, pollIntervalMinutes: 60 };
-    const daily = { deviceCount: 50_000, pollIntervalMinutes: 1_440 };
-    expect(planVulnerabilityMode(700, 60, { sharers: [hourly, daily] })).toEqual({
-      mode: 'per-device',
-      perDeviceCapacity: 1_200,
-    });
-    // Left out of the even split too.
-    expect(planVulnerabilityMode(700, 60, { sharers: [hourly, { pollIntervalMinutes: 60 }] })).toEqual({
-      mode: 'bulk',
-      perDeviceCapacity: 600,
-    });
   });
 
   it('planVulnerabilityMode should split the quota evenly while a registration sharing it has no device count', () => {
