@@ -72,7 +72,6 @@ export type {
   BulkOptions,
   BulkRowHandler,
   ExportGeneration,
-  QuotaSharer,
   VulnerabilitiesByMachine,
   VulnerabilityMode,
   VulnerabilityPlan,

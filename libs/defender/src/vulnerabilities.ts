@@ -384,16 +384,12 @@ export interface VulnerabilityPlan {
   perDeviceCapacity: number;
 }
 
-/** Another enabled tenant registered with the app the quota is counted for (`appQuotaId`). */
-export interface QuotaSharer {
-  /** Its devices at its last listing; undefined while it has none (never listed). */
-  deviceCount?: number;
-  pollIntervalMinutes: number;
-}
-
 export interface VulnerabilityPlanOptions {
-  /** The other tenants sharing the quota (see `planVulnerabilityMode`). Default none. */
-  sharers?: readonly QuotaSharer[];
+  /**
+   * The tenants registered with the app the quota is counted for (`appQuotaId`), this one included: each plans
+   * with its share of the quota. Default 1.
+   */
+  sharers?: number;
   /** Default Microsoft's per-device quota (`MICROSOFT_QUOTAS.vulnerabilities`). */
   quota?: readonly QuotaWindow[];
   /** The share of the quota per-device calls may plan on; default 0.8. */
@@ -401,30 +397,20 @@ export interface VulnerabilityPlanOptions {
 }
 
 /**
- * Per-device calls fit when `deviceCount ≤ headroom × min(perMinute × interval, perHour × interval / 60)`;
- * otherwise the bulk export is used. `headroom` leaves room for retries and the listing. Microsoft counts the
- * quota per app and Entra tenant, so tenants registered with one app (`sharers`) share it: each planning with
+ * Per-device calls fit when `deviceCount ≤ headroom × min(perMinute × interval, perHour × interval / 60) /
+ * sharers`; otherwise the bulk export is used. `headroom` leaves room for retries and the listing. Microsoft
+ * counts the quota per app and Entra tenant, so tenants registered with one app share it: each planning with
  * the whole of it, two tenants of 1,000 devices polled hourly each chose per-device calls (1,200 fit), together
- * asked for 2,000 against 1,500 an hour, and their calls failed THROTTLED every cycle. A tenant sharing it plans
- * with what the others' demand leaves: their devices at their last listing, each device one call per its
- * tenant's interval, scaled to this interval (a daily tenant of 1,440 devices costs 60 calls an hour). Split
- * evenly instead, a production tenant of 700 devices and a test registration of 5 each had 600, and the
- * production tenant was read in bulk (older vulnerabilities, none for its newest devices) with 705 of 1,500
- * calls needed. While one of them has no count (never listed), the quota is split evenly among them all.
+ * asked for 2,000 against 1,500 an hour, and their calls failed THROTTLED every cycle.
  */
 export function planVulnerabilityMode(
   deviceCount: number,
   pollIntervalMinutes: number,
-  { sharers = [], quota = MICROSOFT_QUOTAS.vulnerabilities, headroom = 0.8 }: VulnerabilityPlanOptions = {},
+  { sharers = 1, quota = MICROSOFT_QUOTAS.vulnerabilities, headroom = 0.8 }: VulnerabilityPlanOptions = {},
 ): VulnerabilityPlan {
   const intervalMs = pollIntervalMinutes * 60_000;
   let capacity = Infinity;
   for (const window of quota) capacity = Math.min(capacity, (window.limit * intervalMs) / window.windowMs);
-  let planned = capacity * headroom;
-  if (sharers.some((sharer) => sharer.deviceCount === undefined)) planned /= sharers.length + 1;
-  else
-    for (const sharer of sharers)
-      planned -= ((sharer.deviceCount ?? 0) * pollIntervalMinutes) / sharer.pollIntervalMinutes;
-  const perDeviceCapacity = Math.max(0, Math.floor(planned));
+  const perDeviceCapacity = Math.floor((capacity * headroom) / Math.max(1, sharers));
   return { mode: deviceCount <= perDeviceCapacity ? 'per-device' : 'bulk', perDeviceCapacity };
 }

@@ -347,43 +347,15 @@ describe('planVulnerabilityMode', () => {
     );
   });
 
-  it('planVulnerabilityMode should plan a tenant sharing an app with what the other registrations leave of its quota', () => {
-    // acme (700 devices) and a test registration (5) on one Entra app, hourly: min(3,000, 1,500) × 0.8 = 1,200,
-    // less the other's 5 calls an hour.
-    const test = { deviceCount: 5, pollIntervalMinutes: 60 };
-    expect(planVulnerabilityMode(700, 60, { sharers: [test] })).toEqual({
-      mode: 'per-device',
-      perDeviceCapacity: 1_195,
-    });
-    // Two of 1,000: 200 left to each, both read in bulk.
-    const eu = { deviceCount: 1_000, pollIntervalMinutes: 60 };
-    expect(planVulnerabilityMode(1_000, 60, { sharers: [eu] })).toEqual({
+  it('planVulnerabilityMode should plan each tenant sharing an app with its share of the quota', () => {
+    // acme and acme-eu on one Entra app, hourly: min(3,000, 1,500) × 0.8 = 1,200 alone, 600 each.
+    expect(planVulnerabilityMode(1_000, 60)).toEqual({ mode: 'per-device', perDeviceCapacity: 1_200 });
+    expect(planVulnerabilityMode(1_000, 60, { sharers: 2 })).toEqual({
       mode: 'bulk',
-      perDeviceCapacity: 200,
-    });
-    // Another's demand scaled to this tenant's interval: 1,440 devices daily cost 60 calls an hour, 10 in 10 minutes.
-    const daily = { deviceCount: 1_440, pollIntervalMinutes: 1_440 };
-    expect(planVulnerabilityMode(0, 60, { sharers: [daily] }).perDeviceCapacity).toBe(1_140);
-    expect(planVulnerabilityMode(0, 10, { sharers: [daily] }).perDeviceCapacity).toBe(190);
-    // The others asking for more than the quota: nothing left, an empty fleet alone takes no call.
-    const big = { deviceCount: 5_000, pollIntervalMinutes: 60 };
-    expect(planVulnerabilityMode(1, 60, { sharers: [big] })).toEqual({ mode: 'bulk', perDeviceCapacity: 0 });
-    expect(planVulnerabilityMode(0, 60, { sharers: [big] }).mode).toBe('per-device');
-    expect(planVulnerabilityMode(1_000, 60, { sharers: [] }).perDeviceCapacity).toBe(1_200);
-  });
-
-  it('planVulnerabilityMode should split the quota evenly while a registration sharing it has no device count', () => {
-    const unknown = { pollIntervalMinutes: 60 };
-    expect(
-      planVulnerabilityMode(700, 60, { sharers: [{ deviceCount: 5, pollIntervalMinutes: 60 }, unknown] }),
-    ).toEqual({
-      mode: 'bulk',
-      perDeviceCapacity: 400,
-    });
-    expect(planVulnerabilityMode(600, 60, { sharers: [unknown] })).toEqual({
-      mode: 'per-device',
       perDeviceCapacity: 600,
     });
+    expect(planVulnerabilityMode(600, 60, { sharers: 2 }).mode).toBe('per-device');
+    expect(planVulnerabilityMode(1_000, 60, { sharers: 0 }).perDeviceCapacity).toBe(1_200);
   });
 });
 

@@ -98,11 +98,6 @@ export interface TenantStore {
   ): Promise<boolean>;
   getStatus(tenantId: string): Promise<TenantStatus>;
   /**
-   * The tenants' `deviceCount` (their last listing's) from their statuses, pipelined, 1000 to a round trip; none
-   * for a tenant whose status holds none.
-   */
-  deviceCounts(tenantIds: readonly string[]): Promise<Map<string, number>>;
-  /**
    * Puts a refused registration in the tenant's status (`registrationError`); `rejected` (the tenant has no
    * record) makes its state `registration-rejected` and lists it in `refusedIds`. Read and written at once:
    * resolves false when the status held a refusal of the same source and generation already (the same push
@@ -391,19 +386,6 @@ export function createTenantStore(redis: Redis, prefix: string): TenantStore {
       const status: Record<string, unknown> = {};
       for (const [field, json] of Object.entries(fields)) status[field] = JSON.parse(json) as unknown;
       return status as TenantStatus;
-    },
-    async deviceCounts(tenantIds) {
-      const counts = new Map<string, number>();
-      for (let start = 0; start < tenantIds.length; start += 1000) {
-        const slice = tenantIds.slice(start, start + 1000);
-        const reads = redis.pipeline();
-        for (const tenantId of slice) reads.hget(statusKey(tenantId), 'deviceCount');
-        for (const [index, json] of (await replies(reads)).entries()) {
-          const count = typeof json === 'string' ? Number(json) : NaN;
-          if (Number.isFinite(count)) counts.set(slice[index] as string, count);
-        }
-      }
-      return counts;
     },
     async recordRefusal(tenantId, refusal, options) {
       const recorded = await redis.eval(

@@ -28,20 +28,6 @@ describe('createTenantStore', () => {
     expect(await store.getMany([])).toEqual(new Map());
   });
 
-  it("deviceCounts should read the tenants' last listed device counts from their statuses", async () => {
-    const store = createTenantStore(redis.client, redis.prefix);
-    await store.updateStatus('acme', { deviceCount: 700, state: 'active' });
-    await store.updateStatus('acme-eu', { deviceCount: 0 });
-    await store.updateStatus('acme-dev', { state: 'active' });
-    expect(await store.deviceCounts(['acme', 'acme-eu', 'acme-dev', 'none'])).toEqual(
-      new Map([
-        ['acme', 700],
-        ['acme-eu', 0],
-      ]),
-    );
-    expect(await store.deviceCounts([])).toEqual(new Map());
-  });
-
   it('remove should not delete a record newer than the deletion', async () => {
     const store = createTenantStore(redis.client, redis.prefix);
     await store.put(record('acme', 5));

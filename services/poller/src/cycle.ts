@@ -1,6 +1,6 @@
 import { deviceBatchMessage, isKafkaRecordTooLarge, recordBytes, type Publisher } from '@urs/bus';
 import { toDeviceRecord, type DeviceRecord, type TenantRecord } from '@urs/contracts';
-import { chooseVulnerabilityMode, type QuotaSharer } from '@urs/defender';
+import { chooseVulnerabilityMode } from '@urs/defender';
 import type { Logger } from '@urs/logging';
 import { UrsError, errorCode, errorMessage, retryPolicy, withRetry, type RetryPolicy } from '@urs/resilience';
 import { parseProfile, profileHash } from '@urs/scoring';
@@ -39,11 +39,11 @@ export interface CycleDeps {
    */
   listedRetry?: RetryPolicy;
   /**
-   * The other enabled tenants registered with the tenant's Entra app, with their last listings' device counts
-   * (`quotaSharersOf`): Microsoft counts the quota per app and Entra tenant, so the cycle plans its
-   * vulnerability mode with what their demand leaves of it (`planVulnerabilityMode`). Default: the tenant alone.
+   * How many enabled tenants, the cycle's own included, are registered with the tenant's Entra app
+   * (`TenantTable.quotaSharers`): Microsoft counts the quota per app and Entra tenant, so the cycle plans its
+   * vulnerability mode with its share of it. Default: the tenant alone.
    */
-  quotaSharers?: (record: TenantRecord) => Promise<QuotaSharer[]>;
+  quotaSharers?: (record: TenantRecord) => number;
 }
 
 export interface CycleInput {
@@ -176,7 +176,7 @@ async function openSecret(deps: CycleDeps, record: TenantRecord): Promise<string
  * held back until either the listing ends (the exact count; then per-device if it fits) or the count
  * passes what per-device calls can serve in one interval (then bulk, and batches flow from there on).
  * Only the devices the vuln-fetcher will ask for count: one excluded from vulnerability management costs
- * no call (`chooseVulnerabilityMode`, which `urs defender devices` counts by too, with a threshold of its own).
+ * no call (`chooseVulnerabilityMode`, which `urs defender devices` chooses by too).
  * The cycle is begun in the cycle store with its first batch, so a cycle that never emitted (bad secret)
  * leaves no open cycle for the publisher to close, nor does one whose first send failed (withdrawn); one that
  * stops after a batch and before its last is recorded as abandoned, for the publisher to close it as partial at
@@ -198,8 +198,8 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
   // within the interval: a daily tenant of 28,800 devices fitted a day's quota, took ~10 hours of calls,
   // and every one of its cycles was closed partial after an hour. Minutes of the interval's own unit.
   const cycleMs = Math.min(input.intervalMs, deps.maxCycleMs);
-  // Tenants registered with one Entra app share its quota: the cycle plans with what the others' demand leaves.
-  const sharers = (await deps.quotaSharers?.(record)) ?? [];
+  // Tenants registered with one Entra app share its quota: the cycle plans with its share (`planVulnerabilityMode`).
+  const sharers = deps.quotaSharers?.(record) ?? 1;
   const { perDeviceCapacity } = deps.defender.planMode(
     Number.MAX_SAFE_INTEGER,
     record.defender.pollIntervalMinutes * (cycleMs / input.intervalMs),
@@ -315,12 +315,7 @@ export async function runCycle(deps: CycleDeps, input: CycleInput): Promise<Cycl
       vulnerabilityMode === 'bulk'
         ? `bulk vulnerability export: ${fetchedDevices} devices exceed the ${perDeviceCapacity} per-device calls ` +
           `the API quota allows in a ${record.defender.pollIntervalMinutes}-minute interval` +
-          (sharers.length > 0
-            ? `, the quota of its Entra app being shared by ${sharers.length + 1} registrations` +
-              (sharers.some((sharer) => sharer.deviceCount === undefined)
-                ? ', split evenly until each has been listed'
-                : '')
-            : '') +
+          (sharers > 1 ? `, the quota of its Entra app being shared by ${sharers} registrations` : '') +
           (fetchedDevices < totalDevices
             ? ` (${totalDevices - fetchedDevices} more, excluded from vulnerability management, cost no call)`
             : '')

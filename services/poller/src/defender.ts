@@ -16,7 +16,6 @@ import {
   type CallLimiter,
   type DefenderEndpointOverrides,
   type QuotaGate,
-  type QuotaSharer,
 } from '@urs/defender';
 import type { Logger } from '@urs/logging';
 import type { Registry } from '@urs/telemetry';
@@ -59,14 +58,14 @@ export interface DefenderGateway {
   /** Closes every tenant's client. */
   close(): void;
   /**
-   * Per-device vulnerability calls when the fleet fits the interval within what the other tenants registered
-   * with its app (`sharers`, default none) leave of the app's quota, else the bulk export
-   * (`planVulnerabilityMode`).
+   * Per-device vulnerability calls when the fleet fits the interval within the tenant's share of its app's
+   * quota (shared by `sharers` tenants registered with the app, the tenant included; default 1), else the bulk
+   * export.
    */
   planMode(
     deviceCount: number,
     pollIntervalMinutes: number,
-    sharers?: readonly QuotaSharer[],
+    sharers?: number,
   ): { mode: 'per-device' | 'bulk'; perDeviceCapacity: number };
 }
 

@@ -17,7 +17,7 @@ import { runCycle, type CycleDeps } from './cycle';
 import { createDefenderGateway } from './defender';
 import { createScheduler } from './scheduler';
 import { schedulerCloser } from './scheduler-closer';
-import { createTenantTable, quotaSharersOf } from './tenant-table';
+import { createTenantTable } from './tenant-table';
 import { stageTopics } from './topics';
 
 void runService({
@@ -76,9 +76,8 @@ void runService({
       batchFit,
       batchSize: settings.batchSize,
       maxCycleMs: settings.maxCycleMs,
-      // Tenants registered with one Entra app share its quota: each plans its vulnerability mode with what the
-      // others' last listings leave of it.
-      quotaSharers: quotaSharersOf(table, tenants),
+      // Tenants registered with one Entra app share its quota: each plans its vulnerability mode with its share.
+      quotaSharers: (record) => table.quotaSharers(record),
       logger,
     };
 

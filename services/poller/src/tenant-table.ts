@@ -1,7 +1,6 @@
 import { createCatchUp, readToEndSubscription, type InboundMessage, type TopicSubscription } from '@urs/bus';
 import { TENANT_REVISION_HEADER, numericHeader, type TenantRecord } from '@urs/contracts';
-import { appQuotaId, type QuotaSharer } from '@urs/defender';
-import type { TenantStore } from '@urs/store';
+import { appQuotaId } from '@urs/defender';
 
 export type TenantChangeListener = (tenantId: string, record: TenantRecord | null) => void;
 
@@ -22,10 +21,10 @@ export interface TenantTable {
   get(tenantId: string): TenantRecord | undefined;
   enabled(): TenantRecord[];
   /**
-   * The other enabled tenants registered with `record`'s Entra app (`appQuotaId`: its Azure tenant and client
-   * ids, in any case), never `record`'s own tenant: they share the app's quota.
+   * The enabled tenants registered with `record`'s Entra app (`appQuotaId`: its Azure tenant and client ids, in
+   * any case), `record`'s own tenant counted once whatever the table holds of it: they share the app's quota.
    */
-  quotaSharers(record: TenantRecord): TenantRecord[];
+  quotaSharers(record: TenantRecord): number;
   size(): number;
   onChange(listener: TenantChangeListener): void;
   /**
@@ -74,9 +73,10 @@ export function createTenantTable(): TenantTable {
     enabled: () => [...records.values()].filter((record) => record.enabled),
     quotaSharers(record) {
       const app = appQuotaId(record.defender);
-      return table
-        .enabled()
-        .filter((other) => other.tenantId !== record.tenantId && appQuotaId(other.defender) === app);
+      let sharers = 1;
+      for (const other of table.enabled())
+        if (other.tenantId !== record.tenantId && appQuotaId(other.defender) === app) sharers++;
+      return sharers;
     },
     size: () => records.size,
     onChange(listener) {
@@ -87,24 +87,4 @@ export function createTenantTable(): TenantTable {
     stopWaiting: () => catchUp.stopWaiting(),
   };
   return table;
-}
-
-/**
- * The other enabled tenants registered with the tenant's Entra app (`TenantTable.quotaSharers`), each with its
- * devices at its last listing (its status's `deviceCount`, whichever replica listed it) and its interval, for
- * `planVulnerabilityMode`. The statuses are read in one round trip, and only for a tenant sharing its app.
- */
-export function quotaSharersOf(
-  table: Pick<TenantTable, 'quotaSharers'>,
-  tenants: Pick<TenantStore, 'deviceCounts'>,
-): (record: TenantRecord) => Promise<QuotaSharer[]> {
-  return async (record) => {
-    const others = table.quotaSharers(record);
-    if (others.length === 0) return [];
-    const counts = await tenants.deviceCounts(others.map((other) => other.tenantId));
-    return others.map((other) => ({
-      deviceCount: counts.get(other.tenantId),
-      pollIntervalMinutes: other.defender.pollIntervalMinutes,
-    }));
-  };
 }

@@ -1,7 +1,7 @@
 import type { InboundMessage } from '@urs/bus';
 import type { TenantRecord } from '@urs/contracts';
 import { inboundMessage } from '@urs/testkit';
-import { createTenantTable, quotaSharersOf } from '../src/tenant-table';
+import { createTenantTable } from '../src/tenant-table';
 
 const record = (tenantId: string, revision: number, enabled = true) =>
   ({ tenantId, revision, enabled }) as unknown as TenantRecord;
@@ -85,54 +85,20 @@ describe('createTenantTable', () => {
     expect(table.caughtUp()).toBe(true);
   });
 
-  it('quotaSharers should list the other enabled tenants of the same Entra app, ids in any case', async () => {
+  it('quotaSharers should count the enabled tenants of the same Entra app, ids in any case, the tenant itself once', async () => {
     const app = (tenantId: string, azureTenantId: string, clientId: string, enabled = true) =>
       ({ tenantId, revision: 1, enabled, defender: { azureTenantId, clientId } }) as unknown as TenantRecord;
     const table = createTenantTable();
     const acme = app('acme', 'aaaa-1', 'cccc-1');
     // Not in the table yet: the tenant alone.
-    expect(table.quotaSharers(acme)).toEqual([]);
+    expect(table.quotaSharers(acme)).toBe(1);
     await table.handle(message('acme', acme, 0));
-    const eu = app('acme-eu', 'AAAA-1', 'CCCC-1');
-    await table.handle(message('acme-eu', eu, 1));
+    await table.handle(message('acme-eu', app('acme-eu', 'AAAA-1', 'CCCC-1'), 1));
     await table.handle(message('acme-us', app('acme-us', 'aaaa-1', 'cccc-1', false), 2));
     await table.handle(message('acme-dev', app('acme-dev', 'aaaa-1', 'cccc-2'), 3));
     await table.handle(message('other', app('other', 'bbbb-1', 'cccc-1'), 4));
-    expect(table.quotaSharers(acme)).toEqual([eu]);
-    // The tenant's own record disabled meanwhile: never its own sharer.
-    expect(table.quotaSharers({ ...acme, enabled: false })).toEqual([eu]);
-  });
-
-  it("quotaSharersOf should give the other tenants of the app with their last listings' device counts", async () => {
-    const app = (tenantId: string, pollIntervalMinutes: number) =>
-      ({
-        tenantId,
-        revision: 1,
-        enabled: true,
-        defender: { azureTenantId: 'aaaa-1', clientId: 'cccc-1', pollIntervalMinutes },
-      }) as unknown as TenantRecord;
-    const table = createTenantTable();
-    for (const [offset, record] of [app('acme', 60), app('acme-eu', 1_440), app('acme-dev', 30)].entries())
-      await table.handle(message(record.tenantId, record, offset));
-    const asked: string[][] = [];
-    const sharers = quotaSharersOf(table, {
-      deviceCounts: async (tenantIds) => {
-        asked.push([...tenantIds]);
-        return new Map([['acme-eu', 5]]);
-      },
-    });
-    expect(await sharers(app('acme', 60))).toEqual([
-      { deviceCount: 5, pollIntervalMinutes: 1_440 },
-      { deviceCount: undefined, pollIntervalMinutes: 30 },
-    ]);
-    expect(asked).toEqual([['acme-eu', 'acme-dev']]);
-    // A tenant alone on its app: no status read.
-    expect(
-      await sharers({
-        ...app('solo', 60),
-        defender: { azureTenantId: 'aaaa-1', clientId: 'cccc-9', pollIntervalMinutes: 60 },
-      } as unknown as TenantRecord),
-    ).toEqual([]);
-    expect(asked).toHaveLength(1);
+    expect(table.quotaSharers(acme)).toBe(2);
+    // The tenant's own record disabled meanwhile: still counted once.
+    expect(table.quotaSharers({ ...acme, enabled: false })).toBe(2);
   });
 });

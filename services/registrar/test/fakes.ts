@@ -65,14 +65,6 @@ export function memoryTenantStore(): TenantStore & {
     async getStatus(tenantId) {
       return { ...statuses.get(tenantId) };
     },
-    async deviceCounts(tenantIds) {
-      const counts = new Map<string, number>();
-      for (const tenantId of tenantIds) {
-        const count = statuses.get(tenantId)?.deviceCount;
-        if (count !== undefined) counts.set(tenantId, count);
-      }
-      return counts;
-    },
     async recordRefusal(tenantId, refusal, options) {
       const before = statuses.get(tenantId)?.registrationError;
       const seen =
