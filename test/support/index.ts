@@ -19,9 +19,11 @@ export {
   markPublishedRebuilt,
   scoreBatchOf,
   scoredDevice,
+  sealedTenantRecord,
   storeHistoryWithoutReasons,
   storedSecretsOf,
   tenantRecord,
+  type EntraApp,
   type TenantRecordOptions,
 } from './records';
 export { inboundMessage } from './messages';

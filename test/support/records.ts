@@ -9,6 +9,10 @@ export interface TenantRecordOptions {
   source?: TenantRecord['source'];
   /** Default 60. */
   pollIntervalMinutes?: number;
+  /** Default now. */
+  updatedAt?: string;
+  /** Default none (the default profile). */
+  riskProfile?: Record<string, unknown> | null;
 }
 
 /**
@@ -20,7 +24,7 @@ export function tenantRecord(tenantId: string, options: TenantRecordOptions = {}
     schemaVersion: 1,
     tenantId,
     revision: options.revision ?? 1,
-    updatedAt: new Date().toISOString(),
+    updatedAt: options.updatedAt ?? new Date().toISOString(),
     source: options.source ?? 'director',
     enabled: true,
     defender: {
@@ -30,7 +34,36 @@ export function tenantRecord(tenantId: string, options: TenantRecordOptions = {}
       pollIntervalMinutes: options.pollIntervalMinutes ?? 60,
       cloud: 'commercial',
       region: null,
-      riskProfile: null,
+      riskProfile: options.riskProfile ?? null,
+    },
+  };
+}
+
+/** An app of an Entra tenant, as a registration names it: its secret in the clear. */
+export interface EntraApp {
+  azureTenantId: string;
+  clientId: string;
+  clientSecret: string;
+}
+
+/**
+ * `tenantRecord` of `tenantId` registered with `app`, its secret sealed by `sealer` as the registrar seals it
+ * (for the tenant's id): a record whose secret the stages open, to call the simulator with.
+ */
+export function sealedTenantRecord(
+  tenantId: string,
+  app: EntraApp,
+  sealer: { seal(plain: string, context: string): TenantRecord['defender']['clientSecret'] },
+  options: TenantRecordOptions = {},
+): TenantRecord {
+  const record = tenantRecord(tenantId, options);
+  return {
+    ...record,
+    defender: {
+      ...record.defender,
+      azureTenantId: app.azureTenantId,
+      clientId: app.clientId,
+      clientSecret: sealer.seal(app.clientSecret, tenantId),
     },
   };
 }

@@ -14,7 +14,7 @@ import type {
   TenantStatus,
 } from '@urs/store';
 import { Registry } from '@urs/telemetry';
-import { inboundMessage, tenantRecord } from '@urs/testkit';
+import { inboundMessage, sealedTenantRecord } from '@urs/testkit';
 import { createEnrichHandler, type EnrichHandlerDeps } from '../src/handler';
 import {
   type DefenderSourceDeps,
@@ -261,21 +261,8 @@ export function sealedTenant(options: { apps?: number; sealer?: SecretSealer } =
     azureTenantId,
     apps,
     addTo: (sim, fleet) => sim.addTenant({ azureTenantId, apps, fleet }),
-    record(tenantId, { revision, app = apps[0]!, pollIntervalMinutes } = {}) {
-      const base = tenantRecord(tenantId, {
-        ...(revision === undefined ? {} : { revision }),
-        ...(pollIntervalMinutes === undefined ? {} : { pollIntervalMinutes }),
-      });
-      return {
-        ...base,
-        defender: {
-          ...base.defender,
-          azureTenantId,
-          clientId: app.clientId,
-          clientSecret: sealer.seal(app.clientSecret, tenantId),
-        },
-      };
-    },
+    record: (tenantId, { revision, app = apps[0]!, pollIntervalMinutes } = {}) =>
+      sealedTenantRecord(tenantId, { azureTenantId, ...app }, sealer, { revision, pollIntervalMinutes }),
   };
 }
 

@@ -4,13 +4,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { OutboundMessage, Publisher } from '@urs/bus';
-import type { DeviceBatch, ScoredDevice, TenantRecord } from '@urs/contracts';
+import type { DeviceBatch, ScoredDevice } from '@urs/contracts';
 import { createHttpsAgent, createLocalLimiter, createLocalQuotaGate } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
 import { DEFAULT_PROFILE, compileProfile, scoreDevice } from '@urs/scoring';
 import { type Simulator, startSimulator } from '@urs/simulator';
 import type { CycleStore } from '@urs/store';
 import { Registry } from '@urs/telemetry';
+import { sealedTenantRecord } from '@urs/testkit';
 import { createBatchFit } from '../../../../services/poller/src/batch-fit';
 import { runCycle } from '../../../../services/poller/src/cycle';
 import { sealer } from '../../../../services/poller/test/support/cycle';
@@ -202,23 +203,12 @@ async function throughPipeline(
     logger: silentLogger,
     metrics: new Registry({ processMetrics: false }),
   });
-  const record: TenantRecord = {
-    schemaVersion: 1,
-    tenantId: TENANT_ID,
-    revision: 1,
-    updatedAt: '2026-01-01T00:00:00.000Z',
+  const record = sealedTenantRecord(TENANT_ID, tenant, sealer, {
     source: 'rest',
-    enabled: true,
-    defender: {
-      azureTenantId: tenant.azureTenantId,
-      clientId: tenant.clientId,
-      clientSecret: sealer.seal(tenant.clientSecret, TENANT_ID),
-      pollIntervalMinutes: 10,
-      cloud: 'commercial',
-      region: null,
-      riskProfile: profile as Record<string, unknown>,
-    },
-  } as TenantRecord;
+    updatedAt: '2026-01-01T00:00:00.000Z',
+    pollIntervalMinutes: 10,
+    riskProfile: profile as Record<string, unknown>,
+  });
   try {
     const batches: DeviceBatch[] = [];
     const publisher = {

@@ -5,6 +5,7 @@ import { createLocalQuotaGate, type CallLimiter } from '@urs/defender';
 import { silentLogger } from '@urs/logging';
 import type { Simulator } from '@urs/simulator';
 import { Registry } from '@urs/telemetry';
+import { sealedTenantRecord } from '@urs/testkit';
 import { createDefenderGateway, type DefenderGateway, type DefenderGatewayDeps } from '../../src/defender';
 import { sealer } from './cycle';
 
@@ -56,20 +57,10 @@ export function addSimTenants(sim: Simulator, tenants: readonly SimTenant[]): vo
 }
 
 /** `tenant`'s record, polled every `pollIntervalMinutes` (10 unless told), its secret sealed by `sealer`. */
-export const simRecord = (tenant: SimTenant, pollIntervalMinutes = 10): TenantRecord => ({
-  schemaVersion: 1,
-  tenantId: tenant.tenantId,
-  revision: 1,
-  updatedAt: '2026-01-01T00:00:00.000Z',
-  source: 'rest',
-  enabled: true,
-  defender: {
-    azureTenantId: tenant.azureTenantId,
-    clientId: tenant.clientId,
-    clientSecret: sealer.seal(tenant.secret, tenant.tenantId),
-    pollIntervalMinutes,
-    cloud: 'commercial',
-    region: null,
-    riskProfile: null,
-  },
-});
+export const simRecord = (tenant: SimTenant, pollIntervalMinutes = 10): TenantRecord =>
+  sealedTenantRecord(
+    tenant.tenantId,
+    { azureTenantId: tenant.azureTenantId, clientId: tenant.clientId, clientSecret: tenant.secret },
+    sealer,
+    { source: 'rest', updatedAt: '2026-01-01T00:00:00.000Z', pollIntervalMinutes },
+  );
